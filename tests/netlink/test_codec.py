@@ -289,6 +289,16 @@ def test_decode_rule_reads_a_table_rule_a_gateways_lookup_can_match_and_no_other
     assert codec.decode_rule(_rule(extra=codec.attr_u32(codec.FRA_FWMARK, 0))) is not None
     assert codec.decode_rule(_rule(extra=codec.attr_u32(codec.FRA_FWMARK, 7))) is None
     assert codec.decode_rule(_rule(src_len=16)) is None
-    assert codec.decode_rule(_rule(flags=codec.FIB_RULE_INVERT)) is None
-    assert codec.decode_rule(_rule(action=6)) is None  # blackhole
+    # Inverted: met by what it does not select (no source address: any lookup, perhaps).
+    assert codec.decode_rule(_rule(flags=codec.FIB_RULE_INVERT)) == codec.LookupRule(
+        4, 100, 1000, None, None, None, exact=False)
+    assert codec.decode_rule(_rule(action=codec.FR_ACT_PROHIBIT)) == codec.LookupRule(
+        4, 100, 1000, Route("10.9.0.0/24", device="lo").destination, None, None,
+        action=codec.FR_ACT_PROHIBIT)
+    # The kernel sends suppress_prefixlength -1 (unset) with every rule; set, or a user
+    # id range, the rule may match.
+    unset = codec.attr_u32(codec.FRA_SUPPRESS_PREFIXLEN, 0xFFFFFFFF)
+    assert codec.decode_rule(_rule(extra=unset)).exact  # type: ignore[union-attr]
+    for extra in (codec.attr_u32(codec.FRA_SUPPRESS_PREFIXLEN, 0), codec.attr(20, b"\0" * 8)):
+        assert not codec.decode_rule(_rule(extra=extra)).exact  # type: ignore[union-attr]
     assert codec.decode_rule(_rule(socket.AF_BRIDGE)) is None

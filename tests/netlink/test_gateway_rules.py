@@ -66,3 +66,52 @@ def test_a_rule_the_gateways_lookup_cannot_match_leaves_it_refused_by_check_and_
         with pytest.raises(ApplyError):
             backend.apply(p)
         assert _listed(ns) == set()
+
+
+def test_a_reject_rule_before_the_table_holding_the_gateway_fails_check_as_the_kernel_refuses(
+        tmp_path: Path) -> None:
+    """The kernel walks the rules in priority order: a ``prohibit`` (``unreachable``,
+    ``blackhole``) rule matching the gateway before ``main`` ends its lookup there, and
+    the route add is refused ("Nexthop has invalid gateway"), while ``check`` took any
+    table of any rule, ``main`` too, and said nothing."""
+    with d0_namespace("gwrulp", "10.9.0.5/24", "fd09::5/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        ip(ns, "rule", "add", "prohibit", "to", "10.9.0.0/24", "pref", "100")
+        ip(ns, "-6", "rule", "add", "unreachable", "to", "fd09::/64", "pref", "100")
+        for wanted in (Route("192.168.7.0/24", gateway="10.9.0.1"),
+                       # IPv6 looks in the route's own table first (main would answer).
+                       Route("fd07::/64", gateway="fd09::1", device="d0", table=100)):
+            p = plan(backend.observe(), State(owned=[wanted]))
+            [problem] = backend.check(p)
+            assert f"gateway {wanted.gateway} is not on-link" in problem
+            assert "priority 100" in problem
+            with pytest.raises(ApplyError):
+                backend.apply(p)
+            assert _listed(ns) == set()
+
+
+def test_a_table_rule_before_a_reject_rule_passes_check_as_the_kernel_takes_it(
+        tmp_path: Path) -> None:
+    """The first rule whose table answers decides: a rule to a table holding the gateway
+    before the ``prohibit`` one, and a ``prohibit`` rule after ``main`` (which holds it),
+    leave it on-link for both; a ``goto`` over the reject rule too (not followed:
+    what comes after it is only what may stop the lookup)."""
+    with d0_namespace("gwrulq", "10.9.0.5/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        ip(ns, "route", "add", "10.8.0.0/24", "dev", "d0", "table", "200")
+        ip(ns, "rule", "add", "to", "10.8.0.0/24", "lookup", "200", "pref", "100")
+        ip(ns, "rule", "add", "prohibit", "to", "10.8.0.0/16", "pref", "200")
+        ip(ns, "rule", "add", "prohibit", "to", "10.9.0.0/24", "pref", "32800")
+        ip(ns, "route", "add", "10.7.0.0/24", "dev", "d0", "table", "201")
+        ip(ns, "rule", "add", "to", "10.7.0.0/24", "goto", "300", "pref", "150")
+        ip(ns, "rule", "add", "prohibit", "to", "10.7.0.0/24", "pref", "250")
+        ip(ns, "rule", "add", "to", "10.7.0.0/24", "lookup", "201", "pref", "300")
+        wanted = State(owned=[Route("192.168.7.0/24", gateway="10.8.0.1"),
+                              Route("192.168.8.0/24", gateway="10.9.0.1"),
+                              Route("192.168.9.0/24", gateway="10.7.0.1")])
+        p = plan(backend.observe(), wanted)
+        assert backend.check(p) == ()
+        backend.apply(p)
+        assert _listed(ns) == {("192.168.7.0/24", "10.8.0.1", "main"),
+                               ("192.168.8.0/24", "10.9.0.1", "main"),
+                               ("192.168.9.0/24", "10.7.0.1", "main")}

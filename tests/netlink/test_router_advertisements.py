@@ -124,3 +124,47 @@ def test_an_accept_ra_the_same_plan_writes_after_the_forwarding_switch_does_not_
     assert [r.get("protocol") for r in defaults(node)] == ["ra"]
     accept_ra = run_in(node, ["cat", "/proc/sys/net/ipv6/conf/d0/accept_ra"]).stdout
     assert accept_ra.strip() == "1"
+
+
+def _advertise(router: str, lifetime: int) -> None:
+    run_in(router, [sys.executable, "-c", _ADVERTISE.replace("1800", str(lifetime))])
+
+
+def test_an_accept_ra_turned_to_1_under_ipv6_forwarding_is_a_warning_as_the_kernel_ignores_them(
+        tmp_path: Path) -> None:
+    """``accept_ra`` changes with no notification: set from 2 to 1 after k3snet turned
+    IPv6 forwarding on, the kernel ignores the next advertisements (an advertised
+    lifetime of 600 s leaves the route's expiry as the 1800 s one set it), and the
+    learned default route expires unrenewed. ``warnings`` names it."""
+    with temporary_netns("ranode") as name, temporary_netns("rarouter") as router:
+        run_in(name, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                      "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.default.accept_ra=2"])
+        run_in(router, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                        "net.ipv6.conf.default.accept_dad=0"])
+        run_in(name, ["ip", "link", "add", "d0", "type", "veth", "peer", "name", "r0",
+                      "netns", router])
+        run_in(name, ["ip", "link", "set", "d0", "up"])
+        run_in(router, ["ip", "link", "set", "r0", "up"])
+        _wait("link-local addresses", lambda: _link_local_ready(name, "d0")
+              and _link_local_ready(router, "r0"))
+        _advertise(router, 1800)
+        _wait("the advertised default route", lambda: defaults(name))
+        with NetlinkBackend(name, state_dir=tmp_path) as backend:
+            backend.apply(plan(backend.observe(), _FORWARDING))
+            backend.observe()
+            assert backend.warnings == ()
+            run_in(name, ["sysctl", "-qw", "net.ipv6.conf.d0.accept_ra=1"])
+            backend.observe()
+            said: tuple[str, ...] = backend.warnings  # not narrowed by the == () above
+            [warning] = said
+            assert "net.ipv6.conf.d0.accept_ra is 1" in warning
+            assert "default route" in warning
+            assert "dev d0" in warning
+            _advertise(router, 600)  # ignored: the expiry stays the 1800 s one's
+            [route] = defaults(name)
+            assert int(str(route["expires"]).rstrip("sec")) > 600
+            run_in(name, ["sysctl", "-qw", "net.ipv6.conf.d0.accept_ra=2"])
+            assert backend.warnings == ()
+            _advertise(router, 600)  # taken now: the same advertisement sets the expiry
+            _wait("the advertisement taken", lambda: int(str(
+                defaults(name)[0]["expires"]).rstrip("sec")) <= 600)

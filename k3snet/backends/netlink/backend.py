@@ -86,7 +86,16 @@ from k3snet.backends.kit import (
     option_flag,
     translate_errors,
 )
-from k3snet.backends.netlink.codec import Link, LookupRule, NetlinkError
+from k3snet.backends.netlink.codec import (
+    FR_ACT_BLACKHOLE,
+    FR_ACT_PROHIBIT,
+    FR_ACT_TO_TBL,
+    FR_ACT_UNREACHABLE,
+    UNNAMED_DEVICE_ROUTE,
+    Link,
+    LookupRule,
+    NetlinkError,
+)
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
 from k3snet.backends.netlink.sysctls import (
@@ -94,6 +103,7 @@ from k3snet.backends.netlink.sysctls import (
     SPREADING_INVERTED,
     SysctlState,
     SysctlStore,
+    announced,
     interface_of,
     namespace_identity,
     normal,
@@ -151,7 +161,18 @@ _SHOWN_INTERFACES = 4  # interfaces a forwarding warning names, the oldest
 # Devices that receive what arrives on their ports or slaves (skb->dev becomes theirs).
 _RECEIVING_MASTERS = frozenset({"bridge", "bond"})
 _NO_INDEX = 1 << 32  # an interface the link dump did not hold (gone meanwhile): last
-_DEFAULT_RULE_TABLES = frozenset({255, MAIN_TABLE, _DEFAULT_TABLE})  # local, main, default
+_LOCAL_TABLE = 255
+# The rules a namespace starts with, for a driver that reads none (pyroute2).
+_DEFAULT_RULES = (
+    LookupRule(4, 0, _LOCAL_TABLE, None, None, None),
+    LookupRule(4, 32766, MAIN_TABLE, None, None, None),
+    LookupRule(4, 32767, _DEFAULT_TABLE, None, None, None),
+    LookupRule(6, 0, _LOCAL_TABLE, None, None, None),
+    LookupRule(6, 32766, MAIN_TABLE, None, None, None),
+)
+# Rule actions ending a lookup with an error (the route add: "invalid gateway").
+_REJECTING = {FR_ACT_BLACKHOLE: "blackhole", FR_ACT_UNREACHABLE: "unreachable",
+              FR_ACT_PROHIBIT: "prohibit"}
 # What rtnetlink writes and /proc/sys/net writes need in the namespace's user namespace.
 _CAPABILITY = "CAP_NET_ADMIN"
 
@@ -304,9 +325,13 @@ class NetlinkBackend(BackendBase):
         # The forwarding switches as last read, with the switches' version then.
         self._switches_read: tuple[int, tuple[str | None, dict[str, str], dict[str, int],
                                               frozenset[str]]] | None = None
+        # change_token(): the sysctls observe reports that the kernel does not announce,
+        # as of (the netconf and link version, the state file's signature) then.
+        self._unheard: tuple[tuple[int, object], list[str]] | None = None
         self.driver: str = driver if isinstance(driver, str) else getattr(
             driver, "__name__", type(driver).__name__)
         self._runner = NetnsRunner(netns)  # raises a clear error if the namespace is missing
+        self._silent_fd: int | None = None  # see _deletes_unannounced
         # Not "the host's": under `ip netns exec NS` (no --netns) it is NS.
         where = f"network namespace {netns!r}" if netns else "this process's network namespace"
         self._where = where
@@ -314,13 +339,19 @@ class NetlinkBackend(BackendBase):
             identity = namespace_identity(netns)
             self._driver = self._open_driver(driver)
             self._routes = RouteCache(self._driver, protocol, self.tables, where)
+            self._silent_fd = self._runner.call(partial(_open_silent_switch, self.proc_sys))
+            self._routes.silent = self._deletes_unannounced
             # Whether the kernel announces each change of the switches read under proc_sys.
             self._announced = (getattr(self._driver, "follows_forwarding", False)
                                and on_procfs(self.proc_sys))
+            # Whether it announces each change of the sysctls announced() names, IPv6's too.
+            self._netconf = self._announced and getattr(self._driver, "follows_netconf", False)
         except OSError as exc:
+            self._close_silent_switch()
             self._runner.close()
             raise BackendError(f"cannot open rtnetlink in {where}: {exc}") from exc
         except BaseException:
+            self._close_silent_switch()
             self._runner.close()
             raise
         # One directory per namespace under the root, so that two namespaces never
@@ -357,6 +388,7 @@ class NetlinkBackend(BackendBase):
         try:
             self._driver.close()
         finally:
+            self._close_silent_switch()
             self._runner.close()
             super().close()
 
@@ -403,7 +435,9 @@ class NetlinkBackend(BackendBase):
         a 0: named here when the wanted sysctls (:meth:`expect`'s, else those owned)
         turn IPv4 forwarding on, the kernel's is on already (a write of it spreads) and
         the spec names no such switch itself. IPv6 forwards by
-        ``net.ipv6.conf.all.forwarding`` alone: its interfaces' switches are not named.
+        ``net.ipv6.conf.all.forwarding`` alone: its interfaces' switches are not named;
+        a default route learned from router advertisements that the kernel no longer
+        renews under IPv6 forwarding is (:meth:`_advertisement_warnings`).
 
         A bridge's port or a bond's slave is not named: what arrives on it is received
         by the bridge or the bond, whose switch decides (a flannel node's pod veths).
@@ -417,6 +451,56 @@ class NetlinkBackend(BackendBase):
             if observed is None:
                 return ()
             wanted = {o.name: o.value for o in observed[1].owned if type(o) is Sysctl}
+        return self._ipv4_warnings(wanted) + self._advertisement_warnings(wanted)
+
+    def _advertisement_warnings(self, wanted: Mapping[str, str]) -> tuple[str, ...]:
+        """The default routes learned from router advertisements that the kernel no longer
+        renews while IPv6 forwarding is wanted on: an interface whose IPv6 ``forwarding``
+        is on ignores advertisements unless its ``accept_ra`` is 2 (``ipv6_accept_ra``).
+        ``check`` refuses turning forwarding on over such a route; an ``accept_ra``
+        changed from 2 to 1 afterwards (netplan's ``accept-ra: true``, an administrator)
+        is announced by no notification, and the route then expires within its lifetime
+        (1800 s by default) and is not learned again: read at every call while such a
+        route is in the last observe's view."""
+        if wanted.get("net.ipv6.conf.all.forwarding") in (None, "0"):
+            return ()
+        observed = self._observed
+        if observed is None or not self._routes.in_scope(MAIN_TABLE):
+            return ()
+        learned = sorted((r for r in observed[1].foreign if isinstance(r, Route)
+                          and r.family == 6 and r.protocol == _RA_PROTOCOL
+                          and r.destination.prefixlen == 0 and r.device is not None
+                          and r.table == MAIN_TABLE), key=lambda r: r.sort_key)
+        if not learned:
+            return ()
+        names: dict[str, tuple[str, str]] = {}
+        for route in learned:
+            assert route.device is not None
+            with contextlib.suppress(ModelError):  # a name no sysctl can spell: not judged
+                names[route.device] = (
+                    Sysctl(f"net/ipv6/conf/{route.device}/accept_ra", "0").name,
+                    Sysctl(f"net/ipv6/conf/{route.device}/forwarding", "0").name)
+        root = self.proc_sys
+        values = self._runner.call(lambda: read_sysctls(
+            root, [name for pair in names.values() for name in pair]))
+        found: list[str] = []
+        for route in learned:
+            pair = names.get(str(route.device))
+            if pair is None:
+                continue
+            accept, forwarding = (normal(name, values.get(name)) for name in pair)
+            if forwarding in (None, "0") or accept in (None, "2"):
+                continue
+            found.append(
+                f"netlink: {pair[0]} is {accept} in {self._where} while IPv6 forwarding is "
+                f"on there: the kernel ignores the router advertisements arriving on "
+                f"{route.device}, so the {route.describe()} learned from them expires and is "
+                f"not learned again (the node loses its IPv6 default route); name it in the "
+                f"spec's sysctls ({pair[0]}: 2)")
+        return tuple(found)
+
+    def _ipv4_warnings(self, wanted: Mapping[str, str]) -> tuple[str, ...]:
+        """The IPv4 forwarding switches at 0 (see :attr:`warnings`)."""
         on = wanted.get("net.ipv4.ip_forward", wanted.get("net.ipv4.conf.all.forwarding"))
         if on in (None, "0"):
             return ()
@@ -511,8 +595,7 @@ class NetlinkBackend(BackendBase):
 
     def change_token(self) -> Hashable | None:
         """The route view's version after reading the pending notifications (no dump),
-        and the sysctls ``observe`` reports (a few small files: the kernel announces no
-        sysctl change).
+        and what moves with the sysctls ``observe`` reports (:meth:`_sysctls_token`).
 
         It changes with any route, link, address or nexthop-object change in the
         namespace, ours included; ``None`` with a driver that reads no notifications (pyroute2).
@@ -521,8 +604,36 @@ class NetlinkBackend(BackendBase):
         if version is None:
             return None
         with translate_errors(f"read the sysctls of {self._where}", capability=_CAPABILITY):
+            return version, self._sysctls_token()
+
+    def _sysctls_token(self) -> Hashable:
+        """What moves whenever the sysctls ``observe`` reports may have changed.
+
+        With the socket driver and ``proc_sys`` on a proc file system, the kernel
+        announces each change of the forwarding and ``rp_filter`` switches
+        (:func:`~.sysctls.announced`: :data:`WATCHED_SYSCTLS` and what most specs own):
+        those are not read, the netconf and link notifications' version stands for them,
+        and the state file's signature for what is owned. Only the others (an
+        ``accept_ra``, a ``watch_sysctls`` entry) are read: a no-op agent pass read every
+        reported sysctl's file and the state file, through the namespace's thread
+        (docs/performance.md, "The change token's sysctls"). Otherwise every one is read.
+        """
+        if not self._netconf:
             owned, foreign = self._observe_sysctls()
-        return version, tuple(owned), tuple(foreign)
+            return tuple(owned), tuple(foreign)
+        self._routes.sync()
+        key = (self._routes.switches_version, self._store.signature())
+        kept = self._unheard
+        if kept is None or kept[0] != key:
+            data, _indexes = self._load_sysctls()
+            names = self._watch | data.released | set(data.owned)
+            kept = self._unheard = (key, sorted(n for n in names if not announced(n)))
+        unheard = kept[1]
+        if not unheard:
+            return key
+        root = self.proc_sys
+        values = self._runner.call(lambda: read_sysctls(root, unheard))
+        return key, tuple(values.items())
 
     def route_token(self) -> tuple[int, int] | None:
         """The route view's version after reading the pending notifications (no dump):
@@ -542,13 +653,35 @@ class NetlinkBackend(BackendBase):
 
     def _read_notifications(self) -> bool:
         """Bring the route view up to the pending notifications (no dump); False with a
-        driver that reads none (pyroute2)."""
-        if not self._driver.follows_changes:
+        driver that reads none (pyroute2), or while the kernel may delete routes without
+        one (:meth:`_deletes_unannounced`)."""
+        if not self._driver.follows_changes or self._deletes_unannounced():
             return False
         with translate_errors(f"read the notifications of {self._where}",
                               capability=_CAPABILITY):
             self._routes.sync()
         return True
+
+    def _close_silent_switch(self) -> None:
+        fd, self._silent_fd = self._silent_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _deletes_unannounced(self) -> bool:
+        """Whether the kernel may now delete IPv6 routes without a notification:
+        ``net.ipv6.route.skip_notify_on_dev_down = 1`` (FRR's advice for nodes of many
+        routes), and ``disable_ipv6`` turned on for an interface without an IPv6 address
+        (a WireGuard tunnel) then deletes the routes through it with no notification at
+        all. The route view is then dumped at every public call, and the tokens are
+        ``None`` (cannot tell), as with the pyroute2 driver. Read through a file kept
+        open in the namespace (``pread``: a few µs, no thread hop)."""
+        fd = self._silent_fd
+        if fd is None:
+            return False
+        try:
+            return os.pread(fd, 16, 0).strip() not in (b"", b"0")
+        except OSError:
+            return False
 
     def _count(self) -> None:
         self._operations += 1
@@ -742,14 +875,14 @@ class NetlinkBackend(BackendBase):
                 local.setdefault(iface.ip, set()).update(() if name is None else (name,))
                 if iface.version == 4 and iface.network.prefixlen < 31:
                     broadcasts.add(iface.network.broadcast_address)
-        # The administrator's rules sending lookups to other tables (optional of a driver:
-        # without it, the default rules alone).
+        # The policy rules in the kernel's order (optional of a driver: without it, the
+        # rules a namespace starts with).
         read_rules: Callable[[], Sequence[LookupRule]] | None = getattr(
             self._driver, "rules", None)
-        rules = [rule for rule in (read_rules() if read_rules is not None else ())
-                 if rule.table not in _DEFAULT_RULE_TABLES]
-        tables = frozenset({r.table for r in gateways} | {rule.table for rule in rules}
-                           | {MAIN_TABLE, _DEFAULT_TABLE})
+        rules = list(read_rules()) if read_rules is not None else list(_DEFAULT_RULES)
+        tables = frozenset({r.table for r in gateways} | {MAIN_TABLE, _DEFAULT_TABLE}
+                           | {rule.table for rule in rules if rule.action == FR_ACT_TO_TBL
+                              and rule.table != _LOCAL_TABLE})
         lookup = _GatewayTables(tables, local, frozenset(broadcasts), rules)
         for route in (*view.owned.values(), *view.foreign):
             lookup.add(route)
@@ -1152,6 +1285,17 @@ class NetlinkBackend(BackendBase):
         self._count()
 
 
+def _open_silent_switch(root: Path) -> int | None:
+    """``net.ipv6.route.skip_notify_on_dev_down`` under ``root``, opened in the calling
+    thread's namespace (a proc file keeps it), or ``None`` (a kernel without it, before
+    5.1, or without IPv6: it announces every deletion)."""
+    try:
+        return os.open(root / "net/ipv6/route/skip_notify_on_dev_down",
+                       os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 def _of_kind(plan: Plan, kind: str) -> Sequence[Change]:
     """The changes of ``plan`` about ``kind``, in order (the plan's own tuple when all are)."""
     if kind not in plan.kinds:
@@ -1237,15 +1381,17 @@ class _GatewayTables:
                  broadcasts: frozenset[Address] = frozenset(),
                  rules: Sequence[LookupRule] = ()) -> None:
         self.tables = tables
-        self.rules = rules  # the administrator's, to other tables than local, main, default
+        self.rules = rules or _DEFAULT_RULES  # in the kernel's order
         self.local: Mapping[Address, set[str]] = local or {}  # the devices by local address
         self.broadcasts = broadcasts  # IPv4: of the local addresses' prefixes
         # (table, family) -> prefix length -> the destination's address as an integer.
         self._routes: dict[tuple[int, int], dict[int, dict[int, list[Route | RouteBlock]]]]
         self._routes = {}
         self._lengths: dict[tuple[int, int], list[int]] = {}  # longest first
-        # (table, gateway, device) -> the answer: thousands of routes share a gateway.
-        self._answers: dict[tuple[int, Address, str | None], bool] = {}
+        # (table, gateway, device) -> the answer, and the rule ending the lookup before a
+        # table holding the gateway (None: no rule did): thousands of routes share one.
+        self._answers: dict[tuple[int, Address, str | None], tuple[bool, LookupRule | None]]
+        self._answers = {}
         # The gateways answered, as sorted integers per family, and their answers' keys:
         # a route's destination finds those it holds by bisection.
         self._answered: dict[int, list[int]] = {4: [], 6: []}
@@ -1296,15 +1442,16 @@ class _GatewayTables:
         """Whether the kernel takes ``route``'s gateway as on-link (``fib_check_nh_v4_gw``,
         ``ip6_route_check_nh``, through the policy rules).
 
-        It looks the gateway up in the route's own table, then, when that finds nothing
-        fit, through the rules: ``local``, ``main`` and (IPv4) ``default``, and the tables
-        of the administrator's rules that lookup may match (:meth:`_ruled`; with the
-        socket driver, which reads them). With a device, only routes through it are
-        looked at. IPv4 skips routes of scope ``universe`` (those via a gateway) and
-        takes a device route of scope ``link`` or ``host``, or a local address, never the
-        broadcast address of a local prefix (the ``local`` table's broadcast route
-        answers first); IPv6 takes the best match (longest prefix, then lowest metric)
-        when it is a device route, without a gateway.
+        It looks the gateway up in the route's own table (IPv4: unless ``main``), then,
+        when that finds nothing fit, through the rules in their order (:meth:`_walk`):
+        the first whose table answers decides, a ``blackhole``, ``unreachable`` or
+        ``prohibit`` rule matching it ends the lookup refused (:meth:`refused_by`).
+        With a device, only routes through it are looked at. IPv4 skips routes of scope
+        ``universe`` (those via a gateway) and takes a device route of scope ``link`` or
+        ``host``, or a local address (the ``local`` table), never the broadcast address
+        of a local prefix (the ``local`` table's broadcast route); IPv6 takes a table's
+        best match (longest prefix, then lowest metric) when it is a device route,
+        without a gateway, and goes on to the next rule only when the table has none.
         """
         gateway, device = route.gateway, route.device
         assert gateway is not None
@@ -1318,49 +1465,88 @@ class _GatewayTables:
             if not keys:
                 bisect.insort(self._answered[gateway.version], int(gateway))
             keys.append(key)
-        return answer
+        return answer[0]
 
-    def _reachable4(self, table: int, gateway: Address, device: str | None) -> bool:
+    def refused_by(self, route: Route) -> LookupRule | None:
+        """The rule whose action ended the lookup of ``route``'s gateway before a table
+        holding it (after :meth:`reachable` said no), else ``None``."""
+        assert route.gateway is not None
+        answer = self._answers.get((route.table, route.gateway, route.device))
+        return None if answer is None else answer[1]
+
+    def _walk(self, gateway: Address, device: str | None,
+              answer: Callable[[int], bool | None]) -> tuple[bool, LookupRule | None]:
+        """The kernel's lookup of ``gateway`` through the rules (``fib_rules_lookup``):
+        each matching rule in order, its table asked (``answer``: True found fit, False
+        found unfit, the lookup ends there; None: nothing there, the next rule) or its
+        action ending the lookup. IPv4's lookup comes in by ``lo``, IPv6's by no
+        interface; its out-interface is ``device``.
+
+        A rule that only *may* match (not ``exact``), or one met after a ``goto`` or
+        ``nop`` (not followed), never ends it refused: a gateway the kernel may take is
+        no problem of the dry run (the kernel answers at the apply, taken back whole on
+        a refusal)."""
+        incoming = "lo" if gateway.version == 4 else None
+        sure = True  # every rule before was followed as the kernel does
+        for rule in self.rules:
+            if not rule.matches(gateway, incoming, device):
+                continue
+            ends = sure and rule.exact
+            if rule.action == FR_ACT_TO_TBL:
+                found = answer(rule.table)
+                if found:
+                    return True, None
+                if found is False and ends:
+                    return False, None
+            elif rule.action in _REJECTING:
+                if ends:
+                    return False, rule
+            else:  # goto, nop, or an action unknown here: where the lookup goes on
+                sure = False
+        return False, None
+
+    def _reachable4(self, table: int, gateway: Address, device: str | None
+                    ) -> tuple[bool, LookupRule | None]:
         def direct(looked: int) -> bool:
-            return any(isinstance(r, Route) and r.gateway is None and r.device is not None
-                       and r.scope != "universe" and device in (None, r.device)
+            return any((isinstance(r, Route) and r.gateway is None and r.device is not None
+                        and r.scope != "universe" and device in (None, r.device))
+                       or (device is None and _unnamed_device_route(r))
                        for routes in self.covering(looked, gateway) for r in routes)
 
+        def answer(looked: int) -> bool | None:
+            if looked == _LOCAL_TABLE:
+                if gateway in self.broadcasts:
+                    return False
+                local = self.local.get(gateway)
+                return True if local is not None and device in (None, *local) else None
+            return True if direct(looked) else None
+
         if table != MAIN_TABLE and direct(table):
-            return True
-        # The rules: local, main, default, and the administrator's.
-        if gateway in self.broadcasts:
-            return False
-        local = self.local.get(gateway)
-        if local is not None and (device is None or device in local):
-            return True
-        return direct(MAIN_TABLE) or direct(_DEFAULT_TABLE) or any(
-            direct(looked) for looked in self._ruled(gateway, device))
+            return True, None
+        return self._walk(gateway, device, answer)
 
-    def _ruled(self, gateway: Address, device: str | None) -> list[int]:
-        """The tables the administrator's rules may send the lookup of ``gateway`` to:
-        IPv4's comes in by ``lo``, IPv6's by no interface; its out-interface is
-        ``device`` (none without one). Taken as they come, whatever their priority: a
-        gateway any of them makes on-link is no problem of the dry run (the kernel
-        answers at the apply, which is taken back whole on a refusal)."""
-        incoming = "lo" if gateway.version == 4 else None
-        return [rule.table for rule in self.rules
-                if rule.family == gateway.version
-                and (rule.destination is None or gateway in rule.destination)
-                and rule.in_interface in (None, incoming)
-                and (rule.out_interface is None or rule.out_interface == device)]
-
-    def _reachable6(self, table: int, gateway: Address, device: str | None) -> bool:
-        for looked in dict.fromkeys((table, MAIN_TABLE, *self._ruled(gateway, device))):
+    def _reachable6(self, table: int, gateway: Address, device: str | None
+                    ) -> tuple[bool, LookupRule | None]:
+        def answer(looked: int) -> bool | None:
             for routes in self.covering(looked, gateway):
                 here = [r for r in routes
                         if device is None or getattr(r, "device", None) == device]
                 if here:
                     best = min(here, key=lambda r: r.metric or 0)
-                    if isinstance(best, Route) and best.gateway is None:
-                        return True
-                    break  # the kernel's answer for this table: a gateway, or a reject route
-        return False
+                    # A gateway or a reject route: the kernel's answer for this table.
+                    return ((isinstance(best, Route) and best.gateway is None)
+                            or _unnamed_device_route(best))
+            return None
+
+        if answer(table):
+            return True, None
+        return self._walk(gateway, device, answer)
+
+
+def _unnamed_device_route(route: Route | RouteBlock) -> bool:
+    """Whether ``route`` is a device route through a device the model cannot name (a
+    route given with a device names one it can: never that one)."""
+    return isinstance(route, RouteBlock) and route.what == UNNAMED_DEVICE_ROUTE
 
 
 def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
@@ -1385,7 +1571,11 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
         tables = [_table_name(t) for t in dict.fromkeys(
             (route.table, MAIN_TABLE, *((_DEFAULT_TABLE,) if gateway.version == 4 else ())))]
         named = f"{', '.join(tables[:-1])} or {tables[-1]}" if len(tables) > 1 else tables[0]
-        why = (("it is the broadcast address of a local prefix" if gateway in lookup.broadcasts
+        rule = lookup.refused_by(route)
+        why = (f"the policy rule at priority {rule.priority} ({_REJECTING[rule.action]}) ends "
+               "the kernel's lookup of it before a table holding it"
+               if rule is not None else
+               ("it is the broadcast address of a local prefix" if gateway in lookup.broadcasts
                 else f"no device route of scope link or host in table {named} holds it, nor "
                 "is it a local address") if gateway.version == 4 else
                f"its best match in table {named} is no device route (a route via a gateway, "

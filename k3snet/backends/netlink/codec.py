@@ -21,6 +21,7 @@ from typing import Final
 import attrs
 
 from k3snet.errors import ModelError
+from k3snet.model import validate_interface_name
 from k3snet.model.cidr import Address, Network
 from k3snet.model.route import Route, RouteBlock, RouteScope
 from k3snet.planner import Change
@@ -28,6 +29,7 @@ from k3snet.planner import Change
 __all__ = [
     "HDR",
     "NLMSG",
+    "UNNAMED_DEVICE_ROUTE",
     "Interface",
     "Link",
     "LookupRule",
@@ -119,8 +121,22 @@ FRA_FWMARK = 10
 FRA_TABLE = 15
 FRA_OIFNAME = 17
 FRA_L3MDEV = 19
+FRA_FLOW = 11
+FRA_SUPPRESS_IFGROUP = 13
+FRA_SUPPRESS_PREFIXLEN = 14
+FRA_FWMASK = 16
+FRA_PAD = 18
+FRA_PROTOCOL = 21
 FR_ACT_TO_TBL = 1
+FR_ACT_BLACKHOLE = 6
+FR_ACT_UNREACHABLE = 7
+FR_ACT_PROHIBIT = 8
 FIB_RULE_INVERT = 0x2
+# A rule's attributes that leave a gateway's lookup matching whatever they hold (its
+# mark 0 and suppressors at -1, unset, are read apart); any other (a user id range,
+# ports, an IP protocol, a goto's target, suppress_prefixlength ...): it may match.
+_PLAIN_RULE_ATTRS = frozenset({FRA_DST, FRA_IIFNAME, FRA_PRIORITY, FRA_FWMARK, FRA_FLOW,
+                               FRA_TABLE, FRA_FWMASK, FRA_OIFNAME, FRA_PAD, FRA_PROTOCOL})
 
 RTN_UNICAST = 1
 RTM_F_CLONED = 0x200
@@ -141,9 +157,12 @@ RTNLGRP_NEXTHOP: Final = 32
 through it without a route notification."""
 RTNLGRP_IPV4_NETCONF: Final = 24
 """IPv4 ``RTM_NEWNETCONF`` notifications: the kernel sends one whenever a ``forwarding``
-switch changes (``net.ipv4.ip_forward``: one for ``all``, ``default`` and every
-interface), and one for each interface registered or gone (joined by the socket
-driver's monitor alone: the facts watch has no use for them)."""
+or ``rp_filter`` switch changes (``net.ipv4.ip_forward``: one for ``all``, ``default``
+and every interface), and one for each interface registered or gone (joined by the
+socket driver's monitor alone: the facts watch has no use for them)."""
+RTNLGRP_IPV6_NETCONF: Final = 25
+"""IPv6 ``RTM_NEWNETCONF`` notifications: one whenever a ``forwarding`` switch changes
+(``net.ipv6.conf.all.forwarding``: one for ``all`` and every interface)."""
 
 NLMSG: Final = struct.Struct("=IHHII")
 """nlmsghdr: length, type, flags, sequence number, port id."""
@@ -362,6 +381,12 @@ def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, fl
                          metric=metric, scope=scope_name, protocol=protocol)
         except (ModelError, ValueError):  # a name or value the model refuses
             what = "unmodelled"
+            if device is not None and not _nameable(device):
+                # A name the kernel takes and no spec can (``vé``): such a device
+                # route still holds gateways (check's lookup, UNNAMED_DEVICE_ROUTE).
+                what = (UNNAMED_DEVICE_ROUTE if gateway is None and (
+                    family == socket.AF_INET6 or scope_name in ("link", "host"))
+                    else "unnamed device")
     try:
         return RouteBlock(destination, table=table, metric=metric, what=what, protocol=protocol)
     except (ModelError, ValueError):
@@ -387,6 +412,21 @@ def expected_routes(routes: Iterable[Route]) -> dict[RouteShape, Route]:
                 None if gateway is None else gateway.packed, route.device, route.table,
                 int(route.metric or 0), SCOPE_CODES[str(route.scope)], route.protocol)] = route
     return shapes
+
+
+UNNAMED_DEVICE_ROUTE: Final = "device route, unnamed device"
+"""A :class:`~k3snet.model.RouteBlock`'s ``what`` for a device route (no gateway; IPv4: of
+scope ``link`` or ``host``) through a device whose name the kernel takes and the model
+refuses (UTF-8 beyond ASCII, bytes that are no UTF-8): the kernel takes a gateway it
+holds as on-link, and so does the backend's ``check``."""
+
+
+def _nameable(name: str) -> bool:
+    try:
+        validate_interface_name(name)
+    except ModelError:
+        return False
+    return True
 
 
 def decode_route(msg: bytes, names: Mapping[int, str],
@@ -493,9 +533,14 @@ def decode_address(msg: bytes) -> tuple[int, Interface] | None:
 
 @attrs.frozen
 class LookupRule:
-    """A policy rule a gateway's lookup may pass through to another table
-    (:func:`decode_rule`): its family (4 or 6), priority, table, destination prefix
-    (``None``: any) and the interface names it requires (``None``: any)."""
+    """A policy rule the kernel's lookup of a route's gateway may pass through
+    (:func:`decode_rule`): its family (4 or 6), priority, table (of an ``action`` sending
+    lookups to one), destination prefix (``None``: any) and the interface names it
+    requires (``None``: any); its ``action`` (``FR_ACT_TO_TBL``, 1; ``blackhole``,
+    ``unreachable`` and ``prohibit``, 6 to 8, end the lookup; ``goto`` and ``nop``, 2
+    and 3, go on elsewhere) and whether it is ``exact``: its selectors are only those
+    read here (a rule that is not, an inverted one, one with a user id range, ports,
+    ``suppress_prefixlength`` ..., *may* match)."""
 
     family: int
     priority: int
@@ -503,6 +548,16 @@ class LookupRule:
     destination: Network | None
     in_interface: str | None
     out_interface: str | None
+    action: int = FR_ACT_TO_TBL
+    exact: bool = True
+
+    def matches(self, address: Address, incoming: str | None, outgoing: str | None) -> bool:
+        """Whether a lookup of ``address`` coming in by ``incoming``, going out by
+        ``outgoing`` (``None``: none given) meets what the rule reads (see ``exact``)."""
+        return (self.family == address.version
+                and (self.destination is None or address in self.destination)
+                and self.in_interface in (None, incoming)
+                and (self.out_interface is None or self.out_interface == outgoing))
 
 
 def rule_dump_request(family: int) -> bytes:
@@ -515,20 +570,19 @@ def _name(raw: bytes | None) -> str | None:
 
 
 def decode_rule(msg: bytes) -> LookupRule | None:
-    """The rule of a raw ``RTM_NEWRULE`` message when it sends lookups to a table and the
-    kernel's own lookup of a route's gateway (``fib_check_nh_v4_gw``,
-    ``ip6_route_check_nh``: no source address, mark nor TOS) can match it; else
-    ``None`` (another action, inverted, a source prefix, a mark, a TOS, an L3 master
-    device). Selectors that lookup never sets otherwise (a user id range, ports, an
-    IP protocol) are not read: the rule counts as matching."""
+    """The rule of a raw ``RTM_NEWRULE`` message when the kernel's own lookup of a route's
+    gateway (``fib_check_nh_v4_gw``, ``ip6_route_check_nh``: no source address, mark
+    nor TOS) may match it; else ``None`` (a source prefix, a mark, a TOS, an L3 master
+    device). An inverted rule, or one with selectors that lookup meets otherwise (a
+    user id range, ports, an IP protocol), is not ``exact``: it may match."""
     if len(msg) < HDR + FIB_RULE_HDR.size:
         return None
     family, dst_len, src_len, tos, table, _, _, action, flags = FIB_RULE_HDR.unpack_from(
         msg, HDR)
     found = attrs_of(msg, HDR + FIB_RULE_HDR.size)
-    if (action != FR_ACT_TO_TBL or flags & FIB_RULE_INVERT or src_len or tos
-            or FRA_SRC in found or FRA_L3MDEV in found
-            or (FRA_FWMARK in found and U32.unpack(found[FRA_FWMARK][:4])[0])
+    inverted = bool(flags & FIB_RULE_INVERT)
+    if ((not inverted and (src_len or tos or FRA_SRC in found or FRA_L3MDEV in found
+                           or (FRA_FWMARK in found and U32.unpack(found[FRA_FWMARK][:4])[0])))
             or family not in (socket.AF_INET, socket.AF_INET6)):
         return None
     if FRA_TABLE in found:
@@ -539,5 +593,13 @@ def decode_rule(msg: bytes) -> LookupRule | None:
         destination = (ipaddress.IPv4Network((raw, dst_len)) if family == socket.AF_INET
                        else ipaddress.IPv6Network((raw, dst_len)))
     priority = U32.unpack(found[FRA_PRIORITY][:4])[0] if FRA_PRIORITY in found else 0
+    # The kernel sends suppress_prefixlength (and suppress_ifgroup) at -1 when unset.
+    unset = {kind for kind in (FRA_SUPPRESS_PREFIXLEN, FRA_SUPPRESS_IFGROUP)
+             if found.get(kind, b"")[:4] == b"\xff\xff\xff\xff"}
+    exact = not inverted and found.keys() - unset <= _PLAIN_RULE_ATTRS
+    if inverted:  # met by what its selectors do not match: any lookup, perhaps
+        return LookupRule(4 if family == socket.AF_INET else 6, priority, table, None,
+                          None, None, action, exact=False)
     return LookupRule(4 if family == socket.AF_INET else 6, priority, table, destination,
-                      _name(found.get(FRA_IIFNAME)), _name(found.get(FRA_OIFNAME)))
+                      _name(found.get(FRA_IIFNAME)), _name(found.get(FRA_OIFNAME)),
+                      action, exact)

@@ -4,7 +4,8 @@ Requests are batched: up to 1024 go out in one ``sendmsg`` and only the last ask
 for an acknowledgement (the kernel handles the whole datagram before ``sendmsg``
 returns and answers every failure anyway). A second socket listens to route,
 link and address notifications, so the backend can keep its route view warm, and to
-IPv4 netconf ones, so it reads the ``forwarding`` switches only after one changed.
+netconf ones (IPv4's and IPv6's), so it reads the ``forwarding`` switches (and
+the sysctls of a change token) only after one changed.
 The sockets are created inside the target namespace (by the namespace's worker
 thread) and belong to it whatever thread uses them later.
 """
@@ -40,6 +41,7 @@ from k3snet.backends.netlink.codec import (
     RTM_GETRULE,
     RTM_NEWNETCONF,
     RTNLGRP_IPV4_NETCONF,
+    RTNLGRP_IPV6_NETCONF,
     RTNLGRP_NEXTHOP,
     SO_RCVBUFFORCE,
     SO_SNDBUFFORCE,
@@ -120,27 +122,33 @@ def _open_request() -> socket.socket:
     return request
 
 
-def _open_sockets() -> tuple[socket.socket, socket.socket, bool]:
+def _open_sockets() -> tuple[socket.socket, socket.socket, bool, bool]:
     """A request socket and a notification socket, in the calling thread's namespace, and
-    whether the latter hears IPv4 ``forwarding`` switches change (RTNLGRP_IPV4_NETCONF)."""
+    whether the latter hears IPv4's and IPv6's netconf changes (RTNLGRP_IPV4_NETCONF,
+    RTNLGRP_IPV6_NETCONF: the ``forwarding`` switches, IPv4's ``rp_filter``)."""
     request = _open_request()
     try:
         monitor = open_monitor()
     except BaseException:
         request.close()
         raise
-    try:
-        monitor.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_IPV4_NETCONF)
-    except OSError:  # a kernel without it (before 3.8): the switches are read every time
-        return request, monitor, False
-    return request, monitor, True
+    joined = []
+    for group in (RTNLGRP_IPV4_NETCONF, RTNLGRP_IPV6_NETCONF):
+        try:
+            monitor.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+        except OSError:  # a kernel without it (before 3.8): the switches are read every time
+            joined.append(False)
+        else:
+            joined.append(True)
+    return request, monitor, joined[0], joined[1]
 
 
 def open_socket_driver(runner: NetnsRunner, count: Callable[[], None]) -> SocketDriver:
     """A :class:`SocketDriver` whose sockets ``runner`` created in its namespace."""
-    request, monitor, netconf = runner.call(_open_sockets)
+    request, monitor, netconf4, netconf6 = runner.call(_open_sockets)
     driver = SocketDriver(request, monitor, count)
-    driver.follows_forwarding = netconf
+    driver.follows_forwarding = netconf4
+    driver.follows_netconf = netconf4 and netconf6
     return driver
 
 
@@ -164,6 +172,9 @@ class SocketDriver:
     """Whether :meth:`notifications` also reports IPv4 ``RTM_NEWNETCONF`` (every change of
     a ``forwarding`` switch): :func:`open_socket_driver`'s joins that group (see
     :class:`~.driver.RouteDriver`)."""
+    follows_netconf = False
+    """Whether it reports IPv6's ``RTM_NEWNETCONF`` too: every change of a sysctl
+    :func:`~.sysctls.announced` names."""
 
     def __init__(self, request: socket.socket, monitor: socket.socket,
                  count: Callable[[], None]) -> None:
@@ -224,8 +235,9 @@ class SocketDriver:
         return found
 
     def rules(self) -> list[LookupRule]:
-        """The policy rules of both families a gateway's lookup may pass to another
-        table (:func:`~.codec.decode_rule`), in priority order (optional: see
+        """The policy rules of both families a gateway's lookup may meet
+        (:func:`~.codec.decode_rule`), ``local``'s, ``main``'s and ``default``'s too, in
+        the kernel's order: by priority, those of one priority as dumped (optional: see
         :class:`~.driver.RouteDriver`)."""
         found = [rule for family in (socket.AF_INET, socket.AF_INET6)
                  for msg in self.dump(RTM_GETRULE, rule_dump_request(family), missing_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import re
@@ -34,6 +35,7 @@ __all__ = [
     "SPREADING_INVERTED",
     "SysctlState",
     "SysctlStore",
+    "announced",
     "interface_of",
     "namespace_identity",
     "normal",
@@ -89,6 +91,22 @@ def interface_of(name: str) -> str | None:
             and parts[3] not in ("all", "default")):
         return parts[3]
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def announced(name: str) -> bool:
+    """Whether the kernel announces every change of sysctl ``name`` with a netconf
+    notification (``RTM_NEWNETCONF`` to ``RTNLGRP_IPV4_NETCONF`` or
+    ``RTNLGRP_IPV6_NETCONF``): the ``forwarding`` switches of both families
+    (``net.ipv4.ip_forward`` too) and IPv4's ``rp_filter``, of ``all``, ``default`` and
+    each interface (``devinet_conf_proc``, ``addrconf_fixup_forwarding``). Not
+    ``accept_ra``, ``disable_ipv6`` nor most others: those are read."""
+    if name == "net.ipv4.ip_forward":
+        return True
+    parts = Sysctl(name, "0").path.split("/")
+    return (len(parts) == 5 and parts[0] == "net" and parts[2] == "conf"
+            and ((parts[1] in ("ipv4", "ipv6") and parts[4] == "forwarding")
+                 or (parts[1] == "ipv4" and parts[4] == "rp_filter")))
 
 
 def spread_to(name: str, switch: str, value: str) -> str:
@@ -315,6 +333,25 @@ class SysctlStore:
                 "which sysctls it owns until it is repaired or removed"
             ) from exc
         return SysctlState(owned, released, spread, links)
+
+    def signature(self) -> tuple[object, ...]:
+        """What moves whenever :meth:`load` may answer otherwise: the file's (and the
+        legacy file's) inode, times, size, mode and owner, its directory's mode and
+        owner. Saves replace the file (a new inode), so a save within one clock tick
+        moves it too."""
+        def of(path: Path, directory: bool = False) -> object:
+            try:
+                info = os.lstat(path)
+            except OSError:
+                return None
+            if directory:
+                return info.st_mode, info.st_uid, info.st_gid
+            return (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_ctime_ns,
+                    info.st_size, info.st_mode, info.st_uid, info.st_gid)
+
+        legacy = self.legacy
+        return (of(self.directory, directory=True), of(self.path),
+                None if legacy is None else of(legacy.path))
 
     def _read(self) -> str | None:
         """The file's text, ``None`` when there is none (see :meth:`load`)."""

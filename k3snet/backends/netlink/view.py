@@ -12,7 +12,7 @@ at the start of every public call (:meth:`RouteCache.begin`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -40,6 +40,10 @@ from k3snet.backends.netlink.driver import RouteDriver
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock
 
 __all__ = ["RouteCache", "RouteView"]
+
+
+def _never() -> bool:
+    return False
 
 
 @attrs.define
@@ -77,14 +81,18 @@ class RouteCache:
         self._facts_blind = frozenset({protocol, K3SNET_ROUTE_PROTOCOL})
         # Netconf, link and lost notifications: a forwarding switch may have changed.
         self._switch_moves = 0
+        self.silent: Callable[[], bool] = _never
+        """Whether the kernel may now delete routes without a notification: the view is
+        then dumped again at every public call (:meth:`begin`)."""
 
     def expect(self, routes: Iterable[Route]) -> None:
         """A hint for the next dump: these routes are likely there (changes no result)."""
         self._expected = tuple(routes)
 
     def begin(self) -> None:
-        """Start a public call: a driver that cannot follow changes forgets what it read."""
-        if not self.driver.follows_changes:
+        """Start a public call: a driver that cannot follow changes forgets what it read,
+        and so does one while the kernel may delete routes unannounced (:attr:`silent`)."""
+        if not self.driver.follows_changes or self.silent():
             self.forget()
 
     def forget(self) -> None:

@@ -1,0 +1,91 @@
+"""Interface names the kernel takes and k3snet's model refuses (``vé``: UTF-8 beyond
+ASCII; bytes that are no UTF-8) reach the backend in the kernel's dumps: a route
+through such a device is a foreign block where it stands. A gateway on-link only
+through one (its connected route) was "not on-link" to ``check``, so the dry run failed
+a plan the kernel takes. The kernel's view is ``ip -j route``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.netlink import NetlinkBackend
+from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.model import Route, RouteBlock, State, Sysctl
+from k3snet.planner import plan
+from tests.netlink.links import ip
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
+
+
+def _ours(ns: str) -> set[tuple[str, str]]:
+    listed = [subprocess.run(["ip", "-n", ns, family, "-j", "route", "show"], check=True,
+                             capture_output=True, text=True, errors="replace").stdout
+              for family in ("-4", "-6")]
+    return {(r["dst"], r["gateway"]) for text in listed
+            for r in json.loads(text, strict=False) if r.get("protocol") == "211"}
+
+
+@pytest.mark.parametrize("name", ["v\u00e9", "\udcff\udcfe"])
+def test_a_gateway_on_link_through_an_unnameable_device_passes_check_as_the_kernel_takes_it(
+        tmp_path: Path, name: str) -> None:
+    raw = name  # subprocess passes the surrogates on as the bytes they stand for
+    with temporary_netns("unnamed") as ns:
+        run_in(ns, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0"])
+        ip(ns, "link", "add", raw, "type", "veth", "peer", "name", "up0")
+        ip(ns, "link", "set", "dev", raw, "up")
+        ip(ns, "link", "set", "dev", "up0", "up")
+        ip(ns, "addr", "add", "10.6.0.5/24", "dev", raw)
+        ip(ns, "-6", "addr", "add", "fd06::5/64", "dev", raw, "nodad")
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            observed = backend.observe()
+            assert any(isinstance(b, RouteBlock) and b.destination.prefixlen == 24
+                       for b in observed.foreign)
+            wanted = State(owned=[Route("10.7.0.0/16", gateway="10.6.0.1"),
+                                  Route("fd07::/64", gateway="fd06::1")])
+            p = plan(observed, wanted)
+            assert backend.check(p) == ()
+            backend.apply(p)
+            assert _ours(ns) == {("10.7.0.0/16", "10.6.0.1"), ("fd07::/64", "fd06::1")}
+            # A gateway no device route holds is still refused.
+            p = plan(backend.observe(), State(owned=[
+                *wanted.owned, Route("10.8.0.0/16", gateway="10.9.0.1")]))
+            [problem] = backend.check(p)
+            assert "gateway 10.9.0.1 is not on-link" in problem
+
+
+def test_table_ids_metrics_and_names_at_their_limits_reach_the_kernel_as_given(
+        tmp_path: Path) -> None:
+    device = "a.b@c+d-e_f.123"  # 15 bytes, the most IFNAMSIZ leaves
+    switch = f"net/ipv4/conf/{device}/forwarding"
+    wanted = State(owned=[
+        Route("10.1.0.0/16", device=device, table=4294967295),
+        Route("10.2.0.0/16", device=device, table=252),  # RT_TABLE_COMPAT
+        Route("10.3.0.0/16", device=device, table=256, metric=4294967295),
+        Route("fd01::/64", device=device, table=4294967295),
+        Sysctl(switch, 1),
+    ])
+    with temporary_netns("limits") as ns, NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        ip(ns, "link", "add", device, "type", "veth", "peer", "name", "-x")
+        ip(ns, "link", "set", "dev", device, "up")
+        p = plan(backend.observe(), wanted)
+        assert backend.check(p) == ()
+        backend.apply(p)
+        listed = {(r["dst"], r.get("table", "main"), r.get("metric", 0), r["dev"])
+                  for family in ("-4", "-6")
+                  for r in json.loads(ip(ns, family, "-j", "route", "show", "table", "all"))
+                  if r.get("protocol") == "211"}
+        assert listed == {("10.1.0.0/16", "4294967295", 0, device),
+                          ("10.2.0.0/16", "252", 0, device),
+                          ("10.3.0.0/16", "256", 4294967295, device),
+                          ("fd01::/64", "4294967295", 1024, device)}
+        assert run_in(ns, ["sysctl", "-n", switch]).stdout.strip() == "1"
+        assert plan(backend.observe(), wanted).changes == ()
+        backend.apply(plan(backend.observe(), State()))
+        assert not [r for r in json.loads(ip(ns, "-j", "route", "show", "table", "all"))
+                    if r.get("protocol") == "211"]
