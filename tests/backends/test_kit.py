@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from k3snet import ApplyError, Change, MasqueradeRule, Plan, PlanError, RollbackError, State
+from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import (
     BackendBase,
     Compensation,
@@ -16,6 +17,7 @@ from k3snet.backends.kit import (
     ObserveCache,
     UndoFailure,
     WarningLog,
+    backend_warnings,
     ensure_fits,
     fit_problems,
     option_seconds,
@@ -347,3 +349,46 @@ def test_backend_base_logs_its_warnings_on_a_k3snet_logger_for_a_backend_of_anot
         assert backend.log_warnings() == ()
         assert Nat().log_warnings() == ()  # no warnings at all: nothing to say
     assert _said(caplog) == [("k3snet.backends.nat-only", "nat-only: the file is read-only")]
+
+
+class _MethodWarns(Nat):
+    """A third-party backend whose ``warnings`` is a method, not a property."""
+
+    def warnings(self) -> list[str]:
+        return ["the file is read-only"]
+
+
+def _group(backend: Nat) -> BackendGroup:
+    """A group of ``backend`` alone (a Nat is no whole Backend: no observe)."""
+    return BackendGroup([backend])  # type: ignore[list-item]
+
+
+class _TextWarns(Nat):
+    warnings = "one warning, not one per character"
+
+
+def test_a_backend_whose_warnings_is_a_method_or_one_text_is_read_as_its_warnings(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # group.warnings iterated the bound method: TypeError: 'method' object is not
+    # iterable, ending k3snet plan after its read; a text was one warning per character.
+    group = _group(_MethodWarns())
+    assert group.warnings == ("the file is read-only",)
+    assert backend_warnings(_MethodWarns()) == ("the file is read-only",)
+    assert backend_warnings(_TextWarns()) == ("one warning, not one per character",)
+    assert backend_warnings(Nat()) == ()
+    with caplog.at_level(logging.WARNING):
+        assert group.log_warnings() == ("the file is read-only",)
+        assert _MethodWarns().log_warnings() == ("the file is read-only",)
+        assert _group(_TextWarns()).log_warnings() == (
+            "one warning, not one per character",)
+
+
+def test_warnings_that_are_no_texts_are_refused_naming_the_backend() -> None:
+    class Counted(Nat):
+        warnings = 3
+
+    with pytest.raises(BackendError, match=r"nat-only\.warnings .*int.*sequence of texts"):
+        backend_warnings(Counted())
+    with pytest.raises(BackendError, match=r"nat-only\.warnings"):
+        _ = _group(Counted()).warnings
+    assert _group(Counted()).log_warnings() == ()  # a warning never fails a pass
