@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,7 @@ from k3snet.backends.kit import (
 )
 from k3snet.errors import BackendError, ModelError
 
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 A = MasqueradeRule("10.42.0.0/16")
 B = MasqueradeRule("10.43.0.0/16")
 C = MasqueradeRule("10.44.0.0/16")
@@ -392,3 +394,25 @@ def test_warnings_that_are_no_texts_are_refused_naming_the_backend() -> None:
     with pytest.raises(BackendError, match=r"nat-only\.warnings"):
         _ = _group(Counted()).warnings
     assert _group(Counted()).log_warnings() == ()  # a warning never fails a pass
+
+
+def test_k3snet_plan_says_the_warnings_of_a_backend_whose_warnings_is_a_method(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # It ended with "internal error" (TypeError: 'method' object is not iterable) after
+    # its read, the plan unsaid.
+    from k3snet.backends.memory import MemoryBackend  # noqa: PLC0415
+    from k3snet.backends.registry import register_backend, unregister_backend  # noqa: PLC0415
+    from k3snet.cli import main  # noqa: PLC0415
+
+    class Said(MemoryBackend):
+        def warnings(self) -> list[str]:
+            return ["the file is read-only"]
+
+    register_backend("method-warns", Said)
+    try:
+        assert main(["plan", "-f", str(SEED), "--backend", "method-warns", "--no-facts"]) == 2
+    finally:
+        unregister_backend("method-warns")
+    out = capsys.readouterr()
+    assert "the file is read-only" in out.out + out.err
+    assert "internal error" not in out.out + out.err
