@@ -30,6 +30,7 @@ import attrs
 
 from k3snet.backends.base import Backend
 from k3snet.backends.group import BackendGroup
+from k3snet.backends.kit import backend_warnings
 from k3snet.backends.registry import create_backend
 from k3snet.errors import BackendUnavailableError, K3snetError
 
@@ -98,7 +99,7 @@ class Discovery:
             if unread is not None:
                 found.append(unread)
                 continue
-            found += [str(w) for w in getattr(backend, "warnings", ()) or ()]
+            found += backend_warnings(backend)
         return tuple(found)
 
     def look_again(self) -> None:

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
-from k3snet.backends.kit import FaultHook, WarningLog
+from k3snet.backends.kit import FaultHook, WarningLog, backend_warnings
 from k3snet.errors import ApplyError, K3snetError, ModelError, PlanError, RollbackError
 from k3snet.model import ForwardBlock, NetObject
 from k3snet.model.drift import Drift
@@ -152,8 +152,7 @@ class BackendGroup:
         ``warnings``: the iptables backend's chains that are not k3snet's, Calico's
         resources it cannot read ...), in member order; ``k3snet plan`` prints them as
         ``!! warning:`` lines and the Ansible module as task warnings."""
-        found = tuple(str(w) for member in self.members
-                      for w in getattr(member.backend, "warnings", ()) or ())
+        found = tuple(w for member in self.members for w in backend_warnings(member.backend))
         return found + self._left
 
     def log_warnings(self) -> tuple[str, ...]:
@@ -181,7 +180,7 @@ class BackendGroup:
                     said = self._logs[index] = WarningLog(
                         f"k3snet.backends.{backend.name}", backend.name)
             try:
-                now = [str(w) for w in getattr(backend, "warnings", ()) or ()]
+                now = list(backend_warnings(backend))
             except K3snetError as exc:
                 logging.getLogger(__name__).debug("the warnings of %s not read: %s",
                                                   backend.name, exc)

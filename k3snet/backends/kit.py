@@ -87,6 +87,7 @@ __all__ = [
     "OptionChecks",
     "UndoFailure",
     "WarningLog",
+    "backend_warnings",
     "disruptive_problems",
     "ensure_fits",
     "fit_problems",
@@ -652,6 +653,30 @@ class WarningLog:
         return new
 
 
+def backend_warnings(backend: object) -> tuple[str, ...]:
+    """``backend``'s optional ``warnings`` as texts (``()`` without any).
+
+    The attribute or property the backend protocol names; tolerated besides: a method
+    (``def warnings(self)``, called: the group iterated the bound method, a
+    ``TypeError`` ending ``k3snet plan`` after its read) and one text (one warning,
+    not one per character). Anything else that is no iterable is a
+    :class:`~k3snet.errors.BackendError` naming the backend.
+    """
+    found = getattr(backend, "warnings", None)
+    if callable(found) and not isinstance(found, type):
+        found = found()
+    if not found:
+        return ()
+    if isinstance(found, str):
+        return (found,)
+    if not isinstance(found, Iterable):
+        name = getattr(backend, "name", "") or type(backend).__name__
+        raise BackendError(
+            f"{name}.warnings is {type(found).__name__} {found!r}, not a sequence of texts "
+            "(a property or attribute: docs/custom-backend.md)")
+    return tuple(str(w) for w in found)
+
+
 # ---------------------------------------------------------------- the base class
 
 
@@ -726,7 +751,7 @@ class BackendBase:
         (:meth:`~k3snet.backends.group.BackendGroup.log_warnings`), and, the log
         being the backend's own (:attr:`warning_log`), a warning the backend logged
         already is not logged again. Returns the warnings logged now."""
-        return self.warning_log.say(getattr(self, "warnings", None) or ())
+        return self.warning_log.say(backend_warnings(self))
 
     def ensure_capable(self, plan: Plan) -> None:
         """Refuse a plan with kinds this backend does not manage (PlanError)."""

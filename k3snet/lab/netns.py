@@ -62,6 +62,9 @@ _STATE_ROOT = STATE_ROOT  # the backends' default state_dir
 # and the temporaries each is written through.
 _RECORDS = frozenset({"sysctl.json", "lock", "iptables-made.json"})
 _TEMPORARIES = (".sysctl.json.", ".iptables-made-")
+# The iptables backend's record of a namespace named "host", beside the caller's own in
+# host/ (k3snet.backends.iptables.made's _NAMED_HOST).
+_NAMED_HOST_RECORD = "iptables-made-netns.json"
 
 
 class NetnsCommandError(subprocess.CalledProcessError):
@@ -193,12 +196,17 @@ def forget_netns_state(name: str) -> None:
     is that namespace's: not ``host`` (the caller's own namespace's), a real directory of
     this user's that nobody else may write, holding k3snet's per-namespace files and
     nothing else (``/run/k3snet/locks`` or ``spec-cache`` of a namespace so named stay);
+    of a namespace named ``host`` only the iptables backend's record of its own there
+    (``iptables-made-netns.json``) goes;
     nothing is done while a namespace of that name exists. Searched under
     ``/run/k3snet``, the iptables backend's default root when a test moved it, and
     ``$K3SNET_STATE_DIR``.
     """
     _check_name(name)
-    if name == "host" or netns_exists(name):
+    if netns_exists(name):
+        return
+    if name == "host":
+        _forget_named_host()
         return
     for root in _state_roots():
         directory = root / name
@@ -218,6 +226,26 @@ def forget_netns_state(name: str) -> None:
             for entry, _ in entries:
                 os.unlink(directory / entry)
             os.rmdir(directory)
+
+
+def _forget_named_host() -> None:
+    """Remove the iptables backend's record of a deleted namespace named ``host``, kept
+    in the caller's own directory (``host/``) under a name of its own
+    (:data:`_NAMED_HOST_RECORD`); the directory and the caller's records stay. The
+    netlink backend's record of that namespace would be the caller's ``sysctl.json``,
+    which its store refuses to share: it is left alone."""
+    for root in _state_roots():
+        directory = root / "host"
+        try:
+            info = os.lstat(directory)
+            if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid()
+                    or info.st_mode & 0o022):
+                continue
+            record = directory / _NAMED_HOST_RECORD
+            if stat.S_ISREG(os.lstat(record).st_mode):
+                os.unlink(record)
+        except OSError:  # none there (the usual case), or not ours to read
+            continue
 
 
 def _state_roots() -> list[Path]:

@@ -110,6 +110,17 @@ _GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
 _SNAT_TO: dict[int, SearchStrategy[Address]] = {
     version: strategy.filter(lambda a: snat_address_problem(a) is None)
     for version, strategy in _ADDRESS_OF.items()}
+# The link-local prefixes (169.254.0.0/16, fe80::/10), which a NAT rule's destination is
+# drawn inside at times (random prefixes almost never are): an SNAT to a link-local address
+# of the node is taken for such a destination alone.
+_LINK_LOCAL_NET: dict[int, Network] = {4: ipaddress.IPv4Network("169.254.0.0/16"),
+                                        6: ipaddress.IPv6Network("fe80::/10")}
+_SNAT_TO_LINK: dict[int, SearchStrategy[Address]] = {
+    4: st.integers(1, 2**16 - 2).map(
+        lambda host: ipaddress.IPv4Address(int(_LINK_LOCAL_NET[4].network_address) + host)),
+    6: st.integers(1, 2**118 - 1).map(
+        lambda host: ipaddress.IPv6Address(int(_LINK_LOCAL_NET[6].network_address) + host)),
+}
 # Next hops a route without device can have: not link-local IPv6 (Route refuses it).
 _DEVICELESS_GATEWAY_OF: dict[int, SearchStrategy[Address]] = {
     4: _GATEWAY_OF[4], 6: _GLOBAL_GATEWAYS.filter(lambda a: not a.is_link_local)}
@@ -133,6 +144,9 @@ _SYSCTL_NAMES = (
     "net.ipv6.conf.all.accept_ra",
     "net.ipv6.conf.default.accept_ra",
     "net.ipv6.conf.eth0.accept_ra",
+    # A VLAN interface's: its name holds a dot, so the canonical name is slash-spelled
+    # (sysctl(8)'s net/ipv4/conf/eth0.100/rp_filter).
+    "net/ipv4/conf/eth0.100/rp_filter",
 )
 
 
@@ -369,7 +383,10 @@ def _nat_fields(draw: st.DrawFn, family: int | None, sources: SearchStrategy[Net
     source = draw(sources if sources is not None else networks(version, max_prefix=24 if
                                                                 version == 4 else 64))
     version = source.version
-    destination = draw(maybe(networks(version, max_prefix=28 if version == 4 else 120)))
+    destination = draw(maybe(st.one_of(
+        networks(version, max_prefix=28 if version == 4 else 120),
+        networks(within=_LINK_LOCAL_NET[version],
+                 max_prefix=28 if version == 4 else 120))))
     exclude: list[Network] = []
     if draw(st.booleans()):
         if destination is None:
@@ -413,14 +430,19 @@ def snat_rules(
     sources: SearchStrategy[Network] | None = None,
     devices: Sequence[str | None] = (None, *DEFAULT_DEVICES[:2]),
 ) -> SearchStrategy[SnatRule]:
-    """SNAT rules to a unicast address of the rule's family."""
+    """SNAT rules to a unicast address of the rule's family (a link-local one at times
+    when the destination is link-local, the one destination SnatRule takes it for)."""
     _check_family(family)
     _pool("devices", devices, each=_interface)
 
     @st.composite
     def build(draw: st.DrawFn) -> SnatRule:
         fields = _nat_fields(draw, family, sources, devices)
-        to_address = draw(_SNAT_TO[fields["source"].version])
+        version, destination = fields["source"].version, fields["destination"]
+        to_address = draw(_SNAT_TO[version])
+        if destination is not None and destination.subnet_of(
+                _LINK_LOCAL_NET[version]) and draw(st.booleans()):
+            to_address = draw(_SNAT_TO_LINK[version])  # taken for a link-local destination
         return SnatRule(fields.pop("source"), to_address=to_address, **fields)
 
     return build()
@@ -440,7 +462,8 @@ def forward_rules(
     destinations: SearchStrategy[Network] | None = None,
     devices: Sequence[str | None] = (None, *DEFAULT_DEVICES[:2]),
 ) -> SearchStrategy[ForwardRule]:
-    """Forward-accept rules (pod CIDR to destination).
+    """Forward-accept rules (pod CIDR to destination), from or to anywhere (``/0``) at
+    times.
 
     Narrow ``sources`` and ``destinations`` make two draws share a key (and so
     differ only in their interfaces: a replace) often.
@@ -451,16 +474,23 @@ def forward_rules(
     @st.composite
     def build(draw: st.DrawFn) -> ForwardRule:
         version = draw(families(family))
-        source = draw(sources if sources is not None else networks(version))
+        source = draw(sources if sources is not None else _anywhere_or(networks(version)))
         version = source.version
-        destination = draw(destinations if destinations is not None else networks(version))
+        destination = draw(destinations if destinations is not None
+                           else _anywhere_or(networks(version)))
         if destination.version != version:
-            destination = draw(networks(version))
+            destination = draw(_anywhere_or(networks(version)))
         return ForwardRule(source, destination,
                            in_interface=draw(pick(devices)),
                            out_interface=draw(pick(devices)))
 
     return build()
+
+
+def _anywhere_or(nets: SearchStrategy[Network]) -> SearchStrategy[Network]:
+    """``nets``' networks, or at times the whole address space of their family (``/0``:
+    a forward rule from or to anywhere, which ``networks()`` leaves out by default)."""
+    return st.one_of(nets, nets.map(lambda net: _WHOLE[net.version]))
 
 
 def sysctls(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -406,6 +408,48 @@ def test_a_third_party_backend_registered_by_entry_point_passes_conformance(
     rule = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
     backend.apply(plan(backend.observe(), State(owned=[rule])))
     assert backend.observe().owned == {rule}
+
+
+@pytest.mark.usefixtures("installed_example")
+def test_the_example_backend_keeps_other_programs_entries_and_passes_conformance_beside_them(
+    tmp_path: Path,
+) -> None:
+    """examples/jsonfile_backend is docs/custom-backend.md's complete backend: other
+    programs' entries in its file (``by``) are foreign, and the conformance suite's
+    checks about foreign objects work on them (an owned-only file gave them nothing,
+    with the warning saying so)."""
+    others = [{"by": "admin", "object": o.to_dict()} for o in (
+        STATIC, MasqueradeRule("10.42.0.0/16", destination="198.51.100.0/24"))]
+    counter = iter(range(10**6))
+
+    def shared_file() -> Backend:
+        path = tmp_path / f"shared-{next(counter)}.json"
+        path.write_text(json.dumps(others))
+        return create_backend("jsonfile", path=path)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "run_conformance.*found no foreign", UserWarning)
+        run_conformance(shared_file, max_examples=30,
+                        reopen=lambda backend: create_backend(
+                            "jsonfile", path=backend.path))  # type: ignore[attr-defined]
+    backend = shared_file()
+    rule = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+    backend.apply(plan(backend.observe(), State(owned=[rule])))
+    assert backend.observe() == State(owned=[rule], foreign=[STATIC, MasqueradeRule(
+        "10.42.0.0/16", destination="198.51.100.0/24")])
+    written = json.loads(backend.path.read_text())  # type: ignore[attr-defined]
+    assert written[:2] == others  # as the other program wrote them
+    backend.apply(plan(backend.observe(), State()))
+    assert json.loads(backend.path.read_text()) == others  # type: ignore[attr-defined]
+
+
+@pytest.mark.usefixtures("installed_example")
+def test_the_example_backend_refuses_a_file_of_other_entries_naming_it(
+        tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps([{"family": 4}]))
+    with pytest.raises(BackendError, match=f"cannot read {state}: not a list of"):
+        create_backend("jsonfile", path=state).observe()
 
 
 @pytest.mark.usefixtures("installed_example")

@@ -748,3 +748,56 @@ def test_conformance_warns_when_it_finds_no_foreign_object_to_leave_alone() -> N
         warnings.simplefilter("error")
         run_conformance(lambda: MemoryBackend(found, capabilities=["route", "nat"]),
                         max_examples=5)
+
+
+class _Generations(MemoryBackend):
+    """A memory backend whose change token is a generation, moved by every write that
+    changes its state (as nftables' generation id is by every commit)."""
+
+    generation = 0
+
+    @property
+    def _state(self) -> State:
+        return self.__dict__["held"]  # type: ignore[no-any-return]
+
+    @_state.setter
+    def _state(self, state: State) -> None:
+        if self.__dict__.get("held") != state:
+            self.generation += 1
+        self.__dict__["held"] = state
+
+    def change_token(self) -> int:
+        return self.generation
+
+
+class _MakesAndUndoesSayingNothing(_Generations):
+    """Makes the changes before the failure and takes them back (as the memory backend
+    does), and says nothing was made, as a transaction refused whole would."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        try:
+            return super().apply(plan)
+        except ApplyError as exc:
+            raise ApplyError(exc.message, failed=exc.failed) from None
+
+
+def test_conformance_warns_of_an_apply_error_saying_nothing_was_made_while_the_token_moved(
+) -> None:
+    """``observe()`` after the rollback reports what it did before, so ``done=()`` of a
+    backend that made and undid the changes before the failure looked like a transaction
+    and passed; its change token moved across the failed apply (twice when retried)."""
+    with pytest.warns(UserWarning, match=r"says nothing was made before it .*change_token"):
+        run_conformance(_MakesAndUndoesSayingNothing, max_examples=20)
+
+
+def test_conformance_does_not_warn_of_a_transaction_or_a_rollback_said_whole() -> None:
+    class Transactional(_Generations):
+        def apply(self, plan: Plan) -> ApplyResult:
+            if self.faults.take(plan) is not None:
+                raise ApplyError("refused whole")
+            return super().apply(plan)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*says nothing was made", UserWarning)
+        run_conformance(_Generations, max_examples=20)  # done and rolled_back said
+        run_conformance(Transactional, max_examples=20)

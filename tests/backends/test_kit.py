@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import logging
+from pathlib import Path
 
 import pytest
 
 from k3snet import ApplyError, Change, MasqueradeRule, Plan, PlanError, RollbackError, State
+from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import (
     BackendBase,
     Compensation,
@@ -16,6 +18,7 @@ from k3snet.backends.kit import (
     ObserveCache,
     UndoFailure,
     WarningLog,
+    backend_warnings,
     ensure_fits,
     fit_problems,
     option_seconds,
@@ -23,6 +26,7 @@ from k3snet.backends.kit import (
 )
 from k3snet.errors import BackendError, ModelError
 
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 A = MasqueradeRule("10.42.0.0/16")
 B = MasqueradeRule("10.43.0.0/16")
 C = MasqueradeRule("10.44.0.0/16")
@@ -347,3 +351,68 @@ def test_backend_base_logs_its_warnings_on_a_k3snet_logger_for_a_backend_of_anot
         assert backend.log_warnings() == ()
         assert Nat().log_warnings() == ()  # no warnings at all: nothing to say
     assert _said(caplog) == [("k3snet.backends.nat-only", "nat-only: the file is read-only")]
+
+
+class _MethodWarns(Nat):
+    """A third-party backend whose ``warnings`` is a method, not a property."""
+
+    def warnings(self) -> list[str]:
+        return ["the file is read-only"]
+
+
+def _group(backend: Nat) -> BackendGroup:
+    """A group of ``backend`` alone (a Nat is no whole Backend: no observe)."""
+    return BackendGroup([backend])  # type: ignore[list-item]
+
+
+class _TextWarns(Nat):
+    warnings = "one warning, not one per character"
+
+
+def test_a_backend_whose_warnings_is_a_method_or_one_text_is_read_as_its_warnings(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # group.warnings iterated the bound method: TypeError: 'method' object is not
+    # iterable, ending k3snet plan after its read; a text was one warning per character.
+    group = _group(_MethodWarns())
+    assert group.warnings == ("the file is read-only",)
+    assert backend_warnings(_MethodWarns()) == ("the file is read-only",)
+    assert backend_warnings(_TextWarns()) == ("one warning, not one per character",)
+    assert backend_warnings(Nat()) == ()
+    with caplog.at_level(logging.WARNING):
+        assert group.log_warnings() == ("the file is read-only",)
+        assert _MethodWarns().log_warnings() == ("the file is read-only",)
+        assert _group(_TextWarns()).log_warnings() == (
+            "one warning, not one per character",)
+
+
+def test_warnings_that_are_no_texts_are_refused_naming_the_backend() -> None:
+    class Counted(Nat):
+        warnings = 3
+
+    with pytest.raises(BackendError, match=r"nat-only\.warnings .*int.*sequence of texts"):
+        backend_warnings(Counted())
+    with pytest.raises(BackendError, match=r"nat-only\.warnings"):
+        _ = _group(Counted()).warnings
+    assert _group(Counted()).log_warnings() == ()  # a warning never fails a pass
+
+
+def test_k3snet_plan_says_the_warnings_of_a_backend_whose_warnings_is_a_method(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # It ended with "internal error" (TypeError: 'method' object is not iterable) after
+    # its read, the plan unsaid.
+    from k3snet.backends.memory import MemoryBackend  # noqa: PLC0415
+    from k3snet.backends.registry import register_backend, unregister_backend  # noqa: PLC0415
+    from k3snet.cli import main  # noqa: PLC0415
+
+    class Said(MemoryBackend):
+        def warnings(self) -> list[str]:
+            return ["the file is read-only"]
+
+    register_backend("method-warns", Said)
+    try:
+        assert main(["plan", "-f", str(SEED), "--backend", "method-warns", "--no-facts"]) == 2
+    finally:
+        unregister_backend("method-warns")
+    out = capsys.readouterr()
+    assert "the file is read-only" in out.out + out.err
+    assert "internal error" not in out.out + out.err

@@ -107,3 +107,28 @@ def test_the_cli_s_state_dir_is_searched_too(tmp_path: Path,
     record.save(MADE)
     forget_netns_state("lab-3")
     assert not record.file.parent.exists()
+
+
+def test_a_namespace_named_host_takes_its_own_record_along_and_leaves_the_caller_s(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The caller's own namespace keeps its records in host/, and a namespace named
+    # "host" its iptables record beside them (iptables-made-netns.json): that one
+    # stayed when the namespace was deleted, the directory being the caller's.
+    _gone(monkeypatch)
+    MadeRecord(None, "1-8").save(MADE)
+    named = MadeRecord("host", "1-9")
+    named.save(MADE)
+    (root / "host" / "sysctl.json").write_text("{}")
+    assert named.file == root / "host" / "iptables-made-netns.json"
+    forget_netns_state("host")
+    assert sorted(p.name for p in (root / "host").iterdir()) == [
+        "iptables-made.json", "sysctl.json"]
+    assert MadeRecord(None, "1-8").load() == MADE
+
+
+def test_a_namespace_named_host_that_exists_keeps_its_record(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lab_netns, "netns_exists", lambda name: True)
+    MadeRecord("host", "1-10").save(MADE)
+    forget_netns_state("host")
+    assert MadeRecord("host", "1-10").load() == MADE
