@@ -23,7 +23,9 @@ kept), and when its last key goes, the document's exact previous text comes
 back if nobody changed it meanwhile. If the ip-masq-agent ConfigMap is missing
 k3snet creates it, and deletes it again when its keys go. Every write carries
 the ``resourceVersion`` read: a concurrent change makes the API server answer
-409 and the apply is undone (:class:`~k3snet.backends.kit.Compensation`).
+409 and the apply is undone (:class:`~k3snet.backends.kit.Compensation`). So the
+``check`` or ``apply`` right after ``observe`` takes the two ConfigMaps it read
+(:class:`~k3snet.backends.kit.FreshRead`) rather than reading them again.
 
 **When changes take effect.** The agent reads ``cilium-config`` when it starts
 (restart the ``cilium`` DaemonSet); the ip-masq-agent file is re-read when the
@@ -72,6 +74,7 @@ from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
     BackendBase,
     Compensation,
+    FreshRead,
     OptionChecks,
     option_flag,
     option_seconds,
@@ -746,6 +749,7 @@ class CiliumBackend(BackendBase):
         self._client, self._owns_client = make_api_client(
             api_client, kubeconfig=kubeconfig, context=context)
         self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout)
+        self._observed: FreshRead[_Read] = FreshRead()  # for the check or apply after it
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -829,7 +833,9 @@ class CiliumBackend(BackendBase):
     def observe(self) -> State:
         """The keys k3snet set (owned) and the settings as they would be without them
         (foreign), with the CiliumNodeConfigs that set keys of them on some nodes."""
+        self._observed.drop()
         read = self._read()
+        self._observed.put(read)
         if read.config is None:
             return State()
         owned = self._owned(read)
@@ -922,8 +928,10 @@ class CiliumBackend(BackendBase):
         return ApplyResult(self.name, plan.changes, operations=operations)
 
     def _read_for_apply(self) -> _Read:
+        """The two ConfigMaps as :meth:`observe` read them right before (every write
+        carries the resourceVersion read: a change since gives 409), else read again."""
         try:
-            read = self._read()
+            read = self._observed.take() or self._read()
         except BackendError as exc:
             if isinstance(exc, ApplyError):
                 raise

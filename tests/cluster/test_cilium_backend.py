@@ -1281,3 +1281,31 @@ def test_node_configs_and_egress_gateway_policies_are_listed_in_pages(
     lists = [p for m, p, _ in k3s_cilium.requests() if m == "GET" and (
         p.endswith(("/ciliumegressgatewaypolicies", "/ciliumnodeconfigs")))]
     assert len(lists) == 4
+
+
+def test_a_converge_reads_each_configmap_once_and_a_change_after_the_read_gives_409(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The apply read both ConfigMaps again right after the observe had (four GETs of
+    # two objects a pass that changed something). Each write carries the resourceVersion
+    # read, so the observe's read serves it: a change since is a 409, nothing changed.
+    from k3snet.converge import converge  # noqa: PLC0415 - this test alone
+
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(RFC1918_YAML))
+    desired = State(owned=[CiliumConfig(TARGET, ip_masq_agent={
+        "nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
+    before = len(k3s_cilium.requests())
+    converge(backend, desired)
+    reads = [p.split("?")[0].rsplit("/", 1)[-1] for m, p, _ in k3s_cilium.requests()[before:]
+             if m == "GET" and "/configmaps/" in p]
+    assert sorted(reads) == ["cilium-config", "ip-masq-agent"]
+    assert "10.0.0.0/8" in _data(k3s_cilium, "ip-masq-agent")["config"]
+
+    p = plan(backend.observe(), State())  # k3snet's keys given back ...
+    edited = _stored(k3s_cilium, "ip-masq-agent")
+    assert edited is not None
+    edited["data"]["config"] += "masqLinkLocalIPv6: true\n"
+    k3s_cilium.put(CONFIGMAPS, edited)  # ... after someone edited the file
+    with pytest.raises(ApplyError, match="409"):
+        backend.apply(p)
+    assert _data(k3s_cilium, "ip-masq-agent") == edited["data"]
