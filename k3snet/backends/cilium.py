@@ -87,6 +87,7 @@ from k3snet.kube import (
     API_OPTION_CHECKS,
     DEFAULT_TIMEOUT,
     KUBECONFIG_DEFAULT,
+    METADATA_ONLY,
     KubeApiError,
     KubeErrors,
     configmap_ref,
@@ -148,6 +149,7 @@ NODE_CONFIG_API: tuple[tuple[str, str], ...] = (("cilium.io", "v2"), ("cilium.io
 
 _NODE_CONFIG_PLURAL = "ciliumnodeconfigs"
 _EGRESS_GATEWAY_PLURAL = "ciliumegressgatewaypolicies"
+_CILIUM_NODE_PLURAL = "ciliumnodes"  # cilium.io/v2, cluster-scoped: one per agent's Node
 
 ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
 """The three ways to allow a disruptive change (:data:`k3snet.backends.kit.ALLOW_DISRUPTIVE`)."""
@@ -487,8 +489,9 @@ class _Api:
         return []
 
     def node_labels(self) -> list[dict[str, str]] | None:
-        """The labels of every Node, listed :data:`~k3snet.kube.LIST_PAGE` at a time
-        (``None``: the Nodes cannot be listed, 403, or are not served; a warning says so)."""
+        """The labels of every Node a Cilium agent runs on (:meth:`cilium_nodes`), listed
+        :data:`~k3snet.kube.LIST_PAGE` at a time (``None``: the Nodes cannot be listed,
+        403, or are not served; a warning says so)."""
         doing = "list Nodes (the labels CiliumNodeConfigs select)"
         try:  # only the labels are read
             items = list_node_metadata(self.core, doing, timeout=self.timeout)
@@ -498,14 +501,50 @@ class _Api:
                           "one at a time, not as they are laid together on a node")
                 return None
             raise
+        cilium = self.cilium_nodes()
         found = []
         for item in items:
             metadata = item.get("metadata") if isinstance(item, dict) else None
-            labels = metadata.get("labels") if isinstance(metadata, dict) else None
+            if not isinstance(metadata, dict):
+                metadata = {}
+            if cilium is not None and metadata.get("name") not in cilium:
+                continue  # no Cilium agent there: it reads no CiliumNodeConfig
+            labels = metadata.get("labels")
             found.append({k: v for k, v in labels.items()
                           if isinstance(k, str) and isinstance(v, str)}
                          if isinstance(labels, dict) else {})
         return found
+
+    def cilium_nodes(self) -> frozenset[str] | None:
+        """The names of the CiliumNodes (``cilium.io/v2``, their metadata alone): each
+        Cilium agent registers its own Node's, which goes with that Node, so they name
+        the Nodes whose agent picks CiliumNodeConfigs (``pkg/option/resolver`` runs in
+        the agent's pod). ``None`` (every Node counts): none listed (no agent registered
+        yet), not served, or not to be listed (403: a warning says so)."""
+        objects = self.client.CustomObjectsApi(self.core.api_client)
+        what = "list CiliumNodes (cilium.io/v2)"
+
+        def fetch(page: dict[str, Any]) -> Any:
+            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
+                return objects.list_cluster_custom_object(
+                    "cilium.io", "v2", _CILIUM_NODE_PLURAL, _request_timeout=self.timeout,
+                    _headers=dict(METADATA_ONLY), **page)
+
+        try:
+            items = list_pages(fetch, what)
+        except KubeApiError as exc:
+            if exc.status == 403:
+                self.warn(f"{exc}: Nodes running no Cilium agent count in the "
+                          "CiliumNodeConfigs' sets too")
+                return None
+            if exc.status == 404:
+                return None
+            raise
+        names = frozenset(
+            item["metadata"]["name"] for item in items
+            if isinstance(item, dict) and isinstance(item.get("metadata"), dict)
+            and isinstance(item["metadata"].get("name"), str))
+        return names or None
 
     def warn(self, warning: str) -> None:
         """Log ``warning`` once, not on every agent pass that finds it again."""

@@ -1061,6 +1061,51 @@ def test_a_node_config_selecting_no_node_is_not_judged_and_not_in_selects_the_un
     assert "masquerading is off in Cilium" in str(note.reason)
 
 
+CILIUM_NODES = "cilium.io/v2/ciliumnodes"
+
+
+def _cilium_node(name: str) -> dict[str, Any]:
+    # As the agent registers its Node (pkg/nodediscovery: owned by the Node, its labels).
+    return {"apiVersion": "cilium.io/v2", "kind": "CiliumNode",
+            "metadata": {"name": name, "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": name, "uid": name}]},
+            "spec": {}}
+
+
+def test_a_node_running_no_cilium_agent_forms_no_set_of_node_configs(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-config masquerades nothing; a CiliumNodeConfig turns it on for every Linux
+    # node. The Windows node runs no Cilium agent (the DaemonSet's nodeSelector), reads
+    # no CiliumNodeConfig and has no CiliumNode: it formed the set "cilium-config alone",
+    # a conflict (masquerading off) no Cilium node has, and the Lease holder's Cilium
+    # part was refused. Cilium's own agents read the CiliumNodeConfigs (pkg/option/
+    # resolver, in the agent's pod); each registers its Node as a CiliumNode.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-ipv4-masquerade": "false"}))
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config(
+        "linux-masq", {"enable-ipv4-masquerade": "true"},
+        selector={"matchLabels": {"kubernetes.io/os": "linux"}}))
+    k3s_cilium.put(NODES, _node("linux-1", **{"kubernetes.io/os": "linux"}))
+    k3s_cilium.put(NODES, _node("windows-1", **{"kubernetes.io/os": "windows"}))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    # No CiliumNode yet (no agent registered, or an older Cilium): every Node counts.
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    assert "masquerading is off in Cilium" in str(note.reason)
+    k3s_cilium.put(CILIUM_NODES, _cilium_node("linux-1"))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_groups == (("linux-masq",),)
+    assert not plan(backend.observe(), State(owned=[want])).notes
+    (accept,) = {a for (m, p, _), a in zip(k3s_cilium.requests(), k3s_cilium.accepts(),
+                                           strict=True)
+                 if p.startswith("/apis/cilium.io/v2/ciliumnodes")}
+    assert accept.startswith("application/json;as=PartialObjectMetadataList;")  # names only
+    # An agent not allowed to list them (a ClusterRole older than this rule): as before.
+    k3s_cilium.fail(403, method="GET", plural="ciliumnodes", times=None)
+    assert plan(backend.observe(), State(owned=[want])).conflicts
+
+
 def test_node_configs_are_judged_one_at_a_time_where_the_nodes_cannot_be_listed(
     k3s_cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
