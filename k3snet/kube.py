@@ -606,13 +606,16 @@ def _status_body(body: Any) -> tuple[str, str | None]:
     return (message if len(message) <= 300 else message[:297] + "..."), reason
 
 
-def _describe(exc: BaseException, timeout: float | None
+def _describe(exc: BaseException, timeout: float | None, *, cut_timeout: bool = False
               ) -> tuple[str, int | None, str | None]:
-    """A human phrase for what went wrong, the HTTP status and the Kubernetes reason."""
+    """A human phrase for what went wrong, the HTTP status and the Kubernetes reason
+    (``cut_timeout``: ``timeout`` is a :class:`Deadline`'s cut, said so)."""
     kubernetes = _kubernetes()
     import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
 
     cut: float | None = getattr(exc, _CUT_ATTRIBUTE, None)
+    if cut is None and cut_timeout:
+        cut = timeout
     if isinstance(exc, kubernetes.client.exceptions.ApiException):
         status = exc.status or None
         if status is None:  # the client's own failures (TLS, unusable arguments)
@@ -650,16 +653,27 @@ class KubeErrors:
     and makes each an ``error`` (:class:`KubeApiError` or a subclass taking the
     same arguments) with the message ``"DOING: WHAT HAPPENED"``, its ``status``
     and ``reason`` (the table in :mod:`k3snet.kube`). ``timeout`` is the
-    request timeout in seconds, quoted when a request timed out. ``doing`` names
-    the action and the object: ``"patch ConfigMap kube-flannel/x"``.
+    request timeout in seconds, quoted when a request timed out; ``cut_timeout``:
+    that timeout is what was left of a :class:`Deadline` (SIGTERM's grace period),
+    less than the caller's own, and is quoted as such (a request :func:`requests_within`
+    cut is said so without it). ``doing`` names the action and the object:
+    ``"patch ConfigMap kube-flannel/x"``.
     """
 
-    __slots__ = ("error", "timeout")
+    __slots__ = ("cut_timeout", "error", "timeout")
 
-    def __init__(self, *, timeout: float | None = None,
+    def __init__(self, *, timeout: float | None = None, cut_timeout: bool = False,
                  error: Callable[..., KubeApiError] = KubeApiError) -> None:
         self.timeout = timeout
+        self.cut_timeout = cut_timeout
         self.error = error
+
+    @classmethod
+    def within(cls, deadline: Deadline | None, limit: float) -> tuple[float, KubeErrors]:
+        """The timeout of a request given ``limit`` seconds, cut to what is left of
+        ``deadline`` (0: send none), and the classifier quoting it (as cut, when it is)."""
+        timeout = limit if deadline is None else deadline.timeout(limit)
+        return timeout, cls(timeout=timeout, cut_timeout=timeout < limit)
 
     def catches(self) -> tuple[type[BaseException], ...]:
         """``ApiException``, urllib3's ``HTTPError`` and ``OSError``."""
@@ -671,5 +685,5 @@ class KubeErrors:
 
     def classify(self, doing: str, exc: BaseException) -> KubeApiError:
         """``error("DOING: WHAT HAPPENED", status=..., reason=...)``."""
-        phrase, status, reason = _describe(exc, self.timeout)
+        phrase, status, reason = _describe(exc, self.timeout, cut_timeout=self.cut_timeout)
         return self.error(f"{doing}: {phrase}", status=status, reason=reason)

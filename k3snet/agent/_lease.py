@@ -248,9 +248,8 @@ class LeaderElector:
         s = self.settings
         self._set_leader(False, None)
         try:
-            timeout = self._within(deadline)
-            with translate_errors(f"read {self.where}",
-                                  classifier=KubeErrors(timeout=timeout)):
+            timeout, errors = self._within(deadline)
+            with translate_errors(f"read {self.where}", classifier=errors):
                 lease = self._api.read_namespaced_lease(s.name, s.namespace,
                                                         _request_timeout=timeout)
             if lease.spec is None or lease.spec.holder_identity != self.identity:
@@ -258,9 +257,8 @@ class LeaderElector:
             body = {"metadata": {"resourceVersion": lease.metadata.resource_version},
                     "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
                              "renewTime": _micro_time(_now())}}
-            timeout = self._within(deadline)
-            with translate_errors(f"release {self.where}",
-                                  classifier=KubeErrors(timeout=timeout)):
+            timeout, errors = self._within(deadline)
+            with translate_errors(f"release {self.where}", classifier=errors):
                 self._api.patch_namespaced_lease(
                     s.name, s.namespace, body, _content_type="application/merge-patch+json",
                     _request_timeout=timeout)
@@ -269,14 +267,14 @@ class LeaderElector:
         else:
             _log.info("released %s", self.where, extra={"lease": self.where})
 
-    def _within(self, deadline: Deadline | None) -> float:
-        """The timeout of the next request: cut to what is left of ``deadline``."""
-        if deadline is None:
-            return self._timeout
-        timeout = deadline.timeout(self._timeout)
+    def _within(self, deadline: Deadline | None) -> tuple[float, KubeErrors]:
+        """The timeout of the next request, cut to what is left of ``deadline``, and its
+        errors' classifier (a timeout so cut is said so: the Lease's own, 10 s, was
+        quoted for a request given 2 s)."""
+        timeout, errors = KubeErrors.within(deadline, self._timeout)
         if timeout <= 0:
             raise _NoTimeLeftError("no time left of the grace period")
-        return timeout
+        return timeout, errors
 
     def start(self) -> LeaderElector:
         """Run :meth:`step` every ``retry_period`` in a daemon thread (the first after one

@@ -25,7 +25,7 @@ SPEC_READ_ERROR_REASONS = ("timeout", "unreachable", "server", "throttled", "den
 def spec_read_error_reason(exc: BaseException) -> str:
     """The ``reason`` label of a failed read of the spec: ``timeout`` (no answer in
     time), ``unreachable`` (no connection), ``server`` (5xx), ``throttled`` (429),
-    ``denied`` (401, 403 for a while once a read succeeded: an API server filling its
+    ``denied`` (401, 403 for a while from the first in a row: an API server filling its
     caches after a restart), or ``other`` (another status, such as 410, or an
     error of no API request)."""
     status = getattr(exc, "status", None)

@@ -165,10 +165,11 @@ class NodeReporter:
         is sent once nothing is (the agent's last report, within SIGTERM's grace period)."""
         self._deadline = deadline
 
-    def _request_timeout(self) -> float:
-        """The next request's timeout (0: no time left to send it)."""
-        deadline = self._deadline
-        return self.timeout if deadline is None else deadline.timeout(self.timeout)
+    def _request_timeout(self) -> tuple[float, KubeErrors]:
+        """The next request's timeout (0: no time left to send it), and its errors'
+        classifier (a timeout cut to the deadline is said so: the reporter's own, 10 s,
+        was quoted for a last report given 2 s)."""
+        return KubeErrors.within(self._deadline, self.timeout)
 
     def report(self, result: NodeReport) -> None:
         """Write ``result`` if it differs from the last one written (else the last one
@@ -198,7 +199,7 @@ class NodeReporter:
     def _patch(self, annotations: dict[str, str], status: str) -> bool:
         """Patch the Node's annotations unless a failed patch's back-off is not over;
         whether they were written."""
-        timeout = self._request_timeout()
+        timeout, errors = self._request_timeout()
         if timeout <= 0:
             _log.warning("no time left to report the result %r on the node", status)
             return False
@@ -210,8 +211,7 @@ class NodeReporter:
             return False
         body = {"metadata": {"annotations": annotations}}
         try:
-            with translate_errors(f"annotate Node {self.node}",
-                                  classifier=KubeErrors(timeout=timeout)):
+            with translate_errors(f"annotate Node {self.node}", classifier=errors):
                 self._core.patch_node(self.node, body,
                                       _content_type="application/merge-patch+json",
                                       _request_timeout=timeout)
@@ -255,7 +255,7 @@ class NodeReporter:
         if self._pending is None:
             return
         result, stamp, tries, due = self._pending
-        if self._clock() < due or self._request_timeout() <= 0:
+        if self._clock() < due or self._request_timeout()[0] <= 0:
             return
         try:
             self._event(result, stamp)
@@ -289,9 +289,8 @@ class NodeReporter:
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
             "reportingComponent": self.component, "reportingInstance": self.node,
         }
-        timeout = self._request_timeout()
-        with translate_errors(f"create Event for Node {self.node}",
-                              classifier=KubeErrors(timeout=timeout)):
+        timeout, errors = self._request_timeout()
+        with translate_errors(f"create Event for Node {self.node}", classifier=errors):
             self._core.create_namespaced_event(_EVENT_NAMESPACE, body,
                                                _request_timeout=timeout)
         self.writes += 1

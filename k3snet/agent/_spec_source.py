@@ -24,16 +24,23 @@ that failed this time: the spec in force stays, not refused, read again next int
 _DENIED_STATUSES = frozenset({401, 403})
 
 DENIED_GRACE = 300.0
-"""Seconds a 401 or 403 to the spec's read, once a read succeeded, is a read that failed
-this time rather than a refusal (counted from the first of them in a row).
+"""Seconds a 401 or 403 to the spec's read is a read that failed this time rather than a
+refusal (counted from the first of them in a row), the agent's first read too.
 
 An API server that has just restarted answers 403 while its RBAC authorizer's caches
 fill (kubernetes/kubernetes#121635: minutes, with many RoleBindings; #47525), and its
 token authenticator may answer 401 the same way: every node refused the spec at once,
 ``spec-refused`` with an Event, for a spec and a permission nobody had changed. A real
 removal of the agent's permission is refused this much later; either way the spec in
-force stays and the node's rules are the same, so only the alert waits. A first read
-refused so is refused at once (a Role never granted: said from the first pass)."""
+force stays and the node's rules are the same, so only the alert waits.
+
+A new agent (every node's, after a whole-cluster restart) meets the same caches at its
+first read: refused at once, each counted a rejected spec. Now that read fails its pass
+as any failed read before a spec is in force: at once, with the API server's answer
+(``forbidden (403): k3snet's account lacks the RBAC permission ...``), the Node's status
+``failed`` and the pod not ready after a few passes, so a Role never granted is still
+said from the first pass; only the refusal (``unreadable``, counted in
+``k3snet_agent_spec_rejected_total``) waits."""
 
 
 class SpecSource(Protocol):
@@ -95,7 +102,6 @@ class ConfigMapSpecSource:
         self.namespace, self.name, self.key, self.timeout = namespace, name, key, timeout
         self.denied_grace = denied_grace
         self._monotonic = monotonic
-        self._read_once = False
         self._denied_since: float | None = None
 
     @property
@@ -106,7 +112,7 @@ class ConfigMapSpecSource:
     def read(self) -> str:
         """The key's text; SpecError when the ConfigMap or the key is missing, or the
         agent may not read it (401, 403, 404: what stays so until someone acts; a 401 or
-        403 once a read succeeded only after ``denied_grace`` seconds: ``DENIED_GRACE``); a
+        403 only once it lasted ``denied_grace`` seconds: ``DENIED_GRACE``); a
         :class:`~k3snet.kube.KubeApiError` when the read failed this time (no answer,
         5xx, 429, 410, ...: a control plane restarting says nothing of the spec)."""
         try:
@@ -125,7 +131,7 @@ class ConfigMapSpecSource:
                 # (a crash loop) fills its caches again when it is back.
                 self._denied_since = None
             raise
-        self._read_once, self._denied_since = True, None
+        self._denied_since = None
         data = configmap.data or {}
         if self.key not in data:
             raise SpecError([Problem("", f"{self.where}: no such key (keys: "
@@ -134,10 +140,10 @@ class ConfigMapSpecSource:
         return str(data[self.key])
 
     def _denied_for_now(self, exc: KubeApiError) -> bool:
-        """Whether a 401 or 403 is a read that failed this time: a read succeeded before,
-        and the first of these answers in a row (no other answer, nor failure, between)
-        is younger than :attr:`denied_grace`."""
-        if exc.status not in _DENIED_STATUSES or not self._read_once:
+        """Whether a 401 or 403 is a read that failed this time: the first of these answers
+        in a row (no other answer, nor failure, between) is younger than
+        :attr:`denied_grace`."""
+        if exc.status not in _DENIED_STATUSES:
             return False
         now = self._monotonic()
         if self._denied_since is None:

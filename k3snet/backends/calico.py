@@ -62,6 +62,13 @@ undoes what it did when a later request fails (a kit
 :class:`~k3snet.backends.kit.Compensation`: deletes what it created, applies
 back what it changed, re-creates what it deleted).
 
+**Reads.** ``observe`` lists the pools, the FelixConfigurations and (for
+``IPPoolsAndHostIPs``) the Nodes' metadata; the ``check`` or ``apply`` right after it
+(within :data:`~k3snet.backends.kit.FRESH_READ_AGE` seconds, once: the agent's pass,
+``converge``; :class:`~k3snet.backends.kit.FreshRead`) takes that
+listing rather than asking for all of it again, which every write's precondition above
+keeps safe: what changed since was read by nobody and gives 409.
+
 **Disruptive changes.** Calico forbids changing a pool's ``cidr`` or
 ``blockSize`` in place; the only way is delete and re-create, which takes the
 addresses of running pods out of IPAM; deleting an enabled pool does that too.
@@ -89,6 +96,7 @@ from k3snet.backends.base import ApplyResult
 from k3snet.backends.kit import (
     BackendBase,
     Compensation,
+    FreshRead,
     OptionChecks,
     UndoFailure,
     disruptive_problems,
@@ -615,6 +623,7 @@ class CalicoBackend(BackendBase):
         self.field_manager = field_manager
         self.timeout = timeout
         self.warnings: tuple[str, ...] = ()
+        self._observed: FreshRead[_Listing] = FreshRead()  # for the check or apply after it
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -749,7 +758,16 @@ class CalicoBackend(BackendBase):
     def observe(self) -> State:
         """Owned pools (k3snet's label), the readable foreign pools, and all of them at once
         (:class:`~k3snet.model.cni.CalicoPools`)."""
-        return self._list().state()
+        self._observed.drop()
+        listing = self._list()
+        self._observed.put(listing)
+        return listing.state()
+
+    def _listing(self) -> _Listing:
+        """What :meth:`observe` listed right before (:class:`~k3snet.backends.kit.FreshRead`),
+        else a new listing."""
+        listing = self._observed.take()
+        return self._list() if listing is None else listing
 
     # ------------------------------------------------------------ checking
 
@@ -778,7 +796,7 @@ class CalicoBackend(BackendBase):
         if not plan.changes:
             return tuple(fit_problems(self, plan, State()))
         try:
-            return tuple(self._problems(plan, self._list()))
+            return tuple(self._problems(plan, self._listing()))
         except (PlanError, BackendError) as exc:
             return (str(exc),)
 
@@ -791,7 +809,7 @@ class CalicoBackend(BackendBase):
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
         try:
-            listing = self._list()
+            listing = self._listing()
         except BackendError as exc:
             raise ApplyError(f"{exc}; nothing was changed") from exc
         problems = self._problems(plan, listing)

@@ -23,7 +23,9 @@ kept), and when its last key goes, the document's exact previous text comes
 back if nobody changed it meanwhile. If the ip-masq-agent ConfigMap is missing
 k3snet creates it, and deletes it again when its keys go. Every write carries
 the ``resourceVersion`` read: a concurrent change makes the API server answer
-409 and the apply is undone (:class:`~k3snet.backends.kit.Compensation`).
+409 and the apply is undone (:class:`~k3snet.backends.kit.Compensation`). So the
+``check`` or ``apply`` right after ``observe`` takes the two ConfigMaps it read
+(:class:`~k3snet.backends.kit.FreshRead`) rather than reading them again.
 
 **When changes take effect.** The agent reads ``cilium-config`` when it starts
 (restart the ``cilium`` DaemonSet); the ip-masq-agent file is re-read when the
@@ -72,6 +74,7 @@ from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
     BackendBase,
     Compensation,
+    FreshRead,
     OptionChecks,
     option_flag,
     option_seconds,
@@ -84,6 +87,7 @@ from k3snet.kube import (
     API_OPTION_CHECKS,
     DEFAULT_TIMEOUT,
     KUBECONFIG_DEFAULT,
+    METADATA_ONLY,
     KubeApiError,
     KubeErrors,
     configmap_ref,
@@ -145,6 +149,7 @@ NODE_CONFIG_API: tuple[tuple[str, str], ...] = (("cilium.io", "v2"), ("cilium.io
 
 _NODE_CONFIG_PLURAL = "ciliumnodeconfigs"
 _EGRESS_GATEWAY_PLURAL = "ciliumegressgatewaypolicies"
+_CILIUM_NODE_PLURAL = "ciliumnodes"  # cilium.io/v2, cluster-scoped: one per agent's Node
 
 ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
 """The three ways to allow a disruptive change (:data:`k3snet.backends.kit.ALLOW_DISRUPTIVE`)."""
@@ -484,8 +489,9 @@ class _Api:
         return []
 
     def node_labels(self) -> list[dict[str, str]] | None:
-        """The labels of every Node, listed :data:`~k3snet.kube.LIST_PAGE` at a time
-        (``None``: the Nodes cannot be listed, 403, or are not served; a warning says so)."""
+        """The labels of every Node a Cilium agent runs on (:meth:`cilium_nodes`), listed
+        :data:`~k3snet.kube.LIST_PAGE` at a time (``None``: the Nodes cannot be listed,
+        403, or are not served; a warning says so)."""
         doing = "list Nodes (the labels CiliumNodeConfigs select)"
         try:  # only the labels are read
             items = list_node_metadata(self.core, doing, timeout=self.timeout)
@@ -495,14 +501,50 @@ class _Api:
                           "one at a time, not as they are laid together on a node")
                 return None
             raise
+        cilium = self.cilium_nodes()
         found = []
         for item in items:
             metadata = item.get("metadata") if isinstance(item, dict) else None
-            labels = metadata.get("labels") if isinstance(metadata, dict) else None
+            if not isinstance(metadata, dict):
+                metadata = {}
+            if cilium is not None and metadata.get("name") not in cilium:
+                continue  # no Cilium agent there: it reads no CiliumNodeConfig
+            labels = metadata.get("labels")
             found.append({k: v for k, v in labels.items()
                           if isinstance(k, str) and isinstance(v, str)}
                          if isinstance(labels, dict) else {})
         return found
+
+    def cilium_nodes(self) -> frozenset[str] | None:
+        """The names of the CiliumNodes (``cilium.io/v2``, their metadata alone): each
+        Cilium agent registers its own Node's, which goes with that Node, so they name
+        the Nodes whose agent picks CiliumNodeConfigs (``pkg/option/resolver`` runs in
+        the agent's pod). ``None`` (every Node counts): none listed (no agent registered
+        yet), not served, or not to be listed (403: a warning says so)."""
+        objects = self.client.CustomObjectsApi(self.core.api_client)
+        what = "list CiliumNodes (cilium.io/v2)"
+
+        def fetch(page: dict[str, Any]) -> Any:
+            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
+                return objects.list_cluster_custom_object(
+                    "cilium.io", "v2", _CILIUM_NODE_PLURAL, _request_timeout=self.timeout,
+                    _headers=dict(METADATA_ONLY), **page)
+
+        try:
+            items = list_pages(fetch, what)
+        except KubeApiError as exc:
+            if exc.status == 403:
+                self.warn(f"{exc}: Nodes running no Cilium agent count in the "
+                          "CiliumNodeConfigs' sets too")
+                return None
+            if exc.status == 404:
+                return None
+            raise
+        names = frozenset(
+            item["metadata"]["name"] for item in items
+            if isinstance(item, dict) and isinstance(item.get("metadata"), dict)
+            and isinstance(item["metadata"].get("name"), str))
+        return names or None
 
     def warn(self, warning: str) -> None:
         """Log ``warning`` once, not on every agent pass that finds it again."""
@@ -746,6 +788,7 @@ class CiliumBackend(BackendBase):
         self._client, self._owns_client = make_api_client(
             api_client, kubeconfig=kubeconfig, context=context)
         self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout)
+        self._observed: FreshRead[_Read] = FreshRead()  # for the check or apply after it
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -829,7 +872,9 @@ class CiliumBackend(BackendBase):
     def observe(self) -> State:
         """The keys k3snet set (owned) and the settings as they would be without them
         (foreign), with the CiliumNodeConfigs that set keys of them on some nodes."""
+        self._observed.drop()
         read = self._read()
+        self._observed.put(read)
         if read.config is None:
             return State()
         owned = self._owned(read)
@@ -922,8 +967,10 @@ class CiliumBackend(BackendBase):
         return ApplyResult(self.name, plan.changes, operations=operations)
 
     def _read_for_apply(self) -> _Read:
+        """The two ConfigMaps as :meth:`observe` read them right before (every write
+        carries the resourceVersion read: a change since gives 409), else read again."""
         try:
-            read = self._read()
+            read = self._observed.take() or self._read()
         except BackendError as exc:
             if isinstance(exc, ApplyError):
                 raise

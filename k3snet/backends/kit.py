@@ -54,6 +54,7 @@ import errno as errno_codes
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -76,11 +77,13 @@ from k3snet.planner import Change, Plan
 
 __all__ = [
     "ALLOW_DISRUPTIVE",
+    "FRESH_READ_AGE",
     "GC_PAUSE_MIN",
     "BackendBase",
     "Compensation",
     "ErrorClassifier",
     "FaultHook",
+    "FreshRead",
     "GcPause",
     "LibraryErrors",
     "ObserveCache",
@@ -593,6 +596,51 @@ class ObserveCache(Generic[T]):
         self.invalidate()
         raise BackendError(f"{what} kept changing while k3snet read it "
                            f"({self.attempts} attempts); try again")
+
+
+FRESH_READ_AGE = 5.0
+"""Seconds for which what a backend's ``observe`` read serves the ``check`` or ``apply``
+right after it (:class:`FreshRead`): a pass plans in milliseconds."""
+
+_monotonic = time.monotonic  # FreshRead's clock (a test moves it)
+
+
+class FreshRead(Generic[T]):
+    """What a backend's ``observe`` read, handed once to the ``check`` or ``apply`` right
+    after it, in place of reading all of it again.
+
+    For a system whose every write names the version it was read at, so that a change
+    since makes the write fail with nothing done (the Kubernetes API's
+    ``resourceVersion`` and ``uid`` preconditions, a ``POST`` refused for a taken
+    name): reading again before writing only narrows that window, and cost a second
+    read of everything, every Calico IPPool, FelixConfiguration and Node's metadata,
+    at each agent pass that changed something. The contract:
+
+    * ``observe`` calls :meth:`drop` before it reads (a failed read leaves nothing
+      behind) and :meth:`put` after;
+    * ``check`` and ``apply`` call :meth:`take`: the value, at most once and when put
+      less than ``age`` seconds ago, else ``None`` (read again);
+    * a backend whose writes carry no such precondition must not use it.
+    """
+
+    def __init__(self, *, age: float = FRESH_READ_AGE) -> None:
+        self.age = age
+        self._kept: tuple[float, T] | None = None
+
+    def drop(self) -> None:
+        """Forget what was put."""
+        self._kept = None
+
+    def put(self, value: T) -> None:
+        """Keep ``value``, read now."""
+        self._kept = (_monotonic(), value)
+
+    def take(self) -> T | None:
+        """What was put, if less than :attr:`age` seconds ago (then forgotten), or ``None``."""
+        kept, self._kept = self._kept, None
+        if kept is not None and _monotonic() - kept[0] < self.age:
+            return kept[1]
+        return None
 
 
 # ---------------------------------------------------------------- warnings in the log

@@ -557,12 +557,14 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]}])
         # CiliumEgressGatewayPolicies are cluster-scoped: listed (where some node runs
         # the egress gateway), never written; so are the Nodes (their labels, which the
-        # CiliumNodeConfigs selecting some nodes select by).
+        # CiliumNodeConfigs selecting some nodes select by) and the CiliumNodes (which
+        # Nodes run a Cilium agent, the only ones reading CiliumNodeConfigs).
         objs += [{
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
             "metadata": _meta(AGENT_NAME + "-cilium", "agent"),
-            "rules": [{"apiGroups": ["cilium.io"], "resources": ["ciliumegressgatewaypolicies"],
+            "rules": [{"apiGroups": ["cilium.io"],
+                       "resources": ["ciliumegressgatewaypolicies", "ciliumnodes"],
                        "verbs": ["list"]},
                       {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}],
         }, {

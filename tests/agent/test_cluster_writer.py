@@ -999,13 +999,45 @@ def test_a_spec_configmap_denied_after_a_read_is_a_failed_read_for_a_while_not_a
     assert _events(server) == 2
 
 
-def test_a_spec_configmap_denied_at_the_first_read_is_refused_at_once(
-        server: EmulatedApiServer) -> None:
-    # A Role never granted (the rendered RBAC does not allow the read): said at once.
-    agent, _ = _configmap_agent(server)
-    server.fail(403, method="GET", plural="configmaps", times=None)
-    assert agent.run_pass().status == "failed"
-    assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="unreadable") == 1
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_new_agent_denied_its_first_read_fails_at_once_and_refuses_only_after_the_grace(
+        server: EmulatedApiServer, clock: FakeClock, status: int) -> None:
+    """A new agent (every node's, after a whole-cluster restart) meets an API server
+    filling its RBAC caches at its first read: refused at once, every node counted a
+    rejected spec (``spec_rejected_total{reason="unreadable"}``) and logged "refused"
+    for a permission nobody had changed. The pass fails at once with the API server's
+    answer (a Role never granted is said from the first pass: the Node's status, its
+    Event, the pod not ready), counted ``denied``; refused once it lasted DENIED_GRACE."""
+    said = "forbidden (403)" if status == 403 else "unauthorized (401)"
+    agent, memory = _configmap_agent(server, clock=clock)
+    server.fail(status, method="GET", plural="configmaps", times=None)
+    for _ in range(NOT_READY_AFTER):
+        first = agent.run_pass()
+        assert first.status == "failed"
+        assert first.message.startswith(f"api: read {SPEC_CONFIGMAP}: {said}: ")
+        assert "refused (unreadable)" not in first.message
+        clock.now += DENIED_GRACE / NOT_READY_AFTER - 1
+    assert _node_status(server) == "failed"
+    assert _events(server) == 1  # K3snetSyncFailed, with the answer
+    assert agent.readiness()[0] is False
+    assert _sample(agent, "k3snet_agent_spec_read_errors_total",
+                   reason="denied") == NOT_READY_AFTER
+    assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="unreadable") == 0
+    server.clear_faults()  # the caches filled
+    assert agent.run_pass().status == "ok"
+    assert memory.state.owned
+    assert _sample(agent, "k3snet_agent_spec_rejected_total", reason="unreadable") == 0
+
+    never, _ = _configmap_agent(server, clock=clock)  # a Role never granted
+    server.fail(status, method="GET", plural="configmaps", times=None)
+    assert never.run_pass().status == "failed"
+    clock.now += DENIED_GRACE
+    refused = never.run_pass()
+    assert refused.status == "failed"
+    assert refused.message.startswith(f"spec: 1 problem in {SPEC_CONFIGMAP}: ")
+    assert said in refused.message
+    assert f"(so at every read for {DENIED_GRACE:g} s)" in refused.message
+    assert _sample(never, "k3snet_agent_spec_rejected_total", reason="unreadable") == 1
 
 
 def test_a_failed_read_leaves_a_refused_newer_spec_refused_for_what_it_is(

@@ -214,6 +214,35 @@ def test_a_report_after_sigterm_waits_at_most_what_is_left_of_the_grace_period(
     assert events == []  # nothing left: not sent
 
 
+def test_the_lease_release_and_the_last_report_timing_out_say_their_timeout_was_cut(
+        server: EmulatedApiServer, caplog: pytest.LogCaptureFixture) -> None:
+    # After SIGTERM the release's and the last report's requests are given what is left
+    # of the grace period; one that timed out quoted it as a plain timeout ("no answer
+    # from the API server within 4s"), read as an API server 4 s slow, where a pass's
+    # request so cut already said "its timeout cut to what was left of the grace period".
+    clock, events = FakeClock(), []
+    api = recording(server.api_client(), clock, events)
+    holder = LeaderElector(api, "node-a", SETTINGS, clock=clock)
+    assert holder.step()
+    reporter = NodeReporter(api, "node-a", clock=clock)
+    server.fail(504, delay=HANG, times=None)
+    cut = "its timeout cut to what was left of the grace period"
+    with caplog.at_level("WARNING", logger="k3snet.agent"):
+        holder.stop(release=True, deadline=Deadline(clock.now + 4, clock))
+        reporter.finish_by(Deadline(clock.now + 3, clock))
+        reporter.report(NodeReport("ok", "converged", None, 1, False))
+        roomy = NodeReporter(api, "node-a", clock=clock)
+        roomy.finish_by(Deadline(clock.now + 60, clock))  # more than its own 10 s left
+        roomy.report(NodeReport("ok", "converged", None, 1, False))
+    said = [r.getMessage() for r in caplog.records if "no answer" in r.getMessage()]
+    assert len(said) == 3, said
+    assert f"read Lease kube-system/k3snet-cluster-writer: no answer from the API server " \
+           f"within 4s, {cut} (timed out" in said[0]
+    assert f"annotate Node node-a: no answer from the API server within 3s, {cut} " \
+           "(timed out" in said[1]
+    assert "within 10s (timed out" in said[2]
+
+
 def test_the_report_of_the_pass_sigterm_interrupted_waits_only_what_is_left_of_the_grace_period(
         server: EmulatedApiServer, tmp_path: Path) -> None:
     # The pass in progress at SIGTERM ends with its report: a Node patch given the whole

@@ -14,6 +14,7 @@ from k3snet.backends.kit import (
     BackendBase,
     Compensation,
     FaultHook,
+    FreshRead,
     LibraryErrors,
     ObserveCache,
     UndoFailure,
@@ -261,6 +262,29 @@ def test_a_bound_in_seconds_a_day_or_more_is_refused_saying_below_a_day() -> Non
                                          r"below a day, got 86400"):
         option_seconds("read_timeout", 86400)
     assert option_seconds("read_timeout", 86399.5) == 86399.5
+
+
+# ---------------------------------------------------------------- FreshRead
+
+
+def test_a_fresh_read_is_taken_once_within_its_age_and_dropped_by_a_new_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from k3snet.backends import kit  # noqa: PLC0415 - its clock, moved
+
+    now = [100.0]
+    monkeypatch.setattr(kit, "_monotonic", lambda: now[0])
+    fresh: FreshRead[str] = FreshRead(age=5.0)
+    assert fresh.take() is None
+    fresh.put("listing")
+    now[0] += 4.9
+    assert fresh.take() == "listing"
+    assert fresh.take() is None  # once
+    fresh.put("listing")
+    now[0] += 5.0
+    assert fresh.take() is None  # too old: read again
+    fresh.put("listing")
+    fresh.drop()  # an observe begins (and may fail)
+    assert fresh.take() is None
 
 
 # ---------------------------------------------------------------- ObserveCache

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import pytest
 
+from k3snet.backends import kit
 from k3snet.backends.calico import (
     CalicoBackend,
     calico_metadata,
@@ -30,7 +31,7 @@ from k3snet.spec import (
 )
 from k3snet.spec import compile as compile_spec
 from k3snet.testing import run_conformance
-from k3snet.testing.kube import EmulatedApiServer, ippools
+from k3snet.testing.kube import CALICO_RESOURCES, EmulatedApiServer, ippools
 
 pytestmark = pytest.mark.cluster
 
@@ -561,11 +562,16 @@ def test_a_timeout_in_the_middle_is_undone(seeded: EmulatedApiServer, api_client
     assert seeded.get(CRD, "k3snet-pods-b")["metadata"]["labels"] == LABEL  # type: ignore[index]
 
 
+@pytest.mark.parametrize("read", ["observed", "listed again"])
 def test_a_pool_changed_meanwhile_gives_409_and_nothing(
-    seeded: EmulatedApiServer, api_client: Any, monkeypatch: pytest.MonkeyPatch
+    seeded: EmulatedApiServer, api_client: Any, monkeypatch: pytest.MonkeyPatch, read: str
 ) -> None:
+    # "observed": the apply right after the observe takes its listing (kit.FreshRead),
+    # edited since; "listed again": that listing is too old, the apply lists anew.
     backend = _backend(api_client)
     backend.apply(plan(backend.observe(), _three_pools()))
+    now = [1000.0]
+    monkeypatch.setattr(kit, "_monotonic", lambda: now[0])
     p = plan(backend.observe(), State(owned=[
         IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=False),
         IPPool("k3snet-pods-b", "10.101.0.0/24", nat_outgoing=False),
@@ -573,14 +579,21 @@ def test_a_pool_changed_meanwhile_gives_409_and_nothing(
     ]))
     original = CalicoBackend._list
 
-    def someone_edits_after_the_read(self: CalicoBackend) -> Any:
-        listing = original(self)
+    def someone_edits() -> None:
         stored = seeded.get(CRD, "k3snet-pods-b")
         assert stored is not None
         stored["spec"]["nodeSelector"] = "zone == 'a'"
         seeded.put(CRD, stored)  # a new resourceVersion
+
+    def someone_edits_after_the_read(self: CalicoBackend) -> Any:
+        listing = original(self)
+        someone_edits()
         return listing
 
+    if read == "observed":
+        someone_edits()
+    else:
+        now[0] += kit.FRESH_READ_AGE
     monkeypatch.setattr(CalicoBackend, "_list", someone_edits_after_the_read)
     with pytest.raises(ApplyError, match=r"apply IPPool k3snet-pods-b \(natOutgoing\): conflict "
                                          r"\(409\)") as info:
@@ -645,3 +658,39 @@ def test_ippool_model_and_resources() -> None:
             bad()
     with pytest.raises(ModelError, match=r"IPPool nocidr: spec\.cidr is missing"):
         pool_from_resource(_pool_resource("nocidr", {}))
+
+
+def test_a_converge_that_writes_lists_the_pools_felix_and_the_nodes_once_each() -> None:
+    # The apply listed again every pool, FelixConfiguration and (for IPPoolsAndHostIPs)
+    # Node's metadata that the observe right before it had listed: a pass of the Lease
+    # holder that changed something asked for all of them twice, a 5 000-node cluster's
+    # Nodes 20 requests for 10. Its writes carry the resourceVersions read (409 on a
+    # change since), so the observe's listing serves it (and a dry run's check).
+    from k3snet.converge import converge  # noqa: PLC0415 - this test alone
+
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, "v1/nodes")) as server:
+        for resource in FOREIGN[:2]:
+            server.put(CRD, resource)
+        server.put("crd.projectcalico.org/v1/felixconfigurations", {
+            "apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {"natOutgoingExclusions": "IPPoolsAndHostIPs"}})
+        server.put("v1/nodes", {"metadata": {"name": "node-a", "annotations": {
+            "projectcalico.org/IPv4Address": "192.168.1.10/24"}}})
+        backend = _backend(server.api_client())
+        desired = State(owned=[IPPool("k3snet-nonat-c", "192.168.3.0/24", disabled=True)])
+
+        def lists() -> list[str]:
+            return sorted(path.split("?")[0].rsplit("/", 1)[-1]
+                          for method, path, _ in server.requests() if method == "GET")
+
+        assert converge(backend, desired, dry_run=True, check=True).plan.changes
+        assert lists() == ["felixconfigurations", "ippools", "nodes"]
+        before = len(server.requests())
+        result = converge(backend, desired)
+        assert result.result is not None
+        assert [c.action for c in result.result.applied] == ["add"]
+        made = [(m, p.split("?")[0].rsplit("/", 1)[-1]) for m, p, _ in server.requests()[before:]]
+        assert sorted(made) == [("GET", "felixconfigurations"), ("GET", "ippools"),
+                                ("GET", "nodes"), ("POST", "ippools")]
+        assert server.get(CRD, "k3snet-nonat-c") is not None

@@ -1061,6 +1061,51 @@ def test_a_node_config_selecting_no_node_is_not_judged_and_not_in_selects_the_un
     assert "masquerading is off in Cilium" in str(note.reason)
 
 
+CILIUM_NODES = "cilium.io/v2/ciliumnodes"
+
+
+def _cilium_node(name: str) -> dict[str, Any]:
+    # As the agent registers its Node (pkg/nodediscovery: owned by the Node, its labels).
+    return {"apiVersion": "cilium.io/v2", "kind": "CiliumNode",
+            "metadata": {"name": name, "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": name, "uid": name}]},
+            "spec": {}}
+
+
+def test_a_node_running_no_cilium_agent_forms_no_set_of_node_configs(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-config masquerades nothing; a CiliumNodeConfig turns it on for every Linux
+    # node. The Windows node runs no Cilium agent (the DaemonSet's nodeSelector), reads
+    # no CiliumNodeConfig and has no CiliumNode: it formed the set "cilium-config alone",
+    # a conflict (masquerading off) no Cilium node has, and the Lease holder's Cilium
+    # part was refused. Cilium's own agents read the CiliumNodeConfigs (pkg/option/
+    # resolver, in the agent's pod); each registers its Node as a CiliumNode.
+    k3s_cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-ipv4-masquerade": "false"}))
+    k3s_cilium.put(NODE_CONFIGS_V2, _node_config(
+        "linux-masq", {"enable-ipv4-masquerade": "true"},
+        selector={"matchLabels": {"kubernetes.io/os": "linux"}}))
+    k3s_cilium.put(NODES, _node("linux-1", **{"kubernetes.io/os": "linux"}))
+    k3s_cilium.put(NODES, _node("windows-1", **{"kubernetes.io/os": "windows"}))
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    # No CiliumNode yet (no agent registered, or an older Cilium): every Node counts.
+    (note,) = plan(backend.observe(), State(owned=[want])).conflicts
+    assert "masquerading is off in Cilium" in str(note.reason)
+    k3s_cilium.put(CILIUM_NODES, _cilium_node("linux-1"))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_groups == (("linux-masq",),)
+    assert not plan(backend.observe(), State(owned=[want])).notes
+    (accept,) = {a for (m, p, _), a in zip(k3s_cilium.requests(), k3s_cilium.accepts(),
+                                           strict=True)
+                 if p.startswith("/apis/cilium.io/v2/ciliumnodes")}
+    assert accept.startswith("application/json;as=PartialObjectMetadataList;")  # names only
+    # An agent not allowed to list them (a ClusterRole older than this rule): as before.
+    k3s_cilium.fail(403, method="GET", plural="ciliumnodes", times=None)
+    assert plan(backend.observe(), State(owned=[want])).conflicts
+
+
 def test_node_configs_are_judged_one_at_a_time_where_the_nodes_cannot_be_listed(
     k3s_cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1281,3 +1326,31 @@ def test_node_configs_and_egress_gateway_policies_are_listed_in_pages(
     lists = [p for m, p, _ in k3s_cilium.requests() if m == "GET" and (
         p.endswith(("/ciliumegressgatewaypolicies", "/ciliumnodeconfigs")))]
     assert len(lists) == 4
+
+
+def test_a_converge_reads_each_configmap_once_and_a_change_after_the_read_gives_409(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The apply read both ConfigMaps again right after the observe had (four GETs of
+    # two objects a pass that changed something). Each write carries the resourceVersion
+    # read, so the observe's read serves it: a change since is a 409, nothing changed.
+    from k3snet.converge import converge  # noqa: PLC0415 - this test alone
+
+    k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(RFC1918_YAML))
+    desired = State(owned=[CiliumConfig(TARGET, ip_masq_agent={
+        "nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
+    before = len(k3s_cilium.requests())
+    converge(backend, desired)
+    reads = [p.split("?")[0].rsplit("/", 1)[-1] for m, p, _ in k3s_cilium.requests()[before:]
+             if m == "GET" and "/configmaps/" in p]
+    assert sorted(reads) == ["cilium-config", "ip-masq-agent"]
+    assert "10.0.0.0/8" in _data(k3s_cilium, "ip-masq-agent")["config"]
+
+    p = plan(backend.observe(), State())  # k3snet's keys given back ...
+    edited = _stored(k3s_cilium, "ip-masq-agent")
+    assert edited is not None
+    edited["data"]["config"] += "masqLinkLocalIPv6: true\n"
+    k3s_cilium.put(CONFIGMAPS, edited)  # ... after someone edited the file
+    with pytest.raises(ApplyError, match="409"):
+        backend.apply(p)
+    assert _data(k3s_cilium, "ip-masq-agent") == edited["data"]

@@ -288,7 +288,8 @@ def test_cilium_agent_sends_only_what_its_rbac_grants(
     assert {("configmaps", "create", None), ("configmaps", "patch", "ip-masq-agent"),
             ("configmaps", "delete", "ip-masq-agent")} <= sent
     assert {("ciliumnodeconfigs", "list"), ("ciliumegressgatewaypolicies", "list"),
-            ("nodes", "list")} <= {(r.resource, r.verb) for r in requests}
+            ("nodes", "list"), ("ciliumnodes", "list")} <= {(r.resource, r.verb)
+                                                            for r in requests}
     assert _denied(requests, objs, namespace) == []
     assert set(_unused(requests, objs, namespace)) <= NOT_SENT_HERE
 

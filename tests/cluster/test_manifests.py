@@ -550,7 +550,8 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
         "k3snet-agent-node-report", f"{AGENT_NAME}-cilium"}
     cluster_role = _one(objs, "ClusterRole", f"{AGENT_NAME}-cilium")
     assert cluster_role["rules"] == [{"apiGroups": ["cilium.io"],
-                                      "resources": ["ciliumegressgatewaypolicies"],
+                                      "resources": ["ciliumegressgatewaypolicies",
+                                                    "ciliumnodes"],
                                       "verbs": ["list"]},
                                      {"apiGroups": [""], "resources": ["nodes"],
                                       "verbs": ["list"]}]
