@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from k3snet import NodeFacts, Spec, SpecError, Sysctl
 from k3snet.spec import Destination, DnsZone, EgressPolicy, MasqueradePolicy, validate
@@ -449,3 +451,32 @@ def test_a_spec_error_s_message_names_the_first_hundred_problems_and_counts_the_
     assert lines[101:] == ["  ... and 99900 more (all of them: k3snet validate --output json)"]
     assert len(str(SpecError([info.value.problems[0]] * 100))) < len(str(info.value))
     assert "more" not in str(SpecError(info.value.problems[:100]))
+
+
+@settings(deadline=None)
+@given(st.text(min_size=1, max_size=12))
+def test_a_key_holding_any_character_makes_one_line_per_problem_and_no_control_character(
+    key: str
+) -> None:
+    """A key is written in its problem's path: one holding a line break forged a problem
+    line of its own, and an escape sequence (ESC [2J) reached the operator's terminal."""
+    document = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec", f"x{key}": 1,
+                "sysctls": {f"net.ipv4.{key}": 1}, "egressPolicy": {"podSelector": {key: "y"}},
+                "backends": {"nftables": {f"o{key}": 1}}}
+    with pytest.raises(SpecError) as info:  # x{key} is an unknown key, whatever else
+        spec_from_document(document, source="hostile.yaml")
+    lines = str(info.value).split("\n")
+    assert len(lines) == 1 + len(info.value.problems)
+    assert all(line.isprintable() for line in lines)
+    assert all(p.path.isprintable() for p in info.value.problems)
+
+
+def test_a_key_s_control_characters_are_escaped_in_its_problem_s_path() -> None:
+    document = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
+                "x\n  destinations[0].cidr: forged\n\x1b[2Jy": 1,
+                "sysctls": {"net.ipv4.ip_forward\nz": 1}}
+    with pytest.raises(SpecError) as info:
+        spec_from_document(document, source="hostile.yaml")
+    assert [p.path for p in info.value.problems] == [
+        "x\\n  destinations[0].cidr: forged\\n\\x1b[2Jy", "sysctls.net.ipv4.ip_forward\\nz"]
+    assert str(info.value).count("\n") == 2
