@@ -614,7 +614,15 @@ def error_code(exc: K3snetError) -> int:
 
 def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
     """The error on stderr; with ``--output json`` also as a JSON object on stdout, unless
-    the command printed its document already (``doctor --fix``)."""
+    the command printed its document already (``doctor --fix``). The agent's output is its
+    log: with ``--log-format json`` its error is one record of that log (a collector reading
+    one JSON object a line got why it did not start as plain text over several lines)."""
+    if args.command == "agent" and args.log_format == "json":
+        from k3snet.agent import configure_logging  # noqa: PLC0415 - as cmd_agent imports
+
+        # Its lines' form, with the node, also for an error found before the agent ran.
+        configure_logging(args.node_name, "json", args.log_level).error("%s", exc)
+        return
     print(f"k3snet: error: {exc}", file=sys.stderr)
     if _json(args) and not getattr(args, "stdout_taken", False):
         _print_error_json(type(exc).__name__, str(exc), getattr(exc, "problems", ()))

@@ -99,3 +99,24 @@ def test_an_internal_error_with_output_json_is_an_error_document_exit_1(
     assert error["type"] == "InternalError"
     assert "RuntimeError: a bug" in error["message"]
     assert "internal error" in captured.err
+
+
+def test_the_agent_s_fatal_error_is_a_json_log_line_with_log_format_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agent's output is its log: why it did not start (a spec others may write, a
+    namespace that is not there) came as plain text over two lines to a collector
+    reading one JSON object a line, the one record a crash loop needed read."""
+    spec = tmp_path / "egress.yaml"
+    spec.write_text(SEED.read_text())
+    spec.chmod(0o666)
+    argv = ["agent", "-f", str(spec), "--once", "--no-kube", "--backend", "memory"]
+    assert main([*argv, "--log-format", "json"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    jsonschema.Draft202012Validator(load_schema("log")).validate(records[-1])
+    assert records[-1]["level"] == "error"
+    assert records[-1]["node"]  # the agent's own lines' form
+    assert "writable by others" in records[-1]["message"]
+    assert main(argv) == 1  # text: the error as every command says it
+    assert capsys.readouterr().err.startswith("k3snet: error: 1 problem in ")
