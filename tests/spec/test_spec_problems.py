@@ -480,3 +480,39 @@ def test_a_key_s_control_characters_are_escaped_in_its_problem_s_path() -> None:
     assert [p.path for p in info.value.problems] == [
         "x\\n  destinations[0].cidr: forged\\n\\x1b[2Jy", "sysctls.net.ipv4.ip_forward\\nz"]
     assert str(info.value).count("\n") == 2
+
+
+@pytest.mark.parametrize(("value", "decimal"), [
+    ("0x1", "1"), ("0X1f", "31"), ("010", "8"), ("-0", "0"), ("-0x10", "-16"),
+    ("+2", None), ("09", None), ("4096 0x10 6291456", "16"),
+])
+def test_a_sysctl_number_the_kernel_reads_back_otherwise_is_a_problem(
+    value: str, decimal: str | None
+) -> None:
+    """The kernel reads 0x1 as hexadecimal and 010 as octal, stores the number and reads
+    back 1 and 8: k3snet's apply saw another value than it wrote and failed (rolled back)
+    on every node and at every agent pass, while validate said valid and apply --dry-run
+    found no problem. +2 and 09 it refuses."""
+    document = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
+                "sysctls": {"net.ipv4.tcp_fin_timeout": value}}
+    with pytest.raises(SpecError) as info:
+        spec_from_document(document)
+    (problem,) = info.value.problems
+    assert problem.path == "sysctls.net.ipv4.tcp_fin_timeout"
+    assert "decimal" in problem.message
+    if decimal is not None:
+        assert f"that is {decimal}, and shows {decimal}" in problem.message
+    else:
+        assert f"the kernel refuses {value!r}" in problem.message
+
+
+@pytest.mark.parametrize("value", ["30", "-1", "0", "4096 131072 6291456", "bbr", "fq_codel",
+                                   "0 2147483647", "x0x1"])
+def test_a_decimal_number_or_a_word_is_a_sysctl_value(value: str) -> None:
+    document = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
+                "sysctls": {"net.ipv4.tcp_fin_timeout": value}}
+    assert spec_from_document(document).sysctls[0].value == value
+    # A CPU bitmap is hexadecimal to the kernel (bitmap_parse), whatever its digits.
+    document["sysctls"] = {"net.core.rps_default_mask": "0003", "net.core.flow_limit_cpu_bitmap":
+                           "0f"}
+    assert spec_from_document(document).sysctls
