@@ -516,3 +516,25 @@ def test_a_decimal_number_or_a_word_is_a_sysctl_value(value: str) -> None:
     document["sysctls"] = {"net.core.rps_default_mask": "0003", "net.core.flow_limit_cpu_bitmap":
                            "0f"}
     assert spec_from_document(document).sysctls
+
+
+def test_a_quoted_number_or_boolean_is_told_to_lose_its_quotes() -> None:
+    """``metric: "100"`` said "metric must be 0..4294967295, got '100'" and ``masquerade:
+    "false"`` "expected true or false, got 'false'": the value looked right to its writer."""
+    document = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
+                "destinations": [{"cidr": D, "gateway": "192.168.1.1", "metric": "100",
+                                  "masquerade": "false", "forward": "yes"}],
+                "connectivityTest": {"target": "192.168.7.10", "port": " 5432"}}
+    with pytest.raises(SpecError) as info:
+        spec_from_document(document)
+    said = {p.path: p.message for p in info.value.problems}
+    assert said == {
+        "destinations[0].metric": "metric must be 0..4294967295, got '100' (a text: write "
+                                  "the number without quotes)",
+        "destinations[0].masquerade": "expected true or false, got 'false' (a text: write "
+                                      "true or false without quotes)",
+        "destinations[0].forward": "expected true or false, got 'yes' (a text: write "
+                                   "true or false without quotes)",
+        "connectivityTest.port": "must be 1..65535, got ' 5432' (a text: write the number "
+                                 "without quotes)",
+    }
