@@ -403,7 +403,8 @@ _VALUES = st.sampled_from([
     st.dictionaries(_KEYS, st.one_of(_VALUES, _VALUES, hostile_values()), max_size=8),
     hostile_values()))
 @example(_FLAT, {"label": "x", "more": ["nope"], "nets": ["nope"]})
-@example(_FLAT, {"range": 100, "words": [{}]})  # each path meets another key's failure first
+# Each path meets another key's failure first (the fast path range's, the full path words').
+@example(_FLAT, {"label": "x", "range": 100, "words": [{}]})
 @example(DESTINATION, {"exclude": ["nope"], "cidr": "10.0.0.0/8", "gateway": "x"})
 def test_the_fast_path_reads_what_the_table_order_path_reads(section: Section,
                                                               document: Any) -> None:
