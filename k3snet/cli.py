@@ -150,17 +150,20 @@ def _asks_json(argv: Sequence[str]) -> bool:
     ``error`` document too, as a script reading stdout expects."""
     if not argv or argv[0] not in JSON_COMMANDS:
         return False
+    wanted = "text"
     for index, arg in enumerate(argv):
         if arg == "--":
             break
         name, equals, value = arg.partition("=")
         if not equals:
             value = argv[index + 1] if index + 1 < len(argv) else ""
+        if argv[0] == "doctor" and name.startswith("-o") and name != "-o":
+            value = arg[2:]  # -ojson
+            name = "-o"
         long = len(name) >= len("--outp") and "--output".startswith(name)
-        short = argv[0] == "doctor" and (name == "-o" or arg == "-ojson")
-        if (long or short) and (value == "json" or arg == "-ojson"):
-            return True
-    return False
+        if long or (argv[0] == "doctor" and name == "-o"):
+            wanted = value  # the last one given, as argparse keeps
+    return wanted == "json"
 
 
 _COMMON_FLAGS = frozenset({"-q", "--quiet", "--verbose"})

@@ -63,9 +63,15 @@ def test_a_usage_error_with_output_json_is_an_error_document_exit_64(
 def test_the_json_flag_spelt_as_argparse_takes_it_makes_usage_errors_documents(
     capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for flag in (["--output=json"], ["--outp", "json"], ["-v", "--output", "json"]):
+    for flag in (["--output=json"], ["--outp", "json"], ["-v", "--output", "json"],
+                 ["--output", "text", "--output", "json"]):
         assert _fails(["plan", *MEMORY, *flag]) == cli.EXIT_USAGE
         assert _error_document(capsys.readouterr().out)["type"] == "UsageError"
+    assert _fails(["doctor", "--to", "192.168.2.10", "-ojson"]) == cli.EXIT_USAGE
+    assert _error_document(capsys.readouterr().out)["type"] == "UsageError"
+    # The last --output given is the one argparse keeps.
+    assert _fails(["plan", *MEMORY, "--output", "json", "--output", "text"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().out == ""
     # A command without --output (explain, render's -o is a directory) prints no document.
     assert _fails(["render", "sysctl", "-o", "json"]) == cli.EXIT_USAGE
     assert _fails(["explain", "nope.nope", "--output", "json"]) == cli.EXIT_USAGE
