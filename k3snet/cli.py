@@ -123,12 +123,48 @@ NOTHING_TO_DESTROY = "Nothing to destroy: k3snet owns nothing here."
 """What ``destroy`` (and the Ansible module's ``state: absent``) says of an empty plan."""
 
 
+class _UsageExit(SystemExit):
+    """argparse's usage error: exit 64, with its message for an ``error`` document."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.message = message
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors exiting 64, not 2 (2 means "changes pending")."""
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self._print_message(f"{self.prog}: error: {message}\n", sys.stderr)
+        raise _UsageExit(message)
+
+
+JSON_COMMANDS = frozenset({"plan", "apply", "destroy", "observe", "validate", "doctor"})
+"""The commands taking ``--output text|json`` (doctor's ``-o``)."""
+
+
+def _asks_json(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` (the command first) asks for JSON as argparse would read it
+    (``--output json``, ``--output=json``, an abbreviation down to ``--outp``, doctor's
+    ``-o json``), looked at only when argparse refused it: a usage error is then an
+    ``error`` document too, as a script reading stdout expects."""
+    if not argv or argv[0] not in JSON_COMMANDS:
+        return False
+    wanted = "text"
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            break
+        name, equals, value = arg.partition("=")
+        if not equals:
+            value = argv[index + 1] if index + 1 < len(argv) else ""
+        if argv[0] == "doctor" and name.startswith("-o") and name != "-o":
+            value = arg[2:]  # -ojson
+            name = "-o"
+        long = len(name) >= len("--outp") and "--output".startswith(name)
+        if long or (argv[0] == "doctor" and name == "-o"):
+            wanted = value  # the last one given, as argparse keeps
+    return wanted == "json"
 
 
 _COMMON_FLAGS = frozenset({"-q", "--quiet", "--verbose"})
@@ -438,8 +474,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     written) are one line on stderr with exit 1; a closed pipe (``| head``)
     ends quietly. ``K3SNET_DEBUG=1`` shows the traceback of an unexpected error.
     """
-    args = build_parser().parse_args(_common_after_command(
-        sys.argv[1:] if argv is None else list(argv)))
+    given = _common_after_command(sys.argv[1:] if argv is None else list(argv))
+    try:
+        args = build_parser().parse_args(given)
+    except _UsageExit as exc:
+        if _asks_json(given):
+            with _reporting():
+                _print_error_json(USAGE_ERROR, exc.message)
+        raise
     _configure_logging(args)
     _printable_output()
     admin_path()
@@ -502,6 +544,8 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         with _reporting():
             print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
+            if _json(args):
+                _print_error_json(type(exc).__name__, _os_error(exc))
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -509,9 +553,12 @@ def _run(args: argparse.Namespace) -> int:
         # As the other switches: 0, off, no and false leave it off.
         if os.environ.get("K3SNET_DEBUG", "").lower() not in {"", "0", "off", "no", "false"}:
             raise
+        message = (f"{type(exc).__name__}: {exc} (a bug: please report it; K3SNET_DEBUG=1 "
+                   "shows the traceback)")
         with _reporting():
-            print(f"k3snet: internal error: {type(exc).__name__}: {exc} (a bug: please report "
-                  "it; K3SNET_DEBUG=1 shows the traceback)", file=sys.stderr)
+            print(f"k3snet: internal error: {message}", file=sys.stderr)
+            if _json(args):
+                _print_error_json("InternalError", message)
         return EXIT_ERROR
 
 
@@ -571,7 +618,15 @@ def error_code(exc: K3snetError) -> int:
 
 def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
     """The error on stderr; with ``--output json`` also as a JSON object on stdout, unless
-    the command printed its document already (``doctor --fix``)."""
+    the command printed its document already (``doctor --fix``). The agent's output is its
+    log: with ``--log-format json`` its error is one record of that log (a collector reading
+    one JSON object a line got why it did not start as plain text over several lines)."""
+    if args.command == "agent" and args.log_format == "json":
+        from k3snet.agent import configure_logging  # noqa: PLC0415 - as cmd_agent imports
+
+        # Its lines' form, with the node, also for an error found before the agent ran.
+        configure_logging(args.node_name, "json", args.log_level).error("%s", exc)
+        return
     print(f"k3snet: error: {exc}", file=sys.stderr)
     if _json(args) and not getattr(args, "stdout_taken", False):
         _print_error_json(type(exc).__name__, str(exc), getattr(exc, "problems", ()))
@@ -581,6 +636,19 @@ def _print_error_json(kind: str, message: str, problems: Sequence[object] = ()) 
     """An ``error`` document (schema ``error``) on stdout."""
     _print_json({"format": JSON_FORMAT, "kind": "error", "error": {
         "type": kind, "message": message, "problems": [str(p) for p in problems]}})
+
+
+USAGE_ERROR = "UsageError"
+"""The ``error`` document's type of a usage error (exit 64)."""
+
+
+def _usage_error(args: argparse.Namespace, message: str) -> int:
+    """Exit 64 for a usage error found after parsing: said on stderr and, with ``--output
+    json``, as an ``error`` document of type ``UsageError``, as argparse's own are."""
+    print(f"k3snet {args.command}: error: {message}", file=sys.stderr)
+    if _json(args):
+        _print_error_json(USAGE_ERROR, message)
+    return EXIT_USAGE
 
 
 def _json(args: argparse.Namespace) -> bool:
@@ -1332,9 +1400,8 @@ def cmd_completion(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.out is not None and _same_file(args.out, args.spec):
         # `plan -f egress.yaml --out egress.yaml` (a completion slip) replaced the spec.
-        print(f"k3snet plan: error: --out {args.out} is the spec (-f {args.spec}); the plan "
-              "file would replace it: give another path", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error(args, f"--out {args.out} is the spec (-f {args.spec}); the plan "
+                            "file would replace it: give another path")
     spec, group = _spec_and_backend(args)  # the backends reading already (prefetch)
     with group as backend:
         # Compiled first, so the backends that take the hint (``expect``, as ``converge``
@@ -1430,17 +1497,14 @@ def disruptive_notes(backend: BackendGroup, p: Plan, command: str = "apply") -> 
 
 def cmd_apply(args: argparse.Namespace) -> int:
     if (args.planfile is None) == (args.spec is None):
-        print("k3snet apply: error: give either a spec (-f FILE) or a plan file",
-              file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error(args, "give either a spec (-f FILE) or a plan file")
     options = {"allow_conflicts": args.allow_conflicts, "allow_teardown": args.allow_teardown,
                "lock_timeout": args.lock_timeout}
     saved = PlanFile.read(args.planfile, netns=args.netns) if args.planfile else None
     if saved is not None and args.backend:
-        print(f"k3snet apply: error: --backend with a plan file: the plan file names its "
-              f"backends ({', '.join(n.partition(':')[0] for n in saved.backends)}), the ones "
-              "it was made against", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error(args, f"--backend with a plan file: the plan file names its "
+                            f"backends ({', '.join(n.partition(':')[0] for n in saved.backends)}"
+                            "), the ones it was made against")
     if saved is not None:
         args.netns = saved.node["netns"]
     if saved is None:
@@ -1687,9 +1751,8 @@ def cmd_observe(args: argparse.Namespace) -> int:
     if args.save is not None and ignored:
         # The bundle is the namespace's whole state, whatever the backends: a script
         # giving a spec or --backend expected them to count.
-        print(f"k3snet observe: error: --save captures the whole namespace; it takes no "
-              f"{', '.join(ignored)}", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error(args, f"--save captures the whole namespace; it takes no "
+                            f"{', '.join(ignored)}")
     if args.save is not None:
         from k3snet.doctor import NodeCapture  # noqa: PLC0415 - doctor users only
 

@@ -67,7 +67,13 @@ def _cut(text: str, limit: int) -> str:
 
 
 def _problem_path(value: object) -> str:
-    return _cut(str(value), 200)
+    # A path quotes the spec's keys as they are: one holding a line break forged a problem
+    # line of its own, and an escape sequence (ESC [2J) reached the terminal; each
+    # character that is not printable is written as Python escapes it (\n, \x1b).
+    text = str(value)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return _cut(text, 200)
 
 
 def _problem_message(value: object) -> str:

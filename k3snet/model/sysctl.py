@@ -73,8 +73,17 @@ def value_problem(name: str, value: str | int) -> str | None:
     "net.ipv4.ip_forward takes 0 (off) or another integer (on) (ip-sysctl.rst), got 'yes'"
     >>> value_problem("net.ipv4.ip_forward", "1") is None
     True
+
+    A number written otherwise than the kernel writes it back is one in any sysctl:
+
+    >>> value_problem("net.ipv4.tcp_fin_timeout", "0x1e").endswith("in decimal, 30")
+    True
     """
     sysctl = Sysctl(name, value)
+    hex_bitmap = sysctl.path.endswith(("mask", "bitmap"))  # net.core.rps_default_mask ...
+    for token in () if hex_bitmap else sysctl.value.split(" "):
+        if _NUMBER_LIKE.fullmatch(token) and not _INTEGER.fullmatch(token):
+            return _not_decimal(sysctl.name, token)
     parts = sysctl.path.split("/")
     if parts == ["net", "ipv4", "ip_forward"]:
         key = ("ipv4", "forwarding")
@@ -95,6 +104,27 @@ def value_problem(name: str, value: str | int) -> str | None:
             return None
         takes = f"{', '.join(choices[:-1])} or {choices[-1]}"
     return f"{sysctl.name} takes {takes} (ip-sysctl.rst), got {sysctl.value!r}"
+
+
+# What the kernel's integer handlers (proc_dointvec and its kin: simple_strtoul with base
+# 0 after an optional "-") read as a number, or refuse as one: 0x1 is 1 and 010 is 8,
+# read back in decimal; +2 and 09 are EINVAL.
+_NUMBER_LIKE = re.compile(r"[-+]?(?:0[xX][0-9a-fA-F]+|[0-9]+)")
+
+
+def _not_decimal(name: str, token: str) -> str:
+    """The problem of ``token``, a number written otherwise than the kernel writes it."""
+    sign, digits = ("-", token[1:]) if token[0] in "+-" else ("", token)
+    hexadecimal = digits[:2].lower() == "0x"
+    octal = not hexadecimal and all(c in "01234567" for c in digits)
+    if token[0] == "+" or not (hexadecimal or octal):
+        return (f"{name}: the kernel refuses {token!r} (a '+' sign, or a leading 0 before "
+                "an 8 or a 9, which it reads as octal): write the number in decimal")
+    number = int(sign + digits, 16 if hexadecimal else 8)
+    base = "hexadecimal" if hexadecimal else "octal (a leading 0)"
+    return (f"{name}: the kernel reads {token!r} as {base}, that is {number}, and shows "
+            f"{number}, never what k3snet wrote (the apply fails): write the number in "
+            f"decimal, {number}")
 
 
 def contradicting_aliases(values: Mapping[str, str]) -> list[tuple[str, str]]:

@@ -20,7 +20,7 @@ import attrs
 
 from k3snet.errors import K3snetError, Problem
 from k3snet.model.cidr import Network, parse_address, parse_network
-from k3snet.spec.validators import Check, schema_of, with_schema
+from k3snet.spec.validators import Check, quoted_hint, schema_of, with_schema
 
 __all__ = [
     "INVALID",
@@ -413,7 +413,8 @@ with_schema(parse_address, ADDRESS_SCHEMA)
 def boolean(reader: Reader, value: Any, path: str) -> Any:
     """``true`` or ``false``."""
     if not isinstance(value, bool):
-        reader.problem(path, f"expected true or false, got {value!r}")
+        reader.problem(path, f"expected true or false, got {value!r}"
+                       + quoted_hint(value, boolean=True))
         return INVALID
     return value
 

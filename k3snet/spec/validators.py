@@ -48,11 +48,27 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_DECIMAL_TEXT = re.compile(r"\s*[-+]?[0-9]+\s*")
+
+
+def quoted_hint(value: Any, *, boolean: bool = False) -> str:
+    """The hint for a number (``boolean``: a true or false) written as a text, in quotes
+    (``metric: "100"``), else ``""``: "got '100'" looks right to whoever wrote it."""
+    if not isinstance(value, str):
+        return ""
+    if boolean and value.strip().lower() in YAML_BOOLS:
+        return " (a text: write true or false without quotes)"
+    if not boolean and _DECIMAL_TEXT.fullmatch(value):
+        return " (a text: write the number without quotes)"
+    return ""
+
+
 def integer() -> Check:
     """Any integer (not a bool)."""
 
     def check(value: Any) -> str | None:
-        return None if _is_int(value) else f"expected an integer, got {value!r}"
+        return None if _is_int(value) else (f"expected an integer, got {value!r}"
+                                            + quoted_hint(value))
 
     return with_schema(check, {"type": "integer"})
 
@@ -76,7 +92,7 @@ def int_in(
         if (_is_int(value) and value >= low and (high is None or value <= high)
                 and value not in excluding):
             return None
-        return f"{prefix} {wanted}, got {value!r}"
+        return f"{prefix} {wanted}, got {value!r}{quoted_hint(value)}"
 
     schema: dict[str, Any] = {"type": "integer", "minimum": low}
     if high is not None:

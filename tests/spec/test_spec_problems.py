@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from k3snet import NodeFacts, Spec, SpecError, Sysctl
 from k3snet.spec import Destination, DnsZone, EgressPolicy, MasqueradePolicy, validate
@@ -449,3 +451,90 @@ def test_a_spec_error_s_message_names_the_first_hundred_problems_and_counts_the_
     assert lines[101:] == ["  ... and 99900 more (all of them: k3snet validate --output json)"]
     assert len(str(SpecError([info.value.problems[0]] * 100))) < len(str(info.value))
     assert "more" not in str(SpecError(info.value.problems[:100]))
+
+
+@settings(deadline=None)
+@given(st.text(min_size=1, max_size=12))
+def test_a_key_holding_any_character_makes_one_line_per_problem_and_no_control_character(
+    key: str
+) -> None:
+    """A key is written in its problem's path: one holding a line break forged a problem
+    line of its own, and an escape sequence (ESC [2J) reached the operator's terminal."""
+    document = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec", f"x{key}": 1,
+                "sysctls": {f"net.ipv4.{key}": 1}, "egressPolicy": {"podSelector": {key: "y"}},
+                "backends": {"nftables": {f"o{key}": 1}}}
+    with pytest.raises(SpecError) as info:  # x{key} is an unknown key, whatever else
+        spec_from_document(document, source="hostile.yaml")
+    lines = str(info.value).split("\n")
+    assert len(lines) == 1 + len(info.value.problems)
+    assert all(line.isprintable() for line in lines)
+    assert all(p.path.isprintable() for p in info.value.problems)
+
+
+def test_a_key_s_control_characters_are_escaped_in_its_problem_s_path() -> None:
+    document = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
+                "x\n  destinations[0].cidr: forged\n\x1b[2Jy": 1,
+                "sysctls": {"net.ipv4.ip_forward\nz": 1}}
+    with pytest.raises(SpecError) as info:
+        spec_from_document(document, source="hostile.yaml")
+    assert [p.path for p in info.value.problems] == [
+        "x\\n  destinations[0].cidr: forged\\n\\x1b[2Jy", "sysctls.net.ipv4.ip_forward\\nz"]
+    assert str(info.value).count("\n") == 2
+
+
+@pytest.mark.parametrize(("value", "decimal"), [
+    ("0x1", "1"), ("0X1f", "31"), ("010", "8"), ("-0", "0"), ("-0x10", "-16"),
+    ("+2", None), ("09", None), ("4096 0x10 6291456", "16"),
+])
+def test_a_sysctl_number_the_kernel_reads_back_otherwise_is_a_problem(
+    value: str, decimal: str | None
+) -> None:
+    """The kernel reads 0x1 as hexadecimal and 010 as octal, stores the number and reads
+    back 1 and 8: k3snet's apply saw another value than it wrote and failed (rolled back)
+    on every node and at every agent pass, while validate said valid and apply --dry-run
+    found no problem. +2 and 09 it refuses."""
+    document = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
+                "sysctls": {"net.ipv4.tcp_fin_timeout": value}}
+    with pytest.raises(SpecError) as info:
+        spec_from_document(document)
+    (problem,) = info.value.problems
+    assert problem.path == "sysctls.net.ipv4.tcp_fin_timeout"
+    assert "decimal" in problem.message
+    if decimal is not None:
+        assert f"that is {decimal}, and shows {decimal}" in problem.message
+    else:
+        assert f"the kernel refuses {value!r}" in problem.message
+
+
+@pytest.mark.parametrize("value", ["30", "-1", "0", "4096 131072 6291456", "bbr", "fq_codel",
+                                   "0 2147483647", "x0x1"])
+def test_a_decimal_number_or_a_word_is_a_sysctl_value(value: str) -> None:
+    document = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
+                "sysctls": {"net.ipv4.tcp_fin_timeout": value}}
+    assert spec_from_document(document).sysctls[0].value == value
+    # A CPU bitmap is hexadecimal to the kernel (bitmap_parse), whatever its digits.
+    document["sysctls"] = {"net.core.rps_default_mask": "0003", "net.core.flow_limit_cpu_bitmap":
+                           "0f"}
+    assert spec_from_document(document).sysctls
+
+
+def test_a_quoted_number_or_boolean_is_told_to_lose_its_quotes() -> None:
+    """``metric: "100"`` said "metric must be 0..4294967295, got '100'" and ``masquerade:
+    "false"`` "expected true or false, got 'false'": the value looked right to its writer."""
+    document = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
+                "destinations": [{"cidr": D, "gateway": "192.168.1.1", "metric": "100",
+                                  "masquerade": "false", "forward": "yes"}],
+                "connectivityTest": {"target": "192.168.7.10", "port": " 5432"}}
+    with pytest.raises(SpecError) as info:
+        spec_from_document(document)
+    said = {p.path: p.message for p in info.value.problems}
+    assert said == {
+        "destinations[0].metric": "metric must be 0..4294967295, got '100' (a text: write "
+                                  "the number without quotes)",
+        "destinations[0].masquerade": "expected true or false, got 'false' (a text: write "
+                                      "true or false without quotes)",
+        "destinations[0].forward": "expected true or false, got 'yes' (a text: write "
+                                   "true or false without quotes)",
+        "connectivityTest.port": "must be 1..65535, got ' 5432' (a text: write the number "
+                                 "without quotes)",
+    }

@@ -121,7 +121,8 @@ BAD_VALUES = [
     ("destinations[]", "table", 2**32, "table must be 1..4294967295 and not 255, got 4294967296"),
     ("destinations[]", "table", True, "table must be 1..4294967295 and not 255, got True"),
     ("destinations[]", "metric", -1, "metric must be 0..4294967295, got -1"),
-    ("destinations[]", "metric", "5", "metric must be 0..4294967295, got '5'"),
+    ("destinations[]", "metric", "5", "metric must be 0..4294967295, got '5' (a text: write "
+     "the number without quotes)"),
     ("connectivityTest", "port", 0, "must be 1..65535, got 0"),
     ("connectivityTest", "port", 65536, "must be 1..65535, got 65536"),
     ("connectivityTest", "namespace", "Bad_NS", "'Bad_NS' is not a valid namespace name"),

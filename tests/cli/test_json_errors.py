@@ -1,0 +1,128 @@
+"""With ``--output json`` every failure is an ``error`` document on stdout, whatever failed.
+
+A script reads stdout as one JSON document and the exit code; a usage error found after
+parsing (exit 64), a system error (exit 1: a plan file that cannot be written), an
+internal error and a usage error argparse finds printed nothing on stdout, so ``jq``
+met an empty input where the error schema promised a document.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from k3snet import cli
+from k3snet.cli import main
+from k3snet.schemas import load_schema
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+MEMORY = ["--backend", "memory", "--no-facts"]
+
+
+def _error_document(out: str) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(out)
+    jsonschema.Draft202012Validator(load_schema("error")).validate(document)
+    error: dict[str, Any] = document["error"]
+    return error
+
+
+def _fails(argv: list[str]) -> int:
+    """The exit code of ``argv``, whether main returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(str(exc.code))
+
+
+@pytest.mark.parametrize("argv", [
+    ["plan", "-f", str(SEED), *MEMORY, "--out", str(SEED)],  # --out is the spec
+    ["apply", *MEMORY],  # neither a spec nor a plan file
+    ["observe", "-f", str(SEED), "--save", "/nonexistent-k3snet-dir"],
+    ["plan", *MEMORY],  # argparse: -f is required
+    ["plan", "-f", str(SEED), *MEMORY, "--no-such-option"],
+    ["apply", "-f", str(SEED), *MEMORY, "--lock-timeout", "nan"],
+    ["doctor", "--to", "192.168.2.10"],  # argparse: --from is required
+])
+def test_a_usage_error_with_output_json_is_an_error_document_exit_64(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    flag = ["-o", "json"] if argv[0] == "doctor" else ["--output", "json"]
+    assert _fails([*argv, *flag]) == cli.EXIT_USAGE
+    captured = capsys.readouterr()
+    error = _error_document(captured.out)
+    assert error["type"] == "UsageError"
+    assert error["message"] in captured.err  # the same words as on stderr
+    assert _fails(argv) == cli.EXIT_USAGE  # as text: stdout stays empty
+    assert capsys.readouterr().out == ""
+
+
+def test_the_json_flag_spelt_as_argparse_takes_it_makes_usage_errors_documents(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    for flag in (["--output=json"], ["--outp", "json"], ["-v", "--output", "json"],
+                 ["--output", "text", "--output", "json"]):
+        assert _fails(["plan", *MEMORY, *flag]) == cli.EXIT_USAGE
+        assert _error_document(capsys.readouterr().out)["type"] == "UsageError"
+    assert _fails(["doctor", "--to", "192.168.2.10", "-ojson"]) == cli.EXIT_USAGE
+    assert _error_document(capsys.readouterr().out)["type"] == "UsageError"
+    # The last --output given is the one argparse keeps.
+    assert _fails(["plan", *MEMORY, "--output", "json", "--output", "text"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().out == ""
+    # A command without --output (explain, render's -o is a directory) prints no document.
+    assert _fails(["render", "sysctl", "-o", "json"]) == cli.EXIT_USAGE
+    assert _fails(["explain", "nope.nope", "--output", "json"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().out == ""
+
+
+def test_a_system_error_with_output_json_is_an_error_document_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "missing" / "node.plan"
+    assert main(["plan", "-f", str(SEED), *MEMORY, "--out", str(out), "--output", "json"]) == 1
+    captured = capsys.readouterr()
+    error = _error_document(captured.out)
+    assert error["type"] == "FileNotFoundError"
+    assert str(out) in error["message"]
+    assert f"k3snet: error: {error['message']}" in captured.err
+
+
+def test_an_internal_error_with_output_json_is_an_error_document_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("K3SNET_DEBUG", raising=False)
+
+    def broken(*_args: object, **_kwargs: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "plan", broken)
+    assert main(["plan", "-f", str(SEED), *MEMORY, "--output", "json"]) == 1
+    captured = capsys.readouterr()
+    error = _error_document(captured.out)
+    assert error["type"] == "InternalError"
+    assert "RuntimeError: a bug" in error["message"]
+    assert "internal error" in captured.err
+
+
+def test_the_agent_s_fatal_error_is_a_json_log_line_with_log_format_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agent's output is its log: why it did not start (a spec others may write, a
+    namespace that is not there) came as plain text over two lines to a collector
+    reading one JSON object a line, the one record a crash loop needed read."""
+    spec = tmp_path / "egress.yaml"
+    spec.write_text(SEED.read_text())
+    spec.chmod(0o666)
+    argv = ["agent", "-f", str(spec), "--once", "--no-kube", "--backend", "memory"]
+    assert main([*argv, "--log-format", "json"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    jsonschema.Draft202012Validator(load_schema("log")).validate(records[-1])
+    assert records[-1]["level"] == "error"
+    assert records[-1]["node"]  # the agent's own lines' form
+    assert "writable by others" in records[-1]["message"]
+    assert main(argv) == 1  # text: the error as every command says it
+    assert capsys.readouterr().err.startswith("k3snet: error: 1 problem in ")
