@@ -891,7 +891,8 @@ def _device_chain(chain: NftChain, ruleset: Ruleset) -> BaseChain:
 
 def _bridge_chain(chain: NftChain, ruleset: Ruleset, bridges: Collection[str]) -> BaseChain:
     """A bridge-family chain, run for packets arriving on (leaving by) a bridge of
-    ``bridges`` (the interfaces other links name as their master)."""
+    ``bridges`` (the masters of the kind ``bridge``: a bond's or VRF's ports never meet
+    the bridge family's hooks)."""
     hook, priority = _BRIDGE_HOOKS[str(chain.hook)]
     evaluate = _evaluator(chain, ruleset)
 

@@ -70,13 +70,12 @@ def _read_from_save(text: str, tables: Mapping[str, Any], family: int
     return found
 
 
-def _bridges(data: object) -> frozenset[str]:
-    """The interfaces other links name as their ``master`` in ``ip -j addr`` (bridges,
-    whose bridge-family chains a routed packet on them crosses; a bond or VRF named so
-    has no such chains to run)."""
-    links = data if isinstance(data, list) else []
-    return frozenset(link["master"] for link in links
-                     if isinstance(link, Mapping) and isinstance(link.get("master"), str))
+def _bridges(masters: Mapping[str, tuple[str, str | None]]) -> frozenset[str]:
+    """The bridges among the ports' ``masters``, whose bridge-family chains a routed packet
+    on them crosses: the kernel runs them from a bridge's receive handler and transmit
+    path alone, so a bond's, team's or VRF's ports never meet them. A master whose kind
+    the capture does not say (made without ``ip -d``) is taken as a bridge."""
+    return frozenset(master for master, kind in masters.values() if kind in (None, "bridge"))
 
 
 def _masters(data: object) -> dict[str, tuple[str, str | None]]:
@@ -178,7 +177,7 @@ class NodeState:
                 sources.append(f"{name}: {len(found)} base chain(s)")
         if ruleset is not None:
             found = nftables.base_chains(ruleset, read_from_save=read_from_save,
-                                         bridges=_bridges(capture.json("addr.json")))
+                                         bridges=_bridges(_masters(capture.json("addr.json"))))
             chains += found
             dormant = [f"{f} {t}" for f, t in ruleset.listed if ruleset.dormant(f, t)]
             sources.append(f"nft-ruleset.json: {len(found)} base chain(s)"
