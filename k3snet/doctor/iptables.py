@@ -38,6 +38,7 @@ from k3snet.doctor.packet import (
     Uncertain,
     all_of,
     port_in,
+    queue_verdict,
     trial_certain,
 )
 from k3snet.render.iptables.rules import XT_CONTINUE, save_lines
@@ -483,7 +484,7 @@ def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - p
     if target in ("MASQUERADE", "SNAT", "DNAT", "NETMAP"):
         return "nat"
     if target in _QUEUES:
-        return "drop" if "--queue-bypass" not in rule.target_args else "unknown"
+        return _queue(run.packet, target, rule.target_args)[2]
     if target in table.chains:
         trial = _Run(run.packet, budget=run.budget)
         result = _evaluate_chain(table, table.chains[target], trial, kind, depth + 1)
@@ -523,11 +524,10 @@ def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR09
         run.path.append(rule.text)
         return "return"
     if target in _QUEUES:
-        effect = "drop" if "--queue-bypass" not in rule.target_args else "unknown"
-        run.unknowns.append(Uncertain(
-            rule.text, f"a program reading the queue decides ({target}); with none the "
-            "kernel drops the packet" if effect == "drop" else
-            f"a program reading the queue decides ({target}); with none it goes on", effect))
+        verdict, why, effect = _queue(run.packet, target, rule.target_args)
+        if verdict is not None:
+            return run.result(verdict, f"{rule.text} ({why})")
+        run.unknowns.append(Uncertain(rule.text, f"{why} ({target})", effect))
         return None
     if target == "NETMAP" and kind == "nat":
         action = _netmap(run.packet, rule.target_args)
@@ -549,6 +549,24 @@ def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR09
         return "return"  # a goto that falls off returns from the calling chain too
     run.unknowns.append(Uncertain(rule.text, f"target {target} not understood", "unknown"))
     return None
+
+
+def _queue(packet: Packet, target: str, args: tuple[str, ...]
+           ) -> tuple[Literal["accept", "drop"] | None, str, str]:
+    """:func:`~k3snet.doctor.packet.queue_verdict` of ``-j QUEUE`` (queue 0) or ``-j NFQUEUE``
+    (``--queue-num N``, 0 by default; ``--queue-balance A:B``; ``--queue-bypass``)."""
+    numbers: range | None = range(1)
+    if target == "NFQUEUE":
+        for option, value in itertools.pairwise(args):
+            try:
+                if option == "--queue-num":
+                    numbers = range(int(value), int(value) + 1)
+                elif option == "--queue-balance":
+                    low, _, high = value.partition(":")
+                    numbers = range(int(low), int(high or low) + 1)
+            except ValueError:
+                numbers = None
+    return queue_verdict(packet.queues, numbers, "--queue-bypass" in args)
 
 
 def _set_mark(mark: int | None, args: tuple[str, ...]) -> int | None:  # noqa: PLR0911 - per option

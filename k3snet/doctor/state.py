@@ -94,6 +94,19 @@ def _masters(data: object) -> dict[str, tuple[str, str | None]]:
     return found
 
 
+def _queue_readers(capture: NodeCapture) -> frozenset[int] | None:
+    """The queue numbers ``nfqueue.txt`` lists (each line's first field; None: no such
+    file). A line that is no number (a truncated last one) is passed over."""
+    if "nfqueue.txt" not in capture.texts:
+        return None
+    found = set()
+    for line in capture.text("nfqueue.txt").splitlines():
+        first = line.split(None, 1)[0] if line.strip() else ""
+        if first.isdigit() and int(first) < 1 << 16:
+            found.add(int(first))
+    return frozenset(found)
+
+
 def _maybe_dormant(chain: BaseChain, dormant: bool | None, family: str) -> BaseChain:
     """An iptables-nft ``chain`` whose nftables table may be dormant (None) made uncertain."""
     table = chain.where.split()[-2]
@@ -126,6 +139,9 @@ class NodeState:
     kernel_ipsets: Mapping[str, IPSetMembers] = attrs.field(factory=dict)
     """The kernel's ipsets whose members ``ipset save`` gave (sets of addresses only:
     :mod:`k3snet.doctor.ipset`)."""
+    queue_readers: frozenset[int] | None = None
+    """The NFQUEUE queues a program reads (``nfqueue.txt``); None: not captured (an older
+    bundle), and whether a queue rule drops is unknown."""
     legacy_nat: frozenset[int] = frozenset()
     """The families whose iptables-legacy ``nat`` table exists (``iptables-legacy-save``
     prints it, rules or not): its hooks keep the NAT core registered, from a time taken
@@ -200,6 +216,7 @@ class NodeState:
                 m[1] if m[1] is not None else m[2]
                 for text in rule_texts[:4] for m in _MATCH_SET.finditer(text)}),
             legacy_nat=frozenset(legacy_nat),
+            queue_readers=_queue_readers(capture),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             links=parse_link_states(capture.json("addr.json")),
             masters=_masters(capture.json("addr.json")),

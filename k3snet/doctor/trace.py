@@ -620,7 +620,8 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     proto = "icmpv6" if flow.protocol == "icmp" and fam == 6 else flow.protocol
     packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
                     iif, None, "new", "original", 0, t.state.local_addresses(),  # type: ignore[arg-type]
-                    t.state.ipsets(), tcp_flags=SYN if proto == "tcp" else None)
+                    t.state.ipsets(), queues=t.state.queue_readers,
+                    tcp_flags=SYN if proto == "tcp" else None)
     packet, dnat, dropped = t.hook(packet, "prerouting", first=True, at_nat=_translate_dnat)
     if dropped:
         return None
@@ -730,7 +731,8 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
         {"dnat"} if dnat is not None else set()) | ({"snat"} if seen != flow.source else set())
     reply = Packet(fam, answerer, seen, proto, port, flow.source_port, back_in, None,
                    "new" if t.untracked else "established", "reply", 0, local,  # type: ignore[arg-type]
-                   t.state.ipsets(), nat=nat, tcp_flags=SYN_ACK if proto == "tcp" else None)
+                   t.state.ipsets(), nat=nat, queues=t.state.queue_readers,
+                   tcp_flags=SYN_ACK if proto == "tcp" else None)
     reply, _, dropped = t.hook(reply, "prerouting", first=False, part="before-nat")
     if dropped:
         return None
@@ -907,7 +909,7 @@ def _onward(t: _Tracer, found: dict[str, Any]) -> None:
     packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
                     found["ingress"], None, "established", "original", 0,
                     t.state.local_addresses(), t.state.ipsets(), nat=nat,  # type: ignore[arg-type]
-                    tcp_flags=ACK if proto == "tcp" else None)
+                    queues=t.state.queue_readers, tcp_flags=ACK if proto == "tcp" else None)
     start, randoms, random_taken = len(t.steps), t.randoms, t.random_taken
     packet, _, dropped = t.hook(packet, "prerouting", first=False,
                                 at_nat=lambda p, _: _dnat_to(p, dnat))
