@@ -634,9 +634,8 @@ def _expires(args: tuple[str, ...]) -> bool:
 
 def _netmap(packet: Packet, args: tuple[str, ...]) -> NatAction | None:
     """``-j NETMAP --to PREFIX``: the host part kept, the network part replaced; of the
-    source in postrouting (the packet has its way out), None elsewhere (not followed)."""
-    if packet.oif is None:
-        return None
+    destination in prerouting (no way out chosen yet), of the source in postrouting, as
+    ``netmap_tg4`` does by its hook. None: an option not understood."""
     for option, value in itertools.pairwise(args):
         if option == "--to":
             try:
@@ -645,8 +644,10 @@ def _netmap(packet: Packet, args: tuple[str, ...]) -> NatAction | None:
                 return None
             if to.version != packet.family:
                 return None
-            host = int(packet.src) & int(to.hostmask)
-            return NatAction("snat", type(packet.src)(int(to.network_address) | host))
+            prerouting = packet.oif is None
+            host = int(packet.dst if prerouting else packet.src) & int(to.hostmask)
+            mapped = type(packet.src)(int(to.network_address) | host)
+            return NatAction("dnat", mapped) if prerouting else NatAction("snat", mapped)
     return None
 
 
