@@ -54,7 +54,7 @@ def _capture(statement: dict[str, Any], readers: str | None) -> NodeCapture:
 
 
 _XT = {"xt": {"type": "target", "name": "NFQUEUE"}}
-_CASES = {
+_CASES: dict[str, tuple[dict[str, Any], str | None, Verdict]] = {
     "queue-nobody-reads": ({"queue": {"num": 3}}, "", Verdict.BLOCKED),
     "queue-0-nobody-reads": ({"queue": {}}, "7\n", Verdict.BLOCKED),
     "queue-bypass-nobody-reads": ({"queue": {"num": 3, "flags": "bypass"}}, "",
@@ -90,4 +90,4 @@ def test_the_queue_readers_of_a_capture_are_its_lines_first_numbers() -> None:
     raw = ("    7  13770     0 2 65531     0     0        0  1\n"
            "65535   1234     0 2 65531     0     0        0  1\n    8 12")
     state = NodeState.from_capture(_capture({"queue": {"num": 3}}, raw))
-    assert state.queue_readers == {7, 65535, 8}
+    assert state.queue_readers == frozenset({7, 65535, 8})

@@ -83,6 +83,6 @@ def test_a_capture_says_which_queues_a_program_reads(
     reader(7)  # type: ignore[operator]
     reader(65535)  # type: ignore[operator]
     capture = doctor_lab.capture()
-    assert NodeState.from_capture(capture).queue_readers == {7, 65535}
+    assert NodeState.from_capture(capture).queue_readers == frozenset({7, 65535})
     assert NodeState.from_capture(NodeCapture.from_texts(
         {k: v for k, v in capture.texts.items() if k != "nfqueue.txt"})).queue_readers is None
