@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from ipaddress import ip_address, ip_network
 from typing import Final, Literal
 
@@ -663,11 +663,15 @@ def _base(table: Table, chain: Chain, kind: str) -> Callable[[Packet], ChainResu
     return evaluate
 
 
-def base_chains(tables: dict[str, Table], flavour: str, family: int) -> list[BaseChain]:
+def base_chains(tables: dict[str, Table], flavour: str, family: int, *,
+                empty_nat: Collection[str] = ()) -> list[BaseChain]:
     """The chains of ``tables`` that hooks call, as :class:`BaseChain` values.
 
     ``flavour`` (``iptables-nft``, ``iptables-legacy``) only names them. A chain
-    with the default policy and no rules is left out: it decides nothing.
+    with the default policy and no rules is left out: it decides nothing. The nat chains
+    ``empty_nat`` names are kept all the same: the kernel holds them (iptables-nft-save
+    prints the builtin chains a table lacks too), and a family's first nat chain
+    registered the NAT core, whose order a filter chain at its priority depends on.
     """
     chains = []
     for (table_name, chain_name), (hook, priority, kind) in _HOOKS.items():
@@ -675,10 +679,12 @@ def base_chains(tables: dict[str, Table], flavour: str, family: int) -> list[Bas
         chain = table.chains.get(chain_name) if table else None
         if table is None or chain is None:
             continue
-        if not chain.rules and (chain.policy or "ACCEPT") == "ACCEPT":
+        if (not chain.rules and (chain.policy or "ACCEPT") == "ACCEPT"
+                and not (kind == "nat" and chain_name in empty_nat)):
             continue
         command = "iptables" if family == 4 else "ip6tables"
         where = f"{command}{flavour.removeprefix('iptables')} {table_name} {chain_name}"
         chains.append(BaseChain(where, hook, priority, kind, frozenset({family}),
-                                _base(table, chain, kind)))
+                                _base(table, chain, kind), empty=not chain.rules
+                                and (chain.policy or "ACCEPT") == "ACCEPT"))
     return chains

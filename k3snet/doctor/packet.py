@@ -356,6 +356,9 @@ class BaseChain:
     families: frozenset[int]
     evaluate: Callable[[Packet], ChainResult] = attrs.field(eq=False, repr=False)
     order: tuple[int, int] | None = None
+    empty: bool = False
+    """The chain has no rule and accepts: it decides nothing and is not run, but it is
+    registered (a family's first nat chain registered the NAT core)."""
 
     @property
     def run_key(self) -> tuple[int, int, int, int]:

@@ -177,14 +177,18 @@ class NodeState:
                 tables = iptables.parse_save(text)
                 if flavour == "legacy" and "nat" in tables:
                     legacy_nat.add(family)
-                found = iptables.base_chains(tables, f"iptables-{flavour}", family)
+                fam = "ip" if family == 4 else "ip6"
+                # The nat chains nft lists (registered, rules or not: the NAT core's order).
+                empty_nat = [c for c in ("PREROUTING", "POSTROUTING") if ruleset is not None
+                             and flavour == "nft" and ruleset.order(fam, "nat", c) is not None]
+                found = iptables.base_chains(tables, f"iptables-{flavour}", family,
+                                             empty_nat=empty_nat)
                 if flavour == "nft":  # what nft's own view then leaves to this text
                     read_from_save |= _read_from_save(text, tables, family)
                 if flavour == "nft" and ruleset is not None:
                     # iptables-nft's chains are nftables chains: their handles say when,
                     # and a dormant table's are hooked nowhere (iptables-save still
                     # prints them).
-                    fam = "ip" if family == 4 else "ip6"
                     found = [_maybe_dormant(
                         attrs.evolve(c, order=ruleset.order(fam, *c.where.split()[-2:])),
                         ruleset.dormant(fam, c.where.split()[-2]), fam)

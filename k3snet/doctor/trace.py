@@ -350,10 +350,11 @@ class _Tracer:
             if past and not translated:
                 assert at_nat is not None
                 packet, translated = at_nat(packet, natted), True
-            if chain.kind == "nat" and (not first or natted is not None
-                                        or packet.ctstate == "untracked"):
+            if chain.empty or (chain.kind == "nat" and (not first or natted is not None
+                                                        or packet.ctstate == "untracked")):
                 # nat chains see only a connection's first packet, until one NATs, and
-                # never a packet conntrack does not track (nf_nat_inet_fn finds no entry).
+                # never a packet conntrack does not track (nf_nat_inet_fn finds no entry);
+                # a chain with no rule that accepts decides nothing.
                 continue
             seen = attrs.evolve(packet, pick=self.pick, fib=self.state.fib(packet.family))
             if (hook == "prerouting" and chain.priority < _CONNTRACK_PRIORITY
