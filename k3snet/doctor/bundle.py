@@ -61,6 +61,8 @@ FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
 
 # The most of /proc/net/netfilter/nfnetlink_queue a capture reads (65 536 queues of ~56 bytes).
 _NFQUEUE_BYTES: Final = 4 * 1024 * 1024
+# The most of /proc/net/ip_vs a capture reads: some 270 000 real servers' lines.
+IPVS_BYTES: Final = 16 * 1024 * 1024
 
 #: Files a capture takes besides :data:`FILES` that the trace can do without (a bundle
 #: captured before they were read has none, and is no less complete for it):
@@ -73,7 +75,10 @@ _NFQUEUE_BYTES: Final = 4 * 1024 * 1024
 #: ``nfqueue.txt``, the numbers of the queues a program has bound (the namespace's
 #: ``/proc/net/netfilter/nfnetlink_queue``, its first 4 MiB, each line's first field):
 #: empty when none has or the module is not loaded; a queue no program reads drops what
-#: it is given.
+#: it is given;
+#: ``ipvs.txt``, the namespace's ``/proc/net/ip_vs`` (its first 16 MiB): the
+#: IPVS virtual servers (kube-proxy's IPVS mode) and their real servers, which take what
+#: the node receives for a virtual server's address; empty without IPVS.
 AUX_FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "nft-ruleset.txt": ("nft", "-t", "list", "ruleset"),
     "nexthops.json": ("ip", "-j", "nexthop", "show"),
@@ -82,6 +87,8 @@ AUX_FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     # rule its process id).
     "nfqueue.txt": ("sh", "-c", 'f=/proc/net/netfilter/nfnetlink_queue; [ -e "$f" ] || exit 0; '
                     f'head -c {_NFQUEUE_BYTES} "$f" | while read -r n _; do echo "$n"; done'),
+    "ipvs.txt": ("sh", "-c", f'[ -e /proc/net/ip_vs ] || exit 0; exec head -c {IPVS_BYTES} '
+                 '/proc/net/ip_vs'),
 })
 
 #: CNI files read when present (flannel's view of the cluster CIDR).

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
 import attrs
 
 from k3snet.doctor import ipset, iptables, nftables
-from k3snet.doctor.bundle import FILES, NOT_INSTALLED, BundleError, NodeCapture
+from k3snet.doctor.bundle import FILES, IPVS_BYTES, NOT_INSTALLED, BundleError, NodeCapture
 from k3snet.doctor.ipset import IPSetMembers
 from k3snet.doctor.packet import BaseChain
 from k3snet.doctor.routing import (
@@ -107,6 +107,48 @@ def _queue_readers(capture: NodeCapture) -> frozenset[int] | None:
     return frozenset(found)
 
 
+_IPVS_ADDRESS = r"(?:([0-9A-F]{8})|\[([0-9a-fA-F:.]+)\]):([0-9A-F]{4})"
+_IPVS_SERVICE = re.compile(rf"(TCP|UDP|SCTP)\s+{_IPVS_ADDRESS}\s")
+_IPVS_FWM = re.compile(r"FWM\s+([0-9A-F]{8})\s")
+_IPVS_REAL = re.compile(rf"\s+->\s+{_IPVS_ADDRESS}\s+(\S+)")
+
+
+def _ipvs_address(hex_v4: str | None, v6: str | None) -> IPv4Address | IPv6Address | None:
+    try:
+        return IPv4Address(int(hex_v4, 16)) if hex_v4 else ip_address(v6 or "")
+    except ValueError:
+        return None
+
+
+def _ipvs(capture: NodeCapture) -> dict[str, Any]:
+    """``/proc/net/ip_vs`` (``ipvs.txt``) as :class:`NodeState`'s ``ipvs``, ``ipvs_fwmarks``
+    and ``ipvs_cut``: each service line (``TCP  0A2B0064:0050 rr``, an IPv4 address in
+    hex; ``TCP  [fd43::64]:0050 rr``; ``FWM  00000001 rr``) and its real servers' lines
+    (``  -> C0A8020A:1538      Masq    1 ...``)."""
+    if "ipvs.txt" not in capture.texts:
+        return {}
+    text = capture.text("ipvs.txt")
+    services: dict[tuple[str, IPv4Address | IPv6Address, int], list[str]] = {}
+    marks: set[int] = set()
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if (service := _IPVS_SERVICE.match(line)) is not None:
+            address = _ipvs_address(service[2], service[3])
+            current = None if address is None else services.setdefault(
+                (service[1].lower(), address, int(service[4], 16)), [])
+        elif (fwm := _IPVS_FWM.match(line)) is not None:
+            marks.add(int(fwm[1], 16))
+            current = None
+        elif (real := _IPVS_REAL.match(line)) is not None and current is not None:
+            if (address := _ipvs_address(real[1], real[2])) is None:
+                continue
+            port = int(real[3], 16)
+            shown = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+            current.append(f"{shown} {real[4]}")
+    return {"ipvs": {key: tuple(reals) for key, reals in services.items()},
+            "ipvs_fwmarks": frozenset(marks), "ipvs_cut": len(text.encode()) >= IPVS_BYTES}
+
+
 def _maybe_dormant(chain: BaseChain, dormant: bool | None, family: str) -> BaseChain:
     """An iptables-nft ``chain`` whose nftables table may be dormant (None) made uncertain."""
     table = chain.where.split()[-2]
@@ -139,6 +181,14 @@ class NodeState:
     kernel_ipsets: Mapping[str, IPSetMembers] = attrs.field(factory=dict)
     """The kernel's ipsets whose members ``ipset save`` gave (sets of addresses only:
     :mod:`k3snet.doctor.ipset`)."""
+    ipvs: Mapping[tuple[str, IPv4Address | IPv6Address, int], tuple[str, ...]] | None = None
+    """The IPVS virtual servers (``ipvs.txt``), by protocol (``tcp``, ``udp``, ``sctp``),
+    address and port, each with its real servers (``ADDR:PORT METHOD``, as
+    ``/proc/net/ip_vs`` says them); None: not captured (an older bundle)."""
+    ipvs_fwmarks: frozenset[int] = frozenset()
+    """The marks of the IPVS virtual servers that take packets by mark (``FWM``)."""
+    ipvs_cut: bool = False
+    """``ipvs.txt`` reached the capture's bound: a virtual server past it is not known."""
     queue_readers: frozenset[int] | None = None
     """The NFQUEUE queues a program reads (``nfqueue.txt``); None: not captured (an older
     bundle), and whether a queue rule drops is unknown."""
@@ -221,6 +271,7 @@ class NodeState:
                 for text in rule_texts[:4] for m in _MATCH_SET.finditer(text)}),
             legacy_nat=frozenset(legacy_nat),
             queue_readers=_queue_readers(capture),
+            **_ipvs(capture),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             links=parse_link_states(capture.json("addr.json")),
             masters=_masters(capture.json("addr.json")),

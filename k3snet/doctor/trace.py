@@ -655,8 +655,8 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
         return None
     if route.type == "local":
         t.add("original", "routing", "info", where,
-              f"{route.describe()}: delivered to the node itself (input chains not traced)",
-              "destination-is-local")
+              f"{route.describe()}: delivered to the node itself (input chains not traced)"
+              + _ipvs_note(t.state, packet), "destination-is-local")
         return Verdict.UNKNOWN
     if not route.ok or route.route is None or route.route.device is None:
         code = "no-route" if route.type == "none" else "route-rejects"
@@ -853,6 +853,28 @@ def _past_nat(chain: BaseChain, *, after_core: bool = False) -> bool:
     if after_core and _at_core(chain):
         return True
     return core is not None and chain.kind != "nat" and chain.run_key > (core, 1, 0, 0)
+
+
+def _ipvs_note(state: NodeState, packet: Packet) -> str:
+    """What IPVS does with ``packet``, delivered to the node: a virtual server of its
+    address and port (kube-proxy's IPVS mode binds Services' addresses to ``kube-ipvs0``)
+    takes it at the input hook and sends it on to a real server, by its own routing and
+    the output and postrouting chains; "" when the capture shows none."""
+    if state.ipvs is None:
+        return ""
+    reals = state.ipvs.get((packet.proto, packet.dst, packet.dport or 0))
+    if reals is not None:
+        shown = ", ".join(reals[:8]) + (f" and {len(reals) - 8} more" if len(reals) > 8 else "")
+        return ("; the IPVS virtual server there (kube-proxy's IPVS mode) takes it at the "
+                "input hook and sends it to one of its real servers, not traced: "
+                + (shown or "none, so it stays with the node"))
+    if state.ipvs_fwmarks:
+        return ("; an IPVS virtual server taking packets by mark ("
+                + ", ".join(f"{m:#x}" for m in sorted(state.ipvs_fwmarks))
+                + ") may take it at the input hook")
+    if state.ipvs_cut:
+        return "; an IPVS virtual server past the part of /proc/net/ip_vs captured may take it"
+    return ""
 
 
 def _translate_dnat(packet: Packet, natted: ChainResult | None) -> Packet:
