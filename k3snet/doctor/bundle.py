@@ -60,7 +60,7 @@ FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
 })
 
 # The most of /proc/net/netfilter/nfnetlink_queue a capture reads (65 536 queues of ~56 bytes).
-_NFQUEUE_BYTES: Final = 4 * 1024 * 1024
+NFQUEUE_BYTES: Final = 4 * 1024 * 1024
 # The most of /proc/net/ip_vs a capture reads: some 270 000 real servers' lines.
 IPVS_BYTES: Final = 16 * 1024 * 1024
 
@@ -86,7 +86,7 @@ AUX_FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     # Of each line, the queue number alone (the next field is the reader's port id, as a
     # rule its process id).
     "nfqueue.txt": ("sh", "-c", 'f=/proc/net/netfilter/nfnetlink_queue; [ -e "$f" ] || exit 0; '
-                    f'head -c {_NFQUEUE_BYTES} "$f" | while read -r n _; do echo "$n"; done'),
+                    f'head -c {NFQUEUE_BYTES} "$f" | while read -r n _; do echo "$n"; done'),
     "ipvs.txt": ("sh", "-c", f'[ -e /proc/net/ip_vs ] || exit 0; exec head -c {IPVS_BYTES} '
                  '/proc/net/ip_vs'),
 })

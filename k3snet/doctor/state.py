@@ -21,7 +21,14 @@ from typing import Any
 import attrs
 
 from k3snet.doctor import ipset, iptables, nftables
-from k3snet.doctor.bundle import FILES, IPVS_BYTES, NOT_INSTALLED, BundleError, NodeCapture
+from k3snet.doctor.bundle import (
+    FILES,
+    IPVS_BYTES,
+    NFQUEUE_BYTES,
+    NOT_INSTALLED,
+    BundleError,
+    NodeCapture,
+)
 from k3snet.doctor.ipset import IPSetMembers
 from k3snet.doctor.packet import BaseChain
 from k3snet.doctor.routing import (
@@ -97,10 +104,11 @@ def _masters(data: object) -> dict[str, tuple[str, str | None]]:
 def _queue_readers(capture: NodeCapture) -> frozenset[int] | None:
     """The queue numbers ``nfqueue.txt`` lists (each line's first field; None: no such
     file). A line that is no number (a truncated last one) is passed over."""
-    if "nfqueue.txt" not in capture.texts:
-        return None
+    text = capture.text("nfqueue.txt")
+    if "nfqueue.txt" not in capture.texts or len(text) > NFQUEUE_BYTES:
+        return None  # not captured, or past what a capture reads: made by hand, not known
     found = set()
-    for line in capture.text("nfqueue.txt").splitlines():
+    for line in text.splitlines():
         first = line.split(None, 1)[0] if line.strip() else ""
         if first.isdigit() and int(first) < 1 << 16:
             found.add(int(first))
@@ -127,7 +135,7 @@ def _ipvs(capture: NodeCapture) -> dict[str, Any]:
     (``  -> C0A8020A:1538      Masq    1 ...``)."""
     if "ipvs.txt" not in capture.texts:
         return {}
-    text = capture.text("ipvs.txt")
+    text = capture.text("ipvs.txt")[:IPVS_BYTES]  # a bundle's may be longer than a capture's
     services: dict[tuple[str, IPv4Address | IPv6Address, int], list[str]] = {}
     marks: set[int] = set()
     current: list[str] | None = None
@@ -146,7 +154,7 @@ def _ipvs(capture: NodeCapture) -> dict[str, Any]:
             shown = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
             current.append(f"{shown} {real[4]}")
     return {"ipvs": {key: tuple(reals) for key, reals in services.items()},
-            "ipvs_fwmarks": frozenset(marks), "ipvs_cut": len(text.encode()) >= IPVS_BYTES}
+            "ipvs_fwmarks": frozenset(marks), "ipvs_cut": len(text) >= IPVS_BYTES}
 
 
 def _maybe_dormant(chain: BaseChain, dormant: bool | None, family: str) -> BaseChain:

@@ -105,3 +105,15 @@ def test_the_ipvs_capture_reads_as_the_kernel_prints_it() -> None:
     assert state.ipvs_fwmarks == frozenset({0x4000})
     assert not state.ipvs_cut
     assert NodeState.from_capture(_capture(None)).ipvs is None
+
+
+def test_a_virtual_server_past_what_a_capture_reads_is_said_to_be_maybe_there() -> None:
+    """A bundle's ``ipvs.txt`` is read up to the 16 MiB a capture takes: a virtual server
+    past it is not known, and the step says one may take the flow."""
+    head = _IPVS.split("TCP  0A2B0064", maxsplit=1)[0]
+    filler = "UDP  0A2B000B:0035 rr\n" * (16 * 1024 * 1024 // 22 + 1)
+    state = NodeState.from_capture(_capture(head + filler + _IPVS))
+    assert state.ipvs_cut
+    found = trace(state, Flow(_POD, "10.43.0.100", port=80))
+    local = next(s for s in found.steps if s.code == "destination-is-local")
+    assert "past the part of /proc/net/ip_vs captured" in local.detail, found.render()

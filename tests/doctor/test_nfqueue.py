@@ -91,3 +91,13 @@ def test_the_queue_readers_of_a_capture_are_its_lines_first_numbers() -> None:
            "65535   1234     0 2 65531     0     0        0  1\n    8 12")
     state = NodeState.from_capture(_capture({"queue": {"num": 3}}, raw))
     assert state.queue_readers == frozenset({7, 65535, 8})
+
+
+def test_a_queue_list_longer_than_a_capture_reads_leaves_the_readers_unknown() -> None:
+    """A bundle's ``nfqueue.txt`` past the 4 MiB a capture reads was made by hand: what it
+    leaves out could be a reader, so none is taken as known (not "no reader": a drop)."""
+    padded = "7\n" + " \n" * (2 * 1024 * 1024 + 1)
+    state = NodeState.from_capture(_capture({"queue": {"num": 3}}, padded))
+    assert state.queue_readers is None
+    found = trace(state, Flow(_POD, _DESTINATION, port=80))
+    assert found.verdict is Verdict.UNKNOWN, found.render()
