@@ -59,6 +59,11 @@ FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     ),
 })
 
+# The most of /proc/net/netfilter/nfnetlink_queue a capture reads (65 536 queues of ~56 bytes).
+NFQUEUE_BYTES: Final = 4 * 1024 * 1024
+# The most of /proc/net/ip_vs a capture reads: some 270 000 real servers' lines.
+IPVS_BYTES: Final = 16 * 1024 * 1024
+
 #: Files a capture takes besides :data:`FILES` that the trace can do without (a bundle
 #: captured before they were read has none, and is no less complete for it):
 #: ``nft-ruleset.txt``, the ruleset's text without set elements, says each table's flags
@@ -66,11 +71,24 @@ FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
 #: ``nexthops.json``, the nexthop objects routes name by ``nhid`` alone when
 #: ``net.ipv4.nexthop_compat_mode`` is 0 (a kernel without them fails the command: no gap);
 #: ``ipset.save``, the members of the kernel's ipsets, which ``-m set`` rules match (without
-#: the ``ipset`` tool those rules stay unknown, as before it was read).
+#: the ``ipset`` tool those rules stay unknown, as before it was read);
+#: ``nfqueue.txt``, the numbers of the queues a program has bound (the namespace's
+#: ``/proc/net/netfilter/nfnetlink_queue``, its first 4 MiB, each line's first field):
+#: empty when none has or the module is not loaded; a queue no program reads drops what
+#: it is given;
+#: ``ipvs.txt``, the namespace's ``/proc/net/ip_vs`` (its first 16 MiB): the
+#: IPVS virtual servers (kube-proxy's IPVS mode) and their real servers, which take what
+#: the node receives for a virtual server's address; empty without IPVS.
 AUX_FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "nft-ruleset.txt": ("nft", "-t", "list", "ruleset"),
     "nexthops.json": ("ip", "-j", "nexthop", "show"),
     "ipset.save": ("ipset", "save"),
+    # Of each line, the queue number alone (the next field is the reader's port id, as a
+    # rule its process id).
+    "nfqueue.txt": ("sh", "-c", 'f=/proc/net/netfilter/nfnetlink_queue; [ -e "$f" ] || exit 0; '
+                    f'head -c {NFQUEUE_BYTES} "$f" | while read -r n _; do echo "$n"; done'),
+    "ipvs.txt": ("sh", "-c", f'[ -e /proc/net/ip_vs ] || exit 0; exec head -c {IPVS_BYTES} '
+                 '/proc/net/ip_vs'),
 })
 
 #: CNI files read when present (flannel's view of the cluster CIDR).

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from ipaddress import ip_address, ip_network
 from typing import Final, Literal
 
@@ -38,6 +38,7 @@ from k3snet.doctor.packet import (
     Uncertain,
     all_of,
     port_in,
+    queue_verdict,
     trial_certain,
 )
 from k3snet.render.iptables.rules import XT_CONTINUE, save_lines
@@ -483,7 +484,7 @@ def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - p
     if target in ("MASQUERADE", "SNAT", "DNAT", "NETMAP"):
         return "nat"
     if target in _QUEUES:
-        return "drop" if "--queue-bypass" not in rule.target_args else "unknown"
+        return _queue(run.packet, target, rule.target_args)[2]
     if target in table.chains:
         trial = _Run(run.packet, budget=run.budget)
         result = _evaluate_chain(table, table.chains[target], trial, kind, depth + 1)
@@ -523,11 +524,10 @@ def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR09
         run.path.append(rule.text)
         return "return"
     if target in _QUEUES:
-        effect = "drop" if "--queue-bypass" not in rule.target_args else "unknown"
-        run.unknowns.append(Uncertain(
-            rule.text, f"a program reading the queue decides ({target}); with none the "
-            "kernel drops the packet" if effect == "drop" else
-            f"a program reading the queue decides ({target}); with none it goes on", effect))
+        verdict, why, effect = _queue(run.packet, target, rule.target_args)
+        if verdict is not None:
+            return run.result(verdict, f"{rule.text} ({why})")
+        run.unknowns.append(Uncertain(rule.text, f"{why} ({target})", effect))
         return None
     if target == "NETMAP" and kind == "nat":
         action = _netmap(run.packet, rule.target_args)
@@ -549,6 +549,24 @@ def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR09
         return "return"  # a goto that falls off returns from the calling chain too
     run.unknowns.append(Uncertain(rule.text, f"target {target} not understood", "unknown"))
     return None
+
+
+def _queue(packet: Packet, target: str, args: tuple[str, ...]
+           ) -> tuple[Literal["accept", "drop"] | None, str, str]:
+    """:func:`~k3snet.doctor.packet.queue_verdict` of ``-j QUEUE`` (queue 0) or ``-j NFQUEUE``
+    (``--queue-num N``, 0 by default; ``--queue-balance A:B``; ``--queue-bypass``)."""
+    numbers: range | None = range(1)
+    if target == "NFQUEUE":
+        for option, value in itertools.pairwise(args):
+            try:
+                if option == "--queue-num":
+                    numbers = range(int(value), int(value) + 1)
+                elif option == "--queue-balance":
+                    low, _, high = value.partition(":")
+                    numbers = range(int(low), int(high or low) + 1)
+            except ValueError:
+                numbers = None
+    return queue_verdict(packet.queues, numbers, "--queue-bypass" in args)
 
 
 def _set_mark(mark: int | None, args: tuple[str, ...]) -> int | None:  # noqa: PLR0911 - per option
@@ -616,9 +634,8 @@ def _expires(args: tuple[str, ...]) -> bool:
 
 def _netmap(packet: Packet, args: tuple[str, ...]) -> NatAction | None:
     """``-j NETMAP --to PREFIX``: the host part kept, the network part replaced; of the
-    source in postrouting (the packet has its way out), None elsewhere (not followed)."""
-    if packet.oif is None:
-        return None
+    destination in prerouting (no way out chosen yet), of the source in postrouting, as
+    ``netmap_tg4`` does by its hook. None: an option not understood."""
     for option, value in itertools.pairwise(args):
         if option == "--to":
             try:
@@ -627,8 +644,10 @@ def _netmap(packet: Packet, args: tuple[str, ...]) -> NatAction | None:
                 return None
             if to.version != packet.family:
                 return None
-            host = int(packet.src) & int(to.hostmask)
-            return NatAction("snat", type(packet.src)(int(to.network_address) | host))
+            prerouting = packet.oif is None
+            host = int(packet.dst if prerouting else packet.src) & int(to.hostmask)
+            mapped = type(packet.src)(int(to.network_address) | host)
+            return NatAction("dnat", mapped) if prerouting else NatAction("snat", mapped)
     return None
 
 
@@ -644,11 +663,15 @@ def _base(table: Table, chain: Chain, kind: str) -> Callable[[Packet], ChainResu
     return evaluate
 
 
-def base_chains(tables: dict[str, Table], flavour: str, family: int) -> list[BaseChain]:
+def base_chains(tables: dict[str, Table], flavour: str, family: int, *,
+                empty_nat: Collection[str] = ()) -> list[BaseChain]:
     """The chains of ``tables`` that hooks call, as :class:`BaseChain` values.
 
     ``flavour`` (``iptables-nft``, ``iptables-legacy``) only names them. A chain
-    with the default policy and no rules is left out: it decides nothing.
+    with the default policy and no rules is left out: it decides nothing. The nat chains
+    ``empty_nat`` names are kept all the same: the kernel holds them (iptables-nft-save
+    prints the builtin chains a table lacks too), and a family's first nat chain
+    registered the NAT core, whose order a filter chain at its priority depends on.
     """
     chains = []
     for (table_name, chain_name), (hook, priority, kind) in _HOOKS.items():
@@ -656,10 +679,12 @@ def base_chains(tables: dict[str, Table], flavour: str, family: int) -> list[Bas
         chain = table.chains.get(chain_name) if table else None
         if table is None or chain is None:
             continue
-        if not chain.rules and (chain.policy or "ACCEPT") == "ACCEPT":
+        if (not chain.rules and (chain.policy or "ACCEPT") == "ACCEPT"
+                and not (kind == "nat" and chain_name in empty_nat)):
             continue
         command = "iptables" if family == 4 else "ip6tables"
         where = f"{command}{flavour.removeprefix('iptables')} {table_name} {chain_name}"
         chains.append(BaseChain(where, hook, priority, kind, frozenset({family}),
-                                _base(table, chain, kind)))
+                                _base(table, chain, kind), empty=not chain.rules
+                                and (chain.policy or "ACCEPT") == "ACCEPT"))
     return chains

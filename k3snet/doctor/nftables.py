@@ -42,6 +42,7 @@ from k3snet.doctor.packet import (
     Packet,
     Uncertain,
     port_in,
+    queue_verdict,
     trial_certain,
 )
 from k3snet.render.iptables.rules import XT_CONTINUE
@@ -690,7 +691,7 @@ def _mark_value(value: Any, packet: Packet) -> int | None:
     return None
 
 
-def _decide(chain: NftChain, key: str, value: Any, text: str, run: _Run,  # noqa: PLR0911
+def _decide(chain: NftChain, key: str, value: Any, text: str, run: _Run,  # noqa: PLR0911, PLR0912 - per statement
             *, depth: int) -> ChainResult | str | None:
     """A verdict or NAT statement; None for a statement that lets the rule go on."""
     if key == "accept":
@@ -718,6 +719,11 @@ def _decide(chain: NftChain, key: str, value: Any, text: str, run: _Run,  # noqa
         if not isinstance(address, str):
             raise _Unknown
         return run.result("nat", text, NatAction("snat", ip_address(address)))
+    if key == "queue":
+        queued, why, _ = _queue(value, run.packet)
+        if queued is None:
+            raise _Unknown  # a program decides (its effect: _effect)
+        return run.result(queued, f"{text} ({why})")
     if key == "dnat" and run.kind == "nat":
         address = value.get("addr") if isinstance(value, Mapping) else None
         port = value.get("port") if isinstance(value, Mapping) else None
@@ -805,9 +811,38 @@ def _xt_target(value: Any) -> str | None:
     return None
 
 
+def _queue(value: Any, packet: Packet) -> tuple[Literal["accept", "drop"] | None, str, str]:
+    """:func:`~k3snet.doctor.packet.queue_verdict` of nft's ``queue`` statement: ``num N``
+    or ``num A-B`` (0 when left out; a map or hash: not known), ``flags bypass``."""
+    num = value.get("num", 0) if isinstance(value, Mapping) else None
+    flags = value.get("flags", []) if isinstance(value, Mapping) else None
+    flags = [flags] if isinstance(flags, str) else flags
+    numbers: range | None = None
+    if isinstance(num, int) and not isinstance(num, bool):
+        numbers = range(num, num + 1)
+    elif (isinstance(num, Mapping) and isinstance(num.get("range"), list)
+          and len(num["range"]) == 2 and all(isinstance(n, int) for n in num["range"])):
+        numbers = range(num["range"][0], num["range"][1] + 1)
+    bypass = "bypass" in flags if isinstance(flags, list) else None
+    return queue_verdict(packet.queues, numbers, bypass)
+
+
+def _xt_queue(value: Any, packet: Packet) -> tuple[Literal["accept", "drop"] | None, str, str]:
+    """A compat ``QUEUE`` (queue 0, no bypass) or ``NFQUEUE``, whose queue numbers and
+    bypass nft does not list."""
+    if _xt_target(value) == "QUEUE":
+        return queue_verdict(packet.queues, range(1), bypass=False)
+    return queue_verdict(packet.queues, None, bypass=None)
+
+
 def _xt_decide(value: Any, text: str, run: _Run) -> ChainResult:
     """What a compat target that says what it does by its name decides (:func:`_xt_target`)."""
     target = _xt_target(value)
+    if target in ("NFQUEUE", "QUEUE"):
+        verdict, why, _ = _xt_queue(value, run.packet)
+        if verdict is not None:
+            return run.result(verdict, f"{text} ({why})")
+        raise _Unknown
     if target == "REJECT":
         return run.result("drop", text)  # reject_tg: NF_DROP, whatever it answers
     if target == "MASQUERADE" and run.kind == "nat":
@@ -821,7 +856,7 @@ def _unknown_rule(chain: NftChain, expr: list[Any], index: int, text: str, run: 
     run.unknowns.append(Uncertain(text, reason, _effect(chain, expr[index:], run, depth)))
 
 
-def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # noqa: PLR0911
+def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # noqa: PLR0911, PLR0912 - per statement
     for statement in rest:
         if not isinstance(statement, Mapping) or len(statement) != 1:
             return "unknown"
@@ -836,11 +871,13 @@ def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # 
             return "drop"
         if key == "xt" and _xt_target(value) in XT_CONTINUE:
             continue
-        if key == "xt" and _xt_target(value) in (
-                "REJECT", "MASQUERADE", "NOTRACK", "NFQUEUE", "QUEUE", "NETMAP"):
-            # A queue nothing reads drops (its --queue-bypass is not listed).
-            return {"REJECT": "drop", "MASQUERADE": "nat", "NFQUEUE": "drop",
-                    "QUEUE": "drop", "NETMAP": "nat"}.get(str(_xt_target(value)), "none")
+        if key == "xt" and _xt_target(value) in ("NFQUEUE", "QUEUE"):
+            return _xt_queue(value, run.packet)[2]
+        if key == "queue":
+            return _queue(value, run.packet)[2]
+        if key == "xt" and _xt_target(value) in ("REJECT", "MASQUERADE", "NOTRACK", "NETMAP"):
+            return {"REJECT": "drop", "MASQUERADE": "nat", "NETMAP": "nat"}.get(
+                str(_xt_target(value)), "none")
         if key in ("jump", "goto"):
             callee = run.ruleset.chains.get((chain.family, chain.table, str(
                 value.get("target") if isinstance(value, Mapping) else "")))
@@ -852,7 +889,7 @@ def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # 
                 return "unknown"
             return "none" if result is None and key == "jump" else (
                 result.verdict if result else "policy")
-        if key in ("vmap", "queue", "redirect", "tproxy", "mangle", "xt", "return"):
+        if key in ("vmap", "redirect", "tproxy", "mangle", "xt", "return"):
             # A return skips the rest of the chain, where the verdict may be decided.
             return "unknown"
     return "none"
@@ -891,7 +928,8 @@ def _device_chain(chain: NftChain, ruleset: Ruleset) -> BaseChain:
 
 def _bridge_chain(chain: NftChain, ruleset: Ruleset, bridges: Collection[str]) -> BaseChain:
     """A bridge-family chain, run for packets arriving on (leaving by) a bridge of
-    ``bridges`` (the interfaces other links name as their master)."""
+    ``bridges`` (the masters of the kind ``bridge``: a bond's or VRF's ports never meet
+    the bridge family's hooks)."""
     hook, priority = _BRIDGE_HOOKS[str(chain.hook)]
     evaluate = _evaluator(chain, ruleset)
 

@@ -45,6 +45,7 @@ __all__ = [
     "all_of",
     "endpoint_text",
     "port_in",
+    "queue_verdict",
     "trial_certain",
 ]
 
@@ -123,7 +124,8 @@ class Packet:
     ``tcp_flags`` are a TCP packet's flag bits (:data:`TCP_FLAGS`; None: not TCP).
     ``bridged``: the packet as a bridge-family chain sees it, on a port of the bridge
     the capture does not name, conntrack's view there depending on ``br_netfilter``:
-    interface and ``ct`` matches are unknown.
+    interface and ``ct`` matches are unknown. ``queues`` are the NFQUEUE queues a program
+    reads (None: not captured; :func:`queue_verdict`).
     """
 
     family: Literal[4, 6]
@@ -144,6 +146,7 @@ class Packet:
     fib: Fib | None = attrs.field(default=None, eq=False, repr=False)
     tcp_flags: int | None = None
     bridged: bool = False
+    queues: frozenset[int] | None = None
 
     @property
     def proto_number(self) -> int:
@@ -176,6 +179,37 @@ def endpoint_text(address: IPAddress | None, port: int | None) -> str:
         return str(address)
     return f"[{address}]:{port}" if address is not None and address.version == 6 else (
         f"{address}:{port}")
+
+
+def queue_verdict(readers: frozenset[int] | None, numbers: range | None,
+                  bypass: bool | None) -> tuple[Literal["accept", "drop"] | None, str, str]:
+    """What a queue target (``-j NFQUEUE``, ``-j QUEUE``, nft's ``queue``) does with a packet:
+    the verdict when it is certain (None otherwise), why, and its effect when not.
+
+    ``readers`` are the queues a program has bound (None: not captured); ``numbers`` the
+    queues the rule spreads packets over (``--queue-num``, ``--queue-balance``; None: not
+    known); ``bypass`` whether ``--queue-bypass`` (nft's ``bypass``) is set (None: not
+    known). A queue no program reads drops the packet (``nf_queue``: no instance), under
+    bypass it is accepted by this chain as an accept would (the next base chain goes on);
+    a read queue's program decides.
+    """
+    unread: Literal["accept", "drop"] = "accept" if bypass else "drop"
+    if readers is None or numbers is None or bypass is None:
+        why = ("a program reading the queue decides; with none the kernel drops the packet"
+               + (" (unless --queue-bypass, not listed)" if bypass is None else "")
+               if not bypass else "a program reading the queue decides; with none it goes on")
+        if readers is not None and not readers:
+            why += "; the capture shows no program reading any queue"
+        effect = "drop" if not bypass and not readers else "unknown"
+        return None, why, effect
+    read = [n for n in numbers if n in readers]
+    if not read:
+        shown = (f"queue {numbers.start}" if len(numbers) == 1
+                 else f"queues {numbers.start}-{numbers[-1]}")
+        return unread, (f"no program reads {shown}: the kernel "
+                        + ("accepts the packet in this chain (bypass)" if bypass
+                           else "drops the packet")), unread
+    return None, f"a program reading queue {read[0]} decides", "unknown"
 
 
 @attrs.frozen
@@ -322,6 +356,9 @@ class BaseChain:
     families: frozenset[int]
     evaluate: Callable[[Packet], ChainResult] = attrs.field(eq=False, repr=False)
     order: tuple[int, int] | None = None
+    empty: bool = False
+    """The chain has no rule and accepts: it decides nothing and is not run, but it is
+    registered (a family's first nat chain registered the NAT core)."""
 
     @property
     def run_key(self) -> tuple[int, int, int, int]:

@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
 import attrs
 
 from k3snet.doctor import ipset, iptables, nftables
-from k3snet.doctor.bundle import FILES, NOT_INSTALLED, BundleError, NodeCapture
+from k3snet.doctor.bundle import (
+    FILES,
+    IPVS_BYTES,
+    NFQUEUE_BYTES,
+    NOT_INSTALLED,
+    BundleError,
+    NodeCapture,
+)
 from k3snet.doctor.ipset import IPSetMembers
 from k3snet.doctor.packet import BaseChain
 from k3snet.doctor.routing import (
@@ -70,13 +77,12 @@ def _read_from_save(text: str, tables: Mapping[str, Any], family: int
     return found
 
 
-def _bridges(data: object) -> frozenset[str]:
-    """The interfaces other links name as their ``master`` in ``ip -j addr`` (bridges,
-    whose bridge-family chains a routed packet on them crosses; a bond or VRF named so
-    has no such chains to run)."""
-    links = data if isinstance(data, list) else []
-    return frozenset(link["master"] for link in links
-                     if isinstance(link, Mapping) and isinstance(link.get("master"), str))
+def _bridges(masters: Mapping[str, tuple[str, str | None]]) -> frozenset[str]:
+    """The bridges among the ports' ``masters``, whose bridge-family chains a routed packet
+    on them crosses: the kernel runs them from a bridge's receive handler and transmit
+    path alone, so a bond's, team's or VRF's ports never meet them. A master whose kind
+    the capture does not say (made without ``ip -d``) is taken as a bridge."""
+    return frozenset(master for master, kind in masters.values() if kind in (None, "bridge"))
 
 
 def _masters(data: object) -> dict[str, tuple[str, str | None]]:
@@ -93,6 +99,62 @@ def _masters(data: object) -> dict[str, tuple[str, str | None]]:
             kind = info.get("info_slave_kind") if isinstance(info, Mapping) else None
             found[name] = (master, kind if isinstance(kind, str) else None)
     return found
+
+
+def _queue_readers(capture: NodeCapture) -> frozenset[int] | None:
+    """The queue numbers ``nfqueue.txt`` lists (each line's first field; None: no such
+    file). A line that is no number (a truncated last one) is passed over."""
+    text = capture.text("nfqueue.txt")
+    if "nfqueue.txt" not in capture.texts or len(text) > NFQUEUE_BYTES:
+        return None  # not captured, or past what a capture reads: made by hand, not known
+    found = set()
+    for line in text.splitlines():
+        first = line.split(None, 1)[0] if line.strip() else ""
+        if first.isdigit() and int(first) < 1 << 16:
+            found.add(int(first))
+    return frozenset(found)
+
+
+_IPVS_ADDRESS = r"(?:([0-9A-F]{8})|\[([0-9a-fA-F:.]+)\]):([0-9A-F]{4})"
+_IPVS_SERVICE = re.compile(rf"(TCP|UDP|SCTP)\s+{_IPVS_ADDRESS}\s")
+_IPVS_FWM = re.compile(r"FWM\s+([0-9A-F]{8})\s")
+_IPVS_REAL = re.compile(rf"\s+->\s+{_IPVS_ADDRESS}\s+(\S+)")
+
+
+def _ipvs_address(hex_v4: str | None, v6: str | None) -> IPv4Address | IPv6Address | None:
+    try:
+        return IPv4Address(int(hex_v4, 16)) if hex_v4 else ip_address(v6 or "")
+    except ValueError:
+        return None
+
+
+def _ipvs(capture: NodeCapture) -> dict[str, Any]:
+    """``/proc/net/ip_vs`` (``ipvs.txt``) as :class:`NodeState`'s ``ipvs``, ``ipvs_fwmarks``
+    and ``ipvs_cut``: each service line (``TCP  0A2B0064:0050 rr``, an IPv4 address in
+    hex; ``TCP  [fd43::64]:0050 rr``; ``FWM  00000001 rr``) and its real servers' lines
+    (``  -> C0A8020A:1538      Masq    1 ...``)."""
+    if "ipvs.txt" not in capture.texts:
+        return {}
+    text = capture.text("ipvs.txt")[:IPVS_BYTES]  # a bundle's may be longer than a capture's
+    services: dict[tuple[str, IPv4Address | IPv6Address, int], list[str]] = {}
+    marks: set[int] = set()
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if (service := _IPVS_SERVICE.match(line)) is not None:
+            address = _ipvs_address(service[2], service[3])
+            current = None if address is None else services.setdefault(
+                (service[1].lower(), address, int(service[4], 16)), [])
+        elif (fwm := _IPVS_FWM.match(line)) is not None:
+            marks.add(int(fwm[1], 16))
+            current = None
+        elif (real := _IPVS_REAL.match(line)) is not None and current is not None:
+            if (address := _ipvs_address(real[1], real[2])) is None:
+                continue
+            port = int(real[3], 16)
+            shown = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+            current.append(f"{shown} {real[4]}")
+    return {"ipvs": {key: tuple(reals) for key, reals in services.items()},
+            "ipvs_fwmarks": frozenset(marks), "ipvs_cut": len(text) >= IPVS_BYTES}
 
 
 def _maybe_dormant(chain: BaseChain, dormant: bool | None, family: str) -> BaseChain:
@@ -127,6 +189,17 @@ class NodeState:
     kernel_ipsets: Mapping[str, IPSetMembers] = attrs.field(factory=dict)
     """The kernel's ipsets whose members ``ipset save`` gave (sets of addresses only:
     :mod:`k3snet.doctor.ipset`)."""
+    ipvs: Mapping[tuple[str, IPv4Address | IPv6Address, int], tuple[str, ...]] | None = None
+    """The IPVS virtual servers (``ipvs.txt``), by protocol (``tcp``, ``udp``, ``sctp``),
+    address and port, each with its real servers (``ADDR:PORT METHOD``, as
+    ``/proc/net/ip_vs`` says them); None: not captured (an older bundle)."""
+    ipvs_fwmarks: frozenset[int] = frozenset()
+    """The marks of the IPVS virtual servers that take packets by mark (``FWM``)."""
+    ipvs_cut: bool = False
+    """``ipvs.txt`` reached the capture's bound: a virtual server past it is not known."""
+    queue_readers: frozenset[int] | None = None
+    """The NFQUEUE queues a program reads (``nfqueue.txt``); None: not captured (an older
+    bundle), and whether a queue rule drops is unknown."""
     legacy_nat: frozenset[int] = frozenset()
     """The families whose iptables-legacy ``nat`` table exists (``iptables-legacy-save``
     prints it, rules or not): its hooks keep the NAT core registered, from a time taken
@@ -162,14 +235,18 @@ class NodeState:
                 tables = iptables.parse_save(text)
                 if flavour == "legacy" and "nat" in tables:
                     legacy_nat.add(family)
-                found = iptables.base_chains(tables, f"iptables-{flavour}", family)
+                fam = "ip" if family == 4 else "ip6"
+                # The nat chains nft lists (registered, rules or not: the NAT core's order).
+                empty_nat = [c for c in ("PREROUTING", "POSTROUTING") if ruleset is not None
+                             and flavour == "nft" and ruleset.order(fam, "nat", c) is not None]
+                found = iptables.base_chains(tables, f"iptables-{flavour}", family,
+                                             empty_nat=empty_nat)
                 if flavour == "nft":  # what nft's own view then leaves to this text
                     read_from_save |= _read_from_save(text, tables, family)
                 if flavour == "nft" and ruleset is not None:
                     # iptables-nft's chains are nftables chains: their handles say when,
                     # and a dormant table's are hooked nowhere (iptables-save still
                     # prints them).
-                    fam = "ip" if family == 4 else "ip6"
                     found = [_maybe_dormant(
                         attrs.evolve(c, order=ruleset.order(fam, *c.where.split()[-2:])),
                         ruleset.dormant(fam, c.where.split()[-2]), fam)
@@ -178,7 +255,7 @@ class NodeState:
                 sources.append(f"{name}: {len(found)} base chain(s)")
         if ruleset is not None:
             found = nftables.base_chains(ruleset, read_from_save=read_from_save,
-                                         bridges=_bridges(capture.json("addr.json")))
+                                         bridges=_bridges(_masters(capture.json("addr.json"))))
             chains += found
             dormant = [f"{f} {t}" for f, t in ruleset.listed if ruleset.dormant(f, t)]
             sources.append(f"nft-ruleset.json: {len(found)} base chain(s)"
@@ -201,6 +278,8 @@ class NodeState:
                 m[1] if m[1] is not None else m[2]
                 for text in rule_texts[:4] for m in _MATCH_SET.finditer(text)}),
             legacy_nat=frozenset(legacy_nat),
+            queue_readers=_queue_readers(capture),
+            **_ipvs(capture),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             links=parse_link_states(capture.json("addr.json")),
             masters=_masters(capture.json("addr.json")),

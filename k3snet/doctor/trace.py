@@ -350,10 +350,11 @@ class _Tracer:
             if past and not translated:
                 assert at_nat is not None
                 packet, translated = at_nat(packet, natted), True
-            if chain.kind == "nat" and (not first or natted is not None
-                                        or packet.ctstate == "untracked"):
+            if chain.empty or (chain.kind == "nat" and (not first or natted is not None
+                                                        or packet.ctstate == "untracked")):
                 # nat chains see only a connection's first packet, until one NATs, and
-                # never a packet conntrack does not track (nf_nat_inet_fn finds no entry).
+                # never a packet conntrack does not track (nf_nat_inet_fn finds no entry);
+                # a chain with no rule that accepts decides nothing.
                 continue
             seen = attrs.evolve(packet, pick=self.pick, fib=self.state.fib(packet.family))
             if (hook == "prerouting" and chain.priority < _CONNTRACK_PRIORITY
@@ -620,7 +621,8 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     proto = "icmpv6" if flow.protocol == "icmp" and fam == 6 else flow.protocol
     packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
                     iif, None, "new", "original", 0, t.state.local_addresses(),  # type: ignore[arg-type]
-                    t.state.ipsets(), tcp_flags=SYN if proto == "tcp" else None)
+                    t.state.ipsets(), queues=t.state.queue_readers,
+                    tcp_flags=SYN if proto == "tcp" else None)
     packet, dnat, dropped = t.hook(packet, "prerouting", first=True, at_nat=_translate_dnat)
     if dropped:
         return None
@@ -653,8 +655,8 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
         return None
     if route.type == "local":
         t.add("original", "routing", "info", where,
-              f"{route.describe()}: delivered to the node itself (input chains not traced)",
-              "destination-is-local")
+              f"{route.describe()}: delivered to the node itself (input chains not traced)"
+              + _ipvs_note(t.state, packet), "destination-is-local")
         return Verdict.UNKNOWN
     if not route.ok or route.route is None or route.route.device is None:
         code = "no-route" if route.type == "none" else "route-rejects"
@@ -730,7 +732,8 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
         {"dnat"} if dnat is not None else set()) | ({"snat"} if seen != flow.source else set())
     reply = Packet(fam, answerer, seen, proto, port, flow.source_port, back_in, None,
                    "new" if t.untracked else "established", "reply", 0, local,  # type: ignore[arg-type]
-                   t.state.ipsets(), nat=nat, tcp_flags=SYN_ACK if proto == "tcp" else None)
+                   t.state.ipsets(), nat=nat, queues=t.state.queue_readers,
+                   tcp_flags=SYN_ACK if proto == "tcp" else None)
     reply, _, dropped = t.hook(reply, "prerouting", first=False, part="before-nat")
     if dropped:
         return None
@@ -852,6 +855,28 @@ def _past_nat(chain: BaseChain, *, after_core: bool = False) -> bool:
     return core is not None and chain.kind != "nat" and chain.run_key > (core, 1, 0, 0)
 
 
+def _ipvs_note(state: NodeState, packet: Packet) -> str:
+    """What IPVS does with ``packet``, delivered to the node: a virtual server of its
+    address and port (kube-proxy's IPVS mode binds Services' addresses to ``kube-ipvs0``)
+    takes it at the input hook and sends it on to a real server, by its own routing and
+    the output and postrouting chains; "" when the capture shows none."""
+    if state.ipvs is None:
+        return ""
+    reals = state.ipvs.get((packet.proto, packet.dst, packet.dport or 0))
+    if reals is not None:
+        shown = ", ".join(reals[:8]) + (f" and {len(reals) - 8} more" if len(reals) > 8 else "")
+        return ("; the IPVS virtual server there (kube-proxy's IPVS mode) takes it at the "
+                "input hook and sends it to one of its real servers, not traced: "
+                + (shown or "none, so it stays with the node"))
+    if state.ipvs_fwmarks:
+        return ("; an IPVS virtual server taking packets by mark ("
+                + ", ".join(f"{m:#x}" for m in sorted(state.ipvs_fwmarks))
+                + ") may take it at the input hook")
+    if state.ipvs_cut:
+        return "; an IPVS virtual server past the part of /proc/net/ip_vs captured may take it"
+    return ""
+
+
 def _translate_dnat(packet: Packet, natted: ChainResult | None) -> Packet:
     """``packet`` with the destination (and port) a nat prerouting chain gave it."""
     return _dnat_to(packet, natted.nat if natted is not None else None)
@@ -907,7 +932,7 @@ def _onward(t: _Tracer, found: dict[str, Any]) -> None:
     packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
                     found["ingress"], None, "established", "original", 0,
                     t.state.local_addresses(), t.state.ipsets(), nat=nat,  # type: ignore[arg-type]
-                    tcp_flags=ACK if proto == "tcp" else None)
+                    queues=t.state.queue_readers, tcp_flags=ACK if proto == "tcp" else None)
     start, randoms, random_taken = len(t.steps), t.randoms, t.random_taken
     packet, _, dropped = t.hook(packet, "prerouting", first=False,
                                 at_nat=lambda p, _: _dnat_to(p, dnat))
