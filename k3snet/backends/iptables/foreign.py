@@ -61,11 +61,13 @@ from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
 from k3snet.render.iptables.rules import (
     PREFIX,
     XT_CONTINUE,
+    XT_TTL,
     Line,
     RuleFields,
     format_line,
     parse_rule,
     tokenize,
+    ttl_expires,
 )
 
 __all__ = ["PATH_CHAINS", "foreign_blocks", "foreign_forward", "foreign_nat",
@@ -666,6 +668,11 @@ class _ForwardWalk(_Walk):
             if leaves:  # to FORWARD's policy
                 self.block(chain, tokens, target, outers)
             return _BACK if every else _ON
+        if target in XT_TTL and ttl_expires(tokens[tokens.index("-j") + 2:]):
+            # The packet goes on with a TTL of 1 or less: dropped by this node's
+            # forwarding (PREROUTING) or by the next router (after it), both ways.
+            self.block(chain, tokens, "DROP", outers)
+            return _ON
         if target in ("DROP", "REJECT", "NFQUEUE", "QUEUE"):
             self.block(chain, tokens, target, outers)
         if target in ("ACCEPT", "DROP", "REJECT", "NFQUEUE", "QUEUE"):

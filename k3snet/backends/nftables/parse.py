@@ -62,6 +62,7 @@ from k3snet.backends.nftables.kernel import (
     CT_FLAGS,
     SLOW_LISTING,
     SNAT_TO,
+    TTL_ARGS,
     BoundedLister,
     ListingTimeoutError,
     Lists,
@@ -92,7 +93,7 @@ from k3snet.model import (
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
-from k3snet.render.iptables.rules import XT_CONTINUE
+from k3snet.render.iptables.rules import XT_CONTINUE, XT_TTL, ttl_expires
 from k3snet.render.nftables import (
     CHAIN_HOOKS,
     FORWARD_CHAIN,
@@ -153,6 +154,9 @@ class Match:
     notrack: str | None = None
     # an iptables-nft -j CT whose flags were not read: it may be a --notrack
     ct_doubt: bool = False
+    # a TTL (hop limit) set that expires a forwarded packet (`ip ttl set 1`, -j TTL
+    # --ttl-set 1): its words; the rule is then a drop (parse_rule)
+    expires: str | None = None
 
     @property
     def conditions(self) -> int:
@@ -282,6 +286,7 @@ def _parse_statement(name: str, body: Any, out: Match) -> None:
             out.nat_extra = True
     elif name in ("counter", "log", "mangle"):
         out.extras += 1  # counting, logging, setting a mark: no verdict changes
+        _parse_mangle(body, out)
     elif name == "notrack":  # iptables-nft's -j NOTRACK too
         out.notrack = "notrack"
         out.extras += 1
@@ -296,6 +301,7 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
     kind, name = body.get("type"), body.get("name")
     if (kind == "match" and name == "comment") or (kind == "target" and name in XT_CONTINUE):
         out.extras += 1
+        _parse_xt_ttl(body, out)
     elif kind == "target" and name == "MASQUERADE":
         # libnftables' JSON hides the target's options, so a --random-fully is not
         # seen (it does not change which packets are NATed).
@@ -456,7 +462,44 @@ def parse_rule(expr: Sequence[Any]) -> Match:
             _parse_statement(name, body, out)
         except (ValueError, KeyError, TypeError, AttributeError):
             out.unknown += 1
+    if out.expires is not None:
+        if out.verdict in (None, "accept", "return"):
+            out.verdict = "drop"  # the packet goes on, to expire: dropped all the same
+        else:
+            out.expires = None  # a drop, a jump ...: read as it is
     return out
+
+
+def _parse_xt_ttl(body: dict[str, Any], out: Match) -> None:
+    """iptables-nft's -j TTL / -j HL, whose options the kernel's data gave the listing
+    (:data:`TTL_ARGS`): one expiring a forwarded packet, or whose options were not given
+    (a doubt counts against the flow), is read as a drop (:func:`ttl_expires`)."""
+    if body.get("type") != "target" or body.get("name") not in XT_TTL:
+        return
+    args = body.get(TTL_ARGS)
+    if not isinstance(args, list) or ttl_expires([str(a) for a in args]):
+        out.expires = " ".join(["xt target", str(body["name"]), *map(str, args or ())])
+
+
+def _parse_mangle(body: Any, out: Match) -> None:
+    """A ``mangle`` statement: one setting the TTL (hop limit) to 1 or less expires a
+    forwarded packet, dropped by this node's forwarding (prerouting) or by the next
+    router (forward, postrouting); a value that is no number is a doubt, read so too."""
+    what = _ttl_field(body)
+    value = body.get("value") if what is not None else None
+    if what is not None and (not isinstance(value, int) or isinstance(value, bool)
+                             or value <= 1):
+        out.expires = f"{what} set {value}"
+
+
+def _ttl_field(body: Any) -> str | None:
+    """``ip ttl`` or ``ip6 hoplimit`` when ``body`` (a ``mangle`` statement's) sets it."""
+    key = body.get("key") if isinstance(body, dict) else None
+    payload = key.get("payload") if isinstance(key, dict) else None
+    if isinstance(payload, dict) and (payload.get("protocol"), payload.get("field")) in (
+            ("ip", "ttl"), ("ip6", "hoplimit")):
+        return f"{payload['protocol']} {payload['field']}"
+    return None
 
 
 def _any_network(proto: str) -> Network:
@@ -2125,7 +2168,7 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
             fields["destination"] = routed.cover(family, model_ifname(oif[0]))
         if len(iif) == 1:
             fields["source"] = routed.cover(family, model_ifname(iif[0]))
-    words.append(match.verdict)
+    words.append(match.expires or match.verdict)
     text = " ".join(words)
     place = f"nftables {where[0]} {where[1]} {chain}"
     if taken is not None:
