@@ -154,6 +154,9 @@ class Match:
     notrack: str | None = None
     # an iptables-nft -j CT whose flags were not read: it may be a --notrack
     ct_doubt: bool = False
+    # the one transport protocol a positive test names (`udp dport 53`, `meta l4proto
+    # tcp`): still an unmodelled test; a notrack of one protocol is no block (untracked.py)
+    l4: str | None = None
     # a TTL (hop limit) set that expires a forwarded packet (`ip ttl set 1`, -j TTL
     # --ttl-set 1): its words; the rule is then a drop (parse_rule)
     expires: str | None = None
@@ -258,6 +261,27 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
             out.ct_reply = understood = states == {"established", "related"}
     if not understood:
         out.unknown += 1
+        if op == "==" and isinstance(left, dict):
+            out.l4 = _l4(left, right) or out.l4
+
+
+_L4_FIELDS = frozenset({("meta", "l4proto"), ("ip", "protocol"), ("ip6", "nexthdr")})
+
+
+def _l4(left: dict[str, Any], right: Any) -> str | None:
+    """The transport protocol a positive test names: ``udp dport 53`` (a header field of
+    that protocol), ``meta l4proto udp``, ``ip protocol udp`` (``None``: another test)."""
+    payload = left.get("payload")
+    if isinstance(payload, dict) and payload.get("protocol") in (
+            "tcp", "udp", "udplite", "sctp", "dccp", "icmp", "icmpv6"):
+        return str(payload["protocol"])
+    meta = left.get("meta")
+    if isinstance(meta, dict) and ("meta", meta.get("key")) in _L4_FIELDS:
+        return str(right) if isinstance(right, str | int) else None
+    if isinstance(payload, dict) and (payload.get("protocol"), payload.get("field")) in (
+            _L4_FIELDS):
+        return str(right) if isinstance(right, str | int) else None
+    return None
 
 
 def _parse_statement(name: str, body: Any, out: Match) -> None:
@@ -688,6 +712,10 @@ class ForeignReader:
     _notracks: list[tuple[Match, tuple[str, str], str]] = field(default_factory=list)
     _untrack_defaults: list[tuple[tuple[str, str], str, str, list[ForwardRule]]] = field(
         default_factory=list)
+    # notracks of one protocol (Match.l4), met as those above: no block, their blocks as
+    # they would be in ``partial`` (a warning when they meet k3snet's rules: untracked.py)
+    _partial_notracks: list[tuple[Match, tuple[str, str], str]] = field(default_factory=list)
+    partial: list[NetObject] = field(default_factory=list)
     # what may leave packets untracked, not known whole (an -j CT whose flags were not
     # read): said as warnings (ForwardDefaults.doubts), no conflict
     doubts: list[str] = field(default_factory=list)
@@ -854,6 +882,9 @@ class ForeignReader:
         for match, where, chain in self._notracks:
             for default in self._untrack_defaults:
                 found.update(_untrack_forward_blocks(match, where, chain, default))
+        for match, where, chain in self._partial_notracks:
+            for default in self._untrack_defaults:
+                self.partial.extend(_untrack_forward_blocks(match, where, chain, default))
         for where, name, _ in self.nat_bases:
             if (where, name) not in self._after_own_nat:  # else: judged as a default only
                 self._nat_chain_blocks(where, name, found)
@@ -894,7 +925,10 @@ class ForeignReader:
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
             found.update(_blocks_of(reached, where, chain, taken, self.routed))
-            if untrack is not None and reached.notrack and not taken.ended:
+            if untrack is not None and reached.notrack and not taken.ended and reached.l4:
+                self.partial.extend(_untrack_blocks(reached, where, chain))
+                self._partial_notracks.append((reached, where, chain))
+            elif untrack is not None and reached.notrack and not taken.ended:
                 self.nat_blocks.extend((b, untrack) for b in _untrack_blocks(reached, where,
                                                                               chain))
                 self._notracks.append((reached, where, chain))
@@ -944,7 +978,8 @@ class ForeignReader:
                     after_own_nat=(where, name) in self._after_own_nat))
         return ForwardDefaults(tuple(found), dict(self._listings) if found else {},
                                iptables_own=tuple(sorted(self.iptables_own.items())),
-                               doubts=tuple(dict.fromkeys(self.doubts)))
+                               doubts=tuple(dict.fromkeys(self.doubts)),
+                               partial=tuple(self.partial))
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
                       defaults: bool = False, reply: bool = False) -> bool:
@@ -1256,6 +1291,9 @@ class ForwardDefaults:
     "K3SNET-POSTROUTING")``), passed by (:attr:`ForeignReader.iptables_own`)."""
     doubts: tuple[str, ...] = ()
     """What the read could not judge whole and says (:attr:`ForeignReader.doubts`)."""
+    partial: tuple[NetObject, ...] = ()
+    """The blocks, as they would be, of notracks of one protocol, no block
+    (:attr:`ForeignReader.partial`, :mod:`k3snet.backends.untracked`)."""
 
     def unopened(self, rules: Sequence[ForwardRule], *,
                  translated: Sequence[NetObject] = ()) -> list[tuple[ForwardDefault,
@@ -1503,7 +1541,7 @@ def _guarded(guard: Match, match: Match) -> Match | None:
         match, proto=match.proto or guard.proto, saddr=saddr, daddr=daddr,
         iif=iif, oif=oif, nfproto=guard.nfproto + match.nfproto,
         ct_reply=guard.ct_reply or match.ct_reply,
-        marks=marks, unknown=guard.unknown + match.unknown,
+        marks=marks, unknown=guard.unknown + match.unknown, l4=match.l4 or guard.l4,
         mark_set_only=bool(marks) and all(m.mark_set_only for m in (guard, match) if m.marks))
 
 
@@ -1967,7 +2005,8 @@ def _rule_words(match: Match) -> tuple[list[str], list[Network], list[Network], 
         words += [f"{what} {'!= ' if neg else ''}{value}" for value, neg in tests]
     others = match.conditions - len(words)
     if others:
-        words.append(f"(and {others} more match{'es' if others > 1 else ''})")
+        of = f", of {match.l4}" if match.l4 and match.notrack else ""  # a notrack's protocol
+        words.append(f"(and {others} more match{'es' if others > 1 else ''}{of})")
     return words, saddr, daddr, oif
 
 
