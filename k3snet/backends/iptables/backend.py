@@ -445,9 +445,21 @@ class IptablesBackend(BackendBase):
                       *(o for t in self._tables.values() for o in t.owned.values())]
             found += partial_untracks(self._partial, wanted, lambda _: "iptables-save -t raw")
         found += self._native.warnings
+        if self._native.defaults.found:  # judged against k3snet's forward rules
+            found += self._native.default_warnings(self._forward_wanted())
         found += [_left_nftables(family, table) for family, table
                   in sorted(self._native.k3snet_tables - self._nft_managed)]
         return tuple(found)
+
+    def _forward_wanted(self) -> list[ForwardRule] | None:
+        """k3snet's forward rules the nftables tables' defaults are judged against: the
+        hint's (:meth:`expect`) and those in place; ``None`` without either (every
+        default is named)."""
+        owned = [o for t in (self._tables or {}).values() for o in t.owned.values()]
+        if not self._hinted and not any(isinstance(o, ForwardRule) for o in owned):
+            return None
+        return list(dict.fromkeys(o for o in (*self._hinted, *owned)
+                                  if isinstance(o, ForwardRule)))
 
     def beside(self, others: Sequence[object]) -> None:
         """A hint from :class:`~k3snet.backends.group.BackendGroup`: the other backends in
@@ -738,6 +750,10 @@ class IptablesBackend(BackendBase):
             for read in tables.values():
                 set_aside(read, self._native.blocks)
             foreign |= self._native.blocks
+            # A foreign accept in iptables ends only iptables' chain: one a native chain's
+            # default drops (an admin's `policy drop`) does not meet the need.
+            foreign -= {o for o in foreign
+                        if isinstance(o, ForwardRule) and self._native.drops(o)}
         except BaseException:
             for pending in other.values():
                 if pending is not None:
