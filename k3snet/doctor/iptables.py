@@ -41,7 +41,7 @@ from k3snet.doctor.packet import (
     queue_verdict,
     trial_certain,
 )
-from k3snet.render.iptables.rules import XT_CONTINUE, save_lines
+from k3snet.render.iptables.rules import XT_CONTINUE, save_lines, ttl_expires
 
 __all__ = ["Chain", "Rule", "Table", "base_chains", "parse_save"]
 
@@ -473,7 +473,7 @@ def _effect(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR0911 - p
     if target == "RETURN":
         # Returning skips the rest of the chain, where the verdict may be decided.
         return "unknown"
-    if target in XT_TTL and _expires(rule.target_args):
+    if target in XT_TTL and ttl_expires(rule.target_args):
         return "drop"
     if target is None or target in _CONTINUE:
         return "none"
@@ -509,7 +509,7 @@ def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR09
                                   if target == "MARK" else None)
         run.path.append(rule.text)
         return None
-    if target in XT_TTL and _expires(rule.target_args):
+    if target in XT_TTL and ttl_expires(rule.target_args):
         run.unknowns.append(Uncertain(
             rule.text, "the TTL (hop limit) it sets expires a forwarded packet, at this node "
             "before the forward chains, else at the next router", "drop"))
@@ -616,20 +616,6 @@ def _nat_action(target: str, args: tuple[str, ...]) -> NatAction | None:
             except ValueError:
                 return None
     return None
-
-
-def _expires(args: tuple[str, ...]) -> bool:
-    """``-j TTL --ttl-set N`` / ``-j HL --hl-set N`` of 1 or less, or a decrement of 63 or
-    more (Linux starts at 64): a forwarded packet expires. An option not understood
-    counts as expiring (unknown, not "reaches")."""
-    for option, value in itertools.pairwise(args):
-        if option in ("--ttl-set", "--hl-set", "--ttl-dec", "--hl-dec"):
-            try:
-                number = int(value)
-            except ValueError:
-                return True
-            return number <= 1 if option.endswith("-set") else number >= 63
-    return not any(a in ("--ttl-inc", "--hl-inc") for a in args)
 
 
 def _netmap(packet: Packet, args: tuple[str, ...]) -> NatAction | None:

@@ -21,6 +21,7 @@ import attrs
 
 from k3snet.doctor.ipset import IPSetMembers
 from k3snet.doctor.routing import Fib
+from k3snet.render.iptables.rules import XT_TTL as _XT_TTL
 
 __all__ = [
     "ACK",
@@ -66,8 +67,9 @@ XT_MARKING = frozenset({"MARK", "CONNMARK", "HMARK"})
 
 #: iptables targets that go on after setting the packet's TTL (hop limit): set to 1 or 0
 #: the forwarded packet expires, at this node before the forward chains (``ip_forward``
-#: drops a TTL of 1 or less) or at the next router after them.
-XT_TTL = frozenset({"TTL", "HL"})
+#: drops a TTL of 1 or less) or at the next router after them (the backends' list,
+#: :data:`~k3snet.render.iptables.rules.XT_TTL`).
+XT_TTL = _XT_TTL
 
 
 #: TCP's flag bits by name (nftables' names; iptables' are these in capitals).

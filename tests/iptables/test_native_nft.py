@@ -162,3 +162,55 @@ def test_with_iptables_legacy_the_token_stays_while_only_iptables_nft_commits(ns
         assert backend.change_token() == before
         run_in(ns, ["nft", "add", "table", "inet", "filter"])
         assert backend.change_token() != before
+
+
+_POLICY_DROP = """
+table inet filter {
+  chain forward {
+    type filter hook forward priority 0; policy drop;
+    ct state established,related accept
+%s  }
+}
+"""
+SEED_FORWARD = ForwardRule("10.42.0.0/16", "192.168.2.0/24", in_interface="cni0",
+                           out_interface="eth0")
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_an_iptables_accept_a_native_policy_drop_drops_is_not_met_and_the_warning_names_it(
+        require_root: None, mode: str) -> None:
+    """The admin's FORWARD accepts the pods' connections (and their replies), and an nft
+    table of another name drops them by its policy: the plan said the forward rule was
+    met by the admin's accept while no connection went through, and its warning named
+    the chain for any traffic. Now the accept meets nothing, and the warning names the
+    rule the chain drops (as the nftables backend judges other tables' defaults)."""
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    wanted = State(owned=[SEED_FORWARD])
+    tool = f"iptables-{mode}"
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        run_in(lab.router, ["ip", "route", "add", "10.42.0.0/16", "via", "192.168.1.5"])
+        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", "10.42.0.0/16", "-j", "ACCEPT"])
+        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-d", "10.42.0.0/16", "-j", "ACCEPT"])
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_POLICY_DROP % "")
+        assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.expect(wanted)
+            p = plan(backend.observe(), wanted)
+            assert [n.status for n in p.notes if n.wanted == SEED_FORWARD] != ["met"], \
+                p.render()
+            (said,) = [w for w in backend.warnings if "inet filter chain forward" in w]
+            assert f"may drop {SEED_FORWARD.describe()}" in said, said
+        # The chain accepting the pods too: the admin's accept meets the rule, no warning.
+        run_in(lab.node, ["nft", "delete", "table", "inet", "filter"])
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_POLICY_DROP % (
+            "    ip saddr 10.42.0.0/16 accept\n"))
+        assert lab.tcp_probe(4).ok
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.expect(wanted)
+            p = plan(backend.observe(), wanted)
+            assert [n.status for n in p.notes] == ["met"], p.render()
+            assert not [w for w in backend.warnings if "inet filter" in w], backend.warnings

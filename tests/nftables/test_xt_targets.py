@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from k3snet.backends.nftables.kernel import SNAT_TO
+from k3snet.backends.nftables.kernel import SNAT_TO, TTL_ARGS
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.lab.netns import run_in
 from k3snet.model import (
@@ -63,14 +63,34 @@ def test_an_opaque_xt_target_in_a_nat_chain_may_translate(name: str) -> None:
 @pytest.mark.parametrize("name", ["AUDIT", "SET", "TEE", "TTL", "HL", "IDLETIMER", "SECMARK"])
 def test_an_xt_target_the_kernel_continues_after_translates_nothing(name: str) -> None:
     """The kernel's xt module returns ``XT_CONTINUE``: the packet goes on to the next
-    rule, untranslated (read as a target that may translate, a false conflict)."""
-    kernel = nat([saddr(POD), _xt(name)], [saddr(POD), {"masquerade": None}], family="ip")
+    rule, untranslated (read as a target that may translate, a false conflict). A TTL or
+    HL one sets a value that does not expire the packet (the kernel's data, TTL_ARGS)."""
+    xt = _xt(name)
+    if name in ("TTL", "HL"):
+        xt["xt"][TTL_ARGS] = [f"--{name.lower()}-set", "64"]
+    kernel = nat([saddr(POD), xt], [saddr(POD), {"masquerade": None}], family="ip")
     kernel.nat_prio = 100
     found = ForeignReader(kernel, frozenset()).read()
     assert not any(isinstance(b, NatBlock) and "xt target" in b.rule for b in found)
     assert MasqueradeRule(POD) in found  # the masquerade after it is met
     wanted = State(owned=[MasqueradeRule(POD, destination=DB, out_interface="eth0")])
     assert not plan(State(foreign=list(found)), wanted).conflicts
+
+
+@pytest.mark.parametrize(("args", "block"), [
+    (["--ttl-set", "1"], True), (["--ttl-dec", "1"], False), (["--ttl-inc", "1"], False),
+    (None, True),  # not read: a doubt counts against the flow
+])
+def test_an_xt_ttl_target_that_expires_the_packet_is_a_drop(args: list[str] | None,
+                                                            block: bool) -> None:
+    xt = _xt("TTL")
+    if args is not None:
+        xt["xt"][TTL_ARGS] = args
+    found = ForeignReader(forward(("accept", [[saddr(POD), xt]])), frozenset()).read()
+    described = {b.describe() for b in found if isinstance(b, ForwardBlock)}
+    text = " ".join(["xt target TTL", *(args or ())])
+    assert described == ({f"drop by nftables inet fw0 forward: ip saddr {POD} {text}"}
+                         if block else set())
 
 
 def _xt_snat(to: Mapping[str, object] | None) -> Expr:

@@ -153,6 +153,7 @@ from k3snet.backends.netns import NetnsRunner, netns_option, netns_path
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.backends.nftables.kernel import BoundedLister, Lists
 from k3snet.backends.routed import RoutedBy, read_routes
+from k3snet.backends.untracked import partial_untracks
 from k3snet.errors import (
     BackendError,
     BackendUnavailableError,
@@ -274,12 +275,14 @@ class IptablesBackend(BackendBase):
         self._foreign: frozenset[NetObject] = frozenset()
         # raw, mangle or security tables iptables-nft-save left (partly) out: (family, table, what)
         self._path_hidden: tuple[tuple[int, str, str], ...] = ()
+        self._partial: tuple[NetObject, ...] = ()  # a notrack of one protocol (path_blocks)
         self._native = NativeRead()  # nftables tables of other names (see native.py)
         self._native_runner: NetnsRunner | None = None  # where their listings run
         # k3snet's nftables tables an nftables backend beside this one manages (beside())
         self._nft_managed: frozenset[tuple[str, str]] = frozenset()
         self._native_bounded: BoundedLister | None = None
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the tables likely hold
+        self._hinted: tuple[NetObject, ...] = ()  # the same, kept (not taken by a read)
         self._generation: GenerationReader | None = None
         self._no_generation = False
         self._route_reader: SocketDriver | None = None  # rtnetlink, for RoutedBy
@@ -437,10 +440,26 @@ class IptablesBackend(BackendBase):
                 f"(written with nft: `nft list table {_nft_family(family)} {table}` shows "
                 "it): it runs on the path of forwarded packets, and what it drops k3snet "
                 "neither sees nor names as a conflict")
+        if self._partial:  # raw's notracks of one protocol, named when they meet k3snet's
+            wanted = [*self._hinted,
+                      *(o for t in self._tables.values() for o in t.owned.values())]
+            found += partial_untracks(self._partial, wanted, lambda _: "iptables-save -t raw")
         found += self._native.warnings
+        if self._native.defaults.found:  # judged against k3snet's forward rules
+            found += self._native.default_warnings(self._forward_wanted())
         found += [_left_nftables(family, table) for family, table
                   in sorted(self._native.k3snet_tables - self._nft_managed)]
         return tuple(found)
+
+    def _forward_wanted(self) -> list[ForwardRule] | None:
+        """k3snet's forward rules the nftables tables' defaults are judged against: the
+        hint's (:meth:`expect`) and those in place; ``None`` without either (every
+        default is named)."""
+        owned = [o for t in (self._tables or {}).values() for o in t.owned.values()]
+        if not self._hinted and not any(isinstance(o, ForwardRule) for o in owned):
+            return None
+        return list(dict.fromkeys(o for o in (*self._hinted, *owned)
+                                  if isinstance(o, ForwardRule)))
 
     def beside(self, others: Sequence[object]) -> None:
         """A hint from :class:`~k3snet.backends.group.BackendGroup`: the other backends in
@@ -647,9 +666,10 @@ class IptablesBackend(BackendBase):
         Changes no result: the next read of the tables renders those objects first,
         so that a tagged rule which is exactly one of theirs is taken as that object
         without parsing it (a rule this process wrote is taken the same way;
-        docs/performance.md, "Expected objects: the iptables reader").
+        docs/performance.md, "Expected objects: the iptables reader"), and the warning of a
+        notrack of one protocol names it when it meets one of them (:attr:`warnings`).
         """
-        self._expected = tuple(o for o in state.owned if type(o) in _TABLE_OF)
+        self._expected = self._hinted = tuple(o for o in state.owned if type(o) in _TABLE_OF)
 
     def _render_expected(self) -> None:
         """Render what :meth:`expect` named (once per hint) for the read about to run.
@@ -715,6 +735,7 @@ class IptablesBackend(BackendBase):
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
         hidden: list[tuple[int, str, str]] = []
+        partial: list[NetObject] = []
         routed = self._routed()
         try:
             with gc_paused(GC_PAUSE_MIN):  # the size is unknown before the save
@@ -722,12 +743,17 @@ class IptablesBackend(BackendBase):
                     dump = self._save(family, started[1].pop(family, None) if started else None)
                     for table in TABLES:
                         tables[family, table] = load_table(family, HOOKS[table], dump.get(table))
-                    foreign |= _judge(family, dump, tables, hidden, routed)
+                    foreign |= _judge(family, dump, tables, hidden, routed,
+                                      partial=partial)
             # Base chains of nftables tables iptables does not show run on the same hooks.
             self._native = self._read_native()
             for read in tables.values():
                 set_aside(read, self._native.blocks)
             foreign |= self._native.blocks
+            # A foreign accept in iptables ends only iptables' chain: one a native chain's
+            # default drops (an admin's `policy drop`) does not meet the need.
+            foreign -= {o for o in foreign
+                        if isinstance(o, ForwardRule) and self._native.drops(o)}
         except BaseException:
             for pending in other.values():
                 if pending is not None:
@@ -739,6 +765,7 @@ class IptablesBackend(BackendBase):
         self._tables = tables
         self._foreign = frozenset(foreign)
         self._path_hidden = tuple(hidden)
+        self._partial = tuple(partial)
         self._read_other_flavour(other)
         self.log_warnings()  # once while each lasts (the kit's)
         state = State(owned=[o for s in tables.values() for o in s.owned.values()],
@@ -1219,11 +1246,13 @@ def _where_of(subject: NetObject) -> tuple[int, str]:
 
 
 def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str], TableState],
-           hidden: list[tuple[int, str, str]], routed: RoutedBy | None = None) -> set[NetObject]:
+           hidden: list[tuple[int, str, str]], routed: RoutedBy | None = None, *,
+           partial: list[NetObject] | None = None) -> set[NetObject]:
     """The foreign objects of one family's tables (``tables``: k3snet's, as loaded; what a
     foreign rule decides first is set aside there), and the tables of ``PATH_CHAINS``
     iptables-nft-save left out (added to ``hidden``); ``routed``: the node's routes, what
-    a drop by out-interface may meet (see :func:`foreign_blocks`)."""
+    a drop by out-interface may meet (see :func:`foreign_blocks`); ``partial``: raw's
+    notracks of one protocol, no block (see :func:`path_blocks`)."""
     foreign: set[NetObject] = set()
     foreign |= foreign_nat(dump.get("nat"), family)
     # What a foreign rule decides before our jump is not ours: our rules for it
@@ -1246,7 +1275,7 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
                     *sorted(o for o in filter_state.owned.values() if isinstance(o, ForwardRule)))
     for table in PATH_CHAINS:
         path = path_blocks(dump.get(table), family, forward_drops=drops, accepted=accepted,
-                           routed=routed)
+                           routed=routed, partial=partial)
         set_aside(filter_state, path)
         set_aside(tables[family, "nat"], path)  # raw's NOTRACK: no NAT at all
         foreign |= path

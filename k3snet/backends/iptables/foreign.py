@@ -61,11 +61,13 @@ from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
 from k3snet.render.iptables.rules import (
     PREFIX,
     XT_CONTINUE,
+    XT_TTL,
     Line,
     RuleFields,
     format_line,
     parse_rule,
     tokenize,
+    ttl_expires,
 )
 
 __all__ = ["PATH_CHAINS", "foreign_blocks", "foreign_forward", "foreign_nat",
@@ -454,7 +456,8 @@ passes (either way: the replies too), each run by the kernel besides filter's FO
 
 def path_blocks(dump: TableDump | None, family: int, *,
                 forward_drops: bool = False, accepted: Sequence[ForwardRule] = (),
-                routed: RoutedBy | None = None) -> set[NetObject]:
+                routed: RoutedBy | None = None,
+                partial: list[NetObject] | None = None) -> set[NetObject]:
     """Foreign rules of ``raw``, ``mangle`` or ``security`` (``dump``'s table) that drop,
     reject or queue forwarded packets, in the built-in chains of :data:`PATH_CHAINS`.
 
@@ -477,6 +480,12 @@ def path_blocks(dump: TableDump | None, family: int, *,
     (``--ctstate RELATED,ESTABLISHED``) does not take it, and FORWARD drops it, unless
     FORWARD's own accepts take both ways by address (``accepted``, one way each:
     :func:`untracked_accepts`). ``routed``: as for :func:`foreign_blocks`.
+
+    A rule leaving untracked only the packets of one protocol (``-p udp --dport 53 -j
+    NOTRACK``, a DNS server's) makes no block: k3snet's rules serve every protocol, and
+    the rest of the pods' traffic is tracked. Its blocks, as they would be, are added to
+    ``partial`` (when given) for a warning of what they may meet
+    (:func:`~k3snet.backends.untracked.partial_untracks`).
     """
     found: set[NetObject] = set()
     if dump is None:
@@ -486,9 +495,10 @@ def path_blocks(dump: TableDump | None, family: int, *,
             found |= _ForwardWalk(dump, family, None, builtin=builtin,
                                   routed=routed).through()
     if dump.name == "raw":
-        found |= _UntrackWalk(dump, family, None, forward=forward_drops,
-                              accepted=accepted).walk("PREROUTING",
-                                                      len(dump.chain("PREROUTING")))
+        walk = _UntrackWalk(dump, family, None, forward=forward_drops, accepted=accepted)
+        found |= walk.walk("PREROUTING", len(dump.chain("PREROUTING")))
+        if partial is not None:
+            partial.extend(sorted(walk.partial))
     return found
 
 
@@ -666,6 +676,11 @@ class _ForwardWalk(_Walk):
             if leaves:  # to FORWARD's policy
                 self.block(chain, tokens, target, outers)
             return _BACK if every else _ON
+        if target in XT_TTL and ttl_expires(tokens[tokens.index("-j") + 2:]):
+            # The packet goes on with a TTL of 1 or less: dropped by this node's
+            # forwarding (PREROUTING) or by the next router (after it), both ways.
+            self.block(chain, tokens, "DROP", outers)
+            return _ON
         if target in ("DROP", "REJECT", "NFQUEUE", "QUEUE"):
             self.block(chain, tokens, target, outers)
         if target in ("ACCEPT", "DROP", "REJECT", "NFQUEUE", "QUEUE"):
@@ -829,6 +844,7 @@ class _UntrackWalk(_Walk):
         super().__init__(dump, family, ours)
         self.forward = forward
         self.accepted = tuple(rule for rule in accepted if rule.family == family)
+        self.partial: set[NetObject] = set()  # the blocks of a notrack of one protocol
 
     def unread(self, text: str) -> NetObject:
         return NatBlock(self.family, "exempt", text, f"iptables IPv{self.family} raw")
@@ -846,11 +862,22 @@ class _UntrackWalk(_Walk):
 
     def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
         where = f"iptables IPv{self.family} raw"
-        _nat_block(self.found, self.family, chain, tokens, "RETURN", outers=outers,
-                   where=where)
+        # One protocol's packets (-p udp --dport 53): the rest is tracked (path_blocks).
+        found = self.partial if any(map(_protocol, (*outers, tokens))) else self.found
+        _nat_block(found, self.family, chain, tokens, "RETURN", outers=outers, where=where)
         if self.forward and not (_marked(tokens) or any(map(_marked, outers))):
-            _block(self.found, self.family, chain, tokens, target, outers=outers,
+            _block(found, self.family, chain, tokens, target, outers=outers,
                    where=where, verdict="untrack", accepted=self.accepted)
+
+
+def _protocol(tokens: Line) -> str | None:
+    """The one protocol a rule's packets are of (``-p udp``; not ``! -p``, ``-p all``)."""
+    conditions = _conditions(tokens)
+    for index, word in enumerate(conditions[:-1]):
+        if word in ("-p", "--protocol") and (index == 0 or conditions[index - 1] != "!"):
+            name = conditions[index + 1].lower()
+            return None if name in ("all", "0") else name
+    return None
 
 
 def _marked(tokens: Line) -> bool:

@@ -13,7 +13,9 @@ before k3snet's POSTROUTING rules are met.
 naming addresses is a :class:`~k3snet.model.ForwardBlock`, a NAT rule met first a
 :class:`~k3snet.model.NatBlock`, each a conflict of the wanted rules it may decide.
 What those cannot say (a policy drop, a catch-all drop or reject: defaults k3snet
-cannot open from iptables) is a warning naming the chain. A table holding k3snet's
+cannot open from iptables) is a warning naming the chain and the first of k3snet's
+forward rules it drops (:meth:`NativeRead.default_warnings`), and an iptables accept
+it drops meets nothing (:meth:`NativeRead.drops`). A table holding k3snet's
 marker chain (the nftables backend's) is passed by, and named
 (:attr:`NativeRead.k3snet_tables`). The tables are found in one netlink dump; nothing
 is listed when none is of another name, and the listings made for one (``nft -j``)
@@ -25,15 +27,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 
 from k3snet.backends.nftables.kernel import ListingTimeoutError, Lists, listed_items
-from k3snet.backends.nftables.parse import ForeignReader
+from k3snet.backends.nftables.parse import ForeignReader, ForwardDefault, ForwardDefaults
 from k3snet.errors import BackendError
-from k3snet.model import ForwardBlock, NatBlock, NetObject
+from k3snet.model import ForwardBlock, ForwardRule, NatBlock, NetObject
 from k3snet.render.nftables_batch import list_command
 
 __all__ = ["XT_TABLES", "NativeRead", "Within", "native_tables", "read_native"]
@@ -55,9 +57,29 @@ class NativeRead:
     blocks: frozenset[NetObject] = frozenset()
     """:class:`ForwardBlock` and :class:`NatBlock` objects (foreign)."""
     warnings: tuple[str, ...] = ()
+    """What was not read (the defaults' warnings: :meth:`default_warnings`)."""
     k3snet_tables: frozenset[tuple[str, str]] = frozenset()
     """(family, name) of the tables holding k3snet's marker chain: the nftables
     backend's, passed by (not judged here)."""
+    defaults: ForwardDefaults = attrs.field(factory=ForwardDefaults, eq=False)
+    """The base chains whose default (a policy drop, a catch-all drop or reject) may
+    drop forwarded packets, with what the read listed to judge rules against them."""
+
+    def drops(self, rule: ForwardRule) -> bool:
+        """Whether a default of these tables may drop ``rule``'s packets, new ones or
+        replies (an accept in iptables ends only iptables' chain: it cannot open them)."""
+        return bool(self.defaults.found) and bool(self.defaults.unopened([rule]))
+
+    def default_warnings(self, wanted: Sequence[ForwardRule] | None) -> tuple[str, ...]:
+        """A warning for each default that drops a rule of ``wanted`` (k3snet's forward
+        rules), naming the first; with ``wanted`` None (not known: no hint, none in
+        place), one for each default found."""
+        if not self.defaults.found:
+            return ()
+        if wanted is None:
+            return tuple(_default_warning(d, None) for d in self.defaults.found)
+        ordered = sorted(wanted, key=lambda r: (r.family, r.describe()))
+        return tuple(_default_warning(d, rule) for d, rule in self.defaults.unopened(ordered))
 
 
 WHOLE_TABLE_CHAINS = 256
@@ -196,24 +218,21 @@ def _read(lister: Lists, xt: frozenset[tuple[str, str]]) -> NativeRead:
     reader = ForeignReader(lister, xt, skip_marked=True)
     found = reader.read()
     blocks = frozenset(o for o in found if isinstance(o, ForwardBlock | NatBlock))
-    warnings = [
-        *_defaults(reader),
-        *(f"nftables tables beside iptables' read in part: {u}" for u in reader.unread),
-    ]
-    return NativeRead(blocks, tuple(warnings), reader.marked)
+    warnings = tuple(f"nftables tables beside iptables' read in part: {u}"
+                     for u in reader.unread)
+    return NativeRead(blocks, warnings, reader.marked, reader.defaults())
 
 
-def _defaults(reader: ForeignReader) -> list[str]:
-    """A warning for each filter base chain on a hook forwarded packets pass whose policy,
-    or a rule of its own naming no address, may drop them (:meth:`ForeignReader.defaults`,
-    as the nftables backend finds them): defaults, not conflicts (k3snet cannot open them
-    from iptables), but they decide before or after it."""
-    return [
-        f"nftables {d.family} {d.table} chain {d.chain} runs on the same hook as iptables "
-        f"(not shown by iptables-save): {'; '.join(d.what)}. An accept in iptables "
-        "ends only iptables' chain: what this chain does not accept is dropped "
-        "whatever k3snet's rules say, and k3snet does not judge it; accept "
-        "k3snet's traffic there too (`nft list table "
-        f"{d.family} {d.table}` shows it)"
-        for d in reader.defaults().found
-    ]
+def _default_warning(d: ForwardDefault, rule: ForwardRule | None) -> str:
+    """The warning of a base chain on a hook forwarded packets pass whose policy, or a
+    rule of its own naming no address, may drop them (:meth:`ForeignReader.defaults`, as
+    the nftables backend finds them): a default, not a conflict (k3snet cannot open it
+    from iptables), but it decides before or after it; ``rule``: the first of k3snet's
+    it drops (``None``: not judged)."""
+    dropped = ("what this chain does not accept is dropped whatever k3snet's rules say"
+               if rule is None else f"it may drop {rule.describe()} whatever iptables "
+               "accepts (a foreign accept there does not meet it)")
+    return (f"nftables {d.family} {d.table} chain {d.chain} runs on the same hook as "
+            f"iptables (not shown by iptables-save): {'; '.join(d.what)}. An accept in "
+            f"iptables ends only iptables' chain: {dropped}; accept k3snet's traffic "
+            f"there too (`nft list table {d.family} {d.table}` shows it)")

@@ -141,6 +141,7 @@ from k3snet.backends.nftables.parse import (
 )
 from k3snet.backends.nftables.text import Lines, expected_lines, first_rule_lines
 from k3snet.backends.routed import RoutedBy, read_routes
+from k3snet.backends.untracked import partial_untracks
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -375,6 +376,7 @@ class NftablesBackend(BackendBase):
         could not judge whole (an iptables-nft ``-j CT`` whose options were not read)."""
         found = (self._default_warnings()
                  + tuple(f"nftables: {doubt}" for doubt in self._defaults.doubts)
+                 + self._partial_warnings()
                  + self._iptables_warnings())
         if not self._foreign_unread:
             return found
@@ -409,6 +411,21 @@ class NftablesBackend(BackendBase):
                 "up or removes them; if the iptables backend no longer manages this node, "
                 "`k3snet destroy --backend iptables --backend-opt iptables.mode=nft` "
                 "removes them",)
+
+    def _partial_warnings(self) -> tuple[str, ...]:
+        """Another table's notracks of one protocol (``udp dport 53 notrack``): no block,
+        named when they meet a wanted rule (:mod:`k3snet.backends.untracked`; the wanted
+        rules as for :meth:`_default_warnings`)."""
+        partial = self._defaults.partial
+        if not partial:
+            return ()
+        expected: tuple[NetObject, ...] | None = self._expected if self._hinted else None
+        if expected is None:
+            cache = self._observed.value
+            expected = tuple(cache.objects.values()) if cache is not None else ()
+        said = partial_untracks(partial, expected,
+                                lambda where: f"nft list chain {where.removeprefix('nftables ')}")
+        return tuple(f"nftables: {warning}" for warning in said)
 
     def _default_warnings(self) -> tuple[str, ...]:
         """A warning for each foreign default that drops some wanted forward rule.

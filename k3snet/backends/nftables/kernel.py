@@ -150,9 +150,21 @@ SNAT_TO = "k3snet_snat_to"
 ports only. Absent (a range, ports, a revision k3snet does not know, not read): an SNAT
 to an address k3snet does not model, as before."""
 
+TTL_ARGS = "k3snet_ttl_args"
+"""The key :class:`Libnftables` adds to an ``xt`` ``TTL`` or ``HL`` target of a chain's JSON
+listing (iptables-nft's ``-j TTL --ttl-set N``, whose value libnftables does not list):
+its options as ``iptables-save`` writes them (``["--ttl-set", "1"]``; ``--hl-*`` for
+``HL``), from the kernel's ``ipt_TTL_info`` (``ip6t_HL_info``). Absent: not known."""
+
+_TTL_MODES = ("set", "inc", "dec")  # IPT_TTL_SET, _INC, _DEC (IP6T_HL_* alike)
+
 # nf_nat_range's flags (NF_NAT_RANGE_*): what an SNAT to one address may carry.
 _NAT_MAP_IPS = 1
 _NAT_FLAG_WORDS = {4: "random", 8: "persistent", 16: "fully-random"}
+
+
+_XT_READ = ("CT", "SNAT", "TTL", "HL")
+"""The compat targets whose data :meth:`Libnftables.list` reads from the kernel."""
 
 
 class Libnftables:
@@ -219,13 +231,14 @@ class Libnftables:
                 return None
             raise BackendError(f"nft {what!r} failed: {first_lines(_with_capability(error))}")
         items = listed_items(output, what)
-        if kind == "chain" and ('"CT"' in output or '"SNAT"' in output):
+        if kind == "chain" and any(f'"{name}"' in output for name in _XT_READ):
             self._xt_data(items)
         return items
 
     def _xt_data(self, items: Iterable[dict[str, Any]]) -> None:
         """Give each iptables-nft ``-j CT`` of a chain's listing the flags the kernel holds
-        for it (:data:`CT_FLAGS`), and each ``-j SNAT`` its address (:data:`SNAT_TO`):
+        for it (:data:`CT_FLAGS`), each ``-j SNAT`` its address (:data:`SNAT_TO`), and each
+        ``-j TTL`` / ``-j HL`` its options (:data:`TTL_ARGS`):
         libnftables lists only the target's name, so a ``--zone`` or ``--helper`` one
         looked as a ``--notrack`` one, and every SNAT as one to an unknown address. A
         few rules of a chain are read one request each, more with one rule dump of the
@@ -239,7 +252,7 @@ class Libnftables:
             for statement in rule["expr"]:
                 xt = statement.get("xt") if isinstance(statement, dict) else None
                 if not (isinstance(xt, dict) and xt.get("type") == "target"
-                        and xt.get("name") in ("CT", "SNAT")):
+                        and xt.get("name") in _XT_READ):
                     continue
                 try:
                     where = (str(rule["family"]), str(rule["table"]), str(rule["chain"]))
@@ -258,13 +271,7 @@ class Libnftables:
                          if kind == name]
                 if len(found) != 1:
                     continue
-                revision, info = found[0]
-                if name == "CT" and len(info) >= 2:  # host order, as xt_CT's
-                    xt[CT_FLAGS] = int(struct.unpack_from("=H", info)[0])
-                elif name == "SNAT":
-                    to = _snat_to(where[0], revision, info)
-                    if to is not None:
-                        xt[SNAT_TO] = to
+                xt.update(_xt_decoded(name, where[0], *found[0]))
 
     def list_text(self, kind: str, **ref: str) -> str | None:
         """What ``nft -a list KIND REF...`` prints; ``None`` if the object does not exist;
@@ -315,6 +322,20 @@ class Libnftables:
         output = nft.nft_ctx_get_output_buffer(self._ctx) or b""
         error = nft.nft_ctx_get_error_buffer(self._ctx) or b""
         return int(rc), output.decode(errors="replace"), error.decode(errors="replace")
+
+
+def _xt_decoded(name: str, family: str, revision: int, info: bytes) -> dict[str, Any]:
+    """What a compat target's data (``info``, of ``revision``) says, as the keys a listing's
+    ``xt`` gets (:data:`CT_FLAGS`, :data:`SNAT_TO`, :data:`TTL_ARGS`); empty: not read."""
+    if name == "CT" and len(info) >= 2:  # host order, as xt_CT's
+        return {CT_FLAGS: int(struct.unpack_from("=H", info)[0])}
+    if name == "SNAT":
+        to = _snat_to(family, revision, info)
+        return {} if to is None else {SNAT_TO: to}
+    if name in ("TTL", "HL") and len(info) >= 2 and info[0] < len(_TTL_MODES):
+        # ipt_TTL_info / ip6t_HL_info: {u8 mode; u8 value}
+        return {TTL_ARGS: [f"--{name.lower()}-{_TTL_MODES[info[0]]}", str(info[1])]}
+    return {}
 
 
 def _snat_to(family: str, revision: int, info: bytes) -> dict[str, Any] | None:

@@ -62,6 +62,7 @@ from k3snet.backends.nftables.kernel import (
     CT_FLAGS,
     SLOW_LISTING,
     SNAT_TO,
+    TTL_ARGS,
     BoundedLister,
     ListingTimeoutError,
     Lists,
@@ -92,7 +93,7 @@ from k3snet.model import (
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
-from k3snet.render.iptables.rules import XT_CONTINUE
+from k3snet.render.iptables.rules import XT_CONTINUE, XT_TTL, ttl_expires
 from k3snet.render.nftables import (
     CHAIN_HOOKS,
     FORWARD_CHAIN,
@@ -153,6 +154,12 @@ class Match:
     notrack: str | None = None
     # an iptables-nft -j CT whose flags were not read: it may be a --notrack
     ct_doubt: bool = False
+    # the one transport protocol a positive test names (`udp dport 53`, `meta l4proto
+    # tcp`): still an unmodelled test; a notrack of one protocol is no block (untracked.py)
+    l4: str | None = None
+    # a TTL (hop limit) set that expires a forwarded packet (`ip ttl set 1`, -j TTL
+    # --ttl-set 1): its words; the rule is then a drop (parse_rule)
+    expires: str | None = None
 
     @property
     def conditions(self) -> int:
@@ -254,6 +261,27 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
             out.ct_reply = understood = states == {"established", "related"}
     if not understood:
         out.unknown += 1
+        if op == "==" and isinstance(left, dict):
+            out.l4 = _l4(left, right) or out.l4
+
+
+_L4_FIELDS = frozenset({("meta", "l4proto"), ("ip", "protocol"), ("ip6", "nexthdr")})
+
+
+def _l4(left: dict[str, Any], right: Any) -> str | None:
+    """The transport protocol a positive test names: ``udp dport 53`` (a header field of
+    that protocol), ``meta l4proto udp``, ``ip protocol udp`` (``None``: another test)."""
+    payload = left.get("payload")
+    if isinstance(payload, dict) and payload.get("protocol") in (
+            "tcp", "udp", "udplite", "sctp", "dccp", "icmp", "icmpv6"):
+        return str(payload["protocol"])
+    meta = left.get("meta")
+    if isinstance(meta, dict) and ("meta", meta.get("key")) in _L4_FIELDS:
+        return str(right) if isinstance(right, str | int) else None
+    if isinstance(payload, dict) and (payload.get("protocol"), payload.get("field")) in (
+            _L4_FIELDS):
+        return str(right) if isinstance(right, str | int) else None
+    return None
 
 
 def _parse_statement(name: str, body: Any, out: Match) -> None:
@@ -282,6 +310,7 @@ def _parse_statement(name: str, body: Any, out: Match) -> None:
             out.nat_extra = True
     elif name in ("counter", "log", "mangle"):
         out.extras += 1  # counting, logging, setting a mark: no verdict changes
+        _parse_mangle(body, out)
     elif name == "notrack":  # iptables-nft's -j NOTRACK too
         out.notrack = "notrack"
         out.extras += 1
@@ -296,6 +325,7 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
     kind, name = body.get("type"), body.get("name")
     if (kind == "match" and name == "comment") or (kind == "target" and name in XT_CONTINUE):
         out.extras += 1
+        _parse_xt_ttl(body, out)
     elif kind == "target" and name == "MASQUERADE":
         # libnftables' JSON hides the target's options, so a --random-fully is not
         # seen (it does not change which packets are NATed).
@@ -456,7 +486,44 @@ def parse_rule(expr: Sequence[Any]) -> Match:
             _parse_statement(name, body, out)
         except (ValueError, KeyError, TypeError, AttributeError):
             out.unknown += 1
+    if out.expires is not None:
+        if out.verdict in (None, "accept", "return"):
+            out.verdict = "drop"  # the packet goes on, to expire: dropped all the same
+        else:
+            out.expires = None  # a drop, a jump ...: read as it is
     return out
+
+
+def _parse_xt_ttl(body: dict[str, Any], out: Match) -> None:
+    """iptables-nft's -j TTL / -j HL, whose options the kernel's data gave the listing
+    (:data:`TTL_ARGS`): one expiring a forwarded packet, or whose options were not given
+    (a doubt counts against the flow), is read as a drop (:func:`ttl_expires`)."""
+    if body.get("type") != "target" or body.get("name") not in XT_TTL:
+        return
+    args = body.get(TTL_ARGS)
+    if not isinstance(args, list) or ttl_expires([str(a) for a in args]):
+        out.expires = " ".join(["xt target", str(body["name"]), *map(str, args or ())])
+
+
+def _parse_mangle(body: Any, out: Match) -> None:
+    """A ``mangle`` statement: one setting the TTL (hop limit) to 1 or less expires a
+    forwarded packet, dropped by this node's forwarding (prerouting) or by the next
+    router (forward, postrouting); a value that is no number is a doubt, read so too."""
+    what = _ttl_field(body)
+    value = body.get("value") if what is not None else None
+    if what is not None and (not isinstance(value, int) or isinstance(value, bool)
+                             or value <= 1):
+        out.expires = f"{what} set {value}"
+
+
+def _ttl_field(body: Any) -> str | None:
+    """``ip ttl`` or ``ip6 hoplimit`` when ``body`` (a ``mangle`` statement's) sets it."""
+    key = body.get("key") if isinstance(body, dict) else None
+    payload = key.get("payload") if isinstance(key, dict) else None
+    if isinstance(payload, dict) and (payload.get("protocol"), payload.get("field")) in (
+            ("ip", "ttl"), ("ip6", "hoplimit")):
+        return f"{payload['protocol']} {payload['field']}"
+    return None
 
 
 def _any_network(proto: str) -> Network:
@@ -645,6 +712,10 @@ class ForeignReader:
     _notracks: list[tuple[Match, tuple[str, str], str]] = field(default_factory=list)
     _untrack_defaults: list[tuple[tuple[str, str], str, str, list[ForwardRule]]] = field(
         default_factory=list)
+    # notracks of one protocol (Match.l4), met as those above: no block, their blocks as
+    # they would be in ``partial`` (a warning when they meet k3snet's rules: untracked.py)
+    _partial_notracks: list[tuple[Match, tuple[str, str], str]] = field(default_factory=list)
+    partial: list[NetObject] = field(default_factory=list)
     # what may leave packets untracked, not known whole (an -j CT whose flags were not
     # read): said as warnings (ForwardDefaults.doubts), no conflict
     doubts: list[str] = field(default_factory=list)
@@ -811,6 +882,9 @@ class ForeignReader:
         for match, where, chain in self._notracks:
             for default in self._untrack_defaults:
                 found.update(_untrack_forward_blocks(match, where, chain, default))
+        for match, where, chain in self._partial_notracks:
+            for default in self._untrack_defaults:
+                self.partial.extend(_untrack_forward_blocks(match, where, chain, default))
         for where, name, _ in self.nat_bases:
             if (where, name) not in self._after_own_nat:  # else: judged as a default only
                 self._nat_chain_blocks(where, name, found)
@@ -851,7 +925,10 @@ class ForeignReader:
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
             found.update(_blocks_of(reached, where, chain, taken, self.routed))
-            if untrack is not None and reached.notrack and not taken.ended:
+            if untrack is not None and reached.notrack and not taken.ended and reached.l4:
+                self.partial.extend(_untrack_blocks(reached, where, chain))
+                self._partial_notracks.append((reached, where, chain))
+            elif untrack is not None and reached.notrack and not taken.ended:
                 self.nat_blocks.extend((b, untrack) for b in _untrack_blocks(reached, where,
                                                                               chain))
                 self._notracks.append((reached, where, chain))
@@ -901,7 +978,8 @@ class ForeignReader:
                     after_own_nat=(where, name) in self._after_own_nat))
         return ForwardDefaults(tuple(found), dict(self._listings) if found else {},
                                iptables_own=tuple(sorted(self.iptables_own.items())),
-                               doubts=tuple(dict.fromkeys(self.doubts)))
+                               doubts=tuple(dict.fromkeys(self.doubts)),
+                               partial=tuple(self.partial))
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
                       defaults: bool = False, reply: bool = False) -> bool:
@@ -1213,6 +1291,9 @@ class ForwardDefaults:
     "K3SNET-POSTROUTING")``), passed by (:attr:`ForeignReader.iptables_own`)."""
     doubts: tuple[str, ...] = ()
     """What the read could not judge whole and says (:attr:`ForeignReader.doubts`)."""
+    partial: tuple[NetObject, ...] = ()
+    """The blocks, as they would be, of notracks of one protocol, no block
+    (:attr:`ForeignReader.partial`, :mod:`k3snet.backends.untracked`)."""
 
     def unopened(self, rules: Sequence[ForwardRule], *,
                  translated: Sequence[NetObject] = ()) -> list[tuple[ForwardDefault,
@@ -1460,7 +1541,7 @@ def _guarded(guard: Match, match: Match) -> Match | None:
         match, proto=match.proto or guard.proto, saddr=saddr, daddr=daddr,
         iif=iif, oif=oif, nfproto=guard.nfproto + match.nfproto,
         ct_reply=guard.ct_reply or match.ct_reply,
-        marks=marks, unknown=guard.unknown + match.unknown,
+        marks=marks, unknown=guard.unknown + match.unknown, l4=match.l4 or guard.l4,
         mark_set_only=bool(marks) and all(m.mark_set_only for m in (guard, match) if m.marks))
 
 
@@ -1924,7 +2005,8 @@ def _rule_words(match: Match) -> tuple[list[str], list[Network], list[Network], 
         words += [f"{what} {'!= ' if neg else ''}{value}" for value, neg in tests]
     others = match.conditions - len(words)
     if others:
-        words.append(f"(and {others} more match{'es' if others > 1 else ''})")
+        of = f", of {match.l4}" if match.l4 and match.notrack else ""  # a notrack's protocol
+        words.append(f"(and {others} more match{'es' if others > 1 else ''}{of})")
     return words, saddr, daddr, oif
 
 
@@ -2125,7 +2207,7 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
             fields["destination"] = routed.cover(family, model_ifname(oif[0]))
         if len(iif) == 1:
             fields["source"] = routed.cover(family, model_ifname(iif[0]))
-    words.append(match.verdict)
+    words.append(match.expires or match.verdict)
     text = " ".join(words)
     place = f"nftables {where[0]} {where[1]} {chain}"
     if taken is not None:

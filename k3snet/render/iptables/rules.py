@@ -51,6 +51,7 @@ change. Forward accepts all have the same verdict: one group.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, NamedTuple
@@ -79,6 +80,7 @@ __all__ = [
     "TABLES",
     "TAG",
     "XT_CONTINUE",
+    "XT_TTL",
     "Hook",
     "Line",
     "RuleFields",
@@ -102,6 +104,7 @@ __all__ = [
     "table_image",
     "table_of",
     "tokenize",
+    "ttl_expires",
     "whole_rule",
 ]
 
@@ -117,6 +120,32 @@ modules whose target returns ``XT_CONTINUE`` (a TCPMSS, ECN or TCPOPTSTRIP that 
 rewrite a malformed packet drops it). One list for the iptables and nftables backends
 (iptables-nft's compat targets) and the doctor; ``-j CT`` and ``-j NOTRACK`` go on too,
 each reader handles them apart (an untracked packet)."""
+
+XT_TTL: Final = frozenset({"TTL", "HL"})
+"""The targets of :data:`XT_CONTINUE` that set a packet's TTL (IPv6: hop limit): one that
+leaves it at 1 or less expires a forwarded packet (:func:`ttl_expires`)."""
+
+
+def ttl_expires(args: Sequence[str]) -> bool:
+    """Whether ``-j TTL`` / ``-j HL`` with options ``args`` expires a forwarded packet: a
+    ``--ttl-set N`` (``--hl-set N``) of 1 or less, or a decrement of 63 or more (Linux
+    starts at 64). In PREROUTING the kernel's forwarding drops a TTL of 1 or less; after
+    it (FORWARD, POSTROUTING) the packet leaves with that TTL, and the next router drops
+    it. An option not understood counts as expiring (a doubt counts against the flow).
+
+    >>> ttl_expires(["--ttl-set", "1"]), ttl_expires(["--ttl-set", "64"])
+    (True, False)
+    >>> ttl_expires(["--hl-dec", "1"]), ttl_expires(["--ttl-inc", "1"])
+    (False, False)
+    """
+    for option, value in itertools.pairwise(args):
+        if option in ("--ttl-set", "--hl-set", "--ttl-dec", "--hl-dec"):
+            try:
+                number = int(value)
+            except ValueError:
+                return True
+            return number <= 1 if option.endswith("-set") else number >= 63
+    return not any(a in ("--ttl-inc", "--hl-inc") for a in args)
 
 LAYOUT_VERSION: Final = "1"
 TAG: Final = "k3snet"
