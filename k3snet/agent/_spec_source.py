@@ -38,7 +38,7 @@ A new agent (every node's, after a whole-cluster restart) meets the same caches 
 first read: refused at once, each counted a rejected spec. Now that read fails its pass
 as any failed read before a spec is in force: at once, with the API server's answer
 (``forbidden (403): k3snet's account lacks the RBAC permission ...``), the Node's status
-``failed`` and the pod not ready after a few passes, so a Role never granted is still
+``failed`` and the pod not ready (no pass converged the node), so a Role never granted is
 said from the first pass; only the refusal (``unreadable``, counted in
 ``k3snet_agent_spec_rejected_total``) waits."""
 
