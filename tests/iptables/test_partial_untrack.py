@@ -226,3 +226,27 @@ def test_a_dns_only_notrack_leaves_the_pods_tcp_egress_to_k3snets_rules_nftables
             backend.apply(p)
             assert lab.tcp_probe(4).ok  # a real TCP connection: tracked, masqueraded
             assert plan(backend.observe(), DESIRED).changes == ()
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_another_nftables_tables_dns_only_notrack_is_named_by_the_iptables_backend(
+        require_root: None, mode: str) -> None:
+    """An nftables table of another name beside iptables (``udp dport 53 notrack``): no
+    block, and, as for raw's own, a warning naming it (the iptables backend said nothing:
+    it named raw's notracks alone)."""
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        # (a table of another name than iptables-nft's: ip raw is one of its own)
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_NFT_DNS.replace("ip raw", "ip dns"))
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.expect(DESIRED)
+            p = plan(backend.observe(), DESIRED)
+            assert not p.conflicts, p.render()
+            (said,) = [w for w in backend.warnings if "notrack" in w]
+            assert said.startswith("nftables ip dns pre: ip saddr 10.42.0.0/16 (and 1 more "
+                                   "match, of udp) notrack leaves the packets"), said
+            assert "`nft list chain ip dns pre`" in said, said
