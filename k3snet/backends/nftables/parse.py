@@ -491,10 +491,12 @@ def parse_rule(expr: Sequence[Any]) -> Match:
         except (ValueError, KeyError, TypeError, AttributeError):
             out.unknown += 1
     if out.expires is not None:
-        if out.verdict in (None, "accept", "return"):
-            out.verdict = "drop"  # the packet goes on, to expire: dropped all the same
+        if out.verdict in (None, "accept", "return", "jump", "goto"):
+            # The packet goes on, to expire: dropped all the same, whatever a chain it
+            # jumps to does with it.
+            out.verdict, out.target = "drop", None
         else:
-            out.expires = None  # a drop, a jump ...: read as it is
+            out.expires = None  # a drop, a queue ...: read as it is
     return out
 
 
