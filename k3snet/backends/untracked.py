@@ -8,7 +8,11 @@ rules it may match (an ``exempt`` :class:`~k3snet.model.NatBlock`, an ``untrack`
 --dport 53``, nft's ``udp dport 53``: a DNS server's) leaves the rest of the pods'
 traffic tracked: k3snet's rules, which serve every protocol, do their job for it, so
 both backends make it no block; its blocks, as they would be, are kept for
-:func:`partial_untracks`, which names it when it meets a rule of k3snet's.
+:func:`partial_untracks`, which names it when it meets a rule of k3snet's. A notrack of
+every TCP or every UDP packet (``-p tcp -j NOTRACK``, ``meta l4proto tcp notrack``: no
+port named) is still a block (:func:`partial_notrack`): it takes the pods' connections
+of that protocol, most of their egress, out of NAT, and a plan saying its rules met
+would be false for them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,24 @@ from collections.abc import Callable, Iterable, Sequence
 
 from k3snet.model import ForwardBlock, ForwardRule, NatBlock, NetObject
 
-__all__ = ["partial_untracks"]
+__all__ = ["partial_notrack", "partial_untracks"]
+
+#: The protocols whose every packet left untracked is no partial notrack: TCP and UDP,
+#: by name or number, carry nearly all of the pods' egress.
+_WHOLE = frozenset({"tcp", "udp", "6", "17"})
+
+
+def partial_notrack(protocol: str | None, ports: bool) -> bool:
+    """Whether a notrack of ``protocol``'s packets (``None``: of any protocol) is of one
+    protocol's packets only, no block: a protocol other than TCP and UDP, or TCP or UDP
+    with a port named (``ports``: a positive port test, ``--dport 53``, ``udp dport 53``).
+
+    >>> partial_notrack("udp", True), partial_notrack("icmp", False)
+    (True, True)
+    >>> partial_notrack("tcp", False), partial_notrack(None, True)
+    (False, False)
+    """
+    return protocol is not None and (ports or protocol.lower() not in _WHOLE)
 
 
 def partial_untracks(blocks: Iterable[NetObject], wanted: Sequence[NetObject],

@@ -63,3 +63,13 @@ def test_converge_is_the_function_even_after_its_module_loads() -> None:
             "assert callable(k3snet.converge) and k3snet.converge.__name__ == 'converge'\n"
             "assert sys.modules['k3snet.converge'].compile_for\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_cli_and_nftables_backend_cold_import_leaves_rare_readers_unloaded() -> None:
+    """docs/performance.md's cold import (216 modules): the notrack of one protocol's
+    warnings (k3snet.backends.untracked) load only when a read meets one."""
+    code = ("import sys, k3snet.cli, k3snet.backends.nftables.backend\n"
+            "print('k3snet.backends.untracked' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

@@ -64,6 +64,34 @@ def test_a_notrack_of_every_protocol_is_still_a_block(rules: str) -> None:
     assert partial == []
 
 
+@pytest.mark.parametrize("rules", [
+    "-A PREROUTING -p tcp -j NOTRACK",
+    f"-A PREROUTING -s {POD} -p tcp -m tcp -j CT --notrack",
+    "-A PREROUTING -p udp -j NOTRACK",
+    "-A PREROUTING -p 6 -j NOTRACK",
+    "-A PREROUTING -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j NOTRACK",
+    "-A PREROUTING -p tcp -m tcp ! --dport 22 -j NOTRACK",
+    "-A PREROUTING -p tcp -j DNS\n-A DNS -j NOTRACK",
+])
+def test_a_notrack_of_every_tcp_or_udp_packet_is_still_a_block(rules: str) -> None:
+    """No port named: the pods' connections of that protocol, most of their egress,
+    leave untranslated; a plan saying k3snet's rules met would be false for them."""
+    found, partial = _raw(rules)
+    assert {type(b) for b in found} == {ForwardBlock, NatBlock}
+    assert partial == []
+
+
+@pytest.mark.parametrize("rules", [
+    "-A PREROUTING -p icmp -j NOTRACK",
+    "-A PREROUTING -p tcp -m multiport --dports 80,443 -j NOTRACK",
+    "-A PREROUTING -p udp -j DNS\n-A DNS -p udp -m udp --sport 123 -j NOTRACK",
+])
+def test_a_notrack_of_one_port_or_another_protocol_is_no_block(rules: str) -> None:
+    found, partial = _raw(rules)
+    assert found == set()
+    assert {type(b) for b in partial} == {ForwardBlock, NatBlock}
+
+
 def test_the_warning_names_the_rule_once_only_when_it_meets_a_wanted_rule() -> None:
     _, partial = _raw(f"-A PREROUTING -s {POD} -p udp --dport 53 -j NOTRACK")
     (said,) = partial_untracks(partial, [WANTED, MASQ], lambda _: "iptables-save -t raw")
@@ -92,6 +120,40 @@ def test_an_nft_notrack_of_one_protocol_is_no_block_of_another_table() -> None:
     assert every.partial == []
 
 
+def _l4proto(name: str) -> dict[str, object]:
+    return {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": name}}
+
+
+@pytest.mark.parametrize("tests", [
+    [_l4proto("tcp")],
+    [_l4proto("udp")],
+    [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "protocol"}},
+                "right": "tcp"}}],
+    [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "flags"}},
+                "right": "syn"}}],
+    [_l4proto("tcp"), {"match": {"op": "!=", "left": {"payload": {
+        "protocol": "tcp", "field": "dport"}}, "right": 22}}],
+])
+def test_an_nft_notrack_of_every_tcp_or_udp_packet_is_still_a_block(
+        tests: list[dict[str, object]]) -> None:
+    reader = ForeignReader(raw([saddr(POD), *tests, NOTRACK]), frozenset())
+    found = reader.read()
+    assert any(isinstance(o, NatBlock) and o.decides(MASQ) for o in found)
+    assert reader.partial == []
+
+
+@pytest.mark.parametrize("tests", [
+    [_l4proto("icmp")],
+    [_l4proto("udp"), {"match": {"op": "==", "left": {"payload": {
+        "protocol": "th", "field": "dport"}}, "right": 53}}],
+])
+def test_an_nft_notrack_of_one_port_or_another_protocol_is_no_block(
+        tests: list[dict[str, object]]) -> None:
+    reader = ForeignReader(raw([saddr(POD), *tests, NOTRACK]), frozenset())
+    assert not any(isinstance(o, NatBlock) for o in reader.read())
+    assert reader.partial
+
+
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
@@ -112,6 +174,30 @@ def test_a_dns_only_notrack_leaves_the_pods_tcp_egress_to_k3snets_rules_iptables
             backend.apply(p)
             assert lab.tcp_probe(4).ok  # a real TCP connection: tracked, masqueraded
             assert plan(backend.observe(), DESIRED).changes == ()
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_a_notrack_of_all_tcp_is_a_conflict_of_the_pods_rules_iptables(
+        require_root: None) -> None:
+    """``-p tcp -j NOTRACK``, no port: the plan does not say met what no TCP connection
+    of the pods gets through (a real connection, with k3snet's rules written anyway)."""
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        lab.block_forward("iptables-nft")
+        run_in(lab.node, ["iptables-nft", "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
+                          "-p", "tcp", "-j", "NOTRACK"])
+        with IptablesBackend(lab.node, mode="nft") as backend:  # type: ignore[arg-type]
+            backend.expect(DESIRED)
+            p = plan(backend.observe(), DESIRED)
+            assert {c.wanted for c in p.conflicts} == {WANTED, MASQ}, p.render()
+            assert all("-p tcp -j NOTRACK" in c.foreign.describe() for c in p.conflicts), \
+                p.render()
+            # what the plan would have said met: written, the connection still fails
+            backend.apply(plan(State(), DESIRED))
+            assert not lab.tcp_probe(4, timeout=1.0).ok
 
 
 _NFT_DNS = ("table ip raw {\n  chain pre {\n"
@@ -140,3 +226,27 @@ def test_a_dns_only_notrack_leaves_the_pods_tcp_egress_to_k3snets_rules_nftables
             backend.apply(p)
             assert lab.tcp_probe(4).ok  # a real TCP connection: tracked, masqueraded
             assert plan(backend.observe(), DESIRED).changes == ()
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_another_nftables_tables_dns_only_notrack_is_named_by_the_iptables_backend(
+        require_root: None, mode: str) -> None:
+    """An nftables table of another name beside iptables (``udp dport 53 notrack``): no
+    block, and, as for raw's own, a warning naming it (the iptables backend said nothing:
+    it named raw's notracks alone)."""
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        # (a table of another name than iptables-nft's: ip raw is one of its own)
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_NFT_DNS.replace("ip raw", "ip dns"))
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.expect(DESIRED)
+            p = plan(backend.observe(), DESIRED)
+            assert not p.conflicts, p.render()
+            (said,) = [w for w in backend.warnings if "notrack" in w]
+            assert said.startswith("nftables ip dns pre: ip saddr 10.42.0.0/16 (and 1 more "
+                                   "match, of udp) notrack leaves the packets"), said
+            assert "`nft list chain ip dns pre`" in said, said

@@ -78,6 +78,18 @@ def test_an_nft_ttl_set_to_one_is_a_drop_even_when_the_rule_accepts() -> None:
         "drop by nftables inet admin pre: ip6 saddr fd42:42::/56 ip6 hoplimit set 0"}
 
 
+@pytest.mark.parametrize("verdict", ["jump", "goto"])
+def test_an_nft_ttl_set_to_one_before_a_jump_is_a_drop(verdict: str) -> None:
+    """The packet leaves the rule with a TTL of 1 whatever the chain it jumps to does
+    (read as the jump alone, the chain's accept: no block)."""
+    kernel = Kernel({("inet", "admin", "pre"): ("prerouting", "accept", [
+        [saddr(POD), _ttl(1), {verdict: {"target": "mark"}}]]),
+        ("inet", "admin", "mark"): (None, "", [[ACCEPT]])})
+    found = ForeignReader(kernel, frozenset()).read()
+    assert {b.describe() for b in found if isinstance(b, ForwardBlock)} == {
+        "drop by nftables inet admin pre: ip saddr 10.42.0.0/16 ip ttl set 1"}
+
+
 def test_an_nft_ttl_set_high_enough_is_no_block() -> None:
     assert _nft_blocks(saddr(POD), _ttl(64)) == set()
     assert _nft_blocks(saddr(POD), {"mangle": {"key": {"meta": {"key": "mark"}},

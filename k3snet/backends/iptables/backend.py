@@ -440,10 +440,14 @@ class IptablesBackend(BackendBase):
                 f"(written with nft: `nft list table {_nft_family(family)} {table}` shows "
                 "it): it runs on the path of forwarded packets, and what it drops k3snet "
                 "neither sees nor names as a conflict")
-        if self._partial:  # raw's notracks of one protocol, named when they meet k3snet's
+        # Notracks of one protocol, raw's and other nftables tables', named when they meet
+        # k3snet's rules.
+        native = self._native.defaults.partial
+        if self._partial or native:
             wanted = [*self._hinted,
                       *(o for t in self._tables.values() for o in t.owned.values())]
             found += partial_untracks(self._partial, wanted, lambda _: "iptables-save -t raw")
+            found += partial_untracks(native, wanted, _nft_list_chain)
         found += self._native.warnings
         if self._native.defaults.found:  # judged against k3snet's forward rules
             found += self._native.default_warnings(self._forward_wanted())
@@ -1243,6 +1247,11 @@ def _where_of(subject: NetObject) -> tuple[int, str]:
             raise PlanError(f"cannot delete {subject}: it is not the iptables backend's")
         return where
     return (subject.family or 4, table_of(subject))
+
+
+def _nft_list_chain(where: str) -> str:
+    """The command listing the chain of a block's ``where`` (``nftables ip raw pre``)."""
+    return f"nft list chain {where.removeprefix('nftables ')}"
 
 
 def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str], TableState],

@@ -53,6 +53,7 @@ import attrs
 
 from k3snet.backends.iptables.save import TableDump
 from k3snet.backends.routed import RoutedBy
+from k3snet.backends.untracked import partial_notrack
 from k3snet.errors import K3snetError
 from k3snet.model import NetObject
 from k3snet.model.cidr import Network, contains, overlaps
@@ -863,7 +864,10 @@ class _UntrackWalk(_Walk):
     def block(self, chain: str, tokens: Line, target: str, outers: tuple[Line, ...]) -> None:
         where = f"iptables IPv{self.family} raw"
         # One protocol's packets (-p udp --dport 53): the rest is tracked (path_blocks).
-        found = self.partial if any(map(_protocol, (*outers, tokens))) else self.found
+        rules = (*outers, tokens)
+        protocol = next((p for p in map(_protocol, rules) if p is not None), None)
+        found = (self.partial if partial_notrack(protocol, any(map(_port, rules)))
+                 else self.found)
         _nat_block(found, self.family, chain, tokens, "RETURN", outers=outers, where=where)
         if self.forward and not (_marked(tokens) or any(map(_marked, outers))):
             _block(found, self.family, chain, tokens, target, outers=outers,
@@ -878,6 +882,19 @@ def _protocol(tokens: Line) -> str | None:
             name = conditions[index + 1].lower()
             return None if name in ("all", "0") else name
     return None
+
+
+_PORT_OPTIONS = frozenset({"--dport", "--sport", "--destination-port", "--source-port",
+                           "--dports", "--sports", "--destination-ports", "--source-ports",
+                           "--ports"})
+
+
+def _port(tokens: Line) -> bool:
+    """Whether a rule tests a port (``--dport 53``, multiport's ``--dports``; not ``!
+    --dport 53``, every port but one)."""
+    conditions = _conditions(tokens)
+    return any(word in _PORT_OPTIONS and (index == 0 or conditions[index - 1] != "!")
+               for index, word in enumerate(conditions[:-1]))
 
 
 def _marked(tokens: Line) -> bool:

@@ -141,7 +141,6 @@ from k3snet.backends.nftables.parse import (
 )
 from k3snet.backends.nftables.text import Lines, expected_lines, first_rule_lines
 from k3snet.backends.routed import RoutedBy, read_routes
-from k3snet.backends.untracked import partial_untracks
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -419,6 +418,9 @@ class NftablesBackend(BackendBase):
         partial = self._defaults.partial
         if not partial:
             return ()
+        # imported here: rare, and no cold import of the CLI's (216 modules)
+        from k3snet.backends.untracked import partial_untracks  # noqa: PLC0415
+
         expected: tuple[NetObject, ...] | None = self._expected if self._hinted else None
         if expected is None:
             cache = self._observed.value

@@ -157,6 +157,7 @@ class Match:
     # the one transport protocol a positive test names (`udp dport 53`, `meta l4proto
     # tcp`): still an unmodelled test; a notrack of one protocol is no block (untracked.py)
     l4: str | None = None
+    ports: bool = False  # a positive test of a port (`udp dport 53`, `th sport 123`)
     # a TTL (hop limit) set that expires a forwarded packet (`ip ttl set 1`, -j TTL
     # --ttl-set 1): its words; the rule is then a drop (parse_rule)
     expires: str | None = None
@@ -263,6 +264,9 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
         out.unknown += 1
         if op == "==" and isinstance(left, dict):
             out.l4 = _l4(left, right) or out.l4
+            payload = left.get("payload")
+            out.ports = out.ports or (isinstance(payload, dict)
+                                      and payload.get("field") in ("dport", "sport"))
 
 
 _L4_FIELDS = frozenset({("meta", "l4proto"), ("ip", "protocol"), ("ip6", "nexthdr")})
@@ -487,11 +491,21 @@ def parse_rule(expr: Sequence[Any]) -> Match:
         except (ValueError, KeyError, TypeError, AttributeError):
             out.unknown += 1
     if out.expires is not None:
-        if out.verdict in (None, "accept", "return"):
-            out.verdict = "drop"  # the packet goes on, to expire: dropped all the same
+        if out.verdict in (None, "accept", "return", "jump", "goto"):
+            # The packet goes on, to expire: dropped all the same, whatever a chain it
+            # jumps to does with it.
+            out.verdict, out.target = "drop", None
         else:
-            out.expires = None  # a drop, a jump ...: read as it is
+            out.expires = None  # a drop, a queue ...: read as it is
     return out
+
+
+def _partial_notrack(match: Match) -> bool:
+    """A notrack of one protocol's packets, no block (:mod:`k3snet.backends.untracked`)."""
+    # imported here: a notrack is rare, and the module is no cold import of the CLI's
+    from k3snet.backends.untracked import partial_notrack  # noqa: PLC0415
+
+    return partial_notrack(match.l4, match.ports)
 
 
 def _parse_xt_ttl(body: dict[str, Any], out: Match) -> None:
@@ -925,7 +939,8 @@ class ForeignReader:
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
             found.update(_blocks_of(reached, where, chain, taken, self.routed))
-            if untrack is not None and reached.notrack and not taken.ended and reached.l4:
+            if (untrack is not None and reached.notrack and not taken.ended
+                    and _partial_notrack(reached)):
                 self.partial.extend(_untrack_blocks(reached, where, chain))
                 self._partial_notracks.append((reached, where, chain))
             elif untrack is not None and reached.notrack and not taken.ended:
@@ -1542,6 +1557,7 @@ def _guarded(guard: Match, match: Match) -> Match | None:
         iif=iif, oif=oif, nfproto=guard.nfproto + match.nfproto,
         ct_reply=guard.ct_reply or match.ct_reply,
         marks=marks, unknown=guard.unknown + match.unknown, l4=match.l4 or guard.l4,
+        ports=match.ports or guard.ports,
         mark_set_only=bool(marks) and all(m.mark_set_only for m in (guard, match) if m.marks))
 
 
