@@ -2176,23 +2176,44 @@ def _ifupdown_read(file: Path, target: Path, read: list[tuple[str, str, Path, in
         text = read_input(file, MAX_IFUPDOWN_BYTES).decode("utf-8", "replace")
     except OSError:
         return  # ifupdown warns and goes on
-    continued = False
-    for number, line in enumerate(text.splitlines(), 1):
-        was_continued, continued = continued, line.endswith("\\")
-        if was_continued:
-            continue  # the rest of the line before (a backslash ends it)
-        words = line.rstrip("\\").split()
-        if not words or words[0].startswith("#"):
+    for number, line in _ifupdown_lines(text):
+        words = line.split()
+        if not words:
             continue
-        if words[0] in ("source", "source-directory", "source-dir"):
-            for path in (p for pattern in words[1:]
-                         for p in _ifupdown_sourced(words[0], pattern, file.parent, target)):
+        # config.c: "source" exactly, and any word starting with "source-dir"
+        # (strlmatch); the rest of the line is one wordexp pattern, only its first
+        # word relative to the file's directory (ifup's own, /, for the others).
+        kind = "source" if words[0] == "source" else (
+            "source-directory" if words[0].startswith("source-dir") else None)
+        if kind is not None:
+            rest = line.split(None, 1)[1] if len(words) > 1 else ""
+            patterns = (rest if rest.startswith("/") else f"{file.parent}/{rest}").split()
+            for path in (p for pattern in patterns
+                         for p in _ifupdown_sourced(kind, pattern, Path("/"), target)):
                 if path.resolve() == target:
                     read.append(("ours", "", file, number))
                 else:
                     _ifupdown_read(path, target, read, seen)
         elif words[0] == "iface" and len(words) > 1:
             read.append(("iface", words[1], file, number))
+
+
+def _ifupdown_lines(text: str) -> Iterator[tuple[int, str]]:
+    """The lines of an interfaces file as ifupdown's config.c (get_line) reads them, each
+    with the number of its first physical line: leading blanks dropped, a line starting
+    with ``#`` skipped (a backslash ending it too continues nothing), one ending with a
+    backslash joined to the next (which is then no comment, whatever it starts with)."""
+    physical = text.split("\n")
+    index = 0
+    while index < len(physical):
+        number, line = index + 1, physical[index].lstrip()
+        index += 1
+        if line.startswith("#"):
+            continue
+        while line.endswith("\\") and index < len(physical):
+            line = line[:-1] + physical[index]
+            index += 1
+        yield number, line.rstrip("\\")
 
 
 def _ifupdown_sourced(keyword: str, pattern: str, base: Path, target: Path) -> list[Path]:
