@@ -543,7 +543,8 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_BROKEN_PIPE
     except OSError as exc:
         with _reporting():
-            print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
+            if not _logged_by_agent(args, _os_error(exc)):
+                print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
             if _json(args):
                 _print_error_json(type(exc).__name__, _os_error(exc))
         return EXIT_ERROR
@@ -556,7 +557,8 @@ def _run(args: argparse.Namespace) -> int:
         message = (f"{type(exc).__name__}: {exc} (a bug: please report it; K3SNET_DEBUG=1 "
                    "shows the traceback)")
         with _reporting():
-            print(f"k3snet: internal error: {message}", file=sys.stderr)
+            if not _logged_by_agent(args, f"internal error: {message}"):
+                print(f"k3snet: internal error: {message}", file=sys.stderr)
             if _json(args):
                 _print_error_json("InternalError", message)
         return EXIT_ERROR
@@ -621,15 +623,24 @@ def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
     the command printed its document already (``doctor --fix``). The agent's output is its
     log: with ``--log-format json`` its error is one record of that log (a collector reading
     one JSON object a line got why it did not start as plain text over several lines)."""
-    if args.command == "agent" and args.log_format == "json":
-        from k3snet.agent import configure_logging  # noqa: PLC0415 - as cmd_agent imports
-
-        # Its lines' form, with the node, also for an error found before the agent ran.
-        configure_logging(args.node_name, "json", args.log_level).error("%s", exc)
+    if _logged_by_agent(args, str(exc)):
         return
     print(f"k3snet: error: {exc}", file=sys.stderr)
     if _json(args) and not getattr(args, "stdout_taken", False):
         _print_error_json(type(exc).__name__, str(exc), getattr(exc, "problems", ()))
+
+
+def _logged_by_agent(args: argparse.Namespace, message: str) -> bool:
+    """Whether the error ``message`` that ends the agent went to its log, as one error
+    record of its lines' form with its node (``--log-format json``), whatever it is: one of
+    k3snet's, a system error (its --listen address in use) or an internal error."""
+    if args.command != "agent" or args.log_format != "json":
+        return False
+    from k3snet.agent import configure_logging  # noqa: PLC0415 - as cmd_agent imports
+
+    # Also for an error found before the agent ran (its handler not set yet).
+    configure_logging(args.node_name, "json", args.log_level).error("%s", message)
+    return True
 
 
 def _print_error_json(kind: str, message: str, problems: Sequence[object] = ()) -> None:
