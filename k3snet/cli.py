@@ -2501,7 +2501,8 @@ def _sysctl_overrides(out: Path, wanted: Mapping[str, str]) -> list[str]:
     """The lines of the files systemd-sysctl reads after ``SYSCTL_FILE`` in ``out`` (for
     /etc/sysctl.d, those of every directory it reads) that set one of ``wanted`` (name ->
     k3snet's value) to another value: the last value of a key wins at boot. Masked
-    files (links to /dev/null) are none; a key may be a glob."""
+    files (links to /dev/null) are none; a key may be a glob, which systemd-sysctl
+    applies to no key a file names (k3snet's own), only to the other name of one."""
     import fnmatch  # noqa: PLC0415 - only render sysctl -o reads the other files
 
     from k3snet.model.sysctl import ALIASES  # noqa: PLC0415
@@ -2526,10 +2527,14 @@ def _sysctl_overrides(out: Path, wanted: Mapping[str, str]) -> list[str]:
             value = " ".join(value.split())
             if key is None:
                 continue
+            # systemd-sysctl applies a glob to no key a file names ("Not setting ...
+            # (explicit setting exists)"): k3snet's own keys, whatever the file's order.
+            glob = any(c in key for c in "*?[")
             for mine, mine_value in sorted(wanted.items()):
-                names = (mine, ALIASES.get(mine, mine))  # ip_forward is all.forwarding
-                if any(fnmatch.fnmatchcase(n, key) for n in names) and value != mine_value:
-                    shown = key if key in names else f"{key} ({mine} among them)"
+                names = [n for n in (mine, ALIASES.get(mine, mine))  # ip_forward: all.forwarding
+                         if fnmatch.fnmatchcase(n, key) and not (glob and n in wanted)]
+                if names and value != mine_value:
+                    shown = key if key in names else f"{key} ({names[0]} among them)"
                     said.append(f"{path} (line {number}) sets {shown} = {value}, read after "
                                 f"{SYSCTL_FILE}: at boot its value wins over k3snet's "
                                 f"{mine_value}")

@@ -742,6 +742,25 @@ def test_render_ifupdown_reads_the_source_lines_as_ifupdown_does(
     assert not (out / "k3snet-routes").exists()
 
 
+def test_render_sysctl_says_no_later_glob_over_a_key_its_file_names(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # systemd-sysctl's sysctl.c applies a glob to no key that a file names ("Not setting
+    # net/ipv4/conf/all/rp_filter (explicit setting exists)"), whatever the files' order:
+    # k3snet's rp_filter stays 0, and render said a later glob's 1 won at boot. A glob
+    # over the other name of one of its keys (all.forwarding for ip_forward) does win.
+    (tmp_path / "99-cis.conf").write_text(
+        "net.ipv4.conf.*.rp_filter = 1\nnet.ipv4.conf.*.forwarding = 0\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text().split("masquerade:")[0]
+                    + "sysctls:\n  net.ipv4.conf.all.rp_filter: 0\n")
+    assert main(["render", "sysctl", "-f", str(spec), "-o", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "rp_filter" not in err, err
+    assert (f"{tmp_path / '99-cis.conf'} (line 2) sets net.ipv4.conf.*.forwarding "
+            "(net.ipv4.conf.all.forwarding among them) = 0, read after 90-k3snet.conf: at "
+            "boot its value wins over k3snet's 1") in err, err
+
+
 def test_render_sysctl_says_a_later_file_that_sets_its_keys_otherwise(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # systemd-sysctl applies the files in name order, the last value of a key winning:
