@@ -144,6 +144,46 @@ JSON_COMMANDS = frozenset({"plan", "apply", "destroy", "observe", "validate", "d
 """The commands taking ``--output text|json`` (doctor's ``-o``)."""
 
 
+class _Discarded:
+    """A text stream that drops what is written (argparse's usage text, logged instead)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _agent_logs_json(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` (the command first) runs the agent with ``--log-format json`` (the
+    last given, or ``$K3SNET_LOG_FORMAT``): its usage error, a value of its environment
+    refused (``$K3SNET_LOG_LEVEL``, ``$K3SNET_LISTEN``) as much as a flag, is then a record
+    of its JSON log, the one line of a crash loop its collector reads."""
+    if not argv or argv[0] != "agent":
+        return False
+    wanted = os.environ.get("K3SNET_LOG_FORMAT", "text")
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            break
+        name, equals, value = arg.partition("=")
+        if name == "--log-format":
+            wanted = value if equals else (argv[index + 1] if index + 1 < len(argv) else "")
+    return wanted == "json"
+
+
+def _log_agent_usage_error(argv: Sequence[str], message: str) -> None:
+    """The agent's usage error as one error record of its JSON log, with the node it
+    would have named (``--node-name``, ``$K3SNET_NODE_NAME`` or the hostname)."""
+    from k3snet.agent import configure_logging  # noqa: PLC0415 - as cmd_agent imports
+
+    node = os.environ.get("K3SNET_NODE_NAME") or socket.gethostname().strip().lower()
+    for index, arg in enumerate(argv):
+        name, equals, value = arg.partition("=")
+        if name == "--node-name" and (equals or index + 1 < len(argv)):
+            node = value if equals else argv[index + 1]
+    configure_logging(node, "json").error("%s", f"usage: {message}")
+
+
 def _asks_json(argv: Sequence[str]) -> bool:
     """Whether ``argv`` (the command first) asks for JSON as argparse would read it
     (``--output json``, ``--output=json``, an abbreviation down to ``--outp``, doctor's
@@ -475,10 +515,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ends quietly. ``K3SNET_DEBUG=1`` shows the traceback of an unexpected error.
     """
     given = _common_after_command(sys.argv[1:] if argv is None else list(argv))
+    logged = _agent_logs_json(given)  # argparse's text kept off its log, said there
     try:
-        args = build_parser().parse_args(given)
+        with contextlib.redirect_stderr(_Discarded()) if logged else contextlib.nullcontext():
+            args = build_parser().parse_args(given)
     except _UsageExit as exc:
-        if _asks_json(given):
+        if logged:
+            with _reporting():
+                _log_agent_usage_error(given, exc.message)
+        elif _asks_json(given):
             with _reporting():
                 _print_error_json(USAGE_ERROR, exc.message)
         raise

@@ -151,3 +151,30 @@ def test_the_agent_s_system_or_internal_error_is_a_json_log_line_with_log_format
         jsonschema.Draft202012Validator(load_schema("log")).validate(records[-1])
         assert records[-1]["level"] == "error"
         assert said in records[-1]["message"]
+
+
+@pytest.mark.parametrize(("argv", "environ", "said"), [
+    (["agent", "-f", "x", "--log-format", "json", "--interval", "-1"], {}, "--interval"),
+    (["agent", "-f", "x"], {"K3SNET_LOG_FORMAT": "json", "K3SNET_LOG_LEVEL": "LOUD"},
+     "$K3SNET_LOG_LEVEL"),
+    (["agent", "--log-format=json", "--node-name", "node-1"], {}, "-f/--spec"),
+])
+def test_the_agent_s_usage_error_is_a_json_log_line_with_log_format_json(
+    argv: list[str], environ: dict[str, str], said: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A DaemonSet's environment refused ($K3SNET_LOG_LEVEL, $K3SNET_LISTEN) or a flag
+    ended the agent with argparse's usage text over several lines, however its log was
+    asked for: a collector reading one JSON object a line could not read why."""
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == cli.EXIT_USAGE
+    lines = capsys.readouterr().err.splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    jsonschema.Draft202012Validator(load_schema("log")).validate(records[-1])
+    assert records[-1]["level"] == "error"
+    assert said in records[-1]["message"]
+    if "--node-name" in argv:
+        assert records[-1]["node"] == "node-1"
