@@ -144,6 +144,46 @@ JSON_COMMANDS = frozenset({"plan", "apply", "destroy", "observe", "validate", "d
 """The commands taking ``--output text|json`` (doctor's ``-o``)."""
 
 
+class _Discarded:
+    """A text stream that drops what is written (argparse's usage text, logged instead)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _agent_logs_json(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` (the command first) runs the agent with ``--log-format json`` (the
+    last given, or ``$K3SNET_LOG_FORMAT``): its usage error, a value of its environment
+    refused (``$K3SNET_LOG_LEVEL``, ``$K3SNET_LISTEN``) as much as a flag, is then a record
+    of its JSON log, the one line of a crash loop its collector reads."""
+    if not argv or argv[0] != "agent":
+        return False
+    wanted = os.environ.get("K3SNET_LOG_FORMAT", "text")
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            break
+        name, equals, value = arg.partition("=")
+        if name == "--log-format":
+            wanted = value if equals else (argv[index + 1] if index + 1 < len(argv) else "")
+    return wanted == "json"
+
+
+def _log_agent_usage_error(argv: Sequence[str], message: str) -> None:
+    """The agent's usage error as one error record of its JSON log, with the node it
+    would have named (``--node-name``, ``$K3SNET_NODE_NAME`` or the hostname)."""
+    from k3snet.agent import configure_logging  # noqa: PLC0415 - as cmd_agent imports
+
+    node = os.environ.get("K3SNET_NODE_NAME") or socket.gethostname().strip().lower()
+    for index, arg in enumerate(argv):
+        name, equals, value = arg.partition("=")
+        if name == "--node-name" and (equals or index + 1 < len(argv)):
+            node = value if equals else argv[index + 1]
+    configure_logging(node, "json").error("%s", f"usage: {message}")
+
+
 def _asks_json(argv: Sequence[str]) -> bool:
     """Whether ``argv`` (the command first) asks for JSON as argparse would read it
     (``--output json``, ``--output=json``, an abbreviation down to ``--outp``, doctor's
@@ -475,10 +515,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ends quietly. ``K3SNET_DEBUG=1`` shows the traceback of an unexpected error.
     """
     given = _common_after_command(sys.argv[1:] if argv is None else list(argv))
+    logged = _agent_logs_json(given)  # argparse's text kept off its log, said there
     try:
-        args = build_parser().parse_args(given)
+        with contextlib.redirect_stderr(_Discarded()) if logged else contextlib.nullcontext():
+            args = build_parser().parse_args(given)
     except _UsageExit as exc:
-        if _asks_json(given):
+        if logged:
+            with _reporting():
+                _log_agent_usage_error(given, exc.message)
+        elif _asks_json(given):
             with _reporting():
                 _print_error_json(USAGE_ERROR, exc.message)
         raise
@@ -543,7 +588,8 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_BROKEN_PIPE
     except OSError as exc:
         with _reporting():
-            print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
+            if not _logged_by_agent(args, _os_error(exc)):
+                print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
             if _json(args):
                 _print_error_json(type(exc).__name__, _os_error(exc))
         return EXIT_ERROR
@@ -556,7 +602,8 @@ def _run(args: argparse.Namespace) -> int:
         message = (f"{type(exc).__name__}: {exc} (a bug: please report it; K3SNET_DEBUG=1 "
                    "shows the traceback)")
         with _reporting():
-            print(f"k3snet: internal error: {message}", file=sys.stderr)
+            if not _logged_by_agent(args, f"internal error: {message}"):
+                print(f"k3snet: internal error: {message}", file=sys.stderr)
             if _json(args):
                 _print_error_json("InternalError", message)
         return EXIT_ERROR
@@ -621,15 +668,24 @@ def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
     the command printed its document already (``doctor --fix``). The agent's output is its
     log: with ``--log-format json`` its error is one record of that log (a collector reading
     one JSON object a line got why it did not start as plain text over several lines)."""
-    if args.command == "agent" and args.log_format == "json":
-        from k3snet.agent import configure_logging  # noqa: PLC0415 - as cmd_agent imports
-
-        # Its lines' form, with the node, also for an error found before the agent ran.
-        configure_logging(args.node_name, "json", args.log_level).error("%s", exc)
+    if _logged_by_agent(args, str(exc)):
         return
     print(f"k3snet: error: {exc}", file=sys.stderr)
     if _json(args) and not getattr(args, "stdout_taken", False):
         _print_error_json(type(exc).__name__, str(exc), getattr(exc, "problems", ()))
+
+
+def _logged_by_agent(args: argparse.Namespace, message: str) -> bool:
+    """Whether the error ``message`` that ends the agent went to its log, as one error
+    record of its lines' form with its node (``--log-format json``), whatever it is: one of
+    k3snet's, a system error (its --listen address in use) or an internal error."""
+    if args.command != "agent" or args.log_format != "json":
+        return False
+    from k3snet.agent import configure_logging  # noqa: PLC0415 - as cmd_agent imports
+
+    # Also for an error found before the agent ran (its handler not set yet).
+    configure_logging(args.node_name, "json", args.log_level).error("%s", message)
+    return True
 
 
 def _print_error_json(kind: str, message: str, problems: Sequence[object] = ()) -> None:
@@ -2176,23 +2232,44 @@ def _ifupdown_read(file: Path, target: Path, read: list[tuple[str, str, Path, in
         text = read_input(file, MAX_IFUPDOWN_BYTES).decode("utf-8", "replace")
     except OSError:
         return  # ifupdown warns and goes on
-    continued = False
-    for number, line in enumerate(text.splitlines(), 1):
-        was_continued, continued = continued, line.endswith("\\")
-        if was_continued:
-            continue  # the rest of the line before (a backslash ends it)
-        words = line.rstrip("\\").split()
-        if not words or words[0].startswith("#"):
+    for number, line in _ifupdown_lines(text):
+        words = line.split()
+        if not words:
             continue
-        if words[0] in ("source", "source-directory", "source-dir"):
-            for path in (p for pattern in words[1:]
-                         for p in _ifupdown_sourced(words[0], pattern, file.parent, target)):
+        # config.c: "source" exactly, and any word starting with "source-dir"
+        # (strlmatch); the rest of the line is one wordexp pattern, only its first
+        # word relative to the file's directory (ifup's own, /, for the others).
+        kind = "source" if words[0] == "source" else (
+            "source-directory" if words[0].startswith("source-dir") else None)
+        if kind is not None:
+            rest = line.split(None, 1)[1] if len(words) > 1 else ""
+            patterns = (rest if rest.startswith("/") else f"{file.parent}/{rest}").split()
+            for path in (p for pattern in patterns
+                         for p in _ifupdown_sourced(kind, pattern, Path("/"), target)):
                 if path.resolve() == target:
                     read.append(("ours", "", file, number))
                 else:
                     _ifupdown_read(path, target, read, seen)
         elif words[0] == "iface" and len(words) > 1:
             read.append(("iface", words[1], file, number))
+
+
+def _ifupdown_lines(text: str) -> Iterator[tuple[int, str]]:
+    """The lines of an interfaces file as ifupdown's config.c (get_line) reads them, each
+    with the number of its first physical line: leading blanks dropped, a line starting
+    with ``#`` skipped (a backslash ending it too continues nothing), one ending with a
+    backslash joined to the next (which is then no comment, whatever it starts with)."""
+    physical = text.split("\n")
+    index = 0
+    while index < len(physical):
+        number, line = index + 1, physical[index].lstrip()
+        index += 1
+        if line.startswith("#"):
+            continue
+        while line.endswith("\\") and index < len(physical):
+            line = line[:-1] + physical[index]
+            index += 1
+        yield number, line.rstrip("\\")
 
 
 def _ifupdown_sourced(keyword: str, pattern: str, base: Path, target: Path) -> list[Path]:
@@ -2469,7 +2546,8 @@ def _sysctl_overrides(out: Path, wanted: Mapping[str, str]) -> list[str]:
     """The lines of the files systemd-sysctl reads after ``SYSCTL_FILE`` in ``out`` (for
     /etc/sysctl.d, those of every directory it reads) that set one of ``wanted`` (name ->
     k3snet's value) to another value: the last value of a key wins at boot. Masked
-    files (links to /dev/null) are none; a key may be a glob."""
+    files (links to /dev/null) are none; a key may be a glob, which systemd-sysctl
+    applies to no key a file names (k3snet's own), only to the other name of one."""
     import fnmatch  # noqa: PLC0415 - only render sysctl -o reads the other files
 
     from k3snet.model.sysctl import ALIASES  # noqa: PLC0415
@@ -2494,10 +2572,14 @@ def _sysctl_overrides(out: Path, wanted: Mapping[str, str]) -> list[str]:
             value = " ".join(value.split())
             if key is None:
                 continue
+            # systemd-sysctl applies a glob to no key a file names ("Not setting ...
+            # (explicit setting exists)"): k3snet's own keys, whatever the file's order.
+            glob = any(c in key for c in "*?[")
             for mine, mine_value in sorted(wanted.items()):
-                names = (mine, ALIASES.get(mine, mine))  # ip_forward is all.forwarding
-                if any(fnmatch.fnmatchcase(n, key) for n in names) and value != mine_value:
-                    shown = key if key in names else f"{key} ({mine} among them)"
+                names = [n for n in (mine, ALIASES.get(mine, mine))  # ip_forward: all.forwarding
+                         if fnmatch.fnmatchcase(n, key) and not (glob and n in wanted)]
+                if names and value != mine_value:
+                    shown = key if key in names else f"{key} ({names[0]} among them)"
                     said.append(f"{path} (line {number}) sets {shown} = {value}, read after "
                                 f"{SYSCTL_FILE}: at boot its value wins over k3snet's "
                                 f"{mine_value}")

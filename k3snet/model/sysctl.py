@@ -80,8 +80,7 @@ def value_problem(name: str, value: str | int) -> str | None:
     True
     """
     sysctl = Sysctl(name, value)
-    hex_bitmap = sysctl.path.endswith(("mask", "bitmap"))  # net.core.rps_default_mask ...
-    for token in () if hex_bitmap else sysctl.value.split(" "):
+    for token in () if sysctl.path in _HEXADECIMAL else sysctl.value.split(" "):
         if _NUMBER_LIKE.fullmatch(token) and not _INTEGER.fullmatch(token):
             return _not_decimal(sysctl.name, token)
     parts = sysctl.path.split("/")
@@ -110,6 +109,10 @@ def value_problem(name: str, value: str | int) -> str | None:
 # 0 after an optional "-") read as a number, or refuse as one: 0x1 is 1 and 010 is 8,
 # read back in decimal; +2 and 09 are EINVAL.
 _NUMBER_LIKE = re.compile(r"[-+]?(?:0[xX][0-9a-fA-F]+|[0-9]+)")
+# The CPU bitmaps, which the kernel reads and shows in hexadecimal (bitmap_parse, %*pb).
+# Not every name ending in "mask": net.ipv4.icmp_ratemask is an integer (proc_dointvec)
+# that shows 0x1818 as 6168, net.ipv6.icmp.ratemask a list of numbers (01 shown as 1).
+_HEXADECIMAL: Final = frozenset({"net/core/rps_default_mask", "net/core/flow_limit_cpu_bitmap"})
 
 
 def _not_decimal(name: str, token: str) -> str:

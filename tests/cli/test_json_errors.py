@@ -126,3 +126,55 @@ def test_the_agent_s_fatal_error_is_a_json_log_line_with_log_format_json(
     assert "writable by others" in records[-1]["message"]
     assert main(argv) == 1  # text: the error as every command says it
     assert capsys.readouterr().err.startswith("k3snet: error: 1 problem in ")
+
+
+def test_the_agent_s_system_or_internal_error_is_a_json_log_line_with_log_format_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only k3snet's own errors became a record of the agent's JSON log: its --listen
+    address in use (an OSError, a lab namespace: "k3snet: error: listen on
+    127.0.0.1:19444: Address already in use") and an internal error still ended the crash
+    loop as plain text its collector could not read."""
+    monkeypatch.delenv("K3SNET_DEBUG", raising=False)
+    argv = ["agent", "-f", str(SEED), "--once", "--no-kube", "--backend", "memory",
+            "--log-format", "json"]
+    for error, said in ((OSError(98, "Address already in use"), "Address already in use"),
+                        (RuntimeError("a bug"), "internal error: RuntimeError: a bug")):
+
+        def failing(_args: object, error: Exception = error) -> int:
+            raise error
+
+        monkeypatch.setitem(cli.COMMANDS, "agent", failing)
+        assert main(argv) == 1
+        lines = capsys.readouterr().err.splitlines()
+        records = [json.loads(line) for line in lines]  # every line is one JSON object
+        jsonschema.Draft202012Validator(load_schema("log")).validate(records[-1])
+        assert records[-1]["level"] == "error"
+        assert said in records[-1]["message"]
+
+
+@pytest.mark.parametrize(("argv", "environ", "said"), [
+    (["agent", "-f", "x", "--log-format", "json", "--interval", "-1"], {}, "--interval"),
+    (["agent", "-f", "x"], {"K3SNET_LOG_FORMAT": "json", "K3SNET_LOG_LEVEL": "LOUD"},
+     "$K3SNET_LOG_LEVEL"),
+    (["agent", "--log-format=json", "--node-name", "node-1"], {}, "-f/--spec"),
+])
+def test_the_agent_s_usage_error_is_a_json_log_line_with_log_format_json(
+    argv: list[str], environ: dict[str, str], said: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A DaemonSet's environment refused ($K3SNET_LOG_LEVEL, $K3SNET_LISTEN) or a flag
+    ended the agent with argparse's usage text over several lines, however its log was
+    asked for: a collector reading one JSON object a line could not read why."""
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == cli.EXIT_USAGE
+    lines = capsys.readouterr().err.splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    jsonschema.Draft202012Validator(load_schema("log")).validate(records[-1])
+    assert records[-1]["level"] == "error"
+    assert said in records[-1]["message"]
+    if "--node-name" in argv:
+        assert records[-1]["node"] == "node-1"

@@ -54,6 +54,15 @@ def test_every_object_the_strategies_draw_validates(obj: Any) -> None:
     validate(obj.to_dict(), "object")
 
 
+@pytest.mark.parametrize("name", ["net.ipv4.ip_forward", "net/ipv4/conf/eth0.100/rp_filter",
+                                  "net.ipv4.conf.wg+0.rp_filter"])
+def test_a_sysctl_named_as_the_model_names_it_validates(name: str) -> None:
+    """A VLAN interface's sysctl is slash-spelled (its name holds a dot) and an interface
+    name may hold + or @: the object's JSON (observe, plan, state documents) failed the
+    schema's dotted-only name pattern."""
+    validate(Sysctl(name, "1").to_dict(), "object")
+
+
 @settings(deadline=None)
 @given(strategies.route_blocks())
 def test_every_route_block_validates_and_a_wrong_field_does_not(block: RouteBlock) -> None:

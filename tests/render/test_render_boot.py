@@ -707,6 +707,60 @@ def test_render_ifupdown_into_a_place_read_before_the_devices_own_stanza_is_refu
         assert (out / "k3snet-routes").is_file()
 
 
+@pytest.mark.parametrize(("source", "line"), [
+    # ifupdown's get_line: a comment line is skipped whole, its backslash continuing
+    # nothing; a line ending with one is joined to the next, read as one line.
+    ("# interfaces.d holds the cloud's \\\nsource {etc}/interfaces.d/*\n", 2),
+    ("source \\\n{etc}/interfaces.d/*\n", 1),
+    ("  source-directory \\\n  interfaces.d\n", 1),
+    # config.c takes any first word starting with source-dir (strlmatch) as
+    # source-directory, and the rest of the line as one pattern: its first word
+    # relative to the file's directory.
+    ("source-dirs interfaces.d\n", 1),
+    ("source interfaces.d/* /nonexistent/*\n", 1),
+])
+def test_render_ifupdown_reads_the_source_lines_as_ifupdown_does(
+        source: str, line: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Each of these sources interfaces.d before eth0's stanza, which ifupdown then
+    # never ran (k3snet's route failing first); the comment's backslash hid the source
+    # line after it, a continued source line was not read as one.
+    import k3snet.cli  # noqa: PLC0415 - the test points the CLI's interfaces file here
+
+    etc = tmp_path / "network"
+    (etc / "interfaces.d").mkdir(parents=True)
+    interfaces = etc / "interfaces"
+    interfaces.write_text(source.format(etc=etc) + "\nauto lo\niface lo inet loopback\n\n"
+                          "allow-hotplug eth0\niface eth0 inet static\n"
+                          "    address 192.168.1.10/24\n")
+    monkeypatch.setattr(k3snet.cli, "IFUPDOWN_INTERFACES", interfaces)
+    out = etc / "interfaces.d"
+    code = main(["render", "ifupdown", "-f", str(SEED), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"{interfaces} reads {out / 'k3snet-routes'} (line {line}) before eth0's" in err
+    assert not (out / "k3snet-routes").exists()
+
+
+def test_render_sysctl_says_no_later_glob_over_a_key_its_file_names(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # systemd-sysctl's sysctl.c applies a glob to no key that a file names ("Not setting
+    # net/ipv4/conf/all/rp_filter (explicit setting exists)"), whatever the files' order:
+    # k3snet's rp_filter stays 0, and render said a later glob's 1 won at boot. A glob
+    # over the other name of one of its keys (all.forwarding for ip_forward) does win.
+    (tmp_path / "99-cis.conf").write_text(
+        "net.ipv4.conf.*.rp_filter = 1\nnet.ipv4.conf.*.forwarding = 0\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text().split("masquerade:")[0]
+                    + "sysctls:\n  net.ipv4.conf.all.rp_filter: 0\n")
+    assert main(["render", "sysctl", "-f", str(spec), "-o", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "rp_filter" not in err, err
+    assert (f"{tmp_path / '99-cis.conf'} (line 2) sets net.ipv4.conf.*.forwarding "
+            "(net.ipv4.conf.all.forwarding among them) = 0, read after 90-k3snet.conf: at "
+            "boot its value wins over k3snet's 1") in err, err
+
+
 def test_render_sysctl_says_a_later_file_that_sets_its_keys_otherwise(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # systemd-sysctl applies the files in name order, the last value of a key winning:

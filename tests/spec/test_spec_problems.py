@@ -538,3 +538,24 @@ def test_a_quoted_number_or_boolean_is_told_to_lose_its_quotes() -> None:
         "connectivityTest.port": "must be 1..65535, got ' 5432' (a text: write the number "
                                  "without quotes)",
     }
+
+
+@pytest.mark.parametrize(("name", "value", "decimal"), [
+    ("net.ipv4.icmp_ratemask", "0x1818", "6168"),   # an integer (proc_dointvec)
+    ("net.ipv4.icmp_ratemask", "014", "12"),
+    ("net.ipv6.icmp.ratemask", "01", "1"),          # a list of numbers, one given
+    ("net.ipv6.icmp.ratemask", "0x10", "16"),
+])
+def test_a_sysctl_named_mask_that_the_kernel_shows_in_decimal_refuses_other_numbers(
+    name: str, value: str, decimal: str
+) -> None:
+    """Only the CPU bitmaps are hexadecimal to the kernel: icmp_ratemask is an integer it
+    reads 0x1818 into and shows as 6168 (a lab namespace: written 0x1818, read 6168), the
+    IPv6 ratemask a list whose 01 it shows as 1. Every name ending in mask was left as
+    written, and each apply failed on the value read back."""
+    document = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
+                "sysctls": {name: value}}
+    with pytest.raises(SpecError) as info:
+        spec_from_document(document)
+    (problem,) = info.value.problems
+    assert f"that is {decimal}, and shows {decimal}" in problem.message
