@@ -13,6 +13,8 @@ import logging
 import os
 import sys
 
+from k3snet._env import env_switch
+
 
 def main() -> int:
     """Run the ``k3snet`` command (the process ends in :func:`end` once it is done).
@@ -84,13 +86,14 @@ def end(code: int) -> int:
     By then every file, lock and namespace thread has been closed by the command
     itself. A closed pipe on stdout ends as the CLI ends it (exit 141).
     ``K3SNET_FULL_EXIT=1`` keeps Python's own exit (for a tool that writes its
-    data at exit, such as coverage); then this returns ``code``.
+    data at exit, such as coverage); then this returns ``code``. ``0``, ``off``, ``no``
+    and ``false`` leave it off, as with the other switches.
     """
     try:
         sys.stdout.flush()
     except OSError as exc:
         code = _failed_write(exc, code)
-    if os.environ.get("K3SNET_FULL_EXIT"):
+    if env_switch("K3SNET_FULL_EXIT", default=False):
         return code
     with contextlib.suppress(OSError):
         sys.stderr.flush()

@@ -29,6 +29,8 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from k3snet._env import env_switch
+
 __all__ = ["STATE_ROOT", "code_identity", "input_problem", "make_directory", "prune", "read_input",
            "read_trusted", "refuse_foreign_input", "replace_atomically", "state_directory",
            "trusted", "untrusted", "write_atomic", "write_output", "write_output_in"]
@@ -46,7 +48,7 @@ def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
     (or ``0``, ``no``, ``false``) or neither applies, or ``$K3SNET_STATE_DIR`` is a
     relative path (the backends refuse it: kept under it, ``k3snet validate`` made
     ``st/spec-cache/`` in whatever directory it ran in)."""
-    if os.environ.get(switch, "").lower() in {"0", "off", "no", "false"}:
+    if not env_switch(switch, default=True):
         return None
     given = os.environ.get("K3SNET_STATE_DIR")
     if given:

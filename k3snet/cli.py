@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 
 from k3snet._admin_path import admin_path
+from k3snet._env import env_switch
 from k3snet._kept import input_problem, read_input, write_output_in
 from k3snet._logline import bounded as bounded_line
 from k3snet._logline import one_line
@@ -35,6 +36,7 @@ from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, WarningLog, option_seconds
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
+from k3snet.backends.netns import validate_netns
 from k3snet.backends.options import resolve_backend_options
 from k3snet.backends.registry import (
     available_backends,
@@ -237,9 +239,12 @@ def _common_options() -> _Parser:
     """Options every subcommand takes: verbosity, log format, colour."""
     common = _Parser(add_help=False)
     group = common.add_argument_group("output")
-    group.add_argument("-v", "--verbose", action="count", default=0,
-                       help="log more (-v: info, -vv: debug) on stderr")
-    group.add_argument("-q", "--quiet", action="store_true", help="log errors only")
+    # One or the other: with both, -q won and the -v given for a run was silently lost.
+    verbosity = group.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="count", default=0,
+                           help="log more (-v: info, -vv: debug) on stderr")
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="log errors only (not with -v)")
     group.add_argument("--log-format", type=_from_env("K3SNET_LOG_FORMAT", _one_of("text", "json")),
                        metavar="{text,json}",
                        default=os.environ.get("K3SNET_LOG_FORMAT", "text"),
@@ -264,7 +269,8 @@ def _add_doctor(add: Callable[[str, str], Any]) -> None:
     doctor.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp",
                         help="the flow's protocol (default: tcp)")
     where = doctor.add_mutually_exclusive_group()
-    where.add_argument("--netns", help="read the node state inside this network namespace")
+    where.add_argument("--netns", type=_netns_name,
+                       help="read the node state inside this network namespace")
     where.add_argument("--state", type=_read_path, metavar="DIR",
                        help="read a bundle written by `k3snet observe --save DIR`")
     doctor.add_argument("-f", "--spec", type=_read_path,
@@ -333,13 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("-f", "--spec", required=spec_required, type=_read_path,
                              help=SPEC_HELP)
         backend = cmd.add_argument(
-            "--backend", action="append", default=[], metavar="NAME[:KINDS]",
+            "--backend", action=_AppendBackend, default=[], metavar="NAME[:KINDS]",
             type=_backend_entry,
             help="backend to use, repeatable; KINDS limits it, e.g. iptables:forward "
                  f"(default: the spec's, else {' + '.join(DEFAULT_BACKENDS)}; "
                  "known: %(known)s)")
         backend.known = _KnownBackends()  # argparse fills %(known)s from the action
-        cmd.add_argument("--netns", help="act inside this network namespace")
+        cmd.add_argument("--netns", type=_netns_name, help="act inside this network namespace")
         cmd.add_argument("--backend-opt", action="append", default=[], metavar="NAME.KEY=VALUE",
                          type=_backend_opt,
                          help="an option for backend NAME, repeatable (VALUE is read as JSON "
@@ -596,8 +602,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:
-        # As the other switches: 0, off, no and false leave it off.
-        if os.environ.get("K3SNET_DEBUG", "").lower() not in {"", "0", "off", "no", "false"}:
+        if env_switch("K3SNET_DEBUG", default=False):
             raise
         message = (f"{type(exc).__name__}: {exc} (a bug: please report it; K3SNET_DEBUG=1 "
                    "shows the traceback)")
@@ -903,6 +908,16 @@ def _label_selector(text: str) -> str:
     return text
 
 
+def _netns_name(text: str) -> str:
+    """``--netns NAME``: a name ``ip netns`` can give, checked now (a usage error, exit 64,
+    as any malformed argument; it ended as an error of the backend, exit 1)."""
+    try:
+        return validate_netns(text)
+    except K3snetError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("invalid network namespace "
+                                                               "name ")) from exc
+
+
 def _backend_opt(text: str) -> str:
     """``--backend-opt NAME.KEY=VALUE``: its shape, checked now (a usage error)."""
     target, dot, rest = text.partition(".")
@@ -934,6 +949,27 @@ def _backend_entry(text: str) -> str:
             f"{text!r}: expected NAME or NAME:KIND[,KIND...], e.g. nftables or "
             "iptables:forward (NAME alone gives it every kind it manages)")
     return text
+
+
+class _AppendBackend(argparse.Action):
+    """``--backend``, repeatable: a backend given again with a kind in common (``netlink``
+    twice, ``netlink`` and ``netlink:route``) is a usage error; it failed later, exit 1,
+    saying "both 'netlink' and 'netlink' would manage sysctl". A backend given twice with
+    kinds apart (``netlink:route``, ``netlink:sysctl``) is two members, as in the library."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        given: list[str] = list(getattr(namespace, self.dest, None) or [])
+        name, _, kinds = str(values).partition(":")
+        for other in given:
+            other_name, _, other_kinds = other.partition(":")
+            shared = (not kinds or not other_kinds
+                      or set(kinds.split(",")) & set(other_kinds.split(",")))
+            if other_name == name and shared:
+                raise argparse.ArgumentError(
+                    self, f"backend {name!r} is given twice ({other!r}, {values!r}): give it "
+                    f"once, or each time other kinds (e.g. {name}:route and {name}:sysctl)")
+        setattr(namespace, self.dest, [*given, values])
 
 
 def _not_a_stream(text: str, stream: str) -> None:
@@ -1030,7 +1066,7 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
                              "repeatable; with -o DIR the other netplan files there are "
                              "read to find it, and a device a match: may configure needs it "
                              "(netplan gives each id a networkd file, networkd applies one)")
-    render.add_argument("--backend", action="append", default=[], metavar="NAME[:KINDS]",
+    render.add_argument("--backend", action=_AppendBackend, default=[], metavar="NAME[:KINDS]",
                         type=_backend_entry,
                         help="the --backend flags plan and apply use, repeatable: the file "
                              "holds only the kinds they give the backend it is for (nftables, "

@@ -12,9 +12,11 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import os
 import socket
 import subprocess
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -101,21 +103,34 @@ class FactsWatch:
     _BUFFER = 64 * 1024
     """Enough for a few hundred notifications; beyond, the overrun moves the token too."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, *, proc_sys: str | Path = "/proc/sys") -> None:
         from k3snet.backends.netlink.socket_driver import open_monitor  # noqa: PLC0415
+        from k3snet.backends.netlink.sysctls import open_unannounced_switch  # noqa: PLC0415
 
         runner = NetnsRunner(netns)
         try:
-            # The socket stays in the namespace it was made in; the thread is not needed.
+            # The socket and the switch's file stay in the namespace they were opened in;
+            # the thread is not needed.
             self._socket = runner.call(lambda: open_monitor(self._BUFFER))
+            try:
+                self._silent_fd = runner.call(lambda: open_unannounced_switch(Path(proc_sys)))
+            except BaseException:
+                self._socket.close()
+                raise
         finally:
             runner.close()
         self._buffer = bytearray(self._BUFFER)
         self._version = 0
 
     def token(self) -> int:
-        """A number that moves with any route, link or address change since the last call."""
-        moved = False
+        """A number that moves with any route, link or address change since the last call,
+        and at every call while ``net.ipv6.route.skip_notify_on_dev_down`` is 1 (under
+        ``proc_sys``): the kernel may then delete IPv6 routes with no notification at all
+        (``disable_ipv6`` turned on for an interface without an IPv6 address), so nothing
+        tells whether the facts still hold."""
+        from k3snet.backends.netlink.sysctls import deletes_unannounced  # noqa: PLC0415
+
+        moved = deletes_unannounced(self._silent_fd)
         while True:
             try:
                 self._socket.recv_into(self._buffer, 0, socket.MSG_DONTWAIT)
@@ -130,8 +145,11 @@ class FactsWatch:
         return self._version
 
     def close(self) -> None:
-        """Close the socket (idempotent)."""
+        """Close the socket and the switch's file (idempotent)."""
         self._socket.close()
+        fd, self._silent_fd = self._silent_fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def gather_facts(netns: str | None = None, *, hostname: str | None = None,

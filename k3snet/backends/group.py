@@ -117,8 +117,11 @@ class BackendGroup:
         for member in self.members:
             for kind in member.kinds:
                 if kind in seen:
+                    name = member.backend.name
+                    both = (f"two backends named {name!r}" if seen[kind] == name
+                            else f"both {seen[kind]!r} and {name!r}")
                     raise ModelError(
-                        f"both {seen[kind]!r} and {member.backend.name!r} would manage {kind}; "
+                        f"{both} would manage {kind}; "
                         "give each kind to one backend: Member(backend, kinds) in the "
                         "library, --backend NAME:KINDS on the command line (e.g. --backend "
                         "iptables:forward)"

@@ -62,9 +62,10 @@ _STATE_ROOT = STATE_ROOT  # the backends' default state_dir
 # and the temporaries each is written through.
 _RECORDS = frozenset({"sysctl.json", "lock", "iptables-made.json"})
 _TEMPORARIES = (".sysctl.json.", ".iptables-made-")
-# The iptables backend's record of a namespace named "host", beside the caller's own in
-# host/ (k3snet.backends.iptables.made's _NAMED_HOST).
-_NAMED_HOST_RECORD = "iptables-made-netns.json"
+# The records of a namespace named "host", beside the caller's own in host/: the
+# iptables backend's (k3snet.backends.iptables.made's _NAMED_HOST) and the netlink
+# backend's (k3snet.backends.netlink.sysctls' _NAMED_HOST_FILE).
+_NAMED_HOST_RECORDS = ("iptables-made-netns.json", "sysctl-netns.json")
 
 
 class NetnsCommandError(subprocess.CalledProcessError):
@@ -196,8 +197,8 @@ def forget_netns_state(name: str) -> None:
     is that namespace's: not ``host`` (the caller's own namespace's), a real directory of
     this user's that nobody else may write, holding k3snet's per-namespace files and
     nothing else (``/run/k3snet/locks`` or ``spec-cache`` of a namespace so named stay);
-    of a namespace named ``host`` only the iptables backend's record of its own there
-    (``iptables-made-netns.json``) goes;
+    of a namespace named ``host`` only the records of its own there
+    (``iptables-made-netns.json``, ``sysctl-netns.json``) go;
     nothing is done while a namespace of that name exists. Searched under
     ``/run/k3snet``, the iptables backend's default root when a test moved it, and
     ``$K3SNET_STATE_DIR``.
@@ -229,11 +230,9 @@ def forget_netns_state(name: str) -> None:
 
 
 def _forget_named_host() -> None:
-    """Remove the iptables backend's record of a deleted namespace named ``host``, kept
-    in the caller's own directory (``host/``) under a name of its own
-    (:data:`_NAMED_HOST_RECORD`); the directory and the caller's records stay. The
-    netlink backend's record of that namespace would be the caller's ``sysctl.json``,
-    which its store refuses to share: it is left alone."""
+    """Remove the records of a deleted namespace named ``host``, kept in the caller's own
+    directory (``host/``) under names of their own (:data:`_NAMED_HOST_RECORDS`); the
+    directory and the caller's records stay."""
     for root in _state_roots():
         directory = root / "host"
         try:
@@ -241,11 +240,13 @@ def _forget_named_host() -> None:
             if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid()
                     or info.st_mode & 0o022):
                 continue
-            record = directory / _NAMED_HOST_RECORD
-            if stat.S_ISREG(os.lstat(record).st_mode):
-                os.unlink(record)
         except OSError:  # none there (the usual case), or not ours to read
             continue
+        for name in _NAMED_HOST_RECORDS:
+            record = directory / name
+            with suppress(OSError):  # none there, or gone meanwhile
+                if stat.S_ISREG(os.lstat(record).st_mode):
+                    os.unlink(record)
 
 
 def _state_roots() -> list[Path]:

@@ -63,9 +63,9 @@ def value_problem(name: str, value: str | int) -> str | None:
     """Why ``value`` is none of the documented values of sysctl ``name`` (``None``: it is
     one, or ``name`` is not a switch whose values k3snet knows; ip-sysctl.rst).
 
-    The model takes any value (the kernel's current one is read into it); a spec
-    is checked here: the kernel stores a level out of range as given, and reads
-    ``01`` back as ``1`` (never the value written: a failed apply).
+    The model takes any value the kernel may show (its current one is read into it)
+    but a number it never shows so (:class:`Sysctl`); a spec is checked here too: the
+    kernel stores a level out of range as given.
 
     >>> value_problem("net.ipv4.conf.all.rp_filter", 3)
     "net.ipv4.conf.all.rp_filter takes 0, 1 or 2 (ip-sysctl.rst), got '3'"
@@ -74,15 +74,17 @@ def value_problem(name: str, value: str | int) -> str | None:
     >>> value_problem("net.ipv4.ip_forward", "1") is None
     True
 
-    A number written otherwise than the kernel writes it back is one in any sysctl:
+    A number written otherwise than the kernel writes it back is one in any sysctl
+    (the problem :class:`Sysctl` refuses it with):
 
     >>> value_problem("net.ipv4.tcp_fin_timeout", "0x1e").endswith("in decimal, 30")
     True
     """
-    sysctl = Sysctl(name, value)
-    for token in () if sysctl.path in _HEXADECIMAL else sysctl.value.split(" "):
-        if _NUMBER_LIKE.fullmatch(token) and not _INTEGER.fullmatch(token):
-            return _not_decimal(sysctl.name, token)
+    canonical, normal = _name(name), _value(value)
+    problem = _number_problem(canonical, normal)
+    if problem is not None:
+        return problem
+    sysctl = Sysctl(canonical, normal)
     parts = sysctl.path.split("/")
     if parts == ["net", "ipv4", "ip_forward"]:
         key = ("ipv4", "forwarding")
@@ -112,7 +114,20 @@ _NUMBER_LIKE = re.compile(r"[-+]?(?:0[xX][0-9a-fA-F]+|[0-9]+)")
 # The CPU bitmaps, which the kernel reads and shows in hexadecimal (bitmap_parse, %*pb).
 # Not every name ending in "mask": net.ipv4.icmp_ratemask is an integer (proc_dointvec)
 # that shows 0x1818 as 6168, net.ipv6.icmp.ratemask a list of numbers (01 shown as 1).
-_HEXADECIMAL: Final = frozenset({"net/core/rps_default_mask", "net/core/flow_limit_cpu_bitmap"})
+_HEXADECIMAL: Final = frozenset({"net.core.rps_default_mask", "net.core.flow_limit_cpu_bitmap"})
+
+
+def _number_problem(name: str, value: str) -> str | None:
+    """Why the kernel would never show ``value`` (canonical) as written: a number in it
+    that is not decimal (see :func:`_not_decimal`), or ``None``. A CPU bitmap
+    (``net.core.rps_default_mask``, ``flow_limit_cpu_bitmap``: ``bitmap_parse``) is
+    hexadecimal to the kernel, written and shown, and left as it is."""
+    if _INTEGER.fullmatch(value) or name in _HEXADECIMAL:
+        return None  # the common case first: one decimal number
+    for token in value.split(" "):
+        if _NUMBER_LIKE.fullmatch(token) and not _INTEGER.fullmatch(token):
+            return _not_decimal(name, token)
+    return None
 
 
 def _not_decimal(name: str, token: str) -> str:
@@ -207,6 +222,17 @@ class Sysctl(NetObject):
 
     >>> Sysctl("net.ipv4.ip_forward", 1).describe()
     'sysctl net.ipv4.ip_forward = 1'
+
+    A number in ``value`` is written in decimal, as the kernel shows it: it reads
+    ``0x1e`` as hexadecimal and ``010`` as octal, shows ``30`` and ``8``, never what
+    was written (every apply would fail), and refuses ``+2`` and ``09``; each is a
+    :class:`~k3snet.errors.ModelError` naming the decimal to write (a CPU bitmap,
+    ``net.core.rps_default_mask``, is hexadecimal to the kernel and taken as given):
+
+    >>> Sysctl("net.ipv4.tcp_fin_timeout", "0x1e")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    k3snet.errors.ModelError: net.ipv4.tcp_fin_timeout: the kernel reads '0x1e' as ... 30
     """
 
     kind: ClassVar[str] = "sysctl"
@@ -215,6 +241,13 @@ class Sysctl(NetObject):
 
     name: str = attrs.field(converter=_name)
     value: str = attrs.field(converter=_value)
+
+    @value.validator
+    def _decimal(self, _attribute: attrs.Attribute[str], value: str) -> None:
+        problem = _number_problem(self.name, value)
+        if problem is not None:
+            raise ModelError(problem)
+
     previous: str | None = attrs.field(
         default=None, kw_only=True, converter=attrs.converters.optional(_value)
     )

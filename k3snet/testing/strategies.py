@@ -564,8 +564,9 @@ def replacements(obj: NetObject) -> SearchStrategy[NetObject]:
     elif isinstance(obj, MasqueradeRule | SnatRule):
         strategy = _nat_replacements(obj)
     elif isinstance(obj, Sysctl):
+        # "1" before the value: another value always, and decimal ("00" is no value).
         strategy = st.builds(Sysctl, st.just(obj.name),
-                             st.sampled_from(("0", "1", "2", obj.value + "0")))
+                             st.sampled_from(("0", "1", "2", "1" + obj.value)))
     else:
         raise ModelError(f"no replacements strategy for {type(obj).__name__}")
     return strategy.filter(lambda other: other != obj)

@@ -26,10 +26,10 @@ RUN = ("import atexit, sys; atexit.register(lambda: print('teardown ran', file=s
        "sys.exit(main())")
 
 
-def _k3snet(*argv: str, full_exit: bool = False) -> subprocess.CompletedProcess[str]:
+def _k3snet(*argv: str, full_exit: bool | str = False) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "K3SNET_FULL_EXIT"}
     if full_exit:
-        env["K3SNET_FULL_EXIT"] = "1"
+        env["K3SNET_FULL_EXIT"] = "1" if full_exit is True else full_exit
     return subprocess.run([sys.executable, "-c", RUN, *argv], capture_output=True, text=True,
                           check=False, env=env, timeout=300)
 
@@ -237,3 +237,14 @@ def test_k3snet_debug_shows_the_traceback_only_when_switched_on(
     else:
         assert cli.main(["validate", "-f", "spec.yaml"]) == 1
         assert "internal error: RuntimeError: a bug" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("value", "teardown"), [
+    ("0", False), ("off", False), ("No", False), ("false", False), ("1", True), ("yes", True),
+])
+def test_full_exit_is_a_switch_as_the_others(value: str, teardown: bool) -> None:
+    """K3SNET_FULL_EXIT=0 turned Python's own exit on, as any text did, where K3SNET_DEBUG
+    and the cache switches read 0, off, no and false as off (docs/cli.md)."""
+    done = _k3snet("--version", full_exit=value)
+    assert done.returncode == 0
+    assert ("teardown ran" in done.stderr) is teardown

@@ -62,7 +62,7 @@ def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     ["doctor", "--from", POD, "--to", "192.168.2.10", "--state", "/nonexistent/dir"],
     ["doctor", "--from", POD, "--to", "192.168.2.10", "--state", str(GOLDEN)],
     ["doctor", "--from", POD, "--to", "192.168.2.10", "--state", str(GOLDEN / "seed"), "--fix"],
-    ["doctor", "--from", POD, "--to", "192.168.2.10", "--netns", "../etc"],
+    # --netns ../etc: a usage error now (tests/cli/test_usage_combinations.py).
     ["doctor", "--from", POD, "--to", "192.168.2.10", "--proto", "icmp", "--to", "1.2.3.4:5",
      "--state", str(GOLDEN / "seed")],
 ])

@@ -119,6 +119,7 @@ def test_a_namespace_named_host_takes_its_own_record_along_and_leaves_the_caller
     named = MadeRecord("host", "1-9")
     named.save(MADE)
     (root / "host" / "sysctl.json").write_text("{}")
+    (root / "host" / "sysctl-netns.json").write_text("{}")  # the netlink backend's
     assert named.file == root / "host" / "iptables-made-netns.json"
     forget_netns_state("host")
     assert sorted(p.name for p in (root / "host").iterdir()) == [

@@ -10,12 +10,14 @@ The kernel's view is ``ip -j -6 route``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 
 import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
+from k3snet.facts import FactsWatch, gather_facts
 from k3snet.lab.netns import run_in
 from k3snet.model import Route, State
 from k3snet.planner import plan
@@ -53,3 +55,37 @@ def test_ipv6_routes_deleted_unannounced_are_seen_gone_and_put_back(tmp_path: Pa
             # Notifications tell again once the kernel sends them.
             run_in(ns, ["sysctl", "-qw", "net.ipv6.route.skip_notify_on_dev_down=0"])
             assert backend.change_token() is not None
+
+
+def test_the_facts_watch_moves_while_the_kernel_may_delete_ipv6_routes_unannounced() -> None:
+    """The agent keeps the node facts while FactsWatch's token stands still: with the
+    switch at 1 a route through a WireGuard-like interface deleted without a notification
+    left the facts holding its prefix, for good (gateways judged reachable, destinations
+    routed, by a route that was gone). While the switch is 1 the token moves at each call,
+    so the facts are read at every pass, as the backend's own view is dumped."""
+    with d0_namespace("v6facts") as ns:
+        ip(ns, "link", "set", "d0", "down")
+        ip(ns, "link", "set", "d0", "addrgenmode", "none")
+        ip(ns, "link", "set", "d0", "up")
+        ip(ns, "-6", "route", "add", "fd08::/64", "dev", "d0")
+        watch = FactsWatch(ns)
+        try:
+            watch.token()
+            quiet = watch.token()
+            assert watch.token() == quiet  # nothing changed, nothing to read
+            run_in(ns, ["sysctl", "-qw", "net.ipv6.route.skip_notify_on_dev_down=1"])
+            token = watch.token()
+            facts = gather_facts(ns)
+            assert ipaddress.ip_network("fd08::/64") in facts.routes
+            run_in(ns, ["sysctl", "-qw", "net.ipv6.conf.d0.disable_ipv6=1"])
+            assert "fd08::/64" not in ip(ns, "-6", "route", "show")  # the kernel's view
+            assert watch.token() != token
+            assert ipaddress.ip_network("fd08::/64") not in gather_facts(ns).routes
+            # Once the kernel announces every deletion again, a token standing still is
+            # nothing changed again.
+            run_in(ns, ["sysctl", "-qw", "net.ipv6.route.skip_notify_on_dev_down=0"])
+            watch.token()
+            quiet = watch.token()
+            assert watch.token() == quiet
+        finally:
+            watch.close()

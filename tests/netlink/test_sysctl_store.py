@@ -110,21 +110,54 @@ def test_the_interface_index_of_an_owned_sysctl_round_trips_and_a_released_ones_
     assert not kept.load().owns(name, {"x0": 9})
 
 
-def test_a_namespace_named_host_does_not_take_the_state_file_of_the_namespace_k3snet_runs_in(
+def test_a_namespace_named_host_keeps_its_own_state_file_beside_the_caller_s(
         tmp_path: Path) -> None:
     """Both are kept in ``<state_dir>/host``: the named one used to read the other's file
-    as "left by a deleted namespace", and its first save replaced it, losing which
-    sysctls k3snet owns on the node and the values to give back (reproduced with two
-    processes and a namespace named host, in a private mount namespace)."""
+    as "left by a deleted namespace", and its first save replaced it (reproduced with two
+    processes and a namespace named host, in a private mount namespace); then the second
+    of them to use the directory was refused, its observe and apply failing until it was
+    given another state_dir. The named one has a file of its own, as the iptables
+    backend's record."""
     node = SysctlStore(tmp_path / "host", None, "4:1")
     node.save(SysctlState({"net.ipv4.ip_forward": ("1", "0")}))
     named = SysctlStore(tmp_path / "host", "host", "4:2")
-    with pytest.raises(BackendError, match=r"network namespace k3snet runs in.*state_dir"):
-        named.load()
+    assert named.load() == SysctlState()
+    named.save(SysctlState({"net.ipv4.conf.all.rp_filter": ("2", "1")}))
     assert node.load() == SysctlState({"net.ipv4.ip_forward": ("1", "0")})
-    SysctlStore(tmp_path / "other", "host", "4:2").save(SysctlState())
-    with pytest.raises(BackendError, match="of network namespace 'host'"):
-        SysctlStore(tmp_path / "other", None, "4:1").load()  # the other way round too
+    assert named.load() == SysctlState({"net.ipv4.conf.all.rp_filter": ("2", "1")})
+    assert sorted(p.name for p in (tmp_path / "host").iterdir()) == [
+        "sysctl-netns.json", "sysctl.json"]
+    assert json.loads((tmp_path / "host" / "sysctl-netns.json").read_text())[
+        "namespace"] == "host"
+    # Another namespace's file is still refused (a directory given to two of them).
+    SysctlStore(tmp_path / "other", "lab", "4:3").save(SysctlState())
+    with pytest.raises(BackendError, match="of network namespace 'lab'"):
+        SysctlStore(tmp_path / "other", None, "4:1").load()
+
+
+def _earlier_named_host_file(directory: Path) -> None:
+    """host/sysctl.json as a namespace named host wrote it before it had its own file."""
+    directory.mkdir(mode=0o755)
+    (directory / "sysctl.json").write_text(json.dumps({
+        "format": 1, "namespace": "host", "identity": "4:2",
+        "owned": {"net.ipv4.ip_forward": {"value": "1", "previous": "0"}}, "released": []}))
+
+
+def test_a_named_host_s_earlier_file_is_read_and_moved_by_whichever_comes_first(
+        tmp_path: Path) -> None:
+    named_state = SysctlState({"net.ipv4.ip_forward": ("1", "0")})
+    # The namespace named host first: it reads the file, its save moves it.
+    _earlier_named_host_file(tmp_path / "a")
+    named = SysctlStore(tmp_path / "a", "host", "4:2")
+    assert named.load() == named_state
+    named.save(named.load())
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["sysctl-netns.json"]
+    assert SysctlStore(tmp_path / "a", None, "4:1").load() == SysctlState()
+    # The namespace k3snet runs in first: it was refused; it moves the file aside.
+    _earlier_named_host_file(tmp_path / "b")
+    assert SysctlStore(tmp_path / "b", None, "4:1").load() == SysctlState()
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["sysctl-netns.json"]
+    assert SysctlStore(tmp_path / "b", "host", "4:2").load() == named_state
 
 
 def test_a_state_file_left_by_a_deleted_namespace_of_the_same_name_is_ignored(

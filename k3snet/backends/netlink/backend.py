@@ -104,10 +104,12 @@ from k3snet.backends.netlink.sysctls import (
     SysctlState,
     SysctlStore,
     announced,
+    deletes_unannounced,
     interface_of,
     namespace_identity,
     normal,
     on_procfs,
+    open_unannounced_switch,
     read_sysctls,
     restore_spread,
     spread_to,
@@ -339,7 +341,7 @@ class NetlinkBackend(BackendBase):
             identity = namespace_identity(netns)
             self._driver = self._open_driver(driver)
             self._routes = RouteCache(self._driver, protocol, self.tables, where)
-            self._silent_fd = self._runner.call(partial(_open_silent_switch, self.proc_sys))
+            self._silent_fd = self._runner.call(partial(open_unannounced_switch, self.proc_sys))
             self._routes.silent = self._deletes_unannounced
             # Whether the kernel announces each change of the switches read under proc_sys.
             self._announced = (getattr(self._driver, "follows_forwarding", False)
@@ -675,13 +677,7 @@ class NetlinkBackend(BackendBase):
         all. The route view is then dumped at every public call, and the tokens are
         ``None`` (cannot tell), as with the pyroute2 driver. Read through a file kept
         open in the namespace (``pread``: a few µs, no thread hop)."""
-        fd = self._silent_fd
-        if fd is None:
-            return False
-        try:
-            return os.pread(fd, 16, 0).strip() not in (b"", b"0")
-        except OSError:
-            return False
+        return deletes_unannounced(self._silent_fd)
 
     def _count(self) -> None:
         self._operations += 1
@@ -1283,17 +1279,6 @@ class NetlinkBackend(BackendBase):
             restores.remove(undo)
             raise
         self._count()
-
-
-def _open_silent_switch(root: Path) -> int | None:
-    """``net.ipv6.route.skip_notify_on_dev_down`` under ``root``, opened in the calling
-    thread's namespace (a proc file keeps it), or ``None`` (a kernel without it, before
-    5.1, or without IPv6: it announces every deletion)."""
-    try:
-        return os.open(root / "net/ipv6/route/skip_notify_on_dev_down",
-                       os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
 
 
 def _of_kind(plan: Plan, kind: str) -> Sequence[Change]:

@@ -36,10 +36,12 @@ __all__ = [
     "SysctlState",
     "SysctlStore",
     "announced",
+    "deletes_unannounced",
     "interface_of",
     "namespace_identity",
     "normal",
     "on_procfs",
+    "open_unannounced_switch",
     "read_sysctls",
     "restore_spread",
     "spread_to",
@@ -50,6 +52,9 @@ __all__ = [
 _V = TypeVar("_V")
 
 _STATE_FILE = "sysctl.json"
+# The file of a namespace named "host", whose directory is that of the namespace k3snet
+# runs in (as the iptables backend's iptables-made-netns.json).
+_NAMED_HOST_FILE = "sysctl-netns.json"
 _STATE_FORMAT = 1
 _MAX_STATE_BYTES = 1 << 20  # a few hundred sysctls at most: a bigger file is corrupt
 
@@ -107,6 +112,33 @@ def announced(name: str) -> bool:
     return (len(parts) == 5 and parts[0] == "net" and parts[2] == "conf"
             and ((parts[1] in ("ipv4", "ipv6") and parts[4] == "forwarding")
                  or (parts[1] == "ipv4" and parts[4] == "rp_filter")))
+
+
+def open_unannounced_switch(root: Path) -> int | None:
+    """``net.ipv6.route.skip_notify_on_dev_down`` under ``root``, opened in the calling
+    thread's namespace (a proc file keeps it), or ``None`` (a kernel without it, before
+    5.1, or without IPv6: it announces every deletion). Read it with
+    :func:`deletes_unannounced`; the caller closes it."""
+    try:
+        return os.open(root / "net/ipv6/route/skip_notify_on_dev_down",
+                       os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def deletes_unannounced(fd: int | None) -> bool:
+    """Whether the kernel may now delete IPv6 routes without a notification (``fd``: of
+    :func:`open_unannounced_switch`): with ``skip_notify_on_dev_down = 1`` (FRR's advice
+    for nodes of many routes), ``disable_ipv6`` turned on for an interface without an
+    IPv6 address (a WireGuard tunnel) deletes the routes through it with no notification
+    at all, so a view kept from notifications cannot tell. ``pread``: a few µs, no
+    thread hop."""
+    if fd is None:
+        return False
+    try:
+        return os.pread(fd, 16, 0).strip() not in (b"", b"0")
+    except OSError:
+        return False
 
 
 def spread_to(name: str, switch: str, value: str) -> str:
@@ -275,18 +307,30 @@ class SysctlStore:
     ``legacy``: a directory whose ``sysctl.json`` older versions shared between
     namespaces; while this namespace has no file of its own, that one is read when
     it names this namespace, and the first save removes it (so it is read once).
+
+    A namespace named ``host`` shares its directory with the namespace k3snet runs in
+    (``None``): its file is ``sysctl-netns.json`` there. Before 2026-12-05 it was
+    ``sysctl.json``, refused to the other: that one is read as a legacy file, and the
+    namespace k3snet runs in moves it to ``sysctl-netns.json`` when it meets it.
     """
 
     def __init__(self, directory: Path, namespace: str | None, identity: str, *,
                  legacy: Path | None = None, shared: bool = False) -> None:
         self.directory = directory
-        self.path = directory / _STATE_FILE
+        named_host = namespace == "host" and not shared
+        self.path = directory / (_NAMED_HOST_FILE if named_host else _STATE_FILE)
         self.namespace = namespace
         self.identity = identity
         self.shared = shared
         """A file several namespaces took turns in (``legacy``): another's is ignored."""
-        self.legacy = (None if legacy is None
-                       else SysctlStore(legacy, namespace, identity, shared=True))
+        # Read in turn while this namespace has no file of its own: host/sysctl.json for
+        # a namespace named host, then the state_dir's own of before 2026-12-04.
+        self.legacy: SysctlStore | None = None
+        for older in reversed([*([directory] if named_host else []),
+                               *([] if legacy is None else [legacy])]):
+            store = SysctlStore(older, namespace, identity, shared=True)
+            store.legacy = self.legacy
+            self.legacy = store
 
     def load(self) -> SysctlState:
         """The file's content (empty when absent or left by another namespace).
@@ -299,9 +343,9 @@ class SysctlStore:
         text = self._read()
         if text is None:
             legacy = self.legacy
-            if legacy is None or not os.path.lexists(legacy.path):
-                return SysctlState()
-            return legacy.load()
+            while legacy is not None and not os.path.lexists(legacy.path):
+                legacy = legacy.legacy
+            return SysctlState() if legacy is None else legacy.load()
         return self._parse(text)
 
     def _parse(self, text: str) -> SysctlState:
@@ -310,6 +354,9 @@ class SysctlStore:
             if data.get("format") != _STATE_FORMAT:
                 raise ValueError(f"unknown format {data.get('format')!r}")
             written_for = data.get("namespace", self.namespace)
+            if (written_for == "host" and self.namespace is None and not self.shared
+                    and self._hand_over_named_host()):
+                return SysctlState()  # the namespace named host's, now in its own file
             if written_for != self.namespace and not self.shared:
                 # The namespace k3snet runs in and one named "host" share a directory:
                 # taken as a stale file, the other's was replaced by the first save.
@@ -334,6 +381,18 @@ class SysctlStore:
             ) from exc
         return SysctlState(owned, released, spread, links)
 
+    def _hand_over_named_host(self) -> bool:
+        """Move this file, written for a namespace named ``host`` before it had a file of
+        its own, to that file (``sysctl-netns.json``; never over one): the next save here
+        would replace it. False when it cannot be moved."""
+        try:
+            os.link(self.path, self.directory / _NAMED_HOST_FILE, follow_symlinks=False)
+        except OSError:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        return True
+
     def signature(self) -> tuple[object, ...]:
         """What moves whenever :meth:`load` may answer otherwise: the file's (and the
         legacy file's) inode, times, size, mode and owner, its directory's mode and
@@ -349,9 +408,12 @@ class SysctlStore:
             return (info.st_ino, info.st_dev, info.st_mtime_ns, info.st_ctime_ns,
                     info.st_size, info.st_mode, info.st_uid, info.st_gid)
 
+        olders = []
         legacy = self.legacy
-        return (of(self.directory, directory=True), of(self.path),
-                None if legacy is None else of(legacy.path))
+        while legacy is not None:
+            olders.append(of(legacy.path))
+            legacy = legacy.legacy
+        return (of(self.directory, directory=True), of(self.path), *olders)
 
     def _read(self) -> str | None:
         """The file's text, ``None`` when there is none (see :meth:`load`)."""
@@ -399,11 +461,14 @@ class SysctlStore:
             data["links"] = links
         try:
             replace_atomically(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n",
-                               f".{_STATE_FILE}.", mode=0o755)
+                               f".{self.path.name}.", mode=0o755)
         except OSError as exc:
             raise BackendError(f"cannot write the sysctl state file {self.path}: {exc}") from exc
-        if self.legacy is not None and os.path.lexists(self.legacy.path):
-            self.legacy.retire()
+        legacy = self.legacy
+        while legacy is not None:
+            if os.path.lexists(legacy.path):
+                legacy.retire()
+            legacy = legacy.legacy
 
     def retire(self) -> None:
         """Remove the file when it is this namespace's (read by :meth:`load` from now on
