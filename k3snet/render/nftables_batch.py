@@ -96,14 +96,17 @@ class NftCommands:
             ref = self._refs[family] = f'"family":"{family}","table":"{self.table}"'
         return ref
 
-    def add_table(self, family: str) -> str:
+    def add_table(self, family: str, *, create: bool = False) -> str:
         """Create k3snet's (empty) table of ``family``, marked as k3snet's by its comment
         (:data:`~k3snet.render.nftables.TABLE_COMMENT`; libnftables 1.0.6 ignores a
-        table's comment in JSON)."""
+        table's comment in JSON). ``create``: spelled ``create``, which the kernel
+        refuses (``File exists``) when a table of that name is there, instead of
+        ``add``, which takes an existing table as it is."""
+        verb = "create" if create else "add"
         if self.json:
-            return (f'{{"add":{{"table":{{"family":"{family}","name":"{self.table}",'
+            return (f'{{"{verb}":{{"table":{{"family":"{family}","name":"{self.table}",'
                     f'"comment":{json.dumps(TABLE_COMMENT)}}}}}}}')
-        return f'add table {family} {self.table} {{ comment "{TABLE_COMMENT}"; }}'
+        return f'{verb} table {family} {self.table} {{ comment "{TABLE_COMMENT}"; }}'
 
     def delete_table(self, family: str) -> str:
         """Delete k3snet's table of ``family``, with everything in it."""
@@ -111,19 +114,23 @@ class NftCommands:
             return f'{{"delete":{{"table":{{"family":"{family}","name":"{self.table}"}}}}}}'
         return f"delete table {family} {self.table}"
 
-    def add_base_chain(self, family: str, chain: str) -> str:
+    def add_base_chain(self, family: str, chain: str, *, create: bool = False) -> str:
         """Declare base chain ``chain`` (``postrouting`` or ``forward``) with k3snet's hook,
-        priority and policy (declared again, an existing chain gets them back)."""
+        priority and policy (declared again, an existing chain gets them back;
+        ``create``: refused by the kernel if a chain of that name is there)."""
+        verb = "create" if create else "add"
         if self.json:
             spec = ",".join(f'"{k}":{json.dumps(v)}' for k, v in CHAIN_HOOKS[chain].items())
-            return f'{{"add":{{"chain":{{{self._ref(family)},"name":"{chain}",{spec}}}}}}}'
-        return f"add chain {family} {self.table} {chain} {{ {CHAIN_SPECS[chain]} }}"
+            return f'{{"{verb}":{{"chain":{{{self._ref(family)},"name":"{chain}",{spec}}}}}}}'
+        return f"{verb} chain {family} {self.table} {chain} {{ {CHAIN_SPECS[chain]} }}"
 
-    def add_chain(self, family: str, name: str) -> str:
-        """Create the regular (hookless, empty) chain ``name``."""
+    def add_chain(self, family: str, name: str, *, create: bool = False) -> str:
+        """Create the regular (hookless, empty) chain ``name`` (``create``: refused by
+        the kernel if a chain of that name is there)."""
+        verb = "create" if create else "add"
         if self.json:
-            return f'{{"add":{{"chain":{{{self._ref(family)},"name":"{name}"}}}}}}'
-        return f"add chain {family} {self.table} {name}"
+            return f'{{"{verb}":{{"chain":{{{self._ref(family)},"name":"{name}"}}}}}}'
+        return f"{verb} chain {family} {self.table} {name}"
 
     def delete_chain(self, family: str, name: str) -> str:
         """Delete the (empty) regular chain ``name``."""

@@ -225,7 +225,8 @@ def test_the_foreign_reader_never_reads_k3snet_own_table(scenario: str) -> None:
 
 # -- drift in k3snet's own table -----------------------------------------------------------
 
-ADD_TABLE = f'add table inet k3snet {{ comment "{TABLE_COMMENT}"; }}'
+# made again with create: refused if another program made a table of the name meanwhile
+ADD_TABLE = f'create table inet k3snet {{ comment "{TABLE_COMMENT}"; }}'
 # recording -> (the drift observe reports, the commands of the repairing transaction)
 DRIFT = {
     "drift-policy": (

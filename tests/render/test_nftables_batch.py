@@ -145,3 +145,18 @@ def test_listing_commands_pass_names_as_data() -> None:
 def test_the_module_examples_hold() -> None:
     failed, tried = doctest.testmod(k3snet.render.nftables_batch)
     assert (failed, tried > 0) == (0, True)
+
+
+@pytest.mark.parametrize("syntax", ["nft", "json"])
+def test_create_spells_what_the_kernel_refuses_when_it_is_there(syntax: str) -> None:
+    nft = NftCommands("k3snet", syntax)  # type: ignore[arg-type]
+    made = [nft.add_table("inet", create=True), nft.add_base_chain("inet", NAT_CHAIN, create=True),
+            nft.add_chain("inet", MARKER_CHAIN, create=True)]
+    added = [nft.add_table("inet"), nft.add_base_chain("inet", NAT_CHAIN),
+             nft.add_chain("inet", MARKER_CHAIN)]
+    for create, add in zip(made, added, strict=True):
+        if syntax == "json":
+            assert list(json.loads(create)) == ["create"]
+            assert json.loads(create)["create"] == json.loads(add)["add"]
+        else:
+            assert create == "create" + add.removeprefix("add")

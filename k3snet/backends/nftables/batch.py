@@ -65,17 +65,24 @@ class Batch:
 
         ``redeclare`` maps base chains to declare again (a policy to reset) to
         the change that repairs them.
+
+        What the read found missing is made with ``create``, which the kernel refuses
+        when it is there: a table or chain of that name made by another program since
+        the read (an administrator's ``inet filter`` under the name k3snet was given,
+        a chain with its own policy) aborts the transaction, instead of being taken as
+        k3snet's (its policy set to accept, k3snet's rules added to it).
         """
         redeclare = redeclare or {}
         if table is None:
             self.created_tables.append(family)
-            self._emit(self.nft.add_table(family))
+            self._emit(self.nft.add_table(family, create=True))
         for chain in CHAIN_HOOKS:
             present = table is not None and chain in table.chains
             if present and chain not in redeclare:
                 continue
             self.created_chains.append((family, chain))
-            self._emit(self.nft.add_base_chain(family, chain), redeclare.get(chain))
+            self._emit(self.nft.add_base_chain(family, chain, create=not present),
+                       redeclare.get(chain))
 
     def delete_rule(self, family: str, chain: str, handle: int, owner: int | None) -> None:
         """Delete a rule of one of k3snet's chains (their names need no quoting)."""
@@ -98,7 +105,7 @@ class Batch:
         self.marked.append(family)
         if exists:
             self._emit(self.nft.delete_chain(family, MARKER_CHAIN))
-        self._emit(self.nft.add_chain(family, MARKER_CHAIN))
+        self._emit(self.nft.add_chain(family, MARKER_CHAIN, create=True))
 
     def inject_failure(self, change: int, family: str) -> None:
         """Insert a command the kernel refuses before the first command of change ``change``.
