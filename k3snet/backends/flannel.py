@@ -51,7 +51,8 @@ k3snet's keys gives back the original text byte for byte. Flannel reads its
 config when it starts: restart flannel (K3s, or the kube-flannel DaemonSet) for
 a change to take effect; changing ``Network`` of a running cluster renumbers pods. The file
 is replaced atomically (temporary file in the same directory, ``fsync``,
-``rename``, mode and owner kept); the ConfigMap is changed with one JSON merge
+``rename``, mode and owner kept; k3snet's writers of one file take turns under
+``flock`` on its directory); the ConfigMap is changed with one JSON merge
 patch that carries the ``resourceVersion`` read, so a concurrent change makes
 the API server answer 409 and nothing is written.
 """
@@ -60,11 +61,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -237,15 +240,60 @@ class _FileStore:
             written = _written_text(record, text, self.where)
             text = ObjectText(text, self.where).set(FLANNEL_OWNED_MARKER, record_text(record))
             text = ObjectText(text, self.where).set(FLANNEL_WRITTEN_MARKER, written)
-        with translate_errors(f"read {self.where} again before writing (nothing was "
-                              "changed)", into=ApplyError):
-            current = read_input(self.path, _MAX_FILE_BYTES)
-        if current != doc.token:
-            raise ApplyError(f"{self.where}: changed by someone else while k3snet was applying; "
-                             "nothing was written, observe and plan again")
-        with translate_errors(f"write {self.where} (the file is unchanged)", into=ApplyError):
-            _atomic_write(self.path, text.encode())
+        # The check that the file is as read and the rename are one step for every k3snet
+        # writing it (the agent beside an operator's apply): else both pass the check and
+        # the later rename drops the earlier one's edit, which it reported as applied.
+        with _writers_lock(self.path, self.where):
+            with translate_errors(f"read {self.where} again before writing (nothing was "
+                                  "changed)", into=ApplyError):
+                current = read_input(self.path, _MAX_FILE_BYTES)
+            if current != doc.token:
+                raise ApplyError(f"{self.where}: changed by someone else while k3snet was "
+                                 "applying; nothing was written, observe and plan again")
+            with translate_errors(f"write {self.where} (the file is unchanged)",
+                                  into=ApplyError):
+                _atomic_write(self.path, text.encode())
         return 2
+
+
+_WRITE_LOCK_SECONDS = 10.0
+"""How long a write waits for another k3snet writing the same file (a write takes
+milliseconds; a holder that long is stuck)."""
+
+
+@contextlib.contextmanager
+def _writers_lock(path: Path, where: str) -> Iterator[None]:
+    """Hold ``flock(2)`` on the directory the file is renamed in, for k3snet's writers.
+
+    The directory, not the file: the rename replaces the file's inode, and a lock on the
+    old one would let the next writer in on a file no longer there. A directory k3snet
+    cannot open or lock (no read permission, a filesystem without ``flock``) is written
+    unguarded, as before: the check of the file's bytes still catches a change made
+    before it.
+    """
+    try:
+        fd = os.open(path.resolve().parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + _WRITE_LOCK_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ApplyError(
+                        f"{where}: another k3snet is writing it (its directory stayed "
+                        f"locked for {_WRITE_LOCK_SECONDS:g} s); nothing was written, "
+                        "observe and plan again") from None
+                time.sleep(0.05)
+            except OSError:
+                break  # no flock here: unguarded
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

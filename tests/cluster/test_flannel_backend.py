@@ -272,6 +272,47 @@ def test_a_concurrent_change_of_the_file_is_not_overwritten(
     assert conf_file.read_text() == NET_CONF.replace("8472", "8473")
 
 
+def test_two_k3snet_writers_of_one_file_never_lose_either_edit(
+    conf_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another k3snet (the agent beside an operator's apply) writing the same file between
+    this one's last check and its rename: one of them is refused, never silently lost."""
+    from k3snet.backends import flannel  # noqa: PLC0415 - its private wait, made 0 here
+
+    monkeypatch.setattr(flannel, "_WRITE_LOCK_SECONDS", 0.0, raising=False)
+    first = FlannelBackend(path=conf_file, allow_disruptive=True)
+    second = FlannelBackend(path=conf_file, allow_disruptive=True)
+    first_plan = plan(first.observe(), State(owned=[FlannelConfig(first.target,
+                                                                  network="10.9.0.0/16")]))
+    second_plan = plan(second.observe(), State(owned=[FlannelConfig(second.target,
+                                                                    enable_nftables=True)]))
+    outcome: list[str] = []
+    mkstemp = tempfile.mkstemp
+    calls: list[None] = []
+
+    def second_writes_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        calls.append(None)
+        if len(calls) == 1:  # the first writer, after its check of the file, before its rename
+            try:
+                second.apply(second_plan)
+                outcome.append("applied")
+            except ApplyError as exc:
+                outcome.append(str(exc))
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", second_writes_meanwhile)
+    first.apply(first_plan)
+    values = json.loads(conf_file.read_text())
+    assert values["Network"] == "10.9.0.0/16"
+    if outcome == ["applied"]:  # then its edit must be there too
+        assert values.get("EnableNFTables") is True, "the second writer's edit was lost"
+    else:
+        assert "another k3snet is writing" in outcome[0], outcome
+        assert "EnableNFTables" not in values
+    assert FlannelBackend(path=conf_file).observe().owned == frozenset(
+        {FlannelConfig(first.target, network="10.9.0.0/16")})
+
+
 def test_invalid_json_in_the_file_is_a_clear_error(conf_file: Path) -> None:
     conf_file.write_text('{"Network": "10.42.0.0/16",}')
     backend = FlannelBackend(path=conf_file, allow_disruptive=True)
