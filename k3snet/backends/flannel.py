@@ -256,6 +256,18 @@ class _FileStore:
         return 2
 
 
+def _refuse_unwritable(text: str, target: str) -> None:
+    """PlanError if ``text`` holds a lone surrogate (a JSON ``"\\ud800"`` escape Python
+    read, from a value built in Python): no UTF-8 writes it, and flannel's Go reads such an
+    escape as U+FFFD, never as what k3snet compares."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise PlanError(f"flannel backend refuses to write {target}: a value holds "
+                        f"{text[exc.start:exc.end]!r}, half of a UTF-16 surrogate pair, "
+                        "which is not text net-conf.json can hold") from None
+
+
 _WRITE_LOCK_SECONDS = 10.0
 """How long a write waits for another k3snet writing the same file (a write takes
 milliseconds; a holder that long is stuck)."""
@@ -720,6 +732,7 @@ class FlannelBackend(BackendBase):
         reasons: list[str] = []
         for change in plan.changes:
             text, record = apply_change(text, record, change, where)
+            _refuse_unwritable(text, self.target)
             after = _values(text, where)
             reasons += disruptions(values, after)
             values = after

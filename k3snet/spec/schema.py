@@ -418,7 +418,12 @@ def _json_values(value: Any) -> str | None:
     reader refuses (and NaN never equals itself: the plan never settled)."""
     items = value.items() if isinstance(value, Mapping) else value
     try:
-        canonical_json(dict(items))
+        canonical_json(dict(items)).encode()
+    except UnicodeEncodeError:
+        # A JSON "\ud800" escape read by Python (Spec.from_dict, the Ansible module's
+        # arguments): no UTF-8 writes it, and flannel's Go would read U+FFFD.
+        return ("holds text with half of a UTF-16 surrogate pair (a lone \\ud800 .. "
+                "\\udfff escape), which net-conf.json cannot hold")
     except (TypeError, ValueError):  # ModelError is a ValueError
         return "holds a value JSON has not (.nan, .inf): flannel could not read net-conf.json"
     return None

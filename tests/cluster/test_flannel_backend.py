@@ -313,6 +313,25 @@ def test_two_k3snet_writers_of_one_file_never_lose_either_edit(
         {FlannelConfig(first.target, network="10.9.0.0/16")})
 
 
+@pytest.mark.parametrize("config", [
+    {"backend_type": "vxlan", "backend_options": {"Name": "\ud800"}},
+    {"extra": {"x-note": "\udce9"}},
+])
+def test_a_value_holding_half_a_surrogate_pair_is_refused_by_check_and_apply(
+    conf_file: Path, config: dict[str, Any]
+) -> None:
+    """No UTF-8 writes a lone surrogate (a JSON "\\ud800" escape read by Python): apply
+    failed with a UnicodeEncodeError after check found nothing."""
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, **config)]))
+    problems = backend.check(p)
+    assert len(problems) == 1
+    assert "half of a UTF-16 surrogate pair" in problems[0], problems
+    with pytest.raises(PlanError, match="half of a UTF-16 surrogate pair"):
+        backend.apply(p)
+    assert conf_file.read_text() == NET_CONF
+
+
 def test_invalid_json_in_the_file_is_a_clear_error(conf_file: Path) -> None:
     conf_file.write_text('{"Network": "10.42.0.0/16",}')
     backend = FlannelBackend(path=conf_file, allow_disruptive=True)

@@ -29,3 +29,16 @@ def test_flannel_backend_options_of_json_values_are_read_and_written_back() -> N
     spec = Spec.from_dict({**BASE, "cni": {"flannel": {"backend": {"options": options}}}})
     assert dict(spec.cni.flannel.backend_options) == options
     json.dumps(dict(spec.cni.flannel.backend_options), allow_nan=False)
+
+
+@pytest.mark.parametrize("options", [{"ESPProposal": "\ud800"}, {"\udce9": 1},
+                                     {"List": ["ok", "\udfff"]}])
+def test_a_flannel_backend_option_holding_half_a_surrogate_pair_is_refused_at_its_path(
+        options: dict[str, object]) -> None:
+    # A JSON "\ud800" escape (json.loads of the Ansible module's arguments, Spec.from_dict)
+    # is no text UTF-8 can write: apply failed with a UnicodeEncodeError after check passed.
+    with pytest.raises(SpecError) as raised:
+        Spec.from_dict({**BASE, "cni": {"flannel": {"backend": {"type": "ipsec",
+                                                                "options": options}}}})
+    assert [p.path for p in raised.value.problems] == ["cni.flannel.backend.options"]
+    assert "surrogate" in raised.value.problems[0].message
