@@ -344,6 +344,16 @@ def test_invalid_json_in_the_file_is_a_clear_error(conf_file: Path) -> None:
     assert "not valid JSON" in problems[0]
 
 
+def test_a_byte_order_mark_is_named_as_flannel_refuses_it_too(conf_file: Path) -> None:
+    # Python's own message advised decoding with utf-8-sig, as if k3snet were at fault;
+    # flannel's Go stops on it: "invalid character 'ï' looking for beginning of value".
+    conf_file.write_bytes(b"\xef\xbb\xbf" + NET_CONF.encode())
+    with pytest.raises(BackendError, match=r"net-conf.json: net-conf.json starts with a "
+                                           r"byte order mark .*flannel refuses it too") as info:
+        FlannelBackend(path=conf_file, allow_disruptive=True).observe()
+    assert "utf-8-sig" not in str(info.value)
+
+
 def test_duplicate_top_level_keys_are_refused(conf_file: Path) -> None:
     conf_file.write_text('{"Network": "10.42.0.0/16", "Network": "10.9.0.0/16"}')
     with pytest.raises(BackendError, match="key 'Network' twice"):
