@@ -234,6 +234,18 @@ class _FileStore:
                          written_name=f"key {FLANNEL_WRITTEN_MARKER!r}",
                          owned_name=repr(FLANNEL_OWNED_MARKER))
 
+    def check_writable(self) -> None:
+        """ApplyError if the rename would not replace the file as every reader sees it: a
+        file of several hard links (the rename gives one name the new text, and K3s
+        reading another never sees it)."""
+        with translate_errors(f"read {self.where}", into=ApplyError):
+            links = self.path.stat().st_nlink
+        if links > 1:
+            raise ApplyError(f"{self.where} has {links} hard links: the rename that replaces "
+                             "it atomically would give only this name the new text; nothing "
+                             "was written. Point k3snet and K3s at one name and remove the "
+                             "others (or copy the file)")
+
     def write(self, doc: _Doc, text: str, record: Record | None) -> int:
         """Replace the file atomically; returns the number of system round trips."""
         if record is not None:
@@ -250,6 +262,7 @@ class _FileStore:
             if current != doc.token:
                 raise ApplyError(f"{self.where}: changed by someone else while k3snet was "
                                  "applying; nothing was written, observe and plan again")
+            self.check_writable()
             with translate_errors(f"write {self.where} (the file is unchanged)",
                                   into=ApplyError):
                 _atomic_write(self.path, text.encode())
@@ -329,7 +342,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
                         f"{info.st_uid}:{info.st_gid} (run k3snet as root or as that "
                         "user)") from None
             os.fsync(handle.fileno())
-        os.replace(temporary, real)
+        try:
+            os.replace(temporary, real)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            raise OSError(errno.EBUSY, f"{exc.strerror}: {real} is a mount point (a "
+                          "container given the file itself, a hostPath of type File), "
+                          "which no rename replaces; mount its directory") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -650,7 +670,11 @@ class FlannelBackend(BackendBase):
         try:
             if plan.changes:
                 self._refuse_k3s_generated()
-                self._edit(self._read_for_apply(), plan, refuse_disruptive=True)
+                doc = self._read_for_apply()
+                text, record, _ = self._edit(doc, plan, refuse_disruptive=True)
+                if isinstance(self._store, _FileStore) and (text != doc.text
+                                                            or record != doc.record):
+                    self._store.check_writable()
             else:
                 self.ensure_capable(plan)
         except (PlanError, BackendError) as exc:

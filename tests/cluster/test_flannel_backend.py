@@ -255,6 +255,46 @@ def test_failed_write_leaves_the_file_unchanged(
     assert sorted(os.listdir(conf_file.parent)) == ["net-conf.json"]
 
 
+def test_a_hard_linked_file_is_left_alone_as_the_rename_would_part_its_names(
+    conf_file: Path,
+) -> None:
+    """The rename gives one name the new text; K3s reading the other (--flannel-conf naming
+    it) would never see what k3snet reported as applied."""
+    other = conf_file.parent / "k3s-flannel.json"
+    os.link(conf_file, other)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
+                                                           enable_nftables=True)]))
+    problems = backend.check(p)
+    assert len(problems) == 1
+    assert "2 hard links" in problems[0], problems
+    with pytest.raises(ApplyError, match="2 hard links"):
+        backend.apply(p)
+    assert conf_file.read_text() == other.read_text() == NET_CONF
+    assert conf_file.stat().st_ino == other.stat().st_ino
+    assert sorted(os.listdir(conf_file.parent)) == ["k3s-flannel.json", "net-conf.json"]
+
+
+def test_a_file_that_is_a_mount_point_is_named_so_when_the_rename_is_refused(
+    conf_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel refuses a rename over a mount point (EBUSY): a container given the file
+    # itself (a hostPath of type File, docker -v FILE:FILE), not its directory.
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+
+    def busy(src: str, dst: str) -> None:
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr(os, "replace", busy)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
+                                                           enable_nftables=True)]))
+    with pytest.raises(ApplyError, match=r"the file is unchanged\): .*a mount point .*mount "
+                                         r"its directory"):
+        backend.apply(p)
+    assert conf_file.read_text() == NET_CONF
+    assert sorted(os.listdir(conf_file.parent)) == ["net-conf.json"]
+
+
 def test_a_concurrent_change_of_the_file_is_not_overwritten(
     conf_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
