@@ -42,3 +42,21 @@ def test_a_flannel_backend_option_holding_half_a_surrogate_pair_is_refused_at_it
                                                                 "options": options}}}})
     assert [p.path for p in raised.value.problems] == ["cni.flannel.backend.options"]
     assert "surrogate" in raised.value.problems[0].message
+
+
+@pytest.mark.parametrize(("value", "hint"), [
+    ("wireguard-native", "K3s's --flannel-backend wireguard-native writes flannel's Type "
+                         "\"wireguard\""),
+    ("none", "K3s's --flannel-backend none runs no flannel"),
+    ("VXLAN", "write it as \"vxlan\""),
+])
+def test_a_k3s_flannel_backend_name_as_the_type_is_refused_with_flannel_s_name(
+        value: str, hint: str) -> None:
+    # K3s's flag names are not all flannel's Type words: a user copying
+    # --flannel-backend=wireguard-native got only the list of flannel's types.
+    with pytest.raises(SpecError) as raised:
+        Spec.from_dict({**BASE, "cni": {"flannel": {"backend": {"type": value}}}})
+    [problem] = raised.value.problems
+    assert problem.path == "cni.flannel.backend.type"
+    assert "expected one of vxlan" in problem.message
+    assert hint in problem.message, problem.message
