@@ -51,7 +51,8 @@ k3snet's keys gives back the original text byte for byte. Flannel reads its
 config when it starts: restart flannel (K3s, or the kube-flannel DaemonSet) for
 a change to take effect; changing ``Network`` of a running cluster renumbers pods. The file
 is replaced atomically (temporary file in the same directory, ``fsync``,
-``rename``, mode and owner kept); the ConfigMap is changed with one JSON merge
+``rename``, mode and owner kept; k3snet's writers of one file take turns under
+``flock`` on its directory); the ConfigMap is changed with one JSON merge
 patch that carries the ``resourceVersion`` read, so a concurrent change makes
 the API server answer 409 and nothing is written.
 """
@@ -60,11 +61,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -231,21 +234,91 @@ class _FileStore:
                          written_name=f"key {FLANNEL_WRITTEN_MARKER!r}",
                          owned_name=repr(FLANNEL_OWNED_MARKER))
 
+    def check_writable(self) -> None:
+        """ApplyError if the rename would not replace the file as every reader sees it: a
+        file of several hard links (the rename gives one name the new text, and K3s
+        reading another never sees it)."""
+        with translate_errors(f"read {self.where}", into=ApplyError):
+            links = self.path.stat().st_nlink
+        if links > 1:
+            raise ApplyError(f"{self.where} has {links} hard links: the rename that replaces "
+                             "it atomically would give only this name the new text; nothing "
+                             "was written. Point k3snet and K3s at one name and remove the "
+                             "others (or copy the file)")
+
     def write(self, doc: _Doc, text: str, record: Record | None) -> int:
         """Replace the file atomically; returns the number of system round trips."""
         if record is not None:
             written = _written_text(record, text, self.where)
             text = ObjectText(text, self.where).set(FLANNEL_OWNED_MARKER, record_text(record))
             text = ObjectText(text, self.where).set(FLANNEL_WRITTEN_MARKER, written)
-        with translate_errors(f"read {self.where} again before writing (nothing was "
-                              "changed)", into=ApplyError):
-            current = read_input(self.path, _MAX_FILE_BYTES)
-        if current != doc.token:
-            raise ApplyError(f"{self.where}: changed by someone else while k3snet was applying; "
-                             "nothing was written, observe and plan again")
-        with translate_errors(f"write {self.where} (the file is unchanged)", into=ApplyError):
-            _atomic_write(self.path, text.encode())
+        # The check that the file is as read and the rename are one step for every k3snet
+        # writing it (the agent beside an operator's apply): else both pass the check and
+        # the later rename drops the earlier one's edit, which it reported as applied.
+        with _writers_lock(self.path, self.where):
+            with translate_errors(f"read {self.where} again before writing (nothing was "
+                                  "changed)", into=ApplyError):
+                current = read_input(self.path, _MAX_FILE_BYTES)
+            if current != doc.token:
+                raise ApplyError(f"{self.where}: changed by someone else while k3snet was "
+                                 "applying; nothing was written, observe and plan again")
+            self.check_writable()
+            with translate_errors(f"write {self.where} (the file is unchanged)",
+                                  into=ApplyError):
+                _atomic_write(self.path, text.encode())
         return 2
+
+
+def _refuse_unwritable(text: str, target: str) -> None:
+    """PlanError if ``text`` holds a lone surrogate (a JSON ``"\\ud800"`` escape Python
+    read, from a value built in Python): no UTF-8 writes it, and flannel's Go reads such an
+    escape as U+FFFD, never as what k3snet compares."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise PlanError(f"flannel backend refuses to write {target}: a value holds "
+                        f"{text[exc.start:exc.end]!r}, half of a UTF-16 surrogate pair, "
+                        "which is not text net-conf.json can hold") from None
+
+
+_WRITE_LOCK_SECONDS = 10.0
+"""How long a write waits for another k3snet writing the same file (a write takes
+milliseconds; a holder that long is stuck)."""
+
+
+@contextlib.contextmanager
+def _writers_lock(path: Path, where: str) -> Iterator[None]:
+    """Hold ``flock(2)`` on the directory the file is renamed in, for k3snet's writers.
+
+    The directory, not the file: the rename replaces the file's inode, and a lock on the
+    old one would let the next writer in on a file no longer there. A directory k3snet
+    cannot open or lock (no read permission, a filesystem without ``flock``) is written
+    unguarded, as before: the check of the file's bytes still catches a change made
+    before it.
+    """
+    try:
+        fd = os.open(path.resolve().parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + _WRITE_LOCK_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ApplyError(
+                        f"{where}: another k3snet is writing it (its directory stayed "
+                        f"locked for {_WRITE_LOCK_SECONDS:g} s); nothing was written, "
+                        "observe and plan again") from None
+                time.sleep(0.05)
+            except OSError:
+                break  # no flock here: unguarded
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -269,7 +342,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
                         f"{info.st_uid}:{info.st_gid} (run k3snet as root or as that "
                         "user)") from None
             os.fsync(handle.fileno())
-        os.replace(temporary, real)
+        try:
+            os.replace(temporary, real)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            raise OSError(errno.EBUSY, f"{exc.strerror}: {real} is a mount point (a "
+                          "container given the file itself, a hostPath of type File), "
+                          "which no rename replaces; mount its directory") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -590,7 +670,11 @@ class FlannelBackend(BackendBase):
         try:
             if plan.changes:
                 self._refuse_k3s_generated()
-                self._edit(self._read_for_apply(), plan, refuse_disruptive=True)
+                doc = self._read_for_apply()
+                text, record, _ = self._edit(doc, plan, refuse_disruptive=True)
+                if isinstance(self._store, _FileStore) and (text != doc.text
+                                                            or record != doc.record):
+                    self._store.check_writable()
             else:
                 self.ensure_capable(plan)
         except (PlanError, BackendError) as exc:
@@ -672,6 +756,7 @@ class FlannelBackend(BackendBase):
         reasons: list[str] = []
         for change in plan.changes:
             text, record = apply_change(text, record, change, where)
+            _refuse_unwritable(text, self.target)
             after = _values(text, where)
             reasons += disruptions(values, after)
             values = after

@@ -61,6 +61,11 @@ class ObjectText:
     """A JSON object's text with the spans of its top-level members, for surgical edits."""
 
     def __init__(self, text: str, where: str) -> None:
+        if text.startswith("\ufeff"):  # Python's own message advises utf-8-sig
+            raise BackendError(f"{where}: net-conf.json starts with a byte order mark "
+                               "(U+FEFF), and flannel refuses it too (Go's JSON reader: "
+                               "\"invalid character 'ï' looking for beginning of value\"); "
+                               "remove it")
         try:
             value = load_json(text)  # as flannel's Go reads it; nesting bounded
         except JsonTextError as exc:

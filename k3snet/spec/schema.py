@@ -62,7 +62,15 @@ from k3snet.spec.model import (
     Spec,
     spec_interface_name,
 )
-from k3snet.spec.validators import Check, int_in, matches, one_of, optional, with_schema
+from k3snet.spec.validators import (
+    Check,
+    int_in,
+    matches,
+    one_of,
+    optional,
+    schema_of,
+    with_schema,
+)
 
 __all__ = ["DNS_LABEL", "SECTIONS", "SPEC", "read_spec", "write_spec"]
 
@@ -418,7 +426,12 @@ def _json_values(value: Any) -> str | None:
     reader refuses (and NaN never equals itself: the plan never settled)."""
     items = value.items() if isinstance(value, Mapping) else value
     try:
-        canonical_json(dict(items))
+        canonical_json(dict(items)).encode()
+    except UnicodeEncodeError:
+        # A JSON "\ud800" escape read by Python (Spec.from_dict, the Ansible module's
+        # arguments): no UTF-8 writes it, and flannel's Go would read U+FFFD.
+        return ("holds text with half of a UTF-16 surrogate pair (a lone \\ud800 .. "
+                "\\udfff escape), which net-conf.json cannot hold")
     except (TypeError, ValueError):  # ModelError is a ValueError
         return "holds a value JSON has not (.nan, .inf): flannel could not read net-conf.json"
     return None
@@ -426,8 +439,32 @@ def _json_values(value: Any) -> str | None:
 
 with_schema(_json_values, {"type": "object"})
 
+_FLANNEL_TYPE = one_of(*FLANNEL_TYPES)
+_K3S_FLANNEL_BACKENDS = {
+    # K3s's --flannel-backend words that are not flannel's Type words (pkg/agent/flannel)
+    "wireguard-native": "K3s's --flannel-backend wireguard-native writes flannel's Type "
+                        "\"wireguard\"",
+    "none": "K3s's --flannel-backend none runs no flannel: leave cni.flannel out",
+    "tailscale": ("K3s's --flannel-backend tailscale writes Type \"extension\" with the "
+                  "commands it runs, which k3snet never switches to"),
+}
+
+
+def _flannel_type(value: Any) -> str | None:
+    """One of flannel's Type words, with a hint for K3s's flag words and other case."""
+    problem = _FLANNEL_TYPE(value)
+    if problem is None or not isinstance(value, str):
+        return problem
+    hint = _K3S_FLANNEL_BACKENDS.get(value.lower())
+    if hint is None and value.lower() in FLANNEL_TYPES:
+        hint = f"write it as \"{value.lower()}\""
+    return problem if hint is None else f"{problem} ({hint})"
+
+
+with_schema(_flannel_type, schema_of(_FLANNEL_TYPE) or {})
+
 FLANNEL = Section(FlannelSettings, (
-    Field("backend.type", "backend_type", raw, checks=(optional(one_of(*FLANNEL_TYPES)),),
+    Field("backend.type", "backend_type", raw, checks=(optional(_flannel_type),),
           example="host-gw", doc="Flannel's backend Type in net-conf.json (unset: leave it)."),
     Field("backend.options", "backend_options", mapping("expected a mapping"), pairs,
           checks=(_json_values,), example={"VNI": 4},

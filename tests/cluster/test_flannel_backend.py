@@ -255,6 +255,46 @@ def test_failed_write_leaves_the_file_unchanged(
     assert sorted(os.listdir(conf_file.parent)) == ["net-conf.json"]
 
 
+def test_a_hard_linked_file_is_left_alone_as_the_rename_would_part_its_names(
+    conf_file: Path,
+) -> None:
+    """The rename gives one name the new text; K3s reading the other (--flannel-conf naming
+    it) would never see what k3snet reported as applied."""
+    other = conf_file.parent / "k3s-flannel.json"
+    os.link(conf_file, other)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
+                                                           enable_nftables=True)]))
+    problems = backend.check(p)
+    assert len(problems) == 1
+    assert "2 hard links" in problems[0], problems
+    with pytest.raises(ApplyError, match="2 hard links"):
+        backend.apply(p)
+    assert conf_file.read_text() == other.read_text() == NET_CONF
+    assert conf_file.stat().st_ino == other.stat().st_ino
+    assert sorted(os.listdir(conf_file.parent)) == ["k3s-flannel.json", "net-conf.json"]
+
+
+def test_a_file_that_is_a_mount_point_is_named_so_when_the_rename_is_refused(
+    conf_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel refuses a rename over a mount point (EBUSY): a container given the file
+    # itself (a hostPath of type File, docker -v FILE:FILE), not its directory.
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+
+    def busy(src: str, dst: str) -> None:
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr(os, "replace", busy)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
+                                                           enable_nftables=True)]))
+    with pytest.raises(ApplyError, match=r"the file is unchanged\): .*a mount point .*mount "
+                                         r"its directory"):
+        backend.apply(p)
+    assert conf_file.read_text() == NET_CONF
+    assert sorted(os.listdir(conf_file.parent)) == ["net-conf.json"]
+
+
 def test_a_concurrent_change_of_the_file_is_not_overwritten(
     conf_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -272,6 +312,66 @@ def test_a_concurrent_change_of_the_file_is_not_overwritten(
     assert conf_file.read_text() == NET_CONF.replace("8472", "8473")
 
 
+def test_two_k3snet_writers_of_one_file_never_lose_either_edit(
+    conf_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another k3snet (the agent beside an operator's apply) writing the same file between
+    this one's last check and its rename: one of them is refused, never silently lost."""
+    from k3snet.backends import flannel  # noqa: PLC0415 - its private wait, made 0 here
+
+    monkeypatch.setattr(flannel, "_WRITE_LOCK_SECONDS", 0.0, raising=False)
+    first = FlannelBackend(path=conf_file, allow_disruptive=True)
+    second = FlannelBackend(path=conf_file, allow_disruptive=True)
+    first_plan = plan(first.observe(), State(owned=[FlannelConfig(first.target,
+                                                                  network="10.9.0.0/16")]))
+    second_plan = plan(second.observe(), State(owned=[FlannelConfig(second.target,
+                                                                    enable_nftables=True)]))
+    outcome: list[str] = []
+    mkstemp = tempfile.mkstemp
+    calls: list[None] = []
+
+    def second_writes_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        calls.append(None)
+        if len(calls) == 1:  # the first writer, after its check of the file, before its rename
+            try:
+                second.apply(second_plan)
+                outcome.append("applied")
+            except ApplyError as exc:
+                outcome.append(str(exc))
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", second_writes_meanwhile)
+    first.apply(first_plan)
+    values = json.loads(conf_file.read_text())
+    assert values["Network"] == "10.9.0.0/16"
+    if outcome == ["applied"]:  # then its edit must be there too
+        assert values.get("EnableNFTables") is True, "the second writer's edit was lost"
+    else:
+        assert "another k3snet is writing" in outcome[0], outcome
+        assert "EnableNFTables" not in values
+    assert FlannelBackend(path=conf_file).observe().owned == frozenset(
+        {FlannelConfig(first.target, network="10.9.0.0/16")})
+
+
+@pytest.mark.parametrize("config", [
+    {"backend_type": "vxlan", "backend_options": {"Name": "\ud800"}},
+    {"extra": {"x-note": "\udce9"}},
+])
+def test_a_value_holding_half_a_surrogate_pair_is_refused_by_check_and_apply(
+    conf_file: Path, config: dict[str, Any]
+) -> None:
+    """No UTF-8 writes a lone surrogate (a JSON "\\ud800" escape read by Python): apply
+    failed with a UnicodeEncodeError after check found nothing."""
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, **config)]))
+    problems = backend.check(p)
+    assert len(problems) == 1
+    assert "half of a UTF-16 surrogate pair" in problems[0], problems
+    with pytest.raises(PlanError, match="half of a UTF-16 surrogate pair"):
+        backend.apply(p)
+    assert conf_file.read_text() == NET_CONF
+
+
 def test_invalid_json_in_the_file_is_a_clear_error(conf_file: Path) -> None:
     conf_file.write_text('{"Network": "10.42.0.0/16",}')
     backend = FlannelBackend(path=conf_file, allow_disruptive=True)
@@ -282,6 +382,16 @@ def test_invalid_json_in_the_file_is_a_clear_error(conf_file: Path) -> None:
                                                                     network="10.9.0.0/16"))]))
     assert problems
     assert "not valid JSON" in problems[0]
+
+
+def test_a_byte_order_mark_is_named_as_flannel_refuses_it_too(conf_file: Path) -> None:
+    # Python's own message advised decoding with utf-8-sig, as if k3snet were at fault;
+    # flannel's Go stops on it: "invalid character 'ï' looking for beginning of value".
+    conf_file.write_bytes(b"\xef\xbb\xbf" + NET_CONF.encode())
+    with pytest.raises(BackendError, match=r"net-conf.json: net-conf.json starts with a "
+                                           r"byte order mark .*flannel refuses it too") as info:
+        FlannelBackend(path=conf_file, allow_disruptive=True).observe()
+    assert "utf-8-sig" not in str(info.value)
 
 
 def test_duplicate_top_level_keys_are_refused(conf_file: Path) -> None:

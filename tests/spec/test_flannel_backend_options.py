@@ -29,3 +29,34 @@ def test_flannel_backend_options_of_json_values_are_read_and_written_back() -> N
     spec = Spec.from_dict({**BASE, "cni": {"flannel": {"backend": {"options": options}}}})
     assert dict(spec.cni.flannel.backend_options) == options
     json.dumps(dict(spec.cni.flannel.backend_options), allow_nan=False)
+
+
+@pytest.mark.parametrize("options", [{"ESPProposal": "\ud800"}, {"\udce9": 1},
+                                     {"List": ["ok", "\udfff"]}])
+def test_a_flannel_backend_option_holding_half_a_surrogate_pair_is_refused_at_its_path(
+        options: dict[str, object]) -> None:
+    # A JSON "\ud800" escape (json.loads of the Ansible module's arguments, Spec.from_dict)
+    # is no text UTF-8 can write: apply failed with a UnicodeEncodeError after check passed.
+    with pytest.raises(SpecError) as raised:
+        Spec.from_dict({**BASE, "cni": {"flannel": {"backend": {"type": "ipsec",
+                                                                "options": options}}}})
+    assert [p.path for p in raised.value.problems] == ["cni.flannel.backend.options"]
+    assert "surrogate" in raised.value.problems[0].message
+
+
+@pytest.mark.parametrize(("value", "hint"), [
+    ("wireguard-native", "K3s's --flannel-backend wireguard-native writes flannel's Type "
+                         "\"wireguard\""),
+    ("none", "K3s's --flannel-backend none runs no flannel"),
+    ("VXLAN", "write it as \"vxlan\""),
+])
+def test_a_k3s_flannel_backend_name_as_the_type_is_refused_with_flannel_s_name(
+        value: str, hint: str) -> None:
+    # K3s's flag names are not all flannel's Type words: a user copying
+    # --flannel-backend=wireguard-native got only the list of flannel's types.
+    with pytest.raises(SpecError) as raised:
+        Spec.from_dict({**BASE, "cni": {"flannel": {"backend": {"type": value}}}})
+    [problem] = raised.value.problems
+    assert problem.path == "cni.flannel.backend.type"
+    assert "expected one of vxlan" in problem.message
+    assert hint in problem.message, problem.message
