@@ -168,9 +168,16 @@ def _agent_logs_json(argv: Sequence[str]) -> bool:
         if arg == "--":
             break
         name, equals, value = arg.partition("=")
-        if name == "--log-format":
+        if _agent_option(name, "--log-format", "--log-f"):
             wanted = value if equals else (argv[index + 1] if index + 1 < len(argv) else "")
     return wanted == "json"
+
+
+def _agent_option(name: str, option: str, shortest: str) -> bool:
+    """Whether argparse reads ``name`` as the agent's ``option``: the option or an
+    abbreviation of it (``--log-form``), down to ``shortest``, the shortest one no other
+    option of the agent starts with (tests/cli/test_json_errors.py checks it)."""
+    return len(name) >= len(shortest) and option.startswith(name)
 
 
 def _log_agent_usage_error(argv: Sequence[str], message: str) -> None:
@@ -180,8 +187,10 @@ def _log_agent_usage_error(argv: Sequence[str], message: str) -> None:
 
     node = os.environ.get("K3SNET_NODE_NAME") or socket.gethostname().strip().lower()
     for index, arg in enumerate(argv):
+        if arg == "--":
+            break
         name, equals, value = arg.partition("=")
-        if name == "--node-name" and (equals or index + 1 < len(argv)):
+        if _agent_option(name, "--node-name", "--nod") and (equals or index + 1 < len(argv)):
             node = value if equals else argv[index + 1]
     configure_logging(node, "json").error("%s", f"usage: {message}")
 

@@ -130,6 +130,29 @@ def _number_problem(name: str, value: str) -> str | None:
     return None
 
 
+_BITMAP = re.compile(r"[0-9a-fA-F]+(?:,[0-9a-fA-F]+)*")
+
+
+def _bitmap(value: str) -> str:
+    """A CPU bitmap (:data:`_HEXADECIMAL`) in one spelling whatever the node's CPUs: the
+    kernel shows it padded to its number of possible CPUs in 32-bit groups of 8 digits
+    (``%*pb``: ``1`` written, ``01`` on 8 CPUs, ``00000000,00000001`` on 64), never as
+    written, and reads any of them (``bitmap_parse``). Here the leading zeros go:
+    ``00000000,00000003`` and ``0003`` are ``3``, ``1,00000003`` stays. A value that is
+    no bitmap is left as it is (the kernel refuses it)."""
+    if not _BITMAP.fullmatch(value) or any(len(g) > 8 for g in value.split(",")[1:]):
+        return value
+    number = 0
+    for group in value.split(","):
+        number = number << 32 | int(group, 16)
+    groups = []
+    while True:
+        number, low = divmod(number, 1 << 32)
+        groups.append(f"{low:x}" if not number else f"{low:08x}")
+        if not number:
+            return ",".join(reversed(groups))
+
+
 def _not_decimal(name: str, token: str) -> str:
     """The problem of ``token``, a number written otherwise than the kernel writes it."""
     sign, digits = ("-", token[1:]) if token[0] in "+-" else ("", token)
@@ -227,7 +250,8 @@ class Sysctl(NetObject):
     ``0x1e`` as hexadecimal and ``010`` as octal, shows ``30`` and ``8``, never what
     was written (every apply would fail), and refuses ``+2`` and ``09``; each is a
     :class:`~k3snet.errors.ModelError` naming the decimal to write (a CPU bitmap,
-    ``net.core.rps_default_mask``, is hexadecimal to the kernel and taken as given):
+    ``net.core.rps_default_mask``, is hexadecimal to the kernel, shown padded to the
+    node's CPUs, and held without its leading zeros, ``0003`` as ``3``):
 
     >>> Sysctl("net.ipv4.tcp_fin_timeout", "0x1e")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -257,6 +281,10 @@ class Sysctl(NetObject):
     _hash: int = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.name in _HEXADECIMAL:  # one spelling of a CPU bitmap: see _bitmap
+            object.__setattr__(self, "value", _bitmap(self.value))
+            if self.previous is not None:
+                object.__setattr__(self, "previous", _bitmap(self.previous))
         self._seal(("sysctl", self.name), (self.value,))
 
     @property

@@ -8,6 +8,7 @@ met an empty input where the error schema promised a document.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,9 @@ def test_the_agent_s_system_or_internal_error_is_a_json_log_line_with_log_format
     (["agent", "-f", "x"], {"K3SNET_LOG_FORMAT": "json", "K3SNET_LOG_LEVEL": "LOUD"},
      "$K3SNET_LOG_LEVEL"),
     (["agent", "--log-format=json", "--node-name", "node-1"], {}, "-f/--spec"),
+    # argparse takes an unambiguous abbreviation of a long option as the option
+    (["agent", "--log-form", "json", "--nod", "node-1"], {}, "-f/--spec"),
+    (["agent", "--log-f=json", "--node-n=node-1", "--interval", "-1"], {}, "--interval"),
 ])
 def test_the_agent_s_usage_error_is_a_json_log_line_with_log_format_json(
     argv: list[str], environ: dict[str, str], said: str, monkeypatch: pytest.MonkeyPatch,
@@ -176,5 +180,16 @@ def test_the_agent_s_usage_error_is_a_json_log_line_with_log_format_json(
     jsonschema.Draft202012Validator(load_schema("log")).validate(records[-1])
     assert records[-1]["level"] == "error"
     assert said in records[-1]["message"]
-    if "--node-name" in argv:
+    if "node-1" in " ".join(argv):
         assert records[-1]["node"] == "node-1"
+
+
+def test_each_shortest_abbreviation_taken_is_of_one_agent_option_and_no_shorter_one() -> None:
+    """The shortest abbreviations :func:`cli._agent_logs_json` takes (``--log-f``,
+    ``--nod``) are of one agent option each, as argparse reads them, and no shorter one is."""
+    parser = cli.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    options = [o for a in commands.choices["agent"]._actions for o in a.option_strings]
+    for full, shortest in (("--log-format", "--log-f"), ("--node-name", "--nod")):
+        assert [o for o in options if o.startswith(shortest)] == [full]
+        assert len([o for o in options if o.startswith(shortest[:-1])]) > 1

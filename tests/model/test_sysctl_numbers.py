@@ -42,8 +42,24 @@ def test_a_decimal_number_or_a_word_is_a_sysctl_value(value: str | int) -> None:
 def test_a_cpu_bitmap_sysctl_takes_the_hexadecimal_the_kernel_reads_and_shows(name: str) -> None:
     """bitmap_parse reads hexadecimal digits, and the kernel shows the bitmap so ("00",
     "0003"): the kernel's own value read back is a value of the model."""
-    assert Sysctl(name, "0003").value == "0003"
-    assert Sysctl(name, "00").value == "00"
+    assert Sysctl(name, "0003").value == "3"
+    assert Sysctl(name, "00").value == "0"
+
+
+@pytest.mark.parametrize(("given", "held"), [
+    ("0003", "3"), ("00", "0"), ("F", "f"), ("00000000,00000003", "3"),
+    ("1,3", "1,00000003"), ("00000001,00000003", "1,00000003"), ("0,0,ff", "ff"),
+    ("0x3", "0x3"), ("1,123456789", "1,123456789")])
+def test_a_cpu_bitmap_is_held_as_one_spelling_whatever_the_node_pads_it_to(
+        given: str, held: str) -> None:
+    """The kernel shows a CPU bitmap padded to the node's possible CPUs in 32-bit groups
+    (1 written is 01 on 8 CPUs, 00000000,00000001 on 64): a spec's value was never what
+    it read back, and every apply failed ("the kernel stored '01'"), the agent's each
+    pass. One spelling, the leading zeros gone, matches whatever the node shows; a value
+    that is no bitmap (0x3, a group over 32 bits) is left for the kernel to refuse."""
+    sysctl = Sysctl("net.core.rps_default_mask", given, previous=given)
+    assert (sysctl.value, sysctl.previous) == (held, held)
+    assert Sysctl("net.core.rps_default_mask", held).met_by(sysctl)
 
 
 def test_a_recorded_previous_value_is_the_kernel_s_and_not_judged() -> None:

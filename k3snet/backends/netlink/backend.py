@@ -707,7 +707,8 @@ class NetlinkBackend(BackendBase):
         for name, (_value, previous) in sorted(mine.items()):
             current = normal(name, values.get(name))
             if current is not None:  # gone with its interface: nothing left to own
-                owned.append(Sysctl(name, current, previous=previous))
+                # An empty previous value (no port reserved) is none the model holds.
+                owned.append(Sysctl(name, current, previous=previous or None))
         foreign = [Sysctl(name, value) for name in others
                    if (value := normal(name, values.get(name))) is not None]
         return owned, foreign
@@ -978,7 +979,7 @@ class NetlinkBackend(BackendBase):
             if current is None:
                 continue
             if data.owns(name, indexes):
-                owned.append(Sysctl(name, current, previous=data.owned[name][1]))
+                owned.append(Sysctl(name, current, previous=data.owned[name][1] or None))
             else:
                 foreign.append(Sysctl(name, current))
         missing: list[tuple[Change, str]] = []
@@ -1224,7 +1225,9 @@ class NetlinkBackend(BackendBase):
                            and (switch in originals or switch not in inverted)}
 
                 def give_back() -> None:
-                    write_sysctl(root, name, recorded)
+                    # An empty value is written as a newline: a write of nothing
+                    # changes nothing (ip_local_reserved_ports kept its ports).
+                    write_sysctl(root, name, recorded or "\n")
                     restore_spread(root, targets)
 
                 self._write_sysctl(give_back, undo, restores)
@@ -1299,7 +1302,9 @@ def _previous(state: SysctlState, action: str, name: str, current: str) -> str |
     alias = ALIASES.get(name)
     if alias in state.owned:
         return state.owned[str(alias)][1]
-    return normal(name, current)
+    # An empty value (ip_local_reserved_ports: no port reserved) is recorded as such,
+    # not as no record: destroy gives it back.
+    return "" if not current.strip() else normal(name, current)
 
 
 def _alias_problems(changes: Sequence[Change], owned: Mapping[str, str]) -> list[str]:

@@ -367,8 +367,7 @@ class SysctlStore:
                     "--backend-opt netlink.state_dir=DIR)")
             if data.get("identity") != self.identity:
                 return SysctlState()  # left by another namespace of the same name
-            owned = {str(name): (str(entry["value"]),
-                                 None if entry.get("previous") is None else str(entry["previous"]))
+            owned = {str(name): (str(entry["value"]), _recorded_previous(entry))
                      for name, entry in data.get("owned", {}).items()}
             released = {str(name) for name in data.get("released", ())}
             spread = {str(name): {str(switch): str(value) for switch, value in values.items()}
@@ -447,7 +446,7 @@ class SysctlStore:
             "format": _STATE_FORMAT,
             "namespace": self.namespace,
             "identity": self.identity,
-            "owned": {name: {"value": value, "previous": previous}
+            "owned": {name: _previous_entry(value, previous)
                       for name, (value, previous) in sorted(state.owned.items())},
             "released": sorted(state.released),
         }
@@ -498,6 +497,24 @@ class SysctlStore:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+
+def _previous_entry(value: str, previous: str | None) -> dict[str, object]:
+    """An owned sysctl's entry in the state file. An empty previous value (no port in
+    ``ip_local_reserved_ports``) is ``"previous": null`` with ``"previous_empty": true``:
+    an older k3snet, whose model refuses an empty value, reads it as no record (it gives
+    nothing back, as it always did) instead of failing to observe the namespace."""
+    if previous == "":
+        return {"value": value, "previous": None, "previous_empty": True}
+    return {"value": value, "previous": previous}
+
+
+def _recorded_previous(entry: Mapping[str, object]) -> str | None:
+    """The previous value of a state file's entry (see :func:`_previous_entry`)."""
+    previous = entry.get("previous")
+    if previous is None:
+        return "" if entry.get("previous_empty") is True else None
+    return str(previous)
 
 
 def _describe(namespace: object) -> str:
