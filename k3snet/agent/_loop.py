@@ -252,6 +252,18 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(" ".join([head, listed(items, "\n")]).split())
 
 
+def _close(group: BackendGroup, what: str) -> None:
+    """Close ``group`` (every member: :meth:`BackendGroup.close`), a failure logged, not
+    raised: a backend failing to close (a custom backend's socket already gone) kept a
+    new spec, converged already, out of force, every pass building and leaking one more
+    group and failing as a bug; at shutdown it ended the agent with a traceback."""
+    try:
+        group.close()
+    except Exception as exc:  # noqa: BLE001 - nothing of the pass depends on it
+        _log.warning("cannot close the backends of %s: %s", what, _one_line(exc),
+                     exc_info=not isinstance(exc, K3snetError))
+
+
 def _destinations(spec: Spec, indices: frozenset[int]) -> str:
     """The CIDRs of the destinations at ``indices``, the first :data:`LOG_ITEMS` named:
     an uplink losing its address holds every destination through it, and a message
@@ -723,7 +735,7 @@ class Agent:
             applied, leader = self._converge(spec, sha, group, new=True)
         except (TeardownError, SpecError) as exc:
             if fresh:
-                group.close()
+                _close(group, "the refused spec")
             reason = "teardown" if isinstance(exc, TeardownError) else "invalid"
             raise _RefusedError(reason, exc) from exc
         except BaseException:
@@ -734,7 +746,7 @@ class Agent:
 
     def _accept(self, spec: Spec, sha: str, group: BackendGroup, fresh: bool) -> None:
         if fresh and self._group is not None:
-            self._group.close()
+            _close(self._group, f"spec generation {self.generation}")
         self._spec, self._sha, self._group = spec, sha, group
         self._group_backends = _backends_of(spec)
         self.generation += 1
@@ -1399,7 +1411,7 @@ class Agent:
                     if self.options.cleanup_on_exit:
                         self.cleaned_up = self._clean_up(self._group, deadline)
                 finally:
-                    self._group.close()
+                    _close(self._group, "the spec in force")
                     self._group = None
             elif self.options.cleanup_on_exit and self.cleaned_up is None:
                 self.cleaned_up = False

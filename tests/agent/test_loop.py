@@ -1058,3 +1058,50 @@ def test_the_spec_s_warnings_are_said_once_for_each_spec_in_force(
     assert said == ["spec generation 1: 1 destination(s) in no plan",
                     "spec generation 2: 2 destination(s) in no plan"]
     assert len(asked) == 2
+
+
+class FailingClose(MemoryBackend):
+    """A memory backend whose close() raises (a custom backend's socket already gone)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+        raise OSError(9, "Bad file descriptor")
+
+
+def test_a_backend_failing_to_close_keeps_no_new_spec_out_of_force_nor_leaks_groups(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    built: list[FailingClose] = []
+
+    def make_backend(spec: Spec) -> BackendGroup:
+        backend = FailingClose(capabilities=NODE_KINDS)
+        built.append(backend)
+        return BackendGroup([backend])
+
+    metrics = AgentMetrics()
+    def desired(spec: Spec, group: BackendGroup, /, *,
+                hold: frozenset[int] = frozenset()) -> State:
+        return compile_for(group, spec, hold=hold)
+
+    agent = Agent(FileSpecSource(path), make_backend, desired,
+                  AgentOptions("node-1", interval=0.01), metrics=metrics)
+    assert agent.run_pass().status == "ok"
+    path.write_text(SPEC_TWO + "backends: [memory]\n")  # other backends: a new group
+    result = agent.run_pass()
+    # The new spec went in force although the old group's close failed (said, not a bug).
+    assert result.status == "ok", result.message
+    assert agent.generation == 2
+    assert agent.run_pass().status == "ok"
+    assert len(built) == 2  # no group built again on every pass
+    assert built[0].closes == 1
+    assert metrics.registry.get_sample_value("k3snet_agent_sync_failures_total",
+                                             {"reason": "internal"}) == 0
+    assert "cannot close" in caplog.text
+    # Nor does a failing close at shutdown escape the loop.
+    agent.stop()
+    assert agent.run() == 0
