@@ -37,6 +37,7 @@ import hashlib
 import inspect
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -72,8 +73,8 @@ from k3snet.spec import Spec, held_destinations
 from k3snet.spec.load import imported_files, load_mapping
 from k3snet.spec.source import MAX_BYTES
 
-__all__ = ["NOT_READY_AFTER", "Agent", "AgentOptions", "PassResult", "cluster_wide_kinds",
-           "split_cluster_wide"]
+__all__ = ["INTERVAL_JITTER", "NOT_READY_AFTER", "Agent", "AgentOptions", "PassResult",
+           "cluster_wide_kinds", "split_cluster_wide"]
 
 _log = logging.getLogger("k3snet.agent")
 
@@ -134,6 +135,13 @@ CLEANUP_MARGIN = 5.0
 wait for another k3snet process's namespace lock ends that long before the kubelet's kill
 would (one killed mid-removal leaves the node half cleaned), and so do the Lease's release
 and the last report, each request's timeout cut to what is left (see ``Agent.shutdown``)."""
+
+INTERVAL_JITTER = 0.1
+"""The part of the interval by which each wait for it is shortened at random (0 to 10 %):
+agents whose passes ended at one instant (their spec reads, or the leader's API requests,
+all answered at once by an API server coming back) otherwise read the spec together, to
+the same millisecond, every interval from then on. Never longer: the interval stays the
+longest time between two passes, and the liveness limit and the alerts based on it hold."""
 
 FREE_REPAIRS = 2
 """Drift repairs within :attr:`AgentOptions.repair_window` made as soon as the change is
@@ -412,7 +420,8 @@ class Agent:
         # was unreachable failed as "internal", a bug, instead of refusing the spec.
         self._holds = _takes_hold(desired)
         self._elector_factory = elector_factory
-        self._clock, self._monotonic = clock, monotonic
+        # (and the draw of INTERVAL_JITTER's part of each interval)
+        self._clock, self._monotonic, self._random = clock, monotonic, random.random
         self.elector: LeaderElector | None = None
         self._elector_started = False
         self._spec: Spec | None = None
@@ -1262,8 +1271,9 @@ class Agent:
     def _wait_after(self, started: float,
                     before: tuple[Hashable | None, ...] | None = None, *,
                     applied: bool = False) -> bool:
-        """Wait for the interval (from the end of the pass, as before), a wake-up, or
-        (watching) a change on the node.
+        """Wait for the interval (from the end of the pass, as before; shortened by up to
+        :data:`INTERVAL_JITTER` of it at random), a wake-up, or (watching) a change on the
+        node.
 
         ``before``: the tokens a pass that succeeded read before it observed
         (:meth:`_baseline`). When they moved while it ran, the next pass starts after
@@ -1279,7 +1289,9 @@ class Agent:
         Returns whether a change on the node alone ended the wait (not the interval,
         nor a wake-up).
         """
-        deadline = self._monotonic() + self.options.interval
+        # Shortened at random (INTERVAL_JITTER): passes that ended together part again.
+        interval = self.options.interval * (1.0 - INTERVAL_JITTER * self._random())
+        deadline = self._monotonic() + interval
         watch = self.options.watch
         _, token = self.changes_seen(None) if watch else (False, None)
         if watch is None or token is None:

@@ -1105,3 +1105,59 @@ def test_a_backend_failing_to_close_keeps_no_new_spec_out_of_force_nor_leaks_gro
     # Nor does a failing close at shutdown escape the loop.
     agent.stop()
     assert agent.run() == 0
+
+
+class RecordedWaits:
+    """An Event stand-in that records how long each wait lasted, on a clock of its own
+    that each wait moves on (none waits for real)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.waits.append(timeout)
+        self.now += timeout
+        return False
+
+    def is_set(self) -> bool:
+        return False
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("watch", [None, 0.25])
+def test_each_wait_for_the_interval_is_shortened_at_random_by_at_most_a_tenth(
+        tmp_path: Path, watch: float | None) -> None:
+    # Agents whose passes ended at one instant (their spec reads answered together by an
+    # API server coming back) read the spec together every interval after: 5 000
+    # requests in one burst. Each draw shortens the wait; none lengthens it.
+    from k3snet.agent import INTERVAL_JITTER  # noqa: PLC0415
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = WatchedMemory()  # a change token: with watch, the wait is the watch's looks
+    waits = RecordedWaits()
+    agent = Agent(FileSpecSource(path),
+                  lambda spec: BackendGroup([memory]),  # type: ignore[list-item]
+                  lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+                  AgentOptions("node-1", interval=30.0, watch=watch),
+                  monotonic=lambda: waits.now)
+    assert agent.run_pass().status == "ok"
+    agent._wake = waits  # type: ignore[assignment]
+    lengths = []
+    for draw in (0.0, 0.5, 1.0):
+        agent._random = lambda draw=draw: draw  # type: ignore[misc]
+        waits.waits.clear()
+        agent._wait_after(waits.now)
+        if watch is not None:
+            assert len(waits.waits) > 1  # the watch looked between
+        lengths.append(sum(waits.waits))
+    assert lengths == pytest.approx([30.0, 30.0 * (1 - INTERVAL_JITTER / 2),
+                                     30.0 * (1 - INTERVAL_JITTER)])
+    assert INTERVAL_JITTER == 0.1
