@@ -395,6 +395,10 @@ class Agent:
     """(reads of the spec that failed in a row with a spec in force, what the pass's
     message says of them): not refusals, see :meth:`_read_failed`."""
 
+    _cluster_failure: Exception | None = None
+    """How the cluster-wide part last failed, this agent holding the Lease (None: it did
+    not): the passes leaving that part to the interval's fail with it too."""
+
     # (the group, its node part, its cluster-wide part): the parts kept from pass to
     # pass with their group, as what they remember is (the warnings they logged).
     _split: tuple[BackendGroup, BackendGroup | None, BackendGroup | None] | None = None
@@ -440,7 +444,9 @@ class Agent:
         # the spec was last read.
         self._by_change = False
         self._spec_read_at = monotonic()
-        self._cluster_at: float | None = None  # when the leader last converged that part
+        # When this agent, holding the Lease since, last converged that part (None: not
+        # yet in this tenure).
+        self._cluster_at: float | None = None
         # (SHA-256 of a spec text, the files it imports): the last text's, found once.
         self._imports: tuple[str, tuple[str, ...]] | None = None
         # The cluster-wide part's refusal of the spec in force (see _converge), and the
@@ -869,7 +875,9 @@ class Agent:
                 # the leader's node, kube-proxy committing every second made it list
                 # them (a quorum read of every IPPool) every second. The interval's
                 # passes and a new spec still converge them; so does becoming leader.
-                return (), leader, None
+                # Their failure stands until then: the pass fails with it again (said
+                # "ok" in between, the Node's status flipped at every interval).
+                return (), leader, self._cluster_failure
             if leader:
                 self._cluster_at = self._monotonic()
             changes = self._converge_one(spec, cluster, "cluster")[0] if leader else ()
@@ -879,17 +887,23 @@ class Agent:
             return (), leader, None
         except Exception as exc:  # noqa: BLE001 - the pass fails with it, once the node's ran
             self._cluster_synced(exc)
+            self._cluster_failure = exc if leader else None
             return (), leader, exc
+        self._cluster_failure = None
         self._cluster_refusal = self._cluster_refused = None
         if leader:
             self._cluster_synced(None)
         return changes, leader, None
 
     def _cluster_recent(self) -> bool:
-        """Whether a change on the node started this pass and this agent, leader in the
-        last good pass already, converged the cluster-wide part less than an interval
-        ago."""
-        return (self._by_change and self._last_ok_leader and self._cluster_at is not None
+        """Whether a change on the node started this pass and this agent, holding the Lease
+        since, converged the cluster-wide part (or failed to) less than an interval ago.
+
+        Since, not "leader in the last good pass": a new holder whose cluster-wide part
+        failed (its IPPool list answered 503) had no good pass, and listed them again on
+        every pass a change started, once a second on a node kube-proxy keeps changing,
+        against an API server in trouble."""
+        return (self._by_change and self._cluster_at is not None
                 and self._monotonic() - self._cluster_at < self.options.interval)
 
     def _refuse_cluster(self, sha: str, exc: TeardownError | SpecError) -> None:
@@ -1064,6 +1078,7 @@ class Agent:
             if not leader:  # the cluster-wide part's are looked at by its writer alone
                 self.metrics.backend_warnings.labels(part="cluster").set(0)
         if leader:
+            self._cluster_at = None  # a new tenure: its first pass converges that part
             self._wake.set()  # write the cluster-wide objects now, not an interval later
 
     def _drift(self, applied: Sequence[Change], leader: bool, *, changed: bool) -> int:

@@ -28,6 +28,7 @@ from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.lock import namespace_lock
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for, destroy
+from k3snet.errors import ApplyError
 from k3snet.kube import TERMINATION_GRACE
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
@@ -1161,3 +1162,95 @@ def test_each_wait_for_the_interval_is_shortened_at_random_by_at_most_a_tenth(
     assert lengths == pytest.approx([30.0, 30.0 * (1 - INTERVAL_JITTER / 2),
                                      30.0 * (1 - INTERVAL_JITTER)])
     assert INTERVAL_JITTER == 0.1
+
+
+class FailingPools(CountedPools):
+    """IPPools the API server fails to list (503) while ``failing``, each try counted."""
+
+    failing = True
+
+    def observe(self) -> State:
+        if not self.failing:
+            return super().observe()
+        self.lists += 1
+        raise ApplyError("the API server answered 503")
+
+
+def test_a_new_leader_whose_cluster_wide_part_fails_lists_nothing_more_on_change_passes(
+        ) -> None:
+    # A Lease holder with no good pass yet (its first IPPool list answered 503) listed
+    # them again on every pass a change on the node started: once a second on a node
+    # kube-proxy keeps changing, against an API server in trouble. Those passes fail
+    # with the failure that stands (said "ok", the Node's status flipped each interval).
+    now = [1000.0]
+    memory, pools, source = WatchedMemory(), FailingPools(), ApiSource(SPEC)
+    metrics = AgentMetrics()
+    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),  # type: ignore[list-item]
+                  lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+                  AgentOptions("node-1", interval=30), metrics=metrics)
+    agent._monotonic = lambda: now[0]
+    first = agent.run_pass()
+    assert (first.status, first.leader, pools.lists) == ("failed", True, 1)
+    agent._by_change = True
+    for _ in range(5):
+        now[0] += 1
+        memory.generation += 1
+        result = agent.run_pass()
+        assert result.status == "failed"
+        assert "503" in result.message
+    assert pools.lists == 1
+    assert metrics.registry.get_sample_value("k3snet_agent_cluster_sync_failures_total",
+                                             {"reason": "apply"}) == 1
+    now[0] += 30  # the interval's worth: tried again, change or not
+    agent.run_pass()
+    assert pools.lists == 2
+    # Once it lists them again, the change passes are ok again.
+    pools.failing = False
+    agent._by_change = False
+    assert agent.run_pass().status == "ok"
+    agent._by_change = True
+    now[0] += 1
+    memory.generation += 1
+    assert agent.run_pass().status == "ok"
+    assert pools.lists == 3
+
+
+def test_a_leader_again_converges_the_cluster_wide_part_at_once() -> None:
+    # A new tenure's first pass converges the cluster-wide part, however recent the
+    # last tenure's was.
+    now = [1000.0]
+    memory, pools, source = WatchedMemory(), CountedPools(), ApiSource(SPEC)
+    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),  # type: ignore[list-item]
+                  lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+                  AgentOptions("node-1", interval=30))
+    agent._monotonic = lambda: now[0]
+    agent.run_pass()
+    assert pools.lists == 1
+    agent._by_change = True
+    agent._leadership_changed(True)
+    now[0] += 1
+    memory.generation += 1
+    agent.run_pass()
+    assert pools.lists == 2
+
+
+def test_a_change_pass_of_a_leader_whose_cluster_wide_part_failed_fails_with_it() -> None:
+    # An established leader: the interval's pass failed on the IPPools, the passes a
+    # change started in between said "ok", the Node's status flipping at every interval.
+    now = [1000.0]
+    memory, pools, source = WatchedMemory(), FailingPools(), ApiSource(SPEC)
+    pools.failing = False
+    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),  # type: ignore[list-item]
+                  lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+                  AgentOptions("node-1", interval=30))
+    agent._monotonic = lambda: now[0]
+    assert agent.run_pass().status == "ok"
+    pools.failing = True
+    now[0] += 30
+    assert agent.run_pass().status == "failed"  # the interval's pass
+    agent._by_change = True
+    now[0] += 1
+    memory.generation += 1
+    changed = agent.run_pass()
+    assert (changed.status, pools.lists) == ("failed", 2)
+    assert "503" in changed.message
