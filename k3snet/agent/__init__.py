@@ -19,6 +19,7 @@ from k3snet.agent._lease import LeaderElector, LeaseSettings
 from k3snet.agent._logging import LOG_ITEMS, LOG_LINE_LIMIT, LOGGER_NAME, configure_logging
 from k3snet.agent._loop import (
     CLEANUP_MARGIN,
+    INTERVAL_JITTER,
     NOT_READY_AFTER,
     Agent,
     AgentOptions,
@@ -47,6 +48,7 @@ __all__ = [
     "EVENT_BURST",
     "EVENT_INTERVAL",
     "EVENT_TRIES",
+    "INTERVAL_JITTER",
     "LOGGER_NAME",
     "LOG_ITEMS",
     "LOG_LINE_LIMIT",

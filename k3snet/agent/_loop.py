@@ -37,6 +37,7 @@ import hashlib
 import inspect
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -72,8 +73,8 @@ from k3snet.spec import Spec, held_destinations
 from k3snet.spec.load import imported_files, load_mapping
 from k3snet.spec.source import MAX_BYTES
 
-__all__ = ["NOT_READY_AFTER", "Agent", "AgentOptions", "PassResult", "cluster_wide_kinds",
-           "split_cluster_wide"]
+__all__ = ["INTERVAL_JITTER", "NOT_READY_AFTER", "Agent", "AgentOptions", "PassResult",
+           "cluster_wide_kinds", "split_cluster_wide"]
 
 _log = logging.getLogger("k3snet.agent")
 
@@ -134,6 +135,13 @@ CLEANUP_MARGIN = 5.0
 wait for another k3snet process's namespace lock ends that long before the kubelet's kill
 would (one killed mid-removal leaves the node half cleaned), and so do the Lease's release
 and the last report, each request's timeout cut to what is left (see ``Agent.shutdown``)."""
+
+INTERVAL_JITTER = 0.1
+"""The part of the interval by which each wait for it is shortened at random (0 to 10 %):
+agents whose passes ended at one instant (their spec reads, or the leader's API requests,
+all answered at once by an API server coming back) otherwise read the spec together, to
+the same millisecond, every interval from then on. Never longer: the interval stays the
+longest time between two passes, and the liveness limit and the alerts based on it hold."""
 
 FREE_REPAIRS = 2
 """Drift repairs within :attr:`AgentOptions.repair_window` made as soon as the change is
@@ -250,6 +258,18 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, SpecError):  # its message names only the first SHOWN_PROBLEMS
         return " ".join(" ".join([head, listed(exc.problems, "\n")]).split())
     return " ".join(" ".join([head, listed(items, "\n")]).split())
+
+
+def _close(group: BackendGroup, what: str) -> None:
+    """Close ``group`` (every member: :meth:`BackendGroup.close`), a failure logged, not
+    raised: a backend failing to close (a custom backend's socket already gone) kept a
+    new spec, converged already, out of force, every pass building and leaking one more
+    group and failing as a bug; at shutdown it ended the agent with a traceback."""
+    try:
+        group.close()
+    except Exception as exc:  # noqa: BLE001 - nothing of the pass depends on it
+        _log.warning("cannot close the backends of %s: %s", what, _one_line(exc),
+                     exc_info=not isinstance(exc, K3snetError))
 
 
 def _destinations(spec: Spec, indices: frozenset[int]) -> str:
@@ -375,6 +395,10 @@ class Agent:
     """(reads of the spec that failed in a row with a spec in force, what the pass's
     message says of them): not refusals, see :meth:`_read_failed`."""
 
+    _cluster_failure: Exception | None = None
+    """How the cluster-wide part last failed, this agent holding the Lease (None: it did
+    not): the passes leaving that part to the interval's fail with it too."""
+
     # (the group, its node part, its cluster-wide part): the parts kept from pass to
     # pass with their group, as what they remember is (the warnings they logged).
     _split: tuple[BackendGroup, BackendGroup | None, BackendGroup | None] | None = None
@@ -400,7 +424,8 @@ class Agent:
         # was unreachable failed as "internal", a bug, instead of refusing the spec.
         self._holds = _takes_hold(desired)
         self._elector_factory = elector_factory
-        self._clock, self._monotonic = clock, monotonic
+        # (and the draw of INTERVAL_JITTER's part of each interval)
+        self._clock, self._monotonic, self._random = clock, monotonic, random.random
         self.elector: LeaderElector | None = None
         self._elector_started = False
         self._spec: Spec | None = None
@@ -419,7 +444,9 @@ class Agent:
         # the spec was last read.
         self._by_change = False
         self._spec_read_at = monotonic()
-        self._cluster_at: float | None = None  # when the leader last converged that part
+        # When this agent, holding the Lease since, last converged that part (None: not
+        # yet in this tenure).
+        self._cluster_at: float | None = None
         # (SHA-256 of a spec text, the files it imports): the last text's, found once.
         self._imports: tuple[str, tuple[str, ...]] | None = None
         # The cluster-wide part's refusal of the spec in force (see _converge), and the
@@ -723,7 +750,7 @@ class Agent:
             applied, leader = self._converge(spec, sha, group, new=True)
         except (TeardownError, SpecError) as exc:
             if fresh:
-                group.close()
+                _close(group, "the refused spec")
             reason = "teardown" if isinstance(exc, TeardownError) else "invalid"
             raise _RefusedError(reason, exc) from exc
         except BaseException:
@@ -734,7 +761,7 @@ class Agent:
 
     def _accept(self, spec: Spec, sha: str, group: BackendGroup, fresh: bool) -> None:
         if fresh and self._group is not None:
-            self._group.close()
+            _close(self._group, f"spec generation {self.generation}")
         self._spec, self._sha, self._group = spec, sha, group
         self._group_backends = _backends_of(spec)
         self.generation += 1
@@ -848,7 +875,9 @@ class Agent:
                 # the leader's node, kube-proxy committing every second made it list
                 # them (a quorum read of every IPPool) every second. The interval's
                 # passes and a new spec still converge them; so does becoming leader.
-                return (), leader, None
+                # Their failure stands until then: the pass fails with it again (said
+                # "ok" in between, the Node's status flipped at every interval).
+                return (), leader, self._cluster_failure
             if leader:
                 self._cluster_at = self._monotonic()
             changes = self._converge_one(spec, cluster, "cluster")[0] if leader else ()
@@ -858,17 +887,23 @@ class Agent:
             return (), leader, None
         except Exception as exc:  # noqa: BLE001 - the pass fails with it, once the node's ran
             self._cluster_synced(exc)
+            self._cluster_failure = exc if leader else None
             return (), leader, exc
+        self._cluster_failure = None
         self._cluster_refusal = self._cluster_refused = None
         if leader:
             self._cluster_synced(None)
         return changes, leader, None
 
     def _cluster_recent(self) -> bool:
-        """Whether a change on the node started this pass and this agent, leader in the
-        last good pass already, converged the cluster-wide part less than an interval
-        ago."""
-        return (self._by_change and self._last_ok_leader and self._cluster_at is not None
+        """Whether a change on the node started this pass and this agent, holding the Lease
+        since, converged the cluster-wide part (or failed to) less than an interval ago.
+
+        Since, not "leader in the last good pass": a new holder whose cluster-wide part
+        failed (its IPPool list answered 503) had no good pass, and listed them again on
+        every pass a change started, once a second on a node kube-proxy keeps changing,
+        against an API server in trouble."""
+        return (self._by_change and self._cluster_at is not None
                 and self._monotonic() - self._cluster_at < self.options.interval)
 
     def _refuse_cluster(self, sha: str, exc: TeardownError | SpecError) -> None:
@@ -1043,6 +1078,7 @@ class Agent:
             if not leader:  # the cluster-wide part's are looked at by its writer alone
                 self.metrics.backend_warnings.labels(part="cluster").set(0)
         if leader:
+            self._cluster_at = None  # a new tenure: its first pass converges that part
             self._wake.set()  # write the cluster-wide objects now, not an interval later
 
     def _drift(self, applied: Sequence[Change], leader: bool, *, changed: bool) -> int:
@@ -1250,8 +1286,9 @@ class Agent:
     def _wait_after(self, started: float,
                     before: tuple[Hashable | None, ...] | None = None, *,
                     applied: bool = False) -> bool:
-        """Wait for the interval (from the end of the pass, as before), a wake-up, or
-        (watching) a change on the node.
+        """Wait for the interval (from the end of the pass, as before; shortened by up to
+        :data:`INTERVAL_JITTER` of it at random), a wake-up, or (watching) a change on the
+        node.
 
         ``before``: the tokens a pass that succeeded read before it observed
         (:meth:`_baseline`). When they moved while it ran, the next pass starts after
@@ -1267,7 +1304,9 @@ class Agent:
         Returns whether a change on the node alone ended the wait (not the interval,
         nor a wake-up).
         """
-        deadline = self._monotonic() + self.options.interval
+        # Shortened at random (INTERVAL_JITTER): passes that ended together part again.
+        interval = self.options.interval * (1.0 - INTERVAL_JITTER * self._random())
+        deadline = self._monotonic() + interval
         watch = self.options.watch
         _, token = self.changes_seen(None) if watch else (False, None)
         if watch is None or token is None:
@@ -1399,7 +1438,7 @@ class Agent:
                     if self.options.cleanup_on_exit:
                         self.cleaned_up = self._clean_up(self._group, deadline)
                 finally:
-                    self._group.close()
+                    _close(self._group, "the spec in force")
                     self._group = None
             elif self.options.cleanup_on_exit and self.cleaned_up is None:
                 self.cleaned_up = False

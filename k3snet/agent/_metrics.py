@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from k3snet.errors import BackendUnavailableError
@@ -51,6 +52,26 @@ def _prometheus() -> Any:
         raise BackendUnavailableError(
             f"prometheus_client is not installed: {exc} (pip install 'k3snet[agent]')") from exc
     return prometheus_client
+
+
+class _WithoutCreated:
+    """The registry's families without their ``_created`` samples.
+
+    prometheus_client's text format adds a ``<name>_created`` gauge (the Unix time the
+    series was made) for every series of a counter and of the histogram: 32 of the
+    agent's 89 series, undocumented, 160 000 series at 5 000 nodes that no alert or
+    rate() reads (Prometheus takes them for ordinary gauges from this format). Left
+    out here, for this registry alone (``disable_created_metrics`` is the process's).
+    """
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        for family in self._registry.collect():  # families built anew by each collect
+            created = f"{family.name}_created"
+            family.samples = [s for s in family.samples if s.name != created]
+            yield family
 
 
 class AgentMetrics:
@@ -158,6 +179,7 @@ class AgentMetrics:
         self.spec_generation.set(generation)
 
     def exposition(self) -> tuple[bytes, str]:
-        """The text exposition format and its content type (what ``/metrics`` serves)."""
+        """The text exposition format and its content type (what ``/metrics`` serves), no
+        ``_created`` series in it (see :class:`_WithoutCreated`)."""
         p = _prometheus()
-        return p.generate_latest(self.registry), str(p.CONTENT_TYPE_LATEST)
+        return p.generate_latest(_WithoutCreated(self.registry)), str(p.CONTENT_TYPE_LATEST)

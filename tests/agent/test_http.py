@@ -185,9 +185,9 @@ def test_every_metric_is_listed_in_the_docs(served: tuple[Node, str]) -> None:
     """docs/agent.md's metrics table names every exported family, and nothing else."""
     _, url = served
     _, _, body = _get(url + "/metrics")
-    # prometheus_client's text format adds a `<counter>_created` gauge per counter
-    exported = {family.name for family in text_string_to_metric_families(body)
-                if not family.name.endswith("_created")}
+    # Nor the `<counter>_created` gauge prometheus_client's text format adds for each
+    # counter's (and the histogram's) series: 32 of 89 series, undocumented.
+    exported = {family.name for family in text_string_to_metric_families(body)}
     docs = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()
     listed = {line.split("`")[1].split("{")[0].removesuffix("_total")
               for line in docs.splitlines() if line.startswith("| `k3snet_agent_")}

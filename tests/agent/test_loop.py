@@ -28,6 +28,7 @@ from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.lock import namespace_lock
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for, destroy
+from k3snet.errors import ApplyError
 from k3snet.kube import TERMINATION_GRACE
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
@@ -1058,3 +1059,198 @@ def test_the_spec_s_warnings_are_said_once_for_each_spec_in_force(
     assert said == ["spec generation 1: 1 destination(s) in no plan",
                     "spec generation 2: 2 destination(s) in no plan"]
     assert len(asked) == 2
+
+
+class FailingClose(MemoryBackend):
+    """A memory backend whose close() raises (a custom backend's socket already gone)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.closes = 0
+
+    def close(self) -> None:
+        self.closes += 1
+        raise OSError(9, "Bad file descriptor")
+
+
+def test_a_backend_failing_to_close_keeps_no_new_spec_out_of_force_nor_leaks_groups(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    built: list[FailingClose] = []
+
+    def make_backend(spec: Spec) -> BackendGroup:
+        backend = FailingClose(capabilities=NODE_KINDS)
+        built.append(backend)
+        return BackendGroup([backend])
+
+    metrics = AgentMetrics()
+    def desired(spec: Spec, group: BackendGroup, /, *,
+                hold: frozenset[int] = frozenset()) -> State:
+        return compile_for(group, spec, hold=hold)
+
+    agent = Agent(FileSpecSource(path), make_backend, desired,
+                  AgentOptions("node-1", interval=0.01), metrics=metrics)
+    assert agent.run_pass().status == "ok"
+    path.write_text(SPEC_TWO + "backends: [memory]\n")  # other backends: a new group
+    result = agent.run_pass()
+    # The new spec went in force although the old group's close failed (said, not a bug).
+    assert result.status == "ok", result.message
+    assert agent.generation == 2
+    assert agent.run_pass().status == "ok"
+    assert len(built) == 2  # no group built again on every pass
+    assert built[0].closes == 1
+    assert metrics.registry.get_sample_value("k3snet_agent_sync_failures_total",
+                                             {"reason": "internal"}) == 0
+    assert "cannot close" in caplog.text
+    # Nor does a failing close at shutdown escape the loop.
+    agent.stop()
+    assert agent.run() == 0
+
+
+class RecordedWaits:
+    """An Event stand-in that records how long each wait lasted, on a clock of its own
+    that each wait moves on (none waits for real)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.waits.append(timeout)
+        self.now += timeout
+        return False
+
+    def is_set(self) -> bool:
+        return False
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("watch", [None, 0.25])
+def test_each_wait_for_the_interval_is_shortened_at_random_by_at_most_a_tenth(
+        tmp_path: Path, watch: float | None) -> None:
+    # Agents whose passes ended at one instant (their spec reads answered together by an
+    # API server coming back) read the spec together every interval after: 5 000
+    # requests in one burst. Each draw shortens the wait; none lengthens it.
+    from k3snet.agent import INTERVAL_JITTER  # noqa: PLC0415
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = WatchedMemory()  # a change token: with watch, the wait is the watch's looks
+    waits = RecordedWaits()
+    agent = Agent(FileSpecSource(path),
+                  lambda spec: BackendGroup([memory]),  # type: ignore[list-item]
+                  lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+                  AgentOptions("node-1", interval=30.0, watch=watch),
+                  monotonic=lambda: waits.now)
+    assert agent.run_pass().status == "ok"
+    agent._wake = waits  # type: ignore[assignment]
+    lengths = []
+    for draw in (0.0, 0.5, 1.0):
+        agent._random = lambda draw=draw: draw  # type: ignore[misc]
+        waits.waits.clear()
+        agent._wait_after(waits.now)
+        if watch is not None:
+            assert len(waits.waits) > 1  # the watch looked between
+        lengths.append(sum(waits.waits))
+    assert lengths == pytest.approx([30.0, 30.0 * (1 - INTERVAL_JITTER / 2),
+                                     30.0 * (1 - INTERVAL_JITTER)])
+    assert INTERVAL_JITTER == 0.1
+
+
+class FailingPools(CountedPools):
+    """IPPools the API server fails to list (503) while ``failing``, each try counted."""
+
+    failing = True
+
+    def observe(self) -> State:
+        if not self.failing:
+            return super().observe()
+        self.lists += 1
+        raise ApplyError("the API server answered 503")
+
+
+def test_a_new_leader_whose_cluster_wide_part_fails_lists_nothing_more_on_change_passes(
+        ) -> None:
+    # A Lease holder with no good pass yet (its first IPPool list answered 503) listed
+    # them again on every pass a change on the node started: once a second on a node
+    # kube-proxy keeps changing, against an API server in trouble. Those passes fail
+    # with the failure that stands (said "ok", the Node's status flipped each interval).
+    now = [1000.0]
+    memory, pools, source = WatchedMemory(), FailingPools(), ApiSource(SPEC)
+    metrics = AgentMetrics()
+    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),  # type: ignore[list-item]
+                  lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+                  AgentOptions("node-1", interval=30), metrics=metrics)
+    agent._monotonic = lambda: now[0]
+    first = agent.run_pass()
+    assert (first.status, first.leader, pools.lists) == ("failed", True, 1)
+    agent._by_change = True
+    for _ in range(5):
+        now[0] += 1
+        memory.generation += 1
+        result = agent.run_pass()
+        assert result.status == "failed"
+        assert "503" in result.message
+    assert pools.lists == 1
+    assert metrics.registry.get_sample_value("k3snet_agent_cluster_sync_failures_total",
+                                             {"reason": "apply"}) == 1
+    now[0] += 30  # the interval's worth: tried again, change or not
+    agent.run_pass()
+    assert pools.lists == 2
+    # Once it lists them again, the change passes are ok again.
+    pools.failing = False
+    agent._by_change = False
+    assert agent.run_pass().status == "ok"
+    agent._by_change = True
+    now[0] += 1
+    memory.generation += 1
+    assert agent.run_pass().status == "ok"
+    assert pools.lists == 3
+
+
+def test_a_leader_again_converges_the_cluster_wide_part_at_once() -> None:
+    # A new tenure's first pass converges the cluster-wide part, however recent the
+    # last tenure's was.
+    now = [1000.0]
+    memory, pools, source = WatchedMemory(), CountedPools(), ApiSource(SPEC)
+    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),  # type: ignore[list-item]
+                  lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+                  AgentOptions("node-1", interval=30))
+    agent._monotonic = lambda: now[0]
+    agent.run_pass()
+    assert pools.lists == 1
+    agent._by_change = True
+    agent._leadership_changed(True)
+    now[0] += 1
+    memory.generation += 1
+    agent.run_pass()
+    assert pools.lists == 2
+
+
+def test_a_change_pass_of_a_leader_whose_cluster_wide_part_failed_fails_with_it() -> None:
+    # An established leader: the interval's pass failed on the IPPools, the passes a
+    # change started in between said "ok", the Node's status flipping at every interval.
+    now = [1000.0]
+    memory, pools, source = WatchedMemory(), FailingPools(), ApiSource(SPEC)
+    pools.failing = False
+    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),  # type: ignore[list-item]
+                  lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+                  AgentOptions("node-1", interval=30))
+    agent._monotonic = lambda: now[0]
+    assert agent.run_pass().status == "ok"
+    pools.failing = True
+    now[0] += 30
+    assert agent.run_pass().status == "failed"  # the interval's pass
+    agent._by_change = True
+    now[0] += 1
+    memory.generation += 1
+    changed = agent.run_pass()
+    assert (changed.status, pools.lists) == ("failed", 2)
+    assert "503" in changed.message
