@@ -35,7 +35,7 @@ from k3snet.backends.base import ApplyResult
 from k3snet.backends.kit import BackendBase, Compensation, fit_problems
 from k3snet.errors import ModelError, PlanError
 from k3snet.model.state import State, ensure_state, kind_set, known_kinds
-from k3snet.model.sysctl import ALIASES, Sysctl, contradicting_aliases
+from k3snet.model.sysctl import ALIASES, Sysctl, owned_apart
 from k3snet.planner import Change, Plan
 
 __all__ = ["MemoryBackend"]
@@ -154,15 +154,7 @@ def _alias_problems(plan: Plan, state: State) -> list[str]:
             after[change.after.name] = change.after.value
         else:
             after.pop(change.subject.name, None)
-    problems: list[str] = []
-    for first, second in contradicting_aliases(after):
-        change = next(c for c in aliased if c.subject.name in (first, second))
-        problems.append(
-            f"{change}: {first} and {second} are two names of one kernel value, which k3snet "
-            f"would own as {after[first]} and {after[second]}: each write sets the other, "
-            "and every apply would write them again in turn; want one of them, or the "
-            "same value for both")
-    return problems
+    return owned_apart(after, [(c.subject.name, c) for c in aliased])
 
 
 def _one_value(before: State, plan: Plan, after: State) -> State:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Final
 
 import attrs
@@ -12,7 +12,7 @@ from k3snet.errors import ModelError
 from k3snet.model._base import NetObject
 
 __all__ = ["ALIASES", "SPREADING", "SPREADING_INVERTED", "Sysctl", "contradicting_aliases",
-           "value_problem"]
+           "owned_apart", "value_problem"]
 
 # /proc/sys reads and writes at most a page; the longest net.* values are a few words.
 _MAX_VALUE = 4096
@@ -183,6 +183,25 @@ def contradicting_aliases(values: Mapping[str, str]) -> list[tuple[str, str]]:
              if (alias := ALIASES.get(name)) is not None and alias in values
              and values[alias] != value}
     return sorted(pairs)
+
+
+def owned_apart(after: Mapping[str, str],
+                changes: Iterable[tuple[str, object]]) -> list[str]:
+    """The problems of a plan leaving two names of one kernel value owned with different
+    values (:func:`contradicting_aliases` of ``after``, the owned values by name once its
+    changes are made), each naming the first of ``changes`` ((name, change) pairs) that
+    touches the pair: the memory and netlink backends refuse such a plan alike.
+    """
+    touching = list(changes)
+    problems = []
+    for first, second in contradicting_aliases(after):
+        change = next(c for name, c in touching if name in (first, second))
+        problems.append(
+            f"{change}: {first} and {second} are two names of one kernel value, which k3snet "
+            f"would own as {after[first]} and {after[second]}: each write sets the other, "
+            "and every apply would write them again in turn; want one of them, or the "
+            "same value for both")
+    return problems
 
 
 SPREADING_INVERTED: Final = {

@@ -136,7 +136,7 @@ from k3snet.model.route import (
     protocol_name,
 )
 from k3snet.model.state import State
-from k3snet.model.sysctl import Sysctl, contradicting_aliases
+from k3snet.model.sysctl import Sysctl, owned_apart
 from k3snet.planner import Change, Plan
 
 __all__ = ["DEFAULT_STATE_ROOT", "WATCHED_SYSCTLS", "NetlinkBackend", "check_route_protocol"]
@@ -1321,15 +1321,7 @@ def _alias_problems(changes: Sequence[Change], owned: Mapping[str, str]) -> list
             after[name] = change.after.value
         else:
             after.pop(name, None)
-    problems: list[str] = []
-    for first, second in contradicting_aliases(after):
-        change = next(c for c in changes if str(c.subject.key[1]) in (first, second))
-        problems.append(
-            f"{change}: {first} and {second} are two names of one kernel value, which k3snet "
-            f"would own as {after[first]} and {after[second]}: each write sets the other, "
-            "and every apply would write them again in turn; want one of them, or the "
-            "same value for both")
-    return problems
+    return owned_apart(after, [(str(c.subject.key[1]), c) for c in changes])
 
 
 def _enables_ipv6_forwarding(change: Change) -> bool:
