@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from k3snet.backends.netns import NetnsRunner, validate_netns
-from k3snet.errors import BackendError, ModelError
-from k3snet.model import validate_interface_name
+from k3snet.errors import BackendError
+from k3snet.model import is_interface_name
 from k3snet.model.cidr import Network, parse_network
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, protocol_name
 from k3snet.spec import NodeFacts
@@ -277,14 +277,6 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _is_interface_name(name: str) -> bool:
-    try:
-        validate_interface_name(name)
-    except ModelError:
-        return False
-    return True
-
-
 def _interface(entry: dict[str, Any]) -> str | None:
     """``local/prefixlen`` of one ``addr_info`` entry; ``None`` when it is not one."""
     text = f"{entry.get('local')}/{entry.get('prefixlen')}"
@@ -330,7 +322,7 @@ def facts_from_ip_json(addresses: Any, routes: Any, *, hostname: str | None = No
     interfaces: dict[str, list[str]] = {}
     for link in addresses:
         name = link.get("ifname") if isinstance(link, dict) else None
-        if not isinstance(name, str) or name == "lo" or not _is_interface_name(name):
+        if not isinstance(name, str) or name == "lo" or not is_interface_name(name):
             continue
         interfaces[name] = [
             address for a in _list(link.get("addr_info"))

@@ -8,6 +8,7 @@ from k3snet.model import cidr as _cidr
 from k3snet.model._base import (
     NetObject,
     interfaces_may_meet,
+    is_interface_name,
     out_interface_rank,
     printable,
     validate_interface_name,
@@ -119,6 +120,7 @@ __all__ = [
     "aggregate",
     "contains",
     "interfaces_may_meet",
+    "is_interface_name",
     "known_kinds",
     "object_from_dict",
     "out_interface_rank",

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from k3snet.errors import ModelError
 from k3snet.model.cidr import Address, Network, parse_address, parse_network
 
-__all__ = ["NetObject", "validate_interface_name"]
+__all__ = ["NetObject", "is_interface_name", "validate_interface_name"]
 
 # The kernel's rule (dev_valid_name): 1..15 bytes, not "." or "..", no "/", ":" or
 # whitespace. We also refuse other characters that no tool quotes consistently.
@@ -31,6 +31,16 @@ def validate_interface_name(name: str) -> str:
         # ("unhashable type: 'list'") escaped code that catches k3snet's errors.
         raise ModelError(f"interface name must be a string, got {name!r}")
     return _valid_interface_name(name)
+
+
+def is_interface_name(name: str) -> bool:
+    """Whether :func:`validate_interface_name` takes ``name`` (a name the kernel may hold
+    that the model refuses, ``vé``, is read as no name of it)."""
+    try:
+        validate_interface_name(name)
+    except ModelError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)

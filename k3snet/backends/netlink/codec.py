@@ -21,7 +21,7 @@ from typing import Final
 import attrs
 
 from k3snet.errors import ModelError
-from k3snet.model import validate_interface_name
+from k3snet.model import is_interface_name
 from k3snet.model.cidr import Address, Network
 from k3snet.model.route import Route, RouteBlock, RouteScope
 from k3snet.planner import Change
@@ -381,7 +381,7 @@ def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, fl
                          metric=metric, scope=scope_name, protocol=protocol)
         except (ModelError, ValueError):  # a name or value the model refuses
             what = "unmodelled"
-            if device is not None and not _nameable(device):
+            if device is not None and not is_interface_name(device):
                 # A name the kernel takes and no spec can (``vé``): such a device
                 # route still holds gateways (check's lookup, UNNAMED_DEVICE_ROUTE).
                 what = (UNNAMED_DEVICE_ROUTE if gateway is None and (
@@ -419,14 +419,6 @@ UNNAMED_DEVICE_ROUTE: Final = "device route, unnamed device"
 scope ``link`` or ``host``) through a device whose name the kernel takes and the model
 refuses (UTF-8 beyond ASCII, bytes that are no UTF-8): the kernel takes a gateway it
 holds as on-link, and so does the backend's ``check``."""
-
-
-def _nameable(name: str) -> bool:
-    try:
-        validate_interface_name(name)
-    except ModelError:
-        return False
-    return True
 
 
 def decode_route(msg: bytes, names: Mapping[int, str],
