@@ -458,6 +458,7 @@ _REASONS = {
     429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout",
 }
 _TIMEOUT_REASON = "Timeout"
+_SECONDS = re.compile(r"[0-9]{1,9}")
 
 
 class KubeApiError(BackendError):
@@ -468,6 +469,10 @@ class KubeApiError(BackendError):
     ``"Forbidden"``, ``"Invalid"``, ``"Timeout"`` when no answer came in time;
     ``None`` when there is none): the table in :mod:`k3snet.kube`.
     """
+
+    retry_after: float | None = None
+    """Seconds the API server asked to wait before trying again (its ``Retry-After``
+    header, as a 429 of its Priority and Fairness names one); ``None``: it named none."""
 
     def __init__(self, message: str, *, status: int | None = None,
                  reason: str | None = None) -> None:
@@ -686,4 +691,19 @@ class KubeErrors:
     def classify(self, doing: str, exc: BaseException) -> KubeApiError:
         """``error("DOING: WHAT HAPPENED", status=..., reason=...)``."""
         phrase, status, reason = _describe(exc, self.timeout, cut_timeout=self.cut_timeout)
-        return self.error(f"{doing}: {phrase}", status=status, reason=reason)
+        error = self.error(f"{doing}: {phrase}", status=status, reason=reason)
+        if status is not None:
+            error.retry_after = _retry_after(getattr(exc, "headers", None))
+        return error
+
+
+def _retry_after(headers: Any) -> float | None:
+    """The seconds of an answer's ``Retry-After`` header (the API server writes a whole
+    number of seconds; a date, or anything else, is taken as none)."""
+    try:
+        value = headers.get("Retry-After") if headers is not None else None
+    except AttributeError:
+        return None
+    if not isinstance(value, str) or not _SECONDS.fullmatch(value.strip()):
+        return None
+    return float(int(value.strip()))

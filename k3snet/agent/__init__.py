@@ -15,7 +15,7 @@ imported only when used. See docs/agent.md.
 """
 
 from k3snet.agent._http import HealthServer, parse_listen
-from k3snet.agent._lease import LeaderElector, LeaseSettings
+from k3snet.agent._lease import LEASE_JITTER, RETRY_AFTER_LIMIT, LeaderElector, LeaseSettings
 from k3snet.agent._logging import LOG_ITEMS, LOG_LINE_LIMIT, LOGGER_NAME, configure_logging
 from k3snet.agent._loop import (
     CLEANUP_MARGIN,
@@ -49,6 +49,7 @@ __all__ = [
     "EVENT_INTERVAL",
     "EVENT_TRIES",
     "INTERVAL_JITTER",
+    "LEASE_JITTER",
     "LOGGER_NAME",
     "LOG_ITEMS",
     "LOG_LINE_LIMIT",
@@ -57,6 +58,7 @@ __all__ = [
     "PATCH_RETRY_LIMIT",
     "REASSERT_INTERVAL",
     "RESULT_ANNOTATION",
+    "RETRY_AFTER_LIMIT",
     "STATUS_ANNOTATION",
     "Agent",
     "AgentMetrics",

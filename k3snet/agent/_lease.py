@@ -25,7 +25,11 @@ have expired (after ``duration``), not every ``retry_period``; 5,000 candidates
 then cost 5,000 / 15 s reads instead of 5,000 / 2 s (docs/scale.md). And a
 candidate whose step failed (403, 429, 5xx, no answer) waits ``retry_period``
 doubled for each failure in a row, up to ``duration``: the same pace while the API
-server is in trouble.
+server is in trouble, or longer when its answer asked so (``Retry-After``, up to
+:data:`RETRY_AFTER_LIMIT`). Every wait of a candidate is lengthened at random by up to
+:data:`LEASE_JITTER` of it (client-go's ``JitterFactor``, which it applies to its
+candidates' retry period): candidates whose reads failed together (an API server
+restarting) otherwise read again together, to the millisecond, at every step after.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -44,9 +49,18 @@ from k3snet.backends.kit import translate_errors
 from k3snet.errors import ModelError
 from k3snet.kube import DEFAULT_TIMEOUT, Deadline, KubeApiError, KubeErrors
 
-__all__ = ["LeaderElector", "LeaseSettings"]
+__all__ = ["LEASE_JITTER", "RETRY_AFTER_LIMIT", "LeaderElector", "LeaseSettings"]
 
 _log = logging.getLogger("k3snet.agent.lease")
+
+LEASE_JITTER = 1.2
+"""The part of a candidate's wait by which it is lengthened at random (0 to 120 %, client-go's
+``JitterFactor``). Never the holder's: it renews every ``retry_period`` to stay within its
+renew deadline. A Lease whose holder is gone is taken by the first candidate to read it
+once it expired: among thousands at once, among two up to 1.2 x its ``duration`` later."""
+
+RETRY_AFTER_LIMIT = 300.0
+"""The longest wait a candidate takes from an answer's ``Retry-After`` (seconds)."""
 
 
 @attrs.frozen
@@ -96,7 +110,8 @@ class LeaderElector:
     def __init__(self, api_client: Any, identity: str, settings: LeaseSettings | None = None,
                  *, on_change: Callable[[bool], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT,
+                 random_fraction: Callable[[], float] = random.random) -> None:
         from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
         if not identity:
@@ -106,6 +121,7 @@ class LeaderElector:
         self.settings = settings or LeaseSettings()
         self._on_change = on_change
         self._clock = clock
+        self._random = random_fraction
         self._timeout = timeout
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
@@ -115,8 +131,10 @@ class LeaderElector:
         # happens by time alone, so what changed is told against this, not against
         # _holds just before a write (already false then).
         self._said = False
-        # Steps in a row that failed (API errors): a candidate then reads less often.
+        # Steps in a row that failed (API errors): a candidate then reads less often, and
+        # not before the last failure's Retry-After (seconds, None: it named none).
         self._failures = 0
+        self._retry_after: float | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -157,12 +175,13 @@ class LeaderElector:
             # Keep what we had: is_leader turns false on its own after renew_deadline.
             with self._lock:
                 self._failures += 1
+                self._retry_after = exc.retry_after
                 leader = self._holds(self._clock())
             if not leader:
                 self._set_leader(False, None)
         else:
             with self._lock:
-                self._failures = 0
+                self._failures, self._retry_after = 0, None
         return self.is_leader
 
     def _try_acquire_or_renew(self) -> tuple[bool, float | None]:
@@ -295,18 +314,27 @@ class LeaderElector:
         """Seconds until the next step: ``retry_period`` for the holder and while the
         Lease is free or expiring, else until the holder's Lease could expire; after
         failed steps a candidate waits ``retry_period`` doubled for each, up to
-        ``duration`` (thousands of candidates must not poll a failing API server)."""
+        ``duration`` (thousands of candidates must not poll a failing API server), and at
+        least the ``Retry-After`` of the last failure's answer (up to
+        :data:`RETRY_AFTER_LIMIT`). A candidate's wait is lengthened at random by up to
+        :data:`LEASE_JITTER` of it."""
         s = self.settings
         with self._lock:
             if self._leader:
                 return s.retry_period
             if self._failures:
                 # (the exponent capped: hours of failures must not overflow a float)
-                return min(s.duration, s.retry_period * 2.0 ** min(self._failures, 30))
+                wait = min(s.duration, s.retry_period * 2.0 ** min(self._failures, 30))
+                asked = min(self._retry_after or 0.0, RETRY_AFTER_LIMIT)
+                return self._jittered(max(wait, asked))
             if self._observed is None or not self._observed[0]:
-                return s.retry_period
+                return self._jittered(s.retry_period)
             expires = self._observed_at + s.duration - self._clock()
-        return min(s.duration, max(s.retry_period, expires))
+            return self._jittered(min(s.duration, max(s.retry_period, expires)))
+
+    def _jittered(self, wait: float) -> float:
+        """``wait`` lengthened at random by up to :data:`LEASE_JITTER` of it."""
+        return wait * (1.0 + LEASE_JITTER * self._random())
 
     def halt(self) -> None:
         """Take no further step (the thread ends after a step in flight, if any);

@@ -132,6 +132,8 @@ class Fault:
     seconds are waited first (longer than the client's timeout: a timeout).
     ``times`` is how many requests it hits (``None``: all). ``param``: only requests
     carrying that query parameter (``"continue"``: the pages of a list after the first).
+    ``retry_after``: the answer's ``Retry-After`` header, in seconds (an API server's
+    429 names one: its Priority and Fairness, its max-in-flight limit).
     """
 
     status: int = 500
@@ -142,6 +144,7 @@ class Fault:
     times: int | None = 1
     message: str | None = None
     param: str | None = None
+    retry_after: int | None = None
 
     def matches(self, method: str, plural: str | None, name: str | None,
                 params: Mapping[str, str] | None = None) -> bool:
@@ -344,11 +347,16 @@ def _emulator_class() -> type[Any]:
             if fault is not None:
                 if fault.delay:
                     await asyncio.sleep(fault.delay)
-                raise KubernetesError(
+                error = KubernetesError(
                     status=fault.status, reason=_REASONS.get(fault.status, "Failure"),
                     message=fault.message or f"injected {fault.status} for {request.method.value}"
                                              f" {request.url.path}",
                     details={"name": request.name or ""})
+                if fault.retry_after is None:
+                    raise error
+                answer = await self._render_error(error)
+                answer.headers["Retry-After"] = str(fault.retry_after)
+                return answer
             action = request.action
             content_type = str(request.headers.get("Content-Type", ""))
             if (request.resource is not None and str(request.method.value) == "PATCH"
@@ -631,10 +639,11 @@ class EmulatedApiServer:
 
     def fail(self, status: int = 500, *, method: str | None = None, plural: str | None = None,
              name: str | None = None, delay: float = 0.0, times: int | None = 1,
-             message: str | None = None, param: str | None = None) -> Fault:
+             message: str | None = None, param: str | None = None,
+             retry_after: int | None = None) -> Fault:
         """Make matching requests fail (see :class:`Fault`); returns the fault."""
         fault = Fault(status=status, method=method, plural=plural, name=name, delay=delay,
-                      times=times, message=message, param=param)
+                      times=times, message=message, param=param, retry_after=retry_after)
         self.emulator.add_fault(fault)
         return fault
 

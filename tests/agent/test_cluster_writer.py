@@ -21,6 +21,7 @@ from k3snet.agent import (
     EVENT_BURST,
     EVENT_INTERVAL,
     EVENT_TRIES,
+    LEASE_JITTER,
     LOG_ITEMS,
     LOG_LINE_LIMIT,
     MESSAGE_LIMIT,
@@ -28,6 +29,7 @@ from k3snet.agent import (
     PATCH_RETRY_LIMIT,
     REASSERT_INTERVAL,
     RESULT_ANNOTATION,
+    RETRY_AFTER_LIMIT,
     STATUS_ANNOTATION,
     Agent,
     AgentMetrics,
@@ -72,7 +74,12 @@ NODE_KINDS = ("route", "sysctl", "nat", "forward")
 
 
 class _Stepped(LeaderElector):
-    """An elector without its thread: the test steps it (and its clock)."""
+    """An elector without its thread: the test steps it (and its clock); its waits are
+    drawn with no jitter unless the test gives ``random_fraction``."""
+
+    def __init__(self, *args: Any, random_fraction: Callable[[], float] = lambda: 0.0,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, random_fraction=random_fraction, **kwargs)
 
     def start(self) -> LeaderElector:
         return self
@@ -274,6 +281,61 @@ def test_candidates_back_off_while_the_lease_cannot_be_read(
     holder.release()
     assert candidate.step() is True
     assert candidate.next_wait() == SETTINGS.retry_period  # the failures are forgotten
+
+
+def test_candidates_whose_reads_failed_together_read_again_at_times_of_their_own(
+    server: EmulatedApiServer,
+) -> None:
+    # An API server restarting failed every candidate's read at once; their back-off
+    # (2, 4, 8, 15 s) had no jitter, so 5 000 candidates read again at one instant at
+    # every step after, and once it answered they waited a live holder's Lease out
+    # together. Each wait of a candidate is now lengthened at random by up to
+    # LEASE_JITTER of it (client-go's JitterFactor); the holder's never is.
+    clock = FakeClock()
+    draws = iter([0.0, 0.5, 1.0] * 3)
+    holder = _Stepped(server.api_client(), "node-a", SETTINGS, clock=clock,
+                      random_fraction=lambda: 0.75)
+    candidate = _Stepped(server.api_client(), "node-b", SETTINGS, clock=clock,
+                         random_fraction=lambda: next(draws))
+    assert holder.step() is True
+    server.fail(500, method="GET", plural="leases", times=3)
+    waits = []
+    for _ in range(3):
+        assert candidate.step() is False
+        waits.append(candidate.next_wait())
+    assert waits == pytest.approx([4.0, 8.0 * (1 + LEASE_JITTER / 2), 15.0 * (1 + LEASE_JITTER)])
+    assert candidate.step() is False  # the holder lives: waited out, lengthened too
+    assert [candidate.next_wait() for _ in range(3)] == pytest.approx(
+        [15.0, 15.0 * (1 + LEASE_JITTER / 2), 15.0 * (1 + LEASE_JITTER)])
+    assert holder.step() is True
+    assert holder.next_wait() == SETTINGS.retry_period  # renews within its deadline
+    assert LEASE_JITTER == 1.2
+
+
+def test_a_candidate_throttled_waits_what_the_api_server_asked(
+    server: EmulatedApiServer,
+) -> None:
+    # A 429 names how long to wait (Retry-After); the candidate's back-off after it was
+    # 4 s whatever the API server asked. It waits at least that now (jittered from there,
+    # so candidates told one time do not come back together), up to RETRY_AFTER_LIMIT.
+    clock = FakeClock()
+    candidate = _Stepped(server.api_client(), "node-b", SETTINGS, clock=clock)
+    server.fail(429, method="GET", plural="leases", times=1, retry_after=40)
+    assert candidate.step() is False
+    assert candidate.next_wait() == 40.0
+    server.fail(429, method="GET", plural="leases", times=1, retry_after=3)
+    assert candidate.step() is False
+    assert candidate.next_wait() == 8.0  # its own back-off is longer
+    server.fail(429, method="GET", plural="leases", times=1, retry_after=86400)
+    assert candidate.step() is False
+    assert candidate.next_wait() == RETRY_AFTER_LIMIT
+    jittered = _Stepped(server.api_client(), "node-c", SETTINGS, clock=clock,
+                        random_fraction=lambda: 0.5)
+    server.fail(429, method="GET", plural="leases", times=1, retry_after=40)
+    assert jittered.step() is False
+    assert jittered.next_wait() == pytest.approx(40.0 * (1 + LEASE_JITTER / 2))
+    assert candidate.step() is True  # answered: what it asked is forgotten
+    assert candidate.next_wait() == SETTINGS.retry_period
 
 
 def test_a_node_that_is_no_candidate_never_writes_pools(
