@@ -229,6 +229,7 @@ def _emulator_class() -> type[Any]:
         # (METHOD, path, body as sent): the checks below add metadata to request bodies.
         log: list[tuple[str, str, Any]] = attrs.field(factory=list, init=False)
         accepts: list[str] = attrs.field(factory=list, init=False)  # each Accept header
+        queries: list[dict[str, str]] = attrs.field(factory=list, init=False)  # each query
 
         def add_fault(self, fault: Fault) -> None:
             with self._fault_lock:
@@ -340,6 +341,7 @@ def _emulator_class() -> type[Any]:
             self.log.append((str(request.method.value), request.url.path,
                              copy.deepcopy(request.data)))
             self.accepts.append(str(request.headers.get("Accept", "")))
+            self.queries.append({str(k): str(v) for k, v in request.params.items()})
             # kmock matches each request against views over *all* past requests (O(n)
             # each, quadratic over a test); only the current one matters for matching.
             del self._requests[:-_KEPT_REQUESTS]
@@ -650,6 +652,14 @@ class EmulatedApiServer:
     def clear_faults(self) -> None:
         """Remove every pending fault."""
         self.emulator.clear_faults()
+
+    def params(self) -> list[dict[str, str]]:
+        """The query parameters of every request served so far, in the order of
+        :meth:`requests` (kmock serves a read whatever ``resourceVersion`` it names)."""
+        def read() -> list[dict[str, str]]:
+            return [dict(p) for p in self.emulator.queries]
+
+        return self._call(read)
 
     def accepts(self) -> list[str]:
         """The ``Accept`` header of every request served so far, in the order of
