@@ -14,8 +14,9 @@ lists it; Events expire after an hour, the annotation stays). An Event that
 cannot be created (no RBAC for Events: 403) is tried again on later passes
 without patching the Node again, after 10, 20, 40 and 80 s, then given up
 (:data:`EVENT_TRIES`). A Node patch that fails is tried again by a later pass, 10 s
-later, then twice as long after each further failure, up to :data:`PATCH_RETRY_LIMIT`
-(the latest result is the one tried). Like the kubelet's own, Events are rate-limited:
+later, then twice as long after each further failure, up to :data:`PATCH_RETRY_LIMIT`,
+and not before the ``Retry-After`` its answer named (a 429; up to that limit too) (the
+latest result is the one tried). Like the kubelet's own, Events are rate-limited:
 a status that flips every pass creates :data:`EVENT_BURST` Events, then one per
 :data:`EVENT_INTERVAL` seconds (the annotation follows every change).
 
@@ -217,7 +218,8 @@ class NodeReporter:
                                       _request_timeout=timeout)
         except KubeApiError as exc:
             self._patch_failures += 1
-            wait = min(PATCH_RETRY_LIMIT, _EVENT_RETRY * 2.0 ** min(self._patch_failures - 1, 30))
+            wait = min(PATCH_RETRY_LIMIT, max(
+                _EVENT_RETRY * 2.0 ** min(self._patch_failures - 1, 30), exc.retry_after or 0.0))
             self._patch_due = self._clock() + wait
             _log.warning("cannot report the result on the node (next try in %.0f s): %s",
                          wait, exc)

@@ -677,6 +677,32 @@ def test_a_failed_node_patch_is_tried_again_after_a_back_off_not_by_every_pass(
     assert _report_calls(server)[0] == patches + 2
 
 
+def test_a_throttled_node_patch_is_tried_again_no_sooner_than_the_api_server_asked(
+    server: EmulatedApiServer,
+) -> None:
+    # A 429's Retry-After was ignored: the patch went again 10 s later, whatever the API
+    # server had asked. It waits what was asked now, up to PATCH_RETRY_LIMIT.
+    clock = FakeClock()
+    reporter = NodeReporter(server.api_client(), "node-a", clock=clock)
+    server.fail(429, method="PATCH", plural="nodes", times=1, retry_after=45)
+    ok = NodeReport("ok", "in sync: no changes", None, 1, leader=False)
+    for _ in range(45):  # 45 passes, a second apart
+        reporter.report(ok)
+        clock.now += 1
+    assert _report_calls(server)[0] == 1
+    reporter.report(ok)
+    assert _report_calls(server)[0] == 2
+    server.fail(429, method="PATCH", plural="nodes", times=1, retry_after=86400)
+    failed = NodeReport("failed", "apply: refused", None, 1, leader=False)
+    reporter.report(failed)
+    clock.now += PATCH_RETRY_LIMIT - 1
+    reporter.report(failed)
+    assert _report_calls(server)[0] == 3
+    clock.now += 1
+    reporter.report(failed)
+    assert _report_calls(server)[0] == 4  # the limit holds
+
+
 def test_an_unchanged_result_is_written_again_once_the_reassert_interval_is_over(
     server: EmulatedApiServer,
 ) -> None:
