@@ -96,3 +96,29 @@ def test_a_namespace_named_host_and_the_callers_own_keep_records_apart(
     named.save([])  # the named one's destroy
     assert own.load() == MADE
     assert own.file.parent.is_dir()
+
+
+def test_a_record_of_another_instance_of_the_same_inode_is_nothing_made(
+        state_dir: Path) -> None:
+    # A namespace deleted and made again under its name gets, as often as not, the
+    # inode the deleted one had: its boot id and cookie (the instance) tell them apart.
+    MadeRecord("lab", "1-2", state_dir, instance="boot:7").save(MADE)
+    assert MadeRecord("lab", "1-2", state_dir, instance="boot:8").load() == []
+    assert MadeRecord("lab", "1-2", state_dir, instance="boot:7").load() == MADE
+    # an older k3snet's record, without an instance, is judged by the inode, as it was
+    record = MadeRecord("lab", "1-2", state_dir)
+    record.save(MADE)
+    assert MadeRecord("lab", "1-2", state_dir, instance="boot:8").load() == MADE
+
+
+def test_a_namespaces_instance_is_the_boot_id_and_its_cookie_the_same_at_each_call(
+        ) -> None:
+    from k3snet.backends.netns import namespace_instance  # noqa: PLC0415
+
+    here = namespace_instance(None)
+    if here is None:
+        pytest.skip("no netns cookie (Linux before 5.14) or boot id")
+    boot, _, cookie = here.rpartition(":")
+    assert boot
+    assert int(cookie) > 0
+    assert namespace_instance(None) == here

@@ -8,6 +8,9 @@ The kernel's own view is read with ``ip netns exec NS cat /proc/sys/...``.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +115,38 @@ def test_a_full_state_directory_fails_the_apply_cleanly_not_as_a_failed_rollback
     assert "No space left on device" in str(caught.value)
     assert _forwarding(first) == "0"
     assert not (tmp_path / first / "sysctl.json").exists()
+
+
+def run_cmd(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+
+def _made_again_in_its_inode(name: str, inode: int) -> bool:
+    """Delete namespace ``name`` and make one of that name again until the kernel gives
+    it the inode number the deleted one had (it frees that number once the namespace is
+    cleaned up, asynchronously, and hands out the lowest free one); whether it did."""
+    for _ in range(100):
+        run_cmd(["ip", "netns", "delete", name])
+        time.sleep(0.1)  # the kernel's cleanup of the namespace, done in a worker
+        run_cmd(["ip", "netns", "add", name])
+        if os.stat(f"/run/netns/{name}").st_ino == inode:
+            return True
+    return False
+
+
+def test_a_deleted_namespaces_record_is_not_taken_by_one_made_again_in_its_inode(
+        tmp_path: Path) -> None:
+    # An nsfs inode number is reused as soon as its namespace is freed: `ip netns delete
+    # NS; ip netns add NS` (a lab, a CNI's sandbox made again) very often gives the new
+    # namespace the old one's device and inode, the identity its record was tied to.
+    with temporary_netns("route") as ns:
+        _set(ns, "0")
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            converge(backend, _WANTED)  # records ip_forward as k3snet's, previous 0
+        if not _made_again_in_its_inode(ns, os.stat(f"/run/netns/{ns}").st_ino):
+            pytest.skip("the kernel gave the namespace made again another inode")
+        _set(ns, "1")  # the new namespace's administrator turns forwarding on
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            assert not backend.observe().owned  # the deleted namespace's record
+            destroy(backend)
+        assert _forwarding(ns) == "1"  # not given the deleted namespace's previous 0
