@@ -92,25 +92,32 @@ def boot_id() -> str | None:
 
 
 def namespace_instance(netns: str | None, runner: NetnsRunner | None = None) -> str | None:
-    """``BOOT_ID:COOKIE`` of network namespace ``netns`` (``None``: the calling thread's):
-    what no other namespace has, before or after it, until the machine reboots and after
-    (``runner``: one already in that namespace, else one is started for the call).
+    """What tells network namespace ``netns`` from any other of its name, where the
+    device and inode of its nsfs file do not: the kernel gives a new namespace the
+    inode number of one freed a moment before, so ``ip netns delete NS; ip netns add
+    NS`` very often makes a namespace of the same name with the same inode.
 
-    The device and inode of a namespace's nsfs file tell two living namespaces apart,
-    but the kernel gives a new namespace the inode number of one freed a moment before:
-    ``ip netns delete NS; ip netns add NS`` very often makes a namespace of the same name
-    with the same inode. ``None`` when the kernel gives no cookie or boot id: only the
+    For a named namespace, ``BOOT_ID:COOKIE``: its cookie (never reused until the
+    machine reboots) and the boot id (a namespace of ``/run/netns`` is gone after a
+    reboot, whatever a ``state_dir`` kept on disk says). For ``None``, the namespace
+    k3snet runs in, its cookie alone: the node's own namespace, made first at every
+    boot with the same cookie, whose records outlive a reboot when the ``state_dir`` is
+    on disk (a destroy after the reboot gives back the values found before k3snet).
+    ``runner``: one already in that namespace, else one is started for the call.
+    ``None`` when the kernel (before 5.14) gives no cookie, or no boot id: only the
     inode tells it then.
     """
-    boot = boot_id()
-    if boot is None:
-        return None
     if runner is None and netns is not None:
         with NetnsRunner(netns) as own:
             cookie = own.call(netns_cookie)
     else:
         cookie = netns_cookie() if runner is None else runner.call(netns_cookie)
-    return None if cookie is None else f"{boot}:{cookie}"
+    if cookie is None:
+        return None
+    if netns is None:
+        return str(cookie)
+    boot = boot_id()
+    return None if boot is None else f"{boot}:{cookie}"
 
 
 @functools.cache

@@ -111,14 +111,13 @@ def test_a_record_of_another_instance_of_the_same_inode_is_nothing_made(
     assert MadeRecord("lab", "1-2", state_dir, instance="boot:8").load() == MADE
 
 
-def test_a_namespaces_instance_is_the_boot_id_and_its_cookie_the_same_at_each_call(
+def test_a_named_namespaces_instance_is_the_boot_id_and_its_cookie_the_nodes_its_cookie(
         ) -> None:
-    from k3snet.backends.netns import namespace_instance  # noqa: PLC0415
+    from k3snet.backends.netns import boot_id, namespace_instance, netns_cookie  # noqa: PLC0415
 
     here = namespace_instance(None)
     if here is None:
-        pytest.skip("no netns cookie (Linux before 5.14) or boot id")
-    boot, _, cookie = here.rpartition(":")
-    assert boot
-    assert int(cookie) > 0
+        pytest.skip("no netns cookie (Linux before 5.14)")
+    assert here == str(netns_cookie())  # the same after a reboot: the node's own
     assert namespace_instance(None) == here
+    assert boot_id()

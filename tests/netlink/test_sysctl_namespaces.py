@@ -150,3 +150,16 @@ def test_a_deleted_namespaces_record_is_not_taken_by_one_made_again_in_its_inode
             assert not backend.observe().owned  # the deleted namespace's record
             destroy(backend)
         assert _forwarding(ns) == "1"  # not given the deleted namespace's previous 0
+
+
+def test_each_namespace_has_an_instance_of_its_own_a_named_ones_with_the_boot_id(
+        two: tuple[str, str]) -> None:
+    from k3snet.backends.netns import boot_id, namespace_instance  # noqa: PLC0415
+
+    first, second = two
+    instances = [namespace_instance(first), namespace_instance(second), namespace_instance(None)]
+    if None in instances:
+        pytest.skip("no netns cookie (Linux before 5.14)")
+    assert len(set(instances)) == 3
+    assert all(str(i).startswith(f"{boot_id()}:") for i in instances[:2])
+    assert namespace_instance(first) == instances[0]

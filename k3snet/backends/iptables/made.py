@@ -11,8 +11,8 @@ built-in chain, existing or not), and what k3snet's apply made is kept in
 ``iptables-made-netns.json`` there, beside the caller's own; the backend's ``state_dir``,
 ``/run/k3snet`` by default, as the netlink backend's sysctl record; the CLI, the agent
 and the Ansible module give both ``$K3SNET_STATE_DIR``), with the namespace's identity
-(its device and inode) and instance (the boot id and its cookie: the kernel gives a
-namespace made again under the same name the inode of the one just deleted).
+(its device and inode) and instance (its cookie, and a named one's boot id: the kernel
+gives a namespace made again under the same name the inode of the one just deleted).
 Once k3snet's chains are gone from that table, a recorded chain that is still empty
 with policy accept is deleted, with its table when k3snet's apply made that too and
 it holds nothing else, in one transaction the kernel refuses when anything changed

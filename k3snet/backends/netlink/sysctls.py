@@ -303,13 +303,13 @@ class SysctlStore:
     """The JSON state file of one namespace, written atomically, tied to that namespace.
 
     The namespace's identity (device and inode of its nsfs file) and ``instance``
-    (:func:`~k3snet.backends.netns.namespace_instance`: the boot id and the namespace's
-    cookie) are stored too: a file left by a deleted namespace of the same name is
-    ignored, never trusted, also when the kernel gave the new namespace the old one's
-    inode (as it does as soon as that namespace is freed), or after a reboot (a
-    ``state_dir`` that is no tmpfs). A file without an instance (written by k3snet
-    before 2026-12-05, or where the kernel gives no cookie) is judged by the identity
-    alone.
+    (:func:`~k3snet.backends.netns.namespace_instance`: the namespace's cookie, and a
+    named one's boot id) are stored too: a file left by a deleted namespace of the same
+    name is ignored, never trusted, also when the kernel gave the new namespace the old
+    one's inode (as it does as soon as that namespace is freed), and a named
+    namespace's after a reboot (a ``state_dir`` that is no tmpfs). A file without an
+    instance (written by k3snet before 2026-12-05, or where the kernel gives no cookie)
+    is judged by the identity alone.
     ``legacy``: a directory whose ``sysctl.json`` older versions shared between
     namespaces; while this namespace has no file of its own, that one is read when
     it names this namespace, and the first save removes it (so it is read once).
