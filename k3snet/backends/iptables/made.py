@@ -107,7 +107,7 @@ class MadeRecord:
             if self.instance is not None:
                 document["instance"] = self.instance
             replace_atomically(self.file, json.dumps(document, indent=1) + "\n",
-                               ".iptables-made-", mode=0o700)
+                               ".iptables-made-", mode=0o700, durable=True)
         except OSError as exc:
             log.warning("iptables: cannot record the built-in chains k3snet made in %s: %s "
                         "(a destroy leaves them, empty)", self.file, exc)

@@ -477,7 +477,7 @@ class SysctlStore:
             data["links"] = links
         try:
             replace_atomically(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n",
-                               f".{self.path.name}.", mode=0o755)
+                               f".{self.path.name}.", mode=0o755, durable=True)
         except OSError as exc:
             raise BackendError(f"cannot write the sysctl state file {self.path}: {exc}") from exc
         legacy = self.legacy
