@@ -334,16 +334,30 @@ def write_atomic(file: Path, text: str | bytes, prefix: str) -> bool:
     return True
 
 
-def replace_atomically(file: Path, text: str | bytes, prefix: str, *, mode: int) -> None:
+def replace_atomically(file: Path, text: str | bytes, prefix: str, *, mode: int,
+                       durable: bool = False) -> None:
     """Replace ``file`` by ``text`` atomically (a 0600 temporary file, never one that was
     there, then ``os.replace``), its directory made with ``mode`` if missing;
     :class:`PermissionError` naming why when that directory is not :func:`trusted`,
-    :class:`OSError` when the write fails (nothing is then changed)."""
+    :class:`OSError` when the write fails (nothing is then changed). ``durable``: the
+    file is synced before the rename and its directory after (a record k3snet cannot do
+    without: a power cut after a rename whose data was not yet written leaves an empty
+    file on XFS, or ext4 with ``noauto_da_alloc``)."""
     make_directory(file.parent, mode)
     why = untrusted(os.lstat(file.parent))
     if why is not None:
         raise PermissionError(f"{file.parent} is {why}")
-    _replace(file, text, prefix, None)
+    if not durable:
+        _replace(file, text, prefix, None)
+        return
+    fd = os.open(file.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        why = untrusted(os.fstat(fd))  # the directory written in: no other swapped in
+        if why is not None:
+            raise PermissionError(f"{file.parent} is {why}")
+        _replace(file, text, prefix, None, dir_fd=fd, durable=True)
+    finally:
+        os.close(fd)
 
 
 def write_output(file: Path, text: str | bytes, *, owner_writes_only: bool = False) -> None:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import platform
 import queue
+import socket
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -24,8 +27,8 @@ from typing import TypeVar
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
-__all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "libc", "netns_option", "netns_path",
-           "validate_netns"]
+__all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "libc", "namespace_instance",
+           "netns_cookie", "netns_option", "netns_path", "validate_netns"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
@@ -33,6 +36,12 @@ THREAD_NETNS = Path("/proc/thread-self/ns/net")
 (``/proc/self`` would name the main thread's: setns(2) moves one thread only)."""
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
+# SO_NETNS_COOKIE: 71 where the architecture takes asm-generic's socket options (Python
+# 3.11 has no constant for it); elsewhere (sparc, parisc, mips, alpha) there is none.
+_GENERIC_SOCKOPTS = frozenset({"x86_64", "i686", "i386", "aarch64", "arm64", "armv7l",
+                               "armv8l", "riscv64", "ppc64le", "ppc64", "s390x",
+                               "loongarch64"})
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 def netns_path(name: str) -> Path:
@@ -55,6 +64,60 @@ def netns_option(value: str | None) -> str | None:
     """The check of a backend's ``netns`` option (``None``: the caller's namespace), as
     its constructor makes it: ``k3snet validate`` runs it on a spec's ``backends:``."""
     return None if value is None else validate_netns(value)
+
+
+def netns_cookie() -> int | None:
+    """The cookie of the calling thread's network namespace (never reused until the
+    machine reboots, unlike a name or the inode of its nsfs file), or ``None`` where the
+    kernel (before 5.14) or the architecture gives none."""
+    option = getattr(socket, "SO_NETNS_COOKIE", None)
+    if option is None and platform.machine() in _GENERIC_SOCKOPTS:
+        option = 71
+    if option is None:
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            raw = sock.getsockopt(socket.SOL_SOCKET, option, 8)
+    except OSError:
+        return None
+    return int.from_bytes(raw, sys.byteorder) if len(raw) == 8 else None
+
+
+def boot_id() -> str | None:
+    """This boot's id (the kernel's random ``boot_id``), ``None`` when unreadable."""
+    try:
+        return _BOOT_ID.read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def namespace_instance(netns: str | None, runner: NetnsRunner | None = None) -> str | None:
+    """What tells network namespace ``netns`` from any other of its name, where the
+    device and inode of its nsfs file do not: the kernel gives a new namespace the
+    inode number of one freed a moment before, so ``ip netns delete NS; ip netns add
+    NS`` very often makes a namespace of the same name with the same inode.
+
+    For a named namespace, ``BOOT_ID:COOKIE``: its cookie (never reused until the
+    machine reboots) and the boot id (a namespace of ``/run/netns`` is gone after a
+    reboot, whatever a ``state_dir`` kept on disk says). For ``None``, the namespace
+    k3snet runs in, its cookie alone: the node's own namespace, made first at every
+    boot with the same cookie, whose records outlive a reboot when the ``state_dir`` is
+    on disk (a destroy after the reboot gives back the values found before k3snet).
+    ``runner``: one already in that namespace, else one is started for the call.
+    ``None`` when the kernel (before 5.14) gives no cookie, or no boot id: only the
+    inode tells it then.
+    """
+    if runner is None and netns is not None:
+        with NetnsRunner(netns) as own:
+            cookie = own.call(netns_cookie)
+    else:
+        cookie = netns_cookie() if runner is None else runner.call(netns_cookie)
+    if cookie is None:
+        return None
+    if netns is None:
+        return str(cookie)
+    boot = boot_id()
+    return None if boot is None else f"{boot}:{cookie}"
 
 
 @functools.cache

@@ -95,3 +95,35 @@ def test_temporaries_a_killed_writer_left_are_pruned_and_live_ones_and_others_ke
     assert not (directory / names["left"]).exists()
     kept = {p.name for p in directory.iterdir()}
     assert kept == {"one.kept", ".t-00000000000000ff.tmp"} | set(names.values()) - {names["left"]}
+
+
+@pytest.mark.parametrize("record", ["sysctl", "iptables-made"])
+def test_a_record_is_on_disk_before_it_replaces_the_one_there_and_its_name_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record: str) -> None:
+    # The records say what k3snet owns and what to give back: on a state_dir kept on
+    # disk (/var/lib/k3snet), a power cut after a rename whose data was not yet written
+    # (XFS, ext4 with noauto_da_alloc) left an empty sysctl.json, and every observe
+    # failed on a "corrupt" file until an operator removed it, with the values to give
+    # back. The caches (spec cache, kept read) need no sync: a damaged one is a miss.
+    from k3snet.backends.iptables.made import Made, MadeRecord  # noqa: PLC0415
+    from k3snet.backends.netlink.sysctls import SysctlState, SysctlStore  # noqa: PLC0415
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("sync directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "sync file")
+        real_fsync(fd)
+
+    def replace(src: str | Path, dst: str | Path, **kwargs: object) -> None:
+        events.append("rename")
+        real_replace(src, dst, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    if record == "sysctl":
+        SysctlStore(tmp_path / "lab", "lab", "1:2").save(
+            SysctlState({"net.ipv4.ip_forward": ("1", "0")}))
+    else:
+        MadeRecord("lab", "1-2", tmp_path).save([Made("ip", "filter", "FORWARD", True)])
+    assert events == ["sync file", "rename", "sync directory"]

@@ -96,3 +96,28 @@ def test_a_namespace_named_host_and_the_callers_own_keep_records_apart(
     named.save([])  # the named one's destroy
     assert own.load() == MADE
     assert own.file.parent.is_dir()
+
+
+def test_a_record_of_another_instance_of_the_same_inode_is_nothing_made(
+        state_dir: Path) -> None:
+    # A namespace deleted and made again under its name gets, as often as not, the
+    # inode the deleted one had: its boot id and cookie (the instance) tell them apart.
+    MadeRecord("lab", "1-2", state_dir, instance="boot:7").save(MADE)
+    assert MadeRecord("lab", "1-2", state_dir, instance="boot:8").load() == []
+    assert MadeRecord("lab", "1-2", state_dir, instance="boot:7").load() == MADE
+    # an older k3snet's record, without an instance, is judged by the inode, as it was
+    record = MadeRecord("lab", "1-2", state_dir)
+    record.save(MADE)
+    assert MadeRecord("lab", "1-2", state_dir, instance="boot:8").load() == MADE
+
+
+def test_a_named_namespaces_instance_is_the_boot_id_and_its_cookie_the_nodes_its_cookie(
+        ) -> None:
+    from k3snet.backends.netns import boot_id, namespace_instance, netns_cookie  # noqa: PLC0415
+
+    here = namespace_instance(None)
+    if here is None:
+        pytest.skip("no netns cookie (Linux before 5.14)")
+    assert here == str(netns_cookie())  # the same after a reboot: the node's own
+    assert namespace_instance(None) == here
+    assert boot_id()

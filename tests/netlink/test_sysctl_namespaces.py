@@ -8,6 +8,9 @@ The kernel's own view is read with ``ip netns exec NS cat /proc/sys/...``.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +115,56 @@ def test_a_full_state_directory_fails_the_apply_cleanly_not_as_a_failed_rollback
     assert "No space left on device" in str(caught.value)
     assert _forwarding(first) == "0"
     assert not (tmp_path / first / "sysctl.json").exists()
+
+
+def run_cmd(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=30)
+
+
+def _made_again_in_its_inode(name: str, inode: int) -> bool:
+    """Delete namespace ``name`` and make one of that name again until the kernel gives
+    it the inode number the deleted one had (it frees that number once the namespace is
+    cleaned up, asynchronously, and hands out the lowest free one); whether it did."""
+    for _ in range(20):
+        run_cmd(["ip", "netns", "delete", name])
+        time.sleep(0.1)  # the kernel's cleanup of the namespace, done in a worker
+        run_cmd(["ip", "netns", "add", name])
+        if os.stat(f"/run/netns/{name}").st_ino == inode:
+            return True
+    return False
+
+
+def test_a_deleted_namespaces_record_is_not_taken_by_one_made_again_in_its_inode(
+        tmp_path: Path) -> None:
+    # An nsfs inode number is reused as soon as its namespace is freed: `ip netns delete
+    # NS; ip netns add NS` (a lab, a CNI's sandbox made again) very often gives the new
+    # namespace the old one's device and inode, the identity its record was tied to.
+    with temporary_netns("route") as ns:
+        _set(ns, "0")
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            converge(backend, _WANTED)  # records ip_forward as k3snet's, previous 0
+        if not _made_again_in_its_inode(ns, os.stat(f"/run/netns/{ns}").st_ino):
+            # Others made namespaces meanwhile and took the inode: the record is given
+            # the new one's, as the kernel would have (what it was tied to alone).
+            record = tmp_path / ns / "sysctl.json"
+            data = json.loads(record.read_text())
+            data["identity"] = namespace_identity(ns)
+            record.write_text(json.dumps(data))
+        _set(ns, "1")  # the new namespace's administrator turns forwarding on
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            assert not backend.observe().owned  # the deleted namespace's record
+            destroy(backend)
+        assert _forwarding(ns) == "1"  # not given the deleted namespace's previous 0
+
+
+def test_each_namespace_has_an_instance_of_its_own_a_named_ones_with_the_boot_id(
+        two: tuple[str, str]) -> None:
+    from k3snet.backends.netns import boot_id, namespace_instance  # noqa: PLC0415
+
+    first, second = two
+    instances = [namespace_instance(first), namespace_instance(second), namespace_instance(None)]
+    if None in instances:
+        pytest.skip("no netns cookie (Linux before 5.14)")
+    assert len(set(instances)) == 3
+    assert all(str(i).startswith(f"{boot_id()}:") for i in instances[:2])
+    assert namespace_instance(first) == instances[0]

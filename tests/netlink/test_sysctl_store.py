@@ -188,3 +188,17 @@ def test_follow_moves_only_records_whose_interface_now_has_another_name() -> Non
     clash = state.follow({"y0": 3, "q0": 4, "z0": 5})  # x0 renamed y0, y0 renamed q0
     assert set(clash.owned) >= {y0, "net.ipv4.conf.q0.rp_filter", z0}
     assert clash.owned[y0] == ("2", "0")
+
+
+def test_a_state_file_of_another_instance_of_the_same_inode_is_ignored(tmp_path: Path) -> None:
+    # Another boot, or a namespace deleted and made again in the same inode: the same
+    # device and inode, another boot id or cookie. A file of an older k3snet, with no
+    # instance, is judged by the inode alone, as that k3snet judged it.
+    directory = tmp_path / "state"
+    SysctlStore(directory, "lab", IDENTITY, instance="boot:7").save(
+        SysctlState({"net.ipv4.ip_forward": ("1", "0")}))
+    assert json.loads((directory / "sysctl.json").read_text())["instance"] == "boot:7"
+    assert SysctlStore(directory, "lab", IDENTITY, instance="boot:8").load() == SysctlState()
+    assert SysctlStore(directory, "lab", IDENTITY, instance="boot:7").load().owned
+    planted(directory, OWNED)
+    assert SysctlStore(directory, "lab", IDENTITY, instance="boot:8").load().owned

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from k3snet.backends import netns as netns_module
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.backends.nftables import kept as kept_module
 from k3snet.backends.nftables.cache import Cache
@@ -315,7 +316,7 @@ def test_another_boot_or_another_k3snet_does_not_read_it(
     with monkeypatch.context() as patch:
         boot = tmp_path / "boot_id"
         boot.write_text("00000000-0000-4000-8000-000000000000\n")
-        patch.setattr(kept_module, "_BOOT_ID", boot)
+        patch.setattr(netns_module, "_BOOT_ID", boot)
         assert _lists_again(ns, listings)
     with monkeypatch.context() as patch:
         patch.setattr(kept_module, "__version__", "0.0.0-another")

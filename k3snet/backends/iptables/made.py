@@ -10,7 +10,9 @@ built-in chain, existing or not), and what k3snet's apply made is kept in
 ``<state_dir>/<netns or 'host'>/iptables-made.json`` (a namespace named ``host`` keeps
 ``iptables-made-netns.json`` there, beside the caller's own; the backend's ``state_dir``,
 ``/run/k3snet`` by default, as the netlink backend's sysctl record; the CLI, the agent
-and the Ansible module give both ``$K3SNET_STATE_DIR``), with the namespace's identity.
+and the Ansible module give both ``$K3SNET_STATE_DIR``), with the namespace's identity
+(its device and inode) and instance (its cookie, and a named one's boot id: the kernel
+gives a namespace made again under the same name the inode of the one just deleted).
 Once k3snet's chains are gone from that table, a recorded chain that is still empty
 with policy accept is deleted, with its table when k3snet's apply made that too and
 it holds nothing else, in one transaction the kernel refuses when anything changed
@@ -54,17 +56,21 @@ class Made:
 
 
 class MadeRecord:
-    """The record of one namespace (``identity``: its ``namespace_id``; a record of an
-    earlier namespace of the same name is another's, and ignored)."""
+    """The record of one namespace (``identity``: its ``namespace_id``; ``instance``: its
+    :func:`~k3snet.backends.netns.namespace_instance`; a record of an earlier namespace
+    of the same name is another's, and ignored, also in the same inode. A record without
+    an instance, an older k3snet's, is judged by the identity alone)."""
 
     def __init__(self, netns: str | None, identity: str,
-                 root: str | os.PathLike[str] | None = None) -> None:
+                 root: str | os.PathLike[str] | None = None, *,
+                 instance: str | None = None) -> None:
         directory = Path(root if root is not None else DEFAULT_ROOT) / (netns or "host")
         # The caller's own namespace keeps its record in "host/": a namespace named
         # "host" has another file there, or each apply replaced the other's record (and
         # the other's destroy left the chains it had made).
         self.file = directory / (_NAMED_HOST if netns == "host" else _NAME)
         self.identity = identity
+        self.instance = instance
 
     def load(self) -> list[Made]:
         """What is recorded for this namespace (nothing when unreadable)."""
@@ -73,7 +79,10 @@ class MadeRecord:
             return []
         try:
             document = json.loads(data)
-            if document.get("namespace") != self.identity:
+            written = document.get("instance")
+            if document.get("namespace") != self.identity or (
+                    written is not None and self.instance is not None
+                    and written != self.instance):
                 return []
             return [Made(str(e["family"]), str(e["table"]), str(e["chain"]),
                          bool(e["table_made"])) for e in document["made"]]
@@ -93,9 +102,12 @@ class MadeRecord:
                     with contextlib.suppress(OSError):  # not empty: another record's
                         self.file.parent.rmdir()
                 return
-            document = {"namespace": self.identity, "made": [attrs.asdict(m) for m in made]}
+            document: dict[str, object] = {"namespace": self.identity,
+                                           "made": [attrs.asdict(m) for m in made]}
+            if self.instance is not None:
+                document["instance"] = self.instance
             replace_atomically(self.file, json.dumps(document, indent=1) + "\n",
-                               ".iptables-made-", mode=0o700)
+                               ".iptables-made-", mode=0o700, durable=True)
         except OSError as exc:
             log.warning("iptables: cannot record the built-in chains k3snet made in %s: %s "
                         "(a destroy leaves them, empty)", self.file, exc)

@@ -117,7 +117,7 @@ from k3snet.backends.netlink.sysctls import (
     write_sysctl,
 )
 from k3snet.backends.netlink.view import RouteCache, RouteView
-from k3snet.backends.netns import NetnsRunner, netns_option
+from k3snet.backends.netns import NetnsRunner, namespace_instance, netns_option
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -339,6 +339,7 @@ class NetlinkBackend(BackendBase):
         self._where = where
         try:
             identity = namespace_identity(netns)
+            instance = namespace_instance(netns, self._runner)
             self._driver = self._open_driver(driver)
             self._routes = RouteCache(self._driver, protocol, self.tables, where)
             self._silent_fd = self._runner.call(partial(open_unannounced_switch, self.proc_sys))
@@ -362,7 +363,8 @@ class NetlinkBackend(BackendBase):
         # Before 2026-12-04 a given state_dir held the file itself, for every namespace:
         # read once by the namespace it names (its identity), then removed.
         legacy = root if state_dir is not None else None
-        self._store = SysctlStore(root / (netns or "host"), netns, identity, legacy=legacy)
+        self._store = SysctlStore(root / (netns or "host"), netns, identity, legacy=legacy,
+                                  instance=instance)
 
     def _open_driver(self, driver: str | DriverFactory) -> RouteDriver:
         if callable(driver):

@@ -302,8 +302,14 @@ def _renamed(table: Mapping[str, _V], moved: Mapping[str, str]) -> dict[str, _V]
 class SysctlStore:
     """The JSON state file of one namespace, written atomically, tied to that namespace.
 
-    The namespace's identity (device and inode of its nsfs file) is stored too: a
-    file left by a deleted namespace of the same name is ignored, never trusted.
+    The namespace's identity (device and inode of its nsfs file) and ``instance``
+    (:func:`~k3snet.backends.netns.namespace_instance`: the namespace's cookie, and a
+    named one's boot id) are stored too: a file left by a deleted namespace of the same
+    name is ignored, never trusted, also when the kernel gave the new namespace the old
+    one's inode (as it does as soon as that namespace is freed), and a named
+    namespace's after a reboot (a ``state_dir`` that is no tmpfs). A file without an
+    instance (written by k3snet before 2026-12-05, or where the kernel gives no cookie)
+    is judged by the identity alone.
     ``legacy``: a directory whose ``sysctl.json`` older versions shared between
     namespaces; while this namespace has no file of its own, that one is read when
     it names this namespace, and the first save removes it (so it is read once).
@@ -315,12 +321,14 @@ class SysctlStore:
     """
 
     def __init__(self, directory: Path, namespace: str | None, identity: str, *,
-                 legacy: Path | None = None, shared: bool = False) -> None:
+                 legacy: Path | None = None, shared: bool = False,
+                 instance: str | None = None) -> None:
         self.directory = directory
         named_host = namespace == "host" and not shared
         self.path = directory / (_NAMED_HOST_FILE if named_host else _STATE_FILE)
         self.namespace = namespace
         self.identity = identity
+        self.instance = instance
         self.shared = shared
         """A file several namespaces took turns in (``legacy``): another's is ignored."""
         # Read in turn while this namespace has no file of its own: host/sysctl.json for
@@ -328,7 +336,7 @@ class SysctlStore:
         self.legacy: SysctlStore | None = None
         for older in reversed([*([directory] if named_host else []),
                                *([] if legacy is None else [legacy])]):
-            store = SysctlStore(older, namespace, identity, shared=True)
+            store = SysctlStore(older, namespace, identity, shared=True, instance=instance)
             store.legacy = self.legacy
             self.legacy = store
 
@@ -365,7 +373,7 @@ class SysctlStore:
                     f"not of {_describe(self.namespace)}: both are kept in that "
                     "directory; give one of them another state_dir (K3SNET_STATE_DIR, "
                     "--backend-opt netlink.state_dir=DIR)")
-            if data.get("identity") != self.identity:
+            if not self._mine(data):
                 return SysctlState()  # left by another namespace of the same name
             owned = {str(name): (str(entry["value"]), _recorded_previous(entry))
                      for name, entry in data.get("owned", {}).items()}
@@ -379,6 +387,14 @@ class SysctlStore:
                 "which sysctls it owns until it is repaired or removed"
             ) from exc
         return SysctlState(owned, released, spread, links)
+
+    def _mine(self, data: Mapping[str, object]) -> bool:
+        """Whether the file's document ``data`` was written for this very namespace: its
+        identity, and its instance when both it and this store have one."""
+        if data.get("identity") != self.identity:
+            return False
+        written = data.get("instance")
+        return written is None or self.instance is None or written == self.instance
 
     def _hand_over_named_host(self) -> bool:
         """Move this file, written for a namespace named ``host`` before it had a file of
@@ -446,6 +462,7 @@ class SysctlStore:
             "format": _STATE_FORMAT,
             "namespace": self.namespace,
             "identity": self.identity,
+            **({} if self.instance is None else {"instance": self.instance}),
             "owned": {name: _previous_entry(value, previous)
                       for name, (value, previous) in sorted(state.owned.items())},
             "released": sorted(state.released),
@@ -460,7 +477,7 @@ class SysctlStore:
             data["links"] = links
         try:
             replace_atomically(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n",
-                               f".{self.path.name}.", mode=0o755)
+                               f".{self.path.name}.", mode=0o755, durable=True)
         except OSError as exc:
             raise BackendError(f"cannot write the sysctl state file {self.path}: {exc}") from exc
         legacy = self.legacy
@@ -476,8 +493,9 @@ class SysctlStore:
         if text is None:
             return
         try:
-            mine = json.loads(text).get("identity") == self.identity
-        except (ValueError, AttributeError):
+            data = json.loads(text)
+            mine = isinstance(data, dict) and self._mine(data)
+        except ValueError:
             return
         if mine:
             with contextlib.suppress(FileNotFoundError):

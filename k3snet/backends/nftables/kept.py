@@ -48,8 +48,6 @@ import contextlib
 import hashlib
 import marshal
 import os
-import platform
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +62,7 @@ from k3snet._kept import (
     write_atomic,
 )
 from k3snet._version import __version__
+from k3snet.backends.netns import boot_id, netns_cookie
 from k3snet.backends.nftables.cache import Cache, Table, rule_count
 from k3snet.backends.nftables.parse import table_of
 from k3snet.backends.nftables.text import FirstRules
@@ -82,41 +81,12 @@ _DEFAULT_ROOT: Final = STATE_ROOT
 _LIMIT: Final = 64 << 20  # bytes read at most: ~60 bytes a rule plus its text
 _PACKAGE: Final = Path(__file__).parent.parent.parent
 _CODE: Final = (Path(__file__).parent, _PACKAGE / "render", _PACKAGE / "model")
-# SO_NETNS_COOKIE: 71 where the architecture takes asm-generic's socket options (Python
-# 3.11 has no constant for it); elsewhere (sparc, parisc, mips, alpha) nothing is kept.
-_GENERIC_SOCKOPTS: Final = frozenset({"x86_64", "i686", "i386", "aarch64", "arm64", "armv7l",
-                                      "armv8l", "riscv64", "ppc64le", "ppc64", "s390x",
-                                      "loongarch64"})
-_BOOT_ID: Final = Path("/proc/sys/kernel/random/boot_id")
 
 
 def kept_directory() -> Path | None:
     """``$K3SNET_STATE_DIR/nftables-read``, else ``/run/k3snet/nftables-read`` when
     ``/run/k3snet`` exists; ``None`` when ``K3SNET_READ_CACHE=off`` or neither applies."""
     return state_directory("nftables-read", _DEFAULT_ROOT, "K3SNET_READ_CACHE")
-
-
-def netns_cookie() -> int | None:
-    """The cookie of the calling thread's network namespace (never reused until the
-    machine reboots), or ``None`` where the kernel or architecture gives none."""
-    option = getattr(socket, "SO_NETNS_COOKIE", None)
-    if option is None and platform.machine() in _GENERIC_SOCKOPTS:
-        option = 71
-    if option is None:
-        return None
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            raw = sock.getsockopt(socket.SOL_SOCKET, option, 8)
-    except OSError:
-        return None
-    return int.from_bytes(raw, sys.byteorder) if len(raw) == 8 else None
-
-
-def _boot_id() -> str | None:
-    try:
-        return _BOOT_ID.read_text(encoding="ascii").strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def _own_chains(chains: tuple[str, ...]) -> bool:
@@ -137,7 +107,7 @@ class Kept:
     def __init__(self, directory: Path, cookie: int, table: str,
                  families: tuple[str, ...], *, mark: bool = True) -> None:
         self.families = families
-        boot = _boot_id()
+        boot = boot_id()
         where = f"{cookie}\0{boot}\0{table}\0{','.join(families)}\0{'mark' if mark else ''}"
         self.file = directory / (hashlib.sha256(where.encode()).hexdigest()[:32] + ".kept")
         identity = (f"k3snet {__version__}\0kept {FORMAT}\0{sys.implementation.cache_tag}\0"
