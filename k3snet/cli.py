@@ -35,7 +35,7 @@ from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, WarningLog, option_seconds
-from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
+from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespace_id, namespaces_of
 from k3snet.backends.netns import validate_netns
 from k3snet.backends.options import resolve_backend_options
 from k3snet.backends.registry import (
@@ -62,6 +62,7 @@ from k3snet.converge import (
     with_route_protocol,
 )
 from k3snet.errors import (
+    BackendError,
     BackendOptionError,
     CheckError,
     ConflictError,
@@ -1385,8 +1386,24 @@ def _save_planfile(args: argparse.Namespace, spec: Spec, backend: BackendGroup, 
                for name in dict.fromkeys(n.partition(":")[0] for n in names)}
     caps = backend.capabilities
     PlanFile.make(p, desired=desired.only(caps), observed=observed.only(caps), backends=names,
-                  netns=args.netns, spec_path=args.spec, options=options,
+                  netns=_planned_netns(args, backend), spec_path=args.spec, options=options,
                   allow_disruptive=_disruptive_allowed(args, spec)).write(args.out)
+
+
+def _planned_netns(args: argparse.Namespace, backend: BackendGroup) -> str | None:
+    """The network namespace a plan file names as its node's: the one its backends act
+    in, wherever that was set (``--netns``, a spec's ``backends:`` or a ``--backend-opt``
+    ``netns``, which the file records for no backend, :data:`RESERVED_OPTIONS`);
+    ``--netns`` for backends acting in none (files, cluster objects). A plan made with
+    ``--backend-opt netlink.netns=node1`` named the host, and `apply FILE` made it there.
+    A PlanError when they act in several: `apply FILE` builds them all in one."""
+    spaces = namespaces_of(backend)
+    if len(spaces) > 1:
+        names = ", ".join("the caller's own" if n is None else repr(n) for n in spaces)
+        raise PlanError(f"cannot save the plan to {args.out}: its backends act in several "
+                        f"network namespaces ({names}), and a plan file is applied in the "
+                        "one it names; give every backend the same netns (--netns)")
+    return spaces[0] if spaces else args.netns
 
 
 def _absolute_paths(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -1420,9 +1437,35 @@ def _saved_backend(args: argparse.Namespace, saved: PlanFile) -> BackendGroup:
             allow_disruptive=saved.allow_disruptive or bool(args.allow_disruptive),
             explicit=_explicit_options(name, args))))
     try:
-        return _group(recipe)
+        group = _group(recipe)
     except (BackendOptionError, ModelError) as exc:  # a recorded value the backend refuses
         raise PlanError(f"{args.planfile}: {exc}") from exc
+    try:
+        _refuse_moved(args, saved, group)
+    except BaseException:
+        group.close()
+        raise
+    return group
+
+
+def _refuse_moved(args: argparse.Namespace, saved: PlanFile, group: BackendGroup) -> None:
+    """A PlanError unless every backend of ``group`` acts in the namespace the plan file
+    was made for (its identity, checked when it was read): a ``--backend-opt NAME.netns``
+    given to `apply FILE` overrides the file's namespace, and the plan of one node was
+    made in another one, whose own plan it happened to be."""
+    made_for = saved.node.get("netns_id")
+    for netns in namespaces_of(group):
+        try:
+            here = namespace_id(netns)
+        except BackendError as exc:
+            raise PlanError(f"{args.planfile}: {exc}") from exc
+        if here != made_for:
+            made = saved.node.get("netns")
+            raise PlanError(
+                f"{args.planfile} was made for network namespace "
+                f"{'the host' if made is None else repr(made)} ({made_for}), and a backend "
+                f"would act in {'the host' if netns is None else repr(netns)} ({here}) "
+                "(--backend-opt NAME.netns): refused; plan there instead")
 
 
 # ---------------------------------------------------------------- terminal habits
