@@ -1438,7 +1438,9 @@ def _saved_backend(args: argparse.Namespace, saved: PlanFile) -> BackendGroup:
             explicit=_explicit_options(name, args))))
     try:
         group = _group(recipe)
-    except (BackendOptionError, ModelError) as exc:  # a recorded value the backend refuses
+    except LockTimeoutError:  # busy (75), not the file's fault
+        raise
+    except (BackendError, ModelError) as exc:  # a recorded value the backend refuses
         raise PlanError(f"{args.planfile}: {exc}") from exc
     try:
         _refuse_moved(args, saved, group)
