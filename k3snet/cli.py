@@ -35,7 +35,7 @@ from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, WarningLog, option_seconds
-from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespace_id, namespaces_of
+from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespaces_of
 from k3snet.backends.netns import validate_netns
 from k3snet.backends.options import resolve_backend_options
 from k3snet.backends.registry import (
@@ -1443,31 +1443,12 @@ def _saved_backend(args: argparse.Namespace, saved: PlanFile) -> BackendGroup:
     except (BackendError, ModelError) as exc:  # a recorded value the backend refuses
         raise PlanError(f"{args.planfile}: {exc}") from exc
     try:
-        _refuse_moved(args, saved, group)
+        # A --backend-opt NAME.netns given to apply overrides the file's namespace.
+        saved.refuse_elsewhere(group, args.planfile)
     except BaseException:
         group.close()
         raise
     return group
-
-
-def _refuse_moved(args: argparse.Namespace, saved: PlanFile, group: BackendGroup) -> None:
-    """A PlanError unless every backend of ``group`` acts in the namespace the plan file
-    was made for (its identity, checked when it was read): a ``--backend-opt NAME.netns``
-    given to `apply FILE` overrides the file's namespace, and the plan of one node was
-    made in another one, whose own plan it happened to be."""
-    made_for = saved.node.get("netns_id")
-    for netns in namespaces_of(group):
-        try:
-            here = namespace_id(netns)
-        except BackendError as exc:
-            raise PlanError(f"{args.planfile}: {exc}") from exc
-        if here != made_for:
-            made = saved.node.get("netns")
-            raise PlanError(
-                f"{args.planfile} was made for network namespace "
-                f"{'the host' if made is None else repr(made)} ({made_for}), and a backend "
-                f"would act in {'the host' if netns is None else repr(netns)} ({here}) "
-                "(--backend-opt NAME.netns): refused; plan there instead")
 
 
 # ---------------------------------------------------------------- terminal habits

@@ -7,6 +7,8 @@ can do the same::
                           netns="node1", spec_path=Path("egress.yaml"))
     saved.write(Path("node1.plan"))
     again = PlanFile.read(Path("node1.plan"), netns=None)   # checks machine and namespace
+    backend = NetlinkBackend(netns=again.node["netns"])
+    again.refuse_elsewhere(backend)                          # acts in that namespace
     k3snet.converge.apply_plan(backend, again.plan, desired=again.desired)
 
 The file records the node (machine id, hostname, network namespace and its
@@ -33,7 +35,7 @@ import attrs
 from k3snet._gojson import MAX_NESTING, JsonTextError, text_nests_deeper
 from k3snet._kept import input_problem, read_input, write_output
 from k3snet._version import __version__
-from k3snet.backends.lock import namespace_id
+from k3snet.backends.lock import namespace_id, namespaces_of
 from k3snet.converge import state_digest
 from k3snet.errors import BackendError, ModelError, PlanError
 from k3snet.model.state import State
@@ -203,6 +205,26 @@ class PlanFile:
                 read_input(spec_path, SPEC_MAX_BYTES)).hexdigest()}
         return cls(p, desired, tuple(backends), node_identity(netns), state_digest(observed),
                    spec, options, allow_disruptive)
+
+    def refuse_elsewhere(self, backend: object, path: Path | str = "the plan file") -> None:
+        """A PlanError unless every backend of ``backend`` (a group's members) acting in a
+        network namespace acts in the one this file was made for (its identity, as
+        :meth:`read` checks it): a backend made with another ``netns`` would apply there the
+        plan of this node, when it is that namespace's plan too. ``path``: the file, for
+        the message."""
+        made_for = self.node.get("netns_id")
+        for netns in namespaces_of(backend):
+            try:
+                here = namespace_id(netns)
+            except BackendError as exc:
+                raise PlanError(f"{path}: {exc}") from exc
+            if here != made_for:
+                made = self.node.get("netns")
+                raise PlanError(
+                    f"{path} was made for network namespace "
+                    f"{'the host' if made is None else repr(made)} ({made_for}), and a backend "
+                    f"would act in {'the host' if netns is None else repr(netns)} ({here}) "
+                    "(its netns option, --backend-opt NAME.netns): refused; plan there instead")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""

@@ -137,3 +137,23 @@ def test_a_plan_file_applied_with_another_netlink_netns_changes_neither_namespac
                      "--backend-opt", f"netlink.netns={other}"]) == 1
         for name in (node, other):
             assert run_in(name, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() == "0"
+
+
+def test_a_library_caller_is_told_a_backend_acts_elsewhere_than_the_plan_file_was_made_for(
+        tmp_path: Path, node: str) -> None:
+    from k3snet import PlanError, State, plan  # noqa: PLC0415
+    from k3snet.backends.group import BackendGroup, Member  # noqa: PLC0415
+    from k3snet.planfile import PlanFile  # noqa: PLC0415
+
+    PlanFile.make(plan(State(), State()), desired=State(), observed=State(),
+                  backends=["memory"], netns=node).write(tmp_path / "node.plan")
+    saved = PlanFile.read(tmp_path / "node.plan", netns=None)
+    saved.refuse_elsewhere(_Placed(netns=node))
+    saved.refuse_elsewhere(MemoryBackend())  # acting in no namespace
+    with temporary_netns("pfother") as other:
+        for backend in (_Placed(netns=other), _Placed(),
+                        BackendGroup([Member(_Placed(netns=node), ["route"]),
+                                      Member(_Placed(netns=other), ["nat"])])):
+            with pytest.raises(PlanError, match=f"the plan file was made for network namespace "
+                                                f"'{node}' .* and a backend would act in"):
+                saved.refuse_elsewhere(backend)
