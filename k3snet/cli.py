@@ -78,7 +78,7 @@ from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import label_selector_problem, name_problem, object_ref_problem
 from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl
 from k3snet.model.state import State
-from k3snet.planfile import RESERVED_OPTIONS, PlanFile
+from k3snet.planfile import RESERVED_OPTIONS, PlanFile, clusters_of
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_backend_options
 from k3snet.spec import compile as compile_spec
@@ -1387,7 +1387,8 @@ def _save_planfile(args: argparse.Namespace, spec: Spec, backend: BackendGroup, 
     caps = backend.capabilities
     PlanFile.make(p, desired=desired.only(caps), observed=observed.only(caps), backends=names,
                   netns=_planned_netns(args, backend), spec_path=args.spec, options=options,
-                  allow_disruptive=_disruptive_allowed(args, spec)).write(args.out)
+                  allow_disruptive=_disruptive_allowed(args, spec),
+                  clusters=clusters_of(backend)).write(args.out)
 
 
 def _planned_netns(args: argparse.Namespace, backend: BackendGroup) -> str | None:
@@ -1443,7 +1444,8 @@ def _saved_backend(args: argparse.Namespace, saved: PlanFile) -> BackendGroup:
     except (BackendError, ModelError) as exc:  # a recorded value the backend refuses
         raise PlanError(f"{args.planfile}: {exc}") from exc
     try:
-        # A --backend-opt NAME.netns given to apply overrides the file's namespace.
+        # A --backend-opt NAME.netns given to apply overrides the file's namespace; the
+        # kubeconfig's current context may have moved to another cluster since.
         saved.refuse_elsewhere(group, args.planfile)
     except BaseException:
         group.close()
