@@ -73,10 +73,11 @@ from k3snet.errors import (
     Problem,
     RollbackError,
     SpecError,
+    StalePlanError,
 )
 from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import label_selector_problem, name_problem, object_ref_problem
-from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl
+from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl, printable
 from k3snet.model.state import State
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile, clusters_of
 from k3snet.planner import Change, Plan, plan
@@ -1646,8 +1647,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
         def run(p: Plan | None, wanted: State | None, *, dry_run: bool) -> Convergence:
             if p is None:
                 return converge(backend, desired, dry_run=dry_run, **options)
-            return apply_plan(backend, p, desired=wanted, dry_run=dry_run,
-                              made_from=saved.observed if saved else None, **options)
+            try:
+                return apply_plan(backend, p, desired=wanted, dry_run=dry_run,
+                                  made_from=saved.observed if saved else None, **options)
+            except StalePlanError as exc:
+                if saved is None or saved.made_by == __version__:
+                    raise
+                # Another version may plan otherwise: said, as the likely reason.
+                raise StalePlanError(
+                    f"{exc} (the plan file was made by k3snet "
+                    f"{printable(saved.made_by or 'of an unknown version')}; this is "
+                    f"{__version__})") from exc
 
         fixed, wanted = (saved.plan, saved.desired) if saved else (None, None)
         shown: Plan | None = None  # the plan already printed for the user to approve

@@ -224,6 +224,9 @@ class PlanFile:
     clusters: Mapping[str, str] | None = None
     """Backend name -> the cluster it talked to (:func:`clusters_of`); ``None`` in a file
     made before k3snet recorded them."""
+    made_by: str | None = __version__
+    """The k3snet version that wrote the file (its ``k3snet``; ``None`` when not a text):
+    another one may plan otherwise, which `apply FILE`'s refusal then says."""
 
     @classmethod
     def make(cls, p: Plan, *, desired: State, observed: State, backends: Sequence[str],
@@ -340,6 +343,7 @@ class PlanFile:
             return cls(Plan.from_dict(document.get("plan") or {}), State.from_dict(desired),
                        tuple(backends), {**node, "netns": here["netns"]},
                        str(document.get("observed")), spec, options, allow_disruptive,
-                       clusters)
+                       clusters, made_by if isinstance(made_by := document.get("k3snet"), str)
+                       else None)
         except ModelError as exc:
             raise PlanError(f"{path}: {exc}") from exc
