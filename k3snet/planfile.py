@@ -339,11 +339,11 @@ class PlanFile:
         if clusters is not None and not (isinstance(clusters, dict) and all(
                 isinstance(v, str) for v in clusters.values())):
             raise PlanError(f"{path}: its clusters are a JSON object of texts")
+        made_by = document.get("k3snet")
         try:
             return cls(Plan.from_dict(document.get("plan") or {}), State.from_dict(desired),
                        tuple(backends), {**node, "netns": here["netns"]},
                        str(document.get("observed")), spec, options, allow_disruptive,
-                       clusters, made_by if isinstance(made_by := document.get("k3snet"), str)
-                       else None)
+                       clusters, made_by if isinstance(made_by, str) else None)
         except ModelError as exc:
             raise PlanError(f"{path}: {exc}") from exc
