@@ -35,7 +35,7 @@ from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, WarningLog, option_seconds
-from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
+from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespaces_of
 from k3snet.backends.netns import validate_netns
 from k3snet.backends.options import resolve_backend_options
 from k3snet.backends.registry import (
@@ -62,6 +62,7 @@ from k3snet.converge import (
     with_route_protocol,
 )
 from k3snet.errors import (
+    BackendError,
     BackendOptionError,
     CheckError,
     ConflictError,
@@ -72,12 +73,13 @@ from k3snet.errors import (
     Problem,
     RollbackError,
     SpecError,
+    StalePlanError,
 )
 from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import label_selector_problem, name_problem, object_ref_problem
-from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl
+from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl, printable
 from k3snet.model.state import State
-from k3snet.planfile import RESERVED_OPTIONS, PlanFile
+from k3snet.planfile import RESERVED_OPTIONS, PlanFile, clusters_of
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_backend_options
 from k3snet.spec import compile as compile_spec
@@ -1385,8 +1387,25 @@ def _save_planfile(args: argparse.Namespace, spec: Spec, backend: BackendGroup, 
                for name in dict.fromkeys(n.partition(":")[0] for n in names)}
     caps = backend.capabilities
     PlanFile.make(p, desired=desired.only(caps), observed=observed.only(caps), backends=names,
-                  netns=args.netns, spec_path=args.spec, options=options,
-                  allow_disruptive=_disruptive_allowed(args, spec)).write(args.out)
+                  netns=_planned_netns(args, backend), spec_path=args.spec, options=options,
+                  allow_disruptive=_disruptive_allowed(args, spec),
+                  clusters=clusters_of(backend)).write(args.out)
+
+
+def _planned_netns(args: argparse.Namespace, backend: BackendGroup) -> str | None:
+    """The network namespace a plan file names as its node's: the one its backends act
+    in, wherever that was set (``--netns``, a spec's ``backends:`` or a ``--backend-opt``
+    ``netns``, which the file records for no backend, :data:`RESERVED_OPTIONS`);
+    ``--netns`` for backends acting in none (files, cluster objects). A plan made with
+    ``--backend-opt netlink.netns=node1`` named the host, and `apply FILE` made it there.
+    A PlanError when they act in several: `apply FILE` builds them all in one."""
+    spaces = namespaces_of(backend)
+    if len(spaces) > 1:
+        names = ", ".join("the caller's own" if n is None else repr(n) for n in spaces)
+        raise PlanError(f"cannot save the plan to {args.out}: its backends act in several "
+                        f"network namespaces ({names}), and a plan file is applied in the "
+                        "one it names; give every backend the same netns (--netns)")
+    return spaces[0] if spaces else args.netns
 
 
 def _absolute_paths(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -1420,9 +1439,19 @@ def _saved_backend(args: argparse.Namespace, saved: PlanFile) -> BackendGroup:
             allow_disruptive=saved.allow_disruptive or bool(args.allow_disruptive),
             explicit=_explicit_options(name, args))))
     try:
-        return _group(recipe)
-    except (BackendOptionError, ModelError) as exc:  # a recorded value the backend refuses
+        group = _group(recipe)
+    except LockTimeoutError:  # busy (75), not the file's fault
+        raise
+    except (BackendError, ModelError) as exc:  # a recorded value the backend refuses
         raise PlanError(f"{args.planfile}: {exc}") from exc
+    try:
+        # A --backend-opt NAME.netns given to apply overrides the file's namespace; the
+        # kubeconfig's current context may have moved to another cluster since.
+        saved.refuse_elsewhere(group, args.planfile)
+    except BaseException:
+        group.close()
+        raise
+    return group
 
 
 # ---------------------------------------------------------------- terminal habits
@@ -1618,8 +1647,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
         def run(p: Plan | None, wanted: State | None, *, dry_run: bool) -> Convergence:
             if p is None:
                 return converge(backend, desired, dry_run=dry_run, **options)
-            return apply_plan(backend, p, desired=wanted, dry_run=dry_run,
-                              made_from=saved.observed if saved else None, **options)
+            try:
+                return apply_plan(backend, p, desired=wanted, dry_run=dry_run,
+                                  made_from=saved.observed if saved else None, **options)
+            except StalePlanError as exc:
+                if saved is None or saved.made_by == __version__:
+                    raise
+                # Another version may plan otherwise: said, as the likely reason.
+                raise StalePlanError(
+                    f"{exc} (the plan file was made by k3snet "
+                    f"{printable(saved.made_by or 'of an unknown version')}; this is "
+                    f"{__version__})") from exc
 
         fixed, wanted = (saved.plan, saved.desired) if saved else (None, None)
         shown: Plan | None = None  # the plan already printed for the user to approve

@@ -7,12 +7,14 @@ can do the same::
                           netns="node1", spec_path=Path("egress.yaml"))
     saved.write(Path("node1.plan"))
     again = PlanFile.read(Path("node1.plan"), netns=None)   # checks machine and namespace
+    backend = NetlinkBackend(netns=again.node["netns"])
+    again.refuse_elsewhere(backend)                          # acts in that namespace
     k3snet.converge.apply_plan(backend, again.plan, desired=again.desired)
 
 The file records the node (machine id, hostname, network namespace and its
-identity), the backends, the spec's SHA-256, a fingerprint of what the backends
-observed, the backends' options and the desired state
-(schema: ``k3snet.schemas.load_schema("planfile")``).
+identity), the backends, the cluster each backend with an ``api_client`` talks to,
+the spec's SHA-256, a fingerprint of what the backends observed, the backends'
+options and the desired state (schema: ``k3snet.schemas.load_schema("planfile")``).
 """
 
 from __future__ import annotations
@@ -33,16 +35,17 @@ import attrs
 from k3snet._gojson import MAX_NESTING, JsonTextError, text_nests_deeper
 from k3snet._kept import input_problem, read_input, write_output
 from k3snet._version import __version__
-from k3snet.backends.lock import namespace_id
+from k3snet.backends.lock import namespace_id, namespaces_of
 from k3snet.converge import state_digest
 from k3snet.errors import BackendError, ModelError, PlanError
+from k3snet.model import printable
 from k3snet.model.state import State
 from k3snet.planner import Plan
 from k3snet.spec.source import MAX_BYTES as SPEC_MAX_BYTES
 from k3snet.spec.source import unique_pairs
 
 __all__ = ["MAX_PLANFILE_BYTES", "PLANFILE_FORMAT", "PLANFILE_KIND", "PlanFile",
-           "node_identity"]
+           "clusters_of", "node_identity"]
 
 PLANFILE_KIND = "k3snet-planfile"
 MAX_PLANFILE_BYTES = 256 * 1024 * 1024
@@ -142,6 +145,41 @@ def node_identity(netns: str | None) -> dict[str, str | None]:
             "netns_id": namespace_id(netns)}
 
 
+def _cluster(api_client: Any) -> str:
+    """What tells the cluster an ``ApiClient`` talks to from another: its API server's
+    address and the SHA-256 of the certificate authority it trusts (K3s makes one per
+    cluster, and every K3s node's kubeconfig names https://127.0.0.1:6443); the address
+    alone when it names none."""
+    configuration = getattr(api_client, "configuration", None)
+    host = str(getattr(configuration, "host", None) or "an unknown API server")
+    authority = getattr(configuration, "ssl_ca_cert", None)
+    if not authority:
+        return host
+    try:
+        data = read_input(authority, _MAX_AUTHORITY)
+    except (OSError, TypeError):
+        return host
+    return f"{host} (certificate authority sha256:{hashlib.sha256(data).hexdigest()[:16]})"
+
+
+_MAX_AUTHORITY = 1024 * 1024
+"""The largest certificate authority file read for :func:`_cluster`."""
+
+
+def clusters_of(backend: object) -> dict[str, str]:
+    """Backend name -> the cluster it talks to (:func:`_cluster`), for each backend (a
+    group's members) with an ``api_client`` (the calico, cilium and flannel ConfigMap
+    backends)."""
+    members = getattr(backend, "members", None)
+    backends = [m.backend for m in members] if members is not None else [backend]
+    found: dict[str, str] = {}
+    for member in backends:
+        client = getattr(member, "api_client", None)
+        if client is not None:
+            found[str(getattr(member, "name", type(member).__name__))] = _cluster(client)
+    return found
+
+
 def _check_node(path: Path, node: Mapping[str, str | None],
                 here: Mapping[str, str | None]) -> None:
     """Refuse a plan file made for another node or namespace, or where that cannot be told.
@@ -183,16 +221,24 @@ class PlanFile:
     """Each backend's options as its spec and ``--backend-opt`` gave them (JSON values);
     the namespace and the agent's environment are not among them."""
     allow_disruptive: bool = False
+    clusters: Mapping[str, str] | None = None
+    """Backend name -> the cluster it talked to (:func:`clusters_of`); ``None`` in a file
+    made before k3snet recorded them."""
+    made_by: str | None = __version__
+    """The k3snet version that wrote the file (its ``k3snet``; ``None`` when not a text):
+    another one may plan otherwise, which `apply FILE`'s refusal then says."""
 
     @classmethod
     def make(cls, p: Plan, *, desired: State, observed: State, backends: Sequence[str],
              netns: str | None, spec_path: Path | None = None,
              options: Mapping[str, Mapping[str, Any]] | None = None,
-             allow_disruptive: bool = False) -> PlanFile:
+             allow_disruptive: bool = False,
+             clusters: Mapping[str, str] | None = None) -> PlanFile:
         """A plan file for this node; ``desired`` and ``observed`` as the plan saw them.
 
         ``options``: backend name -> the options it was built with from the spec and
-        explicit overrides (JSON values; a PlanError otherwise).
+        explicit overrides (JSON values; a PlanError otherwise). ``clusters``: backend
+        name -> the cluster it talks to (:func:`clusters_of` of the backends).
         """
         options = {name: dict(given) for name, given in (options or {}).items() if given}
         problem = _options_problem(options, backends)
@@ -202,7 +248,36 @@ class PlanFile:
             "path": str(spec_path), "sha256": hashlib.sha256(
                 read_input(spec_path, SPEC_MAX_BYTES)).hexdigest()}
         return cls(p, desired, tuple(backends), node_identity(netns), state_digest(observed),
-                   spec, options, allow_disruptive)
+                   spec, options, allow_disruptive, dict(clusters or {}))
+
+    def refuse_elsewhere(self, backend: object, path: Path | str = "the plan file") -> None:
+        """A PlanError unless every backend of ``backend`` (a group's members) acting in a
+        network namespace acts in the one this file was made for (its identity, as
+        :meth:`read` checks it): a backend made with another ``netns`` would apply there the
+        plan of this node, when it is that namespace's plan too. ``path``: the file, for
+        the message."""
+        made_for = self.node.get("netns_id")
+        for netns in namespaces_of(backend):
+            try:
+                here = namespace_id(netns)
+            except BackendError as exc:
+                raise PlanError(f"{path}: {exc}") from exc
+            if here != made_for:
+                made = self.node.get("netns")
+                raise PlanError(
+                    f"{path} was made for network namespace "
+                    f"{'the host' if made is None else repr(made)} ({made_for}), and a backend "
+                    f"would act in {'the host' if netns is None else repr(netns)} ({here}) "
+                    "(its netns option, --backend-opt NAME.netns): refused; plan there instead")
+        if self.clusters is None:  # a file of before: nothing to compare
+            return
+        for name, here in clusters_of(backend).items():
+            made = self.clusters.get(name)
+            if made != here:
+                raise PlanError(
+                    f"{path} was made against the cluster at {printable(made or 'none')}, and "
+                    f"backend {name!r} talks to {printable(here)} (another kubeconfig or "
+                    "context): refused; plan against that cluster instead")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -211,6 +286,7 @@ class PlanFile:
                 "spec": dict(self.spec) if self.spec is not None else None,
                 "options": {name: dict(given) for name, given in self.options.items()},
                 "allow_disruptive": self.allow_disruptive,
+                **({"clusters": dict(self.clusters)} if self.clusters is not None else {}),
                 "observed": self.observed, "desired": self.desired.to_dict(),
                 "plan": self.plan.to_dict()}
 
@@ -259,9 +335,15 @@ class PlanFile:
         allow_disruptive = document.get("allow_disruptive")
         if not isinstance(allow_disruptive, bool):
             raise PlanError(f"{path}: its allow_disruptive is true or false")
+        clusters = document.get("clusters")
+        if clusters is not None and not (isinstance(clusters, dict) and all(
+                isinstance(v, str) for v in clusters.values())):
+            raise PlanError(f"{path}: its clusters are a JSON object of texts")
+        made_by = document.get("k3snet")
         try:
             return cls(Plan.from_dict(document.get("plan") or {}), State.from_dict(desired),
                        tuple(backends), {**node, "netns": here["netns"]},
-                       str(document.get("observed")), spec, options, allow_disruptive)
+                       str(document.get("observed")), spec, options, allow_disruptive,
+                       clusters, made_by if isinstance(made_by, str) else None)
         except ModelError as exc:
             raise PlanError(f"{path}: {exc}") from exc

@@ -631,6 +631,12 @@ class CalicoBackend(BackendBase):
         return frozenset({"ippool"})
 
     @property
+    def api_client(self) -> Any:
+        """The Kubernetes ``ApiClient`` this backend talks to (a plan file records
+        which cluster it is, :mod:`k3snet.planfile`)."""
+        return self._client
+
+    @property
     def api(self) -> tuple[str, str]:
         """(group, version) in use; with ``api="auto"``, found on first use."""
         if self._api is None:

@@ -796,6 +796,12 @@ class CiliumBackend(BackendBase):
         return frozenset({"cilium"})
 
     @property
+    def api_client(self) -> Any:
+        """The Kubernetes ``ApiClient`` this backend talks to (a plan file records
+        which cluster it is, :mod:`k3snet.planfile`)."""
+        return self._client
+
+    @property
     def target(self) -> str:
         """``configmap:NAMESPACE/NAME`` of the managed ``cilium-config``."""
         return self._target

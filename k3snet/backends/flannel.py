@@ -633,6 +633,12 @@ class FlannelBackend(BackendBase):
         return frozenset({"flannel"})
 
     @property
+    def api_client(self) -> Any:
+        """The Kubernetes ``ApiClient`` this backend talks to, ``None`` for a file (a plan
+        file records which cluster it is, :mod:`k3snet.planfile`)."""
+        return self._client
+
+    @property
     def target(self) -> str:
         """The target string of the managed config (``file:...`` or ``configmap:ns/name``)."""
         return self._store.target

@@ -204,3 +204,35 @@ def test_an_os_pathlike_option_names_the_same_file_when_applied_from_elsewhere(
     recorded = json.loads(saved.read_text())["options"]["memory-pathlike"]
     assert recorded == {"path": str(planned / "nat.json")}
     assert _PathLikeFile.made == [planned / "nat.json"] * 2
+
+
+@pytest.mark.usefixtures("require_root")
+@pytest.mark.parametrize(("backend", "options", "message"), [
+    # kernel, the tests' seam, was taken as text: the apply ended as an internal error.
+    ("iptables", {"kernel": "x"}, "kernel must be an iptables Kernel object"),
+    ("iptables", {"kernel": {"close": 1}}, "kernel must be an iptables Kernel object"),
+    # A value the backend refuses was said without the plan file's name.
+    ("netlink", {"tables": "abc"}, "tables must be a list of route table numbers"),
+])
+def test_a_recorded_option_a_backend_refuses_is_an_error_naming_the_plan_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], backend: str,
+        options: dict[str, Any], message: str) -> None:
+    from k3snet import State, plan  # noqa: PLC0415
+    from k3snet.lab.netns import temporary_netns  # noqa: PLC0415
+    from k3snet.planfile import PlanFile  # noqa: PLC0415
+
+    saved = tmp_path / "node.plan"
+    with temporary_netns("pfopt") as ns:
+        PlanFile.make(plan(State(), State()), desired=State(), observed=State(),
+                      backends=[backend], netns=ns, options={backend: options}).write(saved)
+        assert main(["apply", str(saved), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert f"k3snet: error: {saved}: {message}" in err, err
+
+
+def test_validate_refuses_an_iptables_kernel_a_spec_gives(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = _spec(tmp_path, "backends:\n  iptables: {kernel: x}\n")
+    assert main(["validate", "-f", str(spec)]) == 1
+    assert "backends.iptables.kernel: kernel must be an iptables Kernel object" in (
+        capsys.readouterr().err)

@@ -238,3 +238,39 @@ def test_a_plan_file_giving_a_key_twice_is_refused(tmp_path: Path, key: str) -> 
     path.write_text(text.replace(top, f"{second},\n  {top}"))
     with pytest.raises(PlanError, match=f"is not a k3snet plan file: duplicate key '{key}'"):
         PlanFile.read(path, netns=None)
+
+
+@pytest.mark.parametrize("version", ["0.0.1", None, "\x1b[2J9"])
+def test_a_refused_plan_file_of_another_k3snet_version_names_both_versions(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], version: str | None) -> None:
+    # Upgraded between plan and apply: the planner may plan otherwise, which the refusal
+    # now names instead of leaving "edited, or made by another version" to guess.
+    from k3snet import MemoryBackend, register_backend  # noqa: PLC0415
+    from k3snet._version import __version__  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+    from k3snet.cli import main  # noqa: PLC0415
+
+    held = MemoryBackend()
+    register_backend("memory-node", lambda: held)
+    try:
+        saved = tmp_path / "node.plan"
+        assert main(["plan", "-f", str(SEED), "--backend", "memory-node", "--no-facts",
+                     "--out", str(saved)]) == 2
+        document = json.loads(saved.read_text())
+        document["plan"]["changes"].pop()  # as another planner might have made it
+        edited = tmp_path / "edited.plan"
+        edited.write_text(json.dumps(document))
+        capsys.readouterr()
+        assert main(["apply", str(edited)]) == 1
+        assert "was made by k3snet" not in capsys.readouterr().err  # this version's
+        document["k3snet"] = version
+        edited.write_text(json.dumps(document))
+        assert main(["apply", str(edited)]) == 1
+        err = capsys.readouterr().err
+        shown = {"0.0.1": "0.0.1", None: "of an unknown version", "\x1b[2J9": "\\x1b[2J9"}
+        assert f"the plan file was made by k3snet {shown[version]}; this is " \
+               f"{__version__})" in err, err
+        assert "\x1b" not in err
+        assert held.observe() == State()
+    finally:
+        unregister_backend("memory-node")

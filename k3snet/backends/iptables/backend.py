@@ -207,6 +207,16 @@ def _choice(option: str, value: object, choices: tuple[str, ...]) -> str:
     raise BackendError(f"{option} must be {named}, not {value!r}")
 
 
+def _kernel_seam(value: object) -> None:
+    """``kernel``: ``None`` or a library caller's :class:`Kernel` object, never a value a
+    spec, ``--backend-opt`` or a plan file can hold (``kernel: x`` in an edited plan file
+    was taken, and closing the backend ended k3snet with an internal error)."""
+    if value is not None and (isinstance(value, str | bytes | int | float | list | dict | tuple)
+                              or not callable(getattr(value, "close", None))):
+        raise BackendError(f"kernel must be an iptables Kernel object (a library caller's, "
+                           f"as tests give one of recorded iptables-save texts), got {value!r}")
+
+
 class IptablesBackend(BackendBase):
     """Masquerade/SNAT (nat table) and forward accepts (filter table) through iptables.
 
@@ -239,7 +249,8 @@ class IptablesBackend(BackendBase):
         "driver": lambda v: _choice("driver", v, ("restore", "libiptc", "auto")),
         "mode": lambda v: _choice("mode", v, ("nft", "legacy", "auto")),
         "timeout": lambda v: option_seconds("timeout", v),
-        "state_dir": lambda v: v is None or option_path("state_dir", v)}
+        "state_dir": lambda v: v is None or option_path("state_dir", v),
+        "kernel": _kernel_seam}
     """The constructor's checks of option values."""
 
     def __init__(
@@ -254,7 +265,8 @@ class IptablesBackend(BackendBase):
     ) -> None:
         super().__init__()
         for option, value in (("netns", netns), ("driver", driver), ("mode", mode),
-                              ("timeout", timeout), ("state_dir", state_dir)):
+                              ("timeout", timeout), ("state_dir", state_dir),
+                              ("kernel", kernel)):
             self.option_checks[option](value)
         self._state_dir = state_dir
         timeout = float(timeout)

@@ -1,0 +1,91 @@
+"""A plan file of a backend talking to a cluster is applied to that cluster or refused:
+a kubeconfig whose current context changed since (another cluster, the same objects)
+got the plan reviewed for the first one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from k3snet.cli import main
+from k3snet.testing.kube import EmulatedApiServer
+
+SPEC = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster: {podCIDRs: [10.42.0.0/16]}
+destinations:
+  - cidr: 192.168.2.0/24
+    masquerade: false
+cni:
+  calico: {}
+"""
+CRD = "crd.projectcalico.org/v1/ippools"
+POD_POOL = {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+            "metadata": {"name": "default-ipv4-ippool"},
+            "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True, "blockSize": 26}}
+
+
+def _kubeconfig(path: Path, servers: dict[str, str], current: str) -> None:
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": current,
+        "clusters": [{"name": n, "cluster": {"server": url}} for n, url in servers.items()],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": n, "context": {"cluster": n, "user": "u"}} for n in servers]}))
+
+
+def test_a_plan_file_is_not_applied_to_another_cluster_than_it_was_made_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    kubeconfig = tmp_path / "kubeconfig"
+    saved = tmp_path / "staging.plan"
+    with EmulatedApiServer() as staging, EmulatedApiServer() as prod:
+        servers = {"staging": staging.url, "prod": prod.url}
+        for server in (staging, prod):  # two clusters made from one template
+            server.put(CRD, POD_POOL)
+        _kubeconfig(kubeconfig, servers, "staging")
+        assert main(["plan", "-f", str(spec), "--no-facts", "--backend", "calico",
+                     "--backend-opt", "calico.api=crd", "--backend-opt",
+                     f"calico.kubeconfig={kubeconfig}", "--out", str(saved)]) == 2
+        _kubeconfig(kubeconfig, servers, "prod")  # kubectl config use-context prod
+        capsys.readouterr()
+        assert main(["apply", str(saved), "--auto-approve"]) == 1
+        err = capsys.readouterr().err
+        assert f"{saved} was made against the cluster at {staging.url}" in err, err
+        assert f"backend 'calico' talks to {prod.url}" in err, err
+        assert [o["metadata"]["name"] for o in prod.objects(CRD)] == [
+            "default-ipv4-ippool"]
+        _kubeconfig(kubeconfig, servers, "staging")
+        assert main(["apply", str(saved), "--auto-approve"]) == 0
+        assert len(staging.objects(CRD)) == 2
+
+
+def test_the_cluster_a_plan_file_names_is_escaped_in_the_refusal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A file edited by hand: its text reaches the terminal of whoever applies it.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    kubeconfig = tmp_path / "kubeconfig"
+    saved = tmp_path / "node.plan"
+    with EmulatedApiServer() as server:
+        server.put(CRD, POD_POOL)
+        _kubeconfig(kubeconfig, {"lab": server.url}, "lab")
+        assert main(["plan", "-f", str(spec), "--no-facts", "--backend", "calico",
+                     "--backend-opt", "calico.api=crd", "--backend-opt",
+                     f"calico.kubeconfig={kubeconfig}", "--out", str(saved)]) == 2
+        document = json.loads(saved.read_text())
+        assert document["clusters"] == {"calico": server.url}  # plain HTTP: no authority
+        document["clusters"]["calico"] = "\x1b[2Jelsewhere\nk3snet: ok"
+        saved.write_text(json.dumps(document))
+        capsys.readouterr()
+        assert main(["apply", str(saved), "--auto-approve"]) == 1
+        err = capsys.readouterr().err
+        assert "the cluster at \\x1b[2Jelsewhere\\nk3snet: ok, and backend 'calico'" in err, err
+        assert "\x1b" not in err
