@@ -77,6 +77,7 @@ from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import label_selector_problem, name_problem, object_ref_problem
 from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl
 from k3snet.model.state import State
+from k3snet.model.sysctl import sysctl_name
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_backend_options
@@ -2640,7 +2641,7 @@ def _sysctl_key(text: str) -> str | None:
             key = key.translate(str.maketrans("./", "/."))
         return key if key.startswith("net.") else None
     try:
-        return Sysctl(key, "0").name
+        return sysctl_name(key)
     except ModelError:
         return None
 
