@@ -2624,12 +2624,22 @@ def _sysctl_overrides(out: Path, wanted: Mapping[str, str]) -> list[str]:
             for mine, mine_value in sorted(wanted.items()):
                 names = [n for n in (mine, ALIASES.get(mine, mine))  # ip_forward: all.forwarding
                          if fnmatch.fnmatchcase(n, key) and not (glob and n in wanted)]
-                if names and value != mine_value:
+                if names and not _same_sysctl_value(mine, value, mine_value):
                     shown = key if key in names else f"{key} ({names[0]} among them)"
                     said.append(f"{path} (line {number}) sets {shown} = {value}, read after "
                                 f"{SYSCTL_FILE}: at boot its value wins over k3snet's "
                                 f"{mine_value}")
     return said
+
+
+def _same_sysctl_value(name: str, text: str, value: str) -> bool:
+    """Whether a sysctl.d file's ``text`` for sysctl ``name`` is ``value`` (the model's) to
+    the kernel: ``30000-32767,1000`` is ``1000,30000-32767`` in
+    ``ip_local_reserved_ports``, which the kernel shows sorted."""
+    try:
+        return Sysctl(name, text).value == value
+    except ModelError:  # a value the model refuses is none of k3snet's
+        return text == value
 
 
 def _sysctl_key(text: str) -> str | None:
