@@ -82,9 +82,9 @@ def value_problem(name: str, value: str | int) -> str | None:
     """
     canonical, normal = _name(name), _value(value)
     problem = _number_problem(canonical, normal)
-    if problem is not None:
+    sysctl = Sysctl(canonical, normal) if problem is None else None
+    if sysctl is None or (problem := _refused_list(sysctl.name, sysctl.value)) is not None:
         return problem
-    sysctl = Sysctl(canonical, normal)
     parts = sysctl.path.split("/")
     if parts == ["net", "ipv4", "ip_forward"]:
         key = ("ipv4", "forwarding")
@@ -163,12 +163,28 @@ def _number_problem(name: str, value: str) -> str | None:
     return None
 
 
-def _number_set(value: str, highest: int) -> str:
+def _refused_list(name: str, value: str) -> str | None:
+    """Why the kernel refuses ``value`` (as :class:`Sysctl` holds it) of a list sysctl
+    (EINVAL: each apply fails, nothing changed), or ``None``: a set of numbers it cannot
+    read (:func:`_number_set`), an ``ip_local_port_range`` ending below its start."""
+    highest = _NUMBER_SETS.get(name)
+    if highest is not None and _number_set(value, highest) is None:
+        return (f"{name} takes numbers from 0 to {highest} and ranges LOW-HIGH of them, "
+                f"comma-separated with no space (1000,30000-32767), got {value!r}: the "
+                "kernel refuses it")
+    tokens = value.split(" ")
+    if (name == "net.ipv4.ip_local_port_range" and all(_INTEGER.fullmatch(t) for t in tokens)
+            and int(tokens[1]) < int(tokens[0])):
+        return f"{name} is a range, its end below its start ({value!r}): the kernel refuses it"
+    return None
+
+
+def _number_set(value: str, highest: int) -> str | None:
     """A set of numbers (:data:`_NUMBER_SETS`) as the kernel shows it: sorted, duplicates
     gone, neighbours merged into a range, a range of one number as that number, no
     trailing comma (``30000-32767,1000,1001,1001-1001,`` is ``1000-1001,30000-32767``).
-    A value the kernel refuses (a space, a range from high to low, a number above
-    ``highest``) is left as it is."""
+    ``None`` for a value the kernel refuses (a space, a range from high to low, a number
+    above ``highest``)."""
     members = value.split(",")
     if len(members) > 1 and members[-1] == "":
         members.pop()  # the kernel takes one trailing comma
@@ -176,11 +192,11 @@ def _number_set(value: str, highest: int) -> str:
     for member in members:
         match = _SET_MEMBER.fullmatch(member)
         if match is None:
-            return value
+            return None
         low = int(match[1])
         high = low if match[2] is None else int(match[2])
         if not low <= high <= highest:
-            return value
+            return None
         spans.append((low, high))
     merged: list[list[int]] = []
     for low, high in sorted(spans):
@@ -387,10 +403,12 @@ class Sysctl(NetObject):
             if self.previous is not None:
                 object.__setattr__(self, "previous", _bitmap(self.previous))
         elif self.name in _NUMBER_SETS:  # as the kernel shows it: see _number_set
+            # One the kernel refuses is left as it is, for the kernel to refuse.
             highest = _NUMBER_SETS[self.name]
-            object.__setattr__(self, "value", _number_set(self.value, highest))
+            object.__setattr__(self, "value", _number_set(self.value, highest) or self.value)
             if self.previous is not None:
-                object.__setattr__(self, "previous", _number_set(self.previous, highest))
+                object.__setattr__(self, "previous",
+                                   _number_set(self.previous, highest) or self.previous)
         self._seal(("sysctl", self.name), (self.value,))
 
     @property
