@@ -79,6 +79,7 @@ from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import label_selector_problem, name_problem, object_ref_problem
 from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl, printable
 from k3snet.model.state import State
+from k3snet.model.sysctl import sysctl_name
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile, clusters_of
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_backend_options
@@ -2661,12 +2662,22 @@ def _sysctl_overrides(out: Path, wanted: Mapping[str, str]) -> list[str]:
             for mine, mine_value in sorted(wanted.items()):
                 names = [n for n in (mine, ALIASES.get(mine, mine))  # ip_forward: all.forwarding
                          if fnmatch.fnmatchcase(n, key) and not (glob and n in wanted)]
-                if names and value != mine_value:
+                if names and not _same_sysctl_value(mine, value, mine_value):
                     shown = key if key in names else f"{key} ({names[0]} among them)"
                     said.append(f"{path} (line {number}) sets {shown} = {value}, read after "
                                 f"{SYSCTL_FILE}: at boot its value wins over k3snet's "
                                 f"{mine_value}")
     return said
+
+
+def _same_sysctl_value(name: str, text: str, value: str) -> bool:
+    """Whether a sysctl.d file's ``text`` for sysctl ``name`` is ``value`` (the model's) to
+    the kernel: ``30000-32767,1000`` is ``1000,30000-32767`` in
+    ``ip_local_reserved_ports``, which the kernel shows sorted."""
+    try:
+        return Sysctl(name, text).value == value
+    except ModelError:  # a value the model refuses is none of k3snet's
+        return text == value
 
 
 def _sysctl_key(text: str) -> str | None:
@@ -2678,7 +2689,7 @@ def _sysctl_key(text: str) -> str | None:
             key = key.translate(str.maketrans("./", "/."))
         return key if key.startswith("net.") else None
     try:
-        return Sysctl(key, "0").name
+        return sysctl_name(key)
     except ModelError:
         return None
 

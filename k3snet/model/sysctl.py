@@ -12,7 +12,7 @@ from k3snet.errors import ModelError
 from k3snet.model._base import NetObject
 
 __all__ = ["ALIASES", "SPREADING", "SPREADING_INVERTED", "Sysctl", "contradicting_aliases",
-           "owned_apart", "value_problem"]
+           "owned_apart", "sysctl_name", "sysctl_path", "value_problem"]
 
 # /proc/sys reads and writes at most a page; the longest net.* values are a few words.
 _MAX_VALUE = 4096
@@ -82,9 +82,9 @@ def value_problem(name: str, value: str | int) -> str | None:
     """
     canonical, normal = _name(name), _value(value)
     problem = _number_problem(canonical, normal)
-    if problem is not None:
+    sysctl = Sysctl(canonical, normal) if problem is None else None
+    if sysctl is None or (problem := _refused_list(sysctl.name, sysctl.value)) is not None:
         return problem
-    sysctl = Sysctl(canonical, normal)
     parts = sysctl.path.split("/")
     if parts == ["net", "ipv4", "ip_forward"]:
         key = ("ipv4", "forwarding")
@@ -117,17 +117,94 @@ _NUMBER_LIKE = re.compile(r"[-+]?(?:0[xX][0-9a-fA-F]+|[0-9]+)")
 _HEXADECIMAL: Final = frozenset({"net.core.rps_default_mask", "net.core.flow_limit_cpu_bitmap"})
 
 
+# Sysctls holding a fixed number of integers (proc_dointvec and its kin on an array): the
+# kernel sets as many as were written, keeps the others as they were and ignores any past
+# the last ("10000" in ip_local_port_range is shown "10000 60999"), by name: how many.
+_VECTORS: Final = {
+    **dict.fromkeys(("net.ipv4.ip_local_port_range", "net.ipv4.ping_group_range"), 2),
+    **dict.fromkeys(("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem", "net.ipv4.tcp_mem",
+                     "net.ipv4.udp_mem", "net.sctp.sctp_mem", "net.sctp.sctp_rmem",
+                     "net.sctp.sctp_wmem"), 3),
+}
+# Sets of numbers written and shown as a list of numbers and ranges (proc_do_large_bitmap),
+# by name: the highest number. The kernel shows them sorted, the neighbours merged
+# ("30000-32767,1000,1001" is "1000-1001,30000-32767"), numbers read as the integer
+# handlers read them (0x20 as 32).
+_NUMBER_SETS: Final = {"net.ipv4.ip_local_reserved_ports": 65535, "net.ipv6.icmp.ratemask": 255}
+_SET_SEPARATORS = re.compile(r"[,-]")
+_SET_MEMBER = re.compile(r"(0|[1-9][0-9]*)(?:-(0|[1-9][0-9]*))?")
+
+
 def _number_problem(name: str, value: str) -> str | None:
     """Why the kernel would never show ``value`` (canonical) as written: a number in it
-    that is not decimal (see :func:`_not_decimal`), or ``None``. A CPU bitmap
-    (``net.core.rps_default_mask``, ``flow_limit_cpu_bitmap``: ``bitmap_parse``) is
-    hexadecimal to the kernel, written and shown, and left as it is."""
-    if _INTEGER.fullmatch(value) or name in _HEXADECIMAL:
+    that is not decimal (see :func:`_not_decimal`), a count of numbers other than a
+    vector's (:data:`_VECTORS`), an empty ``ping_group_range`` other than ``1 0``, or
+    ``None``. A CPU bitmap (``net.core.rps_default_mask``, ``flow_limit_cpu_bitmap``:
+    ``bitmap_parse``) is hexadecimal to the kernel, written and shown, and left as it
+    is; a set of numbers (:data:`_NUMBER_SETS`) is held as the kernel shows it
+    (:func:`_number_set`)."""
+    if name in _HEXADECIMAL or (_INTEGER.fullmatch(value) and name not in _VECTORS):
         return None  # the common case first: one decimal number
-    for token in value.split(" "):
+    tokens = _SET_SEPARATORS.split(value) if name in _NUMBER_SETS else value.split(" ")
+    for token in tokens:
         if _NUMBER_LIKE.fullmatch(token) and not _INTEGER.fullmatch(token):
             return _not_decimal(name, token)
+    count = _VECTORS.get(name)
+    if count is not None and len(tokens) != count:
+        kept = ("keeps the ones not written as they were" if len(tokens) < count
+                else f"ignores the ones after the first {count}")
+        return (f"{name} holds {count} numbers, got {len(tokens)} ({value!r}): the kernel "
+                f"{kept}, and never shows {value!r} (every apply would fail): write {count}")
+    if (name == "net.ipv4.ping_group_range" and all(_INTEGER.fullmatch(t) for t in tokens)
+            and int(tokens[1]) < int(tokens[0]) and tokens != ["1", "0"]):
+        return (f"{name}: the kernel stores a range whose end is below its start ({value!r}) "
+                "as 1 0, no group, and never shows it as written (every apply would fail): "
+                "write 1 0 for no group")
     return None
+
+
+def _refused_list(name: str, value: str) -> str | None:
+    """Why the kernel refuses ``value`` (as :class:`Sysctl` holds it) of a list sysctl
+    (EINVAL: each apply fails, nothing changed), or ``None``: a set of numbers it cannot
+    read (:func:`_number_set`), an ``ip_local_port_range`` ending below its start."""
+    highest = _NUMBER_SETS.get(name)
+    if highest is not None and _number_set(value, highest) is None:
+        return (f"{name} takes numbers from 0 to {highest} and ranges LOW-HIGH of them, "
+                f"comma-separated with no space (1000,30000-32767), got {value!r}: the "
+                "kernel refuses it")
+    tokens = value.split(" ")
+    if (name == "net.ipv4.ip_local_port_range" and all(_INTEGER.fullmatch(t) for t in tokens)
+            and int(tokens[1]) < int(tokens[0])):
+        return f"{name} is a range, its end below its start ({value!r}): the kernel refuses it"
+    return None
+
+
+def _number_set(value: str, highest: int) -> str | None:
+    """A set of numbers (:data:`_NUMBER_SETS`) as the kernel shows it: sorted, duplicates
+    gone, neighbours merged into a range, a range of one number as that number, no
+    trailing comma (``30000-32767,1000,1001,1001-1001,`` is ``1000-1001,30000-32767``).
+    ``None`` for a value the kernel refuses (a space, a range from high to low, a number
+    above ``highest``)."""
+    members = value.split(",")
+    if len(members) > 1 and members[-1] == "":
+        members.pop()  # the kernel takes one trailing comma
+    spans = []
+    for member in members:
+        match = _SET_MEMBER.fullmatch(member)
+        if match is None:
+            return None
+        low = int(match[1])
+        high = low if match[2] is None else int(match[2])
+        if not low <= high <= highest:
+            return None
+        spans.append((low, high))
+    merged: list[list[int]] = []
+    for low, high in sorted(spans):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in merged)
 
 
 _BITMAP = re.compile(r"[0-9a-fA-F]+(?:,[0-9a-fA-F]+)*")
@@ -237,6 +314,27 @@ def _name(value: str) -> str:
     return ".".join(parts)
 
 
+def sysctl_name(name: str) -> str:
+    """The canonical spelling of sysctl ``name`` (:class:`Sysctl`'s ``name``), whatever its
+    values: ``net/ipv4/ip_forward`` is ``net.ipv4.ip_forward``; a
+    :class:`~k3snet.errors.ModelError` when it names none.
+
+    >>> sysctl_name("net/ipv4/ip_local_port_range")
+    'net.ipv4.ip_local_port_range'
+    """
+    return _name(name)
+
+
+def sysctl_path(name: str) -> str:
+    """The path under ``/proc/sys`` of sysctl ``name`` (:attr:`Sysctl.path`).
+
+    >>> sysctl_path("net.ipv4.conf.eth0/100.rp_filter")
+    'net/ipv4/conf/eth0.100/rp_filter'
+    """
+    canonical = _name(name)
+    return canonical.replace(".", "/") if "/" not in canonical else canonical
+
+
 def _value(value: str | int) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
@@ -304,12 +402,19 @@ class Sysctl(NetObject):
             object.__setattr__(self, "value", _bitmap(self.value))
             if self.previous is not None:
                 object.__setattr__(self, "previous", _bitmap(self.previous))
+        elif self.name in _NUMBER_SETS:  # as the kernel shows it: see _number_set
+            # One the kernel refuses is left as it is, for the kernel to refuse.
+            highest = _NUMBER_SETS[self.name]
+            object.__setattr__(self, "value", _number_set(self.value, highest) or self.value)
+            if self.previous is not None:
+                object.__setattr__(self, "previous",
+                                   _number_set(self.previous, highest) or self.previous)
         self._seal(("sysctl", self.name), (self.value,))
 
     @property
     def path(self) -> str:
         """Path under ``/proc/sys``: ``net/ipv4/ip_forward``."""
-        return self.name.replace(".", "/") if "/" not in self.name else self.name
+        return sysctl_path(self.name)
 
     @property
     def family(self) -> int | None:

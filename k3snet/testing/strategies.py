@@ -47,7 +47,7 @@ from k3snet.model.route import (
     next_hop_problem,
 )
 from k3snet.model.state import KINDS, State
-from k3snet.model.sysctl import Sysctl
+from k3snet.model.sysctl import Sysctl, sysctl_name
 from k3snet.spec import (
     Cluster,
     Destination,
@@ -504,7 +504,7 @@ def sysctls(
     ``previous`` is the pool of values a backend recorded before taking the
     parameter over (``None``: not recorded); it never takes part in equality.
     """
-    _pool("names", names, each=lambda name: Sysctl(name, "0"))
+    _pool("names", names, each=sysctl_name)
     _pool("values", values, each=lambda value: Sysctl(_FORWARDING[0], value))
     _pool("previous", previous, each=lambda value: Sysctl(_FORWARDING[0], "0", previous=value))
     return st.builds(Sysctl, st.sampled_from(names), st.sampled_from(values),

@@ -786,3 +786,26 @@ def test_render_sysctl_says_a_later_file_that_sets_its_keys_otherwise(
     assert (f"{tmp_path / '95-alias.conf'} (line 1) sets net.ipv4.conf.all.forwarding = 0, "
             "read after 90-k3snet.conf: at boot its value wins over k3snet's 1") in err, err
     assert err.count("read after 90-k3snet.conf") == 3, err
+
+
+def test_render_sysctl_says_no_later_file_holding_k3snet_s_ports_in_another_order(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The kernel shows ip_local_reserved_ports sorted and merged: a later file's
+    # "30000-32767,1000" is k3snet's "1000,30000-32767", and render said it won at boot.
+    # A later file's other port range does win, and is said.
+    (tmp_path / "99-ports.conf").write_text(
+        "net.ipv4.ip_local_reserved_ports = 30000-32767,1000\n"
+        "net.ipv4.ip_local_port_range = 10000\t20000\n"
+        "net.ipv4.tcp_rmem = 4096 131072 6291456\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text().split("masquerade:")[0] + (
+        "sysctls:\n  net.ipv4.ip_local_reserved_ports: 1000,30000-32767\n"
+        "  net.ipv4.ip_local_port_range: 10000 20000\n"
+        "  net.ipv4.tcp_rmem: 4096 131072 8388608\n"))
+    assert main(["render", "sysctl", "-f", str(spec), "-o", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "ip_local_reserved_ports" not in err, err
+    assert "ip_local_port_range" not in err, err
+    assert (f"{tmp_path / '99-ports.conf'} (line 3) sets net.ipv4.tcp_rmem = 4096 131072 "
+            "6291456, read after 90-k3snet.conf: at boot its value wins over k3snet's "
+            "4096 131072 8388608") in err, err

@@ -136,7 +136,7 @@ from k3snet.model.route import (
     protocol_name,
 )
 from k3snet.model.state import State
-from k3snet.model.sysctl import Sysctl, owned_apart
+from k3snet.model.sysctl import Sysctl, owned_apart, sysctl_name
 from k3snet.planner import Change, Plan
 
 __all__ = ["DEFAULT_STATE_ROOT", "WATCHED_SYSCTLS", "NetlinkBackend", "check_route_protocol"]
@@ -229,7 +229,7 @@ def _sysctl_names(names: object) -> tuple[str, ...]:
     if isinstance(names, str | bytes | Mapping) or not isinstance(names, Iterable):
         raise BackendError(f"watch_sysctls must be a list of sysctl names, got {names!r}")
     try:
-        return tuple(Sysctl(n, "0").name for n in names)
+        return tuple(sysctl_name(n) for n in names)
     except ModelError as exc:
         raise BackendError(f"watch_sysctls: {exc}") from exc
 

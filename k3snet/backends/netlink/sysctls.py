@@ -27,7 +27,14 @@ import attrs
 from k3snet._kept import make_directory, replace_atomically, untrusted
 from k3snet.backends.netns import THREAD_NETNS, netns_path
 from k3snet.errors import BackendError, ModelError
-from k3snet.model.sysctl import ALIASES, SPREADING, SPREADING_INVERTED, Sysctl
+from k3snet.model.sysctl import (
+    ALIASES,
+    SPREADING,
+    SPREADING_INVERTED,
+    Sysctl,
+    sysctl_name,
+    sysctl_path,
+)
 
 __all__ = [
     "ALIASES",
@@ -59,7 +66,7 @@ _STATE_FORMAT = 1
 _MAX_STATE_BYTES = 1 << 20  # a few hundred sysctls at most: a bigger file is corrupt
 
 def _sysctl_file(root: Path, name: str) -> Path:
-    return root / Sysctl(name, "0").path
+    return root / sysctl_path(name)
 
 
 def read_sysctls(root: Path, names: Sequence[str]) -> dict[str, str | None]:
@@ -91,7 +98,7 @@ def write_sysctl(root: Path, name: str, value: str) -> None:
 def interface_of(name: str) -> str | None:
     """The interface a per-interface sysctl belongs to (``net.ipv4.conf.eth0.rp_filter``:
     ``eth0``); ``None`` for ``all``, ``default`` and sysctls of no interface."""
-    parts = Sysctl(name, "0").path.split("/")
+    parts = sysctl_path(name).split("/")
     if (len(parts) == 5 and parts[1] in ("ipv4", "ipv6") and parts[2] in ("conf", "neigh")
             and parts[3] not in ("all", "default")):
         return parts[3]
@@ -108,7 +115,7 @@ def announced(name: str) -> bool:
     ``accept_ra``, ``disable_ipv6`` nor most others: those are read."""
     if name == "net.ipv4.ip_forward":
         return True
-    parts = Sysctl(name, "0").path.split("/")
+    parts = sysctl_path(name).split("/")
     return (len(parts) == 5 and parts[0] == "net" and parts[2] == "conf"
             and ((parts[1] in ("ipv4", "ipv6") and parts[4] == "forwarding")
                  or (parts[1] == "ipv4" and parts[4] == "rp_filter")))
@@ -170,7 +177,7 @@ def spread_values(root: Path, name: str) -> dict[str, str]:
         if entry == "all":  # the switch itself (ip_forward and all.forwarding mirror each other)
             continue
         try:
-            switch = Sysctl(f"{conf}/{entry}/{leaf}", "0").name
+            switch = sysctl_name(f"{conf}/{entry}/{leaf}")
         except ModelError:
             continue
         value = normal(switch, read_sysctls(root, [switch])[switch])
@@ -268,10 +275,10 @@ class SysctlState:
             if (name not in self.owned or interface is None
                     or indexes.get(interface) == recorded or recorded not in names):
                 continue
-            parts = Sysctl(name, "0").path.split("/")
+            parts = sysctl_path(name).split("/")
             parts[3] = names[recorded]
             try:
-                moved[name] = Sysctl("/".join(parts), "0").name
+                moved[name] = sysctl_name("/".join(parts))
             except ModelError:  # a name no sysctl can spell: left as it is
                 continue
         moved = {old: new for old, new in moved.items()

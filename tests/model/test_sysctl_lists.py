@@ -1,0 +1,144 @@
+"""Sysctls whose value is a list: a vector of numbers (``ip_local_port_range``,
+``tcp_rmem``, ``ping_group_range``) and a set of numbers and ranges
+(``ip_local_reserved_ports``, ``net.ipv6.icmp.ratemask``), held as the kernel shows
+them or refused when it never shows them as written (tests/netlink/test_sysctl_lists.py
+reads the kernel's own view)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from k3snet import ModelError, Spec, SpecError, Sysctl
+from k3snet.model.sysctl import sysctl_name, sysctl_path, value_problem
+
+_RESERVED = "net.ipv4.ip_local_reserved_ports"
+
+
+@pytest.mark.parametrize(("name", "given", "held"), [
+    (_RESERVED, "30000-32767,1000", "1000,30000-32767"),
+    (_RESERVED, "1000,1000,1001", "1000-1001"),
+    (_RESERVED, "1000-1002,1003", "1000-1003"),
+    (_RESERVED, "1005-1005,1006", "1005-1006"),
+    (_RESERVED, "5,4,3,9,8", "3-5,8-9"),
+    (_RESERVED, "1-3,2-6", "1-6"),
+    (_RESERVED, "65535,0", "0,65535"),
+    (_RESERVED, "1000,", "1000"),
+    (_RESERVED, "1,3,5", "1,3,5"),
+    ("net.ipv6.icmp.ratemask", "3-127,0-1", "0-1,3-127"),
+])
+def test_a_set_of_numbers_is_held_as_the_kernel_shows_it(name: str, given: str,
+                                                          held: str) -> None:
+    """proc_do_large_bitmap shows the ports sorted, duplicates gone, neighbours merged
+    ("30000-32767,1000" written is "1000,30000-32767"): the value was taken as written,
+    and every apply failed ("the kernel stored '1000,30000-32767'") and was rolled back."""
+    sysctl = Sysctl(name, given, previous=given)
+    assert (sysctl.value, sysctl.previous) == (held, held)
+    assert Sysctl(name, held) == sysctl
+    assert value_problem(name, given) is None
+
+
+def _ports(value: str) -> set[int]:
+    ports: set[int] = set()
+    for member in value.split(","):
+        low, _, high = member.partition("-")
+        ports.update(range(int(low), int(high or low) + 1))
+    return ports
+
+
+@given(st.lists(st.tuples(st.integers(0, 65535), st.integers(0, 40)), min_size=1, max_size=8))
+def test_a_set_of_numbers_is_held_as_the_same_numbers_in_one_spelling(
+        spans: list[tuple[int, int]]) -> None:
+    given_value = ",".join(f"{low}-{min(low + width, 65535)}" if width else str(low)
+                           for low, width in spans)
+    held = Sysctl(_RESERVED, given_value).value
+    assert _ports(held) == _ports(given_value)
+    assert Sysctl(_RESERVED, held).value == held  # one spelling: held again as it is
+    bounds = [tuple(map(int, m.partition("-")[::2])) if "-" in m else (int(m), int(m))
+              for m in held.split(",")]
+    # Sorted, and apart: two members that touch are one range, as the kernel shows them.
+    assert all(high + 1 < low for (_, high), (low, _) in itertools.pairwise(bounds))
+    assert all(low < high for low, high in bounds if f"{low}-{high}" in held.split(","))
+
+
+@pytest.mark.parametrize("value", ["1000,0x20", "0x20-0x22", "1000-010"])
+def test_a_number_of_a_set_the_kernel_reads_otherwise_is_a_model_error(value: str) -> None:
+    """The kernel reads each number of the list as its integer handlers do: 0x20 is 32 and
+    010 is 8, shown in decimal; only a value of one number was checked."""
+    with pytest.raises(ModelError, match="decimal") as info:
+        Sysctl(_RESERVED, value)
+    assert value_problem(_RESERVED, value) == str(info.value)
+
+
+@pytest.mark.parametrize(("name", "value", "kept"), [
+    ("net.ipv4.ip_local_port_range", "10000", "keeps the ones not written"),
+    ("net.ipv4.ip_local_port_range", "10000 20000 30000", "ignores the ones after the first 2"),
+    ("net.ipv4.tcp_rmem", "4096 87380", "keeps the ones not written"),
+    ("net.ipv4.tcp_wmem", "4096", "keeps the ones not written"),
+    ("net.ipv4.tcp_mem", "1 2 3 4", "ignores the ones after the first 3"),
+    ("net.ipv4.ping_group_range", "100", "keeps the ones not written"),
+])
+def test_a_vector_sysctl_given_another_count_of_numbers_is_a_model_error(
+        name: str, value: str, kept: str) -> None:
+    """The kernel sets as many numbers of a vector as are written and keeps the others
+    (ip_local_port_range "10000" is shown "10000 60999"), or ignores the ones past its
+    length: it never shows the value as written, and every apply failed."""
+    with pytest.raises(ModelError, match=kept) as info:
+        Sysctl(name, value)
+    assert value_problem(name, value) == str(info.value)
+    with pytest.raises(SpecError) as spec_info:
+        Spec.from_dict({"sysctls": {name: value}})
+    (problem,) = spec_info.value.problems
+    assert (problem.path, problem.message) == (f"sysctls.{name}", str(info.value))
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("net.ipv4.ip_local_port_range", "32768\t60999"),
+    ("net.ipv4.ip_local_port_range", "10000  20000"),
+    ("net.ipv4.tcp_rmem", "4096 131072 6291456"),
+    ("net.ipv4.ping_group_range", "1 0"),  # the kernel's own default: no group
+    ("net.ipv4.ping_group_range", "0 2147483647"),
+    ("net.ipv4.ping_group_range", "7 7"),
+])
+def test_a_vector_as_the_kernel_shows_it_is_a_sysctl_value(name: str, value: str) -> None:
+    assert Sysctl(name, value).value == " ".join(value.split())
+    assert value_problem(name, value) is None
+
+
+@pytest.mark.parametrize("value", ["5 1", "3 2", "2 0"])
+def test_a_ping_group_range_ending_below_its_start_is_a_model_error_but_1_0(value: str) -> None:
+    """ipv4_ping_group_range stores a range whose end is below its start as 1 0 (no group):
+    "5 1" written is shown "1 0", and every apply failed."""
+    with pytest.raises(ModelError, match="write 1 0 for no group") as info:
+        Sysctl("net.ipv4.ping_group_range", value)
+    assert value_problem("net.ipv4.ping_group_range", value) == str(info.value)
+
+
+@pytest.mark.parametrize("name", ["net.ipv4.ip_local_port_range", "net/ipv4/tcp_rmem"])
+def test_the_name_of_a_vector_sysctl_is_spelled_and_found_without_a_value(name: str) -> None:
+    assert sysctl_name(name) == name.replace("/", ".")
+    assert sysctl_path(name) == name.replace(".", "/")
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    (_RESERVED, "2000-1000"), (_RESERVED, "65536"), (_RESERVED, "1000 2000"),
+    (_RESERVED, "1000,,2000"), (_RESERVED, ",1000"), (_RESERVED, "1000-"),
+    ("net.ipv6.icmp.ratemask", "256"),
+    ("net.ipv4.ip_local_port_range", "20000 10000"),
+])
+def test_a_list_the_kernel_refuses_is_a_problem_of_the_spec_and_left_to_the_model(
+        name: str, value: str) -> None:
+    """The kernel refuses these (EINVAL, each apply failed with nothing changed), and
+    `validate` passed them; the model takes them as written (a plan file of them is
+    read, and the kernel says why)."""
+    assert Sysctl(name, value).value == value
+    problem = value_problem(name, value)
+    assert problem is not None
+    assert problem.endswith("the kernel refuses it"), problem
+    with pytest.raises(SpecError) as spec_info:
+        Spec.from_dict({"sysctls": {name: value}})
+    (found,) = spec_info.value.problems
+    assert (found.path, found.message) == (f"sysctls.{name}", problem)

@@ -1,0 +1,69 @@
+"""Sysctls whose value is a list, as the kernel stores and shows them in a namespace:
+a set of ports written in any order (``ip_local_reserved_ports`` "30000-32767,1000")
+is shown sorted and merged, and every apply of one not so written failed ("the kernel
+stored '1000,30000-32767'") and was rolled back, the agent's at each pass. A vector
+written short keeps its other numbers, which is why the model refuses one. The kernel's
+own view is read with ``ip netns exec NS cat /proc/sys/...``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from k3snet import converge, destroy
+from k3snet.backends.netlink import NetlinkBackend
+from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.model import State, Sysctl
+from k3snet.planner import plan
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
+
+
+@pytest.fixture
+def ns() -> Iterator[str]:
+    with temporary_netns("route") as name:
+        yield name
+
+
+def _shown(ns: str, name: str) -> str:
+    return run_in(ns, ["cat", f"/proc/sys/{name.replace('.', '/')}"]).stdout
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("net.ipv4.ip_local_reserved_ports", "30000-32767,1000"),
+    ("net.ipv4.ip_local_reserved_ports", "5,4,3,9,8,1000,1000-1001,"),
+    ("net.ipv6.icmp.ratemask", "3-127,0-1"),
+    ("net.ipv4.ip_local_port_range", "10000\t20000"),
+    ("net.ipv4.tcp_rmem", "8192  131072 6291456"),
+    ("net.ipv4.ping_group_range", "0 2147483647"),
+])
+def test_a_list_sysctl_converges_to_what_the_kernel_shows_and_is_given_back(
+        ns: str, tmp_path: Path, name: str, value: str) -> None:
+    before = _shown(ns, name)
+    wanted = State(owned=[Sysctl(name, value)])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        converge(backend, wanted)
+        # The model holds the value as the kernel shows it (a tab between numbers is a space).
+        assert " ".join(_shown(ns, name).split()) == Sysctl(name, value).value
+        assert plan(backend.observe(), wanted).changes == ()
+        converge(backend, wanted)  # a second pass: nothing to do, nothing failing
+        destroy(backend)
+    assert _shown(ns, name) == before
+
+
+@pytest.mark.parametrize(("name", "written", "shown"), [
+    ("net.ipv4.ip_local_port_range", "10000", "10000 60999"),
+    ("net.ipv4.ip_local_port_range", "10000 20000 30000", "10000 20000"),
+    ("net.ipv4.ping_group_range", "5 1", "1 0"),
+])
+def test_the_kernel_shows_a_vector_the_model_refuses_otherwise_than_written(
+        ns: str, name: str, written: str, shown: str) -> None:
+    """Why Sysctl refuses these (tests/model/test_sysctl_lists.py): written in the
+    namespace with sh, each is shown otherwise, so an apply of it could never succeed."""
+    if name == "net.ipv4.ip_local_port_range":
+        run_in(ns, ["sh", "-c", f"echo '32768 60999' > /proc/sys/{name.replace('.', '/')}"])
+    run_in(ns, ["sh", "-c", f"echo '{written}' > /proc/sys/{name.replace('.', '/')}"])
+    assert " ".join(_shown(ns, name).split()) == shown
