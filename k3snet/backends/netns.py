@@ -25,12 +25,14 @@ from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
 __all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "libc", "netns_option", "netns_path",
-           "validate_netns"]
+           "record_netns", "validate_netns"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
 """The network namespace of the calling thread, where a ``netns=None`` backend acts
 (``/proc/self`` would name the main thread's: setns(2) moves one thread only)."""
+INIT_NETNS = Path("/proc/1/ns/net")
+"""The namespace of PID 1 as this process sees it: the node's, whose records are ``host``'s."""
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
@@ -39,6 +41,39 @@ def netns_path(name: str) -> Path:
     """The bind-mount ``ip netns add NAME`` creates."""
     validate_netns(name)
     return NETNS_DIR / name
+
+
+def record_netns(netns: str | None) -> str | None:
+    """The name a namespace's records on disk are kept under (``state_dir/<name or
+    'host'>``: the netlink backend's sysctl record, the iptables backend's record of the
+    chains it made): a namespace has one, whatever name it is reached by.
+
+    ``None`` (``host``) for PID 1's namespace, also reached by a name of
+    ``/run/netns`` (``ip netns attach node 1``); the name of ``/run/netns`` of the calling
+    thread's namespace when that is another (``ip netns exec NAME k3snet ...`` without
+    ``--netns``, as ``--netns NAME``); else ``netns`` as given. They were kept by the
+    name given alone: every namespace entered by ``ip netns exec`` wrote the one file of
+    ``host``, each taking another's for a stale one and replacing it, and a name of the
+    node's own namespace kept a second record; a ``destroy`` reading the other file
+    left the sysctls k3snet had set.
+    """
+    def identity(path: Path) -> tuple[int, int] | None:
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    here = identity(THREAD_NETNS if netns is None else netns_path(netns))
+    if here is None or here == identity(INIT_NETNS):
+        return None if here is not None else netns
+    if netns is not None:
+        return netns
+    try:
+        names = sorted(os.listdir(NETNS_DIR))
+    except OSError:
+        return None
+    return next((name for name in names if identity(NETNS_DIR / name) == here), None)
 
 
 def validate_netns(name: str) -> str:

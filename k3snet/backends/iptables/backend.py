@@ -149,7 +149,7 @@ from k3snet.backends.kit import (
     option_seconds,
 )
 from k3snet.backends.lock import namespace_id
-from k3snet.backends.netns import NetnsRunner, netns_option, netns_path
+from k3snet.backends.netns import NetnsRunner, netns_option, netns_path, record_netns
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.backends.nftables.kernel import BoundedLister, Lists
 from k3snet.backends.routed import RoutedBy, read_routes
@@ -844,7 +844,8 @@ class IptablesBackend(BackendBase):
             reader = self._reader()
             if reader is None:
                 return
-            record = MadeRecord(self._netns, namespace_id(self._netns), self._state_dir)
+            record = MadeRecord(record_netns(self._netns), namespace_id(self._netns),
+                                self._state_dir)
             before = record.load()
             made = list(before)
             made += [m for m in missing if m not in made
