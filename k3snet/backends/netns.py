@@ -51,7 +51,9 @@ def record_netns(netns: str | None) -> str | None:
     ``None`` (``host``) for PID 1's namespace, also reached by a name of
     ``/run/netns`` (``ip netns attach node 1``); the name of ``/run/netns`` of the calling
     thread's namespace when that is another (``ip netns exec NAME k3snet ...`` without
-    ``--netns``, as ``--netns NAME``); else ``netns`` as given. They were kept by the
+    ``--netns``, as ``--netns NAME``); of several names of ``/run/netns`` (a bind mount
+    of one handle at another name), the first in sorted order; else ``netns`` as
+    given. They were kept by the
     name given alone: every namespace entered by ``ip netns exec`` wrote the one file of
     ``host``, each taking another's for a stale one and replacing it, and a name of the
     node's own namespace kept a second record; a ``destroy`` reading the other file
@@ -67,13 +69,11 @@ def record_netns(netns: str | None) -> str | None:
     here = identity(THREAD_NETNS if netns is None else netns_path(netns))
     if here is None or here == identity(INIT_NETNS):
         return None if here is not None else netns
-    if netns is not None:
-        return netns
     try:
         names = sorted(os.listdir(NETNS_DIR))
     except OSError:
-        return None
-    return next((name for name in names if identity(NETNS_DIR / name) == here), None)
+        return netns
+    return next((name for name in names if identity(NETNS_DIR / name) == here), netns)
 
 
 def validate_netns(name: str) -> str:

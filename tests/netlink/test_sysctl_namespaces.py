@@ -192,3 +192,29 @@ def test_a_name_of_the_node_s_own_namespace_keeps_the_record_of_host(
             subprocess.run(["umount", str(netns_module.netns_path(alias))], check=False)
     finally:
         netns_module.netns_path(alias).unlink()
+
+
+def test_two_names_of_one_namespace_keep_one_record(
+        two: tuple[str, str], tmp_path: Path) -> None:
+    """A namespace of ``/run/netns`` under a second name (a bind mount of its handle):
+    applied through one name, destroyed through the other, its value is given back;
+    each name kept a record of its own, and the destroy found nothing to give back."""
+    first, _ = two
+    alias = f"{first}-alias"
+    _set(first, "0")
+    netns_module.netns_path(alias).touch()
+    try:
+        subprocess.run(["mount", "--bind", str(netns_module.netns_path(first)),
+                        str(netns_module.netns_path(alias))], check=True)
+        try:
+            with NetlinkBackend(alias, state_dir=tmp_path) as a:
+                converge(a, _WANTED)
+            assert _forwarding(first) == "1"
+            with NetlinkBackend(first, state_dir=tmp_path) as b:
+                destroy(b)
+            assert _forwarding(first) == "0"
+            assert [p.name for p in tmp_path.iterdir()] == [first]
+        finally:
+            subprocess.run(["umount", str(netns_module.netns_path(alias))], check=False)
+    finally:
+        netns_module.netns_path(alias).unlink()
