@@ -19,7 +19,8 @@ import pytest
 
 from k3snet import converge, destroy
 from k3snet.backends.iptables import IptablesBackend
-from k3snet.backends.iptables.driver import Flavour, Processes, RestoreProcess
+from k3snet.backends.iptables.driver import Flavour, Libiptc, Processes, RestoreProcess
+from k3snet.backends.iptables.table import Op
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
 
@@ -44,15 +45,35 @@ class Racing(Processes):
         return super().restore(family, mode, test=test)
 
 
+class RacingLibiptc(Libiptc):
+    """libiptc's commits, and another program's change of FORWARD right before the
+    first commit of the filter table (libiptc reads the table as it commits)."""
+
+    def __init__(self, netns: str, mode: str, change: Sequence[str]) -> None:
+        super().__init__(netns)
+        self._foreign = [f"iptables-{mode}", *change]
+        self.raced = False
+
+    def commit_ops(self, family: int, mode: Flavour, table: str, ops: Sequence[Op], *,
+                   test: bool = False) -> None:
+        if family == 4 and table == "filter" and not test and not self.raced:
+            self.raced = True
+            run_in(self.netns or "", self._foreign)
+        super().commit_ops(family, mode, table, ops, test=test)
+
+
 def _forward(ns: str, mode: str) -> list[str]:
     return run_in(ns, [f"iptables-{mode}", "-S", "FORWARD"]).stdout.splitlines()[1:]
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize(("mode", "driver"), [("nft", "restore"), ("legacy", "restore"),
+                                              ("legacy", "libiptc")])
 @pytest.mark.parametrize("race", ["deleted", "inserted"])
 def test_a_jump_placed_while_another_program_changes_the_chain_ends_before_the_final_drop(
-        ns: str, mode: str, race: str) -> None:
+        ns: str, mode: str, driver: str, race: str) -> None:
+    if driver == "libiptc":
+        pytest.importorskip("iptc")
     tool = f"iptables-{mode}"
     if race == "deleted":
         run_in(ns, [tool, "-A", "FORWARD", *FOREIGN])
@@ -60,7 +81,7 @@ def test_a_jump_placed_while_another_program_changes_the_chain_ends_before_the_f
     run_in(ns, [tool, "-A", "FORWARD", "-j", "DROP"])
     change = ["-D", "FORWARD", *FOREIGN] if race == "deleted" else ["-I", "FORWARD", "1",
                                                                      *FOREIGN]
-    kernel = Racing(ns, mode, change)
+    kernel = (Racing if driver == "restore" else RacingLibiptc)(ns, mode, change)
     with IptablesBackend(ns, mode=mode, kernel=kernel) as backend:  # type: ignore[arg-type]
         converge(backend, DESIRED)
     assert kernel.raced
