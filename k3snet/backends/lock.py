@@ -16,6 +16,11 @@ removal taking it inside); ``flock`` alone would make it wait for itself.
 The file holds the holder's pid, quoted when another process has to wait for it
 (a warning, once, when the wait begins) and when it waited too long; when it cannot
 be written (a full ``/run``) the lock is held all the same and the pid is "unknown".
+A writer process k3snet starts while it holds a lock (``iptables-restore``) inherits it
+(:func:`inherited_locks`): killed by SIGKILL, k3snet loses its own descriptor at once,
+while the tool, at the end of the input already in its pipe, goes on committing; the
+lock is free only once that tool has ended too, so another k3snet never reads the node
+in the middle of a dead process's transaction.
 k3snet runs as root: the directory and every lock file must be its own (owned by
 the effective user, writable by nobody else, no link; :func:`k3snet._kept.untrusted`),
 else the lock is refused before anything is opened for writing or truncated.
@@ -50,6 +55,10 @@ _POLL = 0.05
 
 _held = threading.local()
 """``files``: the lock file names this thread holds (re-entry takes them at once)."""
+
+_descriptors: set[int] = set()
+"""The descriptors of every lock this process holds (any thread), under ``_guard``."""
+_guard = threading.Lock()
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +146,25 @@ def namespace_lock(netns: Iterable[str | None], *,
         yield
 
 
+@contextlib.contextmanager
+def inherited_locks() -> Iterator[tuple[int, ...]]:
+    """Descriptors of every namespace lock this process holds, for a writer process it
+    starts to inherit (``subprocess.Popen(..., pass_fds=fds)`` within the block).
+
+    ``flock`` belongs to the open file, not to the process: a child holding a copy of
+    the descriptor keeps the lock held after k3snet itself died (SIGKILL, the OOM
+    killer), until the child ends too. The descriptors are copies (``dup``), closed when
+    the block ends: start the process inside it, wait for it outside.
+    """
+    with _guard:
+        fds = tuple(os.dup(fd) for fd in sorted(_descriptors))
+    try:
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def _open_directory(directory: Path) -> int:
     """A descriptor of the lock directory (made 0700 if missing), once it is k3snet's own.
 
@@ -218,6 +246,10 @@ def _flock(directory_fd: int, path: Path, name: str, timeout: float,
             # The flock is the lock; the pid only tells a waiter whom it waits for. A full
             # /run (ENOSPC) must not stop every apply: the empty file says "pid unknown".
             log.debug("cannot record this pid in the lock file %s: %s", path, exc)
+        with _guard:
+            _descriptors.add(fd)
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        with _guard:  # never closed while inherited_locks() copies it
+            _descriptors.discard(fd)
+            os.close(fd)  # releases the lock, once no writer it started holds a copy

@@ -28,12 +28,14 @@ from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
 __all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "libc", "namespace_instance",
-           "netns_cookie", "netns_option", "netns_path", "validate_netns"]
+           "netns_cookie", "netns_option", "netns_path", "record_netns", "validate_netns"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
 """The network namespace of the calling thread, where a ``netns=None`` backend acts
 (``/proc/self`` would name the main thread's: setns(2) moves one thread only)."""
+INIT_NETNS = Path("/proc/1/ns/net")
+"""The namespace of PID 1 as this process sees it: the node's, whose records are ``host``'s."""
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 # SO_NETNS_COOKIE: 71 where the architecture takes asm-generic's socket options (Python
@@ -48,6 +50,39 @@ def netns_path(name: str) -> Path:
     """The bind-mount ``ip netns add NAME`` creates."""
     validate_netns(name)
     return NETNS_DIR / name
+
+
+def record_netns(netns: str | None) -> str | None:
+    """The name a namespace's records on disk are kept under (``state_dir/<name or
+    'host'>``: the netlink backend's sysctl record, the iptables backend's record of the
+    chains it made): a namespace has one, whatever name it is reached by.
+
+    ``None`` (``host``) for PID 1's namespace, also reached by a name of
+    ``/run/netns`` (``ip netns attach node 1``); the name of ``/run/netns`` of the calling
+    thread's namespace when that is another (``ip netns exec NAME k3snet ...`` without
+    ``--netns``, as ``--netns NAME``); of several names of ``/run/netns`` (a bind mount
+    of one handle at another name), the first in sorted order; else ``netns`` as
+    given. They were kept by the
+    name given alone: every namespace entered by ``ip netns exec`` wrote the one file of
+    ``host``, each taking another's for a stale one and replacing it, and a name of the
+    node's own namespace kept a second record; a ``destroy`` reading the other file
+    left the sysctls k3snet had set.
+    """
+    def identity(path: Path) -> tuple[int, int] | None:
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    here = identity(THREAD_NETNS if netns is None else netns_path(netns))
+    if here is None or here == identity(INIT_NETNS):
+        return None if here is not None else netns
+    try:
+        names = sorted(os.listdir(NETNS_DIR))
+    except OSError:
+        return netns
+    return next((name for name in names if identity(NETNS_DIR / name) == here), netns)
 
 
 def validate_netns(name: str) -> str:
@@ -91,7 +126,8 @@ def boot_id() -> str | None:
         return None
 
 
-def namespace_instance(netns: str | None, runner: NetnsRunner | None = None) -> str | None:
+def namespace_instance(netns: str | None, runner: NetnsRunner | None = None, *,
+                       host: bool | None = None) -> str | None:
     """What tells network namespace ``netns`` from any other of its name, where the
     device and inode of its nsfs file do not: the kernel gives a new namespace the
     inode number of one freed a moment before, so ``ip netns delete NS; ip netns add
@@ -104,6 +140,10 @@ def namespace_instance(netns: str | None, runner: NetnsRunner | None = None) -> 
     boot with the same cookie, whose records outlive a reboot when the ``state_dir`` is
     on disk (a destroy after the reboot gives back the values found before k3snet).
     ``runner``: one already in that namespace, else one is started for the call.
+    ``host``: whether the namespace's records are ``host``'s (:func:`record_netns` gives
+    ``None``), the cookie alone; by default when ``netns`` is ``None``. A namespace
+    entered by ``ip netns exec NAME`` keeps the record of ``NAME``, so its instance is
+    the named one's, as with ``--netns NAME``.
     ``None`` when the kernel (before 5.14) gives no cookie, or no boot id: only the
     inode tells it then.
     """
@@ -114,7 +154,7 @@ def namespace_instance(netns: str | None, runner: NetnsRunner | None = None) -> 
         cookie = netns_cookie() if runner is None else runner.call(netns_cookie)
     if cookie is None:
         return None
-    if netns is None:
+    if netns is None if host is None else host:
         return str(cookie)
     boot = boot_id()
     return None if boot is None else f"{boot}:{cookie}"

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from k3snet import converge, destroy
+from k3snet.backends import netns as netns_module
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.backends.netlink.sysctls import namespace_identity
+from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import ApplyError, RollbackError
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import State, Sysctl
@@ -168,3 +170,106 @@ def test_each_namespace_has_an_instance_of_its_own_a_named_ones_with_the_boot_id
     assert len(set(instances)) == 3
     assert all(str(i).startswith(f"{boot_id()}:") for i in instances[:2])
     assert namespace_instance(first) == instances[0]
+
+
+def _entered(ns: str, tmp_path: Path, wanted: State | None) -> None:
+    """``ip netns exec NS k3snet apply`` (``None``: ``destroy``) without ``--netns``: a
+    backend of the caller's own namespace, made and used in a thread that entered NS."""
+    def run() -> None:
+        with NetlinkBackend(None, state_dir=tmp_path) as backend:
+            if wanted is None:
+                destroy(backend)
+            else:
+                converge(backend, wanted)
+
+    with NetnsRunner(ns) as runner:
+        runner.call(run)
+
+
+def test_namespaces_entered_without_netns_keep_a_record_each_under_their_name(
+        two: tuple[str, str], tmp_path: Path) -> None:
+    """Entered by ``ip netns exec`` (no ``--netns``), every namespace kept its record as
+    the caller's own, in ``host``'s one file: each took another's for a stale one and
+    replaced it, and a destroy in the first left ``ip_forward`` at 1 (a lab namespace).
+    Each is kept under its name now, the one ``--netns NAME`` reads."""
+    first, second = two
+    _set(first, "0")
+    _set(second, "0")
+    _entered(first, tmp_path, _WANTED)
+    _entered(second, tmp_path, _WANTED)
+    assert (_forwarding(first), _forwarding(second)) == ("1", "1")
+    _entered(first, tmp_path, None)
+    assert (_forwarding(first), _forwarding(second)) == ("0", "1")
+    with NetlinkBackend(second, state_dir=tmp_path) as b:  # --netns NAME: the same record
+        destroy(b)
+    assert (_forwarding(first), _forwarding(second)) == ("0", "0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first, second])
+
+
+def test_a_record_kept_in_host_s_file_by_an_entered_namespace_is_read_under_its_name(
+        two: tuple[str, str], tmp_path: Path) -> None:
+    """What an earlier k3snet kept in ``host/sysctl.json`` for a namespace entered by
+    ``ip netns exec`` is read under the namespace's name, once, and moved there."""
+    first, _ = two
+    _set(first, "1")
+    (tmp_path / "host").mkdir(mode=0o700)
+    (tmp_path / "host" / "sysctl.json").write_text(json.dumps({
+        "format": 1, "namespace": None, "identity": namespace_identity(first),
+        "owned": {"net.ipv4.ip_forward": {"value": "1", "previous": "0"}}, "released": []}))
+    with NetlinkBackend(first, state_dir=tmp_path) as a:
+        destroy(a)
+    assert _forwarding(first) == "0"
+    assert not (tmp_path / "host" / "sysctl.json").exists()
+
+
+def test_a_name_of_the_node_s_own_namespace_keeps_the_record_of_host(
+        two: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--netns NAME`` of PID 1's namespace (``ip netns attach node 1``, a bind mount of
+    ``/proc/1/ns/net``) kept a second record beside the one of ``k3snet`` run without
+    ``--netns`` (the agent): a destroy through one left what the other had set. Here
+    PID 1's namespace is a lab one (``INIT_NETNS``), reached by two names."""
+    first, _ = two
+    alias = f"{first}-alias"
+    monkeypatch.setattr(netns_module, "INIT_NETNS", netns_module.netns_path(first))
+    _set(first, "0")
+    netns_module.netns_path(alias).touch()
+    try:
+        subprocess.run(["mount", "--bind", str(netns_module.netns_path(first)),
+                        str(netns_module.netns_path(alias))], check=True)
+        try:
+            with NetlinkBackend(alias, state_dir=tmp_path) as a:
+                converge(a, _WANTED)
+            assert _forwarding(first) == "1"
+            _entered(first, tmp_path, None)  # the agent's, without --netns
+            assert _forwarding(first) == "0"
+            assert [p.name for p in tmp_path.iterdir()] == ["host"]
+        finally:
+            subprocess.run(["umount", str(netns_module.netns_path(alias))], check=False)
+    finally:
+        netns_module.netns_path(alias).unlink()
+
+
+def test_two_names_of_one_namespace_keep_one_record(
+        two: tuple[str, str], tmp_path: Path) -> None:
+    """A namespace of ``/run/netns`` under a second name (a bind mount of its handle):
+    applied through one name, destroyed through the other, its value is given back;
+    each name kept a record of its own, and the destroy found nothing to give back."""
+    first, _ = two
+    alias = f"{first}-alias"
+    _set(first, "0")
+    netns_module.netns_path(alias).touch()
+    try:
+        subprocess.run(["mount", "--bind", str(netns_module.netns_path(first)),
+                        str(netns_module.netns_path(alias))], check=True)
+        try:
+            with NetlinkBackend(alias, state_dir=tmp_path) as a:
+                converge(a, _WANTED)
+            assert _forwarding(first) == "1"
+            with NetlinkBackend(first, state_dir=tmp_path) as b:
+                destroy(b)
+            assert _forwarding(first) == "0"
+            assert [p.name for p in tmp_path.iterdir()] == [first]
+        finally:
+            subprocess.run(["umount", str(netns_module.netns_path(alias))], check=False)
+    finally:
+        netns_module.netns_path(alias).unlink()

@@ -130,6 +130,7 @@ from k3snet.backends.iptables.table import (
     commit_edit,
     drift_where,
     edit_conflicts,
+    hook_moves,
     load_table,
     plan_table,
     refresh_hook,
@@ -149,7 +150,13 @@ from k3snet.backends.kit import (
     option_seconds,
 )
 from k3snet.backends.lock import namespace_id
-from k3snet.backends.netns import NetnsRunner, namespace_instance, netns_option, netns_path
+from k3snet.backends.netns import (
+    NetnsRunner,
+    namespace_instance,
+    netns_option,
+    netns_path,
+    record_netns,
+)
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.backends.nftables.kernel import BoundedLister, Lists
 from k3snet.backends.routed import RoutedBy, read_routes
@@ -856,8 +863,10 @@ class IptablesBackend(BackendBase):
             reader = self._reader()
             if reader is None:
                 return
-            record = MadeRecord(self._netns, namespace_id(self._netns), self._state_dir,
-                                instance=namespace_instance(self._netns, self._native_runner))
+            kept_as = record_netns(self._netns)
+            record = MadeRecord(kept_as, namespace_id(self._netns), self._state_dir,
+                                instance=namespace_instance(self._netns, self._native_runner,
+                                                            host=kept_as is None))
             before = record.load()
             made = list(before)
             made += [m for m in missing if m not in made
@@ -901,10 +910,14 @@ class IptablesBackend(BackendBase):
         # taken back by compensation (revert ops computed from what was written).
         undo = Compensation(self.name, self._kernel.where)
         operations = 0
+        placing: set[tuple[int, str]] = set()  # tables where a new jump goes in by position
         try:
             with undo.guarding():  # an interruption takes back the tables committed
                 if not self._kernel.streams:
                     for step in self._prepare(plan):  # every edit computed before anything runs
+                        assert self._tables is not None  # set by _prepare
+                        if not self._tables[step.family, step.table].hook_jumps():
+                            placing.add((step.family, step.table))
                         ops = list(step.edit.ops)
                         if inject == (step.family, step.table):
                             ops.append(Op("fail", step.table))
@@ -921,6 +934,9 @@ class IptablesBackend(BackendBase):
                     # Every change is checked first; each family's tables then go through one
                     # restore process, each table's edit computed while the process reads it.
                     pending = self._validate(plan)
+                    assert self._tables is not None
+                    placing = {where for where in pending
+                               if not self._tables[where].hook_jumps()}
                     self._refresh_hooks(list(pending))
                     families = [f for f in FAMILIES if any(w[0] == f for w in pending)]
                     for family in families:
@@ -929,6 +945,7 @@ class IptablesBackend(BackendBase):
                                   if f == family]
                         self._stream(plan, family, tables, undo, inject=inject, injected=injected,
                                      pause=pause if family == families[-1] else None)
+                operations += self._settle_hooks(placing, undo)
         except BaseException:
             self._tables = None  # whatever stopped the apply, read the kernel again next time
             raise
@@ -1177,6 +1194,54 @@ class IptablesBackend(BackendBase):
                 if f == family:
                     refresh_hook(self._tables[family, table], dump.get(table))
 
+    def _settle_hooks(self, placing: set[tuple[int, str]], undo: Compensation) -> int:
+        """Read back where the jumps just placed by position landed, and move each one
+        another program's change of the chain put elsewhere (:func:`hook_moves`);
+        the number of commits that took.
+
+        :meth:`_refresh_hooks` read the chain right before the commit, and the tool
+        counts ``-I FORWARD N`` on the chain as it finds it: a rule of kube-router's,
+        flannel's or kube-proxy's deleted in between put the jump behind the final
+        ``DROP`` (every pod's packet dropped, the plans after it reading that DROP as
+        a conflict, a destroy finding nothing of k3snet's), one inserted put it above
+        that program's rule. Each move is read back too; a jump still astray after
+        :data:`_SETTLE_ATTEMPTS` moves, or a move refused, fails the apply, which is
+        taken back (``undo``): never a success with the jump elsewhere.
+        """
+        assert self._tables is not None
+        placed = [where for where in sorted(placing) if self._tables[where].hook_reaches()]
+        commits = 0
+        astray: list[tuple[int, str, list[Op]]] = []
+        try:
+            for attempt in range(_SETTLE_ATTEMPTS + 1):
+                astray = []
+                for family in sorted({family for family, _ in placed}):
+                    dump = self._save(family)
+                    for f, table in placed:
+                        if f == family:
+                            refresh_hook(self._tables[f, table], dump.get(table))
+                            moves = hook_moves(self._tables[f, table])
+                            if moves:
+                                astray.append((f, table, moves))
+                if not astray or attempt == _SETTLE_ATTEMPTS:
+                    break
+                for family, table, moves in astray:
+                    log.info("iptables: IPv%d %s: k3snet's jump from %s landed elsewhere than "
+                             "planned (another program changed the chain meanwhile): moved",
+                             family, table, self._tables[family, table].hook.builtin)
+                    commits += 1
+                    self._run(family, table, moves)
+        except BackendError as exc:
+            undo.fail(None, f"k3snet's jump, placed by position, could not be read back or "
+                      f"moved where it belongs: {exc}", exc)
+        if astray:
+            family, table, _ = astray[0]
+            undo.fail(None, f"IPv{family} {table}: k3snet's jump from "
+                      f"{self._tables[family, table].hook.builtin} landed elsewhere than "
+                      f"planned {_SETTLE_ATTEMPTS + 1} times (before a final DROP, after every "
+                      "other rule): another program keeps changing the chain")
+        return commits
+
     def _conflicts(self, state: TableState, changes: list[Change]) -> list[str]:
         """What the edit of ``changes`` would do to what is not k3snet's (see
         :func:`~k3snet.backends.iptables.table.edit_conflicts`), as messages.
@@ -1235,6 +1300,9 @@ class IptablesBackend(BackendBase):
                 f"{tool_name(family, self.mode, 'save')} not found on PATH (install iptables)")
         return parse_save(text)
 
+
+_SETTLE_ATTEMPTS = 3
+"""How many times a jump placed by position is moved back where it belongs, at most."""
 
 _READ_ITSELF = tuple(f"nftables {family} {table} " for family in ("ip", "ip6")
                      for table in ("filter", *PATH_CHAINS))

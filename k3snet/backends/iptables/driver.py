@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Literal, NoReturn, Protocol
 
 from k3snet.backends.iptables.table import Op, restore_lines
 from k3snet.backends.kit import translate_errors
+from k3snet.backends.lock import inherited_locks
 from k3snet.errors import BackendError, BackendUnavailableError
 from k3snet.render.iptables.rules import Line, tokenize
 
@@ -214,12 +215,14 @@ class Processes:
             timeout: float | None = None) -> subprocess.CompletedProcess[str]:
         """Run a command in the namespace and capture its output (``timeout``: the
         backend's unless given)."""
+        # It may write (a -D): it holds the namespace lock with k3snet (inherited_locks).
         with translate_errors(f"run {argv[0]} in {self.where}",
-                              errors=(OSError, subprocess.TimeoutExpired), capability=CAPABILITY):
+                              errors=(OSError, subprocess.TimeoutExpired), capability=CAPABILITY
+                              ), inherited_locks() as locks:
             result = subprocess.run(self.argv(argv), capture_output=True, text=True,
                                     errors=_TEXT_ERRORS, input=input_text,
                                     timeout=self.timeout if timeout is None else timeout,
-                                    check=False)
+                                    check=False, pass_fds=locks)
         if self.netns and result.returncode != 0 and "network namespace" in result.stderr:
             raise BackendError(f"{self.where} is not usable: {result.stderr.strip()}")
         return result
@@ -308,9 +311,14 @@ class RestoreProcess:
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _reap()
         try:
             # stderr to a file: the process can never block on a full pipe while we write.
-            with translate_errors(f"run {self._argv0} in {kernel.where}", capability=CAPABILITY):
+            # It inherits the namespace lock (inherited_locks): k3snet killed, the tool
+            # goes on committing what its pipe holds, and no other k3snet may read
+            # the tables until it has ended.
+            with translate_errors(f"run {self._argv0} in {kernel.where}", capability=CAPABILITY
+                                  ), inherited_locks() as locks:
                 self._process = subprocess.Popen(
-                    argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+                    argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                    pass_fds=locks)
         except BackendError:
             self._stderr.close()
             raise

@@ -12,7 +12,9 @@ built-in chain, existing or not), and what k3snet's apply made is kept in
 ``/run/k3snet`` by default, as the netlink backend's sysctl record; the CLI, the agent
 and the Ansible module give both ``$K3SNET_STATE_DIR``), with the namespace's identity
 (its device and inode) and instance (its cookie, and a named one's boot id: the kernel
-gives a namespace made again under the same name the inode of the one just deleted).
+gives a namespace made again under the same name the inode of the one just deleted);
+the backend names the namespace by :func:`~k3snet.backends.netns.record_netns`, so
+that one namespace has one record whatever name reaches it.
 Once k3snet's chains are gone from that table, a recorded chain that is still empty
 with policy accept is deleted, with its table when k3snet's apply made that too and
 it holds nothing else, in one transaction the kernel refuses when anything changed

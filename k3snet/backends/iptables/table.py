@@ -46,8 +46,8 @@ from k3snet.render.tag import TAG_PREFIX
 
 __all__ = ["DRIFT_KIND", "INJECTED_CHAIN", "Delta", "ForeignJump", "Op", "Sink", "TableEdit",
            "TableState", "commit_edit", "diff_table", "drift_where", "edit_conflicts",
-           "has_tag", "load_table", "own_chains", "plan_table", "refresh_hook", "restore_lines",
-           "restore_text", "revert_ops", "set_aside"]
+           "has_tag", "hook_moves", "load_table", "own_chains", "plan_table", "refresh_hook",
+           "restore_lines", "restore_text", "revert_ops", "set_aside"]
 
 OpKind = Literal["declare", "delete", "append", "insert", "flush", "remove", "fail"]
 
@@ -842,6 +842,30 @@ def _hook_ops(state: TableState, want: bool, main: list[Line] | None = None
             ops.append(Op("insert", hook.builtin, (line,), position + 1))
         rules.insert(position, line)
     return ops, rules
+
+
+def hook_moves(state: TableState) -> list[Op]:
+    """Ops moving k3snet's one jump where :func:`~k3snet.render.iptables.rules.hook_position`
+    puts a new one among the other rules of the built-in chain (none: it is there).
+
+    A new jump goes in by position (``-I FORWARD N``), counted on a read that another
+    program's rule inserted or deleted since leaves stale: it landed above that program's
+    rule, or behind the final ``DROP``. The move is one transaction: ``-D`` by the
+    jump's text, then ``-I`` (or ``-A``) counted on the chain without it.
+    """
+    jumps = state.hook_jumps()
+    if len(jumps) != 1 or state.hook_rules[jumps[0]] != hook_line(state.hook):
+        return []  # no jump, or one as k3snet does not write it: drift, not moved here
+    index = jumps[0]
+    others = state.hook_rules[:index] + state.hook_rules[index + 1:]
+    position = hook_position(others)
+    if position == index:
+        return []
+    line = state.hook_rules[index]
+    builtin = state.hook.builtin
+    put = (Op("append", builtin, (line,)) if position >= len(others)
+           else Op("insert", builtin, (line,), position + 1))
+    return [Op("delete", builtin, (line,), index + 1), put]
 
 
 def revert_ops(state: TableState, edit: TableEdit, *, exact: bool = True) -> list[Op]:

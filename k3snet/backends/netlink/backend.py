@@ -117,7 +117,7 @@ from k3snet.backends.netlink.sysctls import (
     write_sysctl,
 )
 from k3snet.backends.netlink.view import RouteCache, RouteView
-from k3snet.backends.netns import NetnsRunner, namespace_instance, netns_option
+from k3snet.backends.netns import NetnsRunner, namespace_instance, netns_option, record_netns
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -240,7 +240,8 @@ class NetlinkBackend(BackendBase):
     ``netns``: a namespace name as ``ip netns`` knows it (``None``: the caller's own
     namespace). ``state_dir``: the root of the sysctl state files, one directory per
     namespace: ``state_dir/<netns or 'host'>/sysctl.json`` (default
-    ``/run/k3snet``). ``protocol``: the route protocol that marks
+    ``/run/k3snet``; one record per namespace whatever name reaches it:
+    :func:`~k3snet.backends.netns.record_netns`). ``protocol``: the route protocol that marks
     k3snet's routes (5..255, none that iproute2's ``rt_protos`` names for another
     program: ``ra``, ``bird``, ``dhcp``, ``bgp`` ... would make its routes k3snet's).
     ``tables``: the routing tables observed and managed
@@ -339,7 +340,10 @@ class NetlinkBackend(BackendBase):
         self._where = where
         try:
             identity = namespace_identity(netns)
-            instance = namespace_instance(netns, self._runner)
+            # One record per namespace whatever name reaches it (ip netns exec NAME, a
+            # name of the node's own namespace): record_netns.
+            keyed = record_netns(netns)
+            instance = namespace_instance(netns, self._runner, host=keyed is None)
             self._driver = self._open_driver(driver)
             self._routes = RouteCache(self._driver, protocol, self.tables, where)
             self._silent_fd = self._runner.call(partial(open_unannounced_switch, self.proc_sys))
@@ -363,8 +367,12 @@ class NetlinkBackend(BackendBase):
         # Before 2026-12-04 a given state_dir held the file itself, for every namespace:
         # read once by the namespace it names (its identity), then removed.
         legacy = root if state_dir is not None else None
-        self._store = SysctlStore(root / (netns or "host"), netns, identity, legacy=legacy,
-                                  instance=instance)
+        # Where an earlier k3snet kept the record (host's for a namespace entered by
+        # ip netns exec) is read while it has none.
+        earlier = (root / (netns or "host") if keyed != netns
+                   else root / "host" if keyed not in (None, "host") else None)
+        self._store = SysctlStore(root / (keyed or "host"), keyed, identity, legacy=legacy,
+                                  earlier=earlier, instance=instance)
 
     def _open_driver(self, driver: str | DriverFactory) -> RouteDriver:
         if callable(driver):

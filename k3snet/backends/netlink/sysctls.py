@@ -320,6 +320,10 @@ class SysctlStore:
     ``legacy``: a directory whose ``sysctl.json`` older versions shared between
     namespaces; while this namespace has no file of its own, that one is read when
     it names this namespace, and the first save removes it (so it is read once).
+    ``earlier``: the directory of the name this namespace was reached by, when its
+    records are kept under another (:func:`~k3snet.backends.netns.record_netns`: before
+    2026-12-05 ``ip netns exec NAME`` kept them in ``host``'s, a name of the node's own
+    namespace in its own); read and removed the same way.
 
     A namespace named ``host`` shares its directory with the namespace k3snet runs in
     (``None``): its file is ``sysctl-netns.json`` there. Before 2026-12-05 it was
@@ -329,7 +333,7 @@ class SysctlStore:
 
     def __init__(self, directory: Path, namespace: str | None, identity: str, *,
                  legacy: Path | None = None, shared: bool = False,
-                 instance: str | None = None) -> None:
+                 earlier: Path | None = None, instance: str | None = None) -> None:
         self.directory = directory
         named_host = namespace == "host" and not shared
         self.path = directory / (_NAMED_HOST_FILE if named_host else _STATE_FILE)
@@ -341,7 +345,8 @@ class SysctlStore:
         # Read in turn while this namespace has no file of its own: host/sysctl.json for
         # a namespace named host, then the state_dir's own of before 2026-12-04.
         self.legacy: SysctlStore | None = None
-        for older in reversed([*([directory] if named_host else []),
+        for older in reversed([*([] if earlier is None else [earlier]),
+                               *([directory] if named_host else []),
                                *([] if legacy is None else [legacy])]):
             store = SysctlStore(older, namespace, identity, shared=True, instance=instance)
             store.legacy = self.legacy

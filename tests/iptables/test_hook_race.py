@@ -1,0 +1,95 @@
+"""A foreign rule inserted or deleted between k3snet's read and its commit.
+
+k3snet's jump from a built-in chain goes in by position (``-I FORWARD N``), counted on
+its read of the chain right before the apply; ``iptables-restore`` counts N on the
+chain as it finds it. kube-router, flannel and kube-proxy insert and delete their
+rules at the top of ``FORWARD`` and ``POSTROUTING`` at any time: one deleted
+meanwhile put k3snet's jump behind the final ``-j DROP`` (25 applies out of 25 with a
+writer doing so in a loop, a lab namespace). The apply reported success while every
+pod's forwarded packet was dropped, and from then on every plan read that DROP as a
+conflict of k3snet's accept and ``destroy`` found nothing of k3snet's to remove: the
+node stayed so. The jump just placed is read back, and moved where it belongs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from k3snet import converge, destroy
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.iptables.driver import Flavour, Libiptc, Processes, RestoreProcess
+from k3snet.backends.iptables.table import Op
+from k3snet.lab.netns import run_in
+from k3snet.model import ForwardRule, MasqueradeRule, State
+
+DESIRED = State(owned=[ForwardRule("10.42.0.0/16", "192.168.2.0/24"),
+                       MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")])
+FOREIGN = ["-s", "10.77.0.0/16", "-j", "ACCEPT"]
+
+
+class Racing(Processes):
+    """The iptables tools, and another program's change of FORWARD right before the
+    first restore run reads the chain."""
+
+    def __init__(self, netns: str, mode: str, change: Sequence[str]) -> None:
+        super().__init__(netns)
+        self._foreign = [f"iptables-{mode}", *change]
+        self.raced = False
+
+    def restore(self, family: int, mode: Flavour, *, test: bool = False) -> RestoreProcess:
+        if family == 4 and not test and not self.raced:
+            self.raced = True
+            run_in(self.netns or "", self._foreign)
+        return super().restore(family, mode, test=test)
+
+
+class RacingLibiptc(Libiptc):
+    """libiptc's commits, and another program's change of FORWARD right before the
+    first commit of the filter table (libiptc reads the table as it commits)."""
+
+    def __init__(self, netns: str, mode: str, change: Sequence[str]) -> None:
+        super().__init__(netns)
+        self._foreign = [f"iptables-{mode}", *change]
+        self.raced = False
+
+    def commit_ops(self, family: int, mode: Flavour, table: str, ops: Sequence[Op], *,
+                   test: bool = False) -> None:
+        if family == 4 and table == "filter" and not test and not self.raced:
+            self.raced = True
+            run_in(self.netns or "", self._foreign)
+        super().commit_ops(family, mode, table, ops, test=test)
+
+
+def _forward(ns: str, mode: str) -> list[str]:
+    return run_in(ns, [f"iptables-{mode}", "-S", "FORWARD"]).stdout.splitlines()[1:]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("mode", "driver"), [("nft", "restore"), ("legacy", "restore"),
+                                              ("legacy", "libiptc")])
+@pytest.mark.parametrize("race", ["deleted", "inserted"])
+def test_a_jump_placed_while_another_program_changes_the_chain_ends_before_the_final_drop(
+        ns: str, mode: str, driver: str, race: str) -> None:
+    if driver == "libiptc":
+        pytest.importorskip("iptc")
+    tool = f"iptables-{mode}"
+    if race == "deleted":
+        run_in(ns, [tool, "-A", "FORWARD", *FOREIGN])
+    run_in(ns, [tool, "-A", "FORWARD", "-s", "10.99.0.0/16", "-j", "ACCEPT"])
+    run_in(ns, [tool, "-A", "FORWARD", "-j", "DROP"])
+    change = ["-D", "FORWARD", *FOREIGN] if race == "deleted" else ["-I", "FORWARD", "1",
+                                                                     *FOREIGN]
+    kernel = (Racing if driver == "restore" else RacingLibiptc)(ns, mode, change)
+    with IptablesBackend(ns, mode=mode, kernel=kernel) as backend:  # type: ignore[arg-type]
+        converge(backend, DESIRED)
+    assert kernel.raced
+    jump = "-A FORWARD -m comment --comment k3snet -j K3SNET-FORWARD"
+    expected = [*([f"-A FORWARD {' '.join(FOREIGN)}"] if race == "inserted" else []),
+                "-A FORWARD -s 10.99.0.0/16 -j ACCEPT", jump, "-A FORWARD -j DROP"]
+    assert _forward(ns, mode) == expected
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        assert backend.observe().only({"forward"}).owned == DESIRED.only({"forward"}).owned
+        destroy(backend)
+    assert "K3SNET" not in run_in(ns, [f"{tool}-save"]).stdout
