@@ -123,14 +123,8 @@ def _host(address: IPAddress) -> IPNetwork:
 def pod_network(state: NodeState, tr: Trace) -> IPNetwork:
     """The pod CIDR the flow's source belongs to: the cluster CIDR a CNI file gives,
     else the connected network of the pod's interface, else the address itself."""
-    src = tr.flow.source
-    for cidr in state.cluster_cidrs:
-        if cidr.version == src.version and src in cidr:
-            return cidr
-    for a in state.addresses:
-        if a.device == tr.ingress and a.address.version == src.version and src in a.network:
-            return a.network
-    return _host(src)
+    found = state.pod_network(tr.flow.source, tr.ingress)
+    return found if found is not None else _host(tr.flow.source)
 
 
 def destination_network(tr: Trace) -> IPNetwork:
@@ -453,6 +447,17 @@ def _masquerade_no_address(state: NodeState, tr: Trace,
                    advice=f"give {tr.egress} an address or SNAT to a fixed one"), None
 
 
+def _masquerade_pod_address(state: NodeState, tr: Trace,
+                            step: Step) -> tuple[Finding, _Change | None]:
+    return Finding(
+        "masquerade-pod-address",
+        f"the pod's source is translated to {tr.source_seen}, an address of the pod network",
+        step.where, step.detail,
+        advice=f"give {tr.egress} (or lo) a global address the network routes to this node, "
+               "nearer the destination than the pod network's, or SNAT the pod CIDR to "
+               "such an address"), None
+
+
 def _onward_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
     return Finding(
         "onward-route", "the connection's next packets are routed otherwise than its first",
@@ -477,6 +482,7 @@ _EXPLAINERS: dict[str, Callable[[NodeState, Trace, Step], tuple[Finding, _Change
     "reply-misrouted": _reply_route,
     "reply-no-route": _reply_route,
     "masquerade-no-address": _masquerade_no_address,
+    "masquerade-pod-address": _masquerade_pod_address,
     "onward-route": _onward_route,
     "reply-untracked": _untracked,
     "link-down": _link_down,

@@ -294,6 +294,20 @@ class NodeState:
                      **capture.missing},
         )
 
+    def pod_network(self, source: IPv4Address | IPv6Address,
+                    ingress: str | None) -> IPNetwork | None:
+        """The pods' network ``source`` lies in: a cluster CIDR the node knows (a CNI
+        file's), else the connected network of ``ingress``, the interface the pod's
+        packets come in by; ``None`` when neither holds it."""
+        for cidr in self.cluster_cidrs:
+            if cidr.version == source.version and source in cidr:
+                return cidr
+        for a in self.addresses:
+            if a.device == ingress and a.address.version == source.version and (
+                    source in a.network):
+                return a.network
+        return None
+
     def with_cluster(self, *, pod_cidrs: Iterable[str | IPNetwork] = (),
                      service_cidrs: Iterable[str | IPNetwork] = ()) -> NodeState:
         """This state with the cluster's pod and service CIDRs added (from a spec's

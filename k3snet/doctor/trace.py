@@ -709,6 +709,16 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
               "beyond this node does not route back to it (the source was not translated)",
               "not-translated")
         return None
+    pods = (t.state.pod_network(flow.source, iif)
+            if not upstream_routes_pods and not to_pod else None)
+    if seen != flow.source and pods is not None and seen in pods:
+        t.add("reply", "return", "drop", "beyond the node",
+              f"the destination answers {seen}, the address the source was translated to, "
+              f"which lies in the pods' network {pods}: the network beyond this node routes "
+              "it as it routes the pods' addresses, not back here (an IPv6 masquerade takes "
+              "the node's address nearest the destination, a pod-facing interface's when "
+              "the uplink holds no global address)", "masquerade-pod-address")
+        return None
     if seen != flow.source and seen not in local:
         t.add("reply", "return", "info", "beyond the node",
               f"{seen} is not an address of this node: the reply comes back only if the "

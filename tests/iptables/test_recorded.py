@@ -465,6 +465,14 @@ DRIFTS = {
                         HOOK_FWD + "\n-A FORWARD -j DOCKER-USER\n",
                         "-A FORWARD -j DOCKER-USER\n-A FORWARD -j K3SNET-FORWARD\n"),
                     ("filter", "FORWARD"), HOOK_FWD),
+    # A reply half as k3snet wrote it before ICMP errors were let through (``-s`` the
+    # destination: a router's Packet Too Big dropped): replaced by today's, the upgrade.
+    "reply-by-source-of-an-earlier-release": (lambda t: t.replace(
+                        "-A K3SNET-F-7 -d 10.50.0.0/16",
+                        "-A K3SNET-F-7 -s 192.168.2.0/24 -d 10.50.0.0/16"),
+                    ("filter", "K3SNET-F-7"),
+                    "-A K3SNET-F-7 -d 10.50.0.0/16 -i eth0 -o cni0 -m conntrack --ctstate "
+                    "RELATED,ESTABLISHED -m comment --comment k3snet:7d052c43265ec5b7 -j ACCEPT"),
 }
 
 

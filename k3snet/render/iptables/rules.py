@@ -398,12 +398,16 @@ def _build_general(obj: NetObject) -> Unit:
         oif = ("-o", obj.out_interface) if obj.out_interface else ()
         src = _addr("-s", obj.source, src_text)
         dst = _addr("-d", obj.destination, dst_text)
-        back_src = ("-s", *dst[1:]) if dst else ()
+        # The replies are matched by their destination alone, not by ``-s`` the
+        # destination too: conntrack's RELATED answers of a flow (an ICMPv6 Packet Too
+        # Big, an ICMP fragmentation needed, a time exceeded) come from a router on the
+        # way, and FORWARD's policy drop took them, so path MTU discovery never learnt
+        # a smaller MTU and the pods' larger packets were lost.
         back_dst = ("-d", *src[1:]) if src else ()
         back_iif = ("-i", obj.out_interface) if obj.out_interface else ()
         back_oif = ("-o", obj.in_interface) if obj.in_interface else ()
         forward = (*src, *dst, *iif, *oif, *tag, "-j", "ACCEPT")
-        reply = (*back_src, *back_dst, *back_iif, *back_oif,
+        reply = (*back_dst, *back_iif, *back_oif,
                  "-m", "conntrack", "--ctstate", _CTSTATE, *tag, "-j", "ACCEPT")
         return Unit(obj, digest, f"K3SNET-F-{digest[0]}", (forward, reply))
     assert isinstance(obj, MasqueradeRule | SnatRule)  # _canonical refused the rest
@@ -826,12 +830,16 @@ _SHAPES_MAX: Final = 1024
 
 def _shape_of(family: int, lines: Sequence[Line]) -> tuple[_Shape, str] | None:
     """The shape of a NAT rule's one line or a forward rule's two (the first with a
-    destination, ``-d``, the other with it as its source, ``-s``), and that destination;
-    ``None`` for any other lines."""
+    destination, ``-d``, the reply half without it), and that destination; ``None`` for
+    any other lines."""
     shape: list[object] = [family]
     found = ""
     try:
-        for line, flag in zip(lines, ("-d", "-s") if len(lines) <= 2 else (), strict=False):
+        for line, flag in zip(lines, ("-d", None) if len(lines) <= 2 else (), strict=False):
+            if flag is None:  # the reply half: the same words for every destination
+                said = line.index("--comment") + 1
+                shape += [line[:said], line[said + 1:]]
+                continue
             at = line.index(flag) + 1
             said = line.index("--comment", at) + 1
             if (found and line[at] != found) or (at >= 2 and line[at - 2] == "!"):

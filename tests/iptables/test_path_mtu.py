@@ -1,0 +1,72 @@
+"""A router's ICMP error for a pod's flow passes k3snet's forward accept (path MTU).
+
+A router between the node and a destination of smaller MTU answers a pod's larger
+packet with an ICMPv6 Packet Too Big (IPv4: fragmentation needed) from its own address.
+Conntrack takes it as RELATED to the pod's masqueraded flow and gives it back to the
+pod, but k3snet's accept of the replies matched their source, the destination, too:
+under a FORWARD policy DROP (Docker's, firewalld's) the error was dropped, the pod never
+learnt the path's MTU and its larger packets were lost (IPv6 routers never fragment).
+The reply half now matches the pods' side and conntrack's state alone.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.lab.netns import run_in
+from k3snet.model import ForwardRule, MasqueradeRule, State
+from k3snet.planner import plan
+
+DESTINATIONS = {4: "192.168.2.0/24", 6: "fd01:2::/64"}
+
+# Three datagrams larger than the router's MTU towards the database, with the
+# don't-fragment bit for IPv4 (IPv6 never fragments on the way).
+_SEND = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+sock = socket.socket(family, socket.SOCK_DGRAM)
+if family == socket.AF_INET:
+    sock.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER: IP_PMTUDISC_DO
+sock.connect((sys.argv[1], 9))
+for _ in range(3):
+    try:
+        sock.send(b"x" * 1400)
+    except OSError:
+        pass  # EMSGSIZE once the error arrived: the path's MTU is known
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_routers_packet_too_big_reaches_the_pod_through_a_forward_policy_drop(
+        require_root: None, mode: str, family: int) -> None:
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+    from k3snet.lab.seed import DB_ADDRESSES, POD_CIDRS  # noqa: PLC0415
+
+    pods, destination = POD_CIDRS[family], DESTINATIONS[family]  # type: ignore[index]
+    desired = State(owned=[
+        ForwardRule(pods, destination, in_interface="cni0", out_interface="eth0"),
+        MasqueradeRule(pods, destination=destination, out_interface="eth0")])
+    db = DB_ADDRESSES[family]  # type: ignore[index]
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                          "net.ipv6.conf.all.forwarding=1"])
+        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+            backend.apply(plan(backend.observe(), desired))
+            assert lab.tcp_probe(family).ok
+            # The router's side towards the database: the smallest MTU IPv6 allows.
+            run_in(lab.router, ["ip", "link", "set", "eth1", "mtu", "1280"])
+            run_in(lab.db, ["ip", "link", "set", "eth0", "mtu", "1280"])
+            run_in(lab.pod, [sys.executable, "-c", _SEND, db])
+            # The pod's kernel holds the path's MTU the router's error gave it.
+            route = run_in(lab.pod, ["ip", f"-{family}", "-o", "route", "get", db]).stdout
+            assert "mtu 1280" in route, route
+            save = run_in(lab.node, [f"{'ip6' if family == 6 else 'ip'}tables-{mode}-save",
+                                     "-c", "-t", "filter"]).stdout
+            assert ":FORWARD DROP [0:0]" in save, save  # nothing left to the policy
