@@ -29,7 +29,7 @@ from k3snet._admin_path import admin_path
 from k3snet._env import env_switch
 from k3snet._kept import input_problem, read_input, write_output_in
 from k3snet._logline import bounded as bounded_line
-from k3snet._logline import one_line
+from k3snet._logline import one_line, printable, printable_lines
 from k3snet._version import __version__
 from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult
@@ -604,7 +604,7 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         with _reporting():
             if not _logged_by_agent(args, _os_error(exc)):
-                print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
+                print(f"k3snet: error: {printable(_os_error(exc))}", file=sys.stderr)
             if _json(args):
                 _print_error_json(type(exc).__name__, _os_error(exc))
         return EXIT_ERROR
@@ -617,7 +617,8 @@ def _run(args: argparse.Namespace) -> int:
                    "shows the traceback)")
         with _reporting():
             if not _logged_by_agent(args, f"internal error: {message}"):
-                print(f"k3snet: internal error: {message}", file=sys.stderr)
+                print(f"k3snet: internal error: {printable_lines(message)}",
+                      file=sys.stderr)
             if _json(args):
                 _print_error_json("InternalError", message)
         return EXIT_ERROR
@@ -684,7 +685,7 @@ def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
     one JSON object a line got why it did not start as plain text over several lines)."""
     if _logged_by_agent(args, str(exc)):
         return
-    print(f"k3snet: error: {exc}", file=sys.stderr)
+    print(f"k3snet: error: {printable_lines(str(exc))}", file=sys.stderr)
     if _json(args) and not getattr(args, "stdout_taken", False):
         _print_error_json(type(exc).__name__, str(exc), getattr(exc, "problems", ()))
 
@@ -783,7 +784,7 @@ class _TextLogFormatter(logging.Formatter):
         def render(cut: dict[str, str]) -> str:
             # A traceback's lines indented: none begins at the margin as a record would.
             return head + one_line(cut["message"]) + "".join(
-                f"\n    {line}" for line in cut.get("exception", "").splitlines())
+                f"\n    {one_line(line)}" for line in cut.get("exception", "").splitlines())
 
         return bounded_line(fields, render)
 
@@ -1522,9 +1523,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(_colour(p.render(), args))
         for line in marks:
-            print(f"!! disruptive: {line}")
-        for line in warnings:
-            print(f"!! warning: {line}")
+            print(f"!! disruptive: {printable(line)}")
+        _print_warnings(warnings)
         if args.out is not None:
             print(f"Saved the plan to {args.out}; apply it with "
                   f"`k3snet apply {shlex.quote(str(args.out))}`.")  # pasted into a shell
@@ -1679,7 +1679,7 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
     if args.dry_run:
         if problems:
             print("The backends' check found problems; nothing was changed:")
-            print("\n".join(f"  {p}" for p in problems))
+            print("\n".join(f"  {printable(str(p))}" for p in problems))
         elif done.plan.changes:
             print("Dry run: the backends' check found no problem; nothing was changed.")
     _print_warnings(warnings)
@@ -1688,7 +1688,9 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
 def _print_warnings(warnings: Sequence[str]) -> None:
     """The backends' warnings as ``plan`` prints them (``!! warning:`` lines)."""
     for line in warnings:
-        print(f"!! warning: {line}")
+        # A warning quotes what others named (a foreign table, chain or interface): one
+        # line, no escape sequence for the terminal.
+        print(f"!! warning: {printable(line)}")
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
@@ -1801,7 +1803,7 @@ def _print_destroy(args: argparse.Namespace, done: Convergence, problems: Sequen
         return
     if problems:
         print("The backends' check found problems; nothing was changed:")
-        print("\n".join(f"  {p}" for p in problems))
+        print("\n".join(f"  {printable(str(p))}" for p in problems))
     _print_warnings(warnings)
 
 
