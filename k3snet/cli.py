@@ -1869,7 +1869,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
             for path in written:
                 print(path)
         for name, why in sorted(capture.missing.items()):
-            print(f"k3snet: not captured: {name}: {why}", file=sys.stderr)
+            print(f"k3snet: not captured: {name}: {printable(why)}", file=sys.stderr)
         return EXIT_OK
     spec = _spec(args) if args.spec else None
     with _backend(args, spec) as backend:
@@ -2555,7 +2555,7 @@ def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
                   "file, so the routes come up only once it is there", file=sys.stderr)
     files = dict(render_networkd(state, network_files=parents, others=others))
     for doubt in networkd_doubts(state, network_files=parents, others=others):
-        print(f"k3snet: warning: {doubt}", file=sys.stderr)
+        print(f"k3snet: warning: {printable(doubt)}", file=sys.stderr)  # quotes others' files
     return files
 
 
@@ -2578,7 +2578,7 @@ def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     if args.out is not None:
         wanted = {o.name: o.value for o in state.owned if isinstance(o, Sysctl)}
         for later in _sysctl_overrides(args.out, wanted):
-            print(f"k3snet: warning: {later}", file=sys.stderr)
+            print(f"k3snet: warning: {printable(later)}", file=sys.stderr)  # another's line
     return {SYSCTL_FILE: render_sysctl_d(state)}
 
 

@@ -786,3 +786,18 @@ def test_render_sysctl_says_a_later_file_that_sets_its_keys_otherwise(
     assert (f"{tmp_path / '95-alias.conf'} (line 1) sets net.ipv4.conf.all.forwarding = 0, "
             "read after 90-k3snet.conf: at boot its value wins over k3snet's 1") in err, err
     assert err.count("read after 90-k3snet.conf") == 3, err
+
+
+def test_render_sysctl_says_a_later_file_s_name_and_value_printable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The warning quotes another file's name and value: an escape sequence in either
+    # reached the terminal of whoever rendered, a line break in the name forged a line.
+    name = "99-x\x1b[2K\nk3snet: ok.conf"
+    (tmp_path / name).write_text("net.ipv4.ip_forward = 0\x1b[31m\n")
+    assert main(["render", "sysctl", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "read after 90-k3snet.conf" in line]
+    assert len(said) == 1, err
+    assert "99-x\\x1b[2K\\nk3snet: ok.conf (line 1) sets net.ipv4.ip_forward = 0\\x1b[31m" \
+        in said[0]
+    assert all(line.isprintable() for line in err.splitlines())
