@@ -224,3 +224,21 @@ def test_plan_prints_a_real_foreign_table_and_chain_name_escaped() -> None:
     assert warned, out
     assert "inet t\\x1b[2Kx\\nverdict: reaches chain c\\x1b[31m" in warned[0]
     assert all(_safe(line) for line in _lines(out) + _lines(done.stderr.decode()))
+
+
+@given(reason=TEXT)
+@example(reason="x\x1b[2J\n= route 10.0.0.0/8 met\n    (met by foreign: forged)")
+def test_a_note_says_its_reason_on_one_printable_line_whatever_it_holds(reason: str) -> None:
+    # A plan file's note (Plan.from_dict) or a custom backend's conflict gives the reason.
+    from k3snet.model import MasqueradeRule  # noqa: PLC0415
+    from k3snet.planner import Note  # noqa: PLC0415
+
+    class _Quoting(MasqueradeRule):
+        def describe(self) -> str:  # a custom kind's text of another program's rule
+            return f"-A X {reason}"
+
+    note = Note("conflict", MasqueradeRule("10.42.0.0/16"), _Quoting("10.42.0.0/16"),
+                reason=reason)
+    lines = note.render().split("\n")
+    assert len(lines) == 3
+    assert all(_safe(line) for line in lines)
