@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LOG_LINE_LIMIT", "bounded", "one_line"]
+__all__ = ["LOG_LINE_LIMIT", "bounded", "one_line", "printable", "printable_lines"]
 
 LOG_LINE_LIMIT = 16_000
 """Bytes (UTF-8, its line break included) at most of one log record, below the 16 KiB at
@@ -20,10 +20,37 @@ which containerd (CRI) splits a line into partial ones: a collector expecting on
 object per line got pieces, and a first pass at 10 000 destinations logged megabytes."""
 
 
+def printable(value: str) -> str:
+    """``value`` with every character that is not printable (a line break, a terminal
+    escape, a bidirectional override, a byte that is not UTF-8 read as a lone
+    surrogate) as its Python escape: text someone else wrote, safe on a terminal and
+    on a line of its own. The one escape of every printer of such text (the plan's
+    foreign objects, the CLI's lines, the logs, a spec problem's path)."""
+    if value.isprintable():
+        return value
+    return "".join(char if char.isprintable() else
+                   char.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for char in value)
+
+
+def printable_lines(text: str) -> str:
+    """``text`` (an error's, a problem's) as lines of :func:`printable` characters: one
+    quoting another program's text (libnftables', an API server's, a foreign table's
+    name) sends no escape sequence to the terminal. Only a line break k3snet's messages
+    make is kept, one before an indented line (a problem a line, ``\\n  ``); any other
+    is written ``\\n``, so no line begins at the margin as another line of the command
+    or another problem would."""
+    first, *rest = text.split("\n")
+    return printable(first) + "".join(
+        ("\n" if line.startswith(" ") else "\\n") + printable(line) for line in rest)
+
+
 def one_line(text: object) -> str:
-    """``text`` with its line breaks written ``\\n`` and ``\\r``: a message from elsewhere
-    (an API server's error) must not begin a line that reads as another record."""
-    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+    """``text`` as :func:`printable` writes it: a message from elsewhere (an API server's
+    error, a foreign table's name) must not begin a line that reads as another record
+    (``\\n``, but also ``\\v``, ``\\x85``, ``\\u2028``), nor send an escape sequence to
+    the terminal of whoever reads the log (``\\x1b``)."""
+    return printable(str(text))
 
 
 def _size(line: str) -> int:

@@ -29,7 +29,7 @@ from k3snet._admin_path import admin_path
 from k3snet._env import env_switch
 from k3snet._kept import input_problem, read_input, write_output_in
 from k3snet._logline import bounded as bounded_line
-from k3snet._logline import one_line
+from k3snet._logline import one_line, printable, printable_lines
 from k3snet._version import __version__
 from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult
@@ -77,7 +77,7 @@ from k3snet.errors import (
 )
 from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import label_selector_problem, name_problem, object_ref_problem
-from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl, printable
+from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl
 from k3snet.model.state import State
 from k3snet.model.sysctl import sysctl_name
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile, clusters_of
@@ -607,7 +607,7 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         with _reporting():
             if not _logged_by_agent(args, _os_error(exc)):
-                print(f"k3snet: error: {_os_error(exc)}", file=sys.stderr)
+                print(f"k3snet: error: {printable(_os_error(exc))}", file=sys.stderr)
             if _json(args):
                 _print_error_json(type(exc).__name__, _os_error(exc))
         return EXIT_ERROR
@@ -620,7 +620,8 @@ def _run(args: argparse.Namespace) -> int:
                    "shows the traceback)")
         with _reporting():
             if not _logged_by_agent(args, f"internal error: {message}"):
-                print(f"k3snet: internal error: {message}", file=sys.stderr)
+                print(f"k3snet: internal error: {printable_lines(message)}",
+                      file=sys.stderr)
             if _json(args):
                 _print_error_json("InternalError", message)
         return EXIT_ERROR
@@ -687,7 +688,7 @@ def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
     one JSON object a line got why it did not start as plain text over several lines)."""
     if _logged_by_agent(args, str(exc)):
         return
-    print(f"k3snet: error: {exc}", file=sys.stderr)
+    print(f"k3snet: error: {printable_lines(str(exc))}", file=sys.stderr)
     if _json(args) and not getattr(args, "stdout_taken", False):
         _print_error_json(type(exc).__name__, str(exc), getattr(exc, "problems", ()))
 
@@ -786,7 +787,7 @@ class _TextLogFormatter(logging.Formatter):
         def render(cut: dict[str, str]) -> str:
             # A traceback's lines indented: none begins at the margin as a record would.
             return head + one_line(cut["message"]) + "".join(
-                f"\n    {line}" for line in cut.get("exception", "").splitlines())
+                f"\n    {one_line(line)}" for line in cut.get("exception", "").splitlines())
 
         return bounded_line(fields, render)
 
@@ -1552,9 +1553,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(_colour(p.render(), args))
         for line in marks:
-            print(f"!! disruptive: {line}")
-        for line in warnings:
-            print(f"!! warning: {line}")
+            print(f"!! disruptive: {printable(line)}")
+        _print_warnings(warnings)
         if args.out is not None:
             print(f"Saved the plan to {args.out}; apply it with "
                   f"`k3snet apply {shlex.quote(str(args.out))}`.")  # pasted into a shell
@@ -1718,7 +1718,7 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
     if args.dry_run:
         if problems:
             print("The backends' check found problems; nothing was changed:")
-            print("\n".join(f"  {p}" for p in problems))
+            print("\n".join(f"  {printable(str(p))}" for p in problems))
         elif done.plan.changes:
             print("Dry run: the backends' check found no problem; nothing was changed.")
     _print_warnings(warnings)
@@ -1727,7 +1727,9 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
 def _print_warnings(warnings: Sequence[str]) -> None:
     """The backends' warnings as ``plan`` prints them (``!! warning:`` lines)."""
     for line in warnings:
-        print(f"!! warning: {line}")
+        # A warning quotes what others named (a foreign table, chain or interface): one
+        # line, no escape sequence for the terminal.
+        print(f"!! warning: {printable(line)}")
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
@@ -1840,7 +1842,7 @@ def _print_destroy(args: argparse.Namespace, done: Convergence, problems: Sequen
         return
     if problems:
         print("The backends' check found problems; nothing was changed:")
-        print("\n".join(f"  {p}" for p in problems))
+        print("\n".join(f"  {printable(str(p))}" for p in problems))
     _print_warnings(warnings)
 
 
@@ -1906,7 +1908,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
             for path in written:
                 print(path)
         for name, why in sorted(capture.missing.items()):
-            print(f"k3snet: not captured: {name}: {why}", file=sys.stderr)
+            print(f"k3snet: not captured: {name}: {printable(why)}", file=sys.stderr)
         return EXIT_OK
     spec = _spec(args) if args.spec else None
     with _backend(args, spec) as backend:
@@ -2592,7 +2594,7 @@ def _render_networkd(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
                   "file, so the routes come up only once it is there", file=sys.stderr)
     files = dict(render_networkd(state, network_files=parents, others=others))
     for doubt in networkd_doubts(state, network_files=parents, others=others):
-        print(f"k3snet: warning: {doubt}", file=sys.stderr)
+        print(f"k3snet: warning: {printable(doubt)}", file=sys.stderr)  # quotes others' files
     return files
 
 
@@ -2615,7 +2617,7 @@ def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     if args.out is not None:
         wanted = {o.name: o.value for o in state.owned if isinstance(o, Sysctl)}
         for later in _sysctl_overrides(args.out, wanted):
-            print(f"k3snet: warning: {later}", file=sys.stderr)
+            print(f"k3snet: warning: {printable(later)}", file=sys.stderr)  # another's line
     return {SYSCTL_FILE: render_sysctl_d(state)}
 
 

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 
+from k3snet._logline import printable, printable_lines
+
 if TYPE_CHECKING:
     from k3snet.planner import Change
 
@@ -70,14 +72,13 @@ def _problem_path(value: object) -> str:
     # A path quotes the spec's keys as they are: one holding a line break forged a problem
     # line of its own, and an escape sequence (ESC [2J) reached the terminal; each
     # character that is not printable is written as Python escapes it (\n, \x1b).
-    text = str(value)
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return _cut(text, 200)
+    return _cut(printable(str(value)), 200)
 
 
 def _problem_message(value: object) -> str:
-    return _cut(str(value), 500)
+    # A message quotes values, some another program wrote (a backend's problem naming a
+    # foreign table): printable, its lines only those it indents (a config's problems).
+    return _cut(printable_lines(str(value)), 500)
 
 
 @attrs.frozen

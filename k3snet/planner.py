@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 import attrs
 
+from k3snet._logline import printable
 from k3snet.errors import ModelError, PlanError
 from k3snet.model import (
     ForwardBlock,
@@ -199,13 +200,15 @@ class Note:
     def render(self) -> str:
         """``= ...`` for a met need, ``! ...`` for a conflict (its reason, and what
         becomes of k3snet's object in place)."""
+        # The foreign object and the reason quote what others wrote (a custom kind's
+        # text, a plan file's reason): one printable line each, whatever they hold.
+        foreign = printable(self.foreign.describe())
         if self.status == "met":
-            text = f"= {self.wanted.describe()}\n    (met by foreign: {self.foreign.describe()})"
+            text = f"= {self.wanted.describe()}\n    (met by foreign: {foreign})"
         else:
-            text = (f"! {self.wanted.describe()}\n"
-                    f"    (conflicts with foreign: {self.foreign.describe()})")
+            text = f"! {self.wanted.describe()}\n    (conflicts with foreign: {foreign})"
             if self.reason is not None:
-                text += f"\n    ({self.reason})"
+                text += f"\n    ({printable(self.reason)})"
         if self.owned is None:
             return text
         if self.owned == self.wanted:

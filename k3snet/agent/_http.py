@@ -30,6 +30,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from k3snet._logline import one_line
+
 __all__ = ["DEADLINE", "MAX_CONNECTIONS", "REQUEST_LIMIT", "HealthServer", "parse_listen"]
 
 MAX_CONNECTIONS = 64
@@ -322,7 +324,10 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _probe(result: tuple[bool, str]) -> tuple[int, bytes, str]:
     ok, reason = result
-    return (200 if ok else 503), (reason.rstrip("\n") + "\n").encode(), _TEXT
+    # The reason quotes a pass's failure (a foreign table's name, an API server's text):
+    # one printable line, so a probe's reader (curl, the kubelet's event) gets no escape
+    # sequence, and a byte that was not UTF-8 (a lone surrogate) no 500.
+    return (200 if ok else 503), (one_line(reason.rstrip("\n")) + "\n").encode(), _TEXT
 
 
 def _text(status: int, text: str) -> tuple[int, bytes, str]:

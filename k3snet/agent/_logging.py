@@ -76,7 +76,9 @@ class _TextFormatter(logging.Formatter):
             # A bug's traceback spans lines, each indented: its exception's message (an
             # API server's text, a name from the node) could otherwise begin a line at
             # the margin that reads as another record.
-            line += "".join(f"\n    {each}" for each in fields["exception"].splitlines())
+            # Each line printable too: no escape sequence reaches the reader's terminal.
+            line += "".join(f"\n    {_one_line(each)}"
+                            for each in fields["exception"].splitlines())
         return line
 
 

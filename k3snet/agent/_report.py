@@ -40,6 +40,7 @@ from typing import Any
 
 import attrs
 
+from k3snet._logline import one_line
 from k3snet.backends.kit import translate_errors
 from k3snet.kube import DEFAULT_TIMEOUT, Deadline, KubeApiError, KubeErrors
 
@@ -286,7 +287,10 @@ class NodeReporter:
             # node` selects Events by involvedObject.uid, and lists none without one.
             "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node,
                                "uid": self.node},
-            "reason": reason, "message": shortened(result.message, _EVENT_LIMIT), "type": kind,
+            # One printable line: `kubectl describe node` and `get events` print it as it
+            # is, and a pass's failure quotes others' text (a foreign table's name).
+            "reason": reason, "message": shortened(one_line(result.message), _EVENT_LIMIT),
+            "type": kind,
             "source": {"component": self.component, "host": self.node},
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
             "reportingComponent": self.component, "reportingInstance": self.node,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from k3snet._logline import printable
 from k3snet.model import cidr as _cidr
 from k3snet.model._base import (
     NetObject,
     interfaces_may_meet,
     is_interface_name,
     out_interface_rank,
-    printable,
     validate_interface_name,
 )
 from k3snet.model.cidr import (

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from k3snet._logline import printable
 from k3snet.errors import ModelError
 from k3snet.model.cidr import Address, Network, parse_address, parse_network
 
@@ -84,18 +85,6 @@ def optional_address(value: str | Address | None) -> Address | None:
 
 
 _MAX_TEXT = 512
-
-
-def printable(value: str) -> str:
-    """``value`` with every character that is not printable (a line break, a terminal
-    escape, a bidirectional override, a byte that is not UTF-8 read as a lone
-    surrogate) as its Python escape: text someone else wrote, safe on a terminal and
-    on a line of its own."""
-    if value.isprintable():
-        return value
-    return "".join(char if char.isprintable() else
-                   char.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   for char in value)
 
 
 def one_line(value: str) -> str:

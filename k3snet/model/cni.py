@@ -31,8 +31,9 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from k3snet._logline import printable
 from k3snet.errors import ModelError
-from k3snet.model._base import NetObject, net_tuple, optional_network, printable
+from k3snet.model._base import NetObject, net_tuple, optional_network
 from k3snet.model.cidr import (
     Address,
     Network,

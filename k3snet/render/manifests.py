@@ -45,6 +45,7 @@ import attrs
 
 from k3snet.errors import BackendError, Problem, SpecError
 from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, KubeErrors
+from k3snet.model import printable
 from k3snet.model.cidr import contains
 from k3snet.model.cni import namespace_problem, object_name_problem
 from k3snet.spec import ConnectivityTest, DnsZone, Spec, spec_backend_options, validate
@@ -1360,5 +1361,8 @@ def read_connectivity_result(
     if note:
         parts.append(note)
     verdict = {True: "passed", False: "FAILED", None: "pending"}[succeeded]
-    return ConnectivityResult(succeeded, f"connectivity test {verdict} -- " + "; ".join(parts),
-                              ping=ping, tcp=tcp)
+    # One printable line: a condition's or an event's message (an admission webhook's
+    # denial), a pod's log, are written by others and must not forge a verdict line.
+    return ConnectivityResult(
+        succeeded, printable(f"connectivity test {verdict} -- " + "; ".join(parts)),
+        ping=ping, tcp=tcp)

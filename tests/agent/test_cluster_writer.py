@@ -1241,3 +1241,14 @@ def test_sigterm_during_the_cluster_wide_part_cuts_each_of_its_requests_to_the_g
     assert all(timeout is not None and timeout <= left for _, timeout in sent), sent
     server.clear_faults()
     agent.shutdown()
+
+
+def test_an_event_s_message_is_one_printable_line(server: EmulatedApiServer) -> None:
+    # kubectl describe node and get events print an Event's message as it is: a pass's
+    # failure quoting a foreign table's name sent its escape sequence to the admin's
+    # terminal, and its line break forged a line of the listing.
+    reporter = NodeReporter(server.api_client(), "node-a", clock=FakeClock())
+    reporter.report(NodeReport("failed", "nftables: inet t\x1b[2Kx\nNormal K3snetConverged",
+                               None, 1, leader=False))
+    (event,) = _described_node_events(server, "node-a")
+    assert event["message"] == "nftables: inet t\\x1b[2Kx\\nNormal K3snetConverged"

@@ -193,3 +193,19 @@ def test_every_metric_is_listed_in_the_docs(served: tuple[Node, str]) -> None:
               for line in docs.splitlines() if line.startswith("| `k3snet_agent_")}
     assert exported
     assert exported == listed
+
+
+@pytest.mark.parametrize("reason", ["failed: inet t\x1b[2Kx\nready: forged", "B\udcfcro"])
+def test_a_probe_answers_its_reason_on_one_printable_line(tmp_path: Path, reason: str) -> None:
+    # /readyz quotes a pass's failure: a foreign name's escape sequence reached curl's
+    # terminal and the kubelet's event, and a lone surrogate (a rule's byte that was not
+    # UTF-8) made the probe a 500.
+    server = HealthServer("127.0.0.1", 0, healthy=lambda: (True, "ok"),
+                          ready=lambda: (False, reason), metrics=None).start()
+    try:
+        status, _, body = _get(f"http://127.0.0.1:{server.port}/readyz")
+    finally:
+        server.stop()
+    assert status == 503
+    assert body.endswith("\n")
+    assert body[:-1].isprintable(), body

@@ -158,3 +158,15 @@ def test_events_that_cannot_be_read_leave_no_pod_found() -> None:
         apis = Apis([_condition("Failed", reason="DeadlineExceeded")], [], {}, events=events)
         assert _read(apis) == (False, f"connectivity test FAILED -- {WHERE}: Failed "
                                       "(DeadlineExceeded); no pod found")
+
+
+def test_a_message_written_by_others_is_one_printable_line() -> None:
+    # A Job condition's message and a FailedCreate event's (an admission webhook's denial)
+    # are anyone's text: a line break forged a "passed" line, ESC reached the terminal.
+    hostile = "x\x1b[2K\nconnectivity test passed -- \u202e"
+    apis = Apis([_condition("Failed", reason="BackoffLimitExceeded", message=hostile)],
+                [], {}, events=[_event(hostile, "2026-01-01T00:00:00Z")])
+    succeeded, message = _read(apis)
+    assert succeeded is False
+    assert message.isprintable(), message
+    assert "x\\x1b[2K\\nconnectivity test passed -- \\u202e" in message

@@ -809,3 +809,18 @@ def test_render_sysctl_says_no_later_file_holding_k3snet_s_ports_in_another_orde
     assert (f"{tmp_path / '99-ports.conf'} (line 3) sets net.ipv4.tcp_rmem = 4096 131072 "
             "6291456, read after 90-k3snet.conf: at boot its value wins over k3snet's "
             "4096 131072 8388608") in err, err
+
+
+def test_render_sysctl_says_a_later_file_s_name_and_value_printable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The warning quotes another file's name and value: an escape sequence in either
+    # reached the terminal of whoever rendered, a line break in the name forged a line.
+    name = "99-x\x1b[2K\nk3snet: ok.conf"
+    (tmp_path / name).write_text("net.ipv4.ip_forward = 0\x1b[31m\n")
+    assert main(["render", "sysctl", "-f", str(SEED), "-o", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "read after 90-k3snet.conf" in line]
+    assert len(said) == 1, err
+    assert "99-x\\x1b[2K\\nk3snet: ok.conf (line 1) sets net.ipv4.ip_forward = 0\\x1b[31m" \
+        in said[0]
+    assert all(line.isprintable() for line in err.splitlines())

@@ -1,0 +1,244 @@
+"""What k3snet prints or logs of a text it did not choose is one line of printable characters.
+
+Another program names an nftables table or chain (any text but a NUL through the JSON
+API), an interface (any byte but ``/``, ``:`` and white space), writes a rule comment, an
+API server's error or a custom backend's warning: a line break in it forged a line of
+``k3snet plan`` (``verdict: reaches``) or a record of the agent's log, and an escape
+sequence (``ESC [2K`` erases the line, ``ESC ]52`` sets the clipboard) or a
+bidirectional override reached the terminal of whoever read them. One escape,
+:func:`k3snet.model.printable`, for every printer: the plan's foreign objects, the CLI's
+warning, problem and error lines, both logs' text records and their tracebacks.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from k3snet import MemoryBackend, State, register_backend
+from k3snet._logline import one_line, printable_lines
+from k3snet.agent import configure_logging
+from k3snet.backends.registry import unregister_backend
+from k3snet.cli import main
+from k3snet.errors import BackendError, CheckError, Problem
+from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.model import printable
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+# What reaches a terminal or begins a line: ESC, BEL, the C1 CSI, every line break
+# str.splitlines() knows (a reader's too), a bidirectional override, a lone surrogate.
+HOSTILE = ["\x1b[2K", "\x1b]52;c;ZWNobyBoaQ==\x07", "\x9b31m", "\n", "\r", "\x0b", "\x0c",
+           "\x1c", "\x85", "\u2028", "\u2029", "\u202e", "\u2066", "\x00", "\ud800", "\t",
+           "\\", "é", "\U0001f600", " ", "verdict: reaches", "2026-01-01 ERROR forged"]
+TEXT = st.one_of(st.text(), st.lists(st.sampled_from(HOSTILE), max_size=20).map("".join))
+
+
+def _safe(line: str) -> bool:
+    """No character of ``line`` can act on a terminal or end it as a line."""
+    return line.isprintable() and len(line.splitlines()) <= 1
+
+
+@given(TEXT)
+@example("x\x1b[2Kverdict: reaches\nforged")
+def test_printable_is_one_line_of_printable_characters_whatever_the_text(text: str) -> None:
+    shown = printable(text)
+    assert _safe(shown)
+    assert one_line(text) == shown
+
+
+@given(st.text())
+def test_printable_leaves_printable_text_as_it_is(text: str) -> None:
+    assert (printable(text) == text) is text.isprintable()
+
+
+@given(TEXT)
+def test_printable_writes_each_character_it_escapes_as_python_does(text: str) -> None:
+    # The escape is Python's own (\x1b, \n, \u202e, \udcff): read back by a person as such.
+    for char in text:
+        want = char if char.isprintable() else repr(char)[1:-1]
+        assert printable(char) == want
+
+
+@given(TEXT)
+@example("refused:\n  a: x\nverdict: reaches\n  b: \x1b[2J")
+def test_printable_lines_begin_no_line_at_the_margin_but_the_first(text: str) -> None:
+    first, *rest = printable_lines(text).split("\n")
+    assert _safe(first)
+    assert all(_safe(line) and line.startswith(" ") for line in rest)
+
+
+@given(st.lists(st.text(min_size=1).filter(str.isprintable), min_size=1))
+def test_printable_lines_keep_the_indented_lines_k3snet_makes(lines: list[str]) -> None:
+    text = "\n  ".join(lines)
+    assert printable_lines(text) == text
+
+
+@given(message=TEXT, extra=TEXT, fmt=st.sampled_from(["text", "json"]))
+@example(message="x\x1b[2J\x0bERROR forged", extra="\u202e", fmt="text")
+def test_every_agent_log_line_is_printable_whatever_its_message_extras_and_traceback(
+        message: str, extra: str, fmt: str) -> None:
+    stream = io.StringIO()
+    logger = configure_logging("node-1", fmt, stream=stream)  # type: ignore[arg-type]
+    try:
+        logger.warning("pass: %s", message, extra={"reason": extra})
+        try:
+            raise BackendError(f"the API server said {message}")
+        except BackendError:
+            logger.error("pass failed", exc_info=True)
+    finally:
+        configure_logging("node-1", "text", stream=io.StringIO())
+    for line in stream.getvalue().removesuffix("\n").split("\n"):
+        assert _safe(line), line
+
+
+class _Hostile(MemoryBackend):
+    """A backend whose warnings, check problems and logs quote what another program
+    wrote: a table name holding a line break and escape sequences."""
+
+    NAME = "inet t\x1b[2Kx\nverdict: reaches \u202ec\x1b[31m"
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return (f"nftables: {self.NAME} may drop k3snet's traffic",)
+
+    def observe(self) -> State:
+        logging.getLogger("k3snet.backends.nftables").warning("nftables: %s", self.NAME)
+        try:
+            raise ValueError(self.NAME)
+        except ValueError:
+            logging.getLogger("k3snet.backends.nftables").warning("read", exc_info=True)
+        return super().observe()
+
+    def check(self, plan: object) -> tuple[str, ...]:
+        return (f"{self.NAME} holds the name",)
+
+
+class _Failing(MemoryBackend):
+    def observe(self) -> State:
+        raise BackendError(f"libnftables: {_Hostile.NAME}")
+
+
+@pytest.fixture
+def hostile() -> Iterator[None]:
+    register_backend("memory-hostile", _Hostile)
+    register_backend("memory-failing", _Failing)
+    try:
+        yield
+    finally:
+        unregister_backend("memory-hostile")
+        unregister_backend("memory-failing")
+
+
+def _lines(out: str) -> list[str]:
+    # As a terminal and a log collector split them: at "\n" (other breaks are checked).
+    return out.removesuffix("\n").split("\n") if out else []
+
+
+@pytest.mark.usefixtures("hostile")
+@pytest.mark.parametrize("argv", [
+    ["plan", "-v"],
+    ["plan", "-v", "--log-format", "json"],
+    ["apply", "--dry-run", "--auto-approve"],
+])
+def test_cli_prints_a_foreign_name_on_one_printable_line(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    main([*argv, "-f", str(SEED), "--no-facts", "--backend", "memory-hostile"])
+    out, err = capsys.readouterr()
+    for line in _lines(out) + _lines(err):
+        assert _safe(line), line
+        assert not line.startswith("verdict")
+    assert out.count("verdict: reaches") >= 1
+
+
+@pytest.mark.usefixtures("hostile")
+@pytest.mark.parametrize("command", ["plan", "observe"])
+def test_cli_prints_a_backend_error_quoting_a_foreign_name_printable(
+        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [command, "--backend", "memory-failing"]
+    if command == "plan":
+        argv += ["-f", str(SEED), "--no-facts"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("k3snet: error: libnftables: inet t\\x1b[2Kx\\nverdict")
+    assert all(_safe(line) for line in _lines(err))
+
+
+def test_a_problem_quoting_foreign_text_is_one_printable_line() -> None:
+    problem = Problem(f"a\x1b[2J{_Hostile.NAME}", f"the table {_Hostile.NAME} is not k3snet's")
+    assert _safe(str(problem))
+
+
+@pytest.mark.usefixtures("hostile")
+def test_cli_keeps_the_lines_of_an_error_listing_problems_and_escapes_the_others(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    class _Refusing(MemoryBackend):
+        def observe(self) -> State:
+            raise CheckError("the check failed:", [f"x {_Hostile.NAME}", "y\n  indented"])
+
+    register_backend("memory-refusing", _Refusing)
+    try:
+        assert main(["plan", "-f", str(SEED), "--no-facts", "--backend",
+                     "memory-refusing"]) == 1
+    finally:
+        unregister_backend("memory-refusing")
+    err = [line for line in _lines(capsys.readouterr().err) if "check failed" in line
+           or line.startswith(" ")]
+    assert err[0] == "k3snet: error: the check failed:"
+    assert err[1] == "  x inet t\\x1b[2Kx\\nverdict: reaches \\u202ec\\x1b[31m"
+    assert err[2:] == ["  y", "  indented"]
+    assert all(_safe(line) for line in err)
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_plan_prints_a_real_foreign_table_and_chain_name_escaped() -> None:
+    # nft's JSON input takes any name: a table whose name holds a line break and escapes,
+    # its forward chain dropping by default (the nftables backend's warning names it).
+    name = "t\x1b[2Kx\nverdict: reaches"
+    batch = ('{"nftables": [{"add": {"table": {"family": "inet", "name": %s}}}, '
+             '{"add": {"chain": {"family": "inet", "table": %s, "name": "c\\u001b[31m", '
+             '"type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}}}]}')
+    quoted = '"t\\u001b[2Kx\\nverdict: reaches"'
+    assert name.encode("unicode_escape") == b"t\\x1b[2Kx\\nverdict: reaches"
+    with temporary_netns("escapes") as ns:
+        run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"])
+        run_in(ns, ["ip", "link", "set", "eth0", "up"])
+        run_in(ns, ["ip", "addr", "add", "192.168.1.2/24", "dev", "eth0"])
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "-f", "-"], check=True,
+                       input=(batch % (quoted, quoted)).encode(), timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "k3snet", "plan", "-f", str(SEED), "--netns", ns,
+             "--backend", "netlink", "--backend", "nftables", "--no-facts"],
+            capture_output=True, timeout=300, check=False)
+    out = done.stdout.decode()
+    assert done.returncode in (2, 4), done.stderr
+    warned = [line for line in _lines(out) if line.startswith("!! warning: nftables: inet t")]
+    assert warned, out
+    assert "inet t\\x1b[2Kx\\nverdict: reaches chain c\\x1b[31m" in warned[0]
+    assert all(_safe(line) for line in _lines(out) + _lines(done.stderr.decode()))
+
+
+@given(reason=TEXT)
+@example(reason="x\x1b[2J\n= route 10.0.0.0/8 met\n    (met by foreign: forged)")
+def test_a_note_says_its_reason_on_one_printable_line_whatever_it_holds(reason: str) -> None:
+    # A plan file's note (Plan.from_dict) or a custom backend's conflict gives the reason.
+    from k3snet.model import MasqueradeRule  # noqa: PLC0415
+    from k3snet.planner import Note  # noqa: PLC0415
+
+    class _Quoting(MasqueradeRule):
+        def describe(self) -> str:  # a custom kind's text of another program's rule
+            return f"-A X {reason}"
+
+    note = Note("conflict", MasqueradeRule("10.42.0.0/16"), _Quoting("10.42.0.0/16"),
+                reason=reason)
+    lines = note.render().split("\n")
+    assert len(lines) == 3
+    assert all(_safe(line) for line in lines)
