@@ -4,7 +4,8 @@
 can do the same::
 
     saved = PlanFile.make(p, desired=desired, observed=observed, backends=["netlink"],
-                          netns="node1", spec_path=Path("egress.yaml"))
+                          netns="node1", spec_path=Path("egress.yaml"),
+                          clusters=clusters_of(backend))    # none for netlink
     saved.write(Path("node1.plan"))
     again = PlanFile.read(Path("node1.plan"), netns=None)   # checks machine and namespace
     backend = NetlinkBackend(netns=again.node["netns"])
@@ -238,7 +239,9 @@ class PlanFile:
 
         ``options``: backend name -> the options it was built with from the spec and
         explicit overrides (JSON values; a PlanError otherwise). ``clusters``: backend
-        name -> the cluster it talks to (:func:`clusters_of` of the backends).
+        name -> the cluster it talks to (:func:`clusters_of` of the backends); ``None``
+        (not given): none recorded, and :meth:`refuse_elsewhere` compares none, as for a
+        file of before (an empty mapping: no backend talked to a cluster).
         """
         options = {name: dict(given) for name, given in (options or {}).items() if given}
         problem = _options_problem(options, backends)
@@ -248,7 +251,8 @@ class PlanFile:
             "path": str(spec_path), "sha256": hashlib.sha256(
                 read_input(spec_path, SPEC_MAX_BYTES)).hexdigest()}
         return cls(p, desired, tuple(backends), node_identity(netns), state_digest(observed),
-                   spec, options, allow_disruptive, dict(clusters or {}))
+                   spec, options, allow_disruptive,
+                   None if clusters is None else dict(clusters))
 
     def refuse_elsewhere(self, backend: object, path: Path | str = "the plan file") -> None:
         """A PlanError unless every backend of ``backend`` (a group's members) acting in a

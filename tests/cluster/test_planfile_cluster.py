@@ -89,3 +89,30 @@ def test_the_cluster_a_plan_file_names_is_escaped_in_the_refusal(
         err = capsys.readouterr().err
         assert "the cluster at \\x1b[2Jelsewhere\\nk3snet: ok, and backend 'calico'" in err, err
         assert "\x1b" not in err
+
+
+def test_a_plan_file_a_library_caller_made_without_clusters_is_applied_by_its_backends(
+        tmp_path: Path) -> None:
+    # PlanFile.make as the module's example calls it, naming no clusters: the file
+    # recorded none ({}), and refuse_elsewhere refused every cluster backend of the plan
+    # ("made against the cluster at none") where a file of before is let through.
+    from kubernetes import client  # noqa: PLC0415 - optional dependency
+
+    from k3snet import State, plan  # noqa: PLC0415
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.planfile import PlanFile  # noqa: PLC0415
+
+    configuration = client.Configuration()
+    configuration.host = "https://127.0.0.1:6443"
+    backend = CalicoBackend(api_client=client.ApiClient(configuration), api="crd")
+    try:
+        made = PlanFile.make(plan(State(), State()), desired=State(), observed=State(),
+                             backends=["calico"], netns=None)
+        assert made.clusters is None
+        made.write(tmp_path / "node.plan")
+        assert "clusters" not in json.loads((tmp_path / "node.plan").read_text())
+        saved = PlanFile.read(tmp_path / "node.plan", netns=None)
+        assert saved.clusters is None
+        saved.refuse_elsewhere(backend)
+    finally:
+        backend.close()
