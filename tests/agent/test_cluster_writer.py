@@ -703,6 +703,36 @@ def test_a_throttled_node_patch_is_tried_again_no_sooner_than_the_api_server_ask
     assert _report_calls(server)[0] == 4  # the limit holds
 
 
+def test_a_throttled_event_is_tried_again_no_sooner_than_the_api_server_asked(
+    server: EmulatedApiServer,
+) -> None:
+    # The Node patch waited for a 429's Retry-After; the Event beside it did not: it went
+    # again 10, 20, 40 and 80 s later, every try inside the window the API server had
+    # asked to be left alone for, and was given up after EVENT_TRIES of them.
+    clock = FakeClock()
+    reporter = NodeReporter(server.api_client(), "node-a", clock=clock)
+    server.fail(429, method="POST", plural="events", times=1, retry_after=60)
+    ok = NodeReport("ok", "in sync: no changes", None, 1, leader=False)
+    reporter.report(ok)
+    assert _report_calls(server) == (1, 1)
+    for _ in range(59):  # 59 unchanged passes, a second apart
+        clock.now += 1
+        reporter.report(ok)
+    assert _report_calls(server) == (1, 1)
+    clock.now += 1
+    reporter.report(ok)
+    assert _report_calls(server) == (1, 2)
+    assert [e["reason"] for e in server.objects("v1/events")] == ["K3snetConverged"]
+    # What it asks is bounded as the Node patch's is.
+    server.fail(429, method="POST", plural="events", times=1, retry_after=86400)
+    failed = NodeReport("failed", "apply: refused", None, 1, leader=False)
+    reporter.report(failed)
+    assert _report_calls(server) == (2, 3)
+    clock.now += PATCH_RETRY_LIMIT
+    reporter.report(failed)
+    assert _report_calls(server) == (2, 4)
+
+
 def test_an_unchanged_result_is_written_again_once_the_reassert_interval_is_over(
     server: EmulatedApiServer,
 ) -> None:
