@@ -984,7 +984,8 @@ def test_a_spec_configmap_the_api_fails_to_read_keeps_the_last_good_spec_repairi
     sha = agent.spec_sha256
     assert sha is not None
     tries = NOT_READY_AFTER + 1
-    server.fail(status, method="GET", plural="configmaps", delay=delay, times=tries)
+    # (times=None: a 410 is asked again at once without the version, a second request)
+    server.fail(status, method="GET", plural="configmaps", delay=delay, times=None)
     for number in range(tries):
         result = agent.run_pass()
         assert result.status == "ok"
@@ -1002,6 +1003,7 @@ def test_a_spec_configmap_the_api_fails_to_read_keeps_the_last_good_spec_repairi
     assert _sample(agent, "k3snet_agent_ready") == 1
     assert _events(server) == 1  # no Event: the status never changed
     assert _node_status(server) == "ok"
+    server.clear_faults()
     again = agent.run_pass()
     assert (again.status, again.message) == ("ok", "in sync: no changes")
     assert _sample(agent, "k3snet_agent_spec_read_errors_total", reason=reason) == tries
@@ -1053,6 +1055,25 @@ def test_a_spec_configmap_is_read_from_the_watch_cache_never_older_than_the_last
     agent.run_pass()
     assert _spec_reads(server)[7:] == [{"resourceVersion": second}] * 2
     assert agent.generation == 2
+    assert len(memory.state.owned) == 4
+
+
+@pytest.mark.parametrize("status", [400, 410])
+def test_a_spec_configmap_whose_last_version_is_refused_is_read_again_as_a_quorum_read(
+        server: EmulatedApiServer, status: int) -> None:
+    # The version last read refused as such (400: not a version this API server, or a
+    # proxy before it, takes; 410: gone) kept being asked: every later read failed, the
+    # spec never read again until the agent restarted, where a quorum read is served.
+    agent, memory = _configmap_agent(server)
+    assert agent.run_pass().status == "ok"
+    first = _version(server)
+    server.fail(status, method="GET", plural="configmaps", param="resourceVersion",
+                times=None)
+    for _ in range(3):
+        result = agent.run_pass()
+        assert (result.status, result.message) == ("ok", "in sync: no changes")
+    assert _spec_reads(server) == [{}] + [{"resourceVersion": first}, {}] * 3
+    assert agent.generation == 1
     assert len(memory.state.owned) == 4
 
 
