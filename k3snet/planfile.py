@@ -4,7 +4,8 @@
 can do the same::
 
     saved = PlanFile.make(p, desired=desired, observed=observed, backends=["netlink"],
-                          netns="node1", spec_path=Path("egress.yaml"))
+                          netns="node1", spec_path=Path("egress.yaml"),
+                          clusters=clusters_of(backend))    # none for netlink
     saved.write(Path("node1.plan"))
     again = PlanFile.read(Path("node1.plan"), netns=None)   # checks machine and namespace
     backend = NetlinkBackend(netns=again.node["netns"])
@@ -19,6 +20,8 @@ options and the desired state (schema: ``k3snet.schemas.load_schema("planfile")`
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import errno
 import hashlib
@@ -147,23 +150,54 @@ def node_identity(netns: str | None) -> dict[str, str | None]:
 
 def _cluster(api_client: Any) -> str:
     """What tells the cluster an ``ApiClient`` talks to from another: its API server's
-    address and the SHA-256 of the certificate authority it trusts (K3s makes one per
+    address and a digest of the certificate authorities it trusts (K3s makes one per
     cluster, and every K3s node's kubeconfig names https://127.0.0.1:6443); the address
     alone when it names none."""
     configuration = getattr(api_client, "configuration", None)
     host = str(getattr(configuration, "host", None) or "an unknown API server")
-    authority = getattr(configuration, "ssl_ca_cert", None)
-    if not authority:
-        return host
-    try:
-        data = read_input(authority, _MAX_AUTHORITY)
-    except (OSError, TypeError):
-        return host
-    return f"{host} (certificate authority sha256:{hashlib.sha256(data).hexdigest()[:16]})"
+    digest = _authorities_digest(configuration)
+    return host if digest is None else f"{host} (certificate authority sha256:{digest})"
 
 
 _MAX_AUTHORITY = 1024 * 1024
 """The largest certificate authority file read for :func:`_cluster`."""
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*)-----END CERTIFICATE-----")
+
+
+def _authorities_digest(configuration: Any) -> str | None:
+    """The SHA-256 (16 digits) of the certificates the client verifies the API server
+    with: ``ssl_ca_cert``'s file and ``ca_cert_data`` (the client trusts both), each
+    certificate as its DER bytes, in no order: the same authorities whether given as a
+    file or as data, with either line ends, blank lines, in any order in a bundle.
+    ``None``: none given (or the file is unreadable)."""
+    given: list[bytes] = []
+    path = getattr(configuration, "ssl_ca_cert", None)
+    if path:
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            given.append(read_input(path, _MAX_AUTHORITY))
+    data = getattr(configuration, "ca_cert_data", None)
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    if isinstance(data, bytes) and data:
+        given.append(data)
+    certificates: set[bytes] = set()
+    for blob in given:
+        bodies = _PEM_CERTIFICATE.findall(blob)
+        if not bodies:
+            certificates.add(blob)  # DER (ca_cert_data takes it), or else as it is
+        for body in bodies:
+            try:
+                certificates.add(base64.b64decode(b"".join(body.split()), validate=True))
+            except binascii.Error:
+                certificates.add(body)
+    if not certificates:
+        return None
+    digest = hashlib.sha256()
+    for certificate in sorted(certificates):
+        digest.update(hashlib.sha256(certificate).digest())
+    return digest.hexdigest()[:16]
 
 
 def clusters_of(backend: object) -> dict[str, str]:
@@ -238,7 +272,9 @@ class PlanFile:
 
         ``options``: backend name -> the options it was built with from the spec and
         explicit overrides (JSON values; a PlanError otherwise). ``clusters``: backend
-        name -> the cluster it talks to (:func:`clusters_of` of the backends).
+        name -> the cluster it talks to (:func:`clusters_of` of the backends); ``None``
+        (not given): none recorded, and :meth:`refuse_elsewhere` compares none, as for a
+        file of before (an empty mapping: no backend talked to a cluster).
         """
         options = {name: dict(given) for name, given in (options or {}).items() if given}
         problem = _options_problem(options, backends)
@@ -248,7 +284,8 @@ class PlanFile:
             "path": str(spec_path), "sha256": hashlib.sha256(
                 read_input(spec_path, SPEC_MAX_BYTES)).hexdigest()}
         return cls(p, desired, tuple(backends), node_identity(netns), state_digest(observed),
-                   spec, options, allow_disruptive, dict(clusters or {}))
+                   spec, options, allow_disruptive,
+                   None if clusters is None else dict(clusters))
 
     def refuse_elsewhere(self, backend: object, path: Path | str = "the plan file") -> None:
         """A PlanError unless every backend of ``backend`` (a group's members) acting in a

@@ -12,7 +12,8 @@ API server writes nothing and tells no watcher). Each
 change of status also creates an Event on the Node (``kubectl describe node``
 lists it; Events expire after an hour, the annotation stays). An Event that
 cannot be created (no RBAC for Events: 403) is tried again on later passes
-without patching the Node again, after 10, 20, 40 and 80 s, then given up
+without patching the Node again, after 10, 20, 40 and 80 s (not before the
+``Retry-After`` a 429 named, up to :data:`PATCH_RETRY_LIMIT`), then given up
 (:data:`EVENT_TRIES`). A Node patch that fails is tried again by a later pass, 10 s
 later, then twice as long after each further failure, up to :data:`PATCH_RETRY_LIMIT`,
 and not before the ``Retry-After`` its answer named (a 429; up to that limit too) (the
@@ -270,7 +271,9 @@ class NodeReporter:
                              "given up; the Node's annotation says it): %s",
                              result.status, tries, exc)
                 return
-            wait = _EVENT_RETRY * 2 ** (tries - 1)
+            # Not before the Retry-After a 429 named (bounded as the Node patch's is).
+            wait = min(PATCH_RETRY_LIMIT, max(_EVENT_RETRY * 2.0 ** (tries - 1),
+                                              exc.retry_after or 0.0))
             self._pending = (result, stamp, tries, self._clock() + wait)
             _log.warning("cannot create the Event for the node's status %r (try %d of %d, "
                          "next in %.0f s): %s", result.status, tries, EVENT_TRIES, wait, exc)

@@ -86,6 +86,11 @@ class FileSpecSource:
         return read_text(self.path) if text is None else text
 
 
+_VERSION_NOT_SERVED = frozenset({400, 410, 504})
+"""Answers to a read asking for the ConfigMap not older than a version that a quorum read
+(no version) does not get for that reason: read again at once without it."""
+
+
 class ConfigMapSpecSource:
     """One key of a ConfigMap, read through the API (one GET) by every pass the interval
     starts, not by those a change on the node starts (see :attr:`remote`).
@@ -155,12 +160,14 @@ class ConfigMapSpecSource:
         """The ConfigMap as JSON data: not older than the last read when there was one
         (from the watch cache), else a quorum read; one whose version the cache did not
         reach in time (504, ``Timeout``: an API server just restarted, another behind the
-        one last read) is asked again at once as a quorum read."""
+        one last read) or that version refused (400, 410: a version that API server, or a
+        proxy before it, does not take; asked again, every later read failed) is asked
+        again at once as a quorum read."""
         if self._version is not None:
             try:
                 return self._request(self._version)
             except KubeApiError as exc:
-                if exc.status != 504:
+                if exc.status not in _VERSION_NOT_SERVED:
                     raise
                 self._version = None
         return self._request(None)

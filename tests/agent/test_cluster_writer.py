@@ -703,6 +703,36 @@ def test_a_throttled_node_patch_is_tried_again_no_sooner_than_the_api_server_ask
     assert _report_calls(server)[0] == 4  # the limit holds
 
 
+def test_a_throttled_event_is_tried_again_no_sooner_than_the_api_server_asked(
+    server: EmulatedApiServer,
+) -> None:
+    # The Node patch waited for a 429's Retry-After; the Event beside it did not: it went
+    # again 10, 20, 40 and 80 s later, every try inside the window the API server had
+    # asked to be left alone for, and was given up after EVENT_TRIES of them.
+    clock = FakeClock()
+    reporter = NodeReporter(server.api_client(), "node-a", clock=clock)
+    server.fail(429, method="POST", plural="events", times=1, retry_after=60)
+    ok = NodeReport("ok", "in sync: no changes", None, 1, leader=False)
+    reporter.report(ok)
+    assert _report_calls(server) == (1, 1)
+    for _ in range(59):  # 59 unchanged passes, a second apart
+        clock.now += 1
+        reporter.report(ok)
+    assert _report_calls(server) == (1, 1)
+    clock.now += 1
+    reporter.report(ok)
+    assert _report_calls(server) == (1, 2)
+    assert [e["reason"] for e in server.objects("v1/events")] == ["K3snetConverged"]
+    # What it asks is bounded as the Node patch's is.
+    server.fail(429, method="POST", plural="events", times=1, retry_after=86400)
+    failed = NodeReport("failed", "apply: refused", None, 1, leader=False)
+    reporter.report(failed)
+    assert _report_calls(server) == (2, 3)
+    clock.now += PATCH_RETRY_LIMIT
+    reporter.report(failed)
+    assert _report_calls(server) == (2, 4)
+
+
 def test_an_unchanged_result_is_written_again_once_the_reassert_interval_is_over(
     server: EmulatedApiServer,
 ) -> None:
@@ -954,7 +984,8 @@ def test_a_spec_configmap_the_api_fails_to_read_keeps_the_last_good_spec_repairi
     sha = agent.spec_sha256
     assert sha is not None
     tries = NOT_READY_AFTER + 1
-    server.fail(status, method="GET", plural="configmaps", delay=delay, times=tries)
+    # (times=None: a 410 is asked again at once without the version, a second request)
+    server.fail(status, method="GET", plural="configmaps", delay=delay, times=None)
     for number in range(tries):
         result = agent.run_pass()
         assert result.status == "ok"
@@ -972,6 +1003,7 @@ def test_a_spec_configmap_the_api_fails_to_read_keeps_the_last_good_spec_repairi
     assert _sample(agent, "k3snet_agent_ready") == 1
     assert _events(server) == 1  # no Event: the status never changed
     assert _node_status(server) == "ok"
+    server.clear_faults()
     again = agent.run_pass()
     assert (again.status, again.message) == ("ok", "in sync: no changes")
     assert _sample(agent, "k3snet_agent_spec_read_errors_total", reason=reason) == tries
@@ -1023,6 +1055,25 @@ def test_a_spec_configmap_is_read_from_the_watch_cache_never_older_than_the_last
     agent.run_pass()
     assert _spec_reads(server)[7:] == [{"resourceVersion": second}] * 2
     assert agent.generation == 2
+    assert len(memory.state.owned) == 4
+
+
+@pytest.mark.parametrize("status", [400, 410])
+def test_a_spec_configmap_whose_last_version_is_refused_is_read_again_as_a_quorum_read(
+        server: EmulatedApiServer, status: int) -> None:
+    # The version last read refused as such (400: not a version this API server, or a
+    # proxy before it, takes; 410: gone) kept being asked: every later read failed, the
+    # spec never read again until the agent restarted, where a quorum read is served.
+    agent, memory = _configmap_agent(server)
+    assert agent.run_pass().status == "ok"
+    first = _version(server)
+    server.fail(status, method="GET", plural="configmaps", param="resourceVersion",
+                times=None)
+    for _ in range(3):
+        result = agent.run_pass()
+        assert (result.status, result.message) == ("ok", "in sync: no changes")
+    assert _spec_reads(server) == [{}] + [{"resourceVersion": first}, {}] * 3
+    assert agent.generation == 1
     assert len(memory.state.owned) == 4
 
 
