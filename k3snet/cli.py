@@ -325,6 +325,8 @@ class _KnownBackends:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
+    from k3snet.backends.discover import NODE_BACKENDS  # noqa: PLC0415 - destroy's help
+
     common = _common_options()
     parser = _Parser(
         prog="k3snet",
@@ -342,9 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
     def node_command(name: str, help_text: str, *, spec_required: bool | None = True,
-                     output: bool = True) -> Any:
+                     output: bool = True,
+                     backends: str = f"else {' + '.join(DEFAULT_BACKENDS)}") -> Any:
         """A command acting on a node; ``spec_required=None``: the caller adds ``-f``;
-        ``output=False``: no ``--output`` (the agent's output is its log)."""
+        ``output=False``: no ``--output`` (the agent's output is its log); ``backends``:
+        the backends used without ``--backend`` nor a spec's, as ``--backend`` says."""
         cmd = add(name, help_text)
         if spec_required is not None:
             cmd.add_argument("-f", "--spec", required=spec_required, type=_read_path,
@@ -353,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--backend", action=_AppendBackend, default=[], metavar="NAME[:KINDS]",
             type=_backend_entry,
             help="backend to use, repeatable; KINDS limits it, e.g. iptables:forward "
-                 f"(default: the spec's, else {' + '.join(DEFAULT_BACKENDS)}; "
+                 f"(default: the spec's, {backends}; "
                  "known: %(known)s)")
         backend.known = _KnownBackends()  # argparse fills %(known)s from the action
         cmd.add_argument("--netns", type=_netns_name, help="act inside this network namespace")
@@ -393,7 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "backend (refused by default: see `k3snet destroy`)")
     destroy = node_command("destroy", "Remove everything k3snet owns (rules, routes; owned "
                            "sysctls get their previous values back); nothing else is touched.",
-                           spec_required=False)
+                           spec_required=False,
+                           # Not the defaults: those left an iptables node's masquerade.
+                           backends="else each of " + ", ".join(
+                               label for label, _, _ in NODE_BACKENDS)
+                           + " holding k3snet's objects")
     _destroy_arguments(destroy)
     for cmd in (apply, destroy):
         _lock_timeout_flag(cmd)
@@ -439,7 +447,8 @@ def _destroy_arguments(destroy: argparse.ArgumentParser) -> None:
     destroy.add_argument("--auto-approve", action="store_true",
                          help="do not ask for confirmation (needed when stdin is not a terminal)")
     destroy.add_argument("--dry-run", action="store_true",
-                         help="print what would be removed, change nothing")
+                         help="print what would be removed and run the backends' check "
+                              "of it; change nothing (exit 2: something to remove)")
     destroy.add_argument("--detailed-exitcode", action="store_true",
                          help="exit 2 when something was removed, 0 when there was nothing")
 
