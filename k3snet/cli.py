@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--dry-run", action="store_true",
                        help="run the backends' own check of the plan; change nothing")
     apply.add_argument("--detailed-exitcode", action="store_true",
-                       help="exit 2 when changes were made, 0 when there was nothing to do")
+                       help="exit 2 when changes were made (with --dry-run: when there "
+                            "are changes to make), 0 when there was nothing to do")
     for cmd in (plan_cmd, apply):
         _allow_disruptive_flag(cmd)
     apply.add_argument("--allow-teardown", action="store_true",
