@@ -1491,26 +1491,7 @@ def _completion(shell: str) -> str:
     options = {name: sorted({o for a in cmd._actions for o in a.option_strings})
                for name, cmd in sub.choices.items()}
     if shell == "bash":
-        cases = "\n".join(f'        {name}) opts="{" ".join(opts)}" ;;'
-                          for name, opts in sorted(options.items()))
-        return f"""# k3snet bash completion: source <(k3snet completion bash)
-_k3snet() {{
-    local cur=${{COMP_WORDS[COMP_CWORD]}} cmd=${{COMP_WORDS[1]}} opts
-    if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=($(compgen -W "{' '.join(commands)} --help --version" -- "$cur"))
-        return
-    fi
-    case $cmd in
-{cases}
-    esac
-    if [[ $cur == -* ]]; then
-        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
-    else
-        COMPREPLY=($(compgen -f -- "$cur"))
-    fi
-}}
-complete -o filenames -F _k3snet k3snet
-"""
+        return _bash_completion(sub.choices, commands, options)
     cases = "\n".join(f"        ({name}) _arguments '*:file:_files' "
                       + " ".join(f"'{o}[option]'" for o in opts) + " ;;"
                       for name, opts in sorted(options.items()))
@@ -1526,6 +1507,74 @@ _k3snet() {{
     esac
 }}
 compdef _k3snet k3snet
+"""
+
+
+def _bash_completion(parsers: Mapping[str, argparse.ArgumentParser], commands: list[str],
+                     options: Mapping[str, list[str]]) -> str:
+    """The bash script: the command is the first word that is no common option (``k3snet
+    -v plan``, as :func:`_common_after_command` reads it: the command's options were never
+    offered there); an option's value, and ``render WHAT`` and ``completion SHELL``, from
+    their choices (``--backend`` from the backends known here), the rest from files."""
+    words = {"--backend": " ".join(available_backends())}
+    values: list[str] = []
+    firsts: list[str] = []
+    for name, command in sorted(parsers.items()):
+        for action in command._actions:
+            choices = " ".join(map(str, action.choices or ()))
+            if not action.option_strings and choices and not isinstance(
+                    action, argparse._SubParsersAction):
+                firsts.append(f'        {name}) COMPREPLY=($(compgen -W "{choices}" -- "$cur"))'
+                              "; return ;;")
+            for option in action.option_strings:
+                if option in _COMMON_VALUED:
+                    continue  # every command's: said once, below
+                known = choices or words.get(option, "")
+                if known:
+                    values.append(f'        {name}:{option}) COMPREPLY=($(compgen -W "{known}"'
+                                  ' -- "$cur")); return ;;')
+    cases = "\n".join(f'        {name}) opts="{" ".join(opts)}" ;;'
+                      for name, opts in sorted(options.items()))
+    common = " ".join(_COMMON_VALUED)
+    skip = "|".join(_COMMON_VALUED)
+    return f"""# k3snet bash completion: source <(k3snet completion bash)
+_k3snet() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}} cmd="" at=0 i opts
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case ${{COMP_WORDS[i]}} in
+            {skip}) ((i++)) ;;
+            -*) ;;
+            *) cmd=${{COMP_WORDS[i]}} at=$i; break ;;
+        esac
+    done
+    if [[ -z $cmd ]]; then
+        case $prev in
+            --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return ;;
+            --color) COMPREPLY=($(compgen -W "auto always never" -- "$cur")); return ;;
+        esac
+        COMPREPLY=($(compgen -W "{' '.join(commands)} --help --version -v -q {common}" -- "$cur"))
+        return
+    fi
+    case $cmd:$prev in
+        *:--log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return ;;
+        *:--color) COMPREPLY=($(compgen -W "auto always never" -- "$cur")); return ;;
+{chr(10).join(values)}
+    esac
+    if [[ $COMP_CWORD -eq $((at + 1)) && $cur != -* ]]; then
+        case $cmd in
+{chr(10).join(firsts)}
+        esac
+    fi
+    case $cmd in
+{cases}
+    esac
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+complete -o filenames -F _k3snet k3snet
 """
 
 
