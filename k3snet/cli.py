@@ -1020,10 +1020,14 @@ def _written_path(text: str) -> Path:
     ``plan --out json`` saved a plan file ``json``)."""
     _not_a_stream(text, "output")
     if text in _FORMAT_WORDS and not os.path.lexists(text):
+        # No command takes --output yaml: the hint named one that is a usage error too.
+        formats = ("no command has a yaml format: render manifests without -o prints YAML "
+                   "on stdout" if text == "yaml" else
+                   f"that is --output {text} of the commands that have one, -o {text} of "
+                   "doctor")
         raise argparse.ArgumentTypeError(
             f"{text!r} is where to write (a file or directory named {text} here), not an "
-            f"output format (that is --output {text} of the commands that have one, -o "
-            f"{text} of doctor); give ./{text} for a path of that name")
+            f"output format ({formats}); give ./{text} for a path of that name")
     return Path(text)
 
 

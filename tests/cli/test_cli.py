@@ -722,8 +722,10 @@ def test_an_output_format_given_as_where_to_write_is_a_usage_error(
         main(argv)
     assert caught.value.code == EXIT_USAGE
     where = argv[-1]
+    err = capsys.readouterr().err
     assert (f"{where!r} is where to write (a file or directory named {where} here), not an "
-            f"output format") in capsys.readouterr().err
+            f"output format") in err
+    assert "--output yaml" not in err  # no command takes it: the hint was a usage error too
     assert list(tmp_path.iterdir()) == []
 
 
