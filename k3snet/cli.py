@@ -833,10 +833,17 @@ class _HeldWarnings(logging.Filter):
         return True
 
     def release(self) -> None:
+        """Log the records held, each text once: two backends reading the same thing
+        (both iptables flavours looked through by ``destroy``, each naming k3snet's
+        nftables table) said it twice."""
         self.handler.removeFilter(self)
         held, self.held = self.held, []
+        said: set[tuple[int, str]] = set()
         for record in held:
-            self.handler.handle(record)
+            key = (record.levelno, record.getMessage())
+            if key not in said:
+                said.add(key)
+                self.handler.handle(record)
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
