@@ -326,6 +326,8 @@ class _KnownBackends:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
+    from k3snet.backends.discover import NODE_BACKENDS  # noqa: PLC0415 - destroy's help
+
     common = _common_options()
     parser = _Parser(
         prog="k3snet",
@@ -343,9 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, parents=[common])
 
     def node_command(name: str, help_text: str, *, spec_required: bool | None = True,
-                     output: bool = True) -> Any:
+                     output: bool = True,
+                     backends: str = f"else {' + '.join(DEFAULT_BACKENDS)}") -> Any:
         """A command acting on a node; ``spec_required=None``: the caller adds ``-f``;
-        ``output=False``: no ``--output`` (the agent's output is its log)."""
+        ``output=False``: no ``--output`` (the agent's output is its log); ``backends``:
+        the backends used without ``--backend`` nor a spec's, as ``--backend`` says."""
         cmd = add(name, help_text)
         if spec_required is not None:
             cmd.add_argument("-f", "--spec", required=spec_required, type=_read_path,
@@ -354,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--backend", action=_AppendBackend, default=[], metavar="NAME[:KINDS]",
             type=_backend_entry,
             help="backend to use, repeatable; KINDS limits it, e.g. iptables:forward "
-                 f"(default: the spec's, else {' + '.join(DEFAULT_BACKENDS)}; "
+                 f"(default: the spec's, {backends}; "
                  "known: %(known)s)")
         backend.known = _KnownBackends()  # argparse fills %(known)s from the action
         cmd.add_argument("--netns", type=_netns_name, help="act inside this network namespace")
@@ -386,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--dry-run", action="store_true",
                        help="run the backends' own check of the plan; change nothing")
     apply.add_argument("--detailed-exitcode", action="store_true",
-                       help="exit 2 when changes were made, 0 when there was nothing to do")
+                       help="exit 2 when changes were made (with --dry-run: when there "
+                            "are changes to make), 0 when there was nothing to do")
     for cmd in (plan_cmd, apply):
         _allow_disruptive_flag(cmd)
     apply.add_argument("--allow-teardown", action="store_true",
@@ -394,7 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "backend (refused by default: see `k3snet destroy`)")
     destroy = node_command("destroy", "Remove everything k3snet owns (rules, routes; owned "
                            "sysctls get their previous values back); nothing else is touched.",
-                           spec_required=False)
+                           spec_required=False,
+                           # Not the defaults: those left an iptables node's masquerade.
+                           backends="else each of " + ", ".join(
+                               label for label, _, _ in NODE_BACKENDS)
+                           + " holding k3snet's objects")
     _destroy_arguments(destroy)
     for cmd in (apply, destroy):
         _lock_timeout_flag(cmd)
@@ -440,7 +449,8 @@ def _destroy_arguments(destroy: argparse.ArgumentParser) -> None:
     destroy.add_argument("--auto-approve", action="store_true",
                          help="do not ask for confirmation (needed when stdin is not a terminal)")
     destroy.add_argument("--dry-run", action="store_true",
-                         help="print what would be removed, change nothing")
+                         help="print what would be removed and run the backends' check "
+                              "of it; change nothing (exit 2: something to remove)")
     destroy.add_argument("--detailed-exitcode", action="store_true",
                          help="exit 2 when something was removed, 0 when there was nothing")
 
@@ -825,10 +835,17 @@ class _HeldWarnings(logging.Filter):
         return True
 
     def release(self) -> None:
+        """Log the records held, each text once: two backends reading the same thing
+        (both iptables flavours looked through by ``destroy``, each naming k3snet's
+        nftables table) said it twice."""
         self.handler.removeFilter(self)
         held, self.held = self.held, []
+        said: set[tuple[int, str]] = set()
         for record in held:
-            self.handler.handle(record)
+            key = (record.levelno, record.getMessage())
+            if key not in said:
+                said.add(key)
+                self.handler.handle(record)
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -1012,10 +1029,14 @@ def _written_path(text: str) -> Path:
     ``plan --out json`` saved a plan file ``json``)."""
     _not_a_stream(text, "output")
     if text in _FORMAT_WORDS and not os.path.lexists(text):
+        # No command takes --output yaml: the hint named one that is a usage error too.
+        formats = ("no command has a yaml format: render manifests without -o prints YAML "
+                   "on stdout" if text == "yaml" else
+                   f"that is --output {text} of the commands that have one, -o {text} of "
+                   "doctor")
         raise argparse.ArgumentTypeError(
             f"{text!r} is where to write (a file or directory named {text} here), not an "
-            f"output format (that is --output {text} of the commands that have one, -o "
-            f"{text} of doctor); give ./{text} for a path of that name")
+            f"output format ({formats}); give ./{text} for a path of that name")
     return Path(text)
 
 
@@ -1483,26 +1504,7 @@ def _completion(shell: str) -> str:
     options = {name: sorted({o for a in cmd._actions for o in a.option_strings})
                for name, cmd in sub.choices.items()}
     if shell == "bash":
-        cases = "\n".join(f'        {name}) opts="{" ".join(opts)}" ;;'
-                          for name, opts in sorted(options.items()))
-        return f"""# k3snet bash completion: source <(k3snet completion bash)
-_k3snet() {{
-    local cur=${{COMP_WORDS[COMP_CWORD]}} cmd=${{COMP_WORDS[1]}} opts
-    if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=($(compgen -W "{' '.join(commands)} --help --version" -- "$cur"))
-        return
-    fi
-    case $cmd in
-{cases}
-    esac
-    if [[ $cur == -* ]]; then
-        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
-    else
-        COMPREPLY=($(compgen -f -- "$cur"))
-    fi
-}}
-complete -o filenames -F _k3snet k3snet
-"""
+        return _bash_completion(sub.choices, commands, options)
     cases = "\n".join(f"        ({name}) _arguments '*:file:_files' "
                       + " ".join(f"'{o}[option]'" for o in opts) + " ;;"
                       for name, opts in sorted(options.items()))
@@ -1518,6 +1520,74 @@ _k3snet() {{
     esac
 }}
 compdef _k3snet k3snet
+"""
+
+
+def _bash_completion(parsers: Mapping[str, argparse.ArgumentParser], commands: list[str],
+                     options: Mapping[str, list[str]]) -> str:
+    """The bash script: the command is the first word that is no common option (``k3snet
+    -v plan``, as :func:`_common_after_command` reads it: the command's options were never
+    offered there); an option's value, and ``render WHAT`` and ``completion SHELL``, from
+    their choices (``--backend`` from the backends known here), the rest from files."""
+    words = {"--backend": " ".join(available_backends())}
+    values: list[str] = []
+    firsts: list[str] = []
+    for name, command in sorted(parsers.items()):
+        for action in command._actions:
+            choices = " ".join(map(str, action.choices or ()))
+            if not action.option_strings and choices and not isinstance(
+                    action, argparse._SubParsersAction):
+                firsts.append(f'        {name}) COMPREPLY=($(compgen -W "{choices}" -- "$cur"))'
+                              "; return ;;")
+            for option in action.option_strings:
+                if option in _COMMON_VALUED:
+                    continue  # every command's: said once, below
+                known = choices or words.get(option, "")
+                if known:
+                    values.append(f'        {name}:{option}) COMPREPLY=($(compgen -W "{known}"'
+                                  ' -- "$cur")); return ;;')
+    cases = "\n".join(f'        {name}) opts="{" ".join(opts)}" ;;'
+                      for name, opts in sorted(options.items()))
+    common = " ".join(_COMMON_VALUED)
+    skip = "|".join(_COMMON_VALUED)
+    return f"""# k3snet bash completion: source <(k3snet completion bash)
+_k3snet() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}} cmd="" at=0 i opts
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case ${{COMP_WORDS[i]}} in
+            {skip}) ((i++)) ;;
+            -*) ;;
+            *) cmd=${{COMP_WORDS[i]}} at=$i; break ;;
+        esac
+    done
+    if [[ -z $cmd ]]; then
+        case $prev in
+            --log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return ;;
+            --color) COMPREPLY=($(compgen -W "auto always never" -- "$cur")); return ;;
+        esac
+        COMPREPLY=($(compgen -W "{' '.join(commands)} --help --version -v -q {common}" -- "$cur"))
+        return
+    fi
+    case $cmd:$prev in
+        *:--log-format) COMPREPLY=($(compgen -W "text json" -- "$cur")); return ;;
+        *:--color) COMPREPLY=($(compgen -W "auto always never" -- "$cur")); return ;;
+{chr(10).join(values)}
+    esac
+    if [[ $COMP_CWORD -eq $((at + 1)) && $cur != -* ]]; then
+        case $cmd in
+{chr(10).join(firsts)}
+        esac
+    fi
+    case $cmd in
+{cases}
+    esac
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+complete -o filenames -F _k3snet k3snet
 """
 
 

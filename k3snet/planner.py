@@ -160,6 +160,7 @@ class Change:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Change:
         """Inverse of :meth:`to_dict`; errors are :class:`~k3snet.errors.ModelError`."""
+        _object(data, "a change")
         with malformed("a change"):
             before, after = data.get("before"), data.get("after")
             return cls(
@@ -231,6 +232,7 @@ class Note:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Note:
         """Inverse of :meth:`to_dict`; errors are :class:`~k3snet.errors.ModelError`."""
+        _object(data, "a note")
         with malformed("a note"):
             owned = data.get("owned")
             return cls(
@@ -238,6 +240,13 @@ class Note:
                 object_from_dict(data["foreign"]), reason=data.get("reason"),
                 owned=None if owned is None else object_from_dict(owned),
             )
+
+
+def _object(data: object, what: str) -> None:
+    """Refuse ``data`` that is no JSON object (``Plan.from_json("[1]")`` said "a plan is
+    malformed: 'list' object has no attribute 'get'"), as ``object_from_dict`` does."""
+    if not isinstance(data, Mapping):
+        raise ModelError(f"{what} is a JSON object, not {type(data).__name__}")
 
 
 def _changes(value: Iterable[Change]) -> tuple[Change, ...]:
@@ -419,6 +428,7 @@ class Plan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         """Inverse of :meth:`to_dict`; errors are :class:`~k3snet.errors.ModelError`."""
+        _object(data, "a plan")
         with malformed("a plan"):
             if data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
                 raise ModelError(f"unsupported plan format {data.get('format')!r}")

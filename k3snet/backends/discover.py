@@ -91,16 +91,30 @@ class Discovery:
     @property
     def warnings(self) -> tuple[str, ...]:
         """The backends that could not look, then what every backend that looked found
-        worth saying (an iptables chain named ``K3SNET-*`` that is not k3snet's ...)."""
+        worth saying (an iptables chain named ``K3SNET-*`` that is not k3snet's ...),
+        each text once.
+
+        Each backend is first told the owners beside it (its ``beside`` hint, as a
+        :class:`~k3snet.backends.group.BackendGroup` tells its members): what another
+        owner holds is removed by this destroy, not left behind. Read alone, both
+        iptables flavours named k3snet's nftables table, which the nftables owner was
+        removing in the same plan, as left by a switch of backends, each with the same
+        text (``k3snet destroy --dry-run`` after ``apply --backend netlink --backend
+        nftables``). iptables-legacy's owner is no hint: the nftables backend's
+        warning names the chains in iptables-nft's tables, which it does not remove."""
         found = [f"{line}: not looked through, k3snet's objects there (if any) stay"
                  for line in self.unavailable]
+        removing = [o.backend for o in self.owners if o.label != "iptables-legacy"]
         for index, backend in enumerate(self._looked):
             unread = self._unread.get(index)
             if unread is not None:
                 found.append(unread)
                 continue
+            beside = getattr(backend, "beside", None)
+            if callable(beside):
+                beside(tuple(b for b in removing if b is not backend))
             found += backend_warnings(backend)
-        return tuple(found)
+        return tuple(dict.fromkeys(found))
 
     def look_again(self) -> None:
         """Read through every backend that looked once more (``observe``), so that

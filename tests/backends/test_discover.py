@@ -175,9 +175,49 @@ def test_look_again_gives_warnings_of_what_holds_after_a_removal() -> None:
     for backend in (stays, gone, broken):
         backend.observe()
     found = discover.Discovery((), ("a", "b", "c"), (), (stays, gone, broken))
-    assert found.warnings == (*stays.said, *table, *table)
+    assert found.warnings == (*stays.said, *table)  # each text once
     gone.said, broken.fails = [], True  # the removal took the table; a read fails
     found.look_again()
     assert found.warnings[0] == "chain K3SNET-ADMIN is not k3snet's"
     [unread] = found.warnings[1:]
     assert "not read again after the removal (the tool went away)" in unread
+
+
+
+class _Beside(MemoryBackend):
+    """Warns of ``names``' objects, left behind, unless a backend of that name is beside it
+    (the iptables backend's ``beside`` and k3snet's nftables table)."""
+
+    def __init__(self, said: str, names: str, name: str = "memory") -> None:
+        super().__init__()
+        self.said, self.names, self.name = said, names, name
+        self.others: tuple[object, ...] = ()
+
+    def beside(self, others: tuple[object, ...]) -> None:
+        self.others = others
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        if any(getattr(o, "name", None) == self.names for o in self.others):
+            return ()
+        return (self.said,)
+
+
+def test_backends_are_told_the_owners_removing_what_they_would_name_as_left_behind() -> None:
+    # `destroy --dry-run` after `apply --backend netlink --backend nftables`: both iptables
+    # flavours named k3snet's nftables table, which the plan removed, as left behind.
+    table = "nftables table inet k3snet holds rules k3snet's nftables backend wrote"
+    chains = "nftables: iptables-nft's tables hold chains k3snet's iptables backend wrote"
+    nft = _Beside(chains, "iptables", name="nftables")
+    ipt_nft = _Beside(table, "nftables", name="iptables")
+    ipt_legacy = _Beside(table, "nftables", name="iptables")
+    alone = discover.Discovery((), ("a", "b", "c"), (), (nft, ipt_nft, ipt_legacy))
+    assert alone.warnings == (chains, table)  # nobody removes them: each said once
+    found = discover.Discovery((discover.Owner("nftables", nft, 4),), ("b", "c"), (),
+                               (nft, ipt_nft, ipt_legacy))
+    assert found.warnings == (chains,)
+    assert ipt_nft.others == ipt_legacy.others == (nft,)
+    # iptables-legacy removes none of iptables-nft's chains: no hint to the others.
+    legacy = discover.Discovery((discover.Owner("iptables-legacy", ipt_legacy, 4),),
+                                ("a", "b"), (), (nft, ipt_nft, ipt_legacy))
+    assert legacy.warnings == (chains, table)

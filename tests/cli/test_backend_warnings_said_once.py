@@ -74,3 +74,21 @@ def test_observe_which_prints_no_warning_logs_it(
         warns: _Warns, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["observe", "--backend", "memory-warns"]) == 0
     assert f"memory: {WARNING}" in capsys.readouterr().err
+
+
+def test_a_failed_command_logs_a_warning_two_backends_read_once(
+        warns: _Warns, capsys: pytest.CaptureFixture[str]) -> None:
+    # Both iptables flavours that `destroy` looks through named k3snet's nftables table,
+    # and a destroy refused (no terminal, no --auto-approve) said it twice.
+    other = _Warns(capabilities=["nat", "forward"])
+    register_backend("memory-warns-too", lambda: other)
+    try:
+        warns.faults.fail_at(0)
+        assert main(["apply", "--auto-approve", "-f", str(SEED), "--no-facts",
+                     "--backend", "memory-warns:route,sysctl",
+                     "--backend", "memory-warns-too"]) == 1
+    finally:
+        unregister_backend("memory-warns-too")
+    out, err = capsys.readouterr()
+    assert WARNING not in out
+    assert err.count(f"memory: {WARNING}") == 1, err

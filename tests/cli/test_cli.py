@@ -393,6 +393,32 @@ def test_bash_completion_is_valid_bash_and_knows_the_commands(tmp_path: Path) ->
     assert zsh.startswith("#compdef k3snet")
 
 
+@pytest.mark.parametrize(("words", "offered"), [
+    # The command after common options, as `k3snet -v plan` runs it: nothing was offered.
+    (["-v", "pl"], ["plan"]),
+    (["--log-format", "json", "ap"], ["apply"]),
+    (["-q", "apply", "--dry"], ["--dry-run"]),
+    # Values from their choices, and the positional choices: files were offered.
+    (["render", "netw"], ["networkd", "networkmanager"]),
+    (["completion", ""], ["bash", "zsh"]),
+    (["plan", "--backend", "nf"], ["nftables"]),
+    (["doctor", "-o", ""], ["text", "json"]),
+    (["-v", "plan", "--color", "n"], ["never"]),
+    (["--color", ""], ["auto", "always", "never"]),
+])
+def test_bash_completion_finds_the_command_after_common_options_and_offers_choices(
+        tmp_path: Path, words: list[str], offered: list[str]) -> None:
+    script = tmp_path / "k3snet.bash"
+    script.write_text(_cli("completion", "bash").stdout)
+    line = " ".join(shlex.quote(w) for w in ["k3snet", *words])
+    done = subprocess.run(
+        ["bash", "-c", f'source {shlex.quote(str(script))}; COMP_WORDS=({line}); '
+         'COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); _k3snet; printf "%s\\n" "${COMPREPLY[@]}"'],
+        capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == offered
+
+
 def test_destroy_without_a_terminal_needs_auto_approve(capsys: pytest.CaptureFixture[str]) -> None:
     from k3snet import MemoryBackend, State, Sysctl, register_backend  # noqa: PLC0415
     from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
@@ -696,8 +722,10 @@ def test_an_output_format_given_as_where_to_write_is_a_usage_error(
         main(argv)
     assert caught.value.code == EXIT_USAGE
     where = argv[-1]
+    err = capsys.readouterr().err
     assert (f"{where!r} is where to write (a file or directory named {where} here), not an "
-            f"output format") in capsys.readouterr().err
+            f"output format") in err
+    assert "--output yaml" not in err  # no command takes it: the hint was a usage error too
     assert list(tmp_path.iterdir()) == []
 
 

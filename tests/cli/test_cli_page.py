@@ -93,3 +93,19 @@ def test_every_positional_choice_is_on_the_page() -> None:
     assert not [w for w in render.choices or () if f"| `{w}` |" not in files]
     shell = next(a for a in _commands()["completion"]._actions if a.dest == "shell")
     assert all(f"`{s}`" in page or f"completion {s}" in page for s in shell.choices or ())
+
+
+def test_destroys_help_names_the_backends_it_looks_through_without_backend(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``k3snet destroy --help`` said ``--backend`` defaults to netlink + nftables, the
+    defaults ``destroy`` naming no backend stopped using (they left an iptables node's
+    masquerade): the page's destroy section says every node backend holding k3snet's
+    objects is looked through, and so does ``--help`` now."""
+    from k3snet.backends.discover import NODE_BACKENDS  # noqa: PLC0415
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no line broken at an iptables-nft's hyphen
+    shown = {name: " ".join(command.format_help().split())
+             for name, command in _commands().items()}
+    assert "netlink + nftables" not in shown["destroy"]
+    assert all(label in shown["destroy"] for label, _, _ in NODE_BACKENDS)
+    assert "(default: the spec's, else netlink + nftables;" in shown["plan"]

@@ -211,6 +211,7 @@ def test_an_os_pathlike_option_names_the_same_file_when_applied_from_elsewhere(
     # kernel, the tests' seam, was taken as text: the apply ended as an internal error.
     ("iptables", {"kernel": "x"}, "kernel must be an iptables Kernel object"),
     ("iptables", {"kernel": {"close": 1}}, "kernel must be an iptables Kernel object"),
+    ("nftables", {"kernel": "x"}, "kernel must be a callable making an nftables kernel"),
     # A value the backend refuses was said without the plan file's name.
     ("netlink", {"tables": "abc"}, "tables must be a list of route table numbers"),
 ])
@@ -235,4 +236,14 @@ def test_validate_refuses_an_iptables_kernel_a_spec_gives(
     spec = _spec(tmp_path, "backends:\n  iptables: {kernel: x}\n")
     assert main(["validate", "-f", str(spec)]) == 1
     assert "backends.iptables.kernel: kernel must be an iptables Kernel object" in (
+        capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("value", ["x", 5, "[1]", "{close: 1}"])
+def test_validate_refuses_an_nftables_kernel_a_spec_gives(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    # Called valid; `plan` then ended with "backend 'nftables': 'str' object is not callable".
+    spec = _spec(tmp_path, f"backends:\n  nftables: {{kernel: {value}}}\n")
+    assert main(["validate", "-f", str(spec)]) == 1
+    assert "backends.nftables.kernel: kernel must be a callable making an nftables kernel" in (
         capsys.readouterr().err)

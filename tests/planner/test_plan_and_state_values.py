@@ -378,7 +378,7 @@ def test_a_malformed_state_names_what_is_wrong(document: object, message: str) -
     ({"changes": {}}, "a plan's 'changes' and 'notes' are lists"),
     ({"notes": [{"status": "bogus", "wanted": _NAT.to_dict(), "foreign": _NAT.to_dict()}]},
      "a note's status is 'met' or 'conflict', not 'bogus'"),
-    ([1], "a plan is malformed"),
+    ([1], "a plan is a JSON object, not list"),
     ({"held": {}}, "a plan's 'held' is a list"),
     ({"held": [{"wanted": _ROUTE.to_dict()}]}, "a plan has no 'owned' field"),
     ({"held": [{"wanted": _ROUTE.to_dict(), "owned": _NAT.to_dict()}]},
@@ -410,3 +410,15 @@ def test_a_desired_state_holding_what_k3snet_only_observes_is_a_model_error(
     # Observed and kept as it is, it is no change (a finding is repaired by a delete).
     assert plan(State(owned=[observed_only]), State(owned=[observed_only])).empty
     assert [c.action for c in plan(State(owned=[observed_only]), State())] == ["delete"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[1]", "a plan is a JSON object, not list"),
+    ('{"changes": [["add"]]}', "a change is a JSON object, not list"),
+    ('{"notes": [7]}', "a note is a JSON object, not int"),
+])
+def test_a_plan_whose_parts_are_no_json_objects_says_so(text: str, message: str) -> None:
+    # "a plan is malformed: 'list' object has no attribute 'get'", Python's words.
+    with pytest.raises(ModelError) as caught:
+        Plan.from_json(text)
+    assert str(caught.value) == message

@@ -187,6 +187,22 @@ def test_destroys_warnings_say_what_holds_after_the_removal(tmp_path: Path) -> N
         assert "chain K3SNET-ADMIN is not k3snet's" in gone.stdout
 
 
+def test_destroys_dry_run_names_no_table_it_removes_as_left_behind(tmp_path: Path) -> None:
+    # The getting-started node (netlink and nftables): `destroy --dry-run` listed the
+    # nftables table's rules to remove, then both iptables flavours' warning, twice the
+    # same text, that the table was left by the nftables backend and that
+    # `k3snet destroy --backend nftables` removes it.
+    with SeedLab.create() as lab:
+        applied = _run("apply", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                       "nftables", "--netns", lab.node, lab=lab, lock_dir=tmp_path)
+        assert applied.returncode == 0, applied.stderr
+        preview = _run("destroy", "--netns", lab.node, "--dry-run", lab=lab, lock_dir=tmp_path)
+        assert preview.returncode == 2, preview.stdout + preview.stderr
+        assert "nftables (" in preview.stdout
+        assert "- masquerade" in preview.stdout
+        assert "table inet k3snet holds rules" not in preview.stdout + preview.stderr
+
+
 def test_destroy_naming_a_backend_keeps_to_it(tmp_path: Path) -> None:
     # Named backends are used as before: nothing else is looked through or removed.
     with SeedLab.create() as lab:

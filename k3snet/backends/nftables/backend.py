@@ -213,6 +213,17 @@ def _table_name(syntax: str, table: Any) -> str:
     return validate_table_name(table) if syntax == "json" else validate_nft_name(table)
 
 
+def _kernel_seam(value: object) -> None:
+    """``kernel``: ``None`` or a library caller's callable making the kernel seam, never a
+    value a spec, ``--backend-opt`` or a plan file can hold (``kernel: x`` was called
+    valid by ``k3snet validate`` and ended ``plan`` with Python's ``'str' object is not
+    callable``), as the iptables backend's."""
+    if value is not None and (isinstance(value, str | bytes | int | float | list | dict | tuple)
+                              or not callable(value)):
+        raise BackendError(f"kernel must be a callable making an nftables kernel (a library "
+                           f"caller's, as tests give one of recorded listings), got {value!r}")
+
+
 class NftablesBackend(BackendBase):
     """NAT and forward rules in k3snet's own nftables table, one transaction per apply.
 
@@ -252,7 +263,8 @@ class NftablesBackend(BackendBase):
         "observe_foreign": lambda v: option_flag("observe_foreign", v),
         "keep_read": lambda v: option_flag("keep_read", v),
         "foreign_timeout": lambda v: option_seconds("foreign_timeout", v),
-        "read_timeout": lambda v: option_seconds("read_timeout", v)}
+        "read_timeout": lambda v: option_seconds("read_timeout", v),
+        "kernel": _kernel_seam}
     """The constructor's checks of option values (``table``'s depends on ``syntax``)."""
 
     @classmethod
@@ -281,6 +293,7 @@ class NftablesBackend(BackendBase):
         keep_read: bool = True,
     ) -> None:
         super().__init__()
+        _kernel_seam(kernel)
         self._families = table_families(family)
         validate_syntax(syntax)
         # nft's language cannot name a table after one of its words; JSON batches can.
