@@ -61,12 +61,15 @@ def record_netns(netns: str | None) -> str | None:
     ``/run/netns`` (``ip netns attach node 1``); the name of ``/run/netns`` of the calling
     thread's namespace when that is another (``ip netns exec NAME k3snet ...`` without
     ``--netns``, as ``--netns NAME``); of several names of ``/run/netns`` (a bind mount
-    of one handle at another name), the first in sorted order; else ``netns`` as
-    given. They were kept by the
-    name given alone: every namespace entered by ``ip netns exec`` wrote the one file of
-    ``host``, each taking another's for a stale one and replacing it, and a name of the
-    node's own namespace kept a second record; a ``destroy`` reading the other file
-    left the sysctls k3snet had set.
+    of one handle at another name), the first in sorted order; ``unnamed-INODE`` (the
+    inode of its nsfs file) for a namespace of no name (``nsenter --net`` into a pod's
+    or a container's, ``unshare -n``), whose record was ``host``'s: it took the node's
+    record for a stale one and replaced it, and the node's ``destroy`` gave nothing
+    back; else ``netns`` as given. They were kept by the name given alone: every
+    namespace entered by ``ip netns exec`` wrote the one file of ``host``, each taking
+    another's for a stale one and replacing it, and a name of the node's own namespace
+    kept a second record; a ``destroy`` reading the other file left the sysctls k3snet
+    had set.
     """
     def identity(path: Path) -> tuple[int, int] | None:
         try:
@@ -80,9 +83,12 @@ def record_netns(netns: str | None) -> str | None:
         return None if here is not None else netns
     try:
         names = sorted(os.listdir(NETNS_DIR))
-    except OSError:
-        return netns
-    return next((name for name in names if identity(NETNS_DIR / name) == here), netns)
+    except OSError:  # no /run/netns (no namespace named yet): none has a name
+        names = []
+    named = next((name for name in names if identity(NETNS_DIR / name) == here), None)
+    if named is not None or netns is not None:
+        return named or netns
+    return f"unnamed-{here[1]}"
 
 
 def validate_netns(name: str) -> str:

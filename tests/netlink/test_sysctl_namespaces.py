@@ -273,3 +273,39 @@ def test_two_names_of_one_namespace_keep_one_record(
             subprocess.run(["umount", str(netns_module.netns_path(alias))], check=False)
     finally:
         netns_module.netns_path(alias).unlink()
+
+
+def test_a_namespace_of_no_name_keeps_a_record_apart_from_the_node_s(
+        two: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A namespace no name of ``/run/netns`` reaches, nor PID 1's (``nsenter --net`` into
+    a pod's or a container's, ``unshare -n``), entered without ``--netns``: its record was
+    ``host``'s, taken for a stale one of the node and replaced, and the node's destroy
+    then gave nothing back (``ip_forward`` left at 1). Here PID 1's namespace is a lab
+    one (``INIT_NETNS``), and the other's name is hidden (``NETNS_DIR`` emptied)."""
+    node, other = two
+    monkeypatch.setattr(netns_module, "INIT_NETNS", netns_module.netns_path(node))
+    _set(node, "0")
+    _set(other, "0")
+    nameless = tmp_path / "no-names"
+    nameless.mkdir()
+
+    def unnamed(wanted: State | None) -> None:
+        with NetnsRunner(other) as runner, monkeypatch.context() as hidden:
+            runner.call(lambda: None)  # in the namespace before its name is hidden
+            hidden.setattr(netns_module, "NETNS_DIR", nameless)
+            hidden.setattr(netns_module, "INIT_NETNS", netns_module.netns_path(node))
+
+            def run() -> None:
+                with NetlinkBackend(None, state_dir=tmp_path / "state") as backend:
+                    converge(backend, wanted) if wanted is not None else destroy(backend)
+
+            runner.call(run)
+
+    (tmp_path / "state").mkdir(mode=0o755)
+    _entered(node, tmp_path / "state", _WANTED)  # the agent's, without --netns
+    unnamed(_WANTED)
+    assert (_forwarding(node), _forwarding(other)) == ("1", "1")
+    _entered(node, tmp_path / "state", None)
+    assert (_forwarding(node), _forwarding(other)) == ("0", "1")
+    unnamed(None)
+    assert (_forwarding(node), _forwarding(other)) == ("0", "0")
