@@ -28,7 +28,8 @@ from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
 __all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "libc", "namespace_instance",
-           "netns_cookie", "netns_option", "netns_path", "record_netns", "validate_netns"]
+           "netns_cookie", "netns_names", "netns_option", "netns_path", "record_netns",
+           "validate_netns"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
@@ -71,24 +72,39 @@ def record_netns(netns: str | None) -> str | None:
     kept a second record; a ``destroy`` reading the other file left the sysctls k3snet
     had set.
     """
-    def identity(path: Path) -> tuple[int, int] | None:
-        try:
-            info = path.stat()
-        except OSError:
-            return None
-        return info.st_dev, info.st_ino
-
-    here = identity(THREAD_NETNS if netns is None else netns_path(netns))
-    if here is None or here == identity(INIT_NETNS):
+    here = _identity(THREAD_NETNS if netns is None else netns_path(netns))
+    if here is None or here == _identity(INIT_NETNS):
         return None if here is not None else netns
+    names = _names_of(here)
+    if names or netns is not None:
+        return names[0] if names else netns
+    return f"unnamed-{here[1]}"
+
+
+def netns_names(netns: str | None) -> list[str]:
+    """Every name of ``/run/netns`` of the namespace ``netns`` names (``None``: the calling
+    thread's), sorted: the first keeps its records (:func:`record_netns`), and another
+    may hold the ones kept before that name was given (``ip netns attach`` of a name
+    sorting first), read while the first has none."""
+    here = _identity(THREAD_NETNS if netns is None else netns_path(netns))
+    return [] if here is None else _names_of(here)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _names_of(here: tuple[int, int]) -> list[str]:
+    """The names of ``/run/netns`` whose namespace is ``here`` (device, inode), sorted."""
     try:
         names = sorted(os.listdir(NETNS_DIR))
     except OSError:  # no /run/netns (no namespace named yet): none has a name
-        names = []
-    named = next((name for name in names if identity(NETNS_DIR / name) == here), None)
-    if named is not None or netns is not None:
-        return named or netns
-    return f"unnamed-{here[1]}"
+        return []
+    return [name for name in names if _identity(NETNS_DIR / name) == here]
 
 
 def validate_netns(name: str) -> str:
