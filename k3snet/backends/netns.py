@@ -27,9 +27,9 @@ from typing import TypeVar
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
-__all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "libc", "namespace_instance",
-           "netns_cookie", "netns_names", "netns_option", "netns_path", "record_netns",
-           "validate_netns"]
+__all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "earlier_records", "libc",
+           "namespace_instance", "netns_cookie", "netns_names", "netns_option", "netns_path",
+           "record_netns", "validate_netns"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
@@ -88,6 +88,20 @@ def netns_names(netns: str | None) -> list[str]:
     sorting first), read while the first has none."""
     here = _identity(THREAD_NETNS if netns is None else netns_path(netns))
     return [] if here is None else _names_of(here)
+
+
+def earlier_records(netns: str | None, kept: str | None) -> list[str]:
+    """The directories of ``state_dir`` (names, ``host`` for ``None``) where an earlier
+    k3snet may have kept the records of the namespace ``netns`` names, now kept under
+    ``kept`` (:func:`record_netns` of ``netns``), in the order they are read while it has
+    none: the name given when it is not ``kept``, ``host``'s for a namespace entered by
+    ``ip netns exec`` (before 2026-12-05), then its other names (:func:`netns_names`: one
+    given later may sort first). A record found there is its own only when its identity
+    and instance say so."""
+    places = [netns or "host"] if kept != netns else (
+        ["host"] if kept not in (None, "host") else [])
+    others = [] if kept is None else netns_names(netns)
+    return places + [name for name in others if name != kept and name not in places]
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
