@@ -27,8 +27,9 @@ from typing import TypeVar
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
-__all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "libc", "namespace_instance",
-           "netns_cookie", "netns_option", "netns_path", "record_netns", "validate_netns"]
+__all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "earlier_records", "libc",
+           "namespace_instance", "netns_cookie", "netns_names", "netns_option", "netns_path",
+           "record_netns", "validate_netns"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
@@ -61,28 +62,63 @@ def record_netns(netns: str | None) -> str | None:
     ``/run/netns`` (``ip netns attach node 1``); the name of ``/run/netns`` of the calling
     thread's namespace when that is another (``ip netns exec NAME k3snet ...`` without
     ``--netns``, as ``--netns NAME``); of several names of ``/run/netns`` (a bind mount
-    of one handle at another name), the first in sorted order; else ``netns`` as
-    given. They were kept by the
-    name given alone: every namespace entered by ``ip netns exec`` wrote the one file of
-    ``host``, each taking another's for a stale one and replacing it, and a name of the
-    node's own namespace kept a second record; a ``destroy`` reading the other file
-    left the sysctls k3snet had set.
+    of one handle at another name), the first in sorted order; ``unnamed-INODE`` (the
+    inode of its nsfs file) for a namespace of no name (``nsenter --net`` into a pod's
+    or a container's, ``unshare -n``), whose record was ``host``'s: it took the node's
+    record for a stale one and replaced it, and the node's ``destroy`` gave nothing
+    back; else ``netns`` as given. They were kept by the name given alone: every
+    namespace entered by ``ip netns exec`` wrote the one file of ``host``, each taking
+    another's for a stale one and replacing it, and a name of the node's own namespace
+    kept a second record; a ``destroy`` reading the other file left the sysctls k3snet
+    had set.
     """
-    def identity(path: Path) -> tuple[int, int] | None:
-        try:
-            info = path.stat()
-        except OSError:
-            return None
-        return info.st_dev, info.st_ino
-
-    here = identity(THREAD_NETNS if netns is None else netns_path(netns))
-    if here is None or here == identity(INIT_NETNS):
+    here = _identity(THREAD_NETNS if netns is None else netns_path(netns))
+    if here is None or here == _identity(INIT_NETNS):
         return None if here is not None else netns
+    names = _names_of(here)
+    if names or netns is not None:
+        return names[0] if names else netns
+    return f"unnamed-{here[1]}"
+
+
+def netns_names(netns: str | None) -> list[str]:
+    """Every name of ``/run/netns`` of the namespace ``netns`` names (``None``: the calling
+    thread's), sorted: the first keeps its records (:func:`record_netns`), and another
+    may hold the ones kept before that name was given (``ip netns attach`` of a name
+    sorting first), read while the first has none."""
+    here = _identity(THREAD_NETNS if netns is None else netns_path(netns))
+    return [] if here is None else _names_of(here)
+
+
+def earlier_records(netns: str | None, kept: str | None) -> list[str]:
+    """The directories of ``state_dir`` (names, ``host`` for ``None``) where an earlier
+    k3snet may have kept the records of the namespace ``netns`` names, now kept under
+    ``kept`` (:func:`record_netns` of ``netns``), in the order they are read while it has
+    none: the name given when it is not ``kept``, ``host``'s for a namespace entered by
+    ``ip netns exec`` (before 2026-12-05), then its other names (:func:`netns_names`: one
+    given later may sort first). A record found there is its own only when its identity
+    and instance say so."""
+    places = [netns or "host"] if kept != netns else (
+        ["host"] if kept not in (None, "host") else [])
+    others = [] if kept is None else netns_names(netns)
+    return places + [name for name in others if name != kept and name not in places]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _names_of(here: tuple[int, int]) -> list[str]:
+    """The names of ``/run/netns`` whose namespace is ``here`` (device, inode), sorted."""
     try:
         names = sorted(os.listdir(NETNS_DIR))
-    except OSError:
-        return netns
-    return next((name for name in names if identity(NETNS_DIR / name) == here), netns)
+    except OSError:  # no /run/netns (no namespace named yet): none has a name
+        return []
+    return [name for name in names if _identity(NETNS_DIR / name) == here]
 
 
 def validate_netns(name: str) -> str:

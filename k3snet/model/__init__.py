@@ -44,7 +44,7 @@ from k3snet.model.state import (
     object_from_dict,
     register_object_type,
 )
-from k3snet.model.sysctl import Sysctl
+from k3snet.model.sysctl import Sysctl, sysctl_name, sysctl_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -130,5 +130,7 @@ __all__ = [
     "printable",
     "register_object_type",
     "subtract",
+    "sysctl_name",
+    "sysctl_path",
     "validate_interface_name",
 ]

@@ -138,11 +138,10 @@ _SET_MEMBER = re.compile(r"(0|[1-9][0-9]*)(?:-(0|[1-9][0-9]*))?")
 def _number_problem(name: str, value: str) -> str | None:
     """Why the kernel would never show ``value`` (canonical) as written: a number in it
     that is not decimal (see :func:`_not_decimal`), a count of numbers other than a
-    vector's (:data:`_VECTORS`), an empty ``ping_group_range`` other than ``1 0``, or
-    ``None``. A CPU bitmap (``net.core.rps_default_mask``, ``flow_limit_cpu_bitmap``:
-    ``bitmap_parse``) is hexadecimal to the kernel, written and shown, and left as it
-    is; a set of numbers (:data:`_NUMBER_SETS`) is held as the kernel shows it
-    (:func:`_number_set`)."""
+    vector's (:data:`_VECTORS`), or ``None``. A CPU bitmap
+    (``net.core.rps_default_mask``, ``flow_limit_cpu_bitmap``: ``bitmap_parse``) is
+    hexadecimal to the kernel, written and shown, and left as it is; a set of numbers
+    (:data:`_NUMBER_SETS`) is held as the kernel shows it (:func:`_number_set`)."""
     if name in _HEXADECIMAL or (_INTEGER.fullmatch(value) and name not in _VECTORS):
         return None  # the common case first: one decimal number
     tokens = _SET_SEPARATORS.split(value) if name in _NUMBER_SETS else value.split(" ")
@@ -155,18 +154,19 @@ def _number_problem(name: str, value: str) -> str | None:
                 else f"ignores the ones after the first {count}")
         return (f"{name} holds {count} numbers, got {len(tokens)} ({value!r}): the kernel "
                 f"{kept}, and never shows {value!r} (every apply would fail): write {count}")
-    if (name == "net.ipv4.ping_group_range" and all(_INTEGER.fullmatch(t) for t in tokens)
-            and int(tokens[1]) < int(tokens[0]) and tokens != ["1", "0"]):
-        return (f"{name}: the kernel stores a range whose end is below its start ({value!r}) "
-                "as 1 0, no group, and never shows it as written (every apply would fail): "
-                "write 1 0 for no group")
     return None
 
 
 def _refused_list(name: str, value: str) -> str | None:
     """Why the kernel refuses ``value`` (as :class:`Sysctl` holds it) of a list sysctl
-    (EINVAL: each apply fails, nothing changed), or ``None``: a set of numbers it cannot
-    read (:func:`_number_set`), an ``ip_local_port_range`` ending below its start."""
+    (EINVAL: each apply fails, nothing changed), or never shows it as written, or
+    ``None``: a set of numbers it cannot read (:func:`_number_set`), an
+    ``ip_local_port_range`` ending below its start, a ``ping_group_range`` ending below
+    its start other than ``1 0``.
+
+    A spec's problems, not the model's: the kernel shows a ``ping_group_range`` ending
+    below its start to a user namespace lacking a mapping of its first group
+    (``from_kgid_munged``: ``65534 0``), a value read that the model must hold."""
     highest = _NUMBER_SETS.get(name)
     if highest is not None and _number_set(value, highest) is None:
         return (f"{name} takes numbers from 0 to {highest} and ranges LOW-HIGH of them, "
@@ -176,6 +176,11 @@ def _refused_list(name: str, value: str) -> str | None:
     if (name == "net.ipv4.ip_local_port_range" and all(_INTEGER.fullmatch(t) for t in tokens)
             and int(tokens[1]) < int(tokens[0])):
         return f"{name} is a range, its end below its start ({value!r}): the kernel refuses it"
+    if (name == "net.ipv4.ping_group_range" and all(_INTEGER.fullmatch(t) for t in tokens)
+            and int(tokens[1]) < int(tokens[0]) and tokens != ["1", "0"]):
+        return (f"{name}: the kernel stores a range whose end is below its start ({value!r}) "
+                "as 1 0, no group, and never shows it as written (every apply would fail): "
+                "write 1 0 for no group")
     return None
 
 

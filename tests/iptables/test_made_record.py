@@ -121,3 +121,26 @@ def test_a_named_namespaces_instance_is_the_boot_id_and_its_cookie_the_nodes_its
     assert here == str(netns_cookie())  # the same after a reboot: the node's own
     assert namespace_instance(None) == here
     assert boot_id()
+
+
+def test_a_record_kept_in_an_earlier_place_is_read_and_moved_when_it_is_this_namespace_s(
+        state_dir: Path) -> None:
+    """A namespace entered by ``ip netns exec NAME`` kept its record in ``host/`` before
+    2026-12-05 (and one given a name later sorting first, under its other name): kept
+    under ``NAME`` now, that record was never read again, and a destroy left the chains
+    (and tables) iptables-nft had made for k3snet. It is read while the namespace has
+    none of its own and removed by the next save; another namespace's there (the node's
+    own) is neither read nor touched."""
+    MadeRecord(None, "1-2", state_dir).save(MADE)  # the entered namespace's, in host/
+    node = state_dir / "other"
+    MadeRecord("other", "9-9", state_dir).save(MADE[:1])  # another namespace's
+    record = MadeRecord("lab", "1-2", state_dir, earlier=["other", "host"])
+    assert record.load() == MADE
+    record.save(MADE[1:])
+    assert not (state_dir / "host" / "iptables-made.json").exists()
+    assert (node / "iptables-made.json").exists()
+    assert MadeRecord("lab", "1-2", state_dir).load() == MADE[1:]
+    assert MadeRecord("other", "9-9", state_dir).load() == MADE[:1]
+    MadeRecord(None, "1-2", state_dir).save(MADE)
+    MadeRecord("lab", "1-2", state_dir, earlier=["host"]).save([])  # a destroy's: none left
+    assert not (state_dir / "host" / "iptables-made.json").exists()

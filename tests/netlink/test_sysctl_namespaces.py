@@ -273,3 +273,93 @@ def test_two_names_of_one_namespace_keep_one_record(
             subprocess.run(["umount", str(netns_module.netns_path(alias))], check=False)
     finally:
         netns_module.netns_path(alias).unlink()
+
+
+def test_a_namespace_of_no_name_keeps_a_record_apart_from_the_node_s(
+        two: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A namespace no name of ``/run/netns`` reaches, nor PID 1's (``nsenter --net`` into
+    a pod's or a container's, ``unshare -n``), entered without ``--netns``: its record was
+    ``host``'s, taken for a stale one of the node and replaced, and the node's destroy
+    then gave nothing back (``ip_forward`` left at 1). Here PID 1's namespace is a lab
+    one (``INIT_NETNS``), and the other's name is hidden (``NETNS_DIR`` emptied)."""
+    node, other = two
+    monkeypatch.setattr(netns_module, "INIT_NETNS", netns_module.netns_path(node))
+    _set(node, "0")
+    _set(other, "0")
+    nameless = tmp_path / "no-names"
+    nameless.mkdir()
+
+    def unnamed(wanted: State | None) -> None:
+        with NetnsRunner(other) as runner, monkeypatch.context() as hidden:
+            runner.call(lambda: None)  # in the namespace before its name is hidden
+            hidden.setattr(netns_module, "NETNS_DIR", nameless)
+            hidden.setattr(netns_module, "INIT_NETNS", netns_module.netns_path(node))
+
+            def run() -> None:
+                with NetlinkBackend(None, state_dir=tmp_path / "state") as backend:
+                    converge(backend, wanted) if wanted is not None else destroy(backend)
+
+            runner.call(run)
+
+    (tmp_path / "state").mkdir(mode=0o755)
+    _entered(node, tmp_path / "state", _WANTED)  # the agent's, without --netns
+    unnamed(_WANTED)
+    assert (_forwarding(node), _forwarding(other)) == ("1", "1")
+    _entered(node, tmp_path / "state", None)
+    assert (_forwarding(node), _forwarding(other)) == ("0", "1")
+    unnamed(None)
+    assert (_forwarding(node), _forwarding(other)) == ("0", "0")
+
+
+def test_a_name_given_later_that_sorts_first_still_finds_the_record(
+        two: tuple[str, str], tmp_path: Path) -> None:
+    """A namespace given a second name after an apply (``ip netns attach``, a bind mount
+    of its handle), one sorting before the first: the record is kept under the first of
+    its names, which the new one became, and a destroy through it (or ``ip netns exec``)
+    found nothing (``ip_forward`` left at 1). The record kept under another of its names
+    is read, and moved by the first save."""
+    first, _ = two
+    alias = f"0-{first}"
+    assert alias < first
+    _set(first, "0")
+    with NetlinkBackend(first, state_dir=tmp_path) as a:
+        converge(a, _WANTED)
+    assert _forwarding(first) == "1"
+    (tmp_path / "host").mkdir(mode=0o700)  # the node's own record, read first and passed over
+    (tmp_path / "host" / "sysctl.json").write_text(json.dumps({
+        "format": 1, "namespace": None, "identity": "1:1",
+        "owned": {"net.ipv4.ip_forward": {"value": "1", "previous": "1"}}, "released": []}))
+    netns_module.netns_path(alias).touch()
+    try:
+        subprocess.run(["mount", "--bind", str(netns_module.netns_path(first)),
+                        str(netns_module.netns_path(alias))], check=True)
+        try:
+            with NetlinkBackend(alias, state_dir=tmp_path) as b:  # through the new name
+                destroy(b)
+            assert _forwarding(first) == "0"
+            assert not (tmp_path / first / "sysctl.json").exists()
+            assert (tmp_path / "host" / "sysctl.json").exists()
+        finally:
+            subprocess.run(["umount", str(netns_module.netns_path(alias))], check=False)
+    finally:
+        netns_module.netns_path(alias).unlink()
+
+
+def test_an_older_shared_file_is_read_past_the_node_s_own_record(
+        two: tuple[str, str], tmp_path: Path) -> None:
+    """The older places a namespace's record may be in are read in turn: the node's own
+    record in ``host/`` (read first, for ``ip netns exec``'s records of before
+    2026-12-05) hid the older shared ``state_dir/sysctl.json`` naming the namespace, and
+    its destroy gave nothing back."""
+    first, _ = two
+    _set(first, "1")
+    legacy = _legacy(tmp_path, first, previous="0")
+    (tmp_path / "host").mkdir(mode=0o700)
+    (tmp_path / "host" / "sysctl.json").write_text(json.dumps({
+        "format": 1, "namespace": None, "identity": "1:1",
+        "owned": {"net.ipv4.ip_forward": {"value": "1", "previous": "1"}}, "released": []}))
+    with NetlinkBackend(first, state_dir=tmp_path) as a:
+        destroy(a)
+    assert _forwarding(first) == "0"
+    assert not legacy.exists()
+    assert (tmp_path / "host" / "sysctl.json").exists()

@@ -152,6 +152,7 @@ from k3snet.backends.kit import (
 from k3snet.backends.lock import namespace_id
 from k3snet.backends.netns import (
     NetnsRunner,
+    earlier_records,
     namespace_instance,
     netns_option,
     netns_path,
@@ -866,7 +867,8 @@ class IptablesBackend(BackendBase):
             kept_as = record_netns(self._netns)
             record = MadeRecord(kept_as, namespace_id(self._netns), self._state_dir,
                                 instance=namespace_instance(self._netns, self._native_runner,
-                                                            host=kept_as is None))
+                                                            host=kept_as is None),
+                                earlier=earlier_records(self._netns, kept_as))
             before = record.load()
             made = list(before)
             made += [m for m in missing if m not in made

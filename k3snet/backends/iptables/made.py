@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -65,33 +66,54 @@ class MadeRecord:
 
     def __init__(self, netns: str | None, identity: str,
                  root: str | os.PathLike[str] | None = None, *,
-                 instance: str | None = None) -> None:
-        directory = Path(root if root is not None else DEFAULT_ROOT) / (netns or "host")
+                 instance: str | None = None, earlier: Sequence[str] = ()) -> None:
+        base = Path(root if root is not None else DEFAULT_ROOT)
+        directory = base / (netns or "host")
         # The caller's own namespace keeps its record in "host/": a namespace named
         # "host" has another file there, or each apply replaced the other's record (and
         # the other's destroy left the chains it had made).
         self.file = directory / (_NAMED_HOST if netns == "host" else _NAME)
         self.identity = identity
         self.instance = instance
+        # Where an earlier k3snet may have kept this namespace's record (directory
+        # names: earlier_records), read while it has none and removed by a save.
+        self.earlier = [base / name / _NAME for name in earlier]
 
     def load(self) -> list[Made]:
-        """What is recorded for this namespace (nothing when unreadable)."""
-        data = read_trusted(self.file, _LIMIT)
+        """What is recorded for this namespace (nothing when unreadable), or in an
+        earlier place for it while it has no record of its own."""
+        found = self._read(self.file)
+        for older in self.earlier:
+            if found is not None:
+                break
+            found = self._read(older)
+        return found or []
+
+    def _read(self, file: Path) -> list[Made] | None:
+        """The record in ``file``; ``None`` when there is none, or another's."""
+        data = read_trusted(file, _LIMIT)
         if data is None:
-            return []
+            return None
         try:
             document = json.loads(data)
             written = document.get("instance")
             if document.get("namespace") != self.identity or (
                     written is not None and self.instance is not None
                     and written != self.instance):
-                return []
+                return None
             return [Made(str(e["family"]), str(e["table"]), str(e["chain"]),
                          bool(e["table_made"])) for e in document["made"]]
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("iptables: ignoring the record %s of chains k3snet made: %s",
-                        self.file, exc)
-            return []
+                        file, exc)
+            return None
+
+    def _retire_earlier(self) -> None:
+        """Remove this namespace's records in the earlier places (another's stays)."""
+        for older in self.earlier:
+            if self._read(older) is not None:
+                with contextlib.suppress(OSError):
+                    older.unlink()
 
     def save(self, made: list[Made]) -> None:
         """Record ``made`` (the file removed when empty, and its namespace's directory
@@ -99,6 +121,7 @@ class MadeRecord:
         a log line."""
         try:
             if not made:
+                self._retire_earlier()
                 if self.file.exists():
                     self.file.unlink()
                     with contextlib.suppress(OSError):  # not empty: another record's
@@ -110,6 +133,7 @@ class MadeRecord:
                 document["instance"] = self.instance
             replace_atomically(self.file, json.dumps(document, indent=1) + "\n",
                                ".iptables-made-", mode=0o700, durable=True)
+            self._retire_earlier()  # once the record is in its own place
         except OSError as exc:
             log.warning("iptables: cannot record the built-in chains k3snet made in %s: %s "
                         "(a destroy leaves them, empty)", self.file, exc)

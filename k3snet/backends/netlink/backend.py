@@ -117,7 +117,13 @@ from k3snet.backends.netlink.sysctls import (
     write_sysctl,
 )
 from k3snet.backends.netlink.view import RouteCache, RouteView
-from k3snet.backends.netns import NetnsRunner, namespace_instance, netns_option, record_netns
+from k3snet.backends.netns import (
+    NetnsRunner,
+    earlier_records,
+    namespace_instance,
+    netns_option,
+    record_netns,
+)
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -368,9 +374,8 @@ class NetlinkBackend(BackendBase):
         # read once by the namespace it names (its identity), then removed.
         legacy = root if state_dir is not None else None
         # Where an earlier k3snet kept the record (host's for a namespace entered by
-        # ip netns exec) is read while it has none.
-        earlier = (root / (netns or "host") if keyed != netns
-                   else root / "host" if keyed not in (None, "host") else None)
+        # ip netns exec, another of its names) is read while it has none.
+        earlier = [root / name for name in earlier_records(netns, keyed)]
         self._store = SysctlStore(root / (keyed or "host"), keyed, identity, legacy=legacy,
                                   earlier=earlier, instance=instance)
 

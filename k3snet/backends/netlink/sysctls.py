@@ -320,10 +320,11 @@ class SysctlStore:
     ``legacy``: a directory whose ``sysctl.json`` older versions shared between
     namespaces; while this namespace has no file of its own, that one is read when
     it names this namespace, and the first save removes it (so it is read once).
-    ``earlier``: the directory of the name this namespace was reached by, when its
+    ``earlier``: the directories of the names this namespace was reached by, when its
     records are kept under another (:func:`~k3snet.backends.netns.record_netns`: before
     2026-12-05 ``ip netns exec NAME`` kept them in ``host``'s, a name of the node's own
-    namespace in its own); read and removed the same way.
+    namespace in its own; a name given later may sort before the one they are kept
+    under); read in turn and removed the same way.
 
     A namespace named ``host`` shares its directory with the namespace k3snet runs in
     (``None``): its file is ``sysctl-netns.json`` there. Before 2026-12-05 it was
@@ -333,7 +334,7 @@ class SysctlStore:
 
     def __init__(self, directory: Path, namespace: str | None, identity: str, *,
                  legacy: Path | None = None, shared: bool = False,
-                 earlier: Path | None = None, instance: str | None = None) -> None:
+                 earlier: Sequence[Path] = (), instance: str | None = None) -> None:
         self.directory = directory
         named_host = namespace == "host" and not shared
         self.path = directory / (_NAMED_HOST_FILE if named_host else _STATE_FILE)
@@ -345,7 +346,7 @@ class SysctlStore:
         # Read in turn while this namespace has no file of its own: host/sysctl.json for
         # a namespace named host, then the state_dir's own of before 2026-12-04.
         self.legacy: SysctlStore | None = None
-        for older in reversed([*([] if earlier is None else [earlier]),
+        for older in reversed([*earlier,
                                *([directory] if named_host else []),
                                *([] if legacy is None else [legacy])]):
             store = SysctlStore(older, namespace, identity, shared=True, instance=instance)
@@ -362,13 +363,22 @@ class SysctlStore:
         """
         text = self._read()
         if text is None:
+            # The first older file kept for this namespace: one of another (the node's
+            # own record in host's) is passed over.
             legacy = self.legacy
-            while legacy is not None and not os.path.lexists(legacy.path):
+            while legacy is not None:
+                older = legacy._read() if os.path.lexists(legacy.path) else None
+                state = None if older is None else legacy._parse(older)
+                if state is not None:
+                    return state
                 legacy = legacy.legacy
-            return SysctlState() if legacy is None else legacy.load()
-        return self._parse(text)
+            return SysctlState()
+        state = self._parse(text)
+        return SysctlState() if state is None else state
 
-    def _parse(self, text: str) -> SysctlState:
+    def _parse(self, text: str) -> SysctlState | None:
+        """The state ``text`` holds, ``None`` when it was written for another namespace
+        (see :meth:`load`)."""
         try:
             data = json.loads(text)
             if data.get("format") != _STATE_FORMAT:
@@ -386,7 +396,7 @@ class SysctlStore:
                     "directory; give one of them another state_dir (K3SNET_STATE_DIR, "
                     "--backend-opt netlink.state_dir=DIR)")
             if not self._mine(data):
-                return SysctlState()  # left by another namespace of the same name
+                return None  # left by another namespace of the same name
             owned = {str(name): (str(entry["value"]), _recorded_previous(entry))
                      for name, entry in data.get("owned", {}).items()}
             released = {str(name) for name in data.get("released", ())}
