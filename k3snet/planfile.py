@@ -20,8 +20,6 @@ options and the desired state (schema: ``k3snet.schemas.load_schema("planfile")`
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
 import hashlib
@@ -172,6 +170,10 @@ def _authorities_digest(configuration: Any) -> str | None:
     certificate as its DER bytes, in no order: the same authorities whether given as a
     file or as data, with either line ends, blank lines, in any order in a bundle.
     ``None``: none given (or the file is unreadable)."""
+    # Only a plan of a cluster backend reads these: not imported by every cold CLI.
+    import base64  # noqa: PLC0415
+    import binascii  # noqa: PLC0415
+
     given: list[bytes] = []
     path = getattr(configuration, "ssl_ca_cert", None)
     if path:
