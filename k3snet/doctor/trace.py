@@ -711,7 +711,10 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
         return None
     pods = (t.state.pod_network(flow.source, iif)
             if not upstream_routes_pods and not to_pod else None)
-    if seen != flow.source and pods is not None and seen in pods:
+    # (Not the egress interface's own address in a pod CIDR broad enough to hold it, fd00::/8
+    # beside the uplink's fd01:1::5: the network beyond answers it on that link.)
+    if seen != flow.source and pods is not None and seen in pods and not any(
+            a.device == oif and a.address == seen for a in t.state.addresses):
         t.add("reply", "return", "drop", "beyond the node",
               f"the destination answers {seen}, the address the source was translated to, "
               f"which lies in the pods' network {pods}: the network beyond this node routes "

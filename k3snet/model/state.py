@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 
+from k3snet._logline import printable
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject
 from k3snet.model.drift import ForwardDrift, NatDrift
@@ -265,7 +266,10 @@ class State:
         lines = [f"owned ({len(self.owned)}):"]
         lines += [f"  {o.describe()}" for o in self._ordered]
         lines.append(f"foreign ({len(self.foreign)}):")
-        lines += [f"  {o.describe()}" for o in sorted(self.foreign, key=_sort_key)]
+        # Foreign objects quote what others wrote (an unreadable Calico pool's name as the
+        # API server gave it, a custom kind's text): one printable line each, as a plan's
+        # note says them.
+        lines += [f"  {printable(o.describe())}" for o in sorted(self.foreign, key=_sort_key)]
         return "\n".join(lines)
 
 

@@ -396,6 +396,37 @@ def test_what_the_backends_warn_of_is_an_ansible_warning(
 
 
 @pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_a_warning_quoting_a_foreign_name_reaches_the_controller_printable(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # A chain another program named with a terminal escape (clear the screen, set the
+    # window's title): `k3snet plan` writes it \x1b[2J; the module's task warning (and its
+    # failure message) went to ansible-playbook's terminal as it was.
+    name = "K3SNET-\x1b[2J\x1b]0;x\x07"
+    with SeedLab.create() as lab:
+        for argv in (["-N", name], ["-A", name, "-j", "RETURN"],
+                     ["-I", "POSTROUTING", "1", "-j", name]):
+            run_in(lab.node, ["iptables-nft", "-w", "-t", "nat", *argv])
+        task = egress(spec_path=str(SPEC_PATH), backends=["netlink", "iptables"],
+                      **lab_node(lab))
+        check = playbook(tmp_path, ansible_env, [task], "--check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        (result,) = check.results
+        warned = [w for w in result.get("warnings", []) if "K3SNET-" in w]
+        assert len(warned) == 1, result.get("warnings")
+        assert "chain K3SNET-\\x1b[2J\\x1b]0;x\\x07 is not k3snet's" in warned[0]
+        assert "\x1b" not in check.stdout + check.stderr
+
+
+def test_a_failure_message_quoting_foreign_text_is_printable_its_lines_kept() -> None:
+    # msg goes to whatever callback the controller uses; k3snet's text quotes others'.
+    done = load_module().failure("error: table \x1b[2Jx\u202e\nnote: removed", "BackendError", 1)
+    assert done["msg"] == "error: table \\x1b[2Jx\\u202e\nnote: removed"
+    assert done["error"]["message"] == "error: table \x1b[2Jx\u202e\nnote: removed"  # as JSON
+
+
+@pytest.mark.kernel
 @pytest.mark.usefixtures("require_root")
 def test_a_cron_path_without_sbin_still_finds_the_iptables_tools(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:

@@ -48,3 +48,19 @@ def test_masquerade_to_an_address_of_the_pod_network_is_no_way_back(
                check=False)
         run_in(node, ["ip", "-6", "addr", "add", "fd01:4::5/64", "dev", "eth1", "nodad"],
                check=False)
+
+
+def test_masquerade_to_the_uplinks_own_address_inside_a_broad_pod_cidr_reaches(
+        doctor_lab: DoctorLab) -> None:
+    # A cluster CIDR that also holds the uplink's address (fd00::/8 from a spec or a CNI
+    # file, the uplink's fd01:1::5): the masquerade gives the connection the uplink's own
+    # address, which the network beyond answers on that link, and the kernel's
+    # connection works. Not an address of the pods' side: no masquerade-pod-address.
+    topology = Topology(family=6)
+    doctor_lab.configure(topology)
+    answer, _ = doctor_lab.kernel_and_trace(topology, timeout=2)
+    assert answer["ok"], answer
+    state = NodeState.from_capture(doctor_lab.capture()).with_cluster(pod_cidrs=["fd00::/8"])
+    d = diagnose(state, Flow(topology.pod, topology.destination, port=topology.port))
+    assert "masquerade-pod-address" not in [f.code for f in d.findings], d.render()
+    assert d.trace.verdict is Verdict.REACHES, d.render()

@@ -70,3 +70,42 @@ def test_a_routers_packet_too_big_reaches_the_pod_through_a_forward_policy_drop(
             save = run_in(lab.node, [f"{'ip6' if family == 6 else 'ip'}tables-{mode}-save",
                                      "-c", "-t", "filter"]).stdout
             assert ":FORWARD DROP [0:0]" in save, save  # nothing left to the policy
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_admins_accept_of_replies_by_source_does_not_meet_the_forward_rule_path_mtu(
+        require_root: None, family: int) -> None:
+    # An administrator's pair under a FORWARD policy DROP, the replies accepted as k3snet's
+    # earlier reply rule did (from the destination): the router's Packet Too Big is not
+    # from the destination and the policy drops it. It was read as meeting k3snet's
+    # ForwardRule (nothing written, the pods' large packets lost); k3snet now writes its own.
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+    from k3snet.lab.seed import DB_ADDRESSES, POD_CIDRS  # noqa: PLC0415
+
+    pods, destination = POD_CIDRS[family], DESTINATIONS[family]  # type: ignore[index]
+    forward = ForwardRule(pods, destination, in_interface="cni0", out_interface="eth0")
+    desired = State(owned=[
+        forward, MasqueradeRule(pods, destination=destination, out_interface="eth0")])
+    db = DB_ADDRESSES[family]  # type: ignore[index]
+    tool = f"{'ip6' if family == 6 else 'ip'}tables-nft"
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                          "net.ipv6.conf.all.forwarding=1"])
+        lab.block_forward("iptables-nft")
+        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", pods, "-d", destination,
+                          "-i", "cni0", "-o", "eth0", "-j", "ACCEPT"])
+        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", destination, "-d", pods,
+                          "-i", "eth0", "-o", "cni0", "-m", "conntrack", "--ctstate",
+                          "RELATED,ESTABLISHED", "-j", "ACCEPT"])
+        with IptablesBackend(lab.node, mode="nft") as backend:
+            p = plan(backend.observe(), desired)
+            assert forward in {c.subject for c in p.changes}, p.render()
+            backend.apply(p)
+            assert lab.tcp_probe(family).ok
+            run_in(lab.router, ["ip", "link", "set", "eth1", "mtu", "1280"])
+            run_in(lab.db, ["ip", "link", "set", "eth0", "mtu", "1280"])
+            run_in(lab.pod, [sys.executable, "-c", _SEND, db])
+            route = run_in(lab.pod, ["ip", f"-{family}", "-o", "route", "get", db]).stdout
+            assert "mtu 1280" in route, route

@@ -435,3 +435,95 @@ def test_real_packets_are_dropped_exactly_where_the_plan_warns_of_a_foreign_defa
             seen[case] = (any(not ok for ok in reached), bool(warned))
             assert (said is None) == (not warned), (case, warned)
     assert seen == {case: (dropped, dropped) for case, (dropped, _) in seen.items()}
+
+
+# Another table's policy drop accepting the pods' traffic and its replies by their source
+# (as k3snet's own reply accept does in its table, where the policy is accept): a router's
+# ICMP error for the pods' flow (a Packet Too Big, path MTU) comes from the router's own
+# address, and that chain's policy drops it. No accept in k3snet's table opens it.
+_PAIR = """
+table inet fw {{
+    chain f {{
+        type filter hook forward priority 0; policy drop;
+        ip saddr 10.42.0.0/16 ip daddr 192.168.2.0/24 accept
+        ip saddr 192.168.2.0/24 ip daddr 10.42.0.0/16 {reply}accept
+        ip6 saddr fd42:42::/56 ip6 daddr fd01:2::/64 accept
+        ip6 saddr fd01:2::/64 ip6 daddr fd42:42::/56 {reply}accept
+{errors}    }}
+}}
+"""
+_ERRORS_TAKEN = ("        ip daddr 10.42.0.0/16 ct state established,related accept\n"
+                 "        ip6 daddr fd42:42::/56 ct state established,related accept\n")
+ERROR_CASES: dict[str, tuple[str, bool]] = {
+    "replies by their source": (_PAIR.format(reply="", errors=""), True),
+    "replies by their source and conntrack": (
+        _PAIR.format(reply="ct state established,related ", errors=""), True),
+    "replies by their source, and all that comes back to the pods": (
+        _PAIR.format(reply="ct state established,related ", errors=_ERRORS_TAKEN), False),
+    "every established or related packet": (
+        _PAIR.format(reply="", errors="").replace(
+            "policy drop;\n", "policy drop;\n        ct state established,related accept\n"),
+        False),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_a_foreign_default_dropping_a_routers_icmp_error_for_the_pods_is_a_warning(
+        ns: str, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rules, dropped = ERROR_CASES[case]
+    run_in(ns, ["nft", "-f", "-"], input_text=rules)
+    warnings = plan_warnings(ns, capsys, "nftables")
+    if not dropped:
+        assert warnings == []
+        return
+    (warning,) = warnings  # the first wanted rule it drops errors of, IPv4's
+    assert warning.startswith("nftables: inet fw chain f, a filter chain "), warning
+    assert "(policy drop)" in warning
+    assert "may drop a router's ICMP error for it" in warning
+    assert "`ip daddr 10.42.0.0/16 ct state established,related accept`" in warning
+
+
+_SEND = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+sock = socket.socket(family, socket.SOCK_DGRAM)
+if family == socket.AF_INET:
+    sock.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER: IP_PMTUDISC_DO
+sock.connect((sys.argv[1], 9))
+for _ in range(3):
+    try:
+        sock.send(b"x" * 1400)
+    except OSError:
+        pass  # EMSGSIZE once the error arrived: the path's MTU is known
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_real_packet_too_big_is_lost_exactly_where_the_plan_warns_of_a_foreign_default(
+        require_root: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], case: str) -> None:
+    import sys  # noqa: PLC0415
+
+    from k3snet.lab.seed import DB_ADDRESSES  # noqa: PLC0415
+
+    rules, dropped = ERROR_CASES[case]
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        run_in(lab.node, ["nft", "-f", "-"], input_text=rules)
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0
+        warned = [line for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("!! warning: nftables: ")]
+        assert bool(warned) == dropped, warned
+        run_in(lab.router, ["ip", "link", "set", "eth1", "mtu", "1280"])
+        run_in(lab.db, ["ip", "link", "set", "eth0", "mtu", "1280"])
+        for family in (4, 6):
+            assert lab.tcp_probe(family).ok  # the flow itself passes in every case
+            db = DB_ADDRESSES[family]
+            run_in(lab.pod, [sys.executable, "-c", _SEND, db])
+            route = run_in(lab.pod, ["ip", f"-{family}", "-o", "route", "get", db]).stdout
+            assert ("mtu 1280" not in route) == dropped, (family, route)

@@ -242,3 +242,17 @@ def test_a_note_says_its_reason_on_one_printable_line_whatever_it_holds(reason: 
     lines = note.render().split("\n")
     assert len(lines) == 3
     assert all(_safe(line) for line in lines)
+
+
+@given(name=TEXT)
+@example(name="p\x1b[2J\n  forged-pool 10.0.0.0/8")
+def test_observe_lists_a_foreign_object_on_one_printable_line_whatever_it_quotes(
+        name: str) -> None:
+    # `k3snet observe` prints State.render(): an IPPool k3snet could not read is named as
+    # the API server gave it (CalicoPools.invalid), written as it was.
+    from k3snet.model.cni import CalicoPools  # noqa: PLC0415
+
+    lines = State(foreign=[CalicoPools(invalid=[(name or "x", "unreadable")])]).render()
+    assert lines.split("\n")[:2] == ["owned (0):", "foreign (1):"]
+    assert len(lines.split("\n")) == 3
+    assert all(_safe(line) for line in lines.split("\n"))

@@ -339,7 +339,7 @@ def foreign_forward(dump: TableDump | None, family: int, *,
         if source.version != family or destination.version != family:
             continue
         answers = [reply for reply in accepts if _answers(reply, rule, source, destination)]
-        if not answers:
+        if not answers or not any(_takes_errors(reply, rule, source) for reply in accepts):
             continue
         try:
             accepted = ForwardRule(source, destination, in_interface=rule.in_interface,
@@ -400,6 +400,22 @@ def _answers(reply: RuleFields, rule: RuleFields, source: Network, destination: 
         return False
     return (
         (reply.source is None or contains(reply.source, destination))
+        and (reply.destination is None or contains(reply.destination, source))
+        and reply.in_interface in (None, rule.out_interface)
+        and reply.out_interface in (None, rule.in_interface)
+    )
+
+
+def _takes_errors(reply: RuleFields, rule: RuleFields, source: Network) -> bool:
+    """``reply`` accepts a router's ICMP error for ``rule``'s traffic (an ICMPv6 Packet Too
+    Big, an ICMP fragmentation needed): it comes from the router's own address, not the
+    destination, RELATED to the connection, so an accept naming a source (the destination,
+    as k3snet's own reply accept did) leaves it to what follows, a FORWARD policy DROP, and
+    path MTU discovery never learns the path's smaller MTU."""
+    if reply.ctstate is not None and "RELATED" not in reply.ctstate.split(","):
+        return False
+    return (
+        reply.source is None
         and (reply.destination is None or contains(reply.destination, source))
         and reply.in_interface in (None, rule.out_interface)
         and reply.out_interface in (None, rule.in_interface)

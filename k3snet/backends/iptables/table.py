@@ -376,8 +376,7 @@ def _find_units(state: TableState) -> None:
                 unit = rebuild_unit(state.family, digest, name, distinct, state.chains)
             if unit is None:
                 state.dirty.add(name)
-                findings.append((name, f"rules tagged k3snet:{digest} that k3snet did not "
-                                       "write (edited, forged, or in the wrong chain)"))
+                findings.append((name, _not_written(state, digest, name, distinct)))
                 continue
             if len(distinct) < len(group):  # two writers, or the same rule loaded twice
                 state.dirty.add(name)
@@ -385,6 +384,22 @@ def _find_units(state: TableState) -> None:
                                        f"{len(group) // len(distinct)} times"))
             state.units[digest] = unit
             state.by_chain.setdefault(name, set()).add(digest)
+
+
+def _not_written(state: TableState, digest: str, chain: str, lines: Sequence[Line]) -> str:
+    """What tagged ``lines`` k3snet does not render are: a forward rule as an earlier
+    release wrote it, its reply accept matching the destination as the source (``-s
+    DEST -d PODS``), is named so (the upgrade's one drift); anything else as edited."""
+    if (len(lines) == 2 and len(lines[1]) > 2 and lines[1][0] == "-s"
+            and "--ctstate" in lines[1]
+            and rebuild_unit(state.family, digest, chain, [lines[0], lines[1][2:]],
+                             state.chains) is not None):
+        return ("a forward rule's reply accept as an earlier k3snet release wrote it "
+                f"({format_line(lines[1])}): a router's ICMP error for the pods' flow (a "
+                "Packet Too Big) does not come from the destination, and a FORWARD policy "
+                "DROP took it; rewritten")
+    return (f"rules tagged k3snet:{digest} that k3snet did not write (edited, forged, or in "
+            "the wrong chain)")
 
 
 def _find_strays(state: TableState) -> None:

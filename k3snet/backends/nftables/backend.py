@@ -486,6 +486,16 @@ class NftablesBackend(BackendBase):
                if default.family in ("ip", "ip6") and default.table == "filter"
                and default.chain == "FORWARD" else "")
             for default, rule in defaults.unopened(wanted, translated=wanted_nat))
+        found += tuple(
+            f"nftables: {default.family} {default.table} chain {default.chain}, a filter "
+            f"chain of another table that forwarded packets pass ({'; '.join(default.what)}), "
+            f"lets {rule.describe()} through but may drop a router's ICMP error "
+            f"for it (a Packet Too Big, from the router's own address, not {rule.destination}):"
+            " path MTU discovery does not learn a smaller MTU on the way and the pods' larger "
+            "packets are lost; accept what comes back to the pods from any source there "
+            f"(`{'ip6' if rule.family == 6 else 'ip'} daddr {rule.source} ct state "
+            "established,related accept`)"
+            for default, rule in defaults.unopened_errors(wanted))
         self._judged = (defaults, expected, (wanted, wanted_nat), found)
         return found
 

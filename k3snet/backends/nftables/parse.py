@@ -1340,6 +1340,44 @@ class ForwardDefaults:
         return found
 
 
+    def unopened_errors(self, rules: Sequence[ForwardRule]) -> list[tuple[ForwardDefault,
+                                                                          ForwardRule]]:
+        """Each filter default with the first of ``rules`` whose connections and replies
+        its chain accepts but not a router's ICMP error for them (an ICMPv6 Packet Too
+        Big, an ICMP fragmentation needed): the error comes from the router's own
+        address, RELATED to the connection and given back to the pods, and an accept of
+        the replies by their source (``ip saddr DEST ip daddr PODS``) leaves it to the
+        default: path MTU discovery never learns a smaller MTU on the way, and the
+        pods' larger packets are lost (k3snet's table's own accept ends only its chain)."""
+        if not self.found or not rules:
+            return []
+        judge = ForeignReader(_Unlisted(), frozenset(), _listings=dict(self.listings))
+        judge.listed = _MAX_FOREIGN_CHAINS  # never list: what was not read may drop
+        found = []
+        for default in self.found:
+            if default.kind != "filter":
+                continue  # a nat chain sees a connection's first packet only
+            base = ((default.family, default.table), default.chain, default.policy)
+            for rule in rules:
+                errors = _errors(rule)
+                if errors == _replies(rule):
+                    continue  # the replies from anywhere: judged by unopened
+                if (judge._lets_through(base, rule, defaults=True)
+                        and judge._lets_through(base, _replies(rule), defaults=True,
+                                                reply=True)
+                        and not judge._lets_through(base, errors, defaults=True,
+                                                    reply=True)):
+                    found.append((default, rule))
+                    break
+        return found
+
+
+def _errors(rule: ForwardRule) -> ForwardRule:
+    """A router's ICMP errors for ``rule``'s connections: to its source, from anywhere."""
+    return ForwardRule(_any_network("ip" if rule.family == 4 else "ip6"), rule.source,
+                       in_interface=rule.out_interface, out_interface=rule.in_interface)
+
+
 def _replies(rule: ForwardRule) -> ForwardRule:
     """The replies of ``rule``'s connections, as a rule of their own way."""
     return ForwardRule(rule.destination, rule.source, in_interface=rule.out_interface,

@@ -274,6 +274,7 @@ try:
 
     K3SNET_FOUND = f"{getattr(k3snet, '__version__', '?')} ({k3snet.__file__})"
     from k3snet._admin_path import admin_path
+    from k3snet._logline import printable
     from k3snet.backends.discover import NODE_BACKENDS, Discovery, discover_owners
     from k3snet.backends.kit import option_seconds
     from k3snet.backends.options import resolve_backend_options
@@ -429,7 +430,14 @@ def failure(msg: str, kind: str, rc: int, problems: Sequence[object] = (), *,
     """A failed task's result: ``msg``, and what a playbook tests to act on the failure
     (retry a busy node, ``until: result.rc | default(0) != 75``): ``rc``, the exit code of
     ``k3snet apply`` for it, and ``error``, the object of the CLI's ``error`` document."""
-    return {"msg": msg, "changed": changed, "rc": rc,
+    shown = msg
+    if K3SNET_IMPORT_ERROR is None:
+        # k3snet's messages quote others' text (a foreign table's name, an API server's):
+        # no escape sequence for a callback that prints msg as it is. Its lines are kept
+        # (a rollback's notes, each on its own): Ansible shows msg as one value. The
+        # error's message stays as the CLI's JSON document has it, the text itself.
+        shown = "\n".join(printable(line) for line in msg.split("\n"))
+    return {"msg": shown, "changed": changed, "rc": rc,
             "error": {"type": kind, "message": msg, "problems": [str(p) for p in problems]}}
 
 
@@ -442,7 +450,14 @@ class TaskWarnings(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Warn of ``record``'s message."""
-        self.module.warn(record.getMessage())
+        warn(self.module, record.getMessage())
+
+
+def warn(module: AnsibleModule, text: str) -> None:
+    """``text`` as a task warning, as ``k3snet plan`` prints a ``!! warning:`` line: it
+    quotes what others named (a foreign table, chain or interface), and Ansible shows it
+    on the controller's terminal as it is (an escape sequence cleared the screen)."""
+    module.warn(printable(text))
 
 
 def owned_lines(state: k3snet.State) -> str:
@@ -490,20 +505,20 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         with sigterm_undoes():
             done = converge_or_destroy(module, backend, spec)
         for warning in backend.warnings:  # what `k3snet plan` prints as `!! warning:`
-            module.warn(warning)
+            warn(module, warning)
         if spec is not None and params["state"] != "absent":
             # As `k3snet apply`: the spec's objects no backend in use manages.
             for warning in unmanaged_warnings(backend, spec, params["backends"] or ()):
-                module.warn(warning)
+                warn(module, warning)
         if module.check_mode:
             # What `k3snet plan` prints as `!! disruptive:`, judged before anything changed
             # (after an apply, the node already runs with the new value).
             command = "destroy" if params["state"] == "absent" else "apply"
             for line in disruptive_notes(backend, done.plan, command):
-                module.warn(f"disruptive: {line}")
+                warn(module, f"disruptive: {line}")
         for note in done.plan.conflicts:  # allowed: the rest is applied, this part unmet
-            module.warn("allow_conflicts: not applied, foreign state conflicts: "
-                        + note.render().replace("\n", " "))
+            warn(module, "allow_conflicts: not applied, foreign state conflicts: "
+                 + note.render().replace("\n", " "))
         if module.check_mode and not done.plan.empty:
             # What `apply` would run before changing anything: the backends' own dry run.
             problems = backend.check(done.plan)
@@ -524,7 +539,7 @@ def run_discovered(module: AnsibleModule) -> dict[str, Any]:
         if done.result is not None and done.result.applied:
             found.look_again()  # else the warnings name what the removal took
         for warning in found.warnings:
-            module.warn(warning)
+            warn(module, warning)
         discovered = {"held": {o.label: o.owned for o in found.owners},
                       "empty": list(found.idle), "unavailable": list(found.unavailable)}
     return {**result_of(module, done), "discovered": discovered}
