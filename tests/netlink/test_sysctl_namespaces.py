@@ -433,3 +433,47 @@ def test_a_namespace_given_a_name_after_an_apply_with_none_reads_its_record(
         destroy(backend)
     assert _forwarding(other) == "0"
     assert not (state / "host" / f"unnamed-{inode}" / "sysctl.json").exists()
+
+
+def test_a_namespace_named_host_given_a_name_sorting_first_reads_its_record(
+        two: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A namespace named ``host`` (not the node's) keeps its record as
+    ``host/sysctl-netns.json``; given a second name sorting first (``ip netns attach``,
+    a bind mount of its handle), it keeps it under that name, and the earlier place
+    read was ``host/sysctl.json``, the node's: its destroy through either name gave
+    nothing back (``ip_forward`` left at 1). The names are in a ``/run/netns`` of the
+    test's own (``NETNS_DIR``), bind mounts of a lab namespace's handle."""
+    first, _ = two
+    names = tmp_path / "names"
+    names.mkdir()
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    handle = netns_module.netns_path(first)
+    monkeypatch.setattr(netns_module, "NETNS_DIR", names)
+    mounted = []
+    try:
+        for name in ("host", "0-alias"):
+            (names / name).touch()
+            subprocess.run(["mount", "--bind", str(handle), str(names / name)], check=True)
+            mounted.append(names / name)
+            if name == "host":
+                _set(first, "0")
+                with NetlinkBackend("host", state_dir=state) as backend:
+                    converge(backend, _WANTED)
+                _set(first, "0")  # set again, entered by ip netns exec host: its own record
+                with NetnsRunner("host") as runner:
+                    runner.call(lambda: _converge_here(state))
+                assert (state / "host" / "sysctl-netns.json").exists()
+                assert _forwarding(first) == "1"
+        with NetlinkBackend("host", state_dir=state) as backend:
+            destroy(backend)
+        assert _forwarding(first) == "0"
+        assert not (state / "host" / "sysctl-netns.json").exists()
+    finally:
+        for path in mounted:
+            subprocess.run(["umount", str(path)], check=False)
+
+
+def _converge_here(state: Path) -> None:
+    with NetlinkBackend(None, state_dir=state) as backend:
+        converge(backend, _WANTED)
