@@ -29,7 +29,7 @@ from k3snet.errors import BackendError
 
 __all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "earlier_records", "libc",
            "namespace_instance", "netns_cookie", "netns_names", "netns_option", "netns_path",
-           "record_netns", "validate_netns"]
+           "record_netns", "unnamed_record", "validate_netns"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
@@ -62,15 +62,15 @@ def record_netns(netns: str | None) -> str | None:
     ``/run/netns`` (``ip netns attach node 1``); the name of ``/run/netns`` of the calling
     thread's namespace when that is another (``ip netns exec NAME k3snet ...`` without
     ``--netns``, as ``--netns NAME``); of several names of ``/run/netns`` (a bind mount
-    of one handle at another name), the first in sorted order; ``unnamed-INODE`` (the
-    inode of its nsfs file) for a namespace of no name (``nsenter --net`` into a pod's
-    or a container's, ``unshare -n``), whose record was ``host``'s: it took the node's
-    record for a stale one and replaced it, and the node's ``destroy`` gave nothing
-    back; else ``netns`` as given. They were kept by the name given alone: every
-    namespace entered by ``ip netns exec`` wrote the one file of ``host``, each taking
-    another's for a stale one and replacing it, and a name of the node's own namespace
-    kept a second record; a ``destroy`` reading the other file left the sysctls k3snet
-    had set.
+    of one handle at another name), the first in sorted order; ``host/unnamed-INODE``
+    (the inode of its nsfs file: :func:`unnamed_record`) for a namespace of no name
+    (``nsenter --net`` into a pod's or a container's, ``unshare -n``), whose record was
+    ``host``'s: it took the node's record for a stale one and replaced it, and the
+    node's ``destroy`` gave nothing back; else ``netns`` as given. They were kept by the
+    name given alone: every namespace entered by ``ip netns exec`` wrote the one file of
+    ``host``, each taking another's for a stale one and replacing it, and a name of the
+    node's own namespace kept a second record; a ``destroy`` reading the other file left
+    the sysctls k3snet had set.
     """
     here = _identity(THREAD_NETNS if netns is None else netns_path(netns))
     if here is None or here == _identity(INIT_NETNS):
@@ -78,7 +78,18 @@ def record_netns(netns: str | None) -> str | None:
     names = _names_of(here)
     if names or netns is not None:
         return names[0] if names else netns
-    return f"unnamed-{here[1]}"
+    return unnamed_record(here)
+
+
+def unnamed_record(here: tuple[int, int]) -> str:
+    """Where the records of the namespace of no name ``here`` (device, inode of its nsfs
+    file) are kept: ``host/unnamed-INODE``, a place no name of ``/run/netns`` reaches (a
+    name holds no ``/``; ``host``'s own files are no directories). Until 2026-12-05
+    (unreleased) it was ``unnamed-INODE``, also the directory of a namespace given that
+    very name (``ip netns add unnamed-4026532835``): the nameless one took the named
+    one's record for a stale one and replaced it, and the named one's ``destroy`` gave
+    nothing back."""
+    return f"host/unnamed-{here[1]}"
 
 
 def netns_names(netns: str | None) -> list[str]:
@@ -96,11 +107,17 @@ def earlier_records(netns: str | None, kept: str | None) -> list[str]:
     ``kept`` (:func:`record_netns` of ``netns``), in the order they are read while it has
     none: the name given when it is not ``kept``, ``host``'s for a namespace entered by
     ``ip netns exec`` (before 2026-12-05), then its other names (:func:`netns_names`: one
-    given later may sort first). A record found there is its own only when its identity
-    and instance say so."""
+    given later may sort first), then the place it had while it had no name
+    (:func:`unnamed_record`: a pod's namespace given a name by ``ip netns attach``). A
+    record found there is its own only when its identity and instance say so."""
     places = [netns or "host"] if kept != netns else (
         ["host"] if kept not in (None, "host") else [])
-    others = [] if kept is None else netns_names(netns)
+    here = None if kept is None else _identity(
+        THREAD_NETNS if netns is None else netns_path(netns))
+    others = [] if here is None else _names_of(here)
+    if here is not None:
+        # Kept before the namespace was given a name (ip netns attach NAME PID of a pod's)
+        others.append(unnamed_record(here))
     return places + [name for name in others if name != kept and name not in places]
 
 

@@ -144,3 +144,23 @@ def test_a_record_kept_in_an_earlier_place_is_read_and_moved_when_it_is_this_nam
     MadeRecord(None, "1-2", state_dir).save(MADE)
     MadeRecord("lab", "1-2", state_dir, earlier=["host"]).save([])  # a destroy's: none left
     assert not (state_dir / "host" / "iptables-made.json").exists()
+
+
+def test_a_namespace_named_host_given_a_name_sorting_first_reads_its_record(
+        state_dir: Path) -> None:
+    """A namespace named ``host`` keeps its record as ``host/iptables-made-netns.json``;
+    given a name sorting first it keeps it under that one, and the earlier place read
+    was the node's ``host/iptables-made.json``: a destroy left its chains. Its own
+    record, entered by ``ip netns exec host`` (``host`` its earlier place), stays."""
+    named = MadeRecord("host", "1-2", state_dir, earlier=["host"])
+    named.save(MADE)
+    assert named.file == state_dir / "host" / "iptables-made-netns.json"
+    named.save(MADE)  # host/ is an earlier place of its own too: its file stays
+    assert named.file.exists()
+    node = MadeRecord(None, "1-1", state_dir)
+    node.save(MADE[:1])
+    renamed = MadeRecord("0-alias", "1-2", state_dir, earlier=["host"])
+    assert renamed.load() == MADE
+    renamed.save(MADE)
+    assert not named.file.exists()
+    assert node.load() == MADE[:1]

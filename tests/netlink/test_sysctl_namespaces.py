@@ -22,7 +22,7 @@ from k3snet.backends.netlink import NetlinkBackend
 from k3snet.backends.netlink.sysctls import namespace_identity
 from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import ApplyError, RollbackError
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import create_netns, delete_netns, run_in, temporary_netns
 from k3snet.model import State, Sysctl
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
@@ -363,3 +363,117 @@ def test_an_older_shared_file_is_read_past_the_node_s_own_record(
     assert _forwarding(first) == "0"
     assert not legacy.exists()
     assert (tmp_path / "host" / "sysctl.json").exists()
+
+
+def test_a_namespace_named_unnamed_inode_keeps_a_record_apart_from_the_nameless_one(
+        two: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real name of ``/run/netns`` reading ``unnamed-INODE`` (any name may be given),
+    the inode that of a namespace of no name: both kept their records in
+    ``state_dir/unnamed-INODE/``, the nameless one took the named one's for a stale
+    record and replaced it, and the named one's destroy gave nothing back
+    (``ip_forward`` left at 1). A nameless namespace's records are kept where no name
+    of ``/run/netns`` can reach (``host/unnamed-INODE``, a name holds no ``/``)."""
+    node, other = two
+    monkeypatch.setattr(netns_module, "INIT_NETNS", netns_module.netns_path(node))
+    named = f"unnamed-{netns_module.netns_path(other).stat().st_ino}"
+    nameless = tmp_path / "no-names"
+    nameless.mkdir()
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    create_netns(named)
+    try:
+        _set(named, "0")
+        _set(other, "0")
+        with NetlinkBackend(named, state_dir=state) as backend:
+            converge(backend, _WANTED)
+        with NetnsRunner(other) as runner, monkeypatch.context() as hidden:
+            runner.call(lambda: None)  # in the namespace before its name is hidden
+            hidden.setattr(netns_module, "NETNS_DIR", nameless)
+
+            def run() -> None:
+                with NetlinkBackend(None, state_dir=state) as backend:
+                    converge(backend, _WANTED)
+
+            runner.call(run)
+        assert (_forwarding(named), _forwarding(other)) == ("1", "1")
+        with NetlinkBackend(named, state_dir=state) as backend:
+            destroy(backend)
+        assert (_forwarding(named), _forwarding(other)) == ("0", "1")
+    finally:
+        delete_netns(named)
+
+
+def test_a_namespace_given_a_name_after_an_apply_with_none_reads_its_record(
+        two: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A namespace of no name (a pod's, entered by ``nsenter --net``) keeps its record
+    under ``host/unnamed-INODE``; given a name afterwards (``ip netns attach NAME PID``,
+    to clean up after it by name), it kept its records under that name and the old one
+    was never read: its destroy gave nothing back (``ip_forward`` left at 1). Here the
+    name is hidden for the apply (``NETNS_DIR`` emptied) and seen by the destroy."""
+    node, other = two
+    monkeypatch.setattr(netns_module, "INIT_NETNS", netns_module.netns_path(node))
+    nameless = tmp_path / "no-names"
+    nameless.mkdir()
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    _set(other, "0")
+    with NetnsRunner(other) as runner, monkeypatch.context() as hidden:
+        runner.call(lambda: None)  # in the namespace before its name is hidden
+        hidden.setattr(netns_module, "NETNS_DIR", nameless)
+
+        def run() -> None:
+            with NetlinkBackend(None, state_dir=state) as backend:
+                converge(backend, _WANTED)
+
+        runner.call(run)
+    inode = netns_module.netns_path(other).stat().st_ino
+    assert (state / "host" / f"unnamed-{inode}" / "sysctl.json").exists()
+    assert _forwarding(other) == "1"
+    with NetlinkBackend(other, state_dir=state) as backend:
+        destroy(backend)
+    assert _forwarding(other) == "0"
+    assert not (state / "host" / f"unnamed-{inode}" / "sysctl.json").exists()
+
+
+def test_a_namespace_named_host_given_a_name_sorting_first_reads_its_record(
+        two: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A namespace named ``host`` (not the node's) keeps its record as
+    ``host/sysctl-netns.json``; given a second name sorting first (``ip netns attach``,
+    a bind mount of its handle), it keeps it under that name, and the earlier place
+    read was ``host/sysctl.json``, the node's: its destroy through either name gave
+    nothing back (``ip_forward`` left at 1). The names are in a ``/run/netns`` of the
+    test's own (``NETNS_DIR``), bind mounts of a lab namespace's handle."""
+    first, _ = two
+    names = tmp_path / "names"
+    names.mkdir()
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    handle = netns_module.netns_path(first)
+    monkeypatch.setattr(netns_module, "NETNS_DIR", names)
+    mounted = []
+    try:
+        for name in ("host", "0-alias"):
+            (names / name).touch()
+            subprocess.run(["mount", "--bind", str(handle), str(names / name)], check=True)
+            mounted.append(names / name)
+            if name == "host":
+                _set(first, "0")
+                with NetlinkBackend("host", state_dir=state) as backend:
+                    converge(backend, _WANTED)
+                _set(first, "0")  # set again, entered by ip netns exec host: its own record
+                with NetnsRunner("host") as runner:
+                    runner.call(lambda: _converge_here(state))
+                assert (state / "host" / "sysctl-netns.json").exists()
+                assert _forwarding(first) == "1"
+        with NetlinkBackend("host", state_dir=state) as backend:
+            destroy(backend)
+        assert _forwarding(first) == "0"
+        assert not (state / "host" / "sysctl-netns.json").exists()
+    finally:
+        for path in mounted:
+            subprocess.run(["umount", str(path)], check=False)
+
+
+def _converge_here(state: Path) -> None:
+    with NetlinkBackend(None, state_dir=state) as backend:
+        converge(backend, _WANTED)

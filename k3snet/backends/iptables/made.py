@@ -77,7 +77,11 @@ class MadeRecord:
         self.instance = instance
         # Where an earlier k3snet may have kept this namespace's record (directory
         # names: earlier_records), read while it has none and removed by a save.
-        self.earlier = [base / name / _NAME for name in earlier]
+        # In host/ for another namespace, its file as a namespace named host's too (one
+        # so named given a name sorting first keeps its records under that one).
+        self.earlier = [base / name / file for name in earlier for file in (
+            (_NAME, _NAMED_HOST) if name == "host" and netns not in (None, "host")
+            else (_NAME,))]
 
     def load(self) -> list[Made]:
         """What is recorded for this namespace (nothing when unreadable), or in an

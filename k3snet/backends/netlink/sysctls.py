@@ -324,7 +324,9 @@ class SysctlStore:
     records are kept under another (:func:`~k3snet.backends.netns.record_netns`: before
     2026-12-05 ``ip netns exec NAME`` kept them in ``host``'s, a name of the node's own
     namespace in its own; a name given later may sort before the one they are kept
-    under); read in turn and removed the same way.
+    under); read in turn and removed the same way. In ``host``'s, a namespace's own
+    (not the node's) reads the file of a namespace named ``host`` too: one so named
+    that was given a name sorting first found nothing.
 
     A namespace named ``host`` shares its directory with the namespace k3snet runs in
     (``None``): its file is ``sysctl-netns.json`` there. Before 2026-12-05 it was
@@ -334,10 +336,11 @@ class SysctlStore:
 
     def __init__(self, directory: Path, namespace: str | None, identity: str, *,
                  legacy: Path | None = None, shared: bool = False,
-                 earlier: Sequence[Path] = (), instance: str | None = None) -> None:
+                 earlier: Sequence[Path] = (), instance: str | None = None,
+                 file: str | None = None) -> None:
         self.directory = directory
         named_host = namespace == "host" and not shared
-        self.path = directory / (_NAMED_HOST_FILE if named_host else _STATE_FILE)
+        self.path = directory / (file or (_NAMED_HOST_FILE if named_host else _STATE_FILE))
         self.namespace = namespace
         self.identity = identity
         self.instance = instance
@@ -345,11 +348,18 @@ class SysctlStore:
         """A file several namespaces took turns in (``legacy``): another's is ignored."""
         # Read in turn while this namespace has no file of its own: host/sysctl.json for
         # a namespace named host, then the state_dir's own of before 2026-12-04.
+        # In host/ for another namespace, its file as a namespace named host's too: one
+        # so named given a name sorting first keeps its records under that one.
+        named_elsewhere = namespace not in (None, "host")
+        olders = [(place, name) for place in earlier for name in (
+            (_STATE_FILE, _NAMED_HOST_FILE) if place.name == "host" and named_elsewhere
+            else (_STATE_FILE,))]
         self.legacy: SysctlStore | None = None
-        for older in reversed([*earlier,
-                               *([directory] if named_host else []),
-                               *([] if legacy is None else [legacy])]):
-            store = SysctlStore(older, namespace, identity, shared=True, instance=instance)
+        for older, name in reversed([*olders,
+                                     *([(directory, _STATE_FILE)] if named_host else []),
+                                     *([] if legacy is None else [(legacy, _STATE_FILE)])]):
+            store = SysctlStore(older, namespace, identity, shared=True, instance=instance,
+                                file=name)
             store.legacy = self.legacy
             self.legacy = store
 
