@@ -91,3 +91,41 @@ def test_the_hypothesis_plugin_and_the_testing_helpers_work_without_the_other_ex
                           check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["ok"]
+
+
+_SPEC_JSON = ('{"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec", "destinations": '
+              '[{"cidr": "192.168.2.0/24", "gateway": "192.168.1.1", "device": "eth0"}]}')
+
+
+def _cli_without_yaml(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``k3snet ARGS`` as after ``pip install k3snet`` (no PyYAML), on a JSON spec."""
+    (tmp_path / "spec.json").write_text(_SPEC_JSON)
+    code = ("import sys; sys.modules['yaml'] = None\n"
+            f"sys.argv = ['k3snet', *{args!r}]\n"
+            "from k3snet.__main__ import main\n"
+            "sys.exit(main())\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, timeout=120, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("args", [("render", "manifests", "-f", "spec.json"),
+                                  ("render", "netplan", "-f", "spec.json", "-o", "netplan")])
+def test_a_render_needing_pyyaml_without_it_names_the_extra_not_an_internal_error(
+        tmp_path: Path, args: tuple[str, ...]) -> None:
+    # render manifests and render netplan -o DIR beside another netplan file: a bare
+    # ModuleNotFoundError was "internal error ... a bug: please report it"
+    (tmp_path / "netplan").mkdir()
+    (tmp_path / "netplan" / "01-netcfg.yaml").write_text("network: {version: 2}\n")
+    done = _cli_without_yaml(tmp_path, *args)
+    assert done.returncode == 1, done.stderr
+    assert "internal error" not in done.stderr
+    assert "needs PyYAML" in done.stderr
+    assert "(pip install 'k3snet[cli]')" in done.stderr.splitlines()[-1]
+
+
+def test_render_netplan_printed_needs_no_pyyaml(tmp_path: Path) -> None:
+    # the file is written by k3snet's own code; only the other netplan files are YAML to read
+    done = _cli_without_yaml(tmp_path, "render", "netplan", "-f", "spec.json")
+    assert done.returncode == 0, done.stderr
+    assert "192.168.2.0/24" in done.stdout
