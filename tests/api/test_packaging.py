@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 import venv
 import zipfile
 from pathlib import Path
 
 import pytest
+
+import k3snet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,6 +26,8 @@ def test_the_wheel_installs_and_runs_the_getting_started_path(tmp_path: Path) ->
     assert {f"k3snet/schemas/{n}.json" for n in ("plan", "state", "object", "log",
                                                 "spec.schema")} <= set(names)
     assert not [n for n in names if n.startswith("tests/")]
+    metadata = zipfile.ZipFile(wheel).read(f"k3snet-{k3snet.__version__}.dist-info/METADATA")
+    assert f"\nVersion: {k3snet.__version__}\n" in metadata.decode()
 
     env_dir = tmp_path / "venv"
     # No pip of its own (ensurepip took most of the test's time): this pip installs into it.
@@ -129,3 +135,26 @@ def test_render_netplan_printed_needs_no_pyyaml(tmp_path: Path) -> None:
     done = _cli_without_yaml(tmp_path, "render", "netplan", "-f", "spec.json")
     assert done.returncode == 0, done.stderr
     assert "192.168.2.0/24" in done.stdout
+
+
+def test_the_version_is_written_in_one_place_the_package_metadata_and_the_image_read() -> None:
+    # pyproject.toml's version and k3snet/_version.py were two copies: a release bumping
+    # one gave a wheel whose metadata (pip, importlib.metadata) said another version
+    # than `k3snet --version`, plan files and the agent's image tag
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" not in pyproject["project"]
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["hatch"]["version"]["path"] == "k3snet/_version.py"
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^VERSION := .*k3snet/_version\.py\)$", makefile, re.MULTILINE)
+
+
+def test_the_changelog_has_a_section_for_the_version() -> None:
+    # a development version's changes are Unreleased; a release's have its own heading
+    headings = re.findall(r"^## \[([^\]]+)\]", (ROOT / "CHANGELOG.md").read_text(
+        encoding="utf-8"), re.MULTILINE)
+    version = k3snet.__version__
+    if re.search(r"(\.dev|a|b|rc)\d+$", version):
+        assert headings[0] == "Unreleased"
+    else:
+        assert version in headings
