@@ -42,7 +42,10 @@ def test_the_wheel_installs_and_runs_the_getting_started_path(tmp_path: Path) ->
             "spec = k3snet.Spec.from_yaml('apiVersion: k3snet.io/v1alpha1\\nkind: EgressSpec\\n"
             "destinations:\\n  - cidr: 192.168.2.0/24\\n')\n"
             "print(len(k3snet.compile(spec).owned))\n"
-            "from k3snet.schemas import load_schema; load_schema('plan')\n")
+            "from k3snet.schemas import load_schema; load_schema('plan')\n"
+            # python -m k3snet.demo's spec: examples/seed.yaml, which the wheel ships
+            "from k3snet.demo import SPEC_PATH\n"
+            "assert len(k3snet.compile(k3snet.load_spec(SPEC_PATH)).owned) > 0, SPEC_PATH\n")
     done = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True,
                           cwd=tmp_path)
     assert int(done.stdout) > 0
