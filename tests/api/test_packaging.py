@@ -28,6 +28,11 @@ def test_the_wheel_installs_and_runs_the_getting_started_path(tmp_path: Path) ->
     assert not [n for n in names if n.startswith("tests/")]
     metadata = zipfile.ZipFile(wheel).read(f"k3snet-{k3snet.__version__}.dist-info/METADATA")
     assert f"\nVersion: {k3snet.__version__}\n" in metadata.decode()
+    # License-Expression: Apache-2.0 asks for its text with every copy (section 4a)
+    assert "\nLicense-File: LICENSE\n" in metadata.decode()
+    license_text = zipfile.ZipFile(wheel).read(
+        f"k3snet-{k3snet.__version__}.dist-info/licenses/LICENSE").decode()
+    assert license_text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
 
     env_dir = tmp_path / "venv"
     # No pip of its own (ensurepip took most of the test's time): this pip installs into it.
