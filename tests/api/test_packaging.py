@@ -166,3 +166,19 @@ def test_the_changelog_has_a_section_for_the_version() -> None:
         assert headings[0] == "Unreleased"
     else:
         assert version in headings
+
+
+@pytest.mark.parametrize("extra", ["kube", "agent"])
+def test_the_kubernetes_client_an_extra_admits_is_one_k3snet_works_with(extra: str) -> None:
+    # kubernetes>=29 let pip keep a client 29-36: 29-35 refused _content_type (an
+    # ApiTypeError on every server-side apply and merge patch: Calico pools, the agent's
+    # Node report and Lease); 36 dropped the Accept header k3snet asks and the
+    # connectivity Job's result read nothing. tests/cluster and tests/agent pass from
+    # 37.0.0 on (run against 29.0.0, 36.0.0, 37.0.0 and 37.0.2)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = [r for r in pyproject["project"]["optional-dependencies"][extra]
+              if re.match(r"kubernetes\b", r)]
+    assert len(wanted) == 1
+    bound = re.fullmatch(r"kubernetes>=(\d+)(\.\d+)*", wanted[0])
+    assert bound is not None, wanted
+    assert int(bound.group(1)) >= 37
