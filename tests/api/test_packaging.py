@@ -25,7 +25,8 @@ def test_the_wheel_installs_and_runs_the_getting_started_path(tmp_path: Path) ->
     assert "k3snet/py.typed" in names
     assert {f"k3snet/schemas/{n}.json" for n in ("plan", "state", "object", "log",
                                                 "spec.schema")} <= set(names)
-    assert not [n for n in names if n.startswith("tests/")]
+    assert {n.split("/")[0] for n in names} == {"k3snet", f"k3snet-{k3snet.__version__}.dist-info"}
+    assert "k3snet/lab/seed.yaml" in names  # python -m k3snet.demo's spec
     metadata = zipfile.ZipFile(wheel).read(f"k3snet-{k3snet.__version__}.dist-info/METADATA")
     assert f"\nVersion: {k3snet.__version__}\n" in metadata.decode()
     # License-Expression: Apache-2.0 asks for its text with every copy (section 4a)
