@@ -198,7 +198,8 @@ dist: deps
 # file system made by mmdebstrap from this machine's own apt sources (never a
 # hard-coded mirror), trimmed like debian:*-slim, and imported with podman; the
 # wheels are built here, so `podman build` runs with --network=none.
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# k3snet's version, from the one place that holds it (pyproject.toml's is dynamic).
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' k3snet/_version.py)
 IMAGE ?= localhost/k3snet:$(VERSION)
 DEBIAN_SUITE ?= bookworm
 DEBIAN_SOURCES ?= $(firstword $(wildcard /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list))

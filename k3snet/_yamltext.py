@@ -7,7 +7,7 @@ line, by line and column. YAML 1.1 (PyYAML, libyaml, Go's yaml) also breaks line
 NEL (U+0085), LINE SEPARATOR (U+2028) and PARAGRAPH SEPARATOR (U+2029), which editors
 and YAML 1.2 show inside a line: its line numbers then named a line the file did not
 seem to have, so lines are counted at line feeds here and such a character is named
-(:func:`odd_break`).
+(:func:`odd_break`). :func:`yaml_missing` says which extra brings PyYAML.
 """
 
 from __future__ import annotations
@@ -15,12 +15,22 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["ODD_BREAKS", "odd_break", "yaml_problem"]
+from k3snet.errors import BackendUnavailableError
+
+__all__ = ["ODD_BREAKS", "odd_break", "yaml_missing", "yaml_problem"]
 
 ODD_BREAKS = {"\x85": "NEL, next line", "\u2028": "LINE SEPARATOR",
               "\u2029": "PARAGRAPH SEPARATOR"}
 """The characters YAML 1.1 reads as line breaks and YAML 1.2 and editors do not."""
 _ODD_BREAK = re.compile("[\x85\u2028\u2029]")
+
+
+def yaml_missing(purpose: str, exc: ImportError) -> BackendUnavailableError:
+    """The error for ``import yaml`` failing (PyYAML is an optional dependency): it says
+    that ``purpose`` needs PyYAML and which extra installs it, where a bare ImportError was
+    an internal error of the CLI's. Raise it ``from exc``."""
+    return BackendUnavailableError(f"{purpose} needs PyYAML, which is not installed: {exc} "
+                                   "(pip install 'k3snet[cli]')")
 
 
 def odd_break(text: str) -> str | None:

@@ -31,7 +31,7 @@ from k3snet._kept import input_problem, read_input, write_output_in
 from k3snet._logline import bounded as bounded_line
 from k3snet._logline import one_line, printable, printable_lines
 from k3snet._version import __version__
-from k3snet._yamltext import yaml_problem
+from k3snet._yamltext import yaml_missing, yaml_problem
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, WarningLog, option_seconds
@@ -2516,8 +2516,6 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
     those of OUT, and for /etc/netplan those of /lib/netplan and /run/netplan as netplan
     reads them (a name in a later directory replaces it in an earlier one). Nothing when
     printing: the file's place is then unknown."""
-    import yaml  # noqa: PLC0415 - k3snet[cli]
-
     if out is None:
         return {}
     paths: dict[str, Path] = {}
@@ -2525,6 +2523,12 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
         if directory.is_dir():
             paths.update((p.name, p) for p in sorted(directory.glob("*.yaml")))
     paths.pop(NETPLAN_FILE, None)  # the file this replaces
+    if not paths:
+        return {}
+    try:
+        import yaml  # noqa: PLC0415 - k3snet[cli]
+    except ImportError as exc:  # printing, or no other file, needs none
+        raise yaml_missing(f"reading the netplan files beside {out}", exc) from exc
     documents: dict[str, object] = {}
     for name, path in sorted(paths.items()):
         text = ""

@@ -40,7 +40,17 @@ from k3snet.spec import compile as compile_spec
 
 __all__ = ["main", "run_demo"]
 
-SPEC_PATH = Path(__file__).resolve().parent.parent / "examples" / "seed.yaml"
+
+def _seed_spec() -> Path:
+    """``examples/seed.yaml``: the copy the wheel ships in :mod:`k3snet.lab`, else the
+    checkout's (``python -m k3snet.demo`` from an installed wheel looked for it in
+    ``site-packages/examples/``, where nothing is)."""
+    here = Path(__file__).resolve().parent
+    shipped = here / "lab" / "seed.yaml"
+    return shipped if shipped.is_file() else here.parent / "examples" / "seed.yaml"
+
+
+SPEC_PATH = _seed_spec()
 FAMILIES: tuple[Family, ...] = (4, 6)
 
 

@@ -165,6 +165,16 @@ def inherited_locks() -> Iterator[tuple[int, ...]]:
             os.close(fd)
 
 
+def _not_permitted(exc: OSError) -> str:
+    """What a user who is not root is to do when the lock directory is root's (a wheel
+    installed for a user, a capability granted instead of root): it said only "Permission
+    denied"."""
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return ""
+    return (" (k3snet's lock directory is root's: run k3snet as root, or give every k3snet "
+            "process of this node the same K3SNET_LOCK_DIR, a directory of its user's own)")
+
+
 def _open_directory(directory: Path) -> int:
     """A descriptor of the lock directory (made 0700 if missing), once it is k3snet's own.
 
@@ -173,7 +183,8 @@ def _open_directory(directory: Path) -> int:
     try:
         make_directory(directory, 0o700)
     except OSError as exc:
-        raise BackendError(f"cannot create the lock directory {directory}: {exc}") from exc
+        raise BackendError(f"cannot create the lock directory {directory}: {exc}"
+                           f"{_not_permitted(exc)}") from exc
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -181,7 +192,8 @@ def _open_directory(directory: Path) -> int:
             problem = "a symbolic link" if directory.is_symlink() else "not a directory"
             raise BackendError(f"the lock directory {directory} is {problem}: k3snet takes "
                                "its lock only in a directory of its own") from exc
-        raise BackendError(f"cannot open the lock directory {directory}: {exc}") from exc
+        raise BackendError(f"cannot open the lock directory {directory}: {exc}"
+                           f"{_not_permitted(exc)}") from exc
     why = untrusted(os.fstat(fd))
     if why is not None:
         os.close(fd)

@@ -43,6 +43,7 @@ from typing import Any, Final
 
 import attrs
 
+from k3snet._yamltext import yaml_missing
 from k3snet.errors import BackendError, Problem, SpecError
 from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, KubeErrors
 from k3snet.model import printable
@@ -381,7 +382,10 @@ def _cilium_configmaps(spec: Spec, problems: list[Problem]) -> tuple[str, tuple[
 
 
 def _spec_text(spec: Spec) -> str:
-    import yaml  # noqa: PLC0415 - optional dependency (k3snet[cli] / k3snet[kube])
+    try:
+        import yaml  # noqa: PLC0415 - optional dependency (k3snet[cli] / k3snet[kube])
+    except ImportError as exc:
+        raise yaml_missing("writing Kubernetes manifests", exc) from exc
 
     return yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=False)
 
@@ -1182,7 +1186,10 @@ def dump_manifests(objs: Iterable[Mapping[str, Any]]) -> str:
     ``metadata`` first); multi-line strings are written as ``|`` blocks; the same
     objects always give the same bytes.
     """
-    import yaml  # noqa: PLC0415 - optional dependency (k3snet[cli] / k3snet[kube])
+    try:
+        import yaml  # noqa: PLC0415 - optional dependency (k3snet[cli] / k3snet[kube])
+    except ImportError as exc:
+        raise yaml_missing("writing Kubernetes manifests", exc) from exc
 
     class _Dumper(yaml.SafeDumper):
         def ignore_aliases(self, data: Any) -> bool:

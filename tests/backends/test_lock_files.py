@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -193,3 +197,41 @@ def test_a_relative_lock_directory_is_refused(
           namespace_lock([None], timeout=0)):
         pass
     assert not (tmp_path / "locks").exists()
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["open", "create"])
+def test_a_user_refused_the_lock_directory_is_told_to_run_as_root_or_set_k3snet_lock_dir(
+        made: bool) -> None:
+    # k3snet installed for a user (or given CAP_NET_ADMIN instead of root) stopped at
+    # "cannot open the lock directory /run/k3snet/locks: Permission denied", nothing more
+    uid = _nobody()
+    # not under tmp_path: pytest's base directory is root's alone, so nobody reached nothing
+    with tempfile.TemporaryDirectory(prefix="k3snet-lock-test-") as base:
+        Path(base).chmod(0o755)
+        _refused_as(uid, Path(base), made=made)
+
+
+def _refused_as(uid: int, base: Path, *, made: bool) -> None:
+    root_only = base / "root-only"
+    root_only.mkdir(mode=0o700)
+    directory = root_only / "locks" if not made else root_only
+    code = ("import sys\n"
+            "from k3snet.backends.lock import namespace_lock\n"
+            "from k3snet.errors import BackendError\n"
+            "try:\n"
+            "    with namespace_lock([None], timeout=0): pass\n"
+            "except BackendError as exc: print(exc)\n")
+    setpriv = shutil.which("setpriv")  # util-linux; subprocess's user= could not exec
+    if setpriv is None:                  # this Python, kept under a directory of root's
+        pytest.skip("needs setpriv")
+    done = subprocess.run(
+        [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c",
+         code], capture_output=True, text=True, check=False, timeout=60, cwd="/",
+        env={"PATH": "/usr/bin:/bin", "K3SNET_LOCK_DIR": str(directory),
+             "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0, done.stderr
+    said = done.stdout.strip()
+    assert said.startswith(f"cannot {'open' if made else 'create'} the lock directory "
+                           f"{directory}: "), said
+    assert said.endswith("run k3snet as root, or give every k3snet process of this node the "
+                         "same K3SNET_LOCK_DIR, a directory of its user's own)"), said
