@@ -475,6 +475,10 @@ ERROR_CASES: dict[str, tuple[str, bool]] = {
             "        meta l4proto icmp icmp type echo-request accept\n"
             "        icmpv6 type echo-request accept\n")),
         True),
+    "replies by their source, and related packets apart": (
+        _PAIR.format(reply="", errors=("        ct state established accept\n"
+                                       "        ct state related accept\n")),
+        False),
     "every established or related packet": (
         _PAIR.format(reply="", errors="").replace(
             "policy drop;\n", "policy drop;\n        ct state established,related accept\n"),

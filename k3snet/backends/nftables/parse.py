@@ -163,7 +163,8 @@ class Match:
     expires: str | None = None
     # of the unknown tests, those a router's ICMP error carrying the path's MTU passes
     # (`meta l4proto icmp`, `icmp type destination-unreachable`; IPv6's: `icmpv6 type
-    # packet-too-big`): a rule whose unknown tests are all these accepts that error
+    # packet-too-big`; `ct state related`, as conntrack sees that error): a rule whose
+    # unknown tests are all these accepts that error
     pmtu4: int = 0
     pmtu6: int = 0
 
@@ -265,6 +266,9 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
             states = {right} if isinstance(right, str) else {
                 v for v in right or () if isinstance(v, str)}
             out.ct_reply = understood = states == {"established", "related"}
+            if not understood and "related" in states:  # a router's ICMP error is RELATED
+                out.pmtu4 += 1
+                out.pmtu6 += 1
     if not understood:
         out.unknown += 1
         if op in ("==", "in") and isinstance(left, dict):
