@@ -58,10 +58,10 @@ _log = logging.getLogger("k3snet.agent.lease")
 LEASE_JITTER = 1.2
 """The part by which a candidate's wait is lengthened at random (0 to 120 %, client-go's
 ``JitterFactor``): of its back-off after failures, and of ``retry_period`` alone when it
-waits for a holder's Lease, so a Lease whose holder is gone is taken within ``duration``
-+ 1.2 x ``retry_period`` of the last change of it seen (client-go's candidates poll every
-jittered ``retry_period``: within 2.2 x it). Never the holder's wait: it renews every
-``retry_period`` to stay within its renew deadline."""
+waits for a holder's Lease, so a Lease whose holder is gone is taken within
+``duration`` and 1.2 x ``retry_period`` of the last change of it seen (client-go's
+candidates poll every jittered ``retry_period``: within 2.2 x it). Never the holder's
+wait: it renews every ``retry_period`` to stay within its renew deadline."""
 
 RETRY_AFTER_LIMIT = 300.0
 """The longest wait a candidate takes from an answer's ``Retry-After`` (seconds)."""
