@@ -26,9 +26,11 @@ then cost 5,000 / 15 s reads instead of 5,000 / 2 s (docs/scale.md). And a
 candidate whose step failed (403, 429, 5xx, no answer) waits ``retry_period``
 doubled for each failure in a row, up to ``duration``: the same pace while the API
 server is in trouble, or longer when its answer asked so (``Retry-After``, up to
-:data:`RETRY_AFTER_LIMIT`). Every wait of a candidate is lengthened at random by up to
-:data:`LEASE_JITTER` of it (client-go's ``JitterFactor``, which it applies to its
-candidates' retry period): candidates whose reads failed together (an API server
+:data:`RETRY_AFTER_LIMIT`). Every wait of a candidate is lengthened at random
+(:data:`LEASE_JITTER`, client-go's ``JitterFactor``, which it applies to its candidates'
+retry period): a back-off by up to 120 % of it, a wait for a holder's Lease by up to
+120 % of ``retry_period`` (a dead holder's Lease is still taken within ``duration`` and
+a jittered retry period); candidates whose reads failed together (an API server
 restarting) otherwise read again together, to the millisecond, at every step after.
 """
 
@@ -54,10 +56,12 @@ __all__ = ["LEASE_JITTER", "RETRY_AFTER_LIMIT", "LeaderElector", "LeaseSettings"
 _log = logging.getLogger("k3snet.agent.lease")
 
 LEASE_JITTER = 1.2
-"""The part of a candidate's wait by which it is lengthened at random (0 to 120 %, client-go's
-``JitterFactor``). Never the holder's: it renews every ``retry_period`` to stay within its
-renew deadline. A Lease whose holder is gone is taken by the first candidate to read it
-once it expired: among thousands at once, among two up to 1.2 x its ``duration`` later."""
+"""The part by which a candidate's wait is lengthened at random (0 to 120 %, client-go's
+``JitterFactor``): of its back-off after failures, and of ``retry_period`` alone when it
+waits for a holder's Lease, so a Lease whose holder is gone is taken within
+``duration`` and 1.2 x ``retry_period`` of the last change of it seen (client-go's
+candidates poll every jittered ``retry_period``: within 2.2 x it). Never the holder's
+wait: it renews every ``retry_period`` to stay within its renew deadline."""
 
 RETRY_AFTER_LIMIT = 300.0
 """The longest wait a candidate takes from an answer's ``Retry-After`` (seconds)."""
@@ -316,8 +320,10 @@ class LeaderElector:
         failed steps a candidate waits ``retry_period`` doubled for each, up to
         ``duration`` (thousands of candidates must not poll a failing API server), and at
         least the ``Retry-After`` of the last failure's answer (up to
-        :data:`RETRY_AFTER_LIMIT`). A candidate's wait is lengthened at random by up to
-        :data:`LEASE_JITTER` of it."""
+        :data:`RETRY_AFTER_LIMIT`). A candidate's back-off is lengthened at random by up
+        to :data:`LEASE_JITTER` of it, its wait for a holder's Lease by up to
+        :data:`LEASE_JITTER` of ``retry_period`` (a dead holder is replaced within
+        ``duration`` and a jittered retry period, as client-go's candidates do)."""
         s = self.settings
         with self._lock:
             if self._leader:
@@ -329,8 +335,11 @@ class LeaderElector:
                 return self._jittered(max(wait, asked))
             if self._observed is None or not self._observed[0]:
                 return self._jittered(s.retry_period)
+            # (only the retry period's part jittered: the whole wait lengthened by up to
+            # 120 % kept a candidate up to 2.2 x duration from a dead holder's Lease)
             expires = self._observed_at + s.duration - self._clock()
-            return self._jittered(min(s.duration, max(s.retry_period, expires)))
+            wait = min(s.duration, max(s.retry_period, expires))
+            return wait + LEASE_JITTER * self._random() * s.retry_period
 
     def _jittered(self, wait: float) -> float:
         """``wait`` lengthened at random by up to :data:`LEASE_JITTER` of it."""

@@ -306,10 +306,38 @@ def test_candidates_whose_reads_failed_together_read_again_at_times_of_their_own
     assert waits == pytest.approx([4.0, 8.0 * (1 + LEASE_JITTER / 2), 15.0 * (1 + LEASE_JITTER)])
     assert candidate.step() is False  # the holder lives: waited out, lengthened too
     assert [candidate.next_wait() for _ in range(3)] == pytest.approx(
-        [15.0, 15.0 * (1 + LEASE_JITTER / 2), 15.0 * (1 + LEASE_JITTER)])
+        [15.0, 15.0 + 2.0 * LEASE_JITTER / 2, 15.0 + 2.0 * LEASE_JITTER])
     assert holder.step() is True
     assert holder.next_wait() == SETTINGS.retry_period  # renews within its deadline
     assert LEASE_JITTER == 1.2
+
+
+def test_a_dead_holders_lease_is_taken_within_duration_and_a_jittered_retry_period(
+    server: EmulatedApiServer,
+) -> None:
+    # The whole wait for a holder's Lease was lengthened by up to LEASE_JITTER of it: a
+    # candidate that had seen the holder renew came back up to 2.2 x duration (33 s)
+    # later, when the holder had died just after. Only the retry period's part is
+    # jittered now (client-go's candidates read every jittered retry period).
+    clock = FakeClock()
+    holder = _Stepped(server.api_client(), "node-a", SETTINGS, clock=clock)
+    candidate = _Stepped(server.api_client(), "node-b", SETTINGS, clock=clock,
+                         random_fraction=lambda: 1.0)
+    assert holder.step() is True
+    clock.now += SETTINGS.retry_period
+    assert holder.step() is True  # the renewal the candidate sees last: then it dies
+    assert candidate.step() is False
+    wait = candidate.next_wait()
+    assert wait == pytest.approx(SETTINGS.duration + LEASE_JITTER * SETTINGS.retry_period)
+    clock.now += wait
+    assert candidate.step() is True  # taken at its next read
+    assert candidate.next_wait() == SETTINGS.retry_period
+    # its wait while the holder's Lease is about to expire: the retry period, jittered
+    other = _Stepped(server.api_client(), "node-c", SETTINGS, clock=clock,
+                     random_fraction=lambda: 0.5)
+    assert other.step() is False
+    clock.now += SETTINGS.duration - 1.0
+    assert other.next_wait() == pytest.approx(SETTINGS.retry_period * (1 + LEASE_JITTER / 2))
 
 
 def test_a_candidate_throttled_waits_what_the_api_server_asked(

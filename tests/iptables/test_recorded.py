@@ -658,3 +658,20 @@ def test_an_earlier_releases_reply_accept_is_drift_named_as_the_upgrade(mode: Fl
                                   "wrote it (-s 192.168.2.0/24 -d 10.50.0.0/16 ")]
     assert len(said) == 1, drift
     assert not [d for d in drift if "forged" in d.what], drift
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_reply_accept_of_another_source_is_drift_named_as_an_edit_not_the_upgrade(
+        mode: Flavour) -> None:
+    # Tagged as k3snet's, its -s not the accept's destination: no release of k3snet wrote
+    # that; naming it the upgrade's drift hid an edit (or a forgery) from the admin.
+    kernel = FakeKernel({(mode, 4): recorded(mode, 4).replace(
+        "-A K3SNET-F-7 -d 10.50.0.0/16", "-A K3SNET-F-7 -s 203.0.113.0/24 -d 10.50.0.0/16"),
+        (mode, 6): recorded(mode, 6)})
+    clear_caches()
+    with backend_on(kernel, mode) as backend:
+        drift = [o for o in backend.observe().owned if isinstance(o, Drift)]
+    said = [d.what for d in drift if d.where == "IPv4 filter K3SNET-F-7"]
+    assert said, drift
+    assert not [w for w in said if "earlier k3snet release" in w], said
+    assert [w for w in said if "did not write (edited, forged" in w], said

@@ -460,6 +460,25 @@ ERROR_CASES: dict[str, tuple[str, bool]] = {
         _PAIR.format(reply="ct state established,related ", errors=""), True),
     "replies by their source, and all that comes back to the pods": (
         _PAIR.format(reply="ct state established,related ", errors=_ERRORS_TAKEN), False),
+    # the errors accepted by their protocol or type, as RFC 4890 asks of a firewall: the
+    # warning said they were dropped
+    "replies by their source, and ICMP errors by their type": (
+        _PAIR.format(reply="", errors=(
+            "        icmp type { destination-unreachable, time-exceeded } accept\n"
+            "        icmpv6 type { packet-too-big, destination-unreachable } accept\n")),
+        False),
+    "replies by their source, and ICMP by its protocol": (
+        _PAIR.format(reply="", errors="        meta l4proto { icmp, ipv6-icmp } accept\n"),
+        False),
+    "replies by their source, and ICMP echo requests only": (
+        _PAIR.format(reply="", errors=(
+            "        meta l4proto icmp icmp type echo-request accept\n"
+            "        icmpv6 type echo-request accept\n")),
+        True),
+    "replies by their source, and related packets apart": (
+        _PAIR.format(reply="", errors=("        ct state established accept\n"
+                                       "        ct state related accept\n")),
+        False),
     "every established or related packet": (
         _PAIR.format(reply="", errors="").replace(
             "policy drop;\n", "policy drop;\n        ct state established,related accept\n"),

@@ -390,8 +390,11 @@ def _not_written(state: TableState, digest: str, chain: str, lines: Sequence[Lin
     """What tagged ``lines`` k3snet does not render are: a forward rule as an earlier
     release wrote it, its reply accept matching the destination as the source (``-s
     DEST -d PODS``), is named so (the upgrade's one drift); anything else as edited."""
+    # (its -s the accept's -d: another source is an edit, not the upgrade)
+    first = list(lines[0]) if lines else []
+    destination = first[first.index("-d") + 1] if "-d" in first[:-1] else None
     if (len(lines) == 2 and len(lines[1]) > 2 and lines[1][0] == "-s"
-            and "--ctstate" in lines[1]
+            and lines[1][1] == destination and "--ctstate" in lines[1]
             and rebuild_unit(state.family, digest, chain, [lines[0], lines[1][2:]],
                              state.chains) is not None):
         return ("a forward rule's reply accept as an earlier k3snet release wrote it "

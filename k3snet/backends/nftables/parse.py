@@ -161,6 +161,12 @@ class Match:
     # a TTL (hop limit) set that expires a forwarded packet (`ip ttl set 1`, -j TTL
     # --ttl-set 1): its words; the rule is then a drop (parse_rule)
     expires: str | None = None
+    # of the unknown tests, those a router's ICMP error carrying the path's MTU passes
+    # (`meta l4proto icmp`, `icmp type destination-unreachable`; IPv6's: `icmpv6 type
+    # packet-too-big`; `ct state related`, as conntrack sees that error): a rule whose
+    # unknown tests are all these accepts that error
+    pmtu4: int = 0
+    pmtu6: int = 0
 
     @property
     def conditions(self) -> int:
@@ -260,8 +266,14 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
             states = {right} if isinstance(right, str) else {
                 v for v in right or () if isinstance(v, str)}
             out.ct_reply = understood = states == {"established", "related"}
+            if not understood and "related" in states:  # a router's ICMP error is RELATED
+                out.pmtu4 += 1
+                out.pmtu6 += 1
     if not understood:
         out.unknown += 1
+        if op in ("==", "in") and isinstance(left, dict):
+            out.pmtu4 += _admits_pmtu_error(left, right, 4)
+            out.pmtu6 += _admits_pmtu_error(left, right, 6)
         if op == "==" and isinstance(left, dict):
             out.l4 = _l4(left, right) or out.l4
             payload = left.get("payload")
@@ -270,6 +282,38 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
 
 
 _L4_FIELDS = frozenset({("meta", "l4proto"), ("ip", "protocol"), ("ip6", "nexthdr")})
+
+
+# What the ICMP error telling a path's MTU is, as a positive test names it, per family:
+# (its protocol, its type, its code) as nft's JSON writes them or as their numbers.
+_PMTU_ERROR = {
+    4: {"l4proto": {"icmp", 1}, "icmp type": {"destination-unreachable", 3},
+        "icmp code": {"frag-needed", 4}},
+    6: {"l4proto": {"ipv6-icmp", "icmpv6", 58}, "icmpv6 type": {"packet-too-big", 2}},
+}
+
+
+def _admits_pmtu_error(left: dict[str, Any], right: Any, family: int) -> bool:
+    """Whether the positive test ``left == right`` passes a router's ICMP error carrying
+    the path's MTU (IPv4's fragmentation needed, IPv6's Packet Too Big)."""
+    if isinstance(right, dict):  # `icmpv6 type { packet-too-big, ... }`: an anonymous set
+        right = right.get("set")
+    values = set(right) if isinstance(right, list) else {right}
+    values = {v for v in values if isinstance(v, str | int)}
+    meta, payload = left.get("meta"), left.get("payload")
+    if isinstance(meta, dict) and meta.get("key") == "l4proto":
+        key = "l4proto"
+    elif isinstance(payload, dict) and (payload.get("protocol"), payload.get("field")) in (
+            ("ip", "protocol"), ("ip6", "nexthdr")):
+        if (payload["protocol"] == "ip") != (family == 4):
+            return False
+        key = "l4proto"
+    elif isinstance(payload, dict):
+        key = f"{payload.get('protocol')} {payload.get('field')}"
+    else:
+        return False
+    wanted = _PMTU_ERROR[family].get(key)
+    return wanted is not None and bool(values & wanted)
 
 
 def _l4(left: dict[str, Any], right: Any) -> str | None:
@@ -997,22 +1041,27 @@ class ForeignReader:
                                partial=tuple(self.partial))
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
-                      defaults: bool = False, reply: bool = False) -> bool:
+                      defaults: bool = False, reply: bool = False,
+                      errors: bool = False) -> bool:
         """Whether base chain ``base`` accepts every packet of ``rule`` (False: it may not).
 
         ``defaults``: judge only what drops any address (the policy, a catch-all drop or
         reject); drops on tests k3snet does not model and naming no address nor
         interface (``ct state invalid drop``) are passed over. ``reply``: ``rule`` is the
         replies of a connection (``ct state established,related`` matches them all).
+        ``errors``: ``rule`` is a router's ICMP errors carrying the path's MTU (an
+        accept of them by protocol or type, ``icmpv6 type packet-too-big``, takes them).
         """
         where, name, policy = base
         if where[0] != "inet" and (where[0] == "ip") != (rule.family == 4):
             return True  # a chain of the other address family never sees these packets
-        verdict = self._passes(where, name, rule, 0, defaults=defaults, reply=reply)
+        verdict = self._passes(where, name, rule, 0, defaults=defaults, reply=reply,
+                               errors=errors)
         return policy == "accept" if verdict is None else verdict
 
     def _passes(self, where: tuple[str, str], chain: str, rule: ForwardRule,
-                depth: int, *, defaults: bool = False, reply: bool = False) -> bool | None:
+                depth: int, *, defaults: bool = False, reply: bool = False,
+                errors: bool = False) -> bool | None:
         """Walk ``chain`` for ``rule``'s packets: True (all accepted), False (some may be
         dropped, or k3snet cannot tell), None (they all leave the chain unjudged)."""
         for match in self._rules(where, chain):
@@ -1021,7 +1070,7 @@ class ForeignReader:
                 continue
             if defaults and verdict in _STOPS and _unmodelled_only(match) and not match.target:
                 continue  # `ct state invalid drop`: not a default for new pod traffic
-            whole = _covers(match, rule, reply=reply)
+            whole = _covers(match, rule, reply=reply, errors=errors)
             if verdict in ("accept", "masquerade", "snat"):  # a nat chain's NAT ends it too
                 if whole:
                     return True
@@ -1030,7 +1079,7 @@ class ForeignReader:
                     return None
             elif verdict in ("jump", "goto") and match.target and depth < _MAX_JUMP_DEPTH:
                 sub = self._passes(where, match.target, rule, depth + 1, defaults=defaults,
-                                   reply=reply)
+                                   reply=reply, errors=errors)
                 # A goto for some packets to a chain that decides nothing: those leave
                 # this chain unjudged (at a base chain, for its policy), the others go
                 # on, and k3snet cannot tell which ends where.
@@ -1366,7 +1415,7 @@ class ForwardDefaults:
                         and judge._lets_through(base, _replies(rule), defaults=True,
                                                 reply=True)
                         and not judge._lets_through(base, errors, defaults=True,
-                                                    reply=True)):
+                                                    reply=True, errors=True)):
                     found.append((default, rule))
                     break
         return found
@@ -1595,7 +1644,8 @@ def _guarded(guard: Match, match: Match) -> Match | None:
         iif=iif, oif=oif, nfproto=guard.nfproto + match.nfproto,
         ct_reply=guard.ct_reply or match.ct_reply,
         marks=marks, unknown=guard.unknown + match.unknown, l4=match.l4 or guard.l4,
-        ports=match.ports or guard.ports,
+        ports=match.ports or guard.ports, pmtu4=guard.pmtu4 + match.pmtu4,
+        pmtu6=guard.pmtu6 + match.pmtu6,
         mark_set_only=bool(marks) and all(m.mark_set_only for m in (guard, match) if m.marks))
 
 
@@ -1620,11 +1670,14 @@ def _misses(match: Match, rule: ForwardRule) -> bool:
     return _no_interface_passes(match.iif, rule.in_interface)
 
 
-def _covers(match: Match, rule: ForwardRule, *, reply: bool = False) -> bool:
+def _covers(match: Match, rule: ForwardRule, *, reply: bool = False,
+            errors: bool = False) -> bool:
     """True when ``match`` matches every packet of ``rule`` (only tests k3snet understands;
     ``reply``: ``rule``'s packets are replies, all of which a ``ct state
-    established,related`` test matches)."""
-    if match.unknown or match.marks or (match.ct_reply and not reply):
+    established,related`` test matches; ``errors``: they are a router's ICMP errors
+    carrying the path's MTU, which tests of their protocol and type match)."""
+    known = (match.pmtu4 if rule.family == 4 else match.pmtu6) if errors else 0
+    if match.unknown > known or match.marks or (match.ct_reply and not reply):
         return False
     if match.proto is not None and (match.proto == "ip") != (rule.family == 4):
         return False
