@@ -1638,7 +1638,27 @@ _KIND_NAMES = {"route": "route", "sysctl": "sysctl", "forward": "forward accept"
 
 
 def _left_out(args: argparse.Namespace, spec: Spec | None, backend: BackendGroup) -> list[str]:
-    return [] if spec is None else unmanaged_warnings(backend, spec, args.backend)
+    if spec is None:
+        return []
+    return [*unmanaged_warnings(backend, spec, args.backend), *_left_behind(args, spec, backend)]
+
+
+def _left_behind(args: argparse.Namespace, spec: Spec | None, backend: BackendGroup
+                 ) -> list[str]:
+    """What the node backends not in use hold of k3snet's (a switch of backends left it:
+    :func:`~k3snet.backends.discover.left_behind`), with the ``destroy`` removing it;
+    ``plan``, ``apply`` and the agent (once a spec is in force) say it."""
+    from k3snet.backends.discover import NODE_BACKENDS, left_behind  # noqa: PLC0415
+
+    members = [m.backend for m in backend.members]
+    if not any(getattr(b, "name", None) in {n for _, n, _ in NODE_BACKENDS} for b in members):
+        return []  # no node backend in use (memory, a custom one, a cluster one alone)
+    try:
+        options = {name: _options(name, args, spec) for _, name, _ in NODE_BACKENDS}
+    except K3snetError as exc:  # an option of another backend's: said where it is used
+        logging.getLogger(__name__).debug("cannot look for objects left behind: %s", exc)
+        return []
+    return list(left_behind(members, options, netns=args.netns))
 
 
 def unmanaged_warnings(backend: BackendGroup, spec: Spec, entries: Sequence[str] = ()
@@ -1999,8 +2019,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     try:
         return run_from_cli(args, make_backend=lambda spec: _backend(args, spec),
                             desired=desired,
-                            spec_warnings=lambda spec, group: unmanaged_warnings(
-                                group, spec, args.backend))
+                            spec_warnings=lambda spec, group: [
+                                *unmanaged_warnings(group, spec, args.backend),
+                                *_left_behind(args, spec, group)])
     finally:
         desired.close()
 

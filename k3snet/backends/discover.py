@@ -23,18 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+import shlex
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from k3snet.backends.base import Backend
 from k3snet.backends.group import BackendGroup
-from k3snet.backends.kit import backend_warnings
+from k3snet.backends.kit import WarningLog, backend_warnings
 from k3snet.backends.registry import create_backend
 from k3snet.errors import BackendUnavailableError, K3snetError
 
-__all__ = ["NODE_BACKENDS", "Discovery", "Owner", "discover_owners"]
+__all__ = ["NODE_BACKENDS", "Discovery", "Owner", "discover_owners", "left_behind"]
 
 log = logging.getLogger(__name__)
 
@@ -198,3 +199,87 @@ def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> D
             idle.append(label)
     return Discovery(tuple(owners), tuple(idle), tuple(unavailable), tuple(looked))
 
+
+
+_SAID_BY: Mapping[str, str] = {"iptables-nft": "nftables", "nftables": "iptables"}
+"""The labels whose objects an in-use backend already names as left behind, with the
+command removing them (the nftables backend: k3snet's chains in iptables-nft's tables;
+the iptables backend: k3snet's nftables table)."""
+
+_MUTED = logging.getLogger(f"{__name__}.left_behind")
+"""Where the backends :func:`left_behind` makes log their own warnings after a read:
+nowhere (their look is only for what they own; the backends in use say the rest)."""
+_MUTED.disabled = True
+
+_DESTROY: Mapping[str, str] = {
+    "netlink": "--backend netlink", "nftables": "--backend nftables",
+    "iptables-nft": "--backend iptables --backend-opt iptables.mode=nft",
+    "iptables-legacy": "--backend iptables --backend-opt iptables.mode=legacy"}
+
+
+def _labels_in_use(in_use: Sequence[Backend]) -> set[str]:
+    """The :data:`NODE_BACKENDS` labels of the backends ``in_use`` (an iptables backend
+    whose ``auto`` mode picked no flavour yet: both)."""
+    labels: set[str] = set()
+    for backend in in_use:
+        name = getattr(backend, "name", None)
+        if name == "iptables":
+            mode = getattr(backend, "mode", "auto")
+            labels |= ({f"iptables-{mode}"} if mode in ("nft", "legacy")
+                       else {"iptables-nft", "iptables-legacy"})
+        elif isinstance(name, str):
+            labels.add(name)
+    return labels
+
+
+def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, Any]] | None = None,
+                netns: str | None = None) -> tuple[str, ...]:
+    """A warning for each node backend of :data:`NODE_BACKENDS` that no backend ``in_use``
+    is, holding k3snet's objects: what a switch of backends (``--backend`` or the spec's
+    ``backends:`` changed, on a running node) left running, with the ``k3snet destroy``
+    that removes them. Nothing when no backend in use is a node backend of
+    :data:`NODE_BACKENDS` (a custom or the memory backend, a cluster backend alone), and
+    nothing of the objects an in-use backend names itself (the nftables backend the
+    iptables-nft chains, the iptables backend the nftables table).
+
+    The new backends never read the old ones' objects: the routes k3snet made (protocol
+    211) stayed once netlink was no longer named, a masquerade of iptables-legacy ran
+    beside the new one of iptables-nft, a forward accept of the old backend still let
+    through what the new spec no longer accepts, all unsaid. ``options``: as for
+    :func:`discover_owners` (an iptables ``mode`` there is ignored: both flavours are
+    looked through); ``netns``: named in the command. Changes nothing."""
+    used = _labels_in_use(in_use)
+    if not used & {label for label, _, _ in NODE_BACKENDS}:
+        return ()
+    skip = used | {label for label, by in _SAID_BY.items() if by in {
+        getattr(b, "name", None) for b in in_use}}
+    given = {name: {k: v for k, v in opts.items() if not (name == "iptables" and k == "mode")}
+             for name, opts in (options or {}).items()}
+    found: list[str] = []
+    for label, name, fixed in NODE_BACKENDS:
+        if label in skip:
+            continue
+        try:
+            backend = create_backend(name, **{**given.get(name, {}), **fixed})
+        except K3snetError as exc:
+            log.debug("%s could not look for objects left behind: %s", label, exc)
+            continue
+        with contextlib.suppress(AttributeError):  # a backend of the kit's: its log muted
+            backend._warning_log = WarningLog(_MUTED)  # type: ignore[attr-defined]
+        try:
+            owned = len(backend.observe().owned)
+        except K3snetError as exc:  # a tool missing (iptables-legacy-save), no nf_tables
+            log.debug("%s could not look for objects left behind: %s", label, exc)
+            continue
+        finally:
+            with contextlib.suppress(Exception):
+                backend.close()
+        if owned:
+            where = f" --netns {shlex.quote(netns)}" if netns else ""
+            found.append(
+                f"{label} holds {owned} of k3snet's objects, and no backend in use is "
+                f"{label} (left by a switch of backends?): they still run beside what the "
+                "backends in use write (a masquerade, a forward accept or a route the spec "
+                f"may no longer want), and nothing keeps them up or removes them; "
+                f"`k3snet destroy{where} {_DESTROY.get(label, f'--backend {name}')}` removes them")
+    return tuple(found)

@@ -1086,3 +1086,30 @@ def test_the_spec_s_objects_no_backend_in_use_manages_are_a_task_warning(
     assert len(warned) == 1, alone.get("warnings")
     assert "2 forward accepts and 2 NAT rules" in warned[0]
     assert not [w for w in split.get("warnings", []) if "in no plan" in w]
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_a_switch_of_backends_names_the_iptables_legacy_chains_left_as_k3snet_apply_does(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # A node set up with `--backend iptables --backend-opt iptables.mode=legacy`, the
+    # playbook now on netlink and nftables: k3snet's legacy masquerade ran on, unsaid.
+    with SeedLab.create() as lab:
+        before = subprocess.run(
+            [sys.executable, "-m", "k3snet.cli", "apply", "-f", str(SPEC_PATH), "--backend",
+             "netlink", "--backend", "iptables", "--backend-opt", "iptables.mode=legacy",
+             "--netns", lab.node, "--backend-opt", f"netlink.state_dir={lab.state_dir}"],
+            env={**os.environ, "K3SNET_LOCK_DIR": ansible_env["K3SNET_LOCK_DIR"]},
+            text=True, capture_output=True, check=False, timeout=120)
+        assert before.returncode == 0, before.stderr
+        run = playbook(tmp_path, ansible_env, [egress(
+            spec_path=str(SPEC_PATH), backends=["netlink", "nftables"], **lab_node(lab))])
+        assert run.returncode == 0, run.stdout + run.stderr
+        (result,) = run.results
+        (left,) = [w for w in result["warnings"] if " holds " in w]
+        assert re.match(r"iptables-legacy holds \d+ of k3snet's objects", left), left
+        assert left.endswith(f"`k3snet destroy --netns {lab.node} --backend iptables "
+                             "--backend-opt iptables.mode=legacy` removes them")
+        legacy = run_in(lab.node, ["iptables-legacy-save"]).stdout
+        assert "K3SNET-" in legacy  # said, not removed

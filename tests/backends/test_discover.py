@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
@@ -221,3 +222,21 @@ def test_backends_are_told_the_owners_removing_what_they_would_name_as_left_behi
     legacy = discover.Discovery((discover.Owner("iptables-legacy", ipt_legacy, 4),),
                                 ("a", "b"), (), (nft, ipt_nft, ipt_legacy))
     assert legacy.warnings == (chains, table)
+
+
+def test_left_behind_names_each_node_backend_not_in_use_holding_k3snets_objects(
+        node: dict[str, MemoryBackend]) -> None:
+    in_use = [SimpleNamespace(name="fake-nft")]
+    found = discover.left_behind(in_use, netns="lab 1")
+    assert [w.split(" holds ")[0] for w in found] == ["fake-netlink", "fake-ipt"]
+    assert found[0].startswith("fake-netlink holds 2 of k3snet's objects, and no backend "
+                               "in use is fake-netlink")
+    assert found[0].endswith("`k3snet destroy --netns 'lab 1' --backend fake-netlink` "
+                             "removes them")
+    assert node["fake-ipt"].observe().owned == {NAT}  # looked at, nothing changed
+
+
+def test_left_behind_looks_nowhere_without_a_node_backend_in_use(
+        node: dict[str, MemoryBackend]) -> None:
+    assert discover.left_behind([MemoryBackend()]) == ()
+    assert discover.left_behind([SimpleNamespace(name="calico")]) == ()

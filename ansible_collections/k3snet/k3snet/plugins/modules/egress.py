@@ -275,7 +275,7 @@ try:
     K3SNET_FOUND = f"{getattr(k3snet, '__version__', '?')} ({k3snet.__file__})"
     from k3snet._admin_path import admin_path
     from k3snet._logline import printable
-    from k3snet.backends.discover import NODE_BACKENDS, Discovery, discover_owners
+    from k3snet.backends.discover import NODE_BACKENDS, Discovery, discover_owners, left_behind
     from k3snet.backends.kit import option_seconds
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
@@ -485,6 +485,25 @@ def converge_or_destroy(module: AnsibleModule, backend: k3snet.BackendGroup,
         allow_teardown=params["allow_teardown"], lock_timeout=params["lock_timeout"])
 
 
+def left_behind_warnings(params: dict[str, Any], spec: k3snet.Spec,
+                         backend: k3snet.BackendGroup) -> tuple[str, ...]:
+    """What the node backends not in use hold of k3snet's, left by a switch of backends
+    (:func:`k3snet.backends.discover.left_behind`), looked for with the options the
+    task would give them; nothing when an option of theirs is refused."""
+    given = params["backend_options"] or {}
+    options: dict[str, dict[str, Any]] = {}
+    try:
+        for _, name, _ in NODE_BACKENDS:
+            chosen = given.get(name) if isinstance(given, dict) else None
+            options[name] = resolve_backend_options(
+                name, spec_backend_options(spec, name),
+                netns=params["netns"], explicit=chosen if isinstance(chosen, dict) else None)
+        return left_behind([m.backend for m in backend.members], options,
+                           netns=params["netns"])
+    except k3snet.K3snetError:
+        return ()
+
+
 def run(module: AnsibleModule) -> dict[str, Any]:
     """Converge (or destroy) as the parameters say; the result to exit with."""
     params = module.params
@@ -509,6 +528,9 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         if spec is not None and params["state"] != "absent":
             # As `k3snet apply`: the spec's objects no backend in use manages.
             for warning in unmanaged_warnings(backend, spec, params["backends"] or ()):
+                warn(module, warning)
+            # As `k3snet apply -f`: what the node backends not in use hold of k3snet's.
+            for warning in left_behind_warnings(params, spec, backend):
                 warn(module, warning)
         if module.check_mode:
             # What `k3snet plan` prints as `!! disruptive:`, judged before anything changed

@@ -1,0 +1,130 @@
+"""A switch of backends on a running node (``--backend`` or the spec's ``backends:``
+changed, iptables-legacy to iptables-nft, netlink dropped) leaves what the old backend
+wrote running: ``plan``, ``apply`` and the agent say which node backend holds it and the
+``k3snet destroy`` removing it, and that command removes it alone.
+
+Before, nothing was said: k3snet's iptables-legacy masquerade ran beside the new one of
+iptables-nft, and once netlink was no longer named the routes k3snet made (protocol 211)
+stayed, every pass "in sync". Checked with the kernel's own listings (``iptables-save``
+of both flavours, ``nft -j list``, ``ip -j route``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k3snet.demo import SPEC_PATH
+from k3snet.lab import SeedLab
+from k3snet.lab.netns import run_in
+
+pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.usefixtures("require_root")]
+
+
+def _run(*args: str, lab: SeedLab, lock_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, K3SNET_STATE_DIR=str(lab.state_dir), K3SNET_LOCK_DIR=str(lock_dir))
+    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], env=env, text=True,
+                          capture_output=True, timeout=120, check=False)
+
+
+def _k3snet_routes(ns: str) -> list[object]:
+    return [r for family in ("-4", "-6") for r in json.loads(run_in(
+        ns, ["ip", family, "-j", "route", "show", "table", "all", "proto", "211"]).stdout)]
+
+
+def _chains(ns: str, tool: str) -> list[str]:
+    return [line for line in run_in(ns, [tool]).stdout.splitlines() if "K3SNET" in line]
+
+
+def _nft_tables(ns: str) -> list[str]:
+    listing = json.loads(run_in(ns, ["nft", "-j", "list", "tables"]).stdout)["nftables"]
+    return [i["table"]["name"] for i in listing if "table" in i]
+
+
+def _command(out: str, label: str) -> list[str]:
+    """The ``k3snet destroy ...`` the warning of ``label`` names, as argv after ``k3snet``."""
+    (line,) = [line for line in out.splitlines() if line.startswith(f"!! warning: {label} holds")]
+    return shlex.split(line.split("`")[1])[1:]
+
+
+def test_a_switch_from_iptables_legacy_to_nft_names_the_legacy_chains_and_their_destroy(
+        tmp_path: Path) -> None:
+    with SeedLab.create() as lab:
+        for mode in ("legacy", "nft"):
+            applied = _run("apply", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                           "iptables", "--backend-opt", f"iptables.mode={mode}", "--netns",
+                           lab.node, lab=lab, lock_dir=tmp_path)
+            assert applied.returncode == 0, applied.stderr
+        # Both masquerades run: the kernel lists k3snet's chains in both flavours.
+        assert _chains(lab.node, "iptables-legacy-save")
+        assert _chains(lab.node, "iptables-nft-save")
+        assert re.search(r"iptables-legacy holds \d+ of k3snet's objects", applied.stdout)
+
+        planned = _run("plan", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                       "iptables", "--backend-opt", "iptables.mode=nft", "--netns", lab.node,
+                       lab=lab, lock_dir=tmp_path)
+        command = _command(planned.stdout, "iptables-legacy")
+        assert command == ["destroy", "--netns", lab.node, "--backend", "iptables",
+                           "--backend-opt", "iptables.mode=legacy"]
+        assert "iptables-nft holds" not in planned.stdout  # in use: not left behind
+
+        nft_before = _chains(lab.node, "iptables-nft-save")
+        gone = _run(*command, "--auto-approve", lab=lab, lock_dir=tmp_path)
+        assert gone.returncode == 0, gone.stderr
+        assert _chains(lab.node, "iptables-legacy-save") == []
+        assert _chains(lab.node, "iptables-nft-save") == nft_before  # the new ones stay
+        forwarding = run_in(lab.node, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout
+        assert forwarding.strip() == "1"  # netlink's, in use, untouched
+
+        again = _run("plan", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                     "iptables", "--backend-opt", "iptables.mode=nft", "--netns", lab.node,
+                     lab=lab, lock_dir=tmp_path)
+        assert "holds" not in again.stdout, again.stdout
+
+
+def test_netlink_dropped_names_the_routes_left_and_their_destroy(tmp_path: Path) -> None:
+    with SeedLab.create() as lab:
+        # The administrator's static routes gone: k3snet's are the node's way there.
+        run_in(lab.node, ["ip", "route", "del", "192.168.2.0/24"])
+        run_in(lab.node, ["ip", "-6", "route", "del", "fd01:2::/64"])
+        applied = _run("apply", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                       "nftables", "--netns", lab.node, lab=lab, lock_dir=tmp_path)
+        assert applied.returncode == 0, applied.stderr
+        assert "holds" not in applied.stdout  # nothing left behind yet
+        alone = _run("apply", "-f", str(SPEC_PATH), "--backend", "nftables", "--netns",
+                     lab.node, lab=lab, lock_dir=tmp_path)
+        assert alone.returncode == 0, alone.stderr
+        assert _k3snet_routes(lab.node)  # k3snet's routes stay in the kernel
+        command = _command(alone.stdout, "netlink")
+        assert command == ["destroy", "--netns", lab.node, "--backend", "netlink"]
+
+        gone = _run(*command, "--auto-approve", lab=lab, lock_dir=tmp_path)
+        assert gone.returncode == 0, gone.stderr
+        assert _k3snet_routes(lab.node) == []
+        assert "k3snet" in _nft_tables(lab.node)  # the backend in use keeps its table
+
+
+def test_the_agent_names_what_the_backends_of_its_spec_no_longer_name(tmp_path: Path) -> None:
+    # The spec's backends: changed from [netlink, iptables] to [netlink, nftables].
+    with SeedLab.create() as lab:
+        applied = _run("apply", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                       "iptables", "--backend-opt", "iptables.mode=legacy", "--netns",
+                       lab.node, lab=lab, lock_dir=tmp_path)
+        assert applied.returncode == 0, applied.stderr
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(SPEC_PATH.read_text() + "backends: [netlink, nftables]\n")
+        agent = _run("agent", "--once", "--no-kube", "--listen", "none", "-f", str(spec),
+                     "--node-name", "n1", "--netns", lab.node, lab=lab, lock_dir=tmp_path)
+        assert agent.returncode == 0, agent.stderr
+        assert re.search(r"spec generation 1: iptables-legacy holds \d+ of k3snet's objects",
+                         agent.stderr), agent.stderr
+        assert (f"`k3snet destroy --netns {lab.node} --backend iptables --backend-opt "
+                "iptables.mode=legacy` removes them") in agent.stderr
+        assert _chains(lab.node, "iptables-legacy-save")  # said, not removed
