@@ -23,7 +23,7 @@ import pytest
 
 from k3snet.demo import SPEC_PATH
 from k3snet.lab import SeedLab
-from k3snet.lab.netns import run_in
+from k3snet.lab.netns import run_in, temporary_netns
 
 pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.usefixtures("require_root")]
 
@@ -128,3 +128,22 @@ def test_the_agent_names_what_the_backends_of_its_spec_no_longer_name(tmp_path: 
         assert (f"`k3snet destroy --netns {lab.node} --backend iptables --backend-opt "
                 "iptables.mode=legacy` removes them") in agent.stderr
         assert _chains(lab.node, "iptables-legacy-save")  # said, not removed
+
+
+def test_a_namespace_no_legacy_tool_wrote_in_is_looked_through_without_the_iptables_backend(
+        ) -> None:
+    # The look runs on every cold `plan` and `apply` of the default backends (netlink and
+    # nftables): a namespace with no iptables-legacy table (none in /proc/net/*_tables_names)
+    # holds no legacy chain of k3snet's, so neither the iptables backend (~40 ms to import)
+    # nor iptables-legacy-save is paid for it.
+    with temporary_netns("switch") as ns:
+        code = ("import sys\n"
+                "from k3snet.backends.discover import left_behind\n"
+                "from k3snet.backends.registry import create_backend\n"
+                f"used = [create_backend('netlink', netns={ns!r}),"
+                f" create_backend('nftables', netns={ns!r})]\n"
+                f"print(left_behind(used, {{}}, netns={ns!r}))\n"
+                "print('k3snet.backends.iptables.backend' in sys.modules)\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, timeout=120)
+        assert done.stdout.split() == ["()", "False"], done.stdout + done.stderr
