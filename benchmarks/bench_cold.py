@@ -3,12 +3,16 @@
 Run as root (one fresh network namespace, deleted at the end)::
 
     .venv/bin/python benchmarks/bench_cold.py --before /work/main/.venv/bin/k3snet \\
-        [--after .venv/bin/k3snet] [--runs 3] [--backends routes nftables]
+        [--after .venv/bin/k3snet] [--runs 3] [--backends routes nftables] \\
+        [--figures one-change no-op full-apply]
 
 For each backend of ``bench_paths.py``, with 10 000 owned objects: each
 version in turn adds one destination, then takes it away again (a fresh
 process each time, as a cron job runs it; the spec cache filled by earlier
-runs, as a second run finds it). Prints the median wall and CPU time
+runs, as a second run finds it); with ``--figures``, also a no-op apply of the spec
+held (``no-op``) and an apply from nothing after the raw tool removed every owned
+object (``full-apply``: a new jump placed, as a node's first apply). Prints the
+median wall and CPU time
 (``getrusage`` of the children) of each version. Both versions share one
 namespace and one state directory and run under the same load, which makes
 the two comparable on a busy machine where separate runs are not.
@@ -27,6 +31,9 @@ from pathlib import Path
 
 import bench_paths as paths
 
+FIGURES = {"one-change": "one change, cold CLI", "no-op": "no-op, cold CLI",
+           "full-apply": "full apply, CLI"}
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,6 +43,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--backends", nargs="+", choices=list(paths.BACKENDS),
                         default=["routes", "nftables"])
+    parser.add_argument("--figures", nargs="+", choices=list(FIGURES), default=["one-change"])
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -57,16 +65,24 @@ def main() -> int:
 
             for spec in (base, plus, base):  # fill the caches, as earlier runs would
                 apply(args.after, spec)
-            results: dict[str, list[tuple[float, float]]] = {k: [] for k in versions}
+            results: dict[tuple[str, str], list[tuple[float, float]]] = {
+                (figure, key): [] for figure in args.figures for key in versions}
             for _ in range(args.runs):
                 for key, exe in versions.items():
-                    for spec in (plus, base):
+                    if "one-change" in args.figures:
+                        for spec in (plus, base):
+                            paths.settle()
+                            results["one-change", key].append(apply(exe, spec))
+                    if "no-op" in args.figures:
                         paths.settle()
-                        results[key].append(apply(exe, spec))
-            for key, samples in results.items():
+                        results["no-op", key].append(apply(exe, base))
+                    if "full-apply" in args.figures:
+                        n.raw_clear()
+                        results["full-apply", key].append(apply(exe, base))
+            for (figure, key), samples in results.items():
                 wall = statistics.median(w for w, _ in samples) * 1000
                 cpu = statistics.median(c for _, c in samples) * 1000
-                print(f"{name:16} {key:6}: one change, cold CLI: wall {wall:7.0f} ms  "
+                print(f"{name:16} {key:6}: {FIGURES[figure]}: wall {wall:7.0f} ms  "
                       f"CPU {cpu:7.0f} ms  ({len(samples)} runs)", flush=True)
             n.destroy()
     return 0

@@ -172,6 +172,20 @@ class Processes:
             self._refused(f"run {name} in {self.where}", result.stderr, result.returncode)
         return result.stdout
 
+    def list_chain(self, family: int, mode: Flavour, table: str, chain: str) -> str | None:
+        """``iptables -t TABLE -S CHAIN``: the rules of one chain as ``iptables-save`` writes
+        them (``-A CHAIN ...`` lines, after its ``-P`` line); ``None`` when the tool is not
+        installed or refuses (a table it cannot read): the caller reads a whole save then.
+
+        The read-back of a jump just placed needs the built-in chain alone: a save of the
+        family, as it read before, had iptables-nft translate every rule of every table
+        (1 000 owned NAT rules: ~7 ms of CPU against ~1 ms for the chain)."""
+        name = f"{'ip' if family == 4 else 'ip6'}tables-{mode}"
+        if shutil.which(name) is None:
+            return None
+        result = self.run([name, "-t", table, "-S", chain])
+        return result.stdout if result.returncode == 0 else None
+
     def start_save(self, family: int, mode: Flavour) -> StartedSave:
         """:meth:`save`, its process started now and not waited for (see :class:`StartedSave`)."""
         name = tool_name(family, mode, "save")
