@@ -73,11 +73,18 @@ def record_netns(netns: str | None) -> str | None:
     the sysctls k3snet had set.
     """
     here = _identity(THREAD_NETNS if netns is None else netns_path(netns))
-    if here is None or here == _identity(INIT_NETNS):
+    init = _identity(INIT_NETNS)
+    if here is None or here == init:
         return None if here is not None else netns
     names = _names_of(here)
     if names or netns is not None:
         return names[0] if names else netns
+    if init is None:
+        # PID 1's namespace unreadable (no ptrace right over PID 1: a sandbox, a
+        # container of another user namespace): the namespace k3snet runs in, of no
+        # name, is taken for the node's, as before names were looked up; else the node's
+        # own records would move to host/unnamed-INODE and be lost to its destroy.
+        return None
     return unnamed_record(here)
 
 

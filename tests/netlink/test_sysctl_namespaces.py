@@ -292,8 +292,10 @@ def test_a_namespace_of_no_name_keeps_a_record_apart_from_the_node_s(
     def unnamed(wanted: State | None) -> None:
         with NetnsRunner(other) as runner, monkeypatch.context() as hidden:
             runner.call(lambda: None)  # in the namespace before its name is hidden
-            hidden.setattr(netns_module, "NETNS_DIR", nameless)
+            # PID 1's, found by its path before the names are hidden (an unreadable
+            # PID 1's namespace is the one k3snet runs in: host's records).
             hidden.setattr(netns_module, "INIT_NETNS", netns_module.netns_path(node))
+            hidden.setattr(netns_module, "NETNS_DIR", nameless)
 
             def run() -> None:
                 with NetlinkBackend(None, state_dir=tmp_path / "state") as backend:
@@ -477,3 +479,14 @@ def test_a_namespace_named_host_given_a_name_sorting_first_reads_its_record(
 def _converge_here(state: Path) -> None:
     with NetlinkBackend(None, state_dir=state) as backend:
         converge(backend, _WANTED)
+
+
+def test_the_namespace_k3snet_runs_in_keeps_host_s_record_where_pid_1_s_cannot_be_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # /proc/1/ns/net is unreadable without a ptrace right over PID 1 (a sandbox, a
+    # container of another user namespace). The namespace k3snet runs in, of no name,
+    # was then taken for a nameless one: the node's own records went to
+    # host/unnamed-INODE, and its destroy read nothing of the host/ record kept before.
+    monkeypatch.setattr(netns_module, "INIT_NETNS", tmp_path / "unreadable")
+    monkeypatch.setattr(netns_module, "NETNS_DIR", tmp_path / "no-names")
+    assert netns_module.record_netns(None) is None
