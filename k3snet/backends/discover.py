@@ -22,10 +22,11 @@ groups as hold them all, each of distinct kinds, removed one after the other
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import attrs
@@ -34,7 +35,7 @@ from k3snet.backends.base import Backend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import WarningLog, backend_warnings
 from k3snet.backends.netns import NetnsRunner
-from k3snet.backends.registry import create_backend
+from k3snet.backends.registry import backend_options, create_backend
 from k3snet.errors import BackendUnavailableError, K3snetError
 
 __all__ = ["NODE_BACKENDS", "Discovery", "Owner", "discover_owners", "left_behind"]
@@ -281,13 +282,53 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
                 backend.close()
         if owned:
             where = f" --netns {shlex.quote(netns)}" if netns else ""
+            opts_text = _destroy_options(name, opts)
             found.append(
                 f"{label} holds {owned} of k3snet's objects, and no backend in use is "
                 f"{label} (left by a switch of backends?): they still run beside what the "
                 "backends in use write (a masquerade, a forward accept or a route the spec "
                 f"may no longer want), and nothing keeps them up or removes them; "
-                f"`k3snet destroy{where} {_DESTROY.get(label, f'--backend {name}')}` removes them")
+                f"`k3snet destroy{where} {_DESTROY.get(label, f'--backend {name}')}{opts_text}` "
+                "removes them")
     return tuple(found)
+
+
+_NOT_NAMED = frozenset({"netns", "mode", "allow_disruptive"})
+"""Options :func:`_destroy_options` leaves out: ``--netns`` and ``_DESTROY`` say them,
+and a destroy is not disruptive."""
+
+
+def _destroy_options(name: str, opts: Mapping[str, Any]) -> str:
+    """The ``--backend-opt`` arguments (each shell-quoted, after a space) that give
+    backend ``name`` the options ``opts`` it looked with, where they are not its
+    defaults: a spec's or the agent's (``nftables.table``, ``netlink.protocol``,
+    ``K3SNET_STATE_DIR``). The destroy named without them looked at the default table or
+    protocol, removing nothing of what was found, or another table of that name."""
+    try:
+        declared = backend_options(name)
+    except K3snetError:
+        declared = {}
+    parts: list[str] = []
+    for key, given in opts.items():
+        param = declared.get(key)
+        if key in _NOT_NAMED or (param is not None and param.default == given):
+            continue
+        value = str(given) if isinstance(given, PurePath) else given
+        if isinstance(value, str):
+            try:
+                json.loads(value)
+            except ValueError:
+                text = value  # as --backend-opt reads it: the text, not JSON
+            else:
+                text = json.dumps(value)  # "1", "true": a string, not a number
+        else:
+            try:
+                text = json.dumps(sorted(value) if isinstance(value, (set, frozenset))
+                                  else list(value) if isinstance(value, tuple) else value)
+            except (TypeError, ValueError):
+                continue  # not writable on a command line: the admin's to give
+        parts.append(" --backend-opt " + shlex.quote(f"{name}.{key}={text}"))
+    return "".join(parts)
 
 
 def _legacy_tables(netns: object) -> bool:
