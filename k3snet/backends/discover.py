@@ -250,7 +250,9 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
     beside the new one of iptables-nft, a forward accept of the old backend still let
     through what the new spec no longer accepts, all unsaid. ``options``: as for
     :func:`discover_owners` (an iptables ``mode`` there is ignored: both flavours are
-    looked through); ``netns``: named in the command. Changes nothing."""
+    looked through); ``netns``: named in the command, unless a backend's options
+    name its own namespace (a spec's), which it is looked through and named in. Changes
+    nothing."""
     used = _labels_in_use(in_use)
     if not used & {label for label, _, _ in NODE_BACKENDS}:
         return ()
@@ -281,7 +283,10 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
             with contextlib.suppress(Exception):
                 backend.close()
         if owned:
-            where = f" --netns {shlex.quote(netns)}" if netns else ""
+            # The namespace looked in: a spec's netns of this backend's alone, else
+            # ``netns`` (naming only ``netns``, the destroy acted in another namespace).
+            ns = opts.get("netns") or netns
+            where = f" --netns {shlex.quote(str(ns))}" if ns else ""
             opts_text = _destroy_options(name, opts)
             found.append(
                 f"{label} holds {owned} of k3snet's objects, and no backend in use is "

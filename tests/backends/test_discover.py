@@ -256,3 +256,13 @@ def test_left_behind_names_a_destroy_with_the_options_it_looked_with_so_it_remov
     assert found[1].endswith(
         "`k3snet destroy --netns lab --backend fake-ipt --backend-opt 'fake-ipt.table=\"1\"'"
         " --backend-opt 'fake-ipt.tables=[254, 100]'` removes them")
+
+
+def test_left_behind_names_a_destroy_in_the_namespace_it_looked_in(
+        node: dict[str, MemoryBackend]) -> None:
+    # A spec's netns of one backend's (no --netns): the destroy named without it acted in
+    # this process's namespace, on the objects k3snet keeps there, not on those found.
+    found = discover.left_behind([SimpleNamespace(name="fake-nft")],
+                                 {"fake-netlink": {"netns": "pods 2"}})
+    assert "`k3snet destroy --netns 'pods 2' --backend fake-netlink` " in found[0]
+    assert "`k3snet destroy --backend fake-ipt` " in found[1]
