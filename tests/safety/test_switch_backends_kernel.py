@@ -153,7 +153,9 @@ def test_a_namespace_no_legacy_tool_wrote_in_is_looked_through_without_the_iptab
                 "from k3snet.backends.registry import create_backend\n"
                 f"used = [create_backend('netlink', netns={ns!r}),"
                 f" create_backend('nftables', netns={ns!r})]\n"
-                f"print(left_behind(used, {{}}, netns={ns!r}))\n"
+                f"options = {{n: {{'netns': {ns!r}}} for n in ('netlink', 'nftables',"
+                " 'iptables')}\n"  # as the CLI gives them: {} looked in this namespace
+                f"print(left_behind(used, options, netns={ns!r}))\n"
                 "print('k3snet.backends.iptables.backend' in sys.modules)\n")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True, timeout=120)
@@ -187,3 +189,38 @@ def test_the_destroy_named_for_routes_of_another_protocol_removes_those_routes(
         assert gone.returncode == 0, gone.stderr
         assert routes() == []
         assert "k3snet" in _nft_tables(lab.node)  # the backend in use keeps its table
+
+
+def test_a_namespace_with_no_nf_tables_table_is_looked_through_without_nftables_or_iptables(
+        ) -> None:
+    # netlink alone in use (a routed node): a namespace with no nf_tables table holds no
+    # nftables table nor iptables-nft chain of k3snet's, so neither backend (~115 ms cold
+    # to import) is paid for it; a table made there (iptables-nft's) is looked through.
+    with temporary_netns("switch") as ns:
+        code = ("import sys\n"
+                "from k3snet.backends.discover import left_behind\n"
+                "from k3snet.backends.registry import create_backend\n"
+                f"used = [create_backend('netlink', netns={ns!r})]\n"
+                f"options = {{n: {{'netns': {ns!r}}} for n in ('netlink', 'nftables',"
+                " 'iptables')}\n"
+                f"print(left_behind(used, options, netns={ns!r}))\n"
+                "print('k3snet.backends.nftables.backend' in sys.modules,"
+                " 'k3snet.backends.iptables.backend' in sys.modules)\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, timeout=120)
+        assert done.stdout.split() == ["()", "False", "False"], done.stdout + done.stderr
+        run_in(ns, ["iptables-nft", "-t", "nat", "-N", "ANY"])  # a table, none of k3snet's
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, timeout=120)
+        assert done.stdout.split() == ["()", "True", "True"], done.stdout + done.stderr
+
+
+def test_netlink_alone_after_nftables_names_the_nftables_table_left(tmp_path: Path) -> None:
+    with SeedLab.create() as lab:
+        applied = _run("apply", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                       "nftables", "--netns", lab.node, lab=lab, lock_dir=tmp_path)
+        assert applied.returncode == 0, applied.stderr
+        planned = _run("plan", "-f", str(SPEC_PATH), "--backend", "netlink:route,sysctl",
+                       "--netns", lab.node, lab=lab, lock_dir=tmp_path)
+        assert _command(planned.stdout, "nftables")[:5] == [
+            "destroy", "--netns", lab.node, "--backend", "nftables"], planned.stdout
