@@ -22,10 +22,11 @@ groups as hold them all, each of distinct kinds, removed one after the other
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import attrs
@@ -34,7 +35,7 @@ from k3snet.backends.base import Backend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import WarningLog, backend_warnings
 from k3snet.backends.netns import NetnsRunner
-from k3snet.backends.registry import create_backend
+from k3snet.backends.registry import backend_options, create_backend
 from k3snet.errors import BackendUnavailableError, K3snetError
 
 __all__ = ["NODE_BACKENDS", "Discovery", "Owner", "discover_owners", "left_behind"]
@@ -249,7 +250,9 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
     beside the new one of iptables-nft, a forward accept of the old backend still let
     through what the new spec no longer accepts, all unsaid. ``options``: as for
     :func:`discover_owners` (an iptables ``mode`` there is ignored: both flavours are
-    looked through); ``netns``: named in the command. Changes nothing."""
+    looked through); ``netns``: named in the command, unless a backend's options
+    name its own namespace (a spec's), which it is looked through and named in. Changes
+    nothing."""
     used = _labels_in_use(in_use)
     if not used & {label for label, _, _ in NODE_BACKENDS}:
         return ()
@@ -258,12 +261,21 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
     given = {name: {k: v for k, v in opts.items() if not (name == "iptables" and k == "mode")}
              for name, opts in (options or {}).items()}
     found: list[str] = []
+    nf_tables: dict[object, frozenset[tuple[str, str]] | None] = {}
     for label, name, fixed in NODE_BACKENDS:
         if label in skip:
             continue
         opts = {**given.get(name, {}), **fixed}
         if label == "iptables-legacy" and not _legacy_tables(opts.get("netns")):
             continue  # nothing to read, nor the iptables backend to import (~40 ms cold)
+        if label in _NF_FAMILIES:
+            key = opts.get("netns")
+            if key not in nf_tables:
+                nf_tables[key] = _nf_tables(key)
+            present, families = nf_tables[key], _NF_FAMILIES[label]
+            if present is not None and not any(
+                    families is None or family in families for family, _ in present):
+                continue  # no table to hold k3snet's objects: no import (~40-75 ms cold)
         try:
             backend = create_backend(name, **opts)
         except K3snetError as exc:
@@ -280,14 +292,88 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
             with contextlib.suppress(Exception):
                 backend.close()
         if owned:
-            where = f" --netns {shlex.quote(netns)}" if netns else ""
+            # The namespace looked in: a spec's netns of this backend's alone, else
+            # ``netns`` (naming only ``netns``, the destroy acted in another namespace).
+            ns = opts.get("netns") or netns
+            where = f" --netns {shlex.quote(str(ns))}" if ns else ""
+            opts_text = _destroy_options(name, opts)
             found.append(
                 f"{label} holds {owned} of k3snet's objects, and no backend in use is "
                 f"{label} (left by a switch of backends?): they still run beside what the "
                 "backends in use write (a masquerade, a forward accept or a route the spec "
                 f"may no longer want), and nothing keeps them up or removes them; "
-                f"`k3snet destroy{where} {_DESTROY.get(label, f'--backend {name}')}` removes them")
+                f"`k3snet destroy{where} {_DESTROY.get(label, f'--backend {name}')}{opts_text}` "
+                "removes them")
     return tuple(found)
+
+
+_NOT_NAMED = frozenset({"netns", "mode", "allow_disruptive"})
+"""Options :func:`_destroy_options` leaves out: ``--netns`` and ``_DESTROY`` say them,
+and a destroy is not disruptive."""
+
+
+def _destroy_options(name: str, opts: Mapping[str, Any]) -> str:
+    """The ``--backend-opt`` arguments (each shell-quoted, after a space) that give
+    backend ``name`` the options ``opts`` it looked with, where they are not its
+    defaults: a spec's or the agent's (``nftables.table``, ``netlink.protocol``,
+    ``K3SNET_STATE_DIR``). The destroy named without them looked at the default table or
+    protocol, removing nothing of what was found, or another table of that name."""
+    try:
+        declared = backend_options(name)
+    except K3snetError:
+        declared = {}
+    parts: list[str] = []
+    for key, given in opts.items():
+        param = declared.get(key)
+        if key in _NOT_NAMED or (param is not None and param.default == given):
+            continue
+        value = str(given) if isinstance(given, PurePath) else given
+        if isinstance(value, str):
+            try:
+                json.loads(value)
+            except ValueError:
+                text = value  # as --backend-opt reads it: the text, not JSON
+            else:
+                text = json.dumps(value)  # "1", "true": a string, not a number
+        else:
+            try:
+                text = json.dumps(sorted(value) if isinstance(value, (set, frozenset))
+                                  else list(value) if isinstance(value, tuple) else value)
+            except (TypeError, ValueError):
+                continue  # not writable on a command line: the admin's to give
+        parts.append(" --backend-opt " + shlex.quote(f"{name}.{key}={text}"))
+    return "".join(parts)
+
+
+_NF_FAMILIES: Mapping[str, frozenset[str] | None] = {
+    "nftables": None, "iptables-nft": frozenset({"ip", "ip6"})}
+"""The labels read only when the namespace has an nf_tables table (of these families;
+``None``: of any): k3snet's nftables table is one, iptables-nft's chains are in its
+``ip`` and ``ip6`` tables."""
+
+
+def _nf_tables(netns: object) -> frozenset[tuple[str, str]] | None:
+    """(family, name) of every nf_tables table in namespace ``netns`` (``None``: this
+    thread's), one netlink dump; ``None`` when it cannot tell (no nf_tables, a refusal):
+    the backend's own read then says what it finds. With only netlink in use, a plan
+    imported the nftables and the iptables backends (~115 ms cold) to read a namespace
+    holding no table at all."""
+    from k3snet.backends.nfgen import GenerationReader  # noqa: PLC0415
+
+    def read() -> frozenset[tuple[str, str]]:
+        reader = GenerationReader()
+        try:
+            return reader.tables()
+        finally:
+            reader.close()
+
+    try:
+        if netns is None:
+            return read()
+        with NetnsRunner(str(netns)) as runner:
+            return runner.call(read)
+    except (OSError, K3snetError):
+        return None
 
 
 def _legacy_tables(netns: object) -> bool:

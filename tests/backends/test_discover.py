@@ -240,3 +240,29 @@ def test_left_behind_looks_nowhere_without_a_node_backend_in_use(
         node: dict[str, MemoryBackend]) -> None:
     assert discover.left_behind([MemoryBackend()]) == ()
     assert discover.left_behind([SimpleNamespace(name="calico")]) == ()
+
+
+def test_left_behind_names_a_destroy_with_the_options_it_looked_with_so_it_removes_those_objects(
+        node: dict[str, MemoryBackend]) -> None:
+    # A spec's nftables.table (or the agent's K3SNET_STATE_DIR): the destroy named without
+    # it looked at the default table, removing nothing of what was found.
+    options = {"fake-netlink": {"protocol": 200, "state_dir": Path("/var/lib/my k3snet"),
+                                "netns": "lab", "allow_disruptive": True},
+               "fake-ipt": {"table": "1", "tables": (254, 100)}}
+    found = discover.left_behind([SimpleNamespace(name="fake-nft")], options, netns="lab")
+    assert found[0].endswith(
+        "`k3snet destroy --netns lab --backend fake-netlink --backend-opt fake-netlink.protocol=200"
+        " --backend-opt 'fake-netlink.state_dir=/var/lib/my k3snet'` removes them")
+    assert found[1].endswith(
+        "`k3snet destroy --netns lab --backend fake-ipt --backend-opt 'fake-ipt.table=\"1\"'"
+        " --backend-opt 'fake-ipt.tables=[254, 100]'` removes them")
+
+
+def test_left_behind_names_a_destroy_in_the_namespace_it_looked_in(
+        node: dict[str, MemoryBackend]) -> None:
+    # A spec's netns of one backend's (no --netns): the destroy named without it acted in
+    # this process's namespace, on the objects k3snet keeps there, not on those found.
+    found = discover.left_behind([SimpleNamespace(name="fake-nft")],
+                                 {"fake-netlink": {"netns": "pods 2"}})
+    assert "`k3snet destroy --netns 'pods 2' --backend fake-netlink` " in found[0]
+    assert "`k3snet destroy --backend fake-ipt` " in found[1]

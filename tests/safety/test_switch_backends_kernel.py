@@ -78,7 +78,8 @@ def test_a_switch_from_iptables_legacy_to_nft_names_the_legacy_chains_and_their_
                        lab=lab, lock_dir=tmp_path)
         command = _command(planned.stdout, "iptables-legacy")
         assert command == ["destroy", "--netns", lab.node, "--backend", "iptables",
-                           "--backend-opt", "iptables.mode=legacy"]
+                           "--backend-opt", "iptables.mode=legacy",
+                           "--backend-opt", f"iptables.state_dir={lab.state_dir}"]
         assert "iptables-nft holds" not in planned.stdout  # in use: not left behind
 
         nft_before = _chains(lab.node, "iptables-nft-save")
@@ -111,7 +112,8 @@ def test_netlink_dropped_names_the_routes_left_and_their_destroy(tmp_path: Path)
         planned = _run("plan", "-f", str(SPEC_PATH), "--backend", "nftables", "--netns",
                        lab.node, lab=lab, lock_dir=tmp_path)
         command = _command(planned.stdout, "netlink")
-        assert command == ["destroy", "--netns", lab.node, "--backend", "netlink"]
+        assert command == ["destroy", "--netns", lab.node, "--backend", "netlink",
+                           "--backend-opt", f"netlink.state_dir={lab.state_dir}"]
 
         gone = _run(*command, "--auto-approve", lab=lab, lock_dir=tmp_path)
         assert gone.returncode == 0, gone.stderr
@@ -134,7 +136,8 @@ def test_the_agent_names_what_the_backends_of_its_spec_no_longer_name(tmp_path: 
         assert re.search(r"spec generation 1: iptables-legacy holds \d+ of k3snet's objects",
                          agent.stderr), agent.stderr
         assert (f"`k3snet destroy --netns {lab.node} --backend iptables --backend-opt "
-                "iptables.mode=legacy` removes them") in agent.stderr
+                f"iptables.mode=legacy --backend-opt iptables.state_dir={lab.state_dir}` "
+                "removes them") in agent.stderr
         assert _chains(lab.node, "iptables-legacy-save")  # said, not removed
 
 
@@ -150,8 +153,74 @@ def test_a_namespace_no_legacy_tool_wrote_in_is_looked_through_without_the_iptab
                 "from k3snet.backends.registry import create_backend\n"
                 f"used = [create_backend('netlink', netns={ns!r}),"
                 f" create_backend('nftables', netns={ns!r})]\n"
-                f"print(left_behind(used, {{}}, netns={ns!r}))\n"
+                f"options = {{n: {{'netns': {ns!r}}} for n in ('netlink', 'nftables',"
+                " 'iptables')}\n"  # as the CLI gives them: {} looked in this namespace
+                f"print(left_behind(used, options, netns={ns!r}))\n"
                 "print('k3snet.backends.iptables.backend' in sys.modules)\n")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               check=True, timeout=120)
         assert done.stdout.split() == ["()", "False"], done.stdout + done.stderr
+
+
+def test_the_destroy_named_for_routes_of_another_protocol_removes_those_routes(
+        tmp_path: Path) -> None:
+    # The spec's netlink protocol 200, netlink then dropped by --backend: the destroy named
+    # without the option looked for protocol 211's routes, and k3snet's routes stayed.
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["ip", "route", "del", "192.168.2.0/24"])
+        run_in(lab.node, ["ip", "-6", "route", "del", "fd01:2::/64"])
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(SPEC_PATH.read_text()
+                        + "backends:\n  netlink: {protocol: 200}\n  nftables: {}\n")
+        applied = _run("apply", "-f", str(spec), "--netns", lab.node, lab=lab,
+                       lock_dir=tmp_path)
+        assert applied.returncode == 0, applied.stderr
+        planned = _run("plan", "-f", str(spec), "--backend", "nftables", "--netns", lab.node,
+                       lab=lab, lock_dir=tmp_path)
+        command = _command(planned.stdout, "netlink")
+        assert "netlink.protocol=200" in command
+
+        def routes() -> list[object]:
+            return [r for family in ("-4", "-6") for r in json.loads(run_in(
+                lab.node, ["ip", family, "-j", "route", "show", "table", "all", "proto",
+                           "200"]).stdout)]
+        assert routes()
+        gone = _run(*command, "--auto-approve", lab=lab, lock_dir=tmp_path)
+        assert gone.returncode == 0, gone.stderr
+        assert routes() == []
+        assert "k3snet" in _nft_tables(lab.node)  # the backend in use keeps its table
+
+
+def test_a_namespace_with_no_nf_tables_table_is_looked_through_without_nftables_or_iptables(
+        ) -> None:
+    # netlink alone in use (a routed node): a namespace with no nf_tables table holds no
+    # nftables table nor iptables-nft chain of k3snet's, so neither backend (~115 ms cold
+    # to import) is paid for it; a table made there (iptables-nft's) is looked through.
+    with temporary_netns("switch") as ns:
+        code = ("import sys\n"
+                "from k3snet.backends.discover import left_behind\n"
+                "from k3snet.backends.registry import create_backend\n"
+                f"used = [create_backend('netlink', netns={ns!r})]\n"
+                f"options = {{n: {{'netns': {ns!r}}} for n in ('netlink', 'nftables',"
+                " 'iptables')}\n"
+                f"print(left_behind(used, options, netns={ns!r}))\n"
+                "print('k3snet.backends.nftables.backend' in sys.modules,"
+                " 'k3snet.backends.iptables.backend' in sys.modules)\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, timeout=120)
+        assert done.stdout.split() == ["()", "False", "False"], done.stdout + done.stderr
+        run_in(ns, ["iptables-nft", "-t", "nat", "-N", "ANY"])  # a table, none of k3snet's
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, timeout=120)
+        assert done.stdout.split() == ["()", "True", "True"], done.stdout + done.stderr
+
+
+def test_netlink_alone_after_nftables_names_the_nftables_table_left(tmp_path: Path) -> None:
+    with SeedLab.create() as lab:
+        applied = _run("apply", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                       "nftables", "--netns", lab.node, lab=lab, lock_dir=tmp_path)
+        assert applied.returncode == 0, applied.stderr
+        planned = _run("plan", "-f", str(SPEC_PATH), "--backend", "netlink:route,sysctl",
+                       "--netns", lab.node, lab=lab, lock_dir=tmp_path)
+        assert _command(planned.stdout, "nftables")[:5] == [
+            "destroy", "--netns", lab.node, "--backend", "nftables"], planned.stdout
