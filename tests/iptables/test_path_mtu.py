@@ -11,33 +11,15 @@ The reply half now matches the pods' side and conntrack's state alone.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
+from tests.pmtu import learnt_mtu, narrow_the_path
 
 DESTINATIONS = {4: "192.168.2.0/24", 6: "fd01:2::/64"}
-
-# Three datagrams larger than the router's MTU towards the database, with the
-# don't-fragment bit for IPv4 (IPv6 never fragments on the way).
-_SEND = """
-import socket, sys
-family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-sock = socket.socket(family, socket.SOCK_DGRAM)
-if family == socket.AF_INET:
-    sock.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER: IP_PMTUDISC_DO
-sock.connect((sys.argv[1], 9))
-for _ in range(3):
-    try:
-        sock.send(b"x" * 1400)
-    except OSError:
-        pass  # EMSGSIZE once the error arrived: the path's MTU is known
-"""
-
 
 @pytest.mark.kernel
 @pytest.mark.lab
@@ -60,12 +42,9 @@ def test_a_routers_packet_too_big_reaches_the_pod_through_a_forward_policy_drop(
         with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
             backend.apply(plan(backend.observe(), desired))
             assert lab.tcp_probe(family).ok
-            # The router's side towards the database: the smallest MTU IPv6 allows.
-            run_in(lab.router, ["ip", "link", "set", "eth1", "mtu", "1280"])
-            run_in(lab.db, ["ip", "link", "set", "eth0", "mtu", "1280"])
-            run_in(lab.pod, [sys.executable, "-c", _SEND, db])
+            narrow_the_path(lab)
             # The pod's kernel holds the path's MTU the router's error gave it.
-            route = run_in(lab.pod, ["ip", f"-{family}", "-o", "route", "get", db]).stdout
+            route = learnt_mtu(lab, family, db)
             assert "mtu 1280" in route, route
             save = run_in(lab.node, [f"{'ip6' if family == 6 else 'ip'}tables-{mode}-save",
                                      "-c", "-t", "filter"]).stdout
@@ -104,8 +83,6 @@ def test_an_admins_accept_of_replies_by_source_does_not_meet_the_forward_rule_pa
             assert forward in {c.subject for c in p.changes}, p.render()
             backend.apply(p)
             assert lab.tcp_probe(family).ok
-            run_in(lab.router, ["ip", "link", "set", "eth1", "mtu", "1280"])
-            run_in(lab.db, ["ip", "link", "set", "eth0", "mtu", "1280"])
-            run_in(lab.pod, [sys.executable, "-c", _SEND, db])
-            route = run_in(lab.pod, ["ip", f"-{family}", "-o", "route", "get", db]).stdout
+            narrow_the_path(lab)
+            route = learnt_mtu(lab, family, db)
             assert "mtu 1280" in route, route

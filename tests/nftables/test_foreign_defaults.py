@@ -31,6 +31,7 @@ from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
 from tests.nftables.scenario import K3SNET_RULES
 from tests.nftables.test_recorded import RecordedKernel, backend
+from tests.pmtu import learnt_mtu, narrow_the_path
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 
@@ -503,28 +504,12 @@ def test_a_foreign_default_dropping_a_routers_icmp_error_for_the_pods_is_a_warni
     assert "`ip daddr 10.42.0.0/16 ct state established,related accept`" in warning
 
 
-_SEND = """
-import socket, sys
-family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-sock = socket.socket(family, socket.SOCK_DGRAM)
-if family == socket.AF_INET:
-    sock.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER: IP_PMTUDISC_DO
-sock.connect((sys.argv[1], 9))
-for _ in range(3):
-    try:
-        sock.send(b"x" * 1400)
-    except OSError:
-        pass  # EMSGSIZE once the error arrived: the path's MTU is known
-"""
-
-
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_real_packet_too_big_is_lost_exactly_where_the_plan_warns_of_a_foreign_default(
         require_root: None, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str], case: str) -> None:
-    import sys  # noqa: PLC0415
 
     from k3snet.lab.seed import DB_ADDRESSES  # noqa: PLC0415
 
@@ -538,11 +523,9 @@ def test_real_packet_too_big_is_lost_exactly_where_the_plan_warns_of_a_foreign_d
         warned = [line for line in capsys.readouterr().out.splitlines()
                   if line.startswith("!! warning: nftables: ")]
         assert bool(warned) == dropped, warned
-        run_in(lab.router, ["ip", "link", "set", "eth1", "mtu", "1280"])
-        run_in(lab.db, ["ip", "link", "set", "eth0", "mtu", "1280"])
+        narrow_the_path(lab)
         for family in (4, 6):
             assert lab.tcp_probe(family).ok  # the flow itself passes in every case
             db = DB_ADDRESSES[family]
-            run_in(lab.pod, [sys.executable, "-c", _SEND, db])
-            route = run_in(lab.pod, ["ip", f"-{family}", "-o", "route", "get", db]).stdout
+            route = learnt_mtu(lab, family, db)
             assert ("mtu 1280" not in route) == dropped, (family, route)
