@@ -384,7 +384,7 @@ def _legacy_tables(netns: object) -> bool:
     namespace's x_tables table at its first use), or cannot tell: a namespace no legacy
     tool ever wrote in holds none of k3snet's legacy chains, and :func:`left_behind`
     then neither imports the iptables backend nor runs ``iptables-legacy-save``, on
-    every cold ``plan`` and ``apply``."""
+    every cold ``plan`` and ``apply --dry-run``."""
     def present() -> bool:
         for names in ("ip_tables_names", "ip6_tables_names"):
             try:
