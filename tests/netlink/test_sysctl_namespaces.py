@@ -7,6 +7,7 @@ The kernel's own view is read with ``ip netns exec NS cat /proc/sys/...``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -222,6 +223,23 @@ def test_a_record_kept_in_host_s_file_by_an_entered_namespace_is_read_under_its_
     assert not (tmp_path / "host" / "sysctl.json").exists()
 
 
+@contextlib.contextmanager
+def _second_name(ns: str, alias: str) -> Iterator[None]:
+    """Namespace ``ns`` also reached as ``alias`` in ``/run/netns`` (a bind mount of its
+    handle, as ``ip netns attach`` makes), for the block."""
+    name = netns_module.netns_path(alias)
+    name.touch()
+    try:
+        subprocess.run(["mount", "--bind", str(netns_module.netns_path(ns)), str(name)],
+                       check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["umount", str(name)], check=False)
+    finally:
+        name.unlink()
+
+
 def test_a_name_of_the_node_s_own_namespace_keeps_the_record_of_host(
         two: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--netns NAME`` of PID 1's namespace (``ip netns attach node 1``, a bind mount of
@@ -232,21 +250,13 @@ def test_a_name_of_the_node_s_own_namespace_keeps_the_record_of_host(
     alias = f"{first}-alias"
     monkeypatch.setattr(netns_module, "INIT_NETNS", netns_module.netns_path(first))
     _set(first, "0")
-    netns_module.netns_path(alias).touch()
-    try:
-        subprocess.run(["mount", "--bind", str(netns_module.netns_path(first)),
-                        str(netns_module.netns_path(alias))], check=True)
-        try:
-            with NetlinkBackend(alias, state_dir=tmp_path) as a:
-                converge(a, _WANTED)
-            assert _forwarding(first) == "1"
-            _entered(first, tmp_path, None)  # the agent's, without --netns
-            assert _forwarding(first) == "0"
-            assert [p.name for p in tmp_path.iterdir()] == ["host"]
-        finally:
-            subprocess.run(["umount", str(netns_module.netns_path(alias))], check=False)
-    finally:
-        netns_module.netns_path(alias).unlink()
+    with _second_name(first, alias):
+        with NetlinkBackend(alias, state_dir=tmp_path) as a:
+            converge(a, _WANTED)
+        assert _forwarding(first) == "1"
+        _entered(first, tmp_path, None)  # the agent's, without --netns
+        assert _forwarding(first) == "0"
+        assert [p.name for p in tmp_path.iterdir()] == ["host"]
 
 
 def test_two_names_of_one_namespace_keep_one_record(
@@ -257,22 +267,14 @@ def test_two_names_of_one_namespace_keep_one_record(
     first, _ = two
     alias = f"{first}-alias"
     _set(first, "0")
-    netns_module.netns_path(alias).touch()
-    try:
-        subprocess.run(["mount", "--bind", str(netns_module.netns_path(first)),
-                        str(netns_module.netns_path(alias))], check=True)
-        try:
-            with NetlinkBackend(alias, state_dir=tmp_path) as a:
-                converge(a, _WANTED)
-            assert _forwarding(first) == "1"
-            with NetlinkBackend(first, state_dir=tmp_path) as b:
-                destroy(b)
-            assert _forwarding(first) == "0"
-            assert [p.name for p in tmp_path.iterdir()] == [first]
-        finally:
-            subprocess.run(["umount", str(netns_module.netns_path(alias))], check=False)
-    finally:
-        netns_module.netns_path(alias).unlink()
+    with _second_name(first, alias):
+        with NetlinkBackend(alias, state_dir=tmp_path) as a:
+            converge(a, _WANTED)
+        assert _forwarding(first) == "1"
+        with NetlinkBackend(first, state_dir=tmp_path) as b:
+            destroy(b)
+        assert _forwarding(first) == "0"
+        assert [p.name for p in tmp_path.iterdir()] == [first]
 
 
 def test_a_namespace_of_no_name_keeps_a_record_apart_from_the_node_s(
@@ -331,20 +333,12 @@ def test_a_name_given_later_that_sorts_first_still_finds_the_record(
     (tmp_path / "host" / "sysctl.json").write_text(json.dumps({
         "format": 1, "namespace": None, "identity": "1:1",
         "owned": {"net.ipv4.ip_forward": {"value": "1", "previous": "1"}}, "released": []}))
-    netns_module.netns_path(alias).touch()
-    try:
-        subprocess.run(["mount", "--bind", str(netns_module.netns_path(first)),
-                        str(netns_module.netns_path(alias))], check=True)
-        try:
-            with NetlinkBackend(alias, state_dir=tmp_path) as b:  # through the new name
-                destroy(b)
-            assert _forwarding(first) == "0"
-            assert not (tmp_path / first / "sysctl.json").exists()
-            assert (tmp_path / "host" / "sysctl.json").exists()
-        finally:
-            subprocess.run(["umount", str(netns_module.netns_path(alias))], check=False)
-    finally:
-        netns_module.netns_path(alias).unlink()
+    with _second_name(first, alias):
+        with NetlinkBackend(alias, state_dir=tmp_path) as b:  # through the new name
+            destroy(b)
+        assert _forwarding(first) == "0"
+        assert not (tmp_path / first / "sysctl.json").exists()
+        assert (tmp_path / "host" / "sysctl.json").exists()
 
 
 def test_an_older_shared_file_is_read_past_the_node_s_own_record(
