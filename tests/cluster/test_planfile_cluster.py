@@ -37,6 +37,13 @@ def _kubeconfig(path: Path, servers: dict[str, str], current: str) -> None:
         "contexts": [{"name": n, "context": {"cluster": n, "user": "u"}} for n in servers]}))
 
 
+def _plan_to(saved: Path, spec: Path, kubeconfig: Path) -> int:
+    """``k3snet plan --out SAVED`` of the Calico backend through ``kubeconfig``."""
+    return main(["plan", "-f", str(spec), "--no-facts", "--backend", "calico", "--backend-opt",
+                 "calico.api=crd", "--backend-opt", f"calico.kubeconfig={kubeconfig}",
+                 "--out", str(saved)])
+
+
 def test_a_plan_file_is_not_applied_to_another_cluster_than_it_was_made_for(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -50,9 +57,7 @@ def test_a_plan_file_is_not_applied_to_another_cluster_than_it_was_made_for(
         for server in (staging, prod):  # two clusters made from one template
             server.put(CRD, POD_POOL)
         _kubeconfig(kubeconfig, servers, "staging")
-        assert main(["plan", "-f", str(spec), "--no-facts", "--backend", "calico",
-                     "--backend-opt", "calico.api=crd", "--backend-opt",
-                     f"calico.kubeconfig={kubeconfig}", "--out", str(saved)]) == 2
+        assert _plan_to(saved, spec, kubeconfig) == 2
         _kubeconfig(kubeconfig, servers, "prod")  # kubectl config use-context prod
         capsys.readouterr()
         assert main(["apply", str(saved), "--auto-approve"]) == 1
@@ -78,9 +83,7 @@ def test_the_cluster_a_plan_file_names_is_escaped_in_the_refusal(
     with EmulatedApiServer() as server:
         server.put(CRD, POD_POOL)
         _kubeconfig(kubeconfig, {"lab": server.url}, "lab")
-        assert main(["plan", "-f", str(spec), "--no-facts", "--backend", "calico",
-                     "--backend-opt", "calico.api=crd", "--backend-opt",
-                     f"calico.kubeconfig={kubeconfig}", "--out", str(saved)]) == 2
+        assert _plan_to(saved, spec, kubeconfig) == 2
         document = json.loads(saved.read_text())
         assert document["clusters"] == {"calico": server.url}  # plain HTTP: no authority
         document["clusters"]["calico"] = "\x1b[2Jelsewhere\nk3snet: ok"
