@@ -6,7 +6,9 @@ import contextlib
 import json
 import os
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -199,20 +201,10 @@ def test_an_edited_plan_is_told_apart_from_a_node_that_changed(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Both were "the node changed since this plan was made", the file records a
     # fingerprint of what was observed: when the node still matches it, the file is at fault.
-    from k3snet import MemoryBackend, State, Sysctl, register_backend  # noqa: PLC0415
-    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+    from k3snet import Sysctl  # noqa: PLC0415
     from k3snet.cli import main  # noqa: PLC0415
 
-    held = MemoryBackend()
-    register_backend("memory-node", lambda: held)
-    try:
-        saved = tmp_path / "node.plan"
-        assert main(["plan", "-f", str(SEED), "--backend", "memory-node", "--no-facts",
-                     "--out", str(saved)]) == 2
-        document = json.loads(saved.read_text())
-        document["plan"]["changes"].pop()  # one change taken out by hand
-        edited = tmp_path / "edited.plan"
-        edited.write_text(json.dumps(document))
+    with _one_change_taken_out(tmp_path) as (held, saved, edited, _document):  # by hand
         capsys.readouterr()
         assert main(["apply", str(edited)]) == 1
         err = capsys.readouterr().err
@@ -222,8 +214,6 @@ def test_an_edited_plan_is_told_apart_from_a_node_that_changed(
         held.apply(plan(held.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", "0")])))
         assert main(["apply", str(saved)]) == 1  # now the node did change
         assert "the node changed since this plan was made" in capsys.readouterr().err
-    finally:
-        unregister_backend("memory-node")
 
 
 @pytest.mark.parametrize("key", ["allow_disruptive", "backends"])
@@ -245,21 +235,11 @@ def test_a_refused_plan_file_of_another_k3snet_version_names_both_versions(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], version: str | None) -> None:
     # Upgraded between plan and apply: the planner may plan otherwise, which the refusal
     # now names instead of leaving "edited, or made by another version" to guess.
-    from k3snet import MemoryBackend, register_backend  # noqa: PLC0415
     from k3snet._version import __version__  # noqa: PLC0415
-    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
     from k3snet.cli import main  # noqa: PLC0415
 
-    held = MemoryBackend()
-    register_backend("memory-node", lambda: held)
-    try:
-        saved = tmp_path / "node.plan"
-        assert main(["plan", "-f", str(SEED), "--backend", "memory-node", "--no-facts",
-                     "--out", str(saved)]) == 2
-        document = json.loads(saved.read_text())
-        document["plan"]["changes"].pop()  # as another planner might have made it
-        edited = tmp_path / "edited.plan"
-        edited.write_text(json.dumps(document))
+    # One change fewer, as another planner might have made it.
+    with _one_change_taken_out(tmp_path) as (held, _saved, edited, document):
         capsys.readouterr()
         assert main(["apply", str(edited)]) == 1
         assert "was made by k3snet" not in capsys.readouterr().err  # this version's
@@ -272,5 +252,27 @@ def test_a_refused_plan_file_of_another_k3snet_version_names_both_versions(
                f"{__version__})" in err, err
         assert "\x1b" not in err
         assert held.observe() == State()
+
+
+@contextlib.contextmanager
+def _one_change_taken_out(tmp_path: Path) -> Iterator[tuple[Any, Path, Path, dict[str, Any]]]:
+    """A plan file of the seed spec for a memory backend (``memory-node``), and a copy
+    of it with its last change taken out: (the backend, the file, the copy, the copy's
+    document)."""
+    from k3snet import MemoryBackend, register_backend  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+    from k3snet.cli import main  # noqa: PLC0415
+
+    held = MemoryBackend()
+    register_backend("memory-node", lambda: held)
+    try:
+        saved = tmp_path / "node.plan"
+        assert main(["plan", "-f", str(SEED), "--backend", "memory-node", "--no-facts",
+                     "--out", str(saved)]) == 2
+        document = json.loads(saved.read_text())
+        document["plan"]["changes"].pop()
+        edited = tmp_path / "edited.plan"
+        edited.write_text(json.dumps(document))
+        yield held, saved, edited, document
     finally:
         unregister_backend("memory-node")
