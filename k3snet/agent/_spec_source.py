@@ -111,7 +111,8 @@ class ConfigMapSpecSource:
     def __init__(self, api_client: Any, namespace: str, name: str, key: str = "spec.yaml",
                  timeout: float = DEFAULT_TIMEOUT, *, denied_grace: float = DENIED_GRACE,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        # The generated client's read names no resourceVersion; the dynamic client's does.
+        # The generated client's read names no resourceVersion; the dynamic client's does,
+        # and its request() hides ApiClient.call_api, whose arguments changed in 37.
         from kubernetes import dynamic  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
         dynamic_client: Any = dynamic.DynamicClient  # (untyped)
