@@ -26,7 +26,7 @@ import json
 import logging
 import shlex
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Any
 
 import attrs
@@ -34,7 +34,7 @@ import attrs
 from k3snet.backends.base import Backend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import WarningLog, backend_warnings
-from k3snet.backends.netns import NetnsRunner
+from k3snet.backends.netns import NetnsRunner, xtables_names
 from k3snet.backends.registry import backend_options, create_backend
 from k3snet.errors import BackendUnavailableError, K3snetError
 
@@ -386,13 +386,7 @@ def _legacy_tables(netns: object) -> bool:
     then neither imports the iptables backend nor runs ``iptables-legacy-save``, on
     every cold ``plan`` and ``apply --dry-run``."""
     def present() -> bool:
-        for names in ("ip_tables_names", "ip6_tables_names"):
-            try:
-                if (Path("/proc/thread-self/net") / names).read_text().split():
-                    return True
-            except FileNotFoundError:
-                continue  # x_tables (or its IPv6 half) not loaded: no table
-        return False
+        return any(xtables_names(names) for names in ("ip_tables_names", "ip6_tables_names"))
 
     try:
         if netns is None:

@@ -29,7 +29,7 @@ from k3snet.errors import BackendError
 
 __all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "earlier_records", "libc",
            "namespace_instance", "netns_cookie", "netns_names", "netns_option", "netns_path",
-           "record_netns", "unnamed_record", "validate_netns"]
+           "record_netns", "unnamed_record", "validate_netns", "xtables_names"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
@@ -319,3 +319,15 @@ class NetnsRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def xtables_names(names: str) -> frozenset[str]:
+    """The iptables-legacy (x_tables) tables of the calling thread's namespace, as
+    ``/proc/net/<names>`` lists them (``ip_tables_names``, ``ip6_tables_names``): the
+    kernel registers a namespace's table at its first use. None when x_tables (or that
+    family's half) is not loaded."""
+    try:
+        text = (Path("/proc/thread-self/net") / names).read_text()
+    except FileNotFoundError:
+        return frozenset()
+    return frozenset(text.split())

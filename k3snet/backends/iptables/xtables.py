@@ -30,12 +30,11 @@ import hashlib
 import os
 import socket
 import struct
-from pathlib import Path
 
 import attrs
 
 from k3snet.backends.kit import translate_errors
-from k3snet.backends.netns import libc
+from k3snet.backends.netns import libc, xtables_names
 from k3snet.errors import BackendError
 
 __all__ = ["ENTRIES_AT", "LAYOUTS", "TABLES", "Kept", "Layout", "TableDigest", "digest_table",
@@ -100,11 +99,7 @@ def _getsockopt(sock: socket.socket, level: int, option: int, buffer: bytearray,
 
 def _present(layout: Layout) -> frozenset[str]:
     """The tables this thread's namespace has (none when x_tables is not loaded)."""
-    try:
-        text = (Path("/proc/thread-self/net") / layout.names).read_text()
-    except FileNotFoundError:
-        return frozenset()
-    return frozenset(text.split())
+    return xtables_names(layout.names)
 
 
 def zero_counters(blob: bytearray, start: int, end: int, layout: Layout) -> int:
