@@ -558,8 +558,9 @@ def make_api_client(
 
 
 def retry_policy() -> Any:
-    """urllib3's retries for the clients :func:`make_api_client` makes: its default (3
-    more tries) for a connection refused or reset, none for a request that timed out.
+    """urllib3's retries for the clients :func:`make_api_client` makes: 3 more tries, at
+    once, for a connection refused or reset; none for a request that timed out, and none
+    for an answer, whatever its status and ``Retry-After``.
 
     urllib3 sends again a request whose connect or (for a GET) answer timed out, each try
     waiting the whole request timeout: a read of an API server that accepts connections
@@ -567,8 +568,20 @@ def retry_policy() -> Any:
     black-holed address, took 4 x :data:`DEFAULT_TIMEOUT` (40 s). The agent's first pass
     waited that long for its Node (``--lease-candidates``), each interval's pass for the
     spec ConfigMap before converging the node, and the Lease's release on SIGTERM twice
-    that, past the pod's 30 s grace period. The caller tries again (the agent's next pass
-    or Lease step), within its own pace and back-off.
+    that, past the pod's 30 s grace period.
+
+    urllib3's ``Retry`` also sends again a GET, PUT or DELETE (its ``allowed_methods``)
+    answered 413, 429 or 503 with a ``Retry-After`` (``respect_retry_after_header``),
+    after sleeping what the header asks, up to 6 hours a try: outside every request
+    timeout, outside :func:`requests_within`'s deadline, in the thread of the agent's
+    pass or Lease step, so an agent told to stop slept on; and four such answers in a
+    row became a ``MaxRetryError`` with no status (``cannot reach the API server``).
+    Here no answer is tried again: it reaches the caller, whose :class:`KubeApiError`
+    carries its ``status`` and ``retry_after``, and the agent's own loops wait it,
+    bounded (a Lease candidate up to ``k3snet.agent.RETRY_AFTER_LIMIT``, the node report
+    up to ``PATCH_RETRY_LIMIT``, the spec and the cluster-wide objects till the next
+    pass). The caller tries again (the agent's next pass or Lease step), within its
+    own pace and back-off.
     """
     import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
 
@@ -585,7 +598,11 @@ def retry_policy() -> Any:
                 raise urllib3.exceptions.MaxRetryError(_pool, url, error) from error
             return super().increment(method, url, response, error, _pool, _stacktrace)
 
-    return NoRetryAfterTimeout(total=3)
+    # No status is retried (status_forcelist empty, Retry-After not honoured: is_retry
+    # is False for every answer), and the tries left after an error sleep nothing
+    # (backoff_factor 0).
+    return NoRetryAfterTimeout(total=3, status=0, status_forcelist=(),
+                               respect_retry_after_header=False, backoff_factor=0)
 
 
 def _status_body(body: Any) -> tuple[str, str | None]:

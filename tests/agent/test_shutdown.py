@@ -390,3 +390,43 @@ def test_a_signal_during_an_apply_leaves_no_half_change(
     else:
         assert held == sorted(map(str, wanted.owned))
         assert rules.state.owned  # the member after the signalled one, written too
+
+
+def test_the_lease_release_asked_to_wait_gives_up_at_once_through_the_agents_client(
+        server: EmulatedApiServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The agent's client (k3snet.kube.retry_policy) let urllib3 send a GET answered 429
+    # or 503 with a Retry-After again after sleeping what it asked (an hour here), outside
+    # the grace deadline that cuts each request's timeout: the release after SIGTERM
+    # slept on, and the kubelet killed the agent. Now the 429 is the release's failure at
+    # once, and the Lease expires by itself.
+    import urllib3.util.retry  # noqa: PLC0415 - a dependency of the kubernetes client
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    from k3snet.kube import retry_policy  # noqa: PLC0415
+
+    slept: list[float] = []
+    monkeypatch.setattr(urllib3.util.retry, "time",
+                        type("Clock", (), {"sleep": staticmethod(slept.append),
+                                           "time": staticmethod(lambda: 0.0)}))
+    configuration = client.Configuration()
+    configuration.host = server.url
+    configuration.retries = retry_policy()
+    api: Any = client.ApiClient(configuration)
+    clock = FakeClock()
+    try:
+        holder = LeaderElector(api, "node-a", SETTINGS, clock=clock)
+        assert holder.step()
+        server.fail(429, method="GET", plural="leases", times=1, retry_after=3600)
+        sent = len(server.requests())
+        with caplog.at_level("WARNING", logger="k3snet.agent"):
+            holder.stop(release=True, deadline=Deadline(clock.now + 4, clock))
+    finally:
+        api.close()
+    assert slept == []
+    assert [m for m, _, _ in server.requests()[sent:]] == ["GET"]
+    assert any("could not release" in r.getMessage() and "throttled (429)" in r.getMessage()
+               for r in caplog.records)
+    lease = server.get(LEASES, SETTINGS.name, SETTINGS.namespace)
+    assert lease is not None
+    assert lease["spec"]["holderIdentity"] == "node-a"  # it expires by itself

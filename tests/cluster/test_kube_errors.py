@@ -446,3 +446,49 @@ def test_selector_matches_as_apimachinery_matches(
 def test_selector_matches_refuses_what_apimachinery_refuses(selector: Any) -> None:
     with pytest.raises(ValueError, match="not a label selector"):
         selector_matches(selector, {"zone": "a"})
+
+
+@pytest.mark.parametrize(("status", "method", "times"), [
+    (429, "GET", 1), (429, "GET", None), (503, "GET", None), (429, "PUT", 1),
+    (503, "DELETE", 1), (413, "PUT", 1)])
+def test_a_client_k3snet_makes_answers_a_request_asked_to_wait_at_once_and_sends_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int, method: str,
+    times: int | None,
+) -> None:
+    # urllib3's Retry (total=3) sent a GET, PUT or DELETE answered 413, 429 or 503 with a
+    # Retry-After again after sleeping what it asked (up to 6 hours a try, 3 tries),
+    # outside every timeout k3snet set and outside the agent's grace deadline: a node's
+    # agent told to stop slept on. Four such answers in a row were "cannot reach the API
+    # server: ResponseError" with no status. The answer is the caller's now, with its
+    # status and Retry-After; the agent's own loops wait it, bounded.
+    import urllib3.util.retry  # noqa: PLC0415 - a dependency of the kubernetes client
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    slept: list[float] = []
+    monkeypatch.setattr(urllib3.util.retry, "time",
+                        type("Clock", (), {"sleep": staticmethod(slept.append),
+                                           "time": staticmethod(lambda: 0.0)}))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with EmulatedApiServer() as server:
+        server.put("v1/configmaps", {"metadata": {"name": "x", "namespace": "kube-system"},
+                                     "data": {"a": "b"}})
+        api, owned = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server.port)))
+        assert owned
+        core: Any = client.CoreV1Api(api)
+        calls: dict[str, Callable[[], Any]] = {
+            "GET": lambda: core.read_namespaced_config_map("x", "kube-system"),
+            "PUT": lambda: core.replace_namespaced_config_map(
+                "x", "kube-system", {"metadata": {"name": "x"}, "data": {"a": "c"}}),
+            "DELETE": lambda: core.delete_namespaced_config_map("x", "kube-system")}
+        server.fail(status, method=method, plural="configmaps", times=times,
+                    retry_after=3600)
+        try:
+            with pytest.raises(KubeApiError) as info, \
+                    translate_errors(WHERE, classifier=KubeErrors(timeout=10.0)):
+                calls[method]()
+        finally:
+            api.close()
+        sent = [m for m, path, _ in server.requests() if path.endswith("/configmaps/x")]
+    assert (info.value.status, info.value.retry_after) == (status, 3600.0)
+    assert slept == []
+    assert sent == [method]
