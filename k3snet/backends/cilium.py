@@ -490,7 +490,8 @@ class _Api:
 
     def node_labels(self) -> list[dict[str, str]] | None:
         """The labels of every Node a Cilium agent runs on (:meth:`cilium_nodes`), listed
-        :data:`~k3snet.kube.LIST_PAGE` at a time (``None``: the Nodes cannot be listed,
+        :data:`~k3snet.kube.LIST_PAGE` at a time from the API server's watch cache
+        (:func:`~k3snet.kube.list_node_metadata`; ``None``: the Nodes cannot be listed,
         403, or are not served; a warning says so)."""
         doing = "list Nodes (the labels CiliumNodeConfigs select)"
         try:  # only the labels are read
@@ -516,7 +517,8 @@ class _Api:
         return found
 
     def cilium_nodes(self) -> frozenset[str] | None:
-        """The names of the CiliumNodes (``cilium.io/v2``, their metadata alone): each
+        """The names of the CiliumNodes (``cilium.io/v2``, their metadata alone, from the
+        API server's watch cache as the Nodes: ``cached``): each
         Cilium agent registers its own Node's, which goes with that Node, so they name
         the Nodes whose agent picks CiliumNodeConfigs (``pkg/option/resolver`` runs in
         the agent's pod). ``None`` (every Node counts): none listed (no agent registered
@@ -530,8 +532,8 @@ class _Api:
                     "cilium.io", "v2", _CILIUM_NODE_PLURAL, _request_timeout=self.timeout,
                     _headers=dict(METADATA_ONLY), **page)
 
-        try:
-            items = list_pages(fetch, what)
+        try:  # from the watch cache: names judged, never written back
+            items = list_pages(fetch, what, cached=True)
         except KubeApiError as exc:
             if exc.status == 403:
                 self.warn(f"{exc}: Nodes running no Cilium agent count in the "

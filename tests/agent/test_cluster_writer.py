@@ -1331,3 +1331,40 @@ def test_an_event_s_message_is_one_printable_line(server: EmulatedApiServer) -> 
                                None, 1, leader=False))
     (event,) = _described_node_events(server, "node-a")
     assert event["message"] == "nftables: inet t\\x1b[2Kx\\nNormal K3snetConverged"
+
+
+def test_an_interval_costs_a_candidate_no_list_and_the_holder_its_lists_from_the_cache(
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
+) -> None:
+    # What one interval costs each node, counted in the emulator's log (docs/scale.md):
+    # with Calico and natOutgoingExclusions: IPPoolsAndHostIPs, only the Lease holder
+    # lists the cluster-wide objects and the Nodes (ceil(N / 500) requests, served from
+    # the API server's watch cache, resourceVersion=0); a candidate's pass lists nothing
+    # (its Lease reads are its elector's, once per lease duration, not the pass's).
+    server.put("crd.projectcalico.org/v1/felixconfigurations", {
+        "apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
+        "metadata": {"name": "default"},
+        "spec": {"natOutgoingExclusions": "IPPoolsAndHostIPs"}})
+    for i in range(1000):
+        server.put("v1/nodes", {"metadata": {"name": f"node-{i:04d}", "annotations": {
+            "projectcalico.org/IPv4Address": f"10.7.{i // 250}.{i % 250 + 1}/16"}}})
+    a, _ = _agent(server, "node-a", spec_path, clock)
+    b, _ = _agent(server, "node-b", spec_path, clock)
+    assert (a.run_pass().leader, b.run_pass().leader) == (True, False)
+
+    def one_pass(agent: Agent) -> list[tuple[str, str, dict[str, str]]]:
+        assert agent.elector is not None
+        agent.elector.step()  # the elector's own requests, apart from the pass's
+        before = len(server.requests())
+        assert agent.run_pass().status == "ok"
+        return [(m, p.rsplit("/", 1)[-1], q) for (m, p, _), q in zip(
+            server.requests()[before:], server.params()[before:], strict=True)]
+
+    for _ in range(2):  # the first interval's report says "in sync" (a PATCH each)
+        clock.now += 1.0
+        holder, candidate = one_pass(a), one_pass(b)
+    assert [(m, what) for m, what, _ in candidate] == []
+    lists = sorted((what, q.get("resourceVersion", "")) for m, what, q in holder if m == "GET")
+    assert lists == [("felixconfigurations", ""), ("ippools", ""), ("nodes", ""),
+                     ("nodes", ""), ("nodes", "0")]  # 1 002 Nodes: 3 pages, 2 continued
+    assert [m for m, what, _ in holder if m != "GET"] == []

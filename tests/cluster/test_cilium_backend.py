@@ -1106,6 +1106,37 @@ def test_a_node_running_no_cilium_agent_forms_no_set_of_node_configs(
     assert plan(backend.observe(), State(owned=[want])).conflicts
 
 
+def test_the_nodes_and_cilium_nodes_are_read_from_the_watch_cache(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Where a CiliumNodeConfig selects some nodes, the Lease holder lists every Node's
+    # labels and every CiliumNode's name each interval: quorum reads from etcd, 500 whole
+    # objects a request (20 at 5 000 nodes every 30 s). resourceVersion=0 is served from
+    # the API server's watch cache; the names and labels judged are a moment old at most.
+    _native_on_edge(k3s_cilium)
+    k3s_cilium.put(NODES, _node("server-1"))
+    k3s_cilium.put(NODES, _node("edge-1", zone="edge"))
+    k3s_cilium.put(CILIUM_NODES, _cilium_node("edge-1"))
+    before = len(k3s_cilium.requests())
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_groups == (("edge-a-native", "edge-b-cidr"),)
+    asked = {path: params for (_, path, _), params in zip(
+        k3s_cilium.requests()[before:], k3s_cilium.params()[before:], strict=True)}
+    for path in ("/api/v1/nodes", "/apis/cilium.io/v2/ciliumnodes"):
+        assert asked[path].get("resourceVersion") == "0", path
+    # the CiliumNodeConfigs, read for what is judged of them, stay quorum reads
+    configs = "/apis/cilium.io/v2/namespaces/kube-system/ciliumnodeconfigs"
+    assert "resourceVersion" not in asked[configs]
+    # a Node gone, its CiliumNode with it: the next list no longer has it
+    k3s_cilium.delete(NODES, "edge-1")
+    k3s_cilium.delete(CILIUM_NODES, "edge-1")
+    k3s_cilium.put(CILIUM_NODES, _cilium_node("server-1"))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_groups == ((),)
+
+
 def test_node_configs_are_judged_one_at_a_time_where_the_nodes_cannot_be_listed(
     k3s_cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
