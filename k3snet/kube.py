@@ -564,6 +564,9 @@ def make_api_client(
             f"service account ({exc})"
         ) from exc
     configuration.retries = retry_policy()
+    # kubernetes 37's client-go mode (off by default) would wait a GET's Retry-After in
+    # the request itself, up to 10 times: the same sleep retry_policy leaves out.
+    configuration.client_go_retries = False
     made = kubernetes.client.ApiClient(configuration)
     _bound(made)
     return made, True
