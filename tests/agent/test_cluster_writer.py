@@ -366,6 +366,37 @@ def test_a_candidate_throttled_waits_what_the_api_server_asked(
     assert candidate.next_wait() == SETTINGS.retry_period
 
 
+def test_a_candidate_throttled_through_the_agents_client_waits_its_own_bounded_wait(
+    server: EmulatedApiServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Through the agent's client (k3snet.kube.retry_policy) urllib3 answered a 429 with a
+    # Retry-After itself: it slept what it asked (an hour here) inside the Lease read and
+    # sent it again, past RETRY_AFTER_LIMIT, and the step succeeded as if nothing had
+    # happened. The 429 is the step's now, and its wait the candidate's bounded one.
+    import urllib3.util.retry  # noqa: PLC0415 - a dependency of the kubernetes client
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    from k3snet.kube import retry_policy  # noqa: PLC0415
+
+    slept: list[float] = []
+    monkeypatch.setattr(urllib3.util.retry, "time",
+                        type("Clock", (), {"sleep": staticmethod(slept.append),
+                                           "time": staticmethod(lambda: 0.0)}))
+    configuration = client.Configuration()
+    configuration.host = server.url
+    configuration.retries = retry_policy()
+    api: Any = client.ApiClient(configuration)
+    try:
+        candidate = _Stepped(api, "node-b", SETTINGS, clock=FakeClock())
+        server.fail(429, method="GET", plural="leases", times=1, retry_after=3600)
+        assert candidate.step() is False
+        assert candidate.next_wait() == RETRY_AFTER_LIMIT
+    finally:
+        api.close()
+    assert slept == []
+    assert [m for m, p, _ in server.requests() if "/leases" in p] == ["GET"]
+
+
 def test_a_node_that_is_no_candidate_never_writes_pools(
     server: EmulatedApiServer, spec_path: Path
 ) -> None:
