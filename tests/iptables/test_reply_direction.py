@@ -49,6 +49,23 @@ while wait:
         break
 """
 
+# A datagram from the pod to a port the database does not listen on, and what came back:
+# the database's port unreachable, RELATED to the pod's flow (``refused``).
+_UNREACHABLE = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+sock = socket.socket(family, socket.SOCK_DGRAM)
+sock.settimeout(10)
+sock.connect((sys.argv[1], 9))
+sock.send(b"k3snet")
+try:
+    sock.recv(64)
+except ConnectionRefusedError:
+    print("refused")
+except OSError as error:
+    print(error)
+"""
+
 
 def _counters(lab_node: str, save: str, reply_rule: Callable[[str], bool]) -> tuple[int, int]:
     """The packets of the FORWARD policy and of k3snet's reply accept, as the kernel counts
@@ -98,6 +115,8 @@ def test_the_reply_accept_takes_the_pods_replies_and_errors_not_a_connection_fro
         narrow_the_path(lab)
         route = learnt_mtu(lab, family, db)
         assert "mtu 1280" in route, route
+        said = run_in(lab.pod, [sys.executable, "-c", _UNREACHABLE, db], timeout=30).stdout
+        assert said.strip() == "refused", said
 
         # A connection from the database to the pod, let in by an administrator's rule for
         # a while: its first packet, and the pod's answer (ESTABLISHED).
