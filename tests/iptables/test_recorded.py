@@ -676,12 +676,14 @@ def test_an_earlier_releases_reply_accept_is_drift_named_as_the_upgrade(
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("source", ["203.0.113.0/24", "192.168.2.0/24"])
 def test_a_reply_accept_of_another_source_is_drift_named_as_an_edit_not_the_upgrade(
-        mode: Flavour) -> None:
+        mode: Flavour, source: str) -> None:
     # Tagged as k3snet's, its -s not the accept's destination: no release of k3snet wrote
-    # that; naming it the upgrade's drift hid an edit (or a forgery) from the admin.
+    # that; naming it the upgrade's drift hid an edit (or a forgery) from the admin. Nor
+    # did one write -s DEST beside --ctdir REPLY (the release matching -s had no --ctdir).
     kernel = FakeKernel({(mode, 4): recorded(mode, 4).replace(
-        "-A K3SNET-F-7 -d 10.50.0.0/16", "-A K3SNET-F-7 -s 203.0.113.0/24 -d 10.50.0.0/16"),
+        "-A K3SNET-F-7 -d 10.50.0.0/16", f"-A K3SNET-F-7 -s {source} -d 10.50.0.0/16"),
         (mode, 6): recorded(mode, 6)})
     clear_caches()
     with backend_on(kernel, mode) as backend:

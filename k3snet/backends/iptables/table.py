@@ -408,10 +408,11 @@ def _earlier_reply(state: TableState, digest: str, chain: str,
         return None
     first, reply = list(lines[0]), list(lines[1])
     destination = first[first.index("-d") + 1] if "-d" in first[:-1] else None
-    by_source = len(reply) > 2 and reply[0] == "-s" and reply[1] == destination
+    every_direction = "--ctdir" not in reply  # (the release matching -s had no --ctdir)
+    by_source = (every_direction and len(reply) > 2 and reply[0] == "-s"
+                 and reply[1] == destination)
     if by_source:
         reply = reply[2:]
-    every_direction = "--ctdir" not in reply
     if every_direction:
         at = reply.index("--ctstate") + 2
         reply[at:at] = ["--ctdir", "REPLY"]
