@@ -5,8 +5,8 @@
 ``POSTROUTING``, ``PREROUTING``) as :class:`~k3snet.doctor.packet.BaseChain`
 values at their fixed priorities. Matches understood: ``-s``/``-d``/``-i``/``-o``/``-p``
 (with ``!``, ``+`` wildcards), ``--sport``/``--dport``, ``--syn``/``--tcp-flags``, ``multiport``,
-``conntrack``/``state`` ``--ctstate``, ``comment``, ``mark``, ``addrtype``,
-``statistic --mode random`` (a random branch: :attr:`Packet.pick` says which one
+``conntrack``/``state`` ``--ctstate``, ``conntrack`` ``--ctdir``, ``comment``, ``mark``,
+``addrtype``, ``statistic --mode random`` (a random branch: :attr:`Packet.pick` says which one
 is followed), ``rpfilter``. Targets: ``ACCEPT``, ``DROP``, ``REJECT``, ``RETURN``, jumps, gotos,
 ``MASQUERADE``, ``SNAT``, ``DNAT``, ``MARK``, and the non-terminating ones (``LOG``
 ...). Anything else makes the rule *unknown*, reported with its text.
@@ -319,7 +319,7 @@ def _negated(matcher: Matcher) -> Matcher:
     return negated
 
 
-def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # noqa: PLR0911 - one return per option
+def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # noqa: PLR0911, PLR0912 - one return per option
     """A matcher for one option and how many arguments it took (None: unknown option)."""
     if module not in ("", *_MODULES) and word.startswith("--"):
         # An option of a module not read here means what that module says:
@@ -346,6 +346,11 @@ def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # 
         states = {_CT_STATES.get(s, s.lower()) for s in arg.split(",")}
         # SNAT and DNAT are conntrack's virtual states: the connection was translated.
         return (lambda p: p.ctstate in states or bool(states & p.nat)), 1
+    if module == "conntrack" and word == "--ctdir" and arg in ("ORIGINAL", "REPLY"):
+        # The direction of the packet in its connection (no connection: no direction).
+        direction = arg.lower()
+        return (lambda p: p.ctstate not in ("invalid", "untracked")
+                and p.direction == direction), 1
     if word == "--comment" or (module == "statistic" and word == "--probability"):
         return (lambda _p: True), 1
     if word == "--mark":

@@ -425,6 +425,11 @@ def _after(text: str, line: str, extra: str) -> str:
     return text.replace(line + "\n", f"{line}\n{extra}\n", 1)
 
 
+REPLY_F7 = ("-A K3SNET-F-7 -d 10.50.0.0/16 -i eth0 -o cni0 -m conntrack --ctstate "
+            "RELATED,ESTABLISHED --ctdir REPLY -m comment --comment k3snet:7d052c43265ec5b7 "
+            "-j ACCEPT")
+
+
 # name: (edit of the recorded IPv4 text, (table, chain) of the drift, a line the repair sends)
 DRIFTS = {
     "extra-rule": (lambda t: _after(t, BUCKET, "-A K3SNET-N-d24-s16-a-3 -j ACCEPT"),
@@ -471,10 +476,14 @@ DRIFTS = {
     # destination: a router's Packet Too Big dropped): replaced by today's, the upgrade.
     "reply-by-source-of-an-earlier-release": (lambda t: t.replace(
                         "-A K3SNET-F-7 -d 10.50.0.0/16",
-                        "-A K3SNET-F-7 -s 192.168.2.0/24 -d 10.50.0.0/16"),
-                    ("filter", "K3SNET-F-7"),
-                    "-A K3SNET-F-7 -d 10.50.0.0/16 -i eth0 -o cni0 -m conntrack --ctstate "
-                    "RELATED,ESTABLISHED -m comment --comment k3snet:7d052c43265ec5b7 -j ACCEPT"),
+                        "-A K3SNET-F-7 -s 192.168.2.0/24 -d 10.50.0.0/16").replace(
+                        "ESTABLISHED --ctdir REPLY", "ESTABLISHED"),
+                    ("filter", "K3SNET-F-7"), REPLY_F7),
+    # A reply half as k3snet wrote it after that, in every direction (no --ctdir REPLY:
+    # later packets of connections from outside to the pods accepted): today's, the upgrade.
+    "reply-of-every-direction-of-an-earlier-release": (lambda t: t.replace(
+                        "ESTABLISHED --ctdir REPLY", "ESTABLISHED"),
+                    ("filter", "K3SNET-F-7"), REPLY_F7),
 }
 
 
@@ -645,28 +654,36 @@ def test_a_process_that_is_not_permitted_names_the_capability(
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_an_earlier_releases_reply_accept_is_drift_named_as_the_upgrade(mode: Flavour) -> None:
+@pytest.mark.parametrize(("name", "written", "why"), [
+    ("reply-by-source-of-an-earlier-release", "-s 192.168.2.0/24 -d 10.50.0.0/16 ",
+     "does not come from the destination"),
+    ("reply-of-every-direction-of-an-earlier-release", "-d 10.50.0.0/16 ",
+     "without --ctdir REPLY")])
+def test_an_earlier_releases_reply_accept_is_drift_named_as_the_upgrade(
+        mode: Flavour, name: str, written: str, why: str) -> None:
     # The first plan after an upgrade: the admin next door reads what is rewritten and
     # why, not "rules k3snet did not write (edited, forged ...)".
-    edit, _, _ = DRIFTS["reply-by-source-of-an-earlier-release"]
+    edit, _, _ = DRIFTS[name]
     kernel = FakeKernel({(mode, 4): edit(recorded(mode, 4)), (mode, 6): recorded(mode, 6)})
     clear_caches()
     with backend_on(kernel, mode) as backend:
         drift = [o for o in backend.observe().owned if isinstance(o, Drift)]
     said = [d.what for d in drift if d.where == "IPv4 filter K3SNET-F-7"
             and d.what.startswith("a forward rule's reply accept as an earlier k3snet release "
-                                  "wrote it (-s 192.168.2.0/24 -d 10.50.0.0/16 ")]
+                                  f"wrote it ({written}") and why in d.what]
     assert len(said) == 1, drift
     assert not [d for d in drift if "forged" in d.what], drift
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("source", ["203.0.113.0/24", "192.168.2.0/24"])
 def test_a_reply_accept_of_another_source_is_drift_named_as_an_edit_not_the_upgrade(
-        mode: Flavour) -> None:
+        mode: Flavour, source: str) -> None:
     # Tagged as k3snet's, its -s not the accept's destination: no release of k3snet wrote
-    # that; naming it the upgrade's drift hid an edit (or a forgery) from the admin.
+    # that; naming it the upgrade's drift hid an edit (or a forgery) from the admin. Nor
+    # did one write -s DEST beside --ctdir REPLY (the release matching -s had no --ctdir).
     kernel = FakeKernel({(mode, 4): recorded(mode, 4).replace(
-        "-A K3SNET-F-7 -d 10.50.0.0/16", "-A K3SNET-F-7 -s 203.0.113.0/24 -d 10.50.0.0/16"),
+        "-A K3SNET-F-7 -d 10.50.0.0/16", f"-A K3SNET-F-7 -s {source} -d 10.50.0.0/16"),
         (mode, 6): recorded(mode, 6)})
     clear_caches()
     with backend_on(kernel, mode) as backend:

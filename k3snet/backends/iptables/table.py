@@ -388,21 +388,46 @@ def _find_units(state: TableState) -> None:
 
 def _not_written(state: TableState, digest: str, chain: str, lines: Sequence[Line]) -> str:
     """What tagged ``lines`` k3snet does not render are: a forward rule as an earlier
-    release wrote it, its reply accept matching the destination as the source (``-s
-    DEST -d PODS``), is named so (the upgrade's one drift); anything else as edited."""
-    # (its -s the accept's -d: another source is an edit, not the upgrade)
-    first = list(lines[0]) if lines else []
+    release wrote it is named so (the upgrade's one drift), its reply accept matching the
+    destination as the source (``-s DEST -d PODS``) or taking every connection's packets
+    towards the pods (no ``--ctdir REPLY``); anything else as edited."""
+    earlier = _earlier_reply(state, digest, chain, lines)
+    if earlier is not None:
+        return earlier
+    return (f"rules tagged k3snet:{digest} that k3snet did not write (edited, forged, or in "
+            "the wrong chain)")
+
+
+def _earlier_reply(state: TableState, digest: str, chain: str,
+                   lines: Sequence[Line]) -> str | None:
+    """Why ``lines`` are a forward rule's accept and its reply accept as an earlier
+    release wrote it, or ``None``: the reply line, its ``-s`` (the accept's ``-d``, as
+    that release wrote it: another source is an edit) taken off and ``--ctdir REPLY``
+    put after its ``--ctstate``, is today's."""
+    if len(lines) != 2 or "--ctstate" not in lines[1][:-1]:
+        return None
+    first, reply = list(lines[0]), list(lines[1])
     destination = first[first.index("-d") + 1] if "-d" in first[:-1] else None
-    if (len(lines) == 2 and len(lines[1]) > 2 and lines[1][0] == "-s"
-            and lines[1][1] == destination and "--ctstate" in lines[1]
-            and rebuild_unit(state.family, digest, chain, [lines[0], lines[1][2:]],
-                             state.chains) is not None):
+    every_direction = "--ctdir" not in reply  # (the release matching -s had no --ctdir)
+    by_source = (every_direction and len(reply) > 2 and reply[0] == "-s"
+                 and reply[1] == destination)
+    if by_source:
+        reply = reply[2:]
+    if every_direction:
+        at = reply.index("--ctstate") + 2
+        reply[at:at] = ["--ctdir", "REPLY"]
+    if not (by_source or every_direction) or rebuild_unit(
+            state.family, digest, chain, [lines[0], tuple(reply)], state.chains) is None:
+        return None
+    if by_source:
         return ("a forward rule's reply accept as an earlier k3snet release wrote it "
                 f"({format_line(lines[1])}): a router's ICMP error for the pods' flow (a "
                 "Packet Too Big) does not come from the destination, and a FORWARD policy "
                 "DROP took it; rewritten")
-    return (f"rules tagged k3snet:{digest} that k3snet did not write (edited, forged, or in "
-            "the wrong chain)")
+    return ("a forward rule's reply accept as an earlier k3snet release wrote it "
+            f"({format_line(lines[1])}): without --ctdir REPLY it accepted every later "
+            "packet of a connection from outside to the pods too, which the FORWARD rules "
+            "after k3snet's are there to judge; rewritten")
 
 
 def _find_strays(state: TableState) -> None:

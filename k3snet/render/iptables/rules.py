@@ -402,13 +402,20 @@ def _build_general(obj: NetObject) -> Unit:
         # destination too: conntrack's RELATED answers of a flow (an ICMPv6 Packet Too
         # Big, an ICMP fragmentation needed, a time exceeded) come from a router on the
         # way, and FORWARD's policy drop took them, so path MTU discovery never learnt
-        # a smaller MTU and the pods' larger packets were lost.
+        # a smaller MTU and the pods' larger packets were lost. ``--ctdir REPLY``: only
+        # what goes back against a connection's first packet, a pod's connection's
+        # replies and the errors about its packets (conntrack gives an ICMP error its
+        # master's connection and the direction the error travels in, RELATED_REPLY);
+        # without it every later packet of a connection from outside to a pod
+        # (ESTABLISHED, original direction) was accepted here, whatever the
+        # administrator's FORWARD rules after k3snet's jump decide for it.
         back_dst = ("-d", *src[1:]) if src else ()
         back_iif = ("-i", obj.out_interface) if obj.out_interface else ()
         back_oif = ("-o", obj.in_interface) if obj.in_interface else ()
         forward = (*src, *dst, *iif, *oif, *tag, "-j", "ACCEPT")
         reply = (*back_dst, *back_iif, *back_oif,
-                 "-m", "conntrack", "--ctstate", _CTSTATE, *tag, "-j", "ACCEPT")
+                 "-m", "conntrack", "--ctstate", _CTSTATE, "--ctdir", "REPLY", *tag,
+                 "-j", "ACCEPT")
         return Unit(obj, digest, f"K3SNET-F-{digest[0]}", (forward, reply))
     assert isinstance(obj, MasqueradeRule | SnatRule)  # _canonical refused the rest
     chain = _nat_bucket(obj, digest)
@@ -897,14 +904,17 @@ def _matches(
 def _rebuild_objects(
     family: int, chain: str, lines: Sequence[Line], chains: Mapping[str, Sequence[Line]]
 ) -> Iterator[NetObject]:
-    parsed = [parse_rule(line) for line in lines]
+    forwards = chain.startswith("K3SNET-F-")
+    # A forward rule's reply half (its ``--ctstate``, ``--ctdir``) is not read: the object
+    # rebuilt from the accept renders it, and the caller compares every line.
+    parsed = [parse_rule(line) for line in lines if not forwards or "--ctstate" not in line]
     if any(p is None for p in parsed):
         return
     rules = [p for p in parsed if p is not None]
     try:
-        if chain.startswith("K3SNET-F-"):
+        if forwards:
             forward = [r for r in rules if r.ctstate is None]
-            if len(forward) != 1:
+            if len(forward) != 1 or len(rules) != 1:
                 return
             f = forward[0]
             if f.source_neg or f.destination_neg:
