@@ -886,6 +886,11 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
     pod: dict[str, Any] = {
         "serviceAccountName": AGENT_NAME,
         "automountServiceAccountToken": needs.api,
+        # No variables of the namespace's Services: a Service named "kubernetes" there
+        # (kube-system by default) would take the place of the API server's own
+        # KUBERNETES_SERVICE_HOST and _PORT, which the agent's client connects to (the
+        # kubelet adds default's "kubernetes" Service whatever this says).
+        "enableServiceLinks": False,
         "hostNetwork": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
         "priorityClassName": "system-node-critical",

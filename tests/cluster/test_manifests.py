@@ -290,6 +290,19 @@ def test_agent_has_least_privilege(name: str) -> None:
             assert set(ctx["capabilities"].get("add", [])) <= {"NET_ADMIN", "NET_RAW"}
 
 
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_no_service_of_the_agents_namespace_reaches_its_environment(name: str) -> None:
+    # With service links (Kubernetes' default) the kubelet gives the agent the variables
+    # of every Service of its namespace, and a Service named "kubernetes" there wins over
+    # default's: KUBERNETES_SERVICE_HOST and _PORT, where the agent's in-cluster client
+    # sends its token, named whatever address that Service has (kubelet_pods.go,
+    # getServiceEnvVarMap). Without them only default's "kubernetes" Service is given.
+    for obj in _render(name):
+        if obj["kind"] in ("DaemonSet", "Job"):
+            assert obj["spec"]["template"]["spec"]["enableServiceLinks"] is False, \
+                obj["metadata"]["name"]
+
+
 @pytest.mark.parametrize(("backends", "options", "added"), [
     # none named: the agent may pick any node backend, iptables (legacy) included
     ([], {}, ["NET_ADMIN", "NET_RAW"]),
