@@ -28,8 +28,8 @@ What is rendered, each object labelled ``app.kubernetes.io/name: k3snet`` and
 
 Everything is deterministic: the same spec gives byte-identical YAML. Every
 manifest validates with ``kubernetes-validate --strict`` for
-:data:`OLDEST_KUBERNETES_VERSION` and :data:`NEWEST_KUBERNETES_VERSION`
-(``tests/cluster/test_manifests.py``).
+:data:`OLDEST_KUBERNETES_VERSION`, :data:`NEWEST_KUBERNETES_VERSION` and every minor
+version between (``tests/cluster/test_manifests.py``).
 """
 
 from __future__ import annotations

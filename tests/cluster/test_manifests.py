@@ -183,6 +183,35 @@ def test_every_recorded_manifest_validates_strictly(path: Path) -> None:
             assert kubernetes_validate.validate(obj, version, strict=True) == version
 
 
+def _minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
+# Every minor version kubernetes-validate ships between the extremes: a field or an API
+# version one of them lacks (or deprecated in between and gone before the newest) is
+# caught where it is, not only at 1.25 and 1.37.
+BETWEEN = sorted({v.rsplit(".", 1)[0] for v in kubernetes_validate.utils.all_versions()
+                  if _minor(OLDEST_KUBERNETES_VERSION) < _minor(v.rsplit(".", 1)[0])
+                  < _minor(NEWEST_KUBERNETES_VERSION)}, key=_minor)
+
+
+@pytest.mark.parametrize("version", BETWEEN)
+def test_every_manifest_validates_strictly_in_every_version_between(version: str) -> None:
+    assert BETWEEN, "kubernetes-validate ships no version between the extremes"
+    for name in sorted(SPECS):
+        for obj in _render(name):
+            (parsed,) = yaml.safe_load_all(dump_manifests([obj]))
+            assert kubernetes_validate.validate(parsed, version, strict=True) == version, name
+    # The admission policy of node_restriction from the first version serving it (v1).
+    if _minor(version) >= (1, 30):
+        spec = Spec(destinations=[Destination("192.168.2.0/24")],
+                    backends=["netlink", "cilium", "calico"])
+        for obj in render_manifests(spec, node_restriction=True):
+            (parsed,) = yaml.safe_load_all(dump_manifests([obj]))
+            assert kubernetes_validate.validate(parsed, version, strict=True) == version
+
+
 def test_validated_versions_are_the_extremes_shipped() -> None:
     shipped = sorted({v.rsplit(".", 1)[0] for v in kubernetes_validate.utils.all_versions()},
                      key=lambda v: tuple(map(int, v.split("."))))
