@@ -928,6 +928,44 @@ def test_agent_memory_limit_covers_the_measured_peak_of_its_own_spec(count: int)
             _memory_limit_mib(daemonset) if name == AGENT_NAME else 384)
 
 
+# RSS of a running agent (netlink and nftables, --interval 20) through the passes after
+# its first one onto an empty node: it stays at that pass's peak while the agent runs
+# (VmRSS sampled every 6 s for a minute, 2026-12-05; docs/agent.md, "Memory").
+MEASURED_RUNNING_MIB = {10_000: 275, 20_000: 483}
+
+
+def _memory_request_mib(daemonset: dict[str, Any]) -> int:
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    request: str = container["resources"]["requests"]["memory"]
+    assert request.endswith("Mi"), request
+    return int(request.removesuffix("Mi"))
+
+
+@pytest.mark.parametrize("count", sorted(MEASURED_RUNNING_MIB))
+def test_agent_memory_request_covers_what_a_running_agent_holds(count: int) -> None:
+    # The request was 128 Mi whatever the spec: the agent of 10,000 destinations holds
+    # 275 MiB on every node from its first pass on, and the scheduler counted 128.
+    spec, text = _many(count)
+    seed = k3snet.seed_spec()
+    for objs, name in ((render_manifests(spec, spec_text=text, node_report=False), AGENT_NAME),
+                       (render_manifests(seed, node_report=False, profiles={"big": (spec, text)}),
+                        f"{AGENT_NAME}-big")):
+        daemonset = _one(objs, "DaemonSet", name)
+        assert MEASURED_RUNNING_MIB[count] <= _memory_request_mib(daemonset) \
+            <= _memory_limit_mib(daemonset)
+        # the seed's own DaemonSet beside a big profile keeps the least request
+        assert _memory_request_mib(_one(objs, "DaemonSet", AGENT_NAME)) == (
+            _memory_request_mib(daemonset) if name == AGENT_NAME else 128)
+
+
+@given(st.integers(min_value=0, max_value=60_000))
+def test_agent_memory_request_is_never_above_its_limit_nor_below_the_least(count: int) -> None:
+    from k3snet.render.manifests import agent_memory_limit, agent_memory_request  # noqa: PLC0415
+
+    request = int(agent_memory_request(count).removesuffix("Mi"))
+    assert 128 <= request <= int(agent_memory_limit(count).removesuffix("Mi"))
+
+
 def test_the_agent_listens_where_the_probes_look_by_default() -> None:
     from k3snet.agent import parse_listen  # noqa: PLC0415
     from k3snet.cli import DEFAULT_LISTEN, build_parser  # noqa: PLC0415
