@@ -115,12 +115,12 @@ def _kubeconfig(server: EmulatedApiServer, tmp_path: Path) -> Path:
 
 def _run_as_rendered(server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                      texts: tuple[str, ...], between: Callable[[], None] = lambda: None,
-                     ) -> tuple[list[Request], list[dict[str, Any]], str]:
+                     **options: Any) -> tuple[list[Request], list[dict[str, Any]], str]:
     """Run the agent with each spec text in turn as the rendered DaemonSet runs it; the
     requests it sent, the rendered objects (of the first spec) and the agent's namespace."""
     first = tmp_path / "spec.yaml"
     first.write_text(texts[0])
-    objs = render_manifests(load_spec(first))
+    objs = render_manifests(load_spec(first), **options)
     (daemonset,) = [o for o in objs if o["kind"] == "DaemonSet"]
     namespace = daemonset["metadata"]["namespace"]
     (container,) = daemonset["spec"]["template"]["spec"]["containers"]
@@ -310,3 +310,41 @@ def test_flannel_configmap_agent_sends_only_what_its_rbac_grants(
     assert ("configmaps", "get") in {(r.resource, r.verb) for r in requests}
     assert _denied(requests, objs, namespace) == []
     assert set(_unused(requests, objs, namespace)) <= NOT_SENT_HERE
+
+
+@pytest.mark.parametrize("backend", ["calico", "cilium"])
+def test_an_agent_without_the_node_report_sends_only_what_its_rbac_grants(
+    server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    # render_manifests(node_report=False): no Node patch, no Event, and their RBAC gone
+    # (--no-node-report in the command); the Lease and the backend's objects remain.
+    if backend == "cilium":
+        server.put(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": "cilium-config", "namespace": "kube-system"},
+                                "data": {"enable-ipv4-masquerade": "true",
+                                         "cluster-pool-ipv4-cidr": "10.42.0.0/16"}})
+        text = (HEADER + "backends: [cilium]\n" + DESTINATIONS
+                + "cni:\n  allowDisruptive: true\n  cilium:\n    bpfMasquerade: true\n"
+                  "    ipMasqAgent: true\n    nonMasqueradeCIDRs: [10.42.0.0/16, 172.20.0.0/16]\n")
+    else:
+        for resource in server.calico:  # type: ignore[attr-defined]
+            if resource.endswith("/ippools"):
+                server.put(resource, {"apiVersion": resource.rpartition("/")[0],
+                                      "kind": "IPPool",
+                                      "metadata": {"name": "default-ipv4-ippool"},
+                                      "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        text = HEADER + "backends: [calico]\ncni:\n  calico: {}\n" + DESTINATIONS
+    requests, objs, namespace = _run_as_rendered(server, tmp_path, monkeypatch, (text,),
+                                                 node_report=False)
+    (daemonset,) = [o for o in objs if o["kind"] == "DaemonSet"]
+    assert "--no-node-report" in daemonset["spec"]["template"]["spec"]["containers"][0][
+        "command"]
+    sent = {(r.resource, r.verb) for r in requests}
+    assert ("leases", "create") in sent
+    assert not {("nodes", "patch"), ("events", "create")} & sent
+    assert _denied(requests, objs, namespace) == []
+    # One pass deletes nothing and may list no Nodes: what it did not send is the
+    # backend's alone, none of the report's (get and patch of Nodes, Events).
+    unused = _unused(requests, objs, namespace)
+    assert not {u[1:3] for u in unused} & {("nodes", "get"), ("nodes", "patch"),
+                                           ("events", "create")}, unused
