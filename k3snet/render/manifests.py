@@ -45,7 +45,7 @@ import attrs
 
 from k3snet._yamltext import yaml_missing
 from k3snet.errors import BackendError, Problem, SpecError
-from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, KubeErrors
+from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, KubeErrors, label_selector_problem
 from k3snet.model import printable
 from k3snet.model.cidr import contains
 from k3snet.model.cni import namespace_problem, object_name_problem
@@ -124,6 +124,7 @@ LEASE_NAME: Final = "k3snet-cluster-writer"
 """The Lease whose holder alone writes cluster-wide objects (Calico pools, flannel's ConfigMap)."""
 LEASE_ROLE_NAME: Final = "k3snet-agent-lease"
 REPORT_ROLE_NAME: Final = "k3snet-agent-node-report"
+CANDIDATES_ROLE_NAME: Final = "k3snet-agent-lease-candidates"
 NODE_RESTRICTION_NAME: Final = "k3snet-agent-node-restriction"
 """The ValidatingAdmissionPolicy (and its binding) of ``node_restriction=True``."""
 NODE_NAME_EXTRA: Final = "authentication.kubernetes.io/node-name"
@@ -232,6 +233,8 @@ class _AgentNeeds:
     """(namespace, (cilium-config's name, the ip-masq-agent ConfigMap's name))."""
     node_restriction: bool = False
     """Whether an admission policy limits the agent's writes to its own node's objects."""
+    lease_candidates: str | None = None
+    """``--lease-candidates``: the label of the nodes competing for the Lease."""
 
     @property
     def cluster_wide(self) -> bool:
@@ -248,6 +251,7 @@ class _AgentNeeds:
 def _agent_needs(
     spec: Spec, flannel_conf: str | None, flannel_configmap_namespace: str | None,
     node_report: bool = True, node_restriction: bool = False,
+    *, lease_candidates: str | None = None,
 ) -> _AgentNeeds:
     problems: list[Problem] = []
     flannel: tuple[str | None, tuple[str, str] | None] = (None, None)
@@ -257,6 +261,14 @@ def _agent_needs(
         problems.append(Problem("backends", "flannel options given but the spec's backends "
                                             "do not include flannel"))
     cilium = _cilium_configmaps(spec, problems) if "cilium" in spec.backends else None
+    if lease_candidates is not None:
+        problem = label_selector_problem(lease_candidates)
+        if problem is not None:
+            problems.append(Problem("", f"lease_candidates {problem}"))
+        elif not any(backend in spec.backends for backend in _CLUSTER_BACKENDS):
+            problems.append(Problem("backends", (
+                "lease_candidates given, but no backend of the spec writes objects shared by "
+                f"the cluster ({', '.join(_CLUSTER_BACKENDS)}): there is no Lease to hold")))
     if problems:
         raise SpecError(problems)
     return _AgentNeeds(
@@ -272,6 +284,7 @@ def _agent_needs(
         node_report=node_report,
         cilium=cilium,
         node_restriction=node_restriction,
+        lease_candidates=lease_candidates,
     )
 
 
@@ -492,7 +505,7 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
             "metadata": _meta(REPORT_ROLE_NAME, "agent"),
-            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}],
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}],
         })
         objs.append({
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -513,6 +526,22 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
              "verbs": ["create"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
              "resourceNames": [LEASE_NAME], "verbs": ["get", "patch"]}])
+    if needs.lease_candidates is not None:
+        # --lease-candidates: each agent reads its own Node's labels once, to know whether
+        # it competes (RBAC cannot limit the read to the reader's own Node).
+        objs += [{
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": _meta(CANDIDATES_ROLE_NAME, "agent"),
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
+        }, {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(CANDIDATES_ROLE_NAME, "agent"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": CANDIDATES_ROLE_NAME},
+            "subjects": _subject(namespace),
+        }]
     if needs.calico:
         # IPPools are cluster-scoped; the calico backend uses projectcalico.org (v3) where
         # the Calico API server runs, else crd.projectcalico.org (found by discovery).
@@ -814,6 +843,8 @@ def _agent_command(spec: Spec, needs: _AgentNeeds) -> list[str]:
         command.append("--no-kube")
     elif not needs.node_report:
         command.append("--no-node-report")
+    if needs.lease_candidates is not None:
+        command += ["--lease-candidates", needs.lease_candidates]
     return command
 
 
@@ -1122,6 +1153,7 @@ def render_manifests(
     profiles: Mapping[str, Spec | tuple[Spec, str]] | None = None,
     node_report: bool = True,
     node_restriction: bool = False,
+    lease_candidates: str | None = None,
 ) -> list[dict[str, Any]]:
     """The Kubernetes objects for ``spec``, in apply order.
 
@@ -1152,8 +1184,13 @@ def render_manifests(
     cannot limit, judged from the node name the API server puts in a pod-bound token
     (:data:`NODE_NAME_EXTRA`).
 
-    Raises :class:`~k3snet.errors.SpecError` for an invalid spec, flannel options
-    or profile.
+    ``lease_candidates`` (``LABEL`` or ``LABEL=VALUE``; a spec with a ``calico``,
+    ``cilium`` or ``flannel`` backend): only the nodes with this label compete for the
+    Lease (the agent's ``--lease-candidates``), and the agent may read Nodes (``get``),
+    which it needs for that alone.
+
+    Raises :class:`~k3snet.errors.SpecError` for an invalid spec, flannel options,
+    profile or ``lease_candidates``.
 
     >>> from k3snet import seed_spec
     >>> print(" ".join(obj["kind"] for obj in render_manifests(seed_spec(), node_report=False)))
@@ -1163,7 +1200,7 @@ def render_manifests(
     if problems:
         raise SpecError(problems)
     needs = _agent_needs(spec, flannel_conf, flannel_configmap_namespace, node_report,
-                         node_restriction)
+                         node_restriction, lease_candidates=lease_candidates)
     text = _spec_text(spec) if spec_text is None else spec_text
     objs = _agent_objects(spec, needs, text, _profiles(spec, profiles or {}))
     if spec.dns:

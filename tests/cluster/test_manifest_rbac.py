@@ -191,9 +191,10 @@ def server(request: pytest.FixtureRequest) -> Any:
         yield srv
 
 
-# Granted and not sent by these runs, each for a reason: `get` on nodes is for
-# --lease-candidates (an agent option the DaemonSet does not set).
-NOT_SENT_HERE = {(None, "nodes", "get")}
+# Granted and not sent by these runs: nothing. (`get` on nodes was granted to every
+# agent for --lease-candidates, which the rendered DaemonSet did not pass; it now comes
+# with render_manifests(lease_candidates=...) alone.)
+NOT_SENT_HERE: set[tuple[str | None, str, str]] = set()
 
 
 def test_the_parser_reads_requests_as_rbac_does() -> None:
@@ -348,3 +349,28 @@ def test_an_agent_without_the_node_report_sends_only_what_its_rbac_grants(
     unused = _unused(requests, objs, namespace)
     assert not {u[1:3] for u in unused} & {("nodes", "get"), ("nodes", "patch"),
                                            ("events", "create")}, unused
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_lease_candidates_agent_sends_only_what_its_rbac_grants(
+    server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, labelled: bool
+) -> None:
+    # render_manifests(lease_candidates=...): the agent reads its own Node's labels
+    # (get), and competes for the Lease only where the label is.
+    server.put("v1/nodes", {"metadata": {"name": NODE, "labels": (
+        {"node-role.kubernetes.io/control-plane": "true"} if labelled else {})}})
+    server.put(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
+                            "data": {"net-conf.json": '{"Network": "10.42.0.0/16", '
+                                                      '"Backend": {"Type": "vxlan"}}'}})
+    text = (HEADER + "backends:\n  flannel:\n    configmap: kube-flannel/kube-flannel-cfg\n"
+            + DESTINATIONS)
+    requests, objs, namespace = _run_as_rendered(
+        server, tmp_path, monkeypatch, (text,),
+        lease_candidates="node-role.kubernetes.io/control-plane")
+    sent = {(r.resource, r.verb, r.name) for r in requests}
+    assert ("nodes", "get", NODE) in sent
+    assert (("leases", "create", None) in sent) is labelled
+    assert _denied(requests, objs, namespace) == []
+    unused = _unused(requests, objs, namespace)
+    assert (None, "nodes", "get") not in unused

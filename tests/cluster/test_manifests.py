@@ -506,7 +506,7 @@ def test_every_verb_that_names_its_object_is_limited_to_the_objects_the_agent_na
 def test_node_report_may_patch_nodes_and_create_events_only() -> None:
     objs = _render("seed")
     assert _rules(objs, "ClusterRole", "k3snet-agent-node-report") == [
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]
     events = _one(objs, "Role", AGENT_NAME)
     assert events["metadata"]["namespace"] == "default"
     assert events["rules"] == [{"apiGroups": [""], "resources": ["events"],
@@ -520,6 +520,56 @@ def test_node_report_may_patch_nodes_and_create_events_only() -> None:
     assert "--no-kube" not in _agent_container(objs)["command"]
     without = render_manifests(k3snet.seed_spec(), node_report=False)
     assert "--no-kube" in _agent_container(without)["command"]
+
+
+def test_nodes_are_read_only_by_lease_candidates() -> None:
+    # `get` on every Node went to every agent, for --lease-candidates, which the rendered
+    # DaemonSet never passed (an edited DaemonSet was put back by the next apply).
+    for name in sorted(SPECS):
+        for obj in _kind(_render(name), "ClusterRole"):
+            assert not [r for r in obj["rules"]
+                        if "nodes" in r["resources"] and "get" in r["verbs"]], name
+    spec = Spec(destinations=[Destination("192.168.2.0/24")], backends=["calico"])
+    for report in (True, False):
+        objs = render_manifests(spec, node_report=report,
+                                lease_candidates="node-role.kubernetes.io/control-plane")
+        command = _agent_container(objs)["command"]
+        assert command[command.index("--lease-candidates") + 1] == \
+            "node-role.kubernetes.io/control-plane"
+        assert _rules(objs, "ClusterRole", "k3snet-agent-lease-candidates") == [
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
+        assert _one(objs, "ClusterRoleBinding", "k3snet-agent-lease-candidates")[
+            "subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
+                             "namespace": "kube-system"}]
+        for obj in objs:
+            for version in VERSIONS:
+                assert kubernetes_validate.validate(obj, version, strict=True) == version
+
+
+def test_the_cli_renders_lease_candidates(tmp_path: Path) -> None:
+    from k3snet.cli import main  # noqa: PLC0415 - only this test runs the CLI
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nbackends: [calico]\n")
+    out = tmp_path / "out"
+    assert main(["render", "manifests", "-f", str(spec), "--lease-candidates", "zone=core",
+                 "-o", str(out)]) == 0
+    objs = list(yaml.safe_load_all((out / "k3snet.yaml").read_text()))
+    assert _agent_container(objs)["command"][-2:] == ["--lease-candidates", "zone=core"]
+    # a selector that can match no label is a usage error (exit 64)
+    with pytest.raises(SystemExit) as exited:
+        main(["render", "manifests", "-f", str(spec), "--lease-candidates", "a b"])
+    assert exited.value.code == 64
+
+
+@pytest.mark.parametrize(("spec", "selector", "fragment"), [
+    (Spec(backends=["netlink"]), "zone=edge", "no backend of the spec writes objects"),
+    (Spec(backends=["calico"]), "zone=a=b", "lease_candidates"),
+    (Spec(backends=["calico"]), "", "lease_candidates"),
+])
+def test_lease_candidates_are_checked(spec: Spec, selector: str, fragment: str) -> None:
+    with pytest.raises(SpecError, match=fragment):
+        render_manifests(spec, lease_candidates=selector)
 
 
 @pytest.mark.parametrize("name", ["calico", "everything-flannel-configmap",
