@@ -25,6 +25,7 @@ from kubernetes_validate.utils import ValidationError
 
 import k3snet
 from k3snet.errors import SpecError
+from k3snet.kube import TERMINATION_GRACE
 from k3snet.render.manifests import (
     AGENT_NAME,
     AGENT_PORT,
@@ -932,7 +933,14 @@ def test_daemonset_runs_on_linux_with_probes_on_the_agent_port(name: str) -> Non
         assert f":{AGENT_PORT}" in container["command"]
         # the limit is memory only (a CPU limit throttles a first apply of many rules)
         assert set(container["resources"]["limits"]) == {"memory"}
-        assert pod["terminationGracePeriodSeconds"] >= 30
+        # The agent's shutdown budgets its Lease release and last report within
+        # TERMINATION_GRACE of SIGTERM: the kubelet must kill it no earlier (a shorter
+        # grace period kills it mid-release, a longer one only delays a drain).
+        assert pod["terminationGracePeriodSeconds"] == TERMINATION_GRACE
+        # The node's port is the agent's (host network): a surge pod could not bind it
+        # beside the old one, so the rollout replaces pods, a tenth of the nodes at a time.
+        assert daemonset["spec"]["updateStrategy"] == {
+            "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}}
 
 
 # Peak RSS of an agent's first pass with netlink and nftables, the heaviest backends
