@@ -1117,6 +1117,9 @@ def _render_arguments(render: argparse.ArgumentParser) -> None:
     render.add_argument("--node-restriction", action="store_true",
                         help="manifests: a ValidatingAdmissionPolicy limiting the agent's "
                              "ServiceAccount to its own Node (Kubernetes 1.30+)")
+    render.add_argument("--lease-candidates", metavar="LABEL[=VALUE]", type=_label_selector,
+                        help="manifests: only nodes with this label compete for the Lease "
+                             "(the agent's --lease-candidates, and get on Nodes for it)")
 
 
 def _listen_address(text: str) -> str:
@@ -2816,6 +2819,7 @@ def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
         profiles=profiles,
         node_report=not args.no_node_report,
         node_restriction=args.node_restriction,
+        lease_candidates=args.lease_candidates,
     )
     return {"k3snet.yaml": dump_manifests(objects)}
 

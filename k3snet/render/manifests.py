@@ -28,8 +28,8 @@ What is rendered, each object labelled ``app.kubernetes.io/name: k3snet`` and
 
 Everything is deterministic: the same spec gives byte-identical YAML. Every
 manifest validates with ``kubernetes-validate --strict`` for
-:data:`OLDEST_KUBERNETES_VERSION` and :data:`NEWEST_KUBERNETES_VERSION`
-(``tests/cluster/test_manifests.py``).
+:data:`OLDEST_KUBERNETES_VERSION`, :data:`NEWEST_KUBERNETES_VERSION` and every minor
+version between (``tests/cluster/test_manifests.py``).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import attrs
 
 from k3snet._yamltext import yaml_missing
 from k3snet.errors import BackendError, Problem, SpecError
-from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, KubeErrors
+from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, KubeErrors, label_selector_problem
 from k3snet.model import printable
 from k3snet.model.cidr import contains
 from k3snet.model.cni import namespace_problem, object_name_problem
@@ -71,6 +71,7 @@ __all__ = [
     "SPEC_PATH",
     "ConnectivityResult",
     "agent_memory_limit",
+    "agent_memory_request",
     "dump_manifests",
     "parse_connectivity_log",
     "read_connectivity_result",
@@ -123,6 +124,7 @@ LEASE_NAME: Final = "k3snet-cluster-writer"
 """The Lease whose holder alone writes cluster-wide objects (Calico pools, flannel's ConfigMap)."""
 LEASE_ROLE_NAME: Final = "k3snet-agent-lease"
 REPORT_ROLE_NAME: Final = "k3snet-agent-node-report"
+CANDIDATES_ROLE_NAME: Final = "k3snet-agent-lease-candidates"
 NODE_RESTRICTION_NAME: Final = "k3snet-agent-node-restriction"
 """The ValidatingAdmissionPolicy (and its binding) of ``node_restriction=True``."""
 NODE_NAME_EXTRA: Final = "authentication.kubernetes.io/node-name"
@@ -133,6 +135,8 @@ _REPORT_ANNOTATIONS: Final = ("k3snet.io/agent-status", "k3snet.io/agent-result"
 _EVENT_NAMESPACE: Final = "default"
 # Measured: see docs/agent.md ("Memory") for the figures and the command.
 AGENT_MEMORY_REQUEST: Final = "128Mi"
+"""The agent's memory request for a spec of up to some 3,000 destinations (the least it
+gets: :func:`agent_memory_request`)."""
 AGENT_MEMORY_LIMIT: Final = "384Mi"
 """The agent's memory limit for a spec of up to 10,000 destinations (the least it gets:
 :func:`agent_memory_limit`)."""
@@ -229,6 +233,8 @@ class _AgentNeeds:
     """(namespace, (cilium-config's name, the ip-masq-agent ConfigMap's name))."""
     node_restriction: bool = False
     """Whether an admission policy limits the agent's writes to its own node's objects."""
+    lease_candidates: str | None = None
+    """``--lease-candidates``: the label of the nodes competing for the Lease."""
 
     @property
     def cluster_wide(self) -> bool:
@@ -245,6 +251,7 @@ class _AgentNeeds:
 def _agent_needs(
     spec: Spec, flannel_conf: str | None, flannel_configmap_namespace: str | None,
     node_report: bool = True, node_restriction: bool = False,
+    *, lease_candidates: str | None = None,
 ) -> _AgentNeeds:
     problems: list[Problem] = []
     flannel: tuple[str | None, tuple[str, str] | None] = (None, None)
@@ -254,6 +261,14 @@ def _agent_needs(
         problems.append(Problem("backends", "flannel options given but the spec's backends "
                                             "do not include flannel"))
     cilium = _cilium_configmaps(spec, problems) if "cilium" in spec.backends else None
+    if lease_candidates is not None:
+        problem = label_selector_problem(lease_candidates)
+        if problem is not None:
+            problems.append(Problem("", f"lease_candidates {problem}"))
+        elif not any(backend in spec.backends for backend in _CLUSTER_BACKENDS):
+            problems.append(Problem("backends", (
+                "lease_candidates given, but no backend of the spec writes objects shared by "
+                f"the cluster ({', '.join(_CLUSTER_BACKENDS)}): there is no Lease to hold")))
     if problems:
         raise SpecError(problems)
     return _AgentNeeds(
@@ -269,6 +284,7 @@ def _agent_needs(
         node_report=node_report,
         cilium=cilium,
         node_restriction=node_restriction,
+        lease_candidates=lease_candidates,
     )
 
 
@@ -489,7 +505,7 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
             "metadata": _meta(REPORT_ROLE_NAME, "agent"),
-            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}],
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}],
         })
         objs.append({
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -510,6 +526,22 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
              "verbs": ["create"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
              "resourceNames": [LEASE_NAME], "verbs": ["get", "patch"]}])
+    if needs.lease_candidates is not None:
+        # --lease-candidates: each agent reads its own Node's labels once, to know whether
+        # it competes (RBAC cannot limit the read to the reader's own Node).
+        objs += [{
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": _meta(CANDIDATES_ROLE_NAME, "agent"),
+            "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
+        }, {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(CANDIDATES_ROLE_NAME, "agent"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": CANDIDATES_ROLE_NAME},
+            "subjects": _subject(namespace),
+        }]
     if needs.calico:
         # IPPools are cluster-scoped; the calico backend uses projectcalico.org (v3) where
         # the Calico API server runs, else crd.projectcalico.org (found by discovery).
@@ -811,6 +843,8 @@ def _agent_command(spec: Spec, needs: _AgentNeeds) -> list[str]:
         command.append("--no-kube")
     elif not needs.node_report:
         command.append("--no-node-report")
+    if needs.lease_candidates is not None:
+        command += ["--lease-candidates", needs.lease_candidates]
     return command
 
 
@@ -828,6 +862,25 @@ def agent_memory_limit(destinations: int) -> str:
     step = _AGENT_MEMORY_STEP_MIB
     mib = math.ceil(peak * _AGENT_MEMORY_HEADROOM / step) * step
     return f"{max(mib, int(AGENT_MEMORY_LIMIT.removesuffix('Mi')))}Mi"
+
+
+def agent_memory_request(destinations: int) -> str:
+    """The agent container's memory request for a spec of ``destinations`` destinations.
+
+    What an agent holds while it runs: the RSS an agent reaches in its first pass onto a
+    node stays with it (275 MiB at 10,000 destinations, measured through the passes
+    after it), so the request is that measured peak (linear in the destinations),
+    rounded up to 64 Mi, and :data:`AGENT_MEMORY_REQUEST` at least. A fixed 128 Mi left
+    the scheduler counting less than half of what the agent of a large spec holds on
+    every node.
+
+    >>> agent_memory_request(2000), agent_memory_request(10000), agent_memory_request(20000)
+    ('128Mi', '320Mi', '512Mi')
+    """
+    peak = _AGENT_PEAK_MIB + _AGENT_PEAK_MIB_PER_DESTINATION * destinations
+    step = _AGENT_MEMORY_STEP_MIB
+    mib = math.ceil(peak / step) * step
+    return f"{max(mib, int(AGENT_MEMORY_REQUEST.removesuffix('Mi')))}Mi"
 
 
 def _agent_capabilities(needs: _AgentNeeds) -> dict[str, list[str]]:
@@ -868,7 +921,8 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
         # every other (lock waits are counted in that limit), not by this probe.
         "startupProbe": _probe("/healthz", 5, 120),
         "resources": {
-            "requests": {"cpu": AGENT_CPU_REQUEST, "memory": AGENT_MEMORY_REQUEST},
+            "requests": {"cpu": AGENT_CPU_REQUEST,
+                         "memory": agent_memory_request(len(spec.destinations))},
             # Each DaemonSet's own spec: a profile may hold many more destinations.
             "limits": {"memory": agent_memory_limit(len(spec.destinations))},
         },
@@ -886,6 +940,11 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
     pod: dict[str, Any] = {
         "serviceAccountName": AGENT_NAME,
         "automountServiceAccountToken": needs.api,
+        # No variables of the namespace's Services: a Service named "kubernetes" there
+        # (kube-system by default) would take the place of the API server's own
+        # KUBERNETES_SERVICE_HOST and _PORT, which the agent's client connects to (the
+        # kubelet adds default's "kubernetes" Service whatever this says).
+        "enableServiceLinks": False,
         "hostNetwork": True,
         "dnsPolicy": "ClusterFirstWithHostNet",
         "priorityClassName": "system-node-critical",
@@ -1094,6 +1153,7 @@ def render_manifests(
     profiles: Mapping[str, Spec | tuple[Spec, str]] | None = None,
     node_report: bool = True,
     node_restriction: bool = False,
+    lease_candidates: str | None = None,
 ) -> list[dict[str, Any]]:
     """The Kubernetes objects for ``spec``, in apply order.
 
@@ -1124,8 +1184,13 @@ def render_manifests(
     cannot limit, judged from the node name the API server puts in a pod-bound token
     (:data:`NODE_NAME_EXTRA`).
 
-    Raises :class:`~k3snet.errors.SpecError` for an invalid spec, flannel options
-    or profile.
+    ``lease_candidates`` (``LABEL`` or ``LABEL=VALUE``; a spec with a ``calico``,
+    ``cilium`` or ``flannel`` backend): only the nodes with this label compete for the
+    Lease (the agent's ``--lease-candidates``), and the agent may read Nodes (``get``),
+    which it needs for that alone.
+
+    Raises :class:`~k3snet.errors.SpecError` for an invalid spec, flannel options,
+    profile or ``lease_candidates``.
 
     >>> from k3snet import seed_spec
     >>> print(" ".join(obj["kind"] for obj in render_manifests(seed_spec(), node_report=False)))
@@ -1135,7 +1200,7 @@ def render_manifests(
     if problems:
         raise SpecError(problems)
     needs = _agent_needs(spec, flannel_conf, flannel_configmap_namespace, node_report,
-                         node_restriction)
+                         node_restriction, lease_candidates=lease_candidates)
     text = _spec_text(spec) if spec_text is None else spec_text
     objs = _agent_objects(spec, needs, text, _profiles(spec, profiles or {}))
     if spec.dns:

@@ -115,12 +115,12 @@ def _kubeconfig(server: EmulatedApiServer, tmp_path: Path) -> Path:
 
 def _run_as_rendered(server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                      texts: tuple[str, ...], between: Callable[[], None] = lambda: None,
-                     ) -> tuple[list[Request], list[dict[str, Any]], str]:
+                     **options: Any) -> tuple[list[Request], list[dict[str, Any]], str]:
     """Run the agent with each spec text in turn as the rendered DaemonSet runs it; the
     requests it sent, the rendered objects (of the first spec) and the agent's namespace."""
     first = tmp_path / "spec.yaml"
     first.write_text(texts[0])
-    objs = render_manifests(load_spec(first))
+    objs = render_manifests(load_spec(first), **options)
     (daemonset,) = [o for o in objs if o["kind"] == "DaemonSet"]
     namespace = daemonset["metadata"]["namespace"]
     (container,) = daemonset["spec"]["template"]["spec"]["containers"]
@@ -191,9 +191,10 @@ def server(request: pytest.FixtureRequest) -> Any:
         yield srv
 
 
-# Granted and not sent by these runs, each for a reason: `get` on nodes is for
-# --lease-candidates (an agent option the DaemonSet does not set).
-NOT_SENT_HERE = {(None, "nodes", "get")}
+# Granted and not sent by these runs: nothing. (`get` on nodes was granted to every
+# agent for --lease-candidates, which the rendered DaemonSet did not pass; it now comes
+# with render_manifests(lease_candidates=...) alone.)
+NOT_SENT_HERE: set[tuple[str | None, str, str]] = set()
 
 
 def test_the_parser_reads_requests_as_rbac_does() -> None:
@@ -310,3 +311,66 @@ def test_flannel_configmap_agent_sends_only_what_its_rbac_grants(
     assert ("configmaps", "get") in {(r.resource, r.verb) for r in requests}
     assert _denied(requests, objs, namespace) == []
     assert set(_unused(requests, objs, namespace)) <= NOT_SENT_HERE
+
+
+@pytest.mark.parametrize("backend", ["calico", "cilium"])
+def test_an_agent_without_the_node_report_sends_only_what_its_rbac_grants(
+    server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    # render_manifests(node_report=False): no Node patch, no Event, and their RBAC gone
+    # (--no-node-report in the command); the Lease and the backend's objects remain.
+    if backend == "cilium":
+        server.put(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": "cilium-config", "namespace": "kube-system"},
+                                "data": {"enable-ipv4-masquerade": "true",
+                                         "cluster-pool-ipv4-cidr": "10.42.0.0/16"}})
+        text = (HEADER + "backends: [cilium]\n" + DESTINATIONS
+                + "cni:\n  allowDisruptive: true\n  cilium:\n    bpfMasquerade: true\n"
+                  "    ipMasqAgent: true\n    nonMasqueradeCIDRs: [10.42.0.0/16, 172.20.0.0/16]\n")
+    else:
+        for resource in server.calico:  # type: ignore[attr-defined]
+            if resource.endswith("/ippools"):
+                server.put(resource, {"apiVersion": resource.rpartition("/")[0],
+                                      "kind": "IPPool",
+                                      "metadata": {"name": "default-ipv4-ippool"},
+                                      "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        text = HEADER + "backends: [calico]\ncni:\n  calico: {}\n" + DESTINATIONS
+    requests, objs, namespace = _run_as_rendered(server, tmp_path, monkeypatch, (text,),
+                                                 node_report=False)
+    (daemonset,) = [o for o in objs if o["kind"] == "DaemonSet"]
+    assert "--no-node-report" in daemonset["spec"]["template"]["spec"]["containers"][0][
+        "command"]
+    sent = {(r.resource, r.verb) for r in requests}
+    assert ("leases", "create") in sent
+    assert not {("nodes", "patch"), ("events", "create")} & sent
+    assert _denied(requests, objs, namespace) == []
+    # One pass deletes nothing and may list no Nodes: what it did not send is the
+    # backend's alone, none of the report's (get and patch of Nodes, Events).
+    unused = _unused(requests, objs, namespace)
+    assert not {u[1:3] for u in unused} & {("nodes", "get"), ("nodes", "patch"),
+                                           ("events", "create")}, unused
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_lease_candidates_agent_sends_only_what_its_rbac_grants(
+    server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, labelled: bool
+) -> None:
+    # render_manifests(lease_candidates=...): the agent reads its own Node's labels
+    # (get), and competes for the Lease only where the label is.
+    server.put("v1/nodes", {"metadata": {"name": NODE, "labels": (
+        {"node-role.kubernetes.io/control-plane": "true"} if labelled else {})}})
+    server.put(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
+                            "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
+                            "data": {"net-conf.json": '{"Network": "10.42.0.0/16", '
+                                                      '"Backend": {"Type": "vxlan"}}'}})
+    text = (HEADER + "backends:\n  flannel:\n    configmap: kube-flannel/kube-flannel-cfg\n"
+            + DESTINATIONS)
+    requests, objs, namespace = _run_as_rendered(
+        server, tmp_path, monkeypatch, (text,),
+        lease_candidates="node-role.kubernetes.io/control-plane")
+    sent = {(r.resource, r.verb, r.name) for r in requests}
+    assert ("nodes", "get", NODE) in sent
+    assert (("leases", "create", None) in sent) is labelled
+    assert _denied(requests, objs, namespace) == []
+    unused = _unused(requests, objs, namespace)
+    assert (None, "nodes", "get") not in unused

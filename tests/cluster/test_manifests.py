@@ -25,6 +25,7 @@ from kubernetes_validate.utils import ValidationError
 
 import k3snet
 from k3snet.errors import SpecError
+from k3snet.kube import TERMINATION_GRACE
 from k3snet.render.manifests import (
     AGENT_NAME,
     AGENT_PORT,
@@ -183,6 +184,35 @@ def test_every_recorded_manifest_validates_strictly(path: Path) -> None:
             assert kubernetes_validate.validate(obj, version, strict=True) == version
 
 
+def _minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
+# Every minor version kubernetes-validate ships between the extremes: a field or an API
+# version one of them lacks (or deprecated in between and gone before the newest) is
+# caught where it is, not only at 1.25 and 1.37.
+BETWEEN = sorted({v.rsplit(".", 1)[0] for v in kubernetes_validate.utils.all_versions()
+                  if _minor(OLDEST_KUBERNETES_VERSION) < _minor(v.rsplit(".", 1)[0])
+                  < _minor(NEWEST_KUBERNETES_VERSION)}, key=_minor)
+
+
+@pytest.mark.parametrize("version", BETWEEN)
+def test_every_manifest_validates_strictly_in_every_version_between(version: str) -> None:
+    assert BETWEEN, "kubernetes-validate ships no version between the extremes"
+    for name in sorted(SPECS):
+        for obj in _render(name):
+            (parsed,) = yaml.safe_load_all(dump_manifests([obj]))
+            assert kubernetes_validate.validate(parsed, version, strict=True) == version, name
+    # The admission policy of node_restriction from the first version serving it (v1).
+    if _minor(version) >= (1, 30):
+        spec = Spec(destinations=[Destination("192.168.2.0/24")],
+                    backends=["netlink", "cilium", "calico"])
+        for obj in render_manifests(spec, node_restriction=True):
+            (parsed,) = yaml.safe_load_all(dump_manifests([obj]))
+            assert kubernetes_validate.validate(parsed, version, strict=True) == version
+
+
 def test_validated_versions_are_the_extremes_shipped() -> None:
     shipped = sorted({v.rsplit(".", 1)[0] for v in kubernetes_validate.utils.all_versions()},
                      key=lambda v: tuple(map(int, v.split("."))))
@@ -288,6 +318,19 @@ def test_agent_has_least_privilege(name: str) -> None:
             assert ctx["readOnlyRootFilesystem"] is True
             assert ctx["capabilities"]["drop"] == ["ALL"]
             assert set(ctx["capabilities"].get("add", [])) <= {"NET_ADMIN", "NET_RAW"}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_no_service_of_the_agents_namespace_reaches_its_environment(name: str) -> None:
+    # With service links (Kubernetes' default) the kubelet gives the agent the variables
+    # of every Service of its namespace, and a Service named "kubernetes" there wins over
+    # default's: KUBERNETES_SERVICE_HOST and _PORT, where the agent's in-cluster client
+    # sends its token, named whatever address that Service has (kubelet_pods.go,
+    # getServiceEnvVarMap). Without them only default's "kubernetes" Service is given.
+    for obj in _render(name):
+        if obj["kind"] in ("DaemonSet", "Job"):
+            assert obj["spec"]["template"]["spec"]["enableServiceLinks"] is False, \
+                obj["metadata"]["name"]
 
 
 @pytest.mark.parametrize(("backends", "options", "added"), [
@@ -464,7 +507,7 @@ def test_every_verb_that_names_its_object_is_limited_to_the_objects_the_agent_na
 def test_node_report_may_patch_nodes_and_create_events_only() -> None:
     objs = _render("seed")
     assert _rules(objs, "ClusterRole", "k3snet-agent-node-report") == [
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]
     events = _one(objs, "Role", AGENT_NAME)
     assert events["metadata"]["namespace"] == "default"
     assert events["rules"] == [{"apiGroups": [""], "resources": ["events"],
@@ -478,6 +521,56 @@ def test_node_report_may_patch_nodes_and_create_events_only() -> None:
     assert "--no-kube" not in _agent_container(objs)["command"]
     without = render_manifests(k3snet.seed_spec(), node_report=False)
     assert "--no-kube" in _agent_container(without)["command"]
+
+
+def test_nodes_are_read_only_by_lease_candidates() -> None:
+    # `get` on every Node went to every agent, for --lease-candidates, which the rendered
+    # DaemonSet never passed (an edited DaemonSet was put back by the next apply).
+    for name in sorted(SPECS):
+        for obj in _kind(_render(name), "ClusterRole"):
+            assert not [r for r in obj["rules"]
+                        if "nodes" in r["resources"] and "get" in r["verbs"]], name
+    spec = Spec(destinations=[Destination("192.168.2.0/24")], backends=["calico"])
+    for report in (True, False):
+        objs = render_manifests(spec, node_report=report,
+                                lease_candidates="node-role.kubernetes.io/control-plane")
+        command = _agent_container(objs)["command"]
+        assert command[command.index("--lease-candidates") + 1] == \
+            "node-role.kubernetes.io/control-plane"
+        assert _rules(objs, "ClusterRole", "k3snet-agent-lease-candidates") == [
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
+        assert _one(objs, "ClusterRoleBinding", "k3snet-agent-lease-candidates")[
+            "subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
+                             "namespace": "kube-system"}]
+        for obj in objs:
+            for version in VERSIONS:
+                assert kubernetes_validate.validate(obj, version, strict=True) == version
+
+
+def test_the_cli_renders_lease_candidates(tmp_path: Path) -> None:
+    from k3snet.cli import main  # noqa: PLC0415 - only this test runs the CLI
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nbackends: [calico]\n")
+    out = tmp_path / "out"
+    assert main(["render", "manifests", "-f", str(spec), "--lease-candidates", "zone=core",
+                 "-o", str(out)]) == 0
+    objs = list(yaml.safe_load_all((out / "k3snet.yaml").read_text()))
+    assert _agent_container(objs)["command"][-2:] == ["--lease-candidates", "zone=core"]
+    # a selector that can match no label is a usage error (exit 64)
+    with pytest.raises(SystemExit) as exited:
+        main(["render", "manifests", "-f", str(spec), "--lease-candidates", "a b"])
+    assert exited.value.code == 64
+
+
+@pytest.mark.parametrize(("spec", "selector", "fragment"), [
+    (Spec(backends=["netlink"]), "zone=edge", "no backend of the spec writes objects"),
+    (Spec(backends=["calico"]), "zone=a=b", "lease_candidates"),
+    (Spec(backends=["calico"]), "", "lease_candidates"),
+])
+def test_lease_candidates_are_checked(spec: Spec, selector: str, fragment: str) -> None:
+    with pytest.raises(SpecError, match=fragment):
+        render_manifests(spec, lease_candidates=selector)
 
 
 @pytest.mark.parametrize("name", ["calico", "everything-flannel-configmap",
@@ -840,7 +933,14 @@ def test_daemonset_runs_on_linux_with_probes_on_the_agent_port(name: str) -> Non
         assert f":{AGENT_PORT}" in container["command"]
         # the limit is memory only (a CPU limit throttles a first apply of many rules)
         assert set(container["resources"]["limits"]) == {"memory"}
-        assert pod["terminationGracePeriodSeconds"] >= 30
+        # The agent's shutdown budgets its Lease release and last report within
+        # TERMINATION_GRACE of SIGTERM: the kubelet must kill it no earlier (a shorter
+        # grace period kills it mid-release, a longer one only delays a drain).
+        assert pod["terminationGracePeriodSeconds"] == TERMINATION_GRACE
+        # The node's port is the agent's (host network): a surge pod could not bind it
+        # beside the old one, so the rollout replaces pods, a tenth of the nodes at a time.
+        assert daemonset["spec"]["updateStrategy"] == {
+            "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}}
 
 
 # Peak RSS of an agent's first pass with netlink and nftables, the heaviest backends
@@ -884,6 +984,44 @@ def test_agent_memory_limit_covers_the_measured_peak_of_its_own_spec(count: int)
         # A small spec keeps the 384 Mi measured for 10,000 destinations.
         assert _memory_limit_mib(_one(objs, "DaemonSet", AGENT_NAME)) == (
             _memory_limit_mib(daemonset) if name == AGENT_NAME else 384)
+
+
+# RSS of a running agent (netlink and nftables, --interval 20) through the passes after
+# its first one onto an empty node: it stays at that pass's peak while the agent runs
+# (VmRSS sampled every 6 s for a minute, 2026-12-05; docs/agent.md, "Memory").
+MEASURED_RUNNING_MIB = {10_000: 275, 20_000: 483}
+
+
+def _memory_request_mib(daemonset: dict[str, Any]) -> int:
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    request: str = container["resources"]["requests"]["memory"]
+    assert request.endswith("Mi"), request
+    return int(request.removesuffix("Mi"))
+
+
+@pytest.mark.parametrize("count", sorted(MEASURED_RUNNING_MIB))
+def test_agent_memory_request_covers_what_a_running_agent_holds(count: int) -> None:
+    # The request was 128 Mi whatever the spec: the agent of 10,000 destinations holds
+    # 275 MiB on every node from its first pass on, and the scheduler counted 128.
+    spec, text = _many(count)
+    seed = k3snet.seed_spec()
+    for objs, name in ((render_manifests(spec, spec_text=text, node_report=False), AGENT_NAME),
+                       (render_manifests(seed, node_report=False, profiles={"big": (spec, text)}),
+                        f"{AGENT_NAME}-big")):
+        daemonset = _one(objs, "DaemonSet", name)
+        assert MEASURED_RUNNING_MIB[count] <= _memory_request_mib(daemonset) \
+            <= _memory_limit_mib(daemonset)
+        # the seed's own DaemonSet beside a big profile keeps the least request
+        assert _memory_request_mib(_one(objs, "DaemonSet", AGENT_NAME)) == (
+            _memory_request_mib(daemonset) if name == AGENT_NAME else 128)
+
+
+@given(st.integers(min_value=0, max_value=60_000))
+def test_agent_memory_request_is_never_above_its_limit_nor_below_the_least(count: int) -> None:
+    from k3snet.render.manifests import agent_memory_limit, agent_memory_request  # noqa: PLC0415
+
+    request = int(agent_memory_request(count).removesuffix("Mi"))
+    assert 128 <= request <= int(agent_memory_limit(count).removesuffix("Mi"))
 
 
 def test_the_agent_listens_where_the_probes_look_by_default() -> None:
