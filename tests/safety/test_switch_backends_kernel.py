@@ -224,3 +224,25 @@ def test_netlink_alone_after_nftables_names_the_nftables_table_left(tmp_path: Pa
                        "--netns", lab.node, lab=lab, lock_dir=tmp_path)
         assert _command(planned.stdout, "nftables")[:5] == [
             "destroy", "--netns", lab.node, "--backend", "nftables"], planned.stdout
+
+
+def test_apply_dry_run_of_a_plan_file_names_what_a_switch_of_backends_left(
+        tmp_path: Path) -> None:
+    # `k3snet apply FILE --dry-run` said nothing of iptables-legacy's chains left running
+    # beside the plan file's iptables-nft ones: only a spec's apply looked.
+    with SeedLab.create() as lab:
+        applied = _run("apply", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                       "iptables", "--backend-opt", "iptables.mode=legacy", "--netns",
+                       lab.node, lab=lab, lock_dir=tmp_path)
+        assert applied.returncode == 0, applied.stderr
+        saved = tmp_path / "egress.plan"
+        planned = _run("plan", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                       "iptables", "--backend-opt", "iptables.mode=nft", "--netns", lab.node,
+                       "--out", str(saved), lab=lab, lock_dir=tmp_path)
+        assert planned.returncode == 2, planned.stderr
+        previewed = _run("apply", "--dry-run", str(saved), lab=lab, lock_dir=tmp_path)
+        assert previewed.returncode == 0, previewed.stderr
+        assert _command(previewed.stdout, "iptables-legacy") == _command(
+            planned.stdout, "iptables-legacy")
+        assert "iptables-nft holds" not in previewed.stdout  # the file's own: in use
+        assert _chains(lab.node, "iptables-legacy-save")  # said, not removed
