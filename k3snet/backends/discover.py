@@ -22,21 +22,27 @@ groups as hold them all, each of distinct kinds, removed one after the other
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
 import shlex
+import socket
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
 import attrs
 
+from k3snet._kept import STATE_ROOT
 from k3snet.backends.base import Backend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import WarningLog, backend_warnings
 from k3snet.backends.netns import NetnsRunner, xtables_names
 from k3snet.backends.registry import backend_options, create_backend
 from k3snet.errors import BackendUnavailableError, K3snetError
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL
 
 __all__ = ["NODE_BACKENDS", "Discovery", "Owner", "discover_owners", "left_behind"]
 
@@ -268,6 +274,8 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
         opts = {**given.get(name, {}), **fixed}
         if label == "iptables-legacy" and not _legacy_tables(opts.get("netns")):
             continue  # nothing to read, nor the iptables backend to import (~40 ms cold)
+        if label == "netlink" and not _netlink_may_own(opts):
+            continue  # no route of its protocol, no sysctl record: no import (~29 ms cold)
         if label in _NF_FAMILIES:
             key = opts.get("netns")
             if key not in nf_tables:
@@ -395,3 +403,112 @@ def _legacy_tables(netns: object) -> bool:
             return runner.call(present)
     except (OSError, K3snetError):
         return True  # cannot tell: the backend's own read says what it finds
+
+
+def _netlink_may_own(opts: Mapping[str, Any]) -> bool:
+    """Whether the netlink backend with options ``opts`` may own anything: a route of its
+    ``protocol`` in its namespace (one kernel-filtered dump per family) or a record of
+    sysctls k3snet took over under its ``state_dir``; ``True`` when it cannot tell. With
+    nftables alone in use, a plan imported and opened the netlink backend (~29 ms cold)
+    to read a namespace where k3snet never made a route nor took a sysctl.
+
+    The records are looked for in every namespace's directory (and the ``state_dir``
+    itself, where records were kept before 2026-12-04), the places the backend reads
+    for any namespace: one naming another namespace's only costs the backend's read."""
+    if opts.get("driver", "socket") != "socket":
+        return True  # a driver of the caller's: the kernel's routes are not its view
+    root = opts.get("state_dir") or STATE_ROOT
+    if _sysctl_records(os.fspath(root)):
+        return True
+    protocol = opts.get("protocol", K3SNET_ROUTE_PROTOCOL)
+    netns = opts.get("netns")
+    try:
+        if netns is None:
+            return _routes_of(protocol)
+        with NetnsRunner(str(netns)) as runner:
+            return runner.call(lambda: _routes_of(protocol))
+    except (OSError, K3snetError, ValueError):
+        return True  # cannot tell: the backend's own read says what it finds
+
+
+_RECORD_NAMES = ("sysctl.json", "sysctl-netns.json")
+"""The netlink backend's record files (:mod:`k3snet.backends.netlink.sysctls`)."""
+
+
+def _sysctl_records(root: str) -> bool:
+    """Whether any record of sysctls k3snet owns lies in ``root`` or a directory in it
+    (one per namespace); ``True`` for one that cannot be read or parsed: the backend's
+    own read judges it."""
+    try:
+        places = [root, *(entry.path for entry in os.scandir(root) if entry.is_dir())]
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    for place in places:
+        for name in _RECORD_NAMES:
+            path = os.path.join(place, name)
+            try:
+                with open(path, "rb") as file:
+                    data = json.loads(file.read())
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError):
+                return True
+            if not isinstance(data, dict) or data.get("owned") != {}:
+                return True  # anything but a record owning nothing
+    return False
+
+
+_NLMSG = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTM_NEWROUTE, _RTM_GETROUTE = 24, 26
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLM_F_REQUEST, _NLM_F_DUMP, _NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
+_SOL_NETLINK, _NETLINK_GET_STRICT_CHK = 270, 12
+
+
+def _routes_of(protocol: int) -> bool:
+    """Whether this thread's namespace has a route of ``protocol``, in any table, of
+    either family: one ``RTM_GETROUTE`` dump each, which a kernel of strict checking
+    (4.20+) filters by protocol itself; each message's protocol is compared too (an
+    older kernel sends every route). An interrupted dump counts as one. Written here
+    with ``struct``: the netlink backend's codec is imported with the backend."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       socket.NETLINK_ROUTE) as sock:
+        with contextlib.suppress(OSError):  # older kernels: every route comes
+            sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
+        sock.bind((0, 0))
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
+            body = _RTMSG.pack(family, 0, 0, 0, 0, protocol, 0, 0, 0)
+            sock.send(_NLMSG.pack(_NLMSG.size + len(body), _RTM_GETROUTE,
+                                  _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0) + body)
+            if _dump_finds(sock, seq, protocol):
+                return True
+    return False
+
+
+def _dump_finds(sock: socket.socket, seq: int, protocol: int) -> bool:
+    """Read dump ``seq`` to its end: whether a route of ``protocol`` came (or the dump
+    was interrupted). A family the kernel lacks (IPv6 off) ends in an error: none."""
+    while True:
+        data = sock.recv(1 << 16)
+        offset = 0
+        while offset + _NLMSG.size <= len(data):
+            length, kind, flags, got, _pid = _NLMSG.unpack_from(data, offset)
+            if length < _NLMSG.size:
+                raise ValueError("a netlink message shorter than its header")
+            if got == seq:
+                if flags & _NLM_F_DUMP_INTR:
+                    return True
+                if kind == _NLMSG_DONE:
+                    return False
+                if kind == _NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", data, offset + _NLMSG.size)
+                    if -code == errno.EAFNOSUPPORT:
+                        return False
+                    raise OSError(-code, os.strerror(-code))
+                if (kind == _RTM_NEWROUTE and length >= _NLMSG.size + _RTMSG.size
+                        and data[offset + _NLMSG.size + 5] == protocol):
+                    return True
+            offset += (length + 3) & ~3
