@@ -44,7 +44,8 @@ from k3snet.backends.registry import backend_options, create_backend
 from k3snet.errors import BackendUnavailableError, K3snetError
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL
 
-__all__ = ["NODE_BACKENDS", "Discovery", "Owner", "discover_owners", "left_behind"]
+__all__ = ["CLUSTER_BACKENDS", "NODE_BACKENDS", "Discovery", "Owner", "cluster_left_behind",
+           "discover_owners", "left_behind"]
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +316,90 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
                 f"`k3snet destroy{where} {_DESTROY.get(label, f'--backend {name}')}{opts_text}` "
                 "removes them")
     return tuple(found)
+
+
+CLUSTER_BACKENDS: tuple[str, ...] = ("calico", "cilium", "flannel")
+"""The backends writing cluster objects that :func:`cluster_left_behind` looks through:
+Calico's IPPools, Cilium's ConfigMaps, flannel's ``net-conf.json``, each told k3snet's
+by the backend's own mark (a label, an annotation, the ownership record)."""
+
+_STILL: Mapping[str, str] = {
+    "calico": "Calico still gives pods addresses and NATs their traffic by the IPPools "
+              "k3snet created",
+    "cilium": "Cilium keeps the settings k3snet wrote in its ConfigMaps",
+    "flannel": "flannel keeps the keys k3snet set in its net-conf.json"}
+"""What a cluster backend's objects left behind keep doing."""
+
+_CLUSTER_OPTIONS = ("kubeconfig", "context", "timeout")
+"""The options of an in-use cluster backend the others are looked through with: the
+same cluster, reached the same way (and its client, ``api_client``)."""
+
+
+def cluster_left_behind(in_use: Sequence[Backend],
+                        options: Mapping[str, Mapping[str, Any]] | None = None,
+                        dropped: Sequence[Backend] = (), *, others: bool = True
+                        ) -> tuple[str, ...]:
+    """A warning for each backend of :data:`CLUSTER_BACKENDS` no backend ``in_use`` is,
+    holding k3snet's objects in the cluster (an IPPool k3snet created, Cilium's or
+    flannel's keys it set): what a switch of backends left, with the ``k3snet destroy``
+    removing them, as :func:`left_behind` says of the node backends.
+
+    ``dropped``: backends already built that are no longer in use (the agent's previous
+    spec's), looked through as they are; with ``others``, every other cluster backend
+    not in use is looked through too, only beside an in-use one talking to a cluster, with its
+    ``api_client`` and its ``kubeconfig``, ``context`` and ``timeout`` of ``options``
+    (by backend name, as for :func:`left_behind`; they go into the destroy named too):
+    with none, no cluster is known to reach, and a plan never asks an API server it
+    was not given. Nothing is changed; a backend whose look fails is passed over."""
+    options = options or {}
+    used = {getattr(b, "name", None) for b in in_use}
+    found: list[str] = []
+    looked: set[str] = set()
+    for backend in dropped:
+        name = getattr(backend, "name", None)
+        if isinstance(name, str) and name in CLUSTER_BACKENDS and name not in used | looked:
+            looked.add(name)
+            found += _cluster_warning(name, backend, options.get(name, {}))
+    source = next((b for b in in_use if getattr(b, "name", None) in CLUSTER_BACKENDS
+                   and getattr(b, "api_client", None) is not None), None)
+    if source is None or not others:
+        return tuple(found)
+    client = getattr(source, "api_client", None)
+    opts = {key: value for key, value in options.get(getattr(source, "name", ""), {}).items()
+            if key in _CLUSTER_OPTIONS}
+    for name in CLUSTER_BACKENDS:
+        if name in used | looked:
+            continue
+        try:
+            backend = create_backend(name, **opts, api_client=client)
+        except Exception as exc:  # noqa: BLE001 - a warning no one asked for never fails
+            log.debug("%s could not look for objects left behind: %s", name, exc)
+            continue
+        with contextlib.suppress(AttributeError):  # a backend of the kit's: its log muted
+            backend._warning_log = WarningLog(_MUTED)  # type: ignore[attr-defined]
+        try:
+            found += _cluster_warning(name, backend, opts)
+        finally:
+            with contextlib.suppress(Exception):
+                backend.close()
+    return tuple(found)
+
+
+def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> list[str]:
+    """The warning of what cluster backend ``backend`` owns (none when nothing or its
+    read fails)."""
+    try:
+        owned = len(backend.observe().owned)
+    except Exception as exc:  # noqa: BLE001 - the look only warns
+        log.debug("%s could not look for objects left behind: %s", name, exc)
+        return []
+    if not owned:
+        return []
+    return [f"{name} holds {owned} of k3snet's objects in the cluster, and no backend in "
+            f"use is {name} (left by a switch of backends?): {_STILL[name]}, and nothing "
+            "keeps them up or removes them; "
+            f"`k3snet destroy --backend {name}{_destroy_options(name, opts)}` removes them "
+            "(k3snet's alone)"]
 
 
 _NOT_NAMED = frozenset({"netns", "mode", "allow_disruptive"})
