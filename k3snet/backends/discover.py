@@ -503,9 +503,11 @@ def _netlink_may_own(opts: Mapping[str, Any]) -> bool:
     if opts.get("driver", "socket") != "socket":
         return True  # a driver of the caller's: the kernel's routes are not its view
     root = opts.get("state_dir") or STATE_ROOT
-    if _sysctl_records(os.fspath(root)):
+    if not isinstance(root, (str, os.PathLike)) or _sysctl_records(os.fspath(root)):
         return True
     protocol = opts.get("protocol", K3SNET_ROUTE_PROTOCOL)
+    if type(protocol) is not int or not 0 < protocol < 256:  # a u8
+        return True  # a value the backend refuses: its own making says so
     netns = opts.get("netns")
     try:
         if netns is None:
