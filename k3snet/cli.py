@@ -1648,22 +1648,41 @@ def _left_out(args: argparse.Namespace, spec: Spec | None, backend: BackendGroup
             *(_left_behind(args, spec, backend) if look_behind else ())]
 
 
-def _left_behind(args: argparse.Namespace, spec: Spec | None, backend: BackendGroup
-                 ) -> list[str]:
+def _left_behind(args: argparse.Namespace, spec: Spec | None, backend: BackendGroup,
+                 saved: PlanFile | None = None, *, cluster_too: bool = True) -> list[str]:
     """What the node backends not in use hold of k3snet's (a switch of backends left it:
     :func:`~k3snet.backends.discover.left_behind`), with the ``destroy`` removing it;
-    ``plan``, ``apply`` and the agent (once a spec is in force) say it."""
-    from k3snet.backends.discover import NODE_BACKENDS, left_behind  # noqa: PLC0415
+    ``plan``, ``apply --dry-run`` (of a spec or of a plan file ``saved``) and the agent
+    (once a spec is in force) say it. ``cluster_too``: the cluster backends not in use
+    too, beside one in use (not the agent's: its Lease holder alone looks, once a spec,
+    where every node would list the cluster's objects)."""
+    from k3snet.backends.discover import (  # noqa: PLC0415
+        CLUSTER_BACKENDS,
+        NODE_BACKENDS,
+        cluster_left_behind,
+        left_behind,
+    )
 
     members = [m.backend for m in backend.members]
-    if not any(getattr(b, "name", None) in {n for _, n, _ in NODE_BACKENDS} for b in members):
-        return []  # no node backend in use (memory, a custom one, a cluster one alone)
+    names = {name for b in members if isinstance(name := getattr(b, "name", None), str)}
+    node = bool(names & {n for _, n, _ in NODE_BACKENDS})
+    cluster = cluster_too and bool(names & set(CLUSTER_BACKENDS))
+    if not (node or cluster):
+        return []  # no node nor cluster backend in use (memory, a custom one)
+    looked = ({n for _, n, _ in NODE_BACKENDS} if node else set()) | (
+        names & set(CLUSTER_BACKENDS))
     try:
-        options = {name: _options(name, args, spec) for _, name, _ in NODE_BACKENDS}
+        options = {name: (_options(name, args, spec) if saved is None else
+                          # A plan file's recorded options (those of its backends alone).
+                          resolve_backend_options(name, saved.options.get(name),
+                                                  netns=args.netns,
+                                                  explicit=_explicit_options(name, args)))
+                   for name in sorted(looked)}
     except K3snetError as exc:  # an option of another backend's: said where it is used
         logging.getLogger(__name__).debug("cannot look for objects left behind: %s", exc)
         return []
-    return list(left_behind(members, options, netns=args.netns))
+    return [*(left_behind(members, options, netns=args.netns) if node else ()),
+            *(cluster_left_behind(members, options) if cluster else ())]
 
 
 def unmanaged_warnings(backend: BackendGroup, spec: Spec, entries: Sequence[str] = ()
@@ -1760,8 +1779,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
         if args.dry_run:
             preview = run(fixed, wanted, dry_run=True)
             problems = tuple(backend.check(preview.plan)) if preview.plan.changes else ()
-            _print_apply(args, preview, problems,
-                         warnings=[*_left_out(args, spec, backend), *backend.warnings])
+            # A plan file's backends look too: `plan --out` said what a switch of backends
+            # left, but the file may be applied later, after another switch.
+            left = (_left_out(args, spec, backend) if saved is None
+                    else _left_behind(args, None, backend, saved))
+            _print_apply(args, preview, problems, warnings=[*left, *backend.warnings])
             if problems:
                 return EXIT_ERROR
             return EXIT_CHANGES if args.detailed_exitcode and preview.plan.changes else EXIT_OK
@@ -2028,7 +2050,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
                             desired=desired,
                             spec_warnings=lambda spec, group: [
                                 *unmanaged_warnings(group, spec, args.backend),
-                                *_left_behind(args, spec, group)])
+                                *_left_behind(args, spec, group, cluster_too=False)])
     finally:
         desired.close()
 

@@ -33,6 +33,7 @@ the backstop for what no token covers (a flannel file).
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -207,6 +208,19 @@ def _imported_files(text: str, where: str) -> tuple[str, ...]:
         return imported_files(load_mapping(text, where))
     except SpecError:
         return ()
+
+
+def _spec_options(spec: Spec, backends: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """The options ``spec`` gives ``backends`` (by name), as the agent builds them: the
+    ``k3snet destroy`` a warning names carries them."""
+    from k3snet.backends.options import resolve_backend_options  # noqa: PLC0415
+    from k3snet.spec import spec_backend_options  # noqa: PLC0415
+
+    found: dict[str, dict[str, Any]] = {}
+    for name in {getattr(b, "name", "") for b in backends}:
+        with contextlib.suppress(K3snetError):  # refused: the destroy is named without them
+            found[name] = resolve_backend_options(name, spec_backend_options(spec, name))
+    return found
 
 
 def _backends_of(spec: Spec) -> tuple[Any, ...]:
@@ -760,6 +774,9 @@ class Agent:
         return self._ok(applied, leader, changed=True)
 
     def _accept(self, spec: Spec, sha: str, group: BackendGroup, fresh: bool) -> None:
+        # Before the previous backends are closed: the cluster backends the new spec no
+        # longer names are looked through as they were built (the one client there is).
+        left = self._dropped_left(group) if fresh else ()
         if fresh and self._group is not None:
             _close(self._group, f"spec generation {self.generation}")
         self._spec, self._sha, self._group = spec, sha, group
@@ -770,8 +787,39 @@ class Agent:
         _log.info("spec generation %d in force (sha256 %s, from %s)", self.generation,
                   sha[:12], self.source.where)
         self._warn_of(spec, group)
+        for warning in left:
+            _log.warning("spec generation %d: %s", self.generation, warning)
         if self.metrics is not None:
             self.metrics.set_spec(sha, self.generation)
+
+    def _dropped_left(self, group: BackendGroup) -> Sequence[str]:
+        """As the Lease holder, what the cluster backends of the spec in force that
+        ``group`` (the new spec's) no longer has hold of k3snet's
+        (:func:`~k3snet.backends.discover.cluster_left_behind`), looked through as they
+        were built: an agent whose new spec names no cluster backend has no other client.
+        Not the other cluster backends: the RBAC rendered for a spec grants no agent
+        their reads (each would be a 403). Nothing when a look fails: a warning must not
+        fail the pass."""
+        from k3snet.backends.discover import (  # noqa: PLC0415 - cluster specs only
+            CLUSTER_BACKENDS,
+            cluster_left_behind,
+        )
+
+        old, spec = self._group, self._spec
+        if old is None or spec is None or not self.is_leader:
+            return ()
+        names = {getattr(m.backend, "name", None) for m in group.members}
+        dropped = [m.backend for m in old.members
+                   if getattr(m.backend, "name", None) in set(CLUSTER_BACKENDS) - names]
+        if not dropped:
+            return ()
+        try:
+            return cluster_left_behind([m.backend for m in group.members],
+                                       _spec_options(spec, dropped), dropped=dropped,
+                                       others=False)
+        except K3snetError as exc:
+            _log.debug("cannot look for what a switch of backends left: %s", _one_line(exc))
+            return ()
 
     def _warn_of(self, spec: Spec, group: BackendGroup) -> None:
         """Log the spec's warnings (once: the spec just went in force). The agent said

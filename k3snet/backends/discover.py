@@ -22,23 +22,30 @@ groups as hold them all, each of distinct kinds, removed one after the other
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
 import shlex
+import socket
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
 import attrs
 
+from k3snet._kept import STATE_ROOT
 from k3snet.backends.base import Backend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import WarningLog, backend_warnings
 from k3snet.backends.netns import NetnsRunner, xtables_names
 from k3snet.backends.registry import backend_options, create_backend
 from k3snet.errors import BackendUnavailableError, K3snetError
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL
 
-__all__ = ["NODE_BACKENDS", "Discovery", "Owner", "discover_owners", "left_behind"]
+__all__ = ["CLUSTER_BACKENDS", "NODE_BACKENDS", "Discovery", "Owner", "cluster_left_behind",
+           "discover_owners", "left_behind"]
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +275,8 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
         opts = {**given.get(name, {}), **fixed}
         if label == "iptables-legacy" and not _legacy_tables(opts.get("netns")):
             continue  # nothing to read, nor the iptables backend to import (~40 ms cold)
+        if label == "netlink" and not _netlink_may_own(opts):
+            continue  # no route of its protocol, no sysctl record: no import (~29 ms cold)
         if label in _NF_FAMILIES:
             key = opts.get("netns")
             if key not in nf_tables:
@@ -307,6 +316,90 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
                 f"`k3snet destroy{where} {_DESTROY.get(label, f'--backend {name}')}{opts_text}` "
                 "removes them")
     return tuple(found)
+
+
+CLUSTER_BACKENDS: tuple[str, ...] = ("calico", "cilium", "flannel")
+"""The backends writing cluster objects that :func:`cluster_left_behind` looks through:
+Calico's IPPools, Cilium's ConfigMaps, flannel's ``net-conf.json``, each told k3snet's
+by the backend's own mark (a label, an annotation, the ownership record)."""
+
+_STILL: Mapping[str, str] = {
+    "calico": "Calico still gives pods addresses and NATs their traffic by the IPPools "
+              "k3snet created",
+    "cilium": "Cilium keeps the settings k3snet wrote in its ConfigMaps",
+    "flannel": "flannel keeps the keys k3snet set in its net-conf.json"}
+"""What a cluster backend's objects left behind keep doing."""
+
+_CLUSTER_OPTIONS = ("kubeconfig", "context", "timeout")
+"""The options of an in-use cluster backend the others are looked through with: the
+same cluster, reached the same way (and its client, ``api_client``)."""
+
+
+def cluster_left_behind(in_use: Sequence[Backend],
+                        options: Mapping[str, Mapping[str, Any]] | None = None,
+                        dropped: Sequence[Backend] = (), *, others: bool = True
+                        ) -> tuple[str, ...]:
+    """A warning for each backend of :data:`CLUSTER_BACKENDS` no backend ``in_use`` is,
+    holding k3snet's objects in the cluster (an IPPool k3snet created, Cilium's or
+    flannel's keys it set): what a switch of backends left, with the ``k3snet destroy``
+    removing them, as :func:`left_behind` says of the node backends.
+
+    ``dropped``: backends already built that are no longer in use (the agent's previous
+    spec's), looked through as they are; with ``others``, every other cluster backend
+    not in use is looked through too, only beside an in-use one talking to a cluster, with its
+    ``api_client`` and its ``kubeconfig``, ``context`` and ``timeout`` of ``options``
+    (by backend name, as for :func:`left_behind`; they go into the destroy named too):
+    with none, no cluster is known to reach, and a plan never asks an API server it
+    was not given. Nothing is changed; a backend whose look fails is passed over."""
+    options = options or {}
+    used = {getattr(b, "name", None) for b in in_use}
+    found: list[str] = []
+    looked: set[str] = set()
+    for backend in dropped:
+        name = getattr(backend, "name", None)
+        if isinstance(name, str) and name in CLUSTER_BACKENDS and name not in used | looked:
+            looked.add(name)
+            found += _cluster_warning(name, backend, options.get(name, {}))
+    source = next((b for b in in_use if getattr(b, "name", None) in CLUSTER_BACKENDS
+                   and getattr(b, "api_client", None) is not None), None)
+    if source is None or not others:
+        return tuple(found)
+    client = getattr(source, "api_client", None)
+    opts = {key: value for key, value in options.get(getattr(source, "name", ""), {}).items()
+            if key in _CLUSTER_OPTIONS}
+    for name in CLUSTER_BACKENDS:
+        if name in used | looked:
+            continue
+        try:
+            backend = create_backend(name, **opts, api_client=client)
+        except Exception as exc:  # noqa: BLE001 - a warning no one asked for never fails
+            log.debug("%s could not look for objects left behind: %s", name, exc)
+            continue
+        with contextlib.suppress(AttributeError):  # a backend of the kit's: its log muted
+            backend._warning_log = WarningLog(_MUTED)  # type: ignore[attr-defined]
+        try:
+            found += _cluster_warning(name, backend, opts)
+        finally:
+            with contextlib.suppress(Exception):
+                backend.close()
+    return tuple(found)
+
+
+def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> list[str]:
+    """The warning of what cluster backend ``backend`` owns (none when nothing or its
+    read fails)."""
+    try:
+        owned = len(backend.observe().owned)
+    except Exception as exc:  # noqa: BLE001 - the look only warns
+        log.debug("%s could not look for objects left behind: %s", name, exc)
+        return []
+    if not owned:
+        return []
+    return [f"{name} holds {owned} of k3snet's objects in the cluster, and no backend in "
+            f"use is {name} (left by a switch of backends?): {_STILL[name]}, and nothing "
+            "keeps them up or removes them; "
+            f"`k3snet destroy --backend {name}{_destroy_options(name, opts)}` removes them "
+            "(k3snet's alone)"]
 
 
 _NOT_NAMED = frozenset({"netns", "mode", "allow_disruptive"})
@@ -395,3 +488,114 @@ def _legacy_tables(netns: object) -> bool:
             return runner.call(present)
     except (OSError, K3snetError):
         return True  # cannot tell: the backend's own read says what it finds
+
+
+def _netlink_may_own(opts: Mapping[str, Any]) -> bool:
+    """Whether the netlink backend with options ``opts`` may own anything: a route of its
+    ``protocol`` in its namespace (one kernel-filtered dump per family) or a record of
+    sysctls k3snet took over under its ``state_dir``; ``True`` when it cannot tell. With
+    nftables alone in use, a plan imported and opened the netlink backend (~29 ms cold)
+    to read a namespace where k3snet never made a route nor took a sysctl.
+
+    The records are looked for in every namespace's directory (and the ``state_dir``
+    itself, where records were kept before 2026-12-04), the places the backend reads
+    for any namespace: one naming another namespace's only costs the backend's read."""
+    if opts.get("driver", "socket") != "socket":
+        return True  # a driver of the caller's: the kernel's routes are not its view
+    root = opts.get("state_dir") or STATE_ROOT
+    if not isinstance(root, (str, os.PathLike)) or _sysctl_records(os.fspath(root)):
+        return True
+    protocol = opts.get("protocol", K3SNET_ROUTE_PROTOCOL)
+    if type(protocol) is not int or not 0 < protocol < 256:  # a u8
+        return True  # a value the backend refuses: its own making says so
+    netns = opts.get("netns")
+    try:
+        if netns is None:
+            return _routes_of(protocol)
+        with NetnsRunner(str(netns)) as runner:
+            return runner.call(lambda: _routes_of(protocol))
+    except (OSError, K3snetError, ValueError):
+        return True  # cannot tell: the backend's own read says what it finds
+
+
+_RECORD_NAMES = ("sysctl.json", "sysctl-netns.json")
+"""The netlink backend's record files (:mod:`k3snet.backends.netlink.sysctls`)."""
+
+
+def _sysctl_records(root: str) -> bool:
+    """Whether any record of sysctls k3snet owns lies in ``root`` or a directory in it
+    (one per namespace); ``True`` for one that cannot be read or parsed: the backend's
+    own read judges it."""
+    try:
+        places = [root, *(entry.path for entry in os.scandir(root) if entry.is_dir())]
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    for place in places:
+        for name in _RECORD_NAMES:
+            path = os.path.join(place, name)
+            try:
+                with open(path, "rb") as file:
+                    data = json.loads(file.read())
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError):
+                return True
+            if not isinstance(data, dict) or data.get("owned") != {}:
+                return True  # anything but a record owning nothing
+    return False
+
+
+_NLMSG = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTM_NEWROUTE, _RTM_GETROUTE = 24, 26
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLM_F_REQUEST, _NLM_F_DUMP, _NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
+_SOL_NETLINK, _NETLINK_GET_STRICT_CHK = 270, 12
+
+
+def _routes_of(protocol: int) -> bool:
+    """Whether this thread's namespace has a route of ``protocol``, in any table, of
+    either family: one ``RTM_GETROUTE`` dump each, which a kernel of strict checking
+    (4.20+) filters by protocol itself; each message's protocol is compared too (an
+    older kernel sends every route). An interrupted dump counts as one. Written here
+    with ``struct``: the netlink backend's codec is imported with the backend."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       socket.NETLINK_ROUTE) as sock:
+        with contextlib.suppress(OSError):  # older kernels: every route comes
+            sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
+        sock.bind((0, 0))
+        for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), start=1):
+            body = _RTMSG.pack(family, 0, 0, 0, 0, protocol, 0, 0, 0)
+            sock.send(_NLMSG.pack(_NLMSG.size + len(body), _RTM_GETROUTE,
+                                  _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0) + body)
+            if _dump_finds(sock, seq, protocol):
+                return True
+    return False
+
+
+def _dump_finds(sock: socket.socket, seq: int, protocol: int) -> bool:
+    """Read dump ``seq`` to its end: whether a route of ``protocol`` came (or the dump
+    was interrupted). A family the kernel lacks (IPv6 off) ends in an error: none."""
+    while True:
+        data = sock.recv(1 << 16)
+        offset = 0
+        while offset + _NLMSG.size <= len(data):
+            length, kind, flags, got, _pid = _NLMSG.unpack_from(data, offset)
+            if length < _NLMSG.size:
+                raise ValueError("a netlink message shorter than its header")
+            if got == seq:
+                if flags & _NLM_F_DUMP_INTR:
+                    return True
+                if kind == _NLMSG_DONE:
+                    return False
+                if kind == _NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", data, offset + _NLMSG.size)
+                    if -code == errno.EAFNOSUPPORT:
+                        return False
+                    raise OSError(-code, os.strerror(-code))
+                if (kind == _RTM_NEWROUTE and length >= _NLMSG.size + _RTMSG.size
+                        and data[offset + _NLMSG.size + 5] == protocol):
+                    return True
+            offset += (length + 3) & ~3

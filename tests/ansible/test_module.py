@@ -1113,3 +1113,42 @@ def test_a_switch_of_backends_names_the_iptables_legacy_chains_left_as_k3snet_ap
                              "--backend-opt iptables.mode=legacy` removes them")
         legacy = run_in(lab.node, ["iptables-legacy-save"]).stdout
         assert "K3SNET-" in legacy  # said, not removed
+
+
+def test_a_switch_of_cluster_backends_names_the_ippool_calico_left_as_k3snet_plan_does(
+        tmp_path: Path, ansible_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cluster set up through calico, the playbook now on cilium: the IPPool k3snet
+    # created stayed, and Calico kept NATting by it, unsaid.
+    pytest.importorskip("kmock")
+    from k3snet.testing.kube import EmulatedApiServer  # noqa: PLC0415 - kmock only
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "cluster: {podCIDRs: [10.42.0.0/16]}\n"
+                    "destinations:\n  - cidr: 192.168.2.0/24\n    masquerade: false\n"
+                    "cni:\n  calico: {}\n")
+    kubeconfig = tmp_path / "kubeconfig"
+    pools = "crd.projectcalico.org/v1/ippools"
+    with EmulatedApiServer(resources=(pools, "crd.projectcalico.org/v1/felixconfigurations",
+                                      "v1/configmaps")) as server:
+        server.put(pools, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                           "metadata": {"name": "default-ipv4-ippool"},
+                           "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+            "clusters": [{"name": "lab", "cluster": {"server": server.url}}],
+            "users": [{"name": "u", "user": {}}],
+            "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "u"}}]}))
+        assert cli_main(["apply", "-f", str(spec), "--no-facts", "--auto-approve", "--backend",
+                         "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"]) == 0
+        run = playbook(tmp_path, ansible_env, [egress(
+            spec_path=str(spec), backends=["cilium"],
+            backend_options={"cilium": {"kubeconfig": str(kubeconfig)}})], "--check")
+        assert run.returncode == 0, run.stdout + run.stderr
+        (result,) = run.results
+        (left,) = [w for w in result["warnings"] if " holds " in w]
+        assert left.startswith("calico holds 1 of k3snet's objects in the cluster"), left
+        assert left.endswith(f"`k3snet destroy --backend calico --backend-opt "
+                             f"calico.kubeconfig={kubeconfig}` removes them (k3snet's alone)")
+        assert len(server.objects(pools)) == 2  # said, not removed

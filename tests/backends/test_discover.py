@@ -279,3 +279,13 @@ def test_left_behind_passes_over_a_backend_whose_look_fails_in_any_way(
     monkeypatch.setattr(node["fake-netlink"], "observe", broken)
     found = discover.left_behind([SimpleNamespace(name="fake-nft")])
     assert [w.split(" holds ")[0] for w in found] == ["fake-ipt"]
+
+
+@pytest.mark.parametrize("options", [{"protocol": "211"}, {"protocol": 300}, {"protocol": True},
+                                     {"state_dir": 5}])
+def test_the_netlink_precheck_leaves_a_value_the_backend_refuses_to_the_backend(
+        options: dict[str, Any], tmp_path: Path) -> None:
+    # A spec's netlink options, netlink not in use: packed into the route dump's header,
+    # "211" or 300 ended the plan with struct.error (an internal error) instead of the
+    # backend's own refusal, passed over by the look.
+    assert discover._netlink_may_own({"state_dir": tmp_path, **options})

@@ -275,7 +275,14 @@ try:
     K3SNET_FOUND = f"{getattr(k3snet, '__version__', '?')} ({k3snet.__file__})"
     from k3snet._admin_path import admin_path
     from k3snet._logline import printable
-    from k3snet.backends.discover import NODE_BACKENDS, Discovery, discover_owners, left_behind
+    from k3snet.backends.discover import (
+        CLUSTER_BACKENDS,
+        NODE_BACKENDS,
+        Discovery,
+        cluster_left_behind,
+        discover_owners,
+        left_behind,
+    )
     from k3snet.backends.kit import option_seconds
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
@@ -488,18 +495,23 @@ def converge_or_destroy(module: AnsibleModule, backend: k3snet.BackendGroup,
 def left_behind_warnings(params: dict[str, Any], spec: k3snet.Spec,
                          backend: k3snet.BackendGroup) -> tuple[str, ...]:
     """What the node backends not in use hold of k3snet's, left by a switch of backends
-    (:func:`k3snet.backends.discover.left_behind`), looked for with the options the
-    task would give them; nothing when an option of theirs is refused."""
+    (:func:`k3snet.backends.discover.left_behind`), and beside a cluster backend in use
+    the other cluster backends (:func:`~k3snet.backends.discover.cluster_left_behind`),
+    looked for with the options the task would give them; nothing when an option of
+    theirs is refused."""
     given = params["backend_options"] or {}
+    members = [m.backend for m in backend.members]
+    in_use = {getattr(b, "name", None) for b in members}
     options: dict[str, dict[str, Any]] = {}
     try:
-        for _, name, _ in NODE_BACKENDS:
+        for name in (*(n for _, n, _ in NODE_BACKENDS),
+                     *(n for n in CLUSTER_BACKENDS if n in in_use)):
             chosen = given.get(name) if isinstance(given, dict) else None
             options[name] = resolve_backend_options(
                 name, spec_backend_options(spec, name),
                 netns=params["netns"], explicit=chosen if isinstance(chosen, dict) else None)
-        return left_behind([m.backend for m in backend.members], options,
-                           netns=params["netns"])
+        return (*left_behind(members, options, netns=params["netns"]),
+                *cluster_left_behind(members, options))
     except k3snet.K3snetError:
         return ()
 

@@ -1,0 +1,98 @@
+"""The agent's spec no longer naming ``calico`` (``backends:`` changed): the Lease holder
+says, once, that calico holds k3snet's IPPools and names the ``k3snet destroy`` removing
+them; the other nodes do not list the cluster's pools for it, and nothing is removed.
+Before, the look for what a switch of backends left went through the node backends only:
+the IPPool k3snet created stayed, unsaid, and Calico kept NATting by it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource, LeaderElector
+from k3snet.agent._lease import LeaseSettings
+from k3snet.backends.calico import CalicoBackend
+from k3snet.backends.group import BackendGroup
+from k3snet.backends.memory import MemoryBackend
+from k3snet.converge import compile_for
+from k3snet.spec import Spec
+from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
+
+pytestmark = pytest.mark.cluster
+
+POOLS = "crd.projectcalico.org/v1/ippools"
+SETTINGS = LeaseSettings("kube-system", "k3snet-cluster-writer", duration=15.0,
+                         renew_deadline=10.0, retry_period=2.0)
+SPEC = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+destinations:
+  - cidr: 192.168.2.0/24
+  - cidr: 172.20.0.0/16
+    masquerade: false
+cni:
+  calico: {}
+backends: {BACKENDS}
+"""
+
+
+class _Stepped(LeaderElector):
+    def start(self) -> LeaderElector:
+        return self
+
+
+def _agent(srv: EmulatedApiServer, name: str, path: Path) -> Agent:
+    memory = MemoryBackend(capabilities=("route", "sysctl", "nat", "forward"))
+    api = srv.api_client()
+
+    def make_backend(spec: Spec) -> BackendGroup:
+        calico = [CalicoBackend(api_client=api, api="crd")] if "calico" in spec.backends else []
+        return BackendGroup([memory, *calico])
+
+    def elector(on_change: Callable[[bool], None]) -> LeaderElector:
+        return _Stepped(api, name, SETTINGS, on_change=on_change, clock=lambda: 1000.0,
+                        random_fraction=lambda: 0.0)
+
+    return Agent(FileSpecSource(path), make_backend,
+                 lambda spec, group: compile_for(group, spec),
+                 AgentOptions(name, interval=1.0), metrics=AgentMetrics(),
+                 elector_factory=elector)
+
+
+def _pool_lists(srv: EmulatedApiServer) -> int:
+    return sum(1 for m, p, _ in srv.requests() if m == "GET" and p.endswith("/ippools"))
+
+
+def test_the_lease_holder_names_the_ippools_of_calico_dropped_from_the_spec_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.replace("{BACKENDS}", "[netlink, nftables, calico]"))
+    with EmulatedApiServer(resources=CALICO_RESOURCES + AGENT_RESOURCES) as srv:
+        for name in ("node-a", "node-b"):
+            srv.put("v1/nodes", {"metadata": {"name": name}})
+        srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                        "metadata": {"name": "default-ipv4-ippool"},
+                        "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        a, b = _agent(srv, "node-a", path), _agent(srv, "node-b", path)
+        assert (a.run_pass().status, b.run_pass().status) == ("ok", "ok")
+        assert a.is_leader
+        assert not b.is_leader
+        assert len(srv.objects(POOLS)) == 2  # k3snet's disabled pool beside Calico's
+        path.write_text(SPEC.replace("{BACKENDS}", "[netlink, nftables]"))
+        caplog.set_level(logging.WARNING, logger="k3snet")
+        lists = _pool_lists(srv)
+        assert b.run_pass().status == "ok"
+        assert _pool_lists(srv) == lists  # not the holder: no look through the cluster
+        assert "calico holds" not in caplog.text
+        assert a.run_pass().status == "ok"
+        said = [r.getMessage() for r in caplog.records if "calico holds" in r.getMessage()]
+        assert len(said) == 1, said
+        assert said[0].startswith("spec generation 2: calico holds 1 of k3snet's objects in "
+                                  "the cluster, and no backend in use is calico")
+        assert "`k3snet destroy --backend calico` removes them" in said[0]
+        assert len(srv.objects(POOLS)) == 2  # said, not removed
+        a.run_pass()
+        assert len([r for r in caplog.records if "calico holds" in r.getMessage()]) == 1

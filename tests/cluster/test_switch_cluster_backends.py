@@ -1,0 +1,99 @@
+"""A switch of cluster backends (the spec's ``calico`` dropped for ``cilium``, or the agent's
+spec no longer naming ``calico``) leaves the IPPools k3snet created: Calico still gives
+pods addresses and NATs by them. ``plan`` and the agent's Lease holder name the backend
+holding them and the ``k3snet destroy`` removing them (k3snet's alone); before, the look
+for what a switch left went through the node backends only, and nothing was said."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.discover import cluster_left_behind
+from k3snet.backends.registry import create_backend
+from k3snet.cli import main
+from k3snet.testing.kube import EmulatedApiServer
+
+SPEC = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster: {podCIDRs: [10.42.0.0/16]}
+destinations:
+  - cidr: 192.168.2.0/24
+    masquerade: false
+cni:
+  calico: {}
+"""
+CRD = "crd.projectcalico.org/v1/ippools"
+RESOURCES = ("crd.projectcalico.org/v1/ippools", "crd.projectcalico.org/v1/felixconfigurations",
+             "v1/configmaps")
+"""Calico's CRDs alone (no Calico API server: ``api=auto`` reads them), and ConfigMaps."""
+POD_POOL = {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+            "metadata": {"name": "default-ipv4-ippool"},
+            "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True, "blockSize": 26}}
+
+
+def _kubeconfig(path: Path, url: str) -> None:
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": url}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "u"}}]}))
+
+
+def test_calico_dropped_for_cilium_names_the_ippool_left_and_its_destroy_removes_it_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    kubeconfig = tmp_path / "kube config"
+    with EmulatedApiServer(resources=RESOURCES) as server:
+        server.put(CRD, POD_POOL)
+        _kubeconfig(kubeconfig, server.url)
+        assert main(["apply", "-f", str(spec), "--no-facts", "--auto-approve", "--backend",
+                     "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"]) == 0
+        assert len(server.objects(CRD)) == 2  # the pod pool and k3snet's disabled one
+        capsys.readouterr()
+        main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",
+              "--backend-opt", f"cilium.kubeconfig={kubeconfig}"])
+        out = capsys.readouterr().out
+        (line,) = [line for line in out.splitlines()
+                   if line.startswith("!! warning: calico holds")]
+        assert "calico holds 1 of k3snet's objects in the cluster" in line
+        command = shlex.split(line.split("`")[1])[1:]
+        assert command == ["destroy", "--backend", "calico", "--backend-opt",
+                           f"calico.kubeconfig={kubeconfig}"]
+        assert len(server.objects(CRD)) == 2  # said, not removed
+        assert main([*command, "--auto-approve", "--no-facts"]) == 0
+        assert [o["metadata"]["name"] for o in server.objects(CRD)] == [
+            "default-ipv4-ippool"]  # the foreign pool stays
+        capsys.readouterr()
+        main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",
+              "--backend-opt", f"cilium.kubeconfig={kubeconfig}"])
+        assert "calico holds" not in capsys.readouterr().out
+
+
+def test_a_dropped_cluster_backend_is_looked_through_as_built(tmp_path: Path) -> None:
+    # The agent's Lease holder: its previous spec's calico backend, no cluster backend in
+    # the new spec (no client to look with but the one it had).
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    with EmulatedApiServer(resources=RESOURCES) as server:
+        server.put(CRD, POD_POOL)
+        kubeconfig = tmp_path / "kubeconfig"
+        _kubeconfig(kubeconfig, server.url)
+        assert main(["apply", "-f", str(spec), "--no-facts", "--auto-approve", "--backend",
+                     "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"]) == 0
+        old = create_backend("calico", api_client=server.api_client())
+        try:
+            found = cluster_left_behind([create_backend("memory")], {}, dropped=[old])
+            assert [w.split(" holds ")[0] for w in found] == ["calico"]
+            assert cluster_left_behind([create_backend("memory")], {}) == ()
+            assert cluster_left_behind([create_backend("memory"), old], {},
+                                       dropped=[old]) == ()  # in use: not left
+        finally:
+            old.close()
