@@ -4,6 +4,7 @@
 #   make demo    build the seed lab in network namespaces and fix it with k3snet
 #   make mutation  mutation testing of the pure modules with mutmut (slow; docs/testing.md)
 #   make image   build the agent's container image without a registry (podman), and test it
+#   make test-lowest  the root-free tests at the lowest versions pyproject.toml allows
 #
 # Meant to work as root on a fresh Debian machine: `deps` installs the missing
 # system packages with apt-get and creates .venv with everything from the
@@ -89,7 +90,7 @@ RENDER_MUTATION_TESTS := tests/render/test_manifest_files.py tests/render/test_c
 	tests/cluster/test_manifests.py tests/cluster/test_connectivity_job.py
 
 .PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation mutation-spec mutation-model mutation-readers mutation-render image \
-	spec-schema
+	spec-schema test-lowest
 
 deps: $(STAMP)
 
@@ -193,6 +194,54 @@ dist: deps
 	rm -rf dist
 	$(BIN)/python -m build --outdir dist .
 
+# ------------------------------------------------------- the lowest versions
+# .venv holds the newest releases; the lower bounds of pyproject.toml's dependencies and
+# extras are checked here. .ci/lowest_pins.py writes them out as == pins (pip has no
+# --resolution lowest), .venv-lowest gets k3snet with every extra at those pins (what
+# they pull in at its newest; the test tools too, at what fits the pins), and the
+# root-free tests of the library, the CLI, the cluster backends (against kmock) and the
+# agent run there, with the pyroute2 and libiptc drivers' kernel tests when root. A bound
+# naming no release, or two bounds that cannot hold together, fails the install.
+# .venv-lowest/core holds attrs alone: .ci/attrs_alone.py compiles, plans and applies on
+# the memory backend there, the checkout on PYTHONPATH.
+LOWEST := .venv-lowest
+LOWEST_STAMP := $(LOWEST)/.k3snet-deps
+LOWEST_TOOLS := pytest pytest-xdist pytest-asyncio kmock jsonschema cel-python kubernetes-validate
+# tests/spec (PyYAML's reader as oracle, at 6.0.3 here) and most of tests/backends (the
+# memory backend, the kit: attrs alone) add minutes and no library of another version; the
+# conformance suite's own tests are what hypothesis>=6.125 stands on. The wheel test
+# installs the newest releases into a venv of its own.
+LOWEST_TESTS ?= tests/api tests/model tests/planner tests/cli tests/cluster tests/agent \
+	tests/backends/test_conformance_broken.py tests/backends/test_third_party_backend.py \
+	tests/spec/test_spec.py tests/spec/test_compile.py \
+	--deselect tests/api/test_packaging.py::test_the_wheel_installs_and_runs_the_getting_started_path
+# The kernel tests of the drivers two extras bring: pyroute2's (netlink) and python-iptables'
+# libiptc (iptables-legacy). pip-nftables has one release, so its lowest is CI's.
+LOWEST_KERNEL_TESTS ?= tests/netlink/test_backend.py tests/iptables/test_backend.py
+LOWEST_KERNEL := pyroute2 or libiptc
+LOWEST_HYPOTHESIS_PROFILE ?= lowest
+# Property tests at the `lowest` profile (50 examples, tests/conftest.py): the question here
+# is whether an older library's API still does, not a new shape of input.
+LOWEST_PYTEST = HYPOTHESIS_PROFILE=$(LOWEST_HYPOTHESIS_PROFILE) $(LOWEST)/bin/python -m pytest \
+	--durations=10 -n $(PYTEST_JOBS) --dist loadfile
+
+$(LOWEST_STAMP): pyproject.toml Makefile .ci/lowest_pins.py | $(STAMP)
+	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(PYTHON) .ci/lowest_pins.py > $(LOWEST)/lowest.txt
+	$(LOWEST)/bin/python -m pip install --quiet --upgrade "pip>=25.1"
+	$(LOWEST)/bin/python -m pip install --quiet -e ".[all]" -r $(LOWEST)/lowest.txt $(LOWEST_TOOLS)
+	$(LOWEST)/bin/python -m pip check
+	test -x $(LOWEST)/core/bin/python || $(PYTHON) -m venv --without-pip $(LOWEST)/core
+	$(LOWEST)/bin/python -m pip --python $(LOWEST)/core/bin/python install --quiet \
+		"$$(grep -i '^attrs==' $(LOWEST)/lowest.txt)"
+	touch $@
+
+test-lowest: $(LOWEST_STAMP)
+	PYTHONPATH=$(CURDIR) $(LOWEST)/core/bin/python .ci/attrs_alone.py
+	$(LOWEST_PYTEST) -m "not kernel and not lab and not image" $(LOWEST_TESTS) $(PYTEST_ARGS)
+	$(if $(filter 0,$(shell id -u)),$(LOWEST_PYTEST) -m "kernel and not lab" -k "$(LOWEST_KERNEL)" \
+		$(LOWEST_KERNEL_TESTS) $(PYTEST_ARGS),@echo "not root: the drivers' kernel tests left out")
+
 # ---------------------------------------------------------------- the image
 # No registry is reachable from the build machines: the base is a Debian root
 # file system made by mmdebstrap from this machine's own apt sources (never a
@@ -238,7 +287,7 @@ image: deps $(IMAGE_DIR)/rootfs.tar
 clean:
 	rm -rf site dist build .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks *.egg-info \
 		mutants
-	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+	find . \( -path ./$(VENV) -o -path ./$(LOWEST) \) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LOWEST)

@@ -9,6 +9,8 @@
   ``thorough``  5000 examples, for a long run before a release;
   ``mutation``  50 examples, derandomized, no example database and no shrinking,
                 so ``make mutation`` judges every mutant on the same draws, quickly.
+  ``lowest``    50 examples, no example database: ``make test-lowest``'s quick look at
+                the lowest versions pyproject.toml allows.
 - A leftover check: the run fails if a network namespace named ``k3snet-*`` that
   did not exist when the session started still exists when it ends. Tests must
   delete every namespace they create, also when they fail. ``K3SNET_SKIP_NETNS_CHECK=1``
@@ -68,6 +70,16 @@ else:
         # A mutant only needs to be killed, not explained: shrinking a failing
         # 30-object state can take minutes per mutant.
         phases=[Phase.explicit, Phase.reuse, Phase.generate],
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    # `make test-lowest`: whether older libraries' APIs still do, not new shapes of input;
+    # shrinking stays (the conformance suite's own tests judge what it reports).
+    settings.register_profile(
+        "lowest",
+        max_examples=50,
+        deadline=None,
+        database=None,
+        print_blob=True,
         suppress_health_check=[HealthCheck.too_slow],
     )
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

@@ -49,7 +49,8 @@ _HOLDER = textwrap.dedent("""
 
 _TOOL = textwrap.dedent("""\
     #!/bin/sh
-    echo $$ > "$TOOL_DIR/pid"
+    echo $$ > "$TOOL_DIR/pid.tmp"
+    mv "$TOOL_DIR/pid.tmp" "$TOOL_DIR/pid"
     cat > /dev/null
     while [ ! -e "$TOOL_DIR/go" ]; do sleep 0.01; done
 """)
