@@ -190,3 +190,28 @@ def test_a_value_the_kernel_shows_in_a_form_k3snet_cannot_hold_is_a_spec_problem
     with pytest.raises(SpecError, match=name.replace(".", r"\.")):
         Spec.from_dict({"sysctls": {name: value}})
     assert Sysctl(name, value).name == name  # read from a node, the model holds it
+
+
+@pytest.mark.parametrize(("name", "value", "step"), [
+    ("net.ipv4.neigh.eth0.base_reachable_time_ms", "30001", 20),
+    ("net.ipv6.neigh.default.retrans_time_ms", "1010", 20),
+    ("net.ipv4.neigh.eth0/100.interval_probe_time_ms", "5", 20),
+    ("net.ipv4.icmp_ratelimit", "1001", 20),
+    ("net.ipv6.icmp.ratelimit", "3", 20),
+    ("net.ipv6.route.gc_min_interval_ms", "510", 20),
+    ("net.ipv4.neigh.default.locktime", "101", 2),
+    ("net.ipv6.neigh.eth0.anycast_delay", "99", 2),
+    ("net.ipv4.neigh.eth0.proxy_delay", "81", 2),
+    ("net.ipv4.neigh.eth0.retrans_time", "1", 2),
+])
+def test_a_time_the_kernel_keeps_in_clock_ticks_is_a_spec_problem_unless_shown_as_written(
+        name: str, value: str, step: int) -> None:
+    """The kernel keeps these in ticks of its clock (HZ) and shows them converted back:
+    1001 ms is 1004 at HZ=250 (tests/netlink/test_sysctl_lists.py), and every apply of
+    1001 failed. A multiple of 20 ms (2 hundredths of a second) is shown as written at HZ
+    100, 250, 300 and 1000 (1010 ms is 1012 at 250)."""
+    problem = value_problem(name, value)
+    assert problem is not None
+    assert f"write a multiple of {step}" in problem, problem
+    assert value_problem(name, str(int(value) - int(value) % step + step)) is None
+    assert Sysctl(name, value).value == value  # read from a node, the model holds it

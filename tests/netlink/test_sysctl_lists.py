@@ -17,6 +17,7 @@ from k3snet import converge, destroy
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import State, Sysctl
+from k3snet.model.sysctl import value_problem
 from k3snet.planner import plan
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
@@ -94,3 +95,25 @@ def test_the_kernel_takes_the_allowed_congestion_control_in_the_host_namespace_a
     allowed = _shown(ns, "net.ipv4.tcp_allowed_congestion_control").split()
     available = _shown(ns, "net.ipv4.tcp_available_congestion_control").split()
     assert allowed == [name for name in available if name in allowed]
+
+
+@pytest.mark.parametrize(("name", "step"), [
+    ("net.ipv4.neigh.lo.base_reachable_time_ms", 20),
+    ("net.ipv6.neigh.lo.retrans_time_ms", 20),
+    ("net.ipv4.icmp_ratelimit", 20),
+    ("net.ipv6.icmp.ratelimit", 20),
+    ("net.ipv4.neigh.lo.locktime", 2),
+])
+def test_the_kernel_shows_a_time_in_ticks_as_written_only_at_the_multiple_the_spec_takes(
+        ns: str, name: str, step: int) -> None:
+    """Why value_problem refuses 1001 for these: the kernel keeps them in ticks of its
+    clock, and shows the multiple of ``step`` as written whatever its HZ."""
+    path = f"/proc/sys/{name.replace('.', '/')}"
+    run_in(ns, ["sh", "-c", f"echo 1001 > {path}"])
+    odd = int(_shown(ns, name))
+    run_in(ns, ["sh", "-c", f"echo {1000 + step} > {path}"])
+    assert int(_shown(ns, name)) == 1000 + step
+    # Rounded to a tick of this kernel's clock (1004 ms at HZ=250, 1000 for locktime);
+    # only at HZ=1000 (ms) or 100 and 300 (locktime) is 1001 itself shown.
+    assert odd - 1001 in range(-step, step)
+    assert value_problem(name, "1001") is not None
