@@ -122,7 +122,10 @@ def read_input(file: str | Path, limit: int, *, follow: bool = True,
     Anything else is an :class:`OSError` whose ``strerror`` says why (``a directory``,
     ``not a regular file``, ``larger than N bytes``, ``a symbolic link`` when not
     ``follow``; with ``owned``, a file another user than this one or root owns, or that
-    group or others may write: whoever can write it decides what it says) and whose
+    group or others may write: whoever can write it decides what it says; and one whose
+    way another user could change, a symbolic link on it of another user's or a directory
+    on it that another user owns or may write (not sticky): they could put another file
+    in its place, or a link to one, between two reads) and whose
     ``filename`` is ``file``. Only a regular file is ever opened
     for reading: a FIFO is not waited on for a writer, nor does it release one; a
     device is never opened (opening ``/dev/watchdog`` starts the machine's reboot
@@ -132,6 +135,10 @@ def read_input(file: str | Path, limit: int, *, follow: bool = True,
     # An O_PATH handle opens nothing: the file is judged by it, then the very inode it
     # names is opened for reading through /proc/self/fd (no other file swapped in).
     handle = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    if owned:
+        way = _foreign_way(file, {os.geteuid(), 0})
+        if way is not None:
+            raise OSError(errno.EPERM, way, str(file))
     where = os.open(file, handle)
     try:
         info = os.fstat(where)

@@ -12,7 +12,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LOG_LINE_LIMIT", "bounded", "one_line", "printable", "printable_lines"]
+__all__ = ["LOG_LINE_LIMIT", "bounded", "one_line", "printable", "printable_line",
+           "printable_lines"]
 
 LOG_LINE_LIMIT = 16_000
 """Bytes (UTF-8, its line break included) at most of one log record, below the 16 KiB at
@@ -23,26 +24,51 @@ object per line got pieces, and a first pass at 10 000 destinations logged megab
 def printable(value: str) -> str:
     """``value`` with every character that is not printable (a line break, a terminal
     escape, a bidirectional override, a byte that is not UTF-8 read as a lone
-    surrogate) as its Python escape: text someone else wrote, safe on a terminal and
-    on a line of its own. The one escape of every printer of such text (the plan's
-    foreign objects, the CLI's lines, the logs, a spec problem's path)."""
-    if value.isprintable():
+    surrogate) as its Python escape, and a backslash doubled: text someone else wrote,
+    safe on a terminal and on a line of its own. The one escape of every printer of such
+    text (the plan's foreign objects, the CLI's lines, the logs, a spec problem's path).
+
+    It reads back as the body of a Python string literal: ``\\x1b`` is an ESC and
+    ``\\\\x1b`` a backslash someone wrote before ``x1b``, so no text prints as another
+    does (a foreign comment holding the four characters ``\\x1b`` read as an escaped
+    ESC)."""
+    if value.isprintable() and "\\" not in value:
         return value
-    return "".join(char if char.isprintable() else
+    return "".join(char if char.isprintable() and char != "\\" else
                    char.encode("unicode_escape", "backslashreplace").decode("ascii")
                    for char in value)
 
 
+def printable_line(text: str) -> str:
+    """``text``, a line k3snet made quoting others' texts each escaped already
+    (:func:`printable`: a model's description of a foreign rule), with every character
+    that is not printable as its Python escape but a backslash as it is: escaped again,
+    an ESC a foreign rule held (``\\x1b`` in its description) read ``\\\\x1b``, a
+    backslash someone wrote. A text quoted as it came reaches the terminal as no escape
+    sequence, but its backslash is not told from an escape's: quote it with
+    :func:`printable`."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else
+                   char.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for char in text)
+
+
 def printable_lines(text: str) -> str:
-    """``text`` (an error's, a problem's) as lines of :func:`printable` characters: one
-    quoting another program's text (libnftables', an API server's, a foreign table's
-    name) sends no escape sequence to the terminal. Only a line break k3snet's messages
-    make is kept, one before an indented line (a problem a line, ``\\n  ``); any other
-    is written ``\\n``, so no line begins at the margin as another line of the command
-    or another problem would."""
+    """``text`` (an error's, a problem's: a message k3snet made) as lines of
+    :func:`printable_line` characters: one quoting another program's text (libnftables',
+    an API server's, a foreign table's name) sends no escape sequence to the terminal.
+    Only a line break k3snet's messages make is kept, one before an indented line (a
+    problem a line, ``\\n  ``); any other is written ``\\n``, so no line begins at the
+    margin as another line of the command or another problem would.
+
+    A backslash is kept, and so is a line break before a space in a quoted text: a
+    message quoting what others wrote makes each text :func:`printable` (one line, its
+    backslashes doubled) as it quotes it, as :class:`k3snet.errors.CheckError` does with
+    a backend check's problems and :class:`k3snet.errors.Problem` with a spec's path."""
     first, *rest = text.split("\n")
-    return printable(first) + "".join(
-        ("\n" if line.startswith(" ") else "\\n") + printable(line) for line in rest)
+    return printable_line(first) + "".join(
+        ("\n" if line.startswith(" ") else "\\n") + printable_line(line) for line in rest)
 
 
 def one_line(text: object) -> str:

@@ -108,7 +108,7 @@ class SpecError(K3snetError, ValueError):
     def __init__(self, problems: Iterable[Problem], *, source: str | None = None) -> None:
         self.problems: tuple[Problem, ...] = tuple(problems)
         self.source = source
-        where = f" in {source}" if source else ""
+        where = f" in {printable(source)}" if source else ""
         count = len(self.problems)
         head = f"{count} problem{'s' if count != 1 else ''}{where}:"
         shown = [str(p) for p in self.problems[:self.SHOWN_PROBLEMS]]
@@ -166,11 +166,16 @@ class BackendOptionError(BackendError, TypeError):
 
 
 class CheckError(BackendError):
-    """A dry run (``backend.check``) found that the plan would fail."""
+    """A dry run (``backend.check``) found that the plan would fail.
+
+    Its message is ``message`` and each of :attr:`problems` on a line of its own, each
+    :func:`~k3snet.model.printable`: a problem quotes what others named (a foreign table,
+    an interface), and a line break and spaces in it began a line that read as another
+    problem. :attr:`problems` holds them as the backends said them."""
 
     def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
         self.problems = tuple(problems)
-        super().__init__("\n  ".join([message, *self.problems]))
+        super().__init__("\n  ".join([printable(message), *map(printable, self.problems)]))
 
 
 class LockTimeoutError(BackendError):

@@ -63,20 +63,25 @@ def _read_json(path: Path) -> Any:
     """A plan file's JSON document; a PlanError when it is not a readable regular file of
     at most :data:`MAX_PLANFILE_BYTES` holding UTF-8 JSON nested at most
     :data:`~k3snet._gojson.MAX_NESTING` deep, each object's keys once (a FIFO or a device is
-    refused unread), owned by this user or root and writable by no one else."""
+    refused unread), owned by this user or root and writable by no one else, nor reached
+    through a link or a directory another user owns or may write."""
     try:
         # Owned by this user or root, and written by nobody else: a plan file is what
         # will be done as root, and whoever else could write it could change it between
-        # the review and the apply.
+        # the review and the apply. So could whoever may change the way to it: rename
+        # another plan file of root's (made from the same state, a destroy's) in its
+        # place, or point a link on the way at one.
         data = read_input(path, MAX_PLANFILE_BYTES, owned=True)
     except OSError as exc:
         if exc.errno == errno.EFBIG:
             raise PlanError(f"{path}: larger than {MAX_PLANFILE_BYTES >> 20} MiB; not a "
                             "k3snet plan file") from None
         if exc.errno == errno.EPERM:
+            fix = ("move it where only root may change the way to it" if _on_the_way(exc)
+                   else "chown it to root and chmod go-w")
             raise PlanError(f"{path}: {input_problem(exc)}: another user could have changed "
-                            "it since it was made and reviewed; refused (chown it to root "
-                            "and chmod go-w, after reading it again)") from None
+                            f"it since it was made and reviewed; refused ({fix}, after "
+                            "reading it again)") from None
         raise PlanError(f"cannot read {path}: {input_problem(exc)}") from None
     try:
         text = data.decode("utf-8")
@@ -93,6 +98,12 @@ def _read_json(path: Path) -> Any:
             raise PlanError(f"{path} is a spec, not a plan file: apply it with `k3snet apply "
                             f"-f {shlex.quote(str(path))}`") from None
         raise PlanError(f"{path} is not a k3snet plan file: {exc}") from exc
+
+
+def _on_the_way(exc: OSError) -> bool:
+    """Whether :func:`read_input` refused the way to a file (a directory or a link on it),
+    not the file itself."""
+    return (exc.strerror or "").startswith(("in directory ", "reached through "))
 
 
 _SPEC_LINE = re.compile(r"^(kind:\s*EgressSpec|apiVersion:\s*k3snet\.io/)", re.MULTILINE)

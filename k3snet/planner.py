@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import attrs
 
-from k3snet._logline import printable
+from k3snet._logline import printable, printable_line
 from k3snet.errors import ModelError, PlanError
 from k3snet.model import (
     ForwardBlock,
@@ -203,7 +203,8 @@ class Note:
         becomes of k3snet's object in place)."""
         # The foreign object and the reason quote what others wrote (a custom kind's
         # text, a plan file's reason): one printable line each, whatever they hold.
-        foreign = printable(self.foreign.describe())
+        # A built-in kind's text is escaped already (a backslash doubled): not again.
+        foreign = printable_line(self.foreign.describe())
         if self.status == "met":
             text = f"= {self.wanted.describe()}\n    (met by foreign: {foreign})"
         else:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import attrs
 
+from k3snet._logline import printable_line
 from k3snet.doctor.packet import PLANNED_ORDER, BaseChain, ChainResult, NatAction, Packet
 from k3snet.doctor.routing import RouteEntry, table_name
 from k3snet.doctor.state import NodeState
@@ -59,7 +60,7 @@ class Finding:
         # what, where, why and advice quote the node's rules and interface names.
         lines = [f"[{self.severity}] {self.code}: {printable(self.what)}",
                  f"    where: {printable(self.where)}", f"    why:   {printable(self.why)}"]
-        lines += [f"    fix:   {printable(obj.describe())}" for obj in self.fix]
+        lines += [f"    fix:   {printable_line(obj.describe())}" for obj in self.fix]
         if self.advice:
             lines.append(f"    do:    {printable(self.advice)}")
         return "\n".join(lines)

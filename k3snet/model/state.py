@@ -9,7 +9,7 @@ from typing import Any
 
 import attrs
 
-from k3snet._logline import printable
+from k3snet._logline import printable_line
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject
 from k3snet.model.drift import ForwardDrift, NatDrift
@@ -269,7 +269,9 @@ class State:
         # Foreign objects quote what others wrote (an unreadable Calico pool's name as the
         # API server gave it, a custom kind's text): one printable line each, as a plan's
         # note says them.
-        lines += [f"  {printable(o.describe())}" for o in sorted(self.foreign, key=_sort_key)]
+        # A built-in kind's text is escaped already (a backslash doubled): not again.
+        lines += [f"  {printable_line(o.describe())}"
+                  for o in sorted(self.foreign, key=_sort_key)]
         return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Final
@@ -132,6 +133,35 @@ _VECTORS: Final = {
 # handlers read them (0x20 as 32).
 _NUMBER_SETS: Final = {"net.ipv4.ip_local_reserved_ports": 65535, "net.ipv6.icmp.ratemask": 255}
 _SET_SEPARATORS = re.compile(r"[,-]")
+# TCP Fast Open's keys (proc_tcp_fastopen_key: sscanf "%x-%x-%x-%x", a backup key after a
+# comma), shown as lower-case groups of 8 digits: "ABCDEF01-2-3-4" is
+# "abcdef01-00000002-00000003-00000004".
+_FASTOPEN_KEY: Final = "net.ipv4.tcp_fastopen_key"
+_FASTOPEN_GROUPS = re.compile(r"(?:0[xX])?([0-9a-fA-F]{1,8})")
+# Times the kernel keeps in ticks of its clock (HZ: 100, 250, 300 or 1000 a second) and
+# shows converted back, rounded up to a tick (1001 ms is 1004 at HZ=250), by the last part
+# of the name: the multiple every HZ shows as written. proc_dointvec_ms_jiffies (ms: 20 ms
+# is 2, 5, 6 or 20 ticks; 1010 is 1012 at HZ=250) and proc_dointvec_userhz_jiffies
+# (hundredths of a second, USER_HZ: an odd number is half a tick at HZ=250).
+_TICKED: Final = {
+    **dict.fromkeys(("base_reachable_time_ms", "retrans_time_ms", "interval_probe_time_ms",
+                     "icmp_ratelimit", "ratelimit", "gc_min_interval_ms"), (20, "ms")),
+    **dict.fromkeys(("locktime", "anycast_delay", "proxy_delay", "retrans_time"),
+                    (2, "hundredths of a second")),
+}
+_TICKED_PATH = re.compile(
+    r"net/ipv[46]/neigh/[^/]+/(?:base_reachable_time_ms|retrans_time_ms|"
+    r"interval_probe_time_ms|locktime|anycast_delay|proxy_delay|retrans_time)|"
+    r"net/ipv4/icmp_ratelimit|net/ipv6/icmp/ratelimit|net/ipv6/route/gc_min_interval_ms")
+# Sysctls the kernel shows otherwise than written, in a form k3snet cannot foresee, by name:
+# the form it takes. Held to a value, each was written again by every plan.
+_UNHOLDABLE: Final = {
+    "net.ipv4.tcp_allowed_congestion_control": (
+        "the kernel shows the allowed algorithms in its own order (that of "
+        "tcp_available_congestion_control, in which their modules registered), loaded "
+        "ones only, never as written, and takes it in the host's network namespace "
+        "alone (read-only in any other)"),
+}
 _SET_MEMBER = re.compile(r"(0|[1-9][0-9]*)(?:-(0|[1-9][0-9]*))?")
 
 
@@ -167,6 +197,9 @@ def _refused_list(name: str, value: str) -> str | None:
     A spec's problems, not the model's: the kernel shows a ``ping_group_range`` ending
     below its start to a user namespace lacking a mapping of its first group
     (``from_kgid_munged``: ``65534 0``), a value read that the model must hold."""
+    problem = _key_problem(name, value)
+    if problem is not None:
+        return problem
     highest = _NUMBER_SETS.get(name)
     if highest is not None and _number_set(value, highest) is None:
         return (f"{name} takes numbers from 0 to {highest} and ranges LOW-HIGH of them, "
@@ -182,6 +215,40 @@ def _refused_list(name: str, value: str) -> str | None:
                 "as 1 0, no group, and never shows it as written (every apply would fail): "
                 "write 1 0 for no group")
     return None
+
+
+def _key_problem(name: str, value: str) -> str | None:
+    """Why k3snet cannot hold a spec's ``value`` of a sysctl the kernel shows in a form of
+    its own (:data:`_UNHOLDABLE`), or why the kernel refuses a TCP Fast Open key or a
+    ``stable_secret`` (:func:`_fastopen_key`, :func:`_ipv6`), or ``None``."""
+    if name in _UNHOLDABLE:
+        return (f"{name}: {_UNHOLDABLE[name]}: k3snet cannot hold it to {value!r} (every "
+                "plan would write it again); set it in /etc/sysctl.d, outside the spec")
+    if name == _FASTOPEN_KEY and _fastopen_key(value) is None:
+        return (f"{name} takes one or two keys (the second after a comma), each 4 groups of "
+                "up to 8 hexadecimal digits joined by '-' "
+                f"(00000001-00000002-00000003-00000004), got {value!r}: the kernel refuses it")
+    if _stable_secret(name) and _ipv6(value) is None:
+        return (f"{name} takes an IPv6 address (2001:db8::1), got {value!r}: the kernel "
+                "refuses it")
+    return _tick_problem(name, value)
+
+
+def _tick_problem(name: str, value: str) -> str | None:
+    """Why the kernel may show a time it keeps in ticks (:data:`_TICKED`) otherwise than
+    ``value``, or ``None``."""
+    path = sysctl_path(name)
+    if not _INTEGER.fullmatch(value) or not _TICKED_PATH.fullmatch(path):
+        return None
+    step, unit = _TICKED[path.rsplit("/", 1)[1]]
+    number = int(value)
+    if number % step == 0:
+        return None
+    # As a node of HZ=250 shows it: ms rounded up to 4, hundredths of a second down to 2.
+    shown = -(-number // 4) * 4 if unit == "ms" else number - number % 2
+    return (f"{name} is kept in ticks of the kernel's clock and shown rounded to one, in "
+            f"{unit} ({value!r} is shown {shown} on a node of HZ=250), never as written "
+            f"(every apply would fail): write a multiple of {step}, shown as written at any HZ")
 
 
 def _number_set(value: str, highest: int) -> str | None:
@@ -210,6 +277,35 @@ def _number_set(value: str, highest: int) -> str | None:
         else:
             merged.append([low, high])
     return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in merged)
+
+
+def _fastopen_key(value: str) -> str | None:
+    """TCP Fast Open's keys as the kernel shows them (:data:`_FASTOPEN_KEY`): each group
+    lower-case, 8 digits (``0x1-2-3-4`` is ``00000001-00000002-00000003-00000004``);
+    ``None`` for a value it refuses."""
+    keys = []
+    for key in value.split(","):
+        groups = [_FASTOPEN_GROUPS.fullmatch(g) for g in key.split("-")]
+        if len(groups) != 4 or None in groups:
+            return None
+        keys.append("-".join(f"{int(g[1], 16):08x}" for g in groups if g is not None))
+    return ",".join(keys) if len(keys) <= 2 else None
+
+
+def _stable_secret(name: str) -> bool:
+    """Whether ``name`` is an interface's IPv6 ``stable_secret`` (RFC 7217's secret)."""
+    return name.startswith("net.ipv6.conf.") and name.endswith(".stable_secret")
+
+
+def _ipv6(value: str) -> str | None:
+    """An IPv6 address as the kernel shows a ``stable_secret`` (``%pI6``: 8 groups of 4
+    lower-case digits, ``2001:db8::1`` is ``2001:0db8:0000:0000:0000:0000:0000:0001``);
+    ``None`` for a value it refuses."""
+    try:
+        address = ipaddress.IPv6Address(value)
+    except ValueError:
+        return None
+    return None if address.scope_id is not None else address.exploded
 
 
 _BITMAP = re.compile(r"[0-9a-fA-F]+(?:,[0-9a-fA-F]+)*")
@@ -407,6 +503,12 @@ class Sysctl(NetObject):
             object.__setattr__(self, "value", _bitmap(self.value))
             if self.previous is not None:
                 object.__setattr__(self, "previous", _bitmap(self.previous))
+        elif self.name == _FASTOPEN_KEY or _stable_secret(self.name):
+            # As the kernel shows it (_fastopen_key, _ipv6); one it refuses as it is.
+            shown = _fastopen_key if self.name == _FASTOPEN_KEY else _ipv6
+            object.__setattr__(self, "value", shown(self.value) or self.value)
+            if self.previous is not None:
+                object.__setattr__(self, "previous", shown(self.previous) or self.previous)
         elif self.name in _NUMBER_SETS:  # as the kernel shows it: see _number_set
             # One the kernel refuses is left as it is, for the kernel to refuse.
             highest = _NUMBER_SETS[self.name]

@@ -59,6 +59,58 @@ def test_a_plan_file_another_user_could_write_is_refused(tmp_path: Path) -> None
         PlanFile.read(path, netns=None)
 
 
+@pytest.mark.usefixtures("require_root")
+def test_a_plan_file_whose_way_another_user_could_change_is_refused(tmp_path: Path) -> None:
+    """Root's own plan file, read by a path another user could change between plan and
+    apply: a directory on it that they own or may write (they rename another of root's
+    plan files, made from the same state, into its place), or a link on it that they own
+    (they point it at one). Each is refused naming the directory or the link; root's
+    links in root's directories are followed, and a sticky directory (/tmp), where
+    nobody renames another's entry, is taken."""
+    outer = tmp_path / "outer"
+    inner = outer / "inner"
+    inner.mkdir(parents=True)
+    _saved_file, path = _saved(inner)
+    link, directory_link = tmp_path / "node.plan", tmp_path / "plans"
+    link.symlink_to(path)
+    directory_link.symlink_to(inner)
+    for way in (path, link, directory_link / "node.plan"):
+        assert PlanFile.read(way, netns=None).plan is not None
+    for directory, mode, owner, why in (
+            (inner, 0o755, (65534, 65534), f"in directory {inner}, owned by uid 65534"),
+            (inner, 0o777, (0, 0), rf"in directory {inner}, writable by others \(mode 0777\)"),
+            (outer, 0o757, (0, 0), rf"in directory {outer}, writable by others \(mode 0757\)")):
+        os.chown(directory, *owner)
+        directory.chmod(mode)
+        for way in (path, link):
+            with pytest.raises(PlanError, match=why + ".*another user could have changed.*"
+                               "move it where only root may change the way to it"):
+                PlanFile.read(way, netns=None)
+        os.chown(directory, 0, 0)
+        directory.chmod(0o755)
+    for owned_by_nobody, way in ((link, link), (directory_link, directory_link / "node.plan")):
+        os.chown(owned_by_nobody, 65534, 65534, follow_symlinks=False)
+        with pytest.raises(PlanError, match=f"reached through {owned_by_nobody}, a symbolic "
+                           "link of uid 65534"):
+            PlanFile.read(way, netns=None)
+        os.chown(owned_by_nobody, 0, 0, follow_symlinks=False)
+    inner.chmod(0o1777)  # sticky, as /tmp
+    assert PlanFile.read(path, netns=None).plan is not None
+
+
+def test_a_plan_file_written_over_a_link_replaces_the_link(tmp_path: Path) -> None:
+    """`plan --out` at a link (planted at a plan file's name) writes no file where the
+    link points: the link is replaced by the plan file."""
+    target = tmp_path / "elsewhere"
+    target.write_text("kept\n")
+    path = tmp_path / "node.plan"
+    path.symlink_to(target)
+    _saved(tmp_path)
+    assert not path.is_symlink()
+    assert target.read_text() == "kept\n"
+    assert PlanFile.read(path, netns=None).plan is not None
+
+
 def test_a_plan_file_is_written_writable_by_its_owner_alone(tmp_path: Path) -> None:
     """Under a umask that lets the group write (0002), the plan file `plan --out` writes
     is still one `apply FILE` reads."""

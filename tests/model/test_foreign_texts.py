@@ -38,5 +38,5 @@ def test_a_text_read_from_the_kernel_is_one_printable_line(kind: str, text: str)
     shown = MAKERS[kind](text).describe()
     assert shown.isprintable()
     shown.encode("utf-8")  # no lone surrogate left either
-    if text.isprintable() and text == " ".join(text.split()):
+    if text.isprintable() and text == " ".join(text.split()) and "\\" not in text:
         assert text[:100] in shown  # a plain text is kept as it is

@@ -152,3 +152,66 @@ def test_a_list_the_kernel_refuses_is_a_problem_of_the_spec_and_left_to_the_mode
         Spec.from_dict({"sysctls": {name: value}})
     (found,) = spec_info.value.problems
     assert (found.path, found.message) == (f"sysctls.{name}", problem)
+
+
+@pytest.mark.parametrize(("name", "given", "held"), [
+    ("net.ipv4.tcp_fastopen_key", "ABCDEF01-2-3-4", "abcdef01-00000002-00000003-00000004"),
+    ("net.ipv4.tcp_fastopen_key", "0x1-2-3-4,a-b-c-d",
+     "00000001-00000002-00000003-00000004,0000000a-0000000b-0000000c-0000000d"),
+    ("net.ipv6.conf.eth0.stable_secret", "2001:DB8::1",
+     "2001:0db8:0000:0000:0000:0000:0000:0001"),
+    ("net.ipv6.conf.default.stable_secret", "::ffff:10.0.0.1",
+     "0000:0000:0000:0000:0000:ffff:0a00:0001"),
+])
+def test_a_key_is_held_as_the_kernel_shows_it(name: str, given: str, held: str) -> None:
+    """proc_tcp_fastopen_key shows each group lower-case in 8 digits, a stable_secret is
+    shown as %pI6 writes an address (tests/netlink/test_sysctl_lists.py reads both): a
+    spec writing them otherwise made every plan write them again."""
+    sysctl = Sysctl(name, given, previous=given)
+    assert (sysctl.value, sysctl.previous) == (held, held)
+    assert Sysctl(name, held) == sysctl
+    assert value_problem(name, given) is None
+
+
+@pytest.mark.parametrize(("name", "value", "form"), [
+    ("net.ipv4.tcp_allowed_congestion_control", "cubic reno", "in its own order"),
+    ("net.ipv4.tcp_allowed_congestion_control", "reno", "in its own order"),
+    ("net.ipv4.tcp_fastopen_key", "1-2-3", "4 groups of up to 8 hexadecimal digits"),
+    ("net.ipv4.tcp_fastopen_key", "1-2-3-4,5-6-7-8,9-a-b-c", "one or two keys"),
+    ("net.ipv4.tcp_fastopen_key", "123456789-2-3-4", "up to 8 hexadecimal digits"),
+    ("net.ipv6.conf.eth0.stable_secret", "2001:db8::g", "an IPv6 address"),
+    ("net.ipv6.conf.eth0.stable_secret", "fe80::1%eth0", "an IPv6 address"),
+])
+def test_a_value_the_kernel_shows_in_a_form_k3snet_cannot_hold_is_a_spec_problem(
+        name: str, value: str, form: str) -> None:
+    problem = value_problem(name, value)
+    assert problem is not None
+    assert form in problem, problem
+    with pytest.raises(SpecError, match=name.replace(".", r"\.")):
+        Spec.from_dict({"sysctls": {name: value}})
+    assert Sysctl(name, value).name == name  # read from a node, the model holds it
+
+
+@pytest.mark.parametrize(("name", "value", "step"), [
+    ("net.ipv4.neigh.eth0.base_reachable_time_ms", "30001", 20),
+    ("net.ipv6.neigh.default.retrans_time_ms", "1010", 20),
+    ("net.ipv4.neigh.eth0/100.interval_probe_time_ms", "5", 20),
+    ("net.ipv4.icmp_ratelimit", "1001", 20),
+    ("net.ipv6.icmp.ratelimit", "3", 20),
+    ("net.ipv6.route.gc_min_interval_ms", "510", 20),
+    ("net.ipv4.neigh.default.locktime", "101", 2),
+    ("net.ipv6.neigh.eth0.anycast_delay", "99", 2),
+    ("net.ipv4.neigh.eth0.proxy_delay", "81", 2),
+    ("net.ipv4.neigh.eth0.retrans_time", "1", 2),
+])
+def test_a_time_the_kernel_keeps_in_clock_ticks_is_a_spec_problem_unless_shown_as_written(
+        name: str, value: str, step: int) -> None:
+    """The kernel keeps these in ticks of its clock (HZ) and shows them converted back:
+    1001 ms is 1004 at HZ=250 (tests/netlink/test_sysctl_lists.py), and every apply of
+    1001 failed. A multiple of 20 ms (2 hundredths of a second) is shown as written at HZ
+    100, 250, 300 and 1000 (1010 ms is 1012 at 250)."""
+    problem = value_problem(name, value)
+    assert problem is not None
+    assert f"write a multiple of {step}" in problem, problem
+    assert value_problem(name, str(int(value) - int(value) % step + step)) is None
+    assert Sysctl(name, value).value == value  # read from a node, the model holds it

@@ -17,6 +17,7 @@ from k3snet import converge, destroy
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import State, Sysctl
+from k3snet.model.sysctl import value_problem
 from k3snet.planner import plan
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
@@ -39,6 +40,7 @@ def _shown(ns: str, name: str) -> str:
     ("net.ipv4.ip_local_port_range", "10000\t20000"),
     ("net.ipv4.tcp_rmem", "8192  131072 6291456"),
     ("net.ipv4.ping_group_range", "0 2147483647"),
+    ("net.ipv4.tcp_fastopen_key", "ABCDEF01-2-3-4,0x1-2-3-4"),
 ])
 def test_a_list_sysctl_converges_to_what_the_kernel_shows_and_is_given_back(
         ns: str, tmp_path: Path, name: str, value: str) -> None:
@@ -67,3 +69,51 @@ def test_the_kernel_shows_a_vector_the_model_refuses_otherwise_than_written(
         run_in(ns, ["sh", "-c", f"echo '32768 60999' > /proc/sys/{name.replace('.', '/')}"])
     run_in(ns, ["sh", "-c", f"echo '{written}' > /proc/sys/{name.replace('.', '/')}"])
     assert " ".join(_shown(ns, name).split()) == shown
+
+
+@pytest.mark.parametrize(("name", "written", "shown"), [
+    ("net.ipv4.tcp_fastopen_key", "ABCDEF01-2-3-4", "abcdef01-00000002-00000003-00000004"),
+    ("net.ipv4.tcp_fastopen_key", "0x1-2-3-4,a-b-c-d",
+     "00000001-00000002-00000003-00000004,0000000a-0000000b-0000000c-0000000d"),
+    ("net.ipv6.conf.lo.stable_secret", "2001:DB8::1", "2001:0db8:0000:0000:0000:0000:0000:0001"),
+])
+def test_the_kernel_shows_a_key_in_its_own_form_which_the_model_holds(
+        ns: str, name: str, written: str, shown: str) -> None:
+    """A TCP Fast Open key is shown as lower-case groups of 8 digits, a stable_secret as
+    an IPv6 address's 8 groups of 4: held as written, each plan wrote it again."""
+    run_in(ns, ["sh", "-c", f"echo '{written}' > /proc/sys/{name.replace('.', '/')}"])
+    assert _shown(ns, name).strip() == shown
+    assert Sysctl(name, written).value == shown
+
+
+def test_the_kernel_takes_the_allowed_congestion_control_in_the_host_namespace_alone(
+        ns: str) -> None:
+    """Why a spec's net.ipv4.tcp_allowed_congestion_control is a problem (with its order,
+    the kernel's): it is one value for the host, read-only in any other namespace."""
+    path = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
+    assert run_in(ns, ["stat", "-c", "%a", path]).stdout.strip() == "444"
+    allowed = _shown(ns, "net.ipv4.tcp_allowed_congestion_control").split()
+    available = _shown(ns, "net.ipv4.tcp_available_congestion_control").split()
+    assert allowed == [name for name in available if name in allowed]
+
+
+@pytest.mark.parametrize(("name", "step"), [
+    ("net.ipv4.neigh.lo.base_reachable_time_ms", 20),
+    ("net.ipv6.neigh.lo.retrans_time_ms", 20),
+    ("net.ipv4.icmp_ratelimit", 20),
+    ("net.ipv6.icmp.ratelimit", 20),
+    ("net.ipv4.neigh.lo.locktime", 2),
+])
+def test_the_kernel_shows_a_time_in_ticks_as_written_only_at_the_multiple_the_spec_takes(
+        ns: str, name: str, step: int) -> None:
+    """Why value_problem refuses 1001 for these: the kernel keeps them in ticks of its
+    clock, and shows the multiple of ``step`` as written whatever its HZ."""
+    path = f"/proc/sys/{name.replace('.', '/')}"
+    run_in(ns, ["sh", "-c", f"echo 1001 > {path}"])
+    odd = int(_shown(ns, name))
+    run_in(ns, ["sh", "-c", f"echo {1000 + step} > {path}"])
+    assert int(_shown(ns, name)) == 1000 + step
+    # Rounded to a tick of this kernel's clock (1004 ms at HZ=250, 1000 for locktime);
+    # only at HZ=1000 (ms) or 100 and 300 (locktime) is 1001 itself shown.
+    assert odd - 1001 in range(-step, step)
+    assert value_problem(name, "1001") is not None

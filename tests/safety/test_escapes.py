@@ -12,6 +12,7 @@ warning, problem and error lines, both logs' text records and their tracebacks.
 
 from __future__ import annotations
 
+import ast
 import io
 import logging
 import subprocess
@@ -30,7 +31,7 @@ from k3snet.backends.registry import unregister_backend
 from k3snet.cli import main
 from k3snet.errors import BackendError, CheckError, Problem
 from k3snet.lab.netns import run_in, temporary_netns
-from k3snet.model import printable
+from k3snet.model import ForwardBlock, MasqueradeRule, printable
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 # What reaches a terminal or begins a line: ESC, BEL, the C1 CSI, every line break
@@ -55,15 +56,33 @@ def test_printable_is_one_line_of_printable_characters_whatever_the_text(text: s
 
 
 @given(st.text())
-def test_printable_leaves_printable_text_as_it_is(text: str) -> None:
-    assert (printable(text) == text) is text.isprintable()
+@example("C:\\dir")
+def test_printable_leaves_printable_text_without_a_backslash_as_it_is(text: str) -> None:
+    assert (printable(text) == text) is (text.isprintable() and "\\" not in text)
+
+
+def _read_back(shown: str) -> str:
+    # As a person reads an escape: the body of a Python string literal.
+    return ast.literal_eval('"' + shown.replace('"', '\\"') + '"')  # type: ignore[no-any-return]
+
+
+@given(TEXT)
+@example("\\x1b[2J")
+@example("\\\x1b")
+@example("\\u202e\\n")
+def test_printable_is_read_back_as_the_text_itself_so_no_two_texts_print_alike(
+        text: str) -> None:
+    # A foreign text holding a backslash and "x1b" printed as k3snet's escape of an
+    # ESC: a reader (and a script comparing lines) could not tell the two apart.
+    assert _read_back(printable(text)) == text
+    assert printable("\\x1b") != printable("\x1b")
 
 
 @given(TEXT)
 def test_printable_writes_each_character_it_escapes_as_python_does(text: str) -> None:
     # The escape is Python's own (\x1b, \n, \u202e, \udcff): read back by a person as such.
     for char in text:
-        want = char if char.isprintable() else repr(char)[1:-1]
+        want = char if char.isprintable() and char != "\\" else repr(char)[1:-1]
         assert printable(char) == want
 
 
@@ -193,8 +212,58 @@ def test_cli_keeps_the_lines_of_an_error_listing_problems_and_escapes_the_others
            or line.startswith(" ")]
     assert err[0] == "k3snet: error: the check failed:"
     assert err[1] == "  x inet t\\x1b[2Kx\\nverdict: reaches \\u202ec\\x1b[31m"
-    assert err[2:] == ["  y", "  indented"]
+    assert err[2:] == ["  y\\n  indented"]
     assert all(_safe(line) for line in err)
+
+
+@given(problem=TEXT)
+@example(problem="t\n  the check found no problem\n")
+@example(problem="a\\x1b[2J")
+def test_a_check_problem_is_one_line_of_the_error_escaped_once_whatever_it_quotes(
+        problem: str) -> None:
+    # A backend's check quotes a foreign table's name: a line break and spaces in it
+    # began a line that read as another problem (printable_lines keeps "\n  ").
+    error = CheckError("the check failed:", [problem, "next"])
+    lines = str(error).split("\n")
+    assert lines == ["the check failed:", f"  {printable(problem)}", "  next"]
+    assert error.problems == (problem, "next")
+    assert _read_back(lines[1][2:]) == problem
+
+
+@given(text=TEXT)
+@example(text="-A FORWARD -m comment --comment \"a\\x1b[2J\" -j DROP\x1b[2J")
+def test_observe_and_a_note_print_a_foreign_rule_s_text_escaped_once(text: str) -> None:
+    # The model keeps a foreign rule's text escaped (printable); observe and a plan's note
+    # printed it escaped again, and its ESC (\x1b) read \\x1b, a backslash the rule held.
+    from k3snet.planner import Note  # noqa: PLC0415
+
+    if not text.split():
+        return
+    block = ForwardBlock(4, "drop", text, "FORWARD")
+    listed = State(foreign=[block]).render().split("\n")[-1]
+    assert listed == f"  {block.describe()}"
+    note = Note("conflict", MasqueradeRule("10.42.0.0/16"), block).render().split("\n")[1]
+    assert note == f"    (conflicts with foreign: {block.describe()})"
+    assert _safe(listed)
+    assert _safe(note)
+
+
+def test_observe_tells_a_foreign_rule_s_esc_from_the_backslash_it_holds() -> None:
+    block = ForwardBlock(4, "drop", "a\\x1b b\x1b", "FORWARD")
+    assert State(foreign=[block]).render().split("\n")[-1] == \
+        "  drop by FORWARD: a\\\\x1b b\\x1b"
+
+
+def test_cli_prints_a_spec_problem_escaped_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A Problem escapes the key it quotes; the CLI escaped the error's message again, and
+    # the key's ESC (\x1b) read \\x1b: a backslash the spec held.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text('apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"x\\e\\\\y": 1\n')
+    assert main(["validate", "-f", str(spec)]) != 0
+    err = capsys.readouterr().err
+    assert "x\\x1b\\\\y" in err, err
+    assert "\\\\x1b" not in err
 
 
 @pytest.mark.kernel
