@@ -173,7 +173,8 @@ class ForwardBlock(NetObject):
     (either way) it may match conflicts with it, unless a rule met before it on its
     way takes those packets first: ``accepted`` (an accept's traffic, each a
     :class:`ForwardRule` read one way, without replies) and ``replies_accepted``
-    (a ``ct state established,related accept``: every reply). An accept ends the
+    (a ``ct state established,related accept`` or ``ct direction reply accept``: every
+    reply). An accept ends the
     base chain for what it takes, so the rule never sees it.
 
     >>> block = ForwardBlock(4, "drop", "-s 10.42.0.0/16 -d 192.168.2.0/24 -j DROP",

@@ -266,6 +266,27 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         f"-A FORWARD -s {B} -d {POD} -m conntrack --ctstate ESTABLISHED -j ACCEPT\n"
         f"-A FORWARD -d {POD} -m conntrack --ctstate RELATED -j ACCEPT", 4,
         {ForwardRule(POD, B)}),
+    # An administrator's narrow accept of what comes back (the reply direction alone, as
+    # k3snet's own since --ctdir REPLY): every reply and a router's error for the flow.
+    "an accept of the reply direction from anywhere answers (--ctdir REPLY)": (
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY -j ACCEPT",
+        4, {ForwardRule(POD, B)}),
+    "an accept of the reply direction alone answers (--ctdir REPLY, no --ctstate)": (
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -m conntrack --ctdir REPLY -j ACCEPT", 4, {ForwardRule(POD, B)}),
+    # The original direction is the connection's from outside to the pods: no reply.
+    "an accept of the original direction does not answer (--ctdir ORIGINAL)": (
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -m conntrack --ctstate RELATED,ESTABLISHED --ctdir ORIGINAL "
+        "-j ACCEPT", 4, set()),
+    "an accept of the original direction alone does not answer": (
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -m conntrack --ctdir ORIGINAL -j ACCEPT", 4, set()),
+    # A --ctdir on the pods' way out takes their tracked packets only: not met.
+    "an accept of the pods' traffic by direction is no accept of all of it": (
+        f"-A FORWARD -s {POD} -d {B} -m conntrack --ctdir ORIGINAL -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -j ACCEPT", 4, set()),
     "an accept pair with interfaces": (
         f"-A FORWARD -s {POD} -i cni0 -o eth1 -j ACCEPT\n"
         f"-A FORWARD -d {POD} -i eth1 -o cni0 -j ACCEPT", 4,

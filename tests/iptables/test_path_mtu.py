@@ -86,3 +86,45 @@ def test_an_admins_accept_of_replies_by_source_does_not_meet_the_forward_rule_pa
             narrow_the_path(lab)
             route = learnt_mtu(lab, family, db)
             assert "mtu 1280" in route, route
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("direction", ["REPLY", "ORIGINAL"])
+def test_an_admins_accept_of_the_reply_direction_meets_the_forward_rule_and_passes_errors(
+        require_root: None, family: int, direction: str) -> None:
+    # An administrator's pair under a FORWARD policy DROP whose accept of what comes back
+    # takes the reply direction alone (`--ctdir REPLY`, as k3snet's own does): the pods'
+    # replies and the router's Packet Too Big pass, so it meets k3snet's ForwardRule (it
+    # was not read, and k3snet wrote its own). `--ctdir ORIGINAL` takes no reply: not met.
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+    from k3snet.lab.seed import DB_ADDRESSES, POD_CIDRS  # noqa: PLC0415
+
+    pods, destination = POD_CIDRS[family], DESTINATIONS[family]  # type: ignore[index]
+    forward = ForwardRule(pods, destination, in_interface="cni0", out_interface="eth0")
+    desired = State(owned=[
+        forward, MasqueradeRule(pods, destination=destination, out_interface="eth0")])
+    db = DB_ADDRESSES[family]  # type: ignore[index]
+    tool = f"{'ip6' if family == 6 else 'ip'}tables-nft"
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                          "net.ipv6.conf.all.forwarding=1"])
+        lab.block_forward("iptables-nft")
+        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", pods, "-d", destination,
+                          "-i", "cni0", "-o", "eth0", "-j", "ACCEPT"])
+        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-d", pods, "-i", "eth0", "-o",
+                          "cni0", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
+                          "--ctdir", direction, "-j", "ACCEPT"])
+        with IptablesBackend(lab.node, mode="nft") as backend:
+            p = plan(backend.observe(), desired)
+            met = forward not in {c.subject for c in p.changes}
+            assert met == (direction == "REPLY"), p.render()
+            backend.apply(p)
+            assert lab.tcp_probe(family).ok
+            narrow_the_path(lab)
+            route = learnt_mtu(lab, family, db)
+            assert "mtu 1280" in route, route
+            save = run_in(lab.node, [f"{'ip6' if family == 6 else 'ip'}tables-nft-save",
+                                     "-t", "filter"]).stdout
+            assert ("K3SNET-F-" in save) == (direction == "ORIGINAL"), save

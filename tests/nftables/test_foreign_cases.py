@@ -45,6 +45,12 @@ def meta(key: str, value: Any, op: str = "==") -> Expr:
 CT_REPLY = {"match": {"op": "in", "left": {"ct": {"key": "state"}},
                       "right": ["established", "related"]}}
 MASQ: Expr = {"masquerade": None}
+
+
+def ct_direction(direction: str, op: str = "==") -> Expr:
+    return {"match": {"op": op, "left": {"ct": {"key": "direction"}}, "right": direction}}
+
+
 RETURN: Expr = {"return": None}
 ACCEPT: Expr = {"accept": None}
 DROP: Expr = {"drop": None}
@@ -413,6 +419,19 @@ FWD = ForwardRule(POD, "0.0.0.0/0")
 FORWARD_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
     "an accept whose replies are accepted": (forward(("drop", PAIR)), {FWD}),
     "an accept whose replies are not": (forward(("drop", PAIR[:1])), set()),
+    # What comes back accepted by its direction (the reply direction: every reply and the
+    # errors about the connection's packets), alone or beside its state; not the original
+    # direction (a connection's from outside to the pods).
+    "an accept whose replies are accepted by their direction": (
+        forward(("drop", [PAIR[0], [ct_direction("reply"), ACCEPT]])), {FWD}),
+    "an accept whose replies are accepted by their direction and state": (
+        forward(("drop", [PAIR[0], [ct_direction("reply"), CT_REPLY, ACCEPT]])), {FWD}),
+    "an accept whose replies are accepted by a direction not the original": (
+        forward(("drop", [PAIR[0], [ct_direction("original", "!="), ACCEPT]])), {FWD}),
+    "an accept of the original direction takes no reply": (
+        forward(("drop", [PAIR[0], [CT_REPLY, ct_direction("original"), ACCEPT]])), set()),
+    "an accept of the original direction alone takes no reply": (
+        forward(("drop", [PAIR[0], [ct_direction("original"), ACCEPT]])), set()),
     "an accept pair": (
         forward(("drop", [[saddr(POD), daddr(B), ACCEPT], [saddr(B), daddr(POD), ACCEPT]])),
         {ForwardRule(POD, B), ForwardRule(B, POD)}),

@@ -439,6 +439,14 @@ NOT_OURS: dict[str, tuple[str, list[Any]]] = {
     "a forward rule with a destination and an exclusion": (FORWARD_CHAIN, [
         *_expr(PAIR)[:-1], _addr("daddr", "192.168.2.128", 25, op="!="), {"accept": None}]),
     "the marker chain": (MARKER_CHAIN, _expr(PLAIN)),
+    # A reply test the foreign reader takes (`ct direction reply`), which k3snet's own
+    # reply half does not hold: beside its state, or instead of it.
+    "a reply half with a direction": (FORWARD_CHAIN, [
+        *_expr(PAIR, 1)[:-1], _match({"ct": {"key": "direction"}}, "reply"),
+        {"accept": None}]),
+    "a reply half testing its direction, not its state": (FORWARD_CHAIN, [
+        *_expr(PAIR, 1)[:2], _match({"ct": {"key": "direction"}}, "reply"),
+        {"accept": None}]),
 }
 
 

@@ -43,6 +43,17 @@ def _net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
                 target="ACCEPT",
             ),
         ),
+        # conntrack's direction, after its state as iptables-save prints them, or alone:
+        # an administrator's accept of what comes back to the pods (the foreign reader).
+        (
+            "-d 10.42.0.0/16 -m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY -j ACCEPT",
+            RuleFields(destination=_net("10.42.0.0/16"), ctstate="RELATED,ESTABLISHED",
+                       ctdir="REPLY", target="ACCEPT"),
+        ),
+        (
+            "-m conntrack --ctdir ORIGINAL -j ACCEPT",
+            RuleFields(ctdir="ORIGINAL", target="ACCEPT"),
+        ),
         (
             "-m state --state ESTABLISHED -j ACCEPT",
             RuleFields(ctstate="ESTABLISHED", target="ACCEPT"),
@@ -95,7 +106,9 @@ def test_the_fields_of_a_rule(text: str, expected: RuleFields) -> None:
         "-j SNAT ! --to-source 192.168.1.5",
         "-p tcp -j ACCEPT",  # a match k3snet does not model
         "-m mark --mark 0x1 -j ACCEPT",
-        "-m conntrack --ctdir ORIGINAL -j ACCEPT",
+        "-m conntrack --ctstatus SEEN_REPLY -j ACCEPT",
+        "-m state --state ESTABLISHED --ctdir REPLY -j ACCEPT",  # --ctdir is conntrack's
+        "-m conntrack ! --ctdir REPLY -j ACCEPT",
         "-m comment --note x -j ACCEPT",
         "-j ACCEPT --to-source 192.168.1.5",  # --to-source belongs to SNAT
         "-j MASQUERADE --to-source 192.168.1.5",

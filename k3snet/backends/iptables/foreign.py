@@ -259,7 +259,7 @@ def _add_nat(found: set[NetObject], family: int, fields: RuleFields | None,
     """Add the foreign NAT object a MASQUERADE/SNAT rule met after ``exits`` stands for."""
     if fields is None or fields.target not in ("MASQUERADE", "SNAT"):
         return
-    if fields.source_neg or fields.in_interface or fields.ctstate:
+    if fields.source_neg or fields.in_interface or fields.ctstate or fields.ctdir:
         return
     spared = _spared(fields, family, exits)
     obj = None if spared is None else _nat_object(fields, family, spared)
@@ -284,7 +284,7 @@ def _spared(rule: RuleFields, family: int, exits: list[_Exit]) -> list[Network] 
                 or (destination is not None and not overlaps(exit_.destination, destination))):
             continue  # other destinations
         fields = exit_.fields
-        if fields is None or fields.in_interface or fields.ctstate:
+        if fields is None or fields.in_interface or fields.ctstate or fields.ctdir:
             return None  # matches k3snet cannot model: which packets it takes is unknown
         if fields.source_neg and fields.source is not None and contains(fields.source, source):
             continue  # skips our sources
@@ -332,8 +332,8 @@ def foreign_forward(dump: TableDump | None, family: int, *,
     accepts = _forward_accepts(dump)
     zero = _zero(family)
     for rule in accepts:
-        if rule.ctstate is not None:
-            continue
+        if rule.ctstate is not None or rule.ctdir is not None:
+            continue  # (a conntrack test: not every packet of the pods' flow, or replies)
         source = rule.source if rule.source is not None else zero
         destination = rule.destination if rule.destination is not None else zero
         if source.version != family or destination.version != family:
@@ -346,7 +346,7 @@ def foreign_forward(dump: TableDump | None, family: int, *,
                                    out_interface=rule.out_interface)
         except K3snetError:
             continue
-        if all(reply.ctstate is not None for reply in answers) and any(
+        if all(reply.ctstate is not None or reply.ctdir is not None for reply in answers) and any(
                 block.decides(accepted) for block in untracked):
             continue
         found.add(accepted)
@@ -383,7 +383,7 @@ def untracked_accepts(dump: TableDump | None, family: int) -> tuple[ForwardRule,
     for rule in _forward_accepts(dump):
         source = rule.source if rule.source is not None else zero
         destination = rule.destination if rule.destination is not None else zero
-        if rule.ctstate is not None or source.version != family or (
+        if rule.ctstate is not None or rule.ctdir is not None or source.version != family or (
                 destination.version != family):
             continue
         try:
@@ -395,8 +395,12 @@ def untracked_accepts(dump: TableDump | None, family: int) -> tuple[ForwardRule,
 
 
 def _answers(reply: RuleFields, rule: RuleFields, source: Network, destination: Network) -> bool:
-    """``reply`` accepts the packets coming back for ``rule``'s traffic."""
+    """``reply`` accepts the packets coming back for ``rule``'s traffic (``--ctdir REPLY``
+    takes every one of them, ``--ctdir ORIGINAL`` none: they travel against the first
+    packet of the pods' connection)."""
     if reply.ctstate is not None and "ESTABLISHED" not in reply.ctstate.split(","):
+        return False
+    if reply.ctdir not in (None, "REPLY"):
         return False
     return (
         (reply.source is None or contains(reply.source, destination))
@@ -411,8 +415,12 @@ def _takes_errors(reply: RuleFields, rule: RuleFields, source: Network) -> bool:
     Big, an ICMP fragmentation needed): it comes from the router's own address, not the
     destination, RELATED to the connection, so an accept naming a source (the destination,
     as k3snet's own reply accept did) leaves it to what follows, a FORWARD policy DROP, and
-    path MTU discovery never learns the path's smaller MTU."""
+    path MTU discovery never learns the path's smaller MTU. conntrack gives the error its
+    master's connection in the reply direction (``--ctdir REPLY`` takes it, ``ORIGINAL``
+    does not)."""
     if reply.ctstate is not None and "RELATED" not in reply.ctstate.split(","):
+        return False
+    if reply.ctdir not in (None, "REPLY"):
         return False
     return (
         reply.source is None

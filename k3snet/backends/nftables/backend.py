@@ -492,9 +492,11 @@ class NftablesBackend(BackendBase):
             f"lets {rule.describe()} through but may drop a router's ICMP error "
             f"for it (a Packet Too Big, from the router's own address, not {rule.destination}):"
             " path MTU discovery does not learn a smaller MTU on the way and the pods' larger "
-            "packets are lost; accept what comes back to the pods from any source there "
-            f"(`{'ip6' if rule.family == 6 else 'ip'} daddr {rule.source} ct state "
-            "established,related accept`)"
+            "packets are lost; accept what comes back to the pods from any source there, "
+            "in the reply direction alone (`"
+            f"{'ip6' if rule.family == 6 else 'ip'} daddr {rule.source} ct direction reply "
+            "accept`: the replies and the errors about the pods' packets, not the later "
+            "packets of a connection from outside to them)"
             for default, rule in defaults.unopened_errors(wanted))
         self._judged = (defaults, expected, (wanted, wanted_nat), found)
         return found

@@ -140,7 +140,10 @@ class Match:
     iif: list[tuple[str, bool]] = field(default_factory=list)
     oif: list[tuple[str, bool]] = field(default_factory=list)
     nfproto: int = 0  # explicit "meta nfproto" tests
-    ct_reply: bool = False  # ct state established,related
+    # ct state established,related, or ct direction reply: what comes back (either, or
+    # both: one test, every reply and the ICMP errors about the connection's packets)
+    ct_reply: bool = False
+    ct_direction: bool = False  # ... a ct direction reply (k3snet's own rules have none)
     marks: int = 0  # mark tests
     mark_set_only: bool = False  # ... and each of them asks for set bits
     unknown: int = 0  # tests k3snet cannot model
@@ -265,10 +268,15 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
                 right = right.get("set")
             states = {right} if isinstance(right, str) else {
                 v for v in right or () if isinstance(v, str)}
-            out.ct_reply = understood = states == {"established", "related"}
+            understood = states == {"established", "related"}
+            out.ct_reply = out.ct_reply or understood
             if not understood and "related" in states:  # a router's ICMP error is RELATED
                 out.pmtu4 += 1
                 out.pmtu6 += 1
+        elif "ct" in left and left["ct"].get("key") == "direction":
+            understood = _reply_direction(op, right)
+            out.ct_reply = out.ct_reply or understood
+            out.ct_direction = out.ct_direction or understood
     if not understood:
         out.unknown += 1
         if op in ("==", "in") and isinstance(left, dict):
@@ -279,6 +287,21 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
             payload = left.get("payload")
             out.ports = out.ports or (isinstance(payload, dict)
                                       and payload.get("field") in ("dport", "sport"))
+
+
+def _reply_direction(op: str, right: Any) -> bool:
+    """Whether ``ct direction`` ``op`` ``right`` is a test of the reply direction: a packet
+    conntrack saw go back against its connection's first one (a reply, ESTABLISHED, or an
+    ICMP error about the connection's packets, RELATED: a router's Packet Too Big). An
+    untracked or invalid packet has no direction, and matches neither test. ``original``
+    (the later packets of a connection from outside to the pods) is not."""
+    if isinstance(right, dict):  # `ct direction { reply }`: a set
+        right = right.get("set")
+    values = {right} if isinstance(right, str) else {
+        v for v in right or () if isinstance(v, str)} if isinstance(right, list) else set()
+    if op in ("==", "in"):
+        return values == {"reply"}
+    return op == "!=" and values == {"original"}
 
 
 _L4_FIELDS = frozenset({("meta", "l4proto"), ("ip", "protocol"), ("ip6", "nexthdr")})
@@ -595,7 +618,7 @@ def own_object(match: Match, chain: str) -> tuple[NetObject, bool] | None:
     back; anything more or less (a counter, a mark test ...) makes it a stray rule.
     """
     if (match.unknown or match.extras or match.marks or match.nfproto or match.proto is None
-            or len(match.saddr) != 1 or match.saddr[0][1]
+            or match.ct_direction or len(match.saddr) != 1 or match.saddr[0][1]
             or len(match.iif) > 1 or len(match.oif) > 1
             or any(neg for _, neg in match.iif + match.oif)
             or sum(1 for _, neg in match.daddr if not neg) > 1):

@@ -688,6 +688,7 @@ class RuleFields:
     out_interface: str | None = None
     comment: str | None = None
     ctstate: str | None = None
+    ctdir: str | None = None  # conntrack's --ctdir: ORIGINAL or REPLY
     target: str | None = None
     to_source: str | None = None
     random_fully: bool = False
@@ -743,6 +744,12 @@ def parse_rule(tokens: Line) -> RuleFields | None:  # noqa: PLR0912 - one branch
                 i + 2
             ] in ("--ctstate", "--state"):
                 fields.ctstate = tokens[i + 3]
+                i += 4
+                if tokens[i - 3] == "conntrack" and tokens[i: i + 1] == ("--ctdir",):
+                    fields.ctdir = tokens[i + 1]  # iptables-save's order: after --ctstate
+                    i += 2
+            elif tok == "-m" and not neg and tokens[i + 1: i + 3] == ("conntrack", "--ctdir"):
+                fields.ctdir = tokens[i + 3]
                 i += 4
             elif tok == "-j" and not neg:
                 fields.target = tokens[i + 1]
