@@ -522,7 +522,7 @@ def _bound(api_client: Any) -> None:
             _release(response)
             path = printable(urllib.parse.urlsplit(url).path)
             _log.warning("the API server answered %s %s with %s%s: sending it again in "
-                         "%.3g s (%d of at most %d more tries, %.3g s of waits)",
+                         "%.3g s (%d of at most %d more tries, within %.3g s of waits)",
                          method, path, status,
                          "" if asked is None else f" (Retry-After: {asked:.0f})", wait,
                          sent_again + 1, waits.tries, waits.total)
