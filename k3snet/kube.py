@@ -350,13 +350,13 @@ class ThrottleWaits:
     ``sleep`` waits (a recorder in tests).
     """
 
-    tries: int = 5
+    tries: int = attrs.field(default=5, validator=attrs.validators.ge(0))
     """Times a request is sent again at most."""
-    longest: float = 5.0
+    longest: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
     """Seconds of one wait at most."""
-    total: float = 30.0
+    total: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     """Seconds of all the waits of one request at most."""
-    backoff: float = 1.0
+    backoff: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
     """The first wait after an answer naming no ``Retry-After``, doubled for each next."""
     sleep: Callable[[float], None] = attrs.field(default=time.sleep, eq=False, repr=False)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from k3snet.backends.kit import translate_errors
@@ -54,8 +55,6 @@ POD_POOL = {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
 def slept() -> Iterator[list[float]]:
     """The waits of :data:`THROTTLE_WAITS` as they would be, recorded, not slept."""
     waits: list[float] = []
-    import attrs  # noqa: PLC0415
-
     with throttle_waits(attrs.evolve(THROTTLE_WAITS, sleep=waits.append)):
         yield waits
 
@@ -300,3 +299,9 @@ def test_the_agents_node_report_waits_nothing_inside_its_request(
     assert slept == []
     assert [m for m, p, _ in server.requests() if "/nodes" in p] == ["PATCH"]
     assert any("next try in" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("field", ["tries", "longest", "total", "backoff"])
+def test_throttle_waits_refuses_a_negative_bound(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        ThrottleWaits(**dict[str, Any]({field: -1}))
