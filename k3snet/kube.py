@@ -39,14 +39,17 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import logging
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from k3snet._logline import printable
 from k3snet.errors import BackendError, BackendOptionError, BackendUnavailableError
 
 __all__ = [
@@ -57,9 +60,12 @@ __all__ = [
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
     "METADATA_ONLY",
+    "THROTTLED_STATUSES",
+    "THROTTLE_WAITS",
     "Deadline",
     "KubeApiError",
     "KubeErrors",
+    "ThrottleWaits",
     "configmap_ref",
     "label_selector_problem",
     "list_node_metadata",
@@ -68,7 +74,9 @@ __all__ = [
     "name_problem",
     "requests_within",
     "retry_policy",
+    "safe_to_send_again",
     "selector_matches",
+    "throttle_waits",
 ]
 
 KUBECONFIG_DEFAULT = ("the in-cluster service account in a pod, else $KUBECONFIG or "
@@ -318,20 +326,161 @@ def _waits(timeout: Any) -> float:
     return float(timeout)
 
 
+THROTTLED_STATUSES = frozenset({429, 503})
+"""The answers k3snet sends a request again after (:class:`ThrottleWaits`): 429, the API
+server's Priority and Fairness or max-in-flight limit turning it away before handling
+it, and 503, the server (or its aggregated API) unable to serve it now."""
+
+
+@attrs.frozen
+class ThrottleWaits:
+    """How a request of a client :func:`make_api_client` returned is sent again after a
+    :data:`THROTTLED_STATUSES` answer, by k3snet's own request wrapper (urllib3 sends no
+    answer again: :func:`retry_policy`).
+
+    It waits the answer's ``Retry-After`` (``backoff`` seconds when it names none,
+    doubled each time, up to ``longest``), at most ``tries`` times, never one wait over
+    ``longest`` nor all of them over ``total`` seconds, nor past what is left of a
+    :func:`requests_within` deadline: an answer asking longer is the caller's at once,
+    the request never sent before the time the API server asked. Each wait is logged
+    (a warning of the ``k3snet.kube`` logger: a line on the CLI's stderr). Only a
+    request that is safe to send twice is sent again (:func:`safe_to_send_again`): the
+    others' answer is the caller's at once.
+
+    ``sleep`` waits (a recorder in tests).
+    """
+
+    tries: int = attrs.field(default=5, validator=attrs.validators.ge(0))
+    """Times a request is sent again at most."""
+    longest: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
+    """Seconds of one wait at most."""
+    total: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    """Seconds of all the waits of one request at most."""
+    backoff: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+    """The first wait after an answer naming no ``Retry-After``, doubled for each next."""
+    sleep: Callable[[float], None] = attrs.field(default=time.sleep, eq=False, repr=False)
+
+    def wait(self, retry_after: float | None, sent_again: int) -> float:
+        """Seconds to wait before sending a request again for the ``sent_again + 1``-th
+        time, after an answer whose ``Retry-After`` is ``retry_after``; unbounded."""
+        if retry_after is not None:
+            return max(0.0, retry_after)
+        return min(self.longest, self.backoff * 2.0 ** min(sent_again, 30))
+
+
+THROTTLE_WAITS = ThrottleWaits()
+"""What the one-shot commands (``k3snet plan``, ``apply``, ``destroy``, ``observe``,
+``doctor``, the Ansible module) and a library caller wait for a throttled answer: up
+to 5 more tries, 5 s each and 30 s in all at most. The agent waits none
+(:func:`throttle_waits`): its loops wait with their own bounds."""
+
+_WAITS: contextvars.ContextVar[ThrottleWaits | None] = contextvars.ContextVar(
+    "k3snet_kube_waits", default=THROTTLE_WAITS)
+_NOTE_ATTRIBUTE = "_k3snet_throttle_note"
+"""Set on the headers of a throttled answer given to the caller after waits, or without
+one it asked too long for: what was done, quoted by :class:`KubeErrors`' message."""
+_log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def throttle_waits(waits: ThrottleWaits | None) -> Iterator[None]:
+    """Within the block, in this thread, a request of a client :func:`make_api_client`
+    returned answered 429 or 503 is sent again as ``waits`` says (``None``: never; its
+    answer is the caller's at once). Outside any such block, :data:`THROTTLE_WAITS`.
+
+    The agent's pass, Lease elector and node report run within ``throttle_waits(None)``:
+    each waits a throttled answer's ``Retry-After`` in its own loop, bounded and cut by
+    the grace period after SIGTERM; a wait inside the request as well would double it.
+    """
+    token = _WAITS.set(waits)
+    try:
+        yield
+    finally:
+        _WAITS.reset(token)
+
+
+_MERGING = ("application/merge-patch+json", "application/apply-patch+yaml")
+
+
+def safe_to_send_again(method: str, content_type: str | None, body: Any) -> bool:
+    """Whether a request may be sent again after an answer that may follow its effect:
+    a second send then changes nothing the first did not, or is refused.
+
+    A read (``GET``, ``HEAD``); a ``PUT`` (the same object stored twice); a JSON merge
+    patch or a server-side apply (applied twice, they are applied once; with a
+    ``resourceVersion``, the second is refused); a write whose body names
+    ``metadata.resourceVersion`` (a second send is refused with 409 once the first
+    acted); a ``DELETE`` whose ``preconditions`` name the object's ``resourceVersion``
+    or ``uid`` (a second send cannot delete an object made again meanwhile); a
+    ``POST`` creating an object it names (a second is refused, AlreadyExists: never a
+    second object). Not: a create whose name the server makes (``generateName``), a
+    JSON Patch (its ``add`` to a list adds twice), an unconditioned ``DELETE``.
+    """
+    method = method.upper()
+    if method in ("GET", "HEAD", "PUT"):
+        return True
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    if not isinstance(metadata, dict):
+        metadata = {}
+    if method == "PATCH":
+        media = (content_type or "").split(";")[0].strip().lower()
+        return media in _MERGING or bool(metadata.get("resourceVersion"))
+    if method == "DELETE":
+        preconditions = body.get("preconditions") if isinstance(body, dict) else None
+        return isinstance(preconditions, dict) and bool(
+            preconditions.get("resourceVersion") or preconditions.get("uid"))
+    if method == "POST":
+        return bool(metadata.get("name")) and not metadata.get("generateName")
+    return False
+
+
+def _request_parts(args: tuple[Any, ...], kwargs: dict[str, Any]
+                   ) -> tuple[str, str, str | None, Any]:
+    """Method, URL, Content-Type and body of a call of the REST client's ``request``
+    (``method, url, headers=None, body=None, ...``)."""
+    method = str(args[0] if args else kwargs.get("method", ""))
+    url = str(args[1] if len(args) > 1 else kwargs.get("url", ""))
+    headers = args[2] if len(args) > 2 else kwargs.get("headers")
+    body = args[3] if len(args) > 3 else kwargs.get("body")
+    content_type = None
+    if isinstance(headers, Mapping):
+        content_type = next((str(v) for k, v in headers.items()
+                             if str(k).lower() == "content-type"), None)
+    return method, url, content_type, body
+
+
+def _note(response: Any, note: str) -> None:
+    """Say ``note`` in the error the caller makes of ``response`` (on its headers, which
+    the client's ``ApiException`` keeps)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(response.headers, _NOTE_ATTRIBUTE, note)
+
+
+def _release(response: Any) -> None:
+    """Read and let go of an answer not given to the caller (its connection back to the
+    pool)."""
+    raw = getattr(response, "response", None)
+    with contextlib.suppress(Exception):  # an answer cut short: the pool drops its connection
+        response.read()
+    if raw is not None:
+        with contextlib.suppress(Exception):
+            raw.release_conn()
+
+
 def _bound(api_client: Any) -> None:
-    """Make ``api_client``'s requests honour :func:`requests_within` (once a client; a
-    client sending outside such a block is unchanged)."""
+    """Make ``api_client``'s requests honour :func:`requests_within` and
+    :func:`throttle_waits` (once a client; a client sending outside such a block waits
+    :data:`THROTTLE_WAITS`)."""
     rest = getattr(api_client, "rest_client", None)
     if rest is None or getattr(rest, "_k3snet_within", False):
         return
     request = rest.request
 
-    def bounded(*args: Any, **kwargs: Any) -> Any:
+    def send(args: tuple[Any, ...], kwargs: dict[str, Any], given: Any) -> Any:
         within = _WITHIN.get()
         deadline = within() if within is not None else None
         cut = None
         if deadline is not None:
-            given = kwargs.get("_request_timeout")
             kwargs["_request_timeout"] = _cut(given, deadline.left())
             if kwargs["_request_timeout"] != given:
                 cut = _waits(kwargs["_request_timeout"])
@@ -341,6 +490,44 @@ def _bound(api_client: Any) -> None:
             if cut is not None:
                 setattr(exc, _CUT_ATTRIBUTE, cut)
             raise
+
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        given = kwargs.get("_request_timeout")
+        waits = _WAITS.get()
+        sent_again, waited = 0, 0.0
+        while True:
+            response = send(args, kwargs, given)
+            status = getattr(response, "status", None)
+            if waits is None or status not in THROTTLED_STATUSES:
+                return response
+            method, url, content_type, body = _request_parts(args, kwargs)
+            if not safe_to_send_again(method, content_type, body):
+                return response
+            asked = _retry_after(getattr(response, "headers", None))
+            wait = waits.wait(asked, sent_again)
+            within = _WITHIN.get()
+            deadline = within() if within is not None else None
+            tried = (f"sent {sent_again + 1} times, {waited:.3g} s waited in all"
+                     if sent_again else "")
+            if wait > waits.longest:
+                _note(response, ", ".join(filter(None, [
+                    f"it asked to wait {wait:.3g} s, more than the {waits.longest:.3g} s "
+                    "k3snet waits at once; not sent again", tried])))
+                return response
+            if (sent_again >= waits.tries or waited + wait > waits.total
+                    or (deadline is not None and wait >= deadline.left())):
+                if tried:
+                    _note(response, tried)
+                return response
+            _release(response)
+            path = printable(urllib.parse.urlsplit(url).path)
+            _log.warning("the API server answered %s %s with %s%s: sending it again in "
+                         "%.3g s (%d of at most %d more tries, within %.3g s of waits)",
+                         method, path, status,
+                         "" if asked is None else f" (Retry-After: {asked:.0f})", wait,
+                         sent_again + 1, waits.tries, waits.total)
+            waits.sleep(wait)
+            sent_again, waited = sent_again + 1, waited + wait
 
     rest.request = bounded
     rest._k3snet_within = True
@@ -596,7 +783,8 @@ def retry_policy() -> Any:
     bounded (a Lease candidate up to ``k3snet.agent.RETRY_AFTER_LIMIT``, the node report
     up to ``PATCH_RETRY_LIMIT``, the spec and the cluster-wide objects till the next
     pass). The caller tries again (the agent's next pass or Lease step), within its
-    own pace and back-off.
+    own pace and back-off. A one-shot command's request is sent again by k3snet's own
+    wrapper instead, bounded (:class:`ThrottleWaits`, :func:`throttle_waits`).
     """
     import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
 
@@ -723,6 +911,9 @@ class KubeErrors:
     def classify(self, doing: str, exc: BaseException) -> KubeApiError:
         """``error("DOING: WHAT HAPPENED", status=..., reason=...)``."""
         phrase, status, reason = _describe(exc, self.timeout, cut_timeout=self.cut_timeout)
+        note = getattr(getattr(exc, "headers", None), _NOTE_ATTRIBUTE, None)
+        if status is not None and isinstance(note, str):
+            phrase = f"{phrase} ({note})"  # the waits of THROTTLE_WAITS, or none and why
         error = self.error(f"{doing}: {phrase}", status=status, reason=reason)
         if status is not None:
             error.retry_after = _retry_after(getattr(exc, "headers", None))

@@ -49,7 +49,7 @@ import attrs
 
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import ModelError
-from k3snet.kube import DEFAULT_TIMEOUT, Deadline, KubeApiError, KubeErrors
+from k3snet.kube import DEFAULT_TIMEOUT, Deadline, KubeApiError, KubeErrors, throttle_waits
 
 __all__ = ["LEASE_JITTER", "RETRY_AFTER_LIMIT", "LeaderElector", "LeaseSettings"]
 
@@ -171,9 +171,15 @@ class LeaderElector:
     # ------------------------------------------------------------ one step
 
     def step(self) -> bool:
-        """Read the Lease and acquire or renew it when allowed; returns :attr:`is_leader`."""
+        """Read the Lease and acquire or renew it when allowed; returns :attr:`is_leader`.
+
+        A throttled answer is not waited inside the request (``throttle_waits(None)``):
+        its ``Retry-After`` is this elector's next wait, up to :data:`RETRY_AFTER_LIMIT`.
+        """
         try:
-            self._set_leader(*self._try_acquire_or_renew())
+            with throttle_waits(None):
+                acquired = self._try_acquire_or_renew()
+            self._set_leader(*acquired)
         except KubeApiError as exc:
             _log.warning("leader election: %s", exc, extra={"lease": self.where})
             # Keep what we had: is_leader turns false on its own after renew_deadline.
@@ -264,7 +270,8 @@ class LeaderElector:
         """Give the Lease up at once (if held): the next candidate need not wait it out.
 
         ``deadline``: each of its two requests waits at most what is left of it (none is
-        sent once nothing is); the Lease then expires by itself.
+        sent once nothing is); the Lease then expires by itself, as it does after a
+        throttled answer (not waited: ``throttle_waits(None)``).
         """
         if not self.is_leader:
             return
@@ -272,7 +279,8 @@ class LeaderElector:
         self._set_leader(False, None)
         try:
             timeout, errors = self._within(deadline)
-            with translate_errors(f"read {self.where}", classifier=errors):
+            with translate_errors(f"read {self.where}", classifier=errors), \
+                    throttle_waits(None):
                 lease = self._api.read_namespaced_lease(s.name, s.namespace,
                                                         _request_timeout=timeout)
             if lease.spec is None or lease.spec.holder_identity != self.identity:
@@ -281,7 +289,8 @@ class LeaderElector:
                     "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
                              "renewTime": _micro_time(_now())}}
             timeout, errors = self._within(deadline)
-            with translate_errors(f"release {self.where}", classifier=errors):
+            with translate_errors(f"release {self.where}", classifier=errors), \
+                    throttle_waits(None):
                 self._api.patch_namespaced_lease(
                     s.name, s.namespace, body, _content_type="application/merge-patch+json",
                     _request_timeout=timeout)

@@ -65,7 +65,13 @@ from k3snet.errors import (
     SpecError,
     TeardownError,
 )
-from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, Deadline, requests_within
+from k3snet.kube import (
+    DEFAULT_TIMEOUT,
+    TERMINATION_GRACE,
+    Deadline,
+    requests_within,
+    throttle_waits,
+)
 from k3snet.model import NetObject
 from k3snet.model.route import Route
 from k3snet.model.state import State
@@ -556,12 +562,14 @@ class Agent:
         Once :meth:`stop` is asked (SIGTERM), each API request of the pass in progress
         (the cluster-wide part's, made by its backends with their own timeout) waits at
         most what is left of :meth:`grace_deadline` (:func:`~k3snet.kube.requests_within`).
+        A throttled answer (429, 503) is not waited inside its request
+        (:func:`~k3snet.kube.throttle_waits`): the pass fails and the next one tries again.
         """
         started = self._monotonic()
         self.passes += 1
         self._new_in_pass = self._held_pass = False
         try:
-            with requests_within(self.grace_deadline):
+            with requests_within(self.grace_deadline), throttle_waits(None):
                 result = self._pass()
         except Exception as exc:  # noqa: BLE001 - the loop outlives any one failure
             result = self._failed(exc)

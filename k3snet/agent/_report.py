@@ -43,7 +43,7 @@ import attrs
 
 from k3snet._logline import one_line
 from k3snet.backends.kit import translate_errors
-from k3snet.kube import DEFAULT_TIMEOUT, Deadline, KubeApiError, KubeErrors
+from k3snet.kube import DEFAULT_TIMEOUT, Deadline, KubeApiError, KubeErrors, throttle_waits
 
 __all__ = ["EVENT_BURST", "EVENT_INTERVAL", "EVENT_TRIES", "MESSAGE_LIMIT", "PATCH_RETRY_LIMIT",
            "REASSERT_INTERVAL", "RESULT_ANNOTATION", "STATUS_ANNOTATION", "NodeReport",
@@ -177,7 +177,15 @@ class NodeReporter:
     def report(self, result: NodeReport) -> None:
         """Write ``result`` if it differs from the last one written (else the last one
         again once :data:`REASSERT_INTERVAL` is over); retry the Event of the last status
-        change if it failed and is due."""
+        change if it failed and is due.
+
+        A throttled answer is not waited inside the request (``throttle_waits(None)``):
+        its ``Retry-After`` delays this reporter's next try, up to
+        :data:`PATCH_RETRY_LIMIT`."""
+        with throttle_waits(None):
+            self._report(result)
+
+    def _report(self, result: NodeReport) -> None:
         if result == self._last:
             if self._written is not None and self._clock() >= self._reassert_due:
                 self._patch(self._written, result.status)

@@ -48,7 +48,7 @@ from k3snet.backends.calico import CalicoBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for, destroy
-from k3snet.kube import TERMINATION_GRACE, name_problem
+from k3snet.kube import TERMINATION_GRACE, ThrottleWaits, name_problem, throttle_waits
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
@@ -963,6 +963,26 @@ def test_a_leader_whose_cluster_wide_part_fails_from_its_first_pass_is_ready(
         assert memory.state.owned  # the node's own objects are in force
         assert a.readiness()[0] is True
         assert _sample(a, "k3snet_agent_ready") == 1
+    a.shutdown()
+
+
+def test_a_leaders_pass_waits_no_throttled_answer_inside_its_request(
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
+) -> None:
+    # The one-shot commands' waits (k3snet.kube.THROTTLE_WAITS, up to 30 s a request)
+    # are off in the pass, whatever its thread set: the pass fails at once, the next
+    # one (an interval later) tries again, and SIGTERM's grace period waits no sleep.
+    slept: list[float] = []
+    a, memory = _agent(server, "node-a", spec_path, clock)
+    server.fail(429, method="GET", plural="ippools", times=None, retry_after=1)
+    before = len(server.requests())
+    with throttle_waits(ThrottleWaits(sleep=slept.append)):
+        result = a.run_pass()
+    assert (result.status, result.leader) == ("failed", True)
+    assert "throttled (429)" in result.message
+    assert memory.state.owned  # the node's own objects are in force
+    assert slept == []
+    assert [m for m, p, _ in server.requests()[before:] if p.endswith("/ippools")] == ["GET"]
     a.shutdown()
 
 

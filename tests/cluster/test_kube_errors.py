@@ -471,7 +471,8 @@ def test_a_client_k3snet_makes_answers_a_request_asked_to_wait_at_once_and_sends
     # outside every timeout k3snet set and outside the agent's grace deadline: a node's
     # agent told to stop slept on. Four such answers in a row were "cannot reach the API
     # server: ResponseError" with no status. The answer is the caller's now, with its
-    # status and Retry-After; the agent's own loops wait it, bounded.
+    # status and Retry-After; the agent's own loops wait it, bounded. (An hour is more
+    # than k3snet's own wait takes, THROTTLE_WAITS: tests/cluster/test_throttled_commands.py.)
     import urllib3.util.retry  # noqa: PLC0415 - a dependency of the kubernetes client
     from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 

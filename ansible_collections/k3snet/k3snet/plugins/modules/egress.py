@@ -646,6 +646,8 @@ def main() -> None:
     # The lock's "another k3snet process ... waiting up to N s" (the backends' own
     # warnings are in backend.warnings): else a task stands still without a word.
     logging.getLogger("k3snet.backends.lock").addHandler(TaskWarnings(module))
+    # And each wait for a throttled API server (429, 503) before a request is sent again.
+    logging.getLogger("k3snet.kube").addHandler(TaskWarnings(module))
     try:
         result = run(module)
     except k3snet.K3snetError as exc:

@@ -1,0 +1,307 @@
+"""A one-shot command's request answered 429 or 503 is sent again by k3snet's own request
+wrapper (k3snet.kube.ThrottleWaits), bounded; the agent's loops wait themselves.
+
+urllib3 sends no answer again (k3snet.kube.retry_policy): it slept a Retry-After of up to
+6 hours outside every timeout. Without a wait of k3snet's own, `k3snet plan` against an
+API server under Priority and Fairness load (429, Retry-After: 1, routine) failed at once
+where it had waited a second and succeeded. Every sleep here is a recorder's: nothing is
+timed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from k3snet.backends.kit import translate_errors
+from k3snet.kube import (
+    THROTTLE_WAITS,
+    Deadline,
+    KubeApiError,
+    KubeErrors,
+    ThrottleWaits,
+    make_api_client,
+    requests_within,
+    safe_to_send_again,
+    throttle_waits,
+)
+from k3snet.testing.kube import EmulatedApiServer
+
+pytestmark = pytest.mark.cluster
+
+CRD = "crd.projectcalico.org/v1/ippools"
+SPEC = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster: {podCIDRs: [10.42.0.0/16]}
+destinations:
+  - cidr: 192.168.2.0/24
+    masquerade: false
+cni:
+  calico: {}
+"""
+POD_POOL = {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+            "metadata": {"name": "default-ipv4-ippool"},
+            "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True, "blockSize": 26}}
+
+
+@pytest.fixture
+def slept() -> Iterator[list[float]]:
+    """The waits of :data:`THROTTLE_WAITS` as they would be, recorded, not slept."""
+    waits: list[float] = []
+    with throttle_waits(attrs.evolve(THROTTLE_WAITS, sleep=waits.append)):
+        yield waits
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedApiServer]:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with EmulatedApiServer() as running:
+        running.put(CRD, POD_POOL)
+        running.put("v1/configmaps", {"metadata": {"name": "x", "namespace": "kube-system"},
+                                      "data": {"a": "b"}})
+        yield running
+
+
+def _kubeconfig(tmp_path: Path, server: EmulatedApiServer) -> Path:
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": server.url}}],
+        "users": [{"name": "lab", "user": {}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}]}))
+    return path
+
+
+def _plan(tmp_path: Path, server: EmulatedApiServer, *more: str) -> int:
+    from k3snet.cli import main  # noqa: PLC0415
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    return main(["plan", "-f", str(spec), "--no-facts", "--backend", "calico",
+                 "--backend-opt", "calico.api=crd", "--backend-opt",
+                 f"calico.kubeconfig={_kubeconfig(tmp_path, server)}", *more])
+
+
+def _lists(server: EmulatedApiServer) -> list[str]:
+    return [m for m, path, _ in server.requests() if path.endswith("/ippools")]
+
+
+# ------------------------------------------------------------------ the commands
+
+
+def test_plan_throttled_with_a_retry_after_waits_it_and_succeeds(
+        tmp_path: Path, server: EmulatedApiServer, slept: list[float],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The API server under APF load: two 429s naming Retry-After: 1, then the list. It
+    # failed at once with "throttled (429)" (exit 1) since urllib3 retries no answer.
+    server.fail(429, method="GET", plural="ippools", times=2, retry_after=1)
+    capsys.readouterr()
+    assert _plan(tmp_path, server) == 2  # changes to make: the plan was read
+    captured = capsys.readouterr()
+    assert "+ " in captured.out, captured.out
+    assert slept == [1.0, 1.0]
+    assert _lists(server) == ["GET"] * 3
+    said = [line for line in captured.err.splitlines() if "sending it again" in line]
+    assert len(said) == 2, captured.err
+    assert "/apis/crd.projectcalico.org/v1/ippools with 429 (Retry-After: 1)" in said[0]
+    assert "1 of at most 5 more tries" in said[0]
+
+
+def test_plan_throttled_without_a_retry_after_backs_off_and_gives_up_within_its_bounds(
+        tmp_path: Path, server: EmulatedApiServer, slept: list[float],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A 503 for ever, naming no Retry-After (a proxy, an aggregated API down): waits of
+    # 1, 2, 4, 5, 5 s (doubled, none over 5 s, 17 s in all), then the 503 is the error.
+    server.fail(503, method="GET", plural="ippools", times=None)
+    capsys.readouterr()
+    assert _plan(tmp_path, server) == 1
+    err = capsys.readouterr().err
+    assert slept == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert _lists(server) == ["GET"] * 6
+    assert "the API server failed (503" in err, err
+    assert "sent 6 times, 17 s waited in all" in err, err
+
+
+def test_plan_asked_to_wait_longer_than_k3snet_waits_fails_at_once_saying_so(
+        tmp_path: Path, server: EmulatedApiServer, slept: list[float],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Sent again before the time the API server asked, the request would add to its load:
+    # the answer is the command's at once, and the message names the wait asked.
+    server.fail(429, method="GET", plural="ippools", times=None, retry_after=120)
+    capsys.readouterr()
+    assert _plan(tmp_path, server) == 1
+    err = capsys.readouterr().err
+    assert slept == []
+    assert _lists(server) == ["GET"]
+    assert "throttled (429)" in err, err
+    assert "it asked to wait 120 s, more than the 5 s k3snet waits at once" in err, err
+
+
+def test_all_the_waits_of_a_request_stay_within_the_total(
+        server: EmulatedApiServer, tmp_path: Path) -> None:
+    waits: list[float] = []
+    server.fail(429, method="GET", plural="configmaps", times=None, retry_after=4)
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        with throttle_waits(ThrottleWaits(total=10.0, sleep=waits.append)), \
+                pytest.raises(KubeApiError) as info, \
+                translate_errors("read ConfigMap kube-system/x", classifier=KubeErrors()):
+            _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert waits == [4.0, 4.0]  # a third wait of 4 s would make 12 s
+    assert (info.value.status, info.value.retry_after) == (429, 4.0)
+    assert "sent 3 times, 8 s waited in all" in str(info.value)
+
+
+def test_no_wait_outlasts_a_deadline_the_requests_are_within(
+        server: EmulatedApiServer, tmp_path: Path) -> None:
+    waits: list[float] = []
+    now = [0.0]
+    server.fail(429, method="GET", plural="configmaps", times=None, retry_after=2)
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    deadline = Deadline(5.0, lambda: now[0])
+    try:
+        with throttle_waits(ThrottleWaits(sleep=sleep)), requests_within(lambda: deadline), \
+                pytest.raises(KubeApiError), translate_errors("read", classifier=KubeErrors()):
+            _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert waits == [2.0, 2.0]  # 1 s left: no third wait of 2 s
+
+
+# ------------------------------------------------------------------ which writes
+
+
+def _core(api: Any) -> Any:
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    return client.CoreV1Api(api)
+
+
+def _writes(core: Any, version: Callable[[], str]) -> dict[str, Callable[[], Any]]:
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    body = {"metadata": {"name": "y", "namespace": "kube-system"}, "data": {"a": "b"}}
+    return {
+        "create named": lambda: core.create_namespaced_config_map("kube-system", body),
+        "merge patch": lambda: core.patch_namespaced_config_map(
+            "x", "kube-system", {"data": {"a": "c"}},
+            _content_type="application/merge-patch+json"),
+        "delete of the version read": lambda: core.delete_namespaced_config_map(
+            "x", "kube-system", body=client.V1DeleteOptions(
+                preconditions=client.V1Preconditions(resource_version=version()))),
+        "create named by the server": lambda: core.create_namespaced_config_map(
+            "kube-system", {"metadata": {"generateName": "y-", "namespace": "kube-system"}}),
+        "delete unconditioned": lambda: core.delete_namespaced_config_map("x", "kube-system"),
+        "JSON Patch": lambda: core.patch_namespaced_config_map(
+            "x", "kube-system", [{"op": "add", "path": "/data/c", "value": "d"}],
+            _content_type="application/json-patch+json"),
+    }
+
+
+@pytest.mark.parametrize(("write", "method", "sent"), [
+    ("create named", "POST", 2), ("merge patch", "PATCH", 2),
+    ("delete of the version read", "DELETE", 2), ("create named by the server", "POST", 1),
+    ("delete unconditioned", "DELETE", 1), ("JSON Patch", "PATCH", 1)])
+def test_a_write_is_sent_again_only_when_a_second_send_changes_nothing_the_first_did_not(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], *, write: str,
+        method: str, sent: int) -> None:
+    # A 503 may follow the API server's work: only a write whose second send is refused
+    # (a name taken, a version gone) or changes nothing more is sent again.
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    core = _core(api)
+    try:
+        stored = server.get("v1/configmaps", "x", "kube-system")
+        assert stored is not None
+        before = len(server.requests())
+        server.fail(503, method=method, plural="configmaps", times=1, retry_after=1)
+        call = _writes(core, lambda: stored["metadata"]["resourceVersion"])[write]
+        if sent == 2:
+            call()
+        else:
+            with pytest.raises(KubeApiError) as info, \
+                    translate_errors(write, classifier=KubeErrors()):
+                call()
+            assert info.value.status == 503
+    finally:
+        api.close()
+    assert [m for m, _, _ in server.requests()[before:]] == [method] * sent
+    assert slept == [1.0] * (sent - 1)
+
+
+@pytest.mark.parametrize(("method", "content_type", "body", "safe"), [
+    ("GET", None, None, True), ("put", None, {}, True),
+    ("PATCH", "application/merge-patch+json", {}, True),
+    ("PATCH", "application/apply-patch+yaml; charset=utf-8", {}, True),
+    ("PATCH", "application/strategic-merge-patch+json",
+     {"metadata": {"resourceVersion": "7"}}, True),
+    ("PATCH", "application/strategic-merge-patch+json", {"metadata": {}}, False),
+    ("PATCH", "application/json-patch+json", [{"op": "add"}], False),
+    ("DELETE", None, {"preconditions": {"uid": "u"}}, True),
+    ("DELETE", None, {"preconditions": {}}, False), ("DELETE", None, None, False),
+    ("POST", None, {"metadata": {"name": "a"}}, True),
+    ("POST", None, {"metadata": {"generateName": "a-"}}, False),
+    ("POST", None, {"metadata": {"name": "a", "generateName": "a-"}}, False),
+    ("OPTIONS", None, None, False)])
+def test_safe_to_send_again_of_each_kind_of_request(
+        method: str, content_type: str | None, body: Any, safe: bool) -> None:
+    assert safe_to_send_again(method, content_type, body) is safe
+
+
+# ------------------------------------------------------------------ the agent waits itself
+
+
+def test_the_agents_lease_step_waits_nothing_inside_its_request_whatever_the_caller_set(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # Within a block of waits (as a library caller's, or a command's, default is), the
+    # elector's request still fails at once: its own bounded wait is the one taken.
+    from k3snet.agent import RETRY_AFTER_LIMIT, LeaderElector, LeaseSettings  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        elector = LeaderElector(api, "node-a", LeaseSettings("kube-system", "k3snet"))
+        server.fail(429, method="GET", plural="leases", times=None, retry_after=1)
+        assert elector.step() is False
+        assert elector.next_wait() <= RETRY_AFTER_LIMIT
+    finally:
+        api.close()
+    assert slept == []
+    assert [m for m, p, _ in server.requests() if "/leases" in p] == ["GET"]
+
+
+def test_the_agents_node_report_waits_nothing_inside_its_request(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float],
+        caplog: pytest.LogCaptureFixture) -> None:
+    from k3snet.agent import NodeReport, NodeReporter  # noqa: PLC0415
+
+    server.put("v1/nodes", {"metadata": {"name": "node-a"}})
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        reporter = NodeReporter(api, "node-a")
+        server.fail(429, method="PATCH", plural="nodes", times=None, retry_after=1)
+        with caplog.at_level(logging.WARNING):
+            reporter.report(NodeReport("ok", "converged", None, 0, leader=False))
+    finally:
+        api.close()
+    assert slept == []
+    assert [m for m, p, _ in server.requests() if "/nodes" in p] == ["PATCH"]
+    assert any("next try in" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("field", ["tries", "longest", "total", "backoff"])
+def test_throttle_waits_refuses_a_negative_bound(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        ThrottleWaits(**dict[str, Any]({field: -1}))
