@@ -163,13 +163,32 @@ def netns_exists(name: str) -> bool:
     return any(line.split(" ", 1)[0] == name for line in listing.stdout.splitlines())
 
 
+# The sysctls a new namespace copies from the machine's own (IPv4's conf/all and
+# conf/default under net.core.devconf_inherit_init_net's default 0, IPv6's too under 1)
+# that the labs and the tests depend on, at the kernel's own defaults.
+_KERNEL_DEFAULTS = ("net.ipv4.ip_forward=0", "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv4.conf.default.rp_filter=0", "net.ipv6.conf.all.forwarding=0",
+                    "net.ipv6.conf.default.forwarding=0")
+
+
 def create_netns(name: str) -> str:
     """Create the named network namespace and return its name.
+
+    Its IPv4 and IPv6 forwarding and ``rp_filter`` are the kernel's defaults (0),
+    whatever the machine's: a new namespace copies IPv4's ``all`` and ``default``
+    values from the machine's own, ``ip_forward = 1`` on a Docker host and
+    ``rp_filter = 2`` on Ubuntu.
 
     Fails (:class:`NetnsCommandError`) if it already exists: a lab must own its
     namespaces, never adopt someone else's.
     """
     _run(["ip", "netns", "add", _check_name(name)], check=True, timeout=DEFAULT_TIMEOUT)
+    try:
+        # -e: a kernel without IPv6 has no net.ipv6 keys.
+        run_in(name, ["sysctl", "-q", "-e", "-w", *_KERNEL_DEFAULTS])
+    except BaseException:
+        _run(["ip", "netns", "delete", name], check=False, timeout=DEFAULT_TIMEOUT)
+        raise
     return name
 
 

@@ -18,10 +18,12 @@ from k3snet.testing import strategies as ks
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
 # Edges of the kernel's rule and of k3snet's: the names the namespace (or the test's own
-# veth peer) already holds, lengths, dots, punctuation, and the names of
-# /proc/sys/net/ipv4/conf/{all,default}, which the kernel refuses ("Invalid argument").
-EDGE_NAMES = ["lo", "k3snet-peer", "a", "Z", "0", "x" * 15, ".a", "a..", "-", "_", "a@b",
-              "a+", "+a", "eth0.100", "flannel-v6.1", "all", "default", "ALL", "all0", "Default"]
+# veth peer) already holds or may hold on some host (the fallback tunnels), lengths, dots,
+# punctuation, and the names of /proc/sys/net/ipv4/conf/{all,default}, which the kernel
+# refuses ("Invalid argument").
+EDGE_NAMES = ["lo", "k3snet-peer", "tunl0", "sit0", "gre0", "a", "Z", "0", "x" * 15, ".a",
+              "a..", "-", "_", "a@b", "a+", "+a", "eth0.100", "flannel-v6.1", "all", "default",
+              "ALL", "all0", "Default"]
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +32,18 @@ def ns() -> Iterator[str]:
         yield name
 
 
+def _held(ns: str) -> set[str]:
+    """The interfaces the namespace holds before the test adds one: ``lo``, and on a host
+    with tunnel modules loaded their fallback devices (``tunl0`` once Calico loaded
+    ``ipip``, ``sit0``, ``gre0``, ``ip6tnl0``...), which the kernel makes in every new
+    namespace unless ``net.core.fb_tunnels_only_for_init_net`` says otherwise."""
+    return {link["ifname"] for link in json.loads(run_in(ns, ["ip", "-j", "link", "show"]).stdout)}
+
+
 def _kernel_takes(ns: str, name: str) -> bool:
-    if name == "lo":
-        # Every namespace has it already: the kernel gave an interface that very name.
+    if name in _held(ns):
+        # The kernel gave an interface that very name already ("lo", a fallback tunnel
+        # of a module loaded on this host): a second one is refused ("File exists").
         return True
     peer = "k3snet-peer" if name != "k3snet-peer" else "k3snet-peer2"
     added = run_in(ns, ["ip", "link", "add", "name", name, "type", "veth", "peer", "name",
