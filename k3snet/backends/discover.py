@@ -497,9 +497,10 @@ def _netlink_may_own(opts: Mapping[str, Any]) -> bool:
     nftables alone in use, a plan imported and opened the netlink backend (~29 ms cold)
     to read a namespace where k3snet never made a route nor took a sysctl.
 
-    The records are looked for in every namespace's directory (and the ``state_dir``
-    itself, where records were kept before 2026-12-04), the places the backend reads
-    for any namespace: one naming another namespace's only costs the backend's read."""
+    The records are looked for in every namespace's directory (a named one's, ``host``'s
+    and, under it, each namespace of no name's) and the ``state_dir`` itself, where
+    records were kept before 2026-12-04: the places the backend reads for any
+    namespace; one naming another namespace's only costs the backend's read."""
     if opts.get("driver", "socket") != "socket":
         return True  # a driver of the caller's: the kernel's routes are not its view
     root = opts.get("state_dir") or STATE_ROOT
@@ -523,13 +524,13 @@ _RECORD_NAMES = ("sysctl.json", "sysctl-netns.json")
 
 
 def _sysctl_records(root: str) -> bool:
-    """Whether any record of sysctls k3snet owns lies in ``root`` or a directory in it
-    (one per namespace); ``True`` for one that cannot be read or parsed: the backend's
-    own read judges it."""
+    """Whether any record of sysctls k3snet owns lies in ``root``, a directory in it (one
+    per namespace) or a directory in one of those (``host/unnamed-INODE``, a namespace
+    of no name's: :func:`~k3snet.backends.netns.unnamed_record`); ``True`` for one that
+    cannot be read or parsed: the backend's own read judges it."""
     try:
-        places = [root, *(entry.path for entry in os.scandir(root) if entry.is_dir())]
-    except FileNotFoundError:
-        return False
+        places = [root, *_directories(root)]
+        places += [inner for place in places[1:] for inner in _directories(place)]
     except OSError:
         return True
     for place in places:
@@ -545,6 +546,16 @@ def _sysctl_records(root: str) -> bool:
             if not isinstance(data, dict) or data.get("owned") != {}:
                 return True  # anything but a record owning nothing
     return False
+
+
+def _directories(place: str) -> list[str]:
+    """The directories in ``place`` (a link to one too: the backend follows it); none
+    when it is gone (no state directory yet, a namespace's removed meanwhile)."""
+    try:
+        with os.scandir(place) as entries:
+            return [entry.path for entry in entries if entry.is_dir()]
+    except FileNotFoundError:
+        return []
 
 
 _NLMSG = struct.Struct("=IHHII")

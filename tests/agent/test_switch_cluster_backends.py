@@ -6,6 +6,7 @@ the IPPool k3snet created stayed, unsaid, and Calico kept NATting by it."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from k3snet.agent._lease import LeaseSettings
 from k3snet.backends.calico import CalicoBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
+from k3snet.cli import main
 from k3snet.converge import compile_for
 from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
@@ -96,3 +98,32 @@ def test_the_lease_holder_names_the_ippools_of_calico_dropped_from_the_spec_once
         assert len(srv.objects(POOLS)) == 2  # said, not removed
         a.run_pass()
         assert len([r for r in caplog.records if "calico holds" in r.getMessage()]) == 1
+
+
+def test_the_agent_command_reads_no_cluster_backend_its_spec_never_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `k3snet agent` beside calico: its spec's warnings look for what a switch of node
+    # backends left, not through cilium or flannel (every node would read their
+    # ConfigMaps at every new spec, each a 403 under the RBAC rendered for the spec).
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    path = tmp_path / "spec.yaml"
+    path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "cluster: {podCIDRs: [10.42.0.0/16]}\ndestinations:\n"
+                    "  - cidr: 192.168.2.0/24\n    masquerade: false\ncni:\n  calico: {}\n")
+    crd = tuple(r for r in CALICO_RESOURCES if r.startswith("crd."))  # api=auto: the CRDs
+    with EmulatedApiServer(resources=crd + AGENT_RESOURCES) as srv:
+        srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                        "metadata": {"name": "default-ipv4-ippool"},
+                        "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+            "clusters": [{"name": "lab", "cluster": {"server": srv.url}}],
+            "users": [{"name": "u", "user": {}}],
+            "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "u"}}]}))
+        assert main(["agent", "-f", str(path), "--backend", "calico", "--backend-opt",
+                     f"calico.kubeconfig={kubeconfig}", "--no-kube", "--no-facts", "--once",
+                     "--listen", "none"]) == 0
+        paths = [p for m, p, _ in srv.requests()]
+        assert any(p.endswith("/ippools") for p in paths), paths  # its own backend's
+        assert [p for p in paths if "/configmaps" in p] == []

@@ -289,3 +289,18 @@ def test_the_netlink_precheck_leaves_a_value_the_backend_refuses_to_the_backend(
     # "211" or 300 ended the plan with struct.error (an internal error) instead of the
     # backend's own refusal, passed over by the look.
     assert discover._netlink_may_own({"state_dir": tmp_path, **options})
+
+
+@pytest.mark.parametrize("where", [".", "lab 1", "host", "host/unnamed-4026532835"])
+def test_the_netlink_precheck_finds_a_record_wherever_the_backend_keeps_one(
+        where: str, tmp_path: Path) -> None:
+    # host/unnamed-INODE (a namespace of no name's, two levels down) was not looked in: the
+    # sysctls k3snet took there went unnamed once its routes were gone.
+    record = tmp_path / where / "sysctl.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"format": 1, "owned": {}, "released": []}))
+    assert not discover._sysctl_records(str(tmp_path))
+    record.write_text(json.dumps({"format": 1, "owned": {
+        "net.ipv4.ip_forward": {"value": "1", "previous": "0"}}, "released": []}))
+    assert discover._sysctl_records(str(tmp_path))
+    assert not discover._sysctl_records(str(tmp_path / "none yet"))

@@ -97,3 +97,30 @@ def test_a_dropped_cluster_backend_is_looked_through_as_built(tmp_path: Path) ->
                                        dropped=[old]) == ()  # in use: not left
         finally:
             old.close()
+
+
+def test_apply_dry_run_of_a_plan_file_names_the_ippool_left_with_the_file_s_kubeconfig(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A plan file made through cilium: its preview looks through calico with the file's
+    # recorded kubeconfig, and names it in the destroy (without it the destroy named
+    # reached ~/.kube/config, maybe another cluster).
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    kubeconfig = tmp_path / "kube config"
+    saved = tmp_path / "egress.plan"
+    with EmulatedApiServer(resources=RESOURCES) as server:
+        server.put(CRD, POD_POOL)
+        _kubeconfig(kubeconfig, server.url)
+        assert main(["apply", "-f", str(spec), "--no-facts", "--auto-approve", "--backend",
+                     "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"]) == 0
+        main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",
+              "--backend-opt", f"cilium.kubeconfig={kubeconfig}", "--out", str(saved)])
+        capsys.readouterr()
+        assert main(["apply", "--dry-run", str(saved)]) == 0
+        (line,) = [line for line in capsys.readouterr().out.splitlines()
+                   if line.startswith("!! warning: calico holds")]
+        assert shlex.split(line.split("`")[1])[1:] == [
+            "destroy", "--backend", "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"]
+        assert len(server.objects(CRD)) == 2  # said, not removed

@@ -18,12 +18,19 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from k3snet import State, Sysctl, converge
+from k3snet.backends import discover
+from k3snet.backends import netns as netns_module
+from k3snet.backends.netlink import NetlinkBackend
+from k3snet.backends.netns import NetnsRunner
 from k3snet.demo import SPEC_PATH
 from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.model.route import K3SNET_ROUTE_PROTOCOL
 
 pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.usefixtures("require_root")]
 
@@ -295,3 +302,61 @@ def test_the_sysctls_netlink_took_are_named_left_when_no_route_of_its_protocol_r
                        lab.node, lab=lab, lock_dir=tmp_path)
         assert re.search(r"netlink holds \d+ of k3snet's objects", planned.stdout), (
             planned.stdout)
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict-checking", "every-route-sent"])
+def test_the_netlink_precheck_finds_a_route_of_its_protocol_of_ipv6_alone_in_any_table(
+        strict: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A routed IPv6-only node: k3snet's routes are IPv6 alone, in a table of their own; the
+    # precheck dumps both families. A kernel without strict checking (before 4.20, the
+    # socket option refused: here another option number, refused alike) sends every route
+    # of the family, and each message's protocol decides, not the kernel's filter.
+    if not strict:
+        monkeypatch.setattr(discover, "_NETLINK_GET_STRICT_CHK", 0x7FFF)
+    with temporary_netns("switch") as ns, NetnsRunner(ns) as runner:
+        run_in(ns, ["ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1"])
+        run_in(ns, ["ip", "link", "set", "d0", "up"])
+        run_in(ns, ["ip", "-6", "addr", "add", "fd00::1/64", "dev", "d0", "nodad"])
+        for table in range(100, 400):  # routes of other protocols in many tables
+            run_in(ns, ["ip", "route", "add", "10.9.0.0/24", "dev", "d0", "proto", "static",
+                        "table", str(table)])
+        run_in(ns, ["ip", "-6", "route", "add", "fd01::/64", "dev", "d0", "proto", "static"])
+        assert not runner.call(lambda: discover._routes_of(K3SNET_ROUTE_PROTOCOL))
+        run_in(ns, ["ip", "-6", "route", "add", "fd02::/64", "dev", "d0", "proto", "211",
+                    "table", "300"])
+        assert runner.call(lambda: discover._routes_of(K3SNET_ROUTE_PROTOCOL))
+        assert not runner.call(lambda: discover._routes_of(200))
+
+
+def test_the_sysctls_taken_in_a_namespace_of_no_name_send_the_look_through_netlink(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # k3snet run in a namespace of no name (`nsenter --net` into a pod's, `unshare -n`)
+    # keeps its record two levels down, under host/unnamed-INODE: the precheck read the
+    # state directory and one level of it, found no record, and the sysctls k3snet took
+    # there went unnamed once its routes were gone (nftables alone in use).
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    nameless = tmp_path / "no-names"
+    nameless.mkdir()
+    with temporary_netns("switch") as node, temporary_netns("switch") as other:
+        monkeypatch.setattr(netns_module, "INIT_NETNS", netns_module.netns_path(node))
+        run_in(other, ["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+        inode = netns_module.netns_path(other).stat().st_ino
+        with NetnsRunner(other) as runner, monkeypatch.context() as hidden:
+            runner.call(lambda: None)  # in the namespace before its name is hidden
+            hidden.setattr(netns_module, "NETNS_DIR", nameless)
+
+            def look() -> list[str]:
+                found = discover.left_behind([SimpleNamespace(name="nftables")],
+                                             {"netlink": {"state_dir": state}})
+                return [w.split(" holds ")[0] for w in found]
+
+            def take() -> None:
+                with NetlinkBackend(None, state_dir=state) as backend:
+                    converge(backend, State(owned=[Sysctl("net.ipv4.ip_forward", 1)]))
+
+            assert runner.call(look) == []
+            runner.call(take)
+            assert (state / "host" / f"unnamed-{inode}" / "sysctl.json").exists()
+            assert runner.call(look) == ["netlink"]
+        assert run_in(other, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
