@@ -592,6 +592,21 @@ def test_lease_candidates_are_checked(spec: Spec, selector: str, fragment: str) 
         render_manifests(spec, lease_candidates=selector)
 
 
+@pytest.mark.parametrize("report", [True, False])
+def test_lease_candidates_beside_flannels_file_alone_are_refused(report: bool) -> None:
+    # flannel's file (flannel_conf) is each node's own: no agent holds a Lease for it. The
+    # name "flannel" among the backends let lease_candidates through: every agent's token
+    # could read every Node (the get this option grants) for nothing, and without the
+    # node report the DaemonSet passed --no-kube --lease-candidates.
+    with pytest.raises(SpecError, match="no backend of the spec writes objects"):
+        render_manifests(Spec(backends=["flannel"]), node_report=report,
+                         flannel_conf="/etc/k3s/flannel/net-conf.json", lease_candidates="zone=a")
+    # through its ConfigMap flannel is cluster-wide: a Lease, and candidates for it
+    objs = render_manifests(Spec(backends=["flannel"]), node_report=report,
+                            flannel_configmap_namespace="kube-flannel", lease_candidates="zone=a")
+    assert _agent_container(objs)["command"][-2:] == ["--lease-candidates", "zone=a"]
+
+
 @pytest.mark.parametrize("name", ["calico", "everything-flannel-configmap",
                                   "everything-flannel-file", "cilium"])
 def test_cluster_wide_writers_get_their_lease(name: str) -> None:
