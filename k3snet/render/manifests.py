@@ -135,8 +135,8 @@ _REPORT_ANNOTATIONS: Final = ("k3snet.io/agent-status", "k3snet.io/agent-result"
 _EVENT_NAMESPACE: Final = "default"
 # Measured: see docs/agent.md ("Memory") for the figures and the command.
 AGENT_MEMORY_REQUEST: Final = "128Mi"
-"""The agent's memory request for a spec of up to some 3,000 destinations (the least it
-gets: :func:`agent_memory_request`)."""
+"""The agent's memory request for a spec of up to 3,394 destinations (the least it gets:
+:func:`agent_memory_request`)."""
 AGENT_MEMORY_LIMIT: Final = "384Mi"
 """The agent's memory limit for a spec of up to 10,000 destinations (the least it gets:
 :func:`agent_memory_limit`)."""
