@@ -381,8 +381,9 @@ def list_pages(fetch: Callable[[dict[str, Any]], Any], doing: str, *,
     ``cached``: the list may be a moment old: its first request (and the whole list
     asked again) names ``resourceVersion=0``, which the API server serves from its
     watch cache, not from etcd, as client-go's informers list (a cache answers it whole,
-    ``limit`` aside, or in pages of a snapshot; a continue page names no version, which
-    the API server refuses beside a token). Without it, every list is a quorum read
+    ``limit`` aside, or in pages of a snapshot; a continue page names no version: its
+    token carries the list's own, and the API server refuses any but 0 beside one,
+    ``storage/etcd3`` and the cacher alike). Without it, every list is a quorum read
     from etcd, ``page`` objects a request: for what is written back naming the versions
     read (IPPools, ConfigMaps). Every Node of a 5 000-node cluster, for the Lease
     holder each interval, was 10 quorum reads of 500 whole Nodes from etcd.

@@ -444,7 +444,7 @@ def test_list_pages_lists_whole_once_a_continue_token_expired() -> None:
 
 def test_list_pages_cached_names_version_0_first_and_again_whole_never_beside_a_token() -> None:
     # resourceVersion=0: from the API server's watch cache; beside a continue token the
-    # API server refuses a version (400), and the token carries the list's own.
+    # API server refuses a version other than 0 (400), and the token carries the list's own.
     gone = KubeApiError("list X: gone", status=410, reason="Expired")
     fetch = _pages({"metadata": {"continue": "a"}, "items": [1]}, gone,
                    {"metadata": {}, "items": [1, 2, 3]})
