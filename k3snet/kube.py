@@ -568,8 +568,9 @@ def list_pages(fetch: Callable[[dict[str, Any]], Any], doing: str, *,
     ``cached``: the list may be a moment old: its first request (and the whole list
     asked again) names ``resourceVersion=0``, which the API server serves from its
     watch cache, not from etcd, as client-go's informers list (a cache answers it whole,
-    ``limit`` aside, or in pages of a snapshot; a continue page names no version, which
-    the API server refuses beside a token). Without it, every list is a quorum read
+    ``limit`` aside, or in pages of a snapshot; a continue page names no version: its
+    token carries the list's own, and the API server refuses any but 0 beside one,
+    ``storage/etcd3`` and the cacher alike). Without it, every list is a quorum read
     from etcd, ``page`` objects a request: for what is written back naming the versions
     read (IPPools, ConfigMaps). Every Node of a 5 000-node cluster, for the Lease
     holder each interval, was 10 quorum reads of 500 whole Nodes from etcd.
@@ -761,8 +762,9 @@ def make_api_client(
 
 def retry_policy() -> Any:
     """urllib3's retries for the clients :func:`make_api_client` makes: 3 more tries, at
-    once, for a connection refused or reset; none for a request that timed out, and none
-    for an answer, whatever its status and ``Retry-After``.
+    once, for a connection refused or reset; none for a request that timed out, none for
+    an answer, whatever its status and ``Retry-After``, and none at all within
+    :func:`requests_within`'s deadline (each try waited its whole timeout again).
 
     urllib3 sends again a request whose connect or (for a GET) answer timed out, each try
     waiting the whole request timeout: a read of an API server that accepts connections
@@ -798,6 +800,13 @@ def retry_policy() -> Any:
             # ConnectTimeoutError in urllib3: it is still retried.
             if isinstance(error, urllib3.exceptions.TimeoutError) and not isinstance(
                     error, urllib3.exceptions.NewConnectionError):
+                raise urllib3.exceptions.MaxRetryError(_pool, url, error) from error
+            # Within a deadline (requests_within: SIGTERM's grace period) a request is
+            # sent once: a try more waits its whole timeout again (a GET whose connection
+            # an API server or load balancer closed after a while, before answering),
+            # each try given what was left when the request began, past the deadline.
+            within = _WITHIN.get()
+            if error is not None and within is not None and within() is not None:
                 raise urllib3.exceptions.MaxRetryError(_pool, url, error) from error
             return super().increment(method, url, response, error, _pool, _stacktrace)
 

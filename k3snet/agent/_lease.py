@@ -49,7 +49,14 @@ import attrs
 
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import ModelError
-from k3snet.kube import DEFAULT_TIMEOUT, Deadline, KubeApiError, KubeErrors, throttle_waits
+from k3snet.kube import (
+    DEFAULT_TIMEOUT,
+    Deadline,
+    KubeApiError,
+    KubeErrors,
+    requests_within,
+    throttle_waits,
+)
 
 __all__ = ["LEASE_JITTER", "RETRY_AFTER_LIMIT", "LeaderElector", "LeaseSettings"]
 
@@ -270,34 +277,39 @@ class LeaderElector:
         """Give the Lease up at once (if held): the next candidate need not wait it out.
 
         ``deadline``: each of its two requests waits at most what is left of it (none is
-        sent once nothing is); the Lease then expires by itself, as it does after a
+        sent once nothing is), and is sent once (:func:`~k3snet.kube.requests_within`: a
+        GET whose connection closed unanswered was tried 3 times more, each waiting what
+        was left when it began); the Lease then expires by itself, as it does after a
         throttled answer (not waited: ``throttle_waits(None)``).
         """
         if not self.is_leader:
             return
-        s = self.settings
         self._set_leader(False, None)
         try:
-            timeout, errors = self._within(deadline)
-            with translate_errors(f"read {self.where}", classifier=errors), \
-                    throttle_waits(None):
-                lease = self._api.read_namespaced_lease(s.name, s.namespace,
-                                                        _request_timeout=timeout)
-            if lease.spec is None or lease.spec.holder_identity != self.identity:
-                return
-            body = {"metadata": {"resourceVersion": lease.metadata.resource_version},
-                    "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
-                             "renewTime": _micro_time(_now())}}
-            timeout, errors = self._within(deadline)
-            with translate_errors(f"release {self.where}", classifier=errors), \
-                    throttle_waits(None):
-                self._api.patch_namespaced_lease(
-                    s.name, s.namespace, body, _content_type="application/merge-patch+json",
-                    _request_timeout=timeout)
+            with requests_within(lambda: deadline), throttle_waits(None):
+                self._release(deadline)
         except (KubeApiError, _NoTimeLeftError) as exc:
             _log.warning("could not release %s (it expires by itself): %s", self.where, exc)
         else:
             _log.info("released %s", self.where, extra={"lease": self.where})
+
+    def _release(self, deadline: Deadline | None) -> None:
+        """The release's read of the Lease, and its write if this node still holds it."""
+        s = self.settings
+        timeout, errors = self._within(deadline)
+        with translate_errors(f"read {self.where}", classifier=errors):
+            lease = self._api.read_namespaced_lease(s.name, s.namespace,
+                                                    _request_timeout=timeout)
+        if lease.spec is None or lease.spec.holder_identity != self.identity:
+            return
+        body = {"metadata": {"resourceVersion": lease.metadata.resource_version},
+                "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
+                         "renewTime": _micro_time(_now())}}
+        timeout, errors = self._within(deadline)
+        with translate_errors(f"release {self.where}", classifier=errors):
+            self._api.patch_namespaced_lease(
+                s.name, s.namespace, body, _content_type="application/merge-patch+json",
+                _request_timeout=timeout)
 
     def _within(self, deadline: Deadline | None) -> tuple[float, KubeErrors]:
         """The timeout of the next request, cut to what is left of ``deadline``, and its

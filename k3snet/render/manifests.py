@@ -135,8 +135,8 @@ _REPORT_ANNOTATIONS: Final = ("k3snet.io/agent-status", "k3snet.io/agent-result"
 _EVENT_NAMESPACE: Final = "default"
 # Measured: see docs/agent.md ("Memory") for the figures and the command.
 AGENT_MEMORY_REQUEST: Final = "128Mi"
-"""The agent's memory request for a spec of up to some 3,000 destinations (the least it
-gets: :func:`agent_memory_request`)."""
+"""The agent's memory request for a spec of up to 3,394 destinations (the least it gets:
+:func:`agent_memory_request`)."""
 AGENT_MEMORY_LIMIT: Final = "384Mi"
 """The agent's memory limit for a spec of up to 10,000 destinations (the least it gets:
 :func:`agent_memory_limit`)."""
@@ -265,10 +265,12 @@ def _agent_needs(
         problem = label_selector_problem(lease_candidates)
         if problem is not None:
             problems.append(Problem("", f"lease_candidates {problem}"))
-        elif not any(backend in spec.backends for backend in _CLUSTER_BACKENDS):
+        elif not ("calico" in spec.backends or flannel[1] is not None or cilium is not None):
+            # flannel's file (flannel_conf) is each node's own: no Lease, as without flannel
             problems.append(Problem("backends", (
                 "lease_candidates given, but no backend of the spec writes objects shared by "
-                f"the cluster ({', '.join(_CLUSTER_BACKENDS)}): there is no Lease to hold")))
+                f"the cluster ({', '.join(_CLUSTER_BACKENDS)}; flannel through its ConfigMap, "
+                "not a node's file): there is no Lease to hold")))
     if problems:
         raise SpecError(problems)
     return _AgentNeeds(
@@ -1184,10 +1186,10 @@ def render_manifests(
     cannot limit, judged from the node name the API server puts in a pod-bound token
     (:data:`NODE_NAME_EXTRA`).
 
-    ``lease_candidates`` (``LABEL`` or ``LABEL=VALUE``; a spec with a ``calico``,
-    ``cilium`` or ``flannel`` backend): only the nodes with this label compete for the
-    Lease (the agent's ``--lease-candidates``), and the agent may read Nodes (``get``),
-    which it needs for that alone.
+    ``lease_candidates`` (``LABEL`` or ``LABEL=VALUE``; a spec with a ``calico`` or
+    ``cilium`` backend, or ``flannel`` through its ConfigMap, not a node's file): only the
+    nodes with this label compete for the Lease (the agent's ``--lease-candidates``), and
+    the agent may read Nodes (``get``), which it needs for that alone.
 
     Raises :class:`~k3snet.errors.SpecError` for an invalid spec, flannel options,
     profile or ``lease_candidates``.

@@ -430,3 +430,51 @@ def test_the_lease_release_asked_to_wait_gives_up_at_once_through_the_agents_cli
     lease = server.get(LEASES, SETTINGS.name, SETTINGS.namespace)
     assert lease is not None
     assert lease["spec"]["holderIdentity"] == "node-a"  # it expires by itself
+
+
+def test_the_lease_release_whose_connection_closes_unanswered_reads_once(
+        server: EmulatedApiServer, caplog: pytest.LogCaptureFixture) -> None:
+    # An API server, or a load balancer with no backend left, that reads the release's
+    # GET and closes the connection without an answer: urllib3 (retry_policy) sent it 3
+    # times more, each waiting what was left of the grace deadline when it began (4 times
+    # the deadline in all). Within the deadline a request is sent once.
+    import socket  # noqa: PLC0415 - this test alone
+
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    from k3snet.kube import retry_policy  # noqa: PLC0415
+
+    accepted: list[int] = []
+    with socket.socket() as closing:
+        closing.bind(("127.0.0.1", 0))
+        closing.listen(16)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = closing.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    accepted.append(1)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        configuration = client.Configuration()
+        configuration.host = server.url
+        configuration.retries = retry_policy()
+        api: Any = client.ApiClient(configuration)
+        clock = FakeClock()
+        try:
+            holder = LeaderElector(api, "node-a", SETTINGS, clock=clock)
+            assert holder.step()
+            api.configuration.host = f"http://127.0.0.1:{closing.getsockname()[1]}"
+            with caplog.at_level("WARNING", logger="k3snet.agent"):
+                holder.stop(release=True, deadline=Deadline(clock.now + 4, clock))
+        finally:
+            api.close()
+            closing.shutdown(socket.SHUT_RDWR)
+        thread.join(5)
+    assert len(accepted) == 1
+    assert any("could not release" in r.getMessage() for r in caplog.records)

@@ -702,7 +702,7 @@ def test_the_nodes_are_read_from_the_watch_cache_and_a_node_come_or_gone_is_seen
     # object from etcd, 500 a request (a 5 000-node cluster's 10 requests every 30 s,
     # each reading 500 whole Nodes from etcd). resourceVersion=0 is served from the API
     # server's watch cache (client-go's informers list so): no etcd read; a continue
-    # page names none (the API server refuses one with it). The cache is at most a
+    # page names none (its token carries the list's own). The cache is at most a
     # moment behind: a Node added or deleted shows in the next interval's list.
     from k3snet.kube import LIST_PAGE  # noqa: PLC0415 - this test alone
     from k3snet.model.cni import CalicoFelixNat  # noqa: PLC0415 - this test alone

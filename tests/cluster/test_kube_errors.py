@@ -271,6 +271,68 @@ def test_the_retry_policy_retries_a_refused_connection_but_no_timeout() -> None:
         assert info.value.reason is timeout
 
 
+def test_the_retry_policy_retries_nothing_within_a_deadline() -> None:
+    # After SIGTERM (requests_within) each try of a GET whose connection was closed or
+    # reset before its answer waited what was left when the request began, 4 tries in
+    # all: past the grace deadline. Outside a deadline a reset is still tried again.
+    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
+
+    policy = retry_policy()
+    errors = (urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError()),
+              urllib3.exceptions.NewConnectionError(None, "Connection refused"))  # type: ignore[arg-type]
+    for error in errors:
+        assert policy.increment("GET", "/x", error=error).total == 2
+        with requests_within(lambda: None):  # no deadline yet: as outside
+            assert policy.increment("GET", "/x", error=error).total == 2
+        with requests_within(lambda: Deadline(1e9, lambda: 0.0)), \
+                pytest.raises(urllib3.exceptions.MaxRetryError) as info:
+            policy.increment("GET", "/x", error=error)
+        assert info.value.reason is error
+
+
+def test_a_request_within_a_deadline_whose_connection_closes_unanswered_is_sent_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server (a load balancer with no backend left) that reads the request and closes
+    # the connection without an answer: the GET was sent 4 times, each try waiting what
+    # was left of the deadline when the request began. Within a deadline: once.
+    import threading  # noqa: PLC0415 - this test alone
+
+    from kubernetes import client  # noqa: PLC0415 - optional dependency
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    accepted: list[int] = []
+    with socket.socket() as closing:
+        closing.bind(("127.0.0.1", 0))
+        closing.listen(16)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = closing.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    accepted.append(1)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, closing.getsockname()[1])))
+        core: Any = client.CoreV1Api(api)
+        try:
+            for deadline, sent in ((None, 4), (Deadline(1e9, lambda: 0.0), 1)):
+                del accepted[:]
+                with requests_within(lambda d=deadline: d), pytest.raises(KubeApiError), \
+                        translate_errors(WHERE, classifier=KubeErrors(timeout=10.0)):
+                    core.read_namespaced_config_map("x", "kube-system", _request_timeout=10)
+                assert len(accepted) == sent, deadline
+        finally:
+            api.close()
+            closing.shutdown(socket.SHUT_RDWR)
+    server.join(5)
+
+
 class _Rest:
     """A client's REST layer recording the timeout each request reaches it with."""
 
@@ -382,7 +444,7 @@ def test_list_pages_lists_whole_once_a_continue_token_expired() -> None:
 
 def test_list_pages_cached_names_version_0_first_and_again_whole_never_beside_a_token() -> None:
     # resourceVersion=0: from the API server's watch cache; beside a continue token the
-    # API server refuses a version (400), and the token carries the list's own.
+    # API server refuses a version other than 0 (400), and the token carries the list's own.
     gone = KubeApiError("list X: gone", status=410, reason="Expired")
     fetch = _pages({"metadata": {"continue": "a"}, "items": [1]}, gone,
                    {"metadata": {}, "items": [1, 2, 3]})
