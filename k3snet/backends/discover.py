@@ -387,9 +387,14 @@ def cluster_left_behind(in_use: Sequence[Backend],
 
 def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> list[str]:
     """The warning of what cluster backend ``backend`` owns (none when nothing or its
-    read fails)."""
+    read fails). Its requests wait nothing when throttled (``throttle_waits(None)``): a
+    look no one asked for passes a busy API server over, where the one-shot commands'
+    waits made a ``plan`` through cilium wait ~25 s and print five lines about calico."""
+    from k3snet.kube import throttle_waits  # noqa: PLC0415 - cluster backends alone
+
     try:
-        owned = len(backend.observe().owned)
+        with throttle_waits(None):
+            owned = len(backend.observe().owned)
     except Exception as exc:  # noqa: BLE001 - the look only warns
         log.debug("%s could not look for objects left behind: %s", name, exc)
         return []

@@ -10,11 +10,13 @@ import json
 import shlex
 from pathlib import Path
 
+import attrs
 import pytest
 
 from k3snet.backends.discover import cluster_left_behind
 from k3snet.backends.registry import create_backend
 from k3snet.cli import main
+from k3snet.kube import THROTTLE_WAITS, throttle_waits
 from k3snet.testing.kube import EmulatedApiServer
 
 SPEC = """\
@@ -124,3 +126,31 @@ def test_apply_dry_run_of_a_plan_file_names_the_ippool_left_with_the_file_s_kube
         assert shlex.split(line.split("`")[1])[1:] == [
             "destroy", "--backend", "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"]
         assert len(server.objects(CRD)) == 2  # said, not removed
+
+
+def test_a_throttled_look_through_a_backend_not_in_use_waits_nothing_and_says_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The look no one asked for, answered 429 (Retry-After: 5): with the one-shot
+    # commands' waits, `plan` through cilium waited 5 s five times over and printed a
+    # line about calico at each; now the look is passed over at once.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    kubeconfig = tmp_path / "kubeconfig"
+    waits: list[float] = []
+    with EmulatedApiServer(resources=RESOURCES) as server, \
+            throttle_waits(attrs.evolve(THROTTLE_WAITS, sleep=waits.append)):
+        server.put(CRD, POD_POOL)
+        _kubeconfig(kubeconfig, server.url)
+        server.fail(429, method="GET", plural="ippools", times=None, retry_after=5)
+        capsys.readouterr()
+        main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",
+              "--backend-opt", f"cilium.kubeconfig={kubeconfig}"])
+        captured = capsys.readouterr()
+        ippool_reads = [path for method, path, _ in server.requests()
+                        if method == "GET" and path.endswith("/ippools")]
+    assert waits == []
+    assert len(ippool_reads) == 1
+    assert "sending it again" not in captured.err, captured.err
+    assert "calico holds" not in captured.out
