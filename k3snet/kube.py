@@ -345,7 +345,9 @@ class ThrottleWaits:
     the request never sent before the time the API server asked. Each wait is logged
     (a warning of the ``k3snet.kube`` logger: a line on the CLI's stderr). Only a
     request that is safe to send twice is sent again (:func:`safe_to_send_again`): the
-    others' answer is the caller's at once.
+    others' answer is the caller's at once. A write sent again after a 503 (which may
+    come after the API server acted) and then refused says an earlier send may have
+    made the change.
 
     ``sleep`` waits (a recorder in tests).
     """
@@ -379,6 +381,9 @@ _WAITS: contextvars.ContextVar[ThrottleWaits | None] = contextvars.ContextVar(
 _NOTE_ATTRIBUTE = "_k3snet_throttle_note"
 """Set on the headers of a throttled answer given to the caller after waits, or without
 one it asked too long for: what was done, quoted by :class:`KubeErrors`' message."""
+_MAY_HAVE_ACTED = ("the request was sent again after a 503 answer, which may come after "
+                   "the API server acted: this send changed nothing, an earlier one may "
+                   "have made the change it refuses")
 _log = logging.getLogger(__name__)
 
 
@@ -494,11 +499,15 @@ def _bound(api_client: Any) -> None:
     def bounded(*args: Any, **kwargs: Any) -> Any:
         given = kwargs.get("_request_timeout")
         waits = _WAITS.get()
-        sent_again, waited = 0, 0.0
+        # A write sent again after a 503, which may come after the API server acted: a
+        # refusal of the next send (409 AlreadyExists or Conflict, a 404) says so.
+        sent_again, waited, acted = 0, 0.0, False
         while True:
             response = send(args, kwargs, given)
             status = getattr(response, "status", None)
             if waits is None or status not in THROTTLED_STATUSES:
+                if acted and isinstance(status, int) and status >= 400:
+                    _note(response, _MAY_HAVE_ACTED)
                 return response
             method, url, content_type, body = _request_parts(args, kwargs)
             if not safe_to_send_again(method, content_type, body):
@@ -528,6 +537,7 @@ def _bound(api_client: Any) -> None:
                          sent_again + 1, waits.tries, waits.total)
             waits.sleep(wait)
             sent_again, waited = sent_again + 1, waited + wait
+            acted = acted or (status == 503 and method.upper() not in ("GET", "HEAD"))
 
     rest.request = bounded
     rest._k3snet_within = True
