@@ -109,6 +109,7 @@ def test_the_fields_of_a_rule(text: str, expected: RuleFields) -> None:
         "-m conntrack --ctstatus SEEN_REPLY -j ACCEPT",
         "-m state --state ESTABLISHED --ctdir REPLY -j ACCEPT",  # --ctdir is conntrack's
         "-m conntrack ! --ctdir REPLY -j ACCEPT",
+        "-m conntrack ! --ctstate NEW --ctdir REPLY -j ACCEPT",  # (its negation not modelled)
         # two tests of conntrack's one field: no packet may pass both (not the last alone)
         "-m conntrack --ctdir ORIGINAL -m conntrack --ctdir REPLY -j ACCEPT",
         "-m conntrack --ctdir ORIGINAL -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j ACCEPT",
