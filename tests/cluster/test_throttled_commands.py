@@ -390,3 +390,49 @@ def test_a_read_sent_again_after_a_503_says_nothing_of_an_earlier_send(
     assert slept == [1.0]
     assert info.value.status == 404
     assert "503" not in str(info.value)
+
+
+def test_a_callers_own_client_is_left_as_it_sends_outside_a_block_of_waits(
+        server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A library caller's client handed to k3snet (api_client=) is the caller's: its own
+    # requests (an operator's, answering 429 its own way) were sent again by k3snet's
+    # wrapper after sleeps of up to 30 s, from the first time k3snet saw the client.
+    import kubernetes  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    kube: Any = kubernetes  # (untyped)
+
+    waits: list[float] = []
+    monkeypatch.setattr("k3snet.kube.THROTTLE_WAITS", ThrottleWaits(sleep=waits.append))
+    configuration = kube.client.Configuration()
+    kube.config.load_kube_config(config_file=str(_kubeconfig(tmp_path, server)),
+                            client_configuration=configuration)
+    own = kube.client.ApiClient(configuration)
+    try:
+        assert make_api_client(own) == (own, False)
+        # (a 503 naming no Retry-After: urllib3 itself, as the caller configured it, sends
+        # a GET answered with one again)
+        server.fail(503, method="GET", plural="configmaps", times=1)
+        with pytest.raises(kube.client.ApiException) as info:
+            _core(own).read_namespaced_config_map("x", "kube-system")
+        assert info.value.status == 503
+        # ... unless the caller asks k3snet's waits for a block
+        server.fail(503, method="GET", plural="configmaps", times=1)
+        with throttle_waits(ThrottleWaits(sleep=waits.append)):
+            _core(own).read_namespaced_config_map("x", "kube-system")
+    finally:
+        own.close()
+    assert waits == [1.0]
+
+
+def test_a_client_k3snet_makes_waits_outside_any_block(
+        server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr("k3snet.kube.THROTTLE_WAITS", ThrottleWaits(sleep=waits.append))
+    api, owned = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        assert owned
+        server.fail(429, method="GET", plural="configmaps", times=1, retry_after=1)
+        _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert waits == [1.0]
