@@ -345,7 +345,9 @@ class ThrottleWaits:
     the request never sent before the time the API server asked. Each wait is logged
     (a warning of the ``k3snet.kube`` logger: a line on the CLI's stderr). Only a
     request that is safe to send twice is sent again (:func:`safe_to_send_again`): the
-    others' answer is the caller's at once.
+    others' answer is the caller's at once. A write sent again after a 503 (which may
+    come after the API server acted) and then refused says an earlier send may have
+    made the change.
 
     ``sleep`` waits (a recorder in tests).
     """
@@ -370,15 +372,22 @@ class ThrottleWaits:
 
 THROTTLE_WAITS = ThrottleWaits()
 """What the one-shot commands (``k3snet plan``, ``apply``, ``destroy``, ``observe``,
-``doctor``, the Ansible module) and a library caller wait for a throttled answer: up
-to 5 more tries, 5 s each and 30 s in all at most. The agent waits none
-(:func:`throttle_waits`): its loops wait with their own bounds."""
+``doctor``, the Ansible module) and a library caller wait for a throttled answer to a
+request of a client k3snet made (:func:`make_api_client` from a kubeconfig): up to 5
+more tries, 5 s each and 30 s in all at most. A client the caller made and handed to
+k3snet (``api_client=``) waits none outside a :func:`throttle_waits` block: its
+requests, the caller's own too, are left as the caller sends them. The agent waits
+none (:func:`throttle_waits`): its loops wait with their own bounds."""
 
+# (No default: unset, a client k3snet made waits THROTTLE_WAITS, a caller's none.)
 _WAITS: contextvars.ContextVar[ThrottleWaits | None] = contextvars.ContextVar(
-    "k3snet_kube_waits", default=THROTTLE_WAITS)
+    "k3snet_kube_waits")
 _NOTE_ATTRIBUTE = "_k3snet_throttle_note"
 """Set on the headers of a throttled answer given to the caller after waits, or without
 one it asked too long for: what was done, quoted by :class:`KubeErrors`' message."""
+_MAY_HAVE_ACTED = ("the request was sent again after a 503 answer, which may come after "
+                   "the API server acted: this send changed nothing, an earlier one may "
+                   "have made the change it refuses")
 _log = logging.getLogger(__name__)
 
 
@@ -386,7 +395,8 @@ _log = logging.getLogger(__name__)
 def throttle_waits(waits: ThrottleWaits | None) -> Iterator[None]:
     """Within the block, in this thread, a request of a client :func:`make_api_client`
     returned answered 429 or 503 is sent again as ``waits`` says (``None``: never; its
-    answer is the caller's at once). Outside any such block, :data:`THROTTLE_WAITS`.
+    answer is the caller's at once). Outside any such block, :data:`THROTTLE_WAITS` for
+    a client k3snet made, none for one the caller handed to it.
 
     The agent's pass, Lease elector and node report run within ``throttle_waits(None)``:
     each waits a throttled answer's ``Retry-After`` in its own loop, bounded and cut by
@@ -467,10 +477,10 @@ def _release(response: Any) -> None:
             raw.release_conn()
 
 
-def _bound(api_client: Any) -> None:
+def _bound(api_client: Any, *, made: bool) -> None:
     """Make ``api_client``'s requests honour :func:`requests_within` and
-    :func:`throttle_waits` (once a client; a client sending outside such a block waits
-    :data:`THROTTLE_WAITS`)."""
+    :func:`throttle_waits` (once a client; outside such a block, one k3snet ``made``
+    waits :data:`THROTTLE_WAITS`, a caller's none: its own requests are its own)."""
     rest = getattr(api_client, "rest_client", None)
     if rest is None or getattr(rest, "_k3snet_within", False):
         return
@@ -493,12 +503,16 @@ def _bound(api_client: Any) -> None:
 
     def bounded(*args: Any, **kwargs: Any) -> Any:
         given = kwargs.get("_request_timeout")
-        waits = _WAITS.get()
-        sent_again, waited = 0, 0.0
+        waits = _WAITS.get(THROTTLE_WAITS if made else None)
+        # A write sent again after a 503, which may come after the API server acted: a
+        # refusal of the next send (409 AlreadyExists or Conflict, a 404) says so.
+        sent_again, waited, acted = 0, 0.0, False
         while True:
             response = send(args, kwargs, given)
             status = getattr(response, "status", None)
             if waits is None or status not in THROTTLED_STATUSES:
+                if acted and isinstance(status, int) and status >= 400:
+                    _note(response, _MAY_HAVE_ACTED)
                 return response
             method, url, content_type, body = _request_parts(args, kwargs)
             if not safe_to_send_again(method, content_type, body):
@@ -528,6 +542,7 @@ def _bound(api_client: Any) -> None:
                          sent_again + 1, waits.tries, waits.total)
             waits.sleep(wait)
             sent_again, waited = sent_again + 1, waited + wait
+            acted = acted or (status == 503 and method.upper() not in ("GET", "HEAD"))
 
     rest.request = bounded
     rest._k3snet_within = True
@@ -734,7 +749,7 @@ def make_api_client(
                           ("context", context)):
         API_OPTION_CHECKS[option](value)
     if api_client is not None:
-        _bound(api_client)
+        _bound(api_client, made=False)
         return api_client, False
     kubernetes = _kubernetes()
     config = kubernetes.config
@@ -756,7 +771,7 @@ def make_api_client(
     # the request itself, up to 10 times: the same sleep retry_policy leaves out.
     configuration.client_go_retries = False
     made = kubernetes.client.ApiClient(configuration)
-    _bound(made)
+    _bound(made, made=True)
     return made, True
 
 

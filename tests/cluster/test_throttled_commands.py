@@ -10,6 +10,7 @@ timed.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -305,3 +306,133 @@ def test_the_agents_node_report_waits_nothing_inside_its_request(
 def test_throttle_waits_refuses_a_negative_bound(field: str) -> None:
     with pytest.raises(ValueError, match=field):
         ThrottleWaits(**dict[str, Any]({field: -1}))
+
+
+def _acted_then_unavailable(api: Any, method: str) -> list[int]:
+    """Make the first ``method`` request act, then answer 503 as a proxy before the API
+    server may (its connection to the server cut after the server acted); returns the
+    statuses the server answered behind it."""
+    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
+
+    pool = api.rest_client.pool_manager
+    real = pool.request
+    behind: list[int] = []
+
+    def request(verb: str, url: str, **kwargs: Any) -> Any:
+        answer = real(verb, url, **kwargs)
+        if verb != method or behind:
+            return answer
+        behind.append(answer.status)
+        answer.read()
+        answer.release_conn()
+        return urllib3.HTTPResponse(
+            body=io.BytesIO(b"upstream connect error or disconnect/reset before headers"),
+            status=503, reason="Service Unavailable", headers={"Content-Type": "text/plain"},
+            preload_content=False)
+
+    pool.request = request
+    return behind
+
+
+@pytest.mark.parametrize(("write", "method", "status"), [
+    ("create named", "POST", 409), ("patch of the version read", "PATCH", 409),
+    ("delete of the version read", "DELETE", 404)])
+def test_a_write_sent_again_after_a_503_that_followed_its_effect_is_refused_saying_so(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], *, write: str,
+        method: str, status: int) -> None:
+    # A proxy's 503 after the API server acted: the write sent again is refused (the name
+    # taken, the version gone). Its error said "nothing was written, observe and plan
+    # again" (409): the first send wrote it, and the command said it wrote nothing.
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    stored = server.get("v1/configmaps", "x", "kube-system")
+    assert stored is not None
+    version = stored["metadata"]["resourceVersion"]
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    core = _core(api)
+    calls: dict[str, Callable[[], Any]] = {
+        "create named": lambda: core.create_namespaced_config_map(
+            "kube-system", {"metadata": {"name": "y", "namespace": "kube-system"}}),
+        "patch of the version read": lambda: core.patch_namespaced_config_map(
+            "x", "kube-system", {"metadata": {"resourceVersion": version},
+                                 "data": {"a": "c"}},
+            _content_type="application/merge-patch+json"),
+        "delete of the version read": lambda: core.delete_namespaced_config_map(
+            "x", "kube-system", body=client.V1DeleteOptions(
+                preconditions=client.V1Preconditions(resource_version=version))),
+    }
+    try:
+        behind = _acted_then_unavailable(api, method)
+        with pytest.raises(KubeApiError) as info, \
+                translate_errors(write, classifier=KubeErrors()):
+            calls[write]()
+    finally:
+        api.close()
+    assert behind[0] < 300  # the first send acted
+    assert slept == [1.0]
+    assert info.value.status == status
+    assert ("sent again after a 503 answer, which may come after the API server acted: "
+            "this send changed nothing, an earlier one may have made the change it "
+            "refuses") in str(info.value), info.value
+
+
+def test_a_read_sent_again_after_a_503_says_nothing_of_an_earlier_send(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # (a read changes nothing: its 404 is the object's absence, whatever came before)
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        server.fail(503, method="GET", plural="configmaps", times=1)
+        with pytest.raises(KubeApiError) as info, \
+                translate_errors("read", classifier=KubeErrors()):
+            _core(api).read_namespaced_config_map("gone", "kube-system")
+    finally:
+        api.close()
+    assert slept == [1.0]
+    assert info.value.status == 404
+    assert "503" not in str(info.value)
+
+
+def test_a_callers_own_client_is_left_as_it_sends_outside_a_block_of_waits(
+        server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A library caller's client handed to k3snet (api_client=) is the caller's: its own
+    # requests (an operator's, answering 429 its own way) were sent again by k3snet's
+    # wrapper after sleeps of up to 30 s, from the first time k3snet saw the client.
+    import kubernetes  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    kube: Any = kubernetes  # (untyped)
+
+    waits: list[float] = []
+    monkeypatch.setattr("k3snet.kube.THROTTLE_WAITS", ThrottleWaits(sleep=waits.append))
+    configuration = kube.client.Configuration()
+    kube.config.load_kube_config(config_file=str(_kubeconfig(tmp_path, server)),
+                            client_configuration=configuration)
+    own = kube.client.ApiClient(configuration)
+    try:
+        assert make_api_client(own) == (own, False)
+        # (a 503 naming no Retry-After: urllib3 itself, as the caller configured it, sends
+        # a GET answered with one again)
+        server.fail(503, method="GET", plural="configmaps", times=1)
+        with pytest.raises(kube.client.ApiException) as info:
+            _core(own).read_namespaced_config_map("x", "kube-system")
+        assert info.value.status == 503
+        # ... unless the caller asks k3snet's waits for a block
+        server.fail(503, method="GET", plural="configmaps", times=1)
+        with throttle_waits(ThrottleWaits(sleep=waits.append)):
+            _core(own).read_namespaced_config_map("x", "kube-system")
+    finally:
+        own.close()
+    assert waits == [1.0]
+
+
+def test_a_client_k3snet_makes_waits_outside_any_block(
+        server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr("k3snet.kube.THROTTLE_WAITS", ThrottleWaits(sleep=waits.append))
+    api, owned = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        assert owned
+        server.fail(429, method="GET", plural="configmaps", times=1, retry_after=1)
+        _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert waits == [1.0]

@@ -283,6 +283,26 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
     "an accept of the original direction alone does not answer": (
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n"
         f"-A FORWARD -d {POD} -m conntrack --ctdir ORIGINAL -j ACCEPT", 4, set()),
+    # ... whatever else takes the router's errors, or the replies (each test alone)
+    "an accept of the original direction's established packets does not answer": (
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -m conntrack --ctstate ESTABLISHED --ctdir ORIGINAL -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -m conntrack --ctstate RELATED -j ACCEPT", 4, set()),
+    "an accept of the original direction's related packets takes no router's error": (
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n"
+        f"-A FORWARD -s {B} -d {POD} -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -m conntrack --ctstate RELATED --ctdir ORIGINAL -j ACCEPT", 4,
+        set()),
+    # Two directions (or states) tested, each by its match: no packet passes both, and the
+    # last one alone was read (the reply direction: k3snet wrote no rule of its own).
+    "an accept of both directions at once takes nothing": (
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -m conntrack --ctdir ORIGINAL -m conntrack --ctdir REPLY "
+        "-j ACCEPT", 4, set()),
+    "an accept of new and established packets at once takes nothing": (
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -m conntrack --ctstate NEW -m conntrack --ctstate "
+        "RELATED,ESTABLISHED --ctdir REPLY -j ACCEPT", 4, set()),
     # A --ctdir on the pods' way out takes their tracked packets only: not met.
     "an accept of the pods' traffic by direction is no accept of all of it": (
         f"-A FORWARD -s {POD} -d {B} -m conntrack --ctdir ORIGINAL -j ACCEPT\n"

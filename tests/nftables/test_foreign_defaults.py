@@ -495,6 +495,23 @@ ERROR_CASES: dict[str, tuple[str, bool]] = {
     "replies by their source, and what comes back in the original direction": (
         _PAIR.format(reply="", errors=_REPLY_DIRECTION.format(
             test="ct state established,related ct direction original")), True),
+    # (the reply direction's other spellings and company, as nft lists them)
+    "replies by their source, and what comes back in the reply direction as a set": (
+        _PAIR.format(reply="", errors=_REPLY_DIRECTION.format(test="ct direction { reply }")),
+        False),
+    "replies by their source, and what comes back not in the reply direction": (
+        _PAIR.format(reply="", errors=_REPLY_DIRECTION.format(test="ct direction != reply")),
+        True),
+    "replies by their source, and what comes back in the reply direction from them alone": (
+        _PAIR.format(reply="", errors=(
+            "        ip saddr 192.168.2.0/24 ip daddr 10.42.0.0/16 ct direction reply accept\n"
+            "        ip6 saddr fd01:2::/64 ip6 daddr fd42:42::/56 ct direction reply accept\n")),
+        True),
+    # the narrow accept after a drop of the pods' addresses: never reached
+    "replies by their source, a drop of the pods' addresses, then the reply direction": (
+        _PAIR.format(reply="", errors=(
+            "        ip daddr 10.0.0.0/8 drop\n        ip6 daddr fd00::/8 drop\n"
+            + _REPLY_DIRECTION.format(test="ct direction reply"))), True),
     "every established or related packet": (
         _PAIR.format(reply="", errors="").replace(
             "policy drop;\n", "policy drop;\n        ct state established,related accept\n"),

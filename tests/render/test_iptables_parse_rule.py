@@ -109,6 +109,11 @@ def test_the_fields_of_a_rule(text: str, expected: RuleFields) -> None:
         "-m conntrack --ctstatus SEEN_REPLY -j ACCEPT",
         "-m state --state ESTABLISHED --ctdir REPLY -j ACCEPT",  # --ctdir is conntrack's
         "-m conntrack ! --ctdir REPLY -j ACCEPT",
+        "-m conntrack ! --ctstate NEW --ctdir REPLY -j ACCEPT",  # (its negation not modelled)
+        # two tests of conntrack's one field: no packet may pass both (not the last alone)
+        "-m conntrack --ctdir ORIGINAL -m conntrack --ctdir REPLY -j ACCEPT",
+        "-m conntrack --ctdir ORIGINAL -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j ACCEPT",
+        "-m conntrack --ctstate NEW -m state --state ESTABLISHED -j ACCEPT",
         "-m comment --note x -j ACCEPT",
         "-j ACCEPT --to-source 192.168.1.5",  # --to-source belongs to SNAT
         "-j MASQUERADE --to-source 192.168.1.5",

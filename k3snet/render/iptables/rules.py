@@ -714,6 +714,14 @@ def _saved_network(text: str) -> Network:
     return net
 
 
+def _once(read: str | None, value: str) -> str:
+    """``value``, a conntrack test's, unless the rule tested that field already (a
+    ValueError: both tests hold, and the last alone is not what the rule matches)."""
+    if read is not None:
+        raise ValueError("a conntrack field tested twice")
+    return value
+
+
 def parse_rule(tokens: Line) -> RuleFields | None:  # noqa: PLR0912 - one branch per flag
     """The fields of a rule made only of known matches; ``None`` for anything else."""
     fields = RuleFields()
@@ -743,13 +751,13 @@ def parse_rule(tokens: Line) -> RuleFields | None:  # noqa: PLR0912 - one branch
             elif tok == "-m" and not neg and tokens[i + 1] in ("conntrack", "state") and tokens[
                 i + 2
             ] in ("--ctstate", "--state"):
-                fields.ctstate = tokens[i + 3]
+                fields.ctstate = _once(fields.ctstate, tokens[i + 3])
                 i += 4
                 if tokens[i - 3] == "conntrack" and tokens[i: i + 1] == ("--ctdir",):
-                    fields.ctdir = tokens[i + 1]  # iptables-save's order: after --ctstate
+                    fields.ctdir = _once(fields.ctdir, tokens[i + 1])  # (iptables-save's order)
                     i += 2
             elif tok == "-m" and not neg and tokens[i + 1: i + 3] == ("conntrack", "--ctdir"):
-                fields.ctdir = tokens[i + 3]
+                fields.ctdir = _once(fields.ctdir, tokens[i + 3])
                 i += 4
             elif tok == "-j" and not neg:
                 fields.target = tokens[i + 1]
