@@ -103,6 +103,10 @@ def test_the_kernel_takes_the_allowed_congestion_control_in_the_host_namespace_a
     ("net.ipv4.icmp_ratelimit", 20),
     ("net.ipv6.icmp.ratelimit", 20),
     ("net.ipv4.neigh.lo.locktime", 2),
+    ("net.ipv4.tcp_invalid_ratelimit", 20),
+    ("net.ipv6.conf.lo.mldv1_unsolicited_report_interval", 20),
+    ("net.ipv6.conf.lo.mldv2_unsolicited_report_interval", 20),
+    ("net.ipv6.route.gc_min_interval_ms", 20),
 ])
 def test_the_kernel_shows_a_time_in_ticks_as_written_only_at_the_multiple_the_spec_takes(
         ns: str, name: str, step: int) -> None:
@@ -114,6 +118,17 @@ def test_the_kernel_shows_a_time_in_ticks_as_written_only_at_the_multiple_the_sp
     run_in(ns, ["sh", "-c", f"echo {1000 + step} > {path}"])
     assert int(_shown(ns, name)) == 1000 + step
     # Rounded to a tick of this kernel's clock (1004 ms at HZ=250, 1000 for locktime);
-    # only at HZ=1000 (ms) or 100 and 300 (locktime) is 1001 itself shown.
+    # only at HZ=1000 (ms) or 100 and 1000 (locktime) is 1001 itself shown (HZ=300
+    # shows every locktime 1 less, 1000 for 1001 and 1001 for 1002).
     assert odd - 1001 in range(-step, step)
     assert value_problem(name, "1001") is not None
+
+
+def test_the_kernel_shows_ipv6_neigh_retrans_time_as_written_so_the_spec_takes_any(
+        ns: str) -> None:
+    """IPv6's retrans_time is kept in ticks as written (ndisc_ifinfo_sysctl_change:
+    proc_dointvec), not IPv4's hundredths: 1001 is shown 1001, and held."""
+    name = "net.ipv6.neigh.lo.retrans_time"
+    run_in(ns, ["sh", "-c", f"echo 1001 > /proc/sys/{name.replace('.', '/')}"])
+    assert _shown(ns, name).strip() == "1001"
+    assert value_problem(name, "1001") is None
