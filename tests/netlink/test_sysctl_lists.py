@@ -132,3 +132,22 @@ def test_the_kernel_shows_ipv6_neigh_retrans_time_as_written_so_the_spec_takes_a
     run_in(ns, ["sh", "-c", f"echo 1001 > /proc/sys/{name.replace('.', '/')}"])
     assert _shown(ns, name).strip() == "1001"
     assert value_problem(name, "1001") is None
+
+
+def test_a_stable_secret_none_set_is_taken_over_and_left_set_by_destroy(
+        ns: str, tmp_path: Path) -> None:
+    """The kernel answers EIO to the read of a stable_secret none set (a new interface's):
+    every apply of one failed, "no such sysctl". Set, it cannot be unset (an empty write
+    sets ::): destroy gives k3snet's ownership up and leaves the secret."""
+    name = "net.ipv6.conf.lo.stable_secret"
+    path = f"/proc/sys/{name.replace('.', '/')}"
+    assert run_in(ns, ["sh", "-c", f"cat {path} 2>/dev/null || echo unset"]).stdout.strip() \
+        == "unset"
+    wanted = State(owned=[Sysctl(name, "2001:db8::1")])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        converge(backend, wanted)
+        assert _shown(ns, name).strip() == "2001:0db8:0000:0000:0000:0000:0000:0001"
+        assert plan(backend.observe(), wanted).changes == ()
+        destroy(backend)
+        assert not backend.observe().owned
+    assert _shown(ns, name).strip() == "2001:0db8:0000:0000:0000:0000:0000:0001"
