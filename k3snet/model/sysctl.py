@@ -248,8 +248,15 @@ def _tick_problem(name: str, value: str) -> str | None:
     path = sysctl_path(name)
     if not _INTEGER.fullmatch(value) or not _TICKED_PATH.fullmatch(path):
         return None
-    step, unit = _TICKED[path.rsplit("/", 1)[1]]
+    leaf = path.rsplit("/", 1)[1]
+    step, unit = _TICKED[leaf]
     number = int(value)
+    if number < 0 or (number == 0 and leaf == "interval_probe_time_ms"):
+        # proc_dointvec_ms_jiffies: EINVAL (interval_probe_time_ms from 1);
+        # proc_dointvec_userhz_jiffies stores it and shows -0.
+        return (f"{name} is a time in {unit} from {1 if number == 0 else 0}, got "
+                f"{value!r}: the kernel refuses it or never shows it as written (every "
+                "apply would fail)")
     if number % step == 0:
         return None
     # As a node of HZ=250 shows it: ms rounded up to 4, hundredths of a second down to 2.

@@ -259,3 +259,19 @@ def test_ipv6_neigh_retrans_time_is_kept_in_ticks_as_written_so_any_number_is_ta
     (tests/netlink/test_sysctl_lists.py)."""
     assert value_problem(name, "1001") is None
     assert [s.value for s in Spec.from_dict({"sysctls": {name: "1001"}}).sysctls] == ["1001"]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("net.ipv4.icmp_ratelimit", "-20"),
+    ("net.ipv6.neigh.eth0.base_reachable_time_ms", "-1000"),
+    ("net.ipv4.neigh.eth0.locktime", "-2"),
+    ("net.ipv4.neigh.default.interval_probe_time_ms", "0"),
+])
+def test_a_negative_time_in_ticks_is_a_spec_problem(name: str, value: str) -> None:
+    """The kernel refuses a negative time in ms (proc_dointvec_ms_jiffies: EINVAL) and an
+    interval_probe_time_ms of 0 (its minimum is 1), and shows a negative time in
+    hundredths as -0 (tests/netlink/test_sysctl_lists.py): each apply failed."""
+    problem = value_problem(name, value)
+    assert problem is not None
+    assert "never shows it as written" in problem, problem
+    assert value_problem("net.ipv4.icmp_ratelimit", "0") is None

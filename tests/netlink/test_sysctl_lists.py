@@ -151,3 +151,20 @@ def test_a_stable_secret_none_set_is_taken_over_and_left_set_by_destroy(
         destroy(backend)
         assert not backend.observe().owned
     assert _shown(ns, name).strip() == "2001:0db8:0000:0000:0000:0000:0000:0001"
+
+
+@pytest.mark.parametrize(("name", "value", "shown"), [
+    ("net.ipv4.icmp_ratelimit", "-20", None),
+    ("net.ipv4.neigh.lo.interval_probe_time_ms", "0", None),
+    ("net.ipv4.neigh.lo.locktime", "-20", "-0"),
+])
+def test_the_kernel_refuses_a_negative_time_in_ticks_or_shows_it_otherwise(
+        ns: str, name: str, value: str, shown: str | None) -> None:
+    """Why value_problem refuses them: written, each apply failed."""
+    path = f"/proc/sys/{name.replace('.', '/')}"
+    written = run_in(ns, ["sh", "-c", f"echo {value} > {path}"], check=False)
+    if shown is None:
+        assert written.returncode != 0
+    else:
+        assert _shown(ns, name).strip() == shown
+    assert value_problem(name, value) is not None
