@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from k3snet import converge, destroy
+from k3snet import ApplyError, converge, destroy
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import State, Sysctl
@@ -168,3 +168,15 @@ def test_the_kernel_refuses_a_negative_time_in_ticks_or_shows_it_otherwise(
     else:
         assert _shown(ns, name).strip() == shown
     assert value_problem(name, value) is not None
+
+
+def test_a_rollback_leaves_a_stable_secret_it_cannot_unset_as_written(
+        ns: str, tmp_path: Path) -> None:
+    """An apply failing after it set a stable_secret none was set: the kernel cannot unset
+    one, and the rollback leaves the one written (and fails on nothing)."""
+    name = "net.ipv6.conf.lo.stable_secret"
+    wanted = State(owned=[Sysctl(name, "2001:db8::1"),
+                          Sysctl("net.ipv6.icmp.ratelimit", "-20")])  # EINVAL, after it
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend, pytest.raises(ApplyError):
+        converge(backend, wanted)
+    assert _shown(ns, name).strip() == "2001:0db8:0000:0000:0000:0000:0000:0001"
