@@ -29,7 +29,7 @@ from k3snet._admin_path import admin_path
 from k3snet._env import env_switch
 from k3snet._kept import input_problem, read_input, write_output_in
 from k3snet._logline import bounded as bounded_line
-from k3snet._logline import one_line, printable, printable_lines
+from k3snet._logline import one_line, printable, printable_line, printable_lines
 from k3snet._version import __version__
 from k3snet._yamltext import yaml_missing, yaml_problem
 from k3snet.backends.base import ApplyResult
@@ -796,8 +796,10 @@ class _TextLogFormatter(logging.Formatter):
 
         def render(cut: dict[str, str]) -> str:
             # A traceback's lines indented: none begins at the margin as a record would.
-            return head + one_line(cut["message"]) + "".join(
-                f"\n    {one_line(line)}" for line in cut.get("exception", "").splitlines())
+            # The message is k3snet's, quoting others' texts escaped already: not again.
+            return head + printable_line(cut["message"]) + "".join(
+                f"\n    {printable_line(line)}"
+                for line in cut.get("exception", "").splitlines())
 
         return bounded_line(fields, render)
 

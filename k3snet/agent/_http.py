@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from k3snet._logline import one_line
+from k3snet._logline import printable_line
 
 __all__ = ["DEADLINE", "MAX_CONNECTIONS", "REQUEST_LIMIT", "HealthServer", "parse_listen"]
 
@@ -327,7 +327,7 @@ def _probe(result: tuple[bool, str]) -> tuple[int, bytes, str]:
     # The reason quotes a pass's failure (a foreign table's name, an API server's text):
     # one printable line, so a probe's reader (curl, the kubelet's event) gets no escape
     # sequence, and a byte that was not UTF-8 (a lone surrogate) no 500.
-    return (200 if ok else 503), (one_line(reason.rstrip("\n")) + "\n").encode(), _TEXT
+    return (200 if ok else 503), (printable_line(reason.rstrip("\n")) + "\n").encode(), _TEXT
 
 
 def _text(status: int, text: str) -> tuple[int, bytes, str]:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Literal, TextIO
 
-from k3snet._logline import LOG_LINE_LIMIT
+from k3snet._logline import LOG_LINE_LIMIT, printable_line
 from k3snet._logline import bounded as _bounded
 from k3snet._logline import one_line as _one_line
 
@@ -68,8 +68,12 @@ class _TextFormatter(logging.Formatter):
     @staticmethod
     def _render(record: logging.LogRecord, fields: dict[str, Any]) -> str:
         extra = sorted((k[1:], v) for k, v in fields.items() if k.startswith("="))
+        # The message and a traceback's lines are k3snet's, quoting others' texts each
+        # escaped already (a foreign rule's, printable): escaped again, a foreign name's
+        # ESC was logged as a backslash doubled before x1b where the CLI prints one
+        # (printable_line escapes what is still not printable).
         line = (f"{_timestamp(record)} {record.levelname} node={_one_line(fields['node'])} "
-                f"{_one_line(fields['message'])}")
+                f"{printable_line(fields['message'])}")
         if extra:
             line += " (" + " ".join(f"{k}={_one_line(v)}" for k, v in extra) + ")"
         if "exception" in fields:
@@ -77,7 +81,7 @@ class _TextFormatter(logging.Formatter):
             # API server's text, a name from the node) could otherwise begin a line at
             # the margin that reads as another record.
             # Each line printable too: no escape sequence reaches the reader's terminal.
-            line += "".join(f"\n    {_one_line(each)}"
+            line += "".join(f"\n    {printable_line(each)}"
                             for each in fields["exception"].splitlines())
         return line
 

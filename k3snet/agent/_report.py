@@ -41,7 +41,7 @@ from typing import Any
 
 import attrs
 
-from k3snet._logline import one_line
+from k3snet._logline import printable_line
 from k3snet.backends.kit import translate_errors
 from k3snet.kube import DEFAULT_TIMEOUT, Deadline, KubeApiError, KubeErrors, throttle_waits
 
@@ -300,7 +300,7 @@ class NodeReporter:
                                "uid": self.node},
             # One printable line: `kubectl describe node` and `get events` print it as it
             # is, and a pass's failure quotes others' text (a foreign table's name).
-            "reason": reason, "message": shortened(one_line(result.message), _EVENT_LIMIT),
+            "reason": reason, "message": shortened(printable_line(result.message), _EVENT_LIMIT),
             "type": kind,
             "source": {"component": self.component, "host": self.node},
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,

@@ -87,12 +87,42 @@ def optional_address(value: str | Address | None) -> Address | None:
 _MAX_TEXT = 512
 
 
+# printable's escapes (a backslash doubled, \xNN, \uNNNN, \UNNNNNNNN; \n, \t and \r
+# in no one_line, whose white space is a space) and, for the cut, any other character.
+_ESCAPE = re.compile(r"\\(?:\\|[ntr]|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
+_ESCAPE_OR_CHARACTER = re.compile(_ESCAPE.pattern + "|.", re.DOTALL)
+
+
 def one_line(value: str) -> str:
     """``value`` (text read from the kernel: it quotes what other programs wrote) as one
     line of at most 512 printable characters: white space runs as one space, and a
-    character that is not printable as its Python escape (:func:`printable`)."""
+    character that is not printable as its Python escape (:func:`printable`), a
+    backslash doubled; one longer is cut between two escapes, never inside one
+    (:func:`unescaped` reads it back)."""
     line = printable(" ".join(value.split()))
-    return line if len(line) <= _MAX_TEXT else line[: _MAX_TEXT - 3] + "..."
+    if len(line) <= _MAX_TEXT:
+        return line
+    size = 0
+    for match in _ESCAPE_OR_CHARACTER.finditer(line):
+        if size + len(match[0]) > _MAX_TEXT - 3:
+            break
+        size += len(match[0])
+    return line[:size] + "..."
+
+
+def unescaped(text: object) -> object:
+    """The text :func:`one_line` (:func:`printable`) wrote ``text`` of: what a model's
+    ``from_dict`` gives its converter, which escapes it again, so that an object read
+    back from its JSON form is the one written (a foreign rule's backslash was doubled
+    again at every reading of a plan file)."""
+    return _ESCAPE.sub(_character, text) if isinstance(text, str) and "\\" in text else text
+
+
+def _character(match: re.Match[str]) -> str:
+    escape = match[0]
+    if escape == "\\\\":
+        return "\\"
+    return {"\\n": "\n", "\\t": "\t", "\\r": "\r"}.get(escape) or chr(int(escape[2:], 16))
 
 
 def foreign_rule_text(value: object) -> str:

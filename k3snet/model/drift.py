@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import attrs
 
 from k3snet.errors import ModelError
-from k3snet.model._base import NetObject, one_line
+from k3snet.model._base import NetObject, one_line, unescaped
 
 __all__ = ["Drift", "ForwardDrift", "NatDrift"]
 
@@ -84,7 +84,7 @@ class Drift(NetObject):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Drift:
         """Inverse of :meth:`to_dict`."""
-        return cls(data["backend"], data["where"], data["what"])
+        return cls(unescaped(data["backend"]), unescaped(data["where"]), unescaped(data["what"]))
 
 
 @attrs.frozen(eq=False)

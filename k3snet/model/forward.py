@@ -24,6 +24,7 @@ from k3snet.model._base import (
     net_tuple,
     optional_interface,
     optional_network,
+    unescaped,
 )
 from k3snet.model.cidr import Network, contains, network_text, overlaps, parse_network
 
@@ -291,7 +292,7 @@ class ForwardBlock(NetObject):
     def from_dict(cls, data: Mapping[str, Any]) -> ForwardBlock:
         """Inverse of :meth:`to_dict`."""
         return cls(
-            data["family"], data["verdict"], data["rule"], data["where"],
+            data["family"], data["verdict"], unescaped(data["rule"]), unescaped(data["where"]),
             source=data.get("source"), destination=data.get("destination"),
             in_interface=data.get("in_interface"), out_interface=data.get("out_interface"),
             accepted=[ForwardRule.from_dict(r) for r in data.get("accepted", ())],

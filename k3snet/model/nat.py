@@ -18,6 +18,7 @@ from k3snet.model._base import (
     net_tuple,
     optional_interface,
     optional_network,
+    unescaped,
 )
 from k3snet.model.cidr import (
     Address,
@@ -437,7 +438,7 @@ class NatBlock(NetObject):
     def from_dict(cls, data: Mapping[str, Any]) -> NatBlock:
         """Inverse of :meth:`to_dict`."""
         return cls(
-            data["family"], data["action"], data["rule"], data["where"],
+            data["family"], data["action"], unescaped(data["rule"]), unescaped(data["where"]),
             source=data.get("source"), destination=data.get("destination"),
             out_interface=data.get("out_interface"), to_address=data.get("to_address"),
         )

@@ -139,20 +139,28 @@ _SET_SEPARATORS = re.compile(r"[,-]")
 _FASTOPEN_KEY: Final = "net.ipv4.tcp_fastopen_key"
 _FASTOPEN_GROUPS = re.compile(r"(?:0[xX])?([0-9a-fA-F]{1,8})")
 # Times the kernel keeps in ticks of its clock (HZ: 100, 250, 300 or 1000 a second) and
-# shows converted back, rounded up to a tick (1001 ms is 1004 at HZ=250), by the last part
-# of the name: the multiple every HZ shows as written. proc_dointvec_ms_jiffies (ms: 20 ms
-# is 2, 5, 6 or 20 ticks; 1010 is 1012 at HZ=250) and proc_dointvec_userhz_jiffies
-# (hundredths of a second, USER_HZ: an odd number is half a tick at HZ=250).
+# shows converted back, rounded to a tick (1001 ms is 1004 at HZ=250), by the last part of
+# the name: the multiple shown as written. proc_dointvec_ms_jiffies (ms: 20 ms is 2, 5, 6
+# or 20 ticks; 1010 is 1012 at HZ=250) and proc_dointvec_userhz_jiffies (hundredths of a
+# second, USER_HZ: an odd number is half a tick at HZ=250, and at HZ=300
+# jiffies_to_clock_t's TICK_NSEC of 3333333 ns shows every one 1 less, 100 as 99). Not
+# IPv6's neigh retrans_time: ndisc_ifinfo_sysctl_change keeps it in ticks as written
+# (proc_dointvec), shown as written.
 _TICKED: Final = {
     **dict.fromkeys(("base_reachable_time_ms", "retrans_time_ms", "interval_probe_time_ms",
-                     "icmp_ratelimit", "ratelimit", "gc_min_interval_ms"), (20, "ms")),
+                     "icmp_ratelimit", "ratelimit", "gc_min_interval_ms",
+                     "tcp_invalid_ratelimit", "mldv1_unsolicited_report_interval",
+                     "mldv2_unsolicited_report_interval"), (20, "ms")),
     **dict.fromkeys(("locktime", "anycast_delay", "proxy_delay", "retrans_time"),
                     (2, "hundredths of a second")),
 }
 _TICKED_PATH = re.compile(
     r"net/ipv[46]/neigh/[^/]+/(?:base_reachable_time_ms|retrans_time_ms|"
-    r"interval_probe_time_ms|locktime|anycast_delay|proxy_delay|retrans_time)|"
-    r"net/ipv4/icmp_ratelimit|net/ipv6/icmp/ratelimit|net/ipv6/route/gc_min_interval_ms")
+    r"interval_probe_time_ms|locktime|anycast_delay|proxy_delay)|"
+    r"net/ipv4/neigh/[^/]+/retrans_time|"
+    r"net/ipv6/conf/[^/]+/mldv[12]_unsolicited_report_interval|"
+    r"net/ipv4/(?:icmp_ratelimit|tcp_invalid_ratelimit|route/gc_min_interval_ms)|"
+    r"net/ipv6/icmp/ratelimit|net/ipv6/route/gc_min_interval_ms")
 # Sysctls the kernel shows otherwise than written, in a form k3snet cannot foresee, by name:
 # the form it takes. Held to a value, each was written again by every plan.
 _UNHOLDABLE: Final = {
@@ -240,15 +248,24 @@ def _tick_problem(name: str, value: str) -> str | None:
     path = sysctl_path(name)
     if not _INTEGER.fullmatch(value) or not _TICKED_PATH.fullmatch(path):
         return None
-    step, unit = _TICKED[path.rsplit("/", 1)[1]]
+    leaf = path.rsplit("/", 1)[1]
+    step, unit = _TICKED[leaf]
     number = int(value)
+    if number < 0 or (number == 0 and leaf == "interval_probe_time_ms"):
+        # proc_dointvec_ms_jiffies: EINVAL (interval_probe_time_ms from 1);
+        # proc_dointvec_userhz_jiffies stores it and shows -0.
+        return (f"{name} is a time in {unit} from {1 if number == 0 else 0}, got "
+                f"{value!r}: the kernel refuses it or never shows it as written (every "
+                "apply would fail)")
     if number % step == 0:
         return None
     # As a node of HZ=250 shows it: ms rounded up to 4, hundredths of a second down to 2.
     shown = -(-number // 4) * 4 if unit == "ms" else number - number % 2
+    every = "HZ 100, 250, 300 and 1000" if unit == "ms" else "HZ 100, 250 and 1000"
     return (f"{name} is kept in ticks of the kernel's clock and shown rounded to one, in "
             f"{unit} ({value!r} is shown {shown} on a node of HZ=250), never as written "
-            f"(every apply would fail): write a multiple of {step}, shown as written at any HZ")
+            f"(every apply would fail): write a multiple of {step}, shown as written at "
+            f"{every}")
 
 
 def _number_set(value: str, highest: int) -> str | None:

@@ -203,6 +203,10 @@ def test_a_value_the_kernel_shows_in_a_form_k3snet_cannot_hold_is_a_spec_problem
     ("net.ipv6.neigh.eth0.anycast_delay", "99", 2),
     ("net.ipv4.neigh.eth0.proxy_delay", "81", 2),
     ("net.ipv4.neigh.eth0.retrans_time", "1", 2),
+    ("net.ipv4.tcp_invalid_ratelimit", "501", 20),
+    ("net.ipv6.conf.eth0.mldv1_unsolicited_report_interval", "10001", 20),
+    ("net.ipv6.conf.default.mldv2_unsolicited_report_interval", "1010", 20),
+    ("net.ipv4.route.gc_min_interval_ms", "510", 20),
 ])
 def test_a_time_the_kernel_keeps_in_clock_ticks_is_a_spec_problem_unless_shown_as_written(
         name: str, value: str, step: int) -> None:
@@ -215,3 +219,59 @@ def test_a_time_the_kernel_keeps_in_clock_ticks_is_a_spec_problem_unless_shown_a
     assert f"write a multiple of {step}" in problem, problem
     assert value_problem(name, str(int(value) - int(value) % step + step)) is None
     assert Sysctl(name, value).value == value  # read from a node, the model holds it
+
+
+def _ms_shown(ms: int, hz: int) -> int:
+    """proc_dointvec_ms_jiffies: msecs_to_jiffies rounds up to a tick, jiffies_to_msecs
+    rounds down (HZ=300: 10/3 ms a tick)."""
+    ticks = -(-ms * hz // 1000)
+    return ticks * 1000 // hz
+
+
+def _hundredths_shown(hundredths: int, hz: int) -> int:
+    """proc_dointvec_userhz_jiffies: clock_t_to_jiffies (x * HZ / USER_HZ, rounded down),
+    jiffies_to_clock_t (ticks * TICK_NSEC / (NSEC_PER_SEC / USER_HZ), rounded down)."""
+    ticks = hundredths * hz // 100
+    tick_nsec = (10**9 + hz // 2) // hz
+    return ticks * tick_nsec // 10**7
+
+
+@given(st.integers(min_value=0, max_value=10**6))
+def test_a_time_in_ticks_is_taken_exactly_when_the_kernels_conversions_show_it_as_written(
+        number: int) -> None:
+    """The kernel's own arithmetic at HZ 100, 250, 300 and 1000: a time in ms is taken
+    when every HZ shows it as written. In hundredths of a second, HZ=300 shows every one
+    1 less (a TICK_NSEC of 3333333 ns: 100 is 99), so none but 0 holds there: taken when
+    HZ 100, 250 and 1000 show it as written."""
+    ms = value_problem("net.ipv4.icmp_ratelimit", str(number)) is None
+    assert ms == all(_ms_shown(number, hz) == number for hz in (100, 250, 300, 1000))
+    hundredths = value_problem("net.ipv4.neigh.eth0.locktime", str(number)) is None
+    assert hundredths == all(_hundredths_shown(number, hz) == number for hz in (100, 250, 1000))
+    assert _hundredths_shown(number, 300) == max(number - 1, 0)
+
+
+@pytest.mark.parametrize("name", ["net.ipv6.neigh.eth0.retrans_time",
+                                  "net.ipv6.neigh.default.retrans_time"])
+def test_ipv6_neigh_retrans_time_is_kept_in_ticks_as_written_so_any_number_is_taken(
+        name: str) -> None:
+    """ndisc_ifinfo_sysctl_change keeps IPv6's retrans_time in ticks as written
+    (proc_dointvec, not IPv4's hundredths): 1001 is shown 1001 at any HZ
+    (tests/netlink/test_sysctl_lists.py)."""
+    assert value_problem(name, "1001") is None
+    assert [s.value for s in Spec.from_dict({"sysctls": {name: "1001"}}).sysctls] == ["1001"]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("net.ipv4.icmp_ratelimit", "-20"),
+    ("net.ipv6.neigh.eth0.base_reachable_time_ms", "-1000"),
+    ("net.ipv4.neigh.eth0.locktime", "-2"),
+    ("net.ipv4.neigh.default.interval_probe_time_ms", "0"),
+])
+def test_a_negative_time_in_ticks_is_a_spec_problem(name: str, value: str) -> None:
+    """The kernel refuses a negative time in ms (proc_dointvec_ms_jiffies: EINVAL) and an
+    interval_probe_time_ms of 0 (its minimum is 1), and shows a negative time in
+    hundredths as -0 (tests/netlink/test_sysctl_lists.py): each apply failed."""
+    problem = value_problem(name, value)
+    assert problem is not None
+    assert "never shows it as written" in problem, problem
+    assert value_problem("net.ipv4.icmp_ratelimit", "0") is None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from k3snet import converge, destroy
+from k3snet import ApplyError, converge, destroy
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import State, Sysctl
@@ -103,6 +103,10 @@ def test_the_kernel_takes_the_allowed_congestion_control_in_the_host_namespace_a
     ("net.ipv4.icmp_ratelimit", 20),
     ("net.ipv6.icmp.ratelimit", 20),
     ("net.ipv4.neigh.lo.locktime", 2),
+    ("net.ipv4.tcp_invalid_ratelimit", 20),
+    ("net.ipv6.conf.lo.mldv1_unsolicited_report_interval", 20),
+    ("net.ipv6.conf.lo.mldv2_unsolicited_report_interval", 20),
+    ("net.ipv6.route.gc_min_interval_ms", 20),
 ])
 def test_the_kernel_shows_a_time_in_ticks_as_written_only_at_the_multiple_the_spec_takes(
         ns: str, name: str, step: int) -> None:
@@ -114,6 +118,65 @@ def test_the_kernel_shows_a_time_in_ticks_as_written_only_at_the_multiple_the_sp
     run_in(ns, ["sh", "-c", f"echo {1000 + step} > {path}"])
     assert int(_shown(ns, name)) == 1000 + step
     # Rounded to a tick of this kernel's clock (1004 ms at HZ=250, 1000 for locktime);
-    # only at HZ=1000 (ms) or 100 and 300 (locktime) is 1001 itself shown.
+    # only at HZ=1000 (ms) or 100 and 1000 (locktime) is 1001 itself shown (HZ=300
+    # shows every locktime 1 less, 1000 for 1001 and 1001 for 1002).
     assert odd - 1001 in range(-step, step)
     assert value_problem(name, "1001") is not None
+
+
+def test_the_kernel_shows_ipv6_neigh_retrans_time_as_written_so_the_spec_takes_any(
+        ns: str) -> None:
+    """IPv6's retrans_time is kept in ticks as written (ndisc_ifinfo_sysctl_change:
+    proc_dointvec), not IPv4's hundredths: 1001 is shown 1001, and held."""
+    name = "net.ipv6.neigh.lo.retrans_time"
+    run_in(ns, ["sh", "-c", f"echo 1001 > /proc/sys/{name.replace('.', '/')}"])
+    assert _shown(ns, name).strip() == "1001"
+    assert value_problem(name, "1001") is None
+
+
+def test_a_stable_secret_none_set_is_taken_over_and_left_set_by_destroy(
+        ns: str, tmp_path: Path) -> None:
+    """The kernel answers EIO to the read of a stable_secret none set (a new interface's):
+    every apply of one failed, "no such sysctl". Set, it cannot be unset (an empty write
+    sets ::): destroy gives k3snet's ownership up and leaves the secret."""
+    name = "net.ipv6.conf.lo.stable_secret"
+    path = f"/proc/sys/{name.replace('.', '/')}"
+    assert run_in(ns, ["sh", "-c", f"cat {path} 2>/dev/null || echo unset"]).stdout.strip() \
+        == "unset"
+    wanted = State(owned=[Sysctl(name, "2001:db8::1")])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        converge(backend, wanted)
+        assert _shown(ns, name).strip() == "2001:0db8:0000:0000:0000:0000:0000:0001"
+        assert plan(backend.observe(), wanted).changes == ()
+        destroy(backend)
+        assert not backend.observe().owned
+    assert _shown(ns, name).strip() == "2001:0db8:0000:0000:0000:0000:0000:0001"
+
+
+@pytest.mark.parametrize(("name", "value", "shown"), [
+    ("net.ipv4.icmp_ratelimit", "-20", None),
+    ("net.ipv4.neigh.lo.interval_probe_time_ms", "0", None),
+    ("net.ipv4.neigh.lo.locktime", "-20", "-0"),
+])
+def test_the_kernel_refuses_a_negative_time_in_ticks_or_shows_it_otherwise(
+        ns: str, name: str, value: str, shown: str | None) -> None:
+    """Why value_problem refuses them: written, each apply failed."""
+    path = f"/proc/sys/{name.replace('.', '/')}"
+    written = run_in(ns, ["sh", "-c", f"echo {value} > {path}"], check=False)
+    if shown is None:
+        assert written.returncode != 0
+    else:
+        assert _shown(ns, name).strip() == shown
+    assert value_problem(name, value) is not None
+
+
+def test_a_rollback_leaves_a_stable_secret_it_cannot_unset_as_written(
+        ns: str, tmp_path: Path) -> None:
+    """An apply failing after it set a stable_secret none was set: the kernel cannot unset
+    one, and the rollback leaves the one written (and fails on nothing)."""
+    name = "net.ipv6.conf.lo.stable_secret"
+    wanted = State(owned=[Sysctl(name, "2001:db8::1"),
+                          Sysctl("net.ipv6.icmp.ratelimit", "-20")])  # EINVAL, after it
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend, pytest.raises(ApplyError):
+        converge(backend, wanted)
+    assert _shown(ns, name).strip() == "2001:0db8:0000:0000:0000:0000:0000:0001"

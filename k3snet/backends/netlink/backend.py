@@ -114,6 +114,7 @@ from k3snet.backends.netlink.sysctls import (
     restore_spread,
     spread_to,
     spread_values,
+    unset_secret,
     write_sysctl,
 )
 from k3snet.backends.netlink.view import RouteCache, RouteView
@@ -1213,7 +1214,8 @@ class NetlinkBackend(BackendBase):
 
         def undo() -> None:
             def write() -> None:
-                write_sysctl(root, name, restore)
+                if restore:  # "": a stable_secret none set, which no write unsets
+                    write_sysctl(root, name, restore)
                 restore_spread(root, switches)
 
             self._runner.call(write)
@@ -1317,6 +1319,8 @@ def _previous(state: SysctlState, action: str, name: str, current: str) -> str |
     alias = ALIASES.get(name)
     if alias in state.owned:
         return state.owned[str(alias)][1]
+    if not current and unset_secret(name):
+        return None  # a stable_secret none set: nothing to give back (none is unset)
     # An empty value (ip_local_reserved_ports: no port reserved) is recorded as such,
     # not as no record: destroy gives it back.
     return "" if not current.strip() else normal(name, current)

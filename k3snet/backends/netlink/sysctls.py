@@ -70,15 +70,24 @@ def _sysctl_file(root: Path, name: str) -> Path:
 
 
 def read_sysctls(root: Path, names: Sequence[str]) -> dict[str, str | None]:
-    """Current values under ``root`` (``None`` when absent or unreadable); run in the
-    target namespace."""
+    """Current values under ``root`` (``None`` when absent or unreadable; ``""`` for an
+    interface's IPv6 ``stable_secret`` none set, whose read the kernel answers EIO:
+    present, and holding no value); run in the target namespace."""
     values: dict[str, str | None] = {}
     for name in names:
         try:
             values[name] = _sysctl_file(root, name).read_text()
-        except OSError:
-            values[name] = None
+        except OSError as exc:
+            values[name] = "" if exc.errno == errno.EIO and unset_secret(name) else None
     return values
+
+
+def unset_secret(name: str) -> bool:
+    """Whether sysctl ``name`` is an interface's IPv6 ``stable_secret``, which the kernel
+    may hold unset (``addrconf_sysctl_stable_secret``: a read is EIO until one is
+    written, and none can be unset again: an empty write sets ``::``)."""
+    path = sysctl_path(name).split("/")
+    return path[:3] == ["net", "ipv6", "conf"] and path[-1] == "stable_secret"
 
 
 def write_sysctl(root: Path, name: str, value: str) -> None:
