@@ -774,8 +774,11 @@ def diff_table(
             # A rule is named by its text (-D) only when that text reads back as the
             # rule: iptables-save quotes comments only, so another match's value
             # (`--hashlimit-name a b`) or a comment holding a newline would not, and
-            # the -D was refused on every apply. Such a chain is rewritten instead.
-            if sum(drop.values()) <= len(want) and _nameable(state, chain, drop):
+            # the -D was refused on every apply. Such a chain is rewritten instead,
+            # and so is one losing more than a few rules (see _DELETES_BY_TEXT).
+            dropped = sum(drop.values())
+            if (dropped <= min(len(want), _DELETES_BY_TEXT)
+                    and _nameable(state, chain, drop)):
                 keep = [True] * len(have)
                 for index in range(len(have) - 1, -1, -1):  # from the end: positions hold
                     if drop[have[index]] > 0:
@@ -798,6 +801,14 @@ def diff_table(
     hook_ops, hook_rules = _hook_ops(state, want_jump, result.get(main, state.chains.get(main)))
     ops = [*declares, *deletes, *appends, *hook_ops, *flushes, *removes]
     return ops, result, hook_rules
+
+
+_DELETES_BY_TEXT = 16
+"""The most rules of a drifted bucket chain deleted by their text (``-D CHAIN RULE``);
+one losing more is written again. iptables-nft-restore looks for each such rule through
+the whole chain: deleting 10 000 earlier reply accepts one by one took 31 s (5 000:
+6.1 s), the restore run's timeout is 30 s, and writing their 16 chains again takes ~1 s
+(docs/performance.md, "Upgrading many reply accepts")."""
 
 
 def _nameable(state: TableState, chain: str, lines: Iterable[Line]) -> bool:
