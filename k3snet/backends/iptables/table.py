@@ -818,9 +818,7 @@ def _nameable(state: TableState, chain: str, lines: Iterable[Line]) -> bool:
     whose values need no quoting but a comment's, and no comment holding a newline."""
     ours = {line for digest in state.by_chain.get(chain, ())
             for line in state.units[digest].lines}
-    return all(line in ours or (parse_rule(line) is not None
-                                and not any("\n" in token for token in line))
-               for line in lines)
+    return all(line in ours or _writable(line) for line in lines)
 
 
 def _apply_delta(chain: str, have: list[Line], delta: Delta, deletes: list[Op],
@@ -962,8 +960,12 @@ def revert_ops(state: TableState, edit: TableEdit, *, exact: bool = True) -> lis
 
 def _writable(line: Line) -> bool:
     """``line``, a rule as read, surely reads back from its text: made only of the
-    matches k3snet reads (as its own rules are), no comment holding a newline (as
-    :func:`_nameable` judges)."""
+    matches k3snet reads or writes (its own reply accept's ``--ctdir``, which the reader
+    of rules leaves alone), no comment holding a newline (as :func:`_nameable` judges)."""
+    if "--ctdir" in line:
+        at = line.index("--ctdir")
+        if "conntrack" in line[:at] and line[at + 1:at + 2] in (("REPLY",), ("ORIGINAL",)):
+            line = line[:at] + line[at + 2:]
     return parse_rule(line) is not None and not any("\n" in token for token in line)
 
 
