@@ -753,7 +753,8 @@ def diff_table(
         want = target[chain]
         have = state.chains.get(chain)
         if isinstance(want, Delta) and have is not None:
-            result[chain] = _apply_delta(chain, have, want, deletes, appends)
+            result[chain] = _apply_delta(chain, have, want, declares=declares,
+                                         deletes=deletes, appends=appends)
             continue
         if isinstance(want, Delta):  # the chain is gone: nothing to keep
             want = list(want.add)
@@ -804,8 +805,8 @@ def diff_table(
 
 
 _DELETES_BY_TEXT = 16
-"""The most rules of a drifted bucket chain deleted by their text (``-D CHAIN RULE``);
-one losing more is written again. iptables-nft-restore looks for each such rule through
+"""The most rules of a bucket chain deleted by their text (``-D CHAIN RULE``) in one
+edit; one losing more is written again. iptables-nft-restore looks for each such rule through
 the whole chain: deleting 10 000 earlier reply accepts one by one took 31 s (5 000:
 6.1 s), the restore run's timeout is 30 s, and writing their 16 chains again takes ~1 s
 (docs/performance.md, "Upgrading many reply accepts")."""
@@ -821,9 +822,11 @@ def _nameable(state: TableState, chain: str, lines: Iterable[Line]) -> bool:
     return all(line in ours or _writable(line) for line in lines)
 
 
-def _apply_delta(chain: str, have: list[Line], delta: Delta, deletes: list[Op],
-                 appends: list[Op]) -> list[Line]:
-    """Delete ops (from the end, so positions hold) and one append; the chain after them."""
+def _apply_delta(chain: str, have: list[Line], delta: Delta, *, declares: list[Op],
+                 deletes: list[Op], appends: list[Op]) -> list[Line]:
+    """Delete ops (from the end, so positions hold) and one append; the chain after them.
+    More than :data:`_DELETES_BY_TEXT` deletes: the chain written again instead (its
+    rules, all of valid units, are k3snet's own text)."""
     if not delta.drop:  # only additions (a big apply): no need to look at every rule
         if delta.add:
             appends.append(Op("append", chain, delta.add, rendered=True))
@@ -838,12 +841,17 @@ def _apply_delta(chain: str, have: list[Line], delta: Delta, deletes: list[Op],
         indices = where.get(line)
         if indices:
             gone.append(indices.pop(0))
+    dropped = set(gone)
+    after = [line for i, line in enumerate(have) if i not in dropped] + list(delta.add)
+    if len(gone) > _DELETES_BY_TEXT:
+        declares.append(Op("declare", chain))  # with --noflush: flushes this chain alone
+        appends.append(Op("append", chain, tuple(after), rendered=True))
+        return after
     for index in sorted(gone, reverse=True):
         deletes.append(Op("delete", chain, (have[index],), index + 1))
     if delta.add:
         appends.append(Op("append", chain, delta.add, rendered=True))
-    dropped = set(gone)
-    return [line for i, line in enumerate(have) if i not in dropped] + list(delta.add)
+    return after
 
 
 def _take(counter: Counter[Line], line: Line) -> bool:
