@@ -786,3 +786,24 @@ def test_one_forward_rule_removed_among_many_is_deleted_alone(mode: Flavour) -> 
     sent = [line for t in kernel.tables if t.committed for line in t.lines]
     assert len([line for line in sent if line.startswith("-D ")]) == 2, sent
     assert not [line for line in sent if line.startswith(("-A ", ":"))], sent
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("old", [30, 400])
+def test_the_upgrade_names_and_rewrites_the_earlier_reply_accepts_alone(
+        mode: Flavour, old: int) -> None:
+    # A bucket chain holding only earlier reply accepts is still k3snet's, in use, and
+    # jumped to: it was "a chain of k3snet's that no rule of k3snet uses", the main chain
+    # "with no rule of k3snet behind it", and its jump stopped the rules reached, so every
+    # forward rule in the chains after it was planned again, though in place.
+    rules = [ForwardRule("10.42.0.0/16", f"100.64.{n // 256}.{n % 256}/32",
+                         out_interface="eth0") for n in range(400)]
+    kernel = FakeKernel({(mode, 4): _old_release_table(rules, 4, old=old),
+                         (mode, 6): "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"})
+    clear_caches()
+    with backend_on(kernel, mode) as backend:
+        p = plan(backend.observe(), State(owned=rules))
+    drift = [c.subject.describe() for c in p.changes if isinstance(c.subject, Drift)]
+    assert len(drift) == old, drift
+    assert all("as an earlier k3snet release wrote it" in d for d in drift), drift
+    assert len([c for c in p.changes if c.action == "add"]) == old, p.render()

@@ -178,6 +178,9 @@ class TableState:
     hidden: str | None = None
     """What iptables-nft-save left out of the table (:attr:`TableDump.hidden`):
     ``"table"`` (nothing of it was read: k3snet does not write it) or ``"base chains"``."""
+    earlier: set[str] = attrs.field(factory=set)
+    """Bucket chains holding a forward rule as an earlier release wrote it (its reply
+    accept; all accepts): k3snet's, in use and jumped to, rewritten by the next edit."""
     stray_jumps: list[Line] = attrs.field(factory=list)
     """Rules of the built-in chain carrying k3snet's tag that jump to a chain not
     named ``K3SNET-*`` (k3snet's own renamed with ``iptables -E``, or a copy): not
@@ -376,7 +379,10 @@ def _find_units(state: TableState) -> None:
                 unit = rebuild_unit(state.family, digest, name, distinct, state.chains)
             if unit is None:
                 state.dirty.add(name)
-                findings.append((name, _not_written(state, digest, name, distinct)))
+                earlier = _earlier_reply(state, digest, name, distinct)
+                if earlier is not None:
+                    state.earlier.add(name)
+                findings.append((name, earlier or _not_written(digest)))
                 continue
             if len(distinct) < len(group):  # two writers, or the same rule loaded twice
                 state.dirty.add(name)
@@ -386,14 +392,9 @@ def _find_units(state: TableState) -> None:
             state.by_chain.setdefault(name, set()).add(digest)
 
 
-def _not_written(state: TableState, digest: str, chain: str, lines: Sequence[Line]) -> str:
-    """What tagged ``lines`` k3snet does not render are: a forward rule as an earlier
-    release wrote it is named so (the upgrade's one drift), its reply accept matching the
-    destination as the source (``-s DEST -d PODS``) or taking every connection's packets
-    towards the pods (no ``--ctdir REPLY``); anything else as edited."""
-    earlier = _earlier_reply(state, digest, chain, lines)
-    if earlier is not None:
-        return earlier
+def _not_written(digest: str) -> str:
+    """What tagged lines k3snet does not render are, but a forward rule as an earlier
+    release wrote it (:func:`_earlier_reply`, the upgrade's one drift): edited."""
     return (f"rules tagged k3snet:{digest} that k3snet did not write (edited, forged, or in "
             "the wrong chain)")
 
@@ -401,7 +402,9 @@ def _not_written(state: TableState, digest: str, chain: str, lines: Sequence[Lin
 def _earlier_reply(state: TableState, digest: str, chain: str,
                    lines: Sequence[Line]) -> str | None:
     """Why ``lines`` are a forward rule's accept and its reply accept as an earlier
-    release wrote it, or ``None``: the reply line, its ``-s`` (the accept's ``-d``, as
+    release wrote it (matching the destination as the source, ``-s DEST -d PODS``, or
+    taking every connection's packets towards the pods, no ``--ctdir REPLY``), or
+    ``None``: the reply line, its ``-s`` (the accept's ``-d``, as
     that release wrote it: another source is an edit) taken off and ``--ctdir REPLY``
     put after its ``--ctstate``, is today's."""
     if len(lines) != 2 or "--ctstate" not in lines[1][:-1]:
@@ -433,7 +436,8 @@ def _earlier_reply(state: TableState, digest: str, chain: str,
 def _find_strays(state: TableState) -> None:
     subs = {u.sub_chain for u in state.units.values() if u.sub_chain is not None}
     for name in state.chains:
-        if name == state.hook.main or name in subs or state.by_chain.get(name):
+        if (name == state.hook.main or name in subs or state.by_chain.get(name)
+                or name in state.earlier):
             continue
         state.dirty.add(name)
         state.findings.append((name, "a chain of k3snet's that no rule of k3snet uses"))
@@ -443,7 +447,8 @@ def _find_owned(state: TableState) -> None:
     """Valid units are owned only when traffic reaches them: hook ok, main chain in order."""
     hook, findings = state.hook, state.findings
     main = state.chains.get(hook.main, [])
-    expected = main_lines(state.by_chain)
+    in_use = {*state.by_chain, *state.earlier}
+    expected = main_lines(in_use)
     if main != expected:
         findings.append((hook.main, "jumps missing, extra, twice or out of order"))
     reached: set[str] = set()
@@ -453,7 +458,7 @@ def _find_owned(state: TableState) -> None:
         order = bucket_order(target)
         if target in reached and line == main_lines([target])[0]:
             continue  # a jump twice: the second one matches nothing more
-        if (order is None or not state.by_chain.get(target)
+        if (order is None or not (state.by_chain.get(target) or target in state.earlier)
                 or line != main_lines([target])[0] or (last is not None and order <= last)):
             break
         reached.add(target)
@@ -475,7 +480,7 @@ def _find_owned(state: TableState) -> None:
 
 def _hook_findings(state: TableState, jumps: list[int]) -> None:
     hook, findings = state.hook, state.findings
-    if not state.units:
+    if not state.units and not state.earlier:
         findings.append((hook.main, "k3snet's main chain, with no rule of k3snet behind it"))
         return
     if not jumps:
@@ -1003,6 +1008,7 @@ def commit_edit(state: TableState, edit: TableEdit) -> None:
     state.by_chain = {c: ds for c, ds in state.by_chain.items() if ds}
     state.inactive.clear()
     state.dirty.clear()
+    state.earlier.clear()
     if state.findings:  # the edit rewrote everything found wrong
         state.findings.clear()
         state.owned = {k: o for k, o in state.owned.items() if not isinstance(o, Drift)}
