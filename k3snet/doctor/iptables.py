@@ -287,11 +287,16 @@ _syn = _tcp_flags("FIN,SYN,RST,ACK", "SYN")
 
 def _multiword(words: list[str], i: int, module: str) -> tuple[str, Matcher, int] | None:
     """An option at ``words[i]`` taking other than one argument (``--syn``, ``--tcp-flags
-    MASK COMP``, ``--match-set NAME FLAGS``): its text, its matcher and how many words it
-    takes; None for any other option."""
+    MASK COMP``, ``--match-set NAME FLAGS``) or read with its match's other options
+    (``--ctdir``): its text, its matcher and how many words it takes; None for any other
+    option."""
     word = words[i]
     if module in ("", "tcp") and word == "--syn":
         return "--syn", _syn, 1
+    if (module == "conntrack" and word == "--ctdir" and i + 1 < len(words)
+            and words[i + 1] in ("ORIGINAL", "REPLY")):
+        return (f"--ctdir {words[i + 1]}",
+                _ctdir(words[i + 1].lower(), _states_too(words, i)), 2)
     if i + 2 >= len(words):
         return None
     if module in ("", "tcp") and word == "--tcp-flags":
@@ -312,6 +317,28 @@ def _random(_packet: Packet) -> Tri:
     return None
 
 
+def _states_too(words: list[str], at: int) -> bool:
+    """The ``-m conntrack`` whose option is ``words[at]`` also tests ``--ctstate``."""
+    start = max(i for i, w in enumerate(words[:at]) if w in ("-m", "--match"))
+    for word in words[start + 2:]:
+        if word in ("-m", "--match", "-j", "--jump", "-g", "--goto"):
+            return False
+        if word == "--ctstate":
+            return True
+    return False
+
+
+def _ctdir(direction: str, states_too: bool) -> Matcher:
+    """``--ctdir``: the packet's direction in its connection. A packet of no connection
+    (untracked, invalid) has none: xt_conntrack then takes it when the same match tests
+    ``--ctstate`` (already passed, the state matcher's to say) and never otherwise."""
+    def match(packet: Packet) -> Tri:
+        if packet.ctstate in ("invalid", "untracked"):
+            return states_too
+        return packet.direction == direction
+    return match
+
+
 def _negated(matcher: Matcher) -> Matcher:
     def negated(packet: Packet) -> Tri:
         value = matcher(packet)
@@ -319,7 +346,7 @@ def _negated(matcher: Matcher) -> Matcher:
     return negated
 
 
-def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # noqa: PLR0911, PLR0912 - one return per option
+def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # noqa: PLR0911 - one return per option
     """A matcher for one option and how many arguments it took (None: unknown option)."""
     if module not in ("", *_MODULES) and word.startswith("--"):
         # An option of a module not read here means what that module says:
@@ -346,11 +373,6 @@ def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # 
         states = {_CT_STATES.get(s, s.lower()) for s in arg.split(",")}
         # SNAT and DNAT are conntrack's virtual states: the connection was translated.
         return (lambda p: p.ctstate in states or bool(states & p.nat)), 1
-    if module == "conntrack" and word == "--ctdir" and arg in ("ORIGINAL", "REPLY"):
-        # The direction of the packet in its connection (no connection: no direction).
-        direction = arg.lower()
-        return (lambda p: p.ctstate not in ("invalid", "untracked")
-                and p.direction == direction), 1
     if word == "--comment" or (module == "statistic" and word == "--probability"):
         return (lambda _p: True), 1
     if word == "--mark":

@@ -28,3 +28,22 @@ def test_ctdir_matches_the_packets_direction_in_its_connection(
     packet = Packet(4, "192.168.2.10", "10.42.0.10", "tcp", 5432, 40000, "eth0", "cni0",
                     ctstate=ctstate, direction=direction)  # type: ignore[arg-type]
     assert rule.match(packet) == (matched, "")
+
+
+@pytest.mark.parametrize(("rule", "ctstate", "matched"), [
+    # xt_conntrack gives a packet of no connection no direction, and answers for the whole
+    # match with its --ctstate test alone when there is one (conntrack_mt: ct == NULL).
+    ("-m conntrack --ctstate INVALID --ctdir ORIGINAL", "invalid", True),
+    ("-m conntrack --ctstate UNTRACKED --ctdir REPLY", "untracked", True),
+    ("-m conntrack --ctstate INVALID --ctdir ORIGINAL", "untracked", False),
+    ("-m conntrack --ctdir REPLY", "untracked", False),
+    ("-m conntrack --ctdir ORIGINAL -m conntrack --ctstate INVALID", "invalid", False),
+])
+def test_ctdir_of_a_packet_of_no_connection_is_the_state_tests_answer(
+        rule: str, ctstate: str, matched: bool) -> None:
+    saved = f"*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD {rule} -j DROP\nCOMMIT\n"
+    (parsed,) = parse_save(saved)["filter"].chains["FORWARD"].rules
+    assert parsed.problem is None
+    packet = Packet(4, "192.168.2.10", "10.42.0.10", "tcp", 5432, 40000, "eth0", "cni0",
+                    ctstate=ctstate, direction="original")  # type: ignore[arg-type]
+    assert parsed.match(packet) == (matched, "")

@@ -178,6 +178,9 @@ class TableState:
     hidden: str | None = None
     """What iptables-nft-save left out of the table (:attr:`TableDump.hidden`):
     ``"table"`` (nothing of it was read: k3snet does not write it) or ``"base chains"``."""
+    earlier: set[str] = attrs.field(factory=set)
+    """Bucket chains holding a forward rule as an earlier release wrote it (its reply
+    accept; all accepts): k3snet's, in use and jumped to, rewritten by the next edit."""
     stray_jumps: list[Line] = attrs.field(factory=list)
     """Rules of the built-in chain carrying k3snet's tag that jump to a chain not
     named ``K3SNET-*`` (k3snet's own renamed with ``iptables -E``, or a copy): not
@@ -376,7 +379,10 @@ def _find_units(state: TableState) -> None:
                 unit = rebuild_unit(state.family, digest, name, distinct, state.chains)
             if unit is None:
                 state.dirty.add(name)
-                findings.append((name, _not_written(state, digest, name, distinct)))
+                earlier = _earlier_reply(state, digest, name, distinct)
+                if earlier is not None:
+                    state.earlier.add(name)
+                findings.append((name, earlier or _not_written(digest)))
                 continue
             if len(distinct) < len(group):  # two writers, or the same rule loaded twice
                 state.dirty.add(name)
@@ -386,14 +392,9 @@ def _find_units(state: TableState) -> None:
             state.by_chain.setdefault(name, set()).add(digest)
 
 
-def _not_written(state: TableState, digest: str, chain: str, lines: Sequence[Line]) -> str:
-    """What tagged ``lines`` k3snet does not render are: a forward rule as an earlier
-    release wrote it is named so (the upgrade's one drift), its reply accept matching the
-    destination as the source (``-s DEST -d PODS``) or taking every connection's packets
-    towards the pods (no ``--ctdir REPLY``); anything else as edited."""
-    earlier = _earlier_reply(state, digest, chain, lines)
-    if earlier is not None:
-        return earlier
+def _not_written(digest: str) -> str:
+    """What tagged lines k3snet does not render are, but a forward rule as an earlier
+    release wrote it (:func:`_earlier_reply`, the upgrade's one drift): edited."""
     return (f"rules tagged k3snet:{digest} that k3snet did not write (edited, forged, or in "
             "the wrong chain)")
 
@@ -401,7 +402,9 @@ def _not_written(state: TableState, digest: str, chain: str, lines: Sequence[Lin
 def _earlier_reply(state: TableState, digest: str, chain: str,
                    lines: Sequence[Line]) -> str | None:
     """Why ``lines`` are a forward rule's accept and its reply accept as an earlier
-    release wrote it, or ``None``: the reply line, its ``-s`` (the accept's ``-d``, as
+    release wrote it (matching the destination as the source, ``-s DEST -d PODS``, or
+    taking every connection's packets towards the pods, no ``--ctdir REPLY``), or
+    ``None``: the reply line, its ``-s`` (the accept's ``-d``, as
     that release wrote it: another source is an edit) taken off and ``--ctdir REPLY``
     put after its ``--ctstate``, is today's."""
     if len(lines) != 2 or "--ctstate" not in lines[1][:-1]:
@@ -433,7 +436,8 @@ def _earlier_reply(state: TableState, digest: str, chain: str,
 def _find_strays(state: TableState) -> None:
     subs = {u.sub_chain for u in state.units.values() if u.sub_chain is not None}
     for name in state.chains:
-        if name == state.hook.main or name in subs or state.by_chain.get(name):
+        if (name == state.hook.main or name in subs or state.by_chain.get(name)
+                or name in state.earlier):
             continue
         state.dirty.add(name)
         state.findings.append((name, "a chain of k3snet's that no rule of k3snet uses"))
@@ -443,7 +447,8 @@ def _find_owned(state: TableState) -> None:
     """Valid units are owned only when traffic reaches them: hook ok, main chain in order."""
     hook, findings = state.hook, state.findings
     main = state.chains.get(hook.main, [])
-    expected = main_lines(state.by_chain)
+    in_use = {*state.by_chain, *state.earlier}
+    expected = main_lines(in_use)
     if main != expected:
         findings.append((hook.main, "jumps missing, extra, twice or out of order"))
     reached: set[str] = set()
@@ -453,7 +458,7 @@ def _find_owned(state: TableState) -> None:
         order = bucket_order(target)
         if target in reached and line == main_lines([target])[0]:
             continue  # a jump twice: the second one matches nothing more
-        if (order is None or not state.by_chain.get(target)
+        if (order is None or not (state.by_chain.get(target) or target in state.earlier)
                 or line != main_lines([target])[0] or (last is not None and order <= last)):
             break
         reached.add(target)
@@ -475,7 +480,7 @@ def _find_owned(state: TableState) -> None:
 
 def _hook_findings(state: TableState, jumps: list[int]) -> None:
     hook, findings = state.hook, state.findings
-    if not state.units:
+    if not state.units and not state.earlier:
         findings.append((hook.main, "k3snet's main chain, with no rule of k3snet behind it"))
         return
     if not jumps:
@@ -753,7 +758,8 @@ def diff_table(
         want = target[chain]
         have = state.chains.get(chain)
         if isinstance(want, Delta) and have is not None:
-            result[chain] = _apply_delta(chain, have, want, deletes, appends)
+            result[chain] = _apply_delta(chain, have, want, declares=declares,
+                                         deletes=deletes, appends=appends)
             continue
         if isinstance(want, Delta):  # the chain is gone: nothing to keep
             want = list(want.add)
@@ -774,8 +780,11 @@ def diff_table(
             # A rule is named by its text (-D) only when that text reads back as the
             # rule: iptables-save quotes comments only, so another match's value
             # (`--hashlimit-name a b`) or a comment holding a newline would not, and
-            # the -D was refused on every apply. Such a chain is rewritten instead.
-            if sum(drop.values()) <= len(want) and _nameable(state, chain, drop):
+            # the -D was refused on every apply. Such a chain is rewritten instead,
+            # and so is one losing more than a few rules (see _DELETES_BY_TEXT).
+            dropped = sum(drop.values())
+            if (dropped <= min(len(want), _DELETES_BY_TEXT)
+                    and _nameable(state, chain, drop)):
                 keep = [True] * len(have)
                 for index in range(len(have) - 1, -1, -1):  # from the end: positions hold
                     if drop[have[index]] > 0:
@@ -800,6 +809,14 @@ def diff_table(
     return ops, result, hook_rules
 
 
+_DELETES_BY_TEXT = 16
+"""The most rules of a bucket chain deleted by their text (``-D CHAIN RULE``) in one
+edit; one losing more is written again. iptables-nft-restore looks for each such rule through
+the whole chain: deleting 10 000 earlier reply accepts one by one took 31 s (5 000:
+6.1 s), the restore run's timeout is 30 s, and writing their 16 chains again takes ~1 s
+(docs/performance.md, "Upgrading many reply accepts")."""
+
+
 def _nameable(state: TableState, chain: str, lines: Iterable[Line]) -> bool:
     """Every one of ``lines``, rules of ``chain`` as read, can be deleted by its text
     (``-D``): a rule of a valid unit of the chain (k3snet's own text), or one made only
@@ -807,14 +824,14 @@ def _nameable(state: TableState, chain: str, lines: Iterable[Line]) -> bool:
     whose values need no quoting but a comment's, and no comment holding a newline."""
     ours = {line for digest in state.by_chain.get(chain, ())
             for line in state.units[digest].lines}
-    return all(line in ours or (parse_rule(line) is not None
-                                and not any("\n" in token for token in line))
-               for line in lines)
+    return all(line in ours or _writable(line) for line in lines)
 
 
-def _apply_delta(chain: str, have: list[Line], delta: Delta, deletes: list[Op],
-                 appends: list[Op]) -> list[Line]:
-    """Delete ops (from the end, so positions hold) and one append; the chain after them."""
+def _apply_delta(chain: str, have: list[Line], delta: Delta, *, declares: list[Op],
+                 deletes: list[Op], appends: list[Op]) -> list[Line]:
+    """Delete ops (from the end, so positions hold) and one append; the chain after them.
+    More than :data:`_DELETES_BY_TEXT` deletes: the chain written again instead (its
+    rules, all of valid units, are k3snet's own text)."""
     if not delta.drop:  # only additions (a big apply): no need to look at every rule
         if delta.add:
             appends.append(Op("append", chain, delta.add, rendered=True))
@@ -829,12 +846,17 @@ def _apply_delta(chain: str, have: list[Line], delta: Delta, deletes: list[Op],
         indices = where.get(line)
         if indices:
             gone.append(indices.pop(0))
+    dropped = set(gone)
+    after = [line for i, line in enumerate(have) if i not in dropped] + list(delta.add)
+    if len(gone) > _DELETES_BY_TEXT:
+        declares.append(Op("declare", chain))  # with --noflush: flushes this chain alone
+        appends.append(Op("append", chain, tuple(after), rendered=True))
+        return after
     for index in sorted(gone, reverse=True):
         deletes.append(Op("delete", chain, (have[index],), index + 1))
     if delta.add:
         appends.append(Op("append", chain, delta.add, rendered=True))
-    dropped = set(gone)
-    return [line for i, line in enumerate(have) if i not in dropped] + list(delta.add)
+    return after
 
 
 def _take(counter: Counter[Line], line: Line) -> bool:
@@ -951,8 +973,12 @@ def revert_ops(state: TableState, edit: TableEdit, *, exact: bool = True) -> lis
 
 def _writable(line: Line) -> bool:
     """``line``, a rule as read, surely reads back from its text: made only of the
-    matches k3snet reads (as its own rules are), no comment holding a newline (as
-    :func:`_nameable` judges)."""
+    matches k3snet reads or writes (its own reply accept's ``--ctdir``, which the reader
+    of rules leaves alone), no comment holding a newline (as :func:`_nameable` judges)."""
+    if "--ctdir" in line:
+        at = line.index("--ctdir")
+        if "conntrack" in line[:at] and line[at + 1:at + 2] in (("REPLY",), ("ORIGINAL",)):
+            line = line[:at] + line[at + 2:]
     return parse_rule(line) is not None and not any("\n" in token for token in line)
 
 
@@ -982,6 +1008,7 @@ def commit_edit(state: TableState, edit: TableEdit) -> None:
     state.by_chain = {c: ds for c, ds in state.by_chain.items() if ds}
     state.inactive.clear()
     state.dirty.clear()
+    state.earlier.clear()
     if state.findings:  # the edit rewrote everything found wrong
         state.findings.clear()
         state.owned = {k: o for k, o in state.owned.items() if not isinstance(o, Drift)}
