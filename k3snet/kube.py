@@ -372,12 +372,12 @@ class ThrottleWaits:
 
 THROTTLE_WAITS = ThrottleWaits()
 """What the one-shot commands (``k3snet plan``, ``apply``, ``destroy``, ``observe``,
-``doctor``, the Ansible module) and a library caller wait for a throttled answer to a
-request of a client k3snet made (:func:`make_api_client` from a kubeconfig): up to 5
-more tries, 5 s each and 30 s in all at most. A client the caller made and handed to
-k3snet (``api_client=``) waits none outside a :func:`throttle_waits` block: its
-requests, the caller's own too, are left as the caller sends them. The agent waits
-none (:func:`throttle_waits`): its loops wait with their own bounds."""
+``doctor``, ``connectivity``, the Ansible module) and a library caller wait for a
+throttled answer to a request of a client k3snet made (:func:`make_api_client` from a
+kubeconfig): up to 5 more tries, 5 s each and 30 s in all at most. A client the caller
+made and handed to k3snet (``api_client=``) waits none outside a :func:`throttle_waits`
+block: its requests, the caller's own too, are left as the caller sends them. The agent
+waits none (:func:`throttle_waits`): its loops wait with their own bounds."""
 
 # (No default: unset, a client k3snet made waits THROTTLE_WAITS, a caller's none.)
 _WAITS: contextvars.ContextVar[ThrottleWaits | None] = contextvars.ContextVar(
