@@ -807,3 +807,27 @@ def test_the_upgrade_names_and_rewrites_the_earlier_reply_accepts_alone(
     assert len(drift) == old, drift
     assert all("as an earlier k3snet release wrote it" in d for d in drift), drift
     assert len([c for c in p.changes if c.action == "add"]) == old, p.render()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("conntrack", [
+    "-m conntrack --ctdir REPLY", "-m conntrack --ctdir ORIGINAL",
+    "-m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY"])
+def test_an_untagged_direction_accept_in_a_bucket_chain_is_deleted_by_its_text_alone(
+        mode: Flavour, conntrack: str) -> None:
+    # An admin's accept of one direction put in k3snet's chain reads back as written
+    # (parse_rule reads --ctdir): it is deleted by its text, the chain's other rules and
+    # their counters left alone. _writable took --ctdir out before asking parse_rule,
+    # and what was left (-m conntrack with no option) reads as no rule: the chain was
+    # written again, and a rollback leaving out what does not read back left it out.
+    rules = [ForwardRule("10.42.0.0/16", f"100.64.0.{n}/32", out_interface="eth0")
+             for n in range(40)]
+    chain = render_unit(rules[0]).chain
+    foreign = f"-A {chain} -d 10.42.0.0/16 {conntrack} -j ACCEPT"
+    table = _old_release_table(rules, 4, old=0).replace("COMMIT", f"{foreign}\nCOMMIT")
+    kernel = FakeKernel({(mode, 4): table, (mode, 6): "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"})
+    clear_caches()
+    with backend_on(kernel, mode) as backend:
+        backend.apply(plan(backend.observe(), State(owned=rules)))
+    sent = [line for t in kernel.tables if t.committed for line in t.lines]
+    assert sent == [foreign.replace("-A ", "-D ", 1)], sent

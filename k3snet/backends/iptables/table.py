@@ -973,12 +973,8 @@ def revert_ops(state: TableState, edit: TableEdit, *, exact: bool = True) -> lis
 
 def _writable(line: Line) -> bool:
     """``line``, a rule as read, surely reads back from its text: made only of the
-    matches k3snet reads or writes (its own reply accept's ``--ctdir``, which the reader
-    of rules leaves alone), no comment holding a newline (as :func:`_nameable` judges)."""
-    if "--ctdir" in line:
-        at = line.index("--ctdir")
-        if "conntrack" in line[:at] and line[at + 1:at + 2] in (("REPLY",), ("ORIGINAL",)):
-            line = line[:at] + line[at + 2:]
+    matches k3snet reads (among them conntrack's ``--ctdir``, its own reply accept's),
+    no comment holding a newline (as :func:`_nameable` judges)."""
     return parse_rule(line) is not None and not any("\n" in token for token in line)
 
 
