@@ -557,8 +557,14 @@ class Sysctl(NetObject):
         (:data:`SPREADING`, :data:`SPREADING_INVERTED`: ``ip_forward`` sets every
         interface's ``forwarding`` and ``all.accept_redirects``), 1 for the others: a
         plan writes ``net.ipv4.conf.eth0.forwarding = 0`` after ``ip_forward = 1``,
-        which would overwrite it, and gives it back before."""
-        return 0 if self.name in SPREADING or self.name in SPREADING_INVERTED else 1
+        which would overwrite it, and gives it back before. An IPv6 ``stable_secret`` too:
+        its write sets the interface's ``addr_gen_mode`` to 2, ``default``'s every
+        interface's (``addrconf_sysctl_stable_secret``), so a spec's ``addr_gen_mode``
+        is written after it (the apply left 2 where the spec held 3)."""
+        if self.name in SPREADING or self.name in SPREADING_INVERTED:
+            return 0
+        path = self.path
+        return 0 if path.startswith("net/ipv6/conf/") and path.endswith("/stable_secret") else 1
 
     def met_by(self, other: NetObject) -> bool:
         """The parameter already has the value (set by someone else)."""

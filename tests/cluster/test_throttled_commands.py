@@ -392,6 +392,25 @@ def test_a_read_sent_again_after_a_503_says_nothing_of_an_earlier_send(
     assert "503" not in str(info.value)
 
 
+def test_a_write_sent_again_after_a_429_says_nothing_of_an_earlier_send(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # A 429 is Priority and Fairness refusing the request before it is served: the
+    # create sent again and refused (AlreadyExists: the ConfigMap was there before) is
+    # the whole story, no earlier send of it made anything.
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        server.fail(429, method="POST", plural="configmaps", times=1, retry_after=1)
+        with pytest.raises(KubeApiError) as info, \
+                translate_errors("create", classifier=KubeErrors()):
+            _core(api).create_namespaced_config_map(
+                "kube-system", {"metadata": {"name": "x", "namespace": "kube-system"}})
+    finally:
+        api.close()
+    assert slept == [1.0]
+    assert info.value.status == 409
+    assert "an earlier one may have made the change" not in str(info.value), info.value
+
+
 def test_a_callers_own_client_is_left_as_it_sends_outside_a_block_of_waits(
         server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A library caller's client handed to k3snet (api_client=) is the caller's: its own

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from k3snet._logline import printable
 from k3snet.model import ForwardBlock, NatBlock, object_from_dict
+from k3snet.model._base import unescaped
 from k3snet.model.drift import ForwardDrift
 
 _TEXTS = [
@@ -40,3 +42,31 @@ def test_a_foreign_rules_text_is_the_same_after_any_number_of_json_readings(
     again = object_from_dict(object_from_dict(block.to_dict()).to_dict())
     assert again == block
     assert len(block.rule) <= 512
+
+
+# Pieces printable writes as 1, 2, 4, 6 and 10 characters: a backslash, an ESC, a lone
+# surrogate (a byte that was not UTF-8), a bidirectional override, a non-BMP format
+# character, and a text that already holds what reads as an escape.
+_PIECES = st.sampled_from(["a", " ", "\\", "\x1b", "\x85", "\udc80", "\u202e", "\U000e0001",
+                           "\\x1b", "\\\\", "\\U000e0001", "é", "\U0001f600"])
+
+
+@given(st.lists(_PIECES | st.characters(codec=None), max_size=300).map("".join))
+def test_unescaped_reads_back_every_text_printable_wrote(text: str) -> None:
+    assert unescaped(printable(text)) == text
+
+
+_ESCAPED = st.sampled_from(["\\", "\x1b", "\x85", "\udc80", "\u202e", "\U000e0001",
+                            "\\x1b", "\\U000e0001"])
+
+
+@given(st.lists(_ESCAPED | _PIECES, min_size=260, max_size=400).map("".join).filter(str.strip))
+def test_a_long_foreign_text_is_cut_to_512_characters_between_escapes_and_reads_back_so(
+        text: str) -> None:
+    # Nearly every text here is longer than 512 characters escaped: the cut is made,
+    # and wherever it falls it leaves no escape in two and no more than 512 characters.
+    block = ForwardBlock(4, "drop", text, "iptables filter FORWARD")
+    assert len(block.rule) <= 512
+    assert block.rule.endswith("...") or len(printable(" ".join(text.split()))) <= 512
+    assert object_from_dict(block.to_dict()) == block
+    assert object_from_dict(block.to_dict()).rule == block.rule

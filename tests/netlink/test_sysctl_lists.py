@@ -138,7 +138,7 @@ def test_a_stable_secret_none_set_is_taken_over_and_left_set_by_destroy(
         ns: str, tmp_path: Path) -> None:
     """The kernel answers EIO to the read of a stable_secret none set (a new interface's):
     every apply of one failed, "no such sysctl". Set, it cannot be unset (an empty write
-    sets ::): destroy gives k3snet's ownership up and leaves the secret."""
+    is refused, EIO): destroy gives k3snet's ownership up and leaves the secret."""
     name = "net.ipv6.conf.lo.stable_secret"
     path = f"/proc/sys/{name.replace('.', '/')}"
     assert run_in(ns, ["sh", "-c", f"cat {path} 2>/dev/null || echo unset"]).stdout.strip() \
@@ -180,3 +180,17 @@ def test_a_rollback_leaves_a_stable_secret_it_cannot_unset_as_written(
     with NetlinkBackend(ns, state_dir=tmp_path) as backend, pytest.raises(ApplyError):
         converge(backend, wanted)
     assert _shown(ns, name).strip() == "2001:0db8:0000:0000:0000:0000:0000:0001"
+
+
+def test_a_stable_secret_is_written_before_the_interfaces_addr_gen_mode(
+        ns: str, tmp_path: Path) -> None:
+    """A write of an interface's stable_secret sets its addr_gen_mode to 2 (stable
+    privacy): written after the spec's addr_gen_mode (by name), the apply said it was
+    done and left 2 where the spec held 3; the next plan wrote 3 again."""
+    mode = "net.ipv6.conf.lo.addr_gen_mode"
+    wanted = State(owned=[Sysctl(mode, "3"),
+                          Sysctl("net.ipv6.conf.lo.stable_secret", "2001:db8::1")])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        converge(backend, wanted)
+        assert _shown(ns, mode).strip() == "3"
+        assert plan(backend.observe(), wanted).changes == ()

@@ -217,6 +217,19 @@ def test_sysctl_d() -> None:
             if not line.startswith("#") and line] == []
 
 
+def test_sysctl_d_writes_a_stable_secret_before_the_addr_gen_mode_it_would_overwrite() -> None:
+    # sysctl -p writes in file order, and a stable_secret's write sets the interface's
+    # addr_gen_mode to 2 (default's: every interface's): after it, the spec's 3 was lost.
+    state = State(owned=[Sysctl("net.ipv6.conf.d0.addr_gen_mode", 3),
+                         Sysctl("net.ipv6.conf.d0.stable_secret", "2001:db8::1"),
+                         Sysctl("net.ipv6.conf.default.stable_secret", "2001:db8::2")])
+    lines = [line.split(" = ")[0] for line in render_sysctl_d(state).splitlines()
+             if line and not line.startswith("#")]
+    assert lines.index("net.ipv6.conf.d0.addr_gen_mode") > max(
+        lines.index("net.ipv6.conf.d0.stable_secret"),
+        lines.index("net.ipv6.conf.default.stable_secret"))
+
+
 def _links_d0_e0(ns: str) -> None:
     """Links d0 and e0 (veths, up) with the addresses ROUTES' gateways need.
 

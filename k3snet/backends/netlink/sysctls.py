@@ -85,7 +85,8 @@ def read_sysctls(root: Path, names: Sequence[str]) -> dict[str, str | None]:
 def unset_secret(name: str) -> bool:
     """Whether sysctl ``name`` is an interface's IPv6 ``stable_secret``, which the kernel
     may hold unset (``addrconf_sysctl_stable_secret``: a read is EIO until one is
-    written, and none can be unset again: an empty write sets ``::``)."""
+    written, and none can be unset again: an empty write is refused, EIO; a write sets
+    the interface's ``addr_gen_mode`` to 2, ``default``'s every interface's)."""
     path = sysctl_path(name).split("/")
     return path[:3] == ["net", "ipv6", "conf"] and path[-1] == "stable_secret"
 
