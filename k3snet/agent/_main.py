@@ -69,12 +69,15 @@ def _has_label(api_client: Any, node: str, selector: str) -> bool:
     from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
     from k3snet.backends.kit import translate_errors  # noqa: PLC0415
-    from k3snet.kube import KubeErrors  # noqa: PLC0415
+    from k3snet.kube import KubeErrors, throttle_waits  # noqa: PLC0415
 
     key, sep, value = selector.partition("=")
     # A timeout as on every other request: an API server that never answers must not
     # hold the pass (and the node's own rules) for as long as TCP keeps the connection.
-    with translate_errors(f"read Node {node}", classifier=KubeErrors(timeout=DEFAULT_TIMEOUT)):
+    # Nor does a throttled answer, waited inside the request by a client make_api_client
+    # made: the agent waits in its own loops alone (throttle_waits(None)).
+    with translate_errors(f"read Node {node}", classifier=KubeErrors(timeout=DEFAULT_TIMEOUT)), \
+            throttle_waits(None):
         found = client.CoreV1Api(api_client).read_node(node, _request_timeout=DEFAULT_TIMEOUT)
     labels = (found.metadata.labels if found.metadata is not None else None) or {}
     return key in labels and (not sep or labels[key] == value)

@@ -101,3 +101,17 @@ def test_a_throttled_node_report_through_the_agents_own_client_waits_nothing_ins
     reporter.report(NodeReport("ok", "in sync: no changes", None, 1, leader=False))
     assert slept == []
     assert _sent(server, "PATCH", "/nodes/") == 1
+
+
+def test_a_throttled_read_of_the_candidates_label_through_the_agents_own_client_waits_nothing(
+        server: EmulatedApiServer, made: Any, slept: list[float]) -> None:
+    # `--lease-candidates`: the agent reads its Node's labels once, at the first need of
+    # the Lease; throttled, it waited THROTTLE_WAITS (up to 30 s) inside the request.
+    from k3snet.agent._main import _has_label  # noqa: PLC0415
+    from k3snet.errors import BackendError  # noqa: PLC0415
+
+    server.fail(429, method="GET", plural="nodes", times=None, retry_after=1)
+    with pytest.raises(BackendError):
+        _has_label(made, "node-a", "k3snet.io/lease")
+    assert slept == []
+    assert _sent(server, "GET", "/nodes/node-a") == 1
