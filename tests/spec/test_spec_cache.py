@@ -12,6 +12,7 @@ import gc
 import importlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,13 @@ OTHER = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
 def _write(path: Path, spec: Spec) -> Path:
     path.write_text(yaml.safe_dump(spec.to_dict()))
     return path
+
+
+def _example_directory(tmp_path: Path) -> Path:
+    """A directory of one hypothesis example's own: ``tmp_path`` is one for every example
+    of a test, and a cache another example wrote there (an equal spec drawn again, as
+    shrinking does) made the first read of a later one a hit."""
+    return Path(tempfile.mkdtemp(dir=tmp_path))
 
 
 def _cached_file(directory: Path) -> Path:
@@ -243,8 +251,9 @@ def test_the_cli_uses_the_cache(spec_file: Path, tmp_path: Path,
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(spec=ks.specs())
 def test_the_plan_is_the_same_with_and_without_the_cache(spec: Spec, tmp_path: Path) -> None:
-    path = _write(tmp_path / "drawn.yaml", spec)
-    cache = tmp_path / "drawn-cache"
+    example = _example_directory(tmp_path)
+    path = _write(example / "drawn.yaml", spec)
+    cache = example / "drawn-cache"
     plain = load_spec(path)
     want = plan(State(), compile_spec(plain)).render()
     for _ in range(2):  # a miss that writes the cache, then a hit that reads it
@@ -364,8 +373,9 @@ def test_other_code_recomputes(spec_file: Path, store: Path, tmp_path: Path,
 @given(spec=ks.specs())
 def test_the_head_of_a_hit_is_the_spec_without_destinations_and_the_document_read_once(
         spec: Spec, tmp_path: Path) -> None:
-    path = _write(tmp_path / "drawn.yaml", spec)
-    cache = tmp_path / "drawn-cache"
+    example = _example_directory(tmp_path)
+    path = _write(example / "drawn.yaml", spec)
+    cache = example / "drawn-cache"
     plain = load_spec(path)
     assert spec_cache.load_spec_head_cached(path, cache) is None  # a miss: no head
     load_spec_cached(path, cache)
