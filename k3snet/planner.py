@@ -18,8 +18,9 @@ Properties (each one a hypothesis test in ``tests/planner``):
 * idempotence: ``plan(d, d)`` is empty, and so is planning again after an apply
   (through the memory backend too);
 * minimality: every change is needed, an object whose key stays is *replaced*,
-  unchanged objects produce nothing, nor do objects k3snet's in place already are
-  but for what they leave to the system (``held``, a route's device);
+  unchanged objects produce nothing (but an IPv6 ``addr_gen_mode`` a ``stable_secret``
+  written before it sets to 2, written again), nor do objects k3snet's in place already
+  are but for what they leave to the system (``held``, a route's device);
 * foreign safety: no change names a foreign object (and an apply through the
   memory backend leaves every foreign object, but the sysctls taken over);
 * determinism: equal inputs give byte-identical plans, whatever the order the
