@@ -18,8 +18,9 @@ Properties (each one a hypothesis test in ``tests/planner``):
 * idempotence: ``plan(d, d)`` is empty, and so is planning again after an apply
   (through the memory backend too);
 * minimality: every change is needed, an object whose key stays is *replaced*,
-  unchanged objects produce nothing, nor do objects k3snet's in place already are
-  but for what they leave to the system (``held``, a route's device);
+  unchanged objects produce nothing (but an IPv6 ``addr_gen_mode`` a ``stable_secret``
+  written before it sets to 2, written again), nor do objects k3snet's in place already
+  are but for what they leave to the system (``held``, a route's device);
 * foreign safety: no change names a foreign object (and an apply through the
   memory backend leaves every foreign object, but the sysctls taken over);
 * determinism: equal inputs give byte-identical plans, whatever the order the
@@ -579,11 +580,57 @@ def plan(observed: State, desired: State) -> Plan:
                 adds.append(wanted)
         if note is not None:
             notes.append(note)
+    if any(_secret_of(change.after) is not None for change in replaces) or \
+            any(_secret_of(obj) is not None for obj in adds):
+        _rewrite_addr_gen_modes(have, desired, replaces, adds, notes)
     shadowed = foreign.shadowed(observed, desired) + foreign.defeated(observed, desired)
     if shadowed:
         notes = sorted([*notes, *shadowed], key=_wanted_order)
 
     return Plan(changes=_ordered_changes(deletes, replaces, adds), notes=notes, held=held)
+
+
+def _secret_of(obj: NetObject | None) -> str | None:
+    """The interface whose IPv6 ``stable_secret`` ``obj`` is (``default`` too), else None."""
+    if not isinstance(obj, Sysctl):
+        return None
+    path = obj.path.split("/")
+    if len(path) == 5 and path[:3] == ["net", "ipv6", "conf"] and path[4] == "stable_secret":
+        return path[3]
+    return None
+
+
+def _rewrite_addr_gen_modes(have: Mapping[tuple[Any, ...], NetObject], desired: State,
+                            replaces: list[Change], adds: list[NetObject],
+                            notes: list[Note]) -> None:
+    """A written ``stable_secret`` sets its interface's ``addr_gen_mode`` to 2
+    (``default``'s: every interface's; ``addrconf_sysctl_stable_secret``): a wanted
+    ``addr_gen_mode`` of such an interface already in place (k3snet's, or a foreign
+    value meeting it) is written again after it (tier 1 after the secret's 0), or the
+    apply said it was done and left 2 where the spec held another mode."""
+    secrets = {_secret_of(change.after) for change in replaces}
+    secrets |= {_secret_of(obj) for obj in adds}
+    every = "default" in secrets
+    planned = {change.after.key for change in replaces if change.after is not None}
+    planned |= {obj.key for obj in adds}
+    for wanted in sorted((obj for obj in desired.owned if isinstance(obj, Sysctl)),
+                         key=_sort_key):
+        path = wanted.path.split("/")
+        if len(path) != 5 or path[:3] != ["net", "ipv6", "conf"] or \
+                path[4] != "addr_gen_mode" or wanted.value == "2" or wanted.key in planned:
+            continue
+        iface = path[3]
+        if iface in ("all", "default") or (iface not in secrets and not every):
+            continue  # all's and default's own mode are no interface's: a secret leaves them
+        current = have.get(wanted.key)
+        if current is not None:
+            if any(note.wanted == wanted for note in notes):
+                continue  # a conflict (or a foreign object doing its job) left as it is
+            replaces.append(Change("replace", current, wanted))
+        elif all(note.wanted != wanted or note.status == "met" for note in notes):
+            # Met by the value found: taken over, so that it is written after the secret.
+            notes[:] = [note for note in notes if note.wanted != wanted]
+            adds.append(wanted)
 
 
 def _ordered_changes(deletes: list[NetObject], replaces: list[Change], adds: list[NetObject]

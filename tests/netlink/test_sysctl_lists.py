@@ -194,3 +194,26 @@ def test_a_stable_secret_is_written_before_the_interfaces_addr_gen_mode(
         converge(backend, wanted)
         assert _shown(ns, mode).strip() == "3"
         assert plan(backend.observe(), wanted).changes == ()
+
+
+@pytest.mark.parametrize("first", [
+    [Sysctl("net.ipv6.conf.lo.addr_gen_mode", "3")],
+    [Sysctl("net.ipv6.conf.lo.addr_gen_mode", "3"),
+     Sysctl("net.ipv6.conf.lo.stable_secret", "2001:db8::1")],
+    [Sysctl("net.ipv6.conf.lo.addr_gen_mode", "3"),
+     Sysctl("net.ipv6.conf.default.stable_secret", "2001:db8::1")],
+], ids=["mode-alone", "secret-changed", "default-secret-to-lo"])
+def test_a_stable_secret_written_leaves_an_addr_gen_mode_already_in_place_as_the_spec_holds(
+        ns: str, tmp_path: Path, first: list[Sysctl]) -> None:
+    """The spec's addr_gen_mode already in place (written by an earlier apply): a
+    stable_secret then added or changed (an interface's, or default's, which sets every
+    interface's) set it to 2, with no change of its own in the plan to write it after:
+    the apply said it was done and left 2 where the spec held 3."""
+    mode = "net.ipv6.conf.lo.addr_gen_mode"
+    wanted = State(owned=[Sysctl(mode, "3"),
+                          Sysctl("net.ipv6.conf.lo.stable_secret", "2001:db8::2")])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        converge(backend, State(owned=first))
+        converge(backend, wanted)
+        assert _shown(ns, mode).strip() == "3"
+        assert plan(backend.observe(), wanted).changes == ()
