@@ -38,6 +38,7 @@ from k3snet.kube import TERMINATION_GRACE, Deadline
 from k3snet.planner import Plan
 from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
+from tests.closing_server import closing_server
 
 pytestmark = pytest.mark.cluster
 
@@ -438,29 +439,11 @@ def test_the_lease_release_whose_connection_closes_unanswered_reads_once(
     # GET and closes the connection without an answer: urllib3 (retry_policy) sent it 3
     # times more, each waiting what was left of the grace deadline when it began (4 times
     # the deadline in all). Within the deadline a request is sent once.
-    import socket  # noqa: PLC0415 - this test alone
-
     from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
     from k3snet.kube import retry_policy  # noqa: PLC0415
 
-    accepted: list[int] = []
-    with socket.socket() as closing:
-        closing.bind(("127.0.0.1", 0))
-        closing.listen(16)
-
-        def serve() -> None:
-            while True:
-                try:
-                    conn, _ = closing.accept()
-                except OSError:
-                    return
-                with conn:
-                    conn.recv(65536)
-                    accepted.append(1)
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
+    with closing_server() as (port, accepted):
         configuration = client.Configuration()
         configuration.host = server.url
         configuration.retries = retry_policy()
@@ -469,12 +452,10 @@ def test_the_lease_release_whose_connection_closes_unanswered_reads_once(
         try:
             holder = LeaderElector(api, "node-a", SETTINGS, clock=clock)
             assert holder.step()
-            api.configuration.host = f"http://127.0.0.1:{closing.getsockname()[1]}"
+            api.configuration.host = f"http://127.0.0.1:{port}"
             with caplog.at_level("WARNING", logger="k3snet.agent"):
                 holder.stop(release=True, deadline=Deadline(clock.now + 4, clock))
         finally:
             api.close()
-            closing.shutdown(socket.SHUT_RDWR)
-        thread.join(5)
     assert len(accepted) == 1
     assert any("could not release" in r.getMessage() for r in caplog.records)

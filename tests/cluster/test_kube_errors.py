@@ -30,6 +30,7 @@ from k3snet.kube import (
     selector_matches,
 )
 from k3snet.testing.kube import EmulatedApiServer
+from tests.closing_server import closing_server
 
 pytestmark = pytest.mark.cluster
 
@@ -296,29 +297,11 @@ def test_a_request_within_a_deadline_whose_connection_closes_unanswered_is_sent_
     # A server (a load balancer with no backend left) that reads the request and closes
     # the connection without an answer: the GET was sent 4 times, each try waiting what
     # was left of the deadline when the request began. Within a deadline: once.
-    import threading  # noqa: PLC0415 - this test alone
-
     from kubernetes import client  # noqa: PLC0415 - optional dependency
 
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    accepted: list[int] = []
-    with socket.socket() as closing:
-        closing.bind(("127.0.0.1", 0))
-        closing.listen(16)
-
-        def serve() -> None:
-            while True:
-                try:
-                    conn, _ = closing.accept()
-                except OSError:
-                    return
-                with conn:
-                    conn.recv(65536)
-                    accepted.append(1)
-
-        server = threading.Thread(target=serve, daemon=True)
-        server.start()
-        api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, closing.getsockname()[1])))
+    with closing_server() as (port, accepted):
+        api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, port)))
         core: Any = client.CoreV1Api(api)
         try:
             for deadline, sent in ((None, 4), (Deadline(1e9, lambda: 0.0), 1)):
@@ -329,8 +312,6 @@ def test_a_request_within_a_deadline_whose_connection_closes_unanswered_is_sent_
                 assert len(accepted) == sent, deadline
         finally:
             api.close()
-            closing.shutdown(socket.SHUT_RDWR)
-    server.join(5)
 
 
 class _Rest:
