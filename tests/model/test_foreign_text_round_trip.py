@@ -5,7 +5,7 @@ it is the same text, not escaped once more at every reading."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from k3snet._logline import printable
@@ -60,6 +60,9 @@ _ESCAPED = st.sampled_from(["\\", "\x1b", "\x85", "\udc80", "\u202e", "\U000e000
                             "\\x1b", "\\U000e0001"])
 
 
+# Every example is past the cut (260 pieces and more): 100 of them find a cut inside an
+# escape as surely as 300, at a third of the suite's time (~9 s at 300).
+@settings(max_examples=100)
 @given(st.lists(_ESCAPED | _PIECES, min_size=260, max_size=400).map("".join).filter(str.strip))
 def test_a_long_foreign_text_is_cut_to_512_characters_between_escapes_and_reads_back_so(
         text: str) -> None:
