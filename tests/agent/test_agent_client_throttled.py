@@ -11,7 +11,6 @@ them failed. Every sleep here is a recorder's: nothing is timed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import k3snet.kube
 from k3snet.agent import LeaderElector, LeaseSettings, NodeReport, NodeReporter
 from k3snet.kube import make_api_client
 from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
+from tests.kubeconfig import write_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
@@ -57,12 +57,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedApiServer]:
 @pytest.fixture
 def made(server: EmulatedApiServer, tmp_path: Path) -> Iterator[Any]:
     """A client as the agent's own (k3snet agent makes it from its kubeconfig)."""
-    path = tmp_path / "kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {"server": server.url}}],
-        "users": [{"name": "lab", "user": {}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}]}))
+    path = write_kubeconfig(tmp_path / "kubeconfig", server.url)
     client, owned = make_api_client(kubeconfig=str(path))
     assert owned
     yield client

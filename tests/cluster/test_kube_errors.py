@@ -31,6 +31,7 @@ from k3snet.kube import (
 )
 from k3snet.testing.kube import EmulatedApiServer
 from tests.closing_server import closing_server
+from tests.kubeconfig import write_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
@@ -214,14 +215,7 @@ def test_a_request_left_unanswered_is_a_timeout(api_server: EmulatedApiServer) -
 
 
 def _kubeconfig(tmp_path: Path, port: int) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
-        "users: [{name: me, user: {}}]\n"
-        "contexts: [{name: c, context: {cluster: c, user: me}}]\n"
-        "current-context: c\n")
-    return path
+    return write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{port}")
 
 
 def test_a_client_k3snet_makes_sends_a_request_that_timed_out_once(

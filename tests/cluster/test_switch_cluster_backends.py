@@ -6,7 +6,6 @@ for what a switch left went through the node backends only, and nothing was said
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from k3snet.backends.registry import create_backend
 from k3snet.cli import main
 from k3snet.kube import THROTTLE_WAITS, throttle_waits
 from k3snet.testing.kube import EmulatedApiServer
+from tests.kubeconfig import write_kubeconfig
 
 SPEC = """\
 apiVersion: k3snet.io/v1alpha1
@@ -38,14 +38,6 @@ POD_POOL = {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
             "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True, "blockSize": 26}}
 
 
-def _kubeconfig(path: Path, url: str) -> None:
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {"server": url}}],
-        "users": [{"name": "u", "user": {}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "u"}}]}))
-
-
 def test_calico_dropped_for_cilium_names_the_ippool_left_and_its_destroy_removes_it_alone(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,7 +47,7 @@ def test_calico_dropped_for_cilium_names_the_ippool_left_and_its_destroy_removes
     kubeconfig = tmp_path / "kube config"
     with EmulatedApiServer(resources=RESOURCES) as server:
         server.put(CRD, POD_POOL)
-        _kubeconfig(kubeconfig, server.url)
+        write_kubeconfig(kubeconfig, server.url)
         assert main(["apply", "-f", str(spec), "--no-facts", "--auto-approve", "--backend",
                      "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"]) == 0
         assert len(server.objects(CRD)) == 2  # the pod pool and k3snet's disabled one
@@ -87,7 +79,7 @@ def test_a_dropped_cluster_backend_is_looked_through_as_built(tmp_path: Path) ->
     with EmulatedApiServer(resources=RESOURCES) as server:
         server.put(CRD, POD_POOL)
         kubeconfig = tmp_path / "kubeconfig"
-        _kubeconfig(kubeconfig, server.url)
+        write_kubeconfig(kubeconfig, server.url)
         assert main(["apply", "-f", str(spec), "--no-facts", "--auto-approve", "--backend",
                      "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"]) == 0
         old = create_backend("calico", api_client=server.api_client())
@@ -114,7 +106,7 @@ def test_apply_dry_run_of_a_plan_file_names_the_ippool_left_with_the_file_s_kube
     saved = tmp_path / "egress.plan"
     with EmulatedApiServer(resources=RESOURCES) as server:
         server.put(CRD, POD_POOL)
-        _kubeconfig(kubeconfig, server.url)
+        write_kubeconfig(kubeconfig, server.url)
         assert main(["apply", "-f", str(spec), "--no-facts", "--auto-approve", "--backend",
                      "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"]) == 0
         main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",
@@ -142,7 +134,7 @@ def test_a_throttled_look_through_a_backend_not_in_use_waits_nothing_and_says_no
     with EmulatedApiServer(resources=RESOURCES) as server, \
             throttle_waits(attrs.evolve(THROTTLE_WAITS, sleep=waits.append)):
         server.put(CRD, POD_POOL)
-        _kubeconfig(kubeconfig, server.url)
+        write_kubeconfig(kubeconfig, server.url)
         server.fail(429, method="GET", plural="ippools", times=None, retry_after=5)
         capsys.readouterr()
         main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",

@@ -11,7 +11,6 @@ timed.
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from k3snet.kube import (
     throttle_waits,
 )
 from k3snet.testing.kube import EmulatedApiServer
+from tests.kubeconfig import write_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
@@ -71,13 +71,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedApiServer]:
 
 
 def _kubeconfig(tmp_path: Path, server: EmulatedApiServer) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {"server": server.url}}],
-        "users": [{"name": "lab", "user": {}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "lab"}}]}))
-    return path
+    return write_kubeconfig(tmp_path / "kubeconfig", server.url)
 
 
 def _plan(tmp_path: Path, server: EmulatedApiServer, *more: str) -> int:
