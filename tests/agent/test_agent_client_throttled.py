@@ -22,7 +22,7 @@ import k3snet.kube
 from k3snet.agent import LeaderElector, LeaseSettings, NodeReport, NodeReporter
 from k3snet.kube import make_api_client
 from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
-from tests.kubeconfig import write_kubeconfig
+from tests.kubeclient import write_kubeconfig
 
 pytestmark = pytest.mark.cluster
 

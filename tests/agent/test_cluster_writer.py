@@ -53,6 +53,7 @@ from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
+from tests.kubeclient import retrying_client, urllib3_sleeps
 
 pytestmark = pytest.mark.cluster
 
@@ -373,19 +374,8 @@ def test_a_candidate_throttled_through_the_agents_client_waits_its_own_bounded_w
     # Retry-After itself: it slept what it asked (an hour here) inside the Lease read and
     # sent it again, past RETRY_AFTER_LIMIT, and the step succeeded as if nothing had
     # happened. The 429 is the step's now, and its wait the candidate's bounded one.
-    import urllib3.util.retry  # noqa: PLC0415 - a dependency of the kubernetes client
-    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
-
-    from k3snet.kube import retry_policy  # noqa: PLC0415
-
-    slept: list[float] = []
-    monkeypatch.setattr(urllib3.util.retry, "time",
-                        type("Clock", (), {"sleep": staticmethod(slept.append),
-                                           "time": staticmethod(lambda: 0.0)}))
-    configuration = client.Configuration()
-    configuration.host = server.url
-    configuration.retries = retry_policy()
-    api: Any = client.ApiClient(configuration)
+    slept = urllib3_sleeps(monkeypatch)
+    api: Any = retrying_client(server.url)
     try:
         candidate = _Stepped(api, "node-b", SETTINGS, clock=FakeClock())
         server.fail(429, method="GET", plural="leases", times=1, retry_after=3600)

@@ -39,6 +39,7 @@ from k3snet.planner import Plan
 from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
 from tests.closing_server import closing_server
+from tests.kubeclient import retrying_client, urllib3_sleeps
 
 pytestmark = pytest.mark.cluster
 
@@ -401,19 +402,8 @@ def test_the_lease_release_asked_to_wait_gives_up_at_once_through_the_agents_cli
     # the grace deadline that cuts each request's timeout: the release after SIGTERM
     # slept on, and the kubelet killed the agent. Now the 429 is the release's failure at
     # once, and the Lease expires by itself.
-    import urllib3.util.retry  # noqa: PLC0415 - a dependency of the kubernetes client
-    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
-
-    from k3snet.kube import retry_policy  # noqa: PLC0415
-
-    slept: list[float] = []
-    monkeypatch.setattr(urllib3.util.retry, "time",
-                        type("Clock", (), {"sleep": staticmethod(slept.append),
-                                           "time": staticmethod(lambda: 0.0)}))
-    configuration = client.Configuration()
-    configuration.host = server.url
-    configuration.retries = retry_policy()
-    api: Any = client.ApiClient(configuration)
+    slept = urllib3_sleeps(monkeypatch)
+    api: Any = retrying_client(server.url)
     clock = FakeClock()
     try:
         holder = LeaderElector(api, "node-a", SETTINGS, clock=clock)
@@ -439,15 +429,10 @@ def test_the_lease_release_whose_connection_closes_unanswered_reads_once(
     # GET and closes the connection without an answer: urllib3 (retry_policy) sent it 3
     # times more, each waiting what was left of the grace deadline when it began (4 times
     # the deadline in all). Within the deadline a request is sent once.
-    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
-    from k3snet.kube import retry_policy  # noqa: PLC0415
 
     with closing_server() as (port, accepted):
-        configuration = client.Configuration()
-        configuration.host = server.url
-        configuration.retries = retry_policy()
-        api: Any = client.ApiClient(configuration)
+        api: Any = retrying_client(server.url)
         clock = FakeClock()
         try:
             holder = LeaderElector(api, "node-a", SETTINGS, clock=clock)

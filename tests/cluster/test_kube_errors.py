@@ -31,7 +31,7 @@ from k3snet.kube import (
 )
 from k3snet.testing.kube import EmulatedApiServer
 from tests.closing_server import closing_server
-from tests.kubeconfig import write_kubeconfig
+from tests.kubeclient import urllib3_sleeps, write_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
@@ -510,13 +510,9 @@ def test_a_client_k3snet_makes_answers_a_request_asked_to_wait_at_once_and_sends
     # server: ResponseError" with no status. The answer is the caller's now, with its
     # status and Retry-After; the agent's own loops wait it, bounded. (An hour is more
     # than k3snet's own wait takes, THROTTLE_WAITS: tests/cluster/test_throttled_commands.py.)
-    import urllib3.util.retry  # noqa: PLC0415 - a dependency of the kubernetes client
     from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
-    slept: list[float] = []
-    monkeypatch.setattr(urllib3.util.retry, "time",
-                        type("Clock", (), {"sleep": staticmethod(slept.append),
-                                           "time": staticmethod(lambda: 0.0)}))
+    slept = urllib3_sleeps(monkeypatch)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with EmulatedApiServer() as server:
         server.put("v1/configmaps", {"metadata": {"name": "x", "namespace": "kube-system"},

@@ -17,7 +17,7 @@ from k3snet.backends.registry import create_backend
 from k3snet.cli import main
 from k3snet.kube import THROTTLE_WAITS, throttle_waits
 from k3snet.testing.kube import EmulatedApiServer
-from tests.kubeconfig import write_kubeconfig
+from tests.kubeclient import write_kubeconfig
 
 SPEC = """\
 apiVersion: k3snet.io/v1alpha1

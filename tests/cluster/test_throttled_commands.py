@@ -32,7 +32,7 @@ from k3snet.kube import (
     throttle_waits,
 )
 from k3snet.testing.kube import EmulatedApiServer
-from tests.kubeconfig import write_kubeconfig
+from tests.kubeclient import write_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
