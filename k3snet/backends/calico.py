@@ -154,6 +154,9 @@ APIS: Mapping[str, tuple[str, str]] = {
 PLURAL = "ippools"
 FELIX_PLURAL = "felixconfigurations"
 CALICO_METADATA_ANNOTATION = "projectcalico.org/metadata"
+# The value of the managed-by label on the pools the tigera-operator writes back from its
+# Installation (tigera/operator pkg/controller/ippool/pool_controller.go).
+_OPERATOR_MANAGER = "tigera-operator"
 KIND = "IPPool"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 
@@ -286,6 +289,7 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
             allowed_uses=uses,
             assignment_mode=_typed(name, spec, "assignmentMode", str, "") or "Automatic",
             namespace_selector=_typed(name, spec, "namespaceSelector", str, ""),
+            operator=calico_metadata(item)[0].get(MANAGED_BY_LABEL) == _OPERATOR_MANAGER,
         )
         return pool, tuple(warnings)
     except ModelError as exc:

@@ -747,6 +747,12 @@ def _disable_bgp_export(value: bool) -> bool:
     return _strict_bool("disableBGPExport", value)
 
 
+def _operator(value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise ModelError(f"IPPool operator must be true or false, got {value!r}")
+    return value
+
+
 def _mode(name: str, value: str) -> EncapsulationMode:
     if value not in ENCAPSULATION_MODES:
         raise ModelError(f"IPPool {name} must be one of {', '.join(ENCAPSULATION_MODES)}, "
@@ -815,7 +821,10 @@ class IPPool(NetObject):
     Calico allows.
     ``nat_outgoing`` makes Felix masquerade traffic from the pool to any
     destination outside every pool; a ``disabled`` pool allocates nothing, and
-    covering a destination with one exempts it from that NAT.
+    covering a destination with one exempts it from that NAT. ``operator``: the
+    tigera-operator manages the pool (its label ``app.kubernetes.io/managed-by:
+    tigera-operator``) and writes it back from the ``Installation``'s
+    ``spec.calicoNetwork.ipPools``, so a fix of it belongs there.
 
     >>> IPPool("no-nat", "192.168.2.0/24", disabled=True).block_size
     26
@@ -845,6 +854,7 @@ class IPPool(NetObject):
                                                   converter=_assignment_mode, kw_only=True)
     namespace_selector: str = attrs.field(default="", converter=_namespace_selector,
                                           kw_only=True)
+    operator: bool = attrs.field(default=False, converter=_operator, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -881,6 +891,7 @@ class IPPool(NetObject):
             self.allowed_uses,
             ASSIGNMENT_MODES.index(self.assignment_mode),
             self.namespace_selector,
+            self.operator,
         )
         self._seal(("ippool", self.name), content)
 
@@ -1036,6 +1047,8 @@ class IPPool(NetObject):
             "allowed_uses": list(self.allowed_uses),
             "assignment_mode": self.assignment_mode,
             "namespace_selector": self.namespace_selector,
+            # Left out when false: the documents of earlier versions stay as they were.
+            **({"operator": True} if self.operator else {}),
         }
 
     @classmethod
@@ -1054,6 +1067,7 @@ class IPPool(NetObject):
             allowed_uses=data.get("allowed_uses"),
             assignment_mode=data.get("assignment_mode", "Automatic"),
             namespace_selector=data.get("namespace_selector", ""),
+            operator=data.get("operator", False),
         )
 
 def _pools_tuple(value: Iterable[IPPool]) -> tuple[IPPool, ...]:
@@ -1220,34 +1234,46 @@ class CalicoPodCIDR(NetObject):
         for pool in same:
             reason = pool.unusable_reason
             if reason is not None:
+                fix = _operator_fix([pool]) or "fix that pool"
                 return (f"IPPool {pool.name} has pod CIDR {self.cidr} but pods get no address "
-                        f"from it: {reason}; fix that pool (k3snet never changes a pool it "
-                        "does not own)")
+                        f"from it: {reason}; {fix} (k3snet never changes a pool it does not "
+                        "own)")
         for pool in same:
             differences = self._differences(pool)
             if differences:
+                fields = sorted({_INSTALLATION_FIELDS[k] for k in self.requires
+                                 if pool.to_spec()[k] != self.requires[k]})
+                fix = ("change the spec's cni.calico, or (" + _operator_fix(
+                    [pool], f": {', '.join(fields)}") + ")" if pool.operator
+                    else "change the pool or the spec's cni.calico")
                 return (f"IPPool {pool.name} has pod CIDR {self.cidr} with "
-                        f"{', '.join(differences)}: change the pool or the spec's cni.calico "
-                        "(k3snet never changes a pool it does not own)")
+                        f"{', '.join(differences)}: {fix} (k3snet never changes a pool it "
+                        "does not own)")
         masquerading = self._masquerading(other)
         if masquerading and any(not p.nat_outgoing for p in same):
             pools = ", ".join(f"IPPool {p.name} {p.cidr} has natOutgoing: true"
                               for p in masquerading)
+            fixes = (["set natOutgoing: false on it or make it leave the pod CIDR out"]
+                     if not all(p.operator for p in masquerading) else [])
+            note = _operator_fix(masquerading, ": natOutgoing: Disabled, or a CIDR leaving "
+                                 "the pod CIDR out")
+            fix = "; ".join([*fixes, note] if note else fixes)
             return (f"{pools} and shares addresses with pod CIDR {self.cidr}: Felix "
                     "masquerades traffic from every address inside a natOutgoing pool, so "
-                    "pods there are masqueraded though the masquerade mode is off; set "
-                    "natOutgoing: false on it or make it leave the pod CIDR out (k3snet "
-                    "never changes a pool it does not own)")
+                    "pods there are masqueraded though the masquerade mode is off; "
+                    f"{fix} (k3snet never changes a pool it does not own)")
         if same:
             twins = self._twins(other)
             pool = twins[0] if twins else same[0]
             beside = [p.name for p in same if p not in twins]
             twin = (f" beside {', '.join(beside)} of the same CIDR (Felix keys pools by CIDR, "
                     "so whichever it heard of last decides)" if beside else "")
+            wanted = "Enabled" if self.nat_outgoing else "Disabled"
+            fix = (_operator_fix([pool], f": natOutgoing: {wanted}") if pool.operator else
+                   f"set natOutgoing: {nat} on it{' or delete it' if beside else ''}")
             return (f"IPPool {pool.name} has pod CIDR {self.cidr} with natOutgoing "
                     f"{str(pool.nat_outgoing).lower()}{twin}, the masquerade mode wants {nat}: "
-                    f"set natOutgoing: {nat} on it{' or delete it' if beside else ''} (k3snet "
-                    "never changes a pool it does not own)")
+                    f"{fix} (k3snet never changes a pool it does not own)")
         near = ", ".join(f"{p.name} {p.cidr}" for p in other.overlapping(self.cidr))
         found = f"pools overlapping it: {near}" if near else "no pool overlaps it"
         return (f"pod CIDR {self.cidr} is not a Calico IPPool ({found}): Calico gives pods "
@@ -1282,6 +1308,26 @@ def _pool_note(pool: IPPool) -> str:
         return (" (LoadBalancer only: Calico before v3.31.7 and v3.32.1 does not NAT to it, "
                 "later versions do)")
     return " (disabled)" if pool.disabled else ""
+
+
+# The fields of an Installation's spec.calicoNetwork.ipPools entry (tigera/operator
+# api/v1/installation_types.go) that the tigera-operator writes a pool's from.
+_INSTALLATION_FIELDS = {"ipipMode": "encapsulation", "vxlanMode": "encapsulation",
+                        "blockSize": "blockSize", "nodeSelector": "nodeSelector"}
+
+
+def _operator_fix(pools: Iterable[IPPool], change: str = "") -> str:
+    """Where to fix the pools the tigera-operator manages (``""``: none of ``pools``).
+
+    Its IP pool controller (tigera/operator ``pkg/controller/ippool``) writes every pool
+    labelled ``app.kubernetes.io/managed-by: tigera-operator`` back from the
+    Installation ``default``, on each change of a pool and periodically: an edit of the
+    pool itself is undone.
+    """
+    return "; ".join(
+        f"the tigera-operator manages IPPool {p.name} and sets it back from Installation "
+        f"default: make the change in its spec.calicoNetwork.ipPools (cidr {p.cidr}){change}"
+        ", not in the pool (an edit of the pool is undone)" for p in pools if p.operator)
 
 
 def _interface_within(device: str, pattern: str) -> bool:
@@ -1471,12 +1517,15 @@ class CalicoNatDestination(NetObject):
             return self._felix_reason(other)
         if not isinstance(other, CalicoPools):
             return None
-        pools = ", ".join(f"{p.name} {p.cidr}{_pool_note(p)}" for p in self._blocking(other))
+        blocking = self._blocking(other)
+        pools = ", ".join(f"{p.name} {p.cidr}{_pool_note(p)}" for p in blocking)
+        note = _operator_fix(blocking)
         return (f"destination {self.cidr} is inside IPPool {pools}: Calico will not NAT it "
                 "(Felix never masquerades traffic to an address inside any IP pool, enabled "
                 "or disabled), so pods reach it with their own addresses; fix: masquerade it "
                 "on the nodes with a node-level rule (the nftables or iptables backend), or "
-                f"make the pool narrower so it leaves {self.cidr} out")
+                f"make the pool narrower so it leaves {self.cidr} out"
+                + (f" ({note})" if note else ""))
 
     def describe(self) -> str:
         """``calico masquerades pods to CIDR [except ...] [via DEV] [to ADDRESS]``."""

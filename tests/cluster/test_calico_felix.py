@@ -1066,3 +1066,56 @@ def test_ip_pools_and_felix_configurations_are_listed_in_pages(
     assert len([p for p in pools if isinstance(p, IPPool)]) == 501 + 1
     lists = [p for m, p, _ in api_server.requests() if m == "GET" and p.endswith("/ippools")]
     assert len(lists) == 2
+
+
+# ---------------------------------------------------------------- pools the tigera-operator owns
+
+# The tigera-operator's IP pool controller (tigera/operator pkg/controller/ippool/
+# pool_controller.go) takes every pool labelled app.kubernetes.io/managed-by:
+# tigera-operator as its own and writes it back from Installation default's
+# spec.calicoNetwork.ipPools on each reconcile (a watch on IPPools, and periodically):
+# an edit of such a pool is undone, and the conflict comes back on the next plan.
+
+
+def test_a_pod_pool_the_tigera_operator_owns_is_fixed_in_the_installation(
+    api_server: EmulatedApiServer,
+) -> None:
+    _seed(api_server, K3S_CROSS_SUBNET)
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(SPEC_NAT_OFF)).conflicts
+    reason = conflict.reason or ""
+    assert "IPPool default-ipv4-ippool has pod CIDR 10.42.0.0/16 with natOutgoing true" in reason
+    assert "set natOutgoing: false on it" not in reason, reason
+    assert ("the tigera-operator manages IPPool default-ipv4-ippool and sets it back from "
+            "Installation default") in reason, reason
+    assert "spec.calicoNetwork.ipPools (cidr 10.42.0.0/16): natOutgoing: Disabled" in reason
+    ipip = Spec.from_yaml(SPEC_7345.replace("calico: {}", "calico: {blockSize: 24}"))
+    (conflict,) = _plan(_backend(api_server), ipip).conflicts
+    reason = conflict.reason or ""
+    assert "blockSize 26 (the spec wants 24)" in reason
+    assert "change the pool or" not in reason, reason
+    assert "spec.calicoNetwork.ipPools (cidr 10.42.0.0/16)" in reason, reason
+
+
+def test_a_destination_inside_a_pool_the_tigera_operator_owns_names_the_installation(
+    api_server: EmulatedApiServer,
+) -> None:
+    _seed(api_server, ISSUE_7345.replace(
+        "    name: default-ipv4-ippool\n",
+        "    name: default-ipv4-ippool\n"
+        "    labels: {app.kubernetes.io/managed-by: tigera-operator}\n"))
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345)).conflicts
+    reason = conflict.reason or ""
+    assert "make the pool narrower" in reason
+    assert ("the tigera-operator manages IPPool default-ipv4-ippool and sets it back from "
+            "Installation default") in reason, reason
+
+
+def test_a_pool_labelled_through_calico_s_v3_metadata_is_the_operator_s_too() -> None:
+    item = _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True)
+    item["metadata"]["annotations"] = {"projectcalico.org/metadata": json.dumps(
+        {"labels": {"app.kubernetes.io/managed-by": "tigera-operator"}})}
+    pool, _ = read_pool(item)
+    assert pool.operator
+    assert IPPool.from_dict(pool.to_dict()) == pool
+    assert not read_pool(_pool("mine", cidr="10.42.0.0/16"))[0].operator
+    assert "operator" not in read_pool(_pool("mine", cidr="10.42.0.0/16"))[0].to_dict()
