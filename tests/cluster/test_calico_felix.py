@@ -1119,3 +1119,23 @@ def test_a_pool_labelled_through_calico_s_v3_metadata_is_the_operator_s_too() ->
     assert IPPool.from_dict(pool.to_dict()) == pool
     assert not read_pool(_pool("mine", cidr="10.42.0.0/16"))[0].operator
     assert "operator" not in read_pool(_pool("mine", cidr="10.42.0.0/16"))[0].to_dict()
+
+
+def test_an_overlapping_nat_outgoing_pool_of_the_operator_is_fixed_in_the_installation(
+    api_server: EmulatedApiServer,
+) -> None:
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=False))
+    operator = _pool("wide", cidr="10.0.0.0/8", natOutgoing=True)
+    operator["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "tigera-operator"}
+    api_server.put(CRD, operator)
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(SPEC_NAT_OFF)).conflicts
+    reason = conflict.reason or ""
+    assert "IPPool wide 10.0.0.0/8 has natOutgoing: true" in reason
+    assert "set natOutgoing: false on it" not in reason, reason
+    assert ("spec.calicoNetwork.ipPools (cidr 10.0.0.0/8): natOutgoing: Disabled, or a CIDR "
+            "leaving the pod CIDR out") in reason, reason
+    api_server.put(CRD, _pool("mine", cidr="10.42.128.0/17", natOutgoing=True))
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(SPEC_NAT_OFF)).conflicts
+    reason = conflict.reason or ""
+    assert "set natOutgoing: false on it or make it leave the pod CIDR out; the " \
+           "tigera-operator manages IPPool wide" in reason, reason
