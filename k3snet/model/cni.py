@@ -1321,13 +1321,15 @@ def _operator_fix(pools: Iterable[IPPool], change: str = "") -> str:
 
     Its IP pool controller (tigera/operator ``pkg/controller/ippool``) writes every pool
     labelled ``app.kubernetes.io/managed-by: tigera-operator`` back from the
-    Installation ``default``, on each change of a pool and periodically: an edit of the
-    pool itself is undone.
+    Installation ``default``, on each change of a pool and periodically, through the
+    Calico API server: an edit of the pool itself is undone (without the API server, the
+    operator reports itself degraded and undoes it once the API server is back).
     """
     return "; ".join(
         f"the tigera-operator manages IPPool {p.name} and sets it back from Installation "
         f"default: make the change in its spec.calicoNetwork.ipPools (cidr {p.cidr}){change}"
-        ", not in the pool (an edit of the pool is undone)" for p in pools if p.operator)
+        ", not in the pool (the operator undoes an edit of the pool, or, while the Calico "
+        "API server is down, reports itself degraded over it)" for p in pools if p.operator)
 
 
 def _interface_within(device: str, pattern: str) -> bool:
