@@ -1463,7 +1463,7 @@ class Agent:
             self.reporter.finish_by(deadline)
         elector = self.elector
         if elector is not None:
-            elector.halt()
+            elector.halt(deadline)
 
     def wake(self) -> None:
         """Start the next pass now instead of after the interval."""
