@@ -148,6 +148,8 @@ class LeaderElector:
         self._retry_after: float | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # What bounds the requests of the thread's step once halted (SIGTERM's grace).
+        self._halted_by: Deadline | None = None
         self._thread: threading.Thread | None = None
         self.where = f"Lease {self.settings.namespace}/{self.settings.name}"
 
@@ -187,6 +189,8 @@ class LeaderElector:
             with throttle_waits(None):
                 acquired = self._try_acquire_or_renew()
             self._set_leader(*acquired)
+        except _HaltedError:
+            return self.is_leader  # (what it was: a holder's release is still to come)
         except KubeApiError as exc:
             _log.warning("leader election: %s", exc, extra={"lease": self.where})
             # Keep what we had: is_leader turns false on its own after renew_deadline.
@@ -229,6 +233,7 @@ class LeaderElector:
             mine = holder == self.identity and self._leader
         if holder and not mine and now - self._observed_at < duration:
             return False, None  # held by someone else, and alive as far as we can tell
+        self._not_halted()
         transitions = (spec.lease_transitions or 0) if spec is not None else 0
         body: dict[str, Any] = {
             "metadata": {"resourceVersion": lease.metadata.resource_version},
@@ -251,7 +256,16 @@ class LeaderElector:
             raise
         return True, now
 
+    def _not_halted(self) -> None:
+        """Raise :class:`_HaltedError` once :meth:`halt` was asked: a step in flight then
+        writes no Lease. A candidate that read a free Lease (or a holder whose read came
+        after its own release) took it on its way out, and no other candidate took it
+        before it expired."""
+        if self._stop.is_set():
+            raise _HaltedError
+
     def _create(self, wall: str, now: float) -> tuple[bool, float | None]:
+        self._not_halted()
         s = self.settings
         body = {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -331,7 +345,11 @@ class LeaderElector:
     def _run(self) -> None:
         while not self._stop.wait(self.next_wait()):
             try:
-                self.step()
+                # Once halted, the step in flight sends each request once, within the
+                # deadline halt() was given: only the wait for this thread was bounded,
+                # and its GET whose connection closed unanswered was sent 3 times more.
+                with requests_within(lambda: self._halted_by):
+                    self.step()
             except Exception:  # noqa: BLE001 - a bug must not end leader election silently
                 _log.exception("leader election step failed")
 
@@ -366,9 +384,17 @@ class LeaderElector:
         """``wait`` lengthened at random by up to :data:`LEASE_JITTER` of it."""
         return wait * (1.0 + LEASE_JITTER * self._random())
 
-    def halt(self) -> None:
+    def halt(self, deadline: Deadline | None = None) -> None:
         """Take no further step (the thread ends after a step in flight, if any);
-        :meth:`stop` then waits for it and releases the Lease."""
+        :meth:`stop` then waits for it and releases the Lease.
+
+        A step in flight writes no Lease from now on (neither takes nor renews it), and
+        each request it still sends is sent once, within ``deadline`` (SIGTERM's grace
+        period; its timeout cut to what is left for a client
+        :func:`~k3snet.kube.make_api_client` made).
+        """
+        if deadline is not None:
+            self._halted_by = deadline
         self._stop.set()
 
     def stop(self, *, release: bool = True, deadline: Deadline | None = None) -> None:
@@ -378,12 +404,16 @@ class LeaderElector:
         release's requests all end by then; a step that an API server never answers
         held the caller 17 s, and the release 20 s more.
         """
-        self.halt()
+        self.halt(deadline)
         if self._thread is not None:
             wait = self._timeout + self.settings.retry_period + 5
             self._thread.join(timeout=wait if deadline is None else min(wait, deadline.left()))
         if release:
             self.release(deadline)
+
+
+class _HaltedError(Exception):
+    """The elector was halted before its step's write: none is made."""
 
 
 class _NoTimeLeftError(Exception):

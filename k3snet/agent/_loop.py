@@ -135,7 +135,13 @@ def split_cluster_wide(group: BackendGroup) -> tuple[BackendGroup | None, Backen
 
 NOT_READY_AFTER = 3
 """Passes in a row whose node part failed after which /readyz says not ready (until a
-pass converges the node again)."""
+pass converges the node again), once they have failed for :data:`NOT_READY_FOR` too."""
+
+NOT_READY_FOR = 30.0
+"""Seconds from the start of the first of the failed passes in a row after which /readyz
+says not ready (with :data:`NOT_READY_AFTER` of them): a failed pass is tried again as
+soon as the watch sees a change, a second later on a busy node, and 3 failures then took
+3 s. The kubelet's own default takes 3 failed probes 10 s apart."""
 
 CLEANUP_MARGIN = 5.0
 """Seconds of the pod's grace period kept after SIGTERM's last wait: ``--cleanup-on-exit``'s
@@ -175,6 +181,9 @@ class AgentOptions:
     stale_after: float | None = None
     """/healthz fails when no pass has ended for this long (default: 2 x interval
     + 2 x the namespace lock timeout + 60 s)."""
+    not_ready_for: float = NOT_READY_FOR
+    """/readyz fails once the node's part failed :data:`NOT_READY_AFTER` passes in a row
+    and for this many seconds (from the start of the first of them)."""
 
     @property
     def repair_window(self) -> float:
@@ -415,6 +424,10 @@ class Agent:
     """(reads of the spec that failed in a row with a spec in force, what the pass's
     message says of them): not refusals, see :meth:`_read_failed`."""
 
+    _failing_since: float | None = None
+    """When the first of the passes in a row whose node part failed began (None: the last
+    pass converged the node)."""
+
     _cluster_failure: Exception | None = None
     """How the cluster-wide part last failed, this agent holding the Lease (None: it did
     not): the passes leaving that part to the interval's fail with it too."""
@@ -528,7 +541,8 @@ class Agent:
     def readiness(self) -> tuple[bool, str]:
         """(/readyz) True once a pass has converged the node (rules installed: status
         ``ok``, or ``spec-refused`` with a spec in force), until the node's part fails
-        :data:`NOT_READY_AFTER` passes in a row (the next pass that converges it makes
+        :data:`NOT_READY_AFTER` passes in a row over at least
+        :attr:`AgentOptions.not_ready_for` seconds (the next pass that converges it makes
         the agent ready again). The cluster-wide part and the Lease never count: they
         are not the node's rules."""
         if self.ready:
@@ -1213,21 +1227,7 @@ class Agent:
                  "leader": result.leader}
         if result.status != "failed":
             self._failed_in_row = self._stuck_in_row = 0
-        if self._failed_in_row == 0:
-            # The node's part converged: "spec-refused" with the spec in force (a refused
-            # newer spec, or the leader's refused cluster-wide part), or "failed" by the
-            # leader's cluster-wide part alone (_failed counts only the node's failures).
-            # Either leaves the node's rules installed; a leader whose IPPool writes fail
-            # (503, no RBAC) was never ready, and a DaemonSet rollout stalled on its node.
-            self.ready, self._unready = True, None
-        elif self._failed_in_row >= NOT_READY_AFTER:
-            # The node's part keeps failing (a conflict, a refused apply, the lock never
-            # free): its rules may be wrong or missing, and a pod that stayed Ready hid it
-            # from `kubectl get pods` and every "pod not ready" alert. A blip does not:
-            # one pass, or two, failing is retried within seconds.
-            self.ready = False
-            self._unready = (f"not ready: the node's part failed {self._failed_in_row} passes "
-                             f"in a row: {result.message}")
+        self._settle_readiness(result, seconds)
         _log_each(result.applied)
         if result.drift:
             self._repairs.append(self._monotonic())
@@ -1261,6 +1261,34 @@ class Agent:
         elif self.reporter is not None:
             self.reporter.report(NodeReport(result.status, result.message, self._sha,
                                             self.generation, result.leader))
+
+    def _settle_readiness(self, result: PassResult, seconds: float) -> None:
+        """Ready when the pass converged the node's part; not ready once that part failed
+        :data:`NOT_READY_AFTER` passes in a row over :attr:`AgentOptions.not_ready_for`
+        seconds; else it stays as it was (``seconds``: how long the pass took)."""
+        if self._failed_in_row == 0:
+            self._failing_since = None
+        elif self._failing_since is None:
+            self._failing_since = self._heartbeat - seconds  # when this pass began
+        failing = 0.0 if self._failing_since is None else self._heartbeat - self._failing_since
+        if self._failed_in_row == 0:
+            # The node's part converged: "spec-refused" with the spec in force (a refused
+            # newer spec, or the leader's refused cluster-wide part), or "failed" by the
+            # leader's cluster-wide part alone (_failed counts only the node's failures).
+            # Either leaves the node's rules installed; a leader whose IPPool writes fail
+            # (503, no RBAC) was never ready, and a DaemonSet rollout stalled on its node.
+            self.ready, self._unready = True, None
+        elif (self._failed_in_row >= NOT_READY_AFTER
+              and failing >= self.options.not_ready_for):
+            # The node's part keeps failing (a conflict, a refused apply, the lock never
+            # free): its rules may be wrong or missing, and a pod that stayed Ready hid it
+            # from `kubectl get pods` and every "pod not ready" alert. A blip does not:
+            # failures retried within seconds (a pass a second on a busy node) must
+            # not flap every agent's Ready, each counting against the rollout's
+            # maxUnavailable.
+            self.ready = False
+            self._unready = (f"not ready: the node's part failed {self._failed_in_row} passes "
+                             f"in a row, for {failing:.0f} s: {result.message}")
 
     def _held_said_recently(self, result: PassResult) -> bool:
         """Whether this very message of held routes was logged as an error less than an
@@ -1463,7 +1491,7 @@ class Agent:
             self.reporter.finish_by(deadline)
         elector = self.elector
         if elector is not None:
-            elector.halt()
+            elector.halt(deadline)
 
     def wake(self) -> None:
         """Start the next pass now instead of after the interval."""

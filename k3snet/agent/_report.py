@@ -43,7 +43,14 @@ import attrs
 
 from k3snet._logline import printable_line
 from k3snet.backends.kit import translate_errors
-from k3snet.kube import DEFAULT_TIMEOUT, Deadline, KubeApiError, KubeErrors, throttle_waits
+from k3snet.kube import (
+    DEFAULT_TIMEOUT,
+    Deadline,
+    KubeApiError,
+    KubeErrors,
+    requests_within,
+    throttle_waits,
+)
 
 __all__ = ["EVENT_BURST", "EVENT_INTERVAL", "EVENT_TRIES", "MESSAGE_LIMIT", "PATCH_RETRY_LIMIT",
            "REASSERT_INTERVAL", "RESULT_ANNOTATION", "STATUS_ANNOTATION", "NodeReport",
@@ -181,8 +188,11 @@ class NodeReporter:
 
         A throttled answer is not waited inside the request (``throttle_waits(None)``):
         its ``Retry-After`` delays this reporter's next try, up to
-        :data:`PATCH_RETRY_LIMIT`."""
-        with throttle_waits(None):
+        :data:`PATCH_RETRY_LIMIT`. After :meth:`finish_by`, each request is sent once
+        (:func:`~k3snet.kube.requests_within`): the report is written by its own thread,
+        outside the pass's deadline, and urllib3 tried a refused connection 3 times more,
+        each try given the whole timeout cut when the request began."""
+        with throttle_waits(None), requests_within(lambda: self._deadline):
             self._report(result)
 
     def _report(self, result: NodeReport) -> None:

@@ -916,6 +916,8 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
         # Live while passes keep finishing (/healthz fails when none has for 2 x
         # the interval + 180 s); ready once rules are installed (flannel's rule).
         "livenessProbe": _probe("/healthz", 20, 3),
+        # (failureThreshold 1: /readyz is settled by the agent itself, NOT_READY_AFTER
+        # failed passes over NOT_READY_FOR s; a threshold more would only delay it)
         "readinessProbe": _probe("/readyz", 5, 1),
         # Up to 10 minutes until the agent serves /healthz (Python's imports and the API
         # client on a node starting every pod at once). /healthz is fine from then on

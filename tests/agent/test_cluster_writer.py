@@ -119,7 +119,8 @@ def _agent(srv: EmulatedApiServer, name: str, spec_path: Path,
 
     agent = Agent(FileSpecSource(spec_path), make_backend,
                   lambda spec, group: compile_for(group, spec),
-                  AgentOptions(name, interval=1.0), metrics=AgentMetrics(),
+                  # (readiness by failed passes alone, not their time: test_loop has it)
+                  AgentOptions(name, interval=1.0, not_ready_for=0.0), metrics=AgentMetrics(),
                   reporter=NodeReporter(api, name), elector_factory=elector, clock=clock)
     return agent, memory
 

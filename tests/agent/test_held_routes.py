@@ -58,7 +58,9 @@ class Node:
             return compile_for(group, spec, self.facts, hold=hold)
 
         self.agent = Agent(FileSpecSource(self.path), lambda spec: BackendGroup([self.memory]),
-                           desired, AgentOptions("node-1", interval=interval),
+                           # (readiness by failed passes alone, not their time)
+                           desired, AgentOptions("node-1", interval=interval,
+                                                 not_ready_for=0.0),
                            metrics=self.metrics)
 
     def owned(self, kind: str, where: str) -> list[str]:

@@ -16,6 +16,7 @@ import pytest
 from k3snet.agent import (
     CLEANUP_MARGIN,
     NOT_READY_AFTER,
+    NOT_READY_FOR,
     Agent,
     AgentMetrics,
     AgentOptions,
@@ -47,7 +48,8 @@ NODE_KINDS = ("route", "sysctl", "nat", "forward")
 class Node:
     """An agent over one MemoryBackend holding the node's kinds, its spec in a file."""
 
-    def __init__(self, tmp_path: Path, text: str = SPEC, **options: object) -> None:
+    def __init__(self, tmp_path: Path, text: str = SPEC, *,
+                 monotonic: Any = None, **options: object) -> None:
         self.path = tmp_path / "spec.yaml"
         self.path.write_text(text)
         self.memory = MemoryBackend(capabilities=NODE_KINDS)
@@ -61,7 +63,8 @@ class Node:
         self.agent = Agent(FileSpecSource(self.path), make_backend,
                            lambda spec, group: compile_for(group, spec),
                            AgentOptions("node-1", interval=0.01, **options),  # type: ignore[arg-type]
-                           metrics=self.metrics)
+                           metrics=self.metrics,
+                           **({} if monotonic is None else {"monotonic": monotonic}))
 
     def sample(self, name: str, **labels: str) -> float | None:
         return self.metrics.registry.get_sample_value(name, labels or None)
@@ -273,7 +276,8 @@ def test_readiness_is_lost_once_the_node_part_fails_three_passes_in_a_row_and_co
     # /readyz said ready for ever once a pass had succeeded: an agent whose every pass
     # failed for days (its rules missing) stayed Ready, hidden from `kubectl get pods`
     # and from every "pod not ready" alert. A blip (one or two failures) keeps it ready.
-    node = Node(tmp_path)
+    # (Failed passes counted here, not their time: not_ready_for=0, see the next test.)
+    node = Node(tmp_path, not_ready_for=0.0)
     assert node.agent.run_pass().status == "ok"
 
     def fail_with_drift() -> str:
@@ -297,6 +301,59 @@ def test_readiness_is_lost_once_the_node_part_fails_three_passes_in_a_row_and_co
     assert node.agent.run_pass().drift == 1  # repaired: ready again
     assert node.agent.readiness() == (True, "ready: spec generation 1 in force")
     assert node.sample("k3snet_agent_ready") == 1
+
+
+class _Clock:
+    """A monotonic clock moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_readiness_is_lost_only_once_the_node_part_has_failed_for_not_ready_for_seconds(
+        tmp_path: Path) -> None:
+    # A failed pass is tried again as soon as the watch sees a change (a second later on
+    # a node where kube-proxy commits every second): 3 failures in a row took 3 s, so a
+    # blip of a few seconds (a foreign rule in the way, an apply refused once) turned
+    # every such agent not ready and back, each counting against the DaemonSet's
+    # maxUnavailable. Not ready takes 3 failures in a row over 30 s (the kubelet's own
+    # default: 3 probes 10 s apart); the liveness probe is not concerned (passes end).
+    clock = _Clock()
+    node = Node(tmp_path, monotonic=clock)
+    assert node.agent.run_pass().status == "ok"
+
+    def fail() -> None:
+        clock.now += 1
+        node.memory.faults.fail_at(0)
+        state = node.memory.state
+        node.memory._restore(state.with_owned(o for o in state.owned if o.kind != "nat"))
+        assert node.agent.run_pass().status == "failed"
+
+    for _ in range(NOT_READY_AFTER + 3):
+        fail()
+        assert node.agent.readiness()[0] is True
+        assert node.agent.health()[0] is True
+    assert node.sample("k3snet_agent_ready") == 1
+    clock.now += NOT_READY_FOR - (NOT_READY_AFTER + 3)  # the first failure began 1 s in
+    fail()
+    ready, reason = node.agent.readiness()
+    assert ready is False
+    assert f"failed {NOT_READY_AFTER + 4} passes in a row" in reason
+    assert node.sample("k3snet_agent_ready") == 0
+    assert node.agent.health()[0] is True  # passes end: alive, not restarted
+    clock.now += 1
+    assert node.agent.run_pass().status == "ok"
+    assert node.agent.readiness()[0] is True
+    # A new run of failures counts from its own first one.
+    for _ in range(NOT_READY_AFTER):
+        fail()
+    assert node.agent.readiness()[0] is True
+    # A stuck loop (no pass ends) still fails liveness, whatever readiness says.
+    clock.now += node.agent.options.liveness_limit + 1
+    assert node.agent.health()[0] is False
 
 
 def test_readiness_stays_while_a_refused_spec_waits(tmp_path: Path) -> None:

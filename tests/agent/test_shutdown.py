@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -148,14 +149,14 @@ def test_a_hung_api_server_lets_the_clean_up_go_first_and_each_request_end_withi
     assert (first.status, first.leader) == ("ok", True)
     assert memory.state.owned
     assert agent.elector is not None
-    agent.stop()  # SIGTERM at 1000 s
-    stopped_at = clock.now
-    deadline = stopped_at + TERMINATION_GRACE - CLEANUP_MARGIN
-    # The pass in progress: the Lease renewed at 1010 s (the holder still holds it
-    # when the shutdown begins), then the API server stops answering; the pass waits
-    # for it until 1016 s.
+    # The Lease renewed at 1010 s (the holder still holds it when the shutdown begins;
+    # a step after SIGTERM renews nothing), then SIGTERM, then the API server stops
+    # answering; the pass in progress waits for it until 1016 s.
     clock.advance(10)
     assert agent.elector.step()
+    agent.stop()  # SIGTERM at 1010 s
+    stopped_at = clock.now
+    deadline = stopped_at + TERMINATION_GRACE - CLEANUP_MARGIN
     before = len(events)
     server.fail(504, delay=HANG, times=None)
     clock.advance(6)
@@ -168,7 +169,7 @@ def test_a_hung_api_server_lets_the_clean_up_go_first_and_each_request_end_withi
     sent = [e for e in events[before:] if e[0] != "clean-up"]
     lease = [e for e in sent if "/leases/" in e[0]]
     assert [(what.split()[0], timeout) for what, _, timeout in lease] == [
-        ("GET", deadline - cleanup[1])]  # the release tried, with what was left
+        ("GET", min(10.0, deadline - cleanup[1]))]  # the release tried, within what was left
     assert events.index(cleanup) < events.index(lease[0])  # after the clean-up
     for what, at, timeout in sent:
         assert timeout is not None
@@ -444,3 +445,106 @@ def test_the_lease_release_whose_connection_closes_unanswered_reads_once(
             api.close()
     assert len(accepted) == 1
     assert any("could not release" in r.getMessage() for r in caplog.records)
+
+
+def _refused_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (a connection to it is refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_the_last_report_on_a_refused_connection_connects_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The node report is written by its own thread, outside the pass's requests_within:
+    # after SIGTERM, urllib3 (retry_policy) still tried its PATCH's refused connection 3
+    # times more (each try given the whole timeout cut when the request began; an
+    # unreachable host's connect can take seconds). Within the grace deadline it is
+    # tried once, as every other request after SIGTERM.
+    import urllib3.util.connection  # noqa: PLC0415 - a dependency of the kubernetes client
+
+    connects: list[int] = []
+    connect = urllib3.util.connection.create_connection
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        connects.append(1)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", counted)
+    api: Any = retrying_client(f"http://127.0.0.1:{_refused_port()}")
+    clock = FakeClock()
+    try:
+        reporter = NodeReporter(api, "node-a", clock=clock)
+        reporter.finish_by(Deadline(clock.now + 4, clock))
+        reporter.report(NodeReport("ok", "converged", None, 1, False))
+    finally:
+        api.close()
+    assert len(connects) == 1
+    assert reporter.writes == 0
+
+
+def _held_from_first(api: Any) -> tuple[threading.Event, threading.Event]:
+    """The first request of ``api`` waits (``entered`` set) until told (``answer`` set);
+    the next ones are sent at once."""
+    entered, answer = threading.Event(), threading.Event()
+    send = api.call_api
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        api.call_api = send
+        entered.set()
+        answer.wait(timeout=60)
+        return send(*args, **kwargs)
+
+    api.call_api = held
+    return entered, answer
+
+
+def test_the_elector_s_step_in_flight_at_sigterm_reads_once_within_the_grace_period(
+        server: EmulatedApiServer) -> None:
+    # Only the wait for the elector's thread was bounded at SIGTERM: its step in flight
+    # went on with its own timeouts, and urllib3 sent its GET, whose connection a load
+    # balancer closed unanswered, 3 times more, each waiting the whole request timeout,
+    # past the grace period. Halted with the deadline, its requests are within it too.
+    with closing_server() as (port, accepted):
+        api: Any = retrying_client(server.url)
+        clock = FakeClock()
+        settings = LeaseSettings("kube-system", "k3snet-cluster-writer", duration=15.0,
+                                 renew_deadline=10.0, retry_period=0.01)
+        holder = LeaderElector(api, "node-a", settings, clock=clock)
+        try:
+            assert holder.step()
+            api.configuration.host = f"http://127.0.0.1:{port}"
+            entered, answer = _held_from_first(api)
+            holder.start()
+            assert entered.wait(timeout=60)  # bounds a hung test only
+            # (a deadline of 0.05 s: the wait for the thread, in real seconds, is short)
+            holder.stop(release=False, deadline=Deadline(clock.now + 0.05, clock))
+            answer.set()
+            assert holder._thread is not None
+            holder._thread.join(timeout=60)
+            assert not holder._thread.is_alive()
+        finally:
+            answer.set()
+            api.close()
+    assert len(accepted) == 1
+
+
+def test_a_candidate_s_step_in_flight_at_sigterm_takes_no_lease(
+        server: EmulatedApiServer) -> None:
+    # The step in flight when SIGTERM came, not waited for past the grace period, went
+    # on: a candidate that read a free Lease (or none) then took it, and so could a holder
+    # whose read came after its own release: a Lease held by an agent on its way out,
+    # which no candidate takes before it expires. A halted elector writes no Lease.
+    api: Any = server.api_client()
+    candidate = LeaderElector(api, "node-b", SETTINGS, clock=FakeClock())
+    entered, answer = _held_from_first(api)
+    done = threading.Thread(target=candidate.step)
+    done.start()
+    try:
+        assert entered.wait(timeout=60)  # bounds a hung test only
+        candidate.halt()
+    finally:
+        answer.set()
+        done.join(timeout=60)
+    assert not candidate.is_leader
+    assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
