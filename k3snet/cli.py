@@ -2852,6 +2852,13 @@ def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
             raise SpecError([Problem("", f"--profile {name} is given twice, with "
                                          f"{paths[name]} and {path}: one spec per profile")])
         profiles[name] = (load_spec(path), read_text(path))
+    secrets = sorted({s.name for given in (spec, *(p for p, _ in profiles.values()))
+                      for s in given.sysctls if s.secret})
+    if secrets:  # the agent reads the spec from a ConfigMap: no Secret of Kubernetes
+        print(f"k3snet: warning: the spec sets secret sysctls ({', '.join(secrets)}): the "
+              "manifests hold the spec in a ConfigMap, which whoever may read the "
+              "namespace's ConfigMaps reads; set it on each node in /etc/sysctl.d "
+              "instead (k3snet render sysctl, written 0600)", file=sys.stderr)
     objects = render_manifests(
         spec,
         spec_text=read_text(args.spec),

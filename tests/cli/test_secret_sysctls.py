@@ -123,3 +123,14 @@ def test_write_output_private_replaces_a_readable_file_with_an_owner_only_one(
     assert (_mode(path), path.read_text()) == (0o600, "after")
     write_output(path, json.dumps({}), owner_writes_only=True)
     assert _mode(path) == 0o600  # the mode of the file replaced, as before
+
+
+def test_render_manifests_warns_that_the_configmap_would_hold_a_secret(
+        spec: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The agent reads the spec from a ConfigMap (no Kubernetes Secret): the rendered
+    manifests say nothing else of it."""
+    assert main(["render", "manifests", "-f", str(spec)]) == 0
+    err = capsys.readouterr().err
+    assert ("the spec sets secret sysctls (net.ipv4.tcp_fastopen_key, "
+            "net.ipv6.conf.eth0.stable_secret): the manifests hold the spec in a ConfigMap") in err
+    _clean(err)
