@@ -367,7 +367,8 @@ def replace_atomically(file: Path, text: str | bytes, prefix: str, *, mode: int,
         os.close(fd)
 
 
-def write_output(file: Path, text: str | bytes, *, owner_writes_only: bool = False) -> None:
+def write_output(file: Path, text: str | bytes, *, owner_writes_only: bool = False,
+                 private: bool = False) -> None:
     """Write a file a user asked for: a new temporary file beside it, then a rename.
 
     A link standing at ``file`` is replaced, never followed (in a sticky directory
@@ -377,14 +378,20 @@ def write_output(file: Path, text: str | bytes, *, owner_writes_only: bool = Fal
     permissions of the regular file of the effective user's it replaces (not its
     set-user-ID, set-group-ID or sticky bit), else ``0666`` less the umask, as
     ``open()``'s; with ``owner_writes_only``, never writable by its group or others
-    (a plan file: :func:`read_input` ``owned`` refuses such a file).
+    (a plan file: :func:`read_input` ``owned`` refuses such a file); ``private``:
+    readable and writable by its owner only (a plan file holding a secret sysctl's value),
+    also when the file it replaces was not.
     """
     try:
         before = os.lstat(file)
     except FileNotFoundError:
         before = None
     mode = _output_mode(before)
-    _replace(file, text, f".{file.name}.", mode & ~0o022 if owner_writes_only else mode)
+    if owner_writes_only:
+        mode &= ~0o022
+    if private:
+        mode &= 0o600
+    _replace(file, text, f".{file.name}.", mode)
 
 
 def write_output_in(directory: Path, name: str, text: str | bytes, *,

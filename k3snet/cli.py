@@ -79,7 +79,7 @@ from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import label_selector_problem, name_problem, object_ref_problem
 from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl
 from k3snet.model.state import State
-from k3snet.model.sysctl import sysctl_name
+from k3snet.model.sysctl import is_secret, redact_secrets, shown_value, sysctl_name
 from k3snet.planfile import RESERVED_OPTIONS, PlanFile, clusters_of
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_backend_options
@@ -1398,13 +1398,16 @@ class _AgentDesired:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
+    # A secret sysctl's value as the text shows it (docs/spec.md): stdout ends up in CI
+    # logs and tickets; a plan file (--out) keeps it, written 0600.
+    print(json.dumps(redact_secrets(data), indent=2, sort_keys=True))
 
 
 # ---------------------------------------------------------------- plan files
 
 def _save_planfile(args: argparse.Namespace, spec: Spec, backend: BackendGroup, *,
-                   observed: State, desired: State, p: Plan) -> None:
+                   observed: State, desired: State, p: Plan) -> bool:
+    """Write ``--out``; whether the file holds a secret (written 0600)."""
     names = _backend_names(args, None) if args.backend else [
         f"{m.backend.name}:{','.join(sorted(m.kinds))}" for m in backend.members]
     # What the spec and --backend-opt gave each backend, so `apply FILE` builds the
@@ -1414,10 +1417,13 @@ def _save_planfile(args: argparse.Namespace, spec: Spec, backend: BackendGroup, 
                    if k not in RESERVED_OPTIONS})
                for name in dict.fromkeys(n.partition(":")[0] for n in names)}
     caps = backend.capabilities
-    PlanFile.make(p, desired=desired.only(caps), observed=observed.only(caps), backends=names,
-                  netns=_planned_netns(args, backend), spec_path=args.spec, options=options,
-                  allow_disruptive=_disruptive_allowed(args, spec),
-                  clusters=clusters_of(backend)).write(args.out)
+    saved = PlanFile.make(p, desired=desired.only(caps), observed=observed.only(caps),
+                          backends=names, netns=_planned_netns(args, backend),
+                          spec_path=args.spec, options=options,
+                          allow_disruptive=_disruptive_allowed(args, spec),
+                          clusters=clusters_of(backend))
+    saved.write(args.out)
+    return saved.secret
 
 
 def _planned_netns(args: argparse.Namespace, backend: BackendGroup) -> str | None:
@@ -1617,8 +1623,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         backend.expect(desired.only(backend.capabilities))
         observed = backend.observe()
         p = plan(observed, desired)
-        if args.out is not None:
-            _save_planfile(args, spec, backend, observed=observed, desired=desired, p=p)
+        secret = args.out is not None and _save_planfile(
+            args, spec, backend, observed=observed, desired=desired, p=p)
         marks = disruptive_notes(backend, p)
         warnings = [*_left_out(args, spec, backend), *backend.warnings]
     if args.output == "json":
@@ -1631,7 +1637,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"!! disruptive: {printable(line)}")
         _print_warnings(warnings)
         if args.out is not None:
-            print(f"Saved the plan to {args.out}; apply it with "
+            kept = " (mode 0600: it holds a secret sysctl's value)" if secret else ""
+            print(f"Saved the plan to {args.out}{kept}; apply it with "
                   f"`k3snet apply {shlex.quote(str(args.out))}`.")  # pasted into a shell
     if p.conflicts:
         return EXIT_CONFLICTS
@@ -2275,7 +2282,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         # A networkd drop-in is a file in a directory of its own (DEV.network.d/), made
         # below the one given, never through another user's link.
         print(write_output_in(args.out, name, text, executable=name in EXECUTABLE_FILES,
-                              private=name in PRIVATE_FILES))
+                              private=name in PRIVATE_FILES or _holds_secret(name, text)))
     if args.what == "networkd":  # the one boot file named after what it holds
         for path in _remove_earlier_networkd(args.out, files):
             print(f"k3snet: removed {path} (an earlier render's, which this one does not "
@@ -2754,6 +2761,15 @@ _SYSCTL_DIRS = (Path("/lib/sysctl.d"), Path("/usr/lib/sysctl.d"),
 earlier one (``/etc`` wins); all of them are applied in name order."""
 
 
+def _holds_secret(name: str, text: str) -> bool:
+    """Whether rendered file ``name`` is k3snet's sysctl.d file setting a secret sysctl
+    (:func:`~k3snet.model.sysctl.is_secret`): written 0600 then (systemd-sysctl reads it
+    as root)."""
+    return name == SYSCTL_FILE and any(
+        is_secret(line.partition("=")[0].strip()) for line in text.splitlines()
+        if "=" in line and not line.startswith("#"))
+
+
 def _sysctl_overrides(out: Path, wanted: Mapping[str, str]) -> list[str]:
     """The lines of the files systemd-sysctl reads after ``SYSCTL_FILE`` in ``out`` (for
     /etc/sysctl.d, those of every directory it reads) that set one of ``wanted`` (name ->
@@ -2792,9 +2808,10 @@ def _sysctl_overrides(out: Path, wanted: Mapping[str, str]) -> list[str]:
                          if fnmatch.fnmatchcase(n, key) and not (glob and n in wanted)]
                 if names and not _same_sysctl_value(mine, value, mine_value):
                     shown = key if key in names else f"{key} ({names[0]} among them)"
-                    said.append(f"{path} (line {number}) sets {shown} = {value}, read after "
-                                f"{SYSCTL_FILE}: at boot its value wins over k3snet's "
-                                f"{mine_value}")
+                    said.append(f"{path} (line {number}) sets {shown} = "
+                                f"{shown_value(mine, value)}, read after {SYSCTL_FILE}: at "
+                                "boot its value wins over k3snet's "
+                                f"{shown_value(mine, mine_value)}")
     return said
 
 
@@ -2835,6 +2852,13 @@ def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
             raise SpecError([Problem("", f"--profile {name} is given twice, with "
                                          f"{paths[name]} and {path}: one spec per profile")])
         profiles[name] = (load_spec(path), read_text(path))
+    secrets = sorted({s.name for given in (spec, *(p for p, _ in profiles.values()))
+                      for s in given.sysctls if s.secret})
+    if secrets:  # the agent reads the spec from a ConfigMap: no Secret of Kubernetes
+        print(f"k3snet: warning: the spec sets secret sysctls ({', '.join(secrets)}): the "
+              "manifests hold the spec in a ConfigMap, which whoever may read the "
+              "namespace's ConfigMaps reads; set it on each node in /etc/sysctl.d "
+              "instead (k3snet render sysctl, written 0600)", file=sys.stderr)
     objects = render_manifests(
         spec,
         spec_text=read_text(args.spec),

@@ -41,6 +41,7 @@ from k3snet.converge import state_digest
 from k3snet.errors import BackendError, ModelError, PlanError
 from k3snet.model import printable
 from k3snet.model.state import State
+from k3snet.model.sysctl import Sysctl
 from k3snet.planner import Plan
 from k3snet.spec.source import MAX_BYTES as SPEC_MAX_BYTES
 from k3snet.spec.source import unique_pairs
@@ -340,10 +341,22 @@ class PlanFile:
                 "observed": self.observed, "desired": self.desired.to_dict(),
                 "plan": self.plan.to_dict()}
 
+    @property
+    def secret(self) -> bool:
+        """Whether the file holds a secret sysctl's value (:func:`~k3snet.model.sysctl.is_secret`:
+        ``tcp_fastopen_key``, a ``stable_secret``), which ``apply FILE`` writes: it is then
+        written readable by its owner alone (``0600``)."""
+        objects = [*self.desired.owned, *self.desired.foreign]
+        for change in self.plan.changes:
+            objects += [o for o in (change.before, change.after) if o is not None]
+        return any(isinstance(o, Sysctl) and o.secret for o in objects)
+
     def write(self, path: Path) -> None:
-        """Write the file (stable JSON) atomically; a link at ``path`` is replaced, not followed."""
+        """Write the file (stable JSON) atomically; a link at ``path`` is replaced, not
+        followed; ``0600`` when it holds a secret (:attr:`secret`)."""
         write_output(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n",
-                     owner_writes_only=True)  # read back only so (_read_json)
+                     owner_writes_only=True,  # read back only so (_read_json)
+                     private=self.secret)
 
     @classmethod
     def read(cls, path: Path, *, netns: str | None) -> PlanFile:

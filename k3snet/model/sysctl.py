@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -13,7 +14,8 @@ from k3snet.errors import ModelError
 from k3snet.model._base import NetObject
 
 __all__ = ["ALIASES", "SPREADING", "SPREADING_INVERTED", "Sysctl", "contradicting_aliases",
-           "owned_apart", "sysctl_name", "sysctl_path", "value_problem"]
+           "is_secret", "owned_apart", "redact_secrets", "shown_value", "sysctl_name",
+           "sysctl_path", "value_problem"]
 
 # /proc/sys reads and writes at most a page; the longest net.* values are a few words.
 _MAX_VALUE = 4096
@@ -235,10 +237,11 @@ def _key_problem(name: str, value: str) -> str | None:
     if name == _FASTOPEN_KEY and _fastopen_key(value) is None:
         return (f"{name} takes one or two keys (the second after a comma), each 4 groups of "
                 "up to 8 hexadecimal digits joined by '-' "
-                f"(00000001-00000002-00000003-00000004), got {value!r}: the kernel refuses it")
+                f"(00000001-00000002-00000003-00000004), got {shown_value(name, value)}: the "
+                "kernel refuses it")
     if _stable_secret(name) and _ipv6(value) is None:
-        return (f"{name} takes an IPv6 address (2001:db8::1), got {value!r}: the kernel "
-                "refuses it")
+        return (f"{name} takes an IPv6 address (2001:db8::1), got {shown_value(name, value)}: "
+                "the kernel refuses it")
     return _tick_problem(name, value)
 
 
@@ -310,8 +313,72 @@ def _fastopen_key(value: str) -> str | None:
 
 
 def _stable_secret(name: str) -> bool:
-    """Whether ``name`` is an interface's IPv6 ``stable_secret`` (RFC 7217's secret)."""
-    return name.startswith("net.ipv6.conf.") and name.endswith(".stable_secret")
+    """Whether ``name`` is an interface's IPv6 ``stable_secret`` (RFC 7217's secret),
+    dotted or slash-separated (a VLAN's, ``net/ipv6/conf/eth0.100/stable_secret``)."""
+    parts = re.split(r"[./]", name, maxsplit=3)
+    return parts[:3] == ["net", "ipv6", "conf"] and name.endswith("stable_secret") and \
+        name[-len("stable_secret") - 1] in "./"
+
+
+def is_secret(name: str) -> bool:
+    """Whether sysctl ``name``'s value is a secret: TCP Fast Open's keys
+    (``net.ipv4.tcp_fastopen_key``, whoever knows them forges Fast Open cookies) and an
+    interface's IPv6 ``stable_secret`` (RFC 7217: whoever knows it tells the node's
+    addresses apart from others' and follows it across networks). k3snet prints such a
+    value only as :func:`shown_value` shows it.
+
+    >>> is_secret("net.ipv6.conf.eth0.stable_secret"), is_secret("net.ipv4.ip_forward")
+    (True, False)
+    """
+    try:
+        path = sysctl_path(name)
+    except ModelError:  # no name k3snet takes: one that still reads as a secret's is one
+        return isinstance(name, str) and ("stable_secret" in name or "fastopen_key" in name)
+    return path == "net/ipv4/tcp_fastopen_key" or _stable_secret(path)
+
+
+def shown_value(name: str, value: str) -> str:
+    """``value`` of sysctl ``name`` as k3snet prints it: a secret (:func:`is_secret`) as
+    ``<secret, N bytes, sha256:XXXXXXXX>``, the size of its key material (16 bytes a
+    key or an address) and the first 8 hex digits of the SHA-256 of the value as the
+    kernel shows it (a value the kernel refuses: ``<secret, N characters>``): two
+    values compare without being shown (32 of a secret's 128 bits: a chosen, guessable secret can be
+    confirmed from it, a random one not found); any other value as it is.
+
+    >>> shown_value("net.ipv6.conf.eth0.stable_secret", "2001:db8::1")
+    '<secret, 16 bytes, sha256:4b706fbb>'
+    >>> shown_value("net.ipv4.ip_forward", "1")
+    '1'
+    """
+    if not is_secret(name):
+        return value
+    if name.endswith("fastopen_key"):
+        held, size = _fastopen_key(value), 16 * (value.count(",") + 1)
+    else:
+        held, size = _ipv6(value), 16
+    if held is None:  # refused by the kernel: its length alone (a short one's digest
+        return f"<secret, {len(value)} characters>"  # would give it away)
+    digest = hashlib.sha256(held.encode()).hexdigest()[:8]
+    return f"<secret, {size} bytes, sha256:{digest}>"
+
+
+def redact_secrets(data: Any) -> Any:
+    """A copy of JSON-able ``data`` (a plan's, a state's :meth:`~Sysctl.to_dict` ...)
+    where each sysctl object's secret ``value`` and ``previous`` are as
+    :func:`shown_value` prints them: what k3snet prints as JSON. Plan files and the
+    netlink backend's records keep the values (written ``0600``), which an apply and a
+    rollback need."""
+    if isinstance(data, list):
+        return [redact_secrets(item) for item in data]
+    if not isinstance(data, dict):
+        return data
+    copy = {key: redact_secrets(item) for key, item in data.items()}
+    name = copy.get("name")
+    if copy.get("type") == "sysctl" and isinstance(name, str) and is_secret(name):
+        for field in ("value", "previous"):
+            if isinstance(copy.get(field), str):
+                copy[field] = shown_value(name, copy[field])
+    return copy
 
 
 def _ipv6(value: str) -> str | None:
@@ -570,9 +637,19 @@ class Sysctl(NetObject):
         """The parameter already has the value (set by someone else)."""
         return isinstance(other, Sysctl) and other.name == self.name and other.value == self.value
 
+    @property
+    def secret(self) -> bool:
+        """Whether the value is a secret (:func:`is_secret`), printed redacted."""
+        return is_secret(self.name)
+
     def describe(self) -> str:
-        """``sysctl NAME = VALUE``."""
-        return f"sysctl {self.name} = {self.value}"
+        """``sysctl NAME = VALUE``; a secret's value as :func:`shown_value` shows it."""
+        return f"sysctl {self.name} = {shown_value(self.name, self.value)}"
+
+    def __repr__(self) -> str:
+        previous = "" if self.previous is None else \
+            f", previous={shown_value(self.name, self.previous)!r}"
+        return f"Sysctl(name={self.name!r}, value={shown_value(self.name, self.value)!r}{previous})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (``previous`` included when known)."""

@@ -31,6 +31,7 @@ import yaml
 import k3snet
 from k3snet import BackendGroup, Spec, converge, load_spec
 from k3snet._admin_path import ADMIN_PATH
+from k3snet.backends.base import ApplyResult
 from k3snet.backends.lock import namespace_lock
 from k3snet.backends.netlink import DEFAULT_STATE_ROOT, NetlinkBackend
 from k3snet.backends.nftables import NftablesBackend
@@ -424,6 +425,24 @@ def test_a_failure_message_quoting_foreign_text_is_printable_its_lines_kept() ->
     done = load_module().failure("error: table \x1b[2Jx\u202e\nnote: removed", "BackendError", 1)
     assert done["msg"] == "error: table \\x1b[2Jx\\u202e\nnote: removed"
     assert done["error"]["message"] == "error: table \x1b[2Jx\u202e\nnote: removed"  # as JSON
+
+
+def test_a_task_result_shows_no_secret_sysctl_value() -> None:
+    """plan, plan_text, applied and the diff show a tcp_fastopen_key or a stable_secret
+    as the CLI prints it (<secret, 16 bytes, sha256:...>): a result is printed with -v,
+    registered and kept by callbacks. plan and applied held the value."""
+    key = "deadbeef-cafebabe-12345678-9abcdef0"
+    wanted = k3snet.State(owned=[k3snet.Sysctl("net.ipv4.tcp_fastopen_key", key),
+                                 k3snet.Sysctl("net.ipv6.conf.eth0.stable_secret",
+                                               "2001:db8:dead:beef:cafe:babe:1234:5678")])
+    p = k3snet.plan(k3snet.State(), wanted)
+    done = k3snet.Convergence(k3snet.State(), p, ApplyResult("netlink", p.changes, 2))
+    module = type("Module", (), {"params": {"state": "present", "netns": None},
+                                 "_diff": True})()
+    shown = json.dumps(load_module().result_of(module, done))
+    assert "<secret, 16 bytes, sha256:" in shown
+    for form in (key, "deadbeef", "dead:beef", "cafe:babe"):
+        assert form not in shown
 
 
 @pytest.mark.kernel

@@ -143,7 +143,7 @@ from k3snet.model.route import (
     protocol_name,
 )
 from k3snet.model.state import State
-from k3snet.model.sysctl import Sysctl, owned_apart, sysctl_name
+from k3snet.model.sysctl import Sysctl, owned_apart, shown_value, sysctl_name
 from k3snet.planner import Change, Plan
 
 __all__ = ["DEFAULT_STATE_ROOT", "WATCHED_SYSCTLS", "NetlinkBackend", "check_route_protocol"]
@@ -1266,7 +1266,9 @@ class NetlinkBackend(BackendBase):
         stored = normal(name, self._runner.call(lambda: read_sysctls(root, [name]))[name])
         self._count()
         if stored != value:
-            raise BackendError(f"the kernel stored {stored!r} for {name}, not {value!r}")
+            shown = stored if stored is None else shown_value(name, stored)
+            raise BackendError(f"the kernel stored {shown!r} for {name}, not "
+                               f"{shown_value(name, value)!r}")
         self._keep_owned_switches(state, name, switches)
 
     def _keep_owned_switches(self, state: SysctlState, name: str,

@@ -306,6 +306,7 @@ try:
     )
     from k3snet.errors import BackendOptionError, ModelError
     from k3snet.facts import gather_facts
+    from k3snet.model.sysctl import redact_secrets
     from k3snet.spec import check_backend_options, spec_backend_options
     from k3snet.spec.load import refuse_foreign_imports, sudo_invoker
 except (ImportError, SyntaxError) as exc:  # SyntaxError: a k3snet for a newer Python
@@ -588,9 +589,12 @@ def result_of(module: AnsibleModule, done: k3snet.Convergence) -> dict[str, Any]
     result: dict[str, Any] = {
         "changed": not done.plan.empty,
         "msg": NOTHING_TO_DESTROY if nothing else text.splitlines()[0],
-        "plan": done.plan.to_dict(),
+        # A secret sysctl's value as the text shows it: a task's result is printed (-v),
+        # registered and kept by callbacks (docs/spec.md).
+        "plan": redact_secrets(done.plan.to_dict()),
         "plan_text": text,
-        "applied": [c.to_dict() for c in done.result.applied] if done.result else [],
+        "applied": redact_secrets([c.to_dict() for c in done.result.applied]
+                                  if done.result else []),
         "operations": done.result.operations if done.result else 0,
     }
     if module._diff:  # how AnsibleModule says the play runs with --diff
