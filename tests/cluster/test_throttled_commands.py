@@ -449,3 +449,141 @@ def test_a_client_k3snet_makes_waits_outside_any_block(
     finally:
         api.close()
     assert waits == [1.0]
+
+
+# ------------------------------------------------------------------ Retry-After's forms
+
+
+def _throttled_first(api: Any, headers: dict[str, str], times: int = 1) -> list[str]:
+    """Answer the first ``times`` requests 429 with ``headers`` (as a proxy or load
+    balancer in front of the API server may), before the server sees them; returns
+    the methods that reached the server."""
+    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
+
+    pool = api.rest_client.pool_manager
+    real = pool.request
+    reached: list[str] = []
+    left = [times]
+
+    def request(verb: str, url: str, **kwargs: Any) -> Any:
+        if left[0] > 0:
+            left[0] -= 1
+            return urllib3.HTTPResponse(
+                body=io.BytesIO(b"too many requests"), status=429,
+                reason="Too Many Requests",
+                headers={"Content-Type": "text/plain", **headers}, preload_content=False)
+        reached.append(verb)
+        return real(verb, url, **kwargs)
+
+    pool.request = request
+    return reached
+
+
+@pytest.mark.parametrize(("retry_after", "seconds"), [
+    ("Sun, 06 Dec 2026 01:30:03 GMT", 3.0),   # RFC 9110's IMF-fixdate
+    ("Sunday, 06-Dec-26 01:30:04 GMT", 4.0),  # the obsolete RFC 850 form
+    ("Sun Dec  6 01:30:02 2026", 2.0)])       # asctime()
+def test_a_retry_after_as_an_http_date_is_waited_until_that_date(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], *, retry_after: str,
+        seconds: float) -> None:
+    # RFC 9110 allows a date; a proxy or load balancer in front of the API server may send
+    # one. It counted as none: the request was sent again after 1 s, before the time asked.
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        reached = _throttled_first(api, {"Retry-After": retry_after,
+                                         "Date": "Sun, 06 Dec 2026 01:30:00 GMT"})
+        _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert slept == [seconds]  # from the answer's own Date: the clocks are the same
+    assert reached == ["GET"]
+
+
+def test_a_retry_after_date_further_than_k3snet_waits_is_not_sent_before_it(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        reached = _throttled_first(api, {"Retry-After": "Sun, 06 Dec 2026 01:32:00 GMT",
+                                         "Date": "Sun, 06 Dec 2026 01:30:00 GMT"})
+        with pytest.raises(KubeApiError) as info, \
+                translate_errors("read", classifier=KubeErrors()):
+            _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert slept == []
+    assert reached == []
+    assert (info.value.status, info.value.retry_after) == (429, 120.0)
+    assert "it asked to wait 120 s, more than the 5 s k3snet waits at once" in str(info.value)
+
+
+def test_a_retry_after_of_ten_digits_or_more_asks_a_long_wait_not_a_quick_try(
+        tmp_path: Path, server: EmulatedApiServer, slept: list[float],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # It counted as none: waits of 1, 2, 4, 5, 5 s and 5 more sends to a server that asked
+    # not to be sent anything for 300 years.
+    server.fail(429, method="GET", plural="ippools", times=None, retry_after=10**10)
+    capsys.readouterr()
+    assert _plan(tmp_path, server) == 1
+    err = capsys.readouterr().err
+    assert slept == []
+    assert _lists(server) == ["GET"]
+    assert "more than the 5 s k3snet waits at once; not sent again" in err, err
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "1.5", "Sun, 06 Dec 2026 01:29:00 GMT",
+                                   "Sun, 06 Dec 99999 01:30:00 GMT", ""])
+def test_a_retry_after_of_no_seconds_and_no_future_date_counts_as_none(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], value: str) -> None:
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        _throttled_first(api, {"Retry-After": value, "Date": "Sun, 06 Dec 2026 01:30:00 GMT"})
+        _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert slept == [1.0]  # the backoff's first wait
+
+
+# ------------------------------------------------------------------ a write given up
+
+
+@pytest.mark.parametrize(("write", "method", "sent", "said"), [
+    ("merge patch", "PATCH", 6, "any send answered 503 may have made the change"),
+    ("JSON Patch", "PATCH", 1, "not sent again, a second send could act twice; a 503 may "
+     "come after the API server acted: this send may have made the change"),
+    ("create named by the server", "POST", 1, "this send may have made the change")])
+def test_a_write_given_up_after_503s_says_a_send_may_have_made_the_change(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], *, write: str,
+        method: str, sent: int, said: str) -> None:
+    # The error said "the API server failed (503 ...) (sent 6 times, 17 s waited in all)"
+    # alone: as though nothing were changed, while a 503 may come after the API server
+    # acted (a proxy's, an aggregated API's), for any of the sends.
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        stored = server.get("v1/configmaps", "x", "kube-system")
+        assert stored is not None
+        before = len(server.requests())
+        server.fail(503, method=method, plural="configmaps", times=None)
+        with pytest.raises(KubeApiError) as info, \
+                translate_errors(write, classifier=KubeErrors()):
+            _writes(_core(api), lambda: stored["metadata"]["resourceVersion"])[write]()
+    finally:
+        api.close()
+    assert [m for m, _, _ in server.requests()[before:]] == [method] * sent
+    assert info.value.status == 503
+    assert said in str(info.value), info.value
+    assert "the next plan shows what is there" in str(info.value)
+
+
+def test_a_write_given_up_after_429s_alone_says_nothing_of_a_change(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # (a 429 is a refusal before the request is served)
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        server.fail(429, method="PATCH", plural="configmaps", times=None, retry_after=1)
+        with pytest.raises(KubeApiError) as info, \
+                translate_errors("patch", classifier=KubeErrors()):
+            _writes(_core(api), lambda: "")["merge patch"]()
+    finally:
+        api.close()
+    assert "sent 6 times, 5 s waited in all" in str(info.value), info.value
+    assert "may have made the change" not in str(info.value)
