@@ -587,3 +587,96 @@ def test_a_write_given_up_after_429s_alone_says_nothing_of_a_change(
         api.close()
     assert "sent 6 times, 5 s waited in all" in str(info.value), info.value
     assert "may have made the change" not in str(info.value)
+
+
+# ------------------------------------------------------------------ Calico's undo of a create
+
+
+def _calico_apply_failing_after_a_create(server: EmulatedApiServer, tmp_path: Path,
+                                         proxy: Callable[[Any], Any]) -> Any:
+    """Apply two new pools through a client k3snet made, the second create failing
+    (500), so the first pool's create is undone by a delete; ``proxy(api)`` is called
+    before. Returns the apply's error."""
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.errors import ApplyError  # noqa: PLC0415
+    from k3snet.model.cni import IPPool  # noqa: PLC0415
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        desired = State(owned=[IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True),
+                               IPPool("k3snet-pods-b", "10.101.0.0/24", nat_outgoing=True)])
+        changes = plan(backend.observe(), desired)
+        server.fail(500, method="POST", name="k3snet-pods-b")
+        proxy(api)
+        with pytest.raises(ApplyError) as info:
+            backend.apply(changes)
+    finally:
+        api.close()
+    return info.value
+
+
+def test_calicos_undo_of_a_create_is_sent_again_after_a_503(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # The delete undoing the pool it created carried no precondition: not safe to send
+    # again, its 503 left the pool and made the apply a RollbackError ("may be
+    # half-changed"). It names the created pool's uid now, and is sent again.
+    from k3snet.errors import RollbackError  # noqa: PLC0415
+
+    error = _calico_apply_failing_after_a_create(
+        server, tmp_path, lambda api: server.fail(503, method="DELETE", name="k3snet-pods-a"))
+    assert not isinstance(error, RollbackError), error
+    assert server.get(CRD, "k3snet-pods-a") is None
+    assert slept == [1.0]
+    deletes = [(m, body) for m, p, body in server.requests() if m == "DELETE"]
+    assert len(deletes) == 2
+    assert all(_uid_of(body) for _, body in deletes), deletes
+
+
+def test_calicos_undo_of_a_create_whose_first_send_acted_before_a_503_is_done(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # A proxy's 503 after the API server deleted the pool: the delete sent again finds
+    # none (404), which is the undo done, not a failed undo.
+    behind: list[list[int]] = []
+    error = _calico_apply_failing_after_a_create(
+        server, tmp_path, lambda api: behind.append(_acted_then_unavailable(api, "DELETE")))
+    assert behind[0][0] < 300  # the first send acted
+    assert server.get(CRD, "k3snet-pods-a") is None
+    assert "may be half-changed" not in str(error), error
+    assert slept == [1.0]
+
+
+def test_calicos_undo_of_a_create_leaves_a_pool_made_again_by_someone_else(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # Its uid names the pool k3snet created: one deleted and made again by another writer
+    # meanwhile is not k3snet's to delete (409), and the undo says it failed.
+    from k3snet.errors import RollbackError  # noqa: PLC0415
+
+    def someone_remakes(api: Any) -> None:
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "DELETE":
+                server.delete(CRD, "k3snet-pods-a")
+                server.put(CRD, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                                 "metadata": {"name": "k3snet-pods-a"},
+                                 "spec": {"cidr": "10.100.0.0/16"}})
+                api.rest_client.pool_manager.request = real
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+
+    error = _calico_apply_failing_after_a_create(server, tmp_path, someone_remakes)
+    assert isinstance(error, RollbackError), error
+    assert server.get(CRD, "k3snet-pods-a") is not None
+    assert "conflict (409)" in str(error), error
+
+
+def _uid_of(body: Any) -> str | None:
+    """The uid precondition of a recorded DELETE's body."""
+    import json  # noqa: PLC0415
+
+    data = json.loads(body) if isinstance(body, str | bytes) else body
+    return ((data or {}).get("preconditions") or {}).get("uid")
