@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
+import email.utils
 import json
 import logging
 import os
@@ -347,7 +349,8 @@ class ThrottleWaits:
     request that is safe to send twice is sent again (:func:`safe_to_send_again`): the
     others' answer is the caller's at once. A write sent again after a 503 (which may
     come after the API server acted) and then refused says an earlier send may have
-    made the change.
+    made the change; one given up on with a 503 (after its last try, or not sent
+    again) says a send may have made it. A ``Retry-After`` is seconds or an HTTP date.
 
     ``sleep`` waits (a recorder in tests).
     """
@@ -388,6 +391,10 @@ one it asked too long for: what was done, quoted by :class:`KubeErrors`' message
 _MAY_HAVE_ACTED = ("the request was sent again after a 503 answer, which may come after "
                    "the API server acted: this send changed nothing, an earlier one may "
                    "have made the change it refuses")
+_MAY_HAVE_ACTED_ONE = ("a 503 may come after the API server acted: this send may have "
+                       "made the change; the next plan shows what is there")
+_MAY_HAVE_ACTED_ANY = ("a 503 may come after the API server acted: any send answered 503 "
+                       "may have made the change; the next plan shows what is there")
 _log = logging.getLogger(__name__)
 
 
@@ -466,6 +473,13 @@ def _note(response: Any, note: str) -> None:
         setattr(response.headers, _NOTE_ATTRIBUTE, note)
 
 
+def _given_up(response: Any, *said: str) -> Any:
+    """``response``, its error saying what of ``said`` is not empty (``; `` between)."""
+    if any(said):
+        _note(response, "; ".join(filter(None, said)))
+    return response
+
+
 def _release(response: Any) -> None:
     """Read and let go of an answer not given to the caller (its connection back to the
     pool)."""
@@ -507,6 +521,8 @@ def _bound(api_client: Any, *, made: bool) -> None:
         # A write sent again after a 503, which may come after the API server acted: a
         # refusal of the next send (409 AlreadyExists or Conflict, a 404) says so.
         sent_again, waited, acted = 0, 0.0, False
+        method, url, content_type, body = _request_parts(args, kwargs)
+        writes = method.upper() not in ("GET", "HEAD")
         while True:
             response = send(args, kwargs, given)
             status = getattr(response, "status", None)
@@ -514,25 +530,27 @@ def _bound(api_client: Any, *, made: bool) -> None:
                 if acted and isinstance(status, int) and status >= 400:
                     _note(response, _MAY_HAVE_ACTED)
                 return response
-            method, url, content_type, body = _request_parts(args, kwargs)
+            acted = acted or (status == 503 and writes)
+            tried = (f"sent {sent_again + 1} times, {waited:.3g} s waited in all"
+                     if sent_again else "")
+            # Given up on a write after a 503 (this one, or one before a 429): any send
+            # answered so may have acted, and the admin is told so, not "sent N times"
+            # alone, as though nothing were changed.
+            maybe = (_MAY_HAVE_ACTED_ANY if sent_again else _MAY_HAVE_ACTED_ONE) if acted else ""
             if not safe_to_send_again(method, content_type, body):
-                return response
+                return _given_up(response, maybe and "not sent again, a second send could "
+                                 "act twice", maybe)
             asked = _retry_after(getattr(response, "headers", None))
             wait = waits.wait(asked, sent_again)
             within = _WITHIN.get()
             deadline = within() if within is not None else None
-            tried = (f"sent {sent_again + 1} times, {waited:.3g} s waited in all"
-                     if sent_again else "")
             if wait > waits.longest:
-                _note(response, ", ".join(filter(None, [
+                return _given_up(response, ", ".join(filter(None, [
                     f"it asked to wait {wait:.3g} s, more than the {waits.longest:.3g} s "
-                    "k3snet waits at once; not sent again", tried])))
-                return response
+                    "k3snet waits at once; not sent again", tried])), maybe)
             if (sent_again >= waits.tries or waited + wait > waits.total
                     or (deadline is not None and wait >= deadline.left())):
-                if tried:
-                    _note(response, tried)
-                return response
+                return _given_up(response, tried, maybe)
             _release(response)
             path = printable(urllib.parse.urlsplit(url).path)
             _log.warning("the API server answered %s %s with %s%s: sending it again in "
@@ -542,7 +560,6 @@ def _bound(api_client: Any, *, made: bool) -> None:
                          sent_again + 1, waits.tries, waits.total)
             waits.sleep(wait)
             sent_again, waited = sent_again + 1, waited + wait
-            acted = acted or (status == 503 and method.upper() not in ("GET", "HEAD"))
 
     rest.request = bounded
     rest._k3snet_within = True
@@ -673,7 +690,9 @@ _REASONS = {
     429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout",
 }
 _TIMEOUT_REASON = "Timeout"
-_SECONDS = re.compile(r"[0-9]{1,9}")
+_SECONDS = re.compile(r"[0-9]+")
+_RETRY_AFTER_MOST = 999_999_999.0
+"""The seconds a ``Retry-After`` of 10 digits or more (or a date further) stands for."""
 
 
 class KubeApiError(BackendError):
@@ -944,13 +963,43 @@ class KubeErrors:
         return error
 
 
-def _retry_after(headers: Any) -> float | None:
-    """The seconds of an answer's ``Retry-After`` header (the API server writes a whole
-    number of seconds; a date, or anything else, is taken as none)."""
+def _retry_after(headers: Any, now: Callable[[], float] = time.time) -> float | None:
+    """The seconds of an answer's ``Retry-After`` header: a whole number of seconds (as
+    the API server writes it) or an HTTP date (RFC 9110 allows it; a proxy or load
+    balancer in front of the API server may send one), taken from the answer's own
+    ``Date`` when it has one (the two clocks are the same), else from ``now()``.
+
+    A number of 10 digits or more is :data:`_RETRY_AFTER_MOST` (longer than anything
+    waited, never none: it asks a wait, not a quick try). A date already past, and
+    anything else, is taken as none."""
     try:
         value = headers.get("Retry-After") if headers is not None else None
+        date = headers.get("Date") if headers is not None else None
     except AttributeError:
         return None
-    if not isinstance(value, str) or not _SECONDS.fullmatch(value.strip()):
+    if not isinstance(value, str):
         return None
-    return float(int(value.strip()))
+    value = value.strip()
+    if _SECONDS.fullmatch(value):
+        return float(int(value)) if len(value) < 10 else _RETRY_AFTER_MOST
+    until = _http_date(value)
+    if until is None:
+        return None
+    sent = _http_date(date) if isinstance(date, str) else None
+    left = until - (now() if sent is None else sent)
+    return min(left, _RETRY_AFTER_MOST) if left > 0 else None
+
+
+def _http_date(value: str) -> float | None:
+    """The POSIX time of an HTTP date (``Sun, 06 Dec 2026 01:30:00 GMT``, or one of the
+    obsolete forms RFC 9110 has a recipient take), ``None`` for anything else."""
+    try:
+        parsed = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:  # -0000 or no zone: HTTP dates are in GMT
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    try:
+        return parsed.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None

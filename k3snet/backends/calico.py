@@ -947,14 +947,38 @@ class _Run:
         )
         if record:
             self.raw[name] = created if isinstance(created, dict) else body
+            made = (created.get("metadata") or {}) if isinstance(created, dict) else {}
+            uid = made.get("uid") if isinstance(made, dict) else None
             self._will_undo(f"delete IPPool {name} (created)",
-                            lambda: self.delete(name, record=False))
+                            lambda: self.take_back_create(name, uid))
 
-    def delete(self, name: str, *, record: bool = True) -> None:
+    def take_back_create(self, name: str, uid: object) -> None:
+        """Delete the pool this apply created, exactly it: its ``uid`` is the delete's
+        precondition (a pool of that name made again by someone else since is a 409, and
+        stays), which makes the delete safe to send again after a 503
+        (:func:`~k3snet.kube.safe_to_send_again`): without one, a 503 left the pool
+        and the apply half-done. A pool already gone (404: deleted by someone else, or
+        by an earlier send of this delete that the 503 followed) is taken back."""
+        body = None
+        if isinstance(uid, str) and uid:
+            body = self.client.V1DeleteOptions(
+                preconditions=self.client.V1Preconditions(uid=uid))
+        try:
+            self._call(
+                f"delete IPPool {name}",
+                lambda: self.backend._objects.delete_cluster_custom_object(
+                    self.group, self.version, PLURAL, name, body=body,
+                    _request_timeout=self.backend.timeout),
+            )
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+
+    def delete(self, name: str) -> None:
         seen = self.raw.get(name) or {}
         metadata = seen.get("metadata") or {}
         body = None
-        if record and (metadata.get("resourceVersion") or metadata.get("uid")):
+        if metadata.get("resourceVersion") or metadata.get("uid"):
             # Delete exactly the pool that was read: a re-created or edited one gives 409.
             body = self.client.V1DeleteOptions(preconditions=self.client.V1Preconditions(
                 resource_version=metadata.get("resourceVersion"), uid=metadata.get("uid")))
@@ -964,16 +988,15 @@ class _Run:
                 self.group, self.version, PLURAL, name, body=body,
                 _request_timeout=self.backend.timeout),
         )
-        if record:
-            recreate = {
-                "apiVersion": seen.get("apiVersion", f"{self.group}/{self.version}"),
-                "kind": seen.get("kind", KIND),
-                "metadata": {k: v for k, v in metadata.items()
-                             if k in ("name", "labels", "annotations")},
-                "spec": seen.get("spec") or {},
-            }
-            self._will_undo(f"re-create IPPool {name} (deleted)",
-                            lambda: self.create(name, recreate, record=False))
+        recreate = {
+            "apiVersion": seen.get("apiVersion", f"{self.group}/{self.version}"),
+            "kind": seen.get("kind", KIND),
+            "metadata": {k: v for k, v in metadata.items()
+                         if k in ("name", "labels", "annotations")},
+            "spec": seen.get("spec") or {},
+        }
+        self._will_undo(f"re-create IPPool {name} (deleted)",
+                        lambda: self.create(name, recreate, record=False))
         self.raw.pop(name, None)
 
     def _apply(self, what: str, name: str, body: dict[str, Any], *, force: bool = False

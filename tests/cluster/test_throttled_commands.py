@@ -449,3 +449,234 @@ def test_a_client_k3snet_makes_waits_outside_any_block(
     finally:
         api.close()
     assert waits == [1.0]
+
+
+# ------------------------------------------------------------------ Retry-After's forms
+
+
+def _throttled_first(api: Any, headers: dict[str, str], times: int = 1) -> list[str]:
+    """Answer the first ``times`` requests 429 with ``headers`` (as a proxy or load
+    balancer in front of the API server may), before the server sees them; returns
+    the methods that reached the server."""
+    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
+
+    pool = api.rest_client.pool_manager
+    real = pool.request
+    reached: list[str] = []
+    left = [times]
+
+    def request(verb: str, url: str, **kwargs: Any) -> Any:
+        if left[0] > 0:
+            left[0] -= 1
+            return urllib3.HTTPResponse(
+                body=io.BytesIO(b"too many requests"), status=429,
+                reason="Too Many Requests",
+                headers={"Content-Type": "text/plain", **headers}, preload_content=False)
+        reached.append(verb)
+        return real(verb, url, **kwargs)
+
+    pool.request = request
+    return reached
+
+
+@pytest.mark.parametrize(("retry_after", "seconds"), [
+    ("Sun, 06 Dec 2026 01:30:03 GMT", 3.0),   # RFC 9110's IMF-fixdate
+    ("Sunday, 06-Dec-26 01:30:04 GMT", 4.0),  # the obsolete RFC 850 form
+    ("Sun Dec  6 01:30:02 2026", 2.0)])       # asctime()
+def test_a_retry_after_as_an_http_date_is_waited_until_that_date(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], *, retry_after: str,
+        seconds: float) -> None:
+    # RFC 9110 allows a date; a proxy or load balancer in front of the API server may send
+    # one. It counted as none: the request was sent again after 1 s, before the time asked.
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        reached = _throttled_first(api, {"Retry-After": retry_after,
+                                         "Date": "Sun, 06 Dec 2026 01:30:00 GMT"})
+        _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert slept == [seconds]  # from the answer's own Date: the clocks are the same
+    assert reached == ["GET"]
+
+
+def test_a_retry_after_date_further_than_k3snet_waits_is_not_sent_before_it(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        reached = _throttled_first(api, {"Retry-After": "Sun, 06 Dec 2026 01:32:00 GMT",
+                                         "Date": "Sun, 06 Dec 2026 01:30:00 GMT"})
+        with pytest.raises(KubeApiError) as info, \
+                translate_errors("read", classifier=KubeErrors()):
+            _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert slept == []
+    assert reached == []
+    assert (info.value.status, info.value.retry_after) == (429, 120.0)
+    assert "it asked to wait 120 s, more than the 5 s k3snet waits at once" in str(info.value)
+
+
+def test_a_retry_after_of_ten_digits_or_more_asks_a_long_wait_not_a_quick_try(
+        tmp_path: Path, server: EmulatedApiServer, slept: list[float],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # It counted as none: waits of 1, 2, 4, 5, 5 s and 5 more sends to a server that asked
+    # not to be sent anything for 300 years.
+    server.fail(429, method="GET", plural="ippools", times=None, retry_after=10**10)
+    capsys.readouterr()
+    assert _plan(tmp_path, server) == 1
+    err = capsys.readouterr().err
+    assert slept == []
+    assert _lists(server) == ["GET"]
+    assert "more than the 5 s k3snet waits at once; not sent again" in err, err
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "1.5", "Sun, 06 Dec 2026 01:29:00 GMT",
+                                   "Sun, 06 Dec 99999 01:30:00 GMT", ""])
+def test_a_retry_after_of_no_seconds_and_no_future_date_counts_as_none(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], value: str) -> None:
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        _throttled_first(api, {"Retry-After": value, "Date": "Sun, 06 Dec 2026 01:30:00 GMT"})
+        _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert slept == [1.0]  # the backoff's first wait
+
+
+# ------------------------------------------------------------------ a write given up
+
+
+@pytest.mark.parametrize(("write", "method", "sent", "said"), [
+    ("merge patch", "PATCH", 6, "any send answered 503 may have made the change"),
+    ("JSON Patch", "PATCH", 1, "not sent again, a second send could act twice; a 503 may "
+     "come after the API server acted: this send may have made the change"),
+    ("create named by the server", "POST", 1, "this send may have made the change")])
+def test_a_write_given_up_after_503s_says_a_send_may_have_made_the_change(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], *, write: str,
+        method: str, sent: int, said: str) -> None:
+    # The error said "the API server failed (503 ...) (sent 6 times, 17 s waited in all)"
+    # alone: as though nothing were changed, while a 503 may come after the API server
+    # acted (a proxy's, an aggregated API's), for any of the sends.
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        stored = server.get("v1/configmaps", "x", "kube-system")
+        assert stored is not None
+        before = len(server.requests())
+        server.fail(503, method=method, plural="configmaps", times=None)
+        with pytest.raises(KubeApiError) as info, \
+                translate_errors(write, classifier=KubeErrors()):
+            _writes(_core(api), lambda: stored["metadata"]["resourceVersion"])[write]()
+    finally:
+        api.close()
+    assert [m for m, _, _ in server.requests()[before:]] == [method] * sent
+    assert info.value.status == 503
+    assert said in str(info.value), info.value
+    assert "the next plan shows what is there" in str(info.value)
+
+
+def test_a_write_given_up_after_429s_alone_says_nothing_of_a_change(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # (a 429 is a refusal before the request is served)
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        server.fail(429, method="PATCH", plural="configmaps", times=None, retry_after=1)
+        with pytest.raises(KubeApiError) as info, \
+                translate_errors("patch", classifier=KubeErrors()):
+            _writes(_core(api), lambda: "")["merge patch"]()
+    finally:
+        api.close()
+    assert "sent 6 times, 5 s waited in all" in str(info.value), info.value
+    assert "may have made the change" not in str(info.value)
+
+
+# ------------------------------------------------------------------ Calico's undo of a create
+
+
+def _calico_apply_failing_after_a_create(server: EmulatedApiServer, tmp_path: Path,
+                                         proxy: Callable[[Any], Any]) -> Any:
+    """Apply two new pools through a client k3snet made, the second create failing
+    (500), so the first pool's create is undone by a delete; ``proxy(api)`` is called
+    before. Returns the apply's error."""
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.errors import ApplyError  # noqa: PLC0415
+    from k3snet.model.cni import IPPool  # noqa: PLC0415
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        desired = State(owned=[IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True),
+                               IPPool("k3snet-pods-b", "10.101.0.0/24", nat_outgoing=True)])
+        changes = plan(backend.observe(), desired)
+        server.fail(500, method="POST", name="k3snet-pods-b")
+        proxy(api)
+        with pytest.raises(ApplyError) as info:
+            backend.apply(changes)
+    finally:
+        api.close()
+    return info.value
+
+
+def test_calicos_undo_of_a_create_is_sent_again_after_a_503(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # The delete undoing the pool it created carried no precondition: not safe to send
+    # again, its 503 left the pool and made the apply a RollbackError ("may be
+    # half-changed"). It names the created pool's uid now, and is sent again.
+    from k3snet.errors import RollbackError  # noqa: PLC0415
+
+    error = _calico_apply_failing_after_a_create(
+        server, tmp_path, lambda api: server.fail(503, method="DELETE", name="k3snet-pods-a"))
+    assert not isinstance(error, RollbackError), error
+    assert server.get(CRD, "k3snet-pods-a") is None
+    assert slept == [1.0]
+    deletes = [(m, body) for m, p, body in server.requests() if m == "DELETE"]
+    assert len(deletes) == 2
+    assert all(_uid_of(body) for _, body in deletes), deletes
+
+
+def test_calicos_undo_of_a_create_whose_first_send_acted_before_a_503_is_done(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # A proxy's 503 after the API server deleted the pool: the delete sent again finds
+    # none (404), which is the undo done, not a failed undo.
+    behind: list[list[int]] = []
+    error = _calico_apply_failing_after_a_create(
+        server, tmp_path, lambda api: behind.append(_acted_then_unavailable(api, "DELETE")))
+    assert behind[0][0] < 300  # the first send acted
+    assert server.get(CRD, "k3snet-pods-a") is None
+    assert "may be half-changed" not in str(error), error
+    assert slept == [1.0]
+
+
+def test_calicos_undo_of_a_create_leaves_a_pool_made_again_by_someone_else(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # Its uid names the pool k3snet created: one deleted and made again by another writer
+    # meanwhile is not k3snet's to delete (409), and the undo says it failed.
+    from k3snet.errors import RollbackError  # noqa: PLC0415
+
+    def someone_remakes(api: Any) -> None:
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "DELETE":
+                server.delete(CRD, "k3snet-pods-a")
+                server.put(CRD, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                                 "metadata": {"name": "k3snet-pods-a"},
+                                 "spec": {"cidr": "10.100.0.0/16"}})
+                api.rest_client.pool_manager.request = real
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+
+    error = _calico_apply_failing_after_a_create(server, tmp_path, someone_remakes)
+    assert isinstance(error, RollbackError), error
+    assert server.get(CRD, "k3snet-pods-a") is not None
+    assert "conflict (409)" in str(error), error
+
+
+def _uid_of(body: Any) -> str | None:
+    """The uid precondition of a recorded DELETE's body."""
+    import json  # noqa: PLC0415
+
+    data = json.loads(body) if isinstance(body, str | bytes) else body
+    return ((data or {}).get("preconditions") or {}).get("uid")
