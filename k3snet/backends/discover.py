@@ -29,7 +29,7 @@ import os
 import shlex
 import socket
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
@@ -243,7 +243,7 @@ def _labels_in_use(in_use: Sequence[Backend]) -> set[str]:
 
 
 def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, Any]] | None = None,
-                netns: str | None = None) -> tuple[str, ...]:
+                netns: str | None = None, *, skip: Collection[str] = ()) -> tuple[str, ...]:
     """A warning for each node backend of :data:`NODE_BACKENDS` that no backend ``in_use``
     is, holding k3snet's objects: what a switch of backends (``--backend`` or the spec's
     ``backends:`` changed, on a running node) left running, with the ``k3snet destroy``
@@ -258,19 +258,22 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
     through what the new spec no longer accepts, all unsaid. ``options``: as for
     :func:`discover_owners` (an iptables ``mode`` there is ignored: both flavours are
     looked through); ``netns``: named in the command, unless a backend's options
-    name its own namespace (a spec's), which it is looked through and named in. Changes
-    nothing."""
+    name its own namespace (a spec's), which it is looked through and named in;
+    ``skip``: backend names (``iptables``: both flavours) not looked through, whose
+    options the caller could not resolve (a relative ``$K3SNET_PROC_SYS`` of netlink's
+    beside nftables alone): the others are still looked through. Changes nothing."""
     used = _labels_in_use(in_use)
     if not used & {label for label, _, _ in NODE_BACKENDS}:
         return ()
-    skip = used | {label for label, by in _SAID_BY.items() if by in {
+    skipped = frozenset(skip)
+    said = used | {label for label, by in _SAID_BY.items() if by in {
         getattr(b, "name", None) for b in in_use}}
     given = {name: {k: v for k, v in opts.items() if not (name == "iptables" and k == "mode")}
              for name, opts in (options or {}).items()}
     found: list[str] = []
     nf_tables: dict[object, frozenset[tuple[str, str]] | None] = {}
     for label, name, fixed in NODE_BACKENDS:
-        if label in skip:
+        if label in said or name in skipped:
             continue
         opts = {**given.get(name, {}), **fixed}
         if label == "iptables-legacy" and not _legacy_tables(opts.get("netns")):
@@ -350,7 +353,8 @@ def cluster_left_behind(in_use: Sequence[Backend],
     ``api_client`` and its ``kubeconfig``, ``context`` and ``timeout`` of ``options``
     (by backend name, as for :func:`left_behind`; they go into the destroy named too):
     with none, no cluster is known to reach, and a plan never asks an API server it
-    was not given. Nothing is changed; a backend whose look fails is passed over."""
+    was not given. Nothing is changed; a backend whose look fails is passed over, said once in the
+    log (a warning; not of a 404: the backend not installed)."""
     options = options or {}
     used = {getattr(b, "name", None) for b in in_use}
     found: list[str] = []
@@ -389,14 +393,25 @@ def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> li
     """The warning of what cluster backend ``backend`` owns (none when nothing or its
     read fails). Its requests wait nothing when throttled (``throttle_waits(None)``): a
     look no one asked for passes a busy API server over, where the one-shot commands'
-    waits made a ``plan`` through cilium wait ~25 s and print five lines about calico."""
-    from k3snet.kube import throttle_waits  # noqa: PLC0415 - cluster backends alone
+    waits made a ``plan`` through cilium wait ~25 s and print five lines about calico.
+
+    A read that fails (a 403 of RBAC granting no read, a 429, a 5xx, no answer) is
+    logged once, as a warning, without failing anything: passed over unsaid, it read as
+    "nothing left". A 404 (the backend's API not served: Calico or Cilium not installed)
+    is nothing left, unsaid."""
+    from k3snet.kube import KubeApiError, throttle_waits  # noqa: PLC0415 - cluster backends
 
     try:
         with throttle_waits(None):
             owned = len(backend.observe().owned)
+    except KubeApiError as exc:
+        if exc.status == 404:  # not installed: nothing of k3snet's there
+            log.debug("%s could not look for objects left behind: %s", name, exc)
+        else:
+            _could_not_look(name, exc)
+        return []
     except Exception as exc:  # noqa: BLE001 - the look only warns
-        log.debug("%s could not look for objects left behind: %s", name, exc)
+        _could_not_look(name, exc)
         return []
     if not owned:
         return []
@@ -405,6 +420,13 @@ def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> li
             "keeps them up or removes them; "
             f"`k3snet destroy --backend {name}{_destroy_options(name, opts)}` removes them "
             "(k3snet's alone)"]
+
+
+def _could_not_look(name: str, exc: BaseException) -> None:
+    """Log once that cluster backend ``name``'s look for what a switch left failed."""
+    log.warning("%s: could not look for k3snet's objects a switch of backends may have "
+                "left in the cluster (%s); `k3snet destroy --dry-run --backend %s` shows "
+                "them", name, " ".join(str(exc).split()), name)
 
 
 _NOT_NAMED = frozenset({"netns", "mode", "allow_disruptive"})
