@@ -1673,6 +1673,8 @@ def _left_behind(args: argparse.Namespace, spec: Spec | None, backend: BackendGr
         return []  # no node nor cluster backend in use (memory, a custom one)
     looked = ({n for _, n, _ in NODE_BACKENDS} if node else set()) | (
         names & set(CLUSTER_BACKENDS))
+    if node and "flannel" not in names and os.environ.get("K3SNET_FLANNEL_CONF"):
+        looked.add("flannel")  # the node's own net-conf.json ($K3SNET_FLANNEL_CONF)
     options: dict[str, dict[str, Any]] = {}
     refused: list[str] = []
     for name in sorted(looked):

@@ -806,19 +806,24 @@ class Agent:
         (:func:`~k3snet.backends.discover.cluster_left_behind`), looked through as they
         were built: an agent whose new spec names no cluster backend has no other client.
         Not the other cluster backends: the RBAC rendered for a spec grants no agent
-        their reads (each would be a 403). Nothing when a look fails: a warning must not
-        fail the pass."""
+        their reads (each would be a 403). A flannel backend of a file (each node's own,
+        not the cluster's) is looked through on every node, holder or not: before, the
+        holder's file alone was said. Nothing when a look fails: a warning must not fail
+        the pass."""
         from k3snet.backends.discover import (  # noqa: PLC0415 - cluster specs only
             CLUSTER_BACKENDS,
             cluster_left_behind,
         )
 
         old, spec = self._group, self._spec
-        if old is None or spec is None or not self.is_leader:
+        if old is None or spec is None:
             return ()
+        leader = self.is_leader
         names = {getattr(m.backend, "name", None) for m in group.members}
         dropped = [m.backend for m in old.members
-                   if getattr(m.backend, "name", None) in set(CLUSTER_BACKENDS) - names]
+                   if getattr(m.backend, "name", None) in set(CLUSTER_BACKENDS) - names
+                   # A file (flannel's path): the node's own, looked through on each node.
+                   and (leader or getattr(m.backend, "api_client", True) is None)]
         if not dropped:
             return ()
         try:

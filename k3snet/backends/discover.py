@@ -261,7 +261,10 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
     name its own namespace (a spec's), which it is looked through and named in;
     ``skip``: backend names (``iptables``: both flavours) not looked through, whose
     options the caller could not resolve (a relative ``$K3SNET_PROC_SYS`` of netlink's
-    beside nftables alone): the others are still looked through. Changes nothing."""
+    beside nftables alone): the others are still looked through. A ``path`` in
+    ``options["flannel"]`` (``$K3SNET_FLANNEL_CONF``, the agent's) with no flannel
+    backend in use: that node's own ``net-conf.json`` is looked through too, for the
+    keys a flannel backend of that file set. Changes nothing."""
     used = _labels_in_use(in_use)
     if not used & {label for label, _, _ in NODE_BACKENDS}:
         return ()
@@ -318,7 +321,32 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
                 f"may no longer want), and nothing keeps them up or removes them; "
                 f"`k3snet destroy{where} {_DESTROY.get(label, f'--backend {name}')}{opts_text}` "
                 "removes them")
+    found += _flannel_file_left(in_use, (options or {}).get("flannel", {}), skipped)
     return tuple(found)
+
+
+def _flannel_file_left(in_use: Sequence[Backend], opts: Mapping[str, Any],
+                       skipped: Collection[str]) -> list[str]:
+    """The warning of what a flannel backend of the file ``opts["path"]`` (the node's
+    own ``net-conf.json``) holds of k3snet's keys; none when flannel is in use or
+    ``skipped``, no ``path`` is given, or the file is missing or unreadable (its read
+    says why only at debug: a node of another CNI has no file)."""
+    if "flannel" in skipped or "flannel" in {getattr(b, "name", None) for b in in_use}:
+        return []
+    if opts.get("path") is None or not os.path.exists(opts["path"]):
+        return []  # no file: nothing to read, nor the backend to import
+    try:
+        backend = create_backend("flannel", path=opts["path"])
+    except Exception as exc:  # noqa: BLE001 - the look only warns
+        log.debug("flannel could not look for objects left behind: %s", exc)
+        return []
+    with contextlib.suppress(AttributeError):  # a backend of the kit's: its log muted
+        backend._warning_log = WarningLog(_MUTED)  # type: ignore[attr-defined]
+    try:
+        return _cluster_warning("flannel", backend, {"path": opts["path"]})
+    finally:
+        with contextlib.suppress(Exception):
+            backend.close()
 
 
 CLUSTER_BACKENDS: tuple[str, ...] = ("calico", "cilium", "flannel")
@@ -415,7 +443,14 @@ def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> li
         return []
     if not owned:
         return []
-    return [f"{name} holds {owned} of k3snet's objects in the cluster, and no backend in "
+    # A flannel backend of a file (``file:PATH``): the node's own, not the cluster's,
+    # named in the destroy whatever gave it (a spec's option, $K3SNET_FLANNEL_CONF).
+    target = getattr(backend, "target", None) if name == "flannel" else None
+    where = "the cluster"
+    if isinstance(target, str) and target.startswith("file:"):
+        where = target.removeprefix("file:")
+        opts = {**opts, "path": where}
+    return [f"{name} holds {owned} of k3snet's objects in {where}, and no backend in "
             f"use is {name} (left by a switch of backends?): {_STILL[name]}, and nothing "
             "keeps them up or removes them; "
             f"`k3snet destroy --backend {name}{_destroy_options(name, opts)}` removes them "
