@@ -433,7 +433,13 @@ def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> li
         with throttle_waits(None):
             owned = len(backend.observe().owned)
     except KubeApiError as exc:
-        if exc.status == 404:  # not installed: nothing of k3snet's there
+        # Not installed: nothing of k3snet's there. A 403 too, when discovery (open to
+        # every user) serves none of the backend's API groups: RBAC refuses a user a
+        # resource no CRD defines before the server finds there is none, so a plan
+        # through cilium with a kubeconfig granting no Calico reads said it at every run.
+        with throttle_waits(None):
+            installed = exc.status != 404 and (exc.status != 403 or _served(name, backend))
+        if not installed:
             log.debug("%s could not look for objects left behind: %s", name, exc)
         else:
             _could_not_look(name, exc)
@@ -455,6 +461,35 @@ def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> li
             "keeps them up or removes them; "
             f"`k3snet destroy --backend {name}{_destroy_options(name, opts)}` removes them "
             "(k3snet's alone)"]
+
+
+_GROUPS: Mapping[str, tuple[tuple[str, str], ...]] = {
+    "calico": (("crd.projectcalico.org", "v1"), ("projectcalico.org", "v3")),
+    "cilium": (("cilium.io", "v2"),)}
+"""The API groups whose discovery tells a cluster backend installed (flannel: none of
+its own, its ConfigMap is the core API's)."""
+
+
+def _served(name: str, backend: Backend) -> bool:
+    """Whether the API server's discovery serves any of cluster backend ``name``'s API
+    groups (:data:`_GROUPS`); ``True`` when it cannot tell (an error, no group known)."""
+    groups = _GROUPS.get(name)
+    client = getattr(backend, "api_client", None)
+    if not groups or client is None:
+        return True
+    from kubernetes import client as kube  # noqa: PLC0415 - cluster backends alone
+
+    timeout = getattr(backend, "timeout", None) or 10.0
+    for group, version in groups:
+        try:
+            kube.CustomObjectsApi(client).get_api_resources(group, version,
+                                                            _request_timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - a 404 is "not served", else cannot tell
+            if getattr(exc, "status", None) != 404:
+                return True
+        else:
+            return True
+    return False
 
 
 def _could_not_look(name: str, exc: BaseException) -> None:

@@ -182,15 +182,20 @@ def test_a_look_refused_or_failing_is_said_once_and_the_plan_goes_on(
     assert str(status) in line
 
 
+@pytest.mark.parametrize("refused", [False, True])
 def test_a_look_through_a_backend_not_installed_says_nothing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        refused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     # No Calico in the cluster (its API not served: 404): nothing left, nothing to say.
+    # Nor when the kubeconfig's user may not list IPPools (403: RBAC answers before the
+    # server finds no such resource) while discovery serves no Calico API group.
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     kubeconfig = tmp_path / "kubeconfig"
     with EmulatedApiServer(resources=("v1/configmaps",)) as server:
+        if refused:
+            server.fail(403, method="GET", plural="ippools", times=None)
         write_kubeconfig(kubeconfig, server.url)
         capsys.readouterr()
         _plan_through_cilium(spec, kubeconfig)
