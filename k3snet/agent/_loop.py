@@ -229,6 +229,12 @@ def _spec_options(spec: Spec, backends: Sequence[Any]) -> dict[str, dict[str, An
     return found
 
 
+def _holder(warning: str) -> str:
+    """What a warning of a switch of backends names (``flannel holds 1 of k3snet's
+    objects in PATH``), the same whichever look found it; another warning whole."""
+    return warning.partition(", and no backend in use is ")[0]
+
+
 def _backends_of(spec: Spec) -> tuple[Any, ...]:
     """What the backend group is built from: a change of either rebuilds it."""
     return (spec.backends, spec.backend_options)
@@ -794,9 +800,12 @@ class Agent:
         self._refused_sha = self._refusal = self._teardown_wait = None
         _log.info("spec generation %d in force (sha256 %s, from %s)", self.generation,
                   sha[:12], self.source.where)
-        self._warn_of(spec, group)
+        said = {_holder(w) for w in self._warn_of(spec, group)}
         for warning in left:
-            _log.warning("spec generation %d: %s", self.generation, warning)
+            # The node look already named it (flannel's file of $K3SNET_FLANNEL_CONF,
+            # also the dropped backend's): once, the spec's warning's wording kept.
+            if _holder(warning) not in said:
+                _log.warning("spec generation %d: %s", self.generation, warning)
         if self.metrics is not None:
             self.metrics.set_spec(sha, self.generation)
 
@@ -834,19 +843,21 @@ class Agent:
             _log.debug("cannot look for what a switch of backends left: %s", _one_line(exc))
             return ()
 
-    def _warn_of(self, spec: Spec, group: BackendGroup) -> None:
-        """Log the spec's warnings (once: the spec just went in force). The agent said
-        none: with ``--backend nftables`` alone its routes were in no plan, every pass
-        "in sync", and nothing told the operator that no route was ever made."""
+    def _warn_of(self, spec: Spec, group: BackendGroup) -> Sequence[str]:
+        """Log the spec's warnings (once: the spec just went in force), and return them.
+        The agent said none: with ``--backend nftables`` alone its routes were in no
+        plan, every pass "in sync", and nothing told the operator that no route was
+        ever made."""
         if self._spec_warnings is None:
-            return
+            return ()
         try:
             warnings = self._spec_warnings(spec, group)
         except K3snetError as exc:  # a warning must not fail the pass
             _log.debug("cannot say the spec's warnings: %s", _one_line(exc))
-            return
+            return ()
         for warning in warnings:
             _log.warning("spec generation %d: %s", self.generation, warning)
+        return warnings
 
     def _group_for(self, spec: Spec) -> tuple[BackendGroup, bool]:
         if self._group is not None and self._group_backends == _backends_of(spec):

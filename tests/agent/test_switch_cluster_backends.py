@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ import pytest
 from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource, LeaderElector
 from k3snet.agent._lease import LeaseSettings
 from k3snet.backends.calico import CalicoBackend
+from k3snet.backends.discover import _flannel_file_left
 from k3snet.backends.flannel import FlannelBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
@@ -47,7 +48,8 @@ class _Stepped(LeaderElector):
         return self
 
 
-def _agent(srv: EmulatedApiServer, name: str, path: Path, flannel: Path | None = None
+def _agent(srv: EmulatedApiServer, name: str, path: Path, flannel: Path | None = None,
+           spec_warnings: Callable[[Spec, BackendGroup], Sequence[str]] | None = None
            ) -> Agent:
     memory = MemoryBackend(capabilities=("route", "sysctl", "nat", "forward"))
     api = srv.api_client()
@@ -65,7 +67,7 @@ def _agent(srv: EmulatedApiServer, name: str, path: Path, flannel: Path | None =
     return Agent(FileSpecSource(path), make_backend,
                  lambda spec, group: compile_for(group, spec),
                  AgentOptions(name, interval=1.0), metrics=AgentMetrics(),
-                 elector_factory=elector)
+                 elector_factory=elector, spec_warnings=spec_warnings)
 
 
 def _pool_lists(srv: EmulatedApiServer) -> int:
@@ -171,3 +173,34 @@ def test_every_node_names_the_keys_k3snet_set_in_its_own_flannel_file_dropped_fr
                 f"flannel.path={files['node-b']}` removes them") in said[0]
         assert "calico holds" not in caplog.text  # not the holder: not the cluster's
         assert "host-gw" in files["node-b"].read_text()  # said, not removed
+
+
+def test_the_flannel_file_of_the_agent_s_environment_dropped_is_said_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # $K3SNET_FLANNEL_CONF names the file the spec's flannel backend wrote: once the spec
+    # drops flannel, both the spec's warnings (the node look, reading that file) and the
+    # look through the dropped backend name it; the agent logs it once.
+    path = tmp_path / "spec.yaml"
+    spec = SPEC.replace("cni:\n  calico: {}\n",
+                        "cni:\n  calico: {}\n  flannel: {backend: {type: host-gw}}\n")
+    path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico, flannel]"))
+    conf = tmp_path / "net-conf.json"
+    conf.write_text(NET_CONF)
+
+    def node_look(spec: Spec, group: BackendGroup) -> list[str]:
+        return _flannel_file_left([m.backend for m in group.members], {"path": conf}, ())
+
+    with EmulatedApiServer(resources=CALICO_RESOURCES + AGENT_RESOURCES) as srv:
+        srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                        "metadata": {"name": "default-ipv4-ippool"},
+                        "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        srv.put("v1/nodes", {"metadata": {"name": "node-a"}})
+        agent = _agent(srv, "node-a", path, flannel=conf, spec_warnings=node_look)
+        assert agent.run_pass().status == "ok"
+        path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico]"))
+        caplog.set_level(logging.WARNING, logger="k3snet")
+        assert agent.run_pass().status == "ok"
+    said = [r.getMessage() for r in caplog.records if "flannel holds" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"spec generation 2: flannel holds 1 of k3snet's objects in "
+                              f"{conf}")
