@@ -429,6 +429,13 @@ def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> li
     is nothing left, unsaid."""
     from k3snet.kube import KubeApiError, throttle_waits  # noqa: PLC0415 - cluster backends
 
+    # A flannel backend of a file (``file:PATH``): the node's own, not the cluster's,
+    # named in the destroy whatever gave it (a spec's option, $K3SNET_FLANNEL_CONF).
+    target = getattr(backend, "target", None) if name == "flannel" else None
+    where = "the cluster"
+    if isinstance(target, str) and target.startswith("file:"):
+        where = target.removeprefix("file:")
+        opts = {**opts, "path": where}
     try:
         with throttle_waits(None):
             owned = len(backend.observe().owned)
@@ -442,20 +449,13 @@ def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> li
         if not installed:
             log.debug("%s could not look for objects left behind: %s", name, exc)
         else:
-            _could_not_look(name, exc)
+            _could_not_look(name, exc, where, opts)
         return []
     except Exception as exc:  # noqa: BLE001 - the look only warns
-        _could_not_look(name, exc)
+        _could_not_look(name, exc, where, opts)
         return []
     if not owned:
         return []
-    # A flannel backend of a file (``file:PATH``): the node's own, not the cluster's,
-    # named in the destroy whatever gave it (a spec's option, $K3SNET_FLANNEL_CONF).
-    target = getattr(backend, "target", None) if name == "flannel" else None
-    where = "the cluster"
-    if isinstance(target, str) and target.startswith("file:"):
-        where = target.removeprefix("file:")
-        opts = {**opts, "path": where}
     return [f"{name} holds {owned} of k3snet's objects in {where}, and no backend in "
             f"use is {name} (left by a switch of backends?): {_STILL[name]}, and nothing "
             "keeps them up or removes them; "
@@ -492,11 +492,13 @@ def _served(name: str, backend: Backend) -> bool:
     return False
 
 
-def _could_not_look(name: str, exc: BaseException) -> None:
-    """Log once that cluster backend ``name``'s look for what a switch left failed."""
+def _could_not_look(name: str, exc: BaseException, where: str,
+                    opts: Mapping[str, Any]) -> None:
+    """Log once that cluster backend ``name``'s look for what a switch left in
+    ``where`` (the cluster, flannel's file) failed, with the destroy that would show it."""
     log.warning("%s: could not look for k3snet's objects a switch of backends may have "
-                "left in the cluster (%s); `k3snet destroy --dry-run --backend %s` shows "
-                "them", name, " ".join(str(exc).split()), name)
+                "left in %s (%s); `k3snet destroy --dry-run --backend %s%s` shows them",
+                name, where, " ".join(str(exc).split()), name, _destroy_options(name, opts))
 
 
 _NOT_NAMED = frozenset({"netns", "mode", "allow_disruptive"})

@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from k3snet.backends.discover import cluster_left_behind
+from k3snet.backends.discover import _flannel_file_left, cluster_left_behind
 from k3snet.backends.registry import create_backend
 from k3snet.cli import main
 from k3snet.kube import THROTTLE_WAITS, throttle_waits
@@ -178,7 +178,9 @@ def test_a_look_refused_or_failing_is_said_once_and_the_plan_goes_on(
     (line,) = [line for line in captured.err.splitlines() if "could not look" in line]
     assert "calico: could not look for k3snet's objects a switch of backends may have " \
         "left in the cluster" in line
-    assert "`k3snet destroy --dry-run --backend calico` shows them" in line
+    assert shlex.split(line.split("`")[1]) == [
+        "k3snet", "destroy", "--dry-run", "--backend", "calico", "--backend-opt",
+        f"calico.kubeconfig={kubeconfig}"]  # the cluster looked at, not ~/.kube/config
     assert str(status) in line
 
 
@@ -219,3 +221,19 @@ def test_the_lease_holder_s_look_through_a_dropped_backend_refused_is_logged_onc
     (record,) = [r for r in caplog.records if "could not look" in r.getMessage()]
     assert record.levelname == "WARNING"
     assert record.getMessage().startswith("calico: could not look")
+
+
+def test_an_unreadable_flannel_file_not_in_use_is_said_once_naming_the_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # $K3SNET_FLANNEL_CONF's file is no JSON k3snet can read: the look says so, naming
+    # the file (not "the cluster") and the destroy --dry-run with its path.
+    conf = tmp_path / "net-conf.json"
+    conf.write_bytes(b"\xff not UTF-8")
+    with caplog.at_level("WARNING", logger="k3snet"):
+        assert _flannel_file_left([create_backend("memory")], {"path": conf}, ()) == []
+    (record,) = [r for r in caplog.records if "could not look" in r.getMessage()]
+    message = record.getMessage()
+    assert message.startswith(f"flannel: could not look for k3snet's objects a switch of "
+                              f"backends may have left in {conf} (")
+    assert message.endswith(f"`k3snet destroy --dry-run --backend flannel --backend-opt "
+                            f"flannel.path={conf}` shows them")
