@@ -1680,17 +1680,27 @@ def _left_behind(args: argparse.Namespace, spec: Spec | None, backend: BackendGr
         return []  # no node nor cluster backend in use (memory, a custom one)
     looked = ({n for _, n, _ in NODE_BACKENDS} if node else set()) | (
         names & set(CLUSTER_BACKENDS))
-    try:
-        options = {name: (_options(name, args, spec) if saved is None else
-                          # A plan file's recorded options (those of its backends alone).
-                          resolve_backend_options(name, saved.options.get(name),
-                                                  netns=args.netns,
-                                                  explicit=_explicit_options(name, args)))
-                   for name in sorted(looked)}
-    except K3snetError as exc:  # an option of another backend's: said where it is used
-        logging.getLogger(__name__).debug("cannot look for objects left behind: %s", exc)
-        return []
-    return [*(left_behind(members, options, netns=args.netns) if node else ()),
+    if node and "flannel" not in names and os.environ.get("K3SNET_FLANNEL_CONF"):
+        looked.add("flannel")  # the node's own net-conf.json ($K3SNET_FLANNEL_CONF)
+    options: dict[str, dict[str, Any]] = {}
+    refused: list[str] = []
+    for name in sorted(looked):
+        try:
+            options[name] = (_options(name, args, spec) if saved is None else
+                             # A plan file's recorded options (those of its backends alone).
+                             resolve_backend_options(name, saved.options.get(name),
+                                                     netns=args.netns,
+                                                     explicit=_explicit_options(name, args)))
+        except K3snetError as exc:
+            # An option of a backend not in use (an in-use one's failed the command
+            # already): that backend alone is not looked through, and it is said. One
+            # such option (a relative $K3SNET_PROC_SYS beside nftables alone) hid every
+            # look, the cluster's too, unsaid.
+            refused.append(name)
+            logging.getLogger(__name__).warning(
+                "cannot look through %s for what a switch of backends left: %s", name,
+                " ".join(str(exc).split()))
+    return [*(left_behind(members, options, netns=args.netns, skip=refused) if node else ()),
             *(cluster_left_behind(members, options) if cluster else ())]
 
 

@@ -238,6 +238,12 @@ def _spec_options(spec: Spec, backends: Sequence[Any]) -> dict[str, dict[str, An
     return found
 
 
+def _holder(warning: str) -> str:
+    """What a warning of a switch of backends names (``flannel holds 1 of k3snet's
+    objects in PATH``), the same whichever look found it; another warning whole."""
+    return warning.partition(", and no backend in use is ")[0]
+
+
 def _backends_of(spec: Spec) -> tuple[Any, ...]:
     """What the backend group is built from: a change of either rebuilds it."""
     return (spec.backends, spec.backend_options)
@@ -808,9 +814,12 @@ class Agent:
         self._refused_sha = self._refusal = self._teardown_wait = None
         _log.info("spec generation %d in force (sha256 %s, from %s)", self.generation,
                   sha[:12], self.source.where)
-        self._warn_of(spec, group)
+        said = {_holder(w) for w in self._warn_of(spec, group)}
         for warning in left:
-            _log.warning("spec generation %d: %s", self.generation, warning)
+            # The node look already named it (flannel's file of $K3SNET_FLANNEL_CONF,
+            # also the dropped backend's): once, the spec's warning's wording kept.
+            if _holder(warning) not in said:
+                _log.warning("spec generation %d: %s", self.generation, warning)
         if self.metrics is not None:
             self.metrics.set_spec(sha, self.generation)
 
@@ -820,19 +829,24 @@ class Agent:
         (:func:`~k3snet.backends.discover.cluster_left_behind`), looked through as they
         were built: an agent whose new spec names no cluster backend has no other client.
         Not the other cluster backends: the RBAC rendered for a spec grants no agent
-        their reads (each would be a 403). Nothing when a look fails: a warning must not
-        fail the pass."""
+        their reads (each would be a 403). A flannel backend of a file (each node's own,
+        not the cluster's) is looked through on every node, holder or not: before, the
+        holder's file alone was said. Nothing when a look fails: a warning must not fail
+        the pass."""
         from k3snet.backends.discover import (  # noqa: PLC0415 - cluster specs only
             CLUSTER_BACKENDS,
             cluster_left_behind,
         )
 
         old, spec = self._group, self._spec
-        if old is None or spec is None or not self.is_leader:
+        if old is None or spec is None:
             return ()
+        leader = self.is_leader
         names = {getattr(m.backend, "name", None) for m in group.members}
         dropped = [m.backend for m in old.members
-                   if getattr(m.backend, "name", None) in set(CLUSTER_BACKENDS) - names]
+                   if getattr(m.backend, "name", None) in set(CLUSTER_BACKENDS) - names
+                   # A file (flannel's path): the node's own, looked through on each node.
+                   and (leader or getattr(m.backend, "api_client", True) is None)]
         if not dropped:
             return ()
         try:
@@ -843,19 +857,21 @@ class Agent:
             _log.debug("cannot look for what a switch of backends left: %s", _one_line(exc))
             return ()
 
-    def _warn_of(self, spec: Spec, group: BackendGroup) -> None:
-        """Log the spec's warnings (once: the spec just went in force). The agent said
-        none: with ``--backend nftables`` alone its routes were in no plan, every pass
-        "in sync", and nothing told the operator that no route was ever made."""
+    def _warn_of(self, spec: Spec, group: BackendGroup) -> Sequence[str]:
+        """Log the spec's warnings (once: the spec just went in force), and return them.
+        The agent said none: with ``--backend nftables`` alone its routes were in no
+        plan, every pass "in sync", and nothing told the operator that no route was
+        ever made."""
         if self._spec_warnings is None:
-            return
+            return ()
         try:
             warnings = self._spec_warnings(spec, group)
         except K3snetError as exc:  # a warning must not fail the pass
             _log.debug("cannot say the spec's warnings: %s", _one_line(exc))
-            return
+            return ()
         for warning in warnings:
             _log.warning("spec generation %d: %s", self.generation, warning)
+        return warnings
 
     def _group_for(self, spec: Spec) -> tuple[BackendGroup, bool]:
         if self._group is not None and self._group_backends == _backends_of(spec):

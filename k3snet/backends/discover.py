@@ -29,7 +29,7 @@ import os
 import shlex
 import socket
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
@@ -243,7 +243,7 @@ def _labels_in_use(in_use: Sequence[Backend]) -> set[str]:
 
 
 def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, Any]] | None = None,
-                netns: str | None = None) -> tuple[str, ...]:
+                netns: str | None = None, *, skip: Collection[str] = ()) -> tuple[str, ...]:
     """A warning for each node backend of :data:`NODE_BACKENDS` that no backend ``in_use``
     is, holding k3snet's objects: what a switch of backends (``--backend`` or the spec's
     ``backends:`` changed, on a running node) left running, with the ``k3snet destroy``
@@ -258,19 +258,25 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
     through what the new spec no longer accepts, all unsaid. ``options``: as for
     :func:`discover_owners` (an iptables ``mode`` there is ignored: both flavours are
     looked through); ``netns``: named in the command, unless a backend's options
-    name its own namespace (a spec's), which it is looked through and named in. Changes
-    nothing."""
+    name its own namespace (a spec's), which it is looked through and named in;
+    ``skip``: backend names (``iptables``: both flavours) not looked through, whose
+    options the caller could not resolve (a relative ``$K3SNET_PROC_SYS`` of netlink's
+    beside nftables alone): the others are still looked through. A ``path`` in
+    ``options["flannel"]`` (``$K3SNET_FLANNEL_CONF``, the agent's) with no flannel
+    backend in use: that node's own ``net-conf.json`` is looked through too, for the
+    keys a flannel backend of that file set. Changes nothing."""
     used = _labels_in_use(in_use)
     if not used & {label for label, _, _ in NODE_BACKENDS}:
         return ()
-    skip = used | {label for label, by in _SAID_BY.items() if by in {
+    skipped = frozenset(skip)
+    said = used | {label for label, by in _SAID_BY.items() if by in {
         getattr(b, "name", None) for b in in_use}}
     given = {name: {k: v for k, v in opts.items() if not (name == "iptables" and k == "mode")}
              for name, opts in (options or {}).items()}
     found: list[str] = []
     nf_tables: dict[object, frozenset[tuple[str, str]] | None] = {}
     for label, name, fixed in NODE_BACKENDS:
-        if label in skip:
+        if label in said or name in skipped:
             continue
         opts = {**given.get(name, {}), **fixed}
         if label == "iptables-legacy" and not _legacy_tables(opts.get("netns")):
@@ -315,7 +321,32 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
                 f"may no longer want), and nothing keeps them up or removes them; "
                 f"`k3snet destroy{where} {_DESTROY.get(label, f'--backend {name}')}{opts_text}` "
                 "removes them")
+    found += _flannel_file_left(in_use, (options or {}).get("flannel", {}), skipped)
     return tuple(found)
+
+
+def _flannel_file_left(in_use: Sequence[Backend], opts: Mapping[str, Any],
+                       skipped: Collection[str]) -> list[str]:
+    """The warning of what a flannel backend of the file ``opts["path"]`` (the node's
+    own ``net-conf.json``) holds of k3snet's keys; none when flannel is in use or
+    ``skipped``, no ``path`` is given, or the file is missing or unreadable (its read
+    says why only at debug: a node of another CNI has no file)."""
+    if "flannel" in skipped or "flannel" in {getattr(b, "name", None) for b in in_use}:
+        return []
+    if opts.get("path") is None or not os.path.exists(opts["path"]):
+        return []  # no file: nothing to read, nor the backend to import
+    try:
+        backend = create_backend("flannel", path=opts["path"])
+    except Exception as exc:  # noqa: BLE001 - the look only warns
+        log.debug("flannel could not look for objects left behind: %s", exc)
+        return []
+    with contextlib.suppress(AttributeError):  # a backend of the kit's: its log muted
+        backend._warning_log = WarningLog(_MUTED)  # type: ignore[attr-defined]
+    try:
+        return _cluster_warning("flannel", backend, {"path": opts["path"]})
+    finally:
+        with contextlib.suppress(Exception):
+            backend.close()
 
 
 CLUSTER_BACKENDS: tuple[str, ...] = ("calico", "cilium", "flannel")
@@ -350,7 +381,8 @@ def cluster_left_behind(in_use: Sequence[Backend],
     ``api_client`` and its ``kubeconfig``, ``context`` and ``timeout`` of ``options``
     (by backend name, as for :func:`left_behind`; they go into the destroy named too):
     with none, no cluster is known to reach, and a plan never asks an API server it
-    was not given. Nothing is changed; a backend whose look fails is passed over."""
+    was not given. Nothing is changed; a backend whose look fails is passed over, said once in the
+    log (a warning; not of a 404: the backend not installed)."""
     options = options or {}
     used = {getattr(b, "name", None) for b in in_use}
     found: list[str] = []
@@ -389,22 +421,84 @@ def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> li
     """The warning of what cluster backend ``backend`` owns (none when nothing or its
     read fails). Its requests wait nothing when throttled (``throttle_waits(None)``): a
     look no one asked for passes a busy API server over, where the one-shot commands'
-    waits made a ``plan`` through cilium wait ~25 s and print five lines about calico."""
-    from k3snet.kube import throttle_waits  # noqa: PLC0415 - cluster backends alone
+    waits made a ``plan`` through cilium wait ~25 s and print five lines about calico.
 
+    A read that fails (a 403 of RBAC granting no read, a 429, a 5xx, no answer) is
+    logged once, as a warning, without failing anything: passed over unsaid, it read as
+    "nothing left". A 404 (the backend's API not served: Calico or Cilium not installed)
+    is nothing left, unsaid."""
+    from k3snet.kube import KubeApiError, throttle_waits  # noqa: PLC0415 - cluster backends
+
+    # A flannel backend of a file (``file:PATH``): the node's own, not the cluster's,
+    # named in the destroy whatever gave it (a spec's option, $K3SNET_FLANNEL_CONF).
+    target = getattr(backend, "target", None) if name == "flannel" else None
+    where = "the cluster"
+    if isinstance(target, str) and target.startswith("file:"):
+        where = target.removeprefix("file:")
+        opts = {**opts, "path": where}
     try:
         with throttle_waits(None):
             owned = len(backend.observe().owned)
+    except KubeApiError as exc:
+        # Not installed: nothing of k3snet's there. A 403 too, when discovery (open to
+        # every user) serves none of the backend's API groups: RBAC refuses a user a
+        # resource no CRD defines before the server finds there is none, so a plan
+        # through cilium with a kubeconfig granting no Calico reads said it at every run.
+        with throttle_waits(None):
+            installed = exc.status != 404 and (exc.status != 403 or _served(name, backend))
+        if not installed:
+            log.debug("%s could not look for objects left behind: %s", name, exc)
+        else:
+            _could_not_look(name, exc, where, opts)
+        return []
     except Exception as exc:  # noqa: BLE001 - the look only warns
-        log.debug("%s could not look for objects left behind: %s", name, exc)
+        _could_not_look(name, exc, where, opts)
         return []
     if not owned:
         return []
-    return [f"{name} holds {owned} of k3snet's objects in the cluster, and no backend in "
+    return [f"{name} holds {owned} of k3snet's objects in {where}, and no backend in "
             f"use is {name} (left by a switch of backends?): {_STILL[name]}, and nothing "
             "keeps them up or removes them; "
             f"`k3snet destroy --backend {name}{_destroy_options(name, opts)}` removes them "
             "(k3snet's alone)"]
+
+
+_GROUPS: Mapping[str, tuple[tuple[str, str], ...]] = {
+    "calico": (("crd.projectcalico.org", "v1"), ("projectcalico.org", "v3")),
+    "cilium": (("cilium.io", "v2"),)}
+"""The API groups whose discovery tells a cluster backend installed (flannel: none of
+its own, its ConfigMap is the core API's)."""
+
+
+def _served(name: str, backend: Backend) -> bool:
+    """Whether the API server's discovery serves any of cluster backend ``name``'s API
+    groups (:data:`_GROUPS`); ``True`` when it cannot tell (an error, no group known)."""
+    groups = _GROUPS.get(name)
+    client = getattr(backend, "api_client", None)
+    if not groups or client is None:
+        return True
+    from kubernetes import client as kube  # noqa: PLC0415 - cluster backends alone
+
+    timeout = getattr(backend, "timeout", None) or 10.0
+    for group, version in groups:
+        try:
+            kube.CustomObjectsApi(client).get_api_resources(group, version,
+                                                            _request_timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - a 404 is "not served", else cannot tell
+            if getattr(exc, "status", None) != 404:
+                return True
+        else:
+            return True
+    return False
+
+
+def _could_not_look(name: str, exc: BaseException, where: str,
+                    opts: Mapping[str, Any]) -> None:
+    """Log once that cluster backend ``name``'s look for what a switch left in
+    ``where`` (the cluster, flannel's file) failed, with the destroy that would show it."""
+    log.warning("%s: could not look for k3snet's objects a switch of backends may have "
+                "left in %s (%s); `k3snet destroy --dry-run --backend %s%s` shows them",
+                name, where, " ".join(str(exc).split()), name, _destroy_options(name, opts))
 
 
 _NOT_NAMED = frozenset({"netns", "mode", "allow_disruptive"})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,8 @@ import pytest
 from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource, LeaderElector
 from k3snet.agent._lease import LeaseSettings
 from k3snet.backends.calico import CalicoBackend
+from k3snet.backends.discover import _flannel_file_left
+from k3snet.backends.flannel import FlannelBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.cli import main
@@ -46,13 +48,17 @@ class _Stepped(LeaderElector):
         return self
 
 
-def _agent(srv: EmulatedApiServer, name: str, path: Path) -> Agent:
+def _agent(srv: EmulatedApiServer, name: str, path: Path, flannel: Path | None = None,
+           spec_warnings: Callable[[Spec, BackendGroup], Sequence[str]] | None = None
+           ) -> Agent:
     memory = MemoryBackend(capabilities=("route", "sysctl", "nat", "forward"))
     api = srv.api_client()
 
     def make_backend(spec: Spec) -> BackendGroup:
         calico = [CalicoBackend(api_client=api, api="crd")] if "calico" in spec.backends else []
-        return BackendGroup([memory, *calico])
+        files = ([FlannelBackend(path=flannel, allow_disruptive=True)]
+                 if flannel is not None and "flannel" in spec.backends else [])
+        return BackendGroup([memory, *calico, *files])
 
     def elector(on_change: Callable[[bool], None]) -> LeaderElector:
         return _Stepped(api, name, SETTINGS, on_change=on_change, clock=lambda: 1000.0,
@@ -61,7 +67,7 @@ def _agent(srv: EmulatedApiServer, name: str, path: Path) -> Agent:
     return Agent(FileSpecSource(path), make_backend,
                  lambda spec, group: compile_for(group, spec),
                  AgentOptions(name, interval=1.0), metrics=AgentMetrics(),
-                 elector_factory=elector)
+                 elector_factory=elector, spec_warnings=spec_warnings)
 
 
 def _pool_lists(srv: EmulatedApiServer) -> int:
@@ -127,3 +133,74 @@ def test_the_agent_command_reads_no_cluster_backend_its_spec_never_named(
         paths = [p for m, p, _ in srv.requests()]
         assert any(p.endswith("/ippools") for p in paths), paths  # its own backend's
         assert [p for p in paths if "/configmaps" in p] == []
+
+
+NET_CONF = '{\n  "Network": "10.42.0.0/16",\n  "Backend": {"Type": "vxlan"}\n}\n'
+
+
+def test_every_node_names_the_keys_k3snet_set_in_its_own_flannel_file_dropped_from_the_spec(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # flannel through each node's own file (its path: a node's, not the cluster's) dropped
+    # from the spec beside calico: every node's file keeps k3snet's keys, and each node
+    # says so of its own. Before, the look through a dropped backend was the Lease
+    # holder's alone, so every other node's file went unsaid (and the holder's was said
+    # to be "in the cluster").
+    path = tmp_path / "spec.yaml"
+    spec = SPEC.replace("cni:\n  calico: {}\n",
+                        "cni:\n  calico: {}\n  flannel: {backend: {type: host-gw}}\n")
+    path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico, flannel]"))
+    files = {name: tmp_path / name / "net-conf.json" for name in ("node-a", "node-b")}
+    with EmulatedApiServer(resources=CALICO_RESOURCES + AGENT_RESOURCES) as srv:
+        srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                        "metadata": {"name": "default-ipv4-ippool"},
+                        "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        for name, conf in files.items():
+            srv.put("v1/nodes", {"metadata": {"name": name}})
+            conf.parent.mkdir()
+            conf.write_text(NET_CONF)
+        a, b = (_agent(srv, name, path, flannel=files[name]) for name in files)
+        assert (a.run_pass().status, b.run_pass().status) == ("ok", "ok")
+        assert not b.is_leader
+        assert all("host-gw" in conf.read_text() for conf in files.values())
+        path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico]"))
+        caplog.set_level(logging.WARNING, logger="k3snet")
+        assert b.run_pass().status == "ok"
+        said = [r.getMessage() for r in caplog.records if "flannel holds" in r.getMessage()]
+        assert len(said) == 1, caplog.text
+        assert said[0].startswith(f"spec generation 2: flannel holds 1 of k3snet's objects "
+                                  f"in {files['node-b']}, and no backend in use is flannel")
+        assert (f"`k3snet destroy --backend flannel --backend-opt "
+                f"flannel.path={files['node-b']}` removes them") in said[0]
+        assert "calico holds" not in caplog.text  # not the holder: not the cluster's
+        assert "host-gw" in files["node-b"].read_text()  # said, not removed
+
+
+def test_the_flannel_file_of_the_agent_s_environment_dropped_is_said_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # $K3SNET_FLANNEL_CONF names the file the spec's flannel backend wrote: once the spec
+    # drops flannel, both the spec's warnings (the node look, reading that file) and the
+    # look through the dropped backend name it; the agent logs it once.
+    path = tmp_path / "spec.yaml"
+    spec = SPEC.replace("cni:\n  calico: {}\n",
+                        "cni:\n  calico: {}\n  flannel: {backend: {type: host-gw}}\n")
+    path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico, flannel]"))
+    conf = tmp_path / "net-conf.json"
+    conf.write_text(NET_CONF)
+
+    def node_look(spec: Spec, group: BackendGroup) -> list[str]:
+        return _flannel_file_left([m.backend for m in group.members], {"path": conf}, ())
+
+    with EmulatedApiServer(resources=CALICO_RESOURCES + AGENT_RESOURCES) as srv:
+        srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                        "metadata": {"name": "default-ipv4-ippool"},
+                        "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        srv.put("v1/nodes", {"metadata": {"name": "node-a"}})
+        agent = _agent(srv, "node-a", path, flannel=conf, spec_warnings=node_look)
+        assert agent.run_pass().status == "ok"
+        path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico]"))
+        caplog.set_level(logging.WARNING, logger="k3snet")
+        assert agent.run_pass().status == "ok"
+    said = [r.getMessage() for r in caplog.records if "flannel holds" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"spec generation 2: flannel holds 1 of k3snet's objects in "
+                              f"{conf}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from k3snet.backends.discover import cluster_left_behind
+from k3snet.backends.discover import _flannel_file_left, cluster_left_behind
 from k3snet.backends.registry import create_backend
 from k3snet.cli import main
 from k3snet.kube import THROTTLE_WAITS, throttle_waits
@@ -120,12 +120,13 @@ def test_apply_dry_run_of_a_plan_file_names_the_ippool_left_with_the_file_s_kube
         assert len(server.objects(CRD)) == 2  # said, not removed
 
 
-def test_a_throttled_look_through_a_backend_not_in_use_waits_nothing_and_says_nothing(
+def test_a_throttled_look_through_a_backend_not_in_use_waits_nothing_and_says_so_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     # The look no one asked for, answered 429 (Retry-After: 5): with the one-shot
     # commands' waits, `plan` through cilium waited 5 s five times over and printed a
-    # line about calico at each; now the look is passed over at once.
+    # line about calico at each; now the look is passed over at once, said once (passed
+    # over unsaid, it read as "nothing left").
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
@@ -146,3 +147,93 @@ def test_a_throttled_look_through_a_backend_not_in_use_waits_nothing_and_says_no
     assert len(ippool_reads) == 1
     assert "sending it again" not in captured.err, captured.err
     assert "calico holds" not in captured.out
+    assert captured.err.count("calico: could not look for k3snet's objects") == 1, captured.err
+
+
+def _plan_through_cilium(spec: Path, kubeconfig: Path) -> int:
+    return main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",
+                 "--backend-opt", f"cilium.kubeconfig={kubeconfig}"])
+
+
+@pytest.mark.parametrize("status", [403, 500, 503])
+def test_a_look_refused_or_failing_is_said_once_and_the_plan_goes_on(
+        status: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The kubeconfig's user may not list IPPools (403), or the API server fails (5xx):
+    # the plan's exit code is its own, and one stderr line says the look was not made,
+    # where nothing was said, as when nothing was left.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    kubeconfig = tmp_path / "kubeconfig"
+    with EmulatedApiServer(resources=RESOURCES) as server:
+        server.put(CRD, POD_POOL)
+        write_kubeconfig(kubeconfig, server.url)
+        capsys.readouterr()
+        clean = _plan_through_cilium(spec, kubeconfig)
+        assert "could not look" not in capsys.readouterr().err
+        server.fail(status, method="GET", plural="ippools", times=None)
+        assert _plan_through_cilium(spec, kubeconfig) == clean
+        captured = capsys.readouterr()
+    (line,) = [line for line in captured.err.splitlines() if "could not look" in line]
+    assert "calico: could not look for k3snet's objects a switch of backends may have " \
+        "left in the cluster" in line
+    assert shlex.split(line.split("`")[1]) == [
+        "k3snet", "destroy", "--dry-run", "--backend", "calico", "--backend-opt",
+        f"calico.kubeconfig={kubeconfig}"]  # the cluster looked at, not ~/.kube/config
+    assert str(status) in line
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_a_look_through_a_backend_not_installed_says_nothing(
+        refused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # No Calico in the cluster (its API not served: 404): nothing left, nothing to say.
+    # Nor when the kubeconfig's user may not list IPPools (403: RBAC answers before the
+    # server finds no such resource) while discovery serves no Calico API group.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    kubeconfig = tmp_path / "kubeconfig"
+    with EmulatedApiServer(resources=("v1/configmaps",)) as server:
+        if refused:
+            server.fail(403, method="GET", plural="ippools", times=None)
+        write_kubeconfig(kubeconfig, server.url)
+        capsys.readouterr()
+        _plan_through_cilium(spec, kubeconfig)
+        captured = capsys.readouterr()
+    assert "calico" not in captured.err + captured.out, captured
+
+
+def test_the_lease_holder_s_look_through_a_dropped_backend_refused_is_logged_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The agent's look (the old RBAC already gone: 403) logs one warning, where it said
+    # nothing; the pass goes on (nothing is raised).
+    with EmulatedApiServer(resources=RESOURCES) as server:
+        old = create_backend("calico", api_client=server.api_client())
+        try:
+            server.fail(403, method="GET", plural="ippools", times=None)
+            with caplog.at_level("WARNING", logger="k3snet"):
+                found = cluster_left_behind([create_backend("memory")], {}, dropped=[old])
+        finally:
+            old.close()
+    assert found == ()
+    (record,) = [r for r in caplog.records if "could not look" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert record.getMessage().startswith("calico: could not look")
+
+
+def test_an_unreadable_flannel_file_not_in_use_is_said_once_naming_the_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # $K3SNET_FLANNEL_CONF's file is no JSON k3snet can read: the look says so, naming
+    # the file (not "the cluster") and the destroy --dry-run with its path.
+    conf = tmp_path / "net-conf.json"
+    conf.write_bytes(b"\xff not UTF-8")
+    with caplog.at_level("WARNING", logger="k3snet"):
+        assert _flannel_file_left([create_backend("memory")], {"path": conf}, ()) == []
+    (record,) = [r for r in caplog.records if "could not look" in r.getMessage()]
+    message = record.getMessage()
+    assert message.startswith(f"flannel: could not look for k3snet's objects a switch of "
+                              f"backends may have left in {conf} (")
+    assert message.endswith(f"`k3snet destroy --dry-run --backend flannel --backend-opt "
+                            f"flannel.path={conf}` shows them")

@@ -35,8 +35,10 @@ from k3snet.model.route import K3SNET_ROUTE_PROTOCOL
 pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.usefixtures("require_root")]
 
 
-def _run(*args: str, lab: SeedLab, lock_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, K3SNET_STATE_DIR=str(lab.state_dir), K3SNET_LOCK_DIR=str(lock_dir))
+def _run(*args: str, lab: SeedLab, lock_dir: Path, **environ: str
+         ) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, K3SNET_STATE_DIR=str(lab.state_dir), K3SNET_LOCK_DIR=str(lock_dir),
+               **environ)
     return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], env=env, text=True,
                           capture_output=True, timeout=120, check=False)
 
@@ -101,6 +103,27 @@ def test_a_switch_from_iptables_legacy_to_nft_names_the_legacy_chains_and_their_
                      "iptables", "--backend-opt", "iptables.mode=nft", "--netns", lab.node,
                      lab=lab, lock_dir=tmp_path)
         assert "holds" not in again.stdout, again.stdout
+
+
+def test_a_bad_option_of_one_backend_not_in_use_leaves_the_others_looked_through(
+        tmp_path: Path) -> None:
+    # $K3SNET_PROC_SYS (netlink's alone) relative, nftables alone in use: netlink cannot
+    # be looked through, and says so; iptables-legacy's chains are still named. Before,
+    # the one refused option hid every look (the cluster's too), unsaid.
+    with SeedLab.create() as lab:
+        applied = _run("apply", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                       "iptables", "--backend-opt", "iptables.mode=legacy", "--netns",
+                       lab.node, lab=lab, lock_dir=tmp_path)
+        assert applied.returncode == 0, applied.stderr
+        planned = _run("plan", "-f", str(SPEC_PATH), "--backend", "nftables", "--netns",
+                       lab.node, lab=lab, lock_dir=tmp_path, K3SNET_PROC_SYS="proc")
+        assert planned.returncode in (0, 2), planned.stderr
+        assert _command(planned.stdout, "iptables-legacy")[:4] == [
+            "destroy", "--netns", lab.node, "--backend"]
+        assert "netlink holds" not in planned.stdout
+        (line,) = [line for line in planned.stderr.splitlines() if "cannot look" in line]
+        assert "cannot look through netlink for what a switch of backends left: " \
+            "$K3SNET_PROC_SYS 'proc' is not an absolute path" in line
 
 
 def test_netlink_dropped_names_the_routes_left_and_their_destroy(tmp_path: Path) -> None:
@@ -360,3 +383,40 @@ def test_the_sysctls_taken_in_a_namespace_of_no_name_send_the_look_through_netli
             assert (state / "host" / f"unnamed-{inode}" / "sysctl.json").exists()
             assert runner.call(look) == ["netlink"]
         assert run_in(other, ["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
+
+
+def test_flannel_s_file_dropped_is_named_by_the_node_look_with_its_destroy(
+        tmp_path: Path) -> None:
+    # The agent's $K3SNET_FLANNEL_CONF names the node's net-conf.json: once flannel is no
+    # longer in use, the look through the node backends reads that file too (a file
+    # read, no API server). Before, nothing looked through a flannel file not in use.
+    conf = tmp_path / "flannel" / "net-conf.json"
+    conf.parent.mkdir()
+    original = '{\n  "Network": "10.42.0.0/16",\n  "Backend": {"Type": "vxlan"}\n}\n'
+    conf.write_text(original)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_PATH.read_text() + "cni:\n  flannel: {backend: {type: host-gw}}\n")
+    with SeedLab.create() as lab:
+        applied = _run("apply", "-f", str(spec), "--backend", "netlink", "--backend",
+                       "nftables", "--backend", "flannel", "--allow-disruptive", "--netns",
+                       lab.node, lab=lab, lock_dir=tmp_path, K3SNET_FLANNEL_CONF=str(conf))
+        assert applied.returncode == 0, applied.stderr
+        assert "host-gw" in conf.read_text()
+        planned = _run("plan", "-f", str(spec), "--backend", "netlink", "--backend",
+                       "nftables", "--netns", lab.node, lab=lab, lock_dir=tmp_path,
+                       K3SNET_FLANNEL_CONF=str(conf))
+        (line,) = [line for line in planned.stdout.splitlines()
+                   if line.startswith("!! warning: flannel holds")]
+        assert f"flannel holds 1 of k3snet's objects in {conf}, and no backend" in line
+        command = _command(planned.stdout, "flannel")
+        assert command == ["destroy", "--backend", "flannel", "--backend-opt",
+                           f"flannel.path={conf}"]
+        assert "host-gw" in conf.read_text()  # said, not removed
+        gone = _run(*command, "--auto-approve", "--allow-disruptive", lab=lab,
+                    lock_dir=tmp_path)
+        assert gone.returncode == 0, gone.stderr
+        assert conf.read_text() == original
+        again = _run("plan", "-f", str(spec), "--backend", "netlink", "--backend",
+                     "nftables", "--netns", lab.node, lab=lab, lock_dir=tmp_path,
+                     K3SNET_FLANNEL_CONF=str(conf))
+        assert "flannel holds" not in again.stdout, again.stdout
