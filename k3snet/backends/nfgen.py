@@ -249,9 +249,25 @@ class GenerationReader:
         Up to :data:`ONE_BY_ONE` ``handles``: one ``GETRULE`` each; more, or none
         given: one ``GETRULE`` dump of the chain (a dump of 5 000 rules costs ~10 ms,
         a request ~25 µs: docs/performance.md, "iptables-nft's compat targets")."""
+        found = self.xt_expressions(family, table, chain, handles, kinds=("target",))
+        return {handle: [(name, revision, info) for _, name, revision, info in compat]
+                for handle, compat in found.items()}
+
+    def xt_expressions(self, family: str, table: str, chain: str,
+                       handles: Collection[int] | None = None,
+                       kinds: tuple[str, ...] = ("match", "target"),
+                       ) -> dict[int, list[tuple[str, str, int, bytes]]]:
+        """The compat expressions (``kinds``: ``match``, ``target``) of chain ``chain``'s
+        rules, in each rule's order: rule handle -> (kind, name, revision, data), for the
+        rules holding one (of ``handles`` only, when given); empty when the chain is gone.
+
+        libnftables before 1.0.6 lists every compat expression in JSON as ``{"xt":
+        null}``, neither its kind nor its name (iptables-nft's ``-m comment``, ``-m
+        conntrack``, ``-j MASQUERADE``, ``-j REJECT``): the kernel's rule names them
+        (:meth:`~k3snet.backends.nftables.kernel.Libnftables.list` gives them back)."""
         place = (_attribute(_NFTA_RULE_TABLE, table.encode() + b"\0")
                  + _attribute(_NFTA_RULE_CHAIN, chain.encode() + b"\0"))
-        found: dict[int, list[tuple[str, int, bytes]]] = {}
+        found: dict[int, list[tuple[str, str, int, bytes]]] = {}
         with translate_errors(f"read nftables chain {family} {table} {chain}'s rules",
                               capability=_CAPABILITY):
             if handles is not None and len(handles) <= ONE_BY_ONE:
@@ -259,15 +275,16 @@ class GenerationReader:
                     attributes = self._request(
                         _NFT_MSG_GETRULE, _NFPROTO[family],
                         place + _attribute(_NFTA_RULE_HANDLE, struct.pack(">Q", handle)))
-                    targets = _targets(attributes) if attributes is not None else []
-                    if targets:
-                        found[handle] = targets
+                    compat = _compat(attributes, kinds) if attributes is not None else []
+                    if compat:
+                        found[handle] = compat
                 return found
             messages = self._dump(_NFT_MSG_GETRULE, _NFPROTO[family], place)
         wanted = None if handles is None else set(handles)
+        markers = tuple(kind.encode() + b"\0" for kind in kinds)
         for message in messages:
-            if b"target\0" not in message:
-                continue  # no compat target (most rules): not decoded
+            if not any(marker in message for marker in markers):
+                continue  # no compat expression (most rules): not decoded
             attributes = _attributes(message, 20)
             handle_data = attributes.get(_NFTA_RULE_HANDLE, b"")
             if (len(handle_data) < 8
@@ -277,9 +294,9 @@ class GenerationReader:
             handle = int(struct.unpack_from(">Q", handle_data)[0])
             if wanted is not None and handle not in wanted:
                 continue
-            targets = _targets(attributes)
-            if targets:
-                found[handle] = targets
+            compat = _compat(attributes, kinds)
+            if compat:
+                found[handle] = compat
         return found
 
     def _dump(self, kind: int, family: int, body: bytes) -> list[bytes]:
@@ -349,19 +366,23 @@ def _table(message: bytes) -> tuple[tuple[str, str, int], bool]:
              struct.unpack_from(">Q", handle)[0] if len(handle) >= 8 else 0), owned)
 
 
-def _targets(rule: dict[int, bytes]) -> list[tuple[str, int, bytes]]:
-    """(name, revision, data) of each compat ``target`` expression of a rule's attributes."""
-    targets = []
+def _compat(rule: dict[int, bytes], kinds: tuple[str, ...]
+            ) -> list[tuple[str, str, int, bytes]]:
+    """(kind, name, revision, data) of each compat expression of ``kinds`` (``match``,
+    ``target``) of a rule's attributes, in the rule's order."""
+    compat = []
     for _, element in _attribute_list(rule.get(_NFTA_RULE_EXPRESSIONS, b"")):
         expression = _attributes(element, 0)
-        if _text(expression.get(_NFTA_EXPR_NAME, b"")) != b"target":
+        kind = _text(expression.get(_NFTA_EXPR_NAME, b"")).decode(errors="replace")
+        if kind not in kinds:
             continue
-        target = _attributes(expression.get(_NFTA_EXPR_DATA, b""), 0)
-        revision = target.get(_NFTA_TARGET_REV, b"")
-        targets.append((_text(target.get(_NFTA_TARGET_NAME, b"")).decode(errors="replace"),
-                        int(struct.unpack_from(">I", revision)[0]) if len(revision) >= 4
-                        else 0, target.get(_NFTA_TARGET_INFO, b"")))
-    return targets
+        # NFTA_MATCH_NAME, _REV and _INFO are numbered as NFTA_TARGET_*.
+        data = _attributes(expression.get(_NFTA_EXPR_DATA, b""), 0)
+        revision = data.get(_NFTA_TARGET_REV, b"")
+        compat.append((kind, _text(data.get(_NFTA_TARGET_NAME, b"")).decode(errors="replace"),
+                       int(struct.unpack_from(">I", revision)[0]) if len(revision) >= 4
+                       else 0, data.get(_NFTA_TARGET_INFO, b"")))
+    return compat
 
 
 def _text(data: bytes) -> bytes:
