@@ -245,6 +245,18 @@ def _forward_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Ch
                "iptables FORWARD chain stops pod traffic; an accept for the pod CIDR ahead of "
                "it lets the flow and its replies through")
         rule, conflict = _forward_accept(state, tr, step)
+        flavour = step.where.split(maxsplit=1)[0].partition("-")[2]
+        mode = state.iptables_mode
+        if mode is not None and mode[0] != flavour:
+            # Both flavours' chains run; k3snet's accept goes into the other one's, and
+            # a drop is final: --fix applied it and the flow stayed dropped.
+            why = (f"{why}, but k3snet's iptables backend writes into iptables-{mode[0]} "
+                   f"here ({mode[1]}), and iptables-{flavour}'s chain runs as well: a drop "
+                   "there is final whatever the other flavour accepts")
+            finding = Finding("forward-drop", what, where, why,
+                              advice=f"remove iptables-{flavour}'s rules, or accept the "
+                                     "flow in that chain yourself")
+            return finding, None
         if conflict is not None:
             # k3snet's jump goes after the rules in place (ahead of a final catch-all
             # drop only) and is never moved: its plan names the accept a conflict and

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from k3snet.backends.iptables.foreign import foreign_blocks
+from k3snet.backends.iptables.mode import detect_mode
 from k3snet.backends.iptables.save import TableDump
 from k3snet.backends.iptables.save import parse_save as parse_table_dump
 from k3snet.backends.iptables.table import has_tag
@@ -211,6 +212,10 @@ class NodeState:
     """Each captured ``filter`` table, by iptables flavour (``nft``, ``legacy``) and family,
     as k3snet's iptables backend reads it: the foreign rules a fix's forward accept would
     meet before k3snet's jump (:meth:`forward_blocks`)."""
+    iptables_mode: tuple[str, str] | None = None
+    """The iptables flavour k3snet's iptables backend writes into on this node (``auto``:
+    :func:`~k3snet.backends.iptables.mode.detect_mode` of the captured ``-save`` texts),
+    and why; None: no iptables ruleset captured."""
     legacy_nat: frozenset[int] = frozenset()
     """The families whose iptables-legacy ``nat`` table exists (``iptables-legacy-save``
     prints it, rules or not): its hooks keep the NAT core registered, from a time taken
@@ -234,6 +239,7 @@ class NodeState:
         read_from_save: set[tuple[str, str, str | None]] = set()
         legacy_nat: set[int] = set()
         forward_filters: dict[tuple[str, int], TableDump] = {}
+        saves: dict[str, list[str]] = {"nft": [], "legacy": []}
         data = capture.json("nft-ruleset.json")
         ruleset = (nftables.parse_ruleset(data).with_text(capture.text("nft-ruleset.txt"))
                    if data is not None else None)
@@ -244,6 +250,7 @@ class NodeState:
                 if not text.strip():
                     continue
                 has_nft_save = has_nft_save or flavour == "nft"
+                saves[flavour].append(text)
                 tables = iptables.parse_save(text)
                 if flavour == "legacy" and "nat" in tables:
                     legacy_nat.add(family)
@@ -293,6 +300,7 @@ class NodeState:
                 for text in rule_texts[:4] for m in _MATCH_SET.finditer(text)}),
             legacy_nat=frozenset(legacy_nat),
             forward_filters=forward_filters,
+            iptables_mode=detect_mode(saves, "") if saves["nft"] or saves["legacy"] else None,
             queue_readers=_queue_readers(capture),
             **_ipvs(capture),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),

@@ -10,6 +10,11 @@ route's network (``-d 192.168.2.99 -j REJECT``) made the plan refuse the accept 
 whole network: the fix is the accept of the destination alone. A final catch-all drop
 (RHEL's ``-A FORWARD -j REJECT``) is the default deny k3snet's accept goes ahead of:
 there the fix stays, and works.
+
+Both iptables flavours' chains run. k3snet's iptables backend writes into the one
+:func:`~k3snet.backends.iptables.mode.detect_mode` picks (``auto``): an iptables-legacy
+``DROP`` policy beside iptables-nft's rules got the accept, applied by ``--fix`` to
+iptables-nft, and the flow stayed dropped ("now: blocked").
 """
 
 from __future__ import annotations
@@ -100,3 +105,33 @@ def test_a_foreign_drop_of_another_host_narrows_the_fix_to_the_destination_which
     assert "now: reaches" in capsys.readouterr().out
     doctor_lab.forget_neighbours()
     assert doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("in_use", ["nft", "legacy"])
+def test_a_drop_policy_in_the_flavour_k3snet_does_not_write_gets_no_fix(
+        doctor_lab: DoctorLab, family: Literal[4, 6], in_use: str, *, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """iptables-legacy's FORWARD policy DROP; kube-proxy's rules in iptables-nft (k3snet
+    writes there: no fix) or in iptables-legacy (k3snet writes there: the fix connects)."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(family=family, forward_policy="drop-legacy",
+                        kube_proxy="iptables-nft" if in_use == "nft" else "iptables-legacy")
+    doctor_lab.configure(topology)
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    [finding] = [f for f in d.findings if f.severity == "blocking"]
+    assert finding.code == "forward-drop", d.render()
+    if in_use == "nft":
+        assert finding.fix == (), d.render()
+        assert "writes into iptables-nft" in finding.why, d.render()
+        assert d.after.verdict is Verdict.BLOCKED, d.render()
+        assert _doctor_fix(doctor_lab, topology) == 3
+    else:
+        assert finding.fix, d.render()
+        assert d.after.verdict is Verdict.REACHES, d.render()
+        assert _doctor_fix(doctor_lab, topology) == 0
+        assert "now: reaches" in capsys.readouterr().out
+    doctor_lab.forget_neighbours()
+    assert doctor_lab.probe(topology.destination, port=topology.port)["ok"] is (
+        in_use == "legacy")
