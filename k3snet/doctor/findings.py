@@ -241,11 +241,33 @@ def _forward_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Ch
             else "the forward chain drops the flow")
     where = _at(step)
     if step.where.startswith(("iptables", "ip6tables")):
-        rule = ForwardRule(pod_network(state, tr), destination_network(tr),
-                           out_interface=tr.egress)
         why = ("a DROP policy (left by Docker, firewalld or a hardening script) or rule in the "
                "iptables FORWARD chain stops pod traffic; an accept for the pod CIDR ahead of "
                "it lets the flow and its replies through")
+        rule, conflict = _forward_accept(state, tr, step)
+        flavour = step.where.split(maxsplit=1)[0].partition("-")[2]
+        mode = state.iptables_mode
+        if mode is not None and mode[0] != flavour:
+            # Both flavours' chains run; k3snet's accept goes into the other one's, and
+            # a drop is final: --fix applied it and the flow stayed dropped.
+            why = (f"{why}, but k3snet's iptables backend writes into iptables-{mode[0]} "
+                   f"here ({mode[1]}), and iptables-{flavour}'s chain runs as well: a drop "
+                   "there is final whatever the other flavour accepts")
+            finding = Finding("forward-drop", what, where, why,
+                              advice=f"remove iptables-{flavour}'s rules, or accept the "
+                                     "flow in that chain yourself")
+            return finding, None
+        if conflict is not None:
+            # k3snet's jump goes after the rules in place (ahead of a final catch-all
+            # drop only) and is never moved: its plan names the accept a conflict and
+            # applies nothing, and the flow stays dropped.
+            why = (f"{why}, but k3snet's accept ({rule.describe()}) would come after "
+                   f"{conflict}: {rule.conflict_reason(conflict)}")
+            finding = Finding("forward-drop", what, where, why,
+                              advice="accept the flow ahead of that rule yourself, or remove "
+                                     "or narrow it (k3snet's plan names that accept a "
+                                     "conflict and adds nothing)")
+            return finding, None
         finding = Finding("forward-drop", what, where, why, fix=(rule,))
         return finding, lambda s: _with_forward_accept(s, step.where, rule)
     finding = Finding(
@@ -255,6 +277,29 @@ def _forward_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Ch
         advice=f"allow the flow in {step.where.removeprefix('nft ')} (or in the configuration "
                "of the program that owns that table)")
     return finding, None
+
+
+def _forward_accept(state: NodeState, tr: Trace, step: Step
+                    ) -> tuple[ForwardRule, NetObject | None]:
+    """The forward accept that fixes ``step`` (a drop in iptables' FORWARD), and the
+    foreign rule k3snet's plan would find deciding it first (None: none, the accept is
+    planned): for the route's network, else for the destination alone when only that
+    one is not decided otherwise. The foreign rules are those k3snet's iptables backend
+    reads from the captured table of the step's flavour
+    (:meth:`NodeState.forward_blocks`)."""
+    flavour = step.where.split(maxsplit=1)[0].partition("-")[2]
+    blocks = state.forward_blocks(flavour, tr.flow.family) or set()
+    source, destination = pod_network(state, tr), destination_network(tr)
+    rules = [ForwardRule(source, destination, out_interface=tr.egress)]
+    if destination != _host(tr.target):
+        rules.append(ForwardRule(source, _host(tr.target), out_interface=tr.egress))
+    first: NetObject | None = None
+    for rule in rules:
+        conflict = min((b for b in blocks if rule.conflicts_with(b)), key=str, default=None)
+        if conflict is None:
+            return rule, None
+        first = first or conflict
+    return rules[0], first
 
 
 def _hook_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:

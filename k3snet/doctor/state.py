@@ -20,6 +20,12 @@ from typing import Any
 
 import attrs
 
+from k3snet.backends.iptables.foreign import foreign_blocks
+from k3snet.backends.iptables.mode import detect_mode
+from k3snet.backends.iptables.save import TableDump
+from k3snet.backends.iptables.save import parse_save as parse_table_dump
+from k3snet.backends.iptables.table import has_tag
+from k3snet.backends.routed import RoutedBy
 from k3snet.doctor import ipset, iptables, nftables
 from k3snet.doctor.bundle import (
     FILES,
@@ -42,6 +48,8 @@ from k3snet.doctor.routing import (
     parse_routes,
     parse_rules,
 )
+from k3snet.model import NetObject
+from k3snet.render.iptables.rules import HOOKS, hook_position, normalize, tokenize
 
 __all__ = ["CalicoPool", "NodeState"]
 
@@ -200,6 +208,14 @@ class NodeState:
     queue_readers: frozenset[int] | None = None
     """The NFQUEUE queues a program reads (``nfqueue.txt``); None: not captured (an older
     bundle), and whether a queue rule drops is unknown."""
+    forward_filters: Mapping[tuple[str, int], TableDump] = attrs.field(factory=dict)
+    """Each captured ``filter`` table, by iptables flavour (``nft``, ``legacy``) and family,
+    as k3snet's iptables backend reads it: the foreign rules a fix's forward accept would
+    meet before k3snet's jump (:meth:`forward_blocks`)."""
+    iptables_mode: tuple[str, str] | None = None
+    """The iptables flavour k3snet's iptables backend writes into on this node (``auto``:
+    :func:`~k3snet.backends.iptables.mode.detect_mode` of the captured ``-save`` texts),
+    and why; None: no iptables ruleset captured."""
     legacy_nat: frozenset[int] = frozenset()
     """The families whose iptables-legacy ``nat`` table exists (``iptables-legacy-save``
     prints it, rules or not): its hooks keep the NAT core registered, from a time taken
@@ -222,6 +238,8 @@ class NodeState:
         has_nft_save = False
         read_from_save: set[tuple[str, str, str | None]] = set()
         legacy_nat: set[int] = set()
+        forward_filters: dict[tuple[str, int], TableDump] = {}
+        saves: dict[str, list[str]] = {"nft": [], "legacy": []}
         data = capture.json("nft-ruleset.json")
         ruleset = (nftables.parse_ruleset(data).with_text(capture.text("nft-ruleset.txt"))
                    if data is not None else None)
@@ -232,9 +250,12 @@ class NodeState:
                 if not text.strip():
                     continue
                 has_nft_save = has_nft_save or flavour == "nft"
+                saves[flavour].append(text)
                 tables = iptables.parse_save(text)
                 if flavour == "legacy" and "nat" in tables:
                     legacy_nat.add(family)
+                if "filter" in tables:
+                    forward_filters[flavour, family] = parse_table_dump(text)["filter"]
                 fam = "ip" if family == 4 else "ip6"
                 # The nat chains nft lists (registered, rules or not: the NAT core's order).
                 empty_nat = [c for c in ("PREROUTING", "POSTROUTING") if ruleset is not None
@@ -278,6 +299,8 @@ class NodeState:
                 m[1] if m[1] is not None else m[2]
                 for text in rule_texts[:4] for m in _MATCH_SET.finditer(text)}),
             legacy_nat=frozenset(legacy_nat),
+            forward_filters=forward_filters,
+            iptables_mode=detect_mode(saves, "") if saves["nft"] or saves["legacy"] else None,
             queue_readers=_queue_readers(capture),
             **_ipvs(capture),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
@@ -330,6 +353,29 @@ class NodeState:
         missing = {k: v for k, v in self.missing.items() if k != "calico-ippools.json"}
         return attrs.evolve(self, calico_pools=pools, missing=missing,
                             sources=(*self.sources, f"{source}: {len(pools)} IP pool(s)"))
+
+    def forward_blocks(self, flavour: str, family: int) -> set[NetObject] | None:
+        """The foreign rules of the captured ``filter`` table of ``flavour`` (``nft``,
+        ``legacy``) met before k3snet's jump from ``FORWARD`` (or where a new one would
+        go: after every rule but a final catch-all drop) that drop, reject or return
+        forwarded packets, exactly as k3snet's iptables backend reads them
+        (:func:`~k3snet.backends.iptables.foreign.foreign_blocks`): a forward accept
+        of k3snet's that one of them decides is a conflict its plan never applies.
+        None: no such table was captured."""
+        dump = self.forward_filters.get((flavour, family))
+        if dump is None:
+            return None
+        hook = HOOKS["filter"]
+        rules = [normalize(tokenize(spec)) if family == 6 else tokenize(spec)
+                 for spec in dump.chain(hook.builtin)]
+        jumps = [i for i, line in enumerate(rules)
+                 if line[-2:] in (("-j", hook.main), ("-g", hook.main)) and has_tag(line)]
+        before = jumps[0] if jumps else hook_position(rules)
+        routed = RoutedBy([(entry.destination, device) for entry in self.routes.get(family, ())
+                           if entry.type == "unicast"
+                           for device in ([entry.device] if not entry.nexthops
+                                          else [d for _, d in entry.nexthops])])
+        return foreign_blocks(dump, family, before, routed=routed)
 
     def unread_rulesets(self) -> dict[str, str]:
         """The rulesets whose capture failed (a command that ran and exited non-zero, e.g.

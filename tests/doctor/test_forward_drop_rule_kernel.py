@@ -1,0 +1,137 @@
+"""An administrator's DROP rule in iptables' FORWARD against what k3snet's fix can do.
+
+k3snet's iptables backend puts its jump from ``FORWARD`` after the rules already there
+(ahead of a final catch-all ``DROP``/``REJECT`` only) and never moves it: a foreign
+drop of some pod traffic met first is a conflict its plan names and never applies. The
+doctor planned its forward accept all the same (``forward accept ... (+ replies)``,
+"after the fix: reaches"): pasted, or run with ``--fix``, it changed nothing and the
+flow stayed dropped. Under a DROP policy, a foreign reject of another host of the
+route's network (``-d 192.168.2.99 -j REJECT``) made the plan refuse the accept of the
+whole network: the fix is the accept of the destination alone. A final catch-all drop
+(RHEL's ``-A FORWARD -j REJECT``) is the default deny k3snet's accept goes ahead of:
+there the fix stays, and works.
+
+Both iptables flavours' chains run. k3snet's iptables backend writes into the one
+:func:`~k3snet.backends.iptables.mode.detect_mode` picks (``auto``): an iptables-legacy
+``DROP`` policy beside iptables-nft's rules got the accept, applied by ``--fix`` to
+iptables-nft, and the flow stayed dropped ("now: blocked").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from k3snet.cli import main
+from k3snet.doctor import Flow, NodeState, Verdict, diagnose
+from k3snet.lab.netns import run_in
+
+from .conftest import DoctorLab, Topology, to_v6
+
+pytestmark = [pytest.mark.kernel]
+
+
+def _doctor_fix(doctor_lab: DoctorLab, topology: Topology) -> int:
+    to = (f"[{topology.destination}]:{topology.port}" if topology.family == 6
+          else f"{topology.destination}:{topology.port}")
+    return main(["doctor", "--netns", doctor_lab.node, "--from", topology.pod, "--to", to,
+                 "--fix", "--auto-approve"])
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_foreign_drop_rule_met_before_k3snets_jump_gets_no_fix_k3snet_would_refuse(
+        doctor_lab: DoctorLab, family: Literal[4, 6], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(family=family)  # masquerade in place, FORWARD's policy ACCEPT
+    doctor_lab.configure(topology)
+    tool = "ip6tables-nft" if family == 6 else "iptables-nft"
+    source = to_v6("10.42.0.0/16") if family == 6 else "10.42.0.0/16"
+    run_in(doctor_lab.node, [tool, "-I", "FORWARD", "-s", source, "-j", "DROP"])
+    doctor_lab.forget_neighbours()
+    assert not doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    [finding] = [f for f in d.findings if f.severity == "blocking"]
+    assert finding.code == "forward-drop", d.render()
+    assert finding.fix == (), d.render()
+    assert finding.advice is not None, d.render()
+    assert "conflict" in finding.advice, d.render()
+    assert f"-s {source} -j DROP" in finding.why, d.render()
+    assert not d.fixes.owned, d.render()
+    assert d.after.verdict is Verdict.BLOCKED, d.render()
+    # What --fix does agrees: nothing to apply, the flow still dropped (exit 3).
+    assert _doctor_fix(doctor_lab, topology) == 3
+    assert not doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_final_catch_all_drop_keeps_the_fix_and_the_fix_connects(
+        doctor_lab: DoctorLab, family: Literal[4, 6], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(family=family)
+    doctor_lab.configure(topology)
+    tool = "ip6tables-nft" if family == 6 else "iptables-nft"
+    run_in(doctor_lab.node, [tool, "-A", "FORWARD", "-j", "DROP"])
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    assert [f.code for f in d.findings if f.fix] == ["forward-drop"], d.render()
+    assert d.after.verdict is Verdict.REACHES, d.render()
+    assert _doctor_fix(doctor_lab, topology) == 0
+    assert "now: reaches" in capsys.readouterr().out
+    doctor_lab.forget_neighbours()
+    assert doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_foreign_drop_of_another_host_narrows_the_fix_to_the_destination_which_connects(
+        doctor_lab: DoctorLab, family: Literal[4, 6], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(family=family, forward_policy="drop-nft")
+    doctor_lab.configure(topology)
+    tool, other = ("ip6tables-nft", "fd01:2::99") if family == 6 else ("iptables-nft",
+                                                                       "192.168.2.99")
+    run_in(doctor_lab.node, [tool, "-I", "FORWARD", "-d", other, "-j", "REJECT"])
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    host = f"{topology.destination}/{128 if family == 6 else 32}"
+    assert [str(f.destination) for f in d.fixes.owned] == [host], d.render()
+    assert d.after.verdict is Verdict.REACHES, d.render()
+    assert _doctor_fix(doctor_lab, topology) == 0
+    assert "now: reaches" in capsys.readouterr().out
+    doctor_lab.forget_neighbours()
+    assert doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("in_use", ["nft", "legacy"])
+def test_a_drop_policy_in_the_flavour_k3snet_does_not_write_gets_no_fix(
+        doctor_lab: DoctorLab, family: Literal[4, 6], in_use: str, *, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """iptables-legacy's FORWARD policy DROP; kube-proxy's rules in iptables-nft (k3snet
+    writes there: no fix) or in iptables-legacy (k3snet writes there: the fix connects)."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(family=family, forward_policy="drop-legacy",
+                        kube_proxy="iptables-nft" if in_use == "nft" else "iptables-legacy")
+    doctor_lab.configure(topology)
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    [finding] = [f for f in d.findings if f.severity == "blocking"]
+    assert finding.code == "forward-drop", d.render()
+    if in_use == "nft":
+        assert finding.fix == (), d.render()
+        assert "writes into iptables-nft" in finding.why, d.render()
+        assert d.after.verdict is Verdict.BLOCKED, d.render()
+        assert _doctor_fix(doctor_lab, topology) == 3
+    else:
+        assert finding.fix, d.render()
+        assert d.after.verdict is Verdict.REACHES, d.render()
+        assert _doctor_fix(doctor_lab, topology) == 0
+        assert "now: reaches" in capsys.readouterr().out
+    doctor_lab.forget_neighbours()
+    assert doctor_lab.probe(topology.destination, port=topology.port)["ok"] is (
+        in_use == "legacy")
