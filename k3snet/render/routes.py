@@ -740,7 +740,11 @@ def render_networkd(
             lines.append(f"Metric={route.metric}")
             if route.table != MAIN_TABLE:
                 lines.append(f"Table={route.table}")
-            if route.scope != _default_scope(route):
+            # Always said but for IPv6 (whose routes have no scope): systemd before v251
+            # gave a [Route] without Gateway= scope global, not link as `ip route` does,
+            # and a gateway reached through that route was then refused ("Nexthop has
+            # invalid gateway": the kernel looks a gateway up in routes of scope link).
+            if route.scope != "universe":
                 lines.append(f"Scope={_NETWORKD_SCOPES[str(route.scope)]}")
             lines.append(f"Protocol={route.protocol}")
         files[name] = "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ import yaml
 
 from k3snet.backends.nftables.parse import own_object, parse_rule
 from k3snet.model import NetObject, Route, Sysctl
+from k3snet.model.route import RouteScope
 from k3snet.render.nftables import nft_rules, nft_rules_json
 
 _DEFAULT_METRIC = {4: 0, 6: 1024}
@@ -145,7 +146,7 @@ def read_netplan(text: str, *, protocol: int) -> list[Route]:
     return routes
 
 
-_SCOPES = {"global": "universe", "link": "link", "host": "host"}
+_SCOPES: dict[str, RouteScope] = {"global": "universe", "link": "link", "host": "host"}
 
 
 def read_networkd(files: dict[str, str]) -> list[Route]:
@@ -178,7 +179,9 @@ def read_networkd(files: dict[str, str]) -> list[Route]:
             routes.append(Route(values["Destination"], gateway=values.get("Gateway"),
                                 device=device, metric=int(values["Metric"]),
                                 table=int(values.get("Table", 254)),
-                                scope=_SCOPES[values["Scope"]] if "Scope" in values else None,
+                                # Without Scope=, systemd before v251 (Ubuntu 22.04's
+                                # 249) gives an IPv4 route scope global, gateway or not.
+                                scope=_SCOPES[values.get("Scope", "global")],
                                 protocol=int(values["Protocol"])))
     return routes
 
