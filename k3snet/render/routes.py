@@ -293,11 +293,14 @@ def render_netplan(
     route without gateway gets ``scope: link`` (older netplan requires ``via``
     otherwise); the metric is left out when it is the default (0 for IPv4,
     1024 for IPv6). A device named here that no other netplan file configures
-    becomes managed by netplan's renderer. netplan has no route protocol: after
-    ``netplan apply`` the routes are ``static`` ones, foreign to k3snet (see the
-    module docs).
+    becomes managed by netplan's renderer. A route whose table or metric is above
+    2147483647 is refused: netplan writes them as signed numbers, which networkd
+    ignores (the route in the main table, or at metric 0). netplan has no route
+    protocol: after ``netplan apply`` the routes are ``static`` ones, foreign to
+    k3snet (see the module docs).
     """
     routes = _routes(state, "netplan")
+    _refuse_netplan_numbers(routes)
     chosen, named = _netplan_choices(sections or {}, ids or {})
     by_section: dict[str, dict[str, list[Route]]] = {}
     owners: dict[tuple[str, str], set[str]] = {}
@@ -329,6 +332,31 @@ def render_netplan(
                 if route.table != MAIN_TABLE:
                     lines.append(f"          table: {route.table}")
     return "\n".join(lines) + "\n"
+
+
+# netplan's largest number it passes on to networkd whole (below: _refuse_netplan_numbers).
+_NETPLAN_LARGEST = 2**31 - 1
+
+
+def _refuse_netplan_numbers(routes: Iterable[Route]) -> None:
+    """Refuse the routes whose metric or table netplan would not pass on as given.
+
+    netplan writes a route's ``Table=`` with ``%d``, so a table from 2**31 up became a
+    negative number, which networkd ignores (``Table=-1``): the route went into the
+    main table. So did ``Metric=`` up to netplan 0.106 (Debian 12, Ubuntu 22.04), and
+    metric 4294967295 is netplan's "no metric" in every version: the route came up
+    with the default metric, 0 for IPv4. ``netplan generate`` warns of neither.
+    """
+    wrong = [r for r in routes if r.table > _NETPLAN_LARGEST
+             or (r.metric or 0) > _NETPLAN_LARGEST]
+    if wrong:
+        listed = "\n  ".join(r.describe() for r in wrong)
+        raise ModelError(
+            f"netplan writes a route's table and metric as signed numbers: one above "
+            f"{_NETPLAN_LARGEST} becomes a negative one networkd ignores (the route in the "
+            f"main table, or at metric 0; 4294967295 is netplan's \"no metric\"). Give "
+            f"these routes a table and metric up to {_NETPLAN_LARGEST}, or render networkd "
+            f"files instead:\n  {listed}")
 
 
 def _netplan_choices(sections: Mapping[str, str], ids: Mapping[str, str]

@@ -246,3 +246,32 @@ def test_netplan_makes_a_link_local_profile_of_a_device_only_k3snets_file_names(
     assert "interface-name=eth0" in text
     assert "method=link-local" in text
     assert "192.168.2.0" not in text
+
+
+# ------------------------------------------- numbers netplan passes on to networkd
+
+@needs_netplan
+@pytest.mark.parametrize(("table", "metric"), [
+    (2**31 - 1, 2**31 - 1), (2**31, 5), (2**32 - 1, 5), (100, 2**31), (100, 2**32 - 2),
+    (100, 2**32 - 1)])
+def test_a_route_table_and_metric_are_refused_or_reach_networkd_as_given(
+        table: int, metric: int, tmp_path: Path) -> None:
+    # netplan writes Table= with %d (and Metric= up to 0.106): Table=-1 for 4294967295,
+    # which networkd ignores, putting the route in the main table; its "no metric" is
+    # 4294967295, and the route came up at metric 0.
+    state = State(owned=[Route("10.7.0.0/24", gateway="192.168.1.1", device="eth0",
+                               table=table, metric=metric)])
+    if max(table, metric) > 2**31 - 1:
+        with pytest.raises(ModelError, match="signed numbers"):
+            render_netplan(state)
+        return
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    (etc / "90-k3snet.yaml").chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert done.returncode == 0, done.stderr
+    route = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")["Route"][0]
+    assert (route.get("Table"), route.get("Metric")) == (str(table), str(metric))
