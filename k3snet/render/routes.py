@@ -69,8 +69,6 @@ IFUPDOWN_INSTALL = (
 """The install note of the ifupdown file (its comment lines after the first)."""
 
 _NETWORKD_SCOPES = {"universe": "global", "link": "link", "host": "host"}
-# The metric the kernel (and netplan, and networkd) give a route that names none.
-_DEFAULT_METRIC = {4: 0, 6: 1024}
 
 
 def _routes(state: State, where: str) -> list[Route]:
@@ -291,8 +289,9 @@ def render_netplan(
     that configures it (``{"eth0": "nic0"}``, a definition that renames its device):
     netplan merges by section and id (:func:`netplan_placement` finds both). A
     route without gateway gets ``scope: link`` (older netplan requires ``via``
-    otherwise); the metric is left out when it is the default (0 for IPv4,
-    1024 for IPv6). A device named here that no other netplan file configures
+    otherwise); the metric is always given, the default too (0 for IPv4, 1024 for
+    IPv6): under ``renderer: NetworkManager`` a route without one gets the
+    connection's (100 on ethernet). A device named here that no other netplan file configures
     becomes managed by netplan's renderer. A route whose table or metric is above
     2147483647 is refused: netplan writes them as signed numbers, which networkd
     ignores (the route in the main table, or at metric 0). netplan has no route
@@ -327,8 +326,9 @@ def render_netplan(
                     "link" if route.gateway is None else None)
                 if scope is not None:
                     lines.append(f"          scope: {scope}")
-                if route.metric != _DEFAULT_METRIC[route.family]:
-                    lines.append(f"          metric: {route.metric}")
+                # Always said: netplan's NetworkManager renderer gives a route without
+                # one the connection's metric (100 on ethernet), not the kernel's 0.
+                lines.append(f"          metric: {route.metric}")
                 if route.table != MAIN_TABLE:
                     lines.append(f"          table: {route.table}")
     return "\n".join(lines) + "\n"

@@ -169,7 +169,31 @@ def test_the_file_networkd_applies_holds_the_admins_dhcp_and_k3snets_routes(
     assert "too open" not in done.stderr, done.stderr
     applied = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")
     assert applied["Network"][0].get("DHCP") == "ipv4"  # the admin's configuration
-    assert {"Destination": "192.168.2.0/24", "Gateway": "192.168.1.1"} in applied["Route"]
+    assert {"Destination": "192.168.2.0/24", "Gateway": "192.168.1.1",
+            "Metric": "0"} in applied["Route"]
+
+
+@needs_netplan
+def test_under_network_manager_the_routes_keep_the_metric_of_the_spec(tmp_path: Path) -> None:
+    # A netplan route without metric is, under renderer: NetworkManager, one of the
+    # connection's metric (route1=DST,GW: 100 on ethernet), not the kernel's 0 or 1024.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-network-manager.yaml").write_text(yaml.safe_dump({"network": {
+        "version": 2, "renderer": "NetworkManager",
+        "ethernets": {"eth0": {"dhcp4": True, "dhcp6": True}}}}))
+    state = State(owned=[Route("10.7.0.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:7::/64", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert done.returncode == 0, done.stderr
+    (profile,) = (tmp_path / "run" / "NetworkManager" / "system-connections").iterdir()
+    routes = [line for line in profile.read_text().splitlines() if line.startswith("route")]
+    assert routes == ["route1=10.7.0.0/24,192.168.1.1,0", "route1=fd01:7::/64,,1024"]
 
 
 # ------------------------------------------------- a device no netplan file configures
