@@ -410,6 +410,7 @@ def _netplan_definitions(documents: Mapping[str, object]
 def netplan_placement(
     documents: Mapping[str, object], devices: Iterable[str], *,
     ids: Mapping[str, str] | None = None, every_file: bool = False,
+    ipv6_devices: Iterable[str] = (),
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Where netplan's other files put each of ``devices``: ``(sections, ids)`` for
     :func:`render_netplan` (device -> section, device -> id; a device no file names is
@@ -434,6 +435,11 @@ def netplan_placement(
     the networkd renderer it came up with no address and no DHCP, under
     ``renderer: NetworkManager`` (Ubuntu desktop's ``01-network-manager-all.yaml``) in a
     second profile, link-local only and without the routes.
+
+    ``ipv6_devices``: the devices k3snet's file gives IPv6 routes. One that netplan's
+    NetworkManager renderer configures without ``dhcp6`` or an IPv6 address is refused:
+    netplan writes its profile with ``[ipv6] method=ignore`` and leaves the IPv6 routes
+    out, saying nothing (``accept-ra: true`` or ``link-local: [ipv6]`` alone, too).
     """
     from fnmatch import fnmatchcase  # noqa: PLC0415 - only netplan placement needs it
 
@@ -479,7 +485,45 @@ def netplan_placement(
                 f"definition of {device} at boot, never both. Say which definition "
                 f"configures {device} (--netplan-id {device}=ID)")
     _refuse_unconfigured([d for d in wanted if every_file and d not in placed], documents)
+    _refuse_ignored_ipv6(documents, sorted(set(ipv6_devices)), sections, placed)
     return sections, placed
+
+
+def _refuse_ignored_ipv6(documents: Mapping[str, object], devices: Sequence[str],
+                         sections: Mapping[str, str], placed: Mapping[str, str]) -> None:
+    """Refuse IPv6 routes for ``devices`` that netplan's NetworkManager renderer would
+    leave out: their definition has neither ``dhcp6`` nor an IPv6 address."""
+    for device in devices:
+        section, netplan_id = sections.get(device, "ethernets"), placed.get(device, device)
+        renderer, dhcp6, ipv6 = "networkd", False, False
+        levels: dict[int, str] = {}
+        for name in sorted(documents):
+            document = documents[name]
+            network = document.get("network") if isinstance(document, Mapping) else None
+            if not isinstance(network, Mapping):
+                continue
+            entries = network.get(section)
+            entries = entries if isinstance(entries, Mapping) else {}
+            definition = entries.get(netplan_id)
+            definition = definition if isinstance(definition, Mapping) else {}
+            # netplan: a definition's renderer over its section's over the file's.
+            for level, where in enumerate((network, entries, definition)):
+                if isinstance(where.get("renderer"), str):
+                    levels[level] = where["renderer"]
+            if "dhcp6" in definition:
+                dhcp6 = definition["dhcp6"] is True
+            addresses = definition.get("addresses")
+            ipv6 = ipv6 or (isinstance(addresses, list)
+                            and any(":" in str(a) for a in addresses))
+        if levels:
+            renderer = levels[max(levels)]
+        if renderer == "NetworkManager" and not dhcp6 and not ipv6:
+            raise ModelError(
+                f"netplan's NetworkManager renderer configures {device} ({netplan_id!r} "
+                f"in {section}) without dhcp6 or an IPv6 address: it writes the profile "
+                "with IPv6 ignored (method=ignore) and leaves k3snet's IPv6 routes out, "
+                "saying nothing. Give the definition dhcp6: true or an IPv6 address, or "
+                "render networkmanager instead (a dispatcher script adding the routes)")
 
 
 def _refuse_unconfigured(devices: Sequence[str], documents: Iterable[str]) -> None:
