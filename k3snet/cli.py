@@ -2548,10 +2548,12 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     # In /etc/netplan, or beside other netplan files, those read are the node's: a device
     # none configures is refused. A staging directory holding none cannot tell.
     every_file = args.out is not None and (bool(documents) or _netplan_etc(args.out))
-    ipv6 = {str(o.device) for o in state.owned
-            if isinstance(o, Route) and o.device and o.family == 6}
+    families: dict[str, set[int]] = {}
+    for route in state.owned:
+        if isinstance(route, Route) and route.device:
+            families.setdefault(str(route.device), set()).add(route.family)
     sections, placed = netplan_placement(documents, devices, ids=ids, every_file=every_file,
-                                         ipv6_devices=ipv6)
+                                         route_families=families)
     if args.out is not None and not every_file:
         for device in sorted(devices - set(placed)):
             print(f"k3snet: warning: no netplan file in {args.out} configures {device}: "

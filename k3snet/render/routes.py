@@ -410,7 +410,7 @@ def _netplan_definitions(documents: Mapping[str, object]
 def netplan_placement(
     documents: Mapping[str, object], devices: Iterable[str], *,
     ids: Mapping[str, str] | None = None, every_file: bool = False,
-    ipv6_devices: Iterable[str] = (),
+    route_families: Mapping[str, Iterable[int]] | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Where netplan's other files put each of ``devices``: ``(sections, ids)`` for
     :func:`render_netplan` (device -> section, device -> id; a device no file names is
@@ -436,10 +436,12 @@ def netplan_placement(
     ``renderer: NetworkManager`` (Ubuntu desktop's ``01-network-manager-all.yaml``) in a
     second profile, link-local only and without the routes.
 
-    ``ipv6_devices``: the devices k3snet's file gives IPv6 routes. One that netplan's
-    NetworkManager renderer configures without ``dhcp6`` or an IPv6 address is refused:
-    netplan writes its profile with ``[ipv6] method=ignore`` and leaves the IPv6 routes
-    out, saying nothing (``accept-ra: true`` or ``link-local: [ipv6]`` alone, too).
+    ``route_families``: device -> the families (4, 6) of the routes k3snet's file gives
+    it. IPv6 routes through a device that netplan's NetworkManager renderer configures
+    without ``dhcp6`` or an IPv6 address are refused: netplan writes its profile with
+    ``[ipv6] method=ignore`` and leaves them out, saying nothing (``accept-ra: true`` or
+    ``link-local: [ipv6]`` alone, too). So are IPv4 routes through one without ``dhcp4``
+    or an IPv4 address (``method=link-local``, the routes left out as well).
     """
     from fnmatch import fnmatchcase  # noqa: PLC0415 - only netplan placement needs it
 
@@ -485,18 +487,20 @@ def netplan_placement(
                 f"definition of {device} at boot, never both. Say which definition "
                 f"configures {device} (--netplan-id {device}=ID)")
     _refuse_unconfigured([d for d in wanted if every_file and d not in placed], documents)
-    _refuse_ignored_ipv6(documents, sorted(set(ipv6_devices)), sections, placed)
+    _refuse_ignored_families(documents, route_families or {}, sections, placed)
     return sections, placed
 
 
-def _refuse_ignored_ipv6(documents: Mapping[str, object], devices: Sequence[str],
-                         sections: Mapping[str, str], placed: Mapping[str, str]) -> None:
-    """Refuse IPv6 routes for ``devices`` that netplan's NetworkManager renderer would
-    leave out: their definition has neither ``dhcp6`` nor an IPv6 address."""
-    for device in devices:
+def _refuse_ignored_families(documents: Mapping[str, object],
+                             route_families: Mapping[str, Iterable[int]],
+                             sections: Mapping[str, str], placed: Mapping[str, str]) -> None:
+    """Refuse the routes netplan's NetworkManager renderer would leave out: those of a
+    family the device's definition neither gets by DHCP nor has an address of."""
+    for device, families in sorted(route_families.items()):
         section, netplan_id = sections.get(device, "ethernets"), placed.get(device, device)
-        renderer, dhcp6, ipv6 = "networkd", False, False
         levels: dict[int, str] = {}
+        dhcp = {4: False, 6: False}
+        configured = {4: False, 6: False}
         for name in sorted(documents):
             document = documents[name]
             network = document.get("network") if isinstance(document, Mapping) else None
@@ -510,20 +514,27 @@ def _refuse_ignored_ipv6(documents: Mapping[str, object], devices: Sequence[str]
             for level, where in enumerate((network, entries, definition)):
                 if isinstance(where.get("renderer"), str):
                     levels[level] = where["renderer"]
-            if "dhcp6" in definition:
-                dhcp6 = definition["dhcp6"] is True
+            for family in (4, 6):
+                if f"dhcp{family}" in definition:
+                    dhcp[family] = definition[f"dhcp{family}"] is True
             addresses = definition.get("addresses")
-            ipv6 = ipv6 or (isinstance(addresses, list)
-                            and any(":" in str(a) for a in addresses))
-        if levels:
-            renderer = levels[max(levels)]
-        if renderer == "NetworkManager" and not dhcp6 and not ipv6:
+            for address in addresses if isinstance(addresses, list) else ():
+                # A mapping is an address with options ({"fd00::1/64": {lifetime: 0}}).
+                text = next(iter(address), "") if isinstance(address, Mapping) else address
+                configured[6 if ":" in str(text) else 4] = True
+        if levels.get(max(levels, default=0)) != "NetworkManager":
+            continue
+        for family in sorted(set(families)):
+            if dhcp[family] or configured[family]:
+                continue
+            method = "ignore" if family == 6 else "link-local"
             raise ModelError(
-                f"netplan's NetworkManager renderer configures {device} ({netplan_id!r} "
-                f"in {section}) without dhcp6 or an IPv6 address: it writes the profile "
-                "with IPv6 ignored (method=ignore) and leaves k3snet's IPv6 routes out, "
-                "saying nothing. Give the definition dhcp6: true or an IPv6 address, or "
-                "render networkmanager instead (a dispatcher script adding the routes)")
+                f"netplan's NetworkManager renderer configures {device} ({netplan_id!r} in "
+                f"{section}) without dhcp{family} or an IPv{family} address: it writes the "
+                f"profile with IPv{family} method={method} and leaves k3snet's IPv{family} "
+                f"routes out, saying nothing. Give the definition dhcp{family}: true or an "
+                f"IPv{family} address, or render networkmanager instead (a dispatcher "
+                "script adding the routes)")
 
 
 def _refuse_unconfigured(devices: Sequence[str], documents: Iterable[str]) -> None:

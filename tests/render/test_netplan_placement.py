@@ -301,14 +301,17 @@ def test_a_route_table_and_metric_are_refused_or_reach_networkd_as_given(
     assert (route.get("Table"), route.get("Metric")) == (str(table), str(metric))
 
 
-# ------------------------------------- IPv6 routes under the NetworkManager renderer
+# ---------------------------------------- routes under the NetworkManager renderer
 
-SPEC_V6 = """\
+SPEC_DUAL = """\
 apiVersion: k3snet.io/v1alpha1
 kind: EgressSpec
 cluster:
   podCIDRs: [10.42.0.0/16, fd42::/56]
 destinations:
+  - cidr: 192.168.2.0/24
+    gateway: 192.168.1.1
+    device: eth0
   - cidr: fd01:2::/64
     gateway: fe80::1
     device: eth0
@@ -318,31 +321,34 @@ destinations:
 @needs_netplan
 @pytest.mark.parametrize(("renderer", "eth0"), [
     ("NetworkManager", {"dhcp4": True}), ("NetworkManager", {"dhcp4": True, "accept-ra": True}),
-    ("NetworkManager", {"dhcp4": True, "dhcp6": True}),
+    ("NetworkManager", {"dhcp4": True, "dhcp6": True}), ("NetworkManager", {"dhcp6": True}),
+    ("NetworkManager", {"dhcp6": True, "addresses": ["192.168.1.10/24"]}),
     ("NetworkManager", {"addresses": ["192.168.1.10/24", "fd00::10/64"]}),
     ("networkd", {"dhcp4": True}), ("NetworkManager", {"dhcp4": True, "renderer": "networkd"}),
     ("networkd", {"dhcp4": True, "renderer": "NetworkManager"}),
-], ids=["nm-dhcp4", "nm-accept-ra", "nm-dhcp6", "nm-address", "networkd-dhcp4",
+], ids=["nm-dhcp4", "nm-accept-ra", "nm-dhcp4-dhcp6", "nm-dhcp6", "nm-dhcp6-ipv4-address",
+        "nm-address", "networkd-dhcp4",
         "its-own-networkd", "its-own-nm"])
-def test_ipv6_routes_are_refused_or_reach_what_netplan_renders(
+def test_routes_of_each_family_are_refused_or_reach_what_netplan_renders(
         renderer: str, eth0: dict[str, Any], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     # Under renderer: NetworkManager, a device without dhcp6 or an IPv6 address gets a
-    # profile with [ipv6] method=ignore, and netplan left k3snet's IPv6 routes out of it,
-    # exit status 0: the node came up without them.
+    # profile with [ipv6] method=ignore (without IPv4: [ipv4] method=link-local), and
+    # netplan left k3snet's routes of that family out of it, exit status 0: the node
+    # came up without them.
     etc = tmp_path / "etc" / "netplan"
     etc.mkdir(parents=True)
     (etc / "01-admin.yaml").write_text(yaml.safe_dump(
         {"network": {"version": 2, "renderer": renderer, "ethernets": {"eth0": eth0}}}))
     (etc / "01-admin.yaml").chmod(0o600)
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC_V6)
+    spec.write_text(SPEC_DUAL)
     status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
     if status != 0:
-        assert "method=ignore" in capsys.readouterr().err
+        error = capsys.readouterr().err
         assert eth0.get("renderer", renderer) == "NetworkManager"
-        assert "dhcp6" not in eth0
-        assert "addresses" not in eth0
+        assert "method=ignore" in error or "method=link-local" in error
+        assert not (eth0.get("dhcp4") and eth0.get("dhcp6"))
         return
     done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
                           capture_output=True, text=True, check=False, timeout=60,
@@ -350,4 +356,5 @@ def test_ipv6_routes_are_refused_or_reach_what_netplan_renders(
     assert done.returncode == 0, done.stderr
     written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*")
                       if p.is_file() and p.suffix in {".nmconnection", ".network"})
+    assert "192.168.2.0/24" in written
     assert "fd01:2::/64" in written
