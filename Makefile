@@ -289,6 +289,7 @@ image: deps $(IMAGE_DIR)/rootfs.tar
 		-f Containerfile -t $(IMAGE) .
 	K3SNET_IMAGE=$(IMAGE) K3SNET_PODMAN="$(PODMAN)" K3SNET_PODMAN_LIMITS="$(PODMAN_LIMITS)" \
 		$(PYTEST) -m image tests/image
+	@echo "$(IMAGE) runs on $$($(PODMAN) image inspect --format '{{.Architecture}}' $(IMAGE)) nodes alone: give that in the spec's agent.architectures"
 
 clean:
 	rm -rf site dist build .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks *.egg-info \

@@ -2565,7 +2565,12 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     # In /etc/netplan, or beside other netplan files, those read are the node's: a device
     # none configures is refused. A staging directory holding none cannot tell.
     every_file = args.out is not None and (bool(documents) or _netplan_etc(args.out))
-    sections, placed = netplan_placement(documents, devices, ids=ids, every_file=every_file)
+    families: dict[str, set[int]] = {}
+    for route in state.owned:
+        if isinstance(route, Route) and route.device:
+            families.setdefault(str(route.device), set()).add(route.family)
+    sections, placed = netplan_placement(documents, devices, ids=ids, every_file=every_file,
+                                         route_families=families)
     if args.out is not None and not every_file:
         for device in sorted(devices - set(placed)):
             print(f"k3snet: warning: no netplan file in {args.out} configures {device}: "

@@ -120,6 +120,8 @@ AGENT_PORT: Final = 9743
 PROFILE_LABEL: Final = "k3snet.io/profile"
 """The node label choosing a per-node override (a profile); unlabelled nodes run the base spec."""
 DEFAULT_PROFILE: Final = "default"
+_ARCH_LABEL: Final = "kubernetes.io/arch"
+"""The node label of its architecture: the DaemonSet runs where ``agent.architectures`` says."""
 LEASE_NAME: Final = "k3snet-cluster-writer"
 """The Lease whose holder alone writes cluster-wide objects (Calico pools, flannel's ConfigMap)."""
 LEASE_ROLE_NAME: Final = "k3snet-agent-lease"
@@ -961,13 +963,22 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
         "containers": [container],
         "volumes": volumes,
     }
+    # Every expression in one term: the terms of nodeSelectorTerms are ORed, the
+    # expressions of a term ANDed.
+    required = []
+    if spec.agent.architectures is not None:
+        # Only the nodes the image is built for: on another, the agent never starts
+        # (exec format error, or ImagePullBackOff for an image of one platform).
+        required.append({"key": _ARCH_LABEL, "operator": "In",
+                         "values": list(spec.agent.architectures)})
     if profile.name != DEFAULT_PROFILE:
         pod["nodeSelector"][PROFILE_LABEL] = profile.name
     elif others:
         # Nodes of a profile run that profile's DaemonSet instead.
+        required.append({"key": PROFILE_LABEL, "operator": "NotIn", "values": sorted(others)})
+    if required:
         pod["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{"matchExpressions": [
-                {"key": PROFILE_LABEL, "operator": "NotIn", "values": sorted(others)}]}]}}}
+            "nodeSelectorTerms": [{"matchExpressions": required}]}}}
     labels = _labels("agent")
     labels[PROFILE_LABEL] = profile.name
     return {

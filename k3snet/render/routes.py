@@ -69,8 +69,6 @@ IFUPDOWN_INSTALL = (
 """The install note of the ifupdown file (its comment lines after the first)."""
 
 _NETWORKD_SCOPES = {"universe": "global", "link": "link", "host": "host"}
-# The metric the kernel (and netplan, and networkd) give a route that names none.
-_DEFAULT_METRIC = {4: 0, 6: 1024}
 
 
 def _routes(state: State, where: str) -> list[Route]:
@@ -291,13 +289,17 @@ def render_netplan(
     that configures it (``{"eth0": "nic0"}``, a definition that renames its device):
     netplan merges by section and id (:func:`netplan_placement` finds both). A
     route without gateway gets ``scope: link`` (older netplan requires ``via``
-    otherwise); the metric is left out when it is the default (0 for IPv4,
-    1024 for IPv6). A device named here that no other netplan file configures
-    becomes managed by netplan's renderer. netplan has no route protocol: after
-    ``netplan apply`` the routes are ``static`` ones, foreign to k3snet (see the
-    module docs).
+    otherwise); the metric is always given, the default too (0 for IPv4, 1024 for
+    IPv6): under ``renderer: NetworkManager`` a route without one gets the
+    connection's (100 on ethernet). A device named here that no other netplan file configures
+    becomes managed by netplan's renderer. A route whose table or metric is above
+    2147483647 is refused: netplan writes them as signed numbers, which networkd
+    ignores (the route in the main table, or at metric 0). netplan has no route
+    protocol: after ``netplan apply`` the routes are ``static`` ones, foreign to
+    k3snet (see the module docs).
     """
     routes = _routes(state, "netplan")
+    _refuse_netplan_numbers(routes)
     chosen, named = _netplan_choices(sections or {}, ids or {})
     by_section: dict[str, dict[str, list[Route]]] = {}
     owners: dict[tuple[str, str], set[str]] = {}
@@ -324,11 +326,37 @@ def render_netplan(
                     "link" if route.gateway is None else None)
                 if scope is not None:
                     lines.append(f"          scope: {scope}")
-                if route.metric != _DEFAULT_METRIC[route.family]:
-                    lines.append(f"          metric: {route.metric}")
+                # Always said: netplan's NetworkManager renderer gives a route without
+                # one the connection's metric (100 on ethernet), not the kernel's 0.
+                lines.append(f"          metric: {route.metric}")
                 if route.table != MAIN_TABLE:
                     lines.append(f"          table: {route.table}")
     return "\n".join(lines) + "\n"
+
+
+# netplan's largest number it passes on to networkd whole (below: _refuse_netplan_numbers).
+_NETPLAN_LARGEST = 2**31 - 1
+
+
+def _refuse_netplan_numbers(routes: Iterable[Route]) -> None:
+    """Refuse the routes whose metric or table netplan would not pass on as given.
+
+    netplan writes a route's ``Table=`` with ``%d``, so a table from 2**31 up became a
+    negative number, which networkd ignores (``Table=-1``): the route went into the
+    main table. So did ``Metric=`` up to netplan 0.106 (Debian 12, Ubuntu 22.04), and
+    metric 4294967295 is netplan's "no metric" in every version: the route came up
+    with the default metric, 0 for IPv4. ``netplan generate`` warns of neither.
+    """
+    wrong = [r for r in routes if r.table > _NETPLAN_LARGEST
+             or (r.metric or 0) > _NETPLAN_LARGEST]
+    if wrong:
+        listed = "\n  ".join(r.describe() for r in wrong)
+        raise ModelError(
+            f"netplan writes a route's table and metric as signed numbers: one above "
+            f"{_NETPLAN_LARGEST} becomes a negative one networkd ignores (the route in the "
+            f"main table, or at metric 0; 4294967295 is netplan's \"no metric\"). Give "
+            f"these routes a table and metric up to {_NETPLAN_LARGEST}, or render networkd "
+            f"files instead:\n  {listed}")
 
 
 def _netplan_choices(sections: Mapping[str, str], ids: Mapping[str, str]
@@ -382,6 +410,7 @@ def _netplan_definitions(documents: Mapping[str, object]
 def netplan_placement(
     documents: Mapping[str, object], devices: Iterable[str], *,
     ids: Mapping[str, str] | None = None, every_file: bool = False,
+    route_families: Mapping[str, Iterable[int]] | None = None,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Where netplan's other files put each of ``devices``: ``(sections, ids)`` for
     :func:`render_netplan` (device -> section, device -> id; a device no file names is
@@ -406,6 +435,13 @@ def netplan_placement(
     the networkd renderer it came up with no address and no DHCP, under
     ``renderer: NetworkManager`` (Ubuntu desktop's ``01-network-manager-all.yaml``) in a
     second profile, link-local only and without the routes.
+
+    ``route_families``: device -> the families (4, 6) of the routes k3snet's file gives
+    it. IPv6 routes through a device that netplan's NetworkManager renderer configures
+    without ``dhcp6`` or an IPv6 address are refused: netplan writes its profile with
+    ``[ipv6] method=ignore`` and leaves them out, saying nothing (``accept-ra: true`` or
+    ``link-local: [ipv6]`` alone, too). So are IPv4 routes through one without ``dhcp4``
+    or an IPv4 address (``method=link-local``, the routes left out as well).
     """
     from fnmatch import fnmatchcase  # noqa: PLC0415 - only netplan placement needs it
 
@@ -451,7 +487,54 @@ def netplan_placement(
                 f"definition of {device} at boot, never both. Say which definition "
                 f"configures {device} (--netplan-id {device}=ID)")
     _refuse_unconfigured([d for d in wanted if every_file and d not in placed], documents)
+    _refuse_ignored_families(documents, route_families or {}, sections, placed)
     return sections, placed
+
+
+def _refuse_ignored_families(documents: Mapping[str, object],
+                             route_families: Mapping[str, Iterable[int]],
+                             sections: Mapping[str, str], placed: Mapping[str, str]) -> None:
+    """Refuse the routes netplan's NetworkManager renderer would leave out: those of a
+    family the device's definition neither gets by DHCP nor has an address of."""
+    for device, families in sorted(route_families.items()):
+        section, netplan_id = sections.get(device, "ethernets"), placed.get(device, device)
+        levels: dict[int, str] = {}
+        dhcp = {4: False, 6: False}
+        configured = {4: False, 6: False}
+        for name in sorted(documents):
+            document = documents[name]
+            network = document.get("network") if isinstance(document, Mapping) else None
+            if not isinstance(network, Mapping):
+                continue
+            entries = network.get(section)
+            entries = entries if isinstance(entries, Mapping) else {}
+            definition = entries.get(netplan_id)
+            definition = definition if isinstance(definition, Mapping) else {}
+            # netplan: a definition's renderer over its section's over the file's.
+            for level, where in enumerate((network, entries, definition)):
+                if isinstance(where.get("renderer"), str):
+                    levels[level] = where["renderer"]
+            for family in (4, 6):
+                if f"dhcp{family}" in definition:
+                    dhcp[family] = definition[f"dhcp{family}"] is True
+            addresses = definition.get("addresses")
+            for address in addresses if isinstance(addresses, list) else ():
+                # A mapping is an address with options ({"fd00::1/64": {lifetime: 0}}).
+                text = next(iter(address), "") if isinstance(address, Mapping) else address
+                configured[6 if ":" in str(text) else 4] = True
+        if levels.get(max(levels, default=0)) != "NetworkManager":
+            continue
+        for family in sorted(set(families)):
+            if dhcp[family] or configured[family]:
+                continue
+            method = "ignore" if family == 6 else "link-local"
+            raise ModelError(
+                f"netplan's NetworkManager renderer configures {device} ({netplan_id!r} in "
+                f"{section}) without dhcp{family} or an IPv{family} address: it writes the "
+                f"profile with IPv{family} method={method} and leaves k3snet's IPv{family} "
+                f"routes out, saying nothing. Give the definition dhcp{family}: true or an "
+                f"IPv{family} address, or render networkmanager instead (a dispatcher "
+                "script adding the routes)")
 
 
 def _refuse_unconfigured(devices: Sequence[str], documents: Iterable[str]) -> None:
@@ -740,7 +823,11 @@ def render_networkd(
             lines.append(f"Metric={route.metric}")
             if route.table != MAIN_TABLE:
                 lines.append(f"Table={route.table}")
-            if route.scope != _default_scope(route):
+            # Always said but for IPv6 (whose routes have no scope): systemd before v251
+            # gave a [Route] without Gateway= scope global, not link as `ip route` does,
+            # and a gateway reached through that route was then refused ("Nexthop has
+            # invalid gateway": the kernel looks a gateway up in routes of scope link).
+            if route.scope != "universe":
                 lines.append(f"Scope={_NETWORKD_SCOPES[str(route.scope)]}")
             lines.append(f"Protocol={route.protocol}")
         files[name] = "\n".join(lines) + "\n"

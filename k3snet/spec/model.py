@@ -24,6 +24,7 @@ __all__ = [
     "BLOCK_SIZE_KEYS",
     "FLANNEL_TYPES",
     "KIND",
+    "NODE_ARCHITECTURES",
     "AgentSettings",
     "BlockSizes",
     "CalicoSettings",
@@ -39,6 +40,7 @@ __all__ = [
     "MasqueradeMode",
     "MasqueradePolicy",
     "Spec",
+    "node_architecture",
     "seed_spec",
     "spec_interface_name",
 ]
@@ -262,6 +264,37 @@ constant here stayed 0.1.0 through a version bump, and a newer release's DaemonS
 would have started an older agent, without the flags it passes)."""
 
 
+NODE_ARCHITECTURES = ("386", "amd64", "arm", "arm64", "loong64", "mips", "mips64",
+                      "mips64le", "mipsle", "ppc64", "ppc64le", "riscv64", "s390x")
+"""The values of the ``kubernetes.io/arch`` node label (Go's GOARCH for Linux)."""
+
+# Other names of them (uname -m, Debian's): a node label is never one of these, so a
+# DaemonSet asking for it would run on no node.
+_ARCHITECTURE_NAMES = {"x86_64": "amd64", "x86-64": "amd64", "x64": "amd64",
+                       "aarch64": "arm64", "armv8": "arm64", "i386": "386", "i686": "386",
+                       "x86": "386", "armhf": "arm", "armel": "arm", "armv7l": "arm",
+                       "armv6l": "arm", "ppc64el": "ppc64le", "mips64el": "mips64le",
+                       "mipsel": "mipsle", "loongarch64": "loong64"}
+
+
+def node_architecture(value: Any) -> str:
+    """``value`` if it is a ``kubernetes.io/arch`` label value (``amd64``, ``arm64`` ...)."""
+    if isinstance(value, str) and value in NODE_ARCHITECTURES:
+        return value
+    known = _ARCHITECTURE_NAMES.get(value.lower()) if isinstance(value, str) else None
+    hint = f" ({value} is {known} there)" if known else ""
+    raise ModelError(f"{str(value)[:40]!r} is not a kubernetes.io/arch value{hint}; one of "
+                     f"{', '.join(NODE_ARCHITECTURES)}")
+
+
+def _architectures(values: Iterable[str] | None) -> tuple[str, ...] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        raise ModelError(f"expected a list of architectures, got the string {values!r}")
+    return tuple(sorted({node_architecture(value) for value in values}))
+
+
 @attrs.frozen
 class AgentSettings:
     """How the k3snet agent DaemonSet runs on every node."""
@@ -274,6 +307,10 @@ class AgentSettings:
     namespace exists already: ``kubectl apply`` would set its Pod Security level to
     ``privileged`` for every pod in it, and ``kubectl delete -f`` would delete it with
     everything it holds."""
+    architectures: tuple[str, ...] | None = attrs.field(default=None, converter=_architectures)
+    """The ``kubernetes.io/arch`` values of the nodes the DaemonSet runs on: those the
+    image is built for (``make image`` builds for its machine's alone). ``None``: every
+    node, and one of another architecture cannot run the image."""
 
 
 def _options(value: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:

@@ -46,6 +46,7 @@ from k3snet.spec.model import (
     BLOCK_SIZE_KEYS,
     FLANNEL_TYPES,
     KIND,
+    NODE_ARCHITECTURES,
     AgentSettings,
     BlockSizes,
     CalicoSettings,
@@ -60,6 +61,7 @@ from k3snet.spec.model import (
     ForwardPolicy,
     MasqueradePolicy,
     Spec,
+    node_architecture,
     spec_interface_name,
 )
 from k3snet.spec.validators import (
@@ -138,6 +140,8 @@ with_schema(_image, {"type": "string", "pattern": f"^{_IMAGE_REFERENCE}$",
 # A gateway is an address, read by the route's own parser (no 0.0.0.0 / ::).
 with_schema(parse_gateway, ADDRESS_SCHEMA)
 
+
+with_schema(node_architecture, {"type": "string", "enum": list(NODE_ARCHITECTURES)})
 
 def _ifname(value: Any) -> Any:
     return spec_interface_name(value)
@@ -418,6 +422,11 @@ AGENT = Section(AgentSettings, (
           doc="Render a Namespace for agent.namespace with Pod Security level privileged "
               "(built-in namespaces never are); false when it exists already, whose pods "
               "would all get that level, and which kubectl delete -f would delete."),
+    Field("architectures", "architectures", items(converted(node_architecture)), list,
+          omit_none=True, example=["arm64"],
+          doc="The kubernetes.io/arch values of the nodes the DaemonSet runs on: those its "
+              "image is built for (make image: its build machine's alone); unset: every "
+              "node, and those of another architecture cannot run the image."),
 ))
 
 def _json_values(value: Any) -> str | None:

@@ -1204,3 +1204,49 @@ def test_an_agent_image_is_refused_or_renders_as_one_the_kubelet_pulls(image: st
         for container in _containers(obj):
             assert container["image"] == image
         assert kubernetes_validate.validate(obj, NEWEST_KUBERNETES_VERSION, strict=True)
+
+
+# ------------------------------------------------------------ the image's architectures
+
+@pytest.mark.parametrize("profiles", [False, True], ids=["one", "profiles"])
+def test_the_daemonsets_run_only_on_nodes_of_the_architectures_the_image_is_built_for(
+        profiles: bool) -> None:
+    # make image builds for its machine's architecture alone: without a kubernetes.io/arch
+    # term, an arm64 node of an amd64 image ran the agent into "exec format error" on
+    # every restart (an image of one platform: ImagePullBackOff).
+    spec = attrs.evolve(k3snet.seed_spec(), agent=AgentSettings(architectures=["arm64"]))
+    others = {"edge": attrs.evolve(spec, destinations=[Destination("192.168.9.0/24")])}
+    objs = render_manifests(spec, node_report=False, profiles=others if profiles else None)
+    daemonsets = _kind(objs, "DaemonSet")
+    assert len(daemonsets) == (2 if profiles else 1)
+    for daemonset in daemonsets:
+        pod = daemonset["spec"]["template"]["spec"]
+        terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"]
+        # One term: terms are ORed, so the profile's NotIn in a second one would have let
+        # every node of another architecture in.
+        (term,) = terms
+        assert {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]} in \
+            term["matchExpressions"]
+        if profiles and daemonset["metadata"]["name"] == AGENT_NAME:
+            assert {"key": PROFILE_LABEL, "operator": "NotIn", "values": ["edge"]} in \
+                term["matchExpressions"]
+        for version in VERSIONS:
+            assert kubernetes_validate.validate(daemonset, version, strict=True) == version
+
+
+def test_no_architecture_given_leaves_the_daemonset_on_every_node() -> None:
+    (daemonset,) = _kind(render_manifests(k3snet.seed_spec(), node_report=False), "DaemonSet")
+    assert "affinity" not in daemonset["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize(("given", "hint"), [
+    ("x86_64", "x86_64 is amd64"), ("aarch64", "aarch64 is arm64"), ("armhf", "armhf is arm"),
+    ("AMD64", "amd64"), ("", "one of")])
+def test_an_architecture_no_node_label_holds_is_refused_with_the_label_s_name(
+        given: str, hint: str) -> None:
+    text = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+            f"destinations: [{{cidr: 192.168.2.0/24}}]\nagent: {{architectures: ['{given}']}}\n")
+    with pytest.raises(SpecError, match=r"agent\.architectures") as caught:
+        k3snet.Spec.from_yaml(text)
+    assert hint in str(caught.value)

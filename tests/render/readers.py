@@ -10,7 +10,6 @@ JSON through the nftables backend's own rule parser.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from typing import Any
@@ -19,9 +18,8 @@ import yaml
 
 from k3snet.backends.nftables.parse import own_object, parse_rule
 from k3snet.model import NetObject, Route, Sysctl
+from k3snet.model.route import RouteScope
 from k3snet.render.nftables import nft_rules, nft_rules_json
-
-_DEFAULT_METRIC = {4: 0, 6: 1024}
 
 
 class ReadBackError(AssertionError):
@@ -137,15 +135,17 @@ def read_netplan(text: str, *, protocol: int) -> list[Route]:
             for entry in config["routes"]:
                 if set(entry) - {"to", "via", "scope", "metric", "table"}:
                     raise ReadBackError(f"unexpected route keys {sorted(entry)}")
-                family = ipaddress.ip_network(entry["to"]).version
+                if "metric" not in entry:
+                    # netplan's NetworkManager renderer gives it the connection's metric
+                    # (100 on ethernet), networkd the kernel's: not one value.
+                    raise ReadBackError(f"a netplan route without metric: {entry}")
                 routes.append(Route(entry["to"], gateway=entry.get("via"), device=device,
                                     table=entry.get("table", 254), protocol=protocol,
-                                    metric=entry.get("metric", _DEFAULT_METRIC[family]),
-                                    scope=entry.get("scope")))
+                                    metric=entry["metric"], scope=entry.get("scope")))
     return routes
 
 
-_SCOPES = {"global": "universe", "link": "link", "host": "host"}
+_SCOPES: dict[str, RouteScope] = {"global": "universe", "link": "link", "host": "host"}
 
 
 def read_networkd(files: dict[str, str]) -> list[Route]:
@@ -178,7 +178,9 @@ def read_networkd(files: dict[str, str]) -> list[Route]:
             routes.append(Route(values["Destination"], gateway=values.get("Gateway"),
                                 device=device, metric=int(values["Metric"]),
                                 table=int(values.get("Table", 254)),
-                                scope=_SCOPES[values["Scope"]] if "Scope" in values else None,
+                                # Without Scope=, systemd before v251 (Ubuntu 22.04's
+                                # 249) gives an IPv4 route scope global, gateway or not.
+                                scope=_SCOPES[values.get("Scope", "global")],
                                 protocol=int(values["Protocol"])))
     return routes
 

@@ -169,7 +169,31 @@ def test_the_file_networkd_applies_holds_the_admins_dhcp_and_k3snets_routes(
     assert "too open" not in done.stderr, done.stderr
     applied = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")
     assert applied["Network"][0].get("DHCP") == "ipv4"  # the admin's configuration
-    assert {"Destination": "192.168.2.0/24", "Gateway": "192.168.1.1"} in applied["Route"]
+    assert {"Destination": "192.168.2.0/24", "Gateway": "192.168.1.1",
+            "Metric": "0"} in applied["Route"]
+
+
+@needs_netplan
+def test_under_network_manager_the_routes_keep_the_metric_of_the_spec(tmp_path: Path) -> None:
+    # A netplan route without metric is, under renderer: NetworkManager, one of the
+    # connection's metric (route1=DST,GW: 100 on ethernet), not the kernel's 0 or 1024.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-network-manager.yaml").write_text(yaml.safe_dump({"network": {
+        "version": 2, "renderer": "NetworkManager",
+        "ethernets": {"eth0": {"dhcp4": True, "dhcp6": True}}}}))
+    state = State(owned=[Route("10.7.0.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:7::/64", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert done.returncode == 0, done.stderr
+    (profile,) = (tmp_path / "run" / "NetworkManager" / "system-connections").iterdir()
+    routes = [line for line in profile.read_text().splitlines() if line.startswith("route")]
+    assert routes == ["route1=10.7.0.0/24,192.168.1.1,0", "route1=fd01:7::/64,,1024"]
 
 
 # ------------------------------------------------- a device no netplan file configures
@@ -246,3 +270,91 @@ def test_netplan_makes_a_link_local_profile_of_a_device_only_k3snets_file_names(
     assert "interface-name=eth0" in text
     assert "method=link-local" in text
     assert "192.168.2.0" not in text
+
+
+# ------------------------------------------- numbers netplan passes on to networkd
+
+@needs_netplan
+@pytest.mark.parametrize(("table", "metric"), [
+    (2**31 - 1, 2**31 - 1), (2**31, 5), (2**32 - 1, 5), (100, 2**31), (100, 2**32 - 2),
+    (100, 2**32 - 1)])
+def test_a_route_table_and_metric_are_refused_or_reach_networkd_as_given(
+        table: int, metric: int, tmp_path: Path) -> None:
+    # netplan writes Table= with %d (and Metric= up to 0.106): Table=-1 for 4294967295,
+    # which networkd ignores, putting the route in the main table; its "no metric" is
+    # 4294967295, and the route came up at metric 0.
+    state = State(owned=[Route("10.7.0.0/24", gateway="192.168.1.1", device="eth0",
+                               table=table, metric=metric)])
+    if max(table, metric) > 2**31 - 1:
+        with pytest.raises(ModelError, match="signed numbers"):
+            render_netplan(state)
+        return
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    (etc / "90-k3snet.yaml").chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert done.returncode == 0, done.stderr
+    route = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")["Route"][0]
+    assert (route.get("Table"), route.get("Metric")) == (str(table), str(metric))
+
+
+# ---------------------------------------- routes under the NetworkManager renderer
+
+SPEC_DUAL = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster:
+  podCIDRs: [10.42.0.0/16, fd42::/56]
+destinations:
+  - cidr: 192.168.2.0/24
+    gateway: 192.168.1.1
+    device: eth0
+  - cidr: fd01:2::/64
+    gateway: fe80::1
+    device: eth0
+"""
+
+
+@needs_netplan
+@pytest.mark.parametrize(("renderer", "eth0"), [
+    ("NetworkManager", {"dhcp4": True}), ("NetworkManager", {"dhcp4": True, "accept-ra": True}),
+    ("NetworkManager", {"dhcp4": True, "dhcp6": True}), ("NetworkManager", {"dhcp6": True}),
+    ("NetworkManager", {"dhcp6": True, "addresses": ["192.168.1.10/24"]}),
+    ("NetworkManager", {"addresses": ["192.168.1.10/24", "fd00::10/64"]}),
+    ("networkd", {"dhcp4": True}), ("NetworkManager", {"dhcp4": True, "renderer": "networkd"}),
+    ("networkd", {"dhcp4": True, "renderer": "NetworkManager"}),
+], ids=["nm-dhcp4", "nm-accept-ra", "nm-dhcp4-dhcp6", "nm-dhcp6", "nm-dhcp6-ipv4-address",
+        "nm-address", "networkd-dhcp4",
+        "its-own-networkd", "its-own-nm"])
+def test_routes_of_each_family_are_refused_or_reach_what_netplan_renders(
+        renderer: str, eth0: dict[str, Any], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Under renderer: NetworkManager, a device without dhcp6 or an IPv6 address gets a
+    # profile with [ipv6] method=ignore (without IPv4: [ipv4] method=link-local), and
+    # netplan left k3snet's routes of that family out of it, exit status 0: the node
+    # came up without them.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(yaml.safe_dump(
+        {"network": {"version": 2, "renderer": renderer, "ethernets": {"eth0": eth0}}}))
+    (etc / "01-admin.yaml").chmod(0o600)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
+    if status != 0:
+        error = capsys.readouterr().err
+        assert eth0.get("renderer", renderer) == "NetworkManager"
+        assert "method=ignore" in error or "method=link-local" in error
+        assert not (eth0.get("dhcp4") and eth0.get("dhcp6"))
+        return
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert done.returncode == 0, done.stderr
+    written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*")
+                      if p.is_file() and p.suffix in {".nmconnection", ".network"})
+    assert "192.168.2.0/24" in written
+    assert "fd01:2::/64" in written

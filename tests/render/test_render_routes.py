@@ -148,11 +148,13 @@ def test_netplan_parses_back() -> None:
     assert set(ethernets) == {"d0", "e0"}
     assert ethernets["d0"]["routes"] == [
         {"to": "10.2.0.0/16", "scope": "link", "metric": 5, "table": 100},
-        {"to": "10.1.0.0/24", "via": "10.0.0.2"},
-        {"to": "fd01::/64", "via": "fd00::2"},
+        # The default metric said too: netplan's NetworkManager renderer gives a route
+        # without one the connection's (100 on ethernet).
+        {"to": "10.1.0.0/24", "via": "10.0.0.2", "metric": 0},
+        {"to": "fd01::/64", "via": "fd00::2", "metric": 1024},
     ]
     assert ethernets["e0"]["routes"] == [
-        {"to": "0.0.0.0/0", "via": "10.9.0.2", "table": 1000},
+        {"to": "0.0.0.0/0", "via": "10.9.0.2", "metric": 0, "table": 1000},
         {"to": "fd02::/48", "scope": "link", "metric": 300, "table": 100},
     ]
 
@@ -173,8 +175,9 @@ def test_networkd_files() -> None:
     sections = parse_networkd(files["90-k3snet-d0.network"])
     assert sections[0] == ("Match", {"Name": "d0"})
     assert sections[1:] == [
+        # Scope=link said: systemd before v251 makes a route without Gateway= global.
         ("Route", {"Destination": "10.2.0.0/16", "Metric": "5", "Table": "100",
-                   "Protocol": "211"}),
+                   "Scope": "link", "Protocol": "211"}),
         ("Route", {"Destination": "10.1.0.0/24", "Gateway": "10.0.0.2", "Metric": "0",
                    "Protocol": "211"}),
         ("Route", {"Destination": "fd01::/64", "Gateway": "fd00::2", "Metric": "1024",
