@@ -969,9 +969,9 @@ def _retry_after(headers: Any, now: Callable[[], float] = time.time) -> float | 
     balancer in front of the API server may send one), taken from the answer's own
     ``Date`` when it has one (the two clocks are the same), else from ``now()``.
 
-    A number of 10 digits or more is :data:`_RETRY_AFTER_MOST` (longer than anything
-    waited, never none: it asks a wait, not a quick try). A date already past, and
-    anything else, is taken as none."""
+    A number of 10 digits or more (leading zeros aside) is :data:`_RETRY_AFTER_MOST`
+    (longer than anything waited, never none: it asks a wait, not a quick try). A date
+    already past, and anything else, is taken as none."""
     try:
         value = headers.get("Retry-After") if headers is not None else None
         date = headers.get("Date") if headers is not None else None
@@ -981,7 +981,8 @@ def _retry_after(headers: Any, now: Callable[[], float] = time.time) -> float | 
         return None
     value = value.strip()
     if _SECONDS.fullmatch(value):
-        return float(int(value)) if len(value) < 10 else _RETRY_AFTER_MOST
+        digits = value.lstrip("0")  # 1*DIGIT: "0000000003" is 3 s, no 10-digit wait
+        return float(int(digits or "0")) if len(digits) < 10 else _RETRY_AFTER_MOST
     until = _http_date(value)
     if until is None:
         return None
