@@ -528,6 +528,23 @@ def test_a_retry_after_of_ten_digits_or_more_asks_a_long_wait_not_a_quick_try(
     assert slept == []
     assert _lists(server) == ["GET"]
     assert "more than the 5 s k3snet waits at once; not sent again" in err, err
+    assert "it asked to wait 999999999 s or more, more than" in err, err  # not "1e+09 s"
+
+
+def test_a_retry_after_date_an_hour_further_says_its_seconds_whole(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # (a server clock an hour ahead of the node's, and no Date: the same answer)
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        _throttled_first(api, {"Retry-After": "Sun, 06 Dec 2026 02:30:03 GMT",
+                               "Date": "Sun, 06 Dec 2026 01:30:00 GMT"})
+        with pytest.raises(KubeApiError) as info, \
+                translate_errors("read", classifier=KubeErrors()):
+            _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert slept == []
+    assert "it asked to wait 3603 s, more than the 5 s" in str(info.value), info.value
 
 
 @pytest.mark.parametrize(("retry_after", "seconds"), [("0000000003", 3.0),
