@@ -546,7 +546,7 @@ def _bound(api_client: Any, *, made: bool) -> None:
             deadline = within() if within is not None else None
             if wait > waits.longest:
                 return _given_up(response, ", ".join(filter(None, [
-                    f"it asked to wait {wait:.3g} s, more than the {waits.longest:.3g} s "
+                    f"it asked to wait {_asked(wait)}, more than the {waits.longest:.3g} s "
                     "k3snet waits at once; not sent again", tried])), maybe)
             if (sent_again >= waits.tries or waited + wait > waits.total
                     or (deadline is not None and wait >= deadline.left())):
@@ -969,9 +969,9 @@ def _retry_after(headers: Any, now: Callable[[], float] = time.time) -> float | 
     balancer in front of the API server may send one), taken from the answer's own
     ``Date`` when it has one (the two clocks are the same), else from ``now()``.
 
-    A number of 10 digits or more is :data:`_RETRY_AFTER_MOST` (longer than anything
-    waited, never none: it asks a wait, not a quick try). A date already past, and
-    anything else, is taken as none."""
+    A number of 10 digits or more (leading zeros aside) is :data:`_RETRY_AFTER_MOST`
+    (longer than anything waited, never none: it asks a wait, not a quick try). A date
+    already past, and anything else, is taken as none."""
     try:
         value = headers.get("Retry-After") if headers is not None else None
         date = headers.get("Date") if headers is not None else None
@@ -981,13 +981,22 @@ def _retry_after(headers: Any, now: Callable[[], float] = time.time) -> float | 
         return None
     value = value.strip()
     if _SECONDS.fullmatch(value):
-        return float(int(value)) if len(value) < 10 else _RETRY_AFTER_MOST
+        digits = value.lstrip("0")  # 1*DIGIT: "0000000003" is 3 s, no 10-digit wait
+        return float(int(digits or "0")) if len(digits) < 10 else _RETRY_AFTER_MOST
     until = _http_date(value)
     if until is None:
         return None
     sent = _http_date(date) if isinstance(date, str) else None
     left = until - (now() if sent is None else sent)
     return min(left, _RETRY_AFTER_MOST) if left > 0 else None
+
+
+def _asked(wait: float) -> str:
+    """A wait asked, as the error says it: ``120 s``, ``3603 s`` (not ``3.6e+03 s``),
+    ``999999999 s or more`` (:data:`_RETRY_AFTER_MOST`, not ``1e+09 s``)."""
+    if wait >= _RETRY_AFTER_MOST:
+        return f"{_RETRY_AFTER_MOST:.0f} s or more"
+    return f"{wait:.3g} s" if wait < 100 else f"{wait:.0f} s"
 
 
 def _http_date(value: str) -> float | None:

@@ -41,7 +41,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, Literal, Protocol
 
 import attrs
@@ -236,6 +236,37 @@ def _spec_options(spec: Spec, backends: Sequence[Any]) -> dict[str, dict[str, An
         with contextlib.suppress(K3snetError):  # refused: the destroy is named without them
             found[name] = resolve_backend_options(name, spec_backend_options(spec, name))
     return found
+
+
+class _SaidOnce(logging.Filter):
+    """A filter passing each message once: the "could not look" line of a file both the
+    spec's node look and the look through a dropped backend read (flannel's, of
+    ``$K3SNET_FLANNEL_CONF``) is logged by each, word for word."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self._said:
+            return False
+        self._said.add(message)
+        return True
+
+    @contextlib.contextmanager
+    def over(self, name: str) -> Iterator[None]:
+        """Within the block, logger ``name``'s records pass this filter."""
+        logger = logging.getLogger(name)
+        logger.addFilter(self)
+        try:
+            yield
+        finally:
+            logger.removeFilter(self)
+
+
+_DISCOVER_LOG = "k3snet.backends.discover"
+"""The logger of :mod:`k3snet.backends.discover`'s looks (a look that failed)."""
 
 
 def _holder(warning: str) -> str:
@@ -804,7 +835,10 @@ class Agent:
     def _accept(self, spec: Spec, sha: str, group: BackendGroup, fresh: bool) -> None:
         # Before the previous backends are closed: the cluster backends the new spec no
         # longer names are looked through as they were built (the one client there is).
-        left = self._dropped_left(group) if fresh else ()
+        # Each look's "could not look" line once: both may fail on flannel's one file.
+        once = _SaidOnce()
+        with once.over(_DISCOVER_LOG):
+            left = self._dropped_left(group) if fresh else ()
         if fresh and self._group is not None:
             _close(self._group, f"spec generation {self.generation}")
         self._spec, self._sha, self._group = spec, sha, group
@@ -814,7 +848,9 @@ class Agent:
         self._refused_sha = self._refusal = self._teardown_wait = None
         _log.info("spec generation %d in force (sha256 %s, from %s)", self.generation,
                   sha[:12], self.source.where)
-        said = {_holder(w) for w in self._warn_of(spec, group)}
+        with once.over(_DISCOVER_LOG):
+            warned = self._warn_of(spec, group)
+        said = {_holder(w) for w in warned}
         for warning in left:
             # The node look already named it (flannel's file of $K3SNET_FLANNEL_CONF,
             # also the dropped backend's): once, the spec's warning's wording kept.

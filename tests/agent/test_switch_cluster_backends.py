@@ -204,3 +204,35 @@ def test_the_flannel_file_of_the_agent_s_environment_dropped_is_said_once(
     assert len(said) == 1, said
     assert said[0].startswith(f"spec generation 2: flannel holds 1 of k3snet's objects in "
                               f"{conf}")
+
+
+def test_a_flannel_file_of_the_agent_s_environment_dropped_and_unreadable_is_said_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # As above, the file no longer readable (not UTF-8): both looks failed on it, and the
+    # agent logged "flannel: could not look ... in PATH" twice at the new spec, where the
+    # keys found are said once.
+    path = tmp_path / "spec.yaml"
+    spec = SPEC.replace("cni:\n  calico: {}\n",
+                        "cni:\n  calico: {}\n  flannel: {backend: {type: host-gw}}\n")
+    path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico, flannel]"))
+    conf = tmp_path / "net-conf.json"
+    conf.write_text(NET_CONF)
+
+    def node_look(spec: Spec, group: BackendGroup) -> list[str]:
+        return _flannel_file_left([m.backend for m in group.members], {"path": conf}, ())
+
+    with EmulatedApiServer(resources=CALICO_RESOURCES + AGENT_RESOURCES) as srv:
+        srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                        "metadata": {"name": "default-ipv4-ippool"},
+                        "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        srv.put("v1/nodes", {"metadata": {"name": "node-a"}})
+        agent = _agent(srv, "node-a", path, flannel=conf, spec_warnings=node_look)
+        assert agent.run_pass().status == "ok"
+        conf.write_bytes(b"\xff not UTF-8")
+        path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico]"))
+        caplog.set_level(logging.WARNING, logger="k3snet")
+        assert agent.run_pass().status == "ok"
+    said = [r.getMessage() for r in caplog.records if "could not look" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"flannel: could not look for k3snet's objects a switch of "
+                              f"backends may have left in {conf} (")

@@ -6,6 +6,7 @@ for what a switch left went through the node backends only, and nothing was said
 
 from __future__ import annotations
 
+import io
 import shlex
 from pathlib import Path
 
@@ -237,3 +238,40 @@ def test_an_unreadable_flannel_file_not_in_use_is_said_once_naming_the_file(
                               f"backends may have left in {conf} (")
     assert message.endswith(f"`k3snet destroy --dry-run --backend flannel --backend-opt "
                             f"flannel.path={conf}` shows them")
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_refused_look_whose_discovery_fails_too_is_said(
+        status: int, caplog: pytest.LogCaptureFixture) -> None:
+    # A 403 is unsaid only when discovery answers that no Calico API group is served
+    # (404); a discovery throttled or failing cannot tell, and the refusal is said.
+    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
+
+    with EmulatedApiServer(resources=("v1/configmaps",)) as server:
+        api = server.api_client()
+        old = create_backend("calico", api_client=api, api="crd")
+        pool = api.rest_client.pool_manager
+        real = pool.request
+        asked: list[str] = []
+
+        def request(verb: str, url: str, **kwargs: object) -> object:
+            if url.rstrip("/").endswith(("/apis/crd.projectcalico.org/v1",
+                                         "/apis/projectcalico.org/v3")):
+                asked.append(url)
+                return urllib3.HTTPResponse(
+                    body=io.BytesIO(b"busy"), status=status, reason="busy",
+                    headers={"Content-Type": "text/plain"}, preload_content=False)
+            return real(verb, url, **kwargs)
+
+        pool.request = request
+        try:
+            server.fail(403, method="GET", plural="ippools", times=None)
+            with caplog.at_level("WARNING", logger="k3snet"):
+                found = cluster_left_behind([create_backend("memory")], {}, dropped=[old])
+        finally:
+            old.close()
+    assert found == ()
+    assert asked  # discovery was asked
+    (record,) = [r for r in caplog.records if "could not look" in r.getMessage()]
+    assert record.getMessage().startswith("calico: could not look"), record.getMessage()
+    assert "403" in record.getMessage()

@@ -528,6 +528,40 @@ def test_a_retry_after_of_ten_digits_or_more_asks_a_long_wait_not_a_quick_try(
     assert slept == []
     assert _lists(server) == ["GET"]
     assert "more than the 5 s k3snet waits at once; not sent again" in err, err
+    assert "it asked to wait 999999999 s or more, more than" in err, err  # not "1e+09 s"
+
+
+def test_a_retry_after_date_an_hour_further_says_its_seconds_whole(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # (a server clock an hour ahead of the node's, and no Date: the same answer)
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        _throttled_first(api, {"Retry-After": "Sun, 06 Dec 2026 02:30:03 GMT",
+                               "Date": "Sun, 06 Dec 2026 01:30:00 GMT"})
+        with pytest.raises(KubeApiError) as info, \
+                translate_errors("read", classifier=KubeErrors()):
+            _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert slept == []
+    assert "it asked to wait 3603 s, more than the 5 s" in str(info.value), info.value
+
+
+@pytest.mark.parametrize(("retry_after", "seconds"), [("0000000003", 3.0),
+                                                       ("00000000000000000002", 2.0)])
+def test_a_retry_after_s_leading_zeros_are_no_digits_of_a_long_wait(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], *, retry_after: str,
+        seconds: float) -> None:
+    # RFC 9110's delay-seconds is 1*DIGIT: "0000000003" is 3 s. Its 10 characters were
+    # taken for a wait of 10 digits or more, and the request given up at once.
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        reached = _throttled_first(api, {"Retry-After": retry_after})
+        _core(api).read_namespaced_config_map("x", "kube-system")
+    finally:
+        api.close()
+    assert slept == [seconds]
+    assert reached == ["GET"]
 
 
 @pytest.mark.parametrize("value", ["soon", "-1", "1.5", "Sun, 06 Dec 2026 01:29:00 GMT",
