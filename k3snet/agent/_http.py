@@ -10,8 +10,9 @@ so that any pod could walk the agent to its memory limit. This server instead:
 * holds at most ``max_connections``; for one more, it first serves every request
   that has arrived (a probe sends its request as it connects, so even one accepted
   from a backlog full of idle connections is answered), then closes the oldest
-  connection that has sent nothing (else the oldest still sending its request):
-  a flood of idle connections pushes out only its own;
+  connection whose request has not all arrived, whether it sent nothing or a part
+  of it: a flood of connections pushes out its own, unless ``max_connections`` of
+  them arrive between a client's connect and its request;
 * closes a connection not answered and written within ``deadline`` seconds of its
   accept (a client that sends a byte at a time, or never reads its answer);
 * reads at most :data:`REQUEST_LIMIT` bytes of request line and headers (431 beyond);
@@ -35,7 +36,7 @@ from k3snet._logline import printable_line
 __all__ = ["DEADLINE", "MAX_CONNECTIONS", "REQUEST_LIMIT", "HealthServer", "parse_listen"]
 
 MAX_CONNECTIONS = 64
-"""Connections held at once; one more closes the oldest that sent nothing (see the module)."""
+"""Connections held at once; one more closes the oldest still unanswered (see the module)."""
 
 DEADLINE = 10.0
 """Seconds from a connection's accept to its answer written; it is closed then."""
@@ -207,10 +208,14 @@ class HealthServer:
                 self._turn(key.data)
         if len(self._clients) <= self._max:
             return
-        # Not the newcomer: it was accepted just now, its request may be on its way.
-        waiting = [c for c in self._clients.values() if c.answer is None and c is not newcomer]
-        silent = (c for c in waiting if not c.request)
-        self._close(next(silent, waiting[0] if waiting else newcomer))
+        # The oldest, whether it sent nothing or a part: a client accepted before its
+        # first packet was read has sent nothing either. Closing those first made every
+        # newcomer the next one closed beside connections sending a byte each (one
+        # reconnecting pod reset probes and scrapes a few ms behind); oldest first,
+        # max_connections more must arrive before one's request does. Not the
+        # newcomer: it was accepted just now, its request may be on its way.
+        waiting = (c for c in self._clients.values() if c.answer is None and c is not newcomer)
+        self._close(next(waiting, newcomer))
 
     def _expire(self) -> None:
         now = time.monotonic()
