@@ -272,8 +272,9 @@ class HealthServer:
 
     def _answer(self, client: _Client, answer: tuple[int, bytes, str], head: bool) -> None:
         status, body, ctype = answer
+        allow = "Allow: GET, HEAD\r\n" if status == 405 else ""  # RFC 9110: a 405's must
         lines = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
-                 f"Server: k3snet-agent\r\nContent-Type: {ctype}\r\n"
+                 f"Server: k3snet-agent\r\nContent-Type: {ctype}\r\n{allow}"
                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
         client.answer = memoryview(lines.encode("latin-1") + (b"" if head else body))
         self._selector.modify(client.sock, selectors.EVENT_WRITE, client)

@@ -228,6 +228,15 @@ def test_malformed_and_foreign_requests_get_a_status_and_a_closed_connection(
     assert _probe(server).startswith(b"HTTP/1.1 200 OK\r\n")
 
 
+def test_a_method_not_allowed_names_the_allowed_ones(server: HealthServer) -> None:
+    # RFC 9110 15.5.6: a 405 answer must carry Allow.
+    for request in (b"POST /metrics HTTP/1.1\r\n\r\n", b"OPTIONS * HTTP/1.1\r\n\r\n"):
+        head = _probe(server, request).partition(b"\r\n\r\n")[0]
+        assert head.startswith(b"HTTP/1.1 405 ")
+        assert b"\r\nAllow: GET, HEAD\r\n" in head + b"\r\n"
+    assert b"\r\nAllow:" not in _probe(server)
+
+
 def test_head_is_answered_without_a_body(server: HealthServer) -> None:
     answer = _probe(server, b"HEAD /metrics HTTP/1.1\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
