@@ -10,9 +10,9 @@ so that any pod could walk the agent to its memory limit. This server instead:
 * holds at most ``max_connections``; for one more, it first serves every request
   that has arrived (a probe sends its request as it connects, so even one accepted
   from a backlog full of idle connections is answered), then closes the oldest
-  connection whose request has not all arrived, whether it sent nothing or a part
-  of it: a flood of connections pushes out its own, unless ``max_connections`` of
-  them arrive between a client's connect and its request;
+  connection whose request has not all arrived (whether it sent nothing or a part)
+  of the peer holding the most connections (an IPv4 address, an IPv6 /64): a flood
+  from one pod pushes out only its own, however fast it reconnects;
 * closes a connection not answered and written within ``deadline`` seconds of its
   accept (a client that sends a byte at a time, or never reads its answer);
 * reads at most :data:`REQUEST_LIMIT` bytes of request line and headers (431 beyond);
@@ -21,6 +21,7 @@ so that any pod could walk the agent to its memory limit. This server instead:
 
 from __future__ import annotations
 
+import collections
 import http
 import ipaddress
 import logging
@@ -36,7 +37,7 @@ from k3snet._logline import printable_line
 __all__ = ["DEADLINE", "MAX_CONNECTIONS", "REQUEST_LIMIT", "HealthServer", "parse_listen"]
 
 MAX_CONNECTIONS = 64
-"""Connections held at once; one more closes the oldest still unanswered (see the module)."""
+"""Connections held at once; one more closes one of the peer holding most (see the module)."""
 
 DEADLINE = 10.0
 """Seconds from a connection's accept to its answer written; it is closed then."""
@@ -84,11 +85,12 @@ _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 class _Client:
     """One accepted connection: what it sent so far, then what is left to write."""
 
-    __slots__ = ("answer", "request", "sock", "started")
+    __slots__ = ("answer", "peer", "request", "sock", "started")
 
-    def __init__(self, sock: socket.socket, started: float) -> None:
+    def __init__(self, sock: socket.socket, started: float, peer: str) -> None:
         self.sock = sock
         self.started = started
+        self.peer = peer
         self.request = bytearray()
         self.answer: memoryview | None = None
 
@@ -184,7 +186,7 @@ class HealthServer:
         # At most max_connections at a time: then the loop turns (deadlines, writes).
         for _ in range(self._max):
             try:
-                sock, _address = self._listener.accept()
+                sock, address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionError:  # the client gave up before its accept
@@ -193,7 +195,7 @@ class HealthServer:
                 time.sleep(0.1)
                 return
             sock.setblocking(False)
-            client = _Client(sock, time.monotonic())
+            client = _Client(sock, time.monotonic(), _peer(address))
             self._clients[sock.fileno()] = client
             self._selector.register(sock, selectors.EVENT_READ, client)
             if len(self._clients) > self._max:
@@ -208,14 +210,15 @@ class HealthServer:
                 self._turn(key.data)
         if len(self._clients) <= self._max:
             return
-        # The oldest, whether it sent nothing or a part: a client accepted before its
-        # first packet was read has sent nothing either. Closing those first made every
-        # newcomer the next one closed beside connections sending a byte each (one
-        # reconnecting pod reset probes and scrapes a few ms behind); oldest first,
-        # max_connections more must arrive before one's request does. Not the
-        # newcomer: it was accepted just now, its request may be on its way.
-        waiting = (c for c in self._clients.values() if c.answer is None and c is not newcomer)
-        self._close(next(waiting, newcomer))
+        # The peer holding the most connections loses its oldest unanswered one, whether
+        # it sent nothing or a part (a client accepted before its first packet was read
+        # has sent nothing either): one pod reconnecting in a loop, each connection
+        # sending a byte, closed the kubelet's probe whenever it was accepted a moment
+        # before its request came. Not the newcomer: its request may be on its way.
+        held = collections.Counter(c.peer for c in self._clients.values())
+        waiting = [c for c in self._clients.values() if c.answer is None and c is not newcomer]
+        most = max((held[c.peer] for c in waiting), default=0)
+        self._close(next((c for c in waiting if held[c.peer] == most), newcomer))
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -326,6 +329,21 @@ def _listen(host: str, port: int) -> socket.socket:
             raise OSError(exc.errno, exc.strerror, f"listen on {where}") from exc
         raise
     return sock
+
+
+def _peer(address: tuple[object, ...]) -> str:
+    """Whose connection it is: its IPv4 address, or the /64 of an IPv6 one (a host
+    picks any address of its /64; a pod has one address)."""
+    host = str(address[0])
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # an IPv4 client of the dual-stack socket
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def _probe(result: tuple[bool, str]) -> tuple[int, bytes, str]:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from k3snet.agent import HealthServer, parse_listen
-from k3snet.agent._http import REQUEST_LIMIT
+from k3snet.agent._http import REQUEST_LIMIT, _peer
 
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: node\r\nUser-Agent: kube-probe/1.31\r\n\r\n"
 
@@ -171,6 +171,47 @@ def test_a_full_server_closes_its_oldest_connection_whatever_it_sent() -> None:
         for sock in flood:
             sock.close()
         served.stop()
+
+
+def _connect_from(server: HealthServer, source: str) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10,
+                                    source_address=(source, 0))
+
+
+def test_a_full_server_closes_a_connection_of_the_peer_holding_the_most() -> None:
+    # One pod (one address) holding every connection, reconnecting as fast as it is
+    # closed, must not push out the kubelet's probe (the node's address), however late
+    # the probe's request is: the pod's own oldest goes first.
+    served = _server(max_connections=4)
+    flood: list[socket.socket] = []
+    try:
+        probe = _connect_from(served, "127.0.0.1")  # the oldest, its request not sent
+        assert _until(lambda: served.connections == 1)
+        for _ in range(8):  # 3 fill the server, then each one closes one of the pod's
+            flood.append(_connect_from(served, "127.0.0.2"))
+            flood[-1].sendall(b"G")
+            assert _until(lambda: served.connections == 4 or len(flood) < 3)
+        assert _closed_by_server(flood[0])
+        assert not _closed_by_server(probe, within=0.2)
+        probe.sendall(PROBE)
+        assert _answer(probe).startswith(b"HTTP/1.1 200 OK\r\n")
+        probe.close()
+    finally:
+        for sock in flood:
+            sock.close()
+        served.stop()
+
+
+@pytest.mark.parametrize(("address", "peer"), [
+    (("10.0.0.1", 5), "10.0.0.1"),
+    (("::ffff:10.0.0.1", 5, 0, 0), "10.0.0.1"),  # IPv4 through the dual-stack socket
+    (("2001:db8::1", 5, 0, 0), "2001:db8::/64"),
+    (("2001:db8::ffff:1", 5, 0, 0), "2001:db8::/64"),  # one host's /64: one peer
+    (("fe80::1%eth0", 5, 0, 2), "fe80::/64"),
+])
+def test_a_peer_is_an_ipv4_address_or_an_ipv6_64(address: tuple[object, ...],
+                                                  peer: str) -> None:
+    assert _peer(address) == peer
 
 
 def test_a_client_trickling_its_request_is_closed_at_the_deadline() -> None:
