@@ -10,8 +10,9 @@ so that any pod could walk the agent to its memory limit. This server instead:
 * holds at most ``max_connections``; for one more, it first serves every request
   that has arrived (a probe sends its request as it connects, so even one accepted
   from a backlog full of idle connections is answered), then closes the oldest
-  connection that has sent nothing (else the oldest still sending its request):
-  a flood of idle connections pushes out only its own;
+  connection whose request has not all arrived (whether it sent nothing or a part)
+  of the peer holding the most connections (an IPv4 address, an IPv6 /64): a flood
+  from one pod pushes out only its own, however fast it reconnects;
 * closes a connection not answered and written within ``deadline`` seconds of its
   accept (a client that sends a byte at a time, or never reads its answer);
 * reads at most :data:`REQUEST_LIMIT` bytes of request line and headers (431 beyond);
@@ -20,6 +21,7 @@ so that any pod could walk the agent to its memory limit. This server instead:
 
 from __future__ import annotations
 
+import collections
 import http
 import ipaddress
 import logging
@@ -35,7 +37,7 @@ from k3snet._logline import printable_line
 __all__ = ["DEADLINE", "MAX_CONNECTIONS", "REQUEST_LIMIT", "HealthServer", "parse_listen"]
 
 MAX_CONNECTIONS = 64
-"""Connections held at once; one more closes the oldest that sent nothing (see the module)."""
+"""Connections held at once; one more closes one of the peer holding most (see the module)."""
 
 DEADLINE = 10.0
 """Seconds from a connection's accept to its answer written; it is closed then."""
@@ -83,11 +85,12 @@ _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 class _Client:
     """One accepted connection: what it sent so far, then what is left to write."""
 
-    __slots__ = ("answer", "request", "sock", "started")
+    __slots__ = ("answer", "peer", "request", "sock", "started")
 
-    def __init__(self, sock: socket.socket, started: float) -> None:
+    def __init__(self, sock: socket.socket, started: float, peer: str) -> None:
         self.sock = sock
         self.started = started
+        self.peer = peer
         self.request = bytearray()
         self.answer: memoryview | None = None
 
@@ -183,7 +186,7 @@ class HealthServer:
         # At most max_connections at a time: then the loop turns (deadlines, writes).
         for _ in range(self._max):
             try:
-                sock, _address = self._listener.accept()
+                sock, address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionError:  # the client gave up before its accept
@@ -192,7 +195,7 @@ class HealthServer:
                 time.sleep(0.1)
                 return
             sock.setblocking(False)
-            client = _Client(sock, time.monotonic())
+            client = _Client(sock, time.monotonic(), _peer(address))
             self._clients[sock.fileno()] = client
             self._selector.register(sock, selectors.EVENT_READ, client)
             if len(self._clients) > self._max:
@@ -207,10 +210,15 @@ class HealthServer:
                 self._turn(key.data)
         if len(self._clients) <= self._max:
             return
-        # Not the newcomer: it was accepted just now, its request may be on its way.
+        # The peer holding the most connections loses its oldest unanswered one, whether
+        # it sent nothing or a part (a client accepted before its first packet was read
+        # has sent nothing either): one pod reconnecting in a loop, each connection
+        # sending a byte, closed the kubelet's probe whenever it was accepted a moment
+        # before its request came. Not the newcomer: its request may be on its way.
+        held = collections.Counter(c.peer for c in self._clients.values())
         waiting = [c for c in self._clients.values() if c.answer is None and c is not newcomer]
-        silent = (c for c in waiting if not c.request)
-        self._close(next(silent, waiting[0] if waiting else newcomer))
+        most = max((held[c.peer] for c in waiting), default=0)
+        self._close(next((c for c in waiting if held[c.peer] == most), newcomer))
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -267,8 +275,9 @@ class HealthServer:
 
     def _answer(self, client: _Client, answer: tuple[int, bytes, str], head: bool) -> None:
         status, body, ctype = answer
+        allow = "Allow: GET, HEAD\r\n" if status == 405 else ""  # RFC 9110: a 405's must
         lines = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
-                 f"Server: k3snet-agent\r\nContent-Type: {ctype}\r\n"
+                 f"Server: k3snet-agent\r\nContent-Type: {ctype}\r\n{allow}"
                  f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
         client.answer = memoryview(lines.encode("latin-1") + (b"" if head else body))
         self._selector.modify(client.sock, selectors.EVENT_WRITE, client)
@@ -320,6 +329,21 @@ def _listen(host: str, port: int) -> socket.socket:
             raise OSError(exc.errno, exc.strerror, f"listen on {where}") from exc
         raise
     return sock
+
+
+def _peer(address: tuple[object, ...]) -> str:
+    """Whose connection it is: its IPv4 address, or the /64 of an IPv6 one (a host
+    picks any address of its /64; a pod has one address)."""
+    host = str(address[0])
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # an IPv4 client of the dual-stack socket
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def _probe(result: tuple[bool, str]) -> tuple[int, bytes, str]:

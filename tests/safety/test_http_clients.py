@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from k3snet.agent import HealthServer, parse_listen
-from k3snet.agent._http import REQUEST_LIMIT
+from k3snet.agent._http import REQUEST_LIMIT, _peer
 
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: node\r\nUser-Agent: kube-probe/1.31\r\n\r\n"
 
@@ -146,22 +146,72 @@ def test_a_probe_queued_behind_a_flood_of_idle_connections_is_answered() -> None
         served.stop()
 
 
-def test_a_full_server_closes_connections_that_sent_nothing_before_one_still_sending() -> None:
+def test_a_full_server_closes_its_oldest_connection_whatever_it_sent() -> None:
+    # A client whose request is still on its way (accepted before its first packet is
+    # read) is no likelier to be closed than one still sending: connections that each
+    # send one byte as they connect once made every other newcomer the first closed,
+    # so a pod reconnecting in a loop reset probes and scrapes a few ms behind.
     served = _server(max_connections=4)
-    sending = _connect(served)
-    sending.sendall(b"GET /healthz HTTP/1.1\r\n")  # its headers still to come
-    assert _until(lambda: served.connections == 1)
-    idle = [_connect(served) for _ in range(4)]  # the fourth is one too many
+    flood = []
     try:
-        assert _closed_by_server(idle[0])
-        assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
-        assert not _closed_by_server(sending, within=0.2)
-        sending.sendall(b"\r\n")
-        assert _answer(sending).startswith(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(3):
+            flood.append(_connect(served))
+            flood[-1].sendall(b"G")
+        assert _until(lambda: served.connections == 3)
+        late = _connect(served)  # its request not sent yet
+        assert _until(lambda: served.connections == 4)
+        flood.append(_connect(served))  # one too many, its byte on the way
+        flood[-1].sendall(b"G")
+        assert _closed_by_server(flood[0])
+        assert not _closed_by_server(late, within=0.2)
+        late.sendall(PROBE)
+        assert _answer(late).startswith(b"HTTP/1.1 200 OK\r\n")
+        late.close()
     finally:
-        for sock in (sending, *idle):
+        for sock in flood:
             sock.close()
         served.stop()
+
+
+def _connect_from(server: HealthServer, source: str) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10,
+                                    source_address=(source, 0))
+
+
+def test_a_full_server_closes_a_connection_of_the_peer_holding_the_most() -> None:
+    # One pod (one address) holding every connection, reconnecting as fast as it is
+    # closed, must not push out the kubelet's probe (the node's address), however late
+    # the probe's request is: the pod's own oldest goes first.
+    served = _server(max_connections=4)
+    flood: list[socket.socket] = []
+    try:
+        probe = _connect_from(served, "127.0.0.1")  # the oldest, its request not sent
+        assert _until(lambda: served.connections == 1)
+        for _ in range(8):  # 3 fill the server, then each one closes one of the pod's
+            flood.append(_connect_from(served, "127.0.0.2"))
+            flood[-1].sendall(b"G")
+            assert _until(lambda: served.connections == 4 or len(flood) < 3)
+        assert _closed_by_server(flood[0])
+        assert not _closed_by_server(probe, within=0.2)
+        probe.sendall(PROBE)
+        assert _answer(probe).startswith(b"HTTP/1.1 200 OK\r\n")
+        probe.close()
+    finally:
+        for sock in flood:
+            sock.close()
+        served.stop()
+
+
+@pytest.mark.parametrize(("address", "peer"), [
+    (("10.0.0.1", 5), "10.0.0.1"),
+    (("::ffff:10.0.0.1", 5, 0, 0), "10.0.0.1"),  # IPv4 through the dual-stack socket
+    (("2001:db8::1", 5, 0, 0), "2001:db8::/64"),
+    (("2001:db8::ffff:1", 5, 0, 0), "2001:db8::/64"),  # one host's /64: one peer
+    (("fe80::1%eth0", 5, 0, 2), "fe80::/64"),
+])
+def test_a_peer_is_an_ipv4_address_or_an_ipv6_64(address: tuple[object, ...],
+                                                  peer: str) -> None:
+    assert _peer(address) == peer
 
 
 def test_a_client_trickling_its_request_is_closed_at_the_deadline() -> None:
@@ -217,6 +267,15 @@ def test_malformed_and_foreign_requests_get_a_status_and_a_closed_connection(
     assert answer.split(b" ", 2)[1] == status
     assert b"\r\nConnection: close\r\n" in answer
     assert _probe(server).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_a_method_not_allowed_names_the_allowed_ones(server: HealthServer) -> None:
+    # RFC 9110 15.5.6: a 405 answer must carry Allow.
+    for request in (b"POST /metrics HTTP/1.1\r\n\r\n", b"OPTIONS * HTTP/1.1\r\n\r\n"):
+        head = _probe(server, request).partition(b"\r\n\r\n")[0]
+        assert head.startswith(b"HTTP/1.1 405 ")
+        assert b"\r\nAllow: GET, HEAD\r\n" in head + b"\r\n"
+    assert b"\r\nAllow:" not in _probe(server)
 
 
 def test_head_is_answered_without_a_body(server: HealthServer) -> None:
