@@ -349,8 +349,9 @@ def _peer(address: tuple[object, ...]) -> str:
 def _probe(result: tuple[bool, str]) -> tuple[int, bytes, str]:
     ok, reason = result
     # The reason quotes a pass's failure (a foreign table's name, an API server's text):
-    # one printable line, so a probe's reader (curl, the kubelet's event) gets no escape
-    # sequence, and a byte that was not UTF-8 (a lone surrogate) no 500.
+    # one printable line, so a probe's reader (curl, a monitoring check; the kubelet logs
+    # it at -v=4) gets no escape sequence, and a byte that was not UTF-8 (a lone
+    # surrogate) no 500.
     return (200 if ok else 503), (printable_line(reason.rstrip("\n")) + "\n").encode(), _TEXT
 
 
