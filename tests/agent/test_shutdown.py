@@ -548,3 +548,59 @@ def test_a_candidate_s_step_in_flight_at_sigterm_takes_no_lease(
         done.join(timeout=60)
     assert not candidate.is_leader
     assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
+
+
+def _lease_record(server: EmulatedApiServer) -> tuple[Any, Any]:
+    lease = server.get(LEASES, SETTINGS.name, SETTINGS.namespace)
+    assert lease is not None
+    return lease["spec"].get("holderIdentity"), lease["metadata"]["resourceVersion"]
+
+
+def test_a_holder_s_step_in_flight_at_sigterm_renews_nothing_and_its_release_frees_it(
+        server: EmulatedApiServer) -> None:
+    # A holder whose read was in flight at SIGTERM went on to renew the Lease (after
+    # which it is held for a whole lease duration more by an agent on its way out):
+    # halted, its step writes nothing, stays the holder it was, and the release
+    # that follows still reads the Lease and frees it.
+    api: Any = server.api_client()
+    holder = LeaderElector(api, "node-a", SETTINGS, clock=FakeClock())
+    assert holder.step()
+    before = _lease_record(server)
+    entered, answer = _held_from_first(api)
+    done = threading.Thread(target=holder.step)
+    done.start()
+    try:
+        assert entered.wait(timeout=60)  # bounds a hung test only
+        holder.halt()
+    finally:
+        answer.set()
+        done.join(timeout=60)
+    assert _lease_record(server) == before  # no renewal written after SIGTERM
+    assert holder.is_leader
+    holder.stop()
+    assert _lease_record(server)[0] is None
+    assert not holder.is_leader
+
+
+def test_a_candidate_s_step_in_flight_at_sigterm_takes_no_free_lease(
+        server: EmulatedApiServer) -> None:
+    # The Lease exists and is free (its holder released it): a candidate whose read was
+    # in flight at SIGTERM took it on its way out. Halted, it writes nothing.
+    first = LeaderElector(server.api_client(), "node-a", SETTINGS, clock=FakeClock())
+    assert first.step()
+    first.stop()
+    before = _lease_record(server)
+    assert before[0] is None
+    api: Any = server.api_client()
+    candidate = LeaderElector(api, "node-b", SETTINGS, clock=FakeClock())
+    entered, answer = _held_from_first(api)
+    done = threading.Thread(target=candidate.step)
+    done.start()
+    try:
+        assert entered.wait(timeout=60)  # bounds a hung test only
+        candidate.halt()
+    finally:
+        answer.set()
+        done.join(timeout=60)
+    assert not candidate.is_leader
+    assert _lease_record(server) == before
