@@ -356,6 +356,21 @@ def test_readiness_is_lost_only_once_the_node_part_has_failed_for_not_ready_for_
     assert node.agent.health()[0] is False
 
 
+@pytest.mark.parametrize("seconds", [float("nan"), -1.0, "30"])
+def test_not_ready_for_refuses_what_would_silently_keep_or_drop_readiness(
+        seconds: object) -> None:
+    # NaN compares false with every duration: an agent whose node's part failed for
+    # days stayed ready; a negative one is 0 in disguise; a string failed at the first
+    # failed pass, in the loop, instead of where the options were made.
+    with pytest.raises((ValueError, TypeError), match="not_ready_for"):
+        AgentOptions("node-1", not_ready_for=seconds)  # type: ignore[arg-type]
+
+
+def test_not_ready_for_takes_zero_and_infinity() -> None:
+    assert AgentOptions("node-1", not_ready_for=0).not_ready_for == 0
+    assert AgentOptions("node-1", not_ready_for=float("inf")).not_ready_for == float("inf")
+
+
 def test_readiness_stays_while_a_refused_spec_waits(tmp_path: Path) -> None:
     # The node's rules are those of the last good spec: converged, so ready.
     node = Node(tmp_path)
