@@ -1144,6 +1144,11 @@ class Agent:
                 _log.info("not a candidate for the Lease: cluster-wide objects are left to "
                           "the candidates")
                 return False
+            if self._stop_asked_at is not None:
+                # SIGTERM came while the factory ran (it reads the Node's labels, up to
+                # its timeout): stop() halted no elector, and this one took the free
+                # Lease on the agent's way out, its thread started.
+                self._within_grace()
         if self._once:
             self.elector.step()  # --once: one attempt, no thread
         elif not self._elector_started:

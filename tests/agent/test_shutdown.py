@@ -604,3 +604,39 @@ def test_a_candidate_s_step_in_flight_at_sigterm_takes_no_free_lease(
         done.join(timeout=60)
     assert not candidate.is_leader
     assert _lease_record(server) == before
+
+
+def test_an_elector_made_after_sigterm_by_the_pass_in_progress_takes_no_lease(
+        server: EmulatedApiServer, tmp_path: Path) -> None:
+    # SIGTERM while the pass in progress made its elector (the factory reads the Node's
+    # labels for --lease-candidates, up to 10 s with a slow API server): the halt went to
+    # no elector, and the one made next took the free Lease on its way out, its thread
+    # started, as if no SIGTERM had come. Made after SIGTERM, it is halted at once.
+    clock = FakeClock()
+    api: Any = server.api_client()
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    made: list[LeaderElector] = []
+    agent: Agent | None = None
+
+    def elector(on_change: Callable[[bool], None]) -> LeaderElector:
+        assert agent is not None
+        agent.stop()  # SIGTERM, while the factory read the Node's labels
+        made.append(LeaderElector(api, "node-a", SETTINGS, on_change=on_change, clock=clock))
+        return made[-1]
+
+    pools = MemoryBackend(capabilities=("ippool",))
+    agent = Agent(FileSpecSource(path),
+                  lambda spec: BackendGroup([MemoryBackend(capabilities=NODE_KINDS), pools]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-a", interval=3600), elector_factory=elector,
+                  monotonic=clock)
+    try:
+        result = agent.run_pass()
+        assert not result.leader
+        assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
+        (elector_made,) = made
+        assert not elector_made.is_leader
+    finally:
+        agent.shutdown()
+    assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
