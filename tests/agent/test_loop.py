@@ -356,6 +356,31 @@ def test_readiness_is_lost_only_once_the_node_part_has_failed_for_not_ready_for_
     assert node.agent.health()[0] is False
 
 
+def test_the_time_failing_counts_from_the_start_of_the_first_failed_pass(
+        tmp_path: Path) -> None:
+    # Slow failing passes (the namespace lock held by another writer, an apply the
+    # kernel takes long to refuse): 3 passes of 10 s back to back have been failing for
+    # 30 s when the third ends, not for the 20 s since the first ended.
+    clock = _Clock()
+    node = Node(tmp_path, monotonic=clock)
+    assert node.agent.run_pass().status == "ok"
+    apply = node.memory.apply
+
+    def slow(plan: Any) -> Any:
+        clock.now += NOT_READY_FOR / NOT_READY_AFTER
+        return apply(plan)
+
+    node.memory.apply = slow  # type: ignore[method-assign]
+    for _ in range(NOT_READY_AFTER):
+        node.memory.faults.fail_at(0)
+        state = node.memory.state
+        node.memory._restore(state.with_owned(o for o in state.owned if o.kind != "nat"))
+        assert node.agent.run_pass().status == "failed"
+    ready, reason = node.agent.readiness()
+    assert ready is False
+    assert f"failed {NOT_READY_AFTER} passes in a row, for {NOT_READY_FOR:.0f} s" in reason
+
+
 @pytest.mark.parametrize("seconds", [float("nan"), -1.0, "30"])
 def test_not_ready_for_refuses_what_would_silently_keep_or_drop_readiness(
         seconds: object) -> None:
