@@ -640,3 +640,36 @@ def test_an_elector_made_after_sigterm_by_the_pass_in_progress_takes_no_lease(
     finally:
         agent.shutdown()
     assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
+
+
+def test_a_holder_s_renewal_sent_before_sigterm_is_still_released(
+        server: EmulatedApiServer) -> None:
+    # The halt came while the holder's renewal (its PATCH) was already on its way: the
+    # write is made, the elector holds the Lease for it, and the release that follows
+    # reads the Lease and frees it (not left held for a lease duration by a dead pod).
+    api: Any = server.api_client()
+    holder = LeaderElector(api, "node-a", SETTINGS, clock=FakeClock())
+    assert holder.step()
+    entered, answer = threading.Event(), threading.Event()
+    send = api.call_api
+
+    def held(method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "PATCH":
+            api.call_api = send
+            entered.set()
+            answer.wait(timeout=60)
+        return send(method, *args, **kwargs)
+
+    api.call_api = held
+    done = threading.Thread(target=holder.step)
+    done.start()
+    try:
+        assert entered.wait(timeout=60)  # bounds a hung test only
+        holder.halt()
+    finally:
+        answer.set()
+        done.join(timeout=60)
+    assert holder.is_leader
+    assert _lease_record(server)[0] == "node-a"
+    holder.stop()
+    assert _lease_record(server)[0] is None
