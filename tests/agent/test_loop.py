@@ -246,6 +246,30 @@ def test_no_valid_spec_at_start_fails_and_is_not_ready(tmp_path: Path) -> None:
     assert node.owned() == []
 
 
+def test_a_starting_agent_whose_node_part_fails_is_never_ready_however_brief(
+        tmp_path: Path) -> None:
+    # Readiness is lost only after 3 failures over 30 s, so a blip keeps a ready agent
+    # ready; an agent that never converged its node is not ready meanwhile (its rules
+    # were never installed), from its first failed pass on, and the gauge says so too.
+    clock = _Clock()
+    node = Node(tmp_path, monotonic=clock)
+    for _ in range(NOT_READY_AFTER + 1):
+        clock.now += 1
+        node.memory.faults.fail_at(0)
+        assert node.agent.run_pass().status == "failed"
+        assert node.agent.readiness() == (False, "not ready: no pass has succeeded yet")
+        assert node.sample("k3snet_agent_ready") == 0
+    clock.now += NOT_READY_FOR
+    node.memory.faults.fail_at(0)
+    assert node.agent.run_pass().status == "failed"
+    ready, reason = node.agent.readiness()
+    assert ready is False
+    assert f"failed {NOT_READY_AFTER + 2} passes in a row" in reason
+    assert node.agent.run_pass().status == "ok"
+    assert node.agent.readiness()[0] is True
+    assert node.sample("k3snet_agent_ready") == 1
+
+
 def test_drift_is_repaired_and_counted(tmp_path: Path) -> None:
     node = Node(tmp_path)
     node.agent.run_pass()
