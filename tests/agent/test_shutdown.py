@@ -673,3 +673,28 @@ def test_a_holder_s_renewal_sent_before_sigterm_is_still_released(
     assert _lease_record(server)[0] == "node-a"
     holder.stop()
     assert _lease_record(server)[0] is None
+
+
+def test_a_slow_clean_up_past_the_renew_deadline_still_releases_the_lease(
+        server: EmulatedApiServer) -> None:
+    # Halted at SIGTERM, the holder renews no more; a clean-up of many rules (or the
+    # namespace lock waited for) took the shutdown past the renew deadline (10 s), and
+    # the release, asking is_leader, gave nothing up: the Lease, still this node's for
+    # the rest of its duration (15 s), made every candidate wait it out.
+    clock = FakeClock()
+    holder = LeaderElector(server.api_client(), "node-a", SETTINGS, clock=clock)
+    assert holder.step()
+    holder.halt()  # SIGTERM
+    clock.advance(SETTINGS.renew_deadline + 2)  # the clean-up
+    assert not holder.is_leader  # (it leads no more: nothing renews it)
+    holder.stop()
+    assert _lease_record(server)[0] is None
+    # Once the Lease's whole duration is over, another candidate may hold it (the same
+    # node name: a new pod of the agent): it is left alone.
+    again = LeaderElector(server.api_client(), "node-a", SETTINGS, clock=clock)
+    assert again.step()
+    again.halt()
+    clock.advance(SETTINGS.duration)
+    before = _lease_record(server)
+    again.stop()
+    assert _lease_record(server) == before
