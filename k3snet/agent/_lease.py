@@ -17,7 +17,10 @@ synchronous ``kubernetes`` client:
   while its last successful renewal is younger than ``renew_deadline``
   (< ``duration``), so it stops writing before anyone else may start;
 * :meth:`LeaderElector.release` (on SIGTERM) empties ``holderIdentity``, so the
-  next candidate takes over at its next read instead of after ``duration``.
+  next candidate takes over at its next read instead of after ``duration``; it does
+  so while the Lease may still be this elector's (its last renewal younger than
+  ``duration``), also past ``renew_deadline``: a clean-up on exit that outlasted that
+  left the Lease to expire by itself.
 
 Two changes from client-go, for a DaemonSet where every node is a candidate: a
 candidate that sees a live holder reads again only when that holder's Lease could
@@ -296,7 +299,14 @@ class LeaderElector:
         was left when it began); the Lease then expires by itself, as it does after a
         throttled answer (not waited: ``throttle_waits(None)``).
         """
-        if not self.is_leader:
+        with self._lock:
+            # Not is_leader (renewed within renew_deadline): halted at SIGTERM, nothing
+            # renews the Lease, and a clean-up on exit outlasting that gave nothing up,
+            # though no other candidate may take the Lease before ``duration``. The
+            # read and the resourceVersion of the write keep another holder's.
+            mine = (self._leader and self._renewed_at is not None
+                    and self._clock() - self._renewed_at < self.settings.duration)
+        if not mine:
             return
         self._set_leader(False, None)
         try:

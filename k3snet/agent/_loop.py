@@ -161,6 +161,15 @@ FREE_REPAIRS = 2
 seen; each one more doubles the wait (another program is undoing k3snet's changes)."""
 
 
+def _not_ready_for(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    """Seconds, 0 or more: NaN compares false with every duration (an agent whose node's
+    part failed for days stayed ready), and a string failed at the first failed pass."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a number of seconds, got {value!r}")
+    if not value >= 0:  # (NaN too)
+        raise ValueError(f"{attribute.name} must be 0 or more seconds, got {value!r}")
+
+
 @attrs.frozen
 class AgentOptions:
     """How the loop runs (see ``k3snet agent --help``)."""
@@ -181,9 +190,10 @@ class AgentOptions:
     stale_after: float | None = None
     """/healthz fails when no pass has ended for this long (default: 2 x interval
     + 2 x the namespace lock timeout + 60 s)."""
-    not_ready_for: float = NOT_READY_FOR
+    not_ready_for: float = attrs.field(default=NOT_READY_FOR, validator=_not_ready_for)
     """/readyz fails once the node's part failed :data:`NOT_READY_AFTER` passes in a row
-    and for this many seconds (from the start of the first of them)."""
+    and for this many seconds (from the start of the first of them; 0 or more, ``inf``:
+    by failed passes never; NaN, which no duration reaches, is a ValueError)."""
 
     @property
     def repair_window(self) -> float:
@@ -1186,6 +1196,11 @@ class Agent:
                 _log.info("not a candidate for the Lease: cluster-wide objects are left to "
                           "the candidates")
                 return False
+            if self._stop_asked_at is not None:
+                # SIGTERM came while the factory ran (it reads the Node's labels, up to
+                # its timeout): stop() halted no elector, and this one took the free
+                # Lease on the agent's way out, its thread started.
+                self._within_grace()
         if self._once:
             self.elector.step()  # --once: one attempt, no thread
         elif not self._elector_started:

@@ -318,7 +318,8 @@ def calico_metadata(item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     annotation and none in ``metadata.labels``; Calico reads the CRD's own ones with
     that annotation's merged over them (libcalico-go
     ``ConvertK8sResourceToCalicoResource``). An annotation that is not JSON, and
-    entries that are not strings, add nothing.
+    entries that are not strings, add nothing (nor does one nested deeper than Python's
+    parser goes: its RecursionError failed every observe of the pools).
     """
     metadata = item.get("metadata") or {}
     labels = dict(metadata.get("labels") or {})
@@ -326,7 +327,7 @@ def calico_metadata(item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     stored = annotations.pop(CALICO_METADATA_ANNOTATION, None)
     try:
         inner = json.loads(stored) if isinstance(stored, str) else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         inner = {}
     if isinstance(inner, Mapping):
         for into, key in ((labels, "labels"), (annotations, "annotations")):

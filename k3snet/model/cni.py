@@ -1241,11 +1241,19 @@ class CalicoPodCIDR(NetObject):
         for pool in same:
             differences = self._differences(pool)
             if differences:
-                fields = sorted({_INSTALLATION_FIELDS[k] for k in self.requires
-                                 if pool.to_spec()[k] != self.requires[k]})
-                fix = ("change the spec's cni.calico, or (" + _operator_fix(
-                    [pool], f": {', '.join(fields)}") + ")" if pool.operator
-                    else "change the pool or the spec's cni.calico")
+                spec = pool.to_spec()
+                differ = [k for k in self.requires if spec[k] != self.requires[k]]
+                # (blockSize alone cannot change: Calico refuses it on an existing pool)
+                fields = sorted({_INSTALLATION_FIELDS[k] for k in differ if k != "blockSize"})
+                if not fields:
+                    fix = "change the spec's cni.calico"
+                elif pool.operator:
+                    fix = ("change the spec's cni.calico, or ("
+                           + _operator_fix([pool], f": {', '.join(fields)}") + ")")
+                else:
+                    fix = "change the pool or the spec's cni.calico"
+                if "blockSize" in differ:
+                    fix += "; " + _block_size_fixed(pool)
                 return (f"IPPool {pool.name} has pod CIDR {self.cidr} with "
                         f"{', '.join(differences)}: {fix} (k3snet never changes a pool it "
                         "does not own)")
@@ -1314,6 +1322,16 @@ def _pool_note(pool: IPPool) -> str:
 # api/v1/installation_types.go) that the tigera-operator writes a pool's from.
 _INSTALLATION_FIELDS = {"ipipMode": "encapsulation", "vxlanMode": "encapsulation",
                         "blockSize": "blockSize", "nodeSelector": "nodeSelector"}
+
+
+def _block_size_fixed(pool: IPPool) -> str:
+    """Why a pool's ``blockSize`` is never the fix: Calico refuses to change it
+    (libcalico-go's IPPool validation, "IPPool BlockSize cannot be modified")."""
+    who = (" (nor can the tigera-operator from its Installation: it reports itself degraded)"
+           if pool.operator else "")
+    return (f"Calico cannot change the blockSize of an existing pool{who}: a new pool of "
+            f"that block size must replace IPPool {pool.name} (Calico's \"change IP pool "
+            "block size\" steps)")
 
 
 def _operator_fix(pools: Iterable[IPPool], change: str = "") -> str:

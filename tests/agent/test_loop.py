@@ -246,6 +246,30 @@ def test_no_valid_spec_at_start_fails_and_is_not_ready(tmp_path: Path) -> None:
     assert node.owned() == []
 
 
+def test_a_starting_agent_whose_node_part_fails_is_never_ready_however_brief(
+        tmp_path: Path) -> None:
+    # Readiness is lost only after 3 failures over 30 s, so a blip keeps a ready agent
+    # ready; an agent that never converged its node is not ready meanwhile (its rules
+    # were never installed), from its first failed pass on, and the gauge says so too.
+    clock = _Clock()
+    node = Node(tmp_path, monotonic=clock)
+    for _ in range(NOT_READY_AFTER + 1):
+        clock.now += 1
+        node.memory.faults.fail_at(0)
+        assert node.agent.run_pass().status == "failed"
+        assert node.agent.readiness() == (False, "not ready: no pass has succeeded yet")
+        assert node.sample("k3snet_agent_ready") == 0
+    clock.now += NOT_READY_FOR
+    node.memory.faults.fail_at(0)
+    assert node.agent.run_pass().status == "failed"
+    ready, reason = node.agent.readiness()
+    assert ready is False
+    assert f"failed {NOT_READY_AFTER + 2} passes in a row" in reason
+    assert node.agent.run_pass().status == "ok"
+    assert node.agent.readiness()[0] is True
+    assert node.sample("k3snet_agent_ready") == 1
+
+
 def test_drift_is_repaired_and_counted(tmp_path: Path) -> None:
     node = Node(tmp_path)
     node.agent.run_pass()
@@ -354,6 +378,46 @@ def test_readiness_is_lost_only_once_the_node_part_has_failed_for_not_ready_for_
     # A stuck loop (no pass ends) still fails liveness, whatever readiness says.
     clock.now += node.agent.options.liveness_limit + 1
     assert node.agent.health()[0] is False
+
+
+def test_the_time_failing_counts_from_the_start_of_the_first_failed_pass(
+        tmp_path: Path) -> None:
+    # Slow failing passes (the namespace lock held by another writer, an apply the
+    # kernel takes long to refuse): 3 passes of 10 s back to back have been failing for
+    # 30 s when the third ends, not for the 20 s since the first ended.
+    clock = _Clock()
+    node = Node(tmp_path, monotonic=clock)
+    assert node.agent.run_pass().status == "ok"
+    apply = node.memory.apply
+
+    def slow(plan: Any) -> Any:
+        clock.now += NOT_READY_FOR / NOT_READY_AFTER
+        return apply(plan)
+
+    node.memory.apply = slow  # type: ignore[method-assign]
+    for _ in range(NOT_READY_AFTER):
+        node.memory.faults.fail_at(0)
+        state = node.memory.state
+        node.memory._restore(state.with_owned(o for o in state.owned if o.kind != "nat"))
+        assert node.agent.run_pass().status == "failed"
+    ready, reason = node.agent.readiness()
+    assert ready is False
+    assert f"failed {NOT_READY_AFTER} passes in a row, for {NOT_READY_FOR:.0f} s" in reason
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), -1.0, "30"])
+def test_not_ready_for_refuses_what_would_silently_keep_or_drop_readiness(
+        seconds: object) -> None:
+    # NaN compares false with every duration: an agent whose node's part failed for
+    # days stayed ready; a negative one is 0 in disguise; a string failed at the first
+    # failed pass, in the loop, instead of where the options were made.
+    with pytest.raises((ValueError, TypeError), match="not_ready_for"):
+        AgentOptions("node-1", not_ready_for=seconds)  # type: ignore[arg-type]
+
+
+def test_not_ready_for_takes_zero_and_infinity() -> None:
+    assert AgentOptions("node-1", not_ready_for=0).not_ready_for == 0
+    assert AgentOptions("node-1", not_ready_for=float("inf")).not_ready_for == float("inf")
 
 
 def test_readiness_stays_while_a_refused_spec_waits(tmp_path: Path) -> None:

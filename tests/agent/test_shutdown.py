@@ -548,3 +548,153 @@ def test_a_candidate_s_step_in_flight_at_sigterm_takes_no_lease(
         done.join(timeout=60)
     assert not candidate.is_leader
     assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
+
+
+def _lease_record(server: EmulatedApiServer) -> tuple[Any, Any]:
+    lease = server.get(LEASES, SETTINGS.name, SETTINGS.namespace)
+    assert lease is not None
+    return lease["spec"].get("holderIdentity"), lease["metadata"]["resourceVersion"]
+
+
+def test_a_holder_s_step_in_flight_at_sigterm_renews_nothing_and_its_release_frees_it(
+        server: EmulatedApiServer) -> None:
+    # A holder whose read was in flight at SIGTERM went on to renew the Lease (after
+    # which it is held for a whole lease duration more by an agent on its way out):
+    # halted, its step writes nothing, stays the holder it was, and the release
+    # that follows still reads the Lease and frees it.
+    api: Any = server.api_client()
+    holder = LeaderElector(api, "node-a", SETTINGS, clock=FakeClock())
+    assert holder.step()
+    before = _lease_record(server)
+    entered, answer = _held_from_first(api)
+    done = threading.Thread(target=holder.step)
+    done.start()
+    try:
+        assert entered.wait(timeout=60)  # bounds a hung test only
+        holder.halt()
+    finally:
+        answer.set()
+        done.join(timeout=60)
+    assert _lease_record(server) == before  # no renewal written after SIGTERM
+    assert holder.is_leader
+    holder.stop()
+    assert _lease_record(server)[0] is None
+    assert not holder.is_leader
+
+
+def test_a_candidate_s_step_in_flight_at_sigterm_takes_no_free_lease(
+        server: EmulatedApiServer) -> None:
+    # The Lease exists and is free (its holder released it): a candidate whose read was
+    # in flight at SIGTERM took it on its way out. Halted, it writes nothing.
+    first = LeaderElector(server.api_client(), "node-a", SETTINGS, clock=FakeClock())
+    assert first.step()
+    first.stop()
+    before = _lease_record(server)
+    assert before[0] is None
+    api: Any = server.api_client()
+    candidate = LeaderElector(api, "node-b", SETTINGS, clock=FakeClock())
+    entered, answer = _held_from_first(api)
+    done = threading.Thread(target=candidate.step)
+    done.start()
+    try:
+        assert entered.wait(timeout=60)  # bounds a hung test only
+        candidate.halt()
+    finally:
+        answer.set()
+        done.join(timeout=60)
+    assert not candidate.is_leader
+    assert _lease_record(server) == before
+
+
+def test_an_elector_made_after_sigterm_by_the_pass_in_progress_takes_no_lease(
+        server: EmulatedApiServer, tmp_path: Path) -> None:
+    # SIGTERM while the pass in progress made its elector (the factory reads the Node's
+    # labels for --lease-candidates, up to 10 s with a slow API server): the halt went to
+    # no elector, and the one made next took the free Lease on its way out, its thread
+    # started, as if no SIGTERM had come. Made after SIGTERM, it is halted at once.
+    clock = FakeClock()
+    api: Any = server.api_client()
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    made: list[LeaderElector] = []
+    agent: Agent | None = None
+
+    def elector(on_change: Callable[[bool], None]) -> LeaderElector:
+        assert agent is not None
+        agent.stop()  # SIGTERM, while the factory read the Node's labels
+        made.append(LeaderElector(api, "node-a", SETTINGS, on_change=on_change, clock=clock))
+        return made[-1]
+
+    pools = MemoryBackend(capabilities=("ippool",))
+    agent = Agent(FileSpecSource(path),
+                  lambda spec: BackendGroup([MemoryBackend(capabilities=NODE_KINDS), pools]),
+                  lambda spec, group: compile_for(group, spec),
+                  AgentOptions("node-a", interval=3600), elector_factory=elector,
+                  monotonic=clock)
+    try:
+        result = agent.run_pass()
+        assert not result.leader
+        assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
+        (elector_made,) = made
+        assert not elector_made.is_leader
+    finally:
+        agent.shutdown()
+    assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
+
+
+def test_a_holder_s_renewal_sent_before_sigterm_is_still_released(
+        server: EmulatedApiServer) -> None:
+    # The halt came while the holder's renewal (its PATCH) was already on its way: the
+    # write is made, the elector holds the Lease for it, and the release that follows
+    # reads the Lease and frees it (not left held for a lease duration by a dead pod).
+    api: Any = server.api_client()
+    holder = LeaderElector(api, "node-a", SETTINGS, clock=FakeClock())
+    assert holder.step()
+    entered, answer = threading.Event(), threading.Event()
+    send = api.call_api
+
+    def held(method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "PATCH":
+            api.call_api = send
+            entered.set()
+            answer.wait(timeout=60)
+        return send(method, *args, **kwargs)
+
+    api.call_api = held
+    done = threading.Thread(target=holder.step)
+    done.start()
+    try:
+        assert entered.wait(timeout=60)  # bounds a hung test only
+        holder.halt()
+    finally:
+        answer.set()
+        done.join(timeout=60)
+    assert holder.is_leader
+    assert _lease_record(server)[0] == "node-a"
+    holder.stop()
+    assert _lease_record(server)[0] is None
+
+
+def test_a_slow_clean_up_past_the_renew_deadline_still_releases_the_lease(
+        server: EmulatedApiServer) -> None:
+    # Halted at SIGTERM, the holder renews no more; a clean-up of many rules (or the
+    # namespace lock waited for) took the shutdown past the renew deadline (10 s), and
+    # the release, asking is_leader, gave nothing up: the Lease, still this node's for
+    # the rest of its duration (15 s), made every candidate wait it out.
+    clock = FakeClock()
+    holder = LeaderElector(server.api_client(), "node-a", SETTINGS, clock=clock)
+    assert holder.step()
+    holder.halt()  # SIGTERM
+    clock.advance(SETTINGS.renew_deadline + 2)  # the clean-up
+    assert not holder.is_leader  # (it leads no more: nothing renews it)
+    holder.stop()
+    assert _lease_record(server)[0] is None
+    # Once the Lease's whole duration is over, another candidate may hold it (the same
+    # node name: a new pod of the agent): it is left alone.
+    again = LeaderElector(server.api_client(), "node-a", SETTINGS, clock=clock)
+    assert again.step()
+    again.halt()
+    clock.advance(SETTINGS.duration)
+    before = _lease_record(server)
+    again.stop()
+    assert _lease_record(server) == before

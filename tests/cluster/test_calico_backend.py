@@ -436,7 +436,10 @@ def test_a_pool_calicoctl_edited_stays_k3snets(
 
 @pytest.mark.parametrize("stored", [
     "not json", "[1]", '{"labels": ["x"]}',
-    '{"labels": {"team": 1, "app.kubernetes.io/managed-by": "k3snet"}}'])
+    '{"labels": {"team": 1, "app.kubernetes.io/managed-by": "k3snet"}}',
+    # Nested deeper than Python's parser goes (well within an annotation's 256 KiB):
+    # RecursionError, not ValueError, and every observe of the pools failed with it.
+    '{"labels": ' + "[" * 100000 + "]" * 100000 + "}"])
 def test_calico_metadata_takes_only_string_labels_from_the_stored_metadata(stored: str) -> None:
     item = {"metadata": {"name": "p", "labels": {"a": "b"},
                          "annotations": {"projectcalico.org/metadata": stored, "c": "d"}}}
@@ -736,3 +739,19 @@ def test_the_nodes_are_read_from_the_watch_cache_and_a_node_come_or_gone_is_seen
         server.put("v1/nodes", node(LIST_PAGE + 1))
         server.delete("v1/nodes", "node-0000")
         assert hosts() == {f"node-{i:04d}" for i in range(1, LIST_PAGE + 2)}
+
+
+def test_a_foreign_pool_whose_stored_metadata_nests_too_deep_fails_no_observe(
+    seeded: EmulatedApiServer, api_client: Any
+) -> None:
+    # Anyone who may write an IPPool could stop every agent's observe of the pools with
+    # an annotation Python's JSON parser cannot nest that deep (RecursionError, taken
+    # for a bug); Calico's own parser refuses it as not an ObjectMeta.
+    stored = '{"labels": ' + "[" * 100000 + "]" * 100000 + "}"
+    pool = IPPool("foreign", "192.168.9.0/24", disabled=True)
+    seeded.put(CRD, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                     "metadata": {"name": pool.name,
+                                  "annotations": {"projectcalico.org/metadata": stored}},
+                     "spec": pool.to_spec()})
+    observed = _backend(api_client).observe()
+    assert pool not in observed.owned

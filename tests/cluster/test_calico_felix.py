@@ -1088,12 +1088,42 @@ def test_a_pod_pool_the_tigera_operator_owns_is_fixed_in_the_installation(
     assert ("the tigera-operator manages IPPool default-ipv4-ippool and sets it back from "
             "Installation default") in reason, reason
     assert "spec.calicoNetwork.ipPools (cidr 10.42.0.0/16): natOutgoing: Disabled" in reason
-    ipip = Spec.from_yaml(SPEC_7345.replace("calico: {}", "calico: {blockSize: 24}"))
+    ipip = Spec.from_yaml(SPEC_7345.replace("calico: {}", "calico: {ipipMode: Always}"))
     (conflict,) = _plan(_backend(api_server), ipip).conflicts
+    reason = conflict.reason or ""
+    assert "ipipMode Never (the spec wants Always)" in reason
+    assert "change the pool or" not in reason, reason
+    assert "spec.calicoNetwork.ipPools (cidr 10.42.0.0/16): encapsulation, not in" in reason
+
+
+@pytest.mark.parametrize("operator", [True, False])
+def test_a_pod_pool_s_block_size_is_never_advised_to_change(
+    api_server: EmulatedApiServer, operator: bool,
+) -> None:
+    # Calico refuses to change an existing pool's blockSize (libcalico-go: "IPPool
+    # BlockSize cannot be modified"): the reason sent the administrator to change it in
+    # the Installation's ipPools entry (the operator's update then refused, the operator
+    # degraded) or in the pool itself. It says a new pool must replace the pool.
+    document = K3S_CROSS_SUBNET if operator else K3S_CROSS_SUBNET.replace(
+        "    labels: {app.kubernetes.io/managed-by: tigera-operator}\n", "")
+    _seed(api_server, document)
+    spec = Spec.from_yaml(SPEC_7345.replace("calico: {}", "calico: {blockSize: 24}"))
+    (conflict,) = _plan(_backend(api_server), spec).conflicts
     reason = conflict.reason or ""
     assert "blockSize 26 (the spec wants 24)" in reason
     assert "change the pool or" not in reason, reason
-    assert "spec.calicoNetwork.ipPools (cidr 10.42.0.0/16)" in reason, reason
+    assert "ipPools (cidr 10.42.0.0/16): blockSize" not in reason, reason
+    assert "change the spec's cni.calico" in reason
+    assert "cannot change the blockSize of an existing pool" in reason, reason
+    both = Spec.from_yaml(SPEC_7345.replace("calico: {}",
+                                            "calico: {blockSize: 24, ipipMode: Always}"))
+    (conflict,) = _plan(_backend(api_server), both).conflicts
+    reason = conflict.reason or ""
+    assert "cannot change the blockSize of an existing pool" in reason, reason
+    if operator:
+        assert "ipPools (cidr 10.42.0.0/16): encapsulation, not in" in reason, reason
+    else:
+        assert "change the pool or the spec's cni.calico" in reason, reason
 
 
 def test_a_destination_inside_a_pool_the_tigera_operator_owns_names_the_installation(

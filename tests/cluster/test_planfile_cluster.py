@@ -178,3 +178,23 @@ def test_a_plan_file_names_one_certificate_authority_however_its_pem_is_laid_out
     (tmp_path / "c.crt").write_text(root)
     assert clusters_of(_Talking(ssl_ca_cert=str(tmp_path / "a.crt"))) != clusters_of(
         _Talking(ssl_ca_cert=str(tmp_path / "c.crt")))
+
+
+def test_a_plan_file_made_beside_a_pool_of_the_tigera_operator_is_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pod pool is the operator's (IPPool.operator, in the observed state's digest):
+    # the plan file's check of the state finds it unchanged, and the file applies.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    kubeconfig = tmp_path / "kubeconfig"
+    saved = tmp_path / "node.plan"
+    with EmulatedApiServer() as server:
+        server.put(CRD, {**POD_POOL, "metadata": {
+            "name": "default-ipv4-ippool",
+            "annotations": {"projectcalico.org/metadata": json.dumps(
+                {"labels": {"app.kubernetes.io/managed-by": "tigera-operator"}})}}})
+        _kubeconfig(kubeconfig, {"lab": server.url}, "lab")
+        assert _plan_to(saved, spec, kubeconfig) == 2
+        assert main(["apply", str(saved), "--auto-approve"]) == 0
+        assert len(server.objects(CRD)) == 2
