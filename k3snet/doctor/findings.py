@@ -253,9 +253,11 @@ def _forward_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Ch
             why = (f"{why}, but k3snet's iptables backend writes into iptables-{mode[0]} "
                    f"here ({mode[1]}), and iptables-{flavour}'s chain runs as well: a drop "
                    "there is final whatever the other flavour accepts")
-            finding = Finding("forward-drop", what, where, why,
-                              advice=f"remove iptables-{flavour}'s rules, or accept the "
-                                     "flow in that chain yourself")
+            advice = f"remove iptables-{flavour}'s rules, or accept the flow in that chain yourself"
+            if mode[1].startswith("mode auto"):
+                advice += (f" (if k3snet runs with the iptables backend's mode {flavour}, give "
+                           "its spec: `-f SPEC`)")
+            finding = Finding("forward-drop", what, where, why, advice=advice)
             return finding, None
         if conflict is not None:
             # k3snet's jump goes after the rules in place (ahead of a final catch-all

@@ -170,6 +170,16 @@ def _native_blocks(data: object) -> frozenset[NetObject]:
     return frozenset(o for o in found if isinstance(o, ForwardBlock | NatBlock))
 
 
+def _auto_mode(saves: Mapping[str, Sequence[str]]) -> tuple[str, str] | None:
+    """The flavour k3snet's iptables backend picks in mode ``auto`` from the captured
+    ``-save`` texts (:func:`~k3snet.backends.iptables.mode.detect_mode`), and why; None:
+    none captured."""
+    if not (saves.get("nft") or saves.get("legacy")):
+        return None
+    flavour, why = detect_mode(saves, "")
+    return flavour, f"mode auto: {why}"
+
+
 def _queue_readers(capture: NodeCapture) -> frozenset[int] | None:
     """The queue numbers ``nfqueue.txt`` lists (each line's first field; None: no such
     file). A line that is no number (a truncated last one) is passed over."""
@@ -281,9 +291,10 @@ class NodeState:
     (:func:`~k3snet.backends.iptables.native.read_native`): a forward accept of k3snet's
     one of them drops is a conflict its plan never applies (:meth:`forward_blocks`)."""
     iptables_mode: tuple[str, str] | None = None
-    """The iptables flavour k3snet's iptables backend writes into on this node (``auto``:
-    :func:`~k3snet.backends.iptables.mode.detect_mode` of the captured ``-save`` texts),
-    and why; None: no iptables ruleset captured."""
+    """The iptables flavour k3snet's iptables backend writes into on this node (mode
+    ``auto``: :func:`~k3snet.backends.iptables.mode.detect_mode` of the captured ``-save``
+    texts; ``k3snet doctor -f SPEC``: the spec's ``backends.iptables.mode`` when it names
+    one), and why; None: no iptables ruleset captured."""
     legacy_nat: frozenset[int] = frozenset()
     """The families whose iptables-legacy ``nat`` table exists (``iptables-legacy-save``
     prints it, rules or not): its hooks keep the NAT core registered, from a time taken
@@ -368,7 +379,7 @@ class NodeState:
             legacy_nat=frozenset(legacy_nat),
             iptables_dumps=iptables_dumps,
             native_blocks=_native_blocks(data),
-            iptables_mode=detect_mode(saves, "") if saves["nft"] or saves["legacy"] else None,
+            iptables_mode=_auto_mode(saves),
             queue_readers=_queue_readers(capture),
             **_ipvs(capture),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),

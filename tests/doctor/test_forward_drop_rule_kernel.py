@@ -204,3 +204,51 @@ def test_a_foreign_nftables_drop_of_another_host_narrows_the_fix_which_connects(
     assert "now: reaches" in capsys.readouterr().out
     doctor_lab.forget_neighbours()
     assert doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+
+
+@pytest.mark.parametrize("given", ["legacy", "nft"])
+def test_the_spec_s_iptables_mode_is_the_flavour_the_fix_is_judged_in_and_written_to(
+        doctor_lab: DoctorLab, given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """iptables-legacy's FORWARD policy DROP beside kube-proxy's iptables-nft rules: mode
+    auto writes into iptables-nft, where the accept opens nothing. With a spec naming
+    ``backends.iptables.mode`` (as `apply -f SPEC` builds the backend), the doctor ignored
+    it: `legacy` got no fix (apply would write and open it), and `--fix` wrote into
+    iptables-nft, a chain the spec's k3snet never reads."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(forward_policy="drop-legacy", kube_proxy="iptables-nft")
+    doctor_lab.configure(topology)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text() + f"backends:\n  iptables: {{mode: {given}}}\n")
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", topology.pod, "--to",
+            f"{topology.destination}:{topology.port}", "-f", str(spec)]
+    assert main(argv) == 3
+    out = capsys.readouterr().out
+    if given == "nft":
+        assert "the spec's backends.iptables.mode" in out, out
+        assert "fix:   forward accept" not in out, out
+    else:
+        assert "fix:   forward accept 10.42.0.0/16 -> 192.168.2.0/24" in out, out
+        assert "after the fix: reaches" in out, out
+    assert main([*argv, "--fix", "--auto-approve"]) == (0 if given == "legacy" else 3)
+    out = capsys.readouterr().out
+    doctor_lab.forget_neighbours()
+    assert doctor_lab.probe(topology.destination, port=topology.port)["ok"] is (
+        given == "legacy"), out
+    written = run_in(doctor_lab.node, ["iptables-nft-save"]).stdout
+    assert "K3SNET-" not in written, written  # nothing in the flavour the spec does not use
+
+
+def test_without_a_spec_the_finding_says_the_flavour_is_mode_auto_s(
+        doctor_lab: DoctorLab) -> None:
+    topology = Topology(forward_policy="drop-legacy", kube_proxy="iptables-nft")
+    doctor_lab.configure(topology)
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    [finding] = [f for f in d.findings if f.severity == "blocking"]
+    assert "(mode auto: " in finding.why, d.render()
+    assert finding.advice is not None
+    assert "mode legacy, give its spec: `-f SPEC`" in finding.advice, d.render()
