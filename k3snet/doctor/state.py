@@ -124,28 +124,25 @@ class _CapturedLists:
     k3snet's backends."""
 
     def __init__(self, items: Sequence[object]) -> None:
-        self.chains: list[dict[str, Any]] = []
+        self.chains: dict[tuple[object, object, object], dict[str, Any]] = {}
         self.rules: dict[tuple[object, object, object], list[dict[str, Any]]] = {}
         for item in items:
             if not isinstance(item, dict):
                 continue
             chain, rule = item.get("chain"), item.get("rule")
             if isinstance(chain, dict):
-                self.chains.append(item)
-                self.rules.setdefault(
-                    (chain.get("family"), chain.get("table"), chain.get("name")), [])
+                self.chains[chain.get("family"), chain.get("table"), chain.get("name")] = item
             elif isinstance(rule, dict):
                 self.rules.setdefault(
                     (rule.get("family"), rule.get("table"), rule.get("chain")), []).append(item)
 
     def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
         if kind == "chains":
-            return list(self.chains)
-        key = (ref.get("family"), ref.get("table"), ref.get("name"))
+            return list(self.chains.values())
         if kind != "chain":
             raise BackendError(f"not captured: list {kind} {' '.join(ref.values())}")
-        chain = next((c for c in self.chains if (c["chain"].get("family"),
-                      c["chain"].get("table"), c["chain"].get("name")) == key), None)
+        key = (ref.get("family"), ref.get("table"), ref.get("name"))
+        chain = self.chains.get(key)
         return None if chain is None else [chain, *self.rules.get(key, [])]
 
 
@@ -178,6 +175,21 @@ def _auto_mode(saves: Mapping[str, Sequence[str]]) -> tuple[str, str] | None:
         return None
     flavour, why = detect_mode(saves, "")
     return flavour, f"mode auto: {why}"
+
+
+@attrs.define(eq=False)
+class _NativeBlocks:
+    """:func:`_native_blocks` of a captured ruleset (``data``), read once when asked: a
+    large table of another program's (kube-proxy's nftables mode) costs a read only to
+    a diagnosis that judges a forward accept."""
+
+    data: object
+    found: frozenset[NetObject] | None = None
+
+    def blocks(self) -> frozenset[NetObject]:
+        if self.found is None:
+            self.found = _native_blocks(self.data)
+        return self.found
 
 
 def _queue_readers(capture: NodeCapture) -> frozenset[int] | None:
@@ -284,12 +296,9 @@ class NodeState:
     """Each captured ``-save`` text's tables, by iptables flavour (``nft``, ``legacy``) and
     family, as k3snet's iptables backend reads them: the foreign rules that decide a fix's
     forward accept first (:meth:`forward_blocks`)."""
-    native_blocks: frozenset[NetObject] = frozenset()
-    """The drops of the nftables tables iptables does not show (an administrator's
-    ``table inet filter``, firewalld's ``inet firewalld``; ``nft-ruleset.json``), as
-    k3snet's iptables backend reads them
-    (:func:`~k3snet.backends.iptables.native.read_native`): a forward accept of k3snet's
-    one of them drops is a conflict its plan never applies (:meth:`forward_blocks`)."""
+    native: _NativeBlocks = attrs.field(factory=lambda: _NativeBlocks(None), eq=False,
+                                        repr=False)
+    """The captured ``nft-ruleset.json``, read for :attr:`native_blocks` when asked."""
     iptables_mode: tuple[str, str] | None = None
     """The iptables flavour k3snet's iptables backend writes into on this node (mode
     ``auto``: :func:`~k3snet.backends.iptables.mode.detect_mode` of the captured ``-save``
@@ -378,7 +387,7 @@ class NodeState:
                 for text in rule_texts[:4] for m in _MATCH_SET.finditer(text)}),
             legacy_nat=frozenset(legacy_nat),
             iptables_dumps=iptables_dumps,
-            native_blocks=_native_blocks(data),
+            native=_NativeBlocks(data),
             iptables_mode=_auto_mode(saves),
             queue_readers=_queue_readers(capture),
             **_ipvs(capture),
@@ -432,6 +441,16 @@ class NodeState:
         missing = {k: v for k, v in self.missing.items() if k != "calico-ippools.json"}
         return attrs.evolve(self, calico_pools=pools, missing=missing,
                             sources=(*self.sources, f"{source}: {len(pools)} IP pool(s)"))
+
+    @property
+    def native_blocks(self) -> frozenset[NetObject]:
+        """The drops of the nftables tables iptables does not show (an administrator's
+        ``table inet filter``, firewalld's ``inet firewalld``; ``nft-ruleset.json``), as
+        k3snet's iptables backend reads them
+        (:func:`~k3snet.backends.iptables.native.read_native`): a forward accept of
+        k3snet's one of them drops is a conflict its plan never applies
+        (:meth:`forward_blocks`). Read at the first use (a forward drop to fix)."""
+        return self.native.blocks()
 
     def forward_blocks(self, flavour: str, family: int) -> set[NetObject] | None:
         """The foreign rules that decide a forward accept of k3snet's in ``flavour``
