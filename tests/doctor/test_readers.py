@@ -638,9 +638,10 @@ def test_the_captured_nftables_tables_are_read_for_drops_as_the_iptables_backend
                 {"rule": {"family": family, "table": name, "chain": "forward",
                           "expr": expr}}]
 
-    drop = [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                       "right": {"prefix": {"addr": "10.42.0.0", "len": 16}}}},
-            {"drop": None}]
+    drop: list[dict[str, Any]] = [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                   "right": {"prefix": {"addr": "10.42.0.0", "len": 16}}}},
+        {"drop": None}]
     [block] = _native_blocks({"nftables": table("inet", "admin", drop)})
     assert "inet admin forward" in str(block)
     assert "10.42.0.0/16" in str(block)
