@@ -2088,11 +2088,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     capture = (NodeCapture.read_dir(args.state) if args.state is not None
                else NodeCapture.read_live(args.netns))
     state = _doctor_calico(_doctor_cluster(NodeState.from_capture(capture), args), args)
+    mode = _doctor_iptables_mode(args)
+    if mode is not None:
+        state = attrs.evolve(state, iptables_mode=(mode, "the spec's backends.iptables.mode"))
     d = diagnose(state, flow)
     if args.fix and d.fixes.owned:
         kinds = {o.kind for o in d.fixes.owned}
         names = sorted({FIX_BACKENDS[k] for k in kinds})
-        group = BackendGroup([Member(create_backend(n, **_options(n, args)),
+        group = BackendGroup([Member(create_backend(n, **_options(n, args), **(
+                                         {"mode": mode} if n == "iptables" and mode else {})),
                                      [k for k in kinds if FIX_BACKENDS[k] == n])
                               for n in names])
         with group as backend:
@@ -2120,7 +2124,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         after = diagnose(attrs.evolve(
             NodeState.from_capture(NodeCapture.read_live(args.netns)),
             cluster_cidrs=state.cluster_cidrs, service_cidrs=state.service_cidrs,
-            calico_pools=state.calico_pools), flow)
+            calico_pools=state.calico_pools,
+            **({"iptables_mode": state.iptables_mode} if mode is not None else {})), flow)
         print(f"now: {after.verdict.value}", file=_human(args))
         return _doctor_exit(after.verdict)
     _print_diagnosis(args, d)
@@ -2134,6 +2139,17 @@ def _print_diagnosis(args: argparse.Namespace, d: Any) -> None:
         _print_json({"format": JSON_FORMAT, "kind": "doctor", **d.to_dict()})
     else:
         print(d.render())
+
+
+def _doctor_iptables_mode(args: argparse.Namespace) -> str | None:
+    """The flavour the spec (``-f``) gives the iptables backend (``backends.iptables.mode``:
+    ``nft`` or ``legacy``), which its forward accept goes into, as ``apply -f SPEC``'s does;
+    None: none given (``auto``: the doctor predicts it from the captured ``-save`` texts,
+    as the backend does)."""
+    if args.spec is None:
+        return None
+    mode = spec_backend_options(_spec(args), "iptables").get("mode")
+    return mode if mode in ("nft", "legacy") else None
 
 
 def _doctor_cluster(state: Any, args: argparse.Namespace) -> Any:

@@ -253,16 +253,19 @@ def _forward_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Ch
             why = (f"{why}, but k3snet's iptables backend writes into iptables-{mode[0]} "
                    f"here ({mode[1]}), and iptables-{flavour}'s chain runs as well: a drop "
                    "there is final whatever the other flavour accepts")
-            finding = Finding("forward-drop", what, where, why,
-                              advice=f"remove iptables-{flavour}'s rules, or accept the "
-                                     "flow in that chain yourself")
+            advice = f"remove iptables-{flavour}'s rules, or accept the flow in that chain yourself"
+            if mode[1].startswith("mode auto"):
+                advice += (f" (if k3snet runs with the iptables backend's mode {flavour}, give "
+                           "its spec: `-f SPEC`)")
+            finding = Finding("forward-drop", what, where, why, advice=advice)
             return finding, None
         if conflict is not None:
             # k3snet's jump goes after the rules in place (ahead of a final catch-all
-            # drop only) and is never moved: its plan names the accept a conflict and
-            # applies nothing, and the flow stays dropped.
-            why = (f"{why}, but k3snet's accept ({rule.describe()}) would come after "
-                   f"{conflict}: {rule.conflict_reason(conflict)}")
+            # drop only) and is never moved, and a drop in another table or chain of the
+            # path (mangle's POSTROUTING, firewalld's table) is final: its plan names the
+            # accept a conflict and applies nothing, and the flow stays dropped.
+            why = (f"{why}, but k3snet's plan names its accept ({rule.describe()}) a "
+                   f"conflict with {conflict}: {rule.conflict_reason(conflict)}")
             finding = Finding("forward-drop", what, where, why,
                               advice="accept the flow ahead of that rule yourself, or remove "
                                      "or narrow it (k3snet's plan names that accept a "
@@ -285,8 +288,8 @@ def _forward_accept(state: NodeState, tr: Trace, step: Step
     foreign rule k3snet's plan would find deciding it first (None: none, the accept is
     planned): for the route's network, else for the destination alone when only that
     one is not decided otherwise. The foreign rules are those k3snet's iptables backend
-    reads from the captured table of the step's flavour
-    (:meth:`NodeState.forward_blocks`)."""
+    reads from the captured tables of the step's flavour and from the nftables tables
+    iptables does not show (:meth:`NodeState.forward_blocks`)."""
     flavour = step.where.split(maxsplit=1)[0].partition("-")[2]
     blocks = state.forward_blocks(flavour, tr.flow.family) or set()
     source, destination = pod_network(state, tr), destination_network(tr)

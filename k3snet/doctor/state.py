@@ -14,17 +14,25 @@ spec's ``cluster`` or ``k3snet doctor --service-cidr``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
 import attrs
 
-from k3snet.backends.iptables.foreign import foreign_blocks
+from k3snet.backends.iptables.foreign import (
+    PATH_CHAINS,
+    foreign_blocks,
+    forward_drops_untracked,
+    path_blocks,
+    untracked_accepts,
+)
 from k3snet.backends.iptables.mode import detect_mode
+from k3snet.backends.iptables.native import XT_TABLES, native_tables
 from k3snet.backends.iptables.save import TableDump
 from k3snet.backends.iptables.save import parse_save as parse_table_dump
 from k3snet.backends.iptables.table import has_tag
+from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.backends.routed import RoutedBy
 from k3snet.doctor import ipset, iptables, nftables
 from k3snet.doctor.bundle import (
@@ -48,7 +56,8 @@ from k3snet.doctor.routing import (
     parse_routes,
     parse_rules,
 )
-from k3snet.model import NetObject
+from k3snet.errors import BackendError, K3snetError
+from k3snet.model import ForwardBlock, NatBlock, NetObject
 from k3snet.render.iptables.rules import HOOKS, hook_position, normalize, tokenize
 
 __all__ = ["CalicoPool", "NodeState"]
@@ -107,6 +116,80 @@ def _masters(data: object) -> dict[str, tuple[str, str | None]]:
             kind = info.get("info_slave_kind") if isinstance(info, Mapping) else None
             found[name] = (master, kind if isinstance(kind, str) else None)
     return found
+
+
+class _CapturedLists:
+    """A :class:`~k3snet.backends.nftables.kernel.Lists` over a captured ``nft -j list
+    ruleset`` (``list chains``, ``list chain FAMILY TABLE NAME``), for the readers of
+    k3snet's backends."""
+
+    def __init__(self, items: Sequence[object]) -> None:
+        self.chains: dict[tuple[object, object, object], dict[str, Any]] = {}
+        self.rules: dict[tuple[object, object, object], list[dict[str, Any]]] = {}
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            chain, rule = item.get("chain"), item.get("rule")
+            if isinstance(chain, dict):
+                self.chains[chain.get("family"), chain.get("table"), chain.get("name")] = item
+            elif isinstance(rule, dict):
+                self.rules.setdefault(
+                    (rule.get("family"), rule.get("table"), rule.get("chain")), []).append(item)
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        if kind == "chains":
+            return list(self.chains.values())
+        if kind != "chain":
+            raise BackendError(f"not captured: list {kind} {' '.join(ref.values())}")
+        key = (ref.get("family"), ref.get("table"), ref.get("name"))
+        chain = self.chains.get(key)
+        return None if chain is None else [chain, *self.rules.get(key, [])]
+
+
+def _native_blocks(data: object) -> frozenset[NetObject]:
+    """The blocks of the nftables tables iptables does not show in a captured ``nft -j
+    list ruleset`` (``data``), read as k3snet's iptables backend reads them
+    (:mod:`k3snet.backends.iptables.native`: iptables-nft's own tables and any holding
+    k3snet's marker chain passed by). Best effort: nothing when there is none or the
+    capture does not read."""
+    items = data.get("nftables") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return frozenset()
+    tables = frozenset((str(t.get("family")), str(t.get("name"))) for item in items
+                       if isinstance(item, dict) and isinstance(t := item.get("table"), dict))
+    if not native_tables(tables):
+        return frozenset()  # the usual node: nothing to read
+    xt = frozenset((f, n) for f, n in tables if f in ("ip", "ip6") and n in XT_TABLES)
+    try:
+        found = ForeignReader(_CapturedLists(items), xt, skip_marked=True).read()
+    except (K3snetError, KeyError, TypeError, ValueError, AttributeError):
+        return frozenset()
+    return frozenset(o for o in found if isinstance(o, ForwardBlock | NatBlock))
+
+
+def _auto_mode(saves: Mapping[str, Sequence[str]]) -> tuple[str, str] | None:
+    """The flavour k3snet's iptables backend picks in mode ``auto`` from the captured
+    ``-save`` texts (:func:`~k3snet.backends.iptables.mode.detect_mode`), and why; None:
+    none captured."""
+    if not (saves.get("nft") or saves.get("legacy")):
+        return None
+    flavour, why = detect_mode(saves, "")
+    return flavour, f"mode auto: {why}"
+
+
+@attrs.define(eq=False)
+class _NativeBlocks:
+    """:func:`_native_blocks` of a captured ruleset (``data``), read once when asked: a
+    large table of another program's (kube-proxy's nftables mode) costs a read only to
+    a diagnosis that judges a forward accept."""
+
+    data: object
+    found: frozenset[NetObject] | None = None
+
+    def blocks(self) -> frozenset[NetObject]:
+        if self.found is None:
+            self.found = _native_blocks(self.data)
+        return self.found
 
 
 def _queue_readers(capture: NodeCapture) -> frozenset[int] | None:
@@ -208,14 +291,19 @@ class NodeState:
     queue_readers: frozenset[int] | None = None
     """The NFQUEUE queues a program reads (``nfqueue.txt``); None: not captured (an older
     bundle), and whether a queue rule drops is unknown."""
-    forward_filters: Mapping[tuple[str, int], TableDump] = attrs.field(factory=dict)
-    """Each captured ``filter`` table, by iptables flavour (``nft``, ``legacy``) and family,
-    as k3snet's iptables backend reads it: the foreign rules a fix's forward accept would
-    meet before k3snet's jump (:meth:`forward_blocks`)."""
+    iptables_dumps: Mapping[tuple[str, int], Mapping[str, TableDump]] = attrs.field(
+        factory=dict)
+    """Each captured ``-save`` text's tables, by iptables flavour (``nft``, ``legacy``) and
+    family, as k3snet's iptables backend reads them: the foreign rules that decide a fix's
+    forward accept first (:meth:`forward_blocks`)."""
+    native: _NativeBlocks = attrs.field(factory=lambda: _NativeBlocks(None), eq=False,
+                                        repr=False)
+    """The captured ``nft-ruleset.json``, read for :attr:`native_blocks` when asked."""
     iptables_mode: tuple[str, str] | None = None
-    """The iptables flavour k3snet's iptables backend writes into on this node (``auto``:
-    :func:`~k3snet.backends.iptables.mode.detect_mode` of the captured ``-save`` texts),
-    and why; None: no iptables ruleset captured."""
+    """The iptables flavour k3snet's iptables backend writes into on this node (mode
+    ``auto``: :func:`~k3snet.backends.iptables.mode.detect_mode` of the captured ``-save``
+    texts; ``k3snet doctor -f SPEC``: the spec's ``backends.iptables.mode`` when it names
+    one), and why; None: no iptables ruleset captured."""
     legacy_nat: frozenset[int] = frozenset()
     """The families whose iptables-legacy ``nat`` table exists (``iptables-legacy-save``
     prints it, rules or not): its hooks keep the NAT core registered, from a time taken
@@ -238,7 +326,7 @@ class NodeState:
         has_nft_save = False
         read_from_save: set[tuple[str, str, str | None]] = set()
         legacy_nat: set[int] = set()
-        forward_filters: dict[tuple[str, int], TableDump] = {}
+        iptables_dumps: dict[tuple[str, int], dict[str, TableDump]] = {}
         saves: dict[str, list[str]] = {"nft": [], "legacy": []}
         data = capture.json("nft-ruleset.json")
         ruleset = (nftables.parse_ruleset(data).with_text(capture.text("nft-ruleset.txt"))
@@ -254,8 +342,7 @@ class NodeState:
                 tables = iptables.parse_save(text)
                 if flavour == "legacy" and "nat" in tables:
                     legacy_nat.add(family)
-                if "filter" in tables:
-                    forward_filters[flavour, family] = parse_table_dump(text)["filter"]
+                iptables_dumps[flavour, family] = parse_table_dump(text)
                 fam = "ip" if family == 4 else "ip6"
                 # The nat chains nft lists (registered, rules or not: the NAT core's order).
                 empty_nat = [c for c in ("PREROUTING", "POSTROUTING") if ruleset is not None
@@ -299,8 +386,9 @@ class NodeState:
                 m[1] if m[1] is not None else m[2]
                 for text in rule_texts[:4] for m in _MATCH_SET.finditer(text)}),
             legacy_nat=frozenset(legacy_nat),
-            forward_filters=forward_filters,
-            iptables_mode=detect_mode(saves, "") if saves["nft"] or saves["legacy"] else None,
+            iptables_dumps=iptables_dumps,
+            native=_NativeBlocks(data),
+            iptables_mode=_auto_mode(saves),
             queue_readers=_queue_readers(capture),
             **_ipvs(capture),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
@@ -354,15 +442,31 @@ class NodeState:
         return attrs.evolve(self, calico_pools=pools, missing=missing,
                             sources=(*self.sources, f"{source}: {len(pools)} IP pool(s)"))
 
+    @property
+    def native_blocks(self) -> frozenset[NetObject]:
+        """The drops of the nftables tables iptables does not show (an administrator's
+        ``table inet filter``, firewalld's ``inet firewalld``; ``nft-ruleset.json``), as
+        k3snet's iptables backend reads them
+        (:func:`~k3snet.backends.iptables.native.read_native`): a forward accept of
+        k3snet's one of them drops is a conflict its plan never applies
+        (:meth:`forward_blocks`). Read at the first use (a forward drop to fix)."""
+        return self.native.blocks()
+
     def forward_blocks(self, flavour: str, family: int) -> set[NetObject] | None:
-        """The foreign rules of the captured ``filter`` table of ``flavour`` (``nft``,
-        ``legacy``) met before k3snet's jump from ``FORWARD`` (or where a new one would
-        go: after every rule but a final catch-all drop) that drop, reject or return
-        forwarded packets, exactly as k3snet's iptables backend reads them
-        (:func:`~k3snet.backends.iptables.foreign.foreign_blocks`): a forward accept
-        of k3snet's that one of them decides is a conflict its plan never applies.
-        None: no such table was captured."""
-        dump = self.forward_filters.get((flavour, family))
+        """The foreign rules that decide a forward accept of k3snet's in ``flavour``
+        (``nft``, ``legacy``) first, exactly as k3snet's iptables backend reads them: those
+        of the captured ``filter`` table met before k3snet's jump from ``FORWARD`` (or
+        where a new one would go: after every rule but a final catch-all drop) that drop,
+        reject or return forwarded packets
+        (:func:`~k3snet.backends.iptables.foreign.foreign_blocks`), the drops of the
+        ``raw``, ``mangle`` and ``security`` chains forwarded packets pass
+        (:func:`~k3snet.backends.iptables.foreign.path_blocks`: a ``-t mangle -A
+        POSTROUTING`` drop runs after filter's accept) and those of nftables tables
+        iptables does not show (:attr:`native_blocks`). A forward accept one of them
+        decides is a conflict the plan never applies. None: no ``filter`` table of
+        ``flavour`` was captured."""
+        tables = self.iptables_dumps.get((flavour, family), {})
+        dump = tables.get("filter")
         if dump is None:
             return None
         hook = HOOKS["filter"]
@@ -375,7 +479,15 @@ class NodeState:
                            if entry.type == "unicast"
                            for device in ([entry.device] if not entry.nexthops
                                           else [d for _, d in entry.nexthops])])
-        return foreign_blocks(dump, family, before, routed=routed)
+        found = foreign_blocks(dump, family, before, routed=routed)
+        drops = forward_drops_untracked(dump)
+        accepted = untracked_accepts(dump, family) if drops else ()
+        for table in PATH_CHAINS:
+            found |= path_blocks(tables.get(table), family, forward_drops=drops,
+                                 accepted=accepted, routed=routed)
+        found |= {b for b in self.native_blocks
+                  if isinstance(b, ForwardBlock) and b.family == family}
+        return {b for b in found if isinstance(b, ForwardBlock)}
 
     def unread_rulesets(self) -> dict[str, str]:
         """The rulesets whose capture failed (a command that ran and exited non-zero, e.g.

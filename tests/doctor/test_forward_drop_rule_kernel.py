@@ -135,3 +135,120 @@ def test_a_drop_policy_in_the_flavour_k3snet_does_not_write_gets_no_fix(
     doctor_lab.forget_neighbours()
     assert doctor_lab.probe(topology.destination, port=topology.port)["ok"] is (
         in_use == "legacy")
+
+
+def _beyond_filter(doctor_lab: DoctorLab, where: str, family: Literal[4, 6]) -> None:
+    """A drop of the pods' traffic where filter's accept does not reach: mangle's
+    POSTROUTING (run after FORWARD), or another nftables table's forward chain."""
+    source = to_v6("10.42.0.0/16") if family == 6 else "10.42.0.0/16"
+    if where == "mangle":
+        tool = "ip6tables-nft" if family == 6 else "iptables-nft"
+        run_in(doctor_lab.node, [tool, "-t", "mangle", "-A", "POSTROUTING", "-s", source,
+                                 "-j", "DROP"])
+    else:
+        saddr = "ip6 saddr" if family == 6 else "ip saddr"
+        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=(
+            "table inet admin {\n  chain forward {\n"
+            "    type filter hook forward priority 10; policy accept;\n"
+            f"    {saddr} {source} drop\n  }}\n}}\n"))
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("where", ["mangle", "nftables"])
+def test_a_drop_beyond_filter_that_the_plan_names_a_conflict_gets_no_forward_accept_fix(
+        doctor_lab: DoctorLab, family: Literal[4, 6], where: str, *, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """FORWARD's policy DROP, and a drop of the pods' traffic in mangle's POSTROUTING or in
+    an administrator's nftables table: k3snet's iptables backend reads both (path_blocks,
+    read_native) and its plan names the forward accept a conflict. The doctor printed
+    that accept as the fix and its plan as `1 to add`; --fix then found `1 conflict(s)`."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(family=family, forward_policy="drop-nft")
+    doctor_lab.configure(topology)
+    _beyond_filter(doctor_lab, where, family)
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    finding = next(f for f in d.findings if f.code == "forward-drop")
+    assert finding.fix == (), d.render()
+    assert "a conflict with drop by" in finding.why, d.render()
+    assert (" mangle: -A POSTROUTING" if where == "mangle" else "inet admin forward") \
+        in finding.why, d.render()
+    assert not d.fixes.owned, d.render()
+    assert d.plan.empty, d.render()
+    assert d.after.verdict is Verdict.BLOCKED, d.render()
+    # What --fix does agrees: its plan (the backend's own read) has nothing to apply.
+    capsys.readouterr()
+    assert _doctor_fix(doctor_lab, topology) == 3
+    assert "conflict(s)" not in capsys.readouterr().out
+    doctor_lab.forget_neighbours()
+    assert not doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+
+
+def test_a_foreign_nftables_drop_of_another_host_narrows_the_fix_which_connects(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An administrator's nftables table drops another host of the route's network: the
+    fix is the destination's accept alone, which k3snet applies and which connects."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(forward_policy="drop-nft")
+    doctor_lab.configure(topology)
+    run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=(
+        "table inet admin {\n  chain forward {\n"
+        "    type filter hook forward priority 10; policy accept;\n"
+        "    ip daddr 192.168.2.99 drop\n  }\n}\n"))
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    assert [str(f.destination) for f in d.fixes.owned] == ["192.168.2.10/32"], d.render()
+    assert d.after.verdict is Verdict.REACHES, d.render()
+    assert _doctor_fix(doctor_lab, topology) == 0
+    assert "now: reaches" in capsys.readouterr().out
+    doctor_lab.forget_neighbours()
+    assert doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+
+
+@pytest.mark.parametrize("given", ["legacy", "nft"])
+def test_the_spec_s_iptables_mode_is_the_flavour_the_fix_is_judged_in_and_written_to(
+        doctor_lab: DoctorLab, given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """iptables-legacy's FORWARD policy DROP beside kube-proxy's iptables-nft rules: mode
+    auto writes into iptables-nft, where the accept opens nothing. With a spec naming
+    ``backends.iptables.mode`` (as `apply -f SPEC` builds the backend), the doctor ignored
+    it: `legacy` got no fix (apply would write and open it), and `--fix` wrote into
+    iptables-nft, a chain the spec's k3snet never reads."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(forward_policy="drop-legacy", kube_proxy="iptables-nft")
+    doctor_lab.configure(topology)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text() + f"backends:\n  iptables: {{mode: {given}}}\n")
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", topology.pod, "--to",
+            f"{topology.destination}:{topology.port}", "-f", str(spec)]
+    assert main(argv) == 3
+    out = capsys.readouterr().out
+    if given == "nft":
+        assert "the spec's backends.iptables.mode" in out, out
+        assert "fix:   forward accept" not in out, out
+    else:
+        assert "fix:   forward accept 10.42.0.0/16 -> 192.168.2.0/24" in out, out
+        assert "after the fix: reaches" in out, out
+    assert main([*argv, "--fix", "--auto-approve"]) == (0 if given == "legacy" else 3)
+    out = capsys.readouterr().out
+    doctor_lab.forget_neighbours()
+    assert doctor_lab.probe(topology.destination, port=topology.port)["ok"] is (
+        given == "legacy"), out
+    written = run_in(doctor_lab.node, ["iptables-nft-save"]).stdout
+    assert "K3SNET-" not in written, written  # nothing in the flavour the spec does not use
+
+
+def test_without_a_spec_the_finding_says_the_flavour_is_mode_auto_s(
+        doctor_lab: DoctorLab) -> None:
+    topology = Topology(forward_policy="drop-legacy", kube_proxy="iptables-nft")
+    doctor_lab.configure(topology)
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    [finding] = [f for f in d.findings if f.severity == "blocking"]
+    assert "(mode auto: " in finding.why, d.render()
+    assert finding.advice is not None
+    assert "mode legacy, give its spec: `-f SPEC`" in finding.advice, d.render()

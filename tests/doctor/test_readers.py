@@ -622,3 +622,30 @@ def test_a_finding_on_an_nftables_rule_names_its_chain_once() -> None:
     assert finding.code == "foreign-table-drop", d.render()
     chain = d.trace.blocked_at.where if d.trace.blocked_at else "?"
     assert finding.where.count(chain) == 1, finding.where
+
+
+def test_the_captured_nftables_tables_are_read_for_drops_as_the_iptables_backend_does() -> None:
+    """``nft-ruleset.json``'s tables iptables does not show, through the reader k3snet's
+    iptables backend judges its forward accepts with; iptables-nft's own tables passed
+    by, and a capture that does not read gives no block rather than an error."""
+    from k3snet.doctor.state import _native_blocks  # noqa: PLC0415 - the reader alone
+
+    def table(family: str, name: str, expr: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"table": {"family": family, "name": name}},
+                {"chain": {"family": family, "table": name, "name": "forward",
+                           "type": "filter", "hook": "forward", "prio": 10,
+                           "policy": "accept"}},
+                {"rule": {"family": family, "table": name, "chain": "forward",
+                          "expr": expr}}]
+
+    drop: list[dict[str, Any]] = [
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                   "right": {"prefix": {"addr": "10.42.0.0", "len": 16}}}},
+        {"drop": None}]
+    [block] = _native_blocks({"nftables": table("inet", "admin", drop)})
+    assert "inet admin forward" in str(block)
+    assert "10.42.0.0/16" in str(block)
+    assert _native_blocks({"nftables": table("ip", "filter", drop)}) == frozenset()
+    for junk in (None, {"nftables": 5}, {"nftables": [*table("inet", "admin", drop)[:2],
+                                                      {"rule": {"expr": "x"}}, {"chain": 1}]}):
+        assert _native_blocks(junk) == frozenset()
