@@ -11,8 +11,10 @@ so that any pod could walk the agent to its memory limit. This server instead:
   that has arrived (a probe sends its request as it connects, so even one accepted
   from a backlog full of idle connections is answered), then closes the oldest
   connection whose request has not all arrived (whether it sent nothing or a part)
-  of the peer holding the most connections (an IPv4 address, an IPv6 /64): a flood
-  from one pod pushes out only its own, however fast it reconnects;
+  of the peer holding the most connections (an IPv4 address; an IPv6 /64, then the
+  address of it holding the most: the nodes of one IPv6 subnet, another node's pods
+  masqueraded to its address among them, share the kubelet's /64, not its address):
+  a flood from one pod pushes out only its own, however fast it reconnects;
 * closes a connection not answered and written within ``deadline`` seconds of its
   accept (a client that sends a byte at a time, or never reads its answer);
 * reads at most :data:`REQUEST_LIMIT` bytes of request line and headers (431 beyond);
@@ -87,7 +89,7 @@ class _Client:
 
     __slots__ = ("answer", "peer", "request", "sock", "started")
 
-    def __init__(self, sock: socket.socket, started: float, peer: str) -> None:
+    def __init__(self, sock: socket.socket, started: float, peer: tuple[str, str]) -> None:
         self.sock = sock
         self.started = started
         self.peer = peer
@@ -215,10 +217,15 @@ class HealthServer:
         # has sent nothing either): one pod reconnecting in a loop, each connection
         # sending a byte, closed the kubelet's probe whenever it was accepted a moment
         # before its request came. Not the newcomer: its request may be on its way.
+        # An IPv6 peer is a /64 (a host picks any address of its own), and within it the
+        # address holding the most: the nodes of one IPv6 subnet share the kubelet's
+        # /64, and another node's pods, masqueraded to its address, flooding the port
+        # made the kubelet's probe the oldest of that /64. max() keeps the oldest of a tie.
+        nets = collections.Counter(c.peer[0] for c in self._clients.values())
         held = collections.Counter(c.peer for c in self._clients.values())
         waiting = [c for c in self._clients.values() if c.answer is None and c is not newcomer]
-        most = max((held[c.peer] for c in waiting), default=0)
-        self._close(next((c for c in waiting if held[c.peer] == most), newcomer))
+        self._close(max(waiting, key=lambda c: (nets[c.peer[0]], held[c.peer]),
+                        default=newcomer))
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -331,19 +338,20 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _peer(address: tuple[object, ...]) -> str:
-    """Whose connection it is: its IPv4 address, or the /64 of an IPv6 one (a host
-    picks any address of its /64; a pod has one address)."""
+def _peer(address: tuple[object, ...]) -> tuple[str, str]:
+    """Whose connection it is: its network and its address, an IPv4 address twice, an
+    IPv6 address's /64 and the address (a host picks any address of its /64; a pod has
+    one address; the nodes of one subnet share a /64)."""
     host = str(address[0])
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return host
+        return host, host
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:  # an IPv4 client of the dual-stack socket
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
+            return str(ip.ipv4_mapped), str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False)), host  # %scope kept
+    return str(ip), str(ip)
 
 
 def _probe(result: tuple[bool, str]) -> tuple[int, bytes, str]:

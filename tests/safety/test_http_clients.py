@@ -21,9 +21,9 @@ from k3snet.agent._http import REQUEST_LIMIT, _peer
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: node\r\nUser-Agent: kube-probe/1.31\r\n\r\n"
 
 
-def _server(**options: object) -> HealthServer:
+def _server(host: str = "127.0.0.1", **options: object) -> HealthServer:
     big = b"# a large exposition\n" * 800_000  # 16.8 MB
-    return HealthServer("127.0.0.1", 0, healthy=lambda: (True, "ok: last pass 1 s ago"),
+    return HealthServer(host, 0, healthy=lambda: (True, "ok: last pass 1 s ago"),
                         ready=lambda: (True, "ready"), metrics=lambda: (big, "text/plain"),
                         **options).start()  # type: ignore[arg-type]
 
@@ -173,22 +173,23 @@ def test_a_full_server_closes_its_oldest_connection_whatever_it_sent() -> None:
         served.stop()
 
 
-def _connect_from(server: HealthServer, source: str) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.port), timeout=10,
+def _connect_from(server: HealthServer, source: str, to: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection((to, server.port), timeout=10,
                                     source_address=(source, 0))
 
 
-def test_a_full_server_closes_a_connection_of_the_peer_holding_the_most() -> None:
-    # One pod (one address) holding every connection, reconnecting as fast as it is
-    # closed, must not push out the kubelet's probe (the node's address), however late
-    # the probe's request is: the pod's own oldest goes first.
-    served = _server(max_connections=4)
+def _flood_beside_a_late_probe(served: HealthServer,
+                               connect: Callable[[str], socket.socket],
+                               kubelet: str, pod: str) -> None:
+    """The kubelet connects first (its request not sent yet), then a pod holds every
+    other connection and reconnects as fast as it is closed (each sending a byte): the
+    pod's own oldest goes, the probe is still answered."""
     flood: list[socket.socket] = []
     try:
-        probe = _connect_from(served, "127.0.0.1")  # the oldest, its request not sent
+        probe = connect(kubelet)  # the oldest, its request not sent
         assert _until(lambda: served.connections == 1)
         for _ in range(8):  # 3 fill the server, then each one closes one of the pod's
-            flood.append(_connect_from(served, "127.0.0.2"))
+            flood.append(connect(pod))
             flood[-1].sendall(b"G")
             assert _until(lambda: served.connections == 4 or len(flood) < 3)
         assert _closed_by_server(flood[0])
@@ -199,18 +200,57 @@ def test_a_full_server_closes_a_connection_of_the_peer_holding_the_most() -> Non
     finally:
         for sock in flood:
             sock.close()
+
+
+def test_a_full_server_closes_a_connection_of_the_peer_holding_the_most() -> None:
+    # One pod (one address) holding every connection, reconnecting as fast as it is
+    # closed, must not push out the kubelet's probe (the node's address), however late
+    # the probe's request is: the pod's own oldest goes first.
+    served = _server(max_connections=4)
+    try:
+        _flood_beside_a_late_probe(served, lambda source: _connect_from(served, source),
+                                   "127.0.0.1", "127.0.0.2")
+    finally:
         served.stop()
 
 
-@pytest.mark.parametrize(("address", "peer"), [
-    (("10.0.0.1", 5), "10.0.0.1"),
-    (("::ffff:10.0.0.1", 5, 0, 0), "10.0.0.1"),  # IPv4 through the dual-stack socket
-    (("2001:db8::1", 5, 0, 0), "2001:db8::/64"),
-    (("2001:db8::ffff:1", 5, 0, 0), "2001:db8::/64"),  # one host's /64: one peer
-    (("fe80::1%eth0", 5, 0, 2), "fe80::/64"),
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+@pytest.mark.parametrize(("kubelet", "pod"), [
+    # The nodes of one IPv6 subnet share its /64: another node's pods, masqueraded to
+    # that node's address, flooded the port, and the kubelet's probe (from this node's
+    # address, of the same /64) was the oldest of the peer holding the most.
+    ("fd00:10::1", "fd00:10::2"),
+    ("127.0.0.1", "127.0.0.2"),  # IPv4 through the dual-stack socket (::ffff:127.0.0.1)
 ])
-def test_a_peer_is_an_ipv4_address_or_an_ipv6_64(address: tuple[object, ...],
-                                                  peer: str) -> None:
+def test_a_flood_from_another_address_of_the_kubelet_s_network_closes_only_its_own(
+        kubelet: str, pod: str) -> None:
+    from k3snet.backends.netns import NetnsRunner  # noqa: PLC0415 - kernel tests only
+    from k3snet.lab.netns import run_in, temporary_netns  # noqa: PLC0415
+
+    with temporary_netns("http") as ns, NetnsRunner(ns) as runner:
+        run_in(ns, ["ip", "link", "set", "lo", "up"])
+        for address in ("fd00:10::1/64", "fd00:10::2/64"):
+            run_in(ns, ["ip", "address", "add", address, "dev", "lo", "nodad"])
+        served = runner.call(lambda: _server("::", max_connections=4))  # as the agent's
+        try:
+            _flood_beside_a_late_probe(
+                served, lambda source: runner.call(lambda: _connect_from(served, source,
+                                                                         to=kubelet)),
+                kubelet, pod)
+        finally:
+            served.stop()
+
+
+@pytest.mark.parametrize(("address", "peer"), [
+    (("10.0.0.1", 5), ("10.0.0.1", "10.0.0.1")),
+    (("::ffff:10.0.0.1", 5, 0, 0), ("10.0.0.1", "10.0.0.1")),  # IPv4, dual-stack socket
+    (("2001:db8::1", 5, 0, 0), ("2001:db8::/64", "2001:db8::1")),
+    (("2001:db8::ffff:1", 5, 0, 0), ("2001:db8::/64", "2001:db8::ffff:1")),  # one /64
+    (("fe80::1%eth0", 5, 0, 2), ("fe80::/64", "fe80::1%eth0")),
+])
+def test_a_peer_is_an_ipv4_address_or_an_ipv6_64_then_its_address(
+        address: tuple[object, ...], peer: tuple[str, str]) -> None:
     assert _peer(address) == peer
 
 
