@@ -111,7 +111,8 @@ def ip_route_args(route: Route) -> list[str]:
     if route.table != MAIN_TABLE:
         args += ["table", str(route.table)]
     if route.scope != _default_scope(route):
-        args += ["scope", str(route.scope)]
+        # ip's name of the scope: it refuses "universe" ("invalid scope value").
+        args += ["scope", _NETWORKD_SCOPES[str(route.scope)]]
     args += ["metric", str(route.metric), "proto", str(route.protocol)]
     return args
 
@@ -288,18 +289,20 @@ def render_netplan(
     device type (``{"br0": "bridges"}``) and ``ids`` under the id of the definition
     that configures it (``{"eth0": "nic0"}``, a definition that renames its device):
     netplan merges by section and id (:func:`netplan_placement` finds both). A
-    route without gateway gets ``scope: link`` (older netplan requires ``via``
-    otherwise); the metric is always given, the default too (0 for IPv4, 1024 for
-    IPv6): under ``renderer: NetworkManager`` a route without one gets the
-    connection's (100 on ethernet). A device named here that no other netplan file configures
-    becomes managed by netplan's renderer. A route whose table or metric is above
-    2147483647 is refused: netplan writes them as signed numbers, which networkd
-    ignores (the route in the main table, or at metric 0). netplan has no route
-    protocol: after ``netplan apply`` the routes are ``static`` ones, foreign to
-    k3snet (see the module docs).
+    route without gateway gets ``scope: link`` (netplan requires ``via``
+    otherwise), and an IPv4 one of scope global is refused; the metric is always
+    given, the default too (0 for IPv4, 1024 for IPv6): under ``renderer:
+    NetworkManager`` a route without one gets the connection's (100 on ethernet). A
+    device named here that no other netplan file configures becomes managed by
+    netplan's renderer. A route whose table or metric is above 2147483647 is
+    refused: netplan writes them as signed numbers, which networkd ignores (the
+    route in the main table, or at metric 0). netplan has no route protocol: after
+    ``netplan apply`` the routes are ``static`` ones, foreign to k3snet (see the
+    module docs).
     """
     routes = _routes(state, "netplan")
     _refuse_netplan_numbers(routes)
+    _refuse_netplan_global_device_routes(routes)
     chosen, named = _netplan_choices(sections or {}, ids or {})
     by_section: dict[str, dict[str, list[Route]]] = {}
     owners: dict[tuple[str, str], set[str]] = {}
@@ -332,6 +335,19 @@ def render_netplan(
                 if route.table != MAIN_TABLE:
                     lines.append(f"          table: {route.table}")
     return "\n".join(lines) + "\n"
+
+
+def _refuse_netplan_global_device_routes(routes: Iterable[Route]) -> None:
+    """Refuse the IPv4 routes without gateway of scope global (``universe``): netplan
+    refuses them ("global unicast route must include both a 'to' and 'via' IP"), and
+    ``scope: link`` in their place is another route (a gateway behind it is reachable)."""
+    wrong = [r for r in routes if r.family == 4 and r.gateway is None and r.scope == "universe"]
+    if wrong:
+        listed = "\n  ".join(r.describe() for r in wrong)
+        raise ModelError(
+            "netplan refuses an IPv4 route without gateway of scope global (\"global unicast "
+            "route must include both a 'to' and 'via' IP\"): give these routes scope link "
+            f"(the default without gateway), or render networkd files instead:\n  {listed}")
 
 
 # netplan's largest number it passes on to networkd whole (below: _refuse_netplan_numbers).
@@ -823,11 +839,12 @@ def render_networkd(
             lines.append(f"Metric={route.metric}")
             if route.table != MAIN_TABLE:
                 lines.append(f"Table={route.table}")
-            # Always said but for IPv6 (whose routes have no scope): systemd before v251
-            # gave a [Route] without Gateway= scope global, not link as `ip route` does,
-            # and a gateway reached through that route was then refused ("Nexthop has
-            # invalid gateway": the kernel looks a gateway up in routes of scope link).
-            if route.scope != "universe":
+            # Always said for an IPv4 route without gateway (IPv6 routes have no scope):
+            # systemd before v251 gives a [Route] without Gateway= nor Scope= scope
+            # global, v251 and later scope link, so either default is another version's
+            # wrong one (a gateway behind a global one is refused at boot, "Nexthop has
+            # invalid gateway"). A route via a gateway is global in every version.
+            if route.scope != "universe" or (route.gateway is None and route.family == 4):
                 lines.append(f"Scope={_NETWORKD_SCOPES[str(route.scope)]}")
             lines.append(f"Protocol={route.protocol}")
         files[name] = "\n".join(lines) + "\n"
