@@ -34,7 +34,7 @@ iface eth0 inet manual
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from k3snet.errors import ModelError
@@ -507,6 +507,43 @@ def netplan_placement(
     return sections, placed
 
 
+def _netplan_sections(documents: Mapping[str, object], section: str
+                      ) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """``(network, its section's entries)`` of each netplan file, in netplan's order."""
+    for name in sorted(documents):
+        document = documents[name]
+        network = document.get("network") if isinstance(document, Mapping) else None
+        if not isinstance(network, Mapping):
+            continue
+        entries = network.get(section)
+        yield network, entries if isinstance(entries, Mapping) else {}
+
+
+def _netplan_renderer(documents: Mapping[str, object], section: str, netplan_id: str) -> str:
+    """The renderer netplan gives the definition ``netplan_id`` of ``section``: its own
+    ``renderer``, else that of the section of the file that first defines it (given
+    before it), else the last file's global one (``networkd`` without any)."""
+    own: str | None = None
+    first: str | None = None
+    defined = False
+    global_renderer = "networkd"
+    for network, entries in _netplan_sections(documents, section):
+        if isinstance(network.get("renderer"), str):
+            global_renderer = network["renderer"]
+        section_renderer: str | None = None
+        for key, value in entries.items():
+            if key == "renderer" and isinstance(value, str):
+                section_renderer = value
+            elif key == netplan_id and not defined:
+                # A section's renderer goes to the definitions it makes after it, not to
+                # one of another file, nor to one of its own that an earlier file made.
+                defined, first = True, section_renderer
+        definition = entries.get(netplan_id)
+        if isinstance(definition, Mapping) and isinstance(definition.get("renderer"), str):
+            own = definition["renderer"]
+    return own or first or global_renderer
+
+
 def _refuse_ignored_families(documents: Mapping[str, object],
                              route_families: Mapping[str, Iterable[int]],
                              sections: Mapping[str, str], placed: Mapping[str, str]) -> None:
@@ -514,22 +551,13 @@ def _refuse_ignored_families(documents: Mapping[str, object],
     family the device's definition neither gets by DHCP nor has an address of."""
     for device, families in sorted(route_families.items()):
         section, netplan_id = sections.get(device, "ethernets"), placed.get(device, device)
-        levels: dict[int, str] = {}
+        if _netplan_renderer(documents, section, netplan_id) != "NetworkManager":
+            continue
         dhcp = {4: False, 6: False}
         configured = {4: False, 6: False}
-        for name in sorted(documents):
-            document = documents[name]
-            network = document.get("network") if isinstance(document, Mapping) else None
-            if not isinstance(network, Mapping):
-                continue
-            entries = network.get(section)
-            entries = entries if isinstance(entries, Mapping) else {}
+        for _, entries in _netplan_sections(documents, section):
             definition = entries.get(netplan_id)
             definition = definition if isinstance(definition, Mapping) else {}
-            # netplan: a definition's renderer over its section's over the file's.
-            for level, where in enumerate((network, entries, definition)):
-                if isinstance(where.get("renderer"), str):
-                    levels[level] = where["renderer"]
             for family in (4, 6):
                 if f"dhcp{family}" in definition:
                     dhcp[family] = definition[f"dhcp{family}"] is True
@@ -538,8 +566,6 @@ def _refuse_ignored_families(documents: Mapping[str, object],
                 # A mapping is an address with options ({"fd00::1/64": {lifetime: 0}}).
                 text = next(iter(address), "") if isinstance(address, Mapping) else address
                 configured[6 if ":" in str(text) else 4] = True
-        if levels.get(max(levels, default=0)) != "NetworkManager":
-            continue
         for family in sorted(set(families)):
             if dhcp[family] or configured[family]:
                 continue
