@@ -379,8 +379,16 @@ _ETH0_DHCP4 = {"eth0": {"dhcp4": True}}
     # The last file's global renderer.
     [{"renderer": "networkd", "ethernets": _ETH0_DHCP4}, {"renderer": "NetworkManager"}],
     [{"renderer": "NetworkManager", "ethernets": _ETH0_DHCP4}, {"renderer": "networkd"}],
+    # Addresses of both families (a later file's appended); DHCP a later file turns off.
+    [{"renderer": "NetworkManager", "ethernets": {"eth0": {"addresses": ["192.168.1.10/24"]}}},
+     {"ethernets": {"eth0": {"addresses": ["fd00::10/64"]}}}],
+    [{"renderer": "NetworkManager", "ethernets": {"eth0": {"dhcp4": True, "dhcp6": True}}},
+     {"ethernets": {"eth0": {"dhcp6": False}}}],
+    [{"renderer": "NetworkManager", "ethernets": {"eth0": {"dhcp4": True, "dhcp6": False}}},
+     {"ethernets": {"eth0": {"dhcp6": True}}}],
 ], ids=["other-file-section", "later-section", "section-after", "first-section",
-        "last-global-nm", "last-global-networkd"])
+        "last-global-nm", "last-global-networkd", "addresses", "dhcp6-turned-off",
+        "dhcp6-turned-on"])
 def test_render_netplan_refuses_exactly_when_netplan_leaves_a_route_out(
         files: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Which renderer netplan gives eth0 decides: a section's renderer goes only to the
@@ -407,4 +415,5 @@ def test_render_netplan_refuses_exactly_when_netplan_leaves_a_route_out(
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC_DUAL)
     status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
-    assert (status == 0) == ("fd01:2::/64" in written), capsys.readouterr().err
+    reached = "fd01:2::/64" in written and "192.168.2.0/24" in written
+    assert (status == 0) == reached, capsys.readouterr().err
