@@ -34,7 +34,7 @@ iface eth0 inet manual
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from k3snet.errors import ModelError
@@ -111,7 +111,8 @@ def ip_route_args(route: Route) -> list[str]:
     if route.table != MAIN_TABLE:
         args += ["table", str(route.table)]
     if route.scope != _default_scope(route):
-        args += ["scope", str(route.scope)]
+        # ip's name of the scope: it refuses "universe" ("invalid scope value").
+        args += ["scope", _NETWORKD_SCOPES[str(route.scope)]]
     args += ["metric", str(route.metric), "proto", str(route.protocol)]
     return args
 
@@ -288,18 +289,20 @@ def render_netplan(
     device type (``{"br0": "bridges"}``) and ``ids`` under the id of the definition
     that configures it (``{"eth0": "nic0"}``, a definition that renames its device):
     netplan merges by section and id (:func:`netplan_placement` finds both). A
-    route without gateway gets ``scope: link`` (older netplan requires ``via``
-    otherwise); the metric is always given, the default too (0 for IPv4, 1024 for
-    IPv6): under ``renderer: NetworkManager`` a route without one gets the
-    connection's (100 on ethernet). A device named here that no other netplan file configures
-    becomes managed by netplan's renderer. A route whose table or metric is above
-    2147483647 is refused: netplan writes them as signed numbers, which networkd
-    ignores (the route in the main table, or at metric 0). netplan has no route
-    protocol: after ``netplan apply`` the routes are ``static`` ones, foreign to
-    k3snet (see the module docs).
+    route without gateway gets ``scope: link`` (netplan requires ``via``
+    otherwise), and an IPv4 one of scope global is refused; the metric is always
+    given, the default too (0 for IPv4, 1024 for IPv6): under ``renderer:
+    NetworkManager`` a route without one gets the connection's (100 on ethernet). A
+    device named here that no other netplan file configures becomes managed by
+    netplan's renderer. A route whose table or metric is above 2147483647 is
+    refused: netplan writes them as signed numbers, which networkd ignores (the
+    route in the main table, or at metric 0). netplan has no route protocol: after
+    ``netplan apply`` the routes are ``static`` ones, foreign to k3snet (see the
+    module docs).
     """
     routes = _routes(state, "netplan")
     _refuse_netplan_numbers(routes)
+    _refuse_netplan_global_device_routes(routes)
     chosen, named = _netplan_choices(sections or {}, ids or {})
     by_section: dict[str, dict[str, list[Route]]] = {}
     owners: dict[tuple[str, str], set[str]] = {}
@@ -332,6 +335,19 @@ def render_netplan(
                 if route.table != MAIN_TABLE:
                     lines.append(f"          table: {route.table}")
     return "\n".join(lines) + "\n"
+
+
+def _refuse_netplan_global_device_routes(routes: Iterable[Route]) -> None:
+    """Refuse the IPv4 routes without gateway of scope global (``universe``): netplan
+    refuses them ("global unicast route must include both a 'to' and 'via' IP"), and
+    ``scope: link`` in their place is another route (a gateway behind it is reachable)."""
+    wrong = [r for r in routes if r.family == 4 and r.gateway is None and r.scope == "universe"]
+    if wrong:
+        listed = "\n  ".join(r.describe() for r in wrong)
+        raise ModelError(
+            "netplan refuses an IPv4 route without gateway of scope global (\"global unicast "
+            "route must include both a 'to' and 'via' IP\"): give these routes scope link "
+            f"(the default without gateway), or render networkd files instead:\n  {listed}")
 
 
 # netplan's largest number it passes on to networkd whole (below: _refuse_netplan_numbers).
@@ -491,6 +507,43 @@ def netplan_placement(
     return sections, placed
 
 
+def _netplan_sections(documents: Mapping[str, object], section: str
+                      ) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """``(network, its section's entries)`` of each netplan file, in netplan's order."""
+    for name in sorted(documents):
+        document = documents[name]
+        network = document.get("network") if isinstance(document, Mapping) else None
+        if not isinstance(network, Mapping):
+            continue
+        entries = network.get(section)
+        yield network, entries if isinstance(entries, Mapping) else {}
+
+
+def _netplan_renderer(documents: Mapping[str, object], section: str, netplan_id: str) -> str:
+    """The renderer netplan gives the definition ``netplan_id`` of ``section``: its own
+    ``renderer``, else that of the section of the file that first defines it (given
+    before it), else the last file's global one (``networkd`` without any)."""
+    own: str | None = None
+    first: str | None = None
+    defined = False
+    global_renderer = "networkd"
+    for network, entries in _netplan_sections(documents, section):
+        if isinstance(network.get("renderer"), str):
+            global_renderer = network["renderer"]
+        section_renderer: str | None = None
+        for key, value in entries.items():
+            if key == "renderer" and isinstance(value, str):
+                section_renderer = value
+            elif key == netplan_id and not defined:
+                # A section's renderer goes to the definitions it makes after it, not to
+                # one of another file, nor to one of its own that an earlier file made.
+                defined, first = True, section_renderer
+        definition = entries.get(netplan_id)
+        if isinstance(definition, Mapping) and isinstance(definition.get("renderer"), str):
+            own = definition["renderer"]
+    return own or first or global_renderer
+
+
 def _refuse_ignored_families(documents: Mapping[str, object],
                              route_families: Mapping[str, Iterable[int]],
                              sections: Mapping[str, str], placed: Mapping[str, str]) -> None:
@@ -498,22 +551,13 @@ def _refuse_ignored_families(documents: Mapping[str, object],
     family the device's definition neither gets by DHCP nor has an address of."""
     for device, families in sorted(route_families.items()):
         section, netplan_id = sections.get(device, "ethernets"), placed.get(device, device)
-        levels: dict[int, str] = {}
+        if _netplan_renderer(documents, section, netplan_id) != "NetworkManager":
+            continue
         dhcp = {4: False, 6: False}
         configured = {4: False, 6: False}
-        for name in sorted(documents):
-            document = documents[name]
-            network = document.get("network") if isinstance(document, Mapping) else None
-            if not isinstance(network, Mapping):
-                continue
-            entries = network.get(section)
-            entries = entries if isinstance(entries, Mapping) else {}
+        for _, entries in _netplan_sections(documents, section):
             definition = entries.get(netplan_id)
             definition = definition if isinstance(definition, Mapping) else {}
-            # netplan: a definition's renderer over its section's over the file's.
-            for level, where in enumerate((network, entries, definition)):
-                if isinstance(where.get("renderer"), str):
-                    levels[level] = where["renderer"]
             for family in (4, 6):
                 if f"dhcp{family}" in definition:
                     dhcp[family] = definition[f"dhcp{family}"] is True
@@ -522,8 +566,6 @@ def _refuse_ignored_families(documents: Mapping[str, object],
                 # A mapping is an address with options ({"fd00::1/64": {lifetime: 0}}).
                 text = next(iter(address), "") if isinstance(address, Mapping) else address
                 configured[6 if ":" in str(text) else 4] = True
-        if levels.get(max(levels, default=0)) != "NetworkManager":
-            continue
         for family in sorted(set(families)):
             if dhcp[family] or configured[family]:
                 continue
@@ -823,11 +865,12 @@ def render_networkd(
             lines.append(f"Metric={route.metric}")
             if route.table != MAIN_TABLE:
                 lines.append(f"Table={route.table}")
-            # Always said but for IPv6 (whose routes have no scope): systemd before v251
-            # gave a [Route] without Gateway= scope global, not link as `ip route` does,
-            # and a gateway reached through that route was then refused ("Nexthop has
-            # invalid gateway": the kernel looks a gateway up in routes of scope link).
-            if route.scope != "universe":
+            # Always said for an IPv4 route without gateway (IPv6 routes have no scope):
+            # systemd before v251 gives a [Route] without Gateway= nor Scope= scope
+            # global, v251 and later scope link, so either default is another version's
+            # wrong one (a gateway behind a global one is refused at boot, "Nexthop has
+            # invalid gateway"). A route via a gateway is global in every version.
+            if route.scope != "universe" or (route.gateway is None and route.family == 4):
                 lines.append(f"Scope={_NETWORKD_SCOPES[str(route.scope)]}")
             lines.append(f"Protocol={route.protocol}")
         files[name] = "\n".join(lines) + "\n"

@@ -281,7 +281,8 @@ def node_architecture(value: Any) -> str:
     """``value`` if it is a ``kubernetes.io/arch`` label value (``amd64``, ``arm64`` ...)."""
     if isinstance(value, str) and value in NODE_ARCHITECTURES:
         return value
-    known = _ARCHITECTURE_NAMES.get(value.lower()) if isinstance(value, str) else None
+    lower = value.lower() if isinstance(value, str) else None
+    known = (lower if lower in NODE_ARCHITECTURES else _ARCHITECTURE_NAMES.get(lower or ""))
     hint = f" ({value} is {known} there)" if known else ""
     raise ModelError(f"{str(value)[:40]!r} is not a kubernetes.io/arch value{hint}; one of "
                      f"{', '.join(NODE_ARCHITECTURES)}")

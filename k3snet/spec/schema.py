@@ -142,6 +142,9 @@ with_schema(parse_gateway, ADDRESS_SCHEMA)
 
 
 with_schema(node_architecture, {"type": "string", "enum": list(NODE_ARCHITECTURES)})
+_ARCHITECTURES = items(converted(node_architecture))
+# An empty list is refused (validate: the DaemonSet would run on no node).
+with_schema(_ARCHITECTURES, {**(schema_of(_ARCHITECTURES) or {}), "minItems": 1})
 
 def _ifname(value: Any) -> Any:
     return spec_interface_name(value)
@@ -422,7 +425,7 @@ AGENT = Section(AgentSettings, (
           doc="Render a Namespace for agent.namespace with Pod Security level privileged "
               "(built-in namespaces never are); false when it exists already, whose pods "
               "would all get that level, and which kubectl delete -f would delete."),
-    Field("architectures", "architectures", items(converted(node_architecture)), list,
+    Field("architectures", "architectures", _ARCHITECTURES, list,
           omit_none=True, example=["arm64"],
           doc="The kubernetes.io/arch values of the nodes the DaemonSet runs on: those its "
               "image is built for (make image: its build machine's alone); unset: every "

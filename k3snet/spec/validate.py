@@ -323,6 +323,11 @@ def _cluster_object_problems(spec: Spec) -> list[Problem]:
         zones.add(name)
         if not zone.resolvers:
             add(Problem(f"{path}.resolvers", "at least one resolver is needed"))
+    if spec.agent.architectures == ():
+        # An `In` without values: the API server refuses the whole DaemonSet.
+        add(Problem("agent.architectures", (
+            "an empty list runs the agent on no node (the API server refuses the "
+            "DaemonSet's node affinity without a value); leave it out for every node")))
     return problems + _policy_problems(spec)
 
 

@@ -1250,3 +1250,24 @@ def test_an_architecture_no_node_label_holds_is_refused_with_the_label_s_name(
     with pytest.raises(SpecError, match=r"agent\.architectures") as caught:
         k3snet.Spec.from_yaml(text)
     assert hint in str(caught.value)
+
+
+def test_an_empty_list_of_architectures_is_refused_not_a_daemonset_the_api_server_refuses(
+) -> None:
+    # `In` with no value: the API server refuses the whole DaemonSet ("values: Required
+    # value: must be specified when `operator` is 'In' or 'NotIn'"), and kubernetes-
+    # validate's schema lets it through.
+    text = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+            "destinations: [{cidr: 192.168.2.0/24}]\nagent: {architectures: []}\n")
+    with pytest.raises(SpecError, match=r"agent\.architectures: .*no node"):
+        k3snet.Spec.from_yaml(text)
+    spec = attrs.evolve(k3snet.seed_spec(), agent=AgentSettings(architectures=[]))
+    with pytest.raises(SpecError, match=r"agent\.architectures: .*no node"):
+        render_manifests(spec, node_report=False)
+
+
+def test_an_architecture_in_capitals_is_refused_with_the_label_s_spelling() -> None:
+    text = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+            "destinations: [{cidr: 192.168.2.0/24}]\nagent: {architectures: [ARM64]}\n")
+    with pytest.raises(SpecError, match=r"ARM64 is arm64 there"):
+        k3snet.Spec.from_yaml(text)

@@ -26,6 +26,10 @@ class ReadBackError(AssertionError):
     """A rendered file holds something its reader does not expect."""
 
 
+# The scope names of ip and systemd-networkd (the model's "universe" is their "global").
+_SCOPES: dict[str, RouteScope] = {"global": "universe", "link": "link", "host": "host"}
+
+
 def route_from_args(args: list[str], *, protocol: int | None = None) -> Route:
     """A route from ``ip route add`` arguments as :func:`k3snet.render.routes.ip_route_args`
     writes them (``DST [via GW] [dev DEV] [table T] [scope S] metric M proto P``)."""
@@ -40,7 +44,11 @@ def route_from_args(args: list[str], *, protocol: int | None = None) -> Route:
     for key, value in zip(rest[::2], rest[1::2], strict=True):
         if key not in names or names[key] in fields:
             raise ReadBackError(f"unexpected route argument {key!r} in {args!r}")
-        fields[names[key]] = int(value) if key in ("table", "metric", "proto") else value
+        if key == "scope" and value not in _SCOPES:
+            # ip knows global, link, host, site, nowhere (and numbers): not "universe".
+            raise ReadBackError(f"ip refuses scope {value!r}: {args!r}")
+        fields[names[key]] = (int(value) if key in ("table", "metric", "proto")
+                              else _SCOPES[value] if key == "scope" else value)
     if protocol is not None:
         fields["protocol"] = protocol
     return Route(args[0], **fields)
@@ -139,13 +147,14 @@ def read_netplan(text: str, *, protocol: int) -> list[Route]:
                     # netplan's NetworkManager renderer gives it the connection's metric
                     # (100 on ethernet), networkd the kernel's: not one value.
                     raise ReadBackError(f"a netplan route without metric: {entry}")
+                if "via" not in entry and entry.get("scope", "global") == "global":
+                    # netplan: "global unicast route must include both a 'to' and 'via' IP".
+                    raise ReadBackError(f"netplan refuses a global route without via: {entry}")
                 routes.append(Route(entry["to"], gateway=entry.get("via"), device=device,
                                     table=entry.get("table", 254), protocol=protocol,
-                                    metric=entry["metric"], scope=entry.get("scope")))
+                                    metric=entry["metric"],
+                                    scope=_SCOPES[entry.get("scope", "global")]))
     return routes
-
-
-_SCOPES: dict[str, RouteScope] = {"global": "universe", "link": "link", "host": "host"}
 
 
 def read_networkd(files: dict[str, str]) -> list[Route]:
@@ -175,11 +184,16 @@ def read_networkd(files: dict[str, str]) -> list[Route]:
             if section != "Route" or set(values) - {"Destination", "Gateway", "Metric",
                                                     "Table", "Scope", "Protocol"}:
                 raise ReadBackError(f"unexpected section [{section}] {values}")
+            if ("Scope" not in values and "Gateway" not in values
+                    and ":" not in values["Destination"]):
+                # Without Scope=, systemd before v251 (Ubuntu 22.04's 249) gives an IPv4
+                # route without Gateway= scope global, v251 and later scope link: not one
+                # value.
+                raise ReadBackError(f"a networkd IPv4 route without Gateway= nor Scope=: "
+                                    f"{values}")
             routes.append(Route(values["Destination"], gateway=values.get("Gateway"),
                                 device=device, metric=int(values["Metric"]),
                                 table=int(values.get("Table", 254)),
-                                # Without Scope=, systemd before v251 (Ubuntu 22.04's
-                                # 249) gives an IPv4 route scope global, gateway or not.
                                 scope=_SCOPES[values.get("Scope", "global")],
                                 protocol=int(values["Protocol"])))
     return routes

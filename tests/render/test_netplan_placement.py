@@ -358,3 +358,62 @@ def test_routes_of_each_family_are_refused_or_reach_what_netplan_renders(
                       if p.is_file() and p.suffix in {".nmconnection", ".network"})
     assert "192.168.2.0/24" in written
     assert "fd01:2::/64" in written
+
+
+_ETH0_DHCP4 = {"eth0": {"dhcp4": True}}
+
+
+@needs_netplan
+@pytest.mark.parametrize("files", [
+    # The section's renderer of another file (its own eth1): eth0 is networkd's.
+    [{"ethernets": {"renderer": "NetworkManager", "eth1": {"dhcp4": True}}},
+     {"ethernets": _ETH0_DHCP4}],
+    # A later file's section renderer over a definition an earlier file made.
+    [{"ethernets": _ETH0_DHCP4},
+     {"ethernets": {"renderer": "NetworkManager", "eth0": {"dhcp4": True}}}],
+    # The section's renderer given after the definition.
+    [{"ethernets": {"eth0": {"dhcp4": True}, "renderer": "NetworkManager"}}],
+    # The section's renderer of the file that first defines it, the global one after.
+    [{"ethernets": {"renderer": "NetworkManager", "eth0": {"dhcp4": True}}},
+     {"renderer": "networkd"}],
+    # The last file's global renderer.
+    [{"renderer": "networkd", "ethernets": _ETH0_DHCP4}, {"renderer": "NetworkManager"}],
+    [{"renderer": "NetworkManager", "ethernets": _ETH0_DHCP4}, {"renderer": "networkd"}],
+    # Addresses of both families (a later file's appended); DHCP a later file turns off.
+    [{"renderer": "NetworkManager", "ethernets": {"eth0": {"addresses": ["192.168.1.10/24"]}}},
+     {"ethernets": {"eth0": {"addresses": ["fd00::10/64"]}}}],
+    [{"renderer": "NetworkManager", "ethernets": {"eth0": {"dhcp4": True, "dhcp6": True}}},
+     {"ethernets": {"eth0": {"dhcp6": False}}}],
+    [{"renderer": "NetworkManager", "ethernets": {"eth0": {"dhcp4": True, "dhcp6": False}}},
+     {"ethernets": {"eth0": {"dhcp6": True}}}],
+], ids=["other-file-section", "later-section", "section-after", "first-section",
+        "last-global-nm", "last-global-networkd", "addresses", "dhcp6-turned-off",
+        "dhcp6-turned-on"])
+def test_render_netplan_refuses_exactly_when_netplan_leaves_a_route_out(
+        files: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Which renderer netplan gives eth0 decides: a section's renderer goes only to the
+    # definitions it makes after it; the global one is the last file's.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    for n, network in enumerate(files):
+        path = etc / f"0{n}-admin.yaml"
+        path.write_text(yaml.safe_dump({"network": {"version": 2, **network}},
+                                       sort_keys=False))
+        path.chmod(0o600)
+    # What netplan makes of k3snet's file, written without the refusal.
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    (etc / "90-k3snet.yaml").chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert done.returncode == 0, done.stderr
+    written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*")
+                      if p.is_file() and p.suffix in {".nmconnection", ".network"})
+    (etc / "90-k3snet.yaml").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
+    reached = "fd01:2::/64" in written and "192.168.2.0/24" in written
+    assert (status == 0) == reached, capsys.readouterr().err

@@ -20,6 +20,7 @@ import yaml
 from k3snet.errors import ModelError
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import Route, State, Sysctl
+from k3snet.model.route import RouteScope
 from k3snet.render.routes import (
     ip_route_args,
     render_ifupdown,
@@ -442,3 +443,46 @@ def test_sysctl_d_loads_with_sysctl_p(tmp_path: Path) -> None:
             assert isinstance(sysctl, Sysctl)
             value = run_in(ns, ["cat", f"/proc/sys/{sysctl.path}"]).stdout.strip()
             assert value == sysctl.value, sysctl
+
+
+# ----------------------------------------------- the scope of an IPv4 route without gateway
+
+@pytest.mark.parametrize("scope", ["link", "host", "universe"])
+def test_networkd_writes_the_scope_of_every_ipv4_route_without_gateway(scope: RouteScope) -> None:
+    # Without Scope=, systemd before v251 gives a [Route] without Gateway= scope global,
+    # v251 and later scope link: one of them is always another route than the spec's.
+    route = Route("10.5.0.0/24", device="d0", scope=scope)
+    (text,) = render_networkd(State(owned=[route])).values()
+    (values,) = [v for section, v in parse_networkd(text) if section == "Route"]
+    assert values["Scope"] == {"universe": "global"}.get(scope, scope)
+
+
+@pytest.mark.parametrize("scope", ["link", "host", "universe"])
+def test_netplan_refuses_a_global_ipv4_route_without_gateway_or_writes_its_scope(
+        scope: RouteScope) -> None:
+    # netplan refuses `to:` without `via:` of scope global ("global unicast route must
+    # include both a 'to' and 'via' IP"); scope: link in its place is another route.
+    route = Route("10.5.0.0/24", device="d0", scope=scope)
+    if scope == "universe":
+        with pytest.raises(ModelError, match="without gateway of scope global"):
+            render_netplan(State(owned=[route]))
+        return
+    entry = yaml.safe_load(render_netplan(State(owned=[route])))["network"]["ethernets"]["d0"]
+    assert entry["routes"] == [{"to": "10.5.0.0/24", "scope": scope, "metric": 0}]
+
+
+@pytest.mark.kernel
+@needs_root
+def test_ip_route_args_of_every_scope_add_that_route() -> None:
+    # ip names the kernel's scope 0 "global" and refuses "universe".
+    from k3snet.backends.netlink import NetlinkBackend  # noqa: PLC0415 - kernel tests only
+
+    scopes: list[RouteScope] = ["link", "host", "universe"]
+    routes = [Route(f"10.5.{n}.0/24", device="d0", scope=scope)
+              for n, scope in enumerate(scopes)]
+    with temporary_netns("render") as ns, tempfile.TemporaryDirectory() as tmp:
+        _links_d0_e0(ns)
+        for route in routes:
+            run_in(ns, ["ip", "route", "add", *ip_route_args(route)])
+        with NetlinkBackend(ns, state_dir=tmp) as backend:
+            assert {r for r in backend.observe().owned if isinstance(r, Route)} == set(routes)

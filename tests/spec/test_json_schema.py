@@ -122,6 +122,8 @@ INVALID: list[tuple[str, dict[str, Any]]] = [
     ("wrong apiVersion", {"apiVersion": "k3snet.io/v2"}),
     ("bad namespace", {"agent": {"namespace": "Kube_System"}}),
     ("bad interval", {"agent": {"intervalSeconds": 0}}),
+    ("no architecture", {"agent": {"architectures": []}}),
+    ("architecture in capitals", {"agent": {"architectures": ["AMD64"]}}),
 ]
 
 
