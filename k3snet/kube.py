@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import datetime
-import email.utils
 import json
 import logging
 import os
@@ -1002,6 +1000,11 @@ def _asked(wait: float) -> str:
 def _http_date(value: str) -> float | None:
     """The POSIX time of an HTTP date (``Sun, 06 Dec 2026 01:30:00 GMT``, or one of the
     obsolete forms RFC 9110 has a recipient take), ``None`` for anything else."""
+    # Imported here: email.utils brings base64 and binascii, which a cold CLI process
+    # never loads otherwise (tests/api/test_cold_imports.py), for an answer seldom seen.
+    import datetime  # noqa: PLC0415 - with email.utils, below
+    import email.utils  # noqa: PLC0415 - base64 and binascii stay off the cold path
+
     try:
         parsed = email.utils.parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError, OverflowError):
