@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.netns import NetnsRunner
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.backends.nftables.kernel import Libnftables, name_xt
 from k3snet.backends.nftables.parse import ForeignReader
@@ -227,3 +228,41 @@ def test_a_listing_of_libnftables_106_or_later_is_not_scanned_for_unnamed_xt(
     assert items is not None
     assert items[-1]["rule"]["expr"][0] == NULL
     assert asked == []
+
+
+_CHAINS = (("filter", "FORWARD"), ("raw", "PREROUTING"), ("nat", "POSTROUTING"))
+
+
+def _listings() -> list[list[dict[str, Any]]]:
+    """The chains of :data:`_CHAINS` as :class:`Libnftables` lists them, metainfo aside."""
+    kernel = Libnftables()
+    try:
+        listed = [kernel.list("chain", family="ip", table=table, name=chain)
+                  for table, chain in _CHAINS]
+    finally:
+        kernel.close()
+    return [[item for item in items or () if "metainfo" not in item] for items in listed]
+
+
+@pytest.mark.kernel
+def test_the_kernels_names_are_given_in_each_rules_order_as_106_lists_them(
+        ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several compat matches and a target in one rule, a match with a verdict, a ``-j
+    CT`` (whose flags are read once it is named): the listing named from the kernel is
+    1.0.6's, statement for statement (a reversed order read as well before)."""
+    for rule in (["-A", "FORWARD", "-d", DB, "-m", "comment", "--comment", "no db", "-m",
+                  "conntrack", "--ctstate", "NEW", "-m", "mark", "--mark", "0x1", "-j",
+                  "REJECT"],
+                 ["-A", "FORWARD", "-s", POD, "-m", "conntrack", "--ctstate",
+                  "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+                 ["-t", "raw", "-A", "PREROUTING", "-s", POD, "-m", "comment", "--comment",
+                  "x", "-j", "CT", "--notrack"],
+                 ["-t", "nat", "-A", "POSTROUTING", "-s", POD, "-m", "comment", "--comment",
+                  "flanneld masq", "-j", "MASQUERADE", "--random-fully"]):
+        run_in(ns, ["iptables-nft", "-w", *rule])
+    with NetnsRunner(ns) as runner:
+        now = runner.call(_listings)
+        unnamed = _list_as_before_106(monkeypatch)
+        before = runner.call(_listings)
+    assert unnamed["count"] >= 8
+    assert before == now
