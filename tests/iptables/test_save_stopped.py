@@ -17,7 +17,7 @@ import pytest
 
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.backend import Mode
-from k3snet.backends.iptables.driver import SaveStoppedError, save_stopped
+from k3snet.backends.iptables.driver import Processes, SaveStoppedError, save_stopped
 from k3snet.lab.netns import run_in
 
 # What iptables-nft-save 1.8.9 prints before it stops (its stdout), and its stderr.
@@ -72,3 +72,6 @@ def test_a_rule_iptables_nft_cannot_decode_is_said_and_never_makes_legacy_the_mo
         return [line for line in text.splitlines() if not line.startswith("#")]
 
     assert rules(run_in(ns, ["iptables-legacy-save"]).stdout) == rules(legacy_before)
+    # The save started ahead of an observe (the agent's prefetch) says the same.
+    with pytest.raises(SaveStoppedError, match="stopped in IPv4 nat"):
+        Processes(ns).start_save(4, "nft").text()
