@@ -67,11 +67,15 @@ def test_a_rule_iptables_nft_cannot_decode_is_said_and_never_makes_legacy_the_mo
     assert "iptables-nft-save stopped in IPv4 nat" in message
     assert "`nft -a list table ip nat`" in message
     assert "reads nothing of IPv4" in message
+    assert ("--backend-opt iptables.mode=legacy" in message) is (mode == "auto")
 
     def rules(text: str) -> list[str]:
         return [line for line in text.splitlines() if not line.startswith("#")]
 
     assert rules(run_in(ns, ["iptables-legacy-save"]).stdout) == rules(legacy_before)
+    if mode == "auto":  # the way out it names: legacy's tables alone are read
+        with IptablesBackend(ns, mode="legacy") as legacy:
+            assert legacy.observe().owned == frozenset()
     # The save started ahead of an observe (the agent's prefetch) says the same.
     with pytest.raises(SaveStoppedError, match="stopped in IPv4 nat"):
         Processes(ns).start_save(4, "nft").text()

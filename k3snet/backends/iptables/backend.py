@@ -372,8 +372,12 @@ class IptablesBackend(BackendBase):
             for family in FAMILIES:
                 try:
                     texts[flavour][family] = self._kernel.save(family, flavour)
-                except SaveStoppedError:
-                    raise  # in use, a rule unreadable: never the other flavour instead
+                except SaveStoppedError as exc:  # in use: never the other flavour instead
+                    other = _OTHER[flavour]
+                    raise SaveStoppedError(
+                        f"{exc} (mode auto cannot tell which iptables this node uses; if it "
+                        f"is iptables-{other}, say so: --backend-opt "
+                        f"iptables.mode={other})") from exc
                 except K3snetError as exc:
                     failures.append(exc)
                     texts[flavour][family] = None
