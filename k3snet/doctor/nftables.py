@@ -74,6 +74,10 @@ _TABLE_FLAGS: Final = frozenset({"dormant", "owner", "persist"})
 #: and the flags line nft prints right under it.
 _TABLE_HEAD: Final = re.compile(r"table (\S+) (\S+) \{(?: #.*)?")
 _TABLE_FLAGS_LINE: Final = re.compile(r"\tflags ([a-z,]+)")
+#: Why an ``{"xt": null}`` is not evaluated (libnftables 0.9.8 to 1.0.5 list every compat
+#: match and target so: Debian 11, Ubuntu 22.04, RHEL 9 before 9.4).
+_UNNAMED_XT: Final = ("an iptables-nft match or target this nft lists without its name "
+                      "(libnftables before 1.0.6): iptables-nft-save shows the rule")
 #: Tables iptables-nft owns; evaluated from iptables-save when that is captured.
 IPTABLES_NFT_TABLES: Final = frozenset({"filter", "nat", "mangle", "raw", "security"})
 
@@ -643,7 +647,8 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,  # noqa: PLR0912 - pe
                        else _decide(chain, key, value, text, run, depth=depth))
         except (_Unknown, *_MALFORMED):  # a shape this reader does not know: never decides
             _unknown_rule(chain, expr, index, text, run, depth=depth,
-                          reason=f"cannot evaluate {_statement_text(statement)}")
+                          reason=_UNNAMED_XT if key == "xt" and value is None
+                          else f"cannot evaluate {_statement_text(statement)}")
             return None
         if decided is not None:
             return decided

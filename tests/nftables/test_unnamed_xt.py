@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.netns import NetnsRunner
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.backends.nftables.kernel import Libnftables, name_xt
 from k3snet.backends.nftables.parse import ForeignReader
@@ -95,6 +96,7 @@ def test_a_rule_whose_compat_expressions_changed_since_its_listing_stays_as_list
     assert _blocks(old) == set()
 
 
+_METAINFO_VERSION = re.compile(r'"metainfo":\s*\{"version":\s*"[^"]*"')
 _NAMED_XT = re.compile(r'\{"xt":\s*\{"type":\s*"(match|target|watcher)",\s*"name":\s*"[^"]*"\}\}')
 
 
@@ -126,12 +128,14 @@ def test_iptables_nft_rules_read_the_same_through_a_libnftables_before_106(
 
 def _list_as_before_106(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Every listing from now on as libnftables 0.9.8 to 1.0.5 print it (each ``xt``
-    statement ``null``); how many statements were unnamed so, under ``"count"``."""
+    statement ``null``, the metainfo's version 1.0.5); how many statements were
+    unnamed so, under ``"count"``."""
     real = Libnftables._cmd
     unnamed = {"count": 0}
 
     def before_106(self: Libnftables, command: str) -> tuple[int, str, str]:
         rc, output, error = real(self, command)
+        output = _METAINFO_VERSION.sub('"metainfo": {"version": "1.0.5"', output, count=1)
         output, count = _NAMED_XT.subn('{"xt": null}', output)
         unnamed["count"] += count
         return rc, output, error
@@ -169,3 +173,96 @@ def test_the_iptables_backends_chains_are_its_own_through_a_libnftables_before_1
 def test_the_listing_json_form_matched_is_libnftables() -> None:
     """The shape the kernel test rewrites is the one libnftables 1.0.6 prints."""
     assert _NAMED_XT.fullmatch(json.dumps(_xt("target", "REJECT"))) is not None
+
+
+def _listed(version: str | None, target: str = "CT") -> str:
+    """A chain's JSON listing as libnftables ``version`` prints it: one rule, ``-j TARGET``
+    with a comment, both compat statements unnamed."""
+    meta = [{"metainfo": {"version": version, "json_schema_version": 1}}] if version else []
+    return json.dumps({"nftables": [*meta, {"rule": {
+        "family": "ip", "table": "raw", "chain": "PREROUTING", "handle": 7,
+        "expr": [{"xt": None}, {"counter": {"packets": 0, "bytes": 0}}, {"xt": None}]}}]})
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch, output: str) -> tuple[Libnftables, list[object]]:
+    """A :class:`Libnftables` answering every command with ``output``, its kernel reads
+    recorded (``("GETRULE", handles)``, ``("xt data", names)``), no netlink socket."""
+    kernel = Libnftables.__new__(Libnftables)
+    kernel.calls = 0
+    asked: list[object] = []
+
+    def expressions(family: str, table: str, chain: str,
+                    handles: Collection[int]) -> Mapping[int, Sequence[tuple[str, str]]]:
+        asked.append(("GETRULE", sorted(handles)))
+        return {7: [("match", "comment"), ("target", "CT")]}
+
+    def xt_data(items: list[dict[str, Any]]) -> None:
+        asked.append(("xt data", [s["xt"]["name"] for item in items if "rule" in item
+                                  for s in item["rule"]["expr"] if s.get("xt")]))
+
+    monkeypatch.setattr(kernel, "_cmd", lambda command: (0, output, ""), raising=False)
+    monkeypatch.setattr(kernel, "_xt_expressions", expressions, raising=False)
+    monkeypatch.setattr(kernel, "_xt_data", xt_data, raising=False)
+    return kernel, asked
+
+
+@pytest.mark.parametrize("version", ["0.9.8", "1.0.5", None])
+def test_an_unnamed_ct_target_is_named_and_its_flags_read_before_106(
+        monkeypatch: pytest.MonkeyPatch, version: str | None) -> None:
+    """libnftables before 1.0.6 (or one that says no version): the rule's statements are
+    named from the kernel, and the ``-j CT`` among them gets its flags read, as 1.0.6's."""
+    kernel, asked = _offline(monkeypatch, _listed(version))
+    items = kernel.list("chain", family="ip", table="raw", name="PREROUTING")
+    assert items is not None
+    assert items[-1]["rule"]["expr"][0] == _xt("match", "comment")
+    assert asked == [("GETRULE", [7]), ("xt data", ["comment", "CT"])]
+
+
+@pytest.mark.parametrize("version", ["1.0.6", "1.1.1"])
+def test_a_listing_of_libnftables_106_or_later_is_not_scanned_for_unnamed_xt(
+        monkeypatch: pytest.MonkeyPatch, version: str) -> None:
+    """1.0.6 and later name every compat statement: their listings are not searched for
+    ``{"xt": null}`` (a scan of every chain's text) nor any rule asked for."""
+    kernel, asked = _offline(monkeypatch, _listed(version))
+    items = kernel.list("chain", family="ip", table="raw", name="PREROUTING")
+    assert items is not None
+    assert items[-1]["rule"]["expr"][0] == NULL
+    assert asked == []
+
+
+_CHAINS = (("filter", "FORWARD"), ("raw", "PREROUTING"), ("nat", "POSTROUTING"))
+
+
+def _listings() -> list[list[dict[str, Any]]]:
+    """The chains of :data:`_CHAINS` as :class:`Libnftables` lists them, metainfo aside."""
+    kernel = Libnftables()
+    try:
+        listed = [kernel.list("chain", family="ip", table=table, name=chain)
+                  for table, chain in _CHAINS]
+    finally:
+        kernel.close()
+    return [[item for item in items or () if "metainfo" not in item] for items in listed]
+
+
+@pytest.mark.kernel
+def test_the_kernels_names_are_given_in_each_rules_order_as_106_lists_them(
+        ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several compat matches and a target in one rule, a match with a verdict, a ``-j
+    CT`` (whose flags are read once it is named): the listing named from the kernel is
+    1.0.6's, statement for statement (a reversed order read as well before)."""
+    for rule in (["-A", "FORWARD", "-d", DB, "-m", "comment", "--comment", "no db", "-m",
+                  "conntrack", "--ctstate", "NEW", "-m", "mark", "--mark", "0x1", "-j",
+                  "REJECT"],
+                 ["-A", "FORWARD", "-s", POD, "-m", "conntrack", "--ctstate",
+                  "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+                 ["-t", "raw", "-A", "PREROUTING", "-s", POD, "-m", "comment", "--comment",
+                  "x", "-j", "CT", "--notrack"],
+                 ["-t", "nat", "-A", "POSTROUTING", "-s", POD, "-m", "comment", "--comment",
+                  "flanneld masq", "-j", "MASQUERADE", "--random-fully"]):
+        run_in(ns, ["iptables-nft", "-w", *rule])
+    with NetnsRunner(ns) as runner:
+        now = runner.call(_listings)
+        unnamed = _list_as_before_106(monkeypatch)
+        before = runner.call(_listings)
+    assert unnamed["count"] >= 8
+    assert before == now

@@ -104,6 +104,7 @@ from k3snet.backends.iptables.driver import (
     Libiptc,
     Processes,
     RunFailedError,
+    SaveStoppedError,
     StartedSave,
     tool_name,
 )
@@ -358,7 +359,11 @@ class IptablesBackend(BackendBase):
         A flavour whose tool fails reads as absent (iptables-nft on a kernel without
         nf_tables: "Could not fetch rule set generation id: Protocol not supported"),
         so that the other is detected rather than nothing working; when every run
-        fails, the first failure is raised (no privilege, a namespace gone).
+        fails, the first failure is raised (no privilege, a namespace gone). A tool that
+        stopped in the middle of a table (:class:`SaveStoppedError`: iptables-nft-save
+        at a rule written with nft it cannot decode) is raised at once: that flavour
+        is in use, and the other picked would write k3snet's rules where they decide
+        nothing.
         """
         texts: dict[Flavour, dict[int, str | None]] = {}
         failures: list[K3snetError] = []
@@ -367,6 +372,12 @@ class IptablesBackend(BackendBase):
             for family in FAMILIES:
                 try:
                     texts[flavour][family] = self._kernel.save(family, flavour)
+                except SaveStoppedError as exc:  # in use: never the other flavour instead
+                    other = _OTHER[flavour]
+                    raise SaveStoppedError(
+                        f"{exc} (mode auto cannot tell which iptables this node uses; if it "
+                        f"is iptables-{other}, say so: --backend-opt "
+                        f"iptables.mode={other})") from exc
                 except K3snetError as exc:
                     failures.append(exc)
                     texts[flavour][family] = None

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from k3snet.backends.iptables.libiptc import LibiptcDriver
 
 __all__ = ["CAPABILITY", "Flavour", "Kernel", "Libiptc", "Processes",
-           "RestoreRun", "RunFailedError", "StartedSave", "tool_name"]
+           "RestoreRun", "RunFailedError", "SaveStoppedError", "StartedSave", "tool_name"]
 
 Flavour = Literal["nft", "legacy"]
 """Which iptables: ``nft`` (nf_tables through the xt layer) or ``legacy`` (x_tables)."""
@@ -61,6 +61,42 @@ _NOT_PERMITTED = re.compile(r"permission denied|operation not permitted|must be 
 def tool_name(family: int, mode: Flavour, kind: str) -> str:
     """``iptables-nft-save``, ``ip6tables-legacy-restore``, ...: the tool for one job."""
     return f"{'ip' if family == 4 else 'ip6'}tables-{mode}-{kind}"
+
+
+class SaveStoppedError(BackendError):
+    """An ``iptables-save`` that failed after it had begun printing a table: the flavour is
+    in use, and a rule of that table is one the tool cannot print.
+
+    iptables-nft-save 1.8.9 and later stop so at a rule written with ``nft`` (or by a
+    newer iptables) whose expressions the xt layer reads but cannot decode (``meta mark
+    set 3``: "Parsing nftables rule failed", exit status 3), with the tables and rules
+    before it printed. Never "this flavour is absent": mode ``auto`` picked
+    iptables-legacy over it, and wrote k3snet's rules where no packet of the node's
+    iptables-nft rules is decided.
+    """
+
+
+def save_stopped(name: str, family: int, stdout: str, stderr: str, *,
+                 returncode: int, where: str) -> SaveStoppedError | None:
+    """The error of a ``-save`` run ``name`` that failed after printing part of a table
+    (``*TABLE``: the last one it began is where it stopped); ``None`` when it printed none."""
+    tables = _TABLE_HEADER.findall(stdout)
+    if not tables:
+        return None
+    table = tables[-1]
+    detail = " ".join(stderr.split()) or f"exit status {returncode}"
+    nft = ("one written with nft (or by a newer iptables): "
+           f"`nft -a list table {'ip' if family == 4 else 'ip6'} {table}` shows it"
+           if "-nft-" in name else "`" + name.replace("-save", "") + f" -t {table} -S` may "
+           "name it")
+    return SaveStoppedError(
+        f"{name} stopped in IPv{family} {table} in {where} ({detail}): it cannot print a "
+        f"rule there, {nft}; k3snet reads nothing of IPv{family} through this iptables, "
+        "and writes nothing there, until that rule is removed or moved to a table of "
+        "another name (nft's own tables are read by the nftables backend)")
+
+
+_TABLE_HEADER = re.compile(r"^\*(\S+)$", re.MULTILINE)
 
 
 class RunFailedError(BackendError):
@@ -169,6 +205,10 @@ class Processes:
             return None
         result = self.run([name])
         if result.returncode != 0:
+            stopped = save_stopped(name, family, result.stdout, result.stderr,
+                                   returncode=result.returncode, where=self.where)
+            if stopped is not None:
+                raise stopped
             self._refused(f"run {name} in {self.where}", result.stderr, result.returncode)
         return result.stdout
 
@@ -284,6 +324,11 @@ class StartedSave:
         if process.returncode != 0:
             if self._kernel.netns and "network namespace" in stderr:
                 raise BackendError(f"{self._kernel.where} is not usable: {stderr.strip()}")
+            stopped = save_stopped(self._name, 6 if self._name.startswith("ip6") else 4,
+                                   stdout, stderr, returncode=process.returncode,
+                                   where=self._kernel.where)
+            if stopped is not None:
+                raise stopped
             Processes._refused(doing, stderr, process.returncode)
         return stdout
 

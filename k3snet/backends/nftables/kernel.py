@@ -232,10 +232,12 @@ class Libnftables:
                 return None
             raise BackendError(f"nft {what!r} failed: {first_lines(_with_capability(error))}")
         items = listed_items(output, what)
-        if kind == "chain" and _UNNAMED_XT.search(output) is not None:
-            name_xt(items, self._xt_expressions)
-            output = json.dumps(items)
-        if kind == "chain" and any(f'"{name}"' in output for name in _XT_READ):
+        if kind != "chain":
+            return items
+        named = (name_xt(items, self._xt_expressions) if _may_list_unnamed_xt(items, output)
+                 else set())
+        if (any(f'"{name}"' in output for name in _XT_READ)
+                or not named.isdisjoint(_XT_READ)):
             self._xt_data(items)
         return items
 
@@ -337,11 +339,27 @@ class Libnftables:
 
 _UNNAMED_XT = re.compile(r'"xt":\s*null')
 """A compat statement as libnftables before 1.0.6 lists it in JSON (``{"xt": null}``)."""
+_NAMES_XT = (1, 0, 6)
+"""The first libnftables version listing a compat statement's kind and name in JSON."""
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+def _may_list_unnamed_xt(items: Sequence[dict[str, Any]], output: str) -> bool:
+    """Whether a listing (its ``items`` and text) holds an ``{"xt": null}``: never from a
+    libnftables its ``metainfo`` says is 1.0.6 or later (no scan of the text: 3 ms of a
+    10 000-rule chain's 4.7 MB, on every listing); else looked for in the text."""
+    metainfo = items[0].get("metainfo") if items else None
+    version = metainfo.get("version") if isinstance(metainfo, dict) else None
+    found = _VERSION.match(version) if isinstance(version, str) else None
+    if found is not None and tuple(map(int, found.groups())) >= _NAMES_XT:
+        return False
+    return _UNNAMED_XT.search(output) is not None
+
 
 
 def name_xt(items: Iterable[dict[str, Any]],
             expressions: Callable[[str, str, str, Collection[int]],
-                                  Mapping[int, Sequence[tuple[str, str]]]]) -> None:
+                                  Mapping[int, Sequence[tuple[str, str]]]]) -> set[str]:
     """Give each ``{"xt": null}`` of a chain's listing its kind and name, as libnftables
     1.0.6 and later list them (``{"xt": {"type": "target", "name": "REJECT"}}``).
 
@@ -353,7 +371,8 @@ def name_xt(items: Iterable[dict[str, Any]],
     ``expressions(family, table, chain, handles)`` gives each rule's compat expressions
     as the kernel holds them, (kind, name) in the rule's order (the listing keeps that
     order); a rule whose count differs from its listing's (it changed meanwhile) is left
-    as listed."""
+    as listed. Returns the names given (the listing is not printed again to look for
+    the targets :meth:`Libnftables.list` reads data of: 84 ms for 10 000 rules)."""
     unnamed: dict[tuple[str, str, str], dict[int, list[dict[str, Any]]]] = {}
     for item in items:
         rule = item.get("rule")
@@ -368,6 +387,7 @@ def name_xt(items: Iterable[dict[str, Any]],
             unnamed.setdefault(where, {})[int(rule["handle"])] = nulls
         except (KeyError, TypeError, ValueError):
             continue
+    named: set[str] = set()
     for where, rules in unnamed.items():
         try:
             read = expressions(*where, set(rules))
@@ -379,6 +399,8 @@ def name_xt(items: Iterable[dict[str, Any]],
                 continue
             for statement, (kind, name) in zip(nulls, compat, strict=True):
                 statement["xt"] = {"type": kind, "name": name}
+                named.add(name)
+    return named
 
 
 def _xt_decoded(name: str, family: str, revision: int, info: bytes) -> dict[str, Any]:
