@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from k3snet import Plan, SpecError, State, plan
+from k3snet import ModelError, Plan, SpecError, State, plan
 from k3snet.model import Sysctl
 from k3snet.model.sysctl import is_secret, redact_secrets, shown_value, value_problem
 from k3snet.planner import Change
@@ -130,3 +130,36 @@ def test_a_vlan_interfaces_stable_secret_is_held_as_the_kernel_shows_it() -> Non
     sysctl = Sysctl("net.ipv6.conf.eth0/100.stable_secret", "2001:db8::1")
     assert sysctl.value == "2001:0db8:0000:0000:0000:0000:0000:0001"
     assert sysctl.tier == 0
+
+
+@pytest.mark.parametrize("value", [
+    ["deadbeef-cafebabe-12345678-9abcdef0", "deadbeef-cafebabe-12345678-9abcdef1"],
+    {"key": "deadbeef-cafebabe-12345678-9abcdef0"},
+    "deadbeef-cafebabe-12345678-9abcdef0\x00",
+    "2001:db8:dead:beef:cafe:babe:1234:5678\u200b",  # pasted with a zero-width space
+])
+@pytest.mark.parametrize("name", [KEY, STABLE, "net/ipv6/conf/eth0.100/stable_secret"])
+def test_a_secret_refused_as_no_printable_text_is_a_problem_that_does_not_quote_it(
+        name: str, value: object) -> None:
+    """The model's first check (a string or an integer, printable ASCII) quoted a YAML
+    list of the two Fast Open keys, or a key with a control or non-ASCII character,
+    whole; another sysctl's value is still quoted."""
+    with pytest.raises(SpecError) as info:
+        Spec.from_dict({"sysctls": {name: value}})
+    with pytest.raises(ModelError) as model:
+        Sysctl(name, value)  # type: ignore[arg-type]
+    with pytest.raises(ModelError) as previous:
+        Sysctl(name, "2001:db8::1" if "stable" in name else "1-2-3-4",
+               previous=value)  # type: ignore[arg-type]
+    with pytest.raises(ModelError) as checked:
+        value_problem(name, value)  # type: ignore[arg-type]
+    texts = [str(info.value), *(p.message for p in info.value.problems), str(model.value),
+             str(previous.value), str(checked.value)]
+    for text in texts:
+        for form in ("deadbeef", "dead:beef", "cafe:babe"):
+            assert form not in text.lower(), text
+    assert "sysctl value" in str(model.value)
+    with pytest.raises(ModelError, match="'deadbeef-1\\\\x00'"):
+        Sysctl("net.ipv4.tcp_syn_retries", "deadbeef-1\x00")
+    with pytest.raises(ModelError, match="got \\['deadbeef'\\]"):
+        Sysctl("net.ipv4.tcp_syn_retries", ["deadbeef"])  # type: ignore[arg-type]
