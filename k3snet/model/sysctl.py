@@ -185,6 +185,11 @@ def _number_problem(name: str, value: str) -> str | None:
     (:data:`_NUMBER_SETS`) is held as the kernel shows it (:func:`_number_set`)."""
     if name in _HEXADECIMAL or (_INTEGER.fullmatch(value) and name not in _VECTORS):
         return None  # the common case first: one decimal number
+    if name == _FASTOPEN_KEY or _stable_secret(name):
+        # No number: _key_problem's, which does not quote a secret (a key written as
+        # ip-sysctl.rst's "32-digit hexadecimal integer", 0x..., was quoted, in decimal
+        # too, with advice to write that decimal, which the kernel refuses).
+        return None
     tokens = _SET_SEPARATORS.split(value) if name in _NUMBER_SETS else value.split(" ")
     for token in tokens:
         if _NUMBER_LIKE.fullmatch(token) and not _INTEGER.fullmatch(token):

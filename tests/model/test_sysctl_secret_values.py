@@ -163,3 +163,21 @@ def test_a_secret_refused_as_no_printable_text_is_a_problem_that_does_not_quote_
         Sysctl("net.ipv4.tcp_syn_retries", "deadbeef-1\x00")
     with pytest.raises(ModelError, match="got \\['deadbeef'\\]"):
         Sysctl("net.ipv4.tcp_syn_retries", ["deadbeef"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["0x00112233445566778899aabbccddeeff", "0xdeadbeef", "010",
+                                   "+2"])
+@pytest.mark.parametrize("name", [KEY, STABLE, "net/ipv6/conf/eth0.100/stable_secret"])
+def test_a_secret_written_as_a_number_is_refused_as_no_key_without_quoting_it(
+        name: str, value: str) -> None:
+    """ip-sysctl.rst calls Fast Open keys "32-digit hexadecimal INTEGERs": a key written
+    0x... was taken for a number not written in decimal, quoted whole and in decimal,
+    with advice to write that decimal, which the kernel refuses too (EIO, read in a
+    lab namespace); it is the key's problem now, by its length."""
+    with pytest.raises(SpecError) as info:
+        Spec.from_dict({"sysctls": {name: value}})
+    (problem,) = info.value.problems
+    assert f"got <secret, {len(value)} characters>: the kernel refuses it" in problem.message
+    assert value not in problem.message
+    assert "in decimal" not in problem.message
+    assert str(int(value, 0)) not in problem.message if value.startswith("0x") else True
