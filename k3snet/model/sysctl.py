@@ -369,22 +369,37 @@ def shown_value(name: str, value: str) -> str:
 
 
 def redact_secrets(data: Any) -> Any:
-    """A copy of JSON-able ``data`` (a plan's, a state's :meth:`~Sysctl.to_dict` ...)
-    where each sysctl object's secret ``value`` and ``previous`` are as
-    :func:`shown_value` prints them: what k3snet prints as JSON. Plan files and the
-    netlink backend's records keep the values (written ``0600``), which an apply and a
-    rollback need."""
+    """JSON-able ``data`` (a plan's, a state's :meth:`~Sysctl.to_dict` ...) where each
+    sysctl object's secret ``value`` and ``previous`` are as :func:`shown_value` prints
+    them: what k3snet prints as JSON. ``data`` is not changed: what holds a secret is
+    copied, the rest shared (a 10k-destination plan's JSON is printed without copying
+    its 20,000 objects). Plan files and the netlink backend's records keep the values
+    (written ``0600``), which an apply and a rollback need."""
     if isinstance(data, list):
-        return [redact_secrets(item) for item in data]
+        shown = [_redacted(item) for item in data]
+        return data if all(a is b for a, b in zip(shown, data, strict=True)) else shown
+    return _redacted(data)
+
+
+def _redacted(data: Any) -> Any:
+    if isinstance(data, list):
+        return redact_secrets(data)
     if not isinstance(data, dict):
         return data
-    copy = {key: redact_secrets(item) for key, item in data.items()}
-    name = copy.get("name")
-    if copy.get("type") == "sysctl" and isinstance(name, str) and is_secret(name):
+    copy: dict[str, Any] | None = None
+    for key, item in data.items():
+        if isinstance(item, (dict, list)):
+            shown = _redacted(item)
+            if shown is not item:
+                copy = dict(data) if copy is None else copy
+                copy[key] = shown
+    name = data.get("name")
+    if data.get("type") == "sysctl" and isinstance(name, str) and is_secret(name):
+        copy = dict(data) if copy is None else copy
         for field in ("value", "previous"):
             if isinstance(copy.get(field), str):
                 copy[field] = shown_value(name, copy[field])
-    return copy
+    return data if copy is None else copy
 
 
 def _ipv6(value: str) -> str | None:

@@ -6,12 +6,13 @@ keep it. Before, the plan, observe, the logs, errors and Events printed it whole
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from k3snet import ModelError, Plan, SpecError, State, plan
+from k3snet import MasqueradeRule, ModelError, Plan, SpecError, State, plan
 from k3snet.model import Sysctl
 from k3snet.model.sysctl import is_secret, redact_secrets, shown_value, value_problem
 from k3snet.planner import Change
@@ -181,3 +182,26 @@ def test_a_secret_written_as_a_number_is_refused_as_no_key_without_quoting_it(
     assert value not in problem.message
     assert "in decimal" not in problem.message
     assert str(int(value, 0)) not in problem.message if value.startswith("0x") else True
+
+
+def test_redact_secrets_copies_only_what_holds_a_secret_and_changes_nothing_given() -> None:
+    """What a 10k-destination plan's JSON is printed through: copying its 20,000 objects
+    cost 70-90 ms of CPU (a third of the JSON's printing); only the path to a secret is
+    copied now, and the data given (a plan file's, kept) is left as it was."""
+    key = Sysctl(KEY, "1-2-3-4", previous="5-6-7-8")
+    p = plan(State(), State(owned=[MasqueradeRule("10.42.0.0/16"),
+                                   Sysctl("net.ipv4.ip_forward", "1"), key]))
+    data: dict[str, Any] = {"plan": p.to_dict(), "none": None, "nested": [[key.to_dict()]]}
+    before = json.dumps(data)
+    shown = redact_secrets(data)
+    assert json.dumps(data) == before
+    expected = json.loads(before)
+    expected["nested"][0][0].update(value=shown_value(KEY, key.value),
+                                    previous=shown_value(KEY, "5-6-7-8"))
+    changes = data["plan"]["changes"]
+    (held,) = [i for i, c in enumerate(changes) if c["after"].get("name") == KEY]
+    expected["plan"]["changes"][held]["after"] = expected["nested"][0][0]
+    assert shown == expected
+    assert all((shown["plan"]["changes"][i] is c) == (i != held) for i, c in enumerate(changes))
+    plain = [c for i, c in enumerate(changes) if i != held]
+    assert redact_secrets(plain) is plain
