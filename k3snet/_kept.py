@@ -467,8 +467,10 @@ def _refuse_special(file: Path, before: os.stat_result | None,
     device, a FIFO or a socket, or a link to one (``target``: the file it points to):
     the rename would replace it with a regular file. ``plan --out /dev/stdout`` (a link
     to ``/proc/self/fd/1``) replaced the node's ``/dev/stdout`` with the plan file, root's,
-    a secret sysctl's value in it, until the next boot; ``/dev/null`` likewise. A link
-    to a regular file, a directory or nothing is replaced as before, never followed."""
+    a secret sysctl's value in it, until the next boot; ``/dev/null`` likewise; and a
+    link to ``/dev/null`` in ``/etc/sysctl.d`` is systemd's mask of a file of its name,
+    which an admin set. A link to a regular file, a directory or nothing is replaced as
+    before, never followed."""
     if before is None:
         return
     info, through = before, ""
@@ -477,11 +479,16 @@ def _refuse_special(file: Path, before: os.stat_result | None,
             info, through = target(), "a link to "
         except OSError:  # dangling, a loop, unreadable: the link alone is replaced
             return
+    null = os.stat("/dev/null")
+    masked = bool(through) and (info.st_dev, info.st_ino) == (null.st_dev, null.st_ino)
     for test, kind in _SPECIAL_KINDS:
         if test(info.st_mode):
             raise OSError(errno.EINVAL, f"{through}{kind}, not a file: k3snet writes a new "
                           "file and renames it over the path, which would replace it; give "
-                          "the path of a file", str(file))
+                          "the path of a file" + (
+                              " (a link to /dev/null masks a file of that name for systemd: "
+                              "remove the link to have the file read)" if masked else ""),
+                          str(file))
 
 
 def _output_mode(before: os.stat_result | None) -> int:

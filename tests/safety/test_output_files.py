@@ -228,6 +228,15 @@ def test_a_device_a_fifo_or_a_link_to_one_is_refused_not_replaced_by_the_file(
     os.mkfifo(boot / "90-k3snet.conf")
     assert main(["render", "sysctl", "-f", str(spec), "--out", str(boot)]) == 1
     assert "a FIFO, not a file" in capsys.readouterr().err
+    # systemd's mask of a file: an admin's, no longer undone by a render.
+    (boot / "90-k3snet.conf").unlink()
+    (boot / "90-k3snet.conf").symlink_to("/dev/null")
+    assert main(["render", "sysctl", "-f", str(spec), "--out", str(boot)]) == 1
+    assert "(a link to /dev/null masks a file of that name for systemd: remove the link" in \
+        capsys.readouterr().err
+    assert os.readlink(boot / "90-k3snet.conf") == "/dev/null"
+    (boot / "90-k3snet.conf").unlink()
+    os.mkfifo(boot / "90-k3snet.conf")
     assert os.readlink(link) == "/dev/null"
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
     assert stat.S_ISFIFO((boot / "90-k3snet.conf").lstat().st_mode)
