@@ -26,7 +26,7 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from k3snet._env import env_switch
@@ -386,6 +386,7 @@ def write_output(file: Path, text: str | bytes, *, owner_writes_only: bool = Fal
         before = os.lstat(file)
     except FileNotFoundError:
         before = None
+    _refuse_special(file, before, lambda: os.stat(file))
     mode = _output_mode(before)
     if owner_writes_only:
         mode &= ~0o022
@@ -423,6 +424,7 @@ def write_output_in(directory: Path, name: str, text: str | bytes, *,
             before: os.stat_result | None = os.stat(leaf, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             before = None
+        _refuse_special(file, before, lambda: os.stat(leaf, dir_fd=fd))
         mode = _output_mode(before)
         if executable:
             mode = (mode | (mode & 0o444) >> 2) & ~0o022
@@ -453,6 +455,40 @@ def _subdirectory(parent: int, name: str, path: Path) -> int:
                 errno.EPERM, f"a symbolic link of uid {info.st_uid}: k3snet follows only "
                 "its own user's links in an output directory", str(path)) from None
         return os.open(name, flags, dir_fd=parent)
+
+
+_SPECIAL_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def _refuse_special(file: Path, before: os.stat_result | None,
+                    target: Callable[[], os.stat_result]) -> None:
+    """An :class:`OSError` when ``before`` (``file`` as :func:`os.lstat` found it) is a
+    device, a FIFO or a socket, or a link to one (``target``: the file it points to):
+    the rename would replace it with a regular file. ``plan --out /dev/stdout`` (a link
+    to ``/proc/self/fd/1``) replaced the node's ``/dev/stdout`` with the plan file, root's,
+    a secret sysctl's value in it, until the next boot; ``/dev/null`` likewise; and a
+    link to ``/dev/null`` in ``/etc/sysctl.d`` is systemd's mask of a file of its name,
+    which an admin set. A link to a regular file, a directory or nothing is replaced as
+    before, never followed."""
+    if before is None:
+        return
+    info, through = before, ""
+    if stat.S_ISLNK(before.st_mode):
+        try:
+            info, through = target(), "a link to "
+        except OSError:  # dangling, a loop, unreadable: the link alone is replaced
+            return
+    null = os.stat("/dev/null")
+    masked = bool(through) and (info.st_dev, info.st_ino) == (null.st_dev, null.st_ino)
+    for test, kind in _SPECIAL_KINDS:
+        if test(info.st_mode):
+            raise OSError(errno.EINVAL, f"{through}{kind}, not a file: k3snet writes a new "
+                          "file and renames it over the path, which would replace it; give "
+                          "the path of a file" + (
+                              " (a link to /dev/null masks a file of that name for systemd: "
+                              "remove the link to have the file read)" if masked else ""),
+                          str(file))
 
 
 def _output_mode(before: os.stat_result | None) -> int:

@@ -2786,6 +2786,7 @@ def _render_sysctl(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 
 
 SYSCTL_FILE = "90-k3snet.conf"
+_MANIFESTS_FILE = "k3snet.yaml"
 _SYSCTL_DIRS = (Path("/lib/sysctl.d"), Path("/usr/lib/sysctl.d"),
                 Path("/usr/local/lib/sysctl.d"), Path("/run/sysctl.d"), Path("/etc/sysctl.d"))
 """Where systemd-sysctl reads ``*.conf`` files, a name in a later one replacing it in an
@@ -2795,7 +2796,10 @@ earlier one (``/etc`` wins); all of them are applied in name order."""
 def _holds_secret(name: str, text: str) -> bool:
     """Whether rendered file ``name`` is k3snet's sysctl.d file setting a secret sysctl
     (:func:`~k3snet.model.sysctl.is_secret`): written 0600 then (systemd-sysctl reads it
-    as root)."""
+    as root); or the manifests whose ConfigMaps hold a spec text naming one, a line
+    commented out too (``kubectl apply -f`` reads it as its user)."""
+    if name == _MANIFESTS_FILE:
+        return "stable_secret" in text or "fastopen_key" in text
     return name == SYSCTL_FILE and any(
         is_secret(line.partition("=")[0].strip()) for line in text.splitlines()
         if "=" in line and not line.startswith("#"))
@@ -2889,7 +2893,9 @@ def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
         print(f"k3snet: warning: the spec sets secret sysctls ({', '.join(secrets)}): the "
               "manifests hold the spec in a ConfigMap, which whoever may read the "
               "namespace's ConfigMaps reads; set it on each node in /etc/sysctl.d "
-              "instead (k3snet render sysctl, written 0600)", file=sys.stderr)
+              "instead (k3snet render sysctl, written 0600)"
+              f"{' (--out: the manifests are written 0600)' if args.out else ''}",
+              file=sys.stderr)
     objects = render_manifests(
         spec,
         spec_text=read_text(args.spec),
@@ -2900,7 +2906,7 @@ def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
         node_restriction=args.node_restriction,
         lease_candidates=args.lease_candidates,
     )
-    return {"k3snet.yaml": dump_manifests(objects)}
+    return {_MANIFESTS_FILE: dump_manifests(objects)}
 
 
 RENDERERS: dict[str, Callable[[Spec, argparse.Namespace], dict[str, str]]] = {

@@ -83,7 +83,8 @@ def value_problem(name: str, value: str | int) -> str | None:
     >>> value_problem("net.ipv4.tcp_fin_timeout", "0x1e").endswith("in decimal, 30")
     True
     """
-    canonical, normal = _name(name), _value(value)
+    canonical = _name(name)
+    normal = _value(value, canonical)
     problem = _number_problem(canonical, normal)
     sysctl = Sysctl(canonical, normal) if problem is None else None
     if sysctl is None or (problem := _refused_list(sysctl.name, sysctl.value)) is not None:
@@ -184,6 +185,11 @@ def _number_problem(name: str, value: str) -> str | None:
     (:data:`_NUMBER_SETS`) is held as the kernel shows it (:func:`_number_set`)."""
     if name in _HEXADECIMAL or (_INTEGER.fullmatch(value) and name not in _VECTORS):
         return None  # the common case first: one decimal number
+    if name == _FASTOPEN_KEY or _stable_secret(name):
+        # No number: _key_problem's, which does not quote a secret (a key written as
+        # ip-sysctl.rst's "32-digit hexadecimal integer", 0x..., was quoted, in decimal
+        # too, with advice to write that decimal, which the kernel refuses).
+        return None
     tokens = _SET_SEPARATORS.split(value) if name in _NUMBER_SETS else value.split(" ")
     for token in tokens:
         if _NUMBER_LIKE.fullmatch(token) and not _INTEGER.fullmatch(token):
@@ -363,22 +369,37 @@ def shown_value(name: str, value: str) -> str:
 
 
 def redact_secrets(data: Any) -> Any:
-    """A copy of JSON-able ``data`` (a plan's, a state's :meth:`~Sysctl.to_dict` ...)
-    where each sysctl object's secret ``value`` and ``previous`` are as
-    :func:`shown_value` prints them: what k3snet prints as JSON. Plan files and the
-    netlink backend's records keep the values (written ``0600``), which an apply and a
-    rollback need."""
+    """JSON-able ``data`` (a plan's, a state's :meth:`~Sysctl.to_dict` ...) where each
+    sysctl object's secret ``value`` and ``previous`` are as :func:`shown_value` prints
+    them: what k3snet prints as JSON. ``data`` is not changed: what holds a secret is
+    copied, the rest shared (a 10k-destination plan's JSON is printed without copying
+    its 20,000 objects). Plan files and the netlink backend's records keep the values
+    (written ``0600``), which an apply and a rollback need."""
     if isinstance(data, list):
-        return [redact_secrets(item) for item in data]
+        shown = [_redacted(item) for item in data]
+        return data if all(a is b for a, b in zip(shown, data, strict=True)) else shown
+    return _redacted(data)
+
+
+def _redacted(data: Any) -> Any:
+    if isinstance(data, list):
+        return redact_secrets(data)
     if not isinstance(data, dict):
         return data
-    copy = {key: redact_secrets(item) for key, item in data.items()}
-    name = copy.get("name")
-    if copy.get("type") == "sysctl" and isinstance(name, str) and is_secret(name):
+    copy: dict[str, Any] | None = None
+    for key, item in data.items():
+        if isinstance(item, (dict, list)):
+            shown = _redacted(item)
+            if shown is not item:
+                copy = dict(data) if copy is None else copy
+                copy[key] = shown
+    name = data.get("name")
+    if data.get("type") == "sysctl" and isinstance(name, str) and is_secret(name):
+        copy = dict(data) if copy is None else copy
         for field in ("value", "previous"):
             if isinstance(copy.get(field), str):
                 copy[field] = shown_value(name, copy[field])
-    return copy
+    return data if copy is None else copy
 
 
 def _ipv6(value: str) -> str | None:
@@ -520,22 +541,61 @@ def sysctl_path(name: str) -> str:
     return canonical.replace(".", "/") if "/" not in canonical else canonical
 
 
-def _value(value: str | int) -> str:
+def _value(value: str | int, name: str | None = None) -> str:
+    """``value`` as :class:`Sysctl` holds it; a :class:`~k3snet.errors.ModelError`
+    quoting it unless sysctl ``name``'s value is a secret (:func:`is_secret`)."""
+    normal = _converted(value)
+    if isinstance(normal, _Refused):
+        raise ModelError(normal.problem(name))
+    return normal
+
+
+class _Refused(str):
+    """A value :func:`_converted` refuses: :class:`Sysctl`'s validators raise its
+    :meth:`problem` knowing the sysctl's name (the converter is given the value alone),
+    so that a secret's is not quoted (a YAML list of two Fast Open keys, a
+    ``stable_secret`` pasted with a no-break space were printed whole)."""
+
+    raw: object
+
+    def problem(self, name: str | None) -> str:
+        raw, secret = self.raw, name is not None and is_secret(name)
+        if not isinstance(raw, str):
+            got = f"a {type(raw).__name__}" if secret else repr(raw)
+            return f"sysctl value must be a string or integer, got {got}"
+        normal = " ".join(raw.split())
+        if not normal:
+            return "sysctl value must not be empty"
+        shown = shown_value(name, normal) if secret and name is not None else \
+            repr(normal[:40])
+        return f"sysctl value {shown} must be printable ASCII of at most {_MAX_VALUE} characters"
+
+
+def _refused(value: object) -> _Refused:
+    refused = _Refused("")
+    refused.raw = value
+    return refused
+
+
+def _converted(value: str | int) -> str:
+    """:func:`_value`'s converter: a :class:`_Refused` for a value it refuses."""
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, int):
         return str(value)
     if not isinstance(value, str):
-        raise ModelError(f"sysctl value must be a string or integer, got {value!r}")
+        return _refused(value)
     normal = " ".join(value.split())  # the kernel prints multi-value entries with tabs
-    if not normal:
-        raise ModelError("sysctl value must not be empty")
     # Values of net.* parameters are numbers and short words; NUL, escapes and other
     # control or invisible characters would be written verbatim into sysctl.d.
-    if len(normal) > _MAX_VALUE or not normal.isascii() or not normal.isprintable():
-        raise ModelError(f"sysctl value {normal[:40]!r} must be printable ASCII of at most "
-                         f"{_MAX_VALUE} characters")
+    if not normal or len(normal) > _MAX_VALUE or not normal.isascii() or \
+            not normal.isprintable():
+        return _refused(value)
     return normal
+
+
+def _checked_previous(value: str | None) -> str | None:
+    return None if value is None else _converted(value)
 
 
 @attrs.frozen(eq=False)
@@ -566,17 +626,22 @@ class Sysctl(NetObject):
     rank: ClassVar[int] = 0
 
     name: str = attrs.field(converter=_name)
-    value: str = attrs.field(converter=_value)
+    value: str = attrs.field(converter=_converted)
 
     @value.validator
     def _decimal(self, _attribute: attrs.Attribute[str], value: str) -> None:
+        if isinstance(value, _Refused):  # quoted unless a secret's (_Refused)
+            raise ModelError(value.problem(self.name))
         problem = _number_problem(self.name, value)
         if problem is not None:
             raise ModelError(problem)
 
-    previous: str | None = attrs.field(
-        default=None, kw_only=True, converter=attrs.converters.optional(_value)
-    )
+    previous: str | None = attrs.field(default=None, kw_only=True, converter=_checked_previous)
+
+    @previous.validator
+    def _printable(self, _attribute: attrs.Attribute[str | None], value: str | None) -> None:
+        if isinstance(value, _Refused):
+            raise ModelError(value.problem(self.name))
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)

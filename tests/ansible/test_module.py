@@ -445,6 +445,37 @@ def test_a_task_result_shows_no_secret_sysctl_value() -> None:
         assert form not in shown
 
 
+def test_a_task_s_registered_and_vvv_printed_arguments_show_no_secret_sysctl_value(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    """The result's ``invocation`` holds the task's arguments, the ``spec`` option's
+    secret sysctls too (printed with -vvv, given to callbacks): Ansible now hides their
+    values, a failed task's too; a value under 8 characters is not hidden (it would
+    hide every address holding it)."""
+    key, stable = "deadbeef-cafebabe-12345678-9abcdef0", "2001:db8:dead:beef:cafe:babe:1234:5678"
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "sysctls": {"net.ipv4.tcp_fastopen_key": key,
+                        "net.ipv6.conf.eth0.stable_secret": stable,
+                        "net.ipv4.ip_local_port_range": "30000 60999"}}
+    refused = {**spec, "sysctls": {"net.ipv4.tcp_fastopen_key": [key, key]},
+               "masquerade": {"mode": "bogus"}}
+    run = playbook(tmp_path, ansible_env, [
+        egress(spec=spec, backends=["memory"], facts=False),
+        {**egress(spec=refused, backends=["memory"], facts=False), "ignore_errors": True},
+    ], "-vvv")
+    assert run.returncode == 0, run.stdout + run.stderr
+    done, failed = run.results
+    assert done["changed"] is True
+    assert failed["failed"] is True
+    # -vvv prints each result's invocation: the option's other values stay.
+    assert run.stdout.count('"VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"') == 4
+    assert '"net.ipv4.ip_local_port_range": "30000 60999"' in run.stdout
+    shown = json.dumps(run.results) + run.stdout + run.stderr
+    for form in ("deadbeef", "dead:beef", "cafe:babe"):
+        assert form not in shown.lower()
+    assert load_module().secret_values({"sysctls": {
+        "net.ipv6.conf.lo.stable_secret": "::1", "net.ipv4.ip_forward": "12345678"}}) == set()
+
+
 @pytest.mark.kernel
 @pytest.mark.usefixtures("require_root")
 def test_a_cron_path_without_sbin_still_finds_the_iptables_tools(

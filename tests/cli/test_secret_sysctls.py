@@ -134,3 +134,19 @@ def test_render_manifests_warns_that_the_configmap_would_hold_a_secret(
     assert ("the spec sets secret sysctls (net.ipv4.tcp_fastopen_key, "
             "net.ipv6.conf.eth0.stable_secret): the manifests hold the spec in a ConfigMap") in err
     _clean(err)
+
+
+def test_rendered_manifests_holding_a_secret_are_written_0600(
+        spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The ConfigMap holds the spec's text, the key with it: the file was written 0644
+    beside the warning saying so; manifests of a spec naming none keep the umask's mode."""
+    out = tmp_path / "manifests"
+    assert main(["render", "manifests", "-f", str(spec), "--out", str(out)]) == 0
+    assert "fastopen_key" in (out / "k3snet.yaml").read_text()
+    assert _mode(out / "k3snet.yaml") == 0o600
+    assert "(--out: the manifests are written 0600)" in capsys.readouterr().err
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(SPEC.split("sysctls:", maxsplit=1)[0])
+    other = tmp_path / "other"
+    assert main(["render", "manifests", "-f", str(plain), "--out", str(other)]) == 0
+    assert _mode(other / "k3snet.yaml") == 0o644

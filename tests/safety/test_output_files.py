@@ -200,3 +200,45 @@ def test_a_plan_file_or_a_bundle_file_too_large_to_be_one_is_refused_unread(
         handle.truncate(MAX_FILE_BYTES + 1)
     with pytest.raises(BundleError, match="larger than 256 MiB"):
         NodeCapture.read_dir(bundle)
+
+
+def test_a_device_a_fifo_or_a_link_to_one_is_refused_not_replaced_by_the_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``plan --out /dev/stdout`` (a link to ``/proc/self/fd/1``) replaced the node's
+    ``/dev/stdout`` with the plan file, root's, a secret sysctl's value in it, until the
+    next boot (as ``--out /dev/null`` would have replaced ``/dev/null``): read here with
+    a link to ``/dev/null`` and a FIFO in a directory of the test's; a link to a regular
+    file is still replaced, not followed."""
+    from k3snet.cli import main  # noqa: PLC0415 - the CLI's own handling of the refusal
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC + "sysctls:\n  net.ipv4.tcp_fastopen_key: 1-2-3-4\n")
+    link, fifo = tmp_path / "stdout", tmp_path / "fifo"
+    link.symlink_to("/dev/null")
+    os.mkfifo(fifo)
+    for out, kind in ((link, "a link to a character device"), (fifo, "a FIFO")):
+        assert main(["plan", "-f", str(spec), "--backend", "memory", "--out", str(out)]) == 1
+        assert f"{kind}, not a file" in capsys.readouterr().err
+    for out in (link, fifo):
+        with pytest.raises(OSError, match="not a file") as raised:
+            write_output(out, "x")
+        assert raised.value.filename == str(out)
+    boot = tmp_path / "sysctl.d"
+    boot.mkdir()
+    os.mkfifo(boot / "90-k3snet.conf")
+    assert main(["render", "sysctl", "-f", str(spec), "--out", str(boot)]) == 1
+    assert "a FIFO, not a file" in capsys.readouterr().err
+    # systemd's mask of a file: an admin's, no longer undone by a render.
+    (boot / "90-k3snet.conf").unlink()
+    (boot / "90-k3snet.conf").symlink_to("/dev/null")
+    assert main(["render", "sysctl", "-f", str(spec), "--out", str(boot)]) == 1
+    assert "(a link to /dev/null masks a file of that name for systemd: remove the link" in \
+        capsys.readouterr().err
+    assert os.readlink(boot / "90-k3snet.conf") == "/dev/null"
+    (boot / "90-k3snet.conf").unlink()
+    os.mkfifo(boot / "90-k3snet.conf")
+    assert os.readlink(link) == "/dev/null"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert stat.S_ISFIFO((boot / "90-k3snet.conf").lstat().st_mode)
+    assert _leftovers(tmp_path) == []
+    assert _leftovers(boot) == []

@@ -608,6 +608,32 @@ def result_of(module: AnsibleModule, done: k3snet.Convergence) -> dict[str, Any]
     return result
 
 
+SECRET_SHORTEST = 8
+"""Characters of the shortest secret sysctl value :func:`secret_values` hides: Ansible
+replaces each hidden value wherever it appears in the result, and a shorter one (``::1``,
+no secret anyone guesses long) would hide every address holding it too."""
+
+
+def secret_values(spec: Any) -> set[str]:
+    """The values of the secret sysctls (``tcp_fastopen_key``, a ``stable_secret``) that
+    the ``spec`` option sets, as written (each of a list's too), for Ansible to replace
+    with ``********`` in the task's result: its ``invocation`` holds the task's
+    arguments (printed with -vvv, registered, kept by callbacks). By name alone, as
+    :func:`k3snet.model.sysctl.is_secret` reads a name it does not take, before k3snet
+    is imported."""
+    sysctls = spec.get("sysctls") if isinstance(spec, dict) else None
+    if not isinstance(sysctls, dict):
+        return set()
+    found: set[str] = set()
+    for name, value in sysctls.items():
+        if isinstance(name, str) and ("stable_secret" in name or "fastopen_key" in name):
+            for item in value if isinstance(value, list) else [value]:
+                text = str(item).strip()
+                if len(text) >= SECRET_SHORTEST:
+                    found.add(text)
+    return found
+
+
 def installed_at() -> str:
     """`` (PATH)`` of the k3snet package that Python finds but cannot import, if known."""
     try:
@@ -625,6 +651,9 @@ def main() -> None:
         required_if=[("state", "present", ("spec_path", "spec"), True)],
         supports_check_mode=True,
     )
+    # Before any exit_json or fail_json: each adds the task's arguments (`invocation`),
+    # printed with -vvv and registered.
+    module.no_log_values.update(secret_values(module.params["spec"]))
     # rc 1: k3snet.cli's EXIT_ERROR, which cannot be imported here.
     if K3SNET_IMPORT_ERROR is not None and K3SNET_FOUND is None and K3SNET_ABSENT:
         module.fail_json(**failure(missing_required_lib("k3snet"), "ImportError", 1),
