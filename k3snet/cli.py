@@ -967,7 +967,7 @@ def _option_value(text: str) -> Any:
     """A ``--backend-opt`` VALUE: JSON when it parses, else the text."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested deeper than Python's parser goes)
         return text
 
 
