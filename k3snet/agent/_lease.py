@@ -7,10 +7,12 @@ synchronous ``kubernetes`` client:
   not exist (create), has no holder, or has not changed for ``duration`` seconds
   *as seen by this candidate's own clock* (so clock skew between nodes does not
   matter: only the holder's renewals, observed locally, count). A Lease naming
-  this candidate's identity is its own only if this elector acquired it: the
-  identity is the node's name, shared by every process on the node (``agent
-  --once`` by hand beside the DaemonSet's agent, an agent restarted after a
-  crash), so any other holder waits it out like a foreign one;
+  this candidate's identity is its own only if this elector acquired it and it
+  still holds that acquisition's ``acquireTime``: the identity is the node's name,
+  shared by every process on the node (``agent --once`` by hand beside the
+  DaemonSet's agent, an agent restarted after a crash, the node's next agent that
+  took the Lease while this one's steps stalled), so any other holder waits it out
+  like a foreign one;
 * every write is a merge patch carrying the ``resourceVersion`` read, so of two
   candidates racing for an expired Lease exactly one wins (the other gets 409);
 * the holder renews every ``retry_period`` and considers itself leader only
@@ -251,9 +253,14 @@ class LeaderElector:
                     and spec.lease_duration_seconds else s.duration)
         # Ours only if this elector acquired or renewed it: the identity is the node's
         # name, and another process on the node (`agent --once` by hand, a restarted
-        # agent) reads the same name while the first still renews it.
+        # agent) reads the same name while the first still renews it. And only while it
+        # holds this elector's acquisition (its acquireTime): a holder whose steps
+        # stalled past the duration read the Lease the node's next agent took since as
+        # its own, renewed it, and both led.
         with self._lock:
             mine = holder == self.identity and self._leader
+        mine = mine and self._acquired is not None and spec is not None \
+            and _parse_micro_time(spec.acquire_time) == self._acquired
         if holder and not mine and now - self._observed_at < duration:
             return False, None  # held by someone else, and alive as far as we can tell
         self._not_halted()
