@@ -159,8 +159,8 @@ class LeaderElector:
         self._observed_at = 0.0
         self._renewed_at: float | None = None
         # The acquireTime this elector wrote when it took the Lease (renewals keep it):
-        # its release frees the Lease only while it still holds that, the identity (the
-        # node's name) being shared by every agent of the node.
+        # it renews and releases the Lease only while it still holds that, the identity
+        # (the node's name) being shared by every agent of the node.
         self._acquired: datetime.datetime | None = None
         self._leader = False
         # The leadership last said (logged, on_change): a lapse past the renew deadline
