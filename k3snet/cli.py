@@ -967,7 +967,7 @@ def _option_value(text: str) -> Any:
     """A ``--backend-opt`` VALUE: JSON when it parses, else the text."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested deeper than Python's parser goes)
         return text
 
 
@@ -2619,12 +2619,18 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
         import yaml  # noqa: PLC0415 - k3snet[cli]
     except ImportError as exc:  # printing, or no other file, needs none
         raise yaml_missing(f"reading the netplan files beside {out}", exc) from exc
+    from k3snet._gojson import MAX_NESTING, nests_deeper  # noqa: PLC0415
+
     documents: dict[str, object] = {}
     for name, path in sorted(paths.items()):
         text = ""
+        too_deep = (f"netplan file {path} nests deeper than {MAX_NESTING} levels; k3snet does "
+                    "not read it")
         try:
             text = read_input(path, MAX_NETPLAN_BYTES).decode("utf-8")
             documents[name] = yaml.safe_load(text)
+        except RecursionError:  # (Python's parser; the placement's walk recursed further)
+            raise ModelError(too_deep) from None
         except OSError as exc:
             raise ModelError(f"cannot read the netplan file {path}: {input_problem(exc)}") \
                 from None
@@ -2634,6 +2640,8 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
         except yaml.YAMLError as exc:
             raise ModelError(f"netplan file {path} is not YAML netplan reads: "
                              f"{yaml_problem(exc, text)[:300]}") from None
+        if nests_deeper(documents[name], MAX_NESTING, shared=True):  # (aliases share)
+            raise ModelError(too_deep)
     return documents
 
 

@@ -857,7 +857,7 @@ def _status_body(body: Any) -> tuple[str, str | None]:
     reason = None
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (a proxy's page; nested beyond Python's parser)
         message = text
     else:
         if isinstance(data, dict):

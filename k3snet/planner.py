@@ -450,7 +450,7 @@ class Plan:
         """Inverse of :meth:`to_json`; errors are :class:`~k3snet.errors.ModelError`."""
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # (nested beyond Python's parser)
             raise ModelError(f"not a plan: {exc}") from exc
         return cls.from_dict(data)
 

@@ -7,10 +7,12 @@ synchronous ``kubernetes`` client:
   not exist (create), has no holder, or has not changed for ``duration`` seconds
   *as seen by this candidate's own clock* (so clock skew between nodes does not
   matter: only the holder's renewals, observed locally, count). A Lease naming
-  this candidate's identity is its own only if this elector acquired it: the
-  identity is the node's name, shared by every process on the node (``agent
-  --once`` by hand beside the DaemonSet's agent, an agent restarted after a
-  crash), so any other holder waits it out like a foreign one;
+  this candidate's identity is its own only if this elector acquired it and it
+  still holds that acquisition's ``acquireTime``: the identity is the node's name,
+  shared by every process on the node (``agent --once`` by hand beside the
+  DaemonSet's agent, an agent restarted after a crash, the node's next agent that
+  took the Lease while this one's steps stalled), so any other holder waits it out
+  like a foreign one;
 * every write is a merge patch carrying the ``resourceVersion`` read, so of two
   candidates racing for an expired Lease exactly one wins (the other gets 409);
 * the holder renews every ``retry_period`` and considers itself leader only
@@ -20,7 +22,10 @@ synchronous ``kubernetes`` client:
   next candidate takes over at its next read instead of after ``duration``; it does
   so while the Lease may still be this elector's (its last renewal younger than
   ``duration``), also past ``renew_deadline``: a clean-up on exit that outlasted that
-  left the Lease to expire by itself.
+  left the Lease to expire by itself. It frees only the Lease of its own acquisition
+  (the ``acquireTime`` it wrote): another agent of the node, its identity the same,
+  may have waited this one's out and taken it by the time the release's read is
+  answered.
 
 Two changes from client-go, for a DaemonSet where every node is a candidate: a
 candidate that sees a live holder reads again only when that holder's Lease could
@@ -113,6 +118,19 @@ def _micro_time(when: datetime.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _parse_micro_time(value: Any) -> datetime.datetime | None:
+    """A MicroTime as read (the client's ``datetime``, or its text) as an aware datetime;
+    ``None`` when absent or not one."""
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime.datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+
+
 class LeaderElector:
     """Holds or waits for the Lease as ``identity``; :attr:`is_leader` says which.
 
@@ -140,6 +158,10 @@ class LeaderElector:
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
         self._renewed_at: float | None = None
+        # The acquireTime this elector wrote when it took the Lease (renewals keep it):
+        # it renews and releases the Lease only while it still holds that, the identity
+        # (the node's name) being shared by every agent of the node.
+        self._acquired: datetime.datetime | None = None
         self._leader = False
         # The leadership last said (logged, on_change): a lapse past the renew deadline
         # happens by time alone, so what changed is told against this, not against
@@ -231,9 +253,14 @@ class LeaderElector:
                     and spec.lease_duration_seconds else s.duration)
         # Ours only if this elector acquired or renewed it: the identity is the node's
         # name, and another process on the node (`agent --once` by hand, a restarted
-        # agent) reads the same name while the first still renews it.
+        # agent) reads the same name while the first still renews it. And only while it
+        # holds this elector's acquisition (its acquireTime): a holder whose steps
+        # stalled past the duration read the Lease the node's next agent took since as
+        # its own, renewed it, and both led.
         with self._lock:
             mine = holder == self.identity and self._leader
+        mine = mine and self._acquired is not None and spec is not None \
+            and _parse_micro_time(spec.acquire_time) == self._acquired
         if holder and not mine and now - self._observed_at < duration:
             return False, None  # held by someone else, and alive as far as we can tell
         self._not_halted()
@@ -257,6 +284,8 @@ class LeaderElector:
             if exc.status == 409:
                 return False, None  # another candidate wrote first
             raise
+        if not mine:
+            self._acquired = _parse_micro_time(wall)
         return True, now
 
     def _not_halted(self) -> None:
@@ -286,6 +315,7 @@ class LeaderElector:
             if exc.status == 409:
                 return False, None
             raise
+        self._acquired = _parse_micro_time(wall)
         return True, now
 
     # ------------------------------------------------------------ release and the thread
@@ -324,7 +354,14 @@ class LeaderElector:
         with translate_errors(f"read {self.where}", classifier=errors):
             lease = self._api.read_namespaced_lease(s.name, s.namespace,
                                                     _request_timeout=timeout)
-        if lease.spec is None or lease.spec.holder_identity != self.identity:
+        if (lease.spec is None or lease.spec.holder_identity != self.identity
+                or self._acquired is None
+                or _parse_micro_time(lease.spec.acquire_time) != self._acquired):
+            # Another's: the identity is the node's name, and another agent of the node
+            # (the DaemonSet's next pod, `agent --once`) took it after waiting out this
+            # one's last renewal (the release may come up to --lease-duration after it,
+            # its read answered later still): freeing it let a third candidate take it
+            # while that one still wrote as the holder.
             return
         body = {"metadata": {"resourceVersion": lease.metadata.resource_version},
                 "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,

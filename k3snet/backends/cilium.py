@@ -309,7 +309,7 @@ def _load_record(raw: str | None, where: str) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # (nested deeper than Python's parser goes)
         raise BackendError(f"{where}: k3snet's ownership record ({OWNED_ANNOTATION}) is not "
                            "valid JSON; restore it or remove it by hand") from exc
     if not isinstance(data, dict):
@@ -369,7 +369,7 @@ def _agent_record(raw: str | None, where: str) -> _AgentRecord | None:
     try:
         keys = {k: None if v is None else json.loads(v) for k, v in data["keys"].items()}
         text, created = data["text"], data["created"]
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
         raise BackendError(f"{where}: k3snet's ownership record is not valid") from exc
     if (any(k not in IP_MASQ_AGENT_KEYS for k in keys) or not isinstance(created, bool)
             or not (text is None or isinstance(text, str))):

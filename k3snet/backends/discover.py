@@ -525,7 +525,7 @@ def _destroy_options(name: str, opts: Mapping[str, Any]) -> str:
         if isinstance(value, str):
             try:
                 json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):
                 text = value  # as --backend-opt reads it: the text, not JSON
             else:
                 text = json.dumps(value)  # "1", "true": a string, not a number

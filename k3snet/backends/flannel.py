@@ -453,7 +453,7 @@ def _parse_written(raw: Any, where: str, name: str, owned_name: str) -> dict[str
     if isinstance(raw, str):
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # (nested deeper than Python's parser goes)
             data = None
     if not isinstance(data, dict) or not all(
             v is None or isinstance(v, str) or (isinstance(v, dict) and all(

@@ -255,7 +255,7 @@ class State:
         """Inverse of :meth:`to_json`; errors are :class:`~k3snet.errors.ModelError`."""
         try:
             data = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # (nested beyond Python's parser)
             raise ModelError(f"not a k3snet state (JSON): {exc}") from exc
         if not isinstance(data, dict):
             raise ModelError("not a k3snet state: expected a JSON object")

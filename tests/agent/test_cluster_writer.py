@@ -872,6 +872,30 @@ def test_an_agent_restarted_on_the_holder_s_node_takes_the_lease_once_it_lapses(
     assert lease["spec"]["leaseTransitions"] == 1  # a new holder, though the same name
 
 
+def test_a_holder_stalled_past_the_lease_duration_never_renews_what_its_node_took_since(
+    server: EmulatedApiServer, clock: FakeClock
+) -> None:
+    # The holder's thread stalled (a frozen or starved process) past the Lease's duration,
+    # and another agent of the same node (the DaemonSet's next pod) took the Lease. Back,
+    # the stalled one read a Lease naming its node while it still counted itself holder,
+    # and renewed it as its own: the two renewed it in turn, each leading for good, both
+    # writing the cluster-wide objects.
+    api = server.api_client()
+    stalled = _Stepped(api, "node-a", SETTINGS, clock=clock)
+    assert stalled.step()
+    other = _Stepped(api, "node-a", SETTINGS, clock=clock)
+    assert not other.step()
+    clock.now += SETTINGS.duration
+    assert other.step()
+    clock.now += SETTINGS.retry_period
+    assert not stalled.step()  # back: the Lease is no more the one it acquired
+    assert other.step()
+    assert [stalled.is_leader, other.is_leader] == [False, True]
+    stalled.stop(release=True)
+    assert _holder(server) == "node-a"
+    assert other.step()
+
+
 def test_a_fractional_lease_duration_never_lets_a_candidate_in_before_the_renew_deadline(
     server: EmulatedApiServer, clock: FakeClock
 ) -> None:

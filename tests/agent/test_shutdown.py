@@ -698,3 +698,39 @@ def test_a_slow_clean_up_past_the_renew_deadline_still_releases_the_lease(
     before = _lease_record(server)
     again.stop()
     assert _lease_record(server) == before
+
+
+@pytest.mark.parametrize("other", ["node-a", "node-b"])
+@pytest.mark.parametrize("taken_before", ["GET", "PATCH"])
+def test_a_release_never_frees_a_lease_another_elector_took_after_the_last_renewal(
+        server: EmulatedApiServer, other: str, taken_before: str) -> None:
+    # The release is allowed up to --lease-duration after the last renewal (a clean-up
+    # on exit past the renew deadline), checked before its read: a slow read (or
+    # write) is answered after another candidate waited the Lease out and took it. A
+    # candidate of another node is told by the holder's name, and one taking it between
+    # the read and the write by the resourceVersion; but the identity is the node's
+    # name, and another agent of the same node (the DaemonSet's new pod, an `agent
+    # --once` by hand) reads as this one: its fresh Lease was freed, a third candidate
+    # took it, and both wrote the cluster-wide objects as holders.
+    clock = FakeClock()
+    api: Any = server.api_client()
+    holder = LeaderElector(api, "node-a", SETTINGS, clock=clock)
+    assert holder.step()
+    candidate = LeaderElector(server.api_client(), other, SETTINGS, clock=clock)
+    assert not candidate.step()  # it sees the renewal now, and waits it out
+    holder.halt()  # SIGTERM
+    clock.advance(SETTINGS.duration - 0.5)  # the clean-up on exit
+    send = api.call_api
+
+    def slow(method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == taken_before:
+            api.call_api = send
+            clock.advance(1.0)  # the request's answer comes after...
+            assert candidate.step()  # ...the Lease expired for the candidate: it took it
+        return send(method, *args, **kwargs)
+
+    api.call_api = slow
+    holder.stop()
+    assert api.call_api is send  # (the hook ran)
+    assert candidate.is_leader
+    assert _lease_record(server)[0] == other

@@ -304,3 +304,19 @@ def test_the_netlink_precheck_finds_a_record_wherever_the_backend_keeps_one(
         "net.ipv4.ip_forward": {"value": "1", "previous": "0"}}, "released": []}))
     assert discover._sysctl_records(str(tmp_path))
     assert not discover._sysctl_records(str(tmp_path / "none yet"))
+
+
+@pytest.mark.parametrize("value", ["/etc/kube-flannel/net-conf.json", "[1]", "1",
+                                   "[" * 2000 + "]" * 2000])
+def test_a_destroy_s_backend_opt_reads_back_as_the_value_it_was_given(value: str) -> None:
+    # The destroy named in a finding gives each option as --backend-opt reads it: JSON
+    # when the text parses, else the text. One nested deeper than Python's JSON parser
+    # goes raised a RecursionError out of the finding's own wording.
+    import shlex  # noqa: PLC0415
+
+    from k3snet.backends.discover import _destroy_options  # noqa: PLC0415
+    from k3snet.cli import _option_value  # noqa: PLC0415
+
+    flag, entry = shlex.split(_destroy_options("flannel", {"path": value}))
+    assert flag == "--backend-opt"
+    assert _option_value(entry.partition("=")[2]) == value

@@ -1385,3 +1385,35 @@ def test_a_converge_reads_each_configmap_once_and_a_change_after_the_read_gives_
     with pytest.raises(ApplyError, match="409"):
         backend.apply(p)
     assert _data(k3s_cilium, "ip-masq-agent") == edited["data"]
+
+
+DEEP = "[" * 100000 + "]" * 100000
+"""JSON nested deeper than Python's parser goes (RecursionError, not ValueError), well
+within an annotation's 256 KiB."""
+
+
+@pytest.mark.parametrize(("name", "annotation", "text"), [
+    ("cilium-config", OWNED_ANNOTATION, DEEP),
+    ("cilium-config", WRITTEN_ANNOTATION, DEEP),
+    ("ip-masq-agent", OWNED_ANNOTATION, DEEP),
+    ("ip-masq-agent", OWNED_ANNOTATION,
+     json.dumps({"keys": {"nonMasqueradeCIDRs": DEEP}, "text": None, "created": False})),
+])
+def test_a_record_annotation_nested_too_deep_is_reported_as_not_valid(
+    k3s_cilium: EmulatedApiServer, backend: CiliumBackend, name: str, annotation: str,
+    text: str,
+) -> None:
+    # k3snet's own annotations are written by anyone who may edit the ConfigMap: one
+    # nested deeper than Python's JSON parser goes failed every observe with a
+    # RecursionError (an internal error, "a bug: please report it"), not the record's
+    # own message saying what to do.
+    if name == "ip-masq-agent":
+        k3s_cilium.put(CONFIGMAPS, _ip_masq_agent(RFC1918_YAML))
+    stored = _stored(k3s_cilium, name)
+    assert stored is not None
+    stored["metadata"].setdefault("annotations", {})[annotation] = text
+    if annotation == WRITTEN_ANNOTATION:  # read only beside an ownership record
+        stored["metadata"]["annotations"][OWNED_ANNOTATION] = '{"routing-mode": null}'
+    k3s_cilium.put(CONFIGMAPS, stored)
+    with pytest.raises(BackendError, match=r"k3snet's ownership record .*is not valid"):
+        backend.observe()

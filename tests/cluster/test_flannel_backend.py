@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 
-from k3snet.backends.flannel import OWNED_ANNOTATION, FlannelBackend, effective_config
+from k3snet.backends.flannel import (
+    OWNED_ANNOTATION,
+    WRITTEN_ANNOTATION,
+    FlannelBackend,
+    effective_config,
+)
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, SpecError
 from k3snet.model.cni import (
     FLANNEL_OWNED_MARKER,
@@ -801,3 +806,29 @@ def test_a_net_conf_key_or_value_cannot_forge_a_line_of_the_plan(
     assert "\x1b" not in text
     assert "\u202e" not in text
     assert [line[0] for line in text.splitlines() if not line.startswith(" ")] == ["P", "="]
+
+
+DEEP = "[" * 100000 + "]" * 100000
+"""JSON nested deeper than Python's parser goes (RecursionError, not ValueError)."""
+
+
+def test_a_written_record_nested_too_deep_is_reported_as_not_valid(
+    api_server: EmulatedApiServer, configmap_backend: FlannelBackend
+) -> None:
+    # The written annotation (json.loads, unlike the ownership record's bounded reader)
+    # nested deeper than Python's parser goes failed every observe with a RecursionError
+    # (an internal error), not the message saying to remove it.
+    api_server.put(CONFIGMAPS, _configmap(annotations={
+        OWNED_ANNOTATION: '{"Network": null}', WRITTEN_ANNOTATION: DEEP}))
+    with pytest.raises(BackendError, match=f"k3snet's annotation {WRITTEN_ANNOTATION} is not "
+                                           "valid; remove it"):
+        configmap_backend.observe()
+
+
+def test_a_written_member_nested_too_deep_in_the_file_is_reported(conf_file: Path) -> None:
+    # The file's member holds a JSON text (a string) that json.loads read unbounded.
+    conf_file.write_text('{"Network": "10.42.0.0/16", "k3snet.io/owned": {"Network": null}, '
+                         f'"k3snet.io/written": {json.dumps(DEEP)}}}')
+    with pytest.raises(BackendError, match=r"k3snet's key 'k3snet\.io/written' is not valid; "
+                                           r"remove it"):
+        FlannelBackend(path=conf_file, allow_disruptive=True).observe()

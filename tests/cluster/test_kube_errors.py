@@ -113,6 +113,13 @@ def test_a_long_server_message_is_shortened_and_unparsable_bodies_quoted() -> No
     exc.body = b"<html>no</html>"
     plain = _mapped(exc)
     assert str(plain).endswith("(see the rendered ClusterRole): <html>no</html>")
+    # A body nested deeper than Python's JSON parser goes (a proxy's, in front of the
+    # API server) raised a RecursionError out of the error's own translation.
+    proxied: Any = _api_exception(502, "Bad Gateway")
+    proxied.body = b"[" * 100000 + b"]" * 100000
+    deep = _mapped(proxied)
+    assert str(deep).startswith(f"{WHERE}: the API server failed (502 Bad Gateway): [[[")
+    assert len(str(deep)) < 400
     assert plain.reason == "Forbidden"
 
 

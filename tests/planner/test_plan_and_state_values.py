@@ -86,6 +86,16 @@ def test_plan_refuses_another_format_and_text_that_is_not_json() -> None:
         Plan.from_json("{")
 
 
+def test_a_plan_or_state_text_nested_too_deep_for_json_is_a_model_error() -> None:
+    # Nested deeper than Python's JSON parser goes: a RecursionError, not the documented
+    # ModelError (MemoryBackend.load and from_dump read a dump with it).
+    deep = '{"changes": ' + "[" * 100000 + "]" * 100000 + "}"
+    with pytest.raises(ModelError, match="not a plan: maximum recursion depth"):
+        Plan.from_json(deep)
+    with pytest.raises(ModelError, match=r"not a k3snet state \(JSON\): maximum recursion"):
+        State.from_json(deep)
+
+
 def test_plan_only_keeps_the_changes_and_notes_of_the_given_kinds() -> None:
     p = Plan(changes=[Change.add(_ROUTE), Change.add(_NAT)],
              notes=[Note("met", _SYSCTL, _SYSCTL), Note("conflict", _ROUTE, _FOREIGN_ROUTE)])

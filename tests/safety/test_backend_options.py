@@ -63,3 +63,20 @@ def test_a_quoted_false_never_allows_disruptive_changes_through_the_cli(tmp_path
     assert done.returncode != 0
     assert "allow_disruptive must be true or false, got 'false'" in done.stderr
     assert "internal error" not in done.stderr
+
+
+def test_a_backend_opt_value_nested_too_deep_for_json_is_text_not_an_internal_error(
+        tmp_path: Path) -> None:
+    # A VALUE is JSON when it parses, else the text; one nested deeper than Python's JSON
+    # parser goes raised a RecursionError out of the argument parser (a traceback).
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "destinations:\n  - cidr: 192.168.2.0/24\n")
+    deep = "[" * 2000 + "]" * 2000
+    done = subprocess.run([sys.executable, "-m", "k3snet.cli", "plan", "-f", str(spec),
+                           "--backend", "calico", "--backend-opt",
+                           f"calico.field_manager={deep}"],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode != 0
+    assert "RecursionError" not in done.stderr
+    assert "internal error" not in done.stderr

@@ -42,6 +42,23 @@ def test_a_netplan_file_yaml_error_says_line_and_column(
     assert err.endswith(" (line 3, column 1)\n")
 
 
+@pytest.mark.parametrize("depth", [200, 900, 2000])
+def test_a_netplan_file_nested_too_deep_is_refused_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], depth: int) -> None:
+    # Read beside the file k3snet writes, one nested deeper than Python's parser (or
+    # the placement's walk) goes was an internal error (RecursionError).
+    etc = tmp_path / "netplan"
+    etc.mkdir()
+    (etc / "50-x.yaml").write_text("network:\n  ethernets: " + "[" * depth + "]" * depth + "\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) != 0
+    err = capsys.readouterr().err
+    assert "internal error" not in err
+    assert (f"netplan file {etc / '50-x.yaml'} nests deeper than 128 levels; k3snet does not "
+            "read it") in err
+
+
 def test_an_ip_masq_agent_config_yaml_error_says_line_and_column() -> None:
     with pytest.raises(BackendError) as info:
         _parse_agent("nonMasqueradeCIDRs: [10.0.0.0/8\n", "ConfigMap kube-system/ip-masq-agent")
