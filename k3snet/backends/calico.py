@@ -828,16 +828,25 @@ class CalicoBackend(BackendBase):
             raise PlanError("the plan does not fit the cluster; nothing was changed:\n  "
                             + "\n  ".join(problems))
         run = _Run(self, listing)
-        for index, change in enumerate(plan.changes):
-            try:
-                if index == fail_at:
-                    raise KubeApiError(f"injected failure (fault hook) at change {index}")
-                run.change(change)
-            except KubeApiError as exc:
-                # The requests this change made before failing (a replace's delete) are
-                # taken back first; then every change done before it, in reverse.
-                run.undo.fail(change, str(exc), exc, extra_problems=run.take_back_pending())
-            run.undo.record(change, run.undo_of_pending())
+        # An interruption (SIGTERM's SystemExit in `k3snet apply`, Ctrl-C) takes back
+        # what was made too: it left the pools created before it, exit 143 saying
+        # they were taken back.
+        with run.undo.guarding():
+            for index, change in enumerate(plan.changes):
+                try:
+                    if index == fail_at:
+                        raise KubeApiError(f"injected failure (fault hook) at change {index}")
+                    run.change(change)
+                except KubeApiError as exc:
+                    # The requests this change made before failing (a replace's delete)
+                    # are taken back first; then every change done before it, in reverse.
+                    run.undo.fail(change, str(exc), exc,
+                                  extra_problems=run.take_back_pending())
+                except BaseException:
+                    if run.pending:  # a replace's delete made, its create interrupted
+                        run.undo.record(change, run.undo_of_pending())
+                    raise
+                run.undo.record(change, run.undo_of_pending())
         return ApplyResult(self.name, run.undo.done, operations=run.operations)
 
     def close(self) -> None:

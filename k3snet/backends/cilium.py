@@ -987,16 +987,19 @@ class CiliumBackend(BackendBase):
         operations = 2
         if fail_at is not None and not steps:
             undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
-        for index, step in enumerate(steps):
-            if fail_at is not None and index == len(steps) - 1:
-                # Fail as the API server would refuse the last write: the first is undone.
-                undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
-            try:
-                reverse = step()
-            except K3snetError as exc:
-                undo.fail(plan.changes[-1], str(exc), exc)
-            undo.record(plan.changes if index == 0 else (), reverse)
-            operations += 1
+        # An interruption (SIGTERM's SystemExit in `k3snet apply`, Ctrl-C) during the
+        # second write takes the first back too.
+        with undo.guarding():
+            for index, step in enumerate(steps):
+                if fail_at is not None and index == len(steps) - 1:
+                    # Fail as the API server would refuse the last write: the first is undone.
+                    undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
+                try:
+                    reverse = step()
+                except K3snetError as exc:
+                    undo.fail(plan.changes[-1], str(exc), exc)
+                undo.record(plan.changes if index == 0 else (), reverse)
+                operations += 1
         return ApplyResult(self.name, plan.changes, operations=operations)
 
     def _read_for_apply(self) -> _Read:

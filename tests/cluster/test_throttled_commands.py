@@ -922,3 +922,75 @@ def test_ciliums_undo_of_its_cilium_config_patch_leaves_helms_change_meanwhile(
     assert config is not None
     assert config["data"]["enable-ip-masq-agent"] == "false"
     assert slept == []
+
+
+# ------------------------------------------------------------------ an interrupted apply
+
+
+def _interrupted_at_the_first(api: Any, method: str) -> None:
+    """End the command (SIGTERM's ``SystemExit(143)`` in ``k3snet apply``) as the first
+    ``method`` request is about to be sent."""
+    real = api.rest_client.pool_manager.request
+
+    def request(verb: str, url: str, **kwargs: Any) -> Any:
+        if verb == method:
+            api.rest_client.pool_manager.request = real
+            raise SystemExit(143)
+        return real(verb, url, **kwargs)
+
+    api.rest_client.pool_manager.request = request
+
+
+def test_calico_apply_interrupted_takes_back_the_pools_it_created(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # SIGTERM between two creates: the first pool stayed (only a KubeApiError undid
+    # anything), and `k3snet apply` exited 143 saying it had taken back what it made.
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.model.cni import IPPool  # noqa: PLC0415
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        changes = plan(backend.observe(), State(owned=[
+            IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True),
+            IPPool("k3snet-pods-b", "10.101.0.0/24", nat_outgoing=True)]))
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "POST" and server.get(CRD, "k3snet-pods-a") is not None:
+                api.rest_client.pool_manager.request = real
+                raise SystemExit(143)  # the second create about to be sent
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(SystemExit):
+            backend.apply(changes)
+    finally:
+        api.close()
+    assert server.get(CRD, "k3snet-pods-a") is None
+    assert server.get(CRD, "k3snet-pods-b") is None
+
+
+def test_cilium_apply_interrupted_at_its_second_write_takes_the_first_back(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # SIGTERM as the ip-masq-agent ConfigMap is created: cilium-config kept k3snet's
+    # keys (eBPF masquerading and the ip-masq-agent on, its ConfigMap missing).
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+    from tests.cluster.test_cilium_backend import HELM_K3S_DATA  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = _cilium(server, api)
+        changes = plan(backend.observe(), State(owned=[_cilium_wanted()]))
+        _interrupted_at_the_first(api, "POST")
+        with pytest.raises(SystemExit):
+            backend.apply(changes)
+    finally:
+        api.close()
+    config = server.get("v1/configmaps", "cilium-config", "kube-system")
+    assert config is not None
+    assert config["data"] == HELM_K3S_DATA
+    assert server.get("v1/configmaps", "ip-masq-agent", "kube-system") is None
