@@ -994,3 +994,64 @@ def test_cilium_apply_interrupted_at_its_second_write_takes_the_first_back(
     assert config is not None
     assert config["data"] == HELM_K3S_DATA
     assert server.get("v1/configmaps", "ip-masq-agent", "kube-system") is None
+
+
+def test_the_undo_after_sigterm_stays_within_its_deadline_and_lists_what_is_left(
+        server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `k3snet apply` stopped by systemd as it creates the fifth of five pools, the API
+    # server answering every DELETE 429 (Retry-After: 5): each delete of the undo waited
+    # 25 s (5 waits of 5 s), 100 s for four, past systemd's 90 s stop timeout whose
+    # SIGKILL cut the undo silently. Within UNDO_AFTER_SIGTERM now; the deletes given up
+    # are the RollbackError's. The clock is the waits' own: nothing is timed.
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from k3snet import cli  # noqa: PLC0415
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.errors import RollbackError  # noqa: PLC0415
+    from k3snet.model.cni import IPPool  # noqa: PLC0415
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: SIGTERM would end the run")
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(cli, "_clock", lambda: now[0], raising=False)
+    names = [f"k3snet-pods-{n}" for n in "abcde"]
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        changes = plan(backend.observe(), State(owned=[
+            IPPool(name, f"10.{100 + i}.0.0/16", nat_outgoing=True)
+            for i, name in enumerate(names)]))
+        server.fail(429, method="DELETE", times=None, retry_after=5)
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "POST" and all(server.get(CRD, n) for n in names[:4]):
+                api.rest_client.pool_manager.request = real
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)  # the handler raises within this; a bound, not a timing
+                raise AssertionError("SIGTERM did not interrupt the apply")
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(RollbackError) as info, \
+                throttle_waits(attrs.evolve(THROTTLE_WAITS, sleep=sleep)), cli.sigterm_undoes():
+            backend.apply(changes)
+    finally:
+        api.close()
+    assert isinstance(info.value.__cause__, SystemExit)
+    assert sum(slept) < 90, slept  # systemd's stop timeout (TimeoutStopSec) not reached
+    assert slept == [5.0] * 14  # 25 s, 25 s, 20 s: the last delete none
+    for name in names[:4]:
+        assert f"delete IPPool {name} (created)" in str(info.value), info.value
+        assert server.get(CRD, name) is not None  # left undone, and said so
