@@ -19,6 +19,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -76,7 +77,13 @@ from k3snet.errors import (
     StalePlanError,
 )
 from k3snet.facts import FactsWatch, gather_facts
-from k3snet.kube import label_selector_problem, name_problem, object_ref_problem
+from k3snet.kube import (
+    Deadline,
+    label_selector_problem,
+    name_problem,
+    object_ref_problem,
+    requests_within,
+)
 from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl
 from k3snet.model.state import State
 from k3snet.model.sysctl import is_secret, redact_secrets, shown_value, sysctl_name
@@ -121,6 +128,11 @@ write."""
 UNDONE_ON_SIGTERM = frozenset({"apply", "destroy", "doctor"})
 """The commands that change the node (``doctor`` with ``--fix``): SIGTERM and SIGHUP take
 back what they made, as Ctrl-C does."""
+UNDO_AFTER_SIGTERM = 75.0
+"""Seconds the API requests of the undo SIGTERM starts have, all together
+(:func:`sigterm_undoes`): under systemd's 90 s stop timeout (``TimeoutStopSec``), after
+which its SIGKILL cut the undo at any point, silently."""
+_clock: Callable[[], float] = time.monotonic  # the deadline's clock (a fake in tests)
 
 
 SPEC_HELP = "spec file (YAML or JSON)"
@@ -577,6 +589,15 @@ def sigterm_undoes() -> Iterator[None]:
     once, between two backends. Further signals wait for that undo. An ignored SIGHUP
     (``nohup``) stays ignored. The previous handlers come back afterwards; outside the
     main thread, nothing changes.
+
+    After SIGTERM the undo's API requests (Calico's pools, Cilium's ConfigMaps) are
+    within :data:`UNDO_AFTER_SIGTERM` seconds in all (:func:`~k3snet.kube.requests_within`:
+    each request's timeout and its throttled answers' waits cut to what is left). Each
+    undo request waited up to 25 s of 429s and 503s (``THROTTLE_WAITS``: 5 waits of 5 s
+    at most), and 10 s a send besides: four of them outlasted systemd's 90 s stop
+    timeout, whose SIGKILL cut the undo where it was, nothing said. Past the deadline
+    an undo request fails at once, and the :class:`~k3snet.errors.RollbackError` (exit
+    5) lists what is left undone.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -584,15 +605,19 @@ def sigterm_undoes() -> Iterator[None]:
     codes = {signal.SIGTERM: EXIT_TERMINATED}
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         codes[signal.SIGHUP] = EXIT_HANGUP
+    ends: list[Deadline] = []
 
     def terminate(signum: int, frame: object) -> None:
         for ending in codes:  # the undo runs to its end
             signal.signal(ending, signal.SIG_IGN)
+        if signum == signal.SIGTERM:
+            ends.append(Deadline(_clock() + UNDO_AFTER_SIGTERM, clock=_clock))
         raise SystemExit(codes[signal.Signals(signum)])
 
     previous = {ending: signal.signal(ending, terminate) for ending in codes}
     try:
-        yield
+        with requests_within(lambda: ends[0] if ends else None):
+            yield
     finally:
         for ending, handler in previous.items():
             signal.signal(ending, handler)

@@ -828,16 +828,25 @@ class CalicoBackend(BackendBase):
             raise PlanError("the plan does not fit the cluster; nothing was changed:\n  "
                             + "\n  ".join(problems))
         run = _Run(self, listing)
-        for index, change in enumerate(plan.changes):
-            try:
-                if index == fail_at:
-                    raise KubeApiError(f"injected failure (fault hook) at change {index}")
-                run.change(change)
-            except KubeApiError as exc:
-                # The requests this change made before failing (a replace's delete) are
-                # taken back first; then every change done before it, in reverse.
-                run.undo.fail(change, str(exc), exc, extra_problems=run.take_back_pending())
-            run.undo.record(change, run.undo_of_pending())
+        # An interruption (SIGTERM's SystemExit in `k3snet apply`, Ctrl-C) takes back
+        # what was made too: it left the pools created before it, exit 143 saying
+        # they were taken back.
+        with run.undo.guarding():
+            for index, change in enumerate(plan.changes):
+                try:
+                    if index == fail_at:
+                        raise KubeApiError(f"injected failure (fault hook) at change {index}")
+                    run.change(change)
+                except KubeApiError as exc:
+                    # The requests this change made before failing (a replace's delete)
+                    # are taken back first; then every change done before it, in reverse.
+                    run.undo.fail(change, str(exc), exc,
+                                  extra_problems=run.take_back_pending())
+                except BaseException:
+                    if run.pending:  # a replace's delete made, its create interrupted
+                        run.undo.record(change, run.undo_of_pending())
+                    raise
+                run.undo.record(change, run.undo_of_pending())
         return ApplyResult(self.name, run.undo.done, operations=run.operations)
 
     def close(self) -> None:
@@ -997,8 +1006,50 @@ class _Run:
             "spec": seen.get("spec") or {},
         }
         self._will_undo(f"re-create IPPool {name} (deleted)",
-                        lambda: self.create(name, recreate, record=False))
+                        lambda: self.put_back(name, recreate))
         self.raw.pop(name, None)
+
+    def put_back(self, name: str, body: dict[str, Any]) -> None:
+        """Re-create the pool this apply deleted. Sent again after a 503 that followed its
+        effect, the create is refused (409 AlreadyExists) though the pool is back: the
+        pool found then is read, and the undo is done when it is the one k3snet put back
+        (:meth:`_put_back_found`); another pool of that name (someone else's, another
+        spec) is the 409, a failed undo."""
+        try:
+            self.create(name, body, record=False)
+        except KubeApiError as exc:
+            if exc.status != 409 or not self._put_back_found(name, body):
+                raise
+
+    def _put_back_found(self, name: str, body: dict[str, Any]) -> bool:
+        """Whether pool ``name`` is the one ``body`` re-created: the same spec, labels and
+        annotations (Calico's own ``projectcalico.org/metadata`` aside), and written by
+        k3snet's field manager alone (a pool someone else made has their manager in its
+        ``managedFields``)."""
+        try:
+            found = self._call(
+                f"read IPPool {name} (re-created?)",
+                lambda: self.backend._objects.get_cluster_custom_object(
+                    self.group, self.version, PLURAL, name,
+                    _request_timeout=self.backend.timeout),
+            )
+        except KubeApiError:
+            return False
+        if not isinstance(found, dict):
+            return False
+        metadata = found.get("metadata") or {}
+        sent = body.get("metadata") or {}
+        if not isinstance(metadata, dict) or found.get("spec") != body.get("spec"):
+            return False
+        annotations = {k: v for k, v in (metadata.get("annotations") or {}).items()
+                       if k != CALICO_METADATA_ANNOTATION}
+        if ((metadata.get("labels") or {}) != (sent.get("labels") or {})
+                or annotations != {k: v for k, v in (sent.get("annotations") or {}).items()
+                                   if k != CALICO_METADATA_ANNOTATION}):
+            return False
+        managers = [entry.get("manager") for entry in metadata.get("managedFields") or ()
+                    if isinstance(entry, Mapping)]
+        return all(manager == self.backend.field_manager for manager in managers)
 
     def _apply(self, what: str, name: str, body: dict[str, Any], *, force: bool = False
                ) -> Any:

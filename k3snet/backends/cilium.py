@@ -574,13 +574,38 @@ class _Api:
                 return []
             raise
 
+    def patch_back(self, name: str, version: str | None, data: dict[str, str | None],
+                   owned: str | None, written: str | None) -> None:
+        """The merge patch taking k3snet's write of ``name`` back (its ``version``: an
+        edit by someone else since, Helm's, is a 409 and is not overwritten). Sent again
+        after a 503 that followed its effect, it is refused (409, the version is the
+        undo's own now) though it was made: the ConfigMap is read, and a 409 is the undo
+        done when ``data`` and the records are what it holds."""
+        try:
+            self.patch(name, version, data, owned, True, written=(written,))
+        except KubeApiError as exc:
+            if exc.status != 409:
+                raise
+            found = self.read(name)
+            if (found is None or found.owned != owned or found.written != written
+                    or any(found.data.get(k) != v for k, v in data.items())):
+                raise
+
     def delete(self, name: str, version: str | None) -> None:
+        """Delete ``name`` as read (its ``version``: one edited since, by Helm or an
+        admin, is a 409 and stays, their edit with it). None there (404) is the delete
+        done: a send after a 503 that followed the first's effect finds it gone, which
+        was a failed delete, and a failed undo (``may be half-changed``), before."""
         options = self.client.V1DeleteOptions(
             preconditions=self.client.V1Preconditions(resource_version=version))
-        with translate_errors(f"delete {self.where(name)}",
-                              classifier=KubeErrors(timeout=self.timeout)):
-            self.core.delete_namespaced_config_map(
-                name, self.namespace, body=options, _request_timeout=self.timeout)
+        try:
+            with translate_errors(f"delete {self.where(name)}",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                self.core.delete_namespaced_config_map(
+                    name, self.namespace, body=options, _request_timeout=self.timeout)
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
 
 
 def _version_of(result: Any) -> str | None:
@@ -962,16 +987,19 @@ class CiliumBackend(BackendBase):
         operations = 2
         if fail_at is not None and not steps:
             undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
-        for index, step in enumerate(steps):
-            if fail_at is not None and index == len(steps) - 1:
-                # Fail as the API server would refuse the last write: the first is undone.
-                undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
-            try:
-                reverse = step()
-            except K3snetError as exc:
-                undo.fail(plan.changes[-1], str(exc), exc)
-            undo.record(plan.changes if index == 0 else (), reverse)
-            operations += 1
+        # An interruption (SIGTERM's SystemExit in `k3snet apply`, Ctrl-C) during the
+        # second write takes the first back too.
+        with undo.guarding():
+            for index, step in enumerate(steps):
+                if fail_at is not None and index == len(steps) - 1:
+                    # Fail as the API server would refuse the last write: the first is undone.
+                    undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
+                try:
+                    reverse = step()
+                except K3snetError as exc:
+                    undo.fail(plan.changes[-1], str(exc), exc)
+                undo.record(plan.changes if index == 0 else (), reverse)
+                operations += 1
         return ApplyResult(self.name, plan.changes, operations=operations)
 
     def _read_for_apply(self) -> _Read:
@@ -1142,8 +1170,8 @@ class CiliumBackend(BackendBase):
                 version = api.patch(api.config_name, config.version, edit.config_data,
                                     new_record, True, written=(new_written,))
                 back = {k: config.data.get(k) for k in edit.config_data}
-                return lambda: api.patch(api.config_name, version, back, old_record, True,
-                                         written=(config.written,))
+                return lambda: api.patch_back(api.config_name, version, back, old_record,
+                                              config.written)
             steps.append(write_config)
         agent = read.agent
         agent_written = self._agent_written(edit)
@@ -1176,8 +1204,8 @@ class CiliumBackend(BackendBase):
                     version = api.patch(api.agent_name, agent.version, data, agent_owned,
                                         records, written=(agent_written,))
                     back = {AGENT_CONFIG_KEY: agent.data.get(AGENT_CONFIG_KEY)}
-                    return lambda: api.patch(api.agent_name, version, back, agent.owned, True,
-                                             written=(agent.written,))
+                    return lambda: api.patch_back(api.agent_name, version, back,
+                                                  agent.owned, agent.written)
                 steps.append(patch_agent)
         return steps
 
