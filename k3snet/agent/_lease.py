@@ -113,6 +113,16 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(tz=datetime.UTC)
 
 
+def _wall() -> datetime.datetime:
+    """Now, for a MicroTime k3snet writes: never on a whole second. The client (kubernetes
+    >= 37) sends a create's body through its model, a MicroTime as ``isoformat()``, which
+    leaves the fraction out at microsecond 0: ``2026-12-06T02:00:00+00:00``, which the API
+    server refuses (400: apimachinery reads a MicroTime with
+    ``time.Parse(RFC3339Micro)``, six fractional digits required)."""
+    when = _now()
+    return when if when.microsecond else when.replace(microsecond=1)
+
+
 def _micro_time(when: datetime.datetime) -> str:
     """A Kubernetes MicroTime (RFC 3339 with microseconds)."""
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -233,7 +243,7 @@ class LeaderElector:
     def _try_acquire_or_renew(self) -> tuple[bool, float | None]:
         s = self.settings
         now = self._clock()
-        wall = _micro_time(_now())
+        wall = _micro_time(_wall())
         try:
             with translate_errors(f"read {self.where}",
                                   classifier=KubeErrors(timeout=self._timeout)):
@@ -365,7 +375,7 @@ class LeaderElector:
             return
         body = {"metadata": {"resourceVersion": lease.metadata.resource_version},
                 "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
-                         "renewTime": _micro_time(_now())}}
+                         "renewTime": _micro_time(_wall())}}
         timeout, errors = self._within(deadline)
         with translate_errors(f"release {self.where}", classifier=errors):
             self._api.patch_namespaced_lease(
