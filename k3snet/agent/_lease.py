@@ -78,6 +78,8 @@ waits for a holder's Lease, so a Lease whose holder is gone is taken within
 candidates poll every jittered ``retry_period``: within 2.2 x it). Never the holder's
 wait: it renews every ``retry_period`` to stay within its renew deadline."""
 
+_INT32_MAX = 2**31 - 1
+
 RETRY_AFTER_LIMIT = 300.0
 """The longest wait a candidate takes from an answer's ``Retry-After`` (seconds)."""
 
@@ -283,7 +285,9 @@ class LeaderElector:
         }
         if not mine:
             body["spec"]["acquireTime"] = wall
-            body["spec"]["leaseTransitions"] = transitions + 1
+            # (an int32: one more than its largest is refused, and every candidate failed
+            # every step for good on a Lease set to it)
+            body["spec"]["leaseTransitions"] = min(transitions + 1, _INT32_MAX)
         try:
             with translate_errors(f"update {self.where}",
                                   classifier=KubeErrors(timeout=self._timeout)):

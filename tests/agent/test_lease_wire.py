@@ -214,3 +214,17 @@ def test_an_admin_editing_the_holders_lease_moves_leadership_only_with_its_holde
     clock.now += SETTINGS.retry_period
     assert not holder.step()  # node-b's now, as far as node-a can tell, until it expires
     assert _lease(server)["spec"]["holderIdentity"] == "node-b"
+
+
+def test_a_lease_at_the_largest_transition_count_is_still_taken(
+    server: EmulatedApiServer, clock: _Clock
+) -> None:
+    # leaseTransitions is an int32: one more than 2147483647 is refused (400), so on a
+    # Lease left at it (an admin's edit, a foreign writer) every candidate failed every
+    # step for good, and nobody wrote the cluster-wide objects.
+    server.put(LEASES, {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": {"name": SETTINGS.name, "namespace": SETTINGS.namespace},
+                        "spec": {"leaseDurationSeconds": 15, "leaseTransitions": 2**31 - 1}})
+    agent = _Stepped(server.api_client(), "node-a", SETTINGS, clock=clock)
+    assert agent.step()
+    assert _lease(server)["spec"]["leaseTransitions"] <= 2**31 - 1
