@@ -78,6 +78,8 @@ waits for a holder's Lease, so a Lease whose holder is gone is taken within
 candidates poll every jittered ``retry_period``: within 2.2 x it). Never the holder's
 wait: it renews every ``retry_period`` to stay within its renew deadline."""
 
+_INT32_MAX = 2**31 - 1
+
 RETRY_AFTER_LIMIT = 300.0
 """The longest wait a candidate takes from an answer's ``Retry-After`` (seconds)."""
 
@@ -111,6 +113,16 @@ class LeaseSettings:
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(tz=datetime.UTC)
+
+
+def _wall() -> datetime.datetime:
+    """Now, for a MicroTime k3snet writes: never on a whole second. The client (kubernetes
+    >= 37) sends a create's body through its model, a MicroTime as ``isoformat()``, which
+    leaves the fraction out at microsecond 0: ``2026-12-06T02:00:00+00:00``, which the API
+    server refuses (400: apimachinery reads a MicroTime with
+    ``time.Parse(RFC3339Micro)``, six fractional digits required)."""
+    when = _now()
+    return when if when.microsecond else when.replace(microsecond=1)
 
 
 def _micro_time(when: datetime.datetime) -> str:
@@ -233,7 +245,7 @@ class LeaderElector:
     def _try_acquire_or_renew(self) -> tuple[bool, float | None]:
         s = self.settings
         now = self._clock()
-        wall = _micro_time(_now())
+        wall = _micro_time(_wall())
         try:
             with translate_errors(f"read {self.where}",
                                   classifier=KubeErrors(timeout=self._timeout)):
@@ -273,7 +285,9 @@ class LeaderElector:
         }
         if not mine:
             body["spec"]["acquireTime"] = wall
-            body["spec"]["leaseTransitions"] = transitions + 1
+            # (an int32: one more than its largest is refused, and every candidate failed
+            # every step for good on a Lease set to it)
+            body["spec"]["leaseTransitions"] = min(transitions + 1, _INT32_MAX)
         try:
             with translate_errors(f"update {self.where}",
                                   classifier=KubeErrors(timeout=self._timeout)):
@@ -365,7 +379,7 @@ class LeaderElector:
             return
         body = {"metadata": {"resourceVersion": lease.metadata.resource_version},
                 "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
-                         "renewTime": _micro_time(_now())}}
+                         "renewTime": _micro_time(_wall())}}
         timeout, errors = self._within(deadline)
         with translate_errors(f"release {self.where}", classifier=errors):
             self._api.patch_namespaced_lease(
