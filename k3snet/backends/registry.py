@@ -206,13 +206,26 @@ def create_backend(name: str, **options: Any) -> Backend:
     """Build the backend ``name`` with ``options`` (``netns=...``, ``path=...``).
 
     Options the backend does not declare are refused with an error that lists
-    the ones it does (rather than a ``TypeError`` from deep inside). A factory that
+    the ones it does (rather than a ``TypeError`` from deep inside), and so are
+    the options it requires (no default) left out, named with the ways to give
+    them (``--backend-opt``, the spec's ``backends:``). A factory that
     returns something without the backend's members (``None``: a function that
     forgot its ``return``) is a :class:`~k3snet.errors.BackendUnavailableError` naming
     them, not an ``AttributeError`` at its first use.
     """
     refuse_undeclared(name, options)
     factory = load_backend(name)
+    missing = [option for option, parameter in backend_options(name).items()
+               if parameter.default is inspect.Parameter.empty and option not in options]
+    if missing:
+        # Python's TypeError ("__init__() missing 1 required positional argument: 'path'")
+        # names none of the ways a user gives an option.
+        raise BackendOptionError(
+            f"backend {name!r} needs option {', '.join(map(repr, missing))}: give "
+            f"{'it' if len(missing) == 1 else 'each'} with "
+            f"{' '.join(f'--backend-opt {name}.{option}=VALUE' for option in missing)} "
+            f"or in the spec ({', '.join(f'backends.{name}.{option}' for option in missing)})"
+            f"; `k3snet explain backends.{name}` lists its options")
     try:
         backend = factory(**options)
     except TypeError as exc:

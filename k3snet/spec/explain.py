@@ -126,8 +126,9 @@ def _explain_backend(parts: list[str], backends: Declared,
         lines = [f"KEY:      backends.{name}", "TYPE:     mapping of option to value", "",
                  "DESCRIPTION:", textwrap.fill(meaning, 88, initial_indent="    ",
                                                subsequent_indent="    "), "", "FIELDS:"]
+        # A required option says so, as the spec's own required keys do.
         lines += [f"    {option:<18} <{_annotation(p)}>"
-                  f"{_param_default(p, ' default ', said.get(option))}"
+                  f"{_param_default(p, ' default ', said.get(option)) or '  required'}"
                   for option, p in options.items()]
         return "\n".join(lines)
     if len(rest) > 1 or rest[0] not in options:

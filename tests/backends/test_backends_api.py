@@ -898,3 +898,38 @@ def test_the_table_of_built_in_backends_gives_each_one_s_kinds() -> None:
         if isinstance(declared, property):  # an instance's property that needs no state
             declared = declared.fget(None)  # type: ignore[misc]
         assert set(kinds.split(", ")) == declared, name
+
+
+class _NeedsAPath(MemoryBackend):
+    """A third-party backend whose one option has no default, as the docs' JSON file one."""
+
+    def __init__(self, path: str, *, netns: str | None = None) -> None:
+        super().__init__()
+        self.path = path
+
+
+def test_a_required_option_left_out_is_named_with_the_ways_to_give_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``create_backend`` (and so ``k3snet plan --backend NAME``, a spec's ``backends:``)
+    without a backend's required option said only Python's "StaticRoutesBackend.__init__()
+    missing 1 required positional argument: 'path'": nothing of ``--backend-opt`` or the
+    spec's ``backends.NAME.path``, the ways a user gives it."""
+    from k3snet.cli import main  # noqa: PLC0415
+
+    register_backend("needs-path", _NeedsAPath)
+    try:
+        with pytest.raises(BackendOptionError) as caught:
+            create_backend("needs-path", netns=None)
+        message = str(caught.value)
+        assert "backend 'needs-path' needs option 'path'" in message
+        assert "--backend-opt needs-path.path=VALUE" in message
+        assert "backends.needs-path.path" in message
+        assert "__init__" not in message
+        assert isinstance(create_backend("needs-path", path="x"), _NeedsAPath)
+        # The command line says it so, and exits as for any bad option.
+        (tmp_path / "spec.yaml").write_text(SEED.read_text())
+        assert main(["plan", "-f", str(tmp_path / "spec.yaml"), "--backend", "needs-path",
+                     "--backend", "memory:sysctl,forward,nat", "--no-facts"]) == 1
+        assert "needs option 'path'" in capsys.readouterr().err
+    finally:
+        unregister_backend("needs-path")
