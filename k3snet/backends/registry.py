@@ -24,7 +24,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from k3snet.backends.base import Backend, BackendFactory
-from k3snet.errors import BackendNotFoundError, BackendOptionError, BackendUnavailableError
+from k3snet.errors import (
+    BackendNotFoundError,
+    BackendOptionError,
+    BackendUnavailableError,
+    K3snetError,
+)
 
 __all__ = ["ENTRY_POINT_GROUP", "available_backends", "backend_options", "create_backend",
            "load_backend", "option_defaults", "option_problems", "path_options",
@@ -228,7 +233,14 @@ def create_backend(name: str, **options: Any) -> Backend:
             f"; `k3snet explain backends.{name}` lists its options")
     try:
         backend = factory(**options)
-    except TypeError as exc:
+    except K3snetError as exc:
+        if not isinstance(exc, TypeError):  # a BackendOptionError is one: named below
+            raise
+        raise BackendOptionError(f"backend {name!r}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        # A third-party constructor refusing an option value as Python code does (the
+        # check of its option_checks, called there too): the value's problem, which the
+        # CLI called an internal error of k3snet's ("a bug: please report it").
         raise BackendOptionError(f"backend {name!r}: {exc}") from exc
     missing = [member for member in _MEMBERS if not hasattr(backend, member)]
     if missing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -933,3 +934,42 @@ def test_a_required_option_left_out_is_named_with_the_ways_to_give_it(
         assert "needs option 'path'" in capsys.readouterr().err
     finally:
         unregister_backend("needs-path")
+
+
+def _json_file_name(path: object) -> None:
+    """A third-party option check written with Python's own errors, not K3snetError."""
+    if not os.fspath(path).endswith(".json"):  # type: ignore[call-overload]
+        raise ValueError(f"path must name a .json file, got {path!r}")
+
+
+class _ChecksItsPath(MemoryBackend):
+    option_checks = {"path": _json_file_name}  # noqa: RUF012  # as the page writes it
+
+    def __init__(self, path: str = "state.json") -> None:
+        _json_file_name(path)
+        super().__init__()
+
+
+@pytest.mark.parametrize("value", ["/x.txt", 5])
+def test_a_third_party_option_check_raising_value_or_type_error_is_a_refusal_of_the_value(
+        tmp_path: Path, value: object, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/custom-backend.md's ``option_checks`` function, written as Python code usually
+    refuses a value (``ValueError``; ``os.fspath(5)``'s ``TypeError``), made ``k3snet
+    validate`` and ``plan`` end in "internal error: ValueError: path must name a .json
+    file (a bug: please report it)", blaming k3snet for the spec's value."""
+    from k3snet.cli import main  # noqa: PLC0415
+
+    register_backend("checks-path", _ChecksItsPath)
+    try:
+        problems = registry.option_problems("checks-path", {"path": value})
+        assert [option for option, _ in problems] == ["path"]
+        with pytest.raises(BackendOptionError, match="backend 'checks-path': "):
+            create_backend("checks-path", path=value)
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(SEED.read_text() + f"backends:\n  checks-path: {{path: {value}}}\n")
+        assert main(["validate", "-f", str(spec)]) == 1
+        err = capsys.readouterr().err
+        assert "backends.checks-path.path" in err
+        assert "internal error" not in err
+    finally:
+        unregister_backend("checks-path")
