@@ -418,9 +418,13 @@ def test_the_example_backend_keeps_other_programs_entries_and_passes_conformance
     """examples/jsonfile_backend is docs/custom-backend.md's complete backend: other
     programs' entries in its file (``by``) are foreign, and the conformance suite's
     checks about foreign objects work on them (an owned-only file gave them nothing,
-    with the warning saying so)."""
+    with the warning saying so). An entry of a kind the backend does not manage (a
+    sysctl) is kept as written and not observed: it was reported as a foreign sysctl,
+    and the suite failed the page's backend ("reports objects of kinds it does not
+    manage")."""
+    sysctl = {"by": "admin", "object": Sysctl("net.ipv4.ip_forward", "1").to_dict()}
     others = [{"by": "admin", "object": o.to_dict()} for o in (
-        STATIC, MasqueradeRule("10.42.0.0/16", destination="198.51.100.0/24"))]
+        STATIC, MasqueradeRule("10.42.0.0/16", destination="198.51.100.0/24"))] + [sysctl]
     counter = iter(range(10**6))
 
     def shared_file() -> Backend:
@@ -439,7 +443,7 @@ def test_the_example_backend_keeps_other_programs_entries_and_passes_conformance
     assert backend.observe() == State(owned=[rule], foreign=[STATIC, MasqueradeRule(
         "10.42.0.0/16", destination="198.51.100.0/24")])
     written = json.loads(backend.path.read_text())  # type: ignore[attr-defined]
-    assert written[:2] == others  # as the other program wrote them
+    assert written[:3] == others  # as the other programs wrote them, the sysctl too
     backend.apply(plan(backend.observe(), State()))
     assert json.loads(backend.path.read_text()) == others  # type: ignore[attr-defined]
 

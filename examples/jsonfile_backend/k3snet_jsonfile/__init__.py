@@ -54,12 +54,14 @@ class JsonFileBackend(BackendBase):
                 raise ValueError('not a list of {"by": WHO, "object": {...}} entries')
         return found
 
-    @staticmethod
-    def state_of(entries: list[dict[str, Any]]) -> State:
-        """k3snet's entries are owned; every other program's are foreign, never written."""
+    def state_of(self, entries: list[dict[str, Any]]) -> State:
+        """k3snet's entries are owned; every other program's are foreign, never written.
+        Of the backend's kinds only (``observe()`` reports no other): another program's
+        sysctl entry is kept as written and not reported."""
         return State(
             owned=[object_from_dict(e["object"]) for e in entries if e["by"] == MINE],
-            foreign=[object_from_dict(e["object"]) for e in entries if e["by"] != MINE])
+            foreign=[object_from_dict(e["object"]) for e in entries if e["by"] != MINE],
+        ).only(self.capabilities)
 
     def observe(self) -> State:
         return self.state_of(self.entries())
