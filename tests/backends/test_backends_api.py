@@ -977,3 +977,19 @@ def test_a_third_party_option_check_raising_value_or_type_error_is_a_refusal_of_
         assert "internal error" not in err
     finally:
         unregister_backend("checks-path")
+
+
+@pytest.mark.usefixtures("installed_example")
+@pytest.mark.parametrize(("entry", "says"), [
+    ({"type": "link-mtu", "device": "eth0", "mtu": 1500}, "unknown object type"),
+    ({"type": "route", "destination": "300.0.0.0/8"}, "is not a valid CIDR"),
+])
+def test_the_example_backend_names_its_file_for_an_entry_it_cannot_read(
+        tmp_path: Path, entry: dict[str, object], says: str) -> None:
+    """An entry the model refuses (another program's type k3snet does not know, a CIDR
+    out of range) was a ModelError naming neither the backend nor the file:
+    ``k3snet: error: '300.0.0.0/8' is not a valid CIDR``, on every run."""
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps([{"by": "admin", "object": entry}]))
+    with pytest.raises(BackendError, match=f"cannot read {state}: .*{says}"):
+        create_backend("jsonfile", path=state).observe()
