@@ -96,8 +96,10 @@ def explain(path: str, *, backends: Declared | None = None,
         node = properties[part]
     text = _render(".".join(parts) or "(the spec)", node)
     if parts == ["backends"] and backends is not None:
+        # A column as wide as the longest name (a third-party one may be longer).
+        width = max((len(name) for name in backends), default=0) + 1
         text += "\n\nBACKENDS (their options):\n" + "\n".join(
-            f"    {name:<10} {', '.join(options) or '(none)'}"
+            f"    {name:<{max(width, 10)}} {', '.join(options) or '(none)'}"
             for name, options in sorted(backends.items()))
     return text
 

@@ -173,3 +173,11 @@ def test_a_backend_s_listing_marks_the_options_it_requires() -> None:
     fields = explain("backends.x", backends=declared).split("FIELDS:\n", 1)[1].splitlines()
     assert fields == ["    path               <absolute path>  required",
                       "    limit              <number> default 10.0"]
+
+
+def test_the_backends_listing_aligns_a_long_third_party_name() -> None:
+    """A backend name longer than the built-in ones (``staticroutes``) ran into its
+    options (``staticroutes path``), out of the column the others' options start in."""
+    declared = {"netlink": {"netns": None}, "staticroutes": {"path": None}}
+    listing = explain("backends", backends=declared).split("BACKENDS (their options):\n")[1]
+    assert listing.splitlines() == ["    netlink       netns", "    staticroutes  path"]
