@@ -178,6 +178,9 @@ def test_a_backend_s_listing_marks_the_options_it_requires() -> None:
 def test_the_backends_listing_aligns_a_long_third_party_name() -> None:
     """A backend name longer than the built-in ones (``staticroutes``) ran into its
     options (``staticroutes path``), out of the column the others' options start in."""
-    declared = {"netlink": {"netns": None}, "staticroutes": {"path": None}}
+    def option(name: str) -> dict[str, inspect.Parameter]:
+        return {name: inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY)}
+
+    declared = {"netlink": option("netns"), "staticroutes": option("path")}
     listing = explain("backends", backends=declared).split("BACKENDS (their options):\n")[1]
     assert listing.splitlines() == ["    netlink       netns", "    staticroutes  path"]
