@@ -32,8 +32,8 @@ from k3snet.errors import (
 )
 
 __all__ = ["ENTRY_POINT_GROUP", "available_backends", "backend_options", "create_backend",
-           "load_backend", "option_defaults", "option_problems", "path_options",
-           "refuse_undeclared",
+           "declared_capabilities", "load_backend", "option_defaults", "option_problems",
+           "path_options", "refuse_undeclared",
            "register_backend", "takes_any_option", "unregister_backend"]
 
 ENTRY_POINT_GROUP = "k3snet.backends"
@@ -141,6 +141,21 @@ def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Pa
         return {}
     return {n: p for n, p in parameters.items()
             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+
+
+def declared_capabilities(name: str) -> frozenset[str] | None:
+    """The kinds backend ``name`` manages, where its factory declares them as a class
+    attribute (``capabilities = frozenset({"nat", "forward"})``), without building it;
+    ``None`` where they depend on its options (the memory backend's ``capabilities=``,
+    the cluster backends') or it cannot be loaded here. ``k3snet validate`` reads them
+    to find two backends of a spec managing one kind."""
+    try:
+        kinds = getattr(load_backend(name), "capabilities", None)
+    except (BackendNotFoundError, BackendUnavailableError):
+        return None
+    if isinstance(kinds, frozenset | set) and all(isinstance(k, str) for k in kinds):
+        return frozenset(kinds)
+    return None
 
 
 def option_defaults(name: str) -> dict[str, str]:

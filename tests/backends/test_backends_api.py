@@ -981,7 +981,7 @@ def test_a_third_party_option_check_raising_value_or_type_error_is_a_refusal_of_
 
 @pytest.mark.usefixtures("installed_example")
 @pytest.mark.parametrize(("entry", "says"), [
-    ({"type": "link-mtu", "device": "eth0", "mtu": 1500}, "unknown object type"),
+    ({"type": "vendor-qos-class", "device": "eth0", "class": 3}, "unknown object type"),
     ({"type": "route", "destination": "300.0.0.0/8"}, "is not a valid CIDR"),
 ])
 def test_the_example_backend_names_its_file_for_an_entry_it_cannot_read(
@@ -993,3 +993,39 @@ def test_the_example_backend_names_its_file_for_an_entry_it_cannot_read(
     state.write_text(json.dumps([{"by": "admin", "object": entry}]))
     with pytest.raises(BackendError, match=f"cannot read {state}: .*{says}"):
         create_backend("jsonfile", path=state).observe()
+
+
+class _RoutesOnly(MemoryBackend):
+    capabilities = frozenset({"route"})  # type: ignore[assignment]  # declared by the class
+
+
+@pytest.mark.parametrize(("backends", "says"), [
+    (["netlink", "nftables", "iptables"],
+     "both 'nftables' and 'iptables' would manage forward, nat"),
+    (["netlink", "routes-only", "nftables"], "both 'netlink' and 'routes-only' would manage route"),
+    (["netlink", "nftables"], None),
+])
+def test_validate_refuses_a_spec_whose_backends_would_manage_one_kind_twice(
+        tmp_path: Path, backends: list[str], says: str | None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``k3snet validate`` said "valid" of a spec whose ``backends:`` two manage one kind
+    (``[netlink, nftables, iptables]``, or a third-party route backend beside netlink),
+    which ``plan``, ``apply`` and the agent refuse on every run ("both 'nftables' and
+    'iptables' would manage nat"), and which a spec cannot split (``NAME:KINDS`` is the
+    command line's)."""
+    from k3snet.cli import main  # noqa: PLC0415
+
+    register_backend("routes-only", _RoutesOnly)  # type: ignore[arg-type]
+    try:
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(SEED.read_text() + f"backends: {json.dumps(backends)}\n")
+        code = main(["validate", "-f", str(spec)])
+    finally:
+        unregister_backend("routes-only")
+    err = capsys.readouterr().err
+    if says is None:
+        assert code == 0, err
+    else:
+        assert code == 1
+        assert f"backends: {says}" in err
+        assert "--backend NAME:KINDS" in err
