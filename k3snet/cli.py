@@ -43,6 +43,7 @@ from k3snet.backends.registry import (
     available_backends,
     backend_options,
     create_backend,
+    declared_capabilities,
     load_backend,
     option_defaults,
     option_problems,
@@ -2239,7 +2240,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         spec = _spec(args)
         check_backend_options(spec, backend_options, source=str(args.spec), paths=path_options,
-                              values=option_problems)
+                              values=option_problems, kinds=declared_capabilities)
         compile_spec(spec)
     except SpecError as exc:
         if not _json(args):

@@ -152,13 +152,17 @@ def option_path(name: str, value: object) -> str | os.PathLike[str]:
 
 OptionChecks = Mapping[str, Callable[[Any], object]]
 """``option -> check``: each check takes the option's value and raises a
-:class:`~k3snet.errors.K3snetError` saying what is wrong with it (what it returns is
-ignored); the very function the backend's constructor calls on it."""
+:class:`~k3snet.errors.K3snetError` saying what is wrong with it (a ``ValueError`` or
+``TypeError`` is taken so too; what it returns is ignored); the very function the
+backend's constructor calls on it."""
 
 
 def run_option_checks(checks: OptionChecks, options: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(option, why)`` for each of ``options`` whose check in ``checks`` refuses its
-    value; options without a check (or unknown) are passed by."""
+    value; options without a check (or unknown) are passed by. A check refuses by
+    raising a :class:`~k3snet.errors.K3snetError`, or Python's ``ValueError`` or
+    ``TypeError``, as a third-party check may (``os.fspath(5)``): those are the
+    value's problem, not an internal error of k3snet's."""
     problems = []
     for option, value in options.items():
         check = checks.get(option)
@@ -166,7 +170,7 @@ def run_option_checks(checks: OptionChecks, options: Mapping[str, Any]) -> list[
             continue
         try:
             check(value)
-        except K3snetError as exc:
+        except (K3snetError, ValueError, TypeError) as exc:
             problems.append((option, str(exc)))
     return problems
 

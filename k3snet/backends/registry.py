@@ -24,11 +24,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from k3snet.backends.base import Backend, BackendFactory
-from k3snet.errors import BackendNotFoundError, BackendOptionError, BackendUnavailableError
+from k3snet.errors import (
+    BackendNotFoundError,
+    BackendOptionError,
+    BackendUnavailableError,
+    K3snetError,
+)
 
 __all__ = ["ENTRY_POINT_GROUP", "available_backends", "backend_options", "create_backend",
-           "load_backend", "option_defaults", "option_problems", "path_options",
-           "refuse_undeclared",
+           "declared_capabilities", "load_backend", "option_defaults", "option_problems",
+           "path_options", "refuse_undeclared",
            "register_backend", "takes_any_option", "unregister_backend"]
 
 ENTRY_POINT_GROUP = "k3snet.backends"
@@ -138,6 +143,21 @@ def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Pa
             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
 
+def declared_capabilities(name: str) -> frozenset[str] | None:
+    """The kinds backend ``name`` manages, where its factory declares them as a class
+    attribute (``capabilities = frozenset({"nat", "forward"})``), without building it;
+    ``None`` where they depend on its options (the memory backend's ``capabilities=``,
+    the cluster backends') or it cannot be loaded here. ``k3snet validate`` reads them
+    to find two backends of a spec managing one kind."""
+    try:
+        kinds = getattr(load_backend(name), "capabilities", None)
+    except (BackendNotFoundError, BackendUnavailableError):
+        return None
+    if isinstance(kinds, frozenset | set) and all(isinstance(k, str) for k in kinds):
+        return frozenset(kinds)
+    return None
+
+
 def option_defaults(name: str) -> dict[str, str]:
     """What backend ``name`` does with an option left out, in words, where its factory's
     default (``None``) does not say it: its ``option_defaults`` class attribute
@@ -206,16 +226,36 @@ def create_backend(name: str, **options: Any) -> Backend:
     """Build the backend ``name`` with ``options`` (``netns=...``, ``path=...``).
 
     Options the backend does not declare are refused with an error that lists
-    the ones it does (rather than a ``TypeError`` from deep inside). A factory that
+    the ones it does (rather than a ``TypeError`` from deep inside), and so are
+    the options it requires (no default) left out, named with the ways to give
+    them (``--backend-opt``, the spec's ``backends:``). A factory that
     returns something without the backend's members (``None``: a function that
     forgot its ``return``) is a :class:`~k3snet.errors.BackendUnavailableError` naming
     them, not an ``AttributeError`` at its first use.
     """
     refuse_undeclared(name, options)
     factory = load_backend(name)
+    missing = [option for option, parameter in backend_options(name).items()
+               if parameter.default is inspect.Parameter.empty and option not in options]
+    if missing:
+        # Python's TypeError ("__init__() missing 1 required positional argument: 'path'")
+        # names none of the ways a user gives an option.
+        raise BackendOptionError(
+            f"backend {name!r} needs option {', '.join(map(repr, missing))}: give "
+            f"{'it' if len(missing) == 1 else 'each'} with "
+            f"{' '.join(f'--backend-opt {name}.{option}=VALUE' for option in missing)} "
+            f"or in the spec ({', '.join(f'backends.{name}.{option}' for option in missing)})"
+            f"; `k3snet explain backends.{name}` lists its options")
     try:
         backend = factory(**options)
-    except TypeError as exc:
+    except K3snetError as exc:
+        if not isinstance(exc, TypeError):  # a BackendOptionError is one: named below
+            raise
+        raise BackendOptionError(f"backend {name!r}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        # A third-party constructor refusing an option value as Python code does (the
+        # check of its option_checks, called there too): the value's problem, which the
+        # CLI called an internal error of k3snet's ("a bug: please report it").
         raise BackendOptionError(f"backend {name!r}: {exc}") from exc
     missing = [member for member in _MEMBERS if not hasattr(backend, member)]
     if missing:

@@ -37,6 +37,10 @@ Values = Callable[[str, Mapping[str, Any]], Iterable[tuple[str, str]]]
 """``(name, options) -> (option, why)`` for each option backend ``name`` refuses for
 its value (:func:`k3snet.backends.registry.option_problems`)."""
 
+Kinds = Callable[[str], Iterable[str] | None]
+"""``name -> the kinds backend name manages`` (``None``: not known without building it;
+:func:`k3snet.backends.registry.declared_capabilities`)."""
+
 Paths = Callable[[str], Iterable[str]]
 """``name -> the options of backend name that name a file or directory``
 (:func:`k3snet.backends.registry.path_options`)."""
@@ -45,7 +49,8 @@ Paths = Callable[[str], Iterable[str]]
 def backend_option_problems(spec: Spec, declared: Declared,
                             names: Iterable[str] | None = None, *,
                             paths: Paths | None = None,
-                            values: Values | None = None) -> list[Problem]:
+                            values: Values | None = None,
+                            kinds: Kinds | None = None) -> list[Problem]:
     """Every option of ``spec`` a backend does not declare (path ``backends.NAME.KEY``).
 
     ``names``: the backends in use (default: the spec's own and those it gives
@@ -55,7 +60,10 @@ def backend_option_problems(spec: Spec, declared: Declared,
     is a problem too (:func:`relative_path_problems`). ``values``: with it, an option
     value the backend refuses is a problem too, found by the backend's own checks
     without building it (``table: "k3s net"``, ``timeout: "10"``): they passed
-    ``k3snet validate`` and failed on every node.
+    ``k3snet validate`` and failed on every node. ``kinds``: with it, two of the spec's
+    ``backends`` managing one kind are a problem at ``backends`` (a spec gives each
+    backend every kind it manages; only the command line's ``--backend NAME:KINDS``
+    splits them), which plan, apply and the agent refuse on every run.
     """
     wanted = dict.fromkeys(names if names is not None else
                            (*spec.backends, *(n for n, _ in spec.backend_options)))
@@ -82,6 +90,26 @@ def backend_option_problems(spec: Spec, declared: Declared,
             problems += [Problem(f"{path}.{key}", why.removeprefix(f"{key}: "))
                          for key, why in values(name, given)
                          if f"{path}.{key}" not in said and not _holds_nul(given.get(key))]
+    if kinds is not None:
+        problems += _shared_kinds(spec.backends, kinds)
+    return problems
+
+
+def _shared_kinds(names: Iterable[str], kinds: Kinds) -> list[Problem]:
+    """A problem at ``backends`` for each two of ``names`` that manage a kind in common."""
+    problems: list[Problem] = []
+    seen: dict[str, frozenset[str]] = {}
+    for name in dict.fromkeys(names):
+        managed = kinds(name)
+        if managed is None:
+            continue
+        managed = frozenset(managed)
+        problems += [Problem("backends", f"both {other!r} and {name!r} would manage "
+                             f"{', '.join(sorted(common))}: a spec gives each backend every "
+                             "kind it manages, so keep one (plan, apply and the agent split "
+                             "a backend's kinds with --backend NAME:KINDS)")
+                     for other, theirs in seen.items() if (common := managed & theirs)]
+        seen[name] = managed
     return problems
 
 
@@ -107,14 +135,17 @@ def relative_path_problems(spec: Spec, name: str, paths: Iterable[str]) -> list[
 
 def check_backend_options(spec: Spec, declared: Declared, names: Iterable[str] | None = None,
                           *, source: str | None = None, paths: Paths | None = None,
-                          values: Values | None = None) -> None:
+                          values: Values | None = None, kinds: Kinds | None = None) -> None:
     """Raise one :class:`~k3snet.errors.SpecError` with every :func:`backend_option_problems`.
 
     ``declared``: ``name -> options``, usually
     :func:`k3snet.backends.registry.backend_options`; ``paths``, usually
     :func:`k3snet.backends.registry.path_options` (relative paths refused); ``values``,
-    usually :func:`k3snet.backends.registry.option_problems` (values refused).
+    usually :func:`k3snet.backends.registry.option_problems` (values refused); ``kinds``,
+    usually :func:`k3snet.backends.registry.declared_capabilities` (two backends of one
+    kind refused).
     """
-    problems = backend_option_problems(spec, declared, names, paths=paths, values=values)
+    problems = backend_option_problems(spec, declared, names, paths=paths, values=values,
+                                       kinds=kinds)
     if problems:
         raise SpecError(problems, source=source)

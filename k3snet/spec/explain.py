@@ -96,8 +96,10 @@ def explain(path: str, *, backends: Declared | None = None,
         node = properties[part]
     text = _render(".".join(parts) or "(the spec)", node)
     if parts == ["backends"] and backends is not None:
+        # A column as wide as the longest name (a third-party one may be longer).
+        width = max((len(name) for name in backends), default=0) + 1
         text += "\n\nBACKENDS (their options):\n" + "\n".join(
-            f"    {name:<10} {', '.join(options) or '(none)'}"
+            f"    {name:<{max(width, 10)}} {', '.join(options) or '(none)'}"
             for name, options in sorted(backends.items()))
     return text
 
@@ -126,8 +128,9 @@ def _explain_backend(parts: list[str], backends: Declared,
         lines = [f"KEY:      backends.{name}", "TYPE:     mapping of option to value", "",
                  "DESCRIPTION:", textwrap.fill(meaning, 88, initial_indent="    ",
                                                subsequent_indent="    "), "", "FIELDS:"]
+        # A required option says so, as the spec's own required keys do.
         lines += [f"    {option:<18} <{_annotation(p)}>"
-                  f"{_param_default(p, ' default ', said.get(option))}"
+                  f"{_param_default(p, ' default ', said.get(option)) or '  required'}"
                   for option, p in options.items()]
         return "\n".join(lines)
     if len(rest) > 1 or rest[0] not in options:

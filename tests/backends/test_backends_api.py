@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -417,9 +418,13 @@ def test_the_example_backend_keeps_other_programs_entries_and_passes_conformance
     """examples/jsonfile_backend is docs/custom-backend.md's complete backend: other
     programs' entries in its file (``by``) are foreign, and the conformance suite's
     checks about foreign objects work on them (an owned-only file gave them nothing,
-    with the warning saying so)."""
+    with the warning saying so). An entry of a kind the backend does not manage (a
+    sysctl) is kept as written and not observed: it was reported as a foreign sysctl,
+    and the suite failed the page's backend ("reports objects of kinds it does not
+    manage")."""
+    sysctl = {"by": "admin", "object": Sysctl("net.ipv4.ip_forward", "1").to_dict()}
     others = [{"by": "admin", "object": o.to_dict()} for o in (
-        STATIC, MasqueradeRule("10.42.0.0/16", destination="198.51.100.0/24"))]
+        STATIC, MasqueradeRule("10.42.0.0/16", destination="198.51.100.0/24"))] + [sysctl]
     counter = iter(range(10**6))
 
     def shared_file() -> Backend:
@@ -438,7 +443,7 @@ def test_the_example_backend_keeps_other_programs_entries_and_passes_conformance
     assert backend.observe() == State(owned=[rule], foreign=[STATIC, MasqueradeRule(
         "10.42.0.0/16", destination="198.51.100.0/24")])
     written = json.loads(backend.path.read_text())  # type: ignore[attr-defined]
-    assert written[:2] == others  # as the other program wrote them
+    assert written[:3] == others  # as the other programs wrote them, the sysctl too
     backend.apply(plan(backend.observe(), State()))
     assert json.loads(backend.path.read_text()) == others  # type: ignore[attr-defined]
 
@@ -898,3 +903,129 @@ def test_the_table_of_built_in_backends_gives_each_one_s_kinds() -> None:
         if isinstance(declared, property):  # an instance's property that needs no state
             declared = declared.fget(None)  # type: ignore[misc]
         assert set(kinds.split(", ")) == declared, name
+
+
+class _NeedsAPath(MemoryBackend):
+    """A third-party backend whose one option has no default, as the docs' JSON file one."""
+
+    def __init__(self, path: str, *, netns: str | None = None) -> None:
+        super().__init__()
+        self.path = path
+
+
+def test_a_required_option_left_out_is_named_with_the_ways_to_give_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``create_backend`` (and so ``k3snet plan --backend NAME``, a spec's ``backends:``)
+    without a backend's required option said only Python's "StaticRoutesBackend.__init__()
+    missing 1 required positional argument: 'path'": nothing of ``--backend-opt`` or the
+    spec's ``backends.NAME.path``, the ways a user gives it."""
+    from k3snet.cli import main  # noqa: PLC0415
+
+    register_backend("needs-path", _NeedsAPath)
+    try:
+        with pytest.raises(BackendOptionError) as caught:
+            create_backend("needs-path", netns=None)
+        message = str(caught.value)
+        assert "backend 'needs-path' needs option 'path'" in message
+        assert "--backend-opt needs-path.path=VALUE" in message
+        assert "backends.needs-path.path" in message
+        assert "__init__" not in message
+        assert isinstance(create_backend("needs-path", path="x"), _NeedsAPath)
+        # The command line says it so, and exits as for any bad option.
+        (tmp_path / "spec.yaml").write_text(SEED.read_text())
+        assert main(["plan", "-f", str(tmp_path / "spec.yaml"), "--backend", "needs-path",
+                     "--backend", "memory:sysctl,forward,nat", "--no-facts"]) == 1
+        assert "needs option 'path'" in capsys.readouterr().err
+    finally:
+        unregister_backend("needs-path")
+
+
+def _json_file_name(path: object) -> None:
+    """A third-party option check written with Python's own errors, not K3snetError."""
+    if not os.fspath(path).endswith(".json"):  # type: ignore[call-overload]
+        raise ValueError(f"path must name a .json file, got {path!r}")
+
+
+class _ChecksItsPath(MemoryBackend):
+    option_checks = {"path": _json_file_name}  # noqa: RUF012  # as the page writes it
+
+    def __init__(self, path: str = "state.json") -> None:
+        _json_file_name(path)
+        super().__init__()
+
+
+@pytest.mark.parametrize("value", ["/x.txt", 5])
+def test_a_third_party_option_check_raising_value_or_type_error_is_a_refusal_of_the_value(
+        tmp_path: Path, value: object, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/custom-backend.md's ``option_checks`` function, written as Python code usually
+    refuses a value (``ValueError``; ``os.fspath(5)``'s ``TypeError``), made ``k3snet
+    validate`` and ``plan`` end in "internal error: ValueError: path must name a .json
+    file (a bug: please report it)", blaming k3snet for the spec's value."""
+    from k3snet.cli import main  # noqa: PLC0415
+
+    register_backend("checks-path", _ChecksItsPath)
+    try:
+        problems = registry.option_problems("checks-path", {"path": value})
+        assert [option for option, _ in problems] == ["path"]
+        with pytest.raises(BackendOptionError, match="backend 'checks-path': "):
+            create_backend("checks-path", path=value)
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(SEED.read_text() + f"backends:\n  checks-path: {{path: {value}}}\n")
+        assert main(["validate", "-f", str(spec)]) == 1
+        err = capsys.readouterr().err
+        assert "backends.checks-path.path" in err
+        assert "internal error" not in err
+    finally:
+        unregister_backend("checks-path")
+
+
+@pytest.mark.usefixtures("installed_example")
+@pytest.mark.parametrize(("entry", "says"), [
+    ({"type": "vendor-qos-class", "device": "eth0", "class": 3}, "unknown object type"),
+    ({"type": "route", "destination": "300.0.0.0/8"}, "is not a valid CIDR"),
+])
+def test_the_example_backend_names_its_file_for_an_entry_it_cannot_read(
+        tmp_path: Path, entry: dict[str, object], says: str) -> None:
+    """An entry the model refuses (another program's type k3snet does not know, a CIDR
+    out of range) was a ModelError naming neither the backend nor the file:
+    ``k3snet: error: '300.0.0.0/8' is not a valid CIDR``, on every run."""
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps([{"by": "admin", "object": entry}]))
+    with pytest.raises(BackendError, match=f"cannot read {state}: .*{says}"):
+        create_backend("jsonfile", path=state).observe()
+
+
+class _RoutesOnly(MemoryBackend):
+    capabilities = frozenset({"route"})  # type: ignore[assignment]  # declared by the class
+
+
+@pytest.mark.parametrize(("backends", "says"), [
+    (["netlink", "nftables", "iptables"],
+     "both 'nftables' and 'iptables' would manage forward, nat"),
+    (["netlink", "routes-only", "nftables"], "both 'netlink' and 'routes-only' would manage route"),
+    (["netlink", "nftables"], None),
+])
+def test_validate_refuses_a_spec_whose_backends_would_manage_one_kind_twice(
+        tmp_path: Path, backends: list[str], says: str | None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``k3snet validate`` said "valid" of a spec whose ``backends:`` two manage one kind
+    (``[netlink, nftables, iptables]``, or a third-party route backend beside netlink),
+    which ``plan``, ``apply`` and the agent refuse on every run ("both 'nftables' and
+    'iptables' would manage nat"), and which a spec cannot split (``NAME:KINDS`` is the
+    command line's)."""
+    from k3snet.cli import main  # noqa: PLC0415
+
+    register_backend("routes-only", _RoutesOnly)  # type: ignore[arg-type]
+    try:
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(SEED.read_text() + f"backends: {json.dumps(backends)}\n")
+        code = main(["validate", "-f", str(spec)])
+    finally:
+        unregister_backend("routes-only")
+    err = capsys.readouterr().err
+    if says is None:
+        assert code == 0, err
+    else:
+        assert code == 1
+        assert f"backends: {says}" in err
+        assert "--backend NAME:KINDS" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import inspect
 import json
+import os
 
 import pytest
 
@@ -157,3 +158,29 @@ def test_an_option_s_default_is_said_as_a_spec_writes_it(
     assert "DEFAULT:  \"\"" in explain("backends.x.path", backends=declared)
     assert "DEFAULT:  10.0" in explain("backends.x.limit", backends=declared)
     assert "DEFAULT:  true" in explain("backends.x.on", backends=declared)
+
+
+def test_a_backend_s_listing_marks_the_options_it_requires() -> None:
+    """The listing of a third-party backend's options (``explain backends.jsonfile``)
+    showed a required ``path`` as ``path <absolute path>``, like an option left to its
+    default, where the spec's own keys say ``required``; only asking for the option
+    alone said ``REQUIRED: yes``."""
+
+    def factory(path: str | os.PathLike[str], *, limit: float = 10.0) -> None:
+        """A backend with one required option."""
+
+    declared = {"x": dict(inspect.signature(factory, eval_str=True).parameters)}
+    fields = explain("backends.x", backends=declared).split("FIELDS:\n", 1)[1].splitlines()
+    assert fields == ["    path               <absolute path>  required",
+                      "    limit              <number> default 10.0"]
+
+
+def test_the_backends_listing_aligns_a_long_third_party_name() -> None:
+    """A backend name longer than the built-in ones (``staticroutes``) ran into its
+    options (``staticroutes path``), out of the column the others' options start in."""
+    def option(name: str) -> dict[str, inspect.Parameter]:
+        return {name: inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY)}
+
+    declared = {"netlink": option("netns"), "staticroutes": option("path")}
+    listing = explain("backends", backends=declared).split("BACKENDS (their options):\n")[1]
+    assert listing.splitlines() == ["    netlink       netns", "    staticroutes  path"]

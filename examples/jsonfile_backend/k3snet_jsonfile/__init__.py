@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from k3snet import ApplyResult, Plan, State
+from k3snet import ApplyResult, BackendError, ModelError, Plan, State
 from k3snet.backends.kit import BackendBase, Compensation, fit_problems, translate_errors
 from k3snet.model import object_from_dict
 
@@ -54,12 +54,17 @@ class JsonFileBackend(BackendBase):
                 raise ValueError('not a list of {"by": WHO, "object": {...}} entries')
         return found
 
-    @staticmethod
-    def state_of(entries: list[dict[str, Any]]) -> State:
-        """k3snet's entries are owned; every other program's are foreign, never written."""
-        return State(
-            owned=[object_from_dict(e["object"]) for e in entries if e["by"] == MINE],
-            foreign=[object_from_dict(e["object"]) for e in entries if e["by"] != MINE])
+    def state_of(self, entries: list[dict[str, Any]]) -> State:
+        """k3snet's entries are owned; every other program's are foreign, never written.
+        Of the backend's kinds only (``observe()`` reports no other): another program's
+        sysctl entry is kept as written and not reported."""
+        try:
+            return State(
+                owned=[object_from_dict(e["object"]) for e in entries if e["by"] == MINE],
+                foreign=[object_from_dict(e["object"]) for e in entries if e["by"] != MINE],
+            ).only(self.capabilities)
+        except ModelError as exc:  # an entry the model refuses: say which file holds it
+            raise BackendError(f"cannot read {self.path}: {exc}") from exc
 
     def observe(self) -> State:
         return self.state_of(self.entries())
