@@ -1627,22 +1627,44 @@ def cmd_plan(args: argparse.Namespace) -> int:
             args, spec, backend, observed=observed, desired=desired, p=p)
         marks = disruptive_notes(backend, p)
         warnings = [*_left_out(args, spec, backend), *backend.warnings]
+    # `--out /dev/stdout | gpg -e ...`: the plan file alone on stdout, the plan on stderr.
+    shown = contextlib.redirect_stdout(sys.stderr) if args.out is not None and \
+        _is_stdout(args.out) else contextlib.nullcontext()
+    with shown:
+        _print_plan(args, p, marks, warnings, secret)
+    if p.conflicts:
+        return EXIT_CONFLICTS
+    return EXIT_CHANGES if p.changes else EXIT_OK
+
+
+def _print_plan(args: argparse.Namespace, p: Plan, marks: list[str], warnings: list[str],
+                secret: bool) -> None:
     if args.output == "json":
         _print_json({**p.to_dict(), "kind": "plan",
                      **({"warnings": warnings} if warnings else {}),
                      **({"disruptive": marks} if marks else {})})
-    else:
-        print(_colour(p.render(), args))
-        for line in marks:
-            print(f"!! disruptive: {printable(line)}")
-        _print_warnings(warnings)
-        if args.out is not None:
-            kept = " (mode 0600: it holds a secret sysctl's value)" if secret else ""
-            print(f"Saved the plan to {args.out}{kept}; apply it with "
-                  f"`k3snet apply {shlex.quote(str(args.out))}`.")  # pasted into a shell
-    if p.conflicts:
-        return EXIT_CONFLICTS
-    return EXIT_CHANGES if p.changes else EXIT_OK
+        return
+    print(_colour(p.render(), args))
+    for line in marks:
+        print(f"!! disruptive: {printable(line)}")
+    _print_warnings(warnings)
+    if args.out is None:
+        return
+    if not args.out.is_file():  # a FIFO, a terminal, /dev/null: written into
+        print(f"Wrote the plan file into {args.out}; `k3snet apply` reads it from a file.")
+        return
+    kept = " (mode 0600: it holds a secret sysctl's value)" if secret else ""
+    print(f"Saved the plan to {args.out}{kept}; apply it with "
+          f"`k3snet apply {shlex.quote(str(args.out))}`.")  # pasted into a shell
+
+
+def _is_stdout(path: Path) -> bool:
+    """Whether ``path`` is this process's stdout (``/dev/stdout``, a link to it)."""
+    try:
+        given, out = path.stat(), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no such path, stdout closed or replaced
+        return False
+    return (given.st_dev, given.st_ino) == (out.st_dev, out.st_ino)
 
 
 _KIND_NAMES = {"route": "route", "sysctl": "sysctl", "forward": "forward accept",
