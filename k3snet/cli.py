@@ -2326,11 +2326,14 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(text, end="" if text.endswith("\n") else "\n")
         return EXIT_OK
     args.out.mkdir(parents=True, exist_ok=True)
+    secret_manifests = getattr(args, "secret_manifests", False)  # set by _render_manifests
     for name, text in files.items():
         # A networkd drop-in is a file in a directory of its own (DEV.network.d/), made
         # below the one given, never through another user's link.
+        private = name in PRIVATE_FILES or _holds_secret(name, text) or (
+            name == _MANIFESTS_FILE and secret_manifests)
         print(write_output_in(args.out, name, text, executable=name in EXECUTABLE_FILES,
-                              private=name in PRIVATE_FILES or _holds_secret(name, text)))
+                              private=private))
     if args.what == "networkd":  # the one boot file named after what it holds
         for path in _remove_earlier_networkd(args.out, files):
             print(f"k3snet: removed {path} (an earlier render's, which this one does not "
@@ -2911,6 +2914,9 @@ def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
         profiles[name] = (load_spec(path), read_text(path))
     secrets = sorted({s.name for given in (spec, *(p for p, _ in profiles.values()))
                       for s in given.sysctls if s.secret})
+    # Written 0600 (cmd_render) when a spec sets one, whatever its text: a YAML key written
+    # "net.ipv4.tcp_fastopen\x5fkey" names none that _holds_secret reads.
+    args.secret_manifests = bool(secrets)
     if secrets:  # the agent reads the spec from a ConfigMap: no Secret of Kubernetes
         print(f"k3snet: warning: the spec sets secret sysctls ({', '.join(secrets)}): the "
               "manifests hold the spec in a ConfigMap, which whoever may read the "
