@@ -381,12 +381,16 @@ def write_output(file: Path, text: str | bytes, *, owner_writes_only: bool = Fal
     (a plan file: :func:`read_input` ``owned`` refuses such a file); ``private``:
     readable and writable by its owner only (a plan file holding a secret sysctl's value),
     also when the file it replaces was not.
+
+    A FIFO or a character device at ``file`` (or a link to one) is written into, never
+    replaced (:func:`_into_stream`): ``--out /dev/stdout``, ``--out >(gpg -e ...)``.
     """
     try:
         before = os.lstat(file)
     except FileNotFoundError:
         before = None
-    _refuse_special(file, before, lambda: os.stat(file))
+    if before is not None and _into_stream(file, before, text):
+        return
     mode = _output_mode(before)
     if owner_writes_only:
         mode &= ~0o022
@@ -465,12 +469,12 @@ def _refuse_special(file: Path, before: os.stat_result | None,
                     target: Callable[[], os.stat_result]) -> None:
     """An :class:`OSError` when ``before`` (``file`` as :func:`os.lstat` found it) is a
     device, a FIFO or a socket, or a link to one (``target``: the file it points to):
-    the rename would replace it with a regular file. ``plan --out /dev/stdout`` (a link
-    to ``/proc/self/fd/1``) replaced the node's ``/dev/stdout`` with the plan file, root's,
-    a secret sysctl's value in it, until the next boot; ``/dev/null`` likewise; and a
-    link to ``/dev/null`` in ``/etc/sysctl.d`` is systemd's mask of a file of its name,
-    which an admin set. A link to a regular file, a directory or nothing is replaced as
-    before, never followed."""
+    :func:`write_output_in`'s rename would replace it with a regular file. A rendered
+    boot file is not written into one (:func:`write_output` writes into a FIFO or a
+    terminal, :func:`_into_stream`); a link to ``/dev/null`` in ``/etc/sysctl.d`` is
+    systemd's mask of a file of its name, which an admin set, and replacing it unmasked
+    the file. A link to a regular file, a directory or nothing is replaced as before,
+    never followed."""
     if before is None:
         return
     info, through = before, ""
@@ -479,8 +483,7 @@ def _refuse_special(file: Path, before: os.stat_result | None,
             info, through = target(), "a link to "
         except OSError:  # dangling, a loop, unreadable: the link alone is replaced
             return
-    null = os.stat("/dev/null")
-    masked = bool(through) and (info.st_dev, info.st_ino) == (null.st_dev, null.st_ino)
+    masked = bool(through) and stat.S_ISCHR(info.st_mode) and info.st_rdev == _NULL_DEVICE
     for test, kind in _SPECIAL_KINDS:
         if test(info.st_mode):
             raise OSError(errno.EINVAL, f"{through}{kind}, not a file: k3snet writes a new "
@@ -489,6 +492,90 @@ def _refuse_special(file: Path, before: os.stat_result | None,
                               " (a link to /dev/null masks a file of that name for systemd: "
                               "remove the link to have the file read)" if masked else ""),
                           str(file))
+
+
+_NULL_DEVICE = os.makedev(1, 3)
+"""``/dev/null``'s device number (Linux's, devices.txt): known without opening it, which
+a chroot or a container may lack."""
+
+_STREAM = os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC
+"""How :func:`_into_stream` opens a FIFO or a device: no ``O_CREAT`` or ``O_TRUNC``."""
+
+
+def _into_stream(file: Path, before: os.stat_result, text: str | bytes) -> bool:
+    """Write ``text`` into the FIFO or character device ``file`` names (``before``: it
+    as :func:`os.lstat` found it), through links too, as ``> FILE`` in a shell does, and
+    return ``True``; ``False`` for a path :func:`write_output` replaces (a regular file,
+    a directory, a link to one, a dangling link). Never renamed over, never chmod-ed:
+    ``plan --out /dev/stdout`` replaced the node's ``/dev/stdout`` (a link) with a file.
+
+    An :class:`OSError` naming ``file`` refuses: a block device or a socket; a character
+    device other than ``/dev/null`` or one this process has open (its stdout, a terminal:
+    opening a device can act, ``/dev/watchdog`` starts a reboot countdown); a FIFO not
+    open here that another user (than this one and root) owns or could put on the way
+    (:func:`_foreign_way`): they would read the plan, a secret sysctl's value in it; a
+    link to a regular file this process has open (``--out /dev/stdout > FILE``), which
+    only writing through the link could reach, and which the plan text printed on stdout
+    too would overwrite.
+    """
+    info, through = before, ""
+    if stat.S_ISLNK(before.st_mode):
+        try:
+            info, through = os.stat(file), "a link to "
+        except OSError:  # dangling, a loop, unreadable: the link alone is replaced
+            return False
+    opened = _open_here(info)
+    if stat.S_ISREG(info.st_mode) and through and opened:
+        raise OSError(errno.EINVAL, "a link to a file this process has open (its output "
+                      "redirected to it, as /dev/stdout > FILE), which k3snet would replace: "
+                      "give the file's own path", str(file))
+    if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode):
+        return False
+    if stat.S_ISBLK(info.st_mode) or stat.S_ISSOCK(info.st_mode):
+        kind = "a block device" if stat.S_ISBLK(info.st_mode) else "a socket"
+        raise OSError(errno.EINVAL, f"{through}{kind}, not a file, a FIFO or a terminal: "
+                      "give the path of a file", str(file))
+    if stat.S_ISCHR(info.st_mode) and not opened and info.st_rdev != _NULL_DEVICE:
+        raise OSError(errno.EINVAL, f"{through}a character device that is neither /dev/null "
+                      "nor open in this process (its stdout, a terminal): k3snet opens no "
+                      "other device (opening one can act, as /dev/watchdog's reboot "
+                      "countdown); give the path of a file", str(file))
+    if stat.S_ISFIFO(info.st_mode) and not opened:
+        why = (f"a FIFO of uid {info.st_uid}" if info.st_uid not in (os.geteuid(), 0)
+               else _foreign_way(file, {os.geteuid(), 0}))
+        if why is not None:
+            raise PermissionError(errno.EPERM, f"{why}: whoever owns it would read what "
+                                  "k3snet writes into it", str(file))
+    try:
+        fd = os.open(file, _STREAM)  # a FIFO: waits for its reader, as a shell's > does
+        try:
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino, stat.S_IFMT(now.st_mode)) != \
+                    (info.st_dev, info.st_ino, stat.S_IFMT(info.st_mode)):
+                raise OSError(errno.EINVAL, "replaced while being opened")
+            left = memoryview(text.encode() if isinstance(text, str) else text)
+            while left:
+                left = left[os.write(fd, left):]
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(file)) from None
+    return True
+
+
+def _open_here(info: os.stat_result) -> bool:
+    """Whether a descriptor of this process has the file ``info`` describes open (the
+    shell opened it: ``/dev/stdout``, a ``/dev/fd/63`` of ``>(...)``)."""
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    for name in descriptors:
+        with contextlib.suppress(OSError, ValueError):
+            held = os.fstat(int(name))
+            if (held.st_dev, held.st_ino) == (info.st_dev, info.st_ino):
+                return True
+    return False
 
 
 def _output_mode(before: os.stat_result | None) -> int:

@@ -1653,22 +1653,44 @@ def cmd_plan(args: argparse.Namespace) -> int:
             args, spec, backend, observed=observed, desired=desired, p=p)
         marks = disruptive_notes(backend, p)
         warnings = [*_left_out(args, spec, backend), *backend.warnings]
+    # `--out /dev/stdout | gpg -e ...`: the plan file alone on stdout, the plan on stderr.
+    shown = contextlib.redirect_stdout(sys.stderr) if args.out is not None and \
+        _is_stdout(args.out) else contextlib.nullcontext()
+    with shown:
+        _print_plan(args, p, marks, warnings, secret)
+    if p.conflicts:
+        return EXIT_CONFLICTS
+    return EXIT_CHANGES if p.changes else EXIT_OK
+
+
+def _print_plan(args: argparse.Namespace, p: Plan, marks: list[str], warnings: list[str],
+                secret: bool) -> None:
     if args.output == "json":
         _print_json({**p.to_dict(), "kind": "plan",
                      **({"warnings": warnings} if warnings else {}),
                      **({"disruptive": marks} if marks else {})})
-    else:
-        print(_colour(p.render(), args))
-        for line in marks:
-            print(f"!! disruptive: {printable(line)}")
-        _print_warnings(warnings)
-        if args.out is not None:
-            kept = " (mode 0600: it holds a secret sysctl's value)" if secret else ""
-            print(f"Saved the plan to {args.out}{kept}; apply it with "
-                  f"`k3snet apply {shlex.quote(str(args.out))}`.")  # pasted into a shell
-    if p.conflicts:
-        return EXIT_CONFLICTS
-    return EXIT_CHANGES if p.changes else EXIT_OK
+        return
+    print(_colour(p.render(), args))
+    for line in marks:
+        print(f"!! disruptive: {printable(line)}")
+    _print_warnings(warnings)
+    if args.out is None:
+        return
+    if not args.out.is_file():  # a FIFO, a terminal, /dev/null: written into
+        print(f"Wrote the plan file into {args.out}; `k3snet apply` reads it from a file.")
+        return
+    kept = " (mode 0600: it holds a secret sysctl's value)" if secret else ""
+    print(f"Saved the plan to {args.out}{kept}; apply it with "
+          f"`k3snet apply {shlex.quote(str(args.out))}`.")  # pasted into a shell
+
+
+def _is_stdout(path: Path) -> bool:
+    """Whether ``path`` is this process's stdout (``/dev/stdout``, a link to it)."""
+    try:
+        given, out = path.stat(), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no such path, stdout closed or replaced
+        return False
+    return (given.st_dev, given.st_ino) == (out.st_dev, out.st_ino)
 
 
 _KIND_NAMES = {"route": "route", "sysctl": "sysctl", "forward": "forward accept",
@@ -2330,11 +2352,14 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(text, end="" if text.endswith("\n") else "\n")
         return EXIT_OK
     args.out.mkdir(parents=True, exist_ok=True)
+    secret_manifests = getattr(args, "secret_manifests", False)  # set by _render_manifests
     for name, text in files.items():
         # A networkd drop-in is a file in a directory of its own (DEV.network.d/), made
         # below the one given, never through another user's link.
+        private = name in PRIVATE_FILES or _holds_secret(name, text) or (
+            name == _MANIFESTS_FILE and secret_manifests)
         print(write_output_in(args.out, name, text, executable=name in EXECUTABLE_FILES,
-                              private=name in PRIVATE_FILES or _holds_secret(name, text)))
+                              private=private))
     if args.what == "networkd":  # the one boot file named after what it holds
         for path in _remove_earlier_networkd(args.out, files):
             print(f"k3snet: removed {path} (an earlier render's, which this one does not "
@@ -2923,6 +2948,9 @@ def _render_manifests(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
         profiles[name] = (load_spec(path), read_text(path))
     secrets = sorted({s.name for given in (spec, *(p for p, _ in profiles.values()))
                       for s in given.sysctls if s.secret})
+    # Written 0600 (cmd_render) when a spec sets one, whatever its text: a YAML key written
+    # "net.ipv4.tcp_fastopen\x5fkey" names none that _holds_secret reads.
+    args.secret_manifests = bool(secrets)
     if secrets:  # the agent reads the spec from a ConfigMap: no Secret of Kubernetes
         print(f"k3snet: warning: the spec sets secret sysctls ({', '.join(secrets)}): the "
               "manifests hold the spec in a ConfigMap, which whoever may read the "

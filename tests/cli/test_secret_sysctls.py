@@ -150,3 +150,18 @@ def test_rendered_manifests_holding_a_secret_are_written_0600(
     other = tmp_path / "other"
     assert main(["render", "manifests", "-f", str(plain), "--out", str(other)]) == 0
     assert _mode(other / "k3snet.yaml") == 0o644
+
+
+def test_rendered_manifests_of_a_secret_named_through_a_yaml_escape_are_written_0600(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key written ``"net.ipv4.tcp_fastopen\\x5fkey"`` sets the Fast Open key, yet its text
+    names none: ``k3snet.yaml`` was written 0644 beside the warning saying ``--out: the
+    manifests are written 0600``. It is written 0600 whenever the spec sets a secret."""
+    spec = tmp_path / "escaped.yaml"
+    spec.write_text(SPEC.split("sysctls:", maxsplit=1)[0] + "sysctls:\n"
+                    '  "net.ipv4.tcp_fastopen\\x5fkey": deadbeef-cafebabe-12345678-9abcdef0\n')
+    out = tmp_path / "manifests"
+    assert main(["render", "manifests", "-f", str(spec), "--out", str(out)]) == 0
+    assert "(--out: the manifests are written 0600)" in capsys.readouterr().err
+    assert "deadbeef" in (out / "k3snet.yaml").read_text()
+    assert _mode(out / "k3snet.yaml") == 0o600

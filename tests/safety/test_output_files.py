@@ -7,6 +7,7 @@ write must not leave half a plan where a script will apply it.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -202,43 +203,137 @@ def test_a_plan_file_or_a_bundle_file_too_large_to_be_one_is_refused_unread(
         NodeCapture.read_dir(bundle)
 
 
-def test_a_device_a_fifo_or_a_link_to_one_is_refused_not_replaced_by_the_file(
+def test_a_fifo_or_a_device_in_an_output_directory_is_refused_and_a_mask_named(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """``plan --out /dev/stdout`` (a link to ``/proc/self/fd/1``) replaced the node's
-    ``/dev/stdout`` with the plan file, root's, a secret sysctl's value in it, until the
-    next boot (as ``--out /dev/null`` would have replaced ``/dev/null``): read here with
-    a link to ``/dev/null`` and a FIFO in a directory of the test's; a link to a regular
-    file is still replaced, not followed."""
+    """A rendered boot file (``render sysctl -o /etc/sysctl.d``) is renamed into place:
+    a FIFO there is refused, and a link to ``/dev/null``, systemd's mask of the file, an
+    admin's, is named as one and left (replacing it unmasked the file)."""
     from k3snet.cli import main  # noqa: PLC0415 - the CLI's own handling of the refusal
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC + "sysctls:\n  net.ipv4.tcp_fastopen_key: 1-2-3-4\n")
-    link, fifo = tmp_path / "stdout", tmp_path / "fifo"
-    link.symlink_to("/dev/null")
-    os.mkfifo(fifo)
-    for out, kind in ((link, "a link to a character device"), (fifo, "a FIFO")):
-        assert main(["plan", "-f", str(spec), "--backend", "memory", "--out", str(out)]) == 1
-        assert f"{kind}, not a file" in capsys.readouterr().err
-    for out in (link, fifo):
-        with pytest.raises(OSError, match="not a file") as raised:
-            write_output(out, "x")
-        assert raised.value.filename == str(out)
     boot = tmp_path / "sysctl.d"
     boot.mkdir()
     os.mkfifo(boot / "90-k3snet.conf")
     assert main(["render", "sysctl", "-f", str(spec), "--out", str(boot)]) == 1
     assert "a FIFO, not a file" in capsys.readouterr().err
-    # systemd's mask of a file: an admin's, no longer undone by a render.
+    assert stat.S_ISFIFO((boot / "90-k3snet.conf").lstat().st_mode)
     (boot / "90-k3snet.conf").unlink()
     (boot / "90-k3snet.conf").symlink_to("/dev/null")
     assert main(["render", "sysctl", "-f", str(spec), "--out", str(boot)]) == 1
     assert "(a link to /dev/null masks a file of that name for systemd: remove the link" in \
         capsys.readouterr().err
     assert os.readlink(boot / "90-k3snet.conf") == "/dev/null"
-    (boot / "90-k3snet.conf").unlink()
-    os.mkfifo(boot / "90-k3snet.conf")
-    assert os.readlink(link) == "/dev/null"
-    assert stat.S_ISFIFO(fifo.lstat().st_mode)
-    assert stat.S_ISFIFO((boot / "90-k3snet.conf").lstat().st_mode)
-    assert _leftovers(tmp_path) == []
     assert _leftovers(boot) == []
+
+
+def test_a_fifo_a_pipe_or_dev_null_named_by_out_is_written_into_never_replaced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--out >(gpg -e ...)`` (``/dev/fd/63``, a pipe), a named pipe to another program,
+    ``--out /dev/null``: the plan file is written into what the path names, as a shell's
+    ``>`` does, and the path is left as it was (5483b24 refused them all; before it, the
+    rename replaced them). Read with a FIFO, a link to ``/proc/self/fd/W`` of a pipe and
+    a link to ``/dev/null``, all the test's."""
+    from k3snet.cli import main  # noqa: PLC0415 - the CLI's own handling
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC + "sysctls:\n  net.ipv4.tcp_fastopen_key: 1-2-3-4\n")
+    fifo, null, piped = tmp_path / "fifo", tmp_path / "null", tmp_path / "63"
+    os.mkfifo(fifo, 0o600)
+    null.symlink_to("/dev/null")
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the writer's open then returns
+    r, w = os.pipe()
+    piped.symlink_to(f"/proc/self/fd/{w}")
+    try:
+        for out, read in ((fifo, reader), (piped, r), (null, None)):
+            assert main(["plan", "-f", str(spec), "--backend", "memory",
+                         "--out", str(out)]) == 2
+            assert f"Wrote the plan file into {out}" in capsys.readouterr().out
+            if read is not None:
+                text = os.read(read, 1 << 16).decode()
+                assert json.loads(text)["kind"] == "k3snet-planfile"
+                assert "00000001-00000002-00000003-00000004" in text  # an apply's to write
+    finally:
+        for fd in (reader, r, w):
+            os.close(fd)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert os.readlink(piped) == f"/proc/self/fd/{w}"
+    assert os.readlink(null) == "/dev/null"
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_device_a_socket_or_another_users_fifo_named_by_out_is_refused_unopened(
+        tmp_path: Path) -> None:
+    """A character device neither ``/dev/null`` nor open here (opening one can act:
+    ``/dev/watchdog``), a block device, a socket, or a FIFO whose reader is another
+    user's (the plan holds a secret's value) is an error, and nothing is replaced."""
+    zero, sock, fifo = tmp_path / "zero", tmp_path / "sock", tmp_path / "theirs"
+    zero.symlink_to("/dev/zero")
+    os.mkfifo(fifo, 0o666)
+    # Its reader another process (no hang should it be opened; not one open here).
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    held = subprocess.Popen(["sleep", "600"], stdin=reader)
+    os.close(reader)
+    import socket  # noqa: PLC0415
+
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(sock))
+    try:
+        with pytest.raises(OSError, match="neither /dev/null nor open in this process"):
+            write_output(zero, "x")
+        with pytest.raises(OSError, match="a socket, not a file"):
+            write_output(sock, "x")
+        if os.geteuid() == 0:
+            os.chown(fifo, 65534, 65534)
+            with pytest.raises(PermissionError, match="a FIFO of uid 65534: whoever owns it"):
+                write_output(fifo, "x")
+    finally:
+        held.kill()
+        held.wait()
+        listening.close()
+    assert os.readlink(zero) == "/dev/zero"
+    assert stat.S_ISSOCK(sock.lstat().st_mode)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert _leftovers(tmp_path) == []
+
+
+def test_plan_out_naming_its_own_stdout_prints_the_plan_on_stderr(tmp_path: Path) -> None:
+    """``k3snet plan --out /dev/stdout | gpg -e ...``: stdout carries the plan file alone
+    (a JSON document a later ``apply`` reads), the plan text goes to stderr. Read with a
+    link of the test's to ``/proc/self/fd/1``, never the machine's ``/dev/stdout``."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "stdout"
+    out.symlink_to("/proc/self/fd/1")
+    done = subprocess.run([sys.executable, "-m", "k3snet.cli", "plan", "-f", str(spec),
+                           "--backend", "memory", "--out", str(out)], capture_output=True,
+                          text=True, check=False, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert json.loads(done.stdout)["kind"] == "k3snet-planfile"
+    assert "Plan: 3 to add" in done.stderr
+    assert os.readlink(out) == "/proc/self/fd/1"
+
+
+def test_a_link_to_a_file_this_process_has_open_is_refused_not_replaced(tmp_path: Path) -> None:
+    """``plan --out /dev/stdout > node.plan``: ``/dev/stdout`` is a link (through
+    ``/proc/self/fd/1``) to a regular file, which the refusal of devices let by, and the
+    link, the node's ``/dev/stdout``, was replaced by the plan file as any link to a file
+    is. Read here with a link of the test's to ``/proc/self/fd/N``, N a file it opened."""
+    from k3snet.cli import main  # noqa: PLC0415 - the CLI's own handling of the refusal
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    redirected = tmp_path / "redirected"
+    fd = os.open(redirected, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        link = tmp_path / "stdout"
+        link.symlink_to(f"/proc/self/fd/{fd}")
+        with pytest.raises(OSError, match="a link to a file this process has open") as raised:
+            write_output(link, "x")
+        assert raised.value.filename == str(link)
+        assert main(["plan", "-f", str(spec), "--backend", "memory", "--out", str(link)]) == 1
+        assert os.readlink(link) == f"/proc/self/fd/{fd}"
+        assert redirected.read_text() == ""
+    finally:
+        os.close(fd)
+    assert _leftovers(tmp_path) == []

@@ -609,9 +609,13 @@ def result_of(module: AnsibleModule, done: k3snet.Convergence) -> dict[str, Any]
 
 
 SECRET_SHORTEST = 8
-"""Characters of the shortest secret sysctl value :func:`secret_values` hides: Ansible
+"""Characters of the shortest ``stable_secret`` value :func:`secret_values` hides: Ansible
 replaces each hidden value wherever it appears in the result, and a shorter one (``::1``,
 no secret anyone guesses long) would hide every address holding it too."""
+
+FASTOPEN_SHORTEST = 7
+"""Characters of the shortest Fast Open key :func:`secret_values` hides: ``1-2-3-4``, the
+shortest the kernel takes; its dashes make it no address."""
 
 
 def secret_values(spec: Any) -> set[str]:
@@ -627,9 +631,10 @@ def secret_values(spec: Any) -> set[str]:
     found: set[str] = set()
     for name, value in sysctls.items():
         if isinstance(name, str) and ("stable_secret" in name or "fastopen_key" in name):
+            shortest = FASTOPEN_SHORTEST if "fastopen_key" in name else SECRET_SHORTEST
             for item in value if isinstance(value, list) else [value]:
                 text = str(item).strip()
-                if len(text) >= SECRET_SHORTEST:
+                if len(text) >= shortest:
                     found.add(text)
     return found
 
