@@ -1014,12 +1014,6 @@ class _Run:
             # Delete exactly the pool that was read: a re-created or edited one gives 409.
             body = self.client.V1DeleteOptions(preconditions=self.client.V1Preconditions(
                 resource_version=metadata.get("resourceVersion"), uid=metadata.get("uid")))
-        self._call(
-            f"delete IPPool {name}",
-            lambda: self.backend._objects.delete_cluster_custom_object(
-                self.group, self.version, PLURAL, name, body=body,
-                _request_timeout=self.backend.timeout),
-        )
         recreate = {
             "apiVersion": seen.get("apiVersion", f"{self.group}/{self.version}"),
             "kind": seen.get("kind", KIND),
@@ -1027,9 +1021,45 @@ class _Run:
                          if k in ("name", "labels", "annotations")},
             "spec": seen.get("spec") or {},
         }
+        try:
+            self._call(
+                f"delete IPPool {name}",
+                lambda: self.backend._objects.delete_cluster_custom_object(
+                    self.group, self.version, PLURAL, name, body=body,
+                    _request_timeout=self.backend.timeout),
+            )
+        except Exception:
+            raise
+        except BaseException:
+            # Interrupted with the delete sent and its answer unread (SIGTERM, Ctrl-C):
+            # the pool may be gone, and nothing put it back.
+            self._will_undo(f"re-create IPPool {name} (deleted, its answer unread)",
+                            lambda: self.put_back_unanswered(name, metadata.get("uid"),
+                                                             recreate))
+            raise
         self._will_undo(f"re-create IPPool {name} (deleted)",
                         lambda: self.put_back(name, recreate))
         self.raw.pop(name, None)
+
+    def put_back_unanswered(self, name: str, uid: object, body: dict[str, Any]) -> None:
+        """Put back the pool an interrupted delete may have deleted: read, the pool read
+        before (its ``uid``) still there is the delete never made; else :meth:`put_back`."""
+        try:
+            found = self._call(
+                f"read IPPool {name} (deleted?)",
+                lambda: self.backend._objects.get_cluster_custom_object(
+                    self.group, self.version, PLURAL, name,
+                    _request_timeout=self.backend.timeout),
+            )
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+        else:
+            metadata = found.get("metadata") if isinstance(found, dict) else None
+            if (isinstance(uid, str) and uid and isinstance(metadata, dict)
+                    and metadata.get("uid") == uid):
+                return
+        self.put_back(name, body)
 
     def put_back(self, name: str, body: dict[str, Any]) -> None:
         """Re-create the pool this apply deleted. Sent again after a 503 that followed its

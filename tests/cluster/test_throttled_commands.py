@@ -1153,3 +1153,46 @@ def test_calico_apply_interrupted_as_a_create_acted_leaves_someone_elses_pool(
     theirs = server.get(CRD, "k3snet-pods-a")
     assert theirs is not None
     assert [e["manager"] for e in theirs["metadata"]["managedFields"]] == ["kubectl-create"]
+
+
+@pytest.mark.parametrize("acted", [True, False])
+def test_calico_apply_interrupted_as_a_delete_was_sent_leaves_the_pool_as_it_was(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], acted: bool) -> None:
+    # SIGTERM while the delete's answer was awaited: when the API server had deleted the
+    # pool, nothing put it back (its undo was recorded only with the answer), and
+    # `k3snet apply` exited 143 saying it had taken back what it made.
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.model.cni import IPPool  # noqa: PLC0415
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0,
+                                allow_disruptive=True)
+        backend.apply(plan(backend.observe(), State(owned=[
+            IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)])))
+        before = server.get(CRD, "k3snet-pods-a")
+        assert before is not None
+        changes = plan(backend.observe(), State(owned=[]))
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "DELETE":
+                api.rest_client.pool_manager.request = real
+                if acted:
+                    real(verb, url, **kwargs)
+                raise SystemExit(143)  # the answer never read
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(SystemExit):
+            backend.apply(changes)
+    finally:
+        api.close()
+    back = server.get(CRD, "k3snet-pods-a")
+    assert back is not None
+    assert back["spec"] == before["spec"]
+    assert back["metadata"]["labels"] == before["metadata"]["labels"]
+    if not acted:
+        assert back["metadata"]["uid"] == before["metadata"]["uid"]
