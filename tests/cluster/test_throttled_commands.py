@@ -1196,3 +1196,39 @@ def test_calico_apply_interrupted_as_a_delete_was_sent_leaves_the_pool_as_it_was
     assert back["metadata"]["labels"] == before["metadata"]["labels"]
     if not acted:
         assert back["metadata"]["uid"] == before["metadata"]["uid"]
+
+
+@pytest.mark.parametrize("method", ["PATCH", "POST"])
+def test_cilium_apply_interrupted_as_a_write_acted_takes_it_back(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], method: str) -> None:
+    # SIGTERM while a write's answer was awaited (or in the wait after a 503 that
+    # followed it): cilium-config's keys written (PATCH), or the ip-masq-agent ConfigMap
+    # created (POST), stayed, its undo recorded only with the answer, and `k3snet apply`
+    # exited 143 saying it had taken back what it made.
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+    from tests.cluster.test_cilium_backend import HELM_K3S_DATA  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = _cilium(server, api)
+        changes = plan(backend.observe(), State(owned=[_cilium_wanted()]))
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == method:
+                api.rest_client.pool_manager.request = real
+                answer = real(verb, url, **kwargs)
+                assert answer.status < 300, answer.status
+                raise SystemExit(143)  # the answer never read
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(SystemExit):
+            backend.apply(changes)
+    finally:
+        api.close()
+    config = server.get("v1/configmaps", "cilium-config", "kube-system")
+    assert config is not None
+    assert config["data"] == HELM_K3S_DATA
+    assert server.get("v1/configmaps", "ip-masq-agent", "kube-system") is None
