@@ -997,6 +997,21 @@ class _Run:
             if exc.status != 404:
                 raise
 
+    def apply_back_unanswered(self, before: IPPool, after: IPPool,
+                              new: Mapping[str, Any]) -> None:
+        """Apply ``before`` back over an apply an interruption cut with its answer unread,
+        when the pool read holds the ``new`` spec it sent (else it was not made: left)."""
+        found = self._call(
+            f"read IPPool {before.name} (applied?)",
+            lambda: self.backend._objects.get_cluster_custom_object(
+                self.group, self.version, PLURAL, before.name,
+                _request_timeout=self.backend.timeout),
+        )
+        spec = found.get("spec") if isinstance(found, dict) else None
+        if isinstance(spec, dict) and all(spec.get(k) == v for k, v in new.items()):
+            self._apply(f"apply back IPPool {before.name}", before.name,
+                        self._body(before, reset=after))
+
     def take_back_unanswered(self, name: str, body: dict[str, Any]) -> None:
         """Delete the pool an interrupted create may have made: read, and deleted by its
         ``uid`` when it is the one ``body`` makes, written by k3snet alone
@@ -1164,10 +1179,20 @@ class _Run:
             explicit=before.extra_spec())
         changed = [k for k in new if old.get(k) != new.get(k)]
         metadata = (self.raw.get(before.name) or {}).get("metadata") or {}
-        applied = self._apply(f"apply IPPool {before.name} ({', '.join(changed)})",
-                              before.name, self._body(after, metadata.get("resourceVersion"),
-                                                      reset=before),
-                              force=self._own_create_holds(before.name, changed))
+        try:
+            applied = self._apply(f"apply IPPool {before.name} ({', '.join(changed)})",
+                                  before.name,
+                                  self._body(after, metadata.get("resourceVersion"),
+                                             reset=before),
+                                  force=self._own_create_holds(before.name, changed))
+        except Exception:
+            raise
+        except BaseException:
+            # Interrupted with the apply sent and its answer unread (SIGTERM, Ctrl-C):
+            # the pool may hold the new spec, and nothing applied the old one back.
+            self._will_undo(f"apply back IPPool {before.name} (its answer unread)",
+                            lambda: self.apply_back_unanswered(before, after, new))
+            raise
         if isinstance(applied, dict):
             self.raw[before.name] = applied
         self._will_undo(f"apply back IPPool {before.name}",

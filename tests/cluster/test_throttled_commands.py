@@ -1232,3 +1232,43 @@ def test_cilium_apply_interrupted_as_a_write_acted_takes_it_back(
     assert config is not None
     assert config["data"] == HELM_K3S_DATA
     assert server.get("v1/configmaps", "ip-masq-agent", "kube-system") is None
+
+
+@pytest.mark.parametrize("acted", [True, False])
+def test_calico_apply_interrupted_as_an_apply_was_sent_leaves_the_pool_as_it_was(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], acted: bool) -> None:
+    # SIGTERM while a server-side apply's answer was awaited: the pool kept the new
+    # spec, its undo recorded only with the answer.
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.model.cni import IPPool  # noqa: PLC0415
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        backend.apply(plan(backend.observe(), State(owned=[
+            IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)])))
+        before = server.get(CRD, "k3snet-pods-a")
+        assert before is not None
+        changes = plan(backend.observe(), State(owned=[
+            IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=False)]))
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "PATCH":
+                api.rest_client.pool_manager.request = real
+                if acted:
+                    answer = real(verb, url, **kwargs)
+                    assert answer.status < 300, answer.status
+                raise SystemExit(143)  # the answer never read
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(SystemExit):
+            backend.apply(changes)
+    finally:
+        api.close()
+    back = server.get(CRD, "k3snet-pods-a")
+    assert back is not None
+    assert back["spec"] == before["spec"]
