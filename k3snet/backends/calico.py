@@ -949,12 +949,25 @@ class _Run:
 
     def create(self, name: str, body: dict[str, Any], *, record: bool = True) -> None:
         # POST, not apply: a create must fail if the name was taken since the listing.
-        created = self._call(
-            f"{'create' if record else 're-create'} IPPool {name}",
-            lambda: self.backend._objects.create_cluster_custom_object(
-                self.group, self.version, PLURAL, body, field_manager=self.backend.field_manager,
-                _request_timeout=self.backend.timeout),
-        )
+        try:
+            created = self._call(
+                f"{'create' if record else 're-create'} IPPool {name}",
+                lambda: self.backend._objects.create_cluster_custom_object(
+                    self.group, self.version, PLURAL, body,
+                    field_manager=self.backend.field_manager,
+                    _request_timeout=self.backend.timeout),
+            )
+        except Exception:
+            raise
+        except BaseException:
+            # Interrupted with the create sent and its answer unread (SIGTERM's
+            # SystemExit, Ctrl-C: in the request, or in the wait after a 503 that may
+            # have followed its effect): the pool may be there, its uid unknown. It was
+            # left, and `k3snet apply` said it had taken back what it made.
+            if record:
+                self._will_undo(f"delete IPPool {name} (created, its answer unread)",
+                                lambda: self.take_back_unanswered(name, body))
+            raise
         if record:
             self.raw[name] = created if isinstance(created, dict) else body
             made = (created.get("metadata") or {}) if isinstance(created, dict) else {}
@@ -984,6 +997,30 @@ class _Run:
             if exc.status != 404:
                 raise
 
+    def apply_back_unanswered(self, before: IPPool, after: IPPool,
+                              new: Mapping[str, Any]) -> None:
+        """Apply ``before`` back over an apply an interruption cut with its answer unread,
+        when the pool read holds the ``new`` spec it sent (else it was not made: left)."""
+        found = self._call(
+            f"read IPPool {before.name} (applied?)",
+            lambda: self.backend._objects.get_cluster_custom_object(
+                self.group, self.version, PLURAL, before.name,
+                _request_timeout=self.backend.timeout),
+        )
+        spec = found.get("spec") if isinstance(found, dict) else None
+        if isinstance(spec, dict) and all(spec.get(k) == v for k, v in new.items()):
+            self._apply(f"apply back IPPool {before.name}", before.name,
+                        self._body(before, reset=after))
+
+    def take_back_unanswered(self, name: str, body: dict[str, Any]) -> None:
+        """Delete the pool an interrupted create may have made: read, and deleted by its
+        ``uid`` when it is the one ``body`` makes, written by k3snet alone
+        (:meth:`_found_as_written`); none there, or another writer's (the name taken
+        before the create), is nothing to take back."""
+        found = self._found_as_written(name, body, created=True)
+        if found is not None:
+            self.take_back_create(name, (found.get("metadata") or {}).get("uid"))
+
     def delete(self, name: str) -> None:
         seen = self.raw.get(name) or {}
         metadata = seen.get("metadata") or {}
@@ -992,12 +1029,6 @@ class _Run:
             # Delete exactly the pool that was read: a re-created or edited one gives 409.
             body = self.client.V1DeleteOptions(preconditions=self.client.V1Preconditions(
                 resource_version=metadata.get("resourceVersion"), uid=metadata.get("uid")))
-        self._call(
-            f"delete IPPool {name}",
-            lambda: self.backend._objects.delete_cluster_custom_object(
-                self.group, self.version, PLURAL, name, body=body,
-                _request_timeout=self.backend.timeout),
-        )
         recreate = {
             "apiVersion": seen.get("apiVersion", f"{self.group}/{self.version}"),
             "kind": seen.get("kind", KIND),
@@ -1005,9 +1036,45 @@ class _Run:
                          if k in ("name", "labels", "annotations")},
             "spec": seen.get("spec") or {},
         }
+        try:
+            self._call(
+                f"delete IPPool {name}",
+                lambda: self.backend._objects.delete_cluster_custom_object(
+                    self.group, self.version, PLURAL, name, body=body,
+                    _request_timeout=self.backend.timeout),
+            )
+        except Exception:
+            raise
+        except BaseException:
+            # Interrupted with the delete sent and its answer unread (SIGTERM, Ctrl-C):
+            # the pool may be gone, and nothing put it back.
+            self._will_undo(f"re-create IPPool {name} (deleted, its answer unread)",
+                            lambda: self.put_back_unanswered(name, metadata.get("uid"),
+                                                             recreate))
+            raise
         self._will_undo(f"re-create IPPool {name} (deleted)",
                         lambda: self.put_back(name, recreate))
         self.raw.pop(name, None)
+
+    def put_back_unanswered(self, name: str, uid: object, body: dict[str, Any]) -> None:
+        """Put back the pool an interrupted delete may have deleted: read, the pool read
+        before (its ``uid``) still there is the delete never made; else :meth:`put_back`."""
+        try:
+            found = self._call(
+                f"read IPPool {name} (deleted?)",
+                lambda: self.backend._objects.get_cluster_custom_object(
+                    self.group, self.version, PLURAL, name,
+                    _request_timeout=self.backend.timeout),
+            )
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+        else:
+            metadata = found.get("metadata") if isinstance(found, dict) else None
+            if (isinstance(uid, str) and uid and isinstance(metadata, dict)
+                    and metadata.get("uid") == uid):
+                return
+        self.put_back(name, body)
 
     def put_back(self, name: str, body: dict[str, Any]) -> None:
         """Re-create the pool this apply deleted. Sent again after a 503 that followed its
@@ -1022,34 +1089,52 @@ class _Run:
                 raise
 
     def _put_back_found(self, name: str, body: dict[str, Any]) -> bool:
-        """Whether pool ``name`` is the one ``body`` re-created: the same spec, labels and
+        """Whether pool ``name`` is the one ``body`` re-created (:meth:`_found_as_written`)."""
+        try:
+            return self._found_as_written(name, body) is not None
+        except KubeApiError:
+            return False
+
+    def _found_as_written(self, name: str, body: dict[str, Any], *, created: bool = False
+                          ) -> dict[str, Any] | None:
+        """Pool ``name`` when it is the one ``body`` makes: the same spec, labels and
         annotations (Calico's own ``projectcalico.org/metadata`` aside), and written by
         k3snet's field manager alone (a pool someone else made has their manager in its
-        ``managedFields``)."""
+        ``managedFields``); else None. A failed read is raised. ``created``: ``body`` is
+        k3snet's own create, whose spec the API server may have completed with its
+        defaults (Calico's v3 API: ``allowedUses``): its fields are compared alone, and
+        a pool not there (404) is None."""
         try:
             found = self._call(
-                f"read IPPool {name} (re-created?)",
+                f"read IPPool {name} (made by k3snet?)",
                 lambda: self.backend._objects.get_cluster_custom_object(
                     self.group, self.version, PLURAL, name,
                     _request_timeout=self.backend.timeout),
             )
-        except KubeApiError:
-            return False
+        except KubeApiError as exc:
+            if created and exc.status == 404:
+                return None
+            raise
         if not isinstance(found, dict):
-            return False
+            return None
         metadata = found.get("metadata") or {}
         sent = body.get("metadata") or {}
-        if not isinstance(metadata, dict) or found.get("spec") != body.get("spec"):
-            return False
+        spec, wanted = found.get("spec"), body.get("spec") or {}
+        if created and isinstance(spec, dict):
+            spec = {k: v for k, v in spec.items() if k in wanted}
+        if not isinstance(metadata, dict) or spec != wanted:
+            return None
         annotations = {k: v for k, v in (metadata.get("annotations") or {}).items()
                        if k != CALICO_METADATA_ANNOTATION}
         if ((metadata.get("labels") or {}) != (sent.get("labels") or {})
                 or annotations != {k: v for k, v in (sent.get("annotations") or {}).items()
                                    if k != CALICO_METADATA_ANNOTATION}):
-            return False
+            return None
         managers = [entry.get("manager") for entry in metadata.get("managedFields") or ()
                     if isinstance(entry, Mapping)]
-        return all(manager == self.backend.field_manager for manager in managers)
+        if not all(manager == self.backend.field_manager for manager in managers):
+            return None
+        return found
 
     def _apply(self, what: str, name: str, body: dict[str, Any], *, force: bool = False
                ) -> Any:
@@ -1094,10 +1179,20 @@ class _Run:
             explicit=before.extra_spec())
         changed = [k for k in new if old.get(k) != new.get(k)]
         metadata = (self.raw.get(before.name) or {}).get("metadata") or {}
-        applied = self._apply(f"apply IPPool {before.name} ({', '.join(changed)})",
-                              before.name, self._body(after, metadata.get("resourceVersion"),
-                                                      reset=before),
-                              force=self._own_create_holds(before.name, changed))
+        try:
+            applied = self._apply(f"apply IPPool {before.name} ({', '.join(changed)})",
+                                  before.name,
+                                  self._body(after, metadata.get("resourceVersion"),
+                                             reset=before),
+                                  force=self._own_create_holds(before.name, changed))
+        except Exception:
+            raise
+        except BaseException:
+            # Interrupted with the apply sent and its answer unread (SIGTERM, Ctrl-C):
+            # the pool may hold the new spec, and nothing applied the old one back.
+            self._will_undo(f"apply back IPPool {before.name} (its answer unread)",
+                            lambda: self.apply_back_unanswered(before, after, new))
+            raise
         if isinstance(applied, dict):
             self.raw[before.name] = applied
         self._will_undo(f"apply back IPPool {before.name}",

@@ -591,6 +591,20 @@ class _Api:
                     or any(found.data.get(k) != v for k, v in data.items())):
                 raise
 
+    def take_back_unanswered(self, name: str, data: dict[str, str | None],
+                             owned: str | None, written: str | None,
+                             undo: Callable[[str | None], object]) -> None:
+        """Take back a write of ``name`` an interruption cut with its answer unread
+        (SIGTERM, Ctrl-C, also in the wait after a 503): read, the ConfigMap holding
+        ``data`` and the records as that write makes them is the write made, taken back
+        by ``undo(its resourceVersion)``; none there, or another content, is the write
+        never made (or changed since by someone else: left as it is)."""
+        found = self.read(name)
+        if (found is None or found.owned != owned or found.written != written
+                or any(found.data.get(k) != v for k, v in data.items())):
+            return
+        undo(found.version)
+
     def delete(self, name: str, version: str | None) -> None:
         """Delete ``name`` as read (its ``version``: one edited since, by Helm or an
         admin, is a 409 and stays, their edit with it). None there (404) is the delete
@@ -606,6 +620,22 @@ class _Api:
         except KubeApiError as exc:
             if exc.status != 404:
                 raise
+
+
+def _answered(write: Callable[[], T], unanswered: list[Callable[[], object]],
+              take_back: Callable[[], object]) -> T:
+    """``write()``; interrupted with its answer unread (SIGTERM's SystemExit, Ctrl-C: in
+    the request, or the wait after a 503 that may follow its effect), ``take_back`` (which
+    reads what is there: :meth:`_Api.take_back_unanswered`) is appended to
+    ``unanswered`` first. The write's undo came only with its answer: an apply
+    interrupted so left it made, and `k3snet apply` exited 143 saying it was taken back."""
+    try:
+        return write()
+    except Exception:
+        raise
+    except BaseException:
+        unanswered.append(take_back)
+        raise
 
 
 def _version_of(result: Any) -> str | None:
@@ -983,7 +1013,8 @@ class CiliumBackend(BackendBase):
         edit = self._edit(read, plan)
         fail_at = self.faults.take(plan)
         undo = Compensation(self.name, where=self._where())
-        steps = self._steps(read, edit)
+        unanswered: list[Callable[[], object]] = []
+        steps = self._steps(read, edit, unanswered)
         operations = 2
         if fail_at is not None and not steps:
             undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
@@ -998,6 +1029,12 @@ class CiliumBackend(BackendBase):
                     reverse = step()
                 except K3snetError as exc:
                     undo.fail(plan.changes[-1], str(exc), exc)
+                except BaseException:
+                    # Interrupted with the write sent and its answer unread: its undo
+                    # reads what is there (it was left, exit 143 saying it was taken back).
+                    if unanswered:
+                        undo.record(plan.changes if index == 0 else (), unanswered.pop())
+                    raise
                 undo.record(plan.changes if index == 0 else (), reverse)
                 operations += 1
         return ApplyResult(self.name, plan.changes, operations=operations)
@@ -1153,8 +1190,12 @@ class CiliumBackend(BackendBase):
         new_text = text if doc == members else _dump_agent(doc or {}, text)
         return new_text, record, "create" if read.agent is None else "patch"
 
-    def _steps(self, read: _Read, edit: _Edit) -> list[Any]:
-        """The writes, in order, each returning the callable that takes it back."""
+    def _steps(self, read: _Read, edit: _Edit,
+               unanswered: list[Callable[[], object]]) -> list[Any]:
+        """The writes, in order, each returning the callable that takes it back; one
+        interrupted with its answer unread appends to ``unanswered`` the callable that
+        reads what is there and takes the write back when it was made
+        (:func:`_answered`)."""
         assert read.config is not None
         config = read.config
         api = self._api
@@ -1167,9 +1208,14 @@ class CiliumBackend(BackendBase):
             {k: after.get(k) for k in edit.config_record}, sort_keys=True)
         if edit.config_data or new_record != old_record or new_written != config.written:
             def write_config() -> Any:
-                version = api.patch(api.config_name, config.version, edit.config_data,
-                                    new_record, True, written=(new_written,))
                 back = {k: config.data.get(k) for k in edit.config_data}
+                version = _answered(
+                    lambda: api.patch(api.config_name, config.version, edit.config_data,
+                                      new_record, True, written=(new_written,)),
+                    unanswered, lambda: api.take_back_unanswered(
+                        api.config_name, edit.config_data, new_record, new_written,
+                        lambda found: api.patch_back(api.config_name, found, back,
+                                                     old_record, config.written)))
                 return lambda: api.patch_back(api.config_name, version, back, old_record,
                                               config.written)
             steps.append(write_config)
@@ -1180,9 +1226,13 @@ class CiliumBackend(BackendBase):
             assert edit.agent_record is not None
 
             def create_agent() -> Any:
-                version = api.create(api.agent_name, {AGENT_CONFIG_KEY: text},
-                                     edit.agent_record.dump(),  # type: ignore[union-attr]
-                                     agent_written)
+                owned = edit.agent_record.dump()  # type: ignore[union-attr]
+                version = _answered(
+                    lambda: api.create(api.agent_name, {AGENT_CONFIG_KEY: text}, owned,
+                                       agent_written),
+                    unanswered, lambda: api.take_back_unanswered(
+                        api.agent_name, {AGENT_CONFIG_KEY: text}, owned, agent_written,
+                        lambda found: api.delete(api.agent_name, found)))
                 return lambda: api.delete(api.agent_name, version)
             steps.append(create_agent)
         elif edit.agent_action == "delete":
@@ -1201,9 +1251,15 @@ class CiliumBackend(BackendBase):
             records = agent_owned != agent.owned or agent_written != agent.written
             if data or records:
                 def patch_agent() -> Any:
-                    version = api.patch(api.agent_name, agent.version, data, agent_owned,
-                                        records, written=(agent_written,))
                     back = {AGENT_CONFIG_KEY: agent.data.get(AGENT_CONFIG_KEY)}
+                    # (Records unchanged are the ones read: agent_owned, agent_written.)
+                    version = _answered(
+                        lambda: api.patch(api.agent_name, agent.version, data,
+                                          agent_owned, records, written=(agent_written,)),
+                        unanswered, lambda: api.take_back_unanswered(
+                            api.agent_name, data, agent_owned, agent_written,
+                            lambda found: api.patch_back(api.agent_name, found, back,
+                                                         agent.owned, agent.written)))
                     return lambda: api.patch_back(api.agent_name, version, back,
                                                   agent.owned, agent.written)
                 steps.append(patch_agent)

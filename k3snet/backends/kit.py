@@ -369,10 +369,13 @@ class Compensation:
         self._steps.append((batch, undo))
 
     def rollback(self) -> tuple[list[Change], list[str]]:
-        """Undo every recorded step in reverse: (inverse changes done, problems)."""
+        """Undo every recorded step in reverse: (inverse changes done, problems). An
+        interruption of an undo (``KeyboardInterrupt``, ``SystemExit``) stops there: that
+        step and every one after it are problems."""
         undone: list[Change] = []
         problems: list[str] = []
-        for changes, undo in reversed(self._steps):
+        steps = list(reversed(self._steps))
+        for index, (changes, undo) in enumerate(steps):
             inverses = [c.inverse() for c in reversed(changes)]
             try:
                 if undo is not None:
@@ -382,6 +385,15 @@ class Compensation:
                 problems += exc.problems
             except Exception as exc:  # noqa: BLE001 - every undo failure is reported, none hides another
                 problems += [f"{inverse}: {exc}" for inverse in inverses]
+            except BaseException as exc:  # noqa: BLE001 - an interruption of the undo is said, then it stops
+                # A second Ctrl-C (or SIGTERM after Ctrl-C) during the undo stops it, and
+                # is said: raised as it came, it was the CLI's quiet exit 130 with this
+                # step half-undone and the ones after it never undone.
+                problems += [f"{inverse}: interrupted ({type(exc).__name__}), may be "
+                             "half-undone" for inverse in inverses]
+                problems += [f"{c.inverse()}: not undone (the undo was interrupted)"
+                             for rest, _ in steps[index + 1:] for c in reversed(rest)]
+                break
             else:
                 undone += inverses
         self._steps.clear()

@@ -440,3 +440,40 @@ def test_k3snet_plan_says_the_warnings_of_a_backend_whose_warnings_is_a_method(
     out = capsys.readouterr()
     assert "the file is read-only" in out.out + out.err
     assert "internal error" not in out.out + out.err
+
+
+@pytest.mark.parametrize("first", [KeyboardInterrupt(), SystemExit(143)])
+def test_a_second_interruption_during_the_undo_is_a_rollback_error_naming_what_is_left(
+        first: BaseException) -> None:
+    """A second Ctrl-C (or a SIGTERM after Ctrl-C) during the undo guarding() started
+    went out as a bare KeyboardInterrupt: the CLI's exit 130, nothing said, and the steps
+    after it never undone, the system half-changed. It is a RollbackError (exit 5) now,
+    naming the step interrupted and those not undone; the undo stops there."""
+    log: list[str] = []
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    undo = Compensation("demo")
+    undo.record(Change.add(A), lambda: log.append("a"))
+    undo.record(Change.add(B), interrupted)
+    with pytest.raises(RollbackError) as caught, undo.guarding():
+        raise first
+    error = caught.value
+    assert error.__cause__ is first
+    assert "ROLLBACK FAILED" in str(error)
+    assert f"{Change.delete(B)}: interrupted (KeyboardInterrupt)" in str(error)
+    assert f"{Change.delete(A)}: not undone" in str(error)
+    assert log == []  # the undo stopped at the second interruption
+    assert error.done == (Change.add(A), Change.add(B))
+    assert error.rolled_back == ()
+
+
+def test_an_interruption_during_the_undo_fail_started_is_a_rollback_error() -> None:
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    undo = Compensation("demo")
+    undo.record(Change.add(A), interrupted)
+    with pytest.raises(RollbackError, match="interrupted \\(KeyboardInterrupt\\)"):
+        undo.fail(Change.add(B), "refused")

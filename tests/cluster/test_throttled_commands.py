@@ -1055,3 +1055,220 @@ def test_the_undo_after_sigterm_stays_within_its_deadline_and_lists_what_is_left
     for name in names[:4]:
         assert f"delete IPPool {name} (created)" in str(info.value), info.value
         assert server.get(CRD, name) is not None  # left undone, and said so
+
+
+def test_calicos_undo_of_a_delete_leaves_the_same_pool_another_manager_made_failed(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # The admin re-created the pool from k3snet's own YAML (its spec, k3snet's labels)
+    # between the delete and its undo, with kubectl: only its managedFields tell it from
+    # k3snet's put back, and the undo is said failed, the pool theirs.
+    from k3snet.errors import RollbackError  # noqa: PLC0415
+
+    def admin_makes(api: Any) -> None:
+        real = api.rest_client.pool_manager.request
+        posts = 0
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            nonlocal posts
+            if verb == "POST":
+                posts += 1
+                if posts == 2:  # the re-create: the admin sent the same body just before
+                    assert "fieldManager=k3snet" in url, url
+                    made = real(verb, url.replace("fieldManager=k3snet",
+                                                  "fieldManager=kubectl-create"), **kwargs)
+                    assert made.status == 201, made.status
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+
+    error = _calico_apply_failing_after_a_delete(server, tmp_path, admin_makes)
+    assert isinstance(error, RollbackError), error
+    assert "re-create IPPool k3snet-pods-a" in str(error), error
+    theirs = server.get(CRD, "k3snet-pods-a")
+    assert theirs is not None
+    assert [e["manager"] for e in theirs["metadata"]["managedFields"]] == ["kubectl-create"]
+
+
+def test_calico_apply_interrupted_as_a_create_acted_takes_that_pool_back(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # SIGTERM while the create's answer was awaited (or in the wait after a 503 that
+    # followed it): the API server made the pool, the apply never recorded it, and
+    # `k3snet apply` exited 143 saying it had taken back what it made, the pool left.
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.model.cni import IPPool  # noqa: PLC0415
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        changes = plan(backend.observe(), State(owned=[
+            IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)]))
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "POST":
+                api.rest_client.pool_manager.request = real
+                real(verb, url, **kwargs)
+                raise SystemExit(143)  # the answer never read
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(SystemExit):
+            backend.apply(changes)
+    finally:
+        api.close()
+    assert server.get(CRD, "k3snet-pods-a") is None
+
+
+def test_calico_apply_interrupted_as_a_create_acted_leaves_someone_elses_pool(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # The create interrupted did not act (the admin's pool of that name came first): the
+    # undo reads the pool, not k3snet's, and leaves it.
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.model.cni import IPPool  # noqa: PLC0415
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        changes = plan(backend.observe(), State(owned=[
+            IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)]))
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "POST":
+                api.rest_client.pool_manager.request = real
+                real(verb, url.replace("fieldManager=k3snet", "fieldManager=kubectl-create"),
+                     **kwargs)
+                raise SystemExit(143)
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(SystemExit):
+            backend.apply(changes)
+    finally:
+        api.close()
+    theirs = server.get(CRD, "k3snet-pods-a")
+    assert theirs is not None
+    assert [e["manager"] for e in theirs["metadata"]["managedFields"]] == ["kubectl-create"]
+
+
+@pytest.mark.parametrize("acted", [True, False])
+def test_calico_apply_interrupted_as_a_delete_was_sent_leaves_the_pool_as_it_was(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], acted: bool) -> None:
+    # SIGTERM while the delete's answer was awaited: when the API server had deleted the
+    # pool, nothing put it back (its undo was recorded only with the answer), and
+    # `k3snet apply` exited 143 saying it had taken back what it made.
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.model.cni import IPPool  # noqa: PLC0415
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0,
+                                allow_disruptive=True)
+        backend.apply(plan(backend.observe(), State(owned=[
+            IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)])))
+        before = server.get(CRD, "k3snet-pods-a")
+        assert before is not None
+        changes = plan(backend.observe(), State(owned=[]))
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "DELETE":
+                api.rest_client.pool_manager.request = real
+                if acted:
+                    real(verb, url, **kwargs)
+                raise SystemExit(143)  # the answer never read
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(SystemExit):
+            backend.apply(changes)
+    finally:
+        api.close()
+    back = server.get(CRD, "k3snet-pods-a")
+    assert back is not None
+    assert back["spec"] == before["spec"]
+    assert back["metadata"]["labels"] == before["metadata"]["labels"]
+    if not acted:
+        assert back["metadata"]["uid"] == before["metadata"]["uid"]
+
+
+@pytest.mark.parametrize("method", ["PATCH", "POST"])
+def test_cilium_apply_interrupted_as_a_write_acted_takes_it_back(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], method: str) -> None:
+    # SIGTERM while a write's answer was awaited (or in the wait after a 503 that
+    # followed it): cilium-config's keys written (PATCH), or the ip-masq-agent ConfigMap
+    # created (POST), stayed, its undo recorded only with the answer, and `k3snet apply`
+    # exited 143 saying it had taken back what it made.
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+    from tests.cluster.test_cilium_backend import HELM_K3S_DATA  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = _cilium(server, api)
+        changes = plan(backend.observe(), State(owned=[_cilium_wanted()]))
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == method:
+                api.rest_client.pool_manager.request = real
+                answer = real(verb, url, **kwargs)
+                assert answer.status < 300, answer.status
+                raise SystemExit(143)  # the answer never read
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(SystemExit):
+            backend.apply(changes)
+    finally:
+        api.close()
+    config = server.get("v1/configmaps", "cilium-config", "kube-system")
+    assert config is not None
+    assert config["data"] == HELM_K3S_DATA
+    assert server.get("v1/configmaps", "ip-masq-agent", "kube-system") is None
+
+
+@pytest.mark.parametrize("acted", [True, False])
+def test_calico_apply_interrupted_as_an_apply_was_sent_leaves_the_pool_as_it_was(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], acted: bool) -> None:
+    # SIGTERM while a server-side apply's answer was awaited: the pool kept the new
+    # spec, its undo recorded only with the answer.
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.model.cni import IPPool  # noqa: PLC0415
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        backend.apply(plan(backend.observe(), State(owned=[
+            IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)])))
+        before = server.get(CRD, "k3snet-pods-a")
+        assert before is not None
+        changes = plan(backend.observe(), State(owned=[
+            IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=False)]))
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "PATCH":
+                api.rest_client.pool_manager.request = real
+                if acted:
+                    answer = real(verb, url, **kwargs)
+                    assert answer.status < 300, answer.status
+                raise SystemExit(143)  # the answer never read
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(SystemExit):
+            backend.apply(changes)
+    finally:
+        api.close()
+    back = server.get(CRD, "k3snet-pods-a")
+    assert back is not None
+    assert back["spec"] == before["spec"]
