@@ -140,8 +140,8 @@ class AgentMetrics:
             registry=r)
         self.ready = p.Gauge(
             "k3snet_agent_ready",
-            "1 once a pass has converged the node, 0 again after 3 passes in a row whose "
-            "node part failed (what /readyz reports).",
+            "1 once a pass has converged the node, 0 again once its node part has failed "
+            "3 passes in a row and for 30 s by default (what /readyz reports).",
             registry=r)
         # Every reason's series from the start, at 0: a series born at its first failure
         # has no earlier sample, so `increase(...[10m]) > 0` (the alert docs/agent.md
