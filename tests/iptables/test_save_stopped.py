@@ -72,6 +72,8 @@ def test_a_rule_iptables_nft_cannot_decode_is_said_and_never_makes_legacy_the_mo
     assert "`nft -a list table ip nat`" in message
     assert "reads nothing of IPv4" in message
     assert ("--backend-opt iptables.mode=legacy" in message) is (mode == "auto")
+    # The agent has no command line: its spec's form of the same.
+    assert ("backends: {iptables: {mode: legacy}}" in message) is (mode == "auto")
 
     def rules(text: str) -> list[str]:
         return [line for line in text.splitlines() if not line.startswith("#")]

@@ -377,7 +377,8 @@ class IptablesBackend(BackendBase):
                     raise SaveStoppedError(
                         f"{exc} (mode auto cannot tell which iptables this node uses; if it "
                         f"is iptables-{other}, say so: --backend-opt "
-                        f"iptables.mode={other})") from exc
+                        f"iptables.mode={other}, or the spec's (the agent's) backends: "
+                        f"{{iptables: {{mode: {other}}}}})") from exc
                 except K3snetError as exc:
                     failures.append(exc)
                     texts[flavour][family] = None
