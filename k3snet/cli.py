@@ -2095,8 +2095,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.fix and d.fixes.owned:
         kinds = {o.kind for o in d.fixes.owned}
         names = sorted({FIX_BACKENDS[k] for k in kinds})
-        group = BackendGroup([Member(create_backend(n, **_options(n, args), **(
-                                         {"mode": mode} if n == "iptables" and mode else {})),
+        # Built as `apply -f SPEC` builds them: the spec's options of each (its iptables
+        # mode, its nftables table: a masquerade written into `inet k3snet` beside the
+        # spec's table was one its agent neither manages nor removes).
+        spec = _spec(args) if args.spec is not None else None
+        group = BackendGroup([Member(create_backend(n, **_options(n, args, spec)),
                                      [k for k in kinds if FIX_BACKENDS[k] == n])
                               for n in names])
         with group as backend:
