@@ -2091,6 +2091,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     mode = _doctor_iptables_mode(args)
     if mode is not None:
         state = attrs.evolve(state, iptables_mode=(mode, "the spec's backends.iptables.mode"))
+    elif args.spec is not None and state.iptables_mode is not None:
+        # The spec leaves it to mode auto: the finding need not ask for the spec again.
+        flavour, why = state.iptables_mode
+        state = attrs.evolve(state, iptables_mode=(flavour, f"the spec's {why}"))
     d = diagnose(state, flow)
     if args.fix and d.fixes.owned:
         kinds = {o.kind for o in d.fixes.owned}

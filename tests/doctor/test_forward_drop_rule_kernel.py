@@ -274,3 +274,24 @@ def test_fix_writes_with_the_spec_s_backend_options_as_apply_f_spec_does(
     tables = run_in(doctor_lab.node, ["nft", "list", "tables"]).stdout
     assert "table inet k3snet-spec" in tables, tables
     assert "table inet k3snet\n" not in tables, tables
+
+
+@pytest.mark.parametrize("backends", ["backends:\n  iptables: {mode: auto}\n",
+                                      "backends: [netlink, nftables]\n"])
+def test_a_spec_naming_no_flavour_is_said_to_be_mode_auto_and_not_asked_for_again(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        backends: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A spec given whose iptables mode is ``auto`` (said so, or not named): the finding
+    advised giving the spec (`-f SPEC`), which was given; it says the spec leaves the
+    mode to ``auto`` and names the key that would change it."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(forward_policy="drop-legacy", kube_proxy="iptables-nft")
+    doctor_lab.configure(topology)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text() + backends)
+    assert main(["doctor", "--netns", doctor_lab.node, "--from", topology.pod, "--to",
+                 f"{topology.destination}:{topology.port}", "-f", str(spec)]) == 3
+    out = capsys.readouterr().out
+    assert "(the spec's mode auto: " in out, out
+    assert "-f SPEC" not in out, out
+    assert "backends.iptables.mode" in out, out
