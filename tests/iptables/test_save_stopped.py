@@ -117,6 +117,9 @@ def test_a_rule_iptables_nft_cannot_decode_in_a_table_k3snet_does_not_write_bloc
     run_in(ns, ["iptables-nft", "-w", "-t", "mangle", "-A", "PREROUTING", "-j", "ACCEPT"])
     run_in(ns, ["nft", "add", "rule", "ip", "mangle", "PREROUTING", "ip", "saddr",
                 "10.42.0.0/16", "meta", "mark", "set", "3", "counter"])
+    run_in(ns, ["ip6tables-nft", "-w", "-t", "mangle", "-A", "PREROUTING", "-j", "ACCEPT"])
+    run_in(ns, ["nft", "add", "rule", "ip6", "mangle", "PREROUTING", "meta", "mark", "set",
+                "3"])
     run_in(ns, ["iptables-legacy", "-w", "-t", "nat", "-N", "KUBE-KUBELET-CANARY"])
     saved = run_in(ns, ["iptables-nft-save"], check=False)
     if saved.returncode == 0 or "*nat" in saved.stdout:
@@ -132,6 +135,7 @@ def test_a_rule_iptables_nft_cannot_decode_in_a_table_k3snet_does_not_write_bloc
         assert "IPv4 mangle: iptables-nft-save stops at a rule of this table" in warnings, \
             warnings
         assert "`nft -a list table ip mangle`" in warnings, warnings
+        assert "IPv6 mangle: ip6tables-nft-save stops at a rule" in warnings, warnings
     nat = run_in(ns, ["iptables-nft-save", "-t", "nat"]).stdout
     assert "-s 10.42.0.0/16 -o eth0 -m comment --comment \"k3snet:" in nat, nat
     assert "K3SNET" not in run_in(ns, ["iptables-legacy-save"]).stdout

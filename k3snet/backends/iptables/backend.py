@@ -1438,11 +1438,11 @@ def _path_hidden(family: int, table: str, what: str) -> str:
     """The warning of a raw, mangle or security table iptables-nft-save left (partly) out
     (``what``: :attr:`~k3snet.backends.iptables.save.TableDump.hidden`)."""
     if what == "stopped":
-        return (f"IPv{family} {table}: iptables-nft-save stops at a rule of this table it "
-                "cannot decode (written with nft, or by a newer iptables: `nft -a list "
-                f"table {_nft_family(family)} {table}` shows it), and k3snet read the other "
-                "tables one by one: this one runs on the path of forwarded packets, and "
-                "what it drops k3snet neither sees nor names as a conflict")
+        return (f"IPv{family} {table}: {tool_name(family, 'nft', 'save')} stops at a rule of "
+                "this table it cannot decode (written with nft, or by a newer iptables: "
+                f"`nft -a list table {_nft_family(family)} {table}` shows it), and k3snet "
+                "read the other tables one by one: this one runs on the path of forwarded "
+                "packets, and what it drops k3snet neither sees nor names as a conflict")
     return (f"IPv{family} {table}: iptables-nft-save leaves out "
             f"{'this table' if what == 'table' else 'base chains of this table'} "
             f"(written with nft: `nft list table {_nft_family(family)} {table}` shows "
