@@ -2139,12 +2139,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     mode = _doctor_iptables_mode(args)
     if mode is not None:
         state = attrs.evolve(state, iptables_mode=(mode, "the spec's backends.iptables.mode"))
+    elif args.spec is not None and state.iptables_mode is not None:
+        # The spec leaves it to mode auto: the finding need not ask for the spec again.
+        flavour, why = state.iptables_mode
+        state = attrs.evolve(state, iptables_mode=(flavour, f"the spec's {why}"))
     d = diagnose(state, flow)
     if args.fix and d.fixes.owned:
         kinds = {o.kind for o in d.fixes.owned}
         names = sorted({FIX_BACKENDS[k] for k in kinds})
-        group = BackendGroup([Member(create_backend(n, **_options(n, args), **(
-                                         {"mode": mode} if n == "iptables" and mode else {})),
+        # Built as `apply -f SPEC` builds them: the spec's options of each (its iptables
+        # mode, its nftables table: a masquerade written into `inet k3snet` beside the
+        # spec's table was one its agent neither manages nor removes).
+        spec = _spec(args) if args.spec is not None else None
+        group = BackendGroup([Member(create_backend(n, **_options(n, args, spec)),
                                      [k for k in kinds if FIX_BACKENDS[k] == n])
                               for n in names])
         with group as backend:

@@ -108,6 +108,59 @@ _NETNS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SYSCTL_LINE = re.compile(r"\s*(?P<name>[\w./@+-]+)\s*=\s*(?P<value>.*?)\s*")
 
 
+_NFT_SAVES: Final = {"iptables-nft-v4.save": "ip", "iptables-nft-v6.save": "ip6"}
+_TABLE_LINE = re.compile(r"^\*\S+$", re.MULTILINE)
+_XT_TABLES: Final = ("raw", "mangle", "filter", "nat", "security")
+
+
+def _xt_tables(texts: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """The tables of iptables-nft's names the captured ``nft -j list ruleset`` holds in the
+    family of save ``name`` (all of them when it was not captured or does not read)."""
+    try:
+        items = json.loads(texts["nft-ruleset.json"])["nftables"]
+        held = {(t["family"], t["name"]) for item in items if (t := item.get("table"))}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return _XT_TABLES
+    return tuple(t for t in _XT_TABLES if (_NFT_SAVES[name], t) in held)
+
+
+def _save_apart(prefix: Sequence[str], tool: str, tables: Sequence[str],
+                timeout: float) -> str | None:
+    """An iptables-nft-save that stopped at a rule it cannot decode (1.8.9+, exit 3: one
+    written with nft, ``meta mark set 3``; it prints ``mangle`` first, and the tables
+    after it were lost), read again table by table (``-t TABLE`` decodes that one's
+    rules alone): a table that stops again is marked so
+    (:func:`~k3snet.backends.iptables.save.stopped_mark`), and the trace reads it from
+    ``nft-ruleset.json``, as an incompatible one. None: a read failed otherwise."""
+    from k3snet.backends.iptables.save import stopped_mark  # noqa: PLC0415 - rare
+
+    parts: list[str] = []
+    for table in tables:
+        try:
+            done = subprocess.run([*prefix, tool, "-t", table], capture_output=True,
+                                  text=True, errors="replace", timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if done.returncode == 0:
+            parts.append(done.stdout)
+        elif f"*{table}" in done.stdout.splitlines():
+            parts.append(stopped_mark(table, done.stderr))
+        else:
+            return None
+    return "".join(parts)
+
+
+def _read_apart(stopped: Sequence[str], prefix: Sequence[str], texts: dict[str, str],
+                missing: dict[str, str], timeout: float) -> None:
+    """Each save of ``stopped`` read table by table (:func:`_save_apart`) into ``texts``,
+    and no longer ``missing`` when that read."""
+    for name in stopped:
+        apart = _save_apart(prefix, FILES[name][0], _xt_tables(texts, name), timeout)
+        if apart is not None:
+            texts[name] = apart
+            missing.pop(name, None)
+
+
 def _frozen(values: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(values))
 
@@ -193,6 +246,7 @@ class NodeCapture:
         prefix = ("ip", "netns", "exec", netns) if netns is not None else ()
         texts: dict[str, str] = {}
         missing: dict[str, str] = {}
+        stopped: list[str] = []  # iptables-nft-saves stopped in a table: read apart
         # The commands are independent: run them at once (a capture in ~0.1 s, not ~0.5 s).
         running: dict[str, subprocess.Popen[str]] = {}
         commands = {**FILES, **AUX_FILES}
@@ -220,9 +274,12 @@ class NodeCapture:
                 missing[name] = f"{' '.join(argv)}: timed out after {timeout} s"
                 continue
             if process.returncode != 0:
+                if name in _NFT_SAVES and _TABLE_LINE.search(stdout) is not None:
+                    stopped.append(name)
                 missing[name] = f"{' '.join(argv)}: exit {process.returncode}: {stderr.strip()}"
                 continue
             texts[name] = stdout
+        _read_apart(stopped, prefix, texts, missing, timeout)
         for name in AUX_FILES:
             missing.pop(name, None)  # what the trace can do without is no capture gap
         for name, path in CNI_FILES.items():

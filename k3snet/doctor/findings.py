@@ -257,6 +257,9 @@ def _forward_drop(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Ch
             if mode[1].startswith("mode auto"):
                 advice += (f" (if k3snet runs with the iptables backend's mode {flavour}, give "
                            "its spec: `-f SPEC`)")
+            elif mode[1].startswith("the spec's mode auto"):
+                advice += (f" (if this node's iptables is {flavour}, say so in the spec: "
+                           f"backends.iptables.mode: {flavour})")
             finding = Finding("forward-drop", what, where, why, advice=advice)
             return finding, None
         if conflict is not None:

@@ -75,7 +75,10 @@ _FLANNEL_NETWORK = re.compile(r"^FLANNEL_(IPV6_)?NETWORK=(?P<cidr>\S+)\s*$", re.
 
 # The ipsets iptables rules match (``-m set --match-set NAME src``), the only ones read.
 _MATCH_SET = re.compile(r'--match-set\s+(?:"([^"]*)"|(\S+))')
-_INCOMPATIBLE = re.compile(r"^# Table `(\w+)' is incompatible", re.MULTILINE)
+# A table iptables-nft-save calls incompatible, or one whose save stopped at a rule it
+# cannot decode (the capture then read the others apart: save.stopped_mark).
+_INCOMPATIBLE = re.compile(
+    r"^# (?:Table|k3snet: table) `(\w+)' (?:is incompatible|stopped the save)", re.MULTILINE)
 
 
 def _read_from_save(text: str, tables: Mapping[str, Any], family: int

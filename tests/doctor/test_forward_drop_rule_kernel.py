@@ -252,3 +252,46 @@ def test_without_a_spec_the_finding_says_the_flavour_is_mode_auto_s(
     assert "(mode auto: " in finding.why, d.render()
     assert finding.advice is not None
     assert "mode legacy, give its spec: `-f SPEC`" in finding.advice, d.render()
+
+
+def test_fix_writes_with_the_spec_s_backend_options_as_apply_f_spec_does(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``doctor --fix -f SPEC`` built its backends with the spec's iptables mode alone: the
+    masquerade went into nftables table ``inet k3snet`` whatever the spec's
+    ``backends.nftables.table``, a table the spec's k3snet (its agent) does not manage
+    and warns of. It writes as ``apply -f SPEC`` would: the spec's table."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(nat="none")
+    doctor_lab.configure(topology)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text() + "backends:\n  nftables: {table: k3snet-spec}\n"
+                    "  iptables: {mode: auto}\n")
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", topology.pod, "--to",
+            f"{topology.destination}:{topology.port}", "-f", str(spec)]
+    assert main([*argv, "--fix", "--auto-approve"]) == 0, capsys.readouterr()
+    assert "now: reaches" in capsys.readouterr().out
+    tables = run_in(doctor_lab.node, ["nft", "list", "tables"]).stdout
+    assert "table inet k3snet-spec" in tables, tables
+    assert "table inet k3snet\n" not in tables, tables
+
+
+@pytest.mark.parametrize("backends", ["backends:\n  iptables: {mode: auto}\n",
+                                      "backends: [netlink, nftables]\n"])
+def test_a_spec_naming_no_flavour_is_said_to_be_mode_auto_and_not_asked_for_again(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        backends: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A spec given whose iptables mode is ``auto`` (said so, or not named): the finding
+    advised giving the spec (`-f SPEC`), which was given; it says the spec leaves the
+    mode to ``auto`` and names the key that would change it."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(forward_policy="drop-legacy", kube_proxy="iptables-nft")
+    doctor_lab.configure(topology)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text() + backends)
+    assert main(["doctor", "--netns", doctor_lab.node, "--from", topology.pod, "--to",
+                 f"{topology.destination}:{topology.port}", "-f", str(spec)]) == 3
+    out = capsys.readouterr().out
+    assert "(the spec's mode auto: " in out, out
+    assert "-f SPEC" not in out, out
+    assert "backends.iptables.mode" in out, out

@@ -218,7 +218,7 @@ def test_an_unnamed_ct_target_is_named_and_its_flags_read_before_106(
     assert asked == [("GETRULE", [7]), ("xt data", ["comment", "CT"])]
 
 
-@pytest.mark.parametrize("version", ["1.0.6", "1.1.1"])
+@pytest.mark.parametrize("version", ["1.0.6", "1.0.10", "1.1.1"])
 def test_a_listing_of_libnftables_106_or_later_is_not_scanned_for_unnamed_xt(
         monkeypatch: pytest.MonkeyPatch, version: str) -> None:
     """1.0.6 and later name every compat statement: their listings are not searched for

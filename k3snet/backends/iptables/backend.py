@@ -377,7 +377,8 @@ class IptablesBackend(BackendBase):
                     raise SaveStoppedError(
                         f"{exc} (mode auto cannot tell which iptables this node uses; if it "
                         f"is iptables-{other}, say so: --backend-opt "
-                        f"iptables.mode={other})") from exc
+                        f"iptables.mode={other}, or the spec's (the agent's) backends: "
+                        f"{{iptables: {{mode: {other}}}}})") from exc
                 except K3snetError as exc:
                     failures.append(exc)
                     texts[flavour][family] = None
@@ -464,13 +465,7 @@ class IptablesBackend(BackendBase):
                     found.append(f"{where}: a rule that is not k3snet's jumps to k3snet's chain "
                                  f"{jump.target}: -A {jump.chain} {format_line(jump.line)} "
                                  "(kept; k3snet cannot delete that chain while it is there)")
-        for family, table, what in self._path_hidden:
-            found.append(
-                f"IPv{family} {table}: iptables-nft-save leaves out "
-                f"{'this table' if what == 'table' else 'base chains of this table'} "
-                f"(written with nft: `nft list table {_nft_family(family)} {table}` shows "
-                "it): it runs on the path of forwarded packets, and what it drops k3snet "
-                "neither sees nor names as a conflict")
+        found += [_path_hidden(*hidden) for hidden in self._path_hidden]
         # Notracks of one protocol, raw's and other nftables tables', named when they meet
         # k3snet's rules.
         native = self._native.defaults.partial
@@ -1437,6 +1432,22 @@ def _left_nftables(family: str, table: str) -> str:
 
 def _nft_family(family: int) -> str:
     return "ip" if family == 4 else "ip6"
+
+
+def _path_hidden(family: int, table: str, what: str) -> str:
+    """The warning of a raw, mangle or security table iptables-nft-save left (partly) out
+    (``what``: :attr:`~k3snet.backends.iptables.save.TableDump.hidden`)."""
+    if what == "stopped":
+        return (f"IPv{family} {table}: {tool_name(family, 'nft', 'save')} stops at a rule of "
+                "this table it cannot decode (written with nft, or by a newer iptables: "
+                f"`nft -a list table {_nft_family(family)} {table}` shows it), and k3snet "
+                "read the other tables one by one: this one runs on the path of forwarded "
+                "packets, and what it drops k3snet neither sees nor names as a conflict")
+    return (f"IPv{family} {table}: iptables-nft-save leaves out "
+            f"{'this table' if what == 'table' else 'base chains of this table'} "
+            f"(written with nft: `nft list table {_nft_family(family)} {table}` shows "
+            "it): it runs on the path of forwarded packets, and what it drops k3snet "
+            "neither sees nor names as a conflict")
 
 
 def _unreadable(state: TableState) -> str:

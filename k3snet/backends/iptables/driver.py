@@ -29,11 +29,12 @@ import time
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Literal, NoReturn, Protocol
 
+from k3snet.backends.iptables.save import stopped_mark
 from k3snet.backends.iptables.table import Op, restore_lines
 from k3snet.backends.kit import translate_errors
 from k3snet.backends.lock import inherited_locks
 from k3snet.errors import BackendError, BackendUnavailableError
-from k3snet.render.iptables.rules import Line, tokenize
+from k3snet.render.iptables.rules import TABLES, Line, tokenize
 
 if TYPE_CHECKING:
     from k3snet.backends.iptables.libiptc import LibiptcDriver
@@ -72,8 +73,14 @@ class SaveStoppedError(BackendError):
     set 3``: "Parsing nftables rule failed", exit status 3), with the tables and rules
     before it printed. Never "this flavour is absent": mode ``auto`` picked
     iptables-legacy over it, and wrote k3snet's rules where no packet of the node's
-    iptables-nft rules is decided.
+    iptables-nft rules is decided. Raised for the tables k3snet writes (``filter``,
+    ``nat``) alone: a stop in another is read around (:meth:`Processes.save`).
+    ``table``: the table it stopped in.
     """
+
+    def __init__(self, message: str, *, table: str | None = None) -> None:
+        self.table = table
+        super().__init__(message)
 
 
 def save_stopped(name: str, family: int, stdout: str, stderr: str, *,
@@ -93,10 +100,13 @@ def save_stopped(name: str, family: int, stdout: str, stderr: str, *,
         f"{name} stopped in IPv{family} {table} in {where} ({detail}): it cannot print a "
         f"rule there, {nft}; k3snet reads nothing of IPv{family} through this iptables, "
         "and writes nothing there, until that rule is removed or moved to a table of "
-        "another name (nft's own tables are read by the nftables backend)")
+        "another name (nft's own tables are read by the nftables backend)", table=table)
 
 
 _TABLE_HEADER = re.compile(r"^\*(\S+)$", re.MULTILINE)
+_APART = ("raw", "mangle", "filter", "nat", "security")
+"""The tables of a family read one by one when its save stopped in one k3snet does not
+write (:meth:`Processes.save_apart`): iptables-nft-save's, in its order."""
 
 
 class RunFailedError(BackendError):
@@ -208,9 +218,42 @@ class Processes:
             stopped = save_stopped(name, family, result.stdout, result.stderr,
                                    returncode=result.returncode, where=self.where)
             if stopped is not None:
-                raise stopped
+                return self.save_apart(name, family, stopped)
             self._refused(f"run {name} in {self.where}", result.stderr, result.returncode)
         return result.stdout
+
+    def save_apart(self, name: str, family: int, stopped: SaveStoppedError) -> str:
+        """The save of a family whose save ``name`` ``stopped`` in a table: each table read
+        alone (``NAME -t TABLE``), the one the tool cannot print marked so
+        (:func:`~k3snet.backends.iptables.save.stopped_mark`: ``hidden`` ``"stopped"``, a
+        warning); ``stopped`` (or the stop of a table read alone) is raised when it is a
+        table k3snet writes (``filter``, ``nat``).
+
+        iptables-nft-save prints ``mangle`` first, and a rule of it written with ``nft``
+        that it cannot decode (``meta mark set 3``) stopped the save of every table
+        after it: k3snet refused to read or write the node, every agent pass failed,
+        for a table it writes nothing in. Asked for one table, it decodes that one's
+        rules alone."""
+        if stopped.table in TABLES:
+            raise stopped
+        parts: list[str] = []
+        for table in _APART:
+            result = self.run([name, "-t", table])
+            if result.returncode == 0:
+                parts.append(result.stdout)
+                continue
+            again = save_stopped(name, family, result.stdout, result.stderr,
+                                 returncode=result.returncode, where=self.where)
+            if table in TABLES:
+                if again is not None:
+                    raise again
+                self._refused(f"run {name} -t {table} in {self.where}", result.stderr,
+                              result.returncode)
+            if again is not None:
+                parts.append(stopped_mark(table, result.stderr
+                                          or f"exit status {result.returncode}"))
+            # else nothing of it printed: not there (the family's save leaves it out)
+        return "".join(parts)
 
     def list_chain(self, family: int, mode: Flavour, table: str, chain: str) -> str | None:
         """``iptables -t TABLE -S CHAIN``: the rules of one chain as ``iptables-save`` writes
@@ -324,11 +367,11 @@ class StartedSave:
         if process.returncode != 0:
             if self._kernel.netns and "network namespace" in stderr:
                 raise BackendError(f"{self._kernel.where} is not usable: {stderr.strip()}")
-            stopped = save_stopped(self._name, 6 if self._name.startswith("ip6") else 4,
-                                   stdout, stderr, returncode=process.returncode,
-                                   where=self._kernel.where)
+            family = 6 if self._name.startswith("ip6") else 4
+            stopped = save_stopped(self._name, family, stdout, stderr,
+                                   returncode=process.returncode, where=self._kernel.where)
             if stopped is not None:
-                raise stopped
+                return self._kernel.save_apart(self._name, family, stopped)
             Processes._refused(doing, stderr, process.returncode)
         return stdout
 

@@ -115,7 +115,7 @@ def other_flavour_rules(texts: Mapping[int, str | None]) -> list[str]:
             if chains and (rules or table in TABLES):
                 parts.append(f"{chains} user chain{'s' if chains != 1 else ''}")
             if held.hidden is not None:  # iptables-nft-save said it left them out
-                parts.append(f"{'rules' if held.hidden == 'table' else 'base chains'} "
+                parts.append(f"{'base chains' if held.hidden == 'base chains' else 'rules'} "
                              "written with nft that iptables-nft-save cannot show")
             if parts:
                 found.append(f"IPv{family} {table}: {', '.join(parts)}")

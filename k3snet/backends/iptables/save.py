@@ -14,9 +14,9 @@ import attrs
 
 from k3snet.render.iptables.rules import whole_rule
 
-__all__ = ["Dump", "Hidden", "TableDump", "parse_save"]
+__all__ = ["Dump", "Hidden", "TableDump", "parse_save", "stopped_mark"]
 
-Hidden = Literal["table", "base chains"]
+Hidden = Literal["table", "base chains", "stopped"]
 """What iptables-nft-save said it left out of a table (see :attr:`TableDump.hidden`)."""
 
 # iptables-nft-save's words for an nftables table of its name holding what the xt
@@ -25,6 +25,16 @@ Hidden = Literal["table", "base chains"]
 # incompatible base-chains": the chains printed are whole, the others are not shown.
 _INCOMPATIBLE = re.compile(
     r"^# Table `([^']+)' (is incompatible|contains incompatible base-chains)")
+# The line the driver puts for a table whose own save stopped at a rule the tool cannot
+# print (:func:`stopped_mark`): the other tables were read one by one.
+_STOPPED = re.compile(r"^# k3snet: table `([^']+)' stopped the save")
+
+
+def stopped_mark(table: str, detail: str) -> str:
+    """The line standing for ``table`` in a save read table by table when the tool stopped
+    at a rule of it it cannot print (``detail``: its words): :attr:`TableDump.hidden`
+    ``"stopped"`` to :func:`parse_save`."""
+    return f"# k3snet: table `{table}' stopped the save: {' '.join(detail.split())}\n"
 
 
 @attrs.define
@@ -38,7 +48,9 @@ class TableDump:
     """What iptables-nft-save left out, saying so in a comment: ``"table"``, all of it
     (it holds rules written with nft that iptables cannot show; nothing of it was
     read), or ``"base chains"`` of the table's own written with nft (the chains read
-    are whole, those run besides them)."""
+    are whole, those run besides them); ``"stopped"``: iptables-nft-save stopped at a
+    rule of it it cannot decode (one written with nft), nothing of it was read (the
+    driver read the family's other tables one by one: :func:`stopped_mark`)."""
 
     def chain(self, name: str) -> list[str]:
         """The rules of a chain as printed (empty if the chain does not exist)."""
@@ -65,6 +77,9 @@ def parse_save(text: str) -> Dump:
             if (hidden := _INCOMPATIBLE.match(line)) is not None:
                 dump = tables.setdefault(hidden.group(1), TableDump(hidden.group(1)))
                 dump.hidden = "table" if hidden.group(2) == "is incompatible" else "base chains"
+            elif (stopped := _STOPPED.match(line)) is not None:
+                dump = tables.setdefault(stopped.group(1), TableDump(stopped.group(1)))
+                dump.hidden = "stopped"
             continue
         if line.startswith("*"):
             current = tables.setdefault(line[1:], TableDump(line[1:]))
