@@ -1366,3 +1366,45 @@ def test_calico_apply_interrupted_as_an_apply_acted_applies_back_a_pool_read_wit
     back = server.get(CRD, "k3snet-pods-a")
     assert back is not None
     assert back["spec"] == before["spec"]
+
+
+@pytest.mark.parametrize("acted", [True, False])
+def test_cilium_removal_interrupted_as_its_delete_was_sent_leaves_both_configmaps_as_they_were(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float], acted: bool) -> None:
+    # SIGTERM while the delete of the ip-masq-agent ConfigMap k3snet created awaited its
+    # answer: cilium-config's keys were written back (the first write taken back), the
+    # ConfigMap left deleted, and `k3snet apply` exited 143 saying it had taken back
+    # what it made: Cilium's ip-masq-agent on, its ConfigMap gone.
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = _cilium(server, api)
+        backend.apply(plan(backend.observe(), State(owned=[_cilium_wanted()])))
+        config_before = server.get("v1/configmaps", "cilium-config", "kube-system")
+        agent_before = server.get("v1/configmaps", "ip-masq-agent", "kube-system")
+        assert config_before is not None and agent_before is not None  # noqa: PT018
+        changes = plan(backend.observe(), State())
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "DELETE":
+                api.rest_client.pool_manager.request = real
+                if acted:
+                    answer = real(verb, url, **kwargs)
+                    assert answer.status < 300, answer.status
+                raise SystemExit(143)  # the answer never read
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(SystemExit):
+            backend.apply(changes)
+    finally:
+        api.close()
+    config = server.get("v1/configmaps", "cilium-config", "kube-system")
+    agent = server.get("v1/configmaps", "ip-masq-agent", "kube-system")
+    assert config is not None and agent is not None  # noqa: PT018
+    assert config["data"] == config_before["data"]
+    assert agent["data"] == agent_before["data"]
+    assert agent["metadata"]["annotations"] == agent_before["metadata"]["annotations"]
