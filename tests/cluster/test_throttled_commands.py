@@ -1408,3 +1408,45 @@ def test_cilium_removal_interrupted_as_its_delete_was_sent_leaves_both_configmap
     assert config["data"] == config_before["data"]
     assert agent["data"] == agent_before["data"]
     assert agent["metadata"]["annotations"] == agent_before["metadata"]["annotations"]
+
+
+def test_calico_apply_interrupted_as_a_create_acted_whose_read_back_is_refused_says_it_may_be_left(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # The undo's read refused (403): nothing can tell whether the create was made; the
+    # pool may be there, and a RollbackError (exit 5) says so, not exit 143's "taken back".
+    import urllib3  # noqa: PLC0415
+
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.errors import RollbackError  # noqa: PLC0415
+    from k3snet.model.cni import IPPool  # noqa: PLC0415
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        changes = plan(backend.observe(), State(owned=[
+            IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)]))
+        real = api.rest_client.pool_manager.request
+        posted: list[str] = []
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "POST":
+                posted.append(url)
+                real(verb, url, **kwargs)
+                raise SystemExit(143)  # the answer never read
+            if verb == "GET" and posted:
+                return urllib3.HTTPResponse(
+                    body=b'{"kind":"Status","apiVersion":"v1","status":"Failure",'
+                         b'"reason":"Forbidden","code":403}', status=403,
+                    headers={"Content-Type": "application/json"}, preload_content=True)
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(RollbackError) as caught:
+            backend.apply(changes)
+    finally:
+        api.close()
+    assert isinstance(caught.value.__cause__, SystemExit)
+    assert "delete IPPool k3snet-pods-a (created, its answer unread)" in str(caught.value)
+    assert server.get(CRD, "k3snet-pods-a") is not None
