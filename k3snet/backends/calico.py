@@ -857,6 +857,23 @@ class CalicoBackend(BackendBase):
         super().close()
 
 
+def _holds_sent(spec: object, sent: Mapping[str, Any]) -> bool:
+    """Whether a pool's ``spec`` as read holds every field of ``sent`` (what k3snet
+    wrote): the fields the API server added (its defaults, ``allowedUses``) aside, and
+    a field absent read as its Go zero value: Calico's API server (``projectcalico.org/v3``)
+    answers ``natOutgoing: false``, ``disabled: false``, ``disableBGPExport: false`` by
+    leaving them out (``omitempty``), and a pool k3snet wrote with them was not its own."""
+    if not isinstance(spec, Mapping):
+        return False
+    for key, value in sent.items():
+        if key in spec:
+            if spec[key] != value:
+                return False
+        elif value not in (False, "", 0, [], {}, None):
+            return False
+    return True
+
+
 class _Run:
     """One apply: the requests made, and how to undo each of them (a kit Compensation)."""
 
@@ -1008,7 +1025,7 @@ class _Run:
                 _request_timeout=self.backend.timeout),
         )
         spec = found.get("spec") if isinstance(found, dict) else None
-        if isinstance(spec, dict) and all(spec.get(k) == v for k, v in new.items()):
+        if _holds_sent(spec, new):
             self._apply(f"apply back IPPool {before.name}", before.name,
                         self._body(before, reset=after))
 
@@ -1120,9 +1137,8 @@ class _Run:
         metadata = found.get("metadata") or {}
         sent = body.get("metadata") or {}
         spec, wanted = found.get("spec"), body.get("spec") or {}
-        if created and isinstance(spec, dict):
-            spec = {k: v for k, v in spec.items() if k in wanted}
-        if not isinstance(metadata, dict) or spec != wanted:
+        if not isinstance(metadata, dict) or not (
+                _holds_sent(spec, wanted) if created else spec == wanted):
             return None
         annotations = {k: v for k, v in (metadata.get("annotations") or {}).items()
                        if k != CALICO_METADATA_ANNOTATION}

@@ -605,6 +605,16 @@ class _Api:
             return
         undo(found.version)
 
+    def put_back_unanswered(self, name: str, was: _ConfigMap) -> None:
+        """Put back ``name`` (``was``, as read before) when a delete an interruption cut
+        with its answer unread deleted it: read, none there is created again as it was
+        (data and records); one there, the delete never made or another made since, is
+        left. Without it, the write before it was taken back and this one left: the
+        ip-masq-agent ConfigMap gone under a ``cilium-config`` that uses it again, exit
+        143 saying it was taken back."""
+        if self.read(name) is None:
+            self.create(name, dict(was.data), was.owned or "", was.written)
+
     def delete(self, name: str, version: str | None) -> None:
         """Delete ``name`` as read (its ``version``: one edited since, by Helm or an
         admin, is a 409 and stays, their edit with it). None there (404) is the delete
@@ -1239,7 +1249,8 @@ class CiliumBackend(BackendBase):
             assert agent is not None
 
             def delete_agent() -> Any:
-                api.delete(api.agent_name, agent.version)
+                _answered(lambda: api.delete(api.agent_name, agent.version), unanswered,
+                          lambda: api.put_back_unanswered(api.agent_name, agent))
                 return None  # the last step: never undone
             steps.append(delete_agent)
         elif edit.agent_action == "patch":

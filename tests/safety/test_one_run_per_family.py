@@ -17,7 +17,7 @@ import pytest
 
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.driver import Flavour, Processes, RestoreProcess, RunFailedError
-from k3snet.errors import ApplyError
+from k3snet.errors import ApplyError, BackendError, RollbackError
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import ForwardRule, MasqueradeRule, SnatRule, State
 from k3snet.planner import Plan, plan
@@ -240,3 +240,55 @@ def test_a_run_that_does_not_finish_in_time_is_named_by_its_tool_not_by_ip(
     assert str(caught.value).startswith(
         "iptables-nft-restore did not finish within 0.3 s in network namespace "
         "'k3snet-elsewhere'"), caught.value
+
+
+class Interrupted(Counted):
+    """Ctrl-C lands as the nat table opens, after filter's COMMIT: the run, aborted,
+    cannot tell which tables went in, and ``iptables-save`` then fails too."""
+
+    def __init__(self, netns: str) -> None:
+        super().__init__(netns)
+        self.reads_fail = False
+
+    def restore(self, family: int, mode: Flavour, *, test: bool = False) -> RestoreProcess:
+        run = super().restore(family, mode, test=test)
+        table, abort = run.table, run.abort
+
+        def open_table(name: str) -> None:
+            if name == "nat" and not self.reads_fail:
+                self.reads_fail = True
+                raise KeyboardInterrupt
+            table(name)
+
+        def untold() -> tuple[str, ...] | None:
+            abort()
+            return None
+
+        run.table = open_table  # type: ignore[method-assign]
+        run.abort = untold  # type: ignore[method-assign]
+        return run
+
+    def save(self, family: int, mode: Flavour) -> str | None:
+        if self.reads_fail:
+            raise BackendError("iptables-save: interrupted system call")
+        return super().save(family, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_interruption_whose_committed_tables_cannot_be_told_is_a_rollback_error(
+    ns: str, mode: str
+) -> None:
+    # Ctrl-C (or SIGTERM) after filter's COMMIT, the run unable to say what went in and
+    # the read back failing: "cannot tell whether it was committed" was dropped and the
+    # interruption went on as it came, exit 130/143 saying nothing (143: "taken back"),
+    # the filter table's edit left in the kernel.
+    p = the_plan(ns, mode)
+    backend = IptablesBackend(ns, mode=mode)  # type: ignore[arg-type]
+    backend._kernel = Interrupted(ns)
+    with backend:
+        backend.observe()
+        with pytest.raises(RollbackError) as caught:
+            backend.apply(p)
+    assert "ROLLBACK FAILED" in str(caught.value)
+    assert "IPv4 filter: cannot tell whether it was committed" in str(caught.value)
+    assert isinstance(caught.value.__cause__, KeyboardInterrupt)

@@ -1011,6 +1011,13 @@ class IptablesBackend(BackendBase):
             if isinstance(exc, Exception):  # ApplyError saying what was done and undone
                 undo.fail(None, f"IPv{family} {table}: cannot prepare the edit: {exc}", exc,
                           extra_problems=problems)
+            if problems:
+                # Interrupted (Ctrl-C, SIGTERM) with tables that may be committed and
+                # cannot be told: a RollbackError says so, the rest taken back first.
+                # Raised as it came, the interruption ended quietly (exit 130, or 143
+                # saying what was made was taken back), the tables' edits left in.
+                undo.fail(None, f"IPv{family} {table}: interrupted ({type(exc).__name__})",
+                          exc, extra_problems=problems)
             raise
         if pause is not None:  # the last run: nothing much is allocated after this
             pause.end()
