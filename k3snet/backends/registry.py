@@ -146,8 +146,9 @@ def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Pa
 def declared_capabilities(name: str) -> frozenset[str] | None:
     """The kinds backend ``name`` manages, where its factory declares them as a class
     attribute (``capabilities = frozenset({"nat", "forward"})``), without building it;
-    ``None`` where they depend on its options (the memory backend's ``capabilities=``,
-    the cluster backends') or it cannot be loaded here. ``k3snet validate`` reads them
+    ``None`` where the class does not hold them (a property: the memory backend's are its
+    ``capabilities=`` option; the cluster backends' are their own kind, shared with no
+    other backend) or it cannot be loaded here. ``k3snet validate`` reads them
     to find two backends of a spec managing one kind."""
     try:
         kinds = getattr(load_backend(name), "capabilities", None)
