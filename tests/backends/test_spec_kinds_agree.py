@@ -69,7 +69,8 @@ def _plan_refuses(spec: Spec, ns: str, tmp_path: Path) -> bool:
 
 
 @pytest.mark.parametrize("names", [
-    combo for size in (2, 3) for combo in itertools.permutations(NAMES, size)], ids="+".join)
+    *(combo for size in (2, 3) for combo in itertools.permutations(NAMES, size)),
+    *((name, name) for name in NAMES), ("netlink", "nftables", "netlink")], ids="+".join)
 def test_validate_refuses_exactly_the_backends_plan_refuses_for_one_kind_twice(
         names: tuple[str, ...], ns: str, tmp_path: Path) -> None:
     """Any spec validate refuses that plan accepts would fail users' CI for nothing; any
