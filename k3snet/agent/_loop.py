@@ -58,9 +58,12 @@ from k3snet.converge import converge, destroy
 from k3snet.errors import (
     ApplyError,
     BackendError,
+    BackendNotFoundError,
+    BackendOptionError,
     CheckError,
     ConflictError,
     K3snetError,
+    ModelError,
     Problem,
     SpecError,
     TeardownError,
@@ -827,8 +830,17 @@ class Agent:
         return refused
 
     def _try_new(self, spec: Spec, sha: str) -> PassResult:
-        """Converge a new spec: refused if it would tear everything down or does not compile."""
-        group, fresh = self._group_for(spec)
+        """Converge a new spec: refused if it would tear everything down or does not compile,
+        or its backends cannot be made of it."""
+        try:
+            group, fresh = self._group_for(spec)
+        except (SpecError, ModelError, BackendOptionError, BackendNotFoundError) as exc:
+            # The spec's own doing (two backends managing one kind, an unknown option or
+            # backend, a value its backend refuses): it failed every pass for good, the
+            # spec in force no longer converged (its drift stayed), never "spec-refused".
+            # A backend that cannot be made here for now (its namespace, its module) fails
+            # the pass and is tried again.
+            raise _RefusedError("invalid", exc) from exc
         try:
             applied, leader = self._converge(spec, sha, group, new=True)
         except (TeardownError, SpecError) as exc:

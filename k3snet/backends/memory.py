@@ -26,19 +26,39 @@ exercise rollback paths.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TypeGuard
+from collections.abc import Iterable, Mapping
+from typing import ClassVar, TypeGuard
 
 import attrs
 
 from k3snet.backends.base import ApplyResult
-from k3snet.backends.kit import BackendBase, Compensation, fit_problems
+from k3snet.backends.kit import BackendBase, Compensation, OptionChecks, fit_problems
 from k3snet.errors import ModelError, PlanError
 from k3snet.model.state import State, ensure_state, kind_set, known_kinds
 from k3snet.model.sysctl import ALIASES, Sysctl, owned_apart
 from k3snet.planner import Change, Plan
 
 __all__ = ["MemoryBackend"]
+
+def _kinds_option(capabilities: object) -> frozenset[str]:
+    """The ``capabilities`` option: every registered kind for ``None``, else a kind or an
+    iterable of kinds, each registered (a :class:`~k3snet.errors.ModelError` saying what
+    is wrong: ``capabilities: 5`` in a spec was Python's "'int' object is not iterable")."""
+    known = known_kinds()
+    if capabilities is None:
+        return frozenset(known)
+    given = ([capabilities] if isinstance(capabilities, str) else list(capabilities)
+             if isinstance(capabilities, Iterable) and not isinstance(capabilities, bytes | Mapping)
+             else None)
+    if given is None or not all(isinstance(kind, str) for kind in given):
+        raise ModelError(f"capabilities must be a kind or a list of kinds ({', '.join(known)}), "
+                         f"got {capabilities!r}")
+    kinds = kind_set(given)
+    unknown = kinds - set(known)
+    if unknown:
+        raise ModelError(f"unknown kinds {sorted(unknown)}; known: {', '.join(known)}")
+    return kinds
+
 
 class MemoryBackend(BackendBase):
     """An in-memory system: ``observe`` returns its state, ``apply`` changes it atomically.
@@ -56,6 +76,7 @@ class MemoryBackend(BackendBase):
     """
 
     name = "memory"
+    option_checks: ClassVar[OptionChecks] = {"capabilities": _kinds_option}
 
     def __init__(
         self,
@@ -67,11 +88,7 @@ class MemoryBackend(BackendBase):
         # A list of objects where a State belongs failed at the first observe, as an
         # AttributeError far from here.
         self._state = ensure_state(state, "MemoryBackend's state") if state is not None else State()
-        known = known_kinds()
-        self._capabilities = frozenset(known) if capabilities is None else kind_set(capabilities)
-        unknown = self._capabilities - set(known)
-        if unknown:
-            raise ModelError(f"unknown kinds {sorted(unknown)}; known: {', '.join(known)}")
+        self._capabilities = _kinds_option(capabilities)
 
     @property
     def capabilities(self) -> frozenset[str]:

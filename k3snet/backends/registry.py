@@ -146,8 +146,9 @@ def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Pa
 def declared_capabilities(name: str) -> frozenset[str] | None:
     """The kinds backend ``name`` manages, where its factory declares them as a class
     attribute (``capabilities = frozenset({"nat", "forward"})``), without building it;
-    ``None`` where they depend on its options (the memory backend's ``capabilities=``,
-    the cluster backends') or it cannot be loaded here. ``k3snet validate`` reads them
+    ``None`` where the class does not hold them (a property: the memory backend's are its
+    ``capabilities=`` option; the cluster backends' are their own kind, shared with no
+    other backend) or it cannot be loaded here. ``k3snet validate`` reads them
     to find two backends of a spec managing one kind."""
     try:
         kinds = getattr(load_backend(name), "capabilities", None)
@@ -255,7 +256,12 @@ def create_backend(name: str, **options: Any) -> Backend:
     except (TypeError, ValueError) as exc:
         # A third-party constructor refusing an option value as Python code does (the
         # check of its option_checks, called there too): the value's problem, which the
-        # CLI called an internal error of k3snet's ("a bug: please report it").
+        # CLI called an internal error of k3snet's ("a bug: please report it"). Not one
+        # raised by k3snet's own code (a built-in backend's constructor, k3snet code a
+        # third-party class runs): k3snet refuses values with a K3snetError, so that one
+        # is a bug of k3snet's, which a "bad value" hid.
+        if not raised_by_third_party(factory, exc):
+            raise
         raise BackendOptionError(f"backend {name!r}: {exc}") from exc
     missing = [member for member in _MEMBERS if not hasattr(backend, member)]
     if missing:
@@ -264,6 +270,26 @@ def create_backend(name: str, **options: Any) -> Backend:
             f"returned {type(backend).__name__}, not a backend (no {', no '.join(missing)}; "
             "see k3snet.backends.Backend)")
     return backend
+
+
+def _k3snets(module: object) -> bool:
+    return isinstance(module, str) and (module == "k3snet" or module.startswith("k3snet."))
+
+
+def raised_by_third_party(code: object, exc: BaseException) -> bool:
+    """Whether ``exc``, raised by calling ``code`` (a backend's factory or option check),
+    is the third party's: ``code`` is not k3snet's own and the frame that raised it is
+    not k3snet's either (Python's own functions, ``os.fspath(5)``, raise in their
+    caller's frame). A plain ``ValueError`` or ``TypeError`` from k3snet's code is a bug
+    of k3snet's: its own code refuses a value with a :class:`~k3snet.errors.K3snetError`."""
+    if _k3snets(getattr(code, "__module__", None)):
+        return False
+    tb = exc.__traceback__
+    if tb is None or tb.tb_next is None:  # raised by the call itself: its arguments
+        return True
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return not _k3snets(tb.tb_frame.f_globals.get("__name__"))
 
 
 _MEMBERS = ("name", "capabilities", "observe", "check", "apply", "close")

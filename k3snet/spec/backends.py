@@ -99,6 +99,12 @@ def _shared_kinds(names: Iterable[str], kinds: Kinds) -> list[Problem]:
     """A problem at ``backends`` for each two of ``names`` that manage a kind in common."""
     problems: list[Problem] = []
     seen: dict[str, frozenset[str]] = {}
+    names = list(names)
+    # A name given twice is two of that backend: plan, apply and the agent refuse it
+    # ("two backends named 'netlink' would manage route"), whatever its kinds.
+    problems += [Problem("backends", f"{name!r} is named {names.count(name)} times: a spec "
+                         "gives each backend every kind it manages, so name it once")
+                 for name in dict.fromkeys(names) if names.count(name) > 1]
     for name in dict.fromkeys(names):
         managed = kinds(name)
         if managed is None:

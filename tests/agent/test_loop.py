@@ -1375,3 +1375,70 @@ def test_a_change_pass_of_a_leader_whose_cluster_wide_part_failed_fails_with_it(
     changed = agent.run_pass()
     assert (changed.status, pools.lists) == ("failed", 2)
     assert "503" in changed.message
+
+
+class _RoutesAndSysctls(MemoryBackend):
+    """A backend whose class declares its kinds, as netlink's does."""
+
+    capabilities = frozenset({"route", "sysctl"})
+
+    def __init__(self) -> None:
+        super().__init__(capabilities=self.capabilities)
+
+
+class _NatAndForward(MemoryBackend):
+    """The kinds of nftables and iptables."""
+
+    capabilities = frozenset({"nat", "forward"})
+
+    def __init__(self, *, table: str = "k3snet") -> None:
+        super().__init__(capabilities=self.capabilities)
+        self.table = table
+
+
+@pytest.mark.parametrize(("backends", "says"), [
+    ("[crossm-routes, crossm-nat, crossm-nat2]",
+     "would manage nat"),
+    ("{crossm-routes: {}, crossm-nat: {tabel: x}}", "backends.crossm-nat.tabel: unknown option"),
+    ("[crossm-routes, crossm-nat, crossm-nope]", "no backend named 'crossm-nope'"),
+])
+def test_a_new_spec_whose_backends_cannot_be_made_is_refused_and_the_last_good_one_kept(
+        tmp_path: Path, backends: str, says: str) -> None:
+    # The agent made a new spec's backends before its refusal's try: two of them managing
+    # one kind (what `k3snet validate` now refuses), an unknown option or backend failed
+    # every pass for good ("failed", never "spec-refused"), and the spec in force was not
+    # converged any more: its drift stayed.
+    import argparse  # noqa: PLC0415
+
+    from k3snet.backends.registry import register_backend, unregister_backend  # noqa: PLC0415
+    from k3snet.cli import _backend  # noqa: PLC0415
+
+    for name, factory in (("crossm-routes", _RoutesAndSysctls), ("crossm-nat", _NatAndForward),
+                          ("crossm-nat2", _NatAndForward)):
+        register_backend(name, factory)
+    args = argparse.Namespace(backend=[], backend_opt=[], netns=None, allow_disruptive=False,
+                              spec=tmp_path / "spec.yaml")
+    try:
+        node = Node(tmp_path, SPEC + "backends: [crossm-routes, crossm-nat]\n")
+        node.agent._make_backend = lambda spec: _backend(args, spec)  # as the CLI's agent
+        assert node.agent.run_pass().status == "ok"
+        group = node.agent._group
+        assert group is not None
+        nat = group.members[1].backend
+        before = nat.observe()
+        node.path.write_text(SPEC_TWO + f"backends: {backends}\n")
+        refused = node.agent.run_pass()
+        assert refused.status == "spec-refused", refused.message
+        assert "refused (invalid)" in refused.message
+        assert says in refused.message
+        assert "keeping spec generation 1" in refused.message
+        assert node.sample("k3snet_agent_spec_rejected_total", reason="invalid") == 1
+        # The last good spec is still converged: its drift repaired.
+        nat.apply(Plan(changes=[c.inverse() for c in plan(State(), before).changes
+                                if c.kind == "nat"]))
+        again = node.agent.run_pass()
+        assert (again.status, again.drift) == ("spec-refused", 1), again.message
+        assert node.sample("k3snet_agent_spec_rejected_total", reason="invalid") == 1
+    finally:
+        for name in ("crossm-routes", "crossm-nat", "crossm-nat2"):
+            unregister_backend(name)

@@ -1029,3 +1029,48 @@ def test_validate_refuses_a_spec_whose_backends_would_manage_one_kind_twice(
         assert code == 1
         assert f"backends: {says}" in err
         assert "--backend NAME:KINDS" in err
+
+
+class _OnMemory(MemoryBackend):
+    """A third-party backend built on k3snet's own class."""
+
+
+@pytest.mark.parametrize("name", ["memory", "on-memory"])
+def test_a_type_error_raised_by_k3snets_own_code_building_a_backend_is_not_a_bad_value(
+        monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A ``TypeError`` or ``ValueError`` raised by k3snet's own code (a built-in backend's
+    constructor, k3snet's class a third-party backend is built on) is a bug of k3snet's:
+    it was a ``BackendOptionError`` ("backend 'memory': 'NoneType' object is not
+    iterable"), a user's error (exit 1) where the CLI says "a bug: please report it"."""
+    from k3snet.backends import memory  # noqa: PLC0415
+
+    monkeypatch.setattr(memory, "known_kinds", lambda: None)  # a bug in k3snet's code
+    register_backend("on-memory", _OnMemory)
+    try:
+        with pytest.raises(TypeError, match="not iterable") as raised:
+            create_backend(name)
+    finally:
+        unregister_backend("on-memory")
+    assert not isinstance(raised.value, BackendOptionError)
+
+
+def test_a_type_error_of_k3snets_own_option_check_is_not_a_bad_value(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Likewise a built-in backend's option check (run by ``k3snet validate`` without
+    building it): its bug was reported as a problem of the spec's value."""
+    from k3snet.backends import memory  # noqa: PLC0415
+
+    monkeypatch.setattr(memory, "known_kinds", lambda: None)
+    with pytest.raises(TypeError, match="not iterable"):
+        registry.option_problems("memory", {"capabilities": ["route"]})
+
+
+@pytest.mark.parametrize("value", [5, True, [["route"]], {"route": 1}])
+def test_the_memory_backend_s_capabilities_of_another_shape_are_refused_by_its_check_too(
+        value: object) -> None:
+    """``capabilities: 5`` passed ``k3snet validate`` and was Python's "'int' object is
+    not iterable" from the constructor."""
+    assert [o for o, _ in registry.option_problems("memory", {"capabilities": value})] == [
+        "capabilities"]
+    with pytest.raises(ModelError, match="capabilities must be a kind or a list of kinds"):
+        create_backend("memory", capabilities=value)
