@@ -86,6 +86,14 @@ def _api_client(tmp_path: Path, server: EmulatedApiServer) -> Iterator[Any]:
         api.close()
 
 
+def _calico(api: Any, *, allow_disruptive: bool = False) -> Any:
+    """Calico's backend through ``api``, the CRDs (its requests: a 10 s timeout)."""
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+
+    return CalicoBackend(api_client=api, api="crd", timeout=10.0,
+                         allow_disruptive=allow_disruptive)
+
+
 def _plan(tmp_path: Path, server: EmulatedApiServer, *more: str) -> int:
     from k3snet.cli import main  # noqa: PLC0415
 
@@ -602,14 +610,13 @@ def _calico_apply_failing_after_a_create(server: EmulatedApiServer, tmp_path: Pa
     """Apply two new pools through a client k3snet made, the second create failing
     (500), so the first pool's create is undone by a delete; ``proxy(api)`` is called
     before. Returns the apply's error."""
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.errors import ApplyError  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        backend = _calico(api)
         desired = State(owned=[IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True),
                                IPPool("k3snet-pods-b", "10.101.0.0/24", nat_outgoing=True)])
         changes = plan(backend.observe(), desired)
@@ -692,15 +699,13 @@ def _calico_apply_failing_after_a_delete(server: EmulatedApiServer, tmp_path: Pa
     """Make pool k3snet-pods-a k3snet's, then apply a state without it and with a new
     pool whose create fails (500): the delete of k3snet-pods-a is undone by a re-create;
     ``proxy(api)`` is called before that apply. Returns the apply's error."""
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.errors import ApplyError  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0,
-                                allow_disruptive=True)
+        backend = _calico(api, allow_disruptive=True)
         backend.apply(plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)])))
         changes = plan(backend.observe(), State(owned=[
@@ -897,13 +902,12 @@ def test_calico_apply_interrupted_takes_back_the_pools_it_created(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # SIGTERM between two creates: the first pool stayed (only a KubeApiError undid
     # anything), and `k3snet apply` exited 143 saying it had taken back what it made.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        backend = _calico(api)
         changes = plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True),
             IPPool("k3snet-pods-b", "10.101.0.0/24", nat_outgoing=True)]))
@@ -955,7 +959,6 @@ def test_the_undo_after_sigterm_stays_within_its_deadline_and_lists_what_is_left
     import time  # noqa: PLC0415
 
     from k3snet import cli  # noqa: PLC0415
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.errors import RollbackError  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
@@ -973,7 +976,7 @@ def test_the_undo_after_sigterm_stays_within_its_deadline_and_lists_what_is_left
     monkeypatch.setattr(cli, "_clock", lambda: now[0], raising=False)
     names = [f"k3snet-pods-{n}" for n in "abcde"]
     with _api_client(tmp_path, server) as api:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        backend = _calico(api)
         changes = plan(backend.observe(), State(owned=[
             IPPool(name, f"10.{100 + i}.0.0/16", nat_outgoing=True)
             for i, name in enumerate(names)]))
@@ -1037,13 +1040,12 @@ def test_calico_apply_interrupted_as_a_create_acted_takes_that_pool_back(
     # SIGTERM while the create's answer was awaited (or in the wait after a 503 that
     # followed it): the API server made the pool, the apply never recorded it, and
     # `k3snet apply` exited 143 saying it had taken back what it made, the pool left.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        backend = _calico(api)
         changes = plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)]))
         real = api.rest_client.pool_manager.request
@@ -1065,13 +1067,12 @@ def test_calico_apply_interrupted_as_a_create_acted_leaves_someone_elses_pool(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # The create interrupted did not act (the admin's pool of that name came first): the
     # undo reads the pool, not k3snet's, and leaves it.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        backend = _calico(api)
         changes = plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)]))
         real = api.rest_client.pool_manager.request
@@ -1098,14 +1099,12 @@ def test_calico_apply_interrupted_as_a_delete_was_sent_leaves_the_pool_as_it_was
     # SIGTERM while the delete's answer was awaited: when the API server had deleted the
     # pool, nothing put it back (its undo was recorded only with the answer), and
     # `k3snet apply` exited 143 saying it had taken back what it made.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0,
-                                allow_disruptive=True)
+        backend = _calico(api, allow_disruptive=True)
         backend.apply(plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)])))
         before = server.get(CRD, "k3snet-pods-a")
@@ -1170,13 +1169,12 @@ def test_calico_apply_interrupted_as_an_apply_was_sent_leaves_the_pool_as_it_was
         server: EmulatedApiServer, tmp_path: Path, slept: list[float], acted: bool) -> None:
     # SIGTERM while a server-side apply's answer was awaited: the pool kept the new
     # spec, its undo recorded only with the answer.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        backend = _calico(api)
         backend.apply(plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)])))
         before = server.get(CRD, "k3snet-pods-a")
@@ -1229,13 +1227,12 @@ def test_calico_apply_interrupted_as_a_create_acted_takes_back_a_pool_read_witho
     # disableBGPExport: false out of the pool it answers (omitempty): compared with the
     # body k3snet sent, which holds them, the pool k3snet made was not its own and was
     # left, exit 143 saying it had been taken back.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        backend = _calico(api)
         changes = plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=nat_outgoing)]))
         real = api.rest_client.pool_manager.request
@@ -1258,13 +1255,12 @@ def test_calico_apply_interrupted_as_an_apply_acted_applies_back_a_pool_read_wit
     # the pool read without natOutgoing (false, omitempty), which did not hold the
     # natOutgoing: false sent, and the pool kept the new spec, exit 143 saying it was
     # taken back.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        backend = _calico(api)
         backend.apply(plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)])))
         before = server.get(CRD, "k3snet-pods-a")
@@ -1335,14 +1331,13 @@ def test_calico_apply_interrupted_as_a_create_acted_whose_read_back_is_refused_s
     # pool may be there, and a RollbackError (exit 5) says so, not exit 143's "taken back".
     import urllib3  # noqa: PLC0415
 
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.errors import RollbackError  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        backend = _calico(api)
         changes = plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)]))
         real = api.rest_client.pool_manager.request
