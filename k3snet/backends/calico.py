@@ -920,6 +920,16 @@ class _Run:
         with translate_errors(what, classifier=KubeErrors(timeout=self.backend.timeout)):
             return call()
 
+    def _read_pool(self, name: str, why: str) -> Any:
+        """Read pool ``name`` (errors translated, the request counted); ``why`` ends the
+        request's label: ``read IPPool NAME (WHY)``."""
+        return self._call(
+            f"read IPPool {name} ({why})",
+            lambda: self.backend._objects.get_cluster_custom_object(
+                self.group, self.version, PLURAL, name,
+                _request_timeout=self.backend.timeout),
+        )
+
     def _body(self, pool: IPPool, resource_version: str | None = None, *,
               reset: IPPool | None = None, keep: Mapping[str, Any] | None = None
               ) -> dict[str, Any]:
@@ -1018,12 +1028,7 @@ class _Run:
                               new: Mapping[str, Any]) -> None:
         """Apply ``before`` back over an apply an interruption cut with its answer unread,
         when the pool read holds the ``new`` spec it sent (else it was not made: left)."""
-        found = self._call(
-            f"read IPPool {before.name} (applied?)",
-            lambda: self.backend._objects.get_cluster_custom_object(
-                self.group, self.version, PLURAL, before.name,
-                _request_timeout=self.backend.timeout),
-        )
+        found = self._read_pool(before.name, "applied?")
         spec = found.get("spec") if isinstance(found, dict) else None
         if _holds_sent(spec, new):
             self._apply(f"apply back IPPool {before.name}", before.name,
@@ -1077,12 +1082,7 @@ class _Run:
         """Put back the pool an interrupted delete may have deleted: read, the pool read
         before (its ``uid``) still there is the delete never made; else :meth:`put_back`."""
         try:
-            found = self._call(
-                f"read IPPool {name} (deleted?)",
-                lambda: self.backend._objects.get_cluster_custom_object(
-                    self.group, self.version, PLURAL, name,
-                    _request_timeout=self.backend.timeout),
-            )
+            found = self._read_pool(name, "deleted?")
         except KubeApiError as exc:
             if exc.status != 404:
                 raise
@@ -1122,12 +1122,7 @@ class _Run:
         defaults (Calico's v3 API: ``allowedUses``): its fields are compared alone, and
         a pool not there (404) is None."""
         try:
-            found = self._call(
-                f"read IPPool {name} (made by k3snet?)",
-                lambda: self.backend._objects.get_cluster_custom_object(
-                    self.group, self.version, PLURAL, name,
-                    _request_timeout=self.backend.timeout),
-            )
+            found = self._read_pool(name, "made by k3snet?")
         except KubeApiError as exc:
             if created and exc.status == 404:
                 return None

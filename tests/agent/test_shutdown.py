@@ -499,6 +499,21 @@ def _held_from_first(api: Any) -> tuple[threading.Event, threading.Event]:
     return entered, answer
 
 
+def _step_halted_in_flight(elector: LeaderElector, entered: threading.Event,
+                           answer: threading.Event) -> None:
+    """Run ``elector``'s step in a thread, halt it (SIGTERM) once its held request is in
+    flight (``entered``), then let that request's answer through (``answer``) and wait
+    for the step to end."""
+    done = threading.Thread(target=elector.step)
+    done.start()
+    try:
+        assert entered.wait(timeout=60)  # bounds a hung test only
+        elector.halt()
+    finally:
+        answer.set()
+        done.join(timeout=60)
+
+
 def test_the_elector_s_step_in_flight_at_sigterm_reads_once_within_the_grace_period(
         server: EmulatedApiServer) -> None:
     # Only the wait for the elector's thread was bounded at SIGTERM: its step in flight
@@ -537,15 +552,7 @@ def test_a_candidate_s_step_in_flight_at_sigterm_takes_no_lease(
     # which no candidate takes before it expires. A halted elector writes no Lease.
     api: Any = server.api_client()
     candidate = LeaderElector(api, "node-b", SETTINGS, clock=FakeClock())
-    entered, answer = _held_from_first(api)
-    done = threading.Thread(target=candidate.step)
-    done.start()
-    try:
-        assert entered.wait(timeout=60)  # bounds a hung test only
-        candidate.halt()
-    finally:
-        answer.set()
-        done.join(timeout=60)
+    _step_halted_in_flight(candidate, *_held_from_first(api))
     assert not candidate.is_leader
     assert server.get(LEASES, SETTINGS.name, SETTINGS.namespace) is None
 
@@ -566,15 +573,7 @@ def test_a_holder_s_step_in_flight_at_sigterm_renews_nothing_and_its_release_fre
     holder = LeaderElector(api, "node-a", SETTINGS, clock=FakeClock())
     assert holder.step()
     before = _lease_record(server)
-    entered, answer = _held_from_first(api)
-    done = threading.Thread(target=holder.step)
-    done.start()
-    try:
-        assert entered.wait(timeout=60)  # bounds a hung test only
-        holder.halt()
-    finally:
-        answer.set()
-        done.join(timeout=60)
+    _step_halted_in_flight(holder, *_held_from_first(api))
     assert _lease_record(server) == before  # no renewal written after SIGTERM
     assert holder.is_leader
     holder.stop()
@@ -593,15 +592,7 @@ def test_a_candidate_s_step_in_flight_at_sigterm_takes_no_free_lease(
     assert before[0] is None
     api: Any = server.api_client()
     candidate = LeaderElector(api, "node-b", SETTINGS, clock=FakeClock())
-    entered, answer = _held_from_first(api)
-    done = threading.Thread(target=candidate.step)
-    done.start()
-    try:
-        assert entered.wait(timeout=60)  # bounds a hung test only
-        candidate.halt()
-    finally:
-        answer.set()
-        done.join(timeout=60)
+    _step_halted_in_flight(candidate, *_held_from_first(api))
     assert not candidate.is_leader
     assert _lease_record(server) == before
 
@@ -661,14 +652,7 @@ def test_a_holder_s_renewal_sent_before_sigterm_is_still_released(
         return send(method, *args, **kwargs)
 
     api.call_api = held
-    done = threading.Thread(target=holder.step)
-    done.start()
-    try:
-        assert entered.wait(timeout=60)  # bounds a hung test only
-        holder.halt()
-    finally:
-        answer.set()
-        done.join(timeout=60)
+    _step_halted_in_flight(holder, entered, answer)
     assert holder.is_leader
     assert _lease_record(server)[0] == "node-a"
     holder.stop()

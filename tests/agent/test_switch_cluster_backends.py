@@ -70,6 +70,13 @@ def _agent(srv: EmulatedApiServer, name: str, path: Path, flannel: Path | None =
                  elector_factory=elector, spec_warnings=spec_warnings)
 
 
+def _put_calicos_pool(srv: EmulatedApiServer) -> None:
+    """Calico's own pod pool, the one its install made."""
+    srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                    "metadata": {"name": "default-ipv4-ippool"},
+                    "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+
+
 def _pool_lists(srv: EmulatedApiServer) -> int:
     return sum(1 for m, p, _ in srv.requests() if m == "GET" and p.endswith("/ippools"))
 
@@ -81,9 +88,7 @@ def test_the_lease_holder_names_the_ippools_of_calico_dropped_from_the_spec_once
     with EmulatedApiServer(resources=CALICO_RESOURCES + AGENT_RESOURCES) as srv:
         for name in ("node-a", "node-b"):
             srv.put("v1/nodes", {"metadata": {"name": name}})
-        srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
-                        "metadata": {"name": "default-ipv4-ippool"},
-                        "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        _put_calicos_pool(srv)
         a, b = _agent(srv, "node-a", path), _agent(srv, "node-b", path)
         assert (a.run_pass().status, b.run_pass().status) == ("ok", "ok")
         assert a.is_leader
@@ -118,9 +123,7 @@ def test_the_agent_command_reads_no_cluster_backend_its_spec_never_named(
                     "  - cidr: 192.168.2.0/24\n    masquerade: false\ncni:\n  calico: {}\n")
     crd = tuple(r for r in CALICO_RESOURCES if r.startswith("crd."))  # api=auto: the CRDs
     with EmulatedApiServer(resources=crd + AGENT_RESOURCES) as srv:
-        srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
-                        "metadata": {"name": "default-ipv4-ippool"},
-                        "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        _put_calicos_pool(srv)
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "lab",
@@ -136,6 +139,18 @@ def test_the_agent_command_reads_no_cluster_backend_its_spec_never_named(
 
 
 NET_CONF = '{\n  "Network": "10.42.0.0/16",\n  "Backend": {"Type": "vxlan"}\n}\n'
+FLANNEL_SPEC = SPEC.replace("cni:\n  calico: {}\n",
+                            "cni:\n  calico: {}\n  flannel: {backend: {type: host-gw}}\n")
+
+
+def _node_look(conf: Path) -> Callable[[Spec, BackendGroup], Sequence[str]]:
+    """The spec's warnings of a node whose environment names flannel's file ``conf``
+    ($K3SNET_FLANNEL_CONF): the look for what a switch of backends left in it."""
+
+    def look(spec: Spec, group: BackendGroup) -> list[str]:
+        return _flannel_file_left([m.backend for m in group.members], {"path": conf}, ())
+
+    return look
 
 
 def test_every_node_names_the_keys_k3snet_set_in_its_own_flannel_file_dropped_from_the_spec(
@@ -146,14 +161,10 @@ def test_every_node_names_the_keys_k3snet_set_in_its_own_flannel_file_dropped_fr
     # holder's alone, so every other node's file went unsaid (and the holder's was said
     # to be "in the cluster").
     path = tmp_path / "spec.yaml"
-    spec = SPEC.replace("cni:\n  calico: {}\n",
-                        "cni:\n  calico: {}\n  flannel: {backend: {type: host-gw}}\n")
-    path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico, flannel]"))
+    path.write_text(FLANNEL_SPEC.replace("{BACKENDS}", "[netlink, nftables, calico, flannel]"))
     files = {name: tmp_path / name / "net-conf.json" for name in ("node-a", "node-b")}
     with EmulatedApiServer(resources=CALICO_RESOURCES + AGENT_RESOURCES) as srv:
-        srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
-                        "metadata": {"name": "default-ipv4-ippool"},
-                        "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        _put_calicos_pool(srv)
         for name, conf in files.items():
             srv.put("v1/nodes", {"metadata": {"name": name}})
             conf.parent.mkdir()
@@ -162,7 +173,7 @@ def test_every_node_names_the_keys_k3snet_set_in_its_own_flannel_file_dropped_fr
         assert (a.run_pass().status, b.run_pass().status) == ("ok", "ok")
         assert not b.is_leader
         assert all("host-gw" in conf.read_text() for conf in files.values())
-        path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico]"))
+        path.write_text(FLANNEL_SPEC.replace("{BACKENDS}", "[netlink, nftables, calico]"))
         caplog.set_level(logging.WARNING, logger="k3snet")
         assert b.run_pass().status == "ok"
         said = [r.getMessage() for r in caplog.records if "flannel holds" in r.getMessage()]
@@ -181,23 +192,16 @@ def test_the_flannel_file_of_the_agent_s_environment_dropped_is_said_once(
     # drops flannel, both the spec's warnings (the node look, reading that file) and the
     # look through the dropped backend name it; the agent logs it once.
     path = tmp_path / "spec.yaml"
-    spec = SPEC.replace("cni:\n  calico: {}\n",
-                        "cni:\n  calico: {}\n  flannel: {backend: {type: host-gw}}\n")
-    path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico, flannel]"))
+    path.write_text(FLANNEL_SPEC.replace("{BACKENDS}", "[netlink, nftables, calico, flannel]"))
     conf = tmp_path / "net-conf.json"
     conf.write_text(NET_CONF)
 
-    def node_look(spec: Spec, group: BackendGroup) -> list[str]:
-        return _flannel_file_left([m.backend for m in group.members], {"path": conf}, ())
-
     with EmulatedApiServer(resources=CALICO_RESOURCES + AGENT_RESOURCES) as srv:
-        srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
-                        "metadata": {"name": "default-ipv4-ippool"},
-                        "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        _put_calicos_pool(srv)
         srv.put("v1/nodes", {"metadata": {"name": "node-a"}})
-        agent = _agent(srv, "node-a", path, flannel=conf, spec_warnings=node_look)
+        agent = _agent(srv, "node-a", path, flannel=conf, spec_warnings=_node_look(conf))
         assert agent.run_pass().status == "ok"
-        path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico]"))
+        path.write_text(FLANNEL_SPEC.replace("{BACKENDS}", "[netlink, nftables, calico]"))
         caplog.set_level(logging.WARNING, logger="k3snet")
         assert agent.run_pass().status == "ok"
     said = [r.getMessage() for r in caplog.records if "flannel holds" in r.getMessage()]
@@ -212,24 +216,17 @@ def test_a_flannel_file_of_the_agent_s_environment_dropped_and_unreadable_is_sai
     # agent logged "flannel: could not look ... in PATH" twice at the new spec, where the
     # keys found are said once.
     path = tmp_path / "spec.yaml"
-    spec = SPEC.replace("cni:\n  calico: {}\n",
-                        "cni:\n  calico: {}\n  flannel: {backend: {type: host-gw}}\n")
-    path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico, flannel]"))
+    path.write_text(FLANNEL_SPEC.replace("{BACKENDS}", "[netlink, nftables, calico, flannel]"))
     conf = tmp_path / "net-conf.json"
     conf.write_text(NET_CONF)
 
-    def node_look(spec: Spec, group: BackendGroup) -> list[str]:
-        return _flannel_file_left([m.backend for m in group.members], {"path": conf}, ())
-
     with EmulatedApiServer(resources=CALICO_RESOURCES + AGENT_RESOURCES) as srv:
-        srv.put(POOLS, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
-                        "metadata": {"name": "default-ipv4-ippool"},
-                        "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+        _put_calicos_pool(srv)
         srv.put("v1/nodes", {"metadata": {"name": "node-a"}})
-        agent = _agent(srv, "node-a", path, flannel=conf, spec_warnings=node_look)
+        agent = _agent(srv, "node-a", path, flannel=conf, spec_warnings=_node_look(conf))
         assert agent.run_pass().status == "ok"
         conf.write_bytes(b"\xff not UTF-8")
-        path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico]"))
+        path.write_text(FLANNEL_SPEC.replace("{BACKENDS}", "[netlink, nftables, calico]"))
         caplog.set_level(logging.WARNING, logger="k3snet")
         assert agent.run_pass().status == "ok"
         said = [r.getMessage() for r in caplog.records if "could not look" in r.getMessage()]
@@ -239,7 +236,7 @@ def test_a_flannel_file_of_the_agent_s_environment_dropped_and_unreadable_is_sai
         # The next new spec's node look says it again: the filter saying it once went
         # with the spec's looks, and swallowed nothing after them.
         caplog.clear()
-        path.write_text(spec.replace("{BACKENDS}", "[netlink, nftables, calico]")
+        path.write_text(FLANNEL_SPEC.replace("{BACKENDS}", "[netlink, nftables, calico]")
                         .replace("172.20.0.0/16", "172.21.0.0/16"))
         assert agent.run_pass().status == "ok"
         assert agent.generation == 3

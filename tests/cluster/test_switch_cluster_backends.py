@@ -39,6 +39,17 @@ POD_POOL = {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
             "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True, "blockSize": 26}}
 
 
+def _apply_through_calico(spec: Path, kubeconfig: Path) -> int:
+    return main(["apply", "-f", str(spec), "--no-facts", "--auto-approve", "--backend",
+                 "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"])
+
+
+def _plan_through_cilium(spec: Path, kubeconfig: Path, *more: str) -> int:
+    """``k3snet plan`` of ``spec`` through cilium: calico, dropped, is looked through."""
+    return main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",
+                 "--backend-opt", f"cilium.kubeconfig={kubeconfig}", *more])
+
+
 def test_calico_dropped_for_cilium_names_the_ippool_left_and_its_destroy_removes_it_alone(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,12 +60,10 @@ def test_calico_dropped_for_cilium_names_the_ippool_left_and_its_destroy_removes
     with EmulatedApiServer(resources=RESOURCES) as server:
         server.put(CRD, POD_POOL)
         write_kubeconfig(kubeconfig, server.url)
-        assert main(["apply", "-f", str(spec), "--no-facts", "--auto-approve", "--backend",
-                     "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"]) == 0
+        assert _apply_through_calico(spec, kubeconfig) == 0
         assert len(server.objects(CRD)) == 2  # the pod pool and k3snet's disabled one
         capsys.readouterr()
-        main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",
-              "--backend-opt", f"cilium.kubeconfig={kubeconfig}"])
+        _plan_through_cilium(spec, kubeconfig)
         out = capsys.readouterr().out
         (line,) = [line for line in out.splitlines()
                    if line.startswith("!! warning: calico holds")]
@@ -67,8 +76,7 @@ def test_calico_dropped_for_cilium_names_the_ippool_left_and_its_destroy_removes
         assert [o["metadata"]["name"] for o in server.objects(CRD)] == [
             "default-ipv4-ippool"]  # the foreign pool stays
         capsys.readouterr()
-        main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",
-              "--backend-opt", f"cilium.kubeconfig={kubeconfig}"])
+        _plan_through_cilium(spec, kubeconfig)
         assert "calico holds" not in capsys.readouterr().out
 
 
@@ -81,8 +89,7 @@ def test_a_dropped_cluster_backend_is_looked_through_as_built(tmp_path: Path) ->
         server.put(CRD, POD_POOL)
         kubeconfig = tmp_path / "kubeconfig"
         write_kubeconfig(kubeconfig, server.url)
-        assert main(["apply", "-f", str(spec), "--no-facts", "--auto-approve", "--backend",
-                     "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"]) == 0
+        assert _apply_through_calico(spec, kubeconfig) == 0
         old = create_backend("calico", api_client=server.api_client())
         try:
             found = cluster_left_behind([create_backend("memory")], {}, dropped=[old])
@@ -108,10 +115,8 @@ def test_apply_dry_run_of_a_plan_file_names_the_ippool_left_with_the_file_s_kube
     with EmulatedApiServer(resources=RESOURCES) as server:
         server.put(CRD, POD_POOL)
         write_kubeconfig(kubeconfig, server.url)
-        assert main(["apply", "-f", str(spec), "--no-facts", "--auto-approve", "--backend",
-                     "calico", "--backend-opt", f"calico.kubeconfig={kubeconfig}"]) == 0
-        main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",
-              "--backend-opt", f"cilium.kubeconfig={kubeconfig}", "--out", str(saved)])
+        assert _apply_through_calico(spec, kubeconfig) == 0
+        _plan_through_cilium(spec, kubeconfig, "--out", str(saved))
         capsys.readouterr()
         assert main(["apply", "--dry-run", str(saved)]) == 0
         (line,) = [line for line in capsys.readouterr().out.splitlines()
@@ -139,8 +144,7 @@ def test_a_throttled_look_through_a_backend_not_in_use_waits_nothing_and_says_so
         write_kubeconfig(kubeconfig, server.url)
         server.fail(429, method="GET", plural="ippools", times=None, retry_after=5)
         capsys.readouterr()
-        main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",
-              "--backend-opt", f"cilium.kubeconfig={kubeconfig}"])
+        _plan_through_cilium(spec, kubeconfig)
         captured = capsys.readouterr()
         ippool_reads = [path for method, path, _ in server.requests()
                         if method == "GET" and path.endswith("/ippools")]
@@ -149,11 +153,6 @@ def test_a_throttled_look_through_a_backend_not_in_use_waits_nothing_and_says_so
     assert "sending it again" not in captured.err, captured.err
     assert "calico holds" not in captured.out
     assert captured.err.count("calico: could not look for k3snet's objects") == 1, captured.err
-
-
-def _plan_through_cilium(spec: Path, kubeconfig: Path) -> int:
-    return main(["plan", "-f", str(spec), "--no-facts", "--backend", "cilium",
-                 "--backend-opt", f"cilium.kubeconfig={kubeconfig}"])
 
 
 @pytest.mark.parametrize("status", [403, 500, 503])

@@ -10,6 +10,7 @@ timed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from collections.abc import Callable, Iterator
@@ -72,6 +73,25 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedApiServer]:
 
 def _kubeconfig(tmp_path: Path, server: EmulatedApiServer) -> Path:
     return write_kubeconfig(tmp_path / "kubeconfig", server.url)
+
+
+@contextlib.contextmanager
+def _api_client(tmp_path: Path, server: EmulatedApiServer) -> Iterator[Any]:
+    """An API client k3snet makes (:func:`make_api_client`: its waits, its retry policy)
+    for ``server``, closed when the block ends."""
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+def _calico(api: Any, *, allow_disruptive: bool = False) -> Any:
+    """Calico's backend through ``api``, the CRDs (its requests: a 10 s timeout)."""
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+
+    return CalicoBackend(api_client=api, api="crd", timeout=10.0,
+                         allow_disruptive=allow_disruptive)
 
 
 def _plan(tmp_path: Path, server: EmulatedApiServer, *more: str) -> int:
@@ -143,14 +163,11 @@ def test_all_the_waits_of_a_request_stay_within_the_total(
         server: EmulatedApiServer, tmp_path: Path) -> None:
     waits: list[float] = []
     server.fail(429, method="GET", plural="configmaps", times=None, retry_after=4)
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
-        with throttle_waits(ThrottleWaits(total=10.0, sleep=waits.append)), \
-                pytest.raises(KubeApiError) as info, \
-                translate_errors("read ConfigMap kube-system/x", classifier=KubeErrors()):
-            _core(api).read_namespaced_config_map("x", "kube-system")
-    finally:
-        api.close()
+    with _api_client(tmp_path, server) as api, \
+            throttle_waits(ThrottleWaits(total=10.0, sleep=waits.append)), \
+            pytest.raises(KubeApiError) as info, \
+            translate_errors("read ConfigMap kube-system/x", classifier=KubeErrors()):
+        _core(api).read_namespaced_config_map("x", "kube-system")
     assert waits == [4.0, 4.0]  # a third wait of 4 s would make 12 s
     assert (info.value.status, info.value.retry_after) == (429, 4.0)
     assert "sent 3 times, 8 s waited in all" in str(info.value)
@@ -161,19 +178,16 @@ def test_no_wait_outlasts_a_deadline_the_requests_are_within(
     waits: list[float] = []
     now = [0.0]
     server.fail(429, method="GET", plural="configmaps", times=None, retry_after=2)
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
 
     def sleep(seconds: float) -> None:
         waits.append(seconds)
         now[0] += seconds
 
     deadline = Deadline(5.0, lambda: now[0])
-    try:
-        with throttle_waits(ThrottleWaits(sleep=sleep)), requests_within(lambda: deadline), \
-                pytest.raises(KubeApiError), translate_errors("read", classifier=KubeErrors()):
-            _core(api).read_namespaced_config_map("x", "kube-system")
-    finally:
-        api.close()
+    with _api_client(tmp_path, server) as api, throttle_waits(ThrottleWaits(sleep=sleep)), \
+            requests_within(lambda: deadline), pytest.raises(KubeApiError), \
+            translate_errors("read", classifier=KubeErrors()):
+        _core(api).read_namespaced_config_map("x", "kube-system")
     assert waits == [2.0, 2.0]  # 1 s left: no third wait of 2 s
 
 
@@ -216,9 +230,8 @@ def test_a_write_is_sent_again_only_when_a_second_send_changes_nothing_the_first
         method: str, sent: int) -> None:
     # A 503 may follow the API server's work: only a write whose second send is refused
     # (a name taken, a version gone) or changes nothing more is sent again.
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    core = _core(api)
-    try:
+    with _api_client(tmp_path, server) as api:
+        core = _core(api)
         stored = server.get("v1/configmaps", "x", "kube-system")
         assert stored is not None
         before = len(server.requests())
@@ -231,8 +244,6 @@ def test_a_write_is_sent_again_only_when_a_second_send_changes_nothing_the_first
                     translate_errors(write, classifier=KubeErrors()):
                 call()
             assert info.value.status == 503
-    finally:
-        api.close()
     assert [m for m, _, _ in server.requests()[before:]] == [method] * sent
     assert slept == [1.0] * (sent - 1)
 
@@ -265,14 +276,11 @@ def test_the_agents_lease_step_waits_nothing_inside_its_request_whatever_the_cal
     # elector's request still fails at once: its own bounded wait is the one taken.
     from k3snet.agent import RETRY_AFTER_LIMIT, LeaderElector, LeaseSettings  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         elector = LeaderElector(api, "node-a", LeaseSettings("kube-system", "k3snet"))
         server.fail(429, method="GET", plural="leases", times=None, retry_after=1)
         assert elector.step() is False
         assert elector.next_wait() <= RETRY_AFTER_LIMIT
-    finally:
-        api.close()
     assert slept == []
     assert [m for m, p, _ in server.requests() if "/leases" in p] == ["GET"]
 
@@ -283,14 +291,11 @@ def test_the_agents_node_report_waits_nothing_inside_its_request(
     from k3snet.agent import NodeReport, NodeReporter  # noqa: PLC0415
 
     server.put("v1/nodes", {"metadata": {"name": "node-a"}})
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         reporter = NodeReporter(api, "node-a")
         server.fail(429, method="PATCH", plural="nodes", times=None, retry_after=1)
         with caplog.at_level(logging.WARNING):
             reporter.report(NodeReport("ok", "converged", None, 0, leader=False))
-    finally:
-        api.close()
     assert slept == []
     assert [m for m, p, _ in server.requests() if "/nodes" in p] == ["PATCH"]
     assert any("next try in" in r.getMessage() for r in caplog.records)
@@ -346,26 +351,23 @@ def test_a_write_sent_again_after_a_503_that_followed_its_effect_is_refused_sayi
     stored = server.get("v1/configmaps", "x", "kube-system")
     assert stored is not None
     version = stored["metadata"]["resourceVersion"]
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    core = _core(api)
-    calls: dict[str, Callable[[], Any]] = {
-        "create named": lambda: core.create_namespaced_config_map(
-            "kube-system", {"metadata": {"name": "y", "namespace": "kube-system"}}),
-        "patch of the version read": lambda: core.patch_namespaced_config_map(
-            "x", "kube-system", {"metadata": {"resourceVersion": version},
-                                 "data": {"a": "c"}},
-            _content_type="application/merge-patch+json"),
-        "delete of the version read": lambda: core.delete_namespaced_config_map(
-            "x", "kube-system", body=client.V1DeleteOptions(
-                preconditions=client.V1Preconditions(resource_version=version))),
-    }
-    try:
+    with _api_client(tmp_path, server) as api:
+        core = _core(api)
+        calls: dict[str, Callable[[], Any]] = {
+            "create named": lambda: core.create_namespaced_config_map(
+                "kube-system", {"metadata": {"name": "y", "namespace": "kube-system"}}),
+            "patch of the version read": lambda: core.patch_namespaced_config_map(
+                "x", "kube-system", {"metadata": {"resourceVersion": version},
+                                     "data": {"a": "c"}},
+                _content_type="application/merge-patch+json"),
+            "delete of the version read": lambda: core.delete_namespaced_config_map(
+                "x", "kube-system", body=client.V1DeleteOptions(
+                    preconditions=client.V1Preconditions(resource_version=version))),
+        }
         behind = _acted_then_unavailable(api, method)
         with pytest.raises(KubeApiError) as info, \
                 translate_errors(write, classifier=KubeErrors()):
             calls[write]()
-    finally:
-        api.close()
     assert behind[0] < 300  # the first send acted
     assert slept == [1.0]
     assert info.value.status == status
@@ -377,14 +379,11 @@ def test_a_write_sent_again_after_a_503_that_followed_its_effect_is_refused_sayi
 def test_a_read_sent_again_after_a_503_says_nothing_of_an_earlier_send(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # (a read changes nothing: its 404 is the object's absence, whatever came before)
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         server.fail(503, method="GET", plural="configmaps", times=1)
         with pytest.raises(KubeApiError) as info, \
                 translate_errors("read", classifier=KubeErrors()):
             _core(api).read_namespaced_config_map("gone", "kube-system")
-    finally:
-        api.close()
     assert slept == [1.0]
     assert info.value.status == 404
     assert "503" not in str(info.value)
@@ -395,15 +394,12 @@ def test_a_write_sent_again_after_a_429_says_nothing_of_an_earlier_send(
     # A 429 is Priority and Fairness refusing the request before it is served: the
     # create sent again and refused (AlreadyExists: the ConfigMap was there before) is
     # the whole story, no earlier send of it made anything.
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         server.fail(429, method="POST", plural="configmaps", times=1, retry_after=1)
         with pytest.raises(KubeApiError) as info, \
                 translate_errors("create", classifier=KubeErrors()):
             _core(api).create_namespaced_config_map(
                 "kube-system", {"metadata": {"name": "x", "namespace": "kube-system"}})
-    finally:
-        api.close()
     assert slept == [1.0]
     assert info.value.status == 409
     assert "an earlier one may have made the change" not in str(info.value), info.value
@@ -492,28 +488,22 @@ def test_a_retry_after_as_an_http_date_is_waited_until_that_date(
         seconds: float) -> None:
     # RFC 9110 allows a date; a proxy or load balancer in front of the API server may send
     # one. It counted as none: the request was sent again after 1 s, before the time asked.
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         reached = _throttled_first(api, {"Retry-After": retry_after,
                                          "Date": "Sun, 06 Dec 2026 01:30:00 GMT"})
         _core(api).read_namespaced_config_map("x", "kube-system")
-    finally:
-        api.close()
     assert slept == [seconds]  # from the answer's own Date: the clocks are the same
     assert reached == ["GET"]
 
 
 def test_a_retry_after_date_further_than_k3snet_waits_is_not_sent_before_it(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         reached = _throttled_first(api, {"Retry-After": "Sun, 06 Dec 2026 01:32:00 GMT",
                                          "Date": "Sun, 06 Dec 2026 01:30:00 GMT"})
         with pytest.raises(KubeApiError) as info, \
                 translate_errors("read", classifier=KubeErrors()):
             _core(api).read_namespaced_config_map("x", "kube-system")
-    finally:
-        api.close()
     assert slept == []
     assert reached == []
     assert (info.value.status, info.value.retry_after) == (429, 120.0)
@@ -538,15 +528,12 @@ def test_a_retry_after_of_ten_digits_or_more_asks_a_long_wait_not_a_quick_try(
 def test_a_retry_after_date_an_hour_further_says_its_seconds_whole(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # (a server clock an hour ahead of the node's, and no Date: the same answer)
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         _throttled_first(api, {"Retry-After": "Sun, 06 Dec 2026 02:30:03 GMT",
                                "Date": "Sun, 06 Dec 2026 01:30:00 GMT"})
         with pytest.raises(KubeApiError) as info, \
                 translate_errors("read", classifier=KubeErrors()):
             _core(api).read_namespaced_config_map("x", "kube-system")
-    finally:
-        api.close()
     assert slept == []
     assert "it asked to wait 3603 s, more than the 5 s" in str(info.value), info.value
 
@@ -558,12 +545,9 @@ def test_a_retry_after_s_leading_zeros_are_no_digits_of_a_long_wait(
         seconds: float) -> None:
     # RFC 9110's delay-seconds is 1*DIGIT: "0000000003" is 3 s. Its 10 characters were
     # taken for a wait of 10 digits or more, and the request given up at once.
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         reached = _throttled_first(api, {"Retry-After": retry_after})
         _core(api).read_namespaced_config_map("x", "kube-system")
-    finally:
-        api.close()
     assert slept == [seconds]
     assert reached == ["GET"]
 
@@ -572,12 +556,9 @@ def test_a_retry_after_s_leading_zeros_are_no_digits_of_a_long_wait(
                                    "Sun, 06 Dec 99999 01:30:00 GMT", ""])
 def test_a_retry_after_of_no_seconds_and_no_future_date_counts_as_none(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float], value: str) -> None:
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         _throttled_first(api, {"Retry-After": value, "Date": "Sun, 06 Dec 2026 01:30:00 GMT"})
         _core(api).read_namespaced_config_map("x", "kube-system")
-    finally:
-        api.close()
     assert slept == [1.0]  # the backoff's first wait
 
 
@@ -595,8 +576,7 @@ def test_a_write_given_up_after_503s_says_a_send_may_have_made_the_change(
     # The error said "the API server failed (503 ...) (sent 6 times, 17 s waited in all)"
     # alone: as though nothing were changed, while a 503 may come after the API server
     # acted (a proxy's, an aggregated API's), for any of the sends.
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         stored = server.get("v1/configmaps", "x", "kube-system")
         assert stored is not None
         before = len(server.requests())
@@ -604,8 +584,6 @@ def test_a_write_given_up_after_503s_says_a_send_may_have_made_the_change(
         with pytest.raises(KubeApiError) as info, \
                 translate_errors(write, classifier=KubeErrors()):
             _writes(_core(api), lambda: stored["metadata"]["resourceVersion"])[write]()
-    finally:
-        api.close()
     assert [m for m, _, _ in server.requests()[before:]] == [method] * sent
     assert info.value.status == 503
     assert said in str(info.value), info.value
@@ -615,14 +593,11 @@ def test_a_write_given_up_after_503s_says_a_send_may_have_made_the_change(
 def test_a_write_given_up_after_429s_alone_says_nothing_of_a_change(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # (a 429 is a refusal before the request is served)
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         server.fail(429, method="PATCH", plural="configmaps", times=None, retry_after=1)
         with pytest.raises(KubeApiError) as info, \
                 translate_errors("patch", classifier=KubeErrors()):
             _writes(_core(api), lambda: "")["merge patch"]()
-    finally:
-        api.close()
     assert "sent 6 times, 5 s waited in all" in str(info.value), info.value
     assert "may have made the change" not in str(info.value)
 
@@ -635,15 +610,13 @@ def _calico_apply_failing_after_a_create(server: EmulatedApiServer, tmp_path: Pa
     """Apply two new pools through a client k3snet made, the second create failing
     (500), so the first pool's create is undone by a delete; ``proxy(api)`` is called
     before. Returns the apply's error."""
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.errors import ApplyError  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+    with _api_client(tmp_path, server) as api:
+        backend = _calico(api)
         desired = State(owned=[IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True),
                                IPPool("k3snet-pods-b", "10.101.0.0/24", nat_outgoing=True)])
         changes = plan(backend.observe(), desired)
@@ -651,8 +624,6 @@ def _calico_apply_failing_after_a_create(server: EmulatedApiServer, tmp_path: Pa
         proxy(api)
         with pytest.raises(ApplyError) as info:
             backend.apply(changes)
-    finally:
-        api.close()
     return info.value
 
 
@@ -728,16 +699,13 @@ def _calico_apply_failing_after_a_delete(server: EmulatedApiServer, tmp_path: Pa
     """Make pool k3snet-pods-a k3snet's, then apply a state without it and with a new
     pool whose create fails (500): the delete of k3snet-pods-a is undone by a re-create;
     ``proxy(api)`` is called before that apply. Returns the apply's error."""
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.errors import ApplyError  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0,
-                                allow_disruptive=True)
+    with _api_client(tmp_path, server) as api:
+        backend = _calico(api, allow_disruptive=True)
         backend.apply(plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)])))
         changes = plan(backend.observe(), State(owned=[
@@ -747,8 +715,6 @@ def _calico_apply_failing_after_a_delete(server: EmulatedApiServer, tmp_path: Pa
         proxy(api)
         with pytest.raises(ApplyError) as info:
             backend.apply(changes)
-    finally:
-        api.close()
     return info.value
 
 
@@ -843,15 +809,12 @@ def test_cilium_deleting_its_ip_masq_agent_configmap_acted_before_a_503_is_done(
     from k3snet.planner import plan  # noqa: PLC0415
     from tests.cluster.test_cilium_backend import HELM_K3S_DATA  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         backend = _cilium(server, api)
         backend.apply(plan(backend.observe(), State(owned=[_cilium_wanted()])))
         assert server.get("v1/configmaps", "ip-masq-agent", "kube-system") is not None
         behind = _acted_then_unavailable(api, "DELETE")
         backend.apply(plan(backend.observe(), State()))
-    finally:
-        api.close()
     assert behind[0] < 300  # the first send acted
     assert slept == [1.0]
     assert server.get("v1/configmaps", "ip-masq-agent", "kube-system") is None
@@ -871,16 +834,13 @@ def test_ciliums_undo_of_its_cilium_config_patch_acted_before_a_503_is_done(
     from k3snet.planner import plan  # noqa: PLC0415
     from tests.cluster.test_cilium_backend import HELM_K3S_DATA  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         backend = _cilium(server, api)
         changes = plan(backend.observe(), State(owned=[_cilium_wanted()]))
         server.fail(500, method="POST", plural="configmaps")
         behind = _acted_then_unavailable(api, "PATCH", skip=1)
         with pytest.raises(ApplyError) as info:
             backend.apply(changes)
-    finally:
-        api.close()
     assert behind[0] < 300  # the undo's first send acted
     assert not isinstance(info.value, RollbackError), info.value
     assert slept == [1.0]
@@ -897,8 +857,7 @@ def test_ciliums_undo_of_its_cilium_config_patch_leaves_helms_change_meanwhile(
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         backend = _cilium(server, api)
         changes = plan(backend.observe(), State(owned=[_cilium_wanted()]))
         server.fail(500, method="POST", plural="configmaps")
@@ -915,8 +874,6 @@ def test_ciliums_undo_of_its_cilium_config_patch_leaves_helms_change_meanwhile(
         api.rest_client.pool_manager.request = request
         with pytest.raises(ApplyError) as info:
             backend.apply(changes)
-    finally:
-        api.close()
     assert isinstance(info.value, RollbackError), info.value
     config = server.get("v1/configmaps", "cilium-config", "kube-system")
     assert config is not None
@@ -945,14 +902,12 @@ def test_calico_apply_interrupted_takes_back_the_pools_it_created(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # SIGTERM between two creates: the first pool stayed (only a KubeApiError undid
     # anything), and `k3snet apply` exited 143 saying it had taken back what it made.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+    with _api_client(tmp_path, server) as api:
+        backend = _calico(api)
         changes = plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True),
             IPPool("k3snet-pods-b", "10.101.0.0/24", nat_outgoing=True)]))
@@ -967,8 +922,6 @@ def test_calico_apply_interrupted_takes_back_the_pools_it_created(
         api.rest_client.pool_manager.request = request
         with pytest.raises(SystemExit):
             backend.apply(changes)
-    finally:
-        api.close()
     assert server.get(CRD, "k3snet-pods-a") is None
     assert server.get(CRD, "k3snet-pods-b") is None
 
@@ -981,15 +934,12 @@ def test_cilium_apply_interrupted_at_its_second_write_takes_the_first_back(
     from k3snet.planner import plan  # noqa: PLC0415
     from tests.cluster.test_cilium_backend import HELM_K3S_DATA  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         backend = _cilium(server, api)
         changes = plan(backend.observe(), State(owned=[_cilium_wanted()]))
         _interrupted_at_the_first(api, "POST")
         with pytest.raises(SystemExit):
             backend.apply(changes)
-    finally:
-        api.close()
     config = server.get("v1/configmaps", "cilium-config", "kube-system")
     assert config is not None
     assert config["data"] == HELM_K3S_DATA
@@ -1009,7 +959,6 @@ def test_the_undo_after_sigterm_stays_within_its_deadline_and_lists_what_is_left
     import time  # noqa: PLC0415
 
     from k3snet import cli  # noqa: PLC0415
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.errors import RollbackError  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
@@ -1026,9 +975,8 @@ def test_the_undo_after_sigterm_stays_within_its_deadline_and_lists_what_is_left
 
     monkeypatch.setattr(cli, "_clock", lambda: now[0], raising=False)
     names = [f"k3snet-pods-{n}" for n in "abcde"]
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+    with _api_client(tmp_path, server) as api:
+        backend = _calico(api)
         changes = plan(backend.observe(), State(owned=[
             IPPool(name, f"10.{100 + i}.0.0/16", nat_outgoing=True)
             for i, name in enumerate(names)]))
@@ -1047,8 +995,6 @@ def test_the_undo_after_sigterm_stays_within_its_deadline_and_lists_what_is_left
         with pytest.raises(RollbackError) as info, \
                 throttle_waits(attrs.evolve(THROTTLE_WAITS, sleep=sleep)), cli.sigterm_undoes():
             backend.apply(changes)
-    finally:
-        api.close()
     assert isinstance(info.value.__cause__, SystemExit)
     assert sum(slept) < 90, slept  # systemd's stop timeout (TimeoutStopSec) not reached
     assert slept == [5.0] * 14  # 25 s, 25 s, 20 s: the last delete none
@@ -1094,14 +1040,12 @@ def test_calico_apply_interrupted_as_a_create_acted_takes_that_pool_back(
     # SIGTERM while the create's answer was awaited (or in the wait after a 503 that
     # followed it): the API server made the pool, the apply never recorded it, and
     # `k3snet apply` exited 143 saying it had taken back what it made, the pool left.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+    with _api_client(tmp_path, server) as api:
+        backend = _calico(api)
         changes = plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)]))
         real = api.rest_client.pool_manager.request
@@ -1116,8 +1060,6 @@ def test_calico_apply_interrupted_as_a_create_acted_takes_that_pool_back(
         api.rest_client.pool_manager.request = request
         with pytest.raises(SystemExit):
             backend.apply(changes)
-    finally:
-        api.close()
     assert server.get(CRD, "k3snet-pods-a") is None
 
 
@@ -1125,14 +1067,12 @@ def test_calico_apply_interrupted_as_a_create_acted_leaves_someone_elses_pool(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # The create interrupted did not act (the admin's pool of that name came first): the
     # undo reads the pool, not k3snet's, and leaves it.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+    with _api_client(tmp_path, server) as api:
+        backend = _calico(api)
         changes = plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)]))
         real = api.rest_client.pool_manager.request
@@ -1148,8 +1088,6 @@ def test_calico_apply_interrupted_as_a_create_acted_leaves_someone_elses_pool(
         api.rest_client.pool_manager.request = request
         with pytest.raises(SystemExit):
             backend.apply(changes)
-    finally:
-        api.close()
     theirs = server.get(CRD, "k3snet-pods-a")
     assert theirs is not None
     assert [e["manager"] for e in theirs["metadata"]["managedFields"]] == ["kubectl-create"]
@@ -1161,15 +1099,12 @@ def test_calico_apply_interrupted_as_a_delete_was_sent_leaves_the_pool_as_it_was
     # SIGTERM while the delete's answer was awaited: when the API server had deleted the
     # pool, nothing put it back (its undo was recorded only with the answer), and
     # `k3snet apply` exited 143 saying it had taken back what it made.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0,
-                                allow_disruptive=True)
+    with _api_client(tmp_path, server) as api:
+        backend = _calico(api, allow_disruptive=True)
         backend.apply(plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)])))
         before = server.get(CRD, "k3snet-pods-a")
@@ -1188,8 +1123,6 @@ def test_calico_apply_interrupted_as_a_delete_was_sent_leaves_the_pool_as_it_was
         api.rest_client.pool_manager.request = request
         with pytest.raises(SystemExit):
             backend.apply(changes)
-    finally:
-        api.close()
     back = server.get(CRD, "k3snet-pods-a")
     assert back is not None
     assert back["spec"] == before["spec"]
@@ -1209,8 +1142,7 @@ def test_cilium_apply_interrupted_as_a_write_acted_takes_it_back(
     from k3snet.planner import plan  # noqa: PLC0415
     from tests.cluster.test_cilium_backend import HELM_K3S_DATA  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         backend = _cilium(server, api)
         changes = plan(backend.observe(), State(owned=[_cilium_wanted()]))
         real = api.rest_client.pool_manager.request
@@ -1226,8 +1158,6 @@ def test_cilium_apply_interrupted_as_a_write_acted_takes_it_back(
         api.rest_client.pool_manager.request = request
         with pytest.raises(SystemExit):
             backend.apply(changes)
-    finally:
-        api.close()
     config = server.get("v1/configmaps", "cilium-config", "kube-system")
     assert config is not None
     assert config["data"] == HELM_K3S_DATA
@@ -1239,14 +1169,12 @@ def test_calico_apply_interrupted_as_an_apply_was_sent_leaves_the_pool_as_it_was
         server: EmulatedApiServer, tmp_path: Path, slept: list[float], acted: bool) -> None:
     # SIGTERM while a server-side apply's answer was awaited: the pool kept the new
     # spec, its undo recorded only with the answer.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+    with _api_client(tmp_path, server) as api:
+        backend = _calico(api)
         backend.apply(plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)])))
         before = server.get(CRD, "k3snet-pods-a")
@@ -1267,8 +1195,6 @@ def test_calico_apply_interrupted_as_an_apply_was_sent_leaves_the_pool_as_it_was
         api.rest_client.pool_manager.request = request
         with pytest.raises(SystemExit):
             backend.apply(changes)
-    finally:
-        api.close()
     back = server.get(CRD, "k3snet-pods-a")
     assert back is not None
     assert back["spec"] == before["spec"]
@@ -1301,14 +1227,12 @@ def test_calico_apply_interrupted_as_a_create_acted_takes_back_a_pool_read_witho
     # disableBGPExport: false out of the pool it answers (omitempty): compared with the
     # body k3snet sent, which holds them, the pool k3snet made was not its own and was
     # left, exit 143 saying it had been taken back.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+    with _api_client(tmp_path, server) as api:
+        backend = _calico(api)
         changes = plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=nat_outgoing)]))
         real = api.rest_client.pool_manager.request
@@ -1322,8 +1246,6 @@ def test_calico_apply_interrupted_as_a_create_acted_takes_back_a_pool_read_witho
         api.rest_client.pool_manager.request = request
         with pytest.raises(SystemExit):
             backend.apply(changes)
-    finally:
-        api.close()
     assert server.get(CRD, "k3snet-pods-a") is None
 
 
@@ -1333,14 +1255,12 @@ def test_calico_apply_interrupted_as_an_apply_acted_applies_back_a_pool_read_wit
     # the pool read without natOutgoing (false, omitempty), which did not hold the
     # natOutgoing: false sent, and the pool kept the new spec, exit 143 saying it was
     # taken back.
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+    with _api_client(tmp_path, server) as api:
+        backend = _calico(api)
         backend.apply(plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)])))
         before = server.get(CRD, "k3snet-pods-a")
@@ -1361,8 +1281,6 @@ def test_calico_apply_interrupted_as_an_apply_acted_applies_back_a_pool_read_wit
         api.rest_client.pool_manager.request = request
         with pytest.raises(SystemExit):
             backend.apply(changes)
-    finally:
-        api.close()
     back = server.get(CRD, "k3snet-pods-a")
     assert back is not None
     assert back["spec"] == before["spec"]
@@ -1378,8 +1296,7 @@ def test_cilium_removal_interrupted_as_its_delete_was_sent_leaves_both_configmap
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
+    with _api_client(tmp_path, server) as api:
         backend = _cilium(server, api)
         backend.apply(plan(backend.observe(), State(owned=[_cilium_wanted()])))
         config_before = server.get("v1/configmaps", "cilium-config", "kube-system")
@@ -1400,8 +1317,6 @@ def test_cilium_removal_interrupted_as_its_delete_was_sent_leaves_both_configmap
         api.rest_client.pool_manager.request = request
         with pytest.raises(SystemExit):
             backend.apply(changes)
-    finally:
-        api.close()
     config = server.get("v1/configmaps", "cilium-config", "kube-system")
     agent = server.get("v1/configmaps", "ip-masq-agent", "kube-system")
     assert config is not None and agent is not None  # noqa: PT018
@@ -1416,15 +1331,13 @@ def test_calico_apply_interrupted_as_a_create_acted_whose_read_back_is_refused_s
     # pool may be there, and a RollbackError (exit 5) says so, not exit 143's "taken back".
     import urllib3  # noqa: PLC0415
 
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
     from k3snet.errors import RollbackError  # noqa: PLC0415
     from k3snet.model.cni import IPPool  # noqa: PLC0415
     from k3snet.model.state import State  # noqa: PLC0415
     from k3snet.planner import plan  # noqa: PLC0415
 
-    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
-    try:
-        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+    with _api_client(tmp_path, server) as api:
+        backend = _calico(api)
         changes = plan(backend.observe(), State(owned=[
             IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)]))
         real = api.rest_client.pool_manager.request
@@ -1445,8 +1358,6 @@ def test_calico_apply_interrupted_as_a_create_acted_whose_read_back_is_refused_s
         api.rest_client.pool_manager.request = request
         with pytest.raises(RollbackError) as caught:
             backend.apply(changes)
-    finally:
-        api.close()
     assert isinstance(caught.value.__cause__, SystemExit)
     assert "delete IPPool k3snet-pods-a (created, its answer unread)" in str(caught.value)
     assert server.get(CRD, "k3snet-pods-a") is not None

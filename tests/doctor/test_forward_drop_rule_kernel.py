@@ -25,7 +25,7 @@ from typing import Literal
 import pytest
 
 from k3snet.cli import main
-from k3snet.doctor import Flow, NodeState, Verdict, diagnose
+from k3snet.doctor import Diagnosis, Flow, NodeState, Verdict, diagnose
 from k3snet.lab.netns import run_in
 
 from .conftest import DoctorLab, Topology, to_v6
@@ -40,6 +40,17 @@ def _doctor_fix(doctor_lab: DoctorLab, topology: Topology) -> int:
                  "--fix", "--auto-approve"])
 
 
+def _diagnosed(doctor_lab: DoctorLab, topology: Topology) -> Diagnosis:
+    """The doctor's diagnosis of ``topology``'s flow on the lab node as it is now."""
+    return diagnose(NodeState.from_capture(doctor_lab.capture()),
+                    Flow(topology.pod, topology.destination, port=topology.port))
+
+
+def _connects(doctor_lab: DoctorLab, topology: Topology) -> bool:
+    """Whether the pod's connection to ``topology``'s destination succeeds, tried after
+    the neighbour caches are flushed (an earlier failed IPv6 solicitation fails it)."""
+    doctor_lab.forget_neighbours()
+    return bool(doctor_lab.probe(topology.destination, port=topology.port)["ok"])
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_foreign_drop_rule_met_before_k3snets_jump_gets_no_fix_k3snet_would_refuse(
         doctor_lab: DoctorLab, family: Literal[4, 6], tmp_path: Path,
@@ -50,10 +61,8 @@ def test_a_foreign_drop_rule_met_before_k3snets_jump_gets_no_fix_k3snet_would_re
     tool = "ip6tables-nft" if family == 6 else "iptables-nft"
     source = to_v6("10.42.0.0/16") if family == 6 else "10.42.0.0/16"
     run_in(doctor_lab.node, [tool, "-I", "FORWARD", "-s", source, "-j", "DROP"])
-    doctor_lab.forget_neighbours()
-    assert not doctor_lab.probe(topology.destination, port=topology.port)["ok"]
-    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                 Flow(topology.pod, topology.destination, port=topology.port))
+    assert not _connects(doctor_lab, topology)
+    d = _diagnosed(doctor_lab, topology)
     [finding] = [f for f in d.findings if f.severity == "blocking"]
     assert finding.code == "forward-drop", d.render()
     assert finding.fix == (), d.render()
@@ -76,14 +85,12 @@ def test_a_final_catch_all_drop_keeps_the_fix_and_the_fix_connects(
     doctor_lab.configure(topology)
     tool = "ip6tables-nft" if family == 6 else "iptables-nft"
     run_in(doctor_lab.node, [tool, "-A", "FORWARD", "-j", "DROP"])
-    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                 Flow(topology.pod, topology.destination, port=topology.port))
+    d = _diagnosed(doctor_lab, topology)
     assert [f.code for f in d.findings if f.fix] == ["forward-drop"], d.render()
     assert d.after.verdict is Verdict.REACHES, d.render()
     assert _doctor_fix(doctor_lab, topology) == 0
     assert "now: reaches" in capsys.readouterr().out
-    doctor_lab.forget_neighbours()
-    assert doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+    assert _connects(doctor_lab, topology)
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -96,15 +103,13 @@ def test_a_foreign_drop_of_another_host_narrows_the_fix_to_the_destination_which
     tool, other = ("ip6tables-nft", "fd01:2::99") if family == 6 else ("iptables-nft",
                                                                        "192.168.2.99")
     run_in(doctor_lab.node, [tool, "-I", "FORWARD", "-d", other, "-j", "REJECT"])
-    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                 Flow(topology.pod, topology.destination, port=topology.port))
+    d = _diagnosed(doctor_lab, topology)
     host = f"{topology.destination}/{128 if family == 6 else 32}"
     assert [str(f.destination) for f in d.fixes.owned] == [host], d.render()
     assert d.after.verdict is Verdict.REACHES, d.render()
     assert _doctor_fix(doctor_lab, topology) == 0
     assert "now: reaches" in capsys.readouterr().out
-    doctor_lab.forget_neighbours()
-    assert doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+    assert _connects(doctor_lab, topology)
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -118,8 +123,7 @@ def test_a_drop_policy_in_the_flavour_k3snet_does_not_write_gets_no_fix(
     topology = Topology(family=family, forward_policy="drop-legacy",
                         kube_proxy="iptables-nft" if in_use == "nft" else "iptables-legacy")
     doctor_lab.configure(topology)
-    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                 Flow(topology.pod, topology.destination, port=topology.port))
+    d = _diagnosed(doctor_lab, topology)
     [finding] = [f for f in d.findings if f.severity == "blocking"]
     assert finding.code == "forward-drop", d.render()
     if in_use == "nft":
@@ -132,9 +136,7 @@ def test_a_drop_policy_in_the_flavour_k3snet_does_not_write_gets_no_fix(
         assert d.after.verdict is Verdict.REACHES, d.render()
         assert _doctor_fix(doctor_lab, topology) == 0
         assert "now: reaches" in capsys.readouterr().out
-    doctor_lab.forget_neighbours()
-    assert doctor_lab.probe(topology.destination, port=topology.port)["ok"] is (
-        in_use == "legacy")
+    assert _connects(doctor_lab, topology) is (in_use == "legacy")
 
 
 def _beyond_filter(doctor_lab: DoctorLab, where: str, family: Literal[4, 6]) -> None:
@@ -166,8 +168,7 @@ def test_a_drop_beyond_filter_that_the_plan_names_a_conflict_gets_no_forward_acc
     topology = Topology(family=family, forward_policy="drop-nft")
     doctor_lab.configure(topology)
     _beyond_filter(doctor_lab, where, family)
-    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                 Flow(topology.pod, topology.destination, port=topology.port))
+    d = _diagnosed(doctor_lab, topology)
     finding = next(f for f in d.findings if f.code == "forward-drop")
     assert finding.fix == (), d.render()
     assert "a conflict with drop by" in finding.why, d.render()
@@ -180,8 +181,7 @@ def test_a_drop_beyond_filter_that_the_plan_names_a_conflict_gets_no_forward_acc
     capsys.readouterr()
     assert _doctor_fix(doctor_lab, topology) == 3
     assert "conflict(s)" not in capsys.readouterr().out
-    doctor_lab.forget_neighbours()
-    assert not doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+    assert not _connects(doctor_lab, topology)
 
 
 def test_a_foreign_nftables_drop_of_another_host_narrows_the_fix_which_connects(
@@ -196,14 +196,12 @@ def test_a_foreign_nftables_drop_of_another_host_narrows_the_fix_which_connects(
         "table inet admin {\n  chain forward {\n"
         "    type filter hook forward priority 10; policy accept;\n"
         "    ip daddr 192.168.2.99 drop\n  }\n}\n"))
-    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                 Flow(topology.pod, topology.destination, port=topology.port))
+    d = _diagnosed(doctor_lab, topology)
     assert [str(f.destination) for f in d.fixes.owned] == ["192.168.2.10/32"], d.render()
     assert d.after.verdict is Verdict.REACHES, d.render()
     assert _doctor_fix(doctor_lab, topology) == 0
     assert "now: reaches" in capsys.readouterr().out
-    doctor_lab.forget_neighbours()
-    assert doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+    assert _connects(doctor_lab, topology)
 
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
@@ -235,9 +233,7 @@ def test_the_spec_s_iptables_mode_is_the_flavour_the_fix_is_judged_in_and_writte
         assert "after the fix: reaches" in out, out
     assert main([*argv, "--fix", "--auto-approve"]) == (0 if given == "legacy" else 3)
     out = capsys.readouterr().out
-    doctor_lab.forget_neighbours()
-    assert doctor_lab.probe(topology.destination, port=topology.port)["ok"] is (
-        given == "legacy"), out
+    assert _connects(doctor_lab, topology) is (given == "legacy"), out
     written = run_in(doctor_lab.node, ["iptables-nft-save"]).stdout
     assert "K3SNET-" not in written, written  # nothing in the flavour the spec does not use
 
@@ -246,8 +242,7 @@ def test_without_a_spec_the_finding_says_the_flavour_is_mode_auto_s(
         doctor_lab: DoctorLab) -> None:
     topology = Topology(forward_policy="drop-legacy", kube_proxy="iptables-nft")
     doctor_lab.configure(topology)
-    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                 Flow(topology.pod, topology.destination, port=topology.port))
+    d = _diagnosed(doctor_lab, topology)
     [finding] = [f for f in d.findings if f.severity == "blocking"]
     assert "(mode auto: " in finding.why, d.render()
     assert finding.advice is not None

@@ -116,6 +116,17 @@ needs_netplan = pytest.mark.skipif(
     reason="needs netplan (Debian netplan.io; make deps installs it)")
 
 
+def _netplan_generate(root: Path) -> str:
+    """Run the real ``netplan generate`` over ``root`` (its etc/netplan files, its run/
+    written); its stderr, it having succeeded."""
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(root)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          # netplan in a snap asks a D-Bus service to generate for / instead
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
 def _networkd_sections(text: str) -> dict[str, list[dict[str, str]]]:
     sections: dict[str, list[dict[str, str]]] = {}
     current: dict[str, str] = {}
@@ -159,14 +170,10 @@ def test_the_file_networkd_applies_holds_the_admins_dhcp_and_k3snets_routes(
     spec.write_text(SPEC)
     assert main(["render", "netplan", "-f", str(spec), "-o", str(etc), *given]) == 0
     capsys.readouterr()
-    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
-                          capture_output=True, text=True, check=False, timeout=60,
-                          # netplan in a snap asks a D-Bus service to generate for / instead
-                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
-    assert done.returncode == 0, done.stderr
+    stderr = _netplan_generate(tmp_path)
     # k3snet's file is its owner's alone: written 0644, netplan warned at every run
     # ("Permissions for .../90-k3snet.yaml are too open"), the boot's generator too.
-    assert "too open" not in done.stderr, done.stderr
+    assert "too open" not in stderr, stderr
     applied = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")
     assert applied["Network"][0].get("DHCP") == "ipv4"  # the admin's configuration
     assert {"Destination": "192.168.2.0/24", "Gateway": "192.168.1.1",
@@ -187,10 +194,7 @@ def test_under_network_manager_the_routes_keep_the_metric_of_the_spec(tmp_path: 
     (etc / "90-k3snet.yaml").write_text(render_netplan(state))
     for path in etc.iterdir():
         path.chmod(0o600)
-    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
-                          capture_output=True, text=True, check=False, timeout=60,
-                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
-    assert done.returncode == 0, done.stderr
+    _netplan_generate(tmp_path)
     (profile,) = (tmp_path / "run" / "NetworkManager" / "system-connections").iterdir()
     routes = [line for line in profile.read_text().splitlines() if line.startswith("route")]
     assert routes == ["route1=10.7.0.0/24,192.168.1.1,0", "route1=fd01:7::/64,,1024"]
@@ -261,10 +265,7 @@ def test_netplan_makes_a_link_local_profile_of_a_device_only_k3snets_file_names(
     (etc / "90-k3snet.yaml").write_text(render_netplan(state))
     for path in etc.iterdir():
         path.chmod(0o600)
-    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
-                          capture_output=True, text=True, check=False, timeout=60,
-                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
-    assert done.returncode == 0, done.stderr
+    _netplan_generate(tmp_path)
     profile = (tmp_path / "run/NetworkManager/system-connections/netplan-eth0.nmconnection")
     text = profile.read_text()
     assert "interface-name=eth0" in text
@@ -293,10 +294,7 @@ def test_a_route_table_and_metric_are_refused_or_reach_networkd_as_given(
     etc.mkdir(parents=True)
     (etc / "90-k3snet.yaml").write_text(render_netplan(state))
     (etc / "90-k3snet.yaml").chmod(0o600)
-    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
-                          capture_output=True, text=True, check=False, timeout=60,
-                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
-    assert done.returncode == 0, done.stderr
+    _netplan_generate(tmp_path)
     route = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")["Route"][0]
     assert (route.get("Table"), route.get("Metric")) == (str(table), str(metric))
 
@@ -350,10 +348,7 @@ def test_routes_of_each_family_are_refused_or_reach_what_netplan_renders(
         assert "method=ignore" in error or "method=link-local" in error
         assert not (eth0.get("dhcp4") and eth0.get("dhcp6"))
         return
-    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
-                          capture_output=True, text=True, check=False, timeout=60,
-                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
-    assert done.returncode == 0, done.stderr
+    _netplan_generate(tmp_path)
     written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*")
                       if p.is_file() and p.suffix in {".nmconnection", ".network"})
     assert "192.168.2.0/24" in written
@@ -405,10 +400,7 @@ def test_render_netplan_refuses_exactly_when_netplan_leaves_a_route_out(
                          Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
     (etc / "90-k3snet.yaml").write_text(render_netplan(state))
     (etc / "90-k3snet.yaml").chmod(0o600)
-    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
-                          capture_output=True, text=True, check=False, timeout=60,
-                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
-    assert done.returncode == 0, done.stderr
+    _netplan_generate(tmp_path)
     written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*")
                       if p.is_file() and p.suffix in {".nmconnection", ".network"})
     (etc / "90-k3snet.yaml").unlink()
