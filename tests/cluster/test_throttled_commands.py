@@ -1450,3 +1450,45 @@ def test_calico_apply_interrupted_as_a_create_acted_whose_read_back_is_refused_s
     assert isinstance(caught.value.__cause__, SystemExit)
     assert "delete IPPool k3snet-pods-a (created, its answer unread)" in str(caught.value)
     assert server.get(CRD, "k3snet-pods-a") is not None
+
+
+def test_calico_apply_interrupted_before_it_acted_never_reads_an_absent_field_as_a_sent_true(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
+    # natOutgoing false -> true, interrupted before the apply reached the server: the pool
+    # read back has no natOutgoing (false, omitempty on Calico's API server). An absent
+    # field holds only a sent false ("", 0): read as the true sent, the pool was taken
+    # for the one the apply made and an apply back sent over what is there (another
+    # writer's field a 409, their edit since under k3snet's field manager).
+    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
+    from k3snet.model.cni import IPPool  # noqa: PLC0415
+    from k3snet.model.state import State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
+    try:
+        backend = CalicoBackend(api_client=api, api="crd", timeout=10.0)
+        backend.apply(plan(backend.observe(), State(owned=[
+            IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=False)])))
+        before = server.get(CRD, "k3snet-pods-a")
+        assert before is not None
+        changes = plan(backend.observe(), State(owned=[
+            IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=True)]))
+        real = api.rest_client.pool_manager.request
+        patches: list[str] = []
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "PATCH":
+                patches.append(url)
+                if len(patches) == 1:
+                    raise SystemExit(143)  # interrupted before the request was sent
+            return _as_calicos_api_server_reads(real, verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(SystemExit):
+            backend.apply(changes)
+    finally:
+        api.close()
+    assert len(patches) == 1, patches  # no apply back: the pool read was not the one sent
+    back = server.get(CRD, "k3snet-pods-a")
+    assert back is not None
+    assert back["spec"] == before["spec"]
