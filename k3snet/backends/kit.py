@@ -391,15 +391,24 @@ class Compensation:
                 undone += exc.undone
                 problems += exc.problems
             except Exception as exc:  # noqa: BLE001 - every undo failure is reported, none hides another
-                problems += [f"{inverse}: {exc}" for inverse in inverses]
+                # A step recorded with no change of its own (a backend's second write
+                # of one change, its store's restore) is said too: one line per inverse
+                # was none, and the undo's failure went unsaid (a 409 creating back
+                # the ConfigMap a cut delete took: exit 143, the node half-changed).
+                problems += ([f"{inverse}: {exc}" for inverse in inverses]
+                             or [f"an undo step: {exc}"])
             except BaseException as exc:  # noqa: BLE001 - an interruption of the undo is said, then it stops
                 # A second Ctrl-C (or SIGTERM after Ctrl-C) during the undo stops it, and
                 # is said: raised as it came, it was the CLI's quiet exit 130 with this
                 # step half-undone and the ones after it never undone.
-                problems += [f"{inverse}: interrupted ({type(exc).__name__}), may be "
-                             "half-undone" for inverse in inverses]
+                problems += ([f"{inverse}: interrupted ({type(exc).__name__}), may be "
+                              "half-undone" for inverse in inverses]
+                             or [f"an undo step: interrupted ({type(exc).__name__}), may be "
+                                 "half-undone"])
                 problems += [f"{c.inverse()}: not undone (the undo was interrupted)"
                              for rest, _ in steps[index + 1:] for c in reversed(rest)]
+                problems += ["an undo step: not undone (the undo was interrupted)"
+                             for rest, later in steps[index + 1:] if not rest and later]
                 break
             else:
                 undone += inverses

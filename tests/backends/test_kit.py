@@ -135,6 +135,33 @@ def test_compensation_reports_every_failed_undo_as_rollback_error() -> None:
     assert caught.value.rolled_back == (Change.delete(B),)
 
 
+def test_a_failed_undo_of_a_step_recorded_without_changes_is_a_rollback_error() -> None:
+    """A step recorded with no change of its own (cilium's second write of one change,
+    netlink's store restore): its undo's failure was one line per inverse, none, and
+    went unsaid; so did a second interruption in it."""
+    def broken() -> None:
+        raise OSError(errno.EIO, "gone")
+
+    undo = Compensation("demo")
+    undo.record(Change.add(A), lambda: None)
+    undo.record((), broken)
+    with pytest.raises(RollbackError, match=r"an undo step: .*gone"):
+        undo.fail(None, "refused")
+    undo.record(Change.add(A), lambda: None)
+    undo.record((), broken)
+    with pytest.raises(RollbackError, match=r"an undo step: .*gone"), undo.guarding():
+        raise SystemExit(143)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    undo.record((), lambda: None)
+    undo.record((), interrupted)
+    assert undo.rollback()[1] == [
+        "an undo step: interrupted (KeyboardInterrupt), may be half-undone",
+        "an undo step: not undone (the undo was interrupted)"]
+
+
 def test_compensation_with_nothing_done_says_nothing_changed() -> None:
     with pytest.raises(ApplyError, match="nothing was changed"):
         Compensation("demo").fail(Change.add(A), "refused")
