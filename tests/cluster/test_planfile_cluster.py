@@ -12,21 +12,7 @@ import pytest
 
 from k3snet.cli import main
 from k3snet.testing.kube import EmulatedApiServer
-
-SPEC = """\
-apiVersion: k3snet.io/v1alpha1
-kind: EgressSpec
-cluster: {podCIDRs: [10.42.0.0/16]}
-destinations:
-  - cidr: 192.168.2.0/24
-    masquerade: false
-cni:
-  calico: {}
-"""
-CRD = "crd.projectcalico.org/v1/ippools"
-POD_POOL = {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
-            "metadata": {"name": "default-ipv4-ippool"},
-            "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True, "blockSize": 26}}
+from tests.cluster.calico_objects import CRD, POD_POOL, SPEC
 
 
 def _kubeconfig(path: Path, servers: dict[str, str], current: str) -> None:

@@ -18,25 +18,12 @@ from k3snet.backends.registry import create_backend
 from k3snet.cli import main
 from k3snet.kube import THROTTLE_WAITS, throttle_waits
 from k3snet.testing.kube import EmulatedApiServer
+from tests.cluster.calico_objects import CRD, POD_POOL, SPEC
 from tests.kubeclient import write_kubeconfig
 
-SPEC = """\
-apiVersion: k3snet.io/v1alpha1
-kind: EgressSpec
-cluster: {podCIDRs: [10.42.0.0/16]}
-destinations:
-  - cidr: 192.168.2.0/24
-    masquerade: false
-cni:
-  calico: {}
-"""
-CRD = "crd.projectcalico.org/v1/ippools"
 RESOURCES = ("crd.projectcalico.org/v1/ippools", "crd.projectcalico.org/v1/felixconfigurations",
              "v1/configmaps")
 """Calico's CRDs alone (no Calico API server: ``api=auto`` reads them), and ConfigMaps."""
-POD_POOL = {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
-            "metadata": {"name": "default-ipv4-ippool"},
-            "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True, "blockSize": 26}}
 
 
 def _apply_through_calico(spec: Path, kubeconfig: Path) -> int:
