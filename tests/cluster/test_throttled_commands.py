@@ -12,15 +12,29 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
+import kubernetes
 import pytest
+import urllib3
+from kubernetes import client
 
+from k3snet import cli
+from k3snet.agent import RETRY_AFTER_LIMIT, LeaderElector, LeaseSettings, NodeReport, NodeReporter
+from k3snet.backends.calico import CalicoBackend
+from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.kit import translate_errors
+from k3snet.cli import main
+from k3snet.errors import ApplyError, RollbackError
 from k3snet.kube import (
     THROTTLE_WAITS,
     Deadline,
@@ -32,25 +46,17 @@ from k3snet.kube import (
     safe_to_send_again,
     throttle_waits,
 )
+from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig
+from k3snet.model.cni import IPPool
+from k3snet.model.state import State
+from k3snet.planner import plan
 from k3snet.testing.kube import EmulatedApiServer
+from tests.cluster.calico_objects import CRD, POD_POOL, SPEC
+from tests.cluster.test_cilium_backend import HELM_K3S_DATA, _cilium_config
 from tests.kubeclient import write_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
-CRD = "crd.projectcalico.org/v1/ippools"
-SPEC = """\
-apiVersion: k3snet.io/v1alpha1
-kind: EgressSpec
-cluster: {podCIDRs: [10.42.0.0/16]}
-destinations:
-  - cidr: 192.168.2.0/24
-    masquerade: false
-cni:
-  calico: {}
-"""
-POD_POOL = {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
-            "metadata": {"name": "default-ipv4-ippool"},
-            "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True, "blockSize": 26}}
 
 
 @pytest.fixture
@@ -88,14 +94,12 @@ def _api_client(tmp_path: Path, server: EmulatedApiServer) -> Iterator[Any]:
 
 def _calico(api: Any, *, allow_disruptive: bool = False) -> Any:
     """Calico's backend through ``api``, the CRDs (its requests: a 10 s timeout)."""
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
 
     return CalicoBackend(api_client=api, api="crd", timeout=10.0,
                          allow_disruptive=allow_disruptive)
 
 
 def _plan(tmp_path: Path, server: EmulatedApiServer, *more: str) -> int:
-    from k3snet.cli import main  # noqa: PLC0415
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
@@ -195,13 +199,11 @@ def test_no_wait_outlasts_a_deadline_the_requests_are_within(
 
 
 def _core(api: Any) -> Any:
-    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
     return client.CoreV1Api(api)
 
 
 def _writes(core: Any, version: Callable[[], str]) -> dict[str, Callable[[], Any]]:
-    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
     body = {"metadata": {"name": "y", "namespace": "kube-system"}, "data": {"a": "b"}}
     return {
@@ -274,7 +276,6 @@ def test_the_agents_lease_step_waits_nothing_inside_its_request_whatever_the_cal
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # Within a block of waits (as a library caller's, or a command's, default is), the
     # elector's request still fails at once: its own bounded wait is the one taken.
-    from k3snet.agent import RETRY_AFTER_LIMIT, LeaderElector, LeaseSettings  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         elector = LeaderElector(api, "node-a", LeaseSettings("kube-system", "k3snet"))
@@ -288,7 +289,6 @@ def test_the_agents_lease_step_waits_nothing_inside_its_request_whatever_the_cal
 def test_the_agents_node_report_waits_nothing_inside_its_request(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float],
         caplog: pytest.LogCaptureFixture) -> None:
-    from k3snet.agent import NodeReport, NodeReporter  # noqa: PLC0415
 
     server.put("v1/nodes", {"metadata": {"name": "node-a"}})
     with _api_client(tmp_path, server) as api:
@@ -311,7 +311,6 @@ def _acted_then_unavailable(api: Any, method: str, *, skip: int = 0) -> list[int
     """Make the first ``method`` request (after ``skip`` of them) act, then answer 503 as
     a proxy before the API server may (its connection to the server cut after the server
     acted); returns the statuses the server answered behind it."""
-    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
 
     pool = api.rest_client.pool_manager
     real = pool.request
@@ -346,7 +345,6 @@ def test_a_write_sent_again_after_a_503_that_followed_its_effect_is_refused_sayi
     # A proxy's 503 after the API server acted: the write sent again is refused (the name
     # taken, the version gone). Its error said "nothing was written, observe and plan
     # again" (409): the first send wrote it, and the command said it wrote nothing.
-    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
     stored = server.get("v1/configmaps", "x", "kube-system")
     assert stored is not None
@@ -410,7 +408,6 @@ def test_a_callers_own_client_is_left_as_it_sends_outside_a_block_of_waits(
     # A library caller's client handed to k3snet (api_client=) is the caller's: its own
     # requests (an operator's, answering 429 its own way) were sent again by k3snet's
     # wrapper after sleeps of up to 30 s, from the first time k3snet saw the client.
-    import kubernetes  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
     kube: Any = kubernetes  # (untyped)
 
@@ -458,7 +455,6 @@ def _throttled_first(api: Any, headers: dict[str, str], times: int = 1) -> list[
     """Answer the first ``times`` requests 429 with ``headers`` (as a proxy or load
     balancer in front of the API server may), before the server sees them; returns
     the methods that reached the server."""
-    import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
 
     pool = api.rest_client.pool_manager
     real = pool.request
@@ -610,10 +606,6 @@ def _calico_apply_failing_after_a_create(server: EmulatedApiServer, tmp_path: Pa
     """Apply two new pools through a client k3snet made, the second create failing
     (500), so the first pool's create is undone by a delete; ``proxy(api)`` is called
     before. Returns the apply's error."""
-    from k3snet.errors import ApplyError  # noqa: PLC0415
-    from k3snet.model.cni import IPPool  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _calico(api)
@@ -632,7 +624,6 @@ def test_calicos_undo_of_a_create_is_sent_again_after_a_503(
     # The delete undoing the pool it created carried no precondition: not safe to send
     # again, its 503 left the pool and made the apply a RollbackError ("may be
     # half-changed"). It names the created pool's uid now, and is sent again.
-    from k3snet.errors import RollbackError  # noqa: PLC0415
 
     error = _calico_apply_failing_after_a_create(
         server, tmp_path, lambda api: server.fail(503, method="DELETE", name="k3snet-pods-a"))
@@ -661,7 +652,6 @@ def test_calicos_undo_of_a_create_leaves_a_pool_made_again_by_someone_else(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # Its uid names the pool k3snet created: one deleted and made again by another writer
     # meanwhile is not k3snet's to delete (409), and the undo says it failed.
-    from k3snet.errors import RollbackError  # noqa: PLC0415
 
     def someone_remakes(api: Any) -> None:
         real = api.rest_client.pool_manager.request
@@ -685,7 +675,6 @@ def test_calicos_undo_of_a_create_leaves_a_pool_made_again_by_someone_else(
 
 def _uid_of(body: Any) -> str | None:
     """The uid precondition of a recorded DELETE's body."""
-    import json  # noqa: PLC0415
 
     data = json.loads(body) if isinstance(body, str | bytes) else body
     return ((data or {}).get("preconditions") or {}).get("uid")
@@ -699,10 +688,6 @@ def _calico_apply_failing_after_a_delete(server: EmulatedApiServer, tmp_path: Pa
     """Make pool k3snet-pods-a k3snet's, then apply a state without it and with a new
     pool whose create fails (500): the delete of k3snet-pods-a is undone by a re-create;
     ``proxy(api)`` is called before that apply. Returns the apply's error."""
-    from k3snet.errors import ApplyError  # noqa: PLC0415
-    from k3snet.model.cni import IPPool  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _calico(api, allow_disruptive=True)
@@ -724,7 +709,6 @@ def test_calicos_undo_of_a_delete_whose_first_send_acted_before_a_503_is_done(
     # server made it: sent again, 409 AlreadyExists, and the undo was reported failed
     # (RollbackError, "may be half-changed") with the pool back as it was. The pool
     # found is read: k3snet's own, it is the undo done.
-    from k3snet.errors import RollbackError  # noqa: PLC0415
 
     before: dict[str, Any] = {}
 
@@ -750,7 +734,6 @@ def test_calicos_undo_of_a_delete_leaves_a_pool_someone_else_made_meanwhile_fail
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # Another writer's pool of that name, the same spec but not k3snet's labels, made
     # between the delete and its undo: the 409 is not taken for k3snet's pool put back.
-    from k3snet.errors import RollbackError  # noqa: PLC0415
 
     def someone_makes(api: Any) -> None:
         real = api.rest_client.pool_manager.request
@@ -783,15 +766,12 @@ def test_calicos_undo_of_a_delete_leaves_a_pool_someone_else_made_meanwhile_fail
 
 
 def _cilium(server: EmulatedApiServer, api: Any) -> Any:
-    from k3snet.backends.cilium import CiliumBackend  # noqa: PLC0415
-    from tests.cluster.test_cilium_backend import _cilium_config  # noqa: PLC0415
 
     server.put("v1/configmaps", _cilium_config())
     return CiliumBackend(api_client=api, timeout=10.0, allow_disruptive=True)
 
 
 def _cilium_wanted() -> Any:
-    from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig  # noqa: PLC0415
 
     # (Cilium's ip-masq-agent runs only with eBPF masquerading.)
     return CiliumConfig(CILIUM_DEFAULT_TARGET, settings={
@@ -805,9 +785,6 @@ def test_cilium_deleting_its_ip_masq_agent_configmap_acted_before_a_503_is_done(
     # resourceVersion read), a proxy's 503 after the API server deleted it: sent again,
     # 404, and the apply failed and undid the cilium-config part, k3snet's keys written
     # again beside a ConfigMap gone. None there is the delete done.
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
-    from tests.cluster.test_cilium_backend import HELM_K3S_DATA  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _cilium(server, api)
@@ -829,10 +806,6 @@ def test_ciliums_undo_of_its_cilium_config_patch_acted_before_a_503_is_done(
     # keys back (naming the version k3snet wrote) acted before a proxy's 503; sent again,
     # 409, and the undo was reported failed though cilium-config was as found. Read
     # back, it is the undo done.
-    from k3snet.errors import ApplyError, RollbackError  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
-    from tests.cluster.test_cilium_backend import HELM_K3S_DATA  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _cilium(server, api)
@@ -853,9 +826,6 @@ def test_ciliums_undo_of_its_cilium_config_patch_leaves_helms_change_meanwhile(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # Helm sets one of k3snet's keys between k3snet's patch and its undo: the undo names
     # the version k3snet wrote (409), and Helm's value stays; the undo says it failed.
-    from k3snet.errors import ApplyError, RollbackError  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _cilium(server, api)
@@ -902,9 +872,6 @@ def test_calico_apply_interrupted_takes_back_the_pools_it_created(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # SIGTERM between two creates: the first pool stayed (only a KubeApiError undid
     # anything), and `k3snet apply` exited 143 saying it had taken back what it made.
-    from k3snet.model.cni import IPPool  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _calico(api)
@@ -930,9 +897,6 @@ def test_cilium_apply_interrupted_at_its_second_write_takes_the_first_back(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # SIGTERM as the ip-masq-agent ConfigMap is created: cilium-config kept k3snet's
     # keys (eBPF masquerading and the ip-masq-agent on, its ConfigMap missing).
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
-    from tests.cluster.test_cilium_backend import HELM_K3S_DATA  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _cilium(server, api)
@@ -953,16 +917,7 @@ def test_the_undo_after_sigterm_stays_within_its_deadline_and_lists_what_is_left
     # 25 s (5 waits of 5 s), 100 s for four, past systemd's 90 s stop timeout whose
     # SIGKILL cut the undo silently. Within UNDO_AFTER_SIGTERM now; the deletes given up
     # are the RollbackError's. The clock is the waits' own: nothing is timed.
-    import os  # noqa: PLC0415
-    import signal  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-    import time  # noqa: PLC0415
 
-    from k3snet import cli  # noqa: PLC0415
-    from k3snet.errors import RollbackError  # noqa: PLC0415
-    from k3snet.model.cni import IPPool  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("the tests run outside the main thread: SIGTERM would end the run")
@@ -1008,7 +963,6 @@ def test_calicos_undo_of_a_delete_leaves_the_same_pool_another_manager_made_fail
     # The admin re-created the pool from k3snet's own YAML (its spec, k3snet's labels)
     # between the delete and its undo, with kubectl: only its managedFields tell it from
     # k3snet's put back, and the undo is said failed, the pool theirs.
-    from k3snet.errors import RollbackError  # noqa: PLC0415
 
     def admin_makes(api: Any) -> None:
         real = api.rest_client.pool_manager.request
@@ -1040,9 +994,6 @@ def test_calico_apply_interrupted_as_a_create_acted_takes_that_pool_back(
     # SIGTERM while the create's answer was awaited (or in the wait after a 503 that
     # followed it): the API server made the pool, the apply never recorded it, and
     # `k3snet apply` exited 143 saying it had taken back what it made, the pool left.
-    from k3snet.model.cni import IPPool  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _calico(api)
@@ -1067,9 +1018,6 @@ def test_calico_apply_interrupted_as_a_create_acted_leaves_someone_elses_pool(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # The create interrupted did not act (the admin's pool of that name came first): the
     # undo reads the pool, not k3snet's, and leaves it.
-    from k3snet.model.cni import IPPool  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _calico(api)
@@ -1099,9 +1047,6 @@ def test_calico_apply_interrupted_as_a_delete_was_sent_leaves_the_pool_as_it_was
     # SIGTERM while the delete's answer was awaited: when the API server had deleted the
     # pool, nothing put it back (its undo was recorded only with the answer), and
     # `k3snet apply` exited 143 saying it had taken back what it made.
-    from k3snet.model.cni import IPPool  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _calico(api, allow_disruptive=True)
@@ -1138,9 +1083,6 @@ def test_cilium_apply_interrupted_as_a_write_acted_takes_it_back(
     # followed it): cilium-config's keys written (PATCH), or the ip-masq-agent ConfigMap
     # created (POST), stayed, its undo recorded only with the answer, and `k3snet apply`
     # exited 143 saying it had taken back what it made.
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
-    from tests.cluster.test_cilium_backend import HELM_K3S_DATA  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _cilium(server, api)
@@ -1169,9 +1111,6 @@ def test_calico_apply_interrupted_as_an_apply_was_sent_leaves_the_pool_as_it_was
         server: EmulatedApiServer, tmp_path: Path, slept: list[float], acted: bool) -> None:
     # SIGTERM while a server-side apply's answer was awaited: the pool kept the new
     # spec, its undo recorded only with the answer.
-    from k3snet.model.cni import IPPool  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _calico(api)
@@ -1204,9 +1143,7 @@ def _as_calicos_api_server_reads(real: Callable[..., Any], verb: str, url: str,
                                  **kwargs: Any) -> Any:
     """The answer to ``verb url`` as Calico's API server (projectcalico.org/v3) gives it:
     a pool's false fields left out (its Go types' ``omitempty``)."""
-    import json  # noqa: PLC0415
 
-    import urllib3  # noqa: PLC0415
 
     answer = real(verb, url, **kwargs)
     if verb != "GET" or answer.status != 200 or "/ippools/" not in url:
@@ -1227,9 +1164,6 @@ def test_calico_apply_interrupted_as_a_create_acted_takes_back_a_pool_read_witho
     # disableBGPExport: false out of the pool it answers (omitempty): compared with the
     # body k3snet sent, which holds them, the pool k3snet made was not its own and was
     # left, exit 143 saying it had been taken back.
-    from k3snet.model.cni import IPPool  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _calico(api)
@@ -1255,9 +1189,6 @@ def test_calico_apply_interrupted_as_an_apply_acted_applies_back_a_pool_read_wit
     # the pool read without natOutgoing (false, omitempty), which did not hold the
     # natOutgoing: false sent, and the pool kept the new spec, exit 143 saying it was
     # taken back.
-    from k3snet.model.cni import IPPool  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _calico(api)
@@ -1293,8 +1224,6 @@ def test_cilium_removal_interrupted_as_its_delete_was_sent_leaves_both_configmap
     # answer: cilium-config's keys were written back (the first write taken back), the
     # ConfigMap left deleted, and `k3snet apply` exited 143 saying it had taken back
     # what it made: Cilium's ip-masq-agent on, its ConfigMap gone.
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _cilium(server, api)
@@ -1329,12 +1258,7 @@ def test_calico_apply_interrupted_as_a_create_acted_whose_read_back_is_refused_s
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # The undo's read refused (403): nothing can tell whether the create was made; the
     # pool may be there, and a RollbackError (exit 5) says so, not exit 143's "taken back".
-    import urllib3  # noqa: PLC0415
 
-    from k3snet.errors import RollbackError  # noqa: PLC0415
-    from k3snet.model.cni import IPPool  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     with _api_client(tmp_path, server) as api:
         backend = _calico(api)
@@ -1370,10 +1294,6 @@ def test_calico_apply_interrupted_before_it_acted_never_reads_an_absent_field_as
     # field holds only a sent false ("", 0): read as the true sent, the pool was taken
     # for the one the apply made and an apply back sent over what is there (another
     # writer's field a 409, their edit since under k3snet's field manager).
-    from k3snet.backends.calico import CalicoBackend  # noqa: PLC0415
-    from k3snet.model.cni import IPPool  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     api, _ = make_api_client(kubeconfig=str(_kubeconfig(tmp_path, server)))
     try:
@@ -1410,8 +1330,6 @@ def test_cilium_removal_interrupted_as_its_delete_acted_leaves_a_configmap_anoth
     # The delete of the ip-masq-agent ConfigMap k3snet created went through, its answer
     # unread, and another writer (Helm, an admin) made one of that name since: theirs is
     # read and left as it is, never created over (a 409 said as a failed take-back).
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     labels = {"app.kubernetes.io/managed-by": "Helm"}
     theirs: dict[str, Any] = {
@@ -1456,9 +1374,6 @@ def test_cilium_removal_interrupted_as_its_delete_acted_says_a_configmap_made_be
     # of that name before k3snet's create: the 409 is not written over, and is said (a
     # RollbackError): the undo of a step recorded without a change of its own was one
     # problem line per inverse, none, and the CLI's exit 143 said it was taken back.
-    from k3snet.errors import RollbackError  # noqa: PLC0415
-    from k3snet.model.state import State  # noqa: PLC0415
-    from k3snet.planner import plan  # noqa: PLC0415
 
     theirs: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap",
               "metadata": {"name": "ip-masq-agent", "namespace": "kube-system"},
