@@ -389,7 +389,10 @@ def write_output(file: Path, text: str | bytes, *, owner_writes_only: bool = Fal
         before = os.lstat(file)
     except FileNotFoundError:
         before = None
-    if before is not None and _into_stream(file, before, text):
+    # A regular file or a directory standing there is replaced at once (the common case:
+    # no look at the descriptors this process holds); a link or a special file is looked at.
+    if (before is not None and not stat.S_ISREG(before.st_mode)
+            and not stat.S_ISDIR(before.st_mode) and _into_stream(file, before, text)):
         return
     mode = _output_mode(before)
     if owner_writes_only:
