@@ -115,18 +115,21 @@ class BackendGroup:
         )
         seen: dict[str, str] = {}
         for member in self.members:
-            for kind in member.kinds:
-                if kind in seen:
-                    name = member.backend.name
-                    both = (f"two backends named {name!r}" if seen[kind] == name
-                            else f"both {seen[kind]!r} and {name!r}")
-                    raise ModelError(
-                        f"{both} would manage {kind}; "
-                        "give each kind to one backend: Member(backend, kinds) in the "
-                        "library, --backend NAME:KINDS on the command line (e.g. --backend "
-                        "iptables:forward)"
-                    )
-                seen[kind] = member.backend.name
+            name = member.backend.name
+            # Sorted: a set's order follows the process's string hashing, and the
+            # message named one shared kind or another from run to run.
+            clash = sorted(kind for kind in member.kinds if kind in seen)
+            if clash:
+                other = seen[clash[0]]
+                both = (f"two backends named {name!r}" if other == name
+                        else f"both {other!r} and {name!r}")
+                raise ModelError(
+                    f"{both} would manage {', '.join(k for k in clash if seen[k] == other)}; "
+                    "give each kind to one backend: Member(backend, kinds) in the "
+                    "library, --backend NAME:KINDS on the command line (e.g. --backend "
+                    "iptables:forward)"
+                )
+            seen.update(dict.fromkeys(member.kinds, name))
         if not self.members:
             raise ModelError("a backend group needs at least one backend")
         self.name = "+".join(m.backend.name for m in self.members)

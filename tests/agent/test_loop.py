@@ -1398,7 +1398,7 @@ class _NatAndForward(MemoryBackend):
 
 @pytest.mark.parametrize(("backends", "says"), [
     ("[crossm-routes, crossm-nat, crossm-nat2]",
-     "would manage nat"),
+     "would manage forward, nat"),
     ("{crossm-routes: {}, crossm-nat: {tabel: x}}", "backends.crossm-nat.tabel: unknown option"),
     ("[crossm-routes, crossm-nat, crossm-nope]", "no backend named 'crossm-nope'"),
 ])
