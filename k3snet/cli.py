@@ -2686,7 +2686,10 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
                     "not read it")
         try:
             text = read_input(path, MAX_NETPLAN_BYTES).decode("utf-8")
-            documents[name] = yaml.safe_load(text)
+            # netplan reads every scalar as text (its own booleans in any case, quoted or
+            # not: dhcp6: "true", y): so does BaseLoader, where safe_load made a bool of
+            # `on:` and a float of `1e3:` (ids), and a string of y and "true".
+            documents[name] = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - text only
         except RecursionError:  # (Python's parser; the placement's walk recursed further)
             raise ModelError(too_deep) from None
         except OSError as exc:

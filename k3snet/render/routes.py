@@ -457,7 +457,10 @@ def netplan_placement(
     without ``dhcp6`` or an IPv6 address are refused: netplan writes its profile with
     ``[ipv6] method=ignore`` and leaves them out, saying nothing (``accept-ra: true`` or
     ``link-local: [ipv6]`` alone, too). So are IPv4 routes through one without ``dhcp4``
-    or an IPv4 address (``method=link-local``, the routes left out as well).
+    or an IPv4 address (``method=link-local``, the routes left out as well). ``dhcp4`` and
+    ``dhcp6`` are read as netplan reads them: ``True`` or its words in any case (``"y"``,
+    ``"On"``: netplan reads every value as text; ``yaml.BaseLoader`` gives the documents
+    as it sees them).
     """
     from fnmatch import fnmatchcase  # noqa: PLC0415 - only netplan placement needs it
 
@@ -544,6 +547,18 @@ def _netplan_renderer(documents: Mapping[str, object], section: str, netplan_id:
     return own or first or global_renderer
 
 
+_NETPLAN_TRUE = frozenset({"true", "on", "yes", "y"})
+
+
+def _netplan_true(value: object) -> bool:
+    """Whether netplan reads ``value``, a boolean key's, as true: it reads every scalar as
+    text, quoted or not, and takes ``true``, ``on``, ``yes`` and ``y`` in any case
+    (``dhcp6: "true"`` and ``dhcp6: y`` are strings to PyYAML's ``safe_load``, ``True``
+    to netplan)."""
+    return value is True or (isinstance(value, str) and value.isascii()
+                             and value.lower() in _NETPLAN_TRUE)
+
+
 def _refuse_ignored_families(documents: Mapping[str, object],
                              route_families: Mapping[str, Iterable[int]],
                              sections: Mapping[str, str], placed: Mapping[str, str]) -> None:
@@ -560,7 +575,7 @@ def _refuse_ignored_families(documents: Mapping[str, object],
             definition = definition if isinstance(definition, Mapping) else {}
             for family in (4, 6):
                 if f"dhcp{family}" in definition:
-                    dhcp[family] = definition[f"dhcp{family}"] is True
+                    dhcp[family] = _netplan_true(definition[f"dhcp{family}"])
             addresses = definition.get("addresses")
             for address in addresses if isinstance(addresses, list) else ():
                 # A mapping is an address with options ({"fd00::1/64": {lifetime: 0}}).

@@ -409,3 +409,75 @@ def test_render_netplan_refuses_exactly_when_netplan_leaves_a_route_out(
     status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
     reached = "fd01:2::/64" in written and "192.168.2.0/24" in written
     assert (status == 0) == reached, capsys.readouterr().err
+
+
+# ------------------------------------------------- netplan's booleans, as netplan reads them
+
+# netplan reads every scalar as text and takes true, on, yes, y (false, off, no, n) in
+# any case, quoted or not; PyYAML's safe_load reads y and "true" as strings, so the
+# family check took dhcp6: "true" for no DHCP and refused routes netplan renders.
+_SPELLINGS = ['"true"', "'on'", "y", "Y", "tRuE", '"yes"', "yes", "true",
+              '"false"', "n", "'off'", "No"]
+
+
+def test_dhcp_is_read_in_every_spelling_netplan_reads() -> None:
+    def nm(dhcp6: str) -> dict[str, Any]:
+        return {"network": {"version": 2, "renderer": "NetworkManager", "ethernets": {
+            "eth0": {"dhcp4": "y", "dhcp6": dhcp6}}}}
+
+    assert netplan_placement({"01.yaml": nm("On")}, ["eth0"],
+                             route_families={"eth0": [4, 6]}) == (
+        {"eth0": "ethernets"}, {"eth0": "eth0"})
+    with pytest.raises(ModelError, match="without dhcp6"):
+        netplan_placement({"01.yaml": nm("n")}, ["eth0"], route_families={"eth0": [4, 6]})
+
+
+@needs_netplan
+@pytest.mark.parametrize("spelling", _SPELLINGS)
+def test_render_netplan_refuses_exactly_when_netplan_reads_dhcp6_off(
+        spelling: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    admin = etc / "01-admin.yaml"
+    admin.write_text("network:\n  version: 2\n  renderer: NetworkManager\n  ethernets:\n"
+                     f"    eth0:\n      dhcp4: true\n      dhcp6: {spelling}\n")
+    admin.chmod(0o600)
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    (etc / "90-k3snet.yaml").chmod(0o600)
+    _netplan_generate(tmp_path)
+    (profile,) = (tmp_path / "run" / "NetworkManager" / "system-connections").iterdir()
+    reached = "fd01:2::/64" in profile.read_text()
+    (etc / "90-k3snet.yaml").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
+    assert (status == 0) == reached, capsys.readouterr().err
+    assert reached == (spelling.strip("'\"").lower() in {"true", "on", "yes", "y"})
+
+
+@needs_netplan
+def test_ids_netplan_reads_as_text_are_read_as_text(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # safe_load read the id `on` as True and `1e3` as 1000.0: the render was refused
+    # ("netplan id ... must be a definition's name"), a file netplan reads whole.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    admin = etc / "01-admin.yaml"
+    admin.write_text("network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true}\n"
+                     "    on:\n      match: {macaddress: '52:54:00:00:00:09'}\n"
+                     "      set-name: eth9\n      dhcp4: yes\n"
+                     "    1e3:\n      match: {macaddress: '52:54:00:00:00:08'}\n"
+                     "      set-name: eth8\n")
+    admin.chmod(0o600)
+    _netplan_generate(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("device: eth0", "device: eth9"))
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 0, \
+        capsys.readouterr().err
+    _netplan_generate(tmp_path)
+    assert yaml.safe_load((etc / "90-k3snet.yaml").read_text())["network"]["ethernets"] == {
+        "on": {"routes": [{"to": "192.168.2.0/24", "via": "192.168.1.1", "metric": 0}]}}
+    applied = (tmp_path / "run/systemd/network/10-netplan-on.network").read_text()
+    assert "Destination=192.168.2.0/24" in applied
