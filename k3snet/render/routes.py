@@ -294,8 +294,9 @@ def render_netplan(
     given, the default too (0 for IPv4, 1024 for IPv6): under ``renderer:
     NetworkManager`` a route without one gets the connection's (100 on ethernet). A
     device named here that no other netplan file configures becomes managed by
-    netplan's renderer. A route whose table or metric is above 2147483647 is
-    refused: netplan writes them as signed numbers, which networkd ignores (the
+    netplan's renderer. netplan's NetworkManager renderer drops ``scope: host``
+    (:func:`netplan_placement` refuses it there). A route whose table or metric is
+    above 2147483647 is refused: netplan writes them as signed numbers, which networkd ignores (the
     route in the main table, or at metric 0). netplan has no route protocol: after
     ``netplan apply`` the routes are ``static`` ones, foreign to k3snet (see the
     module docs).
@@ -427,6 +428,7 @@ def netplan_placement(
     documents: Mapping[str, object], devices: Iterable[str], *,
     ids: Mapping[str, str] | None = None, every_file: bool = False,
     route_families: Mapping[str, Iterable[int]] | None = None,
+    host_scoped: Iterable[str] = (),
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Where netplan's other files put each of ``devices``: ``(sections, ids)`` for
     :func:`render_netplan` (device -> section, device -> id; a device no file names is
@@ -461,6 +463,12 @@ def netplan_placement(
     ``dhcp6`` are read as netplan reads them: ``True`` or its words in any case (``"y"``,
     ``"On"``: netplan reads every value as text; ``yaml.BaseLoader`` gives the documents
     as it sees them).
+
+    ``host_scoped``: the devices k3snet's file gives a route of scope host. netplan's
+    NetworkManager renderer leaves ``scope:`` out of the profile (NetworkManager has no
+    route scope), and NetworkManager adds such a route with scope link, another route
+    (the kernel then takes a gateway behind it): they are refused through a device it
+    renders.
     """
     from fnmatch import fnmatchcase  # noqa: PLC0415 - only netplan placement needs it
 
@@ -507,6 +515,7 @@ def netplan_placement(
                 f"configures {device} (--netplan-id {device}=ID)")
     _refuse_unconfigured([d for d in wanted if every_file and d not in placed], documents)
     _refuse_ignored_families(documents, route_families or {}, sections, placed)
+    _refuse_host_scope(documents, host_scoped, sections, placed)
     return sections, placed
 
 
@@ -592,6 +601,21 @@ def _refuse_ignored_families(documents: Mapping[str, object],
                 f"routes out, saying nothing. Give the definition dhcp{family}: true or an "
                 f"IPv{family} address, or render networkmanager instead (a dispatcher "
                 "script adding the routes)")
+
+
+def _refuse_host_scope(documents: Mapping[str, object], devices: Iterable[str],
+                       sections: Mapping[str, str], placed: Mapping[str, str]) -> None:
+    """Refuse the routes of scope host through ``devices`` that netplan's NetworkManager
+    renderer would write without their scope."""
+    for device in sorted(set(devices)):
+        section, netplan_id = sections.get(device, "ethernets"), placed.get(device, device)
+        if _netplan_renderer(documents, section, netplan_id) == "NetworkManager":
+            raise ModelError(
+                f"netplan's NetworkManager renderer configures {device} ({netplan_id!r} in "
+                f"{section}) and leaves scope: host out of its routes (NetworkManager has no "
+                f"route scope): k3snet's routes of scope host through {device} would come "
+                "up of scope link. Leave the scope out, or render networkmanager instead "
+                "(a dispatcher script adding the routes)")
 
 
 def _refuse_unconfigured(devices: Sequence[str], documents: Iterable[str]) -> None:

@@ -481,3 +481,42 @@ def test_ids_netplan_reads_as_text_are_read_as_text(
         "on": {"routes": [{"to": "192.168.2.0/24", "via": "192.168.1.1", "metric": 0}]}}
     applied = (tmp_path / "run/systemd/network/10-netplan-on.network").read_text()
     assert "Destination=192.168.2.0/24" in applied
+
+
+# --------------------------------------------- scope host under the NetworkManager renderer
+
+def test_a_route_of_scope_host_through_a_networkmanager_device_is_refused() -> None:
+    nm = {"network": {"version": 2, "renderer": "NetworkManager",
+                      "ethernets": {"eth0": {"dhcp4": True}}}}
+    with pytest.raises(ModelError, match=r"leaves scope: host out.*scope link"):
+        netplan_placement({"01.yaml": nm}, ["eth0"], host_scoped=["eth0"])
+    assert netplan_placement({"01.yaml": nm}, ["eth0"], host_scoped=[]) == (
+        {"eth0": "ethernets"}, {"eth0": "eth0"})
+    assert netplan_placement({"01.yaml": PLAIN}, ["eth0"], host_scoped=["eth0"]) == (
+        {"eth0": "ethernets"}, {"eth0": "eth0"})
+
+
+@needs_netplan
+@pytest.mark.parametrize("renderer", ["NetworkManager", "networkd"])
+def test_render_netplan_refuses_scope_host_exactly_where_netplan_drops_it(
+        renderer: str, tmp_path: Path) -> None:
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    admin = {"network": {"version": 2, "renderer": renderer,
+                         "ethernets": {"eth0": {"dhcp4": True}}}}
+    (etc / "01-admin.yaml").write_text(yaml.safe_dump(admin))
+    state = State(owned=[Route("10.9.0.0/24", device="eth0", scope="host")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    _netplan_generate(tmp_path)
+    written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*")
+                      if p.is_file() and p.suffix in {".nmconnection", ".network"})
+    assert "10.9.0.0/24" in written
+    kept = "Scope=host" in written
+    try:
+        netplan_placement({"01-admin.yaml": admin}, ["eth0"], host_scoped=["eth0"])
+    except ModelError:
+        assert not kept, written
+    else:
+        assert kept, written
