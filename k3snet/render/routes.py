@@ -390,12 +390,21 @@ def _netplan_choices(sections: Mapping[str, str], ids: Mapping[str, str]
     return dict(sections), dict(ids)
 
 
+_NETPLAN_GLOB = frozenset("*?[]")
+
+
 def _check_netplan_id(netplan_id: object, device: str) -> None:
-    """A netplan id k3snet writes: netplan's keys are text on one line."""
-    if (not isinstance(netplan_id, str) or not netplan_id or not netplan_id.isprintable()
-            or len(netplan_id) > 255):
-        raise ModelError(f"netplan id for {device} must be a definition's name, "
-                         f"got {netplan_id!r}")
+    """A netplan id k3snet writes, as netplan takes one: ASCII letters, digits and
+    punctuation (``[[:alnum:][:punct:]]+``), no glob character. One netplan refuses
+    ("Invalid name", "must not use globbing") fails ``netplan generate`` for the whole
+    node, every other definition with it; a non-ASCII one was written as JSON escapes,
+    and one beyond U+FFFF as a surrogate pair libyaml refuses too."""
+    if (not isinstance(netplan_id, str) or not netplan_id or len(netplan_id) > 255
+            or not netplan_id.isascii() or not netplan_id.isprintable() or " " in netplan_id
+            or not _NETPLAN_GLOB.isdisjoint(netplan_id)):
+        raise ModelError(f"netplan id for {device} must be a definition's name (ASCII "
+                         "letters, digits and punctuation but * ? [ ], as netplan takes "
+                         f"one), got {netplan_id!r}")
 
 
 def _netplan_definitions(documents: Mapping[str, object]

@@ -12,6 +12,7 @@ the networkd files it writes, as networkd would choose among them.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shutil
 import subprocess
@@ -92,8 +93,8 @@ def test_two_devices_cannot_share_one_definition() -> None:
 
 def test_ids_are_quoted_keys() -> None:
     state = State(owned=[Route("10.1.0.0/24", device="eth0")])
-    text = render_netplan(state, ids={"eth0": "1e3: x"})
-    assert list(yaml.safe_load(text)["network"]["ethernets"]) == ["1e3: x"]
+    text = render_netplan(state, ids={"eth0": "on:#x"})
+    assert list(yaml.safe_load(text)["network"]["ethernets"]) == ["on:#x"]
     with pytest.raises(ModelError, match="netplan id"):
         render_netplan(state, ids={"eth0": "a\nb"})
 
@@ -520,3 +521,44 @@ def test_render_netplan_refuses_scope_host_exactly_where_netplan_drops_it(
         assert not kept, written
     else:
         assert kept, written
+
+
+# ------------------------------------------------------------ ids netplan takes, or refuses
+
+@pytest.mark.parametrize("netplan_id", ["wé", "w\U0001f600", "a b", "a*b", "a[0]", "a?b",
+                                        "a\tb"])
+def test_an_id_netplan_refuses_is_refused(netplan_id: str) -> None:
+    # Written, netplan generate failed for the whole node ("Invalid name", "must not use
+    # globbing", or libyaml's "invalid Unicode character escape code" for the surrogate
+    # pair json.dumps wrote): every definition of every file lost at boot.
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    with pytest.raises(ModelError, match="as netplan takes one"):
+        render_netplan(state, ids={"eth0": netplan_id})
+
+
+@needs_netplan
+@pytest.mark.parametrize("netplan_id", ["wé", "w\U0001f600", "a b", "a*b", "a[0]",
+                                        'a"b', "a'b", "a$b", "a:b", "a#b", "!x", "a\\b",
+                                        "a{b}", "-x", "on", "1e3", "~"])
+def test_an_id_is_refused_exactly_when_netplan_refuses_the_file(
+        netplan_id: str, tmp_path: Path) -> None:
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    try:
+        text = render_netplan(state, ids={"eth0": netplan_id})
+    except ModelError:
+        text = "network:\n  version: 2\n  ethernets:\n    " + json.dumps(
+            netplan_id) + ":\n      routes: [{to: 192.168.2.0/24, via: 192.168.1.1}]\n"
+        refused = True
+    else:
+        refused = False
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "90-k3snet.yaml").write_text(text)
+    (etc / "90-k3snet.yaml").chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert (done.returncode != 0) == refused, done.stderr
+    if not refused:
+        written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*.network"))
+        assert "Destination=192.168.2.0/24" in written
