@@ -2640,11 +2640,14 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
     # none configures is refused. A staging directory holding none cannot tell.
     every_file = args.out is not None and (bool(documents) or _netplan_etc(args.out))
     families: dict[str, set[int]] = {}
+    host_scoped: set[str] = set()
     for route in state.owned:
         if isinstance(route, Route) and route.device:
             families.setdefault(str(route.device), set()).add(route.family)
+            if route.scope == "host":
+                host_scoped.add(str(route.device))
     sections, placed = netplan_placement(documents, devices, ids=ids, every_file=every_file,
-                                         route_families=families)
+                                         route_families=families, host_scoped=host_scoped)
     if args.out is not None and not every_file:
         for device in sorted(devices - set(placed)):
             print(f"k3snet: warning: no netplan file in {args.out} configures {device}: "
@@ -2686,7 +2689,10 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
                     "not read it")
         try:
             text = read_input(path, MAX_NETPLAN_BYTES).decode("utf-8")
-            documents[name] = yaml.safe_load(text)
+            # netplan reads every scalar as text (its own booleans in any case, quoted or
+            # not: dhcp6: "true", y): so does BaseLoader, where safe_load made a bool of
+            # `on:` and a float of `1e3:` (ids), and a string of y and "true".
+            documents[name] = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - text only
         except RecursionError:  # (Python's parser; the placement's walk recursed further)
             raise ModelError(too_deep) from None
         except OSError as exc:

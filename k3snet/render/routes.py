@@ -294,8 +294,9 @@ def render_netplan(
     given, the default too (0 for IPv4, 1024 for IPv6): under ``renderer:
     NetworkManager`` a route without one gets the connection's (100 on ethernet). A
     device named here that no other netplan file configures becomes managed by
-    netplan's renderer. A route whose table or metric is above 2147483647 is
-    refused: netplan writes them as signed numbers, which networkd ignores (the
+    netplan's renderer. netplan's NetworkManager renderer drops ``scope: host``
+    (:func:`netplan_placement` refuses it there). A route whose table or metric is
+    above 2147483647 is refused: netplan writes them as signed numbers, which networkd ignores (the
     route in the main table, or at metric 0). netplan has no route protocol: after
     ``netplan apply`` the routes are ``static`` ones, foreign to k3snet (see the
     module docs).
@@ -389,12 +390,21 @@ def _netplan_choices(sections: Mapping[str, str], ids: Mapping[str, str]
     return dict(sections), dict(ids)
 
 
+_NETPLAN_GLOB = frozenset("*?[]")
+
+
 def _check_netplan_id(netplan_id: object, device: str) -> None:
-    """A netplan id k3snet writes: netplan's keys are text on one line."""
-    if (not isinstance(netplan_id, str) or not netplan_id or not netplan_id.isprintable()
-            or len(netplan_id) > 255):
-        raise ModelError(f"netplan id for {device} must be a definition's name, "
-                         f"got {netplan_id!r}")
+    """A netplan id k3snet writes, as netplan takes one: ASCII letters, digits and
+    punctuation (``[[:alnum:][:punct:]]+``), no glob character. One netplan refuses
+    ("Invalid name", "must not use globbing") fails ``netplan generate`` for the whole
+    node, every other definition with it; a non-ASCII one was written as JSON escapes,
+    and one beyond U+FFFF as a surrogate pair libyaml refuses too."""
+    if (not isinstance(netplan_id, str) or not netplan_id or len(netplan_id) > 255
+            or not netplan_id.isascii() or not netplan_id.isprintable() or " " in netplan_id
+            or not _NETPLAN_GLOB.isdisjoint(netplan_id)):
+        raise ModelError(f"netplan id for {device} must be a definition's name (ASCII "
+                         "letters, digits and punctuation but * ? [ ], as netplan takes "
+                         f"one), got {netplan_id!r}")
 
 
 def _netplan_definitions(documents: Mapping[str, object]
@@ -427,6 +437,7 @@ def netplan_placement(
     documents: Mapping[str, object], devices: Iterable[str], *,
     ids: Mapping[str, str] | None = None, every_file: bool = False,
     route_families: Mapping[str, Iterable[int]] | None = None,
+    host_scoped: Iterable[str] = (),
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Where netplan's other files put each of ``devices``: ``(sections, ids)`` for
     :func:`render_netplan` (device -> section, device -> id; a device no file names is
@@ -457,7 +468,16 @@ def netplan_placement(
     without ``dhcp6`` or an IPv6 address are refused: netplan writes its profile with
     ``[ipv6] method=ignore`` and leaves them out, saying nothing (``accept-ra: true`` or
     ``link-local: [ipv6]`` alone, too). So are IPv4 routes through one without ``dhcp4``
-    or an IPv4 address (``method=link-local``, the routes left out as well).
+    or an IPv4 address (``method=link-local``, the routes left out as well). ``dhcp4`` and
+    ``dhcp6`` are read as netplan reads them: ``True`` or its words in any case (``"y"``,
+    ``"On"``: netplan reads every value as text; ``yaml.BaseLoader`` gives the documents
+    as it sees them).
+
+    ``host_scoped``: the devices k3snet's file gives a route of scope host. netplan's
+    NetworkManager renderer leaves ``scope:`` out of the profile (NetworkManager has no
+    route scope), and NetworkManager adds such a route with scope link, another route
+    (the kernel then takes a gateway behind it): they are refused through a device it
+    renders.
     """
     from fnmatch import fnmatchcase  # noqa: PLC0415 - only netplan placement needs it
 
@@ -504,6 +524,7 @@ def netplan_placement(
                 f"configures {device} (--netplan-id {device}=ID)")
     _refuse_unconfigured([d for d in wanted if every_file and d not in placed], documents)
     _refuse_ignored_families(documents, route_families or {}, sections, placed)
+    _refuse_host_scope(documents, host_scoped, sections, placed)
     return sections, placed
 
 
@@ -544,6 +565,18 @@ def _netplan_renderer(documents: Mapping[str, object], section: str, netplan_id:
     return own or first or global_renderer
 
 
+_NETPLAN_TRUE = frozenset({"true", "on", "yes", "y"})
+
+
+def _netplan_true(value: object) -> bool:
+    """Whether netplan reads ``value``, a boolean key's, as true: it reads every scalar as
+    text, quoted or not, and takes ``true``, ``on``, ``yes`` and ``y`` in any case
+    (``dhcp6: "true"`` and ``dhcp6: y`` are strings to PyYAML's ``safe_load``, ``True``
+    to netplan)."""
+    return value is True or (isinstance(value, str) and value.isascii()
+                             and value.lower() in _NETPLAN_TRUE)
+
+
 def _refuse_ignored_families(documents: Mapping[str, object],
                              route_families: Mapping[str, Iterable[int]],
                              sections: Mapping[str, str], placed: Mapping[str, str]) -> None:
@@ -560,7 +593,7 @@ def _refuse_ignored_families(documents: Mapping[str, object],
             definition = definition if isinstance(definition, Mapping) else {}
             for family in (4, 6):
                 if f"dhcp{family}" in definition:
-                    dhcp[family] = definition[f"dhcp{family}"] is True
+                    dhcp[family] = _netplan_true(definition[f"dhcp{family}"])
             addresses = definition.get("addresses")
             for address in addresses if isinstance(addresses, list) else ():
                 # A mapping is an address with options ({"fd00::1/64": {lifetime: 0}}).
@@ -577,6 +610,21 @@ def _refuse_ignored_families(documents: Mapping[str, object],
                 f"routes out, saying nothing. Give the definition dhcp{family}: true or an "
                 f"IPv{family} address, or render networkmanager instead (a dispatcher "
                 "script adding the routes)")
+
+
+def _refuse_host_scope(documents: Mapping[str, object], devices: Iterable[str],
+                       sections: Mapping[str, str], placed: Mapping[str, str]) -> None:
+    """Refuse the routes of scope host through ``devices`` that netplan's NetworkManager
+    renderer would write without their scope."""
+    for device in sorted(set(devices)):
+        section, netplan_id = sections.get(device, "ethernets"), placed.get(device, device)
+        if _netplan_renderer(documents, section, netplan_id) == "NetworkManager":
+            raise ModelError(
+                f"netplan's NetworkManager renderer configures {device} ({netplan_id!r} in "
+                f"{section}) and leaves scope: host out of its routes (NetworkManager has no "
+                f"route scope): k3snet's routes of scope host through {device} would come "
+                "up of scope link. Leave the scope out, or render networkmanager instead "
+                "(a dispatcher script adding the routes)")
 
 
 def _refuse_unconfigured(devices: Sequence[str], documents: Iterable[str]) -> None:

@@ -12,6 +12,7 @@ the networkd files it writes, as networkd would choose among them.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shutil
 import subprocess
@@ -92,8 +93,8 @@ def test_two_devices_cannot_share_one_definition() -> None:
 
 def test_ids_are_quoted_keys() -> None:
     state = State(owned=[Route("10.1.0.0/24", device="eth0")])
-    text = render_netplan(state, ids={"eth0": "1e3: x"})
-    assert list(yaml.safe_load(text)["network"]["ethernets"]) == ["1e3: x"]
+    text = render_netplan(state, ids={"eth0": "on:#x"})
+    assert list(yaml.safe_load(text)["network"]["ethernets"]) == ["on:#x"]
     with pytest.raises(ModelError, match="netplan id"):
         render_netplan(state, ids={"eth0": "a\nb"})
 
@@ -409,3 +410,155 @@ def test_render_netplan_refuses_exactly_when_netplan_leaves_a_route_out(
     status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
     reached = "fd01:2::/64" in written and "192.168.2.0/24" in written
     assert (status == 0) == reached, capsys.readouterr().err
+
+
+# ------------------------------------------------- netplan's booleans, as netplan reads them
+
+# netplan reads every scalar as text and takes true, on, yes, y (false, off, no, n) in
+# any case, quoted or not; PyYAML's safe_load reads y and "true" as strings, so the
+# family check took dhcp6: "true" for no DHCP and refused routes netplan renders.
+_SPELLINGS = ['"true"', "'on'", "y", "Y", "tRuE", '"yes"', "yes", "true",
+              '"false"', "n", "'off'", "No"]
+
+
+def test_dhcp_is_read_in_every_spelling_netplan_reads() -> None:
+    def nm(dhcp6: str) -> dict[str, Any]:
+        return {"network": {"version": 2, "renderer": "NetworkManager", "ethernets": {
+            "eth0": {"dhcp4": "y", "dhcp6": dhcp6}}}}
+
+    assert netplan_placement({"01.yaml": nm("On")}, ["eth0"],
+                             route_families={"eth0": [4, 6]}) == (
+        {"eth0": "ethernets"}, {"eth0": "eth0"})
+    with pytest.raises(ModelError, match="without dhcp6"):
+        netplan_placement({"01.yaml": nm("n")}, ["eth0"], route_families={"eth0": [4, 6]})
+
+
+@needs_netplan
+@pytest.mark.parametrize("spelling", _SPELLINGS)
+def test_render_netplan_refuses_exactly_when_netplan_reads_dhcp6_off(
+        spelling: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    admin = etc / "01-admin.yaml"
+    admin.write_text("network:\n  version: 2\n  renderer: NetworkManager\n  ethernets:\n"
+                     f"    eth0:\n      dhcp4: true\n      dhcp6: {spelling}\n")
+    admin.chmod(0o600)
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    (etc / "90-k3snet.yaml").chmod(0o600)
+    _netplan_generate(tmp_path)
+    (profile,) = (tmp_path / "run" / "NetworkManager" / "system-connections").iterdir()
+    reached = "fd01:2::/64" in profile.read_text()
+    (etc / "90-k3snet.yaml").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
+    assert (status == 0) == reached, capsys.readouterr().err
+    assert reached == (spelling.strip("'\"").lower() in {"true", "on", "yes", "y"})
+
+
+@needs_netplan
+def test_ids_netplan_reads_as_text_are_read_as_text(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # safe_load read the id `on` as True and `1e3` as 1000.0: the render was refused
+    # ("netplan id ... must be a definition's name"), a file netplan reads whole.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    admin = etc / "01-admin.yaml"
+    admin.write_text("network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true}\n"
+                     "    on:\n      match: {macaddress: '52:54:00:00:00:09'}\n"
+                     "      set-name: eth9\n      dhcp4: yes\n"
+                     "    1e3:\n      match: {macaddress: '52:54:00:00:00:08'}\n"
+                     "      set-name: eth8\n")
+    admin.chmod(0o600)
+    _netplan_generate(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("device: eth0", "device: eth9"))
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 0, \
+        capsys.readouterr().err
+    _netplan_generate(tmp_path)
+    assert yaml.safe_load((etc / "90-k3snet.yaml").read_text())["network"]["ethernets"] == {
+        "on": {"routes": [{"to": "192.168.2.0/24", "via": "192.168.1.1", "metric": 0}]}}
+    applied = (tmp_path / "run/systemd/network/10-netplan-on.network").read_text()
+    assert "Destination=192.168.2.0/24" in applied
+
+
+# --------------------------------------------- scope host under the NetworkManager renderer
+
+def test_a_route_of_scope_host_through_a_networkmanager_device_is_refused() -> None:
+    nm = {"network": {"version": 2, "renderer": "NetworkManager",
+                      "ethernets": {"eth0": {"dhcp4": True}}}}
+    with pytest.raises(ModelError, match=r"leaves scope: host out.*scope link"):
+        netplan_placement({"01.yaml": nm}, ["eth0"], host_scoped=["eth0"])
+    assert netplan_placement({"01.yaml": nm}, ["eth0"], host_scoped=[]) == (
+        {"eth0": "ethernets"}, {"eth0": "eth0"})
+    assert netplan_placement({"01.yaml": PLAIN}, ["eth0"], host_scoped=["eth0"]) == (
+        {"eth0": "ethernets"}, {"eth0": "eth0"})
+
+
+@needs_netplan
+@pytest.mark.parametrize("renderer", ["NetworkManager", "networkd"])
+def test_render_netplan_refuses_scope_host_exactly_where_netplan_drops_it(
+        renderer: str, tmp_path: Path) -> None:
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    admin = {"network": {"version": 2, "renderer": renderer,
+                         "ethernets": {"eth0": {"dhcp4": True}}}}
+    (etc / "01-admin.yaml").write_text(yaml.safe_dump(admin))
+    state = State(owned=[Route("10.9.0.0/24", device="eth0", scope="host")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    _netplan_generate(tmp_path)
+    written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*")
+                      if p.is_file() and p.suffix in {".nmconnection", ".network"})
+    assert "10.9.0.0/24" in written
+    kept = "Scope=host" in written
+    try:
+        netplan_placement({"01-admin.yaml": admin}, ["eth0"], host_scoped=["eth0"])
+    except ModelError:
+        assert not kept, written
+    else:
+        assert kept, written
+
+
+# ------------------------------------------------------------ ids netplan takes, or refuses
+
+@pytest.mark.parametrize("netplan_id", ["wé", "w\U0001f600", "a b", "a*b", "a[0]", "a?b",
+                                        "a\tb"])
+def test_an_id_netplan_refuses_is_refused(netplan_id: str) -> None:
+    # Written, netplan generate failed for the whole node ("Invalid name", "must not use
+    # globbing", or libyaml's "invalid Unicode character escape code" for the surrogate
+    # pair json.dumps wrote): every definition of every file lost at boot.
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    with pytest.raises(ModelError, match="as netplan takes one"):
+        render_netplan(state, ids={"eth0": netplan_id})
+
+
+@needs_netplan
+@pytest.mark.parametrize("netplan_id", ["wé", "w\U0001f600", "a b", "a*b", "a[0]",
+                                        'a"b', "a'b", "a$b", "a:b", "a#b", "!x", "a\\b",
+                                        "a{b}", "-x", "on", "1e3", "~"])
+def test_an_id_is_refused_exactly_when_netplan_refuses_the_file(
+        netplan_id: str, tmp_path: Path) -> None:
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    try:
+        text = render_netplan(state, ids={"eth0": netplan_id})
+    except ModelError:
+        text = "network:\n  version: 2\n  ethernets:\n    " + json.dumps(
+            netplan_id) + ":\n      routes: [{to: 192.168.2.0/24, via: 192.168.1.1}]\n"
+        refused = True
+    else:
+        refused = False
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "90-k3snet.yaml").write_text(text)
+    (etc / "90-k3snet.yaml").chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert (done.returncode != 0) == refused, done.stderr
+    if not refused:
+        written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*.network"))
+        assert "Destination=192.168.2.0/24" in written
