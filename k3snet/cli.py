@@ -587,9 +587,10 @@ def sigterm_undoes() -> Iterator[None]:
     Ctrl-C does: ``SystemExit(143)`` or ``SystemExit(129)`` in the main thread, so an
     apply or destroy in progress takes back what it made (the backends and groups undo
     on any exception) before the process ends; by default either ended the process at
-    once, between two backends. Further signals wait for that undo. An ignored SIGHUP
-    (``nohup``) stays ignored. The previous handlers come back afterwards; outside the
-    main thread, nothing changes.
+    once, between two backends. Further signals wait for that undo; a SIGTERM in the
+    undo SIGHUP started bounds it from then on as below. An ignored SIGHUP (``nohup``)
+    stays ignored. The previous handlers come back afterwards; outside the main
+    thread, nothing changes.
 
     After SIGTERM the undo's API requests (Calico's pools, Cilium's ConfigMaps) are
     within :data:`UNDO_AFTER_SIGTERM` seconds in all (:func:`~k3snet.kube.requests_within`:
@@ -607,12 +608,21 @@ def sigterm_undoes() -> Iterator[None]:
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         codes[signal.SIGHUP] = EXIT_HANGUP
     ends: list[Deadline] = []
+    ended: list[int] = []  # the signal that ended the command
 
     def terminate(signum: int, frame: object) -> None:
-        for ending in codes:  # the undo runs to its end
-            signal.signal(ending, signal.SIG_IGN)
         if signum == signal.SIGTERM:
             ends.append(Deadline(_clock() + UNDO_AFTER_SIGTERM, clock=_clock))
+        for ending in codes:  # the undo runs to its end
+            if ending != signal.SIGTERM or ends:
+                signal.signal(ending, signal.SIG_IGN)
+        if ended:
+            # SIGTERM in the undo SIGHUP started (logind ending the session, systemd
+            # stopping the scope the command ran in): a SIGKILL follows, so the undo is
+            # bounded from now on, not cut. It was ignored, and the SIGKILL cut the undo
+            # where it was, nothing said.
+            return
+        ended.append(signum)
         raise SystemExit(codes[signal.Signals(signum)])
 
     previous = {ending: signal.signal(ending, terminate) for ending in codes}
