@@ -588,9 +588,10 @@ def sigterm_undoes() -> Iterator[None]:
     apply or destroy in progress takes back what it made (the backends and groups undo
     on any exception) before the process ends; by default either ended the process at
     once, between two backends. Further signals wait for that undo; a SIGTERM in the
-    undo SIGHUP started bounds it from then on as below. An ignored SIGHUP (``nohup``)
-    stays ignored. The previous handlers come back afterwards; outside the main
-    thread, nothing changes.
+    undo SIGHUP or Ctrl-C started bounds it from then on as below, and a SIGHUP in
+    Ctrl-C's is ignored (a second Ctrl-C stops it). An ignored SIGHUP (``nohup``) stays
+    ignored. The previous handlers come back afterwards; outside the main thread,
+    nothing changes.
 
     After SIGTERM the undo's API requests (Calico's pools, Cilium's ConfigMaps) are
     within :data:`UNDO_AFTER_SIGTERM` seconds in all (:func:`~k3snet.kube.requests_within`:
@@ -608,7 +609,7 @@ def sigterm_undoes() -> Iterator[None]:
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         codes[signal.SIGHUP] = EXIT_HANGUP
     ends: list[Deadline] = []
-    ended: list[int] = []  # the signal that ended the command
+    ended: list[int] = []  # the signal that ended the command (SIGINT: Ctrl-C)
 
     def terminate(signum: int, frame: object) -> None:
         if signum == signal.SIGTERM:
@@ -617,15 +618,24 @@ def sigterm_undoes() -> Iterator[None]:
             if ending != signal.SIGTERM or ends:
                 signal.signal(ending, signal.SIG_IGN)
         if ended:
-            # SIGTERM in the undo SIGHUP started (logind ending the session, systemd
-            # stopping the scope the command ran in): a SIGKILL follows, so the undo is
-            # bounded from now on, not cut. It was ignored, and the SIGKILL cut the undo
-            # where it was, nothing said.
+            # In the undo SIGHUP or Ctrl-C started. SIGTERM (logind ending the session,
+            # systemd stopping the scope the command ran in: a SIGKILL follows) bounds
+            # it from now on: ignored after SIGHUP, the SIGKILL cut the undo where it
+            # was, nothing said. SIGHUP (the terminal closed after Ctrl-C) lets it run
+            # on: it cut it, and said so to no one.
             return
         ended.append(signum)
         raise SystemExit(codes[signal.Signals(signum)])
 
-    previous = {ending: signal.signal(ending, terminate) for ending in codes}
+    def interrupt(signum: int, frame: object) -> None:
+        ended.append(signum)
+        raise KeyboardInterrupt  # as Python's own handler: a second Ctrl-C stops the undo
+
+    handlers: dict[signal.Signals, Callable[[int, Any], None]] = dict.fromkeys(
+        codes, terminate)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handlers[signal.SIGINT] = interrupt
+    previous = {ending: signal.signal(ending, handler) for ending, handler in handlers.items()}
     try:
         with requests_within(lambda: ends[0] if ends else None):
             yield
