@@ -587,9 +587,11 @@ def sigterm_undoes() -> Iterator[None]:
     Ctrl-C does: ``SystemExit(143)`` or ``SystemExit(129)`` in the main thread, so an
     apply or destroy in progress takes back what it made (the backends and groups undo
     on any exception) before the process ends; by default either ended the process at
-    once, between two backends. Further signals wait for that undo. An ignored SIGHUP
-    (``nohup``) stays ignored. The previous handlers come back afterwards; outside the
-    main thread, nothing changes.
+    once, between two backends. Further signals wait for that undo; a SIGTERM in the
+    undo SIGHUP or Ctrl-C started bounds it from then on as below, and a SIGHUP in
+    Ctrl-C's is ignored (a second Ctrl-C stops it). An ignored SIGHUP (``nohup``) stays
+    ignored. The previous handlers come back afterwards; outside the main thread,
+    nothing changes.
 
     After SIGTERM the undo's API requests (Calico's pools, Cilium's ConfigMaps) are
     within :data:`UNDO_AFTER_SIGTERM` seconds in all (:func:`~k3snet.kube.requests_within`:
@@ -607,15 +609,33 @@ def sigterm_undoes() -> Iterator[None]:
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         codes[signal.SIGHUP] = EXIT_HANGUP
     ends: list[Deadline] = []
+    ended: list[int] = []  # the signal that ended the command (SIGINT: Ctrl-C)
 
     def terminate(signum: int, frame: object) -> None:
-        for ending in codes:  # the undo runs to its end
-            signal.signal(ending, signal.SIG_IGN)
         if signum == signal.SIGTERM:
             ends.append(Deadline(_clock() + UNDO_AFTER_SIGTERM, clock=_clock))
+        for ending in codes:  # the undo runs to its end
+            if ending != signal.SIGTERM or ends:
+                signal.signal(ending, signal.SIG_IGN)
+        if ended:
+            # In the undo SIGHUP or Ctrl-C started. SIGTERM (logind ending the session,
+            # systemd stopping the scope the command ran in: a SIGKILL follows) bounds
+            # it from now on: ignored after SIGHUP, the SIGKILL cut the undo where it
+            # was, nothing said. SIGHUP (the terminal closed after Ctrl-C) lets it run
+            # on: it cut it, and said so to no one.
+            return
+        ended.append(signum)
         raise SystemExit(codes[signal.Signals(signum)])
 
-    previous = {ending: signal.signal(ending, terminate) for ending in codes}
+    def interrupt(signum: int, frame: object) -> None:
+        ended.append(signum)
+        raise KeyboardInterrupt  # as Python's own handler: a second Ctrl-C stops the undo
+
+    handlers: dict[signal.Signals, Callable[[int, Any], None]] = dict.fromkeys(
+        codes, terminate)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handlers[signal.SIGINT] = interrupt
+    previous = {ending: signal.signal(ending, handler) for ending, handler in handlers.items()}
     try:
         with requests_within(lambda: ends[0] if ends else None):
             yield

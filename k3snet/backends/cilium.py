@@ -150,6 +150,7 @@ NODE_CONFIG_API: tuple[tuple[str, str], ...] = (("cilium.io", "v2"), ("cilium.io
 _NODE_CONFIG_PLURAL = "ciliumnodeconfigs"
 _EGRESS_GATEWAY_PLURAL = "ciliumegressgatewaypolicies"
 _CILIUM_NODE_PLURAL = "ciliumnodes"  # cilium.io/v2, cluster-scoped: one per agent's Node
+_UNDO_TRIES = 5  # sends of an undo's patch, each after a 409 for another key's change
 
 ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
 """The three ways to allow a disruptive change (:data:`k3snet.backends.kit.ALLOW_DISRUPTIVE`)."""
@@ -396,6 +397,24 @@ class _Read:
     agent: _ConfigMap | None
 
 
+@attrs.frozen
+class _Keys:
+    """Data keys of one ConfigMap and k3snet's two records (its annotations), as one
+    write of k3snet's leaves them or its undo puts them back (``None``: absent)."""
+
+    data: Mapping[str, str | None]
+    owned: str | None
+    written: str | None
+
+    def differing(self, found: _ConfigMap) -> list[str]:
+        """The keys (and records, by annotation) ``found`` holds otherwise."""
+        names = [k for k in sorted(self.data) if found.data.get(k) != self.data[k]]
+        names += [f"annotation {annotation}" for annotation, mine, now in (
+            (OWNED_ANNOTATION, self.owned, found.owned),
+            (WRITTEN_ANNOTATION, self.written, found.written)) if mine != now]
+        return names
+
+
 class _Api:
     """The two ConfigMaps through the Kubernetes API."""
 
@@ -575,21 +594,44 @@ class _Api:
             raise
 
     def patch_back(self, name: str, version: str | None, data: dict[str, str | None],
-                   owned: str | None, written: str | None) -> None:
-        """The merge patch taking k3snet's write of ``name`` back (its ``version``: an
-        edit by someone else since, Helm's, is a 409 and is not overwritten). Sent again
-        after a 503 that followed its effect, it is refused (409, the version is the
-        undo's own now) though it was made: the ConfigMap is read, and a 409 is the undo
-        done when ``data`` and the records are what it holds."""
-        try:
-            self.patch(name, version, data, owned, True, written=(written,))
-        except KubeApiError as exc:
-            if exc.status != 409:
-                raise
+                   owned: str | None, written: str | None, *, left: _Keys) -> None:
+        """The merge patch taking k3snet's write of ``name`` back (``data`` and the
+        records as they were; its ``version``). A 409 reads the ConfigMap again: holding
+        ``data`` and the records is the undo done (sent again after a 503 that followed
+        its effect, the version is the undo's own now); holding in every key of ``left``
+        (the keys k3snet's write set or removed, and its records) what that write left is
+        only another key changed since (Cilium's operator, a Helm upgrade, ``kubectl
+        annotate``): sent again naming the version read, ``_UNDO_TRIES`` times at
+        most. One of k3snet's keys changed since (Helm's edit) is refused, naming it, and
+        not overwritten."""
+        conflict: KubeApiError | None = None
+        for _ in range(_UNDO_TRIES):
+            try:
+                self.patch(name, version, data, owned, True, written=(written,))
+            except KubeApiError as exc:
+                if exc.status != 409:
+                    raise
+                conflict = exc
+            else:
+                return
             found = self.read(name)
-            if (found is None or found.owned != owned or found.written != written
-                    or any(found.data.get(k) != v for k, v in data.items())):
-                raise
+            if found is None:
+                raise conflict
+            if not _Keys(data, owned, written).differing(found):
+                return
+            changed = left.differing(found)
+            if changed:
+                raise KubeApiError(
+                    f"take back k3snet's write of {self.where(name)}: conflict (409): "
+                    f"changed by someone else since: {', '.join(changed)}; not "
+                    "overwritten, the write is left whole", status=409,
+                    reason=conflict.reason) from conflict
+            version = found.version
+        assert conflict is not None
+        raise KubeApiError(
+            f"take back k3snet's write of {self.where(name)}: conflict (409): its other "
+            f"keys changed again at each of {_UNDO_TRIES} tries; the write is left whole",
+            status=409, reason=conflict.reason) from conflict
 
     def take_back_unanswered(self, name: str, data: dict[str, str | None],
                              owned: str | None, written: str | None,
@@ -1219,15 +1261,16 @@ class CiliumBackend(BackendBase):
         if edit.config_data or new_record != old_record or new_written != config.written:
             def write_config() -> Any:
                 back = {k: config.data.get(k) for k in edit.config_data}
+                left = _Keys(edit.config_data, new_record, new_written)
                 version = _answered(
                     lambda: api.patch(api.config_name, config.version, edit.config_data,
                                       new_record, True, written=(new_written,)),
                     unanswered, lambda: api.take_back_unanswered(
                         api.config_name, edit.config_data, new_record, new_written,
                         lambda found: api.patch_back(api.config_name, found, back,
-                                                     old_record, config.written)))
+                                                     old_record, config.written, left=left)))
                 return lambda: api.patch_back(api.config_name, version, back, old_record,
-                                              config.written)
+                                              config.written, left=left)
             steps.append(write_config)
         agent = read.agent
         agent_written = self._agent_written(edit)
@@ -1264,15 +1307,16 @@ class CiliumBackend(BackendBase):
                 def patch_agent() -> Any:
                     back = {AGENT_CONFIG_KEY: agent.data.get(AGENT_CONFIG_KEY)}
                     # (Records unchanged are the ones read: agent_owned, agent_written.)
+                    left = _Keys({**back, **data}, agent_owned, agent_written)
                     version = _answered(
                         lambda: api.patch(api.agent_name, agent.version, data,
                                           agent_owned, records, written=(agent_written,)),
                         unanswered, lambda: api.take_back_unanswered(
                             api.agent_name, data, agent_owned, agent_written,
                             lambda found: api.patch_back(api.agent_name, found, back,
-                                                         agent.owned, agent.written)))
+                                                         agent.owned, agent.written, left=left)))
                     return lambda: api.patch_back(api.agent_name, version, back,
-                                                  agent.owned, agent.written)
+                                                  agent.owned, agent.written, left=left)
                 steps.append(patch_agent)
         return steps
 

@@ -398,9 +398,10 @@ class Compensation:
                 problems += ([f"{inverse}: {exc}" for inverse in inverses]
                              or [f"an undo step: {exc}"])
             except BaseException as exc:  # noqa: BLE001 - an interruption of the undo is said, then it stops
-                # A second Ctrl-C (or SIGTERM after Ctrl-C) during the undo stops it, and
-                # is said: raised as it came, it was the CLI's quiet exit 130 with this
-                # step half-undone and the ones after it never undone.
+                # A second Ctrl-C (or a SystemExit a caller's signal handler raises)
+                # during the undo stops it, and is said: raised as it came, it was the
+                # CLI's quiet exit 130 with this step half-undone and the ones after it
+                # never undone.
                 problems += ([f"{inverse}: interrupted ({type(exc).__name__}), may be "
                               "half-undone" for inverse in inverses]
                              or [f"an undo step: interrupted ({type(exc).__name__}), may be "

@@ -608,6 +608,47 @@ def test_a_pool_changed_meanwhile_gives_409_and_nothing(
     assert pools["k3snet-pods-b"].node_selector == "zone == 'a'"  # the other edit is kept
 
 
+def test_the_undo_applies_k3snets_fields_back_over_other_fields_changed_meanwhile(
+    seeded: EmulatedApiServer, api_client: Any
+) -> None:
+    # As Cilium's undo of its ConfigMap patch was, before it read a 409 again: a label
+    # and an annotation added to k3snet's pool between its apply and the undo (another
+    # controller, `kubectl label`) must not block the undo of k3snet's own fields. The
+    # apply back names no resourceVersion, and no field of theirs.
+    backend = _backend(api_client)
+    backend.apply(plan(backend.observe(), _three_pools()))
+    p = plan(backend.observe(), State(owned=[
+        IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=False),
+        IPPool("k3snet-pods-b", "10.101.0.0/24", nat_outgoing=True),
+        IPPool("k3snet-nonat-c", "192.168.3.0/24", disabled=True),
+        IPPool("k3snet-pods-d", "10.102.0.0/24", nat_outgoing=True),
+    ]))
+    assert [c.action for c in p] == ["replace", "add"]
+    seeded.fail(500, method="POST", name="k3snet-pods-d")
+    real = api_client.rest_client.pool_manager.request
+
+    def request(verb: str, url: str, **kwargs: Any) -> Any:
+        if verb == "POST":  # the create about to fail: someone labels pool a meanwhile
+            stored = seeded.get(CRD, "k3snet-pods-a")
+            assert stored is not None
+            stored["metadata"]["labels"] = {**LABEL, "team": "net"}
+            stored["metadata"]["annotations"] = {"note": "theirs"}
+            seeded.put(CRD, stored)  # a new resourceVersion
+        return real(verb, url, **kwargs)
+
+    api_client.rest_client.pool_manager.request = request
+    with pytest.raises(ApplyError) as info:
+        backend.apply(p)
+    assert not isinstance(info.value, RollbackError), info.value
+    assert [c.action for c in info.value.rolled_back] == ["replace"]
+    stored = seeded.get(CRD, "k3snet-pods-a")
+    assert stored is not None
+    assert stored["spec"]["natOutgoing"] is True  # k3snet's field, applied back
+    assert stored["metadata"]["labels"] == {**LABEL, "team": "net"}
+    assert stored["metadata"]["annotations"] == {"note": "theirs"}
+    assert seeded.get(CRD, "k3snet-pods-d") is None
+
+
 def test_a_failed_undo_is_a_rollback_error(seeded: EmulatedApiServer, api_client: Any) -> None:
     backend = _backend(api_client)
     p = plan(backend.observe(), _three_pools())

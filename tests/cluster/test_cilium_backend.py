@@ -25,7 +25,7 @@ from k3snet.backends.cilium import (
 )
 from k3snet.backends.registry import create_backend
 from k3snet.converge import compile_for
-from k3snet.errors import ApplyError, BackendError, ModelError, PlanError
+from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, RollbackError
 from k3snet.model.cilium import (
     CILIUM_CONTEXT_KEYS,
     CILIUM_DEFAULT_TARGET,
@@ -301,6 +301,98 @@ def test_a_concurrent_change_undoes_the_first_write(k3s_cilium: EmulatedApiServe
     assert _data(k3s_cilium) == HELM_K3S_DATA
     assert OWNED_ANNOTATION not in _annotations(k3s_cilium)
     assert _stored(k3s_cilium, "ip-masq-agent") is None
+
+
+def _meanwhile(server: EmulatedApiServer, api_client: Any, method: str,
+               edit: dict[str, str], *, times: int = 1) -> None:
+    """Before each of the next ``times`` ``method`` requests (the first a write of
+    k3snet's that fails), someone else (Cilium's operator, ``helm upgrade``) sets
+    ``edit`` in cilium-config."""
+    real = api_client.rest_client.pool_manager.request
+    left = [times]
+
+    def request(verb: str, url: str, **kwargs: Any) -> Any:
+        if verb == method and left[0] > 0:
+            left[0] -= 1
+            stored = _stored(server)
+            assert stored is not None
+            stored["data"].update(edit)
+            server.put(CONFIGMAPS, stored)
+        return real(verb, url, **kwargs)
+
+    api_client.rest_client.pool_manager.request = request
+
+
+def _wanted() -> CiliumConfig:
+    # (Cilium's ip-masq-agent runs only with eBPF masquerading.)
+    return CiliumConfig(TARGET, settings={"enable-bpf-masquerade": "true",
+                                          "enable-ip-masq-agent": "true"},
+                        ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})
+
+
+def test_the_undo_puts_k3snets_keys_back_over_another_keys_change_meanwhile(
+        k3s_cilium: EmulatedApiServer, api_client: Any) -> None:
+    # The ip-masq-agent ConfigMap's create fails after another key of cilium-config
+    # changed (Helm's debug): the undo's patch names the version k3snet wrote, 409. It
+    # was refused, k3snet's keys left on (RollbackError, exit 5); its keys being as it
+    # left them, the undo is sent again over the version read, the other change kept.
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    changes = plan(backend.observe(), State(owned=[_wanted()]))
+    k3s_cilium.fail(500, method="POST", plural="configmaps")
+    _meanwhile(k3s_cilium, api_client, "POST", {"debug": "true"})
+    with pytest.raises(ApplyError) as info:
+        backend.apply(changes)
+    assert not isinstance(info.value, RollbackError), info.value
+    assert _data(k3s_cilium) == {**HELM_K3S_DATA, "debug": "true"}
+    assert OWNED_ANNOTATION not in _annotations(k3s_cilium)
+    assert WRITTEN_ANNOTATION not in _annotations(k3s_cilium)
+    assert not backend.observe().owned
+
+
+def test_the_undo_leaves_a_key_of_k3snets_changed_meanwhile_and_names_it(
+        k3s_cilium: EmulatedApiServer, api_client: Any) -> None:
+    # Helm sets one of k3snet's keys (and another) meanwhile: theirs, not overwritten.
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    changes = plan(backend.observe(), State(owned=[_wanted()]))
+    k3s_cilium.fail(500, method="POST", plural="configmaps")
+    _meanwhile(k3s_cilium, api_client, "POST",
+               {"debug": "true", "enable-ip-masq-agent": "false"})
+    with pytest.raises(RollbackError) as info:
+        backend.apply(changes)
+    assert ("take back k3snet's write of ConfigMap kube-system/cilium-config: conflict "
+            "(409): changed by someone else since: enable-ip-masq-agent; not overwritten"
+            in str(info.value))
+    data = _data(k3s_cilium)
+    assert data["enable-ip-masq-agent"] == "false"
+    assert data["enable-bpf-masquerade"] == "true"  # k3snet's, left with it
+    assert data["debug"] == "true"
+
+
+def test_the_undo_over_other_keys_changing_at_every_send_stops_after_five_tries(
+        k3s_cilium: EmulatedApiServer, api_client: Any) -> None:
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    changes = plan(backend.observe(), State(owned=[_wanted()]))
+    k3s_cilium.fail(500, method="POST", plural="configmaps")
+    # Before the create, then before each of the undo's patches but the first's.
+    _meanwhile(k3s_cilium, api_client, "POST", {"debug": "true"})
+    sends: list[str] = []
+    real = api_client.rest_client.pool_manager.request
+
+    def request(verb: str, url: str, **kwargs: Any) -> Any:
+        if verb == "PATCH":
+            sends.append(url)
+            if len(sends) > 2:  # (the first: k3snet's apply)
+                stored = _stored(k3s_cilium)
+                assert stored is not None
+                stored["data"]["debug"] = str(len(sends))
+                k3s_cilium.put(CONFIGMAPS, stored)
+        return real(verb, url, **kwargs)
+
+    api_client.rest_client.pool_manager.request = request
+    with pytest.raises(RollbackError, match="changed again at each of 5 tries"):
+        backend.apply(changes)
+    assert len(sends) == 1 + 5
+    assert _data(k3s_cilium)["enable-bpf-masquerade"] == "true"
 
 
 # ---------------------------------------------------------------- the ip-masq-agent document

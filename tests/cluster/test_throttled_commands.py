@@ -958,6 +958,106 @@ def test_the_undo_after_sigterm_stays_within_its_deadline_and_lists_what_is_left
         assert server.get(CRD, name) is not None  # left undone, and said so
 
 
+def test_a_sigterm_in_the_undo_after_sighup_bounds_it_by_the_sigterm_deadline(
+        server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SSH session of `k3snet apply` drops (SIGHUP) as it creates the fifth of five
+    # pools, every DELETE answered 429; logind then stops the session's scope (SIGTERM,
+    # SIGKILL 90 s later) as the undo's first delete is sent. That SIGTERM was ignored:
+    # the undo went on bounded per request alone (100 s of waits), and the SIGKILL cut
+    # it, nothing said. It bounds the undo from then on, as SIGTERM's own does.
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: SIGHUP would end the run")
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(cli, "_clock", lambda: now[0], raising=False)
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # (a runner may ignore it)
+    names = [f"k3snet-pods-{n}" for n in "abcde"]
+    try:
+        with _api_client(tmp_path, server) as api:
+            backend = _calico(api)
+            changes = plan(backend.observe(), State(owned=[
+                IPPool(name, f"10.{100 + i}.0.0/16", nat_outgoing=True)
+                for i, name in enumerate(names)]))
+            server.fail(429, method="DELETE", times=None, retry_after=5)
+            real = api.rest_client.pool_manager.request
+            sent: list[int] = []
+
+            def request(verb: str, url: str, **kwargs: Any) -> Any:
+                if verb == "POST" and all(server.get(CRD, n) for n in names[:4]):
+                    os.kill(os.getpid(), signal.SIGHUP)
+                    time.sleep(10)  # the handler raises within this; a bound, not a timing
+                    raise AssertionError("SIGHUP did not interrupt the apply")
+                if verb == "DELETE" and not sent:
+                    sent.append(signal.SIGTERM)
+                    os.kill(os.getpid(), signal.SIGTERM)  # its handler returns
+                return real(verb, url, **kwargs)
+
+            api.rest_client.pool_manager.request = request
+            with pytest.raises(RollbackError) as info, \
+                    throttle_waits(attrs.evolve(THROTTLE_WAITS, sleep=sleep)), \
+                    cli.sigterm_undoes():
+                backend.apply(changes)
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
+    cause = info.value.__cause__
+    assert isinstance(cause, SystemExit)
+    assert cause.code == cli.EXIT_HANGUP
+    assert sum(slept) <= cli.UNDO_AFTER_SIGTERM, slept  # systemd's SIGKILL not reached
+    left = [n for n in names[:4] if f"delete IPPool {n} (created)" in str(info.value)]
+    assert left, info.value
+    for name in left:
+        assert server.get(CRD, name) is not None  # left undone, and said so
+
+
+@pytest.mark.parametrize("then", [signal.SIGHUP, signal.SIGTERM])
+def test_sighup_or_sigterm_in_the_undo_after_ctrl_c_lets_it_run_on(
+        server: EmulatedApiServer, tmp_path: Path, then: signal.Signals) -> None:
+    # Ctrl-C as `k3snet apply` creates the fifth of five pools; the terminal is closed
+    # (SIGHUP), or systemd stops the scope (SIGTERM), as the undo sends its first delete.
+    # Either ended the undo there: four pools left, said to a terminal gone. SIGHUP now
+    # lets it run on, SIGTERM bounds it (75 s): every pool is taken back.
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: the signals would end the run")
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (a runner may set its own)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    names = [f"k3snet-pods-{n}" for n in "abcde"]
+    try:
+        with _api_client(tmp_path, server) as api:
+            backend = _calico(api)
+            changes = plan(backend.observe(), State(owned=[
+                IPPool(name, f"10.{100 + i}.0.0/16", nat_outgoing=True)
+                for i, name in enumerate(names)]))
+            real = api.rest_client.pool_manager.request
+            sent: list[int] = []
+
+            def request(verb: str, url: str, **kwargs: Any) -> Any:
+                if verb == "POST" and all(server.get(CRD, n) for n in names[:4]):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(10)  # the handler raises within this; a bound, not a timing
+                    raise AssertionError("SIGINT did not interrupt the apply")
+                if verb == "DELETE" and not sent:
+                    sent.append(then)
+                    os.kill(os.getpid(), then)  # its handler returns
+                return real(verb, url, **kwargs)
+
+            api.rest_client.pool_manager.request = request
+            with pytest.raises(KeyboardInterrupt), cli.sigterm_undoes():
+                backend.apply(changes)
+            assert sent == [then]
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    for name in names:
+        assert server.get(CRD, name) is None, name
+
+
 def test_calicos_undo_of_a_delete_leaves_the_same_pool_another_manager_made_failed(
         server: EmulatedApiServer, tmp_path: Path, slept: list[float]) -> None:
     # The admin re-created the pool from k3snet's own YAML (its spec, k3snet's labels)
