@@ -986,7 +986,8 @@ class IptablesBackend(BackendBase):
                 held: list[str] = []
                 if ready is None:
                     run.table(table)
-                edit = plan_table(state, changes, sink=run.send if ready is None else held.extend)
+                edit = plan_table(state, changes, sink=run.send if ready is None else held.extend,
+                                  wanted=_noted(plan))
                 step = _Step(family, table, tuple(changes), edit)
                 ops = list(edit.ops)
                 if inject == (family, table):
@@ -1135,8 +1136,9 @@ class IptablesBackend(BackendBase):
         pending = self._validate(plan)
         assert self._tables is not None
         self._refresh_hooks(list(pending))
-        return [_Step(family, table, tuple(changes), plan_table(self._tables[family, table],
-                                                                 changes))
+        wanted = _noted(plan)
+        return [_Step(family, table, tuple(changes),
+                      plan_table(self._tables[family, table], changes, wanted=wanted))
                 for (family, table), changes in pending.items()]
 
     def _validate(self, plan: Plan) -> dict[tuple[int, str], list[Change]]:
@@ -1187,7 +1189,7 @@ class IptablesBackend(BackendBase):
         problems = [_unreadable(tables[where]) for where in ordered
                     if tables[where].hidden == "table"]
         problems += [problem for where, changes in ordered.items()
-                     for problem in self._conflicts(tables[where], changes)]
+                     for problem in self._conflicts(tables[where], changes, _noted(plan))]
         if problems:
             self._refuse(plan, "\n  ".join(problems))
         return ordered
@@ -1284,7 +1286,8 @@ class IptablesBackend(BackendBase):
             return dump
         return self._save(family)
 
-    def _conflicts(self, state: TableState, changes: list[Change]) -> list[str]:
+    def _conflicts(self, state: TableState, changes: list[Change],
+                   wanted: frozenset[NetObject] = frozenset()) -> list[str]:
         """What the edit of ``changes`` would do to what is not k3snet's (see
         :func:`~k3snet.backends.iptables.table.edit_conflicts`), as messages.
 
@@ -1295,7 +1298,7 @@ class IptablesBackend(BackendBase):
             return []
         where = f"IPv{state.family} {state.table}"
         problems = []
-        for chain, jump in edit_conflicts(state, plan_table(state, changes)):
+        for chain, jump in edit_conflicts(state, plan_table(state, changes, wanted=wanted)):
             rule = "" if jump is None else f"-A {jump.chain} {format_line(jump.line)}"
             if chain in state.foreign_chains:
                 problems.append(
@@ -1440,6 +1443,13 @@ def _left_nftables(family: str, table: str) -> str:
 
 def _nft_family(family: int) -> str:
     return "ip" if family == 4 else "ip6"
+
+
+def _noted(plan: Plan) -> frozenset[NetObject]:
+    """The wanted objects of the plan's notes: those a foreign rule meets first (set aside
+    from what observe owns, see :func:`~k3snet.backends.iptables.table.set_aside`) are
+    kept by a table's edit (:func:`~k3snet.backends.iptables.table.plan_table`)."""
+    return frozenset(note.wanted for note in plan.notes)
 
 
 def _path_hidden(family: int, table: str, what: str, detail: str, *,
