@@ -294,8 +294,9 @@ class IptablesBackend(BackendBase):
         self._other_fresh = False
         self._tables: dict[tuple[int, str], TableState] | None = None
         self._foreign: frozenset[NetObject] = frozenset()
-        # raw, mangle or security tables iptables-nft-save left (partly) out: (family, table, what)
-        self._path_hidden: tuple[tuple[int, str, str], ...] = ()
+        # raw, mangle or security tables iptables-nft-save left (partly) out:
+        # (family, table, what, the tool's words)
+        self._path_hidden: tuple[tuple[int, str, str, str], ...] = ()
         self._partial: tuple[NetObject, ...] = ()  # a notrack of one protocol (path_blocks)
         self._native = NativeRead()  # nftables tables of other names (see native.py)
         self._native_runner: NetnsRunner | None = None  # where their listings run
@@ -465,7 +466,7 @@ class IptablesBackend(BackendBase):
                     found.append(f"{where}: a rule that is not k3snet's jumps to k3snet's chain "
                                  f"{jump.target}: -A {jump.chain} {format_line(jump.line)} "
                                  "(kept; k3snet cannot delete that chain while it is there)")
-        found += [_path_hidden(*hidden) for hidden in self._path_hidden]
+        found += [_path_hidden(*hidden, mode=self.mode) for hidden in self._path_hidden]
         # Notracks of one protocol, raw's and other nftables tables', named when they meet
         # k3snet's rules.
         native = self._native.defaults.partial
@@ -764,7 +765,7 @@ class IptablesBackend(BackendBase):
         other = self._start_other_flavour()  # runs while this flavour is read
         tables: dict[tuple[int, str], TableState] = {}
         foreign: set[NetObject] = set()
-        hidden: list[tuple[int, str, str]] = []
+        hidden: list[tuple[int, str, str, str]] = []
         partial: list[NetObject] = []
         routed = self._routed()
         try:
@@ -985,7 +986,8 @@ class IptablesBackend(BackendBase):
                 held: list[str] = []
                 if ready is None:
                     run.table(table)
-                edit = plan_table(state, changes, sink=run.send if ready is None else held.extend)
+                edit = plan_table(state, changes, sink=run.send if ready is None else held.extend,
+                                  wanted=_noted(plan))
                 step = _Step(family, table, tuple(changes), edit)
                 ops = list(edit.ops)
                 if inject == (family, table):
@@ -1134,8 +1136,9 @@ class IptablesBackend(BackendBase):
         pending = self._validate(plan)
         assert self._tables is not None
         self._refresh_hooks(list(pending))
-        return [_Step(family, table, tuple(changes), plan_table(self._tables[family, table],
-                                                                 changes))
+        wanted = _noted(plan)
+        return [_Step(family, table, tuple(changes),
+                      plan_table(self._tables[family, table], changes, wanted=wanted))
                 for (family, table), changes in pending.items()]
 
     def _validate(self, plan: Plan) -> dict[tuple[int, str], list[Change]]:
@@ -1186,7 +1189,7 @@ class IptablesBackend(BackendBase):
         problems = [_unreadable(tables[where]) for where in ordered
                     if tables[where].hidden == "table"]
         problems += [problem for where, changes in ordered.items()
-                     for problem in self._conflicts(tables[where], changes)]
+                     for problem in self._conflicts(tables[where], changes, _noted(plan))]
         if problems:
             self._refuse(plan, "\n  ".join(problems))
         return ordered
@@ -1283,7 +1286,8 @@ class IptablesBackend(BackendBase):
             return dump
         return self._save(family)
 
-    def _conflicts(self, state: TableState, changes: list[Change]) -> list[str]:
+    def _conflicts(self, state: TableState, changes: list[Change],
+                   wanted: frozenset[NetObject] = frozenset()) -> list[str]:
         """What the edit of ``changes`` would do to what is not k3snet's (see
         :func:`~k3snet.backends.iptables.table.edit_conflicts`), as messages.
 
@@ -1294,7 +1298,7 @@ class IptablesBackend(BackendBase):
             return []
         where = f"IPv{state.family} {state.table}"
         problems = []
-        for chain, jump in edit_conflicts(state, plan_table(state, changes)):
+        for chain, jump in edit_conflicts(state, plan_table(state, changes, wanted=wanted)):
             rule = "" if jump is None else f"-A {jump.chain} {format_line(jump.line)}"
             if chain in state.foreign_chains:
                 problems.append(
@@ -1377,7 +1381,7 @@ def _nft_list_chain(where: str) -> str:
 
 
 def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str], TableState],
-           hidden: list[tuple[int, str, str]], routed: RoutedBy | None = None, *,
+           hidden: list[tuple[int, str, str, str]], routed: RoutedBy | None = None, *,
            partial: list[NetObject] | None = None) -> set[NetObject]:
     """The foreign objects of one family's tables (``tables``: k3snet's, as loaded; what a
     foreign rule decides first is set aside there), and the tables of ``PATH_CHAINS``
@@ -1412,7 +1416,7 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
         foreign |= path
         left_out = dump[table].hidden if table in dump else None
         if left_out is not None:
-            hidden.append((family, table, left_out))
+            hidden.append((family, table, left_out, dump[table].detail or ""))
     # An accept whose replies conntrack takes meets nothing a notrack leaves untracked.
     foreign |= foreign_forward(dump.get("filter"), family, untracked=[
         b for b in foreign if isinstance(b, ForwardBlock) and b.verdict == "untrack"])
@@ -1441,9 +1445,23 @@ def _nft_family(family: int) -> str:
     return "ip" if family == 4 else "ip6"
 
 
-def _path_hidden(family: int, table: str, what: str) -> str:
+def _noted(plan: Plan) -> frozenset[NetObject]:
+    """The wanted objects of the plan's notes: those a foreign rule meets first (set aside
+    from what observe owns, see :func:`~k3snet.backends.iptables.table.set_aside`) are
+    kept by a table's edit (:func:`~k3snet.backends.iptables.table.plan_table`)."""
+    return frozenset(note.wanted for note in plan.notes)
+
+
+def _path_hidden(family: int, table: str, what: str, detail: str, *,
+                 mode: Flavour = "nft") -> str:
     """The warning of a raw, mangle or security table iptables-nft-save left (partly) out
-    (``what``: :attr:`~k3snet.backends.iptables.save.TableDump.hidden`)."""
+    (``what``: :attr:`~k3snet.backends.iptables.save.TableDump.hidden`; ``detail``: the
+    tool's words for a table ``"unread"``, read with iptables-``mode``)."""
+    if what == "unread":
+        return (f"IPv{family} {table}: {tool_name(family, mode, 'save')} -t {table} failed "
+                f"({detail}), and k3snet read the other tables one by one without it: "
+                "this one runs on the path of forwarded packets, and what it drops k3snet "
+                "neither sees nor names as a conflict")
     if what == "stopped":
         return (f"IPv{family} {table}: {tool_name(family, 'nft', 'save')} stops at a rule of "
                 "this table it cannot decode (written with nft, or by a newer iptables: "

@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Literal, NoReturn, Protocol
 
-from k3snet.backends.iptables.save import stopped_mark
+from k3snet.backends.iptables.save import stopped_mark, unread_mark
 from k3snet.backends.iptables.table import Op, restore_lines
 from k3snet.backends.kit import translate_errors
 from k3snet.backends.lock import inherited_locks
@@ -237,7 +237,7 @@ class Processes:
         if stopped.table in TABLES:
             raise stopped
         parts: list[str] = []
-        for table in _APART:
+        for table in self._apart_tables(name, family, stopped):
             result = self.run([name, "-t", table])
             if result.returncode == 0:
                 parts.append(result.stdout)
@@ -249,11 +249,35 @@ class Processes:
                     raise again
                 self._refused(f"run {name} -t {table} in {self.where}", result.stderr,
                               result.returncode)
-            if again is not None:
-                parts.append(stopped_mark(table, result.stderr
-                                          or f"exit status {result.returncode}"))
-            # else nothing of it printed: not there (the family's save leaves it out)
+            detail = result.stderr or f"exit status {result.returncode}"
+            # Nothing of it printed is no "not there": asked for a table it does not
+            # hold, iptables-nft-save prints its built-in chains (exit status 0). It
+            # was left out of the read without a word, whatever the tool said.
+            parts.append(stopped_mark(table, detail) if again is not None
+                         else unread_mark(table, detail))
         return "".join(parts)
+
+    def _apart_tables(self, name: str, family: int, stopped: SaveStoppedError) -> tuple[str, ...]:
+        """The tables :meth:`save_apart` may ask the tool ``name`` for, one by one.
+
+        iptables-nft-save asked for a table nf_tables does not hold prints its built-in
+        chains and creates nothing: every one of :data:`_APART`. iptables-legacy-save
+        asked for one (``-t TABLE``) has x_tables create it in the namespace (the
+        ``iptable_TABLE`` module's table, with its hooks registered: a legacy ``nat``
+        beside iptables-nft's, a ``raw`` every packet then crosses): a read that writes.
+        It is asked only for the tables the namespace holds, the ones its own save of
+        the family iterates (``/proc/net/ip_tables_names``); when they cannot be read,
+        ``stopped`` is raised."""
+        if "-nft-" in name:
+            return _APART
+        if "-legacy-" not in name:
+            raise stopped
+        names = f"/proc/net/{'ip' if family == 4 else 'ip6'}_tables_names"
+        result = self.run(["cat", names])
+        if result.returncode != 0:
+            raise stopped
+        held = set(result.stdout.split())
+        return tuple(table for table in _APART if table in held)
 
     def list_chain(self, family: int, mode: Flavour, table: str, chain: str) -> str | None:
         """``iptables -t TABLE -S CHAIN``: the rules of one chain as ``iptables-save`` writes

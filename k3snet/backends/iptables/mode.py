@@ -114,7 +114,9 @@ def other_flavour_rules(texts: Mapping[int, str | None]) -> list[str]:
             chains = sum(policy == "-" for policy in held.policies.values())
             if chains and (rules or table in TABLES):
                 parts.append(f"{chains} user chain{'s' if chains != 1 else ''}")
-            if held.hidden is not None:  # iptables-nft-save said it left them out
+            if held.hidden == "unread":  # read alone, the tool failed (save_apart)
+                parts.append(f"not read ({held.detail})")
+            elif held.hidden is not None:  # iptables-nft-save said it left them out
                 parts.append(f"{'base chains' if held.hidden == 'base chains' else 'rules'} "
                              "written with nft that iptables-nft-save cannot show")
             if parts:

@@ -14,9 +14,9 @@ import attrs
 
 from k3snet.render.iptables.rules import whole_rule
 
-__all__ = ["Dump", "Hidden", "TableDump", "parse_save", "stopped_mark"]
+__all__ = ["Dump", "Hidden", "TableDump", "parse_save", "stopped_mark", "unread_mark"]
 
-Hidden = Literal["table", "base chains", "stopped"]
+Hidden = Literal["table", "base chains", "stopped", "unread"]
 """What iptables-nft-save said it left out of a table (see :attr:`TableDump.hidden`)."""
 
 # iptables-nft-save's words for an nftables table of its name holding what the xt
@@ -27,7 +27,10 @@ _INCOMPATIBLE = re.compile(
     r"^# Table `([^']+)' (is incompatible|contains incompatible base-chains)")
 # The line the driver puts for a table whose own save stopped at a rule the tool cannot
 # print (:func:`stopped_mark`): the other tables were read one by one.
-_STOPPED = re.compile(r"^# k3snet: table `([^']+)' stopped the save")
+_STOPPED = re.compile(r"^# k3snet: table `([^']+)' stopped the save: ?(.*)$")
+# The line it puts for a table whose own save failed before printing any of it
+# (:func:`unread_mark`).
+_UNREAD = re.compile(r"^# k3snet: table `([^']+)' could not be read: ?(.*)$")
 
 
 def stopped_mark(table: str, detail: str) -> str:
@@ -35,6 +38,14 @@ def stopped_mark(table: str, detail: str) -> str:
     at a rule of it it cannot print (``detail``: its words): :attr:`TableDump.hidden`
     ``"stopped"`` to :func:`parse_save`."""
     return f"# k3snet: table `{table}' stopped the save: {' '.join(detail.split())}\n"
+
+
+def unread_mark(table: str, detail: str) -> str:
+    """The line standing for ``table`` in a save read table by table when the tool, asked
+    for that table alone, failed before printing any of it (``detail``: its words):
+    :attr:`TableDump.hidden` ``"unread"`` to :func:`parse_save`, the words in
+    :attr:`TableDump.detail`."""
+    return f"# k3snet: table `{table}' could not be read: {' '.join(detail.split())}\n"
 
 
 @attrs.define
@@ -50,7 +61,11 @@ class TableDump:
     read), or ``"base chains"`` of the table's own written with nft (the chains read
     are whole, those run besides them); ``"stopped"``: iptables-nft-save stopped at a
     rule of it it cannot decode (one written with nft), nothing of it was read (the
-    driver read the family's other tables one by one: :func:`stopped_mark`)."""
+    driver read the family's other tables one by one: :func:`stopped_mark`); ``"unread"``:
+    read alone, the tool failed before printing any of it (:func:`unread_mark`), nothing
+    of it was read."""
+    detail: str | None = None
+    """The tool's words for a table ``"stopped"`` or ``"unread"``."""
 
     def chain(self, name: str) -> list[str]:
         """The rules of a chain as printed (empty if the chain does not exist)."""
@@ -77,9 +92,10 @@ def parse_save(text: str) -> Dump:
             if (hidden := _INCOMPATIBLE.match(line)) is not None:
                 dump = tables.setdefault(hidden.group(1), TableDump(hidden.group(1)))
                 dump.hidden = "table" if hidden.group(2) == "is incompatible" else "base chains"
-            elif (stopped := _STOPPED.match(line)) is not None:
+            elif (stopped := _STOPPED.match(line) or _UNREAD.match(line)) is not None:
                 dump = tables.setdefault(stopped.group(1), TableDump(stopped.group(1)))
-                dump.hidden = "stopped"
+                dump.hidden = "stopped" if stopped.re is _STOPPED else "unread"
+                dump.detail = stopped.group(2)
             continue
         if line.startswith("*"):
             current = tables.setdefault(line[1:], TableDump(line[1:]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import attrs
@@ -165,6 +165,9 @@ class TableState:
     """Objects whose rules are valid *and* reached (hook, main chain order), and one
     :class:`~k3snet.model.Drift` per finding (see :attr:`findings`)."""
     inactive: set[str] = attrs.field(factory=set)
+    aside: set[str] = attrs.field(factory=set)
+    """The inactive units :func:`set_aside` left out of ``owned``: reached, but met first by
+    a foreign rule that decides some of their packets otherwise."""
     dirty: set[str] = attrs.field(factory=set)
     """Chains holding rules that match no valid unit, or that should not exist."""
     findings: list[tuple[str, str]] = attrs.field(factory=list)
@@ -535,6 +538,7 @@ def set_aside(state: TableState, blocks: Iterable[NetObject]) -> None:
                 and any(obj.conflicts_with(block) for block in judges)):
             del state.owned[obj.key]
             state.inactive.add(digest)
+            state.aside.add(digest)
 
 
 # -- edits --------------------------------------------------------------------------
@@ -564,7 +568,8 @@ that the restore process starts parsing early."""
 
 
 def plan_table(
-    state: TableState, changes: Iterable[Change], sink: Sink | None = None
+    state: TableState, changes: Iterable[Change], sink: Sink | None = None, *,
+    wanted: Collection[NetObject] = (),
 ) -> TableEdit:
     """The edits that apply ``changes`` (all of this table) and clean what they touch.
 
@@ -576,7 +581,8 @@ def plan_table(
     clean, i.e. not rewritten by this edit, declared first if new, for an object
     not there already and without an exclusion chain, whose jump needs that chain
     declared first. Their order in the bucket chain is then the plan's: bucket
-    chains are order-free.)
+    chains are order-free.) ``wanted``: the objects the plan still wants that it notes
+    (a conflict with a foreign rule met first): their rules set aside stay.
     """
     removed: set[str] = set()
     added: dict[str, Unit] = {}
@@ -590,8 +596,12 @@ def plan_table(
         if streamed:
             state = _with_streamed(state, streamed, added, fresh)
     # Valid rules that traffic does not reach were left out of observe(); the plan
-    # re-adds those it wants, the others go.
-    removed |= state.inactive
+    # re-adds those it wants, the others go. Those a foreign rule meets first (set
+    # aside) the plan never re-adds: it notes them as conflicts, whose ``wanted`` are
+    # given here. Those stay: the edit of another change (a drift's repair) took away
+    # a wanted rule the plan did not name, and it was missing once the foreign rule
+    # went, until the next apply.
+    removed |= state.inactive - {d for d in state.aside if state.units[d].obj in wanted}
     removed -= set(added)
 
     target, sizes = _bucket_targets(state, removed, fresh, set(streamed))
@@ -1002,7 +1012,8 @@ def commit_edit(state: TableState, edit: TableEdit) -> None:
         obj = new.obj
         owned[obj.key] = obj
     state.by_chain = {c: ds for c, ds in state.by_chain.items() if ds}
-    state.inactive.clear()
+    state.aside -= edit.removed
+    state.inactive = set(state.aside)  # those kept (see plan_table), still met first
     state.dirty.clear()
     state.earlier.clear()
     if state.findings:  # the edit rewrote everything found wrong
