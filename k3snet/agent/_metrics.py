@@ -74,6 +74,34 @@ class _WithoutCreated:
             yield family
 
 
+class _SpecInForce:
+    """``k3snet_agent_spec_generation`` and ``k3snet_agent_spec_info`` from one value,
+    replaced whole (``now``): a scrape sees the spec before or the one after, never
+    none of them nor the hash of one with the generation of the other.
+
+    The info gauge was cleared, then given the new hash: a scrape in between (the
+    HTTP server's thread) had no ``k3snet_agent_spec_info`` series at all.
+    """
+
+    def __init__(self) -> None:
+        self.now: tuple[str, int] | None = None  # (sha256, generation); None: no spec yet
+
+    def collect(self) -> Iterator[Any]:
+        # prometheus_client is there: the registry collecting this was made with it.
+        from prometheus_client.metrics_core import (  # noqa: PLC0415 - k3snet[agent]
+            GaugeMetricFamily as gauge,  # noqa: N813 - a factory, as p.Gauge above
+        )
+        now = self.now  # read once: the two families agree
+        yield gauge("k3snet_agent_spec_generation",
+                    "How many distinct specs this agent has put in force (1: the first).",
+                    value=0 if now is None else now[1])
+        info = gauge("k3snet_agent_spec_info", "The spec in force (value 1), by its SHA-256.",
+                     labels=["sha256"])
+        if now is not None:
+            info.add_metric([now[0]], 1)
+        yield info
+
+
 class AgentMetrics:
     """Every metric the agent exports (names start with ``k3snet_agent_``).
 
@@ -112,12 +140,8 @@ class AgentMetrics:
         self.last_success = p.Gauge(
             "k3snet_agent_last_success_timestamp_seconds",
             "Unix time of the end of the last successful pass.", registry=r)
-        self.spec_generation = p.Gauge(
-            "k3snet_agent_spec_generation",
-            "How many distinct specs this agent has put in force (1: the first).", registry=r)
-        self.spec_info = p.Gauge(
-            "k3snet_agent_spec_info", "The spec in force (value 1), by its SHA-256.",
-            ["sha256"], registry=r)
+        self._spec = _SpecInForce()
+        r.register(self._spec)
         self.spec_rejected = p.Counter(
             "k3snet_agent_spec_rejected",
             "New specs refused (invalid, unreadable, or deleting everything), by reason.",
@@ -173,10 +197,10 @@ class AgentMetrics:
             self.changes.labels(kind=change.kind, action=change.action).inc()
 
     def set_spec(self, sha256: str, generation: int) -> None:
-        """Record the spec now in force (the info metric holds exactly one series)."""
-        self.spec_info.clear()
-        self.spec_info.labels(sha256=sha256).set(1)
-        self.spec_generation.set(generation)
+        """Record the spec now in force (the info metric holds exactly one series), in one
+        step: a scrape meanwhile sees the one before, with its generation (see
+        :class:`_SpecInForce`)."""
+        self._spec.now = (sha256, generation)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition format and its content type (what ``/metrics`` serves), no
