@@ -45,6 +45,17 @@ def spec_read_error_reason(exc: BaseException) -> str:
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""What ``/metrics`` serves: Prometheus's text format 0.0.4."""
+
+
+def _utf8(value: str) -> str:
+    """``value`` as a label value that UTF-8 can write: a lone surrogate (a byte that was
+    no UTF-8) as its ``\\udcXX`` escape; generate_latest failed on it, and every
+    scrape after with it, the series kept."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _prometheus() -> Any:
     try:
         import prometheus_client  # noqa: PLC0415 - optional dependency (k3snet[agent])
@@ -194,7 +205,7 @@ class AgentMetrics:
     def count_changes(self, changes: tuple[Change, ...] | list[Change]) -> None:
         """Add applied changes to ``k3snet_agent_changes_total{kind, action}``."""
         for change in changes:
-            self.changes.labels(kind=change.kind, action=change.action).inc()
+            self.changes.labels(kind=_utf8(change.kind), action=change.action).inc()
 
     def set_spec(self, sha256: str, generation: int) -> None:
         """Record the spec now in force (the info metric holds exactly one series), in one
@@ -203,7 +214,11 @@ class AgentMetrics:
         self._spec.now = (sha256, generation)
 
     def exposition(self) -> tuple[bytes, str]:
-        """The text exposition format and its content type (what ``/metrics`` serves), no
-        ``_created`` series in it (see :class:`_WithoutCreated`)."""
+        """The text exposition format 0.0.4 and its content type (what ``/metrics``
+        serves), no ``_created`` series in it (see :class:`_WithoutCreated`)."""
         p = _prometheus()
-        return p.generate_latest(_WithoutCreated(self.registry)), str(p.CONTENT_TYPE_LATEST)
+        # generate_latest writes 0.0.4 (the names escaped to it) and prometheus_client's
+        # own server says so unless a scraper asks for another; its CONTENT_TYPE_LATEST
+        # is 1.0.0 from 0.22 on, 0.0.4 before: the agent said either, by the version
+        # installed.
+        return p.generate_latest(_WithoutCreated(self.registry)), CONTENT_TYPE
