@@ -254,7 +254,8 @@ class HealthServer:
                 self._close(client)
 
     def _turn(self, client: _Client) -> None:
-        """The client's socket is ready: read its request or write its answer."""
+        """The client's socket is ready: read its request, write its answer, or read and
+        drop what it sends after (lingering)."""
         try:
             if client.lingering is not None:
                 self._drop(client)
