@@ -18,7 +18,13 @@ so that any pod could walk the agent to its memory limit. This server instead:
 * closes a connection not answered and written within ``deadline`` seconds of its
   accept (a client that sends a byte at a time, or never reads its answer);
 * reads at most :data:`REQUEST_LIMIT` bytes of request line and headers (431 beyond);
-* answers ``GET`` and ``HEAD``, one request a connection (``Connection: close``).
+* answers ``GET`` and ``HEAD``, one request a connection (``Connection: close``);
+* once its answer is written, shuts its sending side and reads and drops what the client
+  still sends, until it closes, for at most ``linger`` seconds and :data:`LINGER_LIMIT`
+  bytes (as Apache's lingering close and Go's ``closeWriteAndWait``): a socket closed
+  with bytes unread, or receiving more, answers a reset, and a client sending its whole
+  request before reading (a 431's headers, a 405's body) failed to send and never read
+  its answer. A connection doing so is the first closed for one more.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from collections.abc import Callable
 
 from k3snet._logline import printable_line
 
-__all__ = ["DEADLINE", "MAX_CONNECTIONS", "REQUEST_LIMIT", "HealthServer", "parse_listen"]
+__all__ = ["DEADLINE", "LINGER", "LINGER_LIMIT", "MAX_CONNECTIONS", "REQUEST_LIMIT",
+           "HealthServer", "parse_listen"]
 
 MAX_CONNECTIONS = 64
 """Connections held at once; one more closes one of the peer holding most (see the module)."""
@@ -46,6 +53,12 @@ DEADLINE = 10.0
 
 REQUEST_LIMIT = 8192
 """Bytes of request line and headers read before answering 431."""
+
+LINGER = 2.0
+"""Seconds a connection is read (and what it sends dropped) after its answer is written."""
+
+LINGER_LIMIT = 256 * 1024
+"""Bytes read and dropped after a connection's answer is written; it is closed then."""
 
 _TEXT = "text/plain; charset=utf-8"
 
@@ -85,16 +98,18 @@ _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 class _Client:
-    """One accepted connection: what it sent so far, then what is left to write."""
+    """One accepted connection: what it sent so far, then what is left to write, then
+    (``lingering``) how many more bytes it may send before it is closed."""
 
-    __slots__ = ("answer", "peer", "request", "sock", "started")
+    __slots__ = ("answer", "lingering", "peer", "request", "sock", "until")
 
-    def __init__(self, sock: socket.socket, started: float, peer: tuple[str, str]) -> None:
+    def __init__(self, sock: socket.socket, until: float, peer: tuple[str, str]) -> None:
         self.sock = sock
-        self.started = started
+        self.until = until  # closed then (monotonic time)
         self.peer = peer
         self.request = bytearray()
         self.answer: memoryview | None = None
+        self.lingering: int | None = None
 
 
 class HealthServer:
@@ -102,8 +117,8 @@ class HealthServer:
 
     ``healthy`` and ``ready`` return ``(ok, reason)``; ``metrics`` returns the
     body and its content type. Port 0 picks a free port (see :attr:`port`).
-    ``max_connections`` and ``deadline`` bound what clients can hold (see the
-    module's text).
+    ``max_connections``, ``deadline`` and ``linger`` bound what clients can hold (see
+    the module's text).
     """
 
     def __init__(self, host: str, port: int, *,
@@ -111,9 +126,11 @@ class HealthServer:
                  ready: Callable[[], tuple[bool, str]],
                  metrics: Callable[[], tuple[bytes, str]] | None,
                  max_connections: int = MAX_CONNECTIONS,
-                 deadline: float = DEADLINE) -> None:
-        if max_connections < 1 or not deadline > 0:
-            raise ValueError("max_connections must be at least 1 and deadline above 0")
+                 deadline: float = DEADLINE,
+                 linger: float = LINGER) -> None:
+        if max_connections < 1 or not deadline > 0 or not linger >= 0:
+            raise ValueError("max_connections must be at least 1, deadline above 0 and "
+                             "linger 0 or more")
         self._routes: dict[str, Route] = {
             "/healthz": lambda: _probe(healthy()),
             "/readyz": lambda: _probe(ready()),
@@ -122,6 +139,7 @@ class HealthServer:
             self._routes["/metrics"] = lambda: (200, *metrics())
         self._max = max_connections
         self._deadline = deadline
+        self._linger = linger
         self._listener = _listen(host, port)
         fell_back = host == "::" and self._listener.family == socket.AF_INET
         self.host = "0.0.0.0" if fell_back else host  # noqa: S104 - every address, IPv4 only
@@ -179,10 +197,9 @@ class HealthServer:
             self._close_all()
 
     def _wait(self) -> float | None:
-        """Seconds until the oldest connection's deadline (None: none held)."""
-        for client in self._clients.values():
-            return max(0.0, client.started + self._deadline - time.monotonic())
-        return None
+        """Seconds until the first connection's deadline or end of linger (None: none held)."""
+        until = min((client.until for client in self._clients.values()), default=None)
+        return None if until is None else max(0.0, until - time.monotonic())
 
     def _accept(self) -> None:
         # At most max_connections at a time: then the loop turns (deadlines, writes).
@@ -197,7 +214,7 @@ class HealthServer:
                 time.sleep(0.1)
                 return
             sock.setblocking(False)
-            client = _Client(sock, time.monotonic(), _peer(address))
+            client = _Client(sock, time.monotonic() + self._deadline, _peer(address))
             self._clients[sock.fileno()] = client
             self._selector.register(sock, selectors.EVENT_READ, client)
             if len(self._clients) > self._max:
@@ -221,23 +238,28 @@ class HealthServer:
         # address holding the most: the nodes of one IPv6 subnet share the kubelet's
         # /64, and another node's pods, masqueraded to its address, flooding the port
         # made the kubelet's probe the oldest of that /64. max() keeps the oldest of a tie.
+        # A connection answered and lingering goes first, whoever's: its answer is sent.
         nets = collections.Counter(c.peer[0] for c in self._clients.values())
         held = collections.Counter(c.peer for c in self._clients.values())
-        waiting = [c for c in self._clients.values() if c.answer is None and c is not newcomer]
-        self._close(max(waiting, key=lambda c: (nets[c.peer[0]], held[c.peer]),
+        waiting = [c for c in self._clients.values()
+                   if (c.answer is None or c.lingering is not None) and c is not newcomer]
+        self._close(max(waiting, key=lambda c: (c.lingering is not None, nets[c.peer[0]],
+                                                held[c.peer]),
                         default=newcomer))
 
     def _expire(self) -> None:
         now = time.monotonic()
         for client in list(self._clients.values()):
-            if now - client.started < self._deadline:
-                return
-            self._close(client)
+            if now >= client.until:
+                self._close(client)
 
     def _turn(self, client: _Client) -> None:
-        """The client's socket is ready: read its request or write its answer."""
+        """The client's socket is ready: read its request, write its answer, or read and
+        drop what it sends after (lingering)."""
         try:
-            if client.answer is None:
+            if client.lingering is not None:
+                self._drop(client)
+            elif client.answer is None:
                 self._read(client)
             else:
                 self._write(client)
@@ -295,6 +317,28 @@ class HealthServer:
         sent = client.sock.send(client.answer)
         client.answer = client.answer[sent:]
         if not client.answer:
+            self._linger_on(client)
+
+    def _linger_on(self, client: _Client) -> None:
+        """The answer is written: send the end (FIN), then read until the client closes.
+
+        Closed now, a socket with bytes unread, or receiving more, would answer a reset:
+        a client still sending (a 431's headers, a 405's body) fails to send and reports
+        that, never the status, and a reset that overtakes the answer loses it.
+        """
+        client.sock.shutdown(socket.SHUT_WR)
+        client.lingering = LINGER_LIMIT
+        client.until = time.monotonic() + self._linger
+        client.request = bytearray()
+        self._selector.modify(client.sock, selectors.EVENT_READ, client)
+
+    def _drop(self, client: _Client) -> None:
+        """Read and drop what a client sends after its answer; close it at its end, or
+        beyond :data:`LINGER_LIMIT`."""
+        assert client.lingering is not None
+        data = client.sock.recv(65536)
+        client.lingering -= len(data)
+        if not data or client.lingering <= 0:
             self._close(client)
 
     def _close(self, client: _Client) -> None:

@@ -45,6 +45,17 @@ def spec_read_error_reason(exc: BaseException) -> str:
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""What ``/metrics`` serves: Prometheus's text format 0.0.4."""
+
+
+def _utf8(value: str) -> str:
+    """``value`` as a label value that UTF-8 can write: a lone surrogate (a byte that was
+    no UTF-8) as its ``\\udcXX`` escape; generate_latest failed on it, and every
+    scrape after with it, the series kept."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _prometheus() -> Any:
     try:
         import prometheus_client  # noqa: PLC0415 - optional dependency (k3snet[agent])
@@ -72,6 +83,34 @@ class _WithoutCreated:
             created = f"{family.name}_created"
             family.samples = [s for s in family.samples if s.name != created]
             yield family
+
+
+class _SpecInForce:
+    """``k3snet_agent_spec_generation`` and ``k3snet_agent_spec_info`` from one value,
+    replaced whole (``now``): a scrape sees the spec before or the one after, never
+    none of them nor the hash of one with the generation of the other.
+
+    The info gauge was cleared, then given the new hash: a scrape in between (the
+    HTTP server's thread) had no ``k3snet_agent_spec_info`` series at all.
+    """
+
+    def __init__(self) -> None:
+        self.now: tuple[str, int] | None = None  # (sha256, generation); None: no spec yet
+
+    def collect(self) -> Iterator[Any]:
+        # prometheus_client is there: the registry collecting this was made with it.
+        from prometheus_client.metrics_core import (  # noqa: PLC0415 - k3snet[agent]
+            GaugeMetricFamily as gauge,  # noqa: N813 - a factory, as p.Gauge above
+        )
+        now = self.now  # read once: the two families agree
+        yield gauge("k3snet_agent_spec_generation",
+                    "How many distinct specs this agent has put in force (1: the first).",
+                    value=0 if now is None else now[1])
+        info = gauge("k3snet_agent_spec_info", "The spec in force (value 1), by its SHA-256.",
+                     labels=["sha256"])
+        if now is not None:
+            info.add_metric([now[0]], 1)
+        yield info
 
 
 class AgentMetrics:
@@ -112,12 +151,8 @@ class AgentMetrics:
         self.last_success = p.Gauge(
             "k3snet_agent_last_success_timestamp_seconds",
             "Unix time of the end of the last successful pass.", registry=r)
-        self.spec_generation = p.Gauge(
-            "k3snet_agent_spec_generation",
-            "How many distinct specs this agent has put in force (1: the first).", registry=r)
-        self.spec_info = p.Gauge(
-            "k3snet_agent_spec_info", "The spec in force (value 1), by its SHA-256.",
-            ["sha256"], registry=r)
+        self._spec = _SpecInForce()
+        r.register(self._spec)
         self.spec_rejected = p.Counter(
             "k3snet_agent_spec_rejected",
             "New specs refused (invalid, unreadable, or deleting everything), by reason.",
@@ -170,16 +205,20 @@ class AgentMetrics:
     def count_changes(self, changes: tuple[Change, ...] | list[Change]) -> None:
         """Add applied changes to ``k3snet_agent_changes_total{kind, action}``."""
         for change in changes:
-            self.changes.labels(kind=change.kind, action=change.action).inc()
+            self.changes.labels(kind=_utf8(change.kind), action=change.action).inc()
 
     def set_spec(self, sha256: str, generation: int) -> None:
-        """Record the spec now in force (the info metric holds exactly one series)."""
-        self.spec_info.clear()
-        self.spec_info.labels(sha256=sha256).set(1)
-        self.spec_generation.set(generation)
+        """Record the spec now in force (the info metric holds exactly one series), in one
+        step: a scrape meanwhile sees the one before, with its generation (see
+        :class:`_SpecInForce`)."""
+        self._spec.now = (sha256, generation)
 
     def exposition(self) -> tuple[bytes, str]:
-        """The text exposition format and its content type (what ``/metrics`` serves), no
-        ``_created`` series in it (see :class:`_WithoutCreated`)."""
+        """The text exposition format 0.0.4 and its content type (what ``/metrics``
+        serves), no ``_created`` series in it (see :class:`_WithoutCreated`)."""
         p = _prometheus()
-        return p.generate_latest(_WithoutCreated(self.registry)), str(p.CONTENT_TYPE_LATEST)
+        # generate_latest writes 0.0.4 (the names escaped to it) and prometheus_client's
+        # own server says so unless a scraper asks for another; its CONTENT_TYPE_LATEST
+        # is 1.0.0 from 0.22 on, 0.0.4 before: the agent said either, by the version
+        # installed.
+        return p.generate_latest(_WithoutCreated(self.registry)), CONTENT_TYPE

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from k3snet.agent import HealthServer, parse_listen
-from k3snet.agent._http import REQUEST_LIMIT, _peer
+from k3snet.agent._http import LINGER_LIMIT, REQUEST_LIMIT, _peer
 
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: node\r\nUser-Agent: kube-probe/1.31\r\n\r\n"
 
@@ -102,7 +102,9 @@ def test_idle_connections_take_no_thread_and_a_probe_is_still_answered(
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
         assert answer.endswith(b"\r\n\r\nok: last pass 1 s ago\n")
         assert threading.active_count() == threads
-        assert server.connections <= 64
+        # Read while the server accepts the rest of the backlog, 65 for a moment (one
+        # accepted, then one closed); the answered probe is held until its close is read.
+        assert _until(lambda: server.connections <= 64)
     finally:
         for sock in idle:
             sock.close()
@@ -421,5 +423,107 @@ def test_every_address_falls_back_to_ipv4_where_the_kernel_has_no_ipv6(
         assert served.address == f"0.0.0.0:{served.port}"
         assert any("no IPv6 here" in r.getMessage() for r in caplog.records)
         assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        served.stop()
+
+
+def _send_after_the_answer(server: HealthServer, request: bytes, more: bytes) -> bytes:
+    """Send ``request``, wait for the answer to arrive (unread), send ``more`` 1 KiB at a
+    time, shut the sending side, then read: what arrived until the server closed,
+    ``RESET`` at its end if the connection ended in a reset rather than a close."""
+    with _connect(server) as sock:
+        sock.sendall(request)
+        sock.recv(1, socket.MSG_PEEK)  # the server has answered: what follows is late
+        try:
+            for start in range(0, len(more), 1024):
+                sock.sendall(more[start:start + 1024])
+            sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            return b"RESET while sending"
+        got = bytearray()
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                return bytes(got) + b"RESET"
+            if not data:
+                return bytes(got)
+            got += data
+
+
+def test_a_431_reaches_a_client_still_sending_its_headers(server: HealthServer) -> None:
+    # The server closed with the rest of the headers unread or still coming, so the
+    # kernel answered a reset: the client's next send failed (http.client, urllib and
+    # the like send all before they read, and report that error, never the 431), and
+    # a reset that overtakes the answer (a window full, Windows) loses it. The server
+    # now shuts its side, reads and drops what follows, then closes.
+    answer = _send_after_the_answer(
+        server, b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"a" * (REQUEST_LIMIT * 2),
+        b"a" * (REQUEST_LIMIT * 8))
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert not answer.endswith(b"RESET")
+    assert _until(lambda: server.connections == 0)
+
+
+def test_a_405_reaches_a_client_still_sending_its_body(server: HealthServer) -> None:
+    answer = _send_after_the_answer(
+        server, b"POST /metrics HTTP/1.1\r\nContent-Length: 131072\r\n\r\n" + b"x" * 1024,
+        b"x" * (131072 - 1024))
+    assert answer.startswith(b"HTTP/1.1 405 ")
+    assert not answer.endswith(b"RESET")
+
+
+def test_a_client_sending_on_after_its_answer_is_closed_beyond_the_linger_limit() -> None:
+    # Read and dropped after the answer, but not for ever: LINGER_LIMIT bytes, then
+    # closed (a linger of a minute here: the bytes end it, not the time).
+    served = _server(linger=60.0, deadline=60.0)
+    try:
+        with _connect(served) as sock:
+            sock.sendall(b"POST /healthz HTTP/1.1\r\n\r\n")
+            sock.recv(1, socket.MSG_PEEK)
+            sent = 0
+            try:
+                while sent < 1 << 28:  # more than any socket buffers
+                    sent += sock.send(b"x" * 65536)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            else:
+                closed = False
+        assert closed
+        assert sent >= LINGER_LIMIT
+        assert _until(lambda: served.connections == 0)
+    finally:
+        served.stop()
+
+
+def test_an_answered_client_that_never_closes_is_closed_after_the_linger() -> None:
+    served = _server(linger=0.2, deadline=60.0)
+    try:
+        with _connect(served) as sock:
+            sock.sendall(PROBE)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+            assert _until(lambda: served.connections == 0)
+    finally:
+        served.stop()
+
+
+def test_a_full_server_closes_a_lingering_connection_before_any_unanswered_one() -> None:
+    # Answered (its answer and end sent), a lingering connection loses nothing when
+    # closed: it goes first, even of a peer holding fewer than another.
+    served = _server(max_connections=3, linger=60.0, deadline=60.0)
+    try:
+        with _connect_from(served, "127.0.0.2") as one, \
+                _connect_from(served, "127.0.0.2") as two, \
+                _connect_from(served, "127.0.0.3") as answered:
+            one.sendall(b"G")
+            two.sendall(b"G")
+            answered.sendall(PROBE)
+            assert _answer(answered).startswith(b"HTTP/1.1 200 OK\r\n")  # then lingers
+            assert _until(lambda: served.connections == 3)
+            with _connect_from(served, "127.0.0.4") as probe:
+                probe.sendall(PROBE)
+                assert _answer(probe).startswith(b"HTTP/1.1 200 OK\r\n")
+            assert not _closed_by_server(one, within=0.2)
+            assert not _closed_by_server(two, within=0.2)
     finally:
         served.stop()
