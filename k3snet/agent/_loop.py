@@ -41,7 +41,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Literal, Protocol
 
 import attrs
@@ -249,37 +249,6 @@ def _spec_options(spec: Spec, backends: Sequence[Any]) -> dict[str, dict[str, An
         with contextlib.suppress(K3snetError):  # refused: the destroy is named without them
             found[name] = resolve_backend_options(name, spec_backend_options(spec, name))
     return found
-
-
-class _SaidOnce(logging.Filter):
-    """A filter passing each message once: the "could not look" line of a file both the
-    spec's node look and the look through a dropped backend read (flannel's, of
-    ``$K3SNET_FLANNEL_CONF``) is logged by each, word for word."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._said: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if message in self._said:
-            return False
-        self._said.add(message)
-        return True
-
-    @contextlib.contextmanager
-    def over(self, name: str) -> Iterator[None]:
-        """Within the block, logger ``name``'s records pass this filter."""
-        logger = logging.getLogger(name)
-        logger.addFilter(self)
-        try:
-            yield
-        finally:
-            logger.removeFilter(self)
-
-
-_DISCOVER_LOG = "k3snet.backends.discover"
-"""The logger of :mod:`k3snet.backends.discover`'s looks (a look that failed)."""
 
 
 def _holder(warning: str) -> str:
@@ -855,22 +824,24 @@ class Agent:
         return self._ok(applied, leader, changed=True)
 
     def _accept(self, spec: Spec, sha: str, group: BackendGroup, fresh: bool) -> None:
-        # Before the previous backends are closed: the cluster backends the new spec no
-        # longer names are looked through as they were built (the one client there is).
-        # Each look's "could not look" line once: both may fail on flannel's one file.
-        once = _SaidOnce()
-        with once.over(_DISCOVER_LOG):
+        from k3snet.backends.discover import each_file_read_once  # noqa: PLC0415
+
+        # Flannel's file of $K3SNET_FLANNEL_CONF, dropped: both the look through the
+        # dropped backend and the spec's node look read it, once (and say a failed read
+        # once).
+        with each_file_read_once():
+            # Before the previous backends are closed: the cluster backends the new spec
+            # no longer names are looked through as they were built (the one client there is).
             left = self._dropped_left(group) if fresh else ()
-        if fresh and self._group is not None:
-            _close(self._group, f"spec generation {self.generation}")
-        self._spec, self._sha, self._group = spec, sha, group
-        self._group_backends = _backends_of(spec)
-        self.generation += 1
-        self._new_in_pass = True
-        self._refused_sha = self._refusal = self._teardown_wait = None
-        _log.info("spec generation %d in force (sha256 %s, from %s)", self.generation,
-                  sha[:12], self.source.where)
-        with once.over(_DISCOVER_LOG):
+            if fresh and self._group is not None:
+                _close(self._group, f"spec generation {self.generation}")
+            self._spec, self._sha, self._group = spec, sha, group
+            self._group_backends = _backends_of(spec)
+            self.generation += 1
+            self._new_in_pass = True
+            self._refused_sha = self._refusal = self._teardown_wait = None
+            _log.info("spec generation %d in force (sha256 %s, from %s)", self.generation,
+                      sha[:12], self.source.where)
             warned = self._warn_of(spec, group)
         said = {_holder(w) for w in warned}
         for warning in left:

@@ -22,6 +22,7 @@ groups as hold them all, each of distinct kinds, removed one after the other
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
 import logging
@@ -29,7 +30,7 @@ import os
 import shlex
 import socket
 import struct
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
@@ -417,11 +418,62 @@ def cluster_left_behind(in_use: Sequence[Backend],
     return tuple(found)
 
 
+_FILES_READ: contextvars.ContextVar[dict[str, int | None] | None] = contextvars.ContextVar(
+    "_FILES_READ", default=None)
+"""Within :func:`each_file_read_once`: how many of k3snet's keys each flannel file looked
+through holds (by its path; ``None``: its read failed, and was said)."""
+
+
+@contextlib.contextmanager
+def each_file_read_once() -> Iterator[None]:
+    """Within the block, a flannel file (a node's own ``net-conf.json``) that
+    :func:`left_behind` and :func:`cluster_left_behind` both look through is read once:
+    the second look warns of what the first read found (in its own words: its options
+    in the destroy it names), and a read that failed is said once. The agent, at a new
+    spec dropping flannel, looks through the dropped backend and (its spec's warnings)
+    through ``$K3SNET_FLANNEL_CONF``, most often one file: it read the file twice, and
+    logged a failed read twice, word for word."""
+    token = _FILES_READ.set({})
+    try:
+        yield
+    finally:
+        _FILES_READ.reset(token)
+
+
 def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> list[str]:
     """The warning of what cluster backend ``backend`` owns (none when nothing or its
-    read fails). Its requests wait nothing when throttled (``throttle_waits(None)``): a
-    look no one asked for passes a busy API server over, where the one-shot commands'
-    waits made a ``plan`` through cilium wait ~25 s and print five lines about calico.
+    read fails: see :func:`_owned_count`)."""
+    # A flannel backend of a file (``file:PATH``): the node's own, not the cluster's,
+    # named in the destroy whatever gave it (a spec's option, $K3SNET_FLANNEL_CONF).
+    target = getattr(backend, "target", None) if name == "flannel" else None
+    where = "the cluster"
+    read = None
+    if isinstance(target, str) and target.startswith("file:"):
+        where = target.removeprefix("file:")
+        opts = {**opts, "path": where}
+        read = _FILES_READ.get()
+    if read is None:
+        owned = _owned_count(name, backend, where, opts)
+    else:  # within each_file_read_once: a file already read is not read again
+        if where not in read:
+            read[where] = _owned_count(name, backend, where, opts)
+        owned = read[where]
+    if not owned:
+        return []
+    return [f"{name} holds {owned} of k3snet's objects in {where}, and no backend in "
+            f"use is {name} (left by a switch of backends?): {_STILL[name]}, and nothing "
+            "keeps them up or removes them; "
+            f"`k3snet destroy --backend {name}{_destroy_options(name, opts)}` removes them "
+            "(k3snet's alone)"]
+
+
+def _owned_count(name: str, backend: Backend, where: str, opts: Mapping[str, Any]
+                 ) -> int | None:
+    """How many of k3snet's objects cluster backend ``backend`` holds in ``where``
+    (``None``: its read failed). Its requests wait nothing when throttled
+    (``throttle_waits(None)``): a look no one asked for passes a busy API server over,
+    where the one-shot commands' waits made a ``plan`` through cilium wait ~25 s and
+    print five lines about calico.
 
     A read that fails (a 403 of RBAC granting no read, a 429, a 5xx, no answer) is
     logged once, as a warning, without failing anything: passed over unsaid, it read as
@@ -429,16 +481,9 @@ def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> li
     is nothing left, unsaid."""
     from k3snet.kube import KubeApiError, throttle_waits  # noqa: PLC0415 - cluster backends
 
-    # A flannel backend of a file (``file:PATH``): the node's own, not the cluster's,
-    # named in the destroy whatever gave it (a spec's option, $K3SNET_FLANNEL_CONF).
-    target = getattr(backend, "target", None) if name == "flannel" else None
-    where = "the cluster"
-    if isinstance(target, str) and target.startswith("file:"):
-        where = target.removeprefix("file:")
-        opts = {**opts, "path": where}
     try:
         with throttle_waits(None):
-            owned = len(backend.observe().owned)
+            return len(backend.observe().owned)
     except KubeApiError as exc:
         # Not installed: nothing of k3snet's there. A 403 too, when discovery (open to
         # every user) serves none of the backend's API groups: RBAC refuses a user a
@@ -448,19 +493,12 @@ def _cluster_warning(name: str, backend: Backend, opts: Mapping[str, Any]) -> li
             installed = exc.status != 404 and (exc.status != 403 or _served(name, backend))
         if not installed:
             log.debug("%s could not look for objects left behind: %s", name, exc)
-        else:
-            _could_not_look(name, exc, where, opts)
-        return []
+            return 0
+        _could_not_look(name, exc, where, opts)
+        return None
     except Exception as exc:  # noqa: BLE001 - the look only warns
         _could_not_look(name, exc, where, opts)
-        return []
-    if not owned:
-        return []
-    return [f"{name} holds {owned} of k3snet's objects in {where}, and no backend in "
-            f"use is {name} (left by a switch of backends?): {_STILL[name]}, and nothing "
-            "keeps them up or removes them; "
-            f"`k3snet destroy --backend {name}{_destroy_options(name, opts)}` removes them "
-            "(k3snet's alone)"]
+        return None
 
 
 _GROUPS: Mapping[str, tuple[tuple[str, str], ...]] = {

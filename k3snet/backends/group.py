@@ -91,6 +91,37 @@ def _taken_back(exc: BaseException, own_undo: bool) -> list[Change]:
     return taken
 
 
+_NOTHING_CHANGED = "nothing was changed"
+"""What a backend's error says of a failure that changed nothing (the kit's
+``(nothing was changed)``, nftables' refused transaction, a refused plan)."""
+
+
+def _failure(name: str, exc: BaseException) -> str:
+    """What failing member ``name``'s error ``exc`` says (its message, without the failed
+    change its error adds), its "nothing was changed" said of the member: beside the
+    earlier members' parts the group took back, it read as the node's (a contradiction
+    to an operator, who saw changes taken back)."""
+    own = exc if isinstance(exc, ApplyError) else None
+    text = own.message if own is not None else str(exc) or type(exc).__name__
+    untouched = (isinstance(exc, PlanError) or (
+        own is not None and not own.done and not isinstance(own, RollbackError)))
+    if not untouched:
+        return text
+    if _NOTHING_CHANGED in text:
+        return text.replace(_NOTHING_CHANGED, f"{name} changed nothing")
+    return f"{text} ({name} changed nothing)"
+
+
+def _taken_back_parts(results: Sequence[tuple[Member, Plan, ApplyResult]]) -> str:
+    """The earlier members' parts the group took back, by member in the order applied
+    (``netlink's 3 change(s)``; a member given two runs counted once)."""
+    made: dict[int, tuple[str, int]] = {}
+    for member, part, _ in results:
+        name, count = made.get(id(member), (member.backend.name, 0))
+        made[id(member)] = (name, count + len(part.changes))
+    return " and ".join(f"{name}'s {count} change(s)" for name, count in made.values())
+
+
 def _final(obj: NetObject) -> bool:
     """Whether a foreign object decides wherever the other member's rule sits: a forward
     drop or reject, final in any chain of the hook. What a backend reads relative to its
@@ -340,8 +371,12 @@ class BackendGroup:
             # A member whose own undo failed may have left changes: the group's
             # error says so too (its type, and what may still be there).
             half = isinstance(exc, RollbackError)
+            name = member.backend.name
             raise (RollbackError if half else ApplyError)(
-                f"{member.backend.name}: {own.message if own is not None else exc}",
+                # The node's whole story: the failing member's part, then the earlier
+                # members' parts made and taken back.
+                f"{name}: {_failure(name, exc)}; {_taken_back_parts(results)} made "
+                f"before {name} failed were taken back",
                 failed=own.failed if own is not None else None,
                 # What was made before the failure: the earlier members' parts, then
                 # what the failing member made of its own (both undone since).
@@ -457,10 +492,10 @@ class BackendGroup:
                 what = (f"failed too: {exc}" if isinstance(exc, Exception)
                         else f"was interrupted ({type(exc).__name__}): the system may be "
                         "half-changed")
-                reason = str(cause) or type(cause).__name__  # a bare Ctrl-C has no text
                 own = cause if isinstance(cause, ApplyError) else None
                 raise RollbackError(
-                    f"{failing.backend.name}: {reason}; undoing {member.backend.name} {what}",
+                    f"{failing.backend.name}: {_failure(failing.backend.name, cause)}; "
+                    f"undoing {member.backend.name} {what}",
                     failed=own.failed if own is not None else None,
                     done=[*_made(results), *(own.done if own is not None else ())],
                     # What the failing member took back of its own, and what this

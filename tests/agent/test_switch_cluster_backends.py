@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import k3snet.backends.flannel as flannel_module
 from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource, LeaderElector
 from k3snet.agent._lease import LeaseSettings
 from k3snet.backends.calico import CalicoBackend
@@ -242,3 +243,45 @@ def test_a_flannel_file_of_the_agent_s_environment_dropped_and_unreadable_is_sai
         assert agent.generation == 3
     said = [r.getMessage() for r in caplog.records if "could not look" in r.getMessage()]
     assert len(said) == 1, said
+
+
+def test_a_flannel_file_both_looks_of_a_new_spec_go_through_is_read_once_and_said_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The look through the dropped flannel backend and the spec's node look (its file of
+    # $K3SNET_FLANNEL_CONF) go through one file: the second look warns of what the first
+    # read found. Before, each read it (a filter then hid the second "could not look").
+    path = tmp_path / "spec.yaml"
+    path.write_text(FLANNEL_SPEC.replace("{BACKENDS}", "[netlink, nftables, calico, flannel]"))
+    conf = tmp_path / "net-conf.json"
+    conf.write_text(NET_CONF)
+    reads: list[Path] = []
+    real_read = flannel_module.read_input
+
+    def read_input(file: Path, limit: int) -> bytes:
+        reads.append(Path(file))
+        return real_read(file, limit)
+
+    monkeypatch.setattr(flannel_module, "read_input", read_input)
+    with EmulatedApiServer(resources=CALICO_RESOURCES + AGENT_RESOURCES) as srv:
+        _put_calicos_pool(srv)
+        srv.put("v1/nodes", {"metadata": {"name": "node-a"}})
+        agent = _agent(srv, "node-a", path, flannel=conf, spec_warnings=_node_look(conf))
+        assert agent.run_pass().status == "ok"
+        path.write_text(FLANNEL_SPEC.replace("{BACKENDS}", "[netlink, nftables, calico]"))
+        caplog.set_level(logging.WARNING, logger="k3snet")
+        reads.clear()
+        assert agent.run_pass().status == "ok"
+        assert reads == [conf]
+        said = [r.getMessage() for r in caplog.records if "flannel holds" in r.getMessage()]
+        assert len(said) == 1, said
+        # The spec's own warning, in its words (the destroy with the file's path).
+        assert said[0].startswith(f"spec generation 2: flannel holds 1 of k3snet's objects "
+                                  f"in {conf}")
+        assert f"--backend-opt flannel.path={conf}` removes them" in said[0]
+        # A later new spec (flannel still dropped) looks again: the node look alone.
+        reads.clear()
+        path.write_text(FLANNEL_SPEC.replace("{BACKENDS}", "[netlink, nftables, calico]")
+                        .replace("172.20.0.0/16", "172.21.0.0/16"))
+        assert agent.run_pass().status == "ok"
+        assert reads == [conf]

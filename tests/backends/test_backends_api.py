@@ -188,6 +188,39 @@ def test_a_group_s_apply_error_says_what_its_members_made_and_took_back() -> Non
     assert info.value.failed == nat_part[1]
 
 
+class _Node(MemoryBackend):
+    name = "node"
+
+
+class _Nat(MemoryBackend):
+    name = "nat"
+
+
+class _NatRefusing(_Nat):
+    def apply(self, plan: Plan) -> ApplyResult:
+        raise PlanError("nat backend refuses the plan, nothing was changed:\n  not today")
+
+
+@pytest.mark.parametrize("refusing", [False, True], ids=["apply-error", "plan-error"])
+def test_a_group_s_error_names_the_member_that_changed_nothing_and_the_parts_taken_back(
+        refusing: bool) -> None:
+    # The later member failed before changing anything: its "nothing was changed" stood
+    # beside the earlier member's part the group rolled back, said of the node.
+    node = _Node(capabilities=["route", "sysctl"])
+    nat = (_NatRefusing if refusing else _Nat)(capabilities=["nat", "forward"])
+    group = BackendGroup([node, nat])
+    p = plan(group.observe(), compile_spec(seed_spec()))
+    made = len(p.only(node.capabilities).changes)
+    nat.faults.fail_at(0)
+    with pytest.raises(ApplyError) as info:  # the group's, a refusal too
+        group.apply(p)
+    message = str(info.value)
+    assert "nothing was changed" not in message, message
+    assert "nat changed nothing" in message, message
+    assert f"node's {made} change(s) made before nat failed were taken back" in message
+    assert not node.observe().owned
+
+
 class _Expecting(MemoryBackend):
     """Records the hints converge gives (expect) and what was observed after each."""
 

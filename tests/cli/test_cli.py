@@ -664,6 +664,48 @@ def test_an_apply_whose_undo_failed_too_exits_5_not_the_1_of_nothing_changed(
         unregister_backend("memory-half")
 
 
+def test_an_apply_whose_later_backend_changed_nothing_says_the_earlier_one_was_taken_back(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Two backends, the second failing at its first change: its "(nothing was changed)"
+    # stood beside "rolled back 4 change(s)", the first backend's part the group took
+    # back, read as a contradiction. The message says whose part was made and taken
+    # back, and which backend changed nothing, in the text and the JSON document.
+    from k3snet import MemoryBackend, register_backend  # noqa: PLC0415
+    from k3snet.backends.registry import unregister_backend  # noqa: PLC0415
+    from tests.cli.test_schemas import validate  # noqa: PLC0415 - the schemas' validator
+
+    class Node(MemoryBackend):
+        name = "mem-node"
+
+        def __init__(self) -> None:
+            super().__init__(capabilities=["route", "sysctl"])
+
+    class Nat(MemoryBackend):
+        name = "mem-nat"
+
+        def __init__(self) -> None:
+            super().__init__(capabilities=["nat", "forward"])
+            self.faults.fail_at(0)
+
+    register_backend("mem-node", Node)
+    register_backend("mem-nat", Nat)
+    try:
+        args = ["apply", "-f", str(SEED), "--backend", "mem-node", "--backend", "mem-nat",
+                "--no-facts"]
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert main([*args, "--output", "json"]) == 1
+        document = json.loads(capsys.readouterr().out)
+        validate(document, "error")
+        for message in (err, document["error"]["message"]):
+            assert "nothing was changed" not in message, message
+            assert "(mem-nat changed nothing)" in message, message
+            assert "mem-node's 4 change(s) made before mem-nat failed were taken back" in message
+    finally:
+        unregister_backend("mem-node")
+        unregister_backend("mem-nat")
+
+
 @pytest.mark.parametrize(("argv", "stream"), [
     (["plan", "-f", "-", "--backend", "memory"], "input"),
     (["apply", "-f", "-", "--backend", "memory"], "input"),
