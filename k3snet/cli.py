@@ -134,6 +134,8 @@ UNDO_AFTER_SIGTERM = 75.0
 (:func:`sigterm_undoes`): under systemd's 90 s stop timeout (``TimeoutStopSec``), after
 which its SIGKILL cut the undo at any point, silently."""
 _clock: Callable[[], float] = time.monotonic  # the deadline's clock (a fake in tests)
+_DOCUMENT_PRINTED: list[bool] = []
+"""Not empty once this run printed its JSON document: a signal after it adds none."""
 
 
 SPEC_HELP = "spec file (YAML or JSON)"
@@ -147,6 +149,15 @@ class _UsageExit(SystemExit):
     def __init__(self, message: str) -> None:
         super().__init__(EXIT_USAGE)
         self.message = message
+
+
+class _Stopped(SystemExit):
+    """SIGTERM or SIGHUP ending a command that changes the node (:func:`sigterm_undoes`):
+    exit 143 or 129, its signal's name for the error that says so."""
+
+    def __init__(self, code: int, name: str) -> None:
+        super().__init__(code)
+        self.name = name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -556,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ends quietly. ``K3SNET_DEBUG=1`` shows the traceback of an unexpected error.
     """
     given = _common_after_command(sys.argv[1:] if argv is None else list(argv))
+    _DOCUMENT_PRINTED.clear()  # main is called again in one process (tests, a library)
     logged = _agent_logs_json(given)  # argparse's text kept off its log, said there
     try:
         with contextlib.redirect_stderr(_Discarded()) if logged else contextlib.nullcontext():
@@ -613,7 +625,7 @@ def sigterm_undoes() -> Iterator[None]:
             signal.signal(ending, signal.SIG_IGN)
         if signum == signal.SIGTERM:
             ends.append(Deadline(_clock() + UNDO_AFTER_SIGTERM, clock=_clock))
-        raise SystemExit(codes[signal.Signals(signum)])
+        raise _Stopped(codes[signal.Signals(signum)], signal.Signals(signum).name)
 
     previous = {ending: signal.signal(ending, terminate) for ending in codes}
     try:
@@ -647,8 +659,12 @@ def _run(args: argparse.Namespace) -> int:
             if _json(args):
                 _print_error_json(type(exc).__name__, _os_error(exc))
         return EXIT_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _report_stopped(args, "SIGINT", exc)
         return EXIT_INTERRUPTED
+    except _Stopped as exc:  # SIGTERM, SIGHUP: sigterm_undoes's SystemExit
+        _report_stopped(args, exc.name, exc)
+        raise
     except Exception as exc:
         if env_switch("K3SNET_DEBUG", default=False):
             raise
@@ -727,6 +743,29 @@ def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
     print(f"k3snet: error: {printable_lines(str(exc))}", file=sys.stderr)
     if _json(args) and not getattr(args, "stdout_taken", False):
         _print_error_json(type(exc).__name__, str(exc), getattr(exc, "problems", ()))
+
+
+def _report_stopped(args: argparse.Namespace, name: str, exc: BaseException) -> None:
+    """A command ended by signal ``name`` (SIGINT: Ctrl-C; SIGTERM, SIGHUP), said on stderr
+    and, with ``--output json``, as an ``error`` document of that type, unless a document
+    is on stdout already: a script reading stdout as one document got none (exit 130, 143
+    or 129, nothing said). What a removal through several backends had removed before
+    (``destroy_each``'s note) stays removed and is named. The agent's log says its end."""
+    if args.command == "agent":
+        return
+    notes = getattr(exc, "__notes__", ())
+    changes = args.command in UNDONE_ON_SIGTERM and getattr(args, "fix", True)
+    if notes:
+        message = f"stopped by {name}: " + "; ".join(notes)
+    elif changes and not _DOCUMENT_PRINTED:  # printed: the command had done its work
+        message = f"stopped by {name}: nothing was changed (what it made was taken back)"
+    else:
+        message = f"stopped by {name}"
+    with _reporting():
+        print(f"k3snet: error: {printable_lines(message)}", file=sys.stderr)
+        if _json(args) and not getattr(args, "stdout_taken", False) \
+                and not _DOCUMENT_PRINTED:
+            _print_error_json(name, message)
 
 
 def _logged_by_agent(args: argparse.Namespace, message: str) -> bool:
@@ -1427,6 +1466,7 @@ def _print_json(data: Any) -> None:
     # A secret sysctl's value as the text shows it (docs/spec.md): stdout ends up in CI
     # logs and tickets; a plan file (--out) keeps it, written 0600.
     print(json.dumps(redact_secrets(data), indent=2, sort_keys=True))
+    _DOCUMENT_PRINTED.append(True)
 
 
 # ---------------------------------------------------------------- plan files

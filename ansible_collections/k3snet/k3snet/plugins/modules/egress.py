@@ -706,8 +706,11 @@ def main() -> None:
         module.fail_json(**failure(where + (exc.strerror or str(exc)), "OSError", EXIT_ERROR))
     except SystemExit as exc:  # run's sigterm_undoes: a RollbackError above if undoing failed
         signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
-        module.fail_json(**failure(f"stopped by {signame}: nothing was changed (an apply in "
-                                   "progress was undone)", signame, int(exc.code or 1)))
+        # state=absent through several backends: what the first ones removed stays removed.
+        notes = getattr(exc, "__notes__", ())
+        said = "; ".join(notes) or "nothing was changed (an apply in progress was undone)"
+        module.fail_json(**failure(f"stopped by {signame}: {said}", signame,
+                                   int(exc.code or 1), changed=bool(notes)))
     module.exit_json(**result)
 
 
