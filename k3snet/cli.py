@@ -1706,9 +1706,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _print_plan(args: argparse.Namespace, p: Plan, marks: list[str], warnings: list[str],
                 secret: bool) -> None:
     if args.output == "json":
-        _print_json({**p.to_dict(), "kind": "plan",
-                     **({"warnings": warnings} if warnings else {}),
-                     **({"disruptive": marks} if marks else {})})
+        # The lists always (a plan's own dict has `held` only when there is one): a script
+        # reads the same keys from every plan document.
+        _print_json({"held": [], **p.to_dict(), "kind": "plan", "warnings": warnings,
+                     "disruptive": marks})
         return
     print(_colour(p.render(), args))
     for line in marks:
@@ -1928,11 +1929,11 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
             "format": JSON_FORMAT,
             "kind": kind,
             "dry_run": bool(args.dry_run),
-            "plan": done.plan.to_dict(),
+            "plan": {"held": [], **done.plan.to_dict()},  # held: as plan's
             "applied": [c.to_dict() for c in done.result.applied] if done.result else [],
             "operations": done.result.operations if done.result else 0,
             "problems": list(problems),
-            **({"warnings": list(warnings)} if warnings else {}),
+            "warnings": list(warnings),
             **(extra or {}),
         })
         return
