@@ -742,7 +742,11 @@ def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
         return
     print(f"k3snet: error: {printable_lines(str(exc))}", file=sys.stderr)
     if _json(args) and not getattr(args, "stdout_taken", False):
-        _print_error_json(type(exc).__name__, str(exc), getattr(exc, "problems", ()))
+        # A note (destroy_each's: what the backends before the one failing removed, which
+        # stays removed) is on stderr as a log line; the document says it too, as the
+        # Ansible module's message does: exit 1 reads "nothing was changed" otherwise.
+        message = "\n".join([str(exc), *getattr(exc, "__notes__", ())])
+        _print_error_json(type(exc).__name__, message, getattr(exc, "problems", ()))
 
 
 def _report_stopped(args: argparse.Namespace, name: str, exc: BaseException) -> None:

@@ -113,6 +113,19 @@ def test_a_later_backend_failing_leaves_the_earlier_removals_done_and_says_so(
 
 
 
+def test_a_destroy_whose_later_backend_failed_names_what_stays_removed_in_its_document(
+        node: dict[str, MemoryBackend], capsys: pytest.CaptureFixture[str]) -> None:
+    # Said by a log line on stderr alone: a script reading the document and exit 1
+    # ("nothing was applied, or it was rolled back") took the node as it was.
+    node["fake-ipt"].faults.fail_at(0)
+    assert main(["destroy", "--auto-approve", "--no-facts", "--output", "json"]) == 1
+    document: dict[str, Any] = json.loads(capsys.readouterr().out)
+    jsonschema.Draft202012Validator(load_schema("error")).validate(document)
+    assert document["error"]["type"] == "ApplyError"
+    assert ("\nremoved before memory failed, and not undone: memory+memory: 3 change(s)"
+            in document["error"]["message"])
+
+
 def _stopped_by(signal_exit: BaseException) -> Any:
     def apply(*_args: object, **_kwargs: object) -> None:
         raise signal_exit
