@@ -134,7 +134,9 @@ attributes:
 notes:
   - Needs root (or C(CAP_NET_ADMIN)) on the node; use O(ignore:become=true).
   - SIGTERM or SIGHUP (a stopped C(ansible-pull) unit, a cancelled CI job) takes back an
-    apply in progress, as C(k3snet apply) does, and fails the task with C(changed=false).
+    apply in progress, as C(k3snet apply) does, and fails the task with C(changed=false)
+    (with O(state=absent) naming no spec or backend, what the backends before the stopped
+    one removed stays removed, and the task reports C(changed=true) and names it in C(msg)).
 author:
   - k3snet developers (!UNKNOWN)
 """
