@@ -134,6 +134,8 @@ UNDO_AFTER_SIGTERM = 75.0
 (:func:`sigterm_undoes`): under systemd's 90 s stop timeout (``TimeoutStopSec``), after
 which its SIGKILL cut the undo at any point, silently."""
 _clock: Callable[[], float] = time.monotonic  # the deadline's clock (a fake in tests)
+_DOCUMENT_PRINTED: list[bool] = []
+"""Not empty once this run printed its JSON document: a signal after it adds none."""
 
 
 SPEC_HELP = "spec file (YAML or JSON)"
@@ -147,6 +149,15 @@ class _UsageExit(SystemExit):
     def __init__(self, message: str) -> None:
         super().__init__(EXIT_USAGE)
         self.message = message
+
+
+class _Stopped(SystemExit):
+    """SIGTERM or SIGHUP ending a command that changes the node (:func:`sigterm_undoes`):
+    exit 143 or 129, its signal's name for the error that says so."""
+
+    def __init__(self, code: int, name: str) -> None:
+        super().__init__(code)
+        self.name = name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -556,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ends quietly. ``K3SNET_DEBUG=1`` shows the traceback of an unexpected error.
     """
     given = _common_after_command(sys.argv[1:] if argv is None else list(argv))
+    _DOCUMENT_PRINTED.clear()  # main is called again in one process (tests, a library)
     logged = _agent_logs_json(given)  # argparse's text kept off its log, said there
     try:
         with contextlib.redirect_stderr(_Discarded()) if logged else contextlib.nullcontext():
@@ -625,7 +637,7 @@ def sigterm_undoes() -> Iterator[None]:
             # on: it cut it, and said so to no one.
             return
         ended.append(signum)
-        raise SystemExit(codes[signal.Signals(signum)])
+        raise _Stopped(codes[signal.Signals(signum)], signal.Signals(signum).name)
 
     def interrupt(signum: int, frame: object) -> None:
         ended.append(signum)
@@ -667,8 +679,12 @@ def _run(args: argparse.Namespace) -> int:
             if _json(args):
                 _print_error_json(type(exc).__name__, _os_error(exc))
         return EXIT_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _report_stopped(args, "SIGINT", exc)
         return EXIT_INTERRUPTED
+    except _Stopped as exc:  # SIGTERM, SIGHUP: sigterm_undoes's SystemExit
+        _report_stopped(args, exc.name, exc)
+        raise
     except Exception as exc:
         if env_switch("K3SNET_DEBUG", default=False):
             raise
@@ -746,7 +762,34 @@ def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
         return
     print(f"k3snet: error: {printable_lines(str(exc))}", file=sys.stderr)
     if _json(args) and not getattr(args, "stdout_taken", False):
-        _print_error_json(type(exc).__name__, str(exc), getattr(exc, "problems", ()))
+        # A note (destroy_each's: what the backends before the one failing removed, which
+        # stays removed) is on stderr as a log line; the document says it too, as the
+        # Ansible module's message does: exit 1 reads "nothing was changed" otherwise.
+        message = "\n".join([str(exc), *getattr(exc, "__notes__", ())])
+        _print_error_json(type(exc).__name__, message, getattr(exc, "problems", ()))
+
+
+def _report_stopped(args: argparse.Namespace, name: str, exc: BaseException) -> None:
+    """A command ended by signal ``name`` (SIGINT: Ctrl-C; SIGTERM, SIGHUP), said on stderr
+    and, with ``--output json``, as an ``error`` document of that type, unless a document
+    is on stdout already: a script reading stdout as one document got none (exit 130, 143
+    or 129, nothing said). What a removal through several backends had removed before
+    (``destroy_each``'s note) stays removed and is named. The agent's log says its end."""
+    if args.command == "agent":
+        return
+    notes = getattr(exc, "__notes__", ())
+    changes = args.command in UNDONE_ON_SIGTERM and getattr(args, "fix", True)
+    if notes:
+        message = f"stopped by {name}: " + "; ".join(notes)
+    elif changes and not _DOCUMENT_PRINTED:  # printed: the command had done its work
+        message = f"stopped by {name}: nothing was changed (what it made was taken back)"
+    else:
+        message = f"stopped by {name}"
+    with _reporting():
+        print(f"k3snet: error: {printable_lines(message)}", file=sys.stderr)
+        if _json(args) and not getattr(args, "stdout_taken", False) \
+                and not _DOCUMENT_PRINTED:
+            _print_error_json(name, message)
 
 
 def _logged_by_agent(args: argparse.Namespace, message: str) -> bool:
@@ -1447,6 +1490,7 @@ def _print_json(data: Any) -> None:
     # A secret sysctl's value as the text shows it (docs/spec.md): stdout ends up in CI
     # logs and tickets; a plan file (--out) keeps it, written 0600.
     print(json.dumps(redact_secrets(data), indent=2, sort_keys=True))
+    _DOCUMENT_PRINTED.append(True)
 
 
 # ---------------------------------------------------------------- plan files
@@ -1686,9 +1730,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _print_plan(args: argparse.Namespace, p: Plan, marks: list[str], warnings: list[str],
                 secret: bool) -> None:
     if args.output == "json":
-        _print_json({**p.to_dict(), "kind": "plan",
-                     **({"warnings": warnings} if warnings else {}),
-                     **({"disruptive": marks} if marks else {})})
+        # The lists always (a plan's own dict has `held` only when there is one): a script
+        # reads the same keys from every plan document.
+        _print_json({"held": [], **p.to_dict(), "kind": "plan", "warnings": warnings,
+                     "disruptive": marks})
         return
     print(_colour(p.render(), args))
     for line in marks:
@@ -1908,11 +1953,11 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
             "format": JSON_FORMAT,
             "kind": kind,
             "dry_run": bool(args.dry_run),
-            "plan": done.plan.to_dict(),
+            "plan": {"held": [], **done.plan.to_dict()},  # held: as plan's
             "applied": [c.to_dict() for c in done.result.applied] if done.result else [],
             "operations": done.result.operations if done.result else 0,
             "problems": list(problems),
-            **({"warnings": list(warnings)} if warnings else {}),
+            "warnings": list(warnings),
             **(extra or {}),
         })
         return

@@ -395,7 +395,7 @@ def _destroy_each_locked(backends: Sequence[Backend], *, dry_run: bool, check: b
         try:
             part = destroy(backend, dry_run=dry_run, allow_disruptive=allow_disruptive,
                            lock_timeout=lock_timeout)
-        except Exception as exc:
+        except BaseException as exc:  # Ctrl-C and SIGTERM (SystemExit) too
             done = [p.result.summary() for p in parts if p.result and p.result.applied]
             if done:
                 said = (f"removed before {getattr(backend, 'name', backend)} failed, and "

@@ -1216,3 +1216,28 @@ def test_a_fast_open_key_of_seven_characters_is_hidden_a_short_stable_secret_not
                                       "net.ipv4.tcp_fastopen_key": "1-2-3"}}) == set()
     assert secret_values({"sysctls": {"net.ipv6.conf.eth0.stable_secret": "2001:db8::1"}}) \
         == {"2001:db8::1"}
+
+
+def test_state_absent_stopped_by_sigterm_between_two_backends_is_changed_naming_what_stays(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # destroy_each notes what the backends before the stopped one removed (it stays
+    # removed); the module said "nothing was changed", changed false, of a changed node.
+    testing = pytest.importorskip("ansible.module_utils.testing")
+    module = load_module()
+    said = "removed before nftables failed, and not undone: netlink: 2 change(s)"
+
+    def stopped(*_args: object, **_kwargs: object) -> None:
+        exc = SystemExit(143)
+        exc.add_note(said)
+        raise exc
+
+    monkeypatch.setattr(module, "discover", lambda _params, _stack: attrs.make_class(
+        "Found", {"groups": attrs.field(factory=list)})())
+    monkeypatch.setattr(module, "destroy_each", stopped)
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
+    with testing.patch_module_args({"state": "absent"}), pytest.raises(SystemExit):
+        module.main()
+    result = json.loads(capsys.readouterr().out)
+    assert (result["failed"], result["changed"], result["rc"]) == (True, True, 143)
+    assert result["msg"] == f"stopped by SIGTERM: {said}"
+    assert result["error"]["type"] == "SIGTERM"

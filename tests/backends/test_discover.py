@@ -112,6 +112,55 @@ def test_a_later_backend_failing_leaves_the_earlier_removals_done_and_says_so(
     assert node["fake-ipt"].observe().owned == {NAT}  # all or nothing, within a backend
 
 
+
+def test_a_destroy_whose_later_backend_failed_names_what_stays_removed_in_its_document(
+        node: dict[str, MemoryBackend], capsys: pytest.CaptureFixture[str]) -> None:
+    # Said by a log line on stderr alone: a script reading the document and exit 1
+    # ("nothing was applied, or it was rolled back") took the node as it was.
+    node["fake-ipt"].faults.fail_at(0)
+    assert main(["destroy", "--auto-approve", "--no-facts", "--output", "json"]) == 1
+    document: dict[str, Any] = json.loads(capsys.readouterr().out)
+    jsonschema.Draft202012Validator(load_schema("error")).validate(document)
+    assert document["error"]["type"] == "ApplyError"
+    assert ("\nremoved before memory failed, and not undone: memory+memory: 3 change(s)"
+            in document["error"]["message"])
+
+
+def _stopped_by(signal_exit: BaseException) -> Any:
+    def apply(*_args: object, **_kwargs: object) -> None:
+        raise signal_exit
+    return apply
+
+
+@pytest.mark.parametrize("signal_exit", [KeyboardInterrupt(), SystemExit(143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_later_backend_stopped_by_a_signal_says_the_earlier_removals_stay(
+        node: dict[str, MemoryBackend], monkeypatch: pytest.MonkeyPatch,
+        signal_exit: BaseException) -> None:
+    # Ctrl-C and SIGTERM (SystemExit) are no Exception: the note naming what stays
+    # removed was left off, and the CLI and the Ansible module said nothing was changed.
+    monkeypatch.setattr(node["fake-ipt"], "apply", _stopped_by(signal_exit))
+    with discover.discover_owners() as found, \
+            pytest.raises(type(signal_exit)) as stopped:
+        destroy_each(found.groups)
+    said = "removed before memory failed, and not undone: memory+memory: 3 change(s)"
+    assert any(note.startswith(said) for note in stopped.value.__notes__)
+    assert not node["fake-netlink"].observe().owned
+
+
+def test_a_destroy_stopped_by_ctrl_c_names_what_stays_removed_in_its_error_document(
+        node: dict[str, MemoryBackend], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(node["fake-ipt"], "apply", _stopped_by(KeyboardInterrupt()))
+    assert main(["destroy", "--auto-approve", "--no-facts", "--output", "json"]) == 130
+    captured = capsys.readouterr()
+    document: dict[str, Any] = json.loads(captured.out)
+    jsonschema.Draft202012Validator(load_schema("error")).validate(document)
+    assert document["error"]["type"] == "SIGINT"
+    assert "removed before memory failed, and not undone" in document["error"]["message"]
+    assert "nothing was changed" not in document["error"]["message"]
+    assert f"k3snet: error: {document['error']['message']}" in captured.err
+
 class InNamespace(MemoryBackend):
     """A memory backend acting in this thread's namespace (it takes the namespace lock);
     its ``expect`` hint, which converge calls before taking the lock, records whether

@@ -202,3 +202,28 @@ def test_a_confirmed_destroy_removes_nothing_when_the_node_changed_since_its_lis
             "net.ipv4.ip_forward = 1; 0 listed no longer to make); nothing was removed") in err
     assert sorted(map(str, held.observe().owned)) == [
         "sysctl net.ipv4.conf.all.rp_filter = 2", "sysctl net.ipv4.ip_forward = 1"]
+
+
+def test_json_documents_have_the_same_keys_for_a_change_and_for_nothing_to_do(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # `warnings` and `disruptive` were left out when empty: a script reading
+    # document["warnings"] failed (KeyError) on a quiet node alone.
+    node = MemoryBackend()
+    register_backend("memory-kept", lambda: node)
+    try:
+        documents = []
+        for argv in (["plan", "-f", str(SEED)], APPLY, ["plan", "-f", str(SEED)], APPLY,
+                     ["destroy", "--auto-approve"], ["destroy", "--auto-approve"]):
+            main([*argv, "--backend", "memory-kept", "--no-facts", "--output", "json"])
+            documents.append(json.loads(capsys.readouterr().out))
+    finally:
+        unregister_backend("memory-kept")
+    plan, applied, plan_again, applied_again, destroyed, destroyed_again = documents
+    assert [bool(plan["changes"]), bool(plan_again["changes"])] == [True, False]
+    assert [bool(applied["applied"]), bool(applied_again["applied"])] == [True, False]
+    assert [bool(destroyed["applied"]), bool(destroyed_again["applied"])] == [True, False]
+    assert set(plan) == set(plan_again) >= {"warnings", "disruptive", "held"}
+    assert plan_again["warnings"] == plan_again["disruptive"] == plan_again["held"] == []
+    assert set(applied) == set(applied_again) == set(destroyed) == set(destroyed_again)
+    assert applied_again["warnings"] == applied_again["plan"]["held"] == []
+    assert set(applied["plan"]) == set(plan) - {"kind", "warnings", "disruptive"}

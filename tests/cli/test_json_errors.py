@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +196,59 @@ def test_each_shortest_abbreviation_taken_is_of_one_agent_option_and_no_shorter_
     for full, shortest in (("--log-format", "--log-f"), ("--node-name", "--nod")):
         assert [o for o in options if o.startswith(shortest)] == [full]
         assert len([o for o in options if o.startswith(shortest[:-1])]) > 1
+
+
+def test_ctrl_c_with_output_json_is_an_error_document_exit_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*_args: object, **_kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "plan", interrupted)
+    assert main(["plan", "-f", str(SEED), *MEMORY, "--output", "json"]) == cli.EXIT_INTERRUPTED
+    captured = capsys.readouterr()
+    error = _error_document(captured.out)  # was an empty stdout
+    assert error == {"type": "SIGINT", "message": "stopped by SIGINT", "problems": []}
+    assert "k3snet: error: stopped by SIGINT" in captured.err
+    assert main(["plan", "-f", str(SEED), *MEMORY]) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().out == ""  # as text: said on stderr alone
+
+
+def _terminated(*_args: object, **_kwargs: object) -> object:
+    """SIGTERM sent to this process in the middle of a call (sigterm_undoes's handler
+    raises at the next bytecode: the loop only waits for it)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    while True:
+        time.sleep(0.01)
+
+
+def test_sigterm_during_an_apply_with_output_json_is_an_error_document_exit_143(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "converge", _terminated)
+    with pytest.raises(SystemExit) as ended:
+        main(["apply", "-f", str(SEED), *MEMORY, "--output", "json"])
+    assert ended.value.code == cli.EXIT_TERMINATED
+    captured = capsys.readouterr()
+    error = _error_document(captured.out)  # was an empty stdout, and nothing on stderr
+    assert error["type"] == "SIGTERM"
+    assert error["message"] == ("stopped by SIGTERM: nothing was changed (what it made "
+                                "was taken back)")
+    assert f"k3snet: error: {error['message']}" in captured.err
+
+
+def test_a_signal_after_the_document_was_printed_adds_no_second_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    printed = cli._print_apply
+
+    def print_then_terminated(*args: Any, **kwargs: Any) -> None:
+        printed(*args, **kwargs)
+        _terminated()
+
+    monkeypatch.setattr(cli, "_print_apply", print_then_terminated)
+    with pytest.raises(SystemExit):
+        main(["apply", "-f", str(SEED), *MEMORY, "--output", "json"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["kind"] == "apply"  # one document, the apply's
+    assert "k3snet: error: stopped by SIGTERM\n" in captured.err  # applied: no "nothing"

@@ -134,7 +134,9 @@ attributes:
 notes:
   - Needs root (or C(CAP_NET_ADMIN)) on the node; use O(ignore:become=true).
   - SIGTERM or SIGHUP (a stopped C(ansible-pull) unit, a cancelled CI job) takes back an
-    apply in progress, as C(k3snet apply) does, and fails the task with C(changed=false).
+    apply in progress, as C(k3snet apply) does, and fails the task with C(changed=false)
+    (with O(state=absent) naming no spec or backend, what the backends before the stopped
+    one removed stays removed, and the task reports C(changed=true) and names it in C(msg)).
 author:
   - k3snet developers (!UNKNOWN)
 """
@@ -706,8 +708,11 @@ def main() -> None:
         module.fail_json(**failure(where + (exc.strerror or str(exc)), "OSError", EXIT_ERROR))
     except SystemExit as exc:  # run's sigterm_undoes: a RollbackError above if undoing failed
         signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
-        module.fail_json(**failure(f"stopped by {signame}: nothing was changed (an apply in "
-                                   "progress was undone)", signame, int(exc.code or 1)))
+        # state=absent through several backends: what the first ones removed stays removed.
+        notes = getattr(exc, "__notes__", ())
+        said = "; ".join(notes) or "nothing was changed (an apply in progress was undone)"
+        module.fail_json(**failure(f"stopped by {signame}: {said}", signame,
+                                   int(exc.code or 1), changed=bool(notes)))
     module.exit_json(**result)
 
 
