@@ -687,10 +687,11 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
             "packet does not show (the doctor does not follow the ICMP error)",
             severity="warning",
             advice=f"make the pods' MTU at most {path}: the CNI's setting, taken by pods "
-                   "created after the CNI restarts (flannel's vxlan Backend MTU, which "
-                   f"k3snet writes from MTU: {path} in the backend's options "
-                   "(spec cni.flannel.backend.options) and flannel hands to pods through "
-                   "subnet.env; Calico's veth_mtu; Cilium's mtu); or "
+                   "created after the CNI restarts (flannel gives pods the FLANNEL_MTU of "
+                   "its subnet.env, which its vxlan Backend's MTU option sets, and k3snet "
+                   f"writes that option, MTU: {path}, from the backend's options "
+                   "(spec cni.flannel.backend.options): check FLANNEL_MTU afterwards; "
+                   "Calico's veth_mtu; Cilium's mtu); or "
                    "clamp TCP's MSS to the path's MTU on the node (nft: tcp flags syn tcp "
                    "option maxseg size set rt mtu, in a forward chain; iptables: -t mangle "
                    "-A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS "
