@@ -2249,7 +2249,35 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"now: {after.verdict.value}", file=_human(args))
         return _doctor_exit(after.verdict)
     _print_diagnosis(args, d)
+    if args.output == "text" and not d.plan.empty:
+        # The fix lines are plan lines: typed into a shell, `sysctl NAME = 1` only reads
+        # NAME and `masquerade SRC -> DST` redirects into a file named DST. The one line
+        # a shell takes is the command that applies them.
+        on_node = "on the node, " if args.state is not None else ""
+        print(f"the fix lines above are k3snet's plan, not shell commands; {on_node}"
+              f"apply them with:\n  {printable(shlex.join(_doctor_fix_argv(args)))}")
     return _doctor_exit(d.verdict)
+
+
+def _doctor_fix_argv(args: argparse.Namespace) -> list[str]:
+    """The command line that applies this diagnosis's fix: this one with ``--fix``, on the
+    node (``--netns`` kept, ``--state`` left out: the fix acts on a live node), with what
+    shaped the diagnosis (the spec, service CIDRs, protocol, kube config)."""
+    argv = ["k3snet", "doctor"]
+    if args.netns is not None:
+        argv += ["--netns", args.netns]
+    argv += ["--from", args.source, "--to", args.destination]
+    if args.proto != "tcp":
+        argv += ["--proto", args.proto]
+    if args.spec is not None:
+        argv += ["-f", str(args.spec)]
+    for cidr in args.service_cidr:
+        argv += ["--service-cidr", cidr]
+    if args.kubeconfig is not None:
+        argv += ["--kubeconfig", args.kubeconfig]
+    if args.context is not None:
+        argv += ["--context", args.context]
+    return [*argv, "--fix"]
 
 
 def _print_diagnosis(args: argparse.Namespace, d: Any) -> None:

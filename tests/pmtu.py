@@ -37,5 +37,10 @@ def narrow_the_path(lab: SeedLab) -> None:
 def learnt_mtu(lab: SeedLab, family: int, db: str) -> str:
     """Send too large datagrams from the pod to ``db``; the pod's route to it, as ``ip -o
     route get`` shows it (holding ``mtu 1280`` once the router's error arrived)."""
-    run_in(lab.pod, [sys.executable, "-c", _SEND, db])
-    return run_in(lab.pod, ["ip", f"-{family}", "-o", "route", "get", db]).stdout
+    return learnt_mtu_in(lab.pod, family, db)
+
+
+def learnt_mtu_in(pod: str, family: int, db: str) -> str:
+    """:func:`learnt_mtu` from the namespace ``pod`` (another lab's pod)."""
+    run_in(pod, [sys.executable, "-c", _SEND, db])
+    return run_in(pod, ["ip", f"-{family}", "-o", "route", "get", db]).stdout

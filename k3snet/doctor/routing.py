@@ -29,6 +29,7 @@ __all__ = [
     "masquerade_source",
     "nexthop_objects",
     "parse_addresses",
+    "parse_link_mtus",
     "parse_link_states",
     "parse_routes",
     "parse_rules",
@@ -79,6 +80,9 @@ class RouteEntry:
     linkdown: tuple[str | None, ...] = ()
     """The devices of the nexthops the kernel flags ``linkdown`` (their device has no
     carrier): a lookup passes over them where ``ignore_routes_with_linkdown`` is set."""
+    mtu: int | None = None
+    """The route's ``mtu`` (``ip route ... mtu 1280``): the largest packet the kernel
+    sends, or forwards, through it, below its device's; None: its device's MTU."""
 
     def via(self, index: int) -> RouteEntry:
         """This route through its nexthop ``index`` alone (itself when it has one)."""
@@ -109,6 +113,8 @@ class RouteEntry:
             parts += ["table", table_name(self.table)]
         if self.metric:
             parts += ["metric", str(self.metric)]
+        if self.mtu is not None:
+            parts += ["mtu", str(self.mtu)]
         return " ".join(parts)
 
 
@@ -276,8 +282,19 @@ def parse_routes(data: object, family: int,
             _source(item.get("from"), family),
             _tos(item.get("tos")),
             tuple(down),
+            _route_mtu(item.get("metrics")),
         ))
     return routes
+
+
+def _route_mtu(metrics: object) -> int | None:
+    """The ``mtu`` among a route's ``metrics`` as ``ip -j`` prints them
+    (``[{"mtu": 1280}]``); None without one, or one of another shape."""
+    for item in metrics if isinstance(metrics, list) else []:
+        value = item.get("mtu") if isinstance(item, Mapping) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _source(value: str | None, family: int) -> IPNetwork | None:
@@ -386,6 +403,19 @@ def parse_addresses(data: object) -> list[Address]:
             _ = address.network  # a prefix length out of range is the capture's error
             addresses.append(address)
     return addresses
+
+
+def parse_link_mtus(data: object) -> dict[str, int]:
+    """``ip -j addr`` output -> each interface's MTU (those whose ``mtu`` is a number)."""
+    mtus = {}
+    for link in data if isinstance(data, list) else []:
+        if not isinstance(link, Mapping):
+            continue
+        name, mtu = link.get("ifname"), link.get("mtu")
+        if isinstance(name, str) and isinstance(mtu, int) and not isinstance(mtu, bool) and (
+                mtu > 0):
+            mtus[name] = mtu
+    return mtus
 
 
 def parse_link_states(data: object) -> dict[str, str]:

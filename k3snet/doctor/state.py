@@ -52,6 +52,7 @@ from k3snet.doctor.routing import (
     RuleEntry,
     nexthop_objects,
     parse_addresses,
+    parse_link_mtus,
     parse_link_states,
     parse_routes,
     parse_rules,
@@ -273,6 +274,8 @@ class NodeState:
     missing: Mapping[str, str] = attrs.field(factory=dict)
     links: Mapping[str, str] = attrs.field(factory=dict)
     """The interfaces that are ``down`` or have ``no-carrier`` (the others are absent)."""
+    mtus: Mapping[str, int] = attrs.field(factory=dict)
+    """Each interface's MTU (``ip -j addr``'s ``mtu``)."""
     masters: Mapping[str, tuple[str, str | None]] = attrs.field(factory=dict)
     """Each port's master and its kind (``bridge``, ``bond``, ``vrf`` ...; None: the
     capture does not say)."""
@@ -396,6 +399,7 @@ class NodeState:
             **_ipvs(capture),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             links=parse_link_states(capture.json("addr.json")),
+            mtus=parse_link_mtus(capture.json("addr.json")),
             masters=_masters(capture.json("addr.json")),
             routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f, nexthops))
                     for f in (4, 6)},

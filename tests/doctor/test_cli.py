@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,63 @@ def test_fix_applies_the_plan_and_the_flow_then_reaches(
     assert "now: reaches" in out
     answer = doctor_lab.probe(topology.destination)
     assert answer == {"ok": True, "seen": "192.168.1.5", "error": None}
+
+
+def _apply_line(out: str) -> list[str]:
+    """The shell line the text output ends with, split as a shell would."""
+    last = out.rstrip("\n").splitlines()
+    assert last[-2].startswith("the fix lines above are k3snet's plan, not shell commands"), out
+    argv = shlex.split(last[-1])
+    assert argv[:2] == ["k3snet", "doctor"], out
+    return argv[1:]
+
+
+def test_a_bundle_s_fix_ends_with_the_shell_line_that_applies_it_on_the_node(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The fix lines (``sysctl net.ipv4.ip_forward = 1``, ``masquerade 10.42.0.0/24 ->
+    192.168.2.0/24 oif eth0``) are plan lines: typed into a shell, one reads a sysctl and
+    fails on ``=``, the other redirects into a file named by the destination (``->``).
+    The output now says so and ends with the one line a shell takes: ``--fix`` without
+    ``--state``, keeping what shaped the diagnosis (``-f``, ``--service-cidr``,
+    ``--proto``)."""
+    spec = tmp_path / "my spec.yaml"
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "cluster:\n  podCIDRs: [10.42.0.0/16]\n")
+    assert main(_doctor("seed", "-f", str(spec), "--service-cidr", "10.43.0.0/16",
+                        "--proto", "udp")) == 3
+    out = capsys.readouterr().out
+    assert "on the node, apply them with:" in out
+    assert _apply_line(out) == ["doctor", "--from", POD, "--to",
+                                f"{DESTINATIONS['plain']}:{PORT}", "--proto", "udp",
+                                "-f", str(spec), "--service-cidr", "10.43.0.0/16", "--fix"]
+
+
+def test_no_shell_line_without_a_fix_nor_in_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_doctor("healthy")) == 0
+    assert "not shell commands" not in capsys.readouterr().out
+    assert main(_doctor("seed", "-o", "json")) == 3
+    json.loads(capsys.readouterr().out)  # one document, nothing after it
+
+
+@pytest.mark.kernel
+def test_the_printed_shell_line_applies_the_fix(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """On a live node the line keeps ``--netns`` and is ``--fix`` as it stands: run (with
+    ``--auto-approve``, the test answering no prompt), the flow reaches."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(forwarding=False, nat="none")
+    doctor_lab.configure(topology)
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+            f"{topology.destination}:{PORT}"]
+    assert main(argv) == 3
+    out = capsys.readouterr().out
+    assert "; apply them with:" in out
+    line = _apply_line(out)
+    assert line == [*argv, "--fix"]
+    assert main([*line, "--auto-approve"]) == 0
+    assert "now: reaches" in capsys.readouterr().out
+    assert doctor_lab.probe(topology.destination)["ok"]
 
 
 @pytest.mark.kernel

@@ -1,0 +1,63 @@
+"""The ``path-mtu`` warning from a bundle, without root: an overlay's device MTU below the
+pods' (flannel's vxlan at 1450 behind 1500 veths), a route's ``mtu``, and what ``ip -j``
+prints that is not a number (ignored, never an error). The kernel's side is
+tests/doctor/test_path_mtu_kernel.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from k3snet.doctor import Flow, NodeCapture, NodeState, Verdict, diagnose
+
+
+def _bundle(uplink_mtu: int, route: dict[str, Any]) -> NodeState:
+    addresses = [
+        {"ifname": "cni0", "mtu": 1500, "flags": ["UP"],
+         "addr_info": [{"local": "10.42.0.1", "prefixlen": 24}]},
+        {"ifname": "ovl0", "mtu": uplink_mtu, "flags": ["UP"],
+         "addr_info": [{"local": "192.168.1.5", "prefixlen": 24}]},
+    ]
+    routes = [
+        {"dst": "10.42.0.0/24", "dev": "cni0", "scope": "link"},
+        {"dst": "192.168.1.0/24", "dev": "ovl0", "scope": "link"},
+        {"dst": "192.168.2.0/24", "gateway": "192.168.1.1", "dev": "ovl0", **route},
+    ]
+    nat = ("*nat\n:POSTROUTING ACCEPT [0:0]\n"
+           "-A POSTROUTING -s 10.42.0.0/24 -j MASQUERADE\nCOMMIT\n")
+    return NodeState.from_capture(NodeCapture.from_texts({
+        "addr.json": json.dumps(addresses), "routes-v4.json": json.dumps(routes),
+        "iptables-nft-v4.save": nat, "sysctl.txt": "net.ipv4.ip_forward = 1\n"}))
+
+
+def _path_mtu(state: NodeState) -> list[Any]:
+    d = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
+    assert d.verdict is Verdict.REACHES, d.render()
+    return [f for f in d.findings if f.code == "path-mtu"]
+
+
+def test_an_overlay_device_smaller_than_the_pods_interface_is_a_path_mtu_warning() -> None:
+    (finding,) = _path_mtu(_bundle(1450, {}))
+    assert finding.severity == "warning"
+    assert finding.where == "dev ovl0 mtu 1450"
+    assert "over 1450 bytes cannot leave by ovl0" in finding.what
+    assert "cni0 takes 1500" in finding.what
+    assert "MTU: 1450" in (finding.advice or "")
+
+
+def test_a_route_mtu_is_the_path_mtu_even_on_a_larger_device() -> None:
+    (finding,) = _path_mtu(_bundle(1500, {"metrics": [{"mtu": 1280, "advmss": 1200}]}))
+    assert finding.where == "route 192.168.2.0/24 via 192.168.1.1 dev ovl0 mtu 1280"
+
+
+def test_the_same_mtu_on_the_way_out_and_a_larger_one_give_no_path_mtu_warning() -> None:
+    assert _path_mtu(_bundle(1500, {})) == []
+    assert _path_mtu(_bundle(9000, {"metrics": [{"mtu": 1500}]})) == []
+
+
+@pytest.mark.parametrize("metrics", [{"mtu": 1280}, [{"mtu": "1280"}], [{"mtu": True}],
+                                     [{"mtu": -5}], ["mtu"], [{"mtu": {"lock": 1280}}]])
+def test_a_route_mtu_not_as_ip_prints_it_is_ignored(metrics: object) -> None:
+    assert _path_mtu(_bundle(1500, {"metrics": metrics})) == []

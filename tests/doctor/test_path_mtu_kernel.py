@@ -1,0 +1,82 @@
+"""A path MTU below the pods', against the kernel.
+
+The node's route to the database carries ``mtu 1280`` while the pod's interface (and
+``cni0``) is at 1500: a pod packet larger than 1280 gets through only once the node's
+ICMP error (fragmentation needed, IPv6's Packet Too Big) reached the pod and its kernel
+learnt the smaller MTU. A foreign nftables rule dropping that error in the node's output
+makes a black hole: the handshake and small packets pass, large ones die. The doctor
+traces one first packet, small, and said "reaches" with no finding; it now names the
+smaller MTU (``path-mtu``), IPv4 and IPv6. The kernel's own view: the pod's route to the
+database (``ip route get``) holds ``mtu 1280`` once the error arrived, never while the
+rule drops it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+
+from k3snet.doctor import Flow, NodeState, Verdict, diagnose
+from k3snet.lab.netns import run_in
+from tests.pmtu import learnt_mtu_in
+
+from .conftest import DEST_NETS, UPLINKS, DoctorLab, Topology, to_v6
+
+pytestmark = [pytest.mark.kernel]
+
+# The node's own ICMP errors telling the path's MTU, dropped in its output hook.
+_DROP_PMTU_ERRORS = """table inet h_mtu_hole {
+ chain output {
+  type filter hook output priority 0; policy accept;
+  icmp type destination-unreachable icmp code frag-needed drop
+  icmpv6 type packet-too-big drop
+ }
+}
+"""
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_route_mtu_below_the_pods_is_a_path_mtu_finding_and_a_black_hole_without_icmp(
+        doctor_lab: DoctorLab, family: Literal[4, 6]) -> None:
+    topology = Topology(family=family)
+    doctor_lab.configure(topology)
+    node, pod = doctor_lab.node, doctor_lab.names["pod"]
+    convert = to_v6 if family == 6 else str
+    network, gateway = convert(DEST_NETS["plain"]), convert(UPLINKS["eth0"][1])
+    run_in(node, ["ip", f"-{family}", "route", "replace", network, "via", gateway, "dev",
+                  "eth0", "mtu", "1280", "proto", "static"])
+    run_in(node, ["nft", "-f", "-"], input_text=_DROP_PMTU_ERRORS)
+    try:
+        # The kernel: the first packet passes, the large ones die unannounced.
+        answer, _ = doctor_lab.kernel_and_trace(topology)
+        hole = learnt_mtu_in(pod, family, topology.destination)
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port))
+    finally:
+        run_in(node, ["nft", "delete", "table", "inet", "h_mtu_hole"], check=False)
+    assert answer["ok"], answer
+    assert "mtu 1280" not in hole, hole
+    # Once the error may pass, the pod learns the path's MTU: the rule made the hole.
+    assert "mtu 1280" in learnt_mtu_in(pod, family, topology.destination)
+    assert d.verdict is Verdict.REACHES, d.render()  # the first, small packet does
+    found = [f for f in d.findings if f.code == "path-mtu"]
+    assert len(found) == 1, d.render()
+    finding = found[0]
+    assert finding.severity == "warning", d.render()
+    assert "over 1280 bytes" in finding.what, d.render()
+    assert "takes 1500" in finding.what, d.render()
+    assert "mtu 1280" in finding.where, d.render()
+    kind = "fragmentation needed" if family == 4 else "Packet Too Big"
+    assert kind in finding.why, d.render()
+    assert "MSS" in (finding.advice or ""), d.render()
+    assert not d.fixes.owned, d.render()  # nothing k3snet writes lowers the pods' MTU
+
+
+def test_a_path_as_large_as_the_pods_has_no_path_mtu_finding(doctor_lab: DoctorLab) -> None:
+    topology = Topology()
+    doctor_lab.configure(topology)
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    assert d.verdict is Verdict.REACHES, d.render()
+    assert "path-mtu" not in [f.code for f in d.findings], d.render()
