@@ -1446,9 +1446,10 @@ def _nft_family(family: int) -> str:
 
 
 def _noted(plan: Plan) -> frozenset[NetObject]:
-    """The wanted objects of the plan's notes: those a foreign rule meets first (set aside
-    from what observe owns, see :func:`~k3snet.backends.iptables.table.set_aside`) are
-    kept by a table's edit (:func:`~k3snet.backends.iptables.table.plan_table`)."""
+    """The wanted objects of the plan's notes: k3snet's rules at their keys that a foreign
+    rule meets first (set aside from what observe owns, see
+    :func:`~k3snet.backends.iptables.table.set_aside`) are kept by a table's edit, as they
+    are (:func:`~k3snet.backends.iptables.table.plan_table`)."""
     return frozenset(note.wanted for note in plan.notes)
 
 
