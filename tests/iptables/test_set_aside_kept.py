@@ -126,3 +126,44 @@ def test_a_plan_adding_at_the_key_of_a_rule_set_aside_leaves_one_rule_for_the_ke
                if "-d 192.168.2.0/24" in line and "k3snet:" in line]
     assert len(accepts) == 1, accepts
     assert "-o eth1" in accepts[0]
+
+
+OTHER = ForwardRule("10.42.0.0/16", "192.168.3.0/24")
+NARROW = ["-s", "10.42.0.0/16", "-d", "192.168.2.0/24", "-j", "DROP"]  # not OTHER's
+
+
+def _accepts_to(ns: str, mode: str, destination: str) -> list[str]:
+    return [line for line in _table_lines(ns, mode, "filter")
+            if f"-d {destination}" in line and "k3snet:" in line]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_the_state_an_edit_leaves_tells_a_kept_rule_set_aside_from_one_added_again(
+        ns: str, mode: str) -> None:
+    # The backend's next apply, without an observe between, works on what the last edit
+    # left: a rule kept set aside still goes with an edit whose plan no longer notes it,
+    # and one a plan added again is owned (an edit of another change keeps it).
+    tool = [f"iptables-{mode}", "-w"]
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), State(owned=[FLOW])))
+    run_in(ns, [*tool, "-I", "FORWARD", "1", *NARROW])
+    bucket = next(line.split()[1] for line in _accepts_to(ns, mode, "192.168.2.0/24"))
+    run_in(ns, [*tool, "-I", bucket, "1", "-j", "RETURN"])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        repair = plan(backend.observe(), State(owned=[FLOW]))
+        backend.apply(repair)
+        assert len(_accepts_to(ns, mode, "192.168.2.0/24")) == 1
+        backend.apply(Plan(changes=[Change("add", None, OTHER)]))  # FLOW no longer noted
+        assert _accepts_to(ns, mode, "192.168.2.0/24") == []
+    run_in(ns, [*tool, "-D", "FORWARD", *NARROW])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), State(owned=[FLOW, OTHER])))
+    run_in(ns, [*tool, "-I", "FORWARD", "1", *NARROW])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        observed = backend.observe()
+        assert FLOW not in observed.owned
+        backend.apply(Plan(changes=[Change("add", None, FLOW)]))
+        assert len(_accepts_to(ns, mode, "192.168.2.0/24")) == 1
+        backend.apply(Plan(changes=[Change("delete", OTHER, None)]))
+        assert len(_accepts_to(ns, mode, "192.168.2.0/24")) == 1
