@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
-from k3snet.backends.iptables.driver import Processes, SaveStoppedError
+from k3snet.backends.iptables.driver import Flavour, Processes, SaveStoppedError
 from k3snet.backends.iptables.mode import other_flavour_rules
-from k3snet.backends.iptables.save import parse_save, unread_mark
+from k3snet.backends.iptables.save import parse_save, stopped_mark, unread_mark
 from k3snet.errors import BackendError
 from k3snet.lab.netns import run_in
 
@@ -134,3 +134,27 @@ def test_a_legacy_save_read_apart_creates_no_table_in_the_kernel(ns: str) -> Non
     assert run_in(ns, ["cat", "/proc/net/ip_tables_names"]).stdout.split() == tables
     assert run_in(ns, ["cat", "/proc/net/ip6_tables_names"]).stdout.split() == []
     assert "*filter" not in run_in(ns, ["iptables-legacy-save"]).stdout
+
+
+class StoppedLegacy(Processes):
+    """The iptables tools, but iptables-legacy-save stops in mangle (as the driver reads a
+    save that stopped: the other tables one by one, mangle marked)."""
+
+    def save(self, family: int, mode: Flavour) -> str | None:
+        text = super().save(family, mode)
+        if family != 4 or mode != "legacy" or text is None:
+            return text
+        return stopped_mark("mangle", "Can't find library for target `X'") + text
+
+
+@pytest.mark.kernel
+def test_a_legacy_path_table_whose_save_stopped_is_named_with_the_legacy_tool(ns: str) -> None:
+    # The warning named iptables-nft-save and `nft -a list table ip mangle`, which shows
+    # nothing of a legacy table, under mode legacy.
+    with IptablesBackend(ns, mode="legacy", kernel=StoppedLegacy(ns)) as backend:
+        backend.observe()
+        warnings = [w for w in backend.warnings if "IPv4 mangle" in w]
+    assert len(warnings) == 1, backend.warnings
+    assert "IPv4 mangle: iptables-legacy-save stops at a rule of this table" in warnings[0]
+    assert "nft" not in warnings[0].replace("-nft-", ""), warnings[0]
+    assert "`iptables-legacy -t mangle -S` may name it" in warnings[0]

@@ -1446,9 +1446,10 @@ def _nft_family(family: int) -> str:
 
 
 def _noted(plan: Plan) -> frozenset[NetObject]:
-    """The wanted objects of the plan's notes: those a foreign rule meets first (set aside
-    from what observe owns, see :func:`~k3snet.backends.iptables.table.set_aside`) are
-    kept by a table's edit (:func:`~k3snet.backends.iptables.table.plan_table`)."""
+    """The wanted objects of the plan's notes: k3snet's rules at their keys that a foreign
+    rule meets first (set aside from what observe owns, see
+    :func:`~k3snet.backends.iptables.table.set_aside`) are kept by a table's edit, as they
+    are (:func:`~k3snet.backends.iptables.table.plan_table`)."""
     return frozenset(note.wanted for note in plan.notes)
 
 
@@ -1456,16 +1457,20 @@ def _path_hidden(family: int, table: str, what: str, detail: str, *,
                  mode: Flavour = "nft") -> str:
     """The warning of a raw, mangle or security table iptables-nft-save left (partly) out
     (``what``: :attr:`~k3snet.backends.iptables.save.TableDump.hidden`; ``detail``: the
-    tool's words for a table ``"unread"``, read with iptables-``mode``)."""
+    tool's words for a table ``"unread"``; a table ``"stopped"`` or ``"unread"`` was read
+    with iptables-``mode``)."""
     if what == "unread":
         return (f"IPv{family} {table}: {tool_name(family, mode, 'save')} -t {table} failed "
                 f"({detail}), and k3snet read the other tables one by one without it: "
                 "this one runs on the path of forwarded packets, and what it drops k3snet "
                 "neither sees nor names as a conflict")
     if what == "stopped":
-        return (f"IPv{family} {table}: {tool_name(family, 'nft', 'save')} stops at a rule of "
-                "this table it cannot decode (written with nft, or by a newer iptables: "
-                f"`nft -a list table {_nft_family(family)} {table}` shows it), and k3snet "
+        # (iptables-legacy's tables are no nftables tables: nft shows nothing of them)
+        how = ("decode (written with nft, or by a newer iptables: "
+               f"`nft -a list table {_nft_family(family)} {table}` shows it)" if mode == "nft"
+               else f"print (`{tool_name(family, mode, '')[:-1]} -t {table} -S` may name it)")
+        return (f"IPv{family} {table}: {tool_name(family, mode, 'save')} stops at a rule of "
+                f"this table it cannot {how}, and k3snet "
                 "read the other tables one by one: this one runs on the path of forwarded "
                 "packets, and what it drops k3snet neither sees nor names as a conflict")
     return (f"IPv{family} {table}: iptables-nft-save leaves out "

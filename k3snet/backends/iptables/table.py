@@ -582,7 +582,9 @@ def plan_table(
     not there already and without an exclusion chain, whose jump needs that chain
     declared first. Their order in the bucket chain is then the plan's: bucket
     chains are order-free.) ``wanted``: the objects the plan still wants that it notes
-    (a conflict with a foreign rule met first): their rules set aside stay.
+    (a conflict with a foreign rule met first): the rules set aside at their keys stay,
+    as they are (the spec may want another object at a key since), unless the edit
+    adds one at that key.
     """
     removed: set[str] = set()
     added: dict[str, Unit] = {}
@@ -600,8 +602,17 @@ def plan_table(
     # aside) the plan never re-adds: it notes them as conflicts, whose ``wanted`` are
     # given here. Those stay: the edit of another change (a drift's repair) took away
     # a wanted rule the plan did not name, and it was missing once the foreign rule
-    # went, until the next apply.
-    removed |= state.inactive - {d for d in state.aside if state.units[d].obj in wanted}
+    # went, until the next apply. So does the rule in place at a noted object's key
+    # that the spec changed since (another out interface, random-fully): the plan
+    # leaves k3snet's in place as it is while the foreign rule comes first (a replace
+    # once it is gone); the edit of another change took it away with its chains and
+    # hook jump, the pods' forwarding or masquerade with them. Not one the edit adds
+    # another at the key of: never two rules for one key.
+    if state.aside and wanted:
+        keys = {obj.key for obj in wanted}.difference(unit.obj.key for unit in added.values())
+        removed |= state.inactive - {d for d in state.aside if state.units[d].obj.key in keys}
+    else:
+        removed |= state.inactive
     removed -= set(added)
 
     target, sizes = _bucket_targets(state, removed, fresh, set(streamed))
@@ -1012,7 +1023,7 @@ def commit_edit(state: TableState, edit: TableEdit) -> None:
         obj = new.obj
         owned[obj.key] = obj
     state.by_chain = {c: ds for c, ds in state.by_chain.items() if ds}
-    state.aside -= edit.removed
+    state.aside.difference_update(edit.removed, edit.added)  # one added again: owned
     state.inactive = set(state.aside)  # those kept (see plan_table), still met first
     state.dirty.clear()
     state.earlier.clear()
