@@ -60,6 +60,8 @@ LINGER = 2.0
 LINGER_LIMIT = 256 * 1024
 """Bytes read and dropped after a connection's answer is written; it is closed then."""
 
+_MAX_WAIT = 3600.0  # seconds: the loop turns then, a connection not due yet
+
 _TEXT = "text/plain; charset=utf-8"
 
 Route = Callable[[], tuple[int, bytes, str]]
@@ -197,9 +199,11 @@ class HealthServer:
             self._close_all()
 
     def _wait(self) -> float | None:
-        """Seconds until the first connection's deadline or end of linger (None: none held)."""
+        """Seconds until the first connection's deadline or end of linger (None: none held),
+        at most :data:`_MAX_WAIT`: select() refuses infinity or beyond 2**31 ms (a deadline
+        or linger of ``inf``, or of 25 days, stopped the server at its first connection)."""
         until = min((client.until for client in self._clients.values()), default=None)
-        return None if until is None else max(0.0, until - time.monotonic())
+        return None if until is None else min(max(0.0, until - time.monotonic()), _MAX_WAIT)
 
     def _accept(self) -> None:
         # At most max_connections at a time: then the loop turns (deadlines, writes).

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from k3snet.agent import HealthServer, parse_listen
-from k3snet.agent._http import LINGER_LIMIT, REQUEST_LIMIT, _peer
+from k3snet.agent._http import DEADLINE, LINGER, LINGER_LIMIT, REQUEST_LIMIT, _peer
 
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: node\r\nUser-Agent: kube-probe/1.31\r\n\r\n"
 
@@ -503,6 +503,47 @@ def test_an_answered_client_that_never_closes_is_closed_after_the_linger() -> No
             sock.sendall(PROBE)
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
             assert _until(lambda: served.connections == 0)
+    finally:
+        served.stop()
+
+
+def test_a_lingering_connection_is_closed_at_its_own_end_not_at_an_older_ones_deadline(
+        ) -> None:
+    # The loop waits until the first end of any connection: an idle one accepted before
+    # (its deadline a minute away) must not hold a lingering one past its linger.
+    served = _server(linger=0.2, deadline=60.0)
+    try:
+        with _connect(served) as idle, _connect(served) as sock:
+            idle.sendall(b"G")
+            assert _until(lambda: served.connections == 2)
+            sock.sendall(PROBE)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+            assert _until(lambda: served.connections == 1)
+            assert not _closed_by_server(idle, within=0.2)
+    finally:
+        served.stop()
+
+
+@pytest.mark.parametrize(("deadline", "linger"), [
+    (DEADLINE, float("inf")), (float("inf"), LINGER),
+    (DEADLINE, 3e6), (3e6, LINGER),  # 35 days: more milliseconds than epoll takes
+])
+def test_a_deadline_or_linger_longer_than_a_select_can_wait_still_serves(
+        deadline: float, linger: float) -> None:
+    # The loop passed the time to the first connection's end to select(): infinity, or
+    # more than 2**31 ms, raised OverflowError there, and the server stopped for good
+    # (every probe refused, the liveness probe restarting the agent) at the first
+    # connection held while another came.
+    served = _server(deadline=deadline, linger=linger)
+    try:
+        with _connect(served) as held:
+            held.sendall(PROBE)  # answered, then lingering; or answered at once
+            assert held.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+            with _connect(served) as idle:
+                idle.sendall(b"G")  # unanswered: held until its deadline
+                assert _until(lambda: served.connections >= 1)
+                assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
+                assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
     finally:
         served.stop()
 
