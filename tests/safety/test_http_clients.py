@@ -507,6 +507,30 @@ def test_an_answered_client_that_never_closes_is_closed_after_the_linger() -> No
         served.stop()
 
 
+def test_a_full_server_answering_the_newcomer_closes_it_rather_than_one_still_sending(
+        ) -> None:
+    # The newcomer is spared because its request may be on its way; answered and
+    # lingering, it was spared still, and an unanswered connection (the kubelet's, its
+    # request not arrived yet) was closed in its place: before the server lingered, the
+    # newcomer answered at once was closed, and made room by itself.
+    served = _server(max_connections=1, linger=60.0, deadline=60.0)
+    # Accepted once its request is there, as a connection drained from a full backlog
+    # (TCP_DEFER_ACCEPT: otherwise it may be accepted before its request comes).
+    served._listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 10)
+    try:
+        with _connect_from(served, "127.0.0.2") as kubelet:
+            kubelet.sendall(b"GET /healthz")  # the rest on its way
+            assert _until(lambda: served.connections == 1)
+            with _connect_from(served, "127.0.0.3") as scrape:
+                scrape.sendall(PROBE)
+                assert _answer(scrape).startswith(b"HTTP/1.1 200 OK\r\n")
+            assert not _closed_by_server(kubelet, within=0.2)
+            kubelet.sendall(b" HTTP/1.1\r\n\r\n")
+            assert _answer(kubelet).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        served.stop()
+
+
 def test_a_lingering_connection_is_closed_at_its_own_end_not_at_an_older_ones_deadline(
         ) -> None:
     # The loop waits until the first end of any connection: an idle one accepted before
