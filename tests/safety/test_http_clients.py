@@ -531,6 +531,19 @@ def test_a_full_server_answering_the_newcomer_closes_it_rather_than_one_still_se
         served.stop()
 
 
+def test_the_answer_ends_with_the_servers_fin_while_it_still_reads() -> None:
+    # A client reading to the end of the connection (HTTP/1.0's way, curl's for a body
+    # of no length) sees it at once, not at the end of the linger.
+    served = _server(linger=60.0, deadline=60.0)
+    try:
+        with _connect(served) as sock:
+            sock.sendall(PROBE)
+            assert _answer(sock).startswith(b"HTTP/1.1 200 OK\r\n")  # to its end
+            assert served.connections == 1  # still reading what the client sends
+    finally:
+        served.stop()
+
+
 def test_a_lingering_connection_is_closed_at_its_own_end_not_at_an_older_ones_deadline(
         ) -> None:
     # The loop waits until the first end of any connection: an idle one accepted before
