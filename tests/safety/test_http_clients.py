@@ -9,6 +9,7 @@ answered and that what the client holds is bounded.
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -540,6 +541,20 @@ def test_the_answer_ends_with_the_servers_fin_while_it_still_reads() -> None:
             sock.sendall(PROBE)
             assert _answer(sock).startswith(b"HTTP/1.1 200 OK\r\n")  # to its end
             assert served.connections == 1  # still reading what the client sends
+    finally:
+        served.stop()
+
+
+def test_a_lingering_connection_reset_by_its_client_is_closed_at_once() -> None:
+    served = _server(linger=60.0, deadline=60.0)
+    try:
+        sock = _connect(served)
+        sock.sendall(PROBE)
+        assert _answer(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, not a FIN
+        assert _until(lambda: served.connections == 0)
+        assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
     finally:
         served.stop()
 
