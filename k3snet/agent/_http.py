@@ -24,7 +24,8 @@ so that any pod could walk the agent to its memory limit. This server instead:
   bytes (as Apache's lingering close and Go's ``closeWriteAndWait``): a socket closed
   with bytes unread, or receiving more, answers a reset, and a client sending its whole
   request before reading (a 431's headers, a 405's body) failed to send and never read
-  its answer. A connection doing so is the first closed for one more.
+  its answer. A connection doing so (the one just accepted included) is the first closed
+  for one more.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ LINGER = 2.0
 
 LINGER_LIMIT = 256 * 1024
 """Bytes read and dropped after a connection's answer is written; it is closed then."""
+
+_MAX_WAIT = 3600.0  # seconds: the loop turns then, a connection not due yet
 
 _TEXT = "text/plain; charset=utf-8"
 
@@ -197,9 +200,11 @@ class HealthServer:
             self._close_all()
 
     def _wait(self) -> float | None:
-        """Seconds until the first connection's deadline or end of linger (None: none held)."""
+        """Seconds until the first connection's deadline or end of linger (None: none held),
+        at most :data:`_MAX_WAIT`: select() refuses infinity or beyond 2**31 ms (a deadline
+        or linger of ``inf``, or of 25 days, stopped the server at its first connection)."""
         until = min((client.until for client in self._clients.values()), default=None)
-        return None if until is None else max(0.0, until - time.monotonic())
+        return None if until is None else min(max(0.0, until - time.monotonic()), _MAX_WAIT)
 
     def _accept(self) -> None:
         # At most max_connections at a time: then the loop turns (deadlines, writes).
@@ -239,10 +244,13 @@ class HealthServer:
         # /64, and another node's pods, masqueraded to its address, flooding the port
         # made the kubelet's probe the oldest of that /64. max() keeps the oldest of a tie.
         # A connection answered and lingering goes first, whoever's: its answer is sent.
+        # The newcomer too, once answered (served above from the backlog): it made room
+        # by itself when an answered connection was closed at once, and spared, it had
+        # an unanswered one closed in its place.
         nets = collections.Counter(c.peer[0] for c in self._clients.values())
         held = collections.Counter(c.peer for c in self._clients.values())
         waiting = [c for c in self._clients.values()
-                   if (c.answer is None or c.lingering is not None) and c is not newcomer]
+                   if c.lingering is not None or (c.answer is None and c is not newcomer)]
         self._close(max(waiting, key=lambda c: (c.lingering is not None, nets[c.peer[0]],
                                                 held[c.peer]),
                         default=newcomer))

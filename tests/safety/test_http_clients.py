@@ -9,6 +9,7 @@ answered and that what the client holds is bounded.
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from k3snet.agent import HealthServer, parse_listen
-from k3snet.agent._http import LINGER_LIMIT, REQUEST_LIMIT, _peer
+from k3snet.agent._http import DEADLINE, LINGER, LINGER_LIMIT, REQUEST_LIMIT, _peer
 
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: node\r\nUser-Agent: kube-probe/1.31\r\n\r\n"
 
@@ -503,6 +504,98 @@ def test_an_answered_client_that_never_closes_is_closed_after_the_linger() -> No
             sock.sendall(PROBE)
             assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
             assert _until(lambda: served.connections == 0)
+    finally:
+        served.stop()
+
+
+def test_a_full_server_answering_the_newcomer_closes_it_rather_than_one_still_sending(
+        ) -> None:
+    # The newcomer is spared because its request may be on its way; answered and
+    # lingering, it was spared still, and an unanswered connection (the kubelet's, its
+    # request not arrived yet) was closed in its place: before the server lingered, the
+    # newcomer answered at once was closed, and made room by itself.
+    served = _server(max_connections=1, linger=60.0, deadline=60.0)
+    # Accepted once its request is there, as a connection drained from a full backlog
+    # (TCP_DEFER_ACCEPT: otherwise it may be accepted before its request comes).
+    served._listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 10)
+    try:
+        with _connect_from(served, "127.0.0.2") as kubelet:
+            kubelet.sendall(b"GET /healthz")  # the rest on its way
+            assert _until(lambda: served.connections == 1)
+            with _connect_from(served, "127.0.0.3") as scrape:
+                scrape.sendall(PROBE)
+                assert _answer(scrape).startswith(b"HTTP/1.1 200 OK\r\n")
+            assert not _closed_by_server(kubelet, within=0.2)
+            kubelet.sendall(b" HTTP/1.1\r\n\r\n")
+            assert _answer(kubelet).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        served.stop()
+
+
+def test_the_answer_ends_with_the_servers_fin_while_it_still_reads() -> None:
+    # A client reading to the end of the connection (HTTP/1.0's way, curl's for a body
+    # of no length) sees it at once, not at the end of the linger.
+    served = _server(linger=60.0, deadline=60.0)
+    try:
+        with _connect(served) as sock:
+            sock.sendall(PROBE)
+            assert _answer(sock).startswith(b"HTTP/1.1 200 OK\r\n")  # to its end
+            assert served.connections == 1  # still reading what the client sends
+    finally:
+        served.stop()
+
+
+def test_a_lingering_connection_reset_by_its_client_is_closed_at_once() -> None:
+    served = _server(linger=60.0, deadline=60.0)
+    try:
+        sock = _connect(served)
+        sock.sendall(PROBE)
+        assert _answer(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, not a FIN
+        assert _until(lambda: served.connections == 0)
+        assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        served.stop()
+
+
+def test_a_lingering_connection_is_closed_at_its_own_end_not_at_an_older_ones_deadline(
+        ) -> None:
+    # The loop waits until the first end of any connection: an idle one accepted before
+    # (its deadline a minute away) must not hold a lingering one past its linger.
+    served = _server(linger=0.2, deadline=60.0)
+    try:
+        with _connect(served) as idle, _connect(served) as sock:
+            idle.sendall(b"G")
+            assert _until(lambda: served.connections == 2)
+            sock.sendall(PROBE)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+            assert _until(lambda: served.connections == 1)
+            assert not _closed_by_server(idle, within=0.2)
+    finally:
+        served.stop()
+
+
+@pytest.mark.parametrize(("deadline", "linger"), [
+    (DEADLINE, float("inf")), (float("inf"), LINGER),
+    (DEADLINE, 3e6), (3e6, LINGER),  # 35 days: more milliseconds than epoll takes
+])
+def test_a_deadline_or_linger_longer_than_a_select_can_wait_still_serves(
+        deadline: float, linger: float) -> None:
+    # The loop passed the time to the first connection's end to select(): infinity, or
+    # more than 2**31 ms, raised OverflowError there, and the server stopped for good
+    # (every probe refused, the liveness probe restarting the agent) at the first
+    # connection held while another came.
+    served = _server(deadline=deadline, linger=linger)
+    try:
+        with _connect(served) as held:
+            held.sendall(PROBE)  # answered, then lingering; or answered at once
+            assert held.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+            with _connect(served) as idle:
+                idle.sendall(b"G")  # unanswered: held until its deadline
+                assert _until(lambda: served.connections >= 1)
+                assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
+                assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
     finally:
         served.stop()
 
