@@ -562,3 +562,73 @@ def test_an_id_is_refused_exactly_when_netplan_refuses_the_file(
     if not refused:
         written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*.network"))
         assert "Destination=192.168.2.0/24" in written
+
+
+# ------------------------------------------- what netplan reads of a file, and which files
+
+_ETH0_TWICE = ("network:\n  version: 2\n  ethernets:\n    eth0:\n      renderer: NetworkManager\n"
+               "      dhcp4: true\n    eth0:\n      mtu: 1400\n")
+
+
+@needs_netplan
+def test_a_key_given_twice_in_a_netplan_file_is_refused_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan reads both definitions of eth0, one after the other: NetworkManager's,
+    # without dhcp6, and it left k3snet's IPv6 route out (method=ignore), exit status 0.
+    # PyYAML kept the last alone (mtu): k3snet took eth0 for networkd's and wrote it.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(_ETH0_TWICE)
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    _netplan_generate(tmp_path)
+    (profile,) = (tmp_path / "run" / "NetworkManager" / "system-connections").iterdir()
+    assert "mtu=1400" in profile.read_text()
+    assert "fd01:2::/64" not in profile.read_text()
+    (etc / "90-k3snet.yaml").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 1
+    assert "gives 'eth0' twice in one mapping (line 7, column 5)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", [
+    "network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true, dhcp4: false}\n",
+    "network:\n  ethernets:\n    eth0: {dhcp4: true}\nnetwork:\n  renderer: NetworkManager\n",
+    "network:\n  version: 2\n  ethernets:\n    eth0: &a {dhcp4: true}\n    'eth0': *a\n",
+], ids=["dhcp4", "network", "quoted-id"])
+def test_every_key_given_twice_is_refused(
+        text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    staging = tmp_path / "netplan"
+    staging.mkdir()
+    (staging / "01-admin.yaml").write_text(text)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(staging)]) == 1
+    assert "01-admin.yaml gives" in capsys.readouterr().err
+
+
+@needs_netplan
+def test_a_hidden_file_netplan_does_not_read_is_not_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan reads /etc/netplan/*.yaml through glob(3), which leaves out a name that
+    # starts with a dot (an editor's or a tool's copy); pathlib's glob took it, and a
+    # file netplan never reads refused the render, or gave eth0 its definition.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(yaml.safe_dump(PLAIN))
+    (etc / ".01-admin.yaml").write_text("network: [\n")
+    (etc / ".02-old.yaml").write_text(yaml.safe_dump(CLOUD_INIT))
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 0, \
+        capsys.readouterr().err
+    _netplan_generate(tmp_path)
+    applied = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")
+    assert applied["Network"][0]["DHCP"] == "ipv4"
+    assert applied["Route"][0]["Destination"] == "192.168.2.0/24"
