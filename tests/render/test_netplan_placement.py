@@ -632,3 +632,70 @@ def test_a_hidden_file_netplan_does_not_read_is_not_read(
     applied = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")
     assert applied["Network"][0]["DHCP"] == "ipv4"
     assert applied["Route"][0]["Destination"] == "192.168.2.0/24"
+
+
+@needs_netplan
+@pytest.mark.parametrize("renderer", ["NetworkManager", "networkd"])
+@pytest.mark.parametrize("length", [227, 228, 230])
+def test_an_id_too_long_for_netplans_file_names_is_refused(
+        renderer: str, length: int, tmp_path: Path) -> None:
+    # netplan names its files after the id (netplan-ID.nmconnection, 10-netplan-ID.network,
+    # written through a temporary copy): past a file name's 255 bytes, netplan generate
+    # failed ("File name too long") for the whole node.
+    netplan_id = "n" * length
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    refused = length > 227
+    if not refused:
+        text = render_netplan(state, ids={"eth0": netplan_id})
+    else:
+        with pytest.raises(ModelError, match="up to 227"):
+            render_netplan(state, ids={"eth0": netplan_id})
+        text = (f"network:\n  version: 2\n  ethernets:\n    {netplan_id}:\n      "
+                "routes: [{to: 192.168.2.0/24, via: 192.168.1.1}]\n")
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(f"network:\n  version: 2\n  renderer: {renderer}\n")
+    (etc / "90-k3snet.yaml").write_text(text)
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    # Refused exactly where one of netplan's renderers cannot name its file.
+    if renderer == "NetworkManager" or length > 229:
+        assert (done.returncode != 0) == refused, done.stderr
+
+
+@needs_netplan
+@pytest.mark.parametrize("text", [
+    "network:\n  version: 2\n  ethernets:\n    eth0:\n",
+    "network:\n  version: 2\n  ethernets:\n    eth0: ~\n",
+    "network:\n  version: 2\n  bridges:\n    eth0: [a]\n",
+    "network:\n  version: 2\n  ethernets:\n",
+    "network:\n  version: 2\n  vlans: ~\n",
+], ids=["definition-empty", "definition-null", "definition-list", "section-empty",
+        "section-null"])
+def test_a_definition_or_section_that_is_no_mapping_is_refused_as_netplan_refuses_it(
+        text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `eth0:` alone was read as an empty definition: k3snet wrote its routes, exit 0,
+    # beside a file that failed netplan generate for the whole node.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(text)
+    (etc / "01-admin.yaml").chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert "expected mapping" in done.stderr
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 1
+    assert '"expected mapping"' in capsys.readouterr().err
+
+
+def test_a_sections_renderer_is_no_definition() -> None:
+    nm = {"network": {"version": 2, "ethernets": {"renderer": "NetworkManager",
+                                                  "eth0": {"dhcp4": "true"}}}}
+    assert netplan_placement({"01.yaml": nm}, ["renderer"]) == ({}, {})
+    with pytest.raises(ModelError, match="'renderer' for eth0: no netplan file defines it"):
+        netplan_placement({"01.yaml": nm}, ["eth0"], ids={"eth0": "renderer"})
