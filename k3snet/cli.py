@@ -2687,6 +2687,16 @@ class _NetplanKeyTwice(Exception):  # noqa: N818 - caught below, never raised fu
     mark (line, column) of its second one."""
 
 
+def _first_document(loader: Any) -> object:
+    """The first YAML document ``loader`` (a PyYAML loader over a text) reads, ``None``
+    for none: netplan reads a file's first document alone (libyaml's
+    ``yaml_parser_load``), where ``yaml.load`` refused a second one."""
+    try:
+        return loader.get_data() if loader.check_data() else None
+    finally:
+        loader.dispose()
+
+
 def _netplan_documents(out: Path | None) -> dict[str, object]:
     """The other netplan files beside the one ``render netplan -o OUT`` writes, parsed:
     those of OUT, and for /etc/netplan those of /lib/netplan and /run/netplan as netplan
@@ -2732,7 +2742,7 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
                     "not read it")
         try:
             text = read_input(path, MAX_NETPLAN_BYTES).decode("utf-8")
-            documents[name] = yaml.load(text, Loader=NetplanLoader)  # noqa: S506 - text only
+            documents[name] = _first_document(NetplanLoader(text))
         except RecursionError:  # (Python's parser; the placement's walk recursed further)
             raise ModelError(too_deep) from None
         except OSError as exc:

@@ -746,3 +746,29 @@ def test_the_files_of_lib_etc_and_run_netplan_are_read_as_netplan_reads_them(
     spec.write_text(SPEC_DUAL)
     status = main(["render", "netplan", "-f", str(spec), "-o", str(dirs["etc"])])
     assert (status == 0) == reached, capsys.readouterr().err
+
+
+@needs_netplan
+def test_a_netplan_file_of_several_documents_is_read_as_its_first(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan reads a file's first document alone (its renderer: NetworkManager after a
+    # `---` is not seen, nor text that is no YAML): the render was refused ("expected a
+    # single document in the stream"), for a file netplan reads.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(
+        "network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true}\n---\nnetwork:\n"
+        "  version: 2\n  renderer: NetworkManager\n---\nnetwork: [\n")
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    _netplan_generate(tmp_path)
+    assert _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")["Route"][1][
+        "Destination"] == "fd01:2::/64"
+    (etc / "90-k3snet.yaml").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 0, \
+        capsys.readouterr().err
