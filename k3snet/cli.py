@@ -2678,8 +2678,23 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 
 
 def _netplan_etc(out: Path) -> bool:
-    """Whether ``render netplan -o OUT`` writes where netplan reads (``/etc/netplan``)."""
-    return out.resolve() == Path("/etc/netplan")
+    """Whether ``render netplan -o OUT`` writes where netplan reads: ``/etc/netplan``, or
+    ``/run/netplan`` or ``/lib/netplan``, whose files netplan reads with /etc's."""
+    return out.resolve() in {directory.resolve() for directory in _NETPLAN_DIRS}
+
+
+def _refuse_netplan_shadow(out: Path) -> None:
+    """Refuse writing k3snet's netplan file into one of netplan's directories when a
+    later one holds a file of its name, which netplan reads in its place."""
+    if not _netplan_etc(out):
+        return
+    place = [directory.resolve() for directory in _NETPLAN_DIRS].index(out.resolve())
+    for shadow in (directory / NETPLAN_FILE for directory in _NETPLAN_DIRS[place + 1:]):
+        if shadow.exists():
+            raise ModelError(
+                f"{shadow} replaces {out / NETPLAN_FILE} for netplan (a file of /run/netplan "
+                "replaces /etc's of the same name, /etc's /lib's): the routes written there "
+                f"would not be read. Remove {shadow}, or write there")
 
 
 class _NetplanKeyTwice(Exception):  # noqa: N818 - caught below, never raised further
@@ -2699,10 +2714,10 @@ def _first_document(loader: Any) -> object:
 
 def _netplan_documents(out: Path | None) -> dict[str, object]:
     """The other netplan files beside the one ``render netplan -o OUT`` writes, parsed:
-    those of OUT, and for /etc/netplan those of /lib/netplan and /run/netplan as netplan
-    reads them (a name in a later directory replaces it in an earlier one; a hidden
-    ``.NAME.yaml``, which netplan's glob leaves out, is not read). Nothing when
-    printing: the file's place is then unknown."""
+    those of OUT, and for any of /lib/netplan, /etc/netplan and /run/netplan those of all
+    three as netplan reads them (a name in a later directory replaces it in an earlier
+    one; a hidden ``.NAME.yaml``, which netplan's glob leaves out, is not read). Nothing
+    when printing: the file's place is then unknown."""
     if out is None:
         return {}
     paths: dict[str, Path] = {}
@@ -2711,6 +2726,7 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
             paths.update((p.name, p) for p in sorted(directory.glob("*.yaml"))
                          if not p.name.startswith("."))
     paths.pop(NETPLAN_FILE, None)  # the file this replaces
+    _refuse_netplan_shadow(out)
     if not paths:
         return {}
     try:

@@ -718,11 +718,7 @@ def test_the_files_of_lib_etc_and_run_netplan_are_read_as_netplan_reads_them(
     # replaces one in /lib/netplan; the others are read together in lexical order, the
     # last one's global renderer eth0's. Under NetworkManager, without dhcp6, netplan
     # leaves the IPv6 route out: k3snet refuses exactly then.
-    import k3snet.cli  # noqa: PLC0415
-
-    dirs = {name: tmp_path / name / "netplan" for name in ("lib", "etc", "run")}
-    for directory in dirs.values():
-        directory.mkdir(parents=True)
+    dirs = _node_dirs(tmp_path, monkeypatch)
     (dirs["etc"] / "50-b.yaml").write_text(
         "network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true}\n")
     for where, renderer in files.items():
@@ -738,10 +734,6 @@ def test_the_files_of_lib_etc_and_run_netplan_are_read_as_netplan_reads_them(
     written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*")
                       if p.is_file() and p.suffix in {".nmconnection", ".network"})
     reached = "fd01:2::/64" in written
-    # The node's directories, in k3snet's order, moved under tmp_path.
-    monkeypatch.setattr(k3snet.cli, "_NETPLAN_DIRS", tuple(
-        tmp_path / directory.relative_to("/") for directory in k3snet.cli._NETPLAN_DIRS))
-    monkeypatch.setattr(k3snet.cli, "_netplan_etc", lambda out: out == dirs["etc"])
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC_DUAL)
     status = main(["render", "netplan", "-f", str(spec), "-o", str(dirs["etc"])])
@@ -772,3 +764,70 @@ def test_a_netplan_file_of_several_documents_is_read_as_its_first(
     spec.write_text(SPEC_DUAL)
     assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 0, \
         capsys.readouterr().err
+
+
+def _node_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """netplan's /lib, /etc and /run directories, moved under ``tmp_path`` for the CLI."""
+    import k3snet.cli  # noqa: PLC0415
+
+    dirs = {name: tmp_path / name / "netplan" for name in ("lib", "etc", "run")}
+    for directory in dirs.values():
+        directory.mkdir(parents=True)
+    monkeypatch.setattr(k3snet.cli, "_NETPLAN_DIRS", tuple(
+        tmp_path / directory.relative_to("/") for directory in k3snet.cli._NETPLAN_DIRS))
+    return dirs
+
+
+@needs_netplan
+@pytest.mark.parametrize("out", ["run", "lib"])
+def test_render_netplan_into_run_or_lib_netplan_reads_the_files_of_all_three(
+        out: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # -o /run/netplan read /run/netplan's files alone: eth0 was taken for networkd's, and
+    # netplan, which reads /etc's 01-network-manager-all.yaml with them, left k3snet's
+    # IPv6 route out of eth0's NetworkManager profile (exit status 0).
+    dirs = _node_dirs(tmp_path, monkeypatch)
+    (dirs["etc"] / "01-network-manager-all.yaml").write_text(
+        "network:\n  version: 2\n  renderer: NetworkManager\n")
+    (dirs[out] / "50-b.yaml").write_text(
+        "network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true}\n")
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (dirs[out] / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in tmp_path.rglob("*.yaml"):
+        path.chmod(0o600)
+    _netplan_generate(tmp_path)
+    (profile,) = (tmp_path / "run" / "NetworkManager" / "system-connections").iterdir()
+    assert "fd01:2::/64" not in profile.read_text()
+    (dirs[out] / "90-k3snet.yaml").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(dirs[out])]) == 1
+    assert "without dhcp6" in capsys.readouterr().err
+
+
+@needs_netplan
+@pytest.mark.parametrize(("out", "other"), [
+    ("lib", "etc"), ("etc", "run"), ("lib", "run"), ("etc", "lib"), ("run", "etc")])
+def test_render_netplan_refuses_a_file_netplan_reads_in_place_of_its_own(
+        out: str, other: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A 90-k3snet.yaml of a later directory (an earlier render into /run/netplan) is the
+    # one netplan reads: the routes k3snet wrote into /etc/netplan were never applied.
+    dirs = _node_dirs(tmp_path, monkeypatch)
+    refused = list(dirs).index(other) > list(dirs).index(out)
+    (dirs["etc"] / "01-admin.yaml").write_text(yaml.safe_dump(PLAIN))
+    (dirs[other] / "90-k3snet.yaml").write_text("network:\n  version: 2\n")
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    (dirs[out] / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in tmp_path.rglob("*.yaml"):
+        path.chmod(0o600)
+    _netplan_generate(tmp_path)
+    routes = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56").get("Route", [])
+    assert bool(routes) != refused
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    status = main(["render", "netplan", "-f", str(spec), "-o", str(dirs[out])])
+    assert (status == 1) == refused, capsys.readouterr().err
+    if refused:
+        assert f"{dirs[other] / '90-k3snet.yaml'} replaces" in capsys.readouterr().err
