@@ -2751,22 +2751,55 @@ def _render_netplan(spec: Spec, args: argparse.Namespace) -> dict[str, str]:
 
 
 def _netplan_etc(out: Path) -> bool:
-    """Whether ``render netplan -o OUT`` writes where netplan reads (``/etc/netplan``)."""
-    return out.resolve() == Path("/etc/netplan")
+    """Whether ``render netplan -o OUT`` writes where netplan reads: ``/etc/netplan``, or
+    ``/run/netplan`` or ``/lib/netplan``, whose files netplan reads with /etc's."""
+    return out.resolve() in {directory.resolve() for directory in _NETPLAN_DIRS}
+
+
+def _refuse_netplan_shadow(out: Path) -> None:
+    """Refuse writing k3snet's netplan file into one of netplan's directories when a
+    later one holds a file of its name, which netplan reads in its place."""
+    if not _netplan_etc(out):
+        return
+    place = [directory.resolve() for directory in _NETPLAN_DIRS].index(out.resolve())
+    for shadow in (directory / NETPLAN_FILE for directory in _NETPLAN_DIRS[place + 1:]):
+        if shadow.exists():
+            raise ModelError(
+                f"{shadow} replaces {out / NETPLAN_FILE} for netplan (a file of /run/netplan "
+                "replaces /etc's of the same name, /etc's /lib's): the routes written there "
+                f"would not be read. Remove {shadow}, or write there")
+
+
+class _NetplanKeyTwice(Exception):  # noqa: N818 - caught below, never raised further
+    """A key given twice in one mapping of a netplan file: ``args`` are the key and the
+    mark (line, column) of its second one."""
+
+
+def _first_document(loader: Any) -> object:
+    """The first YAML document ``loader`` (a PyYAML loader over a text) reads, ``None``
+    for none: netplan reads a file's first document alone (libyaml's
+    ``yaml_parser_load``), where ``yaml.load`` refused a second one."""
+    try:
+        return loader.get_data() if loader.check_data() else None
+    finally:
+        loader.dispose()
 
 
 def _netplan_documents(out: Path | None) -> dict[str, object]:
     """The other netplan files beside the one ``render netplan -o OUT`` writes, parsed:
-    those of OUT, and for /etc/netplan those of /lib/netplan and /run/netplan as netplan
-    reads them (a name in a later directory replaces it in an earlier one). Nothing when
-    printing: the file's place is then unknown."""
+    those of OUT, and for any of /lib/netplan, /etc/netplan and /run/netplan those of all
+    three as netplan reads them (a name in a later directory replaces it in an earlier
+    one; a hidden ``.NAME.yaml``, which netplan's glob leaves out, is not read). Nothing
+    when printing: the file's place is then unknown."""
     if out is None:
         return {}
     paths: dict[str, Path] = {}
     for directory in (_NETPLAN_DIRS if _netplan_etc(out) else (out,)):
         if directory.is_dir():
-            paths.update((p.name, p) for p in sorted(directory.glob("*.yaml")))
+            paths.update((p.name, p) for p in sorted(directory.glob("*.yaml"))
+                         if not p.name.startswith("."))
     paths.pop(NETPLAN_FILE, None)  # the file this replaces
+    _refuse_netplan_shadow(out)
     if not paths:
         return {}
     try:
@@ -2775,6 +2808,22 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
         raise yaml_missing(f"reading the netplan files beside {out}", exc) from exc
     from k3snet._gojson import MAX_NESTING, nests_deeper  # noqa: PLC0415
 
+    class NetplanLoader(yaml.BaseLoader):
+        """netplan reads every scalar as text (its own booleans in any case, quoted or
+        not: dhcp6: "true", y): so does BaseLoader, where safe_load made a bool of `on:`
+        and a float of `1e3:` (ids), and a string of y and "true". A key given twice is
+        refused: netplan reads both, one after the other (the keys of both definitions
+        of an id, a renderer among them), where PyYAML keeps the last alone."""
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[str] = set()
+            for key_node, _value in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    if key_node.value in seen:
+                        raise _NetplanKeyTwice(key_node.value, key_node.start_mark)
+                    seen.add(key_node.value)
+            return super().construct_mapping(node, deep=deep)
+
     documents: dict[str, object] = {}
     for name, path in sorted(paths.items()):
         text = ""
@@ -2782,10 +2831,7 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
                     "not read it")
         try:
             text = read_input(path, MAX_NETPLAN_BYTES).decode("utf-8")
-            # netplan reads every scalar as text (its own booleans in any case, quoted or
-            # not: dhcp6: "true", y): so does BaseLoader, where safe_load made a bool of
-            # `on:` and a float of `1e3:` (ids), and a string of y and "true".
-            documents[name] = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - text only
+            documents[name] = _first_document(NetplanLoader(text))
         except RecursionError:  # (Python's parser; the placement's walk recursed further)
             raise ModelError(too_deep) from None
         except OSError as exc:
@@ -2794,6 +2840,13 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
         except UnicodeDecodeError as exc:
             raise ModelError(f"netplan file {path} is not UTF-8 text (byte {exc.start}: "
                              f"{exc.reason})") from None
+        except _NetplanKeyTwice as exc:
+            key, mark = exc.args
+            raise ModelError(
+                f"netplan file {path} gives {str(key)[:80]!r} twice in one mapping (line "
+                f"{mark.line + 1}, column {mark.column + 1}): netplan reads both, one after "
+                "the other (an id's two definitions make one, a renderer of either with it), "
+                "and k3snet would read the last alone. Give the key once") from None
         except yaml.YAMLError as exc:
             raise ModelError(f"netplan file {path} is not YAML netplan reads: "
                              f"{yaml_problem(exc, text)[:300]}") from None

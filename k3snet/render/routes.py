@@ -391,6 +391,9 @@ def _netplan_choices(sections: Mapping[str, str], ids: Mapping[str, str]
 
 
 _NETPLAN_GLOB = frozenset("*?[]")
+# netplan names its files after the id: netplan-ID.nmconnection, written through a
+# temporary ID.nmconnection.XXXXXX, is the longest, and a file name has 255 bytes.
+_NETPLAN_ID_LONGEST = 255 - len("netplan-.nmconnection.XXXXXX")
 
 
 def _check_netplan_id(netplan_id: object, device: str) -> None:
@@ -398,13 +401,16 @@ def _check_netplan_id(netplan_id: object, device: str) -> None:
     punctuation (``[[:alnum:][:punct:]]+``), no glob character. One netplan refuses
     ("Invalid name", "must not use globbing") fails ``netplan generate`` for the whole
     node, every other definition with it; a non-ASCII one was written as JSON escapes,
-    and one beyond U+FFFF as a surrogate pair libyaml refuses too."""
-    if (not isinstance(netplan_id, str) or not netplan_id or len(netplan_id) > 255
+    and one beyond U+FFFF as a surrogate pair libyaml refuses too. So does one longer
+    than 227 characters ("File name too long": netplan names its files after it)."""
+    if (not isinstance(netplan_id, str) or not netplan_id
+            or len(netplan_id) > _NETPLAN_ID_LONGEST
             or not netplan_id.isascii() or not netplan_id.isprintable() or " " in netplan_id
             or not _NETPLAN_GLOB.isdisjoint(netplan_id)):
         raise ModelError(f"netplan id for {device} must be a definition's name (ASCII "
-                         "letters, digits and punctuation but * ? [ ], as netplan takes "
-                         f"one), got {netplan_id!r}")
+                         "letters, digits and punctuation but * ? [ ], up to "
+                         f"{_NETPLAN_ID_LONGEST}, as netplan takes one), "
+                         f"got {str(netplan_id)[:300]!r}")
 
 
 def _netplan_definitions(documents: Mapping[str, object]
@@ -425,11 +431,17 @@ def _netplan_definitions(documents: Mapping[str, object]
             if entries is None:
                 continue
             if not isinstance(entries, Mapping):
-                raise ModelError(f"netplan file {name}: {section} is not a mapping")
+                raise ModelError(f"netplan file {name}: {section} is not a mapping (netplan "
+                                 "refuses it as well: \"expected mapping\")")
             for netplan_id, definition in entries.items():
+                if netplan_id == "renderer":
+                    continue  # the section's renderer (_netplan_renderer), not an id
                 _check_netplan_id(netplan_id, f"netplan file {name}")
-                found.append((name, section, str(netplan_id),
-                              definition if isinstance(definition, Mapping) else {}))
+                if not isinstance(definition, Mapping):  # `eth0:` alone too
+                    raise ModelError(f"netplan file {name}: {section}: {netplan_id} is not a "
+                                     "mapping (netplan refuses it as well: \"expected "
+                                     "mapping\")")
+                found.append((name, section, str(netplan_id), definition))
     return found
 
 

@@ -562,3 +562,272 @@ def test_an_id_is_refused_exactly_when_netplan_refuses_the_file(
     if not refused:
         written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*.network"))
         assert "Destination=192.168.2.0/24" in written
+
+
+# ------------------------------------------- what netplan reads of a file, and which files
+
+_ETH0_TWICE = ("network:\n  version: 2\n  ethernets:\n    eth0:\n      renderer: NetworkManager\n"
+               "      dhcp4: true\n    eth0:\n      mtu: 1400\n")
+
+
+@needs_netplan
+def test_a_key_given_twice_in_a_netplan_file_is_refused_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan reads both definitions of eth0, one after the other: NetworkManager's,
+    # without dhcp6, and it left k3snet's IPv6 route out (method=ignore), exit status 0.
+    # PyYAML kept the last alone (mtu): k3snet took eth0 for networkd's and wrote it.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(_ETH0_TWICE)
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    _netplan_generate(tmp_path)
+    (profile,) = (tmp_path / "run" / "NetworkManager" / "system-connections").iterdir()
+    assert "mtu=1400" in profile.read_text()
+    assert "fd01:2::/64" not in profile.read_text()
+    (etc / "90-k3snet.yaml").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 1
+    assert "gives 'eth0' twice in one mapping (line 7, column 5)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", [
+    "network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true, dhcp4: false}\n",
+    "network:\n  ethernets:\n    eth0: {dhcp4: true}\nnetwork:\n  renderer: NetworkManager\n",
+    "network:\n  version: 2\n  ethernets:\n    eth0: &a {dhcp4: true}\n    'eth0': *a\n",
+], ids=["dhcp4", "network", "quoted-id"])
+def test_every_key_given_twice_is_refused(
+        text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    staging = tmp_path / "netplan"
+    staging.mkdir()
+    (staging / "01-admin.yaml").write_text(text)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(staging)]) == 1
+    assert "01-admin.yaml gives" in capsys.readouterr().err
+
+
+@needs_netplan
+def test_a_hidden_file_netplan_does_not_read_is_not_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan reads /etc/netplan/*.yaml through glob(3), which leaves out a name that
+    # starts with a dot (an editor's or a tool's copy); pathlib's glob took it, and a
+    # file netplan never reads refused the render, or gave eth0 its definition.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(yaml.safe_dump(PLAIN))
+    (etc / ".01-admin.yaml").write_text("network: [\n")
+    (etc / ".02-old.yaml").write_text(yaml.safe_dump(CLOUD_INIT))
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 0, \
+        capsys.readouterr().err
+    _netplan_generate(tmp_path)
+    applied = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")
+    assert applied["Network"][0]["DHCP"] == "ipv4"
+    assert applied["Route"][0]["Destination"] == "192.168.2.0/24"
+
+
+@needs_netplan
+@pytest.mark.parametrize("renderer", ["NetworkManager", "networkd"])
+@pytest.mark.parametrize("length", [227, 228, 230])
+def test_an_id_too_long_for_netplans_file_names_is_refused(
+        renderer: str, length: int, tmp_path: Path) -> None:
+    # netplan names its files after the id (netplan-ID.nmconnection, 10-netplan-ID.network,
+    # written through a temporary copy): past a file name's 255 bytes, netplan generate
+    # failed ("File name too long") for the whole node.
+    netplan_id = "n" * length
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    refused = length > 227
+    if not refused:
+        text = render_netplan(state, ids={"eth0": netplan_id})
+    else:
+        with pytest.raises(ModelError, match="up to 227"):
+            render_netplan(state, ids={"eth0": netplan_id})
+        text = (f"network:\n  version: 2\n  ethernets:\n    {netplan_id}:\n      "
+                "routes: [{to: 192.168.2.0/24, via: 192.168.1.1}]\n")
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(f"network:\n  version: 2\n  renderer: {renderer}\n")
+    (etc / "90-k3snet.yaml").write_text(text)
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    # Refused exactly where one of netplan's renderers cannot name its file.
+    if renderer == "NetworkManager" or length > 229:
+        assert (done.returncode != 0) == refused, done.stderr
+
+
+@needs_netplan
+@pytest.mark.parametrize("text", [
+    "network:\n  version: 2\n  ethernets:\n    eth0:\n",
+    "network:\n  version: 2\n  ethernets:\n    eth0: ~\n",
+    "network:\n  version: 2\n  bridges:\n    eth0: [a]\n",
+    "network:\n  version: 2\n  ethernets:\n",
+    "network:\n  version: 2\n  vlans: ~\n",
+], ids=["definition-empty", "definition-null", "definition-list", "section-empty",
+        "section-null"])
+def test_a_definition_or_section_that_is_no_mapping_is_refused_as_netplan_refuses_it(
+        text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `eth0:` alone was read as an empty definition: k3snet wrote its routes, exit 0,
+    # beside a file that failed netplan generate for the whole node.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(text)
+    (etc / "01-admin.yaml").chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert "expected mapping" in done.stderr
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 1
+    assert '"expected mapping"' in capsys.readouterr().err
+
+
+def test_a_sections_renderer_is_no_definition() -> None:
+    nm = {"network": {"version": 2, "ethernets": {"renderer": "NetworkManager",
+                                                  "eth0": {"dhcp4": "true"}}}}
+    assert netplan_placement({"01.yaml": nm}, ["renderer"]) == ({}, {})
+    with pytest.raises(ModelError, match="'renderer' for eth0: no netplan file defines it"):
+        netplan_placement({"01.yaml": nm}, ["eth0"], ids={"eth0": "renderer"})
+
+
+@needs_netplan
+@pytest.mark.parametrize("files", [
+    {"lib/99-a.yaml": "NetworkManager"},
+    {"lib/99-a.yaml": "NetworkManager", "run/99-a.yaml": "networkd"},
+    {"lib/99-a.yaml": "NetworkManager", "etc/99-a.yaml": "networkd"},
+    {"etc/99-a.yaml": "NetworkManager", "lib/99-a.yaml": "networkd"},
+    {"run/99-a.yaml": "NetworkManager", "etc/99-a.yaml": "networkd"},
+    {"lib/98-a.yaml": "networkd", "run/97-a.yaml": "NetworkManager"},
+], ids=["lib", "run-over-lib", "etc-over-lib", "etc-over-lib-nm", "run-over-etc",
+        "lexical-across-directories"])
+def test_the_files_of_lib_etc_and_run_netplan_are_read_as_netplan_reads_them(
+        files: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A file of /run/netplan replaces one of the same name in /etc/netplan, which
+    # replaces one in /lib/netplan; the others are read together in lexical order, the
+    # last one's global renderer eth0's. Under NetworkManager, without dhcp6, netplan
+    # leaves the IPv6 route out: k3snet refuses exactly then.
+    dirs = _node_dirs(tmp_path, monkeypatch)
+    (dirs["etc"] / "50-b.yaml").write_text(
+        "network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true}\n")
+    for where, renderer in files.items():
+        place, _, name = where.partition("/")
+        (dirs[place] / name).write_text(
+            f"network:\n  version: 2\n  renderer: {renderer}\n")
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (dirs["etc"] / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in tmp_path.rglob("*.yaml"):
+        path.chmod(0o600)
+    _netplan_generate(tmp_path)
+    written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*")
+                      if p.is_file() and p.suffix in {".nmconnection", ".network"})
+    reached = "fd01:2::/64" in written
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    status = main(["render", "netplan", "-f", str(spec), "-o", str(dirs["etc"])])
+    assert (status == 0) == reached, capsys.readouterr().err
+
+
+@needs_netplan
+def test_a_netplan_file_of_several_documents_is_read_as_its_first(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan reads a file's first document alone (its renderer: NetworkManager after a
+    # `---` is not seen, nor text that is no YAML): the render was refused ("expected a
+    # single document in the stream"), for a file netplan reads.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(
+        "network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true}\n---\nnetwork:\n"
+        "  version: 2\n  renderer: NetworkManager\n---\nnetwork: [\n")
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    _netplan_generate(tmp_path)
+    assert _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")["Route"][1][
+        "Destination"] == "fd01:2::/64"
+    (etc / "90-k3snet.yaml").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 0, \
+        capsys.readouterr().err
+
+
+def _node_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """netplan's /lib, /etc and /run directories, moved under ``tmp_path`` for the CLI."""
+    import k3snet.cli  # noqa: PLC0415
+
+    dirs = {name: tmp_path / name / "netplan" for name in ("lib", "etc", "run")}
+    for directory in dirs.values():
+        directory.mkdir(parents=True)
+    monkeypatch.setattr(k3snet.cli, "_NETPLAN_DIRS", tuple(
+        tmp_path / directory.relative_to("/") for directory in k3snet.cli._NETPLAN_DIRS))
+    return dirs
+
+
+@needs_netplan
+@pytest.mark.parametrize("out", ["run", "lib"])
+def test_render_netplan_into_run_or_lib_netplan_reads_the_files_of_all_three(
+        out: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # -o /run/netplan read /run/netplan's files alone: eth0 was taken for networkd's, and
+    # netplan, which reads /etc's 01-network-manager-all.yaml with them, left k3snet's
+    # IPv6 route out of eth0's NetworkManager profile (exit status 0).
+    dirs = _node_dirs(tmp_path, monkeypatch)
+    (dirs["etc"] / "01-network-manager-all.yaml").write_text(
+        "network:\n  version: 2\n  renderer: NetworkManager\n")
+    (dirs[out] / "50-b.yaml").write_text(
+        "network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true}\n")
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (dirs[out] / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in tmp_path.rglob("*.yaml"):
+        path.chmod(0o600)
+    _netplan_generate(tmp_path)
+    (profile,) = (tmp_path / "run" / "NetworkManager" / "system-connections").iterdir()
+    assert "fd01:2::/64" not in profile.read_text()
+    (dirs[out] / "90-k3snet.yaml").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(dirs[out])]) == 1
+    assert "without dhcp6" in capsys.readouterr().err
+
+
+@needs_netplan
+@pytest.mark.parametrize(("out", "other"), [
+    ("lib", "etc"), ("etc", "run"), ("lib", "run"), ("etc", "lib"), ("run", "etc")])
+def test_render_netplan_refuses_a_file_netplan_reads_in_place_of_its_own(
+        out: str, other: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A 90-k3snet.yaml of a later directory (an earlier render into /run/netplan) is the
+    # one netplan reads: the routes k3snet wrote into /etc/netplan were never applied.
+    dirs = _node_dirs(tmp_path, monkeypatch)
+    refused = list(dirs).index(other) > list(dirs).index(out)
+    (dirs["etc"] / "01-admin.yaml").write_text(yaml.safe_dump(PLAIN))
+    (dirs[other] / "90-k3snet.yaml").write_text("network:\n  version: 2\n")
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    (dirs[out] / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in tmp_path.rglob("*.yaml"):
+        path.chmod(0o600)
+    _netplan_generate(tmp_path)
+    routes = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56").get("Route", [])
+    assert bool(routes) != refused
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    status = main(["render", "netplan", "-f", str(spec), "-o", str(dirs[out])])
+    assert (status == 1) == refused, capsys.readouterr().err
+    if refused:
+        assert f"{dirs[other] / '90-k3snet.yaml'} replaces" in capsys.readouterr().err
