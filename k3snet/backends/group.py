@@ -96,20 +96,34 @@ _NOTHING_CHANGED = "nothing was changed"
 ``(nothing was changed)``, nftables' refused transaction, a refused plan)."""
 
 
-def _failure(name: str, exc: BaseException) -> str:
+def _failure(name: str, exc: BaseException, again: bool = False) -> str:
     """What failing member ``name``'s error ``exc`` says (its message, without the failed
     change its error adds), its "nothing was changed" said of the member: beside the
     earlier members' parts the group took back, it read as the node's (a contradiction
-    to an operator, who saw changes taken back)."""
+    to an operator, who saw changes taken back). ``again``: the member had made an
+    earlier run of its part (deletes before another member's changes, then adds), taken
+    back too: it changed nothing *more* ("nftables changed nothing" stood beside
+    "nftables' 1 change(s) ... taken back")."""
     own = exc if isinstance(exc, ApplyError) else None
     text = own.message if own is not None else str(exc) or type(exc).__name__
     untouched = (isinstance(exc, PlanError) or (
         own is not None and not own.done and not isinstance(own, RollbackError)))
     if not untouched:
         return text
+    said = f"{name} changed nothing more" if again else f"{name} changed nothing"
     if _NOTHING_CHANGED in text:
-        return text.replace(_NOTHING_CHANGED, f"{name} changed nothing")
-    return f"{text} ({name} changed nothing)"
+        return text.replace(_NOTHING_CHANGED, said)
+    return f"{text} ({said})"
+
+
+def _possessive(name: str) -> str:
+    """``netlink's``, ``nftables'``."""
+    return f"{name}'" if name.endswith("s") else f"{name}'s"
+
+
+def _ran(member: Member, results: Sequence[tuple[Member, Plan, ApplyResult]]) -> bool:
+    """Whether ``member`` applied a run of its part already (one of ``results``)."""
+    return any(m is member for m, _, _ in results)
 
 
 def _taken_back_parts(results: Sequence[tuple[Member, Plan, ApplyResult]]) -> str:
@@ -119,7 +133,8 @@ def _taken_back_parts(results: Sequence[tuple[Member, Plan, ApplyResult]]) -> st
     for member, part, _ in results:
         name, count = made.get(id(member), (member.backend.name, 0))
         made[id(member)] = (name, count + len(part.changes))
-    return " and ".join(f"{name}'s {count} change(s)" for name, count in made.values())
+    return " and ".join(f"{_possessive(name)} {count} change(s)"
+                        for name, count in made.values())
 
 
 def _final(obj: NetObject) -> bool:
@@ -375,7 +390,8 @@ class BackendGroup:
             raise (RollbackError if half else ApplyError)(
                 # The node's whole story: the failing member's part, then the earlier
                 # members' parts made and taken back.
-                f"{name}: {_failure(name, exc)}; {_taken_back_parts(results)} made "
+                f"{name}: {_failure(name, exc, _ran(member, results))}; "
+                f"{_taken_back_parts(results)} made "
                 f"before {name} failed were taken back",
                 failed=own.failed if own is not None else None,
                 # What was made before the failure: the earlier members' parts, then
@@ -494,7 +510,8 @@ class BackendGroup:
                         "half-changed")
                 own = cause if isinstance(cause, ApplyError) else None
                 raise RollbackError(
-                    f"{failing.backend.name}: {_failure(failing.backend.name, cause)}; "
+                    f"{failing.backend.name}: "
+                    f"{_failure(failing.backend.name, cause, _ran(failing, results))}; "
                     f"undoing {member.backend.name} {what}",
                     failed=own.failed if own is not None else None,
                     done=[*_made(results), *(own.done if own is not None else ())],

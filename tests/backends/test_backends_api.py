@@ -221,6 +221,47 @@ def test_a_group_s_error_names_the_member_that_changed_nothing_and_the_parts_tak
     assert not node.observe().owned
 
 
+class _Rules(MemoryBackend):
+    name = "rules"
+
+
+@pytest.mark.parametrize("refusing", [False, True], ids=["apply-error", "plan-error"])
+def test_a_group_s_error_says_a_member_failing_in_its_second_run_changed_nothing_more(
+        refusing: bool) -> None:
+    # A plan deleting a forward rule and adding a NAT rule around a route replaced: the
+    # rules' member is given its delete, then (after the node's routes) its add. Its add
+    # failing before changing anything was said "rules changed nothing" beside "rules'
+    # 1 change(s) ... were taken back": its first run had changed the node.
+    route = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth1")
+    accept = ForwardRule("10.42.0.0/16", "192.168.2.0/24")
+    forwarding = Sysctl("net.ipv4.ip_forward", "1")
+    observed = State(owned=[forwarding, route, accept])
+    node = _Node(observed.only(["route", "sysctl"]), capabilities=["route", "sysctl"])
+
+    class Refusing(_Rules):
+        def apply(self, plan: Plan) -> ApplyResult:
+            if any(c.kind == "nat" for c in plan.changes):
+                raise PlanError("rules backend refuses the plan, nothing was changed")
+            return super().apply(plan)
+
+    rules = (Refusing if refusing else _Rules)(observed.only(["nat", "forward"]),
+                                               capabilities=["nat", "forward"])
+    group = BackendGroup([rules, node])
+    other = Route("192.168.3.0/24", gateway="192.168.1.1", device="eth1")
+    p = plan(group.observe(), State(owned=[forwarding, other, MasqueradeRule("10.42.0.0/16")]))
+    assert [c.kind for c in p.changes] == ["forward", "route", "route", "nat"]
+    if not refusing:
+        group.faults.fail_at(3)
+    with pytest.raises(ApplyError) as info:
+        group.apply(p)
+    message = str(info.value)
+    assert "rules changed nothing more" in message, message
+    assert "rules changed nothing;" not in message, message
+    assert "rules' 1 change(s) and node's 2 change(s) made before rules failed were taken back" \
+        in message, message
+    assert group.observe().owned == observed.owned
+
+
 class _Expecting(MemoryBackend):
     """Records the hints converge gives (expect) and what was observed after each."""
 
