@@ -377,6 +377,10 @@ class BackendGroup:
         except BaseException as exc:
             if not results or member is None:  # nothing of the group's doing to undo
                 raise
+            if armed is not None:
+                # Its run failed before taking it (a PlanError of the member's own): left
+                # armed, it failed the undo of the member's earlier run, said half-done.
+                armed.fail_at(None)
             undone = self._undo(results, exc, member)
             if not isinstance(exc, Exception):
                 # Ctrl-C (KeyboardInterrupt) or SystemExit: the earlier parts are taken
