@@ -126,15 +126,29 @@ def _ran(member: Member, results: Sequence[tuple[Member, Plan, ApplyResult]]) ->
     return any(m is member for m, _, _ in results)
 
 
-def _taken_back_parts(results: Sequence[tuple[Member, Plan, ApplyResult]]) -> str:
+def _taken_back_parts(results: Sequence[tuple[Member, Plan, ApplyResult]],
+                      failing: str) -> str:
     """The earlier members' parts the group took back, by member in the order applied
-    (``netlink's 3 change(s)``; a member given two runs counted once)."""
-    made: dict[int, tuple[str, int]] = {}
+    (``netlink's 3 change(s) made before nftables failed were taken back``; a member
+    given two runs counted once). A drift finding's repair is not taken back (its
+    inverse would re-add the finding): counted among them, the message said one more
+    change taken back than the error's ``rolled_back``; said apart, as kept."""
+    made: dict[int, tuple[str, int, int]] = {}
     for member, part, _ in results:
-        name, count = made.get(id(member), (member.backend.name, 0))
-        made[id(member)] = (name, count + len(part.changes))
-    return " and ".join(f"{_possessive(name)} {count} change(s)"
-                        for name, count in made.values())
+        name, count, repairs = made.get(id(member), (member.backend.name, 0, 0))
+        drift = sum(isinstance(c.subject, Drift) for c in part.changes)
+        made[id(member)] = (name, count + len(part.changes) - drift, repairs + drift)
+    said: list[str] = []
+    taken = [f"{_possessive(name)} {count} change(s)" for name, count, _ in made.values()
+             if count]
+    if taken:
+        said.append(f"{' and '.join(taken)} made before {failing} failed were taken back")
+    kept = [f"{_possessive(name)} {repairs} repair(s) of drift" for name, _, repairs
+            in made.values() if repairs]
+    if kept:
+        said.append(f"{' and '.join(kept)} made before {failing} failed were kept (a "
+                    "repair is not undone)")
+    return "; ".join(said)
 
 
 def _final(obj: NetObject) -> bool:
@@ -395,8 +409,7 @@ class BackendGroup:
                 # The node's whole story: the failing member's part, then the earlier
                 # members' parts made and taken back.
                 f"{name}: {_failure(name, exc, _ran(member, results))}; "
-                f"{_taken_back_parts(results)} made "
-                f"before {name} failed were taken back",
+                f"{_taken_back_parts(results, name)}",
                 failed=own.failed if own is not None else None,
                 # What was made before the failure: the earlier members' parts, then
                 # what the failing member made of its own (both undone since).

@@ -42,7 +42,7 @@ from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import unregister_backend
 from k3snet.converge import converge
 from k3snet.errors import BackendOptionError, ModelError
-from k3snet.model import ForwardBlock, NatBlock
+from k3snet.model import Drift, ForwardBlock, NatBlock
 from k3snet.testing import run_conformance
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "jsonfile_backend"
@@ -262,6 +262,31 @@ def test_a_group_s_error_says_a_member_failing_in_its_second_run_changed_nothing
     assert "rules' 1 change(s) and node's 2 change(s) made before rules failed were taken back" \
         in message, message
     assert group.observe().owned == observed.owned
+
+
+def test_a_group_s_error_counts_taken_back_no_drift_repair_it_kept() -> None:
+    # A drift repair (the rules' member's finding deleted) is not taken back: its
+    # inverse would re-add the finding. The message counted it among the changes taken
+    # back ("rules' 1 change(s) and node's 2 change(s)"), one more than rolled_back.
+    drift = Drift.of("forward", backend="rules", where="inet k3snet forward",
+                     what="a foreign rule")
+    node = _Node(capabilities=["route", "sysctl"])
+    rules = _Rules(State(owned=[drift]), capabilities=["nat", "forward"])
+    group = BackendGroup([rules, node])
+    p = plan(group.observe(), State(owned=[
+        Sysctl("net.ipv4.ip_forward", "1"), STATIC, MasqueradeRule("10.42.0.0/16")]))
+    assert [c.kind for c in p.changes] == ["forward", "sysctl", "route", "nat"]
+    group.faults.fail_at(3)
+    with pytest.raises(ApplyError) as info:
+        group.apply(p)
+    message = str(info.value)
+    assert len(info.value.rolled_back) == 2
+    assert "; node's 2 change(s) made before rules failed were taken back; " in message, \
+        message
+    assert ("rules' 1 repair(s) of drift made before rules failed were kept (a repair is "
+            "not undone)") in message, message
+    assert not node.observe().owned
+    assert not rules.observe().owned
 
 
 class _Expecting(MemoryBackend):
