@@ -151,6 +151,21 @@ def _taken_back_parts(results: Sequence[tuple[Member, Plan, ApplyResult]],
     return "; ".join(said)
 
 
+def _left_parts(results: Sequence[tuple[Member, Plan, ApplyResult]], taken: int) -> str:
+    """The parts of ``results`` a failed undo left, by member (``netlink's 2
+    change(s)``): every change but a drift repair (kept anyway), less the ``taken`` the
+    last part's own undo took back before it failed."""
+    left: dict[int, tuple[str, int]] = {}
+    for index, (member, part, _) in enumerate(results):
+        count = sum(not isinstance(c.subject, Drift) for c in part.changes)
+        if index == len(results) - 1:
+            count = max(count - taken, 0)
+        name, before = left.get(id(member), (member.backend.name, 0))
+        left[id(member)] = (name, before + count)
+    return " and ".join(f"{_possessive(name)} {count} change(s)"
+                        for name, count in left.values() if count)
+
+
 def _final(obj: NetObject) -> bool:
     """Whether a foreign object decides wherever the other member's rule sits: a forward
     drop or reject, final in any chain of the hook. What a backend reads relative to its
@@ -504,7 +519,7 @@ class BackendGroup:
     def _undo(results: list[tuple[Member, Plan, ApplyResult]], cause: BaseException,
               failing: Member) -> list[Change]:
         undone: list[Change] = []
-        for member, part, result in reversed(results):
+        for back, (member, part, result) in enumerate(reversed(results)):
             # The part the member was given, not what its result lists: an apply that
             # returned made every change of it (all or nothing), and a backend whose
             # result left some out (ApplyResult(name), applied=()) had them stay made
@@ -526,16 +541,27 @@ class BackendGroup:
                         else f"was interrupted ({type(exc).__name__}): the system may be "
                         "half-changed")
                 own = cause if isinstance(cause, ApplyError) else None
+                taken = _taken_back(exc, own_undo)
+                # The parts undone before this one, and what may still be there: this
+                # member's part less what its undo took back, and every part before it
+                # (never tried: the undo stops at its first failure). Unsaid, an operator
+                # told by exit 5 to look read only "undoing netlink failed too".
+                name = failing.backend.name
+                said = [f"{name}: {_failure(name, cause, _ran(failing, results))}; "
+                        f"undoing {member.backend.name} {what}"]
+                if back:
+                    said.append(_taken_back_parts(results[len(results) - back:], name))
+                left = _left_parts(results[:len(results) - back], len(taken))
+                if left:
+                    said.append(f"{left} may still be there")
                 raise RollbackError(
-                    f"{failing.backend.name}: "
-                    f"{_failure(failing.backend.name, cause, _ran(failing, results))}; "
-                    f"undoing {member.backend.name} {what}",
+                    "; ".join(said),
                     failed=own.failed if own is not None else None,
                     done=[*_made(results), *(own.done if own is not None else ())],
                     # What the failing member took back of its own, and what this
                     # member's undo took back before it failed, count.
                     rolled_back=[*(own.rolled_back if own is not None else ()), *undone,
-                                 *_taken_back(exc, own_undo)],
+                                 *taken],
                 ) from exc
             undone += inverse.changes
         return undone

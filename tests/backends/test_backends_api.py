@@ -289,6 +289,54 @@ def test_a_group_s_error_counts_taken_back_no_drift_repair_it_kept() -> None:
     assert not rules.observe().owned
 
 
+class _UndoRefusing(MemoryBackend):
+    """A memory backend whose second apply (the group's undo of its part) fails."""
+
+    def __init__(self, name: str, capabilities: list[str]) -> None:
+        super().__init__(capabilities=capabilities)
+        self.name = name
+        self.applies = 0
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self.applies += 1
+        if self.applies == 2:
+            raise BackendError(f"{self.name} is gone")
+        return super().apply(plan)
+
+
+@pytest.mark.parametrize("refusing", ["routes", "sysctls"])
+def test_a_group_s_failed_undo_names_what_was_taken_back_and_what_may_still_be_there(
+        refusing: str) -> None:
+    # Three members: sysctls, then routes, then the rules, which fail. The undo goes
+    # last first (routes, then sysctls) and stops at its first failure. Its error said
+    # "undoing routes failed too" alone: not that the sysctls' part was never undone,
+    # nor (when the sysctls' undo failed) that the routes' part had been.
+    sysctls = _UndoRefusing("sysctls", ["sysctl"])
+    routes = _UndoRefusing("routes", ["route"])
+    (routes if refusing == "sysctls" else sysctls).applies = -10  # its undo goes well
+    rules = _Rules(capabilities=["nat", "forward"])
+    group = BackendGroup([sysctls, routes, rules])
+    p = plan(group.observe(), compile_spec(seed_spec()))
+    counts = {name: len(p.only([kind]).changes)
+              for name, kind in (("sysctls", "sysctl"), ("routes", "route"))}
+    assert [c.kind for c in p.changes][:2] == ["sysctl", "route"]
+    rules.faults.fail_at(0)
+    with pytest.raises(RollbackError) as info:
+        group.apply(p)
+    message = str(info.value)
+    assert f"undoing {refusing} failed too: {refusing} is gone" in message, message
+    if refusing == "routes":  # the sysctls' part never tried
+        assert "were taken back" not in message, message
+        assert (f"sysctls' {counts['sysctls']} change(s) and routes' {counts['routes']} "
+                "change(s) may still be there") in message, message
+        assert not info.value.rolled_back
+    else:
+        assert (f"routes' {counts['routes']} change(s) made before rules failed were "
+                "taken back") in message, message
+        assert f"sysctls' {counts['sysctls']} change(s) may still be there" in message
+        assert len(info.value.rolled_back) == counts["routes"]
+
+
 class _Expecting(MemoryBackend):
     """Records the hints converge gives (expect) and what was observed after each."""
 
