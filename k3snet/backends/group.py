@@ -96,30 +96,74 @@ _NOTHING_CHANGED = "nothing was changed"
 ``(nothing was changed)``, nftables' refused transaction, a refused plan)."""
 
 
-def _failure(name: str, exc: BaseException) -> str:
+def _failure(name: str, exc: BaseException, again: bool = False) -> str:
     """What failing member ``name``'s error ``exc`` says (its message, without the failed
     change its error adds), its "nothing was changed" said of the member: beside the
     earlier members' parts the group took back, it read as the node's (a contradiction
-    to an operator, who saw changes taken back)."""
+    to an operator, who saw changes taken back). ``again``: the member had made an
+    earlier run of its part (deletes before another member's changes, then adds), taken
+    back too: it changed nothing *more* ("nftables changed nothing" stood beside
+    "nftables' 1 change(s) ... taken back")."""
     own = exc if isinstance(exc, ApplyError) else None
     text = own.message if own is not None else str(exc) or type(exc).__name__
     untouched = (isinstance(exc, PlanError) or (
         own is not None and not own.done and not isinstance(own, RollbackError)))
     if not untouched:
         return text
+    said = f"{name} changed nothing more" if again else f"{name} changed nothing"
     if _NOTHING_CHANGED in text:
-        return text.replace(_NOTHING_CHANGED, f"{name} changed nothing")
-    return f"{text} ({name} changed nothing)"
+        return text.replace(_NOTHING_CHANGED, said)
+    return f"{text} ({said})"
 
 
-def _taken_back_parts(results: Sequence[tuple[Member, Plan, ApplyResult]]) -> str:
+def _possessive(name: str) -> str:
+    """``netlink's``, ``nftables'``."""
+    return f"{name}'" if name.endswith("s") else f"{name}'s"
+
+
+def _ran(member: Member, results: Sequence[tuple[Member, Plan, ApplyResult]]) -> bool:
+    """Whether ``member`` applied a run of its part already (one of ``results``)."""
+    return any(m is member for m, _, _ in results)
+
+
+def _taken_back_parts(results: Sequence[tuple[Member, Plan, ApplyResult]],
+                      failing: str) -> str:
     """The earlier members' parts the group took back, by member in the order applied
-    (``netlink's 3 change(s)``; a member given two runs counted once)."""
-    made: dict[int, tuple[str, int]] = {}
+    (``netlink's 3 change(s) made before nftables failed were taken back``; a member
+    given two runs counted once). A drift finding's repair is not taken back (its
+    inverse would re-add the finding): counted among them, the message said one more
+    change taken back than the error's ``rolled_back``; said apart, as kept."""
+    made: dict[int, tuple[str, int, int]] = {}
     for member, part, _ in results:
-        name, count = made.get(id(member), (member.backend.name, 0))
-        made[id(member)] = (name, count + len(part.changes))
-    return " and ".join(f"{name}'s {count} change(s)" for name, count in made.values())
+        name, count, repairs = made.get(id(member), (member.backend.name, 0, 0))
+        drift = sum(isinstance(c.subject, Drift) for c in part.changes)
+        made[id(member)] = (name, count + len(part.changes) - drift, repairs + drift)
+    said: list[str] = []
+    taken = [f"{_possessive(name)} {count} change(s)" for name, count, _ in made.values()
+             if count]
+    if taken:
+        said.append(f"{' and '.join(taken)} made before {failing} failed were taken back")
+    kept = [f"{_possessive(name)} {repairs} repair(s) of drift" for name, _, repairs
+            in made.values() if repairs]
+    if kept:
+        said.append(f"{' and '.join(kept)} made before {failing} failed were kept (a "
+                    "repair is not undone)")
+    return "; ".join(said)
+
+
+def _left_parts(results: Sequence[tuple[Member, Plan, ApplyResult]], taken: int) -> str:
+    """The parts of ``results`` a failed undo left, by member (``netlink's 2
+    change(s)``): every change but a drift repair (kept anyway), less the ``taken`` the
+    last part's own undo took back before it failed."""
+    left: dict[int, tuple[str, int]] = {}
+    for index, (member, part, _) in enumerate(results):
+        count = sum(not isinstance(c.subject, Drift) for c in part.changes)
+        if index == len(results) - 1:
+            count = max(count - taken, 0)
+        name, before = left.get(id(member), (member.backend.name, 0))
+        left[id(member)] = (name, before + count)
+    return " and ".join(f"{_possessive(name)} {count} change(s)"
+                        for name, count in left.values() if count)
 
 
 def _final(obj: NetObject) -> bool:
@@ -362,6 +406,10 @@ class BackendGroup:
         except BaseException as exc:
             if not results or member is None:  # nothing of the group's doing to undo
                 raise
+            if armed is not None:
+                # Its run failed before taking it (a PlanError of the member's own): left
+                # armed, it failed the undo of the member's earlier run, said half-done.
+                armed.fail_at(None)
             undone = self._undo(results, exc, member)
             if not isinstance(exc, Exception):
                 # Ctrl-C (KeyboardInterrupt) or SystemExit: the earlier parts are taken
@@ -375,8 +423,8 @@ class BackendGroup:
             raise (RollbackError if half else ApplyError)(
                 # The node's whole story: the failing member's part, then the earlier
                 # members' parts made and taken back.
-                f"{name}: {_failure(name, exc)}; {_taken_back_parts(results)} made "
-                f"before {name} failed were taken back",
+                f"{name}: {_failure(name, exc, _ran(member, results))}; "
+                f"{_taken_back_parts(results, name)}",
                 failed=own.failed if own is not None else None,
                 # What was made before the failure: the earlier members' parts, then
                 # what the failing member made of its own (both undone since).
@@ -471,7 +519,7 @@ class BackendGroup:
     def _undo(results: list[tuple[Member, Plan, ApplyResult]], cause: BaseException,
               failing: Member) -> list[Change]:
         undone: list[Change] = []
-        for member, part, result in reversed(results):
+        for back, (member, part, result) in enumerate(reversed(results)):
             # The part the member was given, not what its result lists: an apply that
             # returned made every change of it (all or nothing), and a backend whose
             # result left some out (ApplyResult(name), applied=()) had them stay made
@@ -493,15 +541,27 @@ class BackendGroup:
                         else f"was interrupted ({type(exc).__name__}): the system may be "
                         "half-changed")
                 own = cause if isinstance(cause, ApplyError) else None
+                taken = _taken_back(exc, own_undo)
+                # The parts undone before this one, and what may still be there: this
+                # member's part less what its undo took back, and every part before it
+                # (never tried: the undo stops at its first failure). Unsaid, an operator
+                # told by exit 5 to look read only "undoing netlink failed too".
+                name = failing.backend.name
+                said = [f"{name}: {_failure(name, cause, _ran(failing, results))}; "
+                        f"undoing {member.backend.name} {what}"]
+                if back:
+                    said.append(_taken_back_parts(results[len(results) - back:], name))
+                left = _left_parts(results[:len(results) - back], len(taken))
+                if left:
+                    said.append(f"{left} may still be there")
                 raise RollbackError(
-                    f"{failing.backend.name}: {_failure(failing.backend.name, cause)}; "
-                    f"undoing {member.backend.name} {what}",
+                    "; ".join(said),
                     failed=own.failed if own is not None else None,
                     done=[*_made(results), *(own.done if own is not None else ())],
                     # What the failing member took back of its own, and what this
                     # member's undo took back before it failed, count.
                     rolled_back=[*(own.rolled_back if own is not None else ()), *undone,
-                                 *_taken_back(exc, own_undo)],
+                                 *taken],
                 ) from exc
             undone += inverse.changes
         return undone

@@ -42,7 +42,7 @@ from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import unregister_backend
 from k3snet.converge import converge
 from k3snet.errors import BackendOptionError, ModelError
-from k3snet.model import ForwardBlock, NatBlock
+from k3snet.model import Drift, ForwardBlock, NatBlock
 from k3snet.testing import run_conformance
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "jsonfile_backend"
@@ -219,6 +219,122 @@ def test_a_group_s_error_names_the_member_that_changed_nothing_and_the_parts_tak
     assert "nat changed nothing" in message, message
     assert f"node's {made} change(s) made before nat failed were taken back" in message
     assert not node.observe().owned
+
+
+class _Rules(MemoryBackend):
+    name = "rules"
+
+
+@pytest.mark.parametrize("refusing", [False, True], ids=["apply-error", "plan-error"])
+def test_a_group_s_error_says_a_member_failing_in_its_second_run_changed_nothing_more(
+        refusing: bool) -> None:
+    # A plan deleting a forward rule and adding a NAT rule around a route replaced: the
+    # rules' member is given its delete, then (after the node's routes) its add. Its add
+    # failing before changing anything was said "rules changed nothing" beside "rules'
+    # 1 change(s) ... were taken back": its first run had changed the node.
+    route = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth1")
+    accept = ForwardRule("10.42.0.0/16", "192.168.2.0/24")
+    forwarding = Sysctl("net.ipv4.ip_forward", "1")
+    observed = State(owned=[forwarding, route, accept])
+    node = _Node(observed.only(["route", "sysctl"]), capabilities=["route", "sysctl"])
+
+    class Refusing(_Rules):
+        def apply(self, plan: Plan) -> ApplyResult:
+            if any(c.kind == "nat" for c in plan.changes):
+                raise PlanError("rules backend refuses the plan, nothing was changed")
+            return super().apply(plan)
+
+    rules = (Refusing if refusing else _Rules)(observed.only(["nat", "forward"]),
+                                               capabilities=["nat", "forward"])
+    group = BackendGroup([rules, node])
+    other = Route("192.168.3.0/24", gateway="192.168.1.1", device="eth1")
+    p = plan(group.observe(), State(owned=[forwarding, other, MasqueradeRule("10.42.0.0/16")]))
+    assert [c.kind for c in p.changes] == ["forward", "route", "route", "nat"]
+    # Armed for the refusing member too: its refusal left it armed, and the undo of its
+    # first run failed at it (a RollbackError: "undoing rules failed too").
+    group.faults.fail_at(3)
+    with pytest.raises(ApplyError) as info:
+        group.apply(p)
+    assert not isinstance(info.value, RollbackError), info.value
+    message = str(info.value)
+    assert "rules changed nothing more" in message, message
+    assert "rules changed nothing;" not in message, message
+    assert "rules' 1 change(s) and node's 2 change(s) made before rules failed were taken back" \
+        in message, message
+    assert group.observe().owned == observed.owned
+
+
+def test_a_group_s_error_counts_taken_back_no_drift_repair_it_kept() -> None:
+    # A drift repair (the rules' member's finding deleted) is not taken back: its
+    # inverse would re-add the finding. The message counted it among the changes taken
+    # back ("rules' 1 change(s) and node's 2 change(s)"), one more than rolled_back.
+    drift = Drift.of("forward", backend="rules", where="inet k3snet forward",
+                     what="a foreign rule")
+    node = _Node(capabilities=["route", "sysctl"])
+    rules = _Rules(State(owned=[drift]), capabilities=["nat", "forward"])
+    group = BackendGroup([rules, node])
+    p = plan(group.observe(), State(owned=[
+        Sysctl("net.ipv4.ip_forward", "1"), STATIC, MasqueradeRule("10.42.0.0/16")]))
+    assert [c.kind for c in p.changes] == ["forward", "sysctl", "route", "nat"]
+    group.faults.fail_at(3)
+    with pytest.raises(ApplyError) as info:
+        group.apply(p)
+    message = str(info.value)
+    assert len(info.value.rolled_back) == 2
+    assert "; node's 2 change(s) made before rules failed were taken back; " in message, \
+        message
+    assert ("rules' 1 repair(s) of drift made before rules failed were kept (a repair is "
+            "not undone)") in message, message
+    assert not node.observe().owned
+    assert not rules.observe().owned
+
+
+class _UndoRefusing(MemoryBackend):
+    """A memory backend whose second apply (the group's undo of its part) fails."""
+
+    def __init__(self, name: str, capabilities: list[str]) -> None:
+        super().__init__(capabilities=capabilities)
+        self.name = name
+        self.applies = 0
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        self.applies += 1
+        if self.applies == 2:
+            raise BackendError(f"{self.name} is gone")
+        return super().apply(plan)
+
+
+@pytest.mark.parametrize("refusing", ["routes", "sysctls"])
+def test_a_group_s_failed_undo_names_what_was_taken_back_and_what_may_still_be_there(
+        refusing: str) -> None:
+    # Three members: sysctls, then routes, then the rules, which fail. The undo goes
+    # last first (routes, then sysctls) and stops at its first failure. Its error said
+    # "undoing routes failed too" alone: not that the sysctls' part was never undone,
+    # nor (when the sysctls' undo failed) that the routes' part had been.
+    sysctls = _UndoRefusing("sysctls", ["sysctl"])
+    routes = _UndoRefusing("routes", ["route"])
+    (routes if refusing == "sysctls" else sysctls).applies = -10  # its undo goes well
+    rules = _Rules(capabilities=["nat", "forward"])
+    group = BackendGroup([sysctls, routes, rules])
+    p = plan(group.observe(), compile_spec(seed_spec()))
+    counts = {name: len(p.only([kind]).changes)
+              for name, kind in (("sysctls", "sysctl"), ("routes", "route"))}
+    assert [c.kind for c in p.changes][:2] == ["sysctl", "route"]
+    rules.faults.fail_at(0)
+    with pytest.raises(RollbackError) as info:
+        group.apply(p)
+    message = str(info.value)
+    assert f"undoing {refusing} failed too: {refusing} is gone" in message, message
+    if refusing == "routes":  # the sysctls' part never tried
+        assert "were taken back" not in message, message
+        assert (f"sysctls' {counts['sysctls']} change(s) and routes' {counts['routes']} "
+                "change(s) may still be there") in message, message
+        assert not info.value.rolled_back
+    else:
+        assert (f"routes' {counts['routes']} change(s) made before rules failed were "
+                "taken back") in message, message
+        assert f"sysctls' {counts['sysctls']} change(s) may still be there" in message
+        assert len(info.value.rolled_back) == counts["routes"]
 
 
 class _Expecting(MemoryBackend):

@@ -369,3 +369,49 @@ def test_a_destroy_s_backend_opt_reads_back_as_the_value_it_was_given(value: str
     flag, entry = shlex.split(_destroy_options("flannel", {"path": value}))
     assert flag == "--backend-opt"
     assert _option_value(entry.partition("=")[2]) == value
+
+
+def test_each_file_read_once_holds_only_within_its_block_and_its_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The memory of the files read is the block's alone: a look after it (the next new
+    # spec), after an exception left it, or from another thread within it (the agent's
+    # probe or Lease thread) reads the file again, never a count the block read earlier.
+    import k3snet.backends.flannel as flannel_module  # noqa: PLC0415
+    from k3snet._kept import read_input as real_read  # noqa: PLC0415
+
+    conf = tmp_path / "net-conf.json"
+    conf.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}\n')
+    reads: list[str] = []
+    here = threading.current_thread()
+
+    def read_input(file: Path, limit: int) -> bytes:
+        thread = threading.current_thread()
+        reads.append("here" if thread is here else thread.name)
+        return real_read(file, limit)
+
+    monkeypatch.setattr(flannel_module, "read_input", read_input)
+
+    def look() -> None:
+        discover._flannel_file_left([], {"path": str(conf)}, ())
+
+    with discover.each_file_read_once():
+        look()
+        look()
+        with discover.each_file_read_once():  # a block within: its own memory
+            look()
+        look()
+        other = threading.Thread(target=look, name="other")
+        other.start()
+        other.join()
+    assert reads == ["here", "here", "other"]
+    look()
+    assert reads[3:] == ["here"]
+    def look_and_fail() -> None:
+        with discover.each_file_read_once():
+            look()
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        look_and_fail()
+    look()
+    assert reads[4:] == ["here", "here"]
