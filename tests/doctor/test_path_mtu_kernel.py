@@ -13,6 +13,7 @@ rule drops it.
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 import pytest
@@ -80,3 +81,51 @@ def test_a_path_as_large_as_the_pods_has_no_path_mtu_finding(doctor_lab: DoctorL
                  Flow(topology.pod, topology.destination, port=topology.port))
     assert d.verdict is Verdict.REACHES, d.render()
     assert "path-mtu" not in [f.code for f in d.findings], d.render()
+
+
+_SEND_V6 = """
+import socket, sys
+sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sock.connect((sys.argv[1], 9))
+try:
+    sock.send(b"x" * 1200)
+except OSError:
+    pass  # the error of the datagram before
+"""
+
+
+def _fragments_failed(node: str) -> int:
+    """The node's ``Ip6FragFails``: forwarded IPv6 packets it dropped as too large."""
+    counters = dict(line.split() for line in
+                    run_in(node, ["cat", "/proc/net/snmp6"]).stdout.splitlines())
+    return int(counters["Ip6FragFails"])
+
+
+def test_an_ipv6_route_mtu_below_1280_is_a_hole_no_icmp_closes_and_no_pod_mtu_avoids(
+        doctor_lab: DoctorLab) -> None:
+    """A route ``mtu 1000`` for IPv6, whose links all carry 1280: the node drops a pod's
+    1200-byte packet and answers Packet Too Big, and drops the next one alike (the pod
+    takes no MTU below 1280), no rule on ICMP needed. The finding said to make the pods'
+    MTU at most 1000, which turns IPv6 off on their interfaces; it now names IPv6's
+    minimum and the route's mtu to raise."""
+    topology = Topology(family=6)
+    doctor_lab.configure(topology)
+    node, pod = doctor_lab.node, doctor_lab.names["pod"]
+    run_in(node, ["ip", "-6", "route", "replace", to_v6(DEST_NETS["plain"]), "via",
+                  to_v6(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "1000", "proto", "static"])
+    answer, _ = doctor_lab.kernel_and_trace(topology)
+    assert answer["ok"], answer  # the first, small packet passes
+    failed = []
+    for _ in range(3):
+        run_in(pod, [sys.executable, "-c", _SEND_V6, str(topology.destination)])
+        failed.append(_fragments_failed(node))
+    assert failed[0] < failed[1] < failed[2], failed  # told, the pod still sends 1200
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    assert d.verdict is Verdict.REACHES, d.render()
+    (finding,) = [f for f in d.findings if f.code == "path-mtu"]
+    assert "below 1280, the smallest MTU of IPv6" in finding.what, d.render()
+    assert "mtu 1000" in finding.where, d.render()
+    assert "1001 to 1280 bytes never pass" in finding.why, d.render()
+    assert "raise the route's mtu to at least 1280" in (finding.advice or ""), d.render()
+    assert "at most 1000" not in (finding.advice or ""), d.render()
