@@ -61,3 +61,46 @@ def test_the_same_mtu_on_the_way_out_and_a_larger_one_give_no_path_mtu_warning()
                                      [{"mtu": -5}], ["mtu"], [{"mtu": {"lock": 1280}}]])
 def test_a_route_mtu_not_as_ip_prints_it_is_ignored(metrics: object) -> None:
     assert _path_mtu(_bundle(1500, {"metrics": metrics})) == []
+
+
+def test_each_path_of_a_multipath_route_is_checked_by_its_own_device() -> None:
+    """The first nexthop by a 1500 device, the second by the 1450 overlay: the kernel
+    picks one per connection, and the second one's MTU is the warning."""
+    multipath = json.dumps([
+        {"dst": "10.42.0.0/24", "dev": "cni0", "scope": "link"},
+        {"dst": "192.168.1.0/24", "dev": "ovl0", "scope": "link"},
+        {"dst": "192.168.3.0/24", "dev": "eth9", "scope": "link"},
+        {"dst": "192.168.2.0/24", "nexthops": [
+            {"gateway": "192.168.3.1", "dev": "eth9", "weight": 1},
+            {"gateway": "192.168.1.1", "dev": "ovl0", "weight": 1}]}])
+    capture = NodeCapture.from_texts({
+        "addr.json": json.dumps([
+            {"ifname": name, "mtu": mtu, "addr_info": [{"local": local, "prefixlen": 24}]}
+            for name, mtu, local in (("cni0", 1500, "10.42.0.1"), ("ovl0", 1450, "192.168.1.5"),
+                                     ("eth9", 1500, "192.168.3.5"))]),
+        "routes-v4.json": multipath,
+        "iptables-nft-v4.save": "*nat\n:POSTROUTING ACCEPT [0:0]\n"
+                                "-A POSTROUTING -s 10.42.0.0/24 -j MASQUERADE\nCOMMIT\n",
+        "sysctl.txt": "net.ipv4.ip_forward = 1\n"})
+    (finding,) = _path_mtu(NodeState.from_capture(capture))
+    assert finding.where == "dev ovl0 mtu 1450"
+
+
+def test_a_device_the_capture_does_not_list_has_no_mtu_and_no_finding_but_its_route_s() -> None:
+    """A route by an interface absent from ``ip -j addr`` (gone since, another capture):
+    no MTU to compare, neither a finding nor an error; a route ``mtu`` still counts."""
+    ghost: dict[str, Any] = {"dst": "192.168.2.0/24", "dev": "ghost0", "scope": "link"}
+    capture_routes: list[dict[str, Any]] = [
+        {"dst": "10.42.0.0/24", "dev": "cni0", "scope": "link"}, ghost]
+    for route, expected in ((ghost, None), ({**ghost, "metrics": [{"mtu": 1400}]}, 1400)):
+        capture_routes[1] = route
+        capture = NodeCapture.from_texts({
+            "addr.json": json.dumps([{"ifname": "cni0", "mtu": 1500, "addr_info": [
+                {"local": "10.42.0.1", "prefixlen": 24}]}]),
+            "routes-v4.json": json.dumps(capture_routes),
+            "sysctl.txt": "net.ipv4.ip_forward = 1\n"})
+        d = diagnose(NodeState.from_capture(capture),
+                     Flow("10.42.0.10", "192.168.2.10", port=5432))
+        found = [f.where for f in d.findings if f.code == "path-mtu"]
+        assert found == ([] if expected is None else
+                         [f"route 192.168.2.0/24 dev ghost0 mtu {expected}"]), d.render()
