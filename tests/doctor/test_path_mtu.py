@@ -104,3 +104,28 @@ def test_a_device_the_capture_does_not_list_has_no_mtu_and_no_finding_but_its_ro
         found = [f.where for f in d.findings if f.code == "path-mtu"]
         assert found == ([] if expected is None else
                          [f"route 192.168.2.0/24 dev ghost0 mtu {expected}"]), d.render()
+
+
+@pytest.mark.parametrize(("route_mtu", "minimum"), [(1000, True), (1280, False), (1400, False)])
+def test_an_ipv6_route_mtu_below_1280_is_said_as_below_ipv6_s_minimum(
+        route_mtu: int, minimum: bool) -> None:
+    """Below 1280 no pods' MTU avoids the hole (tests/doctor/test_path_mtu_kernel.py
+    shows the kernel's side): the advice is the route's mtu to raise, never a pods' MTU
+    under 1280, which turns IPv6 off on their interfaces."""
+    capture = NodeCapture.from_texts({
+        "addr.json": json.dumps([
+            {"ifname": name, "mtu": 1500, "addr_info": [{"local": local, "prefixlen": 64}]}
+            for name, local in (("cni0", "fd42::1"), ("eth0", "fd01::5"))]),
+        "routes-v6.json": json.dumps([
+            {"dst": "fd42::/64", "dev": "cni0"}, {"dst": "fd01::/64", "dev": "eth0"},
+            {"dst": "fd02::/64", "gateway": "fd01::1", "dev": "eth0",
+             "metrics": [{"mtu": route_mtu}]}]),
+        "iptables-nft-v6.save": "*nat\n:POSTROUTING ACCEPT [0:0]\n"
+                                "-A POSTROUTING -s fd42::/64 -j MASQUERADE\nCOMMIT\n",
+        "sysctl.txt": "net.ipv6.conf.all.forwarding = 1\n"})
+    d = diagnose(NodeState.from_capture(capture), Flow("fd42::10", "fd02::10", port=5432))
+    (finding,) = [f for f in d.findings if f.code == "path-mtu"]
+    assert finding.where == f"route fd02::/64 via fd01::1 dev eth0 mtu {route_mtu}", d.render()
+    assert ("smallest MTU of IPv6" in finding.what) is minimum, d.render()
+    assert ("raise the route's mtu" in (finding.advice or "")) is minimum, d.render()
+    assert (f"at most {route_mtu}" in (finding.advice or "")) is not minimum, d.render()
