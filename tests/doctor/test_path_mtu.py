@@ -129,3 +129,14 @@ def test_an_ipv6_route_mtu_below_1280_is_said_as_below_ipv6_s_minimum(
     assert ("smallest MTU of IPv6" in finding.what) is minimum, d.render()
     assert ("raise the route's mtu" in (finding.advice or "")) is minimum, d.render()
     assert (f"at most {route_mtu}" in (finding.advice or "")) is not minimum, d.render()
+
+
+def test_an_ipv4_route_mtu_over_its_device_s_is_a_hole_with_no_icmp_error() -> None:
+    """The route at 1400 through a 1300 device: the kernel checks forwarded packets
+    against 1400, and the device drops those of 1301 to 1400 bytes with no ICMP error
+    (tests/doctor/test_path_mtu_kernel.py shows it): the route's mtu is the one to lower."""
+    (finding,) = _path_mtu(_bundle(1300, {"metrics": [{"mtu": 1400}]}))
+    assert finding.where == ("route 192.168.2.0/24 via 192.168.1.1 dev ovl0 mtu 1400 "
+                             "(dev ovl0 mtu 1300)")
+    assert "1301 to 1400 bytes are lost with no ICMP error" in finding.why
+    assert "lower the route's mtu to at most 1300" in (finding.advice or "")
