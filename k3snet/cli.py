@@ -2255,7 +2255,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         # a shell takes is the command that applies them.
         on_node = "on the node, " if args.state is not None else ""
         print(f"the fix lines above are k3snet's plan, not shell commands; {on_node}"
-              f"apply them with:\n  {printable(shlex.join(_doctor_fix_argv(args)))}")
+              f"apply them with:\n  {' '.join(map(_shell_word, _doctor_fix_argv(args)))}")
     return _doctor_exit(d.verdict)
 
 
@@ -2264,20 +2264,46 @@ def _doctor_fix_argv(args: argparse.Namespace) -> list[str]:
     node (``--netns`` kept, ``--state`` left out: the fix acts on a live node), with what
     shaped the diagnosis (the spec, service CIDRs, protocol, kube config)."""
     argv = ["k3snet", "doctor"]
+
+    def option(short: str, long: str, value: str) -> None:
+        # A value with a leading dash (given as --spec=-x.yaml) joined to its option's
+        # long name: `-f -x.yaml` is -f without its argument, for argparse.
+        argv.extend([f"{long}={value}"] if value.startswith("-") else [short, value])
+
     if args.netns is not None:
-        argv += ["--netns", args.netns]
+        option("--netns", "--netns", args.netns)
     argv += ["--from", args.source, "--to", args.destination]
     if args.proto != "tcp":
         argv += ["--proto", args.proto]
     if args.spec is not None:
-        argv += ["-f", str(args.spec)]
+        option("-f", "--spec", str(args.spec))
     for cidr in args.service_cidr:
-        argv += ["--service-cidr", cidr]
+        option("--service-cidr", "--service-cidr", cidr)
     if args.kubeconfig is not None:
-        argv += ["--kubeconfig", args.kubeconfig]
+        option("--kubeconfig", "--kubeconfig", args.kubeconfig)
     if args.context is not None:
-        argv += ["--context", args.context]
+        option("--context", "--context", args.context)
     return [*argv, "--fix"]
+
+
+def _shell_word(word: str) -> str:
+    """``word`` as a shell reads it back, on one printable line: shell-quoted when it is
+    printable; else in ``$'...'`` (bash, zsh, ksh, POSIX sh 2024) with each character
+    that is not printable as its escape (a line break, a terminal escape, a bidirectional
+    override: its bytes; a byte that is not UTF-8, read as a lone surrogate, itself). The
+    escape for the terminal (:func:`printable`) doubled a backslash inside single quotes,
+    where the shell keeps both: another path."""
+    if word.isprintable():
+        return shlex.quote(word)
+    escaped = []
+    for char in word:
+        if char in "\\'":
+            escaped.append("\\" + char)
+        elif char.isprintable():
+            escaped.append(char)
+        else:  # its bytes in argv: \u escapes are left as they are in bash's C locale
+            escaped += [f"\\x{byte:02x}" for byte in os.fsencode(char)]
+    return "$'" + "".join(escaped) + "'"
 
 
 def _print_diagnosis(args: argparse.Namespace, d: Any) -> None:

@@ -670,6 +670,10 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
             continue
         where = (f"route {route.describe()}" if route.mtu == path
                  else f"dev {branch.egress} mtu {path}")
+        if tr.flow.family == 6 and path < _IPV6_MIN_MTU:
+            return [_below_ipv6_minimum(tr, branch.egress, where, path, pod_mtu)]
+        if tr.flow.family == 4 and route.mtu is not None and route.mtu > path:
+            return [_route_over_its_device(tr, route, branch.egress, path, pod_mtu)]
         error = ("fragmentation needed (ICMP type 3 code 4)" if tr.flow.family == 4
                  else "Packet Too Big (ICMPv6 type 2)")
         return [Finding(
@@ -698,6 +702,59 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
                    "--clamp-mss-to-pmtu), which k3snet does not write and which helps TCP "
                    "alone; and let that ICMP error through to the pods")]
     return []
+
+
+_IPV6_MIN_MTU = 1280
+"""The smallest MTU of an IPv6 link (RFC 8200): no IPv6 host takes a smaller path MTU, and
+the kernel turns IPv6 off on an interface set below it."""
+
+
+def _below_ipv6_minimum(tr: Trace, egress: str | None, where: str, path: int,
+                        pod_mtu: int) -> Finding:
+    """An IPv6 way out below 1280 (only a route's ``mtu`` can be: an interface under 1280
+    has no IPv6): a hole ICMP does not close, and no pods' MTU can go under it."""
+    return Finding(
+        "path-mtu", f"packets over {path} bytes cannot leave by {egress}, below "
+        f"{_IPV6_MIN_MTU}, the smallest MTU of IPv6, while the pods' interface {tr.ingress} "
+        f"takes {pod_mtu}",
+        where,
+        f"every IPv6 link carries {_IPV6_MIN_MTU} bytes (RFC 8200), so no host takes a path "
+        f"MTU below it: the node answers each packet over {path} with a Packet Too Big "
+        f"(ICMPv6 type 2) the pod cannot follow, and packets of {path + 1} to "
+        f"{_IPV6_MIN_MTU} bytes never pass, whether or not that error gets through: the "
+        "connection opens and large transfers stall, which this trace of the flow's "
+        "first, small packet does not show",
+        severity="warning",
+        advice=f"raise the route's mtu to at least {_IPV6_MIN_MTU} (ip -6 route change "
+               f"... mtu {_IPV6_MIN_MTU}), or route the flow another way; the pods' MTU "
+               f"cannot go under {_IPV6_MIN_MTU} (the kernel turns IPv6 off on an "
+               "interface below it), and k3snet writes no such route")
+
+
+def _route_over_its_device(tr: Trace, route: RouteEntry, egress: str, device_mtu: int,
+                           pod_mtu: int) -> Finding:
+    """An IPv4 route's ``mtu`` over its device's: a forwarded packet is checked against
+    the route's alone and handed to the device, which drops it, so the node sends no
+    ICMP error and no pod learns the smaller MTU. (IPv6 checks a forwarded packet against
+    the device's unless the route's mtu is locked, which ``ip -j`` does not tell: there,
+    the warning of any smaller way out.)"""
+    largest = min(pod_mtu, route.mtu or pod_mtu)
+    return Finding(
+        "path-mtu", f"packets over {device_mtu} bytes cannot leave by {egress}, while "
+        f"the pods' interface {tr.ingress} takes {pod_mtu}, and the route's mtu "
+        f"{route.mtu} is over {egress}'s",
+        f"route {route.describe()} (dev {egress} mtu {device_mtu})",
+        f"the kernel checks a forwarded IPv4 packet against the route's mtu ({route.mtu}), "
+        f"not its device's, and hands {egress} packets it drops: those of {device_mtu + 1} "
+        f"to {largest} bytes are lost with no ICMP error (fragmentation needed), so no pod "
+        "learns the smaller MTU and no rule letting ICMP through helps; the connection "
+        "opens and large transfers stall, which this trace of the flow's first, small "
+        "packet does not show",
+        severity="warning",
+        advice=f"lower the route's mtu to at most {device_mtu}, or leave it out ({egress}'s "
+               f"MTU then counts, and the node answers larger packets with the ICMP error), "
+               f"or raise {egress}'s MTU if its link carries {largest}; k3snet writes no "
+               "such route")
 
 
 def _service_findings(state: NodeState, tr: Trace) -> list[Finding]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from k3snet.cli import main
+from k3snet.cli import build_parser, main
 from k3snet.lab.netns import run_in, temporary_netns
 
 from .conftest import DESTINATIONS, POD, PORT, DoctorLab, Topology
@@ -161,6 +163,50 @@ def test_a_bundle_s_fix_ends_with_the_shell_line_that_applies_it_on_the_node(
     assert _apply_line(out) == ["doctor", "--from", POD, "--to",
                                 f"{DESTINATIONS['plain']}:{PORT}", "--proto", "udp",
                                 "-f", str(spec), "--service-cidr", "10.43.0.0/16", "--fix"]
+
+
+def _words_bash_reads(line: str) -> list[str]:
+    """The words bash makes of ``line``, a ``k3snet ...`` command (``k3snet`` stood in by
+    a function printing each of its arguments): what the printed line runs, pasted."""
+    shown = subprocess.run(
+        ["bash", "-c", 'k3snet() { printf "%s\\0" "$@"; }\n' + line],
+        capture_output=True, check=True).stdout
+    return [os.fsdecode(word) for word in shown.split(b"\0")[:-1]]
+
+
+@pytest.mark.parametrize("name", [
+    "-spec.yaml",  # a leading dash: `-f -spec.yaml` is -f without its argument
+    "back\\slash.yaml",  # doubled, 'back\\\\slash.yaml' named another file
+    "new\nline.yaml", "tab\t$HOME 'q'.yaml", "\x1b[31mred.yaml", "caf\u00e9 \u202eltr.yaml",
+    os.fsdecode(b"latin-\xe9.yaml"),  # not UTF-8: a lone surrogate in argv
+])
+def test_the_printed_shell_line_gives_k3snet_the_same_values_pasted_into_bash(
+        name: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values the shell line must carry as given: a spec path (relative, as typed), a kube
+    config and a context, each with a leading dash (given as ``--spec=-x``: printed ``-f
+    -x``, argparse took ``-x`` for an option and the line was a usage error), a backslash
+    (doubled by the escaping for the terminal, inside single quotes: another path), a
+    line break, a terminal escape, a bidirectional override or a byte that is not UTF-8
+    (escaped into another path, or printed raw). Pasted into bash, the line is this
+    command with ``--fix``, and k3snet's parser reads the same values; the line itself
+    holds no character that is not printable."""
+    monkeypatch.chdir(tmp_path)
+    spec = Path(name)
+    try:
+        spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                        "cluster:\n  podCIDRs: [10.42.0.0/16]\n")
+    except (OSError, UnicodeEncodeError):
+        pytest.skip(f"this file system takes no file named {name!r}")
+    assert main(_doctor("seed", f"--spec={name}", f"--context=-{name}")) == 3
+    out = capsys.readouterr().out
+    line = out.rstrip("\n").splitlines()[-1]
+    assert line.isprintable(), line
+    words = _words_bash_reads(line)
+    assert words == ["doctor", "--from", POD, "--to", f"{DESTINATIONS['plain']}:{PORT}",
+                     *words[5:-1], "--fix"], line
+    args = build_parser().parse_args(words)
+    assert (args.spec, args.context, args.fix, args.state) == (spec, f"-{name}", True, None)
 
 
 def test_no_shell_line_without_a_fix_nor_in_json(capsys: pytest.CaptureFixture[str]) -> None:

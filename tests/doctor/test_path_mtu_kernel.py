@@ -13,6 +13,8 @@ rule drops it.
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Literal
 
 import pytest
@@ -80,3 +82,113 @@ def test_a_path_as_large_as_the_pods_has_no_path_mtu_finding(doctor_lab: DoctorL
                  Flow(topology.pod, topology.destination, port=topology.port))
     assert d.verdict is Verdict.REACHES, d.render()
     assert "path-mtu" not in [f.code for f in d.findings], d.render()
+
+
+_SEND_V6 = """
+import socket, sys
+sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sock.connect((sys.argv[1], 9))
+try:
+    sock.send(b"x" * 1200)
+except OSError:
+    pass  # the error of the datagram before
+"""
+
+
+def _fragments_failed(node: str) -> int:
+    """The node's ``Ip6FragFails``: forwarded IPv6 packets it dropped as too large."""
+    counters = dict(line.split() for line in
+                    run_in(node, ["cat", "/proc/net/snmp6"]).stdout.splitlines())
+    return int(counters["Ip6FragFails"])
+
+
+def test_an_ipv6_route_mtu_below_1280_is_a_hole_no_icmp_closes_and_no_pod_mtu_avoids(
+        doctor_lab: DoctorLab) -> None:
+    """A route ``mtu 1000`` for IPv6, whose links all carry 1280: the node drops a pod's
+    1200-byte packet and answers Packet Too Big, and drops the next one alike (the pod
+    takes no MTU below 1280), no rule on ICMP needed. The finding said to make the pods'
+    MTU at most 1000, which turns IPv6 off on their interfaces; it now names IPv6's
+    minimum and the route's mtu to raise."""
+    topology = Topology(family=6)
+    doctor_lab.configure(topology)
+    node, pod = doctor_lab.node, doctor_lab.names["pod"]
+    run_in(node, ["ip", "-6", "route", "replace", to_v6(DEST_NETS["plain"]), "via",
+                  to_v6(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "1000", "proto", "static"])
+    answer, _ = doctor_lab.kernel_and_trace(topology)
+    assert answer["ok"], answer  # the first, small packet passes
+    failed = []
+    for _ in range(3):
+        run_in(pod, [sys.executable, "-c", _SEND_V6, str(topology.destination)])
+        failed.append(_fragments_failed(node))
+    assert failed[0] < failed[1] < failed[2], failed  # told, the pod still sends 1200
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    assert d.verdict is Verdict.REACHES, d.render()
+    (finding,) = [f for f in d.findings if f.code == "path-mtu"]
+    assert "below 1280, the smallest MTU of IPv6" in finding.what, d.render()
+    assert "mtu 1000" in finding.where, d.render()
+    assert "1001 to 1280 bytes never pass" in finding.why, d.render()
+    assert "raise the route's mtu to at least 1280" in (finding.advice or ""), d.render()
+    assert "at most 1000" not in (finding.advice or ""), d.render()
+
+
+_SEND_JUMBO = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER: IP_PMTUDISC_DO
+sock.connect((sys.argv[1], 9))
+for _ in range(3):
+    try:
+        sock.send(b"x" * 3000)
+    except OSError:
+        pass  # the error of the datagram before, were there one
+"""
+
+
+def _unreachables_sent(node: str) -> int:
+    """The node's ICMP destination unreachable errors sent (fragmentation needed too)."""
+    icmp = [line.split()[1:] for line in
+            run_in(node, ["cat", "/proc/net/snmp"]).stdout.splitlines()
+            if line.startswith("Icmp:")]
+    return int(dict(zip(icmp[0], icmp[1], strict=True))["OutDestUnreachs"])
+
+
+def _tx_dropped(node: str, device: str) -> int:
+    (link,) = json.loads(run_in(node, ["ip", "-s", "-j", "link", "show", device]).stdout)
+    return int(link["stats64"]["tx"]["dropped"])
+
+
+def test_an_ipv4_route_mtu_over_its_device_s_drops_large_packets_with_no_icmp_error(
+        doctor_lab: DoctorLab) -> None:
+    """Pods at 9000 (jumbo frames on cni0), the route to the database at ``mtu 9000``
+    through eth0 at 1500: the kernel checks the forwarded packet against the route's mtu
+    and eth0 drops it, with no fragmentation-needed error, no rule on ICMP needed. The
+    finding said the node answered with that error; it now says none is sent and that
+    the route's mtu is the one to lower."""
+    topology = Topology()
+    doctor_lab.configure(topology)
+    node, pod = doctor_lab.node, doctor_lab.names["pod"]
+    run_in(node, ["ip", "route", "replace", DEST_NETS["plain"], "via", UPLINKS["eth0"][1],
+                  "dev", "eth0", "mtu", "9000", "proto", "static"])
+    try:
+        run_in(pod, ["ip", "link", "set", "eth0", "mtu", "9000"])
+        run_in(node, ["ip", "link", "set", "cni0", "mtu", "9000"])
+        answer, _ = doctor_lab.kernel_and_trace(topology)
+        # What an example before left the pod's kernel learnt (mtu 1280) is forgotten.
+        run_in(pod, ["ip", "route", "flush", "cache"])
+        errors, dropped = _unreachables_sent(node), _tx_dropped(node, "eth0")
+        run_in(pod, [sys.executable, "-c", _SEND_JUMBO, str(topology.destination)])
+        assert _unreachables_sent(node) == errors  # no error told the pod anything
+        assert _tx_dropped(node, "eth0") == dropped + 3
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port))
+    finally:
+        run_in(pod, ["ip", "link", "set", "eth0", "mtu", "1500"])
+        run_in(node, ["ip", "link", "set", "cni0", "mtu", "1500"])
+    assert answer["ok"], answer
+    assert d.verdict is Verdict.REACHES, d.render()
+    (finding,) = [f for f in d.findings if f.code == "path-mtu"]
+    assert "route's mtu 9000 is over eth0's" in finding.what, d.render()
+    assert "1501 to 9000 bytes are lost with no ICMP error" in finding.why, d.render()
+    assert "answers the pod with an ICMP error" not in finding.why, d.render()
+    assert "lower the route's mtu to at most 1500" in (finding.advice or ""), d.render()
