@@ -588,8 +588,9 @@ def sigterm_undoes() -> Iterator[None]:
     apply or destroy in progress takes back what it made (the backends and groups undo
     on any exception) before the process ends; by default either ended the process at
     once, between two backends. Further signals wait for that undo; a SIGTERM in the
-    undo SIGHUP or Ctrl-C started bounds it from then on as below, and a SIGHUP in
-    Ctrl-C's is ignored (a second Ctrl-C stops it). An ignored SIGHUP (``nohup``) stays
+    undo SIGHUP or Ctrl-C started bounds it from then on as below, and SIGHUP is
+    ignored from Ctrl-C on, by the commands the undo runs too (a second Ctrl-C stops
+    it). An ignored SIGHUP (``nohup``) stays
     ignored. The previous handlers come back afterwards; outside the main thread,
     nothing changes.
 
@@ -628,6 +629,12 @@ def sigterm_undoes() -> Iterator[None]:
         raise SystemExit(codes[signal.Signals(signum)])
 
     def interrupt(signum: int, frame: object) -> None:
+        if signal.SIGHUP in codes and not ended:
+            # Ignored from now on, not when it comes: the terminal closing sends it to
+            # the commands the undo runs (nft, iptables-restore) as well, and a child
+            # inherits an ignored signal, not a handler (its SIGHUP at the default, it
+            # died, the undo step failed, said to no one).
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         ended.append(signum)
         raise KeyboardInterrupt  # as Python's own handler: a second Ctrl-C stops the undo
 
