@@ -673,6 +673,45 @@ def test_calicos_undo_of_a_create_leaves_a_pool_made_again_by_someone_else(
     assert "conflict (409)" in str(error), error
 
 
+@pytest.mark.parametrize("then", [signal.SIGHUP, signal.SIGTERM])
+def test_sighup_or_sigterm_in_the_undo_of_a_failed_apply_lets_it_run_on(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float],
+        then: signal.Signals) -> None:
+    # `k3snet apply` fails (the second pool's create refused) and takes the first pool
+    # back as the API server answers its delete 429; the terminal is closed (SIGHUP), or
+    # systemd stops the unit (SIGTERM), as that undo waits. Either raised in the undo and
+    # stopped it: the pool left, ROLLBACK FAILED (interrupted), said to a terminal gone
+    # for SIGHUP. As in the undo a signal or Ctrl-C started, SIGHUP now lets it run on,
+    # SIGTERM bounds it by its 75 s: the pool is taken back, the apply's own error said.
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: the signals would end the run")
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # (a runner may ignore it)
+    sent: list[int] = []
+
+    def terminal_closes(api: Any) -> None:
+        server.fail(429, method="DELETE", times=2, retry_after=1)
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "DELETE" and not sent:
+                sent.append(then)
+                os.kill(os.getpid(), then)  # its handler returns
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+
+    try:
+        with cli.sigterm_undoes():
+            error = _calico_apply_failing_after_a_create(server, tmp_path, terminal_closes)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # given back
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
+    assert sent == [then]
+    assert not isinstance(error, RollbackError), error
+    assert server.get(CRD, "k3snet-pods-a") is None
+    assert slept == [1.0, 1.0]
+
+
 def _uid_of(body: Any) -> str | None:
     """The uid precondition of a recorded DELETE's body."""
 
