@@ -35,7 +35,7 @@ from k3snet._version import __version__
 from k3snet._yamltext import yaml_missing, yaml_problem
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
-from k3snet.backends.kit import ALLOW_DISRUPTIVE, WarningLog, option_seconds
+from k3snet.backends.kit import ALLOW_DISRUPTIVE, WarningLog, option_seconds, undoing
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespaces_of
 from k3snet.backends.netns import validate_netns
 from k3snet.backends.options import resolve_backend_options
@@ -600,10 +600,12 @@ def sigterm_undoes() -> Iterator[None]:
     apply or destroy in progress takes back what it made (the backends and groups undo
     on any exception) before the process ends; by default either ended the process at
     once, between two backends. Further signals wait for that undo; a SIGTERM in the
-    undo SIGHUP or Ctrl-C started bounds it from then on as below, and a SIGHUP in
-    Ctrl-C's is ignored (a second Ctrl-C stops it). An ignored SIGHUP (``nohup``) stays
-    ignored. The previous handlers come back afterwards; outside the main thread,
-    nothing changes.
+    undo SIGHUP or Ctrl-C started bounds it from then on as below, and SIGHUP is
+    ignored from Ctrl-C on, by the commands the undo runs too (a second Ctrl-C stops
+    it). In the undo of a failure (:func:`~k3snet.backends.kit.undoing`) SIGTERM bounds
+    it so and SIGHUP is ignored, and the command ends with the failure's error. An
+    ignored SIGHUP (``nohup``) stays ignored. The previous handlers come back afterwards;
+    outside the main thread, nothing changes.
 
     After SIGTERM the undo's API requests (Calico's pools, Cilium's ConfigMaps) are
     within :data:`UNDO_AFTER_SIGTERM` seconds in all (:func:`~k3snet.kube.requests_within`:
@@ -621,7 +623,7 @@ def sigterm_undoes() -> Iterator[None]:
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         codes[signal.SIGHUP] = EXIT_HANGUP
     ends: list[Deadline] = []
-    ended: list[int] = []  # the signal that ended the command (SIGINT: Ctrl-C)
+    ended: list[int] = []  # the signals that ended the command (SIGINT: Ctrl-C), or in an undo
 
     def terminate(signum: int, frame: object) -> None:
         if signum == signal.SIGTERM:
@@ -629,17 +631,26 @@ def sigterm_undoes() -> Iterator[None]:
         for ending in codes:  # the undo runs to its end
             if ending != signal.SIGTERM or ends:
                 signal.signal(ending, signal.SIG_IGN)
-        if ended:
-            # In the undo SIGHUP or Ctrl-C started. SIGTERM (logind ending the session,
-            # systemd stopping the scope the command ran in: a SIGKILL follows) bounds
-            # it from now on: ignored after SIGHUP, the SIGKILL cut the undo where it
-            # was, nothing said. SIGHUP (the terminal closed after Ctrl-C) lets it run
-            # on: it cut it, and said so to no one.
+        if ended or undoing():
+            # In the undo SIGHUP or Ctrl-C started, or a failure (an API server refusing
+            # the apply's last write). SIGTERM (logind ending the session, systemd
+            # stopping the scope the command ran in: a SIGKILL follows) bounds it from
+            # now on: ignored after SIGHUP, the SIGKILL cut the undo where it was,
+            # nothing said. SIGHUP (the terminal closed after Ctrl-C) lets it run on: it
+            # cut it, and said so to no one. After a failure's undo the command ends
+            # with that failure's error; a signal after it is taken as one in the undo.
+            ended.append(signum)
             return
         ended.append(signum)
         raise _Stopped(codes[signal.Signals(signum)], signal.Signals(signum).name)
 
     def interrupt(signum: int, frame: object) -> None:
+        if signal.SIGHUP in codes and not ended:
+            # Ignored from now on, not when it comes: the terminal closing sends it to
+            # the commands the undo runs (nft, iptables-restore) as well, and a child
+            # inherits an ignored signal, not a handler (its SIGHUP at the default, it
+            # died, the undo step failed, said to no one).
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         ended.append(signum)
         raise KeyboardInterrupt  # as Python's own handler: a second Ctrl-C stops the undo
 

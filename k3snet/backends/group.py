@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
-from k3snet.backends.kit import FaultHook, WarningLog, backend_warnings
+from k3snet.backends.kit import FaultHook, WarningLog, backend_warnings, undo_running
 from k3snet.errors import ApplyError, K3snetError, ModelError, PlanError, RollbackError
 from k3snet.model import ForwardBlock, NetObject
 from k3snet.model.drift import Drift
@@ -518,6 +518,12 @@ class BackendGroup:
     @staticmethod
     def _undo(results: list[tuple[Member, Plan, ApplyResult]], cause: BaseException,
               failing: Member) -> list[Change]:
+        with undo_running():  # (the CLI's SIGTERM and SIGHUP let it run on)
+            return BackendGroup._undo_members(results, cause, failing)
+
+    @staticmethod
+    def _undo_members(results: list[tuple[Member, Plan, ApplyResult]], cause: BaseException,
+                      failing: Member) -> list[Change]:
         undone: list[Change] = []
         for back, (member, part, result) in enumerate(reversed(results)):
             # The part the member was given, not what its result lists: an apply that

@@ -102,6 +102,8 @@ __all__ = [
     "run_option_checks",
     "taken_slots",
     "translate_errors",
+    "undo_running",
+    "undoing",
     "unwritten_problems",
 ]
 
@@ -348,6 +350,29 @@ class UndoFailure(Exception):  # noqa: N818 - raised by undo callables, not a k3
         super().__init__("; ".join(self.problems))
 
 
+_UNDOS = [0]  # undos running in this process (Compensation.rollback, a group's)
+_UNDOS_LOCK = threading.Lock()
+
+
+def undoing() -> bool:
+    """Whether an undo runs in this process now (:meth:`Compensation.rollback`, a backend
+    group's undo of its earlier members: :func:`undo_running`). The CLI's SIGTERM and
+    SIGHUP let it run on (SIGTERM bounding it), as in the undo they start themselves."""
+    return _UNDOS[0] > 0
+
+
+@contextmanager
+def undo_running() -> Iterator[None]:
+    """Within the block, an undo runs (:func:`undoing`)."""
+    with _UNDOS_LOCK:
+        _UNDOS[0] += 1
+    try:
+        yield
+    finally:
+        with _UNDOS_LOCK:
+            _UNDOS[0] -= 1
+
+
 class Compensation:
     """The steps an apply has made, and how to take each one back.
 
@@ -379,6 +404,10 @@ class Compensation:
         """Undo every recorded step in reverse: (inverse changes done, problems). An
         interruption of an undo (``KeyboardInterrupt``, ``SystemExit``) stops there: that
         step and every one after it are problems."""
+        with undo_running():
+            return self._rollback()
+
+    def _rollback(self) -> tuple[list[Change], list[str]]:
         undone: list[Change] = []
         problems: list[str] = []
         steps = list(reversed(self._steps))

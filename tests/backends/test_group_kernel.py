@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -269,6 +270,40 @@ def test_under_nohup_sighup_stays_ignored(main_thread: None) -> None:
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_after_ctrl_c_the_commands_the_undo_runs_outlive_the_terminals_sighup(
+        main_thread: None) -> None:
+    """The terminal closed during the undo Ctrl-C started: SIGHUP reaches its whole
+    foreground process group, the ``nft`` or ``iptables-restore`` the undo runs as
+    well. k3snet ignored it, and that child, its SIGHUP at the default, died: the undo
+    step failed, the node half-changed, said to a terminal that was gone. The undo's
+    commands now ignore SIGHUP from Ctrl-C on, as the process does (a child inherits an
+    ignored signal, not a handler); a second Ctrl-C still stops both."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (a runner may set its own)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, not under nohup
+    undone: list[int] = []
+    try:
+        with sigterm_undoes():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(10)  # the handler raises within this; a bound, not a timing
+                raise AssertionError("SIGINT did not interrupt the apply")
+            except KeyboardInterrupt:
+                # The undo: one of its commands (cat standing for nft) is running as the
+                # terminal goes away.
+                child = subprocess.Popen(["cat"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.DEVNULL)
+                os.kill(child.pid, signal.SIGHUP)
+                os.kill(os.getpid(), signal.SIGHUP)
+                child.communicate(b"")
+                undone.append(child.returncode)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # given back
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert undone == [0]  # not -SIGHUP
 
 
 DOCTOR_FIX = ["doctor", "--from", "10.42.0.5", "--to", "192.168.2.10", "--fix"]

@@ -8,7 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from k3snet import ApplyError, Change, MasqueradeRule, Plan, PlanError, RollbackError, State
+from k3snet import (
+    ApplyError,
+    ApplyResult,
+    Change,
+    MasqueradeRule,
+    Plan,
+    PlanError,
+    RollbackError,
+    State,
+    Sysctl,
+    plan,
+)
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import (
     BackendBase,
@@ -24,6 +35,7 @@ from k3snet.backends.kit import (
     fit_problems,
     option_seconds,
     translate_errors,
+    undoing,
 )
 from k3snet.errors import BackendError, ModelError
 
@@ -114,6 +126,33 @@ def test_compensation_undoes_in_reverse_and_raises_apply_error() -> None:
     assert error.rolled_back == (Change.delete(C), Change.delete(B), Change.delete(A))
     assert "demo backend, netns x:" in str(error)
     assert "3 change(s) made before it were undone" in str(error)
+
+
+def test_undoing_says_so_in_compensations_undo_and_a_groups_undo_alone() -> None:
+    # The CLI's SIGTERM and SIGHUP ask it: in an undo they let it run on (bounded).
+    from k3snet.backends.memory import MemoryBackend  # noqa: PLC0415
+
+    seen: list[bool] = []
+    undo = Compensation("demo")
+    undo.record(Change.add(A), lambda: seen.append(undoing()))
+    seen.append(undoing())
+    with pytest.raises(ApplyError):
+        undo.fail(Change.add(B), "refused")
+
+    class Seen(MemoryBackend):
+        def apply(self, plan: Plan) -> ApplyResult:
+            seen.append(undoing())
+            return super().apply(plan)
+
+    first, second = Seen(capabilities=["sysctl"]), MemoryBackend(capabilities=["nat"])
+    group = BackendGroup([first, second])
+    p = plan(group.observe(), State(owned=[MasqueradeRule("10.42.0.0/16"),
+                                           Sysctl("net.ipv4.ip_forward", "1")]))
+    second.faults.fail_at(0)
+    with pytest.raises(ApplyError):
+        group.apply(p)  # first's part applied, then taken back by the group
+    assert seen == [False, True, False, True]
+    assert not undoing()
 
 
 def test_compensation_reports_every_failed_undo_as_rollback_error() -> None:

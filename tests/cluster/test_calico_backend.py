@@ -649,6 +649,48 @@ def test_the_undo_applies_k3snets_fields_back_over_other_fields_changed_meanwhil
     assert seeded.get(CRD, "k3snet-pods-d") is None
 
 
+def test_the_undo_leaves_a_field_of_k3snets_another_manager_applied_meanwhile(
+    seeded: EmulatedApiServer, api_client: Any
+) -> None:
+    # What docs/backends.md says beside the test above: an admin's forced server-side
+    # apply takes natOutgoing (k3snet's field, the value k3snet's apply left) between the
+    # apply and its undo. The apply back, not forced, is a 409 conflict: their value
+    # stays, and the undo says it failed.
+    from kubernetes import client  # noqa: PLC0415 - as the backend imports it
+
+    backend = _backend(api_client)
+    backend.apply(plan(backend.observe(), _three_pools()))
+    p = plan(backend.observe(), State(owned=[
+        IPPool("k3snet-pods-a", "10.100.0.0/16", nat_outgoing=False),
+        IPPool("k3snet-pods-b", "10.101.0.0/24", nat_outgoing=True),
+        IPPool("k3snet-nonat-c", "192.168.3.0/24", disabled=True),
+        IPPool("k3snet-pods-d", "10.102.0.0/24", nat_outgoing=True),
+    ]))
+    seeded.fail(500, method="POST", name="k3snet-pods-d")
+    real = api_client.rest_client.pool_manager.request
+    taken: list[str] = []
+
+    def request(verb: str, url: str, **kwargs: Any) -> Any:
+        if verb == "POST" and not taken:  # the create about to fail
+            taken.append(url)
+            client.CustomObjectsApi(api_client).patch_cluster_custom_object(
+                "crd.projectcalico.org", "v1", "ippools", "k3snet-pods-a",
+                {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                 "metadata": {"name": "k3snet-pods-a"}, "spec": {"natOutgoing": False}},
+                field_manager="admin", force=True,
+                _content_type="application/apply-patch+yaml")
+        return real(verb, url, **kwargs)
+
+    api_client.rest_client.pool_manager.request = request
+    with pytest.raises(RollbackError, match=r"conflict") as info:
+        backend.apply(p)
+    assert "apply back IPPool k3snet-pods-a" in str(info.value), info.value
+    stored = seeded.get(CRD, "k3snet-pods-a")
+    assert stored is not None
+    assert stored["spec"]["natOutgoing"] is False  # theirs, not overwritten
+    assert seeded.get(CRD, "k3snet-pods-d") is None
+
+
 def test_a_failed_undo_is_a_rollback_error(seeded: EmulatedApiServer, api_client: Any) -> None:
     backend = _backend(api_client)
     p = plan(backend.observe(), _three_pools())

@@ -395,6 +395,36 @@ def test_the_undo_over_other_keys_changing_at_every_send_stops_after_five_tries(
     assert _data(k3s_cilium)["enable-bpf-masquerade"] == "true"
 
 
+@pytest.mark.parametrize("annotation", [OWNED_ANNOTATION, WRITTEN_ANNOTATION])
+def test_the_undo_leaves_k3snets_record_rewritten_meanwhile_and_names_it(
+        k3s_cilium: EmulatedApiServer, api_client: Any, annotation: str) -> None:
+    # Another k3snet (an apply from another node) or `kubectl annotate --overwrite`
+    # rewrites one of k3snet's records of cilium-config meanwhile, no key changed: the
+    # undo over it would put back the records as they were before this apply, and
+    # overwrite what that other writer says it owns. Refused, named, left theirs.
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    changes = plan(backend.observe(), State(owned=[_wanted()]))
+    k3s_cilium.fail(500, method="POST", plural="configmaps")
+    real = api_client.rest_client.pool_manager.request
+    theirs = json.dumps({"debug": "true"}, sort_keys=True)
+
+    def request(verb: str, url: str, **kwargs: Any) -> Any:
+        if verb == "POST":  # the ip-masq-agent create about to fail
+            stored = _stored(k3s_cilium)
+            assert stored is not None
+            stored["metadata"]["annotations"][annotation] = theirs
+            k3s_cilium.put(CONFIGMAPS, stored)
+        return real(verb, url, **kwargs)
+
+    api_client.rest_client.pool_manager.request = request
+    with pytest.raises(RollbackError) as info:
+        backend.apply(changes)
+    assert (f"changed by someone else since: annotation {annotation}; not overwritten"
+            in str(info.value)), info.value
+    assert _annotations(k3s_cilium)[annotation] == theirs
+    assert _data(k3s_cilium)["enable-ip-masq-agent"] == "true"  # k3snet's, left with it
+
+
 # ---------------------------------------------------------------- the ip-masq-agent document
 
 

@@ -673,6 +673,45 @@ def test_calicos_undo_of_a_create_leaves_a_pool_made_again_by_someone_else(
     assert "conflict (409)" in str(error), error
 
 
+@pytest.mark.parametrize("then", [signal.SIGHUP, signal.SIGTERM])
+def test_sighup_or_sigterm_in_the_undo_of_a_failed_apply_lets_it_run_on(
+        server: EmulatedApiServer, tmp_path: Path, slept: list[float],
+        then: signal.Signals) -> None:
+    # `k3snet apply` fails (the second pool's create refused) and takes the first pool
+    # back as the API server answers its delete 429; the terminal is closed (SIGHUP), or
+    # systemd stops the unit (SIGTERM), as that undo waits. Either raised in the undo and
+    # stopped it: the pool left, ROLLBACK FAILED (interrupted), said to a terminal gone
+    # for SIGHUP. As in the undo a signal or Ctrl-C started, SIGHUP now lets it run on,
+    # SIGTERM bounds it by its 75 s: the pool is taken back, the apply's own error said.
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: the signals would end the run")
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # (a runner may ignore it)
+    sent: list[int] = []
+
+    def terminal_closes(api: Any) -> None:
+        server.fail(429, method="DELETE", times=2, retry_after=1)
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            if verb == "DELETE" and not sent:
+                sent.append(then)
+                os.kill(os.getpid(), then)  # its handler returns
+            return real(verb, url, **kwargs)
+
+        api.rest_client.pool_manager.request = request
+
+    try:
+        with cli.sigterm_undoes():
+            error = _calico_apply_failing_after_a_create(server, tmp_path, terminal_closes)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # given back
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
+    assert sent == [then]
+    assert not isinstance(error, RollbackError), error
+    assert server.get(CRD, "k3snet-pods-a") is None
+    assert slept == [1.0, 1.0]
+
+
 def _uid_of(body: Any) -> str | None:
     """The uid precondition of a recorded DELETE's body."""
 
@@ -958,13 +997,16 @@ def test_the_undo_after_sigterm_stays_within_its_deadline_and_lists_what_is_left
         assert server.get(CRD, name) is not None  # left undone, and said so
 
 
-def test_a_sigterm_in_the_undo_after_sighup_bounds_it_by_the_sigterm_deadline(
-        server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The SSH session of `k3snet apply` drops (SIGHUP) as it creates the fifth of five
-    # pools, every DELETE answered 429; logind then stops the session's scope (SIGTERM,
-    # SIGKILL 90 s later) as the undo's first delete is sent. That SIGTERM was ignored:
-    # the undo went on bounded per request alone (100 s of waits), and the SIGKILL cut
-    # it, nothing said. It bounds the undo from then on, as SIGTERM's own does.
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGHUP])
+def test_a_sigterm_in_the_undo_after_sighup_or_ctrl_c_bounds_it_by_the_sigterm_deadline(
+        server: EmulatedApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        first: signal.Signals) -> None:
+    # The SSH session of `k3snet apply` drops (SIGHUP), or Ctrl-C is pressed, as it
+    # creates the fifth of five pools, every DELETE answered 429; logind then stops the
+    # session's scope (SIGTERM, SIGKILL 90 s later) as the undo's first delete is sent.
+    # That SIGTERM was ignored after SIGHUP (it stopped the undo after Ctrl-C): the undo
+    # went on bounded per request alone (100 s of waits), and the SIGKILL cut it,
+    # nothing said. It bounds the undo from then on, as SIGTERM's own does.
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("the tests run outside the main thread: SIGHUP would end the run")
     now = [0.0]
@@ -975,7 +1017,9 @@ def test_a_sigterm_in_the_undo_after_sighup_bounds_it_by_the_sigterm_deadline(
         now[0] += seconds
 
     monkeypatch.setattr(cli, "_clock", lambda: now[0], raising=False)
-    hangup = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # (a runner may ignore it)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (a runner may set its own)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # (a runner may ignore it)
     names = [f"k3snet-pods-{n}" for n in "abcde"]
     try:
         with _api_client(tmp_path, server) as api:
@@ -989,9 +1033,9 @@ def test_a_sigterm_in_the_undo_after_sighup_bounds_it_by_the_sigterm_deadline(
 
             def request(verb: str, url: str, **kwargs: Any) -> Any:
                 if verb == "POST" and all(server.get(CRD, n) for n in names[:4]):
-                    os.kill(os.getpid(), signal.SIGHUP)
+                    os.kill(os.getpid(), first)
                     time.sleep(10)  # the handler raises within this; a bound, not a timing
-                    raise AssertionError("SIGHUP did not interrupt the apply")
+                    raise AssertionError(f"{first!r} did not interrupt the apply")
                 if verb == "DELETE" and not sent:
                     sent.append(signal.SIGTERM)
                     os.kill(os.getpid(), signal.SIGTERM)  # its handler returns
@@ -1003,10 +1047,15 @@ def test_a_sigterm_in_the_undo_after_sighup_bounds_it_by_the_sigterm_deadline(
                     cli.sigterm_undoes():
                 backend.apply(changes)
     finally:
-        signal.signal(signal.SIGHUP, hangup)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     cause = info.value.__cause__
-    assert isinstance(cause, SystemExit)
-    assert cause.code == cli.EXIT_HANGUP
+    if first == signal.SIGHUP:
+        assert isinstance(cause, SystemExit)
+        assert cause.code == cli.EXIT_HANGUP
+    else:
+        assert isinstance(cause, KeyboardInterrupt)
+    assert "may be half-undone" not in str(info.value), info.value  # not stopped
     assert sum(slept) <= cli.UNDO_AFTER_SIGTERM, slept  # systemd's SIGKILL not reached
     left = [n for n in names[:4] if f"delete IPPool {n} (created)" in str(info.value)]
     assert left, info.value
