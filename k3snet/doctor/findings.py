@@ -664,12 +664,14 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
         route = branch.route.route if branch.route is not None else None
         if branch.egress is None or branch.egress == tr.ingress or route is None:
             continue
-        device_mtu = state.mtus.get(branch.egress)
+        device_mtu = state.device_mtu(branch.egress, tr.flow.family)
         path = min(m for m in (route.mtu, device_mtu, pod_mtu) if m is not None)
         if path >= pod_mtu:
             continue
         where = (f"route {route.describe()}" if route.mtu == path
-                 else f"dev {branch.egress} mtu {path}")
+                 else f"dev {branch.egress} mtu {path}" if state.mtus.get(branch.egress) == path
+                 else f"sysctl net.ipv6.conf.{branch.egress.replace('.', '/')}.mtu = {path} "
+                      f"(dev {branch.egress} mtu {state.mtus.get(branch.egress)})")
         if tr.flow.family == 6 and path < _IPV6_MIN_MTU:
             return [_below_ipv6_minimum(tr, branch.egress, where, path, pod_mtu)]
         if tr.flow.family == 4 and route.mtu is not None and route.mtu > path:

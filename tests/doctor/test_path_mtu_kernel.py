@@ -192,3 +192,33 @@ def test_an_ipv4_route_mtu_over_its_device_s_drops_large_packets_with_no_icmp_er
     assert "1501 to 9000 bytes are lost with no ICMP error" in finding.why, d.render()
     assert "answers the pod with an ICMP error" not in finding.why, d.render()
     assert "lower the route's mtu to at most 1500" in (finding.advice or ""), d.render()
+
+
+def test_an_ipv6_mtu_of_the_way_out_below_its_link_s_is_what_the_kernel_forwards_by(
+        doctor_lab: DoctorLab) -> None:
+    """eth0 at 1500 with its IPv6 MTU at 1400 (``net.ipv6.conf.eth0.mtu``, which a router
+    advertisement's MTU lowers): the kernel answers a pod's forwarded packet over 1400
+    with Packet Too Big for 1400, as for a 1400 link. The capture read no such sysctl and
+    the doctor compared the link's 1500, so the path was as large as the pods' and no
+    finding; the capture reads it now, and the doctor names it."""
+    topology = Topology(family=6)
+    doctor_lab.configure(topology)
+    node, pod = doctor_lab.node, doctor_lab.names["pod"]
+    run_in(node, ["sysctl", "-w", "net.ipv6.conf.eth0.mtu=1400"])
+    try:
+        answer, _ = doctor_lab.kernel_and_trace(topology)
+        run_in(pod, ["ip", "-6", "route", "flush", "cache"])
+        learnt = learnt_mtu_in(pod, 6, str(topology.destination))
+        capture = doctor_lab.capture()
+    finally:
+        run_in(node, ["sysctl", "-w", "net.ipv6.conf.eth0.mtu=1500"])
+    assert answer["ok"], answer
+    assert "mtu 1400" in learnt, learnt  # the kernel's own view: 1400, not the link's
+    assert capture.sysctls()["net.ipv6.conf.eth0.mtu"] == "1400"
+    d = diagnose(NodeState.from_capture(capture),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    assert d.verdict is Verdict.REACHES, d.render()
+    (finding,) = [f for f in d.findings if f.code == "path-mtu"]
+    assert finding.where == "sysctl net.ipv6.conf.eth0.mtu = 1400 (dev eth0 mtu 1500)", (
+        d.render())
+    assert "over 1400 bytes cannot leave by eth0" in finding.what, d.render()
