@@ -185,3 +185,22 @@ def test_an_ipv4_flow_does_not_take_the_ipv6_mtu_of_its_way_out() -> None:
     state = _bundle(1500, {})
     state = attrs.evolve(state, sysctls={**state.sysctls, "net.ipv6.conf.ovl0.mtu": "1280"})
     assert _path_mtu(state) == []
+
+
+def test_an_ipv6_route_mtu_over_its_device_s_is_the_ordinary_warning_not_the_ipv4_hole() -> None:
+    """IPv6 forwarding checks the device's MTU and answers Packet Too Big
+    (tests/doctor/test_path_mtu_kernel.py): no IPv4-only 'no ICMP error' finding."""
+    capture = NodeCapture.from_texts({
+        "addr.json": json.dumps([
+            {"ifname": name, "mtu": mtu, "addr_info": [{"local": local, "prefixlen": 64}]}
+            for name, mtu, local in (("cni0", 9000, "fd42::1"), ("eth0", 1500, "fd01::5"))]),
+        "routes-v6.json": json.dumps([
+            {"dst": "fd42::/64", "dev": "cni0"}, {"dst": "fd01::/64", "dev": "eth0"},
+            {"dst": "fd02::/64", "gateway": "fd01::1", "dev": "eth0",
+             "metrics": [{"mtu": 9000}]}]),
+        "sysctl.txt": "net.ipv6.conf.all.forwarding = 1\n"})
+    d = diagnose(NodeState.from_capture(capture), Flow("fd42::10", "fd02::10", port=5432))
+    (finding,) = [f for f in d.findings if f.code == "path-mtu"]
+    assert finding.where == "dev eth0 mtu 1500", d.render()
+    assert "Packet Too Big" in finding.why
+    assert "no ICMP error" not in finding.why
