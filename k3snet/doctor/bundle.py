@@ -4,7 +4,7 @@
 ``nft -j list ruleset`` (and its text, for the tables' flags), ``ip -j route show
 table all``, ``ip -j rule``, ``ip -j addr``, ``ipset save`` (the ipsets' members)
 and the forwarding (IPv6's ``force_forwarding`` too) / ``rp_filter`` /
-``src_valid_mark`` / ``ignore_routes_with_linkdown`` sysctls print, plus the CNI
+``src_valid_mark`` / ``ignore_routes_with_linkdown`` / IPv6 ``mtu`` sysctls print, plus the CNI
 settings a backend reads (flannel's ``subnet.env``). It is read live
 (:meth:`NodeCapture.read_live`, argv lists, optionally inside a network
 namespace) or from a directory (:meth:`NodeCapture.read_dir`), and written to one
@@ -54,7 +54,7 @@ FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "sysctl.txt": (
         "sysctl", "-a", "-r",
         r"^net\.ipv(4\.ip_forward|4\.conf\..*\.(forwarding|rp_filter|src_valid_mark)"
-        r"|6\.conf\..*\.(forwarding|force_forwarding)"
+        r"|6\.conf\..*\.(forwarding|force_forwarding|mtu)"
         r"|[46]\.conf\..*\.ignore_routes_with_linkdown)$",
     ),
 })

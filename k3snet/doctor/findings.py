@@ -664,12 +664,14 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
         route = branch.route.route if branch.route is not None else None
         if branch.egress is None or branch.egress == tr.ingress or route is None:
             continue
-        device_mtu = state.mtus.get(branch.egress)
+        device_mtu = state.device_mtu(branch.egress, tr.flow.family)
         path = min(m for m in (route.mtu, device_mtu, pod_mtu) if m is not None)
         if path >= pod_mtu:
             continue
         where = (f"route {route.describe()}" if route.mtu == path
-                 else f"dev {branch.egress} mtu {path}")
+                 else f"dev {branch.egress} mtu {path}" if state.mtus.get(branch.egress) == path
+                 else f"sysctl net.ipv6.conf.{branch.egress.replace('.', '/')}.mtu = {path} "
+                      f"(dev {branch.egress} mtu {state.mtus.get(branch.egress)})")
         if tr.flow.family == 6 and path < _IPV6_MIN_MTU:
             return [_below_ipv6_minimum(tr, branch.egress, where, path, pod_mtu)]
         if tr.flow.family == 4 and route.mtu is not None and route.mtu > path:
@@ -690,18 +692,27 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
             "large transfers stall: a black hole this trace of the flow's first, small "
             "packet does not show (the doctor does not follow the ICMP error)",
             severity="warning",
-            advice=f"make the pods' MTU at most {path}: the CNI's setting, taken by pods "
-                   "created after the CNI restarts (flannel gives pods the FLANNEL_MTU of "
-                   "its subnet.env, which its vxlan Backend's MTU option sets, and k3snet "
-                   f"writes that option, MTU: {path}, from the backend's options "
-                   "(spec cni.flannel.backend.options): check FLANNEL_MTU afterwards; "
-                   "Calico's veth_mtu; Cilium's mtu); or "
+            advice=f"make the pods' MTU at most {path}: {_pods_mtu_settings(path)}; or "
                    "clamp TCP's MSS to the path's MTU on the node (nft: tcp flags syn tcp "
                    "option maxseg size set rt mtu, in a forward chain; iptables: -t mangle "
                    "-A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS "
                    "--clamp-mss-to-pmtu), which k3snet does not write and which helps TCP "
                    "alone; and let that ICMP error through to the pods")]
     return []
+
+
+def _pods_mtu_settings(mtu: int) -> str:
+    """Where each CNI takes its pods' MTU from, and the value giving them ``mtu``."""
+    return ("the CNI's setting, taken by pods created after the CNI restarts (flannel, "
+            "v0.21.3 and later, gives pods its Backend's MTU option less the "
+            f"encapsulation's overhead, as subnet.env's FLANNEL_MTU: MTU: {mtu + 50} for "
+            f"vxlan, MTU: {mtu + 80} for wireguard, which k3snet writes from the backend's "
+            "options (spec cni.flannel.backend.options): check FLANNEL_MTU afterwards; "
+            "host-gw takes the interface's MTU and has no such option; Calico: veth_mtu "
+            "in the calico-config ConfigMap, or the operator's Installation "
+            "spec.calicoNetwork.mtu, whose 0 takes the smallest of FelixConfiguration's "
+            "ipipMTU / vxlanMTU / wireguardMTU of the encapsulations in use, else the "
+            "host's; Cilium: mtu in the cilium-config ConfigMap, its pods' interfaces' MTU)")
 
 
 _IPV6_MIN_MTU = 1280

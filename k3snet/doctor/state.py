@@ -514,6 +514,19 @@ class NodeState:
         except ValueError:
             return default
 
+    def device_mtu(self, device: str, family: int) -> int | None:
+        """The largest packet of ``family`` the kernel forwards out of ``device``
+        unannounced: its MTU (``ip -j addr``), for IPv6 its own IPv6 MTU where that is
+        smaller (``net.ipv6.conf.DEV.mtu``, which a router advertisement's MTU lowers,
+        and against which the kernel checks a forwarded IPv6 packet). None: the
+        capture does not list the device."""
+        mtu = self.mtus.get(device)
+        if family == 6 and mtu is not None:
+            ipv6 = self.sysctl(f"net.ipv6.conf.{device.replace('.', '/')}.mtu")
+            if 0 < ipv6 < mtu:
+                return ipv6
+        return mtu
+
     def linkdown_ignored(self, family: int) -> frozenset[str]:
         """The devices whose ``linkdown`` routes a lookup of ``family`` passes over
         (``ignore_routes_with_linkdown``): for IPv4 where the device's or ``all``'s

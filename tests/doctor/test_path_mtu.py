@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 
 from k3snet.doctor import Flow, NodeCapture, NodeState, Verdict, diagnose
@@ -44,7 +45,7 @@ def test_an_overlay_device_smaller_than_the_pods_interface_is_a_path_mtu_warning
     assert finding.where == "dev ovl0 mtu 1450"
     assert "over 1450 bytes cannot leave by ovl0" in finding.what
     assert "cni0 takes 1500" in finding.what
-    assert "MTU: 1450" in (finding.advice or "")
+    assert "MTU: 1500 for vxlan" in (finding.advice or "")  # flannel takes 50 off it
 
 
 def test_a_route_mtu_is_the_path_mtu_even_on_a_larger_device() -> None:
@@ -140,3 +141,66 @@ def test_an_ipv4_route_mtu_over_its_device_s_is_a_hole_with_no_icmp_error() -> N
                              "(dev ovl0 mtu 1300)")
     assert "1301 to 1400 bytes are lost with no ICMP error" in finding.why
     assert "lower the route's mtu to at most 1300" in (finding.advice or "")
+
+
+def _ipv6_bundle(sysctls: str) -> NodeState:
+    return NodeState.from_capture(NodeCapture.from_texts({
+        "addr.json": json.dumps([
+            {"ifname": name, "mtu": 1500, "addr_info": [{"local": local, "prefixlen": 64}]}
+            for name, local in (("cni0", "fd42::1"), ("eth0.7", "fd01::5"))]),
+        "routes-v6.json": json.dumps([
+            {"dst": "fd42::/64", "dev": "cni0"}, {"dst": "fd01::/64", "dev": "eth0.7"},
+            {"dst": "fd02::/64", "gateway": "fd01::1", "dev": "eth0.7"}]),
+        "iptables-nft-v6.save": "*nat\n:POSTROUTING ACCEPT [0:0]\n"
+                                "-A POSTROUTING -s fd42::/64 -j MASQUERADE\nCOMMIT\n",
+        "sysctl.txt": "net.ipv6.conf.all.forwarding = 1\n" + sysctls}))
+
+
+def test_an_ipv6_mtu_of_the_way_out_below_its_link_s_is_the_path_mtu() -> None:
+    """``net.ipv6.conf.DEV.mtu`` (lowered by a router advertisement's MTU) is what the
+    kernel checks a forwarded IPv6 packet against: 1400 on a 1500 link (a VLAN's name
+    as sysctl prints it, ``eth0/7``) is a way out smaller than the pods' 1500; ``all``'s
+    and ``default``'s (1280 as the kernel shows them) and the pods' side do not count."""
+    d = diagnose(_ipv6_bundle("net.ipv6.conf.all.mtu = 1280\nnet.ipv6.conf.default.mtu = 1280\n"
+                              "net.ipv6.conf.eth0/7.mtu = 1400\nnet.ipv6.conf.cni0.mtu = 1500\n"),
+                 Flow("fd42::10", "fd02::10", port=5432))
+    (finding,) = [f for f in d.findings if f.code == "path-mtu"]
+    assert finding.where == "sysctl net.ipv6.conf.eth0/7.mtu = 1400 (dev eth0.7 mtu 1500)"
+    assert "over 1400 bytes cannot leave by eth0.7" in finding.what
+    assert "at most 1400" in (finding.advice or "")
+
+
+@pytest.mark.parametrize("sysctls", ["", "net.ipv6.conf.eth0/7.mtu = 1500\n",
+                                     "net.ipv6.conf.eth0/7.mtu = 9000\n",
+                                     "net.ipv6.conf.eth0/7.mtu = x\n",
+                                     "net.ipv6.conf.all.mtu = 1280\n"
+                                     "net.ipv6.conf.default.mtu = 1280\n"])
+def test_an_ipv6_mtu_not_below_its_link_s_or_not_captured_is_no_path_mtu_warning(
+        sysctls: str) -> None:
+    d = diagnose(_ipv6_bundle(sysctls), Flow("fd42::10", "fd02::10", port=5432))
+    assert "path-mtu" not in [f.code for f in d.findings], d.render()
+
+
+def test_an_ipv4_flow_does_not_take_the_ipv6_mtu_of_its_way_out() -> None:
+    state = _bundle(1500, {})
+    state = attrs.evolve(state, sysctls={**state.sysctls, "net.ipv6.conf.ovl0.mtu": "1280"})
+    assert _path_mtu(state) == []
+
+
+def test_an_ipv6_route_mtu_over_its_device_s_is_the_ordinary_warning_not_the_ipv4_hole() -> None:
+    """IPv6 forwarding checks the device's MTU and answers Packet Too Big
+    (tests/doctor/test_path_mtu_kernel.py): no IPv4-only 'no ICMP error' finding."""
+    capture = NodeCapture.from_texts({
+        "addr.json": json.dumps([
+            {"ifname": name, "mtu": mtu, "addr_info": [{"local": local, "prefixlen": 64}]}
+            for name, mtu, local in (("cni0", 9000, "fd42::1"), ("eth0", 1500, "fd01::5"))]),
+        "routes-v6.json": json.dumps([
+            {"dst": "fd42::/64", "dev": "cni0"}, {"dst": "fd01::/64", "dev": "eth0"},
+            {"dst": "fd02::/64", "gateway": "fd01::1", "dev": "eth0",
+             "metrics": [{"mtu": 9000}]}]),
+        "sysctl.txt": "net.ipv6.conf.all.forwarding = 1\n"})
+    d = diagnose(NodeState.from_capture(capture), Flow("fd42::10", "fd02::10", port=5432))
+    (finding,) = [f for f in d.findings if f.code == "path-mtu"]
+    assert finding.where == "dev eth0 mtu 1500", d.render()
+    assert "Packet Too Big" in finding.why
+    assert "no ICMP error" not in finding.why

@@ -192,3 +192,90 @@ def test_an_ipv4_route_mtu_over_its_device_s_drops_large_packets_with_no_icmp_er
     assert "1501 to 9000 bytes are lost with no ICMP error" in finding.why, d.render()
     assert "answers the pod with an ICMP error" not in finding.why, d.render()
     assert "lower the route's mtu to at most 1500" in (finding.advice or ""), d.render()
+
+
+def test_an_ipv6_mtu_of_the_way_out_below_its_link_s_is_what_the_kernel_forwards_by(
+        doctor_lab: DoctorLab) -> None:
+    """eth0 at 1500 with its IPv6 MTU at 1400 (``net.ipv6.conf.eth0.mtu``, which a router
+    advertisement's MTU lowers): the kernel answers a pod's forwarded packet over 1400
+    with Packet Too Big for 1400, as for a 1400 link. The capture read no such sysctl and
+    the doctor compared the link's 1500, so the path was as large as the pods' and no
+    finding; the capture reads it now, and the doctor names it."""
+    topology = Topology(family=6)
+    doctor_lab.configure(topology)
+    node, pod = doctor_lab.node, doctor_lab.names["pod"]
+    run_in(node, ["sysctl", "-w", "net.ipv6.conf.eth0.mtu=1400"])
+    try:
+        answer, _ = doctor_lab.kernel_and_trace(topology)
+        run_in(pod, ["ip", "-6", "route", "flush", "cache"])
+        learnt = learnt_mtu_in(pod, 6, str(topology.destination))
+        capture = doctor_lab.capture()
+    finally:
+        run_in(node, ["sysctl", "-w", "net.ipv6.conf.eth0.mtu=1500"])
+    assert answer["ok"], answer
+    assert "mtu 1400" in learnt, learnt  # the kernel's own view: 1400, not the link's
+    assert capture.sysctls()["net.ipv6.conf.eth0.mtu"] == "1400"
+    d = diagnose(NodeState.from_capture(capture),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    assert d.verdict is Verdict.REACHES, d.render()
+    (finding,) = [f for f in d.findings if f.code == "path-mtu"]
+    assert finding.where == "sysctl net.ipv6.conf.eth0.mtu = 1400 (dev eth0 mtu 1500)", (
+        d.render())
+    assert "over 1400 bytes cannot leave by eth0" in finding.what, d.render()
+
+
+_SEND_JUMBO_V6 = """
+import socket, sys
+sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sock.connect((sys.argv[1], 9))
+for _ in range(3):
+    try:
+        sock.send(b"x" * 3000)
+    except OSError:
+        pass  # the error of the datagram before
+"""
+
+
+def _too_bigs_sent(node: str) -> int:
+    counters = dict(line.split() for line in
+                    run_in(node, ["cat", "/proc/net/snmp6"]).stdout.splitlines())
+    return int(counters["Icmp6OutPktTooBigs"])
+
+
+def test_an_ipv6_route_mtu_over_its_device_s_is_told_by_packet_too_big_unlike_ipv4(
+        doctor_lab: DoctorLab) -> None:
+    """The IPv4 case above for IPv6: pods at 9000, the route ``mtu 9000`` through eth0 at
+    1500. IPv6 forwarding checks the packet against the device's (IPv6) MTU, not the
+    route's (ip6_forward; a locked route mtu aside), and answers Packet Too Big for
+    1500, which the pod learns: the ordinary warning of a smaller way out (the error can
+    be dropped), not the IPv4 hole no ICMP closes, nor its advice to lower the route's
+    mtu."""
+    topology = Topology(family=6)
+    doctor_lab.configure(topology)
+    node, pod = doctor_lab.node, doctor_lab.names["pod"]
+    run_in(node, ["ip", "-6", "route", "replace", to_v6(DEST_NETS["plain"]), "via",
+                  to_v6(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "9000", "proto", "static"])
+    try:
+        run_in(pod, ["ip", "link", "set", "eth0", "mtu", "9000"])
+        run_in(node, ["ip", "link", "set", "cni0", "mtu", "9000"])
+        answer, _ = doctor_lab.kernel_and_trace(topology)
+        run_in(pod, ["ip", "-6", "route", "flush", "cache"])
+        told = _too_bigs_sent(node)
+        run_in(pod, [sys.executable, "-c", _SEND_JUMBO_V6, str(topology.destination)])
+        learnt = run_in(pod, ["ip", "-6", "-o", "route", "get",
+                              str(topology.destination)]).stdout
+        sent = _too_bigs_sent(node) - told
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port))
+    finally:
+        run_in(pod, ["ip", "link", "set", "eth0", "mtu", "1500"])
+        run_in(node, ["ip", "link", "set", "cni0", "mtu", "1500"])
+    assert answer["ok"], answer
+    assert sent >= 1, sent  # the node told the pod
+    assert "mtu 1500" in learnt, learnt  # the device's MTU, not the route's 9000
+    assert d.verdict is Verdict.REACHES, d.render()
+    (finding,) = [f for f in d.findings if f.code == "path-mtu"]
+    assert finding.where == "dev eth0 mtu 1500", d.render()
+    assert "Packet Too Big" in finding.why, d.render()
+    assert "no ICMP error" not in finding.why, d.render()
+    assert "lower the route's mtu" not in (finding.advice or ""), d.render()
