@@ -136,6 +136,10 @@ which its SIGKILL cut the undo at any point, silently."""
 _clock: Callable[[], float] = time.monotonic  # the deadline's clock (a fake in tests)
 _DOCUMENT_PRINTED: list[bool] = []
 """Not empty once this run printed its JSON document: a signal after it adds none."""
+_MADE: list[str] = []
+"""What this run's change made, once made (an apply or destroy returned, ``doctor
+--fix``'s fix): a signal after it (destroy reading the backends again, the output
+written) takes nothing back, and says it stays (:func:`_report_stopped`)."""
 
 
 SPEC_HELP = "spec file (YAML or JSON)"
@@ -568,6 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     given = _common_after_command(sys.argv[1:] if argv is None else list(argv))
     _DOCUMENT_PRINTED.clear()  # main is called again in one process (tests, a library)
+    _MADE.clear()
     logged = _agent_logs_json(given)  # argparse's text kept off its log, said there
     try:
         with contextlib.redirect_stderr(_Discarded()) if logged else contextlib.nullcontext():
@@ -781,7 +786,13 @@ def _report_stopped(args: argparse.Namespace, name: str, exc: BaseException) -> 
     changes = args.command in UNDONE_ON_SIGTERM and getattr(args, "fix", True)
     if notes:
         message = f"stopped by {name}: " + "; ".join(notes)
-    elif changes and not _DOCUMENT_PRINTED:  # printed: the command had done its work
+    elif _MADE:
+        # The change was made before the signal came (a destroy reading the backends
+        # again, the result being written): nothing takes it back. "Nothing was
+        # changed" was said of a node whose changes all stayed.
+        message = (f"stopped by {name} after the change was made, which stays: "
+                   + "; ".join(_MADE))
+    elif changes:  # stopped before the change was made, or within it: taken back
         message = f"stopped by {name}: nothing was changed (what it made was taken back)"
     else:
         message = f"stopped by {name}"
@@ -790,6 +801,12 @@ def _report_stopped(args: argparse.Namespace, name: str, exc: BaseException) -> 
         if _json(args) and not getattr(args, "stdout_taken", False) \
                 and not _DOCUMENT_PRINTED:
             _print_error_json(name, message)
+
+
+def _made(done: Convergence) -> None:
+    """Note what ``done``'s change made, if anything (:data:`_MADE`)."""
+    if done.result is not None and done.result.applied:
+        _MADE.append(done.result.summary())
 
 
 def _logged_by_agent(args: argparse.Namespace, message: str) -> bool:
@@ -1933,6 +1950,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 # Shown on stdout already, or else printed there with what was applied.
                 shown = preview.plan if ask is sys.stdout else None
         done = run(fixed, wanted, dry_run=False)
+        _made(done)
         # What the last observe found worth saying, as plan says; not the look through
         # the node backends not in use (plan and apply --dry-run say it): a script's cold
         # apply pays for its own backends alone (up to ~56 ms of imports and reads else).
@@ -2052,6 +2070,7 @@ def _destroy_through(args: argparse.Namespace, groups: Sequence[BackendGroup],
     # What is approved is what is removed: the listed plan, refused if the node changed.
     done = destroy_each(groups, lock_timeout=args.lock_timeout,
                         confirmed=preview.plan if asking else None)
+    _made(done)
     if not as_json and (shown is not sys.stdout
                         or not _same_changes(preview.plan.changes, done.plan.changes)):
         print(done.plan.render())  # not listed on stdout, or the node changed since
@@ -2239,6 +2258,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             # changed while it waited for approval, never planned again behind the
             # user's back (a masquerade another k3snet run added meanwhile was deleted).
             done = apply_plan(backend, d.plan, desired=d.desired)
+            _made(done)
             if done.result is not None:
                 print(_result_text(d.plan, done.result), file=human)
         after = diagnose(attrs.evolve(

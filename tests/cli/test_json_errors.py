@@ -19,7 +19,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from k3snet import cli
+from k3snet import MemoryBackend, State, Sysctl, cli, register_backend
+from k3snet.backends.registry import unregister_backend
 from k3snet.cli import main
 from k3snet.schemas import load_schema
 
@@ -251,4 +252,54 @@ def test_a_signal_after_the_document_was_printed_adds_no_second_one(
         main(["apply", "-f", str(SEED), *MEMORY, "--output", "json"])
     captured = capsys.readouterr()
     assert json.loads(captured.out)["kind"] == "apply"  # one document, the apply's
-    assert "k3snet: error: stopped by SIGTERM\n" in captured.err  # applied: no "nothing"
+    # Applied: no "nothing was changed", what stays instead.
+    assert ("k3snet: error: stopped by SIGTERM after the change was made, which stays: "
+            "memory: 8 change(s) applied in 8 operation(s)\n") in captured.err
+
+
+def test_a_signal_after_the_apply_was_made_says_it_stays_not_that_nothing_changed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # SIGTERM while the result is written (a terminal's pipe full, `| less` not read):
+    # the apply had returned, nothing takes it back; as text no document is printed, and
+    # "nothing was changed (what it made was taken back)" was said of 8 changes made.
+    printed = cli._print_apply
+
+    def print_then_terminated(*args: Any, **kwargs: Any) -> None:
+        printed(*args, **kwargs)
+        _terminated()
+
+    monkeypatch.setattr(cli, "_print_apply", print_then_terminated)
+    with pytest.raises(SystemExit) as ended:
+        main(["apply", "-f", str(SEED), *MEMORY])
+    assert ended.value.code == cli.EXIT_TERMINATED
+    err = capsys.readouterr().err
+    assert "nothing was changed" not in err
+    assert ("k3snet: error: stopped by SIGTERM after the change was made, which stays: "
+            "memory: 8 change(s) applied in 8 operation(s)") in err
+
+
+def test_a_signal_while_destroy_reads_the_backends_again_names_what_stays_removed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # After the removal destroy observes the backends again (for the warnings of what
+    # holds now: API reads for Calico or Cilium); stopped there, the error document said
+    # "nothing was changed", of a node whose objects were all removed.
+    held = MemoryBackend(State(owned=[Sysctl("net.ipv4.ip_forward", "1"),
+                                      Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    register_backend("memory-crossf-removed", lambda: held)
+    monkeypatch.setattr(cli, "_look_again", _terminated)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            main(["destroy", "--backend", "memory-crossf-removed", "--auto-approve",
+                  "--output", "json"])
+    finally:
+        unregister_backend("memory-crossf-removed")
+    assert ended.value.code == cli.EXIT_TERMINATED
+    assert not held.observe().owned  # removed, and not taken back
+    captured = capsys.readouterr()
+    error = _error_document(captured.out)
+    assert error["type"] == "SIGTERM"
+    assert error["message"] == ("stopped by SIGTERM after the change was made, which "
+                                "stays: memory: 2 change(s) applied in 2 operation(s)")
+    assert f"k3snet: error: {error['message']}" in captured.err
