@@ -163,6 +163,11 @@ class _Stopped(SystemExit):
         super().__init__(code)
         self.name = name
 
+    def __str__(self) -> str:
+        # What an error it ends in says (a RollbackError's "interrupted (...)", a backend
+        # group's failing member), not the exit code alone ("_Stopped: 143", "143").
+        return f"stopped by {self.name}"
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors exiting 64, not 2 (2 means "changes pending")."""

@@ -20,8 +20,10 @@ import jsonschema
 import pytest
 
 from k3snet import MemoryBackend, State, Sysctl, cli, register_backend
+from k3snet.backends.kit import Compensation
 from k3snet.backends.registry import unregister_backend
 from k3snet.cli import main
+from k3snet.planner import Change
 from k3snet.schemas import load_schema
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
@@ -303,3 +305,29 @@ def test_a_signal_while_destroy_reads_the_backends_again_names_what_stays_remove
     assert error["message"] == ("stopped by SIGTERM after the change was made, which "
                                 "stays: memory: 2 change(s) applied in 2 operation(s)")
     assert f"k3snet: error: {error['message']}" in captured.err
+
+
+def test_sigterm_whose_undo_fails_is_one_rollback_document_exit_5_naming_the_signal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The undo SIGTERM started failed: exit 5 and the RollbackError's document alone (no
+    # SIGTERM document after it). It said "interrupted (_Stopped: 143)": the exit code
+    # of a private class, for the signal that stopped the apply.
+    def undo() -> None:
+        raise OSError("EPERM")
+
+    def converge(*_args: object, **_kwargs: object) -> object:
+        steps = Compensation("memory")
+        with steps.guarding():
+            steps.record(Change.add(Sysctl("net.ipv4.ip_forward", "1")), undo)
+            _terminated()
+        raise AssertionError("not stopped")
+
+    monkeypatch.setattr(cli, "converge", converge)
+    assert main(["apply", "-f", str(SEED), *MEMORY, "--output", "json"]) == 5
+    captured = capsys.readouterr()
+    error = _error_document(captured.out)  # one document
+    assert error["type"] == "RollbackError"
+    assert error["message"].startswith(
+        "memory backend: interrupted (stopped by SIGTERM)\n  ROLLBACK FAILED"), error
+    assert "_Stopped" not in captured.err
