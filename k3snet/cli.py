@@ -594,9 +594,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _printable_output()
     admin_path()
     changes = args.command in UNDONE_ON_SIGTERM and getattr(args, "fix", True)
-    with sigterm_undoes() if changes else contextlib.nullcontext():
-        code = _run(args)
     held: _HeldWarnings | None = getattr(args, "held_warnings", None)
+    try:
+        with sigterm_undoes() if changes else contextlib.nullcontext():
+            code = _run(args)
+    except _Stopped:  # SIGTERM, SIGHUP (143, 129): a failure as Ctrl-C's 130 is
+        if held is not None:
+            held.release()
+        raise
     if held is not None and code in FAILURE_CODES:
         held.release()  # no `!! warning:` line said them
     return code

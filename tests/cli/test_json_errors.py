@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 
 from k3snet import MemoryBackend, State, Sysctl, cli, register_backend
-from k3snet.backends.kit import Compensation
+from k3snet.backends.kit import Compensation, WarningLog
 from k3snet.backends.registry import unregister_backend
 from k3snet.cli import main
 from k3snet.planner import Change
@@ -331,3 +331,25 @@ def test_sigterm_whose_undo_fails_is_one_rollback_document_exit_5_naming_the_sig
     assert error["message"].startswith(
         "memory backend: interrupted (stopped by SIGTERM)\n  ROLLBACK FAILED"), error
     assert "_Stopped" not in captured.err
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_a_signal_says_the_backends_warnings_it_held_back_as_any_failure_does(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stop: str
+) -> None:
+    # The backends' warnings are held back from stderr for the `!! warning:` lines the
+    # result prints; a failure prints none, and they are logged then. Ctrl-C (130) did,
+    # SIGTERM and SIGHUP (143, 129, in FAILURE_CODES too) ended past it: never said.
+    def converge(*_args: object, **_kwargs: object) -> object:
+        WarningLog("k3snet.backends.crossf", "memory").say(["a foreign K3SNET-X chain"])
+        if stop == "SIGINT":
+            raise KeyboardInterrupt
+        return _terminated()
+
+    monkeypatch.setattr(cli, "converge", converge)
+    try:
+        code = main(["apply", "-f", str(SEED), *MEMORY])
+    except SystemExit as exc:
+        code = int(str(exc.code))
+    assert code == {"SIGINT": cli.EXIT_INTERRUPTED, "SIGTERM": cli.EXIT_TERMINATED}[stop]
+    assert "memory: a foreign K3SNET-X chain" in capsys.readouterr().err
