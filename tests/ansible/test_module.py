@@ -1224,7 +1224,7 @@ def test_state_absent_stopped_by_sigterm_between_two_backends_is_changed_naming_
     # removed); the module said "nothing was changed", changed false, of a changed node.
     testing = pytest.importorskip("ansible.module_utils.testing")
     module = load_module()
-    said = "removed before nftables failed, and not undone: netlink: 2 change(s)"
+    said = "removed before nftables was stopped, and not undone: netlink: 2 change(s)"
 
     def stopped(*_args: object, **_kwargs: object) -> None:
         exc = SystemExit(143)
