@@ -353,3 +353,15 @@ def test_a_signal_says_the_backends_warnings_it_held_back_as_any_failure_does(
         code = int(str(exc.code))
     assert code == {"SIGINT": cli.EXIT_INTERRUPTED, "SIGTERM": cli.EXIT_TERMINATED}[stop]
     assert "memory: a foreign K3SNET-X chain" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_validate_is_an_error_document_as_its_schema_says(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*_args: object, **_kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "compile_spec", interrupted)
+    assert main(["validate", "-f", str(SEED), "--output", "json"]) == cli.EXIT_INTERRUPTED
+    assert _error_document(capsys.readouterr().out)["type"] == "SIGINT"
+    assert "Ctrl-C stops it" in load_schema("error")["description"]
