@@ -695,8 +695,7 @@ def _run(args: argparse.Namespace) -> int:
                 _print_error_json(type(exc).__name__, _os_error(exc))
         return EXIT_ERROR
     except KeyboardInterrupt as exc:
-        _report_stopped(args, "SIGINT", exc)
-        return EXIT_INTERRUPTED
+        return _interrupted(args, exc)
     except _Stopped as exc:  # SIGTERM, SIGHUP: sigterm_undoes's SystemExit
         _report_stopped(args, exc.name, exc)
         raise
@@ -782,6 +781,34 @@ def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
         # Ansible module's message does: exit 1 reads "nothing was changed" otherwise.
         message = "\n".join([str(exc), *getattr(exc, "__notes__", ())])
         _print_error_json(type(exc).__name__, message, getattr(exc, "problems", ()))
+
+
+def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
+    """Exit 130 for Ctrl-C, said (:func:`_report_stopped`); 5 for one that came as the
+    error of a failed undo unwound (the backends closing, the lock let go: a third
+    Ctrl-C, after the one the undo followed and the one that cut it), which is reported:
+    it was "nothing was changed (what it made was taken back)", exit 130, of a node that
+    may be half-changed."""
+    cut = _rollback_failed_before(exc)
+    if cut is None:
+        _report_stopped(args, "SIGINT", exc)
+        return EXIT_INTERRUPTED
+    with _reporting():
+        _report_error(args, cut)
+    return EXIT_HALF_CHANGED
+
+
+def _rollback_failed_before(exc: BaseException) -> RollbackError | None:
+    """The :class:`~k3snet.errors.RollbackError` ``exc`` was raised while it propagated
+    (``exc``'s context, or theirs), if any."""
+    seen: set[int] = set()
+    context = exc.__context__
+    while context is not None and id(context) not in seen:
+        if isinstance(context, RollbackError):
+            return context
+        seen.add(id(context))
+        context = context.__context__
+    return None
 
 
 def _report_stopped(args: argparse.Namespace, name: str, exc: BaseException) -> None:

@@ -23,6 +23,7 @@ from k3snet import MemoryBackend, State, Sysctl, cli, register_backend
 from k3snet.backends.kit import Compensation, WarningLog
 from k3snet.backends.registry import unregister_backend
 from k3snet.cli import main
+from k3snet.errors import RollbackError
 from k3snet.planner import Change
 from k3snet.schemas import load_schema
 
@@ -365,3 +366,28 @@ def test_ctrl_c_in_validate_is_an_error_document_as_its_schema_says(
     assert main(["validate", "-f", str(SEED), "--output", "json"]) == cli.EXIT_INTERRUPTED
     assert _error_document(capsys.readouterr().out)["type"] == "SIGINT"
     assert "Ctrl-C stops it" in load_schema("error")["description"]
+
+
+def test_ctrl_c_as_a_failed_undo_unwinds_keeps_its_rollback_error_exit_5(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ctrl-C, a second one cutting the undo (a RollbackError: the node may be
+    # half-changed), and a third as that error unwinds (the backends closed, the lock
+    # let go): the third replaced it, and the command said "stopped by SIGINT: nothing
+    # was changed (what it made was taken back)", exit 130, of a half-changed node.
+    def converge(*_args: object, **_kwargs: object) -> object:
+        try:
+            raise RollbackError("memory backend: interrupted (KeyboardInterrupt)\n  "
+                                "ROLLBACK FAILED, the system may be half-changed:\n    "
+                                "- sysctl net.ipv4.ip_forward = 1: interrupted")
+        finally:
+            raise KeyboardInterrupt  # the third Ctrl-C, as it unwinds
+
+    monkeypatch.setattr(cli, "converge", converge)
+    assert main(["apply", "-f", str(SEED), *MEMORY, "--output", "json"]) == 5
+    captured = capsys.readouterr()
+    error = _error_document(captured.out)
+    assert error["type"] == "RollbackError"
+    assert "ROLLBACK FAILED" in error["message"]
+    assert "nothing was changed" not in captured.err
+    assert "ROLLBACK FAILED" in captured.err
