@@ -679,8 +679,9 @@ def _run(args: argparse.Namespace) -> int:
     except K3snetError as exc:
         # The code says the failure even when its report cannot be written (`| head`
         # gone, a full disk): a RollbackError's 5 ended as a traceback and exit 1,
-        # "nothing was changed", on a node that may be half-changed.
-        with _reporting():
+        # "nothing was changed", on a node that may be half-changed. So when Ctrl-C or a
+        # signal cuts the report (a slow terminal): it ended 130 or 143, quietly.
+        with _reporting(), contextlib.suppress(KeyboardInterrupt, _Stopped):
             _report_error(args, exc)
         return error_code(exc)
     except BrokenPipeError:
@@ -793,7 +794,7 @@ def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
     if cut is None:
         _report_stopped(args, "SIGINT", exc)
         return EXIT_INTERRUPTED
-    with _reporting():
+    with _reporting(), contextlib.suppress(KeyboardInterrupt, _Stopped):
         _report_error(args, cut)
     return EXIT_HALF_CHANGED
 

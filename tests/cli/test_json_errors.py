@@ -391,3 +391,28 @@ def test_ctrl_c_as_a_failed_undo_unwinds_keeps_its_rollback_error_exit_5(
     assert "ROLLBACK FAILED" in error["message"]
     assert "nothing was changed" not in captured.err
     assert "ROLLBACK FAILED" in captured.err
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), cli._Stopped(143, "SIGTERM")],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_a_rollback_error_is_reported_keeps_exit_5(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    stop: BaseException
+) -> None:
+    # Ctrl-C (or systemd's SIGTERM) while the RollbackError's lines were written (a slow
+    # terminal, a pipe not read): the process ended 130 (143), quietly, its 5 ("the
+    # node may be half-changed") lost, and the lines after the cut never said.
+    def converge(*_args: object, **_kwargs: object) -> object:
+        raise RollbackError("memory backend: undoing failed, the system may be "
+                            "half-changed:\n    - sysctl net.ipv4.ip_forward = 1: EPERM")
+
+    reported = cli._report_error
+
+    def report_then_stopped(*args: Any) -> None:
+        reported(*args)
+        raise stop
+
+    monkeypatch.setattr(cli, "converge", converge)
+    monkeypatch.setattr(cli, "_report_error", report_then_stopped)
+    assert main(["apply", "-f", str(SEED), *MEMORY]) == cli.EXIT_HALF_CHANGED
+    assert "half-changed" in capsys.readouterr().err
