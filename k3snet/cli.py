@@ -136,6 +136,10 @@ which its SIGKILL cut the undo at any point, silently."""
 _clock: Callable[[], float] = time.monotonic  # the deadline's clock (a fake in tests)
 _DOCUMENT_PRINTED: list[bool] = []
 """Not empty once this run printed its JSON document: a signal after it adds none."""
+_MADE: list[str] = []
+"""What this run's change made, once made (an apply or destroy returned, ``doctor
+--fix``'s fix): a signal after it (destroy reading the backends again, the output
+written) takes nothing back, and says it stays (:func:`_report_stopped`)."""
 
 
 SPEC_HELP = "spec file (YAML or JSON)"
@@ -158,6 +162,11 @@ class _Stopped(SystemExit):
     def __init__(self, code: int, name: str) -> None:
         super().__init__(code)
         self.name = name
+
+    def __str__(self) -> str:
+        # What an error it ends in says (a RollbackError's "interrupted (...)", a backend
+        # group's failing member), not the exit code alone ("_Stopped: 143", "143").
+        return f"stopped by {self.name}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -568,6 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     given = _common_after_command(sys.argv[1:] if argv is None else list(argv))
     _DOCUMENT_PRINTED.clear()  # main is called again in one process (tests, a library)
+    _MADE.clear()
     logged = _agent_logs_json(given)  # argparse's text kept off its log, said there
     try:
         with contextlib.redirect_stderr(_Discarded()) if logged else contextlib.nullcontext():
@@ -584,9 +594,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _printable_output()
     admin_path()
     changes = args.command in UNDONE_ON_SIGTERM and getattr(args, "fix", True)
-    with sigterm_undoes() if changes else contextlib.nullcontext():
-        code = _run(args)
     held: _HeldWarnings | None = getattr(args, "held_warnings", None)
+    try:
+        with sigterm_undoes() if changes else contextlib.nullcontext():
+            code = _run(args)
+    except _Stopped:  # SIGTERM, SIGHUP (143, 129): a failure as Ctrl-C's 130 is
+        if held is not None:
+            held.release()
+        raise
     if held is not None and code in FAILURE_CODES:
         held.release()  # no `!! warning:` line said them
     return code
@@ -675,8 +690,9 @@ def _run(args: argparse.Namespace) -> int:
     except K3snetError as exc:
         # The code says the failure even when its report cannot be written (`| head`
         # gone, a full disk): a RollbackError's 5 ended as a traceback and exit 1,
-        # "nothing was changed", on a node that may be half-changed.
-        with _reporting():
+        # "nothing was changed", on a node that may be half-changed. So when Ctrl-C or a
+        # signal cuts the report (a slow terminal): it ended 130 or 143, quietly.
+        with _reporting(), contextlib.suppress(KeyboardInterrupt, _Stopped):
             _report_error(args, exc)
         return error_code(exc)
     except BrokenPipeError:
@@ -691,8 +707,7 @@ def _run(args: argparse.Namespace) -> int:
                 _print_error_json(type(exc).__name__, _os_error(exc))
         return EXIT_ERROR
     except KeyboardInterrupt as exc:
-        _report_stopped(args, "SIGINT", exc)
-        return EXIT_INTERRUPTED
+        return _interrupted(args, exc)
     except _Stopped as exc:  # SIGTERM, SIGHUP: sigterm_undoes's SystemExit
         _report_stopped(args, exc.name, exc)
         raise
@@ -780,6 +795,34 @@ def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
         _print_error_json(type(exc).__name__, message, getattr(exc, "problems", ()))
 
 
+def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
+    """Exit 130 for Ctrl-C, said (:func:`_report_stopped`); 5 for one that came as the
+    error of a failed undo unwound (the backends closing, the lock let go: a third
+    Ctrl-C, after the one the undo followed and the one that cut it), which is reported:
+    it was "nothing was changed (what it made was taken back)", exit 130, of a node that
+    may be half-changed."""
+    cut = _rollback_failed_before(exc)
+    if cut is None:
+        _report_stopped(args, "SIGINT", exc)
+        return EXIT_INTERRUPTED
+    with _reporting(), contextlib.suppress(KeyboardInterrupt, _Stopped):
+        _report_error(args, cut)
+    return EXIT_HALF_CHANGED
+
+
+def _rollback_failed_before(exc: BaseException) -> RollbackError | None:
+    """The :class:`~k3snet.errors.RollbackError` ``exc`` was raised while it propagated
+    (``exc``'s context, or theirs), if any."""
+    seen: set[int] = set()
+    context = exc.__context__
+    while context is not None and id(context) not in seen:
+        if isinstance(context, RollbackError):
+            return context
+        seen.add(id(context))
+        context = context.__context__
+    return None
+
+
 def _report_stopped(args: argparse.Namespace, name: str, exc: BaseException) -> None:
     """A command ended by signal ``name`` (SIGINT: Ctrl-C; SIGTERM, SIGHUP), said on stderr
     and, with ``--output json``, as an ``error`` document of that type, unless a document
@@ -792,7 +835,13 @@ def _report_stopped(args: argparse.Namespace, name: str, exc: BaseException) -> 
     changes = args.command in UNDONE_ON_SIGTERM and getattr(args, "fix", True)
     if notes:
         message = f"stopped by {name}: " + "; ".join(notes)
-    elif changes and not _DOCUMENT_PRINTED:  # printed: the command had done its work
+    elif _MADE:
+        # The change was made before the signal came (a destroy reading the backends
+        # again, the result being written): nothing takes it back. "Nothing was
+        # changed" was said of a node whose changes all stayed.
+        message = (f"stopped by {name} after the change was made, which stays: "
+                   + "; ".join(_MADE))
+    elif changes:  # stopped before the change was made, or within it: taken back
         message = f"stopped by {name}: nothing was changed (what it made was taken back)"
     else:
         message = f"stopped by {name}"
@@ -801,6 +850,12 @@ def _report_stopped(args: argparse.Namespace, name: str, exc: BaseException) -> 
         if _json(args) and not getattr(args, "stdout_taken", False) \
                 and not _DOCUMENT_PRINTED:
             _print_error_json(name, message)
+
+
+def _made(done: Convergence) -> None:
+    """Note what ``done``'s change made, if anything (:data:`_MADE`)."""
+    if done.result is not None and done.result.applied:
+        _MADE.append(done.result.summary())
 
 
 def _logged_by_agent(args: argparse.Namespace, message: str) -> bool:
@@ -1944,6 +1999,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 # Shown on stdout already, or else printed there with what was applied.
                 shown = preview.plan if ask is sys.stdout else None
         done = run(fixed, wanted, dry_run=False)
+        _made(done)
         # What the last observe found worth saying, as plan says; not the look through
         # the node backends not in use (plan and apply --dry-run say it): a script's cold
         # apply pays for its own backends alone (up to ~56 ms of imports and reads else).
@@ -2063,6 +2119,7 @@ def _destroy_through(args: argparse.Namespace, groups: Sequence[BackendGroup],
     # What is approved is what is removed: the listed plan, refused if the node changed.
     done = destroy_each(groups, lock_timeout=args.lock_timeout,
                         confirmed=preview.plan if asking else None)
+    _made(done)
     if not as_json and (shown is not sys.stdout
                         or not _same_changes(preview.plan.changes, done.plan.changes)):
         print(done.plan.render())  # not listed on stdout, or the node changed since
@@ -2250,6 +2307,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             # changed while it waited for approval, never planned again behind the
             # user's back (a masquerade another k3snet run added meanwhile was deleted).
             done = apply_plan(backend, d.plan, desired=d.desired)
+            _made(done)
             if done.result is not None:
                 print(_result_text(d.plan, done.result), file=human)
         after = diagnose(attrs.evolve(

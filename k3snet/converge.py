@@ -398,7 +398,9 @@ def _destroy_each_locked(backends: Sequence[Backend], *, dry_run: bool, check: b
         except BaseException as exc:  # Ctrl-C and SIGTERM (SystemExit) too
             done = [p.result.summary() for p in parts if p.result and p.result.applied]
             if done:
-                said = (f"removed before {getattr(backend, 'name', backend)} failed, and "
+                # Ctrl-C or a signal stopped it: "failed" named a backend that had not.
+                ended = "failed" if isinstance(exc, Exception) else "was stopped"
+                said = (f"removed before {getattr(backend, 'name', backend)} {ended}, and "
                         f"not undone: {'; '.join(done)}")
                 log.error("destroy: %s", said)
                 exc.add_note(said)

@@ -445,6 +445,16 @@ class Compensation:
         self._steps.clear()
         return undone, problems
 
+    @staticmethod
+    def interruption(exc: BaseException) -> str:
+        """What interrupted an apply, as its messages name it: a ``SystemExit`` with words
+        of its own, the CLI's for a signal (``stopped by SIGTERM``), by them (the exit
+        code of a private class, ``_Stopped: 143``, was said); else its class and text."""
+        text = str(exc)
+        if isinstance(exc, SystemExit) and text and text != str(exc.code):
+            return text
+        return f"{type(exc).__name__}{f': {text}' if text else ''}"
+
     @contextmanager
     def guarding(self) -> Iterator[None]:
         """Within the block, anything raised other than by :meth:`fail` (Ctrl-C's
@@ -466,8 +476,8 @@ class Compensation:
             if problems:
                 where = f", {self.where}" if self.where else ""
                 raise RollbackError(
-                    f"{self.backend} backend{where}: interrupted ({type(exc).__name__}"
-                    f"{f': {exc}' if str(exc) else ''})\n  ROLLBACK FAILED, the system may be "
+                    f"{self.backend} backend{where}: interrupted ({self.interruption(exc)})"
+                    "\n  ROLLBACK FAILED, the system may be "
                     "half-changed:\n    " + "\n    ".join(problems),
                     failed=None, done=done, rolled_back=undone) from exc
             raise

@@ -1224,7 +1224,7 @@ def test_state_absent_stopped_by_sigterm_between_two_backends_is_changed_naming_
     # removed); the module said "nothing was changed", changed false, of a changed node.
     testing = pytest.importorskip("ansible.module_utils.testing")
     module = load_module()
-    said = "removed before nftables failed, and not undone: netlink: 2 change(s)"
+    said = "removed before nftables was stopped, and not undone: netlink: 2 change(s)"
 
     def stopped(*_args: object, **_kwargs: object) -> None:
         exc = SystemExit(143)
@@ -1241,3 +1241,25 @@ def test_state_absent_stopped_by_sigterm_between_two_backends_is_changed_naming_
     assert (result["failed"], result["changed"], result["rc"]) == (True, True, 143)
     assert result["msg"] == f"stopped by SIGTERM: {said}"
     assert result["error"]["type"] == "SIGTERM"
+
+
+def test_a_check_mode_task_stopped_by_sigterm_says_no_apply_was_undone(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Check mode applies nothing; a SIGTERM in its read said "an apply in progress was
+    # undone", an apply a check-mode run is not meant to make.
+    testing = pytest.importorskip("ansible.module_utils.testing")
+    module = load_module()
+
+    def stopped(*_args: object, **_kwargs: object) -> None:
+        raise SystemExit(143)
+
+    monkeypatch.setattr(module, "discover", lambda _params, _stack: attrs.make_class(
+        "Found", {"groups": attrs.field(factory=list)})())
+    monkeypatch.setattr(module, "destroy_each", stopped)
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
+    with testing.patch_module_args({"state": "absent", "_ansible_check_mode": True}), \
+            pytest.raises(SystemExit):
+        module.main()
+    result = json.loads(capsys.readouterr().out)
+    assert (result["failed"], result["changed"], result["rc"]) == (True, False, 143)
+    assert result["msg"] == "stopped by SIGTERM: nothing was changed"

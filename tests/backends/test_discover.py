@@ -143,7 +143,7 @@ def test_a_later_backend_stopped_by_a_signal_says_the_earlier_removals_stay(
     with discover.discover_owners() as found, \
             pytest.raises(type(signal_exit)) as stopped:
         destroy_each(found.groups)
-    said = "removed before memory failed, and not undone: memory+memory: 3 change(s)"
+    said = "removed before memory was stopped, and not undone: memory+memory: 3 change(s)"
     assert any(note.startswith(said) for note in stopped.value.__notes__)
     assert not node["fake-netlink"].observe().owned
 
@@ -157,7 +157,7 @@ def test_a_destroy_stopped_by_ctrl_c_names_what_stays_removed_in_its_error_docum
     document: dict[str, Any] = json.loads(captured.out)
     jsonschema.Draft202012Validator(load_schema("error")).validate(document)
     assert document["error"]["type"] == "SIGINT"
-    assert "removed before memory failed, and not undone" in document["error"]["message"]
+    assert "removed before memory was stopped, and not undone" in document["error"]["message"]
     assert "nothing was changed" not in document["error"]["message"]
     assert f"k3snet: error: {document['error']['message']}" in captured.err
 

@@ -19,8 +19,12 @@ from typing import Any
 import jsonschema
 import pytest
 
-from k3snet import cli
+from k3snet import MemoryBackend, State, Sysctl, cli, register_backend
+from k3snet.backends.kit import Compensation, WarningLog
+from k3snet.backends.registry import unregister_backend
 from k3snet.cli import main
+from k3snet.errors import RollbackError
+from k3snet.planner import Change
 from k3snet.schemas import load_schema
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
@@ -251,4 +255,164 @@ def test_a_signal_after_the_document_was_printed_adds_no_second_one(
         main(["apply", "-f", str(SEED), *MEMORY, "--output", "json"])
     captured = capsys.readouterr()
     assert json.loads(captured.out)["kind"] == "apply"  # one document, the apply's
-    assert "k3snet: error: stopped by SIGTERM\n" in captured.err  # applied: no "nothing"
+    # Applied: no "nothing was changed", what stays instead.
+    assert ("k3snet: error: stopped by SIGTERM after the change was made, which stays: "
+            "memory: 8 change(s) applied in 8 operation(s)\n") in captured.err
+
+
+def test_a_signal_after_the_apply_was_made_says_it_stays_not_that_nothing_changed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # SIGTERM while the result is written (a terminal's pipe full, `| less` not read):
+    # the apply had returned, nothing takes it back; as text no document is printed, and
+    # "nothing was changed (what it made was taken back)" was said of 8 changes made.
+    printed = cli._print_apply
+
+    def print_then_terminated(*args: Any, **kwargs: Any) -> None:
+        printed(*args, **kwargs)
+        _terminated()
+
+    monkeypatch.setattr(cli, "_print_apply", print_then_terminated)
+    with pytest.raises(SystemExit) as ended:
+        main(["apply", "-f", str(SEED), *MEMORY])
+    assert ended.value.code == cli.EXIT_TERMINATED
+    err = capsys.readouterr().err
+    assert "nothing was changed" not in err
+    assert ("k3snet: error: stopped by SIGTERM after the change was made, which stays: "
+            "memory: 8 change(s) applied in 8 operation(s)") in err
+
+
+def test_a_signal_while_destroy_reads_the_backends_again_names_what_stays_removed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # After the removal destroy observes the backends again (for the warnings of what
+    # holds now: API reads for Calico or Cilium); stopped there, the error document said
+    # "nothing was changed", of a node whose objects were all removed.
+    held = MemoryBackend(State(owned=[Sysctl("net.ipv4.ip_forward", "1"),
+                                      Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    register_backend("memory-crossf-removed", lambda: held)
+    monkeypatch.setattr(cli, "_look_again", _terminated)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            main(["destroy", "--backend", "memory-crossf-removed", "--auto-approve",
+                  "--output", "json"])
+    finally:
+        unregister_backend("memory-crossf-removed")
+    assert ended.value.code == cli.EXIT_TERMINATED
+    assert not held.observe().owned  # removed, and not taken back
+    captured = capsys.readouterr()
+    error = _error_document(captured.out)
+    assert error["type"] == "SIGTERM"
+    assert error["message"] == ("stopped by SIGTERM after the change was made, which "
+                                "stays: memory: 2 change(s) applied in 2 operation(s)")
+    assert f"k3snet: error: {error['message']}" in captured.err
+
+
+def test_sigterm_whose_undo_fails_is_one_rollback_document_exit_5_naming_the_signal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The undo SIGTERM started failed: exit 5 and the RollbackError's document alone (no
+    # SIGTERM document after it). It said "interrupted (_Stopped: 143)": the exit code
+    # of a private class, for the signal that stopped the apply.
+    def undo() -> None:
+        raise OSError("EPERM")
+
+    def converge(*_args: object, **_kwargs: object) -> object:
+        steps = Compensation("memory")
+        with steps.guarding():
+            steps.record(Change.add(Sysctl("net.ipv4.ip_forward", "1")), undo)
+            _terminated()
+        raise AssertionError("not stopped")
+
+    monkeypatch.setattr(cli, "converge", converge)
+    assert main(["apply", "-f", str(SEED), *MEMORY, "--output", "json"]) == 5
+    captured = capsys.readouterr()
+    error = _error_document(captured.out)  # one document
+    assert error["type"] == "RollbackError"
+    assert error["message"].startswith(
+        "memory backend: interrupted (stopped by SIGTERM)\n  ROLLBACK FAILED"), error
+    assert "_Stopped" not in captured.err
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_a_signal_says_the_backends_warnings_it_held_back_as_any_failure_does(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stop: str
+) -> None:
+    # The backends' warnings are held back from stderr for the `!! warning:` lines the
+    # result prints; a failure prints none, and they are logged then. Ctrl-C (130) did,
+    # SIGTERM and SIGHUP (143, 129, in FAILURE_CODES too) ended past it: never said.
+    def converge(*_args: object, **_kwargs: object) -> object:
+        WarningLog("k3snet.backends.crossf", "memory").say(["a foreign K3SNET-X chain"])
+        if stop == "SIGINT":
+            raise KeyboardInterrupt
+        return _terminated()
+
+    monkeypatch.setattr(cli, "converge", converge)
+    try:
+        code = main(["apply", "-f", str(SEED), *MEMORY])
+    except SystemExit as exc:
+        code = int(str(exc.code))
+    assert code == {"SIGINT": cli.EXIT_INTERRUPTED, "SIGTERM": cli.EXIT_TERMINATED}[stop]
+    assert "memory: a foreign K3SNET-X chain" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_validate_is_an_error_document_as_its_schema_says(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*_args: object, **_kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "compile_spec", interrupted)
+    assert main(["validate", "-f", str(SEED), "--output", "json"]) == cli.EXIT_INTERRUPTED
+    assert _error_document(capsys.readouterr().out)["type"] == "SIGINT"
+    assert "Ctrl-C stops it" in load_schema("error")["description"]
+
+
+def test_ctrl_c_as_a_failed_undo_unwinds_keeps_its_rollback_error_exit_5(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ctrl-C, a second one cutting the undo (a RollbackError: the node may be
+    # half-changed), and a third as that error unwinds (the backends closed, the lock
+    # let go): the third replaced it, and the command said "stopped by SIGINT: nothing
+    # was changed (what it made was taken back)", exit 130, of a half-changed node.
+    def converge(*_args: object, **_kwargs: object) -> object:
+        try:
+            raise RollbackError("memory backend: interrupted (KeyboardInterrupt)\n  "
+                                "ROLLBACK FAILED, the system may be half-changed:\n    "
+                                "- sysctl net.ipv4.ip_forward = 1: interrupted")
+        finally:
+            raise KeyboardInterrupt  # the third Ctrl-C, as it unwinds
+
+    monkeypatch.setattr(cli, "converge", converge)
+    assert main(["apply", "-f", str(SEED), *MEMORY, "--output", "json"]) == 5
+    captured = capsys.readouterr()
+    error = _error_document(captured.out)
+    assert error["type"] == "RollbackError"
+    assert "ROLLBACK FAILED" in error["message"]
+    assert "nothing was changed" not in captured.err
+    assert "ROLLBACK FAILED" in captured.err
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), cli._Stopped(143, "SIGTERM")],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_signal_while_a_rollback_error_is_reported_keeps_exit_5(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    stop: BaseException
+) -> None:
+    # Ctrl-C (or systemd's SIGTERM) while the RollbackError's lines were written (a slow
+    # terminal, a pipe not read): the process ended 130 (143), quietly, its 5 ("the
+    # node may be half-changed") lost, and the lines after the cut never said.
+    def converge(*_args: object, **_kwargs: object) -> object:
+        raise RollbackError("memory backend: undoing failed, the system may be "
+                            "half-changed:\n    - sysctl net.ipv4.ip_forward = 1: EPERM")
+
+    reported = cli._report_error
+
+    def report_then_stopped(*args: Any) -> None:
+        reported(*args)
+        raise stop
+
+    monkeypatch.setattr(cli, "converge", converge)
+    monkeypatch.setattr(cli, "_report_error", report_then_stopped)
+    assert main(["apply", "-f", str(SEED), *MEMORY]) == cli.EXIT_HALF_CHANGED
+    assert "half-changed" in capsys.readouterr().err

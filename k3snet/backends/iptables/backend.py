@@ -1018,7 +1018,7 @@ class IptablesBackend(BackendBase):
                 # cannot be told: a RollbackError says so, the rest taken back first.
                 # Raised as it came, the interruption ended quietly (exit 130, or 143
                 # saying what was made was taken back), the tables' edits left in.
-                undo.fail(None, f"IPv{family} {table}: interrupted ({type(exc).__name__})",
+                undo.fail(None, f"IPv{family} {table}: interrupted ({undo.interruption(exc)})",
                           exc, extra_problems=problems)
             raise
         if pause is not None:  # the last run: nothing much is allocated after this

@@ -710,7 +710,9 @@ def main() -> None:
         signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
         # state=absent through several backends: what the first ones removed stays removed.
         notes = getattr(exc, "__notes__", ())
-        said = "; ".join(notes) or "nothing was changed (an apply in progress was undone)"
+        # Check mode applies nothing: no apply was in progress to undo.
+        said = "; ".join(notes) or ("nothing was changed" if module.check_mode else
+                                    "nothing was changed (an apply in progress was undone)")
         module.fail_json(**failure(f"stopped by {signame}: {said}", signame,
                                    int(exc.code or 1), changed=bool(notes)))
     module.exit_json(**result)
