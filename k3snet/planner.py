@@ -571,7 +571,8 @@ def plan(observed: State, desired: State) -> Plan:
                 notes.append(attrs.evolve(note, wanted=wanted))
             continue
         if current is not None:
-            note = foreign.judge_in_place(wanted, current)
+            note = foreign.judge_in_place(wanted, current) or foreign.still_defeated(
+                wanted, current)
             if note is None:
                 replaces.append(Change("replace", current, wanted))
         else:
@@ -793,8 +794,8 @@ class _ForeignIndex:
         Each is judged as it would be if it were to be added (:meth:`judge`), and
         the note names k3snet's object in place (``owned``): the plan leaves it as
         it is (no delete, no re-add) and shows the ``!`` instead of nothing to do.
-        A backend that already leaves such rules out of ``owned`` (iptables) has
-        none in place to judge. Without foreign blocks (the usual case)
+        One the spec no longer wants is deleted as any other (nftables' and iptables'
+        rules alike). Without foreign blocks (the usual case)
         nothing is looked at; with some, only the objects in place of their kinds.
         """
         kinds = self.blocked_kinds
@@ -809,6 +810,22 @@ class _ForeignIndex:
             if note is not None and note.status == "conflict" and type(note.foreign) in _BLOCKS:
                 notes.append(attrs.evolve(note, owned=obj))
         return notes
+
+    def still_defeated(self, wanted: NetObject, current: NetObject) -> Note | None:
+        """A conflict note for ``wanted`` when a foreign block defeats both it and
+        k3snet's object in place at its key (``current``, another object the spec
+        changed since): the plan leaves ``current`` as it is (:attr:`Note.owned`), as
+        :meth:`defeated` leaves one the spec still wants, and replaces it once the
+        block is gone. (A replace wrote a rule the block defeats too, with no ``!``.)"""
+        if current.kind not in self.blocked_kinds:
+            return None
+        before = self.judge(current)
+        if before is None or before.status != "conflict" or type(before.foreign) not in _BLOCKS:
+            return None
+        note = self.judge(wanted)
+        if note is None or note.status != "conflict" or type(note.foreign) not in _BLOCKS:
+            return None
+        return attrs.evolve(note, owned=current)
 
     def _in_spans(self, ordered: Sequence[NetObject], wanted: frozenset[NetObject]
                   ) -> set[NetObject]:

@@ -417,14 +417,13 @@ def test_a_failure_while_streaming_a_table_commits_nothing(
     real = module.plan_table
     calls: list[int] = []
 
-    def failing(state: object, changes: object, sink: object = None, *,
-                wanted: object = ()) -> object:
+    def failing(state: object, changes: object, sink: object = None) -> object:
         calls.append(1)
         if len(calls) == 2:
             assert sink is not None
             sink(["-A K3SNET-HALF-WRITTEN -j ACCEPT"])  # type: ignore[operator]
             raise ValueError("injected while streaming")
-        return real(state, changes, sink, wanted=wanted)  # type: ignore[arg-type]
+        return real(state, changes, sink)  # type: ignore[arg-type]
 
     monkeypatch.setattr(module, "plan_table", failing)
     with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]

@@ -426,10 +426,10 @@ def test_untracked_pod_traffic_leaves_unmasqueraded_and_is_a_conflict(
             run_in(lab.node, [f"iptables-{mode}", "-w", *rule])
             assert not lab.tcp_probe(4, timeout=1.0).ok  # no NAT: no way back to the pod
             observed = backend.observe()
-            assert masquerade not in observed.owned
+            assert masquerade in observed.owned  # in place, noted: a destroy deletes it
             p = plan(observed, _desired())
             (note,) = p.conflicts
-            assert note.wanted == masquerade, p.render()
+            assert (note.wanted, note.owned) == (masquerade, masquerade), p.render()
             assert note.foreign is not None
             assert note.foreign.describe() == (
                 "no NAT by iptables IPv4 raw: -A PREROUTING -s 10.42.0.0/16 -j CT --notrack")

@@ -1,8 +1,8 @@
 """k3snet's rules a foreign drop meets first stay through the edit of another change.
 
 A foreign rule before k3snet's jump that drops some of a wanted forward rule's traffic
-sets that rule aside: observe leaves it out of what k3snet owns, and the plan notes a
-conflict instead of adding it again. The edit of the table for another change (a
+sets that rule aside: observe reports it owned, and the plan notes a conflict naming
+it in place instead of nothing to do. The edit of the table for another change (a
 rule an admin put in k3snet's chain, repaired as drift) removed it with the chains
 and the hook jump, though the plan said only "- drift": once the foreign drop was
 gone, the pods' forwarding was missing until the next apply. iptables-nft and
@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
+from k3snet.errors import PlanError
 from k3snet.lab.netns import run_in
 from k3snet.model import Drift, ForwardRule, MasqueradeRule, State
 from k3snet.planner import Change, Plan, plan
@@ -109,10 +110,11 @@ def test_a_rule_in_place_whose_object_the_spec_changed_stays_while_met_first_thr
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
-def test_a_plan_adding_at_the_key_of_a_rule_set_aside_leaves_one_rule_for_the_key(
+def test_a_plan_adding_at_the_key_of_a_rule_set_aside_is_refused_leaving_one_rule_for_the_key(
         ns: str, mode: str) -> None:
     # A plan made by hand (or merged) that both notes the new object and adds it: the
-    # rule set aside at that key goes, never two rules for one key.
+    # rule set aside at that key is owned, so the add is refused as over any rule of
+    # k3snet's in place, never two rules for one key.
     _, before, after, chain, rule = CHANGED["forward"]
     tool = [f"iptables-{mode}", "-w"]
     with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
@@ -120,12 +122,14 @@ def test_a_plan_adding_at_the_key_of_a_rule_set_aside_leaves_one_rule_for_the_ke
     run_in(ns, [*tool, "-I", chain, "1", *rule])
     with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
         noted = plan(backend.observe(), State(owned=[after]))
-        assert [note.wanted for note in noted.conflicts] == [after]
-        backend.apply(Plan(changes=[Change("add", None, after)], notes=noted.notes))
+        assert noted.changes == ()
+        assert [(note.wanted, note.owned) for note in noted.conflicts] == [(after, before)]
+        with pytest.raises(PlanError, match="is already there"):
+            backend.apply(Plan(changes=[Change("add", None, after)], notes=noted.notes))
     accepts = [line for line in _table_lines(ns, mode, "filter")
                if "-d 192.168.2.0/24" in line and "k3snet:" in line]
     assert len(accepts) == 1, accepts
-    assert "-o eth1" in accepts[0]
+    assert "-o eth0" in accepts[0]
 
 
 OTHER = ForwardRule("10.42.0.0/16", "192.168.3.0/24")
@@ -139,11 +143,11 @@ def _accepts_to(ns: str, mode: str, destination: str) -> list[str]:
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
-def test_the_state_an_edit_leaves_tells_a_kept_rule_set_aside_from_one_added_again(
+def test_the_state_an_edit_leaves_keeps_a_rule_set_aside_until_a_change_deletes_it(
         ns: str, mode: str) -> None:
     # The backend's next apply, without an observe between, works on what the last edit
-    # left: a rule kept set aside still goes with an edit whose plan no longer notes it,
-    # and one a plan added again is owned (an edit of another change keeps it).
+    # left: a rule set aside is owned, kept by an edit of another change and gone with
+    # the delete of it.
     tool = [f"iptables-{mode}", "-w"]
     with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
         backend.apply(plan(backend.observe(), State(owned=[FLOW])))
@@ -154,16 +158,23 @@ def test_the_state_an_edit_leaves_tells_a_kept_rule_set_aside_from_one_added_aga
         repair = plan(backend.observe(), State(owned=[FLOW]))
         backend.apply(repair)
         assert len(_accepts_to(ns, mode, "192.168.2.0/24")) == 1
-        backend.apply(Plan(changes=[Change("add", None, OTHER)]))  # FLOW no longer noted
+        backend.apply(Plan(changes=[Change("add", None, OTHER)]))
+        assert len(_accepts_to(ns, mode, "192.168.2.0/24")) == 1
+        backend.apply(Plan(changes=[Change("delete", OTHER, None)]))
+        assert len(_accepts_to(ns, mode, "192.168.2.0/24")) == 1
+        backend.apply(Plan(changes=[Change("delete", FLOW, None)]))
         assert _accepts_to(ns, mode, "192.168.2.0/24") == []
+        assert [line for line in _table_lines(ns, mode, "filter") if "k3snet" in line] == []
     run_in(ns, [*tool, "-D", "FORWARD", *NARROW])
     with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
         backend.apply(plan(backend.observe(), State(owned=[FLOW, OTHER])))
     run_in(ns, [*tool, "-I", "FORWARD", "1", *NARROW])
     with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
         observed = backend.observe()
-        assert FLOW not in observed.owned
-        backend.apply(Plan(changes=[Change("add", None, FLOW)]))
+        assert {FLOW, OTHER} <= observed.owned
+        noted = plan(observed, State(owned=[FLOW]))
+        assert [(c.action, c.before) for c in noted.changes] == [("delete", OTHER)]
+        assert [(note.wanted, note.owned) for note in noted.conflicts] == [(FLOW, FLOW)]
+        backend.apply(noted)
         assert len(_accepts_to(ns, mode, "192.168.2.0/24")) == 1
-        backend.apply(Plan(changes=[Change("delete", OTHER, None)]))
-        assert len(_accepts_to(ns, mode, "192.168.2.0/24")) == 1
+        assert _accepts_to(ns, mode, "192.168.3.0/24") == []

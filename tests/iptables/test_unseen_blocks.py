@@ -42,10 +42,11 @@ def test_a_foreign_drop_jumps_down_before_our_jump_is_a_conflict_naming_it(
         run_in(ns, [*tool, "-A", chains[-1], *DROP])
         rule = f"-A {chains[-1]} {' '.join(DROP)}"
         observed = backend.observe()
-        assert FLOW not in observed.owned  # what the admin decides is not k3snet's
-        assert OTHER in observed.owned  # what it does not touch still is
+        assert FLOW in observed.owned  # in place, noted: a destroy deletes it
+        assert OTHER in observed.owned
         p = plan(observed, desired)
-        notes = [n for n in p.conflicts if n.wanted == FLOW]
+        assert p.changes == ()
+        notes = [n for n in p.conflicts if n.wanted == n.owned == FLOW]
         assert len(notes) == 1, p.render()
         assert isinstance(notes[0].foreign, ForwardBlock)
         assert notes[0].foreign.rule == rule

@@ -8,6 +8,7 @@ leaves as it is: no delete, no re-add), never "nothing to do".
 
 from __future__ import annotations
 
+import attrs
 import pytest
 from hypothesis import given, settings
 
@@ -82,3 +83,28 @@ def test_without_foreign_blocks_no_rule_in_place_is_judged(monkeypatch: pytest.M
     assert p.empty
     assert not p.notes
     assert judged == []
+
+
+@pytest.mark.parametrize("case", list(DEFEATS))
+def test_a_rule_in_place_a_foreign_block_defeats_stays_when_the_spec_changes_it_to_one_defeated_too(
+        case: str) -> None:
+    # The spec changed the object at the rule's key (another out interface for a forward
+    # rule, random-fully for a masquerade, whose key holds its interface): the block
+    # defeats the new one too. The plan notes its conflict, naming k3snet's rule in place,
+    # and leaves that rule as it is (a replace wrote a rule the block defeats, no "!"); once
+    # the block is gone it is a replace.
+    rule, block = DEFEATS[case]
+    changed: NetObject = (attrs.evolve(rule, out_interface="eth1") if isinstance(rule, ForwardRule)
+                          else attrs.evolve(rule, random_fully=True))  # type: ignore[misc]
+    assert changed.key == rule.key
+    desired = State(owned=[changed])
+    p = plan(State(owned=[rule], foreign=[block]), desired)
+    assert not p.changes
+    assert [(n.status, n.wanted, n.foreign, n.owned) for n in p.notes] == [
+        ("conflict", changed, block, rule)]
+    assert p.target(desired) == frozenset({rule})
+    assert p.apply_to(State(owned=[rule], foreign=[block])).owned == p.target(desired)
+    assert [(c.action, c.before, c.after) for c in plan(State(owned=[rule]), desired).changes] \
+        == [("replace", rule, changed)]
+    assert [c.before for c in plan(State(owned=[rule], foreign=[block]), State()).changes] == [
+        rule]

@@ -71,8 +71,8 @@ def test_an_admin_drop_inserted_above_the_jump_stays_first_and_is_a_conflict(
         # The admin's rule, first in FORWARD, above k3snet's jump.
         run_in(ns, [f"iptables-{mode}", "-w", "-I", "FORWARD", "1", *ADMIN])
         observed = backend.observe()
-        assert FLOW not in observed.owned  # what the admin decides is not k3snet's
-        assert OTHER in observed.owned  # what it does not touch still is
+        assert FLOW in observed.owned  # in place, noted: a destroy deletes it
+        assert OTHER in observed.owned
         p = plan(observed, DESIRED)
         assert_conflict_names_the_rule(p, ADMIN_LINE)
         assert backend.drift == ()  # the jump below the admin's rule is not drift
@@ -216,7 +216,7 @@ def test_an_admin_nat_rule_inserted_before_our_masquerade_is_a_conflict_naming_i
         run_in(ns, [f"iptables-{mode}", "-w", "-t", "nat", "-I", "POSTROUTING", "1",
                     *rule.split()])
         observed = backend.observe()
-        assert MASQ not in observed.owned  # the admin's rule decides that traffic first
+        assert MASQ in observed.owned  # in place, noted: a destroy deletes it
         p = plan(observed, DESIRED)
         notes = [n for n in p.conflicts if n.wanted == MASQ]
         assert len(notes) == 1, p.render()

@@ -986,8 +986,7 @@ class IptablesBackend(BackendBase):
                 held: list[str] = []
                 if ready is None:
                     run.table(table)
-                edit = plan_table(state, changes, sink=run.send if ready is None else held.extend,
-                                  wanted=_noted(plan))
+                edit = plan_table(state, changes, sink=run.send if ready is None else held.extend)
                 step = _Step(family, table, tuple(changes), edit)
                 ops = list(edit.ops)
                 if inject == (family, table):
@@ -1136,9 +1135,8 @@ class IptablesBackend(BackendBase):
         pending = self._validate(plan)
         assert self._tables is not None
         self._refresh_hooks(list(pending))
-        wanted = _noted(plan)
-        return [_Step(family, table, tuple(changes),
-                      plan_table(self._tables[family, table], changes, wanted=wanted))
+        return [_Step(family, table, tuple(changes), plan_table(self._tables[family, table],
+                                                                 changes))
                 for (family, table), changes in pending.items()]
 
     def _validate(self, plan: Plan) -> dict[tuple[int, str], list[Change]]:
@@ -1189,7 +1187,7 @@ class IptablesBackend(BackendBase):
         problems = [_unreadable(tables[where]) for where in ordered
                     if tables[where].hidden == "table"]
         problems += [problem for where, changes in ordered.items()
-                     for problem in self._conflicts(tables[where], changes, _noted(plan))]
+                     for problem in self._conflicts(tables[where], changes)]
         if problems:
             self._refuse(plan, "\n  ".join(problems))
         return ordered
@@ -1286,8 +1284,7 @@ class IptablesBackend(BackendBase):
             return dump
         return self._save(family)
 
-    def _conflicts(self, state: TableState, changes: list[Change],
-                   wanted: frozenset[NetObject] = frozenset()) -> list[str]:
+    def _conflicts(self, state: TableState, changes: list[Change]) -> list[str]:
         """What the edit of ``changes`` would do to what is not k3snet's (see
         :func:`~k3snet.backends.iptables.table.edit_conflicts`), as messages.
 
@@ -1298,7 +1295,7 @@ class IptablesBackend(BackendBase):
             return []
         where = f"IPv{state.family} {state.table}"
         problems = []
-        for chain, jump in edit_conflicts(state, plan_table(state, changes, wanted=wanted)):
+        for chain, jump in edit_conflicts(state, plan_table(state, changes)):
             rule = "" if jump is None else f"-A {jump.chain} {format_line(jump.line)}"
             if chain in state.foreign_chains:
                 problems.append(
@@ -1390,8 +1387,8 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     notracks of one protocol, no block (see :func:`path_blocks`)."""
     foreign: set[NetObject] = set()
     foreign |= foreign_nat(dump.get("nat"), family)
-    # What a foreign rule decides before our jump is not ours: our rules for it
-    # are left out of ``owned``, so the plan says "!" instead of re-adding them.
+    # What a foreign rule decides before our jump: our rules for it are set aside (still
+    # owned: the planner notes "!" for one the spec wants, deletes one it does not).
     filter_state = tables[family, "filter"]
     blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index(),
                             ours=filter_state.chains, routed=routed)
@@ -1406,8 +1403,10 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     # administrator's, and k3snet's own in place, whose accept of new traffic is one.)
     accepted: tuple[ForwardRule, ...] = ()
     if drops:
+        aside = {filter_state.units[digest].obj for digest in filter_state.aside}
         accepted = (*untracked_accepts(dump.get("filter"), family),
-                    *sorted(o for o in filter_state.owned.values() if isinstance(o, ForwardRule)))
+                    *sorted(o for o in filter_state.owned.values() if isinstance(o, ForwardRule)
+                            and o not in aside))
     for table in PATH_CHAINS:
         path = path_blocks(dump.get(table), family, forward_drops=drops, accepted=accepted,
                            routed=routed, partial=partial)
@@ -1443,14 +1442,6 @@ def _left_nftables(family: str, table: str) -> str:
 
 def _nft_family(family: int) -> str:
     return "ip" if family == 4 else "ip6"
-
-
-def _noted(plan: Plan) -> frozenset[NetObject]:
-    """The wanted objects of the plan's notes: k3snet's rules at their keys that a foreign
-    rule meets first (set aside from what observe owns, see
-    :func:`~k3snet.backends.iptables.table.set_aside`) are kept by a table's edit, as they
-    are (:func:`~k3snet.backends.iptables.table.plan_table`)."""
-    return frozenset(note.wanted for note in plan.notes)
 
 
 def _path_hidden(family: int, table: str, what: str, detail: str, *,

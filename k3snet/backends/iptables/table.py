@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import attrs
@@ -166,8 +166,8 @@ class TableState:
     :class:`~k3snet.model.Drift` per finding (see :attr:`findings`)."""
     inactive: set[str] = attrs.field(factory=set)
     aside: set[str] = attrs.field(factory=set)
-    """The inactive units :func:`set_aside` left out of ``owned``: reached, but met first by
-    a foreign rule that decides some of their packets otherwise."""
+    """The owned units :func:`set_aside` found met first by a foreign rule that decides some
+    of their packets otherwise (owned all the same: the plan deletes them)."""
     dirty: set[str] = attrs.field(factory=set)
     """Chains holding rules that match no valid unit, or that should not exist."""
     findings: list[tuple[str, str]] = attrs.field(factory=list)
@@ -520,14 +520,17 @@ def edit_conflicts(state: TableState, edit: TableEdit
 
 
 def set_aside(state: TableState, blocks: Iterable[NetObject]) -> None:
-    """Leave out of ``owned`` the rules a foreign rule met first may decide otherwise.
+    """Mark (:attr:`TableState.aside`) the rules a foreign rule met first may decide
+    otherwise.
 
     ``blocks`` are :class:`~k3snet.model.ForwardBlock` (filter) or
     :class:`~k3snet.model.NatBlock` (nat) objects; an owned object conflicts with
-    one when that rule decides some of its packets otherwise. Their units become
-    inactive, like those traffic does not reach: the plan sees a conflict for
-    them instead of an object in place, and an edit of the table removes them
-    (they are shadowed for the traffic that rule decides).
+    one when that rule decides some of its packets otherwise. They stay owned, as
+    the nftables backend's rules in place do: the planner notes the conflict of one
+    the spec still wants and leaves it in place
+    (:meth:`~k3snet.planner._ForeignIndex.defeated`), and deletes one it no longer
+    wants. (Left out of ``owned``, such a rule was never deleted: ``destroy`` said
+    "No changes" and left it, its chains and the hook jump.)
     """
     judges = [b for b in blocks if isinstance(b, ForwardBlock | NatBlock)]
     if not judges:
@@ -536,8 +539,6 @@ def set_aside(state: TableState, blocks: Iterable[NetObject]) -> None:
         obj = unit.obj
         if (state.owned.get(obj.key) == obj
                 and any(obj.conflicts_with(block) for block in judges)):
-            del state.owned[obj.key]
-            state.inactive.add(digest)
             state.aside.add(digest)
 
 
@@ -568,8 +569,7 @@ that the restore process starts parsing early."""
 
 
 def plan_table(
-    state: TableState, changes: Iterable[Change], sink: Sink | None = None, *,
-    wanted: Collection[NetObject] = (),
+    state: TableState, changes: Iterable[Change], sink: Sink | None = None
 ) -> TableEdit:
     """The edits that apply ``changes`` (all of this table) and clean what they touch.
 
@@ -581,10 +581,7 @@ def plan_table(
     clean, i.e. not rewritten by this edit, declared first if new, for an object
     not there already and without an exclusion chain, whose jump needs that chain
     declared first. Their order in the bucket chain is then the plan's: bucket
-    chains are order-free.) ``wanted``: the objects the plan still wants that it notes
-    (a conflict with a foreign rule met first): the rules set aside at their keys stay,
-    as they are (the spec may want another object at a key since), unless the edit
-    adds one at that key.
+    chains are order-free.)
     """
     removed: set[str] = set()
     added: dict[str, Unit] = {}
@@ -598,21 +595,9 @@ def plan_table(
         if streamed:
             state = _with_streamed(state, streamed, added, fresh)
     # Valid rules that traffic does not reach were left out of observe(); the plan
-    # re-adds those it wants, the others go. Those a foreign rule meets first (set
-    # aside) the plan never re-adds: it notes them as conflicts, whose ``wanted`` are
-    # given here. Those stay: the edit of another change (a drift's repair) took away
-    # a wanted rule the plan did not name, and it was missing once the foreign rule
-    # went, until the next apply. So does the rule in place at a noted object's key
-    # that the spec changed since (another out interface, random-fully): the plan
-    # leaves k3snet's in place as it is while the foreign rule comes first (a replace
-    # once it is gone); the edit of another change took it away with its chains and
-    # hook jump, the pods' forwarding or masquerade with them. Not one the edit adds
-    # another at the key of: never two rules for one key.
-    if state.aside and wanted:
-        keys = {obj.key for obj in wanted}.difference(unit.obj.key for unit in added.values())
-        removed |= state.inactive - {d for d in state.aside if state.units[d].obj.key in keys}
-    else:
-        removed |= state.inactive
+    # re-adds those it wants, the others go. (Those a foreign rule meets first, set
+    # aside, are owned: they stay unless a change of the plan deletes or replaces them.)
+    removed |= state.inactive
     removed -= set(added)
 
     target, sizes = _bucket_targets(state, removed, fresh, set(streamed))
@@ -1023,8 +1008,8 @@ def commit_edit(state: TableState, edit: TableEdit) -> None:
         obj = new.obj
         owned[obj.key] = obj
     state.by_chain = {c: ds for c, ds in state.by_chain.items() if ds}
-    state.aside.difference_update(edit.removed, edit.added)  # one added again: owned
-    state.inactive = set(state.aside)  # those kept (see plan_table), still met first
+    state.aside -= edit.removed  # those kept are still met first
+    state.inactive.clear()
     state.dirty.clear()
     state.earlier.clear()
     if state.findings:  # the edit rewrote everything found wrong
