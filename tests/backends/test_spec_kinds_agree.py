@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends.registry import backend_options, declared_capabilities
-from k3snet.cli import _backend, build_parser
+from k3snet.cli import _backend, build_parser, main
 from k3snet.errors import ModelError
 from k3snet.lab.netns import temporary_netns
 from k3snet.model.state import known_kinds
@@ -117,3 +117,17 @@ def test_declared_capabilities_reads_the_memory_backends_capabilities_option() -
     assert declared_capabilities("memory", {"capabilities": ["nope"]}) is None
     assert declared_capabilities("netlink", {"state_dir": "/x"}) == declared_capabilities(
         "netlink")
+
+
+@pytest.mark.parametrize(("memory", "refused"), [("", True), ("{capabilities: [nat]}", False)])
+def test_k3snet_validate_refuses_netlink_beside_a_memory_backend_of_its_kinds(
+        memory: str, refused: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command itself: `backends: [netlink, memory]` passed and plan refused it."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "cluster: {podCIDRs: [10.42.0.0/16]}\n"
+                    f"backends: {{netlink: {{}}, memory: {memory or '{}'}}}\n")
+    code = main(["validate", "-f", str(path)])
+    said = capsys.readouterr().err
+    assert (code != 0) == refused, said
+    assert ("both 'netlink' and 'memory' would manage route, sysctl" in said) == refused, said
