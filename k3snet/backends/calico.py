@@ -635,6 +635,12 @@ class CalicoBackend(BackendBase):
         """``{"ippool"}``."""
         return frozenset({"ippool"})
 
+    @classmethod
+    def declared_kinds(cls, options: Mapping[str, Any]) -> frozenset[str] | None:
+        """``{"ippool"}``, whatever the options (``k3snet validate``: a memory backend of
+        every kind beside it manages it too)."""
+        return frozenset({"ippool"})
+
     @property
     def api_client(self) -> Any:
         """The Kubernetes ``ApiClient`` this backend talks to (a plan file records

@@ -904,6 +904,12 @@ class CiliumBackend(BackendBase):
         """``{"cilium"}``."""
         return frozenset({"cilium"})
 
+    @classmethod
+    def declared_kinds(cls, options: Mapping[str, Any]) -> frozenset[str] | None:
+        """``{"cilium"}``, whatever the options (``k3snet validate``: a memory backend of
+        every kind beside it manages it too)."""
+        return frozenset({"cilium"})
+
     @property
     def api_client(self) -> Any:
         """The Kubernetes ``ApiClient`` this backend talks to (a plan file records

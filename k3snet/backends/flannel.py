@@ -632,6 +632,12 @@ class FlannelBackend(BackendBase):
         """``{"flannel"}``."""
         return frozenset({"flannel"})
 
+    @classmethod
+    def declared_kinds(cls, options: Mapping[str, Any]) -> frozenset[str] | None:
+        """``{"flannel"}``, whatever the options (``k3snet validate``: a memory backend of
+        every kind beside it manages it too)."""
+        return frozenset({"flannel"})
+
     @property
     def api_client(self) -> Any:
         """The Kubernetes ``ApiClient`` this backend talks to, ``None`` for a file (a plan

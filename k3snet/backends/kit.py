@@ -822,6 +822,21 @@ class BackendBase:
         Runs :attr:`option_checks`; a backend with checks across options extends it."""
         return run_option_checks(cls.option_checks, options)
 
+    @classmethod
+    def declared_kinds(cls, options: Mapping[str, Any]) -> frozenset[str] | None:
+        """The kinds a backend built with ``options`` would manage, found without building
+        it (``k3snet validate`` runs it on a spec's ``backends:`` to find two backends
+        managing one kind, as plan, apply and the agent refuse); ``None``: not known
+        without building it. By default the class attribute ``capabilities`` when it is a
+        set of kinds (a property: ``None``); a backend whose kinds are an option's
+        (the memory backend's ``capabilities``) overrides it. It builds nothing, and an
+        option value it cannot read is ``None`` (:meth:`check_options` says what is wrong).
+        """
+        kinds = getattr(cls, "capabilities", None)
+        if isinstance(kinds, frozenset | set) and all(isinstance(k, str) for k in kinds):
+            return frozenset(kinds)
+        return None
+
     def __init__(self) -> None:
         self.faults = FaultHook()
         self.closed = False

@@ -90,6 +90,16 @@ class MemoryBackend(BackendBase):
         self._state = ensure_state(state, "MemoryBackend's state") if state is not None else State()
         self._capabilities = _kinds_option(capabilities)
 
+    @classmethod
+    def declared_kinds(cls, options: Mapping[str, object]) -> frozenset[str] | None:
+        """The kinds of its ``capabilities`` option (every registered kind when it is left
+        out or ``None``); ``None`` for a value the option refuses (``check_options`` says
+        why)."""
+        try:
+            return _kinds_option(options.get("capabilities"))
+        except ModelError:
+            return None
+
     @property
     def capabilities(self) -> frozenset[str]:
         """The kinds this instance manages."""

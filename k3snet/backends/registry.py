@@ -143,17 +143,22 @@ def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Pa
             if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
 
-def declared_capabilities(name: str) -> frozenset[str] | None:
-    """The kinds backend ``name`` manages, where its factory declares them as a class
-    attribute (``capabilities = frozenset({"nat", "forward"})``), without building it;
-    ``None`` where the class does not hold them (a property: the memory backend's are its
-    ``capabilities=`` option; the cluster backends' are their own kind, shared with no
-    other backend) or it cannot be loaded here. ``k3snet validate`` reads them
-    to find two backends of a spec managing one kind."""
+def declared_capabilities(name: str, options: Mapping[str, Any] | None = None
+                          ) -> frozenset[str] | None:
+    """The kinds backend ``name`` built with ``options`` manages, found without building
+    it: its factory's ``declared_kinds(options)``
+    (:meth:`k3snet.backends.kit.BackendBase.declared_kinds`: the memory backend's are its
+    ``capabilities`` option's), else the class attribute ``capabilities``
+    (``frozenset({"nat", "forward"})``); ``None`` where neither says (a property) or it
+    cannot be loaded here. ``k3snet validate`` reads them to find two backends of a spec managing
+    one kind."""
     try:
-        kinds = getattr(load_backend(name), "capabilities", None)
+        factory = load_backend(name)
     except (BackendNotFoundError, BackendUnavailableError):
         return None
+    declare = getattr(factory, "declared_kinds", None)
+    kinds = (declare(dict(options or {})) if callable(declare)
+             else getattr(factory, "capabilities", None))
     if isinstance(kinds, frozenset | set) and all(isinstance(k, str) for k in kinds):
         return frozenset(kinds)
     return None

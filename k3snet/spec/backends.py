@@ -10,6 +10,8 @@ and ``k3snet validate`` checks them all.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -37,9 +39,11 @@ Values = Callable[[str, Mapping[str, Any]], Iterable[tuple[str, str]]]
 """``(name, options) -> (option, why)`` for each option backend ``name`` refuses for
 its value (:func:`k3snet.backends.registry.option_problems`)."""
 
-Kinds = Callable[[str], Iterable[str] | None]
-"""``name -> the kinds backend name manages`` (``None``: not known without building it;
-:func:`k3snet.backends.registry.declared_capabilities`)."""
+Kinds = Callable[..., Iterable[str] | None]
+"""``(name, options) -> the kinds backend name, built with the spec's options for it,
+manages`` (``None``: not known without building it;
+:func:`k3snet.backends.registry.declared_capabilities`). A callable taking the name
+alone (``name -> kinds``) is called so."""
 
 Paths = Callable[[str], Iterable[str]]
 """``name -> the options of backend name that name a file or directory``
@@ -91,11 +95,25 @@ def backend_option_problems(spec: Spec, declared: Declared,
                          for key, why in values(name, given)
                          if f"{path}.{key}" not in said and not _holds_nul(given.get(key))]
     if kinds is not None:
-        problems += _shared_kinds(spec.backends, kinds)
+        problems += _shared_kinds(spec.backends, functools.partial(_kinds_of, spec, kinds))
     return problems
 
 
-def _shared_kinds(names: Iterable[str], kinds: Kinds) -> list[Problem]:
+def _kinds_of(spec: Spec, kinds: Kinds, name: str) -> Iterable[str] | None:
+    """``kinds`` of backend ``name`` with the spec's options for it (the memory backend's
+    kinds are its ``capabilities`` option's), or of the name alone for a ``kinds`` that
+    takes no options."""
+    try:
+        inspect.signature(kinds).bind(name, {})
+    except TypeError:
+        return kinds(name)
+    except ValueError:  # no signature to read (a builtin): called as documented
+        pass
+    return kinds(name, spec_backend_options(spec, name))
+
+
+def _shared_kinds(names: Iterable[str], kinds: Callable[[str], Iterable[str] | None]
+                  ) -> list[Problem]:
     """A problem at ``backends`` for each two of ``names`` that manage a kind in common."""
     problems: list[Problem] = []
     seen: dict[str, frozenset[str]] = {}

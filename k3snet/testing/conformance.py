@@ -50,7 +50,12 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
 8. with ``reopen=``: another backend on the same system (the next process's)
    observes, after every apply, failed or not, what the one that applied does; and
    when that other backend changes the system, the first one observes the change.
-9. the optional ``change_token()`` (:meth:`k3snet.backends.kit.BackendBase.change_token`)
+9. with ``store=``: the system holds, beside what ``observe()`` reports (each object
+   once), exactly what it held beside it when found, after every apply, refused,
+   failed or made: a store that gains a second copy of an object, drops or rewrites
+   an entry of a kind outside ``capabilities`` or another program's, or an
+   ``observe()`` reporting an object the system does not hold, fails.
+10. the optional ``change_token()`` (:meth:`k3snet.backends.kit.BackendBase.change_token`)
    moves whenever what ``observe()`` reports changed, by the backend's own apply or
    (with ``reopen=``) another's; ``None`` says it cannot tell.
 
@@ -72,11 +77,12 @@ Failures raise ``AssertionError`` with the example that broke, shrunk by hypothe
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import ipaddress
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -113,6 +119,7 @@ def run_conformance(
     max_examples: int | None = None,
     max_objects: int = 8,
     reopen: Callable[[Backend], Backend] | None = None,
+    store: Callable[[Backend], Iterable[NetObject]] | None = None,
 ) -> None:
     """Run the backend conformance suite against backends made by ``factory``.
 
@@ -131,6 +138,14 @@ def run_conformance(
     not remembered by the instance, since each ``k3snet apply`` is a new process. And
     when the other backend changes the system, ``backend`` must observe the change (the
     agent's backend lives from pass to pass, beside ``k3snet apply`` runs).
+
+    ``store(backend)`` gives every object the system under ``backend`` holds, of every
+    kind and whoever wrote it, each as many times as it is held (a file's entries, read
+    apart from the backend: ``lambda b: [object_from_dict(e["object"]) for e in
+    json.loads(b.path.read_text())]``). When given, the suite checks the system beyond
+    what ``observe()`` can report: after every apply, made, refused or failed, the store
+    holds each object ``observe()`` reports once, and beside them exactly what it held
+    beside them when found (other kinds, other programs' and backends' entries, copies).
     """
     if max_examples is None:
         max_examples = max(10, settings().max_examples // 10)
@@ -139,6 +154,7 @@ def run_conformance(
     try:
         _check_protocol(backend)
         baseline = backend.observe()
+        watch = _store_watch(backend, store, baseline)
         beside = _beside_foreign(backend, baseline, default_pool=objects is None)
         pool = (objects.map(functools.partial(_managed, backend)) if objects is not None
                 else _default_objects(backend))
@@ -147,18 +163,66 @@ def run_conformance(
         _check_kinds(backend, baseline)
         assert not baseline.owned, f"a fresh {backend.name} backend owns {sorted(baseline.owned)}"
         _warn_of_unseen_foreign(backend, baseline)
-        _check_refusals(backend, baseline)
-        converge = functools.partial(_converge, reopen=reopen)
+        _check_refusals(backend, baseline, watch)
+        converge = functools.partial(_converge, reopen=reopen, watch=watch)
         _beside_round_trips(backend, baseline, beside, converge=converge)
         _random_round_trips(backend, baseline, pool, max_examples, max_objects,
-                            converge=converge, reopen=reopen)
+                            converge=converge, reopen=reopen, watch=watch)
         _all_or_nothing(backend, baseline, pool, max_examples, max_objects,
-                        converge=converge, reopen=reopen)
+                        converge=converge, reopen=reopen, watch=watch)
         lifecycle_checked = True  # it closes the backend, whatever it finds
         _check_lifecycle(backend)
     finally:
         if not lifecycle_checked:
             backend.close()
+
+
+Watch = Callable[[State, str], None]
+"""``(observed, after) -> None``: the store check of ``store=`` (:func:`_store_watch`)."""
+
+
+def _no_store(observed: State, after: str) -> None:
+    """No ``store=``: nothing beyond ``observe()`` to check."""
+
+
+def _store_watch(backend: Backend, store: Callable[[Backend], Iterable[NetObject]] | None,
+                 baseline: State) -> Watch:
+    """The check of ``store=``: the objects the store holds beside what ``observe()``
+    reports (each once) stay those found beside it, as many times each.
+
+    ``observe()`` gives a :class:`~k3snet.State`, each object once, of the backend's
+    kinds: a store appending a second copy of what it keeps, or rewriting without the
+    entries of other kinds (or other programs' and backends'), read back as the plan's
+    target and passed; so did an ``observe()`` reporting what the store never held.
+    """
+    if store is None:
+        return _no_store
+
+    def visible(state: State) -> collections.Counter[NetObject]:
+        return collections.Counter([*state.owned, *state.foreign])
+
+    found = collections.Counter(store(backend))
+    invented = visible(baseline) - found
+    assert not invented, (
+        f"observe() of {backend.name} reports objects store= does not hold (objects it does "
+        "not manage, or a store= that does not read the backend's system):\n"
+        + "".join(f"  {o}\n" for o in sorted(invented)))
+    hidden = found - visible(baseline)
+
+    def watch(observed: State, after: str) -> None:
+        held = collections.Counter(store(backend))
+        expected = hidden + visible(observed)
+        if held == expected:
+            return
+        lines = [f"  {o}: held {held[o]} time(s), expected {expected[o]}"
+                 for o in sorted(held.keys() | expected.keys()) if held[o] != expected[o]]
+        raise AssertionError(
+            f"after {after}, the store of {backend.name} (store=) holds otherwise than what "
+            "observe() reports, once each, and what it held beside that when found (another "
+            "kind's or another program's entries dropped or rewritten, an object held twice, "
+            "or one reported that is not held):\n" + "\n".join(lines[:10]))
+
+    return watch
 
 
 def _warn_of_unseen_foreign(backend: Backend, baseline: State) -> None:
@@ -364,21 +428,22 @@ def _check_protocol(backend: Any) -> None:
     )
 
 
-def _check_refusals(backend: Backend, baseline: State) -> None:
+def _check_refusals(backend: Backend, baseline: State, watch: Watch) -> None:
     """Plans the backend must refuse without changing anything."""
     strangers = [o for o in _ONE_OF_EACH if o.kind not in backend.capabilities]
     if strangers:
         stranger = strangers[0]
         _expect_refusal(backend, baseline, Plan(changes=[Change.add(stranger)]),
-                        f"a plan adding {stranger} (kind {stranger.kind} not in capabilities)")
+                        f"a plan adding {stranger} (kind {stranger.kind} not in capabilities)",
+                        watch)
     # The first three of each kind: of the first three of all, a node's sysctls and
     # routes (which sort first) left its NAT and forward rules untried.
     for foreign in _first_of_each_kind(baseline.foreign, 3):
         if foreign.kind in backend.capabilities:
             _expect_refusal(backend, baseline, Plan(changes=[Change.delete(foreign)]),
-                            f"a plan deleting the foreign {foreign}")
+                            f"a plan deleting the foreign {foreign}", watch)
             _expect_refusal(backend, baseline, Plan(changes=[Change.replace(foreign, foreign)]),
-                            f"a plan replacing the foreign {foreign}")
+                            f"a plan replacing the foreign {foreign}", watch)
     # A kernel holds one route a slot (table, destination, metric): an add where a
     # foreign route stands is refused, or (NLM_F_REPLACE) it takes the foreign one's place.
     if "route" in backend.capabilities:
@@ -388,7 +453,7 @@ def _check_refusals(backend: Backend, baseline: State) -> None:
                          metric=foreign_route.metric)
             _expect_refusal(backend, baseline, Plan(changes=[Change.add(mine)]),
                             f"a plan adding {mine} into the slot (table, destination, "
-                            f"metric) of the foreign {foreign_route.describe()}")
+                            f"metric) of the foreign {foreign_route.describe()}", watch)
 
 
 def _first_of_each_kind(objects: frozenset[NetObject], count: int) -> list[NetObject]:
@@ -402,7 +467,8 @@ def _first_of_each_kind(objects: frozenset[NetObject], count: int) -> list[NetOb
     return first
 
 
-def _expect_refusal(backend: Backend, baseline: State, bad: Plan, what: str) -> None:
+def _expect_refusal(backend: Backend, baseline: State, bad: Plan, what: str,
+                    watch: Watch = _no_store) -> None:
     assert _checked(backend, bad), f"check() found no problem with {what}"
     try:
         backend.apply(bad)
@@ -412,6 +478,7 @@ def _expect_refusal(backend: Backend, baseline: State, bad: Plan, what: str) -> 
         raise AssertionError(f"apply() accepted {what}")
     after = backend.observe()
     assert after == baseline, f"refusing {what} changed the state:\n{_diff(baseline, after)}"
+    watch(after, f"refusing {what}")
 
 
 def _stage_settings(max_examples: int) -> settings:
@@ -453,6 +520,7 @@ def _random_round_trips(
     *,
     converge: Callable[[Backend, State], None],
     reopen: Callable[[Backend], Backend] | None,
+    watch: Watch,
 ) -> None:
     wanted = st.lists(pool, max_size=max_objects, unique_by=lambda o: o.key)
 
@@ -466,13 +534,13 @@ def _random_round_trips(
             if held.owned:
                 there = min(held.owned)
                 _expect_refusal(backend, held, Plan(changes=[Change.add(there)]),
-                                f"a stale plan adding {there}, which is already there")
+                                f"a stale plan adding {there}, which is already there", watch)
                 # The stale change after one that fits: a backend must judge every
                 # change, and refuse before it makes the first (all or nothing).
                 _expect_refusal(backend, held,
                                 Plan(changes=[Change.delete(there), Change.delete(there)]),
                                 f"a stale plan deleting {there} twice (the second delete "
-                                "finds it gone)")
+                                "finds it gone)", watch)
             converge(backend, State(owned=second))
             if reopen is not None:
                 _check_changed_elsewhere(backend, reopen, State(owned=first))
@@ -485,13 +553,13 @@ def _random_round_trips(
             if held.owned:
                 gone = min(held.owned)
                 _expect_refusal(backend, final, Plan(changes=[Change.delete(gone)]),
-                                f"a stale plan deleting {gone}, which is no longer there")
+                                f"a stale plan deleting {gone}, which is no longer there", watch)
                 _expect_refusal(backend, final,
                                 Plan(changes=[Change.add(gone), Change.add(gone)]),
                                 f"a stale plan adding {gone} twice (the second add finds "
-                                "it there)")
+                                "it there)", watch)
                 _expect_refusal(backend, final, Plan(changes=[Change.replace(gone, gone)]),
-                                f"a stale plan replacing {gone}, which is no longer there")
+                                f"a stale plan replacing {gone}, which is no longer there", watch)
         finally:
             _reset(backend)
 
@@ -507,6 +575,7 @@ def _all_or_nothing(
     *,
     converge: Callable[[Backend, State], None],
     reopen: Callable[[Backend], Backend] | None,
+    watch: Watch,
 ) -> None:
     """A failure injected at every position of multi-change plans changes nothing."""
     hook = backend.faults  # type: ignore[attr-defined]  # checked by _check_protocol
@@ -525,7 +594,7 @@ def _all_or_nothing(
             if not p.changes:
                 return
             for index in range(len(p.changes)):
-                _expect_injected_failure(backend, hook, p, index, before)
+                _expect_injected_failure(backend, hook, p, index, before, watch=watch)
                 if reopen is not None:
                     _check_reopened(backend, reopen, before)
         finally:
@@ -540,7 +609,7 @@ def _all_or_nothing(
 
 
 def _expect_injected_failure(backend: Backend, hook: FaultHook, p: Plan, index: int,
-                             before: State) -> None:
+                             before: State, *, watch: Watch = _no_store) -> None:
     where = f"a failure injected at change {index} of {len(p.changes)}"
     token = _change_token(backend) if index > 0 else None
     error = _fail_once(backend, hook, p, index, where)
@@ -557,6 +626,7 @@ def _expect_injected_failure(backend: Backend, hook: FaultHook, p: Plan, index: 
                   for name in sorted(recorded.keys() | kept.keys())
                   if recorded.get(name) != kept.get(name))
         + f"plan:\n{p.render()}")
+    watch(after, where)
     if token is not None and not _made_before(error):
         _warn_of_an_unlisted_rollback(backend, hook, p, index, where, token=token)
 
@@ -651,7 +721,8 @@ def _recorded(state: State) -> dict[str, str | None]:
 
 
 def _converge(backend: Backend, desired: State, *,
-              reopen: Callable[[Backend], Backend] | None = None) -> None:
+              reopen: Callable[[Backend], Backend] | None = None,
+              watch: Watch = _no_store) -> None:
     expect = getattr(backend, "expect", None)
     if callable(expect):  # as k3snet.converge does: the hint, then observe()
         expect(desired)
@@ -669,6 +740,7 @@ def _converge(backend: Backend, desired: State, *,
     assert applied == p.changes, _applied_mismatch(applied, p)
     after = backend.observe()
     _check_kinds(backend, after)
+    watch(after, f"applying\n{p.render()}")
     _check_token_moved(backend, token, before, after, "its own apply")
     if reopen is not None:
         _check_reopened(backend, reopen, after)

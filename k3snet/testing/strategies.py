@@ -60,6 +60,7 @@ from k3snet.testing._once import lists_of, maybe, pick
 
 __all__ = [
     "DEFAULT_DEVICES",
+    "EDGE_DESTINATIONS",
     "FOREIGN_ROUTE_PROTOCOLS",
     "addresses",
     "cni_rules",
@@ -288,12 +289,17 @@ def routes(
     destinations: SearchStrategy[Network] | None = None,
     gateways: dict[str, Sequence[str]] | None = None,
     devices: Sequence[str | None] = DEFAULT_DEVICES,
-    tables: Sequence[int] = (254, 100),
+    tables: Sequence[int] = (254, 100, 2**32 - 1),
     metrics: Sequence[int | None] = (None, 100),
     protocols: Sequence[int] = (K3SNET_ROUTE_PROTOCOL,),
     scopes: Sequence[RouteScope | None] = (None,),
 ) -> SearchStrategy[Route]:
     """Routes (protocol k3snet unless ``protocols`` says otherwise).
+
+    Without ``destinations``, a destination is now and then one of the edges (the
+    default route ``/0``, a host route ``/32`` or ``/128``, a link-local prefix:
+    :data:`EDGE_DESTINATIONS`), which random prefixes almost never are; the tables
+    include the largest (``2**32 - 1``, above rtm_table's byte).
 
     ``gateways`` maps a device to the gateway addresses valid on it (for kernel
     backends: addresses inside the device's connected prefixes); without it,
@@ -315,7 +321,7 @@ def routes(
     @st.composite
     def build(draw: st.DrawFn) -> Route:
         version = draw(families(family))
-        dest = draw(destinations if destinations is not None else networks(version))
+        dest = draw(destinations if destinations is not None else _route_destinations(version))
         version = dest.version
         device = draw(pick(devices))
         gateway: Address | None = None
@@ -338,6 +344,23 @@ def routes(
                      protocol=draw(pick(protocols)))
 
     return build()
+
+
+EDGE_DESTINATIONS: Mapping[int, tuple[Network, ...]] = {
+    4: tuple(ipaddress.IPv4Network(n) for n in (
+        "0.0.0.0/0", "169.254.0.0/16", "169.254.169.254/32", "255.255.255.255/32")),
+    6: tuple(ipaddress.IPv6Network(n) for n in (
+        "::/0", "fe80::/64", "2001:db8::1/128", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")),
+}
+"""The route destinations :func:`routes` draws beside random prefixes, by family: the
+default route, link-local prefixes (a cloud's metadata address among them) and host
+routes at both ends of the address space."""
+
+
+@functools.lru_cache(maxsize=4)
+def _route_destinations(version: int) -> SearchStrategy[Network]:
+    """Random prefixes (:func:`networks`) and, at times, :data:`EDGE_DESTINATIONS`."""
+    return st.one_of(networks(version), st.sampled_from(EDGE_DESTINATIONS[version]))
 
 
 def _check_gateways(gateways: dict[str, Sequence[str]], family: int | None,
@@ -642,16 +665,22 @@ def states(
     # Made once: a strategy made inside the draw is checked anew by Hypothesis every time.
     owned_lists = st.lists(owned_objects, min_size=min_owned, max_size=max_owned,
                            unique_by=_key_of)
-    foreign_lists = st.lists(foreign_objects, min_size=min_foreign, max_size=max_foreign,
-                             unique_by=_key_of)
+    # Drawn with as many more as the owned objects take keys (made once per count): a
+    # foreign list of the minimum size, of which some fell on owned keys, was thrown away,
+    # and with a small pool most draws were (hypothesis's filter_too_much health check).
+    foreign_lists: dict[int, SearchStrategy[list[NetObject]]] = {}
 
     @st.composite
     def build(draw: st.DrawFn) -> State:
         mine = draw(owned_lists)
         taken = {o.key for o in mine}
-        theirs = [o for o in draw(foreign_lists) if o.key not in taken]
+        spare = min(len(taken), min_foreign)
+        if spare not in foreign_lists:
+            foreign_lists[spare] = st.lists(foreign_objects, min_size=min_foreign + spare,
+                                            max_size=max_foreign + spare, unique_by=_key_of)
+        theirs = [o for o in draw(foreign_lists[spare]) if o.key not in taken]
         assume(len(theirs) >= min_foreign)  # too few once the taken keys are left out
-        return State(owned=mine, foreign=theirs)
+        return State(owned=mine, foreign=theirs[:max_foreign])
 
     return build()
 

@@ -42,7 +42,7 @@ from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import unregister_backend
 from k3snet.converge import converge
 from k3snet.errors import BackendOptionError, ModelError
-from k3snet.model import Drift, ForwardBlock, NatBlock
+from k3snet.model import Drift, ForwardBlock, NatBlock, NetObject, object_from_dict
 from k3snet.testing import run_conformance
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "jsonfile_backend"
@@ -560,6 +560,12 @@ def test_a_third_party_backend_registered_by_entry_point_passes_conformance(
     assert backend.observe().owned == {rule}
 
 
+def _file_entries(backend: Backend) -> list[NetObject]:
+    """Every entry of the example backend's file, whoever wrote it (``store=``)."""
+    path = backend.path  # type: ignore[attr-defined]
+    return [object_from_dict(e["object"]) for e in json.loads(path.read_text())]
+
+
 @pytest.mark.usefixtures("installed_example")
 def test_the_example_backend_keeps_other_programs_entries_and_passes_conformance_beside_them(
     tmp_path: Path,
@@ -585,7 +591,8 @@ def test_the_example_backend_keeps_other_programs_entries_and_passes_conformance
         warnings.filterwarnings("error", "run_conformance.*found no foreign", UserWarning)
         run_conformance(shared_file, max_examples=30,
                         reopen=lambda backend: create_backend(
-                            "jsonfile", path=backend.path))  # type: ignore[attr-defined]
+                            "jsonfile", path=backend.path),  # type: ignore[attr-defined]
+                        store=_file_entries)
     backend = shared_file()
     rule = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
     backend.apply(plan(backend.observe(), State(owned=[rule])))

@@ -15,7 +15,7 @@ import pytest
 
 from k3snet import ApplyResult, Change, ForwardRule, Plan, Route, State, Sysctl
 from k3snet.backends import Backend
-from k3snet.backends.kit import BackendBase, fit_problems, taken_slots
+from k3snet.backends.kit import BackendBase, Compensation, fit_problems, taken_slots
 from k3snet.backends.memory import MemoryBackend
 from k3snet.errors import ApplyError, PlanError
 from k3snet.model import MasqueradeRule, NetObject, RouteBlock
@@ -801,3 +801,136 @@ def test_conformance_does_not_warn_of_a_transaction_or_a_rollback_said_whole() -
         warnings.filterwarnings("error", ".*says nothing was made", UserWarning)
         run_conformance(_Generations, max_examples=20)  # done and rolled_back said
         run_conformance(Transactional, max_examples=20)
+
+
+# ---------------------------------------------------------------- what observe() cannot see
+
+# What other programs wrote to a shared store: two objects of the backend's kinds, one of a
+# kind it does not manage (never observed), and one written twice (an admin's copy).
+_OTHERS: tuple[tuple[str, NetObject], ...] = (
+    ("admin", Route("192.0.2.0/24", device="eth0", protocol=4)),
+    ("admin", MasqueradeRule("10.42.0.0/16", destination="198.51.100.0/24")),
+    ("admin", MasqueradeRule("10.42.0.0/16", destination="198.51.100.0/24")),
+    ("admin", Sysctl("net.ipv4.ip_forward", "1")),
+    ("k3snet-sysctl", Sysctl("net.ipv4.conf.all.rp_filter", "2")))
+
+
+class _EntriesBackend(BackendBase):
+    """docs/custom-backend.md's JSON file backend on a list of ``(by, object)`` entries
+    (its store, shared with other programs and with another k3snet backend of sysctls)."""
+
+    name = "entries"
+    capabilities = frozenset({"route", "nat"})
+
+    def __init__(self, entries: list[tuple[str, NetObject]] | None = None) -> None:
+        super().__init__()
+        self.entries = list(_OTHERS) if entries is None else entries
+
+    def observe(self) -> State:
+        return State(owned=[o for by, o in self.entries if by == "k3snet"],
+                     foreign=[o for by, o in self.entries if by != "k3snet"]
+                     ).only(self.capabilities)
+
+    def check(self, plan: Plan) -> tuple[str, ...]:
+        return tuple(fit_problems(self, plan, self.observe()))
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        observed = self.observe()
+        self.ensure_fits(plan, observed)
+        fail_at = self.faults.take(plan)
+        if fail_at is not None:  # one write: failing anywhere writes nothing
+            Compensation(self.name).fail(plan.changes[fail_at], "injected failure")
+        self.entries[:] = self.written(plan, plan.apply_to(observed))
+        return ApplyResult(self.name, plan.changes, operations=1)
+
+    def written(self, plan: Plan, new: State) -> list[tuple[str, NetObject]]:
+        """The entries a write of ``new`` leaves: the others' as they were, then its own."""
+        return ([e for e in self.entries if e[0] != "k3snet"]
+                + [("k3snet", o) for o in sorted(new.owned)])
+
+
+def _held(backend: Backend) -> list[NetObject]:
+    return [o for _, o in backend.entries]  # type: ignore[attr-defined]
+
+
+class _KeepsOnlyItsKinds(_EntriesBackend):
+    """Rewrites the store with the entries of its own kinds only: the other programs'
+    sysctl and the other k3snet backend's are gone after its first apply."""
+
+    def written(self, plan: Plan, new: State) -> list[tuple[str, NetObject]]:
+        return [e for e in super().written(plan, new) if e[1].kind in self.capabilities]
+
+
+class _AddsTwice(_EntriesBackend):
+    """Writes each object a plan adds a second time (appended after the rewrite)."""
+
+    def written(self, plan: Plan, new: State) -> list[tuple[str, NetObject]]:
+        return [*super().written(plan, new),
+                *(("k3snet", c.after) for c in plan.changes
+                  if c.action == "add" and c.after is not None)]
+
+
+class _DropsCopies(_EntriesBackend):
+    """Keeps one entry of each other program's object: the admin's second copy goes."""
+
+    def written(self, plan: Plan, new: State) -> list[tuple[str, NetObject]]:
+        return list(dict.fromkeys(super().written(plan, new)))
+
+
+class _ReportsWhatItDoesNotHold(_EntriesBackend):
+    """Reports a foreign route of a default of its own, which no entry holds."""
+
+    def observe(self) -> State:
+        seen = super().observe()
+        return State(owned=seen.owned,
+                     foreign=[*seen.foreign, Route("203.0.113.0/24", device="eth1")])
+
+
+class _WipesOtherKinds(MemoryBackend):
+    """A route backend on a memory store of every kind: each apply of routes drops the
+    sysctls it holds (another backend's), which its observe() never reports."""
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = super().apply(plan)
+        self._state = self._state.only(self.capabilities)
+        return result
+
+
+def _memory_store(backend: Backend) -> list[NetObject]:
+    state = backend.state  # type: ignore[attr-defined]
+    return [*state.owned, *state.foreign]
+
+
+def test_conformance_with_a_store_passes_backends_that_keep_what_they_do_not_observe() -> None:
+    """The reference and the page's backend keep every other entry, as written."""
+    run_conformance(_EntriesBackend, max_examples=20, store=_held)
+    found = State(foreign=[Route("192.0.2.0/24", device="eth0", protocol=4),
+                           Sysctl("net.ipv4.ip_forward", "0")])
+    run_conformance(lambda: MemoryBackend(found, capabilities=["route"]), max_examples=20,
+                    store=_memory_store)
+    run_conformance(lambda: MemoryBackend(found), max_examples=20, store=_memory_store)
+
+
+@pytest.mark.parametrize(("broken", "says"), [
+    (_KeepsOnlyItsKinds, r"net.ipv4.ip_forward = 1: held 0 time\(s\), expected 1"),
+    (_AddsTwice, r"held 2 time\(s\), expected 1"),
+    (_DropsCopies, r"held 1 time\(s\), expected 2"),
+    (_ReportsWhatItDoesNotHold, "reports objects store= does not hold"),
+], ids=lambda v: v.__name__ if isinstance(v, type) else "")
+def test_conformance_with_a_store_fails_a_store_that_differs_behind_observe(
+        broken: type[_EntriesBackend], says: str) -> None:
+    """observe() gives each object once, of the backend's kinds: these passed the suite
+    (docs/custom-backend.md said so, and told authors to test their store themselves)."""
+    run_conformance(broken, max_examples=20)  # observe() alone cannot tell
+    with pytest.raises(FAILS, match=says):
+        run_conformance(broken, max_examples=20, store=_held)
+
+
+def test_conformance_with_a_store_fails_an_apply_that_drops_objects_of_another_kind() -> None:
+    """An apply of routes dropped the sysctls beside them in the store it shares."""
+    found = State(foreign=[Route("192.0.2.0/24", device="eth0", protocol=4),
+                           Sysctl("net.ipv4.ip_forward", "0")])
+    run_conformance(lambda: _WipesOtherKinds(found, capabilities=["route"]), max_examples=10)
+    with pytest.raises(FAILS, match=r"net.ipv4.ip_forward = 0: held 0"):
+        run_conformance(lambda: _WipesOtherKinds(found, capabilities=["route"]),
+                        max_examples=10, store=_memory_store)

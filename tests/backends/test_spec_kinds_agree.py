@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 
 from k3snet.backends.registry import backend_options, declared_capabilities
-from k3snet.cli import _backend, build_parser
+from k3snet.cli import _backend, build_parser, main
 from k3snet.errors import ModelError
 from k3snet.lab.netns import temporary_netns
+from k3snet.model.state import known_kinds
 from k3snet.spec import Spec
 from k3snet.spec.backends import backend_option_problems
 
 pytestmark = pytest.mark.kernel
 
-# memory is left out: its kinds are its `capabilities` option's (see the report of
-# review18-crossm); validate does not judge it.
+# memory's kinds are its `capabilities` option's: its own table below.
 NAMES = ("netlink", "nftables", "iptables", "flannel", "calico", "cilium")
 
 KUBECONFIG = """\
@@ -80,3 +80,54 @@ def test_validate_refuses_exactly_the_backends_plan_refuses_for_one_kind_twice(
     assert [p for p in problems if p.path != "backends"] == []
     validate_refuses = any(p.path == "backends" for p in problems)
     assert validate_refuses == _plan_refuses(spec, ns, tmp_path), problems
+
+
+# The memory backend's kinds are its `capabilities` option's (every kind left out):
+# validate knew none of them and accepted `backends: [netlink, memory]`, which plan
+# refuses on every run (both would manage route and sysctl).
+MEMORY_KINDS = (None, ["nat"], ["route"], ["sysctl", "forward"], "ippool", ["ippool", "nat"])
+
+
+@pytest.mark.parametrize("capabilities", MEMORY_KINDS, ids=repr)
+@pytest.mark.parametrize("names", [
+    *(combo for other in NAMES for combo in (("memory", other), (other, "memory"))),
+    ("netlink", "memory", "calico"), ("memory",)], ids="+".join)
+def test_validate_refuses_exactly_the_backends_plan_refuses_with_the_memory_backend(
+        names: tuple[str, ...], capabilities: list[str] | str | None, ns: str,
+        tmp_path: Path) -> None:
+    """validate reads the memory backend's kinds from its `capabilities` option
+    (`declared_kinds`), as plan builds it."""
+    options = _options(tmp_path, names)
+    if capabilities is not None:
+        options["memory"] = {"capabilities": capabilities}
+    spec = Spec(backends=list(names), backend_options=options)
+    problems = backend_option_problems(spec, backend_options, kinds=declared_capabilities)
+    assert [p for p in problems if p.path != "backends"] == []
+    validate_refuses = any(p.path == "backends" for p in problems)
+    assert validate_refuses == _plan_refuses(spec, ns, tmp_path), problems
+
+
+def test_declared_capabilities_reads_the_memory_backends_capabilities_option() -> None:
+    """Without options, every kind (the option's default); a value the option refuses:
+    not known (option_problems says why)."""
+    assert declared_capabilities("memory") == frozenset(known_kinds())
+    assert declared_capabilities("memory", {"capabilities": ["nat"]}) == frozenset({"nat"})
+    assert declared_capabilities("memory", {"capabilities": "route"}) == frozenset({"route"})
+    assert declared_capabilities("memory", {"capabilities": 5}) is None
+    assert declared_capabilities("memory", {"capabilities": ["nope"]}) is None
+    assert declared_capabilities("netlink", {"state_dir": "/x"}) == declared_capabilities(
+        "netlink")
+
+
+@pytest.mark.parametrize(("memory", "refused"), [("", True), ("{capabilities: [nat]}", False)])
+def test_k3snet_validate_refuses_netlink_beside_a_memory_backend_of_its_kinds(
+        memory: str, refused: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command itself: `backends: [netlink, memory]` passed and plan refused it."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "cluster: {podCIDRs: [10.42.0.0/16]}\n"
+                    f"backends: {{netlink: {{}}, memory: {memory or '{}'}}}\n")
+    code = main(["validate", "-f", str(path)])
+    said = capsys.readouterr().err
+    assert (code != 0) == refused, said
+    assert ("both 'netlink' and 'memory' would manage route, sysctl" in said) == refused, said

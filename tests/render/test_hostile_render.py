@@ -204,7 +204,10 @@ def _interfaces() -> st.SearchStrategy[list[str]]:
 
 @settings(max_examples=settings.default.max_examples // 3)  # ci: 100
 @given(_interfaces().flatmap(lambda devices: st.one_of(
-    strategies.routes(devices=devices, scopes=(None, "link", "host", "universe")),
+    # Tables netplan takes (a signed number): the largest, which routes() draws by
+    # default, it refuses on purpose (tests/render/test_netplan_placement.py).
+    strategies.routes(devices=devices, scopes=(None, "link", "host", "universe"),
+                      tables=(254, 100)),
     strategies.nat_rules(devices=(None, *devices)),
     strategies.forward_rules(devices=(None, *devices)),
     strategies.sysctls(names=("net.ipv4.ip_forward", f"net/ipv4/conf/{devices[0]}/rp_filter"),

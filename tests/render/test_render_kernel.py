@@ -156,7 +156,9 @@ def _listed_routes(ns: str) -> list[Route]:
                                         "proto", "211"]).stdout)
         for r in listed:
             table = r.get("table", "main")
-            routes.append(Route(r["dst"] if "/" in r["dst"] else r["dst"] + host,
+            # ip lists a default route as "default" (routes() draws /0 since the edges).
+            dst = {"default": "0.0.0.0/0" if family == "-4" else "::/0"}.get(r["dst"], r["dst"])
+            routes.append(Route(dst if "/" in dst else dst + host,
                                 gateway=r.get("gateway"), device=r.get("dev"),
                                 table=_TABLES.get(table) or int(table),
                                 metric=r.get("metric", metric),
