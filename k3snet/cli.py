@@ -2778,11 +2778,50 @@ class _NetplanKeyTwice(Exception):  # noqa: N818 - caught below, never raised fu
 def _first_document(loader: Any) -> object:
     """The first YAML document ``loader`` (a PyYAML loader over a text) reads, ``None``
     for none: netplan reads a file's first document alone (libyaml's
-    ``yaml_parser_load``), where ``yaml.load`` refused a second one."""
+    ``yaml_parser_load``), where ``yaml.load`` refused a second one. A key k3snet reads
+    given twice in one mapping is refused (:func:`_netplan_key_twice`)."""
     try:
-        return loader.get_data() if loader.check_data() else None
+        if not loader.check_node():
+            return None
+        node = loader.get_node()
+        _netplan_key_twice(node, 0)
+        return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+_NETPLAN_READ: tuple[frozenset[str] | None, ...] = (
+    frozenset({"network"}),  # the document
+    frozenset({"renderer", "ethernets", "bonds", "bridges", "vlans", "tunnels", "vrfs",
+               "wifis", "modems", "dummy-devices", "virtual-ethernets"}),  # network:
+    None,  # a section: its renderer and every id
+    frozenset({"match", "set-name", "renderer", "dhcp4", "dhcp6", "addresses"}),  # an id's
+    frozenset({"name"}),  # match:
+)
+"""The keys of a netplan file k3snet reads (render/routes.py: its NETPLAN_SECTIONS, the
+keys of a definition netplan_placement looks at), by depth; ``None``: every key."""
+
+
+def _netplan_key_twice(node: object, depth: int) -> None:
+    """Raise :class:`_NetplanKeyTwice` for a key k3snet reads given twice in one mapping
+    of the YAML ``node`` (at ``depth`` of :data:`_NETPLAN_READ`): netplan reads both, one
+    after the other (an id's two definitions make one, a renderer of either with it),
+    where PyYAML keeps the last alone. Another key given twice (two ``nameservers:``,
+    two ``version:``), which netplan reads as well and k3snet never, is let be."""
+    import yaml  # noqa: PLC0415 - k3snet[cli], imported by the caller already
+
+    if depth >= len(_NETPLAN_READ) or not isinstance(node, yaml.MappingNode):
+        return
+    read, seen = _NETPLAN_READ[depth], set()
+    for key, value in node.value:
+        name = key.value if isinstance(key, yaml.ScalarNode) else None
+        if name is None or (read is not None and name not in read):
+            continue
+        if name in seen:
+            raise _NetplanKeyTwice(name, key.start_mark)
+        seen.add(name)
+        if not (read is None and name == "renderer"):  # a section's renderer, no id
+            _netplan_key_twice(value, depth + 1)
 
 
 def _netplan_documents(out: Path | None) -> dict[str, object]:
@@ -2811,18 +2850,7 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
     class NetplanLoader(yaml.BaseLoader):
         """netplan reads every scalar as text (its own booleans in any case, quoted or
         not: dhcp6: "true", y): so does BaseLoader, where safe_load made a bool of `on:`
-        and a float of `1e3:` (ids), and a string of y and "true". A key given twice is
-        refused: netplan reads both, one after the other (the keys of both definitions
-        of an id, a renderer among them), where PyYAML keeps the last alone."""
-
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            seen: set[str] = set()
-            for key_node, _value in node.value:
-                if isinstance(key_node, yaml.ScalarNode):
-                    if key_node.value in seen:
-                        raise _NetplanKeyTwice(key_node.value, key_node.start_mark)
-                    seen.add(key_node.value)
-            return super().construct_mapping(node, deep=deep)
+        and a float of `1e3:` (ids), and a string of y and "true"."""
 
     documents: dict[str, object] = {}
     for name, path in sorted(paths.items()):

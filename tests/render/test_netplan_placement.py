@@ -599,8 +599,18 @@ def test_a_key_given_twice_in_a_netplan_file_is_refused_naming_it(
     "network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true, dhcp4: false}\n",
     "network:\n  ethernets:\n    eth0: {dhcp4: true}\nnetwork:\n  renderer: NetworkManager\n",
     "network:\n  version: 2\n  ethernets:\n    eth0: &a {dhcp4: true}\n    'eth0': *a\n",
-], ids=["dhcp4", "network", "quoted-id"])
-def test_every_key_given_twice_is_refused(
+    "network:\n  ethernets:\n    eth0: {dhcp6: true, dhcp6: false}\n",
+    "network:\n  ethernets:\n    nic0: {set-name: eth1, set-name: eth0}\n",
+    "network:\n  ethernets:\n    nic0: {match: {name: 'x'}, match: {name: e*}}\n",
+    "network:\n  ethernets:\n    nic0: {match: {name: 'x', name: e*}}\n",
+    "network:\n  ethernets:\n    eth0: {addresses: ['fd00::1/64'], addresses: []}\n",
+    "network:\n  ethernets:\n    eth0: {renderer: networkd, renderer: networkd}\n",
+    "network:\n  ethernets:\n    renderer: networkd\n    renderer: networkd\n",
+    "network:\n  renderer: networkd\n  renderer: networkd\n",
+    "network:\n  bridges: {}\n  bridges: {}\n",
+], ids=["dhcp4", "network", "quoted-id", "dhcp6", "set-name", "match", "match-name",
+        "addresses", "renderer", "section-renderer", "global-renderer", "section"])
+def test_every_key_k3snet_reads_given_twice_is_refused(
         text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     staging = tmp_path / "netplan"
     staging.mkdir()
@@ -609,6 +619,40 @@ def test_every_key_given_twice_is_refused(
     spec.write_text(SPEC)
     assert main(["render", "netplan", "-f", str(spec), "-o", str(staging)]) == 1
     assert "01-admin.yaml gives" in capsys.readouterr().err
+
+
+_KEYS_UNREAD_TWICE = (
+    "network:\n  version: 2\n  version: 2\n  ethernets:\n    eth0:\n      dhcp4: true\n"
+    "      nameservers: {addresses: [192.0.2.53]}\n      nameservers: {search: [example.org]}\n"
+    "      mtu: 1500\n      mtu: 1400\n")
+
+
+@needs_netplan
+def test_a_key_k3snet_does_not_read_given_twice_is_read_as_netplan_reads_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan reads both nameservers: (both the address and the search domain reach
+    # networkd), both version:, both mtu:, exit status 0; k3snet reads none of
+    # them, and refusing the file refused the render for keys that change nothing of it.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(_KEYS_UNREAD_TWICE)
+    (etc / "01-admin.yaml").chmod(0o600)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 0, \
+        capsys.readouterr().err
+    _netplan_generate(tmp_path)
+    applied = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")
+    assert (applied["Network"][0]["DNS"], applied["Network"][0]["Domains"]) == (
+        "192.0.2.53", "example.org")
+    assert applied["Route"][0]["Destination"] == "192.168.2.0/24"
+
+
+def test_the_keys_read_twice_cover_every_section_k3snet_reads() -> None:
+    import k3snet.cli  # noqa: PLC0415
+    from k3snet.render.routes import NETPLAN_SECTIONS  # noqa: PLC0415
+
+    assert k3snet.cli._NETPLAN_READ[1] == frozenset({"renderer", *NETPLAN_SECTIONS})
 
 
 @needs_netplan
