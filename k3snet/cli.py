@@ -2756,17 +2756,39 @@ def _netplan_etc(out: Path) -> bool:
     return out.resolve() in {directory.resolve() for directory in _NETPLAN_DIRS}
 
 
+_NETPLAN_PLACES = ("lib", "etc", "run")
+
+
+def _netplan_dirs(out: Path) -> tuple[tuple[Path, ...], int] | None:
+    """netplan's three directories whose files it reads with those of ``out``, and
+    ``out``'s place among them: the node's, ``out`` being /lib, /etc or /run/netplan; or
+    those of ROOT, ``out`` being ROOT/etc/netplan (or lib/, run/: an image's root staged
+    in ROOT), as ``netplan generate --root-dir ROOT`` reads them (the node's are not
+    read then: they are the build host's). ``None`` for another directory: its files
+    alone are read."""
+    resolved = [directory.resolve() for directory in _NETPLAN_DIRS]
+    if out.resolve() in resolved:
+        return _NETPLAN_DIRS, resolved.index(out.resolve())
+    where = Path(os.path.abspath(out))
+    if where.name == "netplan" and where.parent.name in _NETPLAN_PLACES:
+        root = where.parent.parent
+        return (tuple(root / place / "netplan" for place in _NETPLAN_PLACES),
+                _NETPLAN_PLACES.index(where.parent.name))
+    return None
+
+
 def _refuse_netplan_shadow(out: Path) -> None:
     """Refuse writing k3snet's netplan file into one of netplan's directories when a
     later one holds a file of its name, which netplan reads in its place."""
-    if not _netplan_etc(out):
+    found = _netplan_dirs(out)
+    if found is None:
         return
-    place = [directory.resolve() for directory in _NETPLAN_DIRS].index(out.resolve())
-    for shadow in (directory / NETPLAN_FILE for directory in _NETPLAN_DIRS[place + 1:]):
+    dirs, place = found
+    for shadow in (directory / NETPLAN_FILE for directory in dirs[place + 1:]):
         if shadow.exists():
             raise ModelError(
-                f"{shadow} replaces {out / NETPLAN_FILE} for netplan (a file of /run/netplan "
-                "replaces /etc's of the same name, /etc's /lib's): the routes written there "
+                f"{shadow} replaces {out / NETPLAN_FILE} for netplan (a file of run/netplan "
+                "replaces etc/'s of the same name, etc/'s lib/'s): the routes written there "
                 f"would not be read. Remove {shadow}, or write there")
 
 
@@ -2826,14 +2848,16 @@ def _netplan_key_twice(node: object, depth: int) -> None:
 
 def _netplan_documents(out: Path | None) -> dict[str, object]:
     """The other netplan files beside the one ``render netplan -o OUT`` writes, parsed:
-    those of OUT, and for any of /lib/netplan, /etc/netplan and /run/netplan those of all
-    three as netplan reads them (a name in a later directory replaces it in an earlier
-    one; a hidden ``.NAME.yaml``, which netplan's glob leaves out, is not read). Nothing
-    when printing: the file's place is then unknown."""
+    those of OUT, and for any of /lib/netplan, /etc/netplan and /run/netplan (or of a
+    staged root's: :func:`_netplan_dirs`) those of all three as netplan reads them (a
+    name in a later directory replaces it in an earlier one; a hidden ``.NAME.yaml``,
+    which netplan's glob leaves out, is not read). Nothing when printing: the file's
+    place is then unknown."""
     if out is None:
         return {}
     paths: dict[str, Path] = {}
-    for directory in (_NETPLAN_DIRS if _netplan_etc(out) else (out,)):
+    found = _netplan_dirs(out)
+    for directory in (out,) if found is None else found[0]:
         if directory.is_dir():
             paths.update((p.name, p) for p in sorted(directory.glob("*.yaml"))
                          if not p.name.startswith("."))

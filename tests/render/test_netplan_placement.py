@@ -875,3 +875,58 @@ def test_render_netplan_refuses_a_file_netplan_reads_in_place_of_its_own(
     assert (status == 1) == refused, capsys.readouterr().err
     if refused:
         assert f"{dirs[other] / '90-k3snet.yaml'} replaces" in capsys.readouterr().err
+
+
+@needs_netplan
+@pytest.mark.parametrize("lib", ["lib", "usr-merged"])
+@pytest.mark.parametrize("host", [None, "networkd"], ids=["host-none", "host-networkd"])
+def test_render_netplan_into_a_staged_roots_etc_netplan_reads_its_lib_and_run_netplan(
+        lib: str, host: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # An image built in ROOT: -o ROOT/etc/netplan read ROOT/etc/netplan alone, and
+    # netplan (netplan generate --root-dir ROOT, and the node booted) reads the package's
+    # ROOT/usr/lib/netplan/00-network-manager-all.yaml with it: eth0 taken for
+    # networkd's, k3snet's IPv6 route left out of its profile, exit status 0. The build
+    # host's own netplan directories (here a renderer: networkd there) are not read.
+    if host is not None:
+        dirs = _node_dirs(tmp_path / "host", monkeypatch)
+        (dirs["run"] / "99-z.yaml").write_text(f"network:\n  renderer: {host}\n")
+    root = tmp_path / "root"
+    etc = root / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    shipped = root / ("lib" if lib == "lib" else "usr/lib") / "netplan"
+    shipped.mkdir(parents=True)
+    if lib == "usr-merged":
+        (root / "lib").symlink_to("usr/lib")
+    (shipped / "00-network-manager-all.yaml").write_text(
+        "network:\n  version: 2\n  renderer: NetworkManager\n")
+    (etc / "50-b.yaml").write_text(
+        "network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true}\n")
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in root.rglob("*.yaml"):
+        path.chmod(0o600)
+    _netplan_generate(root)
+    (profile,) = (root / "run" / "NetworkManager" / "system-connections").iterdir()
+    assert "fd01:2::/64" not in profile.read_text()
+    (etc / "90-k3snet.yaml").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 1
+    assert "without dhcp6" in capsys.readouterr().err
+
+
+@needs_netplan
+def test_render_netplan_into_a_staged_roots_lib_netplan_refuses_its_etc_file_of_that_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    for place in ("lib", "etc"):
+        (root / place / "netplan").mkdir(parents=True)
+    (root / "etc" / "netplan" / "01-admin.yaml").write_text(yaml.safe_dump(PLAIN))
+    (root / "etc" / "netplan" / "90-k3snet.yaml").write_text("network:\n  version: 2\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = root / "lib" / "netplan"
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(out)]) == 1
+    assert f"{root}/etc/netplan/90-k3snet.yaml replaces" in capsys.readouterr().err
