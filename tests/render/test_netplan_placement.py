@@ -930,3 +930,22 @@ def test_render_netplan_into_a_staged_roots_lib_netplan_refuses_its_etc_file_of_
     out = root / "lib" / "netplan"
     assert main(["render", "netplan", "-f", str(spec), "-o", str(out)]) == 1
     assert f"{root}/etc/netplan/90-k3snet.yaml replaces" in capsys.readouterr().err
+
+
+def test_render_netplan_into_a_staged_root_refuses_a_device_none_of_its_files_configures(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The image's usr/lib/netplan/00-network-manager-all.yaml alone: its devices are
+    # NetworkManager's own profiles, and k3snet's definition of eth0 would have made a
+    # second one at boot, link-local only and without the routes (as in /etc/netplan).
+    root = tmp_path / "root"
+    (root / "etc" / "netplan").mkdir(parents=True)
+    (root / "usr" / "lib" / "netplan").mkdir(parents=True)
+    (root / "lib").symlink_to("usr/lib")
+    (root / "usr" / "lib" / "netplan" / "00-network-manager-all.yaml").write_text(
+        yaml.safe_dump(NETWORK_MANAGER_ALL))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = root / "etc" / "netplan"
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(out)]) == 1
+    assert "no netplan definition configures eth0" in capsys.readouterr().err
+    assert not (out / "90-k3snet.yaml").exists()
