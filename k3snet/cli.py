@@ -2792,22 +2792,57 @@ def _refuse_netplan_shadow(out: Path) -> None:
                 f"would not be read. Remove {shadow}, or write there")
 
 
-class _NetplanKeyTwice(Exception):  # noqa: N818 - caught below, never raised further
-    """A key given twice in one mapping of a netplan file: ``args`` are the key and the
-    mark (line, column) of its second one."""
+class _NetplanNode(Exception):  # noqa: N818 - caught below, never raised further
+    """A node of a netplan file k3snet refuses: ``args`` are its key and the mark (line,
+    column) it is named by."""
+
+    def said(self, path: Path) -> str:
+        """What is wrong, of the file ``path``."""
+        raise NotImplementedError
+
+    def where(self) -> str:
+        """``line L, column C`` of the node."""
+        mark = self.args[1]
+        return f"line {mark.line + 1}, column {mark.column + 1}"
 
 
-def _first_document(loader: Any) -> object:
+class _NetplanKeyTwice(_NetplanNode):
+    """A key given twice in one mapping of a netplan file, named at its second one."""
+
+    def said(self, path: Path) -> str:
+        return (f"netplan file {path} gives {str(self.args[0])[:80]!r} twice in one mapping "
+                f"({self.where()}): netplan reads both, one after the other (an id's two "
+                "definitions make one, a renderer of either with it), and k3snet would read "
+                "the last alone. Give the key once")
+
+
+class _NetplanNoMapping(_NetplanNode):
+    """A netplan file's ``network:``, section or definition that is not a mapping, named
+    at its value."""
+
+    def said(self, path: Path) -> str:
+        return (f"netplan file {path}: {str(self.args[0])[:80]!r} ({self.where()}) is not a "
+                "mapping (netplan refuses it as well: \"expected mapping\")")
+
+
+def _first_document(loader: Any, deepest: int) -> object:
     """The first YAML document ``loader`` (a PyYAML loader over a text) reads, ``None``
     for none: netplan reads a file's first document alone (libyaml's
-    ``yaml_parser_load``), where ``yaml.load`` refused a second one. A key k3snet reads
-    given twice in one mapping is refused (:func:`_netplan_key_twice`)."""
+    ``yaml_parser_load``), where ``yaml.load`` refused a second one. One nested deeper
+    than ``deepest`` is a :class:`RecursionError`; then a key k3snet reads given twice in
+    one mapping, or a definition that is no mapping, is refused
+    (:func:`_refuse_netplan_nodes`)."""
+    from k3snet._gojson import nests_deeper  # noqa: PLC0415
+
     try:
         if not loader.check_node():
             return None
         node = loader.get_node()
-        _netplan_key_twice(node, 0)
-        return loader.construct_document(node)
+        document = loader.construct_document(node)
+        if nests_deeper(document, deepest, shared=True):  # (aliases share)
+            raise RecursionError
+        _refuse_netplan_nodes(node, 0)
+        return document
     finally:
         loader.dispose()
 
@@ -2824,12 +2859,14 @@ _NETPLAN_READ: tuple[frozenset[str] | None, ...] = (
 keys of a definition netplan_placement looks at), by depth; ``None``: every key."""
 
 
-def _netplan_key_twice(node: object, depth: int) -> None:
+def _refuse_netplan_nodes(node: object, depth: int) -> None:
     """Raise :class:`_NetplanKeyTwice` for a key k3snet reads given twice in one mapping
     of the YAML ``node`` (at ``depth`` of :data:`_NETPLAN_READ`): netplan reads both, one
     after the other (an id's two definitions make one, a renderer of either with it),
     where PyYAML keeps the last alone. Another key given twice (two ``nameservers:``,
-    two ``version:``), which netplan reads as well and k3snet never, is let be."""
+    two ``version:``), which netplan reads as well and k3snet never, is let be. Raise
+    :class:`_NetplanNoMapping` for a ``network:``, section or definition that is not a
+    mapping, which netplan refuses ("expected mapping"), named by its line here."""
     import yaml  # noqa: PLC0415 - k3snet[cli], imported by the caller already
 
     if depth >= len(_NETPLAN_READ) or not isinstance(node, yaml.MappingNode):
@@ -2842,8 +2879,11 @@ def _netplan_key_twice(node: object, depth: int) -> None:
         if name in seen:
             raise _NetplanKeyTwice(name, key.start_mark)
         seen.add(name)
-        if not (read is None and name == "renderer"):  # a section's renderer, no id
-            _netplan_key_twice(value, depth + 1)
+        if name == "renderer" and depth in (1, 2):  # network's or a section's: no mapping
+            continue
+        if depth < 3 and not isinstance(value, yaml.MappingNode):
+            raise _NetplanNoMapping(name, value.start_mark)  # named by line, as netplan does
+        _refuse_netplan_nodes(value, depth + 1)
 
 
 def _netplan_documents(out: Path | None) -> dict[str, object]:
@@ -2869,7 +2909,7 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
         import yaml  # noqa: PLC0415 - k3snet[cli]
     except ImportError as exc:  # printing, or no other file, needs none
         raise yaml_missing(f"reading the netplan files beside {out}", exc) from exc
-    from k3snet._gojson import MAX_NESTING, nests_deeper  # noqa: PLC0415
+    from k3snet._gojson import MAX_NESTING  # noqa: PLC0415
 
     class NetplanLoader(yaml.BaseLoader):
         """netplan reads every scalar as text (its own booleans in any case, quoted or
@@ -2883,8 +2923,8 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
                     "not read it")
         try:
             text = read_input(path, MAX_NETPLAN_BYTES).decode("utf-8")
-            documents[name] = _first_document(NetplanLoader(text))
-        except RecursionError:  # (Python's parser; the placement's walk recursed further)
+            documents[name] = _first_document(NetplanLoader(text), MAX_NESTING)
+        except RecursionError:  # (Python's parser, or deeper than the placement's walk)
             raise ModelError(too_deep) from None
         except OSError as exc:
             raise ModelError(f"cannot read the netplan file {path}: {input_problem(exc)}") \
@@ -2892,18 +2932,11 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
         except UnicodeDecodeError as exc:
             raise ModelError(f"netplan file {path} is not UTF-8 text (byte {exc.start}: "
                              f"{exc.reason})") from None
-        except _NetplanKeyTwice as exc:
-            key, mark = exc.args
-            raise ModelError(
-                f"netplan file {path} gives {str(key)[:80]!r} twice in one mapping (line "
-                f"{mark.line + 1}, column {mark.column + 1}): netplan reads both, one after "
-                "the other (an id's two definitions make one, a renderer of either with it), "
-                "and k3snet would read the last alone. Give the key once") from None
+        except _NetplanNode as exc:
+            raise ModelError(exc.said(path)) from None
         except yaml.YAMLError as exc:
             raise ModelError(f"netplan file {path} is not YAML netplan reads: "
                              f"{yaml_problem(exc, text)[:300]}") from None
-        if nests_deeper(documents[name], MAX_NESTING, shared=True):  # (aliases share)
-            raise ModelError(too_deep)
     return documents
 
 

@@ -717,8 +717,9 @@ def test_an_id_too_long_for_netplans_file_names_is_refused(
     "network:\n  version: 2\n  bridges:\n    eth0: [a]\n",
     "network:\n  version: 2\n  ethernets:\n",
     "network:\n  version: 2\n  vlans: ~\n",
+    "network: [a]\n",
 ], ids=["definition-empty", "definition-null", "definition-list", "section-empty",
-        "section-null"])
+        "section-null", "network-list"])
 def test_a_definition_or_section_that_is_no_mapping_is_refused_as_netplan_refuses_it(
         text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # `eth0:` alone was read as an empty definition: k3snet wrote its routes, exit 0,
@@ -731,10 +732,15 @@ def test_a_definition_or_section_that_is_no_mapping_is_refused_as_netplan_refuse
                           capture_output=True, text=True, check=False, timeout=60,
                           env={k: v for k, v in os.environ.items() if k != "SNAP"})
     assert "expected mapping" in done.stderr
+    line, column = done.stderr.split("01-admin.yaml:", 1)[1].split(":")[:2]
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 1
-    assert '"expected mapping"' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert '"expected mapping"' in err
+    # named where netplan names it (it named the file's base name alone, no line)
+    assert f"{etc / '01-admin.yaml'}: " in err
+    assert f"(line {line}, column {column})" in err
 
 
 def test_a_sections_renderer_is_no_definition() -> None:
