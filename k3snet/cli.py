@@ -2760,20 +2760,23 @@ _NETPLAN_PLACES = ("lib", "etc", "run")
 
 
 def _netplan_dirs(out: Path) -> tuple[tuple[Path, ...], int] | None:
-    """netplan's three directories whose files it reads with those of ``out``, and
-    ``out``'s place among them: the node's, ``out`` being /lib, /etc or /run/netplan; or
-    those of ROOT, ``out`` being ROOT/etc/netplan (or lib/, run/: an image's root staged
-    in ROOT), as ``netplan generate --root-dir ROOT`` reads them (the node's are not
-    read then: they are the build host's). ``None`` for another directory: its files
-    alone are read."""
+    """netplan's directories whose files it reads with those of ``out``, and ``out``'s
+    place among them: the node's three, ``out`` being /lib, /etc or /run/netplan; or
+    those of ROOT, ``out`` being ROOT/etc/netplan (or lib/: an image's root staged in
+    ROOT), as ``netplan generate --root-dir ROOT`` and the node booted from it read them
+    (the node's are not read then: they are the build host's). ROOT/run/netplan is not
+    read unless ``out`` is there: /run is empty at boot (a new tmpfs), and a chroot's
+    build often binds the build host's /run there. ``None`` for another directory: its
+    files alone are read."""
     resolved = [directory.resolve() for directory in _NETPLAN_DIRS]
     if out.resolve() in resolved:
         return _NETPLAN_DIRS, resolved.index(out.resolve())
     where = Path(os.path.abspath(out))
     if where.name == "netplan" and where.parent.name in _NETPLAN_PLACES:
+        places = _NETPLAN_PLACES if where.parent.name == "run" else _NETPLAN_PLACES[:2]
         root = where.parent.parent
-        return (tuple(root / place / "netplan" for place in _NETPLAN_PLACES),
-                _NETPLAN_PLACES.index(where.parent.name))
+        return (tuple(root / place / "netplan" for place in places),
+                places.index(where.parent.name))
     return None
 
 

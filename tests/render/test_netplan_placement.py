@@ -886,18 +886,20 @@ def test_render_netplan_refuses_a_file_netplan_reads_in_place_of_its_own(
 @needs_netplan
 @pytest.mark.parametrize("lib", ["lib", "usr-merged"])
 @pytest.mark.parametrize("host", [None, "networkd"], ids=["host-none", "host-networkd"])
-def test_render_netplan_into_a_staged_roots_etc_netplan_reads_its_lib_and_run_netplan(
+def test_render_netplan_into_a_staged_roots_etc_netplan_reads_its_lib_netplan_not_run(
         lib: str, host: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     # An image built in ROOT: -o ROOT/etc/netplan read ROOT/etc/netplan alone, and
     # netplan (netplan generate --root-dir ROOT, and the node booted) reads the package's
     # ROOT/usr/lib/netplan/00-network-manager-all.yaml with it: eth0 taken for
     # networkd's, k3snet's IPv6 route left out of its profile, exit status 0. The build
-    # host's own netplan directories (here a renderer: networkd there) are not read.
+    # host's own netplan directories (here a renderer: networkd there) are not read, nor
+    # ROOT/run/netplan: /run is a new tmpfs at boot (a chroot's build often binds the
+    # host's /run there; its 90-k3snet.yaml replaces nothing at boot either).
+    root = tmp_path / "root"
     if host is not None:
         dirs = _node_dirs(tmp_path / "host", monkeypatch)
         (dirs["run"] / "99-z.yaml").write_text(f"network:\n  renderer: {host}\n")
-    root = tmp_path / "root"
     etc = root / "etc" / "netplan"
     etc.mkdir(parents=True)
     shipped = root / ("lib" if lib == "lib" else "usr/lib") / "netplan"
@@ -913,10 +915,16 @@ def test_render_netplan_into_a_staged_roots_etc_netplan_reads_its_lib_and_run_ne
     (etc / "90-k3snet.yaml").write_text(render_netplan(state))
     for path in root.rglob("*.yaml"):
         path.chmod(0o600)
+    shutil.rmtree(root / "run", ignore_errors=True)  # as booted
     _netplan_generate(root)
     (profile,) = (root / "run" / "NetworkManager" / "system-connections").iterdir()
     assert "fd01:2::/64" not in profile.read_text()
     (etc / "90-k3snet.yaml").unlink()
+    if host is not None:  # the build host's /run bound into the chroot, as often
+        (root / "run" / "netplan").mkdir(parents=True)
+        (root / "run" / "netplan" / "99-z.yaml").write_text(
+            f"network:\n  renderer: {host}\n")
+        (root / "run" / "netplan" / "90-k3snet.yaml").write_text("network: {}\n")
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC_DUAL)
     assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 1
