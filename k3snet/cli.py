@@ -2914,11 +2914,6 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
         raise yaml_missing(f"reading the netplan files beside {out}", exc) from exc
     from k3snet._gojson import MAX_NESTING  # noqa: PLC0415
 
-    class NetplanLoader(yaml.BaseLoader):
-        """netplan reads every scalar as text (its own booleans in any case, quoted or
-        not: dhcp6: "true", y): so does BaseLoader, where safe_load made a bool of `on:`
-        and a float of `1e3:` (ids), and a string of y and "true"."""
-
     documents: dict[str, object] = {}
     for name, path in sorted(paths.items()):
         text = ""
@@ -2926,7 +2921,10 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
                     "not read it")
         try:
             text = read_input(path, MAX_NETPLAN_BYTES).decode("utf-8")
-            documents[name] = _first_document(NetplanLoader(text), MAX_NESTING)
+            # netplan reads every scalar as text (its own booleans in any case, quoted or
+            # not: dhcp6: "true", y): so does BaseLoader, where safe_load made a bool of
+            # `on:` and a float of `1e3:` (ids), and a string of y and "true".
+            documents[name] = _first_document(yaml.BaseLoader(text), MAX_NESTING)
         except RecursionError:  # (Python's parser, or deeper than the placement's walk)
             raise ModelError(too_deep) from None
         except OSError as exc:
