@@ -2852,22 +2852,24 @@ def _first_document(loader: Any, deepest: int) -> object:
 
 _NETPLAN_READ: tuple[frozenset[str] | None, ...] = (
     frozenset({"network"}),  # the document
-    frozenset({"renderer", "ethernets", "bonds", "bridges", "vlans", "tunnels", "vrfs",
-               "wifis", "modems", "dummy-devices", "virtual-ethernets"}),  # network:
-    None,  # a section: its renderer and every id
-    frozenset({"match", "set-name", "renderer", "dhcp4", "dhcp6", "addresses"}),  # an id's
-    frozenset({"name"}),  # match:
+    frozenset({"ethernets", "bonds", "bridges", "vlans", "tunnels", "vrfs", "wifis",
+               "modems", "dummy-devices", "virtual-ethernets"}),  # network:'s sections
+    None,  # a section: every id, and its renderer (given to the ids after it)
+    frozenset({"match", "addresses"}),  # an id's
 )
-"""The keys of a netplan file k3snet reads (render/routes.py: its NETPLAN_SECTIONS, the
-keys of a definition netplan_placement looks at), by depth; ``None``: every key."""
+"""The keys of a netplan file k3snet reads whose two values netplan merges, by depth
+(``None``: every key): mappings, netplan's addresses (appended), and a section's
+renderer, which goes to the definitions after each. Of a text key k3snet reads (a
+renderer of network: or of a definition, dhcp4, dhcp6, set-name, match's name) netplan
+keeps the last, as PyYAML does: given twice, it is read as netplan reads it."""
 
 
 def _refuse_netplan_nodes(node: object, depth: int) -> None:
     """Raise :class:`_NetplanKeyTwice` for a key k3snet reads given twice in one mapping
-    of the YAML ``node`` (at ``depth`` of :data:`_NETPLAN_READ`): netplan reads both, one
-    after the other (an id's two definitions make one, a renderer of either with it),
-    where PyYAML keeps the last alone. Another key given twice (two ``nameservers:``,
-    two ``version:``), which netplan reads as well and k3snet never, is let be. Raise
+    of the YAML ``node`` (at ``depth`` of :data:`_NETPLAN_READ`) whose values netplan
+    merges (an id's two definitions make one, a renderer of either with it), where
+    PyYAML keeps the last alone. Another key given twice (two ``nameservers:``, two
+    ``dhcp4:``), whose last netplan keeps or which k3snet never reads, is let be. Raise
     :class:`_NetplanNoMapping` for a ``network:``, section or definition that is not a
     mapping, which netplan refuses ("expected mapping"), named by its line here."""
     import yaml  # noqa: PLC0415 - k3snet[cli], imported by the caller already
@@ -2882,7 +2884,7 @@ def _refuse_netplan_nodes(node: object, depth: int) -> None:
         if name in seen:
             raise _NetplanKeyTwice(name, key.start_mark)
         seen.add(name)
-        if name == "renderer" and depth in (1, 2):  # network's or a section's: no mapping
+        if name == "renderer":  # a section's: no mapping
             continue
         if depth < 3 and not isinstance(value, yaml.MappingNode):
             raise _NetplanNoMapping(name, value.start_mark)  # named by line, as netplan does
