@@ -2851,45 +2851,153 @@ def _netplan_etc(out: Path) -> bool:
     return out.resolve() in {directory.resolve() for directory in _NETPLAN_DIRS}
 
 
+_NETPLAN_PLACES = ("lib", "etc", "run")
+
+
+def _netplan_dirs(out: Path) -> tuple[tuple[Path, ...], int] | None:
+    """netplan's directories whose files it reads with those of ``out``, and ``out``'s
+    place among them: the node's three, ``out`` being /lib, /etc or /run/netplan; or
+    those of ROOT, ``out`` being ROOT/etc/netplan (or lib/: an image's root staged in
+    ROOT), as ``netplan generate --root-dir ROOT`` and the node booted from it read them
+    (the node's are not read then: they are the build host's). ROOT/run/netplan is not
+    read unless ``out`` is there: /run is empty at boot (a new tmpfs), and a chroot's
+    build often binds the build host's /run there. ``None`` for another directory: its
+    files alone are read."""
+    resolved = [directory.resolve() for directory in _NETPLAN_DIRS]
+    if out.resolve() in resolved:
+        return _NETPLAN_DIRS, resolved.index(out.resolve())
+    where = Path(os.path.abspath(out))
+    if where.name == "netplan" and where.parent.name in _NETPLAN_PLACES:
+        places = _NETPLAN_PLACES if where.parent.name == "run" else _NETPLAN_PLACES[:2]
+        root = where.parent.parent
+        return (tuple(root / place / "netplan" for place in places),
+                places.index(where.parent.name))
+    return None
+
+
 def _refuse_netplan_shadow(out: Path) -> None:
     """Refuse writing k3snet's netplan file into one of netplan's directories when a
     later one holds a file of its name, which netplan reads in its place."""
-    if not _netplan_etc(out):
+    found = _netplan_dirs(out)
+    if found is None:
         return
-    place = [directory.resolve() for directory in _NETPLAN_DIRS].index(out.resolve())
-    for shadow in (directory / NETPLAN_FILE for directory in _NETPLAN_DIRS[place + 1:]):
+    dirs, place = found
+    for shadow in (directory / NETPLAN_FILE for directory in dirs[place + 1:]):
         if shadow.exists():
             raise ModelError(
-                f"{shadow} replaces {out / NETPLAN_FILE} for netplan (a file of /run/netplan "
-                "replaces /etc's of the same name, /etc's /lib's): the routes written there "
+                f"{shadow} replaces {out / NETPLAN_FILE} for netplan (a file of run/netplan "
+                "replaces etc/'s of the same name, etc/'s lib/'s): the routes written there "
                 f"would not be read. Remove {shadow}, or write there")
 
 
-class _NetplanKeyTwice(Exception):  # noqa: N818 - caught below, never raised further
-    """A key given twice in one mapping of a netplan file: ``args`` are the key and the
-    mark (line, column) of its second one."""
+class _NetplanNode(Exception):  # noqa: N818 - caught below, never raised further
+    """A node of a netplan file k3snet refuses: ``args`` are its key and the mark (line,
+    column) it is named by."""
+
+    def said(self, path: Path) -> str:
+        """What is wrong, of the file ``path``."""
+        raise NotImplementedError
+
+    def where(self) -> str:
+        """``line L, column C`` of the node."""
+        mark = self.args[1]
+        return f"line {mark.line + 1}, column {mark.column + 1}"
 
 
-def _first_document(loader: Any) -> object:
+class _NetplanKeyTwice(_NetplanNode):
+    """A key given twice in one mapping of a netplan file, named at its second one."""
+
+    def said(self, path: Path) -> str:
+        return (f"netplan file {path} gives {str(self.args[0])[:80]!r} twice in one mapping "
+                f"({self.where()}): netplan reads both, one after the other (an id's two "
+                "definitions make one, a renderer of either with it), and k3snet would read "
+                "the last alone. Give the key once")
+
+
+class _NetplanNoMapping(_NetplanNode):
+    """A netplan file's ``network:``, section or definition that is not a mapping, named
+    at its value."""
+
+    def said(self, path: Path) -> str:
+        return (f"netplan file {path}: {str(self.args[0])[:80]!r} ({self.where()}) is not a "
+                "mapping (netplan refuses it as well: \"expected mapping\")")
+
+
+def _first_document(loader: Any, deepest: int) -> object:
     """The first YAML document ``loader`` (a PyYAML loader over a text) reads, ``None``
     for none: netplan reads a file's first document alone (libyaml's
-    ``yaml_parser_load``), where ``yaml.load`` refused a second one."""
+    ``yaml_parser_load``), where ``yaml.load`` refused a second one. One nested deeper
+    than ``deepest`` is a :class:`RecursionError`; then a key k3snet reads given twice in
+    one mapping, or a definition that is no mapping, is refused
+    (:func:`_refuse_netplan_nodes`)."""
+    from k3snet._gojson import nests_deeper  # noqa: PLC0415
+
     try:
-        return loader.get_data() if loader.check_data() else None
+        if not loader.check_node():
+            return None
+        node = loader.get_node()
+        document = loader.construct_document(node)
+        if nests_deeper(document, deepest, shared=True):  # (aliases share)
+            raise RecursionError
+        _refuse_netplan_nodes(node, 0)
+        return document
     finally:
         loader.dispose()
 
 
+_NETPLAN_READ: tuple[frozenset[str] | None, ...] = (
+    frozenset({"network"}),  # the document
+    frozenset({"ethernets", "bonds", "bridges", "vlans", "tunnels", "vrfs", "wifis",
+               "modems", "dummy-devices", "virtual-ethernets"}),  # network:'s sections
+    None,  # a section: every id, and its renderer (given to the ids after it)
+    frozenset({"match", "addresses"}),  # an id's
+)
+"""The keys of a netplan file k3snet reads whose two values netplan merges, by depth
+(``None``: every key): mappings, netplan's addresses (appended), and a section's
+renderer, which goes to the definitions after each. Of a text key k3snet reads (a
+renderer of network: or of a definition, dhcp4, dhcp6, set-name, match's name) netplan
+keeps the last, as PyYAML does: given twice, it is read as netplan reads it."""
+
+
+def _refuse_netplan_nodes(node: object, depth: int) -> None:
+    """Raise :class:`_NetplanKeyTwice` for a key k3snet reads given twice in one mapping
+    of the YAML ``node`` (at ``depth`` of :data:`_NETPLAN_READ`) whose values netplan
+    merges (an id's two definitions make one, a renderer of either with it), where
+    PyYAML keeps the last alone. Another key given twice (two ``nameservers:``, two
+    ``dhcp4:``), whose last netplan keeps or which k3snet never reads, is let be. Raise
+    :class:`_NetplanNoMapping` for a ``network:``, section or definition that is not a
+    mapping, which netplan refuses ("expected mapping"), named by its line here."""
+    import yaml  # noqa: PLC0415 - k3snet[cli], imported by the caller already
+
+    if depth >= len(_NETPLAN_READ) or not isinstance(node, yaml.MappingNode):
+        return
+    read, seen = _NETPLAN_READ[depth], set()
+    for key, value in node.value:
+        name = key.value if isinstance(key, yaml.ScalarNode) else None
+        if name is None or (read is not None and name not in read):
+            continue
+        if name in seen:
+            raise _NetplanKeyTwice(name, key.start_mark)
+        seen.add(name)
+        if name == "renderer":  # a section's: no mapping
+            continue
+        if depth < 3 and not isinstance(value, yaml.MappingNode):
+            raise _NetplanNoMapping(name, value.start_mark)  # named by line, as netplan does
+        _refuse_netplan_nodes(value, depth + 1)
+
+
 def _netplan_documents(out: Path | None) -> dict[str, object]:
     """The other netplan files beside the one ``render netplan -o OUT`` writes, parsed:
-    those of OUT, and for any of /lib/netplan, /etc/netplan and /run/netplan those of all
-    three as netplan reads them (a name in a later directory replaces it in an earlier
-    one; a hidden ``.NAME.yaml``, which netplan's glob leaves out, is not read). Nothing
-    when printing: the file's place is then unknown."""
+    those of OUT, and for any of /lib/netplan, /etc/netplan and /run/netplan (or of a
+    staged root's: :func:`_netplan_dirs`) those of all three as netplan reads them (a
+    name in a later directory replaces it in an earlier one; a hidden ``.NAME.yaml``,
+    which netplan's glob leaves out, is not read). Nothing when printing: the file's
+    place is then unknown."""
     if out is None:
         return {}
     paths: dict[str, Path] = {}
-    for directory in (_NETPLAN_DIRS if _netplan_etc(out) else (out,)):
+    found = _netplan_dirs(out)
+    for directory in (out,) if found is None else found[0]:
         if directory.is_dir():
             paths.update((p.name, p) for p in sorted(directory.glob("*.yaml"))
                          if not p.name.startswith("."))
@@ -2901,23 +3009,7 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
         import yaml  # noqa: PLC0415 - k3snet[cli]
     except ImportError as exc:  # printing, or no other file, needs none
         raise yaml_missing(f"reading the netplan files beside {out}", exc) from exc
-    from k3snet._gojson import MAX_NESTING, nests_deeper  # noqa: PLC0415
-
-    class NetplanLoader(yaml.BaseLoader):
-        """netplan reads every scalar as text (its own booleans in any case, quoted or
-        not: dhcp6: "true", y): so does BaseLoader, where safe_load made a bool of `on:`
-        and a float of `1e3:` (ids), and a string of y and "true". A key given twice is
-        refused: netplan reads both, one after the other (the keys of both definitions
-        of an id, a renderer among them), where PyYAML keeps the last alone."""
-
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            seen: set[str] = set()
-            for key_node, _value in node.value:
-                if isinstance(key_node, yaml.ScalarNode):
-                    if key_node.value in seen:
-                        raise _NetplanKeyTwice(key_node.value, key_node.start_mark)
-                    seen.add(key_node.value)
-            return super().construct_mapping(node, deep=deep)
+    from k3snet._gojson import MAX_NESTING  # noqa: PLC0415
 
     documents: dict[str, object] = {}
     for name, path in sorted(paths.items()):
@@ -2926,8 +3018,11 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
                     "not read it")
         try:
             text = read_input(path, MAX_NETPLAN_BYTES).decode("utf-8")
-            documents[name] = _first_document(NetplanLoader(text))
-        except RecursionError:  # (Python's parser; the placement's walk recursed further)
+            # netplan reads every scalar as text (its own booleans in any case, quoted or
+            # not: dhcp6: "true", y): so does BaseLoader, where safe_load made a bool of
+            # `on:` and a float of `1e3:` (ids), and a string of y and "true".
+            documents[name] = _first_document(yaml.BaseLoader(text), MAX_NESTING)
+        except RecursionError:  # (Python's parser, or deeper than the placement's walk)
             raise ModelError(too_deep) from None
         except OSError as exc:
             raise ModelError(f"cannot read the netplan file {path}: {input_problem(exc)}") \
@@ -2935,18 +3030,11 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
         except UnicodeDecodeError as exc:
             raise ModelError(f"netplan file {path} is not UTF-8 text (byte {exc.start}: "
                              f"{exc.reason})") from None
-        except _NetplanKeyTwice as exc:
-            key, mark = exc.args
-            raise ModelError(
-                f"netplan file {path} gives {str(key)[:80]!r} twice in one mapping (line "
-                f"{mark.line + 1}, column {mark.column + 1}): netplan reads both, one after "
-                "the other (an id's two definitions make one, a renderer of either with it), "
-                "and k3snet would read the last alone. Give the key once") from None
+        except _NetplanNode as exc:
+            raise ModelError(exc.said(path)) from None
         except yaml.YAMLError as exc:
             raise ModelError(f"netplan file {path} is not YAML netplan reads: "
                              f"{yaml_problem(exc, text)[:300]}") from None
-        if nests_deeper(documents[name], MAX_NESTING, shared=True):  # (aliases share)
-            raise ModelError(too_deep)
     return documents
 
 

@@ -596,11 +596,14 @@ def test_a_key_given_twice_in_a_netplan_file_is_refused_naming_it(
 
 
 @pytest.mark.parametrize("text", [
-    "network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true, dhcp4: false}\n",
     "network:\n  ethernets:\n    eth0: {dhcp4: true}\nnetwork:\n  renderer: NetworkManager\n",
     "network:\n  version: 2\n  ethernets:\n    eth0: &a {dhcp4: true}\n    'eth0': *a\n",
-], ids=["dhcp4", "network", "quoted-id"])
-def test_every_key_given_twice_is_refused(
+    "network:\n  ethernets:\n    nic0: {match: {name: 'x'}, match: {name: e*}}\n",
+    "network:\n  ethernets:\n    eth0: {addresses: ['fd00::1/64'], addresses: []}\n",
+    "network:\n  ethernets:\n    renderer: networkd\n    renderer: networkd\n",
+    "network:\n  bridges: {}\n  bridges: {}\n",
+], ids=["network", "quoted-id", "match", "addresses", "section-renderer", "section"])
+def test_every_key_k3snet_reads_and_netplan_merges_given_twice_is_refused(
         text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     staging = tmp_path / "netplan"
     staging.mkdir()
@@ -609,6 +612,86 @@ def test_every_key_given_twice_is_refused(
     spec.write_text(SPEC)
     assert main(["render", "netplan", "-f", str(spec), "-o", str(staging)]) == 1
     assert "01-admin.yaml gives" in capsys.readouterr().err
+
+
+_KEYS_UNREAD_TWICE = (
+    "network:\n  version: 2\n  version: 2\n  ethernets:\n    eth0:\n      dhcp4: true\n"
+    "      nameservers: {addresses: [192.0.2.53]}\n      nameservers: {search: [example.org]}\n"
+    "      mtu: 1500\n      mtu: 1400\n")
+
+
+@needs_netplan
+def test_a_key_k3snet_does_not_read_given_twice_is_read_as_netplan_reads_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan reads both nameservers: (both the address and the search domain reach
+    # networkd), both version:, both mtu:, exit status 0; k3snet reads none of
+    # them, and refusing the file refused the render for keys that change nothing of it.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(_KEYS_UNREAD_TWICE)
+    (etc / "01-admin.yaml").chmod(0o600)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 0, \
+        capsys.readouterr().err
+    _netplan_generate(tmp_path)
+    applied = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")
+    assert (applied["Network"][0]["DNS"], applied["Network"][0]["Domains"]) == (
+        "192.0.2.53", "example.org")
+    assert applied["Route"][0]["Destination"] == "192.168.2.0/24"
+
+
+@needs_netplan
+@pytest.mark.parametrize("text", [
+    "network:\n  renderer: NetworkManager\n  ethernets:\n    eth0: {dhcp4: true}\n"
+    "  renderer: networkd\n",
+    "network:\n  renderer: networkd\n  renderer: NetworkManager\n  ethernets:\n"
+    "    eth0: {dhcp4: true, dhcp6: true, dhcp6: false}\n",
+    "network:\n  renderer: NetworkManager\n  ethernets:\n"
+    "    eth0: {dhcp4: true, dhcp6: false, dhcp6: true}\n",
+    "network:\n  ethernets:\n    eth0: {dhcp4: true, renderer: networkd, "
+    "renderer: NetworkManager}\n",
+    "network:\n  renderer: NetworkManager\n  ethernets:\n    nic0: {dhcp4: true, dhcp6: y, "
+    "match: {name: eth1, name: eth0}, set-name: eth1, set-name: eth0}\n",
+], ids=["global-renderer", "renderer-and-dhcp6", "dhcp6", "renderer", "set-name"])
+def test_a_text_key_k3snet_reads_given_twice_is_read_as_its_last_as_netplan_reads_it(
+        text: str, request: pytest.FixtureRequest, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan keeps the last of a renderer, dhcp4, dhcp6, set-name or match name given
+    # twice (a global renderer too, after the definitions), as PyYAML does: the render
+    # refused the file for nothing. k3snet refuses exactly when netplan leaves the IPv6
+    # route out.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(text)
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(
+        state, sections={"eth0": "ethernets"},
+        ids={"eth0": "nic0" if "nic0" in text else "eth0"}))
+    for path in etc.iterdir():
+        path.chmod(0o600)
+    _netplan_generate(tmp_path)
+    written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*")
+                      if p.is_file() and p.suffix in {".nmconnection", ".network"})
+    assert "192.168.2.0/24" in written
+    (etc / "90-k3snet.yaml").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
+    err = capsys.readouterr().err
+    assert "twice" not in err
+    assert (status == 0) == ("fd01:2::/64" in written), err
+    # the last value decides, both ways: a first one read alone would decide the other
+    assert (status == 0) == (request.node.callspec.id in {"global-renderer", "dhcp6",
+                                                          "set-name"})
+
+
+def test_the_keys_merged_twice_cover_every_section_k3snet_reads() -> None:
+    import k3snet.cli  # noqa: PLC0415
+    from k3snet.render.routes import NETPLAN_SECTIONS  # noqa: PLC0415
+
+    assert k3snet.cli._NETPLAN_READ[1] == frozenset(NETPLAN_SECTIONS)
 
 
 @needs_netplan
@@ -673,8 +756,9 @@ def test_an_id_too_long_for_netplans_file_names_is_refused(
     "network:\n  version: 2\n  bridges:\n    eth0: [a]\n",
     "network:\n  version: 2\n  ethernets:\n",
     "network:\n  version: 2\n  vlans: ~\n",
+    "network: [a]\n",
 ], ids=["definition-empty", "definition-null", "definition-list", "section-empty",
-        "section-null"])
+        "section-null", "network-list"])
 def test_a_definition_or_section_that_is_no_mapping_is_refused_as_netplan_refuses_it(
         text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # `eth0:` alone was read as an empty definition: k3snet wrote its routes, exit 0,
@@ -687,10 +771,15 @@ def test_a_definition_or_section_that_is_no_mapping_is_refused_as_netplan_refuse
                           capture_output=True, text=True, check=False, timeout=60,
                           env={k: v for k, v in os.environ.items() if k != "SNAP"})
     assert "expected mapping" in done.stderr
+    line, column = done.stderr.split("01-admin.yaml:", 1)[1].split(":")[:2]
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 1
-    assert '"expected mapping"' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert '"expected mapping"' in err
+    # named where netplan names it (it named the file's base name alone, no line)
+    assert f"{etc / '01-admin.yaml'}: " in err
+    assert f"(line {line}, column {column})" in err
 
 
 def test_a_sections_renderer_is_no_definition() -> None:
@@ -831,3 +920,85 @@ def test_render_netplan_refuses_a_file_netplan_reads_in_place_of_its_own(
     assert (status == 1) == refused, capsys.readouterr().err
     if refused:
         assert f"{dirs[other] / '90-k3snet.yaml'} replaces" in capsys.readouterr().err
+
+
+@needs_netplan
+@pytest.mark.parametrize("lib", ["lib", "usr-merged"])
+@pytest.mark.parametrize("host", [None, "networkd"], ids=["host-none", "host-networkd"])
+def test_render_netplan_into_a_staged_roots_etc_netplan_reads_its_lib_netplan_not_run(
+        lib: str, host: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # An image built in ROOT: -o ROOT/etc/netplan read ROOT/etc/netplan alone, and
+    # netplan (netplan generate --root-dir ROOT, and the node booted) reads the package's
+    # ROOT/usr/lib/netplan/00-network-manager-all.yaml with it: eth0 taken for
+    # networkd's, k3snet's IPv6 route left out of its profile, exit status 0. The build
+    # host's own netplan directories (here a renderer: networkd there) are not read, nor
+    # ROOT/run/netplan: /run is a new tmpfs at boot (a chroot's build often binds the
+    # host's /run there; its 90-k3snet.yaml replaces nothing at boot either).
+    root = tmp_path / "root"
+    if host is not None:
+        dirs = _node_dirs(tmp_path / "host", monkeypatch)
+        (dirs["run"] / "99-z.yaml").write_text(f"network:\n  renderer: {host}\n")
+    etc = root / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    shipped = root / ("lib" if lib == "lib" else "usr/lib") / "netplan"
+    shipped.mkdir(parents=True)
+    if lib == "usr-merged":
+        (root / "lib").symlink_to("usr/lib")
+    (shipped / "00-network-manager-all.yaml").write_text(
+        "network:\n  version: 2\n  renderer: NetworkManager\n")
+    (etc / "50-b.yaml").write_text(
+        "network:\n  version: 2\n  ethernets:\n    eth0: {dhcp4: true}\n")
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0"),
+                         Route("fd01:2::/64", gateway="fe80::1", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in root.rglob("*.yaml"):
+        path.chmod(0o600)
+    shutil.rmtree(root / "run", ignore_errors=True)  # as booted
+    _netplan_generate(root)
+    (profile,) = (root / "run" / "NetworkManager" / "system-connections").iterdir()
+    assert "fd01:2::/64" not in profile.read_text()
+    (etc / "90-k3snet.yaml").unlink()
+    if host is not None:  # the build host's /run bound into the chroot, as often
+        (root / "run" / "netplan").mkdir(parents=True)
+        (root / "run" / "netplan" / "99-z.yaml").write_text(
+            f"network:\n  renderer: {host}\n")
+        (root / "run" / "netplan" / "90-k3snet.yaml").write_text("network: {}\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 1
+    assert "without dhcp6" in capsys.readouterr().err
+
+
+@needs_netplan
+def test_render_netplan_into_a_staged_roots_lib_netplan_refuses_its_etc_file_of_that_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    for place in ("lib", "etc"):
+        (root / place / "netplan").mkdir(parents=True)
+    (root / "etc" / "netplan" / "01-admin.yaml").write_text(yaml.safe_dump(PLAIN))
+    (root / "etc" / "netplan" / "90-k3snet.yaml").write_text("network:\n  version: 2\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = root / "lib" / "netplan"
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(out)]) == 1
+    assert f"{root}/etc/netplan/90-k3snet.yaml replaces" in capsys.readouterr().err
+
+
+def test_render_netplan_into_a_staged_root_refuses_a_device_none_of_its_files_configures(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The image's usr/lib/netplan/00-network-manager-all.yaml alone: its devices are
+    # NetworkManager's own profiles, and k3snet's definition of eth0 would have made a
+    # second one at boot, link-local only and without the routes (as in /etc/netplan).
+    root = tmp_path / "root"
+    (root / "etc" / "netplan").mkdir(parents=True)
+    (root / "usr" / "lib" / "netplan").mkdir(parents=True)
+    (root / "lib").symlink_to("usr/lib")
+    (root / "usr" / "lib" / "netplan" / "00-network-manager-all.yaml").write_text(
+        yaml.safe_dump(NETWORK_MANAGER_ALL))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = root / "etc" / "netplan"
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(out)]) == 1
+    assert "no netplan definition configures eth0" in capsys.readouterr().err
+    assert not (out / "90-k3snet.yaml").exists()
