@@ -39,14 +39,16 @@ _TIMESTAMPS = 12
 """The timestamps option in each segment, which ``TCP_MAXSEG`` takes off the MSS."""
 
 
-def _clamp(doctor_lab: DoctorLab, family: Literal[4, 6], flavour: str, mss: str,
-           match: str = "") -> None:
+def _clamp(doctor_lab: DoctorLab, family: Literal[4, 6], flavour: str, mss: str,  # noqa: PLR0917 - a rule's parts
+           match: str = "", where: str = "mangle FORWARD") -> None:
     """A clamp rule on the node: ``mss`` is ``pmtu`` or a number; ``match`` more matches
-    (iptables words, or nft's expression)."""
+    (iptables words, or nft's expression); ``where`` the iptables table and chain (nft:
+    the hook's chain, ``forward`` unless ``where`` names POSTROUTING)."""
     node = doctor_lab.node
     if flavour == "nft":
         value = "rt mtu" if mss == "pmtu" else mss
-        script = (f"table inet h_clamp {{\n chain forward {{\n  type filter hook forward "
+        hook = "postrouting" if where.endswith("POSTROUTING") else "forward"
+        script = (f"table inet h_clamp {{\n chain {hook} {{\n  type filter hook {hook} "
                   f"priority -150; policy accept;\n  {match} tcp flags syn tcp option "
                   f"maxseg size set {value}\n }}\n}}\n")
         run_in(node, ["nft", "-f", "-"], input_text=script)
@@ -56,7 +58,8 @@ def _clamp(doctor_lab: DoctorLab, family: Literal[4, 6], flavour: str, mss: str,
     if flavour == "legacy":
         doctor_lab.legacy_used = True
     target = ["--clamp-mss-to-pmtu"] if mss == "pmtu" else ["--set-mss", mss]
-    run_in(node, [tool, "-t", "mangle", "-A", "FORWARD", *match.split(), "-p", "tcp",
+    table, chain = where.split()
+    run_in(node, [tool, "-t", table, "-A", chain, *match.split(), "-p", "tcp",
                   "--tcp-flags", "SYN,RST", "SYN", "-j", "TCPMSS", *target])
 
 
@@ -145,3 +148,34 @@ def test_a_clamp_of_the_syn_alone_keeps_the_warning_the_pod_s_mss_comes_from_the
     assert _pod_mss(doctor_lab, topology) == 1500 - _HEADERS[family]
     (finding,) = _path_mtu(doctor_lab, topology)
     assert finding.severity == "warning", finding
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize(("flavour", "where"), [("iptables-nft", "filter FORWARD"),
+                                                ("legacy", "mangle POSTROUTING"),
+                                                ("nft", "POSTROUTING")])
+def test_a_clamp_in_filter_forward_or_in_postrouting_counts_too(
+        doctor_lab: DoctorLab, family: Literal[4, 6], flavour: str, where: str) -> None:
+    topology = _setup(doctor_lab, family)
+    _clamp(doctor_lab, family, flavour, "pmtu", where=where)
+    assert _pod_mss(doctor_lab, topology) == 1280 - _HEADERS[family]
+    (finding,) = _path_mtu(doctor_lab, topology)
+    assert finding.severity == "info", finding
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_clamp_behind_an_accept_the_flow_meets_first_is_no_clamp(
+        doctor_lab: DoctorLab, family: Literal[4, 6]) -> None:
+    """filter FORWARD accepts the flow before its clamp; the same clamp in mangle FORWARD,
+    which the kernel runs before filter, counts."""
+    topology = _setup(doctor_lab, family)
+    tool = "iptables-nft" if family == 4 else "ip6tables-nft"
+    run_in(doctor_lab.node, [tool, "-I", "FORWARD", "-j", "ACCEPT"])
+    _clamp(doctor_lab, family, "iptables-nft", "pmtu", where="filter FORWARD")
+    assert _pod_mss(doctor_lab, topology) == 1500 - _HEADERS[family]
+    (finding,) = _path_mtu(doctor_lab, topology)
+    assert finding.severity == "warning", finding
+    _clamp(doctor_lab, family, "iptables-nft", "pmtu")
+    assert _pod_mss(doctor_lab, topology) == 1280 - _HEADERS[family]
+    (finding,) = _path_mtu(doctor_lab, topology)
+    assert finding.severity == "info", finding
