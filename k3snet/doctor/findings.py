@@ -660,6 +660,7 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
     pod_mtu = state.mtus.get(tr.ingress) if tr.ingress is not None else None
     if pod_mtu is None:
         return []
+    found: Finding | None = None  # every branch clamped: said once, for the first
     for branch in tr.endpoints or (tr,):
         route = branch.route.route if branch.route is not None else None
         if branch.egress is None or branch.egress == tr.ingress or route is None:
@@ -674,6 +675,11 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
                       f"(dev {branch.egress} mtu {state.mtus.get(branch.egress)})")
         if tr.flow.family == 6 and path < _IPV6_MIN_MTU:
             return [_below_ipv6_minimum(tr, branch.egress, where, path, pod_mtu)]
+        clamps = _mss_clamps(branch, route.mtu or device_mtu, path)
+        if clamps is not None:
+            found = found or _clamped(tr, branch.egress, where, path=path, pod_mtu=pod_mtu,
+                                     clamps=clamps)
+            continue
         if tr.flow.family == 4 and route.mtu is not None and route.mtu > path:
             return [_route_over_its_device(tr, route, branch.egress, path, pod_mtu)]
         error = ("fragmentation needed (ICMP type 3 code 4)" if tr.flow.family == 4
@@ -698,7 +704,57 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
                    "-A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS "
                    "--clamp-mss-to-pmtu), which k3snet does not write and which helps TCP "
                    "alone; and let that ICMP error through to the pods")]
-    return []
+    return [found] if found is not None else []
+
+
+_MSS_HEADERS = {4: 40, 6: 60}
+"""What TCP's MSS leaves out of a packet: the IPv4 (IPv6) and TCP headers."""
+
+
+def _mss_clamps(branch: Trace, route_mtu: int | None, path: int) -> tuple[Step, Step] | None:
+    """The rules clamping the MSS of the branch's SYN and of its SYN-ACK to fit ``path``,
+    where the trace ran them (in the kernel's order of chains, only where the flow's
+    packets matched), or None.
+
+    The pod sends segments of the MSS the SYN-ACK gives it, and the destination those
+    of the SYN's: both are needed. ``--clamp-mss-to-pmtu`` (nft's ``rt mtu``) sets the
+    route's MTU less the headers once the packet is routed (forward, postrouting; the
+    kernel refuses both in prerouting, where the packet has no route yet): the route's
+    ``mtu``, else its device's (the kernel's ``dst_mtu``; for the SYN-ACK also that of
+    the route back to its source, the same route), which fits unless an IPv4 route's
+    mtu is over its device's. ``--set-mss N`` (nft's ``set N``) fits when N and the
+    headers do, in any chain."""
+    if branch.flow.protocol != "tcp":
+        return None  # clamping helps TCP alone
+    headers = _MSS_HEADERS[branch.flow.family]
+    found: dict[str, Step] = {}
+    for step in branch.steps:
+        if step.code != "mss-clamp" or step.direction in found:
+            continue
+        to = step.detail.rpartition(" to ")[2]
+        fits = (int(to) + headers <= path if to.isdigit()
+                else step.stage in ("forward", "postrouting")
+                and route_mtu is not None and route_mtu <= path)
+        if fits:
+            found[step.direction] = step
+    if "original" in found and "reply" in found:
+        return found["original"], found["reply"]
+    return None
+
+
+def _clamped(tr: Trace, egress: str | None, where: str, *, path: int, pod_mtu: int,
+             clamps: tuple[Step, Step]) -> Finding:
+    """A TCP flow whose SYN and SYN-ACK cross MSS clamps fitting the smaller way out."""
+    rules = dict.fromkeys(_at(s, s.detail.partition(": clamps")[0]) for s in clamps)
+    return Finding(
+        "path-mtu", f"packets over {path} bytes cannot leave by {egress}, while the pods' "
+        f"interface {tr.ingress} takes {pod_mtu}, and TCP's MSS is clamped to fit "
+        f"by {'; '.join(rules)}",
+        where,
+        "the SYN and its SYN-ACK cross the clamp, so each end sends TCP segments that fit "
+        f"{path} bytes and no ICMP error is needed; other protocols (UDP, ICMP) still "
+        "send packets of the pods' MTU",
+        severity="info")
 
 
 def _pods_mtu_settings(mtu: int) -> str:

@@ -536,6 +536,9 @@ def _apply_target(table: Table, rule: Rule, run: _Run, kind: str,  # noqa: PLR09
                                   if target == "MARK" else None)
         run.path.append(rule.text)
         return None
+    if target == "TCPMSS":
+        run.clamp(rule.text, _mss(rule.target_args))
+        return None
     if target in XT_TTL and ttl_expires(rule.target_args):
         run.unknowns.append(Uncertain(
             rule.text, "the TTL (hop limit) it sets expires a forwarded packet, at this node "
@@ -594,6 +597,16 @@ def _queue(packet: Packet, target: str, args: tuple[str, ...]
             except ValueError:
                 numbers = None
     return queue_verdict(packet.queues, numbers, "--queue-bypass" in args)
+
+
+def _mss(args: tuple[str, ...]) -> int | None:
+    """The MSS ``-j TCPMSS`` sets: ``--set-mss N``'s N, None for ``--clamp-mss-to-pmtu``
+    (the route's MTU less the headers)."""
+    if "--set-mss" in args[:-1]:
+        value = args[args.index("--set-mss") + 1]
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 def _set_mark(mark: int | None, args: tuple[str, ...]) -> int | None:  # noqa: PLR0911 - per option

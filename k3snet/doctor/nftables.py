@@ -639,6 +639,15 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,  # noqa: PLR0912 - pe
                 if _xt_target(value) in XT_MARKING:  # its value (or restore) not listed
                     run.packet = attrs.evolve(run.packet, mark=None)
                 continue
+            if key == "mangle" and _is_maxseg(value.get("key")):
+                # MSS clamping changes nothing else the doctor follows, and never drops
+                # (nft_exthdr breaks off the rule on a packet it cannot rewrite): a value
+                # not read is no clamp counted.
+                mss = value.get("value")
+                if mss == {"rt": {"key": "mtu"}} or (isinstance(mss, int)
+                                                     and not isinstance(mss, bool)):
+                    run.clamp(text, mss if isinstance(mss, int) else None)
+                continue
             if key == "mangle" and _is_mark(value.get("key")):
                 run.packet = attrs.evolve(run.packet,
                                           mark=_mark_value(value.get("value"), run.packet))
@@ -673,6 +682,12 @@ def _over(key: str, value: Any) -> bool:
         if key not in ("limit", "quota"):
             raise _Unknown
     return isinstance(value, Mapping) and value.get("inv") is True
+
+
+def _is_maxseg(key: Any) -> bool:
+    """``tcp option maxseg size``: the MSS option of a TCP SYN (set by MSS clamping)."""
+    return isinstance(key, Mapping) and key.get("tcp option") == {
+        "name": "maxseg", "field": "size"}
 
 
 def _is_mark(key: Any) -> bool:

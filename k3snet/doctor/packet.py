@@ -248,6 +248,9 @@ class ChainResult:
     and ``random_taken`` says whether the packet took one of them rather than the
     fall-through: while it did, another ``pick`` leads elsewhere. ``untracked`` is
     the rule that exempted the packet from connection tracking in this chain, if any.
+    ``clamps`` are the rules that clamped a TCP SYN's MSS on the way (``-j TCPMSS``, nft's
+    ``tcp option maxseg size set``), each with the MSS it sets (None: the route's MTU
+    less the headers, ``--clamp-mss-to-pmtu`` / ``rt mtu``).
     """
 
     verdict: Literal["accept", "drop", "nat"]
@@ -259,6 +262,7 @@ class ChainResult:
     randoms: int = 0
     random_taken: bool = False
     untracked: str | None = None
+    clamps: tuple[tuple[str, int | None], ...] = ()
 
     @property
     def certain(self) -> bool:
@@ -303,6 +307,7 @@ class ChainRun:
     budget: Budget = attrs.field(factory=Budget, kw_only=True)
     stopped: bool = attrs.field(default=False, kw_only=True)
     untracked: str | None = attrs.field(default=None, kw_only=True)
+    clamps: list[tuple[str, int | None]] = attrs.field(factory=list, kw_only=True)
 
     def visit(self, where: str) -> bool:
         """Count one rule evaluation; False when the walk's budget is spent, which is
@@ -325,7 +330,16 @@ class ChainRun:
         return ChainResult(verdict, rule, nat=nat, mark=self.packet.mark, path=tuple(self.path),
                            unknowns=tuple(dict.fromkeys(self.unknowns)), randoms=self.randoms,
                            random_taken=self.random_taken,
-                           untracked=self.untracked)
+                           untracked=self.untracked, clamps=tuple(self.clamps))
+
+    def clamp(self, rule: str, mss: int | None) -> None:
+        """``rule`` clamps TCP's MSS to ``mss`` (None: to the route's MTU less the headers)
+        and goes on: recorded for a TCP packet with SYN set (a SYN, a SYN-ACK), the only
+        ones carrying the option (xt_TCPMSS, nft_exthdr leave the others be)."""
+        flags = self.packet.tcp_flags
+        if self.packet.proto == "tcp" and flags is not None and flags & SYN:
+            self.clamps.append((rule, mss))
+        self.path.append(rule)
 
     def untrack(self, rule: str) -> None:
         """``rule`` exempts the packet from connection tracking (a raw ``NOTRACK``): the

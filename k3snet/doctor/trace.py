@@ -373,6 +373,7 @@ class _Tracer:
                          f"{result.untracked}: exempts the packet from connection tracking, "
                          "so no NAT applies to it (no masquerade, no DNAT, no translation of "
                          "replies back)", "untracked")
+            self.clamped(direction, hook, chain.where, result)
             for unknown in result.unknowns:
                 self.add(direction, hook, "unknown", chain.where,
                          f"{unknown.rule} ({unknown.reason}; if it matched: {unknown.effect})",
@@ -398,6 +399,17 @@ class _Tracer:
             assert at_nat is not None
             packet = at_nat(packet, natted)
         return packet, natted, None
+
+    def clamped(self, direction: Direction, hook: Hook, where: str,
+                result: ChainResult) -> None:
+        """A step for each rule of ``result`` clamping TCP's MSS (what the path-mtu
+        finding reads: its rule, before ``: clamps``, and the MSS, after the last ``to``)."""
+        for rule, mss in result.clamps:
+            self.add(direction, hook, "info", where,
+                     f"{rule}: clamps the MSS of TCP's "
+                     f"{'SYN' if direction == 'original' else 'SYN-ACK'} to "
+                     + ("the route's MTU less the headers" if mss is None else str(mss)),
+                     "mss-clamp")
 
     def routing(self, packet: Packet) -> Lookup:
         fam = packet.family
