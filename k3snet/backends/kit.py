@@ -390,8 +390,11 @@ def undo_spares_children() -> Iterator[None]:
     unit or logind ending the session signals every process of its cgroup, and the
     ``iptables-restore`` an undo ran after Ctrl-C or SIGHUP died by it, the undo step
     failed with it (SIGTERM was ignored there before it bounded the undo, and the child
-    inherited that). Outside the main thread (no handler can be set there) they are only
-    blocked, which ``exec`` keeps too, until the tool unblocks them.
+    inherited that). With another thread running, or outside the main thread (no handler
+    can be set there), they are only blocked, which ``exec`` keeps too (``iptables`` and
+    ``ip netns exec`` leave the mask as it is): ignored for the process while another
+    thread, not blocking them, may take one, a SIGTERM in the block was lost (the agent's,
+    from the kubelet).
     """
     if not undoing():
         yield
@@ -399,7 +402,8 @@ def undo_spares_children() -> Iterator[None]:
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SPARED)
     handlers: dict[signal.Signals, Any] = {}
     try:
-        if threading.current_thread() is threading.main_thread():
+        if (threading.current_thread() is threading.main_thread()
+                and threading.active_count() == 1):
             for signum in sorted(_SPARED):
                 handler = signal.getsignal(signum)
                 if handler is not None:  # None: not set from Python, cannot be put back

@@ -67,6 +67,28 @@ def test_a_command_an_undo_runs_outlives_sigterm_and_sighup() -> None:
     assert not _blocked_here()  # k3snet itself takes them as before
 
 
+def test_with_another_thread_running_no_signal_is_ignored_they_are_blocked() -> None:
+    """A signal ignored for the process while a thread not blocking it may take it is
+    lost (the agent's SIGTERM from the kubelet, its threads serving health and the
+    Lease): the tool gets them blocked then, and k3snet's handlers stay as they are."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        with undo_running():
+            with undo_spares_children():
+                seen = {signum: signal.getsignal(signum) for signum in handlers}
+            done = Processes(None).run(["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"])
+    finally:
+        stop.set()
+        other.join()
+    assert seen == handlers
+    masks = dict(line.split(":\t") for line in done.stdout.splitlines())
+    spared = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGHUP - 1))
+    assert int(masks["SigBlk"], 16) & spared == spared
+
+
 def test_k3snet_s_handlers_are_back_and_a_signal_within_reaches_them() -> None:
     came: list[int] = []
     previous = {signum: signal.signal(signum, lambda signum, frame: came.append(signum))
