@@ -53,6 +53,7 @@ from __future__ import annotations
 import errno as errno_codes
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -103,6 +104,7 @@ __all__ = [
     "taken_slots",
     "translate_errors",
     "undo_running",
+    "undo_spares_children",
     "undoing",
     "unwritten_problems",
 ]
@@ -371,6 +373,47 @@ def undo_running() -> Iterator[None]:
     finally:
         with _UNDOS_LOCK:
             _UNDOS[0] -= 1
+
+
+_SPARED = frozenset({signal.SIGTERM, signal.SIGHUP})
+
+
+@contextmanager
+def undo_spares_children() -> Iterator[None]:
+    """Within the block, a process started while an undo runs (:func:`undoing`) starts with
+    SIGTERM and SIGHUP ignored, as they stay through ``exec``: start it inside the block,
+    wait for it outside. k3snet's own handlers are back when the block ends, and a signal
+    that came within it (blocked meanwhile, in the main thread) reaches them then.
+
+    The CLI lets an undo run on through SIGTERM and SIGHUP, but with a handler, which a
+    child does not inherit (``exec`` sets it back to the default): systemd stopping the
+    unit or logind ending the session signals every process of its cgroup, and the
+    ``iptables-restore`` an undo ran after Ctrl-C or SIGHUP died by it, the undo step
+    failed with it (SIGTERM was ignored there before it bounded the undo, and the child
+    inherited that). With another thread running, or outside the main thread (no handler
+    can be set there), they are only blocked, which ``exec`` keeps too (``iptables`` and
+    ``ip netns exec`` leave the mask as it is): ignored for the process while another
+    thread, not blocking them, may take one, a SIGTERM in the block was lost (the agent's,
+    from the kubelet).
+    """
+    if not undoing():
+        yield
+        return
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SPARED)
+    handlers: dict[signal.Signals, Any] = {}
+    try:
+        if (threading.current_thread() is threading.main_thread()
+                and threading.active_count() == 1):
+            for signum in sorted(_SPARED):
+                handler = signal.getsignal(signum)
+                if handler is not None:  # None: not set from Python, cannot be put back
+                    handlers[signum] = handler
+                    signal.signal(signum, signal.SIG_IGN)
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
 
 class Compensation:

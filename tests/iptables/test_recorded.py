@@ -638,7 +638,8 @@ def test_a_process_that_is_not_permitted_names_the_capability(
         return subprocess.CompletedProcess(args, 4, "", "iptables-nft-save v1.8.9: "
                                            "Permission denied (you must be root)\n")
 
-    monkeypatch.setattr(driver.subprocess, "run", denied)
+    completed = driver._completed
+    monkeypatch.setattr(driver, "_completed", denied)  # its subprocess.run
     with pytest.raises(BackendError, match="CAP_NET_ADMIN") as caught:
         driver.Processes(None).save(4, "nft")
     assert "iptables-nft-save" in str(caught.value)
@@ -646,10 +647,10 @@ def test_a_process_that_is_not_permitted_names_the_capability(
     def not_permitted(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(driver.subprocess, "run", not_permitted)
+    monkeypatch.setattr(driver, "_completed", completed)
+    monkeypatch.setattr(driver.subprocess, "Popen", not_permitted)
     with pytest.raises(BackendError, match="CAP_NET_ADMIN"):
         IptablesBackend(mode="nft").observe()
-    monkeypatch.setattr(driver.subprocess, "Popen", not_permitted)
     with pytest.raises(BackendError, match="CAP_NET_ADMIN"):
         driver.Processes(None).restore(4, "nft")
 

@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Literal, NoReturn, Protocol
 
 from k3snet.backends.iptables.save import stopped_mark, unread_mark
 from k3snet.backends.iptables.table import Op, restore_lines
-from k3snet.backends.kit import translate_errors
+from k3snet.backends.kit import translate_errors, undo_spares_children
 from k3snet.backends.lock import inherited_locks
 from k3snet.errors import BackendError, BackendUnavailableError
 from k3snet.render.iptables.rules import TABLES, Line, tokenize
@@ -298,7 +298,8 @@ class Processes:
         name = tool_name(family, mode, "save")
         if shutil.which(name) is None:
             return StartedSave(self, name, None)
-        with translate_errors(f"run {name} in {self.where}", capability=CAPABILITY):
+        with translate_errors(f"run {name} in {self.where}", capability=CAPABILITY
+                              ), undo_spares_children():
             process = subprocess.Popen(self.argv([name]), stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True, errors=_TEXT_ERRORS)
         return StartedSave(self, name, process)
@@ -340,10 +341,9 @@ class Processes:
         with translate_errors(f"run {argv[0]} in {self.where}",
                               errors=(OSError, subprocess.TimeoutExpired), capability=CAPABILITY
                               ), inherited_locks() as locks:
-            result = subprocess.run(self.argv(argv), capture_output=True, text=True,
-                                    errors=_TEXT_ERRORS, input=input_text,
-                                    timeout=self.timeout if timeout is None else timeout,
-                                    check=False, pass_fds=locks)
+            result = _completed(self.argv(argv), input_text=input_text,
+                                timeout=self.timeout if timeout is None else timeout,
+                                pass_fds=locks)
         if self.netns and result.returncode != 0 and "network namespace" in result.stderr:
             raise BackendError(f"{self.where} is not usable: {result.stderr.strip()}")
         return result
@@ -406,6 +406,29 @@ class StartedSave:
             _end(process)
 
 
+def _completed(argv: Sequence[str], *, input_text: str | None, timeout: float,
+               pass_fds: Sequence[int]) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` capturing text, its process started within
+    :func:`~k3snet.backends.kit.undo_spares_children` (in an undo, SIGTERM and SIGHUP
+    blocked for the tool, not for k3snet while it waits)."""
+    with undo_spares_children():
+        process = subprocess.Popen(
+            argv, stdin=None if input_text is None else subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors=_TEXT_ERRORS,
+            pass_fds=pass_fds)
+    with process:
+        try:
+            stdout, stderr = process.communicate(input_text, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+        except BaseException:
+            process.kill()
+            raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
 def _end(process: subprocess.Popen[str]) -> None:
     with contextlib.suppress(OSError):
         process.kill()
@@ -441,7 +464,7 @@ class RestoreProcess:
             # goes on committing what its pipe holds, and no other k3snet may read
             # the tables until it has ended.
             with translate_errors(f"run {self._argv0} in {kernel.where}", capability=CAPABILITY
-                                  ), inherited_locks() as locks:
+                                  ), inherited_locks() as locks, undo_spares_children():
                 self._process = subprocess.Popen(
                     argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                     pass_fds=locks)

@@ -1,0 +1,178 @@
+"""The commands an undo runs outlive the SIGTERM and SIGHUP that let the undo run on.
+
+The CLI lets an undo run on through SIGTERM (bounded) and SIGHUP, with a handler: a
+child does not inherit a handler (``exec`` sets it back to the default), only an ignored
+or blocked signal. systemd stopping a unit, logind ending a session, signal every
+process of the cgroup: the ``iptables-restore`` an undo ran after Ctrl-C or SIGHUP died
+by the SIGTERM, and that undo step failed (before the SIGTERM bound, SIGTERM was
+ignored there, and the child inherited that). The signal here is the tool's own
+(``kill -TERM $$``): what reaches it from the cgroup-wide one, with no timing.
+
+The tools are stand-ins on ``PATH`` (no network is touched).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from k3snet import kube
+from k3snet.backends.iptables.driver import Processes
+from k3snet.backends.kit import undo_running, undo_spares_children
+from k3snet.cli import sigterm_undoes
+from k3snet.errors import BackendError
+
+# Signals itself as the cgroup's SIGTERM and SIGHUP would, then does its work.
+_SIGNALLED = textwrap.dedent("""\
+    #!/bin/sh
+    kill -TERM $$
+    kill -HUP $$
+    cat > /dev/null
+    echo '# survived'
+""")
+_SELF_SIGNALLED = "kill -TERM $$; kill -HUP $$; echo survived"
+
+
+@pytest.fixture
+def tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    for name in ("iptables-nft-restore", "iptables-nft-save"):
+        tool = directory / name
+        tool.write_text(_SIGNALLED)
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("K3SNET_LOCK_DIR", str(tmp_path / "locks"))
+    for name in ("iptables-nft-restore", "iptables-nft-save"):
+        assert shutil.which(name) == str(directory / name)  # never the real tool
+    return directory
+
+
+def _blocked_here() -> set[int]:
+    return set(signal.pthread_sigmask(signal.SIG_BLOCK, ())) & {signal.SIGTERM, signal.SIGHUP}
+
+
+def test_a_command_an_undo_runs_outlives_sigterm_and_sighup() -> None:
+    with undo_running():
+        done = Processes(None).run(["sh", "-c", _SELF_SIGNALLED], input_text="")
+    assert (done.returncode, done.stdout) == (0, "survived\n")
+    assert not _blocked_here()  # k3snet itself takes them as before
+
+
+def test_with_another_thread_running_no_signal_is_ignored_they_are_blocked() -> None:
+    """A signal ignored for the process while a thread not blocking it may take it is
+    lost (the agent's SIGTERM from the kubelet, its threads serving health and the
+    Lease): the tool gets them blocked then, and k3snet's handlers stay as they are."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        with undo_running():
+            with undo_spares_children():
+                seen = {signum: signal.getsignal(signum) for signum in handlers}
+            done = Processes(None).run(["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"])
+    finally:
+        stop.set()
+        other.join()
+    assert seen == handlers
+    masks = dict(line.split(":\t") for line in done.stdout.splitlines())
+    spared = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGHUP - 1))
+    assert int(masks["SigBlk"], 16) & spared == spared
+
+
+def test_k3snet_s_handlers_are_back_and_a_signal_within_reaches_them() -> None:
+    came: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: came.append(signum))
+                for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        handlers = {signum: signal.getsignal(signum) for signum in previous}
+        with undo_running(), undo_spares_children():
+            os.kill(os.getpid(), signal.SIGTERM)  # while the tool would start
+            assert came == []
+        assert came == [signal.SIGTERM]  # not lost: blocked, then taken
+        assert {signum: signal.getsignal(signum) for signum in previous} == handlers
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def test_a_command_outside_an_undo_is_stopped_by_sigterm_as_before() -> None:
+    done = Processes(None).run(["sh", "-c", _SELF_SIGNALLED])
+    assert done.returncode == -signal.SIGTERM
+
+
+def test_an_undo_s_iptables_restore_outlives_sigterm_and_sighup(tools: Path) -> None:
+    with undo_running():
+        Processes(None).commit_ops(4, "nft", "nat", [])  # no ops: nothing started
+        run = Processes(None).restore(4, "nft")
+        run.table("nat")
+        run.commit()
+        run.wait()
+    assert not _blocked_here()
+    run = Processes(None).restore(4, "nft")  # outside an undo, killed as before
+    run.table("nat")
+    run.commit()
+    with pytest.raises(BackendError):
+        run.wait()
+
+
+def test_an_undo_s_iptables_save_outlives_sigterm_and_sighup(tools: Path) -> None:
+    with undo_running():
+        assert Processes(None).start_save(4, "nft").text() == "# survived\n"
+        assert Processes(None).save(4, "nft") == "# survived\n"
+    assert not _blocked_here()
+    with pytest.raises(BackendError):
+        Processes(None).start_save(4, "nft").text()
+
+
+@pytest.fixture
+def main_thread() -> None:
+    """The CLI's handlers are set in the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: a signal would end the run")
+
+
+def _apply_stopped_by(first: signal.Signals) -> tuple[subprocess.CompletedProcess[str], bool]:
+    """An apply ``first`` stops, and its undo running a tool: (the tool's run, whether
+    the undo is bounded after it)."""
+    undone: list[subprocess.CompletedProcess[str]] = []
+    bounded: list[bool] = []
+    try:
+        os.kill(os.getpid(), first)
+        time.sleep(10)  # the handler raises within this; a bound, not a timing
+        raise AssertionError(f"{first!r} did not interrupt the apply")
+    finally:  # the undo, as Compensation's
+        with undo_running():
+            undone.append(Processes(None).run(
+                ["sh", "-c", "kill -TERM $$ $PPID; echo survived"]))
+            within = kube._WITHIN.get()  # the deadline SIGTERM sets
+            bounded.append(within is not None and within() is not None)
+        return undone[0], bounded[0]  # noqa: B012 - the interruption is the test's
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "sighup"])
+def test_in_the_undo_ctrl_c_or_sighup_started_its_tool_outlives_the_cgroups_sigterm(
+        first: signal.Signals, main_thread: None) -> None:
+    """The whole chain as the CLI runs it: Ctrl-C or SIGHUP starts the undo; systemd (or
+    logind) then sends SIGTERM to every process of the cgroup, the tool the undo runs and
+    k3snet. The tool ends its work; k3snet's SIGTERM bounds the undo from then on."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (a runner may set its own)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, not under nohup
+    try:
+        with sigterm_undoes():
+            done, bounded = _apply_stopped_by(first)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert (done.returncode, done.stdout) == (0, "survived\n")
+    assert bounded  # k3snet took its SIGTERM
