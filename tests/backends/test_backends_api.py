@@ -337,6 +337,35 @@ def test_a_group_s_failed_undo_names_what_was_taken_back_and_what_may_still_be_t
         assert len(info.value.rolled_back) == counts["routes"]
 
 
+@pytest.mark.parametrize(("failing", "said"), [
+    ("route", "memory:route: memory backend: + route 192.168.2.0/24 via 192.168.1.1 dev "
+     "eth0 table main metric 0 proto k3snet failed: injected failure at change 0 "
+     "(memory:route changed nothing); memory:sysctl's 1 change(s) made before "
+     "memory:route failed were taken back"),
+    ("nat", "memory:sysctl's 1 change(s) and memory:route's 1 change(s) made before "
+     "memory:forward,nat failed were taken back"),
+])
+def test_a_group_s_error_names_two_members_of_one_backend_by_their_kinds(
+        failing: str, said: str) -> None:
+    # --backend netlink:sysctl --backend netlink:route --backend nftables (shown with
+    # the real kernel refusing the route): "netlink's 2 change(s) made before netlink
+    # failed were taken back" beside "netlink changed nothing" said neither member.
+    sysctls = MemoryBackend(capabilities=["sysctl"])
+    routes = MemoryBackend(capabilities=["route"])
+    rules = MemoryBackend(capabilities=["nat", "forward"])
+    group = BackendGroup([Member(sysctls), Member(routes), rules])
+    p = plan(group.observe(), compile_spec(seed_spec()))
+    assert [c.kind for c in p.changes] == ["sysctl", "route", "forward", "nat"]
+    group.faults.fail_at(1 if failing == "route" else 2)
+    with pytest.raises(ApplyError) as info:
+        group.apply(p)
+    message = str(info.value)
+    assert said in message, message
+    assert "memory's" not in message, message
+    assert len(info.value.rolled_back) == (1 if failing == "route" else 2)
+    assert not group.observe().owned
+
+
 class _Expecting(MemoryBackend):
     """Records the hints converge gives (expect) and what was observed after each."""
 

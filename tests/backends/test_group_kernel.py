@@ -449,3 +449,38 @@ def test_a_plan_splitting_the_iptables_members_part_is_made_in_order_and_undone_
         assert _iptables_view(ns, mode) == before, f"failure at {index}: {p.changes[index]}"
     assert made.apply(p).applied == p.changes
     assert plan(made.observe(), MOVED).empty
+
+
+def test_a_kernel_refusal_names_two_members_of_netlink_by_their_kinds(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--backend netlink:sysctl --backend netlink:route --backend nftables``: the
+    kernel refuses the route (its gateway is on no network of d0) after the sysctls'
+    member made its part. The message said "netlink's 2 change(s) made before netlink
+    failed were taken back", beside "netlink changed nothing": neither member named."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+        "cluster: {podCIDRs: [10.42.0.0/16, fd42:42::/56]}\n"
+        "destinations:\n"
+        "  - {cidr: fd01:2::/64, gateway: 'fd00::fe', device: d0}\n"
+        "  - {cidr: 192.168.2.0/24, gateway: 10.9.9.1, device: d0}\n"
+        "masquerade: {mode: destinations}\n")
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path / "state"))
+    before = kernel_view(ns)
+    argv = ["apply", "-f", str(spec), "--netns", ns, "--no-facts", "--auto-approve",
+            "--backend", "netlink:sysctl", "--backend", "netlink:route",
+            "--backend", "nftables"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert main([*argv, "--output", "json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    for message in (err, document["error"]["message"]):
+        assert "Nexthop has invalid gateway" in message, message
+        # The IPv6 route was made, then undone by the route member itself.
+        assert "(the 1 change(s) made before it were undone)" in message, message
+        assert ("; netlink:sysctl's 2 change(s) made before netlink:route failed were "
+                "taken back;") in message, message
+        assert "netlink's" not in message, message
+        assert "rolled back 3 change(s)" in message, message
+    assert kernel_view(ns) == before
