@@ -116,6 +116,21 @@ def _failure(name: str, exc: BaseException, again: bool = False) -> str:
     return f"{text} ({said})"
 
 
+def _undo_failure(exc: Exception) -> str:
+    """What a member's failed undo says: its error's message, its "nothing was changed"
+    said of the undo. Its whole text stood in the group's message: "(nothing was
+    changed)", read as the node's beside the parts that may still be there, and a second
+    "failed change:" (the undo's inverse) before the group's own."""
+    if not isinstance(exc, ApplyError):
+        return str(exc) or type(exc).__name__
+    text = exc.message
+    if not exc.done and not isinstance(exc, RollbackError):
+        text = text.replace(_NOTHING_CHANGED, "its undo changed nothing")
+    if exc.failed is not None and str(exc.failed) not in text:
+        text += f" (at {exc.failed})"  # a backend's message that does not name it
+    return text
+
+
 def _possessive(name: str) -> str:
     """``netlink's``, ``nftables'``."""
     return f"{name}'" if name.endswith("s") else f"{name}'s"
@@ -551,7 +566,7 @@ class BackendGroup:
                 # A second Ctrl-C during the undo too: the node is half-changed, which
                 # must be said (the CLI ends a bare interruption quietly), as the kit's
                 # Compensation says it for a backend's own interrupted undo.
-                what = (f"failed too: {exc}" if isinstance(exc, Exception)
+                what = (f"failed too: {_undo_failure(exc)}" if isinstance(exc, Exception)
                         else f"was interrupted ({type(exc).__name__}): the system may be "
                         "half-changed")
                 own = cause if isinstance(cause, ApplyError) else None

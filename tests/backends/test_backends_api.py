@@ -366,6 +366,44 @@ def test_a_group_s_error_names_two_members_of_one_backend_by_their_kinds(
     assert not group.observe().owned
 
 
+@pytest.mark.parametrize("terse", [False, True], ids=["kit", "terse"])
+def test_a_group_s_failed_undo_says_its_undo_changed_nothing_and_one_failed_change(
+        terse: bool) -> None:
+    # The undo's own error stood whole in the group's: its "(nothing was changed)",
+    # read as the node's beside the parts that may still be there, and its "failed
+    # change: - route ..." before the group's "failed change: + forward ...".
+    undo = ("routes is gone (at - route 192.168.2.0/24 via 192.168.1.1 dev eth0 table "
+            "main metric 0 proto k3snet)" if terse else
+            "routes backend: - route 192.168.2.0/24 via 192.168.1.1 dev eth0 table main "
+            "metric 0 proto k3snet failed: injected failure at change 0 (its undo "
+            "changed nothing)")
+
+    class Undoing(MemoryBackend):
+        name = "routes"
+
+        def apply(self, plan: Plan) -> ApplyResult:
+            if any(c.action == "delete" for c in plan.changes):
+                if terse:  # a message that does not name its failed change
+                    raise ApplyError("routes is gone", failed=plan.changes[0])
+                self.faults.fail_at(0)  # the kit's own ApplyError, as a kernel's refusal
+            return super().apply(plan)
+
+    routes = Undoing(capabilities=["route", "sysctl"])
+    rules = _Rules(capabilities=["nat", "forward"])
+    group = BackendGroup([routes, rules])
+    p = plan(group.observe(), compile_spec(seed_spec()))
+    made = len(p.only(["route", "sysctl"]).changes)
+    rules.faults.fail_at(0)
+    with pytest.raises(RollbackError) as info:
+        group.apply(p)
+    message = str(info.value)
+    assert "nothing was changed" not in message, message
+    assert message.count("failed change:") == 1, message
+    assert f"undoing routes failed too: {undo}; routes' {made} change(s) may still be " \
+        "there" in message, message
+    assert len(routes.observe().owned) == made
+
+
 class _Expecting(MemoryBackend):
     """Records the hints converge gives (expect) and what was observed after each."""
 
