@@ -131,6 +131,18 @@ def _undo_failure(exc: Exception) -> str:
     return text
 
 
+def _story(failure: str, said: str) -> str:
+    """The failing member's message, then what the group ``said`` of the node: after it,
+    or on its first line when it lists problems on the lines below (a refusal's
+    "nothing was changed:" and its problems): after the last problem, it read as one
+    more, and the agent's log line, which names the first lines alone, left it out."""
+    head, newline, items = failure.partition("\n")
+    if not newline:
+        return f"{failure}; {said}"
+    colon = ":" if head.endswith(":") else ""
+    return f"{head.removesuffix(':')} ({said}){colon}\n{items}"
+
+
 def _possessive(name: str) -> str:
     """``netlink's``, ``nftables'``."""
     return f"{name}'" if name.endswith("s") else f"{name}'s"
@@ -449,8 +461,8 @@ class BackendGroup:
             raise (RollbackError if half else ApplyError)(
                 # The node's whole story: the failing member's part, then the earlier
                 # members' parts made and taken back.
-                f"{name}: {_failure(name, exc, _ran(member, results))}; "
-                f"{_taken_back_parts(results, name, self._label)}",
+                f"{name}: " + _story(_failure(name, exc, _ran(member, results)),
+                                     _taken_back_parts(results, name, self._label)),
                 failed=own.failed if own is not None else None,
                 # What was made before the failure: the earlier members' parts, then
                 # what the failing member made of its own (both undone since).
@@ -576,8 +588,7 @@ class BackendGroup:
                 # (never tried: the undo stops at its first failure). Unsaid, an operator
                 # told by exit 5 to look read only "undoing netlink failed too".
                 name = self._label(failing)
-                said = [f"{name}: {_failure(name, cause, _ran(failing, results))}; "
-                        f"undoing {self._label(member)} {what}"]
+                said = [f"undoing {self._label(member)} {what}"]
                 if back:
                     said.append(_taken_back_parts(results[len(results) - back:], name,
                                                   self._label))
@@ -585,7 +596,8 @@ class BackendGroup:
                 if left:
                     said.append(f"{left} may still be there")
                 raise RollbackError(
-                    "; ".join(said),
+                    f"{name}: " + _story(_failure(name, cause, _ran(failing, results)),
+                                         "; ".join(said)),
                     failed=own.failed if own is not None else None,
                     done=[*_made(results), *(own.done if own is not None else ())],
                     # What the failing member took back of its own, and what this

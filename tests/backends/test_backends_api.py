@@ -35,6 +35,8 @@ from k3snet import (
     seed_spec,
 )
 from k3snet import compile as compile_spec
+from k3snet.agent._logging import LOG_ITEMS
+from k3snet.agent._loop import _one_line  # the agent log line of a failed pass
 from k3snet.backends import Backend, register_backend, registry
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import BackendBase
@@ -402,6 +404,30 @@ def test_a_group_s_failed_undo_says_its_undo_changed_nothing_and_one_failed_chan
     assert f"undoing routes failed too: {undo}; routes' {made} change(s) may still be " \
         "there" in message, message
     assert len(routes.observe().owned) == made
+
+
+@pytest.mark.parametrize("problems", [1, LOG_ITEMS + 5])
+def test_a_group_s_parts_taken_back_are_said_before_a_refusal_s_problems(
+        problems: int) -> None:
+    # A later member refusing its part lists its problems on the lines below its first:
+    # the parts taken back were said after the last problem, read as one more, and the
+    # agent's log line, which names the first LOG_ITEMS lines, left them out.
+    class Refusing(_Nat):
+        def apply(self, plan: Plan) -> ApplyResult:
+            raise PlanError("nat backend refuses the plan, nothing was changed:\n  "
+                            + "\n  ".join(f"problem {n}" for n in range(problems)))
+
+    node = _Node(capabilities=["route", "sysctl"])
+    group = BackendGroup([node, Refusing(capabilities=["nat", "forward"])])
+    p = plan(group.observe(), compile_spec(seed_spec()))
+    made = len(p.only(node.capabilities).changes)
+    with pytest.raises(ApplyError) as info:
+        group.apply(p)
+    said = f"node's {made} change(s) made before nat failed were taken back"
+    head = str(info.value).split("\n")[0]
+    assert head == ("nat: nat backend refuses the plan, nat changed nothing "
+                    f"({said}):"), head
+    assert said in _one_line(info.value)
 
 
 class _Expecting(MemoryBackend):
