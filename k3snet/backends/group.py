@@ -143,6 +143,12 @@ def _story(failure: str, said: str) -> str:
     return f"{head.removesuffix(':')} ({said}){colon}\n{items}"
 
 
+def _named(name: str, text: str) -> str:
+    """``text`` said of member ``name``: after its name, but once ("nftables: nftables:
+    the kernel refused the transaction" when the member's message names it first)."""
+    return text if text.startswith(f"{name}: ") else f"{name}: {text}"
+
+
 def _possessive(name: str) -> str:
     """``netlink's``, ``nftables'``."""
     return f"{name}'" if name.endswith("s") else f"{name}'s"
@@ -461,8 +467,8 @@ class BackendGroup:
             raise (RollbackError if half else ApplyError)(
                 # The node's whole story: the failing member's part, then the earlier
                 # members' parts made and taken back.
-                f"{name}: " + _story(_failure(name, exc, _ran(member, results)),
-                                     _taken_back_parts(results, name, self._label)),
+                _named(name, _story(_failure(name, exc, _ran(member, results)),
+                                    _taken_back_parts(results, name, self._label))),
                 failed=own.failed if own is not None else None,
                 # What was made before the failure: the earlier members' parts, then
                 # what the failing member made of its own (both undone since).
@@ -596,8 +602,8 @@ class BackendGroup:
                 if left:
                     said.append(f"{left} may still be there")
                 raise RollbackError(
-                    f"{name}: " + _story(_failure(name, cause, _ran(failing, results)),
-                                         "; ".join(said)),
+                    _named(name, _story(_failure(name, cause, _ran(failing, results)),
+                                        "; ".join(said))),
                     failed=own.failed if own is not None else None,
                     done=[*_made(results), *(own.done if own is not None else ())],
                     # What the failing member took back of its own, and what this

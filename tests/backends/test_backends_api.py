@@ -434,6 +434,22 @@ def test_a_group_s_failed_undo_counts_what_it_took_back_before_failing() -> None
     assert len(info.value.rolled_back) == 1
 
 
+def test_a_group_s_error_names_a_member_naming_itself_once() -> None:
+    # nftables' refused transaction begins "nftables: the kernel refused the
+    # transaction": the group's message said "nftables: nftables: the kernel ...".
+    class Refused(_Nat):
+        def apply(self, plan: Plan) -> ApplyResult:
+            raise ApplyError("nat: the kernel refused the transaction, nothing was changed: "
+                             "Error: Could not process rule: Operation not permitted")
+
+    group = BackendGroup([_Node(capabilities=["route", "sysctl"]),
+                          Refused(capabilities=["nat", "forward"])])
+    with pytest.raises(ApplyError) as info:
+        group.apply(plan(group.observe(), compile_spec(seed_spec())))
+    assert str(info.value).startswith(
+        "nat: the kernel refused the transaction, nat changed nothing: Error: "), info.value
+
+
 @pytest.mark.parametrize("problems", [1, LOG_ITEMS + 5])
 def test_a_group_s_parts_taken_back_are_said_before_a_refusal_s_problems(
         problems: int) -> None:
