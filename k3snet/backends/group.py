@@ -565,6 +565,11 @@ class BackendGroup:
 
     def _undo(self, results: list[tuple[Member, Plan, ApplyResult]], cause: BaseException,
               failing: Member) -> list[Change]:
+        # An instance method: the messages name the members by the group's labels.
+        return self._undo_members(results, cause, failing)
+
+    def _undo_members(self, results: list[tuple[Member, Plan, ApplyResult]],
+                      cause: BaseException, failing: Member) -> list[Change]:
         undone: list[Change] = []
         for back, (member, part, result) in enumerate(reversed(results)):
             # The part the member was given, not what its result lists: an apply that
