@@ -213,7 +213,10 @@ class ApplyError(BackendError):
         self.message = message
         """The message alone, without the failed change and the rollback count."""
         parts = [message]
-        if failed is not None:
+        # Once: a message saying "<change> failed: ..." (the kit's, and a group's of a
+        # member's) named it, and a second "failed change: <change>" made a long line
+        # longer with what it had just said.
+        if failed is not None and f"{failed} failed" not in message:
             parts.append(f"failed change: {failed}")
         if rolled_back:
             parts.append(f"rolled back {len(rolled_back)} change(s) that had been applied")

@@ -116,6 +116,39 @@ def _failure(name: str, exc: BaseException, again: bool = False) -> str:
     return f"{text} ({said})"
 
 
+def _undo_failure(exc: Exception) -> str:
+    """What a member's failed undo says: its error's message, its "nothing was changed"
+    said of the undo. Its whole text stood in the group's message: "(nothing was
+    changed)", read as the node's beside the parts that may still be there, and a second
+    "failed change:" (the undo's inverse) before the group's own."""
+    if not isinstance(exc, ApplyError):
+        return str(exc) or type(exc).__name__
+    text = exc.message
+    if not exc.done and not isinstance(exc, RollbackError):
+        text = text.replace(_NOTHING_CHANGED, "its undo changed nothing")
+    if exc.failed is not None and str(exc.failed) not in text:
+        text += f" (at {exc.failed})"  # a backend's message that does not name it
+    return text
+
+
+def _story(failure: str, said: str) -> str:
+    """The failing member's message, then what the group ``said`` of the node: after it,
+    or on its first line when it lists problems on the lines below (a refusal's
+    "nothing was changed:" and its problems): after the last problem, it read as one
+    more, and the agent's log line, which names the first lines alone, left it out."""
+    head, newline, items = failure.partition("\n")
+    if not newline:
+        return f"{failure}; {said}"
+    colon = ":" if head.endswith(":") else ""
+    return f"{head.removesuffix(':')} ({said}){colon}\n{items}"
+
+
+def _named(name: str, text: str) -> str:
+    """``text`` said of member ``name``: after its name, but once ("nftables: nftables:
+    the kernel refused the transaction" when the member's message names it first)."""
+    return text if text.startswith(f"{name}: ") else f"{name}: {text}"
+
+
 def _possessive(name: str) -> str:
     """``netlink's``, ``nftables'``."""
     return f"{name}'" if name.endswith("s") else f"{name}'s"
@@ -127,15 +160,16 @@ def _ran(member: Member, results: Sequence[tuple[Member, Plan, ApplyResult]]) ->
 
 
 def _taken_back_parts(results: Sequence[tuple[Member, Plan, ApplyResult]],
-                      failing: str) -> str:
+                      failing: str, label: Callable[[Member], str]) -> str:
     """The earlier members' parts the group took back, by member in the order applied
     (``netlink's 3 change(s) made before nftables failed were taken back``; a member
     given two runs counted once). A drift finding's repair is not taken back (its
     inverse would re-add the finding): counted among them, the message said one more
-    change taken back than the error's ``rolled_back``; said apart, as kept."""
+    change taken back than the error's ``rolled_back``; said apart, as kept. Each
+    member is named by its ``label``."""
     made: dict[int, tuple[str, int, int]] = {}
     for member, part, _ in results:
-        name, count, repairs = made.get(id(member), (member.backend.name, 0, 0))
+        name, count, repairs = made.get(id(member), (label(member), 0, 0))
         drift = sum(isinstance(c.subject, Drift) for c in part.changes)
         made[id(member)] = (name, count + len(part.changes) - drift, repairs + drift)
     said: list[str] = []
@@ -151,7 +185,8 @@ def _taken_back_parts(results: Sequence[tuple[Member, Plan, ApplyResult]],
     return "; ".join(said)
 
 
-def _left_parts(results: Sequence[tuple[Member, Plan, ApplyResult]], taken: int) -> str:
+def _left_parts(results: Sequence[tuple[Member, Plan, ApplyResult]], taken: int,
+                label: Callable[[Member], str]) -> str:
     """The parts of ``results`` a failed undo left, by member (``netlink's 2
     change(s)``): every change but a drift repair (kept anyway), less the ``taken`` the
     last part's own undo took back before it failed."""
@@ -160,7 +195,7 @@ def _left_parts(results: Sequence[tuple[Member, Plan, ApplyResult]], taken: int)
         count = sum(not isinstance(c.subject, Drift) for c in part.changes)
         if index == len(results) - 1:
             count = max(count - taken, 0)
-        name, before = left.get(id(member), (member.backend.name, 0))
+        name, before = left.get(id(member), (label(member), 0))
         left[id(member)] = (name, before + count)
     return " and ".join(f"{_possessive(name)} {count} change(s)"
                         for name, count in left.values() if count)
@@ -209,6 +244,15 @@ class BackendGroup:
             raise ModelError("a backend group needs at least one backend")
         self.name = "+".join(m.backend.name for m in self.members)
         """The members' names, in apply order (``netlink+nftables``)."""
+        # What a failure's message calls each member: its backend's name, and the kinds
+        # it is given when another member has that name too (``--backend netlink:sysctl
+        # --backend netlink:route``), as --backend spells them: "netlink's 2 change(s)
+        # made before netlink failed were taken back" named neither, beside "netlink
+        # changed nothing" said of the other.
+        names = Counter(m.backend.name for m in self.members)
+        self._labels = {id(m): m.backend.name if names[m.backend.name] == 1
+                        else f"{m.backend.name}:{','.join(sorted(m.kinds))}"
+                        for m in self.members}
         self.faults = FaultHook()
         """The group's fault hook: an injected failure is handed to the member
         that holds that change (see :class:`~k3snet.backends.kit.FaultHook`)."""
@@ -419,12 +463,12 @@ class BackendGroup:
             # A member whose own undo failed may have left changes: the group's
             # error says so too (its type, and what may still be there).
             half = isinstance(exc, RollbackError)
-            name = member.backend.name
+            name = self._label(member)
             raise (RollbackError if half else ApplyError)(
                 # The node's whole story: the failing member's part, then the earlier
                 # members' parts made and taken back.
-                f"{name}: {_failure(name, exc, _ran(member, results))}; "
-                f"{_taken_back_parts(results, name)}",
+                _named(name, _story(_failure(name, exc, _ran(member, results)),
+                                    _taken_back_parts(results, name, self._label))),
                 failed=own.failed if own is not None else None,
                 # What was made before the failure: the earlier members' parts, then
                 # what the failing member made of its own (both undone since).
@@ -515,15 +559,18 @@ class BackendGroup:
         if errors:
             raise errors[0]
 
-    @staticmethod
-    def _undo(results: list[tuple[Member, Plan, ApplyResult]], cause: BaseException,
-              failing: Member) -> list[Change]:
-        with undo_running():  # (the CLI's SIGTERM and SIGHUP let it run on)
-            return BackendGroup._undo_members(results, cause, failing)
+    def _label(self, member: Member) -> str:
+        """What a failure's message calls ``member`` (``netlink``, ``netlink:route``)."""
+        return self._labels[id(member)]
 
-    @staticmethod
-    def _undo_members(results: list[tuple[Member, Plan, ApplyResult]], cause: BaseException,
-                      failing: Member) -> list[Change]:
+    def _undo(self, results: list[tuple[Member, Plan, ApplyResult]], cause: BaseException,
+              failing: Member) -> list[Change]:
+        # An instance method: the messages name the members by the group's labels.
+        with undo_running():  # (the CLI's SIGTERM and SIGHUP let it run on)
+            return self._undo_members(results, cause, failing)
+
+    def _undo_members(self, results: list[tuple[Member, Plan, ApplyResult]],
+                      cause: BaseException, failing: Member) -> list[Change]:
         undone: list[Change] = []
         for back, (member, part, result) in enumerate(reversed(results)):
             # The part the member was given, not what its result lists: an apply that
@@ -543,7 +590,7 @@ class BackendGroup:
                 # A second Ctrl-C during the undo too: the node is half-changed, which
                 # must be said (the CLI ends a bare interruption quietly), as the kit's
                 # Compensation says it for a backend's own interrupted undo.
-                what = (f"failed too: {exc}" if isinstance(exc, Exception)
+                what = (f"failed too: {_undo_failure(exc)}" if isinstance(exc, Exception)
                         else f"was interrupted ({type(exc).__name__}): the system may be "
                         "half-changed")
                 own = cause if isinstance(cause, ApplyError) else None
@@ -552,16 +599,17 @@ class BackendGroup:
                 # member's part less what its undo took back, and every part before it
                 # (never tried: the undo stops at its first failure). Unsaid, an operator
                 # told by exit 5 to look read only "undoing netlink failed too".
-                name = failing.backend.name
-                said = [f"{name}: {_failure(name, cause, _ran(failing, results))}; "
-                        f"undoing {member.backend.name} {what}"]
+                name = self._label(failing)
+                said = [f"undoing {self._label(member)} {what}"]
                 if back:
-                    said.append(_taken_back_parts(results[len(results) - back:], name))
-                left = _left_parts(results[:len(results) - back], len(taken))
+                    said.append(_taken_back_parts(results[len(results) - back:], name,
+                                                  self._label))
+                left = _left_parts(results[:len(results) - back], len(taken), self._label)
                 if left:
                     said.append(f"{left} may still be there")
                 raise RollbackError(
-                    "; ".join(said),
+                    _named(name, _story(_failure(name, cause, _ran(failing, results)),
+                                        "; ".join(said))),
                     failed=own.failed if own is not None else None,
                     done=[*_made(results), *(own.done if own is not None else ())],
                     # What the failing member took back of its own, and what this

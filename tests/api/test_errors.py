@@ -45,6 +45,19 @@ def test_apply_error_names_the_failed_change_and_the_rollback() -> None:
     assert "rolled back 1 change(s)" in str(exc)
 
 
+def test_apply_error_names_the_failed_change_once() -> None:
+    # The kit's message names it ("+ sysctl ... failed: ..."): "; failed change: + sysctl
+    # ..." after it said it twice, in a group's error as in a backend's.
+    change = Change.add(Sysctl("net.ipv4.ip_forward", 1))
+    exc = errors.ApplyError(f"memory backend: {change} failed: injected (nothing was "
+                            "changed)", failed=change)
+    assert str(exc).count(str(change)) == 1, str(exc)
+    assert exc.failed == change
+    other = Change.add(Sysctl("net.ipv4.ip_forward", 0))  # another named: it is said
+    assert f"failed change: {change}" in str(errors.ApplyError(f"{other} failed: no",
+                                                                failed=change))
+
+
 def test_a_spec_where_a_state_is_wanted_is_refused_with_the_step_left_out() -> None:
     # The likely slip of a script: the spec itself instead of what it compiles to (it
     # failed with "AttributeError: 'Spec' object has no attribute 'only'").

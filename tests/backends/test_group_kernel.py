@@ -484,3 +484,105 @@ def test_a_plan_splitting_the_iptables_members_part_is_made_in_order_and_undone_
         assert _iptables_view(ns, mode) == before, f"failure at {index}: {p.changes[index]}"
     assert made.apply(p).applied == p.changes
     assert plan(made.observe(), MOVED).empty
+
+
+def test_a_kernel_refusal_names_two_members_of_netlink_by_their_kinds(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--backend netlink:sysctl --backend netlink:route --backend nftables``: the
+    kernel refuses the route (its gateway is on no network of d0) after the sysctls'
+    member made its part. The message said "netlink's 2 change(s) made before netlink
+    failed were taken back", beside "netlink changed nothing": neither member named."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+        "cluster: {podCIDRs: [10.42.0.0/16, fd42:42::/56]}\n"
+        "destinations:\n"
+        "  - {cidr: fd01:2::/64, gateway: 'fd00::fe', device: d0}\n"
+        "  - {cidr: 192.168.2.0/24, gateway: 10.9.9.1, device: d0}\n"
+        "masquerade: {mode: destinations}\n")
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path / "state"))
+    before = kernel_view(ns)
+    argv = ["apply", "-f", str(spec), "--netns", ns, "--no-facts", "--auto-approve",
+            "--backend", "netlink:sysctl", "--backend", "netlink:route",
+            "--backend", "nftables"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert main([*argv, "--output", "json"]) == 1
+    document = json.loads(capsys.readouterr().out)
+    for message in (err, document["error"]["message"]):
+        assert "Nexthop has invalid gateway" in message, message
+        # The IPv6 route was made, then undone by the route member itself.
+        assert "(the 1 change(s) made before it were undone)" in message, message
+        assert ("; netlink:sysctl's 2 change(s) made before netlink:route failed were "
+                "taken back;") in message, message
+        assert "netlink's" not in message, message
+        assert "rolled back 3 change(s)" in message, message
+    assert kernel_view(ns) == before
+
+
+def test_a_transaction_the_kernel_refuses_after_netlink_s_part_is_said_as_it_is(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Just before nftables' transaction reaches the kernel (after its reads), another
+    process takes ``inet k3snet`` with flags owner: the kernel refuses the transaction
+    (EPERM) after netlink's sysctls and routes were made. Every sentence of the
+    message is true of the node: nftables changed nothing, netlink's part was taken
+    back (``ip -j route``, ``nft -j list ruleset``, /proc/sys as before but the owned
+    table), and nftables is named once ("nftables: nftables: the kernel refused")."""
+    import subprocess  # noqa: PLC0415 - the other process holding the table
+
+    from k3snet.backends.nftables.kernel import Libnftables  # noqa: PLC0415
+
+    holders: list[subprocess.Popen[str]] = []
+    real = Libnftables.run
+
+    def run(self: Libnftables, batch: str, *, json_input: bool,
+            dry_run: bool = False) -> tuple[int, str]:
+        if not dry_run and not holders:
+            holder = subprocess.Popen(["ip", "netns", "exec", ns, "nft", "-i"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, text=True)
+            holders.append(holder)
+            assert holder.stdin is not None
+            holder.stdin.write("add table inet k3snet { flags owner; }\n")
+            holder.stdin.flush()
+            while "k3snet" not in run_in(ns, ["nft", "list", "tables"]).stdout:
+                assert holder.poll() is None
+                time.sleep(0.01)
+        return real(self, batch, json_input=json_input, dry_run=dry_run)
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+        "cluster: {podCIDRs: [10.42.0.0/16]}\n"
+        "destinations: [{cidr: 192.168.2.0/24, gateway: 10.0.0.254, device: d0}]\n"
+        "masquerade: {mode: destinations}\n")
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(Libnftables, "run", run)
+    before = kernel_view(ns)
+    try:
+        assert main(["apply", "-f", str(spec), "--netns", ns, "--no-facts",
+                     "--auto-approve"]) == 1
+        # nft 1.0.6's JSON of an owned table's flags is no JSON: its text, then.
+        tables = run_in(ns, ["nft", "list", "tables"]).stdout.split("\n")
+        owned = run_in(ns, ["nft", "list", "table", "inet", "k3snet"]).stdout
+        run_in(ns, ["nft", "list", "table", "inet", "admin"])
+        holders[0].stdin.close()  # type: ignore[union-attr]  # the table goes with it
+        holders[0].wait()
+        assert kernel_view(ns) == before
+    finally:
+        for holder in holders:
+            assert holder.stdin is not None
+            if not holder.stdin.closed:
+                holder.stdin.close()
+            holder.wait()
+    err = capsys.readouterr().err
+    assert holders, err
+    assert "k3snet: error: nftables: the kernel refused the transaction, nftables changed " \
+        "nothing: " in err, err
+    assert "Operation not permitted" in err, err
+    assert "; netlink's 2 change(s) made before nftables failed were taken back;" in err, err
+    assert sorted(filter(None, tables)) == ["table inet admin", "table inet k3snet"]
+    assert "flags owner" in owned, owned
+    assert "chain" not in owned, owned  # nothing of k3snet's made in it
