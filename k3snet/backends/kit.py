@@ -378,6 +378,17 @@ def undo_running() -> Iterator[None]:
 _SPARED = frozenset({signal.SIGTERM, signal.SIGHUP})
 
 
+def _one_thread() -> bool:
+    """Whether this process runs one thread: the kernel's count (``/proc/self/task``),
+    which sees the threads ``threading`` does not (one a C library or
+    ``_thread.start_new_thread`` started: pytest-xdist's execnet runs one), else
+    ``threading``'s."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return threading.active_count() == 1
+
+
 @contextmanager
 def undo_spares_children() -> Iterator[None]:
     """Within the block, a process started while an undo runs (:func:`undoing`) starts with
@@ -402,8 +413,7 @@ def undo_spares_children() -> Iterator[None]:
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SPARED)
     handlers: dict[signal.Signals, Any] = {}
     try:
-        if (threading.current_thread() is threading.main_thread()
-                and threading.active_count() == 1):
+        if threading.current_thread() is threading.main_thread() and _one_thread():
             for signum in sorted(_SPARED):
                 handler = signal.getsignal(signum)
                 if handler is not None:  # None: not set from Python, cannot be put back
