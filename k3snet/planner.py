@@ -532,7 +532,8 @@ def plan(observed: State, desired: State) -> Plan:
     replaced (no replace is planned); one doing the same job leaves a replace to
     it (``met``). Either note names the owned object, which the plan leaves as it is.
     A wanted forward or NAT rule in place that a foreign block (a drop, a NAT rule
-    met first) defeats is that same conflict, naming the rule in place. A foreign drop
+    met first) defeats is that same conflict, naming the rule in place; so is one the
+    spec changed at a rule's key (no replace is planned). A foreign drop
     or reject (:attr:`~k3snet.model.ForwardBlock.final`) is judged before any foreign
     accept: no accept meets what it defeats.
 
@@ -812,15 +813,14 @@ class _ForeignIndex:
         return notes
 
     def still_defeated(self, wanted: NetObject, current: NetObject) -> Note | None:
-        """A conflict note for ``wanted`` when a foreign block defeats both it and
-        k3snet's object in place at its key (``current``, another object the spec
-        changed since): the plan leaves ``current`` as it is (:attr:`Note.owned`), as
-        :meth:`defeated` leaves one the spec still wants, and replaces it once the
-        block is gone. (A replace wrote a rule the block defeats too, with no ``!``.)"""
-        if current.kind not in self.blocked_kinds:
-            return None
-        before = self.judge(current)
-        if before is None or before.status != "conflict" or type(before.foreign) not in _BLOCKS:
+        """A conflict note for ``wanted`` when a foreign block defeats it, k3snet's
+        object in place at its key being ``current`` (another object the spec changed
+        since), the conflict its add would get: the plan leaves ``current`` as it is
+        (:attr:`Note.owned`), as :meth:`defeated` leaves one the spec still wants, and
+        replaces it once the block is gone. (A replace wrote a rule the block defeats,
+        with no ``!``: whether the block defeats ``current`` too or not, one it does not
+        was replaced by one it does.)"""
+        if wanted.kind not in self.blocked_kinds:
             return None
         note = self.judge(wanted)
         if note is None or note.status != "conflict" or type(note.foreign) not in _BLOCKS:

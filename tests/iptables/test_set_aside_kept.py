@@ -14,7 +14,8 @@ from __future__ import annotations
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
-from k3snet.errors import PlanError
+from k3snet.converge import converge
+from k3snet.errors import ConflictError, PlanError
 from k3snet.lab.netns import run_in
 from k3snet.model import Drift, ForwardRule, MasqueradeRule, State
 from k3snet.planner import Change, Plan, plan
@@ -178,3 +179,47 @@ def test_the_state_an_edit_leaves_keeps_a_rule_set_aside_until_a_change_deletes_
         backend.apply(noted)
         assert len(_accepts_to(ns, mode, "192.168.2.0/24")) == 1
         assert _accepts_to(ns, mode, "192.168.3.0/24") == []
+
+
+def _counted(ns: str, mode: str) -> list[str]:
+    """Every table's lines with their counters (``iptables-save -c``)."""
+    text = run_in(ns, [f"iptables-{mode}-save", "-c"]).stdout
+    return [line for line in text.splitlines() if not line.startswith("#")]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_rule_in_place_the_spec_moved_to_an_interface_a_foreign_drop_takes_stays_untouched(
+        ns: str, mode: str) -> None:
+    # The drop takes the new out interface's traffic alone (192.168.2.0/24 is routed
+    # there): k3snet's rule in place (eth0) is not met first, the spec's new one (eth1) is.
+    # The plan replaced it with one the drop defeats, with no "!" (the agent applied it);
+    # now the new one's conflict names k3snet's, which stays, counters and all, pass after
+    # pass; once the drop goes, the replace.
+    for device, peer in (("eth0", "p0"), ("eth1", "p1")):
+        run_in(ns, ["ip", "link", "add", device, "type", "veth", "peer", "name", peer])
+        run_in(ns, ["ip", "link", "set", device, "up"])
+        run_in(ns, ["ip", "link", "set", peer, "up"])
+    run_in(ns, ["ip", "addr", "add", "192.0.2.1/24", "dev", "eth1"])
+    run_in(ns, ["ip", "route", "add", "192.168.2.0/24", "via", "192.0.2.2", "dev", "eth1"])
+    _, before, after, _, _ = CHANGED["forward"]
+    drop = ["-o", "eth1", "-d", "192.168.2.0/24", "-j", "DROP"]
+    tool = [f"iptables-{mode}", "-w"]
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), State(owned=[before, MASQ])))
+        run_in(ns, [*tool, "-I", "FORWARD", "1", *drop])
+        kept = _counted(ns, mode)
+        desired = State(owned=[after, MASQ])
+        for _ in range(3):  # the agent's passes
+            p = plan(backend.observe(), desired)
+            assert p.changes == ()
+            assert [(n.wanted, n.owned) for n in p.conflicts] == [(after, before)]
+            with pytest.raises(ConflictError, match="-o eth1"):
+                converge(backend, desired)
+            converge(backend, desired, allow_conflicts=True)
+            assert _counted(ns, mode) == kept
+        run_in(ns, [*tool, "-D", "FORWARD", *drop])
+        p = plan(backend.observe(), desired)
+        assert [(c.action, c.before, c.after) for c in p.changes] == [("replace", before, after)]
+        backend.apply(p)
+        assert plan(backend.observe(), desired).empty

@@ -207,3 +207,56 @@ def test_a_drop_in_a_nat_prerouting_chain_stops_real_packets_and_is_a_conflict(
         capsys.readouterr()
         assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 4
         assert "drop by nftables ip admin c: ip saddr 10.42.0.0/16 drop" in capsys.readouterr().out
+
+
+# The spec moves the pods' forward accept to another out interface while an admin's drop
+# comes first: one of the pods' source (k3snet's rule in place defeated too), or one of
+# the new interface alone (k3snet's in place is not). (IPv4 and IPv6.)
+MOVED = [(ForwardRule("10.42.0.0/16", "192.168.2.0/24", out_interface="eth0"),
+          ForwardRule("10.42.0.0/16", "192.168.2.0/24", out_interface="eth1")),
+         (ForwardRule("fd42:42::/56", "fd01:2::/64", out_interface="eth0"),
+          ForwardRule("fd42:42::/56", "fd01:2::/64", out_interface="eth1"))]
+MOVED_DROPS = {
+    "of the pods": ["ip saddr 10.42.0.0/16 drop", "ip6 saddr fd42:42::/56 drop"],
+    "of the new interface alone": ['oifname "eth1" ip daddr 192.168.2.0/24 drop',
+                                   'oifname "eth1" ip6 daddr fd01:2::/64 drop'],
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("drop", list(MOVED_DROPS))
+def test_a_rule_in_place_the_spec_moved_where_a_foreign_drop_comes_first_stays_as_it_is(
+        ns: str, drop: str) -> None:
+    # The plan replaced k3snet's rule with one the drop defeats, with no "!" (exit 2, an
+    # apply said it was done); an add of that rule is a conflict. Now: the "!" of the new
+    # rule naming k3snet's in place, which stays, byte for byte, through the agent's passes;
+    # once the drop goes, the replace.
+    before, after = [old for old, _ in MOVED], [new for _, new in MOVED]
+    with NftablesBackend(netns=ns) as backend:
+        backend.apply(plan(backend.observe(), State(owned=before)))
+    run_in(ns, ["nft", "add", "table", "inet", "admin"])
+    run_in(ns, ["nft", "add", "chain", "inet", "admin", "c", ADMIN_CHAIN["forward"]])
+    for rule in MOVED_DROPS[drop]:
+        run_in(ns, ["nft", "add", "rule", "inet", "admin", "c", *rule.split()])
+    kept = ruleset(ns)
+    desired = State(owned=after)
+    with NftablesBackend(netns=ns) as backend:
+        for _ in range(3):  # the agent's passes
+            p = plan(backend.observe(), desired)
+            assert p.changes == ()
+            assert sorted((n.status, n.wanted, n.owned) for n in p.notes) == sorted(
+                ("conflict", new, old) for old, new in MOVED)
+            assert "admin c" in p.render()
+            with pytest.raises(ConflictError, match="admin c"):
+                converge(backend, desired)
+            converge(backend, desired, allow_conflicts=True)
+            assert ruleset(ns) == kept
+        run_in(ns, ["nft", "delete", "table", "inet", "admin"])
+        p = plan(backend.observe(), desired)
+        assert sorted((c.action, c.before, c.after) for c in p.changes) == sorted(
+            ("replace", old, new) for old, new in MOVED)
+        assert not p.notes
+        backend.apply(p)
+        assert plan(backend.observe(), desired).empty
+    assert any('"eth1"' in r for r in ruleset(ns))
+    assert not any('"eth0"' in r for r in ruleset(ns))

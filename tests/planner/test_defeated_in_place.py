@@ -13,7 +13,15 @@ import pytest
 from hypothesis import given, settings
 
 from k3snet import planner
-from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NatBlock, NetObject, State
+from k3snet.model import (
+    ForwardBlock,
+    ForwardRule,
+    MasqueradeRule,
+    NatBlock,
+    NetObject,
+    SnatRule,
+    State,
+)
 from k3snet.planner import plan
 from tests.planner.test_foreign_index import _states
 
@@ -108,3 +116,60 @@ def test_a_rule_in_place_a_foreign_block_defeats_stays_when_the_spec_changes_it_
         == [("replace", rule, changed)]
     assert [c.before for c in plan(State(owned=[rule], foreign=[block]), State()).changes] == [
         rule]
+
+
+def test_a_rule_in_place_the_block_leaves_is_not_replaced_by_one_it_defeats() -> None:
+    # The drop takes the new out interface's traffic alone: k3snet's rule in place (eth0)
+    # is not defeated, the spec's new one (eth1) is. An add of it is a conflict; the
+    # replace was planned, with no "!", writing a rule the drop defeats (the next plan had
+    # the "!" of it in place, and an apply of this one said it was done).
+    rule = ForwardRule(*V4, out_interface="eth0")
+    changed = ForwardRule(*V4, out_interface="eth1")
+    block = ForwardBlock(4, "drop", "oifname eth1 ip daddr 192.168.2.0/24 drop",
+                         "nftables inet admin c", destination=V4[1], out_interface="eth1")
+    assert not rule.conflicts_with(block)
+    assert changed.conflicts_with(block)
+    desired = State(owned=[changed])
+    p = plan(State(owned=[rule], foreign=[block]), desired)
+    assert not p.changes
+    assert [(n.status, n.wanted, n.foreign, n.owned) for n in p.notes] == [
+        ("conflict", changed, block, rule)]
+    assert p.target(desired) == frozenset({rule})
+    assert [(c.action, c.before, c.after) for c in plan(State(owned=[rule]), desired).changes] \
+        == [("replace", rule, changed)]
+
+
+def _changed(obj: NetObject) -> NetObject:
+    """Another object at ``obj``'s key: another out interface for a forward rule, a
+    masquerade turned SNAT and back (the spec edited)."""
+    if isinstance(obj, ForwardRule):
+        other = "eth1" if obj.out_interface != "eth1" else "eth0"
+        return attrs.evolve(obj, out_interface=other)
+    if isinstance(obj, MasqueradeRule):
+        return SnatRule(obj.source, to_address="192.0.2.9" if obj.family == 4 else "2001:db8::9",
+                        destination=obj.destination, out_interface=obj.out_interface)
+    assert isinstance(obj, SnatRule)
+    return MasqueradeRule(obj.source, destination=obj.destination,
+                          out_interface=obj.out_interface)
+
+
+@settings(deadline=None)
+@given(_states())
+def test_changed_rules_in_place_get_the_block_conflicts_their_adds_get_and_no_replace_for_them(
+        states: tuple[State, State]) -> None:
+    observed, desired = states
+    to_add = plan(observed, desired)
+    in_place = [_changed(obj) for obj in desired.owned]
+    assert all(old.key == new.key and old != new for old, new in zip(in_place, desired.owned,
+                                                                      strict=True))
+    changed = plan(State(owned=in_place, foreign=observed.foreign), desired)
+
+    def blocked(p: planner.Plan) -> list[tuple[NetObject, NetObject]]:
+        return [(n.wanted, n.foreign) for n in p.conflicts
+                if isinstance(n.foreign, ForwardBlock | NatBlock)]
+
+    assert blocked(changed) == blocked(to_add)
+    by_key = {obj.key: obj for obj in in_place}
+    assert all(n.owned == by_key[n.wanted.key] for n in changed.conflicts)
+    noted = {n.wanted.key for n in changed.notes}
+    assert not any(c.after is not None and c.after.key in noted for c in changed.changes)
