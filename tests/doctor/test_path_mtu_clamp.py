@@ -134,3 +134,30 @@ def test_an_nft_maxseg_clamp_counts_where_and_when_it_fits(hook: str, value: Any
     # a clamp decides nothing: the trace is as certain as without it
     d = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
     assert not [f for f in d.findings if f.code == "unknown-rules"], d.render()
+
+
+@pytest.mark.parametrize("protocol", ["udp", "icmp"])
+def test_an_nft_clamp_breaks_off_its_rule_for_other_protocols_so_a_verdict_after_it_is_tcp_s(
+        protocol: str) -> None:
+    """``tcp option maxseg size set rt mtu drop``: nft puts no ``tcp`` match before a set,
+    and the kernel's nft_exthdr breaks off the rule on a packet that is not TCP (shown in
+    tests/doctor/test_path_mtu_clamp_kernel.py): the drop is TCP's alone."""
+    state = _state(nft=_nft_chain("forward", [_maxseg({"rt": {"key": "mtu"}}), {"drop": None}]))
+    other = diagnose(state, Flow("10.42.0.10", "192.168.2.10", protocol=protocol,  # type: ignore[arg-type]
+                                 port=None if protocol == "icmp" else 5432))
+    assert other.verdict is Verdict.REACHES, other.render()
+    tcp = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
+    assert tcp.verdict is Verdict.BLOCKED, tcp.render()
+
+
+def test_a_rule_not_evaluated_whose_rest_is_an_nft_clamp_leaves_the_verdict_certain() -> None:
+    """A match the reader cannot evaluate (``meta skgid 0``) before a clamp: whether the
+    rule matched or not, the flow goes on (a clamp decides nothing), as for iptables'
+    ``-m owner ... -j TCPMSS``; the clamp is not counted (it may not have matched)."""
+    skgid = {"match": {"op": "==", "left": {"meta": {"key": "skgid"}}, "right": 0}}
+    state = _state(nft=_nft_chain("forward", [skgid, _SYN, _maxseg({"rt": {"key": "mtu"}})]))
+    for protocol in ("tcp", "udp"):
+        d = diagnose(state, Flow("10.42.0.10", "192.168.2.10", protocol=protocol,
+                                 port=5432))
+        assert d.verdict is Verdict.REACHES, d.render()
+    assert _path_mtu(state).severity == "warning"

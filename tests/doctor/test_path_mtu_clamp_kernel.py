@@ -14,13 +14,14 @@ TCP flow so covered is an ``info`` finding naming the clamp; UDP keeps the warni
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import pytest
 
-from k3snet.doctor import Flow, NodeState, diagnose
+from k3snet.doctor import Flow, NodeState, Verdict, diagnose
 from k3snet.lab.netns import run_in
 
 from .conftest import DEST_NETS, PORT, UPLINKS, DoctorLab, Topology, to_v6
@@ -179,3 +180,36 @@ def test_a_clamp_behind_an_accept_the_flow_meets_first_is_no_clamp(
     assert _pod_mss(doctor_lab, topology) == 1280 - _HEADERS[family]
     (finding,) = _path_mtu(doctor_lab, topology)
     assert finding.severity == "info", finding
+
+
+_UDP = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+socket.socket(family, socket.SOCK_DGRAM).sendto(b"x", (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_nft_clamp_breaks_off_its_rule_for_udp_so_its_verdict_is_tcp_s_alone(
+        doctor_lab: DoctorLab, family: Literal[4, 6]) -> None:
+    """``tcp option maxseg size set rt mtu drop`` (no ``tcp`` match before it: nft adds no
+    dependency to a set): the kernel's nft_exthdr breaks off the rule on a packet that is
+    not TCP, so the drop after it is TCP's alone; a UDP datagram passes on."""
+    topology = _setup(doctor_lab, family)
+    run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=(
+        "table inet h_clamp {\n chain forward {\n  type filter hook forward priority -150; "
+        "policy accept;\n  tcp option maxseg size set rt mtu drop\n }\n"
+        " chain postrouting {\n  type filter hook postrouting priority 0; policy accept;\n"
+        "  meta l4proto udp counter\n }\n}\n"))
+    run_in(doctor_lab.names["pod"], [sys.executable, "-c", _UDP, topology.destination,
+                                     str(PORT)])
+    ruleset = json.loads(run_in(doctor_lab.node, ["nft", "-j", "list", "table", "inet",
+                                                  "h_clamp"]).stdout)
+    (counter,) = [s["counter"] for item in ruleset["nftables"] if "rule" in item
+                  for s in item["rule"]["expr"] if "counter" in s]
+    assert counter["packets"] == 1  # the kernel let the datagram past the drop
+    state = NodeState.from_capture(doctor_lab.capture())
+    for protocol, verdict in (("udp", Verdict.REACHES), ("tcp", Verdict.BLOCKED)):
+        d = diagnose(state, Flow(topology.pod, topology.destination, protocol=protocol,  # type: ignore[arg-type]
+                                 port=topology.port))
+        assert d.verdict is verdict, d.render()
