@@ -213,3 +213,46 @@ def test_an_nft_clamp_breaks_off_its_rule_for_udp_so_its_verdict_is_tcp_s_alone(
         d = diagnose(state, Flow(topology.pod, topology.destination, protocol=protocol,  # type: ignore[arg-type]
                                  port=topology.port))
         assert d.verdict is verdict, d.render()
+
+
+def test_clamping_to_an_ipv4_route_s_mtu_over_its_device_s_leaves_the_pod_s_mss_too_large(
+        doctor_lab: DoctorLab) -> None:
+    """The route to the database at ``mtu 1500`` through eth0 at 1400: the kernel's
+    ``--clamp-mss-to-pmtu`` takes the route's mtu, so the pod's MSS stays 1460 (segments
+    of 1500 bytes, which eth0 drops) and the warning stays; ``--set-mss 1360`` fits."""
+    topology = _setup(doctor_lab, 4)
+    node = doctor_lab.node
+    run_in(node, ["ip", "link", "set", "eth0", "mtu", "1400"])
+    try:
+        run_in(node, ["ip", "route", "replace", DEST_NETS["plain"], "via", UPLINKS["eth0"][1],
+                      "dev", "eth0", "mtu", "1500", "proto", "static"])
+        _clamp(doctor_lab, 4, "iptables-nft", "pmtu")
+        assert _pod_mss(doctor_lab, topology) == 1460
+        (finding,) = _path_mtu(doctor_lab, topology)
+        assert finding.severity == "warning", finding
+        assert "route's mtu 1500" in finding.what, finding
+        _clamp(doctor_lab, 4, "iptables-nft", "1360")
+        assert _pod_mss(doctor_lab, topology) == 1360
+        (finding,) = _path_mtu(doctor_lab, topology)
+    finally:
+        run_in(node, ["ip", "link", "set", "eth0", "mtu", "1500"])
+    assert finding.severity == "info", finding
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("flavour", ["iptables-nft", "legacy", "nft"])
+def test_a_clamp_of_new_packets_alone_misses_the_syn_ack_which_is_established(
+        doctor_lab: DoctorLab, family: Literal[4, 6], flavour: str) -> None:
+    """``--ctstate NEW`` / ``ct state new``: the SYN-ACK is the connection's reply,
+    ``established``, so it crosses unclamped and the pod's MSS stays the kernel's own."""
+    topology = _setup(doctor_lab, family)
+    _clamp(doctor_lab, family, flavour, "pmtu",
+           "ct state new" if flavour == "nft" else "-m conntrack --ctstate NEW")
+    assert _pod_mss(doctor_lab, topology) == 1500 - _HEADERS[family]
+    (finding,) = _path_mtu(doctor_lab, topology)
+    assert finding.severity == "warning", finding
+    _clamp(doctor_lab, family, flavour, "pmtu",
+           "ct state established" if flavour == "nft" else "-m conntrack --ctstate ESTABLISHED")
+    assert _pod_mss(doctor_lab, topology) == 1280 - _HEADERS[family]
+    (finding,) = _path_mtu(doctor_lab, topology)
+    assert finding.severity == "info", finding
