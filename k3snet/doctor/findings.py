@@ -721,9 +721,9 @@ def _mss_clamps(branch: Trace, route_mtu: int | None, path: int) -> tuple[Step, 
     route's MTU less the headers once the packet is routed (forward, postrouting; the
     kernel refuses both in prerouting, where the packet has no route yet): the route's
     ``mtu``, else its device's (the kernel's ``dst_mtu``; for the SYN-ACK also that of
-    the route back to its source, the same route), which fits unless an IPv4 route's
-    mtu is over its device's. ``--set-mss N`` (nft's ``set N``) fits when N and the
-    headers do, in any chain."""
+    the route back to its source, the same route), which fits unless the route's mtu
+    is over its device's (IPv4 or IPv6: the kernel takes the route's). ``--set-mss N``
+    (nft's ``set N``) fits when N and the headers do, in any chain."""
     if branch.flow.protocol != "tcp":
         return None  # clamping helps TCP alone
     headers = _MSS_HEADERS[branch.flow.family]

@@ -215,24 +215,27 @@ def test_an_nft_clamp_breaks_off_its_rule_for_udp_so_its_verdict_is_tcp_s_alone(
         assert d.verdict is verdict, d.render()
 
 
-def test_clamping_to_an_ipv4_route_s_mtu_over_its_device_s_leaves_the_pod_s_mss_too_large(
-        doctor_lab: DoctorLab) -> None:
+@pytest.mark.parametrize("family", [4, 6])
+def test_clamping_to_a_route_s_mtu_over_its_device_s_leaves_the_pod_s_mss_too_large(
+        doctor_lab: DoctorLab, family: Literal[4, 6]) -> None:
     """The route to the database at ``mtu 1500`` through eth0 at 1400: the kernel's
-    ``--clamp-mss-to-pmtu`` takes the route's mtu, so the pod's MSS stays 1460 (segments
-    of 1500 bytes, which eth0 drops) and the warning stays; ``--set-mss 1360`` fits."""
-    topology = _setup(doctor_lab, 4)
-    node = doctor_lab.node
+    ``--clamp-mss-to-pmtu`` takes the route's mtu, so the pod's MSS stays 1460 (IPv6
+    1440: segments of 1500 bytes, which eth0 drops, or IPv6 answers with Packet Too Big)
+    and the warning stays; ``--set-mss`` fitting 1400 does fix it."""
+    topology = _setup(doctor_lab, family)
+    node, headers = doctor_lab.node, _HEADERS[family]
+    convert = to_v6 if family == 6 else str
     run_in(node, ["ip", "link", "set", "eth0", "mtu", "1400"])
     try:
-        run_in(node, ["ip", "route", "replace", DEST_NETS["plain"], "via", UPLINKS["eth0"][1],
-                      "dev", "eth0", "mtu", "1500", "proto", "static"])
-        _clamp(doctor_lab, 4, "iptables-nft", "pmtu")
-        assert _pod_mss(doctor_lab, topology) == 1460
+        run_in(node, ["ip", f"-{family}", "route", "replace", convert(DEST_NETS["plain"]),
+                      "via", convert(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "1500",
+                      "proto", "static"])
+        _clamp(doctor_lab, family, "iptables-nft", "pmtu")
+        assert _pod_mss(doctor_lab, topology) == 1500 - headers
         (finding,) = _path_mtu(doctor_lab, topology)
         assert finding.severity == "warning", finding
-        assert "route's mtu 1500" in finding.what, finding
-        _clamp(doctor_lab, 4, "iptables-nft", "1360")
-        assert _pod_mss(doctor_lab, topology) == 1360
+        _clamp(doctor_lab, family, "iptables-nft", str(1400 - headers))
+        assert _pod_mss(doctor_lab, topology) == 1400 - headers
         (finding,) = _path_mtu(doctor_lab, topology)
     finally:
         run_in(node, ["ip", "link", "set", "eth0", "mtu", "1500"])
