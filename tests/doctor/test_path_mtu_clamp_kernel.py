@@ -259,3 +259,32 @@ def test_a_clamp_of_new_packets_alone_misses_the_syn_ack_which_is_established(
     assert _pod_mss(doctor_lab, topology) == 1280 - _HEADERS[family]
     (finding,) = _path_mtu(doctor_lab, topology)
     assert finding.severity == "info", finding
+
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("flavour", ["iptables-nft", "nft"])
+def test_a_clamp_to_pmtu_misses_a_path_mtu_only_the_pods_policy_route_carries(
+        doctor_lab: DoctorLab, family: Literal[4, 6], flavour: str) -> None:
+    """Pods leave through table 100 (``iif cni0 lookup 100``), whose route to the database
+    carries ``mtu 1280``; the node's own route (main, by eth1) none. The SYN-ACK's clamp
+    takes the route the node itself takes to its source (no ``iif``), not the pods': the
+    pod's MSS stays 1460 (1440) and so does the warning; with ``mtu 1280`` on the node's
+    own route too, the clamp fits."""
+    topology = Topology(family=family, route="policy")
+    doctor_lab.configure(topology)
+    convert = to_v6 if family == 6 else str
+    network = convert(DEST_NETS["plain"])
+    run_in(doctor_lab.node, ["ip", f"-{family}", "route", "replace", network, "via",
+                             convert(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "1280",
+                             "table", "100"])
+    _clamp(doctor_lab, family, flavour, "pmtu")
+    assert _pod_mss(doctor_lab, topology) == 1500 - _HEADERS[family]
+    (finding,) = _path_mtu(doctor_lab, topology)
+    assert finding.severity == "warning", finding
+    run_in(doctor_lab.node, ["ip", f"-{family}", "route", "replace", network, "via",
+                             convert(UPLINKS["eth1"][1]), "dev", "eth1", "mtu", "1280",
+                             "proto", "static"])
+    assert _pod_mss(doctor_lab, topology) == 1280 - _HEADERS[family]
+    (finding,) = _path_mtu(doctor_lab, topology)
+    assert finding.severity == "info", finding
