@@ -647,8 +647,8 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,  # noqa: PLR0911, PLR
                 if run.packet.proto != "tcp":
                     return None
                 mss = value.get("value")
-                if mss == {"rt": {"key": "mtu"}} or (isinstance(mss, int)
-                                                     and not isinstance(mss, bool)):
+                if mss == {"rt": {"key": "mtu"}} or (isinstance(mss, int) and not isinstance(
+                        mss, bool) and 0 <= mss <= 0xFFFF):  # an edited bundle's -1: no clamp
                     run.clamp(text, mss if isinstance(mss, int) else None)
                 continue
             if key == "mangle" and _is_mark(value.get("key")):

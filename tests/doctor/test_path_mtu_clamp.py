@@ -125,6 +125,7 @@ def _maxseg(value: Any) -> dict[str, Any]:
     ("forward", 1241, "warning"),
     ("prerouting", {"rt": {"key": "mtu"}}, "warning"),  # refused there: no route yet
     ("forward", {"meta": {"key": "mark"}}, "warning"),  # not read: counted as no clamp
+    ("forward", -1, "warning"),  # no MSS nft lists (an edited bundle): no clamp
 ])
 def test_an_nft_maxseg_clamp_counts_where_and_when_it_fits(hook: str, value: Any,
                                                            severity: str) -> None:
