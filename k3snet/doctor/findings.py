@@ -20,7 +20,7 @@ import attrs
 
 from k3snet._logline import printable_line
 from k3snet.doctor.packet import PLANNED_ORDER, BaseChain, ChainResult, NatAction, Packet
-from k3snet.doctor.routing import RouteEntry, table_name
+from k3snet.doctor.routing import RouteEntry, lookup, table_name
 from k3snet.doctor.state import NodeState
 from k3snet.doctor.trace import POD_FACING, Flow, Step, Trace, Verdict, trace
 from k3snet.errors import ModelError
@@ -675,7 +675,8 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
                       f"(dev {branch.egress} mtu {state.mtus.get(branch.egress)})")
         if tr.flow.family == 6 and path < _IPV6_MIN_MTU:
             return [_below_ipv6_minimum(tr, branch.egress, where, path, pod_mtu)]
-        clamps = _mss_clamps(branch, route.mtu or device_mtu, path)
+        clamps = _mss_clamps(branch, route.mtu or device_mtu, path,
+                             reply_mtu=_syn_ack_route_mtu(state, branch))
         if clamps is not None:
             found = found or _clamped(tr, branch.egress, where, path=path, pod_mtu=pod_mtu,
                                      clamps=clamps)
@@ -711,7 +712,29 @@ _MSS_HEADERS = {4: 40, 6: 60}
 """What TCP's MSS leaves out of a packet: the IPv4 (IPv6) and TCP headers."""
 
 
-def _mss_clamps(branch: Trace, route_mtu: int | None, path: int) -> tuple[Step, Step] | None:
+def _syn_ack_route_mtu(state: NodeState, branch: Trace) -> int | None:
+    """The MTU ``--clamp-mss-to-pmtu`` (nft's ``rt mtu``) clamps the SYN-ACK to: the
+    smaller of its own route's (to the pod) and that of the route the node itself takes
+    to the SYN-ACK's source, the endpoint (xt_TCPMSS's tcpmss_reverse_mtu, nft_rt's
+    get_tcpmss: a lookup by that destination alone, no source, no mark, no ``iif``), each
+    the route's ``mtu``, else its device's. Not the pods' route where a policy rule (``iif
+    cni0``, ``from`` the pods) alone leads to it: the node's own may carry no ``mtu``.
+    None: that lookup finds no route."""
+    fam = branch.flow.family
+    own = lookup(state.routes[fam], state.rules[fam], branch.target,
+                 ignore_linkdown=state.linkdown_ignored(fam))
+    if not own.ok or own.route is None or own.route.device is None:
+        return None
+    mtus = [own.route.mtu or state.device_mtu(own.route.device, fam)]
+    back = branch.reply_route.route if branch.reply_route is not None else None
+    if back is not None and back.device is not None:
+        mtus.append(back.mtu or state.device_mtu(back.device, fam))
+    known = [m for m in mtus if m is not None]
+    return min(known) if known else None
+
+
+def _mss_clamps(branch: Trace, route_mtu: int | None, path: int, *,
+                reply_mtu: int | None) -> tuple[Step, Step] | None:
     """The rules clamping the MSS of the branch's SYN and of its SYN-ACK to fit ``path``,
     where the trace ran them (in the kernel's order of chains, only where the flow's
     packets matched), or None.
@@ -720,10 +743,11 @@ def _mss_clamps(branch: Trace, route_mtu: int | None, path: int) -> tuple[Step, 
     of the SYN's: both are needed. ``--clamp-mss-to-pmtu`` (nft's ``rt mtu``) sets the
     route's MTU less the headers once the packet is routed (forward, postrouting; the
     kernel refuses both in prerouting, where the packet has no route yet): the route's
-    ``mtu``, else its device's (the kernel's ``dst_mtu``; for the SYN-ACK also that of
-    the route back to its source, the same route), which fits unless an IPv4 route's
-    mtu is over its device's. ``--set-mss N`` (nft's ``set N``) fits when N and the
-    headers do, in any chain."""
+    ``mtu``, else its device's (the kernel's ``dst_mtu``; for the SYN-ACK
+    ``reply_mtu``, :func:`_syn_ack_route_mtu`, which the node's own route to the
+    endpoint decides), which fits unless the route's mtu is over its device's (IPv4 or
+    IPv6: the kernel takes the route's). ``--set-mss N``
+    (nft's ``set N``) fits when N and the headers do, in any chain."""
     if branch.flow.protocol != "tcp":
         return None  # clamping helps TCP alone
     headers = _MSS_HEADERS[branch.flow.family]
@@ -732,9 +756,10 @@ def _mss_clamps(branch: Trace, route_mtu: int | None, path: int) -> tuple[Step, 
         if step.code != "mss-clamp" or step.direction in found:
             continue
         to = step.detail.rpartition(" to ")[2]
+        mtu = route_mtu if step.direction == "original" else reply_mtu
         fits = (int(to) + headers <= path if to.isdigit()
                 else step.stage in ("forward", "postrouting")
-                and route_mtu is not None and route_mtu <= path)
+                and mtu is not None and mtu <= path)
         if fits:
             found[step.direction] = step
     if "original" in found and "reply" in found:

@@ -611,7 +611,7 @@ def _run_chain(chain: NftChain, run: _Run, depth: int = 0) -> ChainResult | None
     return None
 
 
-def _run_rule(chain: NftChain, expr: list[Any], run: _Run,  # noqa: PLR0912 - per statement
+def _run_rule(chain: NftChain, expr: list[Any], run: _Run,  # noqa: PLR0911, PLR0912 - per statement
               depth: int) -> ChainResult | str | None:
     text = rule_text(chain, expr)
     for index, statement in enumerate(expr):
@@ -640,12 +640,15 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,  # noqa: PLR0912 - pe
                     run.packet = attrs.evolve(run.packet, mark=None)
                 continue
             if key == "mangle" and _is_maxseg(value.get("key")):
-                # MSS clamping changes nothing else the doctor follows, and never drops
-                # (nft_exthdr breaks off the rule on a packet it cannot rewrite): a value
-                # not read is no clamp counted.
+                # MSS clamping changes nothing else the doctor follows, and never drops;
+                # nft_exthdr breaks off the rule on a packet that is not TCP (nft puts no
+                # ``tcp`` match before a set): what follows is TCP's alone. A value not
+                # read is no clamp counted.
+                if run.packet.proto != "tcp":
+                    return None
                 mss = value.get("value")
-                if mss == {"rt": {"key": "mtu"}} or (isinstance(mss, int)
-                                                     and not isinstance(mss, bool)):
+                if mss == {"rt": {"key": "mtu"}} or (isinstance(mss, int) and not isinstance(
+                        mss, bool) and 0 <= mss <= 0xFFFF):  # an edited bundle's -1: no clamp
                     run.clamp(text, mss if isinstance(mss, int) else None)
                 continue
             if key == "mangle" and _is_mark(value.get("key")):
@@ -891,6 +894,10 @@ def _effect(chain: NftChain, rest: list[Any], run: _Run, depth: int) -> str:  # 
             return "drop"
         if key == "xt" and _xt_target(value) in XT_CONTINUE:
             continue
+        if key == "mangle" and isinstance(value, Mapping) and _is_maxseg(value.get("key")):
+            if run.packet.proto != "tcp":
+                return "none"  # nft_exthdr breaks off the rule (see _run_rule)
+            continue  # an MSS clamp decides nothing
         if key == "xt" and _xt_target(value) in ("NFQUEUE", "QUEUE"):
             return _xt_queue(value, run.packet)[2]
         if key == "queue":

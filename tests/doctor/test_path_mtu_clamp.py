@@ -125,6 +125,7 @@ def _maxseg(value: Any) -> dict[str, Any]:
     ("forward", 1241, "warning"),
     ("prerouting", {"rt": {"key": "mtu"}}, "warning"),  # refused there: no route yet
     ("forward", {"meta": {"key": "mark"}}, "warning"),  # not read: counted as no clamp
+    ("forward", -1, "warning"),  # no MSS nft lists (an edited bundle): no clamp
 ])
 def test_an_nft_maxseg_clamp_counts_where_and_when_it_fits(hook: str, value: Any,
                                                            severity: str) -> None:
@@ -134,3 +135,68 @@ def test_an_nft_maxseg_clamp_counts_where_and_when_it_fits(hook: str, value: Any
     # a clamp decides nothing: the trace is as certain as without it
     d = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
     assert not [f for f in d.findings if f.code == "unknown-rules"], d.render()
+
+
+@pytest.mark.parametrize("protocol", ["udp", "icmp"])
+def test_an_nft_clamp_breaks_off_its_rule_for_other_protocols_so_a_verdict_after_it_is_tcp_s(
+        protocol: str) -> None:
+    """``tcp option maxseg size set rt mtu drop``: nft puts no ``tcp`` match before a set,
+    and the kernel's nft_exthdr breaks off the rule on a packet that is not TCP (shown in
+    tests/doctor/test_path_mtu_clamp_kernel.py): the drop is TCP's alone."""
+    state = _state(nft=_nft_chain("forward", [_maxseg({"rt": {"key": "mtu"}}), {"drop": None}]))
+    other = diagnose(state, Flow("10.42.0.10", "192.168.2.10", protocol=protocol,  # type: ignore[arg-type]
+                                 port=None if protocol == "icmp" else 5432))
+    assert other.verdict is Verdict.REACHES, other.render()
+    tcp = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
+    assert tcp.verdict is Verdict.BLOCKED, tcp.render()
+
+
+def test_a_rule_not_evaluated_whose_rest_is_an_nft_clamp_leaves_the_verdict_certain() -> None:
+    """A match the reader cannot evaluate (``meta skgid 0``) before a clamp: whether the
+    rule matched or not, the flow goes on (a clamp decides nothing), as for iptables'
+    ``-m owner ... -j TCPMSS``; the clamp is not counted (it may not have matched)."""
+    skgid = {"match": {"op": "==", "left": {"meta": {"key": "skgid"}}, "right": 0}}
+    state = _state(nft=_nft_chain("forward", [skgid, _SYN, _maxseg({"rt": {"key": "mtu"}})]))
+    for protocol in ("tcp", "udp"):
+        d = diagnose(state, Flow("10.42.0.10", "192.168.2.10", protocol=protocol,
+                                 port=5432))
+        assert d.verdict is Verdict.REACHES, d.render()
+    assert _path_mtu(state).severity == "warning"
+
+
+@pytest.mark.parametrize("own_mtu", [None, 1280])
+def test_a_clamp_to_pmtu_takes_the_node_s_own_route_for_the_syn_ack_not_the_pods_policy_route(
+        own_mtu: int | None) -> None:
+    """Pods leave through table 100 (``iif cni0``), whose route carries ``mtu 1280``; the
+    kernel clamps the SYN-ACK to the route the node itself takes to the destination (no
+    ``iif``): main's, by eth1, at 1500 unless it carries the mtu too (shown in
+    tests/doctor/test_path_mtu_clamp_kernel.py)."""
+    addresses = [
+        {"ifname": "cni0", "mtu": 1500, "flags": ["UP"],
+         "addr_info": [{"local": "10.42.0.1", "prefixlen": 24}]},
+        {"ifname": "eth0", "mtu": 1500, "flags": ["UP"],
+         "addr_info": [{"local": "192.168.1.5", "prefixlen": 24}]},
+        {"ifname": "eth1", "mtu": 1500, "flags": ["UP"],
+         "addr_info": [{"local": "192.168.4.5", "prefixlen": 24}]},
+    ]
+    own: dict[str, Any] = {"metrics": [{"mtu": own_mtu}]} if own_mtu else {}
+    routes = [
+        {"dst": "10.42.0.0/24", "dev": "cni0", "scope": "link"},
+        {"dst": "192.168.1.0/24", "dev": "eth0", "scope": "link"},
+        {"dst": "192.168.4.0/24", "dev": "eth1", "scope": "link"},
+        {"dst": "192.168.2.0/24", "gateway": "192.168.4.1", "dev": "eth1", **own},
+        {"dst": "192.168.2.0/24", "gateway": "192.168.1.1", "dev": "eth0", "table": "100",
+         "metrics": [{"mtu": 1280}]},
+    ]
+    rules = [{"priority": 0, "src": "all", "table": "local"},
+             {"priority": 100, "src": "all", "iif": "cni0", "table": "100"},
+             {"priority": 32766, "src": "all", "table": "main"},
+             {"priority": 32767, "src": "all", "table": "default"}]
+    files = {"addr.json": json.dumps(addresses), "routes-v4.json": json.dumps(routes),
+             "rules-v4.json": json.dumps(rules),
+             "iptables-nft-v4.save": _table("mangle", ":FORWARD ACCEPT [0:0]",
+                                            f"-A FORWARD {_CLAMP} --clamp-mss-to-pmtu")
+             + _NAT, "sysctl.txt": "net.ipv4.ip_forward = 1\n"}
+    finding = _path_mtu(NodeState.from_capture(NodeCapture.from_texts(files)))
+    assert "leave by eth0" in finding.what, finding
+    assert finding.severity == ("info" if own_mtu else "warning"), finding

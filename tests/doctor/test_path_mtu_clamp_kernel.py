@@ -14,13 +14,14 @@ TCP flow so covered is an ``info`` finding naming the clamp; UDP keeps the warni
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import pytest
 
-from k3snet.doctor import Flow, NodeState, diagnose
+from k3snet.doctor import Flow, NodeState, Verdict, diagnose
 from k3snet.lab.netns import run_in
 
 from .conftest import DEST_NETS, PORT, UPLINKS, DoctorLab, Topology, to_v6
@@ -176,6 +177,114 @@ def test_a_clamp_behind_an_accept_the_flow_meets_first_is_no_clamp(
     (finding,) = _path_mtu(doctor_lab, topology)
     assert finding.severity == "warning", finding
     _clamp(doctor_lab, family, "iptables-nft", "pmtu")
+    assert _pod_mss(doctor_lab, topology) == 1280 - _HEADERS[family]
+    (finding,) = _path_mtu(doctor_lab, topology)
+    assert finding.severity == "info", finding
+
+
+_UDP = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+socket.socket(family, socket.SOCK_DGRAM).sendto(b"x", (sys.argv[1], int(sys.argv[2])))
+"""
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_nft_clamp_breaks_off_its_rule_for_udp_so_its_verdict_is_tcp_s_alone(
+        doctor_lab: DoctorLab, family: Literal[4, 6]) -> None:
+    """``tcp option maxseg size set rt mtu drop`` (no ``tcp`` match before it: nft adds no
+    dependency to a set): the kernel's nft_exthdr breaks off the rule on a packet that is
+    not TCP, so the drop after it is TCP's alone; a UDP datagram passes on."""
+    topology = _setup(doctor_lab, family)
+    run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=(
+        "table inet h_clamp {\n chain forward {\n  type filter hook forward priority -150; "
+        "policy accept;\n  tcp option maxseg size set rt mtu drop\n }\n"
+        " chain postrouting {\n  type filter hook postrouting priority 0; policy accept;\n"
+        "  meta l4proto udp counter\n }\n}\n"))
+    run_in(doctor_lab.names["pod"], [sys.executable, "-c", _UDP, topology.destination,
+                                     str(PORT)])
+    ruleset = json.loads(run_in(doctor_lab.node, ["nft", "-j", "list", "table", "inet",
+                                                  "h_clamp"]).stdout)
+    (counter,) = [s["counter"] for item in ruleset["nftables"] if "rule" in item
+                  for s in item["rule"]["expr"] if "counter" in s]
+    assert counter["packets"] == 1  # the kernel let the datagram past the drop
+    state = NodeState.from_capture(doctor_lab.capture())
+    for protocol, verdict in (("udp", Verdict.REACHES), ("tcp", Verdict.BLOCKED)):
+        d = diagnose(state, Flow(topology.pod, topology.destination, protocol=protocol,  # type: ignore[arg-type]
+                                 port=topology.port))
+        assert d.verdict is verdict, d.render()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_clamping_to_a_route_s_mtu_over_its_device_s_leaves_the_pod_s_mss_too_large(
+        doctor_lab: DoctorLab, family: Literal[4, 6]) -> None:
+    """The route to the database at ``mtu 1500`` through eth0 at 1400: the kernel's
+    ``--clamp-mss-to-pmtu`` takes the route's mtu, so the pod's MSS stays 1460 (IPv6
+    1440: segments of 1500 bytes, which eth0 drops, or IPv6 answers with Packet Too Big)
+    and the warning stays; ``--set-mss`` fitting 1400 does fix it."""
+    topology = _setup(doctor_lab, family)
+    node, headers = doctor_lab.node, _HEADERS[family]
+    convert = to_v6 if family == 6 else str
+    run_in(node, ["ip", "link", "set", "eth0", "mtu", "1400"])
+    try:
+        run_in(node, ["ip", f"-{family}", "route", "replace", convert(DEST_NETS["plain"]),
+                      "via", convert(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "1500",
+                      "proto", "static"])
+        _clamp(doctor_lab, family, "iptables-nft", "pmtu")
+        assert _pod_mss(doctor_lab, topology) == 1500 - headers
+        (finding,) = _path_mtu(doctor_lab, topology)
+        assert finding.severity == "warning", finding
+        _clamp(doctor_lab, family, "iptables-nft", str(1400 - headers))
+        assert _pod_mss(doctor_lab, topology) == 1400 - headers
+        (finding,) = _path_mtu(doctor_lab, topology)
+    finally:
+        run_in(node, ["ip", "link", "set", "eth0", "mtu", "1500"])
+    assert finding.severity == "info", finding
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("flavour", ["iptables-nft", "legacy", "nft"])
+def test_a_clamp_of_new_packets_alone_misses_the_syn_ack_which_is_established(
+        doctor_lab: DoctorLab, family: Literal[4, 6], flavour: str) -> None:
+    """``--ctstate NEW`` / ``ct state new``: the SYN-ACK is the connection's reply,
+    ``established``, so it crosses unclamped and the pod's MSS stays the kernel's own."""
+    topology = _setup(doctor_lab, family)
+    _clamp(doctor_lab, family, flavour, "pmtu",
+           "ct state new" if flavour == "nft" else "-m conntrack --ctstate NEW")
+    assert _pod_mss(doctor_lab, topology) == 1500 - _HEADERS[family]
+    (finding,) = _path_mtu(doctor_lab, topology)
+    assert finding.severity == "warning", finding
+    _clamp(doctor_lab, family, flavour, "pmtu",
+           "ct state established" if flavour == "nft" else "-m conntrack --ctstate ESTABLISHED")
+    assert _pod_mss(doctor_lab, topology) == 1280 - _HEADERS[family]
+    (finding,) = _path_mtu(doctor_lab, topology)
+    assert finding.severity == "info", finding
+
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("flavour", ["iptables-nft", "nft"])
+def test_a_clamp_to_pmtu_misses_a_path_mtu_only_the_pods_policy_route_carries(
+        doctor_lab: DoctorLab, family: Literal[4, 6], flavour: str) -> None:
+    """Pods leave through table 100 (``iif cni0 lookup 100``), whose route to the database
+    carries ``mtu 1280``; the node's own route (main, by eth1) none. The SYN-ACK's clamp
+    takes the route the node itself takes to its source (no ``iif``), not the pods': the
+    pod's MSS stays 1460 (1440) and so does the warning; with ``mtu 1280`` on the node's
+    own route too, the clamp fits."""
+    topology = Topology(family=family, route="policy")
+    doctor_lab.configure(topology)
+    convert = to_v6 if family == 6 else str
+    network = convert(DEST_NETS["plain"])
+    run_in(doctor_lab.node, ["ip", f"-{family}", "route", "replace", network, "via",
+                             convert(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "1280",
+                             "table", "100"])
+    _clamp(doctor_lab, family, flavour, "pmtu")
+    assert _pod_mss(doctor_lab, topology) == 1500 - _HEADERS[family]
+    (finding,) = _path_mtu(doctor_lab, topology)
+    assert finding.severity == "warning", finding
+    run_in(doctor_lab.node, ["ip", f"-{family}", "route", "replace", network, "via",
+                             convert(UPLINKS["eth1"][1]), "dev", "eth1", "mtu", "1280",
+                             "proto", "static"])
     assert _pod_mss(doctor_lab, topology) == 1280 - _HEADERS[family]
     (finding,) = _path_mtu(doctor_lab, topology)
     assert finding.severity == "info", finding
