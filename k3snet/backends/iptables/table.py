@@ -167,7 +167,8 @@ class TableState:
     inactive: set[str] = attrs.field(factory=set)
     aside: set[str] = attrs.field(factory=set)
     """The owned units :func:`set_aside` found met first by a foreign rule that decides some
-    of their packets otherwise (owned all the same: the plan deletes them)."""
+    of their packets otherwise (owned all the same: the plan deletes one the spec no
+    longer wants, and notes the conflict of one it wants, leaving it in place)."""
     dirty: set[str] = attrs.field(factory=set)
     """Chains holding rules that match no valid unit, or that should not exist."""
     findings: list[tuple[str, str]] = attrs.field(factory=list)
