@@ -274,6 +274,10 @@ class Soak:
     def flood(self, seconds: float) -> None:
         """Clients sending headers past 8 KiB and going on, beside /readyz asked."""
         i = 2
+        # An agent just restarted listens only once its imports are done: not a miss.
+        if not wait_for(lambda: http_get(self.url(i, "/healthz"))[0] == 200, 60):
+            self.failures.append(f"agent {i}: no /healthz 200 within 60 s")
+            return
         stop = threading.Event()
 
         def client() -> None:
@@ -292,16 +296,23 @@ class Soak:
             thread.start()
         answered = 0
         asked = 0
+        missed: list[str] = []
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             asked += 1
-            if http_get(self.url(i, "/healthz"), timeout=3)[0] == 200:
+            began = time.monotonic()
+            status, body = http_get(self.url(i, "/healthz"), timeout=3)
+            if status == 200:
                 answered += 1
+            else:
+                took = time.monotonic() - began
+                missed.append(f"{status} {body.strip()[:60]} after {took:.1f} s")
             time.sleep(0.2)
         stop.set()
         for thread in threads:
             thread.join(timeout=10)
-        self.events.append(f"flood of agent {i}: /healthz answered {answered}/{asked}")
+        self.events.append(f"flood of agent {i}: /healthz answered {answered}/{asked}"
+                           + (f" (missed: {sorted(set(missed))[:3]})" if missed else ""))
         if answered == 0:
             self.failures.append(f"probe of agent {i} never answered during the flood")
 
