@@ -21,11 +21,13 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from k3snet import kube
+from k3snet.backends import kit
 from k3snet.backends.iptables.driver import Processes
 from k3snet.backends.kit import undo_running, undo_spares_children
 from k3snet.cli import sigterm_undoes
@@ -124,6 +126,54 @@ def test_k3snet_s_handlers_are_back_and_a_signal_within_reaches_them(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _signalled_meanwhile(within: Callable[[], object]) -> list[int]:
+    """The signals k3snet's handlers took: a SIGTERM sent within ``within``, run in an
+    undo's :func:`undo_spares_children` block."""
+    came: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: came.append(signum))
+                for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        handlers = {signum: signal.getsignal(signum) for signum in previous}
+        with undo_running(), undo_spares_children():
+            within()
+            assert came == []
+        assert {signum: signal.getsignal(signum) for signum in previous} == handlers
+        assert not _blocked_here()
+        return came
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def test_a_signal_pending_as_an_inner_block_ignores_it_reaches_k3snet_once(
+        request: pytest.FixtureRequest) -> None:
+    """Setting SIGTERM ignored discards one pending (POSIX): a nested block did."""
+    if not _in_one_thread(request):
+        return
+
+    def nested() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # blocked, pending
+        with undo_spares_children():
+            pass
+
+    assert _signalled_meanwhile(nested) == [signal.SIGTERM]
+
+
+def test_a_signal_that_came_as_the_block_began_reaches_k3snet_once(
+        request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One that came once SIGTERM was blocked, before it was ignored."""
+    if not _in_one_thread(request):
+        return
+    counted = kit._one_thread
+
+    def signalled() -> bool:
+        os.kill(os.getpid(), signal.SIGTERM)  # blocked, pending
+        return counted()
+
+    monkeypatch.setattr(kit, "_one_thread", signalled)
+    assert _signalled_meanwhile(lambda: None) == [signal.SIGTERM]
 
 
 def test_a_command_outside_an_undo_is_stopped_by_sigterm_as_before() -> None:
