@@ -30,6 +30,7 @@ from k3snet import kube
 from k3snet.backends import kit
 from k3snet.backends.iptables.driver import Processes
 from k3snet.backends.kit import undo_running, undo_spares_children
+from k3snet.backends.nftables.kernel import list_in_child
 from k3snet.cli import sigterm_undoes
 from k3snet.errors import BackendError
 
@@ -209,6 +210,24 @@ def test_an_undo_s_iptables_save_outlives_sigterm_and_sighup(
     assert not _blocked_here()
     with pytest.raises(BackendError):
         Processes(None).start_save(4, "nft").text()
+
+
+def test_an_undo_s_nft_listing_outlives_sigterm_and_sighup(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """The ``nft`` an nftables listing runs while libnftables' thread is stuck."""
+    if not _in_one_thread(request):  # (the stand-in is a dash script: it unblocks them)
+        return
+    nft = tmp_path / "nft"
+    nft.write_text(_SIGNALLED.replace("'# survived'", "'{\"nftables\": [{\"table\": {}}]}'"))
+    nft.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert shutil.which("nft") == str(nft)  # never the real tool
+    deadline = time.monotonic() + 300  # a bound, not a timing
+    with undo_running():
+        assert list_in_child(deadline, "table", family="ip", name="k3snet") == [{"table": {}}]
+    assert not _blocked_here()
+    with pytest.raises(BackendError):  # outside an undo, killed as before
+        list_in_child(deadline, "table", family="ip", name="k3snet")
 
 
 @pytest.fixture
