@@ -13,6 +13,7 @@ The tools are stand-ins on ``PATH`` (no network is touched).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -228,6 +229,22 @@ def test_an_undo_s_nft_listing_outlives_sigterm_and_sighup(
     assert not _blocked_here()
     with pytest.raises(BackendError):  # outside an undo, killed as before
         list_in_child(deadline, "table", family="ip", name="k3snet")
+
+
+def test_a_command_past_its_timeout_is_not_waited_for_past_its_kill_by_a_child_it_left(
+        tmp_path: Path) -> None:
+    """As ``subprocess.run``: the command killed, k3snet waits for it, not for the output
+    pipes a child of its still holds (a ``modprobe`` ``iptables`` started)."""
+    left = tmp_path / "left"
+    script = f"sleep 300 & echo $! > {left}; exec sleep 300"
+    try:
+        with pytest.raises(BackendError, match="timed out"):
+            Processes(None).run(["sh", "-c", script], timeout=0.5)  # a bound, not a timing
+        os.kill(int(left.read_text()), 0)  # still there: nobody waited for it
+    finally:
+        if left.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(left.read_text()), signal.SIGKILL)
 
 
 @pytest.fixture
