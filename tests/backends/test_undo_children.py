@@ -13,6 +13,7 @@ The tools are stand-ins on ``PATH`` (no network is touched).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import shutil
@@ -109,6 +110,32 @@ def test_with_another_thread_running_no_signal_is_ignored_they_are_blocked() -> 
     masks = dict(line.split(":\t") for line in done.stdout.splitlines())
     spared = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGHUP - 1))
     assert int(masks["SigBlk"], 16) & spared == spared
+
+
+def test_a_thread_threading_does_not_count_gets_them_blocked_not_ignored() -> None:
+    """A thread ``threading`` does not see (a C library's, execnet's under pytest-xdist,
+    one of ``_thread``): it may take a signal, so none is ignored for the process."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    started, stop = _thread.allocate_lock(), _thread.allocate_lock()
+    started.acquire()
+    stop.acquire()
+
+    def unseen() -> None:
+        started.release()
+        stop.acquire()
+
+    tasks = len(os.listdir("/proc/self/task"))
+    _thread.start_new_thread(unseen, ())
+    try:
+        started.acquire()  # (it runs)
+        with undo_running(), undo_spares_children():
+            seen = {signum: signal.getsignal(signum) for signum in handlers}
+            assert set(signal.pthread_sigmask(signal.SIG_BLOCK, ())) >= set(handlers)
+    finally:
+        stop.release()
+        while len(os.listdir("/proc/self/task")) > tasks:  # gone before the next test
+            time.sleep(0.01)
+    assert seen == handlers
 
 
 def test_k3snet_s_handlers_are_back_and_a_signal_within_reaches_them(
