@@ -138,6 +138,26 @@ def test_a_thread_threading_does_not_count_gets_them_blocked_not_ignored() -> No
     assert seen == handlers
 
 
+def test_without_proc_self_task_threading_s_count_is_taken(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``/proc`` in the container, or one that cannot be read: not an error."""
+    def unreadable(path: str) -> list[str]:
+        raise PermissionError(13, "Permission denied", path)
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        monkeypatch.setattr(os, "listdir", unreadable)  # (kit reads it there)
+        assert kit._one_thread() is False
+        with undo_running(), undo_spares_children():
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
+    finally:
+        monkeypatch.undo()
+        stop.set()
+        other.join()
+
+
 def test_k3snet_s_handlers_are_back_and_a_signal_within_reaches_them(
         request: pytest.FixtureRequest) -> None:
     if not _in_one_thread(request):
