@@ -66,6 +66,9 @@ def _blocked_here() -> set[int]:
     return set(signal.pthread_sigmask(signal.SIG_BLOCK, ())) & {signal.SIGTERM, signal.SIGHUP}
 
 
+_RUN_ALONE = "K3SNET_TEST_UNDO_CHILDREN_ALONE"  # set in the pytest of its own
+
+
 def _in_one_thread(request: pytest.FixtureRequest) -> bool:
     """True where this process runs one thread, as the CLI applying through iptables
     does: :func:`undo_spares_children` ignores SIGTERM and SIGHUP for the tools then,
@@ -74,11 +77,12 @@ def _in_one_thread(request: pytest.FixtureRequest) -> bool:
     returns False (nothing more to do here)."""
     if len(os.listdir("/proc/self/task")) == 1:  # (the kernel's count: execnet's too)
         return True
+    assert not os.environ.get(_RUN_ALONE), "a pytest of its own runs threads: no rerun"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
          request.node.nodeid],
         cwd=request.config.rootpath, capture_output=True, text=True, timeout=300,
-        check=False)
+        check=False, env={**os.environ, _RUN_ALONE: "1"})
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     return False
 
