@@ -405,24 +405,31 @@ def undo_spares_children() -> Iterator[None]:
     can be set there), they are only blocked, which ``exec`` keeps too (``iptables`` and
     ``ip netns exec`` leave the mask as it is): ignored for the process while another
     thread, not blocking them, may take one, a SIGTERM in the block was lost (the agent's,
-    from the kubelet).
+    from the kubelet). A signal already pending when they are ignored (it came as the
+    block began, or within an outer block) would be discarded by that (POSIX): it is
+    sent again as the block ends, and taken once.
     """
     if not undoing():
         yield
         return
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SPARED)
     handlers: dict[signal.Signals, Any] = {}
+    came: list[signal.Signals] = []  # pending: ignoring it discards it, sent again at the end
     try:
         if threading.current_thread() is threading.main_thread() and _one_thread():
             for signum in sorted(_SPARED):
                 handler = signal.getsignal(signum)
                 if handler is not None:  # None: not set from Python, cannot be put back
+                    if signum in signal.sigpending():
+                        came.append(signum)
                     handlers[signum] = handler
                     signal.signal(signum, signal.SIG_IGN)
         yield
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+        for signum in came:  # still blocked: taken once, at the unblocking
+            os.kill(os.getpid(), signum)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
 

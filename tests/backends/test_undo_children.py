@@ -13,6 +13,8 @@ The tools are stand-ins on ``PATH`` (no network is touched).
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import os
 import shutil
 import signal
@@ -21,13 +23,16 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from k3snet import kube
+from k3snet.backends import kit
 from k3snet.backends.iptables.driver import Processes
 from k3snet.backends.kit import undo_running, undo_spares_children
+from k3snet.backends.nftables.kernel import list_in_child
 from k3snet.cli import sigterm_undoes
 from k3snet.errors import BackendError
 
@@ -61,6 +66,9 @@ def _blocked_here() -> set[int]:
     return set(signal.pthread_sigmask(signal.SIG_BLOCK, ())) & {signal.SIGTERM, signal.SIGHUP}
 
 
+_RUN_ALONE = "K3SNET_TEST_UNDO_CHILDREN_ALONE"  # set in the pytest of its own
+
+
 def _in_one_thread(request: pytest.FixtureRequest) -> bool:
     """True where this process runs one thread, as the CLI applying through iptables
     does: :func:`undo_spares_children` ignores SIGTERM and SIGHUP for the tools then,
@@ -69,11 +77,12 @@ def _in_one_thread(request: pytest.FixtureRequest) -> bool:
     returns False (nothing more to do here)."""
     if len(os.listdir("/proc/self/task")) == 1:  # (the kernel's count: execnet's too)
         return True
+    assert not os.environ.get(_RUN_ALONE), "a pytest of its own runs threads: no rerun"
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
          request.node.nodeid],
         cwd=request.config.rootpath, capture_output=True, text=True, timeout=300,
-        check=False)
+        check=False, env={**os.environ, _RUN_ALONE: "1"})
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     return False
 
@@ -107,6 +116,52 @@ def test_with_another_thread_running_no_signal_is_ignored_they_are_blocked() -> 
     assert int(masks["SigBlk"], 16) & spared == spared
 
 
+def test_a_thread_threading_does_not_count_gets_them_blocked_not_ignored() -> None:
+    """A thread ``threading`` does not see (a C library's, execnet's under pytest-xdist,
+    one of ``_thread``): it may take a signal, so none is ignored for the process."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    started, stop = _thread.allocate_lock(), _thread.allocate_lock()
+    started.acquire()
+    stop.acquire()
+
+    def unseen() -> None:
+        started.release()
+        stop.acquire()
+
+    tasks = len(os.listdir("/proc/self/task"))
+    _thread.start_new_thread(unseen, ())
+    try:
+        started.acquire()  # (it runs)
+        with undo_running(), undo_spares_children():
+            seen = {signum: signal.getsignal(signum) for signum in handlers}
+            assert set(signal.pthread_sigmask(signal.SIG_BLOCK, ())) >= set(handlers)
+    finally:
+        stop.release()
+        while len(os.listdir("/proc/self/task")) > tasks:  # gone before the next test
+            time.sleep(0.01)
+    assert seen == handlers
+
+
+def test_without_proc_self_task_threading_s_count_is_taken(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ``/proc`` in the container, or one that cannot be read: not an error."""
+    def unreadable(path: str) -> list[str]:
+        raise PermissionError(13, "Permission denied", path)
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        monkeypatch.setattr(os, "listdir", unreadable)  # (kit reads it there)
+        assert kit._one_thread() is False
+        with undo_running(), undo_spares_children():
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
+    finally:
+        monkeypatch.undo()
+        stop.set()
+        other.join()
+
+
 def test_k3snet_s_handlers_are_back_and_a_signal_within_reaches_them(
         request: pytest.FixtureRequest) -> None:
     if not _in_one_thread(request):
@@ -124,6 +179,54 @@ def test_k3snet_s_handlers_are_back_and_a_signal_within_reaches_them(
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _signalled_meanwhile(within: Callable[[], object]) -> list[int]:
+    """The signals k3snet's handlers took: a SIGTERM sent within ``within``, run in an
+    undo's :func:`undo_spares_children` block."""
+    came: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: came.append(signum))
+                for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        handlers = {signum: signal.getsignal(signum) for signum in previous}
+        with undo_running(), undo_spares_children():
+            within()
+            assert came == []
+        assert {signum: signal.getsignal(signum) for signum in previous} == handlers
+        assert not _blocked_here()
+        return came
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def test_a_signal_pending_as_an_inner_block_ignores_it_reaches_k3snet_once(
+        request: pytest.FixtureRequest) -> None:
+    """Setting SIGTERM ignored discards one pending (POSIX): a nested block did."""
+    if not _in_one_thread(request):
+        return
+
+    def nested() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # blocked, pending
+        with undo_spares_children():
+            pass
+
+    assert _signalled_meanwhile(nested) == [signal.SIGTERM]
+
+
+def test_a_signal_that_came_as_the_block_began_reaches_k3snet_once(
+        request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One that came once SIGTERM was blocked, before it was ignored."""
+    if not _in_one_thread(request):
+        return
+    counted = kit._one_thread
+
+    def signalled() -> bool:
+        os.kill(os.getpid(), signal.SIGTERM)  # blocked, pending
+        return counted()
+
+    monkeypatch.setattr(kit, "_one_thread", signalled)
+    assert _signalled_meanwhile(lambda: None) == [signal.SIGTERM]
 
 
 def test_a_command_outside_an_undo_is_stopped_by_sigterm_as_before() -> None:
@@ -159,6 +262,40 @@ def test_an_undo_s_iptables_save_outlives_sigterm_and_sighup(
     assert not _blocked_here()
     with pytest.raises(BackendError):
         Processes(None).start_save(4, "nft").text()
+
+
+def test_an_undo_s_nft_listing_outlives_sigterm_and_sighup(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """The ``nft`` an nftables listing runs while libnftables' thread is stuck."""
+    if not _in_one_thread(request):  # (the stand-in is a dash script: it unblocks them)
+        return
+    nft = tmp_path / "nft"
+    nft.write_text(_SIGNALLED.replace("'# survived'", "'{\"nftables\": [{\"table\": {}}]}'"))
+    nft.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert shutil.which("nft") == str(nft)  # never the real tool
+    deadline = time.monotonic() + 300  # a bound, not a timing
+    with undo_running():
+        assert list_in_child(deadline, "table", family="ip", name="k3snet") == [{"table": {}}]
+    assert not _blocked_here()
+    with pytest.raises(BackendError):  # outside an undo, killed as before
+        list_in_child(deadline, "table", family="ip", name="k3snet")
+
+
+def test_a_command_past_its_timeout_is_not_waited_for_past_its_kill_by_a_child_it_left(
+        tmp_path: Path) -> None:
+    """As ``subprocess.run``: the command killed, k3snet waits for it, not for the output
+    pipes a child of its still holds (a ``modprobe`` ``iptables`` started)."""
+    left = tmp_path / "left"
+    script = f"sleep 300 & echo $! > {left}; exec sleep 300"
+    try:
+        with pytest.raises(BackendError, match="timed out"):
+            Processes(None).run(["sh", "-c", script], timeout=0.5)  # a bound, not a timing
+        os.kill(int(left.read_text()), 0)  # still there: nobody waited for it
+    finally:
+        if left.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(left.read_text()), signal.SIGKILL)
 
 
 @pytest.fixture

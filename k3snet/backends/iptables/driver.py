@@ -421,7 +421,7 @@ def _completed(argv: Sequence[str], *, input_text: str | None, timeout: float,
             stdout, stderr = process.communicate(input_text, timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.communicate()
+            process.wait()  # (not its pipes: a child it started may hold them on)
             raise
         except BaseException:
             process.kill()

@@ -26,6 +26,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from k3snet.backends.kit import undo_spares_children
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.errors import BackendError, BackendUnavailableError
 from k3snet.render.nftables_batch import list_command
@@ -697,24 +698,35 @@ def _timed_out(kind: str, ref: dict[str, str]) -> str:
 
 def list_in_child(deadline: float, kind: str, **ref: str) -> list[dict[str, Any]] | None:
     """``list KIND REF...`` through ``nft -j -f -`` (a JSON command: names passed as data),
-    killed past ``deadline`` (:class:`ListingTimeoutError`). Runs in the caller's namespace."""
+    killed past ``deadline`` (:class:`ListingTimeoutError`). Runs in the caller's namespace;
+    started within :func:`~k3snet.backends.kit.undo_spares_children`, as an undo's tools."""
     what = " ".join(["list", kind, *ref.values()])
     command = list_command(kind, ref)
     timeout = deadline - time.monotonic()
     if timeout <= 0:
         raise ListingTimeoutError(_timed_out(kind, ref))
     try:
-        done = subprocess.run(["nft", "-j", "-f", "-"], input=command, capture_output=True,
-                              text=True, errors="replace", timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise ListingTimeoutError(_timed_out(kind, ref)) from None
+        with undo_spares_children():  # in an undo: the cgroup's SIGTERM leaves it be
+            process = subprocess.Popen(["nft", "-j", "-f", "-"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True, errors="replace")
     except OSError as exc:
         raise BackendError(f"nft {what!r} could not run: {exc}") from exc
-    if done.returncode != 0:
-        if "No such file or directory" in done.stderr:
+    with process:
+        try:
+            stdout, stderr = process.communicate(command, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise ListingTimeoutError(_timed_out(kind, ref)) from None
+        except BaseException:
+            process.kill()
+            raise
+    if process.returncode != 0:
+        if "No such file or directory" in stderr:
             return None
-        raise BackendError(f"nft {what!r} failed: {first_lines(done.stderr)}")
-    return listed_items(done.stdout, what)
+        raise BackendError(f"nft {what!r} failed: {first_lines(stderr)}")
+    return listed_items(stdout, what)
 
 
 def _with_capability(error: str) -> str:
