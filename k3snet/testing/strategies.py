@@ -348,13 +348,17 @@ def routes(
 
 EDGE_DESTINATIONS: Mapping[int, tuple[Network, ...]] = {
     4: tuple(ipaddress.IPv4Network(n) for n in (
-        "0.0.0.0/0", "169.254.0.0/16", "169.254.169.254/32", "255.255.255.255/32")),
+        "0.0.0.0/0", "169.254.0.0/16", "169.254.169.254/32", "0.0.0.0/32",
+        "255.255.255.255/32")),
     6: tuple(ipaddress.IPv6Network(n) for n in (
-        "::/0", "fe80::/64", "2001:db8::1/128", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")),
+        "::/0", "fe80::/64", "2001:db8::1/128", "::/128",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")),
 }
 """The route destinations :func:`routes` draws beside random prefixes, by family: the
 default route, link-local prefixes (a cloud's metadata address among them) and host
-routes at both ends of the address space."""
+routes at both ends of the address space (``0.0.0.0/32`` and ``::/128``: the default
+route's address with a host route's length, which an encoding that leaves an all-zero
+destination out writes as the default route)."""
 
 
 @functools.lru_cache(maxsize=4)
