@@ -151,14 +151,24 @@ def declared_capabilities(name: str, options: Mapping[str, Any] | None = None
     ``capabilities`` option's), else the class attribute ``capabilities``
     (``frozenset({"nat", "forward"})``); ``None`` where neither says (a property) or it
     cannot be loaded here. ``k3snet validate`` reads them to find two backends of a spec managing
-    one kind."""
+    one kind. A third-party ``declared_kinds`` that raises (an option it reads without a
+    default, a ``declared_kinds`` written without ``@classmethod``) is ``None`` too: its
+    bug, which ``validate`` called an internal error of k3snet's; ``plan`` builds the
+    backend and says what is wrong. What k3snet's own code raises is raised."""
     try:
         factory = load_backend(name)
     except (BackendNotFoundError, BackendUnavailableError):
         return None
     declare = getattr(factory, "declared_kinds", None)
-    kinds = (declare(dict(options or {})) if callable(declare)
-             else getattr(factory, "capabilities", None))
+    if callable(declare):
+        try:
+            kinds = declare(dict(options or {}))
+        except Exception as exc:
+            if not raised_by_third_party(declare, exc):
+                raise
+            return None
+    else:
+        kinds = getattr(factory, "capabilities", None)
     if isinstance(kinds, frozenset | set) and all(isinstance(k, str) for k in kinds):
         return frozenset(kinds)
     return None

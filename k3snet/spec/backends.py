@@ -43,7 +43,8 @@ Kinds = Callable[..., Iterable[str] | None]
 """``(name, options) -> the kinds backend name, built with the spec's options for it,
 manages`` (``None``: not known without building it;
 :func:`k3snet.backends.registry.declared_capabilities`). A callable taking the name
-alone (``name -> kinds``) is called so."""
+alone (``name -> kinds``: a mapping's ``get`` too, whose second parameter is its
+default) is called so."""
 
 Paths = Callable[[str], Iterable[str]]
 """``name -> the options of backend name that name a file or directory``
@@ -103,13 +104,29 @@ def _kinds_of(spec: Spec, kinds: Kinds, name: str) -> Iterable[str] | None:
     """``kinds`` of backend ``name`` with the spec's options for it (the memory backend's
     kinds are its ``capabilities`` option's), or of the name alone for a ``kinds`` that
     takes no options."""
+    if _takes_options(kinds):
+        return kinds(name, spec_backend_options(spec, name))
+    return kinds(name)
+
+
+def _takes_options(kinds: Kinds) -> bool:
+    """Whether ``kinds`` is the ``(name, options)`` form: a second positional parameter
+    without a default, or one named ``options`` (``declared_capabilities``'s), or
+    ``*args``. Not one whose second parameter is something else with a default: a
+    mapping's ``get`` (``name -> kinds``, ``None`` unknown) was given the options as its
+    ``default``, and a backend it did not know "managed" its option names."""
     try:
-        inspect.signature(kinds).bind(name, {})
-    except TypeError:
-        return kinds(name)
-    except ValueError:  # no signature to read (a builtin): called as documented
-        pass
-    return kinds(name, spec_backend_options(spec, name))
+        parameters = list(inspect.signature(kinds).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: called as documented
+        return True
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return True
+    positional = [p for p in parameters if p.kind in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2:
+        return False
+    second = positional[1]
+    return second.default is inspect.Parameter.empty or second.name == "options"
 
 
 def _shared_kinds(names: Iterable[str], kinds: Callable[[str], Iterable[str] | None]

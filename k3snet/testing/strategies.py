@@ -348,13 +348,17 @@ def routes(
 
 EDGE_DESTINATIONS: Mapping[int, tuple[Network, ...]] = {
     4: tuple(ipaddress.IPv4Network(n) for n in (
-        "0.0.0.0/0", "169.254.0.0/16", "169.254.169.254/32", "255.255.255.255/32")),
+        "0.0.0.0/0", "169.254.0.0/16", "169.254.169.254/32", "0.0.0.0/32",
+        "255.255.255.255/32")),
     6: tuple(ipaddress.IPv6Network(n) for n in (
-        "::/0", "fe80::/64", "2001:db8::1/128", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")),
+        "::/0", "fe80::/64", "2001:db8::1/128", "::/128",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")),
 }
 """The route destinations :func:`routes` draws beside random prefixes, by family: the
 default route, link-local prefixes (a cloud's metadata address among them) and host
-routes at both ends of the address space."""
+routes at both ends of the address space (``0.0.0.0/32`` and ``::/128``: the default
+route's address with a host route's length, which an encoding that leaves an all-zero
+destination out writes as the default route)."""
 
 
 @functools.lru_cache(maxsize=4)
@@ -665,22 +669,27 @@ def states(
     # Made once: a strategy made inside the draw is checked anew by Hypothesis every time.
     owned_lists = st.lists(owned_objects, min_size=min_owned, max_size=max_owned,
                            unique_by=_key_of)
-    # Drawn with as many more as the owned objects take keys (made once per count): a
-    # foreign list of the minimum size, of which some fell on owned keys, was thrown away,
-    # and with a small pool most draws were (hypothesis's filter_too_much health check).
-    foreign_lists: dict[int, SearchStrategy[list[NetObject]]] = {}
+    foreign_lists = st.lists(foreign_objects, min_size=min_foreign, max_size=max_foreign,
+                             unique_by=_key_of)
 
     @st.composite
     def build(draw: st.DrawFn) -> State:
         mine = draw(owned_lists)
         taken = {o.key for o in mine}
-        spare = min(len(taken), min_foreign)
-        if spare not in foreign_lists:
-            foreign_lists[spare] = st.lists(foreign_objects, min_size=min_foreign + spare,
-                                            max_size=max_foreign + spare, unique_by=_key_of)
-        theirs = [o for o in draw(foreign_lists[spare]) if o.key not in taken]
+        theirs = [o for o in draw(foreign_lists) if o.key not in taken]
+        # Topped up one at a time where owned objects took keys: a list of the minimum
+        # size, of which some fell on owned keys, was thrown away, and with a small pool
+        # most draws were (hypothesis's filter_too_much health check). Not by drawing a
+        # longer list: one longer than the pool's distinct objects is an InvalidArgument.
+        short = min_foreign - len(theirs)
+        for _ in range(4 * short if short > 0 else 0):
+            if len(theirs) >= min_foreign:
+                break
+            extra = draw(foreign_objects)
+            if extra.key not in taken and all(o.key != extra.key for o in theirs):
+                theirs.append(extra)
         assume(len(theirs) >= min_foreign)  # too few once the taken keys are left out
-        return State(owned=mine, foreign=theirs[:max_foreign])
+        return State(owned=mine, foreign=theirs)
 
     return build()
 

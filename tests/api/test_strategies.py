@@ -456,3 +456,10 @@ def test_routes_draw_the_edge_destinations_and_the_largest_table_of_both_familie
         find(ks.routes(family), lambda r: r.destination.is_link_local)
         find(ks.routes(family), lambda r: r.table == 2**32 - 1)
     assert ipaddress.ip_network("::/0") in ks.EDGE_DESTINATIONS[6]
+
+
+@pytest.mark.parametrize("low", ["0.0.0.0/32", "::/128"])
+def test_routes_draw_the_host_route_at_the_low_end_of_the_address_space(low: str) -> None:
+    """"Host routes at both ends" (the docs, the changelog): the high end was drawn, the
+    low one (the default route's all-zero address with a host route's length) was not."""
+    find(ks.routes(), lambda r: r.destination == ipaddress.ip_network(low))

@@ -530,7 +530,7 @@ def test_conformance(ns: str, tmp_path: Path, driver: Driver) -> None:
     # route via 10.9.0.2 dev d0 cannot be put back as it was, and the exact undo the suite
     # asks of a delete is refused by the kernel ("Nexthop has invalid gateway").
     routes = st.one_of(
-        strategies.routes(devices=("d0", "e0"), tables=(254, 100, 1000), **common),
+        strategies.routes(devices=("d0", "e0"), tables=(254, 100, 1000, 2**32 - 1), **common),
         strategies.routes(devices=(None,), tables=(254,), **common))
     sysctls = strategies.sysctls(names=WATCHED_SYSCTLS, values=("0", "1"))
     # reopen: the next process's backend reads the routes and the sysctls' recorded values

@@ -248,7 +248,7 @@ def test_recorded_routes_round_trip() -> None:
     assert [_round_trip(route) for route in routes] == routes
 
 
-@given(strategies.routes(devices=("d0", "e0"), tables=(254, 100, 1000, 70000),
+@given(strategies.routes(devices=("d0", "e0"), tables=(254, 100, 1000, 70000, 2**31, 2**32 - 1),
                          metrics=(None, 0, 100, 2**32 - 1)),
        st.sampled_from(["universe", "link", "host", None]))
 def test_requests_round_trip(route: Route, scope: Any) -> None:

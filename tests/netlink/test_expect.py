@@ -33,7 +33,7 @@ RECORDED: dict[str, Any] = json.loads(
 INDEXES: dict[str, int] = RECORDED["links"]
 NAMES = {index: name for name, index in INDEXES.items()}
 DUMPS = [bytes.fromhex(text) for name in ("route4", "route6") for text in RECORDED["dumps"][name]]
-ROUTES = strategies.routes(devices=("d0", "e0"), tables=(254, 100, 1000, 70000),
+ROUTES = strategies.routes(devices=("d0", "e0"), tables=(254, 100, 1000, 70000, 2**31, 2**32 - 1),
                            metrics=(None, 0, 100, 2**32 - 1))
 
 
