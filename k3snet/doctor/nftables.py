@@ -331,6 +331,12 @@ def _field(packet: Packet, left: Any) -> Any:  # noqa: PLR0911, PLR0912 - per ex
                 return _NoMatch  # no conntrack entry: the expression breaks the rule
             return packet.direction
         raise _Unknown
+    if (isinstance(left, Mapping) and isinstance(left.get("tcp option"), Mapping)
+            and "field" in left["tcp option"] and packet.proto != "tcp"):
+        # nft_exthdr breaks off the rule on a packet that is not TCP (nft puts no ``tcp``
+        # match before it); a TCP packet's options (``exists`` / ``missing`` too, which
+        # read 0 there instead) are not traced: unknown below.
+        return _NoMatch
     if isinstance(left, Mapping) and "&" in left:
         inner, mask = left["&"]
         value = _field(packet, inner)

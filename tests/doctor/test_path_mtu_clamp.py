@@ -200,3 +200,38 @@ def test_a_clamp_to_pmtu_takes_the_node_s_own_route_for_the_syn_ack_not_the_pods
     finding = _path_mtu(NodeState.from_capture(NodeCapture.from_texts(files)))
     assert "leave by eth0" in finding.what, finding
     assert finding.severity == ("info" if own_mtu else "warning"), finding
+
+
+@pytest.mark.parametrize("verdict", ["drop", "accept"])
+def test_an_nft_maxseg_match_breaks_off_its_rule_for_other_protocols_and_is_unknown_for_tcp(
+        verdict: str) -> None:
+    """``tcp option maxseg size 1-500 drop``: nft puts no ``tcp`` match before it either,
+    and the kernel's nft_exthdr breaks off the rule on a packet that is not TCP (no header
+    to read the option from), as for the set; a TCP SYN's MSS is not traced: unknown."""
+    mss = {"match": {"op": "==", "left": {"tcp option": {"name": "maxseg", "field": "size"}},
+                     "right": {"range": [1, 500]}}}
+    state = _state(nft=_nft_chain("forward", [mss, {verdict: None}]))
+    for protocol in ("udp", "icmp"):
+        d = diagnose(state, Flow("10.42.0.10", "192.168.2.10", protocol=protocol,
+                                 port=None if protocol == "icmp" else 5432))
+        assert d.verdict is Verdict.REACHES, d.render()
+        assert not [f for f in d.findings if f.code == "unknown-rules"], d.render()
+    tcp = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
+    assert [f for f in tcp.findings if f.code == "unknown-rules"], tcp.render()
+    if verdict == "drop":
+        assert tcp.verdict is Verdict.UNKNOWN, tcp.render()
+
+
+def test_a_rule_not_evaluated_whose_verdict_follows_an_nft_clamp_decides_for_tcp_alone() -> None:
+    """``meta skgid 0 tcp option maxseg size set rt mtu drop``: whether the match held or
+    not, a UDP datagram or an ICMP echo breaks off the rule at the clamp, so its verdict is
+    certain; a TCP SYN's depends on the match: unknown."""
+    skgid = {"match": {"op": "==", "left": {"meta": {"key": "skgid"}}, "right": 0}}
+    state = _state(nft=_nft_chain("forward", [skgid, _maxseg({"rt": {"key": "mtu"}}),
+                                              {"drop": None}]))
+    for protocol in ("udp", "icmp"):
+        d = diagnose(state, Flow("10.42.0.10", "192.168.2.10", protocol=protocol,
+                                 port=None if protocol == "icmp" else 5432))
+        assert d.verdict is Verdict.REACHES, d.render()
+    tcp = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
+    assert tcp.verdict is Verdict.UNKNOWN, tcp.render()
