@@ -37,8 +37,35 @@ def main() -> int:
     except SystemExit as exc:  # argparse's --help and usage errors, SIGTERM's 143
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except KeyboardInterrupt:  # before the command's own handling: its code, 130
+        _interrupted_early(sys.argv[1:])
         code = 130  # k3snet.cli.EXIT_INTERRUPTED (the module may be half loaded)
     return end(code)
+
+
+def _interrupted_early(argv: list[str]) -> None:
+    """Say a Ctrl-C that came before the command's own handling (the CLI's modules
+    loading, its arguments read), as that handling says one (``k3snet.cli``'s
+    ``_report_stopped``): a line on stderr and, with ``--output json``, an ``error``
+    document of type ``SIGINT``, unless the command printed its document already. It
+    ended with exit 130 and nothing said, and a script reading stdout as one document
+    got none. Reads only the tiny :mod:`k3snet._argv` (the CLI may be half loaded)."""
+    from k3snet._argv import _asks_json, _common_after_command  # noqa: PLC0415
+
+    given = _common_after_command(argv)
+    if given and given[0] == "agent":  # its log says its end (a JSON log: a stray line)
+        return
+    cli = sys.modules.get("k3snet.cli")  # a failed import took it out
+    if cli is not None and getattr(cli, "_DOCUMENT_PRINTED", None):
+        return
+    message = "stopped by SIGINT"
+    with contextlib.suppress(OSError, KeyboardInterrupt):
+        print(f"k3snet: error: {message}", file=sys.stderr)
+        if _asks_json(given):
+            import json  # noqa: PLC0415 - only here: --version must stay cheap
+
+            sys.stdout.write(json.dumps({"format": 1, "kind": "error", "error": {  # JSON_FORMAT
+                "type": "SIGINT", "message": message, "problems": []}},
+                indent=2, sort_keys=True) + "\n")
 
 
 _STANDARD = ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w"))

@@ -130,7 +130,10 @@ def read_input(file: str | Path, limit: int, *, follow: bool = True,
     for reading: a FIFO is not waited on for a writer, nor does it release one; a
     device is never opened (opening ``/dev/watchdog`` starts the machine's reboot
     countdown, a tape rewinds, a terminal could become this process's controlling
-    one), nor read (``/dev/zero`` would not end).
+    one), nor read (``/dev/zero`` would not end). One exception: a pipe this process
+    holds open, named ``/dev/fd/N`` or ``/proc/self/fd/N`` (bash's ``-f <(cat spec)``),
+    is read from that descriptor, to its end and within ``limit``; once, what it gave
+    being what a later read of that name returns.
     """
     # An O_PATH handle opens nothing: the file is judged by it, then the very inode it
     # names is opened for reading through /proc/self/fd (no other file swapped in).
@@ -144,6 +147,8 @@ def read_input(file: str | Path, limit: int, *, follow: bool = True,
         info = os.fstat(where)
         if stat.S_ISLNK(info.st_mode):  # O_PATH | O_NOFOLLOW names the link itself
             raise OSError(errno.ELOOP, "a symbolic link", str(file))
+        if stat.S_ISFIFO(info.st_mode) and (held := _held_pipe(file, info)) is not None:
+            return _read_held_pipe(held, info, limit, file)
         if not stat.S_ISREG(info.st_mode):
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
             raise OSError(errno.EINVAL, kind, str(file))
@@ -161,6 +166,53 @@ def read_input(file: str | Path, limit: int, *, follow: bool = True,
         os.close(fd)
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(file))
+    return data
+
+
+_HELD_PIPE = re.compile(r"/(?:dev|proc/self)/fd/([0-9]+)")
+_PIPES_READ: dict[tuple[int, int], bytes] = {}
+"""What :func:`_read_held_pipe` read of each pipe (device, inode): each later read of
+the same name (a spec is read by its checks, its cache and a plan file's digest) gets
+those bytes, the pipe having given them once."""
+
+
+def _held_pipe(file: str | Path, info: os.stat_result) -> int | None:
+    """The descriptor ``file`` names when it is ``/dev/fd/N`` or ``/proc/self/fd/N`` of a
+    pipe this process holds open (``info``'s): bash's ``-f <(cat spec.yaml)``. Not a
+    named FIFO (its writer may never come) nor any other path to one."""
+    found = _HELD_PIPE.fullmatch(str(file))
+    if found is None:
+        return None
+    fd = int(found.group(1))
+    try:
+        held = os.fstat(fd)
+    except (OSError, OverflowError):
+        return None
+    if not stat.S_ISFIFO(held.st_mode) or (held.st_dev, held.st_ino) != (info.st_dev, info.st_ino):
+        return None
+    return fd
+
+
+def _read_held_pipe(fd: int, info: os.stat_result, limit: int, file: str | Path) -> bytes:
+    """The bytes of the pipe open as descriptor ``fd`` up to its end, at most ``limit``
+    (else an :class:`OSError` ``EFBIG``, the rest unread): read once, then kept."""
+    key = (info.st_dev, info.st_ino)
+    if key in _PIPES_READ:
+        return _PIPES_READ[key]
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(file)) from None
+    if size > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(file))
+    _PIPES_READ[key] = data = b"".join(chunks)
     return data
 
 

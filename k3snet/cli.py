@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 
 from k3snet._admin_path import admin_path
+from k3snet._argv import _COMMON_VALUED, _asks_json, _common_after_command
 from k3snet._env import env_switch
 from k3snet._kept import input_problem, read_input, write_output_in
 from k3snet._logline import bounded as bounded_line
@@ -178,10 +179,6 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageExit(message)
 
 
-JSON_COMMANDS = frozenset({"plan", "apply", "destroy", "observe", "validate", "doctor"})
-"""The commands taking ``--output text|json`` (doctor's ``-o``)."""
-
-
 class _Discarded:
     """A text stream that drops what is written (argparse's usage text, logged instead)."""
 
@@ -229,55 +226,6 @@ def _log_agent_usage_error(argv: Sequence[str], message: str) -> None:
         if _agent_option(name, "--node-name", "--nod") and (equals or index + 1 < len(argv)):
             node = value if equals else argv[index + 1]
     configure_logging(node, "json").error("%s", f"usage: {message}")
-
-
-def _asks_json(argv: Sequence[str]) -> bool:
-    """Whether ``argv`` (the command first) asks for JSON as argparse would read it
-    (``--output json``, ``--output=json``, an abbreviation down to ``--outp``, doctor's
-    ``-o json``), looked at only when argparse refused it: a usage error is then an
-    ``error`` document too, as a script reading stdout expects."""
-    if not argv or argv[0] not in JSON_COMMANDS:
-        return False
-    wanted = "text"
-    for index, arg in enumerate(argv):
-        if arg == "--":
-            break
-        name, equals, value = arg.partition("=")
-        if not equals:
-            value = argv[index + 1] if index + 1 < len(argv) else ""
-        if argv[0] == "doctor" and name.startswith("-o") and name != "-o":
-            value = arg[2:]  # -ojson
-            name = "-o"
-        long = len(name) >= len("--outp") and "--output".startswith(name)
-        if long or (argv[0] == "doctor" and name == "-o"):
-            wanted = value  # the last one given, as argparse keeps
-    return wanted == "json"
-
-
-_COMMON_FLAGS = frozenset({"-q", "--quiet", "--verbose"})
-_COMMON_VALUED = ("--log-format", "--color")
-
-
-def _common_after_command(argv: list[str]) -> list[str]:
-    """``argv`` with the common options given before the command (``k3snet -v plan``)
-    moved after it, where the command's parser reads them (``k3snet plan -v``)."""
-    moved: list[str] = []
-    index = 0
-    while index < len(argv):
-        arg = argv[index]
-        if arg in _COMMON_FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
-            moved.append(arg)
-        elif arg in _COMMON_VALUED and index + 1 < len(argv):
-            moved += argv[index:index + 2]
-            index += 1
-        elif arg.partition("=")[0] in _COMMON_VALUED:
-            moved.append(arg)
-        else:
-            break
-        index += 1
-    if not moved or index >= len(argv) or argv[index].startswith("-"):
-        return argv  # no command after them (`k3snet -v`, `k3snet -v --version`): argparse says
-    return [argv[index], *moved, *argv[index + 1:]]
 
 
 def _common_options() -> _Parser:
@@ -1555,8 +1503,9 @@ class _AgentDesired:
 def _print_json(data: Any) -> None:
     # A secret sysctl's value as the text shows it (docs/spec.md): stdout ends up in CI
     # logs and tickets; a plan file (--out) keeps it, written 0600.
-    print(json.dumps(redact_secrets(data), indent=2, sort_keys=True))
-    _DOCUMENT_PRINTED.append(True)
+    text = json.dumps(redact_secrets(data), indent=2, sort_keys=True)
+    _DOCUMENT_PRINTED.append(True)  # begun: a Ctrl-C within the print adds none after it
+    print(text)
 
 
 # ---------------------------------------------------------------- plan files

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from k3snet.cli import main
+from k3snet import __main__ as entry
+from k3snet import cli
+from k3snet.cli import JSON_FORMAT, main
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 # k3snet's console script, whatever sys.argv[0] is: __main__.main() reads sys.argv.
@@ -129,19 +131,75 @@ def test_an_output_that_cannot_be_written_is_an_error_said_once(
     assert done.stderr.count("No space left on device") == 1, done.stderr
 
 
-def test_ctrl_c_while_the_cli_loads_ends_with_130_and_no_traceback() -> None:
-    # Ctrl-C right after starting lands in the imports of k3snet.cli, before the
-    # command's own handler: Python printed a KeyboardInterrupt traceback.
+def _interrupted_loading(module: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``k3snet argv`` run as a process, Ctrl-C coming as ``module`` is imported."""
     interrupt = ("import sys\n"
                  "class Interrupt:\n"
                  "    def find_spec(self, name, path=None, target=None):\n"
-                 "        if name == 'k3snet.cli':\n"
+                 f"        if name == {module!r}:\n"
                  "            raise KeyboardInterrupt\n"
                  "sys.meta_path.insert(0, Interrupt())\n")
-    done = subprocess.run([sys.executable, "-c", interrupt + RUN, "plan", "-f", str(SEED)],
+    return subprocess.run([sys.executable, "-c", interrupt + RUN, *argv],
                           capture_output=True, text=True, check=False, timeout=120)
+
+
+def test_ctrl_c_while_the_cli_loads_ends_with_130_and_no_traceback() -> None:
+    # Ctrl-C right after starting lands in the imports of k3snet.cli, before the
+    # command's own handler: Python printed a KeyboardInterrupt traceback.
+    done = _interrupted_loading("k3snet.cli", "plan", "-f", str(SEED))
     assert done.returncode == 130
-    assert done.stderr == ""
+    assert done.stderr == "k3snet: error: stopped by SIGINT\n"
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("module", ["k3snet.cli", "k3snet.planner"])
+@pytest.mark.parametrize("argv", [
+    ("apply", "-f", str(SEED), "--output", "json"),
+    ("-v", "plan", "--outp=json", "-f", str(SEED)),
+    ("doctor", "-ojson"),
+], ids=["apply", "common-option-first", "doctor"])
+def test_ctrl_c_while_the_cli_loads_is_an_error_document_with_json(
+        module: str, argv: tuple[str, ...]) -> None:
+    # Exit 130 with nothing on stdout: a script reading it as one document got none,
+    # where a Ctrl-C a moment later is an `error` document of type SIGINT.
+    done = _interrupted_loading(module, *argv)
+    assert done.returncode == 130
+    assert json.loads(done.stdout) == {"format": JSON_FORMAT, "kind": "error", "error": {
+        "type": "SIGINT", "message": "stopped by SIGINT", "problems": []}}
+    assert done.stderr == "k3snet: error: stopped by SIGINT\n"
+
+
+def test_ctrl_c_while_the_agent_loads_says_nothing_in_its_log() -> None:
+    done = _interrupted_loading("k3snet.cli", "agent", "--log-format", "json")
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "")
+
+
+def test_ctrl_c_after_loading_before_the_command_runs_is_an_error_document(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # The CLI loaded, its arguments being read: not yet within _run's handlers.
+    def interrupted(args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_configure_logging", interrupted)
+    monkeypatch.setattr(sys, "argv", ["k3snet", "observe", "--output", "json"])
+    monkeypatch.setenv("K3SNET_FULL_EXIT", "1")
+    assert entry.main() == cli.EXIT_INTERRUPTED
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"]["type"] == "SIGINT"
+    assert err == "k3snet: error: stopped by SIGINT\n"
+
+
+def test_ctrl_c_after_the_document_was_printed_adds_no_second_one(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def printed_then_interrupted(args: object) -> None:
+        cli._print_json({"format": JSON_FORMAT, "kind": "observation"})
+        raise KeyboardInterrupt  # as one within the print, or once _run returned
+
+    monkeypatch.setattr(cli, "_configure_logging", printed_then_interrupted)
+    monkeypatch.setattr(sys, "argv", ["k3snet", "observe", "--output", "json"])
+    monkeypatch.setenv("K3SNET_FULL_EXIT", "1")
+    assert entry.main() == cli.EXIT_INTERRUPTED
+    assert json.loads(capsys.readouterr().out)["kind"] == "observation"
 
 
 @pytest.mark.parametrize(("closed", "argv", "code"), [

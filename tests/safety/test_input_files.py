@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -556,3 +557,61 @@ def test_the_agent_parses_a_spec_text_once_for_its_imports_across_reads(
     config.chmod(0o666)
     with pytest.raises(SpecError, match=r"masquerade\.ipMasqAgentConfig: .*writable by others"):
         source.read()
+
+
+def _pipe_holding(data: bytes) -> int:
+    """The read end of a pipe holding ``data``, its write end closed (as bash's
+    ``<(cat spec.yaml)`` once ``cat`` is done)."""
+    read, write = os.pipe()
+    os.write(write, data)
+    os.close(write)
+    return read
+
+
+def test_a_pipe_this_process_holds_open_is_read_once_within_the_limit(tmp_path: Path) -> None:
+    # bash's `-f <(cat spec.yaml)`: /dev/fd/63, a pipe the shell gave k3snet, was refused
+    # as "not a regular file" (exit 1), while `--out >(...)` was accepted.
+    fds = [_pipe_holding(SPEC.encode()) for _ in range(3)]
+    try:
+        for name in (f"/dev/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}"):
+            assert read_input(name, 1000) == SPEC.encode()
+            assert read_input(name, 1000) == SPEC.encode()  # its checks, cache, digest
+        name = f"/dev/fd/{fds[2]}"
+        with pytest.raises(OSError, match=f"larger than {len(SPEC) - 1} bytes") as raised:
+            read_input(name, len(SPEC) - 1)
+        assert raised.value.filename == name
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_only_a_pipe_held_open_is_read_not_a_named_fifo_nor_another_path_to_one(
+        tmp_path: Path) -> None:
+    held = _pipe_holding(SPEC.encode())
+    try:
+        link = tmp_path / "link"
+        link.symlink_to(f"/dev/fd/{held}")  # the pipe, named otherwise: no exception made
+        with fifo(tmp_path / "fifo") as named:
+            for path in (named, link, f"/proc/{os.getpid()}/fd/{held}"):
+                with pytest.raises(OSError, match="not a regular file"):
+                    read_input(path, 1000)
+    finally:
+        os.close(held)
+
+
+def test_the_command_line_plans_from_a_pipe_it_holds_and_records_its_digest(
+        tmp_path: Path) -> None:
+    spec = (Path(__file__).resolve().parents[2] / "examples" / "seed.yaml").read_bytes()
+    held = _pipe_holding(spec)
+    out = tmp_path / "node.plan"
+    env = {**os.environ, "K3SNET_SPEC_CACHE": "on", "K3SNET_STATE_DIR": str(tmp_path)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "k3snet", "plan", "-f", f"/dev/fd/{held}",
+                               "--backend", "memory", "--no-facts", "--out", str(out)],
+                              capture_output=True, text=True, env=env, timeout=120,
+                              check=False, pass_fds=(held,))
+    finally:
+        os.close(held)
+    assert done.returncode == 2, done.stderr  # changes pending
+    assert json.loads(out.read_text())["spec"] == {
+        "path": f"/dev/fd/{held}", "sha256": hashlib.sha256(spec).hexdigest()}

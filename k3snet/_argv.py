@@ -1,0 +1,61 @@
+"""What the command line asks, read before argparse (or the CLI's modules) could: the
+common options moved after the command, and whether a JSON document is wanted. Imported
+by :mod:`k3snet.__main__` when Ctrl-C comes while the CLI loads, so it imports nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+JSON_COMMANDS = frozenset({"plan", "apply", "destroy", "observe", "validate", "doctor"})
+"""The commands taking ``--output text|json`` (doctor's ``-o``)."""
+
+
+def _asks_json(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` (the command first) asks for JSON as argparse would read it
+    (``--output json``, ``--output=json``, an abbreviation down to ``--outp``, doctor's
+    ``-o json``), looked at only when argparse refused it: a usage error is then an
+    ``error`` document too, as a script reading stdout expects."""
+    if not argv or argv[0] not in JSON_COMMANDS:
+        return False
+    wanted = "text"
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            break
+        name, equals, value = arg.partition("=")
+        if not equals:
+            value = argv[index + 1] if index + 1 < len(argv) else ""
+        if argv[0] == "doctor" and name.startswith("-o") and name != "-o":
+            value = arg[2:]  # -ojson
+            name = "-o"
+        long = len(name) >= len("--outp") and "--output".startswith(name)
+        if long or (argv[0] == "doctor" and name == "-o"):
+            wanted = value  # the last one given, as argparse keeps
+    return wanted == "json"
+
+
+_COMMON_FLAGS = frozenset({"-q", "--quiet", "--verbose"})
+_COMMON_VALUED = ("--log-format", "--color")
+
+
+def _common_after_command(argv: list[str]) -> list[str]:
+    """``argv`` with the common options given before the command (``k3snet -v plan``)
+    moved after it, where the command's parser reads them (``k3snet plan -v``)."""
+    moved: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg in _COMMON_FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            moved.append(arg)
+        elif arg in _COMMON_VALUED and index + 1 < len(argv):
+            moved += argv[index:index + 2]
+            index += 1
+        elif arg.partition("=")[0] in _COMMON_VALUED:
+            moved.append(arg)
+        else:
+            break
+        index += 1
+    if not moved or index >= len(argv) or argv[index].startswith("-"):
+        return argv  # no command after them (`k3snet -v`, `k3snet -v --version`): argparse says
+    return [argv[index], *moved, *argv[index + 1:]]
+
+
