@@ -49,9 +49,9 @@ def _interrupted_early(argv: list[str]) -> None:
     document of type ``SIGINT``, unless the command printed its document already. It
     ended with exit 130 and nothing said, and a script reading stdout as one document
     got none. Reads only the tiny :mod:`k3snet._argv` (the CLI may be half loaded)."""
-    from k3snet._argv import _asks_json, _common_after_command  # noqa: PLC0415
+    from k3snet._argv import asks_json, common_after_command  # noqa: PLC0415
 
-    given = _common_after_command(argv)
+    given = common_after_command(argv)
     if given and given[0] == "agent":  # its log says its end (a JSON log: a stray line)
         return
     cli = sys.modules.get("k3snet.cli")  # a failed import took it out
@@ -60,7 +60,7 @@ def _interrupted_early(argv: list[str]) -> None:
     message = "stopped by SIGINT"
     with contextlib.suppress(OSError, KeyboardInterrupt):
         print(f"k3snet: error: {message}", file=sys.stderr)
-        if _asks_json(given):
+        if asks_json(given):
             import json  # noqa: PLC0415 - only here: --version must stay cheap
 
             sys.stdout.write(json.dumps({"format": 1, "kind": "error", "error": {  # JSON_FORMAT

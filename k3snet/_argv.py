@@ -10,7 +10,7 @@ JSON_COMMANDS = frozenset({"plan", "apply", "destroy", "observe", "validate", "d
 """The commands taking ``--output text|json`` (doctor's ``-o``)."""
 
 
-def _asks_json(argv: Sequence[str]) -> bool:
+def asks_json(argv: Sequence[str]) -> bool:
     """Whether ``argv`` (the command first) asks for JSON as argparse would read it
     (``--output json``, ``--output=json``, an abbreviation down to ``--outp``, doctor's
     ``-o json``), looked at only when argparse refused it: a usage error is then an
@@ -33,23 +33,23 @@ def _asks_json(argv: Sequence[str]) -> bool:
     return wanted == "json"
 
 
-_COMMON_FLAGS = frozenset({"-q", "--quiet", "--verbose"})
-_COMMON_VALUED = ("--log-format", "--color")
+COMMON_FLAGS = frozenset({"-q", "--quiet", "--verbose"})
+COMMON_VALUED = ("--log-format", "--color")
 
 
-def _common_after_command(argv: list[str]) -> list[str]:
+def common_after_command(argv: list[str]) -> list[str]:
     """``argv`` with the common options given before the command (``k3snet -v plan``)
     moved after it, where the command's parser reads them (``k3snet plan -v``)."""
     moved: list[str] = []
     index = 0
     while index < len(argv):
         arg = argv[index]
-        if arg in _COMMON_FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+        if arg in COMMON_FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
             moved.append(arg)
-        elif arg in _COMMON_VALUED and index + 1 < len(argv):
+        elif arg in COMMON_VALUED and index + 1 < len(argv):
             moved += argv[index:index + 2]
             index += 1
-        elif arg.partition("=")[0] in _COMMON_VALUED:
+        elif arg.partition("=")[0] in COMMON_VALUED:
             moved.append(arg)
         else:
             break

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import attrs
 
 from k3snet._admin_path import admin_path
-from k3snet._argv import _COMMON_VALUED, _asks_json, _common_after_command
+from k3snet._argv import COMMON_VALUED as _COMMON_VALUED
+from k3snet._argv import asks_json as _asks_json
+from k3snet._argv import common_after_command as _common_after_command
 from k3snet._env import env_switch
 from k3snet._kept import input_problem, read_input, write_output_in
 from k3snet._logline import bounded as bounded_line
