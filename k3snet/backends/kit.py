@@ -406,8 +406,9 @@ def undo_spares_children() -> Iterator[None]:
     ``ip netns exec`` leave the mask as it is): ignored for the process while another
     thread, not blocking them, may take one, a SIGTERM in the block was lost (the agent's,
     from the kubelet). A signal already pending when they are ignored (it came as the
-    block began, or within an outer block) would be discarded by that (POSIX): it is
-    sent again as the block ends, and taken once.
+    block began, or within an outer block) would be discarded by that (POSIX), as one
+    that came within a nested block would be as it ends, setting back the outer's ignored:
+    it is sent again as the block ends, and taken once.
     """
     if not undoing():
         yield
@@ -426,10 +427,11 @@ def undo_spares_children() -> Iterator[None]:
                     signal.signal(signum, signal.SIG_IGN)
         yield
     finally:
+        pending = signal.sigpending()  # an outer block's ignored, set back, discards them too
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-        for signum in came:  # still blocked: taken once, at the unblocking
-            os.kill(os.getpid(), signum)
+            if signum in came or signum in pending:  # still blocked: taken once, unblocked
+                os.kill(os.getpid(), signum)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
 

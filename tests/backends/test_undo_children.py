@@ -214,6 +214,36 @@ def test_a_signal_pending_as_an_inner_block_ignores_it_reaches_k3snet_once(
     assert _signalled_meanwhile(nested) == [signal.SIGTERM]
 
 
+def test_a_signal_within_an_inner_block_reaches_k3snet_once(
+        request: pytest.FixtureRequest) -> None:
+    """The inner block ends by setting SIGTERM back to the outer's ignored: that discards
+    one pending (POSIX), which came within the inner block, after its own check."""
+    if not _in_one_thread(request):
+        return
+
+    def nested() -> None:
+        with undo_spares_children():
+            os.kill(os.getpid(), signal.SIGTERM)  # blocked, pending
+
+    assert _signalled_meanwhile(nested) == [signal.SIGTERM]
+
+
+def test_a_signal_within_nested_blocks_and_before_them_reaches_k3snet_once(
+        request: pytest.FixtureRequest) -> None:
+    """Sent again at the inner end and then pending at the outer's: taken once, not twice."""
+    if not _in_one_thread(request):
+        return
+
+    def nested() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        with undo_spares_children():
+            os.kill(os.getpid(), signal.SIGTERM)
+            with undo_spares_children():
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    assert _signalled_meanwhile(nested) == [signal.SIGTERM]
+
+
 def test_a_signal_that_came_as_the_block_began_reaches_k3snet_once(
         request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """One that came once SIGTERM was blocked, before it was ignored."""
