@@ -148,6 +148,8 @@ def read_input(file: str | Path, limit: int, *, follow: bool = True,
         if stat.S_ISLNK(info.st_mode):  # O_PATH | O_NOFOLLOW names the link itself
             raise OSError(errno.ELOOP, "a symbolic link", str(file))
         if stat.S_ISFIFO(info.st_mode) and (held := _held_pipe(file, info)) is not None:
+            if owned:  # a pipe has an owner too: who made it decides what it says
+                _refuse_unowned(info, file)
             return _read_held_pipe(held, info, limit, file)
         if not stat.S_ISREG(info.st_mode):
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
@@ -179,18 +181,49 @@ those bytes, the pipe having given them once."""
 def _held_pipe(file: str | Path, info: os.stat_result) -> int | None:
     """The descriptor ``file`` names when it is ``/dev/fd/N`` or ``/proc/self/fd/N`` of a
     pipe this process holds open (``info``'s): bash's ``-f <(cat spec.yaml)``. Not a
-    named FIFO (its writer may never come) nor any other path to one."""
+    named FIFO (its writer may never come), not one this process may write itself (its
+    end would never come), nor any other path to one."""
     found = _HELD_PIPE.fullmatch(str(file))
     if found is None:
         return None
     fd = int(found.group(1))
     try:
         held = os.fstat(fd)
+        # a named FIFO's link reads as its path, an unnamed pipe's as pipe:[inode]
+        unnamed = os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")
     except (OSError, OverflowError):
         return None
-    if not stat.S_ISFIFO(held.st_mode) or (held.st_dev, held.st_ino) != (info.st_dev, info.st_ino):
+    if (not unnamed or not stat.S_ISFIFO(held.st_mode)
+            or (held.st_dev, held.st_ino) != (info.st_dev, info.st_ino)
+            or _writes_pipe(held)):  # its end would never come: the read would wait forever
         return None
     return fd
+
+
+def _writes_pipe(pipe: os.stat_result) -> bool:
+    """Whether a descriptor of this process may write the pipe ``pipe`` (an end of it
+    opened for writing, or for both): unknown counts as yes."""
+    key = (pipe.st_dev, pipe.st_ino)
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return True
+    for name in fds:
+        try:
+            other = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # closed since, or the listing's own descriptor
+        if (other.st_dev, other.st_ino) != key:
+            continue
+        try:
+            with open(f"/proc/self/fdinfo/{name}", encoding="ascii") as fdinfo:
+                flags = next((int(line.split()[1], 8) for line in fdinfo
+                              if line.startswith("flags:")), None)
+        except (OSError, ValueError, IndexError):
+            return True
+        if flags is None or flags & os.O_ACCMODE != os.O_RDONLY:
+            return True
+    return False
 
 
 def _read_held_pipe(fd: int, info: os.stat_result, limit: int, file: str | Path) -> bytes:

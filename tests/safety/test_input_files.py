@@ -615,3 +615,42 @@ def test_the_command_line_plans_from_a_pipe_it_holds_and_records_its_digest(
     assert done.returncode == 2, done.stderr  # changes pending
     assert json.loads(out.read_text())["spec"] == {
         "path": f"/dev/fd/{held}", "sha256": hashlib.sha256(spec).hexdigest()}
+
+
+def test_a_held_fifo_or_a_pipe_this_process_also_writes_is_refused_not_waited_on(
+        tmp_path: Path) -> None:
+    # Its read would never end: `exec 3<>fifo; k3snet -f /dev/fd/3` (a named FIFO held
+    # for reading and writing), or a pipe whose write end this process holds itself.
+    # Non-blocking here so that the code before the fix said EAGAIN, not hung.
+    os.mkfifo(tmp_path / "fifo")
+    named = os.open(tmp_path / "fifo", os.O_RDWR | os.O_NONBLOCK)
+    read, write = os.pipe()
+    both = os.open(f"/proc/self/fd/{read}", os.O_RDWR | os.O_NONBLOCK)  # both ends, one fd
+    os.set_blocking(read, False)
+    try:
+        for fd in (named, read, both):
+            with pytest.raises(OSError, match="not a regular file"):
+                read_input(f"/dev/fd/{fd}", 1000)
+        os.close(write)
+        os.close(both)  # no writer left in this process: read to its (empty) end
+        assert read_input(f"/dev/fd/{read}", 1000) == b""
+    finally:
+        for fd in (named, read, write, both):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a pipe to another user: needs root")
+def test_an_owned_read_refuses_a_held_pipe_another_user_made(tmp_path: Path) -> None:
+    # A plan file (owned=True) must be this user's or root's: whoever made a pipe
+    # decides what it says, as for a file.
+    held = _pipe_holding(b"{}")
+    try:
+        os.fchown(held, 65534, -1)
+        with pytest.raises(OSError, match="owned by uid 65534") as raised:
+            read_input(f"/dev/fd/{held}", 1000, owned=True)
+        assert raised.value.errno == errno.EPERM
+        os.fchown(held, 0, -1)
+        assert read_input(f"/dev/fd/{held}", 1000, owned=True) == b"{}"
+    finally:
+        os.close(held)
