@@ -40,7 +40,9 @@ def _star(*args: Any) -> Iterable[str] | None:
 
 @pytest.mark.parametrize("kinds", [
     _name_alone, KINDS.get, {"nftables": ["nat"]}.get, _with_options, _options_defaulted,
-    _star, lambda name: KINDS[name]], ids=repr)
+    _star, lambda name: KINDS[name]],
+    ids=["name-alone", "mapping-get", "other-mapping-get", "with-options",
+         "options-defaulted", "star-args", "lambda-name"])
 def test_a_kinds_callable_of_either_form_is_called_as_written(kinds: Kinds) -> None:
     """A mapping's ``get`` (``name -> kinds``, ``None`` unknown) was given the options as
     its ``default``: a backend it does not know "managed" its option names, and two
@@ -51,7 +53,7 @@ def test_a_kinds_callable_of_either_form_is_called_as_written(kinds: Kinds) -> N
 @pytest.mark.parametrize("kinds", [
     lambda name: ["route"], lambda name, options: ["route"], {"netlink": ["route"],
                                                               "iptables": ["route"]}.get],
-    ids=repr)
+    ids=["lambda-name", "lambda-name-options", "mapping-get"])
 def test_two_backends_a_kinds_callable_of_either_form_says_share_a_kind_are_refused(
         kinds: Kinds) -> None:
     problems = backend_option_problems(SPEC, backend_options, kinds=kinds)
