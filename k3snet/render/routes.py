@@ -391,26 +391,54 @@ def _netplan_choices(sections: Mapping[str, str], ids: Mapping[str, str]
 
 
 _NETPLAN_GLOB = frozenset("*?[]")
-# netplan names its files after the id: netplan-ID.nmconnection, written through a
-# temporary ID.nmconnection.XXXXXX, is the longest, and a file name has 255 bytes.
-_NETPLAN_ID_LONGEST = 255 - len("netplan-.nmconnection.XXXXXX")
+# netplan names a definition's files after its id, each written through a temporary
+# NAME.XXXXXX, and a file name has 255 bytes: its NetworkManager renderer's
+# netplan-ID.nmconnection holds the id as given, its networkd renderer's
+# 10-netplan-ID.network (.netdev alike) as given up to netplan 0.106 and escaped as a URI
+# since (g_uri_escape_string: %XX for each byte but A-Z a-z 0-9 - . _ ~).
+_NETPLAN_ID_ROOM = {"NetworkManager": 255 - len("netplan-.nmconnection.XXXXXX"),
+                    "networkd": 255 - len("10-netplan-.network.XXXXXX")}
+_URI_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                            "0123456789-._~")
 
 
-def _check_netplan_id(netplan_id: object, device: str) -> None:
+def _netplan_id_room(netplan_id: str, renderer: str) -> tuple[int, int]:
+    """The length of ``netplan_id`` in the name of the file netplan's ``renderer`` writes
+    for it (networkd's escaped, as later netplan versions write it), and the most that
+    name has room for."""
+    if renderer == "NetworkManager":
+        return len(netplan_id), _NETPLAN_ID_ROOM[renderer]
+    escaped = sum(1 if c in _URI_UNRESERVED else 3 for c in netplan_id)
+    return escaped, _NETPLAN_ID_ROOM["networkd"]
+
+
+def _check_netplan_id(netplan_id: object, device: str, renderer: str | None = None) -> None:
     """A netplan id k3snet writes, as netplan takes one: ASCII letters, digits and
     punctuation (``[[:alnum:][:punct:]]+``), no glob character. One netplan refuses
     ("Invalid name", "must not use globbing") fails ``netplan generate`` for the whole
     node, every other definition with it; a non-ASCII one was written as JSON escapes,
-    and one beyond U+FFFF as a surrogate pair libyaml refuses too. So does one longer
-    than 227 characters ("File name too long": netplan names its files after it)."""
+    and one beyond U+FFFF as a surrogate pair libyaml refuses too. So does one too long
+    for the file ``renderer`` names after it ("File name too long"): up to 227 characters
+    under NetworkManager, 229 under networkd (a character but A-Z a-z 0-9 - . _ ~ counting
+    3 there, as later netplan versions escape it). ``renderer`` ``None`` (not known): one
+    no renderer takes is refused."""
     if (not isinstance(netplan_id, str) or not netplan_id
-            or len(netplan_id) > _NETPLAN_ID_LONGEST
             or not netplan_id.isascii() or not netplan_id.isprintable() or " " in netplan_id
             or not _NETPLAN_GLOB.isdisjoint(netplan_id)):
         raise ModelError(f"netplan id for {device} must be a definition's name (ASCII "
-                         "letters, digits and punctuation but * ? [ ], up to "
-                         f"{_NETPLAN_ID_LONGEST}, as netplan takes one), "
-                         f"got {str(netplan_id)[:300]!r}")
+                         "letters, digits and punctuation but * ? [ ], as netplan takes "
+                         f"one), got {str(netplan_id)[:300]!r}")
+    rooms = [_netplan_id_room(netplan_id, name)
+             for name in (sorted(_NETPLAN_ID_ROOM) if renderer is None else [renderer])]
+    if all(length > room for length, room in rooms):
+        length, room = _netplan_id_room(netplan_id, renderer or "networkd")
+        said = f"netplan's {renderer} renderer" if renderer is not None else "netplan"
+        raise ModelError(
+            f"netplan id for {device} is too long for the file {said} names after it "
+            f"({length} characters there, up to {room}: 227 under NetworkManager, 229 "
+            "under networkd, a character but A-Z a-z 0-9 - . _ ~ counting 3 as later "
+            "netplan versions escape it): netplan generate would fail for the whole node "
+            f"(\"File name too long\"), got {netplan_id[:60]!r}...")
 
 
 def _netplan_definitions(documents: Mapping[str, object]
@@ -436,7 +464,8 @@ def _netplan_definitions(documents: Mapping[str, object]
             for netplan_id, definition in entries.items():
                 if netplan_id == "renderer":
                     continue  # the section's renderer (_netplan_renderer), not an id
-                _check_netplan_id(netplan_id, f"netplan file {name}")
+                _check_netplan_id(netplan_id, f"netplan file {name}",
+                                  _netplan_renderer(documents, section, str(netplan_id)))
                 if not isinstance(definition, Mapping):  # `eth0:` alone too
                     raise ModelError(f"netplan file {name}: {section}: {netplan_id} is not a "
                                      "mapping (netplan refuses it as well: \"expected "

@@ -719,34 +719,62 @@ def test_a_hidden_file_netplan_does_not_read_is_not_read(
 
 @needs_netplan
 @pytest.mark.parametrize("renderer", ["NetworkManager", "networkd"])
-@pytest.mark.parametrize("length", [227, 228, 230])
-def test_an_id_too_long_for_netplans_file_names_is_refused(
-        renderer: str, length: int, tmp_path: Path) -> None:
-    # netplan names its files after the id (netplan-ID.nmconnection, 10-netplan-ID.network,
-    # written through a temporary copy): past a file name's 255 bytes, netplan generate
-    # failed ("File name too long") for the whole node.
-    netplan_id = "n" * length
-    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
-    refused = length > 227
-    if not refused:
-        text = render_netplan(state, ids={"eth0": netplan_id})
-    else:
-        with pytest.raises(ModelError, match="up to 227"):
-            render_netplan(state, ids={"eth0": netplan_id})
-        text = (f"network:\n  version: 2\n  ethernets:\n    {netplan_id}:\n      "
-                "routes: [{to: 192.168.2.0/24, via: 192.168.1.1}]\n")
+@pytest.mark.parametrize("netplan_id", [
+    "n" * 227, "n" * 228, "n" * 229, "n" * 230, "n" * 226 + ":", "n" * 227 + ":",
+    "n" * 228 + "~"], ids=["227", "228", "229", "230", "226-and-colon", "227-and-colon",
+                           "228-and-tilde"])
+def test_an_id_is_refused_exactly_when_its_renderer_cannot_name_its_file(
+        renderer: str, netplan_id: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan names a definition's files after its id (netplan-ID.nmconnection,
+    # 10-netplan-ID.network, each written through a temporary copy): past a file name's
+    # 255 bytes netplan generate fails ("File name too long") for the whole node. An id
+    # of 228 or 229 characters, which networkd's file name has room for, was refused
+    # under networkd too (any id past 227 in any file refused the render). A character
+    # networkd's file name escapes (":" as %3A in later netplan versions) counts 3 there.
     etc = tmp_path / "etc" / "netplan"
     etc.mkdir(parents=True)
-    (etc / "01-admin.yaml").write_text(f"network:\n  version: 2\n  renderer: {renderer}\n")
-    (etc / "90-k3snet.yaml").write_text(text)
-    for path in etc.iterdir():
-        path.chmod(0o600)
+    (etc / "01-admin.yaml").write_text(
+        f"network:\n  version: 2\n  renderer: {renderer}\n  ethernets:\n"
+        f"    {netplan_id}:\n      match: {{macaddress: '52:54:00:12:34:56'}}\n"
+        "      set-name: eth0\n      dhcp4: true\n      dhcp6: true\n")
+    (etc / "01-admin.yaml").chmod(0o600)
     done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
                           capture_output=True, text=True, check=False, timeout=60,
                           env={k: v for k, v in os.environ.items() if k != "SNAP"})
-    # Refused exactly where one of netplan's renderers cannot name its file.
-    if renderer == "NetworkManager" or length > 229:
-        assert (done.returncode != 0) == refused, done.stderr
+    escaped = len(netplan_id) + 2 * netplan_id.count(":")
+    room = 227 if renderer == "NetworkManager" else 229
+    # netplan 0.106 names networkd's file after the id as given, later ones escaped: an
+    # id that only 0.106 has room for (227 and a colon) is refused under networkd.
+    assert (done.returncode != 0) == (len(netplan_id) > room), done.stderr
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
+    err = capsys.readouterr().err
+    refused = (len(netplan_id) if renderer == "NetworkManager" else escaped) > room
+    assert (status == 1) == refused, err
+    if refused:
+        assert f"too long for the file netplan's {renderer} renderer names" in err
+        return
+    assert f"    {json.dumps(netplan_id)}:" in (etc / "90-k3snet.yaml").read_text()
+    _netplan_generate(tmp_path)
+    written = "".join(p.read_text() for p in (tmp_path / "run").rglob("*.n*"))
+    assert "192.168.2.0/24" in written
+
+
+@pytest.mark.parametrize(("netplan_id", "refused"), [
+    ("n" * 229, False), ("n" * 230, True), ("n" * 226 + ":", False),
+    ("n" * 227 + ":", True)])
+def test_render_netplan_alone_refuses_an_id_no_renderer_has_room_for(
+        netplan_id: str, refused: bool) -> None:
+    # Without the other files (the renderer unknown) the id is checked against the room
+    # of either renderer: netplan_placement checks it against its own.
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    if refused:
+        with pytest.raises(ModelError, match="too long for the file netplan names"):
+            render_netplan(state, ids={"eth0": netplan_id})
+    else:
+        assert json.dumps(netplan_id) in render_netplan(state, ids={"eth0": netplan_id})
 
 
 @needs_netplan
