@@ -2834,6 +2834,13 @@ def _refuse_netplan_shadow(out: Path) -> None:
         return
     dirs, place = found
     for shadow in (directory / NETPLAN_FILE for directory in dirs[place + 1:]):
+        if shadow.is_symlink() and not shadow.exists():
+            raise ModelError(
+                f"{shadow} is a link to {os.readlink(shadow)!r}, which does not exist: "
+                f"netplan reads it in place of {out / NETPLAN_FILE} (a file of run/netplan "
+                "replaces etc/'s of the same name, etc/'s lib/'s) and fails for the whole "
+                "node (\"Cannot stat\"), every definition with it. Remove the link, or "
+                "write there")
         if shadow.exists():
             raise ModelError(
                 f"{shadow} replaces {out / NETPLAN_FILE} for netplan (a file of run/netplan "
@@ -2942,7 +2949,8 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
     those of OUT, and for any of /lib/netplan, /etc/netplan and /run/netplan (or of a
     staged root's: :func:`_netplan_dirs`) those of all three as netplan reads them (a
     name in a later directory replaces it in an earlier one; a hidden ``.NAME.yaml``,
-    which netplan's glob leaves out, is not read). Nothing when printing: the file's
+    which netplan's glob leaves out, is not read; a link to /dev/null, which netplan reads
+    as an empty file, masks the file of its name). Nothing when printing: the file's
     place is then unknown."""
     if out is None:
         return {}
@@ -2954,6 +2962,10 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
                          if not p.name.startswith("."))
     paths.pop(NETPLAN_FILE, None)  # the file this replaces
     _refuse_netplan_shadow(out)
+    # A link to /dev/null masks the file of its name in an earlier directory: netplan reads
+    # it as an empty file (a device, read_input refuses to open it).
+    paths = {name: path for name, path in paths.items()
+             if not (path.is_symlink() and path.resolve() == Path("/dev/null"))}
     if not paths:
         return {}
     try:

@@ -951,6 +951,62 @@ def test_render_netplan_refuses_a_file_netplan_reads_in_place_of_its_own(
 
 
 @needs_netplan
+@pytest.mark.parametrize(("out", "other"), [("lib", "etc"), ("etc", "run"), ("lib", "run")])
+def test_render_netplan_refuses_a_dangling_link_netplan_reads_in_place_of_its_own(
+        out: str, other: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A 90-k3snet.yaml of a later directory that is a link to a missing file (a removed
+    # staging copy) was passed over (Path.exists() follows the link): netplan reads the
+    # link in place of the file written, cannot stat it and fails for the whole node.
+    dirs = _node_dirs(tmp_path, monkeypatch)
+    (dirs["etc"] / "01-admin.yaml").write_text(yaml.safe_dump(PLAIN))
+    (dirs[other] / "90-k3snet.yaml").symlink_to(tmp_path / "gone.yaml")
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    (dirs[out] / "90-k3snet.yaml").write_text(render_netplan(state))
+    for path in tmp_path.rglob("*.yaml"):
+        if not path.is_symlink():
+            path.chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert done.returncode != 0
+    assert f"Cannot stat {dirs[other] / '90-k3snet.yaml'}" in done.stderr
+    (dirs[out] / "90-k3snet.yaml").unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(dirs[out])]) == 1
+    err = capsys.readouterr().err
+    assert f"{dirs[other] / '90-k3snet.yaml'} is a link to" in err
+    assert "which does not exist" in err
+    assert not (dirs[out] / "90-k3snet.yaml").exists()
+
+
+@needs_netplan
+def test_a_netplan_file_masked_by_a_link_to_dev_null_is_read_as_netplan_reads_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # /etc/netplan/00-nm.yaml -> /dev/null masks /lib/netplan/00-nm.yaml (renderer:
+    # NetworkManager): netplan reads the link as an empty file and renders eth0 with
+    # networkd. k3snet refused the render ("not a regular file": it opens no device).
+    dirs = _node_dirs(tmp_path, monkeypatch)
+    (dirs["lib"] / "00-nm.yaml").write_text(yaml.safe_dump(NETWORK_MANAGER_ALL))
+    (dirs["etc"] / "00-nm.yaml").symlink_to("/dev/null")
+    (dirs["etc"] / "50-a.yaml").write_text(yaml.safe_dump(PLAIN))
+    for path in tmp_path.rglob("*.yaml"):
+        if not path.is_symlink():
+            path.chmod(0o600)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_DUAL)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(dirs["etc"])]) == 0, \
+        capsys.readouterr().err
+    (dirs["etc"] / "90-k3snet.yaml").chmod(0o600)
+    _netplan_generate(tmp_path)
+    applied = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")
+    assert {r["Destination"] for r in applied["Route"]} == {"192.168.2.0/24", "fd01:2::/64"}
+    assert not (tmp_path / "run" / "NetworkManager" / "system-connections").exists()
+
+
+@needs_netplan
 @pytest.mark.parametrize("lib", ["lib", "usr-merged"])
 @pytest.mark.parametrize("host", [None, "networkd"], ids=["host-none", "host-networkd"])
 def test_render_netplan_into_a_staged_roots_etc_netplan_reads_its_lib_netplan_not_run(
