@@ -16,16 +16,20 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from k3snet.cli import main
 from k3snet.errors import ModelError
 from k3snet.model import Route, State
-from k3snet.render.routes import netplan_placement, render_netplan
+from k3snet.render.routes import netplan_placement, render_netplan, render_networkd
+from k3snet.testing import strategies
 
 CLOUD_INIT = {"network": {"version": 2, "ethernets": {"nic0": {
     "match": {"macaddress": "52:54:00:12:34:56"}, "set-name": "eth0", "dhcp4": True}}}}
@@ -298,6 +302,50 @@ def test_a_route_table_and_metric_are_refused_or_reach_networkd_as_given(
     _netplan_generate(tmp_path)
     route = _applied(tmp_path / "run", "eth0", "52:54:00:12:34:56")["Route"][0]
     assert (route.get("Table"), route.get("Metric")) == (str(table), str(metric))
+
+
+_NETPLAN_ROUTES = strategies.states(
+    st.one_of(strategies.routes(4, devices=("eth0",), tables=(254, 253, 100, 2**31 - 1),
+                                metrics=(None, 0, 100, 2**31 - 1),
+                                scopes=(None, "link", "host")),
+              strategies.routes(6, devices=("eth0",), tables=(254, 100, 2**31 - 1),
+                                metrics=(None, 1, 100, 2**31 - 1))),
+    min_owned=1, max_owned=6, max_foreign=0)
+
+
+def _route_sections(text: str) -> list[tuple[tuple[str, str], ...]]:
+    """The [Route] sections of a .network file, each as its sorted keys and values:
+    without Protocol= (netplan has none) nor an IPv6 route's Scope= (netplan writes
+    Scope=link for one without gateway, given or not; networkd ignores it, warning: the
+    kernel has no IPv6 route scope)."""
+    found = []
+    for route in _networkd_sections(text).get("Route", []):
+        kept = {k: v for k, v in route.items() if k != "Protocol"}
+        if ":" in kept["Destination"]:
+            kept.pop("Scope", None)
+        found.append(tuple(sorted(kept.items())))
+    return sorted(found)
+
+
+@needs_netplan
+@settings(max_examples=40, deadline=None)
+@given(state=_NETPLAN_ROUTES)
+def test_netplan_writes_for_each_route_the_route_section_k3snets_networkd_file_holds(
+        state: State) -> None:
+    # What netplan makes of k3snet's file, in systemd-networkd's own terms: each route's
+    # destination, gateway, table, metric and IPv4 scope as k3snet's networkd renderer
+    # writes them (tables and metrics up to 2**31 - 1, the default route, host routes,
+    # IPv6 link-local gateways, scope host and link).
+    with tempfile.TemporaryDirectory(prefix="k3snet-netplan-") as root:
+        etc = Path(root) / "etc" / "netplan"
+        etc.mkdir(parents=True)
+        (etc / "90-k3snet.yaml").write_text(render_netplan(state))
+        (etc / "90-k3snet.yaml").chmod(0o600)
+        _netplan_generate(Path(root))
+        written = (Path(root) / "run" / "systemd" / "network" / "10-netplan-eth0.network")
+        netplan = _route_sections(written.read_text())
+    (own,) = render_networkd(state).values()
+    assert netplan == _route_sections(own)
 
 
 # ---------------------------------------- routes under the NetworkManager renderer
