@@ -387,6 +387,16 @@ def _netplan_choices(sections: Mapping[str, str], ids: Mapping[str, str]
     for device, netplan_id in ids.items():
         validate_interface_name(device)
         _check_netplan_id(netplan_id, device)
+        if "/" in netplan_id:
+            # netplan 0.106 writes 10-netplan-a/b.network (netplan-a/b.nmconnection, any
+            # version): a file in a subdirectory, which networkd (NetworkManager) never
+            # reads. netplan generate succeeds; the definition and its routes are lost.
+            raise ModelError(
+                f"netplan id {netplan_id[:80]!r} for {device} holds a '/': netplan names "
+                "the definition's file after it (10-netplan-ID.network up to netplan 0.106, "
+                "netplan-ID.nmconnection in every version) and writes it into a "
+                "subdirectory networkd and NetworkManager do not read, the routes with it. "
+                "Rename the definition")
     return dict(sections), dict(ids)
 
 

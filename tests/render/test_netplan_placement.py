@@ -826,6 +826,44 @@ def test_render_netplan_alone_refuses_an_id_no_renderer_has_room_for(
 
 
 @needs_netplan
+@pytest.mark.parametrize("renderer", ["networkd", "NetworkManager"])
+def test_routes_are_refused_under_an_id_netplan_names_a_file_in_a_subdirectory_after(
+        renderer: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # netplan 0.106 writes the definition "nic/0" to 10-netplan-nic/0.network (under
+    # NetworkManager netplan-nic/0.nmconnection): a file in a subdirectory, which networkd
+    # (NetworkManager) never reads, and exit status 0. k3snet wrote eth0's routes there.
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(
+        f"network:\n  version: 2\n  renderer: {renderer}\n  ethernets:\n    nic/0:\n"
+        "      match: {macaddress: '52:54:00:12:34:56'}\n      set-name: eth0\n"
+        "      dhcp4: true\n")
+    (etc / "01-admin.yaml").chmod(0o600)
+    state = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
+    (etc / "90-k3snet.yaml").write_text(
+        "network:\n  version: 2\n  ethernets:\n    nic/0:\n      routes:\n"
+        "        - {to: 192.168.2.0/24, via: 192.168.1.1}\n")
+    (etc / "90-k3snet.yaml").chmod(0o600)
+    _netplan_generate(tmp_path)
+    read = [p for place in ("systemd/network", "NetworkManager/system-connections")
+            if (tmp_path / "run" / place).is_dir()
+            for p in (tmp_path / "run" / place).iterdir() if p.is_file()]
+    assert not any("192.168.2.0/24" in p.read_text() for p in read)
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file()
+               and "192.168.2.0/24" in p.read_text()]
+    assert written
+    assert all(p.parent.name.endswith("netplan-nic") for p in written)
+    (etc / "90-k3snet.yaml").unlink()
+    with pytest.raises(ModelError, match="holds a '/'"):
+        render_netplan(state, ids={"eth0": "nic/0"})
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(etc)]) == 1
+    assert "holds a '/'" in capsys.readouterr().err
+    assert not (etc / "90-k3snet.yaml").exists()
+
+
+@needs_netplan
 @pytest.mark.parametrize("text", [
     "network:\n  version: 2\n  ethernets:\n    eth0:\n",
     "network:\n  version: 2\n  ethernets:\n    eth0: ~\n",
