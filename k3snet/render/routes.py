@@ -283,23 +283,25 @@ def render_netplan(
     """A netplan YAML file (``/etc/netplan/90-k3snet.yaml``) with the owned routes.
 
     ``network: {version: 2, ethernets: {DEV: {routes: [{to, via, metric, table}]}}}``.
-    netplan reads its files in lexical order and *appends* a later file's
-    sequences to an earlier one's, so this file (named to sort last) adds routes
-    to the device's own configuration. ``sections`` puts a device under another
-    device type (``{"br0": "bridges"}``) and ``ids`` under the id of the definition
-    that configures it (``{"eth0": "nic0"}``, a definition that renames its device):
-    netplan merges by section and id (:func:`netplan_placement` finds both). A
-    route without gateway gets ``scope: link`` (netplan requires ``via``
-    otherwise), and an IPv4 one of scope global is refused; the metric is always
-    given, the default too (0 for IPv4, 1024 for IPv6): under ``renderer:
-    NetworkManager`` a route without one gets the connection's (100 on ethernet). A
-    device named here that no other netplan file configures becomes managed by
-    netplan's renderer. netplan's NetworkManager renderer drops ``scope: host``
-    (:func:`netplan_placement` refuses it there). A route whose table or metric is
-    above 2147483647 is refused: netplan writes them as signed numbers, which networkd ignores (the
-    route in the main table, or at metric 0). netplan has no route protocol: after
-    ``netplan apply`` the routes are ``static`` ones, foreign to k3snet (see the
-    module docs).
+    netplan reads its files in lexical order and *appends* a later file's sequences to
+    an earlier one's, so this file (named to sort last) adds routes to the device's own
+    configuration. ``sections`` puts a device under another device type (``{"br0":
+    "bridges"}``) and ``ids`` under the id of the definition that configures it
+    (``{"eth0": "nic0"}``, a definition that renames its device): netplan merges by
+    section and id (:func:`netplan_placement` finds both, and checks each id against the
+    file name its renderer writes; alone, an id no renderer has room for is refused, and
+    so is one holding a ``/``: netplan's file for it lands in a subdirectory networkd
+    and NetworkManager do not read). A route without gateway gets ``scope: link``
+    (netplan requires ``via`` otherwise), and an IPv4 one of scope global is refused;
+    the metric is always given, the default too (0 for IPv4, 1024 for IPv6): under
+    ``renderer: NetworkManager`` a route without one gets the connection's (100 on
+    ethernet). A device named here that no other netplan file configures becomes managed
+    by netplan's renderer. netplan's NetworkManager renderer drops ``scope: host``
+    (:func:`netplan_placement` refuses it there). A route whose table or metric is above
+    2147483647 is refused: netplan writes them as signed numbers, which networkd ignores
+    (the route in the main table, or at metric 0). netplan has no route protocol: after
+    ``netplan apply`` the routes are ``static`` ones, foreign to k3snet (see the module
+    docs).
     """
     routes = _routes(state, "netplan")
     _refuse_netplan_numbers(routes)
