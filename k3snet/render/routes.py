@@ -404,53 +404,104 @@ def _netplan_choices(sections: Mapping[str, str], ids: Mapping[str, str]
 
 _NETPLAN_GLOB = frozenset("*?[]")
 # netplan names a definition's files after its id, each written through a temporary
-# NAME.XXXXXX, and a file name has 255 bytes: its NetworkManager renderer's
-# netplan-ID.nmconnection holds the id as given, its networkd renderer's
-# 10-netplan-ID.network (.netdev alike) as given up to netplan 0.106 and escaped as a URI
-# since (g_uri_escape_string: %XX for each byte but A-Z a-z 0-9 - . _ ~).
-_NETPLAN_ID_ROOM = {"NetworkManager": 255 - len("netplan-.nmconnection.XXXXXX"),
-                    "networkd": 255 - len("10-netplan-.network.XXXXXX")}
+# NAME.XXXXXX, and a file name has 255 bytes (:func:`_netplan_id_files`).
+_NETPLAN_NAME_ROOM = 255 - len(".XXXXXX")
 _URI_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                             "0123456789-._~")
+_SYSTEMD_KEPT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                          "0123456789:_./")
 
 
-def _netplan_id_room(netplan_id: str, renderer: str) -> tuple[int, int]:
-    """The length of ``netplan_id`` in the name of the file netplan's ``renderer`` writes
-    for it (networkd's escaped, as later netplan versions write it), and the most that
-    name has room for."""
+def _uri_length(text: str) -> int:
+    """The length of ``text`` as glib's ``g_uri_escape_string(text, NULL, TRUE)`` writes
+    it: %XX for each ASCII character but A-Z a-z 0-9 - . _ ~, UTF-8 kept."""
+    return sum(1 if c in _URI_UNRESERVED else 3 if c.isascii() else len(c.encode())
+               for c in text)
+
+
+def _systemd_escaped_length(text: str) -> int:
+    """The length of ``text`` as ``systemd-escape`` writes it: \\xNN for each byte but
+    A-Z a-z 0-9 : _ . (a leading . too), ``/`` as ``-``."""
+    return sum(1 if c in _SYSTEMD_KEPT and not (i == 0 and c == ".") else
+               4 * len(c.encode()) for i, c in enumerate(text))
+
+
+def _netplan_id_files(netplan_id: str, renderer: str, *, wpa: bool = False,
+                      ssids: Iterable[str] = ()) -> list[tuple[str, int]]:
+    """The files netplan's ``renderer`` names after the definition ``netplan_id``: each
+    as its name and its length (the id's part as netplan writes it, with every netplan
+    version's escaping). NetworkManager: ``netplan-ID.nmconnection``, the id as given,
+    one ``netplan-ID-SSID.nmconnection`` per access point instead (the SSID escaped as
+    a URI). networkd: ``10-netplan-ID.network`` (``.netdev`` alike), the id as given up
+    to netplan 0.106 and escaped as a URI since; with ``wpa`` (a wifi, or ``auth:``)
+    also ``netplan-wpa-ID.service``, the id ``systemd-escape``'d (URI-escaped in the
+    link to it, in later versions)."""
     if renderer == "NetworkManager":
-        return len(netplan_id), _NETPLAN_ID_ROOM[renderer]
-    escaped = sum(1 if c in _URI_UNRESERVED else 3 for c in netplan_id)
-    return escaped, _NETPLAN_ID_ROOM["networkd"]
+        if ssids:
+            return [(f"netplan-{netplan_id}-{ssid}.nmconnection",
+                     len("netplan--.nmconnection") + len(netplan_id) + _uri_length(ssid))
+                    for ssid in sorted(ssids)]
+        return [(f"netplan-{netplan_id}.nmconnection",
+                 len("netplan-.nmconnection") + len(netplan_id))]
+    files = [(f"10-netplan-{netplan_id}.network",
+              len("10-netplan-.network") + _uri_length(netplan_id))]
+    if wpa:
+        files.append((f"netplan-wpa-{netplan_id}.service", len("netplan-wpa-.service")
+                      + max(_uri_length(netplan_id), _systemd_escaped_length(netplan_id))))
+    return files
 
 
-def _check_netplan_id(netplan_id: object, device: str, renderer: str | None = None) -> None:
+def _check_netplan_id(netplan_id: object, device: str, renderer: str | None = None,
+                      *, wpa: bool = False, ssids: Iterable[str] = ()) -> None:
     """A netplan id k3snet writes, as netplan takes one: ASCII letters, digits and
     punctuation (``[[:alnum:][:punct:]]+``), no glob character. One netplan refuses
     ("Invalid name", "must not use globbing") fails ``netplan generate`` for the whole
     node, every other definition with it; a non-ASCII one was written as JSON escapes,
     and one beyond U+FFFF as a surrogate pair libyaml refuses too. So does one too long
-    for the file ``renderer`` names after it ("File name too long"): up to 227 characters
-    under NetworkManager, 229 under networkd (a character but A-Z a-z 0-9 - . _ ~ counting
-    3 there, as later netplan versions escape it). ``renderer`` ``None`` (not known): one
-    no renderer takes is refused."""
+    for a file netplan's ``renderer`` names after it ("File name too long",
+    :func:`_netplan_id_files`: 227 characters under NetworkManager, 229 under networkd,
+    228 for networkd's wifis and ``auth:``). ``renderer`` ``None`` (not known): one too
+    long for either renderer's is refused."""
     if (not isinstance(netplan_id, str) or not netplan_id
             or not netplan_id.isascii() or not netplan_id.isprintable() or " " in netplan_id
             or not _NETPLAN_GLOB.isdisjoint(netplan_id)):
         raise ModelError(f"netplan id for {device} must be a definition's name (ASCII "
                          "letters, digits and punctuation but * ? [ ], as netplan takes "
                          f"one), got {str(netplan_id)[:300]!r}")
-    rooms = [_netplan_id_room(netplan_id, name)
-             for name in (sorted(_NETPLAN_ID_ROOM) if renderer is None else [renderer])]
-    if all(length > room for length, room in rooms):
-        length, room = _netplan_id_room(netplan_id, renderer or "networkd")
-        said = f"netplan's {renderer} renderer" if renderer is not None else "netplan"
-        raise ModelError(
-            f"netplan id for {device} is too long for the file {said} names after it "
-            f"({length} characters there, up to {room}: 227 under NetworkManager, 229 "
-            "under networkd, a character but A-Z a-z 0-9 - . _ ~ counting 3 as later "
-            "netplan versions escape it): netplan generate would fail for the whole node "
-            f"(\"File name too long\"), got {netplan_id[:60]!r}...")
+    if renderer is None:
+        fits = {name: all(length <= _NETPLAN_NAME_ROOM
+                          for _, length in _netplan_id_files(netplan_id, name))
+                for name in ("NetworkManager", "networkd")}
+        if any(fits.values()):
+            return
+        renderer = "networkd"
+        said = "netplan"
+    else:
+        said = f"netplan's {renderer} renderer"
+    for file, length in _netplan_id_files(netplan_id, renderer, wpa=wpa, ssids=ssids):
+        if length > _NETPLAN_NAME_ROOM:
+            raise ModelError(
+                f"netplan id for {device} is too long for the file {said} names after it "
+                f"({file[:40]}...: {length + 7} bytes with its temporary copy's .XXXXXX, "
+                "a file name has 255; an id of up to 227 characters fits NetworkManager's, "
+                "229 networkd's, a character but A-Z a-z 0-9 - . _ ~ counting 3 there as "
+                "later netplan versions escape it): netplan generate would fail for the "
+                f"whole node (\"File name too long\"), got {netplan_id[:60]!r}...")
+
+
+def _netplan_wpa(documents: Mapping[str, object], section: str, netplan_id: str
+                 ) -> tuple[bool, set[str]]:
+    """Whether netplan's networkd renderer gives the definition a wpa_supplicant unit (a
+    wifi, or ``auth:`` in any file), and the SSIDs of its access points."""
+    wpa, ssids = section == "wifis", set()
+    for _, entries in _netplan_sections(documents, section):
+        definition = entries.get(netplan_id)
+        if isinstance(definition, Mapping):
+            wpa = wpa or "auth" in definition
+            points = definition.get("access-points")
+            if section == "wifis" and isinstance(points, Mapping):
+                ssids |= {str(ssid) for ssid in points}
+    return wpa, ssids
 
 
 def _netplan_definitions(documents: Mapping[str, object]
@@ -476,8 +527,10 @@ def _netplan_definitions(documents: Mapping[str, object]
             for netplan_id, definition in entries.items():
                 if netplan_id == "renderer":
                     continue  # the section's renderer (_netplan_renderer), not an id
+                wpa, ssids = _netplan_wpa(documents, section, str(netplan_id))
                 _check_netplan_id(netplan_id, f"netplan file {name}",
-                                  _netplan_renderer(documents, section, str(netplan_id)))
+                                  _netplan_renderer(documents, section, str(netplan_id)),
+                                  wpa=wpa, ssids=ssids)
                 if not isinstance(definition, Mapping):  # `eth0:` alone too
                     raise ModelError(f"netplan file {name}: {section}: {netplan_id} is not a "
                                      "mapping (netplan refuses it as well: \"expected "

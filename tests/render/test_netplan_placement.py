@@ -810,6 +810,50 @@ def test_an_id_is_refused_exactly_when_its_renderer_cannot_name_its_file(
     assert "192.168.2.0/24" in written
 
 
+_WIFI = "      access-points:\n        {ssid}: {{password: secret123}}\n"
+_AUTH = "      auth: {key-management: eap, method: peap, identity: a, password: b}\n"
+
+
+@needs_netplan
+@pytest.mark.parametrize(("where", "extra", "length"), [
+    ("networkd wifis", _WIFI.format(ssid="home"), 228),
+    ("networkd wifis", _WIFI.format(ssid="home"), 229),
+    ("networkd ethernets", _AUTH, 228), ("networkd ethernets", _AUTH, 229),
+    ("NetworkManager wifis", _WIFI.format(ssid="home"), 222),
+    ("NetworkManager wifis", _WIFI.format(ssid="home"), 223),
+    ("NetworkManager wifis", _WIFI.format(ssid="'a b'"), 221),
+    ("NetworkManager wifis", _WIFI.format(ssid="'a b'"), 222),
+], ids=["networkd-wifi-228", "networkd-wifi-229", "networkd-auth-228", "networkd-auth-229",
+        "nm-wifi-222", "nm-wifi-223", "nm-wifi-escaped-221", "nm-wifi-escaped-222"])
+def test_an_id_is_refused_exactly_when_netplan_cannot_name_its_wifi_files(
+        where: str, extra: str, length: int, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A wifi or a definition with auth: gets more files than 10-netplan-ID.network:
+    # networkd's netplan-wpa-ID.service (room for 228 characters), NetworkManager's
+    # netplan-ID-SSID.nmconnection (the SSID's share taken from the id's). Another
+    # definition beside eth0's: netplan generate fails for the whole node, eth0's too.
+    renderer, section = where.split()
+    netplan_id = "w" * length
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    header = "" if section == "ethernets" else f"  {section}:\n"
+    (etc / "01-admin.yaml").write_text(
+        f"network:\n  version: 2\n  renderer: {renderer}\n  ethernets:\n"
+        f"    eth0: {{dhcp4: true}}\n{header}    {netplan_id}:\n      dhcp4: true\n"
+        + extra)
+    (etc / "01-admin.yaml").chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
+    err = capsys.readouterr().err
+    assert (status == 1) == (done.returncode != 0), (err, done.stderr)
+    if status == 1:
+        assert "File name too long" in err
+
+
 @pytest.mark.parametrize(("netplan_id", "refused"), [
     ("n" * 229, False), ("n" * 230, True), ("n" * 226 + ":", False),
     ("n" * 227 + ":", True)])
