@@ -63,6 +63,7 @@ from k3snet.converge import (
     destroy_each,
     facts_namespace,
     reads_node_facts,
+    removed_before,
     route_protocol,
     unmanaged,
     with_route_protocol,
@@ -721,8 +722,12 @@ def refuse_foreign_spec(spec: str | Path) -> None:
 
 def error_code(exc: K3snetError) -> int:
     """The exit code of a command that failed with ``exc`` (the Ansible module's ``rc``
-    for the same failure, so a playbook retries a busy node on 75 as a script does)."""
-    if isinstance(exc, RollbackError):
+    for the same failure, so a playbook retries a busy node on 75 as a script does).
+    A destroy through several backends whose later one failed, the earlier ones' removals
+    staying done (:func:`~k3snet.converge.removed_before`), left the node half-changed as
+    an apply whose undo failed does: 5, not 1 ("nothing was applied, or it was rolled
+    back")."""
+    if isinstance(exc, RollbackError) or removed_before(exc):
         return EXIT_HALF_CHANGED
     if isinstance(exc, LockTimeoutError):
         return EXIT_BUSY
