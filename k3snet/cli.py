@@ -1510,11 +1510,65 @@ class _AgentDesired:
 
 
 def _print_json(run: Run, data: Any) -> None:
+    """``data`` as a JSON document on stdout, written whole: a signal while it is written
+    (Ctrl-C, SIGTERM, SIGHUP within :func:`sigterm_undoes`) acts once it is
+    (:func:`_signals_wait`). A document of a few hundred kilobytes into a pipe its reader
+    empties slowly was cut where the signal came, and as the document had begun no
+    error document followed: a reader of ``--output json`` got half a document. Cut by
+    a second signal all the same, the error document that follows begins on a line of
+    its own."""
     # A secret sysctl's value as the text shows it (docs/spec.md): stdout ends up in CI
     # logs and tickets; a plan file (--out) keeps it, written 0600.
-    text = json.dumps(redact_secrets(data), indent=2, sort_keys=True)
-    run.document_printed = True  # begun: a Ctrl-C within the print adds none after it
-    print(text)
+    text = json.dumps(redact_secrets(data), indent=2, sort_keys=True) + "\n"
+    if run.document_begun and not run.document_printed:
+        text = "\n" + text  # after a document a second signal cut: on a line of its own
+    with _signals_wait():
+        run.document_begun = True
+        sys.stdout.write(text)
+        sys.stdout.flush()  # out now, not at the end: a signal then cuts nothing
+        run.document_printed = True
+
+
+_WAITING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_wait() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP whose handler is Python's (Ctrl-C's,
+    :func:`sigterm_undoes`'s) wait for its end: the first one's handler runs once the
+    block is done (unless it raised), a second one's at once, cutting it (a reader that
+    never empties the pipe holds the block: a second Ctrl-C still ends the command).
+    Signals left at their default (SIGTERM of ``plan``, ``observe``) end the process as
+    before; outside the main thread (which alone runs handlers) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Callable[[int, Any], Any]] = {}
+    waiting: list[tuple[int, Any]] = []
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def wait(signum: int, frame: Any) -> None:
+        if waiting:  # the second: the block is cut
+            restore()
+            previous[signum](signum, frame)
+            return
+        waiting.append((signum, frame))
+
+    for ending in _WAITING_SIGNALS:
+        handler = signal.getsignal(ending)
+        if callable(handler):
+            previous[ending] = handler
+            signal.signal(ending, wait)
+    try:
+        yield
+    finally:
+        restore()
+    if waiting:
+        signum, frame = waiting[0]
+        previous[signum](signum, frame)
 
 
 # ---------------------------------------------------------------- plan files
