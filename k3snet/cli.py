@@ -1536,8 +1536,9 @@ _WAITING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def _signals_wait() -> Iterator[None]:
     """Within the block, SIGINT, SIGTERM and SIGHUP whose handler is Python's (Ctrl-C's,
     :func:`sigterm_undoes`'s) wait for its end: the first one's handler runs once the
-    block is done (unless it raised), a second one's at once, cutting it (a reader that
-    never empties the pipe holds the block: a second Ctrl-C still ends the command).
+    block is done, also when it failed (the pipe's reader gone: Ctrl-C's 130, not 141),
+    a second one's at once, cutting it (a reader that never empties the pipe holds the
+    block: a second Ctrl-C still ends the command).
     Signals left at their default (SIGTERM of ``plan``, ``observe``) end the process as
     before; outside the main thread (which alone runs handlers) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
@@ -1551,7 +1552,8 @@ def _signals_wait() -> Iterator[None]:
             signal.signal(signum, handler)
 
     def wait(signum: int, frame: Any) -> None:
-        if waiting:  # the second: the block is cut
+        if waiting:  # the second: the block is cut, the first one's handler run no more
+            waiting.clear()
             restore()
             previous[signum](signum, frame)
             return
@@ -1566,9 +1568,9 @@ def _signals_wait() -> Iterator[None]:
         yield
     finally:
         restore()
-    if waiting:
-        signum, frame = waiting[0]
-        previous[signum](signum, frame)
+        if waiting:
+            signum, frame = waiting.pop()
+            previous[signum](signum, frame)
 
 
 # ---------------------------------------------------------------- plan files

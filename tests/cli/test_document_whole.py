@@ -91,3 +91,25 @@ def test_a_second_ctrl_c_cuts_the_document_and_the_error_document_follows_on_its
     cut, _, after = stdout.getvalue().partition("\n{\n")
     assert len(cut) < 200  # the plan's first 100 characters
     assert json.loads("{\n" + after)["error"]["type"] == "SIGINT"
+
+
+class _GoneAfterCtrlC(io.StringIO):
+    """A stdout whose reader, sent Ctrl-C too, goes away while the document is written."""
+
+    def write(self, text: str) -> int:
+        if not self.closed_pipe:
+            self.closed_pipe = True
+            os.kill(os.getpid(), signal.SIGINT)  # waits for the document's end
+        raise BrokenPipeError(32, "Broken pipe")
+
+    closed_pipe = False
+
+
+def test_ctrl_c_that_waited_for_a_document_the_reader_left_still_ends_with_130(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reader died with the same Ctrl-C (`k3snet plan -o json | jq` on a terminal):
+    # the write fails, and the Ctrl-C that waited for it is the command's end, as before.
+    monkeypatch.setattr(sys, "stdout", _GoneAfterCtrlC())
+    monkeypatch.setattr(cli, "_drop_stdout", lambda: None)
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--output", "json"]) == cli.EXIT_INTERRUPTED
