@@ -12,8 +12,12 @@ import contextlib
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from k3snet._env import env_switch
+
+if TYPE_CHECKING:
+    from k3snet._argv import Run
 
 
 def main() -> int:
@@ -29,20 +33,24 @@ def main() -> int:
         from k3snet._version import __version__  # noqa: PLC0415 - the whole point
 
         return end(_written(f"k3snet {__version__}\n"))
+    run: Run | None = None
     try:
-        # Ctrl-C comes most often while the CLI's modules load (~10x Python's start).
-        from k3snet.cli import main as cli_main  # noqa: PLC0415 - only when there is work
+        from k3snet._argv import Run  # noqa: PLC0415 - imports nothing
 
-        code = cli_main()
+        run = Run()  # what the command printed: read here if Ctrl-C escapes it
+        # Ctrl-C comes most often while the CLI's modules load (~10x Python's start).
+        from k3snet.cli import run_main  # noqa: PLC0415 - only when there is work
+
+        code = run_main(None, run)
     except SystemExit as exc:  # argparse's --help and usage errors, SIGTERM's 143
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except KeyboardInterrupt:  # before the command's own handling: its code, 130
-        _interrupted_early(sys.argv[1:])
+        _interrupted_early(sys.argv[1:], run)
         code = 130  # k3snet.cli.EXIT_INTERRUPTED (the module may be half loaded)
     return end(code)
 
 
-def _interrupted_early(argv: list[str]) -> None:
+def _interrupted_early(argv: list[str], run: Run | None) -> None:
     """Say a Ctrl-C that came before the command's own handling (the CLI's modules
     loading, its arguments read), as that handling says one (``k3snet.cli``'s
     ``_report_stopped``): a line on stderr and, with ``--output json``, an ``error``
@@ -54,8 +62,7 @@ def _interrupted_early(argv: list[str]) -> None:
     given = common_after_command(argv)
     if given and given[0] == "agent":  # its log says its end (a JSON log: a stray line)
         return
-    cli = sys.modules.get("k3snet.cli")  # a failed import took it out
-    if cli is not None and getattr(cli, "_DOCUMENT_PRINTED", None):
+    if run is not None and run.document_printed:
         return
     message = "stopped by SIGINT"
     with contextlib.suppress(OSError, KeyboardInterrupt):

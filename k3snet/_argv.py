@@ -1,10 +1,32 @@
 """What the command line asks, read before argparse (or the CLI's modules) could: the
-common options moved after the command, and whether a JSON document is wanted. Imported
-by :mod:`k3snet.__main__` when Ctrl-C comes while the CLI loads, so it imports nothing."""
+common options moved after the command, and whether a JSON document is wanted; and the
+state of one run (:class:`Run`). Imported by :mod:`k3snet.__main__` before the CLI loads
+(and when Ctrl-C comes while it does), so it imports nothing."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+
+class Run:
+    """What one call of :func:`k3snet.cli.main` has done so far, which decides what a signal
+    ending it says. Held by that call (its parsed arguments' ``run``), not by the module:
+    a library calling ``main`` from two threads, or again from a signal handler within a
+    run, had the two runs clear and fill the same lists (one run's "the change stays" said
+    by the other, its error document left out for the other's printed one)."""
+
+    __slots__ = ("document_begun", "document_printed", "made")
+
+    def __init__(self) -> None:
+        self.document_begun = False
+        """A JSON document was begun on stdout (whole, or cut by a second signal)."""
+        self.document_printed = False
+        """This run's JSON document is whole on stdout: a signal after it adds none."""
+        self.made: list[str] = []
+        """What this run's change made, once made (an apply or destroy returned, ``doctor
+        --fix``'s fix): a signal after it (destroy reading the backends again, the output
+        written) takes nothing back, and says it stays."""
+
 
 JSON_COMMANDS = frozenset({"plan", "apply", "destroy", "observe", "validate", "doctor"})
 """The commands taking ``--output text|json`` (doctor's ``-o``)."""

@@ -28,6 +28,7 @@ import attrs
 
 from k3snet._admin_path import admin_path
 from k3snet._argv import COMMON_VALUED as _COMMON_VALUED
+from k3snet._argv import Run
 from k3snet._argv import asks_json as _asks_json
 from k3snet._argv import common_after_command as _common_after_command
 from k3snet._env import env_switch
@@ -62,6 +63,7 @@ from k3snet.converge import (
     destroy_each,
     facts_namespace,
     reads_node_facts,
+    removed_before,
     route_protocol,
     unmanaged,
     with_route_protocol,
@@ -137,12 +139,6 @@ UNDO_AFTER_SIGTERM = 75.0
 (:func:`sigterm_undoes`): under systemd's 90 s stop timeout (``TimeoutStopSec``), after
 which its SIGKILL cut the undo at any point, silently."""
 _clock: Callable[[], float] = time.monotonic  # the deadline's clock (a fake in tests)
-_DOCUMENT_PRINTED: list[bool] = []
-"""Not empty once this run printed its JSON document: a signal after it adds none."""
-_MADE: list[str] = []
-"""What this run's change made, once made (an apply or destroy returned, ``doctor
---fix``'s fix): a signal after it (destroy reading the backends again, the output
-written) takes nothing back, and says it stays (:func:`_report_stopped`)."""
 
 
 SPEC_HELP = "spec file (YAML or JSON)"
@@ -525,9 +521,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     written) are one line on stderr with exit 1; a closed pipe (``| head``)
     ends quietly. ``K3SNET_DEBUG=1`` shows the traceback of an unexpected error.
     """
+    return run_main(argv, Run())
+
+
+def run_main(argv: Sequence[str] | None, run: Run) -> int:
+    """:func:`main` with ``run``, the state of this call alone (:mod:`k3snet.__main__`
+    makes it, so a Ctrl-C escaping the call can still read it)."""
     given = _common_after_command(sys.argv[1:] if argv is None else list(argv))
-    _DOCUMENT_PRINTED.clear()  # main is called again in one process (tests, a library)
-    _MADE.clear()
     logged = _agent_logs_json(given)  # argparse's text kept off its log, said there
     try:
         with contextlib.redirect_stderr(_Discarded()) if logged else contextlib.nullcontext():
@@ -538,8 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _log_agent_usage_error(given, exc.message)
         elif _asks_json(given):
             with _reporting():
-                _print_error_json(USAGE_ERROR, exc.message)
+                _print_error_json(run, USAGE_ERROR, exc.message)
         raise
+    args.run = run  # read by whatever prints its document or makes its change
     _configure_logging(args)
     _printable_output()
     admin_path()
@@ -654,7 +655,7 @@ def _run(args: argparse.Namespace) -> int:
             if not _logged_by_agent(args, _os_error(exc)):
                 print(f"k3snet: error: {printable(_os_error(exc))}", file=sys.stderr)
             if _json(args):
-                _print_error_json(type(exc).__name__, _os_error(exc))
+                _print_error_json(args.run, type(exc).__name__, _os_error(exc))
         return EXIT_ERROR
     except KeyboardInterrupt as exc:
         return _interrupted(args, exc)
@@ -671,7 +672,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"k3snet: internal error: {printable_lines(message)}",
                       file=sys.stderr)
             if _json(args):
-                _print_error_json("InternalError", message)
+                _print_error_json(args.run, "InternalError", message)
         return EXIT_ERROR
 
 
@@ -721,8 +722,12 @@ def refuse_foreign_spec(spec: str | Path) -> None:
 
 def error_code(exc: K3snetError) -> int:
     """The exit code of a command that failed with ``exc`` (the Ansible module's ``rc``
-    for the same failure, so a playbook retries a busy node on 75 as a script does)."""
-    if isinstance(exc, RollbackError):
+    for the same failure, so a playbook retries a busy node on 75 as a script does).
+    A destroy through several backends whose later one failed, the earlier ones' removals
+    staying done (:func:`~k3snet.converge.removed_before`), left the node half-changed as
+    an apply whose undo failed does: 5, not 1 ("nothing was applied, or it was rolled
+    back")."""
+    if isinstance(exc, RollbackError) or removed_before(exc):
         return EXIT_HALF_CHANGED
     if isinstance(exc, LockTimeoutError):
         return EXIT_BUSY
@@ -742,7 +747,8 @@ def _report_error(args: argparse.Namespace, exc: K3snetError) -> None:
         # stays removed) is on stderr as a log line; the document says it too, as the
         # Ansible module's message does: exit 1 reads "nothing was changed" otherwise.
         message = "\n".join([str(exc), *getattr(exc, "__notes__", ())])
-        _print_error_json(type(exc).__name__, message, getattr(exc, "problems", ()))
+        _print_error_json(args.run, type(exc).__name__, message,
+                          getattr(exc, "problems", ()))
 
 
 def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> int:
@@ -785,12 +791,12 @@ def _report_stopped(args: argparse.Namespace, name: str, exc: BaseException) -> 
     changes = args.command in UNDONE_ON_SIGTERM and getattr(args, "fix", True)
     if notes:
         message = f"stopped by {name}: " + "; ".join(notes)
-    elif _MADE:
+    elif args.run.made:
         # The change was made before the signal came (a destroy reading the backends
         # again, the result being written): nothing takes it back. "Nothing was
         # changed" was said of a node whose changes all stayed.
         message = (f"stopped by {name} after the change was made, which stays: "
-                   + "; ".join(_MADE))
+                   + "; ".join(args.run.made))
     elif changes:  # stopped before the change was made, or within it: taken back
         message = f"stopped by {name}: nothing was changed (what it made was taken back)"
     else:
@@ -798,14 +804,14 @@ def _report_stopped(args: argparse.Namespace, name: str, exc: BaseException) -> 
     with _reporting():
         print(f"k3snet: error: {printable_lines(message)}", file=sys.stderr)
         if _json(args) and not getattr(args, "stdout_taken", False) \
-                and not _DOCUMENT_PRINTED:
-            _print_error_json(name, message)
+                and not args.run.document_printed:
+            _print_error_json(args.run, name, message)
 
 
-def _made(done: Convergence) -> None:
-    """Note what ``done``'s change made, if anything (:data:`_MADE`)."""
+def _made(args: argparse.Namespace, done: Convergence) -> None:
+    """Note what ``done``'s change made, if anything (the run's ``made``)."""
     if done.result is not None and done.result.applied:
-        _MADE.append(done.result.summary())
+        args.run.made.append(done.result.summary())
 
 
 def _logged_by_agent(args: argparse.Namespace, message: str) -> bool:
@@ -821,9 +827,10 @@ def _logged_by_agent(args: argparse.Namespace, message: str) -> bool:
     return True
 
 
-def _print_error_json(kind: str, message: str, problems: Sequence[object] = ()) -> None:
+def _print_error_json(run: Run, kind: str, message: str,
+                      problems: Sequence[object] = ()) -> None:
     """An ``error`` document (schema ``error``) on stdout."""
-    _print_json({"format": JSON_FORMAT, "kind": "error", "error": {
+    _print_json(run, {"format": JSON_FORMAT, "kind": "error", "error": {
         "type": kind, "message": message, "problems": [str(p) for p in problems]}})
 
 
@@ -836,7 +843,7 @@ def _usage_error(args: argparse.Namespace, message: str) -> int:
     json``, as an ``error`` document of type ``UsageError``, as argparse's own are."""
     print(f"k3snet {args.command}: error: {message}", file=sys.stderr)
     if _json(args):
-        _print_error_json(USAGE_ERROR, message)
+        _print_error_json(args.run, USAGE_ERROR, message)
     return EXIT_USAGE
 
 
@@ -865,7 +872,7 @@ def _not_confirmed(args: argparse.Namespace) -> int:
     ``--output json``, as an ``error`` document (type ``NotConfirmed``)."""
     print("k3snet: nothing was changed", file=sys.stderr)
     if _json(args):
-        _print_error_json("NotConfirmed", "nothing was changed: not confirmed")
+        _print_error_json(args.run, "NotConfirmed", "nothing was changed: not confirmed")
     return EXIT_ERROR
 
 
@@ -1502,12 +1509,68 @@ class _AgentDesired:
         return None, None
 
 
-def _print_json(data: Any) -> None:
+def _print_json(run: Run, data: Any) -> None:
+    """``data`` as a JSON document on stdout, written whole: a signal while it is written
+    (Ctrl-C, SIGTERM, SIGHUP within :func:`sigterm_undoes`) acts once it is
+    (:func:`_signals_wait`). A document of a few hundred kilobytes into a pipe its reader
+    empties slowly was cut where the signal came, and as the document had begun no
+    error document followed: a reader of ``--output json`` got half a document. Cut by
+    a second signal all the same, the error document that follows begins on a line of
+    its own."""
     # A secret sysctl's value as the text shows it (docs/spec.md): stdout ends up in CI
     # logs and tickets; a plan file (--out) keeps it, written 0600.
-    text = json.dumps(redact_secrets(data), indent=2, sort_keys=True)
-    _DOCUMENT_PRINTED.append(True)  # begun: a Ctrl-C within the print adds none after it
-    print(text)
+    text = json.dumps(redact_secrets(data), indent=2, sort_keys=True) + "\n"
+    if run.document_begun and not run.document_printed:
+        text = "\n" + text  # after a document a second signal cut: on a line of its own
+    with _signals_wait():
+        run.document_begun = True
+        sys.stdout.write(text)
+        sys.stdout.flush()  # out now, not at the end: a signal then cuts nothing
+        run.document_printed = True
+
+
+_WAITING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_wait() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP whose handler is Python's (Ctrl-C's,
+    :func:`sigterm_undoes`'s) wait for its end: the first one's handler runs once the
+    block is done, also when it failed (the pipe's reader gone: Ctrl-C's 130, not 141),
+    a second one's at once, cutting it (a reader that never empties the pipe holds the
+    block: a second Ctrl-C still ends the command).
+    Signals left at their default (SIGTERM of ``plan``, ``observe``) end the process as
+    before; outside the main thread (which alone runs handlers) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Callable[[int, Any], Any]] = {}
+    waiting: list[tuple[int, Any]] = []
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def wait(signum: int, frame: Any) -> None:
+        if waiting:  # the second: the block is cut, the first one's handler run no more
+            waiting.clear()
+            restore()
+            previous[signum](signum, frame)
+            return
+        waiting.append((signum, frame))
+
+    for ending in _WAITING_SIGNALS:
+        handler = signal.getsignal(ending)
+        if callable(handler):
+            previous[ending] = handler
+            signal.signal(ending, wait)
+    try:
+        yield
+    finally:
+        restore()
+        if waiting:
+            signum, frame = waiting.pop()
+            previous[signum](signum, frame)
 
 
 # ---------------------------------------------------------------- plan files
@@ -1749,8 +1812,9 @@ def _print_plan(args: argparse.Namespace, p: Plan, marks: list[str], warnings: l
     if args.output == "json":
         # The lists always (a plan's own dict has `held` only when there is one): a script
         # reads the same keys from every plan document.
-        _print_json({"held": [], **p.to_dict(), "kind": "plan", "warnings": warnings,
-                     "disruptive": marks})
+        _print_json(args.run, {
+            "held": [], **p.to_dict(), "kind": "plan", "warnings": warnings,
+            "disruptive": marks})
         return
     print(_colour(p.render(), args))
     for line in marks:
@@ -1950,7 +2014,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 # Shown on stdout already, or else printed there with what was applied.
                 shown = preview.plan if ask is sys.stdout else None
         done = run(fixed, wanted, dry_run=False)
-        _made(done)
+        _made(args, done)
         # What the last observe found worth saying, as plan says; not the look through
         # the node backends not in use (plan and apply --dry-run say it): a script's cold
         # apply pays for its own backends alone (up to ~56 ms of imports and reads else).
@@ -1967,7 +2031,7 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
     backends' ``warnings`` (``!! warning:`` lines, as plan prints them); with
     ``--output json`` one document of ``kind`` (``apply`` or ``destroy``)."""
     if args.output == "json":
-        _print_json({
+        _print_json(args.run, {
             "format": JSON_FORMAT,
             "kind": kind,
             "dry_run": bool(args.dry_run),
@@ -2070,7 +2134,7 @@ def _destroy_through(args: argparse.Namespace, groups: Sequence[BackendGroup],
     # What is approved is what is removed: the listed plan, refused if the node changed.
     done = destroy_each(groups, lock_timeout=args.lock_timeout,
                         confirmed=preview.plan if asking else None)
-    _made(done)
+    _made(args, done)
     if not as_json and (shown is not sys.stdout
                         or not _same_changes(preview.plan.changes, done.plan.changes)):
         print(done.plan.render())  # not listed on stdout, or the node changed since
@@ -2171,9 +2235,10 @@ def cmd_observe(args: argparse.Namespace) -> int:
         capture = NodeCapture.read_live(args.netns)
         written = capture.write_dir(args.save)
         if args.output == "json":
-            _print_json({"format": JSON_FORMAT, "kind": "capture", "directory": str(args.save),
-                         "files": [str(path) for path in written],
-                         "missing": dict(sorted(capture.missing.items()))})
+            _print_json(args.run, {
+                "format": JSON_FORMAT, "kind": "capture", "directory": str(args.save),
+                "files": [str(path) for path in written],
+                "missing": dict(sorted(capture.missing.items()))})
         else:
             for path in written:
                 print(path)
@@ -2184,7 +2249,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
     with _backend(args, spec) as backend:
         state = backend.observe()
     if args.output == "json":
-        _print_json({**state.to_dict(), "kind": "state"})
+        _print_json(args.run, {**state.to_dict(), "kind": "state"})
     else:
         print(state.render())
     return EXIT_OK
@@ -2258,7 +2323,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             # changed while it waited for approval, never planned again behind the
             # user's back (a masquerade another k3snet run added meanwhile was deleted).
             done = apply_plan(backend, d.plan, desired=d.desired)
-            _made(done)
+            _made(args, done)
             if done.result is not None:
                 print(_result_text(d.plan, done.result), file=human)
         after = diagnose(attrs.evolve(
@@ -2330,7 +2395,7 @@ def _print_diagnosis(args: argparse.Namespace, d: Any) -> None:
     """The diagnosis ``d`` as text, or as one ``doctor`` document (``format``, ``kind``,
     then the trace, findings, plan and predicted verdict), with ``--fix`` too."""
     if args.output == "json":
-        _print_json({"format": JSON_FORMAT, "kind": "doctor", **d.to_dict()})
+        _print_json(args.run, {"format": JSON_FORMAT, "kind": "doctor", **d.to_dict()})
     else:
         print(d.render())
 
@@ -2426,7 +2491,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _print_validation(args: argparse.Namespace, problems: Sequence[Problem],
                       destinations: int | None = None) -> None:
     """A ``validation`` document (schema ``validation``) on stdout."""
-    _print_json({"format": JSON_FORMAT, "kind": "validation", "spec": str(args.spec),
+    _print_json(args.run, {"format": JSON_FORMAT, "kind": "validation", "spec": str(args.spec),
                  "valid": not problems, "destinations": destinations,
                  "problems": [{"path": p.path, "message": p.message} for p in problems]})
 

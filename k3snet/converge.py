@@ -34,7 +34,8 @@ from k3snet.spec import compile as compile_spec
 
 __all__ = ["NODE_KINDS", "Convergence", "apply_plan", "compile_for", "converge", "destroy",
            "destroy_each", "disruptive_allowed", "facts_namespace", "reads_node_facts",
-           "refuse_teardown", "route_protocol", "state_digest", "unmanaged", "with_route_protocol"]
+           "refuse_teardown", "removed_before", "route_protocol", "state_digest", "unmanaged",
+           "with_route_protocol"]
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +346,8 @@ def destroy_each(backends: Sequence[Backend], *, dry_run: bool = False, check: b
     runs each backend's check on its own part and raises one
     :class:`~k3snet.errors.CheckError` of every problem. Each backend's removal is all
     or nothing; one that fails raises its error, the earlier backends' removals
-    staying done (the error's note and a log line name them). The lock of every
+    staying done (the error's note and a log line name them, and
+    :func:`removed_before` of the error gives them). The lock of every
     namespace the backends act in is taken once, for the whole removal: no other k3snet
     process acts between two backends' parts (an apply seeing half a destroy).
 
@@ -365,6 +367,17 @@ def destroy_each(backends: Sequence[Backend], *, dry_run: bool = False, check: b
         return _destroy_each_locked(backends, dry_run=dry_run, check=check,
                                     allow_disruptive=allow_disruptive,
                                     lock_timeout=lock_timeout)
+
+
+_REMOVED_BEFORE = "k3snet_removed_before"
+
+
+def removed_before(exc: BaseException) -> tuple[str, ...]:
+    """What :func:`destroy_each` had removed through the backends before the one whose
+    failure (or signal) ``exc`` is, each backend's result summary; that stays removed.
+    Empty for any other exception, and when nothing was removed before it: then the
+    node is as it was (each backend's removal is all or nothing)."""
+    return tuple(vars(exc).get(_REMOVED_BEFORE, ()))
 
 
 def _refuse_unconfirmed(backends: Sequence[Backend], confirmed: Plan, *,
@@ -404,6 +417,7 @@ def _destroy_each_locked(backends: Sequence[Backend], *, dry_run: bool, check: b
                         f"not undone: {'; '.join(done)}")
                 log.error("destroy: %s", said)
                 exc.add_note(said)
+                vars(exc)[_REMOVED_BEFORE] = tuple(done)
             raise
         if dry_run and check and part.plan.changes:
             problems += backend.check(part.plan)

@@ -1243,6 +1243,27 @@ def test_state_absent_stopped_by_sigterm_between_two_backends_is_changed_naming_
     assert result["error"]["type"] == "SIGTERM"
 
 
+def test_state_absent_failing_between_two_backends_has_rc_5_as_k3snet_destroy(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # The first backend's removal stays, the second's failed: rc was 1 ("nothing was
+    # applied, or it was rolled back") of a half-changed node, as the CLI's exit code.
+    testing = pytest.importorskip("ansible.module_utils.testing")
+    module = load_module()
+    first = k3snet.MemoryBackend(k3snet.State(owned=[k3snet.Sysctl("net.ipv4.ip_forward", "1")]))
+    second = k3snet.MemoryBackend(k3snet.State(owned=[
+        k3snet.Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+    second.faults.fail_at(0)
+    monkeypatch.setattr(module, "discover", lambda _params, _stack: attrs.make_class(
+        "Found", {"groups": attrs.field(factory=lambda: [first, second])})())
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
+    with testing.patch_module_args({"state": "absent"}), pytest.raises(SystemExit):
+        module.main()
+    result = json.loads(capsys.readouterr().out)
+    assert (result["failed"], result["changed"], result["rc"]) == (True, True, 5)
+    assert "removed before memory failed, and not undone: memory: 1 change(s)" in result["msg"]
+    assert not first.observe().owned
+
+
 def test_a_check_mode_task_stopped_by_sigterm_says_no_apply_was_undone(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     # Check mode applies nothing; a SIGTERM in its read said "an apply in progress was

@@ -18,7 +18,7 @@ from k3snet.backends import discover
 from k3snet.backends.lock import namespace_lock
 from k3snet.backends.registry import register_backend, unregister_backend
 from k3snet.cli import main
-from k3snet.converge import destroy_each
+from k3snet.converge import destroy_each, removed_before
 from k3snet.errors import ApplyError, BackendUnavailableError, LockTimeoutError
 from k3snet.model import MasqueradeRule, Route
 from k3snet.schemas import SCHEMA_NAMES, load_schema
@@ -108,6 +108,8 @@ def test_a_later_backend_failing_leaves_the_earlier_removals_done_and_says_so(
     said = "removed before memory failed, and not undone: memory+memory: 3 change(s)"
     assert any(note.startswith(said) for note in failed.value.__notes__)
     assert said in caplog.text
+    assert removed_before(failed.value) == ("memory+memory: 3 change(s) applied in 3 "
+                                            "operation(s)",)
     assert not node["fake-netlink"].observe().owned
     assert node["fake-ipt"].observe().owned == {NAT}  # all or nothing, within a backend
 
@@ -116,14 +118,25 @@ def test_a_later_backend_failing_leaves_the_earlier_removals_done_and_says_so(
 def test_a_destroy_whose_later_backend_failed_names_what_stays_removed_in_its_document(
         node: dict[str, MemoryBackend], capsys: pytest.CaptureFixture[str]) -> None:
     # Said by a log line on stderr alone: a script reading the document and exit 1
-    # ("nothing was applied, or it was rolled back") took the node as it was.
+    # ("nothing was applied, or it was rolled back") took the node as it was. Half
+    # removed, the node is half-changed as after an apply whose undo failed: exit 5.
     node["fake-ipt"].faults.fail_at(0)
-    assert main(["destroy", "--auto-approve", "--no-facts", "--output", "json"]) == 1
+    assert main(["destroy", "--auto-approve", "--no-facts", "--output", "json"]) == 5
     document: dict[str, Any] = json.loads(capsys.readouterr().out)
     jsonschema.Draft202012Validator(load_schema("error")).validate(document)
     assert document["error"]["type"] == "ApplyError"
     assert ("\nremoved before memory failed, and not undone: memory+memory: 3 change(s)"
             in document["error"]["message"])
+
+
+def test_a_destroy_whose_first_backend_failed_exits_1_nothing_removed(
+        node: dict[str, MemoryBackend], capsys: pytest.CaptureFixture[str]) -> None:
+    # Nothing was removed before the failure (each backend all or nothing): the node is
+    # as it was, exit 1 as before.
+    node["fake-netlink"].faults.fail_at(0)
+    assert main(["destroy", "--auto-approve", "--no-facts", "--output", "json"]) == 1
+    assert "not undone" not in json.loads(capsys.readouterr().out)["error"]["message"]
+    assert node["fake-ipt"].observe().owned
 
 
 def _stopped_by(signal_exit: BaseException) -> Any:

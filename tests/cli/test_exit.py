@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,8 +192,8 @@ def test_ctrl_c_after_loading_before_the_command_runs_is_an_error_document(
 
 def test_ctrl_c_after_the_document_was_printed_adds_no_second_one(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    def printed_then_interrupted(args: object) -> None:
-        cli._print_json({"format": JSON_FORMAT, "kind": "observation"})
+    def printed_then_interrupted(args: Any) -> None:
+        cli._print_json(args.run, {"format": JSON_FORMAT, "kind": "observation"})
         raise KeyboardInterrupt  # as one within the print, or once _run returned
 
     monkeypatch.setattr(cli, "_configure_logging", printed_then_interrupted)

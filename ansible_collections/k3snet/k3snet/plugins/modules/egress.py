@@ -226,7 +226,8 @@ rc:
     - The exit code C(k3snet apply) (or C(destroy)) exits with for the same failure, the
       table of docs/cli.md; V(75) is busy (another k3snet process, such as the agent, held
       the namespace's lock past O(lock_timeout); nothing was changed, a later run may
-      succeed), V(4) a conflict, V(5) a failed apply whose undo failed too, V(64) a
+      succeed), V(4) a conflict, V(5) a failed apply whose undo failed too (or a removal
+      through several backends that failed after an earlier one's, which stays), V(64) a
       parameter the module refuses (as the command's parser would, O(backends=[]) or an
       O(lock_timeout) out of range), V(143) or V(129) stopped by SIGTERM or SIGHUP,
       V(1) any other failure.

@@ -1,0 +1,115 @@
+"""A signal while the JSON document is written: the reader gets it whole, or a clear error.
+
+A document of a few hundred kilobytes into a pipe its reader empties slowly takes a
+while to write; Ctrl-C or SIGTERM then cut it where they came, and since it had begun,
+no error document followed: ``jq`` met half a document. These tests run k3snet as a
+process writing into a pipe, and send the signal once the document has begun and more
+of it is left than the pipe holds (no timing: it cannot have ended).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k3snet import cli
+from k3snet.cli import main
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+RUN = ("import sys; sys.argv = ['k3snet', *sys.argv[1:]]; "
+       "from k3snet.__main__ import main; sys.exit(main())")
+
+
+def _big_spec(tmp_path: Path, count: int = 3000) -> Path:
+    spec = tmp_path / "big.yaml"
+    spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n" + "".join(
+        f"  - cidr: 172.{16 + i // 256}.{i % 256}.0/24\n" for i in range(count)))
+    return spec
+
+
+def _signalled_within_the_document(signum: int, *argv: str) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of k3snet ``argv``, sent ``signum`` once its document
+    has begun (its first byte read; more is left than the pipe and stdout's buffer hold)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"K3SNET_FULL_EXIT", "PYTHONUNBUFFERED"}}
+    process = subprocess.Popen([sys.executable, "-c", RUN, *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env)
+    assert process.stdout is not None
+    first = os.read(process.stdout.fileno(), 1)  # one byte: the rest waits for the reader
+    assert first == b"{"
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=300)
+    return process.returncode, (first + out).decode(), err.decode()
+
+
+def test_ctrl_c_while_a_big_plan_document_is_written_lets_it_end_whole(
+        tmp_path: Path) -> None:
+    argv = ("plan", "-f", str(_big_spec(tmp_path)), "--backend", "memory", "--no-facts",
+            "--output", "json")
+    code, out, err = _signalled_within_the_document(signal.SIGINT, *argv)
+    assert len(out) > 1 << 18  # more than the pipe (64 KiB) and stdout's buffer hold
+    assert json.loads(out)["kind"] == "plan"  # whole: was cut where Ctrl-C came
+    assert code == cli.EXIT_INTERRUPTED  # Ctrl-C still ends it, once the document is out
+    assert "Traceback" not in err
+
+
+def test_sigterm_while_a_big_apply_document_is_written_lets_it_end_whole(
+        tmp_path: Path) -> None:
+    argv = ("apply", "-f", str(_big_spec(tmp_path)), "--backend", "memory", "--no-facts",
+            "--output", "json")
+    code, out, err = _signalled_within_the_document(signal.SIGTERM, *argv)
+    assert json.loads(out)["kind"] == "apply"
+    assert code == cli.EXIT_TERMINATED
+    assert "k3snet: error: stopped by SIGTERM after the change was made, which stays" in err
+
+
+class _CutTwice(io.StringIO):
+    """A stdout that gets two Ctrl-C while a document is written: the second one cuts it."""
+
+    def write(self, text: str) -> int:
+        if self.tell() or len(text) < 1000:  # the big document only, once
+            return super().write(text)
+        super().write(text[:100])
+        os.kill(os.getpid(), signal.SIGINT)  # waits for the document's end
+        os.kill(os.getpid(), signal.SIGINT)  # cuts it
+        return super().write(text[100:])  # never reached
+
+
+def test_a_second_ctrl_c_cuts_the_document_and_the_error_document_follows_on_its_own_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stdout = _CutTwice()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--output", "json"]) == cli.EXIT_INTERRUPTED
+    cut, _, after = stdout.getvalue().partition("\n{\n")
+    assert len(cut) < 200  # the plan's first 100 characters
+    assert json.loads("{\n" + after)["error"]["type"] == "SIGINT"
+
+
+class _GoneAfterCtrlC(io.StringIO):
+    """A stdout whose reader, sent Ctrl-C too, goes away while the document is written."""
+
+    def write(self, text: str) -> int:
+        if not self.closed_pipe:
+            self.closed_pipe = True
+            os.kill(os.getpid(), signal.SIGINT)  # waits for the document's end
+        raise BrokenPipeError(32, "Broken pipe")
+
+    closed_pipe = False
+
+
+def test_ctrl_c_that_waited_for_a_document_the_reader_left_still_ends_with_130(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reader died with the same Ctrl-C (`k3snet plan -o json | jq` on a terminal):
+    # the write fails, and the Ctrl-C that waited for it is the command's end, as before.
+    monkeypatch.setattr(sys, "stdout", _GoneAfterCtrlC())
+    monkeypatch.setattr(cli, "_drop_stdout", lambda: None)
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--output", "json"]) == cli.EXIT_INTERRUPTED
