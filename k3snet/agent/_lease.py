@@ -12,7 +12,9 @@ synchronous ``kubernetes`` client:
   shared by every process on the node (``agent --once`` by hand beside the
   DaemonSet's agent, an agent restarted after a crash, the node's next agent that
   took the Lease while this one's steps stalled), so any other holder waits it out
-  like a foreign one;
+  like a foreign one. A Lease holding that ``acquireTime`` is its own whether it leads
+  or not (a write whose answer was lost once the server applied it, a holder past its
+  renew deadline): renewed at once, as client-go renews a Lease naming it;
 * every write is a merge patch carrying the ``resourceVersion`` read, so of two
   candidates racing for an expired Lease exactly one wins (the other gets 409);
 * the holder renews every ``retry_period`` and considers itself leader only
@@ -269,10 +271,15 @@ class LeaderElector:
         # holds this elector's acquisition (its acquireTime): a holder whose steps
         # stalled past the duration read the Lease the node's next agent took since as
         # its own, renewed it, and both led.
-        with self._lock:
-            mine = holder == self.identity and self._leader
-        mine = mine and self._acquired is not None and spec is not None \
-            and _parse_micro_time(spec.acquire_time) == self._acquired
+        # Not only while it leads: a write the API server applied and whose answer was
+        # lost (a timeout, a proxy's 504) is this elector's all the same, as client-go
+        # takes a Lease naming its identity. Its renewal's answer lost took the holder
+        # past its renew deadline (the 10 s timeout), and a lost answer to the write
+        # that took the Lease left it unknown: either was waited out for the duration
+        # and taken again (a transition, no writer meanwhile). The acquireTime is one
+        # this elector wrote, to the microsecond: no other's write holds it.
+        mine = holder == self.identity and self._acquired is not None \
+            and spec is not None and _parse_micro_time(spec.acquire_time) == self._acquired
         if holder and not mine and now - self._observed_at < duration:
             return False, None  # held by someone else, and alive as far as we can tell
         self._not_halted()
@@ -288,6 +295,8 @@ class LeaderElector:
             # (an int32: one more than its largest is refused, and every candidate failed
             # every step for good on a Lease set to it)
             body["spec"]["leaseTransitions"] = min(transitions + 1, _INT32_MAX)
+            # Before the write: its answer may be lost once the server applied it.
+            self._acquired = _parse_micro_time(wall)
         try:
             with translate_errors(f"update {self.where}",
                                   classifier=KubeErrors(timeout=self._timeout)):
@@ -298,8 +307,6 @@ class LeaderElector:
             if exc.status == 409:
                 return False, None  # another candidate wrote first
             raise
-        if not mine:
-            self._acquired = _parse_micro_time(wall)
         return True, now
 
     def _not_halted(self) -> None:
@@ -312,6 +319,7 @@ class LeaderElector:
 
     def _create(self, wall: str, now: float) -> tuple[bool, float | None]:
         self._not_halted()
+        self._acquired = _parse_micro_time(wall)  # before: its answer may be lost
         s = self.settings
         body = {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -329,7 +337,6 @@ class LeaderElector:
             if exc.status == 409:
                 return False, None
             raise
-        self._acquired = _parse_micro_time(wall)
         return True, now
 
     # ------------------------------------------------------------ release and the thread

@@ -22,6 +22,8 @@ the smallest extension the backends' contract needs (``_Emulator``):
   answer an error status (403, 409, 500 ...) or hang past the client's timeout,
   *before* the emulator touches its objects. (kmock's own reactions cannot do
   that: the emulator applies every write even when a reaction answers an error.)
+  With ``served=True``, after: the write is made and its answer lost (a timeout, a
+  proxy's 504, of a write the server applied);
 
 * lists in pages (``limit`` and ``continue``, as the real server serves them: in the
   order of namespace and name, the next page's token in ``metadata.continue``); a
@@ -133,7 +135,9 @@ class Fault:
     ``times`` is how many requests it hits (``None``: all). ``param``: only requests
     carrying that query parameter (``"continue"``: the pages of a list after the first).
     ``retry_after``: the answer's ``Retry-After`` header, in seconds (an API server's
-    429 names one: its Priority and Fairness, its max-in-flight limit).
+    429 names one: its Priority and Fairness, its max-in-flight limit). ``served``: the
+    request is served first (its write made), and its answer lost: the error (after
+    ``delay``: a timeout) is what the client gets of a write the server applied.
     """
 
     status: int = 500
@@ -145,6 +149,7 @@ class Fault:
     message: str | None = None
     param: str | None = None
     retry_after: int | None = None
+    served: bool = False
 
     def matches(self, method: str, plural: str | None, name: str | None,
                 params: Mapping[str, str] | None = None) -> bool:
@@ -347,6 +352,8 @@ def _emulator_class() -> type[Any]:
             del self._requests[:-_KEPT_REQUESTS]
             fault = self._take_fault(request)
             if fault is not None:
+                if fault.served:
+                    await self._serve(request)  # made; its answer is lost
                 if fault.delay:
                     await asyncio.sleep(fault.delay)
                 error = KubernetesError(
@@ -359,6 +366,10 @@ def _emulator_class() -> type[Any]:
                 answer = await self._render_error(error)
                 answer.headers["Retry-After"] = str(fault.retry_after)
                 return answer
+            return await self._serve(request)
+
+        async def _serve(self, request: Any) -> Any:
+            """Serve ``request`` (no fault): its answer."""
             action = request.action
             content_type = str(request.headers.get("Content-Type", ""))
             if (request.resource is not None and str(request.method.value) == "PATCH"
@@ -642,10 +653,11 @@ class EmulatedApiServer:
     def fail(self, status: int = 500, *, method: str | None = None, plural: str | None = None,
              name: str | None = None, delay: float = 0.0, times: int | None = 1,
              message: str | None = None, param: str | None = None,
-             retry_after: int | None = None) -> Fault:
+             retry_after: int | None = None, served: bool = False) -> Fault:
         """Make matching requests fail (see :class:`Fault`); returns the fault."""
         fault = Fault(status=status, method=method, plural=plural, name=name, delay=delay,
-                      times=times, message=message, param=param, retry_after=retry_after)
+                      times=times, message=message, param=param, retry_after=retry_after,
+                      served=served)
         self.emulator.add_fault(fault)
         return fault
 

@@ -26,8 +26,14 @@ from hypothesis import strategies as st
 from kubernetes_validate.utils import ValidationError
 
 import k3snet
+from k3snet import cli
+from k3snet.agent import CLEANUP_MARGIN, Agent, AgentOptions, FileSpecSource
+from k3snet.backends.group import BackendGroup
+from k3snet.backends.memory import MemoryBackend
+from k3snet.converge import compile_for
 from k3snet.errors import SpecError
 from k3snet.kube import TERMINATION_GRACE
+from k3snet.model import State
 from k3snet.render.manifests import (
     AGENT_NAME,
     AGENT_PORT,
@@ -975,6 +981,43 @@ def test_daemonset_runs_on_linux_with_probes_on_the_agent_port(name: str) -> Non
         # beside the old one, so the rollout replaces pods, a tenth of the nodes at a time.
         assert daemonset["spec"]["updateStrategy"] == {
             "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_daemonset_grace_period_holds_the_agent_shutdown_bound(
+        name: str, tmp_path: Path) -> None:
+    # The kubelet SIGKILLs the agent terminationGracePeriodSeconds after SIGTERM (after
+    # the preStop hook began, when there is one: its time is taken from the same
+    # period). The agent's shutdown bound is counted from SIGTERM: its requests end by
+    # TERMINATION_GRACE less CLEANUP_MARGIN. The one-shot commands' undo on SIGTERM
+    # (apply, destroy: up to UNDO_AFTER_SIGTERM, 75 s, systemd's stop timeout less
+    # a margin) is never the agent's: were it the pod's command's, the kubelet would
+    # kill it mid-undo, 45 s before its bound. A grace period shorter than the bound, a preStop
+    # hook, or an agent command SIGTERM undoes, each fails here.
+    clock = [1000.0]
+
+    def desired(spec: Spec, group: BackendGroup, /, *, hold: frozenset[int] = frozenset()
+                ) -> State:
+        return compile_for(group, spec)
+
+    agent = Agent(FileSpecSource(tmp_path / "spec.yaml"),  # (no pass: never read)
+                  lambda spec: BackendGroup([MemoryBackend()]), desired,
+                  AgentOptions("node-a"), monotonic=lambda: clock[0])
+    agent.stop()  # SIGTERM at 1000 s
+    deadline = agent.grace_deadline()
+    assert deadline is not None
+    bound = deadline.at - 1000.0 + CLEANUP_MARGIN  # the agent's, and its margin
+    assert 0 < CLEANUP_MARGIN < bound
+    assert "agent" not in cli.UNDONE_ON_SIGTERM
+    assert bound < cli.UNDO_AFTER_SIGTERM  # (why the agent must not undo on SIGTERM)
+    for daemonset in _kind(_render(name), "DaemonSet"):
+        pod = daemonset["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["command"][:2] == ["k3snet", "agent"]
+        assert "lifecycle" not in container  # no preStop taking part of the period
+        assert pod["terminationGracePeriodSeconds"] >= bound
+        # (and no longer than it needs: it delays a drain and a rolling update)
+        assert pod["terminationGracePeriodSeconds"] == TERMINATION_GRACE
 
 
 # Peak RSS of an agent's first pass with netlink and nftables, the heaviest backends

@@ -4,7 +4,8 @@ nothing printed (plan, apply, observe, destroy, their -vv logs, text or JSON) sh
 them, nor does a doctor bundle, and each file k3snet keeps that holds one (the plan
 file, the netlink backend's record, which a rollback reads) is readable by its owner
 alone. The interface's
-``addr_gen_mode`` the secret's write set to 2 is neither recorded nor given back."""
+``addr_gen_mode`` the secret's write set to 2 is given back by ``destroy``
+(``test_stable_secret_modes.py``); the secret itself, which no write unsets, stays."""
 
 from __future__ import annotations
 
@@ -60,10 +61,11 @@ def test_secret_sysctls_are_written_printed_redacted_and_kept_in_owner_only_file
     common = ["--netns", ns, "--backend", "netlink", "-vv", "--output", output]
     saved = tmp_path / "node.plan"
     assert main(["plan", "-f", str(spec), "--no-facts", *common, "--out", str(saved)]) == 2
+    before = _mode(ns)
     assert main(["apply", str(saved), "--output", output, "-vv"]) == 0
     assert _shown(ns, "net/ipv4/tcp_fastopen_key") == FASTOPEN
     assert _shown(ns, "net/ipv6/conf/lo/stable_secret") == STABLE
-    assert _mode(ns) == "stable_secret"  # the secret's write set addr_gen_mode to 2
+    assert _mode(ns) == "stable_secret" != before  # the secret's write set addr_gen_mode to 2
     assert main(["observe", "-f", str(spec), *common]) == 0
     printed = capsys.readouterr()
     _clean(printed.out + printed.err)
@@ -84,6 +86,6 @@ def test_secret_sysctls_are_written_printed_redacted_and_kept_in_owner_only_file
     assert main(["destroy", *common, "--auto-approve"]) == 0
     _clean("".join(capsys.readouterr()))
     assert _shown(ns, "net/ipv4/tcp_fastopen_key") != FASTOPEN  # given back
-    # The kernel cannot unset a secret, and k3snet gives no addr_gen_mode back: both stay.
+    # The kernel cannot unset a secret: it stays; the addr_gen_mode it set is given back.
     assert _shown(ns, "net/ipv6/conf/lo/stable_secret") == STABLE
-    assert _mode(ns) == "stable_secret"
+    assert _mode(ns) == before

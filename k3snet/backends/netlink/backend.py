@@ -1225,26 +1225,18 @@ class NetlinkBackend(BackendBase):
         if change.action == "delete":
             recorded = state.owned[name][1]
             # Still owned under its other name: the value stays what k3snet wants there,
-            # and goes back when that name is given back.
-            if recorded is not None and alias not in state.owned:
-                # A switch still at the value the spread gave it goes back to what it held
-                # when k3snet took over (the previous value, unless recorded otherwise); one
-                # changed since keeps its value, which the write below would overwrite.
-                spread_value = normal(name, current)
-                originals = state.spread.get(name, {})
-                # An inverted switch is always recorded; without a record (a file of an
-                # older version) the kernel's own spread stands, as it did then.
-                inverted = SPREADING_INVERTED.get(name, ())
-                targets = {switch: originals.get(switch, recorded)
-                           if spread_value is not None
-                           and value == spread_to(name, switch, spread_value) else value
-                           for switch, value in switches.items() if switch not in state.owned
-                           and (switch in originals or switch not in inverted)}
+            # and goes back when that name is given back. A stable_secret none set
+            # before (no record: none is unset) still gives back the addr_gen_mode
+            # its write set to 2.
+            secret = unset_secret(name)
+            if (recorded is not None or secret) and alias not in state.owned:
+                targets = _given_back_switches(state, name, current, switches, secret=secret)
 
                 def give_back() -> None:
                     # An empty value is written as a newline: a write of nothing
                     # changes nothing (ip_local_reserved_ports kept its ports).
-                    write_sysctl(root, name, recorded or "\n")
+                    if recorded is not None:
+                        write_sysctl(root, name, recorded or "\n")
                     restore_spread(root, targets)
 
                 self._write_sysctl(give_back, undo, restores)
@@ -1310,6 +1302,28 @@ def _of_kind(plan: Plan, kind: str) -> Sequence[Change]:
     if len(plan.kinds) == 1:
         return plan.changes
     return [c for c in plan.changes if c.kind == kind]
+
+
+def _given_back_switches(state: SysctlState, name: str, current: str,
+                         switches: Mapping[str, str], *, secret: bool) -> dict[str, str]:
+    """The switches (:func:`spread_values`: ``switches``, as they are now) the delete of
+    owned ``name`` (``current``: its value now) writes back, with their values.
+
+    A switch still at the value the spread gave it goes back to what it held when
+    k3snet took over (the previous value, unless recorded otherwise); one changed since
+    keeps its value, which the write of ``name`` would overwrite."""
+    recorded = state.owned[name][1]
+    spread_value = normal(name, current)
+    originals = state.spread.get(name, {})
+    # An inverted switch is always recorded, and so is a stable_secret's addr_gen_mode
+    # (the secret is no mode); without a record (a file of an older version) the
+    # kernel's own spread stands, as it did then.
+    inverted = switches if secret else SPREADING_INVERTED.get(name, ())
+    return {switch: originals.get(switch, recorded or "")
+            if spread_value is not None
+            and value == spread_to(name, switch, spread_value) else value
+            for switch, value in switches.items() if switch not in state.owned
+            and (switch in originals or switch not in inverted)}
 
 
 def _previous(state: SysctlState, action: str, name: str, current: str) -> str | None:

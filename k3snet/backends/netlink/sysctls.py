@@ -158,9 +158,25 @@ def deletes_unannounced(fd: int | None) -> bool:
         return False
 
 
+_STABLE_PRIVACY = "2"
+"""``IN6_ADDR_GEN_MODE_STABLE_PRIVACY``: the ``addr_gen_mode`` a ``stable_secret``'s write sets."""
+
+
+def _secret_interface(name: str) -> str | None:
+    """The interface (``default`` too) whose IPv6 ``stable_secret`` ``name`` is, else None
+    (``all``'s the kernel refuses, EIO)."""
+    path = sysctl_path(name).split("/")
+    if len(path) == 5 and path[:3] == ["net", "ipv6", "conf"] and path[4] == "stable_secret" \
+            and path[3] != "all":
+        return path[3]
+    return None
+
+
 def spread_to(name: str, switch: str, value: str) -> str:
     """The value the kernel gives ``switch`` (one of :func:`spread_values`) when ``name``
     is written with ``value`` (a value that changes it)."""
+    if _secret_interface(name) is not None:
+        return _STABLE_PRIVACY  # whatever the secret
     if switch in SPREADING_INVERTED.get(name, ()):
         return "0" if value != "0" else "1"
     return value
@@ -170,7 +186,16 @@ def spread_values(root: Path, name: str) -> dict[str, str]:
     """The switches a write of ``name`` sets, with their values now: the same switch of
     ``default`` and of each interface (:data:`SPREADING`), and those it sets to the
     opposite (:data:`SPREADING_INVERTED`); empty for another sysctl. Run in the target
-    namespace. An interface whose name no sysctl name can spell is left out."""
+    namespace. An interface whose name no sysctl name can spell is left out.
+
+    An IPv6 ``stable_secret``'s write sets its interface's ``addr_gen_mode`` to 2
+    (``default``'s: every interface's, not ``default``'s own nor ``all``'s;
+    ``addrconf_sysctl_stable_secret``), whatever the secret: those modes, recorded at
+    the take-over and given back with the secret, are its switches. Without them a
+    rollback or ``destroy`` left the interface generating stable-privacy addresses."""
+    interface = _secret_interface(name)
+    if interface is not None:
+        return _secret_modes(root, interface)
     conf = SPREADING.get(name)
     if conf is None:
         return {}
@@ -194,6 +219,30 @@ def spread_values(root: Path, name: str) -> dict[str, str]:
         if value is not None:
             found[switch] = value
     return found
+
+
+def _secret_modes(root: Path, interface: str) -> dict[str, str]:
+    """The ``addr_gen_mode`` of ``interface`` (``default``: of every interface) with its
+    value now, what the write of its ``stable_secret`` sets to 2."""
+    if interface != "default":
+        # (by path: a VLAN's name holds a dot, eth0.100)
+        names = [sysctl_name(f"net/ipv6/conf/{interface}/addr_gen_mode")]
+    else:
+        try:
+            entries = sorted(os.listdir(root / "net/ipv6/conf"))
+        except OSError:  # a stand-in for /proc/sys without that directory
+            return {}
+        names = []
+        for entry in entries:
+            if entry in ("all", "default"):
+                continue
+            try:
+                names.append(sysctl_name(f"net/ipv6/conf/{entry}/addr_gen_mode"))
+            except ModelError:
+                continue
+    values = read_sysctls(root, names)
+    return {switch: value for switch in names
+            if (value := normal(switch, values[switch])) is not None}
 
 
 def on_procfs(root: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
