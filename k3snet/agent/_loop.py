@@ -1282,8 +1282,11 @@ class Agent:
         self._held_pass = held and len(node) == len(parts)
         self._failed_in_row = self._failed_in_row + 1 if node else 0
         self._stuck_in_row = self._stuck_in_row + 1 if node and not held else 0
-        drift = (self._drift(applied, leader, changed=self._new_in_pass) if self._held_pass
-                 else 0)
+        # What a pass left blocked by foreign state applied is drift repaired as well (the
+        # metric, the fight's count): the rest converged, as with held routes.
+        partial = len(node) == len(parts) and all(
+            isinstance(f, (_HeldRoutesError, _ConflictsLeftError)) for f in node)
+        drift = self._drift(applied, leader, changed=self._new_in_pass) if partial else 0
         reason = _reason(parts[0][1])
         said = []
         for part, failure in parts:

@@ -74,6 +74,8 @@ def test_a_conflict_fails_the_pass_but_every_other_change_is_applied(tmp_path: P
     assert again.status == "failed"
     assert again.message.startswith("conflict: ")
     assert [c.kind for c in again.applied] == ["nat"] * len(nat)
+    assert again.drift == len(nat)
+    assert node.sample("k3snet_agent_drift_repairs_total") == len(nat)
     third = node.agent.run_pass()
     assert (third.status, third.applied) == ("failed", ())
     assert "nothing else to change" in third.message
