@@ -366,13 +366,16 @@ class _ConflictsLeftError(ConflictError):
     def __init__(self, conflicts: Sequence[Note], applied: Sequence[Change],
                  tokens: tuple[Hashable | None, ...] | None,
                  held: _HeldRoutesError | None = None) -> None:
-        done = (f"applied {len(applied)} change(s): {listed(applied)}" if applied
-                else "nothing else to change")
+        # One line, the conflicts first (the Node's message is cut at MESSAGE_LIMIT: what
+        # blocks the spec must be in it), the first LOG_ITEMS of each list rendered.
+        blocked = listed([*(n.render().replace("\n", " ") for n in conflicts[:LOG_ITEMS]),
+                          *conflicts[LOG_ITEMS:]])
+        done = f"applied: {listed(applied)}" if applied else "nothing else to change"
         also = "" if held is None else f"; also {str(held).partition(':')[0]}"
-        lines = "\n  ".join(n.render().replace("\n", " ") for n in conflicts)
         super().__init__(f"foreign state conflicts with the spec: {len(conflicts)} wanted "
-                         f"object(s) left as they are until it goes; everything else "
-                         f"converged ({done}){also}:\n  {lines}")
+                         f"object(s) left as they are until it goes, everything else "
+                         f"converged ({len(applied)} change(s) applied){also}: {blocked}; "
+                         f"{done}")
         self.conflicts, self.applied, self.tokens = tuple(conflicts), tuple(applied), tokens
 
 

@@ -54,7 +54,8 @@ def test_a_conflict_fails_the_pass_but_every_other_change_is_applied(tmp_path: P
     assert result.message.startswith("conflict: foreign state conflicts with the spec: 1 "
                                       "wanted object(s) left as they are")
     assert "192.168.2.0/24" in result.message
-    assert f"applied {len(result.applied)} change(s)" in result.message
+    assert f"({len(result.applied)} change(s) applied)" in result.message
+    assert result.message.index("192.168.2.0/24") < result.message.index("; applied: ")
     assert "pass failed: conflict: " in stream.getvalue()
     # Everything but the blocked route: the other route, the sysctl, forward and NAT rules.
     kinds = sorted(c.kind for c in result.applied)
