@@ -352,9 +352,9 @@ class _HeldRoutesError(Exception):
                  ) -> None:
         names = _destinations(spec, held)
         problems = "\n  ".join(map(str, cause.problems))
-        super().__init__(f"{len(held)} destination(s) held, their routes neither added nor "
-                         f"deleted until the node can route to them ({names}); everything "
-                         f"else converged:\n  {problems}")
+        self.summary = (f"{len(held)} destination(s) held, their routes neither added nor "
+                        f"deleted until the node can route to them ({names})")
+        super().__init__(f"{self.summary}; everything else converged:\n  {problems}")
         self.cause, self.held = cause, held
         self.applied, self.tokens = tuple(applied), tokens
 
@@ -371,7 +371,7 @@ class _ConflictsLeftError(ConflictError):
         blocked = listed([*(n.render().replace("\n", " ") for n in conflicts[:LOG_ITEMS]),
                           *conflicts[LOG_ITEMS:]])
         done = f"applied: {listed(applied)}" if applied else "nothing else to change"
-        also = "" if held is None else f"; also {str(held).partition(':')[0]}"
+        also = "" if held is None else f"; also {held.summary}"
         super().__init__(f"foreign state conflicts with the spec: {len(conflicts)} wanted "
                          f"object(s) left as they are until it goes, everything else "
                          f"converged ({len(applied)} change(s) applied){also}: {blocked}; "
