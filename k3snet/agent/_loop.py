@@ -306,9 +306,12 @@ def _one_line(exc: BaseException) -> str:
     # An error listing objects (a spec's problems, the conflicts, a dry run's) has one
     # per line after its first: a log line names the first LOG_ITEMS and counts the rest.
     head, *items = str(exc).split("\n")
+    # Its notes after it (an apply that failed with the plan's conflicts left out names
+    # them there: the pass said "apply" alone, the conflict unsaid).
+    notes = [str(n) for n in getattr(exc, "__notes__", ())[:LOG_ITEMS]]
     if isinstance(exc, SpecError):  # its message names only the first SHOWN_PROBLEMS
-        return " ".join(" ".join([head, listed(exc.problems, "\n")]).split())
-    return " ".join(" ".join([head, listed(items, "\n")]).split())
+        return " ".join(" ".join([head, listed(exc.problems, "\n"), *notes]).split())
+    return " ".join(" ".join([head, listed(items, "\n"), *notes]).split())
 
 
 def _close(group: BackendGroup, what: str) -> None:

@@ -98,6 +98,9 @@ def test_a_partial_pass_whose_apply_fails_is_undone_whole(tmp_path: Path) -> Non
     result = node.agent.run_pass()
     assert result.status == "failed"
     assert result.message.startswith("apply: ")
+    # The conflict is said all the same, though the failure is the apply's.
+    assert ("foreign state also conflicts with the spec, left out of this apply: ! route "
+            "192.168.2.0/24") in result.message
     assert result.applied == ()
     assert node.memory.state == foreign  # rolled back, the foreign route as it was
     assert node.sample("k3snet_agent_conflicts_total") is None or \
