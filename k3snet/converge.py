@@ -311,7 +311,16 @@ def _carry_out_allowed(backend: Backend, observed: State, p: Plan, *, dry_run: b
     # injects failures at every position to prove it), so a separate check would only
     # do the kernel's work twice (it cost +60-110 % of an nftables or iptables apply).
     log.info("%s: applying %d change(s)", backend.name, len(p.changes))
-    result = backend.apply(p)
+    try:
+        result = backend.apply(p)
+    except Exception as exc:
+        if p.conflicts:
+            # Applied with its conflicts left out (allow_conflicts): the failure hid them.
+            first = p.conflicts[0].render().replace("\n", " ")
+            more = f" (and {len(p.conflicts) - 1} more)" if len(p.conflicts) > 1 else ""
+            exc.add_note(f"foreign state also conflicts with the spec, left out of this "
+                         f"apply: {first}{more}")
+        raise
     log.info("%s: applied %d change(s) in %d operation(s)", backend.name, len(result.applied),
              result.operations)
     return Convergence(observed, p, result)

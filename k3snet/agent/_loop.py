@@ -13,6 +13,9 @@ One pass:
    destinations the node cannot route to (by the node facts) have their routes
    held, the rest converged, and the pass fails (``unreachable``: without the
    failures' back-off; a node part managing no routes holds nothing and goes on);
+   wanted objects that foreign state blocks (the plan's ``!`` conflicts: a foreign
+   ``DROP`` before k3snet's jump) are left as they are, every other change of the
+   plan applied, and the pass fails (``conflict``, with the back-off);
 3. converge the cluster-wide backends (Calico IPPools, the flannel ConfigMap,
    Cilium's ConfigMaps) only while this agent holds the Lease
    (:mod:`k3snet.agent._lease`), whether or not step 2 succeeded;
@@ -78,7 +81,7 @@ from k3snet.kube import (
 from k3snet.model import NetObject
 from k3snet.model.route import Route
 from k3snet.model.state import State
-from k3snet.planner import Change
+from k3snet.planner import Change, Note
 from k3snet.spec import Spec, held_destinations
 from k3snet.spec.load import imported_files, load_mapping
 from k3snet.spec.source import MAX_BYTES
@@ -303,9 +306,12 @@ def _one_line(exc: BaseException) -> str:
     # An error listing objects (a spec's problems, the conflicts, a dry run's) has one
     # per line after its first: a log line names the first LOG_ITEMS and counts the rest.
     head, *items = str(exc).split("\n")
+    # Its notes after it (an apply that failed with the plan's conflicts left out names
+    # them there: the pass said "apply" alone, the conflict unsaid).
+    notes = [str(n) for n in getattr(exc, "__notes__", ())[:LOG_ITEMS]]
     if isinstance(exc, SpecError):  # its message names only the first SHOWN_PROBLEMS
-        return " ".join(" ".join([head, listed(exc.problems, "\n")]).split())
-    return " ".join(" ".join([head, listed(items, "\n")]).split())
+        return " ".join(" ".join([head, listed(exc.problems, "\n"), *notes]).split())
+    return " ".join(" ".join([head, listed(items, "\n"), *notes]).split())
 
 
 def _close(group: BackendGroup, what: str) -> None:
@@ -349,11 +355,31 @@ class _HeldRoutesError(Exception):
                  ) -> None:
         names = _destinations(spec, held)
         problems = "\n  ".join(map(str, cause.problems))
-        super().__init__(f"{len(held)} destination(s) held, their routes neither added nor "
-                         f"deleted until the node can route to them ({names}); everything "
-                         f"else converged:\n  {problems}")
+        self.summary = (f"{len(held)} destination(s) held, their routes neither added nor "
+                        f"deleted until the node can route to them ({names})")
+        super().__init__(f"{self.summary}; everything else converged:\n  {problems}")
         self.cause, self.held = cause, held
         self.applied, self.tokens = tuple(applied), tokens
+
+
+class _ConflictsLeftError(ConflictError):
+    """The part converged all but what foreign state blocks (the plan's conflicts, left
+    as they are: never forced, nothing foreign touched); what was applied is carried."""
+
+    def __init__(self, conflicts: Sequence[Note], applied: Sequence[Change],
+                 tokens: tuple[Hashable | None, ...] | None,
+                 held: _HeldRoutesError | None = None) -> None:
+        # One line, the conflicts first (the Node's message is cut at MESSAGE_LIMIT: what
+        # blocks the spec must be in it), the first LOG_ITEMS of each list rendered.
+        blocked = listed([*(n.render().replace("\n", " ") for n in conflicts[:LOG_ITEMS]),
+                          *conflicts[LOG_ITEMS:]])
+        done = f"applied: {listed(applied)}" if applied else "nothing else to change"
+        also = "" if held is None else f"; also {held.summary}"
+        super().__init__(f"foreign state conflicts with the spec: {len(conflicts)} wanted "
+                         f"object(s) left as they are until it goes, everything else "
+                         f"converged ({len(applied)} change(s) applied){also}: {blocked}; "
+                         f"{done}")
+        self.conflicts, self.applied, self.tokens = tuple(conflicts), tuple(applied), tokens
 
 
 @attrs.define
@@ -938,7 +964,7 @@ class Agent:
         if node is not None:
             try:
                 changes, tokens = self._converge_one(spec, node, "node")
-            except _HeldRoutesError as exc:
+            except (_HeldRoutesError, _ConflictsLeftError) as exc:
                 # Not a refusal: what could converge did, and the spec is in force.
                 applied += exc.applied
                 self._observed_at = (group, exc.tokens, bool(exc.applied))
@@ -1003,7 +1029,8 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - the pass fails with it, once the node's ran
             self._cluster_synced(exc)
             self._cluster_failure = exc if leader else None
-            return (), leader, exc
+            # Foreign state blocking part of it: the rest was applied all the same.
+            return (exc.applied if isinstance(exc, _ConflictsLeftError) else ()), leader, exc
         self._cluster_failure = None
         self._cluster_refusal = self._cluster_refused = None
         if leader:
@@ -1072,7 +1099,9 @@ class Agent:
         those destinations' routes, the routes k3snet owns in their places (destination
         and table) kept as they are; :class:`_HeldRoutesError` then fails the pass with
         what was applied. Refused whole, one unreachable gateway kept every other drift
-        on the node unrepaired, and a new spec from the rest of the node.
+        on the node unrepaired, and a new spec from the rest of the node. So with the
+        plan's conflicts: they are left as they are, the rest applied, and
+        :class:`_ConflictsLeftError` fails the pass with what was applied.
         """
         held: tuple[SpecError, frozenset[int]] | None = None
         try:
@@ -1108,15 +1137,26 @@ class Agent:
         self._synced.pop(part, None)
         # SIGTERM ends a wait for the namespace lock: a minute of it outlasted the pod's
         # grace period (30 s), and the agent was killed before releasing its Lease.
+        # What foreign state blocks is left out of the plan (a `!` note, never forced,
+        # nothing foreign named): the rest is applied, and the pass fails with the
+        # conflict below. Refused whole, one foreign DROP before k3snet's jump kept
+        # every other drift of the node (a route deleted, a sysctl flipped) unrepaired
+        # for as long as it stood.
         done = converge(group, desired, cancelled=self._stopping.is_set,
-                        keep=None if held is None else _slots_of(spec, held[1]))
+                        keep=None if held is None else _slots_of(spec, held[1]),
+                        allow_conflicts=True)
         applied = done.result.applied if done.result is not None else ()
-        if done.plan.empty and whole and tokens is not None:
+        conflicts = done.plan.conflicts
+        if done.plan.empty and not conflicts and whole and tokens is not None:
             # Nothing to do: until a token moves (or the desired state does), observing
-            # and planning again would find nothing either.
+            # and planning again would find nothing either. Not with a conflict: the
+            # pass would then be "in sync" while the foreign rule stands.
             self._synced[part] = (desired, tokens)
-        if held is not None:
-            raise _HeldRoutesError(*held, spec, applied, tokens)
+        holding = None if held is None else _HeldRoutesError(*held, spec, applied, tokens)
+        if conflicts:
+            raise _ConflictsLeftError(conflicts, applied, tokens, holding)
+        if holding is not None:
+            raise holding
         return applied, tokens
 
     def _held_of(self, spec: Spec, error: SpecError) -> frozenset[int]:
@@ -1248,8 +1288,11 @@ class Agent:
         self._held_pass = held and len(node) == len(parts)
         self._failed_in_row = self._failed_in_row + 1 if node else 0
         self._stuck_in_row = self._stuck_in_row + 1 if node and not held else 0
-        drift = (self._drift(applied, leader, changed=self._new_in_pass) if self._held_pass
-                 else 0)
+        # What a pass left blocked by foreign state applied is drift repaired as well (the
+        # metric, the fight's count): the rest converged, as with held routes.
+        partial = len(node) == len(parts) and all(
+            isinstance(f, (_HeldRoutesError, _ConflictsLeftError)) for f in node)
+        drift = self._drift(applied, leader, changed=self._new_in_pass) if partial else 0
         reason = _reason(parts[0][1])
         said = []
         for part, failure in parts:

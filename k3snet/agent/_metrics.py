@@ -131,8 +131,8 @@ class AgentMetrics:
             "k3snet_agent_changes", "Changes applied, by object kind and action.",
             ["kind", "action"], registry=r)
         self.conflicts = p.Counter(
-            "k3snet_agent_conflicts", "Passes refused because foreign state blocks the spec.",
-            registry=r)
+            "k3snet_agent_conflicts",
+            "Passes failed because foreign state blocks part of the spec.", registry=r)
         self.failures = p.Counter(
             "k3snet_agent_sync_failures", "Passes that failed, by reason.", ["reason"],
             registry=r)

@@ -400,3 +400,33 @@ def test_a_change_made_while_a_pass_holding_routes_runs_starts_the_next_pass(
     finally:
         agent.stop()
         runner.join()
+
+
+def test_a_conflict_beside_held_routes_names_both_and_the_rest_is_still_repaired(
+        tmp_path: Path) -> None:
+    import attrs  # noqa: PLC0415
+
+    from k3snet.model.route import Route  # noqa: PLC0415
+
+    node = Node(tmp_path, SPEC.replace("destinations:", "destinations:\n"
+                                       "  - cidr: 10.200.0.0/24\n    gateway: 192.168.1.1"))
+    assert node.agent.run_pass().status == "ok"
+    route = next(o for o in node.memory.state.owned
+                 if isinstance(o, Route) and str(o.destination) == "10.200.0.0/24")
+    # Another program's route takes the place of k3snet's (deleted first).
+    node.remove("route", "10.200.0.0/24")
+    foreign = attrs.evolve(route, gateway=None, device="eth0")
+    node.memory._restore(State(owned=node.memory.state.owned, foreign=[foreign]))
+    node.facts = DOWN
+    node.remove("nat", "192.168.2.0/24")
+    result = node.agent.run_pass()
+    assert result.status == "failed"
+    assert result.message.startswith("conflict: foreign state conflicts with the spec: 1 ")
+    # The held destinations named whole (an IPv6 CIDR's colons cut nothing), then the conflict.
+    assert ("also 1 destination(s) held, their routes neither added nor deleted until the "
+            "node can route to them (172.20.0.0/16): ! route 10.200.0.0/24") in result.message
+    assert [str(c.subject.destination) for c in result.applied if c.kind == "nat"] == [
+        "192.168.2.0/24"]
+    assert node.owned("route", "10.200.0.0/24") == []
+    assert list(node.memory.state.foreign) == [foreign]
+    assert node.failures("conflict") == 1
