@@ -89,7 +89,7 @@ RENDER_MUTATION_TESTS := tests/render/test_manifest_files.py tests/render/test_c
 	tests/iptables/test_nat_reader_oracle.py tests/hostile/test_parser_fuzz.py \
 	tests/cluster/test_manifests.py tests/cluster/test_connectivity_job.py
 
-.PHONY: deps test lint typecheck pytest demo bench docs dist clean distclean mutation mutation-spec mutation-model mutation-readers mutation-render image \
+.PHONY: deps test lint typecheck typecheck-tests pytest demo bench docs dist clean distclean mutation mutation-spec mutation-model mutation-readers mutation-render image \
 	spec-schema test-lowest
 
 deps: $(STAMP)
@@ -124,6 +124,17 @@ lint: deps
 typecheck: deps
 	$(BIN)/mypy
 
+# The test directories that pass mypy's strict check (pyproject.toml), kept so: add one
+# here once `mypy --explicit-package-bases tests/DIR` is clean. What they import from the
+# other test directories is read, but its errors are not shown (--follow-imports=silent);
+# the library's are `typecheck`'s. A cache of its own: these options differ from
+# `typecheck`'s, and a shared cache would be rebuilt at every switch.
+TYPECHECK_TESTS ?= tests/api tests/model tests/netlink tests/nftables tests/planner tests/spec
+
+typecheck-tests: deps
+	$(BIN)/mypy --explicit-package-bases --follow-imports=silent --cache-dir .mypy_cache/tests \
+		$(TYPECHECK_TESTS)
+
 # pytest exits 5 when it collects no tests; make treats any non-zero status as a
 # failure, so an empty or mis-configured suite fails `make test`. Never swallow
 # pytest's status: no `|| true`, no `-` prefix (pipefail is on if you add a tee).
@@ -134,8 +145,9 @@ PYTEST_JOBS ?= 2
 PYTEST := HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(BIN)/python -m pytest --durations=15 \
 	-n $(PYTEST_JOBS) --dist loadfile
 
-# Lint, type check and a strict docs build first, then the suite.
-test: lint typecheck docs
+# Lint, type check (the library, then the clean test directories) and a strict docs
+# build first, then the suite.
+test: lint typecheck typecheck-tests docs
 	$(PYTEST) $(PYTEST_ARGS)
 
 # The suite alone, e.g. `make pytest PYTEST_ARGS="-m 'not kernel'"`.

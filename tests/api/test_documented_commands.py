@@ -21,6 +21,7 @@ from typing import NamedTuple
 import pytest
 
 from k3snet import cli
+from k3snet._argv import common_after_command
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
@@ -100,7 +101,7 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
 
 def _flag_problem(command: Command, subcommands: dict[str, argparse.ArgumentParser]
                   ) -> str | None:
-    words = cli._common_after_command(_words(command.text))
+    words = common_after_command(_words(command.text))
     if not words or words[0].startswith("-") or words[0].isupper() or "/" in words[0]:
         return None  # `k3snet --version`, `k3snet WHAT`, `k3snet plan/apply` in prose
     if words[0] not in subcommands:
@@ -118,7 +119,7 @@ def _parse_problem(command: Command) -> str | None:
     errors = io.StringIO()
     with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
         try:
-            cli.build_parser().parse_args(cli._common_after_command(_words(command.text)))
+            cli.build_parser().parse_args(common_after_command(_words(command.text)))
         except SystemExit as exc:
             if exc.code != 0:
                 last = errors.getvalue().strip().splitlines()[-1:]

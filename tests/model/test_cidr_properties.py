@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from k3snet.errors import ModelError
 from k3snet.model import aggregate, contains, overlaps, subtract
-from k3snet.model.cidr import network_sort_key, parse_network
+from k3snet.model.cidr import Network, network_sort_key, parse_network
 from k3snet.testing import strategies as ks
 
 _v4 = ks.networks(4, min_prefix=0)
@@ -35,7 +35,7 @@ def test_aggregate_agrees_with_collapse_addresses_for_ipv6(
 def test_aggregate_of_mixed_families_is_each_family_collapsed(
     v4: list[ipaddress.IPv4Network], v6: list[ipaddress.IPv6Network]
 ) -> None:
-    mixed = [*v6, *v4]
+    mixed: list[Network] = [*v6, *v4]
     expected = [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]
     assert list(aggregate(mixed)) == expected
 
@@ -43,7 +43,7 @@ def test_aggregate_of_mixed_families_is_each_family_collapsed(
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)), max_size=10))
 def test_aggregate_masks_host_bits_like_the_kernel(pairs: list[tuple[int, int]]) -> None:
     raw = [f"{ipaddress.IPv4Address(a)}/{p}" for a, p in pairs]
-    masked = [ipaddress.ip_network(r, strict=False) for r in raw]
+    masked = [ipaddress.IPv4Network(r, strict=False) for r in raw]
     assert list(aggregate(raw)) == list(ipaddress.collapse_addresses(masked))
 
 

@@ -24,7 +24,7 @@ TARGET = CILIUM_DEFAULT_TARGET
 DEST = parse_network("192.168.2.0/24")
 
 
-def _config(ip_masq_agent: dict[str, object] | None = None, **settings: str) -> CiliumConfig:
+def _config(ip_masq_agent: dict[str, object] | None = None, /, **settings: str) -> CiliumConfig:
     return CiliumConfig(TARGET, settings={k.replace("_", "-"): v for k, v in settings.items()},
                         ip_masq_agent=ip_masq_agent)
 

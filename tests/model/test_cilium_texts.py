@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from k3snet.model import NetObject
 from k3snet.model.cidr import parse_network
 from k3snet.model.cilium import (
     CILIUM_DEFAULT_TARGET,
@@ -30,7 +31,7 @@ T = CILIUM_DEFAULT_TARGET
 BPF = {"enable-bpf-masquerade": "true", "enable-ip-masq-agent": "true"}
 
 
-def _c(agent: dict[str, object] | None = None, **settings: str) -> CiliumConfig:
+def _c(agent: dict[str, object] | None = None, /, **settings: str) -> CiliumConfig:
     return CiliumConfig(T, settings={k.replace("_", "-"): v for k, v in settings.items()},
                         ip_masq_agent=agent)
 
@@ -91,7 +92,7 @@ CASES: dict[str, Case] = {
                                                        "true"),
     # the objects' checks
     "settings unknown": lambda: _c(debug="true"),
-    "settings not a string": lambda: CiliumConfig(T, settings={"ipam": 1}),  # type: ignore[dict-item]
+    "settings not a string": lambda: CiliumConfig(T, settings={"ipam": 1}),  # type: ignore[arg-type]
     "settings pairs": lambda: CiliumConfig(T, settings=[("ipam", "kubernetes")]),
     "settings context keys": lambda: _c(enable_ipv4="true", enable_ipv6="false",
                                         ipam="kubernetes", cluster_pool_ipv4_cidr="10.0.0.0/8",
@@ -322,7 +323,8 @@ def _bpf() -> dict[str, str]:
     return {k.replace("-", "_"): v for k, v in BPF.items()}
 
 
-MET_ROUTE = object_from_dict({"type": "route", "destination": "10.0.0.0/8", "device": "eth0"})
+MET_ROUTE: NetObject = object_from_dict(
+    {"type": "route", "destination": "10.0.0.0/8", "device": "eth0"})
 
 
 def test_cilium_texts() -> None:

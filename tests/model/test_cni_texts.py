@@ -67,7 +67,7 @@ CASES: dict[str, Case] = {
                         "a" in JsonMapping({"a": None}), "b" in JsonMapping({"a": None}),
                         JsonMapping({"a": {"x": 1}})["a"],
                         JsonMapping({"a": {"x": 1}}).to_dict()],
-    "mapping key": lambda: JsonMapping({1: "a"}),
+    "mapping key": lambda: JsonMapping({1: "a"}),  # type: ignore[arg-type]
     "mapping equality": lambda: [
         JsonMapping({"a": 1}) == JsonMapping({"a": 1}), JsonMapping({"a": 1}) == {"a": 1},
         JsonMapping({"a": 1}) == {"a": 2}, JsonMapping({"a": 1}) == {1: 1},
@@ -188,7 +188,7 @@ CASES: dict[str, Case] = {
         merge_members({"Backend": "vxlan"}, {"Backend": {"Type": "vxlan"}}),
         merge_members({"Backend": {"Type": "vxlan"}}, {"Backend": None})],
     # flannel's networks, expected
-    "networks string": lambda: FlannelNetworks(F, "10.42.0.0/16"),  # type: ignore[arg-type]
+    "networks string": lambda: FlannelNetworks(F, "10.42.0.0/16"),
     "networks": lambda: FlannelNetworks(CM, ["10.42.0.0/16", "fd00:42::/56"]),
     "networks none": lambda: FlannelNetworks(CM, []),
     "networks judged": lambda: {name: _judge(FlannelNetworks(F, pods), config)

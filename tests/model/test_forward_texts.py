@@ -50,7 +50,7 @@ CASES: dict[str, Case] = {
     "block verdict": lambda: _block(verdict="accept"),
     "block verdict case": lambda: _block(verdict="DROP"),
     "block text": lambda: _block("  "),
-    "block text not a string": lambda: _block(None),
+    "block text not a string": lambda: _block(None),  # type: ignore[arg-type]
     "block where": lambda: ForwardBlock(4, "drop", "-j DROP", 7),
     "block text spaces": lambda: _block("-s  10.0.0.0/8\n\t-j   DROP").rule,
     "block text 512": lambda: _block("x" * 512).rule == "x" * 512,

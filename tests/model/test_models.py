@@ -20,7 +20,7 @@ from k3snet import (
     aggregate,
     parse_network,
 )
-from k3snet.model import NatBlock, object_from_dict
+from k3snet.model import NatBlock, NetObject, object_from_dict
 from k3snet.model.nat import snat_address_problem
 
 
@@ -301,8 +301,8 @@ def test_a_sysctl_name_with_both_separators_is_still_checked(written: str) -> No
     ],
     ids=lambda o: o.type_name,
 )
-def test_objects_round_trip_and_describe_themselves(obj: object) -> None:
-    assert object_from_dict(obj.to_dict()) == obj  # type: ignore[attr-defined]
+def test_objects_round_trip_and_describe_themselves(obj: NetObject) -> None:
+    assert object_from_dict(obj.to_dict()) == obj
     assert str(obj)
 
 

@@ -15,7 +15,7 @@ CASES: dict[str, Case] = {
                                          out_interface="eth0", random_fully=True),
     "masquerade v6": lambda: MasqueradeRule("fd00:42::/56", exclude=["fd00::/8"]),
     "masquerade exclude string": lambda: MasqueradeRule("10.42.0.0/16", exclude="10.0.0.0/8"),
-    "masquerade random": lambda: MasqueradeRule("10.42.0.0/16", random_fully=1),
+    "masquerade random": lambda: MasqueradeRule("10.42.0.0/16", random_fully=1),  # type: ignore[arg-type]
     "masquerade exclusion outside": lambda: MasqueradeRule(
         "10.42.0.0/16", destination="192.168.0.0/16", exclude=["10.0.0.0/8"]),
     "masquerade excluding every destination": lambda: MasqueradeRule(
@@ -53,7 +53,7 @@ CASES: dict[str, Case] = {
     "route table top": lambda: Route("192.168.2.0/24", device="eth0", table=4294967295).table,
     "route table over": lambda: Route("192.168.2.0/24", device="eth0", table=4294967296),
     "route metric": lambda: Route("192.168.2.0/24", device="eth0", metric=-1),
-    "route metric text": lambda: Route("192.168.2.0/24", device="eth0", metric="5"),
+    "route metric text": lambda: Route("192.168.2.0/24", device="eth0", metric="5"),  # type: ignore[arg-type]
     "route protocol name": lambda: Route("192.168.2.0/24", device="eth0", protocol="nope"),
     "route protocol number": lambda: Route("192.168.2.0/24", device="eth0", protocol=256),
     "route protocol numbers": lambda: [Route("192.168.2.0/24", device="eth0", protocol=p).protocol
@@ -64,19 +64,19 @@ CASES: dict[str, Case] = {
     "route protocol long name": lambda: Route("192.168.2.0/24", device="eth0",
                                               protocol="p" * 50),
     "route families": lambda: Route("192.168.2.0/24", gateway="fd00::1"),
-    "route scope long": lambda: Route("192.168.2.0/24", device="eth0", scope="s" * 50),
+    "route scope long": lambda: Route("192.168.2.0/24", device="eth0", scope="s" * 50),  # type: ignore[arg-type]
     "route from dict": lambda: Route.from_dict({"destination": "192.168.2.0/24",
                                                 "device": "eth0", "scope": "host"}),
-    "route scope": lambda: Route("192.168.2.0/24", device="eth0", scope="site"),
+    "route scope": lambda: Route("192.168.2.0/24", device="eth0", scope="site"),  # type: ignore[arg-type]
     "route protocol without a name": lambda: Route("192.168.2.0/24", device="eth0", protocol=77),
     # sysctls
     "sysctl": lambda: Sysctl("net.ipv4.ip_forward", 1),
     "sysctl slashes": lambda: Sysctl("net/ipv4/conf/eth0.100/rp_filter", " 2\t"),
-    "sysctl name": lambda: Sysctl(7, 1),
+    "sysctl name": lambda: Sysctl(7, 1),  # type: ignore[arg-type]
     "sysctl name bad": lambda: Sysctl("net..ipv4", 1),
     "sysctl name short": lambda: Sysctl("net", 1),
     "sysctl not net": lambda: Sysctl("kernel.panic", 1),
-    "sysctl value": lambda: Sysctl("net.ipv4.ip_forward", 1.5),
+    "sysctl value": lambda: Sysctl("net.ipv4.ip_forward", 1.5),  # type: ignore[arg-type]
     "sysctl value empty": lambda: Sysctl("net.ipv4.ip_forward", " \t"),
     "sysctl value control": lambda: Sysctl("net.ipv4.ip_forward", "1\x00"),
     "sysctl value long": lambda: Sysctl("net.ipv4.ip_forward", "1" * 300),

@@ -32,7 +32,9 @@ def test_addresses_with_a_hostile_or_meaningless_zone_are_refused(text: str) -> 
 
 
 def test_a_link_local_address_may_name_its_interface() -> None:
-    assert parse_address("fe80::1%eth0").scope_id == "eth0"
+    address = parse_address("fe80::1%eth0")
+    assert isinstance(address, ipaddress.IPv6Address)
+    assert address.scope_id == "eth0"
 
 
 @pytest.mark.parametrize("value", ["fd00::%x/64", ipaddress.IPv6Network("fd00::%x/64")])

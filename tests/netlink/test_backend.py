@@ -29,10 +29,11 @@ import pytest
 from hypothesis import strategies as st
 
 from k3snet.backends.netlink import WATCHED_SYSCTLS, NetlinkBackend, codec
+from k3snet.backends.netlink.sysctls import write_sysctl
 from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import ApplyError, BackendError, K3snetError, PlanError, RollbackError
 from k3snet.lab.netns import run_in, temporary_netns
-from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, State, Sysctl
+from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock, State, Sysctl
 from k3snet.planner import Change, Plan, plan
 from k3snet.testing import strategies
 
@@ -222,7 +223,7 @@ def test_the_expect_hint_changes_no_reading_of_the_kernels_routes(
     built: list[int] = []  # the protocol of every route built from its message
     real = codec.route_of
 
-    def route_of(**fields: object) -> Route | None:
+    def route_of(**fields: object) -> Route | RouteBlock | None:
         built.append(fields["protocol"])  # type: ignore[arg-type]
         return real(**fields)  # type: ignore[arg-type]
 
@@ -758,7 +759,7 @@ def test_an_interruption_mid_apply_takes_back_the_routes_and_sysctls_made(
         assert [c.kind for c in bad.changes] == ["sysctl", "sysctl", "route"], bad.render()
         interruption = KeyboardInterrupt()
 
-        def interrupted(*_args: object) -> dict[int, Exception]:
+        def interrupted(*_args: object, **_kwargs: object) -> dict[int, codec.NetlinkError]:
             raise interruption
 
         backend._driver.send = interrupted  # type: ignore[method-assign]
@@ -778,7 +779,7 @@ def test_an_interruption_right_after_a_sysctl_write_gives_the_value_back(
     knows it wrote, no original value lost)."""
     import k3snet.backends.netlink.backend as module  # noqa: PLC0415
 
-    written = module.write_sysctl
+    written = write_sysctl
 
     def write_then_interrupt(root: Path, name: str, value: str) -> None:
         written(root, name, value)

@@ -57,7 +57,7 @@ class FakeKernel:
     def handle(self, kind: int, flags: int, body: bytes, pid: int) -> int:
         """Apply one request as the kernel would; 0 or the errno it answers."""
         route = codec.decode_route(codec.message(kind, flags, 0, body), self.names)
-        assert route is not None, "the codec encoded a route the fake cannot read"
+        assert isinstance(route, Route), "the codec encoded a route the fake cannot read"
         if str(route.destination) in self.refuse:
             return self.refuse[str(route.destination)]
         slot = self.slot(route)

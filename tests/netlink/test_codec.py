@@ -236,7 +236,7 @@ def test_a_restoring_add_is_not_exclusive_and_nothing_else_changes() -> None:
     assert restoring[2] == codec.route_message(Change.add(route), INDEXES)[2]
 
 
-def _round_trip(route: Route) -> Route | None:
+def _round_trip(route: Route) -> Route | RouteBlock | None:
     ifindex = None if route.device is None else INDEXES[route.device]
     msg = codec.message(codec.RTM_NEWROUTE, 0, 0, codec.route_request(route, ifindex))
     return codec.decode_route(msg, NAMES)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def test_a_drawn_route_decodes_as_its_hint_and_equal_to_the_unhinted_reading(
 # One field of the message changed: (rtmsg offset or attribute, new value). The offsets
 # are into the body: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
 _RTMSG = codec.HDR
-EDITS = {
+EDITS: dict[str, Callable[[bytes], bytes]] = {
     "source-specific": lambda m: _byte(m, _RTMSG + 2, 8),
     "tos": lambda m: _byte(m, _RTMSG + 3, 4),
     "local-type": lambda m: _byte(m, _RTMSG + 7, 2),
@@ -183,7 +184,8 @@ class _Driver:
     def notifications(self) -> tuple[list[bytes], bool]:
         return [], False
 
-    def routes(self, tables: frozenset[int] | None, names: Any, **kw: Any) -> list[Route]:
+    def routes(self, tables: frozenset[int] | None, names: Any,
+               **kw: Any) -> list[Route | RouteBlock]:
         expected = kw.get("expected")
         self.hints.append(len(expected or ()))
         return [route for msg in DUMPS

@@ -28,6 +28,11 @@ pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 _FORWARD = Sysctl("net.ipv4.ip_forward", 1)
 
 
+def _warnings(backend: NetlinkBackend) -> tuple[str, ...]:
+    """``backend.warnings`` read again (mypy holds a property to what an assert compared it to)."""
+    return backend.warnings
+
+
 def _sysctl(ns: str, *assignments: str) -> None:
     run_in(ns, ["sysctl", "-qw", *assignments])
 
@@ -136,17 +141,17 @@ def test_the_switches_are_read_again_only_after_the_kernel_announced_a_change(
         # No route changed: the routes are not dumped again, nor the node facts read.
         assert (backend.route_token(), backend.facts_token()) == tokens
         _sysctl(ns, "net.ipv4.conf.d0p.forwarding=0")
-        [warning] = backend.warnings
+        [warning] = _warnings(backend)
         assert "off on d0p " in warning
         _sysctl(ns, "net.ipv4.ip_forward=0", "net.ipv4.ip_forward=1")  # all, default, each
         assert backend.warnings == ()
         _sysctl(ns, "net.ipv4.conf.default.forwarding=0")
-        assert [w for w in backend.warnings if "default.forwarding is 0" in w]
+        assert [w for w in _warnings(backend) if "default.forwarding is 0" in w]
         ip(ns, "link", "add", "v0", "type", "veth", "peer", "name", "v0p")  # starts at 0
-        [named] = [w for w in backend.warnings if "IPv4 forwarding is off on" in w]
+        [named] = [w for w in _warnings(backend) if "IPv4 forwarding is off on" in w]
         assert "v0," in named or "v0 " in named
         ip(ns, "link", "set", "v0", "name", "w0")  # a link notification
-        [named] = [w for w in backend.warnings if "IPv4 forwarding is off on" in w]
+        [named] = [w for w in _warnings(backend) if "IPv4 forwarding is off on" in w]
         assert "w0," in named or "w0 " in named
         reads.clear()
         assert backend.warnings == backend.warnings
@@ -167,7 +172,7 @@ def test_a_directory_standing_in_for_proc_sys_is_read_every_time(
         backend.expect(State(owned=[_FORWARD]))
         assert backend.warnings == ()
         (fake / "net/ipv4/conf/d0/forwarding").write_text("0\n")  # the kernel says nothing
-        [warning] = backend.warnings
+        [warning] = _warnings(backend)
         assert "off on d0 " in warning
         assert len(reads) == 2
 

@@ -61,7 +61,7 @@ class _OneAtATime:
              **options: Any) -> dict[int, NetlinkError]:
         failures: dict[int, NetlinkError] = {}
         for position, change in enumerate(changes):
-            failed = self._inner.send([change], indexes, **options)  # type: ignore[call-arg]
+            failed = self._inner.send([change], indexes, **options)
             if failed:
                 failures[position] = failed[0]
             self._after_each()

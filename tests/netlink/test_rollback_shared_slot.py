@@ -14,7 +14,7 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -34,7 +34,7 @@ def _ip(ns: str, *args: str) -> str:
                           text=True).stdout
 
 
-def kernel_routes(ns: str) -> list[object]:
+def kernel_routes(ns: str) -> list[list[dict[str, Any]]]:
     """Every route of both families, all tables, as ``ip -j`` reports them, in order."""
     return [json.loads(_ip(ns, "-j", family, "route", "show", "table", "all"))
             for family in ("-4", "-6")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def store(directory: Path) -> SysctlStore:
     return SysctlStore(directory, "lab", IDENTITY)
 
 
-def planted(directory: Path, owned: dict[str, object]) -> Path:
+def planted(directory: Path, owned: Mapping[str, object]) -> Path:
     """A state file with ``owned`` as another writer would put it."""
     directory.mkdir(mode=0o700, exist_ok=True)
     path = directory / "sysctl.json"

@@ -296,7 +296,7 @@ def test_bad_options_are_refused() -> None:
     for option in ("keep_read", "observe_foreign"):  # a spec's "no" is no false
         for value in ("no", "false", 0, None):
             with pytest.raises(ModelError, match=f"{option} must be true or false"):
-                NftablesBackend(**{option: value})
+                NftablesBackend(**{option: value})  # type: ignore[arg-type]
 
 
 # -- the kernel ---------------------------------------------------------------------------
@@ -602,6 +602,11 @@ def add_keyword_chain(ns: str) -> None:
     ]}))
 
 
+def _add_each(ns: str, *objects: NetObject) -> None:
+    for obj in objects:
+        add_rules(ns, obj)
+
+
 DRIFT_KINDS: dict[str, tuple[Any, list[str]]] = {
     "policy": (
         lambda ns, conf: run_in(ns, ["nft", "add", "chain", "inet", "k3snet", "forward",
@@ -624,7 +629,7 @@ DRIFT_KINDS: dict[str, tuple[Any, list[str]]] = {
         [f"tag {FORGED} is not its content's ({object_tag(MasqueradeRule('10.77.0.0/16'))})",
          "- masquerade 10.77.0.0/16 -> any"]),
     "duplicates": (
-        lambda ns, conf: (add_rules(ns, SEED_NAT), add_rules(ns, SEED_FORWARD)),
+        lambda ns, conf: _add_each(ns, SEED_NAT, SEED_FORWARD),
         [f": a duplicate of {SEED_NAT.describe()}", f": a duplicate of {SEED_FORWARD.describe()}"]),
 }
 

@@ -146,12 +146,17 @@ def test_a_text_listing_past_the_bound_is_the_same_error_and_a_busy_helper_lists
 @pytest.mark.parametrize("option", ["foreign_timeout", "read_timeout"])
 def test_a_bound_is_a_positive_number_of_seconds(option: str, value: object) -> None:
     with pytest.raises(ModelError, match=f"{option} must be a number of seconds"):
-        NftablesBackend(kernel=lambda: RecordedKernel("k3s-node"), **{option: value})
+        NftablesBackend(kernel=lambda: RecordedKernel("k3s-node"), **{option: value})  # type: ignore[arg-type]
 
 
 def test_a_child_listing_past_its_deadline_is_not_run() -> None:
     with pytest.raises(ListingTimeoutError, match="did not finish within its bound"):
         list_in_child(time.monotonic() - 1, "chains")
+
+
+def _warnings(backend: NftablesBackend) -> tuple[str, ...]:
+    """``backend.warnings`` read again (mypy holds a property to what an assert compared it to)."""
+    return backend.warnings
 
 
 def test_an_incomplete_foreign_read_is_a_warning_of_the_plan() -> None:
@@ -163,7 +168,7 @@ def test_an_incomplete_foreign_read_is_a_warning_of_the_plan() -> None:
             assert nft.warnings == ()
             nft.expect(State())  # no forward rule wanted: no default judged
             state = nft.observe()
-            (warning,) = nft.warnings
+            (warning,) = _warnings(nft)
     finally:
         hanging.release.set()
     assert "within 0.3 s (foreign_timeout)" in warning

@@ -40,7 +40,7 @@ MASKED_MARK: Expr = {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark
 
 
 def blocks(kernel: Kernel) -> set[NetObject]:
-    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    found = ForeignReader(kernel, frozenset()).read()
     return {o for o in found if isinstance(o, ForwardBlock)}
 
 
@@ -102,7 +102,7 @@ BLOCKS: dict[str, tuple[list[Expr], set[NetObject]]] = {
         [{"counter": None, "log": None}, {"counter": None, "limit": None}, daddr(B)],
         {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
     "two statements that are not objects": (
-        ["counter", None, daddr(B)],
+        ["counter", None, daddr(B)],  # type: ignore[list-item]
         {block(f"ip daddr {B} (and 2 more matches) drop", destination=B)}),
     "two addresses that are not addresses": (
         [BAD_ADDRESS, BAD_ADDRESS, daddr(B)],
@@ -242,7 +242,7 @@ def test_a_loop_of_jumps_is_read_once_and_the_walk_is_bounded() -> None:
         return [[saddr(f"10.{i}.0.0/16"), jump(target)] for i in range(80)]
 
     wide = forward(("accept", fan("c1")), **{f"c{i}": fan(f"c{i + 1}") for i in range(1, 10)})
-    reader = ForeignReader(wide, frozenset())  # type: ignore[arg-type]
+    reader = ForeignReader(wide, frozenset())
     reader.read()  # 80 ** 8 rules without the bound
     assert [text for text in reader.unread if "forward drops stopped after" in text] == [
         "the read of other tables' forward drops stopped after 4096 rules "

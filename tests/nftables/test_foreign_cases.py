@@ -64,6 +64,10 @@ def snat(**body: Any) -> Expr:
     return {"snat": body}
 
 
+# What ``Kernel`` reads: {(family, table, chain): (hook, policy, rules)}.
+Chains = dict[tuple[str, str, str], tuple[str | None, str, list[list[Expr]]]]
+
+
 class Kernel:
     """The kernel seam over a few chains: {(family, table, chain): (hook, policy, rules)}.
 
@@ -74,8 +78,7 @@ class Kernel:
 
     nat_prio: int | None = 110
 
-    def __init__(self, chains: dict[tuple[str, str, str], tuple[str | None, str, list[list[Expr]]]]
-                 ) -> None:
+    def __init__(self, chains: Chains) -> None:
         self.chains = chains
 
     def _chain(self, key: tuple[str, str, str]) -> dict[str, Any]:
@@ -111,8 +114,14 @@ def nat(*rules: list[Expr], family: str = "inet", **chains: list[list[Expr]]) ->
     return Kernel(table)
 
 
+def _jumps(first: int, last: int) -> dict[str, Any]:
+    """Chains ``c<first>`` to ``c<last - 1>``, each jumping to the next: keywords of
+    :func:`nat` (``Any``: a dict of chains could hold ``family``, for all mypy knows)."""
+    return {f"c{i}": [[jump(f"c{i + 1}")]] for i in range(first, last)}
+
+
 def read(kernel: Kernel) -> set[NetObject]:
-    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    found = ForeignReader(kernel, frozenset()).read()
     return {o for o in found if isinstance(o, MasqueradeRule | SnatRule | ForwardRule)}
 
 
@@ -241,12 +250,10 @@ NAT_CASES: dict[str, tuple[Kernel, set[NetObject]]] = {
         nat([jump("a")], a=[[{"goto": {"target": "b"}}]], b=[[saddr(POD), MASQ]]),
         {MasqueradeRule(POD)}),
     "eight jumps down is read": (
-        nat([jump("c1")], **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 8)},
-            c8=[[saddr(POD), MASQ]]),
+        nat([jump("c1")], **_jumps(1, 8), c8=[[saddr(POD), MASQ]]),
         {MasqueradeRule(POD)}),
     "nine jumps down is not": (
-        nat([jump("c1")], **{f"c{i}": [[jump(f"c{i + 1}")]] for i in range(1, 9)},
-            c9=[[saddr(POD), MASQ]]),
+        nat([jump("c1")], **_jumps(1, 9), c9=[[saddr(POD), MASQ]]),
         set()),
     "a statement that is not one key is not modelled": (
         nat([saddr(POD), {"counter": None, "log": None}, MASQ], [{"limit": {}}, MASQ]), set()),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from k3snet.backends.nftables.kernel import SLOW_LISTING, BoundedLister, ListingTimeoutError
@@ -20,6 +21,7 @@ from tests.nftables.test_foreign_cases import (
     ACCEPT,
     CT_REPLY,
     MASQ,
+    Chains,
     Kernel,
     daddr,
     forward,
@@ -56,7 +58,7 @@ class Failing(Kernel):
 
 
 def read(kernel: Kernel, own: frozenset[tuple[str, str]] = frozenset()) -> frozenset[NetObject]:
-    return ForeignReader(kernel, own).read()  # type: ignore[arg-type]
+    return ForeignReader(kernel, own).read()
 
 
 def test_the_metainfo_object_of_a_listing_is_skipped() -> None:
@@ -65,7 +67,7 @@ def test_the_metainfo_object_of_a_listing_is_skipped() -> None:
 
 
 def test_chains_of_other_families_and_of_k3snet_come_first_and_are_skipped() -> None:
-    chains = {
+    chains: Chains = {
         ("bridge", "br", "post"): ("postrouting", "accept", [[MASQ]]),
         ("inet", "k3snet", "postrouting"): ("postrouting", "accept", [[saddr("10.9.0.0/16"),
                                                                         MASQ]]),
@@ -88,7 +90,8 @@ def test_chains_not_hooked_where_egress_goes_are_not_read() -> None:
     assert read(kernel) == {MasqueradeRule("10.43.0.0/16")}
 
 
-def _typed(make: Any, types: dict[str, str]) -> Any:
+def _typed(make: Callable[[tuple[str, str, str]], dict[str, Any]],
+           types: dict[str, str]) -> Any:  # a stand-in for Kernel._chain
     def chain(key: tuple[str, str, str]) -> dict[str, Any]:
         item = make(key)
         if key[2] in types:
@@ -116,14 +119,14 @@ def test_a_forward_base_chain_without_a_policy_accepts() -> None:
 def test_a_chains_listing_that_times_out_is_named_as_unread() -> None:
     kernel = Failing(nat([saddr(POD), MASQ]).chains, {"chains"},
                      ListingTimeoutError("nft 'list chains' did not finish"))
-    reader = ForeignReader(kernel, frozenset())  # type: ignore[arg-type]
+    reader = ForeignReader(kernel, frozenset())
     assert reader.read() == frozenset()
     assert reader.unread == ["nft 'list chains' did not finish"]
 
 
 def test_a_chains_listing_that_fails_is_no_foreign_state() -> None:
     kernel = Failing(nat([saddr(POD), MASQ]).chains, {"chains"}, BackendError("no"))
-    reader = ForeignReader(kernel, frozenset())  # type: ignore[arg-type]
+    reader = ForeignReader(kernel, frozenset())
     assert reader.read() == frozenset()
     assert reader.unread == []
 
@@ -132,7 +135,7 @@ def test_a_chain_listing_that_times_out_may_drop_anything_and_is_named() -> None
     kernel = Failing(forward(("drop", [[jump("slow")], [saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]),
                              slow=[]).chains, {"slow"},
                      ListingTimeoutError("nft 'list chain inet fw0 slow' did not finish"))
-    reader = ForeignReader(kernel, frozenset())  # type: ignore[arg-type]
+    reader = ForeignReader(kernel, frozenset())
     assert reader.read() == frozenset()
     assert reader.unread == ["nft 'list chain inet fw0 slow' did not finish"]
 
@@ -140,7 +143,7 @@ def test_a_chain_listing_that_times_out_may_drop_anything_and_is_named() -> None
 def test_a_chain_listing_that_fails_may_drop_anything() -> None:
     kernel = Failing(forward(("drop", [[jump("bad")], [saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]),
                              bad=[]).chains, {"bad"}, BackendError("no"))
-    reader = ForeignReader(kernel, frozenset())  # type: ignore[arg-type]
+    reader = ForeignReader(kernel, frozenset())
     assert reader.read() == frozenset()
     assert reader.unread == []
 
@@ -158,7 +161,8 @@ def test_rules_without_statements_are_skipped() -> None:
     def with_odd_rules(kind: str, **ref: str) -> list[dict[str, Any]] | None:
         items = listing(kind, **ref)
         if kind == "chain" and items is not None:
-            odd = [{"rule": {"family": "inet", "table": "t", "chain": "post", "handle": 9}},
+            odd: list[dict[str, Any]] = [
+                {"rule": {"family": "inet", "table": "t", "chain": "post", "handle": 9}},
                    {"rule": {"expr": {"drop": None}}}, {"rule": "drop"}]
             items = [items[0], *odd, *items[1:]]
         return items
@@ -193,7 +197,7 @@ def test_an_iptables_nft_snat_ends_the_chain_for_what_it_matches() -> None:
 
 def test_a_forward_base_chain_of_the_other_family_never_sees_the_packets() -> None:
     pair = [[saddr(POD), ACCEPT], [CT_REPLY, ACCEPT]]
-    chains = {("ip6", "v6", "fwd"): ("forward", "drop", []),
+    chains: Chains = {("ip6", "v6", "fwd"): ("forward", "drop", []),
               ("ip", "v4", "fwd"): ("forward", "drop", pair)}
     assert read(Kernel(chains)) == {ForwardRule(POD, "0.0.0.0/0")}
     chains[("ip", "v4b", "fwd")] = ("forward", "drop", [])
@@ -202,6 +206,8 @@ def test_a_forward_base_chain_of_the_other_family_never_sees_the_packets() -> No
 
 class _StuckAfterAnError(Kernel):
     """Fails listing ``bad``; blocks listing ``slow`` until ``release`` is set."""
+
+    calls = 0
 
     def __init__(self, chains: Any) -> None:
         super().__init__(chains)
@@ -216,6 +222,9 @@ class _StuckAfterAnError(Kernel):
 
     def close(self) -> None:
         """The bounded lister's helper closes its kernel when it ends."""
+
+    def run(self, batch: str, *, json_input: bool, dry_run: bool = False) -> tuple[int, str]:
+        raise AssertionError("a foreign read runs no batch")
 
 
 def test_a_read_given_up_on_replays_the_errors_it_met_and_names_what_it_did_not_list() -> None:

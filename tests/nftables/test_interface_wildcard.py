@@ -27,6 +27,7 @@ from k3snet.render.nftables import (
     render_nftables_conf,
     rule_tag,
 )
+from k3snet.render.nftables_batch import Syntax
 
 pytestmark = pytest.mark.kernel
 
@@ -59,7 +60,7 @@ def test_the_names_map_both_ways() -> None:
 
 
 @pytest.mark.parametrize("syntax", ["json", "nft"])
-def test_a_trailing_plus_is_nft_s_wildcard_and_reads_back(ns: str, syntax: str) -> None:
+def test_a_trailing_plus_is_nft_s_wildcard_and_reads_back(ns: str, syntax: Syntax) -> None:
     backend = NftablesBackend(ns, syntax=syntax)
     try:
         backend.apply(plan(backend.observe(), State(owned=WILD)))
@@ -139,7 +140,7 @@ def test_a_name_sorts_before_a_wildcard_holding_it_and_a_longer_wildcard_first()
 
 @pytest.mark.parametrize("syntax", ["json", "nft"])
 def test_a_rule_through_one_interface_added_after_a_wildcard_holding_it_goes_first(
-        ns: str, syntax: str) -> None:
+        ns: str, syntax: Syntax) -> None:
     """A SNAT through eth0 added after a masquerade through eth+ (which holds eth0) was
     appended after it and never translated a packet: the wildcard one is moved after it."""
     backend = NftablesBackend(ns, syntax=syntax)
@@ -222,7 +223,7 @@ def test_a_foreign_snat_through_eth0_is_a_conflict_of_a_masquerade_through_eth_p
 
 @pytest.mark.parametrize("syntax", ["json", "nft"])
 def test_a_wildcard_rule_an_earlier_version_put_before_a_name_it_holds_moves_after_it(
-        ns: str, syntax: str) -> None:
+        ns: str, syntax: Syntax) -> None:
     """k3snet before 75c9e31 appended a SNAT through eth0 after the masquerades through
     eth+ and any interface (NAT is first match: the SNAT translated nothing), and nothing
     reordered them while the spec stayed. Read now, both are drift once; apply re-adds

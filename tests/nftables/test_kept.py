@@ -193,7 +193,9 @@ def test_any_commit_in_the_namespace_makes_the_next_process_list_again(
 
 def _genid(ns: str) -> int:
     with NftablesBackend(ns, keep_read=False) as backend:
-        return backend.change_token()
+        token = backend.change_token()
+    assert isinstance(token, int)  # no table a process owns: the id alone
+    return token
 
 
 def test_a_namespace_made_again_under_the_same_name_is_not_taken_for_the_old_one(

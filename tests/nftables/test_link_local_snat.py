@@ -19,6 +19,7 @@ from k3snet.lab.netns import run_in
 from k3snet.model import Drift, MasqueradeRule, State
 from k3snet.planner import plan
 from k3snet.render.nftables import rule_tag
+from k3snet.render.nftables_batch import Syntax
 
 pytestmark = pytest.mark.kernel
 
@@ -33,7 +34,7 @@ def _postrouting_bodies(ns: str) -> list[str]:
 @pytest.mark.parametrize("body", ["ip saddr 10.42.0.0/16 snat ip to 169.254.1.5",
                                   "ip6 saddr fd42::/56 snat ip6 to fe80::1"])
 def test_a_link_local_snat_an_earlier_version_wrote_is_drift_and_deleted(
-        ns: str, syntax: str, body: str) -> None:
+        ns: str, syntax: Syntax, body: str) -> None:
     kept = MasqueradeRule("10.43.0.0/16")
     backend = NftablesBackend(ns, syntax=syntax)
     try:

@@ -27,6 +27,7 @@ from tests.nftables.test_foreign_cases import (
     ACCEPT,
     MASQ,
     RETURN,
+    Chains,
     Kernel,
     daddr,
     jump,
@@ -46,7 +47,7 @@ MARKED = {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 16384]
 
 def blocks(kernel: Kernel, prio: int | None) -> set[tuple[Any, ...]]:
     kernel.nat_prio = prio
-    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    found = ForeignReader(kernel, frozenset()).read()
     return {(b.ip_family, b.action, b.rule, b.where, str(b.source), str(b.destination),
              b.out_interface, b.to_address and str(b.to_address))
             for b in found if isinstance(b, NatBlock)}
@@ -130,17 +131,17 @@ def test_a_nat_rule_after_k3snets_priority_is_no_block(prio: int) -> None:
     ([[MARKED, MASQ]], {}, set()),
 ])
 def test_the_reader_takes_the_nat_rules_a_connection_may_meet_first(
-    rules: list[list[Any]], chains: dict[str, list[list[Any]]], expected: set[tuple[Any, ...]]
+    rules: list[list[Any]], chains: dict[str, Any], expected: set[tuple[Any, ...]]
 ) -> None:
     assert blocks(nat(*rules, **chains), 100) == expected
 
 
 def test_the_walk_through_conditional_jumps_is_bounded() -> None:
     # 40 conditional jumps in each of 9 chains: 40**8 paths, were each walked.
-    chains = {f"c{i}": [[saddr(POD), jump(f"c{i + 1}")]] * 40 for i in range(1, 8)}
+    chains: dict[str, Any] = {f"c{i}": [[saddr(POD), jump(f"c{i + 1}")]] * 40 for i in range(1, 8)}
     kernel = nat(*[[saddr(POD), jump("c1")]] * 40, c8=[[saddr(POD), MASQ]], **chains)
     kernel.nat_prio = 100
-    reader = ForeignReader(kernel, frozenset())  # type: ignore[arg-type]
+    reader = ForeignReader(kernel, frozenset())
     reader.read()
     assert reader.walked == 4096
     assert reader.unread == ["the walk of other tables' chains stopped after 4096 rules "
@@ -166,7 +167,7 @@ def test_the_blocks_of_a_chain_take_nothing_from_the_rules_before_them_in_it() -
     # when it comes from another base chain (the test below).
     kernel = nat([saddr(POD), daddr(B), snat(addr="192.0.2.9")], [saddr(POD), MASQ])
     kernel.nat_prio = 100
-    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    found = ForeignReader(kernel, frozenset()).read()
     assert {o for o in found if isinstance(o, MasqueradeRule | SnatRule)} == {
         SnatRule(POD, destination=B, to_address="192.0.2.9"), MasqueradeRule(POD, exclude=[B])}
     assert {(b.action, str(b.destination)) for b in found if isinstance(b, NatBlock)} == {
@@ -174,14 +175,14 @@ def test_the_blocks_of_a_chain_take_nothing_from_the_rules_before_them_in_it() -
 
 
 def test_two_base_chains_of_one_table_may_each_translate_first() -> None:
-    chains = {
+    chains: Chains = {
         ("ip", "t", "early"): ("postrouting", "accept",
                                [[saddr(POD), daddr(B), snat(addr="192.0.2.9")]]),
         ("ip", "t", "late"): ("postrouting", "accept", [[saddr(POD), MASQ]]),
     }
     kernel = Kernel(chains)
     kernel.nat_prio = 100
-    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    found = ForeignReader(kernel, frozenset()).read()
     assert {o for o in found if isinstance(o, MasqueradeRule | SnatRule)} == {
         MasqueradeRule(POD, exclude=[B])}
 
@@ -285,14 +286,14 @@ def test_a_foreign_nat_behind_a_conditional_jump_is_a_conflict(ns: str) -> None:
 
 
 def test_what_another_chain_may_translate_first_is_not_met_by_a_later_one() -> None:
-    chains = {
+    chains: Chains = {
         ("ip", "early", "post"): ("postrouting", "accept",
                                   [[saddr(POD), daddr(B), snat(addr="192.0.2.9")]]),
         ("ip", "late", "post"): ("postrouting", "accept", [[saddr(POD), MASQ]]),
     }
     kernel = Kernel(chains)
     kernel.nat_prio = 100  # both may run first: each block spares the other's rule
-    found = ForeignReader(kernel, frozenset()).read()  # type: ignore[arg-type]
+    found = ForeignReader(kernel, frozenset()).read()
     met = {o for o in found if isinstance(o, MasqueradeRule | SnatRule)}
     # (the SNAT is not met at all: the masquerade of every destination may come first)
     assert met == {MasqueradeRule(POD, exclude=[B])}

@@ -95,7 +95,7 @@ def findings(cache: Cache) -> list[Finding]:
 
 def read(families: tuple[str, ...] = ("inet",), **tables: list[Item]) -> Cache:
     kernel = Kernel(**tables)
-    cache = read_own(kernel, NAME, families, genid=7)  # type: ignore[arg-type]
+    cache = read_own(kernel, NAME, families, genid=7)
     assert kernel.listed == [("table", f, NAME) for f in families]
     assert cache.genid == 7
     return cache

@@ -22,7 +22,7 @@ from k3snet.errors import BackendError
 from k3snet.lab.netns import run_in
 from k3snet.model import Drift, ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
-from k3snet.render.nftables import TABLE_COMMENT
+from k3snet.render.nftables import TABLE_COMMENT, TableFamily
 
 WANTED = State(owned=[MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24"),
                       MasqueradeRule("fd42::/64", destination="fd00:b::/64"),
@@ -74,7 +74,8 @@ def test_a_flagged_table_read_from_json_is_drift(flags: object, shown: str) -> N
     # a rule the text reader does not take: the table is read from its chains' JSON
     ("inet", "add rule inet k3snet postrouting counter\n"),
 ])
-def test_a_dormant_table_is_drift_that_apply_wakes(ns: str, family: str, extra: str) -> None:
+def test_a_dormant_table_is_drift_that_apply_wakes(ns: str, family: TableFamily,
+                                                   extra: str) -> None:
     tables = ("inet",) if family == "inet" else ("ip", "ip6")
     with NftablesBackend(ns, family=family, observe_foreign=False) as backend:
         backend.apply(plan(backend.observe(), WANTED))

@@ -34,7 +34,13 @@ from k3snet.backends.nftables.kernel import (
     listed_items,
 )
 from k3snet.backends.nftables.parse import read_own
-from k3snet.backends.nftables.text import ListedRule, as_listed, expected_lines, listed_rules
+from k3snet.backends.nftables.text import (
+    ListedRule,
+    ListedTable,
+    as_listed,
+    expected_lines,
+    listed_rules,
+)
 from k3snet.lab.netns import run_in
 from k3snet.model import (
     Drift,
@@ -233,7 +239,7 @@ def test_a_rule_of_the_other_family_in_a_split_table_is_drift_named_with_its_cha
 
     kernel = _Recorded(edit=with_six)
     counted = kernel.chain_rules  # the kernel holds that rule too
-    kernel.chain_rules = lambda *where: counted(*where) + (where[2] == "postrouting")  # type: ignore[method-assign, operator]
+    kernel.chain_rules = lambda *where: counted(*where) + (where[2] == "postrouting")  # type: ignore[method-assign]
     cache = read_own(kernel, "k3snet", ("ip",), 1)
     assert kernel.listed == []  # read from its text
     [(drift, repair)] = cache.drift.values()
@@ -254,8 +260,13 @@ def test_a_text_listing_that_cannot_be_made_is_read_from_json() -> None:
     assert kernel.listed == ["inet"]
 
 
-READ = listed_rules(LISTED, "inet", "k3snet")
-assert READ is not None
+def _listed(text: str) -> ListedTable:
+    listed = listed_rules(text, "inet", "k3snet")
+    assert listed is not None
+    return listed
+
+
+READ = _listed(LISTED)
 
 
 def test_lines_read_before_are_not_read_again_and_changed_lines_are(parsed: list[str]) -> None:
@@ -380,10 +391,11 @@ def test_both_halves_of_forward_rules_read_by_shape_are_what_the_full_read_gives
 
 
 def test_a_table_of_one_shape_reads_its_first_line_the_full_way_and_the_rest_by_shape() -> None:
-    objects = [MasqueradeRule("10.42.0.0/16", destination=f"100.64.{n}.0/24",
-                              out_interface="eth0") for n in range(200)]
-    objects += [SnatRule("10.43.0.0/16", to_address="192.168.1.5",
-                         destination=f"100.65.{n}.0/24") for n in range(100)]
+    masquerades = [MasqueradeRule("10.42.0.0/16", destination=f"100.64.{n}.0/24",
+                                  out_interface="eth0") for n in range(200)]
+    objects: list[NetObject] = [*masquerades, *(
+        SnatRule("10.43.0.0/16", to_address="192.168.1.5", destination=f"100.65.{n}.0/24")
+        for n in range(100))]
     text = _listing(objects)
     shapes, full = _shapes(True)
     read = [shapes.read(line, "postrouting", False) for line in text]
@@ -391,7 +403,7 @@ def test_a_table_of_one_shape_reads_its_first_line_the_full_way_and_the_rest_by_
     assert full == [text[0], text[200]]
     # A line that edits a word of the shape (not the destination) is read the full way.
     edited = text[5].replace("masquerade", "masquerade fully-random")
-    fully = attrs.evolve(objects[5], random_fully=True)
+    fully = attrs.evolve(masquerades[5], random_fully=True)
     assert shapes.read(edited, "postrouting", False) == (fully, object_tag(fully))
     assert full[-1] == edited
     # ...and a destination with host bits, or that is no destination, reads as nothing.
@@ -404,8 +416,9 @@ def test_a_table_of_one_shape_reads_its_first_line_the_full_way_and_the_rest_by_
 
 def test_rules_each_of_a_shape_of_its_own_make_no_shape() -> None:
     # An exclusion in each: no two rules share a shape, so none is made (no rendering).
-    objects = [MasqueradeRule("10.42.0.0/16", destination=f"100.64.{n}.0/24",
-                              exclude=[f"100.64.{n}.128/25"]) for n in range(20)]
+    objects: list[NetObject] = [
+        MasqueradeRule("10.42.0.0/16", destination=f"100.64.{n}.0/24",
+                       exclude=[f"100.64.{n}.128/25"]) for n in range(20)]
     text = _listing(objects)
     shapes, full = _shapes(True)
     assert [shapes.read(line, "postrouting", False) for line in text] == [
@@ -432,7 +445,7 @@ def test_forward_rules_of_one_shape_are_read_by_it_each_half_its_own_shape() -> 
     assert full[-2:] == [there, there]
     # Read one rule after the other, both halves give one object, made once.
     in_turn, _ = _shapes(True)
-    read = [in_turn.read(text_reader.as_listed(rule.body), "forward", reply)
+    read = [in_turn.read(text_reader.as_listed(rule.body), "forward", bool(reply))
             for rules in halves[:20] for reply, rule in enumerate(rules)]
     assert all(read[i] == read[i + 1] and read[i][0] is read[i + 1][0]  # type: ignore[index]
                for i in range(4, 40, 2))

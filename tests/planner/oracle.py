@@ -181,7 +181,7 @@ def next_hop(route: NetObject, packet: Packet) -> tuple[Address | None, str | No
 # ---------------------------------------------------------------- sampled packets
 
 
-def _nets(obj: NetObject) -> tuple[list[Network], list[Network | None]]:
+def _nets(obj: NetObject) -> tuple[list[Network | None], list[Network | None]]:
     """(source prefixes, destination prefixes) an object's matches depend on."""
     if isinstance(obj, MasqueradeRule | SnatRule):
         return [obj.source], [obj.destination, *obj.exclude]
@@ -227,9 +227,9 @@ def packets(*objects: NetObject) -> Iterator[Packet]:
     ins = {OTHER_INTERFACE}
     outs = {OTHER_INTERFACE}
     for obj in objects:
-        src, dst = _nets(obj)
-        sources += src
-        destinations += dst
+        src_nets, dst_nets = _nets(obj)
+        sources += src_nets
+        destinations += dst_nets
         more_in, more_out = _interfaces(obj)
         ins |= more_in
         outs |= more_out

@@ -7,6 +7,7 @@ plan holds it (``Plan.held``) instead of replacing it on every pass.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from ipaddress import ip_network
 
 import attrs
@@ -17,7 +18,8 @@ from k3snet import Plan, State, plan
 from k3snet.model import NetObject, Route
 from k3snet.testing import strategies as ks
 
-_GATEWAYS = {"eth0": ["192.168.1.1", "fd01:1::1"], "eth1": ["192.168.1.254"]}
+_GATEWAYS: dict[str, Sequence[str]] = {
+    "eth0": ["192.168.1.1", "fd01:1::1"], "eth1": ["192.168.1.254"]}
 _routes = ks.routes(
     destinations=st.sampled_from(["192.168.2.0/24", "192.168.3.0/24", "fd01:2::/64"]).map(
         ip_network),

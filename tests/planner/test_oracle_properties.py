@@ -58,13 +58,14 @@ def _nat_rules(draw: st.DrawFn) -> MasqueradeRule | SnatRule:
         dest_net is None or (e.subnet_of(dest_net) and e != dest_net))]  # type: ignore[arg-type]
     exclude: list[Network] = draw(st.lists(st.sampled_from(candidates), max_size=2)
                                   if candidates else st.just([]))
-    fields = {"destination": dest_net, "exclude": exclude,
-              "out_interface": draw(st.sampled_from(_DEVICES)),
-              "random_fully": draw(st.booleans())}
+    out_interface = draw(st.sampled_from(_DEVICES))
+    random_fully = draw(st.booleans())
     to = [a for a in _TO if ipaddress.ip_address(a).version == source.version]
     if draw(st.booleans()):
-        return SnatRule(source, to_address=draw(st.sampled_from(to)), **fields)
-    return MasqueradeRule(source, **fields)
+        return SnatRule(source, to_address=draw(st.sampled_from(to)), destination=dest_net,
+                        exclude=exclude, out_interface=out_interface, random_fully=random_fully)
+    return MasqueradeRule(source, destination=dest_net, exclude=exclude,
+                          out_interface=out_interface, random_fully=random_fully)
 
 
 _fwd_nets = st.sampled_from(["10.42.0.0/16", "10.42.0.0/17", "10.0.0.0/8", "192.168.2.0/24",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -40,9 +41,13 @@ _SYSCTL = Sysctl("net.ipv4.ip_forward", 1)
 
 
 def test_objects_refuse_order_comparisons_with_other_types() -> None:
-    for compare in (
-        lambda: _ROUTE < 1, lambda: _ROUTE <= 1, lambda: _ROUTE > 1, lambda: _ROUTE >= 1,
-    ):
+    compares: list[Callable[[], object]] = [
+        lambda: _ROUTE < 1,  # type: ignore[operator]
+        lambda: _ROUTE <= 1,  # type: ignore[operator]
+        lambda: _ROUTE > 1,  # type: ignore[operator]
+        lambda: _ROUTE >= 1,  # type: ignore[operator]
+    ]
+    for compare in compares:
         with pytest.raises(TypeError):
             compare()
     assert _ROUTE != 1
@@ -223,7 +228,7 @@ def test_one_object_or_change_where_a_list_belongs_is_a_model_error_naming_it() 
     iterable"), which an embedding program catching ``K3snetError`` did not catch."""
     forwarding = Sysctl("net.ipv4.ip_forward", "1")
     with pytest.raises(ModelError, match="a State holds a list of k3snet objects, not Sysctl"):
-        State(owned=forwarding)  # type: ignore[arg-type]
+        State(owned=forwarding)
     with pytest.raises(ModelError, match="a plan's changes are a list, not Change"):
         Plan(changes=Change.add(forwarding))  # type: ignore[arg-type]
 
@@ -330,7 +335,7 @@ def test_a_change_of_the_wrong_shape_is_refused_naming_its_action_and_objects() 
 
 def test_a_state_of_something_else_than_k3snet_objects_names_its_type_and_value() -> None:
     with pytest.raises(ModelError) as refused:
-        State(owned=[_ROUTE, "10.0.0.0/8"])
+        State(owned=[_ROUTE, "10.0.0.0/8"])  # type: ignore[list-item]
     assert str(refused.value) == "a State holds k3snet objects, not str '10.0.0.0/8'"
 
 

@@ -110,9 +110,9 @@ def test_a_relative_path_option_is_a_problem_whether_text_or_a_path() -> None:
     # and Path("") the working directory. Only options that name files are judged.
     from k3snet.backends.registry import path_options  # noqa: PLC0415
 
-    spec = Spec(backends=["netlink", "nftables"],
-                backend_options={"netlink": {"state_dir": Path("st"), "proc_sys": ""},
-                                 "nftables": {"table": "relative"}})
+    options: dict[str, dict[str, object]] = {
+        "netlink": {"state_dir": Path("st"), "proc_sys": ""}, "nftables": {"table": "relative"}}
+    spec = Spec(backends=["netlink", "nftables"], backend_options=options)
     problems = {p.path for p in backend_option_problems(spec, backend_options,
                                                         paths=path_options)}
     assert problems == {"backends.netlink.state_dir", "backends.netlink.proc_sys"}

@@ -28,7 +28,8 @@ ROOT = HERE.parent.parent
 
 
 def resolve(value: str) -> str:
-    return str(_RESOLVER.resolve(yaml.ScalarNode, value, (True, False)))
+    # types-PyYAML leaves Resolver.resolve unannotated
+    return str(_RESOLVER.resolve(yaml.ScalarNode, value, (True, False)))  # type: ignore[no-untyped-call]
 
 
 def read(text: str) -> dict[str, Any] | None:

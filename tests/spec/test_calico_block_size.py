@@ -72,9 +72,9 @@ def test_each_family_takes_exactly_calicos_range(version: int) -> None:
         assert _required(spec) == {version: size, OTHER[version]: None}
         single = Spec.from_dict(_document(SINGLE[version], size))  # the integer form
         assert _required(single) == {version: size}
-    for size in (low - 1, high + 1, str(low), True):
-        assert _paths(_document(DUAL, {key: size})) == [f"{PATH}.{key}"]
-        assert _paths(_document(SINGLE[version], {key: size})) == [f"{PATH}.{key}"]
+    for wrong in (low - 1, high + 1, str(low), True):
+        assert _paths(_document(DUAL, {key: wrong})) == [f"{PATH}.{key}"]
+        assert _paths(_document(SINGLE[version], {key: wrong})) == [f"{PATH}.{key}"]
     # The other family's range is the other family's only.
     other_low, _ = BLOCK_SIZE_RANGE[OTHER[version]]
     assert _paths(_document(DUAL, {key: other_low})) == [f"{PATH}.{key}"]

@@ -10,6 +10,7 @@ written form reads back to the same spec.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -253,7 +254,8 @@ def _regenerate(name: str, cases: dict[str, Callable[[], str]]) -> None:
 
 
 def test_the_catalogue_is_recorded() -> None:
-    _regenerate("compile.txt", {name: (lambda c=case: _record(*c)) for name, case in CASES.items()})
+    _regenerate("compile.txt",
+                {name: functools.partial(_record, *case) for name, case in CASES.items()})
     assert list(_recorded("compile.txt")) == list(CASES)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from k3snet import Spec, SpecError
 from k3snet import compile as compile_spec
+from k3snet.errors import Problem
 from k3snet.model import known_kinds
 from k3snet.spec import Cluster, NodeFacts, seed_spec
 from k3snet.testing import strategies as ks
@@ -21,7 +23,7 @@ def test_kinds_give_the_same_state_as_only(spec: Spec, kinds: set[str]) -> None:
     try:
         everything = compile_spec(spec)
     except SpecError as exc:
-        refused = exc.problems
+        refused: tuple[Problem, ...] | None = exc.problems
     else:
         refused = None
     if refused is not None:
@@ -54,7 +56,7 @@ def test_a_sound_spec_is_checked_once_and_an_unsound_one_every_time(
     checks = importlib.import_module("k3snet.spec.validate")  # the package re-exports the name
 
     calls: list[Spec] = []
-    real = checks._validate
+    real: Callable[[Spec], list[Problem]] = checks._validate
 
     def counted(spec: Spec) -> list[Any]:
         calls.append(spec)

@@ -6,6 +6,7 @@ judged with tables made for the test, so every message, path and schema is pinne
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -119,7 +120,7 @@ class Outer:
     label: str | None = None
     nets: tuple[Any, ...] = ()
     words: tuple[str, ...] = ()
-    opts: tuple[tuple[str, Any], ...] = ()
+    opts: Mapping[str, Any] | tuple[()] = ()  # what mapping() read, or the default
     mode: str = "a"
     low: int = 0
     high: int = 0
@@ -392,7 +393,7 @@ _FLAT = Section(Outer, (
 
 
 _KEYS = st.sampled_from(sorted({*DESTINATION.keys, *_FLAT.keys, "", "x", "cidrs"}))
-_VALUES = st.sampled_from([
+_VALUES: st.SearchStrategy[object] = st.sampled_from([
     "10.0.0.0/8", "192.168.1.1", "eth0", 100, True, ["10.0.0.0/24"], [{"name": "a"}],
     {"name": "b", "size": 2}, [{}], [1, 2], ["a"], ["bad"], "bad", None, "10.0.0.1/8",
     " 10.1.0.0/16", ["10.0.0.0/8", "nope"]])

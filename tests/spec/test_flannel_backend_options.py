@@ -27,6 +27,7 @@ def test_a_flannel_backend_option_json_cannot_write_is_refused_at_its_path(
 def test_flannel_backend_options_of_json_values_are_read_and_written_back() -> None:
     options = {"VNI": 4, "Port": 8472, "GBP": True, "Name": "x", "List": [1.5, None]}
     spec = Spec.from_dict({**BASE, "cni": {"flannel": {"backend": {"options": options}}}})
+    assert spec.cni.flannel is not None
     assert dict(spec.cni.flannel.backend_options) == options
     json.dumps(dict(spec.cni.flannel.backend_options), allow_nan=False)
 

@@ -26,7 +26,7 @@ HEADER = {"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec"}
 
 
 def _schema_accepts(document: Any) -> bool:
-    return VALIDATOR.is_valid(document)
+    return bool(VALIDATOR.is_valid(document))
 
 
 def _k3snet_accepts(document: Any) -> bool:
@@ -183,11 +183,12 @@ def test_the_schema_never_refuses_a_spec_k3snet_accepts(data: st.DataObject) -> 
 
 def _with_leaf(path: str, field: Any, value: Any) -> dict[str, Any]:
     """A spec whose field ``path:field.key`` is ``value`` (with what that field needs)."""
-    body: dict[str, Any] = {"destinations[]": {"cidr": "192.168.7.0/24"},
-                            "dns.zones[]": {"zone": "corp.example",
-                                            "resolvers": ["192.168.1.53"]},
-                            "connectivityTest": {"target": "192.168.7.1"},
-                            "masquerade": {"mode": "all"}}.get(path, {}).copy()
+    needs: dict[str, dict[str, Any]] = {"destinations[]": {"cidr": "192.168.7.0/24"},
+                                         "dns.zones[]": {"zone": "corp.example",
+                                                         "resolvers": ["192.168.1.53"]},
+                                         "connectivityTest": {"target": "192.168.7.1"},
+                                         "masquerade": {"mode": "all"}}
+    body = dict(needs.get(path, {}))
     outer, dot, inner = field.key.partition(".")
     body[outer] = {inner: value} if dot else value
     document: dict[str, Any] = dict(BASE)  # a destination: other keys refer to it

@@ -9,6 +9,7 @@ of behaviour: regenerate with ``K3SNET_REGENERATE=1`` and review the diff.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -202,8 +203,8 @@ BUILT: dict[str, Callable[[], Spec]] = {
         Sysctl("net.ipv4.ip_forward", 0)]),
     "field checks of a spec built in code": lambda: Spec(
         destinations=[Destination(D, table=0, metric=None)],
-        masquerade=MasqueradePolicy("most"),
-        egress_policy=EgressPolicy(namespace="Apps", pod_selector={"app": 5}),
+        masquerade=MasqueradePolicy("most"),  # type: ignore[arg-type]
+        egress_policy=EgressPolicy(namespace="Apps", pod_selector={"app": 5}),  # type: ignore[arg-type]
         dns=[DnsZone("", resolvers=[])]),
 }
 
@@ -241,15 +242,22 @@ def _problems(call: Callable[[], object]) -> str:
     return "(no problem)"
 
 
+def _validated(build: Callable[[], Spec]) -> str:
+    return "\n".join(map(str, validate(build()))) or "(no problem)"
+
+
+def _compiled(document: Any, facts: NodeFacts) -> object:
+    return compile_spec(Spec.from_dict(document), facts)
+
+
 def _cases() -> dict[str, Callable[[], str]]:
     cases: dict[str, Callable[[], str]] = {}
     for name, document in DOCUMENTS.items():
-        cases[name] = lambda document=document: _problems(lambda: Spec.from_dict(document))
+        cases[name] = functools.partial(_problems, functools.partial(Spec.from_dict, document))
     for name, build in BUILT.items():
-        cases[name] = lambda build=build: "\n".join(map(str, validate(build()))) or "(no problem)"
+        cases[name] = functools.partial(_validated, build)
     for name, (document, facts) in FACTS.items():
-        cases[name] = lambda document=document, facts=facts: _problems(
-            lambda: compile_spec(Spec.from_dict(document), facts))
+        cases[name] = functools.partial(_problems, functools.partial(_compiled, document, facts))
     return cases
 
 
@@ -279,7 +287,7 @@ def test_the_problems_are_the_recorded_ones(name: str) -> None:
 
 
 def test_a_spec_document_needs_its_header() -> None:
-    for empty in (None, {}):
+    for empty in (None, dict[str, Any]()):
         with pytest.raises(SpecError) as info:
             spec_from_document(empty, source="spec.yaml")
         assert [str(p) for p in info.value.problems] == [

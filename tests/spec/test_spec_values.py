@@ -91,12 +91,13 @@ def test_labels_and_options_are_sorted_pairs_whatever_their_form() -> None:
     policy = EgressPolicy(pod_selector={"tier": "web", "app": "shop"})
     assert policy.pod_selector == (("app", "shop"), ("tier", "web"))
     assert EgressPolicy(pod_selector=[("tier", "web"), ("app", "shop")]) == policy
-    assert EgressPolicy(pod_selector={1: "x"}).pod_selector == (("1", "x"),)
+    assert EgressPolicy(pod_selector={1: "x"}).pod_selector == (  # type: ignore[arg-type]
+        ("1", "x"),)
     flannel = FlannelSettings(backend_options={"VNI": 4, "Port": 1})
     assert flannel.backend_options == (("Port", 1), ("VNI", 4))
     assert FlannelSettings(backend_options=[("VNI", 4), ("Port", 1)]) == flannel
     spec = Spec(backend_options={"nftables": {"table": "t", "family": "split"}, "netlink": {},
-                                 "iptables": [("wait", 5)]})
+                                 "iptables": [("wait", 5)]})  # type: ignore[arg-type]
     assert spec.backend_options == (("iptables", (("wait", 5),)),
                                     ("nftables", (("family", "split"), ("table", "t"))))
     assert Spec(backend_options=[("nftables", {"family": "split", "table": "t"}),
@@ -158,9 +159,10 @@ def test_backend_options_are_judged_against_what_each_backend_declares() -> None
             raise BackendNotFoundError(f"no backend {name!r}")
         return declared[name]
 
-    spec = Spec(backends=["nftables", "anything", "missing"], backend_options={
+    options: dict[str, dict[str, object]] = {
         "nftables": {"family": "split", "tabel": "x", "zone": 1}, "anything": {"x": 1},
-        "missing": {"y": 2}, "bogus": {"z": 3}})
+        "missing": {"y": 2}, "bogus": {"z": 3}}
+    spec = Spec(backends=["nftables", "anything", "missing"], backend_options=options)
     assert [str(p) for p in backend_option_problems(spec, lookup)] == [
         "backends.nftables.tabel: unknown option; known: family, table",
         "backends.nftables.zone: unknown option; known: family, table",
