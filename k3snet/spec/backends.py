@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from k3snet.errors import BackendNotFoundError, BackendUnavailableError, Problem, SpecError
 from k3snet.spec.model import Spec
@@ -39,12 +40,15 @@ Values = Callable[[str, Mapping[str, Any]], Iterable[tuple[str, str]]]
 """``(name, options) -> (option, why)`` for each option backend ``name`` refuses for
 its value (:func:`k3snet.backends.registry.option_problems`)."""
 
-Kinds = Callable[..., Iterable[str] | None]
+Kinds = Callable[[str, Mapping[str, Any]], Iterable[str] | None] | Mapping[str, Iterable[str]]
 """``(name, options) -> the kinds backend name, built with the spec's options for it,
 manages`` (``None``: not known without building it;
-:func:`k3snet.backends.registry.declared_capabilities`). A callable taking the name
-alone (``name -> kinds``: a mapping's ``get`` too, whose second parameter is its
-default) is called so."""
+:func:`k3snet.backends.registry.declared_capabilities`), always called with both
+arguments, positionally; or a mapping ``name -> kinds`` (a name it does not hold: not
+known). A callable that cannot take both (``name -> kinds``, the form before options
+were given) and a mapping's bound ``get`` are deprecated: the first is called with the
+name alone, the second read as its mapping, each with a :class:`DeprecationWarning`."""
+
 
 Paths = Callable[[str], Iterable[str]]
 """``name -> the options of backend name that name a file or directory``
@@ -68,7 +72,9 @@ def backend_option_problems(spec: Spec, declared: Declared,
     ``k3snet validate`` and failed on every node. ``kinds``: with it, two of the spec's
     ``backends`` managing one kind are a problem at ``backends`` (a spec gives each
     backend every kind it manages; only the command line's ``--backend NAME:KINDS``
-    splits them), which plan, apply and the agent refuse on every run.
+    splits them), which plan, apply and the agent refuse on every run; ``kinds(name,
+    options)`` is called with the spec's options of each backend, or ``kinds`` is a
+    mapping ``name -> kinds`` (:data:`Kinds`).
     """
     wanted = dict.fromkeys(names if names is not None else
                            (*spec.backends, *(n for n, _ in spec.backend_options)))
@@ -96,37 +102,54 @@ def backend_option_problems(spec: Spec, declared: Declared,
                          for key, why in values(name, given)
                          if f"{path}.{key}" not in said and not _holds_nul(given.get(key))]
     if kinds is not None:
-        problems += _shared_kinds(spec.backends, functools.partial(_kinds_of, spec, kinds))
+        problems += _shared_kinds(spec.backends,
+                                  functools.partial(_kinds_of, spec, _kinds_callable(kinds)))
     return problems
 
 
 def _kinds_of(spec: Spec, kinds: Kinds, name: str) -> Iterable[str] | None:
     """``kinds`` of backend ``name`` with the spec's options for it (the memory backend's
-    kinds are its ``capabilities`` option's), or of the name alone for a ``kinds`` that
-    takes no options."""
-    if _takes_options(kinds):
-        return kinds(name, spec_backend_options(spec, name))
-    return kinds(name)
+    kinds are its ``capabilities`` option's)."""
+    if isinstance(kinds, Mapping):
+        return kinds.get(name)
+    return kinds(name, spec_backend_options(spec, name))
 
 
-def _takes_options(kinds: Kinds) -> bool:
-    """Whether ``kinds`` is the ``(name, options)`` form: a second positional parameter
-    without a default, or one named ``options`` (``declared_capabilities``'s), or
-    ``*args``. Not one whose second parameter is something else with a default: a
-    mapping's ``get`` (``name -> kinds``, ``None`` unknown) was given the options as its
-    ``default``, and a backend it did not know "managed" its option names."""
+def _kinds_callable(kinds: Kinds) -> Kinds:
+    """``kinds`` in one of its two forms: a mapping, or a callable called ``(name,
+    options)``. Which form a callable has is never guessed from its parameters' names or
+    defaults (``lambda name, options=None`` was taken for the name-alone form and never
+    given the options); only the deprecated forms are turned into those: a mapping's
+    bound ``get`` (which took the options for its ``default``: a backend it did not know
+    "managed" its option names) into its mapping, and a callable that cannot be called
+    with two positional arguments into one called with the name alone."""
+    if isinstance(kinds, Mapping):
+        return kinds
+    owner = getattr(kinds, "__self__", None)
+    if isinstance(owner, Mapping) and getattr(kinds, "__name__", None) == "get":
+        warnings.warn("kinds= given a mapping's get: give the mapping itself (name -> "
+                      "kinds); a callable is called with (name, options)",
+                      DeprecationWarning, stacklevel=3)
+        return owner
     try:
-        parameters = list(inspect.signature(kinds).parameters.values())
+        signature = inspect.signature(kinds)
     except (TypeError, ValueError):  # no signature to read: called as documented
-        return True
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
-        return True
-    positional = [p for p in parameters if p.kind in (
-        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    if len(positional) < 2:
+        return kinds
+    if _binds(signature, "name", {}) or not _binds(signature, "name"):
+        return kinds
+    warnings.warn("kinds= given a callable of the name alone: it is called with (name, "
+                  "options); give it a second parameter, or give a mapping name -> kinds",
+                  DeprecationWarning, stacklevel=3)
+    name_alone = cast("Callable[[str], Iterable[str] | None]", kinds)
+    return lambda name, _options: name_alone(name)
+
+
+def _binds(signature: inspect.Signature, *args: object) -> bool:
+    try:
+        signature.bind(*args)
+    except TypeError:
         return False
-    second = positional[1]
-    return second.default is inspect.Parameter.empty or second.name == "options"
+    return True
 
 
 def _shared_kinds(names: Iterable[str], kinds: Callable[[str], Iterable[str] | None]

@@ -71,6 +71,11 @@ nothing).
 By default the objects drawn include the values a backend's own encoding gets
 wrong: tables above 255 and the largest, the largest metric, default and host
 routes of both families, interface names with capitals, punctuation and 15 bytes.
+Drawn at random, a run of a few examples missed some of them; so after the random
+stages, a route to each of :data:`k3snet.testing.strategies.EDGE_DESTINATIONS`, one in
+table ``2**32 - 1`` and one of metric ``2**32 - 1`` are each added alone and removed,
+the first the pool (``objects`` or the default) draws in a scan of fixed seed (one it
+does not draw is left out).
 
 Failures raise ``AssertionError`` with the example that broke, shrunk by hypothesis.
 """
@@ -85,7 +90,7 @@ import warnings
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky
 from hypothesis.strategies import SearchStrategy
@@ -158,6 +163,8 @@ def run_conformance(
         beside = _beside_foreign(backend, baseline, default_pool=objects is None)
         pool = (objects.map(functools.partial(_managed, backend)) if objects is not None
                 else _default_objects(backend))
+        edges = (_edge_objects(backend.capabilities, pool) if objects is not None
+                 else _default_edge_objects(frozenset(backend.capabilities)))
         if beside:
             pool = st.one_of(pool, st.sampled_from(beside))
         _check_kinds(backend, baseline)
@@ -170,6 +177,7 @@ def run_conformance(
                             converge=converge, reopen=reopen, watch=watch)
         _all_or_nothing(backend, baseline, pool, max_examples, max_objects,
                         converge=converge, reopen=reopen, watch=watch)
+        _edge_round_trips(backend, baseline, edges, converge=converge)
         lifecycle_checked = True  # it closes the backend, whatever it finds
         _check_lifecycle(backend)
     finally:
@@ -292,7 +300,12 @@ def _default_objects(backend: Backend) -> SearchStrategy[NetObject]:
             f"run_conformance has no default objects for kinds "
             f"{', '.join(sorted(backend.capabilities))}; pass objects=, a strategy of "
             f"objects {backend.name} can hold (it draws {', '.join(_DRAWN_KINDS)} by default)")
-    return st.one_of(strategies.objects(kinds), *(_EDGES[kind] for kind in kinds))
+    return _default_pool(kinds)
+
+
+def _default_pool(kinds: Iterable[str]) -> SearchStrategy[NetObject]:
+    drawn = [k for k in _DRAWN_KINDS if k in kinds]
+    return st.one_of(strategies.objects(drawn), *(_EDGES[kind] for kind in drawn))
 
 
 def _beside_round_trips(backend: Backend, baseline: State, beside: list[NetObject], *,
@@ -314,6 +327,71 @@ def _beside_round_trips(backend: Backend, baseline: State, beside: list[NetObjec
                 f"the state differs from the one found:\n{_diff(baseline, final)}")
         finally:
             _reset(backend)
+
+
+def _edge_round_trips(backend: Backend, baseline: State, edges: list[NetObject], *,
+                      converge: Callable[[Backend, State], None]) -> None:
+    """Each object of ``edges`` (:func:`_edge_objects`) added alone, then removed,
+    whatever the random stages go on to draw."""
+    for obj in edges:
+        try:
+            converge(backend, State(owned=[obj]))
+            converge(backend, State())
+            final = backend.observe()
+            assert final == baseline, (
+                f"after adding {obj} (an edge value) and removing it, the state differs "
+                f"from the one found:\n{_diff(baseline, final)}")
+        finally:
+            _reset(backend)
+
+
+def _is_route_to(destination: object, obj: NetObject) -> bool:
+    return isinstance(obj, Route) and obj.destination == destination
+
+
+class _AllFound(Exception):  # noqa: N818 - a signal to stop the scan, not an error
+    pass
+
+
+@functools.lru_cache(maxsize=16)
+def _default_edge_objects(kinds: frozenset[str]) -> list[NetObject]:
+    """:func:`_edge_objects` of the default pool of a backend of ``kinds`` (the same at
+    each run: scanned once per process)."""
+    return _edge_objects(kinds, _default_pool(kinds), scan=5000)
+
+
+def _edge_objects(kinds: Iterable[str], pool: SearchStrategy[NetObject], *,
+                  scan: int = 1000) -> list[NetObject]:
+    """The first object ``pool`` draws for each edge of the backend's kinds (the route
+    edges: :data:`~k3snet.testing.strategies.EDGE_DESTINATIONS`, the largest table and
+    metric), in a scan of ``scan`` draws at most, of fixed seed (the same objects at each
+    run); an edge ``pool`` does not draw within the scan is left out (``objects=``
+    narrower than the edges: routes of one family, or with a kernel's own bounds). The
+    default pool, of four kinds, draws a route to ``::/128`` about once in a thousand:
+    its scan is longer, and made once per process."""
+    if "route" not in kinds:
+        return []
+    wanted: list[Callable[[NetObject], bool]] = [
+        functools.partial(_is_route_to, net)
+        for version in (4, 6) for net in strategies.EDGE_DESTINATIONS[version]]
+    wanted += [lambda o: isinstance(o, Route) and o.table == 2**32 - 1,
+               lambda o: isinstance(o, Route) and o.metric == 2**32 - 1]
+    found: dict[int, NetObject] = {}
+
+    @seed(0)
+    @settings(max_examples=scan, deadline=None, database=None,
+              phases=(Phase.generate,), suppress_health_check=list(HealthCheck))
+    @given(pool)
+    def draw(obj: NetObject) -> None:
+        for index, condition in enumerate(wanted):
+            if index not in found and condition(obj):
+                found[index] = obj
+        if len(found) == len(wanted):
+            raise _AllFound
+
+    with contextlib.suppress(_AllFound):
+        draw()
+    return list(dict.fromkeys(found[i] for i in sorted(found)))
 
 
 # A destination and SNAT address of each family that the objects beside a foreign one use.

@@ -28,6 +28,7 @@ from k3snet.model.route import K3SNET_ROUTE_PROTOCOL, protocol_name
 from k3snet.spec import Cluster
 from k3snet.testing import strategies as ks
 from k3snet.testing._once import pick
+from tests.edge_examples import edge_examples
 
 PARENT = ipaddress.IPv4Network("192.168.0.0/16")
 
@@ -430,6 +431,7 @@ _EXPORTED = st.one_of(ks.objects(every_shape=True), ks.foreign_objects(), ks.rou
 
 
 @settings(deadline=None, max_examples=300)
+@edge_examples()
 @given(_EXPORTED)
 def test_every_object_the_strategies_draw_passes_the_models_own_checks(obj: NetObject) -> None:
     """Read back from its dict (``from_dict`` runs every check of the model's constructors),

@@ -26,6 +26,7 @@ from k3snet.errors import ModelError
 from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock
 from k3snet.planner import Change
 from k3snet.testing import strategies
+from tests.edge_examples import edge_examples
 
 RECORDED: dict[str, Any] = json.loads(
     (Path(__file__).parents[1] / "data" / "netlink" / "dumps.json").read_text())
@@ -248,6 +249,7 @@ def test_recorded_routes_round_trip() -> None:
     assert [_round_trip(route) for route in routes] == routes
 
 
+@edge_examples(None, device="d0")
 @given(strategies.routes(devices=("d0", "e0"), tables=(254, 100, 1000, 70000, 2**31, 2**32 - 1),
                          metrics=(None, 0, 100, 2**32 - 1)),
        st.sampled_from(["universe", "link", "host", None]))
