@@ -131,6 +131,7 @@ from k3snet.backends.iptables.table import (
     commit_edit,
     drift_where,
     edit_conflicts,
+    foreign_reason,
     hook_moves,
     load_table,
     plan_table,
@@ -453,9 +454,10 @@ class IptablesBackend(BackendBase):
             for chain in state.foreign_chains:
                 jumps = [f"-A {j.chain} {format_line(j.line)}" for j in state.foreign_jumps
                          if j.target == chain]
-                found.append(f"{where}: chain {chain} is not k3snet's (no rule in it carries "
-                             "k3snet's tag" + (f"; jumped to by {'; '.join(jumps)}" if jumps
-                                               else "") + "): k3snet leaves it alone")
+                found.append(f"{where}: chain {chain} is not k3snet's ("
+                             f"{foreign_reason(state, chain)}"
+                             + (f"; jumped to by {'; '.join(jumps)}" if jumps
+                                else "") + "): k3snet leaves it alone")
             for line in state.stray_jumps:
                 found.append(f"{where}: a rule carrying k3snet's tag jumps to a chain that is "
                              f"not k3snet's (renamed with `iptables -E`?): -A "
@@ -1299,8 +1301,8 @@ class IptablesBackend(BackendBase):
             rule = "" if jump is None else f"-A {jump.chain} {format_line(jump.line)}"
             if chain in state.foreign_chains:
                 problems.append(
-                    f"{where}: this plan needs chain {chain}, which is not k3snet's (no rule "
-                    "in it carries k3snet's tag" + (f"; {rule} jumps to it" if rule else "")
+                    f"{where}: this plan needs chain {chain}, which is not k3snet's ("
+                    f"{foreign_reason(state, chain)}" + (f"; {rule} jumps to it" if rule else "")
                     + "): k3snet does not write it; rename or remove it first")
             else:
                 assert jump is not None
