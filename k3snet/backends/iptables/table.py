@@ -168,7 +168,10 @@ class TableState:
     aside: set[str] = attrs.field(factory=set)
     """The owned units :func:`set_aside` found met first by a foreign rule that decides some
     of their packets otherwise (owned all the same: the plan deletes one the spec no
-    longer wants, and notes the conflict of one it wants, leaving it in place)."""
+    longer wants, and notes the conflict of one it wants, leaving it in place). Read only
+    by observe's judging of the table just loaded (a rule set aside takes no untracked
+    flow); an edit does not keep it up (:func:`commit_edit`): observe reads again after
+    an apply."""
     dirty: set[str] = attrs.field(factory=set)
     """Chains holding rules that match no valid unit, or that should not exist."""
     findings: list[tuple[str, str]] = attrs.field(factory=list)
@@ -1026,7 +1029,6 @@ def commit_edit(state: TableState, edit: TableEdit) -> None:
         obj = new.obj
         owned[obj.key] = obj
     state.by_chain = {c: ds for c, ds in state.by_chain.items() if ds}
-    state.aside -= edit.removed  # those kept are still met first
     state.inactive.clear()
     state.dirty.clear()
     state.earlier.clear()
