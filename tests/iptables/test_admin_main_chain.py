@@ -128,3 +128,24 @@ def test_an_admins_chain_of_a_name_k3snet_does_not_write_is_theirs_even_with_k3s
             ours + theirs)
         destroy(backend)
     assert [line for line in _body(ns, mode) if "K3SNET" in line] == theirs
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_an_admins_main_chain_whose_comments_start_with_k3snet_is_still_theirs(
+        ns: str, mode: str) -> None:
+    """Their ``K3SNET-FORWARD``'s DROP commented ``k3snet: admin's drop`` (k3snet's tag,
+    read loosely, but not as k3snet writes it: ``k3snet`` or ``k3snet:`` and 16 hex
+    digits) made it k3snet's main chain in drift, deleted by a destroy."""
+    tool = [f"iptables-{mode}", "-w"]
+    run_in(ns, [*tool, "-N", "K3SNET-FORWARD"])
+    run_in(ns, [*tool, "-A", "K3SNET-FORWARD", "-s", "10.9.0.0/16", "-m", "comment",
+                "--comment", "k3snet: admin's drop", "-j", "DROP"])
+    run_in(ns, [*tool, "-A", "FORWARD", "-m", "comment", "--comment", "k3snet",
+                "-j", "K3SNET-FORWARD"])
+    before = _body(ns, mode)
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        assert not backend.observe().owned
+        assert backend.drift == ()
+        destroy(backend)
+    assert _body(ns, mode) == before

@@ -131,6 +131,17 @@ def has_tag(line: Line) -> bool:
 
 
 _SUB_CHAIN = re.compile(r"K3SNET-M-[0-9a-f]{16}")
+_WRITTEN_TAG = re.compile(r"k3snet(?::[0-9a-f]{16})?")
+
+
+def _written_tag(line: Line) -> bool:
+    """The rule carries a comment as k3snet writes one (``k3snet``, ``k3snet:`` and 16
+    hex digits): what makes a chain of k3snet's name its own (an admin's ``k3snet: their
+    drop`` does not, though :func:`has_tag` reads it as k3snet's tag)."""
+    for index, word in enumerate(line[:-1]):
+        if word == "--comment" and _WRITTEN_TAG.fullmatch(line[index + 1]):
+            return True
+    return False
 
 
 def _k3snet_name(name: str, hook: Hook) -> bool:
@@ -335,11 +346,11 @@ def _foreign_chains(
     """The ``K3SNET-*`` chains that are not k3snet's, and the foreign jumps into k3snet's.
 
     A chain is k3snet's when it has a name k3snet writes and one of its rules carries
-    k3snet's tag, or it is empty and no rule that is not k3snet's jumps to it.
-    Anything else (an administrator's ``iptables -N K3SNET-MINE``, even with a rule
-    commented ``k3snet: extra egress``, which has k3snet's tag; a chain of theirs that
-    took a name k3snet writes, rules in it and none tagged: every rule k3snet writes
-    carries its tag) is theirs. A rule outside k3snet's chains that
+    k3snet's tag as k3snet writes it (:func:`_written_tag`), or it is empty and no rule
+    that is not k3snet's jumps to it. Anything else (an administrator's ``iptables -N
+    K3SNET-MINE``, even with a rule commented ``k3snet: extra egress``, which has k3snet's
+    tag; a chain of theirs that took a name k3snet writes, rules in it and none tagged
+    so: every rule k3snet writes carries its tag) is theirs. A rule outside k3snet's chains that
     jumps to one of them is foreign, except k3snet's own jump from the built-in chain
     it hooks; a jump carrying k3snet's tag to a main chain that is not k3snet's is
     foreign too (an administrator's ``K3SNET-FORWARD`` hooked with k3snet's comment:
@@ -349,7 +360,7 @@ def _foreign_chains(
     """
     if not chains:
         return set(), []
-    tagged = {name for name, lines in chains.items() if any(map(has_tag, lines))}
+    tagged = {name for name, lines in chains.items() if any(map(_written_tag, lines))}
     foreign = {name for name in chains if not _k3snet_name(name, hook)
                or (name not in tagged and rules.get(name))}
     while True:  # a chain found foreign makes the jumps in it foreign: to a fixed point
