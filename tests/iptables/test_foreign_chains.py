@@ -18,7 +18,7 @@ import pytest
 
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.converge import destroy
-from k3snet.errors import PlanError
+from k3snet.errors import ApplyError, PlanError
 from k3snet.lab.netns import run_in
 from k3snet.model import Drift, ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
@@ -275,3 +275,47 @@ def test_k3snets_chains_renamed_by_an_admin_are_left_alone_and_named_in_a_warnin
     after = body(save(ns, mode, 4))
     assert [line for line in after if "ADMIN-" in line] == \
         [line for line in renamed if "ADMIN-" in line]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", MODES)
+def test_a_jump_k3snet_did_not_read_makes_the_refused_chain_deletion_say_what_to_look_for(
+    ns: str, mode: str
+) -> None:
+    """The kernel keeps a chain a rule jumps to. A jump written after the plan was made
+    (or, with iptables-nft, from a base chain written with ``nft``, which iptables-nft-save
+    leaves out) makes the restore refuse the table: iptables-legacy-restore said only
+    "line 6 failed". The error names k3snet's chain and the command showing the jump;
+    nothing was changed (the nat table committed before is taken back)."""
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), DESIRED))
+    before = {family: body(save(ns, mode, family)) for family in (4, 6)}
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        p = plan(backend.observe(), State(owned=[]))
+        assert backend.check(p) == ()
+        run(ns, mode, 4, "-N", "ADMIN")
+        run(ns, mode, 4, "-A", "ADMIN", "-j", "K3SNET-FORWARD")
+        with pytest.raises(ApplyError) as caught:
+            backend.apply(p)
+    show = "nft list table ip filter" if mode == "nft" else "iptables-legacy-save -t filter"
+    assert "deleting k3snet's chain K3SNET-FORWARD: a rule k3snet did not read" in str(
+        caught.value)
+    assert f"`ip netns exec {ns} {show}` shows it" in str(caught.value)
+    after = body(save(ns, mode, 4))
+    assert [line for line in after if "ADMIN" not in line] == before[4]
+    assert body(save(ns, mode, 6)) == before[6]
+
+
+@pytest.mark.kernel
+def test_a_jump_from_a_base_chain_iptables_nft_save_leaves_out_is_named_by_nft(
+        ns: str) -> None:
+    with IptablesBackend(ns, mode="nft") as backend:
+        backend.apply(plan(backend.observe(), DESIRED))
+    run_in(ns, ["nft", "add chain ip filter theirs { type filter hook forward priority 5; }"])
+    run_in(ns, ["nft", "add rule ip filter theirs meta mark 3 jump K3SNET-FORWARD"])
+    with IptablesBackend(ns, mode="nft") as backend:
+        p = plan(backend.observe(), State(owned=[]))
+        with pytest.raises(ApplyError, match=f"`ip netns exec {ns} nft list table ip filter` "
+                                             "shows it"):
+            backend.apply(p)
+        assert plan(backend.observe(), DESIRED).empty  # nothing was changed

@@ -481,3 +481,34 @@ def test_untracked_traffic_whose_replies_forward_accepts_by_address_passes_k3sne
             p = plan(observed, wanted)
             assert not p.conflicts, p.render()
             assert not p.changes, p.render()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_k3snets_accept_a_foreign_drop_meets_first_takes_no_untracked_flow_for_the_notrack(
+        ns: str, mode: str) -> None:
+    """FORWARD's policy DROP, the replies accepted by address first in FORWARD, the pods'
+    packets untracked in raw: k3snet's own accept of new traffic takes the other way (no
+    conflict), until a foreign drop before k3snet's jump (after the accept of replies)
+    decides some of its packets. Then that rule is set aside and takes not every packet
+    of the flow: the notrack decides the wanted rule again (``_judge`` leaves the rules
+    set aside out of the accepts an untracked flow meets)."""
+    tool = [f"iptables-{mode}", "-w"]
+    run_in(ns, [*tool, "-P", "FORWARD", "DROP"])
+    wanted = State(owned=[WANTED])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), wanted))
+    run_in(ns, [*tool, "-I", "FORWARD", "1", "-s", DB, "-d", POD, "-j", "ACCEPT"])
+    run_in(ns, [*tool, "-t", "raw", "-A", "PREROUTING", "-s", POD, "-j", "CT", "--notrack"])
+
+    def untrack() -> ForwardBlock:
+        with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+            observed = backend.observe()
+        assert WANTED in observed.owned
+        (block,) = [o for o in observed.foreign
+                    if isinstance(o, ForwardBlock) and o.verdict == "untrack"]
+        return block
+
+    assert not untrack().decides(WANTED)  # k3snet's accept takes the pods' new packets
+    run_in(ns, [*tool, "-I", "FORWARD", "2", "-s", "10.42.1.0/24", "-j", "DROP"])
+    assert untrack().decides(WANTED)

@@ -131,6 +131,7 @@ from k3snet.backends.iptables.table import (
     commit_edit,
     drift_where,
     edit_conflicts,
+    foreign_reason,
     hook_moves,
     load_table,
     plan_table,
@@ -453,9 +454,10 @@ class IptablesBackend(BackendBase):
             for chain in state.foreign_chains:
                 jumps = [f"-A {j.chain} {format_line(j.line)}" for j in state.foreign_jumps
                          if j.target == chain]
-                found.append(f"{where}: chain {chain} is not k3snet's (no rule in it carries "
-                             "k3snet's tag" + (f"; jumped to by {'; '.join(jumps)}" if jumps
-                                               else "") + "): k3snet leaves it alone")
+                found.append(f"{where}: chain {chain} is not k3snet's ("
+                             f"{foreign_reason(state, chain)}"
+                             + (f"; jumped to by {'; '.join(jumps)}" if jumps
+                                else "") + "): k3snet leaves it alone")
             for line in state.stray_jumps:
                 found.append(f"{where}: a rule carrying k3snet's tag jumps to a chain that is "
                              f"not k3snet's (renamed with `iptables -E`?): -A "
@@ -1097,8 +1099,26 @@ class IptablesBackend(BackendBase):
         # Read the kernel again next time: a refusal may mean it changed behind our back,
         # and a rollback rewrites chains.
         self._tables = None
-        undo.fail(failed, f"IPv{step.family} {step.table} refused the changes: {exc}", exc,
-                  extra_problems=problems)
+        undo.fail(failed, f"IPv{step.family} {step.table} refused the changes: {exc}"
+                  f"{self._busy_hint(step, exc)}", exc, extra_problems=problems)
+
+    def _busy_hint(self, step: _Step, exc: RunFailedError) -> str:
+        """What a refused deletion of one of k3snet's chains (``-X CHAIN``) means, else
+        ``""``: a rule k3snet did not read jumps to it, written since the plan was made
+        (the check names those it read), or, with iptables-nft, in a base chain written
+        with ``nft`` that iptables-nft-save leaves out (``nft list table`` shows it).
+        iptables-legacy-restore says only "line N failed"."""
+        line = exc.line
+        if line is None or len(line) != 2 or line[0] != "-X":
+            return ""
+        if self.mode == "nft":
+            show = f"nft list table {_nft_family(step.family)} {step.table}"
+        else:
+            show = f"{tool_name(step.family, self.mode, 'save')} -t {step.table}"
+        netns = f"ip netns exec {shlex.quote(self._netns)} " if self._netns else ""
+        return (f" (deleting k3snet's chain {line[1]}: a rule k3snet did not read jumps to "
+                "it, and the kernel keeps a chain jumped to; `"
+                f"{netns}{show}` shows it: delete that rule first)")
 
     @staticmethod
     def _failed(plan: Plan, injected: Change | None, exc: RunFailedError) -> Change | None:
@@ -1299,8 +1319,8 @@ class IptablesBackend(BackendBase):
             rule = "" if jump is None else f"-A {jump.chain} {format_line(jump.line)}"
             if chain in state.foreign_chains:
                 problems.append(
-                    f"{where}: this plan needs chain {chain}, which is not k3snet's (no rule "
-                    "in it carries k3snet's tag" + (f"; {rule} jumps to it" if rule else "")
+                    f"{where}: this plan needs chain {chain}, which is not k3snet's ("
+                    f"{foreign_reason(state, chain)}" + (f"; {rule} jumps to it" if rule else "")
                     + "): k3snet does not write it; rename or remove it first")
             else:
                 assert jump is not None

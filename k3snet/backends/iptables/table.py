@@ -46,8 +46,8 @@ from k3snet.render.tag import TAG_PREFIX
 
 __all__ = ["DRIFT_KIND", "INJECTED_CHAIN", "Delta", "ForeignJump", "Op", "Sink", "TableEdit",
            "TableState", "commit_edit", "diff_table", "drift_where", "edit_conflicts",
-           "has_tag", "hook_moves", "load_table", "own_chains", "plan_table", "refresh_hook",
-           "restore_lines", "restore_text", "revert_ops", "set_aside"]
+           "foreign_reason", "has_tag", "hook_moves", "load_table", "own_chains", "plan_table",
+           "refresh_hook", "restore_lines", "restore_text", "revert_ops", "set_aside"]
 
 OpKind = Literal["declare", "delete", "append", "insert", "flush", "remove", "fail"]
 
@@ -131,6 +131,17 @@ def has_tag(line: Line) -> bool:
 
 
 _SUB_CHAIN = re.compile(r"K3SNET-M-[0-9a-f]{16}")
+_WRITTEN_TAG = re.compile(r"k3snet(?::[0-9a-f]{16})?")
+
+
+def _written_tag(line: Line) -> bool:
+    """The rule carries a comment as k3snet writes one (``k3snet``, ``k3snet:`` and 16
+    hex digits): what makes a chain of k3snet's name its own (an admin's ``k3snet: their
+    drop`` does not, though :func:`has_tag` reads it as k3snet's tag)."""
+    for index, word in enumerate(line[:-1]):
+        if word == "--comment" and _WRITTEN_TAG.fullmatch(line[index + 1]):
+            return True
+    return False
 
 
 def _k3snet_name(name: str, hook: Hook) -> bool:
@@ -168,7 +179,10 @@ class TableState:
     aside: set[str] = attrs.field(factory=set)
     """The owned units :func:`set_aside` found met first by a foreign rule that decides some
     of their packets otherwise (owned all the same: the plan deletes one the spec no
-    longer wants, and notes the conflict of one it wants, leaving it in place)."""
+    longer wants, and notes the conflict of one it wants, leaving it in place). Read only
+    by observe's judging of the table just loaded (a rule set aside takes no untracked
+    flow); an edit does not keep it up (:func:`commit_edit`): observe reads again after
+    an apply."""
     dirty: set[str] = attrs.field(factory=set)
     """Chains holding rules that match no valid unit, or that should not exist."""
     findings: list[tuple[str, str]] = attrs.field(factory=list)
@@ -201,7 +215,10 @@ class TableState:
         return [f"{chain}: {what}" for chain, what in self.findings]
 
     def hook_jumps(self) -> list[int]:
-        """Positions of k3snet's jumps (tagged) from the built-in chain to our main chain."""
+        """Positions of k3snet's jumps (tagged) from the built-in chain to our main chain
+        (none while a chain of that name is not k3snet's: :attr:`foreign_chains`)."""
+        if self.hook.main in self.foreign_chains:
+            return []
         return [i for i, r in enumerate(self.hook_rules) if _hooks_to(r, self.hook.main)]
 
     def hook_ok(self) -> bool:
@@ -211,7 +228,8 @@ class TableState:
 
     def hook_reaches(self) -> bool:
         """Traffic gets to our main chain: a jump as we write it."""
-        return hook_line(self.hook) in self.hook_rules
+        return (self.hook.main not in self.foreign_chains
+                and hook_line(self.hook) in self.hook_rules)
 
     def hook_index(self) -> int:
         """Where our jump is (its first copy, where a repair puts it back), or where a
@@ -297,6 +315,13 @@ def load_table(family: int, hook: Hook, dump: TableDump | None) -> TableState:
     return state
 
 
+def foreign_reason(state: TableState, chain: str) -> str:
+    """Why ``chain``, one of :attr:`TableState.foreign_chains`, is not k3snet's."""
+    if not _k3snet_name(chain, state.hook):
+        return "k3snet writes no chain of that name"
+    return "no rule in it carries k3snet's tag"
+
+
 def own_chains(hook: Hook, dump: TableDump | None) -> set[str]:
     """The names of k3snet's own chains in one table, as :func:`load_table` tells them
     from an admin's ``K3SNET-*`` chains (see :func:`_foreign_chains`), without reading
@@ -320,18 +345,24 @@ def _foreign_chains(
 ) -> tuple[set[str], list[ForeignJump]]:
     """The ``K3SNET-*`` chains that are not k3snet's, and the foreign jumps into k3snet's.
 
-    A chain is k3snet's when one of its rules carries k3snet's tag, or when it is
-    empty or holds only untagged rules (drift), has a name k3snet writes, and no
-    rule that is not k3snet's jumps to it. Anything else (an administrator's
-    ``iptables -N K3SNET-MINE``, or a chain of theirs that took a name k3snet
-    writes) is theirs. A rule outside k3snet's chains that jumps to one of them is
-    foreign, except k3snet's own jump from the built-in chain it hooks. Each chain's
-    lines in ``chains`` are read once, up to the first tagged one.
+    A chain is k3snet's when it has a name k3snet writes and one of its rules carries
+    k3snet's tag as k3snet writes it (:func:`_written_tag`), or it is empty and no rule
+    that is not k3snet's jumps to it. Anything else (an administrator's ``iptables -N
+    K3SNET-MINE``, even with a rule commented ``k3snet: extra egress``, which has k3snet's
+    tag; a chain of theirs that took a name k3snet writes, rules in it and none tagged
+    so: every rule k3snet writes carries its tag) is theirs. A rule outside k3snet's chains that
+    jumps to one of them is foreign, except k3snet's own jump from the built-in chain
+    it hooks; a jump carrying k3snet's tag to a main chain that is not k3snet's is
+    foreign too (an administrator's ``K3SNET-FORWARD`` hooked with k3snet's comment:
+    a destroy read it as k3snet's main chain in drift and deleted it, their rules
+    with it). Each chain's lines in ``chains`` are read once, up to the first tagged
+    one.
     """
     if not chains:
         return set(), []
-    tagged = {name for name, lines in chains.items() if any(map(has_tag, lines))}
-    foreign = {name for name in chains if name not in tagged and not _k3snet_name(name, hook)}
+    tagged = {name for name, lines in chains.items() if any(map(_written_tag, lines))}
+    foreign = {name for name in chains if not _k3snet_name(name, hook)
+               or (name not in tagged and rules.get(name))}
     while True:  # a chain found foreign makes the jumps in it foreign: to a fixed point
         jumps = _jumps_into(hook, rules, chains, foreign, read)
         more = {jump.target for jump in jumps} - tagged - foreign
@@ -357,7 +388,7 @@ def _jumps_into(
             target = _jump_target(line)
             if target is None or target not in chains:
                 continue
-            if name == hook.builtin and _hooks_to(line, hook.main):
+            if name == hook.builtin and _hooks_to(line, hook.main) and hook.main not in foreign:
                 continue  # k3snet's hook (drift if not exactly as k3snet writes it)
             jumps.append(ForeignJump(name, line, target))
     return jumps
@@ -1009,7 +1040,6 @@ def commit_edit(state: TableState, edit: TableEdit) -> None:
         obj = new.obj
         owned[obj.key] = obj
     state.by_chain = {c: ds for c, ds in state.by_chain.items() if ds}
-    state.aside -= edit.removed  # those kept are still met first
     state.inactive.clear()
     state.dirty.clear()
     state.earlier.clear()
