@@ -22,7 +22,16 @@ from k3snet._logline import printable_line
 from k3snet.doctor.packet import PLANNED_ORDER, BaseChain, ChainResult, NatAction, Packet
 from k3snet.doctor.routing import RouteEntry, lookup, table_name
 from k3snet.doctor.state import NodeState
-from k3snet.doctor.trace import POD_FACING, Flow, Step, Trace, Verdict, trace
+from k3snet.doctor.trace import (
+    PMTU_ERRORS,
+    POD_FACING,
+    Flow,
+    Step,
+    Trace,
+    Verdict,
+    pmtu_error_steps,
+    trace,
+)
 from k3snet.errors import ModelError
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, State, Sysctl, printable
 from k3snet.planner import Plan, plan
@@ -598,6 +607,7 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
                    "this flow"))
     found += _forwarding_default(state, tr)
     found += _path_mtu(state, tr)
+    found += _pmtu_error(state, tr)
     unknown = [s for s in tr.steps if s.outcome == "unknown"]
     if unknown:
         uncertain = [s for s in unknown if not s.certain]
@@ -707,7 +717,8 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
             + ". Where that error is dropped (a firewall rule on ICMP in the node's output "
             "or on its way to the pod), the connection opens and small exchanges work, but "
             "large transfers stall: a black hole this trace of the flow's first, small "
-            "packet does not show (the doctor does not follow the ICMP error)",
+            "packet does not show (the doctor does not follow the node's own ICMP error, which "
+            "leaves by its output hook)",
             severity="warning",
             advice=f"make the pods' MTU at most {path}: {_pods_mtu_settings(path)}; or "
                    "clamp TCP's MSS to the path's MTU on the node (nft: tcp flags syn tcp "
@@ -733,6 +744,52 @@ def _cilium_route_mtu(state: NodeState, ingress: str, family: int) -> int | None
     mtus = {r.mtu for r in state.routes.get(family, ())
             if r.device == "cilium_host" and r.mtu is not None}
     return next(iter(mtus)) if len(mtus) == 1 else None
+
+
+def _pmtu_error(state: NodeState, tr: Trace) -> list[Finding]:
+    """The ICMP error path MTU discovery needs (IPv4 fragmentation needed, IPv6 Packet
+    Too Big), sent back by a router beyond the node whose link is smaller than the pod's
+    packets, dropped by the node's rules on its way to the pod
+    (:func:`~k3snet.doctor.trace.pmtu_error_steps`): a black hole for large packets the
+    trace of the flow's first, small packet does not show, whatever the node's own
+    MTUs. Said as not judged where a rule the doctor cannot evaluate could drop it;
+    nothing where the flow is blocked or the rulesets were not read (other findings say
+    so)."""
+    if tr.verdict is Verdict.BLOCKED or state.unread_rulesets():
+        return []
+    steps = pmtu_error_steps(state, tr)
+    _, _, error = PMTU_ERRORS[tr.flow.family]
+    why = ("a router on the way whose link is smaller than the pod's packets drops each "
+           f"one too large (IPv6 routers never fragment; IPv4 packets of TCP and most UDP "
+           f"carry don't-fragment) and answers with {error}, from which the pod's kernel "
+           "learns the path's MTU")
+    drop = next((s for s in steps if s.outcome == "drop"), None)
+    if drop is not None and drop.certain:
+        return [Finding(
+            "pmtu-error-dropped", f"the {error} a router beyond the node sends back for "
+            f"the pod's too large packets is dropped on its way to {tr.flow.source}",
+            _at(drop),
+            why + "; dropped here, the pod never learns it: the connection opens and small "
+            "exchanges work, but large transfers stall wherever the path beyond the node "
+            "is smaller than the pods' MTU (a black hole the flow's own, small packets do "
+            "not show)",
+            severity="warning",
+            advice="let ICMP errors related to the pods' connections through the forward "
+                   "path before that rule (nft: ct state related accept; iptables: -m "
+                   "conntrack --ctstate RELATED -j ACCEPT), or take the ICMP type out of "
+                   "the rule; k3snet writes no such rule")]
+    doubtful = [s for s in steps if s.outcome in ("unknown", "drop") and not s.certain]
+    if not doubtful:
+        return []
+    return [Finding(
+        "pmtu-error-dropped", f"whether the {error} a router beyond the node sends back "
+        f"reaches {tr.flow.source} cannot be judged",
+        "; ".join(_at(s) for s in doubtful[:3]),
+        why + f"; the doctor cannot evaluate {'these rules' if len(doubtful) > 1 else 'this rule'}"
+        ", which would drop it if they matched",
+        severity="info",
+        advice="check that the rule lets ICMP errors related to the pods' connections "
+               "through")]
 
 
 _MSS_HEADERS = {4: 40, 6: 60}

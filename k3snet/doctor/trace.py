@@ -532,6 +532,52 @@ def trace(state: NodeState, flow: Flow, *, upstream_routes_pods: bool = False) -
     return attrs.evolve(worst, endpoints=tuple(branches))
 
 
+#: The ICMP error telling a path's MTU, per family: protocol, (type, code), name.
+PMTU_ERRORS: dict[int, tuple[str, tuple[int, int], str]] = {
+    4: ("icmp", (3, 4), "fragmentation needed (ICMP type 3 code 4)"),
+    6: ("icmpv6", (2, 0), "Packet Too Big (ICMPv6 type 2)"),
+}
+
+
+def pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
+    """The way back to the pod of the ICMP error a router beyond the node sends for the
+    flow's packets too large for its link (:data:`PMTU_ERRORS`), through the node's
+    prerouting, forward and postrouting chains: the error path MTU discovery needs.
+
+    Conntrack takes it as ``related`` to the flow's connection (as a reply: ``ct
+    direction reply``) and translates it back to the pod as it does the replies. It
+    comes in by the interface the flow left by and leaves by the pod's. Its source, a
+    router on the way, is not known: rules on it are judged on the destination's
+    address. Empty where the flow does not leave the node. The node's own ICMP errors
+    (its own way out the smaller) go through its output hook, not traced here."""
+    flow, fam = tr.flow, tr.flow.family
+    seen = tr.source_seen
+    if seen is None or tr.egress is None or tr.ingress is None:
+        return ()
+    t = _Tracer(state, flow, pick=tr.branch or 0)
+    untracked = "untracked" in tr.codes
+    proto, icmp, _ = PMTU_ERRORS[fam]
+    nat = frozenset() if untracked else frozenset(
+        {"dnat"} if tr.dnat is not None else set()) | ({"snat"} if seen != flow.source else set())
+    local = state.local_addresses()
+    error = Packet(fam, tr.target, seen, proto, None, None, tr.egress, None,
+                   "new" if untracked else "related", "reply", 0,
+                   local, state.ipsets(), nat=nat,  # type: ignore[arg-type]
+                   queues=state.queue_readers, icmp=icmp)
+    error, _, dropped = t.hook(error, "prerouting", first=False, part="before-nat")
+    if dropped:
+        return tuple(t.steps)
+    error = attrs.evolve(error, dst=flow.source)  # conntrack translates it back
+    error, _, dropped = t.hook(error, "prerouting", first=False, part="after-nat")
+    if dropped:
+        return tuple(t.steps)
+    error = attrs.evolve(error, oif=tr.ingress)
+    error, _, dropped = t.hook(error, "forward", first=False)
+    if not dropped:
+        t.hook(error, "postrouting", first=False)
+    return tuple(t.steps)
+
+
 def _trace_branch(state: NodeState, flow: Flow, upstream_routes_pods: bool,
                   pick: int, *, other_order: bool = False) -> Trace:
     """One trace, following random branch ``pick`` wherever a rule picks at random.
