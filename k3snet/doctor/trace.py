@@ -545,7 +545,8 @@ def pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
     prerouting, forward and postrouting chains: the error path MTU discovery needs.
 
     Conntrack takes it as ``related`` to the flow's connection (as a reply: ``ct
-    direction reply``) and translates it back to the pod as it does the replies. It
+    direction reply``) and translates it back to the pod as it does the replies (of a
+    flow exempted from tracking it finds no connection: ``invalid``). It
     comes in by the interface the flow left by and leaves by the pod's. Its source, a
     router on the way, is not known: rules on it are judged on the destination's
     address. Empty where the flow does not leave the node. The node's own ICMP errors
@@ -561,7 +562,7 @@ def pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
         {"dnat"} if tr.dnat is not None else set()) | ({"snat"} if seen != flow.source else set())
     local = state.local_addresses()
     error = Packet(fam, tr.target, seen, proto, None, None, tr.egress, None,
-                   "new" if untracked else "related", "reply", 0,
+                   "invalid" if untracked else "related", "reply", 0,
                    local, state.ipsets(), nat=nat,  # type: ignore[arg-type]
                    queues=state.queue_readers, icmp=icmp)
     error, _, dropped = t.hook(error, "prerouting", first=False, part="before-nat")
