@@ -5,6 +5,7 @@ iptables rules. The kernel's side is tests/doctor/test_pmtu_error_kernel.py."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -13,8 +14,11 @@ from k3snet.doctor import Finding, Flow, NodeCapture, NodeState, Verdict, diagno
 _NAT = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.42.0.0/24 -j MASQUERADE\nCOMMIT\n"
 
 
-def _findings(*forward: str, policy: str = "ACCEPT") -> tuple[Verdict, list[Finding]]:
-    """Pods on cni0, every MTU 1500, the filter table's FORWARD chain of ``forward``."""
+def _findings(*forward: str, policy: str = "ACCEPT", nft: list[list[Any]] | None = None,
+              family: int = 4) -> tuple[Verdict, list[Finding]]:
+    """Pods on cni0, every MTU 1500, the filter table's FORWARD chain of ``forward``; an
+    inet table's forward chain of ``nft``'s rules (each a rule's ``expr``, as ``nft -j``
+    prints it); IPv6 with ``family`` 6."""
     addresses = [{"ifname": name, "mtu": 1500, "flags": ["UP"],
                   "addr_info": [{"local": local, "prefixlen": 24}]}
                  for name, local in (("cni0", "10.42.0.1"), ("eth0", "192.168.1.5"))]
@@ -23,10 +27,30 @@ def _findings(*forward: str, policy: str = "ACCEPT") -> tuple[Verdict, list[Find
               {"dst": "default", "gateway": "192.168.1.1", "dev": "eth0"}]
     saves = (f"*filter\n:FORWARD {policy} [0:0]\n" + "".join(f"-A FORWARD {r}\n" for r in forward)
              + "COMMIT\n" + _NAT)
-    state = NodeState.from_capture(NodeCapture.from_texts({
-        "addr.json": json.dumps(addresses), "routes-v4.json": json.dumps(routes),
-        "iptables-nft-v4.save": saves, "sysctl.txt": "net.ipv4.ip_forward = 1\n"}))
-    d = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
+    files = {"addr.json": json.dumps(addresses), "routes-v4.json": json.dumps(routes),
+             "iptables-nft-v4.save": saves, "sysctl.txt": "net.ipv4.ip_forward = 1\n"}
+    if family == 6:
+        for link in addresses:
+            link["addr_info"] = [{"local": str(link["addr_info"][0]["local"]).replace(
+                "10.42.0.", "fd42::").replace("192.168.1.", "fd01::"), "prefixlen": 64}]
+        files = {"addr.json": json.dumps(addresses), "routes-v4.json": "[]",
+                 "routes-v6.json": json.dumps([
+                     {"dst": "fd42::/64", "dev": "cni0"}, {"dst": "fd01::/64", "dev": "eth0"},
+                     {"dst": "default", "gateway": "fd01::1", "dev": "eth0"}]),
+                 "sysctl.txt": "net.ipv6.conf.all.forwarding = 1\n",
+                 "iptables-nft-v6.save": "*nat\n:POSTROUTING ACCEPT [0:0]\n"
+                 "-A POSTROUTING -s fd42::/64 -j MASQUERADE\nCOMMIT\n"}
+    if nft is not None:
+        chain = {"family": "inet", "table": "t", "name": "forward", "handle": 1,
+                 "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}
+        files["nft-ruleset.json"] = json.dumps({"nftables": [
+            {"table": {"family": "inet", "name": "t", "handle": 1}}, {"chain": chain},
+            *({"rule": {"family": "inet", "table": "t", "chain": "forward",
+                        "handle": 2 + n, "expr": expr}} for n, expr in enumerate(nft))]})
+    state = NodeState.from_capture(NodeCapture.from_texts(files))
+    flow = (Flow("fd42::10", "fd01:2::10", port=5432) if family == 6
+            else Flow("10.42.0.10", "192.168.2.10", port=5432))
+    d = diagnose(state, flow)
     return d.verdict, [f for f in d.findings if f.code == "pmtu-error-dropped"]
 
 
@@ -75,3 +99,33 @@ def test_a_rule_the_doctor_cannot_evaluate_is_said_not_judged() -> None:
     assert finding.severity == "info"
     assert "cannot be judged" in finding.what
     assert "--match-set blocked" in finding.where
+
+
+def _icmp(field: str, right: Any, op: str = "==", proto: str = "icmp") -> dict[str, Any]:
+    return {"match": {"op": op, "left": {"payload": {"protocol": proto, "field": field}},
+                      "right": right}}
+
+
+@pytest.mark.parametrize(("family", "expr", "drops"), [
+    # icmp type { destination-unreachable, time-exceeded } drop
+    (4, [_icmp("type", {"set": ["destination-unreachable", "time-exceeded"]}), {"drop": None}],
+     True),
+    # icmp type destination-unreachable icmp code frag-needed drop
+    (4, [_icmp("type", "destination-unreachable"), _icmp("code", "frag-needed"),
+         {"drop": None}], True),
+    (4, [_icmp("type", "destination-unreachable"), _icmp("code", "port-unreachable"),
+         {"drop": None}], False),
+    # icmp code != frag-needed drop
+    (4, [_icmp("code", "frag-needed", "!="), {"drop": None}], False),
+    # icmpv6 type packet-too-big icmpv6 code 0 drop (nft prints the code as no-route)
+    (6, [_icmp("type", "packet-too-big", proto="icmpv6"),
+         _icmp("code", "no-route", proto="icmpv6"), {"drop": None}], True),
+    (6, [_icmp("type", "destination-unreachable", proto="icmpv6"), {"drop": None}], False),
+    # an icmp match never matches an IPv6 packet's ICMPv6 (nft's hidden l4proto)
+    (6, [_icmp("type", 2), {"drop": None}], False),
+])
+def test_nft_icmp_matches_are_judged_on_the_pmtu_error(family: int, expr: list[Any],
+                                                       drops: bool) -> None:
+    verdict, found = _findings(nft=[expr], family=family)
+    assert verdict is Verdict.REACHES
+    assert [f.severity for f in found] == (["warning"] if drops else [])
