@@ -19,9 +19,10 @@ def _findings(*forward: str, policy: str = "ACCEPT", nft: list[list[Any]] | None
     """Pods on cni0, every MTU 1500, the filter table's FORWARD chain of ``forward``; an
     inet table's forward chain of ``nft``'s rules (each a rule's ``expr``, as ``nft -j``
     prints it); IPv6 with ``family`` 6."""
-    addresses = [{"ifname": name, "mtu": 1500, "flags": ["UP"],
-                  "addr_info": [{"local": local, "prefixlen": 24}]}
-                 for name, local in (("cni0", "10.42.0.1"), ("eth0", "192.168.1.5"))]
+    links = (("cni0", "10.42.0.1"), ("eth0", "192.168.1.5"))
+    addresses: list[dict[str, Any]] = [{"ifname": name, "mtu": 1500, "flags": ["UP"],
+                                        "addr_info": [{"local": local, "prefixlen": 24}]}
+                                       for name, local in links]
     routes = [{"dst": "10.42.0.0/24", "dev": "cni0", "scope": "link"},
               {"dst": "192.168.1.0/24", "dev": "eth0", "scope": "link"},
               {"dst": "default", "gateway": "192.168.1.1", "dev": "eth0"}]
