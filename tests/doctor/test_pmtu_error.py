@@ -15,7 +15,7 @@ _NAT = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.42.0.0/24 -j MASQU
 
 
 def _findings(*forward: str, policy: str = "ACCEPT", nft: list[list[Any]] | None = None,
-              family: int = 4) -> tuple[Verdict, list[Finding]]:
+              family: int = 4, protocol: str = "tcp") -> tuple[Verdict, list[Finding]]:
     """Pods on cni0, every MTU 1500, the filter table's FORWARD chain of ``forward``; an
     inet table's forward chain of ``nft``'s rules (each a rule's ``expr``, as ``nft -j``
     prints it); IPv6 with ``family`` 6."""
@@ -49,8 +49,9 @@ def _findings(*forward: str, policy: str = "ACCEPT", nft: list[list[Any]] | None
             *({"rule": {"family": "inet", "table": "t", "chain": "forward",
                         "handle": 2 + n, "expr": expr}} for n, expr in enumerate(nft))]})
     state = NodeState.from_capture(NodeCapture.from_texts(files))
-    flow = (Flow("fd42::10", "fd01:2::10", port=5432) if family == 6
-            else Flow("10.42.0.10", "192.168.2.10", port=5432))
+    port = None if protocol == "icmp" else 5432
+    flow = (Flow("fd42::10", "fd01:2::10", protocol, port) if family == 6  # type: ignore[arg-type]
+            else Flow("10.42.0.10", "192.168.2.10", protocol, port))  # type: ignore[arg-type]
     d = diagnose(state, flow)
     return d.verdict, [f for f in d.findings if f.code == "pmtu-error-dropped"]
 
@@ -130,3 +131,18 @@ def test_nft_icmp_matches_are_judged_on_the_pmtu_error(family: int, expr: list[A
     verdict, found = _findings(nft=[expr], family=family)
     assert verdict is Verdict.REACHES
     assert [f.severity for f in found] == (["warning"] if drops else [])
+
+
+@pytest.mark.parametrize(("family", "expr", "verdict"), [
+    (4, [_icmp("type", "echo-request"), {"drop": None}], Verdict.BLOCKED),
+    (4, [_icmp("type", "echo-reply"), {"drop": None}], Verdict.BLOCKED),  # the reply
+    (4, [_icmp("type", "destination-unreachable"), {"drop": None}], Verdict.REACHES),
+    (6, [_icmp("type", "echo-request", proto="icmpv6"), {"drop": None}], Verdict.BLOCKED),
+    (6, [_icmp("type", "echo-reply", proto="icmpv6"), {"drop": None}], Verdict.BLOCKED),
+    (6, [_icmp("type", "packet-too-big", proto="icmpv6"), {"drop": None}], Verdict.REACHES),
+])
+def test_an_icmp_flow_is_a_ping_its_type_matches_judged(family: int, expr: list[Any],
+                                                        verdict: Verdict) -> None:
+    """An ``icmp`` flow's packets are echo requests, its replies echo replies: a rule on
+    the ICMP type was unknown for them (the verdict too)."""
+    assert _findings(nft=[expr], family=family, protocol="icmp")[0] is verdict
