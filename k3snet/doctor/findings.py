@@ -754,8 +754,10 @@ def _pmtu_error(state: NodeState, tr: Trace) -> list[Finding]:
     trace of the flow's first, small packet does not show, whatever the node's own
     MTUs. Said as not judged where a rule the doctor cannot evaluate could drop it;
     nothing where the flow is blocked or the rulesets were not read (other findings say
-    so)."""
-    if tr.verdict is Verdict.BLOCKED or state.unread_rulesets():
+    so), nor where it leaves towards pods (a local endpoint, an overlay: no router of
+    the underlay answers the pod there, the node's tunnel takes its errors)."""
+    if (tr.verdict is Verdict.BLOCKED or state.unread_rulesets()
+            or _pod_facing(tr.egress, tr)):
         return []
     steps = pmtu_error_steps(state, tr)
     _, _, error = PMTU_ERRORS[tr.flow.family]

@@ -146,3 +146,19 @@ def test_an_icmp_flow_is_a_ping_its_type_matches_judged(family: int, expr: list[
     """An ``icmp`` flow's packets are echo requests, its replies echo replies: a rule on
     the ICMP type was unknown for them (the verdict too)."""
     assert _findings(nft=[expr], family=family, protocol="icmp")[0] is verdict
+
+
+def test_a_flow_to_another_pod_of_the_node_has_no_pmtu_error_finding() -> None:
+    """No router answers a pod's packets to a pod of its own bridge: a rule on ICMP
+    there is no PMTU black hole."""
+    addresses = [{"ifname": "cni0", "mtu": 1500, "flags": ["UP"],
+                  "addr_info": [{"local": "10.42.0.1", "prefixlen": 24}]}]
+    state = NodeState.from_capture(NodeCapture.from_texts({
+        "addr.json": json.dumps(addresses),
+        "routes-v4.json": json.dumps([{"dst": "10.42.0.0/24", "dev": "cni0",
+                                       "scope": "link"}]),
+        "iptables-nft-v4.save": "*filter\n:FORWARD ACCEPT [0:0]\n"
+                                "-A FORWARD -p icmp -j DROP\nCOMMIT\n",
+        "sysctl.txt": "net.ipv4.ip_forward = 1\n"}))
+    d = diagnose(state, Flow("10.42.0.10", "10.42.0.20", port=5432))
+    assert "pmtu-error-dropped" not in [f.code for f in d.findings], d.render()
