@@ -22,7 +22,16 @@ from k3snet._logline import printable_line
 from k3snet.doctor.packet import PLANNED_ORDER, BaseChain, ChainResult, NatAction, Packet
 from k3snet.doctor.routing import RouteEntry, lookup, table_name
 from k3snet.doctor.state import NodeState
-from k3snet.doctor.trace import POD_FACING, Flow, Step, Trace, Verdict, trace
+from k3snet.doctor.trace import (
+    PMTU_ERRORS,
+    POD_FACING,
+    Flow,
+    Step,
+    Trace,
+    Verdict,
+    pmtu_error_steps,
+    trace,
+)
 from k3snet.errors import ModelError
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, State, Sysctl, printable
 from k3snet.planner import Plan, plan
@@ -598,6 +607,7 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
                    "this flow"))
     found += _forwarding_default(state, tr)
     found += _path_mtu(state, tr)
+    found += _pmtu_error(state, tr)
     unknown = [s for s in tr.steps if s.outcome == "unknown"]
     if unknown:
         uncertain = [s for s in unknown if not s.certain]
@@ -656,10 +666,19 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
     ``mtu 1280``, a 1450 overlay behind 1500 veths). The trace's first packet is small
     and passes; the pods' large ones pass only once the node's ICMP error told them the
     smaller MTU (path MTU discovery), and without it they die: a black hole the verdict
-    does not show. Two numbers compared per branch: nothing is traced again."""
+    does not show. Two numbers compared per branch: nothing is traced again.
+
+    A Cilium pod's routes carry Cilium's route MTU, below its veth's where a tunnel
+    takes its overhead (:func:`_cilium_route_mtu`): that is the largest packet it sends."""
     pod_mtu = state.mtus.get(tr.ingress) if tr.ingress is not None else None
-    if pod_mtu is None:
+    if pod_mtu is None or tr.ingress is None:
         return []
+    sender = f"the pods' interface {tr.ingress}"
+    cilium = _cilium_route_mtu(state, tr.ingress, tr.flow.family)
+    if cilium is not None and cilium < pod_mtu:
+        pod_mtu = cilium
+        sender = (f"the routes of the pods behind {tr.ingress} (Cilium's route MTU, the mtu "
+                  "of its routes through cilium_host)")
     found: Finding | None = None  # every branch clamped: said once, for the first
     for branch in tr.endpoints or (tr,):
         route = branch.route.route if branch.route is not None else None
@@ -674,20 +693,21 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
                  else f"sysctl net.ipv6.conf.{branch.egress.replace('.', '/')}.mtu = {path} "
                       f"(dev {branch.egress} mtu {state.mtus.get(branch.egress)})")
         if tr.flow.family == 6 and path < _IPV6_MIN_MTU:
-            return [_below_ipv6_minimum(tr, branch.egress, where, path, pod_mtu)]
+            return [_below_ipv6_minimum(tr, branch.egress, where, path, pod_mtu, sender=sender)]
         clamps = _mss_clamps(branch, route.mtu or device_mtu, path,
                              reply_mtu=_syn_ack_route_mtu(state, branch))
         if clamps is not None:
             found = found or _clamped(tr, branch.egress, where, path=path, pod_mtu=pod_mtu,
-                                     clamps=clamps)
+                                     clamps=clamps, sender=sender)
             continue
         if tr.flow.family == 4 and route.mtu is not None and route.mtu > path:
-            return [_route_over_its_device(tr, route, branch.egress, path, pod_mtu)]
+            return [_route_over_its_device(tr, route, branch.egress, path, pod_mtu,
+                                            sender=sender)]
         error = ("fragmentation needed (ICMP type 3 code 4)" if tr.flow.family == 4
                  else "Packet Too Big (ICMPv6 type 2)")
         return [Finding(
             "path-mtu", f"packets over {path} bytes cannot leave by {branch.egress}, while "
-            f"the pods' interface {tr.ingress} takes {pod_mtu}",
+            f"{sender} takes {pod_mtu}",
             where,
             f"the pod sends packets of up to {pod_mtu} bytes (and TCP segments sized for "
             f"them); the node drops each one over {path} and answers the pod with an ICMP "
@@ -697,7 +717,8 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
             + ". Where that error is dropped (a firewall rule on ICMP in the node's output "
             "or on its way to the pod), the connection opens and small exchanges work, but "
             "large transfers stall: a black hole this trace of the flow's first, small "
-            "packet does not show (the doctor does not follow the ICMP error)",
+            "packet does not show (the doctor does not follow the node's own ICMP error, which "
+            "leaves by its output hook)",
             severity="warning",
             advice=f"make the pods' MTU at most {path}: {_pods_mtu_settings(path)}; or "
                    "clamp TCP's MSS to the path's MTU on the node (nft: tcp flags syn tcp "
@@ -706,6 +727,71 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
                    "--clamp-mss-to-pmtu), which k3snet does not write and which helps TCP "
                    "alone; and let that ICMP error through to the pods")]
     return [found] if found is not None else []
+
+
+def _cilium_route_mtu(state: NodeState, ingress: str, family: int) -> int | None:
+    """Cilium's route MTU where the pod's packets arrive on one of its veths (``lxc*``,
+    the pod's ``/32`` or ``/128`` endpoint route with ``enable-endpoint-routes``): the
+    ``mtu`` the routes of the family through ``cilium_host`` carry (those to other
+    nodes' pods, in tunnel mode), when they carry one and the same. Cilium's CNI
+    plugin writes that route MTU into the pod's own default route
+    (connector.IPv4Routes / IPv6Routes, ``conf.RouteMTU``), the veth keeping the
+    device MTU: in tunnel mode the pod sends at most the tunnel's MTU
+    (1450 behind 1500), whatever its interface takes. None: not a Cilium pod, or no
+    such single mtu (a pod's routes the capture does not hold are not guessed)."""
+    if not ingress.startswith("lxc"):
+        return None
+    mtus = {r.mtu for r in state.routes.get(family, ())
+            if r.device == "cilium_host" and r.mtu is not None}
+    return next(iter(mtus)) if len(mtus) == 1 else None
+
+
+def _pmtu_error(state: NodeState, tr: Trace) -> list[Finding]:
+    """The ICMP error path MTU discovery needs (IPv4 fragmentation needed, IPv6 Packet
+    Too Big), sent back by a router beyond the node whose link is smaller than the pod's
+    packets, dropped by the node's rules on its way to the pod
+    (:func:`~k3snet.doctor.trace.pmtu_error_steps`): a black hole for large packets the
+    trace of the flow's first, small packet does not show, whatever the node's own
+    MTUs. Said as not judged where a rule the doctor cannot evaluate could drop it;
+    nothing where the flow is blocked or the rulesets were not read (other findings say
+    so), nor where it leaves towards pods (a local endpoint, an overlay: no router of
+    the underlay answers the pod there, the node's tunnel takes its errors)."""
+    if (tr.verdict is Verdict.BLOCKED or state.unread_rulesets()
+            or _pod_facing(tr.egress, tr)):
+        return []
+    steps = pmtu_error_steps(state, tr)
+    _, _, error = PMTU_ERRORS[tr.flow.family]
+    why = ("a router on the way whose link is smaller than the pod's packets drops each "
+           f"one too large (IPv6 routers never fragment; IPv4 packets of TCP and most UDP "
+           f"carry don't-fragment) and answers with {error}, from which the pod's kernel "
+           "learns the path's MTU")
+    drop = next((s for s in steps if s.outcome == "drop"), None)
+    if drop is not None and drop.certain:
+        return [Finding(
+            "pmtu-error-dropped", f"the {error} a router beyond the node sends back for "
+            f"the pod's too large packets is dropped on its way to {tr.flow.source}",
+            _at(drop),
+            why + "; dropped here, the pod never learns it: the connection opens and small "
+            "exchanges work, but large transfers stall wherever the path beyond the node "
+            "is smaller than the pods' MTU (a black hole the flow's own, small packets do "
+            "not show)",
+            severity="warning",
+            advice="let ICMP errors related to the pods' connections through the forward "
+                   "path before that rule (nft: ct state related accept; iptables: -m "
+                   "conntrack --ctstate RELATED -j ACCEPT), or take the ICMP type out of "
+                   "the rule; k3snet writes no such rule")]
+    doubtful = [s for s in steps if s.outcome in ("unknown", "drop") and not s.certain]
+    if not doubtful:
+        return []
+    return [Finding(
+        "pmtu-error-dropped", f"whether the {error} a router beyond the node sends back "
+        f"reaches {tr.flow.source} cannot be judged",
+        "; ".join(_at(s) for s in doubtful[:3]),
+        why + f"; the doctor cannot evaluate {'these rules' if len(doubtful) > 1 else 'this rule'}"
+        ", which would drop it if they matched",
+        severity="info",
+        advice="check that the rule lets ICMP errors related to the pods' connections "
+               "through")]
 
 
 _MSS_HEADERS = {4: 40, 6: 60}
@@ -768,12 +854,12 @@ def _mss_clamps(branch: Trace, route_mtu: int | None, path: int, *,
 
 
 def _clamped(tr: Trace, egress: str | None, where: str, *, path: int, pod_mtu: int,
-             clamps: tuple[Step, Step]) -> Finding:
+             clamps: tuple[Step, Step], sender: str) -> Finding:
     """A TCP flow whose SYN and SYN-ACK cross MSS clamps fitting the smaller way out."""
     rules = dict.fromkeys(_at(s, s.detail.partition(": clamps")[0]) for s in clamps)
     return Finding(
-        "path-mtu", f"packets over {path} bytes cannot leave by {egress}, while the pods' "
-        f"interface {tr.ingress} takes {pod_mtu}, and TCP's MSS is clamped to fit "
+        "path-mtu", f"packets over {path} bytes cannot leave by {egress}, while "
+        f"{sender} takes {pod_mtu}, and TCP's MSS is clamped to fit "
         f"by {'; '.join(rules)}",
         where,
         "the SYN and its SYN-ACK cross the clamp, so each end sends TCP segments that fit "
@@ -802,13 +888,12 @@ the kernel turns IPv6 off on an interface set below it."""
 
 
 def _below_ipv6_minimum(tr: Trace, egress: str | None, where: str, path: int,
-                        pod_mtu: int) -> Finding:
+                        pod_mtu: int, *, sender: str) -> Finding:
     """An IPv6 way out below 1280 (only a route's ``mtu`` can be: an interface under 1280
     has no IPv6): a hole ICMP does not close, and no pods' MTU can go under it."""
     return Finding(
         "path-mtu", f"packets over {path} bytes cannot leave by {egress}, below "
-        f"{_IPV6_MIN_MTU}, the smallest MTU of IPv6, while the pods' interface {tr.ingress} "
-        f"takes {pod_mtu}",
+        f"{_IPV6_MIN_MTU}, the smallest MTU of IPv6, while {sender} takes {pod_mtu}",
         where,
         f"every IPv6 link carries {_IPV6_MIN_MTU} bytes (RFC 8200), so no host takes a path "
         f"MTU below it: the node answers each packet over {path} with a Packet Too Big "
@@ -824,7 +909,7 @@ def _below_ipv6_minimum(tr: Trace, egress: str | None, where: str, path: int,
 
 
 def _route_over_its_device(tr: Trace, route: RouteEntry, egress: str, device_mtu: int,
-                           pod_mtu: int) -> Finding:
+                           pod_mtu: int, *, sender: str) -> Finding:
     """An IPv4 route's ``mtu`` over its device's: a forwarded packet is checked against
     the route's alone and handed to the device, which drops it, so the node sends no
     ICMP error and no pod learns the smaller MTU. (IPv6 checks a forwarded packet against
@@ -833,7 +918,7 @@ def _route_over_its_device(tr: Trace, route: RouteEntry, egress: str, device_mtu
     largest = min(pod_mtu, route.mtu or pod_mtu)
     return Finding(
         "path-mtu", f"packets over {device_mtu} bytes cannot leave by {egress}, while "
-        f"the pods' interface {tr.ingress} takes {pod_mtu}, and the route's mtu "
+        f"{sender} takes {pod_mtu}, and the route's mtu "
         f"{route.mtu} is over {egress}'s",
         f"route {route.describe()} (dev {egress} mtu {device_mtu})",
         f"the kernel checks a forwarded IPv4 packet against the route's mtu ({route.mtu}), "

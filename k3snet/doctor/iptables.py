@@ -346,7 +346,7 @@ def _negated(matcher: Matcher) -> Matcher:
     return negated
 
 
-def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # noqa: PLR0911 - one return per option
+def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # noqa: PLR0911, PLR0912 - one return per option
     """A matcher for one option and how many arguments it took (None: unknown option)."""
     if module not in ("", *_MODULES) and word.startswith("--"):
         # An option of a module not read here means what that module says:
@@ -385,6 +385,8 @@ def _option(word: str, arg: str, module: str) -> tuple[Matcher | None, int]:  # 
         return (lambda p: _addrtype(p, source, types)), 1
     if module == "addrtype" and word in ("--limit-iface-in", "--limit-iface-out"):
         return _unknown, 0
+    if (module, word) in (("icmp", "--icmp-type"), ("icmp6", "--icmpv6-type")):
+        return _icmp_type(arg, module), 1
     if module in ("tcp", "udp", "icmp", "icmp6") or word.startswith("--"):
         return _unknown, 1 if arg and not arg.startswith("-") and arg != "!" else 0
     return None, 0
@@ -419,6 +421,38 @@ def _ifname(name: str | None, pattern: str) -> Tri:
     if pattern.endswith("+"):
         return name.startswith(pattern[:-1])
     return name == pattern
+
+
+#: The names ``--icmp-type`` / ``--icmpv6-type`` take for the errors telling a path's
+#: MTU (iptables-save prints numbers: ``3/4``, ``2``); others are unknown.
+_ICMP_TYPES: Final[dict[str, dict[str, tuple[int, int | None]]]] = {
+    "icmp": {"destination-unreachable": (3, None), "fragmentation-needed": (3, 4)},
+    "icmp6": {"destination-unreachable": (1, None), "packet-too-big": (2, None)},
+}
+
+
+def _icmp_type(arg: str, module: str) -> Matcher:
+    """``-m icmp --icmp-type TYPE[/CODE]`` (``-m icmp6 --icmpv6-type``): the ICMP packet's
+    type, and its code where given; ``any`` takes every ICMP packet (xt's ``icmp_match``
+    and ``icmp6_match`` run only on the protocol, which ``-p`` requires)."""
+    proto = "icmp" if module == "icmp" else "icmpv6"
+    wanted: tuple[int, int | None] | None
+    if arg == "any":
+        wanted = None
+    elif re.fullmatch(r"\d+(/\d+)?", arg):
+        kind, _, code = arg.partition("/")
+        wanted = (int(kind), int(code) if code else None)
+    else:
+        wanted = _ICMP_TYPES[module].get(arg, (-1, None))
+    def match(packet: Packet) -> Tri:
+        if packet.proto != proto:
+            return False
+        if wanted is None:
+            return True
+        if wanted[0] < 0 or packet.icmp is None:
+            return None
+        return packet.icmp[0] == wanted[0] and wanted[1] in (None, packet.icmp[1])
+    return match
 
 
 def _proto(packet: Packet, arg: str) -> Tri:

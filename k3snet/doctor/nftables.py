@@ -294,6 +294,12 @@ def _field(packet: Packet, left: Any) -> Any:  # noqa: PLR0911, PLR0912 - per ex
                 return packet.src if field == "saddr" else packet.dst
             if field in ("protocol", "nexthdr"):
                 return packet.proto_number
+        if proto in ("icmp", "icmpv6") and field in ("type", "code"):
+            if packet.proto != proto:
+                return _NoMatch  # nft's hidden ``meta l4proto`` dependency breaks the rule
+            if packet.icmp is None:
+                raise _Unknown
+            return packet.icmp[0 if field == "type" else 1]
         if proto in ("tcp", "udp", "th", "sctp") and field in ("sport", "dport"):
             if packet.proto != proto and not (proto == "th" and packet.proto in (
                     "tcp", "udp", "sctp")):
@@ -570,6 +576,10 @@ def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,
         return match.get("op") == "!="
     op = match.get("op", "==")
     right = match.get("right")
+    payload = left.get("payload") if isinstance(left, Mapping) else None
+    if isinstance(payload, Mapping) and payload.get("protocol") in ("icmp", "icmpv6"):
+        right = _icmp_numbers(right, _ICMP_NAMES.get(
+            (str(payload["protocol"]), str(payload.get("field"))), {}))
     if op in ("<", ">", "<=", ">="):
         if value is _EPHEMERAL:
             raise _Unknown
@@ -578,6 +588,47 @@ def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,
                      ">=": value >= limit}[op])
     inside = _contains(right, value, ruleset, chain.family, chain.table)
     return _by_op(op, inside)
+
+
+#: nft's names of ICMP and ICMPv6 types and codes (``icmp type destination-unreachable
+#: icmp code frag-needed``, ``icmpv6 type packet-too-big``), which ``nft -j`` prints.
+_ICMP_NAMES: dict[tuple[str, str], dict[str, int]] = {
+    ("icmp", "type"): {
+        "echo-reply": 0, "destination-unreachable": 3, "source-quench": 4, "redirect": 5,
+        "echo-request": 8, "router-advertisement": 9, "router-solicitation": 10,
+        "time-exceeded": 11, "parameter-problem": 12, "timestamp-request": 13,
+        "timestamp-reply": 14, "info-request": 15, "info-reply": 16,
+        "address-mask-request": 17, "address-mask-reply": 18},
+    ("icmp", "code"): {
+        "net-unreachable": 0, "host-unreachable": 1, "prot-unreachable": 2,
+        "port-unreachable": 3, "frag-needed": 4, "net-prohibited": 9, "host-prohibited": 10,
+        "admin-prohibited": 13},
+    ("icmpv6", "type"): {
+        "destination-unreachable": 1, "packet-too-big": 2, "time-exceeded": 3,
+        "parameter-problem": 4, "echo-request": 128, "echo-reply": 129,
+        "mld-listener-query": 130, "mld-listener-report": 131, "mld-listener-done": 132,
+        "mld-listener-reduction": 132, "nd-router-solicit": 133, "nd-router-advert": 134,
+        "nd-neighbor-solicit": 135, "nd-neighbor-advert": 136, "nd-redirect": 137,
+        "router-renumbering": 138, "ind-neighbor-solicit": 141, "ind-neighbor-advert": 142,
+        "mld2-listener-report": 143},
+    ("icmpv6", "code"): {
+        "no-route": 0, "admin-prohibited": 1, "addr-unreachable": 3, "port-unreachable": 4,
+        "policy-fail": 5, "reject-route": 6},
+}
+
+
+def _icmp_numbers(right: Any, names: Mapping[str, int]) -> Any:
+    """``right`` with the ICMP names it holds (literal, anonymous set, range) as
+    numbers; a name not in ``names`` is left, and is unknown where compared."""
+    if isinstance(right, str) and right in names:
+        return names[right]
+    if isinstance(right, list):
+        return [_icmp_numbers(r, names) for r in right]
+    if isinstance(right, Mapping) and len(right) == 1:
+        (key, value), = right.items()
+        if key in ("set", "range") and isinstance(value, list):
+            return {key: [_icmp_numbers(v, names) for v in value]}
+    return right
 
 
 def _by_op(op: str, inside: bool) -> bool:

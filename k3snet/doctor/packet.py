@@ -127,7 +127,9 @@ class Packet:
     ``bridged``: the packet as a bridge-family chain sees it, on a port of the bridge
     the capture does not name, conntrack's view there depending on ``br_netfilter``:
     interface and ``ct`` matches are unknown. ``queues`` are the NFQUEUE queues a program
-    reads (None: not captured; :func:`queue_verdict`).
+    reads (None: not captured; :func:`queue_verdict`). ``icmp`` is an ICMP (ICMPv6)
+    packet's (type, code) (None: not known, matches on them are unknown); ``ctstate``
+    ``related`` is an ICMP error conntrack ties to a connection it quotes.
     """
 
     family: Literal[4, 6]
@@ -138,7 +140,7 @@ class Packet:
     dport: int | None
     iif: str | None
     oif: str | None
-    ctstate: Literal["new", "established", "invalid", "untracked"] = "new"
+    ctstate: Literal["new", "established", "related", "invalid", "untracked"] = "new"
     direction: Literal["original", "reply"] = "original"
     mark: int | None = 0
     local: frozenset[IPAddress] = frozenset()
@@ -149,6 +151,7 @@ class Packet:
     tcp_flags: int | None = None
     bridged: bool = False
     queues: frozenset[int] | None = None
+    icmp: tuple[int, int] | None = None
 
     @property
     def proto_number(self) -> int:

@@ -101,7 +101,8 @@ def _address(value: str | IPAddress) -> IPAddress:
 class Flow:
     """A pod's connection: ``source`` (the pod address) to ``destination``.
 
-    ``protocol`` is ``tcp``, ``udp`` or ``icmp``; ``port`` the destination port
+    ``protocol`` is ``tcp``, ``udp`` or ``icmp`` (a ping: echo requests, answered by
+    echo replies; ICMPv6's for IPv6); ``port`` the destination port
     (None: rules matching on it are reported unknown). ``source_port`` is the
     pod's port, usually ephemeral and so unknown. ``in_interface`` overrides the
     interface the pod's packets come from (default: where the node routes the
@@ -532,6 +533,57 @@ def trace(state: NodeState, flow: Flow, *, upstream_routes_pods: bool = False) -
     return attrs.evolve(worst, endpoints=tuple(branches))
 
 
+#: An ``icmp`` flow is a ping: per family, the (type, code) of its echo requests and of
+#: the echo replies.
+_ECHO: Final = {4: ((8, 0), (0, 0)), 6: ((128, 0), (129, 0))}
+
+#: The ICMP error telling a path's MTU, per family: protocol, (type, code), name.
+PMTU_ERRORS: dict[int, tuple[str, tuple[int, int], str]] = {
+    4: ("icmp", (3, 4), "fragmentation needed (ICMP type 3 code 4)"),
+    6: ("icmpv6", (2, 0), "Packet Too Big (ICMPv6 type 2)"),
+}
+
+
+def pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
+    """The way back to the pod of the ICMP error a router beyond the node sends for the
+    flow's packets too large for its link (:data:`PMTU_ERRORS`), through the node's
+    prerouting, forward and postrouting chains: the error path MTU discovery needs.
+
+    Conntrack takes it as ``related`` to the flow's connection (as a reply: ``ct
+    direction reply``) and translates it back to the pod as it does the replies (of a
+    flow exempted from tracking it finds no connection: ``invalid``). It
+    comes in by the interface the flow left by and leaves by the pod's. Its source, a
+    router on the way, is not known: rules on it are judged on the destination's
+    address. Empty where the flow does not leave the node. The node's own ICMP errors
+    (its own way out the smaller) go through its output hook, not traced here."""
+    flow, fam = tr.flow, tr.flow.family
+    seen = tr.source_seen
+    if seen is None or tr.egress is None or tr.ingress is None:
+        return ()
+    t = _Tracer(state, flow, pick=tr.branch or 0)
+    untracked = "untracked" in tr.codes
+    proto, icmp, _ = PMTU_ERRORS[fam]
+    nat = frozenset() if untracked else frozenset(
+        {"dnat"} if tr.dnat is not None else set()) | ({"snat"} if seen != flow.source else set())
+    local = state.local_addresses()
+    error = Packet(fam, tr.target, seen, proto, None, None, tr.egress, None,
+                   "invalid" if untracked else "related", "reply", 0,
+                   local, state.ipsets(), nat=nat,  # type: ignore[arg-type]
+                   queues=state.queue_readers, icmp=icmp)
+    error, _, dropped = t.hook(error, "prerouting", first=False, part="before-nat")
+    if dropped:
+        return tuple(t.steps)
+    error = attrs.evolve(error, dst=flow.source)  # conntrack translates it back
+    error, _, dropped = t.hook(error, "prerouting", first=False, part="after-nat")
+    if dropped:
+        return tuple(t.steps)
+    error = attrs.evolve(error, oif=tr.ingress)
+    error, _, dropped = t.hook(error, "forward", first=False)
+    if not dropped:
+        t.hook(error, "postrouting", first=False)
+    return tuple(t.steps)
+
+
 def _trace_branch(state: NodeState, flow: Flow, upstream_routes_pods: bool,
                   pick: int, *, other_order: bool = False) -> Trace:
     """One trace, following random branch ``pick`` wherever a rule picks at random.
@@ -634,7 +686,8 @@ def _original(t: _Tracer, found: dict[str, Any]) -> Verdict | None:  # noqa: PLR
     packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
                     iif, None, "new", "original", 0, t.state.local_addresses(),  # type: ignore[arg-type]
                     t.state.ipsets(), queues=t.state.queue_readers,
-                    tcp_flags=SYN if proto == "tcp" else None)
+                    tcp_flags=SYN if proto == "tcp" else None,
+                    icmp=_ECHO[fam][0] if flow.protocol == "icmp" else None)
     packet, dnat, dropped = t.hook(packet, "prerouting", first=True, at_nat=_translate_dnat)
     if dropped:
         return None
@@ -758,7 +811,8 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     reply = Packet(fam, answerer, seen, proto, port, flow.source_port, back_in, None,
                    "new" if t.untracked else "established", "reply", 0, local,  # type: ignore[arg-type]
                    t.state.ipsets(), nat=nat, queues=t.state.queue_readers,
-                   tcp_flags=SYN_ACK if proto == "tcp" else None)
+                   tcp_flags=SYN_ACK if proto == "tcp" else None,
+                   icmp=_ECHO[fam][1] if flow.protocol == "icmp" else None)
     reply, _, dropped = t.hook(reply, "prerouting", first=False, part="before-nat")
     if dropped:
         return None
@@ -957,7 +1011,8 @@ def _onward(t: _Tracer, found: dict[str, Any]) -> None:
     packet = Packet(fam, flow.source, flow.destination, proto, flow.source_port, flow.port,
                     found["ingress"], None, "established", "original", 0,
                     t.state.local_addresses(), t.state.ipsets(), nat=nat,  # type: ignore[arg-type]
-                    queues=t.state.queue_readers, tcp_flags=ACK if proto == "tcp" else None)
+                    queues=t.state.queue_readers, tcp_flags=ACK if proto == "tcp" else None,
+                    icmp=_ECHO[fam][0] if flow.protocol == "icmp" else None)
     start, randoms, random_taken = len(t.steps), t.randoms, t.random_taken
     packet, _, dropped = t.hook(packet, "prerouting", first=False,
                                 at_nat=lambda p, _: _dnat_to(p, dnat))

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from ipaddress import ip_network
 from typing import Any
 
+import attrs
 import pytest
 
 from k3snet.doctor import Flow, NodeCapture, NodeState, diagnose
+from k3snet.doctor.routing import RouteEntry
 
 
 def _link(name: str, mtu: int, *addresses: tuple[str, int]) -> dict[str, Any]:
@@ -100,10 +103,16 @@ def _calico(encapsulation: str) -> NodeState:
     return _node(links, v4)
 
 
-def _cilium() -> NodeState:
-    links = [_link("eth0", 1500, ("192.168.1.5", 24)),
-             _link("cilium_net", 1500), _link("cilium_host", 1500, ("10.0.0.1", 32)),
-             _link("cilium_vxlan", 1500), _link("lxc0a1b2c3d4e5f", 1500)]
+def _cilium(*, endpoint_routes: bool = False,
+            extra: tuple[dict[str, Any], ...] = ()) -> NodeState:
+    """Cilium's tunnel mode; with ``enable-endpoint-routes``, each pod's own ``/32``
+    (``/128``) route through its ``lxc*`` veth, scope link, as the agent installs it,
+    so the pod's packets arrive on that veth (at the device MTU, 1500), not on
+    ``cilium_host``: the pod's own default route carries the route MTU, 1450."""
+    links = [_link("eth0", 1500, ("192.168.1.5", 24), ("fd01::5", 64)),
+             _link("cilium_net", 1500), _link("cilium_host", 1500, ("10.0.0.1", 32),
+                                                  ("fd00::1", 128)),
+             _link("cilium_vxlan", 1500), _link("lxc0a1b2c3d4e5f", 1500), *extra]
     v4: list[dict[str, Any]] = [
           _DEFAULT, _LAN,
           {"dst": "10.0.0.0/24", "gateway": "10.0.0.1", "dev": "cilium_host",
@@ -111,7 +120,19 @@ def _cilium() -> NodeState:
           {"dst": "10.0.0.1", "dev": "cilium_host", "protocol": "kernel", "scope": "link"},
           {"dst": "10.0.1.0/24", "gateway": "10.0.0.1", "dev": "cilium_host",
            "protocol": "kernel", "prefsrc": "10.0.0.1", "metrics": [{"mtu": 1450}]}]
-    return _node(links, v4)
+    v6: list[dict[str, Any]] = [
+          {"dst": "default", "gateway": "fe80::1", "dev": "eth0", "protocol": "ra"},
+          {"dst": "fd01::/64", "dev": "eth0", "protocol": "kernel"},
+          {"dst": "fd00::/112", "gateway": "fd00::1", "dev": "cilium_host",
+           "protocol": "kernel"},
+          {"dst": "fd00::1", "dev": "cilium_host", "protocol": "kernel"},
+          {"dst": "fd00::1:0/112", "gateway": "fd00::1", "dev": "cilium_host",
+           "protocol": "kernel", "metrics": [{"mtu": 1450}]}]
+    if endpoint_routes:
+        v4.append({"dst": "10.0.0.10", "dev": "lxc0a1b2c3d4e5f", "protocol": "kernel",
+                   "scope": "link"})
+        v6.append({"dst": "fd00::10", "dev": "lxc0a1b2c3d4e5f", "protocol": "kernel"})
+    return _node(links, v4, v6)
 
 
 _SHAPES: dict[str, tuple[Callable[[], NodeState], str, str]] = {
@@ -123,6 +144,10 @@ _SHAPES: dict[str, tuple[Callable[[], NodeState], str, str]] = {
     "calico-ipip": (lambda: _calico("ipip"), "10.42.0.10", "10.42.1.10"),
     "calico-vxlan": (lambda: _calico("vxlan"), "10.42.0.10", "10.42.1.10"),
     "cilium-tunnel": (_cilium, "10.0.0.10", "10.0.1.10"),
+    "cilium-endpoint-routes": (lambda: _cilium(endpoint_routes=True), "10.0.0.10",
+                               "10.0.1.10"),
+    "cilium-endpoint-routes-ipv6": (lambda: _cilium(endpoint_routes=True), "fd00::10",
+                                    "fd00::1:10"),
 }
 
 
@@ -161,3 +186,23 @@ def test_the_same_flannel_node_behind_a_smaller_vpn_route_is_a_path_mtu_warning(
     assert "spec.calicoNetwork.mtu" in advice
     assert "veth_mtu" in advice
     assert "cilium-config" in advice
+
+
+def test_a_cilium_pod_behind_an_endpoint_route_is_warned_only_past_cilium_s_route_mtu() -> None:
+    """With endpoint routes the pod's packets arrive on its ``lxc*`` veth at 1500; to
+    another node's pod they leave by ``cilium_host``'s route at 1450, the route MTU
+    Cilium also gives the pod's own routes: no warning (there was one, 1450 against
+    1500). A route through a 1380 tunnel is still smaller than what the pod sends, and
+    said so against the route MTU, not the veth's."""
+    wg = _link("wg0", 1380, ("172.31.0.2", 32))
+    state = _cilium(endpoint_routes=True, extra=(wg,))
+    state = attrs.evolve(state, routes={**state.routes, 4: (*state.routes[4], RouteEntry(
+        ip_network("172.16.0.0/12"), device="wg0", scope="link"))})
+    d = diagnose(state, Flow("10.0.0.10", "10.0.1.10", port=443))
+    assert d.trace.ingress == "lxc0a1b2c3d4e5f", d.render()
+    assert "path-mtu" not in [f.code for f in d.findings], d.render()
+    d = diagnose(state, Flow("10.0.0.10", "172.16.5.5", port=443))
+    (finding,) = [f for f in d.findings if f.code == "path-mtu"]
+    assert "over 1380 bytes" in finding.what, d.render()
+    assert "takes 1450" in finding.what, d.render()
+    assert "Cilium's route MTU" in finding.what, d.render()
