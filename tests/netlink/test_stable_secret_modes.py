@@ -133,3 +133,17 @@ def test_default_stable_secret_left_by_destroy_sets_the_mode_of_every_interface_
     made = run_in(ns, ["cat", "/proc/sys/net/ipv6/conf/vc/addr_gen_mode"])
     assert made.stdout.strip() == "2"
     assert _modes(ns)["default"] != "2"
+
+
+def test_destroy_gives_back_the_addr_gen_mode_of_a_secret_whose_interface_was_renamed(
+        ns: str, tmp_path: Path) -> None:
+    # The secret stays owned under the interface's new name: so does its mode's record
+    # (it named the mode under the old name, which no interface has, and the renamed
+    # one's mode stayed 2).
+    before = _modes(ns)
+    assert _run(ns, tmp_path, "apply",
+                sysctls=f"  net.ipv6.conf.va.stable_secret: '{SECRET}'\n") == 0
+    run_in(ns, ["ip", "link", "set", "va", "name", "vz"])
+    assert _run(ns, tmp_path, "destroy") == 0
+    mode = run_in(ns, ["cat", "/proc/sys/net/ipv6/conf/vz/addr_gen_mode"]).stdout.strip()
+    assert mode == before["va"]
