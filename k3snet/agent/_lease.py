@@ -23,8 +23,9 @@ synchronous ``kubernetes`` client:
 * :meth:`LeaderElector.release` (on SIGTERM) empties ``holderIdentity``, so the
   next candidate takes over at its next read instead of after ``duration``; it does
   so while the Lease may still be this elector's (its last renewal younger than
-  ``duration``), also past ``renew_deadline``: a clean-up on exit that outlasted that
-  left the Lease to expire by itself. It frees only the Lease of its own acquisition
+  ``duration``, or a write whose answer was lost), also past ``renew_deadline``: a
+  clean-up on exit that outlasted that left the Lease to expire by itself. It frees
+  only the Lease of its own acquisition
   (the ``acquireTime`` it wrote): another agent of the node, its identity the same,
   may have waited this one's out and taken it by the time the release's read is
   answered.
@@ -176,6 +177,10 @@ class LeaderElector:
         # it renews and releases the Lease only while it still holds that, the identity
         # (the node's name) being shared by every agent of the node.
         self._acquired: datetime.datetime | None = None
+        # When (this clock) the last write that took or renewed the Lease was sent, none
+        # refused since: its answer lost, the Lease may be this elector's all the same
+        # (release frees it then, the read telling whether it is).
+        self._wrote_at: float | None = None
         self._leader = False
         # The leadership last said (logged, on_change): a lapse past the renew deadline
         # happens by time alone, so what changed is told against this, not against
@@ -297,6 +302,7 @@ class LeaderElector:
             body["spec"]["leaseTransitions"] = min(transitions + 1, _INT32_MAX)
             # Before the write: its answer may be lost once the server applied it.
             self._acquired = _parse_micro_time(wall)
+        self._wrote_at = now
         try:
             with translate_errors(f"update {self.where}",
                                   classifier=KubeErrors(timeout=self._timeout)):
@@ -305,6 +311,7 @@ class LeaderElector:
                     _request_timeout=self._timeout)
         except KubeApiError as exc:
             if exc.status == 409:
+                self._wrote_at = None  # (refused: not made)
                 return False, None  # another candidate wrote first
             raise
         return True, now
@@ -320,6 +327,7 @@ class LeaderElector:
     def _create(self, wall: str, now: float) -> tuple[bool, float | None]:
         self._not_halted()
         self._acquired = _parse_micro_time(wall)  # before: its answer may be lost
+        self._wrote_at = now
         s = self.settings
         body = {
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -335,6 +343,7 @@ class LeaderElector:
                                                   _request_timeout=self._timeout)
         except KubeApiError as exc:
             if exc.status == 409:
+                self._wrote_at = None
                 return False, None
             raise
         return True, now
@@ -355,8 +364,14 @@ class LeaderElector:
             # renews the Lease, and a clean-up on exit outlasting that gave nothing up,
             # though no other candidate may take the Lease before ``duration``. The
             # read and the resourceVersion of the write keep another holder's.
+            # Nor only while it leads: a write whose answer was lost (a timeout) may
+            # have taken or renewed it (the read below tells), and the next candidate
+            # waited it out for the duration.
+            now = self._clock()
             mine = (self._leader and self._renewed_at is not None
-                    and self._clock() - self._renewed_at < self.settings.duration)
+                    and now - self._renewed_at < self.settings.duration) or (
+                self._acquired is not None and self._wrote_at is not None
+                and now - self._wrote_at < self.settings.duration)
         if not mine:
             return
         self._set_leader(False, None)

@@ -155,3 +155,37 @@ def test_a_lease_of_the_same_identity_another_elector_took_is_still_waited_out(
     clock.now += SETTINGS.retry_period
     assert not candidate.step()
     assert other.step()
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"], ids=["take", "renew"])
+def test_a_lease_whose_write_answer_was_lost_is_released_on_exit(
+        server: EmulatedApiServer, method: str) -> None:
+    # The Lease is this elector's (its acquireTime): freed on exit, as a leader's is,
+    # not left to the next candidate to wait out for the lease duration.
+    clock = _Clock()
+    elector = _elector(server, clock)
+    if method == "PATCH":
+        assert elector.step()
+        clock.now += SETTINGS.retry_period
+    _lose_next(server, method)
+    assert not elector.step()  # (10 s later: past the renew deadline)
+    assert _spec(server)["holderIdentity"] == "node-a"
+    elector.stop(release=True)
+    assert not _spec(server).get("holderIdentity")
+    other = _elector(server, clock, identity="node-b")
+    assert other.step()  # at once
+
+
+def test_a_lease_another_elector_took_after_a_lost_answer_is_not_released_on_exit(
+        server: EmulatedApiServer) -> None:
+    clock = _Clock()
+    candidate = _elector(server, clock)
+    _lose_next(server, "POST")
+    assert not candidate.step()
+    server.delete(LEASES, SETTINGS.name, SETTINGS.namespace)
+    other = _elector(server, clock)  # the node's next agent, the same identity
+    assert other.step()
+    candidate.stop(release=True)
+    assert _spec(server)["holderIdentity"] == "node-a"
+    clock.now += SETTINGS.retry_period
+    assert other.step()

@@ -98,3 +98,52 @@ def test_destroy_of_a_stable_secret_recorded_without_its_modes_leaves_them(
     record.write_text(json.dumps(data))
     assert _run(ns, tmp_path, "destroy") == 0
     assert _modes(ns) == {**before, "va": "2"}
+
+
+def test_destroy_writing_back_default_previous_secret_keeps_the_modes_of_interfaces_made_since(
+        ns: str, tmp_path: Path) -> None:
+    # default's secret set before k3snet took it over: destroy writes it back, and that
+    # write sets every interface's mode to 2 again, also of the interfaces made since
+    # the take-over (no record of theirs), whose modes an admin set meanwhile.
+    run_in(ns, ["sh", "-c", "echo 2001:db8::9 > /proc/sys/net/ipv6/conf/default/stable_secret"])
+    _set(ns, {"va": "1", "vb": "3", "lo": "0"})
+    before = _modes(ns)
+    assert _run(ns, tmp_path, "apply",
+                sysctls=f"  net.ipv6.conf.default.stable_secret: '{SECRET}'\n") == 0
+    run_in(ns, ["ip", "link", "add", "vc", "type", "veth", "peer", "name", "vd"])
+    _set(ns, {"vc": "0", "vd": "1"})  # (made with default's secret: 2)
+    assert _run(ns, tmp_path, "destroy") == 0
+    assert _modes(ns) == before
+    assert {dev: run_in(ns, ["cat", f"/proc/sys/net/ipv6/conf/{dev}/addr_gen_mode"])
+            .stdout.strip() for dev in ("vc", "vd")} == {"vc": "0", "vd": "1"}
+    secret = run_in(ns, ["cat", "/proc/sys/net/ipv6/conf/default/stable_secret"])
+    assert secret.stdout.strip() == "2001:0db8:0000:0000:0000:0000:0000:0009"  # given back
+
+
+def test_default_stable_secret_left_by_destroy_sets_the_mode_of_every_interface_made_after(
+        ns: str, tmp_path: Path) -> None:
+    # The kernel cannot unset a secret, and a new interface starts with default's, and
+    # with addr_gen_mode 2 (ipv6_add_dev): destroy gives back the modes of the
+    # interfaces there, not of those made later (a pod's veth), which docs/backends.md
+    # says.
+    assert _run(ns, tmp_path, "apply",
+                sysctls=f"  net.ipv6.conf.default.stable_secret: '{SECRET}'\n") == 0
+    assert _run(ns, tmp_path, "destroy") == 0
+    run_in(ns, ["ip", "link", "add", "vc", "type", "veth", "peer", "name", "vd"])
+    made = run_in(ns, ["cat", "/proc/sys/net/ipv6/conf/vc/addr_gen_mode"])
+    assert made.stdout.strip() == "2"
+    assert _modes(ns)["default"] != "2"
+
+
+def test_destroy_gives_back_the_addr_gen_mode_of_a_secret_whose_interface_was_renamed(
+        ns: str, tmp_path: Path) -> None:
+    # The secret stays owned under the interface's new name: so does its mode's record
+    # (it named the mode under the old name, which no interface has, and the renamed
+    # one's mode stayed 2).
+    before = _modes(ns)
+    assert _run(ns, tmp_path, "apply",
+                sysctls=f"  net.ipv6.conf.va.stable_secret: '{SECRET}'\n") == 0
+    run_in(ns, ["ip", "link", "set", "va", "name", "vz"])
+    assert _run(ns, tmp_path, "destroy") == 0
+    mode = run_in(ns, ["cat", "/proc/sys/net/ipv6/conf/vz/addr_gen_mode"]).stdout.strip()
+    assert mode == before["va"]

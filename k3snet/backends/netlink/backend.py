@@ -1316,9 +1316,16 @@ def _given_back_switches(state: SysctlState, name: str, current: str,
     spread_value = normal(name, current)
     originals = state.spread.get(name, {})
     # An inverted switch is always recorded, and so is a stable_secret's addr_gen_mode
-    # (the secret is no mode); without a record (a file of an older version) the
-    # kernel's own spread stands, as it did then.
-    inverted = switches if secret else SPREADING_INVERTED.get(name, ())
+    # (the secret is no mode): without a record (a file of an older version, an
+    # interface made since the take-over) the kernel's own spread stands, as it did
+    # then. A mode without one keeps its value now: the write of a previous secret
+    # sets every one to 2 again (default's), and an interface made since, whose mode
+    # an admin set, was left at 2.
+    if secret:
+        return {switch: originals[switch] if switch in originals
+                and value == spread_to(name, switch, "") else value
+                for switch, value in switches.items() if switch not in state.owned}
+    inverted = SPREADING_INVERTED.get(name, ())
     return {switch: originals.get(switch, recorded or "")
             if spread_value is not None
             and value == spread_to(name, switch, spread_value) else value

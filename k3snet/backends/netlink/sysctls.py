@@ -344,8 +344,15 @@ class SysctlState:
                  if new not in self.owned or new in moved or not self.owns(new, indexes)}
         if not moved:
             return self
+        # The switches of a moved one on its own interface (a stable_secret's
+        # addr_gen_mode) move with it: under the old name no interface had them, and
+        # the renamed one's mode was not given back.
+        spread = {name: {_on_interface(switch, moved[name]) if name in moved
+                         and interface_of(switch) == interface_of(name) else switch: value
+                         for switch, value in values.items()}
+                  for name, values in self.spread.items()}
         return SysctlState(_renamed(self.owned, moved), self.released - set(moved.values()),
-                           _renamed(self.spread, moved), _renamed(self.links, moved))
+                           _renamed(spread, moved), _renamed(self.links, moved))
 
     def owns(self, name: str, indexes: Mapping[str, int]) -> bool:
         """Whether ``name`` is owned here, on the very interface it was taken over on
@@ -355,6 +362,13 @@ class SysctlState:
         recorded = self.links.get(name)
         interface = interface_of(name) if recorded is not None else None
         return interface is None or indexes.get(interface) == recorded
+
+
+def _on_interface(switch: str, name: str) -> str:
+    """``switch`` (a sysctl of an interface) under the interface of sysctl ``name``."""
+    parts = sysctl_path(switch).split("/")
+    parts[3] = sysctl_path(name).split("/")[3]
+    return sysctl_name("/".join(parts))
 
 
 def _renamed(table: Mapping[str, _V], moved: Mapping[str, str]) -> dict[str, _V]:
