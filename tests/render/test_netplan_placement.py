@@ -1112,15 +1112,56 @@ def test_render_netplan_refuses_a_dangling_link_netplan_reads_in_place_of_its_ow
 
 
 @needs_netplan
+@pytest.mark.parametrize("where", ["beside", "in-place-of-its-own"])
+def test_a_netplan_file_that_is_a_loop_of_links_is_refused_as_netplan_refuses_it(
+        where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # /etc/netplan/50-x.yaml -> loop -> 50-x.yaml: netplan fails for the whole node
+    # ("Cannot stat ...: Too many levels of symbolic links"). Looking for a link to
+    # /dev/null, k3snet ended in an internal error (Path.resolve: RuntimeError "Symlink
+    # loop"); as /run's 90-k3snet.yaml it was refused as a link to a missing file.
+    dirs = _node_dirs(tmp_path, monkeypatch)
+    (dirs["etc"] / "01-admin.yaml").write_text(yaml.safe_dump(PLAIN))
+    (dirs["etc"] / "01-admin.yaml").chmod(0o600)
+    looped = dirs["etc"] / "50-x.yaml" if where == "beside" else dirs["run"] / "90-k3snet.yaml"
+    looped.symlink_to("loop")  # (a name netplan's glob leaves out)
+    (looped.parent / "loop").symlink_to(looped.name)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert done.returncode != 0
+    assert f"Cannot stat {looped}: Too many levels of symbolic links" in done.stderr
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(dirs["etc"])]) == 1
+    err = capsys.readouterr().err
+    assert "internal error" not in err
+    if where == "beside":
+        assert f"cannot read the netplan file {looped}: Too many levels" in err
+    else:
+        assert f"{looped} is a link to 'loop', a loop of links" in err
+    assert not (dirs["etc"] / "90-k3snet.yaml").exists()
+
+
+@needs_netplan
+@pytest.mark.parametrize("link", ["absolute", "through-another-link"])
+@pytest.mark.parametrize("over", ["etc-over-lib", "run-over-etc"])
 def test_a_netplan_file_masked_by_a_link_to_dev_null_is_read_as_netplan_reads_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        over: str, link: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     # /etc/netplan/00-nm.yaml -> /dev/null masks /lib/netplan/00-nm.yaml (renderer:
-    # NetworkManager): netplan reads the link as an empty file and renders eth0 with
-    # networkd. k3snet refused the render ("not a regular file": it opens no device).
+    # NetworkManager), /run's /etc's: netplan reads the link as an empty file and
+    # renders eth0 with networkd. k3snet refused the render ("not a regular file": it
+    # opens no device).
+    mask, _, masked = over.split("-")
     dirs = _node_dirs(tmp_path, monkeypatch)
-    (dirs["lib"] / "00-nm.yaml").write_text(yaml.safe_dump(NETWORK_MANAGER_ALL))
-    (dirs["etc"] / "00-nm.yaml").symlink_to("/dev/null")
+    (dirs[masked] / "00-nm.yaml").write_text(yaml.safe_dump(NETWORK_MANAGER_ALL))
+    if link == "absolute":
+        (dirs[mask] / "00-nm.yaml").symlink_to("/dev/null")
+    else:
+        (tmp_path / "null").symlink_to("/dev/null")
+        (dirs[mask] / "00-nm.yaml").symlink_to(os.path.relpath(tmp_path / "null",
+                                                               dirs[mask]))
     (dirs["etc"] / "50-a.yaml").write_text(yaml.safe_dump(PLAIN))
     for path in tmp_path.rglob("*.yaml"):
         if not path.is_symlink():
