@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -2900,8 +2901,15 @@ def _refuse_netplan_shadow(out: Path) -> None:
     dirs, place = found
     for shadow in (directory / NETPLAN_FILE for directory in dirs[place + 1:]):
         if shadow.is_symlink() and not shadow.exists():
+            # (exists() is False for a loop of links too: netplan cannot stat it either)
+            try:
+                shadow.stat()
+                leads = "which does not exist"
+            except OSError as exc:
+                leads = ("a loop of links" if exc.errno == errno.ELOOP else
+                         "which does not exist")
             raise ModelError(
-                f"{shadow} is a link to {os.readlink(shadow)!r}, which does not exist: "
+                f"{shadow} is a link to {os.readlink(shadow)!r}, {leads}: "
                 f"netplan reads it in place of {out / NETPLAN_FILE} (a file of run/netplan "
                 "replaces etc/'s of the same name, etc/'s lib/'s) and fails for the whole "
                 "node (\"Cannot stat\"), every definition with it. Remove the link, or "
@@ -3009,6 +3017,17 @@ def _refuse_netplan_nodes(node: object, depth: int) -> None:
         _refuse_netplan_nodes(value, depth + 1)
 
 
+def _dev_null_link(path: Path) -> bool:
+    """Whether ``path`` is a link to /dev/null (through other links too), netplan's
+    empty file. A loop of links (which ``Path.resolve`` raised ``RuntimeError`` for, an
+    internal error) or a dangling link is not: reading it says what is wrong, as netplan
+    does ("Cannot stat")."""
+    try:
+        return path.is_symlink() and path.resolve(strict=True) == Path("/dev/null")
+    except (OSError, RuntimeError):
+        return False
+
+
 def _netplan_documents(out: Path | None) -> dict[str, object]:
     """The other netplan files beside the one ``render netplan -o OUT`` writes, parsed:
     those of OUT, and for any of /lib/netplan, /etc/netplan and /run/netplan (or of a
@@ -3029,8 +3048,7 @@ def _netplan_documents(out: Path | None) -> dict[str, object]:
     _refuse_netplan_shadow(out)
     # A link to /dev/null masks the file of its name in an earlier directory: netplan reads
     # it as an empty file (a device, read_input refuses to open it).
-    paths = {name: path for name, path in paths.items()
-             if not (path.is_symlink() and path.resolve() == Path("/dev/null"))}
+    paths = {name: path for name, path in paths.items() if not _dev_null_link(path)}
     if not paths:
         return {}
     try:

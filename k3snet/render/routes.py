@@ -390,15 +390,15 @@ def _netplan_choices(sections: Mapping[str, str], ids: Mapping[str, str]
         validate_interface_name(device)
         _check_netplan_id(netplan_id, device)
         if "/" in netplan_id:
-            # netplan 0.106 writes 10-netplan-a/b.network (netplan-a/b.nmconnection, any
-            # version): a file in a subdirectory, which networkd (NetworkManager) never
-            # reads. netplan generate succeeds; the definition and its routes are lost.
+            # netplan up to 1.0 (Debian 12, Ubuntu 22.04) writes 10-netplan-a/b.network
+            # (netplan-a/b.nmconnection): a file in a subdirectory, which networkd
+            # (NetworkManager) never reads. netplan generate succeeds; the definition and
+            # its routes are lost. 1.0.1 and later escape the '/' (%2F).
             raise ModelError(
-                f"netplan id {netplan_id[:80]!r} for {device} holds a '/': netplan names "
-                "the definition's file after it (10-netplan-ID.network up to netplan 0.106, "
-                "netplan-ID.nmconnection in every version) and writes it into a "
-                "subdirectory networkd and NetworkManager do not read, the routes with it. "
-                "Rename the definition")
+                f"netplan id {netplan_id[:80]!r} for {device} holds a '/': netplan up to "
+                "1.0 names the definition's file after it (10-netplan-ID.network, "
+                "netplan-ID.nmconnection) and writes it into a subdirectory networkd and "
+                "NetworkManager do not read, the routes with it. Rename the definition")
     return dict(sections), dict(ids)
 
 
@@ -430,19 +430,20 @@ def _netplan_id_files(netplan_id: str, renderer: str, *, wpa: bool = False,
                       ssids: Iterable[str] = ()) -> list[tuple[str, int]]:
     """The files netplan's ``renderer`` names after the definition ``netplan_id``: each
     as its name and its length (the id's part as netplan writes it, with every netplan
-    version's escaping). NetworkManager: ``netplan-ID.nmconnection``, the id as given,
-    one ``netplan-ID-SSID.nmconnection`` per access point instead (the SSID escaped as
-    a URI). networkd: ``10-netplan-ID.network`` (``.netdev`` alike), the id as given up
-    to netplan 0.106 and escaped as a URI since; with ``wpa`` (a wifi, or ``auth:``)
-    also ``netplan-wpa-ID.service``, the id ``systemd-escape``'d (URI-escaped in the
-    link to it, in later versions)."""
+    version's escaping: the id as given up to netplan 1.0, escaped as a URI from 1.0.1
+    on, in both renderers' file names). NetworkManager: ``netplan-ID.nmconnection``, one
+    ``netplan-ID-SSID.nmconnection`` per access point instead (the SSID escaped as a URI
+    in every version). networkd: ``10-netplan-ID.network`` (``.netdev`` alike); with
+    ``wpa`` (a wifi, or ``auth:``) also ``netplan-wpa-ID.service``, the id
+    ``systemd-escape``'d (as given in the link to it, URI-escaped from 1.0.1 on)."""
     if renderer == "NetworkManager":
         if ssids:
             return [(f"netplan-{netplan_id}-{ssid}.nmconnection",
-                     len("netplan--.nmconnection") + len(netplan_id) + _uri_length(ssid))
+                     len("netplan--.nmconnection") + _uri_length(netplan_id)
+                     + _uri_length(ssid))
                     for ssid in sorted(ssids)]
         return [(f"netplan-{netplan_id}.nmconnection",
-                 len("netplan-.nmconnection") + len(netplan_id))]
+                 len("netplan-.nmconnection") + _uri_length(netplan_id))]
     files = [(f"10-netplan-{netplan_id}.network",
               len("10-netplan-.network") + _uri_length(netplan_id))]
     if wpa:
@@ -484,8 +485,8 @@ def _check_netplan_id(netplan_id: object, device: str, renderer: str | None = No
                 f"netplan id for {device} is too long for the file {said} names after it "
                 f"({file[:40]}...: {length + 7} bytes with its temporary copy's .XXXXXX, "
                 "a file name has 255; an id of up to 227 characters fits NetworkManager's, "
-                "229 networkd's, a character but A-Z a-z 0-9 - . _ ~ counting 3 there as "
-                "later netplan versions escape it): netplan generate would fail for the "
+                "229 networkd's, a character but A-Z a-z 0-9 - . _ ~ counting 3 as netplan "
+                "1.0.1 and later escape it): netplan generate would fail for the "
                 f"whole node (\"File name too long\"), got {netplan_id[:60]!r}...")
 
 

@@ -12,6 +12,7 @@ the networkd files it writes, as networkd would choose among them.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 import shutil
@@ -119,6 +120,22 @@ destinations:
 needs_netplan = pytest.mark.skipif(
     shutil.which("netplan") is None and not os.environ.get("CI"),
     reason="needs netplan (Debian netplan.io; make deps installs it)")
+
+
+@functools.cache
+def _netplan_escapes_ids() -> bool:
+    """Whether the netplan installed escapes an id in the names of the files it writes
+    (1.0.1 and later: ``10-netplan-a%3Ab.network``; up to 1.0 ``10-netplan-a:b.network``)."""
+    with tempfile.TemporaryDirectory(prefix="k3snet-netplan-") as root:
+        etc = Path(root) / "etc" / "netplan"
+        etc.mkdir(parents=True)
+        (etc / "01-a.yaml").write_text("network:\n  version: 2\n  ethernets:\n"
+                                       "    a:b: {dhcp4: true}\n")
+        (etc / "01-a.yaml").chmod(0o600)
+        _netplan_generate(Path(root))
+        written = {p.name for p in (Path(root) / "run" / "systemd" / "network").iterdir()}
+    assert written & {"10-netplan-a%3Ab.network", "10-netplan-a:b.network"}, written
+    return "10-netplan-a%3Ab.network" in written
 
 
 def _netplan_generate(root: Path) -> str:
@@ -779,7 +796,8 @@ def test_an_id_is_refused_exactly_when_its_renderer_cannot_name_its_file(
     # 255 bytes netplan generate fails ("File name too long") for the whole node. An id
     # of 228 or 229 characters, which networkd's file name has room for, was refused
     # under networkd too (any id past 227 in any file refused the render). A character
-    # networkd's file name escapes (":" as %3A in later netplan versions) counts 3 there.
+    # netplan 1.0.1 and later escape (":" as %3A) counts 3 under either renderer: under
+    # NetworkManager it counted 1, and 226 characters and a colon were taken.
     etc = tmp_path / "etc" / "netplan"
     etc.mkdir(parents=True)
     (etc / "01-admin.yaml").write_text(
@@ -792,14 +810,16 @@ def test_an_id_is_refused_exactly_when_its_renderer_cannot_name_its_file(
                           env={k: v for k, v in os.environ.items() if k != "SNAP"})
     escaped = len(netplan_id) + 2 * netplan_id.count(":")
     room = 227 if renderer == "NetworkManager" else 229
-    # netplan 0.106 names networkd's file after the id as given, later ones escaped: an
-    # id that only 0.106 has room for (227 and a colon) is refused under networkd.
-    assert (done.returncode != 0) == (len(netplan_id) > room), done.stderr
+    # netplan up to 1.0 names the files after the id as given, 1.0.1 and later escaped:
+    # an id that only the former have room for (226 and a colon under NetworkManager,
+    # 227 and a colon under networkd) is refused.
+    netplan_length = escaped if _netplan_escapes_ids() else len(netplan_id)
+    assert (done.returncode != 0) == (netplan_length > room), done.stderr
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
     err = capsys.readouterr().err
-    refused = (len(netplan_id) if renderer == "NetworkManager" else escaped) > room
+    refused = escaped > room
     assert (status == 1) == refused, err
     if refused:
         assert f"too long for the file netplan's {renderer} renderer names" in err
@@ -855,6 +875,28 @@ def test_an_id_is_refused_exactly_when_netplan_cannot_name_its_wifi_files(
 
 
 @pytest.mark.parametrize(("netplan_id", "refused"), [
+    ("w" * 222, False), ("w" * 223, True), ("w" * 219 + ":", False),
+    ("w" * 220 + ":", True)])
+def test_a_wifis_id_counts_as_netplan_escapes_it_under_networkmanager(
+        netplan_id: str, refused: bool) -> None:
+    # netplan 1.0.1 and later write netplan-ID-SSID.nmconnection with the id escaped as
+    # the SSID is (":" as %3A, src/nm.c): 220 characters and a colon with SSID "home"
+    # make 256 bytes with the temporary copy's .XXXXXX, and were taken (the id counted
+    # as given, as netplan up to 1.0 writes it).
+    documents = {"01-admin.yaml": {"network": {
+        "version": "2", "renderer": "NetworkManager",
+        "ethernets": {"eth0": {"dhcp4": "true"}},
+        "wifis": {netplan_id: {"dhcp4": "true",
+                               "access-points": {"home": {"password": "secret123"}}}}}}}
+    if refused:
+        with pytest.raises(ModelError, match="too long for the file netplan's "
+                                             "NetworkManager renderer names"):
+            netplan_placement(documents, ["eth0"])
+    else:
+        assert netplan_placement(documents, ["eth0"]) == ({"eth0": "ethernets"}, {"eth0": "eth0"})
+
+
+@pytest.mark.parametrize(("netplan_id", "refused"), [
     ("n" * 229, False), ("n" * 230, True), ("n" * 226 + ":", False),
     ("n" * 227 + ":", True)])
 def test_render_netplan_alone_refuses_an_id_no_renderer_has_room_for(
@@ -873,9 +915,11 @@ def test_render_netplan_alone_refuses_an_id_no_renderer_has_room_for(
 @pytest.mark.parametrize("renderer", ["networkd", "NetworkManager"])
 def test_routes_are_refused_under_an_id_netplan_names_a_file_in_a_subdirectory_after(
         renderer: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # netplan 0.106 writes the definition "nic/0" to 10-netplan-nic/0.network (under
+    # netplan up to 1.0 writes the definition "nic/0" to 10-netplan-nic/0.network (under
     # NetworkManager netplan-nic/0.nmconnection): a file in a subdirectory, which networkd
     # (NetworkManager) never reads, and exit status 0. k3snet wrote eth0's routes there.
+    # 1.0.1 and later escape the '/' (10-netplan-nic%2F0.network); the node's netplan is
+    # not known where the file is rendered, so the id is refused for either.
     etc = tmp_path / "etc" / "netplan"
     etc.mkdir(parents=True)
     (etc / "01-admin.yaml").write_text(
@@ -892,11 +936,14 @@ def test_routes_are_refused_under_an_id_netplan_names_a_file_in_a_subdirectory_a
     read = [p for place in ("systemd/network", "NetworkManager/system-connections")
             if (tmp_path / "run" / place).is_dir()
             for p in (tmp_path / "run" / place).iterdir() if p.is_file()]
-    assert not any("192.168.2.0/24" in p.read_text() for p in read)
     written = [p for p in (tmp_path / "run").rglob("*") if p.is_file()
                and "192.168.2.0/24" in p.read_text()]
     assert written
-    assert all(p.parent.name.endswith("netplan-nic") for p in written)
+    if _netplan_escapes_ids():
+        assert all(p in read and "nic%2F0" in p.name for p in written)
+    else:
+        assert not any("192.168.2.0/24" in p.read_text() for p in read)
+        assert all(p.parent.name.endswith("netplan-nic") for p in written)
     (etc / "90-k3snet.yaml").unlink()
     with pytest.raises(ModelError, match="holds a '/'"):
         render_netplan(state, ids={"eth0": "nic/0"})
@@ -1112,15 +1159,56 @@ def test_render_netplan_refuses_a_dangling_link_netplan_reads_in_place_of_its_ow
 
 
 @needs_netplan
+@pytest.mark.parametrize("where", ["beside", "in-place-of-its-own"])
+def test_a_netplan_file_that_is_a_loop_of_links_is_refused_as_netplan_refuses_it(
+        where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # /etc/netplan/50-x.yaml -> loop -> 50-x.yaml: netplan fails for the whole node
+    # ("Cannot stat ...: Too many levels of symbolic links"). Looking for a link to
+    # /dev/null, k3snet ended in an internal error (Path.resolve: RuntimeError "Symlink
+    # loop"); as /run's 90-k3snet.yaml it was refused as a link to a missing file.
+    dirs = _node_dirs(tmp_path, monkeypatch)
+    (dirs["etc"] / "01-admin.yaml").write_text(yaml.safe_dump(PLAIN))
+    (dirs["etc"] / "01-admin.yaml").chmod(0o600)
+    looped = dirs["etc"] / "50-x.yaml" if where == "beside" else dirs["run"] / "90-k3snet.yaml"
+    looped.symlink_to("loop")  # (a name netplan's glob leaves out)
+    (looped.parent / "loop").symlink_to(looped.name)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert done.returncode != 0
+    assert f"Cannot stat {looped}: Too many levels of symbolic links" in done.stderr
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    assert main(["render", "netplan", "-f", str(spec), "-o", str(dirs["etc"])]) == 1
+    err = capsys.readouterr().err
+    assert "internal error" not in err
+    if where == "beside":
+        assert f"cannot read the netplan file {looped}: Too many levels" in err
+    else:
+        assert f"{looped} is a link to 'loop', a loop of links" in err
+    assert not (dirs["etc"] / "90-k3snet.yaml").exists()
+
+
+@needs_netplan
+@pytest.mark.parametrize("link", ["absolute", "through-another-link"])
+@pytest.mark.parametrize("over", ["etc-over-lib", "run-over-etc"])
 def test_a_netplan_file_masked_by_a_link_to_dev_null_is_read_as_netplan_reads_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        over: str, link: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     # /etc/netplan/00-nm.yaml -> /dev/null masks /lib/netplan/00-nm.yaml (renderer:
-    # NetworkManager): netplan reads the link as an empty file and renders eth0 with
-    # networkd. k3snet refused the render ("not a regular file": it opens no device).
+    # NetworkManager), /run's /etc's: netplan reads the link as an empty file and
+    # renders eth0 with networkd. k3snet refused the render ("not a regular file": it
+    # opens no device).
+    mask, _, masked = over.split("-")
     dirs = _node_dirs(tmp_path, monkeypatch)
-    (dirs["lib"] / "00-nm.yaml").write_text(yaml.safe_dump(NETWORK_MANAGER_ALL))
-    (dirs["etc"] / "00-nm.yaml").symlink_to("/dev/null")
+    (dirs[masked] / "00-nm.yaml").write_text(yaml.safe_dump(NETWORK_MANAGER_ALL))
+    if link == "absolute":
+        (dirs[mask] / "00-nm.yaml").symlink_to("/dev/null")
+    else:
+        (tmp_path / "null").symlink_to("/dev/null")
+        (dirs[mask] / "00-nm.yaml").symlink_to(os.path.relpath(tmp_path / "null",
+                                                               dirs[mask]))
     (dirs["etc"] / "50-a.yaml").write_text(yaml.safe_dump(PLAIN))
     for path in tmp_path.rglob("*.yaml"):
         if not path.is_symlink():
