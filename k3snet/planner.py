@@ -615,9 +615,15 @@ def _set_aside_unreachable_gateways(observed: State, replaces: list[Change],
     links = [o for o in (*observed.owned, *observed.foreign, *adds)
              if isinstance(o, Route) and o.gateway is None and o.device is not None]
 
+    # One verdict per gateway, device and table: 10 000 destinations usually share a few.
+    @functools.cache
+    def reached_by(gateway: Any, device: str, table: int) -> bool:
+        return any(link.device == device and gateway in link.destination
+                   and link.table in (table, MAIN_TABLE) for link in links)
+
     def reached(route: Route) -> bool:
-        return any(link.device == route.device and route.gateway in link.destination
-                   and link.table in (route.table, MAIN_TABLE) for link in links)
+        assert route.device is not None
+        return reached_by(route.gateway, route.device, route.table)
 
     def blocker(route: NetObject | None) -> tuple[Route, NetObject] | None:
         if not isinstance(route, Route) or route.gateway is None or route.device is None:
