@@ -61,7 +61,8 @@ from k3snet.model import (
     Route,
     SnatRule,
 )
-from k3snet.model.cidr import overlaps
+from k3snet.model.cidr import address_text, overlaps
+from k3snet.model.route import MAIN_TABLE
 from k3snet.model.state import State, ensure_state, kind_set, malformed, object_from_dict
 from k3snet.model.sysctl import ALIASES, Sysctl
 
@@ -536,6 +537,8 @@ def plan(observed: State, desired: State) -> Plan:
     spec changed at a rule's key (no replace is planned). A foreign drop
     or reject (:attr:`~k3snet.model.ForwardBlock.final`) is judged before any foreign
     accept: no accept meets what it defeats.
+    A wanted route via a gateway that only a conflicted device route of the spec
+    reaches on its device is that same conflict: the kernel would refuse to write it.
 
     >>> from k3snet.model import Route, State
     >>> wanted = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")])
@@ -582,6 +585,7 @@ def plan(observed: State, desired: State) -> Plan:
                 adds.append(wanted)
         if note is not None:
             notes.append(note)
+    _set_aside_unreachable_gateways(observed, replaces, adds, notes)
     if any(_secret_of(change.after) is not None for change in replaces) or \
             any(_secret_of(obj) is not None for obj in adds):
         _rewrite_addr_gen_modes(have, desired, replaces, adds, notes)
@@ -590,6 +594,68 @@ def plan(observed: State, desired: State) -> Plan:
         notes = sorted([*notes, *shadowed], key=_wanted_order)
 
     return Plan(changes=_ordered_changes(deletes, replaces, adds), notes=notes, held=held)
+
+
+def _set_aside_unreachable_gateways(observed: State, replaces: list[Change],
+                                    adds: list[NetObject], notes: list[Note]) -> None:
+    """A wanted route via a gateway that only a conflicted route of the spec reaches (a
+    device route a foreign route holds the place of) is that same conflict, not a change.
+
+    The kernel checks a gateway when the route is written: a route of scope link on the
+    route's device must reach it ("Nexthop has invalid gateway" otherwise). The plan left
+    the blocked device route out, so such an add or replace could only fail, and the
+    apply of every other change with it (all or nothing): ``apply --allow-conflicts``
+    and the agent's passes under a conflict applied nothing and said "apply".
+    """
+    blocked = [(n.wanted, n.foreign) for n in notes
+               if n.status == "conflict" and isinstance(n.wanted, Route)
+               and n.wanted.gateway is None and n.wanted.device is not None]
+    if not blocked:
+        return
+    links = [o for o in (*observed.owned, *observed.foreign, *adds)
+             if isinstance(o, Route) and o.gateway is None and o.device is not None]
+
+    # One verdict per gateway, device and table: 10 000 destinations usually share a few.
+    @functools.cache
+    def reached_by(gateway: Any, device: str, table: int) -> bool:
+        return any(link.device == device and gateway in link.destination
+                   and link.table in (table, MAIN_TABLE) for link in links)
+
+    def reached(route: Route) -> bool:
+        assert route.device is not None
+        return reached_by(route.gateway, route.device, route.table)
+
+    def blocker(route: NetObject | None) -> tuple[Route, NetObject] | None:
+        if not isinstance(route, Route) or route.gateway is None or route.device is None:
+            return None
+        for wanted, foreign in blocked:
+            if (wanted.device == route.device and route.gateway in wanted.destination
+                    and wanted.table in (route.table, MAIN_TABLE) and not reached(route)):
+                return wanted, foreign
+        return None
+
+    def reason(route: Route, wanted: Route) -> str:
+        assert route.gateway is not None
+        return (f"its gateway {address_text(route.gateway)} is reached on {route.device} "
+                f"only by the spec's route to {wanted.destination}, which that foreign "
+                f"route blocks")
+
+    before = len(notes)
+    for obj in list(adds):
+        found = blocker(obj)
+        if found is not None:
+            assert isinstance(obj, Route)
+            adds.remove(obj)
+            notes.append(Note("conflict", obj, found[1], reason=reason(obj, found[0])))
+    for change in list(replaces):
+        found = blocker(change.after)
+        if found is not None:
+            assert isinstance(change.after, Route)
+            replaces.remove(change)
+            notes.append(Note("conflict", change.after, found[1],
+                              reason=reason(change.after, found[0]), owned=change.before))
+    if len(notes) > before:
+        notes.sort(key=_wanted_order)
 
 
 def _secret_of(obj: NetObject | None) -> str | None:

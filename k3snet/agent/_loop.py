@@ -1289,9 +1289,11 @@ class Agent:
         self._failed_in_row = self._failed_in_row + 1 if node else 0
         self._stuck_in_row = self._stuck_in_row + 1 if node and not held else 0
         # What a pass left blocked by foreign state applied is drift repaired as well (the
-        # metric, the fight's count): the rest converged, as with held routes.
-        partial = len(node) == len(parts) and all(
-            isinstance(f, (_HeldRoutesError, _ConflictsLeftError)) for f in node)
+        # metric, the fight's count): the rest converged, as with held routes. So in the
+        # cluster-wide part: a pool deleted beside a foreign pool's conflict and put back
+        # on every pass was never counted, the fight with its deleter unseen.
+        partial = all(isinstance(f, (_HeldRoutesError, _ConflictsLeftError))
+                      for _, f in parts)
         drift = self._drift(applied, leader, changed=self._new_in_pass) if partial else 0
         reason = _reason(parts[0][1])
         said = []

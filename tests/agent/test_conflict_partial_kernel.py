@@ -71,7 +71,7 @@ def _drop_first(ns: str, backend: str) -> None:
 
 
 @contextlib.contextmanager
-def _agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+def _agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, text: str = SPEC,
            ) -> Iterator[tuple[Any, Any, str]]:
     from k3snet import cli  # noqa: PLC0415 - the CLI's own agent wiring, as `k3snet agent`
     from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource  # noqa: PLC0415
@@ -84,9 +84,11 @@ def _agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
         run_in(ns, ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"])
         run_in(ns, ["ip", "link", "set", "eth0", "up"])
         spec = tmp_path / "spec.yaml"
-        spec.write_text(SPEC)
+        spec.write_text(text)
+        backends = ["--backend", "netlink"] + ([] if backend == "netlink" else
+                                               ["--backend", backend])
         args = cli.build_parser().parse_args(["agent", "-f", str(spec), "--netns", ns,
-                                              "--backend", "netlink", "--backend", backend])
+                                              *backends])
         desired = cli._AgentDesired(args)
         metrics = AgentMetrics()
         agent = Agent(FileSpecSource(spec), lambda s: cli._backend(args, s), desired,
@@ -135,3 +137,42 @@ def test_a_foreign_drop_before_k3snets_jump_leaves_the_rest_of_the_node_repaired
         assert agent.readiness()[0] is False
         assert sample("k3snet_agent_conflicts_total") == 3
         assert _firewall(ns, backend) == rules
+
+
+# A device route, and a route via a gateway that only it reaches on that device.
+GATEWAY_SPEC = """apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+destinations:
+  - cidr: 10.100.0.0/24
+    device: eth1
+  - cidr: 10.200.0.0/24
+    gateway: 10.100.0.1
+    device: eth1
+"""
+
+
+def test_a_route_via_a_gateway_a_foreign_route_holds_the_way_to_is_left_out_kernel(
+        require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A foreign route holds the place of the spec's device route (through eth0): the
+    # route via 10.100.0.1 dev eth1 cannot be written ("Nexthop has invalid gateway").
+    # Planned all the same, it failed the apply of the rest: the pass said "apply" and
+    # repaired nothing (ip_forward stayed off) for as long as the foreign route stood.
+    with _agent(tmp_path, monkeypatch, "netlink", GATEWAY_SPEC) as (agent, metrics, ns):
+        run_in(ns, ["ip", "route", "add", "10.100.0.0/24", "dev", "eth0", "proto", "static"])
+        run_in(ns, ["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+        result = agent.run_pass()
+        assert result.status == "failed"
+        assert result.message.startswith("conflict: foreign state conflicts with the spec: 2 "
+                                          "wanted object(s)"), result.message
+        assert "only by the spec's route to 10.100.0.0/24" in result.message
+        assert [c.kind for c in result.applied] == ["sysctl"]
+        assert _forwarding(ns) == "1"
+        assert _routes(ns) == set()
+        assert metrics.registry.get_sample_value("k3snet_agent_conflicts_total") == 1
+        # The foreign route gone, the next pass puts the device route in: no conflict
+        # left. (The route via the gateway is then held: the node facts never count
+        # k3snet's own routes as a way to a gateway.)
+        run_in(ns, ["ip", "route", "del", "10.100.0.0/24", "dev", "eth0", "proto", "static"])
+        after = agent.run_pass()
+        assert not after.message.startswith("conflict: "), after.message
+        assert "10.100.0.0/24" in _routes(ns)

@@ -1,0 +1,72 @@
+"""A route via a gateway only a conflicted device route of the spec reaches is a conflict.
+
+The kernel checks a route's gateway when it is written: a route of scope link on the
+route's device must reach it ("Nexthop has invalid gateway"). When a foreign route
+holds the place of the spec's device route (the plan's ``!`` conflict, left out), a
+route via a gateway in it on that device could only fail, and with it the apply of
+every other change (all or nothing): ``k3snet apply --allow-conflicts`` and the agent's
+passes under a conflict applied nothing. The plan sets it aside as the same conflict.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from k3snet.model import Route, State
+from k3snet.model.sysctl import Sysctl
+from k3snet.planner import plan
+
+FAMILIES = {
+    4: ("10.100.0.0/24", "10.200.0.0/24", "10.100.0.1"),
+    6: ("fd00:100::/64", "fd00:200::/64", "fd00:100::1"),
+}
+
+
+def _case(family: int) -> tuple[Route, Route, Route]:
+    link, far, gateway = FAMILIES[family]
+    device = Route(link, device="eth1")
+    via = Route(far, gateway=gateway, device="eth1")
+    foreign = Route(link, device="eth2", protocol=4)
+    return device, via, foreign
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_route_whose_gateway_only_a_blocked_device_route_reaches_is_a_conflict(
+        family: int) -> None:
+    device, via, foreign = _case(family)
+    forward = Sysctl("net.ipv4.ip_forward", "1")
+    p = plan(State(foreign=[foreign]), State(owned=[forward, device, via]))
+    assert [c.after for c in p.changes] == [forward]
+    assert [(n.wanted, n.foreign) for n in p.conflicts] == [(device, foreign), (via, foreign)]
+    assert "only by the spec's route to" in p.conflicts[1].render()
+    # Sound: what the plan leaves is what its target says.
+    desired = State(owned=[forward, device, via])
+    assert p.apply_to(State(foreign=[foreign])).owned == p.target(desired)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_replace_via_such_a_gateway_keeps_the_route_in_place(family: int) -> None:
+    device, via, foreign = _case(family)
+    old_via = Route(via.destination, device="eth1")  # in place: through the device alone
+    assert old_via.key == via.key
+    p = plan(State(owned=[old_via], foreign=[foreign]), State(owned=[device, via]))
+    assert p.changes == ()
+    assert [(n.wanted, n.owned) for n in p.conflicts] == [(device, None), (via, old_via)]
+    assert p.apply_to(State(owned=[old_via], foreign=[foreign])).owned == p.target(
+        State(owned=[device, via]))
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_gateway_another_link_route_reaches_is_still_added(family: int) -> None:
+    device, via, foreign = _case(family)
+    covering = Route(device.destination.supernet(), device="eth1", protocol=2)
+    p = plan(State(foreign=[foreign, covering]), State(owned=[device, via]))
+    assert [c.after for c in p.changes] == [via]
+    assert [n.wanted for n in p.conflicts] == [device]
+
+
+def test_a_gateway_on_another_device_than_the_blocked_route_is_still_added() -> None:
+    device, via, foreign = _case(4)
+    other = Route(via.destination, gateway=via.gateway, device="eth3")
+    p = plan(State(foreign=[foreign]), State(owned=[device, other]))
+    assert [c.after for c in p.changes] == [other]
