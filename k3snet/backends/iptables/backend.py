@@ -1418,7 +1418,7 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     # FORWARD that drops what k3snet does not accept (its policy, a drop of every packet),
     # raw's untracked packets are a forward block too: their
     # replies never match k3snet's accept of established connections.
-    drops = forward_drops_untracked(dump.get("filter"))
+    drops = forward_drops_untracked(dump.get("filter"), ours=filter_state.chains)
     # (Unless FORWARD's accepts take both ways of the flow by address: the
     # administrator's, and k3snet's own in place, whose accept of new traffic is one.)
     accepted: tuple[ForwardRule, ...] = ()

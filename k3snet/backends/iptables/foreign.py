@@ -515,19 +515,22 @@ def path_blocks(dump: TableDump | None, family: int, *,
     found: set[NetObject] = set()
     if dump is None:
         return found
+    # k3snet writes no chain in these tables: a ``K3SNET-*`` chain there is an
+    # administrator's, read as any other (``ours`` empty).
     for builtin in PATH_CHAINS.get(dump.name, ()):
         if builtin in dump.rules or builtin in dump.policies:
-            found |= _ForwardWalk(dump, family, None, builtin=builtin,
+            found |= _ForwardWalk(dump, family, (), builtin=builtin,
                                   routed=routed).through()
     if dump.name == "raw":
-        walk = _UntrackWalk(dump, family, None, forward=forward_drops, accepted=accepted)
+        walk = _UntrackWalk(dump, family, (), forward=forward_drops, accepted=accepted)
         found |= walk.walk("PREROUTING", len(dump.chain("PREROUTING")))
         if partial is not None:
             partial.extend(sorted(walk.partial))
     return found
 
 
-def forward_drops_untracked(dump: TableDump | None) -> bool:
+def forward_drops_untracked(dump: TableDump | None, *,
+                            ours: Container[str] | None = None) -> bool:
     """Whether filter's FORWARD (``dump``) drops what k3snet's chain does not accept: its
     policy is not ``ACCEPT``, or a rule drops or rejects every packet reaching it
     (``-A FORWARD -j REJECT``, RHEL's default ruleset's last rule) before an ``ACCEPT``
@@ -536,16 +539,17 @@ def forward_drops_untracked(dump: TableDump | None) -> bool:
     ``-A FORWARD -j ADMIN``, ``-A ADMIN -j REJECT``). k3snet's jump is FORWARD's first
     rule: an untracked flow's packets (an untracked packet's reply is a new connection's,
     an untracked reply none's) fall through k3snet's accept of established connections
-    to it."""
+    to it. ``ours``: k3snet's own chains, not followed (default: every ``K3SNET-``
+    chain; an administrator's chain named so is read when ``ours`` leaves it out)."""
     if dump is None:
         return False
     if dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT":
         return True
-    return _drops_every(dump, "FORWARD", ("FORWARD",), [0]) is True
+    return _drops_every(dump, "FORWARD", ("FORWARD",), [0], ours) is True
 
 
 def _drops_every(dump: TableDump, chain: str, on_way: tuple[str, ...],
-                 read: list[int]) -> bool | None:
+                 read: list[int], ours: Container[str] | None = None) -> bool | None:
     """Whether the rules of ``chain`` (reached by the chains ``on_way``) drop or reject
     every packet reaching them (True), accept every one first (False), or send them back
     (None: to the rule after the jump here, or to FORWARD's policy). Bounded as the
@@ -566,9 +570,10 @@ def _drops_every(dump: TableDump, chain: str, on_way: tuple[str, ...],
             return False
         if target == "RETURN":
             return None
-        if (target is not None and target in dump.rules and not target.startswith(PREFIX)
+        if (target is not None and target in dump.rules
+                and not (target.startswith(PREFIX) if ours is None else target in ours)
                 and target not in on_way and len(on_way) <= WALK_DEPTH):
-            below = _drops_every(dump, target, (*on_way, target), read)
+            below = _drops_every(dump, target, (*on_way, target), read, ours)
             if below is not None or "-g" in tokens:
                 return below  # a chain gone to ends as this one would
     return None
