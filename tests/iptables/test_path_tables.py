@@ -15,6 +15,8 @@ import pytest
 
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.foreign import (
+    foreign_forward,
+    foreign_nat,
     forward_drops_untracked,
     path_blocks,
     untracked_accepts,
@@ -580,3 +582,50 @@ def test_drops_in_an_admins_k3snet_named_chains_are_conflicts_of_the_forward_rul
     run_in(ns, [*tool, "-t", "mangle", "-A", "FORWARD", "-j", "K3SNET-MARK"])
     assert conflicts() == [(str(WANTED), f"drop by iptables IPv4 mangle: -A K3SNET-MARK -d {DB}"
                                          " -j DROP")]
+
+
+def test_accepts_and_masquerades_in_an_admins_k3snet_named_chain_are_read_as_foreign_rules(
+        ) -> None:
+    """``ours``: k3snet's own chains, left unread; an administrator's ``K3SNET-OPEN``
+    (``K3SNET-MASQ``) FORWARD (POSTROUTING) jumps to is read as a chain named ``ADMIN``."""
+    both = (f"-A FORWARD -j K3SNET-FORWARD\n-A FORWARD -j K3SNET-OPEN\n"
+            f"-A K3SNET-OPEN -s {POD} -d {DB} -j ACCEPT\n-A K3SNET-OPEN -s {DB} -d {POD} -j ACCEPT")
+    dump = parse_save(_filter(both, "DROP").replace(":ADMIN", ":K3SNET-OPEN - [0:0]\n:ADMIN"))
+    ours = {"K3SNET-FORWARD"}
+    assert untracked_accepts(dump["filter"], 4, ours=ours) == (ForwardRule(POD, DB),
+                                                                ForwardRule(DB, POD))
+    assert untracked_accepts(dump["filter"], 4) == ()  # every K3SNET- chain unread
+    tracked = (f"-A FORWARD -j K3SNET-FORWARD\n-A FORWARD -j K3SNET-OPEN\n"
+               f"-A K3SNET-OPEN -s {POD} -d {DB} -j ACCEPT\n"
+               f"-A K3SNET-OPEN -d {POD} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+    dump = parse_save(_filter(tracked, "DROP").replace(":ADMIN", ":K3SNET-OPEN - [0:0]\n:ADMIN"))
+    assert foreign_forward(dump["filter"], 4, ours=ours) == {ForwardRule(POD, DB)}
+    assert foreign_forward(dump["filter"], 4) == set()
+    nat = parse_save("*nat\n:POSTROUTING ACCEPT [0:0]\n:K3SNET-MASQ - [0:0]\n"
+                     f"-A POSTROUTING -j K3SNET-MASQ\n-A K3SNET-MASQ -s {POD} -j MASQUERADE\n"
+                     "COMMIT\n")["nat"]
+    assert foreign_nat(nat, 4, ours={"K3SNET-POSTROUTING"}) == {MasqueradeRule(POD)}
+    assert foreign_nat(nat, 4) == set()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_an_admins_k3snet_named_chain_accepting_the_replies_by_address_passes_the_untracked_flow(
+        ns: str, mode: str) -> None:
+    """FORWARD's policy DROP, raw's notrack of the pods, and the replies accepted by address
+    in an administrator's ``K3SNET-OPEN``: the untracked flow passes (k3snet's own accept
+    takes the new traffic), as with the same chain named ``ADMIN``; the plan named a
+    conflict, and an apply of the spec was refused."""
+    tool = [f"iptables-{mode}", "-w"]
+    run_in(ns, [*tool, "-P", "FORWARD", "DROP"])
+    wanted = State(owned=[WANTED])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), wanted))
+    run_in(ns, [*tool, "-N", "K3SNET-OPEN"])
+    run_in(ns, [*tool, "-A", "K3SNET-OPEN", "-s", DB, "-d", POD, "-j", "ACCEPT"])
+    run_in(ns, [*tool, "-A", "FORWARD", "-j", "K3SNET-OPEN"])
+    run_in(ns, [*tool, "-t", "raw", "-A", "PREROUTING", "-s", POD, "-j", "CT", "--notrack"])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        p = plan(backend.observe(), wanted)
+    assert not p.conflicts, p.render()
+    assert not p.changes, p.render()
