@@ -15,6 +15,8 @@ import pytest
 
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.foreign import (
+    foreign_forward,
+    foreign_nat,
     forward_drops_untracked,
     path_blocks,
     untracked_accepts,
@@ -512,3 +514,118 @@ def test_k3snets_accept_a_foreign_drop_meets_first_takes_no_untracked_flow_for_t
     assert not untrack().decides(WANTED)  # k3snet's accept takes the pods' new packets
     run_in(ns, [*tool, "-I", "FORWARD", "2", "-s", "10.42.1.0/24", "-j", "DROP"])
     assert untrack().decides(WANTED)
+
+
+@pytest.mark.parametrize(("table", "chain"), [
+    ("mangle", "FORWARD"), ("raw", "PREROUTING"), ("security", "FORWARD")])
+def test_a_drop_in_an_admins_k3snet_named_chain_of_a_path_table_is_a_block(
+        table: str, chain: str) -> None:
+    """k3snet writes no chain in raw, mangle or security: a ``K3SNET-*`` chain there is an
+    administrator's, and its drop drops the pods' traffic as one in ``ADMIN`` does (the
+    walk left every ``K3SNET-`` chain unread, as it does k3snet's own in filter)."""
+    rules = f"-A {chain} -j K3SNET-MARK\n-A K3SNET-MARK -d {DB} -j DROP"
+    assert _blocks(table, rules, {"K3SNET-MARK": "-"}) == {
+        f"drop by iptables IPv{4} {table}: -A K3SNET-MARK -d {DB} -j DROP"}
+
+
+def test_a_notrack_in_an_admins_k3snet_named_chain_of_raw_is_an_untrack_block() -> None:
+    text = ("*raw\n:PREROUTING ACCEPT [0:0]\n:K3SNET-RAW - [0:0]\n-A PREROUTING -j K3SNET-RAW\n"
+            f"-A K3SNET-RAW -s {POD} -j CT --notrack\nCOMMIT\n")
+    blocks = path_blocks(parse_save(text)["raw"], 4, forward_drops=True)
+    assert {(type(b).__name__, b.describe()) for b in blocks} == {
+        ("ForwardBlock", f"untrack by iptables IPv4 raw: -A K3SNET-RAW -s {POD} -j CT --notrack"),
+        ("NatBlock", f"no NAT by iptables IPv4 raw: -A K3SNET-RAW -s {POD} -j CT --notrack")}
+
+
+def test_a_reject_of_every_packet_in_an_admins_k3snet_named_chain_drops_what_is_untracked(
+        ) -> None:
+    """``ours``: k3snet's own chains (``K3SNET-FORWARD``, not followed); an administrator's
+    ``K3SNET-EXTRA`` FORWARD jumps to, ending with a reject, is read as ``ADMIN`` is."""
+    rules = ("-A FORWARD -j K3SNET-FORWARD\n-A FORWARD -j K3SNET-EXTRA\n"
+             "-A K3SNET-EXTRA -j REJECT --reject-with icmp-host-prohibited")
+    dump = parse_save(_filter(rules).replace(":ADMIN", ":K3SNET-EXTRA - [0:0]\n:ADMIN"))
+    assert forward_drops_untracked(dump["filter"], ours={"K3SNET-FORWARD"})
+    own = "-A FORWARD -j K3SNET-FORWARD\n-A K3SNET-FORWARD -j DROP"
+    assert not forward_drops_untracked(parse_save(_filter(own))["filter"],
+                                       ours={"K3SNET-FORWARD"})
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_drops_in_an_admins_k3snet_named_chains_are_conflicts_of_the_forward_rule(
+        ns: str, mode: str) -> None:
+    """An administrator's ``K3SNET-EXTRA`` (filter, after k3snet's jump) rejecting every
+    packet, then raw's notrack of the pods: their untracked replies are rejected there, and
+    the plan said No changes; so for a mangle ``K3SNET-MARK`` dropping the pods' traffic.
+    A chain of theirs named ``ADMIN`` was a conflict both times (see above)."""
+    tool = [f"iptables-{mode}", "-w"]
+    wanted = State(owned=[WANTED])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), wanted))
+    run_in(ns, [*tool, "-N", "K3SNET-EXTRA"])
+    run_in(ns, [*tool, "-A", "K3SNET-EXTRA", "-j", "REJECT"])
+    run_in(ns, [*tool, "-A", "FORWARD", "-j", "K3SNET-EXTRA"])
+    run_in(ns, [*tool, "-t", "raw", "-A", "PREROUTING", "-s", POD, "-j", "CT", "--notrack"])
+
+    def conflicts() -> list[tuple[str, str]]:
+        with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+            p = plan(backend.observe(), wanted)
+        assert not p.changes, p.render()
+        return sorted((str(note.wanted), note.foreign.describe()) for note in p.conflicts)
+
+    assert conflicts() == [(str(WANTED), f"untrack by iptables IPv4 raw: -A PREROUTING -s {POD}"
+                                         " -j CT --notrack")]
+    run_in(ns, [*tool, "-t", "raw", "-F", "PREROUTING"])
+    assert conflicts() == []
+    run_in(ns, [*tool, "-t", "mangle", "-N", "K3SNET-MARK"])
+    run_in(ns, [*tool, "-t", "mangle", "-A", "K3SNET-MARK", "-d", DB, "-j", "DROP"])
+    run_in(ns, [*tool, "-t", "mangle", "-A", "FORWARD", "-j", "K3SNET-MARK"])
+    assert conflicts() == [(str(WANTED), f"drop by iptables IPv4 mangle: -A K3SNET-MARK -d {DB}"
+                                         " -j DROP")]
+
+
+def test_accepts_and_masquerades_in_an_admins_k3snet_named_chain_are_read_as_foreign_rules(
+        ) -> None:
+    """``ours``: k3snet's own chains, left unread; an administrator's ``K3SNET-OPEN``
+    (``K3SNET-MASQ``) FORWARD (POSTROUTING) jumps to is read as a chain named ``ADMIN``."""
+    both = (f"-A FORWARD -j K3SNET-FORWARD\n-A FORWARD -j K3SNET-OPEN\n"
+            f"-A K3SNET-OPEN -s {POD} -d {DB} -j ACCEPT\n-A K3SNET-OPEN -s {DB} -d {POD} -j ACCEPT")
+    dump = parse_save(_filter(both, "DROP").replace(":ADMIN", ":K3SNET-OPEN - [0:0]\n:ADMIN"))
+    ours = {"K3SNET-FORWARD"}
+    assert untracked_accepts(dump["filter"], 4, ours=ours) == (ForwardRule(POD, DB),
+                                                                ForwardRule(DB, POD))
+    assert untracked_accepts(dump["filter"], 4) == ()  # every K3SNET- chain unread
+    tracked = (f"-A FORWARD -j K3SNET-FORWARD\n-A FORWARD -j K3SNET-OPEN\n"
+               f"-A K3SNET-OPEN -s {POD} -d {DB} -j ACCEPT\n"
+               f"-A K3SNET-OPEN -d {POD} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+    dump = parse_save(_filter(tracked, "DROP").replace(":ADMIN", ":K3SNET-OPEN - [0:0]\n:ADMIN"))
+    assert foreign_forward(dump["filter"], 4, ours=ours) == {ForwardRule(POD, DB)}
+    assert foreign_forward(dump["filter"], 4) == set()
+    nat = parse_save("*nat\n:POSTROUTING ACCEPT [0:0]\n:K3SNET-MASQ - [0:0]\n"
+                     f"-A POSTROUTING -j K3SNET-MASQ\n-A K3SNET-MASQ -s {POD} -j MASQUERADE\n"
+                     "COMMIT\n")["nat"]
+    assert foreign_nat(nat, 4, ours={"K3SNET-POSTROUTING"}) == {MasqueradeRule(POD)}
+    assert foreign_nat(nat, 4) == set()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_an_admins_k3snet_named_chain_accepting_the_replies_by_address_passes_the_untracked_flow(
+        ns: str, mode: str) -> None:
+    """FORWARD's policy DROP, raw's notrack of the pods, and the replies accepted by address
+    in an administrator's ``K3SNET-OPEN``: the untracked flow passes (k3snet's own accept
+    takes the new traffic), as with the same chain named ``ADMIN``; the plan named a
+    conflict, and an apply of the spec was refused."""
+    tool = [f"iptables-{mode}", "-w"]
+    run_in(ns, [*tool, "-P", "FORWARD", "DROP"])
+    wanted = State(owned=[WANTED])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), wanted))
+    run_in(ns, [*tool, "-N", "K3SNET-OPEN"])
+    run_in(ns, [*tool, "-A", "K3SNET-OPEN", "-s", DB, "-d", POD, "-j", "ACCEPT"])
+    run_in(ns, [*tool, "-A", "FORWARD", "-j", "K3SNET-OPEN"])
+    run_in(ns, [*tool, "-t", "raw", "-A", "PREROUTING", "-s", POD, "-j", "CT", "--notrack"])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        p = plan(backend.observe(), wanted)
+    assert not p.conflicts, p.render()
+    assert not p.changes, p.render()

@@ -1406,10 +1406,11 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     a drop by out-interface may meet (see :func:`foreign_blocks`); ``partial``: raw's
     notracks of one protocol, no block (see :func:`path_blocks`)."""
     foreign: set[NetObject] = set()
-    foreign |= foreign_nat(dump.get("nat"), family)
+    # (k3snet's own chains are not read as foreign rules; an administrator's K3SNET-* are.)
+    filter_state, nat_state = tables[family, "filter"], tables[family, "nat"]
+    foreign |= foreign_nat(dump.get("nat"), family, ours=nat_state.chains)
     # What a foreign rule decides before our jump: our rules for it are set aside (still
     # owned: the planner notes "!" for one the spec wants, deletes one it does not).
-    filter_state = tables[family, "filter"]
     blocks = foreign_blocks(dump.get("filter"), family, filter_state.hook_index(),
                             ours=filter_state.chains, routed=routed)
     set_aside(filter_state, blocks)
@@ -1418,13 +1419,13 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     # FORWARD that drops what k3snet does not accept (its policy, a drop of every packet),
     # raw's untracked packets are a forward block too: their
     # replies never match k3snet's accept of established connections.
-    drops = forward_drops_untracked(dump.get("filter"))
+    drops = forward_drops_untracked(dump.get("filter"), ours=filter_state.chains)
     # (Unless FORWARD's accepts take both ways of the flow by address: the
     # administrator's, and k3snet's own in place, whose accept of new traffic is one.)
     accepted: tuple[ForwardRule, ...] = ()
     if drops:
         aside = {filter_state.units[digest].obj for digest in filter_state.aside}
-        accepted = (*untracked_accepts(dump.get("filter"), family),
+        accepted = (*untracked_accepts(dump.get("filter"), family, ours=filter_state.chains),
                     *sorted(o for o in filter_state.owned.values() if isinstance(o, ForwardRule)
                             and o not in aside))
     for table in PATH_CHAINS:
@@ -1438,9 +1439,9 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
             hidden.append((family, table, left_out, dump[table].detail or ""))
     # An accept whose replies conntrack takes meets nothing a notrack leaves untracked.
     foreign |= foreign_forward(dump.get("filter"), family, untracked=[
-        b for b in foreign if isinstance(b, ForwardBlock) and b.verdict == "untrack"])
+        b for b in foreign if isinstance(b, ForwardBlock) and b.verdict == "untrack"],
+        ours=filter_state.chains)
     # The same for NAT: the first NAT rule a connection meets decides.
-    nat_state = tables[family, "nat"]
     nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index(),
                      ours=nat_state.chains)
     set_aside(nat_state, nat)

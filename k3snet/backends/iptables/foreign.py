@@ -82,7 +82,7 @@ def _zero(family: int) -> Network:
 
 
 def _walk(
-    dump: TableDump, builtin: str
+    dump: TableDump, builtin: str, ours: Container[str] | None = None
 ) -> Iterator[tuple[str, str | None, RuleFields | None, Line]]:
     """(chain, target, fields, tokens) of the rules of ``builtin`` and, at each jump,
     of the chain jumped to (one level). ``fields`` is ``None`` for a rule with
@@ -90,11 +90,12 @@ def _walk(
     anything (``! -d 10.0.0.0/8 -j CHAIN``): what such a rule does is narrowed
     by the jump, and reading it alone would overstate it. Rules after a rule
     that may send most packets back out of their chain (see :func:`_cuts`) are
-    left out."""
+    left out. ``ours``: k3snet's own chains, not followed (default: every ``K3SNET-``
+    chain)."""
     for spec in dump.chain(builtin):
         tokens = tokenize(spec)
         target = _target(tokens)
-        if target is not None and target in dump.rules and not target.startswith(PREFIX):
+        if target is not None and target in dump.rules and not _ours(target, ours):
             narrowed = _conditions(tokens) != []
             for inner in dump.chain(target):
                 inner_tokens = tokenize(inner)
@@ -107,6 +108,12 @@ def _walk(
         if _cuts(target, tokens):
             return
         yield builtin, target, parse_rule(tokens), tokens
+
+
+def _ours(chain: str, ours: Container[str] | None) -> bool:
+    """``chain`` is k3snet's own, not read (``ours`` ``None``: every ``K3SNET-`` chain; an
+    administrator's chain named so is read when ``ours``, k3snet's chains, leaves it out)."""
+    return chain.startswith(PREFIX) if ours is None else chain in ours
 
 
 def _conditions(tokens: Line) -> list[str]:
@@ -151,7 +158,8 @@ def _target(tokens: Line) -> str | None:
     return None
 
 
-def foreign_nat(dump: TableDump | None, family: int) -> set[NetObject]:
+def foreign_nat(dump: TableDump | None, family: int, *,
+                ours: Container[str] | None = None) -> set[NetObject]:
     """Simple MASQUERADE/SNAT rules on the POSTROUTING path.
 
     A rule met earlier that takes packets away from the rules after it is an
@@ -166,7 +174,8 @@ def foreign_nat(dump: TableDump | None, family: int) -> set[NetObject]:
     then writes its own rule, which is redundant at worst, and
     :func:`nat_blocks` names what decides first as a conflict). An exit that
     tests for a set mark is another program's traffic and takes none of
-    k3snet's (see :func:`nat_blocks`).
+    k3snet's (see :func:`nat_blocks`). ``ours``: k3snet's own chains, not read
+    (default: every ``K3SNET-`` chain).
     """
     found: set[NetObject] = set()
     if dump is None:
@@ -175,7 +184,7 @@ def foreign_nat(dump: TableDump | None, family: int) -> set[NetObject]:
     for spec in dump.chain("POSTROUTING"):
         tokens = tokenize(spec)
         target = _target(tokens)
-        if target is not None and target in dump.rules and not target.startswith(PREFIX):
+        if target is not None and target in dump.rules and not _ours(target, ours):
             narrowed = _conditions(tokens) != []
             gone_to = "-g" in tokens
             chain_exits: list[_Exit] = []
@@ -321,15 +330,17 @@ def _nat_object(fields: RuleFields, family: int, spared: list[Network]) -> NetOb
 
 
 def foreign_forward(dump: TableDump | None, family: int, *,
-                    untracked: Sequence[ForwardBlock] = ()) -> set[NetObject]:
+                    untracked: Sequence[ForwardBlock] = (),
+                    ours: Container[str] | None = None) -> set[NetObject]:
     """Simple accepts on the FORWARD path whose replies are accepted too; not one that
     an ``untrack`` block of ``untracked`` decides and whose replies only an accept of
     established connections takes (``--ctstate RELATED,ESTABLISHED``): the flow it
-    accepts is untracked, its replies are a new connection's (or none's)."""
+    accepts is untracked, its replies are a new connection's (or none's). ``ours``:
+    k3snet's own chains, not read (default: every ``K3SNET-`` chain)."""
     found: set[NetObject] = set()
     if dump is None:
         return found
-    accepts = _forward_accepts(dump)
+    accepts = _forward_accepts(dump, ours)
     zero = _zero(family)
     for rule in accepts:
         if rule.ctstate is not None or rule.ctdir is not None:
@@ -353,11 +364,11 @@ def foreign_forward(dump: TableDump | None, family: int, *,
     return found
 
 
-def _forward_accepts(dump: TableDump) -> list[RuleFields]:
+def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> list[RuleFields]:
     """The simple ``ACCEPT`` rules of FORWARD (and of the chains it jumps to, one level)
     met before any drop or reject (but kube-proxy's drop of ``INVALID`` packets)."""
     accepts: list[RuleFields] = []
-    for _, target, fields, _ in _walk(dump, "FORWARD"):
+    for _, target, fields, _ in _walk(dump, "FORWARD", ours):
         if target in _STOP:
             if fields is not None and fields.ctstate == "INVALID":
                 continue  # kube-proxy's drop of invalid packets: valid traffic goes on
@@ -369,18 +380,20 @@ def _forward_accepts(dump: TableDump) -> list[RuleFields]:
     return accepts
 
 
-def untracked_accepts(dump: TableDump | None, family: int) -> tuple[ForwardRule, ...]:
+def untracked_accepts(dump: TableDump | None, family: int, *,
+                      ours: Container[str] | None = None) -> tuple[ForwardRule, ...]:
     """What FORWARD's own accepts take of an untracked flow (``dump``: filter): each
     accept by address and interface alone (no ``--ctstate``), read one way, met before
     any drop or reject. An untracked packet falls through k3snet's accept of established
     connections to them: an administrator's accepts of both ways by address let an
     untracked flow through (the ``accepted`` of an ``untrack``
-    :class:`~k3snet.model.ForwardBlock`, as the nftables backend reads them)."""
+    :class:`~k3snet.model.ForwardBlock`, as the nftables backend reads them). ``ours``:
+    k3snet's own chains, not read (default: every ``K3SNET-`` chain)."""
     if dump is None:
         return ()
     zero = _zero(family)
     found: list[ForwardRule] = []
-    for rule in _forward_accepts(dump):
+    for rule in _forward_accepts(dump, ours):
         source = rule.source if rule.source is not None else zero
         destination = rule.destination if rule.destination is not None else zero
         if rule.ctstate is not None or rule.ctdir is not None or source.version != family or (
@@ -515,19 +528,22 @@ def path_blocks(dump: TableDump | None, family: int, *,
     found: set[NetObject] = set()
     if dump is None:
         return found
+    # k3snet writes no chain in these tables: a ``K3SNET-*`` chain there is an
+    # administrator's, read as any other (``ours`` empty).
     for builtin in PATH_CHAINS.get(dump.name, ()):
         if builtin in dump.rules or builtin in dump.policies:
-            found |= _ForwardWalk(dump, family, None, builtin=builtin,
+            found |= _ForwardWalk(dump, family, (), builtin=builtin,
                                   routed=routed).through()
     if dump.name == "raw":
-        walk = _UntrackWalk(dump, family, None, forward=forward_drops, accepted=accepted)
+        walk = _UntrackWalk(dump, family, (), forward=forward_drops, accepted=accepted)
         found |= walk.walk("PREROUTING", len(dump.chain("PREROUTING")))
         if partial is not None:
             partial.extend(sorted(walk.partial))
     return found
 
 
-def forward_drops_untracked(dump: TableDump | None) -> bool:
+def forward_drops_untracked(dump: TableDump | None, *,
+                            ours: Container[str] | None = None) -> bool:
     """Whether filter's FORWARD (``dump``) drops what k3snet's chain does not accept: its
     policy is not ``ACCEPT``, or a rule drops or rejects every packet reaching it
     (``-A FORWARD -j REJECT``, RHEL's default ruleset's last rule) before an ``ACCEPT``
@@ -536,16 +552,17 @@ def forward_drops_untracked(dump: TableDump | None) -> bool:
     ``-A FORWARD -j ADMIN``, ``-A ADMIN -j REJECT``). k3snet's jump is FORWARD's first
     rule: an untracked flow's packets (an untracked packet's reply is a new connection's,
     an untracked reply none's) fall through k3snet's accept of established connections
-    to it."""
+    to it. ``ours``: k3snet's own chains, not followed (default: every ``K3SNET-``
+    chain; an administrator's chain named so is read when ``ours`` leaves it out)."""
     if dump is None:
         return False
     if dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT":
         return True
-    return _drops_every(dump, "FORWARD", ("FORWARD",), [0]) is True
+    return _drops_every(dump, "FORWARD", ("FORWARD",), [0], ours) is True
 
 
 def _drops_every(dump: TableDump, chain: str, on_way: tuple[str, ...],
-                 read: list[int]) -> bool | None:
+                 read: list[int], ours: Container[str] | None = None) -> bool | None:
     """Whether the rules of ``chain`` (reached by the chains ``on_way``) drop or reject
     every packet reaching them (True), accept every one first (False), or send them back
     (None: to the rule after the jump here, or to FORWARD's policy). Bounded as the
@@ -566,9 +583,9 @@ def _drops_every(dump: TableDump, chain: str, on_way: tuple[str, ...],
             return False
         if target == "RETURN":
             return None
-        if (target is not None and target in dump.rules and not target.startswith(PREFIX)
+        if (target is not None and target in dump.rules and not _ours(target, ours)
                 and target not in on_way and len(on_way) <= WALK_DEPTH):
-            below = _drops_every(dump, target, (*on_way, target), read)
+            below = _drops_every(dump, target, (*on_way, target), read, ours)
             if below is not None or "-g" in tokens:
                 return below  # a chain gone to ends as this one would
     return None
