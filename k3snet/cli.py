@@ -655,8 +655,9 @@ def _run(args: argparse.Namespace) -> int:
             if not _logged_by_agent(args, _os_error(exc)):
                 print(f"k3snet: error: {printable(_os_error(exc))}", file=sys.stderr)
             if _json(args):
-                _print_error_json(args.run, type(exc).__name__, _os_error(exc))
-        return EXIT_ERROR
+                _print_error_json(args.run, type(exc).__name__,
+                                  _with_notes(exc, _os_error(exc)))
+        return _failed_code(exc)
     except KeyboardInterrupt as exc:
         return _interrupted(args, exc)
     except _Stopped as exc:  # SIGTERM, SIGHUP: sigterm_undoes's SystemExit
@@ -672,8 +673,23 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"k3snet: internal error: {printable_lines(message)}",
                       file=sys.stderr)
             if _json(args):
-                _print_error_json(args.run, "InternalError", message)
-        return EXIT_ERROR
+                _print_error_json(args.run, "InternalError", _with_notes(exc, message))
+        return _failed_code(exc)
+
+
+def _failed_code(exc: Exception) -> int:
+    """The exit code of a command that failed with ``exc``, not one of k3snet's errors
+    (an ``OSError`` a backend let through, a bug): 1, or 5 when a destroy through several
+    backends had removed through the earlier ones before it (that stays removed:
+    :func:`~k3snet.converge.removed_before`), as :func:`error_code` says of k3snet's."""
+    return EXIT_HALF_CHANGED if removed_before(exc) else EXIT_ERROR
+
+
+def _with_notes(exc: BaseException, message: str) -> str:
+    """``message`` and the notes of ``exc`` below it, as the ``error`` document of a
+    k3snet error has them (what a destroy through several backends removed before the
+    one that failed, which stays)."""
+    return "\n".join([message, *getattr(exc, "__notes__", ())])
 
 
 FAILURE_CODES = frozenset({EXIT_ERROR, EXIT_HALF_CHANGED, EXIT_USAGE, EXIT_BUSY,
