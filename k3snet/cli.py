@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -1540,9 +1541,31 @@ def _print_json(run: Run, data: Any) -> None:
         text = "\n" + text  # after a document a second signal cut: on a line of its own
     with _signals_wait():
         run.document_begun = True
-        sys.stdout.write(text)
-        sys.stdout.flush()  # out now, not at the end: a signal then cuts nothing
+        _write_whole(text)  # out now, not at the end: a signal then cuts nothing
         run.document_printed = True
+
+
+def _write_whole(text: str) -> None:
+    """``text`` on stdout, all of it, flushed. A signal whose handler returns (one
+    :func:`_signals_wait` holds back) interrupts a write blocked on a full pipe after
+    part of it went out: an unbuffered stdout (``PYTHONUNBUFFERED=1``, as container
+    images set it; ``python -u``) then returns that short count, and Python's text
+    writer drops the rest without a word (64 KiB of a document said to be whole). So
+    the bytes are written until none is left."""
+    stream = sys.stdout
+    binary = getattr(stream, "buffer", None)
+    if binary is None:  # a library's stdout (io.StringIO): no pipe under it
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()  # what the text layer holds goes first
+    left = memoryview(text.encode(stream.encoding or "utf-8", "backslashreplace"))
+    while left:
+        written = binary.write(left)
+        if written is None:  # a non-blocking stdout that would block
+            raise BlockingIOError(errno.EAGAIN, "stdout would block")
+        left = left[written:]
+    binary.flush()
 
 
 _WAITING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
