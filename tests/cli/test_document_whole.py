@@ -175,3 +175,36 @@ def test_a_reader_gone_within_a_big_document_on_an_unbuffered_stdout_is_a_broken
     _, err = process.communicate(timeout=300)
     assert process.returncode == cli.EXIT_BROKEN_PIPE
     assert "Traceback" not in err.decode()
+
+
+class _CutEachTime(io.StringIO):
+    """A stdout that gets two Ctrl-C within each document written: the plan's, then the
+    error document's that follows it, so the last Ctrl-C escapes the command."""
+
+    cut = 0
+
+    def write(self, text: str) -> int:
+        if not text.lstrip("\n").startswith("{") or self.cut == 2:
+            return super().write(text)
+        self.cut += 1
+        super().write(text[:20])
+        os.kill(os.getpid(), signal.SIGINT)  # waits for the document's end
+        os.kill(os.getpid(), signal.SIGINT)  # cuts it
+        return super().write(text[20:])  # never reached
+
+
+def test_ctrl_c_cutting_the_error_document_too_leaves_the_last_one_on_its_own_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The error document of a cut document was cut too: the Ctrl-C escaping the command
+    # has k3snet.__main__ say it, and it followed the cut one on the same line.
+    from k3snet import __main__ as entry  # noqa: PLC0415
+
+    stdout = _CutEachTime()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "argv", ["k3snet", "plan", "-f", str(SEED), "--backend",
+                                      "memory", "--no-facts", "--output", "json"])
+    monkeypatch.setenv("K3SNET_FULL_EXIT", "1")  # end() returns the code
+    assert entry.main() == cli.EXIT_INTERRUPTED
+    *cut, last = stdout.getvalue().split("\n{\n")
+    assert len(cut) == 2  # the plan's and the first error document's beginnings
+    assert json.loads("{\n" + last)["error"]["type"] == "SIGINT"
