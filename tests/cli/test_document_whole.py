@@ -208,3 +208,30 @@ def test_ctrl_c_cutting_the_error_document_too_leaves_the_last_one_on_its_own_li
     *cut, last = stdout.getvalue().split("\n{\n")
     assert len(cut) == 2  # the plan's and the first error document's beginnings
     assert json.loads("{\n" + last)["error"]["type"] == "SIGINT"
+
+
+class _CutBySigterm(io.StringIO):
+    """A stdout that gets Ctrl-C, then SIGTERM, while the apply's document is written."""
+
+    def write(self, text: str) -> int:
+        if self.tell() or len(text) < 1000:  # the big document only, once
+            return super().write(text)
+        super().write(text[:100])
+        os.kill(os.getpid(), signal.SIGINT)  # waits for the document's end
+        os.kill(os.getpid(), signal.SIGTERM)  # cuts it
+        return super().write(text[100:])  # never reached
+
+
+def test_a_sigterm_cutting_the_document_a_ctrl_c_waited_for_is_the_end_said(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The Ctrl-C that waited is not run once the SIGTERM cut the document: its
+    # KeyboardInterrupt took the SIGTERM's place, exit 130 and an error document of
+    # type SIGINT, of a command that SIGTERM ended.
+    stdout = _CutBySigterm()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    with pytest.raises(SystemExit) as ended:
+        main(["apply", "-f", str(SEED), "--backend", "memory", "--no-facts",
+              "--output", "json"])
+    assert ended.value.code == cli.EXIT_TERMINATED
+    _, _, after = stdout.getvalue().partition("\n{\n")
+    assert json.loads("{\n" + after)["error"]["type"] == "SIGTERM"
