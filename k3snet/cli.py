@@ -1553,6 +1553,8 @@ def _write_whole(text: str) -> None:
     writer drops the rest without a word (64 KiB of a document said to be whole). So
     the bytes are written until none is left."""
     stream = sys.stdout
+    if stream is None:  # a process started without one (pythonw): print() writes nothing
+        return
     binary = getattr(stream, "buffer", None)
     if binary is None:  # a library's stdout (io.StringIO): no pipe under it
         stream.write(text)

@@ -235,3 +235,13 @@ def test_a_sigterm_cutting_the_document_a_ctrl_c_waited_for_is_the_end_said(
     assert ended.value.code == cli.EXIT_TERMINATED
     _, _, after = stdout.getvalue().partition("\n{\n")
     assert json.loads("{\n" + after)["error"]["type"] == "SIGTERM"
+
+
+def test_a_document_for_no_stdout_at_all_is_dropped_as_print_drops_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # sys.stdout is None in a process started without one (a daemon's library call,
+    # pythonw): print() writes nothing there; writing the document whole raised
+    # AttributeError, an internal error and exit 1 for a plan that was made.
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--output", "json"]) == cli.EXIT_CHANGES
