@@ -70,6 +70,8 @@ def _interrupted_early(argv: list[str], run: Run | None) -> None:
         if asks_json(given):
             import json  # noqa: PLC0415 - only here: --version must stay cheap
 
+            if run is not None and run.document_begun:  # after one a signal cut
+                sys.stdout.write("\n")  # on a line of its own, as the CLI's own
             sys.stdout.write(json.dumps({"format": 1, "kind": "error", "error": {  # JSON_FORMAT
                 "type": "SIGINT", "message": message, "problems": []}},
                 indent=2, sort_keys=True) + "\n")

@@ -656,8 +656,9 @@ def _run(args: argparse.Namespace) -> int:
             if not _logged_by_agent(args, _os_error(exc)):
                 print(f"k3snet: error: {printable(_os_error(exc))}", file=sys.stderr)
             if _json(args):
-                _print_error_json(args.run, type(exc).__name__, _os_error(exc))
-        return EXIT_ERROR
+                _print_error_json(args.run, type(exc).__name__,
+                                  _with_notes(exc, _os_error(exc)))
+        return _failed_code(exc)
     except KeyboardInterrupt as exc:
         return _interrupted(args, exc)
     except _Stopped as exc:  # SIGTERM, SIGHUP: sigterm_undoes's SystemExit
@@ -673,8 +674,23 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"k3snet: internal error: {printable_lines(message)}",
                       file=sys.stderr)
             if _json(args):
-                _print_error_json(args.run, "InternalError", message)
-        return EXIT_ERROR
+                _print_error_json(args.run, "InternalError", _with_notes(exc, message))
+        return _failed_code(exc)
+
+
+def _failed_code(exc: Exception) -> int:
+    """The exit code of a command that failed with ``exc``, not one of k3snet's errors
+    (an ``OSError`` a backend let through, a bug): 1, or 5 when a destroy through several
+    backends had removed through the earlier ones before it (that stays removed:
+    :func:`~k3snet.converge.removed_before`), as :func:`error_code` says of k3snet's."""
+    return EXIT_HALF_CHANGED if removed_before(exc) else EXIT_ERROR
+
+
+def _with_notes(exc: BaseException, message: str) -> str:
+    """``message`` and the notes of ``exc`` below it, as the ``error`` document of a
+    k3snet error has them (what a destroy through several backends removed before the
+    one that failed, which stays)."""
+    return "\n".join([message, *getattr(exc, "__notes__", ())])
 
 
 FAILURE_CODES = frozenset({EXIT_ERROR, EXIT_HALF_CHANGED, EXIT_USAGE, EXIT_BUSY,
@@ -1525,9 +1541,33 @@ def _print_json(run: Run, data: Any) -> None:
         text = "\n" + text  # after a document a second signal cut: on a line of its own
     with _signals_wait():
         run.document_begun = True
-        sys.stdout.write(text)
-        sys.stdout.flush()  # out now, not at the end: a signal then cuts nothing
+        _write_whole(text)  # out now, not at the end: a signal then cuts nothing
         run.document_printed = True
+
+
+def _write_whole(text: str) -> None:
+    """``text`` on stdout, all of it, flushed. A signal whose handler returns (one
+    :func:`_signals_wait` holds back) interrupts a write blocked on a full pipe after
+    part of it went out: an unbuffered stdout (``PYTHONUNBUFFERED=1``, as container
+    images set it; ``python -u``) then returns that short count, and Python's text
+    writer drops the rest without a word (64 KiB of a document said to be whole). So
+    the bytes are written until none is left."""
+    stream = sys.stdout
+    if stream is None:  # a process started without one (pythonw): print() writes nothing
+        return
+    binary = getattr(stream, "buffer", None)
+    if binary is None:  # a library's stdout (io.StringIO): no pipe under it
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()  # what the text layer holds goes first
+    left = memoryview(text.encode(stream.encoding or "utf-8", "backslashreplace"))
+    while left:
+        written = binary.write(left)
+        if written is None:  # a non-blocking stdout that would block
+            raise BlockingIOError(errno.EAGAIN, "stdout would block")
+        left = left[written:]
+    binary.flush()
 
 
 _WAITING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -1284,3 +1284,52 @@ def test_a_check_mode_task_stopped_by_sigterm_says_no_apply_was_undone(
     result = json.loads(capsys.readouterr().out)
     assert (result["failed"], result["changed"], result["rc"]) == (True, False, 143)
     assert result["msg"] == "stopped by SIGTERM: nothing was changed"
+
+
+def test_state_absent_failing_with_an_os_error_between_two_backends_has_rc_5_and_changed(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # An OSError the second backend lets through (EPERM, a tool gone) after the first
+    # one's removal: rc 1, changed false and a msg without what stays removed.
+    testing = pytest.importorskip("ansible.module_utils.testing")
+    module = load_module()
+    first = k3snet.MemoryBackend(k3snet.State(owned=[k3snet.Sysctl("net.ipv4.ip_forward", "1")]))
+    second = k3snet.MemoryBackend(k3snet.State(owned=[
+        k3snet.Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+
+    def refused(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError(13, "Operation not permitted")
+
+    monkeypatch.setattr(second, "apply", refused)
+    monkeypatch.setattr(module, "discover", lambda _params, _stack: attrs.make_class(
+        "Found", {"groups": attrs.field(factory=lambda: [first, second])})())
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
+    with testing.patch_module_args({"state": "absent"}), pytest.raises(SystemExit):
+        module.main()
+    result = json.loads(capsys.readouterr().out)
+    assert (result["failed"], result["changed"], result["rc"]) == (True, True, 5)
+    assert result["msg"].startswith("Operation not permitted\n")
+    assert "removed before memory failed, and not undone: memory: 1 change(s)" in result["msg"]
+
+
+def test_a_failed_apply_whose_error_has_a_note_but_was_rolled_back_is_not_changed(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Any note on the error made the task changed (meant for destroy_each's "removed
+    # before"): an apply with allow_conflicts notes the conflicts it left out, and its
+    # failure was rolled back: the node is as it was.
+    testing = pytest.importorskip("ansible.module_utils.testing")
+    module = load_module()
+    failed = k3snet.ApplyError("memory: change 1 of 1 failed; rolled back")
+    failed.add_note("foreign state also conflicts with the spec, left out of this apply: x")
+
+    def run(_module: object) -> None:
+        raise failed
+
+    monkeypatch.setattr(module, "run", run)
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
+    spec = {"destinations": [{"cidr": "192.168.2.0/24"}]}
+    with testing.patch_module_args({"spec": spec, "allow_conflicts": True}), \
+            pytest.raises(SystemExit):
+        module.main()
+    result = json.loads(capsys.readouterr().out)
+    assert (result["failed"], result["changed"], result["rc"]) == (True, False, 1)
+    assert "left out of this apply" in result["msg"]

@@ -129,6 +129,28 @@ def test_a_destroy_whose_later_backend_failed_names_what_stays_removed_in_its_do
             in document["error"]["message"])
 
 
+@pytest.mark.parametrize(("failure", "kind"), [
+    (PermissionError(13, "Operation not permitted"), "PermissionError"),
+    (RuntimeError("a bug"), "InternalError")])
+def test_a_destroy_whose_later_backend_failed_not_with_a_k3snet_error_still_exits_5(
+        node: dict[str, MemoryBackend], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch, failure: Exception, kind: str) -> None:
+    # An OSError a backend lets through (EPERM, a tool gone), or a bug, after the earlier
+    # backends' removal: exit 1 ("nothing was applied, or it was rolled back") and a
+    # document without what stays removed, as only k3snet's own errors were read for it.
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise failure
+
+    monkeypatch.setattr(node["fake-ipt"], "apply", fail)
+    assert main(["destroy", "--auto-approve", "--no-facts", "--output", "json"]) == 5
+    document: dict[str, Any] = json.loads(capsys.readouterr().out)
+    jsonschema.Draft202012Validator(load_schema("error")).validate(document)
+    assert document["error"]["type"] == kind
+    assert ("removed before memory failed, and not undone: memory+memory: 3 change(s)"
+            in document["error"]["message"])
+    assert not node["fake-netlink"].observe().owned
+
+
 def test_a_destroy_whose_first_backend_failed_exits_1_nothing_removed(
         node: dict[str, MemoryBackend], capsys: pytest.CaptureFixture[str]) -> None:
     # Nothing was removed before the failure (each backend all or nothing): the node is

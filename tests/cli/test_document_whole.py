@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,134 @@ def test_ctrl_c_that_waited_for_a_document_the_reader_left_still_ends_with_130(
     monkeypatch.setattr(cli, "_drop_stdout", lambda: None)
     assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
                  "--output", "json"]) == cli.EXIT_INTERRUPTED
+
+
+def _blocked_in_its_write_again(pid: int) -> bool:
+    """Whether ``pid`` is back in a write to the full pipe, no signal pending: a signal
+    sent to it was handled (the kernel takes a pending signal on the way out of the
+    write, so blocked in one with none pending, it has run its handler since)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    pending = [line.split()[1] for line in status.splitlines()
+               if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return (all(int(mask, 16) == 0 for mask in pending)
+            and Path(f"/proc/{pid}/wchan").read_text() == "anon_pipe_write")
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="Linux /proc")
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_ctrl_c_while_the_reader_does_not_read_still_leaves_the_document_whole(
+        tmp_path: Path, unbuffered: str) -> None:
+    # The signal interrupts the write blocked on the full pipe: the kernel says how much
+    # of it went out (a short write). Python's unbuffered stdout (PYTHONUNBUFFERED=1, as
+    # container images set it; python -u) returns that short count once the handler
+    # (waiting for the document) returned, and the text writer above it dropped the
+    # rest: 64 KiB of the document, exit 130 and no error document, as if it were whole.
+    # Read here only once k3snet has handled Ctrl-C (no timing: it is written or blocked).
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"K3SNET_FULL_EXIT", "PYTHONUNBUFFERED"}}
+    env["PYTHONUNBUFFERED"] = unbuffered
+    process = subprocess.Popen(
+        [sys.executable, "-c", RUN, "plan", "-f", str(_big_spec(tmp_path)), "--backend",
+         "memory", "--no-facts", "--output", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert process.stdout is not None
+    first = os.read(process.stdout.fileno(), 1)
+    while not _blocked_in_its_write_again(process.pid):  # the document is still written
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    while process.poll() is None and not _blocked_in_its_write_again(process.pid):
+        time.sleep(0.01)
+    out, err = process.communicate(timeout=300)
+    assert len(first + out) > 1 << 18
+    assert json.loads(first + out)["kind"] == "plan"
+    assert process.returncode == cli.EXIT_INTERRUPTED
+    assert "Traceback" not in err.decode()
+
+
+def test_a_reader_gone_within_a_big_document_on_an_unbuffered_stdout_is_a_broken_pipe(
+        tmp_path: Path) -> None:
+    # `k3snet plan -o json | head -c 10` with PYTHONUNBUFFERED=1: the write blocked on the
+    # full pipe returns the part that went out when the reader goes, and Python's text
+    # layer dropped the rest: exit 2 (changes pending), as if the reader had it all.
+    env = {k: v for k, v in os.environ.items() if k != "K3SNET_FULL_EXIT"}
+    env["PYTHONUNBUFFERED"] = "1"
+    process = subprocess.Popen(
+        [sys.executable, "-c", RUN, "plan", "-f", str(_big_spec(tmp_path)), "--backend",
+         "memory", "--no-facts", "--output", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert process.stdout is not None
+    assert os.read(process.stdout.fileno(), 10).startswith(b"{")
+    process.stdout.close()
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == cli.EXIT_BROKEN_PIPE
+    assert "Traceback" not in err.decode()
+
+
+class _CutEachTime(io.StringIO):
+    """A stdout that gets two Ctrl-C within each document written: the plan's, then the
+    error document's that follows it, so the last Ctrl-C escapes the command."""
+
+    cut = 0
+
+    def write(self, text: str) -> int:
+        if not text.lstrip("\n").startswith("{") or self.cut == 2:
+            return super().write(text)
+        self.cut += 1
+        super().write(text[:20])
+        os.kill(os.getpid(), signal.SIGINT)  # waits for the document's end
+        os.kill(os.getpid(), signal.SIGINT)  # cuts it
+        return super().write(text[20:])  # never reached
+
+
+def test_ctrl_c_cutting_the_error_document_too_leaves_the_last_one_on_its_own_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The error document of a cut document was cut too: the Ctrl-C escaping the command
+    # has k3snet.__main__ say it, and it followed the cut one on the same line.
+    from k3snet import __main__ as entry  # noqa: PLC0415
+
+    stdout = _CutEachTime()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "argv", ["k3snet", "plan", "-f", str(SEED), "--backend",
+                                      "memory", "--no-facts", "--output", "json"])
+    monkeypatch.setenv("K3SNET_FULL_EXIT", "1")  # end() returns the code
+    assert entry.main() == cli.EXIT_INTERRUPTED
+    *cut, last = stdout.getvalue().split("\n{\n")
+    assert len(cut) == 2  # the plan's and the first error document's beginnings
+    assert json.loads("{\n" + last)["error"]["type"] == "SIGINT"
+
+
+class _CutBySigterm(io.StringIO):
+    """A stdout that gets Ctrl-C, then SIGTERM, while the apply's document is written."""
+
+    def write(self, text: str) -> int:
+        if self.tell() or len(text) < 1000:  # the big document only, once
+            return super().write(text)
+        super().write(text[:100])
+        os.kill(os.getpid(), signal.SIGINT)  # waits for the document's end
+        os.kill(os.getpid(), signal.SIGTERM)  # cuts it
+        return super().write(text[100:])  # never reached
+
+
+def test_a_sigterm_cutting_the_document_a_ctrl_c_waited_for_is_the_end_said(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The Ctrl-C that waited is not run once the SIGTERM cut the document: its
+    # KeyboardInterrupt took the SIGTERM's place, exit 130 and an error document of
+    # type SIGINT, of a command that SIGTERM ended.
+    stdout = _CutBySigterm()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    with pytest.raises(SystemExit) as ended:
+        main(["apply", "-f", str(SEED), "--backend", "memory", "--no-facts",
+              "--output", "json"])
+    assert ended.value.code == cli.EXIT_TERMINATED
+    _, _, after = stdout.getvalue().partition("\n{\n")
+    assert json.loads("{\n" + after)["error"]["type"] == "SIGTERM"
+
+
+def test_a_document_for_no_stdout_at_all_is_dropped_as_print_drops_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # sys.stdout is None in a process started without one (a daemon's library call,
+    # pythonw): print() writes nothing there; writing the document whole raised
+    # AttributeError, an internal error and exit 1 for a plan that was made.
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--output", "json"]) == cli.EXIT_CHANGES

@@ -178,7 +178,9 @@ changed:
     - Whether the plan had changes (in check mode, whether it would).
     - A failed task changed nothing (the backends roll back what they did), but when
       undoing a failed apply failed too; then C(changed) is true, as the node may be
-      half-changed (C(msg) names the change that failed).
+      half-changed (C(msg) names the change that failed). So with O(state=absent) through
+      several backends, when a later one fails after an earlier one's removal, which
+      stays (C(msg) names it, C(rc) is V(5)).
   returned: always
   type: bool
 msg:
@@ -292,6 +294,7 @@ try:
     from k3snet.backends.registry import create_backend, path_options
     from k3snet.cli import (
         EXIT_ERROR,
+        EXIT_HALF_CHANGED,
         EXIT_USAGE,
         NOTHING_TO_DESTROY,
         disruptive_notes,
@@ -305,6 +308,7 @@ try:
         destroy_each,
         facts_namespace,
         reads_node_facts,
+        removed_before,
         route_protocol,
     )
     from k3snet.errors import BackendOptionError, ModelError
@@ -695,18 +699,23 @@ def main() -> None:
         # k3snet's messages name every problem (with its spec path); no traceback. Every
         # failure leaves the node as it was, but an apply whose undo failed too: the node
         # may be half-changed, and Ansible's changed says so.
-        # A note (destroy_each's, the one k3snet adds): what a removal through several
-        # backends had removed before one failed, which stays removed: changed too.
+        # What a removal through several backends had removed before one failed stays
+        # removed: changed too (destroy_each's note says it). Not any note: an apply
+        # with allow_conflicts notes the conflicts left out, and was rolled back.
         notes = getattr(exc, "__notes__", ())
         module.fail_json(**failure("\n".join([str(exc), *notes]), type(exc).__name__,
                                    error_code(exc), getattr(exc, "problems", ()),
                                    changed=isinstance(exc, k3snet.RollbackError)
-                                   or bool(notes)))
+                                   or bool(removed_before(exc))))
     except ParameterError as exc:  # what the CLI's parser refuses (exit 64)
         module.fail_json(**failure(str(exc), "ParameterError", EXIT_USAGE))
     except OSError as exc:  # an unreadable spec_path, a missing tool
         where = f"{exc.filename}: " if exc.filename is not None else ""
-        module.fail_json(**failure(where + (exc.strerror or str(exc)), "OSError", EXIT_ERROR))
+        # A backend's, after an earlier one's removal (state=absent): that stays, rc 5.
+        stays = removed_before(exc)
+        module.fail_json(**failure(
+            "\n".join([where + (exc.strerror or str(exc)), *getattr(exc, "__notes__", ())]),
+            "OSError", EXIT_HALF_CHANGED if stays else EXIT_ERROR, changed=bool(stays)))
     except SystemExit as exc:  # run's sigterm_undoes: a RollbackError above if undoing failed
         signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
         # state=absent through several backends: what the first ones removed stays removed.
