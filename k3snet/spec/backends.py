@@ -45,9 +45,10 @@ Kinds = Callable[[str, Mapping[str, Any]], Iterable[str] | None] | Mapping[str, 
 manages`` (``None``: not known without building it;
 :func:`k3snet.backends.registry.declared_capabilities`), always called with both
 arguments, positionally; or a mapping ``name -> kinds`` (a name it does not hold: not
-known). A callable that cannot take both (``name -> kinds``, the form before options
-were given) and a mapping's bound ``get`` are deprecated: the first is called with the
-name alone, the second read as its mapping, each with a :class:`DeprecationWarning`."""
+known; a mapping that is also callable is called). A callable that cannot take both
+(``name -> kinds``, the form before options were given) and a mapping's bound ``get``
+are deprecated: the first is called with the name alone, the second read as its
+mapping, each with a :class:`DeprecationWarning`."""
 
 
 Paths = Callable[[str], Iterable[str]]
@@ -110,9 +111,9 @@ def backend_option_problems(spec: Spec, declared: Declared,
 def _kinds_of(spec: Spec, kinds: Kinds, name: str) -> Iterable[str] | None:
     """``kinds`` of backend ``name`` with the spec's options for it (the memory backend's
     kinds are its ``capabilities`` option's)."""
-    if isinstance(kinds, Mapping):
-        return kinds.get(name)
-    return kinds(name, spec_backend_options(spec, name))
+    if callable(kinds):
+        return kinds(name, spec_backend_options(spec, name))
+    return kinds.get(name)
 
 
 def _kinds_callable(kinds: Kinds) -> Kinds:
@@ -123,7 +124,7 @@ def _kinds_callable(kinds: Kinds) -> Kinds:
     bound ``get`` (which took the options for its ``default``: a backend it did not know
     "managed" its option names) into its mapping, and a callable that cannot be called
     with two positional arguments into one called with the name alone."""
-    if isinstance(kinds, Mapping):
+    if not callable(kinds):  # a mapping; a callable one (a registry) is called, as before
         return kinds
     owner = getattr(kinds, "__self__", None)
     if isinstance(owner, Mapping) and getattr(kinds, "__name__", None) == "get":
@@ -209,7 +210,8 @@ def check_backend_options(spec: Spec, declared: Declared, names: Iterable[str] |
     usually :func:`k3snet.backends.registry.declared_capabilities` (two backends of one
     kind refused).
     """
+    # The deprecated forms of kinds= read here, so the warning names the caller's line.
     problems = backend_option_problems(spec, declared, names, paths=paths, values=values,
-                                       kinds=kinds)
+                                       kinds=None if kinds is None else _kinds_callable(kinds))
     if problems:
         raise SpecError(problems, source=source)

@@ -13,6 +13,7 @@ from k3snet.model import Route
 from k3snet.planner import Plan
 from k3snet.testing import run_conformance
 from k3snet.testing import strategies as ks
+from tests.edge_examples import edge_routes
 
 _MAX = 2**32 - 1
 
@@ -58,3 +59,48 @@ def test_the_conformance_suite_adds_the_edges_its_objects_strategy_draws() -> No
         run_conformance(lambda: _recording(seen, ["route"]), objects=ks.routes(4),
                         max_examples=1, max_objects=1)
     assert _edges((4,)) - seen == {"metric"}
+
+
+def test_the_default_edges_are_routes_on_eth0_whatever_hypothesis_draws() -> None:
+    """The default pool's edges were the first routes a scan of 5000 draws met (about
+    four seconds at the first run of each process, each pytest-xdist worker's), other
+    routes under another hypothesis version; they are made, the same everywhere."""
+    added: list[Route] = []
+
+    class Recording(MemoryBackend):
+        def apply(self, plan: Plan) -> ApplyResult:
+            added.extend(c.after for c in plan.changes
+                         if isinstance(c.after, Route) and c.before is None)
+            return super().apply(plan)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        run_conformance(lambda: Recording(capabilities=["route"]), max_examples=1,
+                        max_objects=1)
+    edges = edge_routes()[:-1]  # the last: in the largest table, of the largest metric
+    first = edges[0].destination
+    edges += [Route(first, device="eth0", table=_MAX), Route(first, device="eth0", metric=_MAX)]
+    assert added[-len(edges):] == edges
+
+
+def test_an_objects_strategy_is_scanned_for_its_edges_once_per_process() -> None:
+    """With ``objects=`` each run scanned up to 1000 draws of it again (a run of
+    ``max_examples=20`` took ten times as long as without the scan); a suite running
+    the conformance suite from many tests on one strategy object scans it once."""
+    draws = [0]
+
+    def counted(route: Route) -> Route:
+        draws[0] += 1
+        return route
+
+    objects = ks.routes(4).map(counted)
+    counts = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(2):
+            draws[0] = 0
+            run_conformance(lambda: MemoryBackend(capabilities=["route"]), objects=objects,
+                            max_examples=1, max_objects=1)
+            counts.append(draws[0])
+    assert counts[1] < 100  # the random stages only
+    assert counts[0] > 500  # and the scan (some 1000 draws), made once

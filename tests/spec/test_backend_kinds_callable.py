@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pytest
 
 from k3snet.backends.registry import backend_options, declared_capabilities
 from k3snet.spec import Spec
-from k3snet.spec.backends import Kinds, backend_option_problems, spec_backend_options
+from k3snet.spec.backends import (
+    Kinds,
+    backend_option_problems,
+    check_backend_options,
+    spec_backend_options,
+)
 
 # Both backends have a state_dir option: options taken for kinds would "share" it.
 SPEC = Spec(backends=["netlink", "iptables"],
@@ -117,3 +122,43 @@ def test_the_declared_capabilities_kinds_is_given_the_options_without_a_warning(
         warnings.simplefilter("error")
         assert backend_option_problems(spec, backend_options,
                                        kinds=declared_capabilities) == []
+
+
+def _deprecated_kinds_through(entry: str) -> list[warnings.WarningMessage]:
+    entries: dict[str, Callable[..., object]] = {
+        "check_backend_options": check_backend_options,
+        "backend_option_problems": backend_option_problems}
+    call = entries[entry]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call(SPEC, backend_options, kinds=lambda name: KINDS[name])
+        call(SPEC, backend_options, kinds=KINDS.get)
+    return caught
+
+
+@pytest.mark.parametrize("entry", ["check_backend_options", "backend_option_problems"])
+def test_the_deprecation_warning_names_the_callers_line_through_either_entry(
+        entry: str) -> None:
+    """Through ``check_backend_options`` the warning named k3snet's own line
+    (k3snet/spec/backends.py): Python's default filters show a DeprecationWarning only
+    when it names ``__main__``, so a script calling it never saw it, and a test suite's
+    ``-W error::DeprecationWarning:my_package`` never caught it."""
+    caught = _deprecated_kinds_through(entry)
+    assert [(w.category, w.filename) for w in caught] == [(DeprecationWarning, __file__)] * 2
+
+
+class _Registry(dict[str, type]):
+    """Backend classes by name, and the kinds of each as a callable: a registry."""
+
+    def __call__(self, name: str, options: Mapping[str, Any]) -> Iterable[str] | None:
+        return KINDS.get(name)
+
+
+def test_a_callable_mapping_is_called_as_the_callable_it_was_given_as() -> None:
+    """A mapping that is callable (a registry of backend classes by name, which says the
+    kinds of each when called) was called before mappings were taken; read as a mapping,
+    each backend's kinds were its class, and validate failed on iterating it."""
+    registry = _Registry(netlink=object, iptables=object)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backend_option_problems(SPEC, backend_options, kinds=registry) == []
