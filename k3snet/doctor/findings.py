@@ -779,7 +779,8 @@ def _pmtu_error(state: NodeState, tr: Trace) -> list[Finding]:
             advice="let ICMP errors related to the pods' connections through the forward "
                    "path before that rule (nft: ct state related accept; iptables: -m "
                    "conntrack --ctstate RELATED -j ACCEPT), or take the ICMP type out of "
-                   "the rule; k3snet writes no such rule")]
+                   "the rule (a raw NOTRACK / notrack one too: untracked, the error is not "
+                   "translated back to a masqueraded pod); k3snet writes no such rule")]
     doubtful = [s for s in steps if s.outcome in ("unknown", "drop") and not s.certain]
     if not doubtful:
         return []

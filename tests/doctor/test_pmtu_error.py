@@ -15,10 +15,12 @@ _NAT = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.42.0.0/24 -j MASQU
 
 
 def _findings(*forward: str, policy: str = "ACCEPT", nft: list[list[Any]] | None = None,
-              family: int = 4, protocol: str = "tcp") -> tuple[Verdict, list[Finding]]:
-    """Pods on cni0, every MTU 1500, the filter table's FORWARD chain of ``forward``; an
-    inet table's forward chain of ``nft``'s rules (each a rule's ``expr``, as ``nft -j``
-    prints it); IPv6 with ``family`` 6."""
+              family: int = 4, protocol: str = "tcp", raw: tuple[str, ...] = ()
+              ) -> tuple[Verdict, list[Finding]]:
+    """Pods on cni0, every MTU 1500, the filter table's FORWARD chain of ``forward``, the
+    raw table's PREROUTING chain of ``raw``, the pods masqueraded; an inet table's
+    forward chain of ``nft``'s rules (each a rule's ``expr``, as ``nft -j`` prints it);
+    IPv6 with ``family`` 6."""
     links = (("cni0", "10.42.0.1"), ("eth0", "192.168.1.5"))
     addresses: list[dict[str, Any]] = [{"ifname": name, "mtu": 1500, "flags": ["UP"],
                                         "addr_info": [{"local": local, "prefixlen": 24}]}
@@ -26,8 +28,9 @@ def _findings(*forward: str, policy: str = "ACCEPT", nft: list[list[Any]] | None
     routes = [{"dst": "10.42.0.0/24", "dev": "cni0", "scope": "link"},
               {"dst": "192.168.1.0/24", "dev": "eth0", "scope": "link"},
               {"dst": "default", "gateway": "192.168.1.1", "dev": "eth0"}]
-    saves = (f"*filter\n:FORWARD {policy} [0:0]\n" + "".join(f"-A FORWARD {r}\n" for r in forward)
-             + "COMMIT\n" + _NAT)
+    saves = ("*raw\n:PREROUTING ACCEPT [0:0]\n" + "".join(f"-A PREROUTING {r}\n" for r in raw)
+             + f"COMMIT\n*filter\n:FORWARD {policy} [0:0]\n"
+             + "".join(f"-A FORWARD {r}\n" for r in forward) + "COMMIT\n" + _NAT)
     files = {"addr.json": json.dumps(addresses), "routes-v4.json": json.dumps(routes),
              "iptables-nft-v4.save": saves, "sysctl.txt": "net.ipv4.ip_forward = 1\n"}
     if family == 6:
@@ -162,3 +165,18 @@ def test_a_flow_to_another_pod_of_the_node_has_no_pmtu_error_finding() -> None:
         "sysctl.txt": "net.ipv4.ip_forward = 1\n"}))
     d = diagnose(state, Flow("10.42.0.10", "10.42.0.20", port=5432))
     assert "pmtu-error-dropped" not in [f.code for f in d.findings], d.render()
+
+
+def test_a_raw_notrack_on_icmp_loses_a_masqueraded_pod_s_pmtu_error_at_the_node() -> None:
+    """Untracked, the error is not translated back: addressed to the node's masqueraded
+    address it never reaches the pod, whatever the forward rules (they accept all
+    here). A raw rule on other ICMP types leaves it be."""
+    notrack = "-p icmp -j NOTRACK"
+    verdict, found = _findings(raw=(notrack,))
+    assert verdict is Verdict.REACHES
+    (finding,) = found
+    assert finding.severity == "warning"
+    assert notrack in finding.where
+    assert "not translated back" in finding.where
+    _, found = _findings(raw=("-p icmp -m icmp --icmp-type 8 -j NOTRACK",))
+    assert found == []

@@ -121,3 +121,25 @@ def test_a_forward_policy_drop_accepting_established_alone_drops_the_pmtu_error(
     assert d.verdict is Verdict.REACHES, d.render()
     (finding,) = [f for f in d.findings if f.code == "pmtu-error-dropped"]
     assert "policy drop" in finding.where.lower(), d.render()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_raw_notrack_on_icmp_keeps_a_masqueraded_pod_s_pmtu_error_at_the_node(
+        narrow: DoctorLab, family: Literal[4, 6]) -> None:
+    """A raw rule exempting ICMP from tracking (``-t raw -p icmp -j NOTRACK``, a
+    "lighter conntrack" tweak), every forward rule accepting: the error comes back
+    addressed to the node's masqueraded address and, untracked, is not translated back
+    to the pod (no NAT applies to it): the node takes it as its own, the pod never sees
+    it. The doctor traced it on to the pod as if translated, and said nothing."""
+    topology = Topology(family=family)
+    narrow.configure(topology)
+    tool, proto = ("iptables-nft", "icmp") if family == 4 else ("ip6tables-nft", "ipv6-icmp")
+    run_in(narrow.node, [tool, "-t", "raw", "-A", "PREROUTING", "-p", proto, "-j", "NOTRACK"])
+    hole = _learnt(narrow, topology)
+    d = diagnose(NodeState.from_capture(narrow.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    assert "mtu 1280" not in hole, hole  # the kernel: the pod never learnt it
+    assert d.verdict is Verdict.REACHES, d.render()
+    (finding,) = [f for f in d.findings if f.code == "pmtu-error-dropped"]
+    assert finding.severity == "warning", d.render()
+    assert "NOTRACK" in finding.where, d.render()
