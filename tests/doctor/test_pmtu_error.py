@@ -238,3 +238,16 @@ def test_a_raw_notrack_on_icmp_loses_a_masqueraded_pod_s_pmtu_error_at_the_node(
     assert "not translated back" in finding.where
     _, found = _findings(raw=("-p icmp -m icmp --icmp-type 8 -j NOTRACK",))
     assert found == []
+
+
+@pytest.mark.parametrize(("rule", "drops"), [
+    ("-i eth0 -o cni0 -p icmp -j DROP", True),  # in by the flow's way out, out to the pod
+    ("-i cni0 -p icmp -j DROP", False),  # what the pods send
+    ("-o eth0 -p icmp -j DROP", False),
+    ("-d 10.42.0.10 -p icmp -j DROP", True),  # translated back to the pod before forward
+    ("-d 192.168.1.5 -p icmp -j DROP", False),  # the masqueraded address: prerouting only
+])
+def test_the_pmtu_error_is_forwarded_from_the_flow_s_way_out_to_the_pod(
+        rule: str, drops: bool) -> None:
+    _, found = _findings(rule)
+    assert [f.severity for f in found] == (["warning"] if drops else [])
