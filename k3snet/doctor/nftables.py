@@ -295,9 +295,9 @@ def _field(packet: Packet, left: Any) -> Any:  # noqa: PLR0911, PLR0912 - per ex
                 return packet.src if field == "saddr" else packet.dst
             if field in ("protocol", "nexthdr"):
                 return packet.proto_number
+        if proto in ("icmp", "icmpv6") and packet.proto != proto:
+            return _NoMatch  # nft's hidden ``meta l4proto`` dependency breaks the rule
         if proto in ("icmp", "icmpv6") and field in ("type", "code"):
-            if packet.proto != proto:
-                return _NoMatch  # nft's hidden ``meta l4proto`` dependency breaks the rule
             if packet.icmp is None:
                 raise _Unknown
             return _IcmpNumber(packet.icmp[0 if field == "type" else 1],

@@ -251,3 +251,16 @@ def test_the_pmtu_error_is_forwarded_from_the_flow_s_way_out_to_the_pod(
         rule: str, drops: bool) -> None:
     _, found = _findings(rule)
     assert [f.severity for f in found] == (["warning"] if drops else [])
+
+
+@pytest.mark.parametrize(("family", "expr"), [
+    (4, [_icmp("id", 5), {"drop": None}]),  # icmp id 5 drop
+    (4, [_icmp("gateway", 167772161), {"drop": None}]),  # nft prints it as a number
+    (6, [_icmp("mtu", 1280, proto="icmpv6"), {"drop": None}]),  # icmpv6 mtu 1280 drop
+])
+def test_an_icmp_header_match_never_matches_a_tcp_flow(family: int, expr: list[Any]) -> None:
+    """Any field of the ICMP header carries nft's hidden ``meta l4proto icmp``: on the
+    flow's TCP packets the rule does not match (it was unknown, and the verdict with
+    it, for every field but the type and code)."""
+    verdict, _ = _findings(nft=[expr], family=family)
+    assert verdict is Verdict.REACHES
