@@ -737,12 +737,14 @@ def _cilium_route_mtu(state: NodeState, ingress: str, family: int) -> int | None
     plugin writes that route MTU into the pod's own default route
     (connector.IPv4Routes / IPv6Routes, ``conf.RouteMTU``), the veth keeping the
     device MTU: in tunnel mode the pod sends at most the tunnel's MTU
-    (1450 behind 1500), whatever its interface takes. None: not a Cilium pod, or no
-    such single mtu (a pod's routes the capture does not hold are not guessed)."""
+    (1450 behind 1500), whatever its interface takes. The main table's routes only:
+    with IPsec, those of Cilium's table 200 carry the post-encryption MTU. None: not a
+    Cilium pod, or no such single mtu (a pod's routes the capture does not hold are not
+    guessed)."""
     if not ingress.startswith("lxc"):
         return None
     mtus = {r.mtu for r in state.routes.get(family, ())
-            if r.device == "cilium_host" and r.mtu is not None}
+            if r.device == "cilium_host" and r.mtu is not None and r.table == 254}
     return next(iter(mtus)) if len(mtus) == 1 else None
 
 
@@ -779,7 +781,8 @@ def _pmtu_error(state: NodeState, tr: Trace) -> list[Finding]:
             advice="let ICMP errors related to the pods' connections through the forward "
                    "path before that rule (nft: ct state related accept; iptables: -m "
                    "conntrack --ctstate RELATED -j ACCEPT), or take the ICMP type out of "
-                   "the rule; k3snet writes no such rule")]
+                   "the rule (a raw NOTRACK / notrack one too: untracked, the error is not "
+                   "translated back to a masqueraded pod); k3snet writes no such rule")]
     doubtful = [s for s in steps if s.outcome in ("unknown", "drop") and not s.certain]
     if not doubtful:
         return []

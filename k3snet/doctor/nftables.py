@@ -7,6 +7,7 @@ the ``netdev`` and ``inet`` families as the first prerouting (last postrouting) 
 run on its devices only; each chain of a ``bridge`` table's prerouting, input, output
 and postrouting hooks runs for packets on a bridge. Understood: matches on ``ip``/``ip6``
 ``saddr``/``daddr``/``protocol``/``nexthdr``, ``tcp``/``udp``/``th`` ports, ``tcp flags``,
+``icmp``/``icmpv6`` ``type``/``code`` (by number or nft's names),
 ``meta`` ``l4proto``/``nfproto``/``iifname``/``oifname``/``mark``, ``ct state`` and
 ``ct direction``, with prefixes, ranges, anonymous and named sets; verdicts
 ``accept``, ``drop``, ``reject``, ``jump``, ``goto``, ``return``, verdict maps
@@ -294,12 +295,13 @@ def _field(packet: Packet, left: Any) -> Any:  # noqa: PLR0911, PLR0912 - per ex
                 return packet.src if field == "saddr" else packet.dst
             if field in ("protocol", "nexthdr"):
                 return packet.proto_number
+        if proto in ("icmp", "icmpv6") and packet.proto != proto:
+            return _NoMatch  # nft's hidden ``meta l4proto`` dependency breaks the rule
         if proto in ("icmp", "icmpv6") and field in ("type", "code"):
-            if packet.proto != proto:
-                return _NoMatch  # nft's hidden ``meta l4proto`` dependency breaks the rule
             if packet.icmp is None:
                 raise _Unknown
-            return packet.icmp[0 if field == "type" else 1]
+            return _IcmpNumber(packet.icmp[0 if field == "type" else 1],
+                               _ICMP_NAMES[proto, field])
         if proto in ("tcp", "udp", "th", "sctp") and field in ("sport", "dport"):
             if packet.proto != proto and not (proto == "th" and packet.proto in (
                     "tcp", "udp", "sctp")):
@@ -348,6 +350,8 @@ def _field(packet: Packet, left: Any) -> Any:  # noqa: PLR0911, PLR0912 - per ex
         value = _field(packet, inner)
         if value is _NoMatch:
             return value
+        if isinstance(value, _IcmpNumber) and isinstance(mask, int):
+            return _IcmpNumber(value & mask, value.names)
         if isinstance(value, int) and isinstance(mask, int):
             return value & mask
     raise _Unknown
@@ -355,6 +359,20 @@ def _field(packet: Packet, left: Any) -> Any:  # noqa: PLR0911, PLR0912 - per ex
 
 class _NoMatchType:
     pass
+
+
+class _IcmpNumber(int):
+    """A packet's ICMP (ICMPv6) type or code, with the ``names`` ``nft -j`` prints for
+    such values (``destination-unreachable``, ``frag-needed``): wherever it is compared
+    (a literal, a range, an anonymous or named set, a verdict map's key, a part of a
+    concatenation) the other side may be a name (:func:`_literal`)."""
+
+    names: Mapping[str, int]
+
+    def __new__(cls, value: int, names: Mapping[str, int]) -> _IcmpNumber:
+        number = super().__new__(cls, value)
+        number.names = names
+        return number
 
 
 class _EphemeralType:
@@ -450,6 +468,10 @@ def _literal(right: Any, like: Any) -> Any:
     if isinstance(like, int):
         if isinstance(right, int):
             return right
+        if isinstance(like, _IcmpNumber):
+            if isinstance(right, str) and right in like.names:
+                return like.names[right]
+            raise _Unknown  # a name of nft's this table lacks
         if isinstance(right, str) and right in _SYMBOLS:
             return _SYMBOLS[right]
         raise _Unknown
@@ -576,10 +598,6 @@ def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,
         return match.get("op") == "!="
     op = match.get("op", "==")
     right = match.get("right")
-    payload = left.get("payload") if isinstance(left, Mapping) else None
-    if isinstance(payload, Mapping) and payload.get("protocol") in ("icmp", "icmpv6"):
-        right = _icmp_numbers(right, _ICMP_NAMES.get(
-            (str(payload["protocol"]), str(payload.get("field"))), {}))
     if op in ("<", ">", "<=", ">="):
         if value is _EPHEMERAL:
             raise _Unknown
@@ -591,7 +609,8 @@ def _match(packet: Packet, match: Mapping[str, Any], ruleset: Ruleset,
 
 
 #: nft's names of ICMP and ICMPv6 types and codes (``icmp type destination-unreachable
-#: icmp code frag-needed``, ``icmpv6 type packet-too-big``), which ``nft -j`` prints.
+#: icmp code frag-needed``, ``icmpv6 type packet-too-big``), which ``nft -j`` prints
+#: (:class:`_IcmpNumber`).
 _ICMP_NAMES: dict[tuple[str, str], dict[str, int]] = {
     ("icmp", "type"): {
         "echo-reply": 0, "destination-unreachable": 3, "source-quench": 4, "redirect": 5,
@@ -615,20 +634,6 @@ _ICMP_NAMES: dict[tuple[str, str], dict[str, int]] = {
         "no-route": 0, "admin-prohibited": 1, "addr-unreachable": 3, "port-unreachable": 4,
         "policy-fail": 5, "reject-route": 6},
 }
-
-
-def _icmp_numbers(right: Any, names: Mapping[str, int]) -> Any:
-    """``right`` with the ICMP names it holds (literal, anonymous set, range) as
-    numbers; a name not in ``names`` is left, and is unknown where compared."""
-    if isinstance(right, str) and right in names:
-        return names[right]
-    if isinstance(right, list):
-        return [_icmp_numbers(r, names) for r in right]
-    if isinstance(right, Mapping) and len(right) == 1:
-        (key, value), = right.items()
-        if key in ("set", "range") and isinstance(value, list):
-            return {key: [_icmp_numbers(v, names) for v in value]}
-    return right
 
 
 def _by_op(op: str, inside: bool) -> bool:

@@ -551,7 +551,8 @@ def pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
 
     Conntrack takes it as ``related`` to the flow's connection (as a reply: ``ct
     direction reply``) and translates it back to the pod as it does the replies (of a
-    flow exempted from tracking it finds no connection: ``invalid``). It
+    flow exempted from tracking it finds no connection: ``invalid``; an error a raw rule
+    exempts is not translated at all, and is lost at the node where the flow was). It
     comes in by the interface the flow left by and leaves by the pod's. Its source, a
     router on the way, is not known: rules on it are judged on the destination's
     address. Empty where the flow does not leave the node. The node's own ICMP errors
@@ -573,6 +574,18 @@ def pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
     error, _, dropped = t.hook(error, "prerouting", first=False, part="before-nat")
     if dropped:
         return tuple(t.steps)
+    if error.ctstate == "untracked":
+        # A raw rule exempted the error itself: no NAT applies to it (nf_nat_inet_fn
+        # finds no connection), so it keeps the address the flow was translated to.
+        error = attrs.evolve(error, nat=frozenset())
+        if seen != flow.source:
+            exempt = next(s for s in reversed(t.steps) if s.code == "untracked")
+            t.add("reply", "prerouting", "drop", exempt.where,
+                  f"{exempt.detail.partition(': exempts')[0]}: exempts the ICMP error from "
+                  f"connection tracking, so it is not translated back to the pod: it stays "
+                  f"addressed to {seen}, which the pod never sees", "untracked",
+                  certain=exempt.certain)
+            return tuple(t.steps)
     error = attrs.evolve(error, dst=flow.source)  # conntrack translates it back
     error, _, dropped = t.hook(error, "prerouting", first=False, part="after-nat")
     if dropped:

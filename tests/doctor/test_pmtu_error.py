@@ -15,10 +15,13 @@ _NAT = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.42.0.0/24 -j MASQU
 
 
 def _findings(*forward: str, policy: str = "ACCEPT", nft: list[list[Any]] | None = None,
-              family: int = 4, protocol: str = "tcp") -> tuple[Verdict, list[Finding]]:
-    """Pods on cni0, every MTU 1500, the filter table's FORWARD chain of ``forward``; an
-    inet table's forward chain of ``nft``'s rules (each a rule's ``expr``, as ``nft -j``
-    prints it); IPv6 with ``family`` 6."""
+              family: int = 4, protocol: str = "tcp", raw: tuple[str, ...] = (),
+              sets: dict[str, tuple[str, list[Any]]] | None = None
+              ) -> tuple[Verdict, list[Finding]]:
+    """Pods on cni0, every MTU 1500, the filter table's FORWARD chain of ``forward``, the
+    raw table's PREROUTING chain of ``raw``, the pods masqueraded; an inet table's
+    forward chain of ``nft``'s rules (each a rule's ``expr``, as ``nft -j`` prints it)
+    and the named ``sets`` (name: type, elements); IPv6 with ``family`` 6."""
     links = (("cni0", "10.42.0.1"), ("eth0", "192.168.1.5"))
     addresses: list[dict[str, Any]] = [{"ifname": name, "mtu": 1500, "flags": ["UP"],
                                         "addr_info": [{"local": local, "prefixlen": 24}]}
@@ -26,8 +29,9 @@ def _findings(*forward: str, policy: str = "ACCEPT", nft: list[list[Any]] | None
     routes = [{"dst": "10.42.0.0/24", "dev": "cni0", "scope": "link"},
               {"dst": "192.168.1.0/24", "dev": "eth0", "scope": "link"},
               {"dst": "default", "gateway": "192.168.1.1", "dev": "eth0"}]
-    saves = (f"*filter\n:FORWARD {policy} [0:0]\n" + "".join(f"-A FORWARD {r}\n" for r in forward)
-             + "COMMIT\n" + _NAT)
+    saves = ("*raw\n:PREROUTING ACCEPT [0:0]\n" + "".join(f"-A PREROUTING {r}\n" for r in raw)
+             + f"COMMIT\n*filter\n:FORWARD {policy} [0:0]\n"
+             + "".join(f"-A FORWARD {r}\n" for r in forward) + "COMMIT\n" + _NAT)
     files = {"addr.json": json.dumps(addresses), "routes-v4.json": json.dumps(routes),
              "iptables-nft-v4.save": saves, "sysctl.txt": "net.ipv4.ip_forward = 1\n"}
     if family == 6:
@@ -46,6 +50,9 @@ def _findings(*forward: str, policy: str = "ACCEPT", nft: list[list[Any]] | None
                  "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}
         files["nft-ruleset.json"] = json.dumps({"nftables": [
             {"table": {"family": "inet", "name": "t", "handle": 1}}, {"chain": chain},
+            *({"set": {"family": "inet", "table": "t", "name": name, "type": kind,
+                       "handle": 100 + n, "elem": elem}}
+              for n, (name, (kind, elem)) in enumerate((sets or {}).items())),
             *({"rule": {"family": "inet", "table": "t", "chain": "forward",
                         "handle": 2 + n, "expr": expr}} for n, expr in enumerate(nft))]})
     state = NodeState.from_capture(NodeCapture.from_texts(files))
@@ -133,6 +140,60 @@ def test_nft_icmp_matches_are_judged_on_the_pmtu_error(family: int, expr: list[A
     assert [f.severity for f in found] == (["warning"] if drops else [])
 
 
+def _vmap(key: str, *pairs: tuple[Any, str], proto: str = "icmp") -> dict[str, Any]:
+    return {"vmap": {"key": {"payload": {"protocol": proto, "field": key}},
+                     "data": {"set": [[k, {v: None}] for k, v in pairs]}}}
+
+
+_TO_POD = {"payload": {"protocol": "ip", "field": "daddr"}}
+
+
+@pytest.mark.parametrize(("family", "expr", "sets", "drops"), [
+    # icmp type vmap { destination-unreachable : drop, echo-request : accept }
+    (4, [_vmap("type", ("destination-unreachable", "drop"), ("echo-request", "accept"))],
+     None, True),
+    (4, [_vmap("type", ("time-exceeded", "drop"))], None, False),
+    (6, [_vmap("type", ("packet-too-big", "drop"), proto="icmpv6")], None, True),
+    (4, [_vmap("code", ("frag-needed", "drop"))], None, True),
+    # icmp type @blocked drop (set blocked { type icmp_type; elements = { ... } })
+    (4, [_icmp("type", "@blocked"), {"drop": None}],
+     {"blocked": ("icmp_type", ["destination-unreachable"])}, True),
+    (4, [_icmp("type", "@blocked"), {"drop": None}],
+     {"blocked": ("icmp_type", ["echo-request", "time-exceeded"])}, False),
+    # ip daddr . icmp type { 10.42.0.10 . destination-unreachable } drop (the pod's)
+    (4, [{"match": {"op": "==", "left": {"concat": [_TO_POD, {"payload": {
+        "protocol": "icmp", "field": "type"}}]}, "right": {"set": [{"concat": [
+            "10.42.0.10", "destination-unreachable"]}]}}}, {"drop": None}], None, True),
+    # icmp type & 0xf0 == 0 drop, as nft -j prints it: a name for 0
+    (4, [{"match": {"op": "==", "left": {"&": [{"payload": {"protocol": "icmp",
+                                                             "field": "type"}}, 240]},
+                    "right": "echo-reply"}}, {"drop": None}], None, True),
+])
+def test_nft_icmp_names_in_maps_sets_and_concatenations_are_judged_on_the_pmtu_error(
+        family: int, expr: list[Any], sets: dict[str, tuple[str, list[Any]]] | None,
+        drops: bool) -> None:
+    """nft -j prints ICMP types and codes by name wherever they stand: a verdict map's
+    keys, a named set's elements, a part of a concatenation; they were unknown there
+    (info, not judged), and a ping's verdict with them."""
+    verdict, found = _findings(nft=[expr], family=family, sets=sets)
+    assert verdict is Verdict.REACHES
+    assert [f.severity for f in found] == (["warning"] if drops else [])
+
+
+@pytest.mark.parametrize(("family", "expr", "verdict"), [
+    (4, [_vmap("type", ("echo-request", "drop"))], Verdict.BLOCKED),
+    (4, [_vmap("type", ("echo-reply", "drop"))], Verdict.BLOCKED),
+    (4, [_vmap("type", ("destination-unreachable", "drop"), ("echo-request", "accept"))],
+     Verdict.REACHES),
+    (6, [_vmap("type", ("echo-request", "drop"), proto="icmpv6")], Verdict.BLOCKED),
+    (6, [_vmap("type", ("echo-request", "accept"), ("echo-reply", "accept"),
+               ("destination-unreachable", "drop"), proto="icmpv6")], Verdict.REACHES),
+])
+def test_an_icmp_type_verdict_map_decides_a_ping(family: int, expr: list[Any],
+                                                 verdict: Verdict) -> None:
+    assert _findings(nft=[expr], family=family, protocol="icmp")[0] is verdict
+
+
 @pytest.mark.parametrize(("family", "expr", "verdict"), [
     (4, [_icmp("type", "echo-request"), {"drop": None}], Verdict.BLOCKED),
     (4, [_icmp("type", "echo-reply"), {"drop": None}], Verdict.BLOCKED),  # the reply
@@ -162,3 +223,44 @@ def test_a_flow_to_another_pod_of_the_node_has_no_pmtu_error_finding() -> None:
         "sysctl.txt": "net.ipv4.ip_forward = 1\n"}))
     d = diagnose(state, Flow("10.42.0.10", "10.42.0.20", port=5432))
     assert "pmtu-error-dropped" not in [f.code for f in d.findings], d.render()
+
+
+def test_a_raw_notrack_on_icmp_loses_a_masqueraded_pod_s_pmtu_error_at_the_node() -> None:
+    """Untracked, the error is not translated back: addressed to the node's masqueraded
+    address it never reaches the pod, whatever the forward rules (they accept all
+    here). A raw rule on other ICMP types leaves it be."""
+    notrack = "-p icmp -j NOTRACK"
+    verdict, found = _findings(raw=(notrack,))
+    assert verdict is Verdict.REACHES
+    (finding,) = found
+    assert finding.severity == "warning"
+    assert notrack in finding.where
+    assert "not translated back" in finding.where
+    _, found = _findings(raw=("-p icmp -m icmp --icmp-type 8 -j NOTRACK",))
+    assert found == []
+
+
+@pytest.mark.parametrize(("rule", "drops"), [
+    ("-i eth0 -o cni0 -p icmp -j DROP", True),  # in by the flow's way out, out to the pod
+    ("-i cni0 -p icmp -j DROP", False),  # what the pods send
+    ("-o eth0 -p icmp -j DROP", False),
+    ("-d 10.42.0.10 -p icmp -j DROP", True),  # translated back to the pod before forward
+    ("-d 192.168.1.5 -p icmp -j DROP", False),  # the masqueraded address: prerouting only
+])
+def test_the_pmtu_error_is_forwarded_from_the_flow_s_way_out_to_the_pod(
+        rule: str, drops: bool) -> None:
+    _, found = _findings(rule)
+    assert [f.severity for f in found] == (["warning"] if drops else [])
+
+
+@pytest.mark.parametrize(("family", "expr"), [
+    (4, [_icmp("id", 5), {"drop": None}]),  # icmp id 5 drop
+    (4, [_icmp("gateway", 167772161), {"drop": None}]),  # nft prints it as a number
+    (6, [_icmp("mtu", 1280, proto="icmpv6"), {"drop": None}]),  # icmpv6 mtu 1280 drop
+])
+def test_an_icmp_header_match_never_matches_a_tcp_flow(family: int, expr: list[Any]) -> None:
+    """Any field of the ICMP header carries nft's hidden ``meta l4proto icmp``: on the
+    flow's TCP packets the rule does not match (it was unknown, and the verdict with
+    it, for every field but the type and code)."""
+    verdict, _ = _findings(nft=[expr], family=family)
+    assert verdict is Verdict.REACHES

@@ -36,12 +36,24 @@ _NFT_DROP = """table inet h_pmtu_drop {
  }
 }
 """
+#: The same as verdict maps and a named set, as admins also write them: nft -j prints
+#: their keys and elements by name.
+_NFT_MAPS = """table inet h_pmtu_maps {
+ set blocked6 { type icmpv6_type; elements = { packet-too-big } }
+ chain forward {
+  type filter hook forward priority 0; policy accept;
+  icmp type vmap { echo-request : accept, destination-unreachable : drop }
+  icmpv6 type @blocked6 drop
+ }
+}
+"""
 _XT_DROP = {4: ["iptables-nft", "-I", "FORWARD", "-p", "icmp", "-m", "icmp", "--icmp-type",
                 "fragmentation-needed", "-j", "DROP"],
             6: ["ip6tables-nft", "-I", "FORWARD", "-p", "ipv6-icmp", "-m", "icmp6",
                 "--icmpv6-type", "packet-too-big", "-j", "DROP"]}
 #: How the listing names the rule: nft's words, iptables-save's numbers.
 _NAMED = {("nft", 4): "frag-needed", ("nft", 6): "packet-too-big",
+          ("nft-maps", 4): "destination-unreachable", ("nft-maps", 6): "@blocked6",
           ("iptables", 4): "--icmp-type 3/4", ("iptables", 6): "--icmpv6-type 2"}
 
 
@@ -68,7 +80,7 @@ def _learnt(lab: DoctorLab, topology: Topology) -> str:
     return learnt_mtu_in(pod, topology.family, topology.destination)
 
 
-@pytest.mark.parametrize("tool", ["nft", "iptables"])
+@pytest.mark.parametrize("tool", ["nft", "nft-maps", "iptables"])
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_forward_rule_dropping_the_pmtu_error_is_named_where_the_kernel_loses_it(
         narrow: DoctorLab, family: Literal[4, 6], tool: str) -> None:
@@ -80,8 +92,8 @@ def test_a_forward_rule_dropping_the_pmtu_error_is_named_where_the_kernel_loses_
     clean = diagnose(NodeState.from_capture(narrow.capture()),
                      Flow(topology.pod, topology.destination, port=topology.port))
     assert "pmtu-error-dropped" not in [f.code for f in clean.findings], clean.render()
-    if tool == "nft":
-        run_in(node, ["nft", "-f", "-"], input_text=_NFT_DROP)
+    if tool.startswith("nft"):
+        run_in(node, ["nft", "-f", "-"], input_text=_NFT_DROP if tool == "nft" else _NFT_MAPS)
     else:
         run_in(node, _XT_DROP[family])
     hole = _learnt(narrow, topology)
@@ -121,3 +133,25 @@ def test_a_forward_policy_drop_accepting_established_alone_drops_the_pmtu_error(
     assert d.verdict is Verdict.REACHES, d.render()
     (finding,) = [f for f in d.findings if f.code == "pmtu-error-dropped"]
     assert "policy drop" in finding.where.lower(), d.render()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_raw_notrack_on_icmp_keeps_a_masqueraded_pod_s_pmtu_error_at_the_node(
+        narrow: DoctorLab, family: Literal[4, 6]) -> None:
+    """A raw rule exempting ICMP from tracking (``-t raw -p icmp -j NOTRACK``, a
+    "lighter conntrack" tweak), every forward rule accepting: the error comes back
+    addressed to the node's masqueraded address and, untracked, is not translated back
+    to the pod (no NAT applies to it): the node takes it as its own, the pod never sees
+    it. The doctor traced it on to the pod as if translated, and said nothing."""
+    topology = Topology(family=family)
+    narrow.configure(topology)
+    tool, proto = ("iptables-nft", "icmp") if family == 4 else ("ip6tables-nft", "ipv6-icmp")
+    run_in(narrow.node, [tool, "-t", "raw", "-A", "PREROUTING", "-p", proto, "-j", "NOTRACK"])
+    hole = _learnt(narrow, topology)
+    d = diagnose(NodeState.from_capture(narrow.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    assert "mtu 1280" not in hole, hole  # the kernel: the pod never learnt it
+    assert d.verdict is Verdict.REACHES, d.render()
+    (finding,) = [f for f in d.findings if f.code == "pmtu-error-dropped"]
+    assert finding.severity == "warning", d.render()
+    assert "NOTRACK" in finding.where, d.render()
