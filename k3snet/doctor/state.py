@@ -31,7 +31,7 @@ from k3snet.backends.iptables.mode import detect_mode
 from k3snet.backends.iptables.native import XT_TABLES, native_tables
 from k3snet.backends.iptables.save import TableDump
 from k3snet.backends.iptables.save import parse_save as parse_table_dump
-from k3snet.backends.iptables.table import has_tag
+from k3snet.backends.iptables.table import has_tag, own_chains
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.backends.routed import RoutedBy
 from k3snet.doctor import ipset, iptables, nftables
@@ -477,18 +477,22 @@ class NodeState:
         if dump is None:
             return None
         hook = HOOKS["filter"]
+        # k3snet's own chains, left unread as the backend leaves them: an administrator's
+        # K3SNET-* chain (untagged, or a name k3snet does not write) is read as any other,
+        # and a tagged jump to a main chain of theirs is no hook of k3snet's.
+        ours = own_chains(hook, dump)
         rules = [normalize(tokenize(spec)) if family == 6 else tokenize(spec)
                  for spec in dump.chain(hook.builtin)]
-        jumps = [i for i, line in enumerate(rules)
-                 if line[-2:] in (("-j", hook.main), ("-g", hook.main)) and has_tag(line)]
+        jumps = [i for i, line in enumerate(rules) if hook.main in ours
+                 and line[-2:] in (("-j", hook.main), ("-g", hook.main)) and has_tag(line)]
         before = jumps[0] if jumps else hook_position(rules)
         routed = RoutedBy([(entry.destination, device) for entry in self.routes.get(family, ())
                            if entry.type == "unicast"
                            for device in ([entry.device] if not entry.nexthops
                                           else [d for _, d in entry.nexthops])])
-        found = foreign_blocks(dump, family, before, routed=routed)
-        drops = forward_drops_untracked(dump)
-        accepted = untracked_accepts(dump, family) if drops else ()
+        found = foreign_blocks(dump, family, before, ours=ours, routed=routed)
+        drops = forward_drops_untracked(dump, ours=ours)
+        accepted = untracked_accepts(dump, family, ours=ours) if drops else ()
         for table in PATH_CHAINS:
             found |= path_blocks(tables.get(table), family, forward_drops=drops,
                                  accepted=accepted, routed=routed)
