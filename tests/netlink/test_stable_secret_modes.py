@@ -147,3 +147,25 @@ def test_destroy_gives_back_the_addr_gen_mode_of_a_secret_whose_interface_was_re
     assert _run(ns, tmp_path, "destroy") == 0
     mode = run_in(ns, ["cat", "/proc/sys/net/ipv6/conf/vz/addr_gen_mode"]).stdout.strip()
     assert mode == before["va"]
+
+
+def test_destroy_of_default_stable_secret_gives_back_the_mode_of_an_interface_renamed_since(
+        ns: str, tmp_path: Path) -> None:
+    # default's secret records every interface's mode under its name then: an interface
+    # renamed since (vz, was va) kept mode 2 after destroy, and the one given va's name
+    # since (another interface, made with default's secret: 2) got va's mode; so did
+    # one made again under a deleted one's name (vx).
+    run_in(ns, ["ip", "link", "add", "vx", "type", "veth", "peer", "name", "vy"])
+    _set(ns, {"vx": "3", "vy": "1"})
+    before = _modes(ns)
+    assert _run(ns, tmp_path, "apply",
+                sysctls=f"  net.ipv6.conf.default.stable_secret: '{SECRET}'\n") == 0
+    run_in(ns, ["ip", "link", "set", "va", "name", "vz"])
+    run_in(ns, ["ip", "link", "add", "va", "type", "veth", "peer", "name", "vc"])
+    run_in(ns, ["ip", "link", "del", "vx"])
+    run_in(ns, ["ip", "link", "add", "vx", "type", "veth", "peer", "name", "vy"])
+    assert _run(ns, tmp_path, "destroy") == 0
+    modes = {dev: run_in(ns, ["cat", f"/proc/sys/net/ipv6/conf/{dev}/addr_gen_mode"])
+             .stdout.strip() for dev in ("vz", "va", "vb", "vx", "lo")}
+    assert modes == {"vz": before["va"], "va": "2", "vb": before["vb"], "vx": "2",
+                     "lo": before["lo"]}

@@ -58,3 +58,17 @@ def test_a_sysctl_wanted_under_its_other_name_keeps_forwarding_on_and_what_it_fo
         assert (owned.name, owned.previous) == (new, "0")
         backend.apply(plan(backend.observe(), State()))
     assert forwarding(ns) == "0"
+
+
+def test_ip_forward_given_back_gives_back_the_forwarding_of_an_interface_renamed_since(
+        ns: str, tmp_path: Path) -> None:
+    # d0's switch on beside ip_forward off: recorded at the take-over (the write of 0
+    # at the give-back sets it to 0), under d0's name only, so d0 renamed since was
+    # left at 0 and lost its forwarding.
+    run_in(ns, ["sysctl", "-qw", "net.ipv4.conf.d0.forwarding=1"])
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), State(owned=[Sysctl("net.ipv4.ip_forward", 1)])))
+        run_in(ns, ["ip", "link", "set", "d0", "name", "d9"])
+        backend.apply(plan(backend.observe(), State()))
+    assert forwarding(ns) == "0"
+    assert run_in(ns, ["sysctl", "-n", "net.ipv4.conf.d9.forwarding"]).stdout.strip() == "1"

@@ -700,7 +700,7 @@ class NetlinkBackend(BackendBase):
 
     def _link_indexes(self, data: SysctlState) -> dict[str, int]:
         """The namespace's link indexes by name, when ``data`` ties a sysctl to one."""
-        if not data.links:
+        if not data.links and not data.spread_links:
             return {}
         return {link.name: link.index for link in self._routes.links().values()}
 
@@ -1181,6 +1181,7 @@ class NetlinkBackend(BackendBase):
         if alias in state.owned:
             # Owned under its other name already: the switches as that take-over found them.
             state.spread[name] = dict(state.spread.get(str(alias), {}))
+            state.spread_links[name] = dict(state.spread_links.get(str(alias), {}))
             state.links.pop(name, None)
             return
         # What the spread overwrites and the previous value alone would not give back;
@@ -1189,13 +1190,21 @@ class NetlinkBackend(BackendBase):
         state.spread[name] = {switch: held for switch, held in switches.items()
                               if held != previous or switch in inverted}
         # The interface taken over on: another one of the same name later is not it.
+        # So for a switch of one interface (default's stable_secret: every
+        # interface's addr_gen_mode), whose record follows the interface's rename.
         state.links.pop(name, None)
+        state.spread_links.pop(name, None)
         interface = interface_of(name)
-        if interface is not None:
-            index = {link.name: link.index
-                     for link in self._routes.links().values()}.get(interface)
-            if index is not None:
-                state.links[name] = index
+        on_links = {switch: of for switch in state.spread[name]
+                    if (of := interface_of(switch)) is not None}
+        if interface is None and not on_links:
+            return
+        indexes = {link.name: link.index for link in self._routes.links().values()}
+        if interface is not None and interface in indexes:
+            state.links[name] = indexes[interface]
+        recorded = {switch: indexes[of] for switch, of in on_links.items() if of in indexes}
+        if recorded:
+            state.spread_links[name] = recorded
 
     def _apply_sysctl(self, change: Change, restores: list[Callable[[], None]]) -> None:
         """Make one sysctl change; ``restores`` gets its undo before anything is written."""
@@ -1242,6 +1251,7 @@ class NetlinkBackend(BackendBase):
                 self._write_sysctl(give_back, undo, restores)
             del state.owned[name]
             state.spread.pop(name, None)
+            state.spread_links.pop(name, None)
             state.links.pop(name, None)
             state.released.add(name)
             self._store.save(state)

@@ -310,12 +310,18 @@ class SysctlState:
     links: dict[str, int] = attrs.field(factory=dict)
     """For an owned sysctl of one interface (:func:`interface_of`), that interface's
     index when k3snet took it over: another interface of the same name is not it."""
+    spread_links: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    """For the switches of ``spread`` on one interface, that interface's index when k3snet
+    took ``name`` over, ``{name: {switch: index}}``: the record follows the interface's
+    rename (``default``'s ``stable_secret`` records every interface's ``addr_gen_mode``),
+    and another interface given its name since is not it."""
 
     def copy(self) -> SysctlState:
         """A copy that later changes of this one leave alone."""
         return SysctlState(dict(self.owned), set(self.released),
                            {name: dict(values) for name, values in self.spread.items()},
-                           dict(self.links))
+                           dict(self.links),
+                           {name: dict(values) for name, values in self.spread_links.items()})
 
     def follow(self, indexes: Mapping[str, int]) -> SysctlState:
         """This state with each owned sysctl of an interface renamed since its take-over
@@ -328,6 +334,7 @@ class SysctlState:
         interface is left alone.
         """
         names = {index: name for name, index in indexes.items()}
+        spread, spread_links = self._followed_switches(indexes, names)
         moved: dict[str, str] = {}
         for name, recorded in self.links.items():
             interface = interface_of(name)
@@ -343,16 +350,62 @@ class SysctlState:
         moved = {old: new for old, new in moved.items()
                  if new not in self.owned or new in moved or not self.owns(new, indexes)}
         if not moved:
-            return self
+            if spread == self.spread and spread_links == self.spread_links:
+                return self
+            return SysctlState(dict(self.owned), set(self.released), spread, dict(self.links),
+                               spread_links)
+
         # The switches of a moved one on its own interface (a stable_secret's
         # addr_gen_mode) move with it: under the old name no interface had them, and
-        # the renamed one's mode was not given back.
-        spread = {name: {_on_interface(switch, moved[name]) if name in moved
-                         and interface_of(switch) == interface_of(name) else switch: value
-                         for switch, value in values.items()}
-                  for name, values in self.spread.items()}
+        # the renamed one's mode was not given back. (A record of a switch's interface
+        # moved it already: its interface is then no longer the old name's.)
+        def switch_moved(name: str, switch: str) -> str:
+            if name in moved and interface_of(switch) == interface_of(name):
+                return _on_interface(switch, moved[name])
+            return switch
+
+        spread = {name: {switch_moved(name, switch): value for switch, value in values.items()}
+                  for name, values in spread.items()}
+        spread_links = {name: {switch_moved(name, switch): index
+                               for switch, index in values.items()}
+                        for name, values in spread_links.items()}
         return SysctlState(_renamed(self.owned, moved), self.released - set(moved.values()),
-                           _renamed(spread, moved), _renamed(self.links, moved))
+                           _renamed(spread, moved), _renamed(self.links, moved),
+                           _renamed(spread_links, moved))
+
+    def _followed_switches(self, indexes: Mapping[str, int], names: Mapping[int, str],
+                           ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, int]]]:
+        """``spread`` and ``spread_links`` with each switch recorded with its interface's
+        index under that interface's name now (``indexes``: the namespace's link indexes
+        by name, ``names`` the other way round); the record of a switch whose interface
+        is gone is dropped (another interface given its name is not it)."""
+        spread: dict[str, dict[str, str]] = {}
+        spread_links: dict[str, dict[str, int]] = {}
+        for name, values in self.spread.items():
+            recorded = self.spread_links.get(name, {})
+            kept: dict[str, str] = {}
+            kept_links: dict[str, int] = {}
+            for switch, value in values.items():
+                index = recorded.get(switch)
+                interface = interface_of(switch)
+                new = switch
+                if index is not None and interface is not None \
+                        and indexes.get(interface) != index:
+                    if index not in names:
+                        continue  # its interface is gone
+                    parts = sysctl_path(switch).split("/")
+                    parts[3] = names[index]
+                    try:
+                        new = sysctl_name("/".join(parts))
+                    except ModelError:  # a name no sysctl can spell
+                        continue
+                kept[new] = value
+                if index is not None:
+                    kept_links[new] = index
+            spread[name] = kept
+            if kept_links:
+                spread_links[name] = kept_links
+        return spread, spread_links
 
     def owns(self, name: str, indexes: Mapping[str, int]) -> bool:
         """Whether ``name`` is owned here, on the very interface it was taken over on
@@ -486,12 +539,15 @@ class SysctlStore:
             spread = {str(name): {str(switch): str(value) for switch, value in values.items()}
                       for name, values in data.get("spread", {}).items()}
             links = {str(name): int(index) for name, index in data.get("links", {}).items()}
+            spread_links = {str(name): {str(switch): int(index)
+                                        for switch, index in values.items()}
+                            for name, values in data.get("spread_links", {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BackendError(
                 f"the sysctl state file {self.path} is corrupt ({exc}); k3snet cannot tell "
                 "which sysctls it owns until it is repaired or removed"
             ) from exc
-        return SysctlState(owned, released, spread, links)
+        return SysctlState(owned, released, spread, links, spread_links)
 
     def _mine(self, data: Mapping[str, object]) -> bool:
         """Whether the file's document ``data`` was written for this very namespace: its
@@ -580,6 +636,13 @@ class SysctlStore:
                  if name in state.owned}
         if links:
             data["links"] = links
+        # (a key older versions neither write nor read: they keep to the names)
+        spread_links = {name: {switch: index for switch, index in sorted(values.items())
+                               if switch in spread.get(name, {})}
+                        for name, values in sorted(state.spread_links.items())}
+        spread_links = {name: values for name, values in spread_links.items() if values}
+        if spread_links:
+            data["spread_links"] = spread_links
         try:
             replace_atomically(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n",
                                f".{self.path.name}.", mode=0o755, durable=True)
