@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
 import json
 import logging
 import os
@@ -1556,11 +1557,13 @@ def _write_whole(text: str) -> None:
     stream = sys.stdout
     if stream is None:  # a process started without one (pythonw): print() writes nothing
         return
-    binary = getattr(stream, "buffer", None)
-    if binary is None:  # a library's stdout (io.StringIO): no pipe under it
+    if not isinstance(stream, io.TextIOWrapper) or type(stream).write is not _TEXT_WRITE:
+        # A library's stdout (io.StringIO; a tee, whose write copies the text, a buffer
+        # beside it or none, no encoding; pytest's tee-sys): its own write, as print()'s.
         stream.write(text)
         stream.flush()
         return
+    binary = stream.buffer
     _flushed(stream.flush, binary)  # what the text layer holds goes first
     left = memoryview(text.encode(stream.encoding or "utf-8", "backslashreplace"))
     while left:
@@ -1569,11 +1572,16 @@ def _write_whole(text: str) -> None:
         except BlockingIOError as exc:  # a buffered one: it took this much
             written = exc.characters_written
             _wait_for_room(binary, exc)
+        if written is None and not isinstance(binary, io.RawIOBase):
+            written = len(left)  # a duck-typed writer's None, not a count: it took it
         if written is None:  # an unbuffered one took nothing
             _wait_for_room(binary, BlockingIOError(errno.EAGAIN, "stdout would block"))
             written = 0
         left = left[written:]
     _flushed(binary.flush, binary)
+
+
+_TEXT_WRITE = io.TextIOWrapper.write
 
 
 def _flushed(flush: Callable[[], object], binary: Any) -> None:

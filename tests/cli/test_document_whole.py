@@ -287,3 +287,83 @@ def test_a_big_document_on_a_non_blocking_stdout_is_written_whole_once_the_reade
     assert json.loads(out)["kind"] == "plan"
     assert process.returncode == cli.EXIT_CHANGES
     assert err.decode() == ""
+
+
+class _Tee:
+    """A library's stdout (not a TextIOWrapper): its write copies the text elsewhere too,
+    ``buffer`` the real stdout's binary layer, as such wrappers hand it on."""
+
+    def __init__(self) -> None:
+        self.copied: list[str] = []
+        self.buffer = io.BytesIO()
+
+    def write(self, text: str) -> int:
+        self.copied.append(text)
+        return self.buffer.write(text.encode())
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_document_on_a_stdout_that_is_no_text_wrapper_goes_through_its_own_write(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its bytes went into the stdout's buffer, past the write that copies them.
+    stdout = _Tee()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--output", "json"]) == cli.EXIT_CHANGES
+    assert json.loads("".join(stdout.copied))["kind"] == "plan"
+
+
+class _Writer:
+    """A writer object that is no io class at all, its write returning None."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.kept = b""
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.kept += bytes(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_document_into_a_writer_returning_none_is_written_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # None was read as "would block": BlockingIOError, exit 1 for a plan that was made.
+    writer = _Writer()
+    stdout = io.TextIOWrapper(writer, encoding="utf-8")  # type: ignore[type-var]  # the point
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--output", "json"]) == cli.EXIT_CHANGES
+    assert json.loads(writer.kept)["kind"] == "plan"
+
+
+class _TeeWrapper(io.TextIOWrapper):
+    """A text stdout whose write copies the text too (pytest's --capture=tee-sys)."""
+
+    copied = ""
+
+    def write(self, text: str) -> int:
+        self.copied += text
+        return super().write(text)
+
+
+def test_a_document_on_a_text_wrapper_with_its_own_write_goes_through_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stdout = _TeeWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--output", "json"]) == cli.EXIT_CHANGES
+    assert json.loads(stdout.copied)["kind"] == "plan"
