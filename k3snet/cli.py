@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
 import json
 import logging
 import os
+import select
 import shlex
 import signal
 import socket
@@ -1551,23 +1553,62 @@ def _write_whole(text: str) -> None:
     part of it went out: an unbuffered stdout (``PYTHONUNBUFFERED=1``, as container
     images set it; ``python -u``) then returns that short count, and Python's text
     writer drops the rest without a word (64 KiB of a document said to be whole). So
-    the bytes are written until none is left."""
+    the bytes are written until none is left; on a non-blocking stdout, as room comes."""
     stream = sys.stdout
     if stream is None:  # a process started without one (pythonw): print() writes nothing
         return
-    binary = getattr(stream, "buffer", None)
-    if binary is None:  # a library's stdout (io.StringIO): no pipe under it
+    if not isinstance(stream, io.TextIOWrapper) or type(stream).write is not _TEXT_WRITE:
+        # A library's stdout (io.StringIO; a tee, whose write copies the text, a buffer
+        # beside it or none, no encoding; pytest's tee-sys): its own write, as print()'s.
         stream.write(text)
         stream.flush()
         return
-    stream.flush()  # what the text layer holds goes first
+    binary = stream.buffer
+    _flushed(stream.flush, binary)  # what the text layer holds goes first
     left = memoryview(text.encode(stream.encoding or "utf-8", "backslashreplace"))
     while left:
-        written = binary.write(left)
-        if written is None:  # a non-blocking stdout that would block
-            raise BlockingIOError(errno.EAGAIN, "stdout would block")
+        try:
+            written = binary.write(left)
+        except BlockingIOError as exc:  # a buffered one: it took this much
+            written = exc.characters_written
+            _wait_for_room(binary, exc)
+        if written is None and not isinstance(binary, io.RawIOBase):
+            written = len(left)  # a duck-typed writer's None, not a count: it took it
+        if written is None:  # an unbuffered one took nothing
+            _wait_for_room(binary, BlockingIOError(errno.EAGAIN, "stdout would block"))
+            written = 0
         left = left[written:]
-    binary.flush()
+    _flushed(binary.flush, binary)
+
+
+_TEXT_WRITE = io.TextIOWrapper.write
+
+
+def _flushed(flush: Callable[[], object], binary: Any) -> None:
+    """``flush()``, again as room comes on a non-blocking stdout (:func:`_wait_for_room`)."""
+    while True:
+        try:
+            flush()
+        except BlockingIOError as exc:
+            _wait_for_room(binary, exc)
+        else:
+            return
+
+
+def _wait_for_room(binary: Any, blocked: BlockingIOError) -> None:
+    """Until stdout, non-blocking, takes bytes again (``blocked`` when it cannot tell).
+    O_NONBLOCK is a flag of the pipe or terminal, shared with every process holding it,
+    and another one sets it (a Node.js parent, a CI runner's terminal): the write into
+    the full pipe failed with EAGAIN, the document ended at 64 KiB, exit 1. A signal
+    that waits for the document (:func:`_signals_wait`) lets the wait go on; a second
+    one cuts it, as a write blocked on a blocking stdout."""
+    try:
+        fd = binary.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        raise blocked from None
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.poll()  # the reader gone: POLLERR, and the next write says EPIPE
 
 
 _WAITING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -1333,3 +1333,45 @@ def test_a_failed_apply_whose_error_has_a_note_but_was_rolled_back_is_not_change
     result = json.loads(capsys.readouterr().out)
     assert (result["failed"], result["changed"], result["rc"]) == (True, False, 1)
     assert "left out of this apply" in result["msg"]
+
+
+def test_state_absent_failing_with_a_bug_between_two_backends_has_rc_5_and_changed(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A bug in the second backend after the first one's removal: the CLI exits 5 and says
+    # what stays; the module let it out as a traceback, Ansible's "MODULE FAILURE" with
+    # rc 1 and changed false on a node whose first backend's removal stays.
+    testing = pytest.importorskip("ansible.module_utils.testing")
+    module = load_module()
+    first = k3snet.MemoryBackend(k3snet.State(owned=[k3snet.Sysctl("net.ipv4.ip_forward", "1")]))
+    second = k3snet.MemoryBackend(k3snet.State(owned=[
+        k3snet.Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
+
+    def buggy(*_args: object, **_kwargs: object) -> None:
+        raise KeyError("table")
+
+    monkeypatch.setattr(second, "apply", buggy)
+    monkeypatch.setattr(module, "discover", lambda _params, _stack: attrs.make_class(
+        "Found", {"groups": attrs.field(factory=lambda: [first, second])})())
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
+    with testing.patch_module_args({"state": "absent"}), pytest.raises(SystemExit):
+        module.main()
+    result = json.loads(capsys.readouterr().out)
+    assert (result["failed"], result["changed"], result["rc"]) == (True, True, 5)
+    assert result["error"]["type"] == "InternalError"
+    assert result["msg"].startswith("KeyError: 'table' (a bug: please report it")
+    assert "removed before memory failed, and not undone: memory: 1 change(s)" in result["msg"]
+
+
+def test_a_bug_with_nothing_removed_before_is_still_the_modules_traceback(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only a half-done removal is caught: any other bug stays Ansible's MODULE FAILURE.
+    testing = pytest.importorskip("ansible.module_utils.testing")
+    module = load_module()
+
+    def run(_module: object) -> None:
+        raise KeyError("table")
+
+    monkeypatch.setattr(module, "run", run)
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
+    with testing.patch_module_args({"state": "absent"}), pytest.raises(KeyError):
+        module.main()

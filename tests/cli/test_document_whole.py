@@ -245,3 +245,125 @@ def test_a_document_for_no_stdout_at_all_is_dropped_as_print_drops_it(
     monkeypatch.setattr(sys, "stdout", None)
     assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
                  "--output", "json"]) == cli.EXIT_CHANGES
+
+
+def _waiting_for_room(pid: int, pipe: int) -> bool:
+    """Whether ``pid`` waits in poll() with ``pipe`` (its read end) full: k3snet's wait
+    for a non-blocking stdout to take bytes again (the write refused with EAGAIN)."""
+    import fcntl  # noqa: PLC0415 - Linux only, as /proc
+    import termios  # noqa: PLC0415
+
+    held = fcntl.ioctl(pipe, termios.FIONREAD, b"\0\0\0\0")
+    return (int.from_bytes(held, sys.byteorder) == fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ)
+            and "poll" in Path(f"/proc/{pid}/wchan").read_text())
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="Linux /proc")
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+def test_a_big_document_on_a_non_blocking_stdout_is_written_whole_once_the_reader_reads(
+        tmp_path: Path, unbuffered: str) -> None:
+    # O_NONBLOCK is a flag of the pipe (or terminal) shared with the process that set it
+    # (a Node.js parent, a CI runner's tty): the write into the full pipe failed with
+    # EAGAIN, the document ended at 64 KiB with exit 1 and "stdout would block", the
+    # plan made. Read here only once k3snet waits for room, or has ended (no timing).
+    import fcntl  # noqa: PLC0415 - this test only
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"K3SNET_FULL_EXIT", "PYTHONUNBUFFERED"}}
+    env["PYTHONUNBUFFERED"] = unbuffered
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETFL, fcntl.fcntl(write, fcntl.F_GETFL) | os.O_NONBLOCK)
+    with os.fdopen(read, "rb") as reader:
+        process = subprocess.Popen(
+            [sys.executable, "-c", RUN, "plan", "-f", str(_big_spec(tmp_path)), "--backend",
+             "memory", "--no-facts", "--output", "json"],
+            stdout=write, stderr=subprocess.PIPE, env=env)
+        os.close(write)
+        while process.poll() is None and not _waiting_for_room(process.pid, read):
+            time.sleep(0.01)
+        out = reader.read()
+    _, err = process.communicate(timeout=300)
+    assert len(out) > 1 << 18
+    assert json.loads(out)["kind"] == "plan"
+    assert process.returncode == cli.EXIT_CHANGES
+    assert err.decode() == ""
+
+
+class _Tee:
+    """A library's stdout (not a TextIOWrapper): its write copies the text elsewhere too,
+    ``buffer`` the real stdout's binary layer, as such wrappers hand it on."""
+
+    def __init__(self) -> None:
+        self.copied: list[str] = []
+        self.buffer = io.BytesIO()
+
+    def write(self, text: str) -> int:
+        self.copied.append(text)
+        return self.buffer.write(text.encode())
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_document_on_a_stdout_that_is_no_text_wrapper_goes_through_its_own_write(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its bytes went into the stdout's buffer, past the write that copies them.
+    stdout = _Tee()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--output", "json"]) == cli.EXIT_CHANGES
+    assert json.loads("".join(stdout.copied))["kind"] == "plan"
+
+
+class _Writer:
+    """A writer object that is no io class at all, its write returning None."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.kept = b""
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.kept += bytes(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_document_into_a_writer_returning_none_is_written_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # None was read as "would block": BlockingIOError, exit 1 for a plan that was made.
+    writer = _Writer()
+    stdout = io.TextIOWrapper(writer, encoding="utf-8")  # type: ignore[type-var]  # the point
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--output", "json"]) == cli.EXIT_CHANGES
+    assert json.loads(writer.kept)["kind"] == "plan"
+
+
+class _TeeWrapper(io.TextIOWrapper):
+    """A text stdout whose write copies the text too (pytest's --capture=tee-sys)."""
+
+    copied = ""
+
+    def write(self, text: str) -> int:
+        self.copied += text
+        return super().write(text)
+
+
+def test_a_document_on_a_text_wrapper_with_its_own_write_goes_through_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stdout = _TeeWrapper(io.BytesIO(), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
+                 "--output", "json"]) == cli.EXIT_CHANGES
+    assert json.loads(stdout.copied)["kind"] == "plan"

@@ -716,6 +716,18 @@ def main() -> None:
         module.fail_json(**failure(
             "\n".join([where + (exc.strerror or str(exc)), *getattr(exc, "__notes__", ())]),
             "OSError", EXIT_HALF_CHANGED if stays else EXIT_ERROR, changed=bool(stays)))
+    except Exception as exc:
+        # A bug stays Ansible's MODULE FAILURE with its traceback, but one after an earlier
+        # backend's removal (state=absent) leaves that removal done: rc 5 and changed, the
+        # msg naming what stays, as the CLI's error document (an internal error's).
+        stays = removed_before(exc)
+        if not stays:
+            raise
+        module.fail_json(**failure(
+            "\n".join([f"{type(exc).__name__}: {exc} (a bug: please report it)",
+                       *getattr(exc, "__notes__", ())]),
+            "InternalError", EXIT_HALF_CHANGED, changed=True),
+            exception=traceback.format_exc())
     except SystemExit as exc:  # run's sigterm_undoes: a RollbackError above if undoing failed
         signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
         # state=absent through several backends: what the first ones removed stays removed.
