@@ -552,7 +552,9 @@ def pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
     Conntrack takes it as ``related`` to the flow's connection (as a reply: ``ct
     direction reply``) and translates it back to the pod as it does the replies (of a
     flow exempted from tracking it finds no connection: ``invalid``; an error a raw rule
-    exempts is not translated at all, and is lost at the node where the flow was). It
+    exempts is not translated at all, and is lost at the node where the flow was
+    masqueraded, or at the pod where a DNAT translated it: the packet it quotes names
+    the endpoint, not the Service's address). It
     comes in by the interface the flow left by and leaves by the pod's. Its source, a
     router on the way, is not known: rules on it are judged on the destination's
     address. Empty where the flow does not leave the node. The node's own ICMP errors
@@ -578,13 +580,20 @@ def pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
         # A raw rule exempted the error itself: no NAT applies to it (nf_nat_inet_fn
         # finds no connection), so it keeps the address the flow was translated to.
         error = attrs.evolve(error, nat=frozenset())
-        if seen != flow.source:
+        # Nor is the packet it quotes translated back from a DNAT's endpoint to the
+        # Service's address: the pod finds no socket of its own for the error.
+        quoted = (tr.target, tr.target_port) != (flow.destination, flow.port)
+        if seen != flow.source or quoted:
             exempt = next(s for s in reversed(t.steps) if s.code == "untracked")
+            lost = (f"it stays addressed to {seen}, which the pod never sees"
+                    if seen != flow.source else
+                    f"the packet it quotes stays addressed to {tr.describe_target()}, not "
+                    f"{endpoint_text(flow.destination, flow.port)}, and the pod takes it for "
+                    "no connection of its own")
             t.add("reply", "prerouting", "drop", exempt.where,
                   f"{exempt.detail.partition(': exempts')[0]}: exempts the ICMP error from "
-                  f"connection tracking, so it is not translated back to the pod: it stays "
-                  f"addressed to {seen}, which the pod never sees", "untracked",
-                  certain=exempt.certain)
+                  f"connection tracking, so it is not translated back to the pod: {lost}",
+                  "untracked", certain=exempt.certain)
             return tuple(t.steps)
     error = attrs.evolve(error, dst=flow.source)  # conntrack translates it back
     error, _, dropped = t.hook(error, "prerouting", first=False, part="after-nat")
@@ -829,11 +838,19 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     reply, _, dropped = t.hook(reply, "prerouting", first=False, part="before-nat")
     if dropped:
         return None
-    if reply.ctstate == "untracked" and seen != flow.source:
+    # Untracked, not translated back: to the pod (masqueraded), or from the DNAT's
+    # endpoint to the Service's address (it reaches the pod from an address and port no
+    # socket of the pod is connected to).
+    if reply.ctstate == "untracked" and (
+            seen != flow.source or (answerer, port) != (flow.destination, flow.port)):
         t.add("reply", "prerouting", "drop", "conntrack",
               f"the reply to {seen} is exempted from connection tracking, so it is not "
-              f"translated back to {flow.source}: the node takes it for itself",
-              "reply-untracked")
+              f"translated back to {flow.source}: the node takes it for itself"
+              if seen != flow.source else
+              f"the reply from {endpoint_text(answerer, port)} is exempted from connection "
+              "tracking, so it is not translated back to come from "
+              f"{endpoint_text(flow.destination, flow.port)}: {flow.source} takes it for no "
+              "connection of its own (a TCP reset, a datagram dropped)", "reply-untracked")
         return None
     reply = attrs.evolve(reply, dst=flow.source)  # conntrack translates the reply back
     reply, _, dropped = t.hook(reply, "prerouting", first=False, part="after-nat")
