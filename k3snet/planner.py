@@ -585,7 +585,7 @@ def plan(observed: State, desired: State) -> Plan:
                 adds.append(wanted)
         if note is not None:
             notes.append(note)
-    _set_aside_unreachable_gateways(observed, replaces, adds, notes)
+    _set_aside_unreachable_gateways(observed, deletes, replaces, adds, notes)
     if any(_secret_of(change.after) is not None for change in replaces) or \
             any(_secret_of(obj) is not None for obj in adds):
         _rewrite_addr_gen_modes(have, desired, replaces, adds, notes)
@@ -596,8 +596,9 @@ def plan(observed: State, desired: State) -> Plan:
     return Plan(changes=_ordered_changes(deletes, replaces, adds), notes=notes, held=held)
 
 
-def _set_aside_unreachable_gateways(observed: State, replaces: list[Change],
-                                    adds: list[NetObject], notes: list[Note]) -> None:
+def _set_aside_unreachable_gateways(observed: State, deletes: list[NetObject],
+                                    replaces: list[Change], adds: list[NetObject],
+                                    notes: list[Note]) -> None:
     """A wanted route via a gateway that only a conflicted route of the spec reaches (a
     device route a foreign route holds the place of) is that same conflict, not a change.
 
@@ -612,7 +613,11 @@ def _set_aside_unreachable_gateways(observed: State, replaces: list[Change],
                and n.wanted.gateway is None and n.wanted.device is not None]
     if not blocked:
         return
-    links = [o for o in (*observed.owned, *observed.foreign, *adds)
+    # The routes through a device alone once the plan is applied: not an owned one the
+    # plan deletes (deletes go first) or replaces (by what it becomes).
+    gone = {o.key for o in deletes} | {c.after.key for c in replaces if c.after is not None}
+    kept = (o for o in observed.owned if o.key not in gone)
+    links = [o for o in (*kept, *observed.foreign, *adds, *(c.after for c in replaces))
              if isinstance(o, Route) and o.gateway is None and o.device is not None]
 
     # One verdict per gateway, device and table: 10 000 destinations usually share a few.

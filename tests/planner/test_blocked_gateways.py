@@ -70,3 +70,36 @@ def test_a_gateway_on_another_device_than_the_blocked_route_is_still_added() -> 
     other = Route(via.destination, gateway=via.gateway, device="eth3")
     p = plan(State(foreign=[foreign]), State(owned=[device, other]))
     assert [c.after for c in p.changes] == [other]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_link_route_the_plan_deletes_does_not_reach_the_gateway(family: int) -> None:
+    # The spec's device route moved from a /16 to a /24 a foreign route blocks: the /16
+    # is deleted first, so the kernel refuses the route via the gateway in it.
+    device, via, foreign = _case(family)
+    old = Route(device.destination.supernet(8), device="eth1")
+    forward = Sysctl("net.ipv4.ip_forward", "1")
+    observed = State(owned=[old], foreign=[foreign])
+    desired = State(owned=[forward, device, via])
+    p = plan(observed, desired)
+    assert [(c.action, c.before or c.after) for c in p.changes] == [
+        ("delete", old), ("add", forward)]
+    assert [(n.wanted, n.foreign) for n in p.conflicts] == [(device, foreign), (via, foreign)]
+    assert p.apply_to(observed).owned == p.target(desired)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_link_route_the_plan_replaces_reaches_by_what_it_becomes(family: int) -> None:
+    device, via, foreign = _case(family)
+    wide = device.destination.supernet(8)
+    elsewhere = "10.9.9.9" if family == 4 else "fd00:999::9"
+    # Through the device alone now, via a gateway after: the gateway is no longer reached.
+    old = Route(wide, device="eth1")
+    new = Route(wide, gateway=elsewhere, device="eth1")
+    p = plan(State(owned=[old], foreign=[foreign]), State(owned=[device, new, via]))
+    assert [c.after for c in p.changes] == [new]
+    assert [n.wanted for n in p.conflicts] == [device, via]
+    # And the other way: the route through the device alone the replace makes reaches it.
+    p = plan(State(owned=[new], foreign=[foreign]), State(owned=[device, old, via]))
+    assert [c.after for c in p.changes] == [old, via]
+    assert [n.wanted for n in p.conflicts] == [device]
