@@ -614,11 +614,13 @@ def _set_aside_unreachable_gateways(observed: State, deletes: list[NetObject],
     if not blocked:
         return
     # The routes through a device alone once the plan is applied: not an owned one the
-    # plan deletes (deletes go first) or replaces (by what it becomes).
+    # plan deletes (deletes go first) or replaces (by what it becomes). IPv4 looks the
+    # gateway up at scope link: a device route of scope universe does not reach it.
     gone = {o.key for o in deletes} | {c.after.key for c in replaces if c.after is not None}
     kept = (o for o in observed.owned if o.key not in gone)
     links = [o for o in (*kept, *observed.foreign, *adds, *(c.after for c in replaces))
-             if isinstance(o, Route) and o.gateway is None and o.device is not None]
+             if isinstance(o, Route) and o.gateway is None and o.device is not None
+             and (o.scope != "universe" or o.destination.version == 6)]
 
     # One verdict per gateway, device and table: 10 000 destinations usually share a few.
     @functools.cache

@@ -10,6 +10,7 @@ passes under a conflict applied nothing. The plan sets it aside as the same conf
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from k3snet.model import Route, State
@@ -103,3 +104,18 @@ def test_a_link_route_the_plan_replaces_reaches_by_what_it_becomes(family: int) 
     p = plan(State(owned=[new], foreign=[foreign]), State(owned=[device, old, via]))
     assert [c.after for c in p.changes] == [old, via]
     assert [n.wanted for n in p.conflicts] == [device]
+
+
+def test_an_ipv4_device_route_of_scope_universe_does_not_reach_the_gateway() -> None:
+    # fib_check_nh_v4_gw looks the gateway up at scope link: a route through the device
+    # alone but of scope global (`ip route add 10.100.0.0/16 dev eth1 scope global`) is
+    # skipped, "Nexthop has invalid gateway" (kernel-checked).
+    device, via, foreign = _case(4)
+    wide = Route(device.destination.supernet(8), device="eth1", scope="universe", protocol=4)
+    p = plan(State(foreign=[foreign, wide]), State(owned=[device, via]))
+    assert p.changes == ()
+    assert [n.wanted for n in p.conflicts] == [device, via]
+    # Of scope host it does (the kernel takes it).
+    host = attrs.evolve(wide, scope="host")
+    p = plan(State(foreign=[foreign, host]), State(owned=[device, via]))
+    assert [c.after for c in p.changes] == [via]
