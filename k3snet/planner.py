@@ -613,6 +613,19 @@ def _set_aside_unreachable_gateways(observed: State, deletes: list[NetObject],
                and n.wanted.gateway is None and n.wanted.device is not None]
     if not blocked:
         return
+
+    def behind(route: NetObject | None) -> tuple[Route, NetObject] | None:
+        """The blocked device route of the spec that would reach ``route``'s gateway."""
+        if not isinstance(route, Route) or route.gateway is None or route.device is None:
+            return None
+        for wanted, foreign in blocked:
+            if (wanted.device == route.device and route.gateway in wanted.destination
+                    and wanted.table in (route.table, MAIN_TABLE)):
+                return wanted, foreign
+        return None
+
+    if not any(behind(o) for o in adds) and not any(behind(c.after) for c in replaces):
+        return  # the links below are read only for a route behind one (every agent pass)
     # The routes through a device alone once the plan is applied: not an owned one the
     # plan deletes (deletes go first) or replaces (by what it becomes). IPv4 looks the
     # gateway up at scope link: a device route of scope universe does not reach it.
@@ -633,13 +646,11 @@ def _set_aside_unreachable_gateways(observed: State, deletes: list[NetObject],
         return reached_by(route.gateway, route.device, route.table)
 
     def blocker(route: NetObject | None) -> tuple[Route, NetObject] | None:
-        if not isinstance(route, Route) or route.gateway is None or route.device is None:
+        found = behind(route)
+        if found is None:
             return None
-        for wanted, foreign in blocked:
-            if (wanted.device == route.device and route.gateway in wanted.destination
-                    and wanted.table in (route.table, MAIN_TABLE) and not reached(route)):
-                return wanted, foreign
-        return None
+        assert isinstance(route, Route)
+        return None if reached(route) else found
 
     def reason(route: Route, wanted: Route) -> str:
         assert route.gateway is not None
@@ -647,21 +658,28 @@ def _set_aside_unreachable_gateways(observed: State, deletes: list[NetObject],
                 f"only by the spec's route to {wanted.destination}, which that foreign "
                 f"route blocks")
 
+    # Each list rebuilt in one pass: a list.remove() per route set aside compared it with
+    # every add before it (10 000 adds and 2 000 such routes: 8 s of plan, not 0.06).
     before = len(notes)
-    for obj in list(adds):
+    kept_adds: list[NetObject] = []
+    for obj in adds:
         found = blocker(obj)
-        if found is not None:
+        if found is None:
+            kept_adds.append(obj)
+        else:
             assert isinstance(obj, Route)
-            adds.remove(obj)
             notes.append(Note("conflict", obj, found[1], reason=reason(obj, found[0])))
-    for change in list(replaces):
+    kept_replaces: list[Change] = []
+    for change in replaces:
         found = blocker(change.after)
-        if found is not None:
+        if found is None:
+            kept_replaces.append(change)
+        else:
             assert isinstance(change.after, Route)
-            replaces.remove(change)
             notes.append(Note("conflict", change.after, found[1],
                               reason=reason(change.after, found[0]), owned=change.before))
     if len(notes) > before:
+        adds[:], replaces[:] = kept_adds, kept_replaces
         notes.sort(key=_wanted_order)
 
 
