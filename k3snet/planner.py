@@ -618,6 +618,8 @@ def _set_aside_unreachable_gateways(observed: State, deletes: list[NetObject],
         """The blocked device route of the spec that would reach ``route``'s gateway."""
         if not isinstance(route, Route) or route.gateway is None or route.device is None:
             return None
+        if route.gateway.version == 6 and route.gateway.is_link_local:
+            return None  # ip6_validate_gw looks it up nowhere: on every link
         for wanted, foreign in blocked:
             if (wanted.device == route.device and route.gateway in wanted.destination
                     and wanted.table in (route.table, MAIN_TABLE)):

@@ -143,3 +143,15 @@ def test_setting_routes_aside_compares_no_add_with_the_others(
     assert [c.after for c in p.changes] == others
     assert [n.wanted for n in p.conflicts] == [device, *vias]
     assert compared < len(others)
+
+
+def test_an_ipv6_link_local_gateway_is_never_behind_a_blocked_route() -> None:
+    # ip6_validate_gw looks no link-local gateway up (on every link), as the netlink
+    # backend's check: the kernel writes the route via it whatever the routes
+    # (kernel-checked: fe80::/64 on eth2 alone, `via fe80::1 dev eth1` written).
+    device = Route("fe80::/64", device="eth1")
+    foreign = Route("fe80::/64", device="eth2", protocol=4)
+    via = Route("fd00:200::/64", gateway="fe80::1", device="eth1")
+    p = plan(State(foreign=[foreign]), State(owned=[device, via]))
+    assert [c.after for c in p.changes] == [via]
+    assert [n.wanted for n in p.conflicts] == [device]
