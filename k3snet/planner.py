@@ -585,7 +585,7 @@ def plan(observed: State, desired: State) -> Plan:
                 adds.append(wanted)
         if note is not None:
             notes.append(note)
-    _set_aside_unreachable_gateways(observed, replaces, adds, notes)
+    _set_aside_unreachable_gateways(observed, deletes, replaces, adds, notes)
     if any(_secret_of(change.after) is not None for change in replaces) or \
             any(_secret_of(obj) is not None for obj in adds):
         _rewrite_addr_gen_modes(have, desired, replaces, adds, notes)
@@ -596,8 +596,9 @@ def plan(observed: State, desired: State) -> Plan:
     return Plan(changes=_ordered_changes(deletes, replaces, adds), notes=notes, held=held)
 
 
-def _set_aside_unreachable_gateways(observed: State, replaces: list[Change],
-                                    adds: list[NetObject], notes: list[Note]) -> None:
+def _set_aside_unreachable_gateways(observed: State, deletes: list[NetObject],
+                                    replaces: list[Change], adds: list[NetObject],
+                                    notes: list[Note]) -> None:
     """A wanted route via a gateway that only a conflicted route of the spec reaches (a
     device route a foreign route holds the place of) is that same conflict, not a change.
 
@@ -612,8 +613,29 @@ def _set_aside_unreachable_gateways(observed: State, replaces: list[Change],
                and n.wanted.gateway is None and n.wanted.device is not None]
     if not blocked:
         return
-    links = [o for o in (*observed.owned, *observed.foreign, *adds)
-             if isinstance(o, Route) and o.gateway is None and o.device is not None]
+
+    def behind(route: NetObject | None) -> tuple[Route, NetObject] | None:
+        """The blocked device route of the spec that would reach ``route``'s gateway."""
+        if not isinstance(route, Route) or route.gateway is None or route.device is None:
+            return None
+        if route.gateway.version == 6 and route.gateway.is_link_local:
+            return None  # ip6_validate_gw looks it up nowhere: on every link
+        for wanted, foreign in blocked:
+            if (wanted.device == route.device and route.gateway in wanted.destination
+                    and wanted.table in (route.table, MAIN_TABLE)):
+                return wanted, foreign
+        return None
+
+    if not any(behind(o) for o in adds) and not any(behind(c.after) for c in replaces):
+        return  # the links below are read only for a route behind one (every agent pass)
+    # The routes through a device alone once the plan is applied: not an owned one the
+    # plan deletes (deletes go first) or replaces (by what it becomes). IPv4 looks the
+    # gateway up at scope link: a device route of scope universe does not reach it.
+    gone = {o.key for o in deletes} | {c.after.key for c in replaces if c.after is not None}
+    kept = (o for o in observed.owned if o.key not in gone)
+    links = [o for o in (*kept, *observed.foreign, *adds, *(c.after for c in replaces))
+             if isinstance(o, Route) and o.gateway is None and o.device is not None
+             and (o.scope != "universe" or o.destination.version == 6)]
 
     # One verdict per gateway, device and table: 10 000 destinations usually share a few.
     @functools.cache
@@ -626,13 +648,11 @@ def _set_aside_unreachable_gateways(observed: State, replaces: list[Change],
         return reached_by(route.gateway, route.device, route.table)
 
     def blocker(route: NetObject | None) -> tuple[Route, NetObject] | None:
-        if not isinstance(route, Route) or route.gateway is None or route.device is None:
+        found = behind(route)
+        if found is None:
             return None
-        for wanted, foreign in blocked:
-            if (wanted.device == route.device and route.gateway in wanted.destination
-                    and wanted.table in (route.table, MAIN_TABLE) and not reached(route)):
-                return wanted, foreign
-        return None
+        assert isinstance(route, Route)
+        return None if reached(route) else found
 
     def reason(route: Route, wanted: Route) -> str:
         assert route.gateway is not None
@@ -640,21 +660,28 @@ def _set_aside_unreachable_gateways(observed: State, replaces: list[Change],
                 f"only by the spec's route to {wanted.destination}, which that foreign "
                 f"route blocks")
 
+    # Each list rebuilt in one pass: a list.remove() per route set aside compared it with
+    # every add before it (10 000 adds and 2 000 such routes: 8 s of plan, not 0.06).
     before = len(notes)
-    for obj in list(adds):
+    kept_adds: list[NetObject] = []
+    for obj in adds:
         found = blocker(obj)
-        if found is not None:
+        if found is None:
+            kept_adds.append(obj)
+        else:
             assert isinstance(obj, Route)
-            adds.remove(obj)
             notes.append(Note("conflict", obj, found[1], reason=reason(obj, found[0])))
-    for change in list(replaces):
+    kept_replaces: list[Change] = []
+    for change in replaces:
         found = blocker(change.after)
-        if found is not None:
+        if found is None:
+            kept_replaces.append(change)
+        else:
             assert isinstance(change.after, Route)
-            replaces.remove(change)
             notes.append(Note("conflict", change.after, found[1],
                               reason=reason(change.after, found[0]), owned=change.before))
     if len(notes) > before:
+        adds[:], replaces[:] = kept_adds, kept_replaces
         notes.sort(key=_wanted_order)
 
 

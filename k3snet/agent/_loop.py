@@ -1305,7 +1305,9 @@ class Agent:
             said.append(f"{what}{_reason(failure)}: {_one_line(failure)}")
         if self.metrics is not None:
             self.metrics.failures.labels(reason=reason).inc()
-            if reason == "conflict":
+            # Either part's: a cluster-wide conflict beside the node's failed apply (the
+            # pass's reason 'apply', said first) is foreign state blocking the spec too.
+            if any(_reason(failure) == "conflict" for _, failure in parts):
                 self.metrics.conflicts.inc()
         message = "; ".join(said)
         if self._unread is not None:

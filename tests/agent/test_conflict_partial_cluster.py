@@ -72,3 +72,28 @@ def test_a_cluster_wide_conflict_writes_the_rest_and_counts_its_drift(
             "+ ippool k3snet-nonat-172-20-0-0-16 172.20.0.0/16 disabled blockSize=26"]
     finally:
         agent.shutdown()
+
+
+def test_a_cluster_wide_conflict_beside_a_failed_node_apply_is_a_conflict_counted(
+        server: EmulatedApiServer, tmp_path: Path) -> None:  # noqa: F811 - the fixture
+    # The pass fails 'apply' (the node's part, said first), and foreign state blocks part
+    # of the spec all the same: k3snet_agent_conflicts_total counts it, as it counts a
+    # pass whose only failure is that conflict.
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    server.put(POOLS, FOREIGN)
+    agent, memory = _agent(server, "node-a", spec_path, FakeClock())
+    try:
+        memory.faults.fail_at(0)
+        result = agent.run_pass()
+        assert result.status == "failed"
+        assert result.message.startswith("apply: "), result.message
+        assert "cluster-wide objects: conflict: " in result.message
+        metrics = agent.metrics
+        assert metrics is not None
+        sample = metrics.registry.get_sample_value
+        assert sample("k3snet_agent_sync_failures_total", {"reason": "apply"}) == 1
+        assert sample("k3snet_agent_cluster_sync_failures_total", {"reason": "conflict"}) == 1
+        assert sample("k3snet_agent_conflicts_total") == 1
+    finally:
+        agent.shutdown()
