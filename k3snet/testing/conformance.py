@@ -74,7 +74,8 @@ routes of both families, interface names with capitals, punctuation and 15 bytes
 Drawn at random, a run of a few examples missed some of them; so after the random
 stages, a route to each of :data:`k3snet.testing.strategies.EDGE_DESTINATIONS`, one in
 table ``2**32 - 1`` and one of metric ``2**32 - 1`` are each added alone and removed:
-by default routes on ``eth0``; with ``objects``, the first that strategy draws in a scan
+by default routes on ``eth0`` (in another table where the system's own routes make one
+in the main table a conflict); with ``objects``, the first that strategy draws in a scan
 of fixed seed (one it does not draw is left out), made once per strategy object and
 kinds in a process (a scan costs a second or two: give one strategy object to many
 runs).
@@ -166,7 +167,8 @@ def run_conformance(
         pool = (objects.map(functools.partial(_managed, backend)) if objects is not None
                 else _default_objects(backend))
         edges = (_scanned_edge_objects(objects, backend.capabilities, pool)
-                 if objects is not None else _default_edge_objects(backend.capabilities))
+                 if objects is not None
+                 else _default_edge_objects(backend.capabilities, baseline))
         if beside:
             pool = st.one_of(pool, st.sampled_from(beside))
         _check_kinds(backend, baseline)
@@ -355,21 +357,44 @@ class _AllFound(Exception):  # noqa: N818 - a signal to stop the scan, not an er
     pass
 
 
-def _default_edge_objects(kinds: Iterable[str]) -> list[NetObject]:
+def _default_edge_objects(kinds: Iterable[str], baseline: State) -> list[NetObject]:
     """The edges of the default pool of a backend of ``kinds``, made, not drawn: a route
     on ``eth0`` to each of :data:`~k3snet.testing.strategies.EDGE_DESTINATIONS`, one in
     the largest table, one of the largest metric (the default pool draws each).
 
     Scanned out of the pool (5000 draws for the four kinds, to meet ``::/128``), they cost
     the first ``run_conformance`` of each process (each pytest-xdist worker) about four
-    seconds, and were other routes under another hypothesis version."""
+    seconds, and were other routes under another hypothesis version.
+
+    Each is one the planner adds beside ``baseline`` (the state found): a route in the
+    main table to a destination a foreign route there holds is a conflict, never added,
+    so a system's own default routes and ``fe80::/64`` (a lab namespace's, a node's) left
+    those edges and the largest metric (made to ``0.0.0.0/0``) out, and the suite passed.
+    Such an edge is made in another table, the largest metric to another destination."""
     if "route" not in kinds:
         return []
-    edges = [Route(net, device="eth0")
-             for version in (4, 6) for net in strategies.EDGE_DESTINATIONS[version]]
-    first = edges[0].destination
-    return [*edges, Route(first, device="eth0", table=2**32 - 1),
-            Route(first, device="eth0", metric=2**32 - 1)]
+    destinations = [net for version in (4, 6) for net in strategies.EDGE_DESTINATIONS[version]]
+
+    def first_added(candidates: Iterable[Route]) -> list[Route]:
+        routes = list(candidates)
+        for route in routes:
+            with contextlib.suppress(K3snetError):
+                if plan(baseline, State(owned=[route])).changes == (Change.add(route),):
+                    return [route]
+        return routes[:1]  # none is added alone: planned as before, a conflict
+
+    edges: list[NetObject] = [edge for net in destinations
+             for edge in first_added(Route(net, device="eth0", table=table)
+                                     for table in _EDGE_TABLES)]
+    edges += first_added(Route(net, device="eth0", table=2**32 - 1) for net in destinations)
+    edges += first_added(Route(net, device="eth0", table=table, metric=2**32 - 1)
+                         for table in _EDGE_TABLES[:2] for net in destinations)
+    return list(dict.fromkeys(edges))
+
+
+_EDGE_TABLES = (254, 1000, 2**32 - 1)
+"""The tables a default edge route is made in: the main one, or another where the main
+one holds a foreign route to its destination."""
 
 
 _SCANNED: dict[int, tuple[SearchStrategy[NetObject], frozenset[str], list[NetObject]]] = {}
