@@ -122,7 +122,7 @@ def _kinds_callable(kinds: Kinds) -> Kinds:
     defaults (``lambda name, options=None`` was taken for the name-alone form and never
     given the options); only the deprecated forms are turned into those: a mapping's
     bound ``get`` (which took the options for its ``default``: a backend it did not know
-    "managed" its option names) into its mapping, and a callable that cannot be called
+    "managed" its option names) into a reading of its mapping, and a callable that cannot be called
     with two positional arguments into one called with the name alone."""
     if not callable(kinds):  # a mapping; a callable one (a registry) is called, as before
         return kinds
@@ -131,7 +131,10 @@ def _kinds_callable(kinds: Kinds) -> Kinds:
         warnings.warn("kinds= given a mapping's get: give the mapping itself (name -> "
                       "kinds); a callable is called with (name, options)",
                       DeprecationWarning, stacklevel=3)
-        return owner
+        # Read as its mapping, also when it is callable (a registry): as a mapping it is
+        # called, (name, options), which its get never was.
+        mapping = owner
+        return lambda name, _options: mapping.get(name)
     try:
         signature = inspect.signature(kinds)
     except (TypeError, ValueError):  # no signature to read: called as documented

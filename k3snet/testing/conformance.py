@@ -74,8 +74,10 @@ routes of both families, interface names with capitals, punctuation and 15 bytes
 Drawn at random, a run of a few examples missed some of them; so after the random
 stages, a route to each of :data:`k3snet.testing.strategies.EDGE_DESTINATIONS`, one in
 table ``2**32 - 1`` and one of metric ``2**32 - 1`` are each added alone and removed:
-by default routes on ``eth0``; with ``objects``, the first that strategy draws in a scan
-of fixed seed (one it does not draw is left out), made once per strategy object and
+by default routes on ``eth0`` (in another table where the system's own routes make one
+in the main table a conflict); with ``objects``, the first that strategy draws in a scan
+of fixed seed that the system's own routes leave room for (one it does not draw is left
+out), made once per strategy object and
 kinds in a process (a scan costs a second or two: give one strategy object to many
 runs).
 
@@ -165,8 +167,12 @@ def run_conformance(
         beside = _beside_foreign(backend, baseline, default_pool=objects is None)
         pool = (objects.map(functools.partial(_managed, backend)) if objects is not None
                 else _default_objects(backend))
-        edges = (_scanned_edge_objects(objects, backend.capabilities, pool)
-                 if objects is not None else _default_edge_objects(backend.capabilities))
+        edges = (list(dict.fromkeys(
+                     edge for candidates in _scanned_edge_objects(objects,
+                                                                  backend.capabilities, pool)
+                     for edge in _first_added(baseline, candidates)))
+                 if objects is not None
+                 else _default_edge_objects(backend.capabilities, baseline))
         if beside:
             pool = st.one_of(pool, st.sampled_from(beside))
         _check_kinds(backend, baseline)
@@ -355,30 +361,58 @@ class _AllFound(Exception):  # noqa: N818 - a signal to stop the scan, not an er
     pass
 
 
-def _default_edge_objects(kinds: Iterable[str]) -> list[NetObject]:
+def _default_edge_objects(kinds: Iterable[str], baseline: State) -> list[NetObject]:
     """The edges of the default pool of a backend of ``kinds``, made, not drawn: a route
     on ``eth0`` to each of :data:`~k3snet.testing.strategies.EDGE_DESTINATIONS`, one in
     the largest table, one of the largest metric (the default pool draws each).
 
     Scanned out of the pool (5000 draws for the four kinds, to meet ``::/128``), they cost
     the first ``run_conformance`` of each process (each pytest-xdist worker) about four
-    seconds, and were other routes under another hypothesis version."""
+    seconds, and were other routes under another hypothesis version.
+
+    Each is one the planner adds beside ``baseline`` (the state found): a route in the
+    main table to a destination a foreign route there holds is a conflict, never added,
+    so a system's own default routes and ``fe80::/64`` (a lab namespace's, a node's) left
+    those edges and the largest metric (made to ``0.0.0.0/0``) out, and the suite passed.
+    Such an edge is made in another table, the largest metric to another destination."""
     if "route" not in kinds:
         return []
-    edges = [Route(net, device="eth0")
-             for version in (4, 6) for net in strategies.EDGE_DESTINATIONS[version]]
-    first = edges[0].destination
-    return [*edges, Route(first, device="eth0", table=2**32 - 1),
-            Route(first, device="eth0", metric=2**32 - 1)]
+    destinations = [net for version in (4, 6) for net in strategies.EDGE_DESTINATIONS[version]]
+    edges = [edge for net in destinations
+             for edge in _first_added(baseline, [Route(net, device="eth0", table=table)
+                                                 for table in _EDGE_TABLES])]
+    edges += _first_added(baseline, [Route(net, device="eth0", table=2**32 - 1)
+                                     for net in destinations])
+    edges += _first_added(baseline, [Route(net, device="eth0", table=table, metric=2**32 - 1)
+                                     for table in _EDGE_TABLES[:2] for net in destinations])
+    return list(dict.fromkeys(edges))
 
 
-_SCANNED: dict[int, tuple[SearchStrategy[NetObject], frozenset[str], list[NetObject]]] = {}
+def _first_added(baseline: State, candidates: list[NetObject]) -> list[NetObject]:
+    """The first of ``candidates`` (objects meeting one edge) that the planner adds alone
+    beside ``baseline``, the state found: one in conflict with a foreign object (a route to
+    its destination in its table) is left out of the plan, and its edge was never added
+    while the suite passed. The first candidate when none is (planned as before)."""
+    for candidate in candidates:
+        with contextlib.suppress(K3snetError):
+            if plan(baseline, State(owned=[candidate])).changes == (Change.add(candidate),):
+                return [candidate]
+    return candidates[:1]
+
+
+_EDGE_TABLES = (254, 1000, 2**32 - 1)
+"""The tables a default edge route is made in: the main one, or another where the main
+one holds a foreign route to its destination."""
+
+
+_SCANNED: dict[int, tuple[SearchStrategy[NetObject], frozenset[str],
+                          list[list[NetObject]]]] = {}
 """:func:`_edge_objects` of each ``objects=`` strategy (by identity, kept alive so its id
 is not reused) and backend kinds, the last few."""
 
 
 def _scanned_edge_objects(objects: SearchStrategy[NetObject], kinds: frozenset[str],
-                          pool: SearchStrategy[NetObject]) -> list[NetObject]:
+                          pool: SearchStrategy[NetObject]) -> list[list[NetObject]]:
     """:func:`_edge_objects` of ``pool`` (``objects`` mapped), scanned once per
     ``objects`` strategy and kinds: a scan costs a second or two, and a third-party suite
     runs ``run_conformance`` on one module-level strategy from many tests."""
@@ -393,12 +427,14 @@ def _scanned_edge_objects(objects: SearchStrategy[NetObject], kinds: frozenset[s
 
 
 def _edge_objects(kinds: Iterable[str], pool: SearchStrategy[NetObject], *,
-                  scan: int = 1000) -> list[NetObject]:
-    """The first object ``pool`` draws for each edge of the backend's kinds (the route
+                  scan: int = 1000) -> list[list[NetObject]]:
+    """The first objects ``pool`` draws for each edge of the backend's kinds (the route
     edges: :data:`~k3snet.testing.strategies.EDGE_DESTINATIONS`, the largest table and
-    metric), in a scan of ``scan`` draws at most, of fixed seed (the same objects at each
-    run); an edge ``pool`` does not draw within the scan is left out (``objects=``
-    narrower than the edges: routes of one family, or with a kernel's own bounds)."""
+    metric), up to :data:`_EDGE_CANDIDATES` of other tables or destinations (each run
+    adds the first the system's own routes leave room for: :func:`_first_added`), in a
+    scan of ``scan`` draws at most, of fixed seed (the same objects at each run); an edge
+    ``pool`` does not draw within the scan is left out (``objects=`` narrower than the
+    edges: routes of one family, or with a kernel's own bounds)."""
     if "route" not in kinds:
         return []
     wanted: list[Callable[[NetObject], bool]] = [
@@ -406,7 +442,7 @@ def _edge_objects(kinds: Iterable[str], pool: SearchStrategy[NetObject], *,
         for version in (4, 6) for net in strategies.EDGE_DESTINATIONS[version]]
     wanted += [lambda o: isinstance(o, Route) and o.table == 2**32 - 1,
                lambda o: isinstance(o, Route) and o.metric == 2**32 - 1]
-    found: dict[int, NetObject] = {}
+    found: dict[int, dict[Hashable, NetObject]] = {}
 
     @seed(0)
     @settings(max_examples=scan, deadline=None, database=None,
@@ -414,14 +450,21 @@ def _edge_objects(kinds: Iterable[str], pool: SearchStrategy[NetObject], *,
     @given(pool)
     def draw(obj: NetObject) -> None:
         for index, condition in enumerate(wanted):
-            if index not in found and condition(obj):
-                found[index] = obj
-        if len(found) == len(wanted):
+            held = found.setdefault(index, {})
+            if len(held) < _EDGE_CANDIDATES and condition(obj):
+                # Another table or destination: one the same foreign route conflicts with
+                # would be no other choice.
+                held.setdefault(obj.clash_key if isinstance(obj, Route) else obj, obj)
+        if all(len(found.get(i, ())) == _EDGE_CANDIDATES for i in range(len(wanted))):
             raise _AllFound
 
     with contextlib.suppress(_AllFound):
         draw()
-    return list(dict.fromkeys(found[i] for i in sorted(found)))
+    return [list(found[i].values()) for i in sorted(found) if found[i]]
+
+
+_EDGE_CANDIDATES = 4
+"""The objects kept for each edge in the scan of an ``objects=`` strategy."""
 
 
 # A destination and SNAT address of each family that the objects beside a foreign one use.

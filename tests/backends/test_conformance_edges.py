@@ -4,14 +4,15 @@ each of ``EDGE_DESTINATIONS``, one in table ``2**32 - 1``, one of metric ``2**32
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import pytest
 
-from k3snet.backends.base import ApplyResult
+from k3snet.backends.base import ApplyResult, Backend
 from k3snet.backends.memory import MemoryBackend
-from k3snet.model import Route
-from k3snet.planner import Plan
-from k3snet.testing import run_conformance
+from k3snet.model import NetObject, Route, State
+from k3snet.planner import Change, Plan, plan
+from k3snet.testing import conformance, run_conformance
 from k3snet.testing import strategies as ks
 from tests.edge_examples import edge_routes
 
@@ -104,3 +105,67 @@ def test_an_objects_strategy_is_scanned_for_its_edges_once_per_process() -> None
             counts.append(draws[0])
     assert counts[1] < 100  # the random stages only
     assert counts[0] > 500  # and the scan (some 1000 draws), made once
+
+
+def test_the_default_edges_are_added_beside_a_nodes_default_and_link_local_routes() -> None:
+    """The default edges were made in the main table, the largest metric to
+    ``0.0.0.0/0``: beside a node's own default routes and ``fe80::/64`` (a lab namespace
+    or a node with a network) each of those was a conflict the planner left out, and the
+    suite passed without ever adding a route to ``fe80::/64`` or one of the largest
+    metric."""
+    seen: set[str] = set()
+    found = State(foreign=[Route("0.0.0.0/0", gateway="192.168.1.1", device="eth0"),
+                           Route("::/0", gateway="fe80::1", device="eth0"),
+                           Route("fe80::/64", device="eth0", metric=256),
+                           Route("169.254.0.0/16", device="eth0", metric=1000)])
+
+    class Recording(MemoryBackend):
+        def apply(self, plan: Plan) -> ApplyResult:
+            for change in plan.changes:
+                route = change.after
+                if isinstance(route, Route):
+                    seen.add(str(route.destination))
+                    seen.update(("table",) if route.table == _MAX else ())
+                    seen.update(("metric",) if route.metric == _MAX else ())
+            return super().apply(plan)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        run_conformance(lambda: Recording(found, capabilities=["route"]), max_examples=1,
+                        max_objects=1)
+    assert _edges((4, 6)) - seen == set()
+
+
+
+def test_an_objects_strategys_edges_are_those_it_draws_that_are_added_beside_the_state_found(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``objects=`` each edge was the first route the scan met, whatever the system
+    holds: the first to ``0.0.0.0/0``, ``::/0`` or ``fe80::/64`` in the main table was a
+    conflict beside the system's own route there, left out of the plan (the suite passed
+    without it, though the strategy draws such routes in other tables too)."""
+    found = State(foreign=[Route("0.0.0.0/0", gateway="192.168.1.1", device="eth0"),
+                           Route("::/0", gateway="fe80::1", device="eth0"),
+                           Route("fe80::/64", device="eth0", metric=256)])
+    objects = ks.routes(devices=("eth0",), tables=(254, 1000, _MAX),
+                        metrics=(None, 0, _MAX))
+    given: list[list[NetObject]] = []
+    round_trips = conformance._edge_round_trips
+
+    def recorded(backend: Backend, baseline: State, edges: list[NetObject],
+                 **kwargs: Any) -> None:
+        given.append(edges)
+        round_trips(backend, baseline, edges, **kwargs)
+
+    monkeypatch.setattr(conformance, "_edge_round_trips", recorded)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        run_conformance(lambda: MemoryBackend(found, capabilities=["route"]),
+                        objects=objects, max_examples=1, max_objects=1)
+    [edges] = given
+    conflicts = [edge for edge in edges
+                 if plan(found, State(owned=[edge])).changes != (Change.add(edge),)]
+    assert conflicts == []
+    reached = {str(e.destination) for e in edges if isinstance(e, Route)}
+    reached |= {"table" for e in edges if isinstance(e, Route) and e.table == _MAX}
+    reached |= {"metric" for e in edges if isinstance(e, Route) and e.metric == _MAX}
+    assert _edges((4, 6)) - reached == set()

@@ -897,6 +897,28 @@ def test_a_wifis_id_counts_as_netplan_escapes_it_under_networkmanager(
 
 
 @pytest.mark.parametrize(("netplan_id", "refused"), [
+    ("e" * 227, False), ("e" * 228, True), ("e" * 224 + ":", False),
+    ("e" * 225 + ":", True), ("e" * 226 + ":", True)])
+def test_an_ids_escaped_length_is_counted_under_networkmanager_without_netplan(
+        netplan_id: str, refused: bool) -> None:
+    # The real-netplan test of this count is skipped where netplan is not installed, and
+    # follows the installed netplan: with netplan up to 1.0 (Debian 12's 0.106) it took a
+    # count of the id as given; netplan 1.0.1 and later write netplan-ID.nmconnection
+    # with ":" as %3A, so 225 characters and a colon make 256 bytes with .XXXXXX.
+    documents = {"01-admin.yaml": {"network": {
+        "version": "2", "renderer": "NetworkManager",
+        "ethernets": {netplan_id: {"match": {"macaddress": "00:11:22:33:44:55"},
+                                   "set-name": "eth0", "dhcp4": "true"}}}}}
+    if refused:
+        with pytest.raises(ModelError, match="too long for the file netplan's "
+                                             "NetworkManager renderer names"):
+            netplan_placement(documents, ["eth0"])
+    else:
+        assert netplan_placement(documents, ["eth0"]) == (
+            {"eth0": "ethernets"}, {"eth0": netplan_id})
+
+
+@pytest.mark.parametrize(("netplan_id", "refused"), [
     ("n" * 229, False), ("n" * 230, True), ("n" * 226 + ":", False),
     ("n" * 227 + ":", True)])
 def test_render_netplan_alone_refuses_an_id_no_renderer_has_room_for(

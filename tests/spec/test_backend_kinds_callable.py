@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends.registry import backend_options, declared_capabilities
+from k3snet.errors import SpecError
 from k3snet.spec import Spec
 from k3snet.spec.backends import (
     Kinds,
@@ -162,3 +163,29 @@ def test_a_callable_mapping_is_called_as_the_callable_it_was_given_as() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert backend_option_problems(SPEC, backend_options, kinds=registry) == []
+
+
+class _NameCalled(dict[str, list[str]]):
+    """A mapping of kinds by name that is also callable, with the name alone."""
+
+    def __call__(self, name: str) -> list[str]:
+        return []
+
+
+@pytest.mark.parametrize("entry", ["check_backend_options", "backend_option_problems"])
+def test_a_callable_mappings_get_is_read_as_its_mapping_with_one_warning(entry: str) -> None:
+    """A callable mapping's bound ``get`` (deprecated) was read as its mapping; once a
+    callable mapping was called instead, its get was turned into the mapping and then
+    called with (name, options): through ``backend_option_problems`` a ``TypeError``,
+    through ``check_backend_options`` a second warning (naming k3snet's own line) and
+    the mapping's kinds never read."""
+    registry = _NameCalled(netlink=["route"], iptables=["route"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if entry == "check_backend_options":
+            with pytest.raises(SpecError, match="would manage route"):
+                check_backend_options(SPEC, backend_options, kinds=registry.get)
+        else:
+            problems = backend_option_problems(SPEC, backend_options, kinds=registry.get)
+            assert [p.path for p in problems] == ["backends"]
+    assert [(w.category, w.filename) for w in caught] == [(DeprecationWarning, __file__)]
