@@ -479,15 +479,35 @@ def _check_netplan_id(netplan_id: object, device: str, renderer: str | None = No
         said = "netplan"
     else:
         said = f"netplan's {renderer} renderer"
+    ssids = tuple(ssids)
+    per_ssid = renderer == "NetworkManager" and bool(ssids)
     for file, length in _netplan_id_files(netplan_id, renderer, wpa=wpa, ssids=ssids):
         if length > _NETPLAN_NAME_ROOM:
             raise ModelError(
                 f"netplan id for {device} is too long for the file {said} names after it "
                 f"({file[:40]}...: {length + 7} bytes with its temporary copy's .XXXXXX, "
-                "a file name has 255; an id of up to 227 characters fits NetworkManager's, "
-                "229 networkd's, a character but A-Z a-z 0-9 - . _ ~ counting 3 as netplan "
-                "1.0.1 and later escape it): netplan generate would fail for the "
-                f"whole node (\"File name too long\"), got {netplan_id[:60]!r}...")
+                f"a file name has 255; {_netplan_room_said(file, per_ssid=per_ssid)}): "
+                "netplan generate would fail for the whole node (\"File name too long\"), "
+                f"got {netplan_id[:60]!r}...")
+
+
+def _netplan_room_said(file: str, *, per_ssid: bool) -> str:
+    """What fits in the name of ``file`` (one of :func:`_netplan_id_files`; ``per_ssid``:
+    NetworkManager's profile of one access point), said in the refusal of an id too long
+    for it: a wifi's files have less room than a wired definition's 227 / 229
+    characters, which the message said for every id."""
+    if file.startswith("netplan-wpa-"):
+        return ("an id of up to 228 characters fits networkd's netplan-wpa-ID.service, a "
+                "character but A-Z a-z 0-9 : _ . / counting 4 as systemd-escape writes it, a "
+                "':' 3 as netplan 1.0.1 and later escape it")
+    if per_ssid:
+        return (f"the id and each access point's SSID share "
+                f"{_NETPLAN_NAME_ROOM - len('netplan--.nmconnection')} bytes of "
+                "netplan-ID-SSID.nmconnection, a character but A-Z a-z 0-9 - . _ ~ of "
+                "either counting 3 as netplan escapes them")
+    return ("an id of up to 227 characters fits NetworkManager's, 229 networkd's, a "
+            "character but A-Z a-z 0-9 - . _ ~ counting 3 as netplan 1.0.1 and later "
+            "escape it")
 
 
 def _netplan_wpa(documents: Mapping[str, object], section: str, netplan_id: str

@@ -1326,3 +1326,26 @@ def test_render_netplan_into_a_staged_root_refuses_a_device_none_of_its_files_co
     assert main(["render", "netplan", "-f", str(spec), "-o", str(out)]) == 1
     assert "no netplan definition configures eth0" in capsys.readouterr().err
     assert not (out / "90-k3snet.yaml").exists()
+
+
+@pytest.mark.parametrize(("renderer", "section", "definition", "length", "said"), [
+    ("networkd", "ethernets", {"dhcp4": "true", "auth": {"key-management": "eap"}}, 229,
+     "an id of up to 228 characters fits networkd's netplan-wpa-ID.service"),
+    ("NetworkManager", "wifis",
+     {"dhcp4": "true", "access-points": {"home": {"password": "secret123"}}}, 224,
+     "the id and each access point's SSID share 226 bytes of netplan-ID-SSID.nmconnection"),
+    ("networkd", "ethernets", {"dhcp4": "true"}, 230,
+     "an id of up to 227 characters fits NetworkManager's, 229 networkd's"),
+], ids=["wpa-unit", "access-point-profile", "wired"])
+def test_a_refused_ids_message_says_the_room_of_the_file_it_is_too_long_for(
+        renderer: str, section: str, definition: dict[str, Any], length: int,
+        said: str) -> None:
+    # A wifi's (auth:'s) files have less room than a wired definition's: the refusal of
+    # a 229-character id with auth: said "229 networkd's" fits, the id it refused.
+    sections: dict[str, Any] = {"ethernets": {"eth0": {"dhcp4": "true"}}}
+    sections.setdefault(section, {})["w" * length] = definition
+    documents = {"01-admin.yaml": {"network": {"version": "2", "renderer": renderer,
+                                               **sections}}}
+    with pytest.raises(ModelError, match="too long") as refused:
+        netplan_placement(documents, ["eth0"])
+    assert said in str(refused.value)
