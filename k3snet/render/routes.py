@@ -496,7 +496,7 @@ def _netplan_room_said(file: str, *, per_ssid: bool) -> str:
     NetworkManager's profile of one access point), said in the refusal of an id too long
     for it: a wifi's files have less room than a wired definition's 227 / 229
     characters, which the message said for every id."""
-    if file.startswith("netplan-wpa-"):
+    if file.endswith(".service"):  # netplan-wpa-ID.service (an id may begin "wpa-")
         return ("an id of up to 228 characters fits networkd's netplan-wpa-ID.service, a "
                 "character but A-Z a-z 0-9 : _ . / counting 4 as systemd-escape writes it, a "
                 "':' 3 as netplan 1.0.1 and later escape it")

@@ -1336,14 +1336,17 @@ def test_render_netplan_into_a_staged_root_refuses_a_device_none_of_its_files_co
      "the id and each access point's SSID share 226 bytes of netplan-ID-SSID.nmconnection"),
     ("networkd", "ethernets", {"dhcp4": "true"}, 230,
      "an id of up to 227 characters fits NetworkManager's, 229 networkd's"),
-], ids=["wpa-unit", "access-point-profile", "wired"])
+    ("NetworkManager", "ethernets", {"dhcp4": "true"}, 228,
+     "an id of up to 227 characters fits NetworkManager's, 229 networkd's"),
+], ids=["wpa-unit", "access-point-profile", "wired", "wired-id-beginning-wpa"])
 def test_a_refused_ids_message_says_the_room_of_the_file_it_is_too_long_for(
         renderer: str, section: str, definition: dict[str, Any], length: int,
         said: str) -> None:
     # A wifi's (auth:'s) files have less room than a wired definition's: the refusal of
     # a 229-character id with auth: said "229 networkd's" fits, the id it refused.
     sections: dict[str, Any] = {"ethernets": {"eth0": {"dhcp4": "true"}}}
-    sections.setdefault(section, {})["w" * length] = definition
+    # (netplan-wpa-w...nmconnection: a wired profile whose name begins as a wpa unit's)
+    sections.setdefault(section, {})[("wpa-" + "w" * length)[:length]] = definition
     documents = {"01-admin.yaml": {"network": {"version": "2", "renderer": renderer,
                                                **sections}}}
     with pytest.raises(ModelError, match="too long") as refused:
