@@ -135,6 +135,10 @@ def test_links_and_addresses() -> None:
     up = {link.name: link.up for link in links if link is not None}
     assert all(up[name] for name in ("d0", "e0", "lo"))
     assert not up["down0"]
+    addresses = {link.name: link.address for link in links if link is not None}
+    assert addresses["lo"] == "00:00:00:00:00:00"
+    assert len(str(addresses["d0"]).split(":")) == 6
+    assert addresses["d0"] != addresses["e0"]
     found: dict[str, set[str]] = {}
     for name in ("addr4", "addr6"):
         for msg in dump(name):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from k3snet.backends.netlink.sysctls import SysctlState, SysctlStore
+from k3snet.backends.netlink.sysctls import LinkId, SysctlState, SysctlStore
 from k3snet.errors import BackendError
 
 IDENTITY = "1:2"
@@ -104,11 +104,60 @@ def test_the_interface_index_of_an_owned_sysctl_round_trips_and_a_released_ones_
         tmp_path: Path) -> None:
     kept = store(tmp_path / "state")
     name = "net.ipv4.conf.x0.rp_filter"
+    x0 = LinkId(7, "veth", "02:00:00:00:00:07")
     kept.save(SysctlState({name: ("2", "0")}, set(), {},
-                          {name: 7, "net.ipv4.conf.y0.rp_filter": 8}))
-    assert kept.load().links == {name: 7}
-    assert kept.load().owns(name, {"x0": 7})
-    assert not kept.load().owns(name, {"x0": 9})
+                          {name: x0, "net.ipv4.conf.y0.rp_filter": LinkId(8)}))
+    assert kept.load().links == {name: x0}
+    assert kept.load().owns(name, {"x0": x0})
+    assert not kept.load().owns(name, {"x0": LinkId(9, "veth", "02:00:00:00:00:07")})
+    # Another interface given index 7 (another address, another kind) is not it.
+    assert not kept.load().owns(name, {"x0": LinkId(7, "veth", "02:00:00:00:00:08")})
+    assert not kept.load().owns(name, {"x0": LinkId(7, "vlan", "02:00:00:00:00:07")})
+
+
+def test_a_record_of_the_index_alone_is_read_as_an_older_version_s(tmp_path: Path) -> None:
+    # As k3snet wrote it before it kept the kind and hardware addresses.
+    name = "net.ipv4.conf.x0.rp_filter"
+    planted(tmp_path / "state", {name: {"value": "2", "previous": "0"}})
+    path = tmp_path / "state" / "sysctl.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "links": {name: 7}}))
+    state = store(tmp_path / "state").load()
+    assert state.links == {name: LinkId(7, marked=False)}
+    now = LinkId(7, "veth", "02:00:00:00:00:07")
+    assert state.owns(name, {"x0": now})  # its name and index: as that version judged
+    assert state.follow({"x0": now}).links == {name: now}  # completed
+    renamed = state.follow({"x9": now})  # renamed, or another interface moved in?
+    assert renamed.owned == state.owned
+    assert not renamed.owns(name, {"x9": now})
+    [doubt] = state.doubts({"x9": now})
+    assert doubt.startswith(name)
+    assert "x9 (index 7)" in doubt
+    assert state.doubts({"x0": now}) == []
+
+
+def test_a_link_is_told_by_kind_and_address_and_by_a_permanent_address_beyond_them() -> None:
+    recorded = LinkId(7, None, "02:00:00:00:00:07", "52:54:00:00:00:07")
+    assert recorded.judge(LinkId(7, None, "02:00:00:00:00:07", "52:54:00:00:00:07"))
+    # A bond's slave: its address is the bond's, its permanent address its own.
+    assert recorded.judge(LinkId(7, None, "02:00:00:00:00:99", "52:54:00:00:00:07"))
+    assert recorded.judge(LinkId(7, None, "02:00:00:00:00:07", "52:54:00:00:00:99")) is False
+    assert recorded.judge(LinkId(8, None, "02:00:00:00:00:07", "52:54:00:00:00:07")) is False
+    assert recorded.judge(None) is False
+    unsure = LinkId(7, "veth", "02:00:00:00:00:07")
+    assert unsure.judge(LinkId(7, "veth", "02:00:00:00:00:08")) is None  # changed, or another
+    assert LinkId(7, marked=False).judge(LinkId(7, "veth", "02:00:00:00:00:08")) is None
+
+
+def test_the_kind_and_addresses_of_a_record_round_trip_beside_the_index(tmp_path: Path) -> None:
+    kept = store(tmp_path / "state")
+    secret = "net.ipv6.conf.default.stable_secret"  # noqa: S105 - a sysctl's name
+    switch = "net.ipv6.conf.x0.addr_gen_mode"
+    x0 = LinkId(7, None, "02:00:00:00:00:07", "52:54:00:00:00:07")
+    kept.save(SysctlState({secret: ("::1", None)}, set(), {secret: {switch: "1"}}, {},
+                          {secret: {switch: x0}}))
+    assert kept.load().spread_links == {secret: {switch: x0}}
+    data = json.loads((tmp_path / "state" / "sysctl.json").read_text())
+    assert data["spread_links"] == {secret: {switch: 7}}  # where older versions read it
 
 
 def test_a_namespace_named_host_keeps_its_own_state_file_beside_the_caller_s(
@@ -174,19 +223,20 @@ def test_follow_moves_only_records_whose_interface_now_has_another_name() -> Non
     state = SysctlState(owned={x0: ("2", "0"), y0: ("1", "0"), z0: ("1", "0"),
                                "net.ipv4.ip_forward": ("1", "0")},
                         released={"net.ipv4.conf.x9.rp_filter"},
-                        links={x0: 3, y0: 4, z0: 5})
-    assert state.follow({"x0": 3, "y0": 4, "z0": 5}) is state  # nothing renamed
-    assert state.follow({"y0": 4}) is state  # x0 and z0 deleted: nothing to follow
+                        links={x0: LinkId(3), y0: LinkId(4), z0: LinkId(5)})
+    three, four, five = LinkId(3), LinkId(4), LinkId(5)
+    assert state.follow({"x0": three, "y0": four, "z0": five}) is state  # nothing renamed
+    assert state.follow({"y0": four}) is state  # x0 and z0 deleted: nothing to follow
     # x0 renamed x9, z0 renamed w0; y0 as it was.
-    moved = state.follow({"x9": 3, "y0": 4, "w0": 5})
+    moved = state.follow({"x9": three, "y0": four, "w0": five})
     assert moved.owned == {"net.ipv4.conf.x9.rp_filter": ("2", "0"), y0: ("1", "0"),
                            "net.ipv4.conf.w0.rp_filter": ("1", "0"),
                            "net.ipv4.ip_forward": ("1", "0")}
-    assert moved.links == {"net.ipv4.conf.x9.rp_filter": 3, y0: 4,
-                           "net.ipv4.conf.w0.rp_filter": 5}
+    assert moved.links == {"net.ipv4.conf.x9.rp_filter": three, y0: four,
+                           "net.ipv4.conf.w0.rp_filter": five}
     assert moved.released == set()
     assert state.owned[x0] == ("2", "0")  # a copy: the loaded state is left as it was
-    clash = state.follow({"y0": 3, "q0": 4, "z0": 5})  # x0 renamed y0, y0 renamed q0
+    clash = state.follow({"y0": three, "q0": four, "z0": five})  # x0 renamed y0, y0 q0
     assert set(clash.owned) >= {y0, "net.ipv4.conf.q0.rp_filter", z0}
     assert clash.owned[y0] == ("2", "0")
 

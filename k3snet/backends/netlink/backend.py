@@ -101,6 +101,7 @@ from k3snet.backends.netlink.socket_driver import open_socket_driver
 from k3snet.backends.netlink.sysctls import (
     ALIASES,
     SPREADING_INVERTED,
+    LinkId,
     SysctlState,
     SysctlStore,
     announced,
@@ -332,6 +333,9 @@ class NetlinkBackend(BackendBase):
         self._observed: tuple[tuple[int, int], State] | None = None
         # expect()'s sysctls (name -> value): what the warnings judge forwarding by.
         self._wanted_sysctls: dict[str, str] | None = None
+        # The state file's records of an interface k3snet cannot tell, as the last
+        # observe found them (SysctlState.doubts).
+        self._link_doubts: tuple[str, ...] = ()
         # The forwarding switches as last read, with the switches' version then.
         self._switches_read: tuple[int, tuple[str | None, dict[str, str], dict[str, int],
                                               frozenset[str]]] | None = None
@@ -462,6 +466,10 @@ class NetlinkBackend(BackendBase):
         The text names the oldest interfaces at 0 (by link index), at most four, "and
         interfaces created after them" beyond: it stays the same while pods come and
         go, so the agent logs it once per real change (an older interface turned off).
+
+        Also named: an owned sysctl or a switch it spread whose interface k3snet cannot
+        tell from another given its index (:meth:`~.sysctls.SysctlState.doubts`), left
+        alone, as the last observe found them.
         """
         wanted = self._wanted_sysctls
         if wanted is None:
@@ -469,7 +477,8 @@ class NetlinkBackend(BackendBase):
             if observed is None:
                 return ()
             wanted = {o.name: o.value for o in observed[1].owned if type(o) is Sysctl}
-        return self._ipv4_warnings(wanted) + self._advertisement_warnings(wanted)
+        return (self._ipv4_warnings(wanted) + self._advertisement_warnings(wanted)
+                + self._link_doubts)
 
     def _advertisement_warnings(self, wanted: Mapping[str, str]) -> tuple[str, ...]:
         """The default routes learned from router advertisements that the kernel no longer
@@ -698,21 +707,29 @@ class NetlinkBackend(BackendBase):
     def _count(self) -> None:
         self._operations += 1
 
-    def _link_indexes(self, data: SysctlState) -> dict[str, int]:
-        """The namespace's link indexes by name, when ``data`` ties a sysctl to one."""
+    def _link_indexes(self, data: SysctlState) -> dict[str, LinkId]:
+        """The namespace's links by name, when ``data`` ties a sysctl to one."""
         if not data.links and not data.spread_links:
             return {}
-        return {link.name: link.index for link in self._routes.links().values()}
+        return self._link_ids()
 
-    def _load_sysctls(self) -> tuple[SysctlState, dict[str, int]]:
+    def _link_ids(self) -> dict[str, LinkId]:
+        """The namespace's links by name, as a record of the state file ties to one."""
+        return {link.name: LinkId(link.index, link.kind, link.address, link.permanent)
+                for link in self._routes.links().values()}
+
+    def _load_sysctls(self, *, doubts: bool = False) -> tuple[SysctlState, dict[str, LinkId]]:
         """The sysctl state file, with owned sysctls of renamed interfaces under their new
-        names (:meth:`SysctlState.follow`), and the link indexes by name it needs."""
+        names (:meth:`SysctlState.follow`), and the links by name it needs. ``doubts``:
+        keep the records of interfaces k3snet cannot tell for :attr:`warnings`."""
         data = self._store.load()
         indexes = self._link_indexes(data)
+        if doubts:
+            self._link_doubts = tuple(data.doubts(indexes))
         return data.follow(indexes), indexes
 
     def _observe_sysctls(self) -> tuple[list[Sysctl], list[Sysctl]]:
-        data, indexes = self._load_sysctls()
+        data, indexes = self._load_sysctls(doubts=True)
         # One of an interface deleted and created again is the new interface's: foreign.
         mine = {name: entry for name, entry in data.owned.items()
                 if data.owns(name, indexes)}
@@ -1199,7 +1216,7 @@ class NetlinkBackend(BackendBase):
                     if (of := interface_of(switch)) is not None}
         if interface is None and not on_links:
             return
-        indexes = {link.name: link.index for link in self._routes.links().values()}
+        indexes = self._link_ids()
         if interface is not None and interface in indexes:
             state.links[name] = indexes[interface]
         recorded = {switch: indexes[of] for switch, of in on_links.items() if of in indexes}

@@ -105,9 +105,11 @@ RTA_TABLE = 15
 RTA_VIA = 18
 RTA_ENCAP = 22
 RTA_NH_ID = 30
+IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MASTER = 10
 IFLA_LINKINFO = 18
+IFLA_PERM_ADDRESS = 54
 IFLA_INFO_KIND = 1
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
@@ -489,6 +491,11 @@ class Link:
     """The index of the device it is enslaved to (a bridge's port, a bond's slave)."""
     kind: str | None = None
     """Its type as ``ip -d link`` says it (``bridge``, ``veth``, ``bond`` ...), if any."""
+    address: str | None = None
+    """Its hardware address (``link/ether`` of ``ip link``: ``02:00:0a:00:00:01``), if any."""
+    permanent: str | None = None
+    """Its permanent hardware address (a NIC's own, which a bond's slave keeps; kernel
+    5.6 on), if the kernel reports one."""
 
 
 def decode_link(msg: bytes) -> Link | None:
@@ -503,7 +510,14 @@ def decode_link(msg: bytes) -> Link | None:
     kind = None if info is None else attrs_of(info, 0).get(IFLA_INFO_KIND)
     return Link(index, name.rstrip(b"\0").decode(errors="replace"), bool(flags & IFF_UP),
                 U32.unpack(master)[0] if master is not None and len(master) == 4 else None,
-                None if kind is None else kind.rstrip(b"\0").decode(errors="replace"))
+                None if kind is None else kind.rstrip(b"\0").decode(errors="replace"),
+                _hardware_address(found.get(IFLA_ADDRESS)),
+                _hardware_address(found.get(IFLA_PERM_ADDRESS)))
+
+
+def _hardware_address(raw: bytes | None) -> str | None:
+    """A link's hardware address as ``ip link`` spells it (``None`` for none)."""
+    return None if not raw else ":".join(f"{byte:02x}" for byte in raw)
 
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

@@ -96,6 +96,11 @@ def _unmodelled(attrs: Sequence[Any]) -> bool:
     return False
 
 
+def _lower(address: str | None) -> str | None:
+    """A hardware address as the socket driver spells it (lower-case hex)."""
+    return address.lower() if address else None
+
+
 def _address(family: int, text: str | None) -> Address | None:
     if text is None:
         return None
@@ -213,7 +218,9 @@ class Pyroute2Driver:
                     links[msg["index"]] = Link(
                         msg["index"], name, bool(msg["flags"] & IFF_UP),
                         msg.get_attr("IFLA_MASTER"),
-                        None if info is None else info.get_attr("IFLA_INFO_KIND"))
+                        None if info is None else info.get_attr("IFLA_INFO_KIND"),
+                        _lower(msg.get_attr("IFLA_ADDRESS")),
+                        _lower(msg.get_attr("IFLA_PERM_ADDRESS")))
             return links
 
         return self._run(job)

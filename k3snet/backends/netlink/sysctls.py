@@ -20,7 +20,7 @@ import re
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
@@ -40,6 +40,7 @@ __all__ = [
     "ALIASES",
     "SPREADING",
     "SPREADING_INVERTED",
+    "LinkId",
     "SysctlState",
     "SysctlStore",
     "announced",
@@ -295,6 +296,47 @@ def normal(name: str, raw: str | None) -> str | None:
         return None
 
 
+@attrs.frozen
+class LinkId:
+    """An interface as a record of the state file is tied to it: its index, and what
+    tells it from another interface given that index later.
+
+    A rename keeps an interface's index, kind and hardware addresses; another interface
+    can take over a deleted one's index (``ip link set X netns N`` keeps X's index when
+    it is free there), and then has another hardware address, unless an administrator
+    gave it that one (a tunnel, having none, is told by its kind alone).
+    """
+
+    index: int
+    kind: str | None = None
+    address: str | None = None
+    permanent: str | None = None
+    marked: bool = True
+    """False for a record of an older version: the index alone."""
+
+    def judge(self, now: LinkId | None) -> bool | None:
+        """Whether ``now`` (an interface of the namespace now) is the recorded one:
+        ``None`` when that cannot be told (a record of the index alone; the same kind
+        with another hardware address: changed, as a bond's slave's, or another
+        interface's)."""
+        if now is None or now.index != self.index or (self.marked and now.kind != self.kind):
+            return False
+        if not self.marked:
+            return None
+        if self.permanent is not None and now.permanent is not None:
+            return self.permanent == now.permanent  # a NIC's own: what no one changes
+        return True if self.address == now.address else None
+
+
+def _holds(recorded: LinkId, now: LinkId | None, *, same_name: bool) -> bool:
+    """Whether ``now`` is the interface ``recorded`` (:meth:`LinkId.judge`); a record of
+    the index alone holds an interface of the recorded name and index (as the version
+    writing it judged), never one of another name: a rename and another interface
+    moved in with that index look alike."""
+    judged = recorded.judge(now)
+    return judged is True or (judged is None and not recorded.marked and same_name)
+
+
 @attrs.define
 class SysctlState:
     """The state file's content: owned sysctls ``{name: (value, previous)}``, names
@@ -307,14 +349,15 @@ class SysctlState:
     owned: dict[str, tuple[str, str | None]] = attrs.field(factory=dict)
     released: set[str] = attrs.field(factory=set)
     spread: dict[str, dict[str, str]] = attrs.field(factory=dict)
-    links: dict[str, int] = attrs.field(factory=dict)
-    """For an owned sysctl of one interface (:func:`interface_of`), that interface's
-    index when k3snet took it over: another interface of the same name is not it."""
-    spread_links: dict[str, dict[str, int]] = attrs.field(factory=dict)
-    """For the switches of ``spread`` on one interface, that interface's index when k3snet
-    took ``name`` over, ``{name: {switch: index}}``: the record follows the interface's
+    links: dict[str, LinkId] = attrs.field(factory=dict)
+    """For an owned sysctl of one interface (:func:`interface_of`), that interface when
+    k3snet took it over: another interface of the same name, or given its index, is not
+    it."""
+    spread_links: dict[str, dict[str, LinkId]] = attrs.field(factory=dict)
+    """For the switches of ``spread`` on one interface, that interface when k3snet took
+    ``name`` over, ``{name: {switch: interface}}``: the record follows the interface's
     rename (``default``'s ``stable_secret`` records every interface's ``addr_gen_mode``),
-    and another interface given its name since is not it."""
+    and another interface given its name or its index since is not it."""
 
     def copy(self) -> SysctlState:
         """A copy that later changes of this one leave alone."""
@@ -323,26 +366,36 @@ class SysctlState:
                            dict(self.links),
                            {name: dict(values) for name, values in self.spread_links.items()})
 
-    def follow(self, indexes: Mapping[str, int]) -> SysctlState:
+    def follow(self, indexes: Mapping[str, LinkId]) -> SysctlState:
         """This state with each owned sysctl of an interface renamed since its take-over
-        under the interface's new name (``indexes``: the namespace's link indexes by
-        name); itself when none was.
+        under the interface's new name (``indexes``: the namespace's links by name);
+        itself when none was.
 
         The kernel renames a link that is up too, and the value k3snet wrote stays with
         it: under the old name, k3snet owned a sysctl no interface has, and gave the
         renamed one nothing back. A name another owned sysctl holds on its own
-        interface is left alone.
+        interface is left alone, and so is an interface that only has the recorded
+        index (:meth:`LinkId.judge`). A record of the index alone (an older version's)
+        found on its interface is completed with what tells that interface apart.
         """
-        names = {index: name for name, index in indexes.items()}
+        names = {link.index: name for name, link in indexes.items()}
         spread, spread_links = self._followed_switches(indexes, names)
+        links = {name: indexes[interface] if not recorded.marked
+                 and (interface := interface_of(name)) is not None
+                 and _holds(recorded, indexes.get(interface), same_name=True) else recorded
+                 for name, recorded in self.links.items()}
         moved: dict[str, str] = {}
-        for name, recorded in self.links.items():
+        for name, recorded in links.items():
             interface = interface_of(name)
             if (name not in self.owned or interface is None
-                    or indexes.get(interface) == recorded or recorded not in names):
+                    or _holds(recorded, indexes.get(interface), same_name=True)
+                    or recorded.index not in names):
                 continue
+            now = names[recorded.index]
+            if not _holds(recorded, indexes[now], same_name=False):
+                continue  # another interface given its index, or one k3snet cannot tell
             parts = sysctl_path(name).split("/")
-            parts[3] = names[recorded]
+            parts[3] = now
             try:
                 moved[name] = sysctl_name("/".join(parts))
             except ModelError:  # a name no sysctl can spell: left as it is
@@ -350,9 +403,10 @@ class SysctlState:
         moved = {old: new for old, new in moved.items()
                  if new not in self.owned or new in moved or not self.owns(new, indexes)}
         if not moved:
-            if spread == self.spread and spread_links == self.spread_links:
+            if (spread == self.spread and spread_links == self.spread_links
+                    and links == self.links):
                 return self
-            return SysctlState(dict(self.owned), set(self.released), spread, dict(self.links),
+            return SysctlState(dict(self.owned), set(self.released), spread, links,
                                spread_links)
 
         # The switches of a moved one on its own interface (a stable_secret's
@@ -370,51 +424,80 @@ class SysctlState:
                                for switch, index in values.items()}
                         for name, values in spread_links.items()}
         return SysctlState(_renamed(self.owned, moved), self.released - set(moved.values()),
-                           _renamed(spread, moved), _renamed(self.links, moved),
+                           _renamed(spread, moved), _renamed(links, moved),
                            _renamed(spread_links, moved))
 
-    def _followed_switches(self, indexes: Mapping[str, int], names: Mapping[int, str],
-                           ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, int]]]:
-        """``spread`` and ``spread_links`` with each switch recorded with its interface's
-        index under that interface's name now (``indexes``: the namespace's link indexes
-        by name, ``names`` the other way round); the record of a switch whose interface
-        is gone is dropped (another interface given its name is not it)."""
+    def _followed_switches(self, indexes: Mapping[str, LinkId], names: Mapping[int, str],
+                           ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, LinkId]]]:
+        """``spread`` and ``spread_links`` with each switch recorded with its interface
+        under that interface's name now (``indexes``: the namespace's links by name,
+        ``names`` their names by index); the record of a switch whose interface is gone
+        is dropped (another interface given its name or its index is not it), and so is
+        one whose interface k3snet cannot tell (:func:`_holds`): its switch is left as
+        it is."""
         spread: dict[str, dict[str, str]] = {}
-        spread_links: dict[str, dict[str, int]] = {}
+        spread_links: dict[str, dict[str, LinkId]] = {}
         for name, values in self.spread.items():
             recorded = self.spread_links.get(name, {})
             kept: dict[str, str] = {}
-            kept_links: dict[str, int] = {}
+            kept_links: dict[str, LinkId] = {}
             for switch, value in values.items():
-                index = recorded.get(switch)
+                link = recorded.get(switch)
                 interface = interface_of(switch)
                 new = switch
-                if index is not None and interface is not None \
-                        and indexes.get(interface) != index:
-                    if index not in names:
-                        continue  # its interface is gone
-                    parts = sysctl_path(switch).split("/")
-                    parts[3] = names[index]
-                    try:
-                        new = sysctl_name("/".join(parts))
-                    except ModelError:  # a name no sysctl can spell
-                        continue
+                if link is not None and interface is not None:
+                    if _holds(link, indexes.get(interface), same_name=True):
+                        link = indexes[interface]  # (completes an older version's record)
+                    else:
+                        now = names.get(link.index)
+                        if now is None or not _holds(link, indexes[now], same_name=False):
+                            continue  # its interface is gone, or cannot be told
+                        parts = sysctl_path(switch).split("/")
+                        parts[3] = now
+                        try:
+                            new = sysctl_name("/".join(parts))
+                        except ModelError:  # a name no sysctl can spell
+                            continue
                 kept[new] = value
-                if index is not None:
-                    kept_links[new] = index
+                if link is not None:
+                    kept_links[new] = link
             spread[name] = kept
             if kept_links:
                 spread_links[name] = kept_links
         return spread, spread_links
 
-    def owns(self, name: str, indexes: Mapping[str, int]) -> bool:
+    def owns(self, name: str, indexes: Mapping[str, LinkId]) -> bool:
         """Whether ``name`` is owned here, on the very interface it was taken over on
-        (``indexes``: the namespace's link indexes by name)."""
+        (``indexes``: the namespace's links by name)."""
         if name not in self.owned:
             return False
         recorded = self.links.get(name)
         interface = interface_of(name) if recorded is not None else None
-        return interface is None or indexes.get(interface) == recorded
+        return (interface is None or recorded is None
+                or _holds(recorded, indexes.get(interface), same_name=True))
+
+    def doubts(self, indexes: Mapping[str, LinkId]) -> list[str]:
+        """The records of this state as loaded (not followed) tied to an interface k3snet
+        cannot tell (:func:`_holds`), each said in a sentence: the sysctls and switches
+        they name are left alone (``indexes``: the namespace's links by name)."""
+        names = {link.index: name for name, link in indexes.items()}
+        found = [(name, name, recorded) for name, recorded in self.links.items()
+                 if name in self.owned]
+        found += [(f"{switch} (spread by {name})", switch, recorded)
+                  for name, switches in self.spread_links.items()
+                  for switch, recorded in switches.items() if name in self.owned]
+        said = []
+        for what, sysctl, recorded in sorted(found, key=lambda entry: entry[0]):
+            now = names.get(recorded.index)
+            if (now is None or recorded.judge(indexes[now]) is not None
+                    or _holds(recorded, indexes[now], same_name=now == interface_of(sysctl))):
+                continue  # gone, told apart (followed, or another interface), or held
+            why = ("an older k3snet recorded its index alone" if not recorded.marked
+                   else "its hardware address changed since")
+            said.append(f"{what}: k3snet cannot tell whether interface {now} (index "
+                        f"{recorded.index}) is the one it recorded ({why}), and leaves it "
+                        "alone; give it back by hand if it is")
+        return said
 
 
 def _on_interface(switch: str, name: str) -> str:
@@ -538,8 +621,12 @@ class SysctlStore:
             released = {str(name) for name in data.get("released", ())}
             spread = {str(name): {str(switch): str(value) for switch, value in values.items()}
                       for name, values in data.get("spread", {}).items()}
-            links = {str(name): int(index) for name, index in data.get("links", {}).items()}
-            spread_links = {str(name): {str(switch): int(index)
+            marks = data.get("link_marks", {})
+            links = {str(name): _link_id(index, marks.get(name))
+                     for name, index in data.get("links", {}).items()}
+            spread_marks = data.get("spread_link_marks", {})
+            spread_links = {str(name): {str(switch): _link_id(
+                                            index, spread_marks.get(name, {}).get(switch))
                                         for switch, index in values.items()}
                             for name, values in data.get("spread_links", {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -632,17 +719,29 @@ class SysctlStore:
                   for name, values in sorted(state.spread.items()) if values}
         if spread:  # left out when empty: older versions wrote no such key
             data["spread"] = spread
-        links = {name: index for name, index in sorted(state.links.items())
+        links = {name: link for name, link in sorted(state.links.items())
                  if name in state.owned}
         if links:
-            data["links"] = links
+            # The indexes where older versions read them; what tells the interface
+            # apart beside them (a key they neither read nor write: see LinkId).
+            data["links"] = {name: link.index for name, link in links.items()}
+            marks = {name: _link_marks(link) for name, link in links.items() if link.marked}
+            if marks:
+                data["link_marks"] = marks
         # (a key older versions neither write nor read: they keep to the names)
-        spread_links = {name: {switch: index for switch, index in sorted(values.items())
+        spread_links = {name: {switch: link for switch, link in sorted(values.items())
                                if switch in spread.get(name, {})}
                         for name, values in sorted(state.spread_links.items())}
         spread_links = {name: values for name, values in spread_links.items() if values}
         if spread_links:
-            data["spread_links"] = spread_links
+            data["spread_links"] = {name: {switch: link.index for switch, link in values.items()}
+                                    for name, values in spread_links.items()}
+            spread_marks = {name: {switch: _link_marks(link)
+                                   for switch, link in values.items() if link.marked}
+                            for name, values in spread_links.items()}
+            spread_marks = {name: values for name, values in spread_marks.items() if values}
+            if spread_marks:
+                data["spread_link_marks"] = spread_marks
         try:
             replace_atomically(self.path, json.dumps(data, indent=1, sort_keys=True) + "\n",
                                f".{self.path.name}.", mode=0o755, durable=True)
@@ -683,6 +782,25 @@ class SysctlStore:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+
+def _link_marks(link: LinkId) -> dict[str, str]:
+    """What the state file keeps of ``link`` beside its index (what it has of them)."""
+    marks = {"kind": link.kind, "address": link.address, "permanent": link.permanent}
+    return {key: value for key, value in marks.items() if value is not None}
+
+
+def _link_id(index: Any, marks: Any) -> LinkId:
+    """The interface a state file's record names: ``index`` (under ``links`` or
+    ``spread_links``) and ``marks`` (:func:`_link_marks`; ``None``: an older version's
+    record, the index alone)."""
+    if marks is None:
+        return LinkId(int(index), marked=False)
+    if not isinstance(marks, dict):
+        raise TypeError(f"the marks of link {index!r} are no mapping")
+    kind, address, permanent = (None if marks.get(key) is None else str(marks[key])
+                                for key in ("kind", "address", "permanent"))
+    return LinkId(int(index), kind, address, permanent)
 
 
 def _previous_entry(value: str, previous: str | None) -> dict[str, object]:
