@@ -10,10 +10,11 @@ so that any pod could walk the agent to its memory limit. This server instead:
 * holds at most ``max_connections``; for one more, it first serves every request
   that has arrived (a probe sends its request as it connects, so even one accepted
   from a backlog full of idle connections is answered), then closes the oldest
-  connection whose request has not all arrived (whether it sent nothing or a part)
-  of the peer holding the most connections (an IPv4 address; an IPv6 /64, then the
-  address of it holding the most: the nodes of one IPv6 subnet, another node's pods
-  masqueraded to its address among them, share the kubelet's /64, not its address):
+  connection not all answered (its request not all arrived, whether it sent nothing or
+  a part, or its answer not all written) of the peer holding the most connections (an
+  IPv4 address; an IPv6 /64, then the address of it holding the most: the nodes of one
+  IPv6 subnet, another node's pods masqueraded to its address among them, share the
+  kubelet's /64, not its address):
   a flood from one pod pushes out only its own, however fast it reconnects;
 * closes a connection not answered and written within ``deadline`` seconds of its
   accept (a client that sends a byte at a time, or never reads its answer);
@@ -234,11 +235,14 @@ class HealthServer:
                 self._turn(key.data)
         if len(self._clients) <= self._max:
             return
-        # The peer holding the most connections loses its oldest unanswered one, whether
+        # The peer holding the most connections loses its oldest not all answered, whether
         # it sent nothing or a part (a client accepted before its first packet was read
         # has sent nothing either): one pod reconnecting in a loop, each connection
         # sending a byte, closed the kubelet's probe whenever it was accepted a moment
-        # before its request came. Not the newcomer: its request may be on its way.
+        # before its request came. Or whether its answer is still being written: clients
+        # never reading an answer larger than the sockets hold (a big /metrics) left only
+        # the newcomer to close, every probe until their deadline. Not the newcomer: its
+        # request may be on its way.
         # An IPv6 peer is a /64 (a host picks any address of its own), and within it the
         # address holding the most: the nodes of one IPv6 subnet share the kubelet's
         # /64, and another node's pods, masqueraded to its address, flooding the port
@@ -250,7 +254,7 @@ class HealthServer:
         nets = collections.Counter(c.peer[0] for c in self._clients.values())
         held = collections.Counter(c.peer for c in self._clients.values())
         waiting = [c for c in self._clients.values()
-                   if c.lingering is not None or (c.answer is None and c is not newcomer)]
+                   if c.lingering is not None or c is not newcomer]
         self._close(max(waiting, key=lambda c: (c.lingering is not None, nets[c.peer[0]],
                                                 held[c.peer]),
                         default=newcomer))
