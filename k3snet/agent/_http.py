@@ -97,6 +97,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host or "::", int(port)
 
 
+# The empty line ending the headers: a line may end in a bare LF (RFC 9112 2.2), the
+# last header's or the empty line's, so "\n\r\n" too (it was answered by no status).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _BRACKETED = re.compile(r"\[(?P<host>[0-9A-Fa-f:.]+)\]:(?P<port>[0-9]*)")
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
@@ -286,13 +289,11 @@ class HealthServer:
             self._close(client)
             return
         client.request += data
-        end = client.request.find(b"\r\n\r\n")
-        if end < 0:
-            end = client.request.find(b"\n\n")
-        if end < 0 and len(client.request) > REQUEST_LIMIT:
+        end = _HEAD_END.search(client.request)
+        if end is None and len(client.request) > REQUEST_LIMIT:
             self._answer(client, _text(431, "request headers too large"), head=False)
-        elif end >= 0:
-            self._answer(client, *self._route(bytes(client.request[:end])))
+        elif end is not None:
+            self._answer(client, *self._route(bytes(client.request[:end.start()])))
 
     def _route(self, head: bytes) -> tuple[tuple[int, bytes, str], bool]:
         """The answer to a request (its line and headers) and whether it is a HEAD."""

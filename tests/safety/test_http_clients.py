@@ -303,6 +303,12 @@ def test_headers_beyond_the_limit_are_refused_with_431(server: HealthServer) -> 
     (b"POST /healthz HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", b"405"),
     (b"GET /\xff\x1b[2J HTTP/1.1\r\n\r\n", b"404"),
     (b"GET /healthz?x=1 HTTP/1.0\n\n", b"200"),
+    # Lines ending in a bare LF (RFC 9112 2.2 lets a server take them), mixed with CRLF
+    # ones: a header block ending "\n\r\n" was answered by no status, only closed at
+    # the deadline.
+    (b"GET /healthz HTTP/1.1\nHost: node\n\r\n", b"200"),
+    (b"GET /healthz HTTP/1.1\r\nHost: node\r\n\n", b"200"),
+    (b"GET /healthz HTTP/1.1\r\nHost: node\nAccept: */*\r\n\r\n", b"200"),
 ])
 def test_malformed_and_foreign_requests_get_a_status_and_a_closed_connection(
         server: HealthServer, request_bytes: bytes, status: bytes) -> None:
