@@ -19,7 +19,8 @@ so that any pod could walk the agent to its memory limit. This server instead:
 * closes a connection not answered and written within ``deadline`` seconds of its
   accept (a client that sends a byte at a time, or never reads its answer);
 * reads at most :data:`REQUEST_LIMIT` bytes of request line and headers (431 beyond);
-* answers ``GET`` and ``HEAD``, one request a connection (``Connection: close``);
+* answers ``GET`` and ``HEAD`` of a path or an absolute URL (``http://HOST/healthz``),
+  one request a connection (``Connection: close``);
 * once its answer is written, shuts its sending side and reads and drops what the client
   still sends, until it closes, for at most ``linger`` seconds and :data:`LINGER_LIMIT`
   bytes (as Apache's lingering close and Go's ``closeWriteAndWait``): a socket closed
@@ -305,7 +306,7 @@ class HealthServer:
         method, target = words[0], words[1].decode("ascii", "replace")
         if method not in (b"GET", b"HEAD"):
             return _text(405, "only GET and HEAD"), False
-        path = target.split("?", 1)[0]
+        path = _path(target)
         route = self._routes.get(path)
         if route is None:
             return _text(404, "not found"), method == b"HEAD"
@@ -409,6 +410,17 @@ def _peer(address: tuple[object, ...]) -> tuple[str, str]:
             return str(ip.ipv4_mapped), str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False)), host  # %scope kept
     return str(ip), str(ip)
+
+
+def _path(target: str) -> str:
+    """The path of a request's target, its query left out: the target itself (origin-form,
+    ``/healthz``) or, in absolute-form (``http://HOST:PORT/healthz``, which a server must
+    accept: RFC 9112 3.2.2), what follows its authority (``/`` when nothing does)."""
+    path = target.split("?", 1)[0]
+    scheme, sep, rest = path.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        return "/" + rest.partition("/")[2]
+    return path
 
 
 def _probe(result: tuple[bool, str]) -> tuple[int, bytes, str]:

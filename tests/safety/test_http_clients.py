@@ -309,6 +309,12 @@ def test_headers_beyond_the_limit_are_refused_with_431(server: HealthServer) -> 
     (b"GET /healthz HTTP/1.1\nHost: node\n\r\n", b"200"),
     (b"GET /healthz HTTP/1.1\r\nHost: node\r\n\n", b"200"),
     (b"GET /healthz HTTP/1.1\r\nHost: node\nAccept: */*\r\n\r\n", b"200"),
+    # Absolute-form, which a server must accept (RFC 9112 3.2.2): its path is routed
+    # (it was 404).
+    (b"GET http://node:9743/healthz HTTP/1.1\r\nHost: node:9743\r\n\r\n", b"200"),
+    (b"GET HTTP://[fd00::1]:9743/readyz?x=/metrics HTTP/1.1\r\n\r\n", b"200"),
+    (b"GET http://node:9743?x=/healthz HTTP/1.1\r\n\r\n", b"404"),  # its path is /
+    (b"GET ftp://node/healthz HTTP/1.1\r\n\r\n", b"404"),
 ])
 def test_malformed_and_foreign_requests_get_a_status_and_a_closed_connection(
         server: HealthServer, request_bytes: bytes, status: bytes) -> None:
