@@ -10,15 +10,17 @@ so that any pod could walk the agent to its memory limit. This server instead:
 * holds at most ``max_connections``; for one more, it first serves every request
   that has arrived (a probe sends its request as it connects, so even one accepted
   from a backlog full of idle connections is answered), then closes the oldest
-  connection whose request has not all arrived (whether it sent nothing or a part)
-  of the peer holding the most connections (an IPv4 address; an IPv6 /64, then the
-  address of it holding the most: the nodes of one IPv6 subnet, another node's pods
-  masqueraded to its address among them, share the kubelet's /64, not its address):
+  connection not all answered (its request not all arrived, whether it sent nothing or
+  a part, or its answer not all written) of the peer holding the most connections (an
+  IPv4 address; an IPv6 /64, then the address of it holding the most: the nodes of one
+  IPv6 subnet, another node's pods masqueraded to its address among them, share the
+  kubelet's /64, not its address):
   a flood from one pod pushes out only its own, however fast it reconnects;
 * closes a connection not answered and written within ``deadline`` seconds of its
   accept (a client that sends a byte at a time, or never reads its answer);
 * reads at most :data:`REQUEST_LIMIT` bytes of request line and headers (431 beyond);
-* answers ``GET`` and ``HEAD``, one request a connection (``Connection: close``);
+* answers ``GET`` and ``HEAD`` of a path or an absolute URL (``http://HOST/healthz``),
+  one request a connection (``Connection: close``);
 * once its answer is written, shuts its sending side and reads and drops what the client
   still sends, until it closes, for at most ``linger`` seconds and :data:`LINGER_LIMIT`
   bytes (as Apache's lingering close and Go's ``closeWriteAndWait``): a socket closed
@@ -96,6 +98,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host or "::", int(port)
 
 
+# The empty line ending the headers: a line may end in a bare LF (RFC 9112 2.2), the
+# last header's or the empty line's, so "\n\r\n" too (it was answered by no status).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _BRACKETED = re.compile(r"\[(?P<host>[0-9A-Fa-f:.]+)\]:(?P<port>[0-9]*)")
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
@@ -234,11 +239,14 @@ class HealthServer:
                 self._turn(key.data)
         if len(self._clients) <= self._max:
             return
-        # The peer holding the most connections loses its oldest unanswered one, whether
+        # The peer holding the most connections loses its oldest not all answered, whether
         # it sent nothing or a part (a client accepted before its first packet was read
         # has sent nothing either): one pod reconnecting in a loop, each connection
         # sending a byte, closed the kubelet's probe whenever it was accepted a moment
-        # before its request came. Not the newcomer: its request may be on its way.
+        # before its request came. Or whether its answer is still being written: clients
+        # never reading an answer larger than the sockets hold (a big /metrics) left only
+        # the newcomer to close, every probe until their deadline. Not the newcomer: its
+        # request may be on its way.
         # An IPv6 peer is a /64 (a host picks any address of its own), and within it the
         # address holding the most: the nodes of one IPv6 subnet share the kubelet's
         # /64, and another node's pods, masqueraded to its address, flooding the port
@@ -250,7 +258,7 @@ class HealthServer:
         nets = collections.Counter(c.peer[0] for c in self._clients.values())
         held = collections.Counter(c.peer for c in self._clients.values())
         waiting = [c for c in self._clients.values()
-                   if c.lingering is not None or (c.answer is None and c is not newcomer)]
+                   if c.lingering is not None or c is not newcomer]
         self._close(max(waiting, key=lambda c: (c.lingering is not None, nets[c.peer[0]],
                                                 held[c.peer]),
                         default=newcomer))
@@ -282,13 +290,11 @@ class HealthServer:
             self._close(client)
             return
         client.request += data
-        end = client.request.find(b"\r\n\r\n")
-        if end < 0:
-            end = client.request.find(b"\n\n")
-        if end < 0 and len(client.request) > REQUEST_LIMIT:
+        end = _HEAD_END.search(client.request)
+        if end is None and len(client.request) > REQUEST_LIMIT:
             self._answer(client, _text(431, "request headers too large"), head=False)
-        elif end >= 0:
-            self._answer(client, *self._route(bytes(client.request[:end])))
+        elif end is not None:
+            self._answer(client, *self._route(bytes(client.request[:end.start()])))
 
     def _route(self, head: bytes) -> tuple[tuple[int, bytes, str], bool]:
         """The answer to a request (its line and headers) and whether it is a HEAD."""
@@ -300,7 +306,7 @@ class HealthServer:
         method, target = words[0], words[1].decode("ascii", "replace")
         if method not in (b"GET", b"HEAD"):
             return _text(405, "only GET and HEAD"), False
-        path = target.split("?", 1)[0]
+        path = _path(target)
         route = self._routes.get(path)
         if route is None:
             return _text(404, "not found"), method == b"HEAD"
@@ -404,6 +410,17 @@ def _peer(address: tuple[object, ...]) -> tuple[str, str]:
             return str(ip.ipv4_mapped), str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False)), host  # %scope kept
     return str(ip), str(ip)
+
+
+def _path(target: str) -> str:
+    """The path of a request's target, its query left out: the target itself (origin-form,
+    ``/healthz``) or, in absolute-form (``http://HOST:PORT/healthz``, which a server must
+    accept: RFC 9112 3.2.2), what follows its authority (``/`` when nothing does)."""
+    path = target.split("?", 1)[0]
+    scheme, sep, rest = path.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        return "/" + rest.partition("/")[2]
+    return path
 
 
 def _probe(result: tuple[bool, str]) -> tuple[int, bytes, str]:

@@ -309,8 +309,12 @@ def _one_line(exc: BaseException) -> str:
     # Its notes after it (an apply that failed with the plan's conflicts left out names
     # them there: the pass said "apply" alone, the conflict unsaid).
     notes = [str(n) for n in getattr(exc, "__notes__", ())[:LOG_ITEMS]]
-    if isinstance(exc, SpecError):  # its message names only the first SHOWN_PROBLEMS
+    # Their messages name only the first SHOWN_PROBLEMS / LOG_ITEMS, then count the rest:
+    # the problems themselves are counted.
+    if isinstance(exc, SpecError):
         return " ".join(" ".join([head, listed(exc.problems, "\n"), *notes]).split())
+    if isinstance(exc, _HeldRoutesError):
+        return " ".join(" ".join([head, listed(exc.cause.problems, "\n"), *notes]).split())
     return " ".join(" ".join([head, listed(items, "\n"), *notes]).split())
 
 
@@ -354,7 +358,9 @@ class _HeldRoutesError(Exception):
                  applied: Sequence[Change], tokens: tuple[Hashable | None, ...] | None
                  ) -> None:
         names = _destinations(spec, held)
-        problems = "\n  ".join(map(str, cause.problems))
+        # The first LOG_ITEMS, the rest counted, as the log and the Node say them (see
+        # _one_line): every problem joined was 629 KB for 10 000, built on every pass.
+        problems = listed(cause.problems, "\n  ")
         self.summary = (f"{len(held)} destination(s) held, their routes neither added nor "
                         f"deleted until the node can route to them ({names})")
         super().__init__(f"{self.summary}; everything else converged:\n  {problems}")

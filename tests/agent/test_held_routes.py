@@ -19,10 +19,10 @@ from k3snet.agent._loop import NOT_READY_AFTER
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for
-from k3snet.errors import SpecError
+from k3snet.errors import Problem, SpecError
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
-from k3snet.spec import NodeFacts, Spec, held_destinations
+from k3snet.spec import Destination, NodeFacts, Spec, held_destinations
 from k3snet.spec import compile as compile_spec
 
 from .test_loop import MovedWhileObserved
@@ -430,3 +430,30 @@ def test_a_conflict_beside_held_routes_names_both_and_the_rest_is_still_repaired
     assert node.owned("route", "10.200.0.0/24") == []
     assert list(node.memory.state.foreign) == [foreign]
     assert node.failures("conflict") == 1
+
+
+def test_held_routes_of_10_000_destinations_make_a_bounded_message_counting_the_rest(
+        ) -> None:
+    """An uplink losing its address holds every destination through it: the error's
+    message joined each one's problem (629 KB for 10 000, built again on every pass), of
+    which the log, the Node and the readiness reason say the first LOG_ITEMS."""
+    count, shown = 10_000, _loop.LOG_ITEMS
+    spec = Spec(destinations=[Destination(f"10.{i // 256}.{i % 256}.0/24",
+                                          gateway="10.9.0.1", device="wg0")
+                              for i in range(count)])
+    cause = SpecError([Problem(f"destinations[{i}].gateway", "gateway 10.9.0.1 is not "
+                               "inside any connected or routed prefix") for i in range(count)])
+    error = _loop._HeldRoutesError(cause, frozenset(range(count)), spec, (), None)
+    message = str(error)
+    assert len(message) < 4096
+    assert message.startswith(f"{count} destination(s) held")
+    assert message.count("destinations[") == shown
+    # The rest counted, of the destinations named and of the problems.
+    assert message.count(f"... and {count - shown} more") == 2
+    assert error.cause is cause
+    assert error.held == frozenset(range(count))
+    said = _loop._one_line(error)  # what the log, the Node and readiness say
+    assert said.startswith(f"{count} destination(s) held")
+    assert said.count("destinations[") == shown
+    assert said.endswith(f"destinations[{shown - 1}].gateway: gateway 10.9.0.1 is not inside "
+                         f"any connected or routed prefix ... and {count - shown} more")

@@ -303,6 +303,18 @@ def test_headers_beyond_the_limit_are_refused_with_431(server: HealthServer) -> 
     (b"POST /healthz HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", b"405"),
     (b"GET /\xff\x1b[2J HTTP/1.1\r\n\r\n", b"404"),
     (b"GET /healthz?x=1 HTTP/1.0\n\n", b"200"),
+    # Lines ending in a bare LF (RFC 9112 2.2 lets a server take them), mixed with CRLF
+    # ones: a header block ending "\n\r\n" was answered by no status, only closed at
+    # the deadline.
+    (b"GET /healthz HTTP/1.1\nHost: node\n\r\n", b"200"),
+    (b"GET /healthz HTTP/1.1\r\nHost: node\r\n\n", b"200"),
+    (b"GET /healthz HTTP/1.1\r\nHost: node\nAccept: */*\r\n\r\n", b"200"),
+    # Absolute-form, which a server must accept (RFC 9112 3.2.2): its path is routed
+    # (it was 404).
+    (b"GET http://node:9743/healthz HTTP/1.1\r\nHost: node:9743\r\n\r\n", b"200"),
+    (b"GET HTTP://[fd00::1]:9743/readyz?x=/metrics HTTP/1.1\r\n\r\n", b"200"),
+    (b"GET http://node:9743?x=/healthz HTTP/1.1\r\n\r\n", b"404"),  # its path is /
+    (b"GET ftp://node/healthz HTTP/1.1\r\n\r\n", b"404"),
 ])
 def test_malformed_and_foreign_requests_get_a_status_and_a_closed_connection(
         server: HealthServer, request_bytes: bytes, status: bytes) -> None:
@@ -619,4 +631,44 @@ def test_a_full_server_closes_a_lingering_connection_before_any_unanswered_one()
             assert not _closed_by_server(one, within=0.2)
             assert not _closed_by_server(two, within=0.2)
     finally:
+        served.stop()
+
+
+def test_a_full_server_of_clients_never_reading_a_large_answer_closes_one_for_a_probe(
+        ) -> None:
+    # A connection whose answer is still being written was never closed for one more:
+    # max_connections clients asking for an answer larger than the sockets' buffers and
+    # never reading it left none to close but the newcomer, and the kubelet's probe
+    # (accepted a moment before its request came) was closed at once, every probe until
+    # their deadline. The oldest of the peer holding the most goes, writing or not.
+    big = b"# a large exposition\n" * 10_000  # 210 KB, beyond what the sockets hold
+    served = HealthServer("127.0.0.1", 0, healthy=lambda: (True, "ok"),
+                          ready=lambda: (True, "ready"), metrics=lambda: (big, "text/plain"),
+                          deadline=60.0)  # no connection freed by its deadline
+    # Small send buffers (each accepted socket inherits the listener's): a loopback
+    # socket's grows to 4 MB, which a real /metrics over a real network never fills.
+    served._listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    served.start()
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(64):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", served.port))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            stalled.append(sock)
+        # Every one answered and its answer stuck in the sockets, none closed.
+        assert _until(lambda: served.connections == 64 and all(
+            c.answer for c in list(served._clients.values())))
+        with _connect(served) as probe:  # its request not sent yet
+            assert not _closed_by_server(probe, within=0.2)
+            probe.sendall(PROBE)
+            assert _answer(probe).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert served.connections <= 64
+        assert len(_answer(stalled[0])) < len(big)  # the oldest closed, its answer cut
+    finally:
+        for sock in stalled:
+            sock.close()
         served.stop()
