@@ -78,7 +78,11 @@ plan unless the backend was built with ``allow_disruptive=True``
 
 **Masquerade policy.** :func:`k3snet.spec.compile_ippools` turns a spec into
 the expectations above and, for each CIDR exempt from NAT, a disabled pool
-covering it (Calico's documented way to exclude a destination from outgoing NAT).
+covering it (Calico's documented way to exclude a destination from outgoing NAT),
+with ``disableBGPExport``: BIRD exports routes inside any pool's CIDR to Calico's BGP
+peers otherwise, disabled pools too. An API whose IPPool schema lacks that field
+(Calico before v3.21) drops it: such a pool is left as it is and a warning says it is
+exported (:attr:`CalicoBackend.warnings`).
 """
 
 from __future__ import annotations
@@ -629,6 +633,8 @@ class CalicoBackend(BackendBase):
         self.timeout = timeout
         self.warnings: tuple[str, ...] = ()
         self._observed: FreshRead[_Listing] = FreshRead()  # for the check or apply after it
+        # A write's answer showed that the API drops disableBGPExport (_saw_written).
+        self._drops_bgp_export = False
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -707,6 +713,9 @@ class CalicoBackend(BackendBase):
                 continue
             warnings += found
             if _owned_label(item):
+                if self._bgp_export_dropped(item):
+                    pool = attrs.evolve(pool, disable_bgp_export_dropped=True)
+                    warnings.append(_bgp_export_warning(pool))
                 owned[name] = pool
                 owned_raw[name] = item
             else:
@@ -716,6 +725,32 @@ class CalicoBackend(BackendBase):
         self.warnings = tuple(warnings)
         self.log_warnings()  # each once while it lasts, not on every agent pass
         return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix)
+
+    def _bgp_export_dropped(self, item: Mapping[str, Any]) -> bool:
+        """Whether k3snet's pool ``item`` was read without ``disableBGPExport`` because the
+        API drops it (its IPPool schema predates Calico v3.21, the field's first version).
+
+        k3snet writes the field in every pool, so the CRDs keep it when their schema has
+        it: there, its absence is the schema's doing, unless Calico's own client wrote the
+        pool (its ``projectcalico.org/metadata`` annotation: ``calicoctl``, the Calico API
+        server), which leaves a false out (``omitempty``), as the v3 API answers one. Those
+        are known dropped once a write of ``true`` came back without it
+        (:meth:`_saw_written`)."""
+        spec = item.get("spec")
+        if not isinstance(spec, Mapping) or "disableBGPExport" in spec:
+            return False
+        if self._drops_bgp_export:
+            return True
+        annotations = (item.get("metadata") or {}).get("annotations") or {}
+        return self.api == APIS["crd"] and CALICO_METADATA_ANNOTATION not in annotations
+
+    def _saw_written(self, sent: Mapping[str, Any], answer: object) -> None:
+        """Learn from a write's answer that the API drops ``disableBGPExport``: sent true,
+        answered without it."""
+        spec = answer.get("spec") if isinstance(answer, Mapping) else None
+        if (isinstance(spec, Mapping) and (sent.get("spec") or {}).get("disableBGPExport")
+                and "disableBGPExport" not in spec):
+            self._drops_bgp_export = True
 
     def _list_all(self, plural: str, what: str) -> list[Any]:
         """Every object of ``plural`` in the pools' API, as the API server lists them
@@ -863,6 +898,16 @@ class CalicoBackend(BackendBase):
         super().close()
 
 
+def _bgp_export_warning(pool: IPPool) -> str:
+    """What to tell the admin about k3snet's ``pool`` whose ``disableBGPExport`` the
+    API drops."""
+    return (f"IPPool {pool.name}: the API server drops disableBGPExport (Calico's IPPool "
+            "schema predates v3.21), so where Calico runs BGP (BIRD) every node exports "
+            f"{pool.cidr} over BGP: the routes it has there, its LAN's too, go to its BGP "
+            "peers; k3snet leaves the pool as it is: upgrade Calico (and its CRDs) to "
+            "v3.21 or later, or filter the routes at the peers")
+
+
 def _holds_sent(spec: object, sent: Mapping[str, Any]) -> bool:
     """Whether a pool's ``spec`` as read holds every field of ``sent`` (what k3snet
     wrote): the fields the API server added (its defaults, ``allowedUses``) aside, and
@@ -1001,6 +1046,7 @@ class _Run:
                 self._will_undo(f"delete IPPool {name} (created, its answer unread)",
                                 lambda: self.take_back_unanswered(name, body))
             raise
+        self.backend._saw_written(body, created)
         if record:
             self.raw[name] = created if isinstance(created, dict) else body
             made = (created.get("metadata") or {}) if isinstance(created, dict) else {}
@@ -1196,11 +1242,10 @@ class _Run:
             explicit=before.extra_spec())
         changed = [k for k in new if old.get(k) != new.get(k)]
         metadata = (self.raw.get(before.name) or {}).get("metadata") or {}
+        body = self._body(after, metadata.get("resourceVersion"), reset=before)
         try:
             applied = self._apply(f"apply IPPool {before.name} ({', '.join(changed)})",
-                                  before.name,
-                                  self._body(after, metadata.get("resourceVersion"),
-                                             reset=before),
+                                  before.name, body,
                                   force=self._own_create_holds(before.name, changed))
         except Exception:
             raise
@@ -1210,6 +1255,7 @@ class _Run:
             self._will_undo(f"apply back IPPool {before.name} (its answer unread)",
                             lambda: self.apply_back_unanswered(before, after, new))
             raise
+        self.backend._saw_written(body, applied)
         if isinstance(applied, dict):
             self.raw[before.name] = applied
         self._will_undo(f"apply back IPPool {before.name}",

@@ -753,6 +753,13 @@ def _operator(value: bool) -> bool:
     return value
 
 
+def _disable_bgp_export_dropped(value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise ModelError(f"IPPool disable_bgp_export_dropped must be true or false, got "
+                         f"{value!r}")
+    return value
+
+
 def _mode(name: str, value: str) -> EncapsulationMode:
     if value not in ENCAPSULATION_MODES:
         raise ModelError(f"IPPool {name} must be one of {', '.join(ENCAPSULATION_MODES)}, "
@@ -825,6 +832,12 @@ class IPPool(NetObject):
     tigera-operator manages the pool (its label ``app.kubernetes.io/managed-by:
     tigera-operator``) and writes it back from the ``Installation``'s
     ``spec.calicoNetwork.ipPools``, so a fix of it belongs there.
+    ``disable_bgp_export`` keeps BIRD from advertising routes inside the pool's CIDR to
+    Calico's BGP peers; without it every pool is exported, disabled ones too, with the
+    host's own routes there. ``disable_bgp_export_dropped`` is an observation, never
+    written: k3snet's pool was read back without ``disableBGPExport``, which k3snet
+    always writes, because the API's IPPool schema lacks the field (Calico before
+    v3.21): Calico exports the pool whatever k3snet writes (:meth:`held_by`).
 
     >>> IPPool("no-nat", "192.168.2.0/24", disabled=True).block_size
     26
@@ -855,6 +868,8 @@ class IPPool(NetObject):
     namespace_selector: str = attrs.field(default="", converter=_namespace_selector,
                                           kw_only=True)
     operator: bool = attrs.field(default=False, converter=_operator, kw_only=True)
+    disable_bgp_export_dropped: bool = attrs.field(
+        default=False, converter=_disable_bgp_export_dropped, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -892,6 +907,7 @@ class IPPool(NetObject):
             ASSIGNMENT_MODES.index(self.assignment_mode),
             self.namespace_selector,
             self.operator,
+            self.disable_bgp_export_dropped,
         )
         self._seal(("ippool", self.name), content)
 
@@ -932,6 +948,15 @@ class IPPool(NetObject):
     def workload_usable(self) -> bool:
         """True when Calico IPAM hands this pool's addresses to any pod (see unusable_reason)."""
         return self.unusable_reason is None
+
+    def held_by(self, current: NetObject) -> bool:
+        """``current`` is this pool but for ``disableBGPExport``, which the API drops
+        (:attr:`disable_bgp_export_dropped`): no write can set it, so the pool is left as
+        it is (the calico backend warns that Calico exports it) instead of being
+        applied again on every pass."""
+        return (isinstance(current, IPPool) and current.disable_bgp_export_dropped
+                and attrs.evolve(current, disable_bgp_export=self.disable_bgp_export,
+                                 disable_bgp_export_dropped=False) == self)
 
     def met_by(self, other: NetObject) -> bool:
         """A foreign pool already gives what this one is for.
@@ -1023,6 +1048,8 @@ class IPPool(NetObject):
             parts.append(f"nodeSelector={json.dumps(self.node_selector)}")
         if self.disable_bgp_export:
             parts.append("disableBGPExport")
+        if self.disable_bgp_export_dropped:
+            parts.append("disableBGPExport=dropped-by-the-API")
         if self.allowed_uses != DEFAULT_ALLOWED_USES:
             parts.append(f"allowedUses={','.join(self.allowed_uses)}")
         if self.assignment_mode != "Automatic":
@@ -1049,6 +1076,8 @@ class IPPool(NetObject):
             "namespace_selector": self.namespace_selector,
             # Left out when false: the documents of earlier versions stay as they were.
             **({"operator": True} if self.operator else {}),
+            **({"disable_bgp_export_dropped": True} if self.disable_bgp_export_dropped
+               else {}),
         }
 
     @classmethod
@@ -1068,6 +1097,7 @@ class IPPool(NetObject):
             assignment_mode=data.get("assignment_mode", "Automatic"),
             namespace_selector=data.get("namespace_selector", ""),
             operator=data.get("operator", False),
+            disable_bgp_export_dropped=data.get("disable_bgp_export_dropped", False),
         )
 
 def _pools_tuple(value: Iterable[IPPool]) -> tuple[IPPool, ...]:

@@ -513,10 +513,13 @@ def compile_flannel(
 
 
 def _exempt_pool(net: Network) -> IPPool:
+    # disableBGPExport: Calico's BIRD advertises every route inside any pool's CIDR to its
+    # BGP peers unless the pool says not to, disabled pools too, and it imports the host's
+    # own routes: exempting 192.168.0.0/16 made every node advertise its LAN.
     low, high = BLOCK_SIZE_RANGE[net.version]
     block = min(high, max(DEFAULT_BLOCK_SIZE[net.version], net.prefixlen, low))
     return IPPool(pool_name("nonat", net), net, disabled=True, nat_outgoing=False,
-                  block_size=block)
+                  block_size=block, disable_bgp_export=True)
 
 
 def nat_exemptions(spec: Spec) -> tuple[Network, ...]:
@@ -603,8 +606,9 @@ def compile_ippools(
       interface Felix's NAT filter matches with the source address the spec gives
       (:class:`~k3snet.model.cni.CalicoNatDestination`, an expectation);
     * every pool must be readable (:class:`~k3snet.model.cni.CalicoPoolsReadable`);
-    * one disabled pool (``k3snet-nonat-...``, owned) per CIDR exempt from NAT
-      (see :func:`nat_exemptions`), unless a foreign pool covers it already.
+    * one disabled pool (``k3snet-nonat-...``, owned, ``disableBGPExport``: not
+      advertised to Calico's BGP peers) per CIDR exempt from NAT (see
+      :func:`nat_exemptions`), unless a foreign pool covers it already.
 
     In mode ``destinations`` Calico NATs traffic to other places too; only
     exemptions can be expressed.
@@ -615,7 +619,7 @@ def compile_ippools(
     calico masquerades pods to 192.168.2.0/24 except 192.168.2.8/29
     calico pod CIDR 10.42.0.0/16 is a pool natOutgoing
     calico every IPPool readable
-    ippool k3snet-nonat-192-168-2-8-29 192.168.2.8/29 disabled blockSize=29
+    ippool k3snet-nonat-192-168-2-8-29 192.168.2.8/29 disabled blockSize=29 disableBGPExport
     """
     problems = validate(spec)
     if problems:

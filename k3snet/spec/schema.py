@@ -558,7 +558,7 @@ CNI = Section(CniSettings, (
            doc="Flannel's net-conf.json, written by the flannel backend."),
     nested("calico", "calico", CALICO, omit_none=True,
            doc="What the Calico IPPools must be; the calico backend writes only disabled "
-               "pools for CIDRs exempt from NAT."),
+               "pools, not exported over BGP, for CIDRs exempt from NAT."),
     nested("cilium", "cilium", CILIUM, omit_none=True,
            doc="Cilium's masquerade settings, written by the cilium backend."),
     # None (not given) is false; the schema says so, as it does for the calico alias.

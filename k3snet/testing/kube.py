@@ -46,6 +46,11 @@ the smallest extension the backends' contract needs (``_Emulator``):
   an apply by the same name conflicts with it (kubernetes/kubernetes#107417).
   Ownership is tracked per top-level ``spec`` field only.
 
+* a schema older than the client (``EmulatedApiServer(pruned=...)``): the ``spec``
+  fields named for a resource are dropped from every create, patch and apply before
+  it is served, as a structural CRD schema prunes fields it does not declare (Calico's
+  IPPool CRD before v3.21 has no ``disableBGPExport``).
+
 ``dryRun`` is not emulated (kmock would act on the request).
 """
 
@@ -235,6 +240,8 @@ def _emulator_class() -> type[Any]:
         log: list[tuple[str, str, Any]] = attrs.field(factory=list, init=False)
         accepts: list[str] = attrs.field(factory=list, init=False)  # each Accept header
         queries: list[dict[str, str]] = attrs.field(factory=list, init=False)  # each query
+        # resource -> the spec fields its schema does not declare (pruned on every write).
+        pruned: dict[Any, frozenset[str]] = attrs.field(factory=dict, init=False)
 
         def add_fault(self, fault: Fault) -> None:
             with self._fault_lock:
@@ -368,8 +375,18 @@ def _emulator_class() -> type[Any]:
                 return answer
             return await self._serve(request)
 
+        def _prune(self, request: Any) -> None:
+            """Drop the spec fields the resource's schema does not declare from a write."""
+            fields = self.pruned.get(request.resource) if request.resource is not None else None
+            spec = request.data.get("spec") if isinstance(request.data, dict) else None
+            if fields and isinstance(spec, dict):
+                for field in fields:
+                    spec.pop(field, None)
+
         async def _serve(self, request: Any) -> Any:
             """Serve ``request`` (no fault): its answer."""
+            if str(request.method.value) in ("POST", "PUT", "PATCH"):
+                self._prune(request)
             action = request.action
             content_type = str(request.headers.get("Content-Type", ""))
             if (request.resource is not None and str(request.method.value) == "PATCH"
@@ -473,13 +490,21 @@ class EmulatedApiServer:
     """kmock's Kubernetes emulator on ``127.0.0.1:<random port>``, in a background thread.
 
     ``resources`` are declared so that listing them works while they hold no
-    object (like CRDs installed in a cluster). Use as a context manager, or
+    object (like CRDs installed in a cluster). ``pruned`` maps a resource to the
+    ``spec`` fields its schema lacks: every write drops them, as an older CRD's
+    structural schema does (``{"crd.projectcalico.org/v1/ippools": ["disableBGPExport"]}``
+    is Calico's IPPool CRD before v3.21). Use as a context manager, or
     :meth:`start` / :meth:`stop`.
     """
 
-    def __init__(self, *, resources: Iterable[str] = CALICO_RESOURCES) -> None:
+    def __init__(self, *, resources: Iterable[str] = CALICO_RESOURCES,
+                 pruned: Mapping[str, Iterable[str]] | None = None) -> None:
         self._resources = tuple(resources)
         for resource in self._resources:
+            _resource_parts(resource)
+        self._pruned = {resource: frozenset(fields)
+                        for resource, fields in (pruned or {}).items()}
+        for resource in self._pruned:
             _resource_parts(resource)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -547,6 +572,8 @@ class EmulatedApiServer:
                 kind=_KINDS.get(plural, plural.capitalize()),
                 namespaced=plural not in _CLUSTER_SCOPED,
                 verbs={"get", "list", "create", "patch", "delete"})
+        for resource, fields in self._pruned.items():
+            emulator.pruned[kmock.resource(*_resource_parts(resource))] = fields
         self.emulator = emulator
         async with emulator:
             # aiohttp's raw server, not kmock.Server: that one also patches aiohttp's

@@ -191,7 +191,8 @@ def test_only_the_lease_holder_writes_pools_and_the_other_takes_over(
     taken = b.run_pass()
     assert taken.leader is True
     assert [str(c) for c in taken.applied] == [
-        "+ ippool k3snet-nonat-172-20-0-0-16 172.20.0.0/16 disabled blockSize=26"]
+        "+ ippool k3snet-nonat-172-20-0-0-16 172.20.0.0/16 disabled blockSize=26 "
+        "disableBGPExport"]
     assert taken.drift == 0  # written by a new leader: not counted as drift
     assert b.metrics is not None
     assert b.metrics.registry.get_sample_value("k3snet_agent_leader") == 1
@@ -504,7 +505,8 @@ def test_a_leader_whose_node_part_fails_still_writes_the_cluster_wide_objects(
     assert first.message.startswith("apply:")
     assert server.get(POOLS, name) is not None  # written although the node part failed
     assert [str(c) for c in first.applied] == [
-        "+ ippool k3snet-nonat-172-20-0-0-16 172.20.0.0/16 disabled blockSize=26"]
+        "+ ippool k3snet-nonat-172-20-0-0-16 172.20.0.0/16 disabled blockSize=26 "
+        "disableBGPExport"]
     assert memory_a.state.owned == frozenset()  # the node's apply was rolled back
     assert _sample(a, "k3snet_agent_sync_failures_total", reason="apply") == 1
     assert _sample(a, "k3snet_agent_cluster_last_success_timestamp_seconds") == clock.now

@@ -46,7 +46,8 @@ def test_a_cluster_wide_conflict_writes_the_rest_and_counts_its_drift(
             result.message
         assert "172.20.0.0/16" in result.message
         assert [str(c) for c in result.applied if c.kind == "ippool"] == [
-            "+ ippool k3snet-nonat-172-30-0-0-16 172.30.0.0/16 disabled blockSize=26"]
+            "+ ippool k3snet-nonat-172-30-0-0-16 172.30.0.0/16 disabled blockSize=26 "
+            "disableBGPExport"]
         names = sorted(p["metadata"]["name"] for p in server.objects(POOLS))
         assert names == ["admin-pool", "default-ipv4-ippool", "k3snet-nonat-172-30-0-0-16"]
         admin = server.get(POOLS, "admin-pool")
@@ -69,7 +70,8 @@ def test_a_cluster_wide_conflict_writes_the_rest_and_counts_its_drift(
         done = agent.run_pass()
         assert done.status == "ok", done.message
         assert [str(c) for c in done.applied] == [
-            "+ ippool k3snet-nonat-172-20-0-0-16 172.20.0.0/16 disabled blockSize=26"]
+            "+ ippool k3snet-nonat-172-20-0-0-16 172.20.0.0/16 disabled blockSize=26 "
+            "disableBGPExport"]
     finally:
         agent.shutdown()
 

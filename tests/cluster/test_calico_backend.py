@@ -200,7 +200,7 @@ def test_the_default_pool_meets_the_pod_cidr(seeded: EmulatedApiServer,
     spec = Spec(destinations=[Destination("192.168.3.0/24", masquerade=False)])
     p = plan(backend.observe(), compile_ippools(spec))
     assert [str(c) for c in p] == ["+ ippool k3snet-nonat-192-168-3-0-24 192.168.3.0/24 "
-                                   "disabled blockSize=26"]
+                                   "disabled blockSize=26 disableBGPExport"]
     assert [(n.status, n.wanted.describe()) for n in p.notes] == [
         ("met", "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing")]
     backend.apply(p)
@@ -838,3 +838,128 @@ def test_a_foreign_pool_whose_stored_metadata_nests_too_deep_fails_no_observe(
                      "spec": pool.to_spec()})
     observed = _backend(api_client).observe()
     assert pool not in observed.owned
+
+
+# ---------------------------------------------------------------- BGP export of exemptions
+
+# Calico's BIRD exports every route inside a pool's CIDR to its BGP peers unless the pool
+# has disableBGPExport, disabled pools included (confd's bird_ipam.cfg.template: only
+# disableBGPExport rejects), and BIRD imports the host's kernel and interface routes: an
+# exemption pool of 192.168.0.0/16 had every node advertise its LAN to its BGP peers.
+LAN = Spec(destinations=[Destination("192.168.0.0/16", masquerade=False)])
+LAN_POOL = "k3snet-nonat-192-168-0-0-16"
+NO_BGP_EXPORT = {CRD: ["disableBGPExport"]}  # Calico's IPPool CRD before v3.21
+
+
+def test_an_exemption_pool_is_not_exported_over_bgp(api_server: EmulatedApiServer,
+                                                     api_client: Any) -> None:
+    (pool,) = _pools(compile_ippools(LAN)).values()
+    assert pool.disable_bgp_export
+    backend = _backend(api_client)
+    backend.apply(plan(backend.observe(), compile_ippools(LAN)))
+    stored = api_server.get(CRD, LAN_POOL)
+    assert stored is not None
+    assert stored["spec"]["disableBGPExport"] is True
+    assert plan(backend.observe(), compile_ippools(LAN)).empty
+    assert backend.warnings == ()
+
+
+@pytest.mark.parametrize("api", ["crd", "v3"])
+def test_an_exemption_pool_an_older_k3snet_wrote_gets_disable_bgp_export_in_place(
+        api_server: EmulatedApiServer, api_client: Any, api: str) -> None:
+    # Older k3snet wrote disableBGPExport: false; Calico's API server (v3) answers a
+    # false by leaving it out (omitempty). Calico lets the field change in place (its
+    # update checks only cidr and blockSize, and allowedUses LoadBalancer): no delete.
+    resource, version = (CRD, "crd.projectcalico.org/v1") if api == "crd" else (
+        V3, "projectcalico.org/v3")
+    spec = IPPool(LAN_POOL, "192.168.0.0/16", disabled=True).to_spec()
+    if api == "v3":
+        del spec["disableBGPExport"]
+    uid = api_server.put(resource, _pool_resource(LAN_POOL, spec, api=version,
+                                                  labels=LABEL))["metadata"]["uid"]
+    backend = _backend(api_client, api=api)
+    p = plan(backend.observe(), compile_ippools(LAN))
+    ((before, after),) = [(c.before, c.after) for c in p if c.action == "replace"]
+    assert isinstance(before, IPPool) and not before.disable_bgp_export  # noqa: PT018
+    assert isinstance(after, IPPool) and after.disable_bgp_export  # noqa: PT018
+    assert disruptive_changes(p) == ()
+    assert backend.check(p) == ()
+    backend.apply(p)
+    assert [m for m, _, _ in api_server.requests()[-1:]] == ["PATCH"]
+    stored = api_server.get(resource, LAN_POOL)
+    assert stored is not None
+    assert stored["metadata"]["uid"] == uid  # the same pool, changed in place
+    assert stored["spec"]["disableBGPExport"] is True
+    assert plan(backend.observe(), compile_ippools(LAN)).empty
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["new pool", "pool of an older k3snet"])
+def test_with_a_crd_without_disable_bgp_export_the_plan_converges_and_says_it_once(
+        caplog: pytest.LogCaptureFixture, older: bool) -> None:
+    # Calico before v3.21: the IPPool CRD has no disableBGPExport and the API server drops
+    # it. No plan can change that: the second plan is empty, and a warning says the pool
+    # is still exported (once, while it lasts).
+    with EmulatedApiServer(pruned=NO_BGP_EXPORT) as server:
+        server.put(CRD, FOREIGN[0])  # the pod pool
+        if older:
+            server.put(CRD, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16",
+                                                      "disabled": True, "blockSize": 26},
+                                           labels=LABEL))
+        backend = _backend(server.api_client())
+        backend.apply(plan(backend.observe(), compile_ippools(LAN)))
+        stored = server.get(CRD, LAN_POOL)
+        assert stored is not None
+        assert "disableBGPExport" not in stored["spec"]  # dropped, as the old schema does
+        with caplog.at_level("WARNING", logger="k3snet"):
+            again = plan(backend.observe(), compile_ippools(LAN))
+            assert again.empty, again.render()
+            assert not again.conflicts
+            assert plan(backend.observe(), compile_ippools(LAN)).empty
+        (warning,) = backend.warnings
+        assert warning.startswith(f"IPPool {LAN_POOL}: the API server drops disableBGPExport")
+        assert "exports 192.168.0.0/16 over BGP" in warning
+        assert [r.getMessage() for r in caplog.records].count(f"calico: {warning}") == 1
+        # A new process (`k3snet plan` after `k3snet apply`) reads it so too.
+        fresh = _backend(server.api_client())
+        assert plan(fresh.observe(), compile_ippools(LAN)).empty
+        assert fresh.warnings == (warning,)
+
+
+def test_with_a_v3_api_without_disable_bgp_export_the_answer_of_the_write_tells(
+        ) -> None:
+    # Calico's API server answers a false disableBGPExport by leaving it out, so a pool
+    # read without it may be one to change; one of v3.20 (before the field) drops it:
+    # the write of true answered without it says so, and the next plan is empty.
+    with EmulatedApiServer(pruned={V3: ["disableBGPExport"]}) as server:
+        server.put(V3, _pool_resource("default-ipv4-ippool", {"cidr": "10.42.0.0/16",
+                                                              "natOutgoing": True},
+                                      api="projectcalico.org/v3"))
+        server.put(V3, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16", "disabled": True},
+                                      api="projectcalico.org/v3", labels=LABEL))
+        backend = _backend(server.api_client(), api="v3")
+        p = plan(backend.observe(), compile_ippools(LAN))
+        assert [c.action for c in p] == ["replace"]
+        assert backend.warnings == ()
+        backend.apply(p)
+        again = plan(backend.observe(), compile_ippools(LAN))
+        assert again.empty, again.render()
+        (warning,) = backend.warnings
+        assert "drops disableBGPExport" in warning
+
+
+def test_a_pool_whose_disable_bgp_export_the_api_drops_holds_the_wanted_pool_and_nothing_else(
+        ) -> None:
+    wanted = IPPool(LAN_POOL, "192.168.0.0/16", disabled=True, disable_bgp_export=True)
+    read = IPPool(LAN_POOL, "192.168.0.0/16", disabled=True, disable_bgp_export_dropped=True)
+    assert read != wanted
+    assert wanted.held_by(read)
+    assert object_from_dict(read.to_dict()) == read
+    assert "disable_bgp_export_dropped" not in wanted.to_dict()  # older documents unchanged
+    p = plan(State(owned=[read]), State(owned=[wanted]))
+    assert p.empty
+    assert p.held == ((wanted, read),)
+    # Any other difference is still a change, and a pool read with the field is not held.
+    assert not attrs.evolve(wanted, block_size=24).held_by(read)
+    assert not wanted.held_by(attrs.evolve(read, disable_bgp_export_dropped=False))
+    with pytest.raises(ModelError, match="disable_bgp_export_dropped must be true or false"):
+        IPPool("x", "10.0.0.0/16", disable_bgp_export_dropped=1)  # type: ignore[arg-type]
