@@ -1073,7 +1073,8 @@ class CiliumBackend(BackendBase):
             path=path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE)
         if mounted is None:
             self._api.warn(why)
-        return why if mounted is False else None
+        # Mount paths are the cluster's text: one printable line in the plan's reasons.
+        return printable(why)[:1000] if mounted is False else None
 
     # ------------------------------------------------------------ disruptive changes
 

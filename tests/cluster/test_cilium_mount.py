@@ -212,6 +212,20 @@ def test_the_daemonset_option_names_cilium_s_agent_daemonset(
                               backend_options={"cilium": {"daemonset": "Cilium/x"}}))
 
 
+def test_a_mount_path_of_the_cluster_s_is_one_printable_line(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    odd = cilium_daemonset(ip_masq_agent=True)
+    _pod(odd)["containers"][0]["volumeMounts"][-1]["mountPath"] = "/etc/x\n! forged\x1b[2J"
+    cilium.put(DAEMONSETS, odd)
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    why = foreign.ip_masq_agent_unmounted
+    assert why is not None
+    assert "(it is at /etc/x" in why
+    assert why.isprintable()
+
+
 def _pod(ds: dict[str, Any]) -> dict[str, Any]:
     pod: dict[str, Any] = ds["spec"]["template"]["spec"]
     return pod
