@@ -30,7 +30,13 @@ the ``resourceVersion`` read: a concurrent change makes the API server answer
 **When changes take effect.** The agent reads ``cilium-config`` when it starts
 (restart the ``cilium`` DaemonSet); the ip-masq-agent file is re-read when the
 kubelet updates the mounted ConfigMap, *if* the DaemonSet mounts it (Helm
-``ipMasqAgent.enabled=true``; k3snet does not edit the DaemonSet).
+``ipMasqAgent.enabled=true``; k3snet does not edit the DaemonSet). ``observe`` reads
+the DaemonSet (``daemonset``, in Cilium's namespace; never written): where its
+``cilium-agent`` container does not have the ConfigMap's ``config`` key at
+``/etc/config/ip-masq-agent`` (or ``ip-masq-agent-config-path``), the foreign config
+says so (``CiliumConfig.ip_masq_agent_unmounted``), and Cilium's ip-masq-agent is
+judged with its default list. A DaemonSet not found (404) or not to be read (403) is
+a warning in the log, and the ConfigMap is judged as if mounted.
 
 **Per-node overrides.** ``observe`` also lists the CiliumNodeConfigs of Cilium's
 namespace (``cilium.io/v2``, else ``v2alpha1``; none where neither is served): the
@@ -70,6 +76,7 @@ from k3snet._gojson import (
 )
 from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult, ensure_capable
+from k3snet.backends.cilium_mount import DEFAULT_AGENT_FILE, DEFAULT_DAEMONSET, agent_file_mounted
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
     BackendBase,
@@ -567,6 +574,32 @@ class _Api:
             and isinstance(item["metadata"].get("name"), str))
         return names or None
 
+    def daemonset(self, name: str) -> dict[str, Any] | None:
+        """The DaemonSet ``name`` of the namespace, as JSON (``None``: not found, 404, or
+        not to be read, 403: a warning says so, once)."""
+        apps = self.client.AppsV1Api(self.core.api_client)
+        what = f"read DaemonSet {self.namespace}/{name}"
+        try:
+            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
+                answer: Any = apps.read_namespaced_daemon_set(
+                    name, self.namespace, _request_timeout=self.timeout,
+                    _preload_content=False)
+        except KubeApiError as exc:
+            if exc.status not in (403, 404):
+                raise
+            hint = ("name Cilium's agent DaemonSet with the backend's daemonset option"
+                    if exc.status == 404 else "grant get on it (k3snet render manifests does)")
+            self.warn(f"{exc}: whether Cilium's agents mount the ConfigMap {self.agent_name} "
+                      f"(Helm ipMasqAgent.enabled=true) is not checked; {hint}")
+            return None
+        try:
+            found = json.loads(answer.data)
+        except ValueError as exc:
+            raise BackendError(f"{what}: the answer is not JSON ({exc})") from exc
+        if not isinstance(found, dict):
+            raise BackendError(f"{what}: the answer is not an object")
+        return found
+
     def warn(self, warning: str) -> None:
         """Log ``warning`` once, not on every agent pass that finds it again."""
         warning = printable(warning)[:1000]  # a selector's text is the cluster's
@@ -828,6 +861,10 @@ def _ip_masq_agent(name: Any, namespace: str = DEFAULT_CONFIGMAP[0]) -> None:
     cilium_target(namespace, option_text("ip_masq_agent", name))
 
 
+def _daemonset(name: Any, namespace: str = DEFAULT_CONFIGMAP[0]) -> None:
+    cilium_target(namespace, option_text("daemonset", name))
+
+
 def _apart(configmap: Any, ip_masq_agent: Any) -> None:
     """Refuse an ``ip_masq_agent`` naming Cilium's configuration ``configmap``: in one
     ConfigMap for both, the two records k3snet keeps in it (what it set of
@@ -848,6 +885,8 @@ class CiliumBackend(BackendBase):
     ``kubernetes.client.ApiClient`` (else one is built from ``kubeconfig`` /
     ``context`` or the in-cluster account); ``timeout`` bounds each request.
     ``allow_disruptive`` lets ``apply`` make the changes :meth:`disruptive` names.
+    ``daemonset`` is the name of Cilium's agent DaemonSet in that namespace, read to
+    know whether it mounts the ip-masq-agent ConfigMap.
 
     A missing ``cilium-config`` is observed as empty; applying to it is refused.
     """
@@ -855,6 +894,7 @@ class CiliumBackend(BackendBase):
     name = "cilium"
     option_defaults: ClassVar[Mapping[str, str]] = {
         "configmap": "kube-system/cilium-config",
+        "daemonset": DEFAULT_DAEMONSET,
         "kubeconfig": KUBECONFIG_DEFAULT,
     }
     """What an option left out means (``k3snet explain backends.cilium``)."""
@@ -862,6 +902,7 @@ class CiliumBackend(BackendBase):
     option_checks: ClassVar[OptionChecks] = {
         "configmap": lambda v: cilium_target(*_configmap(v)),
         "ip_masq_agent": _ip_masq_agent,
+        "daemonset": _daemonset,
         "timeout": lambda v: option_seconds("timeout", v),
         "allow_disruptive": lambda v: option_flag("allow_disruptive", v),
         **API_OPTION_CHECKS}
@@ -881,6 +922,7 @@ class CiliumBackend(BackendBase):
         *,
         configmap: tuple[str, str] | str | None = None,
         ip_masq_agent: str = DEFAULT_IP_MASQ_AGENT,
+        daemonset: str = DEFAULT_DAEMONSET,
         api_client: Any = None,
         kubeconfig: str | None = None,
         context: str | None = None,
@@ -891,7 +933,9 @@ class CiliumBackend(BackendBase):
         namespace, cm_name = _configmap(configmap)
         self._target = cilium_target(namespace, cm_name)  # validates before connecting
         _ip_masq_agent(ip_masq_agent, namespace)
+        _daemonset(daemonset, namespace)
         _apart(configmap, ip_masq_agent)
+        self._daemonset = daemonset
         timeout = option_seconds("timeout", timeout)
         self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
         self._client, self._owns_client = make_api_client(
@@ -1006,7 +1050,8 @@ class CiliumBackend(BackendBase):
         groups = (_node_groups(found, self._api.node_labels(), self._api.warn)
                   if any(not o.every_node for o, _ in found) else None)
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
-                               node_groups=groups)
+                               node_groups=groups,
+                               ip_masq_agent_unmounted=self._unmounted(read.config.data))
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
         if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
@@ -1014,6 +1059,22 @@ class CiliumBackend(BackendBase):
             foreign = attrs.evolve(foreign, egress_gateways=_egress_gateways(
                 self._api.egress_gateway_policies(), "CiliumEgressGatewayPolicies"))
         return State(owned=[] if owned is None else [owned], foreign=[foreign])
+
+    def _unmounted(self, config: Mapping[str, str]) -> str | None:
+        """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``None``: they do,
+        or it is not known: the DaemonSet not found or not to be read, a warning)."""
+        found = self._api.daemonset(self._daemonset)
+        if found is None:
+            return None
+        path = config.get("ip-masq-agent-config-path")
+        mounted, why = agent_file_mounted(
+            found, f"DaemonSet {self._api.namespace}/{self._daemonset}", self._api.agent_name,
+            key=AGENT_CONFIG_KEY,
+            path=path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE)
+        if mounted is None:
+            self._api.warn(why)
+        # Mount paths are the cluster's text: one printable line in the plan's reasons.
+        return printable(why)[:1000] if mounted is False else None
 
     # ------------------------------------------------------------ disruptive changes
 

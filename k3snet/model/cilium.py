@@ -21,6 +21,9 @@ from a pod to a destination:
   means Cilium's default list (:data:`IP_MASQ_AGENT_DEFAULTS`); a file that
   sets any key but not ``nonMasqueradeCIDRs`` means no CIDR at all. Link-local
   ranges are added unless ``masqLinkLocal`` / ``masqLinkLocalIPv6`` is true.
+  The file exists only where the ``cilium`` DaemonSet mounts the ConfigMap there
+  (Helm ``ipMasqAgent.enabled=true``): unmounted, whatever the ConfigMap says, Cilium
+  reads no file (:attr:`CiliumConfig.ip_masq_agent_unmounted`).
 
 Names and defaults were read from Cilium's documentation (docs.cilium.io
 ``stable``, the 1.18 series, and ``latest``: network/concepts/masquerading) and
@@ -152,6 +155,11 @@ _TARGET = re.compile(r"configmap:([a-z0-9]([-a-z0-9]*[a-z0-9])?)/"
 # Go's strconv.ParseBool, which the agent's configuration reader uses.
 _GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+# The way out when the cilium DaemonSet does not mount the ip-masq-agent ConfigMap.
+_UNMOUNTED_FIX = ("mount the ip-masq-agent ConfigMap into the cilium DaemonSet's agent at "
+                  "/etc/config (Helm ipMasqAgent.enabled=true; k3snet does not edit the "
+                  "DaemonSet) and restart the agents")
 
 CILIUM_DEFAULT_TARGET = "configmap:kube-system/cilium-config"
 """The ``cilium-config`` ConfigMap of a Helm install in ``kube-system`` (K3s' usual place)."""
@@ -470,6 +478,12 @@ def _groups(value: Iterable[Iterable[str]] | None) -> tuple[tuple[str, ...], ...
     return tuple(sorted(found, key=lambda g: (len(g), g)))
 
 
+def _unmounted(value: str | None) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ModelError(f"ip_masq_agent_unmounted must be a reason or None, got {value!r}")
+    return value
+
+
 @attrs.frozen(eq=False)
 class CiliumConfig(NetObject):
     """Cilium's masquerade settings for one ``cilium-config`` ConfigMap (``target``).
@@ -484,7 +498,10 @@ class CiliumConfig(NetObject):
     ``settings``; and ``node_groups``, when the Nodes' labels were read: for each set of
     them that selects some node alone, their names (``()``: the nodes none of them
     selects); ``None``: not known, each is judged on its own
-    (:meth:`on_nodes`).
+    (:meth:`on_nodes`). ``ip_masq_agent_unmounted``, observed: why Cilium's agents
+    do not read the ip-masq-agent ConfigMap (the ``cilium`` DaemonSet does not mount it
+    where the agent reads its file), so ``ip_masq_agent`` is not what Cilium uses;
+    ``None``: mounted, or not known.
     """
 
     kind: ClassVar[str] = "cilium"
@@ -502,6 +519,8 @@ class CiliumConfig(NetObject):
         default=(), converter=_gateways, kw_only=True)
     node_groups: tuple[tuple[str, ...], ...] | None = attrs.field(
         default=None, converter=_groups, kw_only=True)
+    ip_masq_agent_unmounted: str | None = attrs.field(
+        default=None, converter=_unmounted, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -521,10 +540,12 @@ class CiliumConfig(NetObject):
                 raise ModelError(f"node_groups name {', '.join(unknown)}, which are not "
                                  "among the node_overrides")
         groups = () if self.node_groups is None else (("groups", self.node_groups),)
+        unmounted = (() if self.ip_masq_agent_unmounted is None
+                     else (("unmounted", self.ip_masq_agent_unmounted),))
         self._seal(("cilium", self.target), (self.settings.canonical_items(), agent,
                                              *((overrides,) if overrides else ()),
                                              *((gateways,) if gateways else ()),
-                                             *groups))
+                                             *groups, *unmounted))
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -566,10 +587,13 @@ class CiliumConfig(NetObject):
         if other.ip_masq_agent is not None:
             agent = JsonMapping({**(agent.to_dict() if agent is not None else {}),
                                  **other.ip_masq_agent.to_dict()})
+        # k3snet's keys go into the same ConfigMap: unmounted, Cilium reads them no more
+        # than the others.
         return CiliumConfig(self.target, settings=settings, ip_masq_agent=agent,
                             node_overrides=self.node_overrides,
                             egress_gateways=self.egress_gateways,
-                            node_groups=self.node_groups)
+                            node_groups=self.node_groups,
+                            ip_masq_agent_unmounted=self.ip_masq_agent_unmounted)
 
     def on_nodes(self) -> tuple[tuple[tuple[CiliumNodeOverride, ...], CiliumConfig], ...]:
         """What the agents read, by the node overrides behind it, each laid over
@@ -599,7 +623,8 @@ class CiliumConfig(NetObject):
         for override in overrides:
             settings.update(override.settings.to_dict())
         return CiliumConfig(self.target, settings=settings, ip_masq_agent=self.ip_masq_agent,
-                            egress_gateways=self.egress_gateways)
+                            egress_gateways=self.egress_gateways,
+                            ip_masq_agent_unmounted=self.ip_masq_agent_unmounted)
 
     def egress_gateway_on(self, family: int) -> bool:
         """Cilium's egress gateway runs for ``family`` (IPv4: ``enable-ipv4-egress-gateway``,
@@ -608,10 +633,23 @@ class CiliumConfig(NetObject):
         return self.flag("enable-egress-gateway") or (
             family == 4 and self.flag("enable-ipv4-egress-gateway"))
 
+    def ip_masq_agent_runs(self) -> bool:
+        """Cilium's eBPF ip-masq-agent decides what is masqueraded: ``enable-ip-masq-agent``
+        with eBPF masquerading (:func:`startup_problems` says when the agent refuses it)."""
+        return self.flag("enable-bpf-masquerade") and self.flag("enable-ip-masq-agent")
+
     def non_masquerade_cidrs(self, family: int) -> tuple[tuple[Network, str], ...]:
-        """The ip-masq-agent's non-masquerade CIDRs of ``family``, each with where it comes from."""
-        agent = self.ip_masq_agent
-        if agent is None:
+        """The ip-masq-agent's non-masquerade CIDRs of ``family``, each with where it comes from.
+
+        With the ConfigMap unmounted (:attr:`ip_masq_agent_unmounted`) the agent finds no
+        file there: Cilium's default list, whatever the ConfigMap holds."""
+        unmounted = self.ip_masq_agent_unmounted
+        agent = None if unmounted is not None else self.ip_masq_agent
+        if unmounted is not None:
+            found = [(parse_network(c), "Cilium's default list (the ip-masq-agent ConfigMap "
+                                        f"is not mounted: {unmounted})")
+                     for c in IP_MASQ_AGENT_DEFAULTS]
+        elif agent is None:
             found = [(parse_network(c), "Cilium's default list (the ip-masq-agent config "
                                         "is empty)") for c in IP_MASQ_AGENT_DEFAULTS]
         else:
@@ -671,6 +709,9 @@ class CiliumConfig(NetObject):
                 parts.append("ip-masq-agent=(empty)")
         if len(parts) == 1:
             parts.append("(no keys)")
+        if self.ip_masq_agent_unmounted is not None:
+            parts.append("[ip-masq-agent ConfigMap not mounted: "
+                         f"{one_line(self.ip_masq_agent_unmounted)}]")
         parts += [f"[{o.describe()}]" for o in self.node_overrides]
         parts += [f"[{g.describe()}]" for g in self.egress_gateways]
         return " ".join(parts)
@@ -689,6 +730,8 @@ class CiliumConfig(NetObject):
             data["egress_gateways"] = [g.to_dict() for g in self.egress_gateways]
         if self.node_groups is not None:
             data["node_groups"] = [list(g) for g in self.node_groups]
+        if self.ip_masq_agent_unmounted is not None:
+            data["ip_masq_agent_unmounted"] = self.ip_masq_agent_unmounted
         return data
 
     @classmethod
@@ -700,7 +743,8 @@ class CiliumConfig(NetObject):
                                    for o in data.get("node_overrides") or ()],
                    egress_gateways=[CiliumEgressGateway.from_dict(g)
                                     for g in data.get("egress_gateways") or ()],
-                   node_groups=data.get("node_groups"))
+                   node_groups=data.get("node_groups"),
+                   ip_masq_agent_unmounted=data.get("ip_masq_agent_unmounted"))
 
 
 def _ordered(settings: JsonMapping) -> list[str]:
@@ -769,7 +813,7 @@ masquerades traffic to it
         return (f"{destination} is {where} Cilium's {v}-native-routing-cidr {native}: Cilium "
                 "never masquerades traffic to it")
     bpf = config.flag("enable-bpf-masquerade")
-    if bpf and config.flag("enable-ip-masq-agent"):
+    if config.ip_masq_agent_runs():
         for net, source in config.non_masquerade_cidrs(family):
             if overlaps(net, destination):
                 where = "inside" if contains(net, destination) else "partly inside"
@@ -802,9 +846,11 @@ def _device_reason(config: CiliumConfig, destination: Network, device: str, *,
     return None
 
 
-def _fix_for(reason: str, family: int) -> str:
+def _fix_for(reason: str, family: int) -> str:  # noqa: PLR0911 - one way out a reason
     """The way out of one reason :func:`why_not_masqueraded` gives."""
     v = f"ipv{family}"
+    if "ip-masq-agent ConfigMap is not mounted" in reason:
+        return _UNMOUNTED_FIX
     if "masquerading is off" in reason:
         return (f"set cni.cilium.enableIPv{family}Masquerade: true (enable-{v}-masquerade "
                 "in cilium-config)")
@@ -944,6 +990,7 @@ class CiliumMasquerade(NetObject):
                  (startup_problems(effective)
                   if self.masquerade or self.exempt or self.exempt_via else ())]
         found += pool_problems(effective, self.pod_cidrs)
+        found += self._unmounted_problems(effective)
         for destination, device in self.masquerade:
             if why_not_masqueraded(effective, destination, device or None) is None:
                 continue  # nor for any part of it
@@ -959,6 +1006,19 @@ class CiliumMasquerade(NetObject):
             elif effective.egress_gateway_on(destination.version):
                 found += _gateway_problems(effective, destination)
         return found
+
+    def _unmounted_problems(self, effective: CiliumConfig) -> list[str]:
+        """The ip-masq-agent keys k3snet writes where Cilium's running ip-masq-agent does
+        not read them (the ConfigMap not mounted): converged in the API server, not in
+        effect. What Cilium does instead with each destination is judged beside it."""
+        wanted = None if self.wanted is None else self.wanted.ip_masq_agent
+        if (effective.ip_masq_agent_unmounted is None or not wanted
+                or not effective.ip_masq_agent_runs()):
+            return []
+        return [f"k3snet writes {', '.join(k for k in IP_MASQ_AGENT_KEYS if k in wanted)} "
+                f"into the ip-masq-agent ConfigMap in {effective.namespace}, which Cilium's "
+                f"agents do not read: it is not mounted ({effective.ip_masq_agent_unmounted}), "
+                f"so Cilium uses its default non-masquerade list; fix: {_UNMOUNTED_FIX}"]
 
     def _masqueraded_parts(self, destination: Network) -> tuple[Network, ...]:
         """What of ``destination`` the spec masquerades: less the exempt CIDRs inside it
@@ -1080,6 +1140,10 @@ def _exempt_problem(config: CiliumConfig, destination: Network) -> str:
         fix = ("Cilium's eBPF masquerading without its ip-masq-agent exempts only the "
                "native-routing CIDR: turn on its ip-masq-agent (cni.cilium.ipMasqAgent) and "
                "list it in cni.cilium.nonMasqueradeCIDRs")
+    elif config.ip_masq_agent_unmounted is not None:
+        fix = (f"the ip-masq-agent ConfigMap is not mounted "
+               f"({config.ip_masq_agent_unmounted}), so Cilium uses its default list: "
+               f"{_UNMOUNTED_FIX}, and list it in cni.cilium.nonMasqueradeCIDRs")
     else:
         fix = "add it to cni.cilium.nonMasqueradeCIDRs"
     return f"Cilium masquerades pods' traffic to {destination}, which the spec exempts; {fix}"

@@ -163,6 +163,7 @@ _CLUSTER_BACKENDS = ("calico", "cilium", "flannel")
 # The cilium backend's defaults (k3snet.backends.cilium; render/ imports no backend).
 _CILIUM_CONFIGMAP = ("kube-system", "cilium-config")
 _CILIUM_IP_MASQ_AGENT = "ip-masq-agent"
+_CILIUM_DAEMONSET = "cilium"
 _RUN_DIR = "/run/k3snet"
 _XTABLES_LOCK = "/run/xtables.lock"
 _RESULT_PREFIX = "k3snet-connectivity"
@@ -233,6 +234,8 @@ class _AgentNeeds:
     node_report: bool = True
     cilium: tuple[str, tuple[str, str]] | None = None
     """(namespace, (cilium-config's name, the ip-masq-agent ConfigMap's name))."""
+    cilium_daemonset: str = _CILIUM_DAEMONSET
+    """Cilium's agent DaemonSet in its namespace (read: does it mount the ip-masq-agent one?)."""
     node_restriction: bool = False
     """Whether an admission policy limits the agent's writes to its own node's objects."""
     lease_candidates: str | None = None
@@ -263,6 +266,12 @@ def _agent_needs(
         problems.append(Problem("backends", "flannel options given but the spec's backends "
                                             "do not include flannel"))
     cilium = _cilium_configmaps(spec, problems) if "cilium" in spec.backends else None
+    daemonset = _CILIUM_DAEMONSET
+    if "cilium" in spec.backends:
+        daemonset = spec_backend_options(spec, "cilium").get("daemonset", _CILIUM_DAEMONSET)
+        problem = object_name_problem(daemonset, "DaemonSet")
+        if problem is not None:
+            problems.append(Problem("backends.cilium.daemonset", problem))
     if lease_candidates is not None:
         problem = label_selector_problem(lease_candidates)
         if problem is not None:
@@ -287,6 +296,7 @@ def _agent_needs(
         flannel_configmap=flannel[1],
         node_report=node_report,
         cilium=cilium,
+        cilium_daemonset=daemonset,
         node_restriction=node_restriction,
         lease_candidates=lease_candidates,
     )
@@ -588,6 +598,8 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         # ip-masq-agent one only (delete on cilium-config let any node's agent take
         # Cilium's whole configuration away). The CiliumNodeConfigs there are listed
         # (never written): the keys they set over cilium-config on some nodes are judged too.
+        # Cilium's agent DaemonSet is read (never written): whether it mounts the
+        # ip-masq-agent ConfigMap, without which Cilium does not read it.
         cilium_ns, (config_name, agent_name) = needs.cilium
         objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
@@ -595,7 +607,9 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
              "resourceNames": sorted({config_name, agent_name}), "verbs": ["get", "patch"]},
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [agent_name],
              "verbs": ["delete"]},
-            {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]}])
+            {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]},
+            {"apiGroups": ["apps"], "resources": ["daemonsets"],
+             "resourceNames": [needs.cilium_daemonset], "verbs": ["get"]}])
         # CiliumEgressGatewayPolicies are cluster-scoped: listed (where some node runs
         # the egress gateway), never written; so are the Nodes (their labels, which the
         # CiliumNodeConfigs selecting some nodes select by) and the CiliumNodes (which

@@ -22,6 +22,7 @@ from k3snet.cli import main
 from k3snet.render.manifests import AGENT_NAME, SPEC_PATH, render_manifests
 from k3snet.spec import load_spec
 from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
+from tests.cluster.test_cilium_mount import cilium_daemonset
 
 pytestmark = pytest.mark.cluster
 
@@ -274,6 +275,8 @@ def test_cilium_agent_sends_only_what_its_rbac_grants(
         "metadata": {"name": "edge", "namespace": "kube-system"},
         "spec": {"nodeSelector": {"matchLabels": {"zone": "edge"}},
                  "defaults": {"enable-ipv4-masquerade": "true"}}})
+    # Cilium's agent DaemonSet as Helm's ipMasqAgent.enabled=true renders it: read (get).
+    server.put("apps/v1/daemonsets", cilium_daemonset(ip_masq_agent=True))
     base = HEADER + "backends: [cilium]\n"
     # eBPF masquerading with an ip-masq-agent list that k3snet creates, changes, then
     # deletes (k3snet keeps its keys of cilium-config: giving all back would be a teardown).
@@ -287,7 +290,7 @@ def test_cilium_agent_sends_only_what_its_rbac_grants(
          base + "destinations: []\n" + cni))
     sent = {(r.resource, r.verb, r.name) for r in requests}
     assert {("configmaps", "create", None), ("configmaps", "patch", "ip-masq-agent"),
-            ("configmaps", "delete", "ip-masq-agent")} <= sent
+            ("configmaps", "delete", "ip-masq-agent"), ("daemonsets", "get", "cilium")} <= sent
     assert {("ciliumnodeconfigs", "list"), ("ciliumegressgatewaypolicies", "list"),
             ("nodes", "list"), ("ciliumnodes", "list")} <= {(r.resource, r.verb)
                                                             for r in requests}

@@ -139,7 +139,7 @@ SPECS: dict[str, tuple[Spec, dict[str, Any]]] = {
     "calico": (_with_calico(), {}),
     "cilium": (_with_cilium(), {}),
     "cilium-elsewhere": (_with_cilium(configmap=["cilium-system", "cilium-cfg"],
-                                      ip_masq_agent="masq"), {}),
+                                      ip_masq_agent="masq", daemonset="cilium-agent"), {}),
     "dns-and-test": (_with_dns_and_test(), {}),
     "everything-flannel-configmap": (_everything(),
                                      {"flannel_configmap_namespace": "kube-flannel"}),
@@ -657,11 +657,11 @@ def test_calico_gets_ippools_cluster_wide() -> None:
     assert _one(objs, "ServiceAccount")["automountServiceAccountToken"] is True
 
 
-@pytest.mark.parametrize(("name", "namespace", "names"), [
-    ("cilium", "kube-system", ["cilium-config", "ip-masq-agent"]),
-    ("cilium-elsewhere", "cilium-system", ["cilium-cfg", "masq"])])
+@pytest.mark.parametrize(("name", "namespace", "names", "daemonset"), [
+    ("cilium", "kube-system", ["cilium-config", "ip-masq-agent"], "cilium"),
+    ("cilium-elsewhere", "cilium-system", ["cilium-cfg", "masq"], "cilium-agent")])
 def test_cilium_gets_its_two_configmaps_and_no_host_path(
-        name: str, namespace: str, names: list[str]) -> None:
+        name: str, namespace: str, names: list[str], daemonset: str) -> None:
     objs = _render(name)
     role = _one(objs, "Role", f"{AGENT_NAME}-cilium")
     assert role["metadata"]["namespace"] == namespace
@@ -672,7 +672,10 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
         # Only the ip-masq-agent one is ever deleted: never Cilium's own configuration.
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": names[1:],
          "verbs": ["delete"]},
-        {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]}]
+        {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]},
+        # Cilium's agent DaemonSet, read only: does it mount the ip-masq-agent ConfigMap?
+        {"apiGroups": ["apps"], "resources": ["daemonsets"], "resourceNames": [daemonset],
+         "verbs": ["get"]}]
     binding = _one(objs, "RoleBinding", f"{AGENT_NAME}-cilium")
     assert binding["metadata"]["namespace"] == namespace
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,

@@ -76,6 +76,33 @@ def test_ip_masq_agent_applies_only_with_bpf_masquerade() -> None:
     assert "192.168.0.0/16, from Cilium's default list" in reason
 
 
+def test_an_unmounted_list_is_not_cilium_s_which_uses_its_defaults() -> None:
+    # The ConfigMap's list (and k3snet's laid over it) is not what Cilium reads when the
+    # DaemonSet does not mount it: its default list, link-local as without the file.
+    bpf = {"enable_ip_masq_agent": "true", "enable_bpf_masquerade": "true"}
+    unmounted = attrs.evolve(_config({"nonMasqueradeCIDRs": ["10.0.0.0/8"],
+                                      "masqLinkLocal": True}, **bpf),
+                             ip_masq_agent_unmounted="no volume")
+    wanted = CiliumConfig(TARGET, ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})
+    for config in (unmounted, unmounted.overlay(wanted), *(v for _, v in unmounted.on_nodes())):
+        reason = why_not_masqueraded(config, DEST)
+        assert reason is not None
+        assert "(the ip-masq-agent ConfigMap is not mounted: no volume)" in reason
+        assert why_not_masqueraded(config, parse_network("169.254.10.0/24")) is not None
+    # Without the ip-masq-agent running, the mount does not matter.
+    assert why_not_masqueraded(attrs.evolve(unmounted, settings={}), DEST) is None
+    assert CiliumConfig.from_dict(unmounted.to_dict()) == unmounted
+    assert unmounted != attrs.evolve(unmounted, ip_masq_agent_unmounted=None)
+    assert "ip_masq_agent_unmounted" not in _config().to_dict()  # earlier documents' shape
+    with pytest.raises(ModelError):
+        CiliumConfig(TARGET, ip_masq_agent_unmounted="")
+    expectation = CiliumMasquerade(TARGET, masquerade=[(DEST, None)], wanted=wanted)
+    problems = expectation.problems(unmounted)
+    assert problems[0].startswith("k3snet writes nonMasqueradeCIDRs into the ip-masq-agent "
+                                  "ConfigMap in kube-system, which Cilium's agents do not read")
+    assert "Helm ipMasqAgent.enabled=true" in problems[1]
+
+
 def test_an_explicit_list_replaces_the_defaults_and_link_local_is_added() -> None:
     bpf = {"enable_ip_masq_agent": "true", "enable_bpf_masquerade": "true"}
     listed = _config({"nonMasqueradeCIDRs": ["10.0.0.0/8"]}, **bpf)

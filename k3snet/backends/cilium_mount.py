@@ -1,0 +1,116 @@
+"""Whether the ``cilium`` DaemonSet gives its agent the ip-masq-agent ConfigMap as a file.
+
+Cilium's eBPF ip-masq-agent reads one file (``ip-masq-agent-config-path``, by default
+``/etc/config/ip-masq-agent``); the ConfigMap k3snet edits reaches it only through a
+volume of the agent's pod. Cilium's Helm chart adds that volume (ConfigMap
+``ip-masq-agent``, ``optional: true``, its key ``config`` as the file ``ip-masq-agent``)
+and its mount (``/etc/config`` in the ``cilium-agent`` container) only with
+``ipMasqAgent.enabled=true``. Without them the agent finds no file and uses its default
+list, whatever the ConfigMap says.
+
+The DaemonSet is read as JSON (its pod template alone is looked at), never written.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["AGENT_CONTAINER", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET", "agent_file_mounted"]
+
+DEFAULT_DAEMONSET = "cilium"
+"""The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
+
+AGENT_CONTAINER = "cilium-agent"
+"""The container of the DaemonSet's pods that runs the Cilium agent."""
+
+DEFAULT_AGENT_FILE = "/etc/config/ip-masq-agent"
+"""Where the agent reads the ip-masq-agent file (its ``ip-masq-agent-config-path`` flag)."""
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _sources_of(volume: Mapping[str, Any], configmap: str) -> list[dict[str, Any]]:
+    """The parts of ``volume`` that project the ConfigMap ``configmap``: a ``configMap``
+    volume, or a ``projected`` one's ``configMap`` sources."""
+    sources = [volume["configMap"]] if isinstance(volume.get("configMap"), dict) else []
+    projected = volume.get("projected")
+    if isinstance(projected, dict):
+        sources += [s["configMap"] for s in _dicts(projected.get("sources"))
+                    if isinstance(s.get("configMap"), dict)]
+    return [s for s in sources if _text(s.get("name")) == configmap]
+
+
+def _files_of(sources: list[dict[str, Any]], key: str) -> list[str]:
+    """The paths inside the volume holding ``key``: the ``items`` naming it, else (no
+    ``items``) a file named as the key."""
+    found = []
+    for source in sources:
+        items = _dicts(source.get("items"))
+        found += [_text(i.get("path")) for i in items
+                  if _text(i.get("key")) == key and _text(i.get("path"))] if items else [key]
+    return [posixpath.normpath(f) for f in found]
+
+
+def _mounted_at(mount: Mapping[str, Any], inside: str) -> str | None:
+    """Where the container sees the volume's path ``inside`` through ``mount`` (None: not
+    through it; a ``subPathExpr`` is not evaluated)."""
+    at = _text(mount.get("mountPath"))
+    if not at or mount.get("subPathExpr"):
+        return None
+    sub = posixpath.normpath(_text(mount.get("subPath")) or ".")
+    if sub == ".":
+        return posixpath.normpath(posixpath.join(at, inside))
+    if inside == sub:
+        return posixpath.normpath(at)
+    if inside.startswith(sub + "/"):
+        return posixpath.normpath(posixpath.join(at, inside[len(sub) + 1:]))
+    return None
+
+
+def agent_file_mounted(daemonset: Mapping[str, Any], where: str, configmap: str, *,
+                     key: str = "config", path: str = DEFAULT_AGENT_FILE
+                     ) -> tuple[bool | None, str]:
+    """Whether the agent container of ``daemonset`` (``where`` names it) sees ``key`` of
+    the ConfigMap ``configmap`` at ``path``: ``(True, "")``; ``(False, why not)``; or
+    ``(None, why not known)`` when its pods have no ``cilium-agent`` container.
+
+    >>> ds = {"spec": {"template": {"spec": {"containers": [{"name": "cilium-agent"}]}}}}
+    >>> agent_file_mounted(ds, "DaemonSet kube-system/cilium", "ip-masq-agent")
+    (False, 'DaemonSet kube-system/cilium has no volume of the ConfigMap ip-masq-agent')
+    """
+    spec = daemonset.get("spec")
+    template = spec.get("template") if isinstance(spec, dict) else None
+    pod = template.get("spec") if isinstance(template, dict) else None
+    pod = pod if isinstance(pod, dict) else {}
+    agent = next((c for c in _dicts(pod.get("containers"))
+                  if c.get("name") == AGENT_CONTAINER), None)
+    if agent is None:
+        return None, (f"{where} has no {AGENT_CONTAINER} container: whether its agent reads "
+                      f"the ConfigMap {configmap} is not known")
+    volumes = {_text(v.get("name")): _files_of(sources, key)
+               for v in _dicts(pod.get("volumes")) if (sources := _sources_of(v, configmap))}
+    if not volumes:
+        return False, f"{where} has no volume of the ConfigMap {configmap}"
+    if not any(volumes.values()):
+        return False, (f"no volume of {where} holds the key {key} of the ConfigMap "
+                       f"{configmap}")
+    wanted = posixpath.normpath(path)
+    seen = []
+    for mount in _dicts(agent.get("volumeMounts")):
+        for inside in volumes.get(_text(mount.get("name")), ()):
+            at = _mounted_at(mount, inside)
+            if at == wanted:
+                return True, ""
+            if at is not None:
+                seen.append(at)
+    found = f" (it is at {', '.join(sorted(set(seen)))})" if seen else ""
+    return False, (f"the {AGENT_CONTAINER} container of {where} does not have the key {key} "
+                   f"of the ConfigMap {configmap} at {wanted}{found}")

@@ -1,0 +1,285 @@
+"""The cilium backend reads Cilium's DaemonSet: is the ip-masq-agent ConfigMap mounted?
+
+Cilium's Helm chart mounts the ``ip-masq-agent`` ConfigMap into the ``cilium-agent``
+container (``/etc/config``, its key ``config`` as the file ``ip-masq-agent``) only with
+``ipMasqAgent.enabled=true``. Without the mount the agent reads no file and uses its
+default non-masquerade list (RFC 1918 and more), whatever the ConfigMap says: k3snet
+judged the ConfigMap it wrote, and said converged, while pods reached 192.168.0.0/16
+unmasqueraded.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import pytest
+
+from k3snet.backends.cilium import CiliumBackend
+from k3snet.backends.cilium_mount import agent_file_mounted
+from k3snet.converge import compile_for
+from k3snet.errors import SpecError
+from k3snet.model.cilium import CiliumConfig
+from k3snet.planner import plan
+from k3snet.render.manifests import render_manifests
+from k3snet.spec import Destination, Spec, seed_spec
+from k3snet.testing.kube import EmulatedApiServer
+from tests.cluster.test_cilium_backend import (
+    CONFIGMAPS,
+    HELM_K3S_DATA,
+    _cilium_config,
+    _data,
+    _ip_masq_agent,
+)
+
+pytestmark = pytest.mark.cluster
+
+DAEMONSETS = "apps/v1/daemonsets"
+WHERE = "DaemonSet kube-system/cilium"
+
+# What Cilium's Helm chart renders for eBPF masquerading with its ip-masq-agent.
+EBPF_AGENT = {**HELM_K3S_DATA, "enable-bpf-masquerade": "true", "enable-ip-masq-agent": "true"}
+
+
+def cilium_daemonset(*, ip_masq_agent: bool, name: str = "cilium") -> dict[str, Any]:
+    """The part of the chart's agent DaemonSet that matters, with some mounts around it;
+    with ``ip_masq_agent`` (Helm ``ipMasqAgent.enabled=true``) its volume and mount."""
+    mounts: list[dict[str, Any]] = [
+        {"name": "cilium-run", "mountPath": "/var/run/cilium"},
+        {"name": "clustermesh-secrets", "mountPath": "/var/lib/cilium/clustermesh",
+         "readOnly": True},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "cilium-run", "hostPath": {"path": "/var/run/cilium",
+                                            "type": "DirectoryOrCreate"}},
+        {"name": "clustermesh-secrets", "projected": {"defaultMode": 256, "sources": [
+            {"secret": {"name": "cilium-clustermesh", "optional": True}}]}},
+    ]
+    if ip_masq_agent:
+        mounts.append({"name": "ip-masq-agent", "mountPath": "/etc/config", "readOnly": True})
+        volumes.append({"name": "ip-masq-agent", "configMap": {
+            "name": "ip-masq-agent", "optional": True,
+            "items": [{"key": "config", "path": "ip-masq-agent"}]}})
+    return {
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": "kube-system",
+                     "labels": {"k8s-app": "cilium"}},
+        "spec": {"selector": {"matchLabels": {"k8s-app": "cilium"}}, "template": {
+            "metadata": {"labels": {"k8s-app": "cilium"}},
+            "spec": {
+                "containers": [{"name": "cilium-agent", "image": "quay.io/cilium/cilium:v1.18.4",
+                                "command": ["cilium-agent"],
+                                "args": ["--config-dir=/tmp/cilium/config-map"],
+                                "volumeMounts": mounts}],
+                "initContainers": [{"name": "config", "image": "quay.io/cilium/cilium:v1.18.4"}],
+                "volumes": volumes}}},
+    }
+
+
+def _spec(*, cidrs: list[str] | None = None) -> Spec:
+    """The seed spec (192.168.2.0/24 masqueraded), turning on Cilium's eBPF ip-masq-agent
+    and giving it ``cidrs`` (none: k3snet writes no ip-masq-agent key)."""
+    data = seed_spec().to_dict()
+    data["backends"] = ["cilium"]
+    data["cni"] = {"cilium": {"bpfMasquerade": True, "ipMasqAgent": True}}
+    if cidrs is not None:
+        data["cni"]["cilium"]["nonMasqueradeCIDRs"] = cidrs
+    return Spec.from_dict(data)
+
+
+@pytest.fixture
+def cilium(api_server: EmulatedApiServer) -> EmulatedApiServer:
+    api_server.put(CONFIGMAPS, _cilium_config(EBPF_AGENT))
+    return api_server
+
+
+@pytest.fixture
+def backend(cilium: EmulatedApiServer, api_client: Any) -> CiliumBackend:
+    return CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+
+
+def _reasons(backend: CiliumBackend, spec: Spec) -> list[str]:
+    return [str(n.reason) for n in plan(backend.observe(), compile_for(backend, spec)).conflicts]
+
+
+def test_nonmasquerade_cidrs_written_into_an_unmounted_configmap_are_not_converged(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The spec keeps only 10.0.0.0/8 from masquerading; Cilium, reading no file, keeps
+    # its default list, 192.168.0.0/16 in it: pods reach 192.168.2.0/24 unmasqueraded.
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    spec = _spec(cidrs=["10.0.0.0/8"])
+    (reason,) = _reasons(backend, spec)
+    assert ("k3snet writes nonMasqueradeCIDRs into the ip-masq-agent ConfigMap in "
+            "kube-system, which Cilium's agents do not read") in reason
+    assert f"{WHERE} has no volume of the ConfigMap ip-masq-agent" in reason
+    assert "Helm ipMasqAgent.enabled=true" in reason
+    assert ("192.168.2.0/24 is inside 192.168.0.0/16, from Cilium's default list (the "
+            "ip-masq-agent ConfigMap is not mounted") in reason
+    # Written, it stays not converged: the next plan says the same.
+    backend.apply(plan(backend.observe(), compile_for(backend, spec)))
+    assert "nonMasqueradeCIDRs" in _data(cilium, "ip-masq-agent")["config"]
+    assert _reasons(backend, spec) == [reason]
+    # Helm's ipMasqAgent.enabled=true mounts it: Cilium reads the list k3snet wrote.
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    assert _reasons(backend, spec) == []
+
+
+def test_a_list_in_an_unmounted_configmap_is_not_what_cilium_judges_by(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Someone else's ConfigMap leaves 192.168.0.0/16 out, and no k3snet key is written;
+    # unmounted, Cilium's default list holds it still.
+    cilium.put(CONFIGMAPS, _ip_masq_agent('{"nonMasqueradeCIDRs":["10.0.0.0/8"]}'))
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent_unmounted == (
+        f"{WHERE} has no volume of the ConfigMap ip-masq-agent")
+    assert "[ip-masq-agent ConfigMap not mounted: " in foreign.describe()
+    (reason,) = _reasons(backend, _spec())
+    assert "from Cilium's default list (the ip-masq-agent ConfigMap is not mounted" in reason
+    assert "mount the ip-masq-agent ConfigMap into the cilium DaemonSet's agent" in reason
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    assert _reasons(backend, _spec()) == []
+
+
+def test_an_exemption_in_an_unmounted_configmap_says_to_mount_it(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    data = _spec(cidrs=["10.0.0.0/8", "8.8.8.0/24"]).to_dict()
+    data["destinations"].append({"cidr": "8.8.8.0/24", "gateway": "192.168.1.1",
+                                 "masquerade": False})
+    reasons = " ".join(_reasons(backend, Spec.from_dict(data)))
+    assert ("Cilium masquerades pods' traffic to 8.8.8.0/24, which the spec exempts; the "
+            f"ip-masq-agent ConfigMap is not mounted ({WHERE} has no volume") in reasons
+
+
+def test_a_mounted_configmap_without_its_key_is_cilium_s_default_list(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Mounted (optional: true), a ConfigMap without the key gives the agent no file:
+    # the default list, as an empty one does, and as no ConfigMap at all does.
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    for agent in ({"apiVersion": "v1", "kind": "ConfigMap", "data": {"other": "x"},
+                   "metadata": {"name": "ip-masq-agent", "namespace": "kube-system"}},
+                  _ip_masq_agent("")):
+        cilium.put(CONFIGMAPS, agent)
+        (foreign,) = backend.observe().foreign
+        assert isinstance(foreign, CiliumConfig)
+        assert foreign.ip_masq_agent is None
+        assert foreign.ip_masq_agent_unmounted is None
+        (reason,) = _reasons(backend, _spec())
+        assert "from Cilium's default list (the ip-masq-agent config is empty)" in reason
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_a_daemonset_not_to_be_read_is_a_warning_not_a_refusal(
+    status: int, cilium: EmulatedApiServer, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another name (Cilium installed otherwise), or a Role without get on it: the
+    # ConfigMap is judged as before, and the log says it is not checked.
+    if status == 403:
+        cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+        cilium.fail(403, plural="daemonsets", times=None)
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert _reasons(backend, _spec(cidrs=["10.0.0.0/8"])) == []
+        (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent_unmounted is None
+    (warned,) = {r.getMessage() for r in caplog.records if "is not checked" in r.getMessage()}
+    assert "Helm ipMasqAgent.enabled=true" in warned
+    assert ("daemonset option" if status == 404 else "grant get on it") in warned
+
+
+def test_the_daemonset_option_names_cilium_s_agent_daemonset(
+    cilium: EmulatedApiServer, api_client: Any
+) -> None:
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False, name="cilium-agent"))
+    named = CiliumBackend(api_client=api_client, daemonset="cilium-agent")
+    (foreign,) = named.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent_unmounted == (
+        "DaemonSet kube-system/cilium-agent has no volume of the ConfigMap ip-masq-agent")
+    assert CiliumBackend.check_options({"daemonset": "Cilium/x"})
+    with pytest.raises(SpecError, match=r"backends\.cilium\.daemonset: 'Cilium/x' is not a "
+                                        "valid DaemonSet name"):
+        render_manifests(Spec(destinations=[Destination("192.168.2.0/24")],
+                              backends=["cilium"],
+                              backend_options={"cilium": {"daemonset": "Cilium/x"}}))
+
+
+def test_a_mount_path_of_the_cluster_s_is_one_printable_line(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    odd = cilium_daemonset(ip_masq_agent=True)
+    _pod(odd)["containers"][0]["volumeMounts"][-1]["mountPath"] = "/etc/x\n! forged\x1b[2J"
+    cilium.put(DAEMONSETS, odd)
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    why = foreign.ip_masq_agent_unmounted
+    assert why is not None
+    assert "(it is at /etc/x" in why
+    assert why.isprintable()
+
+
+def _pod(ds: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = ds["spec"]["template"]["spec"]
+    return pod
+
+
+def _mounted(ds: dict[str, Any], path: str = "/etc/config/ip-masq-agent") -> tuple[Any, str]:
+    return agent_file_mounted(ds, WHERE, "ip-masq-agent", path=path)
+
+
+def test_the_helm_mount_is_the_agent_s_file() -> None:
+    assert _mounted(cilium_daemonset(ip_masq_agent=True)) == (True, "")
+    assert _mounted(cilium_daemonset(ip_masq_agent=False)) == (
+        False, f"{WHERE} has no volume of the ConfigMap ip-masq-agent")
+
+
+def test_a_mount_elsewhere_or_of_another_key_is_not_the_agent_s_file() -> None:
+    elsewhere = cilium_daemonset(ip_masq_agent=True)
+    _pod(elsewhere)["containers"][0]["volumeMounts"][-1]["mountPath"] = "/etc/ipmasq"
+    assert _mounted(elsewhere) == (False, (
+        f"the cilium-agent container of {WHERE} does not have the key config of the "
+        "ConfigMap ip-masq-agent at /etc/config/ip-masq-agent (it is at "
+        "/etc/ipmasq/ip-masq-agent)"))
+    # Without items, each key is a file of its own name: /etc/config/config.
+    whole = cilium_daemonset(ip_masq_agent=True)
+    del _pod(whole)["volumes"][-1]["configMap"]["items"]
+    assert _mounted(whole)[0] is False
+    assert _mounted(whole, "/etc/config/config") == (True, "")
+    other_key = cilium_daemonset(ip_masq_agent=True)
+    _pod(other_key)["volumes"][-1]["configMap"]["items"][0]["key"] = "masq"
+    assert _mounted(other_key) == (
+        False, f"no volume of {WHERE} holds the key config of the ConfigMap ip-masq-agent")
+    unmounted = cilium_daemonset(ip_masq_agent=True)
+    _pod(unmounted)["containers"][0]["volumeMounts"].pop()
+    assert _mounted(unmounted)[0] is False
+
+
+def test_a_projected_volume_and_a_subpath_mount_are_the_agent_s_file() -> None:
+    projected = cilium_daemonset(ip_masq_agent=True)
+    volume = _pod(projected)["volumes"][-1]
+    volume["projected"] = {"sources": [{"secret": {"name": "x"}},
+                                       {"configMap": volume.pop("configMap")}]}
+    assert _mounted(projected) == (True, "")
+    sub = cilium_daemonset(ip_masq_agent=True)
+    _pod(sub)["containers"][0]["volumeMounts"][-1].update(
+        mountPath="/etc/config/ip-masq-agent", subPath="ip-masq-agent")
+    assert _mounted(sub) == (True, "")
+    # A path of cilium-config's ip-masq-agent-config-path elsewhere is not mounted there.
+    assert _mounted(copy.deepcopy(sub), "/etc/other/ip-masq-agent")[0] is False
+
+
+def test_pods_without_a_cilium_agent_container_are_not_judged() -> None:
+    renamed = cilium_daemonset(ip_masq_agent=False)
+    _pod(renamed)["containers"][0]["name"] = "agent"
+    mounted, why = _mounted(renamed)
+    assert mounted is None
+    assert "has no cilium-agent container" in why
+    assert _mounted({"spec": None})[0] is None
