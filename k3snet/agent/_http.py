@@ -289,8 +289,12 @@ class HealthServer:
         if not data:
             self._close(client)
             return
+        # Searched from the 3 bytes before what was read, no earlier (the end is 2 to 4
+        # bytes long, none in what came before): from its first byte, a request sent a
+        # byte at a time had 33 MB searched for its 8 KiB, 1.8 s of this one thread.
+        start = max(0, len(client.request) - 3)
         client.request += data
-        end = _HEAD_END.search(client.request)
+        end = _HEAD_END.search(client.request, start)
         if end is None and len(client.request) > REQUEST_LIMIT:
             self._answer(client, _text(431, "request headers too large"), head=False)
         elif end is not None:

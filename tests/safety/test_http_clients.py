@@ -8,6 +8,7 @@ answered and that what the client holds is bounded.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from k3snet.agent import HealthServer, parse_listen
+from k3snet.agent import HealthServer, _http, parse_listen
 from k3snet.agent._http import DEADLINE, LINGER, LINGER_LIMIT, REQUEST_LIMIT, _peer
 
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: node\r\nUser-Agent: kube-probe/1.31\r\n\r\n"
@@ -292,6 +293,48 @@ def test_headers_beyond_the_limit_are_refused_with_431(server: HealthServer) -> 
     assert _probe(server, endless).startswith(b"HTTP/1.1 431 ")
     long_but_whole = b"GET /healthz HTTP/1.1\r\n" + b"X: y\r\n" * REQUEST_LIMIT + b"\r\n"
     assert _probe(server, long_but_whole).startswith(b"HTTP/1.1 431 ")
+
+
+class _Searches:
+    """The pattern of the headers' end, counting the bytes each search of it reads and
+    releasing ``done`` after each."""
+
+    def __init__(self) -> None:
+        self.pattern = _http._HEAD_END
+        self.read: list[int] = []
+        self.done = threading.Semaphore(0)
+
+    def search(self, data: bytearray, pos: int = 0) -> re.Match[bytes] | None:
+        self.read.append(len(data) - pos)
+        self.done.release()
+        return self.pattern.search(data, pos)
+
+
+@pytest.mark.parametrize(("line_end", "empty_line"), [
+    (b"\r\n", b"\r\n"), (b"\n", b"\n"), (b"\n", b"\r\n"), (b"\r\n", b"\n")])
+def test_a_request_read_a_byte_at_a_time_is_searched_for_its_end_in_its_new_bytes_only(
+        monkeypatch: pytest.MonkeyPatch, line_end: bytes, empty_line: bytes) -> None:
+    # Each read searched the whole request from its first byte for the empty line: a
+    # client sending 8 KiB a byte at a time had 33 MB searched, a regular expression's
+    # 1.8 s of the server's one thread (ten times the two finds it replaced); 63 of
+    # them, reconnecting, made a probe wait 120 ms (1 ms now). The end may begin in
+    # the 3 bytes before what was read, no earlier: it is 2 to 4 bytes long.
+    searches = _Searches()
+    monkeypatch.setattr(_http, "_HEAD_END", searches)
+    served = _server(deadline=60.0)
+    request = (b"GET /healthz HTTP/1.1" + line_end + (b"X: y" + line_end) * 100
+               + empty_line)
+    try:
+        with _connect(served) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for byte in request:  # each byte read and searched before the next is sent
+                sock.sendall(bytes([byte]))
+                assert searches.done.acquire(timeout=10)
+            assert _answer(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert len(searches.read) == len(request)  # no end found before the last byte
+        assert max(searches.read) <= 4
+    finally:
+        served.stop()
 
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
