@@ -1,11 +1,12 @@
 """Read ``nft -j list ruleset`` (every table, whoever wrote it) and evaluate packets.
 
-:func:`base_chains` gives each chain with a ``prerouting``, ``forward`` or
-``postrouting`` hook in the ``ip``, ``ip6`` and ``inet`` families as a
-:class:`~k3snet.doctor.packet.BaseChain`, and each ``ingress`` (``egress``) chain of
-the ``netdev`` and ``inet`` families as the first prerouting (last postrouting) one,
-run on its devices only; each chain of a ``bridge`` table's prerouting, input, output
-and postrouting hooks runs for packets on a bridge. Understood: matches on ``ip``/``ip6``
+:func:`base_chains` gives each chain with a ``prerouting``, ``forward``, ``output``
+(the node's own ICMP errors leave by it) or ``postrouting`` hook in the ``ip``, ``ip6``
+and ``inet`` families as a :class:`~k3snet.doctor.packet.BaseChain`, and each
+``ingress`` (``egress``) chain of the ``netdev`` and ``inet`` families as the first
+prerouting (last postrouting) one, run on its devices only; each chain of a ``bridge``
+table's prerouting, input, output and postrouting hooks runs for packets on a bridge.
+Understood: matches on ``ip``/``ip6``
 ``saddr``/``daddr``/``protocol``/``nexthdr``, ``tcp``/``udp``/``th`` ports, ``tcp flags``,
 ``icmp``/``icmpv6`` ``type``/``code`` (by number or nft's names),
 ``meta`` ``l4proto``/``nfproto``/``iifname``/``oifname``/``mark``, ``ct state`` and
@@ -50,7 +51,7 @@ from k3snet.render.iptables.rules import XT_CONTINUE
 
 __all__ = ["Ruleset", "base_chains", "maybe_dormant", "parse_ruleset"]
 
-_HOOKS: Final = frozenset({"prerouting", "forward", "postrouting"})
+_HOOKS: Final = frozenset({"prerouting", "forward", "output", "postrouting"})
 _FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozenset({4, 6}),
                      "netdev": frozenset({4, 6})}
 #: Device hooks, placed before every prerouting chain (ingress) and after every
