@@ -29,6 +29,7 @@ from k3snet.doctor.trace import (
     Step,
     Trace,
     Verdict,
+    own_pmtu_error_steps,
     pmtu_error_steps,
     trace,
 )
@@ -717,15 +718,16 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
             + ". Where that error is dropped (a firewall rule on ICMP in the node's output "
             "or on its way to the pod), the connection opens and small exchanges work, but "
             "large transfers stall: a black hole this trace of the flow's first, small "
-            "packet does not show (the doctor does not follow the node's own ICMP error, which "
-            "leaves by its output hook)",
+            "packet does not show (the doctor follows that error through the node's output "
+            "and postrouting chains: pmtu-error-dropped names a rule dropping it)",
             severity="warning",
             advice=f"make the pods' MTU at most {path}: {_pods_mtu_settings(path)}; or "
                    "clamp TCP's MSS to the path's MTU on the node (nft: tcp flags syn tcp "
                    "option maxseg size set rt mtu, in a forward chain; iptables: -t mangle "
                    "-A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS "
                    "--clamp-mss-to-pmtu), which k3snet does not write and which helps TCP "
-                   "alone; and let that ICMP error through to the pods")]
+                   "alone; and let that ICMP error through to the pods"),
+            *_own_pmtu_error(state, tr, branch, branch.egress, path)]
     return [found] if found is not None else []
 
 
@@ -767,28 +769,61 @@ def _pmtu_error(state: NodeState, tr: Trace) -> list[Finding]:
            f"one too large (IPv6 routers never fragment; IPv4 packets of TCP and most UDP "
            f"carry don't-fragment) and answers with {error}, from which the pod's kernel "
            "learns the path's MTU")
+    return _error_dropped(
+        steps, f"the {error} a router beyond the node sends back", tr.flow.source, why,
+        where="wherever the path beyond the node is smaller than the pods' MTU",
+        advice="let ICMP errors related to the pods' connections through the forward path before "
+        "that rule (nft: ct state related accept; iptables: -m conntrack --ctstate RELATED "
+        "-j ACCEPT), or take the ICMP type out of the rule (a raw NOTRACK / notrack one "
+        "too: untracked, the error is not translated back to a masqueraded pod); k3snet "
+        "writes no such rule")
+
+
+def _own_pmtu_error(state: NodeState, tr: Trace, branch: Trace, egress: str,
+                    path: int) -> list[Finding]:
+    """The ICMP error the node itself sends a pod whose packets are too large for its way
+    out (``egress``, ``path`` bytes), dropped by a rule of its output path
+    (:func:`~k3snet.doctor.trace.own_pmtu_error_steps`): the pod never learns the
+    smaller MTU, and its large packets die at the node. Said as not judged where a rule
+    the doctor cannot evaluate could drop it; nothing where the flow is blocked or the
+    rulesets were not read."""
+    if tr.verdict is Verdict.BLOCKED or state.unread_rulesets():
+        return []
+    _, _, error = PMTU_ERRORS[tr.flow.family]
+    why = (f"the node drops each of the pod's packets over {path} bytes that it forwards "
+           f"by {egress} and answers the pod with {error}, from which the pod's kernel "
+           "learns the smaller MTU; that error is the node's own and leaves by its output "
+           "chains, then postrouting")
+    return _error_dropped(
+        own_pmtu_error_steps(state, branch), f"the {error} the node sends", tr.flow.source,
+        why, where=f"over {path} bytes by {egress}",
+        advice="let ICMP errors related to the pods' connections through the node's output path "
+        "before that rule (nft: ct state related accept in the output chain; iptables: -A "
+        "OUTPUT -m conntrack --ctstate RELATED -j ACCEPT), or take the ICMP type out of the "
+        "rule; or make the pods' MTU at most the way out's (the path-mtu finding); k3snet "
+        "writes no such rule")
+
+
+def _error_dropped(steps: tuple[Step, ...], sent: str, pod: object, why: str, *,
+                   where: str, advice: str) -> list[Finding]:
+    """``pmtu-error-dropped`` from the steps of a PMTU error's way to the pod: a warning
+    naming the rule that drops it, an info naming the rules that could, else nothing.
+    ``sent`` says who sends it, ``where`` where the pod's large packets then die."""
     drop = next((s for s in steps if s.outcome == "drop"), None)
     if drop is not None and drop.certain:
         return [Finding(
-            "pmtu-error-dropped", f"the {error} a router beyond the node sends back for "
-            f"the pod's too large packets is dropped on its way to {tr.flow.source}",
+            "pmtu-error-dropped", f"{sent} for the pod's too large packets is dropped on "
+            f"its way to {pod}",
             _at(drop),
             why + "; dropped here, the pod never learns it: the connection opens and small "
-            "exchanges work, but large transfers stall wherever the path beyond the node "
-            "is smaller than the pods' MTU (a black hole the flow's own, small packets do "
-            "not show)",
-            severity="warning",
-            advice="let ICMP errors related to the pods' connections through the forward "
-                   "path before that rule (nft: ct state related accept; iptables: -m "
-                   "conntrack --ctstate RELATED -j ACCEPT), or take the ICMP type out of "
-                   "the rule (a raw NOTRACK / notrack one too: untracked, the error is not "
-                   "translated back to a masqueraded pod); k3snet writes no such rule")]
+            f"exchanges work, but large transfers stall {where} (a black hole the flow's "
+            "own, small packets do not show)",
+            severity="warning", advice=advice)]
     doubtful = [s for s in steps if s.outcome in ("unknown", "drop") and not s.certain]
     if not doubtful:
         return []
     return [Finding(
-        "pmtu-error-dropped", f"whether the {error} a router beyond the node sends back "
-        f"reaches {tr.flow.source} cannot be judged",
+        "pmtu-error-dropped", f"whether {sent} reaches {pod} cannot be judged",
         "; ".join(_at(s) for s in doubtful[:3]),
         why + f"; the doctor cannot evaluate {'these rules' if len(doubtful) > 1 else 'this rule'}"
         ", which would drop it if they matched",

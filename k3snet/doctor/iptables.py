@@ -2,8 +2,9 @@
 
 :func:`parse_save` turns the text into tables of chains of :class:`Rule` values;
 :func:`base_chains` gives the chains netfilter hooks call (``FORWARD``,
-``POSTROUTING``, ``PREROUTING``) as :class:`~k3snet.doctor.packet.BaseChain`
-values at their fixed priorities. Matches understood: ``-s``/``-d``/``-i``/``-o``/``-p``
+``POSTROUTING``, ``PREROUTING``; ``OUTPUT``, for the node's own ICMP errors) as
+:class:`~k3snet.doctor.packet.BaseChain` values at their fixed priorities. Matches
+understood: ``-s``/``-d``/``-i``/``-o``/``-p``
 (with ``!``, ``+`` wildcards), ``--sport``/``--dport``, ``--syn``/``--tcp-flags``, ``multiport``,
 ``conntrack``/``state`` ``--ctstate``, ``conntrack`` ``--ctdir``, ``comment``, ``mark``,
 ``addrtype``, ``statistic --mode random`` (a random branch: :attr:`Packet.pick` says which one
@@ -55,6 +56,11 @@ _HOOKS: Final[dict[tuple[str, str], tuple[Hook, int, Literal["filter", "nat"]]]]
     ("mangle", "FORWARD"): ("forward", -150, "filter"),
     ("filter", "FORWARD"): ("forward", 0, "filter"),
     ("security", "FORWARD"): ("forward", 50, "filter"),
+    ("raw", "OUTPUT"): ("output", -300, "filter"),
+    ("mangle", "OUTPUT"): ("output", -150, "filter"),
+    ("nat", "OUTPUT"): ("output", -100, "nat"),
+    ("filter", "OUTPUT"): ("output", 0, "filter"),
+    ("security", "OUTPUT"): ("output", 50, "filter"),
     ("mangle", "POSTROUTING"): ("postrouting", -150, "filter"),
     ("nat", "POSTROUTING"): ("postrouting", 100, "nat"),
 }

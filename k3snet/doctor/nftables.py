@@ -1,11 +1,12 @@
 """Read ``nft -j list ruleset`` (every table, whoever wrote it) and evaluate packets.
 
-:func:`base_chains` gives each chain with a ``prerouting``, ``forward`` or
-``postrouting`` hook in the ``ip``, ``ip6`` and ``inet`` families as a
-:class:`~k3snet.doctor.packet.BaseChain`, and each ``ingress`` (``egress``) chain of
-the ``netdev`` and ``inet`` families as the first prerouting (last postrouting) one,
-run on its devices only; each chain of a ``bridge`` table's prerouting, input, output
-and postrouting hooks runs for packets on a bridge. Understood: matches on ``ip``/``ip6``
+:func:`base_chains` gives each chain with a ``prerouting``, ``forward``, ``output``
+(the node's own ICMP errors leave by it) or ``postrouting`` hook in the ``ip``, ``ip6``
+and ``inet`` families as a :class:`~k3snet.doctor.packet.BaseChain`, and each
+``ingress`` (``egress``) chain of the ``netdev`` and ``inet`` families as the first
+prerouting (last postrouting) one, run on its devices only; each chain of a ``bridge``
+table's prerouting, input, output and postrouting hooks runs for packets on a bridge.
+Understood: matches on ``ip``/``ip6``
 ``saddr``/``daddr``/``protocol``/``nexthdr``, ``tcp``/``udp``/``th`` ports, ``tcp flags``,
 ``icmp``/``icmpv6`` ``type``/``code`` (by number or nft's names),
 ``meta`` ``l4proto``/``nfproto``/``iifname``/``oifname``/``mark``, ``ct state`` and
@@ -50,7 +51,7 @@ from k3snet.render.iptables.rules import XT_CONTINUE
 
 __all__ = ["Ruleset", "base_chains", "maybe_dormant", "parse_ruleset"]
 
-_HOOKS: Final = frozenset({"prerouting", "forward", "postrouting"})
+_HOOKS: Final = frozenset({"prerouting", "forward", "output", "postrouting"})
 _FAMILIES: Final = {"ip": frozenset({4}), "ip6": frozenset({6}), "inet": frozenset({4, 6}),
                      "netdev": frozenset({4, 6})}
 #: Device hooks, placed before every prerouting chain (ingress) and after every
@@ -228,7 +229,9 @@ def _priority(value: object) -> int:
 
 
 def rule_text(chain: NftChain, expr: list[Any]) -> str:
-    """A readable, stable form of a rule: its chain and compact JSON statements."""
+    """A readable form of a rule: its chain, then its statements as ``nft list ruleset``
+    prints them (a concatenation's ``ip daddr . tcp dport``, a verdict map's ``vmap {
+    10.0.0.1 . 80 : drop }``); a statement of a shape not known here as compact JSON."""
     body = " ".join(_statement_text(s) for s in expr)
     return f"nft {chain.family} {chain.table} {chain.name}: {body}"
 
@@ -240,42 +243,159 @@ def _statement_text(statement: Any) -> str:
         return json.dumps(statement, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _known_statement_text(statement: Any) -> str:
-    if isinstance(statement, Mapping) and len(statement) == 1:
-        (key, value), = statement.items()
-        if value is None:
-            return str(key)
-        if key == "match":
-            return (f"{_value_text(value.get('left'))} {value.get('op', '==')} "
-                    f"{_value_text(value.get('right'))}")
-        if key in ("jump", "goto"):
-            return f"{key} {value.get('target')}"
-        if key in ("snat", "dnat") and isinstance(value, Mapping) and isinstance(
-                value.get("addr"), str):
-            port = value.get("port")
-            address = f"[{value['addr']}]" if ":" in value["addr"] and isinstance(
-                port, int) else value["addr"]
-            return f"{key} to {address}" + (f":{port}" if isinstance(port, int) else "")
+#: ``meta`` keys nft prints without ``meta`` (``iifname "cni0"``).
+_BARE_META: Final = frozenset({"iif", "oif", "iifname", "oifname", "iifgroup", "oifgroup"})
+#: Kinds of value nft prints in their own way: an interface name quoted, a mark in hex.
+_QUOTED: Final = frozenset({"iifname", "oifname", "iifkind", "oifkind"})
+_MARKS: Final = frozenset({"mark"})
+
+
+def _known_statement_text(statement: Any) -> str:  # noqa: PLR0911 - one return per statement
+    (key, value), = statement.items()
+    if value is None:
+        return str(key)
+    if key == "match":
+        left, right, op = value["left"], value["right"], value.get("op", "==")
+        kind = _kind(left)
+        if isinstance(left, Mapping) and "&" in left and isinstance(left["&"][1], list):
+            # A flag mask: ``tcp flags syn / fin,syn,rst,ack``.
+            masked = _value_text(left["&"][0])
+            shown = f"{_value_text(right, kind)} / {','.join(map(str, left['&'][1]))}"
+            return f"{masked} {shown}" if op in ("==", "in") else f"{masked} {op} {shown}"
+        binop = isinstance(left, Mapping) and any(o in left for o in _BINOPS)
+        op_text = "" if op == "in" or (op == "==" and not binop) else f"{op} "
+        return f"{_value_text(left)} {op_text}{_value_text(right, kind)}"
+    if key == "vmap":
+        return (f"{_value_text(value['key'])} vmap "
+                f"{_value_text(value['data'], _kind(value['key']))}")
+    if key in ("jump", "goto"):
+        return f"{key} {value['target']}"
+    if key == "counter" and isinstance(value, Mapping):
+        return f"counter packets {value['packets']} bytes {value['bytes']}"
+    if key == "mangle":
+        return (f"{_value_text(value['key'])} set "
+                f"{_value_text(value['value'], _kind(value['key']))}")
+    if key == "reject":
+        return f"reject with {value['type']}" + (
+            f" {value['expr']}" if value.get("expr") is not None else "")
+    if key in ("masquerade", "snat", "dnat", "redirect"):
+        return _nat_text(key, value)
+    if key == "limit" and value.get("rate_unit", "packets") == "packets":
+        burst = value.get("burst", 5)
+        return (f"limit rate {'over ' if value.get('inv') else ''}{value['rate']}/"
+                f"{value.get('per', 'second')}"
+                + (f" burst {burst} packets" if burst != 5 else ""))
+    if key == "log":
+        parts = [f'prefix "{value["prefix"]}"' if "prefix" in value else "",
+                 f"level {value['level']}" if value.get("level", "warn") != "warn" else "",
+                 f"group {value['group']}" if "group" in value else ""]
+        return " ".join(["log", *filter(None, parts)])
     return json.dumps(statement, sort_keys=True, separators=(",", ":"))
 
 
-def _value_text(value: Any) -> str:  # noqa: PLR0911 - one return per expression kind
+def _nat_text(key: str, value: Mapping[str, Any]) -> str:
+    """``snat ip to ADDR[:PORT]``, ``masquerade random,persistent`` as nft prints them."""
+    text = key + (f" {value['family']}" if "family" in value else "")
+    address = value.get("addr")
+    port = value.get("port")
+    if address is not None:
+        shown = _value_text(address)
+        if isinstance(address, str) and ":" in address and port is not None:
+            shown = f"[{address}]"
+        text += f" to {shown}" + (f":{_value_text(port)}" if port is not None else "")
+    elif port is not None:
+        text += f" to :{_value_text(port)}"
+    flags = value.get("flags")
+    if flags:
+        text += " " + ",".join([flags] if isinstance(flags, str) else flags)
+    return text
+
+
+#: nft's binary operators on values (``meta mark & 0xff00``).
+_BINOPS: Final = ("&", "|", "^", "<<", ">>")
+
+
+def _kind(left: Any) -> Any:
+    """How the values a match compares ``left`` with are printed: quoted (``_QUOTED``'s
+    keys), as a mark (hex), as they are (None); a tuple of them for a concatenation."""
+    if not isinstance(left, Mapping):
+        return None
+    if "concat" in left:
+        return tuple(_kind(part) for part in left["concat"])
+    for op in _BINOPS:
+        if op in left:
+            return _kind(left[op][0])
+    key = (left.get("meta") or left.get("ct") or {}).get("key")
+    return key if key in _QUOTED or key in _MARKS else None
+
+
+def _value_text(value: Any, kind: Any = None) -> str:  # noqa: PLR0911, PLR0912 - per expression kind
+    """``value`` (either side of a match, a map's key or data) as nft prints it."""
     if isinstance(value, Mapping):
+        if len(value) == 1 and next(iter(value)) in ("accept", "drop", "continue", "return"):
+            return str(next(iter(value)))
+        if "jump" in value or "goto" in value:
+            verb = "jump" if "jump" in value else "goto"
+            return f"{verb} {value[verb]['target']}"
         if "payload" in value:
-            return f"{value['payload'].get('protocol')} {value['payload'].get('field')}"
+            payload = value["payload"]
+            if "protocol" in payload:
+                return f"{payload['protocol']} {payload['field']}"
+            return f"@{payload['base']},{payload['offset']},{payload['len']}"
         if "meta" in value:
-            return f"meta {value['meta'].get('key')}"
+            key = value["meta"].get("key")
+            return str(key) if key in _BARE_META else f"meta {key}"
         if "ct" in value:
-            return f"ct {value['ct'].get('key')}"
+            ct = value["ct"]
+            return " ".join(str(p) for p in ("ct", ct.get("dir"), ct.get("family"),
+                                             ct.get("key")) if p is not None)
+        if "concat" in value:
+            kinds = kind if isinstance(kind, tuple) else (kind,) * len(value["concat"])
+            return " . ".join(_value_text(v, k) for v, k in zip(value["concat"], kinds,
+                                                                  strict=False))
         if "prefix" in value:
             return f"{value['prefix'].get('addr')}/{value['prefix'].get('len')}"
         if "range" in value:
-            return "-".join(str(v) for v in value["range"])
+            return "-".join(_value_text(v, kind) for v in value["range"])
         if "set" in value:
-            return "{ " + ", ".join(_value_text(v) for v in value["set"]) + " }"
+            items = value["set"] if isinstance(value["set"], list) else [value["set"]]
+            return "{ " + ", ".join(_element_text(v, kind) for v in items) + " }"
+        for op in _BINOPS:
+            if op in value:
+                a, b = value[op]
+                return f"{_value_text(a)} {op} {_value_text(b, _kind(a))}"
+        if "numgen" in value:
+            numgen = value["numgen"]
+            offset = numgen.get("offset", 0)
+            return (f"numgen {numgen['mode']} mod {numgen['mod']}"
+                    + (f" offset {offset}" if offset else ""))
+        if "fib" in value:
+            fib = value["fib"]
+            return f"fib {' . '.join(fib['flags'])} {fib['result']}"
+        if "rt" in value:
+            return f"rt {value['rt']['key']}"
+        if "tcp option" in value:
+            option = value["tcp option"]
+            return f"tcp option {option['name']}" + (
+                f" {option['field']}" if "field" in option else "")
+        if "elem" in value:
+            return _value_text(value["elem"]["val"], kind)
     if isinstance(value, list):
-        return ",".join(_value_text(v) for v in value)
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        return ",".join(_value_text(v, kind) for v in value)
+    if isinstance(value, bool):
+        return "exists" if value else "missing"  # fib ... oif, exthdr/option presence
+    if isinstance(value, int) and kind in _MARKS:
+        return f"0x{value:08x}"
+    if isinstance(value, str):
+        return f'"{value}"' if kind in _QUOTED else value
+    return json.dumps(value, sort_keys=True)
+
+
+def _element_text(item: Any, kind: Any) -> str:
+    """A set's element, or a map's ``key : data``."""
+    if isinstance(item, list) and len(item) == 2:
+        return f"{_value_text(item[0], kind)} : {_value_text(item[1])}"
+    return _value_text(item, kind)
 
 
 # ---------------------------------------------------------------- values of a packet

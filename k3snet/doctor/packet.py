@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 Tri = bool | None
-Hook = Literal["prerouting", "forward", "postrouting"]
+Hook = Literal["prerouting", "forward", "output", "postrouting"]
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 

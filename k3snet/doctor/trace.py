@@ -358,7 +358,7 @@ class _Tracer:
                 # a chain with no rule that accepts decides nothing.
                 continue
             seen = attrs.evolve(packet, pick=self.pick, fib=self.state.fib(packet.family))
-            if (hook == "prerouting" and chain.priority < _CONNTRACK_PRIORITY
+            if (hook in ("prerouting", "output") and chain.priority < _CONNTRACK_PRIORITY
                     and packet.ctstate != "untracked"):
                 # Conntrack has not taken the packet in yet: ``ct state`` / ``--ctstate``
                 # read ``invalid`` there (nft_ct_get_eval, xt_conntrack without a ct).
@@ -558,7 +558,8 @@ def pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
     comes in by the interface the flow left by and leaves by the pod's. Its source, a
     router on the way, is not known: rules on it are judged on the destination's
     address. Empty where the flow does not leave the node. The node's own ICMP errors
-    (its own way out the smaller) go through its output hook, not traced here."""
+    (its own way out the smaller) go through its output hook:
+    :func:`own_pmtu_error_steps`."""
     flow, fam = tr.flow, tr.flow.family
     seen = tr.source_seen
     if seen is None or tr.egress is None or tr.ingress is None:
@@ -601,6 +602,40 @@ def pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
         return tuple(t.steps)
     error = attrs.evolve(error, oif=tr.ingress)
     error, _, dropped = t.hook(error, "forward", first=False)
+    if not dropped:
+        t.hook(error, "postrouting", first=False)
+    return tuple(t.steps)
+
+
+def own_pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
+    """The way to the pod of the ICMP error the node itself sends when the flow's packets
+    are too large for its own way out (:data:`PMTU_ERRORS`; the ``path-mtu`` finding):
+    made by the node (``icmp_send`` / ``icmp6_send`` from the forward path), it leaves
+    through the output chains, then postrouting, never prerouting or forward.
+
+    Conntrack takes it as ``related`` to the flow's connection (``ct direction reply``),
+    before the output chains after raw's; nat chains never see it. It goes from the
+    node's address towards the pod (the one source address selection picks on the
+    pod's interface) out of the interface the pod's packets came in by. ``tr`` is the
+    branch whose way out is the smaller."""
+    flow, fam = tr.flow, tr.flow.family
+    if tr.ingress is None or tr.source_seen is None:
+        return ()
+    t = _Tracer(state, flow, pick=tr.branch or 0)
+    proto, icmp, _ = PMTU_ERRORS[fam]
+    untracked = "untracked" in tr.codes
+    nat = frozenset() if untracked else frozenset(
+        {"dnat"} if tr.dnat is not None else set()) | (
+        {"snat"} if tr.source_seen != flow.source else set())
+    node = masquerade_source(state.addresses, tr.ingress, flow.source, flow.source)
+    if node is None:  # a node without an address sends no error
+        return ()
+    local = state.local_addresses()
+    error = Packet(fam, node, flow.source, proto, None, None, None,
+                   tr.ingress, "invalid" if untracked else "related", "reply", 0,
+                   local, state.ipsets(), nat=nat,  # type: ignore[arg-type]
+                   queues=state.queue_readers, icmp=icmp)
+    error, _, dropped = t.hook(error, "output", first=False)
     if not dropped:
         t.hook(error, "postrouting", first=False)
     return tuple(t.steps)

@@ -1,0 +1,56 @@
+"""nftables rules as the doctor shows them: each as ``nft list ruleset`` prints it, from
+recorded outputs of nft 1.0.6 (``rulesets/nft-text.json``, ``nft -j list ruleset``, and
+``rulesets/nft-text.nft``, ``nft -a list ruleset``, of tests/doctor/
+test_nft_rule_text_kernel.py's ruleset). Concatenations, verdict maps, marks, rejects and
+counters were raw JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from k3snet.doctor.nftables import parse_ruleset, rule_text
+
+_RECORDED = Path(__file__).parent / "rulesets"
+
+
+def listed_lines(text: str) -> dict[tuple[str, int], str]:
+    """Each rule's line of ``nft -a list ruleset``, by table and handle."""
+    lines, table = {}, ""
+    for line in text.splitlines():
+        shown = line.strip()
+        if shown.startswith("table "):
+            table = shown.split()[2]
+        elif " # handle " in shown and not shown.startswith(("chain ", "set ", "map ")):
+            body, _, handle = shown.rpartition(" # handle ")
+            lines[table, int(handle)] = body
+    return lines
+
+
+def differences(data: Any, text: str) -> list[tuple[str, str]]:
+    """(the doctor's, nft's) text of each rule of ``nft -j`` ``data`` the two write apart."""
+    ruleset, listed = parse_ruleset(data), listed_lines(text)
+    rules = [item["rule"] for item in data["nftables"] if "rule" in item]
+    assert len(rules) == len(listed)
+    differ = []
+    for rule in rules:
+        chain = ruleset.chains[rule["family"], rule["table"], rule["chain"]]
+        mine = rule_text(chain, rule["expr"]).partition(": ")[2]
+        if mine != listed[rule["table"], rule["handle"]]:
+            differ.append((mine, listed[rule["table"], rule["handle"]]))
+    return differ
+
+
+def test_every_recorded_rule_is_written_as_nft_list_ruleset_prints_it() -> None:
+    data = json.loads((_RECORDED / "nft-text.json").read_text())
+    assert differences(data, (_RECORDED / "nft-text.nft").read_text()) == []
+
+
+def test_a_statement_of_an_unknown_shape_stays_json() -> None:
+    data = {"nftables": [
+        {"table": {"family": "inet", "name": "t", "handle": 1}},
+        {"chain": {"family": "inet", "table": "t", "name": "c", "handle": 1}}]}
+    chain = parse_ruleset(data).chains["inet", "t", "c"]
+    assert rule_text(chain, [{"synproxy": {"mss": 1460}}, {"drop": None}]) == (
+        'nft inet t c: {"synproxy":{"mss":1460}} drop')

@@ -1,0 +1,100 @@
+"""``pmtu-error-dropped`` for the node's own ICMP error, from captures: the node's route
+to the destination carries ``mtu 1280`` below the pods' 1500, so the node answers the
+pod's larger packets with fragmentation needed (Packet Too Big) itself; that error leaves
+through the output chains, then postrouting. The kernel's side is
+tests/doctor/test_own_pmtu_error_kernel.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from k3snet.doctor import Finding, Flow, NodeCapture, NodeState, Verdict, diagnose
+
+
+def _findings(*output: str, family: int = 4, nft: list[list[Any]] | None = None
+              ) -> tuple[Verdict, list[Finding]]:
+    """Pods on cni0, masqueraded, every MTU 1500, the route to the destination ``mtu
+    1280``; the filter table's OUTPUT chain of ``output`` (ip6tables' for ``family`` 6),
+    an inet table's output chain of ``nft``'s rules (each a rule's ``expr``, as ``nft -j``
+    prints it)."""
+    v6 = family == 6
+    cni, uplink = ("fd42::1", "fd01::5") if v6 else ("10.42.0.1", "192.168.1.5")
+    addresses = [{"ifname": name, "mtu": 1500, "flags": ["UP"],
+                  "addr_info": [{"local": local, "prefixlen": 64 if v6 else 24}]}
+                 for name, local in (("cni0", cni), ("eth0", uplink))]
+    routes = ([{"dst": "fd42::/64", "dev": "cni0"}, {"dst": "fd01::/64", "dev": "eth0"},
+               {"dst": "default", "gateway": "fd01::1", "dev": "eth0",
+                "metrics": [{"mtu": 1280}]}] if v6 else
+              [{"dst": "10.42.0.0/24", "dev": "cni0", "scope": "link"},
+               {"dst": "192.168.1.0/24", "dev": "eth0", "scope": "link"},
+               {"dst": "default", "gateway": "192.168.1.1", "dev": "eth0",
+                "metrics": [{"mtu": 1280}]}])
+    pods = "fd42::/64" if v6 else "10.42.0.0/24"
+    save = ("*filter\n:OUTPUT ACCEPT [0:0]\n" + "".join(f"-A OUTPUT {r}\n" for r in output)
+            + f"COMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s {pods} "
+            "-j MASQUERADE\nCOMMIT\n")
+    files = {"addr.json": json.dumps(addresses),
+             f"routes-v{family}.json": json.dumps(routes),
+             f"iptables-nft-v{family}.save": save,
+             "sysctl.txt": "net.ipv6.conf.all.forwarding = 1\n" if v6
+             else "net.ipv4.ip_forward = 1\n"}
+    if nft is not None:
+        chain = {"family": "inet", "table": "t", "name": "output", "handle": 1,
+                 "type": "filter", "hook": "output", "prio": 0, "policy": "accept"}
+        files["nft-ruleset.json"] = json.dumps({"nftables": [
+            {"table": {"family": "inet", "name": "t", "handle": 1}}, {"chain": chain},
+            *({"rule": {"family": "inet", "table": "t", "chain": "output",
+                        "handle": 2 + n, "expr": expr}} for n, expr in enumerate(nft))]})
+    state = NodeState.from_capture(NodeCapture.from_texts(files))
+    flow = (Flow("fd42::10", "fd01:2::10", port=5432) if v6
+            else Flow("10.42.0.10", "192.168.2.10", port=5432))
+    d = diagnose(state, flow)
+    assert "path-mtu" in [f.code for f in d.findings], d.render()
+    return d.verdict, [f for f in d.findings if f.code == "pmtu-error-dropped"]
+
+
+@pytest.mark.parametrize(("rule", "family"), [
+    ("-p icmp -m icmp --icmp-type 3/4 -j DROP", 4),
+    ("-p icmp -m icmp --icmp-type 3 -j REJECT", 4),
+    ("-d 10.42.0.0/16 -p icmp -j DROP", 4),  # to the pods: the error's destination
+    ("-o cni0 -j DROP", 4),  # the error leaves by the pods' interface
+    ("-p ipv6-icmp -m icmp6 --icmpv6-type 2 -j DROP", 6),
+])
+def test_an_output_rule_matching_the_node_s_own_error_drops_it(rule: str, family: int) -> None:
+    verdict, found = _findings(rule, family=family)
+    assert verdict is Verdict.REACHES  # the flow's own packets never cross output
+    (finding,) = found
+    assert finding.severity == "warning"
+    assert rule.partition(" -j ")[0] in finding.where
+    assert "OUTPUT" in finding.where
+    assert "the node sends" in finding.what
+
+
+@pytest.mark.parametrize("rule", [
+    "-p icmp -m icmp --icmp-type 3/3 -j DROP",  # port unreachable
+    "-p tcp -j DROP",
+    "-o eth0 -p icmp -j DROP",  # the error leaves by cni0
+    "-m conntrack --ctstate RELATED -j ACCEPT\n-A OUTPUT -p icmp -j DROP",
+])
+def test_an_output_rule_missing_the_node_s_own_error_leaves_it_be(rule: str) -> None:
+    _, found = _findings(rule)
+    assert found == []
+
+
+def test_an_nft_output_rule_dropping_packet_too_big_is_named() -> None:
+    drop = [{"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+                       "right": "packet-too-big"}}, {"drop": None}]
+    _, found = _findings(family=6, nft=[drop])
+    (finding,) = found
+    assert "nft inet t output" in finding.where
+    assert "packet-too-big" in finding.where
+
+
+def test_an_output_rule_the_doctor_cannot_evaluate_is_said_not_judged() -> None:
+    _, found = _findings("-p icmp -m set --match-set blocked dst -j DROP")
+    (finding,) = found
+    assert finding.severity == "info"
+    assert "cannot be judged" in finding.what

@@ -1,0 +1,115 @@
+"""The node's own ICMP error of path MTU discovery, dropped by a foreign rule in its
+output path, against the kernel.
+
+The node's route to the database carries ``mtu 1280`` while the pod's interface is at
+1500: the node drops the pod's larger packets it forwards and answers fragmentation
+needed (IPv6: Packet Too Big) itself. That error is the node's own: it leaves through
+the output chains, then postrouting, never forward. A foreign rule in output dropping
+that ICMP type (nftables or iptables) makes a black hole: connections open, large
+packets die. The doctor said so only in ``path-mtu``'s text, without following the
+error; it now traces it through output and postrouting and names the rule
+(``pmtu-error-dropped``). The kernel's own view: the pod's route to the database (``ip
+route get``, after the pod sent datagrams too large with don't-fragment) holds ``mtu
+1280`` once the error arrived, never while the rule drops it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+
+from k3snet.doctor import Flow, NodeState, Verdict, diagnose
+from k3snet.lab.netns import run_in
+from tests.pmtu import learnt_mtu_in
+
+from .conftest import DEST_NETS, UPLINKS, DoctorLab, Topology, to_v6
+
+pytestmark = [pytest.mark.kernel]
+
+_NFT_DROP = """table inet h_own_pmtu {
+ chain output {
+  type filter hook output priority 0; policy accept;
+  icmp type destination-unreachable icmp code frag-needed drop
+  icmpv6 type packet-too-big drop
+ }
+}
+"""
+_XT_DROP = {4: ["iptables-nft", "-A", "OUTPUT", "-p", "icmp", "-m", "icmp", "--icmp-type",
+                "fragmentation-needed", "-j", "DROP"],
+            6: ["ip6tables-nft", "-A", "OUTPUT", "-p", "ipv6-icmp", "-m", "icmp6",
+                "--icmpv6-type", "packet-too-big", "-j", "DROP"]}
+#: How the listing names the rule: nft's words, iptables-save's numbers.
+_NAMED = {("nft", 4): "frag-needed", ("nft", 6): "packet-too-big",
+          ("iptables", 4): "--icmp-type 3/4", ("iptables", 6): "--icmpv6-type 2"}
+
+
+def _narrow_route(lab: DoctorLab, family: int) -> None:
+    convert = to_v6 if family == 6 else str
+    run_in(lab.node, ["ip", f"-{family}", "route", "replace", convert(DEST_NETS["plain"]),
+                      "via", convert(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "1280",
+                      "proto", "static"])
+
+
+def _learnt(lab: DoctorLab, topology: Topology) -> str:
+    pod = lab.names["pod"]
+    run_in(pod, ["ip", f"-{topology.family}", "route", "flush", "cache"], check=False)
+    return learnt_mtu_in(pod, topology.family, topology.destination)
+
+
+@pytest.mark.parametrize("tool", ["nft", "iptables"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_output_rule_dropping_the_node_s_own_pmtu_error_is_named_where_the_kernel_loses_it(
+        doctor_lab: DoctorLab, family: Literal[4, 6], tool: str) -> None:
+    topology = Topology(family=family)
+    doctor_lab.configure(topology)
+    _narrow_route(doctor_lab, family)
+    flow = Flow(topology.pod, topology.destination, port=topology.port)
+    try:
+        # Without the rule the node's error passes: the pod learns the path's MTU.
+        assert "mtu 1280" in _learnt(doctor_lab, topology)
+        clean = diagnose(NodeState.from_capture(doctor_lab.capture()), flow)
+        assert "pmtu-error-dropped" not in [f.code for f in clean.findings], clean.render()
+        if tool == "nft":
+            run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_NFT_DROP)
+        else:
+            run_in(doctor_lab.node, _XT_DROP[family])
+        hole = _learnt(doctor_lab, topology)
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()), flow)
+    finally:
+        doctor_lab.reset()
+        run_in(doctor_lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"],
+               check=False)
+    assert "mtu 1280" not in hole, hole  # the kernel: the rule made the hole
+    assert d.verdict is Verdict.REACHES, d.render()  # the first, small packet does
+    assert "path-mtu" in [f.code for f in d.findings], d.render()
+    (finding,) = [f for f in d.findings if f.code == "pmtu-error-dropped"]
+    assert finding.severity == "warning", d.render()
+    assert _NAMED[tool, family] in finding.where, d.render()
+    assert "OUTPUT" in finding.where or " output" in finding.where, d.render()
+    kind = "fragmentation needed" if family == 4 else "Packet Too Big"
+    assert kind in finding.what, d.render()
+    assert "the node sends" in finding.what, d.render()
+    assert "output" in (finding.advice or ""), d.render()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_output_rule_accepting_related_first_lets_the_node_s_pmtu_error_through(
+        doctor_lab: DoctorLab, family: Literal[4, 6]) -> None:
+    """The advice's fix: ``ct state related accept`` before the drop. The kernel: the pod
+    learns the MTU; the doctor: no finding."""
+    topology = Topology(family=family)
+    doctor_lab.configure(topology)
+    _narrow_route(doctor_lab, family)
+    try:
+        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_NFT_DROP.replace(
+            "policy accept;\n", "policy accept;\n  ct state related accept\n"))
+        learnt = _learnt(doctor_lab, topology)
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port))
+    finally:
+        doctor_lab.reset()
+        run_in(doctor_lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"],
+               check=False)
+    assert "mtu 1280" in learnt, learnt
+    assert "pmtu-error-dropped" not in [f.code for f in d.findings], d.render()
