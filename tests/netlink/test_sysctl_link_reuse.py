@@ -153,3 +153,26 @@ def test_an_older_record_of_the_index_alone_holds_its_interface_under_its_name(
         ip(ns, "link", "set", "d0", "name", "d9")
         backend.apply(plan(backend.observe(), State()))
     assert read(ns, "net/ipv4/conf/d9/rp_filter") == "0"
+
+
+def test_a_bridge_whose_address_follows_a_new_port_keeps_its_records(tmp_path: Path) -> None:
+    # The kernel gives a bridge its lowest port's address (cni0, as pods come and go):
+    # the same bridge, whose sysctl k3snet still owns, not one it cannot tell.
+    rp_filter = "net.ipv4.conf.br0.rp_filter"
+    with temporary_netns("reusebr") as ns:
+        ip(ns, "link", "add", "br0", "type", "bridge")
+        run_in(ns, ["sysctl", "-qw", f"{rp_filter}=0"])
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            backend.apply(plan(backend.observe(), State(owned=[Sysctl(rp_filter, 2)])))
+        before = link(ns, "br0")["address"]
+        ip(ns, "link", "add", "v0", "address", "02:00:00:00:00:01", "type", "veth",
+           "peer", "name", "v0p")
+        ip(ns, "link", "set", "v0", "master", "br0")
+        assert link(ns, "br0")["address"] == "02:00:00:00:00:01" != before
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            observed = backend.observe()
+            [owned] = [o for o in observed.owned if isinstance(o, Sysctl)]
+            assert (owned.name, owned.previous) == (rp_filter, "0")
+            assert backend.warnings == ()
+            backend.apply(plan(observed, State()))  # destroy
+        assert read(ns, "net/ipv4/conf/br0/rp_filter") == "0"
