@@ -176,3 +176,21 @@ def test_a_bridge_whose_address_follows_a_new_port_keeps_its_records(tmp_path: P
             assert backend.warnings == ()
             backend.apply(plan(observed, State()))  # destroy
         assert read(ns, "net/ipv4/conf/br0/rp_filter") == "0"
+
+
+def test_the_warning_of_an_interface_k3snet_cannot_tell_names_the_value_to_give_back(
+        lab: tuple[str, str], tmp_path: Path) -> None:
+    # An administrator gave veth d0 another address: the same interface or another,
+    # k3snet cannot tell. The warning asks to give its value back by hand: which one,
+    # since a take-over anew (the spec asking another value) records the value as it is.
+    ns, _other = lab
+    take_over_rp_filter(ns, tmp_path)
+    ip(ns, "link", "set", "d0", "address", "02:00:00:00:00:07")
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        observed = backend.observe()
+        [warning] = backend.warnings
+        assert "d0 (index 42)" in warning
+        assert warning.endswith("by hand: '0'")
+        backend.apply(plan(observed, State(owned=[Sysctl(RP_FILTER, 1)])))
+    [path] = tmp_path.rglob("sysctl.json")
+    assert json.loads(path.read_text())["owned"][RP_FILTER]["previous"] == "2"

@@ -492,24 +492,29 @@ class SysctlState:
     def doubts(self, indexes: Mapping[str, LinkId]) -> list[str]:
         """The records of this state as loaded (not followed) tied to an interface k3snet
         cannot tell (:func:`_holds`), each said in a sentence: the sysctls and switches
-        they name are left alone (``indexes``: the namespace's links by name)."""
+        they name are left alone (``indexes``: the namespace's links by name). Each names
+        the value to give back by hand, which a take-over anew (the spec asking another
+        value) records no more."""
         names = {link.index: name for name, link in indexes.items()}
-        found = [(name, name, recorded) for name, recorded in self.links.items()
-                 if name in self.owned]
-        found += [(f"{switch} (spread by {name})", switch, recorded)
+        found = [(name, name, recorded, self.owned[name][1])
+                 for name, recorded in self.links.items() if name in self.owned]
+        found += [(f"{switch} (spread by {name})", switch, recorded,
+                   self.spread.get(name, {}).get(switch))
                   for name, switches in self.spread_links.items()
                   for switch, recorded in switches.items() if name in self.owned]
         said = []
-        for what, sysctl, recorded in sorted(found, key=lambda entry: entry[0]):
+        for what, sysctl, recorded, previous in sorted(found, key=lambda entry: entry[0]):
             now = names.get(recorded.index)
             if (now is None or recorded.judge(indexes[now]) is not None
                     or _holds(recorded, indexes[now], same_name=now == interface_of(sysctl))):
                 continue  # gone, told apart (followed, or another interface), or held
             why = ("an older k3snet recorded its index alone" if not recorded.marked
                    else "its hardware address changed since")
+            back = ("give it back by hand if it is" if previous is None
+                    else f"if it is, give it back its value before k3snet by hand: {previous!r}")
             said.append(f"{what}: k3snet cannot tell whether interface {now} (index "
                         f"{recorded.index}) is the one it recorded ({why}), and leaves it "
-                        "alone; give it back by hand if it is")
+                        f"alone; {back}")
         return said
 
 
