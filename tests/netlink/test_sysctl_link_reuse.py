@@ -153,3 +153,44 @@ def test_an_older_record_of_the_index_alone_holds_its_interface_under_its_name(
         ip(ns, "link", "set", "d0", "name", "d9")
         backend.apply(plan(backend.observe(), State()))
     assert read(ns, "net/ipv4/conf/d9/rp_filter") == "0"
+
+
+def test_a_bridge_whose_address_follows_a_new_port_keeps_its_records(tmp_path: Path) -> None:
+    # The kernel gives a bridge its lowest port's address (cni0, as pods come and go):
+    # the same bridge, whose sysctl k3snet still owns, not one it cannot tell.
+    rp_filter = "net.ipv4.conf.br0.rp_filter"
+    with temporary_netns("reusebr") as ns:
+        ip(ns, "link", "add", "br0", "type", "bridge")
+        run_in(ns, ["sysctl", "-qw", f"{rp_filter}=0"])
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            backend.apply(plan(backend.observe(), State(owned=[Sysctl(rp_filter, 2)])))
+        before = link(ns, "br0")["address"]
+        ip(ns, "link", "add", "v0", "address", "02:00:00:00:00:01", "type", "veth",
+           "peer", "name", "v0p")
+        ip(ns, "link", "set", "v0", "master", "br0")
+        assert link(ns, "br0")["address"] == "02:00:00:00:00:01" != before
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            observed = backend.observe()
+            [owned] = [o for o in observed.owned if isinstance(o, Sysctl)]
+            assert (owned.name, owned.previous) == (rp_filter, "0")
+            assert backend.warnings == ()
+            backend.apply(plan(observed, State()))  # destroy
+        assert read(ns, "net/ipv4/conf/br0/rp_filter") == "0"
+
+
+def test_the_warning_of_an_interface_k3snet_cannot_tell_names_the_value_to_give_back(
+        lab: tuple[str, str], tmp_path: Path) -> None:
+    # An administrator gave veth d0 another address: the same interface or another,
+    # k3snet cannot tell. The warning asks to give its value back by hand: which one,
+    # since a take-over anew (the spec asking another value) records the value as it is.
+    ns, _other = lab
+    take_over_rp_filter(ns, tmp_path)
+    ip(ns, "link", "set", "d0", "address", "02:00:00:00:00:07")
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        observed = backend.observe()
+        [warning] = backend.warnings
+        assert "d0 (index 42)" in warning
+        assert warning.endswith("by hand: '0'")
+        backend.apply(plan(observed, State(owned=[Sysctl(RP_FILTER, 1)])))
+    [path] = tmp_path.rglob("sysctl.json")
+    assert json.loads(path.read_text())["owned"][RP_FILTER]["previous"] == "2"

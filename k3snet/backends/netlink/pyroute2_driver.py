@@ -96,9 +96,17 @@ def _unmodelled(attrs: Sequence[Any]) -> bool:
     return False
 
 
-def _lower(address: str | None) -> str | None:
-    """A hardware address as the socket driver spells it (lower-case hex)."""
-    return address.lower() if address else None
+def _hardware_address(msg: Any, name: str) -> str | None:
+    """A link's hardware address attribute ``name`` as the socket driver spells it (each
+    byte in lower-case hex, ``None`` for none). Read from the attribute's own bytes:
+    pyroute2 decodes ``IFLA_ADDRESS`` as six bytes whatever its length, the next
+    attribute's two first for an IPv4 tunnel's four (ipip, gre, sit) and the first six
+    of an IPv6 tunnel's sixteen."""
+    if msg.get_attr(name) is None:
+        return None
+    nla = msg.nla(name)
+    start = nla.offset + 4  # past the attribute's header
+    return bytes(nla.data[start:nla.offset + nla["header"]["length"]]).hex(":") or None
 
 
 def _address(family: int, text: str | None) -> Address | None:
@@ -219,8 +227,8 @@ class Pyroute2Driver:
                         msg["index"], name, bool(msg["flags"] & IFF_UP),
                         msg.get_attr("IFLA_MASTER"),
                         None if info is None else info.get_attr("IFLA_INFO_KIND"),
-                        _lower(msg.get_attr("IFLA_ADDRESS")),
-                        _lower(msg.get_attr("IFLA_PERM_ADDRESS")))
+                        _hardware_address(msg, "IFLA_ADDRESS"),
+                        _hardware_address(msg, "IFLA_PERM_ADDRESS"))
             return links
 
         return self._run(job)

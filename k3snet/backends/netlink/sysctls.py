@@ -296,6 +296,14 @@ def normal(name: str, raw: str | None) -> str | None:
         return None
 
 
+_BORROWED_ADDRESS_KINDS = frozenset({
+    "bridge", "bond", "team", "hsr", "vlan", "macvlan", "macvtap", "ipvlan", "ipvtap"})
+"""The kinds of interface whose hardware address the kernel takes from another device
+and changes with it: a bridge's follows its ports (the lowest port's, unless set), a
+bond's or team's its first or active slave, a VLAN's, IPVLAN's or passthru MACVLAN's
+the device under it. Their address tells nothing of which interface they are."""
+
+
 @attrs.frozen
 class LinkId:
     """An interface as a record of the state file is tied to it: its index, and what
@@ -304,7 +312,9 @@ class LinkId:
     A rename keeps an interface's index, kind and hardware addresses; another interface
     can take over a deleted one's index (``ip link set X netns N`` keeps X's index when
     it is free there), and then has another hardware address, unless an administrator
-    gave it that one (a tunnel, having none, is told by its kind alone).
+    gave it that one (a tunnel, having none, is told by its kind alone, and so is an
+    interface whose address the kernel takes from its ports or lower device:
+    :data:`_BORROWED_ADDRESS_KINDS`).
     """
 
     index: int
@@ -318,13 +328,16 @@ class LinkId:
         """Whether ``now`` (an interface of the namespace now) is the recorded one:
         ``None`` when that cannot be told (a record of the index alone; the same kind
         with another hardware address: changed, as a bond's slave's, or another
-        interface's)."""
+        interface's), save for a kind whose address follows another device's
+        (:data:`_BORROWED_ADDRESS_KINDS`), told by its kind alone."""
         if now is None or now.index != self.index or (self.marked and now.kind != self.kind):
             return False
         if not self.marked:
             return None
         if self.permanent is not None and now.permanent is not None:
             return self.permanent == now.permanent  # a NIC's own: what no one changes
+        if self.kind in _BORROWED_ADDRESS_KINDS:
+            return True  # a bridge given a port of a lower address is the same bridge
         return True if self.address == now.address else None
 
 
@@ -479,24 +492,29 @@ class SysctlState:
     def doubts(self, indexes: Mapping[str, LinkId]) -> list[str]:
         """The records of this state as loaded (not followed) tied to an interface k3snet
         cannot tell (:func:`_holds`), each said in a sentence: the sysctls and switches
-        they name are left alone (``indexes``: the namespace's links by name)."""
+        they name are left alone (``indexes``: the namespace's links by name). Each names
+        the value to give back by hand, which a take-over anew (the spec asking another
+        value) records no more."""
         names = {link.index: name for name, link in indexes.items()}
-        found = [(name, name, recorded) for name, recorded in self.links.items()
-                 if name in self.owned]
-        found += [(f"{switch} (spread by {name})", switch, recorded)
+        found = [(name, name, recorded, self.owned[name][1])
+                 for name, recorded in self.links.items() if name in self.owned]
+        found += [(f"{switch} (spread by {name})", switch, recorded,
+                   self.spread.get(name, {}).get(switch))
                   for name, switches in self.spread_links.items()
                   for switch, recorded in switches.items() if name in self.owned]
         said = []
-        for what, sysctl, recorded in sorted(found, key=lambda entry: entry[0]):
+        for what, sysctl, recorded, previous in sorted(found, key=lambda entry: entry[0]):
             now = names.get(recorded.index)
             if (now is None or recorded.judge(indexes[now]) is not None
                     or _holds(recorded, indexes[now], same_name=now == interface_of(sysctl))):
                 continue  # gone, told apart (followed, or another interface), or held
             why = ("an older k3snet recorded its index alone" if not recorded.marked
                    else "its hardware address changed since")
+            back = ("give it back by hand if it is" if previous is None
+                    else f"if it is, give it back its value before k3snet by hand: {previous!r}")
             said.append(f"{what}: k3snet cannot tell whether interface {now} (index "
                         f"{recorded.index}) is the one it recorded ({why}), and leaves it "
-                        "alone; give it back by hand if it is")
+                        f"alone; {back}")
         return said
 
 
