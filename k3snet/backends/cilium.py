@@ -69,7 +69,9 @@ from k3snet._gojson import (
     nests_deeper,
 )
 from k3snet._yamltext import yaml_problem
-from k3snet.backends.base import ApplyResult, ensure_capable
+from k3snet.backends.base import ApplyResult, PendingRestart, ensure_capable
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION, changed_stamp
+from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
     BackendBase,
@@ -116,6 +118,7 @@ from k3snet.planner import Change, Plan
 __all__ = [
     "AGENT_CONFIG_KEY",
     "ALLOW_DISRUPTIVE_HINT",
+    "CILIUM_DAEMONSET",
     "DEFAULT_CONFIGMAP",
     "DEFAULT_IP_MASQ_AGENT",
     "NODE_CONFIG_API",
@@ -146,6 +149,9 @@ is the one removing k3snet's settings gives back."""
 NODE_CONFIG_API: tuple[tuple[str, str], ...] = (("cilium.io", "v2"), ("cilium.io", "v2alpha1"))
 """Where CiliumNodeConfigs are listed, in order: ``v2`` (Cilium 1.16 and later), else
 ``v2alpha1`` (1.13 to 1.15, and served later too); plural ``ciliumnodeconfigs``."""
+
+CILIUM_DAEMONSET = "cilium"
+"""The name of Cilium's agent DaemonSet (Helm chart), in Cilium's namespace."""
 
 _NODE_CONFIG_PLURAL = "ciliumnodeconfigs"
 _EGRESS_GATEWAY_PLURAL = "ciliumegressgatewaypolicies"
@@ -389,6 +395,7 @@ class _ConfigMap:
     owned: str | None
     version: str | None
     written: str | None = None  # WRITTEN_ANNOTATION
+    changed_at: str | None = None  # CHANGED_ANNOTATION
 
 
 @attrs.frozen
@@ -446,20 +453,29 @@ class _Api:
         annotations = (metadata.annotations if metadata is not None else None) or {}
         return _ConfigMap(dict(found.data or {}), annotations.get(OWNED_ANNOTATION),
                           metadata.resource_version if metadata is not None else None,
-                          annotations.get(WRITTEN_ANNOTATION))
+                          annotations.get(WRITTEN_ANNOTATION),
+                          annotations.get(CHANGED_ANNOTATION))
 
     def patch(self, name: str, version: str | None, data: dict[str, str | None],
               owned: str | None, owned_changes: bool, *,
-              written: tuple[str | None] | None = None) -> str | None:
+              written: tuple[str | None] | None = None,
+              changed_at: str | None = None) -> str | None:
         """One merge patch; returns the new resourceVersion. ``written``: a 1-tuple with
-        the new WRITTEN_ANNOTATION (``(None,)`` removes it), sent with the record."""
+        the new WRITTEN_ANNOTATION (``(None,)`` removes it), sent with the record.
+        ``changed_at``: the new :data:`~k3snet.backends.cni_restart.CHANGED_ANNOTATION`
+        (data the agents read at start changes)."""
         metadata: dict[str, Any] = {}
         if version is not None:
             metadata["resourceVersion"] = version
+        annotations: dict[str, str | None] = {}
         if owned_changes:
-            metadata["annotations"] = {OWNED_ANNOTATION: owned}
+            annotations[OWNED_ANNOTATION] = owned
             if written is not None:
-                metadata["annotations"][WRITTEN_ANNOTATION] = written[0]
+                annotations[WRITTEN_ANNOTATION] = written[0]
+        if changed_at is not None:
+            annotations[CHANGED_ANNOTATION] = changed_at
+        if annotations:
+            metadata["annotations"] = annotations
         body: dict[str, Any] = {"metadata": metadata}
         if data:
             body["data"] = data
@@ -1015,6 +1031,17 @@ class CiliumBackend(BackendBase):
                 self._api.egress_gateway_policies(), "CiliumEgressGatewayPolicies"))
         return State(owned=[] if owned is None else [owned], foreign=[foreign])
 
+    def restart_needed(self, change: Change) -> str | None:
+        """What must restart for ``change`` to take effect: Cilium's agent DaemonSet
+        when it changes keys of ``cilium-config`` (read when an agent starts); ``None``
+        for the ip-masq-agent file alone, which the agent reads again when the kubelet
+        updates it (``pkg/ipmasq`` watches its directory)."""
+        def settings(obj: object) -> dict[str, Any]:
+            return dict(obj.settings) if isinstance(obj, CiliumConfig) else {}
+        if settings(change.before) == settings(change.after):
+            return None
+        return f"DaemonSet {self._api.namespace}/{CILIUM_DAEMONSET}"
+
     # ------------------------------------------------------------ disruptive changes
 
     def disruptive(self, change: Change) -> str | None:
@@ -1264,13 +1291,17 @@ class CiliumBackend(BackendBase):
         after = {k: v for k, v in {**config.data, **edit.config_data}.items() if v is not None}
         new_written = None if edit.config_record is None else json.dumps(
             {k: after.get(k) for k in edit.config_record}, sort_keys=True)
+        # Data the agents read only when they start: its change awaits their restart.
+        changed_at = (changed_stamp() if any(config.data.get(k) != v
+                                             for k, v in edit.config_data.items()) else None)
         if edit.config_data or new_record != old_record or new_written != config.written:
             def write_config() -> Any:
                 back = {k: config.data.get(k) for k in edit.config_data}
                 left = _Keys(edit.config_data, new_record, new_written)
                 version = _answered(
                     lambda: api.patch(api.config_name, config.version, edit.config_data,
-                                      new_record, True, written=(new_written,)),
+                                      new_record, True, written=(new_written,),
+                                      changed_at=changed_at),
                     unanswered, lambda: api.take_back_unanswered(
                         api.config_name, edit.config_data, new_record, new_written,
                         lambda found: api.patch_back(api.config_name, found, back,
@@ -1334,6 +1365,21 @@ class CiliumBackend(BackendBase):
         where = self._where(agent=True)
         now = _field_texts(_agent_fields(_parse_agent(edit.agent_text or "", where), where))
         return json.dumps({k: now.get(k) for k in edit.agent_record.keys}, sort_keys=True)
+
+    def pending_restarts(self) -> tuple[PendingRestart, ...]:
+        """The Cilium agents still running since before k3snet last changed
+        ``cilium-config`` (read once, when an agent starts): one
+        :class:`~k3snet.backends.PendingRestart` per DaemonSet with such pods, none
+        once all restarted. The ip-masq-agent ConfigMap needs no restart: the agent
+        watches its file, which the kubelet updates within about a minute."""
+        config = self._api.read(self._api.config_name)
+        if config is None or config.changed_at is None:
+            return ()
+        return pending_restarts(
+            self._api.core.api_client, self._api.namespace, self._api.config_name,
+            {CHANGED_ANNOTATION: config.changed_at},
+            reason="Cilium's agents read it when they start", known=(CILIUM_DAEMONSET,),
+            timeout=self._api.timeout)
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""
