@@ -595,7 +595,8 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
              "resourceNames": sorted({config_name, agent_name}), "verbs": ["get", "patch"]},
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [agent_name],
              "verbs": ["delete"]},
-            {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]}])
+            {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]},
+            *_RESTART_RULES])
         # CiliumEgressGatewayPolicies are cluster-scoped: listed (where some node runs
         # the egress gateway), never written; so are the Nodes (their labels, which the
         # CiliumNodeConfigs selecting some nodes select by) and the CiliumNodes (which
@@ -626,8 +627,16 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             "resources": ["configmaps"],
             "resourceNames": [flannel_name],
             "verbs": ["get", "patch"],
-        }])
+        }, *_RESTART_RULES])
     return objs
+
+
+# The DaemonSets and their pods of the CNI's namespace, listed (never written) to tell
+# whether the pods restarted since k3snet changed the config they read at start.
+_RESTART_RULES: tuple[dict[str, Any], ...] = (
+    {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+)
 
 
 def _cel_text(value: str) -> str:

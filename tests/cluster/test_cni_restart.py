@@ -11,6 +11,8 @@ the emulated API server, with pods shaped like the real ones.
 from __future__ import annotations
 
 import datetime
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,11 +20,13 @@ import pytest
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.backends.flannel import FlannelBackend
+from k3snet.cli import main
 from k3snet.converge import converge, pending_restarts, restarts_needed
 from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig
 from k3snet.model.cni import FlannelConfig
 from k3snet.model.state import State
 from k3snet.testing.kube import EmulatedApiServer
+from tests.kubeclient import write_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
@@ -122,7 +126,8 @@ def test_ip_masq_agent_change_needs_no_restart(cilium: CiliumBackend) -> None:
     desired = State(owned=[CiliumConfig(CILIUM_DEFAULT_TARGET,
                                         ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
     done = converge(cilium, desired)
-    assert done.result is not None and done.result.applied
+    assert done.result is not None
+    assert done.result.applied
     assert restarts_needed(cilium, done.plan) == ()
     assert done.restarts == ()
 
@@ -167,3 +172,40 @@ def test_flannel_net_conf_change_is_pending_until_its_pods_restarted(
     api_server.put(PODS, _pod("kube-flannel", "flannel-1", "flannel-renamed", FLANNEL_LABELS,
                               created=now, started=FUTURE))
     assert pending_restarts(backend) == ()
+
+
+SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nbackends: [cilium]\n"
+        "destinations: []\ncni:\n  cilium:\n    egressMasqueradeInterfaces: eth0\n")
+
+
+def test_plan_and_apply_say_which_restart_is_needed_and_pending(
+        api_server: EmulatedApiServer, cilium: CiliumBackend, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    kubeconfig = tmp_path / "kubeconfig"
+    write_kubeconfig(kubeconfig, api_server.url)
+    through = ["-f", str(spec), "--no-facts", "--backend", "cilium",
+               "--backend-opt", f"cilium.kubeconfig={kubeconfig}"]
+    main(["plan", *through])
+    out = capsys.readouterr().out
+    assert ("!! restart needed once applied: DaemonSet kube-system/cilium reads the changed "
+            "config only when it starts (kubectl -n kube-system rollout restart "
+            "daemonset/cilium)") in out
+    assert main(["apply", *through, "--auto-approve", "--output", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["restart_pending"] == [{
+        "workload": "DaemonSet kube-system/cilium",
+        "reason": document["restart_pending"][0]["reason"],
+        "stale": ["cilium-a", "cilium-b"]}]
+    assert "Cilium's agents read it when they start" in document["restart_pending"][0]["reason"]
+    # In sync, and still pending: said until the pods restart.
+    assert main(["apply", *through, "--auto-approve"]) == 0
+    out = capsys.readouterr().out
+    assert "!! restart pending: DaemonSet kube-system/cilium" in out
+    assert "2 pod(s) started before the change: cilium-a, cilium-b" in out
+    for name in ("cilium-a", "cilium-b"):
+        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
+                                  created=FUTURE))
+    assert main(["apply", *through, "--auto-approve"]) == 0
+    assert "restart" not in capsys.readouterr().out
