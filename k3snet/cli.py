@@ -2246,7 +2246,9 @@ def _destroy_through(args: argparse.Namespace, groups: Sequence[BackendGroup],
         # apply would refuse (an admin's jump into an iptables chain of k3snet's)
         # is refused here too.
         problems = _destroy_problems(args, groups, preview)
-        _print_destroy(args, preview, problems, warnings=warnings(), found=found)
+        needed = list(dict.fromkeys(w for g in groups for w in restarts_needed(g, preview.plan)))
+        _print_destroy(args, preview, problems, warnings=warnings(), found=found,
+                       needed=needed)
         return EXIT_ERROR if problems else EXIT_CHANGES
     if asking and not _confirm("Remove everything listed above?", shown):
         return _not_confirmed(args)
@@ -2280,14 +2282,15 @@ def _destroy_problems(args: argparse.Namespace, groups: Sequence[BackendGroup],
 
 
 def _print_destroy(args: argparse.Namespace, done: Convergence, problems: Sequence[str] = (),
-                   *, warnings: Sequence[str], found: Discovery | None = None) -> None:
+                   *, warnings: Sequence[str], found: Discovery | None = None,
+                   needed: Sequence[str] = ()) -> None:
     """``destroy``'s document (``--output json``), or the check's ``problems`` and the
     backends' ``warnings`` as text, as ``apply`` says them: an iptables chain of k3snet's
     renamed by an admin, whose rules go on running after the destroy, was said in a log
     line only, and never in the document. ``found``: with ``--output json``, the
     document's ``discovered`` (which backends held what, which could not look)."""
     if _json(args):
-        _print_apply(args, done, problems, kind="destroy", warnings=warnings,
+        _print_apply(args, done, problems, kind="destroy", warnings=warnings, needed=needed,
                      extra={"discovered": {
                          "held": {o.label: o.owned for o in found.owners},
                          "empty": list(found.idle),
@@ -2296,7 +2299,7 @@ def _print_destroy(args: argparse.Namespace, done: Convergence, problems: Sequen
     if problems:
         print("The backends' check found problems; nothing was changed:")
         print("\n".join(f"  {printable(str(p))}" for p in problems))
-    _print_restarts((), done.restarts)
+    _print_restarts(needed, done.restarts)
     _print_warnings(warnings)
 
 

@@ -459,11 +459,11 @@ class _Api:
     def patch(self, name: str, version: str | None, data: dict[str, str | None],
               owned: str | None, owned_changes: bool, *,
               written: tuple[str | None] | None = None,
-              changed_at: str | None = None) -> str | None:
+              changed_at: tuple[str | None] | None = None) -> str | None:
         """One merge patch; returns the new resourceVersion. ``written``: a 1-tuple with
         the new WRITTEN_ANNOTATION (``(None,)`` removes it), sent with the record.
-        ``changed_at``: the new :data:`~k3snet.backends.cni_restart.CHANGED_ANNOTATION`
-        (data the agents read at start changes)."""
+        ``changed_at``: so with :data:`~k3snet.backends.cni_restart.CHANGED_ANNOTATION`
+        (data the agents read at start changes; removed with k3snet's last key)."""
         metadata: dict[str, Any] = {}
         if version is not None:
             metadata["resourceVersion"] = version
@@ -473,7 +473,7 @@ class _Api:
             if written is not None:
                 annotations[WRITTEN_ANNOTATION] = written[0]
         if changed_at is not None:
-            annotations[CHANGED_ANNOTATION] = changed_at
+            annotations[CHANGED_ANNOTATION] = changed_at[0]
         if annotations:
             metadata["annotations"] = annotations
         body: dict[str, Any] = {"metadata": metadata}
@@ -914,6 +914,10 @@ class CiliumBackend(BackendBase):
             api_client, kubeconfig=kubeconfig, context=context)
         self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout)
         self._observed: FreshRead[_Read] = FreshRead()  # for the check or apply after it
+        # CHANGED_ANNOTATION as the last observe read it or the last apply left it (a
+        # 1-tuple; None: not known), for the pending_restarts() right after.
+        self._stamp: tuple[str | None] | None = None
+        self._next_stamp: tuple[str | None] | None = None  # what the apply's writes leave
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -1012,6 +1016,7 @@ class CiliumBackend(BackendBase):
         self._observed.drop()
         read = self._read()
         self._observed.put(read)
+        self._stamp = (None if read.config is None else read.config.changed_at,)
         if read.config is None:
             return State()
         owned = self._owned(read)
@@ -1094,6 +1099,7 @@ class CiliumBackend(BackendBase):
         ensure_capable(self, plan)
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
+        self._stamp = self._next_stamp = None  # known again once the writes are made
         read = self._read_for_apply()
         edit = self._edit(read, plan)
         fail_at = self.faults.take(plan)
@@ -1122,6 +1128,7 @@ class CiliumBackend(BackendBase):
                     raise
                 undo.record(plan.changes if index == 0 else (), reverse)
                 operations += 1
+        self._stamp = self._next_stamp
         return ApplyResult(self.name, plan.changes, operations=operations)
 
     def _read_for_apply(self) -> _Read:
@@ -1291,9 +1298,14 @@ class CiliumBackend(BackendBase):
         after = {k: v for k, v in {**config.data, **edit.config_data}.items() if v is not None}
         new_written = None if edit.config_record is None else json.dumps(
             {k: after.get(k) for k in edit.config_record}, sort_keys=True)
-        # Data the agents read only when they start: its change awaits their restart.
-        changed_at = (changed_stamp() if any(config.data.get(k) != v
-                                             for k, v in edit.config_data.items()) else None)
+        # Data the agents read only when they start: its change awaits their restart. The
+        # stamp goes with k3snet's last key: the ConfigMap is left as it was found.
+        changed_at: tuple[str | None] | None = None
+        if new_record is None:
+            changed_at = (None,) if config.changed_at is not None else None
+        elif any(config.data.get(k) != v for k, v in edit.config_data.items()):
+            changed_at = (changed_stamp(),)
+        self._next_stamp = changed_at if changed_at is not None else (config.changed_at,)
         if edit.config_data or new_record != old_record or new_written != config.written:
             def write_config() -> Any:
                 back = {k: config.data.get(k) for k in edit.config_data}
@@ -1372,12 +1384,16 @@ class CiliumBackend(BackendBase):
         :class:`~k3snet.backends.PendingRestart` per DaemonSet with such pods, none
         once all restarted. The ip-masq-agent ConfigMap needs no restart: the agent
         watches its file, which the kubelet updates within about a minute."""
-        config = self._api.read(self._api.config_name)
-        if config is None or config.changed_at is None:
+        # What the observe read or the apply wrote just before, once; read otherwise.
+        known, self._stamp = self._stamp, None
+        if known is None:
+            config = self._api.read(self._api.config_name)
+            known = (None if config is None else config.changed_at,)
+        if known[0] is None:
             return ()
         return pending_restarts(
             self._api.core.api_client, self._api.namespace, self._api.config_name,
-            {CHANGED_ANNOTATION: config.changed_at},
+            {CHANGED_ANNOTATION: known[0]},
             reason="Cilium's agents read it when they start", known=(CILIUM_DAEMONSET,),
             timeout=self._api.timeout)
 

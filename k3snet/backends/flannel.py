@@ -440,6 +440,9 @@ class _ConfigMapStore:
         }
         if text != doc.text:
             body["data"] = {CONFIGMAP_KEY: text}
+        if record is None:  # k3snet's last key gone: the ConfigMap is left as found
+            metadata["annotations"][CHANGED_ANNOTATION] = None
+        elif text != doc.text:
             # Flannel reads it when it starts: the change awaits its pods' restart.
             metadata["annotations"][CHANGED_ANNOTATION] = changed_stamp()
         with translate_errors(f"patch {self.where}",

@@ -209,3 +209,26 @@ def test_plan_and_apply_say_which_restart_is_needed_and_pending(
                                   created=FUTURE))
     assert main(["apply", *through, "--auto-approve"]) == 0
     assert "restart" not in capsys.readouterr().out
+
+
+def test_destroy_names_the_restart_and_leaves_the_configmap_as_found(
+        api_server: EmulatedApiServer, cilium: CiliumBackend, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    found = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert found is not None
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    kubeconfig = tmp_path / "kubeconfig"
+    write_kubeconfig(kubeconfig, api_server.url)
+    through = ["-f", str(spec), "--no-facts", "--backend", "cilium",
+               "--backend-opt", f"cilium.kubeconfig={kubeconfig}"]
+    assert main(["apply", *through, "--auto-approve"]) == 0
+    capsys.readouterr()
+    main(["destroy", *through, "--dry-run", "--output", "json"])
+    assert json.loads(capsys.readouterr().out)["restart_needed"] == [
+        "DaemonSet kube-system/cilium"]
+    assert main(["destroy", *through, "--auto-approve"]) == 0
+    left = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert not left["metadata"].get("annotations")  # the stamp gone with k3snet's keys
