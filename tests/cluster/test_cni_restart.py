@@ -26,6 +26,7 @@ from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig
 from k3snet.model.cni import FlannelConfig
 from k3snet.model.state import State
 from k3snet.testing.kube import EmulatedApiServer
+from tests.cli.test_schemas import validate
 from tests.kubeclient import write_kubeconfig
 
 pytestmark = pytest.mark.cluster
@@ -192,8 +193,13 @@ def test_plan_and_apply_say_which_restart_is_needed_and_pending(
     assert ("!! restart needed once applied: DaemonSet kube-system/cilium reads the changed "
             "config only when it starts (kubectl -n kube-system rollout restart "
             "daemonset/cilium)") in out
+    main(["plan", *through, "--output", "json"])
+    planned = json.loads(capsys.readouterr().out)
+    validate(planned, "plan")
+    assert planned["restart_needed"] == ["DaemonSet kube-system/cilium"]
     assert main(["apply", *through, "--auto-approve", "--output", "json"]) == 0
     document = json.loads(capsys.readouterr().out)
+    validate(document, "apply")
     assert document["restart_pending"] == [{
         "workload": "DaemonSet kube-system/cilium",
         "reason": document["restart_pending"][0]["reason"],
