@@ -610,7 +610,8 @@ class _Api:
             raise
 
     def patch_back(self, name: str, version: str | None, data: dict[str, str | None],
-                   owned: str | None, written: str | None, *, left: _Keys) -> None:
+                   owned: str | None, written: str | None, *, left: _Keys,
+                   changed_at: tuple[str | None] | None = None) -> None:
         """The merge patch taking k3snet's write of ``name`` back (``data`` and the
         records as they were; its ``version``). A 409 reads the ConfigMap again: holding
         ``data`` and the records is the undo done (sent again after a 503 that followed
@@ -619,11 +620,12 @@ class _Api:
         only another key changed since (Cilium's operator, a Helm upgrade, ``kubectl
         annotate``): sent again naming the version read, ``_UNDO_TRIES`` times at
         most. One of k3snet's keys changed since (Helm's edit) is refused, naming it, and
-        not overwritten."""
+        not overwritten. ``changed_at``: the restart stamp as it was, put back too."""
         conflict: KubeApiError | None = None
         for _ in range(_UNDO_TRIES):
             try:
-                self.patch(name, version, data, owned, True, written=(written,))
+                self.patch(name, version, data, owned, True, written=(written,),
+                           changed_at=changed_at)
             except KubeApiError as exc:
                 if exc.status != 409:
                     raise
@@ -1306,6 +1308,7 @@ class CiliumBackend(BackendBase):
         elif any(config.data.get(k) != v for k, v in edit.config_data.items()):
             changed_at = (changed_stamp(),)
         self._next_stamp = changed_at if changed_at is not None else (config.changed_at,)
+        stamp_back = None if changed_at is None else (config.changed_at,)  # for an undo
         if edit.config_data or new_record != old_record or new_written != config.written:
             def write_config() -> Any:
                 back = {k: config.data.get(k) for k in edit.config_data}
@@ -1317,9 +1320,11 @@ class CiliumBackend(BackendBase):
                     unanswered, lambda: api.take_back_unanswered(
                         api.config_name, edit.config_data, new_record, new_written,
                         lambda found: api.patch_back(api.config_name, found, back,
-                                                     old_record, config.written, left=left)))
+                                                     old_record, config.written, left=left,
+                                                     changed_at=stamp_back)))
                 return lambda: api.patch_back(api.config_name, version, back, old_record,
-                                              config.written, left=left)
+                                              config.written, left=left,
+                                              changed_at=stamp_back)
             steps.append(write_config)
         agent = read.agent
         agent_written = self._agent_written(edit)

@@ -22,6 +22,7 @@ from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.backends.flannel import FlannelBackend
 from k3snet.cli import main
 from k3snet.converge import converge, pending_restarts, restarts_needed
+from k3snet.errors import ApplyError
 from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig
 from k3snet.model.cni import FlannelConfig
 from k3snet.model.state import State
@@ -238,3 +239,22 @@ def test_destroy_names_the_restart_and_leaves_the_configmap_as_found(
     assert left is not None
     assert left["data"] == found["data"]
     assert not left["metadata"].get("annotations")  # the stamp gone with k3snet's keys
+
+
+def test_an_apply_undone_takes_its_stamp_back_too(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # cilium-config written, then the ip-masq-agent ConfigMap's creation refused: the
+    # undo put cilium-config's data back and left the stamp, a restart named for nothing.
+    found = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert found is not None
+    api_server.fail(500, method="POST", plural="configmaps")
+    desired = State(owned=[CiliumConfig(
+        CILIUM_DEFAULT_TARGET, settings={"enable-ipv4-masquerade": "false"},
+        ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
+    with pytest.raises(ApplyError):
+        converge(cilium, desired)
+    left = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert CHANGED_ANNOTATION not in (left["metadata"].get("annotations") or {})
+    assert pending_restarts(cilium) == ()
