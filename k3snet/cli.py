@@ -40,7 +40,7 @@ from k3snet._logline import bounded as bounded_line
 from k3snet._logline import one_line, printable, printable_line, printable_lines
 from k3snet._version import __version__
 from k3snet._yamltext import yaml_missing, yaml_problem
-from k3snet.backends.base import ApplyResult
+from k3snet.backends.base import ApplyResult, PendingRestart
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, WarningLog, option_seconds, undoing
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespaces_of
@@ -65,8 +65,10 @@ from k3snet.converge import (
     converge,
     destroy_each,
     facts_namespace,
+    pending_restarts,
     reads_node_facts,
     removed_before,
+    restarts_needed,
     route_protocol,
     unmanaged,
     with_route_protocol,
@@ -1879,28 +1881,32 @@ def cmd_plan(args: argparse.Namespace) -> int:
             args, spec, backend, observed=observed, desired=desired, p=p)
         marks = disruptive_notes(backend, p)
         warnings = [*_left_out(args, spec, backend), *backend.warnings]
+        restarts = (restarts_needed(backend, p), pending_restarts(backend))
     # `--out /dev/stdout | gpg -e ...`: the plan file alone on stdout, the plan on stderr.
     shown = contextlib.redirect_stdout(sys.stderr) if args.out is not None and \
         _is_stdout(args.out) else contextlib.nullcontext()
     with shown:
-        _print_plan(args, p, marks, warnings, secret)
+        _print_plan(args, p, marks, warnings, secret, restarts=restarts)
     if p.conflicts:
         return EXIT_CONFLICTS
     return EXIT_CHANGES if p.changes else EXIT_OK
 
 
 def _print_plan(args: argparse.Namespace, p: Plan, marks: list[str], warnings: list[str],
-                secret: bool) -> None:
+                secret: bool, *,
+                restarts: tuple[Sequence[str], Sequence[PendingRestart]] = ((), ())) -> None:
+    needed, pending = restarts
     if args.output == "json":
         # The lists always (a plan's own dict has `held` only when there is one): a script
         # reads the same keys from every plan document.
         _print_json(args.run, {
             "held": [], **p.to_dict(), "kind": "plan", "warnings": warnings,
-            "disruptive": marks})
+            "disruptive": marks, **_restart_fields(needed, pending)})
         return
     print(_colour(p.render(), args))
     for line in marks:
         print(f"!! disruptive: {printable(line)}")
+    _print_restarts(needed, pending)
     _print_warnings(warnings)
     if args.out is None:
         return
@@ -1910,6 +1916,32 @@ def _print_plan(args: argparse.Namespace, p: Plan, marks: list[str], warnings: l
     kept = " (mode 0600: it holds a secret sysctl's value)" if secret else ""
     print(f"Saved the plan to {args.out}{kept}; apply it with "
           f"`k3snet apply {shlex.quote(str(args.out))}`.")  # pasted into a shell
+
+
+def _restart_fields(needed: Sequence[str], pending: Sequence[PendingRestart]
+                    ) -> dict[str, Any]:
+    """The JSON documents' ``restart_needed`` (what the plan's changes need restarted once
+    applied) and ``restart_pending`` (what k3snet's changes still wait for)."""
+    return {"restart_needed": list(needed),
+            "restart_pending": [r.to_dict() for r in pending]}
+
+
+def _restart_how(workload: str) -> str:
+    """The command restarting ``workload`` (``DaemonSet NS/NAME``), else its name."""
+    kind, _, ref = workload.partition(" ")
+    namespace, _, name = ref.partition("/")
+    if kind == "DaemonSet" and namespace and name:
+        return f"kubectl -n {shlex.quote(namespace)} rollout restart daemonset/{shlex.quote(name)}"
+    return f"restart {workload}"
+
+
+def _print_restarts(needed: Sequence[str], pending: Sequence[PendingRestart]) -> None:
+    """``!! restart needed`` / ``!! restart pending`` lines: k3snet restarts nothing."""
+    for workload in needed:
+        print(f"!! restart needed once applied: {printable(workload)} reads the changed "
+              f"config only when it starts ({printable(_restart_how(workload))})")
+    for restart in pending:
+        print(f"!! {printable(restart.render())}: {printable(_restart_how(restart.workload))}")
 
 
 def _is_stdout(path: Path) -> bool:
@@ -2078,7 +2110,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
             # left, but the file may be applied later, after another switch.
             left = (_left_out(args, spec, backend) if saved is None
                     else _left_behind(args, None, backend, saved))
-            _print_apply(args, preview, problems, warnings=[*left, *backend.warnings])
+            _print_apply(args, preview, problems, warnings=[*left, *backend.warnings],
+                         needed=restarts_needed(backend, preview.plan))
             if problems:
                 return EXIT_ERROR
             return EXIT_CHANGES if args.detailed_exitcode and preview.plan.changes else EXIT_OK
@@ -2108,9 +2141,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence[str] = (),
                  *, shown: Plan | None = None, kind: str = "apply",
-                 warnings: Sequence[str] = (), extra: Mapping[str, Any] | None = None) -> None:
-    """The plan (unless ``shown`` already, for approval), then what was applied, then the
-    backends' ``warnings`` (``!! warning:`` lines, as plan prints them); with
+                 warnings: Sequence[str] = (), extra: Mapping[str, Any] | None = None,
+                 needed: Sequence[str] = ()) -> None:
+    """The plan (unless ``shown`` already, for approval), then what was applied, then
+    the restarts ``needed`` by the plan (a dry run) and pending (``done.restarts``), then
+    the backends' ``warnings`` (``!! warning:`` lines, as plan prints them); with
     ``--output json`` one document of ``kind`` (``apply`` or ``destroy``)."""
     if args.output == "json":
         _print_json(args.run, {
@@ -2122,6 +2157,7 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
             "operations": done.result.operations if done.result else 0,
             "problems": list(problems),
             "warnings": list(warnings),
+            **_restart_fields(needed, done.restarts),
             **(extra or {}),
         })
         return
@@ -2136,6 +2172,7 @@ def _print_apply(args: argparse.Namespace, done: Convergence, problems: Sequence
             print("\n".join(f"  {printable(str(p))}" for p in problems))
         elif done.plan.changes:
             print("Dry run: the backends' check found no problem; nothing was changed.")
+    _print_restarts(needed, done.restarts)
     _print_warnings(warnings)
 
 
@@ -2209,7 +2246,9 @@ def _destroy_through(args: argparse.Namespace, groups: Sequence[BackendGroup],
         # apply would refuse (an admin's jump into an iptables chain of k3snet's)
         # is refused here too.
         problems = _destroy_problems(args, groups, preview)
-        _print_destroy(args, preview, problems, warnings=warnings(), found=found)
+        needed = list(dict.fromkeys(w for g in groups for w in restarts_needed(g, preview.plan)))
+        _print_destroy(args, preview, problems, warnings=warnings(), found=found,
+                       needed=needed)
         return EXIT_ERROR if problems else EXIT_CHANGES
     if asking and not _confirm("Remove everything listed above?", shown):
         return _not_confirmed(args)
@@ -2243,14 +2282,15 @@ def _destroy_problems(args: argparse.Namespace, groups: Sequence[BackendGroup],
 
 
 def _print_destroy(args: argparse.Namespace, done: Convergence, problems: Sequence[str] = (),
-                   *, warnings: Sequence[str], found: Discovery | None = None) -> None:
+                   *, warnings: Sequence[str], found: Discovery | None = None,
+                   needed: Sequence[str] = ()) -> None:
     """``destroy``'s document (``--output json``), or the check's ``problems`` and the
     backends' ``warnings`` as text, as ``apply`` says them: an iptables chain of k3snet's
     renamed by an admin, whose rules go on running after the destroy, was said in a log
     line only, and never in the document. ``found``: with ``--output json``, the
     document's ``discovered`` (which backends held what, which could not look)."""
     if _json(args):
-        _print_apply(args, done, problems, kind="destroy", warnings=warnings,
+        _print_apply(args, done, problems, kind="destroy", warnings=warnings, needed=needed,
                      extra={"discovered": {
                          "held": {o.label: o.owned for o in found.owners},
                          "empty": list(found.idle),
@@ -2259,6 +2299,7 @@ def _print_destroy(args: argparse.Namespace, done: Convergence, problems: Sequen
     if problems:
         print("The backends' check found problems; nothing was changed:")
         print("\n".join(f"  {printable(str(p))}" for p in problems))
+    _print_restarts(needed, done.restarts)
     _print_warnings(warnings)
 
 

@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 
-from k3snet.backends.base import ApplyResult, Backend
+from k3snet.backends.base import ApplyResult, Backend, PendingRestart
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespace_lock, namespaces_of
 from k3snet.errors import (
     BackendOptionError,
     CheckError,
     ConflictError,
+    K3snetError,
     StalePlanError,
     TeardownError,
 )
@@ -33,9 +34,9 @@ from k3snet.spec import NodeFacts, Spec
 from k3snet.spec import compile as compile_spec
 
 __all__ = ["NODE_KINDS", "Convergence", "apply_plan", "compile_for", "converge", "destroy",
-           "destroy_each", "disruptive_allowed", "facts_namespace", "reads_node_facts",
-           "refuse_teardown", "removed_before", "route_protocol", "state_digest", "unmanaged",
-           "with_route_protocol"]
+           "destroy_each", "disruptive_allowed", "facts_namespace", "pending_restarts",
+           "reads_node_facts", "refuse_teardown", "removed_before", "restarts_needed",
+           "route_protocol", "state_digest", "unmanaged", "with_route_protocol"]
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +142,68 @@ def facts_namespace(backend: Backend) -> str | None:
     return spaces[0] if spaces else None
 
 
+def _restarts(restarts: Iterable[PendingRestart]) -> tuple[PendingRestart, ...]:
+    return tuple(restarts)
+
+
 @attrs.frozen
 class Convergence:
-    """What one converge step saw and did (``result`` is ``None`` for a dry run or no-op)."""
+    """What one converge step saw and did (``result`` is ``None`` for a dry run or no-op).
+
+    ``restarts``: the CNI pods that must still restart for k3snet's config changes to
+    take effect, read after the step (:func:`pending_restarts`); until they are, the
+    node is not converged in fact, whatever the plan says.
+    """
 
     observed: State
     plan: Plan
     result: ApplyResult | None
+    restarts: tuple[PendingRestart, ...] = attrs.field(default=(), converter=_restarts)
+
+
+def _members(backend: Backend) -> list[Backend]:
+    members = backend.members if isinstance(backend, BackendGroup) else None
+    return [m.backend for m in members] if members is not None else [backend]
+
+
+def pending_restarts(backend: Backend) -> tuple[PendingRestart, ...]:
+    """The restarts k3snet's CNI config changes through ``backend`` (or a group) still
+    wait for: each member's optional ``pending_restarts()`` (the cilium and flannel
+    backends: the DaemonSet pods started before k3snet last changed the ConfigMap
+    they read at start). k3snet never restarts them itself. A member that cannot tell
+    (the API refused the read) gives one entry saying so, rather than failing an apply
+    already made."""
+    found: list[PendingRestart] = []
+    for member in _members(backend):
+        ask = getattr(member, "pending_restarts", None)
+        if not callable(ask):
+            continue
+        try:
+            found += ask()
+        except K3snetError as exc:
+            log.warning("%s: cannot tell whether a restart is pending: %s", member.name, exc)
+            found.append(PendingRestart(f"the pods reading {member.name}'s config",
+                                        f"cannot tell: {exc}"))
+    return tuple(found)
+
+
+def restarts_needed(backend: Backend, p: Plan) -> tuple[str, ...]:
+    """What must restart for ``p``'s changes to take effect once applied, each once, in
+    order: every member's optional ``restart_needed(change)`` (``None``: nothing; the
+    cilium backend names Cilium's DaemonSet for a ``cilium-config`` key, not for the
+    ip-masq-agent file, which Cilium reads again when it changes)."""
+    needed: list[str] = []
+    for member in _members(backend):
+        ask = getattr(member, "restart_needed", None)
+        if not callable(ask):
+            continue
+        kinds = member.capabilities
+        for change in p.changes:
+            if change.kind in kinds:
+                what = ask(change)
+                if isinstance(what, str) and what not in needed:
+                    needed.append(what)
+    return tuple(needed)
 
 
 def converge(
@@ -267,8 +323,7 @@ def state_digest(state: State) -> str:
 def disruptive_allowed(backend: Backend, allowed: bool = True) -> Iterator[None]:
     """Within the block, every member of ``backend`` with an ``allow_disruptive``
     attribute allows disruptive changes (when ``allowed``); restored afterwards."""
-    members = backend.members if isinstance(backend, BackendGroup) else None
-    backends = [m.backend for m in members] if members is not None else [backend]
+    backends = _members(backend)
     saved = [(b, b.allow_disruptive) for b in backends if hasattr(b, "allow_disruptive")]
     try:
         if allowed:
@@ -284,9 +339,11 @@ def _carry_out(backend: Backend, observed: State, p: Plan, *, dry_run: bool,
                allow_conflicts: bool, allow_teardown: bool, check: bool = False,
                allow_disruptive: bool = False) -> Convergence:
     with disruptive_allowed(backend, allow_disruptive):
-        return _carry_out_allowed(backend, observed, p, dry_run=dry_run, check=check,
+        done = _carry_out_allowed(backend, observed, p, dry_run=dry_run, check=check,
                                   allow_conflicts=allow_conflicts,
                                   allow_teardown=allow_teardown)
+    restarts = pending_restarts(backend)
+    return attrs.evolve(done, restarts=restarts) if restarts else done
 
 
 def _carry_out_allowed(backend: Backend, observed: State, p: Plan, *, dry_run: bool,
@@ -450,7 +507,8 @@ def _joined(parts: Sequence[Convergence]) -> Convergence:
                           sum(r.operations for r in results)) if results else None)
     return Convergence(State(owned=owned.values()),
                        Plan(changes=[c for p in parts for c in p.plan.changes],
-                            notes=[n for p in parts for n in p.plan.notes]), result)
+                            notes=[n for p in parts for n in p.plan.notes]), result,
+                       [r for p in parts for r in p.restarts])
 
 
 def refuse_teardown(backend: Backend, observed: State, p: Plan) -> None:

@@ -44,7 +44,8 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 import attrs
@@ -55,9 +56,10 @@ from k3snet.agent._logging import LOG_ITEMS, listed
 from k3snet.agent._metrics import AgentMetrics, spec_read_error_reason
 from k3snet.agent._report import NodeReport, NodeReporter
 from k3snet.agent._spec_source import SpecSource
+from k3snet.backends.base import PendingRestart
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
-from k3snet.converge import converge, destroy
+from k3snet.converge import converge, destroy, pending_restarts
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -225,6 +227,8 @@ class PassResult:
     leader: bool = False
     drift: int = 0
     """How many of ``applied`` repaired drift (the spec in force had not changed)."""
+    restart_pending: tuple[str, ...] = ()
+    """The CNI workloads whose pods must still restart for k3snet's changes to be in force."""
 
 
 def _sha256(text: str) -> str:
@@ -486,6 +490,9 @@ class Agent:
     # (the group, its node part, its cluster-wide part): the parts kept from pass to
     # pass with their group, as what they remember is (the warnings they logged).
     _split: tuple[BackendGroup, BackendGroup | None, BackendGroup | None] | None = None
+    # Per part, the CNI restarts k3snet's changes wait for, as its last pass looked
+    # (replaced, never changed in place: a class attribute).
+    _restarts: Mapping[str, tuple[PendingRestart, ...]] = MappingProxyType({})
 
     def __init__(self, source: SpecSource, make_backend: BackendFactory, desired: DesiredState,
                  options: AgentOptions, *, metrics: AgentMetrics | None = None,
@@ -1006,6 +1013,7 @@ class Agent:
         failure); a refusal is recorded, not returned (see :meth:`_converge`)."""
         if cluster is None:
             self._cluster_refusal = self._cluster_refused = None
+            self._restarts = {**self._restarts, "cluster": ()}
             return (), False, None
         if self._stopping.is_set():
             # SIGTERM came during the node's part: the cluster-wide part's requests (a
@@ -1027,6 +1035,8 @@ class Agent:
                 return (), leader, self._cluster_failure
             if leader:
                 self._cluster_at = self._monotonic()
+            if not leader:  # the Lease holder says what the cluster-wide part awaits
+                self._restarts = {**self._restarts, "cluster": ()}
             changes = self._converge_one(spec, cluster, "cluster")[0] if leader else ()
         except (TeardownError, SpecError) as exc:
             self._refuse_cluster(sha, exc)
@@ -1137,6 +1147,8 @@ class Agent:
             # The last pass found nothing to do for this very desired state and no
             # change token moved since: this one would find nothing either (held
             # routes included: the same desired state holds the same ones).
+            # A pod's restart moves no token of the ConfigMap: looked at on every pass.
+            self._restarts = {**self._restarts, part: pending_restarts(group)}
             if held is not None:
                 raise _HeldRoutesError(*held, spec, (), tokens)
             return (), tokens
@@ -1151,6 +1163,7 @@ class Agent:
         done = converge(group, desired, cancelled=self._stopping.is_set,
                         keep=None if held is None else _slots_of(spec, held[1]),
                         allow_conflicts=True)
+        self._restarts = {**self._restarts, part: done.restarts}
         applied = done.result.applied if done.result is not None else ()
         conflicts = done.plan.conflicts
         if done.plan.empty and not conflicts and whole and tokens is not None:
@@ -1270,10 +1283,17 @@ class Agent:
             message = f"{what}: {len(applied)} change(s): {listed(applied)}"
         else:
             message = "in sync: no changes"
+        restarts = [r for part in sorted(self._restarts) for r in self._restarts[part]]
+        if self.metrics is not None:
+            self.metrics.restart_pending.set(len(restarts))
+        if restarts:
+            # Converged as planned, not yet in force: the CNI reads it when it starts.
+            message += "; " + "; ".join(r.render() for r in restarts)
+        pending = tuple(r.workload for r in restarts)
         if self._cluster_refusal is not None:
             return PassResult("spec-refused", f"{self._cluster_refusal}; {message}", applied,
-                              self._sha, leader, drift)
-        return PassResult("ok", message, applied, self._sha, leader, drift)
+                              self._sha, leader, drift, pending)
+        return PassResult("ok", message, applied, self._sha, leader, drift, pending)
 
     def _failed(self, exc: BaseException) -> PassResult:
         applied: tuple[Change, ...] = ()
@@ -1360,10 +1380,12 @@ class Agent:
                 self.metrics.last_success.set(self._clock())
         if self._report_writer is not None:
             self._report_writer.submit(NodeReport(result.status, result.message, self._sha,
-                                                  self.generation, result.leader))
+                                                  self.generation, result.leader,
+                                                  result.restart_pending))
         elif self.reporter is not None:
             self.reporter.report(NodeReport(result.status, result.message, self._sha,
-                                            self.generation, result.leader))
+                                            self.generation, result.leader,
+                                            result.restart_pending))
 
     def _settle_readiness(self, result: PassResult, seconds: float) -> None:
         """Ready when the pass converged the node's part; not ready once that part failed

@@ -195,6 +195,12 @@ class AgentMetrics:
             ["part"], registry=r)
         for part in ("node", "cluster"):
             self.backend_warnings.labels(part=part)
+        self.restart_pending = p.Gauge(
+            "k3snet_agent_restart_pending",
+            "CNI DaemonSets whose pods still run since before k3snet changed the config "
+            "they read only at start, as the last pass looked (the Lease holder's count; "
+            "0 once every pod restarted).",
+            registry=r)
         self.repair_gap = p.Gauge(
             "k3snet_agent_repair_gap_seconds",
             "Seconds a pass started by a change waits after the previous pass started "

@@ -99,12 +99,20 @@ class NodeReport:
     spec_sha256: str | None
     generation: int
     leader: bool
+    restart_pending: tuple[str, ...] = ()
+    """The CNI workloads (``DaemonSet kube-system/cilium``) whose pods must still restart
+    for k3snet's config changes to be in force."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The annotation's JSON fields (plus ``time``, added when written)."""
-        return {"status": self.status, "message": shortened(self.message, MESSAGE_LIMIT),
-                "spec": self.spec_sha256[:12] if self.spec_sha256 else None,
-                "generation": self.generation, "leader": self.leader}
+        """The annotation's JSON fields (plus ``time``, added when written);
+        ``restart_pending`` only while some restart is."""
+        fields: dict[str, Any] = {
+            "status": self.status, "message": shortened(self.message, MESSAGE_LIMIT),
+            "spec": self.spec_sha256[:12] if self.spec_sha256 else None,
+            "generation": self.generation, "leader": self.leader}
+        if self.restart_pending:
+            fields["restart_pending"] = list(self.restart_pending)
+        return fields
 
 
 def shortened(message: str, limit: int) -> str:

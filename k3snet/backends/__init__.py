@@ -4,7 +4,13 @@ Built-in backends are imported only when asked for by name
 (:func:`create_backend`), so their optional dependencies stay optional.
 """
 
-from k3snet.backends.base import ApplyResult, Backend, BackendFactory, ensure_capable
+from k3snet.backends.base import (
+    ApplyResult,
+    Backend,
+    BackendFactory,
+    PendingRestart,
+    ensure_capable,
+)
 from k3snet.backends.registry import (
     ENTRY_POINT_GROUP,
     available_backends,
@@ -20,6 +26,7 @@ __all__ = [
     "ApplyResult",
     "Backend",
     "BackendFactory",
+    "PendingRestart",
     "available_backends",
     "backend_options",
     "create_backend",

@@ -42,7 +42,7 @@ from k3snet.errors import PlanError
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
 
-__all__ = ["ApplyResult", "Backend", "BackendFactory", "ensure_capable"]
+__all__ = ["ApplyResult", "Backend", "BackendFactory", "PendingRestart", "ensure_capable"]
 
 
 def _applied(changes: Iterable[Change]) -> tuple[Change, ...]:
@@ -80,6 +80,43 @@ class ApplyResult:
     def render(self) -> str:
         """:meth:`summary` and the changes, one a line."""
         return "\n".join([self.summary(), *(f"  {c}" for c in self.applied)])
+
+
+def _stale(pods: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if pods is None else tuple(pods)
+
+
+@attrs.frozen
+class PendingRestart:
+    """A CNI config k3snet changed that takes effect only once ``workload``'s pods restart.
+
+    Cilium reads ``cilium-config`` and flannel its ``net-conf.json`` when they start: the
+    ConfigMap changed, the node still runs the old settings until the pods restart
+    (``kubectl -n NS rollout restart daemonset/NAME``). ``stale``: the pods still
+    running since before the change (``None``: k3snet cannot tell, say why ``reason``).
+    Backends that know it give them through an optional ``pending_restarts()``
+    (:func:`k3snet.converge.pending_restarts`).
+    """
+
+    workload: str
+    """What to restart: ``DaemonSet kube-system/cilium``, or the service for a file."""
+    reason: str
+    """What changed and why it needs the restart."""
+    stale: tuple[str, ...] | None = attrs.field(default=None, converter=_stale)
+
+    def render(self) -> str:
+        """``restart pending: WORKLOAD (...)``, one line."""
+        if self.stale is None:
+            pods = "k3snet cannot tell when that is done"
+        else:
+            shown = ", ".join(self.stale[:3]) + (", ..." if len(self.stale) > 3 else "")
+            pods = f"{len(self.stale)} pod(s) started before the change: {shown}"
+        return f"restart pending: {self.workload} ({self.reason}; {pods})"
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form: ``workload``, ``reason``, ``stale`` (a list, or ``null``)."""
+        return {"workload": self.workload, "reason": self.reason,
+                "stale": None if self.stale is None else list(self.stale)}
 
 
 @runtime_checkable

@@ -75,8 +75,10 @@ from k3snet._gojson import (
     nests_deeper,
 )
 from k3snet._yamltext import yaml_problem
-from k3snet.backends.base import ApplyResult, ensure_capable
+from k3snet.backends.base import ApplyResult, PendingRestart, ensure_capable
 from k3snet.backends.cilium_mount import DEFAULT_AGENT_FILE, DEFAULT_DAEMONSET, agent_file_mounted
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION, changed_stamp
+from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
     BackendBase,
@@ -396,6 +398,7 @@ class _ConfigMap:
     owned: str | None
     version: str | None
     written: str | None = None  # WRITTEN_ANNOTATION
+    changed_at: str | None = None  # CHANGED_ANNOTATION
 
 
 @attrs.frozen
@@ -453,20 +456,29 @@ class _Api:
         annotations = (metadata.annotations if metadata is not None else None) or {}
         return _ConfigMap(dict(found.data or {}), annotations.get(OWNED_ANNOTATION),
                           metadata.resource_version if metadata is not None else None,
-                          annotations.get(WRITTEN_ANNOTATION))
+                          annotations.get(WRITTEN_ANNOTATION),
+                          annotations.get(CHANGED_ANNOTATION))
 
     def patch(self, name: str, version: str | None, data: dict[str, str | None],
               owned: str | None, owned_changes: bool, *,
-              written: tuple[str | None] | None = None) -> str | None:
+              written: tuple[str | None] | None = None,
+              changed_at: tuple[str | None] | None = None) -> str | None:
         """One merge patch; returns the new resourceVersion. ``written``: a 1-tuple with
-        the new WRITTEN_ANNOTATION (``(None,)`` removes it), sent with the record."""
+        the new WRITTEN_ANNOTATION (``(None,)`` removes it), sent with the record.
+        ``changed_at``: so with :data:`~k3snet.backends.cni_restart.CHANGED_ANNOTATION`
+        (data the agents read at start changes; removed with k3snet's last key)."""
         metadata: dict[str, Any] = {}
         if version is not None:
             metadata["resourceVersion"] = version
+        annotations: dict[str, str | None] = {}
         if owned_changes:
-            metadata["annotations"] = {OWNED_ANNOTATION: owned}
+            annotations[OWNED_ANNOTATION] = owned
             if written is not None:
-                metadata["annotations"][WRITTEN_ANNOTATION] = written[0]
+                annotations[WRITTEN_ANNOTATION] = written[0]
+        if changed_at is not None:
+            annotations[CHANGED_ANNOTATION] = changed_at[0]
+        if annotations:
+            metadata["annotations"] = annotations
         body: dict[str, Any] = {"metadata": metadata}
         if data:
             body["data"] = data
@@ -627,7 +639,8 @@ class _Api:
             raise
 
     def patch_back(self, name: str, version: str | None, data: dict[str, str | None],
-                   owned: str | None, written: str | None, *, left: _Keys) -> None:
+                   owned: str | None, written: str | None, *, left: _Keys,
+                   changed_at: tuple[str | None] | None = None) -> None:
         """The merge patch taking k3snet's write of ``name`` back (``data`` and the
         records as they were; its ``version``). A 409 reads the ConfigMap again: holding
         ``data`` and the records is the undo done (sent again after a 503 that followed
@@ -636,11 +649,12 @@ class _Api:
         only another key changed since (Cilium's operator, a Helm upgrade, ``kubectl
         annotate``): sent again naming the version read, ``_UNDO_TRIES`` times at
         most. One of k3snet's keys changed since (Helm's edit) is refused, naming it, and
-        not overwritten."""
+        not overwritten. ``changed_at``: the restart stamp as it was, put back too."""
         conflict: KubeApiError | None = None
         for _ in range(_UNDO_TRIES):
             try:
-                self.patch(name, version, data, owned, True, written=(written,))
+                self.patch(name, version, data, owned, True, written=(written,),
+                           changed_at=changed_at)
             except KubeApiError as exc:
                 if exc.status != 409:
                     raise
@@ -942,6 +956,10 @@ class CiliumBackend(BackendBase):
             api_client, kubeconfig=kubeconfig, context=context)
         self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout)
         self._observed: FreshRead[_Read] = FreshRead()  # for the check or apply after it
+        # CHANGED_ANNOTATION as the last observe read it or the last apply left it (a
+        # 1-tuple; None: not known), for the pending_restarts() right after.
+        self._stamp: tuple[str | None] | None = None
+        self._next_stamp: tuple[str | None] | None = None  # what the apply's writes leave
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -1040,6 +1058,7 @@ class CiliumBackend(BackendBase):
         self._observed.drop()
         read = self._read()
         self._observed.put(read)
+        self._stamp = (None if read.config is None else read.config.changed_at,)
         if read.config is None:
             return State()
         owned = self._owned(read)
@@ -1075,6 +1094,17 @@ class CiliumBackend(BackendBase):
             self._api.warn(why)
         # Mount paths are the cluster's text: one printable line in the plan's reasons.
         return printable(why)[:1000] if mounted is False else None
+
+    def restart_needed(self, change: Change) -> str | None:
+        """What must restart for ``change`` to take effect: Cilium's agent DaemonSet
+        when it changes keys of ``cilium-config`` (read when an agent starts); ``None``
+        for the ip-masq-agent file alone, which the agent reads again when the kubelet
+        updates it (``pkg/ipmasq`` watches its directory)."""
+        def settings(obj: object) -> dict[str, Any]:
+            return dict(obj.settings) if isinstance(obj, CiliumConfig) else {}
+        if settings(change.before) == settings(change.after):
+            return None
+        return f"DaemonSet {self._api.namespace}/{self._daemonset}"
 
     # ------------------------------------------------------------ disruptive changes
 
@@ -1128,6 +1158,7 @@ class CiliumBackend(BackendBase):
         ensure_capable(self, plan)
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
+        self._stamp = self._next_stamp = None  # known again once the writes are made
         read = self._read_for_apply()
         edit = self._edit(read, plan)
         fail_at = self.faults.take(plan)
@@ -1156,6 +1187,7 @@ class CiliumBackend(BackendBase):
                     raise
                 undo.record(plan.changes if index == 0 else (), reverse)
                 operations += 1
+        self._stamp = self._next_stamp
         return ApplyResult(self.name, plan.changes, operations=operations)
 
     def _read_for_apply(self) -> _Read:
@@ -1325,19 +1357,31 @@ class CiliumBackend(BackendBase):
         after = {k: v for k, v in {**config.data, **edit.config_data}.items() if v is not None}
         new_written = None if edit.config_record is None else json.dumps(
             {k: after.get(k) for k in edit.config_record}, sort_keys=True)
+        # Data the agents read only when they start: its change awaits their restart. The
+        # stamp goes with k3snet's last key: the ConfigMap is left as it was found.
+        changed_at: tuple[str | None] | None = None
+        if new_record is None:
+            changed_at = (None,) if config.changed_at is not None else None
+        elif any(config.data.get(k) != v for k, v in edit.config_data.items()):
+            changed_at = (changed_stamp(),)
+        self._next_stamp = changed_at if changed_at is not None else (config.changed_at,)
+        stamp_back = None if changed_at is None else (config.changed_at,)  # for an undo
         if edit.config_data or new_record != old_record or new_written != config.written:
             def write_config() -> Any:
                 back = {k: config.data.get(k) for k in edit.config_data}
                 left = _Keys(edit.config_data, new_record, new_written)
                 version = _answered(
                     lambda: api.patch(api.config_name, config.version, edit.config_data,
-                                      new_record, True, written=(new_written,)),
+                                      new_record, True, written=(new_written,),
+                                      changed_at=changed_at),
                     unanswered, lambda: api.take_back_unanswered(
                         api.config_name, edit.config_data, new_record, new_written,
                         lambda found: api.patch_back(api.config_name, found, back,
-                                                     old_record, config.written, left=left)))
+                                                     old_record, config.written, left=left,
+                                                     changed_at=stamp_back)))
                 return lambda: api.patch_back(api.config_name, version, back, old_record,
-                                              config.written, left=left)
+                                              config.written, left=left,
+                                              changed_at=stamp_back)
             steps.append(write_config)
         agent = read.agent
         agent_written = self._agent_written(edit)
@@ -1395,6 +1439,25 @@ class CiliumBackend(BackendBase):
         where = self._where(agent=True)
         now = _field_texts(_agent_fields(_parse_agent(edit.agent_text or "", where), where))
         return json.dumps({k: now.get(k) for k in edit.agent_record.keys}, sort_keys=True)
+
+    def pending_restarts(self) -> tuple[PendingRestart, ...]:
+        """The Cilium agents still running since before k3snet last changed
+        ``cilium-config`` (read once, when an agent starts): one
+        :class:`~k3snet.backends.PendingRestart` per DaemonSet with such pods, none
+        once all restarted. The ip-masq-agent ConfigMap needs no restart: the agent
+        watches its file, which the kubelet updates within about a minute."""
+        # What the observe read or the apply wrote just before, once; read otherwise.
+        known, self._stamp = self._stamp, None
+        if known is None:
+            config = self._api.read(self._api.config_name)
+            known = (None if config is None else config.changed_at,)
+        if known[0] is None:
+            return ()
+        return pending_restarts(
+            self._api.core.api_client, self._api.namespace, self._api.config_name,
+            {CHANGED_ANNOTATION: known[0]},
+            reason="Cilium's agents read it when they start", known=(self._daemonset,),
+            timeout=self._api.timeout)
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""

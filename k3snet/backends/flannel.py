@@ -74,7 +74,9 @@ from typing import Any, ClassVar
 import attrs
 
 from k3snet._kept import read_input
-from k3snet.backends.base import ApplyResult
+from k3snet.backends.base import ApplyResult, PendingRestart
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION, changed_stamp
+from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.flannel_read import (
     DISRUPTIVE_KEYS,
     FLANNEL_FIELDS,
@@ -132,6 +134,7 @@ __all__ = [
     "CONFIGMAP_KEY",
     "DEFAULT_CONFIGMAP",
     "DISRUPTIVE_KEYS",
+    "FLANNEL_DAEMONSET",
     "FLANNEL_FIELDS",
     "K3S_GENERATED_SUFFIX",
     "OWNED_ANNOTATION",
@@ -144,6 +147,9 @@ __all__ = [
 
 DEFAULT_CONFIGMAP: tuple[str, str] = ("kube-flannel", "kube-flannel-cfg")
 """Upstream flannel's ConfigMap (namespace, name)."""
+
+FLANNEL_DAEMONSET = "kube-flannel-ds"
+"""The name of upstream flannel's DaemonSet (kube-flannel.yml), in the ConfigMap's namespace."""
 
 CONFIGMAP_KEY = "net-conf.json"
 OWNED_ANNOTATION = "k3snet.io/flannel-owned"
@@ -402,14 +408,29 @@ class _ConfigMapStore:
                          written_name=f"annotation {WRITTEN_ANNOTATION}",
                          owned_name=OWNED_ANNOTATION)
 
+    def pending_restarts(self) -> tuple[PendingRestart, ...]:
+        """:meth:`FlannelBackend.pending_restarts` of this ConfigMap."""
+        try:
+            with translate_errors(f"read {self.where}",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                configmap = self.core.read_namespaced_config_map(
+                    self.name, self.namespace, _request_timeout=self.timeout)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return ()
+            raise
+        metadata = configmap.metadata
+        annotations = (metadata.annotations if metadata is not None else None) or {}
+        return pending_restarts(self.core.api_client, self.namespace, self.name,
+                                dict(annotations), reason="flannel reads it when it starts",
+                                known=(FLANNEL_DAEMONSET,), timeout=self.timeout)
+
     def write(self, doc: _Doc, text: str, record: Record | None) -> int:
         """One merge patch, conditional on the resourceVersion read."""
         metadata: dict[str, Any] = {}
         if doc.token is not None:
             metadata["resourceVersion"] = doc.token
         body: dict[str, Any] = {"metadata": metadata}
-        if text != doc.text:
-            body["data"] = {CONFIGMAP_KEY: text}
         # Both annotations with every write: the record as it now is (keys someone else
         # rewrote were dropped on reading) and what k3snet's keys hold after it.
         metadata["annotations"] = {
@@ -417,6 +438,13 @@ class _ConfigMapStore:
             WRITTEN_ANNOTATION: None if record is None else _written_text(
                 record, text, self.where),
         }
+        if text != doc.text:
+            body["data"] = {CONFIGMAP_KEY: text}
+        if record is None:  # k3snet's last key gone: the ConfigMap is left as found
+            metadata["annotations"][CHANGED_ANNOTATION] = None
+        elif text != doc.text:
+            # Flannel reads it when it starts: the change awaits its pods' restart.
+            metadata["annotations"][CHANGED_ANNOTATION] = changed_stamp()
         with translate_errors(f"patch {self.where}",
                               classifier=KubeErrors(timeout=self.timeout, error=_ApplyKubeError)):
             self.core.patch_namespaced_config_map(
@@ -787,6 +815,26 @@ class FlannelBackend(BackendBase):
                             f"{'; '.join(reasons)}. Allow it with {ALLOW_DISRUPTIVE_HINT}, "
                             "then restart flannel on every node")
         return text, record, reasons
+
+    def restart_needed(self, change: Change) -> str | None:
+        """What must restart for ``change`` to take effect (flannel reads net-conf.json
+        only when it starts): the kube-flannel DaemonSet for the ConfigMap, K3s for a
+        file."""
+        store = self._store
+        if isinstance(store, _ConfigMapStore):
+            return f"DaemonSet {store.namespace}/{FLANNEL_DAEMONSET}"
+        return "K3s (the k3s or k3s-agent service on the node)"
+
+    def pending_restarts(self) -> tuple[PendingRestart, ...]:
+        """The flannel pods still running since before k3snet last changed the
+        ConfigMap's ``net-conf.json`` (flannel reads it once, when it starts): one
+        :class:`~k3snet.backends.PendingRestart` per DaemonSet with such pods, none once
+        all restarted. None for a file: K3s reads it when it starts (restart K3s), which
+        k3snet does not follow."""
+        store = self._store
+        if not isinstance(store, _ConfigMapStore):
+            return ()
+        return store.pending_restarts()
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""

@@ -609,7 +609,8 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
              "verbs": ["delete"]},
             {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]},
             {"apiGroups": ["apps"], "resources": ["daemonsets"],
-             "resourceNames": [needs.cilium_daemonset], "verbs": ["get"]}])
+             "resourceNames": [needs.cilium_daemonset], "verbs": ["get"]},
+            *_RESTART_RULES])
         # CiliumEgressGatewayPolicies are cluster-scoped: listed (where some node runs
         # the egress gateway), never written; so are the Nodes (their labels, which the
         # CiliumNodeConfigs selecting some nodes select by) and the CiliumNodes (which
@@ -640,8 +641,16 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             "resources": ["configmaps"],
             "resourceNames": [flannel_name],
             "verbs": ["get", "patch"],
-        }])
+        }, *_RESTART_RULES])
     return objs
+
+
+# The DaemonSets and their pods of the CNI's namespace, listed (never written) to tell
+# whether the pods restarted since k3snet changed the config they read at start.
+_RESTART_RULES: tuple[dict[str, Any], ...] = (
+    {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+)
 
 
 def _cel_text(value: str) -> str:

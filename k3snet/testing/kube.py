@@ -115,6 +115,7 @@ Events, and the spec ConfigMap (``EmulatedApiServer(resources=CALICO_RESOURCES +
 AGENT_RESOURCES)``)."""
 
 _KINDS = {"ippools": "IPPool", "configmaps": "ConfigMap", "leases": "Lease", "nodes": "Node",
+          "daemonsets": "DaemonSet", "pods": "Pod",
           "events": "Event", "felixconfigurations": "FelixConfiguration"}
 _CLUSTER_SCOPED = frozenset({"ippools", "nodes", "felixconfigurations"})
 _KEPT_REQUESTS = 8

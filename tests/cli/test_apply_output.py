@@ -226,4 +226,6 @@ def test_json_documents_have_the_same_keys_for_a_change_and_for_nothing_to_do(
     assert plan_again["warnings"] == plan_again["disruptive"] == plan_again["held"] == []
     assert set(applied) == set(applied_again) == set(destroyed) == set(destroyed_again)
     assert applied_again["warnings"] == applied_again["plan"]["held"] == []
-    assert set(applied["plan"]) == set(plan) - {"kind", "warnings", "disruptive"}
+    assert set(applied["plan"]) == set(plan) - {"kind", "warnings", "disruptive",
+                                                "restart_needed", "restart_pending"}
+    assert plan_again["restart_needed"] == applied_again["restart_pending"] == []

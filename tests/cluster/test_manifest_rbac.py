@@ -181,12 +181,25 @@ def _unused(requests: Iterable[Request], objs: list[dict[str, Any]], namespace: 
     return sorted(unused, key=repr)
 
 
+CNI_WORKLOADS = ("apps/v1/daemonsets", "v1/pods")
+
+
+def _cni_daemonset(server: EmulatedApiServer, namespace: str, name: str) -> None:
+    """The CNI's DaemonSet: its pods are listed to tell whether a change is in force."""
+    labels = {"k8s-app": name}
+    server.put("apps/v1/daemonsets", {
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": []}}}})
+
+
 @pytest.fixture(params=["crd", "v3"])
 def server(request: pytest.FixtureRequest) -> Any:
     # Calico's CRDs alone, or its API server's projectcalico.org/v3 too (then used).
     calico = CALICO_RESOURCES if request.param == "v3" else tuple(
         r for r in CALICO_RESOURCES if r.startswith("crd."))
-    with EmulatedApiServer(resources=calico + AGENT_RESOURCES) as srv:
+    with EmulatedApiServer(resources=calico + AGENT_RESOURCES + CNI_WORKLOADS) as srv:
         srv.calico = calico  # type: ignore[attr-defined]
         srv.put("v1/nodes", {"metadata": {"name": NODE}})
         yield srv
@@ -269,6 +282,7 @@ def test_cilium_agent_sends_only_what_its_rbac_grants(
                                      "cluster-pool-ipv4-cidr": "10.42.0.0/16",
                                      "kube-proxy-replacement": "true",
                                      "enable-ipv4-egress-gateway": "true"}})
+    _cni_daemonset(server, "kube-system", "cilium")
     # A CiliumNodeConfig selecting some nodes: the Nodes' labels are listed.
     server.put("cilium.io/v2/ciliumnodeconfigs", {
         "apiVersion": "cilium.io/v2", "kind": "CiliumNodeConfig",
@@ -305,6 +319,7 @@ def test_flannel_configmap_agent_sends_only_what_its_rbac_grants(
                             "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
                             "data": {"net-conf.json": '{"Network": "10.42.0.0/16", '
                                                       '"Backend": {"Type": "vxlan"}}'}})
+    _cni_daemonset(server, "kube-flannel", "kube-flannel-ds")
     base = (HEADER + "backends:\n  flannel:\n    configmap: kube-flannel/kube-flannel-cfg\n"
             + DESTINATIONS)
     cni = ("cni:\n  allowDisruptive: true\n  flannel:\n    backend:\n      type: vxlan\n"

@@ -675,7 +675,8 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
         {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]},
         # Cilium's agent DaemonSet, read only: does it mount the ip-masq-agent ConfigMap?
         {"apiGroups": ["apps"], "resources": ["daemonsets"], "resourceNames": [daemonset],
-         "verbs": ["get"]}]
+         "verbs": ["get"]},
+        *RESTART_RULES]
     binding = _one(objs, "RoleBinding", f"{AGENT_NAME}-cilium")
     assert binding["metadata"]["namespace"] == namespace
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,
@@ -691,6 +692,11 @@ def test_cilium_gets_its_two_configmaps_and_no_host_path(
                                       "verbs": ["list"]},
                                      {"apiGroups": [""], "resources": ["nodes"],
                                       "verbs": ["list"]}]
+
+
+# Listed, never written: whether the CNI's pods restarted since k3snet changed its config.
+RESTART_RULES = [{"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["list"]},
+                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
 
 
 def _with_flannel_configmap_in_default() -> list[dict[str, Any]]:
@@ -726,7 +732,7 @@ def test_flannel_configmap_mode_gets_one_configmap() -> None:
     assert role["metadata"]["namespace"] == "kube-flannel"
     assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
                               "resourceNames": [FLANNEL_CONFIGMAP_NAME],
-                              "verbs": ["get", "patch"]}]
+                              "verbs": ["get", "patch"]}, *RESTART_RULES]
     (binding,) = [r for r in _kind(objs, "RoleBinding")
                   if r["metadata"]["namespace"] == "kube-flannel"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": AGENT_NAME,

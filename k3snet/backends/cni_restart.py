@@ -1,0 +1,157 @@
+"""Whether the CNI's pods restarted since k3snet changed a ConfigMap they read at start.
+
+Cilium reads ``cilium-config`` and flannel ``net-conf.json`` once, when the agent
+starts: a change k3snet writes is in force on a node only once the pod there has
+restarted. The cilium and flannel backends stamp each ConfigMap change they make
+with :data:`CHANGED_ANNOTATION` (UTC, seconds, k3snet's clock); :func:`pending`
+compares it with the start of each pod of the DaemonSets using that ConfigMap.
+A pod counts as restarted when its containers are all running since then, or it was
+created since then; the DaemonSets using it are those whose pod template names the
+ConfigMap (a volume, ``envFrom``, a key reference) and the CNI's well-known one
+(Cilium's ``config`` init container reads ``cilium-config`` through the API, naming
+it in no volume). Nothing here restarts anything.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from typing import Any
+
+from k3snet.backends.base import PendingRestart
+from k3snet.backends.kit import translate_errors
+from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches
+
+__all__ = ["CHANGED_ANNOTATION", "changed_stamp", "pending"]
+
+CHANGED_ANNOTATION = "k3snet.io/changed-at"
+"""The annotation, on a ConfigMap k3snet changed, holding when it last changed data the
+CNI reads only at start (RFC 3339, UTC, seconds)."""
+
+_REFERENCES = frozenset({"configMap", "configMapRef", "configMapKeyRef"})
+
+
+def changed_stamp(now: datetime.datetime | None = None) -> str:
+    """``now`` (default: the current time) as :data:`CHANGED_ANNOTATION` holds it."""
+    now = now or datetime.datetime.now(tz=datetime.UTC)
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _time(value: Any) -> datetime.datetime | None:
+    """A Kubernetes timestamp (text or a client's datetime) as an aware datetime."""
+    if isinstance(value, datetime.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def _names(value: Any, name: str) -> bool:
+    """Whether the pod template (JSON data) ``value`` names ConfigMap ``name`` anywhere."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in _REFERENCES and isinstance(item, dict) and item.get("name") == name:
+                return True
+            if _names(item, name):
+                return True
+    elif isinstance(value, list):
+        return any(_names(item, name) for item in value)
+    return False
+
+
+def _started(pod: dict[str, Any]) -> datetime.datetime | None:
+    """Since when ``pod`` runs what it runs: its containers' latest start when all run,
+    else its creation (a pod made since a change reads the new config when it starts)."""
+    metadata = pod.get("metadata") or {}
+    created = _time(metadata.get("creationTimestamp"))
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    starts = [_time(((s.get("state") or {}).get("running") or {}).get("startedAt"))
+              for s in statuses if isinstance(s, dict)]
+    if statuses and all(starts):
+        earliest = min(s for s in starts if s is not None)
+        return max(earliest, created) if created else earliest
+    return created
+
+
+def _owned_by(pod: dict[str, Any], daemonset: str) -> bool:
+    owners = (pod.get("metadata") or {}).get("ownerReferences") or []
+    return any(isinstance(o, dict) and o.get("kind") == "DaemonSet"
+               and o.get("name") == daemonset for o in owners)
+
+
+def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[str, str],
+            *, reason: str, known: Iterable[str], timeout: float) -> tuple[PendingRestart, ...]:
+    """The restarts still to make for k3snet's last change of ``configmap`` (whose
+    ``annotations`` were read), none if it holds no :data:`CHANGED_ANNOTATION`.
+
+    ``known``: the CNI's DaemonSets by name (in ``namespace``), counted whether or not
+    their template names the ConfigMap. Where no DaemonSet is found, or they or their
+    pods cannot be listed (403), the restart stays pending with ``stale`` ``None``.
+    """
+    stamp = annotations.get(CHANGED_ANNOTATION)
+    if stamp is None:
+        return ()
+    changed = _time(stamp)
+    where = f"ConfigMap {namespace}/{configmap}"
+    what = f"{where} changed at {stamp}; {reason}"
+    if changed is None:
+        return (PendingRestart(f"the pods reading {where}",
+                               f"{what} (annotation {CHANGED_ANNOTATION} unreadable)"),)
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    apps = client.AppsV1Api(api_client)
+    core = client.CoreV1Api(api_client)
+    serialize = api_client.sanitize_for_serialization
+
+    def daemonsets(page: dict[str, Any]) -> Any:
+        with translate_errors(f"list DaemonSets in {namespace}",
+                              classifier=KubeErrors(timeout=timeout)):
+            return serialize(apps.list_namespaced_daemon_set(
+                namespace, _request_timeout=timeout, **page))
+
+    def pods(page: dict[str, Any]) -> Any:
+        with translate_errors(f"list Pods in {namespace}",
+                              classifier=KubeErrors(timeout=timeout)):
+            return serialize(core.list_namespaced_pod(namespace, _request_timeout=timeout,
+                                                      **page))
+
+    known = frozenset(known)
+    try:
+        found = [d for d in list_pages(daemonsets, f"list DaemonSets in {namespace}")
+                 if isinstance(d, dict)
+                 and ((d.get("metadata") or {}).get("name") in known
+                      or _names((d.get("spec") or {}).get("template"), configmap))]
+        listed = list_pages(pods, f"list Pods in {namespace}") if found else []
+    except KubeApiError as exc:
+        if exc.status not in (403, 404):
+            raise
+        return (PendingRestart(f"the pods reading {where}", f"{what} ({exc})"),)
+    if not found:
+        return (PendingRestart(f"the pods reading {where}",
+                               f"{what} (no DaemonSet in {namespace} uses it)"),)
+    restarts = []
+    for daemonset in sorted(found, key=lambda d: str(d["metadata"].get("name"))):
+        name = str(daemonset["metadata"].get("name"))
+        selector = (daemonset.get("spec") or {}).get("selector")
+        stale = []
+        for pod in listed:
+            if not isinstance(pod, dict):
+                continue
+            metadata = pod.get("metadata") or {}
+            try:
+                selected = selector_matches(selector, metadata.get("labels") or {})
+            except ValueError:
+                selected = False
+            if not (selected and _owned_by(pod, name)):
+                continue
+            started = _started(pod)
+            if started is None or started < changed:
+                stale.append(str(metadata.get("name")))
+        if stale:
+            restarts.append(PendingRestart(f"DaemonSet {namespace}/{name}", what,
+                                           tuple(sorted(stale))))
+    return tuple(restarts)

@@ -1,0 +1,260 @@
+"""A CNI ConfigMap change awaits its pods' restart, and k3snet says so until it happened.
+
+Cilium reads ``cilium-config`` and flannel ``net-conf.json`` once, when the agent starts:
+after k3snet changed either, the converge result names the DaemonSet whose pods still
+run since before the change (:func:`k3snet.converge.pending_restarts`), until every pod
+was restarted (``kubectl rollout restart`` makes new pods; a container restarted in its
+pod counts too). The ip-masq-agent file needs no restart (Cilium watches it). Against
+the emulated API server, with pods shaped like the real ones.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k3snet.backends.cilium import CiliumBackend
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION
+from k3snet.backends.flannel import FlannelBackend
+from k3snet.cli import main
+from k3snet.converge import converge, pending_restarts, restarts_needed
+from k3snet.errors import ApplyError
+from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig
+from k3snet.model.cni import FlannelConfig
+from k3snet.model.state import State
+from k3snet.testing.kube import EmulatedApiServer
+from tests.cli.test_schemas import validate
+from tests.kubeclient import write_kubeconfig
+
+pytestmark = pytest.mark.cluster
+
+CONFIGMAPS = "v1/configmaps"
+DAEMONSETS = "apps/v1/daemonsets"
+PODS = "v1/pods"
+LONG_AGO = "2020-01-01T00:00:00Z"
+FUTURE = "2999-01-01T00:00:00Z"  # a pod started after any change made by the test
+
+
+@pytest.fixture
+def api_server() -> Any:
+    with EmulatedApiServer(resources=(CONFIGMAPS, DAEMONSETS, PODS)) as server:
+        yield server
+
+
+def _daemonset(namespace: str, name: str, labels: dict[str, str],
+               volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "agent", "image": "x"}],
+                                           "volumes": volumes}}}}
+
+
+def _pod(namespace: str, name: str, owner: str, labels: dict[str, str], *, created: str,
+         started: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": "Running"}
+    if started is not None:
+        status["containerStatuses"] = [{
+            "name": "agent", "image": "x", "imageID": "", "ready": True, "restartCount": 0,
+            "state": {"running": {"startedAt": started}}}]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels,
+                         "creationTimestamp": created,
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+                                              "name": owner, "uid": "u", "controller": True}]},
+            "spec": {"containers": [{"name": "agent", "image": "x"}]},
+            "status": status}
+
+
+CILIUM_LABELS = {"k8s-app": "cilium"}
+
+
+@pytest.fixture
+def cilium(api_server: EmulatedApiServer) -> CiliumBackend:
+    api_server.put(CONFIGMAPS, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "cilium-config", "namespace": "kube-system"},
+        "data": {"routing-mode": "tunnel", "tunnel-protocol": "vxlan",
+                 "enable-ipv4-masquerade": "true"}})
+    # Cilium's config init container reads cilium-config through the API: no volume.
+    api_server.put(DAEMONSETS, _daemonset("kube-system", "cilium", CILIUM_LABELS, []))
+    for node in ("a", "b"):
+        api_server.put(PODS, _pod("kube-system", f"cilium-{node}", "cilium", CILIUM_LABELS,
+                                  created=LONG_AGO, started=LONG_AGO))
+    # Another DaemonSet's pod with the same labels is not Cilium's.
+    api_server.put(PODS, _pod("kube-system", "other-x", "other", CILIUM_LABELS,
+                              created=LONG_AGO, started=LONG_AGO))
+    return CiliumBackend(api_client=api_server.api_client(), timeout=10.0)
+
+
+def _masquerade(value: str) -> State:
+    return State(owned=[CiliumConfig(CILIUM_DEFAULT_TARGET,
+                                     settings={"enable-ipv4-masquerade": value})])
+
+
+def test_cilium_config_change_is_pending_until_every_agent_pod_restarted(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    assert converge(cilium, State()).restarts == ()  # nothing changed by k3snet yet
+    done = converge(cilium, _masquerade("false"))
+    assert done.result is not None
+    [pending] = done.restarts
+    assert pending.workload == "DaemonSet kube-system/cilium"
+    assert pending.stale == ("cilium-a", "cilium-b")
+    assert "restart pending: DaemonSet kube-system/cilium" in pending.render()
+    stored = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert stored is not None
+    assert CHANGED_ANNOTATION in stored["metadata"]["annotations"]
+    # Converged as planned, still pending: a pass with nothing to do says it again.
+    again = converge(cilium, _masquerade("false"))
+    assert again.plan.empty
+    assert [r.stale for r in again.restarts] == [("cilium-a", "cilium-b")]
+    # One pod replaced (a rollout under way), the other's container restarted.
+    api_server.delete(PODS, "cilium-a", "kube-system")
+    api_server.put(PODS, _pod("kube-system", "cilium-c", "cilium", CILIUM_LABELS,
+                              created=FUTURE))
+    assert [r.stale for r in pending_restarts(cilium)] == [("cilium-b",)]
+    api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
+                              created=LONG_AGO, started=FUTURE))
+    assert pending_restarts(cilium) == ()
+    assert converge(cilium, _masquerade("false")).restarts == ()
+
+
+def test_ip_masq_agent_change_needs_no_restart(cilium: CiliumBackend) -> None:
+    desired = State(owned=[CiliumConfig(CILIUM_DEFAULT_TARGET,
+                                        ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
+    done = converge(cilium, desired)
+    assert done.result is not None
+    assert done.result.applied
+    assert restarts_needed(cilium, done.plan) == ()
+    assert done.restarts == ()
+
+
+def test_plan_names_the_restart_its_changes_need(cilium: CiliumBackend) -> None:
+    preview = converge(cilium, _masquerade("false"), dry_run=True)
+    assert restarts_needed(cilium, preview.plan) == ("DaemonSet kube-system/cilium",)
+    assert preview.restarts == ()  # nothing written yet
+
+
+def test_pending_without_a_daemonset_says_it_cannot_tell(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    api_server.delete(DAEMONSETS, "cilium", "kube-system")
+    [pending] = converge(cilium, _masquerade("false")).restarts
+    assert pending.stale is None
+    assert "no DaemonSet in kube-system uses it" in pending.reason
+
+
+NET_CONF = '{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}'
+FLANNEL_LABELS = {"app": "flannel"}
+
+
+def test_flannel_net_conf_change_is_pending_until_its_pods_restarted(
+        api_server: EmulatedApiServer) -> None:
+    api_server.put(CONFIGMAPS, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
+        "data": {"net-conf.json": NET_CONF}})
+    # Found by the volume naming the ConfigMap, whatever the DaemonSet's name.
+    api_server.put(DAEMONSETS, _daemonset(
+        "kube-flannel", "flannel-renamed", FLANNEL_LABELS,
+        [{"name": "flannel-cfg", "configMap": {"name": "kube-flannel-cfg"}}]))
+    api_server.put(PODS, _pod("kube-flannel", "flannel-1", "flannel-renamed", FLANNEL_LABELS,
+                              created=LONG_AGO, started=LONG_AGO))
+    backend = FlannelBackend(api_client=api_server.api_client(), timeout=10.0,
+                             allow_disruptive=True)
+    desired = State(owned=[FlannelConfig(backend.target, enable_nftables=True)])
+    done = converge(backend, desired)
+    assert [(r.workload, r.stale) for r in done.restarts] == [
+        ("DaemonSet kube-flannel/flannel-renamed", ("flannel-1",))]
+    now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    api_server.put(PODS, _pod("kube-flannel", "flannel-1", "flannel-renamed", FLANNEL_LABELS,
+                              created=now, started=FUTURE))
+    assert pending_restarts(backend) == ()
+
+
+SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nbackends: [cilium]\n"
+        "destinations: []\ncni:\n  cilium:\n    egressMasqueradeInterfaces: eth0\n")
+
+
+def test_plan_and_apply_say_which_restart_is_needed_and_pending(
+        api_server: EmulatedApiServer, cilium: CiliumBackend, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    kubeconfig = tmp_path / "kubeconfig"
+    write_kubeconfig(kubeconfig, api_server.url)
+    through = ["-f", str(spec), "--no-facts", "--backend", "cilium",
+               "--backend-opt", f"cilium.kubeconfig={kubeconfig}"]
+    main(["plan", *through])
+    out = capsys.readouterr().out
+    assert ("!! restart needed once applied: DaemonSet kube-system/cilium reads the changed "
+            "config only when it starts (kubectl -n kube-system rollout restart "
+            "daemonset/cilium)") in out
+    main(["plan", *through, "--output", "json"])
+    planned = json.loads(capsys.readouterr().out)
+    validate(planned, "plan")
+    assert planned["restart_needed"] == ["DaemonSet kube-system/cilium"]
+    assert main(["apply", *through, "--auto-approve", "--output", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    validate(document, "apply")
+    assert document["restart_pending"] == [{
+        "workload": "DaemonSet kube-system/cilium",
+        "reason": document["restart_pending"][0]["reason"],
+        "stale": ["cilium-a", "cilium-b"]}]
+    assert "Cilium's agents read it when they start" in document["restart_pending"][0]["reason"]
+    # In sync, and still pending: said until the pods restart.
+    assert main(["apply", *through, "--auto-approve"]) == 0
+    out = capsys.readouterr().out
+    assert "!! restart pending: DaemonSet kube-system/cilium" in out
+    assert "2 pod(s) started before the change: cilium-a, cilium-b" in out
+    for name in ("cilium-a", "cilium-b"):
+        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
+                                  created=FUTURE))
+    assert main(["apply", *through, "--auto-approve"]) == 0
+    assert "restart" not in capsys.readouterr().out
+
+
+def test_destroy_names_the_restart_and_leaves_the_configmap_as_found(
+        api_server: EmulatedApiServer, cilium: CiliumBackend, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    found = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert found is not None
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    kubeconfig = tmp_path / "kubeconfig"
+    write_kubeconfig(kubeconfig, api_server.url)
+    through = ["-f", str(spec), "--no-facts", "--backend", "cilium",
+               "--backend-opt", f"cilium.kubeconfig={kubeconfig}"]
+    assert main(["apply", *through, "--auto-approve"]) == 0
+    capsys.readouterr()
+    main(["destroy", *through, "--dry-run", "--output", "json"])
+    assert json.loads(capsys.readouterr().out)["restart_needed"] == [
+        "DaemonSet kube-system/cilium"]
+    assert main(["destroy", *through, "--auto-approve"]) == 0
+    left = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert not left["metadata"].get("annotations")  # the stamp gone with k3snet's keys
+
+
+def test_an_apply_undone_takes_its_stamp_back_too(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # cilium-config written, then the ip-masq-agent ConfigMap's creation refused: the
+    # undo put cilium-config's data back and left the stamp, a restart named for nothing.
+    found = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert found is not None
+    api_server.fail(500, method="POST", plural="configmaps")
+    desired = State(owned=[CiliumConfig(
+        CILIUM_DEFAULT_TARGET, settings={"enable-ipv4-masquerade": "false"},
+        ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
+    with pytest.raises(ApplyError):
+        converge(cilium, desired)
+    left = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert CHANGED_ANNOTATION not in (left["metadata"].get("annotations") or {})
+    assert pending_restarts(cilium) == ()
