@@ -28,9 +28,8 @@ from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
 __all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "earlier_records", "exec_name",
-           "libc",
-           "namespace_instance", "netns_cookie", "netns_names", "netns_option", "netns_path",
-           "record_netns", "unnamed_record", "validate_netns", "xtables_names"]
+           "libc", "namespace_instance", "netns_cookie", "netns_names", "netns_option",
+           "netns_path", "record_netns", "unnamed_record", "validate_netns", "xtables_names"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
