@@ -109,7 +109,7 @@ from k3snet.spec.validate import holds_nul
 if TYPE_CHECKING:  # imported by destroy when it looks through every backend
     from k3snet.backends.discover import Discovery
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run_main"]
 
 DEFAULT_BACKENDS = ("netlink", "nftables")
 JSON_FORMAT = 1
@@ -530,8 +530,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_main(argv: Sequence[str] | None, run: Run) -> int:
-    """:func:`main` with ``run``, the state of this call alone (:mod:`k3snet.__main__`
-    makes it, so a Ctrl-C escaping the call can still read it)."""
+    """Run the ``k3snet`` command with ``argv`` (``None``: ``sys.argv[1:]``) and return
+    its exit code, as :func:`main` does, recording what it prints in ``run``.
+
+    ``run`` is the state of this call alone (``k3snet._argv.Run()``): ``python -m
+    k3snet`` makes it before the call, so a Ctrl-C escaping the call can still read
+    whether the command printed its document. Exits of argparse (``--help``, a usage
+    error: 64) are raised as :class:`SystemExit`.
+    """
     given = _common_after_command(sys.argv[1:] if argv is None else list(argv))
     logged = _agent_logs_json(given)  # argparse's text kept off its log, said there
     try:

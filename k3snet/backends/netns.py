@@ -27,9 +27,9 @@ from typing import TypeVar
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
-__all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "earlier_records", "libc",
-           "namespace_instance", "netns_cookie", "netns_names", "netns_option", "netns_path",
-           "record_netns", "unnamed_record", "validate_netns", "xtables_names"]
+__all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "earlier_records", "exec_name",
+           "libc", "namespace_instance", "netns_cookie", "netns_names", "netns_option",
+           "netns_path", "record_netns", "unnamed_record", "validate_netns", "xtables_names"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
@@ -97,6 +97,22 @@ def unnamed_record(here: tuple[int, int]) -> str:
     one's record for a stale one and replaced it, and the named one's ``destroy`` gave
     nothing back."""
     return f"host/unnamed-{here[1]}"
+
+
+def exec_name(netns: str | None) -> str | None:
+    """The name ``ip netns exec`` reaches the namespace ``netns`` names by (``None``: the
+    calling thread's), for a command a message tells the user to run where k3snet acts:
+    ``netns`` as given, else the first name of ``/run/netns`` of the calling thread's
+    namespace when that is not PID 1's (k3snet run as ``ip netns exec NAME k3snet ...``,
+    without ``--netns``: the command, run as shown from the shell that ran k3snet, read
+    the node's namespace); ``None`` for the node's namespace or one of no name."""
+    if netns is not None:
+        return netns
+    here = _identity(THREAD_NETNS)
+    if here is None or here == _identity(INIT_NETNS):
+        return None
+    names = _names_of(here)
+    return names[0] if names else None
 
 
 def netns_names(netns: str | None) -> list[str]:

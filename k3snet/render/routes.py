@@ -427,7 +427,7 @@ def _systemd_escaped_length(text: str) -> int:
 
 
 def _netplan_id_files(netplan_id: str, renderer: str, *, wpa: bool = False,
-                      ssids: Iterable[str] = ()) -> list[tuple[str, int]]:
+                      ssids: Iterable[str] = (), ovs: bool = False) -> list[tuple[str, int]]:
     """The files netplan's ``renderer`` names after the definition ``netplan_id``: each
     as its name and its length (the id's part as netplan writes it, with every netplan
     version's escaping: the id as given up to netplan 1.0, escaped as a URI from 1.0.1
@@ -435,25 +435,32 @@ def _netplan_id_files(netplan_id: str, renderer: str, *, wpa: bool = False,
     ``netplan-ID-SSID.nmconnection`` per access point instead (the SSID escaped as a URI
     in every version). networkd: ``10-netplan-ID.network`` (``.netdev`` alike); with
     ``wpa`` (a wifi, or ``auth:``) also ``netplan-wpa-ID.service``, the id
-    ``systemd-escape``'d (as given in the link to it, URI-escaped from 1.0.1 on)."""
+    ``systemd-escape``'d (as given in the link to it, URI-escaped from 1.0.1 on). With
+    ``ovs`` (an ``openvswitch:`` key), under either renderer, also
+    ``netplan-ovs-ID.service`` (src/openvswitch.c: the id as given up to netplan 1.0,
+    escaped as a URI from 1.0.1 on; its link in ``systemd-networkd.service.wants`` has
+    the same name)."""
+    ovs_unit = [(f"netplan-ovs-{netplan_id}.service",
+                 len("netplan-ovs-.service") + _uri_length(netplan_id))] if ovs else []
     if renderer == "NetworkManager":
         if ssids:
             return [(f"netplan-{netplan_id}-{ssid}.nmconnection",
                      len("netplan--.nmconnection") + _uri_length(netplan_id)
                      + _uri_length(ssid))
-                    for ssid in sorted(ssids)]
+                    for ssid in sorted(ssids)] + ovs_unit
         return [(f"netplan-{netplan_id}.nmconnection",
-                 len("netplan-.nmconnection") + _uri_length(netplan_id))]
+                 len("netplan-.nmconnection") + _uri_length(netplan_id)), *ovs_unit]
     files = [(f"10-netplan-{netplan_id}.network",
               len("10-netplan-.network") + _uri_length(netplan_id))]
     if wpa:
         files.append((f"netplan-wpa-{netplan_id}.service", len("netplan-wpa-.service")
                       + max(_uri_length(netplan_id), _systemd_escaped_length(netplan_id))))
-    return files
+    return files + ovs_unit
 
 
 def _check_netplan_id(netplan_id: object, device: str, renderer: str | None = None,
-                      *, wpa: bool = False, ssids: Iterable[str] = ()) -> None:
+                      *, wpa: bool = False, ssids: Iterable[str] = (),
+                      ovs: bool = False) -> None:
     """A netplan id k3snet writes, as netplan takes one: ASCII letters, digits and
     punctuation (``[[:alnum:][:punct:]]+``), no glob character. One netplan refuses
     ("Invalid name", "must not use globbing") fails ``netplan generate`` for the whole
@@ -461,7 +468,8 @@ def _check_netplan_id(netplan_id: object, device: str, renderer: str | None = No
     and one beyond U+FFFF as a surrogate pair libyaml refuses too. So does one too long
     for a file netplan's ``renderer`` names after it ("File name too long",
     :func:`_netplan_id_files`: 227 characters under NetworkManager, 229 under networkd,
-    228 for networkd's wifis and ``auth:``). ``renderer`` ``None`` (not known): one too
+    228 for networkd's wifis and ``auth:``, 228 for a definition with ``openvswitch:``
+    under either). ``renderer`` ``None`` (not known): one too
     long for either renderer's is refused."""
     if (not isinstance(netplan_id, str) or not netplan_id
             or not netplan_id.isascii() or not netplan_id.isprintable() or " " in netplan_id
@@ -481,7 +489,8 @@ def _check_netplan_id(netplan_id: object, device: str, renderer: str | None = No
         said = f"netplan's {renderer} renderer"
     ssids = tuple(ssids)
     per_ssid = renderer == "NetworkManager" and bool(ssids)
-    for file, length in _netplan_id_files(netplan_id, renderer, wpa=wpa, ssids=ssids):
+    for file, length in _netplan_id_files(netplan_id, renderer, wpa=wpa, ssids=ssids,
+                                          ovs=ovs):
         if length > _NETPLAN_NAME_ROOM:
             raise ModelError(
                 f"netplan id for {device} is too long for the file {said} names after it "
@@ -496,6 +505,10 @@ def _netplan_room_said(file: str, *, per_ssid: bool) -> str:
     NetworkManager's profile of one access point), said in the refusal of an id too long
     for it: a wifi's files have less room than a wired definition's 227 / 229
     characters, which the message said for every id."""
+    if file.startswith("netplan-ovs-") and file.endswith(".service"):
+        return ("an id of up to 228 characters fits netplan's netplan-ovs-ID.service, the "
+                "unit of a definition with openvswitch:, a character but A-Z a-z 0-9 - . _ "
+                "~ counting 3 as netplan 1.0.1 and later escape it")
     if file.endswith(".service"):  # netplan-wpa-ID.service (an id may begin "wpa-")
         return ("an id of up to 228 characters fits networkd's netplan-wpa-ID.service, a "
                 "character but A-Z a-z 0-9 : _ . / counting 4 as systemd-escape writes it, a "
@@ -525,6 +538,24 @@ def _netplan_wpa(documents: Mapping[str, object], section: str, netplan_id: str
     return wpa, ssids
 
 
+def _netplan_ovs(documents: Mapping[str, object], section: str, netplan_id: str) -> bool:
+    """Whether netplan writes the definition a unit ``netplan-ovs-ID.service``, under
+    either renderer: its ``openvswitch:`` key (in any file) sets more than empty
+    ``external-ids`` / ``other-config`` (``openvswitch: {}`` alone makes it an Open vSwitch
+    device). Not told: a definition made one by another (a bridge or bond of an Open
+    vSwitch member, a VLAN on an Open vSwitch bridge)."""
+    for _, entries in _netplan_sections(documents, section):
+        definition = entries.get(netplan_id)
+        if not isinstance(definition, Mapping) or "openvswitch" not in definition:
+            continue
+        settings = definition["openvswitch"]
+        if not isinstance(settings, Mapping) or not settings or any(
+                key not in ("external-ids", "other-config") or value
+                for key, value in settings.items()):
+            return True
+    return False
+
+
 def _netplan_definitions(documents: Mapping[str, object]
                          ) -> list[tuple[str, str, str, Mapping[str, Any]]]:
     """Every definition of ``documents`` (file name -> parsed YAML), as (file, section,
@@ -551,7 +582,8 @@ def _netplan_definitions(documents: Mapping[str, object]
                 wpa, ssids = _netplan_wpa(documents, section, str(netplan_id))
                 _check_netplan_id(netplan_id, f"netplan file {name}",
                                   _netplan_renderer(documents, section, str(netplan_id)),
-                                  wpa=wpa, ssids=ssids)
+                                  wpa=wpa, ssids=ssids,
+                                  ovs=_netplan_ovs(documents, section, str(netplan_id)))
                 if not isinstance(definition, Mapping):  # `eth0:` alone too
                     raise ModelError(f"netplan file {name}: {section}: {netplan_id} is not a "
                                      "mapping (netplan refuses it as well: \"expected "

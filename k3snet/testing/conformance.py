@@ -90,6 +90,7 @@ import collections
 import contextlib
 import functools
 import ipaddress
+import threading
 import warnings
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -409,6 +410,9 @@ _SCANNED: dict[int, tuple[SearchStrategy[NetObject], frozenset[str],
                           list[list[NetObject]]]] = {}
 """:func:`_edge_objects` of each ``objects=`` strategy (by identity, kept alive so its id
 is not reused) and backend kinds, the last few."""
+_SCANNED_LOCK = threading.Lock()
+"""Held while :data:`_SCANNED` is read or changed (not while a scan runs): suites run in
+threads each insert and evict, and two evicting the same oldest entry raised KeyError."""
 
 
 def _scanned_edge_objects(objects: SearchStrategy[NetObject], kinds: frozenset[str],
@@ -416,13 +420,15 @@ def _scanned_edge_objects(objects: SearchStrategy[NetObject], kinds: frozenset[s
     """:func:`_edge_objects` of ``pool`` (``objects`` mapped), scanned once per
     ``objects`` strategy and kinds: a scan costs a second or two, and a third-party suite
     runs ``run_conformance`` on one module-level strategy from many tests."""
-    kept = _SCANNED.get(id(objects))
+    with _SCANNED_LOCK:
+        kept = _SCANNED.get(id(objects))
     if kept is not None and kept[0] is objects and kept[1] == kinds:
         return kept[2]
-    edges = _edge_objects(kinds, pool)
-    _SCANNED[id(objects)] = (objects, kinds, edges)
-    while len(_SCANNED) > 16:
-        del _SCANNED[next(iter(_SCANNED))]
+    edges = _edge_objects(kinds, pool)  # unlocked: another thread's scan runs meanwhile
+    with _SCANNED_LOCK:
+        _SCANNED[id(objects)] = (objects, kinds, edges)
+        while len(_SCANNED) > 16:
+            del _SCANNED[next(iter(_SCANNED))]
     return edges
 
 

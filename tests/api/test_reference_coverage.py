@@ -134,3 +134,25 @@ def test_every_name_a_user_page_names_is_in_the_api_reference() -> None:
                 if name not in rendered and target.path not in rendered:
                     missing.append(f"{page}: {name}")
     assert not missing, f"docs/reference.md does not show {sorted(set(missing))}"
+
+
+def test_every_function_the_console_script_takes_from_the_cli_is_in_the_api_reference() -> None:
+    """``python -m k3snet`` (the console script's process) calls ``k3snet.cli.run_main``,
+    a public name, and ``k3snet.cli`` had no entry in the reference: neither it nor
+    ``main`` and ``build_parser`` (its ``__all__``) were shown."""
+    import ast  # noqa: PLC0415 - this test alone
+
+    import k3snet.__main__ as entry  # noqa: PLC0415 - read, not run
+    import k3snet.cli  # noqa: PLC0415
+
+    tree = ast.parse(Path(entry.__file__).read_text(encoding="utf-8"))
+    taken = {alias.name for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.module == "k3snet.cli"
+             for alias in node.names}
+    functions = {name for name in taken if callable(getattr(k3snet.cli, name))}
+    assert "run_main" in functions
+    assert functions <= set(k3snet.cli.__all__)
+    rendered = _rendered(_griffe_package())
+    missing = [f"k3snet.cli.{name}" for name in sorted(k3snet.cli.__all__)
+               if f"k3snet.cli.{name}" not in rendered]
+    assert not missing, f"docs/reference.md does not show {missing}"

@@ -3,10 +3,12 @@ each of ``EDGE_DESTINATIONS``, one in table ``2**32 - 1``, one of metric ``2**32
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any
 
 import pytest
+from hypothesis import strategies as st
 
 from k3snet.backends.base import ApplyResult, Backend
 from k3snet.backends.memory import MemoryBackend
@@ -105,6 +107,57 @@ def test_an_objects_strategy_is_scanned_for_its_edges_once_per_process() -> None
             counts.append(draws[0])
     assert counts[1] < 100  # the random stages only
     assert counts[0] > 500  # and the scan (some 1000 draws), made once
+
+
+def test_two_threads_evicting_the_same_oldest_scan_at_once_both_finish(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache of scans keeps the last 16: a thread inserting the 17th picked the
+    oldest to evict while another, inserting too, evicted that same one first, and the
+    first thread's ``del`` raised KeyError out of ``run_conformance``. The interleaving
+    is forced: the first thread's eviction waits until the second one has run through
+    (no lock: it evicts the same entry) or waits for the lock the first holds."""
+    monkeypatch.setattr(conformance, "_edge_objects", lambda kinds, pool: [])
+    second_waits = threading.Event()
+    started: list[threading.Thread] = []
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            conformance._scanned_edge_objects(st.none(), frozenset({"route"}), st.none())
+        except BaseException as exc:  # noqa: BLE001 - said by the assertion below
+            errors.append(exc)
+        finally:
+            second_waits.set()
+
+    class Racing(dict[Any, Any]):
+        def __delitem__(self, key: Any) -> None:
+            if not started:  # the first thread, its oldest entry chosen
+                started.append(threading.Thread(target=second))
+                started[0].start()
+                second_waits.wait()
+            super().__delitem__(key)
+
+    class Told:
+        """The cache's lock, telling when the second thread waits for it."""
+
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+        def __enter__(self) -> None:
+            if started and threading.current_thread() is started[0]:
+                second_waits.set()
+            self.lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.lock.release()
+
+    full = Racing({index: (st.none(), frozenset(), []) for index in range(16)})
+    monkeypatch.setattr(conformance, "_SCANNED", full)
+    monkeypatch.setattr(conformance, "_SCANNED_LOCK", Told(), raising=False)
+    conformance._scanned_edge_objects(st.none(), frozenset({"route"}), st.none())
+    started[0].join()
+    assert errors == []
+    assert len(full) == 16
 
 
 def test_the_default_edges_are_added_beside_a_nodes_default_and_link_local_routes() -> None:

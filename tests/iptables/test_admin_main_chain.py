@@ -149,3 +149,32 @@ def test_an_admins_main_chain_whose_comments_start_with_k3snet_is_still_theirs(
         assert backend.drift == ()
         destroy(backend)
     assert _body(ns, mode) == before
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_an_empty_chain_named_as_a_bucket_of_the_other_table_is_not_k3snets(
+        ns: str, mode: str) -> None:
+    """k3snet writes ``K3SNET-F-x`` in filter alone and ``K3SNET-N-...`` in nat alone. An
+    empty, unreferenced ``K3SNET-F-7`` in nat (or ``K3SNET-N-d24-s16-o-7`` in filter),
+    an administrator's, was read as a bucket of k3snet's left empty: drift, deleted by
+    the next apply, and by a destroy."""
+    tool = [f"iptables-{mode}", "-w"]
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), WANTED))
+    run_in(ns, [*tool, "-t", "nat", "-N", "K3SNET-F-7"])
+    run_in(ns, [*tool, "-t", "filter", "-N", "K3SNET-N-d24-s16-o-7"])
+    theirs = sorted([":K3SNET-N-d24-s16-o-7 -", ":K3SNET-F-7 -"])
+    assert sorted(line for line in _body(ns, mode) if line in theirs) == theirs
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        observed = backend.observe()
+        assert backend.drift == ()
+        assert plan(observed, WANTED).empty
+        warned = "\n".join(backend.warnings)
+        for table, chain in (("filter", "K3SNET-N-d24-s16-o-7"), ("nat", "K3SNET-F-7")):
+            assert (f"IPv4 {table}: chain {chain} is not k3snet's (k3snet writes no chain "
+                    "of that name)") in warned, warned
+        backend.apply(plan(observed, State(owned=[ForwardRule("10.42.0.0/16", "192.168.3.0/24")])))
+        assert sorted(line for line in _body(ns, mode) if line in theirs) == theirs
+        destroy(backend)
+    assert sorted(line for line in _body(ns, mode) if "K3SNET" in line) == theirs

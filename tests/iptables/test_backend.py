@@ -602,8 +602,9 @@ def _drift_commands(kind: str) -> list[list[str]]:
     return {
         "extra-rule": [["-t", "nat", "-A", unit.chain, "-j", "ACCEPT"]],
         "extra-rule-in-main": [["-t", "nat", "-A", "K3SNET-POSTROUTING", "-j", "RETURN"]],
-        # a name k3snet writes (see tests/iptables/test_foreign_chains.py for others)
-        "extra-chain": [["-t", "filter", "-N", "K3SNET-N-d7-s3-o-f"]],
+        # a name k3snet writes in that table (see tests/iptables/test_foreign_chains.py
+        # for others; in filter it is an administrator's: test_admin_main_chain.py)
+        "extra-chain": [["-t", "nat", "-N", "K3SNET-N-d7-s3-o-f"]],
         "forged-tag": [["-t", "nat", "-A", unit.chain, "-s", "10.77.0.0/16", "-m", "comment",
                         "--comment", "k3snet:0123456789abcdef", "-j", "MASQUERADE"]],
         "duplicate-rule": [["-t", "nat", "-A", unit.chain, *unit.lines[0]]],

@@ -13,10 +13,12 @@ checked is the kernel's own view (``iptables-save``).
 from __future__ import annotations
 
 import shlex
+import subprocess
 
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.netns import NetnsRunner
 from k3snet.converge import destroy
 from k3snet.errors import ApplyError, PlanError
 from k3snet.lab.netns import run_in
@@ -307,6 +309,48 @@ def test_a_jump_k3snet_did_not_read_makes_the_refused_chain_deletion_say_what_to
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("mode", MODES)
+def test_the_commands_messages_name_run_where_k3snet_ran_without_netns(
+    ns: str, mode: str
+) -> None:
+    """k3snet started inside the namespace (``ip netns exec NS k3snet destroy``, no
+    ``--netns``) named the commands alone: ``iptables-legacy-save -t filter`` (``nft list
+    table ip filter``), run as shown from the shell that ran k3snet, read the node's
+    tables, where the jump is not. Both commands are run here as shown, from the test's
+    own namespace."""
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), DESIRED))
+    run(ns, mode, 4, "-N", "ADMIN")
+    run(ns, mode, 4, "-A", "ADMIN", "-j", "K3SNET-FORWARD")
+
+    def checked() -> tuple[str, ...]:
+        with IptablesBackend(None, mode=mode) as backend:  # type: ignore[arg-type]
+            return backend.check(plan(backend.observe(), State(owned=[])))
+
+    def refused() -> str:
+        with IptablesBackend(None, mode=mode) as backend:  # type: ignore[arg-type]
+            p = plan(backend.observe(), State(owned=[]))
+            assert backend.check(p) == ()
+            run(ns, mode, 4, "-A", "ADMIN", "-j", "K3SNET-FORWARD")
+            with pytest.raises(ApplyError) as caught:
+                backend.apply(p)
+        return str(caught.value)
+
+    with NetnsRunner(ns) as runner:
+        problems = runner.call(checked)
+    delete = f"ip netns exec {ns} {ipt(mode, 4)} -t filter -D ADMIN -j K3SNET-FORWARD"
+    assert f"`{delete}`" in problems[0], problems
+    subprocess.run(shlex.split(delete), check=True)  # here, outside: as shown
+    with NetnsRunner(ns) as runner:
+        message = runner.call(refused)
+    show = "nft list table ip filter" if mode == "nft" else "iptables-legacy-save -t filter"
+    assert f"`ip netns exec {ns} {show}` shows it" in message, message
+    shown = subprocess.run(["ip", "netns", "exec", ns, *show.split()], capture_output=True,
+                           text=True, check=True).stdout
+    assert "K3SNET-FORWARD" in shown.split("ADMIN", 1)[1], shown
+
+
+@pytest.mark.kernel
 def test_a_jump_from_a_base_chain_iptables_nft_save_leaves_out_is_named_by_nft(
         ns: str) -> None:
     with IptablesBackend(ns, mode="nft") as backend:
@@ -315,6 +359,9 @@ def test_a_jump_from_a_base_chain_iptables_nft_save_leaves_out_is_named_by_nft(
     run_in(ns, ["nft", "add rule ip filter theirs meta mark 3 jump K3SNET-FORWARD"])
     with IptablesBackend(ns, mode="nft") as backend:
         p = plan(backend.observe(), State(owned=[]))
+        # the warning's command runs in the namespace too (it read the node's table)
+        assert any(f"(`ip netns exec {ns} nft list table ip filter` shows them)" in warning
+                   for warning in backend.warnings), backend.warnings
         with pytest.raises(ApplyError, match=f"`ip netns exec {ns} nft list table ip filter` "
                                              "shows it"):
             backend.apply(p)

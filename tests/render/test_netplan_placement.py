@@ -874,6 +874,70 @@ def test_an_id_is_refused_exactly_when_netplan_cannot_name_its_wifi_files(
         assert "File name too long" in err
 
 
+_OVS = ("    {netplan_id}:\n      match: {{macaddress: '52:54:00:12:34:57'}}\n"
+        "      openvswitch: {{external-ids: {{owner: admin}}}}\n"
+        "  bridges:\n    br0:\n      interfaces: [{netplan_id}]\n")
+
+
+@needs_netplan
+@pytest.mark.parametrize("renderer", ["networkd", "NetworkManager"])
+@pytest.mark.parametrize("length", [227, 228, 229])
+def test_an_id_is_refused_exactly_when_netplan_cannot_name_its_open_vswitch_unit(
+        renderer: str, length: int, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A definition with openvswitch: (external-ids of a bridge's member: no ovs-vsctl
+    # needed) gets netplan-ovs-ID.service under either renderer (src/openvswitch.c):
+    # room for 228 characters, fewer than networkd's 229. A 229-character id was taken,
+    # and netplan generate failed for the whole node ("File name too long").
+    # (NetworkManager's netplan-ID.nmconnection has less room still: 227.)
+    room = 228 if renderer == "networkd" else 227
+    netplan_id = "o" * length
+    etc = tmp_path / "etc" / "netplan"
+    etc.mkdir(parents=True)
+    (etc / "01-admin.yaml").write_text(
+        f"network:\n  version: 2\n  renderer: {renderer}\n  ethernets:\n"
+        "    eth0: {dhcp4: true}\n" + _OVS.format(netplan_id=netplan_id))
+    (etc / "01-admin.yaml").chmod(0o600)
+    done = subprocess.run(["netplan", "generate", "--root-dir", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "SNAP"})
+    assert (done.returncode != 0) == (length > room), done.stderr
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    status = main(["render", "netplan", "-f", str(spec), "-o", str(etc)])
+    err = capsys.readouterr().err
+    assert (status == 1) == (length > room), err
+    if status == 1 and renderer == "networkd":
+        assert "fits netplan's netplan-ovs-ID.service" in err
+
+
+@pytest.mark.parametrize(("openvswitch", "netplan_id", "refused"), [
+    ({"external-ids": {"owner": "admin"}}, "o" * 228, False),
+    ({"external-ids": {"owner": "admin"}}, "o" * 229, True),
+    ({}, "o" * 229, True), ({"other-config": {"a": "b"}}, "o" * 225 + ":", False),
+    ({"other-config": {"a": "b"}}, "o" * 226 + ":", True),
+    ({"external-ids": {}}, "o" * 227, False),
+], ids=["external-ids-228", "external-ids-229", "empty-229", "colon-225", "colon-226",
+        "nothing-set-227"])
+def test_an_open_vswitch_definitions_id_has_room_for_its_unit(
+        openvswitch: dict[str, Any], netplan_id: str, refused: bool) -> None:
+    # netplan-ovs-ID.service: 20 bytes and the id (":" as %3A from netplan 1.0.1 on),
+    # 255 with the temporary copy's .XXXXXX: under networkd, whose 10-netplan-ID.network
+    # has room for 229 characters, the unit decides. An openvswitch: setting nothing
+    # (empty external-ids) gets no unit.
+    documents = {"01-admin.yaml": {"network": {
+        "version": "2", "renderer": "networkd",
+        "ethernets": {"eth0": {"dhcp4": "true"},
+                      netplan_id: {"match": {"macaddress": "52:54:00:12:34:57"},
+                                   "openvswitch": openvswitch}},
+        "bridges": {"br0": {"interfaces": [netplan_id]}}}}}
+    if refused:
+        with pytest.raises(ModelError, match=r"fits netplan's netplan-ovs-ID\.service"):
+            netplan_placement(documents, ["eth0"])
+    else:
+        assert netplan_placement(documents, ["eth0"]) == ({"eth0": "ethernets"}, {"eth0": "eth0"})
+
+
 @pytest.mark.parametrize(("netplan_id", "refused"), [
     ("w" * 222, False), ("w" * 223, True), ("w" * 219 + ":", False),
     ("w" * 220 + ":", True)])

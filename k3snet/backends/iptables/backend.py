@@ -155,6 +155,7 @@ from k3snet.backends.lock import namespace_id
 from k3snet.backends.netns import (
     NetnsRunner,
     earlier_records,
+    exec_name,
     namespace_instance,
     netns_option,
     netns_path,
@@ -446,9 +447,10 @@ class IptablesBackend(BackendBase):
                 found.append(f"{_unreadable(state)}; k3snet owns nothing there and "
                              "refuses to write it")
             elif state.hidden == "base chains":
+                show = self._shown(["nft", "list", "table", _nft_family(family), table])
                 found.append(
                     f"{where}: iptables-nft-save leaves out base chains of this table "
-                    f"written with nft (`nft list table {_nft_family(family)} {table}` shows "
+                    f"written with nft (`{show}` shows "
                     "them): they run on their hooks besides k3snet's rules, and what they "
                     "drop or translate k3snet neither sees nor names as a conflict")
             for chain in state.foreign_chains:
@@ -1115,10 +1117,9 @@ class IptablesBackend(BackendBase):
             show = f"nft list table {_nft_family(step.family)} {step.table}"
         else:
             show = f"{tool_name(step.family, self.mode, 'save')} -t {step.table}"
-        netns = f"ip netns exec {shlex.quote(self._netns)} " if self._netns else ""
         return (f" (deleting k3snet's chain {line[1]}: a rule k3snet did not read jumps to "
                 "it, and the kernel keeps a chain jumped to; `"
-                f"{netns}{show}` shows it: delete that rule first)")
+                f"{self._shown(show.split())}` shows it: delete that rule first)")
 
     @staticmethod
     def _failed(plan: Plan, injected: Change | None, exc: RunFailedError) -> Change | None:
@@ -1333,9 +1334,15 @@ class IptablesBackend(BackendBase):
     def _delete_command(self, state: TableState, jump: ForeignJump) -> str:
         """The shell command that deletes a foreign rule (in the backend's namespace)."""
         tool = tool_name(state.family, self.mode, "")[:-1]  # iptables-nft, ip6tables-legacy
-        argv = [tool, "-t", state.table, "-D", jump.chain, *jump.line]
-        netns = ["ip", "netns", "exec", self._netns] if self._netns else []
-        return shlex.join([*netns, *argv])
+        return self._shown([tool, "-t", state.table, "-D", jump.chain, *jump.line])
+
+    def _shown(self, argv: list[str]) -> str:
+        """``argv`` as a shell command that runs where this backend acts, as a message
+        shows it: after ``ip netns exec NAME`` for a namespace given, or the one k3snet
+        was started in by ``ip netns exec NAME`` (see :func:`exec_name`), where the
+        command alone read the node's tables."""
+        name = exec_name(self._netns)
+        return shlex.join([*(("ip", "netns", "exec", name) if name else ()), *argv])
 
     def _refuse(self, plan: Plan, reason: str) -> NoReturn:
         """Refuse ``plan``, in the kit's words, with every reason it does not fit.

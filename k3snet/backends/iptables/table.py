@@ -28,6 +28,7 @@ from k3snet.render.iptables.rules import (
     Line,
     Unit,
     bucket_order,
+    bucket_table,
     comment_digest,
     format_line,
     hook_line,
@@ -145,8 +146,13 @@ def _written_tag(line: Line) -> bool:
 
 
 def _k3snet_name(name: str, hook: Hook) -> bool:
-    """A chain name k3snet writes in ``hook``'s table (main, bucket, exclusion chain)."""
-    return name == hook.main or is_bucket_chain(name) or (
+    """A chain name k3snet writes in ``hook``'s table (main, bucket, exclusion chain).
+
+    A bucket's name is k3snet's in its own table only: an empty ``K3SNET-F-7`` in nat
+    (k3snet writes forward buckets in filter alone), unreferenced, was k3snet's chain in
+    drift, deleted by the next apply.
+    """
+    return name == hook.main or bucket_table(name) == hook.table or (
         hook.table == "nat" and _SUB_CHAIN.fullmatch(name) is not None)
 
 

@@ -86,6 +86,7 @@ __all__ = [
     "RuleFields",
     "Unit",
     "bucket_order",
+    "bucket_table",
     "clear_caches",
     "comment_digest",
     "content_hash",
@@ -291,6 +292,14 @@ def bucket_order(chain: str) -> tuple[int, ...] | None:
 def is_bucket_chain(chain: str) -> bool:
     """Rules of a bucket chain may come in any order."""
     return bucket_order(chain) is not None
+
+
+def bucket_table(chain: str) -> str | None:
+    """The table k3snet writes a bucket chain of this name in: ``nat`` for ``K3SNET-N-...``,
+    ``filter`` for ``K3SNET-F-x`` (``None``: not a bucket name)."""
+    if _NAT_BUCKET.fullmatch(chain):
+        return "nat"
+    return "filter" if _FWD_BUCKET.fullmatch(chain) else None
 
 
 def main_lines(buckets: Iterable[str]) -> list[Line]:
