@@ -297,7 +297,7 @@ def test_conformance_names_the_protocol_members_a_backend_lacks() -> None:
 
     with pytest.raises(AssertionError, match=r"does not implement the Backend protocol: "
                                              r"no check\(\)"):
-        run_conformance(NoCheck, max_examples=5)
+        run_conformance(NoCheck, max_examples=5)  # type: ignore[arg-type]  # no check(), on purpose
 
 
 class _RollbackForgetsWhatItRecorded(MemoryBackend):

@@ -330,9 +330,10 @@ def test_left_behind_names_a_destroy_with_the_options_it_looked_with_so_it_remov
         node: dict[str, MemoryBackend]) -> None:
     # A spec's nftables.table (or the agent's K3SNET_STATE_DIR): the destroy named without
     # it looked at the default table, removing nothing of what was found.
-    options = {"fake-netlink": {"protocol": 200, "state_dir": Path("/var/lib/my k3snet"),
-                                "netns": "lab", "allow_disruptive": True},
-               "fake-ipt": {"table": "1", "tables": (254, 100)}}
+    options: dict[str, dict[str, object]] = {
+        "fake-netlink": {"protocol": 200, "state_dir": Path("/var/lib/my k3snet"),
+                         "netns": "lab", "allow_disruptive": True},
+        "fake-ipt": {"table": "1", "tables": (254, 100)}}
     found = discover.left_behind([SimpleNamespace(name="fake-nft")], options, netns="lab")
     assert found[0].endswith(
         "`k3snet destroy --netns lab --backend fake-netlink --backend-opt fake-netlink.protocol=200"

@@ -40,13 +40,13 @@ def test_a_temporary_name_taken_is_never_opened_through_and_another_is_tried(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_bytes(b"not to be touched")
     names = iter([b"\x01" * 8, b"\x01" * 8, b"\x02" * 8])
-    monkeypatch.setattr(_kept.os, "urandom", lambda size: next(names))
+    monkeypatch.setattr(os, "urandom", lambda size: next(names))  # _kept's
     (directory / f".t-{'01' * 8}.tmp").symlink_to(elsewhere)  # someone's planted link
     assert _kept.write_atomic(directory / "one.kept", b"mine", ".t-")
     assert elsewhere.read_bytes() == b"not to be touched"
     assert (directory / "one.kept").read_bytes() == b"mine"
     # Every name taken: no write, and nothing left behind.
-    monkeypatch.setattr(_kept.os, "urandom", lambda size: b"\x01" * 8)
+    monkeypatch.setattr(os, "urandom", lambda size: b"\x01" * 8)
     assert not _kept.write_atomic(directory / "two.kept", b"x", ".t-")
     assert not (directory / "two.kept").exists()
     assert sorted(p.name for p in directory.iterdir()) == [f".t-{'01' * 8}.tmp", "one.kept"]
@@ -59,7 +59,7 @@ def test_a_failed_write_removes_its_temporary(tmp_path: Path,
     def refused(src: object, dst: object) -> None:
         raise OSError("refused")
 
-    monkeypatch.setattr(_kept.os, "replace", refused)
+    monkeypatch.setattr(os, "replace", refused)  # _kept's
     assert not _kept.write_atomic(directory / "one.kept", b"x", ".t-")
     assert list(directory.iterdir()) == []
 

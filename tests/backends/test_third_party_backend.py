@@ -10,6 +10,8 @@ about foreign state on it.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from k3snet import ApplyResult, Change, MasqueradeRule, Plan, PlanError, Route, State, Sysctl
@@ -63,7 +65,7 @@ class StepBackend(BackendBase):
                 if index == fail_at:
                     undo.fail(change, "injected failure")
                 handle = self.system.do(change)
-                undo.record(change, lambda handle=handle: self.system.undo(handle))
+                undo.record(change, functools.partial(self.system.undo, handle))
         return ApplyResult(self.name, plan.changes, operations=len(plan.changes))
 
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from k3snet import Plan
-from k3snet.cli import EXIT_BUSY, EXIT_USAGE, _common_after_command, _options, build_parser, main
+from k3snet._argv import common_after_command as _common_after_command
+from k3snet.cli import EXIT_BUSY, EXIT_USAGE, _options, build_parser, main
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 

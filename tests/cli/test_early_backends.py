@@ -8,6 +8,7 @@ are closed whatever happens.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ class _Recording(MemoryBackend):
 
 
 @pytest.fixture
-def recording(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def recording(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The recording backend registered, a spec cache of its own, and the spec's
     whole load recorded as "spec"."""
     monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path / "state"))
@@ -120,8 +121,12 @@ def test_backends_made_early_are_made_again_when_the_whole_spec_asks_for_others(
     # The head says other options than the whole spec will (as a spec file replaced
     # between the two reads would).
     other = {"memory-recording": {"capabilities": ["nat", "route"]}}
-    monkeypatch.setattr(spec_cache, "load_spec_head_cached", lambda path: Spec.from_dict(
-        {**head(path).to_dict(), "backends": other}))
+    def head_asking_others(path: str | Path) -> Spec:
+        spec = head(path)
+        assert spec is not None  # a hit: the first plan cached the spec
+        return Spec.from_dict({**spec.to_dict(), "backends": other})
+
+    monkeypatch.setattr(spec_cache, "load_spec_head_cached", head_asking_others)
     recording.clear()
     assert main(["plan", *ARGS]) == 2
     assert recording == ["make", "prefetch", "spec", "close", "make", "prefetch", "close"]

@@ -11,6 +11,7 @@ import pytest
 from k3snet import MemoryBackend, State, cli, register_backend
 from k3snet.backends.registry import unregister_backend
 from k3snet.cli import main
+from k3snet.converge import compile_for
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 
@@ -40,8 +41,6 @@ def test_plan_and_apply_hand_the_expected_objects_over_before_reading(
     # the hint `converge` gives `apply`: the readers take expected objects unparsed.
     _Recording.calls.clear()
     _Recording.hinted.clear()
-    compile_for = cli.compile_for
-
     def compiling(*args: Any, **kwargs: Any) -> State:
         _Recording.calls.append("compile")
         return compile_for(*args, **kwargs)

@@ -277,7 +277,7 @@ def test_a_change_is_a_server_side_apply_by_k3snet(
 
 # Another manager takes natOutgoing of a pool k3snet created: with its own server-side
 # apply (forced), or with `kubectl edit` (an Update, merge patch).
-_TAKEOVERS = {
+_TAKEOVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "admin": ({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
                "metadata": {"name": "k3snet-pods-a"}, "spec": {"natOutgoing": False}},
               {"force": True, "_content_type": "application/apply-patch+yaml"}),

@@ -429,6 +429,7 @@ def test_an_apply_without_field_manager_is_refused_by_the_emulator(
     after = api.patch_cluster_custom_object("crd.projectcalico.org", "v1", "ippools", "p",
                                             smaller, field_manager="me",
                                             _content_type="application/apply-patch+yaml")
+    assert isinstance(after, dict)
     assert "natOutgoing" not in after["spec"]
 
 

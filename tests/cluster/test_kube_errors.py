@@ -42,7 +42,8 @@ def _api_exception(status: int, reason: str, body: dict[str, Any] | None = None)
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - optional dependency
 
     exc = ApiException(status=status, reason=reason)
-    exc.body = json.dumps(body).encode() if body is not None else None
+    # bytes, though typed str: k3snet reads a body of either type (kube._status_body)
+    exc.body = json.dumps(body).encode() if body is not None else None  # type: ignore[assignment]
     return exc
 
 
@@ -109,7 +110,7 @@ def test_a_long_server_message_is_shortened_and_unparsable_bodies_quoted() -> No
                                   _status_body("Invalid", "x " * 400)))
     assert str(long).endswith("x x...")
     assert len(str(long)) == len(f"{WHERE}: rejected as invalid (422): ") + 300
-    exc = _api_exception(403, "Forbidden")
+    exc: Any = _api_exception(403, "Forbidden")
     exc.body = b"<html>no</html>"
     plain = _mapped(exc)
     assert str(plain).endswith("(see the rendered ClusterRole): <html>no</html>")
@@ -126,13 +127,16 @@ def test_a_long_server_message_is_shortened_and_unparsable_bodies_quoted() -> No
 def test_no_answer_in_time_is_a_timeout_without_status() -> None:
     import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
 
-    read = urllib3.exceptions.ReadTimeoutError(None, "/api", "Read timed out.")
+    # No pool (typed ConnectionPool): only the error's class and message are read.
+    read = urllib3.exceptions.ReadTimeoutError(
+        None, "/api", "Read timed out.")  # type: ignore[arg-type]
     error = _mapped(read, timeout=2.5)
     assert (str(error), error.status, error.reason) == (
         f"{WHERE}: no answer from the API server within 2.5s (timed out; it may or may not "
         "have acted on the request)", None, "Timeout")
     connect = urllib3.exceptions.MaxRetryError(
-        None, "/api", urllib3.exceptions.ConnectTimeoutError("connect timed out"))
+        None, "/api",  # type: ignore[arg-type]
+        urllib3.exceptions.ConnectTimeoutError("connect timed out"))
     error = _mapped(connect, timeout=None)
     assert (str(error), error.status, error.reason) == (
         f"{WHERE}: no answer from the API server (timed out; it may or may not have acted "
@@ -143,8 +147,8 @@ def test_an_unreachable_server_has_neither_status_nor_reason() -> None:
     import urllib3  # noqa: PLC0415 - a dependency of the kubernetes client
 
     refused = urllib3.exceptions.MaxRetryError(
-        None, "/api",
-        urllib3.exceptions.NewConnectionError(None, "Connection refused"))
+        None, "/api",  # type: ignore[arg-type]
+        urllib3.exceptions.NewConnectionError(None, "Connection refused"))  # type: ignore[arg-type]
     error = _mapped(refused)
     # urllib3 prints the connection (None here) before its message.
     assert str(error) == (f"{WHERE}: cannot reach the API server: NewConnectionError: "
@@ -307,7 +311,10 @@ def test_a_request_within_a_deadline_whose_connection_closes_unanswered_is_sent_
         try:
             for deadline, sent in ((None, 4), (Deadline(1e9, lambda: 0.0), 1)):
                 del accepted[:]
-                with requests_within(lambda d=deadline: d), pytest.raises(KubeApiError), \
+                def within(d: Deadline | None = deadline) -> Deadline | None:
+                    return d
+
+                with requests_within(within), pytest.raises(KubeApiError), \
                         translate_errors(WHERE, classifier=KubeErrors(timeout=10.0)):
                     core.read_namespaced_config_map("x", "kube-system", _request_timeout=10)
                 assert len(accepted) == sent, deadline

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import attrs
 import kubernetes_validate
@@ -749,6 +749,13 @@ def test_flannel_file_mode_mounts_the_directory_and_needs_no_rbac_for_it() -> No
     assert _one(objs, "ClusterRole", AGENT_NAME)["rules"][0]["resources"] == ["ippools"]
 
 
+class _FlannelOptions(TypedDict, total=False):
+    """The flannel keywords of :func:`render_manifests`, either or both."""
+
+    flannel_conf: str
+    flannel_configmap_namespace: str
+
+
 @pytest.mark.parametrize(("backends", "options", "fragment"), [
     (["flannel"], {}, "needs exactly one of"),
     (["flannel"], {"flannel_conf": "/a/b.json", "flannel_configmap_namespace": "x"},
@@ -763,7 +770,7 @@ def test_flannel_file_mode_mounts_the_directory_and_needs_no_rbac_for_it() -> No
     (["nftables"], {"flannel_conf": "/etc/flannel/net-conf.json"}, "do not include flannel"),
 ])
 def test_flannel_options_are_checked(
-    backends: list[str], options: dict[str, str], fragment: str
+    backends: list[str], options: _FlannelOptions, fragment: str
 ) -> None:
     with pytest.raises(SpecError, match=fragment):
         render_manifests(Spec(backends=backends), **options)

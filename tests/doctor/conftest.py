@@ -37,7 +37,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
-from ipaddress import ip_network
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal
 
@@ -104,7 +104,7 @@ _LINKS = (
     (("node", "eth1"), ("router", "eth2")),
     (("router", "eth1"), ("db", "eth0")),
 )
-_ADDRESSES = {
+_ADDRESSES: dict[str, dict[str, tuple[str, ...]]] = {
     "pod": {"eth0": ("10.42.0.10/24",)},
     "node": {"cni0": ("10.42.0.1/24",), "eth0": ("192.168.1.5/24",),
              "eth1": ("192.168.4.5/24",)},
@@ -354,7 +354,7 @@ def calico_pools(t: Topology) -> list[tuple[str, bool]]:
     if t.nat == "calico":
         return [("10.42.0.0/16", True)]
     if t.nat == "calico-pool-covers":  # a disabled pool over the destination's network
-        if ip_network(DEST_NETS[t.dest]).subnet_of(ip_network("10.42.0.0/16")):
+        if IPv4Network(DEST_NETS[t.dest]).subnet_of(IPv4Network("10.42.0.0/16")):
             return [("10.42.0.0/16", True)]  # the pod pool covers it already
         return [("10.42.0.0/16", True), (DEST_NETS[t.dest], False)]
     return []

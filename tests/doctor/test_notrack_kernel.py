@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from k3snet.doctor import Flow, NodeState, Verdict, diagnose
+from k3snet.doctor import Diagnosis, Flow, NodeState, Verdict, diagnose
 from k3snet.lab.netns import run_in
 
 from .conftest import DoctorLab, Topology
@@ -29,7 +29,7 @@ _NFT_NOTRACK = """table {family} lab_raw {{
 """
 
 
-def _diagnosis(doctor_lab: DoctorLab, topology: Topology) -> tuple[dict[str, object], object]:
+def _diagnosis(doctor_lab: DoctorLab, topology: Topology) -> tuple[dict[str, object], Diagnosis]:
     answer, _ = doctor_lab.kernel_and_trace(topology, timeout=3)
     state = NodeState.from_capture(doctor_lab.capture())
     return answer, diagnose(state, Flow(topology.pod, topology.destination, port=topology.port))

@@ -11,6 +11,8 @@ new,established accept`` under a ``drop`` policy accepts none. The doctor said
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 
 from k3snet.doctor import Verdict
@@ -28,7 +30,7 @@ _NFT = """table {family} lab_early {{
 }}
 """
 
-_CASES = {
+_CASES: dict[str, tuple[Literal[4, 6], tuple[str | int, str, str] | list[list[str]], bool]] = {
     "nft-raw-invalid-drop": (4, ("raw", "accept", "ct state invalid drop"), False),
     "nft-early-new-accept": (4, (-250, "drop", "ct state new,established accept"), False),
     "nft-raw-direction-drop": (4, ("raw", "accept", "ct direction original drop"), True),
@@ -48,7 +50,7 @@ _CASES = {
 def test_a_chain_before_conntrack_sees_every_packet_as_invalid_as_the_kernel_does(
         doctor_lab: DoctorLab, case: str) -> None:
     family, how, reaches = _CASES[case]
-    topology = Topology(family=family)  # type: ignore[arg-type]
+    topology = Topology(family=family)
     doctor_lab.configure(topology)
     if isinstance(how, tuple):
         priority, policy, rule = how

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -86,10 +87,10 @@ COMMIT
                     ("10.42.0.23", None, 2, False), ("10.42.0.23", None, 2, False)]
     # A pod on this node as the endpoint: delivered on cni0, no translation needed back.
     state = _state("service-clusterip", **{"iptables-nft-v4.save": nat})
-    result = trace(state, CLUSTER_IP)
-    assert [e.describe_target() for e in result.endpoints] == [
+    traced = trace(state, CLUSTER_IP)
+    assert [e.describe_target() for e in traced.endpoints] == [
         "10.42.0.21:8080", "10.42.0.22:8080", "10.42.0.23:80"]
-    assert result.verdict is Verdict.REACHES, result.render()
+    assert traced.verdict is Verdict.REACHES, traced.render()
 
 
 @pytest.mark.parametrize(("target", "expected"), [
@@ -99,7 +100,7 @@ COMMIT
     ("[fd00::5]:443", NatAction("dnat", ip_address("fd00::5"), 443)),
 ])
 def test_dnat_targets(target: str, expected: NatAction) -> None:
-    family = 6 if target.startswith("[") else 4
+    family: Literal[4, 6] = 6 if target.startswith("[") else 4
     nat = f"*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j DNAT --to-destination {target}\n"
     chain, = base_chains(parse_save(nat), "iptables-nft", family)
     src, dst = ("fd42::10", "fd43::1") if family == 6 else (POD, "10.43.0.100")

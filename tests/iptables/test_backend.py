@@ -413,10 +413,10 @@ def test_a_failure_while_streaming_a_table_commits_nothing(
     # table is rendered before the first one's COMMIT is sent, so an error in the
     # middle of it kills the process before anything is committed.
     import k3snet.backends.iptables.backend as module  # noqa: PLC0415 - patched here only
+    from k3snet.backends.iptables.table import plan_table as real  # noqa: PLC0415
 
     seed(ns, mode)
     before = kernel(ns, mode)
-    real = module.plan_table
     calls: list[int] = []
 
     def failing(state: object, changes: object, sink: object = None) -> object:

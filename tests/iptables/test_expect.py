@@ -149,8 +149,12 @@ def test_a_later_hinted_read_renders_nothing_the_process_rendered_already(
     built: list[object] = []
     for name in ("_build_plain_masquerade", "_build_general"):
         real = getattr(iptables_rules, name)
-        monkeypatch.setattr(iptables_rules, name,
-                            lambda obj, real=real: built.append(obj) or real(obj))
+
+        def building(obj: object, real: Callable[[object], Any] = real) -> Any:
+            built.append(obj)
+            return real(obj)
+
+        monkeypatch.setattr(iptables_rules, name, building)
     with backend_on(kernel, "nft") as backend:
         backend.expect(DESIRED)
         first = backend.observe()

@@ -189,7 +189,7 @@ def test_a_notrack_of_all_tcp_is_a_conflict_of_the_pods_rules_iptables(
         lab.block_forward("iptables-nft")
         run_in(lab.node, ["iptables-nft", "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
                           "-p", "tcp", "-j", "NOTRACK"])
-        with IptablesBackend(lab.node, mode="nft") as backend:  # type: ignore[arg-type]
+        with IptablesBackend(lab.node, mode="nft") as backend:
             backend.expect(DESIRED)
             p = plan(backend.observe(), DESIRED)
             assert {c.wanted for c in p.conflicts} == {WANTED, MASQ}, p.render()

@@ -10,6 +10,7 @@ seam and keeps every restore run the backend would have made.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ class FakeKernel:
         self.runs.append(run)
         return run
 
-    def commit_ops(self, family: int, mode: str, table: str, ops: list[Op], *,
+    def commit_ops(self, family: int, mode: Flavour, table: str, ops: Sequence[Op], *,
                    test: bool = False) -> None:
         run = self.restore(family, mode)
         run.table(table)
@@ -432,7 +433,7 @@ REPLY_F7 = ("-A K3SNET-F-7 -d 10.50.0.0/16 -i eth0 -o cni0 -m conntrack --ctstat
 
 
 # name: (edit of the recorded IPv4 text, (table, chain) of the drift, a line the repair sends)
-DRIFTS = {
+DRIFTS: dict[str, tuple[Callable[[str], str], tuple[str, str], str]] = {
     "extra-rule": (lambda t: _after(t, BUCKET, "-A K3SNET-N-d24-s16-a-3 -j ACCEPT"),
                    ("nat", "K3SNET-N-d24-s16-a-3"), "-D K3SNET-N-d24-s16-a-3 -j ACCEPT"),
     "extra-rule-in-main": (lambda t: _after(t, LAST_JUMP, "-A K3SNET-POSTROUTING -j RETURN"),
@@ -627,15 +628,16 @@ def test_a_process_that_is_not_permitted_names_the_capability(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import errno  # noqa: PLC0415 - only here
+    import shutil  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
 
     from k3snet.backends.iptables import driver  # noqa: PLC0415
     from k3snet.errors import BackendError  # noqa: PLC0415
 
-    monkeypatch.setattr(driver.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")  # driver's
 
-    def denied(*args: object, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.CompletedProcess(args, 4, "", "iptables-nft-save v1.8.9: "
+    def denied(argv: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(argv, 4, "", "iptables-nft-save v1.8.9: "
                                            "Permission denied (you must be root)\n")
 
     completed = driver._completed
@@ -648,7 +650,7 @@ def test_a_process_that_is_not_permitted_names_the_capability(
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(driver, "_completed", completed)
-    monkeypatch.setattr(driver.subprocess, "Popen", not_permitted)
+    monkeypatch.setattr(subprocess, "Popen", not_permitted)  # driver's
     with pytest.raises(BackendError, match="CAP_NET_ADMIN"):
         IptablesBackend(mode="nft").observe()
     with pytest.raises(BackendError, match="CAP_NET_ADMIN"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.iptables import IptablesBackend, Mode
 from k3snet.backends.iptables.mode import other_flavour_rules
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
@@ -27,7 +27,7 @@ K3S_CHAINS = "*nat\n:FLANNEL-POSTRTG - [0:0]\n-A POSTROUTING -j FLANNEL-POSTRTG\
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("picked", ["nft", "legacy"])
-def test_rules_of_the_flavour_auto_did_not_pick_are_a_warning(ns: str, picked: str) -> None:
+def test_rules_of_the_flavour_auto_did_not_pick_are_a_warning(ns: str, picked: Mode) -> None:
     other = "legacy" if picked == "nft" else "nft"
     run_in(ns, [f"iptables-{picked}-restore", "--noflush"], input_text=K3S_CHAINS)
     with IptablesBackend(ns) as backend:
@@ -61,7 +61,7 @@ def test_rules_of_the_flavour_auto_did_not_pick_are_a_warning(ns: str, picked: s
         warned = [w for w in backend.warnings if f"iptables-{other}" in w]
         assert len(warned) == 1, backend.warnings
         assert "IPv4 nat: 1 rule" in warned[0]
-    with IptablesBackend(ns, mode=picked) as backend:  # type: ignore[arg-type]
+    with IptablesBackend(ns, mode=picked) as backend:
         backend.observe()  # an explicit mode: the user chose; nothing extra is read
         assert not [w for w in backend.warnings if other in w], backend.warnings
 

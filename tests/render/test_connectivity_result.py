@@ -154,6 +154,7 @@ def test_a_pod_the_api_server_refused_is_named_with_its_reason() -> None:
 def test_events_that_cannot_be_read_leave_no_pod_found() -> None:
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 - k3snet[kube]
 
+    events: list[NS] | Exception
     for events in ([], ApiException(status=403, reason="Forbidden")):
         apis = Apis([_condition("Failed", reason="DeadlineExceeded")], [], {}, events=events)
         assert _read(apis) == (False, f"connectivity test FAILED -- {WHERE}: Failed "

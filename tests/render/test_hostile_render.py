@@ -121,6 +121,7 @@ def reads_back(obj: NetObject) -> None:
     else:
         assert set(read_nft_json(obj)) == {obj}
         family = obj.family
+        assert family is not None  # a NAT or forward rule's: 4 or 6
         # The file inserts the jump (-I); once loaded, iptables-save lists it as -A.
         text = re.sub(r"^-I (\S+) 1 ", r"-A \1 ", render_iptables_save(state, family),
                       flags=re.MULTILINE)
@@ -144,7 +145,7 @@ def _with(name: str, field: str | tuple[str, int], value: Any) -> dict[str, Any]
     return data
 
 
-@settings(max_examples=settings.default.max_examples * 4 // 3)  # ci: 400
+@settings(max_examples=settings().max_examples * 4 // 3)  # ci: 400
 @given(st.sampled_from(STRING_FIELDS), strategies.hostile_text())
 def test_hostile_text_in_a_model_field_is_refused_or_reads_back(
         field: tuple[str, str | tuple[str, int]], value: str) -> None:
@@ -175,7 +176,7 @@ def test_what_the_fuzz_found_is_refused(name: str, field: str, value: str) -> No
 def test_a_zone_on_a_route_gateway_becomes_its_device() -> None:
     route = Route("fd01:2::/64", gateway="fe80::1%eth0")
     assert route == Route("fd01:2::/64", gateway="fe80::1", device="eth0")
-    assert route.gateway is not None
+    assert isinstance(route.gateway, ipaddress.IPv6Address)
     assert route.gateway.scope_id is None
     reads_back(route)
 
@@ -183,7 +184,7 @@ def test_a_zone_on_a_route_gateway_becomes_its_device() -> None:
 _ADDRESS_TEXT = re.compile(r"[0-9a-f.:/]+(%[A-Za-z0-9_.@+-]{1,15})?")
 
 
-@settings(max_examples=settings.default.max_examples * 5 // 6)  # ci: 250
+@settings(max_examples=settings().max_examples * 5 // 6)  # ci: 250
 @given(st.one_of(strategies.hostile_text(), strategies.addresses().map(str),
                  strategies.networks().map(str), strategies.addresses(6).map(
                      lambda a: f"fe80::{int(a) & 0xffff:x}%eth0")))
@@ -202,7 +203,7 @@ def _interfaces() -> st.SearchStrategy[list[str]]:
     return st.lists(strategies.interface_names(), min_size=1, max_size=3, unique=True)
 
 
-@settings(max_examples=settings.default.max_examples // 3)  # ci: 100
+@settings(max_examples=settings().max_examples // 3)  # ci: 100
 @given(_interfaces().flatmap(lambda devices: st.one_of(
     # Tables netplan takes (a signed number): the largest, which routes() draws by
     # default, it refuses on purpose (tests/render/test_netplan_placement.py).
@@ -238,7 +239,7 @@ def _configmap_specs(objs: list[dict[str, Any]]) -> list[Any]:
     return [spec_from_document(yaml.safe_load(text)) for text in texts]
 
 
-@settings(max_examples=settings.default.max_examples * 5 // 9)  # ci: 166
+@settings(max_examples=settings().max_examples * 5 // 9)  # ci: 166
 @given(st.sampled_from(TARGETS), strategies.hostile_values())
 def test_hostile_values_in_spec_fields_are_refused_or_every_output_reads_back(
         target: Target, value: Any) -> None:

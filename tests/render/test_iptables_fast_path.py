@@ -55,11 +55,11 @@ def _masquerades() -> list[MasqueradeRule]:
     # IPv6: a source of up to 128 bits beside a destination a bit longer
     v6 = ipaddress.IPv6Network
     for s_len, d_len in itertools.product((0, 1, 56, 64, 127, 128), (None, 0, 1, 2, 64, 65, 128)):
-        source = v6((0xFD42 << 112 | 5, 128)).supernet(new_prefix=s_len)
-        destination = None if d_len is None else v6((0xFD01 << 112, 128)).supernet(
+        source6 = v6((0xFD42 << 112 | 5, 128)).supernet(new_prefix=s_len)
+        destination6 = None if d_len is None else v6((0xFD01 << 112, 128)).supernet(
             new_prefix=d_len)
         for oif in (None, "eth0"):
-            found.append(MasqueradeRule(source, destination=destination, out_interface=oif))
+            found.append(MasqueradeRule(source6, destination=destination6, out_interface=oif))
     return list(dict.fromkeys(found))
 
 

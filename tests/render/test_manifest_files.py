@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import attrs
 import pytest
@@ -255,10 +255,17 @@ def test_flannel_options_without_the_flannel_backend(options: dict[str, str]) ->
         ("backends", "flannel options given but the spec's backends do not include flannel")]
 
 
+class _FlannelOptions(TypedDict, total=False):
+    """The flannel keywords of :func:`render_manifests`, either or both."""
+
+    flannel_conf: str
+    flannel_configmap_namespace: str
+
+
 @pytest.mark.parametrize("options", [{"flannel_conf": "/etc/k3s/flannel/net-conf.json"},
                                      {"flannel_configmap_namespace": "k" * 63},
                                      {"flannel_configmap_namespace": "a"}])
-def test_flannel_options_accepted(options: dict[str, str]) -> None:
+def test_flannel_options_accepted(options: _FlannelOptions) -> None:
     assert [o["kind"] for o in render_manifests(FLANNEL, **options)][-1] == "DaemonSet"
 
 

@@ -25,9 +25,9 @@ from k3snet.spec import Destination, Spec  # noqa: E402
 
 
 def _agent_pod(backends: list[str]) -> dict[str, Any]:
-    flannel = {"flannel_conf": "/etc/k3s/flannel/net-conf.json"} if "flannel" in backends else {}
+    flannel_conf = "/etc/k3s/flannel/net-conf.json" if "flannel" in backends else None
     objs = render_manifests(Spec(destinations=[Destination("192.168.2.0/24")],
-                                 backends=backends), node_report=False, **flannel)
+                                 backends=backends), node_report=False, flannel_conf=flannel_conf)
     for obj in objs:
         for version in (OLDEST_KUBERNETES_VERSION, NEWEST_KUBERNETES_VERSION):
             parsed = yaml.safe_load(yaml.safe_dump(obj))

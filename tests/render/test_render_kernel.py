@@ -27,6 +27,7 @@ from k3snet.converge import converge
 from k3snet.errors import ModelError
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import Drift, MasqueradeRule, NetObject, Route, State, Sysctl
+from k3snet.model.route import RouteScope
 from k3snet.render.iptables.save import render_iptables_save
 from k3snet.render.nftables import NFT_JSON_IFNAME_WORDS, render_nftables_conf
 from k3snet.render.routes import render_ifupdown
@@ -40,7 +41,7 @@ DEVICES = ("eth0", "a@b+c.d-e_f", "x" * 15)
 GATEWAYS = {"eth0": ("192.168.1.1", "192.168.1.254", "fd01:1::1"),
             "a@b+c.d-e_f": ("10.9.0.1", "fd09::1")}
 # ci: 15 examples per language (about 12 s in all).
-KERNEL = settings(max_examples=max(5, settings.default.max_examples // 20), deadline=None,
+KERNEL = settings(max_examples=max(5, settings().max_examples // 20), deadline=None,
                   suppress_health_check=[HealthCheck.function_scoped_fixture,
                                          HealthCheck.too_slow])
 
@@ -145,7 +146,7 @@ def _routes() -> st.SearchStrategy[list[Route]]:
 
 
 _TABLES = {"main": 254, "default": 253, "local": 255}
-_IP_SCOPES = {"global": "universe", "link": "link", "host": "host"}
+_IP_SCOPES: dict[str, RouteScope] = {"global": "universe", "link": "link", "host": "host"}
 
 
 def _listed_routes(ns: str) -> list[Route]:
