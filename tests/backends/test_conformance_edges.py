@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import strategies as st
@@ -17,6 +17,9 @@ from k3snet.planner import Change, Plan, plan
 from k3snet.testing import conformance, run_conformance
 from k3snet.testing import strategies as ks
 from tests.edge_examples import edge_routes
+
+# A strategy drawing nothing, for the scan cache's keys alone (never drawn from).
+_NOTHING = cast("st.SearchStrategy[NetObject]", st.none())
 
 _MAX = 2**32 - 1
 
@@ -123,7 +126,7 @@ def test_two_threads_evicting_the_same_oldest_scan_at_once_both_finish(
 
     def second() -> None:
         try:
-            conformance._scanned_edge_objects(st.none(), frozenset({"route"}), st.none())
+            conformance._scanned_edge_objects(_NOTHING, frozenset({"route"}), _NOTHING)
         except BaseException as exc:  # noqa: BLE001 - said by the assertion below
             errors.append(exc)
         finally:
@@ -154,7 +157,7 @@ def test_two_threads_evicting_the_same_oldest_scan_at_once_both_finish(
     full = Racing({index: (st.none(), frozenset(), []) for index in range(16)})
     monkeypatch.setattr(conformance, "_SCANNED", full)
     monkeypatch.setattr(conformance, "_SCANNED_LOCK", Told(), raising=False)
-    conformance._scanned_edge_objects(st.none(), frozenset({"route"}), st.none())
+    conformance._scanned_edge_objects(_NOTHING, frozenset({"route"}), _NOTHING)
     started[0].join()
     assert errors == []
     assert len(full) == 16

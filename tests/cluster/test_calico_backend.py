@@ -939,7 +939,7 @@ def test_with_a_v3_api_without_disable_bgp_export_the_answer_of_the_write_tells(
         backend = _backend(server.api_client(), api="v3")
         p = plan(backend.observe(), compile_ippools(LAN))
         assert [c.action for c in p] == ["replace"]
-        assert backend.warnings == ()
+        assert not backend.warnings
         backend.apply(p)
         again = plan(backend.observe(), compile_ippools(LAN))
         assert again.empty, again.render()
