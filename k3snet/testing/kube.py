@@ -115,8 +115,10 @@ Events, and the spec ConfigMap (``EmulatedApiServer(resources=CALICO_RESOURCES +
 AGENT_RESOURCES)``)."""
 
 _KINDS = {"ippools": "IPPool", "configmaps": "ConfigMap", "leases": "Lease", "nodes": "Node",
-          "events": "Event", "felixconfigurations": "FelixConfiguration"}
-_CLUSTER_SCOPED = frozenset({"ippools", "nodes", "felixconfigurations"})
+          "events": "Event", "felixconfigurations": "FelixConfiguration",
+          "customresourcedefinitions": "CustomResourceDefinition"}
+_CLUSTER_SCOPED = frozenset({"ippools", "nodes", "felixconfigurations",
+                             "customresourcedefinitions"})
 _KEPT_REQUESTS = 8
 
 
