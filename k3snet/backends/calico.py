@@ -157,6 +157,7 @@ APIS: Mapping[str, tuple[str, str]] = {
 
 PLURAL = "ippools"
 FELIX_PLURAL = "felixconfigurations"
+POOL_CRD = "ippools.crd.projectcalico.org"  # the IPPool CRD's name
 CALICO_METADATA_ANNOTATION = "projectcalico.org/metadata"
 # The value of the managed-by label on the pools the tigera-operator writes back from its
 # Installation (tigera/operator pkg/controller/ippool/pool_controller.go).
@@ -633,8 +634,10 @@ class CalicoBackend(BackendBase):
         self.timeout = timeout
         self.warnings: tuple[str, ...] = ()
         self._observed: FreshRead[_Listing] = FreshRead()  # for the check or apply after it
-        # A write's answer showed that the API drops disableBGPExport (_saw_written).
-        self._drops_bgp_export = False
+        # pool name -> (resourceVersion, the IPPool CRD's): a write of disableBGPExport
+        # true answered without it (_saw_written), while nothing changed since.
+        self._bgp_export_lost: dict[str, tuple[object, object]] = {}
+        self._pool_crd: tuple[bool | None, object] = (None, None)  # _read_pool_crd
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -696,6 +699,11 @@ class CalicoBackend(BackendBase):
         foreign: dict[str, IPPool | None] = {}
         invalid: dict[str, str] = {}
         warnings: list[str] = []
+        # The IPPool CRD is read only where it decides something: a pool of k3snet's
+        # without disableBGPExport, which k3snet always writes.
+        self._pool_crd = (None, None)
+        if any(_owned_label(i) and _lacks_bgp_export(i) for i in items if isinstance(i, dict)):
+            self._pool_crd = self._read_pool_crd()
         for item in items:
             metadata = item.get("metadata") if isinstance(item, dict) else None
             name = metadata.get("name") if isinstance(metadata, dict) else None
@@ -730,27 +738,48 @@ class CalicoBackend(BackendBase):
         """Whether k3snet's pool ``item`` was read without ``disableBGPExport`` because the
         API drops it (its IPPool schema predates Calico v3.21, the field's first version).
 
-        k3snet writes the field in every pool, so the CRDs keep it when their schema has
-        it: there, its absence is the schema's doing, unless Calico's own client wrote the
-        pool (its ``projectcalico.org/metadata`` annotation: ``calicoctl``, the Calico API
-        server), which leaves a false out (``omitempty``), as the v3 API answers one. Those
-        are known dropped once a write of ``true`` came back without it
-        (:meth:`_saw_written`)."""
-        spec = item.get("spec")
-        if not isinstance(spec, Mapping) or "disableBGPExport" in spec:
+        The field's absence alone does not tell: a pool written while the CRD lacked it
+        keeps lacking it after Calico and its CRDs are upgraded, and only a write sets it
+        then; Calico's API server answers a false by leaving it out. So: dropped when the
+        IPPool CRD's schema prunes it (:meth:`_read_pool_crd`), or when this process's
+        write of ``true`` was answered without it (:meth:`_saw_written`) and neither the
+        pool nor the CRD changed since. Otherwise the pool is one to write (a replace)."""
+        if not _lacks_bgp_export(item):
             return False
-        if self._drops_bgp_export:
+        prunes, crd_version = self._pool_crd
+        if prunes:
             return True
-        annotations = (item.get("metadata") or {}).get("annotations") or {}
-        return self.api == APIS["crd"] and CALICO_METADATA_ANNOTATION not in annotations
+        metadata = item.get("metadata") or {}
+        lost = self._bgp_export_lost.get(str(metadata.get("name")))
+        return lost is not None and lost == (metadata.get("resourceVersion"), crd_version)
+
+    def _read_pool_crd(self) -> tuple[bool | None, object]:
+        """Whether the IPPool CRD's schema prunes ``spec.disableBGPExport`` (None: not
+        known: the CRD unreadable, 403 without the right to get it, or its schema not
+        understood), and the CRD's resourceVersion (an upgrade changes it)."""
+        try:
+            with translate_errors(f"read CustomResourceDefinition {POOL_CRD}",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                crd = self._objects.get_cluster_custom_object(
+                    "apiextensions.k8s.io", "v1", "customresourcedefinitions", POOL_CRD,
+                    _request_timeout=self.timeout)
+        except KubeApiError as exc:
+            log.debug("calico: %s", exc)
+            return None, None
+        if not isinstance(crd, Mapping):
+            return None, None
+        return _prunes_bgp_export(crd), (crd.get("metadata") or {}).get("resourceVersion")
 
     def _saw_written(self, sent: Mapping[str, Any], answer: object) -> None:
         """Learn from a write's answer that the API drops ``disableBGPExport``: sent true,
-        answered without it."""
+        answered without it (held for that pool while it and the CRD stay as they were)."""
         spec = answer.get("spec") if isinstance(answer, Mapping) else None
-        if (isinstance(spec, Mapping) and (sent.get("spec") or {}).get("disableBGPExport")
+        if (isinstance(answer, Mapping) and isinstance(spec, Mapping)
+                and (sent.get("spec") or {}).get("disableBGPExport")
                 and "disableBGPExport" not in spec):
-            self._drops_bgp_export = True
+            metadata = answer.get("metadata") or {}
+            self._bgp_export_lost[str(metadata.get("name"))] = (
+                metadata.get("resourceVersion"), self._pool_crd[1])
 
     def _list_all(self, plural: str, what: str) -> list[Any]:
         """Every object of ``plural`` in the pools' API, as the API server lists them
@@ -896,6 +925,38 @@ class CalicoBackend(BackendBase):
             self._client.close()
             self._client = None
         super().close()
+
+
+def _lacks_bgp_export(item: Mapping[str, Any]) -> bool:
+    """Whether the pool resource ``item`` has a spec without ``disableBGPExport``."""
+    spec = item.get("spec")
+    return isinstance(spec, Mapping) and "disableBGPExport" not in spec
+
+
+def _mapping(value: object, key: str) -> Mapping[str, Any]:
+    """``value[key]`` where both are mappings, else an empty one."""
+    found = value.get(key) if isinstance(value, Mapping) else None
+    return found if isinstance(found, Mapping) else {}
+
+
+def _prunes_bgp_export(crd: Mapping[str, Any]) -> bool | None:
+    """Whether the IPPool CRD ``crd`` (apiextensions.k8s.io/v1) drops ``disableBGPExport``
+    from what is written: its ``v1`` schema declares a ``spec`` without that field and
+    keeps no unknown field there. None: not known (no such version or schema)."""
+    spec = _mapping(crd, "spec")
+    versions = spec.get("versions")
+    found = [v for v in versions if isinstance(v, Mapping) and v.get("name") == "v1"] \
+        if isinstance(versions, list) else []
+    schema = _mapping(_mapping(found[0] if found else {}, "schema"), "openAPIV3Schema")
+    pool_spec = _mapping(_mapping(schema, "properties"), "spec")
+    properties = pool_spec.get("properties")
+    kept = (spec.get("preserveUnknownFields") is True  # a v1beta1 CRD's: nothing pruned
+            or (schema.get("x-kubernetes-preserve-unknown-fields") is True and not pool_spec)
+            or pool_spec.get("x-kubernetes-preserve-unknown-fields") is True
+            or (isinstance(properties, Mapping) and "disableBGPExport" in properties))
+    if kept:
+        return False
+    return True if isinstance(properties, Mapping) else None
 
 
 def _bgp_export_warning(pool: IPPool) -> str:

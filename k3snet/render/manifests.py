@@ -562,7 +562,8 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         # The verbs it sends: it lists the pools, applies (server-side: patch, and
         # create for a new one), creates and deletes; it never gets one, watches or updates.
         # It lists the FelixConfigurations too (Felix's NAT settings), never writes them,
-        # and the Nodes where one leaves the Calico hosts' addresses untranslated.
+        # and the Nodes where one leaves the Calico hosts' addresses untranslated, and
+        # gets the IPPool CRD (below).
         objs.append({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
@@ -581,6 +582,14 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
                 "apiGroups": [""],
                 "resources": ["nodes"],
                 "verbs": ["list"],
+            }, {
+                # The IPPool CRD, read where a pool of k3snet's lacks disableBGPExport:
+                # whether its schema drops the field (Calico before v3.21) or the pool
+                # is one to write it in (written before Calico's upgrade).
+                "apiGroups": ["apiextensions.k8s.io"],
+                "resources": ["customresourcedefinitions"],
+                "resourceNames": ["ippools.crd.projectcalico.org"],
+                "verbs": ["get"],
             }],
         })
         objs.append({

@@ -116,8 +116,10 @@ AGENT_RESOURCES)``)."""
 
 _KINDS = {"ippools": "IPPool", "configmaps": "ConfigMap", "leases": "Lease", "nodes": "Node",
           "daemonsets": "DaemonSet", "pods": "Pod",
-          "events": "Event", "felixconfigurations": "FelixConfiguration"}
-_CLUSTER_SCOPED = frozenset({"ippools", "nodes", "felixconfigurations"})
+          "events": "Event", "felixconfigurations": "FelixConfiguration",
+          "customresourcedefinitions": "CustomResourceDefinition"}
+_CLUSTER_SCOPED = frozenset({"ippools", "nodes", "felixconfigurations",
+                             "customresourcedefinitions"})
 _KEPT_REQUESTS = 8
 
 

@@ -849,6 +849,30 @@ def test_a_foreign_pool_whose_stored_metadata_nests_too_deep_fails_no_observe(
 LAN = Spec(destinations=[Destination("192.168.0.0/16", masquerade=False)])
 LAN_POOL = "k3snet-nonat-192-168-0-0-16"
 NO_BGP_EXPORT = {CRD: ["disableBGPExport"]}  # Calico's IPPool CRD before v3.21
+CRDS = "apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def ippool_crd(*, bgp_export_field: bool, spec_schema: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """Calico's IPPool CRD, as the API server serves it: its v1 schema declares
+    disableBGPExport from v3.21 on (``spec_schema``: another schema of ``spec``)."""
+    fields = {"cidr": {"type": "string"}, "disabled": {"type": "boolean"},
+              "natOutgoing": {"type": "boolean"}, "blockSize": {"type": "integer"},
+              "ipipMode": {"type": "string"}, "vxlanMode": {"type": "string"},
+              "nodeSelector": {"type": "string"}}
+    if bgp_export_field:
+        fields["disableBGPExport"] = {"type": "boolean"}
+    schema = {"type": "object", "properties": {
+        "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": spec_schema if spec_schema is not None else {"type": "object",
+                                                             "properties": fields}}}
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "ippools.crd.projectcalico.org"},
+            "spec": {"group": "crd.projectcalico.org", "scope": "Cluster",
+                     "names": {"kind": "IPPool", "plural": "ippools"},
+                     "versions": [{"name": "v1", "served": True, "storage": True,
+                                   "schema": {"openAPIV3Schema": schema}}]}}
 
 
 def test_an_exemption_pool_is_not_exported_over_bgp(api_server: EmulatedApiServer,
@@ -899,7 +923,8 @@ def test_with_a_crd_without_disable_bgp_export_the_plan_converges_and_says_it_on
     # Calico before v3.21: the IPPool CRD has no disableBGPExport and the API server drops
     # it. No plan can change that: the second plan is empty, and a warning says the pool
     # is still exported (once, while it lasts).
-    with EmulatedApiServer(pruned=NO_BGP_EXPORT) as server:
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, CRDS), pruned=NO_BGP_EXPORT) as server:
+        server.put(CRDS, ippool_crd(bgp_export_field=False))
         server.put(CRD, FOREIGN[0])  # the pod pool
         if older:
             server.put(CRD, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16",
@@ -963,3 +988,64 @@ def test_a_pool_whose_disable_bgp_export_the_api_drops_holds_the_wanted_pool_and
     assert not wanted.held_by(attrs.evolve(read, disable_bgp_export_dropped=False))
     with pytest.raises(ModelError, match="disable_bgp_export_dropped must be true or false"):
         IPPool("x", "10.0.0.0/16", disable_bgp_export_dropped=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("api", ["crd", "v3"])
+@pytest.mark.parametrize("process", ["the same process", "a new process"])
+def test_a_pool_written_before_calico_s_upgrade_to_3_21_gets_disable_bgp_export_after_it(
+        api: str, process: str) -> None:
+    # The warning says: upgrade Calico and its CRDs to v3.21. The pool written before
+    # still lacks the field (the upgrade rewrites no pool): it was read as dropped from
+    # its absence alone and held for ever, still exported, the warning still saying the
+    # API drops the field. Now the CRD's schema decides, and the pool is written.
+    resource = CRD if api == "crd" else V3
+    version = "crd.projectcalico.org/v1" if api == "crd" else "projectcalico.org/v3"
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, CRDS),
+                           pruned={resource: ["disableBGPExport"]}) as server:
+        server.put(CRDS, ippool_crd(bgp_export_field=False))
+        server.put(resource, {**FOREIGN[0], "apiVersion": version})
+        backend = _backend(server.api_client(), api=api)
+        backend.apply(plan(backend.observe(), compile_ippools(LAN)))
+        assert plan(backend.observe(), compile_ippools(LAN)).empty
+        assert len(backend.warnings) == 1
+        stored = server.get(resource, LAN_POOL)
+        assert stored is not None
+        assert "disableBGPExport" not in stored["spec"]
+        uid = stored["metadata"]["uid"]
+        server.emulator.pruned.clear()  # Calico and its CRDs upgraded to v3.21 or later
+        server.put(CRDS, ippool_crd(bgp_export_field=True))
+        if process == "a new process":
+            backend = _backend(server.api_client(), api=api)
+        p = plan(backend.observe(), compile_ippools(LAN))
+        assert [str(c).split(" (was")[0] for c in p] == [
+            f"~ ippool {LAN_POOL} 192.168.0.0/16 disabled blockSize=26 disableBGPExport"]
+        assert backend.warnings == ()
+        backend.apply(p)
+        stored = server.get(resource, LAN_POOL)
+        assert stored is not None
+        assert stored["spec"]["disableBGPExport"] is True
+        assert stored["metadata"]["uid"] == uid  # changed in place
+        assert plan(backend.observe(), compile_ippools(LAN)).empty
+
+
+@pytest.mark.parametrize(("spec_schema", "dropped"), [
+    (None, True),  # a structural schema without the field: pruned
+    ({"type": "object", "x-kubernetes-preserve-unknown-fields": True}, False),
+    ({"type": "object", "properties": {"cidr": {"type": "string"},
+                                       "disableBGPExport": {"type": "boolean"}}}, False),
+], ids=["schema without it", "unknown fields kept", "schema with it"])
+def test_a_pool_of_k3snet_s_without_disable_bgp_export_is_dropped_only_where_the_crd_prunes_it(
+        spec_schema: dict[str, Any] | None, dropped: bool) -> None:
+    # A pool without the field where the CRD keeps it (removed by hand, or by a writer
+    # that left it out) is one to write, not one to leave exported.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, CRDS)) as server:
+        server.put(CRDS, ippool_crd(bgp_export_field=False, spec_schema=spec_schema))
+        server.put(CRD, FOREIGN[0])
+        server.put(CRD, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16", "disabled": True,
+                                                  "blockSize": 26}, labels=LABEL))
+        backend = _backend(server.api_client())
+        (pool,) = backend.observe().owned
+        assert isinstance(pool, IPPool)
+        assert pool.disable_bgp_export_dropped is dropped
+        assert plan(backend.observe(), compile_ippools(LAN)).empty is dropped
+        assert len(backend.warnings) == int(dropped)

@@ -22,6 +22,7 @@ from k3snet.cli import main
 from k3snet.render.manifests import AGENT_NAME, SPEC_PATH, render_manifests
 from k3snet.spec import load_spec
 from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
+from tests.cluster.test_calico_backend import CRDS, ippool_crd
 from tests.cluster.test_cilium_mount import cilium_daemonset
 
 pytestmark = pytest.mark.cluster
@@ -199,8 +200,9 @@ def server(request: pytest.FixtureRequest) -> Any:
     # Calico's CRDs alone, or its API server's projectcalico.org/v3 too (then used).
     calico = CALICO_RESOURCES if request.param == "v3" else tuple(
         r for r in CALICO_RESOURCES if r.startswith("crd."))
-    with EmulatedApiServer(resources=calico + AGENT_RESOURCES + CNI_WORKLOADS) as srv:
+    with EmulatedApiServer(resources=(*calico, *AGENT_RESOURCES, *CNI_WORKLOADS, CRDS)) as srv:
         srv.calico = calico  # type: ignore[attr-defined]
+        srv.put(CRDS, ippool_crd(bgp_export_field=True))
         srv.put("v1/nodes", {"metadata": {"name": NODE}})
         yield srv
 
@@ -258,6 +260,9 @@ def test_calico_agent_sends_only_what_its_rbac_grants(
         assert len(mine) == 1, [p["metadata"]["name"] for p in found]
         pool = mine[0]
         pool["spec"]["disabled"] = False
+        # and without disableBGPExport, as before Calico's upgrade to v3.21: the IPPool
+        # CRD is read (does its schema drop the field?)
+        del pool["spec"]["disableBGPExport"]
         server.put(pools, pool)
 
     requests, objs, namespace = _run_as_rendered(
@@ -267,8 +272,8 @@ def test_calico_agent_sends_only_what_its_rbac_grants(
     verbs = {(r.resource, r.verb, r.namespace) for r in requests}
     assert {("ippools", "create", None), ("ippools", "delete", None), ("ippools", "patch", None),
             ("felixconfigurations", "list", None), ("nodes", "list", None),
-            ("leases", "create", namespace), ("nodes", "patch", None),
-            ("events", "create", "default")} <= verbs
+            ("customresourcedefinitions", "get", None), ("leases", "create", namespace),
+            ("nodes", "patch", None), ("events", "create", "default")} <= verbs
     assert _denied(requests, objs, namespace) == []
     assert set(_unused(requests, objs, namespace)) <= NOT_SENT_HERE
 

@@ -646,6 +646,12 @@ def test_calico_gets_ippools_cluster_wide() -> None:
         "apiGroups": [""],
         "resources": ["nodes"],
         "verbs": ["list"],
+    }, {
+        # The IPPool CRD alone: whether its schema drops disableBGPExport.
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "resourceNames": ["ippools.crd.projectcalico.org"],
+        "verbs": ["get"],
     }]
     binding = _one(objs, "ClusterRoleBinding", AGENT_NAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
