@@ -35,7 +35,9 @@ the DaemonSet (``daemonset``, in Cilium's namespace; never written): where its
 ``cilium-agent`` container does not have the ConfigMap's ``config`` key at
 ``/etc/config/ip-masq-agent`` (or ``ip-masq-agent-config-path``), the foreign config
 says so (``CiliumConfig.ip_masq_agent_unmounted``), and Cilium's ip-masq-agent is
-judged with its default list. A DaemonSet not found (404) or not to be read (403) is
+judged with its default list; with nothing mounted at ``/etc/config`` at all, the agent
+does not start with ``enable-ip-masq-agent`` (``ip_masq_agent_no_directory``), so a
+change setting it is refused. A DaemonSet not found (404) or not to be read (403) is
 a warning in the log, and the ConfigMap is judged as if mounted.
 
 **Per-node overrides.** ``observe`` also lists the CiliumNodeConfigs of Cilium's
@@ -76,7 +78,12 @@ from k3snet._gojson import (
 )
 from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult, ensure_capable
-from k3snet.backends.cilium_mount import DEFAULT_AGENT_FILE, DEFAULT_DAEMONSET, agent_file_mounted
+from k3snet.backends.cilium_mount import (
+    DEFAULT_AGENT_FILE,
+    DEFAULT_DAEMONSET,
+    agent_directory_missing,
+    agent_file_mounted,
+)
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
     BackendBase,
@@ -399,9 +406,20 @@ class _ConfigMap:
 
 
 @attrs.frozen
+class _Mount:
+    """What Cilium's DaemonSet gives its agent of the ip-masq-agent ConfigMap:
+    ``unmounted``, why the agent does not read it (``None``: it does, or not known);
+    ``no_directory``, its container has no directory for the file at all."""
+
+    unmounted: str | None = None
+    no_directory: bool = False
+
+
+@attrs.frozen
 class _Read:
     config: _ConfigMap | None
     agent: _ConfigMap | None
+    mount: _Mount | None = None  # read by observe (None: not read)
 
 
 @attrs.frozen
@@ -1039,9 +1057,12 @@ class CiliumBackend(BackendBase):
         (foreign), with the CiliumNodeConfigs that set keys of them on some nodes."""
         self._observed.drop()
         read = self._read()
-        self._observed.put(read)
         if read.config is None:
+            self._observed.put(read)
             return State()
+        mount = self._mount(read.config.data)
+        read = attrs.evolve(read, mount=mount)
+        self._observed.put(read)
         owned = self._owned(read)
         found = _node_overrides(self._api.node_configs(),
                                 f"CiliumNodeConfigs in {self._api.namespace}")
@@ -1051,7 +1072,8 @@ class CiliumBackend(BackendBase):
                   if any(not o.every_node for o, _ in found) else None)
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
                                node_groups=groups,
-                               ip_masq_agent_unmounted=self._unmounted(read.config.data))
+                               ip_masq_agent_unmounted=mount.unmounted,
+                               ip_masq_agent_no_directory=mount.no_directory)
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
         if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
@@ -1060,21 +1082,24 @@ class CiliumBackend(BackendBase):
                 self._api.egress_gateway_policies(), "CiliumEgressGatewayPolicies"))
         return State(owned=[] if owned is None else [owned], foreign=[foreign])
 
-    def _unmounted(self, config: Mapping[str, str]) -> str | None:
-        """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``None``: they do,
-        or it is not known: the DaemonSet not found or not to be read, a warning)."""
+    def _mount(self, config: Mapping[str, str]) -> _Mount:
+        """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``unmounted``
+        ``None``: they do, or it is not known: the DaemonSet not found or not to be read,
+        a warning), and whether their container has no directory for its file at all."""
         found = self._api.daemonset(self._daemonset)
         if found is None:
-            return None
+            return _Mount()
         path = config.get("ip-masq-agent-config-path")
+        path = path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE
         mounted, why = agent_file_mounted(
             found, f"DaemonSet {self._api.namespace}/{self._daemonset}", self._api.agent_name,
-            key=AGENT_CONFIG_KEY,
-            path=path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE)
+            key=AGENT_CONFIG_KEY, path=path)
         if mounted is None:
             self._api.warn(why)
+        if mounted is not False:
+            return _Mount()
         # Mount paths are the cluster's text: one printable line in the plan's reasons.
-        return printable(why)[:1000] if mounted is False else None
+        return _Mount(printable(why)[:1000], agent_directory_missing(found, path))
 
     # ------------------------------------------------------------ disruptive changes
 
@@ -1163,6 +1188,9 @@ class CiliumBackend(BackendBase):
         carries the resourceVersion read: a change since gives 409), else read again."""
         try:
             read = self._observed.take() or self._read()
+            if read.config is not None and read.mount is None:
+                # Whether the agents start with enable-ip-masq-agent (_startup_problems).
+                read = attrs.evolve(read, mount=self._mount(read.config.data))
         except BackendError as exc:
             if isinstance(exc, ApplyError):
                 raise
@@ -1208,7 +1236,7 @@ class CiliumBackend(BackendBase):
             new_members, agent_record = self._edit_agent(new_members, agent_record, change,
                                                          agent_text, read.agent is not None)
             owned = after if isinstance(after, CiliumConfig) else None
-        problems += self._startup_problems(read.config.data, data)
+        problems += self._startup_problems(read.config.data, data, read.mount or _Mount())
         if problems:
             raise PlanError("cilium backend refuses the plan, nothing was changed:\n  "
                             + "\n  ".join(problems))
@@ -1217,13 +1245,17 @@ class CiliumBackend(BackendBase):
         return _Edit(changed, config_record, *self._agent_outcome(
             read, agent_text, members, new_members, agent_record))
 
-    def _startup_problems(self, before: dict[str, str], after: dict[str, str]) -> list[str]:
+    def _startup_problems(self, before: dict[str, str], after: dict[str, str],
+                          mount: _Mount) -> list[str]:
         """The combinations of ``after`` the Cilium agent refuses to start with that
-        ``before`` did not have (a config already refused is not k3snet's to judge)."""
+        ``before`` did not have (a config already refused is not k3snet's to judge), the
+        DaemonSet's ``mount`` of the ip-masq-agent ConfigMap with them."""
         def problems(data: dict[str, str]) -> list[str]:
             known = (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)
             return startup_problems(CiliumConfig(self.target, settings={
-                k: v for k, v in data.items() if k in known and isinstance(v, str)}))
+                k: v for k, v in data.items() if k in known and isinstance(v, str)},
+                ip_masq_agent_unmounted=mount.unmounted,
+                ip_masq_agent_no_directory=mount.no_directory))
 
         had = problems(before)
         return [f"{problem}: every Cilium agent would refuse to start with it (and restart "
