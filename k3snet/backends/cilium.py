@@ -38,7 +38,8 @@ says so (``CiliumConfig.ip_masq_agent_unmounted``), and Cilium's ip-masq-agent i
 judged with its default list; with nothing mounted at ``/etc/config`` at all, the agent
 does not start with ``enable-ip-masq-agent`` (``ip_masq_agent_no_directory``), so a
 change setting it is refused. A DaemonSet not found (404) or not to be read (403) is
-a warning in the log, and the ConfigMap is judged as if mounted.
+a warning in the log where the ip-masq-agent is on, and the ConfigMap is judged as if
+mounted.
 
 **Per-node overrides.** ``observe`` also lists the CiliumNodeConfigs of Cilium's
 namespace (``cilium.io/v2``, else ``v2alpha1``; none where neither is served): the
@@ -121,6 +122,7 @@ from k3snet.model.cilium import (
     CiliumEgressGateway,
     CiliumNodeOverride,
     cilium_target,
+    read_go_flag,
     setting_problem,
     startup_problems,
 )
@@ -409,10 +411,19 @@ class _ConfigMap:
 class _Mount:
     """What Cilium's DaemonSet gives its agent of the ip-masq-agent ConfigMap:
     ``unmounted``, why the agent does not read it (``None``: it does, or not known);
-    ``no_directory``, its container has no directory for the file at all."""
+    ``no_directory``, its container has no directory for the file at all; ``unknown``,
+    why neither is known (a warning, given only where the ip-masq-agent is on)."""
 
     unmounted: str | None = None
     no_directory: bool = False
+    unknown: str | None = None
+
+    def warn_if(self, on: bool, warn: Callable[[str], None]) -> None:
+        """Warn that the mount is not known, where the ip-masq-agent is ``on``: elsewhere
+        it does not matter (a spec without it, a Role of an earlier k3snet without get
+        on the DaemonSet, warned on every start, was noise)."""
+        if on and self.unknown is not None:
+            warn(self.unknown)
 
 
 @attrs.frozen
@@ -592,9 +603,9 @@ class _Api:
             and isinstance(item["metadata"].get("name"), str))
         return names or None
 
-    def daemonset(self, name: str) -> dict[str, Any] | None:
-        """The DaemonSet ``name`` of the namespace, as JSON (``None``: not found, 404, or
-        not to be read, 403: a warning says so, once)."""
+    def daemonset(self, name: str) -> dict[str, Any] | str:
+        """The DaemonSet ``name`` of the namespace, as JSON, or why it is not known (not
+        found, 404, or not to be read, 403): a warning to give where it matters."""
         apps = self.client.AppsV1Api(self.core.api_client)
         what = f"read DaemonSet {self.namespace}/{name}"
         try:
@@ -607,9 +618,8 @@ class _Api:
                 raise
             hint = ("name Cilium's agent DaemonSet with the backend's daemonset option"
                     if exc.status == 404 else "grant get on it (k3snet render manifests does)")
-            self.warn(f"{exc}: whether Cilium's agents mount the ConfigMap {self.agent_name} "
-                      f"(Helm ipMasqAgent.enabled=true) is not checked; {hint}")
-            return None
+            return (f"{exc}: whether Cilium's agents mount the ConfigMap {self.agent_name} "
+                    f"(Helm ipMasqAgent.enabled=true) is not checked; {hint}")
         try:
             found = json.loads(answer.data)
         except ValueError as exc:
@@ -1074,6 +1084,9 @@ class CiliumBackend(BackendBase):
                                node_groups=groups,
                                ip_masq_agent_unmounted=mount.unmounted,
                                ip_masq_agent_no_directory=mount.no_directory)
+        mount.warn_if(any(view.flag("enable-ip-masq-agent") for _, view in foreign.on_nodes())
+                      or (owned is not None and owned.flag("enable-ip-masq-agent")),
+                      self._api.warn)
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
         if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
@@ -1087,15 +1100,15 @@ class CiliumBackend(BackendBase):
         ``None``: they do, or it is not known: the DaemonSet not found or not to be read,
         a warning), and whether their container has no directory for its file at all."""
         found = self._api.daemonset(self._daemonset)
-        if found is None:
-            return _Mount()
+        if isinstance(found, str):
+            return _Mount(unknown=found)
         path = config.get("ip-masq-agent-config-path")
         path = path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE
         mounted, why = agent_file_mounted(
             found, f"DaemonSet {self._api.namespace}/{self._daemonset}", self._api.agent_name,
             key=AGENT_CONFIG_KEY, path=path)
         if mounted is None:
-            self._api.warn(why)
+            return _Mount(unknown=why)
         if mounted is not False:
             return _Mount()
         # Mount paths are the cluster's text: one printable line in the plan's reasons.
@@ -1236,7 +1249,10 @@ class CiliumBackend(BackendBase):
             new_members, agent_record = self._edit_agent(new_members, agent_record, change,
                                                          agent_text, read.agent is not None)
             owned = after if isinstance(after, CiliumConfig) else None
-        problems += self._startup_problems(read.config.data, data, read.mount or _Mount())
+        mount = read.mount or _Mount()
+        mount.warn_if(read_go_flag(str(data.get("enable-ip-masq-agent") or "false")),
+                      self._api.warn)
+        problems += self._startup_problems(read.config.data, data, mount)
         if problems:
             raise PlanError("cilium backend refuses the plan, nothing was changed:\n  "
                             + "\n  ".join(problems))

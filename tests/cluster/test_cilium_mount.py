@@ -339,3 +339,29 @@ def test_only_nothing_around_etc_config_is_no_directory_for_the_file() -> None:
     renamed = cilium_daemonset(ip_masq_agent=False)
     _pod(renamed)["containers"][0]["name"] = "agent"
     assert not missing(renamed)
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_a_daemonset_not_to_be_read_is_warned_of_only_where_the_ip_masq_agent_is_on(
+    status: int, api_server: EmulatedApiServer, api_client: Any,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # Cilium's iptables masquerading, a spec without the ip-masq-agent: whether the
+    # DaemonSet mounts its ConfigMap does not matter, and a Role of an earlier k3snet
+    # (no get on the DaemonSet) warned of it on every start.
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    if status == 403:
+        api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+        api_server.fail(403, plural="daemonsets", times=None)
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    data = seed_spec().to_dict()
+    data["backends"] = ["cilium"]
+    plain = Spec.from_dict(data)
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert plan(backend.observe(), compile_for(backend, plain)).conflicts == ()
+    assert not [r for r in caplog.records if "is not checked" in r.getMessage()]
+    # A spec turning it on: the check of its plan says it (not a refusal).
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    (warned,) = {r.getMessage() for r in caplog.records if "is not checked" in r.getMessage()}
+    assert ("daemonset option" if status == 404 else "grant get on it") in warned
