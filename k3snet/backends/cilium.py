@@ -35,8 +35,11 @@ the DaemonSet (``daemonset``, in Cilium's namespace; never written): where its
 ``cilium-agent`` container does not have the ConfigMap's ``config`` key at
 ``/etc/config/ip-masq-agent`` (or ``ip-masq-agent-config-path``), the foreign config
 says so (``CiliumConfig.ip_masq_agent_unmounted``), and Cilium's ip-masq-agent is
-judged with its default list. A DaemonSet not found (404) or not to be read (403) is
-a warning in the log, and the ConfigMap is judged as if mounted.
+judged with its default list; with nothing mounted at ``/etc/config`` at all, the agent
+does not start with ``enable-ip-masq-agent`` (``ip_masq_agent_no_directory``), so a
+change setting it is refused. A DaemonSet not found (404) or not to be read (403) is
+a warning in the log where the ip-masq-agent is on, and the ConfigMap is judged as if
+mounted.
 
 **Per-node overrides.** ``observe`` also lists the CiliumNodeConfigs of Cilium's
 namespace (``cilium.io/v2``, else ``v2alpha1``; none where neither is served): the
@@ -76,7 +79,12 @@ from k3snet._gojson import (
 )
 from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult, PendingRestart, ensure_capable
-from k3snet.backends.cilium_mount import DEFAULT_AGENT_FILE, DEFAULT_DAEMONSET, agent_file_mounted
+from k3snet.backends.cilium_mount import (
+    DEFAULT_AGENT_FILE,
+    DEFAULT_DAEMONSET,
+    agent_directory_missing,
+    agent_file_mounted,
+)
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION, changed_stamp
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.kit import (
@@ -116,6 +124,7 @@ from k3snet.model.cilium import (
     CiliumEgressGateway,
     CiliumNodeOverride,
     cilium_target,
+    read_go_flag,
     setting_problem,
     startup_problems,
 )
@@ -402,9 +411,29 @@ class _ConfigMap:
 
 
 @attrs.frozen
+class _Mount:
+    """What Cilium's DaemonSet gives its agent of the ip-masq-agent ConfigMap:
+    ``unmounted``, why the agent does not read it (``None``: it does, or not known);
+    ``no_directory``, its container has no directory for the file at all; ``unknown``,
+    why neither is known (a warning, given only where the ip-masq-agent is on)."""
+
+    unmounted: str | None = None
+    no_directory: bool = False
+    unknown: str | None = None
+
+    def warn_if(self, on: bool, warn: Callable[[str], None]) -> None:
+        """Warn that the mount is not known, where the ip-masq-agent is ``on``: elsewhere
+        it does not matter (a spec without it, a Role of an earlier k3snet without get
+        on the DaemonSet, warned on every start, was noise)."""
+        if on and self.unknown is not None:
+            warn(self.unknown)
+
+
+@attrs.frozen
 class _Read:
     config: _ConfigMap | None
     agent: _ConfigMap | None
+    mount: _Mount | None = None  # read by observe (None: not read)
 
 
 @attrs.frozen
@@ -586,9 +615,9 @@ class _Api:
             and isinstance(item["metadata"].get("name"), str))
         return names or None
 
-    def daemonset(self, name: str) -> dict[str, Any] | None:
-        """The DaemonSet ``name`` of the namespace, as JSON (``None``: not found, 404, or
-        not to be read, 403: a warning says so, once)."""
+    def daemonset(self, name: str) -> dict[str, Any] | str:
+        """The DaemonSet ``name`` of the namespace, as JSON, or why it is not known (not
+        found, 404, or not to be read, 403): a warning to give where it matters."""
         apps = self.client.AppsV1Api(self.core.api_client)
         what = f"read DaemonSet {self.namespace}/{name}"
         try:
@@ -601,9 +630,8 @@ class _Api:
                 raise
             hint = ("name Cilium's agent DaemonSet with the backend's daemonset option"
                     if exc.status == 404 else "grant get on it (k3snet render manifests does)")
-            self.warn(f"{exc}: whether Cilium's agents mount the ConfigMap {self.agent_name} "
-                      f"(Helm ipMasqAgent.enabled=true) is not checked; {hint}")
-            return None
+            return (f"{exc}: whether Cilium's agents mount the ConfigMap {self.agent_name} "
+                    f"(Helm ipMasqAgent.enabled=true) is not checked; {hint}")
         try:
             found = json.loads(answer.data)
         except ValueError as exc:
@@ -1057,10 +1085,13 @@ class CiliumBackend(BackendBase):
         (foreign), with the CiliumNodeConfigs that set keys of them on some nodes."""
         self._observed.drop()
         read = self._read()
-        self._observed.put(read)
         self._stamp = (None if read.config is None else read.config.changed_at,)
         if read.config is None:
+            self._observed.put(read)
             return State()
+        mount = self._mount(read.config.data)
+        read = attrs.evolve(read, mount=mount)
+        self._observed.put(read)
         owned = self._owned(read)
         found = _node_overrides(self._api.node_configs(),
                                 f"CiliumNodeConfigs in {self._api.namespace}")
@@ -1070,7 +1101,11 @@ class CiliumBackend(BackendBase):
                   if any(not o.every_node for o, _ in found) else None)
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
                                node_groups=groups,
-                               ip_masq_agent_unmounted=self._unmounted(read.config.data))
+                               ip_masq_agent_unmounted=mount.unmounted,
+                               ip_masq_agent_no_directory=mount.no_directory)
+        mount.warn_if(any(view.flag("enable-ip-masq-agent") for _, view in foreign.on_nodes())
+                      or (owned is not None and owned.flag("enable-ip-masq-agent")),
+                      self._api.warn)
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
         if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
@@ -1079,21 +1114,24 @@ class CiliumBackend(BackendBase):
                 self._api.egress_gateway_policies(), "CiliumEgressGatewayPolicies"))
         return State(owned=[] if owned is None else [owned], foreign=[foreign])
 
-    def _unmounted(self, config: Mapping[str, str]) -> str | None:
-        """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``None``: they do,
-        or it is not known: the DaemonSet not found or not to be read, a warning)."""
+    def _mount(self, config: Mapping[str, str]) -> _Mount:
+        """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``unmounted``
+        ``None``: they do, or it is not known: the DaemonSet not found or not to be read,
+        a warning), and whether their container has no directory for its file at all."""
         found = self._api.daemonset(self._daemonset)
-        if found is None:
-            return None
+        if isinstance(found, str):
+            return _Mount(unknown=found)
         path = config.get("ip-masq-agent-config-path")
+        path = path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE
         mounted, why = agent_file_mounted(
             found, f"DaemonSet {self._api.namespace}/{self._daemonset}", self._api.agent_name,
-            key=AGENT_CONFIG_KEY,
-            path=path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE)
+            key=AGENT_CONFIG_KEY, path=path)
         if mounted is None:
-            self._api.warn(why)
+            return _Mount(unknown=why)
+        if mounted is not False:
+            return _Mount()
         # Mount paths are the cluster's text: one printable line in the plan's reasons.
-        return printable(why)[:1000] if mounted is False else None
+        return _Mount(printable(why)[:1000], agent_directory_missing(found, path))
 
     def restart_needed(self, change: Change) -> str | None:
         """What must restart for ``change`` to take effect: Cilium's agent DaemonSet
@@ -1195,6 +1233,9 @@ class CiliumBackend(BackendBase):
         carries the resourceVersion read: a change since gives 409), else read again."""
         try:
             read = self._observed.take() or self._read()
+            if read.config is not None and read.mount is None:
+                # Whether the agents start with enable-ip-masq-agent (_startup_problems).
+                read = attrs.evolve(read, mount=self._mount(read.config.data))
         except BackendError as exc:
             if isinstance(exc, ApplyError):
                 raise
@@ -1240,7 +1281,10 @@ class CiliumBackend(BackendBase):
             new_members, agent_record = self._edit_agent(new_members, agent_record, change,
                                                          agent_text, read.agent is not None)
             owned = after if isinstance(after, CiliumConfig) else None
-        problems += self._startup_problems(read.config.data, data)
+        mount = read.mount or _Mount()
+        mount.warn_if(read_go_flag(str(data.get("enable-ip-masq-agent") or "false")),
+                      self._api.warn)
+        problems += self._startup_problems(read.config.data, data, mount)
         if problems:
             raise PlanError("cilium backend refuses the plan, nothing was changed:\n  "
                             + "\n  ".join(problems))
@@ -1249,13 +1293,17 @@ class CiliumBackend(BackendBase):
         return _Edit(changed, config_record, *self._agent_outcome(
             read, agent_text, members, new_members, agent_record))
 
-    def _startup_problems(self, before: dict[str, str], after: dict[str, str]) -> list[str]:
+    def _startup_problems(self, before: dict[str, str], after: dict[str, str],
+                          mount: _Mount) -> list[str]:
         """The combinations of ``after`` the Cilium agent refuses to start with that
-        ``before`` did not have (a config already refused is not k3snet's to judge)."""
+        ``before`` did not have (a config already refused is not k3snet's to judge), the
+        DaemonSet's ``mount`` of the ip-masq-agent ConfigMap with them."""
         def problems(data: dict[str, str]) -> list[str]:
             known = (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)
             return startup_problems(CiliumConfig(self.target, settings={
-                k: v for k, v in data.items() if k in known and isinstance(v, str)}))
+                k: v for k, v in data.items() if k in known and isinstance(v, str)},
+                ip_masq_agent_unmounted=mount.unmounted,
+                ip_masq_agent_no_directory=mount.no_directory))
 
         had = problems(before)
         return [f"{problem}: every Cilium agent would refuse to start with it (and restart "

@@ -6,7 +6,10 @@ volume of the agent's pod. Cilium's Helm chart adds that volume (ConfigMap
 ``ip-masq-agent``, ``optional: true``, its key ``config`` as the file ``ip-masq-agent``)
 and its mount (``/etc/config`` in the ``cilium-agent`` container) only with
 ``ipMasqAgent.enabled=true``. Without them the agent finds no file and uses its default
-list, whatever the ConfigMap says.
+list, whatever the ConfigMap says; and where nothing is mounted at ``/etc/config`` at all
+(that directory is not in Cilium's image), the agent does not start: its ip-masq-agent
+watches the file's directory, and fails, and the agent with it, where there is none
+(:func:`agent_directory_missing`).
 
 The DaemonSet is read as JSON (its pod template alone is looked at), never written.
 """
@@ -17,7 +20,8 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["AGENT_CONTAINER", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET", "agent_file_mounted"]
+__all__ = ["AGENT_CONTAINER", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET", "agent_directory_missing",
+           "agent_file_mounted"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -114,3 +118,40 @@ def agent_file_mounted(daemonset: Mapping[str, Any], where: str, configmap: str,
     found = f" (it is at {', '.join(sorted(set(seen)))})" if seen else ""
     return False, (f"the {AGENT_CONTAINER} container of {where} does not have the key {key} "
                    f"of the ConfigMap {configmap} at {wanted}{found}")
+
+
+def agent_directory_missing(daemonset: Mapping[str, Any], path: str = DEFAULT_AGENT_FILE
+                            ) -> bool:
+    """Whether the agent container of ``daemonset`` surely has no directory of ``path``
+    (the ip-masq-agent file): Cilium's ip-masq-agent watches that directory (fsnotify)
+    and fails to start without it, and the whole agent exits ("failed to add
+    \"/etc/config\" dir to fsnotify watcher", every release since 1.8).
+
+    Sure only of Cilium's default ``/etc/config``, which its image lacks, and only where no
+    mount of the container is at it, inside it or around it (a host directory mounted
+    at ``/etc`` may hold it); another directory may be in the image: not judged.
+
+    >>> ds = {"spec": {"template": {"spec": {"containers": [{"name": "cilium-agent"}]}}}}
+    >>> agent_directory_missing(ds)
+    True
+    """
+    directory = posixpath.dirname(posixpath.normpath(path))
+    if directory != posixpath.dirname(DEFAULT_AGENT_FILE):
+        return False
+    spec = daemonset.get("spec")
+    template = spec.get("template") if isinstance(spec, dict) else None
+    pod = template.get("spec") if isinstance(template, dict) else None
+    pod = pod if isinstance(pod, dict) else {}
+    agent = next((c for c in _dicts(pod.get("containers"))
+                  if c.get("name") == AGENT_CONTAINER), None)
+    if agent is None:
+        return False
+    for mount in _dicts(agent.get("volumeMounts")):
+        at = _text(mount.get("mountPath"))
+        if not at:
+            continue
+        at = posixpath.normpath(at)
+        if at == directory or at.startswith(directory + "/") or (
+                at != "/" and directory.startswith(at + "/")):
+            return False
+    return True

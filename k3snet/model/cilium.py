@@ -23,7 +23,9 @@ from a pod to a destination:
   ranges are added unless ``masqLinkLocal`` / ``masqLinkLocalIPv6`` is true.
   The file exists only where the ``cilium`` DaemonSet mounts the ConfigMap there
   (Helm ``ipMasqAgent.enabled=true``): unmounted, whatever the ConfigMap says, Cilium
-  reads no file (:attr:`CiliumConfig.ip_masq_agent_unmounted`).
+  reads no file (:attr:`CiliumConfig.ip_masq_agent_unmounted`); where nothing at all is
+  mounted at ``/etc/config``, the agent does not start with ``enable-ip-masq-agent``
+  (:attr:`CiliumConfig.ip_masq_agent_no_directory`, :func:`startup_problems`).
 
 Names and defaults were read from Cilium's documentation (docs.cilium.io
 ``stable``, the 1.18 series, and ``latest``: network/concepts/masquerading) and
@@ -228,7 +230,9 @@ def startup_problems(config: CiliumConfig) -> list[str]:
     off; Helm writes ``enable-ipv6-masquerade: "true"`` beside ``enable-ipv6: "false"``).
     Native routing with a family's masquerading on and the ip-masq-agent off needs
     that family's native-routing CIDR (except with a cloud IPAM: ``eni``,
-    ``alibabacloud``, ``azure``).
+    ``alibabacloud``, ``azure``). ``enable-ip-masq-agent`` where the agent's container has
+    no ``/etc/config`` (:attr:`CiliumConfig.ip_masq_agent_no_directory`, observed from
+    the ``cilium`` DaemonSet): its ip-masq-agent fails to watch that directory.
     (Cilium before 1.19 also refuses eBPF masquerading without BPF NodePort; k3snet does
     not read the kube-proxy replacement keys.)
     """
@@ -250,6 +254,13 @@ def startup_problems(config: CiliumConfig) -> list[str]:
     elif bpf:
         found.append("enable-bpf-masquerade: true needs enable-ipv4-masquerade or "
                      "enable-ipv6-masquerade true")
+    if config.flag("enable-ip-masq-agent") and config.ip_masq_agent_no_directory:
+        found.append("enable-ip-masq-agent: true where the cilium-agent container has no "
+                     "/etc/config (nothing mounted there: "
+                     f"{config.ip_masq_agent_unmounted}): Cilium's ip-masq-agent watches "
+                     "that directory and fails to start without it, the agent with it; "
+                     "fix: Helm ipMasqAgent.enabled=true mounts the ip-masq-agent ConfigMap "
+                     "there")
     found += [p for key in ("ipv4-native-routing-cidr", "ipv6-native-routing-cidr")
               if (p := _cidr_problem(key, config.value(key) or "")) is not None]
     found += _native_routing_problems(config)
@@ -501,7 +512,10 @@ class CiliumConfig(NetObject):
     (:meth:`on_nodes`). ``ip_masq_agent_unmounted``, observed: why Cilium's agents
     do not read the ip-masq-agent ConfigMap (the ``cilium`` DaemonSet does not mount it
     where the agent reads its file), so ``ip_masq_agent`` is not what Cilium uses;
-    ``None``: mounted, or not known.
+    ``None``: mounted, or not known. ``ip_masq_agent_no_directory``, observed: the
+    agent's container has no directory for that file at all (nothing mounted at
+    ``/etc/config``, which Cilium's image lacks), where its ip-masq-agent, watching the
+    directory, fails to start and the agent with it (:func:`startup_problems`).
     """
 
     kind: ClassVar[str] = "cilium"
@@ -521,6 +535,7 @@ class CiliumConfig(NetObject):
         default=None, converter=_groups, kw_only=True)
     ip_masq_agent_unmounted: str | None = attrs.field(
         default=None, converter=_unmounted, kw_only=True)
+    ip_masq_agent_no_directory: bool = attrs.field(default=False, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -540,8 +555,15 @@ class CiliumConfig(NetObject):
                 raise ModelError(f"node_groups name {', '.join(unknown)}, which are not "
                                  "among the node_overrides")
         groups = () if self.node_groups is None else (("groups", self.node_groups),)
+        if not isinstance(self.ip_masq_agent_no_directory, bool):
+            raise ModelError("ip_masq_agent_no_directory must be a bool, got "
+                             f"{self.ip_masq_agent_no_directory!r}")
+        if self.ip_masq_agent_no_directory and self.ip_masq_agent_unmounted is None:
+            raise ModelError("ip_masq_agent_no_directory without ip_masq_agent_unmounted: "
+                             "no directory for the file is no file there")
         unmounted = (() if self.ip_masq_agent_unmounted is None
-                     else (("unmounted", self.ip_masq_agent_unmounted),))
+                     else (("unmounted", self.ip_masq_agent_unmounted,
+                            self.ip_masq_agent_no_directory),))
         self._seal(("cilium", self.target), (self.settings.canonical_items(), agent,
                                              *((overrides,) if overrides else ()),
                                              *((gateways,) if gateways else ()),
@@ -593,7 +615,8 @@ class CiliumConfig(NetObject):
                             node_overrides=self.node_overrides,
                             egress_gateways=self.egress_gateways,
                             node_groups=self.node_groups,
-                            ip_masq_agent_unmounted=self.ip_masq_agent_unmounted)
+                            ip_masq_agent_unmounted=self.ip_masq_agent_unmounted,
+                            ip_masq_agent_no_directory=self.ip_masq_agent_no_directory)
 
     def on_nodes(self) -> tuple[tuple[tuple[CiliumNodeOverride, ...], CiliumConfig], ...]:
         """What the agents read, by the node overrides behind it, each laid over
@@ -624,7 +647,8 @@ class CiliumConfig(NetObject):
             settings.update(override.settings.to_dict())
         return CiliumConfig(self.target, settings=settings, ip_masq_agent=self.ip_masq_agent,
                             egress_gateways=self.egress_gateways,
-                            ip_masq_agent_unmounted=self.ip_masq_agent_unmounted)
+                            ip_masq_agent_unmounted=self.ip_masq_agent_unmounted,
+                            ip_masq_agent_no_directory=self.ip_masq_agent_no_directory)
 
     def egress_gateway_on(self, family: int) -> bool:
         """Cilium's egress gateway runs for ``family`` (IPv4: ``enable-ipv4-egress-gateway``,
@@ -710,8 +734,9 @@ class CiliumConfig(NetObject):
         if len(parts) == 1:
             parts.append("(no keys)")
         if self.ip_masq_agent_unmounted is not None:
+            nothing = "; nothing at /etc/config" if self.ip_masq_agent_no_directory else ""
             parts.append("[ip-masq-agent ConfigMap not mounted: "
-                         f"{one_line(self.ip_masq_agent_unmounted)}]")
+                         f"{one_line(self.ip_masq_agent_unmounted)}{nothing}]")
         parts += [f"[{o.describe()}]" for o in self.node_overrides]
         parts += [f"[{g.describe()}]" for g in self.egress_gateways]
         return " ".join(parts)
@@ -732,6 +757,8 @@ class CiliumConfig(NetObject):
             data["node_groups"] = [list(g) for g in self.node_groups]
         if self.ip_masq_agent_unmounted is not None:
             data["ip_masq_agent_unmounted"] = self.ip_masq_agent_unmounted
+        if self.ip_masq_agent_no_directory:  # left out when false: earlier documents
+            data["ip_masq_agent_no_directory"] = True
         return data
 
     @classmethod
@@ -744,7 +771,8 @@ class CiliumConfig(NetObject):
                    egress_gateways=[CiliumEgressGateway.from_dict(g)
                                     for g in data.get("egress_gateways") or ()],
                    node_groups=data.get("node_groups"),
-                   ip_masq_agent_unmounted=data.get("ip_masq_agent_unmounted"))
+                   ip_masq_agent_unmounted=data.get("ip_masq_agent_unmounted"),
+                   ip_masq_agent_no_directory=data.get("ip_masq_agent_no_directory", False))
 
 
 def _ordered(settings: JsonMapping) -> list[str]:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from k3snet.backends.cilium import CiliumBackend
-from k3snet.backends.cilium_mount import agent_file_mounted
+from k3snet.backends.cilium_mount import agent_directory_missing, agent_file_mounted
 from k3snet.converge import compile_for
-from k3snet.errors import SpecError
+from k3snet.errors import PlanError, SpecError
 from k3snet.model.cilium import CiliumConfig
 from k3snet.planner import plan
 from k3snet.render.manifests import render_manifests
@@ -283,3 +283,85 @@ def test_pods_without_a_cilium_agent_container_are_not_judged() -> None:
     assert mounted is None
     assert "has no cilium-agent container" in why
     assert _mounted({"spec": None})[0] is None
+
+
+def test_enabling_the_ip_masq_agent_with_nothing_at_etc_config_is_refused(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # Helm without ipMasqAgent.enabled=true mounts nothing at /etc/config, which Cilium's
+    # image lacks: its ip-masq-agent fails to watch that directory, and every agent
+    # exits at its next start ("failed to add \"/etc/config\" dir to fsnotify watcher").
+    # k3snet judged the default list there, and wrote enable-ip-masq-agent: "true".
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    spec = _spec()
+    (reason,) = _reasons(backend, spec)
+    assert reason.startswith("enable-ip-masq-agent: true where the cilium-agent container "
+                             f"has no /etc/config (nothing mounted there: {WHERE} has no "
+                             "volume of the ConfigMap ip-masq-agent)")
+    assert "Helm ipMasqAgent.enabled=true" in reason
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent_no_directory
+    observed = backend.observe()
+    (refused,) = backend.check(plan(observed, compile_for(backend, spec)))
+    assert "every Cilium agent would refuse to start with it" in refused
+    # Applied anyway (--allow-conflicts), and without an observe before it: refused too.
+    fresh = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    with pytest.raises(PlanError, match="has no /etc/config"):
+        fresh.apply(plan(observed, compile_for(fresh, spec)))
+    assert "enable-ip-masq-agent" not in _data(api_server, "cilium-config")
+    # Something at /etc/config (another ConfigMap): the agent starts, with its default
+    # list (the file is not there); mounted as Helm does: it reads the file.
+    elsewhere = cilium_daemonset(ip_masq_agent=True)
+    _pod(elsewhere)["volumes"][-1]["configMap"]["name"] = "other"
+    for ds in (elsewhere, cilium_daemonset(ip_masq_agent=True)):
+        api_server.put(DAEMONSETS, ds)
+        assert backend.check(plan(backend.observe(), compile_for(backend, spec))) == ()
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert not foreign.ip_masq_agent_no_directory
+
+
+def test_only_nothing_around_etc_config_is_no_directory_for_the_file() -> None:
+    def missing(ds: dict[str, Any], path: str = "/etc/config/ip-masq-agent") -> bool:
+        return agent_directory_missing(ds, path)
+
+    assert missing(cilium_daemonset(ip_masq_agent=False))
+    assert not missing(cilium_daemonset(ip_masq_agent=True))
+    for at in ("/etc/config/", "/etc/config/sub", "/etc"):  # at it, inside it, around it
+        ds = cilium_daemonset(ip_masq_agent=True)
+        _pod(ds)["containers"][0]["volumeMounts"][-1]["mountPath"] = at
+        assert not missing(ds), at
+    # Another directory may be in Cilium's image; pods without the agent: not judged.
+    assert not missing(cilium_daemonset(ip_masq_agent=False), "/tmp/ip-masq-agent")
+    renamed = cilium_daemonset(ip_masq_agent=False)
+    _pod(renamed)["containers"][0]["name"] = "agent"
+    assert not missing(renamed)
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_a_daemonset_not_to_be_read_is_warned_of_only_where_the_ip_masq_agent_is_on(
+    status: int, api_server: EmulatedApiServer, api_client: Any,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # Cilium's iptables masquerading, a spec without the ip-masq-agent: whether the
+    # DaemonSet mounts its ConfigMap does not matter, and a Role of an earlier k3snet
+    # (no get on the DaemonSet) warned of it on every start.
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    if status == 403:
+        api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+        api_server.fail(403, plural="daemonsets", times=None)
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    data = seed_spec().to_dict()
+    data["backends"] = ["cilium"]
+    plain = Spec.from_dict(data)
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert plan(backend.observe(), compile_for(backend, plain)).conflicts == ()
+    assert not [r for r in caplog.records if "is not checked" in r.getMessage()]
+    # A spec turning it on: the check of its plan says it (not a refusal).
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    (warned,) = {r.getMessage() for r in caplog.records if "is not checked" in r.getMessage()}
+    assert ("daemonset option" if status == 404 else "grant get on it") in warned

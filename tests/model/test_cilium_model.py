@@ -288,3 +288,32 @@ def test_node_groups_giving_one_config_are_judged_once_and_named_by_the_fewest()
     named = ("on the nodes of CiliumNodeConfig o1 (nodes k1=v): "
              "egress-masquerade-interfaces=eth1, and those of ")
     assert all(text.startswith(named) for text in found)
+
+
+def test_enable_ip_masq_agent_without_a_directory_for_its_file_is_a_startup_problem() -> None:
+    # Cilium's ip-masq-agent watches the directory of its file (fsnotify): with nothing
+    # mounted at /etc/config, which Cilium's image lacks, it fails and the agent exits.
+    bpf = {"enable_ipv4_masquerade": "true", "enable_ipv4": "true",
+           "enable_bpf_masquerade": "true", "enable_ip_masq_agent": "true"}
+    none = attrs.evolve(_config(**bpf), ip_masq_agent_unmounted="no volume",
+                        ip_masq_agent_no_directory=True)
+    (problem,) = startup_problems(none)
+    assert problem.startswith("enable-ip-masq-agent: true where the cilium-agent container "
+                              "has no /etc/config (nothing mounted there: no volume)")
+    assert "Helm ipMasqAgent.enabled=true" in problem
+    # A directory without the file (something else mounted there): the default list.
+    assert startup_problems(attrs.evolve(none, ip_masq_agent_no_directory=False)) == []
+    assert startup_problems(attrs.evolve(none, settings={**none.settings.to_dict(),
+                                                         "enable-ip-masq-agent": "false"})) == []
+    for config in (none.overlay(CiliumConfig(TARGET)), *(v for _, v in none.on_nodes())):
+        assert config.ip_masq_agent_no_directory
+    assert CiliumConfig.from_dict(none.to_dict()) == none
+    assert none != attrs.evolve(none, ip_masq_agent_no_directory=False)
+    older = {k: v for k, v in none.to_dict().items() if k != "ip_masq_agent_no_directory"}
+    assert not CiliumConfig.from_dict(older).ip_masq_agent_no_directory
+    assert "ip_masq_agent_no_directory" not in _config().to_dict()  # earlier documents' shape
+    with pytest.raises(ModelError, match="without ip_masq_agent_unmounted"):
+        CiliumConfig(TARGET, ip_masq_agent_no_directory=True)
+    with pytest.raises(ModelError, match="must be a bool"):
+        CiliumConfig(TARGET, ip_masq_agent_unmounted="x",
+                     ip_masq_agent_no_directory="yes")  # type: ignore[arg-type]
