@@ -232,25 +232,35 @@ def rule_text(chain: NftChain, expr: list[Any]) -> str:
     """A readable form of a rule: its chain, then its statements as ``nft list ruleset``
     prints them (a concatenation's ``ip daddr . tcp dport``, a verdict map's ``vmap {
     10.0.0.1 . 80 : drop }``); a statement of a shape not known here as compact JSON."""
-    body = " ".join(_statement_text(s) for s in expr)
+    body = " ".join(_statement_text(s, chain.family) for s in expr)
     return f"nft {chain.family} {chain.table} {chain.name}: {body}"
 
 
-def _statement_text(statement: Any) -> str:
+def _statement_text(statement: Any, family: str = "") -> str:
     try:
-        return _known_statement_text(statement)
+        return _known_statement_text(statement, family)
     except _MALFORMED:  # a shape of another nft version, or an edited bundle: as it is
         return json.dumps(statement, sort_keys=True, separators=(",", ":"), default=str)
 
 
 #: ``meta`` keys nft prints without ``meta`` (``iifname "cni0"``).
 _BARE_META: Final = frozenset({"iif", "oif", "iifname", "oifname", "iifgroup", "oifgroup"})
-#: Kinds of value nft prints in their own way: an interface name quoted, a mark in hex.
-_QUOTED: Final = frozenset({"iifname", "oifname", "iifkind", "oifkind"})
+#: Kinds of value nft prints in their own way: an interface name (``iif "lo"`` too) or a
+#: helper quoted, a mark in hex, a raw payload's value in hex (``@nh,96,32 0xa000001``),
+#: a time as ``1m30s``.
+_QUOTED: Final = frozenset({"iifname", "oifname", "iifkind", "oifkind", "iif", "oif",
+                            "helper"})
 _MARKS: Final = frozenset({"mark"})
+_RAW: Final = "raw payload"
+_TIMES: Final = frozenset({"expiration"})
+#: The reject nft prints as a bare ``reject``: each family's default.
+_DEFAULT_REJECT: Final = {"ip": ("icmp", "port-unreachable"),
+                          "ip6": ("icmpv6", "port-unreachable")}
+#: ``log flags``, in the order nft prints them (``flags tcp sequence,options``).
+_LOG_FLAGS: Final = ("tcp sequence", "tcp options", "ip options", "skuid", "ether")
 
 
-def _known_statement_text(statement: Any) -> str:  # noqa: PLR0911 - one return per statement
+def _known_statement_text(statement: Any, family: str = "") -> str:  # noqa: PLR0911 - one return per statement
     (key, value), = statement.items()
     if value is None:
         return str(key)
@@ -276,6 +286,9 @@ def _known_statement_text(statement: Any) -> str:  # noqa: PLR0911 - one return 
         return (f"{_value_text(value['key'])} set "
                 f"{_value_text(value['value'], _kind(value['key']))}")
     if key == "reject":
+        if (value.get("type"), value.get("expr")) == _DEFAULT_REJECT.get(
+                family, ("icmpx", "port-unreachable")):
+            return "reject"
         return f"reject with {value['type']}" + (
             f" {value['expr']}" if value.get("expr") is not None else "")
     if key in ("masquerade", "snat", "dnat", "redirect"):
@@ -288,14 +301,41 @@ def _known_statement_text(statement: Any) -> str:  # noqa: PLR0911 - one return 
     if key == "log":
         parts = [f'prefix "{value["prefix"]}"' if "prefix" in value else "",
                  f"level {value['level']}" if value.get("level", "warn") != "warn" else "",
-                 f"group {value['group']}" if "group" in value else ""]
+                 f"group {value['group']}" if "group" in value else "",
+                 f"snaplen {value['snaplen']}" if "snaplen" in value else "",
+                 f"queue-threshold {value['queue-threshold']}"
+                 if "queue-threshold" in value else "", _log_flags(value.get("flags"))]
         return " ".join(["log", *filter(None, parts)])
     return json.dumps(statement, sort_keys=True, separators=(",", ":"))
 
 
+def _log_flags(flags: Any) -> str:
+    """``log``'s flags as nft prints them: ``flags all``, ``flags tcp sequence,options``,
+    ``flags ip options``..."""
+    named = [flags] if isinstance(flags, str) else flags or []
+    if "all" in named:
+        return "flags all"
+    tcp = [f.removeprefix("tcp ") for f in _LOG_FLAGS[:2] if f in named]
+    unknown = [f for f in named if f not in _LOG_FLAGS]
+    if unknown:
+        raise ValueError(unknown)  # another nft's flag: the statement as JSON
+    return " ".join([*(["flags tcp " + ",".join(tcp)] if tcp else []),
+                     *(f"flags {f}" for f in _LOG_FLAGS[2:] if f in named)])
+
+
+def _time_text(seconds: int) -> str:
+    """A time as nft prints it: ``1h2m3s``, ``1m30s``, ``5s``."""
+    parts = [(seconds // 86400, "d"), (seconds // 3600 % 24, "h"), (seconds // 60 % 60, "m"),
+             (seconds % 60, "s")]
+    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+
+
 def _nat_text(key: str, value: Mapping[str, Any]) -> str:
-    """``snat ip to ADDR[:PORT]``, ``masquerade random,persistent`` as nft prints them."""
+    """``snat ip to ADDR[:PORT]``, ``masquerade random,persistent``, ``dnat ip to ip daddr
+    map { ... }``, ``snat ip prefix to ip saddr map { ... }`` as nft prints them."""
     text = key + (f" {value['family']}" if "family" in value else "")
+    kinds = value.get("type_flags")
+    text += "".join(f" {k}" for k in ([kinds] if isinstance(kinds, str) else kinds or []))
     address = value.get("addr")
     port = value.get("port")
     if address is not None:
@@ -305,9 +345,12 @@ def _nat_text(key: str, value: Mapping[str, Any]) -> str:
         text += f" to {shown}" + (f":{_value_text(port)}" if port is not None else "")
     elif port is not None:
         text += f" to :{_value_text(port)}"
-    flags = value.get("flags")
+    # ``netmap`` goes with ``prefix``: nft does not print it.
+    given = value.get("flags")
+    flags = [str(f) for f in ([given] if isinstance(given, str) else given or [])
+             if f != "netmap"]
     if flags:
-        text += " " + ",".join([flags] if isinstance(flags, str) else flags)
+        text += " " + ",".join(flags)
     return text
 
 
@@ -325,8 +368,10 @@ def _kind(left: Any) -> Any:
     for op in _BINOPS:
         if op in left:
             return _kind(left[op][0])
+    if isinstance(left.get("payload"), Mapping) and "base" in left["payload"]:
+        return _RAW
     key = (left.get("meta") or left.get("ct") or {}).get("key")
-    return key if key in _QUOTED or key in _MARKS else None
+    return key if key in _QUOTED or key in _MARKS or key in _TIMES else None
 
 
 def _value_text(value: Any, kind: Any = None) -> str:  # noqa: PLR0911, PLR0912 - per expression kind
@@ -353,8 +398,8 @@ def _value_text(value: Any, kind: Any = None) -> str:  # noqa: PLR0911, PLR0912 
             kinds = kind if isinstance(kind, tuple) else (kind,) * len(value["concat"])
             return " . ".join(_value_text(v, k) for v, k in zip(value["concat"], kinds,
                                                                   strict=False))
-        if "prefix" in value:
-            return f"{value['prefix'].get('addr')}/{value['prefix'].get('len')}"
+        if "prefix" in value:  # a mark's too: ``meta mark 0x00010000/16``
+            return f"{_value_text(value['prefix']['addr'], kind)}/{value['prefix']['len']}"
         if "range" in value:
             return "-".join(_value_text(v, kind) for v in value["range"])
         if "set" in value:
@@ -380,12 +425,20 @@ def _value_text(value: Any, kind: Any = None) -> str:  # noqa: PLR0911, PLR0912 
                 f" {option['field']}" if "field" in option else "")
         if "elem" in value:
             return _value_text(value["elem"]["val"], kind)
+        if "map" in value:  # a NAT statement's address from a map
+            lookup = value["map"]
+            return (f"{_value_text(lookup['key'])} map "
+                    f"{_value_text(lookup['data'], _kind(lookup['key']))}")
     if isinstance(value, list):
         return ",".join(_value_text(v, kind) for v in value)
     if isinstance(value, bool):
         return "exists" if value else "missing"  # fib ... oif, exthdr/option presence
     if isinstance(value, int) and kind in _MARKS:
         return f"0x{value:08x}"
+    if isinstance(value, int) and kind == _RAW:
+        return f"0x{value:x}"
+    if isinstance(value, int) and kind in _TIMES:
+        return _time_text(value)
     if isinstance(value, str):
         return f'"{value}"' if kind in _QUOTED else value
     return json.dumps(value, sort_keys=True)

@@ -319,8 +319,8 @@ class _Tracer:
 
     def hook(self, packet: Packet, hook: Hook, *, first: bool,
              part: Literal["before-nat", "after-nat"] | None = None,
-             at_nat: Callable[[Packet, ChainResult | None], Packet] | None = None
-             ) -> tuple[Packet, ChainResult | None, str | None]:
+             at_nat: Callable[[Packet, ChainResult | None], Packet] | None = None,
+             attached: bool = False) -> tuple[Packet, ChainResult | None, str | None]:
         """Run ``packet`` through every base chain of ``hook`` (in the kernel's order).
 
         Returns the packet (its mark may change, and ``at_nat`` may translate it), the
@@ -328,7 +328,11 @@ class _Tracer:
         dropped it (else None). ``part`` runs only the chains before (after) the NAT
         core's point of the hook. ``at_nat`` makes the translation there (given what
         the nat chains did, None when none translated): the chains after it see its
-        packet, as they see the kernel's translated one.
+        packet, as they see the kernel's translated one. ``attached``: the packet comes
+        with its conntrack entry (the node's own ICMP error, given the entry of the
+        packet it answers before any output chain runs): the chains before conntrack's
+        priority see its state, not ``invalid``, and a notrack there leaves it be (nft's
+        ``notrack`` and ``CT --notrack`` skip a packet that has an entry).
         """
         direction: Direction = packet.direction
         core = _core_order(self.state.chains, packet.family,
@@ -358,7 +362,8 @@ class _Tracer:
                 # a chain with no rule that accepts decides nothing.
                 continue
             seen = attrs.evolve(packet, pick=self.pick, fib=self.state.fib(packet.family))
-            if (hook in ("prerouting", "output") and chain.priority < _CONNTRACK_PRIORITY
+            before_ct = chain.priority < _CONNTRACK_PRIORITY and not attached
+            if (hook in ("prerouting", "output") and before_ct
                     and packet.ctstate != "untracked"):
                 # Conntrack has not taken the packet in yet: ``ct state`` / ``--ctstate``
                 # read ``invalid`` there (nft_ct_get_eval, xt_conntrack without a ct).
@@ -367,7 +372,7 @@ class _Tracer:
             self.randoms += result.randoms
             self.random_taken = self.random_taken or result.random_taken
             packet = attrs.evolve(packet, mark=result.mark)
-            if result.untracked is not None and chain.priority < _CONNTRACK_PRIORITY:
+            if result.untracked is not None and before_ct:
                 packet = attrs.evolve(packet, ctstate="untracked")
                 self.untracked = self.untracked or direction == "original"
                 self.add(direction, hook, "info", chain.where,
@@ -613,8 +618,11 @@ def own_pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
     made by the node (``icmp_send`` / ``icmp6_send`` from the forward path), it leaves
     through the output chains, then postrouting, never prerouting or forward.
 
-    Conntrack takes it as ``related`` to the flow's connection (``ct direction reply``),
-    before the output chains after raw's; nat chains never see it. It goes from the
+    It is ``related`` to the flow's connection (``ct direction reply``) in every output
+    chain, raw's too: the kernel gives it the connection of the packet it answers before
+    the output hook (a raw ``ct state invalid drop`` or ``notrack`` leaves it be; the
+    kernel's counters in a lab); the error of a flow conntrack does not track has no
+    entry (``invalid``). nat chains never see it. It goes from the
     node's address towards the pod (the one source address selection picks on the
     pod's interface) out of the interface the pod's packets came in by. ``tr`` is the
     branch whose way out is the smaller."""
@@ -635,7 +643,7 @@ def own_pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
                    tr.ingress, "invalid" if untracked else "related", "reply", 0,
                    local, state.ipsets(), nat=nat,  # type: ignore[arg-type]
                    queues=state.queue_readers, icmp=icmp)
-    error, _, dropped = t.hook(error, "output", first=False)
+    error, _, dropped = t.hook(error, "output", first=False, attached=not untracked)
     if not dropped:
         t.hook(error, "postrouting", first=False)
     return tuple(t.steps)

@@ -47,6 +47,23 @@ def test_every_recorded_rule_is_written_as_nft_list_ruleset_prints_it() -> None:
     assert differences(data, (_RECORDED / "nft-text.nft").read_text()) == []
 
 
+def test_every_recorded_rule_of_the_odd_shapes_is_written_as_nft_list_ruleset_prints_it(
+        ) -> None:
+    """Of tests/doctor/test_nft_rule_text_kernel.py's ``_ODD_RULESET``: masks printed as
+    prefixes, raw payloads, log flags, quoted names, default rejects, times, NAT maps."""
+    data = json.loads((_RECORDED / "nft-text-odd.json").read_text())
+    assert differences(data, (_RECORDED / "nft-text-odd.nft").read_text()) == []
+
+
+def test_a_log_flag_of_another_nft_stays_json() -> None:
+    data = {"nftables": [
+        {"table": {"family": "inet", "name": "t", "handle": 1}},
+        {"chain": {"family": "inet", "table": "t", "name": "c", "handle": 1}}]}
+    chain = parse_ruleset(data).chains["inet", "t", "c"]
+    assert rule_text(chain, [{"log": {"flags": ["tcp sequence", "new flag"]}}]) == (
+        'nft inet t c: {"log":{"flags":["tcp sequence","new flag"]}}')
+
+
 def test_a_statement_of_an_unknown_shape_stays_json() -> None:
     data = {"nftables": [
         {"table": {"family": "inet", "name": "t", "handle": 1}},

@@ -84,6 +84,59 @@ _RULESET = """table inet h_text {
 """
 
 
+#: Shapes written otherwise than nft prints them before: a mark's mask printed as a
+#: prefix, raw payload values (hex), log flags and snaplen, a helper's and an ``iif``'s
+#: name quoted, each family's default reject (bare ``reject``), times (``1m30s``), NAT
+#: addresses from maps (``dnat ip to ip daddr map { ... }``, ``snat ip prefix to``).
+_ODD_RULESET = """table inet h_odd {
+ map addrs {
+  type ipv4_addr : ipv4_addr; flags interval
+  elements = { 10.0.0.0/8 : 192.168.0.1 }
+ }
+ chain forward {
+  type filter hook forward priority 0; policy accept;
+  meta mark & 0xffff0000 != 0x10000 accept
+  meta mark & 0xffff0000 == 0x10000 accept
+  @nh,96,32 0x0a000001 drop
+  @ll,0,8 1 drop
+  log prefix "pfx: " level debug flags all
+  log flags tcp sequence,options
+  log flags ip options
+  log group 1 snaplen 100
+  ct helper "ftp" accept
+  meta iif "lo" accept
+  reject
+  reject with icmp port-unreachable
+  ct expiration 90s accept
+ }
+ chain pre {
+  type nat hook prerouting priority dstnat;
+  dnat ip to ip daddr map { 10.0.0.1 : 192.168.0.2 }
+  dnat ip to ip daddr map @addrs
+  ip daddr 10.0.0.9 dnat ip to numgen inc mod 2 map { 0 : 10.0.0.1, 1 : 10.0.0.2 }
+  dnat ip to ip daddr . tcp dport map { 10.0.0.1 . 80 : 10.0.0.2 . 8080 }
+ }
+ chain post {
+  type nat hook postrouting priority srcnat;
+  snat ip prefix to ip saddr map { 10.0.0.0/8 : 192.168.0.0/16 }
+ }
+}
+table ip h_odd4 {
+ chain forward {
+  type filter hook forward priority 0; policy accept;
+  reject
+  reject with icmp host-unreachable
+ }
+}
+table ip6 h_odd6 {
+ chain forward {
+  type filter hook forward priority 0; policy accept;
+  reject
+  reject with icmpv6 admin-prohibited
+ }
+}
+"""
+
 def test_every_rule_is_written_as_nft_list_ruleset_prints_it() -> None:
     with temporary_netns("nfttext") as netns:
         run_in(netns, ["nft", "-f", "-"], input_text=_RULESET)
@@ -121,3 +174,12 @@ def test_a_finding_names_a_concatenated_rule_as_the_kernel_prints_it(
     finding = found[0]
     assert line in finding.where, (line, d.render())
     assert "{\"" not in d.render(), d.render()  # no JSON left
+
+
+def test_every_rule_of_the_odd_shapes_is_written_as_nft_list_ruleset_prints_it() -> None:
+    with temporary_netns("nftodd") as netns:
+        run_in(netns, ["nft", "-f", "-"], input_text=_ODD_RULESET)
+        data = json.loads(run_in(netns, ["nft", "-j", "list", "ruleset"]).stdout)
+        text = run_in(netns, ["nft", "-a", "list", "ruleset"]).stdout
+    assert sum("rule" in item for item in data["nftables"]) == 22
+    assert differences(data, text) == []

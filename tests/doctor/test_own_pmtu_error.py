@@ -14,12 +14,13 @@ import pytest
 from k3snet.doctor import Finding, Flow, NodeCapture, NodeState, Verdict, diagnose
 
 
-def _findings(*output: str, family: int = 4, nft: list[list[Any]] | None = None
+def _findings(*output: str, family: int = 4, nft: list[list[Any]] | None = None,
+              table: str = "filter", priority: int = 0, raw: tuple[str, ...] = ()
               ) -> tuple[Verdict, list[Finding]]:
     """Pods on cni0, masqueraded, every MTU 1500, the route to the destination ``mtu
-    1280``; the filter table's OUTPUT chain of ``output`` (ip6tables' for ``family`` 6),
-    an inet table's output chain of ``nft``'s rules (each a rule's ``expr``, as ``nft -j``
-    prints it)."""
+    1280``; the OUTPUT chain of ``output`` in iptables' ``table`` (ip6tables' for
+    ``family`` 6), the raw table's of ``raw``, an inet table's output chain at
+    ``priority`` of ``nft``'s rules (each a rule's ``expr``, as ``nft -j`` prints it)."""
     v6 = family == 6
     cni, uplink = ("fd42::1", "fd01::5") if v6 else ("10.42.0.1", "192.168.1.5")
     addresses = [{"ifname": name, "mtu": 1500, "flags": ["UP"],
@@ -33,7 +34,10 @@ def _findings(*output: str, family: int = 4, nft: list[list[Any]] | None = None
                {"dst": "default", "gateway": "192.168.1.1", "dev": "eth0",
                 "metrics": [{"mtu": 1280}]}])
     pods = "fd42::/64" if v6 else "10.42.0.0/24"
-    save = ("*filter\n:OUTPUT ACCEPT [0:0]\n" + "".join(f"-A OUTPUT {r}\n" for r in output)
+    raw_table = ("*raw\n:OUTPUT ACCEPT [0:0]\n" + "".join(f"-A OUTPUT {r}\n" for r in raw)
+                 + "COMMIT\n") if raw else ""
+    save = (raw_table + f"*{table}\n:OUTPUT ACCEPT [0:0]\n"
+            + "".join(f"-A OUTPUT {r}\n" for r in output)
             + f"COMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s {pods} "
             "-j MASQUERADE\nCOMMIT\n")
     files = {"addr.json": json.dumps(addresses),
@@ -43,7 +47,7 @@ def _findings(*output: str, family: int = 4, nft: list[list[Any]] | None = None
              else "net.ipv4.ip_forward = 1\n"}
     if nft is not None:
         chain = {"family": "inet", "table": "t", "name": "output", "handle": 1,
-                 "type": "filter", "hook": "output", "prio": 0, "policy": "accept"}
+                 "type": "filter", "hook": "output", "prio": priority, "policy": "accept"}
         files["nft-ruleset.json"] = json.dumps({"nftables": [
             {"table": {"family": "inet", "name": "t", "handle": 1}}, {"chain": chain},
             *({"rule": {"family": "inet", "table": "t", "chain": "output",
@@ -98,3 +102,38 @@ def test_an_output_rule_the_doctor_cannot_evaluate_is_said_not_judged() -> None:
     (finding,) = found
     assert finding.severity == "info"
     assert "cannot be judged" in finding.what
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("rule", ["-m conntrack --ctstate INVALID -j DROP",
+                                  "-m conntrack ! --ctstate RELATED -j DROP"])
+def test_a_raw_output_rule_sees_the_node_s_own_error_related(rule: str, family: int) -> None:
+    """The kernel gives the node's error the connection of the packet it answers before
+    any output chain: raw's OUTPUT, before conntrack's priority, sees it ``related``
+    (a lab's counters; tests/doctor/test_own_pmtu_error_kernel.py), not ``invalid``
+    as a packet the node makes anew."""
+    _, found = _findings(rule, family=family, table="raw")
+    assert found == []
+
+
+def test_a_raw_output_rule_on_the_error_s_icmp_type_still_drops_it() -> None:
+    (finding,) = _findings("-p icmp -m icmp --icmp-type 3/4 -j DROP", table="raw")[1]
+    assert finding.severity == "warning"
+    assert "raw OUTPUT" in finding.where
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_raw_output_notrack_leaves_the_node_s_own_error_related(family: int) -> None:
+    """``CT --notrack`` (nft's ``notrack``) leaves a packet that has its conntrack entry
+    alone: the error stays related, and the filter table's RELATED accept takes it."""
+    proto = "icmp" if family == 4 else "ipv6-icmp"
+    _, found = _findings("-m conntrack --ctstate RELATED -j ACCEPT", f"-p {proto} -j DROP",
+                         family=family, raw=(f"-p {proto} -j CT --notrack",))
+    assert found == []
+
+
+def test_an_nft_output_chain_at_raw_priority_sees_the_node_s_own_error_related() -> None:
+    invalid = [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}},
+               {"drop": None}]
+    assert _findings(nft=[invalid], priority=-300)[1] == []
+    assert _findings(nft=[invalid], priority=-300, family=6)[1] == []

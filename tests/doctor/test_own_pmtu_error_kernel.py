@@ -113,3 +113,66 @@ def test_an_output_rule_accepting_related_first_lets_the_node_s_pmtu_error_throu
                check=False)
     assert "mtu 1280" in learnt, learnt
     assert "pmtu-error-dropped" not in [f.code for f in d.findings], d.render()
+
+
+#: A chain at raw's priority that would drop a packet of no connection, or exempt ICMP
+#: from tracking before a filter chain accepting what is related and dropping other ICMP.
+_RAW_NFT = {"invalid": """table inet h_own_pmtu {
+ chain output {
+  type filter hook output priority raw; policy accept;
+  ct state invalid drop
+ }
+}
+""", "notrack": """table inet h_own_pmtu {
+ chain raw_output {
+  type filter hook output priority raw; policy accept;
+  meta l4proto { icmp, ipv6-icmp } notrack
+ }
+ chain output {
+  type filter hook output priority filter; policy accept;
+  ct state related accept
+  meta l4proto { icmp, ipv6-icmp } drop
+ }
+}
+"""}
+
+
+def _raw_xt(family: int, shape: str) -> list[list[str]]:
+    tool, proto = ("iptables-nft", "icmp") if family == 4 else ("ip6tables-nft", "ipv6-icmp")
+    if shape == "invalid":
+        return [[tool, "-t", "raw", "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "INVALID",
+                 "-j", "DROP"]]
+    return [[tool, "-t", "raw", "-A", "OUTPUT", "-p", proto, "-j", "CT", "--notrack"],
+            [tool, "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "RELATED", "-j", "ACCEPT"],
+            [tool, "-A", "OUTPUT", "-p", proto, "-j", "DROP"]]
+
+
+@pytest.mark.parametrize("shape", ["invalid", "notrack"])
+@pytest.mark.parametrize("tool", ["nft", "iptables"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_raw_output_chain_sees_the_node_s_own_pmtu_error_with_its_connection(
+        doctor_lab: DoctorLab, family: Literal[4, 6], tool: str, shape: str) -> None:
+    """The kernel gives the node's error the connection of the packet it answers before
+    the output hook: a chain at raw's priority, before conntrack's, sees it ``related``
+    (a ``ct state invalid drop`` there misses it, a ``notrack`` leaves it be, and a
+    later ``related`` accept takes it). The kernel: the pod learns the MTU; the doctor
+    read the error ``invalid`` (``untracked``) there and named a rule dropping it."""
+    topology = Topology(family=family)
+    doctor_lab.configure(topology)
+    _narrow_route(doctor_lab, family)
+    try:
+        if tool == "nft":
+            run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_RAW_NFT[shape])
+        else:
+            for command in _raw_xt(family, shape):
+                run_in(doctor_lab.node, command)
+        learnt = _learnt(doctor_lab, topology)
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port))
+    finally:
+        doctor_lab.reset()
+        run_in(doctor_lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"],
+               check=False)
+    assert "mtu 1280" in learnt, learnt
+    assert "path-mtu" in [f.code for f in d.findings], d.render()
+    assert "pmtu-error-dropped" not in [f.code for f in d.findings], d.render()
