@@ -83,6 +83,7 @@ from k3snet.backends.cilium_mount import (
     DEFAULT_AGENT_FILE,
     DEFAULT_DAEMONSET,
     agent_directory_missing,
+    agent_file_copied,
     agent_file_mounted,
 )
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION, changed_stamp
@@ -415,11 +416,14 @@ class _Mount:
     """What Cilium's DaemonSet gives its agent of the ip-masq-agent ConfigMap:
     ``unmounted``, why the agent does not read it (``None``: it does, or not known);
     ``no_directory``, its container has no directory for the file at all; ``unknown``,
-    why neither is known (a warning, given only where the ip-masq-agent is on)."""
+    why neither is known (a warning, given only where the ip-masq-agent is on);
+    ``copied``, mounted through ``subPath`` only: a copy the kubelet does not update, read
+    again only when the agents restart."""
 
     unmounted: str | None = None
     no_directory: bool = False
     unknown: str | None = None
+    copied: bool = False
 
     def warn_if(self, on: bool, warn: Callable[[str], None]) -> None:
         """Warn that the mount is not known, where the ip-masq-agent is ``on``: elsewhere
@@ -988,6 +992,9 @@ class CiliumBackend(BackendBase):
         # 1-tuple; None: not known), for the pending_restarts() right after.
         self._stamp: tuple[str | None] | None = None
         self._next_stamp: tuple[str | None] | None = None  # what the apply's writes leave
+        # Whether the last observe found the ip-masq-agent file a subPath copy: a change
+        # of it needs the agents restarted too (restart_needed).
+        self._file_copied = False
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -1090,6 +1097,7 @@ class CiliumBackend(BackendBase):
             self._observed.put(read)
             return State()
         mount = self._mount(read.config.data)
+        self._file_copied = mount.copied
         read = attrs.evolve(read, mount=mount)
         self._observed.put(read)
         owned = self._owned(read)
@@ -1129,7 +1137,8 @@ class CiliumBackend(BackendBase):
         if mounted is None:
             return _Mount(unknown=why)
         if mounted is not False:
-            return _Mount()
+            return _Mount(copied=agent_file_copied(found, self._api.agent_name,
+                                                   key=AGENT_CONFIG_KEY, path=path))
         # Mount paths are the cluster's text: one printable line in the plan's reasons.
         return _Mount(printable(why)[:1000], agent_directory_missing(found, path))
 
@@ -1137,10 +1146,16 @@ class CiliumBackend(BackendBase):
         """What must restart for ``change`` to take effect: Cilium's agent DaemonSet
         when it changes keys of ``cilium-config`` (read when an agent starts); ``None``
         for the ip-masq-agent file alone, which the agent reads again when the kubelet
-        updates it (``pkg/ipmasq`` watches its directory)."""
+        updates it (``pkg/ipmasq`` watches its directory), unless the last
+        :meth:`observe` found it mounted through ``subPath`` only: a copy the kubelet does
+        not update, read again only when the agents restart."""
         def settings(obj: object) -> dict[str, Any]:
             return dict(obj.settings) if isinstance(obj, CiliumConfig) else {}
-        if settings(change.before) == settings(change.after):
+
+        def agent(obj: object) -> Any:
+            return obj.ip_masq_agent if isinstance(obj, CiliumConfig) else None
+        if settings(change.before) == settings(change.after) and not (
+                self._file_copied and agent(change.before) != agent(change.after)):
             return None
         return f"DaemonSet {self._api.namespace}/{self._daemonset}"
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["AGENT_CONTAINER", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET", "agent_directory_missing",
-           "agent_file_mounted"]
+           "agent_file_copied", "agent_file_mounted"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -63,6 +63,18 @@ def _files_of(sources: list[dict[str, Any]], key: str) -> list[str]:
     return [posixpath.normpath(f) for f in found]
 
 
+def _pod_and_agent(daemonset: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The pod template's spec of ``daemonset`` and its ``cilium-agent`` container (None:
+    none)."""
+    spec = daemonset.get("spec")
+    template = spec.get("template") if isinstance(spec, dict) else None
+    pod = template.get("spec") if isinstance(template, dict) else None
+    pod = pod if isinstance(pod, dict) else {}
+    agent = next((c for c in _dicts(pod.get("containers"))
+                  if c.get("name") == AGENT_CONTAINER), None)
+    return pod, agent
+
+
 def _mounted_at(mount: Mapping[str, Any], inside: str) -> str | None:
     """Where the container sees the volume's path ``inside`` through ``mount`` (None: not
     through it; a ``subPathExpr`` is not evaluated)."""
@@ -90,12 +102,7 @@ def agent_file_mounted(daemonset: Mapping[str, Any], where: str, configmap: str,
     >>> agent_file_mounted(ds, "DaemonSet kube-system/cilium", "ip-masq-agent")
     (False, 'DaemonSet kube-system/cilium has no volume of the ConfigMap ip-masq-agent')
     """
-    spec = daemonset.get("spec")
-    template = spec.get("template") if isinstance(spec, dict) else None
-    pod = template.get("spec") if isinstance(template, dict) else None
-    pod = pod if isinstance(pod, dict) else {}
-    agent = next((c for c in _dicts(pod.get("containers"))
-                  if c.get("name") == AGENT_CONTAINER), None)
+    pod, agent = _pod_and_agent(daemonset)
     if agent is None:
         return None, (f"{where} has no {AGENT_CONTAINER} container: whether its agent reads "
                       f"the ConfigMap {configmap} is not known")
@@ -120,6 +127,38 @@ def agent_file_mounted(daemonset: Mapping[str, Any], where: str, configmap: str,
                    f"of the ConfigMap {configmap} at {wanted}{found}")
 
 
+def agent_file_copied(daemonset: Mapping[str, Any], configmap: str, *, key: str = "config",
+                      path: str = DEFAULT_AGENT_FILE) -> bool:
+    """Whether the agent container of ``daemonset`` has ``key`` of the ConfigMap
+    ``configmap`` at ``path`` only through ``subPath`` mounts: copies the kubelet does not
+    update when the ConfigMap changes, so the agent reads a change only when it restarts
+    (a whole volume mounted, as Helm's chart does, is updated in place: not a copy).
+
+    >>> mount = {"name": "m", "mountPath": "/etc/config/ip-masq-agent",
+    ...          "subPath": "ip-masq-agent"}
+    >>> volume = {"name": "m", "configMap": {"name": "ip-masq-agent",
+    ...           "items": [{"key": "config", "path": "ip-masq-agent"}]}}
+    >>> agent_file_copied({"spec": {"template": {"spec": {"volumes": [volume],
+    ...     "containers": [{"name": "cilium-agent", "volumeMounts": [mount]}]}}}},
+    ...     "ip-masq-agent")
+    True
+    """
+    pod, agent = _pod_and_agent(daemonset)
+    if agent is None:
+        return False
+    volumes = {_text(v.get("name")): _files_of(sources, key)
+               for v in _dicts(pod.get("volumes")) if (sources := _sources_of(v, configmap))}
+    wanted = posixpath.normpath(path)
+    copied = False
+    for mount in _dicts(agent.get("volumeMounts")):
+        for inside in volumes.get(_text(mount.get("name")), ()):
+            if _mounted_at(mount, inside) == wanted:
+                if posixpath.normpath(_text(mount.get("subPath")) or ".") == ".":
+                    return False
+                copied = True
+    return copied
+
+
 def agent_directory_missing(daemonset: Mapping[str, Any], path: str = DEFAULT_AGENT_FILE
                             ) -> bool:
     """Whether the agent container of ``daemonset`` surely has no directory of ``path``
@@ -138,12 +177,7 @@ def agent_directory_missing(daemonset: Mapping[str, Any], path: str = DEFAULT_AG
     directory = posixpath.dirname(posixpath.normpath(path))
     if directory != posixpath.dirname(DEFAULT_AGENT_FILE):
         return False
-    spec = daemonset.get("spec")
-    template = spec.get("template") if isinstance(spec, dict) else None
-    pod = template.get("spec") if isinstance(template, dict) else None
-    pod = pod if isinstance(pod, dict) else {}
-    agent = next((c for c in _dicts(pod.get("containers"))
-                  if c.get("name") == AGENT_CONTAINER), None)
+    _, agent = _pod_and_agent(daemonset)
     if agent is None:
         return False
     for mount in _dicts(agent.get("volumeMounts")):

@@ -18,7 +18,7 @@ import pytest
 
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cilium_mount import agent_directory_missing, agent_file_mounted
-from k3snet.converge import compile_for
+from k3snet.converge import compile_for, restarts_needed
 from k3snet.errors import PlanError, SpecError
 from k3snet.model.cilium import CiliumConfig
 from k3snet.planner import plan
@@ -365,3 +365,24 @@ def test_a_daemonset_not_to_be_read_is_warned_of_only_where_the_ip_masq_agent_is
         assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
     (warned,) = {r.getMessage() for r in caplog.records if "is not checked" in r.getMessage()}
     assert ("daemonset option" if status == 404 else "grant get on it") in warned
+
+
+def test_a_subpath_mount_names_the_restart_an_ip_masq_agent_change_needs(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # A subPath mount is a copy the kubelet does not update: the agents read k3snet's
+    # ip-masq-agent keys only when they restart, and a change of those keys alone named
+    # no restart (the plan said nothing; the list stayed the old one until some restart).
+    sub = cilium_daemonset(ip_masq_agent=True)
+    _pod(sub)["containers"][0]["volumeMounts"][-1].update(
+        mountPath="/etc/config/ip-masq-agent", subPath="ip-masq-agent")
+    cilium.put(DAEMONSETS, sub)
+    backend.apply(plan(backend.observe(), compile_for(backend, _spec(cidrs=["10.0.0.0/8"]))))
+    wider = _spec(cidrs=["10.0.0.0/8", "100.64.0.0/10"])
+    changed = plan(backend.observe(), compile_for(backend, wider))
+    assert [c.action for c in changed.changes] == ["replace"]
+    assert restarts_needed(backend, changed) == ("DaemonSet kube-system/cilium",)
+    # The whole volume mounted (Helm's way): the kubelet updates the file, no restart.
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    changed = plan(backend.observe(), compile_for(backend, wider))
+    assert restarts_needed(backend, changed) == ()
