@@ -296,12 +296,17 @@ def normal(name: str, raw: str | None) -> str | None:
         return None
 
 
-_BORROWED_ADDRESS_KINDS = frozenset({
-    "bridge", "bond", "team", "hsr", "vlan", "macvlan", "macvtap", "ipvlan", "ipvtap"})
+_BORROWED_ADDRESS_KINDS = frozenset({"bridge", "bond", "team", "hsr"})
 """The kinds of interface whose hardware address the kernel takes from another device
-and changes with it: a bridge's follows its ports (the lowest port's, unless set), a
-bond's or team's its first or active slave, a VLAN's, IPVLAN's or passthru MACVLAN's
-the device under it. Their address tells nothing of which interface they are."""
+and changes with it (a bridge's follows its ports, the lowest port's unless set; a
+bond's, team's or HSR device's its first or active slave), and that the kernel never
+moves to another namespace (``ip link set X netns N`` refuses them): another one takes
+a deleted one's index only when made with ``index N``. Their address tells nothing of
+which interface they are; their kind does. Not so a VLAN, an IPVLAN or a MACVLAN (a
+passthru one's address follows the device under it): they move between namespaces (a
+CNI plugin moves them into pods), and one moved in with a deleted one's index would
+be taken for it; their address tells them, and a change of the device under them
+leaves a record k3snet cannot tell."""
 
 
 @attrs.frozen
@@ -313,7 +318,7 @@ class LinkId:
     can take over a deleted one's index (``ip link set X netns N`` keeps X's index when
     it is free there), and then has another hardware address, unless an administrator
     gave it that one (a tunnel, having none, is told by its kind alone, and so is an
-    interface whose address the kernel takes from its ports or lower device:
+    interface whose address the kernel takes from its ports or slaves:
     :data:`_BORROWED_ADDRESS_KINDS`).
     """
 
