@@ -221,3 +221,26 @@ def test_the_warning_of_an_interface_k3snet_cannot_tell_names_the_value_to_give_
         backend.apply(plan(observed, State(owned=[Sysctl(RP_FILTER, 1)])))
     [path] = tmp_path.rglob("sysctl.json")
     assert json.loads(path.read_text())["owned"][RP_FILTER]["previous"] == "2"
+
+
+@pytest.mark.parametrize("change", ["address", "older record renamed"])
+def test_the_warning_of_an_interface_k3snet_cannot_tell_ends_once_the_value_is_given_back(
+        lab: tuple[str, str], tmp_path: Path, change: str) -> None:
+    # Nothing ends the record of an interface k3snet cannot tell (destroy leaves it, as
+    # it leaves the sysctl): the warning lasted for ever, after the value was given back
+    # by hand as it asked too.
+    ns, _other = lab
+    take_over_rp_filter(ns, tmp_path)
+    name = "d0"
+    if change == "address":
+        ip(ns, "link", "set", "d0", "address", "02:00:00:00:00:07")
+    else:
+        older_record(tmp_path)
+        name = "d9"
+        ip(ns, "link", "set", "d0", "name", name)
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), State()))  # destroy
+        [_warning] = backend.warnings  # k3snet's value is still there
+        run_in(ns, ["sysctl", "-qw", f"net.ipv4.conf.{name}.rp_filter=0"])  # by hand
+        backend.observe()
+        assert backend.warnings == ()

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -494,25 +494,42 @@ class SysctlState:
         return (interface is None or recorded is None
                 or _holds(recorded, indexes.get(interface), same_name=True))
 
-    def doubts(self, indexes: Mapping[str, LinkId]) -> list[str]:
+    def doubts(self, indexes: Mapping[str, LinkId],
+               read: Callable[[list[str]], Mapping[str, str | None]] | None = None,
+               ) -> list[str]:
         """The records of this state as loaded (not followed) tied to an interface k3snet
         cannot tell (:func:`_holds`), each said in a sentence: the sysctls and switches
         they name are left alone (``indexes``: the namespace's links by name). Each names
         the value to give back by hand, which a take-over anew (the spec asking another
-        value) records no more."""
+        value) records no more.
+
+        ``read``: reads sysctls' raw values (:func:`read_sysctls`), called once, only when
+        an owned sysctl is in doubt. The interface's sysctl that no longer holds k3snet's
+        value is left unsaid: given back by hand as the sentence asked, or set by another
+        since, it has nothing of k3snet's to give back (said still, the sentence would
+        last as long as the record, which nothing else ends)."""
         names = {link.index: name for name, link in indexes.items()}
-        found = [(name, name, recorded, self.owned[name][1])
-                 for name, recorded in self.links.items() if name in self.owned]
+        found: list[tuple[str, str, LinkId, str | None, str | None]] = [
+            (name, name, recorded, self.owned[name][1], self.owned[name][0])
+            for name, recorded in self.links.items() if name in self.owned]
         found += [(f"{switch} (spread by {name})", switch, recorded,
-                   self.spread.get(name, {}).get(switch))
+                   self.spread.get(name, {}).get(switch), None)
                   for name, switches in self.spread_links.items()
                   for switch, recorded in switches.items() if name in self.owned]
-        said = []
-        for what, sysctl, recorded, previous in sorted(found, key=lambda entry: entry[0]):
+        doubted = []
+        for what, sysctl, recorded, previous, mine in sorted(found, key=lambda entry: entry[0]):
             now = names.get(recorded.index)
             if (now is None or recorded.judge(indexes[now]) is not None
                     or _holds(recorded, indexes[now], same_name=now == interface_of(sysctl))):
                 continue  # gone, told apart (followed, or another interface), or held
+            there = None if mine is None else _at_interface(sysctl, now)
+            doubted.append((what, recorded, previous, now, there, mine))
+        wanted = [there for *_entry, there, _mine in doubted if there is not None]
+        values = read(wanted) if read is not None and wanted else {}
+        said = []
+        for what, recorded, previous, now, there, mine in doubted:
+            if there is not None and there in values and normal(there, values[there]) != mine:
+                continue  # k3snet's value is no longer there
             why = ("an older k3snet recorded its index alone" if not recorded.marked
                    else "its hardware address changed since")
             back = ("give it back by hand if it is" if previous is None
@@ -521,6 +538,16 @@ class SysctlState:
                         f"{recorded.index}) is the one it recorded ({why}), and leaves it "
                         f"alone; {back}")
         return said
+
+
+def _at_interface(name: str, interface: str) -> str | None:
+    """Sysctl ``name`` (of an interface) on ``interface``; ``None`` if none can spell it."""
+    parts = sysctl_path(name).split("/")
+    parts[3] = interface
+    try:
+        return sysctl_name("/".join(parts))
+    except ModelError:
+        return None
 
 
 def _on_interface(switch: str, name: str) -> str:
