@@ -178,6 +178,33 @@ def test_a_bridge_whose_address_follows_a_new_port_keeps_its_records(tmp_path: P
         assert read(ns, "net/ipv4/conf/br0/rp_filter") == "0"
 
 
+@pytest.mark.parametrize("kind", ["macvlan", "macvtap"])
+@pytest.mark.parametrize("name", ["x1", "m0"])
+def test_a_macvlan_moved_in_with_a_deleted_one_s_index_is_not_it(
+        tmp_path: Path, kind: str, name: str) -> None:
+    # Unlike a bridge, a MACVLAN (a VLAN, an IPVLAN) moves between namespaces, keeping its
+    # index where it is free: its kind alone took the record over again, as the index
+    # alone did before the link marks.
+    rp_filter = "net.ipv4.conf.m0.rp_filter"
+    with temporary_netns("reusemv") as ns, temporary_netns("reusemvs") as other:
+        for where in (ns, other):
+            ip(where, "link", "add", "l0", "type", "veth", "peer", "name", "l0p")
+        ip(ns, "link", "add", "m0", "index", INDEX, "link", "l0", "type", kind)
+        run_in(ns, ["sysctl", "-qw", f"{rp_filter}=0"])
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            backend.apply(plan(backend.observe(), State(owned=[Sysctl(rp_filter, 2)])))
+        ip(ns, "link", "del", "m0")
+        ip(other, "link", "add", name, "index", INDEX, "link", "l0", "type", kind)
+        ip(other, "link", "set", name, "netns", ns)
+        assert link(ns, name)["ifindex"] == int(INDEX)  # the index kept
+        run_in(ns, ["sysctl", "-qw", f"net.ipv4.conf.{name}.rp_filter=1"])
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            observed = backend.observe()
+            assert [o for o in observed.owned if isinstance(o, Sysctl)] == []
+            backend.apply(plan(observed, State()))  # destroy
+        assert read(ns, f"net/ipv4/conf/{name}/rp_filter") == "1"  # not m0's 0
+
+
 def test_the_warning_of_an_interface_k3snet_cannot_tell_names_the_value_to_give_back(
         lab: tuple[str, str], tmp_path: Path) -> None:
     # An administrator gave veth d0 another address: the same interface or another,
@@ -194,3 +221,26 @@ def test_the_warning_of_an_interface_k3snet_cannot_tell_names_the_value_to_give_
         backend.apply(plan(observed, State(owned=[Sysctl(RP_FILTER, 1)])))
     [path] = tmp_path.rglob("sysctl.json")
     assert json.loads(path.read_text())["owned"][RP_FILTER]["previous"] == "2"
+
+
+@pytest.mark.parametrize("change", ["address", "older record renamed"])
+def test_the_warning_of_an_interface_k3snet_cannot_tell_ends_once_the_value_is_given_back(
+        lab: tuple[str, str], tmp_path: Path, change: str) -> None:
+    # Nothing ends the record of an interface k3snet cannot tell (destroy leaves it, as
+    # it leaves the sysctl): the warning lasted for ever, after the value was given back
+    # by hand as it asked too.
+    ns, _other = lab
+    take_over_rp_filter(ns, tmp_path)
+    name = "d0"
+    if change == "address":
+        ip(ns, "link", "set", "d0", "address", "02:00:00:00:00:07")
+    else:
+        older_record(tmp_path)
+        name = "d9"
+        ip(ns, "link", "set", "d0", "name", name)
+    with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        backend.apply(plan(backend.observe(), State()))  # destroy
+        [_warning] = backend.warnings  # k3snet's value is still there
+        run_in(ns, ["sysctl", "-qw", f"net.ipv4.conf.{name}.rp_filter=0"])  # by hand
+        backend.observe()
+        assert backend.warnings == ()

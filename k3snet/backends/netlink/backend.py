@@ -718,24 +718,27 @@ class NetlinkBackend(BackendBase):
         return {link.name: LinkId(link.index, link.kind, link.address, link.permanent)
                 for link in self._routes.links().values()}
 
-    def _load_sysctls(self, *, doubts: bool = False) -> tuple[SysctlState, dict[str, LinkId]]:
+    def _load_sysctls(self) -> tuple[SysctlState, dict[str, LinkId]]:
         """The sysctl state file, with owned sysctls of renamed interfaces under their new
-        names (:meth:`SysctlState.follow`), and the links by name it needs. ``doubts``:
-        keep the records of interfaces k3snet cannot tell for :attr:`warnings`."""
+        names (:meth:`SysctlState.follow`), and the links by name it needs."""
         data = self._store.load()
         indexes = self._link_indexes(data)
-        if doubts:
-            self._link_doubts = tuple(data.doubts(indexes))
         return data.follow(indexes), indexes
 
     def _observe_sysctls(self) -> tuple[list[Sysctl], list[Sysctl]]:
-        data, indexes = self._load_sysctls(doubts=True)
+        loaded = self._store.load()
+        indexes = self._link_indexes(loaded)
+        data = loaded.follow(indexes)
         # One of an interface deleted and created again is the new interface's: foreign.
         mine = {name: entry for name, entry in data.owned.items()
                 if data.owns(name, indexes)}
         others = sorted((self._watch | data.released | set(data.owned)) - set(mine))
         root = self.proc_sys
         values = self._runner.call(lambda: read_sysctls(root, [*mine, *others]))
+        # The records of interfaces k3snet cannot tell, for the warnings (as loaded: a
+        # doubted one is neither followed nor held).
+        self._link_doubts = tuple(loaded.doubts(
+            indexes, lambda names: self._runner.call(lambda: read_sysctls(root, names))))
         owned: list[Sysctl] = []
         for name, (_value, previous) in sorted(mine.items()):
             current = normal(name, values.get(name))

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -296,12 +296,17 @@ def normal(name: str, raw: str | None) -> str | None:
         return None
 
 
-_BORROWED_ADDRESS_KINDS = frozenset({
-    "bridge", "bond", "team", "hsr", "vlan", "macvlan", "macvtap", "ipvlan", "ipvtap"})
+_BORROWED_ADDRESS_KINDS = frozenset({"bridge", "bond", "team", "hsr"})
 """The kinds of interface whose hardware address the kernel takes from another device
-and changes with it: a bridge's follows its ports (the lowest port's, unless set), a
-bond's or team's its first or active slave, a VLAN's, IPVLAN's or passthru MACVLAN's
-the device under it. Their address tells nothing of which interface they are."""
+and changes with it (a bridge's follows its ports, the lowest port's unless set; a
+bond's, team's or HSR device's its first or active slave), and that the kernel never
+moves to another namespace (``ip link set X netns N`` refuses them): another one takes
+a deleted one's index only when made with ``index N``. Their address tells nothing of
+which interface they are; their kind does. Not so a VLAN, an IPVLAN or a MACVLAN (a
+passthru one's address follows the device under it): they move between namespaces (a
+CNI plugin moves them into pods), and one moved in with a deleted one's index would
+be taken for it; their address tells them, and a change of the device under them
+leaves a record k3snet cannot tell."""
 
 
 @attrs.frozen
@@ -313,7 +318,7 @@ class LinkId:
     can take over a deleted one's index (``ip link set X netns N`` keeps X's index when
     it is free there), and then has another hardware address, unless an administrator
     gave it that one (a tunnel, having none, is told by its kind alone, and so is an
-    interface whose address the kernel takes from its ports or lower device:
+    interface whose address the kernel takes from its ports or slaves:
     :data:`_BORROWED_ADDRESS_KINDS`).
     """
 
@@ -489,25 +494,42 @@ class SysctlState:
         return (interface is None or recorded is None
                 or _holds(recorded, indexes.get(interface), same_name=True))
 
-    def doubts(self, indexes: Mapping[str, LinkId]) -> list[str]:
+    def doubts(self, indexes: Mapping[str, LinkId],
+               read: Callable[[list[str]], Mapping[str, str | None]] | None = None,
+               ) -> list[str]:
         """The records of this state as loaded (not followed) tied to an interface k3snet
         cannot tell (:func:`_holds`), each said in a sentence: the sysctls and switches
         they name are left alone (``indexes``: the namespace's links by name). Each names
         the value to give back by hand, which a take-over anew (the spec asking another
-        value) records no more."""
+        value) records no more.
+
+        ``read``: reads sysctls' raw values (:func:`read_sysctls`), called once, only when
+        an owned sysctl is in doubt. The interface's sysctl that no longer holds k3snet's
+        value is left unsaid: given back by hand as the sentence asked, or set by another
+        since, it has nothing of k3snet's to give back (said still, the sentence would
+        last as long as the record, which nothing else ends)."""
         names = {link.index: name for name, link in indexes.items()}
-        found = [(name, name, recorded, self.owned[name][1])
-                 for name, recorded in self.links.items() if name in self.owned]
+        found: list[tuple[str, str, LinkId, str | None, str | None]] = [
+            (name, name, recorded, self.owned[name][1], self.owned[name][0])
+            for name, recorded in self.links.items() if name in self.owned]
         found += [(f"{switch} (spread by {name})", switch, recorded,
-                   self.spread.get(name, {}).get(switch))
+                   self.spread.get(name, {}).get(switch), None)
                   for name, switches in self.spread_links.items()
                   for switch, recorded in switches.items() if name in self.owned]
-        said = []
-        for what, sysctl, recorded, previous in sorted(found, key=lambda entry: entry[0]):
+        doubted = []
+        for what, sysctl, recorded, previous, mine in sorted(found, key=lambda entry: entry[0]):
             now = names.get(recorded.index)
             if (now is None or recorded.judge(indexes[now]) is not None
                     or _holds(recorded, indexes[now], same_name=now == interface_of(sysctl))):
                 continue  # gone, told apart (followed, or another interface), or held
+            there = None if mine is None else _at_interface(sysctl, now)
+            doubted.append((what, recorded, previous, now, there, mine))
+        wanted = [there for *_entry, there, _mine in doubted if there is not None]
+        values = read(wanted) if read is not None and wanted else {}
+        said = []
+        for what, recorded, previous, now, there, mine in doubted:
+            if there is not None and there in values and normal(there, values[there]) != mine:
+                continue  # k3snet's value is no longer there
             why = ("an older k3snet recorded its index alone" if not recorded.marked
                    else "its hardware address changed since")
             back = ("give it back by hand if it is" if previous is None
@@ -516,6 +538,16 @@ class SysctlState:
                         f"{recorded.index}) is the one it recorded ({why}), and leaves it "
                         f"alone; {back}")
         return said
+
+
+def _at_interface(name: str, interface: str) -> str | None:
+    """Sysctl ``name`` (of an interface) on ``interface``; ``None`` if none can spell it."""
+    parts = sysctl_path(name).split("/")
+    parts[3] = interface
+    try:
+        return sysctl_name("/".join(parts))
+    except ModelError:
+        return None
 
 
 def _on_interface(switch: str, name: str) -> str:
