@@ -366,3 +366,57 @@ def test_a_jump_from_a_base_chain_iptables_nft_save_leaves_out_is_named_by_nft(
                                              "shows it"):
             backend.apply(p)
         assert plan(backend.observe(), DESIRED).empty  # nothing was changed
+
+
+_NFT_WRITTEN = """
+table ip filter {
+  chain FORWARD { type filter hook forward priority 0; policy accept; }
+  chain theirs { ip saddr 10.77.0.0/16 ct state new drop; }
+}
+table ip6 mangle {
+  chain theirs { type filter hook forward priority -150; policy accept; }
+}
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("given", [True, False], ids=["netns", "ip-netns-exec"])
+def test_every_command_a_warning_names_runs_in_the_namespace_k3snet_read(
+        ns: str, given: bool) -> None:
+    """The warnings of a table iptables-nft cannot read, of base chains of raw, mangle or
+    security iptables-nft-save leaves out, and of a notrack of one protocol (which named
+    ``iptables-save -t raw``, IPv6's too) gave their commands alone, also under
+    ``--netns NS`` and ``ip netns exec NS``: run as shown they read the node's tables.
+    Each is run here as shown, from the test's own namespace, and finds what it names."""
+    run_in(ns, ["nft", "-f", "-"], input_text=_NFT_WRITTEN)
+    run(ns, "nft", 4, "-t", "raw", "-A", "PREROUTING", "-s", "10.50.0.0/16", "-p", "udp",
+        "--dport", "53", "-j", "NOTRACK")
+    run(ns, "nft", 6, "-t", "raw", "-A", "PREROUTING", "-s", "fd42:50::/56", "-p", "udp",
+        "--dport", "53", "-j", "NOTRACK")
+
+    def warned() -> tuple[str, ...]:
+        with IptablesBackend(ns if given else None, mode="nft") as backend:
+            backend.expect(DESIRED)
+            backend.observe()
+            return backend.warnings
+
+    if given:
+        warnings = warned()
+    else:
+        with NetnsRunner(ns) as runner:
+            warnings = runner.call(warned)
+    expected = {
+        "IPv4 filter: iptables-nft cannot read": ("nft list table ip filter", "10.77.0.0/16"),
+        "IPv6 mangle: iptables-nft-save leaves out": ("nft list table ip6 mangle", "chain theirs"),
+        "iptables IPv4 raw: -A PREROUTING -s 10.50.0.0/16": ("iptables-nft-save -t raw",
+                                                              "--dport 53 -j NOTRACK"),
+        "iptables IPv6 raw: -A PREROUTING -s fd42:50::/56": ("ip6tables-nft-save -t raw",
+                                                              "--dport 53 -j NOTRACK"),
+    }
+    for start, (command, seen) in expected.items():
+        (said,) = [w for w in warnings if w.startswith(start)] or ["\n".join(warnings)]
+        shown = f"ip netns exec {ns} {command}"
+        assert f"`{shown}`" in said, said
+        out = subprocess.run(shlex.split(shown), capture_output=True, text=True,
+                             check=True).stdout  # here, outside: as shown
+        assert seen in out, out

@@ -249,4 +249,4 @@ def test_another_nftables_tables_dns_only_notrack_is_named_by_the_iptables_backe
             (said,) = [w for w in backend.warnings if "notrack" in w]
             assert said.startswith("nftables ip dns pre: ip saddr 10.42.0.0/16 (and 1 more "
                                    "match, of udp) notrack leaves the packets"), said
-            assert "`nft list chain ip dns pre`" in said, said
+            assert f"`ip netns exec {lab.node} nft list chain ip dns pre`" in said, said

@@ -140,7 +140,7 @@ def test_a_mangle_table_written_with_nft_that_iptables_cannot_show_is_a_warning(
     with IptablesBackend(ns, mode="nft") as backend:
         backend.observe()
         (warning,) = [w for w in backend.warnings if w.startswith("IPv4 mangle:")]
-        assert "`nft list table ip mangle`" in warning, warning
+        assert f"`ip netns exec {ns} nft list table ip mangle`" in warning, warning
 
 
 def test_untracked_packets_in_raw_are_an_exemption_from_nat() -> None:

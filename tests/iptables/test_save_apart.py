@@ -157,4 +157,4 @@ def test_a_legacy_path_table_whose_save_stopped_is_named_with_the_legacy_tool(ns
     assert len(warnings) == 1, backend.warnings
     assert "IPv4 mangle: iptables-legacy-save stops at a rule of this table" in warnings[0]
     assert "nft" not in warnings[0].replace("-nft-", ""), warnings[0]
-    assert "`iptables-legacy -t mangle -S` may name it" in warnings[0]
+    assert f"`ip netns exec {ns} iptables-legacy -t mangle -S` may name it" in warnings[0]

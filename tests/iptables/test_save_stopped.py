@@ -134,7 +134,7 @@ def test_a_rule_iptables_nft_cannot_decode_in_a_table_k3snet_does_not_write_bloc
         warnings = "\n".join(backend.warnings)
         assert "IPv4 mangle: iptables-nft-save stops at a rule of this table" in warnings, \
             warnings
-        assert "`nft -a list table ip mangle`" in warnings, warnings
+        assert f"`ip netns exec {ns} nft -a list table ip mangle`" in warnings, warnings
         assert "IPv6 mangle: ip6tables-nft-save stops at a rule" in warnings, warnings
     nat = run_in(ns, ["iptables-nft-save", "-t", "nat"]).stdout
     assert "-s 10.42.0.0/16 -o eth0 -m comment --comment \"k3snet:" in nat, nat

@@ -112,6 +112,13 @@ LOOK_ALIKES = {
     "tagged-jump": ["-N K3SNET-POSTROUTING",
                     "-A POSTROUTING -m comment --comment k3snet -j K3SNET-POSTROUTING",
                     "-A K3SNET-POSTROUTING -s 10.42.0.0/16 -d 192.168.2.0/24 -j MASQUERADE"],
+    # Jumped to as k3snet jumps, its main chain jumping as k3snet's does, but to a chain
+    # named as a bucket of filter's (k3snet writes K3SNET-F-x there alone).
+    "other-tables-bucket": [
+        "-N K3SNET-POSTROUTING", "-N K3SNET-F-1",
+        "-A POSTROUTING -m comment --comment k3snet -j K3SNET-POSTROUTING",
+        "-A K3SNET-POSTROUTING -m comment --comment k3snet -j K3SNET-F-1",
+        "-A K3SNET-F-1 -s 10.42.0.0/16 -d 192.168.2.0/24 -j MASQUERADE"],
     # A chain of another K3SNET- name.
     "other-name": ["-N K3SNET-MINE", "-A POSTROUTING -m comment --comment k3snet -j K3SNET-MINE",
                    "-A K3SNET-MINE -s 10.42.0.0/16 -d 192.168.2.0/24 -j MASQUERADE"],

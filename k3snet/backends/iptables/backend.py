@@ -444,7 +444,7 @@ class IptablesBackend(BackendBase):
         for (family, table), state in sorted(self._tables.items()):
             where = f"IPv{family} {table}"
             if state.hidden == "table":
-                found.append(f"{_unreadable(state)}; k3snet owns nothing there and "
+                found.append(f"{_unreadable(state, self._shown)}; k3snet owns nothing there and "
                              "refuses to write it")
             elif state.hidden == "base chains":
                 show = self._shown(["nft", "list", "table", _nft_family(family), table])
@@ -470,15 +470,17 @@ class IptablesBackend(BackendBase):
                     found.append(f"{where}: a rule that is not k3snet's jumps to k3snet's chain "
                                  f"{jump.target}: -A {jump.chain} {format_line(jump.line)} "
                                  "(kept; k3snet cannot delete that chain while it is there)")
-        found += [_path_hidden(*hidden, mode=self.mode) for hidden in self._path_hidden]
+        found += [_path_hidden(*hidden, mode=self.mode, shown=self._shown)
+                  for hidden in self._path_hidden]
         # Notracks of one protocol, raw's and other nftables tables', named when they meet
         # k3snet's rules.
         native = self._native.defaults.partial
         if self._partial or native:
             wanted = [*self._hinted,
                       *(o for t in self._tables.values() for o in t.owned.values())]
-            found += partial_untracks(self._partial, wanted, lambda _: "iptables-save -t raw")
-            found += partial_untracks(native, wanted, _nft_list_chain)
+            found += partial_untracks(self._partial, wanted, self._raw_save)
+            found += partial_untracks(
+                native, wanted, lambda where: self._shown(_nft_list_chain(where)))
         found += self._native.warnings
         if self._native.defaults.found:  # judged against k3snet's forward rules
             found += self._native.default_warnings(self._forward_wanted())
@@ -1205,7 +1207,7 @@ class IptablesBackend(BackendBase):
             append(change)
         ordered = {(family, table): pending[family, table]
                    for family in FAMILIES for table in TABLES if (family, table) in pending}
-        problems = [_unreadable(tables[where]) for where in ordered
+        problems = [_unreadable(tables[where], self._shown) for where in ordered
                     if tables[where].hidden == "table"]
         problems += [problem for where, changes in ordered.items()
                      for problem in self._conflicts(tables[where], changes)]
@@ -1344,6 +1346,13 @@ class IptablesBackend(BackendBase):
         name = exec_name(self._netns)
         return shlex.join([*(("ip", "netns", "exec", name) if name else ()), *argv])
 
+    def _raw_save(self, where: str) -> str:
+        """The command showing raw's rules of a block's ``where`` (``iptables IPv6 raw``):
+        this flavour's save of that family (``iptables-save -t raw`` was IPv4's, of
+        whichever flavour the node's alternative names)."""
+        family = 6 if where.split()[1] == "IPv6" else 4
+        return self._shown([tool_name(family, self.mode, "save"), "-t", "raw"])
+
     def _refuse(self, plan: Plan, reason: str) -> NoReturn:
         """Refuse ``plan``, in the kit's words, with every reason it does not fit.
 
@@ -1399,9 +1408,9 @@ def _where_of(subject: NetObject) -> tuple[int, str]:
     return (subject.family or 4, table_of(subject))
 
 
-def _nft_list_chain(where: str) -> str:
+def _nft_list_chain(where: str) -> list[str]:
     """The command listing the chain of a block's ``where`` (``nftables ip raw pre``)."""
-    return f"nft list chain {where.removeprefix('nftables ')}"
+    return ["nft", "list", "chain", *where.removeprefix("nftables ").split(" ", 2)]
 
 
 def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str], TableState],
@@ -1473,11 +1482,12 @@ def _nft_family(family: int) -> str:
 
 
 def _path_hidden(family: int, table: str, what: str, detail: str, *,
-                 mode: Flavour = "nft") -> str:
+                 mode: Flavour, shown: Callable[[list[str]], str]) -> str:
     """The warning of a raw, mangle or security table iptables-nft-save left (partly) out
     (``what``: :attr:`~k3snet.backends.iptables.save.TableDump.hidden`; ``detail``: the
     tool's words for a table ``"unread"``; a table ``"stopped"`` or ``"unread"`` was read
-    with iptables-``mode``)."""
+    with iptables-``mode``); ``shown``: a command it names as run where k3snet read
+    (:meth:`IptablesBackend._shown`)."""
     if what == "unread":
         return (f"IPv{family} {table}: {tool_name(family, mode, 'save')} -t {table} failed "
                 f"({detail}), and k3snet read the other tables one by one without it: "
@@ -1485,22 +1495,24 @@ def _path_hidden(family: int, table: str, what: str, detail: str, *,
                 "neither sees nor names as a conflict")
     if what == "stopped":
         # (iptables-legacy's tables are no nftables tables: nft shows nothing of them)
+        nft = shown(["nft", "-a", "list", "table", _nft_family(family), table])
+        legacy = shown([tool_name(family, mode, "")[:-1], "-t", table, "-S"])
         how = ("decode (written with nft, or by a newer iptables: "
-               f"`nft -a list table {_nft_family(family)} {table}` shows it)" if mode == "nft"
-               else f"print (`{tool_name(family, mode, '')[:-1]} -t {table} -S` may name it)")
+               f"`{nft}` shows it)" if mode == "nft" else f"print (`{legacy}` may name it)")
         return (f"IPv{family} {table}: {tool_name(family, mode, 'save')} stops at a rule of "
                 f"this table it cannot {how}, and k3snet "
                 "read the other tables one by one: this one runs on the path of forwarded "
                 "packets, and what it drops k3snet neither sees nor names as a conflict")
     return (f"IPv{family} {table}: iptables-nft-save leaves out "
             f"{'this table' if what == 'table' else 'base chains of this table'} "
-            f"(written with nft: `nft list table {_nft_family(family)} {table}` shows "
-            "it): it runs on the path of forwarded packets, and what it drops k3snet "
+            f"(written with nft: `{shown(['nft', 'list', 'table', _nft_family(family), table])}`"
+            " shows it): it runs on the path of forwarded packets, and what it drops k3snet "
             "neither sees nor names as a conflict")
 
 
-def _unreadable(state: TableState) -> str:
-    """Why k3snet does not write a table iptables-nft cannot show (``hidden == "table"``).
+def _unreadable(state: TableState, shown: Callable[[list[str]], str]) -> str:
+    """Why k3snet does not write a table iptables-nft cannot show (``hidden == "table"``);
+    ``shown``: its ``nft list table`` as run where k3snet read (:meth:`IptablesBackend._shown`).
 
     Writing it blind, k3snet's rules never read back: each apply added them again
     (one more jump from the built-in chain every time), and the rules of the table
@@ -1509,7 +1521,8 @@ def _unreadable(state: TableState) -> str:
     family, table = state.family, state.table
     return (f"IPv{family} {table}: iptables-nft cannot read this table (iptables-nft-save: "
             f"\"Table `{table}' is incompatible, use 'nft' tool\"): it holds rules written "
-            f"with nft (`nft list table {_nft_family(family)} {table}`) that iptables cannot "
+            f"with nft (`{shown(['nft', 'list', 'table', _nft_family(family), table])}`) "
+            "that iptables cannot "
             "show, so k3snet would write it blind; leave it to nft (the nftables backend) or "
             "move those rules to a table of another name")
 

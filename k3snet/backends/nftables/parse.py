@@ -1178,9 +1178,11 @@ class ForeignReader:
         except BackendError:  # unread (a timeout too): read as another's, conservatively
             return False
         inner = [item["rule"] for item in items or () if isinstance(item.get("rule"), dict)]
-        from k3snet.render.iptables.rules import is_bucket_chain  # noqa: PLC0415
+        from k3snet.render.iptables.rules import bucket_table  # noqa: PLC0415
 
-        if not all(is_bucket_chain(_tagged_jump(r) or "") for r in inner):
+        # A bucket's name in its own table only (K3SNET-F-x in filter, K3SNET-N-... in
+        # nat), as the iptables backend reads its chains: a K3SNET-F-1 in nat is not its.
+        if not all(bucket_table(_tagged_jump(r) or "") == where[1] for r in inner):
             return False
         self.iptables_own[where] = main
         return True
