@@ -570,7 +570,7 @@ def pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
     if seen is None or tr.egress is None or tr.ingress is None:
         return ()
     t = _Tracer(state, flow, pick=tr.branch or 0)
-    untracked = "untracked" in tr.codes
+    untracked = _flow_untracked(tr)
     proto, icmp, _ = PMTU_ERRORS[fam]
     nat = frozenset() if untracked else frozenset(
         {"dnat"} if tr.dnat is not None else set()) | ({"snat"} if seen != flow.source else set())
@@ -612,6 +612,14 @@ def pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
     return tuple(t.steps)
 
 
+def _flow_untracked(tr: Trace) -> bool:
+    """A raw rule exempted the pod's own packets (the original direction) from connection
+    tracking: an ICMP error about them finds no connection. One exempting only the replies
+    leaves the connection, made by the pod's first packet, to find: the error is
+    ``related`` all the same."""
+    return any(s.code == "untracked" and s.direction == "original" for s in tr.steps)
+
+
 def own_pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
     """The way to the pod of the ICMP error the node itself sends when the flow's packets
     are too large for its own way out (:data:`PMTU_ERRORS`; the ``path-mtu`` finding):
@@ -631,7 +639,7 @@ def own_pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
         return ()
     t = _Tracer(state, flow, pick=tr.branch or 0)
     proto, icmp, _ = PMTU_ERRORS[fam]
-    untracked = "untracked" in tr.codes
+    untracked = _flow_untracked(tr)
     nat = frozenset() if untracked else frozenset(
         {"dnat"} if tr.dnat is not None else set()) | (
         {"snat"} if tr.source_seen != flow.source else set())

@@ -15,12 +15,14 @@ from k3snet.doctor import Finding, Flow, NodeCapture, NodeState, Verdict, diagno
 
 
 def _findings(*output: str, family: int = 4, nft: list[list[Any]] | None = None,
-              table: str = "filter", priority: int = 0, raw: tuple[str, ...] = ()
+              table: str = "filter", priority: int = 0, raw: tuple[str, ...] = (),
+              prerouting: tuple[str, ...] = (), masquerade: bool = True
               ) -> tuple[Verdict, list[Finding]]:
-    """Pods on cni0, masqueraded, every MTU 1500, the route to the destination ``mtu
-    1280``; the OUTPUT chain of ``output`` in iptables' ``table`` (ip6tables' for
-    ``family`` 6), the raw table's of ``raw``, an inet table's output chain at
-    ``priority`` of ``nft``'s rules (each a rule's ``expr``, as ``nft -j`` prints it)."""
+    """Pods on cni0, masqueraded (else routed back to them by the network beyond), every
+    MTU 1500, the route to the destination ``mtu 1280``; the OUTPUT chain of ``output``
+    in iptables' ``table`` (ip6tables' for ``family`` 6), the raw table's of ``raw``
+    (its PREROUTING's of ``prerouting``), an inet table's output chain at ``priority``
+    of ``nft``'s rules (each a rule's ``expr``, as ``nft -j`` prints it)."""
     v6 = family == 6
     cni, uplink = ("fd42::1", "fd01::5") if v6 else ("10.42.0.1", "192.168.1.5")
     addresses = [{"ifname": name, "mtu": 1500, "flags": ["UP"],
@@ -34,12 +36,14 @@ def _findings(*output: str, family: int = 4, nft: list[list[Any]] | None = None,
                {"dst": "default", "gateway": "192.168.1.1", "dev": "eth0",
                 "metrics": [{"mtu": 1280}]}])
     pods = "fd42::/64" if v6 else "10.42.0.0/24"
-    raw_table = ("*raw\n:OUTPUT ACCEPT [0:0]\n" + "".join(f"-A OUTPUT {r}\n" for r in raw)
-                 + "COMMIT\n") if raw else ""
+    raw_table = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                 + "".join(f"-A PREROUTING {r}\n" for r in prerouting)
+                 + "".join(f"-A OUTPUT {r}\n" for r in raw)
+                 + "COMMIT\n") if raw or prerouting else ""
+    masq = f"-A POSTROUTING -s {pods} -j MASQUERADE\n" if masquerade else ""
     save = (raw_table + f"*{table}\n:OUTPUT ACCEPT [0:0]\n"
             + "".join(f"-A OUTPUT {r}\n" for r in output)
-            + f"COMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s {pods} "
-            "-j MASQUERADE\nCOMMIT\n")
+            + f"COMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n{masq}COMMIT\n")
     files = {"addr.json": json.dumps(addresses),
              f"routes-v{family}.json": json.dumps(routes),
              f"iptables-nft-v{family}.save": save,
@@ -55,7 +59,7 @@ def _findings(*output: str, family: int = 4, nft: list[list[Any]] | None = None,
     state = NodeState.from_capture(NodeCapture.from_texts(files))
     flow = (Flow("fd42::10", "fd01:2::10", port=5432) if v6
             else Flow("10.42.0.10", "192.168.2.10", port=5432))
-    d = diagnose(state, flow)
+    d = diagnose(state, flow, upstream_routes_pods=not masquerade)
     assert "path-mtu" in [f.code for f in d.findings], d.render()
     return d.verdict, [f for f in d.findings if f.code == "pmtu-error-dropped"]
 
@@ -137,3 +141,21 @@ def test_an_nft_output_chain_at_raw_priority_sees_the_node_s_own_error_related()
                {"drop": None}]
     assert _findings(nft=[invalid], priority=-300)[1] == []
     assert _findings(nft=[invalid], priority=-300, family=6)[1] == []
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize(("exempt", "dropped"), [("-i eth0 -p tcp -j CT --notrack", False),
+                                                  ("-i cni0 -j CT --notrack", True)])
+def test_the_node_s_own_error_is_related_unless_the_pod_s_packets_are_untracked(
+        exempt: str, dropped: bool, family: int) -> None:
+    """The error quotes the pod's packet, whose connection conntrack finds unless a raw
+    rule exempted the pod's packets themselves: exempting only the replies (by the uplink;
+    pods not masqueraded) leaves it ``related``, and the RELATED accept takes it
+    (tests/doctor/test_own_pmtu_error_kernel.py::
+    test_the_node_s_own_pmtu_error_is_related_unless_the_pod_s_packets_are_untracked)."""
+    proto = "icmp" if family == 4 else "ipv6-icmp"
+    verdict, found = _findings("-m conntrack --ctstate RELATED -j ACCEPT",
+                               f"-p {proto} -j DROP", family=family, prerouting=(exempt,),
+                               masquerade=False)
+    assert verdict is Verdict.REACHES
+    assert [f.severity for f in found] == (["warning"] if dropped else [])

@@ -176,3 +176,112 @@ def test_a_raw_output_chain_sees_the_node_s_own_pmtu_error_with_its_connection(
     assert "mtu 1280" in learnt, learnt
     assert "path-mtu" in [f.code for f in d.findings], d.render()
     assert "pmtu-error-dropped" not in [f.code for f in d.findings], d.render()
+
+
+#: A raw prerouting rule exempting from tracking the replies (which come in by the
+#: uplink) or the pod's own packets (by cni0), then output and forward chains accepting
+#: what is related and dropping the ICMP error. Only TCP's replies for the router's
+#: error, which comes in by the uplink too.
+_EXEMPT_NFT = {"replies": 'iifname "eth0" meta l4proto tcp notrack',
+               "pod's packets": 'iifname "cni0" notrack'}
+_EXEMPT_XT = {"replies": ["-i", "eth0", "-p", "tcp"], "pod's packets": ["-i", "cni0"]}
+
+
+def _exempt(lab: DoctorLab, family: int, tool: str, exempted: str) -> None:
+    if tool == "nft":
+        drops = ("  ct state related accept\n  icmp type destination-unreachable drop\n"
+                 "  icmpv6 type packet-too-big drop\n")
+        run_in(lab.node, ["nft", "-f", "-"], input_text=(
+            "table inet h_own_pmtu {\n chain raw_prerouting {\n"
+            "  type filter hook prerouting priority raw; policy accept;\n"
+            f"  {_EXEMPT_NFT[exempted]}\n }}\n"
+            + "".join(f" chain {hook} {{\n  type filter hook {hook} priority filter; "
+                      f"policy accept;\n{drops} }}\n" for hook in ("output", "forward"))
+            + "}\n"))
+        return
+    tool, proto = ("iptables-nft", "icmp") if family == 4 else ("ip6tables-nft", "ipv6-icmp")
+    run_in(lab.node, [tool, "-t", "raw", "-A", "PREROUTING", *_EXEMPT_XT[exempted],
+                      "-j", "CT", "--notrack"])
+    for chain in ("OUTPUT", "FORWARD"):
+        run_in(lab.node, [tool, "-A", chain, "-m", "conntrack", "--ctstate", "RELATED",
+                          "-j", "ACCEPT"])
+        run_in(lab.node, [tool, "-A", chain, "-p", proto, "-j", "DROP"])
+
+
+@pytest.mark.parametrize("exempted", ["replies", "pod's packets"])
+@pytest.mark.parametrize("tool", ["nft", "iptables"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_node_s_own_pmtu_error_is_related_unless_the_pod_s_packets_are_untracked(
+        doctor_lab: DoctorLab, family: Literal[4, 6], tool: str, exempted: str) -> None:
+    """The error quotes the pod's packet: conntrack finds that packet's connection unless a
+    raw rule exempted the pod's packets themselves. Exempting only the replies (pods not
+    masqueraded, the network routing them back) leaves the connection: the error is
+    ``related`` and a related accept before the drop lets it through. The kernel: the pod
+    learns the MTU then, never where its own packets are exempted; the doctor took any
+    exemption on the flow's way, the replies' too, for the pod's and named the drop."""
+    topology = Topology(family=family, nat="none", cluster_route=True)
+    doctor_lab.configure(topology)
+    _narrow_route(doctor_lab, family)
+    try:
+        _exempt(doctor_lab, family, tool, exempted)
+        learnt = _learnt(doctor_lab, topology)
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port),
+                     upstream_routes_pods=True)
+    finally:
+        doctor_lab.reset()
+        run_in(doctor_lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"],
+               check=False)
+    assert d.verdict is Verdict.REACHES, d.render()
+    assert "path-mtu" in [f.code for f in d.findings], d.render()
+    dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
+    if exempted == "replies":
+        assert "mtu 1280" in learnt, learnt
+        assert not dropped, d.render()
+    else:
+        assert "mtu 1280" not in learnt, learnt
+        # the forward chain's drop of a router's error is named too
+        assert [f.severity for f in dropped if "a router" not in f.what] == ["warning"], (
+            d.render())
+
+
+@pytest.mark.parametrize("exempted", ["replies", "pod's packets"])
+@pytest.mark.parametrize("tool", ["nft", "iptables"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_router_s_pmtu_error_is_related_unless_the_pod_s_packets_are_untracked(
+        doctor_lab: DoctorLab, family: Literal[4, 6], tool: str, exempted: str) -> None:
+    """The same for the error a router beyond the node sends (its link towards the
+    database the smaller), crossing the node's forward path: ``related`` where only the
+    replies (TCP's: not the error) are exempted from tracking, and so accepted before the
+    drop; not where the pod's own packets are. The router routes the pods' network to
+    the node (their addresses not translated)."""
+    topology = Topology(family=family, nat="none", cluster_route=True)
+    doctor_lab.configure(topology)
+    router, db = doctor_lab.names["router"], doctor_lab.names["db"]
+    convert = to_v6 if family == 6 else str
+    pods = [convert("10.42.0.0/16"), "via", convert(UPLINKS["eth0"][0]), "dev", "eth0"]
+    try:
+        run_in(router, ["ip", f"-{family}", "route", "add", *pods])
+        run_in(router, ["ip", "link", "set", "eth1", "mtu", "1280"])
+        run_in(db, ["ip", "link", "set", "eth0", "mtu", "1280"])
+        _exempt(doctor_lab, family, tool, exempted)
+        learnt = _learnt(doctor_lab, topology)
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port),
+                     upstream_routes_pods=True)
+    finally:
+        run_in(router, ["ip", f"-{family}", "route", "del", *pods], check=False)
+        run_in(router, ["ip", "link", "set", "eth1", "mtu", "1500"])
+        run_in(db, ["ip", "link", "set", "eth0", "mtu", "1500"])
+        doctor_lab.reset()
+        run_in(doctor_lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"],
+               check=False)
+    assert d.verdict is Verdict.REACHES, d.render()
+    dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
+    if exempted == "replies":
+        assert "mtu 1280" in learnt, learnt
+        assert not dropped, d.render()
+    else:
+        assert "mtu 1280" not in learnt, learnt
+        assert [f.severity for f in dropped] == ["warning"], d.render()
+        assert "router beyond the node" in dropped[0].what, d.render()
