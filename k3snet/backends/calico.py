@@ -734,7 +734,7 @@ class CalicoBackend(BackendBase):
             if _owned_label(item):
                 if self._bgp_export_dropped(item):
                     pool = attrs.evolve(pool, disable_bgp_export_dropped=True)
-                    warnings.append(_bgp_export_warning(pool))
+                    warnings.append(_bgp_export_warning(pool.name, pool.cidr))
                 owned[name] = pool
                 owned_raw[name] = item
             else:
@@ -793,15 +793,20 @@ class CalicoBackend(BackendBase):
         answered without it (held for that pool while it and the CRD stay as they were,
         :data:`BGP_EXPORT_RETRY` seconds at most). Where the listing before the write did
         not read the CRD (a new pool), the next one's reading of it is taken as the CRD
-        the write met."""
+        the write met. The warning is said at once: the apply that wrote the pool (a
+        CLI's run, which lists it no more) tells what the next listing would."""
         spec = answer.get("spec") if isinstance(answer, Mapping) else None
         if (isinstance(answer, Mapping) and isinstance(spec, Mapping)
                 and (sent.get("spec") or {}).get("disableBGPExport")
                 and "disableBGPExport" not in spec):
             metadata = answer.get("metadata") or {}
+            name = str(metadata.get("name"))
             crd_version = self._pool_crd[1] if self._pool_crd is not None else _CRD_UNREAD
-            self._bgp_export_lost[str(metadata.get("name"))] = (
+            self._bgp_export_lost[name] = (
                 metadata.get("resourceVersion"), crd_version, self._monotonic())
+            warning = _bgp_export_warning(name, spec.get("cidr"))
+            if warning not in self.warnings:
+                self.warnings = (*self.warnings, warning)
 
     def _list_all(self, plural: str, what: str) -> list[Any]:
         """Every object of ``plural`` in the pools' API, as the API server lists them
@@ -981,12 +986,12 @@ def _prunes_bgp_export(crd: Mapping[str, Any]) -> bool | None:
     return True if isinstance(properties, Mapping) else None
 
 
-def _bgp_export_warning(pool: IPPool) -> str:
-    """What to tell the admin about k3snet's ``pool`` whose ``disableBGPExport`` the
-    API drops."""
-    return (f"IPPool {pool.name}: the API server drops disableBGPExport (Calico's IPPool "
+def _bgp_export_warning(name: str, cidr: object) -> str:
+    """What to tell the admin about k3snet's pool ``name`` (of ``cidr``) whose
+    ``disableBGPExport`` the API drops."""
+    return (f"IPPool {name}: the API server drops disableBGPExport (Calico's IPPool "
             "schema predates v3.21), so where Calico runs BGP (BIRD) every node exports "
-            f"{pool.cidr} over BGP: the routes it has there, its LAN's too, go to its BGP "
+            f"{cidr} over BGP: the routes it has there, its LAN's too, go to its BGP "
             "peers; k3snet leaves the pool as it is: upgrade Calico (and its CRDs) to "
             "v3.21 or later, or filter the routes at the peers")
 

@@ -1092,3 +1092,30 @@ def test_a_hold_learned_from_a_write_is_tried_again_and_a_later_upgrade_sticks(
         assert stored["spec"]["disableBGPExport"] is True
         assert plan(backend.observe(), compile_ippools(LAN)).empty
         assert not backend.warnings
+
+
+@pytest.mark.parametrize("api", ["crd", "v3"])
+def test_a_write_answered_without_disable_bgp_export_is_warned_of_by_the_apply_that_made_it(
+        api: str) -> None:
+    # Where the IPPool CRD does not tell (not readable: manifests or a kubeconfig without
+    # the right; or, through v3, it keeps the field and Calico's API server drops it),
+    # each process writes the pool: `k3snet apply` said it had changed it, and nothing
+    # more, on every run, the pool still exported over BGP. Its warning was only
+    # read by the next listing, which a CLI run never made. Now the write's answer says it.
+    resource = CRD if api == "crd" else V3
+    version = "crd.projectcalico.org/v1" if api == "crd" else "projectcalico.org/v3"
+    with EmulatedApiServer(pruned={resource: ["disableBGPExport"]}) as server:
+        server.put(resource, {**FOREIGN[0], "apiVersion": version})
+        for run in ("create", "an older run's pool"):
+            backend = _backend(server.api_client(), api=api)  # a new process: a CLI run
+            p = plan(backend.observe(), compile_ippools(LAN))
+            assert not p.empty, run
+            assert not backend.warnings
+            backend.apply(p)
+            (warning,) = backend.warnings
+            assert warning.startswith(f"IPPool {LAN_POOL}: the API server drops "
+                                      "disableBGPExport")
+            assert "exports 192.168.0.0/16 over BGP" in warning
+            # what the next listing says, once
+            assert plan(backend.observe(), compile_ippools(LAN)).empty
+            assert backend.warnings == (warning,)
