@@ -91,6 +91,7 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
@@ -158,7 +159,14 @@ APIS: Mapping[str, tuple[str, str]] = {
 PLURAL = "ippools"
 FELIX_PLURAL = "felixconfigurations"
 POOL_CRD = "ippools.crd.projectcalico.org"  # the IPPool CRD's name
+_CRD_UNREAD = object()  # in CalicoBackend._bgp_export_lost: the write's listing read no CRD
 CALICO_METADATA_ANNOTATION = "projectcalico.org/metadata"
+BGP_EXPORT_RETRY = 600.0
+"""Seconds a pool of k3snet's is left without ``disableBGPExport`` after a write of it came
+back without it while the IPPool CRD did not tell that it drops the field (the CRD keeps
+it, or is not readable): then it is written again, which changes nothing where the API
+still drops it and sets it once Calico's API server (or, unreadable, its CRD) is
+upgraded, which changes neither the pool nor what k3snet can read of the CRD."""
 # The value of the managed-by label on the pools the tigera-operator writes back from its
 # Installation (tigera/operator pkg/controller/ippool/pool_controller.go).
 _OPERATOR_MANAGER = "tigera-operator"
@@ -634,10 +642,13 @@ class CalicoBackend(BackendBase):
         self.timeout = timeout
         self.warnings: tuple[str, ...] = ()
         self._observed: FreshRead[_Listing] = FreshRead()  # for the check or apply after it
-        # pool name -> (resourceVersion, the IPPool CRD's): a write of disableBGPExport
-        # true answered without it (_saw_written), while nothing changed since.
-        self._bgp_export_lost: dict[str, tuple[object, object]] = {}
-        self._pool_crd: tuple[bool | None, object] = (None, None)  # _read_pool_crd
+        # pool name -> (resourceVersion, the IPPool CRD's, when): a write of
+        # disableBGPExport true answered without it (_saw_written), while nothing changed
+        # since, for BGP_EXPORT_RETRY seconds.
+        self._bgp_export_lost: dict[str, tuple[object, object, float]] = {}
+        # _read_pool_crd's answer in this listing; None: not read.
+        self._pool_crd: tuple[bool | None, object] | None = None
+        self._monotonic = time.monotonic  # the holds' clock (a test moves it)
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -701,7 +712,7 @@ class CalicoBackend(BackendBase):
         warnings: list[str] = []
         # The IPPool CRD is read only where it decides something: a pool of k3snet's
         # without disableBGPExport, which k3snet always writes.
-        self._pool_crd = (None, None)
+        self._pool_crd = None
         if any(_owned_label(i) and _lacks_bgp_export(i) for i in items if isinstance(i, dict)):
             self._pool_crd = self._read_pool_crd()
         for item in items:
@@ -723,7 +734,7 @@ class CalicoBackend(BackendBase):
             if _owned_label(item):
                 if self._bgp_export_dropped(item):
                     pool = attrs.evolve(pool, disable_bgp_export_dropped=True)
-                    warnings.append(_bgp_export_warning(pool))
+                    warnings.append(_bgp_export_warning(pool.name, pool.cidr))
                 owned[name] = pool
                 owned_raw[name] = item
             else:
@@ -743,15 +754,22 @@ class CalicoBackend(BackendBase):
         then; Calico's API server answers a false by leaving it out. So: dropped when the
         IPPool CRD's schema prunes it (:meth:`_read_pool_crd`), or when this process's
         write of ``true`` was answered without it (:meth:`_saw_written`) and neither the
-        pool nor the CRD changed since. Otherwise the pool is one to write (a replace)."""
+        pool nor the CRD changed since, for :data:`BGP_EXPORT_RETRY` seconds (an upgrade
+        of Calico's API server changes neither). Otherwise the pool is one to write (a
+        replace)."""
         if not _lacks_bgp_export(item):
             return False
-        prunes, crd_version = self._pool_crd
+        prunes, crd_version = self._pool_crd or (None, None)
+        metadata = item.get("metadata") or {}
+        name = str(metadata.get("name"))
+        lost = self._bgp_export_lost.get(name)
+        if lost is not None and lost[1] is _CRD_UNREAD:  # the CRD the write met, read now
+            lost = self._bgp_export_lost[name] = (lost[0], crd_version, lost[2])
         if prunes:
             return True
-        metadata = item.get("metadata") or {}
-        lost = self._bgp_export_lost.get(str(metadata.get("name")))
-        return lost is not None and lost == (metadata.get("resourceVersion"), crd_version)
+        return (lost is not None
+                and lost[:2] == (metadata.get("resourceVersion"), crd_version)
+                and self._monotonic() - lost[2] < BGP_EXPORT_RETRY)
 
     def _read_pool_crd(self) -> tuple[bool | None, object]:
         """Whether the IPPool CRD's schema prunes ``spec.disableBGPExport`` (None: not
@@ -772,14 +790,23 @@ class CalicoBackend(BackendBase):
 
     def _saw_written(self, sent: Mapping[str, Any], answer: object) -> None:
         """Learn from a write's answer that the API drops ``disableBGPExport``: sent true,
-        answered without it (held for that pool while it and the CRD stay as they were)."""
+        answered without it (held for that pool while it and the CRD stay as they were,
+        :data:`BGP_EXPORT_RETRY` seconds at most). Where the listing before the write did
+        not read the CRD (a new pool), the next one's reading of it is taken as the CRD
+        the write met. The warning is said at once: the apply that wrote the pool (a
+        CLI's run, which lists it no more) tells what the next listing would."""
         spec = answer.get("spec") if isinstance(answer, Mapping) else None
         if (isinstance(answer, Mapping) and isinstance(spec, Mapping)
                 and (sent.get("spec") or {}).get("disableBGPExport")
                 and "disableBGPExport" not in spec):
             metadata = answer.get("metadata") or {}
-            self._bgp_export_lost[str(metadata.get("name"))] = (
-                metadata.get("resourceVersion"), self._pool_crd[1])
+            name = str(metadata.get("name"))
+            crd_version = self._pool_crd[1] if self._pool_crd is not None else _CRD_UNREAD
+            self._bgp_export_lost[name] = (
+                metadata.get("resourceVersion"), crd_version, self._monotonic())
+            warning = _bgp_export_warning(name, spec.get("cidr"))
+            if warning not in self.warnings:
+                self.warnings = (*self.warnings, warning)
 
     def _list_all(self, plural: str, what: str) -> list[Any]:
         """Every object of ``plural`` in the pools' API, as the API server lists them
@@ -959,12 +986,12 @@ def _prunes_bgp_export(crd: Mapping[str, Any]) -> bool | None:
     return True if isinstance(properties, Mapping) else None
 
 
-def _bgp_export_warning(pool: IPPool) -> str:
-    """What to tell the admin about k3snet's ``pool`` whose ``disableBGPExport`` the
-    API drops."""
-    return (f"IPPool {pool.name}: the API server drops disableBGPExport (Calico's IPPool "
+def _bgp_export_warning(name: str, cidr: object) -> str:
+    """What to tell the admin about k3snet's pool ``name`` (of ``cidr``) whose
+    ``disableBGPExport`` the API drops."""
+    return (f"IPPool {name}: the API server drops disableBGPExport (Calico's IPPool "
             "schema predates v3.21), so where Calico runs BGP (BIRD) every node exports "
-            f"{pool.cidr} over BGP: the routes it has there, its LAN's too, go to its BGP "
+            f"{cidr} over BGP: the routes it has there, its LAN's too, go to its BGP "
             "peers; k3snet leaves the pool as it is: upgrade Calico (and its CRDs) to "
             "v3.21 or later, or filter the routes at the peers")
 

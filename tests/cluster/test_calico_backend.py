@@ -11,6 +11,7 @@ import pytest
 
 from k3snet.backends import kit
 from k3snet.backends.calico import (
+    BGP_EXPORT_RETRY,
     CalicoBackend,
     calico_metadata,
     disruptive_changes,
@@ -1049,3 +1050,72 @@ def test_a_pool_of_k3snet_s_without_disable_bgp_export_is_dropped_only_where_the
         assert pool.disable_bgp_export_dropped is dropped
         assert plan(backend.observe(), compile_ippools(LAN)).empty is dropped
         assert len(backend.warnings) == int(dropped)
+
+
+@pytest.mark.parametrize("crd", ["the CRD keeps it", "the CRD not readable"])
+def test_a_hold_learned_from_a_write_is_tried_again_and_a_later_upgrade_sticks(
+        crd: str) -> None:
+    # Calico upgraded to v3.21: its CRDs first, its API server minutes later (the operator
+    # rolls it after the CRDs are applied). A pass between them writes the pool through
+    # the old API server, which drops the field: the hold learned from that answer was
+    # keyed to the pool's and the CRD's resourceVersions, which the API server's upgrade
+    # changes neither of: the pool was held, exported over BGP, until the agent restarted,
+    # the warning telling to upgrade what was upgraded. Without the right to read the
+    # CRD (manifests rendered before), the same after any upgrade. Now such a hold lasts
+    # BGP_EXPORT_RETRY seconds: the pool is written again then, and the upgrade sticks.
+    # And the create's hold holds at once: it was keyed to no CRD (the listing before
+    # the create read none), so the next listing, reading it, wrote the pool again.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, CRDS),
+                           pruned={V3: ["disableBGPExport"]}) as server:
+        if crd == "the CRD keeps it":
+            server.put(CRDS, ippool_crd(bgp_export_field=True))
+        server.put(V3, {**FOREIGN[0], "apiVersion": "projectcalico.org/v3"})
+        backend = _backend(server.api_client(), api="v3")
+        now = [1000.0]
+        backend._monotonic = lambda: now[0]
+        backend.apply(plan(backend.observe(), compile_ippools(LAN)))
+        stored = server.get(V3, LAN_POOL)
+        assert stored is not None
+        assert "disableBGPExport" not in stored["spec"]
+        assert plan(backend.observe(), compile_ippools(LAN)).empty  # held, said
+        assert len(backend.warnings) == 1
+        server.emulator.pruned.clear()  # Calico's API server upgraded too
+        now[0] += BGP_EXPORT_RETRY - 1
+        assert plan(backend.observe(), compile_ippools(LAN)).empty  # held a while yet
+        now[0] += 1
+        p = plan(backend.observe(), compile_ippools(LAN))
+        assert [str(c).split(" (was")[0] for c in p] == [
+            f"~ ippool {LAN_POOL} 192.168.0.0/16 disabled blockSize=26 disableBGPExport"]
+        backend.apply(p)
+        stored = server.get(V3, LAN_POOL)
+        assert stored is not None
+        assert stored["spec"]["disableBGPExport"] is True
+        assert plan(backend.observe(), compile_ippools(LAN)).empty
+        assert not backend.warnings
+
+
+@pytest.mark.parametrize("api", ["crd", "v3"])
+def test_a_write_answered_without_disable_bgp_export_is_warned_of_by_the_apply_that_made_it(
+        api: str) -> None:
+    # Where the IPPool CRD does not tell (not readable: manifests or a kubeconfig without
+    # the right; or, through v3, it keeps the field and Calico's API server drops it),
+    # each process writes the pool: `k3snet apply` said it had changed it, and nothing
+    # more, on every run, the pool still exported over BGP. Its warning was only
+    # read by the next listing, which a CLI run never made. Now the write's answer says it.
+    resource = CRD if api == "crd" else V3
+    version = "crd.projectcalico.org/v1" if api == "crd" else "projectcalico.org/v3"
+    with EmulatedApiServer(pruned={resource: ["disableBGPExport"]}) as server:
+        server.put(resource, {**FOREIGN[0], "apiVersion": version})
+        for run in ("create", "an older run's pool"):
+            backend = _backend(server.api_client(), api=api)  # a new process: a CLI run
+            p = plan(backend.observe(), compile_ippools(LAN))
+            assert not p.empty, run
+            assert not backend.warnings
+            backend.apply(p)
+            (warning,) = backend.warnings
+            assert warning.startswith(f"IPPool {LAN_POOL}: the API server drops "
+                                      "disableBGPExport")
+            assert "exports 192.168.0.0/16 over BGP" in warning
+            # what the next listing says, once
+            assert plan(backend.observe(), compile_ippools(LAN)).empty
+            assert backend.warnings == (warning,)
