@@ -4,12 +4,12 @@ Cilium reads ``cilium-config`` and flannel ``net-conf.json`` once, when the agen
 starts: a change k3snet writes is in force on a node only once the pod there has
 restarted. The cilium and flannel backends stamp each ConfigMap change they make
 with :data:`CHANGED_ANNOTATION` (UTC, seconds, k3snet's clock); :func:`pending`
-compares it with the start of each pod of the DaemonSets using that ConfigMap.
-A pod counts as restarted when its containers are all running since then, or it was
-created since then; the DaemonSets using it are those whose pod template names the
-ConfigMap (a volume, ``envFrom``, a key reference) and the CNI's well-known one
-(Cilium's ``config`` init container reads ``cilium-config`` through the API, naming
-it in no volume). Nothing here restarts anything.
+compares it with the creation of each pod of the DaemonSets using that ConfigMap.
+A pod counts as restarted when it was created since then (a container restarted in
+its pod runs the config of the pod's start: see :func:`_created`); the DaemonSets
+using it are those whose pod template names the ConfigMap (a volume, ``envFrom``, a
+key reference) and the CNI's well-known one (Cilium's ``config`` init container reads
+``cilium-config`` through the API, naming it in no volume). Nothing here restarts anything.
 """
 
 from __future__ import annotations
@@ -63,18 +63,15 @@ def _names(value: Any, name: str) -> bool:
     return False
 
 
-def _started(pod: dict[str, Any]) -> datetime.datetime | None:
-    """Since when ``pod`` runs what it runs: its containers' latest start when all run,
-    else its creation (a pod made since a change reads the new config when it starts)."""
-    metadata = pod.get("metadata") or {}
-    created = _time(metadata.get("creationTimestamp"))
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    starts = [_time(((s.get("state") or {}).get("running") or {}).get("startedAt"))
-              for s in statuses if isinstance(s, dict)]
-    if statuses and all(starts):
-        earliest = min(s for s in starts if s is not None)
-        return max(earliest, created) if created else earliest
-    return created
+def _created(pod: dict[str, Any]) -> datetime.datetime | None:
+    """When ``pod`` was created: the CNI's config is read in a pod's start, not in a
+    container's. Cilium's ``config`` init container writes ``cilium-config`` into the
+    pod's ``/tmp`` (an emptyDir) once, and init containers do not run again when the
+    ``cilium-agent`` container restarts (a crash, its liveness probe): that one starts
+    again with the config of the pod's start. Flannel's restarted container reads the
+    kubelet's copy of the ConfigMap, up to a minute or more behind. The creation is
+    also the API server's clock, not the pod's node's."""
+    return _time((pod.get("metadata") or {}).get("creationTimestamp"))
 
 
 def _owned_by(pod: dict[str, Any], daemonset: str) -> bool:
@@ -148,8 +145,8 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
                 selected = False
             if not (selected and _owned_by(pod, name)):
                 continue
-            started = _started(pod)
-            if started is None or started < changed:
+            created = _created(pod)
+            if created is None or created < changed:
                 stale.append(str(metadata.get("name")))
         if stale:
             restarts.append(PendingRestart(f"DaemonSet {namespace}/{name}", what,

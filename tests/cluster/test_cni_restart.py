@@ -4,8 +4,9 @@ Cilium reads ``cilium-config`` and flannel ``net-conf.json`` once, when the agen
 after k3snet changed either, the converge result names the DaemonSet whose pods still
 run since before the change (:func:`k3snet.converge.pending_restarts`), until every pod
 was restarted (``kubectl rollout restart`` makes new pods; a container restarted in its
-pod counts too). The ip-masq-agent file needs no restart (Cilium watches it). Against
-the emulated API server, with pods shaped like the real ones.
+pod does not count: it runs the config of the pod's start). The ip-masq-agent file
+needs no restart (Cilium watches it). Against the emulated API server, with pods
+shaped like the real ones.
 """
 
 from __future__ import annotations
@@ -113,15 +114,27 @@ def test_cilium_config_change_is_pending_until_every_agent_pod_restarted(
     again = converge(cilium, _masquerade("false"))
     assert again.plan.empty
     assert [r.stale for r in again.restarts] == [("cilium-a", "cilium-b")]
-    # One pod replaced (a rollout under way), the other's container restarted.
+    # One pod replaced (a rollout under way), then the other.
     api_server.delete(PODS, "cilium-a", "kube-system")
     api_server.put(PODS, _pod("kube-system", "cilium-c", "cilium", CILIUM_LABELS,
                               created=FUTURE))
     assert [r.stale for r in pending_restarts(cilium)] == [("cilium-b",)]
-    api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
-                              created=LONG_AGO, started=FUTURE))
+    api_server.delete(PODS, "cilium-b", "kube-system")
+    api_server.put(PODS, _pod("kube-system", "cilium-d", "cilium", CILIUM_LABELS,
+                              created=FUTURE, started=FUTURE))
     assert pending_restarts(cilium) == ()
     assert converge(cilium, _masquerade("false")).restarts == ()
+
+
+def test_a_container_restarted_in_its_pod_is_still_pending(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # Cilium's config init container built the agent's config dir (an emptyDir) when the
+    # pod started; a cilium-agent restarted since (a crash, its liveness probe) reads
+    # that dir again, not cilium-config: the pod still runs the old settings.
+    converge(cilium, _masquerade("false"))
+    api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
+                              created=LONG_AGO, started=FUTURE))
+    assert [r.stale for r in pending_restarts(cilium)] == [("cilium-a", "cilium-b")]
 
 
 def test_ip_masq_agent_change_needs_no_restart(cilium: CiliumBackend) -> None:
