@@ -85,7 +85,7 @@ from k3snet.backends.cilium_mount import (
     agent_directory_missing,
     agent_file_mounted,
 )
-from k3snet.backends.cni_restart import CHANGED_ANNOTATION, changed_stamp
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
@@ -467,6 +467,7 @@ class _Api:
         self.config_name, self.agent_name = names
         self.timeout = timeout
         self.warned: set[str] = set()
+        self.clock = ServerClock()  # the restart stamp's, by each read's Date header
 
     def where(self, name: str) -> str:
         return f"ConfigMap {self.namespace}/{name}"
@@ -475,12 +476,13 @@ class _Api:
         try:
             with translate_errors(f"read {self.where(name)}",
                                   classifier=KubeErrors(timeout=self.timeout)):
-                found = self.core.read_namespaced_config_map(
+                found, _, headers = self.core.read_namespaced_config_map_with_http_info(
                     name, self.namespace, _request_timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status == 404:
                 return None
             raise
+        self.clock.note(headers)
         metadata = found.metadata
         annotations = (metadata.annotations if metadata is not None else None) or {}
         return _ConfigMap(dict(found.data or {}), annotations.get(OWNED_ANNOTATION),
@@ -1411,7 +1413,7 @@ class CiliumBackend(BackendBase):
         if new_record is None:
             changed_at = (None,) if config.changed_at is not None else None
         elif any(config.data.get(k) != v for k, v in edit.config_data.items()):
-            changed_at = (changed_stamp(),)
+            changed_at = (self._api.clock.stamp(),)
         self._next_stamp = changed_at if changed_at is not None else (config.changed_at,)
         stamp_back = None if changed_at is None else (config.changed_at,)  # for an undo
         if edit.config_data or new_record != old_record or new_written != config.written:

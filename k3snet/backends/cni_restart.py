@@ -3,7 +3,8 @@
 Cilium reads ``cilium-config`` and flannel ``net-conf.json`` once, when the agent
 starts: a change k3snet writes is in force on a node only once the pod there has
 restarted. The cilium and flannel backends stamp each ConfigMap change they make
-with :data:`CHANGED_ANNOTATION` (UTC, seconds, k3snet's clock); :func:`pending`
+with :data:`CHANGED_ANNOTATION` (UTC, seconds, the API server's clock:
+:class:`ServerClock`); :func:`pending`
 compares it with the creation of each pod of the DaemonSets using that ConfigMap.
 A pod counts as restarted when it was created since then (a container restarted in
 its pod runs the config of the pod's start: see :func:`_created`); the DaemonSets
@@ -20,13 +21,17 @@ from typing import Any
 
 from k3snet.backends.base import PendingRestart
 from k3snet.backends.kit import translate_errors
-from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches
+from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches, server_time
 
-__all__ = ["CHANGED_ANNOTATION", "changed_stamp", "pending"]
+__all__ = ["CHANGED_ANNOTATION", "ServerClock", "changed_stamp", "pending"]
 
 CHANGED_ANNOTATION = "k3snet.io/changed-at"
 """The annotation, on a ConfigMap k3snet changed, holding when it last changed data the
-CNI reads only at start (RFC 3339, UTC, seconds)."""
+CNI reads only at start (RFC 3339, UTC, seconds, the API server's clock)."""
+
+_SKEW = 2.0
+"""Seconds between k3snet's clock and the API server's from which the stamp takes the
+server's: a ``Date`` header says whole seconds, so a smaller gap is its rounding."""
 
 _REFERENCES = frozenset({"configMap", "configMapRef", "configMapKeyRef"})
 
@@ -35,6 +40,33 @@ def changed_stamp(now: datetime.datetime | None = None) -> str:
     """``now`` (default: the current time) as :data:`CHANGED_ANNOTATION` holds it."""
     now = now or datetime.datetime.now(tz=datetime.UTC)
     return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ServerClock:
+    """The API server's clock, as k3snet's plus the gap the last answer's ``Date`` showed.
+
+    The stamp is compared with the pods' ``creationTimestamp``, which the API server
+    writes: a stamp of k3snet's clock ahead of it named pods made after the change
+    pending (a rollout restart made at once, until the clock's gap had passed); behind
+    it, pods made before the change as restarted. :meth:`note` each ConfigMap read's
+    headers; :meth:`stamp` gives the stamp of a write."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        """Seconds to add to k3snet's clock (0 below :data:`_SKEW`)."""
+
+    def note(self, headers: Any) -> None:
+        """Take the gap from an answer's ``headers`` (none readable: kept as it was)."""
+        server = server_time(headers)
+        if server is None:
+            return
+        gap = server - datetime.datetime.now(tz=datetime.UTC).timestamp()
+        self.offset = gap if abs(gap) >= _SKEW else 0.0
+
+    def stamp(self) -> str:
+        """:func:`changed_stamp` of the API server's time now."""
+        return changed_stamp(datetime.datetime.now(tz=datetime.UTC)
+                             + datetime.timedelta(seconds=self.offset))
 
 
 def _time(value: Any) -> datetime.datetime | None:

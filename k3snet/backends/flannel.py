@@ -75,7 +75,7 @@ import attrs
 
 from k3snet._kept import read_input
 from k3snet.backends.base import ApplyResult, PendingRestart
-from k3snet.backends.cni_restart import CHANGED_ANNOTATION, changed_stamp
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.flannel_read import (
     DISRUPTIVE_KEYS,
@@ -381,17 +381,19 @@ class _ConfigMapStore:
         self.timeout = timeout
         self.target = configmap_target(namespace, name)
         self.where = f"ConfigMap {namespace}/{name}"
+        self.clock = ServerClock()  # the restart stamp's, by each read's Date header
 
     def read(self) -> _Doc | None:
         try:
             with translate_errors(f"read {self.where}",
                                   classifier=KubeErrors(timeout=self.timeout)):
-                configmap = self.core.read_namespaced_config_map(
+                configmap, _, headers = self.core.read_namespaced_config_map_with_http_info(
                     self.name, self.namespace, _request_timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status == 404:
                 return None
             raise
+        self.clock.note(headers)
         data = configmap.data or {}
         if CONFIGMAP_KEY not in data:
             raise BackendError(f"{self.where} has no {CONFIGMAP_KEY!r} key; is it flannel's "
@@ -444,7 +446,7 @@ class _ConfigMapStore:
             metadata["annotations"][CHANGED_ANNOTATION] = None
         elif text != doc.text:
             # Flannel reads it when it starts: the change awaits its pods' restart.
-            metadata["annotations"][CHANGED_ANNOTATION] = changed_stamp()
+            metadata["annotations"][CHANGED_ANNOTATION] = self.clock.stamp()
         with translate_errors(f"patch {self.where}",
                               classifier=KubeErrors(timeout=self.timeout, error=_ApplyKubeError)):
             self.core.patch_namespaced_config_map(

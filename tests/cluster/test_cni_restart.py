@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import types
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
+from k3snet.backends import cni_restart
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.backends.flannel import FlannelBackend
@@ -270,4 +273,48 @@ def test_an_apply_undone_takes_its_stamp_back_too(
     assert left is not None
     assert left["data"] == found["data"]
     assert CHANGED_ANNOTATION not in (left["metadata"].get("annotations") or {})
+    assert pending_restarts(cilium) == ()
+
+
+class _AheadClock(datetime.datetime):
+    """k3snet's clock, ten minutes ahead of the API server's (a node without NTP yet)."""
+
+    @classmethod
+    def now(cls, tz: datetime.tzinfo | None = None) -> _AheadClock:
+        return super().now(tz) + datetime.timedelta(minutes=10)
+
+
+@pytest.mark.parametrize("ahead", [True, False], ids=["ahead", "behind"])
+def test_the_stamp_is_the_api_server_s_time_whatever_k3snet_s_clock(
+        api_server: EmulatedApiServer, cilium: CiliumBackend,
+        monkeypatch: pytest.MonkeyPatch, ahead: bool) -> None:
+    # The pods' creation is the API server's clock: a stamp of k3snet's, ahead, named
+    # pods made after the change pending for ten minutes (a rollout restart made at
+    # once, forever); behind, pods made before the change were in force already.
+    class _BehindClock(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> _BehindClock:
+            return super().now(tz) - datetime.timedelta(minutes=10)
+
+    skewed = _AheadClock if ahead else _BehindClock
+    monkeypatch.setattr(cni_restart, "datetime", types.SimpleNamespace(
+        datetime=skewed, UTC=datetime.UTC, timedelta=datetime.timedelta))
+    server_now = datetime.datetime.now(tz=datetime.UTC)
+    five_ago = (server_now - datetime.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
+                              created=five_ago))
+    [pending] = converge(cilium, _masquerade("false")).restarts
+    assert pending.stale == ("cilium-a", "cilium-b")
+    stored = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert stored is not None
+    stamp = datetime.datetime.fromisoformat(
+        stored["metadata"]["annotations"][CHANGED_ANNOTATION].replace("Z", "+00:00"))
+    assert abs((stamp - server_now).total_seconds()) < 5
+    # The rollout restart: new pods, made now by the API server (its creationTimestamp).
+    core = client.CoreV1Api(api_server.api_client())
+    for name in ("cilium-a", "cilium-b"):
+        api_server.delete(PODS, name, "kube-system")
+        made = _pod("kube-system", f"{name}-new", "cilium", CILIUM_LABELS, created=LONG_AGO)
+        del made["metadata"]["creationTimestamp"]
+        core.create_namespaced_pod("kube-system", made)
     assert pending_restarts(cilium) == ()
