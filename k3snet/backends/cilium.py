@@ -85,7 +85,7 @@ from k3snet.backends.cilium_mount import (
     agent_directory_missing,
     agent_file_mounted,
 )
-from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
@@ -990,6 +990,7 @@ class CiliumBackend(BackendBase):
         # 1-tuple; None: not known), for the pending_restarts() right after.
         self._stamp: tuple[str | None] | None = None
         self._next_stamp: tuple[str | None] | None = None  # what the apply's writes leave
+        self._settled = Settled()  # the stamp whose pods all restarted: not listed again
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -1199,6 +1200,7 @@ class CiliumBackend(BackendBase):
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
         self._stamp = self._next_stamp = None  # known again once the writes are made
+        self._settled.stamp = None  # a stamp written in the same second is another one
         read = self._read_for_apply()
         edit = self._edit(read, plan)
         fail_at = self.faults.take(plan)
@@ -1507,7 +1509,7 @@ class CiliumBackend(BackendBase):
             self._api.core.api_client, self._api.namespace, self._api.config_name,
             {CHANGED_ANNOTATION: known[0]},
             reason="Cilium's agents read it when they start", known=(self._daemonset,),
-            timeout=self._api.timeout)
+            timeout=self._api.timeout, settled=self._settled)
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""

@@ -23,7 +23,7 @@ from k3snet.backends.base import PendingRestart
 from k3snet.backends.kit import translate_errors
 from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches, server_time
 
-__all__ = ["CHANGED_ANNOTATION", "ServerClock", "changed_stamp", "pending"]
+__all__ = ["CHANGED_ANNOTATION", "ServerClock", "Settled", "changed_stamp", "pending"]
 
 CHANGED_ANNOTATION = "k3snet.io/changed-at"
 """The annotation, on a ConfigMap k3snet changed, holding when it last changed data the
@@ -69,6 +69,19 @@ class ServerClock:
                              + datetime.timedelta(seconds=self.offset))
 
 
+class Settled:
+    """The stamp whose restarts were all found made: not listed for again.
+
+    A pod counts as restarted by its creation, which never moves: once every pod of the
+    DaemonSets was made since a stamp, every pod made later is too. Without it, the
+    agent's Lease holder listed every DaemonSet and every Pod of the CNI's namespace
+    (``kube-system``: a few per node) from etcd on each pass, for as long as the stamp
+    stayed, long after the restart. A backend keeps one, forgotten on its own writes."""
+
+    def __init__(self) -> None:
+        self.stamp: str | None = None
+
+
 def _time(value: Any) -> datetime.datetime | None:
     """A Kubernetes timestamp (text or a client's datetime) as an aware datetime."""
     if isinstance(value, datetime.datetime):
@@ -112,17 +125,41 @@ def _owned_by(pod: dict[str, Any], daemonset: str) -> bool:
                and o.get("name") == daemonset for o in owners)
 
 
+def _made_before(pods: list[Any], daemonset: dict[str, Any],
+                 changed: datetime.datetime) -> list[str]:
+    """The names of ``daemonset``'s ``pods`` created before ``changed``."""
+    name = str(daemonset["metadata"].get("name"))
+    selector = (daemonset.get("spec") or {}).get("selector")
+    stale = []
+    for pod in pods:
+        if not isinstance(pod, dict):
+            continue
+        metadata = pod.get("metadata") or {}
+        try:
+            selected = selector_matches(selector, metadata.get("labels") or {})
+        except ValueError:
+            selected = False
+        if not (selected and _owned_by(pod, name)):
+            continue
+        created = _created(pod)
+        if created is None or created < changed:
+            stale.append(str(metadata.get("name")))
+    return stale
+
+
 def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[str, str],
-            *, reason: str, known: Iterable[str], timeout: float) -> tuple[PendingRestart, ...]:
+            *, reason: str, known: Iterable[str], timeout: float,
+            settled: Settled | None = None) -> tuple[PendingRestart, ...]:
     """The restarts still to make for k3snet's last change of ``configmap`` (whose
     ``annotations`` were read), none if it holds no :data:`CHANGED_ANNOTATION`.
 
     ``known``: the CNI's DaemonSets by name (in ``namespace``), counted whether or not
     their template names the ConfigMap. Where no DaemonSet is found, or they or their
     pods cannot be listed (403), the restart stays pending with ``stale`` ``None``.
+    ``settled``: the stamp found done before (nothing listed), and where it is kept.
     """
     stamp = annotations.get(CHANGED_ANNOTATION)
-    if stamp is None:
+    if stamp is None or (settled is not None and settled.stamp == stamp):
         return ()
     changed = _time(stamp)
     where = f"ConfigMap {namespace}/{configmap}"
@@ -165,22 +202,10 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
     restarts = []
     for daemonset in sorted(found, key=lambda d: str(d["metadata"].get("name"))):
         name = str(daemonset["metadata"].get("name"))
-        selector = (daemonset.get("spec") or {}).get("selector")
-        stale = []
-        for pod in listed:
-            if not isinstance(pod, dict):
-                continue
-            metadata = pod.get("metadata") or {}
-            try:
-                selected = selector_matches(selector, metadata.get("labels") or {})
-            except ValueError:
-                selected = False
-            if not (selected and _owned_by(pod, name)):
-                continue
-            created = _created(pod)
-            if created is None or created < changed:
-                stale.append(str(metadata.get("name")))
+        stale = _made_before(listed, daemonset, changed)
         if stale:
             restarts.append(PendingRestart(f"DaemonSet {namespace}/{name}", what,
                                            tuple(sorted(stale))))
+    if not restarts and settled is not None:
+        settled.stamp = stamp
     return tuple(restarts)

@@ -75,7 +75,7 @@ import attrs
 
 from k3snet._kept import read_input
 from k3snet.backends.base import ApplyResult, PendingRestart
-from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.flannel_read import (
     DISRUPTIVE_KEYS,
@@ -382,6 +382,7 @@ class _ConfigMapStore:
         self.target = configmap_target(namespace, name)
         self.where = f"ConfigMap {namespace}/{name}"
         self.clock = ServerClock()  # the restart stamp's, by each read's Date header
+        self.settled = Settled()  # the stamp whose pods all restarted: not listed again
 
     def read(self) -> _Doc | None:
         try:
@@ -425,7 +426,8 @@ class _ConfigMapStore:
         annotations = (metadata.annotations if metadata is not None else None) or {}
         return pending_restarts(self.core.api_client, self.namespace, self.name,
                                 dict(annotations), reason="flannel reads it when it starts",
-                                known=(FLANNEL_DAEMONSET,), timeout=self.timeout)
+                                known=(FLANNEL_DAEMONSET,), timeout=self.timeout,
+                                settled=self.settled)
 
     def write(self, doc: _Doc, text: str, record: Record | None) -> int:
         """One merge patch, conditional on the resourceVersion read."""
@@ -442,6 +444,7 @@ class _ConfigMapStore:
         }
         if text != doc.text:
             body["data"] = {CONFIGMAP_KEY: text}
+            self.settled.stamp = None  # a stamp written in the same second is another one
         if record is None:  # k3snet's last key gone: the ConfigMap is left as found
             metadata["annotations"][CHANGED_ANNOTATION] = None
         elif text != doc.text:

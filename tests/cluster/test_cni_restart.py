@@ -318,3 +318,28 @@ def test_the_stamp_is_the_api_server_s_time_whatever_k3snet_s_clock(
         del made["metadata"]["creationTimestamp"]
         core.create_namespaced_pod("kube-system", made)  # type: ignore[arg-type]  # a dict body is sent as it is
     assert pending_restarts(cilium) == ()
+
+
+def test_once_every_pod_was_made_since_the_stamp_no_pod_is_listed_again(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # A pod's creation never moves: the agent's Lease holder listed every DaemonSet and
+    # Pod of kube-system from etcd on each pass, as long as the stamp stayed.
+    converge(cilium, _masquerade("false"))
+    for name in ("cilium-a", "cilium-b"):
+        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
+                                  created=FUTURE))
+    assert pending_restarts(cilium) == ()
+    before = len(api_server.requests())
+    assert converge(cilium, _masquerade("false")).restarts == ()
+    assert pending_restarts(cilium) == ()
+    assert _lists(api_server, before) == []
+    # A new change is followed again.
+    before = len(api_server.requests())
+    assert converge(cilium, _masquerade("true")).restarts == ()
+    assert _lists(api_server, before) == ["daemonsets", "pods"]
+
+
+def _lists(api_server: EmulatedApiServer, since: int) -> list[str]:
+    """The DaemonSets and Pods lists asked for since request ``since``."""
+    paths = [p.split("?")[0] for m, p, _ in api_server.requests()[since:] if m == "GET"]
+    return [p.rsplit("/", 1)[1] for p in paths if p.endswith(("/pods", "/daemonsets"))]
