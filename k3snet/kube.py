@@ -76,6 +76,7 @@ __all__ = [
     "retry_policy",
     "safe_to_send_again",
     "selector_matches",
+    "server_time",
     "throttle_waits",
 ]
 
@@ -995,6 +996,16 @@ def _asked(wait: float) -> str:
     if wait >= _RETRY_AFTER_MOST:
         return f"{_RETRY_AFTER_MOST:.0f} s or more"
     return f"{wait:.3g} s" if wait < 100 else f"{wait:.0f} s"
+
+
+def server_time(headers: Any) -> float | None:
+    """The API server's clock (POSIX seconds, whole: an HTTP date) by an answer's
+    ``Date`` header, ``None`` without a readable one."""
+    try:
+        date = headers.get("Date") if headers is not None else None
+    except AttributeError:
+        return None
+    return _http_date(date) if isinstance(date, str) else None
 
 
 def _http_date(value: str) -> float | None:

@@ -86,7 +86,7 @@ from k3snet.backends.cilium_mount import (
     agent_file_copied,
     agent_file_mounted,
 )
-from k3snet.backends.cni_restart import CHANGED_ANNOTATION, changed_stamp
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
@@ -471,6 +471,7 @@ class _Api:
         self.config_name, self.agent_name = names
         self.timeout = timeout
         self.warned: set[str] = set()
+        self.clock = ServerClock()  # the restart stamp's, by each read's Date header
 
     def where(self, name: str) -> str:
         return f"ConfigMap {self.namespace}/{name}"
@@ -479,12 +480,13 @@ class _Api:
         try:
             with translate_errors(f"read {self.where(name)}",
                                   classifier=KubeErrors(timeout=self.timeout)):
-                found = self.core.read_namespaced_config_map(
+                found, _, headers = self.core.read_namespaced_config_map_with_http_info(
                     name, self.namespace, _request_timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status == 404:
                 return None
             raise
+        self.clock.note(headers)
         metadata = found.metadata
         annotations = (metadata.annotations if metadata is not None else None) or {}
         return _ConfigMap(dict(found.data or {}), annotations.get(OWNED_ANNOTATION),
@@ -995,6 +997,7 @@ class CiliumBackend(BackendBase):
         # Whether the last observe found the ip-masq-agent file a subPath copy: a change
         # of it needs the agents restarted too (restart_needed).
         self._file_copied = False
+        self._settled = Settled()  # the stamp whose pods all restarted: not listed again
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -1212,6 +1215,7 @@ class CiliumBackend(BackendBase):
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
         self._stamp = self._next_stamp = None  # known again once the writes are made
+        self._settled.stamp = None  # a stamp written in the same second is another one
         read = self._read_for_apply()
         edit = self._edit(read, plan)
         fail_at = self.faults.take(plan)
@@ -1426,7 +1430,7 @@ class CiliumBackend(BackendBase):
         if new_record is None:
             changed_at = (None,) if config.changed_at is not None else None
         elif any(config.data.get(k) != v for k, v in edit.config_data.items()):
-            changed_at = (changed_stamp(),)
+            changed_at = (self._api.clock.stamp(),)
         self._next_stamp = changed_at if changed_at is not None else (config.changed_at,)
         stamp_back = None if changed_at is None else (config.changed_at,)  # for an undo
         if edit.config_data or new_record != old_record or new_written != config.written:
@@ -1520,7 +1524,7 @@ class CiliumBackend(BackendBase):
             self._api.core.api_client, self._api.namespace, self._api.config_name,
             {CHANGED_ANNOTATION: known[0]},
             reason="Cilium's agents read it when they start", known=(self._daemonset,),
-            timeout=self._api.timeout)
+            timeout=self._api.timeout, settled=self._settled)
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""

@@ -3,13 +3,14 @@
 Cilium reads ``cilium-config`` and flannel ``net-conf.json`` once, when the agent
 starts: a change k3snet writes is in force on a node only once the pod there has
 restarted. The cilium and flannel backends stamp each ConfigMap change they make
-with :data:`CHANGED_ANNOTATION` (UTC, seconds, k3snet's clock); :func:`pending`
-compares it with the start of each pod of the DaemonSets using that ConfigMap.
-A pod counts as restarted when its containers are all running since then, or it was
-created since then; the DaemonSets using it are those whose pod template names the
-ConfigMap (a volume, ``envFrom``, a key reference) and the CNI's well-known one
-(Cilium's ``config`` init container reads ``cilium-config`` through the API, naming
-it in no volume). Nothing here restarts anything.
+with :data:`CHANGED_ANNOTATION` (UTC, seconds, the API server's clock:
+:class:`ServerClock`); :func:`pending`
+compares it with the creation of each pod of the DaemonSets using that ConfigMap.
+A pod counts as restarted when it was created since then (a container restarted in
+its pod runs the config of the pod's start: see :func:`_created`); the DaemonSets
+using it are those whose pod template names the ConfigMap (a volume, ``envFrom``, a
+key reference) and the CNI's well-known one (Cilium's ``config`` init container reads
+``cilium-config`` through the API, naming it in no volume). Nothing here restarts anything.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ from typing import Any
 
 from k3snet.backends.base import PendingRestart
 from k3snet.backends.kit import translate_errors
-from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches
+from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches, server_time
 
-__all__ = ["CHANGED_ANNOTATION", "changed_stamp", "pending"]
+__all__ = ["CHANGED_ANNOTATION", "ServerClock", "Settled", "changed_stamp", "pending"]
 
 CHANGED_ANNOTATION = "k3snet.io/changed-at"
 """The annotation, on a ConfigMap k3snet changed, holding when it last changed data the
-CNI reads only at start (RFC 3339, UTC, seconds)."""
+CNI reads only at start (RFC 3339, UTC, seconds, the API server's clock)."""
+
+_SKEW = 2.0
+"""Seconds between k3snet's clock and the API server's from which the stamp takes the
+server's: a ``Date`` header says whole seconds, so a smaller gap is its rounding."""
 
 _REFERENCES = frozenset({"configMap", "configMapRef", "configMapKeyRef"})
 
@@ -35,6 +40,46 @@ def changed_stamp(now: datetime.datetime | None = None) -> str:
     """``now`` (default: the current time) as :data:`CHANGED_ANNOTATION` holds it."""
     now = now or datetime.datetime.now(tz=datetime.UTC)
     return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ServerClock:
+    """The API server's clock, as k3snet's plus the gap the last answer's ``Date`` showed.
+
+    The stamp is compared with the pods' ``creationTimestamp``, which the API server
+    writes: a stamp of k3snet's clock ahead of it named pods made after the change
+    pending (a rollout restart made at once, until the clock's gap had passed); behind
+    it, pods made before the change as restarted. :meth:`note` each ConfigMap read's
+    headers; :meth:`stamp` gives the stamp of a write."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        """Seconds to add to k3snet's clock (0 below :data:`_SKEW`)."""
+
+    def note(self, headers: Any) -> None:
+        """Take the gap from an answer's ``headers`` (none readable: kept as it was)."""
+        server = server_time(headers)
+        if server is None:
+            return
+        gap = server - datetime.datetime.now(tz=datetime.UTC).timestamp()
+        self.offset = gap if abs(gap) >= _SKEW else 0.0
+
+    def stamp(self) -> str:
+        """:func:`changed_stamp` of the API server's time now."""
+        return changed_stamp(datetime.datetime.now(tz=datetime.UTC)
+                             + datetime.timedelta(seconds=self.offset))
+
+
+class Settled:
+    """The stamp whose restarts were all found made: not listed for again.
+
+    A pod counts as restarted by its creation, which never moves: once every pod of the
+    DaemonSets was made since a stamp, every pod made later is too. Without it, the
+    agent's Lease holder listed every DaemonSet and every Pod of the CNI's namespace
+    (``kube-system``: a few per node) from etcd on each pass, for as long as the stamp
+    stayed, long after the restart. A backend keeps one, forgotten on its own writes."""
+
+    def __init__(self) -> None:
+        self.stamp: str | None = None
 
 
 def _time(value: Any) -> datetime.datetime | None:
@@ -63,18 +108,15 @@ def _names(value: Any, name: str) -> bool:
     return False
 
 
-def _started(pod: dict[str, Any]) -> datetime.datetime | None:
-    """Since when ``pod`` runs what it runs: its containers' latest start when all run,
-    else its creation (a pod made since a change reads the new config when it starts)."""
-    metadata = pod.get("metadata") or {}
-    created = _time(metadata.get("creationTimestamp"))
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    starts = [_time(((s.get("state") or {}).get("running") or {}).get("startedAt"))
-              for s in statuses if isinstance(s, dict)]
-    if statuses and all(starts):
-        earliest = min(s for s in starts if s is not None)
-        return max(earliest, created) if created else earliest
-    return created
+def _created(pod: dict[str, Any]) -> datetime.datetime | None:
+    """When ``pod`` was created: the CNI's config is read in a pod's start, not in a
+    container's. Cilium's ``config`` init container writes ``cilium-config`` into the
+    pod's ``/tmp`` (an emptyDir) once, and init containers do not run again when the
+    ``cilium-agent`` container restarts (a crash, its liveness probe): that one starts
+    again with the config of the pod's start. Flannel's restarted container reads the
+    kubelet's copy of the ConfigMap, up to a minute or more behind. The creation is
+    also the API server's clock, not the pod's node's."""
+    return _time((pod.get("metadata") or {}).get("creationTimestamp"))
 
 
 def _owned_by(pod: dict[str, Any], daemonset: str) -> bool:
@@ -83,17 +125,41 @@ def _owned_by(pod: dict[str, Any], daemonset: str) -> bool:
                and o.get("name") == daemonset for o in owners)
 
 
+def _made_before(pods: list[Any], daemonset: dict[str, Any],
+                 changed: datetime.datetime) -> list[str]:
+    """The names of ``daemonset``'s ``pods`` created before ``changed``."""
+    name = str(daemonset["metadata"].get("name"))
+    selector = (daemonset.get("spec") or {}).get("selector")
+    stale = []
+    for pod in pods:
+        if not isinstance(pod, dict):
+            continue
+        metadata = pod.get("metadata") or {}
+        try:
+            selected = selector_matches(selector, metadata.get("labels") or {})
+        except ValueError:
+            selected = False
+        if not (selected and _owned_by(pod, name)):
+            continue
+        created = _created(pod)
+        if created is None or created < changed:
+            stale.append(str(metadata.get("name")))
+    return stale
+
+
 def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[str, str],
-            *, reason: str, known: Iterable[str], timeout: float) -> tuple[PendingRestart, ...]:
+            *, reason: str, known: Iterable[str], timeout: float,
+            settled: Settled | None = None) -> tuple[PendingRestart, ...]:
     """The restarts still to make for k3snet's last change of ``configmap`` (whose
     ``annotations`` were read), none if it holds no :data:`CHANGED_ANNOTATION`.
 
     ``known``: the CNI's DaemonSets by name (in ``namespace``), counted whether or not
     their template names the ConfigMap. Where no DaemonSet is found, or they or their
     pods cannot be listed (403), the restart stays pending with ``stale`` ``None``.
+    ``settled``: the stamp found done before (nothing listed), and where it is kept.
     """
     stamp = annotations.get(CHANGED_ANNOTATION)
-    if stamp is None:
+    if stamp is None or (settled is not None and settled.stamp == stamp):
         return ()
     changed = _time(stamp)
     where = f"ConfigMap {namespace}/{configmap}"
@@ -136,22 +202,10 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
     restarts = []
     for daemonset in sorted(found, key=lambda d: str(d["metadata"].get("name"))):
         name = str(daemonset["metadata"].get("name"))
-        selector = (daemonset.get("spec") or {}).get("selector")
-        stale = []
-        for pod in listed:
-            if not isinstance(pod, dict):
-                continue
-            metadata = pod.get("metadata") or {}
-            try:
-                selected = selector_matches(selector, metadata.get("labels") or {})
-            except ValueError:
-                selected = False
-            if not (selected and _owned_by(pod, name)):
-                continue
-            started = _started(pod)
-            if started is None or started < changed:
-                stale.append(str(metadata.get("name")))
+        stale = _made_before(listed, daemonset, changed)
         if stale:
             restarts.append(PendingRestart(f"DaemonSet {namespace}/{name}", what,
                                            tuple(sorted(stale))))
+    if not restarts and settled is not None:
+        settled.stamp = stamp
     return tuple(restarts)

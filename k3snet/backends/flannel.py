@@ -75,7 +75,7 @@ import attrs
 
 from k3snet._kept import read_input
 from k3snet.backends.base import ApplyResult, PendingRestart
-from k3snet.backends.cni_restart import CHANGED_ANNOTATION, changed_stamp
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.flannel_read import (
     DISRUPTIVE_KEYS,
@@ -381,17 +381,20 @@ class _ConfigMapStore:
         self.timeout = timeout
         self.target = configmap_target(namespace, name)
         self.where = f"ConfigMap {namespace}/{name}"
+        self.clock = ServerClock()  # the restart stamp's, by each read's Date header
+        self.settled = Settled()  # the stamp whose pods all restarted: not listed again
 
     def read(self) -> _Doc | None:
         try:
             with translate_errors(f"read {self.where}",
                                   classifier=KubeErrors(timeout=self.timeout)):
-                configmap = self.core.read_namespaced_config_map(
+                configmap, _, headers = self.core.read_namespaced_config_map_with_http_info(
                     self.name, self.namespace, _request_timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status == 404:
                 return None
             raise
+        self.clock.note(headers)
         data = configmap.data or {}
         if CONFIGMAP_KEY not in data:
             raise BackendError(f"{self.where} has no {CONFIGMAP_KEY!r} key; is it flannel's "
@@ -423,7 +426,8 @@ class _ConfigMapStore:
         annotations = (metadata.annotations if metadata is not None else None) or {}
         return pending_restarts(self.core.api_client, self.namespace, self.name,
                                 dict(annotations), reason="flannel reads it when it starts",
-                                known=(FLANNEL_DAEMONSET,), timeout=self.timeout)
+                                known=(FLANNEL_DAEMONSET,), timeout=self.timeout,
+                                settled=self.settled)
 
     def write(self, doc: _Doc, text: str, record: Record | None) -> int:
         """One merge patch, conditional on the resourceVersion read."""
@@ -440,11 +444,12 @@ class _ConfigMapStore:
         }
         if text != doc.text:
             body["data"] = {CONFIGMAP_KEY: text}
+            self.settled.stamp = None  # a stamp written in the same second is another one
         if record is None:  # k3snet's last key gone: the ConfigMap is left as found
             metadata["annotations"][CHANGED_ANNOTATION] = None
         elif text != doc.text:
             # Flannel reads it when it starts: the change awaits its pods' restart.
-            metadata["annotations"][CHANGED_ANNOTATION] = changed_stamp()
+            metadata["annotations"][CHANGED_ANNOTATION] = self.clock.stamp()
         with translate_errors(f"patch {self.where}",
                               classifier=KubeErrors(timeout=self.timeout, error=_ApplyKubeError)):
             self.core.patch_namespaced_config_map(

@@ -4,19 +4,23 @@ Cilium reads ``cilium-config`` and flannel ``net-conf.json`` once, when the agen
 after k3snet changed either, the converge result names the DaemonSet whose pods still
 run since before the change (:func:`k3snet.converge.pending_restarts`), until every pod
 was restarted (``kubectl rollout restart`` makes new pods; a container restarted in its
-pod counts too). The ip-masq-agent file needs no restart (Cilium watches it). Against
-the emulated API server, with pods shaped like the real ones.
+pod does not count: it runs the config of the pod's start). The ip-masq-agent file
+needs no restart (Cilium watches it). Against the emulated API server, with pods
+shaped like the real ones.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import types
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
+from k3snet.backends import cni_restart
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.backends.flannel import FlannelBackend
@@ -113,15 +117,27 @@ def test_cilium_config_change_is_pending_until_every_agent_pod_restarted(
     again = converge(cilium, _masquerade("false"))
     assert again.plan.empty
     assert [r.stale for r in again.restarts] == [("cilium-a", "cilium-b")]
-    # One pod replaced (a rollout under way), the other's container restarted.
+    # One pod replaced (a rollout under way), then the other.
     api_server.delete(PODS, "cilium-a", "kube-system")
     api_server.put(PODS, _pod("kube-system", "cilium-c", "cilium", CILIUM_LABELS,
                               created=FUTURE))
     assert [r.stale for r in pending_restarts(cilium)] == [("cilium-b",)]
-    api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
-                              created=LONG_AGO, started=FUTURE))
+    api_server.delete(PODS, "cilium-b", "kube-system")
+    api_server.put(PODS, _pod("kube-system", "cilium-d", "cilium", CILIUM_LABELS,
+                              created=FUTURE, started=FUTURE))
     assert pending_restarts(cilium) == ()
     assert converge(cilium, _masquerade("false")).restarts == ()
+
+
+def test_a_container_restarted_in_its_pod_is_still_pending(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # Cilium's config init container built the agent's config dir (an emptyDir) when the
+    # pod started; a cilium-agent restarted since (a crash, its liveness probe) reads
+    # that dir again, not cilium-config: the pod still runs the old settings.
+    converge(cilium, _masquerade("false"))
+    api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
+                              created=LONG_AGO, started=FUTURE))
+    assert [r.stale for r in pending_restarts(cilium)] == [("cilium-a", "cilium-b")]
 
 
 def test_ip_masq_agent_change_needs_no_restart(cilium: CiliumBackend) -> None:
@@ -258,3 +274,72 @@ def test_an_apply_undone_takes_its_stamp_back_too(
     assert left["data"] == found["data"]
     assert CHANGED_ANNOTATION not in (left["metadata"].get("annotations") or {})
     assert pending_restarts(cilium) == ()
+
+
+class _AheadClock(datetime.datetime):
+    """k3snet's clock, ten minutes ahead of the API server's (a node without NTP yet)."""
+
+    @classmethod
+    def now(cls, tz: datetime.tzinfo | None = None) -> _AheadClock:
+        return super().now(tz) + datetime.timedelta(minutes=10)
+
+
+@pytest.mark.parametrize("ahead", [True, False], ids=["ahead", "behind"])
+def test_the_stamp_is_the_api_server_s_time_whatever_k3snet_s_clock(
+        api_server: EmulatedApiServer, cilium: CiliumBackend,
+        monkeypatch: pytest.MonkeyPatch, ahead: bool) -> None:
+    # The pods' creation is the API server's clock: a stamp of k3snet's, ahead, named
+    # pods made after the change pending for ten minutes (a rollout restart made at
+    # once, forever); behind, pods made before the change were in force already.
+    class _BehindClock(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> _BehindClock:
+            return super().now(tz) - datetime.timedelta(minutes=10)
+
+    skewed = _AheadClock if ahead else _BehindClock
+    monkeypatch.setattr(cni_restart, "datetime", types.SimpleNamespace(
+        datetime=skewed, UTC=datetime.UTC, timedelta=datetime.timedelta))
+    server_now = datetime.datetime.now(tz=datetime.UTC)
+    five_ago = (server_now - datetime.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
+                              created=five_ago))
+    [pending] = converge(cilium, _masquerade("false")).restarts
+    assert pending.stale == ("cilium-a", "cilium-b")
+    stored = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert stored is not None
+    stamp = datetime.datetime.fromisoformat(
+        stored["metadata"]["annotations"][CHANGED_ANNOTATION].replace("Z", "+00:00"))
+    assert abs((stamp - server_now).total_seconds()) < 5
+    # The rollout restart: new pods, made now by the API server (its creationTimestamp).
+    core = client.CoreV1Api(api_server.api_client())
+    for name in ("cilium-a", "cilium-b"):
+        api_server.delete(PODS, name, "kube-system")
+        made = _pod("kube-system", f"{name}-new", "cilium", CILIUM_LABELS, created=LONG_AGO)
+        del made["metadata"]["creationTimestamp"]
+        core.create_namespaced_pod("kube-system", made)  # type: ignore[arg-type]  # a dict body is sent as it is
+    assert pending_restarts(cilium) == ()
+
+
+def test_once_every_pod_was_made_since_the_stamp_no_pod_is_listed_again(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # A pod's creation never moves: the agent's Lease holder listed every DaemonSet and
+    # Pod of kube-system from etcd on each pass, as long as the stamp stayed.
+    converge(cilium, _masquerade("false"))
+    for name in ("cilium-a", "cilium-b"):
+        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
+                                  created=FUTURE))
+    assert pending_restarts(cilium) == ()
+    before = len(api_server.requests())
+    assert converge(cilium, _masquerade("false")).restarts == ()
+    assert pending_restarts(cilium) == ()
+    assert _lists(api_server, before) == []
+    # A new change is followed again.
+    before = len(api_server.requests())
+    assert converge(cilium, _masquerade("true")).restarts == ()
+    assert _lists(api_server, before) == ["daemonsets", "pods"]
+
+
+def _lists(api_server: EmulatedApiServer, since: int) -> list[str]:
+    """The DaemonSets and Pods lists asked for since request ``since``."""
+    paths = [p.split("?")[0] for m, p, _ in api_server.requests()[since:] if m == "GET"]
+    return [p.rsplit("/", 1)[1] for p in paths if p.endswith(("/pods", "/daemonsets"))]
