@@ -130,7 +130,8 @@ typecheck: deps
 # the library's are `typecheck`'s. A cache of its own: these options differ from
 # `typecheck`'s, and a shared cache would be rebuilt at every switch.
 TYPECHECK_TESTS ?= tests/api tests/backends tests/cli tests/cluster tests/doctor tests/iptables \
-	tests/model tests/netlink tests/nftables tests/planner tests/render tests/spec
+	tests/model tests/netlink tests/nftables tests/planner tests/render tests/spec \
+	tests/ansible tests/hostile tests/image tests/lab tests/safety tests/tooling tests/agent
 
 typecheck-tests: deps
 	$(BIN)/mypy --explicit-package-bases --follow-imports=silent --cache-dir .mypy_cache/tests \

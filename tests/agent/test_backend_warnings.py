@@ -17,9 +17,10 @@ import pytest
 from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.memory import MemoryBackend
-from k3snet.converge import compile_for
 from k3snet.model.state import State
 from k3snet.spec import Spec
+
+from .desired import COMPILED
 
 SPEC = """\
 apiVersion: k3snet.io/v1alpha1
@@ -71,7 +72,7 @@ def _agent(tmp_path: Path, *backends: Any, metrics: AgentMetrics | None = None) 
                              Member(backends[2], frozenset({"nat"}))])
 
     return Agent(FileSpecSource(path), make_backend,
-                 lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+                 COMPILED,
                  AgentOptions("node-1"), metrics=metrics)
 
 

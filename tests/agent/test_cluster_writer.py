@@ -47,13 +47,15 @@ from k3snet.agent._spec_source import DENIED_GRACE
 from k3snet.backends.calico import CalicoBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
-from k3snet.converge import compile_for, destroy
+from k3snet.converge import destroy
 from k3snet.kube import TERMINATION_GRACE, ThrottleWaits, name_problem, throttle_waits
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
 from tests.kubeclient import retrying_client, urllib3_sleeps
+
+from .desired import COMPILED
 
 pytestmark = pytest.mark.cluster
 
@@ -118,7 +120,7 @@ def _agent(srv: EmulatedApiServer, name: str, spec_path: Path,
         return _Stepped(api, name, SETTINGS, on_change=on_change, clock=clock)
 
     agent = Agent(FileSpecSource(spec_path), make_backend,
-                  lambda spec, group: compile_for(group, spec),
+                  COMPILED,
                   # (readiness by failed passes alone, not their time: test_loop has it)
                   AgentOptions(name, interval=1.0, not_ready_for=0.0), metrics=AgentMetrics(),
                   reporter=NodeReporter(api, name), elector_factory=elector, clock=clock)
@@ -396,7 +398,7 @@ def test_a_node_that_is_no_candidate_never_writes_pools(
     api = server.api_client()
     agent = Agent(FileSpecSource(spec_path),
                   lambda spec: BackendGroup([memory, CalicoBackend(api_client=api, api="crd")]),
-                  lambda spec, group: compile_for(group, spec), AgentOptions("node-c"),
+                  COMPILED, AgentOptions("node-c"),
                   elector_factory=lambda on_change: None)
     result = agent.run_pass()
     assert (result.status, result.leader) == ("ok", False)
@@ -417,7 +419,7 @@ def test_a_candidacy_that_cannot_be_read_is_read_again_after_a_back_off_not_by_e
     server.fail(403, method="GET", plural="nodes", times=None)
     agent = Agent(FileSpecSource(spec_path),
                   lambda spec: BackendGroup([memory, CalicoBackend(api_client=api, api="crd")]),
-                  lambda spec, group: compile_for(group, spec), AgentOptions("node-a"),
+                  COMPILED, AgentOptions("node-a"),
                   elector_factory=lambda on_change: (
                       _Stepped(api, "node-a", SETTINGS, on_change=on_change, clock=clock)
                       if _main._has_label(api, "node-a", "k3snet.io/lease-candidate") else None),
@@ -488,7 +490,8 @@ def test_an_event_name_is_a_valid_name_whatever_the_node_name(node: str) -> None
 
 def _sample(agent: Agent, name: str, **labels: str) -> float | None:
     assert agent.metrics is not None
-    return agent.metrics.registry.get_sample_value(name, labels or None)
+    value: float | None = agent.metrics.registry.get_sample_value(name, labels or None)
+    return value
 
 
 def test_a_leader_whose_node_part_fails_still_writes_the_cluster_wide_objects(
@@ -1046,7 +1049,7 @@ def _configmap_agent(srv: EmulatedApiServer, text: str = SPEC, clock: FakeClock 
     source = ConfigMapSpecSource(api, "kube-system", "k3snet-spec", timeout=0.5,
                                  monotonic=clock or FakeClock())
     agent = Agent(source, lambda spec: BackendGroup([memory]),
-                  lambda spec, group: compile_for(group, spec),
+                  COMPILED,
                   AgentOptions("node-a", interval=3600), metrics=AgentMetrics(),
                   reporter=NodeReporter(api, "node-a"))
     return agent, memory
@@ -1382,7 +1385,7 @@ def test_sigterm_during_the_cluster_wide_part_cuts_each_of_its_requests_to_the_g
 
     agent = StoppedInClusterPart(FileSpecSource(spec_path),
                                  lambda spec: BackendGroup([memory, pools]),
-                                 lambda spec, group: compile_for(group, spec),
+                                 COMPILED,
                                  AgentOptions("node-a", interval=3600), monotonic=lambda: now[0])
     server.fail(504, method="GET", plural="ippools", delay=2.0, times=None)  # answers late
     result = agent.run_pass()

@@ -22,9 +22,10 @@ from k3snet.agent._report import NodeReport
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
-from k3snet.converge import compile_for
 from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
+
+from .desired import COMPILED
 
 pytestmark = pytest.mark.cluster
 
@@ -61,7 +62,7 @@ def _agent(srv: EmulatedApiServer, path: Path) -> Agent:
                         random_fraction=lambda: 0.0)
 
     return Agent(FileSpecSource(path), make_backend,
-                 lambda spec, group: compile_for(group, spec),
+                 COMPILED,
                  AgentOptions("node-a", interval=1.0), metrics=AgentMetrics(),
                  elector_factory=elector)
 

@@ -75,7 +75,7 @@ def _repaired_since(log: Path, offset: int) -> bool:
     return "repaired drift" in log.read_text()[offset:]
 
 
-def _put_back(log: Path, damage: Callable[[], None], back: Callable[[], bool],
+def _put_back(log: Path, damage: Callable[[], object], back: Callable[[], bool],
               what: str) -> None:
     """``damage()`` a quiet node, then wait for ``back()`` and a "repaired drift" pass
     the agent logged after it (the repair may land before any listing here sees the
@@ -244,9 +244,10 @@ def _facts_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str,
     eth0 on 192.168.1.0/24; its node facts reads are counted (one entry per read)."""
     from k3snet import cli  # noqa: PLC0415 - the CLI's own agent wiring, as `k3snet agent`
     from k3snet.agent import Agent, AgentOptions, FileSpecSource  # noqa: PLC0415
+    from k3snet.facts import gather_facts  # noqa: PLC0415
 
     reads: list[str | None] = []
-    real = cli.gather_facts
+    real = gather_facts  # what the CLI calls, patched there below
 
     def counted(netns: str | None = None, **options: Any) -> Any:
         reads.append(netns)
@@ -332,8 +333,8 @@ def test_without_any_watch_the_agent_reads_the_node_facts_every_pass(
 
 def test_a_facts_watch_that_breaks_leaves_the_agent_reading_the_facts_every_pass(
         require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from k3snet import cli  # noqa: PLC0415
     from k3snet.errors import BackendError  # noqa: PLC0415
+    from k3snet.facts import FactsWatch  # noqa: PLC0415 - the class the CLI's agent watches with
 
     with _facts_agent(tmp_path, monkeypatch, "nftables") as (agent, _ns, reads):
         agent.run_pass()
@@ -343,7 +344,7 @@ def test_a_facts_watch_that_breaks_leaves_the_agent_reading_the_facts_every_pass
         def broken(self: object) -> int:
             raise BackendError("read the node's notifications: [Errno 9] Bad file descriptor")
 
-        monkeypatch.setattr(cli.FactsWatch, "token", broken)
+        monkeypatch.setattr(FactsWatch, "token", broken)
         assert agent.run_pass().status == "ok"  # the pass goes on, with the facts read
         assert agent.run_pass().status == "ok"
         assert len(reads) == before + 2

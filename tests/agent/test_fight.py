@@ -23,10 +23,10 @@ from k3snet.agent._loop import FREE_REPAIRS, _PartsFailedError
 from k3snet.backends.base import ApplyResult
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
-from k3snet.converge import compile_for
 from k3snet.errors import ApplyError
 from k3snet.planner import Plan
 
+from .desired import COMPILED
 from .test_loop import NODE_KINDS, SPEC
 
 
@@ -38,11 +38,11 @@ class Watched(MemoryBackend):
 
 
 def _agent(tmp_path: Path, memory: MemoryBackend, metrics: AgentMetrics,
-           **options: float) -> Agent:
+           **options: float | None) -> Agent:
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC)
     return Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
-                 lambda spec, group: compile_for(group, spec),
+                 COMPILED,
                  AgentOptions("node-1", **options), metrics=metrics)  # type: ignore[arg-type]
 
 

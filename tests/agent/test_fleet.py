@@ -13,8 +13,9 @@ import hashlib
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 import pytest
@@ -157,7 +158,7 @@ def test_drift_on_two_nodes_is_repaired_by_the_watch(fleet: Fleet) -> None:
     sha = _sha(spec_text())
     for i in slow:
         wait_for(f"node {i} converges with the long interval",
-                 lambda i=i: fleet.converged(sha, [i], not_started=restarted[i]))
+                 partial(fleet.converged, sha, [i], not_started=restarted[i]))
     time.sleep(1.5)  # past the first pass and its watch gap: a quiet node
     agents = {i: fleet.agents[i] for i in slow}
     started_at = {i: (fleet.result(i) or {})["started"] for i in slow}
@@ -169,8 +170,9 @@ def test_drift_on_two_nodes_is_repaired_by_the_watch(fleet: Fleet) -> None:
     # No look at the deleted table here: the watch may have put it back already (it
     # did within the few milliseconds of one `nft list` on a quiet run). The delete
     # succeeded (run_in checks), and the agents' logs below count the repairing pass.
-    checks = {1: lambda: "table inet k3snet" in fleet.nft(1, "list", "tables"),
-              2: lambda: fleet.forwarding(2) == "1"}
+    checks: dict[int, Callable[[], bool]] = {
+        1: lambda: "table inet k3snet" in fleet.nft(1, "list", "tables"),
+        2: lambda: fleet.forwarding(2) == "1"}
     latency: dict[int, float] = {}
 
     def repaired() -> bool:
@@ -189,8 +191,10 @@ def test_drift_on_two_nodes_is_repaired_by_the_watch(fleet: Fleet) -> None:
         assert agents[i].poll() is None  # the same agent, not a restart, repaired it
         # The pass logs its repair when it ends, after the kernel write seen above: on a
         # loaded machine the line came after that look (the interval is an hour away).
-        wait_for(f"node {i} logs its drift repair",
-                 lambda i=i: _drift_repairs(fleet, i) > repairs[i])
+        def logged(i: int = i) -> bool:
+            return _drift_repairs(fleet, i) > repairs[i]
+
+        wait_for(f"node {i} logs its drift repair", logged)
     wait_for("the repairs are reported", lambda: all(
         (fleet.result(i) or {}).get("started") == started_at[i]
         and fleet.converged(sha, [i]) for i in slow))
@@ -203,7 +207,7 @@ def test_drift_on_two_nodes_is_repaired_by_the_watch(fleet: Fleet) -> None:
         fleet.start_agent(i)
     for i in slow:
         wait_for(f"node {i} back with the fleet's interval",
-                 lambda i=i: fleet.converged(sha, [i], not_started=started_at[i]))
+                 partial(fleet.converged, sha, [i], not_started=started_at[i]))
 
 
 def _big_rules(fleet: Fleet, i: int) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource, _loop
+from k3snet.agent import LOG_ITEMS, Agent, AgentMetrics, AgentOptions, FileSpecSource, _loop
 from k3snet.agent._loop import NOT_READY_AFTER
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
@@ -74,8 +74,9 @@ class Node:
             if c.kind == kind and where in str(c.subject)]))
 
     def failures(self, reason: str) -> float | None:
-        return self.metrics.registry.get_sample_value("k3snet_agent_sync_failures_total",
-                                                      {"reason": reason})
+        value: float | None = self.metrics.registry.get_sample_value(
+            "k3snet_agent_sync_failures_total", {"reason": reason})
+        return value
 
 
 def test_drift_of_another_destination_is_repaired_while_one_gateway_is_unreachable(
@@ -345,16 +346,16 @@ def test_a_pass_holding_many_destinations_names_the_first_ones_and_counts_the_re
     """An uplink losing its address holds every destination through it: the message
     named each (10 000: 170 KB on every pass, in the log, the readiness reason)."""
     extra = "".join(f"  - cidr: 10.{i}.0.0/16\n    gateway: 10.9.0.1\n    device: wg0\n"
-                    for i in range(_loop.LOG_ITEMS + 5))
+                    for i in range(LOG_ITEMS + 5))
     node = Node(tmp_path, SPEC + extra)
     node.agent.run_pass()
     node.facts = DOWN
     result = node.agent.run_pass()
     head = result.message.split(": ", 2)[1]
-    assert f"{_loop.LOG_ITEMS + 6} destination(s) held" in head
+    assert f"{LOG_ITEMS + 6} destination(s) held" in head
     assert "172.20.0.0/16, 10.0.0.0/16" in head
-    assert f"10.{_loop.LOG_ITEMS - 2}.0.0/16, ... and 6 more)" in head
-    assert f"10.{_loop.LOG_ITEMS - 1}.0.0/16" not in result.message.split("converged")[0]
+    assert f"10.{LOG_ITEMS - 2}.0.0/16, ... and 6 more)" in head
+    assert f"10.{LOG_ITEMS - 1}.0.0/16" not in result.message.split("converged")[0]
 
 
 def test_a_change_made_while_a_pass_holding_routes_runs_starts_the_next_pass(
@@ -437,7 +438,7 @@ def test_held_routes_of_10_000_destinations_make_a_bounded_message_counting_the_
     """An uplink losing its address holds every destination through it: the error's
     message joined each one's problem (629 KB for 10 000, built again on every pass), of
     which the log, the Node and the readiness reason say the first LOG_ITEMS."""
-    count, shown = 10_000, _loop.LOG_ITEMS
+    count, shown = 10_000, LOG_ITEMS
     spec = Spec(destinations=[Destination(f"10.{i // 256}.{i % 256}.0/24",
                                           gateway="10.9.0.1", device="wg0")
                               for i in range(count)])

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from k3snet.agent import HealthServer, parse_listen
+from k3snet.model.route import Route
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 
@@ -141,7 +142,8 @@ def test_conflicts_are_counted(tmp_path: Path) -> None:
     route = next(o for o in want.owned if o.kind == "route")
     import attrs  # noqa: PLC0415
 
-    foreign = attrs.evolve(route, gateway=None) if hasattr(route, "gateway") else route
+    # a RouteBlock has no gateway
+    foreign = attrs.evolve(route, gateway=None) if isinstance(route, Route) else route
     node.memory._restore(State(foreign=[foreign]))
     result = node.agent.run_pass()
     assert result.status == "failed"

@@ -29,9 +29,12 @@ from k3snet.agent import (
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for
+from k3snet.model.route import Route
 from k3snet.model.state import State
 from k3snet.schemas import load_schema
 from k3snet.spec import Spec
+
+from .desired import COMPILED
 
 LOG_SCHEMA = jsonschema.Draft202012Validator(load_schema("log"))
 NODE_KINDS = ("route", "sysctl", "nat", "forward")
@@ -109,7 +112,7 @@ def _agent(tmp_path: Path, text: str) -> tuple[Agent, MemoryBackend]:
         return BackendGroup([memory])
 
     agent = Agent(FileSpecSource(path), make_backend,
-                  lambda spec, group: compile_for(group, spec),
+                  COMPILED,
                   AgentOptions("node-1", interval=0.01))
     return agent, memory
 
@@ -195,7 +198,7 @@ def test_a_conflict_with_hundreds_of_foreign_routes_logs_the_first_and_counts_th
     want = compile_for(BackendGroup([memory]), Spec.from_yaml(text))
     # A foreign route where the spec wants each of its own: one conflict per destination.
     memory._restore(State(foreign=[attrs.evolve(o, gateway=None) for o in want.owned
-                                   if o.kind == "route"]))
+                                   if isinstance(o, Route)]))
     stream = io.StringIO()
     configure_logging("node-1", fmt, stream=stream)  # type: ignore[arg-type]
     try:

@@ -25,6 +25,7 @@ from k3snet.agent import (
     split_cluster_wide,
 )
 from k3snet.agent._metrics import FAILURE_REASONS, SPEC_READ_ERROR_REASONS, SPEC_REFUSAL_REASONS
+from k3snet.backends import ApplyResult
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.lock import namespace_lock
 from k3snet.backends.memory import MemoryBackend
@@ -34,6 +35,8 @@ from k3snet.kube import TERMINATION_GRACE
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
+
+from .desired import COMPILED, unheld
 
 SPEC = """\
 apiVersion: k3snet.io/v1alpha1
@@ -61,13 +64,14 @@ class Node:
             return BackendGroup([self.memory])
 
         self.agent = Agent(FileSpecSource(self.path), make_backend,
-                           lambda spec, group: compile_for(group, spec),
+                           COMPILED,
                            AgentOptions("node-1", interval=0.01, **options),  # type: ignore[arg-type]
                            metrics=self.metrics,
                            **({} if monotonic is None else {"monotonic": monotonic}))
 
     def sample(self, name: str, **labels: str) -> float | None:
-        return self.metrics.registry.get_sample_value(name, labels or None)
+        value: float | None = self.metrics.registry.get_sample_value(name, labels or None)
+        return value
 
     def owned(self) -> list[str]:
         return sorted(str(o) for o in self.memory.state.owned)
@@ -207,8 +211,13 @@ def test_a_spec_refused_for_deleting_everything_is_said_once_while_the_node_chan
     metrics = agent.metrics = AgentMetrics()
     tried: list[Spec] = []
     desired = agent._desired
-    agent._desired = lambda spec, group: (tried.append(spec) if not spec.destinations
-                                          else None, desired(spec, group))[1]
+
+    def trying(spec: Spec, group: BackendGroup) -> State:
+        if not spec.destinations:
+            tried.append(spec)
+        return desired(spec, group)
+
+    agent._desired = unheld(trying)
     agent.run_pass()
     before = memory.state.owned
     path.write_text(EMPTY)
@@ -614,7 +623,7 @@ class WatchedMemory(MemoryBackend):
     def change_token(self) -> int:
         return self.generation
 
-    def apply(self, p: Plan) -> object:  # type: ignore[override]
+    def apply(self, p: Plan) -> ApplyResult:
         # Moved once the change is there, as the kernel's generation is after a commit:
         # moved first, a watch looking meanwhile started a pass that saw no change yet
         # and then took the moved token for the quiet state (the drift stayed).
@@ -658,7 +667,7 @@ def _watched(tmp_path: Path, **options: object) -> tuple[LookingAgent, WatchedMe
     path.write_text(SPEC)
     memory = WatchedMemory()
     agent = LookingAgent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
-                         lambda spec, group: compile_for(group, spec),
+                         COMPILED,
                          AgentOptions("node-1", interval=3600, **options))  # type: ignore[arg-type]
     return agent, memory
 
@@ -708,7 +717,7 @@ def test_a_change_made_while_a_pass_runs_starts_the_next_pass(tmp_path: Path) ->
     path.write_text(SPEC)
     memory = MovedWhileObserved()
     agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
-                  lambda spec, group: compile_for(group, spec),
+                  COMPILED,
                   AgentOptions("node-1", interval=3600, watch=0.01, watch_gap=0.0))
     runner = threading.Thread(target=agent.run)
     runner.start()
@@ -745,7 +754,7 @@ def test_a_change_made_while_the_first_pass_runs_starts_the_next_pass(tmp_path: 
 
     def started() -> Agent:
         return Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
-                     lambda spec, group: compile_for(group, spec),
+                     COMPILED,
                      AgentOptions("node-1", interval=3600, watch=0.01, watch_gap=0.0))
 
     assert started().run_pass().applied  # an earlier agent left the node converged
@@ -803,7 +812,7 @@ def _memoized(tmp_path: Path, memory: WatchedMemory) -> tuple[Agent, Path]:
     def desired(spec: Spec, group: BackendGroup) -> State:
         return compiled.setdefault(id(spec), compile_for(group, spec))
 
-    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), desired,
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), unheld(desired),
                   AgentOptions("node-1", interval=3600))
     return agent, path
 
@@ -938,7 +947,7 @@ def test_drift_is_repaired_while_the_node_report_hangs(tmp_path: Path) -> None:
     path.write_text(SPEC)
     reporter = HangingReporter()
     agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
-                  lambda spec, group: compile_for(group, spec),
+                  COMPILED,
                   AgentOptions("node-1", interval=3600, watch=0.01, watch_gap=0.01),
                   reporter=reporter)  # type: ignore[arg-type]
     loop = threading.Thread(target=agent.run)
@@ -982,7 +991,7 @@ class ApiSource:
 
 def _api_agent(memory: WatchedMemory, source: ApiSource, **options: Any) -> Agent:
     return Agent(source, lambda spec: BackendGroup([memory]),
-                 lambda spec, group: compile_for(group, spec),
+                 COMPILED,
                  AgentOptions("node-1", **options))
 
 
@@ -1065,7 +1074,7 @@ def _locked_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     path.write_text(SPEC)
     memory = LockedMemory()
     agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
-                  lambda spec, group: compile_for(group, spec),
+                  COMPILED,
                   AgentOptions("node-1", interval=3600, **options))
     return memory, agent
 
@@ -1141,7 +1150,7 @@ def test_passes_a_change_on_the_node_starts_list_no_cluster_wide_objects() -> No
     now = [1000.0]
     memory, pools, source = WatchedMemory(), CountedPools(), ApiSource(SPEC)
     agent = Agent(source, lambda spec: BackendGroup([memory, pools]),
-                  lambda spec, group: compile_for(group, spec),
+                  COMPILED,
                   AgentOptions("node-1", interval=30))
     agent._monotonic = lambda: now[0]
     assert agent.run_pass().leader is True
@@ -1266,8 +1275,8 @@ def test_each_wait_for_the_interval_is_shortened_at_random_by_at_most_a_tenth(
     memory = WatchedMemory()  # a change token: with watch, the wait is the watch's looks
     waits = RecordedWaits()
     agent = Agent(FileSpecSource(path),
-                  lambda spec: BackendGroup([memory]),  # type: ignore[list-item]
-                  lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+                  lambda spec: BackendGroup([memory]),
+                  COMPILED,
                   AgentOptions("node-1", interval=30.0, watch=watch),
                   monotonic=lambda: waits.now)
     assert agent.run_pass().status == "ok"
@@ -1306,8 +1315,8 @@ def test_a_new_leader_whose_cluster_wide_part_fails_lists_nothing_more_on_change
     now = [1000.0]
     memory, pools, source = WatchedMemory(), FailingPools(), ApiSource(SPEC)
     metrics = AgentMetrics()
-    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),  # type: ignore[list-item]
-                  lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),
+                  COMPILED,
                   AgentOptions("node-1", interval=30), metrics=metrics)
     agent._monotonic = lambda: now[0]
     first = agent.run_pass()
@@ -1341,8 +1350,8 @@ def test_a_leader_again_converges_the_cluster_wide_part_at_once() -> None:
     # last tenure's was.
     now = [1000.0]
     memory, pools, source = WatchedMemory(), CountedPools(), ApiSource(SPEC)
-    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),  # type: ignore[list-item]
-                  lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),
+                  COMPILED,
                   AgentOptions("node-1", interval=30))
     agent._monotonic = lambda: now[0]
     agent.run_pass()
@@ -1361,8 +1370,8 @@ def test_a_change_pass_of_a_leader_whose_cluster_wide_part_failed_fails_with_it(
     now = [1000.0]
     memory, pools, source = WatchedMemory(), FailingPools(), ApiSource(SPEC)
     pools.failing = False
-    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),  # type: ignore[list-item]
-                  lambda spec, group: compile_for(group, spec),  # type: ignore[arg-type]
+    agent = Agent(source, lambda spec: BackendGroup([memory, pools]),
+                  COMPILED,
                   AgentOptions("node-1", interval=30))
     agent._monotonic = lambda: now[0]
     assert agent.run_pass().status == "ok"

@@ -42,6 +42,8 @@ from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
 from tests.closing_server import closing_server
 from tests.kubeclient import retrying_client, urllib3_sleeps
 
+from .desired import COMPILED
+
 pytestmark = pytest.mark.cluster
 
 SPEC = """\
@@ -125,7 +127,7 @@ def test_a_hung_api_server_lets_the_clean_up_go_first_and_each_request_end_withi
     # the Lease's release (a read, 10 s) and waited for the last report (10 s) before
     # the clean-up: with the pass in progress at SIGTERM, past the pod's grace period,
     # and the kubelet killed the agent with k3snet's rules on a node being drained.
-    clock, events = FakeClock(), []
+    clock, events = FakeClock(), list[Event]()
     api = recording(server.api_client(), clock, events)
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC)
@@ -142,7 +144,7 @@ def test_a_hung_api_server_lets_the_clean_up_go_first_and_each_request_end_withi
     # A cluster-wide kind makes the agent a Lease candidate (the memory backend's pools).
     pools = MemoryBackend(capabilities=("ippool",))
     agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory, pools]),
-                  lambda spec, group: compile_for(group, spec),
+                  COMPILED,
                   AgentOptions("node-a", interval=3600, cleanup_on_exit=True),
                   reporter=reporter, elector_factory=elector, monotonic=clock)
     first = agent.run_pass()
@@ -178,7 +180,7 @@ def test_a_hung_api_server_lets_the_clean_up_go_first_and_each_request_end_withi
 
 def test_the_lease_release_gives_each_request_what_is_left_and_sends_none_once_nothing_is(
         server: EmulatedApiServer) -> None:
-    clock, events = FakeClock(), []
+    clock, events = FakeClock(), list[Event]()
     api = recording(server.api_client(), clock, events)
     holder = LeaderElector(api, "node-a", SETTINGS, clock=clock)
     assert holder.step()
@@ -205,7 +207,7 @@ def test_the_lease_release_gives_each_request_what_is_left_and_sends_none_once_n
 
 def test_a_report_after_sigterm_waits_at_most_what_is_left_of_the_grace_period(
         server: EmulatedApiServer) -> None:
-    clock, events = FakeClock(), []
+    clock, events = FakeClock(), list[Event]()
     api = recording(server.api_client(), clock, events)
     reporter = NodeReporter(api, "node-a", clock=clock)
     server.fail(504, delay=HANG, times=None)
@@ -223,7 +225,7 @@ def test_the_lease_release_and_the_last_report_timing_out_say_their_timeout_was_
     # of the grace period; one that timed out quoted it as a plain timeout ("no answer
     # from the API server within 4s"), read as an API server 4 s slow, where a pass's
     # request so cut already said "its timeout cut to what was left of the grace period".
-    clock, events = FakeClock(), []
+    clock, events = FakeClock(), list[Event]()
     api = recording(server.api_client(), clock, events)
     holder = LeaderElector(api, "node-a", SETTINGS, clock=clock)
     assert holder.step()
@@ -250,13 +252,13 @@ def test_the_report_of_the_pass_sigterm_interrupted_waits_only_what_is_left_of_t
         server: EmulatedApiServer, tmp_path: Path) -> None:
     # The pass in progress at SIGTERM ends with its report: a Node patch given the whole
     # request timeout (10 s) however little of the grace period was left.
-    clock, events = FakeClock(), []
+    clock, events = FakeClock(), list[Event]()
     api = recording(server.api_client(), clock, events)
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC)
     memory = MemoryBackend(capabilities=NODE_KINDS)
     agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]),
-                  lambda spec, group: compile_for(group, spec),
+                  COMPILED,
                   AgentOptions("node-a", interval=3600),
                   reporter=NodeReporter(api, "node-a", clock=clock), monotonic=clock)
     assert agent.run_pass().status == "ok"
@@ -304,7 +306,7 @@ def test_sigterm_during_the_node_s_part_skips_the_cluster_wide_part_of_that_pass
     path.write_text(SPEC)
     memory, pools = _SigtermDuringApply(), _CountedPools()
     agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory, pools]),
-                  lambda spec, group: compile_for(group, spec),
+                  COMPILED,
                   AgentOptions("node-a", interval=3600))
     memory.agent = agent
     assert agent.run_pass().status == "ok"
@@ -316,7 +318,7 @@ def test_the_wait_for_the_elector_s_step_in_flight_ends_with_the_grace_period(
         server: EmulatedApiServer) -> None:
     # stop() waited up to 17 s (the request timeout, a retry period, 5 s) for the thread's
     # step in flight: with an API server that never answers, past the grace period.
-    clock, events = FakeClock(), []
+    clock, events = FakeClock(), list[Event]()
     api = recording(server.api_client(), clock, events)
     settings = LeaseSettings("kube-system", "k3snet-cluster-writer", duration=15.0,
                              renew_deadline=10.0, retry_period=0.01)
@@ -377,7 +379,7 @@ def test_a_signal_during_an_apply_leaves_no_half_change(
     routes = _SignalledRoutes(signum)
     rules = MemoryBackend(capabilities=("nat", "forward"))
     agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([routes, rules]),
-                  lambda spec, group: compile_for(group, spec),
+                  COMPILED,
                   AgentOptions("node-a", interval=3600, watch=None, cleanup_on_exit=cleanup))
     routes.agent = agent
     wanted = compile_for(BackendGroup([routes, rules]), Spec.from_yaml(SPEC))
@@ -619,7 +621,7 @@ def test_an_elector_made_after_sigterm_by_the_pass_in_progress_takes_no_lease(
     pools = MemoryBackend(capabilities=("ippool",))
     agent = Agent(FileSpecSource(path),
                   lambda spec: BackendGroup([MemoryBackend(capabilities=NODE_KINDS), pools]),
-                  lambda spec, group: compile_for(group, spec),
+                  COMPILED,
                   AgentOptions("node-a", interval=3600), elector_factory=elector,
                   monotonic=clock)
     try:

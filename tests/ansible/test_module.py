@@ -527,15 +527,15 @@ def test_a_busy_node_fails_with_rc_75_and_its_error_type_so_a_play_retries_it_al
     # script can retry on that code alone"; a failed task said it only in msg's prose, so
     # a play could not retry a busy node without retrying a bad spec as well.
     monkeypatch.setenv("K3SNET_LOCK_DIR", ansible_env["K3SNET_LOCK_DIR"])
-    retried = {"until": "r{index}.rc | default(0) != 75", "retries": 2, "delay": 0,
-               "ignore_errors": True}
+    until = "r{index}.rc | default(0) != 75"
+    retried = {"retries": 2, "delay": 0, "ignore_errors": True}
     with temporary_netns("busy") as ns, namespace_lock([ns]):  # held for the whole run
         options = {"netns": ns, "backends": ["netlink"], "lock_timeout": 0,
                    "backend_options": {"netlink": {"state_dir": str(tmp_path)}}}
         tasks = [egress(state="absent", **options),
                  egress(spec={"destinations": [{"cidr": "192.168.2.0/33"}]}, **options)]
         run = playbook(tmp_path, ansible_env, [
-            {**task, **retried, "until": retried["until"].format(index=index)}
+            {**task, "until": until.format(index=index), **retried}
             for index, task in enumerate(tasks)], "--check")
     busy, bad = run.results
     assert busy["failed"] is True

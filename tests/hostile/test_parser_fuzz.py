@@ -52,7 +52,7 @@ RULESETS = sorted(p.name.removesuffix(".ruleset.json")
 IP_JSON = json.loads((DATA / "netlink" / "dumps.json").read_text())["ip_json"]
 CAPTURES = sorted(p.name for p in GOLDEN.iterdir() if (p / "addr.json").exists())
 # A sixth of the profile's examples (ci: 50 per reader, about 15 s in all).
-FUZZ = settings(max_examples=max(10, settings.default.max_examples // 6), deadline=None)
+FUZZ = settings(max_examples=max(10, settings().max_examples // 6), deadline=None)
 
 # ------------------------------------------------------------------ mutations
 

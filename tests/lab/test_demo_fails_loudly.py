@@ -38,7 +38,7 @@ def test_a_user_who_is_not_root_is_told_the_demo_needs_root(
                                 "mount --make-shared /run/netns failed: Operation not permitted")
 
     monkeypatch.setattr(SeedLab, "create", classmethod(refused))
-    monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr("k3snet.demo.os.geteuid", lambda: 1000)
     assert demo.main([]) == 1
     err = capsys.readouterr().err
     assert "demo FAILED: " in err

@@ -96,7 +96,7 @@ def test_read_input_takes_regular_files_and_refuses_the_rest_unread(tmp_path: Pa
     assert read_input(link, 1000) == SPEC.encode()
     # A regular file of /proc says it has no size: read up to the limit.
     assert read_input("/proc/self/status", 1 << 20).startswith(b"Name:")
-    cases = {
+    cases: dict[str, list[str | Path]] = {
         "not a regular file": [tmp_path / "fifo", "/dev/zero", "/dev/null"],
         "a directory": [tmp_path],
         f"larger than {len(SPEC) - 1} bytes": [text],
@@ -262,8 +262,6 @@ def test_a_device_or_a_fifo_named_as_a_file_is_judged_without_ever_being_opened(
     # Opening is not harmless: /dev/watchdog starts the machine's reboot countdown (a
     # spec's ipMasqAgentConfig path, read by root), a tape rewinds, a FIFO's waiting
     # writer is released. Only an O_PATH handle (which opens nothing) may name them.
-    from k3snet import _kept  # noqa: PLC0415
-
     opened: list[tuple[str, int]] = []
     real_open = os.open
 
@@ -271,7 +269,7 @@ def test_a_device_or_a_fifo_named_as_a_file_is_judged_without_ever_being_opened(
         opened.append((str(path), flags))
         return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_kept.os, "open", recording)
+    monkeypatch.setattr("k3snet._kept.os.open", recording)
     with fifo(tmp_path / "spec.yaml") as named:
         for path in ("/dev/zero", "/dev/null", str(named)):
             with pytest.raises(OSError, match="not a regular file"):
@@ -545,8 +543,12 @@ def test_the_agent_parses_a_spec_text_once_for_its_imports_across_reads(
     spec_file.write_text(f"{SPEC}masquerade:\n  ipMasqAgentConfig: {config}\n")
     parsed: list[str] = []
     real = spec_load.load_mapping
-    monkeypatch.setattr(spec_load, "load_mapping",
-                        lambda text, where: parsed.append(text) or real(text, where))
+
+    def parsing(text: str, where: str | None) -> object:
+        parsed.append(text)
+        return real(text, where)
+
+    monkeypatch.setattr(spec_load, "load_mapping", parsing)
     source = FileSpecSource(spec_file)
     for _ in range(3):
         source.read()

@@ -23,7 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -99,7 +99,7 @@ class _Generation:
 @pytest.mark.parametrize("backend_name", ["nftables", "iptables-nft"])
 def test_applies_succeed_under_a_foreign_writer(
     ns: str, rate: int, backend_name: str, tmp_path: Path,
-    record_property: pytest.RecordProperty,
+    record_property: Callable[[str, object], None],
 ) -> None:
     # A node's other firewalls (foreign tables that observe reads, one rule of each
     # shape), and iptables-nft's FORWARD policy DROP with flannel's accepts.
@@ -192,7 +192,7 @@ def _big_forward_chain(backend_name: str) -> tuple[list[str], str]:
 
 @pytest.mark.parametrize("backend_name", ["nftables", "iptables-nft"])
 def test_applies_return_next_to_a_big_foreign_chain_under_a_writer(
-    ns: str, backend_name: str, tmp_path: Path, record_property: pytest.RecordProperty,
+    ns: str, backend_name: str, tmp_path: Path, record_property: Callable[[str, object], None],
 ) -> None:
     command, text = _big_forward_chain(backend_name)
     run_in(ns, command, input_text=text)

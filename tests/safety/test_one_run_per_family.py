@@ -116,10 +116,10 @@ def kernel(ns: str, mode: str) -> dict[int, list[str]]:
             for family in (4, 6)}
 
 
-def counted(ns: str, mode: str, **options: str | bool | None
+def counted(ns: str, mode: str, *, loop_in: str | None = None, untold: bool = False
             ) -> tuple[IptablesBackend, Counted]:
     backend = IptablesBackend(ns, mode=mode)  # type: ignore[arg-type]
-    seam = Counted(ns, **options)
+    seam = Counted(ns, loop_in=loop_in, untold=untold)
     backend._kernel = seam  # the real seam, counted (the constructor makes a Processes)
     return backend, seam
 

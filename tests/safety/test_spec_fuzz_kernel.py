@@ -73,7 +73,7 @@ FOREIGN_SYSCTLS = {"net.ipv4.conf.eth0.rp_filter": "1", "net.ipv4.conf.default.r
 OUTCOMES: Counter[str] = Counter()
 
 # ci: 100 examples (about 12 s).
-FUZZ = settings(max_examples=max(10, settings.default.max_examples // 3), deadline=None,
+FUZZ = settings(max_examples=max(10, settings().max_examples // 3), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
@@ -235,6 +235,7 @@ def test_hostile_values_in_any_spec_field_never_change_foreign_state(
         # recorded): giving it back when this spec drops it is not a foreign change.
         owned_sysctls |= {o.name for o in backend.observe().owned if isinstance(o, Sysctl)}
         before = _foreign(ns, owned_sysctls)
+        failed: ApplyError | None
         try:
             converge(backend, state)
         except PlanError:
@@ -243,7 +244,7 @@ def test_hostile_values_in_any_spec_field_never_change_foreign_state(
         except ApplyError as exc:
             # A value the spec cannot judge (a sysctl's) refused by the kernel: clean
             # only when the apply left nothing changed.
-            failed: ApplyError | None = exc
+            failed = exc
             OUTCOMES["refused by the kernel, rolled back"] += 1
         else:
             OUTCOMES["applied"] += 1
