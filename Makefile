@@ -129,9 +129,7 @@ typecheck: deps
 # other test directories is read, but its errors are not shown (--follow-imports=silent);
 # the library's are `typecheck`'s. A cache of its own: these options differ from
 # `typecheck`'s, and a shared cache would be rebuilt at every switch.
-TYPECHECK_TESTS ?= tests/api tests/backends tests/cli tests/cluster tests/doctor tests/iptables \
-	tests/model tests/netlink tests/nftables tests/planner tests/render tests/spec \
-	tests/ansible tests/hostile tests/image tests/lab tests/safety tests/tooling tests/agent
+TYPECHECK_TESTS ?= tests
 
 typecheck-tests: deps
 	$(BIN)/mypy --explicit-package-bases --follow-imports=silent --cache-dir .mypy_cache/tests \

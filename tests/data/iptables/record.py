@@ -55,7 +55,7 @@ def main() -> int:
             for family in (4, 6):
                 saved = run_in(ns, [tool(mode, family, "save")]).stdout
                 (HERE / f"{mode}-foreign-v{family}.save").write_text(saved)
-            with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+            with IptablesBackend(ns, mode=mode) as backend:
                 backend.apply(plan(backend.observe(), DESIRED))
             for family in (4, 6):
                 saved = run_in(ns, [tool(mode, family, "save")]).stdout
