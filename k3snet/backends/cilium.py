@@ -30,8 +30,10 @@ the ``resourceVersion`` read: a concurrent change makes the API server answer
 **When changes take effect.** The agent reads ``cilium-config`` when it starts
 (restart the ``cilium`` DaemonSet); the ip-masq-agent file is re-read when the
 kubelet updates the mounted ConfigMap, *if* the DaemonSet mounts it (Helm
-``ipMasqAgent.enabled=true``; k3snet does not edit the DaemonSet). ``observe`` reads
-the DaemonSet (``daemonset``, in Cilium's namespace; never written): where its
+``ipMasqAgent.enabled=true``; k3snet does not edit the DaemonSet). Where Cilium's
+ip-masq-agent is on (``cilium-config``, a CiliumNodeConfig, k3snet's keys) ``observe``
+reads the DaemonSet (``daemonset``, in Cilium's namespace; never written; ``check`` and
+``apply`` where the plan turns it on; elsewhere not at all): where its
 ``cilium-agent`` container does not have the ConfigMap's ``config`` key at
 ``/etc/config/ip-masq-agent`` (or ``ip-masq-agent-config-path``), the foreign config
 says so (``CiliumConfig.ip_masq_agent_unmounted``), and Cilium's ip-masq-agent is
@@ -755,6 +757,11 @@ class _Api:
                 raise
 
 
+def _nothing_changed(exc: BackendError) -> ApplyError:
+    """``exc``, a failed read before any write, as the ApplyError a check or apply gives."""
+    return exc if isinstance(exc, ApplyError) else ApplyError(f"{exc}; nothing was changed")
+
+
 def _answered(write: Callable[[], T], unanswered: list[Callable[[], object]],
               take_back: Callable[[], object]) -> T:
     """``write()``; interrupted with its answer unread (SIGTERM's SystemExit, Ctrl-C: in
@@ -1099,10 +1106,6 @@ class CiliumBackend(BackendBase):
         if read.config is None:
             self._observed.put(read)
             return State()
-        mount = self._mount(read.config.data)
-        self._file_copied = mount.copied
-        read = attrs.evolve(read, mount=mount)
-        self._observed.put(read)
         owned = self._owned(read)
         found = _node_overrides(self._api.node_configs(),
                                 f"CiliumNodeConfigs in {self._api.namespace}")
@@ -1111,12 +1114,20 @@ class CiliumBackend(BackendBase):
         groups = (_node_groups(found, self._api.node_labels(), self._api.warn)
                   if any(not o.every_node for o, _ in found) else None)
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
-                               node_groups=groups,
-                               ip_masq_agent_unmounted=mount.unmounted,
-                               ip_masq_agent_no_directory=mount.no_directory)
-        mount.warn_if(any(view.flag("enable-ip-masq-agent") for _, view in foreign.on_nodes())
-                      or (owned is not None and owned.flag("enable-ip-masq-agent")),
-                      self._api.warn)
+                               node_groups=groups)
+        # The DaemonSet is read only where Cilium's ip-masq-agent is on (some node, or
+        # k3snet's keys): elsewhere its mount does not matter, and a failed read there
+        # (a 500, a timeout) failed every observe. A plan turning it on has it read by
+        # check and apply (_edit).
+        mount = None
+        if any(view.flag("enable-ip-masq-agent") for _, view in foreign.on_nodes()) or (
+                owned is not None and owned.flag("enable-ip-masq-agent")):
+            mount = self._mount(read.config.data)
+            mount.warn_if(True, self._api.warn)
+            foreign = attrs.evolve(foreign, ip_masq_agent_unmounted=mount.unmounted,
+                                   ip_masq_agent_no_directory=mount.no_directory)
+        self._file_copied = mount is not None and mount.copied
+        self._observed.put(attrs.evolve(read, mount=mount))
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
         if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
@@ -1252,13 +1263,8 @@ class CiliumBackend(BackendBase):
         carries the resourceVersion read: a change since gives 409), else read again."""
         try:
             read = self._observed.take() or self._read()
-            if read.config is not None and read.mount is None:
-                # Whether the agents start with enable-ip-masq-agent (_startup_problems).
-                read = attrs.evolve(read, mount=self._mount(read.config.data))
         except BackendError as exc:
-            if isinstance(exc, ApplyError):
-                raise
-            raise ApplyError(f"{exc}; nothing was changed") from exc
+            raise _nothing_changed(exc) from exc
         if read.config is None:
             raise ApplyError(f"{self._where()} does not exist; k3snet changes keys of an "
                              "existing Cilium config, it does not create one")
@@ -1300,10 +1306,7 @@ class CiliumBackend(BackendBase):
             new_members, agent_record = self._edit_agent(new_members, agent_record, change,
                                                          agent_text, read.agent is not None)
             owned = after if isinstance(after, CiliumConfig) else None
-        mount = read.mount or _Mount()
-        mount.warn_if(read_go_flag(str(data.get("enable-ip-masq-agent") or "false")),
-                      self._api.warn)
-        problems += self._startup_problems(read.config.data, data, mount)
+        problems += self._startup_problems(read.config.data, data, self._mount_after(read, data))
         if problems:
             raise PlanError("cilium backend refuses the plan, nothing was changed:\n  "
                             + "\n  ".join(problems))
@@ -1311,6 +1314,24 @@ class CiliumBackend(BackendBase):
                    if data.get(k) != read.config.data.get(k)}
         return _Edit(changed, config_record, *self._agent_outcome(
             read, agent_text, members, new_members, agent_record))
+
+    def _mount_after(self, read: _Read, after: Mapping[str, str]) -> _Mount:
+        """The DaemonSet's mount as far as an edit leaving ``after`` in ``cilium-config``
+        needs it: read (unless :meth:`observe` did) only where the edit turns the
+        ip-masq-agent on, whose refusal with nothing at ``/etc/config`` depends on it
+        (:meth:`_startup_problems`); one already on was judged before."""
+        assert read.config is not None
+
+        def on(data: Mapping[str, str]) -> bool:
+            return read_go_flag(str(data.get("enable-ip-masq-agent") or "false"))
+        if read.mount is not None or not on(after) or on(read.config.data):
+            return read.mount or _Mount()
+        try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
+            mount = self._mount(read.config.data)
+        except BackendError as exc:
+            raise _nothing_changed(exc) from exc
+        mount.warn_if(True, self._api.warn)
+        return mount
 
     def _startup_problems(self, before: dict[str, str], after: dict[str, str],
                           mount: _Mount) -> list[str]:

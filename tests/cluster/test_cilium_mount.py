@@ -19,7 +19,8 @@ import pytest
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cilium_mount import agent_directory_missing, agent_file_mounted
 from k3snet.converge import compile_for, restarts_needed
-from k3snet.errors import PlanError, SpecError
+from k3snet.errors import ApplyError, PlanError, SpecError
+from k3snet.kube import KubeApiError
 from k3snet.model.cilium import CiliumConfig
 from k3snet.planner import plan
 from k3snet.render.manifests import render_manifests
@@ -28,9 +29,11 @@ from k3snet.testing.kube import EmulatedApiServer
 from tests.cluster.test_cilium_backend import (
     CONFIGMAPS,
     HELM_K3S_DATA,
+    NODE_CONFIGS_V2,
     _cilium_config,
     _data,
     _ip_masq_agent,
+    _node_config,
 )
 
 pytestmark = pytest.mark.cluster
@@ -296,16 +299,15 @@ def test_enabling_the_ip_masq_agent_with_nothing_at_etc_config_is_refused(
     api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
     backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
     spec = _spec()
-    (reason,) = _reasons(backend, spec)
-    assert reason.startswith("enable-ip-masq-agent: true where the cilium-agent container "
-                             f"has no /etc/config (nothing mounted there: {WHERE} has no "
-                             "volume of the ConfigMap ip-masq-agent)")
-    assert "Helm ipMasqAgent.enabled=true" in reason
-    (foreign,) = backend.observe().foreign
-    assert isinstance(foreign, CiliumConfig)
-    assert foreign.ip_masq_agent_no_directory
+    # The ip-masq-agent off, observe does not read the DaemonSet: the check of a plan
+    # turning it on does.
     observed = backend.observe()
     (refused,) = backend.check(plan(observed, compile_for(backend, spec)))
+    assert refused.startswith("cilium backend refuses the plan, nothing was changed:\n  "
+                              "enable-ip-masq-agent: true where the cilium-agent container "
+                              f"has no /etc/config (nothing mounted there: {WHERE} has no "
+                              "volume of the ConfigMap ip-masq-agent)")
+    assert "Helm ipMasqAgent.enabled=true" in refused
     assert "every Cilium agent would refuse to start with it" in refused
     # Applied anyway (--allow-conflicts), and without an observe before it: refused too.
     fresh = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
@@ -319,9 +321,18 @@ def test_enabling_the_ip_masq_agent_with_nothing_at_etc_config_is_refused(
     for ds in (elsewhere, cilium_daemonset(ip_masq_agent=True)):
         api_server.put(DAEMONSETS, ds)
         assert backend.check(plan(backend.observe(), compile_for(backend, spec))) == ()
+    # Turned on by hand (kubectl edit, Helm's values): observe reads the DaemonSet, and a
+    # spec expecting masquerading under it, with nothing at /etc/config, is a conflict.
+    api_server.put(CONFIGMAPS, _cilium_config(EBPF_AGENT))
     (foreign,) = backend.observe().foreign
     assert isinstance(foreign, CiliumConfig)
     assert not foreign.ip_masq_agent_no_directory
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent_no_directory
+    assert _reasons(backend, spec)[0].startswith(
+        "enable-ip-masq-agent: true where the cilium-agent container has no /etc/config")
 
 
 def test_only_nothing_around_etc_config_is_no_directory_for_the_file() -> None:
@@ -386,3 +397,91 @@ def test_a_subpath_mount_names_the_restart_an_ip_masq_agent_change_needs(
     cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
     changed = plan(backend.observe(), compile_for(backend, wider))
     assert restarts_needed(backend, changed) == ()
+
+
+def _daemonset_reads(server: EmulatedApiServer) -> int:
+    return sum(1 for method, path, _ in server.requests()
+               if method == "GET" and "/daemonsets/" in path)
+
+
+def test_an_observe_reads_the_daemonset_only_where_the_ip_masq_agent_is_on(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # Cilium's iptables masquerading: the mount does not matter, and is not read.
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent_unmounted is None
+    assert _daemonset_reads(api_server) == 0
+    # On some nodes (a CiliumNodeConfig), in cilium-config, or by k3snet's own key: read.
+    api_server.put(NODE_CONFIGS_V2, _node_config("edge", {"enable-ip-masq-agent": "true"}))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent_unmounted is not None
+    assert _daemonset_reads(api_server) == 1
+    api_server.delete(NODE_CONFIGS_V2, "edge", namespace="kube-system")
+    api_server.put(CONFIGMAPS, _cilium_config(EBPF_AGENT))
+    backend.observe()
+    assert _daemonset_reads(api_server) == 2
+    api_server.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-bpf-masquerade": "true"}))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    backend.apply(plan(backend.observe(), compile_for(backend, _spec())))
+    assert _data(api_server)["enable-ip-masq-agent"] == "true"
+    (owned,) = backend.observe().owned
+    assert isinstance(owned, CiliumConfig)
+    assert owned.flag("enable-ip-masq-agent")
+    assert _daemonset_reads(api_server) == 4  # the apply's (it turns it on), the observe's
+
+
+@pytest.mark.parametrize("status", [500, 401, 503])
+def test_a_failed_daemonset_read_fails_nothing_where_the_ip_masq_agent_stays_off(
+    status: int, api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # A spec with Cilium's iptables masquerading: a 500 (or a timeout, a 401) reading the
+    # DaemonSet failed every observe, plan and apply, the agent's whole cluster pass.
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    api_server.fail(status, plural="daemonsets", times=None)
+    data = seed_spec().to_dict()
+    data["backends"] = ["cilium"]
+    data["cni"] = {"cilium": {"tunnelProtocol": "geneve"}}
+    plain = Spec.from_dict(data)
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    observed = backend.observe()
+    p = plan(observed, compile_for(backend, plain))
+    assert p.conflicts == ()
+    assert p.changes
+    assert backend.check(p) == ()
+    # Checked and applied without an observe before (a plan file): nothing read either.
+    fresh = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    assert fresh.check(p) == ()
+    fresh.apply(p)
+    assert _data(api_server)["tunnel-protocol"] == "geneve"
+    assert _daemonset_reads(api_server) == 0
+
+
+def test_a_failed_daemonset_read_refuses_a_plan_turning_the_ip_masq_agent_on(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # Whether the agents would start with it depends on the mount: not known, nothing is
+    # written (the read's error, as a transient one, not a refusal of the plan).
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    api_server.fail(500, plural="daemonsets", times=None)
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    p = plan(backend.observe(), compile_for(backend, _spec()))
+    (problem,) = backend.check(p)
+    assert problem.startswith("read DaemonSet kube-system/cilium: the API server failed (500")
+    assert problem.endswith("; nothing was changed")
+    with pytest.raises(ApplyError, match=r"read DaemonSet kube-system/cilium.*nothing was changed"):
+        backend.apply(p)
+    assert "enable-ip-masq-agent" not in _data(api_server)
+    # Where it is on, the mount judges the ConfigMap: a failed read fails the observe.
+    api_server.put(CONFIGMAPS, _cilium_config(EBPF_AGENT))
+    with pytest.raises(KubeApiError, match="read DaemonSet kube-system/cilium"):
+        backend.observe()
+    api_server.clear_faults()
+    assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
