@@ -63,8 +63,11 @@ def test_the_spec_s_flannel_configmap_is_the_one_the_role_and_env_name(configmap
     flannel = f"{AGENT_NAME}-flannel"
     roles = {key: rules for key, rules in _roles(objs).items() if key[1] == flannel}
     assert list(roles) == [("kube-system", flannel)]
-    (rule,) = roles["kube-system", flannel]
+    # its ConfigMap by name; the restart rules (DaemonSets, Pods) list, never by name
+    (rule,) = [r for r in roles["kube-system", flannel] if r["resources"] == ["configmaps"]]
     assert rule["resourceNames"] == ["my-flannel"]
+    assert all("resourceNames" not in r and r["verbs"] == ["list"]
+               for r in roles["kube-system", flannel] if r is not rule)
     assert [b["metadata"]["namespace"] for b in objs if b["kind"] == "RoleBinding"
             and b["metadata"]["name"] == flannel] == ["kube-system"]
 
