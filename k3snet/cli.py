@@ -44,7 +44,7 @@ from k3snet.backends.base import ApplyResult, PendingRestart
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, WarningLog, option_seconds, undoing
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespaces_of
-from k3snet.backends.netns import validate_netns
+from k3snet.backends.netns import exec_name, validate_netns
 from k3snet.backends.options import resolve_backend_options
 from k3snet.backends.registry import (
     available_backends,
@@ -2475,7 +2475,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _doctor_fix_argv(args: argparse.Namespace) -> list[str]:
     """The command line that applies this diagnosis's fix: this one with ``--fix``, on the
-    node (``--netns`` kept, ``--state`` left out: the fix acts on a live node), with what
+    node (``--netns`` kept, or given for the namespace of a k3snet started by ``ip netns
+    exec NS``; ``--state`` left out: the fix acts on a live node), with what
     shaped the diagnosis (the spec, service CIDRs, protocol, kube config)."""
     argv = ["k3snet", "doctor"]
 
@@ -2484,8 +2485,12 @@ def _doctor_fix_argv(args: argparse.Namespace) -> list[str]:
         # long name: `-f -x.yaml` is -f without its argument, for argparse.
         argv.extend([f"{long}={value}"] if value.startswith("-") else [short, value])
 
-    if args.netns is not None:
-        option("--netns", "--netns", args.netns)
+    # Read live, doctor read its own namespace: one started by `ip netns exec NS k3snet
+    # doctor` is named (exec_name), or the line, run from the shell that ran it, fixed the
+    # node's namespace, not the one diagnosed.
+    netns = args.netns if args.state is not None else exec_name(args.netns)
+    if netns is not None:
+        option("--netns", "--netns", netns)
     argv += ["--from", args.source, "--to", args.destination]
     if args.proto != "tcp":
         argv += ["--proto", args.proto]

@@ -16,10 +16,11 @@ import functools
 import os
 import platform
 import queue
+import shlex
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
@@ -29,7 +30,8 @@ from k3snet.errors import BackendError
 
 __all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "earlier_records", "exec_name",
            "libc", "namespace_instance", "netns_cookie", "netns_names", "netns_option",
-           "netns_path", "record_netns", "unnamed_record", "validate_netns", "xtables_names"]
+           "netns_path", "record_netns", "shown_command", "unnamed_record", "validate_netns",
+           "xtables_names"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
@@ -113,6 +115,17 @@ def exec_name(netns: str | None) -> str | None:
         return None
     names = _names_of(here)
     return names[0] if names else None
+
+
+def shown_command(argv: Sequence[str], netns: str | None) -> str:
+    """``argv`` as the shell command a message tells the user to run where a backend of
+    namespace ``netns`` (``None``: the calling thread's) reads and writes: after ``ip
+    netns exec NAME`` for the name :func:`exec_name` gives (``--netns NAME``, or k3snet
+    started by ``ip netns exec NAME k3snet ...``), where the command alone, run from the
+    shell that ran k3snet, read the node's tables; alone in the node's namespace. Every
+    backend's messages name their commands through it."""
+    name = exec_name(netns)
+    return shlex.join([*(("ip", "netns", "exec", name) if name else ()), *argv])
 
 
 def netns_names(netns: str | None) -> list[str]:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from k3snet.model import ForwardBlock, ForwardRule, NatBlock, NetObject
 
-__all__ = ["partial_notrack", "partial_untracks"]
+__all__ = ["nft_list_chain", "partial_notrack", "partial_untracks"]
 
 #: The protocols whose every packet left untracked is no partial notrack: TCP and UDP,
 #: by name or number, carry nearly all of the pods' egress.
@@ -39,6 +39,16 @@ def partial_notrack(protocol: str | None, ports: bool) -> bool:
     (False, False)
     """
     return protocol is not None and (ports or protocol.lower() not in _WHOLE)
+
+
+def nft_list_chain(where: str) -> list[str]:
+    """The command listing the chain of a block's ``where`` (``nftables ip raw pre``), as
+    :func:`partial_untracks` is given it for an nftables table's notrack.
+
+    >>> nft_list_chain("nftables ip raw PREROUTING")
+    ['nft', 'list', 'chain', 'ip', 'raw', 'PREROUTING']
+    """
+    return ["nft", "list", "chain", *where.removeprefix("nftables ").split(" ", 2)]
 
 
 def partial_untracks(blocks: Iterable[NetObject], wanted: Sequence[NetObject],

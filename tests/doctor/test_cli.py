@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from k3snet.backends.netns import NetnsRunner
 from k3snet.cli import build_parser, main
 from k3snet.lab.netns import run_in, temporary_netns
 
@@ -232,6 +233,27 @@ def test_the_printed_shell_line_applies_the_fix(
     assert "; apply them with:" in out
     line = _apply_line(out)
     assert line == [*argv, "--fix"]
+    assert main([*line, "--auto-approve"]) == 0
+    assert "now: reaches" in capsys.readouterr().out
+    assert doctor_lab.probe(topology.destination)["ok"]
+
+
+@pytest.mark.kernel
+def test_the_shell_line_of_a_doctor_started_by_ip_netns_exec_fixes_that_namespace(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``ip netns exec NS k3snet doctor ...`` (no ``--netns``) diagnosed ``NS`` and printed
+    ``k3snet doctor ... --fix``: run as shown from the shell that ran it, the fix read and
+    changed the node's namespace. The line names ``--netns NS`` now; it is checked before
+    it is run (here, outside the lab, as shown), and the flow in the lab then reaches."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(forwarding=False, nat="none")
+    doctor_lab.configure(topology)
+    argv = ["doctor", "--from", POD, "--to", f"{topology.destination}:{PORT}"]
+    with NetnsRunner(doctor_lab.node) as runner:
+        assert runner.call(lambda: main(argv)) == 3
+    line = _apply_line(capsys.readouterr().out)
+    assert line == ["doctor", "--netns", doctor_lab.node, *argv[1:], "--fix"]
     assert main([*line, "--auto-approve"]) == 0
     assert "now: reaches" in capsys.readouterr().out
     assert doctor_lab.probe(topology.destination)["ok"]

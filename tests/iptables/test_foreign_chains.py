@@ -376,6 +376,9 @@ table ip filter {
 table ip6 mangle {
   chain theirs { type filter hook forward priority -150; policy accept; }
 }
+table ip guard {
+  chain gate { type filter hook forward priority 10; policy drop; }
+}
 """
 
 
@@ -384,8 +387,9 @@ table ip6 mangle {
 def test_every_command_a_warning_names_runs_in_the_namespace_k3snet_read(
         ns: str, given: bool) -> None:
     """The warnings of a table iptables-nft cannot read, of base chains of raw, mangle or
-    security iptables-nft-save leaves out, and of a notrack of one protocol (which named
-    ``iptables-save -t raw``, IPv6's too) gave their commands alone, also under
+    security iptables-nft-save leaves out, of a notrack of one protocol (which named
+    ``iptables-save -t raw``, IPv6's too) and of another nftables table's default drop
+    gave their commands alone, also under
     ``--netns NS`` and ``ip netns exec NS``: run as shown they read the node's tables.
     Each is run here as shown, from the test's own namespace, and finds what it names."""
     run_in(ns, ["nft", "-f", "-"], input_text=_NFT_WRITTEN)
@@ -412,6 +416,7 @@ def test_every_command_a_warning_names_runs_in_the_namespace_k3snet_read(
                                                               "--dport 53 -j NOTRACK"),
         "iptables IPv6 raw: -A PREROUTING -s fd42:50::/56": ("ip6tables-nft-save -t raw",
                                                               "--dport 53 -j NOTRACK"),
+        "nftables ip guard chain gate runs": ("nft list table ip guard", "policy drop"),
     }
     for start, (command, seen) in expected.items():
         (said,) = [w for w in warnings if w.startswith(start)] or ["\n".join(warnings)]

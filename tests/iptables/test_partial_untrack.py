@@ -222,7 +222,7 @@ def test_a_dns_only_notrack_leaves_the_pods_tcp_egress_to_k3snets_rules_nftables
             (said,) = [w for w in backend.warnings if "notrack" in w]
             assert "nftables ip raw pre: ip saddr 10.42.0.0/16 (and 1 more match, of udp) " \
                    "notrack" in said, said
-            assert "`nft list chain ip raw pre`" in said, said
+            assert f"`ip netns exec {lab.node} nft list chain ip raw pre`" in said, said
             backend.apply(p)
             assert lab.tcp_probe(4).ok  # a real TCP connection: tracked, masqueraded
             assert plan(backend.observe(), DESIRED).changes == ()

@@ -37,7 +37,12 @@ from k3snet.planner import plan
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 MASQUERADE = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
 WANTED = State(owned=[MASQUERADE, ForwardRule("10.42.0.0/16", "192.168.2.0/24")])
-DESTROY = "`k3snet destroy --backend iptables --backend-opt iptables.mode=nft`"
+
+
+def destroy_shown(ns: str) -> str:
+    """The destroy the warning names, as run where k3snet read (``--netns NS``)."""
+    return (f"`ip netns exec {ns} k3snet destroy --backend iptables --backend-opt "
+            "iptables.mode=nft`")
 
 
 @pytest.fixture
@@ -93,7 +98,7 @@ def test_k3snet_s_iptables_chains_meet_no_wanted_rule_and_are_a_warning_naming_d
         assert len(left) == 1, backend.warnings
         assert "ip nat K3SNET-POSTROUTING" in left[0]
         assert "ip filter K3SNET-FORWARD" in left[0]
-        assert DESTROY in left[0]
+        assert destroy_shown(xt_ns) in left[0]
         backend.apply(plan(observed, WANTED))
     monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
     assert main(["destroy", "--backend", "iptables", "--backend-opt", "iptables.mode=nft",
@@ -186,4 +191,4 @@ def test_after_the_move_and_the_destroy_the_pods_connections_are_still_masquerad
             assert probe.source_seen == NODE_ADDRESSES[family]
         assert {(r["family"], r["table"]) for r in _nat_rules(node)} == {("inet", "k3snet")}
         assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in out
-        assert DESTROY in out
+        assert destroy_shown(node) in out

@@ -7,6 +7,7 @@ for the iptables backend's cases).
 
 from __future__ import annotations
 
+import shlex
 import struct
 from typing import Any
 
@@ -203,10 +204,25 @@ def test_an_xt_ct_whose_flags_were_not_read_is_a_doubt_said_not_a_conflict() -> 
     found = reader.read()
     assert not any(isinstance(o, NatBlock) for o in found)
     (doubt,) = reader.defaults().doubts
-    assert doubt.startswith(f"iptables-nft's -j CT in ip raw PREROUTING (ip saddr {POD} xt "
-                            "target CT) was listed without its options")
+    said = doubt.said()
+    assert said.startswith(f"iptables-nft's -j CT in ip raw PREROUTING (ip saddr {POD} xt "
+                           "target CT) was listed without its options")
+    assert said.endswith("; `iptables-nft-save -t raw` shows them)")
     wanted = State(owned=[MasqueradeRule(POD, destination=DB, out_interface="eth0")])
     assert not plan(State(foreign=list(found)), wanted).conflicts
+
+
+def test_a_doubt_names_its_familys_save_as_run_where_the_backend_read() -> None:
+    """An IPv6 -j CT listed without its options named ``iptables-nft-save -t raw``, IPv4's
+    tool, and alone: the doubt names its family's, joined where the backend shows it
+    (``ip netns exec NS`` first, :func:`~k3snet.backends.netns.shown_command`)."""
+    pods = "fd42:42::/56"
+    reader = ForeignReader(raw([saddr(pods), _ct(None)], family="ip6"), frozenset())
+    reader.read()
+    (doubt,) = reader.defaults().doubts
+    assert doubt.command == ("ip6tables-nft-save", "-t", "raw")
+    shown = doubt.said(lambda argv: shlex.join(["ip", "netns", "exec", "lab 1", *argv]))
+    assert shown.endswith("; `ip netns exec 'lab 1' ip6tables-nft-save -t raw` shows them)")
 
 
 @pytest.mark.kernel

@@ -89,7 +89,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from importlib.util import find_spec
@@ -155,16 +154,16 @@ from k3snet.backends.lock import namespace_id
 from k3snet.backends.netns import (
     NetnsRunner,
     earlier_records,
-    exec_name,
     namespace_instance,
     netns_option,
     netns_path,
     record_netns,
+    shown_command,
 )
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.backends.nftables.kernel import BoundedLister, Lists
 from k3snet.backends.routed import RoutedBy, read_routes
-from k3snet.backends.untracked import partial_untracks
+from k3snet.backends.untracked import nft_list_chain, partial_untracks
 from k3snet.errors import (
     BackendError,
     BackendUnavailableError,
@@ -480,11 +479,11 @@ class IptablesBackend(BackendBase):
                       *(o for t in self._tables.values() for o in t.owned.values())]
             found += partial_untracks(self._partial, wanted, self._raw_save)
             found += partial_untracks(
-                native, wanted, lambda where: self._shown(_nft_list_chain(where)))
+                native, wanted, lambda where: self._shown(nft_list_chain(where)))
         found += self._native.warnings
         if self._native.defaults.found:  # judged against k3snet's forward rules
-            found += self._native.default_warnings(self._forward_wanted())
-        found += [_left_nftables(family, table) for family, table
+            found += self._native.default_warnings(self._forward_wanted(), self._shown)
+        found += [_left_nftables(family, table, self._shown) for family, table
                   in sorted(self._native.k3snet_tables - self._nft_managed)]
         return tuple(found)
 
@@ -1340,11 +1339,8 @@ class IptablesBackend(BackendBase):
 
     def _shown(self, argv: list[str]) -> str:
         """``argv`` as a shell command that runs where this backend acts, as a message
-        shows it: after ``ip netns exec NAME`` for a namespace given, or the one k3snet
-        was started in by ``ip netns exec NAME`` (see :func:`exec_name`), where the
-        command alone read the node's tables."""
-        name = exec_name(self._netns)
-        return shlex.join([*(("ip", "netns", "exec", name) if name else ()), *argv])
+        shows it (:func:`~k3snet.backends.netns.shown_command`)."""
+        return shown_command(argv, self._netns)
 
     def _raw_save(self, where: str) -> str:
         """The command showing raw's rules of a block's ``where`` (``iptables IPv6 raw``):
@@ -1408,11 +1404,6 @@ def _where_of(subject: NetObject) -> tuple[int, str]:
     return (subject.family or 4, table_of(subject))
 
 
-def _nft_list_chain(where: str) -> list[str]:
-    """The command listing the chain of a block's ``where`` (``nftables ip raw pre``)."""
-    return ["nft", "list", "chain", *where.removeprefix("nftables ").split(" ", 2)]
-
-
 def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str], TableState],
            hidden: list[tuple[int, str, str, str]], routed: RoutedBy | None = None, *,
            partial: list[NetObject] | None = None) -> set[NetObject]:
@@ -1465,11 +1456,12 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     return foreign
 
 
-def _left_nftables(family: str, table: str) -> str:
-    """The warning naming k3snet's nftables table, left by the nftables backend."""
-    options = [*([f"--backend-opt nftables.table={table}"] if table != "k3snet" else []),
-               *(["--backend-opt nftables.family=split"] if family != "inet" else [])]
-    command = " ".join(["k3snet destroy --backend nftables", *options])
+def _left_nftables(family: str, table: str, shown: Callable[[list[str]], str]) -> str:
+    """The warning naming k3snet's nftables table, left by the nftables backend, and the
+    destroy removing it as run where k3snet read (``shown``: :meth:`IptablesBackend._shown`)."""
+    options = [*(["--backend-opt", f"nftables.table={table}"] if table != "k3snet" else []),
+               *(["--backend-opt", "nftables.family=split"] if family != "inet" else [])]
+    command = shown(["k3snet", "destroy", "--backend", "nftables", *options])
     return (f"nftables table {family} {table} holds rules k3snet's nftables backend wrote "
             "(its marker chain): they run on the same hooks as iptables' (its masquerade "
             "and SNAT rules translate the pods' connections whatever k3snet's iptables "

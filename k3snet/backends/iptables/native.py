@@ -24,6 +24,7 @@ are bounded in time.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import time
@@ -70,16 +71,19 @@ class NativeRead:
         replies (an accept in iptables ends only iptables' chain: it cannot open them)."""
         return bool(self.defaults.found) and bool(self.defaults.unopened([rule]))
 
-    def default_warnings(self, wanted: Sequence[ForwardRule] | None) -> tuple[str, ...]:
+    def default_warnings(self, wanted: Sequence[ForwardRule] | None,
+                         shown: Callable[[list[str]], str] = shlex.join) -> tuple[str, ...]:
         """A warning for each default that drops a rule of ``wanted`` (k3snet's forward
         rules), naming the first; with ``wanted`` None (not known: no hint, none in
-        place), one for each default found."""
+        place), one for each default found. ``shown``: the ``nft list table`` it names,
+        as run where the backend read (:func:`~k3snet.backends.netns.shown_command`)."""
         if not self.defaults.found:
             return ()
         if wanted is None:
-            return tuple(_default_warning(d, None) for d in self.defaults.found)
+            return tuple(_default_warning(d, None, shown) for d in self.defaults.found)
         ordered = sorted(wanted, key=lambda r: (r.family, r.describe()))
-        return tuple(_default_warning(d, rule) for d, rule in self.defaults.unopened(ordered))
+        return tuple(_default_warning(d, rule, shown)
+                     for d, rule in self.defaults.unopened(ordered))
 
 
 WHOLE_TABLE_CHAINS = 256
@@ -223,7 +227,8 @@ def _read(lister: Lists, xt: frozenset[tuple[str, str]]) -> NativeRead:
     return NativeRead(blocks, warnings, reader.marked, reader.defaults())
 
 
-def _default_warning(d: ForwardDefault, rule: ForwardRule | None) -> str:
+def _default_warning(d: ForwardDefault, rule: ForwardRule | None,
+                     shown: Callable[[list[str]], str]) -> str:
     """The warning of a base chain on a hook forwarded packets pass whose policy, or a
     rule of its own naming no address, may drop them (:meth:`ForeignReader.defaults`, as
     the nftables backend finds them): a default, not a conflict (k3snet cannot open it
@@ -235,4 +240,4 @@ def _default_warning(d: ForwardDefault, rule: ForwardRule | None) -> str:
     return (f"nftables {d.family} {d.table} chain {d.chain} runs on the same hook as "
             f"iptables (not shown by iptables-save): {'; '.join(d.what)}. An accept in "
             f"iptables ends only iptables' chain: {dropped}; accept k3snet's traffic "
-            f"there too (`nft list table {d.family} {d.table}` shows it)")
+            f"there too (`{shown(['nft', 'list', 'table', d.family, d.table])}` shows it)")

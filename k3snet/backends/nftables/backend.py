@@ -105,7 +105,7 @@ from k3snet.backends.kit import (
     run_option_checks,
     unwritten_problems,
 )
-from k3snet.backends.netns import NetnsRunner, netns_option
+from k3snet.backends.netns import NetnsRunner, netns_option, shown_command
 from k3snet.backends.nftables.batch import Batch
 from k3snet.backends.nftables.cache import (
     Cache,
@@ -387,7 +387,7 @@ class NftablesBackend(BackendBase):
         rules :meth:`expect` was given, which k3snet's accepts cannot open; what the read
         could not judge whole (an iptables-nft ``-j CT`` whose options were not read)."""
         found = (self._default_warnings()
-                 + tuple(f"nftables: {doubt}" for doubt in self._defaults.doubts)
+                 + tuple(f"nftables: {doubt.said(self._shown)}" for doubt in self._defaults.doubts)
                  + self._partial_warnings()
                  + self._iptables_warnings())
         if not self._foreign_unread:
@@ -415,14 +415,20 @@ class NftablesBackend(BackendBase):
         if not own or self._iptables_beside:
             return ()
         chains = ", ".join(f"{family} {table} {chain}" for (family, table), chain in own)
+        destroy = self._shown(["k3snet", "destroy", "--backend", "iptables", "--backend-opt",
+                               "iptables.mode=nft"])
         return ("nftables: iptables-nft's tables hold chains k3snet's iptables backend wrote "
                 f"(its jump from the built-in chain: {chains}): their masquerade and SNAT "
                 "rules still translate the pods' connections and their accepts let them "
                 "through, on the same hooks as this table's, and this backend counts none "
                 "of them as meeting the spec's rules (it writes its own), nor keeps them "
                 "up or removes them; if the iptables backend no longer manages this node, "
-                "`k3snet destroy --backend iptables --backend-opt iptables.mode=nft` "
-                "removes them",)
+                f"`{destroy}` removes them",)
+
+    def _shown(self, argv: Sequence[str]) -> str:
+        """``argv`` as a shell command that runs where this backend reads, as a warning
+        shows it (:func:`~k3snet.backends.netns.shown_command`)."""
+        return shown_command(argv, self.netns)
 
     def _partial_warnings(self) -> tuple[str, ...]:
         """Another table's notracks of one protocol (``udp dport 53 notrack``): no block,
@@ -432,14 +438,14 @@ class NftablesBackend(BackendBase):
         if not partial:
             return ()
         # imported here: rare, and no cold import of the CLI's (216 modules)
-        from k3snet.backends.untracked import partial_untracks  # noqa: PLC0415
+        from k3snet.backends.untracked import nft_list_chain, partial_untracks  # noqa: PLC0415
 
         expected: tuple[NetObject, ...] | None = self._expected if self._hinted else None
         if expected is None:
             cache = self._observed.value
             expected = tuple(cache.objects.values()) if cache is not None else ()
         said = partial_untracks(partial, expected,
-                                lambda where: f"nft list chain {where.removeprefix('nftables ')}")
+                                lambda where: self._shown(nft_list_chain(where)))
         return tuple(f"nftables: {warning}" for warning in said)
 
     def _default_warnings(self) -> tuple[str, ...]:
@@ -479,8 +485,9 @@ class NftablesBackend(BackendBase):
             f"{default.kind} chain of another table that forwarded packets pass "
             f"({'; '.join(default.what)}), may drop {rule.describe()} whatever k3snet's "
             "table accepts (an accept ends only its own chain); accept k3snet's traffic in "
-            f"that chain too (`nft list chain {default.family} {default.table} "
-            f"{default.chain}` shows it)"
+            "that chain too (`"
+            f"{self._shown(['nft', 'list', 'chain', default.family, default.table, default.chain])}"
+            "` shows it)"
             + ("; or give kind forward to the iptables backend (--backend nftables:nat "
                "--backend iptables:forward), whose FORWARD rules open iptables' policy"
                if default.family in ("ip", "ip6") and default.table == "filter"

@@ -49,6 +49,7 @@ import contextlib
 import dataclasses
 import functools
 import ipaddress
+import shlex
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -106,7 +107,7 @@ from k3snet.render.nftables import (
 )
 from k3snet.render.tag import tag_digest
 
-__all__ = ["ForeignRead", "ForeignReader", "ForwardDefault", "ForwardDefaults", "Match",
+__all__ = ["Doubt", "ForeignRead", "ForeignReader", "ForwardDefault", "ForwardDefaults", "Match",
            "finish_foreign_read", "leftover_drift", "own_object", "parse_rule",
            "read_foreign_within", "read_own", "start_foreign_read", "table_of"]
 
@@ -743,6 +744,21 @@ class _Budget:
         return True
 
 
+@dataclass(frozen=True)
+class Doubt:
+    """What a read could not judge whole, said as a warning naming the command that shows
+    it: ``before``, the command (argv) and ``after``, joined by :meth:`said` where the
+    command runs (a backend in a namespace gives it after ``ip netns exec NAME``)."""
+
+    before: str
+    command: tuple[str, ...]
+    after: str
+
+    def said(self, shown: Callable[[Sequence[str]], str] = shlex.join) -> str:
+        """The warning, the command as ``shown`` gives it, in backquotes."""
+        return f"{self.before}`{shown(self.command)}`{self.after}"
+
+
 @dataclass
 class ForeignReader:
     """Reads the egress-relevant chains of other tables: read-only, bounded, best effort.
@@ -799,7 +815,7 @@ class ForeignReader:
     partial: list[NetObject] = field(default_factory=list)
     # what may leave packets untracked, not known whole (an -j CT whose flags were not
     # read): said as warnings (ForwardDefaults.doubts), no conflict
-    doubts: list[str] = field(default_factory=list)
+    doubts: list[Doubt] = field(default_factory=list)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -1015,12 +1031,14 @@ class ForeignReader:
                                                                               chain))
                 self._notracks.append((reached, where, chain))
             if untrack is not None and reached.ct_doubt and not taken.ended:
-                self.doubts.append(
+                self.doubts.append(Doubt(
                     f"iptables-nft's -j CT in {where[0]} {where[1]} {chain} "
                     f"({' '.join([*_rule_words(reached)[0], 'xt target CT'])}) was listed "
                     "without its options: if it is a --notrack, what it matches is untracked "
                     "(no NAT, and replies a forward chain accepts by conntrack alone are "
-                    "dropped; `iptables-nft-save -t raw` shows them)")
+                    "dropped; ",
+                    (f"{'ip6' if where[0] == 'ip6' else 'ip'}tables-nft-save", "-t", "raw"),
+                    " shows them)"))
             if (forward and reached.verdict in ("drop", "queue") and reached.conditions == 0
                     and not taken.ended):
                 self._untrack_defaults.append((
@@ -1378,7 +1396,7 @@ class ForwardDefaults:
     """The read's other finding: iptables-nft's tables holding the iptables backend's
     chains, each with the chain its hook jumps to (``(("ip", "nat"),
     "K3SNET-POSTROUTING")``), passed by (:attr:`ForeignReader.iptables_own`)."""
-    doubts: tuple[str, ...] = ()
+    doubts: tuple[Doubt, ...] = ()
     """What the read could not judge whole and says (:attr:`ForeignReader.doubts`)."""
     partial: tuple[NetObject, ...] = ()
     """The blocks, as they would be, of notracks of one protocol, no block

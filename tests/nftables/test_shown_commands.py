@@ -1,0 +1,77 @@
+"""Every command a warning of the nftables backend names runs where k3snet read.
+
+Under ``--netns NS``, and for a k3snet started by ``ip netns exec NS k3snet ...``, the
+warnings of another table's default drop, of a notrack of one protocol and of the
+iptables backend's chains left in iptables-nft's tables named their commands alone:
+run as shown from the shell that ran k3snet, ``nft list chain ...`` read the node's
+tables (and ``k3snet destroy --backend iptables`` would have removed the node's
+chains). They come after ``ip netns exec NS`` now, as the iptables backend's
+(``tests/iptables/test_foreign_chains.py``); each command that only reads is run here
+as shown, from the test's own namespace, and finds what the warning names.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.netns import NetnsRunner
+from k3snet.backends.nftables import NftablesBackend
+from k3snet.lab.netns import run_in
+from k3snet.model import ForwardRule, MasqueradeRule, State
+from k3snet.planner import plan
+
+MASQUERADE = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+WANTED = State(owned=[MASQUERADE, ForwardRule("10.42.0.0/16", "192.168.2.0/24")])
+_FOREIGN = """
+table ip guard {
+  chain gate { type filter hook forward priority 10; policy drop; }
+  chain early { type filter hook prerouting priority -300;
+                ip saddr 10.42.0.0/16 udp dport 53 notrack; }
+}
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("given", [True, False], ids=["netns", "ip-netns-exec"])
+def test_every_command_a_warning_names_runs_in_the_namespace_k3snet_read(
+        ns: str, given: bool) -> None:
+    for tool in ("iptables-nft", "iptables-nft-save", "ip6tables-nft"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    with IptablesBackend(ns, mode="nft") as left:  # the chains a move of backends leaves
+        left.apply(plan(left.observe(), State(owned=[MASQUERADE])))
+    run_in(ns, ["nft", "-f", "-"], input_text=_FOREIGN)
+
+    def warned() -> tuple[str, ...]:
+        with NftablesBackend(netns=ns if given else None) as backend:
+            backend.expect(WANTED)
+            backend.observe()
+            return backend.warnings
+
+    if given:
+        warnings = warned()
+    else:
+        with NetnsRunner(ns) as runner:
+            warnings = runner.call(warned)
+    expected = {
+        "nftables: ip guard chain gate, ": ("nft list chain ip guard gate", "policy drop"),
+        "nftables: nftables ip guard early: ": ("nft list chain ip guard early", "notrack"),
+    }
+    for start, (command, seen) in expected.items():
+        said = [w for w in warnings if w.startswith(start)]
+        assert said, "\n".join(warnings)
+        shown = f"ip netns exec {ns} {command}"
+        assert all(f"`{shown}`" in w for w in said), said
+        out = subprocess.run(shlex.split(shown), capture_output=True, text=True,
+                             check=True).stdout  # here, outside: as shown (it only reads)
+        assert seen in out, out
+    (left_behind,) = [w for w in warnings if "chains k3snet's iptables backend wrote" in w]
+    # A command that writes: checked as said, never run outside the lab.
+    assert (f"`ip netns exec {ns} k3snet destroy --backend iptables --backend-opt "
+            "iptables.mode=nft` removes them") in left_behind, left_behind
+
