@@ -33,13 +33,19 @@ _SKEW = 2.0
 """Seconds between k3snet's clock and the API server's from which the stamp takes the
 server's: a ``Date`` header says whole seconds, so a smaller gap is its rounding."""
 
+_ROOM = datetime.timedelta(days=1)
+"""How long after a ``Date`` header's read its gap may still make a stamp."""
+
 _REFERENCES = frozenset({"configMap", "configMapRef", "configMapKeyRef"})
 
 
 def changed_stamp(now: datetime.datetime | None = None) -> str:
     """``now`` (default: the current time) as :data:`CHANGED_ANNOTATION` holds it."""
     now = now or datetime.datetime.now(tz=datetime.UTC)
-    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime's %Y: the year keeps its four digits before year 1000
+    # (``100-01-01T...``, from an API server's clock that far off, was read as no time).
+    stamp = now.astimezone(datetime.UTC).replace(microsecond=0, tzinfo=None).isoformat()
+    return stamp + "Z"
 
 
 class ServerClock:
@@ -56,11 +62,22 @@ class ServerClock:
         """Seconds to add to k3snet's clock (0 below :data:`_SKEW`)."""
 
     def note(self, headers: Any) -> None:
-        """Take the gap from an answer's ``headers`` (none readable: kept as it was)."""
+        """Take the gap from an answer's ``headers`` (none readable, or a time no stamp
+        holds: kept as it was)."""
         server = server_time(headers)
         if server is None:
             return
-        gap = server - datetime.datetime.now(tz=datetime.UTC).timestamp()
+        now = datetime.datetime.now(tz=datetime.UTC)
+        gap = server - now.timestamp()
+        try:
+            # A stamp of it is written a while after this read: a day's room either side
+            # (each raises OverflowError past year 9999 or before year 1).
+            at = now + datetime.timedelta(seconds=gap)
+            holds = at - _ROOM < at + _ROOM
+        except OverflowError:
+            holds = False
+        if not holds:
+            return  # no clock a stamp can hold: a stamp's write failed with a traceback
         self.offset = gap if abs(gap) >= _SKEW else 0.0
 
     def stamp(self) -> str:

@@ -343,3 +343,57 @@ def _lists(api_server: EmulatedApiServer, since: int) -> list[str]:
     """The DaemonSets and Pods lists asked for since request ``since``."""
     paths = [p.split("?")[0] for m, p, _ in api_server.requests()[since:] if m == "GET"]
     return [p.rsplit("/", 1)[1] for p in paths if p.endswith(("/pods", "/daemonsets"))]
+
+
+def _date_rewritten(api_client: Any, date: str) -> Any:
+    """``api_client`` with each answer's ``Date`` header replaced by ``date``, as a proxy
+    with its own clock (or an API server's clock without a battery) sends it."""
+    request = api_client.rest_client.request
+
+    def rewritten(*args: Any, **kwargs: Any) -> Any:
+        answer = request(*args, **kwargs)
+        answer.response.headers["Date"] = date
+        return answer
+
+    api_client.rest_client.request = rewritten
+    return api_client
+
+
+@pytest.mark.parametrize("date", ["Fri, 31 Dec 9999 23:59:59 -1200",
+                                  "Mon, 01 Jan 0100 00:00:00 GMT"],
+                         ids=["beyond-year-9999", "year-100"])
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_any_date_header_gives_a_stamp_k3snet_reads_back(
+        api_server: EmulatedApiServer, kind: str, date: str) -> None:
+    # A Date beyond what a time holds made the write's stamp an OverflowError (a
+    # traceback, nothing applied); one before year 1000 a stamp without its four year
+    # digits, unreadable: the restart was said pending for ever, its pods never looked at.
+    api_client = _date_rewritten(api_server.api_client(), date)
+    backend: CiliumBackend | FlannelBackend
+    if kind == "cilium":
+        api_server.put(CONFIGMAPS, {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cilium-config", "namespace": "kube-system"},
+            "data": {"enable-ipv4-masquerade": "true"}})
+        api_server.put(DAEMONSETS, _daemonset("kube-system", "cilium", CILIUM_LABELS, []))
+        backend = CiliumBackend(api_client=api_client, timeout=10.0)
+        desired = _masquerade("false")
+        namespace, name = "kube-system", "cilium-config"
+    else:
+        api_server.put(CONFIGMAPS, {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
+            "data": {"net-conf.json": NET_CONF}})
+        api_server.put(DAEMONSETS, _daemonset(
+            "kube-flannel", "kube-flannel-ds", FLANNEL_LABELS,
+            [{"name": "flannel-cfg", "configMap": {"name": "kube-flannel-cfg"}}]))
+        backend = FlannelBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+        desired = State(owned=[FlannelConfig(backend.target, enable_nftables=True)])
+        namespace, name = "kube-flannel", "kube-flannel-cfg"
+    done = converge(backend, desired)
+    assert done.result is not None
+    stored = api_server.get(CONFIGMAPS, name, namespace)
+    assert stored is not None
+    stamp = stored["metadata"]["annotations"][CHANGED_ANNOTATION]
+    assert datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert all("unreadable" not in r.reason for r in done.restarts)
