@@ -46,7 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeAlias, TypeGuard
 
 import attrs
 
@@ -97,13 +97,19 @@ BackendFactory = Callable[[Spec], BackendGroup]
 """Builds the backends a spec asks for (the CLI's ``--backend`` logic)."""
 
 
-class DesiredState(Protocol):
+class HoldingDesiredState(Protocol):
     """Protocol: the desired state of a spec for a group's kinds (``compile_for`` with
     node facts); ``hold``: destinations whose routes are left out (the agent passes it
     only after :func:`~k3snet.spec.held_destinations` named them)."""
 
     def __call__(self, spec: Spec, group: BackendGroup, /, *,
                  hold: frozenset[int] = ...) -> State: ...
+
+
+DesiredState: TypeAlias = HoldingDesiredState | Callable[[Spec, BackendGroup], State]
+"""What :class:`Agent` takes as ``desired``: a function taking ``hold`` (or any
+keyword), or one of two arguments, written before ``hold``, which the agent never hands
+one (it reads the function's signature)."""
 
 
 Status = Literal["ok", "failed", "spec-refused"]
@@ -281,7 +287,7 @@ def _reason(exc: BaseException) -> str:
     return "error" if isinstance(exc, K3snetError) else "internal"
 
 
-def _takes_hold(desired: DesiredState) -> bool:
+def _takes_hold(desired: DesiredState) -> TypeGuard[HoldingDesiredState]:
     """Whether ``desired`` takes the ``hold`` keyword (or any keyword)."""
     try:
         parameters = inspect.signature(desired).parameters.values()
@@ -466,7 +472,12 @@ class Agent:
     """The node agent. :meth:`run_pass` is one pass; :meth:`run` loops until :meth:`stop`.
 
     ``make_backend`` builds the backends of a spec, ``desired`` compiles a spec
-    for a group. ``elector_factory`` (optional) makes the Lease elector, started
+    for a group: ``(spec, group) -> State``, or a function that also takes the keyword
+    ``hold`` (the indices of the destinations whose routes it leaves out, as
+    :func:`~k3snet.converge.compile_for`'s ``hold``), which the agent passes to hold the
+    routes of destinations the node cannot route to; it reads the function's
+    signature and never passes ``hold`` to one of two arguments (such a spec is then
+    refused whole). ``elector_factory`` (optional) makes the Lease elector, started
     only once the spec has a cluster-wide backend, or returns None when this
     node is no candidate (it then never writes cluster-wide objects); without a
     factory this agent writes cluster-wide objects itself (``--no-kube``).
@@ -510,10 +521,11 @@ class Agent:
         self._report_writer: _ReportWriter | None = None  # while run loops (see run)
         self._make_backend = make_backend
         self._desired, self._spec_warnings = desired, spec_warnings
-        # A desired-state function written before ``hold`` (two arguments, as the type
-        # said until then) is never handed one: called with it, each pass a destination
-        # was unreachable failed as "internal", a bug, instead of refusing the spec.
-        self._holds = _takes_hold(desired)
+        # A desired-state function written before ``hold`` (two arguments) is never
+        # handed one (None here): called with it, each pass a destination was
+        # unreachable failed as "internal", a bug, instead of refusing the spec.
+        self._desired_holding: HoldingDesiredState | None = (
+            desired if _takes_hold(desired) else None)
         self._elector_factory = elector_factory
         # (and the draw of INTERVAL_JITTER's part of each interval)
         self._clock, self._monotonic, self._random = clock, monotonic, random.random
@@ -1124,9 +1136,9 @@ class Agent:
             desired = self._desired(spec, group)
         except SpecError as exc:
             indices = self._held_of(spec, exc)
-            if not indices:
+            if not indices or self._desired_holding is None:  # (None finds no indices)
                 raise
-            desired = self._desired(spec, group, hold=indices)
+            desired = self._desired_holding(spec, group, hold=indices)
             held = exc, indices
         else:
             self._unroutable(spec, None)
@@ -1183,7 +1195,7 @@ class Agent:
         again only for another spec or error (a desired-state function that keeps its
         results hands back the same error while the node facts stand still: finding
         them validates the whole spec)."""
-        if not self._holds:
+        if self._desired_holding is None:
             return frozenset()
         kept = self._holding.found
         if kept is None or kept[0] is not spec or kept[1] is not error:

@@ -207,7 +207,7 @@ def test_a_desired_function_without_hold_refuses_the_spec_as_before(tmp_path: Pa
         return compile_for(group, spec, node.facts)
 
     node.agent = Agent(FileSpecSource(node.path), lambda spec: BackendGroup([node.memory]),
-                       desired, AgentOptions("node-1", interval=0.01),  # type: ignore[arg-type]
+                       desired, AgentOptions("node-1", interval=0.01),
                        metrics=node.metrics)
     node.agent.run_pass()
     node.facts = DOWN

@@ -16,8 +16,6 @@ from k3snet.kube import KubeApiError
 from k3snet.model.state import State
 from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
 
-from .desired import unheld
-
 pytestmark = pytest.mark.cluster
 
 LABEL = "k3snet.io/lease-candidate"
@@ -85,4 +83,4 @@ def test_a_library_caller_s_unmatchable_selector_is_refused_before_anything_star
                               node_name="node-a", log_format="text", log_level="INFO")
     with pytest.raises(ModelError, match="--lease-candidates 'role==edge' is not LABEL"):
         _main.run_from_cli(args, make_backend=lambda spec: BackendGroup([]),
-                           desired=unheld(lambda spec, group: State()))
+                           desired=lambda spec, group: State())

@@ -36,7 +36,7 @@ from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
 
-from .desired import COMPILED, unheld
+from .desired import COMPILED
 
 SPEC = """\
 apiVersion: k3snet.io/v1alpha1
@@ -217,7 +217,7 @@ def test_a_spec_refused_for_deleting_everything_is_said_once_while_the_node_chan
             tried.append(spec)
         return desired(spec, group)
 
-    agent._desired = unheld(trying)
+    agent._desired = trying
     agent.run_pass()
     before = memory.state.owned
     path.write_text(EMPTY)
@@ -812,7 +812,7 @@ def _memoized(tmp_path: Path, memory: WatchedMemory) -> tuple[Agent, Path]:
     def desired(spec: Spec, group: BackendGroup) -> State:
         return compiled.setdefault(id(spec), compile_for(group, spec))
 
-    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), unheld(desired),
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), desired,
                   AgentOptions("node-1", interval=3600))
     return agent, path
 

@@ -42,3 +42,51 @@ def test_the_documented_embedding_type_checks_with_the_types_a_reader_expects(
         "--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"),
         "--python-version", "3.11", str(program)])
     assert status == 0, out + err
+
+
+DESIRED_FUNCTIONS = '''
+from pathlib import Path
+
+import k3snet
+from k3snet.agent import Agent, AgentOptions, FileSpecSource
+from k3snet.converge import compile_for
+
+
+def backends(spec: k3snet.Spec) -> k3snet.BackendGroup:
+    return k3snet.BackendGroup([k3snet.create_backend("memory")])
+
+
+def compiled(spec: k3snet.Spec, group: k3snet.BackendGroup) -> k3snet.State:
+    return compile_for(group, spec)
+
+
+def holding(spec: k3snet.Spec, group: k3snet.BackendGroup, *,
+            hold: frozenset[int] = frozenset()) -> k3snet.State:
+    return compile_for(group, spec, hold=hold)
+
+
+def unfit(spec: k3snet.Spec) -> k3snet.State:
+    return k3snet.compile(spec)
+
+
+source, options = FileSpecSource(Path("spec.yaml")), AgentOptions("node-1")
+Agent(source, backends, compiled, options)
+Agent(source, backends, holding, options)
+Agent(source, backends, lambda spec, group: compile_for(group, spec), options)
+Agent(source, backends, unfit, options)  # type: ignore[arg-type]
+'''
+
+
+def test_the_agent_takes_a_desired_function_of_two_arguments_or_with_hold_under_strict_mypy(
+        tmp_path: Path) -> None:
+    """``Agent``'s ``desired`` was typed as a function taking ``hold``, though the agent
+    reads the function's signature and calls one of two arguments without it: a program
+    passing ``(spec, group) -> State`` failed ``mypy --strict`` (``arg-type``). A
+    function of one argument stays refused (strict's ``warn_unused_ignores`` says so
+    if its ignore silences nothing)."""
+    program = tmp_path / "desired.py"
+    program.write_text(DESIRED_FUNCTIONS, encoding="utf-8")
+    out, err, status = mypy_api.run([
+        "--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"),
+        "--python-version", "3.11", str(program)])
+    assert status == 0, out + err
