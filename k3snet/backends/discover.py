@@ -40,7 +40,7 @@ from k3snet._kept import STATE_ROOT
 from k3snet.backends.base import Backend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import WarningLog, backend_warnings
-from k3snet.backends.netns import NetnsRunner, xtables_names
+from k3snet.backends.netns import NetnsRunner, exec_name, xtables_names
 from k3snet.backends.registry import backend_options, create_backend
 from k3snet.errors import BackendUnavailableError, K3snetError
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL
@@ -259,7 +259,9 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
     through what the new spec no longer accepts, all unsaid. ``options``: as for
     :func:`discover_owners` (an iptables ``mode`` there is ignored: both flavours are
     looked through); ``netns``: named in the command, unless a backend's options
-    name its own namespace (a spec's), which it is looked through and named in;
+    name its own namespace (a spec's), which it is looked through and named in; with
+    neither, the calling thread's namespace by its name when it is not the node's
+    (k3snet run as ``ip netns exec NS k3snet ...``);
     ``skip``: backend names (``iptables``: both flavours) not looked through, whose
     options the caller could not resolve (a relative ``$K3SNET_PROC_SYS`` of netlink's
     beside nftables alone): the others are still looked through. A ``path`` in
@@ -311,8 +313,11 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
                 backend.close()
         if owned:
             # The namespace looked in: a spec's netns of this backend's alone, else
-            # ``netns`` (naming only ``netns``, the destroy acted in another namespace).
-            ns = opts.get("netns") or netns
+            # ``netns`` (naming only ``netns``, the destroy acted in another namespace),
+            # else the calling thread's by its name (k3snet run as ``ip netns exec NS
+            # k3snet ...``: the destroy alone, run from the shell that ran k3snet, acted
+            # in the node's namespace).
+            ns = exec_name(opts.get("netns") or netns)
             where = f" --netns {shlex.quote(str(ns))}" if ns else ""
             opts_text = _destroy_options(name, opts)
             found.append(

@@ -105,6 +105,33 @@ def test_a_switch_from_iptables_legacy_to_nft_names_the_legacy_chains_and_their_
         assert "holds" not in again.stdout, again.stdout
 
 
+def test_a_k3snet_started_by_ip_netns_exec_names_the_destroy_of_that_namespace(
+        tmp_path: Path) -> None:
+    # `ip netns exec NS k3snet plan ...` without --netns read NS, and named a bare
+    # `k3snet destroy --backend netlink`: run as shown from the shell that ran k3snet,
+    # it acted in the node's namespace. It names `--netns NS` now.
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["ip", "route", "del", "192.168.2.0/24"])
+        run_in(lab.node, ["ip", "-6", "route", "del", "fd01:2::/64"])
+        applied = _run("apply", "-f", str(SPEC_PATH), "--backend", "netlink", "--backend",
+                       "nftables", "--netns", lab.node, lab=lab, lock_dir=tmp_path)
+        assert applied.returncode == 0, applied.stderr
+        env = dict(os.environ, K3SNET_STATE_DIR=str(lab.state_dir),
+                   K3SNET_LOCK_DIR=str(tmp_path))
+        planned = subprocess.run(
+            ["ip", "netns", "exec", lab.node, sys.executable, "-m", "k3snet.cli", "plan",
+             "-f", str(SPEC_PATH), "--backend", "nftables"],
+            env=env, text=True, capture_output=True, timeout=120, check=False)
+        command = _command(planned.stdout, "netlink")
+        assert command == ["destroy", "--netns", lab.node, "--backend", "netlink",
+                           "--backend-opt", f"netlink.state_dir={lab.state_dir}"], (
+            planned.stdout)
+        # Run as shown, from the test's own namespace: it names the lab's, and acts there.
+        gone = _run(*command, "--auto-approve", lab=lab, lock_dir=tmp_path)
+        assert gone.returncode == 0, gone.stderr
+        assert _k3snet_routes(lab.node) == []
+
+
 def test_a_bad_option_of_one_backend_not_in_use_leaves_the_others_looked_through(
         tmp_path: Path) -> None:
     # $K3SNET_PROC_SYS (netlink's alone) relative, nftables alone in use: netlink cannot
