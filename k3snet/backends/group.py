@@ -12,11 +12,13 @@ undoes the parts already applied, so the group keeps the all-or-nothing rule.
 from __future__ import annotations
 
 import logging
+import shlex
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
 from k3snet.backends.kit import FaultHook, WarningLog, backend_warnings, undo_running
+from k3snet.backends.netns import exec_name
 from k3snet.errors import ApplyError, K3snetError, ModelError, PlanError, RollbackError
 from k3snet.model import ForwardBlock, NetObject
 from k3snet.model.drift import Drift
@@ -382,16 +384,23 @@ class BackendGroup:
         managers = {kind: m.backend.name for m in self.members for kind in m.kinds}
         for member, state in seen:
             name = member.backend.name
+            # A node backend's destroy names its namespace (--netns, or the one k3snet was
+            # started in by ip netns exec): run as shown from that shell, the bare command
+            # removed k3snet's objects of the node's own namespace.
+            where = (exec_name(member.backend.netns)
+                     if hasattr(member.backend, "netns") else None)
+            netns = ("--netns", where) if where else ()
             held: dict[str, int] = {}
             for obj in state.owned:
                 if obj.kind not in member.kinds:
                     held[obj.kind] = held.get(obj.kind, 0) + 1
             for kind, count in sorted(held.items()):
                 other = managers.get(kind)
+                destroy = shlex.join(["k3snet", "destroy", *netns, "--backend", f"{name}:{kind}"])
                 yield (f"{name} holds {count} k3snet object(s) of kind {kind}, which "
                        + (f"this run gives to {other}" if other else "this run manages with "
                           "no backend") + ": they stay as they are, neither kept up nor "
-                       f"removed; `k3snet destroy --backend {name}:{kind}` removes them")
+                       f"removed; `{destroy}` removes them")
 
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Every member's problems with its part of the plan, after the kinds no member

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
@@ -591,6 +591,27 @@ def test_a_group_warns_of_k3snets_objects_a_member_holds_of_a_kind_given_to_anot
     nft.apply(plan(nft.observe(), State()))
     group.observe()
     assert group.warnings == ()
+
+
+class _NamespacedMemory(MemoryBackend):
+    """A memory backend standing for a node backend of network namespace ``netns``."""
+
+    def __init__(self, netns: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.netns = netns
+
+
+def test_the_destroy_a_group_warning_names_runs_in_the_members_namespace() -> None:
+    # `k3snet plan --netns NS --backend nftables:nat --backend iptables:forward` after
+    # `--backend nftables`: the destroy shown was bare, and run as shown from the shell
+    # it removed k3snet's forward rules of the node's own namespace, not NS's.
+    accept = ForwardRule("10.42.0.0/16", "192.168.2.0/24")
+    nft = _NamespacedMemory("lab one", State(owned=[accept]), capabilities=["nat", "forward"])
+    group = BackendGroup([Member(nft, ["nat"]), Member(MemoryBackend(capabilities=["forward"]))])
+    group.observe()
+    (warning,) = group.warnings
+    assert warning.endswith(
+        "`k3snet destroy --netns 'lab one' --backend memory:forward` removes them")
 
 
 def test_a_group_s_warnings_are_its_members_in_member_order() -> None:
