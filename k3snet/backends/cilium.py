@@ -482,13 +482,14 @@ class _Api:
         try:
             with translate_errors(f"read {self.where(name)}",
                                   classifier=KubeErrors(timeout=self.timeout)):
+                asked = self.clock.asked()
                 found, _, headers = self.core.read_namespaced_config_map_with_http_info(
                     name, self.namespace, _request_timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        self.clock.note(headers)
+        self.clock.note(headers, asked)
         metadata = found.metadata
         annotations = (metadata.annotations if metadata is not None else None) or {}
         return _ConfigMap(dict(found.data or {}), annotations.get(OWNED_ANNOTATION),

@@ -29,10 +29,6 @@ CHANGED_ANNOTATION = "k3snet.io/changed-at"
 """The annotation, on a ConfigMap k3snet changed, holding when it last changed data the
 CNI reads only at start (RFC 3339, UTC, seconds, the API server's clock)."""
 
-_SKEW = 2.0
-"""Seconds between k3snet's clock and the API server's from which the stamp takes the
-server's: a ``Date`` header says whole seconds, so a smaller gap is its rounding."""
-
 _ROOM = datetime.timedelta(days=1)
 """How long after a ``Date`` header's read its gap may still make a stamp."""
 
@@ -54,21 +50,40 @@ class ServerClock:
     The stamp is compared with the pods' ``creationTimestamp``, which the API server
     writes: a stamp of k3snet's clock ahead of it named pods made after the change
     pending (a rollout restart made at once, until the clock's gap had passed); behind
-    it, pods made before the change as restarted. :meth:`note` each ConfigMap read's
-    headers; :meth:`stamp` gives the stamp of a write."""
+    it, pods made before the change as restarted. Take :meth:`asked` before each
+    ConfigMap read and :meth:`note` its answer's headers; :meth:`stamp` gives the stamp
+    of a write."""
 
     def __init__(self) -> None:
         self.offset = 0.0
-        """Seconds to add to k3snet's clock (0 below :data:`_SKEW`)."""
+        """Seconds to add to k3snet's clock (0 where the clocks agree within what the
+        last answer could tell)."""
 
-    def note(self, headers: Any) -> None:
-        """Take the gap from an answer's ``headers`` (none readable, or a time no stamp
-        holds: kept as it was)."""
+    @staticmethod
+    def asked() -> float:
+        """k3snet's clock (POSIX seconds) now: taken just before a request whose answer
+        :meth:`note` reads."""
+        return datetime.datetime.now(tz=datetime.UTC).timestamp()
+
+    def note(self, headers: Any, asked: float) -> None:
+        """Take the gap from an answer's ``headers`` to a request sent at ``asked`` (by
+        :meth:`asked`; none readable, or a time no stamp holds: kept as it was).
+
+        The server wrote ``Date`` (its clock, whole seconds down) at some time between
+        ``asked`` and now, k3snet's: the gap is somewhere in ``[Date - now, Date + 1 -
+        asked]``, however slow the answer (a slow link, a paused process). Within it, 0
+        where it holds 0; else its upper end, the stamp late rather than early: a stamp
+        early makes a pod created before the write count as restarted, the change said in
+        force on a node still running the old config, and nothing shown; a stamp late
+        names a pod made just after the write pending, which is seen and a restart ends.
+        (The lower end, or the middle, made the stamp early by up to the answer's time:
+        taken at the answer, the gap of a 10 s answer was a clock 10 s behind.)"""
         server = server_time(headers)
         if server is None:
             return
         now = datetime.datetime.now(tz=datetime.UTC)
-        gap = server - now.timestamp()
+        low, high = server - now.timestamp(), server + 1 - asked
+        gap = 0.0 if low <= 0 <= high else high
         try:
             # A stamp of it is written a while after this read: a day's room either side
             # (each raises OverflowError past year 9999 or before year 1).
@@ -78,7 +93,7 @@ class ServerClock:
             holds = False
         if not holds:
             return  # no clock a stamp can hold: a stamp's write failed with a traceback
-        self.offset = gap if abs(gap) >= _SKEW else 0.0
+        self.offset = gap
 
     def stamp(self) -> str:
         """:func:`changed_stamp` of the API server's time now."""

@@ -388,13 +388,14 @@ class _ConfigMapStore:
         try:
             with translate_errors(f"read {self.where}",
                                   classifier=KubeErrors(timeout=self.timeout)):
+                asked = self.clock.asked()
                 configmap, _, headers = self.core.read_namespaced_config_map_with_http_info(
                     self.name, self.namespace, _request_timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        self.clock.note(headers)
+        self.clock.note(headers, asked)
         data = configmap.data or {}
         if CONFIGMAP_KEY not in data:
             raise BackendError(f"{self.where} has no {CONFIGMAP_KEY!r} key; is it flannel's "

@@ -12,13 +12,13 @@ shaped like the real ones.
 from __future__ import annotations
 
 import datetime
+import email.utils
 import json
 import types
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 
 from k3snet.backends import cni_restart
 from k3snet.backends.cilium import CiliumBackend
@@ -290,7 +290,9 @@ def test_the_stamp_is_the_api_server_s_time_whatever_k3snet_s_clock(
         monkeypatch: pytest.MonkeyPatch, ahead: bool) -> None:
     # The pods' creation is the API server's clock: a stamp of k3snet's, ahead, named
     # pods made after the change pending for ten minutes (a rollout restart made at
-    # once, forever); behind, pods made before the change were in force already.
+    # once, forever); behind, pods made before the change were in force already. Apart,
+    # the stamp is the latest the read's Date allows: never before the write, late by
+    # the Date's rounding and the read's time at most.
     class _BehindClock(datetime.datetime):
         @classmethod
         def now(cls, tz: datetime.tzinfo | None = None) -> _BehindClock:
@@ -309,14 +311,16 @@ def test_the_stamp_is_the_api_server_s_time_whatever_k3snet_s_clock(
     assert stored is not None
     stamp = datetime.datetime.fromisoformat(
         stored["metadata"]["annotations"][CHANGED_ANNOTATION].replace("Z", "+00:00"))
-    assert abs((stamp - server_now).total_seconds()) < 5
-    # The rollout restart: new pods, made now by the API server (its creationTimestamp).
-    core = client.CoreV1Api(api_server.api_client())
+    server_after = datetime.datetime.now(tz=datetime.UTC)
+    assert server_now.replace(microsecond=0) <= stamp
+    assert stamp <= server_after + datetime.timedelta(seconds=2)
+    # The rollout restart, its new pods made a few seconds after the write (not in the
+    # second or so a stamp of clocks apart may be late by).
+    made = (server_after + datetime.timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     for name in ("cilium-a", "cilium-b"):
         api_server.delete(PODS, name, "kube-system")
-        made = _pod("kube-system", f"{name}-new", "cilium", CILIUM_LABELS, created=LONG_AGO)
-        del made["metadata"]["creationTimestamp"]
-        core.create_namespaced_pod("kube-system", made)  # type: ignore[arg-type]  # a dict body is sent as it is
+        api_server.put(PODS, _pod("kube-system", f"{name}-new", "cilium", CILIUM_LABELS,
+                                  created=made))
     assert pending_restarts(cilium) == ()
 
 
@@ -369,27 +373,7 @@ def test_any_date_header_gives_a_stamp_k3snet_reads_back(
     # traceback, nothing applied); one before year 1000 a stamp without its four year
     # digits, unreadable: the restart was said pending for ever, its pods never looked at.
     api_client = _date_rewritten(api_server.api_client(), date)
-    backend: CiliumBackend | FlannelBackend
-    if kind == "cilium":
-        api_server.put(CONFIGMAPS, {
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "cilium-config", "namespace": "kube-system"},
-            "data": {"enable-ipv4-masquerade": "true"}})
-        api_server.put(DAEMONSETS, _daemonset("kube-system", "cilium", CILIUM_LABELS, []))
-        backend = CiliumBackend(api_client=api_client, timeout=10.0)
-        desired = _masquerade("false")
-        namespace, name = "kube-system", "cilium-config"
-    else:
-        api_server.put(CONFIGMAPS, {
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
-            "data": {"net-conf.json": NET_CONF}})
-        api_server.put(DAEMONSETS, _daemonset(
-            "kube-flannel", "kube-flannel-ds", FLANNEL_LABELS,
-            [{"name": "flannel-cfg", "configMap": {"name": "kube-flannel-cfg"}}]))
-        backend = FlannelBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
-        desired = State(owned=[FlannelConfig(backend.target, enable_nftables=True)])
-        namespace, name = "kube-flannel", "kube-flannel-cfg"
+    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
     done = converge(backend, desired)
     assert done.result is not None
     stored = api_server.get(CONFIGMAPS, name, namespace)
@@ -397,3 +381,124 @@ def test_any_date_header_gives_a_stamp_k3snet_reads_back(
     stamp = stored["metadata"]["annotations"][CHANGED_ANNOTATION]
     assert datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     assert all("unreadable" not in r.reason for r in done.restarts)
+
+
+def _cni(api_server: EmulatedApiServer, api_client: Any, kind: str
+         ) -> tuple[CiliumBackend | FlannelBackend, State, tuple[str, str]]:
+    """A ``kind`` backend on ``api_client``, its ConfigMap and DaemonSet (no pods) put,
+    a state changing the ConfigMap, and the ConfigMap's namespace and name."""
+    if kind == "cilium":
+        api_server.put(CONFIGMAPS, {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cilium-config", "namespace": "kube-system"},
+            "data": {"enable-ipv4-masquerade": "true"}})
+        api_server.put(DAEMONSETS, _daemonset("kube-system", "cilium", CILIUM_LABELS, []))
+        return (_backend(api_client, kind), _masquerade("false"),
+                ("kube-system", "cilium-config"))
+    api_server.put(CONFIGMAPS, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
+        "data": {"net-conf.json": NET_CONF}})
+    api_server.put(DAEMONSETS, _daemonset(
+        "kube-flannel", "kube-flannel-ds", FLANNEL_LABELS,
+        [{"name": "flannel-cfg", "configMap": {"name": "kube-flannel-cfg"}}]))
+    flannel = _backend(api_client, kind)
+    return (flannel, State(owned=[FlannelConfig(flannel.target, enable_nftables=True)]),
+            ("kube-flannel", "kube-flannel-cfg"))
+
+
+def _backend(api_client: Any, kind: str) -> CiliumBackend | FlannelBackend:
+    if kind == "cilium":
+        return CiliumBackend(api_client=api_client, timeout=10.0)
+    return FlannelBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+
+
+class _Clock(datetime.datetime):
+    """k3snet's clock, moved only by the test (:attr:`at`)."""
+
+    at = datetime.datetime(2026, 12, 6, 12, 0, 0, 500000, tzinfo=datetime.UTC)
+
+    @classmethod
+    def now(cls, tz: datetime.tzinfo | None = None) -> _Clock:
+        return cls.fromtimestamp(cls.at.timestamp(), tz)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> type[_Clock]:
+    monkeypatch.setattr(_Clock, "at", _Clock.at)  # each test's moves undone after it
+    monkeypatch.setattr(cni_restart, "datetime", types.SimpleNamespace(
+        datetime=_Clock, UTC=datetime.UTC, timedelta=datetime.timedelta))
+    return _Clock
+
+
+def _slow_answers(api_client: Any, clock: type[_Clock], ahead: float, wait: float,
+                  writes: list[tuple[str, datetime.datetime]]) -> Any:
+    """``api_client`` whose every answer reaches k3snet ``wait`` seconds after the API
+    server wrote its ``Date`` (a slow link, a paused process: ``clock`` moves on), the
+    server's clock ``ahead`` of k3snet's by that much; ``writes``: the server's time of
+    each write (PATCH, PUT, POST) with its URL."""
+    request = api_client.rest_client.request
+
+    def slow(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        server = clock.at + datetime.timedelta(seconds=ahead)
+        if method in ("PATCH", "PUT", "POST"):
+            writes.append((url, server))
+        answer = request(method, url, *args, **kwargs)
+        answer.response.headers["Date"] = email.utils.format_datetime(server, usegmt=True)
+        clock.at += datetime.timedelta(seconds=wait)
+        return answer
+
+    api_client.rest_client.request = slow
+    return api_client
+
+
+def _utc(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_slow_answer_is_no_clock_gap_a_pod_made_before_the_write_stays_pending(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The gap was taken as Date minus k3snet's clock after the answer: a 10 s answer
+    # looked like a clock 10 s behind, the stamp landed 10 s early, and a pod made in
+    # those seconds before the write counted as restarted (the change said in force on a
+    # node running the old config).
+    writes: list[tuple[str, datetime.datetime]] = []
+    api_client = _slow_answers(api_server.api_client(), clock, 0.0, 10.0, writes)
+    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    converge(backend, desired)
+    [write] = [at for url, at in writes if url.split("?")[0].endswith(f"/{name}")]
+    api_server.put(PODS, _pod(namespace, "made-before", owner, labels,
+                              created=_utc(write - datetime.timedelta(seconds=5))))
+    api_server.put(PODS, _pod(namespace, "made-after", owner, labels,
+                              created=_utc(write + datetime.timedelta(seconds=2))))
+    # Another process's backend (the write's one found no pod: the stamp settled).
+    again = _backend(api_client, kind)
+    assert [r.stale for r in pending_restarts(again)] == [("made-before",)]
+
+
+@pytest.mark.parametrize(("ahead", "wait"), [
+    (0.0, 10.0), (0.0, 0.01), (600.0, 0.01), (600.0, 10.0), (-600.0, 0.01),
+    (-600.0, 10.0), (3.0, 0.01), (-3.0, 0.01), (-0.9, 0.01), (0.9, 0.01)])
+def test_the_stamp_is_the_latest_server_time_an_answer_allows_or_k3snet_s_if_it_cannot_tell(
+        clock: type[_Clock], ahead: float, wait: float) -> None:
+    # Where the answer shows the clocks apart (its interval leaves 0 out) the stamp is
+    # the latest the answer allows, never before the server's time; where it cannot
+    # tell them apart, k3snet's own. (A fake clock: Date written at the request's time.)
+    server = clock.at + datetime.timedelta(seconds=ahead)
+    asked = cni_restart.ServerClock.asked()
+    clock.at += datetime.timedelta(seconds=wait)
+    kept = cni_restart.ServerClock()
+    kept.note({"Date": email.utils.format_datetime(server, usegmt=True)}, asked)
+    clock.at += datetime.timedelta(seconds=1.7)  # the write, a while after the read
+    stamp = datetime.datetime.fromisoformat(kept.stamp().replace("Z", "+00:00"))
+    truth = clock.at + datetime.timedelta(seconds=ahead)
+    if kept.offset == 0.0:
+        assert abs(ahead) < 1 + wait  # what an answer of that time cannot tell apart
+        assert stamp == clock.at.replace(microsecond=0)
+    else:
+        assert stamp >= truth.replace(microsecond=0)
+        assert (stamp - truth).total_seconds() <= 1 + wait  # late by the answer's time
+
