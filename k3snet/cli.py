@@ -1937,8 +1937,8 @@ def _restart_fields(needed: Sequence[str], pending: Sequence[PendingRestart]
 
 def _restart_how(workload: str) -> str:
     """The command restarting ``workload`` (``DaemonSet NS/NAME``), else its name."""
-    kind, _, ref = workload.partition(" ")
-    namespace, _, name = ref.partition("/")
+    kind, _, rest = workload.partition(" ")
+    namespace, _, name = rest.split(" ", 1)[0].partition("/")  # "NS/NAME (why)" too
     if kind == "DaemonSet" and namespace and name:
         return f"kubectl -n {shlex.quote(namespace)} rollout restart daemonset/{shlex.quote(name)}"
     return f"restart {workload}"
