@@ -526,18 +526,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     written) are one line on stderr with exit 1; a closed pipe (``| head``)
     ends quietly. ``K3SNET_DEBUG=1`` shows the traceback of an unexpected error.
     """
-    return run_main(argv, Run())
+    return run_main(argv)
 
 
-def run_main(argv: Sequence[str] | None, run: Run) -> int:
+def run_main(argv: Sequence[str] | None = None, run: Run | None = None) -> int:
     """Run the ``k3snet`` command with ``argv`` (``None``: ``sys.argv[1:]``) and return
-    its exit code, as :func:`main` does, recording what it prints in ``run``.
-
-    ``run`` is the state of this call alone (``k3snet._argv.Run()``): ``python -m
-    k3snet`` makes it before the call, so a Ctrl-C escaping the call can still read
-    whether the command printed its document. Exits of argparse (``--help``, a usage
+    its exit code, as :func:`main` does. Exits of argparse (``--help``, a usage
     error: 64) are raised as :class:`SystemExit`.
+
+    ``run``: leave it out (a fresh one is made). It is the record of what this call
+    alone has printed so far, an internal object; ``python -m k3snet`` makes it before
+    the call, so a Ctrl-C escaping the call can still read whether the command printed
+    its document.
     """
+    if run is None:
+        run = Run()
     given = _common_after_command(sys.argv[1:] if argv is None else list(argv))
     logged = _agent_logs_json(given)  # argparse's text kept off its log, said there
     try:
@@ -1934,8 +1937,8 @@ def _restart_fields(needed: Sequence[str], pending: Sequence[PendingRestart]
 
 def _restart_how(workload: str) -> str:
     """The command restarting ``workload`` (``DaemonSet NS/NAME``), else its name."""
-    kind, _, ref = workload.partition(" ")
-    namespace, _, name = ref.partition("/")
+    kind, _, rest = workload.partition(" ")
+    namespace, _, name = rest.split(" ", 1)[0].partition("/")  # "NS/NAME (why)" too
     if kind == "DaemonSet" and namespace and name:
         return f"kubectl -n {shlex.quote(namespace)} rollout restart daemonset/{shlex.quote(name)}"
     return f"restart {workload}"

@@ -189,7 +189,8 @@ def pending_restarts(backend: Backend) -> tuple[PendingRestart, ...]:
 
 def restarts_needed(backend: Backend, p: Plan) -> tuple[str, ...]:
     """What must restart for ``p``'s changes to take effect once applied, each once, in
-    order: every member's optional ``restart_needed(change)`` (``None``: nothing; the
+    order: every member's optional ``restart_needed(change)`` (text, a tuple of texts
+    for several, or ``None``: nothing; the
     cilium backend names Cilium's DaemonSet for a ``cilium-config`` key, not for the
     ip-masq-agent file, which Cilium reads again when it changes)."""
     needed: list[str] = []
@@ -201,8 +202,9 @@ def restarts_needed(backend: Backend, p: Plan) -> tuple[str, ...]:
         for change in p.changes:
             if change.kind in kinds:
                 what = ask(change)
-                if isinstance(what, str) and what not in needed:
-                    needed.append(what)
+                for each in (what,) if isinstance(what, str) else what or ():
+                    if isinstance(each, str) and each not in needed:
+                        needed.append(each)
     return tuple(needed)
 
 

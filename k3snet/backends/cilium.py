@@ -131,6 +131,7 @@ from k3snet.model.cilium import (
     setting_problem,
     startup_problems,
 )
+from k3snet.model.cni import object_name_problem
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
 
@@ -917,8 +918,11 @@ def _ip_masq_agent(name: Any, namespace: str = DEFAULT_CONFIGMAP[0]) -> None:
     cilium_target(namespace, option_text("ip_masq_agent", name))
 
 
-def _daemonset(name: Any, namespace: str = DEFAULT_CONFIGMAP[0]) -> None:
-    cilium_target(namespace, option_text("daemonset", name))
+def _daemonset(name: Any) -> None:
+    """Refuse a ``daemonset`` no DaemonSet can be named: a DNS-1123 subdomain."""
+    problem = object_name_problem(option_text("daemonset", name), "DaemonSet")
+    if problem is not None:
+        raise ModelError(f"daemonset {problem}")
 
 
 def _apart(configmap: Any, ip_masq_agent: Any) -> None:
@@ -989,7 +993,7 @@ class CiliumBackend(BackendBase):
         namespace, cm_name = _configmap(configmap)
         self._target = cilium_target(namespace, cm_name)  # validates before connecting
         _ip_masq_agent(ip_masq_agent, namespace)
-        _daemonset(daemonset, namespace)
+        _daemonset(daemonset)
         _apart(configmap, ip_masq_agent)
         self._daemonset = daemonset
         timeout = option_seconds("timeout", timeout)

@@ -16,14 +16,14 @@ key reference) and the CNI's well-known one (Cilium's ``config`` init container 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from k3snet.backends.base import PendingRestart
 from k3snet.backends.kit import translate_errors
 from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches, server_time
 
-__all__ = ["CHANGED_ANNOTATION", "ServerClock", "Settled", "changed_stamp", "pending"]
+__all__ = ["CHANGED_ANNOTATION", "ServerClock", "Settled", "changed_stamp", "pending", "readers"]
 
 CHANGED_ANNOTATION = "k3snet.io/changed-at"
 """The annotation, on a ConfigMap k3snet changed, holding when it last changed data the
@@ -179,6 +179,46 @@ def _made_before(pods: list[Any], daemonset: dict[str, Any],
     return stale
 
 
+def _list(api_client: Any, namespace: str, timeout: float, what: str) -> list[Any]:
+    """Every DaemonSet (``what="daemonsets"``) or Pod of ``namespace``, as JSON data."""
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    serialize = api_client.sanitize_for_serialization
+    call: Callable[..., Any]
+    if what == "daemonsets":
+        call, where = (client.AppsV1Api(api_client).list_namespaced_daemon_set,
+                       f"list DaemonSets in {namespace}")
+    else:
+        call, where = client.CoreV1Api(api_client).list_namespaced_pod, f"list Pods in {namespace}"
+
+    def fetch(page: dict[str, Any]) -> Any:
+        with translate_errors(where, classifier=KubeErrors(timeout=timeout)):
+            return serialize(call(namespace, _request_timeout=timeout, **page))
+
+    return list_pages(fetch, where)
+
+
+def _reading(api_client: Any, namespace: str, configmap: str, known: frozenset[str],
+             timeout: float) -> list[dict[str, Any]]:
+    """The DaemonSets of ``namespace`` named in ``known`` or whose pod template names
+    ``configmap``, sorted by name (raises :class:`~k3snet.kube.KubeApiError`)."""
+    found = [d for d in _list(api_client, namespace, timeout, "daemonsets")
+             if isinstance(d, dict)
+             and ((d.get("metadata") or {}).get("name") in known
+                  or _names((d.get("spec") or {}).get("template"), configmap))]
+    return sorted(found, key=lambda d: str(d["metadata"].get("name")))
+
+
+def readers(api_client: Any, namespace: str, configmap: str, *, known: Iterable[str],
+            timeout: float) -> tuple[str, ...]:
+    """The names of the DaemonSets :func:`pending` follows for ``configmap``: those of
+    ``namespace`` in ``known`` or whose pod template names it, sorted (none found: empty).
+    Raises :class:`~k3snet.kube.KubeApiError` where they cannot be listed."""
+    return tuple(str(d["metadata"].get("name"))
+                 for d in _reading(api_client, namespace, configmap, frozenset(known),
+                                   timeout))
+
+
 def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[str, str],
             *, reason: str, known: Iterable[str], timeout: float,
             settled: Settled | None = None) -> tuple[PendingRestart, ...]:
@@ -199,31 +239,9 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
     if changed is None:
         return (PendingRestart(f"the pods reading {where}",
                                f"{what} (annotation {CHANGED_ANNOTATION} unreadable)"),)
-    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
-
-    apps = client.AppsV1Api(api_client)
-    core = client.CoreV1Api(api_client)
-    serialize = api_client.sanitize_for_serialization
-
-    def daemonsets(page: dict[str, Any]) -> Any:
-        with translate_errors(f"list DaemonSets in {namespace}",
-                              classifier=KubeErrors(timeout=timeout)):
-            return serialize(apps.list_namespaced_daemon_set(
-                namespace, _request_timeout=timeout, **page))
-
-    def pods(page: dict[str, Any]) -> Any:
-        with translate_errors(f"list Pods in {namespace}",
-                              classifier=KubeErrors(timeout=timeout)):
-            return serialize(core.list_namespaced_pod(namespace, _request_timeout=timeout,
-                                                      **page))
-
-    known = frozenset(known)
     try:
-        found = [d for d in list_pages(daemonsets, f"list DaemonSets in {namespace}")
-                 if isinstance(d, dict)
-                 and ((d.get("metadata") or {}).get("name") in known
-                      or _names((d.get("spec") or {}).get("template"), configmap))]
-        listed = list_pages(pods, f"list Pods in {namespace}") if found else []
+        found = _reading(api_client, namespace, configmap, frozenset(known), timeout)
+        listed = _list(api_client, namespace, timeout, "pods") if found else []
     except KubeApiError as exc:
         if exc.status not in (403, 404):
             raise
@@ -232,7 +250,7 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
         return (PendingRestart(f"the pods reading {where}",
                                f"{what} (no DaemonSet in {namespace} uses it)"),)
     restarts = []
-    for daemonset in sorted(found, key=lambda d: str(d["metadata"].get("name"))):
+    for daemonset in found:
         name = str(daemonset["metadata"].get("name"))
         stale = _made_before(listed, daemonset, changed)
         if stale:

@@ -77,6 +77,7 @@ from k3snet._kept import read_input
 from k3snet.backends.base import ApplyResult, PendingRestart
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled
 from k3snet.backends.cni_restart import pending as pending_restarts
+from k3snet.backends.cni_restart import readers as restart_readers
 from k3snet.backends.flannel_read import (
     DISRUPTIVE_KEYS,
     FLANNEL_FIELDS,
@@ -429,6 +430,20 @@ class _ConfigMapStore:
                                 dict(annotations), reason="flannel reads it when it starts",
                                 known=(FLANNEL_DAEMONSET,), timeout=self.timeout,
                                 settled=self.settled)
+
+    def readers(self) -> tuple[str, ...]:
+        """:meth:`FlannelBackend.restart_needed` of this ConfigMap."""
+        try:
+            found = restart_readers(self.core.api_client, self.namespace, self.name,
+                                    known=(FLANNEL_DAEMONSET,), timeout=self.timeout)
+        except KubeApiError as exc:
+            why = f"DaemonSets not listed: {exc}"
+        else:
+            if found:
+                return tuple(f"DaemonSet {self.namespace}/{name}" for name in found)
+            why = f"no DaemonSet in {self.namespace} found reading {self.where}"
+        return (f"DaemonSet {self.namespace}/{FLANNEL_DAEMONSET} (upstream flannel's name; "
+                f"{why})",)
 
     def write(self, doc: _Doc, text: str, record: Record | None) -> int:
         """One merge patch, conditional on the resourceVersion read."""
@@ -822,13 +837,15 @@ class FlannelBackend(BackendBase):
                             "then restart flannel on every node")
         return text, record, reasons
 
-    def restart_needed(self, change: Change) -> str | None:
+    def restart_needed(self, change: Change) -> str | tuple[str, ...] | None:
         """What must restart for ``change`` to take effect (flannel reads net-conf.json
-        only when it starts): the kube-flannel DaemonSet for the ConfigMap, K3s for a
-        file."""
+        only when it starts): for the ConfigMap, each DaemonSet of its namespace reading
+        it (as :meth:`pending_restarts` finds them: its pod template names the ConfigMap,
+        or it is upstream's ``kube-flannel-ds``), else, none found or none to be listed,
+        upstream's DaemonSet by name, said as such; K3s for a file."""
         store = self._store
         if isinstance(store, _ConfigMapStore):
-            return f"DaemonSet {store.namespace}/{FLANNEL_DAEMONSET}"
+            return store.readers()
         return "K3s (the k3s or k3s-agent service on the node)"
 
     def pending_restarts(self) -> tuple[PendingRestart, ...]:

@@ -17,7 +17,7 @@ import pytest
 
 from k3snet import Plan
 from k3snet._argv import common_after_command as _common_after_command
-from k3snet.cli import EXIT_BUSY, EXIT_USAGE, _options, build_parser, main
+from k3snet.cli import EXIT_BUSY, EXIT_USAGE, _options, build_parser, main, run_main
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 
@@ -1002,3 +1002,13 @@ def test_a_backend_flag_with_an_empty_name_or_kind_is_a_usage_error(
         main([*command, "--backend", entry])
     assert caught.value.code == EXIT_USAGE
     assert "expected NAME or NAME:KIND[,KIND...]" in capsys.readouterr().err
+
+
+def test_run_main_takes_argv_alone_as_main_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """``run_main`` is public (the API reference shows it) and its ``run`` was required,
+    of a private module's type: a caller had to import ``k3snet._argv``."""
+    assert run_main(["validate", "-f", str(SEED)]) == 0
+    printed = capsys.readouterr().out
+    assert main(["validate", "-f", str(SEED)]) == 0
+    assert printed == capsys.readouterr().out
+    assert printed

@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cilium_mount import agent_directory_missing, agent_file_mounted
+from k3snet.backends.registry import backend_options, option_problems
+from k3snet.cli import main
 from k3snet.converge import compile_for, restarts_needed
-from k3snet.errors import ApplyError, PlanError, SpecError
+from k3snet.errors import ApplyError, ModelError, PlanError, SpecError
 from k3snet.kube import KubeApiError
 from k3snet.model.cilium import CiliumConfig
 from k3snet.planner import plan
 from k3snet.render.manifests import render_manifests
-from k3snet.spec import Destination, Spec, seed_spec
+from k3snet.spec import Destination, Spec, check_backend_options, seed_spec
 from k3snet.testing.kube import EmulatedApiServer
 from tests.cluster.test_cilium_backend import (
     CONFIGMAPS,
@@ -43,6 +46,8 @@ WHERE = "DaemonSet kube-system/cilium"
 
 # What Cilium's Helm chart renders for eBPF masquerading with its ip-masq-agent.
 EBPF_AGENT = {**HELM_K3S_DATA, "enable-bpf-masquerade": "true", "enable-ip-masq-agent": "true"}
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 
 
 def cilium_daemonset(*, ip_masq_agent: bool, name: str = "cilium") -> dict[str, Any]:
@@ -213,6 +218,31 @@ def test_the_daemonset_option_names_cilium_s_agent_daemonset(
         render_manifests(Spec(destinations=[Destination("192.168.2.0/24")],
                               backends=["cilium"],
                               backend_options={"cilium": {"daemonset": "Cilium/x"}}))
+
+
+def test_a_bad_daemonset_option_is_named_as_the_daemonset_option_not_a_configmap(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    why = ("daemonset 'Bad_Name' is not a valid DaemonSet name (a DNS-1123 subdomain")
+    ((option, message),) = CiliumBackend.check_options({"daemonset": "Bad_Name"})
+    assert option == "daemonset"
+    assert message.startswith(why)
+    assert "configmap:" not in message
+    spec = Spec(destinations=[Destination("192.168.2.0/24")], backends=["cilium"],
+                backend_options={"cilium": {"daemonset": "Bad_Name"}})
+    with pytest.raises(SpecError) as info:
+        check_backend_options(spec, backend_options, values=option_problems)
+    ((path, said),) = [(p.path, p.message) for p in info.value.problems]
+    assert path == "backends.cilium.daemonset"
+    assert why in said
+    assert "configmap:" not in said
+    with pytest.raises(ModelError, match=r"^daemonset 'Bad_Name' is not a valid DaemonSet"):
+        CiliumBackend(api_client=object(), daemonset="Bad_Name")
+    assert main(["plan", "-f", str(SEED), "--backend", "cilium", "--backend-opt",
+                 "cilium.daemonset=Bad_Name", "--no-facts"]) == 1
+    err = capsys.readouterr().err
+    assert why in err
+    assert "configmap:" not in err
 
 
 def test_a_mount_path_of_the_cluster_s_is_one_printable_line(

@@ -24,7 +24,7 @@ from k3snet.backends import cni_restart
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.backends.flannel import FlannelBackend
-from k3snet.cli import main
+from k3snet.cli import _restart_how, main
 from k3snet.converge import converge, pending_restarts, restarts_needed
 from k3snet.errors import ApplyError
 from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig
@@ -190,6 +190,32 @@ def test_flannel_net_conf_change_is_pending_until_its_pods_restarted(
     api_server.put(PODS, _pod("kube-flannel", "flannel-1", "flannel-renamed", FLANNEL_LABELS,
                               created=now, started=FUTURE))
     assert pending_restarts(backend) == ()
+
+
+def test_flannel_restart_needed_names_the_daemonsets_found_reading_its_configmap(
+        api_server: EmulatedApiServer) -> None:
+    api_server.put(CONFIGMAPS, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
+        "data": {"net-conf.json": NET_CONF}})
+    backend = FlannelBackend(api_client=api_server.api_client(), timeout=10.0,
+                             allow_disruptive=True)
+    desired = State(owned=[FlannelConfig(backend.target, enable_nftables=True)])
+    preview = converge(backend, desired, dry_run=True)
+    # None found: upstream's name, said as such, and still its rollout command.
+    (fallback,) = restarts_needed(backend, preview.plan)
+    assert fallback.startswith("DaemonSet kube-flannel/kube-flannel-ds (upstream flannel's "
+                               "name; no DaemonSet in kube-flannel found reading ConfigMap "
+                               "kube-flannel/kube-flannel-cfg)")
+    assert _restart_how(fallback) == (
+        "kubectl -n kube-flannel rollout restart daemonset/kube-flannel-ds")
+    for name in ("flannel-renamed", "flannel-windows"):
+        api_server.put(DAEMONSETS, _daemonset(
+            "kube-flannel", name, FLANNEL_LABELS,
+            [{"name": "flannel-cfg", "configMap": {"name": "kube-flannel-cfg"}}]))
+    api_server.put(DAEMONSETS, _daemonset("kube-flannel", "unrelated", FLANNEL_LABELS, []))
+    assert restarts_needed(backend, preview.plan) == (
+        "DaemonSet kube-flannel/flannel-renamed", "DaemonSet kube-flannel/flannel-windows")
 
 
 SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nbackends: [cilium]\n"
