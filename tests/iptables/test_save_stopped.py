@@ -11,7 +11,9 @@ decided by them, saying nothing of the tables it could not read.
 
 from __future__ import annotations
 
+import shlex
 import shutil
+import subprocess
 
 import pytest
 
@@ -20,6 +22,7 @@ from k3snet.backends.iptables.backend import Mode
 from k3snet.backends.iptables.driver import Processes, SaveStoppedError, save_stopped
 from k3snet.backends.iptables.mode import other_flavour_rules
 from k3snet.backends.iptables.save import parse_save, stopped_mark
+from k3snet.backends.netns import NetnsRunner
 from k3snet.lab.netns import run_in
 from k3snet.model import MasqueradeRule, State
 from k3snet.planner import plan
@@ -36,14 +39,19 @@ ERROR = ("Error: meta sreg key not supported\n"
 
 def test_a_save_stopped_in_a_table_names_that_table_and_how_to_see_the_rule() -> None:
     error = save_stopped("iptables-nft-save", 4, PRINTED, ERROR, returncode=3,
-                         where="the current namespace")
+                         where="network namespace 'lab'", netns="lab")
     assert error is not None
     assert "iptables-nft-save stopped in IPv4 nat" in str(error)
     assert "Parsing nftables rule failed" in str(error)
-    assert "`nft -a list table ip nat`" in str(error)
+    # Where the save ran: alone, from the shell that ran k3snet, it read the node's table.
+    assert "`ip netns exec lab nft -a list table ip nat`" in str(error)
+    legacy = save_stopped("ip6tables-legacy-save", 6, PRINTED, "killed", returncode=1,
+                          where="network namespace 'lab'", netns="lab")
+    assert "`ip netns exec lab ip6tables-legacy -t nat -S`" in str(legacy)
     # No table begun (a kernel without nf_tables, no privilege): not this error.
     assert save_stopped("ip6tables-nft-save", 6, "", "Could not fetch rule set generation "
-                        "id: Protocol not supported", returncode=1, where="here") is None
+                        "id: Protocol not supported", returncode=1, where="here",
+                        netns=None) is None
 
 
 @pytest.mark.kernel
@@ -69,7 +77,7 @@ def test_a_rule_iptables_nft_cannot_decode_is_said_and_never_makes_legacy_the_mo
         backend.observe()
     message = str(raised.value)
     assert "iptables-nft-save stopped in IPv4 nat" in message
-    assert "`nft -a list table ip nat`" in message
+    assert f"`ip netns exec {ns} nft -a list table ip nat`" in message
     assert "reads nothing of IPv4" in message
     assert ("--backend-opt iptables.mode=legacy" in message) is (mode == "auto")
     # The agent has no command line: its spec's form of the same.
@@ -83,8 +91,9 @@ def test_a_rule_iptables_nft_cannot_decode_is_said_and_never_makes_legacy_the_mo
         with IptablesBackend(ns, mode="legacy") as legacy:
             assert legacy.observe().owned == frozenset()
     # The save started ahead of an observe (the agent's prefetch) says the same.
-    with pytest.raises(SaveStoppedError, match="stopped in IPv4 nat"):
+    with pytest.raises(SaveStoppedError, match="stopped in IPv4 nat") as prefetched:
         Processes(ns).start_save(4, "nft").text()
+    assert f"`ip netns exec {ns} nft -a list table ip nat`" in str(prefetched.value)
 
 
 def test_a_table_read_apart_that_stopped_is_named_as_such() -> None:
@@ -150,3 +159,39 @@ def test_a_rule_iptables_nft_cannot_decode_in_a_table_k3snet_does_not_write_bloc
     with IptablesBackend(ns, mode="nft") as backend, \
             pytest.raises(SaveStoppedError, match="stopped in IPv4 nat"):
         backend.observe()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("given", [True, False], ids=["netns", "ip-netns-exec"])
+def test_the_command_a_save_stopped_in_nat_names_runs_in_the_namespace_k3snet_read(
+        ns: str, given: bool) -> None:
+    """The error of a save that stopped in ``nat`` (a table k3snet writes) named ``nft -a
+    list table ip nat`` alone, under ``--netns NS`` and ``ip netns exec NS k3snet ...``:
+    run as shown from the shell that ran k3snet, it read the node's table. It is run here
+    as shown, from the test's own namespace, and shows the rule the save stopped at."""
+    for tool in ("iptables-nft", "iptables-nft-save", "nft"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    run_in(ns, ["iptables-nft", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "10.42.0.0/16",
+                "-j", "MASQUERADE"])
+    run_in(ns, ["nft", "add", "rule", "ip", "nat", "POSTROUTING", "ip", "saddr",
+                "10.42.0.0/16", "meta", "mark", "set", "3", "counter"])
+    if run_in(ns, ["iptables-nft-save"], check=False).returncode == 0:
+        pytest.skip("this iptables-nft-save prints the rule or leaves the table out")
+
+    def stopped() -> str:
+        with IptablesBackend(ns if given else None, mode="nft") as backend,  \
+                pytest.raises(SaveStoppedError, match="stopped in IPv4 nat") as raised:
+            backend.observe()
+        return str(raised.value)
+
+    if given:
+        message = stopped()
+    else:
+        with NetnsRunner(ns) as runner:
+            message = runner.call(stopped)
+    shown = f"ip netns exec {ns} nft -a list table ip nat"
+    assert f"`{shown}`" in message, message
+    out = subprocess.run(shlex.split(shown), capture_output=True, text=True,
+                         check=True).stdout  # here, outside: as shown
+    assert "meta mark set 0x00000003" in out, out

@@ -33,6 +33,7 @@ from k3snet.backends.iptables.save import stopped_mark, unread_mark
 from k3snet.backends.iptables.table import Op, restore_lines
 from k3snet.backends.kit import translate_errors, undo_spares_children
 from k3snet.backends.lock import inherited_locks
+from k3snet.backends.netns import shown_command
 from k3snet.errors import BackendError, BackendUnavailableError
 from k3snet.render.iptables.rules import TABLES, Line, tokenize
 
@@ -84,18 +85,23 @@ class SaveStoppedError(BackendError):
 
 
 def save_stopped(name: str, family: int, stdout: str, stderr: str, *,
-                 returncode: int, where: str) -> SaveStoppedError | None:
+                 returncode: int, where: str, netns: str | None) -> SaveStoppedError | None:
     """The error of a ``-save`` run ``name`` that failed after printing part of a table
-    (``*TABLE``: the last one it began is where it stopped); ``None`` when it printed none."""
+    (``*TABLE``: the last one it began is where it stopped); ``None`` when it printed none.
+    The command it names runs where the save ran, the namespace ``netns`` names
+    (:func:`~k3snet.backends.netns.shown_command`)."""
     tables = _TABLE_HEADER.findall(stdout)
     if not tables:
         return None
     table = tables[-1]
     detail = " ".join(stderr.split()) or f"exit status {returncode}"
-    nft = ("one written with nft (or by a newer iptables): "
-           f"`nft -a list table {'ip' if family == 4 else 'ip6'} {table}` shows it"
-           if "-nft-" in name else "`" + name.replace("-save", "") + f" -t {table} -S` may "
-           "name it")
+    if "-nft-" in name:
+        shown = shown_command(["nft", "-a", "list", "table", "ip" if family == 4 else "ip6",
+                               table], netns)
+        nft = f"one written with nft (or by a newer iptables): `{shown}` shows it"
+    else:
+        shown = shown_command([name.replace("-save", ""), "-t", table, "-S"], netns)
+        nft = f"`{shown}` may name it"
     return SaveStoppedError(
         f"{name} stopped in IPv{family} {table} in {where} ({detail}): it cannot print a "
         f"rule there, {nft}; k3snet reads nothing of IPv{family} through this iptables, "
@@ -216,7 +222,8 @@ class Processes:
         result = self.run([name])
         if result.returncode != 0:
             stopped = save_stopped(name, family, result.stdout, result.stderr,
-                                   returncode=result.returncode, where=self.where)
+                                   returncode=result.returncode, where=self.where,
+                                   netns=self.netns)
             if stopped is not None:
                 return self.save_apart(name, family, stopped)
             self._refused(f"run {name} in {self.where}", result.stderr, result.returncode)
@@ -243,7 +250,8 @@ class Processes:
                 parts.append(result.stdout)
                 continue
             again = save_stopped(name, family, result.stdout, result.stderr,
-                                 returncode=result.returncode, where=self.where)
+                                 returncode=result.returncode, where=self.where,
+                                 netns=self.netns)
             if table in TABLES:
                 if again is not None:
                     raise again
@@ -393,7 +401,8 @@ class StartedSave:
                 raise BackendError(f"{self._kernel.where} is not usable: {stderr.strip()}")
             family = 6 if self._name.startswith("ip6") else 4
             stopped = save_stopped(self._name, family, stdout, stderr,
-                                   returncode=process.returncode, where=self._kernel.where)
+                                   returncode=process.returncode, where=self._kernel.where,
+                                   netns=self._kernel.netns)
             if stopped is not None:
                 return self._kernel.save_apart(self._name, family, stopped)
             Processes._refused(doing, stderr, process.returncode)

@@ -125,6 +125,7 @@ from k3snet.backends.netns import (
     namespace_instance,
     netns_option,
     record_netns,
+    shown_command,
 )
 from k3snet.errors import (
     ApplyError,
@@ -859,14 +860,16 @@ class NetlinkBackend(BackendBase):
                 switch = switches.get(str(route.device))
                 if switch is None or accept.get(switch) == "2":
                     continue
+                # Run where k3snet read: pasted alone, it set the node's own sysctl.
+                fix = shown_command(["sysctl", "-w", f"{switch}=2"], self.netns)
                 problems.append(
                     f"{change}: turning IPv6 forwarding on makes the kernel drop the "
                     f"{route.describe()} (learned from router advertisements; {switch} is "
                     f"{accept.get(switch)}, not 2) and, with accept_ra 1, ignore the next "
                     f"ones: the node would lose its IPv6 default route. Set {switch} to 2 "
-                    f"first (`sysctl -w {switch}=2`: advertisements are then accepted "
-                    "with forwarding on)" + (" before applying: this plan sets it only "
-                                             "after this change" if switch in later else ""))
+                    f"first (`{fix}`: advertisements are then accepted with forwarding "
+                    "on)" + (" before applying: this plan sets it only after this change"
+                             if switch in later else ""))
         return problems
 
     def _check_routes(self, changes: Sequence[Change], view: RouteView) -> list[str]:
