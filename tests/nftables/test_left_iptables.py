@@ -17,6 +17,7 @@ to nftables: the nftables backend cannot see (nor count) those.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,10 @@ def test_the_split_group_with_iptables_names_no_chain_yet_meets_nothing_with_the
         # The masquerade is written in nftables: iptables' own is no foreign rule.
         assert [c.subject for c in changes] == [MASQUERADE]
         assert _left(group.warnings) == []  # the group names iptables' nat objects itself
-        assert any("`k3snet destroy --backend iptables:nat`" in w for w in group.warnings)
+        # the destroy named runs in xt_ns, as shown from the shell that ran k3snet
+        destroy = ["k3snet", "destroy", "--netns", xt_ns, "--backend", "iptables:nat"]
+        shown = f"`{shlex.join(destroy)}`"
+        assert any(shown in w for w in group.warnings)
         group.apply(plan(group.observe(), WANTED))
         assert plan(group.observe(), WANTED).changes == ()
         assert _left(group.warnings) == []
