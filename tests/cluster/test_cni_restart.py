@@ -186,9 +186,11 @@ def test_flannel_net_conf_change_is_pending_until_its_pods_restarted(
     done = converge(backend, desired)
     assert [(r.workload, r.stale) for r in done.restarts] == [
         ("DaemonSet kube-flannel/flannel-renamed", ("flannel-1",))]
-    now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Made the second after the stamp's (one in its own second may predate the write).
+    made = _stamp_of(api_server, "kube-flannel-cfg", "kube-flannel") + datetime.timedelta(
+        seconds=1)
     api_server.put(PODS, _pod("kube-flannel", "flannel-1", "flannel-renamed", FLANNEL_LABELS,
-                              created=now, started=FUTURE))
+                              created=_utc(made), started=FUTURE))
     assert pending_restarts(backend) == ()
 
 
@@ -528,3 +530,64 @@ def test_the_stamp_is_the_latest_server_time_an_answer_allows_or_k3snet_s_if_it_
         assert stamp >= truth.replace(microsecond=0)
         assert (stamp - truth).total_seconds() <= 1 + wait  # late by the answer's time
 
+
+
+def _pod_lists(api_server: EmulatedApiServer) -> list[str | None]:
+    """The ``labelSelector`` of each Pods list asked for (``None``: the namespace's)."""
+    return [params.get("labelSelector")
+            for (method, path, _), params in zip(api_server.requests(), api_server.params(),
+                                                 strict=True)
+            if method == "GET" and path.split("?")[0].endswith("/pods")]
+
+
+def test_the_pods_listed_are_those_the_daemonset_s_selector_selects(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # Every Pod of kube-system was listed (every add-on's, a few a node) while a restart
+    # was pending, to keep the DaemonSet's own: the list now asks for those alone.
+    [pending] = converge(cilium, _masquerade("false")).restarts
+    assert pending.stale == ("cilium-a", "cilium-b")
+    assert _pod_lists(api_server) == ["k8s-app=cilium"]
+    # matchExpressions go with it, as the API server reads them.
+    expressions = _daemonset("kube-system", "cilium", CILIUM_LABELS, [])
+    expressions["spec"]["selector"]["matchExpressions"] = [
+        {"key": "tier", "operator": "NotIn", "values": ["canary", "test"]},
+        {"key": "k8s-app", "operator": "Exists"}]
+    api_server.put(DAEMONSETS, expressions)
+    before = len(_pod_lists(api_server))
+    assert [r.stale for r in pending_restarts(cilium)] == [("cilium-a", "cilium-b")]
+    assert _pod_lists(api_server)[before:] == [
+        "k8s-app=cilium,tier notin (canary,test),k8s-app"]
+
+
+def test_a_selector_k3snet_cannot_read_keeps_the_daemonset_s_own_pods_pending(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # A selector apimachinery refuses counted none of the DaemonSet's pods: no restart
+    # was said pending, as if every pod had restarted. Its pods are told by their owner.
+    converge(cilium, _masquerade("false"))
+    odd = _daemonset("kube-system", "cilium", CILIUM_LABELS, [])
+    odd["spec"]["selector"] = {"matchExpressions": [{"key": "k8s-app", "operator": "Near"}]}
+    api_server.put(DAEMONSETS, odd)
+    before = len(_pod_lists(api_server))
+    assert [r.stale for r in pending_restarts(cilium)] == [("cilium-a", "cilium-b")]
+    assert _pod_lists(api_server)[before:] == [None]  # the namespace's, owners told apart
+
+
+def _stamp_of(api_server: EmulatedApiServer, name: str, namespace: str) -> datetime.datetime:
+    stored = api_server.get(CONFIGMAPS, name, namespace)
+    assert stored is not None
+    return datetime.datetime.fromisoformat(
+        stored["metadata"]["annotations"][CHANGED_ANNOTATION].replace("Z", "+00:00"))
+
+
+def test_a_pod_made_in_the_stamp_s_own_second_is_still_pending(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # The stamp and creationTimestamp hold whole seconds: a pod made in the stamp's
+    # second may predate the write, and counted as restarted (the change said in force
+    # on a node that may run the old config). A second later it is surely made after.
+    converge(cilium, _masquerade("false"))
+    stamp = _stamp_of(api_server, "cilium-config", "kube-system")
+    api_server.put(PODS, _pod("kube-system", "cilium-a", "cilium", CILIUM_LABELS,
+                              created=_utc(stamp)))
+    api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
+                              created=_utc(stamp + datetime.timedelta(seconds=1))))
+    assert [r.stale for r in pending_restarts(cilium)] == [("cilium-a",)]
