@@ -274,7 +274,8 @@ def readers(api_client: Any, namespace: str, configmap: str, *, known: Iterable[
 
 def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[str, str],
             *, reason: str, known: Iterable[str], timeout: float,
-            settled: Settled | None = None) -> tuple[PendingRestart, ...]:
+            settled: Settled | None = None, changed: str | None = None
+            ) -> tuple[PendingRestart, ...]:
     """The restarts still to make for k3snet's last change of ``configmap`` (whose
     ``annotations`` were read), none if it holds no :data:`CHANGED_ANNOTATION`.
 
@@ -282,14 +283,15 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
     their template names the ConfigMap. Where no DaemonSet is found, or they or their
     pods cannot be listed (403), the restart stays pending with ``stale`` ``None``.
     ``settled``: the stamp found done before (nothing listed), and where it is kept.
+    ``changed``: what the stamp says changed, where not the ConfigMap alone.
     """
     stamp = annotations.get(CHANGED_ANNOTATION)
     if stamp is None or (settled is not None and settled.stamp == stamp):
         return ()
-    changed = _time(stamp)
     where = f"ConfigMap {namespace}/{configmap}"
-    what = f"{where} changed at {stamp}; {reason}"
-    if changed is None:
+    what = f"{changed or where} changed at {stamp}; {reason}"
+    at = _time(stamp)
+    if at is None:
         return (PendingRestart(f"the pods reading {where}",
                                f"{what} (annotation {CHANGED_ANNOTATION} unreadable)"),)
     try:
@@ -305,7 +307,7 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
     restarts = []
     for daemonset in found:
         name = str(daemonset["metadata"].get("name"))
-        stale = _made_before(listed[name], daemonset, changed)
+        stale = _made_before(listed[name], daemonset, at)
         if stale:
             restarts.append(PendingRestart(f"DaemonSet {namespace}/{name}", what,
                                            tuple(sorted(stale))))

@@ -32,6 +32,8 @@ from k3snet.model.cni import FlannelConfig
 from k3snet.model.state import State
 from k3snet.testing.kube import EmulatedApiServer
 from tests.cli.test_schemas import validate
+from tests.cluster.test_cilium_backend import _cilium_config
+from tests.cluster.test_cilium_mount import EBPF_AGENT, cilium_daemonset
 from tests.kubeclient import write_kubeconfig
 
 pytestmark = pytest.mark.cluster
@@ -262,7 +264,7 @@ def test_plan_and_apply_say_which_restart_is_needed_and_pending(
     assert "restart" not in capsys.readouterr().out
 
 
-def test_destroy_names_the_restart_and_leaves_the_configmap_as_found(
+def test_destroy_names_the_restart_and_follows_it_leaving_only_the_stamp(
         api_server: EmulatedApiServer, cilium: CiliumBackend, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     found = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
@@ -278,11 +280,24 @@ def test_destroy_names_the_restart_and_leaves_the_configmap_as_found(
     main(["destroy", *through, "--dry-run", "--output", "json"])
     assert json.loads(capsys.readouterr().out)["restart_needed"] == [
         "DaemonSet kube-system/cilium"]
-    assert main(["destroy", *through, "--auto-approve"]) == 0
+    assert main(["destroy", *through, "--auto-approve", "--output", "json"]) == 0
+    # The settings given back are read by the agents only when they start too: the
+    # destroy stamps that change (it took the stamp away: nothing was followed).
+    [pending] = json.loads(capsys.readouterr().out)["restart_pending"]
+    assert pending["workload"] == "DaemonSet kube-system/cilium"
+    assert pending["stale"] == ["cilium-a", "cilium-b"]
     left = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
     assert left is not None
     assert left["data"] == found["data"]
-    assert not left["metadata"].get("annotations")  # the stamp gone with k3snet's keys
+    # k3snet's records gone, its stamp alone left: a later plan still says it.
+    assert set(left["metadata"]["annotations"]) == {CHANGED_ANNOTATION}
+    main(["plan", *through])
+    assert "!! restart pending: DaemonSet kube-system/cilium" in capsys.readouterr().out
+    for name in ("cilium-a", "cilium-b"):
+        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
+                                  created=FUTURE))
+    main(["plan", *through])
+    assert "restart pending" not in capsys.readouterr().out
 
 
 def test_an_apply_undone_takes_its_stamp_back_too(
@@ -591,3 +606,68 @@ def test_a_pod_made_in_the_stamp_s_own_second_is_still_pending(
     api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
                               created=_utc(stamp + datetime.timedelta(seconds=1))))
     assert [r.stale for r in pending_restarts(cilium)] == [("cilium-a",)]
+
+
+def _subpath_cilium(api_server: EmulatedApiServer) -> None:
+    """Cilium's eBPF ip-masq-agent on, its ConfigMap mounted through ``subPath``: a copy
+    the kubelet never updates."""
+    api_server.put(CONFIGMAPS, _cilium_config(EBPF_AGENT))
+    sub = cilium_daemonset(ip_masq_agent=True)
+    sub["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][-1].update(
+        mountPath="/etc/config/ip-masq-agent", subPath="ip-masq-agent")
+    api_server.put(DAEMONSETS, sub)
+
+
+def _non_masquerade(*cidrs: str) -> State:
+    return State(owned=[CiliumConfig(CILIUM_DEFAULT_TARGET,
+                                     ip_masq_agent={"nonMasqueradeCIDRs": list(cidrs)})])
+
+
+def _patches(api_server: EmulatedApiServer, name: str, since: int) -> int:
+    return sum(1 for method, path, _ in api_server.requests()[since:]
+               if method == "PATCH" and path.split("?")[0].endswith(f"/configmaps/{name}"))
+
+
+def test_a_subpath_mounted_ip_masq_agent_change_is_pending_until_the_agents_restarted(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # plan named the restart (restart needed once applied), and nothing followed it: no
+    # stamp, no restart pending, while every agent kept its copy of the old file.
+    _subpath_cilium(api_server)
+    desired = _non_masquerade("10.0.0.0/8")
+    preview = converge(cilium, desired, dry_run=True)
+    assert restarts_needed(cilium, preview.plan) == ("DaemonSet kube-system/cilium",)
+    [pending] = converge(cilium, desired).restarts
+    assert (pending.workload, pending.stale) == (
+        "DaemonSet kube-system/cilium", ("cilium-a", "cilium-b"))
+    assert "ip-masq-agent" in pending.reason
+    stored = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert stored is not None
+    assert stored["data"] == EBPF_AGENT  # cilium-config's keys untouched: its stamp alone
+    assert CHANGED_ANNOTATION in stored["metadata"]["annotations"]
+    for name in ("cilium-a", "cilium-b"):
+        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
+                                  created=FUTURE))
+    assert pending_restarts(cilium) == ()
+    # The whole volume mounted (Helm's way): the kubelet updates the file; no stamp.
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    before = len(api_server.requests())
+    done = converge(cilium, _non_masquerade("10.0.0.0/8", "100.64.0.0/10"))
+    assert done.result is not None
+    assert done.result.applied
+    assert _patches(api_server, "cilium-config", before) == 0
+
+
+def test_a_subpath_mounted_ip_masq_agent_given_back_by_destroy_is_followed_too(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # The ConfigMap k3snet created goes with its last key: its deletion is no update the
+    # copies see either. The stamp is cilium-config's, which stays.
+    _subpath_cilium(api_server)
+    converge(cilium, _non_masquerade("10.0.0.0/8"))
+    for name in ("cilium-a", "cilium-b"):
+        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
+                                  created=FUTURE))
+    api_server.put(PODS, _pod("kube-system", "cilium-c", "cilium", CILIUM_LABELS,
+                              created=LONG_AGO))
+    [pending] = converge(cilium, State(), allow_teardown=True).restarts
+    assert pending.stale == ("cilium-c",)  # made before the destroy's write
+    assert api_server.get(CONFIGMAPS, "ip-masq-agent", "kube-system") is None
