@@ -671,3 +671,44 @@ def test_a_subpath_mounted_ip_masq_agent_given_back_by_destroy_is_followed_too(
     [pending] = converge(cilium, State(), allow_teardown=True).restarts
     assert pending.stale == ("cilium-c",)  # made before the destroy's write
     assert api_server.get(CONFIGMAPS, "ip-masq-agent", "kube-system") is None
+
+
+def test_a_flannel_destroy_giving_net_conf_back_is_pending_until_its_pods_restarted(
+        api_server: EmulatedApiServer) -> None:
+    # The destroy took the stamp away with k3snet's last key: the restart the text given
+    # back needs was named by destroy --dry-run, never followed.
+    backend, desired, (namespace, name) = _cni(api_server, api_server.api_client(),
+                                               "flannel")
+    api_server.put(PODS, _pod(namespace, "flannel-1", "kube-flannel-ds", FLANNEL_LABELS,
+                              created=LONG_AGO))
+    converge(backend, desired)
+    [pending] = converge(backend, State(), allow_teardown=True).restarts
+    assert (pending.workload, pending.stale) == (
+        "DaemonSet kube-flannel/kube-flannel-ds", ("flannel-1",))
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["data"] == {"net-conf.json": NET_CONF}
+    assert set(left["metadata"]["annotations"]) == {CHANGED_ANNOTATION}
+    assert [r.stale for r in pending_restarts(_backend(api_server.api_client(), "flannel"))
+            ] == [("flannel-1",)]
+
+
+def test_a_flannel_file_change_says_k3s_s_restart_pending_once_and_that_it_is_not_followed(
+        tmp_path: Path) -> None:
+    # K3s reads --flannel-conf when it starts, and no cluster object shows when it did:
+    # the apply that wrote the file said nothing of the restart it needs.
+    conf = tmp_path / "flannel.json"
+    conf.write_text(NET_CONF)
+    backend = FlannelBackend(path=conf, allow_disruptive=True)
+    desired = State(owned=[FlannelConfig(backend.target, enable_nftables=True)])
+    [pending] = converge(backend, desired).restarts
+    assert pending.workload == "K3s (the k3s or k3s-agent service on the node)"
+    assert pending.stale is None  # k3snet cannot tell when that is done
+    assert f"flannel config file {conf} changed at " in pending.reason
+    assert "not followed after this run" in pending.reason
+    assert "k3snet cannot tell when that is done" in pending.render()
+    # Not followed: a later pass says nothing it cannot know.
+    assert converge(backend, desired).restarts == ()
+    [undone] = converge(backend, State(), allow_teardown=True).restarts
+    assert undone.workload == pending.workload
+    assert conf.read_text() == NET_CONF
