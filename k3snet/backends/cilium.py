@@ -28,8 +28,10 @@ the ``resourceVersion`` read: a concurrent change makes the API server answer
 (:class:`~k3snet.backends.kit.FreshRead`) rather than reading them again.
 
 **When changes take effect.** The agent reads ``cilium-config`` when it starts
-(restart the ``cilium`` DaemonSet); the ip-masq-agent file is re-read when the
-kubelet updates the mounted ConfigMap, *if* the DaemonSet mounts it (Helm
+(restart the ``cilium`` DaemonSet: each change, a destroy's too, is stamped for
+:mod:`~k3snet.backends.cni_restart` to follow, and so is an ip-masq-agent change where
+the agents mount its file through ``subPath``, a copy never updated); the ip-masq-agent
+file is re-read when the kubelet updates the mounted ConfigMap, *if* the DaemonSet mounts it (Helm
 ``ipMasqAgent.enabled=true``; k3snet does not edit the DaemonSet). Where Cilium's
 ip-masq-agent is on (``cilium-config``, a CiliumNodeConfig, k3snet's keys) ``observe``
 reads the DaemonSet (``daemonset``, in Cilium's namespace; never written; ``check`` and
@@ -1450,16 +1452,23 @@ class CiliumBackend(BackendBase):
         after = {k: v for k, v in {**config.data, **edit.config_data}.items() if v is not None}
         new_written = None if edit.config_record is None else json.dumps(
             {k: after.get(k) for k in edit.config_record}, sort_keys=True)
-        # Data the agents read only when they start: its change awaits their restart. The
-        # stamp goes with k3snet's last key: the ConfigMap is left as it was found.
+        # Data the agents read only when they start: its change awaits their restart,
+        # stamped on cilium-config (the agents' ConfigMap) whatever wrote it: its keys,
+        # given back too (a destroy), or the ip-masq-agent file where the agents have a
+        # subPath copy of it, which the kubelet never updates. The stamp stays after
+        # k3snet's last key: the restart a destroy needs is followed too.
+        agent = read.agent
+        agent_text = None if agent is None else agent.data.get(AGENT_CONFIG_KEY)
+        agent_changes = edit.agent_action in ("create", "delete") or (
+            edit.agent_action == "patch" and edit.agent_text != agent_text)
         changed_at: tuple[str | None] | None = None
-        if new_record is None:
-            changed_at = (None,) if config.changed_at is not None else None
-        elif any(config.data.get(k) != v for k, v in edit.config_data.items()):
+        if (any(config.data.get(k) != v for k, v in edit.config_data.items())
+                or (self._file_copied and agent_changes)):
             changed_at = (self._api.clock.stamp(),)
         self._next_stamp = changed_at if changed_at is not None else (config.changed_at,)
         stamp_back = None if changed_at is None else (config.changed_at,)  # for an undo
-        if edit.config_data or new_record != old_record or new_written != config.written:
+        if (edit.config_data or new_record != old_record or new_written != config.written
+                or changed_at is not None):
             def write_config() -> Any:
                 back = {k: config.data.get(k) for k in edit.config_data}
                 left = _Keys(edit.config_data, new_record, new_written)
@@ -1476,7 +1485,6 @@ class CiliumBackend(BackendBase):
                                               config.written, left=left,
                                               changed_at=stamp_back)
             steps.append(write_config)
-        agent = read.agent
         agent_written = self._agent_written(edit)
         if edit.agent_action == "create":
             text = edit.agent_text if edit.agent_text is not None else ""
@@ -1537,8 +1545,11 @@ class CiliumBackend(BackendBase):
         """The Cilium agents still running since before k3snet last changed
         ``cilium-config`` (read once, when an agent starts): one
         :class:`~k3snet.backends.PendingRestart` per DaemonSet with such pods, none
-        once all restarted. The ip-masq-agent ConfigMap needs no restart: the agent
-        watches its file, which the kubelet updates within about a minute."""
+        once all restarted; the stamp stays after k3snet's last key (a destroy gives
+        settings back, read at start too). The ip-masq-agent ConfigMap needs no restart
+        where the agent watches its file, which the kubelet updates within about a
+        minute; mounted through ``subPath`` (a copy never updated) its change is stamped
+        on ``cilium-config`` too."""
         # What the observe read or the apply wrote just before, once; read otherwise.
         known, self._stamp = self._stamp, None
         if known is None:
@@ -1546,11 +1557,15 @@ class CiliumBackend(BackendBase):
             known = (None if config is None else config.changed_at,)
         if known[0] is None:
             return ()
+        changed = None
+        if self._file_copied:  # the stamp may be the ip-masq-agent file's change
+            changed = (f"{self._where()} (or {self._where(agent=True)}, which the agents "
+                       "mount through subPath)")
         return pending_restarts(
             self._api.core.api_client, self._api.namespace, self._api.config_name,
             {CHANGED_ANNOTATION: known[0]},
             reason="Cilium's agents read it when they start", known=(self._daemonset,),
-            timeout=self._api.timeout, settled=self._settled)
+            timeout=self._api.timeout, settled=self._settled, changed=changed)
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""

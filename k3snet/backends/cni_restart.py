@@ -6,8 +6,10 @@ restarted. The cilium and flannel backends stamp each ConfigMap change they make
 with :data:`CHANGED_ANNOTATION` (UTC, seconds, the API server's clock:
 :class:`ServerClock`); :func:`pending`
 compares it with the creation of each pod of the DaemonSets using that ConfigMap.
-A pod counts as restarted when it was created since then (a container restarted in
-its pod runs the config of the pod's start: see :func:`_created`); the DaemonSets
+A pod counts as restarted when it was created after the stamp's second (a container
+restarted in its pod runs the config of the pod's start: see :func:`_created`; one made
+in that second may predate the write); each DaemonSet's pods are listed by its selector,
+not the namespace's all; the DaemonSets
 using it are those whose pod template names the ConfigMap (a volume, ``envFrom``, a
 key reference) and the CNI's well-known one (Cilium's ``config`` init container reads
 ``cilium-config`` through the API, naming it in no volume). Nothing here restarts anything.
@@ -159,43 +161,94 @@ def _owned_by(pod: dict[str, Any], daemonset: str) -> bool:
 
 def _made_before(pods: list[Any], daemonset: dict[str, Any],
                  changed: datetime.datetime) -> list[str]:
-    """The names of ``daemonset``'s ``pods`` created before ``changed``."""
+    """The names of ``daemonset``'s ``pods`` created before ``changed`` or in its second.
+
+    The stamp and ``creationTimestamp`` both hold whole seconds: a pod made in the
+    stamp's own second may have been made before the write, and counts as not restarted
+    (pending is the safe answer: a pod made after the write is seen pending and a
+    restart ends it; one counted as restarted hides a node running the old config).
+    A selector k3snet cannot read (none, or one apimachinery refuses) leaves the owner
+    alone to tell the DaemonSet's pods, rather than counting none of them."""
     name = str(daemonset["metadata"].get("name"))
     selector = (daemonset.get("spec") or {}).get("selector")
+    usable = _label_selector(selector) is not None
     stale = []
     for pod in pods:
         if not isinstance(pod, dict):
             continue
         metadata = pod.get("metadata") or {}
-        try:
-            selected = selector_matches(selector, metadata.get("labels") or {})
-        except ValueError:
-            selected = False
+        selected = not usable or selector_matches(selector, metadata.get("labels") or {})
         if not (selected and _owned_by(pod, name)):
             continue
         created = _created(pod)
-        if created is None or created < changed:
+        if created is None or created <= changed:
             stale.append(str(metadata.get("name")))
     return stale
 
 
-def _list(api_client: Any, namespace: str, timeout: float, what: str) -> list[Any]:
-    """Every DaemonSet (``what="daemonsets"``) or Pod of ``namespace``, as JSON data."""
+def _label_selector(selector: Any) -> str | None:
+    """``selector`` (a DaemonSet's ``spec.selector``, JSON data) as the list request's
+    ``labelSelector`` (``matchLabels`` and ``matchExpressions``), or ``None`` where it is
+    none or one apimachinery refuses (:func:`~k3snet.kube.selector_matches` raises).
+
+    >>> _label_selector({"matchLabels": {"k8s-app": "cilium"}, "matchExpressions": [
+    ...     {"key": "tier", "operator": "NotIn", "values": ["a", "b"]},
+    ...     {"key": "canary", "operator": "DoesNotExist"}]})
+    'k8s-app=cilium,tier notin (a,b),!canary'
+    """
+    if selector is None:
+        return None
+    try:
+        selector_matches(selector, {})  # raises for what apimachinery refuses
+    except ValueError:
+        return None
+    terms = [f"{key}={value}" for key, value in (selector.get("matchLabels") or {}).items()]
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression["key"], expression["operator"]
+        values = ",".join(expression.get("values") or [])
+        terms.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
+                      "Exists": key, "DoesNotExist": f"!{key}"}[operator])
+    return ",".join(terms)
+
+
+def _list(api_client: Any, namespace: str, timeout: float, what: str,
+          label_selector: str | None = None) -> list[Any]:
+    """Every DaemonSet (``what="daemonsets"``) or Pod of ``namespace``, as JSON data; the
+    Pods ``label_selector`` selects, where given."""
     from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
     serialize = api_client.sanitize_for_serialization
     call: Callable[..., Any]
+    selected: dict[str, Any] = {}
     if what == "daemonsets":
         call, where = (client.AppsV1Api(api_client).list_namespaced_daemon_set,
                        f"list DaemonSets in {namespace}")
     else:
         call, where = client.CoreV1Api(api_client).list_namespaced_pod, f"list Pods in {namespace}"
+        if label_selector is not None:
+            selected = {"label_selector": label_selector}
+            where = f"{where} selected by {label_selector}"
 
     def fetch(page: dict[str, Any]) -> Any:
         with translate_errors(where, classifier=KubeErrors(timeout=timeout)):
-            return serialize(call(namespace, _request_timeout=timeout, **page))
+            return serialize(call(namespace, _request_timeout=timeout, **selected, **page))
 
     return list_pages(fetch, where)
+
+
+def _pods(api_client: Any, namespace: str, daemonsets: list[dict[str, Any]],
+          timeout: float) -> dict[str, list[Any]]:
+    """The Pods of each of ``daemonsets`` (by name) its selector selects, one list a
+    selector: not every Pod of ``namespace`` (``kube-system``: every add-on's, a few a
+    node). A DaemonSet without a selector k3snet can read has the namespace's Pods."""
+    by_selector: dict[str | None, list[Any]] = {}
+    found: dict[str, list[Any]] = {}
+    for daemonset in daemonsets:
+        selector = _label_selector((daemonset.get("spec") or {}).get("selector"))
+        if selector not in by_selector:
+            by_selector[selector] = _list(api_client, namespace, timeout, "pods", selector)
+        found[str(daemonset["metadata"].get("name"))] = by_selector[selector]
+    return found
 
 
 def _reading(api_client: Any, namespace: str, configmap: str, known: frozenset[str],
@@ -221,7 +274,8 @@ def readers(api_client: Any, namespace: str, configmap: str, *, known: Iterable[
 
 def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[str, str],
             *, reason: str, known: Iterable[str], timeout: float,
-            settled: Settled | None = None) -> tuple[PendingRestart, ...]:
+            settled: Settled | None = None, changed: str | None = None
+            ) -> tuple[PendingRestart, ...]:
     """The restarts still to make for k3snet's last change of ``configmap`` (whose
     ``annotations`` were read), none if it holds no :data:`CHANGED_ANNOTATION`.
 
@@ -229,19 +283,20 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
     their template names the ConfigMap. Where no DaemonSet is found, or they or their
     pods cannot be listed (403), the restart stays pending with ``stale`` ``None``.
     ``settled``: the stamp found done before (nothing listed), and where it is kept.
+    ``changed``: what the stamp says changed, where not the ConfigMap alone.
     """
     stamp = annotations.get(CHANGED_ANNOTATION)
     if stamp is None or (settled is not None and settled.stamp == stamp):
         return ()
-    changed = _time(stamp)
     where = f"ConfigMap {namespace}/{configmap}"
-    what = f"{where} changed at {stamp}; {reason}"
-    if changed is None:
+    what = f"{changed or where} changed at {stamp}; {reason}"
+    at = _time(stamp)
+    if at is None:
         return (PendingRestart(f"the pods reading {where}",
                                f"{what} (annotation {CHANGED_ANNOTATION} unreadable)"),)
     try:
         found = _reading(api_client, namespace, configmap, frozenset(known), timeout)
-        listed = _list(api_client, namespace, timeout, "pods") if found else []
+        listed = _pods(api_client, namespace, found, timeout)
     except KubeApiError as exc:
         if exc.status not in (403, 404):
             raise
@@ -252,7 +307,7 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
     restarts = []
     for daemonset in found:
         name = str(daemonset["metadata"].get("name"))
-        stale = _made_before(listed, daemonset, changed)
+        stale = _made_before(listed[name], daemonset, at)
         if stale:
             restarts.append(PendingRestart(f"DaemonSet {namespace}/{name}", what,
                                            tuple(sorted(stale))))

@@ -49,7 +49,9 @@ and inserts or removes only the members it adds or removes; every other byte
 (unknown keys, their formatting, whitespace, key order) is kept, so removing
 k3snet's keys gives back the original text byte for byte. Flannel reads its
 config when it starts: restart flannel (K3s, or the kube-flannel DaemonSet) for
-a change to take effect; changing ``Network`` of a running cluster renumbers pods. The file
+a change to take effect (a ConfigMap's change, a destroy's too, is stamped and followed:
+:mod:`~k3snet.backends.cni_restart`; a file's is said once, K3s' start being in no
+cluster object); changing ``Network`` of a running cluster renumbers pods. The file
 is replaced atomically (temporary file in the same directory, ``fsync``,
 ``rename``, mode and owner kept; k3snet's writers of one file take turns under
 ``flock`` on its directory); the ConfigMap is changed with one JSON merge
@@ -75,7 +77,7 @@ import attrs
 
 from k3snet._kept import read_input
 from k3snet.backends.base import ApplyResult, PendingRestart
-from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled, changed_stamp
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.cni_restart import readers as restart_readers
 from k3snet.backends.flannel_read import (
@@ -148,6 +150,9 @@ __all__ = [
 
 DEFAULT_CONFIGMAP: tuple[str, str] = ("kube-flannel", "kube-flannel-cfg")
 """Upstream flannel's ConfigMap (namespace, name)."""
+
+_K3S = "K3s (the k3s or k3s-agent service on the node)"
+"""What reads a flannel config file (``--flannel-conf``): K3s, when it starts."""
 
 FLANNEL_DAEMONSET = "kube-flannel-ds"
 """The name of upstream flannel's DaemonSet (kube-flannel.yml), in the ConfigMap's namespace."""
@@ -461,10 +466,9 @@ class _ConfigMapStore:
         if text != doc.text:
             body["data"] = {CONFIGMAP_KEY: text}
             self.settled.stamp = None  # a stamp written in the same second is another one
-        if record is None:  # k3snet's last key gone: the ConfigMap is left as found
-            metadata["annotations"][CHANGED_ANNOTATION] = None
-        elif text != doc.text:
-            # Flannel reads it when it starts: the change awaits its pods' restart.
+            # Flannel reads it when it starts: the change awaits its pods' restart, and
+            # so does a destroy's giving the keys back (the stamp stays after k3snet's
+            # last key, alone: that restart is followed too).
             metadata["annotations"][CHANGED_ANNOTATION] = self.clock.stamp()
         with translate_errors(f"patch {self.where}",
                               classifier=KubeErrors(timeout=self.timeout, error=_ApplyKubeError)):
@@ -675,6 +679,9 @@ class FlannelBackend(BackendBase):
             self._client, self._owns_client = make_api_client(
                 api_client, kubeconfig=kubeconfig, context=context)
             self._store = _ConfigMapStore(self._client, namespace, cm_name, timeout)
+        # When this backend last changed the file's flannel settings (k3snet's clock), not
+        # said yet by pending_restarts(); None: nothing to say.
+        self._file_changed: str | None = None
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -757,6 +764,8 @@ class FlannelBackend(BackendBase):
         operations = 1
         if text != doc.text or record != doc.record:
             operations += self._store.write(doc, text, record)
+            if isinstance(self._store, _FileStore) and text != doc.text:
+                self._file_changed = changed_stamp()
         return ApplyResult(self.name, plan.changes, operations=operations)
 
     def _refuse_k3s_generated(self) -> None:
@@ -846,18 +855,25 @@ class FlannelBackend(BackendBase):
         store = self._store
         if isinstance(store, _ConfigMapStore):
             return store.readers()
-        return "K3s (the k3s or k3s-agent service on the node)"
+        return _K3S
 
     def pending_restarts(self) -> tuple[PendingRestart, ...]:
         """The flannel pods still running since before k3snet last changed the
         ConfigMap's ``net-conf.json`` (flannel reads it once, when it starts): one
         :class:`~k3snet.backends.PendingRestart` per DaemonSet with such pods, none once
-        all restarted. None for a file: K3s reads it when it starts (restart K3s), which
-        k3snet does not follow."""
+        all restarted. For a file, K3s reads it when it starts (restart K3s), and no
+        cluster object shows when K3s last started (its pods outlive its restart): the
+        restart is said pending once, right after this backend's :meth:`apply` changed
+        the file, with ``stale`` ``None``, and not followed after."""
         store = self._store
-        if not isinstance(store, _ConfigMapStore):
+        if isinstance(store, _ConfigMapStore):
+            return store.pending_restarts()
+        changed, self._file_changed = self._file_changed, None
+        if changed is None:
             return ()
-        return store.pending_restarts()
+        return (PendingRestart(_K3S, f"{store.where} changed at {changed}; K3s reads it "
+                               "when it starts, and no cluster object shows when K3s "
+                               "started: not followed after this run"),)
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""

@@ -23,6 +23,7 @@ from k3snet.backends.cilium import (
     WRITTEN_ANNOTATION,
     CiliumBackend,
 )
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.backends.registry import create_backend
 from k3snet.converge import compile_for
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, RollbackError
@@ -170,7 +171,11 @@ def test_conforms_and_leaves_both_configmaps_as_found(k3s_cilium: EmulatedApiSer
     assert before is not None
     assert after is not None
     assert after["data"] == before["data"]
-    assert after["metadata"]["annotations"] == before["metadata"]["annotations"]
+    # The restart stamp alone stays: the settings given back are read at the agents'
+    # start too, and that restart is followed (k3snet.io/changed-at).
+    annotations = dict(after["metadata"]["annotations"])
+    assert annotations.pop(CHANGED_ANNOTATION, None) is not None
+    assert annotations == before["metadata"]["annotations"]
     assert after["metadata"]["labels"] == before["metadata"]["labels"]
     assert _stored(k3s_cilium, "ip-masq-agent") is None  # created and deleted again
 

@@ -32,6 +32,8 @@ from k3snet.model.cni import FlannelConfig
 from k3snet.model.state import State
 from k3snet.testing.kube import EmulatedApiServer
 from tests.cli.test_schemas import validate
+from tests.cluster.test_cilium_backend import _cilium_config
+from tests.cluster.test_cilium_mount import EBPF_AGENT, cilium_daemonset
 from tests.kubeclient import write_kubeconfig
 
 pytestmark = pytest.mark.cluster
@@ -186,9 +188,11 @@ def test_flannel_net_conf_change_is_pending_until_its_pods_restarted(
     done = converge(backend, desired)
     assert [(r.workload, r.stale) for r in done.restarts] == [
         ("DaemonSet kube-flannel/flannel-renamed", ("flannel-1",))]
-    now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Made the second after the stamp's (one in its own second may predate the write).
+    made = _stamp_of(api_server, "kube-flannel-cfg", "kube-flannel") + datetime.timedelta(
+        seconds=1)
     api_server.put(PODS, _pod("kube-flannel", "flannel-1", "flannel-renamed", FLANNEL_LABELS,
-                              created=now, started=FUTURE))
+                              created=_utc(made), started=FUTURE))
     assert pending_restarts(backend) == ()
 
 
@@ -260,7 +264,7 @@ def test_plan_and_apply_say_which_restart_is_needed_and_pending(
     assert "restart" not in capsys.readouterr().out
 
 
-def test_destroy_names_the_restart_and_leaves_the_configmap_as_found(
+def test_destroy_names_the_restart_and_follows_it_leaving_only_the_stamp(
         api_server: EmulatedApiServer, cilium: CiliumBackend, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     found = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
@@ -276,11 +280,24 @@ def test_destroy_names_the_restart_and_leaves_the_configmap_as_found(
     main(["destroy", *through, "--dry-run", "--output", "json"])
     assert json.loads(capsys.readouterr().out)["restart_needed"] == [
         "DaemonSet kube-system/cilium"]
-    assert main(["destroy", *through, "--auto-approve"]) == 0
+    assert main(["destroy", *through, "--auto-approve", "--output", "json"]) == 0
+    # The settings given back are read by the agents only when they start too: the
+    # destroy stamps that change (it took the stamp away: nothing was followed).
+    [pending] = json.loads(capsys.readouterr().out)["restart_pending"]
+    assert pending["workload"] == "DaemonSet kube-system/cilium"
+    assert pending["stale"] == ["cilium-a", "cilium-b"]
     left = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
     assert left is not None
     assert left["data"] == found["data"]
-    assert not left["metadata"].get("annotations")  # the stamp gone with k3snet's keys
+    # k3snet's records gone, its stamp alone left: a later plan still says it.
+    assert set(left["metadata"]["annotations"]) == {CHANGED_ANNOTATION}
+    main(["plan", *through])
+    assert "!! restart pending: DaemonSet kube-system/cilium" in capsys.readouterr().out
+    for name in ("cilium-a", "cilium-b"):
+        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
+                                  created=FUTURE))
+    main(["plan", *through])
+    assert "restart pending" not in capsys.readouterr().out
 
 
 def test_an_apply_undone_takes_its_stamp_back_too(
@@ -528,3 +545,170 @@ def test_the_stamp_is_the_latest_server_time_an_answer_allows_or_k3snet_s_if_it_
         assert stamp >= truth.replace(microsecond=0)
         assert (stamp - truth).total_seconds() <= 1 + wait  # late by the answer's time
 
+
+
+def _pod_lists(api_server: EmulatedApiServer) -> list[str | None]:
+    """The ``labelSelector`` of each Pods list asked for (``None``: the namespace's)."""
+    return [params.get("labelSelector")
+            for (method, path, _), params in zip(api_server.requests(), api_server.params(),
+                                                 strict=True)
+            if method == "GET" and path.split("?")[0].endswith("/pods")]
+
+
+def test_the_pods_listed_are_those_the_daemonset_s_selector_selects(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # Every Pod of kube-system was listed (every add-on's, a few a node) while a restart
+    # was pending, to keep the DaemonSet's own: the list now asks for those alone.
+    [pending] = converge(cilium, _masquerade("false")).restarts
+    assert pending.stale == ("cilium-a", "cilium-b")
+    assert _pod_lists(api_server) == ["k8s-app=cilium"]
+    # matchExpressions go with it, as the API server reads them.
+    expressions = _daemonset("kube-system", "cilium", CILIUM_LABELS, [])
+    expressions["spec"]["selector"]["matchExpressions"] = [
+        {"key": "tier", "operator": "NotIn", "values": ["canary", "test"]},
+        {"key": "k8s-app", "operator": "Exists"}]
+    api_server.put(DAEMONSETS, expressions)
+    before = len(_pod_lists(api_server))
+    assert [r.stale for r in pending_restarts(cilium)] == [("cilium-a", "cilium-b")]
+    assert _pod_lists(api_server)[before:] == [
+        "k8s-app=cilium,tier notin (canary,test),k8s-app"]
+
+
+def test_a_selector_k3snet_cannot_read_keeps_the_daemonset_s_own_pods_pending(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # A selector apimachinery refuses counted none of the DaemonSet's pods: no restart
+    # was said pending, as if every pod had restarted. Its pods are told by their owner.
+    converge(cilium, _masquerade("false"))
+    odd = _daemonset("kube-system", "cilium", CILIUM_LABELS, [])
+    odd["spec"]["selector"] = {"matchExpressions": [{"key": "k8s-app", "operator": "Near"}]}
+    api_server.put(DAEMONSETS, odd)
+    before = len(_pod_lists(api_server))
+    assert [r.stale for r in pending_restarts(cilium)] == [("cilium-a", "cilium-b")]
+    assert _pod_lists(api_server)[before:] == [None]  # the namespace's, owners told apart
+
+
+def _stamp_of(api_server: EmulatedApiServer, name: str, namespace: str) -> datetime.datetime:
+    stored = api_server.get(CONFIGMAPS, name, namespace)
+    assert stored is not None
+    return datetime.datetime.fromisoformat(
+        stored["metadata"]["annotations"][CHANGED_ANNOTATION].replace("Z", "+00:00"))
+
+
+def test_a_pod_made_in_the_stamp_s_own_second_is_still_pending(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # The stamp and creationTimestamp hold whole seconds: a pod made in the stamp's
+    # second may predate the write, and counted as restarted (the change said in force
+    # on a node that may run the old config). A second later it is surely made after.
+    converge(cilium, _masquerade("false"))
+    stamp = _stamp_of(api_server, "cilium-config", "kube-system")
+    api_server.put(PODS, _pod("kube-system", "cilium-a", "cilium", CILIUM_LABELS,
+                              created=_utc(stamp)))
+    api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
+                              created=_utc(stamp + datetime.timedelta(seconds=1))))
+    assert [r.stale for r in pending_restarts(cilium)] == [("cilium-a",)]
+
+
+def _subpath_cilium(api_server: EmulatedApiServer) -> None:
+    """Cilium's eBPF ip-masq-agent on, its ConfigMap mounted through ``subPath``: a copy
+    the kubelet never updates."""
+    api_server.put(CONFIGMAPS, _cilium_config(EBPF_AGENT))
+    sub = cilium_daemonset(ip_masq_agent=True)
+    sub["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][-1].update(
+        mountPath="/etc/config/ip-masq-agent", subPath="ip-masq-agent")
+    api_server.put(DAEMONSETS, sub)
+
+
+def _non_masquerade(*cidrs: str) -> State:
+    return State(owned=[CiliumConfig(CILIUM_DEFAULT_TARGET,
+                                     ip_masq_agent={"nonMasqueradeCIDRs": list(cidrs)})])
+
+
+def _patches(api_server: EmulatedApiServer, name: str, since: int) -> int:
+    return sum(1 for method, path, _ in api_server.requests()[since:]
+               if method == "PATCH" and path.split("?")[0].endswith(f"/configmaps/{name}"))
+
+
+def test_a_subpath_mounted_ip_masq_agent_change_is_pending_until_the_agents_restarted(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # plan named the restart (restart needed once applied), and nothing followed it: no
+    # stamp, no restart pending, while every agent kept its copy of the old file.
+    _subpath_cilium(api_server)
+    desired = _non_masquerade("10.0.0.0/8")
+    preview = converge(cilium, desired, dry_run=True)
+    assert restarts_needed(cilium, preview.plan) == ("DaemonSet kube-system/cilium",)
+    [pending] = converge(cilium, desired).restarts
+    assert (pending.workload, pending.stale) == (
+        "DaemonSet kube-system/cilium", ("cilium-a", "cilium-b"))
+    assert "ip-masq-agent" in pending.reason
+    stored = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert stored is not None
+    assert stored["data"] == EBPF_AGENT  # cilium-config's keys untouched: its stamp alone
+    assert CHANGED_ANNOTATION in stored["metadata"]["annotations"]
+    for name in ("cilium-a", "cilium-b"):
+        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
+                                  created=FUTURE))
+    assert pending_restarts(cilium) == ()
+    # The whole volume mounted (Helm's way): the kubelet updates the file; no stamp.
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    before = len(api_server.requests())
+    done = converge(cilium, _non_masquerade("10.0.0.0/8", "100.64.0.0/10"))
+    assert done.result is not None
+    assert done.result.applied
+    assert _patches(api_server, "cilium-config", before) == 0
+
+
+def test_a_subpath_mounted_ip_masq_agent_given_back_by_destroy_is_followed_too(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # The ConfigMap k3snet created goes with its last key: its deletion is no update the
+    # copies see either. The stamp is cilium-config's, which stays.
+    _subpath_cilium(api_server)
+    converge(cilium, _non_masquerade("10.0.0.0/8"))
+    for name in ("cilium-a", "cilium-b"):
+        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
+                                  created=FUTURE))
+    api_server.put(PODS, _pod("kube-system", "cilium-c", "cilium", CILIUM_LABELS,
+                              created=LONG_AGO))
+    [pending] = converge(cilium, State(), allow_teardown=True).restarts
+    assert pending.stale == ("cilium-c",)  # made before the destroy's write
+    assert api_server.get(CONFIGMAPS, "ip-masq-agent", "kube-system") is None
+
+
+def test_a_flannel_destroy_giving_net_conf_back_is_pending_until_its_pods_restarted(
+        api_server: EmulatedApiServer) -> None:
+    # The destroy took the stamp away with k3snet's last key: the restart the text given
+    # back needs was named by destroy --dry-run, never followed.
+    backend, desired, (namespace, name) = _cni(api_server, api_server.api_client(),
+                                               "flannel")
+    api_server.put(PODS, _pod(namespace, "flannel-1", "kube-flannel-ds", FLANNEL_LABELS,
+                              created=LONG_AGO))
+    converge(backend, desired)
+    [pending] = converge(backend, State(), allow_teardown=True).restarts
+    assert (pending.workload, pending.stale) == (
+        "DaemonSet kube-flannel/kube-flannel-ds", ("flannel-1",))
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["data"] == {"net-conf.json": NET_CONF}
+    assert set(left["metadata"]["annotations"]) == {CHANGED_ANNOTATION}
+    assert [r.stale for r in pending_restarts(_backend(api_server.api_client(), "flannel"))
+            ] == [("flannel-1",)]
+
+
+def test_a_flannel_file_change_says_k3s_s_restart_pending_once_and_that_it_is_not_followed(
+        tmp_path: Path) -> None:
+    # K3s reads --flannel-conf when it starts, and no cluster object shows when it did:
+    # the apply that wrote the file said nothing of the restart it needs.
+    conf = tmp_path / "flannel.json"
+    conf.write_text(NET_CONF)
+    backend = FlannelBackend(path=conf, allow_disruptive=True)
+    desired = State(owned=[FlannelConfig(backend.target, enable_nftables=True)])
+    [pending] = converge(backend, desired).restarts
+    assert pending.workload == "K3s (the k3s or k3s-agent service on the node)"
+    assert pending.stale is None  # k3snet cannot tell when that is done
+    assert f"flannel config file {conf} changed at " in pending.reason
+    assert "not followed after this run" in pending.reason
+    assert "k3snet cannot tell when that is done" in pending.render()
+    # Not followed: a later pass says nothing it cannot know.
+    assert converge(backend, desired).restarts == ()
+    [undone] = converge(backend, State(), allow_teardown=True).restarts
+    assert undone.workload == pending.workload
+    assert conf.read_text() == NET_CONF
