@@ -344,3 +344,33 @@ def test_the_node_s_pmtu_error_of_a_masqueraded_pod_carries_what_the_kernel_give
         "from the pods' gateway", "to the pod, before the NAT point",
         "to the pod, after the NAT point", "out by cni0"}
     assert ("mtu 1280" not in learnt) is (candidate in expected), learnt  # the kernel's word
+
+
+@pytest.mark.parametrize("lock", [False, True], ids=["mtu", "mtu lock"])
+@pytest.mark.parametrize("table", ["mangle", "filter"])
+def test_an_ip6tables_output_rule_on_the_masquerade_s_address_drops_the_late_error(
+        doctor_lab: DoctorLab, lock: bool, table: str) -> None:
+    """The same through ip6tables-nft: ``-t mangle`` / ``-t filter -A OUTPUT -s`` the
+    uplink's address drops the node's Packet Too Big only where the route's mtu is not
+    locked (the error then comes from the address the masquerade gave the pod's packet);
+    the doctor names the rule exactly then."""
+    topology = Topology(family=6)
+    doctor_lab.configure(topology)
+    run_in(doctor_lab.node, ["ip", "-6", "route", "replace", to_v6(DEST_NETS["plain"]),
+                             "via", to_v6(UPLINKS["eth0"][1]), "dev", "eth0", "mtu",
+                             *(["lock"] if lock else []), "1280", "proto", "static"])
+    try:
+        run_in(doctor_lab.node, ["ip6tables-nft", "-t", table, "-A", "OUTPUT", "-s",
+                                 to_v6(UPLINKS["eth0"][0]), "-p", "ipv6-icmp", "-m", "icmp6",
+                                 "--icmpv6-type", "packet-too-big", "-j", "DROP"])
+        learnt = _learnt(doctor_lab, topology)
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port))
+    finally:
+        doctor_lab.reset()
+        run_in(doctor_lab.names["pod"], ["ip", "-6", "route", "flush", "cache"], check=False)
+    assert ("mtu 1280" in learnt) is lock, learnt  # the kernel's word
+    dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
+    assert [f.severity for f in dropped] == ([] if lock else ["warning"]), d.render()
+    if not lock:
+        assert "OUTPUT" in dropped[0].where, d.render()
