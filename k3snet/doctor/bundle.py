@@ -78,7 +78,11 @@ IPVS_BYTES: Final = 16 * 1024 * 1024
 #: it is given;
 #: ``ipvs.txt``, the namespace's ``/proc/net/ip_vs`` (its first 16 MiB): the
 #: IPVS virtual servers (kube-proxy's IPVS mode) and their real servers, which take what
-#: the node receives for a virtual server's address; empty without IPVS.
+#: the node receives for a virtual server's address; empty without IPVS;
+#: ``routes-v6.txt``, the IPv6 routes' text, the one listing that says a route's ``mtu
+#: lock`` (``ip -j`` prints the mtu alone): the kernel forwards an IPv6 packet up to its
+#: device's MTU unless the route's mtu is locked, and sends the node's Packet Too Big for
+#: a larger one only after postrouting (without the file: read unlocked, the default).
 AUX_FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     "nft-ruleset.txt": ("nft", "-t", "list", "ruleset"),
     "nexthops.json": ("ip", "-j", "nexthop", "show"),
@@ -89,6 +93,7 @@ AUX_FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
                     f'head -c {NFQUEUE_BYTES} "$f" | while read -r n _; do echo "$n"; done'),
     "ipvs.txt": ("sh", "-c", f'[ -e /proc/net/ip_vs ] || exit 0; exec head -c {IPVS_BYTES} '
                  '/proc/net/ip_vs'),
+    "routes-v6.txt": ("ip", "-6", "route", "show", "table", "all"),
 })
 
 #: CNI files read when present (flannel's view of the cluster CIDR).

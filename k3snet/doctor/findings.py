@@ -727,7 +727,9 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
                    "-A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS "
                    "--clamp-mss-to-pmtu), which k3snet does not write and which helps TCP "
                    "alone; and let that ICMP error through to the pods"),
-            *_own_pmtu_error(state, tr, branch, branch.egress, path)]
+            *_own_pmtu_error(state, tr, branch, branch.egress, path, late=(
+                tr.flow.family == 6 and route.mtu == path and not route.mtu_locked
+                and (device_mtu is None or device_mtu > path)))]
     return [found] if found is not None else []
 
 
@@ -780,13 +782,14 @@ def _pmtu_error(state: NodeState, tr: Trace) -> list[Finding]:
 
 
 def _own_pmtu_error(state: NodeState, tr: Trace, branch: Trace, egress: str,
-                    path: int) -> list[Finding]:
+                    path: int, *, late: bool = False) -> list[Finding]:
     """The ICMP error the node itself sends a pod whose packets are too large for its way
     out (``egress``, ``path`` bytes), dropped by a rule of its output path
     (:func:`~k3snet.doctor.trace.own_pmtu_error_steps`): the pod never learns the
     smaller MTU, and its large packets die at the node. Said as not judged where a rule
     the doctor cannot evaluate could drop it; nothing where the flow is blocked or the
-    rulesets were not read."""
+    rulesets were not read. ``late``: an IPv6 route's ``mtu`` not locked, met after
+    postrouting (a masqueraded packet's error then comes from the address it was given)."""
     if tr.verdict is Verdict.BLOCKED or state.unread_rulesets():
         return []
     _, _, error = PMTU_ERRORS[tr.flow.family]
@@ -794,8 +797,13 @@ def _own_pmtu_error(state: NodeState, tr: Trace, branch: Trace, egress: str,
            f"by {egress} and answers the pod with {error}, from which the pod's kernel "
            "learns the smaller MTU; that error is the node's own and leaves by its output "
            "chains, then postrouting")
+    if late:
+        why += (" (the route's mtu is not locked: IPv6 forwards the packet up to the "
+                "device's MTU, and the node answers once it went through postrouting, a "
+                "masqueraded one from the address it was given, by lo)")
     return _error_dropped(
-        own_pmtu_error_steps(state, branch), f"the {error} the node sends", tr.flow.source,
+        own_pmtu_error_steps(state, branch, after_postrouting=late),
+        f"the {error} the node sends", tr.flow.source,
         why, where=f"over {path} bytes by {egress}",
         advice="let ICMP errors related to the pods' connections through the node's output path "
         "before that rule (nft: ct state related accept in the output chain; iptables: -A "

@@ -293,11 +293,8 @@ def _known_statement_text(statement: Any, family: str = "") -> str:  # noqa: PLR
             f" {value['expr']}" if value.get("expr") is not None else "")
     if key in ("masquerade", "snat", "dnat", "redirect"):
         return _nat_text(key, value)
-    if key == "limit" and value.get("rate_unit", "packets") == "packets":
-        burst = value.get("burst", 5)
-        return (f"limit rate {'over ' if value.get('inv') else ''}{value['rate']}/"
-                f"{value.get('per', 'second')}"
-                + (f" burst {burst} packets" if burst != 5 else ""))
+    if key in _STATEFUL or (isinstance(value, str) and key in _NAMED_OBJECTS):
+        return _stateful_text(key, value)
     if key == "log":
         parts = [f'prefix "{value["prefix"]}"' if "prefix" in value else "",
                  f"level {value['level']}" if value.get("level", "warn") != "warn" else "",
@@ -307,6 +304,55 @@ def _known_statement_text(statement: Any, family: str = "") -> str:  # noqa: PLR
                  if "queue-threshold" in value else "", _log_flags(value.get("flags"))]
         return " ".join(["log", *filter(None, parts)])
     return json.dumps(statement, sort_keys=True, separators=(",", ":"))
+
+
+#: Statements that name an object of the table (``counter name "x"``, ``ct helper set
+#: "ftp-std"``).
+_NAMED_OBJECTS: Final = frozenset({"counter", "quota", "limit", "synproxy", "ct helper"})
+
+
+_STATEFUL: Final = frozenset({"limit", "quota", "ct count", "synproxy", "meter", "set"})
+
+
+def _stateful_text(key: str, value: Any) -> str:  # noqa: PLR0911 - one return per statement
+    """``limit``, ``quota``, ``ct count``, ``synproxy``, ``meter`` and a set's ``add`` /
+    ``update`` as nft prints them: ``limit rate over 10 mbytes/second``, ``quota over
+    100 mbytes``, ``ct count over 10``, ``synproxy mss 1460 wscale 7 timestamp
+    sack-perm``, ``meter m size 65535 { ip saddr limit rate 10/second }``, ``update @s {
+    ip saddr limit rate over 10/second }``, ``add @s { ip saddr timeout 10s }``; a named
+    object's (``counter name "x"``, ``quota name "q"``, ``ct helper set "ftp-std"``)."""
+    if isinstance(value, str):
+        return f'{key} set "{value}"' if key == "ct helper" else f'{key} name "{value}"'
+    over = "over " if value.get("inv") else ""
+    if key == "limit":
+        unit = value.get("rate_unit", "packets")
+        if unit == "packets":
+            burst = value.get("burst", 5)
+            return (f"limit rate {over}{value['rate']}/{value.get('per', 'second')}"
+                    + (f" burst {burst} packets" if burst != 5 else ""))
+        burst = value.get("burst", 0)  # a byte rate's burst: printed where not 0
+        return (f"limit rate {over}{value['rate']} {unit}/{value.get('per', 'second')}"
+                + (f" burst {burst} {value.get('burst_unit', 'bytes')}" if burst else ""))
+    if key == "quota":
+        return (f"quota {over}{value['val']} {value.get('val_unit', 'bytes')}"
+                + (f" used {value['used']} {value.get('used_unit', 'bytes')}"
+                   if value.get("used") else ""))
+    if key == "ct count":
+        return f"ct count {over}{value['val']}"
+    if key == "synproxy":
+        flags = value.get("flags", [])
+        return " ".join(["synproxy", *(f"{k} {value[k]}" for k in ("mss", "wscale") if k in value),
+                         *([flags] if isinstance(flags, str) else flags)])
+    if key == "meter":
+        return (f"meter {value['name']}" + (f" size {value['size']}" if "size" in value else "")
+                + f" {{ {_value_text(value['key'])} {_statement_text(value['stmt'])} }}")
+    elem, stmts = value["elem"], value.get("stmt", [])
+    shown = _value_text(elem)
+    if isinstance(elem, Mapping) and "elem" in elem:
+        shown += "".join(f" {k} {_time_text(elem['elem'][k])}" for k in ("timeout", "expires")
+                         if k in elem["elem"])
+    return " ".join([f"{value['op']} {value['set']} {{", shown,
+                     *(_statement_text(stmt) for stmt in stmts), "}"])
 
 
 def _log_flags(flags: Any) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from itertools import pairwise
 from typing import Any, Final
 
 import attrs
@@ -31,6 +32,7 @@ __all__ = [
     "parse_addresses",
     "parse_link_mtus",
     "parse_link_states",
+    "parse_locked_mtus",
     "parse_routes",
     "parse_rules",
     "rp_filter_check",
@@ -83,6 +85,10 @@ class RouteEntry:
     mtu: int | None = None
     """The route's ``mtu`` (``ip route ... mtu 1280``): the largest packet the kernel
     sends, or forwards, through it, below its device's; None: its device's MTU."""
+    mtu_locked: bool = False
+    """``mtu lock``: IPv6 forwarding honours the route's mtu only when locked; else it
+    forwards up to the device's MTU and the packet meets the route's mtu after
+    postrouting (``ip6_dst_mtu_maybe_forward``; IPv4 honours it either way)."""
 
     def via(self, index: int) -> RouteEntry:
         """This route through its nexthop ``index`` alone (itself when it has one)."""
@@ -114,7 +120,7 @@ class RouteEntry:
         if self.metric:
             parts += ["metric", str(self.metric)]
         if self.mtu is not None:
-            parts += ["mtu", str(self.mtu)]
+            parts += ["mtu", *(["lock"] if self.mtu_locked else []), str(self.mtu)]
         return " ".join(parts)
 
 
@@ -226,16 +232,53 @@ def _resolved(item: Mapping[str, Any], nexthops: Mapping[int, Mapping[str, Any]]
             "flags": [*item.get("flags", ()), *found.get("flags", ())]}
 
 
+#: A route's key in both listings of ``ip route``: destination, table, device, metric.
+_RouteKey = tuple[str, str, str | None, int]
+_ROUTE_TYPES: Final = frozenset({"unicast", "local", "broadcast", "anycast", "multicast",
+                                 "blackhole", "unreachable", "prohibit", "throw", "nat"})
+
+
+def parse_locked_mtus(text: str) -> frozenset[_RouteKey]:
+    """``ip route show table all`` text -> the routes whose ``mtu`` is locked (``mtu lock
+    1280``), each by destination, table, device and metric as :func:`parse_routes` reads
+    them from the JSON listing, which leaves the lock out."""
+    locked = set()
+    for line in text.splitlines():
+        words = line.split()
+        if not words or line[0].isspace() or not any(
+                pair == ("mtu", "lock") for pair in pairwise(words)):
+            continue  # a multipath route's nexthop lines carry no metrics
+        if words[0] in _ROUTE_TYPES:
+            words = words[1:]
+
+        def after(word: str, default: str | None, words: list[str] = words) -> str | None:
+            return words[words.index(word) + 1] if word in words[1:-1] else default
+        metric = after("metric", "0")
+        locked.add((words[0], after("table", "main") or "main", after("dev", None),
+                    int(metric) if metric and metric.isdigit() else 0))
+    return frozenset(locked)
+
+
+def _route_key(item: Mapping[str, Any]) -> _RouteKey:
+    metric, device = item.get("metric", 0), item.get("dev")
+    return (str(item["dst"]), str(item.get("table", "main")),
+            device if isinstance(device, str) else None,
+            metric if isinstance(metric, int) and not isinstance(metric, bool) else 0)
+
+
 def parse_routes(data: object, family: int,
-                 nexthops: Mapping[int, Mapping[str, Any]] | None = None) -> list[RouteEntry]:
+                 nexthops: Mapping[int, Mapping[str, Any]] | None = None,
+                 locked: Container[_RouteKey] = frozenset()) -> list[RouteEntry]:
     """``ip -j route show table all`` output (parsed JSON) -> routes of every table.
 
     ``nexthops``: the nexthop objects (:func:`nexthop_objects`), for routes that name
-    theirs by ``nhid`` alone."""
+    theirs by ``nhid`` alone; ``locked``: the routes whose mtu is locked
+    (:func:`parse_locked_mtus`)."""
     routes = []
     for item in data if isinstance(data, list) else []:
         if not isinstance(item, Mapping) or "dst" not in item:
             continue
+        key = _route_key(item)
         if nexthops and "nhid" in item:
             item = _resolved(item, nexthops)  # noqa: PLW2901 - the route as if dumped whole
         if "dead" in item.get("flags", ()):
@@ -283,6 +326,7 @@ def parse_routes(data: object, family: int,
             _tos(item.get("tos")),
             tuple(down),
             _route_mtu(item.get("metrics")),
+            key in locked,
         ))
     return routes
 

@@ -54,6 +54,7 @@ from k3snet.doctor.routing import (
     parse_addresses,
     parse_link_mtus,
     parse_link_states,
+    parse_locked_mtus,
     parse_routes,
     parse_rules,
 )
@@ -378,6 +379,7 @@ class NodeState:
                            + (f"; dormant tables, hooked nowhere: {', '.join(dormant)}"
                               if dormant else ""))
         nexthops = nexthop_objects(capture.json("nexthops.json"))
+        locked = parse_locked_mtus(capture.text("routes-v6.txt"))
         cidrs = []
         for match in _FLANNEL_NETWORK.finditer(capture.text("flannel-subnet.env")):
             cidrs.append(ip_network(match["cidr"], strict=False))
@@ -401,7 +403,8 @@ class NodeState:
             links=parse_link_states(capture.json("addr.json")),
             mtus=parse_link_mtus(capture.json("addr.json")),
             masters=_masters(capture.json("addr.json")),
-            routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f, nexthops))
+            routes={f: tuple(parse_routes(capture.json(f"routes-v{f}.json"), f, nexthops,
+                                          locked if f == 6 else frozenset()))
                     for f in (4, 6)},
             rules={f: tuple(parse_rules(capture.json(f"rules-v{f}.json"), f)) for f in (4, 6)},
             sysctls=capture.sysctls(),

@@ -349,7 +349,10 @@ class _Tracer:
         natted: ChainResult | None = None
         translated = at_nat is None
         for chain in chains:
-            past = _past_nat(chain, after_core=flip)
+            # The output hook's core (its DNAT point) translates only the node's own
+            # packets: a trace of them splits there (``part``), no other trace does.
+            past = (chain.kind != "nat" and chain.priority > _NAT_DST_PRIORITY
+                    if hook == "output" else _past_nat(chain, after_core=flip))
             if part is not None and past != (part == "after-nat"):
                 continue
             if past and not translated:
@@ -620,7 +623,8 @@ def _flow_untracked(tr: Trace) -> bool:
     return any(s.code == "untracked" and s.direction == "original" for s in tr.steps)
 
 
-def own_pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
+def own_pmtu_error_steps(state: NodeState, tr: Trace, *,
+                         after_postrouting: bool = False) -> tuple[Step, ...]:
     """The way to the pod of the ICMP error the node itself sends when the flow's packets
     are too large for its own way out (:data:`PMTU_ERRORS`; the ``path-mtu`` finding):
     made by the node (``icmp_send`` / ``icmp6_send`` from the forward path), it leaves
@@ -633,7 +637,16 @@ def own_pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
     entry (``invalid``). nat chains never see it. It goes from the
     node's address towards the pod (the one source address selection picks on the
     pod's interface) out of the interface the pod's packets came in by. ``tr`` is the
-    branch whose way out is the smaller."""
+    branch whose way out is the smaller.
+
+    ``after_postrouting``: the packet met the smaller MTU only once through postrouting
+    (IPv6, a route's ``mtu`` not locked: ``ip6_forward`` lets it through up to the
+    device's MTU, ``ip6_fragment`` answers). A masquerade had translated it then: the
+    error goes to the address the pod was given, from that address (the node's own,
+    source address selection's first rule), out by ``lo``; the NAT core's point of the
+    output hook translates its destination back to the pod, every output chain still
+    seeing ``lo`` as its way out, and postrouting the pod's interface (a lab's counters
+    on rules matching each candidate)."""
     flow, fam = tr.flow, tr.flow.family
     if tr.ingress is None or tr.source_seen is None:
         return ()
@@ -651,7 +664,19 @@ def own_pmtu_error_steps(state: NodeState, tr: Trace) -> tuple[Step, ...]:
                    tr.ingress, "invalid" if untracked else "related", "reply", 0,
                    local, state.ipsets(), nat=nat,  # type: ignore[arg-type]
                    queues=state.queue_readers, icmp=icmp)
-    error, _, dropped = t.hook(error, "output", first=False, attached=not untracked)
+    seen = tr.source_seen
+    if after_postrouting and "snat" in nat and seen in local:
+        error = attrs.evolve(error, src=seen, dst=seen, oif="lo")
+        error, _, dropped = t.hook(error, "output", first=False, part="before-nat",
+                                   attached=True)
+        if dropped:
+            return tuple(t.steps)
+        error = attrs.evolve(error, dst=flow.source)  # conntrack translates it back
+        error, _, dropped = t.hook(error, "output", first=False, part="after-nat",
+                                   attached=True)
+        error = attrs.evolve(error, oif=tr.ingress)  # routed again, to the pod
+    else:
+        error, _, dropped = t.hook(error, "output", first=False, attached=not untracked)
     if not dropped:
         t.hook(error, "postrouting", first=False)
     return tuple(t.steps)

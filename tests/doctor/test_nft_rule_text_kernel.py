@@ -183,3 +183,52 @@ def test_every_rule_of_the_odd_shapes_is_written_as_nft_list_ruleset_prints_it()
         text = run_in(netns, ["nft", "-a", "list", "ruleset"]).stdout
     assert sum("rule" in item for item in data["nftables"]) == 22
     assert differences(data, text) == []
+
+
+#: Stateful statements, shown as JSON before: byte rates (``limit rate over 10
+#: mbytes/second``), quotas, ``ct count``, named objects (``counter name "x"``, ``ct
+#: helper set "ftp-std"``), meters
+#: and a dynamic set's ``add`` / ``update``, ``synproxy``.
+_STATEFUL_RULESET = """table inet h_text {
+ counter x { }
+ quota q { over 100 mbytes }
+ ct helper ftp-std { type "ftp" protocol tcp; }
+ limit lm { rate 400/minute }
+ synproxy sp { mss 1460 wscale 7 }
+ set m4 { type ipv4_addr; size 65535; flags dynamic,timeout; timeout 1m; }
+ set c4 { type ipv4_addr; size 65535; flags dynamic; }
+ chain forward {
+  type filter hook forward priority 0; policy accept;
+  limit rate over 10 mbytes/second drop
+  limit rate 1 kbytes/minute burst 2 kbytes accept
+  limit rate 400 bytes/second accept
+  limit rate 2 mbytes/second burst 3000 bytes accept
+  quota over 100 mbytes drop
+  quota 500 kbytes accept
+  ct count over 10 drop
+  ct count 5 accept
+  counter name "x" accept
+  quota name "q" drop
+  tcp dport 22 meter sshm size 65535 { ip saddr limit rate 10/second } accept
+  update @m4 { ip saddr limit rate over 10/second } drop
+  add @m4 { ip saddr timeout 10s } accept
+  add @c4 { ip saddr ct count over 3 } drop
+  tcp dport 80 ct state invalid,untracked synproxy mss 1460 wscale 7 timestamp sack-perm
+  tcp dport 81 synproxy mss 1460 wscale 7
+  tcp dport 82 synproxy
+  tcp dport 83 synproxy name "sp"
+  tcp dport 21 ct helper set "ftp-std"
+  limit name "lm" accept
+  limit rate 10/hour burst 1 packets accept
+ }
+}
+"""
+
+
+def test_every_stateful_rule_is_written_as_nft_list_ruleset_prints_it() -> None:
+    with temporary_netns("nftstate") as netns:
+        run_in(netns, ["nft", "-f", "-"], input_text=_STATEFUL_RULESET)
+        data = json.loads(run_in(netns, ["nft", "-j", "list", "ruleset"]).stdout)
+        text = run_in(netns, ["nft", "-a", "list", "ruleset"]).stdout
+    assert sum("rule" in item for item in data["nftables"]) == 21
+    assert differences(data, text) == []

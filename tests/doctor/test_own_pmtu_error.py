@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from k3snet.doctor import Finding, Flow, NodeCapture, NodeState, Verdict, diagnose
+from k3snet.doctor.routing import parse_locked_mtus, parse_routes
 
 
 def _findings(*output: str, family: int = 4, nft: list[list[Any]] | None = None,
@@ -159,3 +160,27 @@ def test_the_node_s_own_error_is_related_unless_the_pod_s_packets_are_untracked(
                                masquerade=False)
     assert verdict is Verdict.REACHES
     assert [f.severity for f in found] == (["warning"] if dropped else [])
+
+
+def test_a_route_s_mtu_lock_is_read_from_the_routes_text_which_ip_j_leaves_out() -> None:
+    """``ip -j route`` prints ``"metrics":[{"mtu":1280}]`` locked or not (iproute2 6.1);
+    the text says ``mtu lock``. Recorded from a lab namespace."""
+    text = ("fd01:2::/64 via fd01:1::1 dev eth0 proto static metric 1024 mtu lock 1280 "
+            "pref medium\n"
+            "fd01:3::/64 via fd01:1::1 dev eth0 metric 1024 mtu 1280 advmss lock 1200 "
+            "pref medium\n"
+            "fd01:4::/64 via fd01:1::1 dev eth0 table 100 metric 1024 mtu lock 1400 "
+            "pref medium\n"
+            "unreachable fd01:5::/64 dev lo metric 1024 mtu lock 1300 pref medium\n")
+    data = [{"dst": "fd01:2::/64", "gateway": "fd01:1::1", "dev": "eth0", "protocol": "static",
+             "metric": 1024, "flags": [], "metrics": [{"mtu": 1280}]},
+            {"dst": "fd01:3::/64", "gateway": "fd01:1::1", "dev": "eth0", "metric": 1024,
+             "flags": [], "metrics": [{"mtu": 1280, "advmss": 1200}]},
+            {"dst": "fd01:4::/64", "gateway": "fd01:1::1", "dev": "eth0", "table": "100",
+             "metric": 1024, "flags": [], "metrics": [{"mtu": 1400}]},
+            {"type": "unreachable", "dst": "fd01:5::/64", "dev": "lo", "metric": 1024,
+             "flags": [], "metrics": [{"mtu": 1300}]}]
+    routes = parse_routes(data, 6, None, parse_locked_mtus(text))
+    assert [r.mtu_locked for r in routes] == [True, False, True, True]
+    assert routes[0].describe().endswith("mtu lock 1280")
+    assert not any(r.mtu_locked for r in parse_routes(data, 6))  # no text: not locked

@@ -285,3 +285,92 @@ def test_a_router_s_pmtu_error_is_related_unless_the_pod_s_packets_are_untracked
         assert "mtu 1280" not in learnt, learnt
         assert [f.severity for f in dropped] == ["warning"], d.render()
         assert "router beyond the node" in dropped[0].what, d.render()
+
+
+#: A drop of the node's error in an output chain, on one address or interface it could
+#: carry: (priority, match) in the lab's IPv4 words (to_v6 gives IPv6's). Raw's priority
+#: runs before the NAT core's point of the hook, filter's after it.
+_CANDIDATES = {
+    "from the pods' gateway": ("filter", "ip saddr 10.42.0.1"),
+    "from the uplink's address": ("filter", "ip saddr 192.168.1.5"),
+    "to the pod, before the NAT point": ("raw", "ip daddr 10.42.0.10"),
+    "to the uplink's address, before the NAT point": ("raw", "ip daddr 192.168.1.5"),
+    "to the pod, after the NAT point": ("filter", "ip daddr 10.42.0.10"),
+    "out by lo": ("filter", 'oifname "lo"'),
+    "out by cni0": ("filter", 'oifname "cni0"'),
+}
+
+
+@pytest.mark.parametrize("candidate", list(_CANDIDATES))
+@pytest.mark.parametrize("lock", [False, True], ids=["mtu", "mtu lock"])
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_node_s_pmtu_error_of_a_masqueraded_pod_carries_what_the_kernel_gives_it(
+        doctor_lab: DoctorLab, family: Literal[4, 6], lock: bool, candidate: str) -> None:
+    """An IPv6 route's ``mtu`` not locked is met after postrouting (``ip6_forward`` lets
+    the packet through up to its device's MTU): the masquerade translated it, so the
+    node's Packet Too Big goes from the uplink's address to it, by ``lo``, and the NAT
+    core's point of the output hook sends it back to the pod. A locked one, and IPv4's
+    either way, answers before: from the pods' gateway to the pod, by cni0. The kernel:
+    the pod learns the MTU unless the rule matched; the doctor names the rule exactly
+    then. It read every error as the second kind."""
+    topology = Topology(family=family)
+    doctor_lab.configure(topology)
+    convert = to_v6 if family == 6 else str
+    run_in(doctor_lab.node, ["ip", f"-{family}", "route", "replace", convert(DEST_NETS["plain"]),
+                             "via", convert(UPLINKS["eth0"][1]), "dev", "eth0", "mtu",
+                             *(["lock"] if lock else []), "1280", "proto", "static"])
+    priority, match = _CANDIDATES[candidate]
+    error = ("icmpv6 type packet-too-big" if family == 6
+             else "icmp type destination-unreachable icmp code frag-needed")
+    try:
+        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=(
+            "table inet h_own_pmtu {\n chain output {\n"
+            f"  type filter hook output priority {priority}; policy accept;\n"
+            f"  {error} {convert(match)} drop\n }}\n}}\n"))
+        learnt = _learnt(doctor_lab, topology)
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port))
+    finally:
+        doctor_lab.reset()
+        run_in(doctor_lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"],
+               check=False)
+    assert "path-mtu" in [f.code for f in d.findings], d.render()
+    dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
+    assert [f.severity for f in dropped] == ([] if "mtu 1280" in learnt else ["warning"]), (
+        learnt, d.render())
+    late = family == 6 and not lock
+    expected = {"from the uplink's address", "to the uplink's address, before the NAT point",
+                "to the pod, after the NAT point", "out by lo"} if late else {
+        "from the pods' gateway", "to the pod, before the NAT point",
+        "to the pod, after the NAT point", "out by cni0"}
+    assert ("mtu 1280" not in learnt) is (candidate in expected), learnt  # the kernel's word
+
+
+@pytest.mark.parametrize("lock", [False, True], ids=["mtu", "mtu lock"])
+@pytest.mark.parametrize("table", ["mangle", "filter"])
+def test_an_ip6tables_output_rule_on_the_masquerade_s_address_drops_the_late_error(
+        doctor_lab: DoctorLab, lock: bool, table: str) -> None:
+    """The same through ip6tables-nft: ``-t mangle`` / ``-t filter -A OUTPUT -s`` the
+    uplink's address drops the node's Packet Too Big only where the route's mtu is not
+    locked (the error then comes from the address the masquerade gave the pod's packet);
+    the doctor names the rule exactly then."""
+    topology = Topology(family=6)
+    doctor_lab.configure(topology)
+    run_in(doctor_lab.node, ["ip", "-6", "route", "replace", to_v6(DEST_NETS["plain"]),
+                             "via", to_v6(UPLINKS["eth0"][1]), "dev", "eth0", "mtu",
+                             *(["lock"] if lock else []), "1280", "proto", "static"])
+    try:
+        run_in(doctor_lab.node, ["ip6tables-nft", "-t", table, "-A", "OUTPUT", "-s",
+                                 to_v6(UPLINKS["eth0"][0]), "-p", "ipv6-icmp", "-m", "icmp6",
+                                 "--icmpv6-type", "packet-too-big", "-j", "DROP"])
+        learnt = _learnt(doctor_lab, topology)
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port))
+    finally:
+        doctor_lab.reset()
+        run_in(doctor_lab.names["pod"], ["ip", "-6", "route", "flush", "cache"], check=False)
+    assert ("mtu 1280" in learnt) is lock, learnt  # the kernel's word
+    dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
+    assert [f.severity for f in dropped] == ([] if lock else ["warning"]), d.render()
+    if not lock:
+        assert "OUTPUT" in dropped[0].where, d.render()
