@@ -648,6 +648,9 @@ class CalicoBackend(BackendBase):
         self._bgp_export_lost: dict[str, tuple[object, object, float]] = {}
         # _read_pool_crd's answer in this listing; None: not read.
         self._pool_crd: tuple[bool | None, object] | None = None
+        # The last answer of the IPPool CRD's read and when it came, kept for
+        # BGP_EXPORT_RETRY seconds (_read_pool_crd).
+        self._pool_crd_read: tuple[tuple[bool | None, object], float] | None = None
         self._monotonic = time.monotonic  # the holds' clock (a test moves it)
 
     @property
@@ -774,7 +777,18 @@ class CalicoBackend(BackendBase):
     def _read_pool_crd(self) -> tuple[bool | None, object]:
         """Whether the IPPool CRD's schema prunes ``spec.disableBGPExport`` (None: not
         known: the CRD unreadable, 403 without the right to get it, or its schema not
-        understood), and the CRD's resourceVersion (an upgrade changes it)."""
+        understood), and the CRD's resourceVersion (an upgrade changes it).
+
+        An answer (the CRD, or 403/404) is kept for :data:`BGP_EXPORT_RETRY` seconds:
+        before Calico v3.21 every listing of the agent's passes needs it (k3snet's pools
+        lack the field for good), and read on each it was one more GET of a CRD of some
+        kilobytes a pass. An upgrade of the CRD meanwhile is seen when it runs out, as a
+        hold learned from a write's answer is tried again then. Another failure (a 500, a
+        timeout) is not kept."""
+        now = self._monotonic()
+        kept = self._pool_crd_read
+        if kept is not None and now - kept[1] < BGP_EXPORT_RETRY:
+            return kept[0]
         try:
             with translate_errors(f"read CustomResourceDefinition {POOL_CRD}",
                                   classifier=KubeErrors(timeout=self.timeout)):
@@ -783,10 +797,15 @@ class CalicoBackend(BackendBase):
                     _request_timeout=self.timeout)
         except KubeApiError as exc:
             log.debug("calico: %s", exc)
+            if exc.status in (403, 404):
+                self._pool_crd_read = ((None, None), now)
             return None, None
-        if not isinstance(crd, Mapping):
-            return None, None
-        return _prunes_bgp_export(crd), (crd.get("metadata") or {}).get("resourceVersion")
+        verdict: tuple[bool | None, object] = (None, None)
+        if isinstance(crd, Mapping):
+            verdict = (_prunes_bgp_export(crd),
+                       (crd.get("metadata") or {}).get("resourceVersion"))
+        self._pool_crd_read = (verdict, now)
+        return verdict
 
     def _saw_written(self, sent: Mapping[str, Any], answer: object) -> None:
         """Learn from a write's answer that the API drops ``disableBGPExport``: sent true,

@@ -1006,6 +1006,8 @@ def test_a_pool_written_before_calico_s_upgrade_to_3_21_gets_disable_bgp_export_
         server.put(CRDS, ippool_crd(bgp_export_field=False))
         server.put(resource, {**FOREIGN[0], "apiVersion": version})
         backend = _backend(server.api_client(), api=api)
+        now = [1000.0]
+        backend._monotonic = lambda: now[0]
         backend.apply(plan(backend.observe(), compile_ippools(LAN)))
         assert plan(backend.observe(), compile_ippools(LAN)).empty
         assert len(backend.warnings) == 1
@@ -1017,6 +1019,9 @@ def test_a_pool_written_before_calico_s_upgrade_to_3_21_gets_disable_bgp_export_
         server.put(CRDS, ippool_crd(bgp_export_field=True))
         if process == "a new process":
             backend = _backend(server.api_client(), api=api)
+        else:  # the agent read the CRD a pass ago: its answer is kept a while
+            assert plan(backend.observe(), compile_ippools(LAN)).empty
+            now[0] += BGP_EXPORT_RETRY
         p = plan(backend.observe(), compile_ippools(LAN))
         assert [str(c).split(" (was")[0] for c in p] == [
             f"~ ippool {LAN_POOL} 192.168.0.0/16 disabled blockSize=26 disableBGPExport"]
@@ -1050,6 +1055,40 @@ def test_a_pool_of_k3snet_s_without_disable_bgp_export_is_dropped_only_where_the
         assert pool.disable_bgp_export_dropped is dropped
         assert plan(backend.observe(), compile_ippools(LAN)).empty is dropped
         assert len(backend.warnings) == int(dropped)
+
+
+def _crd_reads(server: EmulatedApiServer) -> int:
+    return sum(1 for method, path, _ in server.requests()
+               if method == "GET" and "/customresourcedefinitions/" in path)
+
+
+@pytest.mark.parametrize("crd", ["schema without it", "not readable"])
+def test_an_agent_reads_the_ippool_crd_once_a_retry_interval_not_on_every_pass(
+        crd: str) -> None:
+    # Calico before v3.21: k3snet's pools lack disableBGPExport for good, and every
+    # listing of the agent's passes read the IPPool CRD again (some kilobytes a GET) to
+    # learn what the last one had learned. Now its answer (a 403 too) is kept for
+    # BGP_EXPORT_RETRY seconds.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, CRDS), pruned=NO_BGP_EXPORT) as server:
+        server.put(CRDS, ippool_crd(bgp_export_field=False))
+        if crd == "not readable":
+            server.fail(403, plural="customresourcedefinitions", times=None)
+        server.put(CRD, FOREIGN[0])
+        server.put(CRD, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16", "disabled": True,
+                                                  "blockSize": 26}, labels=LABEL))
+        backend = _backend(server.api_client())
+        now = [1000.0]
+        backend._monotonic = lambda: now[0]
+        backend.apply(plan(backend.observe(), compile_ippools(LAN)))
+        assert _crd_reads(server) == 1
+        for _ in range(3):  # the agent's passes
+            now[0] += 60
+            assert plan(backend.observe(), compile_ippools(LAN)).empty
+            assert len(backend.warnings) == 1
+        assert _crd_reads(server) == 1
+        now[0] += BGP_EXPORT_RETRY
+        backend.observe()
+        assert _crd_reads(server) == 2
 
 
 @pytest.mark.parametrize("crd", ["the CRD keeps it", "the CRD not readable"])
