@@ -35,7 +35,8 @@ ip-masq-agent is on (``cilium-config``, a CiliumNodeConfig, k3snet's keys) ``obs
 reads the DaemonSet (``daemonset``, in Cilium's namespace; never written; ``check`` and
 ``apply`` where the plan turns it on; elsewhere not at all): where its
 ``cilium-agent`` container does not have the ConfigMap's ``config`` key at
-``/etc/config/ip-masq-agent`` (or ``ip-masq-agent-config-path``), the foreign config
+``/etc/config/ip-masq-agent`` (or the ``ip-masq-agent-config-path`` the agent reads:
+its argument, a CiliumNodeConfig's, ``cilium-config``'s), the foreign config
 says so (``CiliumConfig.ip_masq_agent_unmounted``), and Cilium's ip-masq-agent is
 judged with its default list; with nothing mounted at ``/etc/config`` at all, the agent
 does not start with ``enable-ip-masq-agent`` (``ip_masq_agent_no_directory``), so a
@@ -65,7 +66,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -84,6 +85,7 @@ from k3snet.backends.base import ApplyResult, PendingRestart, ensure_capable
 from k3snet.backends.cilium_mount import (
     DEFAULT_AGENT_FILE,
     DEFAULT_DAEMONSET,
+    agent_config_path,
     agent_directory_missing,
     agent_file_copied,
     agent_file_mounted,
@@ -759,6 +761,24 @@ class _Api:
                 raise
 
 
+CONFIG_PATH_KEY = "ip-masq-agent-config-path"
+
+
+def _agent_file(path: str | None) -> str:
+    """The file the agent reads for an ``ip-masq-agent-config-path`` value (None or blank:
+    Cilium's default)."""
+    return path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE
+
+
+def _agent_paths(foreign: CiliumConfig, owned: CiliumConfig | None) -> set[str | None]:
+    """The ``ip-masq-agent-config-path`` of each group of nodes where Cilium's
+    ip-masq-agent is on (``foreign``'s view there, or k3snet's key), a CiliumNodeConfig's
+    over ``cilium-config``'s, as the agent lays them; empty where it is on nowhere."""
+    owned_on = owned is not None and owned.flag("enable-ip-masq-agent")
+    return {view.value(CONFIG_PATH_KEY) for _, view in foreign.on_nodes()
+            if owned_on or view.flag("enable-ip-masq-agent")}
+
+
 def _nothing_changed(exc: BackendError) -> ApplyError:
     """``exc``, a failed read before any write, as the ApplyError a check or apply gives."""
     return exc if isinstance(exc, ApplyError) else ApplyError(f"{exc}; nothing was changed")
@@ -1125,9 +1145,9 @@ class CiliumBackend(BackendBase):
         # (a 500, a timeout) failed every observe. A plan turning it on has it read by
         # check and apply (_edit).
         mount = None
-        if any(view.flag("enable-ip-masq-agent") for _, view in foreign.on_nodes()) or (
-                owned is not None and owned.flag("enable-ip-masq-agent")):
-            mount = self._mount(read.config.data)
+        paths = _agent_paths(foreign, owned)
+        if paths:
+            mount = self._mount(paths)
             mount.warn_if(True, self._api.warn)
             foreign = attrs.evolve(foreign, ip_masq_agent_unmounted=mount.unmounted,
                                    ip_masq_agent_no_directory=mount.no_directory)
@@ -1141,15 +1161,29 @@ class CiliumBackend(BackendBase):
                 self._api.egress_gateway_policies(), "CiliumEgressGatewayPolicies"))
         return State(owned=[] if owned is None else [owned], foreign=[foreign])
 
-    def _mount(self, config: Mapping[str, str]) -> _Mount:
+    def _mount(self, paths: Iterable[str | None]) -> _Mount:
         """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``unmounted``
         ``None``: they do, or it is not known: the DaemonSet not found or not to be read,
-        a warning), and whether their container has no directory for its file at all."""
+        a warning), and whether their container has no directory for its file at all.
+
+        ``paths``: the ``ip-masq-agent-config-path`` values where the ip-masq-agent is on
+        (``None``: unset, Cilium's default); an agent started with
+        ``--ip-masq-agent-config-path`` reads that file instead, on every node. Of
+        several, the one worst off is said (no directory, then not mounted)."""
         found = self._api.daemonset(self._daemonset)
         if isinstance(found, str):
             return _Mount(unknown=found)
-        path = config.get("ip-masq-agent-config-path")
-        path = path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE
+        given = agent_config_path(found)
+        files = {_agent_file(p) for p in ([given] if given is not None else paths)}
+        mounts = [self._mount_at(found, path) for path in sorted(files or {DEFAULT_AGENT_FILE})]
+        worst = min(mounts, key=lambda m: (m.unknown is None, not m.no_directory,
+                                            m.unmounted is None))
+        if worst.unknown is None and worst.unmounted is None:
+            return _Mount(copied=any(m.copied for m in mounts))
+        return worst
+
+    def _mount_at(self, found: Mapping[str, Any], path: str) -> _Mount:
+        """:meth:`_mount` of the DaemonSet ``found`` for the agent's file at ``path``."""
         mounted, why = agent_file_mounted(
             found, f"DaemonSet {self._api.namespace}/{self._daemonset}", self._api.agent_name,
             key=AGENT_CONFIG_KEY, path=path)
@@ -1332,7 +1366,7 @@ class CiliumBackend(BackendBase):
         if read.mount is not None or not on(after) or on(read.config.data):
             return read.mount or _Mount()
         try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
-            mount = self._mount(read.config.data)
+            mount = self._mount([read.config.data.get(CONFIG_PATH_KEY)])
         except BackendError as exc:
             raise _nothing_changed(exc) from exc
         mount.warn_if(True, self._api.warn)

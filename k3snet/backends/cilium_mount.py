@@ -20,8 +20,9 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["AGENT_CONTAINER", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET", "agent_directory_missing",
-           "agent_file_copied", "agent_file_mounted"]
+__all__ = ["AGENT_CONTAINER", "CONFIG_PATH_FLAG", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET",
+           "agent_config_path", "agent_directory_missing", "agent_file_copied",
+           "agent_file_mounted"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -31,6 +32,10 @@ AGENT_CONTAINER = "cilium-agent"
 
 DEFAULT_AGENT_FILE = "/etc/config/ip-masq-agent"
 """Where the agent reads the ip-masq-agent file (its ``ip-masq-agent-config-path`` flag)."""
+
+
+CONFIG_PATH_FLAG = "--ip-masq-agent-config-path"
+"""The agent's argument naming the ip-masq-agent file (``ip-masq-agent-config-path``)."""
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
@@ -73,6 +78,38 @@ def _pod_and_agent(daemonset: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     agent = next((c for c in _dicts(pod.get("containers"))
                   if c.get("name") == AGENT_CONTAINER), None)
     return pod, agent
+
+
+def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
+    """The ``--ip-masq-agent-config-path`` the ``cilium-agent`` container of ``daemonset``
+    is started with (its ``command`` and ``args``, the last one before ``--``, as pflag
+    reads them; ``None``: not given). An argument given is what the agent reads: viper
+    takes a flag set on the command line over the same key of its ``--config-dir`` (the
+    ``cilium-config`` keys and the CiliumNodeConfigs' laid over them).
+
+    >>> agent = {"name": "cilium-agent", "command": ["cilium-agent"],
+    ...          "args": ["--config-dir=/tmp/cilium/config-map",
+    ...                   "--ip-masq-agent-config-path", "/etc/masq/config"]}
+    >>> agent_config_path({"spec": {"template": {"spec": {"containers": [agent]}}}})
+    '/etc/masq/config'
+    """
+    _, agent = _pod_and_agent(daemonset)
+    if agent is None:
+        return None
+    argv: list[str] = []
+    for key in ("command", "args"):
+        value = agent.get(key)
+        argv += [a for a in value if isinstance(a, str)] if isinstance(value, list) else []
+    found, index = None, 0
+    while index < len(argv) and argv[index] != "--":
+        arg = argv[index]
+        index += 1
+        if arg.startswith(CONFIG_PATH_FLAG + "="):
+            found = arg[len(CONFIG_PATH_FLAG) + 1:]
+        elif arg == CONFIG_PATH_FLAG and index < len(argv):
+            found = argv[index]  # its value, whatever it looks like
+            index += 1
+    return found
 
 
 def _mounted_at(mount: Mapping[str, Any], inside: str) -> str | None:

@@ -515,3 +515,76 @@ def test_a_failed_daemonset_read_refuses_a_plan_turning_the_ip_masq_agent_on(
         backend.observe()
     api_server.clear_faults()
     assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+
+
+def _masq_daemonset(*, args: list[str] | None = None) -> dict[str, Any]:
+    """Helm's DaemonSet with the ip-masq-agent volume mounted at /etc/masq, not /etc/config
+    (``args``: more arguments of the agent)."""
+    ds = cilium_daemonset(ip_masq_agent=True)
+    agent = _pod(ds)["containers"][0]
+    agent["volumeMounts"][-1]["mountPath"] = "/etc/masq"
+    agent["args"] += args or []
+    return ds
+
+
+def _unmounted(backend: CiliumBackend) -> tuple[str | None, bool]:
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    return foreign.ip_masq_agent_unmounted, foreign.ip_masq_agent_no_directory
+
+
+@pytest.mark.parametrize("spelled", [["--ip-masq-agent-config-path=/etc/masq/ip-masq-agent"],
+                                     ["--ip-masq-agent-config-path", "/etc/masq/ip-masq-agent"]],
+                         ids=["flag=value", "flag value"])
+def test_the_agent_s_ip_masq_agent_config_path_argument_is_the_file_judged(
+    spelled: list[str], cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The agent started with --ip-masq-agent-config-path reads that file (a flag on the
+    # command line wins over cilium-config's key, viper's order): the mount check looked
+    # at /etc/config/ip-masq-agent whatever the argument said.
+    cilium.put(DAEMONSETS, _masq_daemonset())
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/config/ip-masq-agent (it is at /etc/masq/ip-masq-agent)" in why
+    assert no_directory
+    cilium.put(DAEMONSETS, _masq_daemonset(args=spelled))
+    assert _unmounted(backend) == (None, False)
+    assert _reasons(backend, _spec(cidrs=["10.0.0.0/8"])) == []
+    # ... over cilium-config's key too; and mounted at /etc/config, the argument
+    # elsewhere is not that file.
+    cilium.put(CONFIGMAPS, _cilium_config({
+        **EBPF_AGENT, "ip-masq-agent-config-path": "/etc/config/ip-masq-agent"}))
+    assert _unmounted(backend) == (None, False)
+    helm = cilium_daemonset(ip_masq_agent=True)
+    _pod(helm)["containers"][0]["args"] += spelled
+    cilium.put(DAEMONSETS, helm)
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/ip-masq-agent (it is at /etc/config/ip-masq-agent)" in why
+    assert not no_directory
+    # After "--" an argument is no flag.
+    _pod(helm)["containers"][0]["args"][-len(spelled):-len(spelled)] = ["--"]
+    cilium.put(DAEMONSETS, helm)
+    assert _unmounted(backend) == (None, False)
+
+
+def test_a_node_config_s_ip_masq_agent_config_path_is_the_file_judged_on_its_nodes(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # A CiliumNodeConfig's ip-masq-agent-config-path is what the agents of its nodes read
+    # (laid over cilium-config's): unmounted there, Cilium's default list applies there.
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    assert _unmounted(backend) == (None, False)
+    cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"ip-masq-agent-config-path": "/etc/masq/ip-masq-agent"}))
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/ip-masq-agent (it is at /etc/config/ip-masq-agent)" in why
+    assert not no_directory
+    (reason,) = _reasons(backend, _spec(cidrs=["10.0.0.0/8"]))
+    assert "192.168.0.0/16, from Cilium's default list" in reason
+    # Where the ip-masq-agent is off on its nodes, its path does not matter.
+    cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"ip-masq-agent-config-path": "/etc/masq/ip-masq-agent",
+                 "enable-ip-masq-agent": "false"}))
+    assert _unmounted(backend) == (None, False)
