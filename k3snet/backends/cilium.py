@@ -1022,6 +1022,11 @@ class CiliumBackend(BackendBase):
             api_client, kubeconfig=kubeconfig, context=context)
         self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout)
         self._observed: FreshRead[_Read] = FreshRead()  # for the check or apply after it
+        # The owned config the last expect() hinted at (None: no hint, or none wanted).
+        self._expected: CiliumConfig | None = None
+        self.warnings: tuple[str, ...] = ()
+        """What the last :meth:`observe` found worth saying: a refusal ahead (see
+        :meth:`expect`)."""
         # CHANGED_ANNOTATION as the last observe read it or the last apply left it (a
         # 1-tuple; None: not known), for the pending_restarts() right after.
         self._stamp: tuple[str | None] | None = None
@@ -1126,6 +1131,7 @@ class CiliumBackend(BackendBase):
         """The keys k3snet set (owned) and the settings as they would be without them
         (foreign), with the CiliumNodeConfigs that set keys of them on some nodes."""
         self._observed.drop()
+        self.warnings = ()
         read = self._read()
         self._stamp = (None if read.config is None else read.config.changed_at,)
         if read.config is None:
@@ -1152,6 +1158,8 @@ class CiliumBackend(BackendBase):
             foreign = attrs.evolve(foreign, ip_masq_agent_unmounted=mount.unmounted,
                                    ip_masq_agent_no_directory=mount.no_directory)
         self._file_copied = mount is not None and mount.copied
+        if mount is None:
+            mount = self._mount_ahead(read)
         self._observed.put(attrs.evolve(read, mount=mount))
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
@@ -1160,6 +1168,39 @@ class CiliumBackend(BackendBase):
             foreign = attrs.evolve(foreign, egress_gateways=_egress_gateways(
                 self._api.egress_gateway_policies(), "CiliumEgressGatewayPolicies"))
         return State(owned=[] if owned is None else [owned], foreign=[foreign])
+
+    def expect(self, state: State) -> None:
+        """A hint: ``state``'s owned config is what the plan will want (``k3snet plan`` and
+        :func:`~k3snet.converge.converge` give it before :meth:`observe`).
+
+        Changes no result. Where it turns Cilium's ip-masq-agent on, off until then
+        (nothing read the DaemonSet), :meth:`observe` reads the DaemonSet all the same,
+        and :attr:`warnings` says ahead what ``check`` and ``apply`` refuse (nothing
+        mounted at ``/etc/config``): ``plan`` said nothing of it. Its answer serves the
+        ``check`` or ``apply`` right after; a failed read is theirs to say."""
+        self._expected = next((o for o in state.owned if isinstance(o, CiliumConfig)
+                               and o.target == self.target), None)
+
+    def _mount_ahead(self, read: _Read) -> _Mount | None:
+        """The mount read where the hint (:meth:`expect`) turns the ip-masq-agent on and
+        nothing had it on (None: not read, or its read failed); :attr:`warnings` says the
+        refusal ahead."""
+        expected, config = self._expected, read.config
+        if expected is None or config is None or not expected.flag("enable-ip-masq-agent"):
+            return None
+        after = {**config.data, **{k: str(v) for k, v in expected.settings.to_dict().items()}}
+        try:
+            mount = self._mount([after.get(CONFIG_PATH_KEY)])
+        except BackendError:  # check and apply read it again, and fail
+            return None
+        if mount.unknown is not None:
+            mount.warn_if(True, self._api.warn)
+            return mount
+        known = set(self._startup_problems(config.data, after, _Mount()))
+        self.warnings = tuple(
+            f"the plan turns Cilium's ip-masq-agent on, which check and apply refuse: {p}"
+            for p in self._startup_problems(config.data, after, mount) if p not in known)
+        return mount
 
     def _mount(self, paths: Iterable[str | None]) -> _Mount:
         """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``unmounted``

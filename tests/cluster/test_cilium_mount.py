@@ -588,3 +588,48 @@ def test_a_node_config_s_ip_masq_agent_config_path_is_the_file_judged_on_its_nod
         "edge", {"ip-masq-agent-config-path": "/etc/masq/ip-masq-agent",
                  "enable-ip-masq-agent": "false"}))
     assert _unmounted(backend) == (None, False)
+
+
+def test_a_plan_turning_the_ip_masq_agent_on_with_nothing_at_etc_config_warns_ahead(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # The ip-masq-agent off, observe read no DaemonSet: `plan` of a spec turning it on
+    # said nothing, and only check and apply refused it. The hint of what the plan wants
+    # (expect, as `k3snet plan` and converge give it) has observe read the DaemonSet then:
+    # a warning says the refusal ahead, the observed state the same, and the check
+    # right after takes that read (no second GET).
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    desired = compile_for(backend, _spec())
+    unhinted = backend.observe()
+    assert backend.warnings == ()
+    backend.expect(desired)
+    observed = backend.observe()
+    assert observed == unhinted
+    (warning,) = backend.warnings
+    assert warning.startswith("the plan turns Cilium's ip-masq-agent on, which check and "
+                              "apply refuse: enable-ip-masq-agent: true where the "
+                              "cilium-agent container has no /etc/config")
+    assert "Helm ipMasqAgent.enabled=true" in warning
+    assert _daemonset_reads(api_server) == 1
+    (refused,) = backend.check(plan(observed, desired))
+    assert "has no /etc/config" in refused
+    assert _daemonset_reads(api_server) == 1
+    # Mounted as Helm does: nothing to warn of; a spec leaving it off reads nothing.
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    backend.observe()
+    assert backend.warnings == ()
+    data = seed_spec().to_dict()
+    data["backends"] = ["cilium"]
+    backend.expect(compile_for(backend, Spec.from_dict(data)))
+    backend.observe()
+    assert _daemonset_reads(api_server) == 2
+    # A failed read ahead fails no plan: the check says it.
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    api_server.fail(500, plural="daemonsets", times=1)
+    backend.expect(desired)
+    assert backend.observe() == unhinted
+    assert backend.warnings == ()
+    (refused,) = backend.check(plan(unhinted, desired))
+    assert "has no /etc/config" in refused
