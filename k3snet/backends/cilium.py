@@ -89,6 +89,8 @@ from k3snet.backends.cilium_mount import (
     agent_directory_missing,
     agent_file_copied,
     agent_file_mounted,
+    pod_as_daemonset,
+    pods_lag,
 )
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled
 from k3snet.backends.cni_restart import pending as pending_restarts
@@ -650,6 +652,39 @@ class _Api:
             raise BackendError(f"{what}: the answer is not JSON ({exc})") from exc
         if not isinstance(found, dict):
             raise BackendError(f"{what}: the answer is not an object")
+        return found
+
+    def daemonset_pods(self, daemonset: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+        """The pods of DaemonSet ``name`` (JSON ``daemonset``) not yet ended, as JSON,
+        listed by its selector's ``matchLabels`` (:data:`~k3snet.kube.LIST_PAGE` a request)
+        and kept where the selector matches and the DaemonSet owns them."""
+        selector = (daemonset.get("spec") or {}).get("selector")
+        labels = (selector or {}).get("matchLabels") if isinstance(selector, dict) else None
+        text = ",".join(f"{k}={v}" for k, v in sorted(labels.items())) \
+            if isinstance(labels, dict) else ""
+        what = f"list Pods of DaemonSet {self.namespace}/{name}"
+        serialize = self.core.api_client.sanitize_for_serialization
+
+        def fetch(page: dict[str, Any]) -> Any:
+            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
+                return serialize(self.core.list_namespaced_pod(
+                    self.namespace, label_selector=text, _request_timeout=self.timeout,
+                    **page))
+
+        found = []
+        for pod in list_pages(fetch, what):
+            metadata = pod.get("metadata") if isinstance(pod, dict) else None
+            if not isinstance(metadata, dict) or (pod.get("status") or {}).get("phase") in (
+                    "Succeeded", "Failed"):
+                continue
+            owners = metadata.get("ownerReferences") or []
+            try:
+                selected = selector_matches(selector, metadata.get("labels") or {})
+            except ValueError:
+                selected = False
+            if selected and any(isinstance(o, dict) and o.get("kind") == "DaemonSet"
+                                and o.get("name") == name for o in owners):
+                found.append(pod)
         return found
 
     def warn(self, warning: str) -> None:
@@ -1220,8 +1255,45 @@ class CiliumBackend(BackendBase):
         worst = min(mounts, key=lambda m: (m.unknown is None, not m.no_directory,
                                             m.unmounted is None))
         if worst.unknown is None and worst.unmounted is None:
-            return _Mount(copied=any(m.copied for m in mounts))
+            return _Mount(self._pods_lagging(found, files or {DEFAULT_AGENT_FILE}),
+                          copied=any(m.copied for m in mounts))
         return worst
+
+    def _pods_lagging(self, found: Mapping[str, Any], files: set[str]) -> str | None:
+        """Why the pods of the DaemonSet ``found`` that run an older template than its
+        own, where its status says there are some (:func:`pods_lag`), do not read the
+        file (``None``: they do, or none lag). The template alone is judged otherwise:
+        a pod still running one without the mount keeps Cilium's default list until it
+        is replaced, whatever the template says. A pod's own spec is what its agent
+        runs with (a restarted container too); listed only then."""
+        if not pods_lag(found):
+            return None
+        where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
+        try:
+            pods = self._api.daemonset_pods(found, self._daemonset)
+        except KubeApiError as exc:
+            if exc.status not in (403, 404):
+                raise
+            self._api.warn(f"{exc}: whether the pods of {where} that run an older pod "
+                           "template have the ip-masq-agent file is not checked")
+            return None
+        lagging, why = [], ""
+        for pod in pods:
+            name = str((pod.get("metadata") or {}).get("name"))
+            for path in sorted(files):
+                mounted, reason = agent_file_mounted(
+                    pod_as_daemonset(pod), f"pod {self._api.namespace}/{name}",
+                    self._api.agent_name, key=AGENT_CONFIG_KEY, path=path)
+                if mounted is False:
+                    lagging.append(name)
+                    why = why or reason
+                    break
+        if not lagging:
+            return None
+        shown = ", ".join(sorted(lagging)[:5]) + (", ..." if len(lagging) > 5 else "")
+        return printable(f"{len(lagging)} pod(s) of {where} still run an older pod template "
+                         f"than its own, without the file ({shown}; they read it once "
+                         f"replaced): {why}")[:1000]
 
     def _mount_at(self, found: Mapping[str, Any], path: str) -> _Mount:
         """:meth:`_mount` of the DaemonSet ``found`` for the agent's file at ``path``."""

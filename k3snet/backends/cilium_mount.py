@@ -11,7 +11,10 @@ list, whatever the ConfigMap says; and where nothing is mounted at ``/etc/config
 watches the file's directory, and fails, and the agent with it, where there is none
 (:func:`agent_directory_missing`).
 
-The DaemonSet is read as JSON (its pod template alone is looked at), never written.
+The DaemonSet is read as JSON, never written: its pod template is what every pod started
+from now runs; where its status says some pods run an older one (mid-rollout, or the
+``OnDelete`` update strategy: :func:`pods_lag`), those pods' own specs are what the
+agents running there read the file through (:func:`pod_as_daemonset` judges one).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 __all__ = ["AGENT_CONTAINER", "CONFIG_PATH_FLAG", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET",
            "agent_config_path", "agent_directory_missing", "agent_file_copied",
-           "agent_file_mounted"]
+           "agent_file_mounted", "pod_as_daemonset", "pods_lag"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -78,6 +81,38 @@ def _pod_and_agent(daemonset: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     agent = next((c for c in _dicts(pod.get("containers"))
                   if c.get("name") == AGENT_CONTAINER), None)
     return pod, agent
+
+
+def pods_lag(daemonset: Mapping[str, Any]) -> bool:
+    """Whether some pods of ``daemonset`` may run an older pod template than its own: its
+    controller has not yet seen its latest spec (``status.observedGeneration`` behind
+    ``metadata.generation``), or fewer of its pods run the latest one than are scheduled
+    (``updatedNumberScheduled`` below ``desiredNumberScheduled``: a rollout under way,
+    or the ``OnDelete`` strategy, which replaces a pod only once it is deleted).
+
+    >>> pods_lag({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
+    ...           "desiredNumberScheduled": 3, "updatedNumberScheduled": 1}})
+    True
+    """
+    metadata, status = daemonset.get("metadata"), daemonset.get("status")
+    if not isinstance(metadata, dict) or not isinstance(status, dict):
+        return False
+
+    def number(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    generation, seen = number(metadata.get("generation")), number(status.get("observedGeneration"))
+    updated = number(status.get("updatedNumberScheduled"))
+    desired = number(status.get("desiredNumberScheduled"))
+    return ((generation is not None and seen is not None and seen < generation)
+            or (updated is not None and desired is not None and updated < desired))
+
+
+def pod_as_daemonset(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """A pod (JSON data) as a DaemonSet whose pod template is its spec: what the agent in
+    it runs with, for :func:`agent_file_mounted` and its siblings."""
+    spec = pod.get("spec")
+    return {"spec": {"template": {"spec": spec if isinstance(spec, dict) else {}}}}
 
 
 def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:

@@ -633,3 +633,67 @@ def test_a_plan_turning_the_ip_masq_agent_on_with_nothing_at_etc_config_warns_ah
     assert backend.warnings == ()
     (refused,) = backend.check(plan(unhinted, desired))
     assert "has no /etc/config" in refused
+
+
+PODS = "v1/pods"
+
+
+def _agent_pod(name: str, ds: dict[str, Any]) -> dict[str, Any]:
+    """A pod of the DaemonSet ``ds`` running its pod template as it is now."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "kube-system",
+                         "labels": {"k8s-app": "cilium"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+                                              "name": "cilium", "uid": "u", "controller": True}]},
+            "spec": copy.deepcopy(_pod(ds)), "status": {"phase": "Running"}}
+
+
+def _rolling(ds: dict[str, Any], *, updated: int, desired: int = 3) -> dict[str, Any]:
+    ds = copy.deepcopy(ds)
+    ds["spec"]["updateStrategy"] = {"type": "OnDelete"}
+    ds["metadata"]["generation"] = 2
+    ds["status"] = {"observedGeneration": 2, "desiredNumberScheduled": desired,
+                    "updatedNumberScheduled": updated}
+    return ds
+
+
+def _pod_reads(server: EmulatedApiServer) -> int:
+    return sum(1 for method, path, _ in server.requests()
+               if method == "GET" and path.split("?")[0].endswith("/pods"))
+
+
+def test_pods_still_running_a_template_without_the_mount_are_named(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Helm's ipMasqAgent.enabled=true added the mount to the template, but under the
+    # OnDelete strategy (or mid-rollout) the pods running still have none: their agents
+    # read no file and keep Cilium's default list, while the template alone was judged
+    # and k3snet said converged.
+    old, new = cilium_daemonset(ip_masq_agent=False), cilium_daemonset(ip_masq_agent=True)
+    cilium.put(PODS, _agent_pod("cilium-a", new))
+    for name in ("cilium-b", "cilium-c"):
+        cilium.put(PODS, _agent_pod(name, old))
+    cilium.put(PODS, {**_agent_pod("cilium-old", old), "status": {"phase": "Failed"}})
+    other = _agent_pod("other-x", old)
+    other["metadata"]["ownerReferences"][0]["name"] = "other"
+    cilium.put(PODS, other)
+    cilium.put(DAEMONSETS, _rolling(new, updated=1))
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert why.startswith(f"2 pod(s) of {WHERE} still run an older pod template than its "
+                          "own, without the file (cilium-b, cilium-c; they read it once "
+                          "replaced): pod kube-system/cilium-b has no volume of the "
+                          "ConfigMap ip-masq-agent")
+    assert not no_directory  # the pods started from now have it
+    (reason,) = _reasons(backend, _spec(cidrs=["10.0.0.0/8"]))
+    assert "cilium-b, cilium-c" in reason
+    # Replaced (deleted, made again from the template): converged.
+    for name in ("cilium-b", "cilium-c"):
+        cilium.put(PODS, _agent_pod(name, new))
+    assert _unmounted(backend) == (None, False)
+    # Every pod on the template: the status says so, and no pod is listed.
+    reads = _pod_reads(cilium)
+    assert reads == 3  # one list an observe, only where the status says pods lag
+    cilium.put(DAEMONSETS, _rolling(new, updated=3))
+    assert _unmounted(backend) == (None, False)
+    assert _pod_reads(cilium) == reads
