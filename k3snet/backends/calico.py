@@ -164,9 +164,11 @@ CALICO_METADATA_ANNOTATION = "projectcalico.org/metadata"
 BGP_EXPORT_RETRY = 600.0
 """Seconds a pool of k3snet's is left without ``disableBGPExport`` after a write of it came
 back without it while the IPPool CRD did not tell that it drops the field (the CRD keeps
-it, or is not readable): then it is written again, which changes nothing where the API
-still drops it and sets it once Calico's API server (or, unreadable, its CRD) is
-upgraded, which changes neither the pool nor what k3snet can read of the CRD."""
+it, or is not readable; or a dry run of the write was answered without it): then it is
+written again (or, where the CRD does not tell, tried by a dry run again), which changes
+nothing where the API still drops it and sets it once Calico's API server (or,
+unreadable, its CRD) is upgraded, which changes neither the pool nor what k3snet can
+read of the CRD."""
 # The value of the managed-by label on the pools the tigera-operator writes back from its
 # Installation (tigera/operator pkg/controller/ippool/pool_controller.go).
 _OPERATOR_MANAGER = "tigera-operator"
@@ -770,9 +772,45 @@ class CalicoBackend(BackendBase):
             lost = self._bgp_export_lost[name] = (lost[0], crd_version, lost[2])
         if prunes:
             return True
-        return (lost is not None
-                and lost[:2] == (metadata.get("resourceVersion"), crd_version)
-                and self._monotonic() - lost[2] < BGP_EXPORT_RETRY)
+        if (lost is not None and lost[:2] == (metadata.get("resourceVersion"), crd_version)
+                and self._monotonic() - lost[2] < BGP_EXPORT_RETRY):
+            return True
+        # The CRD does not tell (not readable), or Calico's API server may drop the field
+        # whatever the CRD says: a dry run of the write does, with nothing written.
+        if (prunes is None or self.api == APIS["v3"]) and self._dry_run_drops(item):
+            self._bgp_export_lost[name] = (metadata.get("resourceVersion"), crd_version,
+                                           self._monotonic())
+            return True
+        return False
+
+    def _dry_run_drops(self, item: Mapping[str, Any]) -> bool:
+        """Whether a write of ``disableBGPExport: true`` into k3snet's pool ``item`` would
+        be answered without it: a server-side apply of its spec with the field, as a dry
+        run (``dryRun=All``: the API server prunes, converts and validates it as it would
+        the write, and stores nothing). Its answer is the pool as the write would leave
+        it, so without the field it is one no write sets, and the pool is held as after
+        such a write (:meth:`_saw_written`), with nothing written: each new process (a
+        CLI run) wrote the pool once to learn it where the CRD could not be read. Any
+        failure (403 without ``patch``, a webhook refusing dry runs) is not known: the
+        write tells then, as before."""
+        group, version = self.api
+        metadata, spec = item.get("metadata") or {}, item.get("spec") or {}
+        name = str(metadata.get("name"))
+        body = {"apiVersion": f"{group}/{version}", "kind": KIND,
+                "metadata": {"name": name, "resourceVersion": metadata.get("resourceVersion")},
+                "spec": {**spec, "disableBGPExport": True}}
+        try:
+            with translate_errors(f"apply IPPool {name} (disableBGPExport, a dry run)",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                answer = self._objects.patch_cluster_custom_object(
+                    group, version, PLURAL, name, body, field_manager=self.field_manager,
+                    force=True, dry_run="All", _content_type=APPLY_CONTENT_TYPE,
+                    _request_timeout=self.timeout)
+        except KubeApiError as exc:
+            log.debug("calico: %s", exc)
+            return False
+        found = answer.get("spec") if isinstance(answer, Mapping) else None
+        return isinstance(found, Mapping) and "disableBGPExport" not in found
 
     def _read_pool_crd(self) -> tuple[bool | None, object]:
         """Whether the IPPool CRD's schema prunes ``spec.disableBGPExport`` (None: not
@@ -918,7 +956,8 @@ class CalicoBackend(BackendBase):
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Problems applying ``plan`` would hit; nothing is written.
 
-        (No server-side dry run: the emulated API server used in tests would act on it.)
+        (No server-side dry run of its writes: the emulated API server used in tests
+        emulates one for an apply alone.)
         """
         if not plan.changes:
             return tuple(fit_problems(self, plan, State()))

@@ -951,26 +951,38 @@ def test_with_a_crd_without_disable_bgp_export_the_plan_converges_and_says_it_on
         assert fresh.warnings == (warning,)
 
 
-def test_with_a_v3_api_without_disable_bgp_export_the_answer_of_the_write_tells(
+def _writes(server: EmulatedApiServer) -> list[tuple[str, str]]:
+    """The writes served (a dry run is none)."""
+    return [(method, path) for (method, path, _), query in zip(
+        server.requests(), server.params(), strict=True)
+        if method in ("POST", "PATCH", "PUT", "DELETE") and "dryRun" not in query]
+
+
+def test_with_a_v3_api_without_disable_bgp_export_a_dry_run_of_the_write_tells(
         ) -> None:
     # Calico's API server answers a false disableBGPExport by leaving it out, so a pool
     # read without it may be one to change; one of v3.20 (before the field) drops it:
-    # the write of true answered without it says so, and the next plan is empty.
+    # the dry run of the write of true, answered without it, says so, nothing written.
     with EmulatedApiServer(pruned={V3: ["disableBGPExport"]}) as server:
         server.put(V3, _pool_resource("default-ipv4-ippool", {"cidr": "10.42.0.0/16",
                                                               "natOutgoing": True},
                                       api="projectcalico.org/v3"))
         server.put(V3, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16", "disabled": True},
                                       api="projectcalico.org/v3", labels=LABEL))
+        version = server.get(V3, LAN_POOL)["metadata"]["resourceVersion"]  # type: ignore[index]
         backend = _backend(server.api_client(), api="v3")
         p = plan(backend.observe(), compile_ippools(LAN))
-        assert [c.action for c in p] == ["replace"]
-        assert not backend.warnings
-        backend.apply(p)
-        again = plan(backend.observe(), compile_ippools(LAN))
-        assert again.empty, again.render()
+        assert p.empty, p.render()
         (warning,) = backend.warnings
         assert "drops disableBGPExport" in warning
+        assert _writes(server) == []
+        stored = server.get(V3, LAN_POOL)
+        assert stored is not None
+        assert stored["metadata"]["resourceVersion"] == version
+        # Held for BGP_EXPORT_RETRY seconds: no dry run on every pass.
+        requests = len(server.requests())
+        assert plan(backend.observe(), compile_ippools(LAN)).empty
+        assert [m for m, _, _ in server.requests()[requests:]] == ["GET", "GET"]
 
 
 def test_a_pool_whose_disable_bgp_export_the_api_drops_holds_the_wanted_pool_and_nothing_else(
@@ -1145,16 +1157,22 @@ def test_a_write_answered_without_disable_bgp_export_is_warned_of_by_the_apply_t
     version = "crd.projectcalico.org/v1" if api == "crd" else "projectcalico.org/v3"
     with EmulatedApiServer(pruned={resource: ["disableBGPExport"]}) as server:
         server.put(resource, {**FOREIGN[0], "apiVersion": version})
-        for run in ("create", "an older run's pool"):
-            backend = _backend(server.api_client(), api=api)  # a new process: a CLI run
-            p = plan(backend.observe(), compile_ippools(LAN))
-            assert not p.empty, run
-            assert not backend.warnings
-            backend.apply(p)
-            (warning,) = backend.warnings
-            assert warning.startswith(f"IPPool {LAN_POOL}: the API server drops "
-                                      "disableBGPExport")
-            assert "exports 192.168.0.0/16 over BGP" in warning
-            # what the next listing says, once
-            assert plan(backend.observe(), compile_ippools(LAN)).empty
-            assert backend.warnings == (warning,)
+        backend = _backend(server.api_client(), api=api)  # a new process: a CLI run
+        p = plan(backend.observe(), compile_ippools(LAN))
+        assert [c.action for c in p] == ["add"]
+        assert not backend.warnings
+        backend.apply(p)
+        (warning,) = backend.warnings
+        assert warning.startswith(f"IPPool {LAN_POOL}: the API server drops "
+                                  "disableBGPExport")
+        assert "exports 192.168.0.0/16 over BGP" in warning
+        # what the next listing says, once
+        assert plan(backend.observe(), compile_ippools(LAN)).empty
+        assert backend.warnings == (warning,)
+        # The next run found the pool without the field and wrote it again to learn it
+        # (one write a run). Now a dry run of that write tells: nothing written.
+        writes = _writes(server)
+        backend = _backend(server.api_client(), api=api)
+        assert plan(backend.observe(), compile_ippools(LAN)).empty
+        assert backend.warnings == (warning,)
+        assert _writes(server) == writes
