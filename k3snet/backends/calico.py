@@ -164,9 +164,11 @@ CALICO_METADATA_ANNOTATION = "projectcalico.org/metadata"
 BGP_EXPORT_RETRY = 600.0
 """Seconds a pool of k3snet's is left without ``disableBGPExport`` after a write of it came
 back without it while the IPPool CRD did not tell that it drops the field (the CRD keeps
-it, or is not readable): then it is written again, which changes nothing where the API
-still drops it and sets it once Calico's API server (or, unreadable, its CRD) is
-upgraded, which changes neither the pool nor what k3snet can read of the CRD."""
+it, or is not readable; or a dry run of the write was answered without it): then it is
+written again (or, where the CRD does not tell, tried by a dry run again), which changes
+nothing where the API still drops it and sets it once Calico's API server (or,
+unreadable, its CRD) is upgraded, which changes neither the pool nor what k3snet can
+read of the CRD."""
 # The value of the managed-by label on the pools the tigera-operator writes back from its
 # Installation (tigera/operator pkg/controller/ippool/pool_controller.go).
 _OPERATOR_MANAGER = "tigera-operator"
@@ -648,6 +650,9 @@ class CalicoBackend(BackendBase):
         self._bgp_export_lost: dict[str, tuple[object, object, float]] = {}
         # _read_pool_crd's answer in this listing; None: not read.
         self._pool_crd: tuple[bool | None, object] | None = None
+        # The last answer of the IPPool CRD's read and when it came, kept for
+        # BGP_EXPORT_RETRY seconds (_read_pool_crd).
+        self._pool_crd_read: tuple[tuple[bool | None, object], float] | None = None
         self._monotonic = time.monotonic  # the holds' clock (a test moves it)
 
     @property
@@ -767,14 +772,61 @@ class CalicoBackend(BackendBase):
             lost = self._bgp_export_lost[name] = (lost[0], crd_version, lost[2])
         if prunes:
             return True
-        return (lost is not None
-                and lost[:2] == (metadata.get("resourceVersion"), crd_version)
-                and self._monotonic() - lost[2] < BGP_EXPORT_RETRY)
+        if (lost is not None and lost[:2] == (metadata.get("resourceVersion"), crd_version)
+                and self._monotonic() - lost[2] < BGP_EXPORT_RETRY):
+            return True
+        # The CRD does not tell (not readable), or Calico's API server may drop the field
+        # whatever the CRD says: a dry run of the write does, with nothing written.
+        if (prunes is None or self.api == APIS["v3"]) and self._dry_run_drops(item):
+            self._bgp_export_lost[name] = (metadata.get("resourceVersion"), crd_version,
+                                           self._monotonic())
+            return True
+        return False
+
+    def _dry_run_drops(self, item: Mapping[str, Any]) -> bool:
+        """Whether a write of ``disableBGPExport: true`` into k3snet's pool ``item`` would
+        be answered without it: a server-side apply of its spec with the field, as a dry
+        run (``dryRun=All``: the API server prunes, converts and validates it as it would
+        the write, and stores nothing). Its answer is the pool as the write would leave
+        it, so without the field it is one no write sets, and the pool is held as after
+        such a write (:meth:`_saw_written`), with nothing written: each new process (a
+        CLI run) wrote the pool once to learn it where the CRD could not be read. Any
+        failure (403 without ``patch``, a webhook refusing dry runs) is not known: the
+        write tells then, as before."""
+        group, version = self.api
+        metadata, spec = item.get("metadata") or {}, item.get("spec") or {}
+        name = str(metadata.get("name"))
+        body = {"apiVersion": f"{group}/{version}", "kind": KIND,
+                "metadata": {"name": name, "resourceVersion": metadata.get("resourceVersion")},
+                "spec": {**spec, "disableBGPExport": True}}
+        try:
+            with translate_errors(f"apply IPPool {name} (disableBGPExport, a dry run)",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                answer = self._objects.patch_cluster_custom_object(
+                    group, version, PLURAL, name, body, field_manager=self.field_manager,
+                    force=True, dry_run="All", _content_type=APPLY_CONTENT_TYPE,
+                    _request_timeout=self.timeout)
+        except KubeApiError as exc:
+            log.debug("calico: %s", exc)
+            return False
+        found = answer.get("spec") if isinstance(answer, Mapping) else None
+        return isinstance(found, Mapping) and "disableBGPExport" not in found
 
     def _read_pool_crd(self) -> tuple[bool | None, object]:
         """Whether the IPPool CRD's schema prunes ``spec.disableBGPExport`` (None: not
         known: the CRD unreadable, 403 without the right to get it, or its schema not
-        understood), and the CRD's resourceVersion (an upgrade changes it)."""
+        understood), and the CRD's resourceVersion (an upgrade changes it).
+
+        An answer (the CRD, or 403/404) is kept for :data:`BGP_EXPORT_RETRY` seconds:
+        before Calico v3.21 every listing of the agent's passes needs it (k3snet's pools
+        lack the field for good), and read on each it was one more GET of a CRD of some
+        kilobytes a pass. An upgrade of the CRD meanwhile is seen when it runs out, as a
+        hold learned from a write's answer is tried again then. Another failure (a 500, a
+        timeout) is not kept."""
+        now = self._monotonic()
+        kept = self._pool_crd_read
+        if kept is not None and now - kept[1] < BGP_EXPORT_RETRY:
+            return kept[0]
         try:
             with translate_errors(f"read CustomResourceDefinition {POOL_CRD}",
                                   classifier=KubeErrors(timeout=self.timeout)):
@@ -783,10 +835,15 @@ class CalicoBackend(BackendBase):
                     _request_timeout=self.timeout)
         except KubeApiError as exc:
             log.debug("calico: %s", exc)
+            if exc.status in (403, 404):
+                self._pool_crd_read = ((None, None), now)
             return None, None
-        if not isinstance(crd, Mapping):
-            return None, None
-        return _prunes_bgp_export(crd), (crd.get("metadata") or {}).get("resourceVersion")
+        verdict: tuple[bool | None, object] = (None, None)
+        if isinstance(crd, Mapping):
+            verdict = (_prunes_bgp_export(crd),
+                       (crd.get("metadata") or {}).get("resourceVersion"))
+        self._pool_crd_read = (verdict, now)
+        return verdict
 
     def _saw_written(self, sent: Mapping[str, Any], answer: object) -> None:
         """Learn from a write's answer that the API drops ``disableBGPExport``: sent true,
@@ -899,7 +956,8 @@ class CalicoBackend(BackendBase):
     def check(self, plan: Plan) -> tuple[str, ...]:
         """Problems applying ``plan`` would hit; nothing is written.
 
-        (No server-side dry run: the emulated API server used in tests would act on it.)
+        (No server-side dry run of its writes: the emulated API server used in tests
+        emulates one for an apply alone.)
         """
         if not plan.changes:
             return tuple(fit_problems(self, plan, State()))

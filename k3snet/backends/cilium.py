@@ -37,7 +37,8 @@ ip-masq-agent is on (``cilium-config``, a CiliumNodeConfig, k3snet's keys) ``obs
 reads the DaemonSet (``daemonset``, in Cilium's namespace; never written; ``check`` and
 ``apply`` where the plan turns it on; elsewhere not at all): where its
 ``cilium-agent`` container does not have the ConfigMap's ``config`` key at
-``/etc/config/ip-masq-agent`` (or ``ip-masq-agent-config-path``), the foreign config
+``/etc/config/ip-masq-agent`` (or the ``ip-masq-agent-config-path`` the agent reads:
+its argument, a CiliumNodeConfig's, ``cilium-config``'s), the foreign config
 says so (``CiliumConfig.ip_masq_agent_unmounted``), and Cilium's ip-masq-agent is
 judged with its default list; with nothing mounted at ``/etc/config`` at all, the agent
 does not start with ``enable-ip-masq-agent`` (``ip_masq_agent_no_directory``), so a
@@ -67,7 +68,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -86,9 +87,12 @@ from k3snet.backends.base import ApplyResult, PendingRestart, ensure_capable
 from k3snet.backends.cilium_mount import (
     DEFAULT_AGENT_FILE,
     DEFAULT_DAEMONSET,
+    agent_config_path,
     agent_directory_missing,
     agent_file_copied,
     agent_file_mounted,
+    pod_as_daemonset,
+    pods_lag,
 )
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled
 from k3snet.backends.cni_restart import pending as pending_restarts
@@ -652,6 +656,39 @@ class _Api:
             raise BackendError(f"{what}: the answer is not an object")
         return found
 
+    def daemonset_pods(self, daemonset: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+        """The pods of DaemonSet ``name`` (JSON ``daemonset``) not yet ended, as JSON,
+        listed by its selector's ``matchLabels`` (:data:`~k3snet.kube.LIST_PAGE` a request)
+        and kept where the selector matches and the DaemonSet owns them."""
+        selector = (daemonset.get("spec") or {}).get("selector")
+        labels = (selector or {}).get("matchLabels") if isinstance(selector, dict) else None
+        text = ",".join(f"{k}={v}" for k, v in sorted(labels.items())) \
+            if isinstance(labels, dict) else ""
+        what = f"list Pods of DaemonSet {self.namespace}/{name}"
+        serialize = self.core.api_client.sanitize_for_serialization
+
+        def fetch(page: dict[str, Any]) -> Any:
+            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
+                return serialize(self.core.list_namespaced_pod(
+                    self.namespace, label_selector=text, _request_timeout=self.timeout,
+                    **page))
+
+        found = []
+        for pod in list_pages(fetch, what):
+            metadata = pod.get("metadata") if isinstance(pod, dict) else None
+            if not isinstance(metadata, dict) or (pod.get("status") or {}).get("phase") in (
+                    "Succeeded", "Failed"):
+                continue
+            owners = metadata.get("ownerReferences") or []
+            try:
+                selected = selector_matches(selector, metadata.get("labels") or {})
+            except ValueError:
+                selected = False
+            if selected and any(isinstance(o, dict) and o.get("kind") == "DaemonSet"
+                                and o.get("name") == name for o in owners):
+                found.append(pod)
+        return found
+
     def warn(self, warning: str) -> None:
         """Log ``warning`` once, not on every agent pass that finds it again."""
         warning = printable(warning)[:1000]  # a selector's text is the cluster's
@@ -759,6 +796,24 @@ class _Api:
         except KubeApiError as exc:
             if exc.status != 404:
                 raise
+
+
+CONFIG_PATH_KEY = "ip-masq-agent-config-path"
+
+
+def _agent_file(path: str | None) -> str:
+    """The file the agent reads for an ``ip-masq-agent-config-path`` value (None or blank:
+    Cilium's default)."""
+    return path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE
+
+
+def _agent_paths(foreign: CiliumConfig, owned: CiliumConfig | None) -> set[str | None]:
+    """The ``ip-masq-agent-config-path`` of each group of nodes where Cilium's
+    ip-masq-agent is on (``foreign``'s view there, or k3snet's key), a CiliumNodeConfig's
+    over ``cilium-config``'s, as the agent lays them; empty where it is on nowhere."""
+    owned_on = owned is not None and owned.flag("enable-ip-masq-agent")
+    return {view.value(CONFIG_PATH_KEY) for _, view in foreign.on_nodes()
+            if owned_on or view.flag("enable-ip-masq-agent")}
 
 
 def _nothing_changed(exc: BackendError) -> ApplyError:
@@ -1004,6 +1059,11 @@ class CiliumBackend(BackendBase):
             api_client, kubeconfig=kubeconfig, context=context)
         self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout)
         self._observed: FreshRead[_Read] = FreshRead()  # for the check or apply after it
+        # The owned config the last expect() hinted at (None: no hint, or none wanted).
+        self._expected: CiliumConfig | None = None
+        self.warnings: tuple[str, ...] = ()
+        """What the last :meth:`observe` found worth saying: a refusal ahead (see
+        :meth:`expect`)."""
         # CHANGED_ANNOTATION as the last observe read it or the last apply left it (a
         # 1-tuple; None: not known), for the pending_restarts() right after.
         self._stamp: tuple[str | None] | None = None
@@ -1108,6 +1168,7 @@ class CiliumBackend(BackendBase):
         """The keys k3snet set (owned) and the settings as they would be without them
         (foreign), with the CiliumNodeConfigs that set keys of them on some nodes."""
         self._observed.drop()
+        self.warnings = ()
         read = self._read()
         self._stamp = (None if read.config is None else read.config.changed_at,)
         if read.config is None:
@@ -1127,13 +1188,15 @@ class CiliumBackend(BackendBase):
         # (a 500, a timeout) failed every observe. A plan turning it on has it read by
         # check and apply (_edit).
         mount = None
-        if any(view.flag("enable-ip-masq-agent") for _, view in foreign.on_nodes()) or (
-                owned is not None and owned.flag("enable-ip-masq-agent")):
-            mount = self._mount(read.config.data)
+        paths = _agent_paths(foreign, owned)
+        if paths:
+            mount = self._mount(paths)
             mount.warn_if(True, self._api.warn)
             foreign = attrs.evolve(foreign, ip_masq_agent_unmounted=mount.unmounted,
                                    ip_masq_agent_no_directory=mount.no_directory)
         self._file_copied = mount is not None and mount.copied
+        if mount is None:
+            mount = self._mount_ahead(read)
         self._observed.put(attrs.evolve(read, mount=mount))
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
@@ -1143,15 +1206,99 @@ class CiliumBackend(BackendBase):
                 self._api.egress_gateway_policies(), "CiliumEgressGatewayPolicies"))
         return State(owned=[] if owned is None else [owned], foreign=[foreign])
 
-    def _mount(self, config: Mapping[str, str]) -> _Mount:
+    def expect(self, state: State) -> None:
+        """A hint: ``state``'s owned config is what the plan will want (``k3snet plan`` and
+        :func:`~k3snet.converge.converge` give it before :meth:`observe`).
+
+        Changes no result. Where it turns Cilium's ip-masq-agent on, off until then
+        (nothing read the DaemonSet), :meth:`observe` reads the DaemonSet all the same,
+        and :attr:`warnings` says ahead what ``check`` and ``apply`` refuse (nothing
+        mounted at ``/etc/config``): ``plan`` said nothing of it. Its answer serves the
+        ``check`` or ``apply`` right after; a failed read is theirs to say."""
+        self._expected = next((o for o in state.owned if isinstance(o, CiliumConfig)
+                               and o.target == self.target), None)
+
+    def _mount_ahead(self, read: _Read) -> _Mount | None:
+        """The mount read where the hint (:meth:`expect`) turns the ip-masq-agent on and
+        nothing had it on (None: not read, or its read failed); :attr:`warnings` says the
+        refusal ahead."""
+        expected, config = self._expected, read.config
+        if expected is None or config is None or not expected.flag("enable-ip-masq-agent"):
+            return None
+        after = {**config.data, **{k: str(v) for k, v in expected.settings.to_dict().items()}}
+        try:
+            mount = self._mount([after.get(CONFIG_PATH_KEY)])
+        except BackendError:  # check and apply read it again, and fail
+            return None
+        if mount.unknown is not None:
+            mount.warn_if(True, self._api.warn)
+            return mount
+        known = set(self._startup_problems(config.data, after, _Mount()))
+        self.warnings = tuple(
+            f"the plan turns Cilium's ip-masq-agent on, which check and apply refuse: {p}"
+            for p in self._startup_problems(config.data, after, mount) if p not in known)
+        return mount
+
+    def _mount(self, paths: Iterable[str | None]) -> _Mount:
         """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``unmounted``
         ``None``: they do, or it is not known: the DaemonSet not found or not to be read,
-        a warning), and whether their container has no directory for its file at all."""
+        a warning), and whether their container has no directory for its file at all.
+
+        ``paths``: the ``ip-masq-agent-config-path`` values where the ip-masq-agent is on
+        (``None``: unset, Cilium's default); an agent started with
+        ``--ip-masq-agent-config-path`` reads that file instead, on every node. Of
+        several, the one worst off is said (no directory, then not mounted)."""
         found = self._api.daemonset(self._daemonset)
         if isinstance(found, str):
             return _Mount(unknown=found)
-        path = config.get("ip-masq-agent-config-path")
-        path = path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE
+        given = agent_config_path(found)
+        files = {_agent_file(p) for p in ([given] if given is not None else paths)}
+        mounts = [self._mount_at(found, path) for path in sorted(files or {DEFAULT_AGENT_FILE})]
+        worst = min(mounts, key=lambda m: (m.unknown is None, not m.no_directory,
+                                            m.unmounted is None))
+        if worst.unknown is None and worst.unmounted is None:
+            return _Mount(self._pods_lagging(found, files or {DEFAULT_AGENT_FILE}),
+                          copied=any(m.copied for m in mounts))
+        return worst
+
+    def _pods_lagging(self, found: Mapping[str, Any], files: set[str]) -> str | None:
+        """Why the pods of the DaemonSet ``found`` that run an older template than its
+        own, where its status says there are some (:func:`pods_lag`), do not read the
+        file (``None``: they do, or none lag). The template alone is judged otherwise:
+        a pod still running one without the mount keeps Cilium's default list until it
+        is replaced, whatever the template says. A pod's own spec is what its agent
+        runs with (a restarted container too); listed only then."""
+        if not pods_lag(found):
+            return None
+        where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
+        try:
+            pods = self._api.daemonset_pods(found, self._daemonset)
+        except KubeApiError as exc:
+            if exc.status not in (403, 404):
+                raise
+            self._api.warn(f"{exc}: whether the pods of {where} that run an older pod "
+                           "template have the ip-masq-agent file is not checked")
+            return None
+        lagging, why = [], ""
+        for pod in pods:
+            name = str((pod.get("metadata") or {}).get("name"))
+            for path in sorted(files):
+                mounted, reason = agent_file_mounted(
+                    pod_as_daemonset(pod), f"pod {self._api.namespace}/{name}",
+                    self._api.agent_name, key=AGENT_CONFIG_KEY, path=path)
+                if mounted is False:
+                    lagging.append(name)
+                    why = why or reason
+                    break
+        if not lagging:
+            return None
+        shown = ", ".join(sorted(lagging)[:5]) + (", ..." if len(lagging) > 5 else "")
+        return printable(f"{len(lagging)} pod(s) of {where} still run an older pod template "
+                         f"than its own, without the file ({shown}; they read it once "
+                         f"replaced): {why}")[:1000]
+
+    def _mount_at(self, found: Mapping[str, Any], path: str) -> _Mount:
+        """:meth:`_mount` of the DaemonSet ``found`` for the agent's file at ``path``."""
         mounted, why = agent_file_mounted(
             found, f"DaemonSet {self._api.namespace}/{self._daemonset}", self._api.agent_name,
             key=AGENT_CONFIG_KEY, path=path)
@@ -1334,7 +1481,7 @@ class CiliumBackend(BackendBase):
         if read.mount is not None or not on(after) or on(read.config.data):
             return read.mount or _Mount()
         try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
-            mount = self._mount(read.config.data)
+            mount = self._mount([read.config.data.get(CONFIG_PATH_KEY)])
         except BackendError as exc:
             raise _nothing_changed(exc) from exc
         mount.warn_if(True, self._api.warn)

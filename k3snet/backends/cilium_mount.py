@@ -11,7 +11,10 @@ list, whatever the ConfigMap says; and where nothing is mounted at ``/etc/config
 watches the file's directory, and fails, and the agent with it, where there is none
 (:func:`agent_directory_missing`).
 
-The DaemonSet is read as JSON (its pod template alone is looked at), never written.
+The DaemonSet is read as JSON, never written: its pod template is what every pod started
+from now runs; where its status says some pods run an older one (mid-rollout, or the
+``OnDelete`` update strategy: :func:`pods_lag`), those pods' own specs are what the
+agents running there read the file through (:func:`pod_as_daemonset` judges one).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["AGENT_CONTAINER", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET", "agent_directory_missing",
-           "agent_file_copied", "agent_file_mounted"]
+__all__ = ["AGENT_CONTAINER", "CONFIG_PATH_FLAG", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET",
+           "agent_config_path", "agent_directory_missing", "agent_file_copied",
+           "agent_file_mounted", "pod_as_daemonset", "pods_lag"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -31,6 +35,10 @@ AGENT_CONTAINER = "cilium-agent"
 
 DEFAULT_AGENT_FILE = "/etc/config/ip-masq-agent"
 """Where the agent reads the ip-masq-agent file (its ``ip-masq-agent-config-path`` flag)."""
+
+
+CONFIG_PATH_FLAG = "--ip-masq-agent-config-path"
+"""The agent's argument naming the ip-masq-agent file (``ip-masq-agent-config-path``)."""
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
@@ -73,6 +81,70 @@ def _pod_and_agent(daemonset: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     agent = next((c for c in _dicts(pod.get("containers"))
                   if c.get("name") == AGENT_CONTAINER), None)
     return pod, agent
+
+
+def pods_lag(daemonset: Mapping[str, Any]) -> bool:
+    """Whether some pods of ``daemonset`` may run an older pod template than its own: its
+    controller has not yet seen its latest spec (``status.observedGeneration`` behind
+    ``metadata.generation``), or fewer of its pods run the latest one than are scheduled
+    (``updatedNumberScheduled`` below ``desiredNumberScheduled``: a rollout under way,
+    or the ``OnDelete`` strategy, which replaces a pod only once it is deleted).
+
+    >>> pods_lag({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
+    ...           "desiredNumberScheduled": 3, "updatedNumberScheduled": 1}})
+    True
+    """
+    metadata, status = daemonset.get("metadata"), daemonset.get("status")
+    if not isinstance(metadata, dict) or not isinstance(status, dict):
+        return False
+
+    def number(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    generation, seen = number(metadata.get("generation")), number(status.get("observedGeneration"))
+    updated = number(status.get("updatedNumberScheduled"))
+    desired = number(status.get("desiredNumberScheduled"))
+    return ((generation is not None and seen is not None and seen < generation)
+            or (updated is not None and desired is not None and updated < desired))
+
+
+def pod_as_daemonset(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """A pod (JSON data) as a DaemonSet whose pod template is its spec: what the agent in
+    it runs with, for :func:`agent_file_mounted` and its siblings."""
+    spec = pod.get("spec")
+    return {"spec": {"template": {"spec": spec if isinstance(spec, dict) else {}}}}
+
+
+def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
+    """The ``--ip-masq-agent-config-path`` the ``cilium-agent`` container of ``daemonset``
+    is started with (its ``command`` and ``args``, the last one before ``--``, as pflag
+    reads them; ``None``: not given). An argument given is what the agent reads: viper
+    takes a flag set on the command line over the same key of its ``--config-dir`` (the
+    ``cilium-config`` keys and the CiliumNodeConfigs' laid over them).
+
+    >>> agent = {"name": "cilium-agent", "command": ["cilium-agent"],
+    ...          "args": ["--config-dir=/tmp/cilium/config-map",
+    ...                   "--ip-masq-agent-config-path", "/etc/masq/config"]}
+    >>> agent_config_path({"spec": {"template": {"spec": {"containers": [agent]}}}})
+    '/etc/masq/config'
+    """
+    _, agent = _pod_and_agent(daemonset)
+    if agent is None:
+        return None
+    argv: list[str] = []
+    for key in ("command", "args"):
+        value = agent.get(key)
+        argv += [a for a in value if isinstance(a, str)] if isinstance(value, list) else []
+    found, index = None, 0
+    while index < len(argv) and argv[index] != "--":
+        arg = argv[index]
+        index += 1
+        if arg.startswith(CONFIG_PATH_FLAG + "="):
+            found = arg[len(CONFIG_PATH_FLAG) + 1:]
+        elif arg == CONFIG_PATH_FLAG and index < len(argv):
+            found = argv[index]  # its value, whatever it looks like
+            index += 1
+    return found
 
 
 def _mounted_at(mount: Mapping[str, Any], inside: str) -> str | None:

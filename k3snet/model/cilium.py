@@ -102,9 +102,11 @@ CILIUM_KEYS: tuple[str, ...] = (
 CILIUM_CONTEXT_KEYS: tuple[str, ...] = (
     "enable-ipv4", "enable-ipv6", "ipam", "cluster-pool-ipv4-cidr", "cluster-pool-ipv6-cidr",
     "devices", "force-device-detection", "enforce-device-detection",
-    "enable-ipv4-egress-gateway", "enable-egress-gateway",
+    "enable-ipv4-egress-gateway", "enable-egress-gateway", "ip-masq-agent-config-path",
 )
-"""``cilium-config`` keys read to judge masquerading, never written."""
+"""``cilium-config`` keys read to judge masquerading, never written
+(``ip-masq-agent-config-path``: the file Cilium's ip-masq-agent reads, whose mount
+the cilium backend checks)."""
 
 CILIUM_DEFAULTS: Mapping[str, str] = {
     "routing-mode": "tunnel",

@@ -51,7 +51,8 @@ the smallest extension the backends' contract needs (``_Emulator``):
   it is served, as a structural CRD schema prunes fields it does not declare (Calico's
   IPPool CRD before v3.21 has no ``disableBGPExport``).
 
-``dryRun`` is not emulated (kmock would act on the request).
+``dryRun`` is emulated for a server-side apply alone (answered as made, nothing stored,
+no resourceVersion spent); on another write kmock would act on the request.
 """
 
 from __future__ import annotations
@@ -282,6 +283,21 @@ def _emulator_class() -> type[Any]:
                 return None
             return self._objects[key]
 
+        def _dry_run_apply(self, request: Any) -> tuple[dict[str, Any], bool]:
+            """An apply with ``dryRun``: answered as made, nothing kept."""
+            key = (request.resource, request.namespace, request.name)
+            stored = self._stored(request)
+            had = None if stored is None else copy.deepcopy(stored.raw)
+            version = self._version
+            try:
+                return self._server_side_apply(request)
+            finally:
+                self._version = version
+                if had is not None:
+                    self.objects[key] = had
+                elif key in self._objects and not self._objects[key].deleted:
+                    self._objects[key].delete()
+
         def _server_side_apply(self, request: Any) -> tuple[dict[str, Any], bool]:
             """Serve one apply request (see the module docs); returns the stored object."""
             manager = request.params.get("fieldManager")
@@ -397,7 +413,9 @@ def _emulator_class() -> type[Any]:
                 import aiohttp.web  # noqa: PLC0415 - test-only dependency (via kmock)
 
                 async with self._lock:
-                    stored, created = self._server_side_apply(request)
+                    stored, created = (self._dry_run_apply(request)
+                                       if request.params.get("dryRun")
+                                       else self._server_side_apply(request))
                 return aiohttp.web.json_response(stored, status=201 if created else 200)
             data = request.data if isinstance(request.data, dict) else None
             if request.resource is not None and action is not None:

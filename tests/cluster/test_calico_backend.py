@@ -951,26 +951,38 @@ def test_with_a_crd_without_disable_bgp_export_the_plan_converges_and_says_it_on
         assert fresh.warnings == (warning,)
 
 
-def test_with_a_v3_api_without_disable_bgp_export_the_answer_of_the_write_tells(
+def _writes(server: EmulatedApiServer) -> list[tuple[str, str]]:
+    """The writes served (a dry run is none)."""
+    return [(method, path) for (method, path, _), query in zip(
+        server.requests(), server.params(), strict=True)
+        if method in ("POST", "PATCH", "PUT", "DELETE") and "dryRun" not in query]
+
+
+def test_with_a_v3_api_without_disable_bgp_export_a_dry_run_of_the_write_tells(
         ) -> None:
     # Calico's API server answers a false disableBGPExport by leaving it out, so a pool
     # read without it may be one to change; one of v3.20 (before the field) drops it:
-    # the write of true answered without it says so, and the next plan is empty.
+    # the dry run of the write of true, answered without it, says so, nothing written.
     with EmulatedApiServer(pruned={V3: ["disableBGPExport"]}) as server:
         server.put(V3, _pool_resource("default-ipv4-ippool", {"cidr": "10.42.0.0/16",
                                                               "natOutgoing": True},
                                       api="projectcalico.org/v3"))
         server.put(V3, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16", "disabled": True},
                                       api="projectcalico.org/v3", labels=LABEL))
+        version = server.get(V3, LAN_POOL)["metadata"]["resourceVersion"]  # type: ignore[index]
         backend = _backend(server.api_client(), api="v3")
         p = plan(backend.observe(), compile_ippools(LAN))
-        assert [c.action for c in p] == ["replace"]
-        assert not backend.warnings
-        backend.apply(p)
-        again = plan(backend.observe(), compile_ippools(LAN))
-        assert again.empty, again.render()
+        assert p.empty, p.render()
         (warning,) = backend.warnings
         assert "drops disableBGPExport" in warning
+        assert _writes(server) == []
+        stored = server.get(V3, LAN_POOL)
+        assert stored is not None
+        assert stored["metadata"]["resourceVersion"] == version
+        # Held for BGP_EXPORT_RETRY seconds: no dry run on every pass.
+        requests = len(server.requests())
+        assert plan(backend.observe(), compile_ippools(LAN)).empty
+        assert [m for m, _, _ in server.requests()[requests:]] == ["GET", "GET"]
 
 
 def test_a_pool_whose_disable_bgp_export_the_api_drops_holds_the_wanted_pool_and_nothing_else(
@@ -1006,6 +1018,8 @@ def test_a_pool_written_before_calico_s_upgrade_to_3_21_gets_disable_bgp_export_
         server.put(CRDS, ippool_crd(bgp_export_field=False))
         server.put(resource, {**FOREIGN[0], "apiVersion": version})
         backend = _backend(server.api_client(), api=api)
+        now = [1000.0]
+        backend._monotonic = lambda: now[0]
         backend.apply(plan(backend.observe(), compile_ippools(LAN)))
         assert plan(backend.observe(), compile_ippools(LAN)).empty
         assert len(backend.warnings) == 1
@@ -1017,6 +1031,9 @@ def test_a_pool_written_before_calico_s_upgrade_to_3_21_gets_disable_bgp_export_
         server.put(CRDS, ippool_crd(bgp_export_field=True))
         if process == "a new process":
             backend = _backend(server.api_client(), api=api)
+        else:  # the agent read the CRD a pass ago: its answer is kept a while
+            assert plan(backend.observe(), compile_ippools(LAN)).empty
+            now[0] += BGP_EXPORT_RETRY
         p = plan(backend.observe(), compile_ippools(LAN))
         assert [str(c).split(" (was")[0] for c in p] == [
             f"~ ippool {LAN_POOL} 192.168.0.0/16 disabled blockSize=26 disableBGPExport"]
@@ -1050,6 +1067,40 @@ def test_a_pool_of_k3snet_s_without_disable_bgp_export_is_dropped_only_where_the
         assert pool.disable_bgp_export_dropped is dropped
         assert plan(backend.observe(), compile_ippools(LAN)).empty is dropped
         assert len(backend.warnings) == int(dropped)
+
+
+def _crd_reads(server: EmulatedApiServer) -> int:
+    return sum(1 for method, path, _ in server.requests()
+               if method == "GET" and "/customresourcedefinitions/" in path)
+
+
+@pytest.mark.parametrize("crd", ["schema without it", "not readable"])
+def test_an_agent_reads_the_ippool_crd_once_a_retry_interval_not_on_every_pass(
+        crd: str) -> None:
+    # Calico before v3.21: k3snet's pools lack disableBGPExport for good, and every
+    # listing of the agent's passes read the IPPool CRD again (some kilobytes a GET) to
+    # learn what the last one had learned. Now its answer (a 403 too) is kept for
+    # BGP_EXPORT_RETRY seconds.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, CRDS), pruned=NO_BGP_EXPORT) as server:
+        server.put(CRDS, ippool_crd(bgp_export_field=False))
+        if crd == "not readable":
+            server.fail(403, plural="customresourcedefinitions", times=None)
+        server.put(CRD, FOREIGN[0])
+        server.put(CRD, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16", "disabled": True,
+                                                  "blockSize": 26}, labels=LABEL))
+        backend = _backend(server.api_client())
+        now = [1000.0]
+        backend._monotonic = lambda: now[0]
+        backend.apply(plan(backend.observe(), compile_ippools(LAN)))
+        assert _crd_reads(server) == 1
+        for _ in range(3):  # the agent's passes
+            now[0] += 60
+            assert plan(backend.observe(), compile_ippools(LAN)).empty
+            assert len(backend.warnings) == 1
+        assert _crd_reads(server) == 1
+        now[0] += BGP_EXPORT_RETRY
+        backend.observe()
+        assert _crd_reads(server) == 2
 
 
 @pytest.mark.parametrize("crd", ["the CRD keeps it", "the CRD not readable"])
@@ -1106,16 +1157,22 @@ def test_a_write_answered_without_disable_bgp_export_is_warned_of_by_the_apply_t
     version = "crd.projectcalico.org/v1" if api == "crd" else "projectcalico.org/v3"
     with EmulatedApiServer(pruned={resource: ["disableBGPExport"]}) as server:
         server.put(resource, {**FOREIGN[0], "apiVersion": version})
-        for run in ("create", "an older run's pool"):
-            backend = _backend(server.api_client(), api=api)  # a new process: a CLI run
-            p = plan(backend.observe(), compile_ippools(LAN))
-            assert not p.empty, run
-            assert not backend.warnings
-            backend.apply(p)
-            (warning,) = backend.warnings
-            assert warning.startswith(f"IPPool {LAN_POOL}: the API server drops "
-                                      "disableBGPExport")
-            assert "exports 192.168.0.0/16 over BGP" in warning
-            # what the next listing says, once
-            assert plan(backend.observe(), compile_ippools(LAN)).empty
-            assert backend.warnings == (warning,)
+        backend = _backend(server.api_client(), api=api)  # a new process: a CLI run
+        p = plan(backend.observe(), compile_ippools(LAN))
+        assert [c.action for c in p] == ["add"]
+        assert not backend.warnings
+        backend.apply(p)
+        (warning,) = backend.warnings
+        assert warning.startswith(f"IPPool {LAN_POOL}: the API server drops "
+                                  "disableBGPExport")
+        assert "exports 192.168.0.0/16 over BGP" in warning
+        # what the next listing says, once
+        assert plan(backend.observe(), compile_ippools(LAN)).empty
+        assert backend.warnings == (warning,)
+        # The next run found the pool without the field and wrote it again to learn it
+        # (one write a run). Now a dry run of that write tells: nothing written.
+        writes = _writes(server)
+        backend = _backend(server.api_client(), api=api)
+        assert plan(backend.observe(), compile_ippools(LAN)).empty
+        assert backend.warnings == (warning,)
+        assert _writes(server) == writes

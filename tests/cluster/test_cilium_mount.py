@@ -515,3 +515,185 @@ def test_a_failed_daemonset_read_refuses_a_plan_turning_the_ip_masq_agent_on(
         backend.observe()
     api_server.clear_faults()
     assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+
+
+def _masq_daemonset(*, args: list[str] | None = None) -> dict[str, Any]:
+    """Helm's DaemonSet with the ip-masq-agent volume mounted at /etc/masq, not /etc/config
+    (``args``: more arguments of the agent)."""
+    ds = cilium_daemonset(ip_masq_agent=True)
+    agent = _pod(ds)["containers"][0]
+    agent["volumeMounts"][-1]["mountPath"] = "/etc/masq"
+    agent["args"] += args or []
+    return ds
+
+
+def _unmounted(backend: CiliumBackend) -> tuple[str | None, bool]:
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    return foreign.ip_masq_agent_unmounted, foreign.ip_masq_agent_no_directory
+
+
+@pytest.mark.parametrize("spelled", [["--ip-masq-agent-config-path=/etc/masq/ip-masq-agent"],
+                                     ["--ip-masq-agent-config-path", "/etc/masq/ip-masq-agent"]],
+                         ids=["flag=value", "flag value"])
+def test_the_agent_s_ip_masq_agent_config_path_argument_is_the_file_judged(
+    spelled: list[str], cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The agent started with --ip-masq-agent-config-path reads that file (a flag on the
+    # command line wins over cilium-config's key, viper's order): the mount check looked
+    # at /etc/config/ip-masq-agent whatever the argument said.
+    cilium.put(DAEMONSETS, _masq_daemonset())
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/config/ip-masq-agent (it is at /etc/masq/ip-masq-agent)" in why
+    assert no_directory
+    cilium.put(DAEMONSETS, _masq_daemonset(args=spelled))
+    assert _unmounted(backend) == (None, False)
+    assert _reasons(backend, _spec(cidrs=["10.0.0.0/8"])) == []
+    # ... over cilium-config's key too; and mounted at /etc/config, the argument
+    # elsewhere is not that file.
+    cilium.put(CONFIGMAPS, _cilium_config({
+        **EBPF_AGENT, "ip-masq-agent-config-path": "/etc/config/ip-masq-agent"}))
+    assert _unmounted(backend) == (None, False)
+    helm = cilium_daemonset(ip_masq_agent=True)
+    _pod(helm)["containers"][0]["args"] += spelled
+    cilium.put(DAEMONSETS, helm)
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/ip-masq-agent (it is at /etc/config/ip-masq-agent)" in why
+    assert not no_directory
+    # After "--" an argument is no flag.
+    _pod(helm)["containers"][0]["args"][-len(spelled):-len(spelled)] = ["--"]
+    cilium.put(DAEMONSETS, helm)
+    assert _unmounted(backend) == (None, False)
+
+
+def test_a_node_config_s_ip_masq_agent_config_path_is_the_file_judged_on_its_nodes(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # A CiliumNodeConfig's ip-masq-agent-config-path is what the agents of its nodes read
+    # (laid over cilium-config's): unmounted there, Cilium's default list applies there.
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    assert _unmounted(backend) == (None, False)
+    cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"ip-masq-agent-config-path": "/etc/masq/ip-masq-agent"}))
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/ip-masq-agent (it is at /etc/config/ip-masq-agent)" in why
+    assert not no_directory
+    (reason,) = _reasons(backend, _spec(cidrs=["10.0.0.0/8"]))
+    assert "192.168.0.0/16, from Cilium's default list" in reason
+    # Where the ip-masq-agent is off on its nodes, its path does not matter.
+    cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"ip-masq-agent-config-path": "/etc/masq/ip-masq-agent",
+                 "enable-ip-masq-agent": "false"}))
+    assert _unmounted(backend) == (None, False)
+
+
+def test_a_plan_turning_the_ip_masq_agent_on_with_nothing_at_etc_config_warns_ahead(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # The ip-masq-agent off, observe read no DaemonSet: `plan` of a spec turning it on
+    # said nothing, and only check and apply refused it. The hint of what the plan wants
+    # (expect, as `k3snet plan` and converge give it) has observe read the DaemonSet then:
+    # a warning says the refusal ahead, the observed state the same, and the check
+    # right after takes that read (no second GET).
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    desired = compile_for(backend, _spec())
+    unhinted = backend.observe()
+    assert backend.warnings == ()
+    backend.expect(desired)
+    observed = backend.observe()
+    assert observed == unhinted
+    (warning,) = backend.warnings
+    assert warning.startswith("the plan turns Cilium's ip-masq-agent on, which check and "
+                              "apply refuse: enable-ip-masq-agent: true where the "
+                              "cilium-agent container has no /etc/config")
+    assert "Helm ipMasqAgent.enabled=true" in warning
+    assert _daemonset_reads(api_server) == 1
+    (refused,) = backend.check(plan(observed, desired))
+    assert "has no /etc/config" in refused
+    assert _daemonset_reads(api_server) == 1
+    # Mounted as Helm does: nothing to warn of; a spec leaving it off reads nothing.
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    backend.observe()
+    assert backend.warnings == ()
+    data = seed_spec().to_dict()
+    data["backends"] = ["cilium"]
+    backend.expect(compile_for(backend, Spec.from_dict(data)))
+    backend.observe()
+    assert _daemonset_reads(api_server) == 2
+    # A failed read ahead fails no plan: the check says it.
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    api_server.fail(500, plural="daemonsets", times=1)
+    backend.expect(desired)
+    assert backend.observe() == unhinted
+    assert backend.warnings == ()
+    (refused,) = backend.check(plan(unhinted, desired))
+    assert "has no /etc/config" in refused
+
+
+PODS = "v1/pods"
+
+
+def _agent_pod(name: str, ds: dict[str, Any]) -> dict[str, Any]:
+    """A pod of the DaemonSet ``ds`` running its pod template as it is now."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "kube-system",
+                         "labels": {"k8s-app": "cilium"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+                                              "name": "cilium", "uid": "u", "controller": True}]},
+            "spec": copy.deepcopy(_pod(ds)), "status": {"phase": "Running"}}
+
+
+def _rolling(ds: dict[str, Any], *, updated: int, desired: int = 3) -> dict[str, Any]:
+    ds = copy.deepcopy(ds)
+    ds["spec"]["updateStrategy"] = {"type": "OnDelete"}
+    ds["metadata"]["generation"] = 2
+    ds["status"] = {"observedGeneration": 2, "desiredNumberScheduled": desired,
+                    "updatedNumberScheduled": updated}
+    return ds
+
+
+def _pod_reads(server: EmulatedApiServer) -> int:
+    return sum(1 for method, path, _ in server.requests()
+               if method == "GET" and path.split("?")[0].endswith("/pods"))
+
+
+def test_pods_still_running_a_template_without_the_mount_are_named(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Helm's ipMasqAgent.enabled=true added the mount to the template, but under the
+    # OnDelete strategy (or mid-rollout) the pods running still have none: their agents
+    # read no file and keep Cilium's default list, while the template alone was judged
+    # and k3snet said converged.
+    old, new = cilium_daemonset(ip_masq_agent=False), cilium_daemonset(ip_masq_agent=True)
+    cilium.put(PODS, _agent_pod("cilium-a", new))
+    for name in ("cilium-b", "cilium-c"):
+        cilium.put(PODS, _agent_pod(name, old))
+    cilium.put(PODS, {**_agent_pod("cilium-old", old), "status": {"phase": "Failed"}})
+    other = _agent_pod("other-x", old)
+    other["metadata"]["ownerReferences"][0]["name"] = "other"
+    cilium.put(PODS, other)
+    cilium.put(DAEMONSETS, _rolling(new, updated=1))
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert why.startswith(f"2 pod(s) of {WHERE} still run an older pod template than its "
+                          "own, without the file (cilium-b, cilium-c; they read it once "
+                          "replaced): pod kube-system/cilium-b has no volume of the "
+                          "ConfigMap ip-masq-agent")
+    assert not no_directory  # the pods started from now have it
+    (reason,) = _reasons(backend, _spec(cidrs=["10.0.0.0/8"]))
+    assert "cilium-b, cilium-c" in reason
+    # Replaced (deleted, made again from the template): converged.
+    for name in ("cilium-b", "cilium-c"):
+        cilium.put(PODS, _agent_pod(name, new))
+    assert _unmounted(backend) == (None, False)
+    # Every pod on the template: the status says so, and no pod is listed.
+    reads = _pod_reads(cilium)
+    assert reads == 3  # one list an observe, only where the status says pods lag
+    cilium.put(DAEMONSETS, _rolling(new, updated=3))
+    assert _unmounted(backend) == (None, False)
+    assert _pod_reads(cilium) == reads
