@@ -19,8 +19,9 @@ so that any pod could walk the agent to its memory limit. This server instead:
 * closes a connection not answered and written within ``deadline`` seconds of its
   accept (a client that sends a byte at a time, or never reads its answer);
 * reads at most :data:`REQUEST_LIMIT` bytes of request line and headers (431 beyond);
-* answers ``GET`` and ``HEAD`` of a path or an absolute URL (``http://HOST/healthz``),
-  one request a connection (``Connection: close``);
+* answers ``GET`` and ``HEAD`` of a path or an absolute URL (``http://HOST/healthz``; one
+  of no host is a 400; ``Host`` is never read), one request a connection (``Connection:
+  close``), one empty line before the request line ignored;
 * once its answer is written, shuts its sending side and reads and drops what the client
   still sends, until it closes, for at most ``linger`` seconds and :data:`LINGER_LIMIT`
   bytes (as Apache's lingering close and Go's ``closeWriteAndWait``): a socket closed
@@ -101,6 +102,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 # The empty line ending the headers: a line may end in a bare LF (RFC 9112 2.2), the
 # last header's or the empty line's, so "\n\r\n" too (it was answered by no status).
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+_EMPTY_LINE = re.compile(rb"\r?\n")
 _BRACKETED = re.compile(r"\[(?P<host>[0-9A-Fa-f:.]+)\]:(?P<port>[0-9]*)")
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
@@ -294,23 +296,29 @@ class HealthServer:
         # byte at a time had 33 MB searched for its 8 KiB, 1.8 s of this one thread.
         start = max(0, len(client.request) - 3)
         client.request += data
-        end = _HEAD_END.search(client.request, start)
+        # One empty line before the request line is ignored (RFC 9112 2.2: a client may
+        # end its previous request's body with one; it was a 400). The search takes in
+        # its LF: an empty line after it is an empty request line, a 400, not a wait.
+        lead = _EMPTY_LINE.match(client.request)
+        begin = 0 if lead is None else lead.end()
+        end = _HEAD_END.search(client.request, max(start, begin - 1))
         if end is None and len(client.request) > REQUEST_LIMIT:
             self._answer(client, _text(431, "request headers too large"), head=False)
         elif end is not None:
-            self._answer(client, *self._route(bytes(client.request[:end.start()])))
+            head = client.request[begin:max(begin, end.start())]
+            self._answer(client, *self._route(bytes(head)))
 
     def _route(self, head: bytes) -> tuple[tuple[int, bytes, str], bool]:
         """The answer to a request (its line and headers) and whether it is a HEAD."""
         if len(head) > REQUEST_LIMIT:
             return _text(431, "request headers too large"), False
         words = head.split(b"\n", 1)[0].rstrip(b"\r").split(b" ")
-        if len(words) != 3 or not words[2].startswith(b"HTTP/1."):
+        path = _path(words[1].decode("ascii", "replace")) if len(words) == 3 else None
+        if path is None or not words[2].startswith(b"HTTP/1."):
             return _text(400, "bad request"), False
-        method, target = words[0], words[1].decode("ascii", "replace")
+        method = words[0]
         if method not in (b"GET", b"HEAD"):
             return _text(405, "only GET and HEAD"), False
-        path = _path(target)
         route = self._routes.get(path)
         if route is None:
             return _text(404, "not found"), method == b"HEAD"
@@ -416,14 +424,22 @@ def _peer(address: tuple[object, ...]) -> tuple[str, str]:
     return str(ip), str(ip)
 
 
-def _path(target: str) -> str:
+def _path(target: str) -> str | None:
     """The path of a request's target, its query left out: the target itself (origin-form,
     ``/healthz``) or, in absolute-form (``http://HOST:PORT/healthz``, which a server must
-    accept: RFC 9112 3.2.2), what follows its authority (``/`` when nothing does)."""
+    accept: RFC 9112 3.2.2), what follows its authority (``/`` when nothing does);
+    ``None`` (a 400) for an absolute-form of no host (``http:///healthz``, ``http://:80/``),
+    which a recipient must reject (RFC 9110 4.2.1).
+
+    The ``Host`` header is never read: for absolute-form the target's host counts and
+    ``Host`` is ignored (RFC 9112 3.2.2); for origin-form nothing here depends on a host."""
     path = target.split("?", 1)[0]
     scheme, sep, rest = path.partition("://")
     if sep and scheme.lower() in ("http", "https"):
-        return "/" + rest.partition("/")[2]
+        authority, _, path = rest.partition("/")
+        host = authority.rpartition("@")[2]  # userinfo@ left out
+        host = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
+        return None if not host else "/" + path
     return path
 
 

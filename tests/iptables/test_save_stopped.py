@@ -11,9 +11,12 @@ decided by them, saying nothing of the tables it could not read.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +198,29 @@ def test_the_command_a_save_stopped_in_nat_names_runs_in_the_namespace_k3snet_re
     out = subprocess.run(shlex.split(shown), capture_output=True, text=True,
                          check=True).stdout  # here, outside: as shown
     assert "meta mark set 0x00000003" in out, out
+
+
+@pytest.mark.kernel
+def test_the_cli_run_by_ip_netns_exec_names_the_namespace_where_the_save_stopped(
+        ns: str, tmp_path: Path) -> None:
+    """``ip netns exec NS k3snet ...`` without ``--netns``: the error said the save stopped
+    "in the current namespace" beside a command (``ip netns exec NS nft ...``) naming
+    ``NS``. It names ``NS`` as ``--netns NS`` does: the two errors read the same."""
+    for tool in ("iptables-nft", "iptables-nft-save", "nft"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    run_in(ns, ["iptables-nft", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "10.42.0.0/16",
+                "-j", "MASQUERADE"])
+    run_in(ns, ["nft", "add", "rule", "ip", "nat", "POSTROUTING", "ip", "saddr",
+                "10.42.0.0/16", "meta", "mark", "set", "3", "counter"])
+    if run_in(ns, ["iptables-nft-save"], check=False).returncode == 0:
+        pytest.skip("this iptables-nft-save prints the rule or leaves the table out")
+    env = {**os.environ, "K3SNET_STATE_DIR": str(tmp_path)}
+    observe = [sys.executable, "-m", "k3snet", "observe", "--backend", "iptables"]
+    inside = run_in(ns, observe, check=False, env=env)
+    given = subprocess.run([*observe, "--netns", ns], capture_output=True, text=True,
+                           env=env, check=False)
+    assert inside.returncode == given.returncode == 1, (inside, given)
+    assert f"stopped in IPv4 nat in network namespace {ns!r} (" in inside.stderr, inside.stderr
+    assert "current namespace" not in inside.stderr
+    assert inside.stderr == given.stderr

@@ -367,6 +367,46 @@ def test_malformed_and_foreign_requests_get_a_status_and_a_closed_connection(
     assert _probe(server).startswith(b"HTTP/1.1 200 OK\r\n")
 
 
+@pytest.mark.parametrize("lead", [b"\r\n", b"\n"])
+def test_one_empty_line_before_the_request_line_is_ignored(server: HealthServer,
+                                                           lead: bytes) -> None:
+    # RFC 9112 2.2: a server should ignore at least one empty line received before the
+    # request line (a client's previous body may end in one). It was a 400.
+    assert _probe(server, lead + PROBE).startswith(b"HTTP/1.1 200 OK\r\n")
+    head = _probe(server, lead + b"HEAD /readyz HTTP/1.1\r\n\r\n").partition(b"\r\n\r\n")
+    assert head[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert head[2] == b""
+    # Only one: an empty line after it is an empty request line, answered at once.
+    assert _probe(server, lead + b"\r\n" + PROBE).startswith(b"HTTP/1.1 400 ")
+    assert _probe(server, lead + lead).startswith(b"HTTP/1.1 400 ")
+
+
+@pytest.mark.parametrize("target", [
+    b"http:///healthz", b"http://:9743/healthz", b"HTTP://@/healthz", b"http://user@:1/readyz",
+    b"http://[]:9743/healthz", b"https:///metrics", b"http://", b"http://?x=/healthz"])
+def test_an_absolute_target_of_no_host_is_400_whatever_the_host_header_says(
+        server: HealthServer, target: bytes) -> None:
+    # RFC 9110 4.2.1: a recipient must reject an http URI of an empty host as invalid;
+    # the Host header does not stand in for it (RFC 9112 3.2.2: it is ignored). They
+    # were routed by their path: 200.
+    for host in (b"Host: node:9743\r\n", b"Host: \r\n", b""):
+        request = b"GET " + target + b" HTTP/1.1\r\n" + host + b"\r\n"
+        assert _probe(server, request).startswith(b"HTTP/1.1 400 "), request
+
+
+@pytest.mark.parametrize("host", [
+    b"Host: node:9743\r\n", b"Host: other.example:80\r\n", b"Host: \r\n", b""])
+def test_an_absolute_target_with_a_host_is_served_whatever_the_host_header_says(
+        server: HealthServer, host: bytes) -> None:
+    # RFC 9112 3.2.2: the server must ignore Host and use the target's host; the agent
+    # serves every host of the node alike.
+    for target, status in ((b"http://node:9743/healthz", b"200"),
+                           (b"http://user@[fd00::1]/readyz", b"200"),
+                           (b"http://node/nowhere", b"404")):
+        request = b"GET " + target + b" HTTP/1.1\r\n" + host + b"\r\n"
+        assert _probe(server, request).split(b" ", 2)[1] == status, request
+
+
 def test_a_method_not_allowed_names_the_allowed_ones(server: HealthServer) -> None:
     # RFC 9110 15.5.6: a 405 answer must carry Allow.
     for request in (b"POST /metrics HTTP/1.1\r\n\r\n", b"OPTIONS * HTTP/1.1\r\n\r\n"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import re
 import select
@@ -33,7 +34,7 @@ from k3snet.backends.iptables.save import stopped_mark, unread_mark
 from k3snet.backends.iptables.table import Op, restore_lines
 from k3snet.backends.kit import translate_errors, undo_spares_children
 from k3snet.backends.lock import inherited_locks
-from k3snet.backends.netns import shown_command
+from k3snet.backends.netns import exec_name, shown_command
 from k3snet.errors import BackendError, BackendUnavailableError
 from k3snet.render.iptables.rules import TABLES, Line, tokenize
 
@@ -198,10 +199,14 @@ class Processes:
         self.netns = netns
         self.timeout = timeout
 
-    @property
+    @functools.cached_property
     def where(self) -> str:
-        """The namespace, for messages."""
-        return f"network namespace {self.netns!r}" if self.netns else "the current namespace"
+        """The namespace, for messages: named as the commands they show name it
+        (:func:`~k3snet.backends.netns.exec_name`), so ``ip netns exec NS k3snet ...``
+        without ``--netns`` reads ``network namespace 'NS'`` too, not "the current
+        namespace" beside a command that runs in ``NS``."""
+        name = exec_name(self.netns)
+        return f"network namespace {name!r}" if name else "the current namespace"
 
     def tool(self, family: int, mode: Flavour, kind: str) -> str:
         """The tool's name, if it is installed (else BackendUnavailableError)."""
