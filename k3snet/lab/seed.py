@@ -126,6 +126,8 @@ _FORWARDING: Final = {"pod": 0, "node": 0, "router": 1, "db": 0}
 _SERVER_START_TIMEOUT: Final = 10.0
 # Slack on top of a probe's own timeout for starting Python inside the namespace.
 _PROBE_STARTUP_SLACK: Final = 10.0
+# The probe program's file: it imports the standard library alone (see _run_probe).
+_PROBE_FILE: Final = str(Path(__file__).with_name("_probe.py"))
 # The directory that holds the k3snet package, so `python -m k3snet...` works in a
 # namespace whether or not the package is installed.
 _IMPORT_ROOT: Final = str(Path(__file__).resolve().parents[2])
@@ -402,7 +404,10 @@ class SeedLab:
 
     def _run_probe(self, ns: str, args: list[str], budget: float) -> dict[str, object]:
         """Run the probe module in ``ns`` and return its JSON answer."""
-        argv = [sys.executable, "-m", "k3snet.lab._probe", *args]
+        # Standard library only: its file, isolated and without site packages. Through
+        # `-m` each probe imported k3snet and the lab first (attrs, the seed lab), several
+        # times the exchange's own CPU time (as the doctor's kernel tests found).
+        argv = [sys.executable, "-I", "-S", _PROBE_FILE, *args]
         try:
             result = run_in(
                 ns, argv, check=False, timeout=budget + _PROBE_STARTUP_SLACK, env=_python_env()

@@ -29,6 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from k3snet.lab import _probe
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
 
@@ -162,7 +163,9 @@ class Fleet:
 
     def probe(self, i: int, host: str = SERVICE) -> dict[str, Any]:
         """One TCP exchange from pod ``i``: ``{"ok": ..., "seen": <source the service saw>}``."""
-        done = run_in(self.pods[i], [sys.executable, "-m", "k3snet.lab._probe", "tcp",
+        # The probe's file, standard library only (as the seed lab runs it): `-m` imported
+        # k3snet and the lab first, most of each probe's CPU time.
+        done = run_in(self.pods[i], [sys.executable, "-I", "-S", _probe.__file__, "tcp",
                                      "--host", host, "--port", str(PORT), "--timeout", "1"],
                       check=False, timeout=30, env=PY_ENV)
         answer: dict[str, Any] = json.loads(done.stdout)

@@ -1,0 +1,340 @@
+"""The Ansible module ``k3snet.k3snet.egress`` driving a seed lab's node namespace.
+
+Each run is a real ``ansible-playbook`` process (tests/ansible/playbooks.py); what it
+reports is checked against the kernel's own view (``nft -j list ruleset``, /proc/sys)
+and a real TCP connection from the lab's pod. A file apart from test_module.py so the
+two halves run side by side under ``pytest --dist loadfile``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from k3snet import BackendGroup, converge, load_spec
+from k3snet.backends.netlink import NetlinkBackend
+from k3snet.backends.nftables import NftablesBackend
+from k3snet.converge import compile_for
+from k3snet.demo import SPEC_PATH
+from k3snet.facts import gather_facts
+from k3snet.lab import NODE_ADDRESSES, SeedLab
+from k3snet.lab.netns import run_in, temporary_netns
+from tests.ansible.playbooks import (
+    DOCS_PAGE,
+    REPO,
+    egress,
+    forwarding,
+    iptables_rules,
+    kernel_view,
+    lab_node,
+    no_traceback,
+    playbook,
+    returned_keys_are_documented,
+    ruleset,
+    state_files,
+)
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_check_mode_then_apply_then_a_second_run_reports_no_change(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    files_before = state_files()
+    with SeedLab.create() as lab:
+        present = egress(spec_path=str(SPEC_PATH), **lab_node(lab))
+        untouched = kernel_view(lab)
+        assert forwarding(lab.node) == ("0", "0")
+
+        # Check mode (with a diff): says it would change, changes nothing.
+        check = playbook(tmp_path, ansible_env, [present], "--check", "--diff")
+        assert check.returncode == 0, check.stdout + check.stderr
+        (result,) = check.results
+        assert result["changed"] is True
+        assert check.changed == 1
+        assert result["applied"] == []
+        assert returned_keys_are_documented(result)
+        assert result["msg"].startswith("Plan: 6 to add, 0 to replace, 0 to delete")
+        assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in result["plan_text"]
+        assert len(result["plan"]["changes"]) == 6
+        assert result["diff"]["before"] == ""
+        assert "masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0\n" in result["diff"]["after"]
+        assert "+masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in check.stdout  # the diff
+        assert kernel_view(lab) == untouched
+        assert not lab.tcp_probe(4, timeout=1.0).ok
+
+        # The real run: changed, and the pod reaches the database as the node.
+        applied = playbook(tmp_path, ansible_env, [present], "--diff")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        (result,) = applied.results
+        assert result["changed"] is True
+        assert applied.changed == 1
+        assert len(result["applied"]) == 6
+        assert result["diff"]["after"].count("\n") == 6
+        assert forwarding(lab.node) == ("1", "1")
+        assert any("masquerade" in json.dumps(item) for item in ruleset(lab.node))
+        probe = lab.tcp_probe(4)
+        assert probe.ok, probe.error
+        assert probe.source_seen == NODE_ADDRESSES[4]
+
+        # The second run: nothing to do, and Ansible counts no change.
+        fixed = kernel_view(lab)
+        again = playbook(tmp_path, ansible_env, [present], "--diff")
+        assert again.returncode == 0, again.stdout + again.stderr
+        (result,) = again.results
+        assert result["changed"] is False
+        assert again.changed == 0
+        assert result["plan"]["changes"] == []
+        assert result["diff"]["before"] == result["diff"]["after"]
+        assert kernel_view(lab) == fixed
+    assert state_files() == files_before, "the module left state files in /run/k3snet"
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_teardown_is_refused_and_state_absent_removes_everything_once(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    with SeedLab.create() as lab:
+        untouched = kernel_view(lab)
+        # What `k3snet apply` (or an earlier playbook) left on the node.
+        with BackendGroup([NetlinkBackend(lab.node, state_dir=lab.state_dir),
+                           NftablesBackend(lab.node)]) as node:
+            converge(node, compile_for(node, load_spec(SPEC_PATH), gather_facts(lab.node)))
+        fixed = kernel_view(lab)
+        assert fixed != untouched
+        assert lab.tcp_probe(4).ok
+
+        # A spec that lost its destinations would remove egress: refused, nothing changed.
+        emptied = egress(spec={"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42:42::/56"]}},
+                         **lab_node(lab))
+        refused = playbook(tmp_path, ansible_env, [{**emptied, "ignore_errors": True}])
+        (result,) = refused.results
+        assert result["failed"] is True
+        assert "deletes everything k3snet owns" in result["msg"]
+        assert no_traceback(result, refused)
+        assert kernel_view(lab) == fixed
+
+        # state=absent in check mode, then for real, then again.
+        absent = egress(state="absent", **lab_node(lab))
+        preview = playbook(tmp_path, ansible_env, [absent], "--check")
+        (result,) = preview.results
+        assert result["changed"] is True
+        assert len(result["plan"]["changes"]) == 6
+        assert all(c["action"] == "delete" for c in result["plan"]["changes"])
+        assert kernel_view(lab) == fixed
+
+        removed = playbook(tmp_path, ansible_env, [absent])
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        (result,) = removed.results
+        assert result["changed"] is True
+        assert removed.changed == 1
+        assert kernel_view(lab) == untouched
+        assert not lab.tcp_probe(4, timeout=1.0).ok
+
+        gone = playbook(tmp_path, ansible_env, [absent])
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        (result,) = gone.results
+        assert result["changed"] is False
+        # As `k3snet destroy` says it (it said "The system matches the spec", of no spec).
+        assert result["msg"] == "Nothing to destroy: k3snet owns nothing here."
+        assert gone.changed == 0
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_state_absent_naming_no_backend_removes_what_every_node_backend_holds(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # A node set up through a spec's `backends: [netlink, iptables]` (K3s on iptables):
+    # `state: absent` alone, as the docs showed it, removed the routes and sysctls and
+    # said changed, while k3snet's iptables chains (its masquerade) stayed. Now every node
+    # backend looks for k3snet's objects, and those holding any remove them.
+    spec = {**yaml.safe_load(SPEC_PATH.read_text()), "backends": ["netlink", "iptables"]}
+    with SeedLab.create() as lab:
+        before = forwarding(lab.node)
+        applied = playbook(tmp_path, ansible_env, [egress(spec=spec, **lab_node(lab))])
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        made = iptables_rules(lab.node)
+        assert any("K3SNET-" in line for line in made)
+
+        checked = playbook(tmp_path, ansible_env, [egress(state="absent", **lab_node(lab))],
+                           "--check")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        (result,) = checked.results
+        assert result["changed"] is True
+        assert result["discovered"]["held"].keys() == {"netlink", "iptables-nft"}
+        assert any(c["before"]["type"] == "masquerade" for c in result["plan"]["changes"])
+        assert iptables_rules(lab.node) == made  # check mode changes nothing
+
+        bare = playbook(tmp_path, ansible_env, [egress(state="absent", **lab_node(lab))])
+        assert bare.returncode == 0, bare.stdout + bare.stderr
+        (result,) = bare.results
+        assert result["changed"] is True
+        assert returned_keys_are_documented(result)
+        assert not [line for line in iptables_rules(lab.node) if "K3SNET" in line]
+        assert forwarding(lab.node) == before  # the sysctls given back, through netlink
+
+        again = playbook(tmp_path, ansible_env, [egress(state="absent", **lab_node(lab))])
+        (result,) = again.results
+        assert result["changed"] is False
+        assert result["msg"] == "Nothing to destroy: k3snet owns nothing here."
+        assert result["discovered"]["held"] == {}
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_node_facts_come_from_the_namespace_the_backends_act_in(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # backend_options' netns (or a spec's backends: netns) put the backends in the node's
+    # namespace, but the facts were read from the module's own (the task's netns option,
+    # unset): the node's gateway was refused as outside every prefix of the host.
+    with SeedLab.create() as lab:
+        untouched = kernel_view(lab)
+        task = egress(spec_path=str(SPEC_PATH), backend_options={
+            "netlink": {"netns": lab.node, "state_dir": str(lab.state_dir)},
+            "nftables": {"netns": lab.node}})
+        run = playbook(tmp_path, ansible_env, [task], "--check")
+        assert run.returncode == 0, run.stdout + run.stderr
+        (result,) = run.results
+        assert result["changed"] is True
+        assert result["msg"].startswith("Plan: 6 to add")
+        assert kernel_view(lab) == untouched
+
+        # Backends in two namespaces: no one node to check the spec against.
+        with temporary_netns("other") as other:
+            split = egress(spec_path=str(SPEC_PATH), backend_options={
+                "netlink": {"netns": lab.node, "state_dir": str(lab.state_dir)},
+                "nftables": {"netns": other}})
+            run = playbook(tmp_path, ansible_env, [{**split, "ignore_errors": True}],
+                           "--check")
+        (result,) = run.results
+        assert result["failed"] is True
+        assert "several network namespaces" in result["msg"]
+        assert "facts" in result["msg"]
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_what_the_backends_warn_of_is_an_ansible_warning(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # `k3snet plan` prints a backend's warnings (`!! warning:`); the module kept them to
+    # itself, so a task said ok over an administrator's chain named like k3snet's.
+    with SeedLab.create() as lab:
+        for argv in (["-N", "K3SNET-MINE"], ["-A", "K3SNET-MINE", "-j", "RETURN"],
+                     ["-I", "POSTROUTING", "1", "-j", "K3SNET-MINE"]):
+            run_in(lab.node, ["iptables-nft", "-w", "-t", "nat", *argv])
+        untouched = iptables_rules(lab.node), forwarding(lab.node)
+        task = egress(spec_path=str(SPEC_PATH), backends=["netlink", "iptables"],
+                      **lab_node(lab))
+        check = playbook(tmp_path, ansible_env, [task], "--check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        (result,) = check.results
+        assert result["changed"] is True
+        warned = [w for w in result.get("warnings", []) if "K3SNET-MINE" in w]
+        assert len(warned) == 1, result.get("warnings")
+        assert "chain K3SNET-MINE is not k3snet's" in warned[0]
+        assert "[WARNING]" in check.stdout + check.stderr
+        assert (iptables_rules(lab.node), forwarding(lab.node)) == untouched
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_a_warning_quoting_a_foreign_name_reaches_the_controller_printable(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # A chain another program named with a terminal escape (clear the screen, set the
+    # window's title): `k3snet plan` writes it \x1b[2J; the module's task warning (and its
+    # failure message) went to ansible-playbook's terminal as it was.
+    name = "K3SNET-\x1b[2J\x1b]0;x\x07"
+    with SeedLab.create() as lab:
+        for argv in (["-N", name], ["-A", name, "-j", "RETURN"],
+                     ["-I", "POSTROUTING", "1", "-j", name]):
+            run_in(lab.node, ["iptables-nft", "-w", "-t", "nat", *argv])
+        task = egress(spec_path=str(SPEC_PATH), backends=["netlink", "iptables"],
+                      **lab_node(lab))
+        check = playbook(tmp_path, ansible_env, [task], "--check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        (result,) = check.results
+        warned = [w for w in result.get("warnings", []) if "K3SNET-" in w]
+        assert len(warned) == 1, result.get("warnings")
+        assert "chain K3SNET-\\x1b[2J\\x1b]0;x\\x07 is not k3snet's" in warned[0]
+        assert "\x1b" not in check.stdout + check.stderr
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_the_diff_the_docs_show_is_what_check_mode_prints(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    """docs/ansible.md shows the ``--check --diff`` output for the single-stack spec of
+    getting-started on a node with the administrator's static route: a lab node is one."""
+    page = DOCS_PAGE.read_text(encoding="utf-8")
+    shown = page.split("```text\nTASK [Pods reach the database subnet]", 1)[1].split("```", 1)[0]
+    started = (REPO / "docs/getting-started.md").read_text(encoding="utf-8")
+    spec = yaml.safe_load(started.split('Spec.from_yaml("""\n', 1)[1].split('"""', 1)[0])
+    with SeedLab.create() as lab:
+        task = {"name": "Pods reach the database subnet", **egress(spec=spec, **lab_node(lab))}
+        run = playbook(tmp_path, ansible_env, [task], "--check", "--diff")
+        netns = f" (netns {lab.node})"  # the headers name a namespace other than the host's
+    assert run.returncode == 0, run.stdout + run.stderr
+    printed = run.stdout.split("TASK [Pods reach the database subnet]", 1)[1]
+    printed = printed.split("\nTASK ", 1)[0].replace("[localhost]", "[node1]")
+    printed = printed.replace(netns, "")
+    assert printed.lstrip("*") == shown.lstrip("*")
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_the_spec_s_objects_no_backend_in_use_manages_are_a_task_warning(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    """``backends: [netlink]``: the spec's masquerade and forward accepts are in no plan,
+    as ``k3snet plan --backend netlink`` says; the task said ok (or changed) in silence.
+    ``netlink:route,sysctl`` splits the kinds on purpose: no warning."""
+    with SeedLab.create() as lab:
+        tasks = [egress(spec_path=str(SPEC_PATH), backends=backends, **lab_node(lab))
+                 for backends in (["netlink"], ["netlink:route,sysctl"])]
+        check = playbook(tmp_path, ansible_env, tasks, "--check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    alone, split = check.results
+    warned = [w for w in alone.get("warnings", []) if "in no plan" in w]
+    assert len(warned) == 1, alone.get("warnings")
+    assert "2 forward accepts and 2 NAT rules" in warned[0]
+    assert not [w for w in split.get("warnings", []) if "in no plan" in w]
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.usefixtures("require_root")
+def test_a_switch_of_backends_names_the_iptables_legacy_chains_left_as_k3snet_apply_does(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # A node set up with `--backend iptables --backend-opt iptables.mode=legacy`, the
+    # playbook now on netlink and nftables: k3snet's legacy masquerade ran on, unsaid.
+    with SeedLab.create() as lab:
+        before = subprocess.run(
+            [sys.executable, "-m", "k3snet.cli", "apply", "-f", str(SPEC_PATH), "--backend",
+             "netlink", "--backend", "iptables", "--backend-opt", "iptables.mode=legacy",
+             "--netns", lab.node, "--backend-opt", f"netlink.state_dir={lab.state_dir}"],
+            env={**os.environ, "K3SNET_LOCK_DIR": ansible_env["K3SNET_LOCK_DIR"]},
+            text=True, capture_output=True, check=False, timeout=120)
+        assert before.returncode == 0, before.stderr
+        run = playbook(tmp_path, ansible_env, [egress(
+            spec_path=str(SPEC_PATH), backends=["netlink", "nftables"], **lab_node(lab))])
+        assert run.returncode == 0, run.stdout + run.stderr
+        (result,) = run.results
+        (left,) = [w for w in result["warnings"] if " holds " in w]
+        assert re.match(r"iptables-legacy holds \d+ of k3snet's objects", left), left
+        assert left.endswith(f"`k3snet destroy --netns {lab.node} --backend iptables "
+                             "--backend-opt iptables.mode=legacy` removes them")
+        legacy = run_in(lab.node, ["iptables-legacy-save"]).stdout
+        assert "K3SNET-" in legacy  # said, not removed
