@@ -529,7 +529,7 @@ def test_a_slow_answer_is_no_clock_gap_a_pod_made_before_the_write_stays_pending
     (0.9, 0.01, 0.5, 1.7), (0.9, 0.01, 0.05, 0.2), (0.5, 0.01, 0.3, 0.4),
     (0.0, 0.01, 0.95, 0.01), (-0.5, 0.01, 0.7, 0.5)])
 def test_the_stamp_is_never_before_the_server_s_second_late_by_a_second_and_the_answer_s_time(
-        clock: type[_Clock], monkeypatch: pytest.MonkeyPatch, ahead: float, wait: float,
+        clock: type[_Clock], monkeypatch: pytest.MonkeyPatch, *, ahead: float, wait: float,
         fraction: float, later: float) -> None:
     # The latest server time the answer allows, whatever the gap. Where the answer could
     # not tell the clocks apart (its interval held 0) the stamp was k3snet's own: with the
