@@ -511,7 +511,7 @@ class _Api:
         """One merge patch; returns the new resourceVersion. ``written``: a 1-tuple with
         the new WRITTEN_ANNOTATION (``(None,)`` removes it), sent with the record.
         ``changed_at``: so with :data:`~k3snet.backends.cni_restart.CHANGED_ANNOTATION`
-        (data the agents read at start changes; removed with k3snet's last key)."""
+        (data the agents read at start changes; it stays after k3snet's last key)."""
         metadata: dict[str, Any] = {}
         if version is not None:
             metadata["resourceVersion"] = version

@@ -58,8 +58,7 @@ class ServerClock:
 
     def __init__(self) -> None:
         self.offset = 0.0
-        """Seconds to add to k3snet's clock (0 where the clocks agree within what the
-        last answer could tell)."""
+        """Seconds to add to k3snet's clock: the latest gap the last answer allows."""
 
     @staticmethod
     def asked() -> float:
@@ -73,19 +72,21 @@ class ServerClock:
 
         The server wrote ``Date`` (its clock, whole seconds down) at some time between
         ``asked`` and now, k3snet's: the gap is somewhere in ``[Date - now, Date + 1 -
-        asked]``, however slow the answer (a slow link, a paused process). Within it, 0
-        where it holds 0; else its upper end, the stamp late rather than early: a stamp
-        early makes a pod created before the write count as restarted, the change said in
-        force on a node still running the old config, and nothing shown; a stamp late
-        names a pod made just after the write pending, which is seen and a restart ends.
-        (The lower end, or the middle, made the stamp early by up to the answer's time:
-        taken at the answer, the gap of a 10 s answer was a clock 10 s behind.)"""
+        asked]``, however slow the answer (a slow link, a paused process). Its upper end
+        is taken, the stamp late rather than early: a stamp early makes a pod created
+        before the write count as restarted, the change said in force on a node still
+        running the old config, and nothing shown; a stamp late names a pod made just
+        after the write pending, which is seen and a restart ends. (The lower end, or the
+        middle, made the stamp early by up to the answer's time: taken at the answer, the
+        gap of a 10 s answer was a clock 10 s behind. 0 where the interval holds it made
+        it early by up to a second and the answer's time: a server clock 0.9 s ahead put
+        the write in the second after the stamp's, and a pod made just before the write
+        counted as restarted.)"""
         server = server_time(headers)
         if server is None:
             return
         now = datetime.datetime.now(tz=datetime.UTC)
-        low, high = server - now.timestamp(), server + 1 - asked
-        gap = 0.0 if low <= 0 <= high else high
+        gap = server + 1 - asked
         try:
             # A stamp of it is written a while after this read: a day's room either side
             # (each raises OverflowError past year 9999 or before year 1).

@@ -20,6 +20,7 @@ from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource, Lead
 from k3snet.agent._lease import LeaseSettings
 from k3snet.agent._report import NodeReport
 from k3snet.backends.cilium import CiliumBackend
+from k3snet.backends.flannel import FlannelBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.spec import Spec
@@ -109,3 +110,29 @@ def test_the_node_annotation_names_the_pending_restarts_only_while_some_is() -> 
     pending = NodeReport("ok", "in sync", None, 1, True, ("DaemonSet kube-system/cilium",))
     assert pending.to_dict()["restart_pending"] == ["DaemonSet kube-system/cilium"]
     assert "restart_pending" not in NodeReport("ok", "in sync", None, 1, True).to_dict()
+
+
+def test_a_node_s_flannel_file_change_is_said_on_that_node_in_the_pass_that_made_it_alone(
+        tmp_path: Path) -> None:
+    # docs/agent.md said restart_pending is the Lease holder's alone: a node's flannel
+    # file (K3s' --flannel-conf, no Lease here) has it in the pass that changed the file,
+    # and not after (no cluster object shows when K3s started).
+    conf = tmp_path / "flannel.json"
+    conf.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}\n')
+    path = tmp_path / "spec.yaml"
+    path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nbackends: [flannel]\n"
+                    "destinations: []\ncni:\n  allowDisruptive: true\n  flannel:\n"
+                    "    enableNFTables: true\n")
+    memory = MemoryBackend(capabilities=("route", "sysctl", "nat", "forward"))
+    flannel = FlannelBackend(path=conf, allow_disruptive=True)
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory, flannel]),
+                  COMPILED, AgentOptions("node-a", interval=1.0), metrics=AgentMetrics())
+    assert agent.metrics is not None
+    first = agent.run_pass()
+    assert first.applied
+    assert first.restart_pending == ("K3s (the k3s or k3s-agent service on the node)",)
+    assert "k3snet cannot tell when that is done" in first.message
+    assert agent.metrics.registry.get_sample_value("k3snet_agent_restart_pending") == 1
+    again = agent.run_pass()
+    assert (again.message, again.restart_pending) == ("in sync: no changes", ())
+    assert agent.metrics.registry.get_sample_value("k3snet_agent_restart_pending") == 0

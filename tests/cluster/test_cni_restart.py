@@ -522,29 +522,53 @@ def test_a_slow_answer_is_no_clock_gap_a_pod_made_before_the_write_stays_pending
     assert [r.stale for r in pending_restarts(again)] == [("made-before",)]
 
 
-@pytest.mark.parametrize(("ahead", "wait"), [
-    (0.0, 10.0), (0.0, 0.01), (600.0, 0.01), (600.0, 10.0), (-600.0, 0.01),
-    (-600.0, 10.0), (3.0, 0.01), (-3.0, 0.01), (-0.9, 0.01), (0.9, 0.01)])
-def test_the_stamp_is_the_latest_server_time_an_answer_allows_or_k3snet_s_if_it_cannot_tell(
-        clock: type[_Clock], ahead: float, wait: float) -> None:
-    # Where the answer shows the clocks apart (its interval leaves 0 out) the stamp is
-    # the latest the answer allows, never before the server's time; where it cannot
-    # tell them apart, k3snet's own. (A fake clock: Date written at the request's time.)
+@pytest.mark.parametrize(("ahead", "wait", "fraction", "later"), [
+    (0.0, 10.0, 0.5, 1.7), (0.0, 0.01, 0.5, 1.7), (600.0, 0.01, 0.5, 1.7),
+    (600.0, 10.0, 0.5, 1.7), (-600.0, 0.01, 0.5, 1.7), (-600.0, 10.0, 0.5, 1.7),
+    (3.0, 0.01, 0.5, 1.7), (-3.0, 0.01, 0.5, 1.7), (-0.9, 0.01, 0.5, 1.7),
+    (0.9, 0.01, 0.5, 1.7), (0.9, 0.01, 0.05, 0.2), (0.5, 0.01, 0.3, 0.4),
+    (0.0, 0.01, 0.95, 0.01), (-0.5, 0.01, 0.7, 0.5)])
+def test_the_stamp_is_never_before_the_server_s_second_late_by_a_second_and_the_answer_s_time(
+        clock: type[_Clock], monkeypatch: pytest.MonkeyPatch, *, ahead: float, wait: float,
+        fraction: float, later: float) -> None:
+    # The latest server time the answer allows, whatever the gap. Where the answer could
+    # not tell the clocks apart (its interval held 0) the stamp was k3snet's own: with the
+    # server 0.9 s ahead, the write landed in the second after the stamp's, and a pod
+    # made just before it counted as restarted. (A fake clock: Date written at the
+    # request's time, the write ``later`` seconds after the answer.)
+    monkeypatch.setattr(clock, "at", clock.at.replace(microsecond=int(fraction * 1e6)))
     server = clock.at + datetime.timedelta(seconds=ahead)
     asked = cni_restart.ServerClock.asked()
     clock.at += datetime.timedelta(seconds=wait)
     kept = cni_restart.ServerClock()
     kept.note({"Date": email.utils.format_datetime(server, usegmt=True)}, asked)
-    clock.at += datetime.timedelta(seconds=1.7)  # the write, a while after the read
+    clock.at += datetime.timedelta(seconds=later)  # the write, a while after the read
     stamp = datetime.datetime.fromisoformat(kept.stamp().replace("Z", "+00:00"))
     truth = clock.at + datetime.timedelta(seconds=ahead)
-    if kept.offset == 0.0:
-        assert abs(ahead) < 1 + wait  # what an answer of that time cannot tell apart
-        assert stamp == clock.at.replace(microsecond=0)
-    else:
-        assert stamp >= truth.replace(microsecond=0)
-        assert (stamp - truth).total_seconds() <= 1 + wait  # late by the answer's time
+    assert stamp >= truth.replace(microsecond=0)
+    assert (stamp - truth).total_seconds() <= 1 + wait  # late by the answer's time
 
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+@pytest.mark.parametrize("fraction", [0.02, 0.05, 0.08])
+def test_a_pod_made_just_before_the_write_on_a_server_clock_ahead_by_under_a_second_is_pending(
+        api_server: EmulatedApiServer, clock: type[_Clock], monkeypatch: pytest.MonkeyPatch,
+        kind: str, fraction: float) -> None:
+    # The server's clock 0.9 s ahead, its answers 10 ms: the reads could not tell the
+    # clocks apart and the stamp was k3snet's second, the write landing in the next:
+    # a pod made in that second before the write counted as restarted.
+    monkeypatch.setattr(clock, "at", clock.at.replace(microsecond=int(fraction * 1e6)))
+    writes: list[tuple[str, datetime.datetime]] = []
+    api_client = _slow_answers(api_server.api_client(), clock, 0.9, 0.01, writes)
+    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    converge(backend, desired)
+    [write] = [at for url, at in writes if url.split("?")[0].endswith(f"/{name}")]
+    api_server.put(PODS, _pod(namespace, "made-before", owner, labels,
+                              created=_utc(write - datetime.timedelta(milliseconds=1))))
+    again = _backend(api_client, kind)
+    assert [r.stale for r in pending_restarts(again)] == [("made-before",)]
 
 
 def _pod_lists(api_server: EmulatedApiServer) -> list[str | None]:
