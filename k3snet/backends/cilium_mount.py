@@ -88,7 +88,10 @@ def pods_lag(daemonset: Mapping[str, Any]) -> bool:
     controller has not yet seen its latest spec (``status.observedGeneration`` behind
     ``metadata.generation``), or fewer of its pods run the latest one than are scheduled
     (``updatedNumberScheduled`` below ``desiredNumberScheduled``: a rollout under way,
-    or the ``OnDelete`` strategy, which replaces a pod only once it is deleted).
+    or the ``OnDelete`` strategy, which replaces a pod only once it is deleted). The API
+    server leaves ``updatedNumberScheduled`` out where it is 0 (``omitempty``: no pod on
+    the latest template yet, as just after a change under ``OnDelete``), while it always
+    writes ``desiredNumberScheduled``: absent beside it, it counts as 0.
 
     >>> pods_lag({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
     ...           "desiredNumberScheduled": 3, "updatedNumberScheduled": 1}})
@@ -102,8 +105,8 @@ def pods_lag(daemonset: Mapping[str, Any]) -> bool:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     generation, seen = number(metadata.get("generation")), number(status.get("observedGeneration"))
-    updated = number(status.get("updatedNumberScheduled"))
     desired = number(status.get("desiredNumberScheduled"))
+    updated = number(status.get("updatedNumberScheduled", 0 if desired is not None else None))
     return ((generation is not None and seen is not None and seen < generation)
             or (updated is not None and desired is not None and updated < desired))
 

@@ -697,3 +697,26 @@ def test_pods_still_running_a_template_without_the_mount_are_named(
     cilium.put(DAEMONSETS, _rolling(new, updated=3))
     assert _unmounted(backend) == (None, False)
     assert _pod_reads(cilium) == reads
+
+
+def test_pods_on_an_older_template_are_named_when_updated_number_scheduled_is_left_out(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Just after the template changed under OnDelete no pod runs it yet: a real API server
+    # then writes no updatedNumberScheduled at all (omitempty, 0), only
+    # desiredNumberScheduled. That was read as "no lag", and the template alone judged.
+    old, new = cilium_daemonset(ip_masq_agent=False), cilium_daemonset(ip_masq_agent=True)
+    for name in ("cilium-a", "cilium-b"):
+        cilium.put(PODS, _agent_pod(name, old))
+    ds = _rolling(new, updated=0, desired=2)
+    del ds["status"]["updatedNumberScheduled"]
+    cilium.put(DAEMONSETS, ds)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert why.startswith(f"2 pod(s) of {WHERE} still run an older pod template than its "
+                          "own, without the file (cilium-a, cilium-b;")
+    # A status not yet written by the controller (no desiredNumberScheduled) tells nothing.
+    cilium.put(DAEMONSETS, {**new, "status": {}})
+    reads = _pod_reads(cilium)
+    assert _unmounted(backend) == (None, False)
+    assert _pod_reads(cilium) == reads
