@@ -85,6 +85,8 @@ from k3snet._gojson import (
 from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult, PendingRestart, ensure_capable
 from k3snet.backends.cilium_mount import (
+    AGENT_CONTAINER,
+    CONFIG_PATH_FLAG,
     DEFAULT_AGENT_FILE,
     DEFAULT_DAEMONSET,
     agent_config_path,
@@ -1251,7 +1253,14 @@ class CiliumBackend(BackendBase):
         found = self._api.daemonset(self._daemonset)
         if isinstance(found, str):
             return _Mount(unknown=found)
-        given = agent_config_path(found)
+        try:
+            given = agent_config_path(found)
+        except ValueError as exc:
+            return _Mount(unknown=printable(
+                f"the argument {CONFIG_PATH_FLAG} of DaemonSet {self._api.namespace}/"
+                f"{self._daemonset}'s {AGENT_CONTAINER} container: {exc}: "
+                "which file Cilium's agents read of the ip-masq-agent ConfigMap "
+                f"{self._api.agent_name} is not checked")[:1000])
         files = {_agent_file(p) for p in ([given] if given is not None else paths)}
         mounts = [self._mount_at(found, path) for path in sorted(files or {DEFAULT_AGENT_FILE})]
         worst = min(mounts, key=lambda m: (m.unknown is None, not m.no_directory,

@@ -568,6 +568,35 @@ def test_the_agent_s_ip_masq_agent_config_path_argument_is_the_file_judged(
     assert _unmounted(backend) == (None, False)
 
 
+def test_the_agent_s_ip_masq_agent_config_path_argument_is_expanded_as_the_kubelet_does(
+    cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kubelet expands $(NAME) in a container's args from its env: the agent reads
+    # /etc/masq/ip-masq-agent, and the literal "$(MASQ_FILE)" was judged unmounted.
+    ds = _masq_daemonset(args=["--ip-masq-agent-config-path=$(MASQ_FILE)"])
+    agent = _pod(ds)["containers"][0]
+    agent["env"] = [*agent.get("env", []), {"name": "MASQ_DIR", "value": "/etc/masq"},
+                    {"name": "MASQ_FILE", "value": "$(MASQ_DIR)/ip-masq-agent"}]
+    cilium.put(DAEMONSETS, ds)
+    assert _unmounted(backend) == (None, False)
+    # "$$" is a "$": the agent reads a file named "$(MASQ_FILE)", not mounted.
+    agent["args"][-1] = "--ip-masq-agent-config-path=/etc/masq/$$(MASQ_FILE)"
+    cilium.put(DAEMONSETS, ds)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/$(MASQ_FILE) (it is at /etc/masq/ip-masq-agent)" in why
+    # A value only the kubelet knows: not judged, said.
+    agent["args"][-1] = "--ip-masq-agent-config-path=$(MASQ_FILE)"
+    agent["env"][-1] = {"name": "MASQ_FILE", "valueFrom": {"configMapKeyRef": {
+        "name": "masq", "key": "file"}}}
+    cilium.put(DAEMONSETS, ds)
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert _unmounted(backend) == (None, False)
+    assert any("--ip-masq-agent-config-path of DaemonSet kube-system/cilium's cilium-agent "
+               "container: $(MASQ_FILE) is set only where the pod runs" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_a_node_config_s_ip_masq_agent_config_path_is_the_file_judged_on_its_nodes(
     cilium: EmulatedApiServer, backend: CiliumBackend
 ) -> None:
