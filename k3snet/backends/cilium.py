@@ -811,11 +811,15 @@ def _agent_file(path: str | None) -> str:
 
 def _agent_paths(foreign: CiliumConfig, owned: CiliumConfig | None) -> set[str | None]:
     """The ``ip-masq-agent-config-path`` of each group of nodes where Cilium's
-    ip-masq-agent is on (``foreign``'s view there, or k3snet's key), a CiliumNodeConfig's
-    over ``cilium-config``'s, as the agent lays them; empty where it is on nowhere."""
-    owned_on = owned is not None and owned.flag("enable-ip-masq-agent")
+    ip-masq-agent is on, a CiliumNodeConfig's over ``cilium-config``'s (k3snet's keys
+    in it, ``owned``, over the others), as the agent lays them; empty where it is on
+    nowhere. (k3snet's key counted as on everywhere, also under a CiliumNodeConfig
+    turning it off on its nodes.)"""
+    if owned is not None:
+        foreign = attrs.evolve(foreign, settings={**foreign.settings.to_dict(),
+                                                  **owned.settings.to_dict()})
     return {view.value(CONFIG_PATH_KEY) for _, view in foreign.on_nodes()
-            if owned_on or view.flag("enable-ip-masq-agent")}
+            if view.flag("enable-ip-masq-agent")}
 
 
 def _nothing_changed(exc: BackendError) -> ApplyError:

@@ -619,6 +619,29 @@ def test_a_node_config_s_ip_masq_agent_config_path_is_the_file_judged_on_its_nod
     assert _unmounted(backend) == (None, False)
 
 
+def test_a_node_config_turning_the_ip_masq_agent_off_leaves_its_path_unjudged_under_k3snet_s_key(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # k3snet's enable-ip-masq-agent in cilium-config is laid under a CiliumNodeConfig's:
+    # on the nodes of one turning it off, its ip-masq-agent-config-path is read by no
+    # agent, but k3snet's key counted as on everywhere and that file was judged unmounted.
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}))
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    backend.apply(plan(backend.observe(), compile_for(backend, _spec())))
+    cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"ip-masq-agent-config-path": "/etc/masq/ip-masq-agent",
+                 "enable-ip-masq-agent": "false"}))
+    assert _unmounted(backend) == (None, False)
+    # On there (its own key, or none of its own over k3snet's), the file is judged.
+    for edge in ({"ip-masq-agent-config-path": "/etc/masq/ip-masq-agent",
+                  "enable-ip-masq-agent": "true"},
+                 {"ip-masq-agent-config-path": "/etc/masq/ip-masq-agent"}):
+        cilium.put(NODE_CONFIGS_V2, _node_config("edge", edge))
+        why, _ = _unmounted(backend)
+        assert why is not None
+        assert "at /etc/masq/ip-masq-agent (it is at /etc/config/ip-masq-agent)" in why
+
+
 def test_a_plan_turning_the_ip_masq_agent_on_with_nothing_at_etc_config_warns_ahead(
     api_server: EmulatedApiServer, api_client: Any
 ) -> None:
