@@ -435,6 +435,9 @@ class _Mount:
     no_directory: bool = False
     unknown: str | None = None
     copied: bool = False
+    # The files asked about (CiliumBackend._mount's paths, an argument of the agent's
+    # aside): a check or apply takes the mount observe read only where it judged theirs.
+    asked: frozenset[str] = frozenset()
 
     def warn_if(self, on: bool, warn: Callable[[str], None]) -> None:
         """Warn that the mount is not known, where the ip-masq-agent is ``on``: elsewhere
@@ -1254,6 +1257,12 @@ class CiliumBackend(BackendBase):
         (``None``: unset, Cilium's default); an agent started with
         ``--ip-masq-agent-config-path`` reads that file instead, on every node. Of
         several, the one worst off is said (no directory, then not mounted)."""
+        paths = list(paths)
+        asked = frozenset(_agent_file(p) for p in paths) or frozenset({DEFAULT_AGENT_FILE})
+        return attrs.evolve(self._mount_of(paths), asked=asked)
+
+    def _mount_of(self, paths: list[str | None]) -> _Mount:
+        """:meth:`_mount`, but for :attr:`_Mount.asked`."""
         found = self._api.daemonset(self._daemonset)
         if isinstance(found, str):
             return _Mount(unknown=found)
@@ -1491,10 +1500,15 @@ class CiliumBackend(BackendBase):
 
         def on(data: Mapping[str, str]) -> bool:
             return read_go_flag(str(data.get("enable-ip-masq-agent") or "false"))
-        if read.mount is not None or not on(after) or on(read.config.data):
+        if not on(after) or on(read.config.data):
             return read.mount or _Mount()
+        # Observe's read judged the files where the ip-masq-agent was on already (a
+        # CiliumNodeConfig's, on its nodes): the edit turns it on where cilium-config's is.
+        path = read.config.data.get(CONFIG_PATH_KEY)
+        if read.mount is not None and _agent_file(path) in read.mount.asked:
+            return read.mount
         try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
-            mount = self._mount([read.config.data.get(CONFIG_PATH_KEY)])
+            mount = self._mount([path])
         except BackendError as exc:
             raise _nothing_changed(exc) from exc
         mount.warn_if(True, self._api.warn)

@@ -687,6 +687,29 @@ def test_a_plan_turning_the_ip_masq_agent_on_with_nothing_at_etc_config_warns_ah
     assert "has no /etc/config" in refused
 
 
+def test_turning_the_ip_masq_agent_on_is_refused_where_only_a_node_config_s_own_file_is_mounted(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # On the nodes of a CiliumNodeConfig the ip-masq-agent is on, its file at /etc/masq,
+    # mounted: observe judged that file. A plan turning it on in cilium-config turns it
+    # on everywhere else too, at /etc/config, where the container has nothing: the check
+    # took observe's mount of the other file, and let apply write a config the other
+    # nodes' agents do not start with.
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}))
+    cilium.put(DAEMONSETS, _masq_daemonset())
+    cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"enable-ip-masq-agent": "true",
+                 "ip-masq-agent-config-path": "/etc/masq/ip-masq-agent"}))
+    assert _unmounted(backend) == (None, False)
+    desired = compile_for(backend, _spec())
+    (refused,) = backend.check(plan(backend.observe(), desired))
+    assert "enable-ip-masq-agent: true where the cilium-agent container has no /etc/config" \
+        in refused
+    with pytest.raises(PlanError, match="has no /etc/config"):
+        backend.apply(plan(backend.observe(), desired))
+    assert "enable-ip-masq-agent" not in _data(cilium)
+
+
 PODS = "v1/pods"
 
 
