@@ -85,6 +85,8 @@ from k3snet._gojson import (
 from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult, PendingRestart, ensure_capable
 from k3snet.backends.cilium_mount import (
+    AGENT_CONTAINER,
+    CONFIG_PATH_FLAG,
     DEFAULT_AGENT_FILE,
     DEFAULT_DAEMONSET,
     agent_config_path,
@@ -433,6 +435,9 @@ class _Mount:
     no_directory: bool = False
     unknown: str | None = None
     copied: bool = False
+    # The files asked about (CiliumBackend._mount's paths, an argument of the agent's
+    # aside): a check or apply takes the mount observe read only where it judged theirs.
+    asked: frozenset[str] = frozenset()
 
     def warn_if(self, on: bool, warn: Callable[[str], None]) -> None:
         """Warn that the mount is not known, where the ip-masq-agent is ``on``: elsewhere
@@ -809,11 +814,15 @@ def _agent_file(path: str | None) -> str:
 
 def _agent_paths(foreign: CiliumConfig, owned: CiliumConfig | None) -> set[str | None]:
     """The ``ip-masq-agent-config-path`` of each group of nodes where Cilium's
-    ip-masq-agent is on (``foreign``'s view there, or k3snet's key), a CiliumNodeConfig's
-    over ``cilium-config``'s, as the agent lays them; empty where it is on nowhere."""
-    owned_on = owned is not None and owned.flag("enable-ip-masq-agent")
+    ip-masq-agent is on, a CiliumNodeConfig's over ``cilium-config``'s (k3snet's keys
+    in it, ``owned``, over the others), as the agent lays them; empty where it is on
+    nowhere. (k3snet's key counted as on everywhere, also under a CiliumNodeConfig
+    turning it off on its nodes.)"""
+    if owned is not None:
+        foreign = attrs.evolve(foreign, settings={**foreign.settings.to_dict(),
+                                                  **owned.settings.to_dict()})
     return {view.value(CONFIG_PATH_KEY) for _, view in foreign.on_nodes()
-            if owned_on or view.flag("enable-ip-masq-agent")}
+            if view.flag("enable-ip-masq-agent")}
 
 
 def _nothing_changed(exc: BackendError) -> ApplyError:
@@ -1248,10 +1257,23 @@ class CiliumBackend(BackendBase):
         (``None``: unset, Cilium's default); an agent started with
         ``--ip-masq-agent-config-path`` reads that file instead, on every node. Of
         several, the one worst off is said (no directory, then not mounted)."""
+        paths = list(paths)
+        asked = frozenset(_agent_file(p) for p in paths) or frozenset({DEFAULT_AGENT_FILE})
+        return attrs.evolve(self._mount_of(paths), asked=asked)
+
+    def _mount_of(self, paths: list[str | None]) -> _Mount:
+        """:meth:`_mount`, but for :attr:`_Mount.asked`."""
         found = self._api.daemonset(self._daemonset)
         if isinstance(found, str):
             return _Mount(unknown=found)
-        given = agent_config_path(found)
+        try:
+            given = agent_config_path(found)
+        except ValueError as exc:
+            return _Mount(unknown=printable(
+                f"the argument {CONFIG_PATH_FLAG} of DaemonSet {self._api.namespace}/"
+                f"{self._daemonset}'s {AGENT_CONTAINER} container: {exc}: "
+                "which file Cilium's agents read of the ip-masq-agent ConfigMap "
+                f"{self._api.agent_name} is not checked")[:1000])
         files = {_agent_file(p) for p in ([given] if given is not None else paths)}
         mounts = [self._mount_at(found, path) for path in sorted(files or {DEFAULT_AGENT_FILE})]
         worst = min(mounts, key=lambda m: (m.unknown is None, not m.no_directory,
@@ -1478,10 +1500,15 @@ class CiliumBackend(BackendBase):
 
         def on(data: Mapping[str, str]) -> bool:
             return read_go_flag(str(data.get("enable-ip-masq-agent") or "false"))
-        if read.mount is not None or not on(after) or on(read.config.data):
+        if not on(after) or on(read.config.data):
             return read.mount or _Mount()
+        # Observe's read judged the files where the ip-masq-agent was on already (a
+        # CiliumNodeConfig's, on its nodes): the edit turns it on where cilium-config's is.
+        path = read.config.data.get(CONFIG_PATH_KEY)
+        if read.mount is not None and _agent_file(path) in read.mount.asked:
+            return read.mount
         try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
-            mount = self._mount([read.config.data.get(CONFIG_PATH_KEY)])
+            mount = self._mount([path])
         except BackendError as exc:
             raise _nothing_changed(exc) from exc
         mount.warn_if(True, self._api.warn)

@@ -88,7 +88,10 @@ def pods_lag(daemonset: Mapping[str, Any]) -> bool:
     controller has not yet seen its latest spec (``status.observedGeneration`` behind
     ``metadata.generation``), or fewer of its pods run the latest one than are scheduled
     (``updatedNumberScheduled`` below ``desiredNumberScheduled``: a rollout under way,
-    or the ``OnDelete`` strategy, which replaces a pod only once it is deleted).
+    or the ``OnDelete`` strategy, which replaces a pod only once it is deleted). The API
+    server leaves ``updatedNumberScheduled`` out where it is 0 (``omitempty``: no pod on
+    the latest template yet, as just after a change under ``OnDelete``), while it always
+    writes ``desiredNumberScheduled``: absent beside it, it counts as 0.
 
     >>> pods_lag({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
     ...           "desiredNumberScheduled": 3, "updatedNumberScheduled": 1}})
@@ -102,8 +105,8 @@ def pods_lag(daemonset: Mapping[str, Any]) -> bool:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     generation, seen = number(metadata.get("generation")), number(status.get("observedGeneration"))
-    updated = number(status.get("updatedNumberScheduled"))
     desired = number(status.get("desiredNumberScheduled"))
+    updated = number(status.get("updatedNumberScheduled", 0 if desired is not None else None))
     return ((generation is not None and seen is not None and seen < generation)
             or (updated is not None and desired is not None and updated < desired))
 
@@ -118,9 +121,12 @@ def pod_as_daemonset(pod: Mapping[str, Any]) -> dict[str, Any]:
 def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
     """The ``--ip-masq-agent-config-path`` the ``cilium-agent`` container of ``daemonset``
     is started with (its ``command`` and ``args``, the last one before ``--``, as pflag
-    reads them; ``None``: not given). An argument given is what the agent reads: viper
-    takes a flag set on the command line over the same key of its ``--config-dir`` (the
-    ``cilium-config`` keys and the CiliumNodeConfigs' laid over them).
+    reads them, with the ``$(NAME)`` references of the container's ``env`` expanded, as
+    the kubelet expands them; ``None``: not given; ValueError where it names a variable
+    set only where the pod runs: ``valueFrom``, ``envFrom``). An argument given is what
+    the agent reads: viper takes a flag set on the command line over the same key of its
+    ``--config-dir`` (the ``cilium-config`` keys and the CiliumNodeConfigs' laid over
+    them).
 
     >>> agent = {"name": "cilium-agent", "command": ["cilium-agent"],
     ...          "args": ["--config-dir=/tmp/cilium/config-map",
@@ -144,7 +150,58 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
         elif arg == CONFIG_PATH_FLAG and index < len(argv):
             found = argv[index]  # its value, whatever it looks like
             index += 1
-    return found
+    return None if found is None else _expand(found, agent)
+
+
+# What a container's environment gives a $(NAME) of its command or args: the text, or
+# None where only the kubelet knows it (valueFrom, or maybe an envFrom source).
+_Env = Mapping[str, "str | None"]
+
+
+def _expand(text: str, container: Mapping[str, Any]) -> str:
+    """``text``, an argument of ``container``, with its ``$(NAME)`` references expanded
+    from the container's environment as the kubelet expands them (``$$`` is ``$``; a name
+    not defined stays as written). ValueError where a name's value is known only to the
+    kubelet (``valueFrom``, ``envFrom``)."""
+    env: dict[str, str | None] = {}
+    for entry in _dicts(container.get("env")):
+        name = entry.get("name")
+        if isinstance(name, str):
+            value = entry.get("value")
+            if "valueFrom" in entry:
+                env[name] = None
+            else:
+                try:
+                    env[name] = _substitute(value if isinstance(value, str) else "", env)
+                except ValueError:
+                    env[name] = None
+    return _substitute(text, env, open_names=bool(_dicts(container.get("envFrom"))))
+
+
+def _substitute(text: str, env: _Env, *, open_names: bool = False) -> str:
+    """``text`` with ``$(NAME)`` replaced from ``env`` (see :func:`_expand`; ``open_names``:
+    a name not in ``env`` may be defined where it cannot be read)."""
+    out, index = [], 0
+    while index < len(text):
+        char = text[index]
+        if char != "$" or index + 1 == len(text):
+            out.append(char)
+            index += 1
+        elif text[index + 1] == "$":
+            out.append("$")
+            index += 2
+        elif text[index + 1] == "(" and ")" in text[index + 2:]:
+            end = text.index(")", index + 2)
+            name = text[index + 2:end]
+            value = env.get(name, "" if open_names else text[index:end + 1])
+            if value is None or (open_names and name not in env):
+                raise ValueError(f"$({name}) is set only where the pod runs")
+            out.append(value)
+            index = end + 1
+        else:
+            out.append(char)
+            index += 1
+    return "".join(out)
 
 
 def _mounted_at(mount: Mapping[str, Any], inside: str) -> str | None:

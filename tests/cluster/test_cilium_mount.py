@@ -568,6 +568,35 @@ def test_the_agent_s_ip_masq_agent_config_path_argument_is_the_file_judged(
     assert _unmounted(backend) == (None, False)
 
 
+def test_the_agent_s_ip_masq_agent_config_path_argument_is_expanded_as_the_kubelet_does(
+    cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kubelet expands $(NAME) in a container's args from its env: the agent reads
+    # /etc/masq/ip-masq-agent, and the literal "$(MASQ_FILE)" was judged unmounted.
+    ds = _masq_daemonset(args=["--ip-masq-agent-config-path=$(MASQ_FILE)"])
+    agent = _pod(ds)["containers"][0]
+    agent["env"] = [*agent.get("env", []), {"name": "MASQ_DIR", "value": "/etc/masq"},
+                    {"name": "MASQ_FILE", "value": "$(MASQ_DIR)/ip-masq-agent"}]
+    cilium.put(DAEMONSETS, ds)
+    assert _unmounted(backend) == (None, False)
+    # "$$" is a "$": the agent reads a file named "$(MASQ_FILE)", not mounted.
+    agent["args"][-1] = "--ip-masq-agent-config-path=/etc/masq/$$(MASQ_FILE)"
+    cilium.put(DAEMONSETS, ds)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/$(MASQ_FILE) (it is at /etc/masq/ip-masq-agent)" in why
+    # A value only the kubelet knows: not judged, said.
+    agent["args"][-1] = "--ip-masq-agent-config-path=$(MASQ_FILE)"
+    agent["env"][-1] = {"name": "MASQ_FILE", "valueFrom": {"configMapKeyRef": {
+        "name": "masq", "key": "file"}}}
+    cilium.put(DAEMONSETS, ds)
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert _unmounted(backend) == (None, False)
+    assert any("--ip-masq-agent-config-path of DaemonSet kube-system/cilium's cilium-agent "
+               "container: $(MASQ_FILE) is set only where the pod runs" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_a_node_config_s_ip_masq_agent_config_path_is_the_file_judged_on_its_nodes(
     cilium: EmulatedApiServer, backend: CiliumBackend
 ) -> None:
@@ -588,6 +617,29 @@ def test_a_node_config_s_ip_masq_agent_config_path_is_the_file_judged_on_its_nod
         "edge", {"ip-masq-agent-config-path": "/etc/masq/ip-masq-agent",
                  "enable-ip-masq-agent": "false"}))
     assert _unmounted(backend) == (None, False)
+
+
+def test_a_node_config_turning_the_ip_masq_agent_off_leaves_its_path_unjudged_under_k3snet_s_key(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # k3snet's enable-ip-masq-agent in cilium-config is laid under a CiliumNodeConfig's:
+    # on the nodes of one turning it off, its ip-masq-agent-config-path is read by no
+    # agent, but k3snet's key counted as on everywhere and that file was judged unmounted.
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}))
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    backend.apply(plan(backend.observe(), compile_for(backend, _spec())))
+    cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"ip-masq-agent-config-path": "/etc/masq/ip-masq-agent",
+                 "enable-ip-masq-agent": "false"}))
+    assert _unmounted(backend) == (None, False)
+    # On there (its own key, or none of its own over k3snet's), the file is judged.
+    for edge in ({"ip-masq-agent-config-path": "/etc/masq/ip-masq-agent",
+                  "enable-ip-masq-agent": "true"},
+                 {"ip-masq-agent-config-path": "/etc/masq/ip-masq-agent"}):
+        cilium.put(NODE_CONFIGS_V2, _node_config("edge", edge))
+        why, _ = _unmounted(backend)
+        assert why is not None
+        assert "at /etc/masq/ip-masq-agent (it is at /etc/config/ip-masq-agent)" in why
 
 
 def test_a_plan_turning_the_ip_masq_agent_on_with_nothing_at_etc_config_warns_ahead(
@@ -633,6 +685,29 @@ def test_a_plan_turning_the_ip_masq_agent_on_with_nothing_at_etc_config_warns_ah
     assert backend.warnings == ()
     (refused,) = backend.check(plan(unhinted, desired))
     assert "has no /etc/config" in refused
+
+
+def test_turning_the_ip_masq_agent_on_is_refused_where_only_a_node_config_s_own_file_is_mounted(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # On the nodes of a CiliumNodeConfig the ip-masq-agent is on, its file at /etc/masq,
+    # mounted: observe judged that file. A plan turning it on in cilium-config turns it
+    # on everywhere else too, at /etc/config, where the container has nothing: the check
+    # took observe's mount of the other file, and let apply write a config the other
+    # nodes' agents do not start with.
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}))
+    cilium.put(DAEMONSETS, _masq_daemonset())
+    cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"enable-ip-masq-agent": "true",
+                 "ip-masq-agent-config-path": "/etc/masq/ip-masq-agent"}))
+    assert _unmounted(backend) == (None, False)
+    desired = compile_for(backend, _spec())
+    (refused,) = backend.check(plan(backend.observe(), desired))
+    assert "enable-ip-masq-agent: true where the cilium-agent container has no /etc/config" \
+        in refused
+    with pytest.raises(PlanError, match="has no /etc/config"):
+        backend.apply(plan(backend.observe(), desired))
+    assert "enable-ip-masq-agent" not in _data(cilium)
 
 
 PODS = "v1/pods"
@@ -695,5 +770,28 @@ def test_pods_still_running_a_template_without_the_mount_are_named(
     reads = _pod_reads(cilium)
     assert reads == 3  # one list an observe, only where the status says pods lag
     cilium.put(DAEMONSETS, _rolling(new, updated=3))
+    assert _unmounted(backend) == (None, False)
+    assert _pod_reads(cilium) == reads
+
+
+def test_pods_on_an_older_template_are_named_when_updated_number_scheduled_is_left_out(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Just after the template changed under OnDelete no pod runs it yet: a real API server
+    # then writes no updatedNumberScheduled at all (omitempty, 0), only
+    # desiredNumberScheduled. That was read as "no lag", and the template alone judged.
+    old, new = cilium_daemonset(ip_masq_agent=False), cilium_daemonset(ip_masq_agent=True)
+    for name in ("cilium-a", "cilium-b"):
+        cilium.put(PODS, _agent_pod(name, old))
+    ds = _rolling(new, updated=0, desired=2)
+    del ds["status"]["updatedNumberScheduled"]
+    cilium.put(DAEMONSETS, ds)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert why.startswith(f"2 pod(s) of {WHERE} still run an older pod template than its "
+                          "own, without the file (cilium-a, cilium-b;")
+    # A status not yet written by the controller (no desiredNumberScheduled) tells nothing.
+    cilium.put(DAEMONSETS, {**new, "status": {}})
+    reads = _pod_reads(cilium)
     assert _unmounted(backend) == (None, False)
     assert _pod_reads(cilium) == reads
