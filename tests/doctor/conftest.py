@@ -573,12 +573,13 @@ class DoctorLab:
     def kernel_and_trace(self, t: Topology, timeout: float = 1.5
                          ) -> tuple[dict[str, object], Trace]:
         """The kernel's answer to ``t``'s flow (one probe from the pod) and the doctor's
-        trace of it from the node's capture. The capture only reads the node: it runs
-        while the probe does (a flow the kernel drops waits out the probe's timeout)."""
+        trace of it from the node's capture. The capture and the trace only read the
+        node: they run while the probe does (a flow the kernel drops waits out the probe's
+        timeout)."""
         probe = self.start_probe(t.destination, timeout, t.port)
-        state = NodeState.from_capture(self.capture())
-        answer = probe.answer()
-        return answer, trace(state, Flow(t.pod, t.destination, port=t.port))
+        traced = trace(NodeState.from_capture(self.capture()),
+                       Flow(t.pod, t.destination, port=t.port))
+        return probe.answer(), traced
 
 
 def _build(stack: ExitStack, *, legacy: bool = True) -> DoctorLab:
