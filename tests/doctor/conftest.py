@@ -35,6 +35,7 @@ import re
 import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from ipaddress import IPv4Network
@@ -72,6 +73,10 @@ V6 = {
     "192.168.2.0/24": "fd01:2::/64", "224.0.0.0/4": "ff00::/8",
 }
 _V6_PREFIXLEN = {"/24": "/64"}
+#: A ``DROP`` policy's or rule's counter in ``iptables-save -c``: ``:FORWARD DROP [3:180]``,
+#: ``[3:180] -A FORWARD -s 10.42.0.0/16 -j DROP``.
+_DROP_COUNTER = re.compile(r"^(?::\S+ DROP \[(?P<policy>\d+):\d+\]"
+                           r"|\[(?P<rule>\d+):\d+\] -A .* -j DROP)$", re.MULTILINE)
 _IPV4 = re.compile(r"(?<![\w.:])(\d+\.\d+\.\d+\.\d+)(/\d+|:\d+)?(?![\w.])")
 
 
@@ -515,6 +520,37 @@ class DoctorLab:
         """One TCP exchange from the pod; the probe's JSON answer."""
         return self.start_probe(destination, timeout, port).answer()
 
+    def drops(self, family: int) -> int:
+        """The packets the node's iptables dropped so far, as the kernel counts them
+        (``iptables-save -c``): every ``DROP`` rule's and ``DROP`` policy's counter in the
+        tables of ``family``, iptables-nft's and iptables-legacy's (once used)."""
+        tool = "ip6tables" if family == 6 else "iptables"
+        flavours = ("nft", "legacy") if self.legacy_used else ("nft",)
+        return sum(int(m["policy"] or m["rule"]) for flavour in flavours
+                   for m in _DROP_COUNTER.finditer(
+                       run_in(self.node, [f"{tool}-{flavour}-save", "-c"]).stdout))
+
+    def probe_dropped(self, destination: str, port: int = PORT) -> dict[str, object]:
+        """:meth:`probe` of a flow the node's iptables should drop: it ends as soon as a
+        drop counter (:meth:`drops`) counts one of its packets, the kernel's word that the
+        connection cannot open (its retransmissions meet the same rules; nothing else in
+        the lab crosses the node's FORWARD path or leaves it from the pods' addresses).
+        Its answer is then ``ok: false``; a flow no counter counts waits out the probe's
+        timeout, as :meth:`probe` does (the backstop: a slow answer is still an answer)."""
+        family = 6 if ":" in destination else 4
+        before = self.drops(family)
+        probe = self.start_probe(destination, port=port)
+        while probe.process.poll() is None:
+            counted = self.drops(family)
+            if counted > before and probe.process.poll() is None:
+                probe.process.kill()
+                probe.process.communicate()
+                return {"ok": False, "seen": None,
+                        "error": f"dropped: the node's iptables DROP counters went from "
+                                 f"{before} to {counted}"}
+            time.sleep(0.05)
+        return probe.answer()
+
     def start_probe(self, destination: str, timeout: float = 1.5, port: int = PORT
                     ) -> Probe:
         """Start one TCP exchange from the pod; :meth:`Probe.answer` waits for it.
@@ -537,12 +573,13 @@ class DoctorLab:
     def kernel_and_trace(self, t: Topology, timeout: float = 1.5
                          ) -> tuple[dict[str, object], Trace]:
         """The kernel's answer to ``t``'s flow (one probe from the pod) and the doctor's
-        trace of it from the node's capture. The capture only reads the node: it runs
-        while the probe does (a flow the kernel drops waits out the probe's timeout)."""
+        trace of it from the node's capture. The capture and the trace only read the
+        node: they run while the probe does (a flow the kernel drops waits out the probe's
+        timeout)."""
         probe = self.start_probe(t.destination, timeout, t.port)
-        state = NodeState.from_capture(self.capture())
-        answer = probe.answer()
-        return answer, trace(state, Flow(t.pod, t.destination, port=t.port))
+        traced = trace(NodeState.from_capture(self.capture()),
+                       Flow(t.pod, t.destination, port=t.port))
+        return probe.answer(), traced
 
 
 def _build(stack: ExitStack, *, legacy: bool = True) -> DoctorLab:

@@ -46,11 +46,16 @@ def _diagnosed(doctor_lab: DoctorLab, topology: Topology) -> Diagnosis:
                     Flow(topology.pod, topology.destination, port=topology.port))
 
 
-def _connects(doctor_lab: DoctorLab, topology: Topology) -> bool:
+def _connects(doctor_lab: DoctorLab, topology: Topology, *, dropped: bool = False) -> bool:
     """Whether the pod's connection to ``topology``'s destination succeeds, tried after
-    the neighbour caches are flushed (an earlier failed IPv6 solicitation fails it)."""
+    the neighbour caches are flushed (an earlier failed IPv6 solicitation fails it).
+    ``dropped``: the test expects the node's iptables to drop it, which a DROP counter
+    proves as soon as it counts the flow's first packet
+    (:meth:`~tests.doctor.conftest.DoctorLab.probe_dropped`), not after the probe's
+    timeout."""
     doctor_lab.forget_neighbours()
-    return bool(doctor_lab.probe(topology.destination, port=topology.port)["ok"])
+    probe = doctor_lab.probe_dropped if dropped else doctor_lab.probe
+    return bool(probe(topology.destination, port=topology.port)["ok"])
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_foreign_drop_rule_met_before_k3snets_jump_gets_no_fix_k3snet_would_refuse(
         doctor_lab: DoctorLab, family: Literal[4, 6], tmp_path: Path,
@@ -61,7 +66,7 @@ def test_a_foreign_drop_rule_met_before_k3snets_jump_gets_no_fix_k3snet_would_re
     tool = "ip6tables-nft" if family == 6 else "iptables-nft"
     source = to_v6("10.42.0.0/16") if family == 6 else "10.42.0.0/16"
     run_in(doctor_lab.node, [tool, "-I", "FORWARD", "-s", source, "-j", "DROP"])
-    assert not _connects(doctor_lab, topology)
+    assert not _connects(doctor_lab, topology, dropped=True)
     d = _diagnosed(doctor_lab, topology)
     [finding] = [f for f in d.findings if f.severity == "blocking"]
     assert finding.code == "forward-drop", d.render()
@@ -73,7 +78,7 @@ def test_a_foreign_drop_rule_met_before_k3snets_jump_gets_no_fix_k3snet_would_re
     assert d.after.verdict is Verdict.BLOCKED, d.render()
     # What --fix does agrees: nothing to apply, the flow still dropped (exit 3).
     assert _doctor_fix(doctor_lab, topology) == 3
-    assert not doctor_lab.probe(topology.destination, port=topology.port)["ok"]
+    assert not doctor_lab.probe_dropped(topology.destination, port=topology.port)["ok"]
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -136,7 +141,7 @@ def test_a_drop_policy_in_the_flavour_k3snet_does_not_write_gets_no_fix(
         assert d.after.verdict is Verdict.REACHES, d.render()
         assert _doctor_fix(doctor_lab, topology) == 0
         assert "now: reaches" in capsys.readouterr().out
-    assert _connects(doctor_lab, topology) is (in_use == "legacy")
+    assert _connects(doctor_lab, topology, dropped=in_use == "nft") is (in_use == "legacy")
 
 
 def _beyond_filter(doctor_lab: DoctorLab, where: str, family: Literal[4, 6]) -> None:
@@ -181,7 +186,7 @@ def test_a_drop_beyond_filter_that_the_plan_names_a_conflict_gets_no_forward_acc
     capsys.readouterr()
     assert _doctor_fix(doctor_lab, topology) == 3
     assert "conflict(s)" not in capsys.readouterr().out
-    assert not _connects(doctor_lab, topology)
+    assert not _connects(doctor_lab, topology, dropped=True)
 
 
 def test_a_foreign_nftables_drop_of_another_host_narrows_the_fix_which_connects(
@@ -233,7 +238,7 @@ def test_the_spec_s_iptables_mode_is_the_flavour_the_fix_is_judged_in_and_writte
         assert "after the fix: reaches" in out, out
     assert main([*argv, "--fix", "--auto-approve"]) == (0 if given == "legacy" else 3)
     out = capsys.readouterr().out
-    assert _connects(doctor_lab, topology) is (given == "legacy"), out
+    assert _connects(doctor_lab, topology, dropped=given == "nft") is (given == "legacy"), out
     written = run_in(doctor_lab.node, ["iptables-nft-save"]).stdout
     assert "K3SNET-" not in written, written  # nothing in the flavour the spec does not use
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from k3snet.doctor import Flow, NodeCapture, NodeState, diagnose
+from k3snet.doctor import Flow, NodeCapture, NodeState, diagnose, nftables
 from k3snet.doctor.bundle import BundleError
 from k3snet.testing.strategies import edited_documents
 
@@ -164,6 +164,27 @@ def test_chains_calling_each_other_repeatedly_end_in_an_unknown_verdict_not_a_ha
     result = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
     assert result.verdict == "unknown"
     assert any("rule evaluations" in s.detail for s in result.trace.steps)
+
+
+def test_a_walk_through_chains_calling_each_other_makes_each_nft_rule_s_text_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """10 chains each calling the next twice: 2**10 evaluations of the last chain's
+    rules, within the walk's budget. Each evaluation made its rule's text again (half of
+    the cost of a walk that runs its budget out); it is made once per rule."""
+    made: list[int] = []
+    real = nftables.rule_text
+
+    def counted(chain: nftables.NftChain, expr: list[Any]) -> str:
+        made.append(id(expr))
+        return real(chain, expr)
+
+    monkeypatch.setattr(nftables, "rule_text", counted)
+    texts = dict(NodeCapture.read_dir(GOLDEN / "healthy").texts)
+    texts["nft-ruleset.json"] = _fan_out_nft(10)
+    state = NodeState.from_capture(NodeCapture.from_texts(texts))
+    diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
+    assert made
+    assert len(made) == len(set(made)) <= 1 + 2 * 10, len(made)
 
 
 def _loop_iptables(levels: int) -> str:

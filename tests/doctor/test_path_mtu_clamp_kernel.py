@@ -93,8 +93,12 @@ def _pod_mss(doctor_lab: DoctorLab, topology: Topology) -> int:
     return int(out.strip()) + _TIMESTAMPS
 
 
-def _path_mtu(doctor_lab: DoctorLab, topology: Topology, protocol: str = "tcp") -> list[Any]:
-    state = NodeState.from_capture(doctor_lab.capture())
+def _path_mtu(doctor_lab: DoctorLab, topology: Topology, protocol: str = "tcp",
+              state: NodeState | None = None) -> list[Any]:
+    """The ``path-mtu`` findings of ``topology``'s flow over ``protocol``, diagnosed from
+    ``state`` (default: the node captured now)."""
+    if state is None:
+        state = NodeState.from_capture(doctor_lab.capture())
     d = diagnose(state, Flow(topology.pod, topology.destination, protocol=protocol,  # type: ignore[arg-type]
                              port=topology.port))
     return [f for f in d.findings if f.code == "path-mtu"]
@@ -111,11 +115,12 @@ def test_an_mss_clamp_fitting_the_path_makes_path_mtu_an_info_for_tcp_and_not_ud
     _clamp(doctor_lab, family, "iptables-nft" if flavour == "nft-tables" else flavour,
            fits if mss == "fits" else "pmtu")
     assert _pod_mss(doctor_lab, topology) == int(fits)  # the kernel clamped the SYN-ACK
-    (tcp,) = _path_mtu(doctor_lab, topology)
+    state = NodeState.from_capture(doctor_lab.capture())  # one node, both protocols
+    (tcp,) = _path_mtu(doctor_lab, topology, state=state)
     assert tcp.severity == "info", tcp
     assert "clamped" in tcp.what, tcp
     assert ("TCPMSS" if flavour != "nft" else "maxseg") in tcp.what, tcp
-    (udp,) = _path_mtu(doctor_lab, topology, "udp")
+    (udp,) = _path_mtu(doctor_lab, topology, "udp", state=state)
     assert udp.severity == "warning", udp
 
 
