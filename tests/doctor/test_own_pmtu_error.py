@@ -184,3 +184,18 @@ def test_a_route_s_mtu_lock_is_read_from_the_routes_text_which_ip_j_leaves_out()
     assert [r.mtu_locked for r in routes] == [True, False, True, True]
     assert routes[0].describe().endswith("mtu lock 1280")
     assert not any(r.mtu_locked for r in parse_routes(data, 6))  # no text: not locked
+
+
+def test_a_route_s_fields_are_read_by_keyword_so_a_device_named_table_is_a_device() -> None:
+    """``ip route`` prints ``KEY VALUE`` pairs: a device named ``table`` (or ``metric``)
+    is the value of ``dev``, not a keyword. Its route's table was read as ``metric``, and
+    its lock lost."""
+    text = ("fd01:2::/64 via fd01:1::1 dev table proto static metric 1024 mtu lock 1280 "
+            "pref medium\n"
+            "fd01:3::/64 dev metric table 100 metric 7 expires 300sec mtu lock 1280\n")
+    data = [{"dst": "fd01:2::/64", "gateway": "fd01:1::1", "dev": "table",
+             "protocol": "static", "metric": 1024, "flags": [], "metrics": [{"mtu": 1280}]},
+            {"dst": "fd01:3::/64", "dev": "metric", "table": "100", "metric": 7,
+             "flags": [], "metrics": [{"mtu": 1280}]}]
+    assert [r.mtu_locked for r in parse_routes(data, 6, None, parse_locked_mtus(text))] == [
+        True, True]
