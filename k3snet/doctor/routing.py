@@ -231,16 +231,17 @@ def _resolved(item: Mapping[str, Any], nexthops: Mapping[int, Mapping[str, Any]]
             "flags": [*item.get("flags", ()), *found.get("flags", ())]}
 
 
-#: A route's key in both listings of ``ip route``: destination, table, device, metric.
-_RouteKey = tuple[str, str, str | None, int]
+#: A route's key in both listings of ``ip route``: destination, source prefix (``from``,
+#: IPv6's source-specific routes), table, device, metric.
+_RouteKey = tuple[str, str | None, str, str | None, int]
 _ROUTE_TYPES: Final = frozenset({"unicast", "local", "broadcast", "anycast", "multicast",
                                  "blackhole", "unreachable", "prohibit", "throw", "nat"})
 
 
 def parse_locked_mtus(text: str) -> frozenset[_RouteKey]:
     """``ip route show table all`` text -> the routes whose ``mtu`` is locked (``mtu lock
-    1280``), each by destination, table, device and metric as :func:`parse_routes` reads
-    them from the JSON listing, which leaves the lock out.
+    1280``), each by destination, ``from``, table, device and metric as
+    :func:`parse_routes` reads them from the JSON listing, which leaves the lock out.
 
     A line is read keyword by keyword, each one's value skipped (``dev table`` is a device
     named ``table``); one whose metric is not a u32 in ASCII digits is left out (a
@@ -268,8 +269,8 @@ def parse_locked_mtus(text: str) -> frozenset[_RouteKey]:
         metric = fields.get("metric", "0")
         if "mtu lock" in fields and metric.isascii() and metric.isdigit() and (
                 len(metric) <= 10 and int(metric) < 2 ** 32):
-            locked.add((words[0], fields.get("table", "main"), fields.get("dev"),
-                        int(metric)))
+            locked.add((words[0], fields.get("from"), fields.get("table", "main"),
+                        fields.get("dev"), int(metric)))
     return frozenset(locked)
 
 
@@ -284,8 +285,9 @@ _METRICS: Final = frozenset({"mtu", "advmss", "window", "rtt", "rttvar", "ssthre
 
 
 def _route_key(item: Mapping[str, Any]) -> _RouteKey:
-    metric, device = item.get("metric", 0), item.get("dev")
-    return (str(item["dst"]), str(item.get("table", "main")),
+    metric, device, source = item.get("metric", 0), item.get("dev"), item.get("from")
+    return (str(item["dst"]), source if isinstance(source, str) else None,
+            str(item.get("table", "main")),
             device if isinstance(device, str) else None,
             metric if isinstance(metric, int) and not isinstance(metric, bool) else 0)
 
