@@ -727,10 +727,28 @@ def _path_mtu(state: NodeState, tr: Trace) -> list[Finding]:
                    "-A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS "
                    "--clamp-mss-to-pmtu), which k3snet does not write and which helps TCP "
                    "alone; and let that ICMP error through to the pods"),
-            *_own_pmtu_error(state, tr, branch, branch.egress, path, late=(
-                tr.flow.family == 6 and route.mtu == path and not route.mtu_locked
-                and (device_mtu is None or device_mtu > path)))]
+            *_own_pmtu_errors(state, tr, branch, path=path, pod_mtu=pod_mtu, route=route,
+                             device_mtu=device_mtu)]
     return [found] if found is not None else []
+
+
+def _own_pmtu_errors(state: NodeState, tr: Trace, branch: Trace, *, path: int, pod_mtu: int,
+                     route: RouteEntry, device_mtu: int | None) -> list[Finding]:
+    """:func:`_own_pmtu_error` for each error the node sends the pod. An IPv6 route's
+    ``mtu`` not locked is met after postrouting, below its device's MTU; where the pod's
+    packets are larger than the device's MTU too, ``ip6_forward`` answers them first,
+    before postrouting, and the pod sends packets the route's mtu answers only once it
+    learnt the device's: a rule dropping either error leaves it without the path's MTU (a
+    lab's counters: a drop by cni0 stalls the pod at 1500 with the late error let
+    through). A rule dropping both is named once."""
+    egress = branch.egress or ""
+    late = (tr.flow.family == 6 and route.mtu == path and not route.mtu_locked
+            and (device_mtu is None or device_mtu > path))
+    found = _own_pmtu_error(state, tr, branch, egress, path, late=late)
+    if not late or device_mtu is None or device_mtu >= pod_mtu:
+        return found
+    early = _own_pmtu_error(state, tr, branch, egress, device_mtu)
+    return early + [f for f in found if f.where not in {e.where for e in early}]
 
 
 def _cilium_route_mtu(state: NodeState, ingress: str, family: int) -> int | None:

@@ -354,7 +354,9 @@ def _stateful_text(key: str, value: Any) -> str:  # noqa: PLR0911 - one return p
                 + (f" used {value['used']} {value.get('used_unit', 'bytes')}"
                    if value.get("used") else ""))
     if key == "ct count":
-        return f"ct count {over}{value['val']}"
+        # nft -j prints the u32 signed: 4294967295 as -1 (nftables 1.0.6).
+        count = value["val"]
+        return f"ct count {over}{count + 2 ** 32 if _negative_int(count) else count}"
     if key == "synproxy":
         flags = value.get("flags", [])
         return " ".join(["synproxy", *(f"{k} {value[k]}" for k in ("mss", "wscale") if k in value),
@@ -369,6 +371,11 @@ def _stateful_text(key: str, value: Any) -> str:  # noqa: PLR0911 - one return p
                          if k in elem["elem"])
     return " ".join([f"{value['op']} {value['set']} {{", shown,
                      *(_statement_text(stmt) for stmt in stmts), "}"])
+
+
+def _negative_int(value: Any) -> bool:
+    """``value`` is an int below 0 and within a u32 written signed (-2 ** 31 on)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -2 ** 31 <= value < 0
 
 
 def _log_flags(flags: Any) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Container, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from itertools import pairwise
 from typing import Any, Final
 
 import attrs
@@ -232,36 +231,63 @@ def _resolved(item: Mapping[str, Any], nexthops: Mapping[int, Mapping[str, Any]]
             "flags": [*item.get("flags", ()), *found.get("flags", ())]}
 
 
-#: A route's key in both listings of ``ip route``: destination, table, device, metric.
-_RouteKey = tuple[str, str, str | None, int]
+#: A route's key in both listings of ``ip route``: destination, source prefix (``from``,
+#: IPv6's source-specific routes), table, device, metric.
+_RouteKey = tuple[str, str | None, str, str | None, int]
 _ROUTE_TYPES: Final = frozenset({"unicast", "local", "broadcast", "anycast", "multicast",
                                  "blackhole", "unreachable", "prohibit", "throw", "nat"})
 
 
 def parse_locked_mtus(text: str) -> frozenset[_RouteKey]:
     """``ip route show table all`` text -> the routes whose ``mtu`` is locked (``mtu lock
-    1280``), each by destination, table, device and metric as :func:`parse_routes` reads
-    them from the JSON listing, which leaves the lock out."""
+    1280``), each by destination, ``from``, table, device and metric as
+    :func:`parse_routes` reads them from the JSON listing, which leaves the lock out.
+
+    A line is read keyword by keyword, each one's value skipped (``dev table`` is a device
+    named ``table``); one whose metric is not a u32 in ASCII digits is left out (a
+    bundle's text may be anyone's: ``int`` refuses ``²`` and 5 000 digits)."""
     locked = set()
     for line in text.splitlines():
         words = line.split()
-        if not words or line[0].isspace() or not any(
-                pair == ("mtu", "lock") for pair in pairwise(words)):
+        if not words or line[0].isspace():
             continue  # a multipath route's nexthop lines carry no metrics
         if words[0] in _ROUTE_TYPES:
             words = words[1:]
-
-        def after(word: str, default: str | None, words: list[str] = words) -> str | None:
-            return words[words.index(word) + 1] if word in words[1:-1] else default
-        metric = after("metric", "0")
-        locked.add((words[0], after("table", "main") or "main", after("dev", None),
-                    int(metric) if metric and metric.isdigit() else 0))
+        fields: dict[str, str] = {}
+        index = 1
+        while index < len(words) - 1:
+            word, value = words[index], words[index + 1]
+            if word in _METRICS and value == "lock":
+                fields.setdefault(f"{word} lock", words[index + 2]
+                                  if index + 2 < len(words) else "")
+                index += 3
+            elif word in _VALUED:
+                fields.setdefault(word, value)
+                index += 2
+            else:
+                index += 1  # a flag (onlink, linkdown), or a value of a key not known
+        metric = fields.get("metric", "0")
+        if "mtu lock" in fields and metric.isascii() and metric.isdigit() and (
+                len(metric) <= 10 and int(metric) < 2 ** 32):
+            locked.add((words[0], fields.get("from"), fields.get("table", "main"),
+                        fields.get("dev"), int(metric)))
     return frozenset(locked)
 
 
+#: ``ip route``'s keywords followed by a value (``via`` by its family too: ``via inet6
+#: fe80::1``, the address then skipped as a word not known).
+_VALUED: Final = frozenset({"from", "tos", "via", "dev", "table", "proto", "scope", "src",
+                            "metric", "nhid", "expires", "pref", "realms", "encap"})
+#: A route's metrics, each of which ``ip route`` may print as ``KEY lock VALUE``.
+_METRICS: Final = frozenset({"mtu", "advmss", "window", "rtt", "rttvar", "ssthresh", "cwnd",
+                             "initcwnd", "initrwnd", "reordering", "hoplimit", "features",
+                             "rto_min", "quickack", "congctl", "fastopen_no_cookie"})
+
+
 def _route_key(item: Mapping[str, Any]) -> _RouteKey:
-    metric, device = item.get("metric", 0), item.get("dev")
-    return (str(item["dst"]), str(item.get("table", "main")),
+    metric, device, source = item.get("metric", 0), item.get("dev"), item.get("from")
+    return (str(item["dst"]), source if isinstance(source, str) else None,
+            str(item.get("table", "main")),
             device if isinstance(device, str) else None,
             metric if isinstance(metric, int) and not isinstance(metric, bool) else 0)
 

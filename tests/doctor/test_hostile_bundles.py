@@ -105,6 +105,20 @@ def test_a_bundle_json_too_deep_or_with_a_huge_number_is_a_bundle_error(
         NodeState.from_capture(NodeCapture.read_dir(tmp_path))
 
 
+@pytest.mark.parametrize("metric", ["\u00b2", "1" * 5000, "99999999999", "-1", ""])
+def test_a_routes_text_with_a_metric_int_cannot_read_is_diagnosed_not_refused(
+        tmp_path: Path, metric: str) -> None:
+    """``routes-v6.txt`` (the text saying ``mtu lock``) is anyone's in a bundle: ``²`` is
+    a digit to ``str.isdigit`` and not to ``int``, 5 000 digits are over ``int``'s
+    limit; both were a ValueError that refused the whole bundle ("cannot read the
+    capture") for a file the doctor does without. The route is read unlocked."""
+    shutil.copytree(GOLDEN / "healthy", tmp_path, dirs_exist_ok=True)
+    (tmp_path / "routes-v6.txt").write_text(
+        f"default via fe80::1 dev eth0 metric {metric} mtu lock 1280 pref medium\n")
+    state = NodeState.from_capture(NodeCapture.read_dir(tmp_path))
+    assert not any(route.mtu_locked for route in state.routes[6])
+
+
 @pytest.mark.parametrize("field", [{"iif": 5}, {"iif": ["x"]}, {"oif": {}},
                                    {"table": {"x": 1}}, {"table": True}, {"priority": 1.5},
                                    {"priority": True}, {"action": ["blackhole"]},

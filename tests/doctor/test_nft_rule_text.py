@@ -80,3 +80,12 @@ def test_a_statement_of_an_unknown_shape_stays_json() -> None:
     chain = parse_ruleset(data).chains["inet", "t", "c"]
     assert rule_text(chain, [{"new statement": {"mss": 1460}}, {"drop": None}]) == (
         'nft inet t c: {"new statement":{"mss":1460}} drop')
+
+
+def test_every_recorded_rule_of_edge_values_is_written_as_nft_list_ruleset_prints_it() -> None:
+    """Of tests/doctor/test_nft_rule_text_kernel.py's ``_EDGE_RULESET``: quotas of 0,
+    ``limit rate over 1 bytes/second``, bursts in other units than the rate, ``ct count``
+    over 2 ** 31, which ``nft -j`` prints signed (``ct count over -2147483648``, -1 for
+    4294967295): that text is in no ruleset."""
+    data = json.loads((_RECORDED / "nft-text-edge.json").read_text())
+    assert differences(data, (_RECORDED / "nft-text-edge.nft").read_text()) == []

@@ -232,3 +232,33 @@ def test_every_stateful_rule_is_written_as_nft_list_ruleset_prints_it() -> None:
         text = run_in(netns, ["nft", "-a", "list", "ruleset"]).stdout
     assert sum("rule" in item for item in data["nftables"]) == 21
     assert differences(data, text) == []
+
+
+#: Edge values of the stateful statements (recorded for test_nft_rule_text.py): quotas of
+#: 0, a rate of 1 byte a second, a burst in another unit than the rate, ``ct count`` past
+#: 2 ** 31, which ``nft -j`` prints signed.
+_EDGE_RULESET = """table inet h_text {
+ chain forward {
+  type filter hook forward priority 0; policy accept;
+  quota 0 bytes accept
+  quota over 0 bytes drop
+  quota 1024 bytes accept
+  limit rate over 1 bytes/second drop
+  limit rate 1025 bytes/second burst 1024 bytes accept
+  limit rate 5 kbytes/day burst 1500 bytes accept
+  ct count over 0 drop
+  ct count 2147483647 accept
+  ct count over 2147483648 drop
+  ct count 4294967295 accept
+ }
+}
+"""
+
+
+def test_every_rule_of_edge_values_is_written_as_nft_list_ruleset_prints_it() -> None:
+    with temporary_netns("nftedge") as netns:
+        run_in(netns, ["nft", "-f", "-"], input_text=_EDGE_RULESET)
+        data = json.loads(run_in(netns, ["nft", "-j", "list", "ruleset"]).stdout)
+        text = run_in(netns, ["nft", "-a", "list", "ruleset"]).stdout
+    assert sum("rule" in item for item in data["nftables"]) == 10
+    assert differences(data, text) == []

@@ -184,3 +184,62 @@ def test_a_route_s_mtu_lock_is_read_from_the_routes_text_which_ip_j_leaves_out()
     assert [r.mtu_locked for r in routes] == [True, False, True, True]
     assert routes[0].describe().endswith("mtu lock 1280")
     assert not any(r.mtu_locked for r in parse_routes(data, 6))  # no text: not locked
+
+
+def test_a_route_s_fields_are_read_by_keyword_so_a_device_named_table_is_a_device() -> None:
+    """``ip route`` prints ``KEY VALUE`` pairs: a device named ``table`` (or ``metric``)
+    is the value of ``dev``, not a keyword. Its route's table was read as ``metric``, and
+    its lock lost."""
+    text = ("fd01:2::/64 via fd01:1::1 dev table proto static metric 1024 mtu lock 1280 "
+            "pref medium\n"
+            "fd01:3::/64 dev metric table 100 metric 7 expires 300sec mtu lock 1280\n")
+    data = [{"dst": "fd01:2::/64", "gateway": "fd01:1::1", "dev": "table",
+             "protocol": "static", "metric": 1024, "flags": [], "metrics": [{"mtu": 1280}]},
+            {"dst": "fd01:3::/64", "dev": "metric", "table": "100", "metric": 7,
+             "flags": [], "metrics": [{"mtu": 1280}]}]
+    assert [r.mtu_locked for r in parse_routes(data, 6, None, parse_locked_mtus(text))] == [
+        True, True]
+
+
+def test_a_source_specific_route_s_lock_is_its_own_not_the_plain_route_s_beside_it() -> None:
+    """IPv6 holds ``fd05::/64 from fd09::/64`` beside ``fd05::/64`` in one table, same
+    device and metric: the lock of one was read as both's (destination, table, device
+    and metric alone), so the plain route's error was traced before postrouting. With
+    multipath, nhid, ``expires`` and ``onlink`` beside them; recorded from a lab
+    namespace (iproute2 6.1)."""
+    text = """\
+fd03::/64 via fd00:1::2 dev eth1 table 1001 metric 1024 mtu lock 1300 pref medium
+fd01::/64 via fd00::2 dev eth0 metric 1024 expires 299sec mtu lock 1300 pref medium
+fd02::/64 metric 1024 mtu lock 1300 pref medium
+\tnexthop via fd00::2 dev eth0 weight 1 
+\tnexthop via fd00:1::2 dev eth1 weight 1 
+fd03::/64 via fd00:1::2 dev eth1 metric 1024 mtu 1300 pref medium
+fd04::/64 nhid 5 via fd00::2 dev eth0 metric 1024 mtu lock 1300 pref medium
+fd05::/64 from fd09::/64 via fd00::2 dev eth0 metric 1024 mtu lock 1300 pref medium
+fd05::/64 via fd00::2 dev eth0 metric 1024 mtu 1300 pref medium
+fd06::/64 dev eth0 proto static metric 5 onlink mtu lock 1300 pref medium
+"""  # noqa: W291 - ip's own trailing blank after a nexthop's weight
+    data = [
+        {"dst": "fd03::/64", "gateway": "fd00:1::2", "dev": "eth1", "table": "1001",
+         "metric": 1024, "flags": [], "metrics": [{"mtu": 1300}], "pref": "medium"},
+        {"dst": "fd01::/64", "gateway": "fd00::2", "dev": "eth0", "metric": 1024, "flags": [],
+         "expires": 298, "metrics": [{"mtu": 1300}], "pref": "medium"},
+        {"dst": "fd02::/64", "metric": 1024, "flags": [], "metrics": [{"mtu": 1300}],
+         "pref": "medium", "nexthops": [
+             {"gateway": "fd00::2", "dev": "eth0", "weight": 1, "flags": []},
+             {"gateway": "fd00:1::2", "dev": "eth1", "weight": 1, "flags": []}]},
+        {"dst": "fd03::/64", "gateway": "fd00:1::2", "dev": "eth1", "metric": 1024,
+         "flags": [], "metrics": [{"mtu": 1300}], "pref": "medium"},
+        {"dst": "fd04::/64", "nhid": 5, "gateway": "fd00::2", "dev": "eth0", "metric": 1024,
+         "flags": [], "metrics": [{"mtu": 1300}], "pref": "medium"},
+        {"dst": "fd05::/64", "from": "fd09::/64", "gateway": "fd00::2", "dev": "eth0",
+         "metric": 1024, "flags": [], "metrics": [{"mtu": 1300}], "pref": "medium"},
+        {"dst": "fd05::/64", "gateway": "fd00::2", "dev": "eth0", "metric": 1024,
+         "flags": [], "metrics": [{"mtu": 1300}], "pref": "medium"},
+        {"dst": "fd06::/64", "dev": "eth0", "protocol": "static", "metric": 5,
+         "flags": ["onlink"], "metrics": [{"mtu": 1300}], "pref": "medium"}]
+    routes = parse_routes(data, 6, {5: {"id": 5, "gateway": "fd00::2", "dev": "eth0"}},
+                          parse_locked_mtus(text))
+    assert [(str(r.destination), r.mtu_locked) for r in routes] == [
+        ("fd03::/64", True), ("fd01::/64", True), ("fd02::/64", True), ("fd03::/64", False),
+        ("fd04::/64", True), ("fd05::/64", True), ("fd05::/64", False), ("fd06::/64", True)]

@@ -15,6 +15,7 @@ route get``, after the pod sent datagrams too large with don't-fragment) holds `
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 import pytest
@@ -374,3 +375,59 @@ def test_an_ip6tables_output_rule_on_the_masquerade_s_address_drops_the_late_err
     assert [f.severity for f in dropped] == ([] if lock else ["warning"]), d.render()
     if not lock:
         assert "OUTPUT" in dropped[0].where, d.render()
+
+
+#: Datagrams from the pod as TCP sizes its segments: the largest its interface takes
+#: (1448 bytes), a smaller one (1348) only once an error told it that one is too large.
+_SEND_AS_LEARNT = """
+import socket, sys
+sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sock.connect((sys.argv[1], 9))
+for _ in range(3):
+    try:
+        sock.send(b"x" * 1400)
+    except OSError:  # EMSGSIZE: the node's first error arrived
+        try:
+            sock.send(b"x" * 1300)
+        except OSError:
+            pass
+"""
+
+
+@pytest.mark.parametrize("oif", ["cni0", "lo", None])
+def test_both_errors_of_an_unlocked_route_mtu_below_a_device_mtu_below_the_pod_s_are_followed(
+        doctor_lab: DoctorLab, oif: str | None) -> None:
+    """The pod's interface 1500, the uplink's 1400, its route ``mtu 1280`` not locked: the
+    pod's 1448-byte packets are over the device's MTU, so ``ip6_forward`` answers them
+    before postrouting (Packet Too Big 1400, from the pods' gateway by cni0); the
+    1348-byte ones it sends only then pass it and meet the route's mtu after postrouting (1280,
+    from the masquerade's address by lo). A rule dropping either leaves the pod without
+    the path's MTU; the doctor followed the second alone. Without a rule, the pod learns
+    the route's mtu."""
+    topology = Topology(family=6)
+    doctor_lab.configure(topology)
+    run_in(doctor_lab.node, ["ip", "-6", "route", "replace", to_v6(DEST_NETS["plain"]),
+                             "via", to_v6(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "1280",
+                             "proto", "static"])
+    run_in(doctor_lab.node, ["ip", "link", "set", "eth0", "mtu", "1400"])
+    pod = doctor_lab.names["pod"]
+    try:
+        if oif is not None:
+            run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=(
+                "table inet h_own_pmtu {\n chain output {\n"
+                "  type filter hook output priority filter; policy accept;\n"
+                f"  icmpv6 type packet-too-big oifname {oif} drop\n }}\n}}\n"))
+        run_in(pod, ["ip", "-6", "route", "flush", "cache"], check=False)
+        run_in(pod, [sys.executable, "-c", _SEND_AS_LEARNT, topology.destination])
+        learnt = run_in(pod, ["ip", "-6", "-o", "route", "get", topology.destination]).stdout
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port))
+    finally:
+        run_in(doctor_lab.node, ["ip", "link", "set", "eth0", "mtu", "1500"])
+        doctor_lab.reset()
+        run_in(pod, ["ip", "-6", "route", "flush", "cache"], check=False)
+    assert ("mtu 1280" in learnt) is (oif is None), learnt  # the kernel: a rule, a hole
+    dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
+    assert [f.severity for f in dropped] == ([] if oif is None else ["warning"]), (
+        learnt, d.render())
+    assert all(f'oifname "{oif}"' in f.where for f in dropped), d.render()
