@@ -103,6 +103,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 # last header's or the empty line's, so "\n\r\n" too (it was answered by no status).
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _EMPTY_LINE = re.compile(rb"\r?\n")
+_AUTHORITY_END = re.compile(r"[/#]")
 _BRACKETED = re.compile(r"\[(?P<host>[0-9A-Fa-f:.]+)\]:(?P<port>[0-9]*)")
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
@@ -427,19 +428,23 @@ def _peer(address: tuple[object, ...]) -> tuple[str, str]:
 def _path(target: str) -> str | None:
     """The path of a request's target, its query left out: the target itself (origin-form,
     ``/healthz``) or, in absolute-form (``http://HOST:PORT/healthz``, which a server must
-    accept: RFC 9112 3.2.2), what follows its authority (``/`` when nothing does);
-    ``None`` (a 400) for an absolute-form of no host (``http:///healthz``, ``http://:80/``),
-    which a recipient must reject (RFC 9110 4.2.1).
+    accept: RFC 9112 3.2.2), what follows its authority (``/`` when nothing does), which
+    ends at ``/`` or ``#``; ``None`` (a 400) for an absolute-form of no host
+    (``http:///healthz``, ``http://:80/``, ``http://#/healthz``), which a recipient must
+    reject (RFC 9110 4.2.1). A fragment stays in the path: a request's target has none
+    (RFC 9112 3.2), and no route matches it.
 
     The ``Host`` header is never read: for absolute-form the target's host counts and
     ``Host`` is ignored (RFC 9112 3.2.2); for origin-form nothing here depends on a host."""
     path = target.split("?", 1)[0]
     scheme, sep, rest = path.partition("://")
     if sep and scheme.lower() in ("http", "https"):
-        authority, _, path = rest.partition("/")
+        # The authority ends at "/" or "#" ("?" is gone): RFC 3986 3.2. Ended at "/"
+        # alone, `http://#/healthz` had a host, "#", and its fragment was routed.
+        authority = _AUTHORITY_END.split(rest, maxsplit=1)[0]
         host = authority.rpartition("@")[2]  # userinfo@ left out
         host = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
-        return None if not host else "/" + path
+        return None if not host else "/" + rest[len(authority):].removeprefix("/")
     return path
 
 

@@ -358,6 +358,9 @@ def test_a_request_read_a_byte_at_a_time_is_searched_for_its_end_in_its_new_byte
     (b"GET HTTP://[fd00::1]:9743/readyz?x=/metrics HTTP/1.1\r\n\r\n", b"200"),
     (b"GET http://node:9743?x=/healthz HTTP/1.1\r\n\r\n", b"404"),  # its path is /
     (b"GET ftp://node/healthz HTTP/1.1\r\n\r\n", b"404"),
+    # The authority ends at "#" as at "/" (RFC 3986 3.2): what follows is a fragment, the
+    # path is empty; it was taken for part of the host and the fragment routed (200).
+    (b"GET http://node#/healthz HTTP/1.1\r\n\r\n", b"404"),
 ])
 def test_malformed_and_foreign_requests_get_a_status_and_a_closed_connection(
         server: HealthServer, request_bytes: bytes, status: bytes) -> None:
@@ -383,7 +386,8 @@ def test_one_empty_line_before_the_request_line_is_ignored(server: HealthServer,
 
 @pytest.mark.parametrize("target", [
     b"http:///healthz", b"http://:9743/healthz", b"HTTP://@/healthz", b"http://user@:1/readyz",
-    b"http://[]:9743/healthz", b"https:///metrics", b"http://", b"http://?x=/healthz"])
+    b"http://[]:9743/healthz", b"https:///metrics", b"http://", b"http://?x=/healthz",
+    b"http://#/healthz", b"http://user@#x/readyz"])
 def test_an_absolute_target_of_no_host_is_400_whatever_the_host_header_says(
         server: HealthServer, target: bytes) -> None:
     # RFC 9110 4.2.1: a recipient must reject an http URI of an empty host as invalid;
