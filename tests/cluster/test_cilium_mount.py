@@ -605,7 +605,8 @@ def test_a_plan_turning_the_ip_masq_agent_on_with_nothing_at_etc_config_warns_ah
     backend.expect(desired)
     observed = backend.observe()
     assert observed == unhinted
-    (warning,) = backend.warnings
+    said: tuple[str, ...] = backend.warnings  # not narrowed by the == () above
+    (warning,) = said
     assert warning.startswith("the plan turns Cilium's ip-masq-agent on, which check and "
                               "apply refuse: enable-ip-masq-agent: true where the "
                               "cilium-agent container has no /etc/config")
