@@ -40,10 +40,10 @@ from k3snet.planner import Change, Plan, plan
 from k3snet.spec import Spec, seed_spec
 from k3snet.testing import run_conformance
 from k3snet.testing.kube import EmulatedApiServer
+from tests.cluster.workloads import CONFIGMAPS, configmap
 
 pytestmark = pytest.mark.cluster
 
-CONFIGMAPS = "v1/configmaps"
 TARGET = CILIUM_DEFAULT_TARGET
 
 # The masquerade-relevant part of what Helm renders, with some of the other keys
@@ -93,9 +93,7 @@ def _cilium_config(data: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def _ip_masq_agent(text: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "ip-masq-agent", "namespace": "kube-system"},
-            "data": {"config": text}}
+    return configmap("kube-system", "ip-masq-agent", {"config": text})
 
 
 def _stored(server: EmulatedApiServer, name: str = "cilium-config") -> dict[str, Any] | None:

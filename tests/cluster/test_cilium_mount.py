@@ -30,7 +30,6 @@ from k3snet.render.manifests import render_manifests
 from k3snet.spec import Destination, Spec, check_backend_options, seed_spec
 from k3snet.testing.kube import EmulatedApiServer
 from tests.cluster.test_cilium_backend import (
-    CONFIGMAPS,
     HELM_K3S_DATA,
     NODE_CONFIGS_V2,
     _cilium_config,
@@ -38,10 +37,10 @@ from tests.cluster.test_cilium_backend import (
     _ip_masq_agent,
     _node_config,
 )
+from tests.cluster.workloads import CONFIGMAPS, DAEMONSETS, PODS, configmap, daemonset_pod
 
 pytestmark = pytest.mark.cluster
 
-DAEMONSETS = "apps/v1/daemonsets"
 WHERE = "DaemonSet kube-system/cilium"
 
 # What Cilium's Helm chart renders for eBPF masquerading with its ip-masq-agent.
@@ -171,8 +170,7 @@ def test_a_mounted_configmap_without_its_key_is_cilium_s_default_list(
     # Mounted (optional: true), a ConfigMap without the key gives the agent no file:
     # the default list, as an empty one does, and as no ConfigMap at all does.
     cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
-    for agent in ({"apiVersion": "v1", "kind": "ConfigMap", "data": {"other": "x"},
-                   "metadata": {"name": "ip-masq-agent", "namespace": "kube-system"}},
+    for agent in (configmap("kube-system", "ip-masq-agent", {"other": "x"}),
                   _ip_masq_agent("")):
         cilium.put(CONFIGMAPS, agent)
         (foreign,) = backend.observe().foreign
@@ -659,7 +657,8 @@ def test_a_plan_turning_the_ip_masq_agent_on_with_nothing_at_etc_config_warns_ah
     backend.expect(desired)
     observed = backend.observe()
     assert observed == unhinted
-    (warning,) = backend.warnings
+    said: tuple[str, ...] = backend.warnings  # not narrowed by the == () above
+    (warning,) = said
     assert warning.startswith("the plan turns Cilium's ip-masq-agent on, which check and "
                               "apply refuse: enable-ip-masq-agent: true where the "
                               "cilium-agent container has no /etc/config")
@@ -710,17 +709,10 @@ def test_turning_the_ip_masq_agent_on_is_refused_where_only_a_node_config_s_own_
     assert "enable-ip-masq-agent" not in _data(cilium)
 
 
-PODS = "v1/pods"
-
-
-def _agent_pod(name: str, ds: dict[str, Any]) -> dict[str, Any]:
-    """A pod of the DaemonSet ``ds`` running its pod template as it is now."""
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "kube-system",
-                         "labels": {"k8s-app": "cilium"},
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
-                                              "name": "cilium", "uid": "u", "controller": True}]},
-            "spec": copy.deepcopy(_pod(ds)), "status": {"phase": "Running"}}
+def _agent_pod(name: str, ds: dict[str, Any], owner: str = "cilium") -> dict[str, Any]:
+    """A pod of the DaemonSet ``owner`` running the pod template of ``ds`` as it is now."""
+    return daemonset_pod("kube-system", name, owner, {"k8s-app": "cilium"},
+                         spec=copy.deepcopy(_pod(ds)))
 
 
 def _rolling(ds: dict[str, Any], *, updated: int, desired: int = 3) -> dict[str, Any]:
@@ -749,9 +741,7 @@ def test_pods_still_running_a_template_without_the_mount_are_named(
     for name in ("cilium-b", "cilium-c"):
         cilium.put(PODS, _agent_pod(name, old))
     cilium.put(PODS, {**_agent_pod("cilium-old", old), "status": {"phase": "Failed"}})
-    other = _agent_pod("other-x", old)
-    other["metadata"]["ownerReferences"][0]["name"] = "other"
-    cilium.put(PODS, other)
+    cilium.put(PODS, _agent_pod("other-x", old, owner="other"))
     cilium.put(DAEMONSETS, _rolling(new, updated=1))
     why, no_directory = _unmounted(backend)
     assert why is not None

@@ -34,13 +34,18 @@ from k3snet.testing.kube import EmulatedApiServer
 from tests.cli.test_schemas import validate
 from tests.cluster.test_cilium_backend import _cilium_config
 from tests.cluster.test_cilium_mount import EBPF_AGENT, cilium_daemonset
+from tests.cluster.workloads import (
+    CONFIGMAPS,
+    DAEMONSETS,
+    PODS,
+    configmap,
+    daemonset,
+    daemonset_pod,
+)
 from tests.kubeclient import write_kubeconfig
 
 pytestmark = pytest.mark.cluster
 
-CONFIGMAPS = "v1/configmaps"
-DAEMONSETS = "apps/v1/daemonsets"
-PODS = "v1/pods"
 LONG_AGO = "2020-01-01T00:00:00Z"
 FUTURE = "2999-01-01T00:00:00Z"  # a pod started after any change made by the test
 
@@ -51,50 +56,32 @@ def api_server() -> Any:
         yield server
 
 
-def _daemonset(namespace: str, name: str, labels: dict[str, str],
-               volumes: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "DaemonSet",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"containers": [{"name": "agent", "image": "x"}],
-                                           "volumes": volumes}}}}
-
-
-def _pod(namespace: str, name: str, owner: str, labels: dict[str, str], *, created: str,
-         started: str | None = None) -> dict[str, Any]:
-    status: dict[str, Any] = {"phase": "Running"}
-    if started is not None:
-        status["containerStatuses"] = [{
-            "name": "agent", "image": "x", "imageID": "", "ready": True, "restartCount": 0,
-            "state": {"running": {"startedAt": started}}}]
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels,
-                         "creationTimestamp": created,
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
-                                              "name": owner, "uid": "u", "controller": True}]},
-            "spec": {"containers": [{"name": "agent", "image": "x"}]},
-            "status": status}
-
-
 CILIUM_LABELS = {"k8s-app": "cilium"}
+
+
+def _cilium_pod(name: str, *, created: str, started: str | None = None) -> dict[str, Any]:
+    """A pod of the DaemonSet kube-system/cilium."""
+    return daemonset_pod("kube-system", name, "cilium", CILIUM_LABELS, created=created,
+                         started=started)
+
+
+def _restarted(api_server: EmulatedApiServer, *names: str) -> None:
+    """Cilium's pods ``names`` made again, after any change the test makes."""
+    for name in names:
+        api_server.put(PODS, _cilium_pod(name, created=FUTURE))
 
 
 @pytest.fixture
 def cilium(api_server: EmulatedApiServer) -> CiliumBackend:
-    api_server.put(CONFIGMAPS, {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "cilium-config", "namespace": "kube-system"},
-        "data": {"routing-mode": "tunnel", "tunnel-protocol": "vxlan",
-                 "enable-ipv4-masquerade": "true"}})
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-config", {
+        "routing-mode": "tunnel", "tunnel-protocol": "vxlan", "enable-ipv4-masquerade": "true"}))
     # Cilium's config init container reads cilium-config through the API: no volume.
-    api_server.put(DAEMONSETS, _daemonset("kube-system", "cilium", CILIUM_LABELS, []))
+    api_server.put(DAEMONSETS, daemonset("kube-system", "cilium", CILIUM_LABELS, []))
     for node in ("a", "b"):
-        api_server.put(PODS, _pod("kube-system", f"cilium-{node}", "cilium", CILIUM_LABELS,
-                                  created=LONG_AGO, started=LONG_AGO))
+        api_server.put(PODS, _cilium_pod(f"cilium-{node}", created=LONG_AGO, started=LONG_AGO))
     # Another DaemonSet's pod with the same labels is not Cilium's.
-    api_server.put(PODS, _pod("kube-system", "other-x", "other", CILIUM_LABELS,
-                              created=LONG_AGO, started=LONG_AGO))
+    api_server.put(PODS, daemonset_pod("kube-system", "other-x", "other", CILIUM_LABELS,
+                                       created=LONG_AGO, started=LONG_AGO))
     return CiliumBackend(api_client=api_server.api_client(), timeout=10.0)
 
 
@@ -121,12 +108,10 @@ def test_cilium_config_change_is_pending_until_every_agent_pod_restarted(
     assert [r.stale for r in again.restarts] == [("cilium-a", "cilium-b")]
     # One pod replaced (a rollout under way), then the other.
     api_server.delete(PODS, "cilium-a", "kube-system")
-    api_server.put(PODS, _pod("kube-system", "cilium-c", "cilium", CILIUM_LABELS,
-                              created=FUTURE))
+    api_server.put(PODS, _cilium_pod("cilium-c", created=FUTURE))
     assert [r.stale for r in pending_restarts(cilium)] == [("cilium-b",)]
     api_server.delete(PODS, "cilium-b", "kube-system")
-    api_server.put(PODS, _pod("kube-system", "cilium-d", "cilium", CILIUM_LABELS,
-                              created=FUTURE, started=FUTURE))
+    api_server.put(PODS, _cilium_pod("cilium-d", created=FUTURE, started=FUTURE))
     assert pending_restarts(cilium) == ()
     assert converge(cilium, _masquerade("false")).restarts == ()
 
@@ -137,8 +122,7 @@ def test_a_container_restarted_in_its_pod_is_still_pending(
     # pod started; a cilium-agent restarted since (a crash, its liveness probe) reads
     # that dir again, not cilium-config: the pod still runs the old settings.
     converge(cilium, _masquerade("false"))
-    api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
-                              created=LONG_AGO, started=FUTURE))
+    api_server.put(PODS, _cilium_pod("cilium-b", created=LONG_AGO, started=FUTURE))
     assert [r.stale for r in pending_restarts(cilium)] == [("cilium-a", "cilium-b")]
 
 
@@ -170,18 +154,24 @@ NET_CONF = '{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}'
 FLANNEL_LABELS = {"app": "flannel"}
 
 
+def _flannel_cfg() -> dict[str, Any]:
+    """The ConfigMap kube-flannel/kube-flannel-cfg holding :data:`NET_CONF`."""
+    return configmap("kube-flannel", "kube-flannel-cfg", {"net-conf.json": NET_CONF})
+
+
+def _flannel_daemonset(name: str) -> dict[str, Any]:
+    """A DaemonSet ``name`` of kube-flannel with a volume of the ConfigMap kube-flannel-cfg."""
+    return daemonset("kube-flannel", name, FLANNEL_LABELS,
+                     [{"name": "flannel-cfg", "configMap": {"name": "kube-flannel-cfg"}}])
+
+
 def test_flannel_net_conf_change_is_pending_until_its_pods_restarted(
         api_server: EmulatedApiServer) -> None:
-    api_server.put(CONFIGMAPS, {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
-        "data": {"net-conf.json": NET_CONF}})
+    api_server.put(CONFIGMAPS, _flannel_cfg())
     # Found by the volume naming the ConfigMap, whatever the DaemonSet's name.
-    api_server.put(DAEMONSETS, _daemonset(
-        "kube-flannel", "flannel-renamed", FLANNEL_LABELS,
-        [{"name": "flannel-cfg", "configMap": {"name": "kube-flannel-cfg"}}]))
-    api_server.put(PODS, _pod("kube-flannel", "flannel-1", "flannel-renamed", FLANNEL_LABELS,
-                              created=LONG_AGO, started=LONG_AGO))
+    api_server.put(DAEMONSETS, _flannel_daemonset("flannel-renamed"))
+    api_server.put(PODS, daemonset_pod("kube-flannel", "flannel-1", "flannel-renamed",
+                                       FLANNEL_LABELS, created=LONG_AGO, started=LONG_AGO))
     backend = FlannelBackend(api_client=api_server.api_client(), timeout=10.0,
                              allow_disruptive=True)
     desired = State(owned=[FlannelConfig(backend.target, enable_nftables=True)])
@@ -191,17 +181,14 @@ def test_flannel_net_conf_change_is_pending_until_its_pods_restarted(
     # Made the second after the stamp's (one in its own second may predate the write).
     made = _stamp_of(api_server, "kube-flannel-cfg", "kube-flannel") + datetime.timedelta(
         seconds=1)
-    api_server.put(PODS, _pod("kube-flannel", "flannel-1", "flannel-renamed", FLANNEL_LABELS,
-                              created=_utc(made), started=FUTURE))
+    api_server.put(PODS, daemonset_pod("kube-flannel", "flannel-1", "flannel-renamed",
+                                       FLANNEL_LABELS, created=_utc(made), started=FUTURE))
     assert pending_restarts(backend) == ()
 
 
 def test_flannel_restart_needed_names_the_daemonsets_found_reading_its_configmap(
         api_server: EmulatedApiServer) -> None:
-    api_server.put(CONFIGMAPS, {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
-        "data": {"net-conf.json": NET_CONF}})
+    api_server.put(CONFIGMAPS, _flannel_cfg())
     backend = FlannelBackend(api_client=api_server.api_client(), timeout=10.0,
                              allow_disruptive=True)
     desired = State(owned=[FlannelConfig(backend.target, enable_nftables=True)])
@@ -214,10 +201,8 @@ def test_flannel_restart_needed_names_the_daemonsets_found_reading_its_configmap
     assert _restart_how(fallback) == (
         "kubectl -n kube-flannel rollout restart daemonset/kube-flannel-ds")
     for name in ("flannel-renamed", "flannel-windows"):
-        api_server.put(DAEMONSETS, _daemonset(
-            "kube-flannel", name, FLANNEL_LABELS,
-            [{"name": "flannel-cfg", "configMap": {"name": "kube-flannel-cfg"}}]))
-    api_server.put(DAEMONSETS, _daemonset("kube-flannel", "unrelated", FLANNEL_LABELS, []))
+        api_server.put(DAEMONSETS, _flannel_daemonset(name))
+    api_server.put(DAEMONSETS, daemonset("kube-flannel", "unrelated", FLANNEL_LABELS, []))
     assert restarts_needed(backend, preview.plan) == (
         "DaemonSet kube-flannel/flannel-renamed", "DaemonSet kube-flannel/flannel-windows")
 
@@ -226,15 +211,21 @@ SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nbackends: [cilium]\n"
         "destinations: []\ncni:\n  cilium:\n    egressMasqueradeInterfaces: eth0\n")
 
 
-def test_plan_and_apply_say_which_restart_is_needed_and_pending(
-        api_server: EmulatedApiServer, cilium: CiliumBackend, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+def _through_cilium(api_server: EmulatedApiServer, tmp_path: Path) -> list[str]:
+    """The command line's arguments giving :data:`SPEC` and the cilium backend on
+    ``api_server`` (a kubeconfig written under ``tmp_path``)."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     kubeconfig = tmp_path / "kubeconfig"
     write_kubeconfig(kubeconfig, api_server.url)
-    through = ["-f", str(spec), "--no-facts", "--backend", "cilium",
-               "--backend-opt", f"cilium.kubeconfig={kubeconfig}"]
+    return ["-f", str(spec), "--no-facts", "--backend", "cilium",
+            "--backend-opt", f"cilium.kubeconfig={kubeconfig}"]
+
+
+def test_plan_and_apply_say_which_restart_is_needed_and_pending(
+        api_server: EmulatedApiServer, cilium: CiliumBackend, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    through = _through_cilium(api_server, tmp_path)
     main(["plan", *through])
     out = capsys.readouterr().out
     assert ("!! restart needed once applied: DaemonSet kube-system/cilium reads the changed "
@@ -257,9 +248,7 @@ def test_plan_and_apply_say_which_restart_is_needed_and_pending(
     out = capsys.readouterr().out
     assert "!! restart pending: DaemonSet kube-system/cilium" in out
     assert "2 pod(s) started before the change: cilium-a, cilium-b" in out
-    for name in ("cilium-a", "cilium-b"):
-        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
-                                  created=FUTURE))
+    _restarted(api_server, "cilium-a", "cilium-b")
     assert main(["apply", *through, "--auto-approve"]) == 0
     assert "restart" not in capsys.readouterr().out
 
@@ -269,12 +258,7 @@ def test_destroy_names_the_restart_and_follows_it_leaving_only_the_stamp(
         capsys: pytest.CaptureFixture[str]) -> None:
     found = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
     assert found is not None
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC)
-    kubeconfig = tmp_path / "kubeconfig"
-    write_kubeconfig(kubeconfig, api_server.url)
-    through = ["-f", str(spec), "--no-facts", "--backend", "cilium",
-               "--backend-opt", f"cilium.kubeconfig={kubeconfig}"]
+    through = _through_cilium(api_server, tmp_path)
     assert main(["apply", *through, "--auto-approve"]) == 0
     capsys.readouterr()
     main(["destroy", *through, "--dry-run", "--output", "json"])
@@ -293,9 +277,7 @@ def test_destroy_names_the_restart_and_follows_it_leaving_only_the_stamp(
     assert set(left["metadata"]["annotations"]) == {CHANGED_ANNOTATION}
     main(["plan", *through])
     assert "!! restart pending: DaemonSet kube-system/cilium" in capsys.readouterr().out
-    for name in ("cilium-a", "cilium-b"):
-        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
-                                  created=FUTURE))
+    _restarted(api_server, "cilium-a", "cilium-b")
     main(["plan", *through])
     assert "restart pending" not in capsys.readouterr().out
 
@@ -346,8 +328,7 @@ def test_the_stamp_is_the_api_server_s_time_whatever_k3snet_s_clock(
         datetime=skewed, UTC=datetime.UTC, timedelta=datetime.timedelta))
     server_now = datetime.datetime.now(tz=datetime.UTC)
     five_ago = (server_now - datetime.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
-                              created=five_ago))
+    api_server.put(PODS, _cilium_pod("cilium-b", created=five_ago))
     [pending] = converge(cilium, _masquerade("false")).restarts
     assert pending.stale == ("cilium-a", "cilium-b")
     stored = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
@@ -362,8 +343,7 @@ def test_the_stamp_is_the_api_server_s_time_whatever_k3snet_s_clock(
     made = (server_after + datetime.timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     for name in ("cilium-a", "cilium-b"):
         api_server.delete(PODS, name, "kube-system")
-        api_server.put(PODS, _pod("kube-system", f"{name}-new", "cilium", CILIUM_LABELS,
-                                  created=made))
+        api_server.put(PODS, _cilium_pod(f"{name}-new", created=made))
     assert pending_restarts(cilium) == ()
 
 
@@ -372,9 +352,7 @@ def test_once_every_pod_was_made_since_the_stamp_no_pod_is_listed_again(
     # A pod's creation never moves: the agent's Lease holder listed every DaemonSet and
     # Pod of kube-system from etcd on each pass, as long as the stamp stayed.
     converge(cilium, _masquerade("false"))
-    for name in ("cilium-a", "cilium-b"):
-        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
-                                  created=FUTURE))
+    _restarted(api_server, "cilium-a", "cilium-b")
     assert pending_restarts(cilium) == ()
     before = len(api_server.requests())
     assert converge(cilium, _masquerade("false")).restarts == ()
@@ -431,20 +409,13 @@ def _cni(api_server: EmulatedApiServer, api_client: Any, kind: str
     """A ``kind`` backend on ``api_client``, its ConfigMap and DaemonSet (no pods) put,
     a state changing the ConfigMap, and the ConfigMap's namespace and name."""
     if kind == "cilium":
-        api_server.put(CONFIGMAPS, {
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "cilium-config", "namespace": "kube-system"},
-            "data": {"enable-ipv4-masquerade": "true"}})
-        api_server.put(DAEMONSETS, _daemonset("kube-system", "cilium", CILIUM_LABELS, []))
+        api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-config",
+                                             {"enable-ipv4-masquerade": "true"}))
+        api_server.put(DAEMONSETS, daemonset("kube-system", "cilium", CILIUM_LABELS, []))
         return (_backend(api_client, kind), _masquerade("false"),
                 ("kube-system", "cilium-config"))
-    api_server.put(CONFIGMAPS, {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
-        "data": {"net-conf.json": NET_CONF}})
-    api_server.put(DAEMONSETS, _daemonset(
-        "kube-flannel", "kube-flannel-ds", FLANNEL_LABELS,
-        [{"name": "flannel-cfg", "configMap": {"name": "kube-flannel-cfg"}}]))
+    api_server.put(CONFIGMAPS, _flannel_cfg())
+    api_server.put(DAEMONSETS, _flannel_daemonset("kube-flannel-ds"))
     flannel = _backend(api_client, kind)
     return (flannel, State(owned=[FlannelConfig(flannel.target, enable_nftables=True)]),
             ("kube-flannel", "kube-flannel-cfg"))
@@ -513,10 +484,10 @@ def test_a_slow_answer_is_no_clock_gap_a_pod_made_before_the_write_stays_pending
         "kube-flannel-ds", FLANNEL_LABELS)
     converge(backend, desired)
     [write] = [at for url, at in writes if url.split("?")[0].endswith(f"/{name}")]
-    api_server.put(PODS, _pod(namespace, "made-before", owner, labels,
-                              created=_utc(write - datetime.timedelta(seconds=5))))
-    api_server.put(PODS, _pod(namespace, "made-after", owner, labels,
-                              created=_utc(write + datetime.timedelta(seconds=2))))
+    api_server.put(PODS, daemonset_pod(namespace, "made-before", owner, labels,
+                                       created=_utc(write - datetime.timedelta(seconds=5))))
+    api_server.put(PODS, daemonset_pod(namespace, "made-after", owner, labels,
+                                       created=_utc(write + datetime.timedelta(seconds=2))))
     # Another process's backend (the write's one found no pod: the stamp settled).
     again = _backend(api_client, kind)
     assert [r.stale for r in pending_restarts(again)] == [("made-before",)]
@@ -565,8 +536,8 @@ def test_a_pod_made_just_before_the_write_on_a_server_clock_ahead_by_under_a_sec
         "kube-flannel-ds", FLANNEL_LABELS)
     converge(backend, desired)
     [write] = [at for url, at in writes if url.split("?")[0].endswith(f"/{name}")]
-    api_server.put(PODS, _pod(namespace, "made-before", owner, labels,
-                              created=_utc(write - datetime.timedelta(milliseconds=1))))
+    api_server.put(PODS, daemonset_pod(namespace, "made-before", owner, labels,
+                                        created=_utc(write - datetime.timedelta(milliseconds=1))))
     again = _backend(api_client, kind)
     assert [r.stale for r in pending_restarts(again)] == [("made-before",)]
 
@@ -587,7 +558,7 @@ def test_the_pods_listed_are_those_the_daemonset_s_selector_selects(
     assert pending.stale == ("cilium-a", "cilium-b")
     assert _pod_lists(api_server) == ["k8s-app=cilium"]
     # matchExpressions go with it, as the API server reads them.
-    expressions = _daemonset("kube-system", "cilium", CILIUM_LABELS, [])
+    expressions = daemonset("kube-system", "cilium", CILIUM_LABELS, [])
     expressions["spec"]["selector"]["matchExpressions"] = [
         {"key": "tier", "operator": "NotIn", "values": ["canary", "test"]},
         {"key": "k8s-app", "operator": "Exists"}]
@@ -603,7 +574,7 @@ def test_a_selector_k3snet_cannot_read_keeps_the_daemonset_s_own_pods_pending(
     # A selector apimachinery refuses counted none of the DaemonSet's pods: no restart
     # was said pending, as if every pod had restarted. Its pods are told by their owner.
     converge(cilium, _masquerade("false"))
-    odd = _daemonset("kube-system", "cilium", CILIUM_LABELS, [])
+    odd = daemonset("kube-system", "cilium", CILIUM_LABELS, [])
     odd["spec"]["selector"] = {"matchExpressions": [{"key": "k8s-app", "operator": "Near"}]}
     api_server.put(DAEMONSETS, odd)
     before = len(_pod_lists(api_server))
@@ -625,10 +596,9 @@ def test_a_pod_made_in_the_stamp_s_own_second_is_still_pending(
     # on a node that may run the old config). A second later it is surely made after.
     converge(cilium, _masquerade("false"))
     stamp = _stamp_of(api_server, "cilium-config", "kube-system")
-    api_server.put(PODS, _pod("kube-system", "cilium-a", "cilium", CILIUM_LABELS,
-                              created=_utc(stamp)))
-    api_server.put(PODS, _pod("kube-system", "cilium-b", "cilium", CILIUM_LABELS,
-                              created=_utc(stamp + datetime.timedelta(seconds=1))))
+    api_server.put(PODS, _cilium_pod("cilium-a", created=_utc(stamp)))
+    api_server.put(PODS, _cilium_pod("cilium-b",
+                                     created=_utc(stamp + datetime.timedelta(seconds=1))))
     assert [r.stale for r in pending_restarts(cilium)] == [("cilium-a",)]
 
 
@@ -668,9 +638,7 @@ def test_a_subpath_mounted_ip_masq_agent_change_is_pending_until_the_agents_rest
     assert stored is not None
     assert stored["data"] == EBPF_AGENT  # cilium-config's keys untouched: its stamp alone
     assert CHANGED_ANNOTATION in stored["metadata"]["annotations"]
-    for name in ("cilium-a", "cilium-b"):
-        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
-                                  created=FUTURE))
+    _restarted(api_server, "cilium-a", "cilium-b")
     assert pending_restarts(cilium) == ()
     # The whole volume mounted (Helm's way): the kubelet updates the file; no stamp.
     api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
@@ -687,11 +655,8 @@ def test_a_subpath_mounted_ip_masq_agent_given_back_by_destroy_is_followed_too(
     # copies see either. The stamp is cilium-config's, which stays.
     _subpath_cilium(api_server)
     converge(cilium, _non_masquerade("10.0.0.0/8"))
-    for name in ("cilium-a", "cilium-b"):
-        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
-                                  created=FUTURE))
-    api_server.put(PODS, _pod("kube-system", "cilium-c", "cilium", CILIUM_LABELS,
-                              created=LONG_AGO))
+    _restarted(api_server, "cilium-a", "cilium-b")
+    api_server.put(PODS, _cilium_pod("cilium-c", created=LONG_AGO))
     [pending] = converge(cilium, State(), allow_teardown=True).restarts
     assert pending.stale == ("cilium-c",)  # made before the destroy's write
     assert api_server.get(CONFIGMAPS, "ip-masq-agent", "kube-system") is None
@@ -703,8 +668,8 @@ def test_a_flannel_destroy_giving_net_conf_back_is_pending_until_its_pods_restar
     # back needs was named by destroy --dry-run, never followed.
     backend, desired, (namespace, name) = _cni(api_server, api_server.api_client(),
                                                "flannel")
-    api_server.put(PODS, _pod(namespace, "flannel-1", "kube-flannel-ds", FLANNEL_LABELS,
-                              created=LONG_AGO))
+    api_server.put(PODS, daemonset_pod(namespace, "flannel-1", "kube-flannel-ds",
+                                       FLANNEL_LABELS, created=LONG_AGO))
     converge(backend, desired)
     [pending] = converge(backend, State(), allow_teardown=True).restarts
     assert (pending.workload, pending.stale) == (

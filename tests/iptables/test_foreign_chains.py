@@ -13,18 +13,17 @@ checked is the kernel's own view (``iptables-save``).
 from __future__ import annotations
 
 import shlex
-import subprocess
 
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
-from k3snet.backends.netns import NetnsRunner
 from k3snet.converge import destroy
 from k3snet.errors import ApplyError, PlanError
 from k3snet.lab.netns import run_in
 from k3snet.model import Drift, ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
 from k3snet.render.iptables.rules import render_unit
+from tests.shown import BOTH_WAYS, as_k3snet_ran, check_shown, inside, run_as_shown, shown
 
 MODES = ["nft", "legacy"]
 
@@ -336,18 +335,15 @@ def test_the_commands_messages_name_run_where_k3snet_ran_without_netns(
                 backend.apply(p)
         return str(caught.value)
 
-    with NetnsRunner(ns) as runner:
-        problems = runner.call(checked)
-    delete = f"ip netns exec {ns} {ipt(mode, 4)} -t filter -D ADMIN -j K3SNET-FORWARD"
-    assert f"`{delete}`" in problems[0], problems
-    subprocess.run(shlex.split(delete), check=True)  # here, outside: as shown
-    with NetnsRunner(ns) as runner:
-        message = runner.call(refused)
+    problems = inside(ns, checked)
+    delete = f"{ipt(mode, 4)} -t filter -D ADMIN -j K3SNET-FORWARD"
+    assert shown(ns, delete) in problems[0], problems
+    run_as_shown(ns, delete)  # here, outside: as shown
+    message = inside(ns, refused)
     show = "nft list table ip filter" if mode == "nft" else "iptables-legacy-save -t filter"
-    assert f"`ip netns exec {ns} {show}` shows it" in message, message
-    shown = subprocess.run(["ip", "netns", "exec", ns, *show.split()], capture_output=True,
-                           text=True, check=True).stdout
-    assert "K3SNET-FORWARD" in shown.split("ADMIN", 1)[1], shown
+    assert f"{shown(ns, show)} shows it" in message, message
+    out = run_as_shown(ns, show)
+    assert "K3SNET-FORWARD" in out.split("ADMIN", 1)[1], out
 
 
 @pytest.mark.kernel
@@ -383,7 +379,7 @@ table ip guard {
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("given", [True, False], ids=["netns", "ip-netns-exec"])
+@BOTH_WAYS
 def test_every_command_a_warning_names_runs_in_the_namespace_k3snet_read(
         ns: str, given: bool) -> None:
     """The warnings of a table iptables-nft cannot read, of base chains of raw, mangle or
@@ -398,17 +394,13 @@ def test_every_command_a_warning_names_runs_in_the_namespace_k3snet_read(
     run(ns, "nft", 6, "-t", "raw", "-A", "PREROUTING", "-s", "fd42:50::/56", "-p", "udp",
         "--dport", "53", "-j", "NOTRACK")
 
-    def warned() -> tuple[str, ...]:
-        with IptablesBackend(ns if given else None, mode="nft") as backend:
+    def warned(netns: str | None) -> tuple[str, ...]:
+        with IptablesBackend(netns, mode="nft") as backend:
             backend.expect(DESIRED)
             backend.observe()
             return backend.warnings
 
-    if given:
-        warnings = warned()
-    else:
-        with NetnsRunner(ns) as runner:
-            warnings = runner.call(warned)
+    warnings = as_k3snet_ran(ns, given, warned)
     expected = {
         "IPv4 filter: iptables-nft cannot read": ("nft list table ip filter", "10.77.0.0/16"),
         "IPv6 mangle: iptables-nft-save leaves out": ("nft list table ip6 mangle", "chain theirs"),
@@ -420,8 +412,4 @@ def test_every_command_a_warning_names_runs_in_the_namespace_k3snet_read(
     }
     for start, (command, seen) in expected.items():
         (said,) = [w for w in warnings if w.startswith(start)] or ["\n".join(warnings)]
-        shown = f"ip netns exec {ns} {command}"
-        assert f"`{shown}`" in said, said
-        out = subprocess.run(shlex.split(shown), capture_output=True, text=True,
-                             check=True).stdout  # here, outside: as shown
-        assert seen in out, out
+        check_shown(said, ns, command, seen)  # run here, outside: as shown

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
-from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import PlanError
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import State, Sysctl
 from k3snet.planner import plan
+from tests.shown import BOTH_WAYS, as_k3snet_ran, shown
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
@@ -101,25 +101,21 @@ def test_turning_ipv6_forwarding_on_is_refused_while_it_would_drop_a_learned_def
     assert forwarding.strip() == "0"
 
 
-@pytest.mark.parametrize("given", [True, False], ids=["netns", "ip-netns-exec"])
+@BOTH_WAYS
 def test_the_accept_ra_write_a_refusal_names_runs_in_the_namespace_k3snet_read(
         node: str, tmp_path: Path, given: bool) -> None:
     """The refusal named ``sysctl -w net.ipv6.conf.d0.accept_ra=2`` alone, under ``--netns
     NS`` and ``ip netns exec NS k3snet ...``: pasted into the shell that ran k3snet, it set
     the node's own sysctl (or failed on a device the node does not have). Only its text
     is checked: a write, never run here."""
-    def refused() -> str:
-        with NetlinkBackend(node if given else None, state_dir=tmp_path) as backend, \
+    def refused(netns: str | None) -> str:
+        with NetlinkBackend(netns, state_dir=tmp_path) as backend, \
                 pytest.raises(PlanError, match="router advertisements") as caught:
             backend.apply(plan(backend.observe(), _FORWARDING))
         return str(caught.value)
 
-    if given:
-        message = refused()
-    else:
-        with NetnsRunner(node) as runner:
-            message = runner.call(refused)
-    assert f"`ip netns exec {node} sysctl -w net.ipv6.conf.d0.accept_ra=2`" in message, message
+    message = as_k3snet_ran(node, given, refused)
+    assert shown(node, "sysctl -w net.ipv6.conf.d0.accept_ra=2") in message, message
     assert [r.get("protocol") for r in defaults(node)] == ["ra"]
 
 

@@ -12,18 +12,16 @@ as shown, from the test's own namespace, and finds what the warning names.
 
 from __future__ import annotations
 
-import shlex
 import shutil
-import subprocess
 
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
-from k3snet.backends.netns import NetnsRunner
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
+from tests.shown import BOTH_WAYS, as_k3snet_ran, run_as_shown, shown
 
 MASQUERADE = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
 WANTED = State(owned=[MASQUERADE, ForwardRule("10.42.0.0/16", "192.168.2.0/24")])
@@ -37,7 +35,7 @@ table ip guard {
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("given", [True, False], ids=["netns", "ip-netns-exec"])
+@BOTH_WAYS
 def test_every_command_a_warning_names_runs_in_the_namespace_k3snet_read(
         ns: str, given: bool) -> None:
     for tool in ("iptables-nft", "iptables-nft-save", "ip6tables-nft"):
@@ -47,17 +45,13 @@ def test_every_command_a_warning_names_runs_in_the_namespace_k3snet_read(
         left.apply(plan(left.observe(), State(owned=[MASQUERADE])))
     run_in(ns, ["nft", "-f", "-"], input_text=_FOREIGN)
 
-    def warned() -> tuple[str, ...]:
-        with NftablesBackend(netns=ns if given else None) as backend:
+    def warned(netns: str | None) -> tuple[str, ...]:
+        with NftablesBackend(netns=netns) as backend:
             backend.expect(WANTED)
             backend.observe()
             return backend.warnings
 
-    if given:
-        warnings = warned()
-    else:
-        with NetnsRunner(ns) as runner:
-            warnings = runner.call(warned)
+    warnings = as_k3snet_ran(ns, given, warned)
     expected = {
         "nftables: ip guard chain gate, ": ("nft list chain ip guard gate", "policy drop"),
         "nftables: nftables ip guard early: ": ("nft list chain ip guard early", "notrack"),
@@ -65,13 +59,11 @@ def test_every_command_a_warning_names_runs_in_the_namespace_k3snet_read(
     for start, (command, seen) in expected.items():
         said = [w for w in warnings if w.startswith(start)]
         assert said, "\n".join(warnings)
-        shown = f"ip netns exec {ns} {command}"
-        assert all(f"`{shown}`" in w for w in said), said
-        out = subprocess.run(shlex.split(shown), capture_output=True, text=True,
-                             check=True).stdout  # here, outside: as shown (it only reads)
+        assert all(shown(ns, command) in w for w in said), said
+        out = run_as_shown(ns, command)  # here, outside: as shown (it only reads)
         assert seen in out, out
     (left_behind,) = [w for w in warnings if "chains k3snet's iptables backend wrote" in w]
     # A command that writes: checked as said, never run outside the lab.
-    assert (f"`ip netns exec {ns} k3snet destroy --backend iptables --backend-opt "
-            "iptables.mode=nft` removes them") in left_behind, left_behind
+    assert (shown(ns, "k3snet destroy --backend iptables --backend-opt iptables.mode=nft")
+            + " removes them") in left_behind, left_behind
 
