@@ -233,7 +233,7 @@ LOWEST_TESTS ?= tests/api tests/model $(if $(QUICK),,tests/planner tests/cli) te
 LOWEST_KERNEL_TESTS ?= tests/netlink/test_backend.py tests/iptables/test_backend.py
 LOWEST_KERNEL := (pyroute2 or libiptc)$(if $(QUICK), and not conformance)
 # QUICK=1 (CI's, .ci/run): what reaches the libraries of other versions most, ~1.5 minutes
-# with the venv's install instead of ~2.5 (the suite's own ~10 minutes come first): the
+# with the venv's install instead of ~2.5 (the suite's own time, see the CI log, comes first): the
 # planner's, the CLI's and the agent's tests (attrs, as tests/model and the attrs-alone
 # check reach it; the kubernetes client, as tests/cluster reaches it) and the drivers'
 # conformance runs (their other kernel tests stay) are left to a full `make test-lowest`.
