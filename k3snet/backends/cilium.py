@@ -1745,7 +1745,8 @@ class CiliumBackend(BackendBase):
             self._api.core.api_client, self._api.namespace, self._api.config_name,
             {CHANGED_ANNOTATION: known[0]},
             reason="Cilium's agents read it when they start", known=(self._daemonset,),
-            timeout=self._api.timeout, settled=self._settled, changed=changed)
+            timeout=self._api.timeout, settled=self._settled, changed=changed,
+            now=self._api.clock.now())
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""

@@ -778,3 +778,35 @@ def test_a_subpath_stamp_alone_is_taken_back_over_another_key_s_change_meanwhile
     assert left["data"] == {**EBPF_AGENT, "debug": "true"}
     assert left["metadata"]["annotations"][CHANGED_ANNOTATION] == stamp
     assert pending_restarts(cilium) == ()
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_stamp_after_the_server_s_time_now_names_no_pod_and_says_how_to_end_it(
+        api_server: EmulatedApiServer, kind: str) -> None:
+    # The API server's clock was years ahead at the write and was set right since:
+    # every pod made since, restarted after the change or not, is created before the
+    # stamp. Each was named pending with `rollout restart`, which ends nothing until the
+    # server's clock passes the stamp.
+    api_client = api_server.api_client()
+    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    converge(backend, desired)
+    stored = api_server.get(CONFIGMAPS, name, namespace)
+    assert stored is not None
+    stored["metadata"]["annotations"][CHANGED_ANNOTATION] = "2031-01-01T00:00:00Z"
+    api_server.put(CONFIGMAPS, stored)
+    now = datetime.datetime.now(tz=datetime.UTC)
+    api_server.put(PODS, _pod(namespace, f"{owner}-1", owner, labels, created=_utc(now)))
+    [pending] = pending_restarts(_backend(api_client, kind))
+    assert pending.stale is None
+    assert pending.workload == f"the pods reading ConfigMap {namespace}/{name}"
+    assert "its clock went back since the write" in pending.reason
+    assert (f"kubectl -n {namespace} annotate configmap {name} {CHANGED_ANNOTATION}-"
+            in pending.reason)
+    # Within a minute of the server's time: a stamp late by a second and a read's time.
+    soon = now + datetime.timedelta(seconds=30)
+    stored["metadata"]["annotations"][CHANGED_ANNOTATION] = _utc(soon)
+    api_server.put(CONFIGMAPS, stored)
+    assert [r.stale for r in pending_restarts(_backend(api_client, kind))] == [
+        (f"{owner}-1",)]
