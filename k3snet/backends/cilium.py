@@ -457,18 +457,22 @@ class _Read:
 @attrs.frozen
 class _Keys:
     """Data keys of one ConfigMap and k3snet's two records (its annotations), as one
-    write of k3snet's leaves them or its undo puts them back (``None``: absent)."""
+    write of k3snet's leaves them or its undo puts them back (``None``: absent); and the
+    restart stamp where that write sets it (a 1-tuple; ``None``: not compared)."""
 
     data: Mapping[str, str | None]
     owned: str | None
     written: str | None
+    changed_at: tuple[str | None] | None = None
 
     def differing(self, found: _ConfigMap) -> list[str]:
-        """The keys (and records, by annotation) ``found`` holds otherwise."""
+        """The keys (and records and stamp, by annotation) ``found`` holds otherwise."""
         names = [k for k in sorted(self.data) if found.data.get(k) != self.data[k]]
         names += [f"annotation {annotation}" for annotation, mine, now in (
             (OWNED_ANNOTATION, self.owned, found.owned),
             (WRITTEN_ANNOTATION, self.written, found.written)) if mine != now]
+        if self.changed_at is not None and self.changed_at[0] != found.changed_at:
+            names.append(f"annotation {CHANGED_ANNOTATION}")
         return names
 
 
@@ -731,7 +735,9 @@ class _Api:
         only another key changed since (Cilium's operator, a Helm upgrade, ``kubectl
         annotate``): sent again naming the version read, ``_UNDO_TRIES`` times at
         most. One of k3snet's keys changed since (Helm's edit) is refused, naming it, and
-        not overwritten. ``changed_at``: the restart stamp as it was, put back too."""
+        not overwritten. ``changed_at``: the restart stamp as it was, put back too (and
+        compared: a write of the stamp alone, a ``subPath`` ip-masq-agent change's, was
+        found "undone" with its stamp still there; ``left`` holds the stamp written)."""
         conflict: KubeApiError | None = None
         for _ in range(_UNDO_TRIES):
             try:
@@ -746,7 +752,7 @@ class _Api:
             found = self.read(name)
             if found is None:
                 raise conflict
-            if not _Keys(data, owned, written).differing(found):
+            if not _Keys(data, owned, written, changed_at).differing(found):
                 return
             changed = left.differing(found)
             if changed:
@@ -1645,7 +1651,7 @@ class CiliumBackend(BackendBase):
                 or changed_at is not None):
             def write_config() -> Any:
                 back = {k: config.data.get(k) for k in edit.config_data}
-                left = _Keys(edit.config_data, new_record, new_written)
+                left = _Keys(edit.config_data, new_record, new_written, changed_at)
                 version = _answered(
                     lambda: api.patch(api.config_name, config.version, edit.config_data,
                                       new_record, True, written=(new_written,),
@@ -1739,7 +1745,8 @@ class CiliumBackend(BackendBase):
             self._api.core.api_client, self._api.namespace, self._api.config_name,
             {CHANGED_ANNOTATION: known[0]},
             reason="Cilium's agents read it when they start", known=(self._daemonset,),
-            timeout=self._api.timeout, settled=self._settled, changed=changed)
+            timeout=self._api.timeout, settled=self._settled, changed=changed,
+            now=self._api.clock.now())
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""

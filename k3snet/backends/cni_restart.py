@@ -34,6 +34,10 @@ CNI reads only at start (RFC 3339, UTC, seconds, the API server's clock)."""
 _ROOM = datetime.timedelta(days=1)
 """How long after a ``Date`` header's read its gap may still make a stamp."""
 
+_BACK = datetime.timedelta(minutes=1)
+"""How far a stamp may be after the API server's time now before it is taken for a
+clock gone back since the write (a stamp is late by up to a second and a read's time)."""
+
 _REFERENCES = frozenset({"configMap", "configMapRef", "configMapKeyRef"})
 
 
@@ -98,10 +102,13 @@ class ServerClock:
             return  # no clock a stamp can hold: a stamp's write failed with a traceback
         self.offset = gap
 
+    def now(self) -> datetime.datetime:
+        """The API server's time now, as the last answer allows (its latest)."""
+        return datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(seconds=self.offset)
+
     def stamp(self) -> str:
         """:func:`changed_stamp` of the API server's time now."""
-        return changed_stamp(datetime.datetime.now(tz=datetime.UTC)
-                             + datetime.timedelta(seconds=self.offset))
+        return changed_stamp(self.now())
 
 
 class Settled:
@@ -275,8 +282,8 @@ def readers(api_client: Any, namespace: str, configmap: str, *, known: Iterable[
 
 def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[str, str],
             *, reason: str, known: Iterable[str], timeout: float,
-            settled: Settled | None = None, changed: str | None = None
-            ) -> tuple[PendingRestart, ...]:
+            settled: Settled | None = None, changed: str | None = None,
+            now: datetime.datetime | None = None) -> tuple[PendingRestart, ...]:
     """The restarts still to make for k3snet's last change of ``configmap`` (whose
     ``annotations`` were read), none if it holds no :data:`CHANGED_ANNOTATION`.
 
@@ -285,6 +292,11 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
     pods cannot be listed (403), the restart stays pending with ``stale`` ``None``.
     ``settled``: the stamp found done before (nothing listed), and where it is kept.
     ``changed``: what the stamp says changed, where not the ConfigMap alone.
+    ``now``: the API server's time now (:meth:`ServerClock.now`): a stamp over a minute
+    after it was written before the server's clock went back (a clock hours or years
+    ahead, set right since), and every pod made since, restarted or not, is created
+    before it; no pod is named (``stale`` ``None``), the restart said pending with how to
+    end it, rather than each pod named at every restart until the clock passes it.
     """
     stamp = annotations.get(CHANGED_ANNOTATION)
     if stamp is None or (settled is not None and settled.stamp == stamp):
@@ -295,6 +307,12 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
     if at is None:
         return (PendingRestart(f"the pods reading {where}",
                                f"{what} (annotation {CHANGED_ANNOTATION} unreadable)"),)
+    if now is not None and at > now + _BACK:
+        return (PendingRestart(f"the pods reading {where}", (
+            f"{what} (after the API server's time now, {changed_stamp(now)}: its clock "
+            "went back since the write, and a pod made since may be created before the "
+            "stamp; once each pod restarted: kubectl -n "
+            f"{namespace} annotate configmap {configmap} {CHANGED_ANNOTATION}-)")),)
     try:
         found = _reading(api_client, namespace, configmap, frozenset(known), timeout)
         listed = _pods(api_client, namespace, found, timeout)

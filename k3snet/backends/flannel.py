@@ -423,18 +423,20 @@ class _ConfigMapStore:
         try:
             with translate_errors(f"read {self.where}",
                                   classifier=KubeErrors(timeout=self.timeout)):
-                configmap = self.core.read_namespaced_config_map(
+                asked = self.clock.asked()
+                configmap, _, headers = self.core.read_namespaced_config_map_with_http_info(
                     self.name, self.namespace, _request_timeout=self.timeout)
         except KubeApiError as exc:
             if exc.status == 404:
                 return ()
             raise
+        self.clock.note(headers, asked)
         metadata = configmap.metadata
         annotations = (metadata.annotations if metadata is not None else None) or {}
         return pending_restarts(self.core.api_client, self.namespace, self.name,
                                 dict(annotations), reason="flannel reads it when it starts",
                                 known=(FLANNEL_DAEMONSET,), timeout=self.timeout,
-                                settled=self.settled)
+                                settled=self.settled, now=self.clock.now())
 
     def readers(self) -> tuple[str, ...]:
         """:meth:`FlannelBackend.restart_needed` of this ConfigMap."""

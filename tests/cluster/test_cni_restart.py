@@ -26,7 +26,7 @@ from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.backends.flannel import FlannelBackend
 from k3snet.cli import _restart_how, main
 from k3snet.converge import converge, pending_restarts, restarts_needed
-from k3snet.errors import ApplyError
+from k3snet.errors import ApplyError, RollbackError
 from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig
 from k3snet.model.cni import FlannelConfig
 from k3snet.model.state import State
@@ -701,3 +701,77 @@ def test_a_flannel_file_change_says_k3s_s_restart_pending_once_and_that_it_is_no
     [undone] = converge(backend, State(), allow_teardown=True).restarts
     assert undone.workload == pending.workload
     assert conf.read_text() == NET_CONF
+
+
+def test_a_subpath_stamp_alone_is_taken_back_over_another_key_s_change_meanwhile(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # A subPath ip-masq-agent change after k3snet's first (its records on cilium-config
+    # as they were): the first write is cilium-config's stamp alone. The ip-masq-agent
+    # patch refused after another key of cilium-config changed (Helm's debug), the
+    # undo's patch is a 409; read again, cilium-config held no key and no record
+    # otherwise than before (the stamp was all that write set): "the undo done", the
+    # stamp left, a restart said pending for a change taken back.
+    _subpath_cilium(api_server)
+    converge(cilium, _non_masquerade("10.0.0.0/8"))
+    stamped = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert stamped is not None
+    stamp = "2021-01-01T00:00:00Z"  # that change's, its pods restarted since
+    stamped["metadata"]["annotations"][CHANGED_ANNOTATION] = stamp
+    api_server.put(CONFIGMAPS, stamped)
+    for name in ("cilium-a", "cilium-b"):
+        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
+                                  created="2022-01-01T00:00:00Z"))
+    assert pending_restarts(cilium) == ()
+    api_server.fail(500, method="PATCH", plural="configmaps", name="ip-masq-agent")
+    api_client = cilium._api.core.api_client
+    real = api_client.rest_client.pool_manager.request
+
+    def request(verb: str, url: str, **kwargs: Any) -> Any:
+        if verb == "PATCH" and "/configmaps/ip-masq-agent" in url:  # about to fail
+            stored = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+            assert stored is not None
+            stored["data"]["debug"] = "true"
+            api_server.put(CONFIGMAPS, stored)
+        return real(verb, url, **kwargs)
+
+    api_client.rest_client.pool_manager.request = request
+    with pytest.raises(ApplyError) as info:
+        converge(cilium, _non_masquerade("10.0.0.0/8", "100.64.0.0/10"))
+    assert not isinstance(info.value, RollbackError), info.value
+    left = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert left is not None
+    assert left["data"] == {**EBPF_AGENT, "debug": "true"}
+    assert left["metadata"]["annotations"][CHANGED_ANNOTATION] == stamp
+    assert pending_restarts(cilium) == ()
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_stamp_after_the_server_s_time_now_names_no_pod_and_says_how_to_end_it(
+        api_server: EmulatedApiServer, kind: str) -> None:
+    # The API server's clock was years ahead at the write and was set right since:
+    # every pod made since, restarted after the change or not, is created before the
+    # stamp. Each was named pending with `rollout restart`, which ends nothing until the
+    # server's clock passes the stamp.
+    api_client = api_server.api_client()
+    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    converge(backend, desired)
+    stored = api_server.get(CONFIGMAPS, name, namespace)
+    assert stored is not None
+    stored["metadata"]["annotations"][CHANGED_ANNOTATION] = "2031-01-01T00:00:00Z"
+    api_server.put(CONFIGMAPS, stored)
+    now = datetime.datetime.now(tz=datetime.UTC)
+    api_server.put(PODS, _pod(namespace, f"{owner}-1", owner, labels, created=_utc(now)))
+    [pending] = pending_restarts(_backend(api_client, kind))
+    assert pending.stale is None
+    assert pending.workload == f"the pods reading ConfigMap {namespace}/{name}"
+    assert "its clock went back since the write" in pending.reason
+    assert (f"kubectl -n {namespace} annotate configmap {name} {CHANGED_ANNOTATION}-"
+            in pending.reason)
+    # Within a minute of the server's time: a stamp late by a second and a read's time.
+    soon = now + datetime.timedelta(seconds=30)
+    stored["metadata"]["annotations"][CHANGED_ANNOTATION] = _utc(soon)
+    api_server.put(CONFIGMAPS, stored)
+    assert [r.stale for r in pending_restarts(_backend(api_client, kind))] == [
+        (f"{owner}-1",)]
