@@ -646,7 +646,9 @@ def own_pmtu_error_steps(state: NodeState, tr: Trace, *,
     source address selection's first rule), out by ``lo``; the NAT core's point of the
     output hook translates its destination back to the pod, every output chain still
     seeing ``lo`` as its way out, and postrouting the pod's interface (a lab's counters
-    on rules matching each candidate)."""
+    on rules matching each candidate). An address not the node's (``snat to`` one the
+    upstream routes back): the error goes to it from the node's address on the pods'
+    interface, out by the device of its route, until that point; no route, no error."""
     flow, fam = tr.flow, tr.flow.family
     if tr.ingress is None or tr.source_seen is None:
         return ()
@@ -665,8 +667,16 @@ def own_pmtu_error_steps(state: NodeState, tr: Trace, *,
                    local, state.ipsets(), nat=nat,  # type: ignore[arg-type]
                    queues=state.queue_readers, icmp=icmp)
     seen = tr.source_seen
-    if after_postrouting and "snat" in nat and seen in local:
-        error = attrs.evolve(error, src=seen, dst=seen, oif="lo")
+    if after_postrouting and "snat" in nat:
+        if seen in local:
+            error = attrs.evolve(error, src=seen, dst=seen, oif="lo")
+        else:  # an address not the node's (snat to): its route's device, from the pods' side
+            way = lookup(state.routes[fam], state.rules[fam], seen, src=node, iif="lo",
+                         proto=error.proto_number,
+                         ignore_linkdown=state.linkdown_ignored(fam))
+            if not way.ok or way.route is None or way.route.device is None:
+                return ()  # no route to it: the kernel sends no error
+            error = attrs.evolve(error, dst=seen, oif=way.route.device)
         error, _, dropped = t.hook(error, "output", first=False, part="before-nat",
                                    attached=True)
         if dropped:

@@ -347,6 +347,51 @@ def test_the_node_s_pmtu_error_of_a_masqueraded_pod_carries_what_the_kernel_give
     assert ("mtu 1280" not in learnt) is (candidate in expected), learnt  # the kernel's word
 
 
+#: An address the node does not hold, in its uplink's subnet: a ``snat to`` there.
+_NOT_THE_NODE_S = "fd01:1::77"
+
+
+@pytest.mark.parametrize("candidate", [*_CANDIDATES, "to the snat address, before the NAT point",
+                                       "out by eth0"])
+def test_the_late_error_of_a_pod_snatted_to_an_address_not_the_node_s_leaves_by_its_route(
+        doctor_lab: DoctorLab, candidate: str) -> None:
+    """A route ``mtu`` not locked, the pod's packets translated (``snat to``) to an address
+    the node does not hold: the node's Packet Too Big goes to that address by its route
+    (eth0), from the pods' gateway, until the output hook's NAT point sends it back to
+    the pod. The doctor traced it by cni0, to the pod all the way (a rule on cni0 named
+    for nothing, one on eth0 or the address missed). The kernel: the pod learns the MTU
+    unless the rule matched; the doctor names the rule exactly then."""
+    topology = Topology(family=6)
+    doctor_lab.configure(topology)
+    run_in(doctor_lab.node, ["ip", "-6", "route", "replace", to_v6(DEST_NETS["plain"]),
+                             "via", to_v6(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "1280",
+                             "proto", "static"])
+    priority, match = {"to the snat address, before the NAT point": (
+                           "raw", f"ip6 daddr {_NOT_THE_NODE_S}"),
+                       "out by eth0": ("filter", 'oifname "eth0"')}.get(
+        candidate) or _CANDIDATES[candidate]
+    try:
+        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=(
+            "table inet h_own_pmtu {\n chain output {\n"
+            f"  type filter hook output priority {priority}; policy accept;\n"
+            f"  icmpv6 type packet-too-big {to_v6(match)} drop\n }}\n"
+            " chain post {\n  type nat hook postrouting priority 99; policy accept;\n"
+            f"  ip6 saddr {to_v6(topology.pod)} snat ip6 to {_NOT_THE_NODE_S}\n }}\n}}\n"))
+        learnt = _learnt(doctor_lab, topology)
+        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port))
+    finally:
+        doctor_lab.reset()
+        run_in(doctor_lab.names["pod"], ["ip", "-6", "route", "flush", "cache"], check=False)
+    assert f"snat to {_NOT_THE_NODE_S}" in d.render(), d.render()
+    expected = {"from the pods' gateway", "to the snat address, before the NAT point",
+                "to the pod, after the NAT point", "out by eth0"}
+    assert ("mtu 1280" not in learnt) is (candidate in expected), learnt  # the kernel's word
+    dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
+    assert [f.severity for f in dropped] == ([] if "mtu 1280" in learnt else ["warning"]), (
+        learnt, d.render())
+
+
 @pytest.mark.parametrize("lock", [False, True], ids=["mtu", "mtu lock"])
 @pytest.mark.parametrize("table", ["mangle", "filter"])
 def test_an_ip6tables_output_rule_on_the_masquerade_s_address_drops_the_late_error(
