@@ -719,8 +719,8 @@ def test_a_subpath_stamp_alone_is_taken_back_over_another_key_s_change_meanwhile
     stamped["metadata"]["annotations"][CHANGED_ANNOTATION] = stamp
     api_server.put(CONFIGMAPS, stamped)
     for name in ("cilium-a", "cilium-b"):
-        api_server.put(PODS, _pod("kube-system", name, "cilium", CILIUM_LABELS,
-                                  created="2022-01-01T00:00:00Z"))
+        api_server.put(PODS, daemonset_pod("kube-system", name, "cilium", CILIUM_LABELS,
+                                           created="2022-01-01T00:00:00Z"))
     assert pending_restarts(cilium) == ()
     api_server.fail(500, method="PATCH", plural="configmaps", name="ip-masq-agent")
     api_client = cilium._api.core.api_client
@@ -762,7 +762,7 @@ def test_a_stamp_after_the_server_s_time_now_names_no_pod_and_says_how_to_end_it
     stored["metadata"]["annotations"][CHANGED_ANNOTATION] = "2031-01-01T00:00:00Z"
     api_server.put(CONFIGMAPS, stored)
     now = datetime.datetime.now(tz=datetime.UTC)
-    api_server.put(PODS, _pod(namespace, f"{owner}-1", owner, labels, created=_utc(now)))
+    api_server.put(PODS, daemonset_pod(namespace, f"{owner}-1", owner, labels, created=_utc(now)))
     [pending] = pending_restarts(_backend(api_client, kind))
     assert pending.stale is None
     assert pending.workload == f"the pods reading ConfigMap {namespace}/{name}"
