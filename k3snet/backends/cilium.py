@@ -807,9 +807,11 @@ CONFIG_PATH_KEY = "ip-masq-agent-config-path"
 
 
 def _agent_file(path: str | None) -> str:
-    """The file the agent reads for an ``ip-masq-agent-config-path`` value (None or blank:
-    Cilium's default)."""
-    return path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE
+    """The file the agent reads for an ``ip-masq-agent-config-path`` value (None: unset,
+    Cilium's default; blank: ``""``, no file, as Cilium takes an empty value as given:
+    its ip-masq-agent watches ``filepath.Dir("")``, the working directory, and reads
+    ``""``, not found, so its default list)."""
+    return DEFAULT_AGENT_FILE if path is None else path.strip()
 
 
 def _agent_paths(foreign: CiliumConfig, owned: CiliumConfig | None) -> set[str | None]:
@@ -1321,6 +1323,12 @@ class CiliumBackend(BackendBase):
 
     def _mount_at(self, found: Mapping[str, Any], path: str) -> _Mount:
         """:meth:`_mount` of the DaemonSet ``found`` for the agent's file at ``path``."""
+        if not path:  # no file: nothing mounted is read, and the agent starts
+            return _Mount(
+                f"Cilium's agents are given an empty {CONFIG_PATH_KEY} (DaemonSet "
+                f"{self._api.namespace}/{self._daemonset}'s {CONFIG_PATH_FLAG} argument, "
+                f"a CiliumNodeConfig's or {self._where()}'s key): they read no file, "
+                f"whatever the ConfigMap {self._api.agent_name} says")
         mounted, why = agent_file_mounted(
             found, f"DaemonSet {self._api.namespace}/{self._daemonset}", self._api.agent_name,
             key=AGENT_CONFIG_KEY, path=path)

@@ -568,6 +568,39 @@ def test_the_agent_s_ip_masq_agent_config_path_argument_is_the_file_judged(
     assert _unmounted(backend) == (None, False)
 
 
+@pytest.mark.parametrize("where", ["argument", "cilium-config"])
+def test_an_empty_ip_masq_agent_config_path_is_no_file_mounted_and_no_directory_missing(
+    where: str, cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Cilium takes an empty ip-masq-agent-config-path as it is (viper: a flag given, a
+    # config-dir value trimmed): its ip-masq-agent watches filepath.Dir("") = "." (the
+    # working directory, there: it starts) and reads "" (not found: its default list).
+    # k3snet judged /etc/config/ip-masq-agent: mounted there, the ConfigMap counted as
+    # read; with nothing there, turning the ip-masq-agent on was refused.
+    helm = cilium_daemonset(ip_masq_agent=True)
+    if where == "argument":
+        _pod(helm)["containers"][0]["args"] += ["--ip-masq-agent-config-path="]
+    else:
+        cilium.put(CONFIGMAPS, _cilium_config({**EBPF_AGENT,
+                                                "ip-masq-agent-config-path": " "}))
+    cilium.put(DAEMONSETS, helm)
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "empty ip-masq-agent-config-path" in why
+    assert not no_directory
+    (reason,) = _reasons(backend, _spec(cidrs=["10.0.0.0/8"]))
+    assert "which Cilium's agents do not read" in reason
+    # Nothing at /etc/config: the agent starts all the same (no refusal of that kind).
+    bare = cilium_daemonset(ip_masq_agent=False)
+    if where == "argument":
+        _pod(bare)["containers"][0]["args"] += ["--ip-masq-agent-config-path", ""]
+    cilium.put(DAEMONSETS, bare)
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "empty ip-masq-agent-config-path" in why
+    assert not no_directory
+
+
 def test_the_agent_s_ip_masq_agent_config_path_argument_is_expanded_as_the_kubelet_does(
     cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
