@@ -438,6 +438,9 @@ class _Mount:
     # The files asked about (CiliumBackend._mount's paths, an argument of the agent's
     # aside): a check or apply takes the mount observe read only where it judged theirs.
     asked: frozenset[str] = frozenset()
+    # The DaemonSet read (JSON; None: not read, or not found), for another judgement of
+    # the same pass with no second GET.
+    daemonset: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
 
     def warn_if(self, on: bool, warn: Callable[[str], None]) -> None:
         """Warn that the mount is not known, where the ip-masq-agent is ``on``: elsewhere
@@ -452,6 +455,9 @@ class _Read:
     config: _ConfigMap | None
     agent: _ConfigMap | None
     mount: _Mount | None = None  # read by observe (None: not read)
+    # Read by observe for the file the hinted plan turns the ip-masq-agent on with,
+    # where observe's mount did not judge it (None: not read).
+    ahead: _Mount | None = None
 
 
 @attrs.frozen
@@ -1206,9 +1212,8 @@ class CiliumBackend(BackendBase):
             foreign = attrs.evolve(foreign, ip_masq_agent_unmounted=mount.unmounted,
                                    ip_masq_agent_no_directory=mount.no_directory)
         self._file_copied = mount is not None and mount.copied
-        if mount is None:
-            mount = self._mount_ahead(read)
-        self._observed.put(attrs.evolve(read, mount=mount))
+        self._observed.put(attrs.evolve(read, mount=mount,
+                                        ahead=self._mount_ahead(read, mount)))
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
         if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
@@ -1229,16 +1234,23 @@ class CiliumBackend(BackendBase):
         self._expected = next((o for o in state.owned if isinstance(o, CiliumConfig)
                                and o.target == self.target), None)
 
-    def _mount_ahead(self, read: _Read) -> _Mount | None:
-        """The mount read where the hint (:meth:`expect`) turns the ip-masq-agent on and
-        nothing had it on (None: not read, or its read failed); :attr:`warnings` says the
-        refusal ahead."""
+    def _mount_ahead(self, read: _Read, observed: _Mount | None) -> _Mount | None:
+        """The mount of the file the hint (:meth:`expect`) turns the ip-masq-agent on
+        with in ``cilium-config``, where ``observed`` (observe's mount, None: not read)
+        did not judge it: nothing had it on, or only a CiliumNodeConfig, with a file of
+        its own, on its nodes (None: not judged, or its read failed); the DaemonSet
+        observe read serves; :attr:`warnings` says the refusal ahead."""
         expected, config = self._expected, read.config
-        if expected is None or config is None or not expected.flag("enable-ip-masq-agent"):
+        if (expected is None or config is None or not expected.flag("enable-ip-masq-agent")
+                or read_go_flag(str(config.data.get("enable-ip-masq-agent") or "false"))):
             return None
         after = {**config.data, **{k: str(v) for k, v in expected.settings.to_dict().items()}}
+        path = after.get(CONFIG_PATH_KEY)
+        if observed is not None and (_agent_file(path) in observed.asked
+                                     or observed.daemonset is None):
+            return None  # judged, or the DaemonSet not read (its warning given)
         try:
-            mount = self._mount([after.get(CONFIG_PATH_KEY)])
+            mount = self._mount([path], None if observed is None else observed.daemonset)
         except BackendError:  # check and apply read it again, and fail
             return None
         if mount.unknown is not None:
@@ -1250,7 +1262,8 @@ class CiliumBackend(BackendBase):
             for p in self._startup_problems(config.data, after, mount) if p not in known)
         return mount
 
-    def _mount(self, paths: Iterable[str | None]) -> _Mount:
+    def _mount(self, paths: Iterable[str | None],
+               found: Mapping[str, Any] | None = None) -> _Mount:
         """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``unmounted``
         ``None``: they do, or it is not known: the DaemonSet not found or not to be read,
         a warning), and whether their container has no directory for its file at all.
@@ -1258,16 +1271,17 @@ class CiliumBackend(BackendBase):
         ``paths``: the ``ip-masq-agent-config-path`` values where the ip-masq-agent is on
         (``None``: unset, Cilium's default); an agent started with
         ``--ip-masq-agent-config-path`` reads that file instead, on every node. Of
-        several, the one worst off is said (no directory, then not mounted)."""
+        several, the one worst off is said (no directory, then not mounted). ``found``:
+        the DaemonSet as read already (None: read it)."""
         paths = list(paths)
         asked = frozenset(_agent_file(p) for p in paths) or frozenset({DEFAULT_AGENT_FILE})
-        return attrs.evolve(self._mount_of(paths), asked=asked)
+        daemonset = self._api.daemonset(self._daemonset) if found is None else found
+        if isinstance(daemonset, str):
+            return _Mount(unknown=daemonset, asked=asked)
+        return attrs.evolve(self._mount_of(paths, daemonset), asked=asked, daemonset=daemonset)
 
-    def _mount_of(self, paths: list[str | None]) -> _Mount:
-        """:meth:`_mount`, but for :attr:`_Mount.asked`."""
-        found = self._api.daemonset(self._daemonset)
-        if isinstance(found, str):
-            return _Mount(unknown=found)
+    def _mount_of(self, paths: list[str | None], found: Mapping[str, Any]) -> _Mount:
+        """:meth:`_mount` of the DaemonSet ``found``, but for :attr:`_Mount.asked`."""
         try:
             given = agent_config_path(found)
         except ValueError as exc:
@@ -1513,8 +1527,9 @@ class CiliumBackend(BackendBase):
         # Observe's read judged the files where the ip-masq-agent was on already (a
         # CiliumNodeConfig's, on its nodes): the edit turns it on where cilium-config's is.
         path = read.config.data.get(CONFIG_PATH_KEY)
-        if read.mount is not None and _agent_file(path) in read.mount.asked:
-            return read.mount
+        for mount in (read.mount, read.ahead):
+            if mount is not None and _agent_file(path) in mount.asked:
+                return mount
         try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
             mount = self._mount([path])
         except BackendError as exc:

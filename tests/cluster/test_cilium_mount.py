@@ -743,6 +743,34 @@ def test_turning_the_ip_masq_agent_on_is_refused_where_only_a_node_config_s_own_
     assert "enable-ip-masq-agent" not in _data(cilium)
 
 
+
+def test_a_plan_turning_the_ip_masq_agent_on_warns_ahead_where_only_a_node_config_s_file_is_mounted(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # As above, but `plan`: observe judged the node config's file (mounted), and the
+    # warning ahead was given only where nothing had the ip-masq-agent on, so the plan
+    # said nothing of the refusal check and apply give. One DaemonSet read serves both
+    # judgements and the check after.
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}))
+    cilium.put(DAEMONSETS, _masq_daemonset())
+    cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"enable-ip-masq-agent": "true",
+                 "ip-masq-agent-config-path": "/etc/masq/ip-masq-agent"}))
+    desired = compile_for(backend, _spec())
+    unhinted = backend.observe()
+    reads = _daemonset_reads(cilium)
+    backend.expect(desired)
+    observed = backend.observe()
+    assert observed == unhinted
+    (warning,) = backend.warnings
+    assert warning.startswith("the plan turns Cilium's ip-masq-agent on, which check and "
+                              "apply refuse: enable-ip-masq-agent: true where the "
+                              "cilium-agent container has no /etc/config")
+    (refused,) = backend.check(plan(observed, desired))
+    assert "has no /etc/config" in refused
+    assert _daemonset_reads(cilium) == reads + 1
+
+
 PODS = "v1/pods"
 
 
