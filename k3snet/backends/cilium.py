@@ -1236,19 +1236,17 @@ class CiliumBackend(BackendBase):
 
     def _mount_ahead(self, read: _Read, observed: _Mount | None) -> _Mount | None:
         """The mount of the file the hint (:meth:`expect`) turns the ip-masq-agent on
-        with in ``cilium-config``, where ``observed`` (observe's mount, None: not read)
-        did not judge it: nothing had it on, or only a CiliumNodeConfig, with a file of
-        its own, on its nodes (None: not judged, or its read failed); the DaemonSet
-        observe read serves; :attr:`warnings` says the refusal ahead."""
+        with in ``cilium-config``, off there until then (None: not judged, or its read
+        failed); the DaemonSet ``observed`` holds (observe's mount where a CiliumNodeConfig
+        has it on; None: not read) serves; :attr:`warnings` says the refusal ahead."""
         expected, config = self._expected, read.config
         if (expected is None or config is None or not expected.flag("enable-ip-masq-agent")
                 or read_go_flag(str(config.data.get("enable-ip-masq-agent") or "false"))):
             return None
         after = {**config.data, **{k: str(v) for k, v in expected.settings.to_dict().items()}}
         path = after.get(CONFIG_PATH_KEY)
-        if observed is not None and (_agent_file(path) in observed.asked
-                                     or observed.daemonset is None):
-            return None  # judged, or the DaemonSet not read (its warning given)
+        if observed is not None and observed.daemonset is None:
+            return None  # the DaemonSet not read (its warning given)
         try:
             mount = self._mount([path], None if observed is None else observed.daemonset)
         except BackendError:  # check and apply read it again, and fail

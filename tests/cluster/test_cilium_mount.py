@@ -769,6 +769,16 @@ def test_a_plan_turning_the_ip_masq_agent_on_warns_ahead_where_only_a_node_confi
     (refused,) = backend.check(plan(observed, desired))
     assert "has no /etc/config" in refused
     assert _daemonset_reads(cilium) == reads + 1
+    # The node config reading /etc/config/ip-masq-agent too (judged by observe already):
+    # warned ahead all the same.
+    cilium.put(NODE_CONFIGS_V2, _node_config("edge", {"enable-ip-masq-agent": "true"}))
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    backend.expect(desired)
+    backend.observe()
+    (warning,) = backend.warnings
+    assert "has no /etc/config" in warning
+    (refused,) = backend.check(plan(backend.observe(), desired))
+    assert "has no /etc/config" in refused
 
 
 PODS = "v1/pods"
