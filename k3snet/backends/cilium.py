@@ -1293,17 +1293,18 @@ class CiliumBackend(BackendBase):
         worst = min(mounts, key=lambda m: (m.unknown is None, not m.no_directory,
                                             m.unmounted is None))
         if worst.unknown is None and worst.unmounted is None:
-            return _Mount(self._pods_lagging(found, files or {DEFAULT_AGENT_FILE}),
+            return _Mount(self._pods_lagging(found, paths),
                           copied=any(m.copied for m in mounts))
         return worst
 
-    def _pods_lagging(self, found: Mapping[str, Any], files: set[str]) -> str | None:
+    def _pods_lagging(self, found: Mapping[str, Any], paths: list[str | None]) -> str | None:
         """Why the pods of the DaemonSet ``found`` that run an older template than its
         own, where its status says there are some (:func:`pods_lag`), do not read the
         file (``None``: they do, or none lag). The template alone is judged otherwise:
         a pod still running one without the mount keeps Cilium's default list until it
         is replaced, whatever the template says. A pod's own spec is what its agent
-        runs with (a restarted container too); listed only then."""
+        runs with (a restarted container too), its own ``--ip-masq-agent-config-path``
+        argument included (else ``paths``, as :meth:`_mount`); listed only then."""
         if not pods_lag(found):
             return None
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
@@ -1318,7 +1319,17 @@ class CiliumBackend(BackendBase):
         lagging, why = [], ""
         for pod in pods:
             name = str((pod.get("metadata") or {}).get("name"))
-            for path in sorted(files):
+            try:
+                given = agent_config_path(pod_as_daemonset(pod))
+            except ValueError:  # as the template's: the file is not known, not judged
+                continue
+            files = {_agent_file(p) for p in ([given] if given is not None else paths)}
+            if "" in files:
+                lagging.append(name)
+                why = why or (f"pod {self._api.namespace}/{name} is given an empty "
+                              f"{CONFIG_PATH_KEY}: its agent reads no file")
+                continue
+            for path in sorted(files or {DEFAULT_AGENT_FILE}):
                 mounted, reason = agent_file_mounted(
                     pod_as_daemonset(pod), f"pod {self._api.namespace}/{name}",
                     self._api.agent_name, key=AGENT_CONFIG_KEY, path=path)

@@ -845,6 +845,34 @@ def test_pods_still_running_a_template_without_the_mount_are_named(
     assert _pod_reads(cilium) == reads
 
 
+def test_pods_on_an_older_template_are_judged_by_the_file_their_own_args_name(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The old template gave the agent --ip-masq-agent-config-path=/etc/masq/... with the
+    # ConfigMap mounted at /etc/config; the new one drops the argument. The old pods read
+    # /etc/masq/ip-masq-agent (not there: Cilium's default list), yet were judged by the
+    # template's file, /etc/config/ip-masq-agent, which they have: said converged.
+    new = cilium_daemonset(ip_masq_agent=True)
+    old = copy.deepcopy(new)
+    _pod(old)["containers"][0]["args"] += ["--ip-masq-agent-config-path=/etc/masq/ip-masq-agent"]
+    cilium.put(PODS, _agent_pod("cilium-a", new))
+    cilium.put(PODS, _agent_pod("cilium-b", old))
+    cilium.put(DAEMONSETS, _rolling(new, updated=1, desired=2))
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "1 pod(s)" in why
+    assert "(cilium-b;" in why
+    assert "at /etc/masq/ip-masq-agent" in why
+    # The other way round: old pods reading /etc/config (no argument), mounted there,
+    # under a template whose argument names /etc/masq, mounted too: not lagging.
+    cilium.put(DAEMONSETS, _rolling(_masq_daemonset(
+        args=["--ip-masq-agent-config-path=/etc/masq/ip-masq-agent"]), updated=1, desired=2))
+    cilium.put(PODS, _agent_pod("cilium-a", _masq_daemonset(
+        args=["--ip-masq-agent-config-path=/etc/masq/ip-masq-agent"])))
+    cilium.put(PODS, _agent_pod("cilium-b", new))
+    assert _unmounted(backend) == (None, False)
+
+
 def test_pods_on_an_older_template_are_named_when_updated_number_scheduled_is_left_out(
     cilium: EmulatedApiServer, backend: CiliumBackend
 ) -> None:
