@@ -628,6 +628,17 @@ def test_the_agent_s_ip_masq_agent_config_path_argument_is_expanded_as_the_kubel
     assert any("--ip-masq-agent-config-path of DaemonSet kube-system/cilium's cilium-agent "
                "container: $(MASQ_FILE) is set only where the pod runs" in r.getMessage()
                for r in caplog.records)
+    # An env value naming a variable an envFrom source may set: as unknown (the literal
+    # "$(MASQ_DIR)/ip-masq-agent" was judged, unmounted, and the default list assumed).
+    agent["envFrom"] = [{"configMapRef": {"name": "masq"}}]
+    agent["env"][-2:] = [{"name": "MASQ_PATH", "value": "$(MASQ_DIR)/ip-masq-agent"}]
+    agent["args"][-1] = "--ip-masq-agent-config-path=$(MASQ_PATH)"
+    cilium.put(DAEMONSETS, ds)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert _unmounted(backend) == (None, False)
+    assert any("$(MASQ_PATH) is set only where the pod runs" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_a_node_config_s_ip_masq_agent_config_path_is_the_file_judged_on_its_nodes(
