@@ -1293,20 +1293,23 @@ class CiliumBackend(BackendBase):
         worst = min(mounts, key=lambda m: (m.unknown is None, not m.no_directory,
                                             m.unmounted is None))
         if worst.unknown is None and worst.unmounted is None:
-            return _Mount(self._pods_lagging(found, paths),
-                          copied=any(m.copied for m in mounts))
+            return attrs.evolve(self._pods_lagging(found, paths),
+                                copied=any(m.copied for m in mounts))
         return worst
 
-    def _pods_lagging(self, found: Mapping[str, Any], paths: list[str | None]) -> str | None:
+    def _pods_lagging(self, found: Mapping[str, Any], paths: list[str | None]) -> _Mount:
         """Why the pods of the DaemonSet ``found`` that run an older template than its
         own, where its status says there are some (:func:`pods_lag`), do not read the
-        file (``None``: they do, or none lag). The template alone is judged otherwise:
-        a pod still running one without the mount keeps Cilium's default list until it
-        is replaced, whatever the template says. A pod's own spec is what its agent
-        runs with (a restarted container too), its own ``--ip-masq-agent-config-path``
-        argument included (else ``paths``, as :meth:`_mount`); listed only then."""
+        file (``unmounted`` None: they do, or none lag), and whether one of them has no
+        directory for it (its container, restarted, reads ``cilium-config`` again with
+        the pod's own spec: with the ip-masq-agent on, its agent exits). The template
+        alone is judged otherwise: a pod still running one without the mount keeps
+        Cilium's default list until it is replaced, whatever the template says. A pod's
+        own spec is what its agent runs with (a restarted container too), its own
+        ``--ip-masq-agent-config-path`` argument included (else ``paths``, as
+        :meth:`_mount`); listed only then."""
         if not pods_lag(found):
-            return None
+            return _Mount()
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
         try:
             pods = self._api.daemonset_pods(found, self._daemonset)
@@ -1315,8 +1318,8 @@ class CiliumBackend(BackendBase):
                 raise
             self._api.warn(f"{exc}: whether the pods of {where} that run an older pod "
                            "template have the ip-masq-agent file is not checked")
-            return None
-        lagging, why = [], ""
+            return _Mount()
+        lagging, why, no_directory = [], "", False
         for pod in pods:
             name = str((pod.get("metadata") or {}).get("name"))
             try:
@@ -1336,13 +1339,16 @@ class CiliumBackend(BackendBase):
                 if mounted is False:
                     lagging.append(name)
                     why = why or reason
+                    no_directory = no_directory or agent_directory_missing(
+                        pod_as_daemonset(pod), path)
                     break
         if not lagging:
-            return None
+            return _Mount()
         shown = ", ".join(sorted(lagging)[:5]) + (", ..." if len(lagging) > 5 else "")
-        return printable(f"{len(lagging)} pod(s) of {where} still run an older pod template "
-                         f"than its own, without the file ({shown}; they read it once "
-                         f"replaced): {why}")[:1000]
+        return _Mount(printable(
+            f"{len(lagging)} pod(s) of {where} still run an older pod template than its own, "
+            f"without the file ({shown}; they read it once replaced): {why}")[:1000],
+            no_directory)
 
     def _mount_at(self, found: Mapping[str, Any], path: str) -> _Mount:
         """:meth:`_mount` of the DaemonSet ``found`` for the agent's file at ``path``."""

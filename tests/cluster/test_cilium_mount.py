@@ -841,7 +841,7 @@ def test_pods_still_running_a_template_without_the_mount_are_named(
                           "own, without the file (cilium-b, cilium-c; they read it once "
                           "replaced): pod kube-system/cilium-b has no volume of the "
                           "ConfigMap ip-masq-agent")
-    assert not no_directory  # the pods started from now have it
+    assert no_directory  # theirs have no /etc/config (those started from now have it)
     (reason,) = _reasons(backend, _spec(cidrs=["10.0.0.0/8"]))
     assert "cilium-b, cilium-c" in reason
     # Replaced (deleted, made again from the template): converged.
@@ -882,6 +882,34 @@ def test_pods_on_an_older_template_are_judged_by_the_file_their_own_args_name(
         args=["--ip-masq-agent-config-path=/etc/masq/ip-masq-agent"])))
     cilium.put(PODS, _agent_pod("cilium-b", new))
     assert _unmounted(backend) == (None, False)
+
+
+def test_turning_the_ip_masq_agent_on_is_refused_where_pods_on_an_older_template_have_no_etc_config(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Helm's mount is in the template, but under OnDelete two pods still run one without
+    # anything at /etc/config. Their agents read cilium-config again whenever their
+    # container restarts (a crash, a node reboot: the pod's own spec, not the template):
+    # with enable-ip-masq-agent: true they exit there, pods without network. The template
+    # alone was judged: the check passed and apply wrote the key.
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}))
+    old, new = cilium_daemonset(ip_masq_agent=False), cilium_daemonset(ip_masq_agent=True)
+    cilium.put(PODS, _agent_pod("cilium-a", new))
+    for name in ("cilium-b", "cilium-c"):
+        cilium.put(PODS, _agent_pod(name, old))
+    cilium.put(DAEMONSETS, _rolling(new, updated=1))
+    desired = compile_for(backend, _spec())
+    (refused,) = backend.check(plan(backend.observe(), desired))
+    assert "enable-ip-masq-agent: true where the cilium-agent container has no /etc/config" \
+        in refused
+    assert "cilium-b, cilium-c" in refused
+    with pytest.raises(PlanError, match="has no /etc/config"):
+        backend.apply(plan(backend.observe(), desired))
+    assert "enable-ip-masq-agent" not in _data(cilium)
+    # Replaced: allowed.
+    for name in ("cilium-b", "cilium-c"):
+        cilium.put(PODS, _agent_pod(name, new))
+    assert backend.check(plan(backend.observe(), desired)) == ()
 
 
 def test_pods_on_an_older_template_are_named_when_updated_number_scheduled_is_left_out(
