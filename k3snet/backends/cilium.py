@@ -438,6 +438,9 @@ class _Mount:
     # The files asked about (CiliumBackend._mount's paths, an argument of the agent's
     # aside): a check or apply takes the mount observe read only where it judged theirs.
     asked: frozenset[str] = frozenset()
+    # The DaemonSet read (JSON; None: not read, or not found), for another judgement of
+    # the same pass with no second GET.
+    daemonset: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
 
     def warn_if(self, on: bool, warn: Callable[[str], None]) -> None:
         """Warn that the mount is not known, where the ip-masq-agent is ``on``: elsewhere
@@ -452,6 +455,9 @@ class _Read:
     config: _ConfigMap | None
     agent: _ConfigMap | None
     mount: _Mount | None = None  # read by observe (None: not read)
+    # Read by observe for the file the hinted plan turns the ip-masq-agent on with,
+    # where observe's mount did not judge it (None: not read).
+    ahead: _Mount | None = None
 
 
 @attrs.frozen
@@ -813,9 +819,11 @@ CONFIG_PATH_KEY = "ip-masq-agent-config-path"
 
 
 def _agent_file(path: str | None) -> str:
-    """The file the agent reads for an ``ip-masq-agent-config-path`` value (None or blank:
-    Cilium's default)."""
-    return path.strip() if isinstance(path, str) and path.strip() else DEFAULT_AGENT_FILE
+    """The file the agent reads for an ``ip-masq-agent-config-path`` value (None: unset,
+    Cilium's default; blank: ``""``, no file, as Cilium takes an empty value as given:
+    its ip-masq-agent watches ``filepath.Dir("")``, the working directory, and reads
+    ``""``, not found, so its default list)."""
+    return DEFAULT_AGENT_FILE if path is None else path.strip()
 
 
 def _agent_paths(foreign: CiliumConfig, owned: CiliumConfig | None) -> set[str | None]:
@@ -1210,9 +1218,8 @@ class CiliumBackend(BackendBase):
             foreign = attrs.evolve(foreign, ip_masq_agent_unmounted=mount.unmounted,
                                    ip_masq_agent_no_directory=mount.no_directory)
         self._file_copied = mount is not None and mount.copied
-        if mount is None:
-            mount = self._mount_ahead(read)
-        self._observed.put(attrs.evolve(read, mount=mount))
+        self._observed.put(attrs.evolve(read, mount=mount,
+                                        ahead=self._mount_ahead(read, mount)))
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
         if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
@@ -1233,16 +1240,21 @@ class CiliumBackend(BackendBase):
         self._expected = next((o for o in state.owned if isinstance(o, CiliumConfig)
                                and o.target == self.target), None)
 
-    def _mount_ahead(self, read: _Read) -> _Mount | None:
-        """The mount read where the hint (:meth:`expect`) turns the ip-masq-agent on and
-        nothing had it on (None: not read, or its read failed); :attr:`warnings` says the
-        refusal ahead."""
+    def _mount_ahead(self, read: _Read, observed: _Mount | None) -> _Mount | None:
+        """The mount of the file the hint (:meth:`expect`) turns the ip-masq-agent on
+        with in ``cilium-config``, off there until then (None: not judged, or its read
+        failed); the DaemonSet ``observed`` holds (observe's mount where a CiliumNodeConfig
+        has it on; None: not read) serves; :attr:`warnings` says the refusal ahead."""
         expected, config = self._expected, read.config
-        if expected is None or config is None or not expected.flag("enable-ip-masq-agent"):
+        if (expected is None or config is None or not expected.flag("enable-ip-masq-agent")
+                or read_go_flag(str(config.data.get("enable-ip-masq-agent") or "false"))):
             return None
         after = {**config.data, **{k: str(v) for k, v in expected.settings.to_dict().items()}}
+        path = after.get(CONFIG_PATH_KEY)
+        if observed is not None and observed.daemonset is None:
+            return None  # the DaemonSet not read (its warning given)
         try:
-            mount = self._mount([after.get(CONFIG_PATH_KEY)])
+            mount = self._mount([path], None if observed is None else observed.daemonset)
         except BackendError:  # check and apply read it again, and fail
             return None
         if mount.unknown is not None:
@@ -1254,7 +1266,8 @@ class CiliumBackend(BackendBase):
             for p in self._startup_problems(config.data, after, mount) if p not in known)
         return mount
 
-    def _mount(self, paths: Iterable[str | None]) -> _Mount:
+    def _mount(self, paths: Iterable[str | None],
+               found: Mapping[str, Any] | None = None) -> _Mount:
         """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``unmounted``
         ``None``: they do, or it is not known: the DaemonSet not found or not to be read,
         a warning), and whether their container has no directory for its file at all.
@@ -1262,16 +1275,17 @@ class CiliumBackend(BackendBase):
         ``paths``: the ``ip-masq-agent-config-path`` values where the ip-masq-agent is on
         (``None``: unset, Cilium's default); an agent started with
         ``--ip-masq-agent-config-path`` reads that file instead, on every node. Of
-        several, the one worst off is said (no directory, then not mounted)."""
+        several, the one worst off is said (no directory, then not mounted). ``found``:
+        the DaemonSet as read already (None: read it)."""
         paths = list(paths)
         asked = frozenset(_agent_file(p) for p in paths) or frozenset({DEFAULT_AGENT_FILE})
-        return attrs.evolve(self._mount_of(paths), asked=asked)
+        daemonset = self._api.daemonset(self._daemonset) if found is None else found
+        if isinstance(daemonset, str):
+            return _Mount(unknown=daemonset, asked=asked)
+        return attrs.evolve(self._mount_of(paths, daemonset), asked=asked, daemonset=daemonset)
 
-    def _mount_of(self, paths: list[str | None]) -> _Mount:
-        """:meth:`_mount`, but for :attr:`_Mount.asked`."""
-        found = self._api.daemonset(self._daemonset)
-        if isinstance(found, str):
-            return _Mount(unknown=found)
+    def _mount_of(self, paths: list[str | None], found: Mapping[str, Any]) -> _Mount:
+        """:meth:`_mount` of the DaemonSet ``found``, but for :attr:`_Mount.asked`."""
         try:
             given = agent_config_path(found)
         except ValueError as exc:
@@ -1285,19 +1299,23 @@ class CiliumBackend(BackendBase):
         worst = min(mounts, key=lambda m: (m.unknown is None, not m.no_directory,
                                             m.unmounted is None))
         if worst.unknown is None and worst.unmounted is None:
-            return _Mount(self._pods_lagging(found, files or {DEFAULT_AGENT_FILE}),
-                          copied=any(m.copied for m in mounts))
+            return attrs.evolve(self._pods_lagging(found, paths),
+                                copied=any(m.copied for m in mounts))
         return worst
 
-    def _pods_lagging(self, found: Mapping[str, Any], files: set[str]) -> str | None:
+    def _pods_lagging(self, found: Mapping[str, Any], paths: list[str | None]) -> _Mount:
         """Why the pods of the DaemonSet ``found`` that run an older template than its
         own, where its status says there are some (:func:`pods_lag`), do not read the
-        file (``None``: they do, or none lag). The template alone is judged otherwise:
-        a pod still running one without the mount keeps Cilium's default list until it
-        is replaced, whatever the template says. A pod's own spec is what its agent
-        runs with (a restarted container too); listed only then."""
+        file (``unmounted`` None: they do, or none lag), and whether one of them has no
+        directory for it (its container, restarted, reads ``cilium-config`` again with
+        the pod's own spec: with the ip-masq-agent on, its agent exits). The template
+        alone is judged otherwise: a pod still running one without the mount keeps
+        Cilium's default list until it is replaced, whatever the template says. A pod's
+        own spec is what its agent runs with (a restarted container too), its own
+        ``--ip-masq-agent-config-path`` argument included (else ``paths``, as
+        :meth:`_mount`); listed only then."""
         if not pods_lag(found):
-            return None
+            return _Mount()
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
         try:
             pods = self._api.daemonset_pods(found, self._daemonset)
@@ -1306,27 +1324,46 @@ class CiliumBackend(BackendBase):
                 raise
             self._api.warn(f"{exc}: whether the pods of {where} that run an older pod "
                            "template have the ip-masq-agent file is not checked")
-            return None
-        lagging, why = [], ""
+            return _Mount()
+        lagging, why, no_directory = [], "", False
         for pod in pods:
             name = str((pod.get("metadata") or {}).get("name"))
-            for path in sorted(files):
+            try:
+                given = agent_config_path(pod_as_daemonset(pod))
+            except ValueError:  # as the template's: the file is not known, not judged
+                continue
+            files = {_agent_file(p) for p in ([given] if given is not None else paths)}
+            if "" in files:
+                lagging.append(name)
+                why = why or (f"pod {self._api.namespace}/{name} is given an empty "
+                              f"{CONFIG_PATH_KEY}: its agent reads no file")
+                continue
+            for path in sorted(files or {DEFAULT_AGENT_FILE}):
                 mounted, reason = agent_file_mounted(
                     pod_as_daemonset(pod), f"pod {self._api.namespace}/{name}",
                     self._api.agent_name, key=AGENT_CONFIG_KEY, path=path)
                 if mounted is False:
                     lagging.append(name)
                     why = why or reason
+                    no_directory = no_directory or agent_directory_missing(
+                        pod_as_daemonset(pod), path)
                     break
         if not lagging:
-            return None
+            return _Mount()
         shown = ", ".join(sorted(lagging)[:5]) + (", ..." if len(lagging) > 5 else "")
-        return printable(f"{len(lagging)} pod(s) of {where} still run an older pod template "
-                         f"than its own, without the file ({shown}; they read it once "
-                         f"replaced): {why}")[:1000]
+        return _Mount(printable(
+            f"{len(lagging)} pod(s) of {where} still run an older pod template than its own, "
+            f"without the file ({shown}; they read it once replaced): {why}")[:1000],
+            no_directory)
 
     def _mount_at(self, found: Mapping[str, Any], path: str) -> _Mount:
         """:meth:`_mount` of the DaemonSet ``found`` for the agent's file at ``path``."""
+        if not path:  # no file: nothing mounted is read, and the agent starts
+            return _Mount(
+                f"Cilium's agents are given an empty {CONFIG_PATH_KEY} (DaemonSet "
+                f"{self._api.namespace}/{self._daemonset}'s {CONFIG_PATH_FLAG} argument, "
+                f"a CiliumNodeConfig's or {self._where()}'s key): they read no file, "
+                f"whatever the ConfigMap {self._api.agent_name} says")
         mounted, why = agent_file_mounted(
             found, f"DaemonSet {self._api.namespace}/{self._daemonset}", self._api.agent_name,
             key=AGENT_CONFIG_KEY, path=path)
@@ -1511,8 +1548,9 @@ class CiliumBackend(BackendBase):
         # Observe's read judged the files where the ip-masq-agent was on already (a
         # CiliumNodeConfig's, on its nodes): the edit turns it on where cilium-config's is.
         path = read.config.data.get(CONFIG_PATH_KEY)
-        if read.mount is not None and _agent_file(path) in read.mount.asked:
-            return read.mount
+        for mount in (read.mount, read.ahead):
+            if mount is not None and _agent_file(path) in mount.asked:
+                return mount
         try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
             mount = self._mount([path])
         except BackendError as exc:

@@ -164,6 +164,8 @@ def _expand(text: str, container: Mapping[str, Any]) -> str:
     not defined stays as written). ValueError where a name's value is known only to the
     kubelet (``valueFrom``, ``envFrom``)."""
     env: dict[str, str | None] = {}
+    # An envFrom source may define any name, for the env values as for the argument.
+    open_names = bool(_dicts(container.get("envFrom")))
     for entry in _dicts(container.get("env")):
         name = entry.get("name")
         if isinstance(name, str):
@@ -172,10 +174,11 @@ def _expand(text: str, container: Mapping[str, Any]) -> str:
                 env[name] = None
             else:
                 try:
-                    env[name] = _substitute(value if isinstance(value, str) else "", env)
+                    env[name] = _substitute(value if isinstance(value, str) else "", env,
+                                            open_names=open_names)
                 except ValueError:
                     env[name] = None
-    return _substitute(text, env, open_names=bool(_dicts(container.get("envFrom"))))
+    return _substitute(text, env, open_names=open_names)
 
 
 def _substitute(text: str, env: _Env, *, open_names: bool = False) -> str:

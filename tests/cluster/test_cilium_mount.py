@@ -566,6 +566,39 @@ def test_the_agent_s_ip_masq_agent_config_path_argument_is_the_file_judged(
     assert _unmounted(backend) == (None, False)
 
 
+@pytest.mark.parametrize("where", ["argument", "cilium-config"])
+def test_an_empty_ip_masq_agent_config_path_is_no_file_mounted_and_no_directory_missing(
+    where: str, cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Cilium takes an empty ip-masq-agent-config-path as it is (viper: a flag given, a
+    # config-dir value trimmed): its ip-masq-agent watches filepath.Dir("") = "." (the
+    # working directory, there: it starts) and reads "" (not found: its default list).
+    # k3snet judged /etc/config/ip-masq-agent: mounted there, the ConfigMap counted as
+    # read; with nothing there, turning the ip-masq-agent on was refused.
+    helm = cilium_daemonset(ip_masq_agent=True)
+    if where == "argument":
+        _pod(helm)["containers"][0]["args"] += ["--ip-masq-agent-config-path="]
+    else:
+        cilium.put(CONFIGMAPS, _cilium_config({**EBPF_AGENT,
+                                                "ip-masq-agent-config-path": " "}))
+    cilium.put(DAEMONSETS, helm)
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "empty ip-masq-agent-config-path" in why
+    assert not no_directory
+    (reason,) = _reasons(backend, _spec(cidrs=["10.0.0.0/8"]))
+    assert "which Cilium's agents do not read" in reason
+    # Nothing at /etc/config: the agent starts all the same (no refusal of that kind).
+    bare = cilium_daemonset(ip_masq_agent=False)
+    if where == "argument":
+        _pod(bare)["containers"][0]["args"] += ["--ip-masq-agent-config-path", ""]
+    cilium.put(DAEMONSETS, bare)
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "empty ip-masq-agent-config-path" in why
+    assert not no_directory
+
+
 def test_the_agent_s_ip_masq_agent_config_path_argument_is_expanded_as_the_kubelet_does(
     cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -592,6 +625,17 @@ def test_the_agent_s_ip_masq_agent_config_path_argument_is_expanded_as_the_kubel
         assert _unmounted(backend) == (None, False)
     assert any("--ip-masq-agent-config-path of DaemonSet kube-system/cilium's cilium-agent "
                "container: $(MASQ_FILE) is set only where the pod runs" in r.getMessage()
+               for r in caplog.records)
+    # An env value naming a variable an envFrom source may set: as unknown (the literal
+    # "$(MASQ_DIR)/ip-masq-agent" was judged, unmounted, and the default list assumed).
+    agent["envFrom"] = [{"configMapRef": {"name": "masq"}}]
+    agent["env"][-2:] = [{"name": "MASQ_PATH", "value": "$(MASQ_DIR)/ip-masq-agent"}]
+    agent["args"][-1] = "--ip-masq-agent-config-path=$(MASQ_PATH)"
+    cilium.put(DAEMONSETS, ds)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert _unmounted(backend) == (None, False)
+    assert any("$(MASQ_PATH) is set only where the pod runs" in r.getMessage()
                for r in caplog.records)
 
 
@@ -709,6 +753,43 @@ def test_turning_the_ip_masq_agent_on_is_refused_where_only_a_node_config_s_own_
     assert "enable-ip-masq-agent" not in _data(cilium)
 
 
+def test_a_plan_turning_the_ip_masq_agent_on_warns_ahead_where_only_a_node_config_s_file_is_mounted(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # As above, but `plan`: observe judged the node config's file (mounted), and the
+    # warning ahead was given only where nothing had the ip-masq-agent on, so the plan
+    # said nothing of the refusal check and apply give. One DaemonSet read serves both
+    # judgements and the check after.
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}))
+    cilium.put(DAEMONSETS, _masq_daemonset())
+    cilium.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"enable-ip-masq-agent": "true",
+                 "ip-masq-agent-config-path": "/etc/masq/ip-masq-agent"}))
+    desired = compile_for(backend, _spec())
+    unhinted = backend.observe()
+    reads = _daemonset_reads(cilium)
+    backend.expect(desired)
+    observed = backend.observe()
+    assert observed == unhinted
+    (warning,) = backend.warnings
+    assert warning.startswith("the plan turns Cilium's ip-masq-agent on, which check and "
+                              "apply refuse: enable-ip-masq-agent: true where the "
+                              "cilium-agent container has no /etc/config")
+    (refused,) = backend.check(plan(observed, desired))
+    assert "has no /etc/config" in refused
+    assert _daemonset_reads(cilium) == reads + 1
+    # The node config reading /etc/config/ip-masq-agent too (judged by observe already):
+    # warned ahead all the same.
+    cilium.put(NODE_CONFIGS_V2, _node_config("edge", {"enable-ip-masq-agent": "true"}))
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    backend.expect(desired)
+    backend.observe()
+    (warning,) = backend.warnings
+    assert "has no /etc/config" in warning
+    (refused,) = backend.check(plan(backend.observe(), desired))
+    assert "has no /etc/config" in refused
+
+
 def _agent_pod(name: str, ds: dict[str, Any], owner: str = "cilium") -> dict[str, Any]:
     """A pod of the DaemonSet ``owner`` running the pod template of ``ds`` as it is now."""
     return daemonset_pod("kube-system", name, owner, {"k8s-app": "cilium"},
@@ -749,7 +830,7 @@ def test_pods_still_running_a_template_without_the_mount_are_named(
                           "own, without the file (cilium-b, cilium-c; they read it once "
                           "replaced): pod kube-system/cilium-b has no volume of the "
                           "ConfigMap ip-masq-agent")
-    assert not no_directory  # the pods started from now have it
+    assert no_directory  # theirs have no /etc/config (those started from now have it)
     (reason,) = _reasons(backend, _spec(cidrs=["10.0.0.0/8"]))
     assert "cilium-b, cilium-c" in reason
     # Replaced (deleted, made again from the template): converged.
@@ -762,6 +843,62 @@ def test_pods_still_running_a_template_without_the_mount_are_named(
     cilium.put(DAEMONSETS, _rolling(new, updated=3))
     assert _unmounted(backend) == (None, False)
     assert _pod_reads(cilium) == reads
+
+
+def test_pods_on_an_older_template_are_judged_by_the_file_their_own_args_name(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The old template gave the agent --ip-masq-agent-config-path=/etc/masq/... with the
+    # ConfigMap mounted at /etc/config; the new one drops the argument. The old pods read
+    # /etc/masq/ip-masq-agent (not there: Cilium's default list), yet were judged by the
+    # template's file, /etc/config/ip-masq-agent, which they have: said converged.
+    new = cilium_daemonset(ip_masq_agent=True)
+    old = copy.deepcopy(new)
+    _pod(old)["containers"][0]["args"] += ["--ip-masq-agent-config-path=/etc/masq/ip-masq-agent"]
+    cilium.put(PODS, _agent_pod("cilium-a", new))
+    cilium.put(PODS, _agent_pod("cilium-b", old))
+    cilium.put(DAEMONSETS, _rolling(new, updated=1, desired=2))
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "1 pod(s)" in why
+    assert "(cilium-b;" in why
+    assert "at /etc/masq/ip-masq-agent" in why
+    # The other way round: old pods reading /etc/config (no argument), mounted there,
+    # under a template whose argument names /etc/masq, mounted too: not lagging.
+    cilium.put(DAEMONSETS, _rolling(_masq_daemonset(
+        args=["--ip-masq-agent-config-path=/etc/masq/ip-masq-agent"]), updated=1, desired=2))
+    cilium.put(PODS, _agent_pod("cilium-a", _masq_daemonset(
+        args=["--ip-masq-agent-config-path=/etc/masq/ip-masq-agent"])))
+    cilium.put(PODS, _agent_pod("cilium-b", new))
+    assert _unmounted(backend) == (None, False)
+
+
+def test_turning_the_ip_masq_agent_on_is_refused_where_pods_on_an_older_template_have_no_etc_config(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Helm's mount is in the template, but under OnDelete two pods still run one without
+    # anything at /etc/config. Their agents read cilium-config again whenever their
+    # container restarts (a crash, a node reboot: the pod's own spec, not the template):
+    # with enable-ip-masq-agent: true they exit there, pods without network. The template
+    # alone was judged: the check passed and apply wrote the key.
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}))
+    old, new = cilium_daemonset(ip_masq_agent=False), cilium_daemonset(ip_masq_agent=True)
+    cilium.put(PODS, _agent_pod("cilium-a", new))
+    for name in ("cilium-b", "cilium-c"):
+        cilium.put(PODS, _agent_pod(name, old))
+    cilium.put(DAEMONSETS, _rolling(new, updated=1))
+    desired = compile_for(backend, _spec())
+    (refused,) = backend.check(plan(backend.observe(), desired))
+    assert "enable-ip-masq-agent: true where the cilium-agent container has no /etc/config" \
+        in refused
+    assert "cilium-b, cilium-c" in refused
+    with pytest.raises(PlanError, match="has no /etc/config"):
+        backend.apply(plan(backend.observe(), desired))
+    assert "enable-ip-masq-agent" not in _data(cilium)
+    # Replaced: allowed.
+    for name in ("cilium-b", "cilium-c"):
+        cilium.put(PODS, _agent_pod(name, new))
+    assert backend.check(plan(backend.observe(), desired)) == ()
 
 
 def test_pods_on_an_older_template_are_named_when_updated_number_scheduled_is_left_out(
