@@ -96,7 +96,7 @@ from k3snet.backends.cilium_mount import (
     pod_as_daemonset,
     pods_lag,
 )
-from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled, label_selector
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
@@ -663,19 +663,19 @@ class _Api:
 
     def daemonset_pods(self, daemonset: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
         """The pods of DaemonSet ``name`` (JSON ``daemonset``) not yet ended, as JSON,
-        listed by its selector's ``matchLabels`` (:data:`~k3snet.kube.LIST_PAGE` a request)
-        and kept where the selector matches and the DaemonSet owns them."""
+        listed by its selector (:func:`~k3snet.backends.cni_restart.label_selector`,
+        :data:`~k3snet.kube.LIST_PAGE` a request) and kept where it matches and the
+        DaemonSet owns them; a selector k3snet cannot read leaves the owner alone to tell
+        them, as the restart follow-up does."""
         selector = (daemonset.get("spec") or {}).get("selector")
-        labels = (selector or {}).get("matchLabels") if isinstance(selector, dict) else None
-        text = ",".join(f"{k}={v}" for k, v in sorted(labels.items())) \
-            if isinstance(labels, dict) else ""
+        text = label_selector(selector)
         what = f"list Pods of DaemonSet {self.namespace}/{name}"
         serialize = self.core.api_client.sanitize_for_serialization
 
         def fetch(page: dict[str, Any]) -> Any:
             with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
                 return serialize(self.core.list_namespaced_pod(
-                    self.namespace, label_selector=text, _request_timeout=self.timeout,
+                    self.namespace, label_selector=text or "", _request_timeout=self.timeout,
                     **page))
 
         found = []
@@ -685,10 +685,7 @@ class _Api:
                     "Succeeded", "Failed"):
                 continue
             owners = metadata.get("ownerReferences") or []
-            try:
-                selected = selector_matches(selector, metadata.get("labels") or {})
-            except ValueError:
-                selected = False
+            selected = text is None or selector_matches(selector, metadata.get("labels") or {})
             if selected and any(isinstance(o, dict) and o.get("kind") == "DaemonSet"
                                 and o.get("name") == name for o in owners):
                 found.append(pod)
@@ -1279,7 +1276,8 @@ class CiliumBackend(BackendBase):
         worst = min(mounts, key=lambda m: (m.unknown is None, not m.no_directory,
                                             m.unmounted is None))
         if worst.unknown is None and worst.unmounted is None:
-            return _Mount(self._pods_lagging(found, files or {DEFAULT_AGENT_FILE}),
+            unset = {_agent_file(p) for p in paths} or {DEFAULT_AGENT_FILE}
+            return _Mount(self._pods_lagging(found, unset),
                           copied=any(m.copied for m in mounts))
         return worst
 
@@ -1289,7 +1287,8 @@ class CiliumBackend(BackendBase):
         file (``None``: they do, or none lag). The template alone is judged otherwise:
         a pod still running one without the mount keeps Cilium's default list until it
         is replaced, whatever the template says. A pod's own spec is what its agent
-        runs with (a restarted container too); listed only then."""
+        runs with (a restarted container too): its own ``--ip-masq-agent-config-path``,
+        or where it has none the ``files`` the config names; listed only then."""
         if not pods_lag(found):
             return None
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
@@ -1304,7 +1303,14 @@ class CiliumBackend(BackendBase):
         lagging, why = [], ""
         for pod in pods:
             name = str((pod.get("metadata") or {}).get("name"))
-            for path in sorted(files):
+            try:
+                given = agent_config_path(pod_as_daemonset(pod))
+            except ValueError as exc:
+                self._api.warn(f"the argument {CONFIG_PATH_FLAG} of pod {self._api.namespace}/"
+                               f"{name}'s {AGENT_CONTAINER} container: {exc}: whether it "
+                               "reads the ip-masq-agent file is not checked")
+                continue
+            for path in sorted({_agent_file(given)} if given is not None else files):
                 mounted, reason = agent_file_mounted(
                     pod_as_daemonset(pod), f"pod {self._api.namespace}/{name}",
                     self._api.agent_name, key=AGENT_CONFIG_KEY, path=path)
