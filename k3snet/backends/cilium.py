@@ -96,7 +96,7 @@ from k3snet.backends.cilium_mount import (
     pod_as_daemonset,
     pods_lag,
 )
-from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled, label_selector
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
@@ -673,19 +673,19 @@ class _Api:
 
     def daemonset_pods(self, daemonset: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
         """The pods of DaemonSet ``name`` (JSON ``daemonset``) not yet ended, as JSON,
-        listed by its selector's ``matchLabels`` (:data:`~k3snet.kube.LIST_PAGE` a request)
-        and kept where the selector matches and the DaemonSet owns them."""
+        listed by its selector (:func:`~k3snet.backends.cni_restart.label_selector`,
+        :data:`~k3snet.kube.LIST_PAGE` a request) and kept where it matches and the
+        DaemonSet owns them; a selector k3snet cannot read leaves the owner alone to tell
+        them, as the restart follow-up does."""
         selector = (daemonset.get("spec") or {}).get("selector")
-        labels = (selector or {}).get("matchLabels") if isinstance(selector, dict) else None
-        text = ",".join(f"{k}={v}" for k, v in sorted(labels.items())) \
-            if isinstance(labels, dict) else ""
+        text = label_selector(selector)
         what = f"list Pods of DaemonSet {self.namespace}/{name}"
         serialize = self.core.api_client.sanitize_for_serialization
 
         def fetch(page: dict[str, Any]) -> Any:
             with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
                 return serialize(self.core.list_namespaced_pod(
-                    self.namespace, label_selector=text, _request_timeout=self.timeout,
+                    self.namespace, label_selector=text or "", _request_timeout=self.timeout,
                     **page))
 
         found = []
@@ -695,10 +695,7 @@ class _Api:
                     "Succeeded", "Failed"):
                 continue
             owners = metadata.get("ownerReferences") or []
-            try:
-                selected = selector_matches(selector, metadata.get("labels") or {})
-            except ValueError:
-                selected = False
+            selected = text is None or selector_matches(selector, metadata.get("labels") or {})
             if selected and any(isinstance(o, dict) and o.get("kind") == "DaemonSet"
                                 and o.get("name") == name for o in owners):
                 found.append(pod)

@@ -20,6 +20,7 @@ agents running there read the file through (:func:`pod_as_daemonset` judges one)
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -123,10 +124,10 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
     is started with (its ``command`` and ``args``, the last one before ``--``, as pflag
     reads them, with the ``$(NAME)`` references of the container's ``env`` expanded, as
     the kubelet expands them; ``None``: not given; ValueError where it names a variable
-    set only where the pod runs: ``valueFrom``, ``envFrom``). An argument given is what
-    the agent reads: viper takes a flag set on the command line over the same key of its
-    ``--config-dir`` (the ``cilium-config`` keys and the CiliumNodeConfigs' laid over
-    them).
+    set only where the pod runs: ``valueFrom``, ``envFrom``, a service's). An argument
+    given is what the agent reads: viper takes a flag set on the command line over the
+    same key of its ``--config-dir`` (the ``cilium-config`` keys and the
+    CiliumNodeConfigs' laid over them).
 
     >>> agent = {"name": "cilium-agent", "command": ["cilium-agent"],
     ...          "args": ["--config-dir=/tmp/cilium/config-map",
@@ -157,12 +158,21 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
 # None where only the kubelet knows it (valueFrom, or maybe an envFrom source).
 _Env = Mapping[str, "str | None"]
 
+# The names of the variables the kubelet gives a container for a service (the namespace's,
+# with service links, and the API server's KUBERNETES_*, always): NAME_SERVICE_HOST,
+# NAME_SERVICE_PORT[_PORTNAME], NAME_PORT and NAME_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR].
+_SERVICE_VARIABLE = re.compile(
+    r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)"
+    r"(_PROTO|_PORT|_ADDR)?)?)")
+
 
 def _expand(text: str, container: Mapping[str, Any]) -> str:
     """``text``, an argument of ``container``, with its ``$(NAME)`` references expanded
     from the container's environment as the kubelet expands them (``$$`` is ``$``; a name
-    not defined stays as written). ValueError where a name's value is known only to the
-    kubelet (``valueFrom``, ``envFrom``)."""
+    not defined stays as written), an ``env`` value's from the ones before it. ValueError
+    where a name's value is known only to the kubelet (``valueFrom``; a name not in
+    ``env`` where an ``envFrom`` may set it, or a service's variable, which the kubelet
+    sets where ``env`` does not)."""
     env: dict[str, str | None] = {}
     # An envFrom source may define any name, for the env values as for the argument.
     open_names = bool(_dicts(container.get("envFrom")))
@@ -183,7 +193,8 @@ def _expand(text: str, container: Mapping[str, Any]) -> str:
 
 def _substitute(text: str, env: _Env, *, open_names: bool = False) -> str:
     """``text`` with ``$(NAME)`` replaced from ``env`` (see :func:`_expand`; ``open_names``:
-    a name not in ``env`` may be defined where it cannot be read)."""
+    a name not in ``env`` may be defined where it cannot be read, as a service's variable
+    always may)."""
     out, index = [], 0
     while index < len(text):
         char = text[index]
@@ -196,8 +207,9 @@ def _substitute(text: str, env: _Env, *, open_names: bool = False) -> str:
         elif text[index + 1] == "(" and ")" in text[index + 2:]:
             end = text.index(")", index + 2)
             name = text[index + 2:end]
-            value = env.get(name, "" if open_names else text[index:end + 1])
-            if value is None or (open_names and name not in env):
+            unknown = name not in env and (open_names or _SERVICE_VARIABLE.fullmatch(name))
+            value = env.get(name, text[index:end + 1])
+            if value is None or unknown:
                 raise ValueError(f"$({name}) is set only where the pod runs")
             out.append(value)
             index = end + 1

@@ -25,7 +25,8 @@ from k3snet.backends.base import PendingRestart
 from k3snet.backends.kit import translate_errors
 from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches, server_time
 
-__all__ = ["CHANGED_ANNOTATION", "ServerClock", "Settled", "changed_stamp", "pending", "readers"]
+__all__ = ["CHANGED_ANNOTATION", "ServerClock", "Settled", "changed_stamp", "label_selector",
+           "pending", "readers"]
 
 CHANGED_ANNOTATION = "k3snet.io/changed-at"
 """The annotation, on a ConfigMap k3snet changed, holding when it last changed data the
@@ -179,7 +180,7 @@ def _made_before(pods: list[Any], daemonset: dict[str, Any],
     alone to tell the DaemonSet's pods, rather than counting none of them."""
     name = str(daemonset["metadata"].get("name"))
     selector = (daemonset.get("spec") or {}).get("selector")
-    usable = _label_selector(selector) is not None
+    usable = label_selector(selector) is not None
     stale = []
     for pod in pods:
         if not isinstance(pod, dict):
@@ -194,12 +195,12 @@ def _made_before(pods: list[Any], daemonset: dict[str, Any],
     return stale
 
 
-def _label_selector(selector: Any) -> str | None:
+def label_selector(selector: Any) -> str | None:
     """``selector`` (a DaemonSet's ``spec.selector``, JSON data) as the list request's
     ``labelSelector`` (``matchLabels`` and ``matchExpressions``), or ``None`` where it is
     none or one apimachinery refuses (:func:`~k3snet.kube.selector_matches` raises).
 
-    >>> _label_selector({"matchLabels": {"k8s-app": "cilium"}, "matchExpressions": [
+    >>> label_selector({"matchLabels": {"k8s-app": "cilium"}, "matchExpressions": [
     ...     {"key": "tier", "operator": "NotIn", "values": ["a", "b"]},
     ...     {"key": "canary", "operator": "DoesNotExist"}]})
     'k8s-app=cilium,tier notin (a,b),!canary'
@@ -252,7 +253,7 @@ def _pods(api_client: Any, namespace: str, daemonsets: list[dict[str, Any]],
     by_selector: dict[str | None, list[Any]] = {}
     found: dict[str, list[Any]] = {}
     for daemonset in daemonsets:
-        selector = _label_selector((daemonset.get("spec") or {}).get("selector"))
+        selector = label_selector((daemonset.get("spec") or {}).get("selector"))
         if selector not in by_selector:
             by_selector[selector] = _list(api_client, namespace, timeout, "pods", selector)
         found[str(daemonset["metadata"].get("name"))] = by_selector[selector]

@@ -922,3 +922,97 @@ def test_pods_on_an_older_template_are_named_when_updated_number_scheduled_is_le
     reads = _pod_reads(cilium)
     assert _unmounted(backend) == (None, False)
     assert _pod_reads(cilium) == reads
+
+
+def test_each_pod_on_an_older_template_is_judged_by_its_own_config_path_argument(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # A pod runs its own spec: its own --ip-masq-agent-config-path, not the template's.
+    # The template's argument was used for every older pod: a pod reading a mounted file
+    # was refused, and one reading an unmounted file was not seen.
+    old = cilium_daemonset(ip_masq_agent=True)
+    new = _masq_daemonset(args=["--ip-masq-agent-config-path=/etc/masq/ip-masq-agent"])
+    for name in ("cilium-a", "cilium-b"):
+        cilium.put(PODS, _agent_pod(name, old))
+    cilium.put(DAEMONSETS, _rolling(new, updated=0, desired=2))
+    assert _unmounted(backend) == (None, False)
+    desired = compile_for(backend, _spec(cidrs=["10.0.0.0/8"]))
+    assert backend.check(plan(backend.observe(), desired)) == ()
+    # The older template read a file nowhere mounted; the new one drops the argument.
+    _pod(old)["containers"][0]["args"] += ["--ip-masq-agent-config-path=/nowhere/ip-masq-agent"]
+    for name in ("cilium-a", "cilium-b"):
+        cilium.put(PODS, _agent_pod(name, old))
+    cilium.put(DAEMONSETS, _rolling(cilium_daemonset(ip_masq_agent=True), updated=0, desired=2))
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert why.startswith(f"2 pod(s) of {WHERE} still run an older pod template than its "
+                          "own, without the file (cilium-a, cilium-b;")
+    assert "at /nowhere/ip-masq-agent (it is at /etc/config/ip-masq-agent)" in why
+
+
+def test_a_name_an_env_from_or_a_service_may_define_is_not_judged_but_said(
+    cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kubelet expands an env value's $(NAME) from envFrom and the service variables
+    # too, and args' from the service variables: "$(DIR)/f" was taken as written, judged
+    # not mounted, and apply refused.
+    ds = _masq_daemonset(args=["--ip-masq-agent-config-path=$(P)"])
+    agent = _pod(ds)["containers"][0]
+    agent["envFrom"] = [{"configMapRef": {"name": "masq"}}]
+    agent["env"] = [{"name": "P", "value": "$(DIR)/ip-masq-agent"}]
+    cilium.put(DAEMONSETS, ds)
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert _unmounted(backend) == (None, False)
+    assert any("$(P) is set only where the pod runs" in r.getMessage() for r in caplog.records)
+    del agent["envFrom"]
+    for name in ("KUBERNETES_SERVICE_HOST", "MASQ_SERVICE_PORT", "MASQ_PORT_53_UDP_ADDR"):
+        agent["env"] = [{"name": "P", "value": f"/etc/masq/$({name})"}]
+        cilium.put(DAEMONSETS, ds)
+        assert _unmounted(backend) == (None, False), name  # said once: the $(P) above
+        agent["env"] = []
+        agent["args"][-1] = f"--ip-masq-agent-config-path=/etc/masq/$({name})"
+        cilium.put(DAEMONSETS, ds)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+            assert _unmounted(backend) == (None, False)
+        assert any(f"$({name}) is set only where the pod runs" in r.getMessage()
+                   for r in caplog.records), name
+        agent["args"][-1] = "--ip-masq-agent-config-path=$(P)"
+    # A name no service nor envFrom gives stays as written: judged.
+    agent["env"] = [{"name": "P", "value": "/etc/masq/$(DIR)"}]
+    cilium.put(DAEMONSETS, ds)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/$(DIR) (it is at /etc/masq/ip-masq-agent)" in why
+
+
+def test_older_pods_are_listed_by_the_whole_selector_and_by_owner_where_it_cannot_be_read(
+    cilium: EmulatedApiServer, backend: CiliumBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pods were listed by matchLabels alone, and none were judged for a selector
+    # apimachinery refuses; the restart follow-up lists and falls back by owner.
+    from kubernetes import client  # noqa: PLC0415 - optional dependency
+
+    selectors: list[str | None] = []
+    listed = client.CoreV1Api.list_namespaced_pod
+
+    def spied(self: Any, namespace: str, **kwargs: Any) -> Any:
+        selectors.append(kwargs.get("label_selector"))
+        return listed(self, namespace, **kwargs)
+
+    monkeypatch.setattr(client.CoreV1Api, "list_namespaced_pod", spied)
+    old, new = cilium_daemonset(ip_masq_agent=False), cilium_daemonset(ip_masq_agent=True)
+    cilium.put(PODS, _agent_pod("cilium-a", old))
+    ds = _rolling(new, updated=0, desired=1)
+    ds["spec"]["selector"]["matchExpressions"] = [
+        {"key": "tier", "operator": "NotIn", "values": ["canary"]}]
+    cilium.put(DAEMONSETS, ds)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "(cilium-a;" in why
+    assert selectors == ["k8s-app=cilium,tier notin (canary)"]
+    ds["spec"]["selector"]["matchExpressions"] = [{"key": "tier", "operator": "Bogus"}]
+    cilium.put(DAEMONSETS, ds)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "(cilium-a;" in why
