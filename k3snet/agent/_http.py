@@ -20,8 +20,9 @@ so that any pod could walk the agent to its memory limit. This server instead:
   accept (a client that sends a byte at a time, or never reads its answer);
 * reads at most :data:`REQUEST_LIMIT` bytes of request line and headers (431 beyond);
 * answers ``GET`` and ``HEAD`` of a path or an absolute URL (``http://HOST/healthz``; one
-  of no host is a 400; ``Host`` is never read), one request a connection (``Connection:
-  close``), one empty line before the request line ignored;
+  of no host, or whose authority does not parse, is a 400; ``Host`` is never read), one
+  request a connection (``Connection: close``), one empty line before the request line
+  ignored, a bare CR in or before it a 400;
 * once its answer is written, shuts its sending side and reads and drops what the client
   still sends, until it closes, for at most ``linger`` seconds and :data:`LINGER_LIMIT`
   bytes (as Apache's lingering close and Go's ``closeWriteAndWait``): a socket closed
@@ -313,9 +314,14 @@ class HealthServer:
         """The answer to a request (its line and headers) and whether it is a HEAD."""
         if len(head) > REQUEST_LIMIT:
             return _text(431, "request headers too large"), False
-        words = head.split(b"\n", 1)[0].rstrip(b"\r").split(b" ")
+        line, newline, _ = head.partition(b"\n")
+        if newline:  # its CR; a head of one line has lost its line's end to _HEAD_END
+            line = line.removesuffix(b"\r")
+        words = line.split(b" ")
         path = _path(words[1].decode("ascii", "replace")) if len(words) == 3 else None
-        if path is None or not words[2].startswith(b"HTTP/1."):
+        # A CR not ending the line is a bare CR (RFC 9112 2.2: invalid): one before the
+        # method made it a method not allowed (405), not a bad request.
+        if path is None or b"\r" in line or not words[2].startswith(b"HTTP/1."):
             return _text(400, "bad request"), False
         method = words[0]
         if method not in (b"GET", b"HEAD"):
@@ -442,10 +448,31 @@ def _path(target: str) -> str | None:
         # The authority ends at "/" or "#" ("?" is gone): RFC 3986 3.2. Ended at "/"
         # alone, `http://#/healthz` had a host, "#", and its fragment was routed.
         authority = _AUTHORITY_END.split(rest, maxsplit=1)[0]
-        host = authority.rpartition("@")[2]  # userinfo@ left out
-        host = host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]
-        return None if not host else "/" + rest[len(authority):].removeprefix("/")
+        return "/" + rest[len(authority):].removeprefix("/") if _host_of(authority) else None
     return path
+
+
+def _host_of(authority: str) -> str | None:
+    """The host of an absolute target's authority (``user@[fd00::1]:9743``: ``fd00::1``),
+    its userinfo left out; ``None`` where there is none or the authority does not parse
+    (RFC 3986 3.2): an IP literal's ``[`` not closed by a ``]`` ending the host, a ``[`` or
+    ``]`` outside one, a port not all digits, an ``@`` of no userinfo before it. They were
+    routed by their path (``http://[::1/healthz``: 200)."""
+    userinfo, at, hostport = authority.rpartition("@")
+    if (at and not userinfo) or "[" in userinfo or "]" in userinfo:
+        return None
+    if hostport.startswith("["):
+        host, closed, after = hostport[1:].partition("]")
+        if not closed or (after and not after.startswith(":")):
+            return None
+        port = after[1:]
+    else:
+        host, _, port = hostport.partition(":")
+    # ASCII digits, or none (``node:``, RFC 3986's *DIGIT): str.isdigit() takes "²" too.
+    if "[" in host or "]" in host or "]" in port or not (
+            port == "" or (port.isascii() and port.isdigit())):
+        return None
+    return host or None
 
 
 def _probe(result: tuple[bool, str]) -> tuple[int, bytes, str]:

@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -189,6 +189,47 @@ class BundleError(K3snetError, ValueError):
     """A capture could not be read or written (a missing directory, a malformed file)."""
 
 
+#: The keys each lightweight tunnel's attributes take in ``ip -j route`` / ``ip -j nexthop``
+#: output, which iproute2 (6.1) prints right after ``"encap"`` among the route's own keys:
+#: ``"dst"``, ``"tos"`` and ``"id"`` twice in one object.
+_ENCAP_KEYS: Final[Mapping[str, frozenset[str]]] = MappingProxyType({
+    "ip": frozenset({"id", "src", "dst", "ttl", "tos", "key", "csum", "seq", "geneve_opts",
+                     "vxlan_opts", "erspan_opts"}),
+    "ip6": frozenset({"id", "src", "dst", "hoplimit", "tc", "key", "csum", "seq",
+                      "geneve_opts", "vxlan_opts", "erspan_opts"}),
+})
+#: Keys whose first value is the route's or the nexthop's own under any other encap: a
+#: route prints its ``dst`` and a nexthop object its ``id`` before the encap's attributes.
+_OWN_FIRST: Final = frozenset({"dst", "id"})
+#: Bundle files of ``ip -j`` route and nexthop listings, read with :func:`_ip_pairs`.
+_IP_ROUTE_FILES: Final = frozenset({"routes-v4.json", "routes-v6.json", "nexthops.json"})
+
+
+def _ip_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """One object of an ``ip -j`` route or nexthop listing (``object_pairs_hook``), its
+    encap's attributes moved under ``"encap"`` as ``{"encap_type": "ip6", "dst": ...}``.
+
+    ``ip -6 -j route`` prints ``encap ip6 dst fd05::9`` flat: ``{"dst": "fd19::/64",
+    "encap": "ip6", "id": 0, "src": "::", "dst": "fd05::9", ...}``, and a plain dict keeps
+    the last ``dst``, the tunnel's endpoint; an IPv4 route's ``tos`` its encap's (printed
+    before the route's own), a nexthop object's ``id`` its encap's."""
+    item: dict[str, Any] = {}
+    index = 0
+    while index < len(pairs):
+        key, value = pairs[index]
+        index += 1
+        if key == "encap" and isinstance(value, str):
+            own = _ENCAP_KEYS.get(value, frozenset())
+            encap: dict[str, Any] = {"encap_type": value}
+            while index < len(pairs) and pairs[index][0] in own and pairs[index][0] not in encap:
+                encap[pairs[index][0]] = pairs[index][1]
+                index += 1
+            item["encap"] = encap
+        elif key not in item or key not in _OWN_FIRST:
+            item[key] = value
+    return item
+
+
 def _load(name: str, text: str) -> object:
     """A bundle file's JSON, else a BundleError naming it. Nesting is bounded (a file of
     100 000 ``[`` is a RecursionError to :func:`json.loads`, and the doctor's readers
@@ -197,7 +238,8 @@ def _load(name: str, text: str) -> object:
     try:
         # strict=False: the tools print a control character of a name as it is (`ip -j`
         # and an interface named with an ESC); the doctor escapes what it prints.
-        return load_json(text, strict=False)
+        return load_json(text, strict=False, object_pairs_hook=_ip_pairs
+                         if name in _IP_ROUTE_FILES else None)
     except JsonTextError as exc:
         raise BundleError(f"{name}: not JSON the doctor reads ({exc})") from None
 

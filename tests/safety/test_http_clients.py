@@ -398,6 +398,39 @@ def test_an_absolute_target_of_no_host_is_400_whatever_the_host_header_says(
         assert _probe(server, request).startswith(b"HTTP/1.1 400 "), request
 
 
+@pytest.mark.parametrize("target", [
+    b"http://[::1/healthz", b"http://[fd00::1/healthz", b"http://a]/healthz",
+    b"http://[fd00::1]x/healthz", b"http://[a[b]/healthz", b"http://a[b/healthz",
+    b"http://node:notaport/healthz", b"http://node:1:2/healthz", b"http://node:\xc2\xb2/healthz",
+    b"http://[fd00::1]:x/readyz", b"http://@node/healthz", b"http://u[@node/healthz"])
+def test_an_absolute_target_whose_authority_does_not_parse_is_400(
+        server: HealthServer, target: bytes) -> None:
+    # RFC 3986 3.2: an IP literal's "[" closed by the "]" ending the host, no bracket
+    # outside one, a port of digits, an "@" only after a userinfo. They were routed by
+    # their path: 200.
+    request = b"GET " + target + b" HTTP/1.1\r\nHost: node:9743\r\n\r\n"
+    assert _probe(server, request).startswith(b"HTTP/1.1 400 "), request
+
+
+@pytest.mark.parametrize("target", [b"http://node:/healthz", b"http://[fd00::1]:/healthz",
+                                    b"http://[fd00::1]/healthz", b"http://u:p@node:1/healthz"])
+def test_an_absolute_target_of_an_empty_port_or_an_ip_literal_is_served(
+        server: HealthServer, target: bytes) -> None:
+    assert _probe(server, b"GET " + target + b" HTTP/1.1\r\n\r\n").startswith(
+        b"HTTP/1.1 200 OK\r\n")
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"\rGET /healthz HTTP/1.1\r\n\r\n", b"\r" + b"\r\nGET /healthz HTTP/1.1\r\n\r\n",
+    b"GET\r /healthz HTTP/1.1\r\n\r\n", b"GET /healthz HTTP/1.1\r\r\n\r\n"])
+def test_a_bare_cr_in_or_before_the_request_line_is_400(server: HealthServer,
+                                                         request_bytes: bytes) -> None:
+    # RFC 9112 2.2: a CR not followed by LF is invalid; one before the method made a
+    # method not allowed (405).
+    assert _probe(server, request_bytes).startswith(b"HTTP/1.1 400 "), request_bytes
+    assert _probe(server).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
 @pytest.mark.parametrize("host", [
     b"Host: node:9743\r\n", b"Host: other.example:80\r\n", b"Host: \r\n", b""])
 def test_an_absolute_target_with_a_host_is_served_whatever_the_host_header_says(
