@@ -64,7 +64,9 @@ def test_an_ipv4_route_with_an_encap_keeps_its_destination_and_its_own_tos() -> 
 
 def test_a_nexthop_object_with_an_encap_keeps_its_own_id() -> None:
     capture = NodeCapture.from_texts({"nexthops.json": NEXTHOPS_JSON})
-    (nexthop,) = capture.json("nexthops.json")  # type: ignore[misc]
+    nexthops = capture.json("nexthops.json")
+    assert isinstance(nexthops, list)
+    (nexthop,) = nexthops
     assert nexthop["id"] == 7
     assert nexthop["encap"]["id"] == 3
     assert nexthop["encap"]["dst"] == "10.5.0.9"
