@@ -93,6 +93,7 @@ from k3snet.backends.cilium_mount import (
     agent_directory_missing,
     agent_file_copied,
     agent_file_mounted,
+    agent_file_unreadable,
     pod_as_daemonset,
     pods_lag,
 )
@@ -1327,7 +1328,20 @@ class CiliumBackend(BackendBase):
             name = str((pod.get("metadata") or {}).get("name"))
             try:
                 given = agent_config_path(pod_as_daemonset(pod))
-            except ValueError:  # as the template's: the file is not known, not judged
+            except ValueError as exc:
+                # Which file is not known: judged only where no path would be read (no
+                # volume of the ConfigMap's key), else said, as the template's is.
+                unreadable = agent_file_unreadable(
+                    pod_as_daemonset(pod), f"pod {self._api.namespace}/{name}",
+                    self._api.agent_name, key=AGENT_CONFIG_KEY)
+                if unreadable is not None:
+                    lagging.append(name)
+                    why = why or unreadable
+                else:
+                    self._api.warn(
+                        f"the argument {CONFIG_PATH_FLAG} of pod {self._api.namespace}/{name}'s "
+                        f"{AGENT_CONTAINER} container: {exc}: whether it reads the "
+                        "ip-masq-agent file is not checked")
                 continue
             files = {_agent_file(p) for p in ([given] if given is not None else paths)}
             if "" in files:

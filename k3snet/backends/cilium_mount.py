@@ -26,7 +26,7 @@ from typing import Any
 
 __all__ = ["AGENT_CONTAINER", "CONFIG_PATH_FLAG", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET",
            "agent_config_path", "agent_directory_missing", "agent_file_copied",
-           "agent_file_mounted", "pod_as_daemonset", "pods_lag"]
+           "agent_file_mounted", "agent_file_unreadable", "pod_as_daemonset", "pods_lag"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -250,13 +250,10 @@ def agent_file_mounted(daemonset: Mapping[str, Any], where: str, configmap: str,
     if agent is None:
         return None, (f"{where} has no {AGENT_CONTAINER} container: whether its agent reads "
                       f"the ConfigMap {configmap} is not known")
-    volumes = {_text(v.get("name")): _files_of(sources, key)
-               for v in _dicts(pod.get("volumes")) if (sources := _sources_of(v, configmap))}
-    if not volumes:
-        return False, f"{where} has no volume of the ConfigMap {configmap}"
-    if not any(volumes.values()):
-        return False, (f"no volume of {where} holds the key {key} of the ConfigMap "
-                       f"{configmap}")
+    volumes = _volumes(pod, configmap, key)
+    missing = _no_volume(volumes, where, configmap, key)
+    if missing is not None:
+        return False, missing
     wanted = posixpath.normpath(path)
     seen = []
     for mount in _dicts(agent.get("volumeMounts")):
@@ -269,6 +266,41 @@ def agent_file_mounted(daemonset: Mapping[str, Any], where: str, configmap: str,
     found = f" (it is at {', '.join(sorted(set(seen)))})" if seen else ""
     return False, (f"the {AGENT_CONTAINER} container of {where} does not have the key {key} "
                    f"of the ConfigMap {configmap} at {wanted}{found}")
+
+
+def _volumes(pod: Mapping[str, Any], configmap: str, key: str) -> dict[str, list[str]]:
+    """The volumes of ``pod`` (a pod spec) of the ConfigMap ``configmap``, by name: the
+    files of ``key`` in each."""
+    return {_text(v.get("name")): _files_of(sources, key)
+            for v in _dicts(pod.get("volumes")) if (sources := _sources_of(v, configmap))}
+
+
+def _no_volume(volumes: dict[str, list[str]], where: str, configmap: str,
+               key: str) -> str | None:
+    """Why no volume of ``volumes`` (:func:`_volumes`) gives ``key`` of the ConfigMap,
+    whatever path the agent reads (None: one does)."""
+    if not volumes:
+        return f"{where} has no volume of the ConfigMap {configmap}"
+    if not any(volumes.values()):
+        return f"no volume of {where} holds the key {key} of the ConfigMap {configmap}"
+    return None
+
+
+def agent_file_unreadable(daemonset: Mapping[str, Any], where: str, configmap: str, *,
+                          key: str = "config") -> str | None:
+    """Why the agent container of ``daemonset`` reads ``key`` of the ConfigMap
+    ``configmap`` at no path at all (no volume of it, or none holding ``key``); None
+    where some path would (or it has no agent container): for an agent whose file is not
+    known (:func:`agent_config_path` raised).
+
+    >>> ds = {"spec": {"template": {"spec": {"containers": [{"name": "cilium-agent"}]}}}}
+    >>> agent_file_unreadable(ds, "pod kube-system/cilium-a", "ip-masq-agent")
+    'pod kube-system/cilium-a has no volume of the ConfigMap ip-masq-agent'
+    """
+    pod, agent = _pod_and_agent(daemonset)
+    if agent is None:
+        return None
+    return _no_volume(_volumes(pod, configmap, key), where, configmap, key)
 
 
 def agent_file_copied(daemonset: Mapping[str, Any], configmap: str, *, key: str = "config",
