@@ -103,7 +103,9 @@ def _seed(server: EmulatedApiServer, document: str, resource: str = CRD) -> None
 
 def _backend(server: EmulatedApiServer, **options: Any) -> CalicoBackend:
     options.setdefault("api", "crd")
-    return CalicoBackend(api_client=server.api_client(), timeout=2.0, **options)
+    # No test here waits out the timeout: 2 s failed a list of the emulated server on a
+    # machine loaded by other work (a CI run beside other jobs).
+    return CalicoBackend(api_client=server.api_client(), timeout=10.0, **options)
 
 
 def _pool(name: str, **spec: Any) -> dict[str, Any]:
