@@ -1326,13 +1326,14 @@ class CiliumBackend(BackendBase):
         lagging, why, no_directory = [], "", False
         for pod in pods:
             name = str((pod.get("metadata") or {}).get("name"))
+            own = pod_as_daemonset(pod)  # its own spec, as the helpers read a DaemonSet's
             try:
-                given = agent_config_path(pod_as_daemonset(pod))
+                given = agent_config_path(own)
             except ValueError as exc:
                 # Which file is not known: judged only where no path would be read (no
                 # volume of the ConfigMap's key), else said, as the template's is.
                 unreadable = agent_file_unreadable(
-                    pod_as_daemonset(pod), f"pod {self._api.namespace}/{name}",
+                    own, f"pod {self._api.namespace}/{name}",
                     self._api.agent_name, key=AGENT_CONFIG_KEY)
                 if unreadable is not None:
                     lagging.append(name)
@@ -1351,13 +1352,13 @@ class CiliumBackend(BackendBase):
                 continue
             for path in sorted(files or {DEFAULT_AGENT_FILE}):
                 mounted, reason = agent_file_mounted(
-                    pod_as_daemonset(pod), f"pod {self._api.namespace}/{name}",
+                    own, f"pod {self._api.namespace}/{name}",
                     self._api.agent_name, key=AGENT_CONFIG_KEY, path=path)
                 if mounted is False:
                     lagging.append(name)
                     why = why or reason
                     no_directory = no_directory or agent_directory_missing(
-                        pod_as_daemonset(pod), path)
+                        own, path)
                     break
         if not lagging:
             return _Mount()

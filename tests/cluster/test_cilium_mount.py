@@ -1024,24 +1024,24 @@ def test_an_older_pod_whose_file_is_not_known_is_said_or_named_where_it_reads_no
     # An older pod's --ip-masq-agent-config-path naming a value set only where the pod
     # runs (valueFrom) was skipped with nothing said, even where the pod has no volume of
     # the ConfigMap at all, so reads it at no path: no conflict, its agents' default list.
-    old = cilium_daemonset(ip_masq_agent=True)
-    agent = _pod(old)["containers"][0]
-    agent["args"] += ["--ip-masq-agent-config-path=$(P)"]
-    agent["env"] = [{"name": "P", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
-    for name in ("cilium-a", "cilium-b"):
-        cilium.put(PODS, _agent_pod(name, old))
+    def older_pods(*, mounted: bool) -> None:
+        # Pods of an older template whose path is known only where they run.
+        old = cilium_daemonset(ip_masq_agent=mounted)
+        agent = _pod(old)["containers"][0]
+        agent["args"] += ["--ip-masq-agent-config-path=$(P)"]
+        agent["env"] = [{"name": "P",
+                         "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+        for name in ("cilium-a", "cilium-b"):
+            cilium.put(PODS, _agent_pod(name, old))
+
+    older_pods(mounted=True)
     cilium.put(DAEMONSETS, _rolling(cilium_daemonset(ip_masq_agent=True), updated=0, desired=2))
     with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
         assert _unmounted(backend) == (None, False)
     said = [r.getMessage() for r in caplog.records if "is not checked" in r.getMessage()]
     assert any("pod kube-system/cilium-a's cilium-agent container" in s for s in said)
     # No volume of the ConfigMap: whatever the path, the file is not read.
-    old = cilium_daemonset(ip_masq_agent=False)
-    agent = _pod(old)["containers"][0]
-    agent["args"] += ["--ip-masq-agent-config-path=$(P)"]
-    agent["env"] = [{"name": "P", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
-    for name in ("cilium-a", "cilium-b"):
-        cilium.put(PODS, _agent_pod(name, old))
+    older_pods(mounted=False)
     why, _ = _unmounted(backend)
     assert why is not None
     assert why.startswith(f"2 pod(s) of {WHERE} still run an older pod template than its "

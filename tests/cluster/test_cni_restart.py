@@ -470,6 +470,22 @@ def _utc(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _written(api_server: EmulatedApiServer, clock: type[_Clock], kind: str, ahead: float,
+             answer: float) -> tuple[Any, str, str, dict[str, str], datetime.datetime]:
+    """The CNI ``kind``'s change converged through an API server whose clock is ``ahead``
+    seconds ahead and answers in ``answer`` seconds (:func:`_slow_answers`): the API
+    client, the ConfigMap's namespace, the DaemonSet's name and labels, and the server's
+    time of the ConfigMap's write."""
+    writes: list[tuple[str, datetime.datetime]] = []
+    api_client = _slow_answers(api_server.api_client(), clock, ahead, answer, writes)
+    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    converge(backend, desired)
+    [write] = [at for url, at in writes if url.split("?")[0].endswith(f"/{name}")]
+    return api_client, namespace, owner, labels, write
+
+
 @pytest.mark.parametrize("kind", ["cilium", "flannel"])
 def test_a_slow_answer_is_no_clock_gap_a_pod_made_before_the_write_stays_pending(
         api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
@@ -477,13 +493,7 @@ def test_a_slow_answer_is_no_clock_gap_a_pod_made_before_the_write_stays_pending
     # looked like a clock 10 s behind, the stamp landed 10 s early, and a pod made in
     # those seconds before the write counted as restarted (the change said in force on a
     # node running the old config).
-    writes: list[tuple[str, datetime.datetime]] = []
-    api_client = _slow_answers(api_server.api_client(), clock, 0.0, 10.0, writes)
-    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
-    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
-        "kube-flannel-ds", FLANNEL_LABELS)
-    converge(backend, desired)
-    [write] = [at for url, at in writes if url.split("?")[0].endswith(f"/{name}")]
+    api_client, namespace, owner, labels, write = _written(api_server, clock, kind, 0.0, 10.0)
     api_server.put(PODS, daemonset_pod(namespace, "made-before", owner, labels,
                                        created=_utc(write - datetime.timedelta(seconds=5))))
     api_server.put(PODS, daemonset_pod(namespace, "made-after", owner, labels,
@@ -529,13 +539,7 @@ def test_a_pod_made_just_before_the_write_on_a_server_clock_ahead_by_under_a_sec
     # clocks apart and the stamp was k3snet's second, the write landing in the next:
     # a pod made in that second before the write counted as restarted.
     monkeypatch.setattr(clock, "at", clock.at.replace(microsecond=int(fraction * 1e6)))
-    writes: list[tuple[str, datetime.datetime]] = []
-    api_client = _slow_answers(api_server.api_client(), clock, 0.9, 0.01, writes)
-    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
-    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
-        "kube-flannel-ds", FLANNEL_LABELS)
-    converge(backend, desired)
-    [write] = [at for url, at in writes if url.split("?")[0].endswith(f"/{name}")]
+    api_client, namespace, owner, labels, write = _written(api_server, clock, kind, 0.9, 0.01)
     api_server.put(PODS, daemonset_pod(namespace, "made-before", owner, labels,
                                         created=_utc(write - datetime.timedelta(milliseconds=1))))
     again = _backend(api_client, kind)

@@ -163,14 +163,10 @@ def test_a_rule_iptables_nft_cannot_decode_in_a_table_k3snet_does_not_write_bloc
         backend.observe()
 
 
-@pytest.mark.kernel
-@BOTH_WAYS
-def test_the_command_a_save_stopped_in_nat_names_runs_in_the_namespace_k3snet_read(
-        ns: str, given: bool) -> None:
-    """The error of a save that stopped in ``nat`` (a table k3snet writes) named ``nft -a
-    list table ip nat`` alone, under ``--netns NS`` and ``ip netns exec NS k3snet ...``:
-    run as shown from the shell that ran k3snet, it read the node's table. It is run here
-    as shown, from the test's own namespace, and shows the rule the save stopped at."""
+def _stop_the_nat_save(ns: str) -> None:
+    """Add to ``ns``'s IPv4 nat table, beside an iptables-nft rule, a rule
+    ``iptables-nft-save`` cannot print (an nft ``meta mark set``): the save stops there.
+    Skips where the tools are missing or this iptables-nft-save prints it anyway."""
     for tool in ("iptables-nft", "iptables-nft-save", "nft"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed")
@@ -180,6 +176,17 @@ def test_the_command_a_save_stopped_in_nat_names_runs_in_the_namespace_k3snet_re
                 "10.42.0.0/16", "meta", "mark", "set", "3", "counter"])
     if run_in(ns, ["iptables-nft-save"], check=False).returncode == 0:
         pytest.skip("this iptables-nft-save prints the rule or leaves the table out")
+
+
+@pytest.mark.kernel
+@BOTH_WAYS
+def test_the_command_a_save_stopped_in_nat_names_runs_in_the_namespace_k3snet_read(
+        ns: str, given: bool) -> None:
+    """The error of a save that stopped in ``nat`` (a table k3snet writes) named ``nft -a
+    list table ip nat`` alone, under ``--netns NS`` and ``ip netns exec NS k3snet ...``:
+    run as shown from the shell that ran k3snet, it read the node's table. It is run here
+    as shown, from the test's own namespace, and shows the rule the save stopped at."""
+    _stop_the_nat_save(ns)
 
     def stopped(netns: str | None) -> str:
         with IptablesBackend(netns, mode="nft") as backend,  \
@@ -197,15 +204,7 @@ def test_the_cli_run_by_ip_netns_exec_names_the_namespace_where_the_save_stopped
     """``ip netns exec NS k3snet ...`` without ``--netns``: the error said the save stopped
     "in the current namespace" beside a command (``ip netns exec NS nft ...``) naming
     ``NS``. It names ``NS`` as ``--netns NS`` does: the two errors read the same."""
-    for tool in ("iptables-nft", "iptables-nft-save", "nft"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-    run_in(ns, ["iptables-nft", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", "10.42.0.0/16",
-                "-j", "MASQUERADE"])
-    run_in(ns, ["nft", "add", "rule", "ip", "nat", "POSTROUTING", "ip", "saddr",
-                "10.42.0.0/16", "meta", "mark", "set", "3", "counter"])
-    if run_in(ns, ["iptables-nft-save"], check=False).returncode == 0:
-        pytest.skip("this iptables-nft-save prints the rule or leaves the table out")
+    _stop_the_nat_save(ns)
     env = {**os.environ, "K3SNET_STATE_DIR": str(tmp_path)}
     observe = [sys.executable, "-m", "k3snet", "observe", "--backend", "iptables"]
     inside = run_in(ns, observe, check=False, env=env)
