@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["AGENT_CONTAINER", "CONFIG_PATH_FLAG", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET",
@@ -135,7 +135,7 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
     >>> agent_config_path({"spec": {"template": {"spec": {"containers": [agent]}}}})
     '/etc/masq/config'
     """
-    _, agent = _pod_and_agent(daemonset)
+    pod, agent = _pod_and_agent(daemonset)
     if agent is None:
         return None
     argv: list[str] = []
@@ -151,7 +151,10 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
         elif arg == CONFIG_PATH_FLAG and index < len(argv):
             found = argv[index]  # its value, whatever it looks like
             index += 1
-    return None if found is None else _expand(found, agent)
+    # enableServiceLinks false (unset: true): the kubelet gives the pod the API server's
+    # variables alone, not those of the services of its namespace.
+    return None if found is None else _expand(
+        found, agent, service_links=pod.get("enableServiceLinks") is not False)
 
 
 # What a container's environment gives a $(NAME) of its command or args: the text, or
@@ -159,23 +162,32 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
 _Env = Mapping[str, "str | None"]
 
 # The names of the variables the kubelet gives a container for a service (the namespace's,
-# with service links, and the API server's KUBERNETES_*, always): NAME_SERVICE_HOST,
-# NAME_SERVICE_PORT[_PORTNAME], NAME_PORT and NAME_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR].
-_SERVICE_VARIABLE = re.compile(
-    r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)"
-    r"(_PROTO|_PORT|_ADDR)?)?)")
+# with service links, and the API server's KUBERNETES_*, always: the kubelet's
+# getServiceEnvVarMap): NAME_SERVICE_HOST, NAME_SERVICE_PORT[_PORTNAME], NAME_PORT and
+# NAME_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR].
+_SERVICE_SUFFIX = (r"_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)"
+                   r"(_PROTO|_PORT|_ADDR)?)?)")
+_SERVICE_VARIABLE = re.compile(r"[A-Z0-9_]+" + _SERVICE_SUFFIX)
+_API_SERVER_VARIABLE = re.compile(r"KUBERNETES" + _SERVICE_SUFFIX)  # service "kubernetes"
 
 
-def _expand(text: str, container: Mapping[str, Any]) -> str:
+def _expand(text: str, container: Mapping[str, Any], *, service_links: bool = True) -> str:
     """``text``, an argument of ``container``, with its ``$(NAME)`` references expanded
     from the container's environment as the kubelet expands them (``$$`` is ``$``; a name
     not defined stays as written), an ``env`` value's from the ones before it. ValueError
     where a name's value is known only to the kubelet (``valueFrom``; a name not in
     ``env`` where an ``envFrom`` may set it, or a service's variable, which the kubelet
-    sets where ``env`` does not)."""
+    sets where ``env`` does not: with ``service_links`` false, the pod's
+    ``enableServiceLinks: false``, only the API server's ``KUBERNETES_*``, the others
+    staying as written)."""
     env: dict[str, str | None] = {}
     # An envFrom source may define any name, for the env values as for the argument.
-    open_names = bool(_dicts(container.get("envFrom")))
+    services = _SERVICE_VARIABLE if service_links else _API_SERVER_VARIABLE
+    envfrom = bool(_dicts(container.get("envFrom")))
+
+    def open_names(name: str) -> bool:
+        return envfrom or services.fullmatch(name) is not None
+
     for entry in _dicts(container.get("env")):
         name = entry.get("name")
         if isinstance(name, str):
@@ -191,10 +203,10 @@ def _expand(text: str, container: Mapping[str, Any]) -> str:
     return _substitute(text, env, open_names=open_names)
 
 
-def _substitute(text: str, env: _Env, *, open_names: bool = False) -> str:
+def _substitute(text: str, env: _Env, *, open_names: Callable[[str], bool]) -> str:
     """``text`` with ``$(NAME)`` replaced from ``env`` (see :func:`_expand`; ``open_names``:
-    a name not in ``env`` may be defined where it cannot be read, as a service's variable
-    always may)."""
+    whether a name not in ``env`` may be defined where it cannot be read, as an
+    ``envFrom``'s or a service's variable may)."""
     out, index = [], 0
     while index < len(text):
         char = text[index]
@@ -207,7 +219,7 @@ def _substitute(text: str, env: _Env, *, open_names: bool = False) -> str:
         elif text[index + 1] == "(" and ")" in text[index + 2:]:
             end = text.index(")", index + 2)
             name = text[index + 2:end]
-            unknown = name not in env and (open_names or _SERVICE_VARIABLE.fullmatch(name))
+            unknown = name not in env and open_names(name)
             value = env.get(name, text[index:end + 1])
             if value is None or unknown:
                 raise ValueError(f"$({name}) is set only where the pod runs")

@@ -1047,3 +1047,38 @@ def test_an_older_pod_whose_file_is_not_known_is_said_or_named_where_it_reads_no
     assert why.startswith(f"2 pod(s) of {WHERE} still run an older pod template than its "
                           "own, without the file (cilium-a, cilium-b;")
     assert "has no volume of the ConfigMap ip-masq-agent" in why
+
+
+def test_service_variables_stay_as_written_where_the_pod_has_no_service_links(
+    cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With enableServiceLinks: false the kubelet sets no variable of the namespace's
+    # services, only the API server's KUBERNETES_*: "$(MASQ_SERVICE_HOST)" stays as
+    # written (an unset name is), yet it was taken as set only where the pod runs, and
+    # the file left unjudged.
+    ds = _masq_daemonset(args=["--ip-masq-agent-config-path=/etc/masq/$(MASQ_SERVICE_HOST)"])
+    _pod(ds)["enableServiceLinks"] = False
+    cilium.put(DAEMONSETS, ds)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/$(MASQ_SERVICE_HOST) (it is at /etc/masq/ip-masq-agent)" in why
+    # From an env value too.
+    agent = _pod(ds)["containers"][0]
+    agent["env"] = [{"name": "P", "value": "/etc/masq/$(MASQ_PORT_53_UDP_ADDR)"}]
+    agent["args"][-1] = "--ip-masq-agent-config-path=$(P)"
+    cilium.put(DAEMONSETS, ds)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/$(MASQ_PORT_53_UDP_ADDR) (it" in why
+    # The API server's are set all the same: not known.
+    agent["env"] = [{"name": "P", "value": "/etc/masq/$(KUBERNETES_SERVICE_HOST)"}]
+    cilium.put(DAEMONSETS, ds)
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert _unmounted(backend) == (None, False)
+    assert any("$(P) is set only where the pod runs" in r.getMessage() for r in caplog.records)
+    # With service links (true, or unset: the default), a service's name is not known.
+    for links in (True, None):
+        agent["env"] = [{"name": "P", "value": "/etc/masq/$(MASQ_SERVICE_HOST)"}]
+        _pod(ds)["enableServiceLinks"] = links
+        cilium.put(DAEMONSETS, ds)
+        assert _unmounted(backend) == (None, False), links
