@@ -818,10 +818,19 @@ CONFIG_PATH_KEY = "ip-masq-agent-config-path"
 
 def _agent_file(path: str | None) -> str:
     """The file the agent reads for an ``ip-masq-agent-config-path`` value (None: unset,
-    Cilium's default; blank: ``""``, no file, as Cilium takes an empty value as given:
-    its ip-masq-agent watches ``filepath.Dir("")``, the working directory, and reads
-    ``""``, not found, so its default list)."""
-    return DEFAULT_AGENT_FILE if path is None else path.strip()
+    Cilium's default), as Cilium takes it: as given, spaces and all (pflag keeps an
+    argument's, and the agent's config struct the value; a ``cilium-config`` value comes
+    trimmed, :meth:`~k3snet.model.cilium.CiliumConfig.value`); empty: no file, its
+    ip-masq-agent watches ``filepath.Dir("")``, the working directory, and reads ``""``,
+    not found, so its default list."""
+    return DEFAULT_AGENT_FILE if path is None else path
+
+
+def _config_path(data: Mapping[str, str]) -> str | None:
+    """``cilium-config``'s ``ip-masq-agent-config-path`` in ``data`` as the agent reads
+    it: trimmed, as ``ReadDirConfig`` trims each file of the ConfigMap (None: unset)."""
+    value = data.get(CONFIG_PATH_KEY)
+    return None if value is None else str(value).strip()
 
 
 def _agent_paths(foreign: CiliumConfig, owned: CiliumConfig | None) -> set[str | None]:
@@ -1248,7 +1257,7 @@ class CiliumBackend(BackendBase):
                 or read_go_flag(str(config.data.get("enable-ip-masq-agent") or "false"))):
             return None
         after = {**config.data, **{k: str(v) for k, v in expected.settings.to_dict().items()}}
-        path = after.get(CONFIG_PATH_KEY)
+        path = _config_path(after)
         if observed is not None and observed.daemonset is None:
             return None  # the DaemonSet not read (its warning given)
         try:
@@ -1559,7 +1568,7 @@ class CiliumBackend(BackendBase):
             return read.mount or _Mount()
         # Observe's read judged the files where the ip-masq-agent was on already (a
         # CiliumNodeConfig's, on its nodes): the edit turns it on where cilium-config's is.
-        path = read.config.data.get(CONFIG_PATH_KEY)
+        path = _config_path(read.config.data)
         for mount in (read.mount, read.ahead):
             if mount is not None and _agent_file(path) in mount.asked:
                 return mount

@@ -124,7 +124,8 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
     is started with (its ``command`` and ``args``, the last one before ``--``, as pflag
     reads them, with the ``$(NAME)`` references of the container's ``env`` expanded, as
     the kubelet expands them; ``None``: not given; ValueError where it names a variable
-    set only where the pod runs: ``valueFrom``, ``envFrom``, a service's). An argument
+    set only where the pod runs: ``valueFrom``, ``envFrom``, a service's). The value is
+    taken as given, spaces and all (pflag keeps them, and so does Cilium). An argument
     given is what the agent reads: viper takes a flag set on the command line over the
     same key of its ``--config-dir`` (the ``cilium-config`` keys and the
     CiliumNodeConfigs' laid over them).

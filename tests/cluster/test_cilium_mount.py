@@ -1082,3 +1082,34 @@ def test_service_variables_stay_as_written_where_the_pod_has_no_service_links(
         _pod(ds)["enableServiceLinks"] = links
         cilium.put(DAEMONSETS, ds)
         assert _unmounted(backend) == (None, False), links
+
+
+@pytest.mark.parametrize("value", [" /etc/config/ip-masq-agent", "/etc/config/ip-masq-agent "])
+def test_an_ip_masq_agent_config_path_argument_is_taken_with_its_spaces(
+    value: str, cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # pflag keeps an argument's spaces, and Cilium reads the path as given: " /etc/..."
+    # is a path relative to the agent's working directory, "... " another file name. The
+    # argument was trimmed: the ConfigMap, mounted at /etc/config/ip-masq-agent, was
+    # judged read.
+    helm = cilium_daemonset(ip_masq_agent=True)
+    _pod(helm)["containers"][0]["args"] += [f"--ip-masq-agent-config-path={value}"]
+    cilium.put(DAEMONSETS, helm)
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert f"at {value} (it is at /etc/config/ip-masq-agent)" in why
+    assert not no_directory
+    # An older pod's argument too.
+    old = copy.deepcopy(helm)
+    cilium.put(PODS, _agent_pod("cilium-b", old))
+    cilium.put(DAEMONSETS, _rolling(cilium_daemonset(ip_masq_agent=True), updated=0,
+                                    desired=1))
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "(cilium-b;" in why
+    # cilium-config's value is trimmed (ReadDirConfig trims each key's file), also where
+    # a plan turns the ip-masq-agent on.
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true",
+                                           "ip-masq-agent-config-path": f"{value}\n"}))
+    assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
