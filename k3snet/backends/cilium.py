@@ -673,11 +673,15 @@ class _Api:
         return found
 
     def daemonset_pods(self, daemonset: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
-        """The pods of DaemonSet ``name`` (JSON ``daemonset``) not yet ended, as JSON,
-        listed by its selector (:func:`~k3snet.backends.cni_restart.label_selector`,
+        """The pods of DaemonSet ``name`` (JSON ``daemonset``) not yet ended nor being
+        deleted, as JSON, listed by its selector
+        (:func:`~k3snet.backends.cni_restart.label_selector`,
         :data:`~k3snet.kube.LIST_PAGE` a request) and kept where it matches and the
         DaemonSet owns them; a selector k3snet cannot read leaves the owner alone to tell
-        them, as the restart follow-up does."""
+        them, as the restart follow-up does. A pod being deleted
+        (``metadata.deletionTimestamp``) is left out: the kubelet restarts no container
+        of it, and the pod the DaemonSet makes in its place runs the DaemonSet's pod
+        template (judged before its pods)."""
         selector = (daemonset.get("spec") or {}).get("selector")
         text = label_selector(selector)
         what = f"list Pods of DaemonSet {self.namespace}/{name}"
@@ -693,7 +697,7 @@ class _Api:
         for pod in list_pages(fetch, what):
             metadata = pod.get("metadata") if isinstance(pod, dict) else None
             if not isinstance(metadata, dict) or (pod.get("status") or {}).get("phase") in (
-                    "Succeeded", "Failed"):
+                    "Succeeded", "Failed") or metadata.get("deletionTimestamp"):
                 continue
             owners = metadata.get("ownerReferences") or []
             selected = text is None or selector_matches(selector, metadata.get("labels") or {})

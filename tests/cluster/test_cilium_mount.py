@@ -1113,3 +1113,30 @@ def test_an_ip_masq_agent_config_path_argument_is_taken_with_its_spaces(
     cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true",
                                            "ip-masq-agent-config-path": f"{value}\n"}))
     assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+
+
+def test_a_pod_being_deleted_neither_lags_nor_is_named(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # A pod being deleted (deletionTimestamp set: terminating, or held by a finalizer)
+    # restarts no container; the one the DaemonSet makes in its place runs the template,
+    # judged already. It counted as lagging: named, and turning the ip-masq-agent on
+    # was refused for its missing /etc/config.
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}))
+    old, new = cilium_daemonset(ip_masq_agent=False), cilium_daemonset(ip_masq_agent=True)
+    cilium.put(PODS, _agent_pod("cilium-a", new))
+    going = _agent_pod("cilium-b", old)
+    going["metadata"]["deletionTimestamp"] = "2026-12-06T16:00:00Z"
+    going["metadata"]["finalizers"] = ["example.com/hold"]
+    cilium.put(PODS, going)
+    cilium.put(DAEMONSETS, _rolling(new, updated=1, desired=2))
+    desired = compile_for(backend, _spec())
+    assert backend.check(plan(backend.observe(), desired)) == ()
+    cilium.put(CONFIGMAPS, _cilium_config(EBPF_AGENT))
+    assert _unmounted(backend) == (None, False)
+    # The same pod not being deleted: named.
+    cilium.put(PODS, _agent_pod("cilium-b", old))
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "(cilium-b;" in why
+    assert no_directory
