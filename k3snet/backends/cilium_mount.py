@@ -26,7 +26,8 @@ from typing import Any
 
 __all__ = ["AGENT_CONTAINER", "CONFIG_PATH_FLAG", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET",
            "agent_config_path", "agent_directory_missing", "agent_file_copied",
-           "agent_file_mounted", "agent_file_unreadable", "pod_as_daemonset", "pods_lag"]
+           "agent_file_mounted", "agent_file_unreadable", "pod_as_daemonset", "pod_node",
+           "pods_lag"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -117,6 +118,40 @@ def pod_as_daemonset(pod: Mapping[str, Any]) -> dict[str, Any]:
     it runs with, for :func:`agent_file_mounted` and its siblings."""
     spec = pod.get("spec")
     return {"spec": {"template": {"spec": spec if isinstance(spec, dict) else {}}}}
+
+
+def pod_node(pod: Mapping[str, Any]) -> str | None:
+    """The Node a pod (JSON data) of a DaemonSet runs on: its ``spec.nodeName``, else,
+    not yet scheduled, the one its DaemonSet's controller made it for (the required node
+    affinity it writes into each pod: one term, ``matchFields`` ``metadata.name In
+    [NODE]``); ``None``: neither.
+
+    >>> pod_node({"spec": {"affinity": {"nodeAffinity": {
+    ...     "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+    ...         {"matchFields": [{"key": "metadata.name", "operator": "In",
+    ...                           "values": ["edge-1"]}]}]}}}}})
+    'edge-1'
+    """
+    spec = pod.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    name = spec.get("nodeName")
+    if isinstance(name, str) and name:
+        return name
+    affinity = spec.get("affinity")
+    node = affinity.get("nodeAffinity") if isinstance(affinity, dict) else None
+    required = (node.get("requiredDuringSchedulingIgnoredDuringExecution")
+                if isinstance(node, dict) else None)
+    terms = _dicts(required.get("nodeSelectorTerms")) if isinstance(required, dict) else []
+    # Several terms (any one may be met), or more than the node's name: not one node.
+    fields = _dicts(terms[0].get("matchFields")) if len(terms) == 1 else []
+    if len(fields) != 1 or _dicts(terms[0].get("matchExpressions")):
+        return None
+    (field,) = fields
+    values = field.get("values")
+    if (field.get("key"), field.get("operator")) != ("metadata.name", "In") or not (
+            isinstance(values, list) and len(values) == 1):
+        return None
+    return _text(values[0]) or None
 
 
 def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
