@@ -95,6 +95,7 @@ from k3snet.backends.cilium_mount import (
     agent_file_mounted,
     agent_file_unreadable,
     pod_as_daemonset,
+    pod_node,
     pods_lag,
 )
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled, label_selector
@@ -437,11 +438,13 @@ class _Mount:
     unknown: str | None = None
     copied: bool = False
     # The files asked about (CiliumBackend._mount's paths, an argument of the agent's
-    # aside): a check or apply takes the mount observe read only where it judged theirs.
+    # aside): a check or apply takes a mount observe could not read (its warning given)
+    # only where it asked of theirs; one it read, it judges again for theirs.
     asked: frozenset[str] = frozenset()
     # The DaemonSet read (JSON; None: not read, or not found), for another judgement of
-    # the same pass with no second GET.
+    # the same pass with no second GET; and its pods, where they were listed (None: not).
     daemonset: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
+    pods: tuple[dict[str, Any], ...] | None = attrs.field(default=None, eq=False, repr=False)
 
     def warn_if(self, on: bool, warn: Callable[[str], None]) -> None:
         """Warn that the mount is not known, where the ip-masq-agent is ``on``: elsewhere
@@ -452,6 +455,36 @@ class _Mount:
 
 
 @attrs.frozen
+class _Nodes:
+    """The CiliumNodeConfigs as listed, each with its ``nodeSelector``, and the labels of
+    the Nodes Cilium's agents run on, by name (``None``: not listed, as where no
+    CiliumNodeConfig selects some nodes: every node's agent reads the same keys)."""
+
+    overrides: tuple[tuple[CiliumNodeOverride, Any], ...] = ()
+    labels: Mapping[str, Mapping[str, str]] | None = None
+
+    def files(self, config: CiliumConfig) -> dict[str, tuple[str | None, ...]] | None:
+        """By Node name, the ``ip-masq-agent-config-path`` its agent reads (``None``:
+        unset) where Cilium's ip-masq-agent is on there (``()``: off), with ``config``'s
+        settings and the CiliumNodeConfigs selecting it laid over them in name order, as
+        the agent lays them (``pkg/option/resolver``). ``None``: not known (the Nodes not
+        listed, or a selector apimachinery refuses, as :func:`_node_groups` says)."""
+        if self.labels is None:
+            return None
+        found: dict[str, tuple[str | None, ...]] = {}
+        try:
+            for name, labels in self.labels.items():
+                view = config.on_nodes_of(sorted(
+                    (o for o, selector in self.overrides if selector_matches(selector, labels)),
+                    key=lambda o: o.name))
+                found[name] = ((view.value(CONFIG_PATH_KEY),)
+                               if view.flag("enable-ip-masq-agent") else ())
+        except ValueError:
+            return None
+        return found
+
+
+@attrs.frozen
 class _Read:
     config: _ConfigMap | None
     agent: _ConfigMap | None
@@ -459,6 +492,8 @@ class _Read:
     # Read by observe for the file the hinted plan turns the ip-masq-agent on with,
     # where observe's mount did not judge it (None: not read).
     ahead: _Mount | None = None
+    # Read by observe: the CiliumNodeConfigs and Nodes, for the file of each node.
+    nodes: _Nodes = _Nodes()
 
 
 @attrs.frozen
@@ -587,8 +622,9 @@ class _Api:
                 raise
         return []
 
-    def node_labels(self) -> list[dict[str, str]] | None:
-        """The labels of every Node a Cilium agent runs on (:meth:`cilium_nodes`), listed
+    def node_labels(self) -> dict[str, dict[str, str]] | None:
+        """The labels of every Node a Cilium agent runs on (:meth:`cilium_nodes`), by the
+        Node's name, listed
         :data:`~k3snet.kube.LIST_PAGE` at a time from the API server's watch cache
         (:func:`~k3snet.kube.list_node_metadata`; ``None``: the Nodes cannot be listed,
         403, or are not served; a warning says so)."""
@@ -602,17 +638,19 @@ class _Api:
                 return None
             raise
         cilium = self.cilium_nodes()
-        found = []
-        for item in items:
+        found = {}
+        for index, item in enumerate(items):
             metadata = item.get("metadata") if isinstance(item, dict) else None
             if not isinstance(metadata, dict):
                 metadata = {}
-            if cilium is not None and metadata.get("name") not in cilium:
+            name = metadata.get("name")
+            if cilium is not None and name not in cilium:
                 continue  # no Cilium agent there: it reads no CiliumNodeConfig
             labels = metadata.get("labels")
-            found.append({k: v for k, v in labels.items()
-                          if isinstance(k, str) and isinstance(v, str)}
-                         if isinstance(labels, dict) else {})
+            # A Node without a name (not from an API server) still counts in the groups.
+            found[name if isinstance(name, str) else f"#{index}"] = (
+                {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
+                if isinstance(labels, dict) else {})
         return found
 
     def cilium_nodes(self) -> frozenset[str] | None:
@@ -673,11 +711,15 @@ class _Api:
         return found
 
     def daemonset_pods(self, daemonset: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
-        """The pods of DaemonSet ``name`` (JSON ``daemonset``) not yet ended, as JSON,
-        listed by its selector (:func:`~k3snet.backends.cni_restart.label_selector`,
+        """The pods of DaemonSet ``name`` (JSON ``daemonset``) not yet ended nor being
+        deleted, as JSON, listed by its selector
+        (:func:`~k3snet.backends.cni_restart.label_selector`,
         :data:`~k3snet.kube.LIST_PAGE` a request) and kept where it matches and the
         DaemonSet owns them; a selector k3snet cannot read leaves the owner alone to tell
-        them, as the restart follow-up does."""
+        them, as the restart follow-up does. A pod being deleted
+        (``metadata.deletionTimestamp``) is left out: the kubelet restarts no container
+        of it, and the pod the DaemonSet makes in its place runs the DaemonSet's pod
+        template (judged before its pods)."""
         selector = (daemonset.get("spec") or {}).get("selector")
         text = label_selector(selector)
         what = f"list Pods of DaemonSet {self.namespace}/{name}"
@@ -693,7 +735,7 @@ class _Api:
         for pod in list_pages(fetch, what):
             metadata = pod.get("metadata") if isinstance(pod, dict) else None
             if not isinstance(metadata, dict) or (pod.get("status") or {}).get("phase") in (
-                    "Succeeded", "Failed"):
+                    "Succeeded", "Failed") or metadata.get("deletionTimestamp"):
                 continue
             owners = metadata.get("ownerReferences") or []
             selected = text is None or selector_matches(selector, metadata.get("labels") or {})
@@ -815,25 +857,42 @@ class _Api:
 
 CONFIG_PATH_KEY = "ip-masq-agent-config-path"
 
+# The ip-masq-agent-config-path values of each Node, by name (_Nodes.files; None: not known).
+_ByNode = Mapping[str, tuple[str | None, ...]] | None
+
 
 def _agent_file(path: str | None) -> str:
     """The file the agent reads for an ``ip-masq-agent-config-path`` value (None: unset,
-    Cilium's default; blank: ``""``, no file, as Cilium takes an empty value as given:
-    its ip-masq-agent watches ``filepath.Dir("")``, the working directory, and reads
-    ``""``, not found, so its default list)."""
-    return DEFAULT_AGENT_FILE if path is None else path.strip()
+    Cilium's default), as Cilium takes it: as given, spaces and all (pflag keeps an
+    argument's, and the agent's config struct the value; a ``cilium-config`` value comes
+    trimmed, :meth:`~k3snet.model.cilium.CiliumConfig.value`); empty: no file, its
+    ip-masq-agent watches ``filepath.Dir("")``, the working directory, and reads ``""``,
+    not found, so its default list."""
+    return DEFAULT_AGENT_FILE if path is None else path
 
 
-def _agent_paths(foreign: CiliumConfig, owned: CiliumConfig | None) -> set[str | None]:
+def _config_path(data: Mapping[str, str]) -> str | None:
+    """``cilium-config``'s ``ip-masq-agent-config-path`` in ``data`` as the agent reads
+    it: trimmed, as ``ReadDirConfig`` trims each file of the ConfigMap (None: unset)."""
+    value = data.get(CONFIG_PATH_KEY)
+    return None if value is None else str(value).strip()
+
+
+def _laid(foreign: CiliumConfig, owned: CiliumConfig | None) -> CiliumConfig:
+    """``foreign`` with k3snet's keys in ``cilium-config`` (``owned``) over its own."""
+    if owned is None:
+        return foreign
+    return attrs.evolve(foreign, settings={**foreign.settings.to_dict(),
+                                           **owned.settings.to_dict()})
+
+
+def _agent_paths(config: CiliumConfig) -> set[str | None]:
     """The ``ip-masq-agent-config-path`` of each group of nodes where Cilium's
-    ip-masq-agent is on, a CiliumNodeConfig's over ``cilium-config``'s (k3snet's keys
-    in it, ``owned``, over the others), as the agent lays them; empty where it is on
+    ip-masq-agent is on, a CiliumNodeConfig's over ``cilium-config``'s (k3snet's keys in
+    it laid over the others: :func:`_laid`), as the agent lays them; empty where it is on
     nowhere. (k3snet's key counted as on everywhere, also under a CiliumNodeConfig
     turning it off on its nodes.)"""
-    if owned is not None:
-        foreign = attrs.evolve(foreign, settings={**foreign.settings.to_dict(),
-                                                  **owned.settings.to_dict()})
-    return {view.value(CONFIG_PATH_KEY) for _, view in foreign.on_nodes()
+    return {view.value(CONFIG_PATH_KEY) for _, view in config.on_nodes()
             if view.flag("enable-ip-masq-agent")}
 
 
@@ -901,7 +960,7 @@ def _node_overrides(items: list[Any], where: str) -> list[tuple[CiliumNodeOverri
 
 
 def _node_groups(overrides: list[tuple[CiliumNodeOverride, Any]],
-                 labels: list[dict[str, str]] | None, warn: Callable[[str], None]
+                 labels: Mapping[str, Mapping[str, str]] | None, warn: Callable[[str], None]
                  ) -> tuple[tuple[str, ...], ...] | None:
     """For each set of ``overrides`` that select some node (by its ``labels``) together,
     their names, as the agent on it picks them (``pkg/option/resolver``: each
@@ -912,7 +971,7 @@ def _node_groups(overrides: list[tuple[CiliumNodeOverride, Any]],
         return None
     try:
         return tuple({tuple(o.name for o, selector in overrides
-                            if selector_matches(selector, node)) for node in labels})
+                            if selector_matches(selector, node)) for node in labels.values()})
     except ValueError as exc:
         warn(f"a CiliumNodeConfig's nodeSelector cannot be read ({exc}): those selecting "
              "some nodes are judged one at a time")
@@ -1200,8 +1259,9 @@ class CiliumBackend(BackendBase):
                                 f"CiliumNodeConfigs in {self._api.namespace}")
         # Several selecting one node are laid together there: the Nodes' labels say
         # which do (listed only when some CiliumNodeConfig selects some nodes).
-        groups = (_node_groups(found, self._api.node_labels(), self._api.warn)
-                  if any(not o.every_node for o, _ in found) else None)
+        nodes = _Nodes(tuple(found), self._api.node_labels()
+                       if any(not o.every_node for o, _ in found) else None)
+        groups = _node_groups(found, nodes.labels, self._api.warn)
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
                                node_groups=groups)
         # The DaemonSet is read only where Cilium's ip-masq-agent is on (some node, or
@@ -1209,15 +1269,15 @@ class CiliumBackend(BackendBase):
         # (a 500, a timeout) failed every observe. A plan turning it on has it read by
         # check and apply (_edit).
         mount = None
-        paths = _agent_paths(foreign, owned)
+        paths = _agent_paths(_laid(foreign, owned))
         if paths:
-            mount = self._mount(paths)
+            mount = self._mount(paths, by_node=nodes.files(_laid(foreign, owned)))
             mount.warn_if(True, self._api.warn)
             foreign = attrs.evolve(foreign, ip_masq_agent_unmounted=mount.unmounted,
                                    ip_masq_agent_no_directory=mount.no_directory)
         self._file_copied = mount is not None and mount.copied
-        self._observed.put(attrs.evolve(read, mount=mount,
-                                        ahead=self._mount_ahead(read, mount)))
+        self._observed.put(attrs.evolve(read, mount=mount, nodes=nodes,
+                                        ahead=self._mount_ahead(read, mount, nodes)))
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
         if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
@@ -1238,21 +1298,26 @@ class CiliumBackend(BackendBase):
         self._expected = next((o for o in state.owned if isinstance(o, CiliumConfig)
                                and o.target == self.target), None)
 
-    def _mount_ahead(self, read: _Read, observed: _Mount | None) -> _Mount | None:
+    def _mount_ahead(self, read: _Read, observed: _Mount | None, nodes: _Nodes
+                     ) -> _Mount | None:
         """The mount of the file the hint (:meth:`expect`) turns the ip-masq-agent on
         with in ``cilium-config``, off there until then (None: not judged, or its read
         failed); the DaemonSet ``observed`` holds (observe's mount where a CiliumNodeConfig
-        has it on; None: not read) serves; :attr:`warnings` says the refusal ahead."""
+        has it on; None: not read) serves, and so do the pods it listed; each older pod is
+        judged by what its node reads then (``nodes``); :attr:`warnings` says the refusal
+        ahead."""
         expected, config = self._expected, read.config
         if (expected is None or config is None or not expected.flag("enable-ip-masq-agent")
                 or read_go_flag(str(config.data.get("enable-ip-masq-agent") or "false"))):
             return None
         after = {**config.data, **{k: str(v) for k, v in expected.settings.to_dict().items()}}
-        path = after.get(CONFIG_PATH_KEY)
         if observed is not None and observed.daemonset is None:
             return None  # the DaemonSet not read (its warning given)
         try:
-            mount = self._mount([path], None if observed is None else observed.daemonset)
+            mount = self._mount([_config_path(after)],
+                                None if observed is None else observed.daemonset,
+                                by_node=nodes.files(self._settings(after)),
+                                pods=None if observed is None else observed.pods)
         except BackendError:  # check and apply read it again, and fail
             return None
         if mount.unknown is not None:
@@ -1265,7 +1330,8 @@ class CiliumBackend(BackendBase):
         return mount
 
     def _mount(self, paths: Iterable[str | None],
-               found: Mapping[str, Any] | None = None) -> _Mount:
+               found: Mapping[str, Any] | None = None, *, by_node: _ByNode = None,
+               pods: tuple[dict[str, Any], ...] | None = None) -> _Mount:
         """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``unmounted``
         ``None``: they do, or it is not known: the DaemonSet not found or not to be read,
         a warning), and whether their container has no directory for its file at all.
@@ -1273,16 +1339,20 @@ class CiliumBackend(BackendBase):
         ``paths``: the ``ip-masq-agent-config-path`` values where the ip-masq-agent is on
         (``None``: unset, Cilium's default); an agent started with
         ``--ip-masq-agent-config-path`` reads that file instead, on every node. Of
-        several, the one worst off is said (no directory, then not mounted). ``found``:
-        the DaemonSet as read already (None: read it)."""
+        several, the one worst off is said (no directory, then not mounted). ``by_node``:
+        those of each node (:meth:`_Nodes.files`), for the pods on an older template.
+        ``found``: the DaemonSet as read already (None: read it); ``pods``: its pods as
+        listed already (None: list them where they matter)."""
         paths = list(paths)
         asked = frozenset(_agent_file(p) for p in paths) or frozenset({DEFAULT_AGENT_FILE})
         daemonset = self._api.daemonset(self._daemonset) if found is None else found
         if isinstance(daemonset, str):
             return _Mount(unknown=daemonset, asked=asked)
-        return attrs.evolve(self._mount_of(paths, daemonset), asked=asked, daemonset=daemonset)
+        return attrs.evolve(self._mount_of(paths, daemonset, by_node, pods),
+                            asked=asked, daemonset=daemonset)
 
-    def _mount_of(self, paths: list[str | None], found: Mapping[str, Any]) -> _Mount:
+    def _mount_of(self, paths: list[str | None], found: Mapping[str, Any], by_node: _ByNode,
+                  pods: tuple[dict[str, Any], ...] | None) -> _Mount:
         """:meth:`_mount` of the DaemonSet ``found``, but for :attr:`_Mount.asked`."""
         try:
             given = agent_config_path(found)
@@ -1297,11 +1367,12 @@ class CiliumBackend(BackendBase):
         worst = min(mounts, key=lambda m: (m.unknown is None, not m.no_directory,
                                             m.unmounted is None))
         if worst.unknown is None and worst.unmounted is None:
-            return attrs.evolve(self._pods_lagging(found, paths),
+            return attrs.evolve(self._pods_lagging(found, paths, by_node, pods),
                                 copied=any(m.copied for m in mounts))
         return worst
 
-    def _pods_lagging(self, found: Mapping[str, Any], paths: list[str | None]) -> _Mount:
+    def _pods_lagging(self, found: Mapping[str, Any], paths: list[str | None],
+                      by_node: _ByNode, pods: tuple[dict[str, Any], ...] | None) -> _Mount:
         """Why the pods of the DaemonSet ``found`` that run an older template than its
         own, where its status says there are some (:func:`pods_lag`), do not read the
         file (``unmounted`` None: they do, or none lag), and whether one of them has no
@@ -1310,22 +1381,27 @@ class CiliumBackend(BackendBase):
         alone is judged otherwise: a pod still running one without the mount keeps
         Cilium's default list until it is replaced, whatever the template says. A pod's
         own spec is what its agent runs with (a restarted container too), its own
-        ``--ip-masq-agent-config-path`` argument included (else ``paths``, as
-        :meth:`_mount`); listed only then."""
+        ``--ip-masq-agent-config-path`` argument included, else the path of its own
+        node (``by_node``, by its ``spec.nodeName``: :func:`pod_node`; the ip-masq-agent
+        off there, it is not judged); ``paths``, every node's, where its node is not
+        known (``by_node`` None, a node not listed, a pod not yet scheduled whose
+        affinity names no one node): it may run on any of them. Listed only then (and
+        carried in the result, for another judgement of the pass: ``pods``, listed
+        already)."""
         if not pods_lag(found):
             return _Mount()
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
-        try:
-            pods = self._api.daemonset_pods(found, self._daemonset)
-        except KubeApiError as exc:
-            if exc.status not in (403, 404):
-                raise
-            self._api.warn(f"{exc}: whether the pods of {where} that run an older pod "
-                           "template have the ip-masq-agent file is not checked")
+        pods = self._listed_pods(found, where) if pods is None else pods
+        if pods is None:
             return _Mount()
         lagging, why, no_directory = [], "", False
         for pod in pods:
             name = str((pod.get("metadata") or {}).get("name"))
+            node = pod_node(pod)
+            here = (by_node[node] if by_node is not None and node is not None
+                    and node in by_node else paths)
+            if not here:
+                continue  # the ip-masq-agent off on its node: its file is not read
             own = pod_as_daemonset(pod)  # its own spec, as the helpers read a DaemonSet's
             try:
                 given = agent_config_path(own)
@@ -1344,7 +1420,7 @@ class CiliumBackend(BackendBase):
                         f"{AGENT_CONTAINER} container: {exc}: whether it reads the "
                         "ip-masq-agent file is not checked")
                 continue
-            files = {_agent_file(p) for p in ([given] if given is not None else paths)}
+            files = {_agent_file(p) for p in ([given] if given is not None else here)}
             if "" in files:
                 lagging.append(name)
                 why = why or (f"pod {self._api.namespace}/{name} is given an empty "
@@ -1361,12 +1437,25 @@ class CiliumBackend(BackendBase):
                         own, path)
                     break
         if not lagging:
-            return _Mount()
+            return _Mount(pods=pods)
         shown = ", ".join(sorted(lagging)[:5]) + (", ..." if len(lagging) > 5 else "")
         return _Mount(printable(
             f"{len(lagging)} pod(s) of {where} still run an older pod template than its own, "
             f"without the file ({shown}; they read it once replaced): {why}")[:1000],
-            no_directory)
+            no_directory, pods=pods)
+
+    def _listed_pods(self, found: Mapping[str, Any], where: str
+                     ) -> tuple[dict[str, Any], ...] | None:
+        """The pods of the DaemonSet ``found`` (``where``), as listed (None: not to be
+        listed, 403, or not found, 404: a warning)."""
+        try:
+            return tuple(self._api.daemonset_pods(found, self._daemonset))
+        except KubeApiError as exc:
+            if exc.status not in (403, 404):
+                raise
+            self._api.warn(f"{exc}: whether the pods of {where} that run an older pod "
+                           "template have the ip-masq-agent file is not checked")
+            return None
 
     def _mount_at(self, found: Mapping[str, Any], path: str) -> _Mount:
         """:meth:`_mount` of the DaemonSet ``found`` for the agent's file at ``path``."""
@@ -1558,17 +1647,29 @@ class CiliumBackend(BackendBase):
         if not on(after) or on(read.config.data):
             return read.mount or _Mount()
         # Observe's read judged the files where the ip-masq-agent was on already (a
-        # CiliumNodeConfig's, on its nodes): the edit turns it on where cilium-config's is.
-        path = read.config.data.get(CONFIG_PATH_KEY)
+        # CiliumNodeConfig's, on its nodes): the edit turns it on where cilium-config's is,
+        # and each node's older pods are judged by what it reads then. The DaemonSet (and
+        # its pods) observe read serves.
+        path = _config_path(read.config.data)
         for mount in (read.mount, read.ahead):
-            if mount is not None and _agent_file(path) in mount.asked:
-                return mount
+            if mount is not None and mount.daemonset is None and _agent_file(path) in mount.asked:
+                return mount  # not found, or not to be read: its warning given
+        read_already = next((m for m in (read.ahead, read.mount)
+                             if m is not None and m.daemonset is not None), None)
         try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
-            mount = self._mount([path])
+            mount = self._mount([path], None if read_already is None else read_already.daemonset,
+                                by_node=read.nodes.files(self._settings(after)),
+                                pods=None if read_already is None else read_already.pods)
         except BackendError as exc:
             raise _nothing_changed(exc) from exc
         mount.warn_if(True, self._api.warn)
         return mount
+
+    def _settings(self, data: Mapping[str, str]) -> CiliumConfig:
+        """``cilium-config`` holding ``data``: the keys k3snet models."""
+        known = (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)
+        return CiliumConfig(self.target, settings={
+            k: v for k, v in data.items() if k in known and isinstance(v, str)})
 
     def _startup_problems(self, before: dict[str, str], after: dict[str, str],
                           mount: _Mount) -> list[str]:
@@ -1576,10 +1677,8 @@ class CiliumBackend(BackendBase):
         ``before`` did not have (a config already refused is not k3snet's to judge), the
         DaemonSet's ``mount`` of the ip-masq-agent ConfigMap with them."""
         def problems(data: dict[str, str]) -> list[str]:
-            known = (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)
-            return startup_problems(CiliumConfig(self.target, settings={
-                k: v for k, v in data.items() if k in known and isinstance(v, str)},
-                ip_masq_agent_unmounted=mount.unmounted,
+            return startup_problems(attrs.evolve(
+                self._settings(data), ip_masq_agent_unmounted=mount.unmounted,
                 ip_masq_agent_no_directory=mount.no_directory))
 
         had = problems(before)

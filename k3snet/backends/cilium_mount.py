@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["AGENT_CONTAINER", "CONFIG_PATH_FLAG", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET",
            "agent_config_path", "agent_directory_missing", "agent_file_copied",
-           "agent_file_mounted", "agent_file_unreadable", "pod_as_daemonset", "pods_lag"]
+           "agent_file_mounted", "agent_file_unreadable", "pod_as_daemonset", "pod_node",
+           "pods_lag"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -119,12 +120,47 @@ def pod_as_daemonset(pod: Mapping[str, Any]) -> dict[str, Any]:
     return {"spec": {"template": {"spec": spec if isinstance(spec, dict) else {}}}}
 
 
+def pod_node(pod: Mapping[str, Any]) -> str | None:
+    """The Node a pod (JSON data) of a DaemonSet runs on: its ``spec.nodeName``, else,
+    not yet scheduled, the one its DaemonSet's controller made it for (the required node
+    affinity it writes into each pod: one term, ``matchFields`` ``metadata.name In
+    [NODE]``); ``None``: neither.
+
+    >>> pod_node({"spec": {"affinity": {"nodeAffinity": {
+    ...     "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+    ...         {"matchFields": [{"key": "metadata.name", "operator": "In",
+    ...                           "values": ["edge-1"]}]}]}}}}})
+    'edge-1'
+    """
+    spec = pod.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    name = spec.get("nodeName")
+    if isinstance(name, str) and name:
+        return name
+    affinity = spec.get("affinity")
+    node = affinity.get("nodeAffinity") if isinstance(affinity, dict) else None
+    required = (node.get("requiredDuringSchedulingIgnoredDuringExecution")
+                if isinstance(node, dict) else None)
+    terms = _dicts(required.get("nodeSelectorTerms")) if isinstance(required, dict) else []
+    # Several terms (any one may be met), or more than the node's name: not one node.
+    fields = _dicts(terms[0].get("matchFields")) if len(terms) == 1 else []
+    if len(fields) != 1 or _dicts(terms[0].get("matchExpressions")):
+        return None
+    (field,) = fields
+    values = field.get("values")
+    if (field.get("key"), field.get("operator")) != ("metadata.name", "In") or not (
+            isinstance(values, list) and len(values) == 1):
+        return None
+    return _text(values[0]) or None
+
+
 def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
     """The ``--ip-masq-agent-config-path`` the ``cilium-agent`` container of ``daemonset``
     is started with (its ``command`` and ``args``, the last one before ``--``, as pflag
     reads them, with the ``$(NAME)`` references of the container's ``env`` expanded, as
     the kubelet expands them; ``None``: not given; ValueError where it names a variable
-    set only where the pod runs: ``valueFrom``, ``envFrom``, a service's). An argument
+    set only where the pod runs: ``valueFrom``, ``envFrom``, a service's). The value is
+    taken as given, spaces and all (pflag keeps them, and so does Cilium). An argument
     given is what the agent reads: viper takes a flag set on the command line over the
     same key of its ``--config-dir`` (the ``cilium-config`` keys and the
     CiliumNodeConfigs' laid over them).
@@ -135,7 +171,7 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
     >>> agent_config_path({"spec": {"template": {"spec": {"containers": [agent]}}}})
     '/etc/masq/config'
     """
-    _, agent = _pod_and_agent(daemonset)
+    pod, agent = _pod_and_agent(daemonset)
     if agent is None:
         return None
     argv: list[str] = []
@@ -151,7 +187,10 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
         elif arg == CONFIG_PATH_FLAG and index < len(argv):
             found = argv[index]  # its value, whatever it looks like
             index += 1
-    return None if found is None else _expand(found, agent)
+    # enableServiceLinks false (unset: true): the kubelet gives the pod the API server's
+    # variables alone, not those of the services of its namespace.
+    return None if found is None else _expand(
+        found, agent, service_links=pod.get("enableServiceLinks") is not False)
 
 
 # What a container's environment gives a $(NAME) of its command or args: the text, or
@@ -159,23 +198,32 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
 _Env = Mapping[str, "str | None"]
 
 # The names of the variables the kubelet gives a container for a service (the namespace's,
-# with service links, and the API server's KUBERNETES_*, always): NAME_SERVICE_HOST,
-# NAME_SERVICE_PORT[_PORTNAME], NAME_PORT and NAME_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR].
-_SERVICE_VARIABLE = re.compile(
-    r"[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)"
-    r"(_PROTO|_PORT|_ADDR)?)?)")
+# with service links, and the API server's KUBERNETES_*, always: the kubelet's
+# getServiceEnvVarMap): NAME_SERVICE_HOST, NAME_SERVICE_PORT[_PORTNAME], NAME_PORT and
+# NAME_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR].
+_SERVICE_SUFFIX = (r"_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)"
+                   r"(_PROTO|_PORT|_ADDR)?)?)")
+_SERVICE_VARIABLE = re.compile(r"[A-Z0-9_]+" + _SERVICE_SUFFIX)
+_API_SERVER_VARIABLE = re.compile(r"KUBERNETES" + _SERVICE_SUFFIX)  # service "kubernetes"
 
 
-def _expand(text: str, container: Mapping[str, Any]) -> str:
+def _expand(text: str, container: Mapping[str, Any], *, service_links: bool = True) -> str:
     """``text``, an argument of ``container``, with its ``$(NAME)`` references expanded
     from the container's environment as the kubelet expands them (``$$`` is ``$``; a name
     not defined stays as written), an ``env`` value's from the ones before it. ValueError
     where a name's value is known only to the kubelet (``valueFrom``; a name not in
     ``env`` where an ``envFrom`` may set it, or a service's variable, which the kubelet
-    sets where ``env`` does not)."""
+    sets where ``env`` does not: with ``service_links`` false, the pod's
+    ``enableServiceLinks: false``, only the API server's ``KUBERNETES_*``, the others
+    staying as written)."""
     env: dict[str, str | None] = {}
     # An envFrom source may define any name, for the env values as for the argument.
-    open_names = bool(_dicts(container.get("envFrom")))
+    services = _SERVICE_VARIABLE if service_links else _API_SERVER_VARIABLE
+    envfrom = bool(_dicts(container.get("envFrom")))
+
+    def open_names(name: str) -> bool:
+        return envfrom or services.fullmatch(name) is not None
+
     for entry in _dicts(container.get("env")):
         name = entry.get("name")
         if isinstance(name, str):
@@ -191,10 +239,10 @@ def _expand(text: str, container: Mapping[str, Any]) -> str:
     return _substitute(text, env, open_names=open_names)
 
 
-def _substitute(text: str, env: _Env, *, open_names: bool = False) -> str:
+def _substitute(text: str, env: _Env, *, open_names: Callable[[str], bool]) -> str:
     """``text`` with ``$(NAME)`` replaced from ``env`` (see :func:`_expand`; ``open_names``:
-    a name not in ``env`` may be defined where it cannot be read, as a service's variable
-    always may)."""
+    whether a name not in ``env`` may be defined where it cannot be read, as an
+    ``envFrom``'s or a service's variable may)."""
     out, index = [], 0
     while index < len(text):
         char = text[index]
@@ -207,7 +255,7 @@ def _substitute(text: str, env: _Env, *, open_names: bool = False) -> str:
         elif text[index + 1] == "(" and ")" in text[index + 2:]:
             end = text.index(")", index + 2)
             name = text[index + 2:end]
-            unknown = name not in env and (open_names or _SERVICE_VARIABLE.fullmatch(name))
+            unknown = name not in env and open_names(name)
             value = env.get(name, text[index:end + 1])
             if value is None or unknown:
                 raise ValueError(f"$({name}) is set only where the pod runs")

@@ -32,9 +32,11 @@ from k3snet.testing.kube import EmulatedApiServer
 from tests.cluster.test_cilium_backend import (
     HELM_K3S_DATA,
     NODE_CONFIGS_V2,
+    NODES,
     _cilium_config,
     _data,
     _ip_masq_agent,
+    _node,
     _node_config,
 )
 from tests.cluster.workloads import CONFIGMAPS, DAEMONSETS, PODS, configmap, daemonset_pod
@@ -1047,3 +1049,211 @@ def test_an_older_pod_whose_file_is_not_known_is_said_or_named_where_it_reads_no
     assert why.startswith(f"2 pod(s) of {WHERE} still run an older pod template than its "
                           "own, without the file (cilium-a, cilium-b;")
     assert "has no volume of the ConfigMap ip-masq-agent" in why
+
+
+def test_service_variables_stay_as_written_where_the_pod_has_no_service_links(
+    cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With enableServiceLinks: false the kubelet sets no variable of the namespace's
+    # services, only the API server's KUBERNETES_*: "$(MASQ_SERVICE_HOST)" stays as
+    # written (an unset name is), yet it was taken as set only where the pod runs, and
+    # the file left unjudged.
+    ds = _masq_daemonset(args=["--ip-masq-agent-config-path=/etc/masq/$(MASQ_SERVICE_HOST)"])
+    _pod(ds)["enableServiceLinks"] = False
+    cilium.put(DAEMONSETS, ds)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/$(MASQ_SERVICE_HOST) (it is at /etc/masq/ip-masq-agent)" in why
+    # From an env value too.
+    agent = _pod(ds)["containers"][0]
+    agent["env"] = [{"name": "P", "value": "/etc/masq/$(MASQ_PORT_53_UDP_ADDR)"}]
+    agent["args"][-1] = "--ip-masq-agent-config-path=$(P)"
+    cilium.put(DAEMONSETS, ds)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/$(MASQ_PORT_53_UDP_ADDR) (it" in why
+    # The API server's are set all the same: not known.
+    agent["env"] = [{"name": "P", "value": "/etc/masq/$(KUBERNETES_SERVICE_HOST)"}]
+    cilium.put(DAEMONSETS, ds)
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert _unmounted(backend) == (None, False)
+    assert any("$(P) is set only where the pod runs" in r.getMessage() for r in caplog.records)
+    # With service links (true, or unset: the default), a service's name is not known.
+    for links in (True, None):
+        agent["env"] = [{"name": "P", "value": "/etc/masq/$(MASQ_SERVICE_HOST)"}]
+        _pod(ds)["enableServiceLinks"] = links
+        cilium.put(DAEMONSETS, ds)
+        assert _unmounted(backend) == (None, False), links
+
+
+@pytest.mark.parametrize("value", [" /etc/config/ip-masq-agent", "/etc/config/ip-masq-agent "])
+def test_an_ip_masq_agent_config_path_argument_is_taken_with_its_spaces(
+    value: str, cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # pflag keeps an argument's spaces, and Cilium reads the path as given: " /etc/..."
+    # is a path relative to the agent's working directory, "... " another file name. The
+    # argument was trimmed: the ConfigMap, mounted at /etc/config/ip-masq-agent, was
+    # judged read.
+    helm = cilium_daemonset(ip_masq_agent=True)
+    _pod(helm)["containers"][0]["args"] += [f"--ip-masq-agent-config-path={value}"]
+    cilium.put(DAEMONSETS, helm)
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert f"at {value} (it is at /etc/config/ip-masq-agent)" in why
+    assert not no_directory
+    # An older pod's argument too.
+    old = copy.deepcopy(helm)
+    cilium.put(PODS, _agent_pod("cilium-b", old))
+    cilium.put(DAEMONSETS, _rolling(cilium_daemonset(ip_masq_agent=True), updated=0,
+                                    desired=1))
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "(cilium-b;" in why
+    # cilium-config's value is trimmed (ReadDirConfig trims each key's file), also where
+    # a plan turns the ip-masq-agent on.
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true",
+                                           "ip-masq-agent-config-path": f"{value}\n"}))
+    assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+
+
+def test_a_pod_being_deleted_neither_lags_nor_is_named(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # A pod being deleted (deletionTimestamp set: terminating, or held by a finalizer)
+    # restarts no container; the one the DaemonSet makes in its place runs the template,
+    # judged already. It counted as lagging: named, and turning the ip-masq-agent on
+    # was refused for its missing /etc/config.
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}))
+    old, new = cilium_daemonset(ip_masq_agent=False), cilium_daemonset(ip_masq_agent=True)
+    cilium.put(PODS, _agent_pod("cilium-a", new))
+    going = _agent_pod("cilium-b", old)
+    going["metadata"]["deletionTimestamp"] = "2026-12-06T16:00:00Z"
+    going["metadata"]["finalizers"] = ["example.com/hold"]
+    cilium.put(PODS, going)
+    cilium.put(DAEMONSETS, _rolling(new, updated=1, desired=2))
+    desired = compile_for(backend, _spec())
+    assert backend.check(plan(backend.observe(), desired)) == ()
+    cilium.put(CONFIGMAPS, _cilium_config(EBPF_AGENT))
+    assert _unmounted(backend) == (None, False)
+    # The same pod not being deleted: named.
+    cilium.put(PODS, _agent_pod("cilium-b", old))
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "(cilium-b;" in why
+    assert no_directory
+
+
+def _on(node: str | None, pod: dict[str, Any]) -> dict[str, Any]:
+    """``pod`` scheduled on ``node`` (None: not yet scheduled, as the DaemonSet's
+    controller makes it: its node affinity naming no node here)."""
+    if node is not None:
+        pod["spec"]["nodeName"] = node
+    return pod
+
+
+def _edge_only(server: EmulatedApiServer) -> None:
+    """Cilium's ip-masq-agent off in cilium-config, on where a CiliumNodeConfig selects the
+    node (zone=edge: edge-1, not server-1), reading /etc/masq/ip-masq-agent there."""
+    server.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}))
+    server.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"enable-ip-masq-agent": "true",
+                 "ip-masq-agent-config-path": "/etc/masq/ip-masq-agent"}))
+    server.put(NODES, _node("server-1"))
+    server.put(NODES, _node("edge-1", zone="edge"))
+
+
+def test_an_older_pod_is_judged_by_the_file_its_own_node_reads(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The ip-masq-agent on only on the edge nodes (a CiliumNodeConfig, its own file). An
+    # older pod on server-1, where it is off, lacks the edge file's mount: it reads no
+    # file there, yet it was judged against every path some node reads, and named.
+    _edge_only(cilium)
+    new, old = _masq_daemonset(), cilium_daemonset(ip_masq_agent=False)
+    cilium.put(PODS, _on("edge-1", _agent_pod("cilium-a", new)))
+    cilium.put(PODS, _on("server-1", _agent_pod("cilium-b", old)))
+    cilium.put(DAEMONSETS, _rolling(new, updated=1, desired=2))
+    assert _unmounted(backend) == (None, False)
+    assert _reasons(backend, _spec(cidrs=["10.0.0.0/8"])) == []
+    # On an edge node the same pod reads the edge file, not mounted: named.
+    cilium.put(PODS, _on("edge-1", _agent_pod("cilium-b", old)))
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert why.startswith(f"1 pod(s) of {WHERE} still run an older pod template than its "
+                          "own, without the file (cilium-b;")
+    assert not no_directory  # /etc/masq is not Cilium's default directory: not judged
+    # Not yet scheduled: the node its affinity names (the DaemonSet controller's) is
+    # the one it will run on; naming none, it may run on any node: every file counts.
+    unscheduled = _agent_pod("cilium-b", old)
+    unscheduled["spec"]["affinity"] = {"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In",
+                              "values": ["server-1"]}]}]}}}
+    cilium.put(PODS, unscheduled)
+    assert _unmounted(backend) == (None, False)
+    cilium.put(PODS, _on(None, _agent_pod("cilium-b", old)))
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "(cilium-b;" in why
+    # A node not listed (no labels known): every file counts too.
+    cilium.put(PODS, _on("gone-1", _agent_pod("cilium-b", old)))
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "(cilium-b;" in why
+
+
+def test_turning_the_ip_masq_agent_on_everywhere_judges_each_older_pod_by_its_node_s_file(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # A plan turning it on in cilium-config turns it on at server-1 too, at /etc/config,
+    # which the older pod there lacks: refused (its agent exits at its next start), with
+    # the DaemonSet and the pods observe read (no second read).
+    _edge_only(cilium)
+    new = _masq_daemonset()
+    agent = _pod(new)["containers"][0]
+    agent["volumeMounts"].append({"name": "ip-masq-agent", "mountPath": "/etc/config"})
+    cilium.put(PODS, _on("edge-1", _agent_pod("cilium-a", new)))
+    cilium.put(PODS, _on("server-1", _agent_pod("cilium-b", cilium_daemonset(
+        ip_masq_agent=False))))
+    cilium.put(DAEMONSETS, _rolling(new, updated=1, desired=2))
+    desired = compile_for(backend, _spec())
+    observed = backend.observe()
+    reads = _daemonset_reads(cilium), _pod_reads(cilium)
+    (refused,) = backend.check(plan(observed, desired))
+    assert "has no /etc/config" in refused
+    assert "(cilium-b;" in refused
+    assert (_daemonset_reads(cilium), _pod_reads(cilium)) == reads
+    # On server-1 a pod with the mount: allowed.
+    cilium.put(PODS, _on("server-1", _agent_pod("cilium-b", cilium_daemonset(
+        ip_masq_agent=True))))
+    assert backend.check(plan(backend.observe(), desired)) == ()
+
+
+def test_a_hinted_observe_lists_the_pods_once_and_names_the_lagging_ones_once(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Observe judged the older pods for the CiliumNodeConfig's file, and the hint's
+    # judgement (the file the plan turns on in cilium-config) listed them again: two
+    # LISTs of the DaemonSet's pods in one pass, and one more in the check after.
+    _edge_only(cilium)
+    cilium.put(NODE_CONFIGS_V2, _node_config("edge", {"enable-ip-masq-agent": "true"}))
+    new, old = cilium_daemonset(ip_masq_agent=True), cilium_daemonset(ip_masq_agent=False)
+    cilium.put(PODS, _on("edge-1", _agent_pod("cilium-a", new)))
+    cilium.put(PODS, _on("edge-1", _agent_pod("cilium-b", old)))
+    cilium.put(DAEMONSETS, _rolling(new, updated=1, desired=2))
+    desired = compile_for(backend, _spec())
+    backend.expect(desired)
+    observed = backend.observe()
+    assert _pod_reads(cilium) == 1
+    (warning,) = backend.warnings
+    assert warning.startswith(
+        "the plan turns Cilium's ip-masq-agent on, which check and apply refuse: "
+        "enable-ip-masq-agent: true where the cilium-agent container has no /etc/config "
+        f"(nothing mounted there: 1 pod(s) of {WHERE} still run an older pod template "
+        "than its own, without the file (cilium-b; they read it once replaced): pod "
+        "kube-system/cilium-b has no volume of the ConfigMap ip-masq-agent): ")
+    assert warning.count("cilium-b") == 2  # the list and the reason, each once
+    (refused,) = backend.check(plan(observed, desired))
+    assert "(cilium-b;" in refused
+    assert _pod_reads(cilium) == 1
