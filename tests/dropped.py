@@ -62,3 +62,21 @@ def dropped(lab: SeedLab, family: int, counted: Callable[[], int],
     answer = json.loads(out or "null")
     assert isinstance(answer, dict), (out, err)
     return answer.get("ok") is not True
+
+
+def snmp_count(ns: str, group: str, name: str) -> Callable[[], int]:
+    """A counter of the namespace's ``/proc/net/snmp`` or ``/proc/net/netstat``:
+    ``("IpExt", "InNoRoutes")`` counts the packets it had to forward and had no route
+    for (the router's, for a pod's unmasqueraded reply: no way back to the pod)."""
+
+    def count() -> int:
+        listed = run_in(ns, ["cat", "/proc/net/snmp", "/proc/net/netstat"]).stdout
+        lines = listed.splitlines()
+        for head, values in zip(lines[::2], lines[1::2], strict=True):
+            names = head.split()
+            if names[0] == f"{group}:" and name in names:
+                return int(values.split()[names.index(name)])
+        msg = f"{group} {name} is not in /proc/net/snmp nor /proc/net/netstat"
+        raise AssertionError(msg)
+
+    return count
