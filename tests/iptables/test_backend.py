@@ -35,6 +35,7 @@ from k3snet.render.iptables.rules import (
 from k3snet.render.tag import content_digest
 from k3snet.testing import run_conformance, strategies
 from k3snet.testing.k3s import NODE_V4, NODE_V6
+from tests.dropped import dropped, iptables_count
 
 CONFIGS = [
     pytest.param(("nft", "restore"), id="nft-restore"),
@@ -776,7 +777,8 @@ def test_forward_drop_is_opened_and_pods_reach_the_database(
         lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
         run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
                           "net.ipv6.conf.all.forwarding=1"])
-        assert not lab.tcp_probe(4, timeout=1.0).ok  # FORWARD policy DROP
+        assert dropped(lab, 4, iptables_count(  # FORWARD policy DROP
+            lab.node, f"iptables-{mode}-save", "filter", ":FORWARD DROP"))
         with IptablesBackend(lab.node, driver=driver) as backend:  # type: ignore[arg-type]
             assert backend.mode == mode, backend.mode_reason  # detected from the DROP policy
             routes: tuple[tuple[Family, str], ...] = ((4, "192.168.2.0/24"), (6, "fd01:2::/64"))

@@ -25,6 +25,7 @@ from k3snet.backends.iptables.save import parse_save
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NetObject, State
 from k3snet.planner import plan
+from tests.dropped import dropped, iptables_count, snmp_count
 
 POD = "10.42.0.0/16"
 DB = "192.168.2.0/24"
@@ -117,7 +118,8 @@ def test_a_drop_in_mangle_or_raw_drops_the_pods_connection_and_is_a_conflict(
             assert plan(backend.observe(), _desired()).changes == ()
             assert lab.tcp_probe(4).ok  # k3snet's rules let the pod through
             run_in(lab.node, [f"iptables-{mode}", "-w", *rule])
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real packet: dropped
+            assert dropped(lab, 4, iptables_count(  # a real packet: dropped there
+                lab.node, f"iptables-{mode}-save", rule[1], " ".join(rule[2:])))
             observed = backend.observe()
             p = plan(observed, _desired())
             (note,) = p.conflicts
@@ -197,7 +199,8 @@ def test_an_admins_forward_accepts_answered_by_conntrack_meet_nothing_untracked(
             assert lab.tcp_probe(4).ok
             run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
                               "-j", "CT", "--notrack"])
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
+            assert dropped(lab, 4, iptables_count(  # a real connection: dropped
+                lab.node, f"iptables-{mode}-save", "filter", ":FORWARD DROP"))
             p = plan(backend.observe(), wanted)
             (note,) = p.conflicts
             assert note.wanted == WANTED, p.render()
@@ -281,7 +284,9 @@ def test_untracked_traffic_before_a_reject_in_a_chain_forward_jumps_to_is_a_forw
             assert not plan(backend.observe(), wanted).conflicts
             run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
                               "-j", "CT", "--notrack"])
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: rejected
+            assert dropped(lab, 4, iptables_count(  # a real connection: rejected
+                lab.node, f"{tool}-save", "filter",
+                "-A ADMIN -j REJECT --reject-with icmp-port-unreachable"))
             p = plan(backend.observe(), wanted)
             (note,) = p.conflicts
             assert note.wanted == WANTED, p.render()
@@ -369,7 +374,9 @@ def test_untracked_traffic_before_a_last_reject_in_forward_is_dropped_and_a_forw
             assert lab.tcp_probe(4).ok
             run_in(lab.node, [f"iptables-{mode}", "-w", "-t", "raw", "-A", "PREROUTING",
                               *untracked])
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: rejected
+            assert dropped(lab, 4, iptables_count(  # a real connection: rejected
+                lab.node, f"iptables-{mode}-save", "filter",
+                "-A FORWARD -j REJECT --reject-with icmp-port-unreachable"))
             p = plan(backend.observe(), wanted)
             (note,) = p.conflicts
             assert note.wanted == WANTED, p.render()
@@ -401,7 +408,8 @@ def test_untracked_traffic_under_a_forward_policy_drop_is_dropped_and_a_forward_
             assert lab.tcp_probe(4).ok
             run_in(lab.node, [f"iptables-{mode}", "-w", "-t", "raw", "-A", "PREROUTING",
                               *untracked])
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
+            assert dropped(lab, 4, iptables_count(  # a real connection: dropped
+                lab.node, f"iptables-{mode}-save", "filter", ":FORWARD DROP"))
             p = plan(backend.observe(), wanted)
             (note,) = p.conflicts
             assert note.wanted == WANTED, p.render()
@@ -426,7 +434,8 @@ def test_untracked_pod_traffic_leaves_unmasqueraded_and_is_a_conflict(
             assert lab.tcp_probe(4).ok
             rule = ["-t", "raw", "-A", "PREROUTING", "-s", POD, "-j", "CT", "--notrack"]
             run_in(lab.node, [f"iptables-{mode}", "-w", *rule])
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # no NAT: no way back to the pod
+            assert dropped(lab, 4, snmp_count(  # no NAT: no way back to the pod
+                lab.router, "IpExt", "InNoRoutes"))
             observed = backend.observe()
             assert masquerade in observed.owned  # in place, noted: a destroy deletes it
             p = plan(observed, _desired())

@@ -21,6 +21,7 @@ from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
+from tests.dropped import dropped, snmp_count
 from tests.nftables.test_foreign_cases import ACCEPT, Expr, Kernel, saddr
 
 POD = "10.42.0.0/16"
@@ -113,7 +114,8 @@ def test_a_ttl_set_to_one_expires_the_pods_connection_and_is_a_conflict_iptables
             backend.apply(plan(backend.observe(), DESIRED))
             assert lab.tcp_probe(4).ok
             run_in(lab.node, [f"iptables-{mode}", "-w", *_IPT_TTL])
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real packet: expired
+            assert dropped(lab, 4, snmp_count(  # a real packet: expired (on the node)
+                lab.node, "Icmp", "OutTimeExcds"))
             p = plan(backend.observe(), DESIRED)
             (note,) = p.conflicts
             assert note.wanted == WANTED, p.render()
@@ -149,7 +151,8 @@ def test_a_ttl_set_to_one_expires_the_pods_connection_and_is_a_conflict_nftables
                 run_in(lab.node, ["iptables-nft", "-w", "-t", "mangle", "-A", "PREROUTING",
                                   "-s", POD, "-j", "TTL", "--ttl-set", "64"])
                 run_in(lab.node, ["iptables-nft", "-w", *_IPT_TTL])
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real packet: expired
+            assert dropped(lab, 4, snmp_count(  # a real packet: expired (on the node)
+                lab.node, "Icmp", "OutTimeExcds"))
             observed = backend.observe()
             ttl = [b.rule for b in observed.foreign if isinstance(b, ForwardBlock)]
             assert len(ttl) == 1, ttl  # not the --ttl-set 64

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -406,41 +407,51 @@ def _other_tables(ns: str) -> list[tuple[str, str]]:
             if "table" in t and t["table"]["name"] != "k3snet"]
 
 
+@pytest.fixture(scope="module")
+def fixed_lab() -> Iterator[SeedLab]:
+    """The seed lab fixed by k3snet (netlink + nftables), once for this module's real
+    packets: each test puts it back as it found it (no other table, the path's MTU,
+    no path MTU learnt), which is much cheaper than a lab of its own."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    with SeedLab.create() as lab, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        yield lab
+
+
 @pytest.mark.kernel
 @pytest.mark.lab
 def test_real_packets_are_dropped_exactly_where_the_plan_warns_of_a_foreign_default(
-        require_root: None, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        fixed_lab: SeedLab, capsys: pytest.CaptureFixture[str]) -> None:
     # The seed lab fixed by k3snet (netlink + nftables), then each case's foreign table
     # beside k3snet's: the pod's TCP connections to the database (IPv4 and IPv6) fail
     # exactly in the cases whose plan warns. A nat chain on the prerouting or postrouting
     # hook drops a connection's first packet (conntrack is on: k3snet's masquerade), so
     # the connection never starts, unless it runs after k3snet's nat chain, which
     # translated the connection first; a filter chain there sees the replies too.
-    with SeedLab.create() as lab:
-        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
-        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
-        assert lab.tcp_probe(4).ok
-        assert lab.tcp_probe(6).ok
-        seen: dict[str, tuple[bool, bool]] = {}
-        for case, (rules, said) in CASES.items():
-            run_in(lab.node, ["nft", "-f", "-"], input_text=rules)
-            try:
-                # Both families' probes at once, and the plan (which only reads the node)
-                # meanwhile: a dropped flow waits out its timeout, once for all three.
-                with ThreadPoolExecutor(2) as pool:
-                    probes = [pool.submit(lab.tcp_probe, family, timeout=1.0)
-                              for family in (4, 6)]
-                    capsys.readouterr()
-                    assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0
-                    warned = [line for line in capsys.readouterr().out.splitlines()
-                              if line.startswith("!! warning: nftables: ")]
-                    reached = [probe.result().ok for probe in probes]
-            finally:
-                for family, name in _other_tables(lab.node):
-                    run_in(lab.node, ["nft", "delete", "table", family, name])
-            seen[case] = (any(not ok for ok in reached), bool(warned))
-            assert (said is None) == (not warned), (case, warned)
+    lab = fixed_lab
+    assert lab.tcp_probe(4).ok
+    assert lab.tcp_probe(6).ok
+    seen: dict[str, tuple[bool, bool]] = {}
+    for case, (rules, said) in CASES.items():
+        run_in(lab.node, ["nft", "-f", "-"], input_text=rules)
+        try:
+            # Both families' probes at once, and the plan (which only reads the node)
+            # meanwhile: a dropped flow waits out its timeout, once for all three.
+            with ThreadPoolExecutor(2) as pool:
+                probes = [pool.submit(lab.tcp_probe, family, timeout=1.0)
+                          for family in (4, 6)]
+                capsys.readouterr()
+                assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0
+                warned = [line for line in capsys.readouterr().out.splitlines()
+                          if line.startswith("!! warning: nftables: ")]
+                reached = [probe.result().ok for probe in probes]
+        finally:
+            for family, name in _other_tables(lab.node):
+                run_in(lab.node, ["nft", "delete", "table", family, name])
+        seen[case] = (any(not ok for ok in reached), bool(warned))
+        assert (said is None) == (not warned), (case, warned)
     assert seen == {case: (dropped, dropped) for case, (dropped, _) in seen.items()}
 
 
@@ -546,16 +557,17 @@ def test_a_foreign_default_dropping_a_routers_icmp_error_for_the_pods_is_a_warni
 @pytest.mark.lab
 @pytest.mark.parametrize("case", list(ERROR_CASES))
 def test_real_packet_too_big_is_lost_exactly_where_the_plan_warns_of_a_foreign_default(
-        require_root: None, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str], case: str) -> None:
+        fixed_lab: SeedLab, capsys: pytest.CaptureFixture[str], case: str) -> None:
 
     from k3snet.lab.seed import DB_ADDRESSES  # noqa: PLC0415
 
     rules, dropped = ERROR_CASES[case]
-    with SeedLab.create() as lab:
-        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
-        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
-        run_in(lab.node, ["nft", "-f", "-"], input_text=rules)
+    lab = fixed_lab
+    for version, address in DB_ADDRESSES.items():  # no path MTU left by an earlier case
+        route = run_in(lab.pod, ["ip", f"-{version}", "-o", "route", "get", address]).stdout
+        assert "mtu" not in route, route  # (the reset below)
+    run_in(lab.node, ["nft", "-f", "-"], input_text=rules)
+    try:
         capsys.readouterr()
         assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0
         warned = [line for line in capsys.readouterr().out.splitlines()
@@ -567,3 +579,11 @@ def test_real_packet_too_big_is_lost_exactly_where_the_plan_warns_of_a_foreign_d
             db = DB_ADDRESSES[family]
             route = learnt_mtu(lab, family, db)
             assert ("mtu 1280" not in route) == dropped, (family, route)
+    finally:  # the lab as the fixture made it, for the next case
+        for table_family, name in _other_tables(lab.node):
+            run_in(lab.node, ["nft", "delete", "table", table_family, name])
+        run_in(lab.router, ["ip", "link", "set", "eth1", "mtu", "1500"])
+        run_in(lab.db, ["ip", "link", "set", "eth0", "mtu", "1500"])
+        for ns in (lab.pod, lab.node):  # the path MTUs the kernels learnt
+            for flag in ("-4", "-6"):
+                run_in(ns, ["ip", flag, "route", "flush", "cache"])

@@ -18,6 +18,7 @@ from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NatBlock, NetObject, State
 from k3snet.planner import plan
+from tests.dropped import dropped, snmp_count
 from tests.nftables.test_foreign_cases import ACCEPT, DROP, Expr, Kernel, daddr, jump, meta, saddr
 
 POD = "10.42.0.0/16"
@@ -346,7 +347,8 @@ def test_untracked_pod_traffic_leaves_unmasqueraded_and_is_a_conflict(
             backend.apply(plan(backend.observe(), wanted))
             assert lab.tcp_probe(4).ok
             run_in(lab.node, command)
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # no NAT: no way back to the pod
+            assert dropped(lab, 4, snmp_count(  # no NAT: no way back to the pod
+                lab.router, "IpExt", "InNoRoutes"))
             p = plan(backend.observe(), wanted)
             (note,) = p.conflicts
             assert note.wanted == masquerade, p.render()

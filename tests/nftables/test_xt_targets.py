@@ -28,6 +28,7 @@ from k3snet.model import (
     State,
 )
 from k3snet.planner import plan
+from tests.dropped import dropped, iptables_count
 from tests.nftables.test_foreign_cases import ACCEPT, CT_REPLY, Expr, daddr, forward, nat, saddr
 
 POD = "10.42.0.0/16"
@@ -184,7 +185,9 @@ def test_iptables_nfts_nfqueue_drops_the_pods_and_is_a_conflict(require_root: No
             assert lab.tcp_probe(4).ok
             run_in(lab.node, ["iptables-nft", "-w", "-I", "FORWARD", "-d", DB, "-j", "NFQUEUE",
                               "--queue-num", "7"])
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: queued away
+            assert dropped(lab, 4, iptables_count(  # a real connection: queued away
+                lab.node, "iptables-nft-save", "filter",
+                f"-A FORWARD -d {DB} -j NFQUEUE --queue-num 7"))
             p = plan(backend.observe(), wanted)
             (note,) = p.conflicts
             assert note.wanted == rule, p.render()
