@@ -43,10 +43,11 @@ def printable(value: str) -> str:
     shown = [word for word in _SHOWN_WORDS if word in value]
     if not shown:
         return _escaped(value)
-    # A whole word of a command: after a space, a backquote or the start, before one or
-    # the end.
-    words = re.compile(r"(?<![^\s`])(?:" + "|".join(
-        map(re.escape, sorted(shown, key=len, reverse=True))) + r")(?![^\s`])")
+    # A whole word of a command, or its end (``daemonset/$'...'``): after a space, a
+    # backquote, a slash, an equals sign or the start, before a space, a backquote, a
+    # parenthesis or the end.
+    words = re.compile(r"(?<![^\s`/=])(?:" + "|".join(
+        map(re.escape, sorted(shown, key=len, reverse=True))) + r")(?![^\s`)])")
     parts, at = [], 0
     for found in words.finditer(value):
         parts += [_escaped(value[at:found.start()]), found[0]]

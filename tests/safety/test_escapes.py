@@ -268,12 +268,11 @@ def test_cli_prints_a_spec_problem_escaped_once(
 
 
 def _argv_bytes(word: str) -> bytes:
-    # The bytes the command line gets of a word (a name of the kernel that is not UTF-8
-    # read as lone surrogates).
-    try:
-        return word.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return word.encode("utf-8", "surrogatepass")
+    # The bytes the command line gets of a word: a name of the kernel that is not UTF-8
+    # read as lone surrogates (\udc80-\udcff, one a byte); another surrogate (a JSON
+    # "\ud800") as its UTF-8.
+    return b"".join(char.encode("utf-8", "surrogateescape" if "\udc80" <= char <= "\udcff"
+                                else "surrogatepass") for char in word)
 
 
 def _shell_reads(command: str) -> list[bytes]:
@@ -311,6 +310,8 @@ def test_a_command_in_a_message_is_printed_as_it_runs_and_the_rest_escaped(
     assert _safe(shown)
     assert shown.endswith(f"(`{command}` shows it)")
     assert shown == printable(text) + f" (`{command}` shows it)"
+    restart = f"kubectl -n {shell_word(words[0])} rollout restart daemonset/{command}"
+    assert printable(f"{text}: {restart}") == f"{printable(text)}: {restart}"
 
 
 @pytest.mark.kernel
