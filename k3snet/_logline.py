@@ -40,7 +40,8 @@ def printable(value: str) -> str:
         return value
     # A word of a command to run that shell_word wrote ($'...') is kept as it is: it is
     # printable, and its backslashes doubled, the command pasted named another object.
-    shown = [word for word in _SHOWN_WORDS if word in value]
+    # A copy made at once (the agent's threads log while one writes a word).
+    shown = [word for word in tuple(_SHOWN_WORDS) if word in value]
     if not shown:
         return _escaped(value)
     # A whole word of a command, or its end (``daemonset/$'...'``): after a space, a
@@ -96,15 +97,14 @@ def printable_lines(text: str) -> str:
 def shell_word(word: str) -> str:
     """``word`` as a shell reads it back, on one printable line: shell-quoted
     (:func:`shlex.quote`) when it is printable and holds no backslash; else in ``$'...'``
-    (bash, zsh, ksh,
-    busybox and POSIX sh 2024) with each character that is not printable as the escapes
-    of its bytes (a terminal escape, a line break, a bidirectional override: its UTF-8
-    bytes; a byte that is not UTF-8, read as a lone surrogate: itself), so that the
-    command pasted runs on the very name. Quoted by :func:`shlex.quote`, an interface
-    or table name holding an ESC sent it raw to the terminal; escaped for the terminal
-    (:func:`printable`) inside single quotes, the shell kept the backslash: another
-    name. :func:`printable` keeps such a word as it is in a message quoting it (a
-    backend's warning is escaped whole as it is printed)."""
+    (bash, zsh, ksh, busybox and POSIX sh 2024) with each character that is not printable
+    as the escapes of its bytes (a terminal escape, a line break, a bidirectional
+    override: its UTF-8 bytes; a byte that is not UTF-8, read as a lone surrogate:
+    itself), so that the command pasted runs on the very name. Quoted by
+    :func:`shlex.quote`, an interface or table name holding an ESC sent it raw to the
+    terminal; escaped for the terminal (:func:`printable`) inside single quotes, the
+    shell kept the backslash: another name. :func:`printable` keeps such a word as it is
+    in a message quoting it (a backend's warning is escaped whole as it is printed)."""
     if word.isprintable() and "\\" not in word:
         return shlex.quote(word)
     escaped = []
@@ -122,9 +122,9 @@ def shell_word(word: str) -> str:
 
 
 _SHOWN_WORDS: set[str] = set()
-"""The words :func:`shell_word` wrote holding a backslash, which :func:`printable` keeps as
-they are in a message quoting them: a backend's warning naming a foreign table of an ESC
-is escaped whole as it is printed, the command to run in it included."""
+"""The ``$'...'`` words :func:`shell_word` wrote (each holds a backslash), which
+:func:`printable` keeps as they are in a message quoting them: a backend's warning naming
+a foreign table of an ESC is escaped whole as it is printed, its command to run too."""
 
 _SHOWN_LIMIT = 4096  # words: a long-running agent's names are few; beyond, escaped
 
