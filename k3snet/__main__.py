@@ -15,6 +15,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from k3snet._env import env_switch
+from k3snet._stdout import write_whole_streams
 
 if TYPE_CHECKING:
     from k3snet._argv import Run
@@ -29,6 +30,7 @@ def main() -> int:
     "Exception ignored" with status 120.
     """
     _open_standard_streams()
+    write_whole_streams()  # a non-blocking pipe (set by its reader) loses nothing
     if sys.argv[1:] == ["--version"]:
         from k3snet._version import __version__  # noqa: PLC0415 - the whole point
 

@@ -9,11 +9,13 @@ a line that read as another record.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import re
+import shlex
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["LOG_LINE_LIMIT", "bounded", "one_line", "printable", "printable_line",
-           "printable_lines"]
+           "printable_lines", "shell_join", "shell_word"]
 
 LOG_LINE_LIMIT = 16_000
 """Bytes (UTF-8, its line break included) at most of one log record, below the 16 KiB at
@@ -31,9 +33,30 @@ def printable(value: str) -> str:
     It reads back as the body of a Python string literal: ``\\x1b`` is an ESC and
     ``\\\\x1b`` a backslash someone wrote before ``x1b``, so no text prints as another
     does (a foreign comment holding the four characters ``\\x1b`` read as an escaped
-    ESC)."""
+    ESC). A word :func:`shell_word` wrote in this process (``$'x\\x1b'``: a command to run
+    quoting such a text) is kept as it is, a whole word of the text, so that the command
+    pasted runs on the very name."""
     if value.isprintable() and "\\" not in value:
         return value
+    # A word of a command to run that shell_word wrote ($'...') is kept as it is: it is
+    # printable, and its backslashes doubled, the command pasted named another object.
+    # A copy made at once (the agent's threads log while one writes a word).
+    shown = [word for word in tuple(_SHOWN_WORDS) if word in value]
+    if not shown:
+        return _escaped(value)
+    # A whole word of a command, or its end (``daemonset/$'...'``): after a space, a
+    # backquote, a slash, an equals sign or the start, before a space, a backquote, a
+    # parenthesis or the end.
+    words = re.compile(r"(?<![^\s`/=])(?:" + "|".join(
+        map(re.escape, sorted(shown, key=len, reverse=True))) + r")(?![^\s`)])")
+    parts, at = [], 0
+    for found in words.finditer(value):
+        parts += [_escaped(value[at:found.start()]), found[0]]
+        at = found.end()
+    return "".join(parts) + _escaped(value[at:])
+
+
+def _escaped(value: str) -> str:
     return "".join(char if char.isprintable() and char != "\\" else
                    char.encode("unicode_escape", "backslashreplace").decode("ascii")
                    for char in value)
@@ -69,6 +92,56 @@ def printable_lines(text: str) -> str:
     first, *rest = text.split("\n")
     return printable_line(first) + "".join(
         ("\n" if line.startswith(" ") else "\\n") + printable_line(line) for line in rest)
+
+
+def shell_word(word: str) -> str:
+    """``word`` as a shell reads it back, on one printable line: shell-quoted
+    (:func:`shlex.quote`) when it is printable and holds no backslash; else in ``$'...'``
+    (bash, zsh, ksh, busybox and POSIX sh 2024) with each character that is not printable
+    as the escapes of its bytes (a terminal escape, a line break, a bidirectional
+    override: its UTF-8 bytes; a byte that is not UTF-8, read as a lone surrogate:
+    itself), so that the command pasted runs on the very name. Quoted by
+    :func:`shlex.quote`, an interface or table name holding an ESC sent it raw to the
+    terminal; escaped for the terminal (:func:`printable`) inside single quotes, the
+    shell kept the backslash: another name. :func:`printable` keeps such a word as it is
+    in a message quoting it (a backend's warning is escaped whole as it is printed)."""
+    if word.isprintable() and "\\" not in word:
+        return shlex.quote(word)
+    escaped = []
+    for char in word:
+        if char in "\\'":
+            escaped.append("\\" + char)
+        elif char.isprintable():
+            escaped.append(char)
+        else:  # its bytes in argv: \u escapes are left as they are in bash's C locale
+            escaped += [f"\\x{byte:02x}" for byte in _bytes_of(char)]
+    quoted = "$'" + "".join(escaped) + "'"
+    if len(_SHOWN_WORDS) < _SHOWN_LIMIT:
+        _SHOWN_WORDS.add(quoted)  # printable() keeps it (its backslashes single)
+    return quoted
+
+
+_SHOWN_WORDS: set[str] = set()
+"""The ``$'...'`` words :func:`shell_word` wrote (each holds a backslash), which
+:func:`printable` keeps as they are in a message quoting them: a backend's warning naming
+a foreign table of an ESC is escaped whole as it is printed, its command to run too."""
+
+_SHOWN_LIMIT = 4096  # words: a long-running agent's names are few; beyond, escaped
+
+
+def _bytes_of(char: str) -> bytes:
+    """The bytes ``char`` stands for: its UTF-8, or the byte a lone surrogate of
+    ``surrogateescape`` holds (a name of the kernel that is not UTF-8)."""
+    try:
+        return char.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte stands for (a JSON "\\ud800")
+        return char.encode("utf-8", "surrogatepass")
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    """``argv`` as one shell command of :func:`shell_word` words, to be copied and run
+    (:func:`shlex.join`, whose words may hold a terminal escape, otherwise)."""
+    return " ".join(map(shell_word, argv))
 
 
 def one_line(text: object) -> str:

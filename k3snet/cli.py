@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import select
-import shlex
 import signal
 import socket
 import stat
@@ -37,7 +36,14 @@ from k3snet._argv import common_after_command as _common_after_command
 from k3snet._env import env_switch
 from k3snet._kept import input_problem, read_input, write_output_in
 from k3snet._logline import bounded as bounded_line
-from k3snet._logline import one_line, printable, printable_line, printable_lines
+from k3snet._logline import (
+    one_line,
+    printable,
+    printable_line,
+    printable_lines,
+    shell_join,
+    shell_word,
+)
 from k3snet._version import __version__
 from k3snet._yamltext import yaml_missing, yaml_problem
 from k3snet.backends.base import ApplyResult, PendingRestart
@@ -1924,7 +1930,7 @@ def _print_plan(args: argparse.Namespace, p: Plan, marks: list[str], warnings: l
         return
     kept = " (mode 0600: it holds a secret sysctl's value)" if secret else ""
     print(f"Saved the plan to {args.out}{kept}; apply it with "
-          f"`k3snet apply {shlex.quote(str(args.out))}`.")  # pasted into a shell
+          f"`k3snet apply {shell_word(str(args.out))}`.")  # pasted into a shell
 
 
 def _restart_fields(needed: Sequence[str], pending: Sequence[PendingRestart]
@@ -1940,7 +1946,8 @@ def _restart_how(workload: str) -> str:
     kind, _, rest = workload.partition(" ")
     namespace, _, name = rest.split(" ", 1)[0].partition("/")  # "NS/NAME (why)" too
     if kind == "DaemonSet" and namespace and name:
-        return f"kubectl -n {shlex.quote(namespace)} rollout restart daemonset/{shlex.quote(name)}"
+        return (f"kubectl -n {shell_word(namespace)} rollout restart "
+                f"daemonset/{shell_word(name)}")
     return f"restart {workload}"
 
 
@@ -2472,7 +2479,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         # a shell takes is the command that applies them.
         on_node = "on the node, " if args.state is not None else ""
         print(f"the fix lines above are k3snet's plan, not shell commands; {on_node}"
-              f"apply them with:\n  {' '.join(map(_shell_word, _doctor_fix_argv(args)))}")
+              f"apply them with:\n  {shell_join(_doctor_fix_argv(args))}")
     return _doctor_exit(d.verdict)
 
 
@@ -2506,26 +2513,6 @@ def _doctor_fix_argv(args: argparse.Namespace) -> list[str]:
     if args.context is not None:
         option("--context", "--context", args.context)
     return [*argv, "--fix"]
-
-
-def _shell_word(word: str) -> str:
-    """``word`` as a shell reads it back, on one printable line: shell-quoted when it is
-    printable; else in ``$'...'`` (bash, zsh, ksh, POSIX sh 2024) with each character
-    that is not printable as its escape (a line break, a terminal escape, a bidirectional
-    override: its bytes; a byte that is not UTF-8, read as a lone surrogate, itself). The
-    escape for the terminal (:func:`printable`) doubled a backslash inside single quotes,
-    where the shell keeps both: another path."""
-    if word.isprintable():
-        return shlex.quote(word)
-    escaped = []
-    for char in word:
-        if char in "\\'":
-            escaped.append("\\" + char)
-        elif char.isprintable():
-            escaped.append(char)
-        else:  # its bytes in argv: \u escapes are left as they are in bash's C locale
-            escaped += [f"\\x{byte:02x}" for byte in os.fsencode(char)]
-    return "$'" + "".join(escaped) + "'"
 
 
 def _print_diagnosis(args: argparse.Namespace, d: Any) -> None:

@@ -20,9 +20,11 @@ so that any pod could walk the agent to its memory limit. This server instead:
   accept (a client that sends a byte at a time, or never reads its answer);
 * reads at most :data:`REQUEST_LIMIT` bytes of request line and headers (431 beyond);
 * answers ``GET`` and ``HEAD`` of a path or an absolute URL (``http://HOST/healthz``; one
-  of no host, or whose authority does not parse, is a 400; ``Host`` is never read), one
-  request a connection (``Connection: close``), one empty line before the request line
-  ignored, a bare CR in or before it a 400;
+  of no host, of a userinfo, or whose authority does not parse, is a 400), one request a
+  connection (``Connection: close``), one empty line before the request line ignored, a
+  bare CR in or before it a 400; a 400 too for an HTTP/1.1 request of no ``Host``, any of
+  two, of one whose value is not a host and port, and of a field line that does not parse
+  (whitespace before its colon, a fold); ``Host``'s value routes nothing;
 * once its answer is written, shuts its sending side and reads and drops what the client
   still sends, until it closes, for at most ``linger`` seconds and :data:`LINGER_LIMIT`
   bytes (as Apache's lingering close and Go's ``closeWriteAndWait``): a socket closed
@@ -107,6 +109,9 @@ _EMPTY_LINE = re.compile(rb"\r?\n")
 _AUTHORITY_END = re.compile(r"[/#]")
 _BRACKETED = re.compile(r"\[(?P<host>[0-9A-Fa-f:.]+)\]:(?P<port>[0-9]*)")
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # a field's name, RFC 9110 5.6.2
+# A Host field's value, uri-host [":" port] (RFC 9112 3.2), empty too; no userinfo.
+_HOST_FIELD = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[-A-Za-z0-9._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 
 class _Client:
@@ -314,14 +319,15 @@ class HealthServer:
         """The answer to a request (its line and headers) and whether it is a HEAD."""
         if len(head) > REQUEST_LIMIT:
             return _text(431, "request headers too large"), False
-        line, newline, _ = head.partition(b"\n")
+        line, newline, fields = head.partition(b"\n")
         if newline:  # its CR; a head of one line has lost its line's end to _HEAD_END
             line = line.removesuffix(b"\r")
         words = line.split(b" ")
         path = _path(words[1].decode("ascii", "replace")) if len(words) == 3 else None
         # A CR not ending the line is a bare CR (RFC 9112 2.2: invalid): one before the
         # method made it a method not allowed (405), not a bad request.
-        if path is None or b"\r" in line or not words[2].startswith(b"HTTP/1."):
+        if (path is None or b"\r" in line or not words[2].startswith(b"HTTP/1.")
+                or not _fields_valid(fields, http_1_0=words[2] == b"HTTP/1.0")):
             return _text(400, "bad request"), False
         method = words[0]
         if method not in (b"GET", b"HEAD"):
@@ -440,8 +446,9 @@ def _path(target: str) -> str | None:
     reject (RFC 9110 4.2.1). A fragment stays in the path: a request's target has none
     (RFC 9112 3.2), and no route matches it.
 
-    The ``Host`` header is never read: for absolute-form the target's host counts and
-    ``Host`` is ignored (RFC 9112 3.2.2); for origin-form nothing here depends on a host."""
+    The ``Host`` header's value routes nothing (:func:`_fields_valid` checks it is there):
+    for absolute-form the target's host counts and ``Host`` is ignored (RFC 9112 3.2.2);
+    for origin-form nothing here depends on a host."""
     path = target.split("?", 1)[0]
     scheme, sep, rest = path.partition("://")
     if sep and scheme.lower() in ("http", "https"):
@@ -452,15 +459,38 @@ def _path(target: str) -> str | None:
     return path
 
 
+def _fields_valid(fields: bytes, *, http_1_0: bool) -> bool:
+    """Whether a request's field lines (its headers, each line's end but the last's kept)
+    are ones a server may read: each a token, a colon at once after it (RFC 9112 5.1: a
+    server must reject whitespace before the colon, ``Host : evil``, which a proxy in
+    front may read as another field than the server does), no line beginning with
+    whitespace (an obsolete fold, RFC 9112 5.2, rejected), no CR nor NUL in a value
+    (RFC 9110 5.5); and exactly one ``Host`` of a valid value, which may be empty, or,
+    for HTTP/1.0 alone, none (RFC 9112 3.2: a server must answer 400 to an HTTP/1.1
+    request lacking one and to any with two). They were all answered 200."""
+    hosts = []
+    for field in fields.split(b"\n") if fields else ():
+        name, colon, value = field.removesuffix(b"\r").partition(b":")
+        if not colon or _TOKEN.fullmatch(name) is None or b"\r" in value or b"\0" in value:
+            return False
+        if name.lower() == b"host":
+            hosts.append(value.strip(b" \t"))
+    if not hosts:
+        return http_1_0
+    return len(hosts) == 1 and _HOST_FIELD.fullmatch(hosts[0]) is not None
+
+
 def _host_of(authority: str) -> str | None:
-    """The host of an absolute target's authority (``user@[fd00::1]:9743``: ``fd00::1``),
-    its userinfo left out; ``None`` where there is none or the authority does not parse
-    (RFC 3986 3.2): an IP literal's ``[`` not closed by a ``]`` ending the host, a ``[`` or
-    ``]`` outside one, a port not all digits, an ``@`` of no userinfo before it. They were
-    routed by their path (``http://[::1/healthz``: 200)."""
-    userinfo, at, hostport = authority.rpartition("@")
-    if (at and not userinfo) or "[" in userinfo or "]" in userinfo:
+    """The host of an absolute target's authority (``[fd00::1]:9743``: ``fd00::1``);
+    ``None`` where there is none or the authority does not parse (RFC 3986 3.2): an IP
+    literal's ``[`` not closed by a ``]`` ending the host, a ``[`` or ``]`` outside one, a
+    port not all digits. They were routed by their path (``http://[::1/healthz``: 200).
+    ``None`` too for one of a userinfo (``user@node``), which a recipient should treat as
+    an error (RFC 9110 4.2.4: a user name or password in a URL ends up in logs); it was
+    routed (200)."""
+    if "@" in authority:  # a userinfo: an error (RFC 9110 4.2.4), as one of no user
         return None
+    hostport = authority
     if hostport.startswith("["):
         host, closed, after = hostport[1:].partition("]")
         if not closed or (after and not after.startswith(":")):

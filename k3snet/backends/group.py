@@ -12,10 +12,10 @@ undoes the parts already applied, so the group keeps the all-or-nothing rule.
 from __future__ import annotations
 
 import logging
-import shlex
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
+from k3snet._logline import shell_join
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
 from k3snet.backends.kit import FaultHook, WarningLog, backend_warnings, undo_running
 from k3snet.backends.netns import exec_name
@@ -396,7 +396,7 @@ class BackendGroup:
                     held[obj.kind] = held.get(obj.kind, 0) + 1
             for kind, count in sorted(held.items()):
                 other = managers.get(kind)
-                destroy = shlex.join(["k3snet", "destroy", *netns, "--backend", f"{name}:{kind}"])
+                destroy = shell_join(["k3snet", "destroy", *netns, "--backend", f"{name}:{kind}"])
                 yield (f"{name} holds {count} k3snet object(s) of kind {kind}, which "
                        + (f"this run gives to {other}" if other else "this run manages with "
                           "no backend") + ": they stay as they are, neither kept up nor "

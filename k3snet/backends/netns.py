@@ -16,7 +16,6 @@ import functools
 import os
 import platform
 import queue
-import shlex
 import socket
 import sys
 import threading
@@ -25,6 +24,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
 
+from k3snet._logline import shell_join
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
@@ -123,9 +123,12 @@ def shown_command(argv: Sequence[str], netns: str | None) -> str:
     netns exec NAME`` for the name :func:`exec_name` gives (``--netns NAME``, or k3snet
     started by ``ip netns exec NAME k3snet ...``), where the command alone, run from the
     shell that ran k3snet, read the node's tables; alone in the node's namespace. Every
-    backend's messages name their commands through it."""
+    backend's messages name their commands through it. A word holding a character that
+    is not printable (an interface's or a foreign table's name of an ESC) is written
+    ``$'...'`` (:func:`~k3snet._logline.shell_word`): shown as it is, it sent a terminal
+    escape; escaped for the terminal, the command pasted named another object."""
     name = exec_name(netns)
-    return shlex.join([*(("ip", "netns", "exec", name) if name else ()), *argv])
+    return shell_join([*(("ip", "netns", "exec", name) if name else ()), *argv])
 
 
 def netns_names(netns: str | None) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import io
 import logging
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from k3snet import MemoryBackend, State, register_backend
-from k3snet._logline import one_line, printable_lines
+from k3snet._logline import one_line, printable_lines, shell_join, shell_word
 from k3snet.agent import configure_logging
 from k3snet.backends.registry import unregister_backend
 from k3snet.cli import main
@@ -266,6 +267,53 @@ def test_cli_prints_a_spec_problem_escaped_once(
     assert "\\\\x1b" not in err
 
 
+def _argv_bytes(word: str) -> bytes:
+    # The bytes the command line gets of a word: a name of the kernel that is not UTF-8
+    # read as lone surrogates (\udc80-\udcff, one a byte); another surrogate (a JSON
+    # "\ud800") as its UTF-8.
+    return b"".join(char.encode("utf-8", "surrogateescape" if "\udc80" <= char <= "\udcff"
+                                else "surrogatepass") for char in word)
+
+
+def _shell_reads(command: str) -> list[bytes]:
+    """The words a real shell gives a command of ``command``'s (its argv)."""
+    done = subprocess.run(["bash", "-c", "printf '%s\\0' " + command], capture_output=True,
+                          check=True, timeout=60)
+    return done.stdout.split(b"\0")[:-1]
+
+
+WORDS = st.lists(st.sampled_from([*HOSTILE, "'", '"', "$", "`", "\udc9b", "x"]),
+                 min_size=1, max_size=8).map("".join).filter(lambda w: "\x00" not in w)
+
+
+@given(st.lists(WORDS, min_size=1, max_size=4))
+@example(["e\x1b[2Jx", "b\udc9b\x07y", "c\x07\\z", "it's", "\x9b31m", "a\rb"])
+def test_a_shown_command_is_read_by_the_shell_as_the_very_words_on_one_printable_line(
+        words: list[str]) -> None:
+    # shlex.join sent an interface's or a foreign table's ESC raw to the terminal;
+    # escaped for it inside single quotes, the shell kept the backslash: another name.
+    command = shell_join(words)
+    assert _safe(command)
+    assert _shell_reads(command) == [_argv_bytes(word) for word in words]
+    assert all(shell_word(word) == shlex.quote(word) for word in words
+               if word.isprintable() and "\\" not in word)
+
+
+@given(st.lists(WORDS, min_size=1, max_size=3), TEXT)
+def test_a_command_in_a_message_is_printed_as_it_runs_and_the_rest_escaped(
+        words: list[str], text: str) -> None:
+    # A backend's warning quoting foreign names and the command that lists them is
+    # escaped whole as it is printed (printable): the command's backslashes doubled, it
+    # named another table. They stay single; the rest is escaped as ever.
+    command = shell_join(words)
+    shown = printable(f"{text} (`{command}` shows it)")
+    assert _safe(shown)
+    assert shown.endswith(f"(`{command}` shows it)")
+    assert shown == printable(text) + f" (`{command}` shows it)"
+    restart = f"kubectl -n {shell_word(words[0])} rollout restart daemonset/{command}"
+    assert printable(f"{text}: {restart}") == f"{printable(text)}: {restart}"
+
+
 @pytest.mark.kernel
 @pytest.mark.usefixtures("require_root")
 def test_plan_prints_a_real_foreign_table_and_chain_name_escaped() -> None:
@@ -293,6 +341,12 @@ def test_plan_prints_a_real_foreign_table_and_chain_name_escaped() -> None:
     assert warned, out
     assert "inet t\\x1b[2Kx\\nverdict: reaches chain c\\x1b[31m" in warned[0]
     assert all(_safe(line) for line in _lines(out) + _lines(done.stderr.decode()))
+    # The command it names runs on the very table and chain, pasted into a shell (it
+    # named 'inet t\x1b[2Kx...' with a backslash).
+    command = warned[0].rpartition("(`")[2].partition("`")[0]
+    assert _shell_reads(command) == [
+        b"ip", b"netns", b"exec", ns.encode(), b"nft", b"list", b"chain", b"inet",
+        name.encode(), b"c\x1b[31m"]
 
 
 @given(reason=TEXT)

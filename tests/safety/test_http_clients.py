@@ -278,7 +278,7 @@ def test_a_client_never_reading_its_answer_holds_no_probe_up_and_is_closed_at_th
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.settimeout(10)
             sock.connect(("127.0.0.1", served.port))
-            sock.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: node\r\n\r\n")
             time.sleep(0.2)  # the server has written what the socket takes, and waits
             assert _probe(served).startswith(b"HTTP/1.1 200 OK\r\n")
             time.sleep(1.5)
@@ -322,8 +322,8 @@ def test_a_request_read_a_byte_at_a_time_is_searched_for_its_end_in_its_new_byte
     searches = _Searches()
     monkeypatch.setattr(_http, "_HEAD_END", searches)
     served = _server(deadline=60.0)
-    request = (b"GET /healthz HTTP/1.1" + line_end + (b"X: y" + line_end) * 100
-               + empty_line)
+    request = (b"GET /healthz HTTP/1.1" + line_end + b"Host: node" + line_end
+               + (b"X: y" + line_end) * 100 + empty_line)
     try:
         with _connect(served) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -341,10 +341,10 @@ def test_a_request_read_a_byte_at_a_time_is_searched_for_its_end_in_its_new_byte
     (b"\r\n\r\n", b"400"),
     (b"GET /healthz\r\n\r\n", b"400"),
     (b"GET /healthz HTTP/2.0\r\n\r\n", b"400"),
-    (b"GET  /healthz HTTP/1.1\r\n\r\n", b"400"),
-    (b"\xff\xfe /healthz HTTP/1.1\r\n\r\n", b"405"),
-    (b"POST /healthz HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", b"405"),
-    (b"GET /\xff\x1b[2J HTTP/1.1\r\n\r\n", b"404"),
+    (b"GET  /healthz HTTP/1.1\r\nHost: node\r\n\r\n", b"400"),
+    (b"\xff\xfe /healthz HTTP/1.1\r\nHost: node\r\n\r\n", b"405"),
+    (b"POST /healthz HTTP/1.1\r\nHost: n\r\nContent-Length: 2\r\n\r\nhi", b"405"),
+    (b"GET /\xff\x1b[2J HTTP/1.1\r\nHost: node\r\n\r\n", b"404"),
     (b"GET /healthz?x=1 HTTP/1.0\n\n", b"200"),
     # Lines ending in a bare LF (RFC 9112 2.2 lets a server take them), mixed with CRLF
     # ones: a header block ending "\n\r\n" was answered by no status, only closed at
@@ -355,12 +355,12 @@ def test_a_request_read_a_byte_at_a_time_is_searched_for_its_end_in_its_new_byte
     # Absolute-form, which a server must accept (RFC 9112 3.2.2): its path is routed
     # (it was 404).
     (b"GET http://node:9743/healthz HTTP/1.1\r\nHost: node:9743\r\n\r\n", b"200"),
-    (b"GET HTTP://[fd00::1]:9743/readyz?x=/metrics HTTP/1.1\r\n\r\n", b"200"),
-    (b"GET http://node:9743?x=/healthz HTTP/1.1\r\n\r\n", b"404"),  # its path is /
-    (b"GET ftp://node/healthz HTTP/1.1\r\n\r\n", b"404"),
+    (b"GET HTTP://[fd00::1]:9743/readyz?x=/metrics HTTP/1.1\r\nHost: n\r\n\r\n", b"200"),
+    (b"GET http://node:9743?x=/healthz HTTP/1.1\r\nHost: n\r\n\r\n", b"404"),  # its path: /
+    (b"GET ftp://node/healthz HTTP/1.1\r\nHost: node\r\n\r\n", b"404"),
     # The authority ends at "#" as at "/" (RFC 3986 3.2): what follows is a fragment, the
     # path is empty; it was taken for part of the host and the fragment routed (200).
-    (b"GET http://node#/healthz HTTP/1.1\r\n\r\n", b"404"),
+    (b"GET http://node#/healthz HTTP/1.1\r\nHost: node\r\n\r\n", b"404"),
 ])
 def test_malformed_and_foreign_requests_get_a_status_and_a_closed_connection(
         server: HealthServer, request_bytes: bytes, status: bytes) -> None:
@@ -376,7 +376,8 @@ def test_one_empty_line_before_the_request_line_is_ignored(server: HealthServer,
     # RFC 9112 2.2: a server should ignore at least one empty line received before the
     # request line (a client's previous body may end in one). It was a 400.
     assert _probe(server, lead + PROBE).startswith(b"HTTP/1.1 200 OK\r\n")
-    head = _probe(server, lead + b"HEAD /readyz HTTP/1.1\r\n\r\n").partition(b"\r\n\r\n")
+    head = _probe(server, lead + b"HEAD /readyz HTTP/1.1\r\nHost: node\r\n\r\n").partition(
+        b"\r\n\r\n")
     assert head[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert head[2] == b""
     # Only one: an empty line after it is an empty request line, answered at once.
@@ -413,16 +414,17 @@ def test_an_absolute_target_whose_authority_does_not_parse_is_400(
 
 
 @pytest.mark.parametrize("target", [b"http://node:/healthz", b"http://[fd00::1]:/healthz",
-                                    b"http://[fd00::1]/healthz", b"http://u:p@node:1/healthz"])
+                                    b"http://[fd00::1]/healthz"])
 def test_an_absolute_target_of_an_empty_port_or_an_ip_literal_is_served(
         server: HealthServer, target: bytes) -> None:
-    assert _probe(server, b"GET " + target + b" HTTP/1.1\r\n\r\n").startswith(
+    assert _probe(server, b"GET " + target + b" HTTP/1.1\r\nHost: node\r\n\r\n").startswith(
         b"HTTP/1.1 200 OK\r\n")
 
 
 @pytest.mark.parametrize("request_bytes", [
-    b"\rGET /healthz HTTP/1.1\r\n\r\n", b"\r" + b"\r\nGET /healthz HTTP/1.1\r\n\r\n",
-    b"GET\r /healthz HTTP/1.1\r\n\r\n", b"GET /healthz HTTP/1.1\r\r\n\r\n"])
+    b"\rGET /healthz HTTP/1.1\r\nHost: node\r\n\r\n",
+    b"\r" + b"\r\nGET /healthz HTTP/1.1\r\nHost: node\r\n\r\n",
+    b"GET\r /healthz HTTP/1.1\r\nHost: node\r\n\r\n", b"GET /healthz HTTP/1.1\r\r\n\r\n"])
 def test_a_bare_cr_in_or_before_the_request_line_is_400(server: HealthServer,
                                                          request_bytes: bytes) -> None:
     # RFC 9112 2.2: a CR not followed by LF is invalid; one before the method made a
@@ -432,21 +434,77 @@ def test_a_bare_cr_in_or_before_the_request_line_is_400(server: HealthServer,
 
 
 @pytest.mark.parametrize("host", [
-    b"Host: node:9743\r\n", b"Host: other.example:80\r\n", b"Host: \r\n", b""])
+    b"Host: node:9743\r\n", b"Host: other.example:80\r\n", b"Host: \r\n", b"host:[::1]\r\n"])
 def test_an_absolute_target_with_a_host_is_served_whatever_the_host_header_says(
         server: HealthServer, host: bytes) -> None:
-    # RFC 9112 3.2.2: the server must ignore Host and use the target's host; the agent
-    # serves every host of the node alike.
+    # RFC 9112 3.2.2: the server must ignore Host's value and use the target's host; the
+    # agent serves every host of the node alike.
     for target, status in ((b"http://node:9743/healthz", b"200"),
-                           (b"http://user@[fd00::1]/readyz", b"200"),
+                           (b"http://[fd00::1]/readyz", b"200"),
                            (b"http://node/nowhere", b"404")):
         request = b"GET " + target + b" HTTP/1.1\r\n" + host + b"\r\n"
         assert _probe(server, request).split(b" ", 2)[1] == status, request
 
 
+@pytest.mark.parametrize("request_bytes", [
+    # RFC 9112 3.2: a server must answer 400 to an HTTP/1.1 request lacking Host, and to
+    # any request of more than one Host field line or of an invalid Host value.
+    b"GET /healthz HTTP/1.1\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nUser-Agent: kube-probe/1.31\r\n\r\n",
+    b"GET http://node/healthz HTTP/1.1\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: node\r\nHost: evil\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: node\r\nhOST: node\r\n\r\n",
+    b"GET /healthz HTTP/1.0\r\nHost: node\r\nHost: node\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: user@node\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: no de\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: node/healthz\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: node:x\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: \x1b[2Jnode\r\n\r\n",
+    # RFC 9112 5.1: whitespace between a field's name and its colon must be a 400 (a
+    # proxy in front may read "Host : evil" as no Host, or as another one).
+    b"GET /healthz HTTP/1.1\r\nHost : node\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: node\r\nHost\t: evil\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: node\r\nX-A : b\r\n\r\n",
+    # A field line that is no field: an obsolete fold (RFC 9112 5.2), no colon, no name,
+    # a bare CR or a NUL in a value (RFC 9110 5.5).
+    b"GET /healthz HTTP/1.1\r\nHost: node\r\nX-A: b\r\n c\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\n Host: node\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: node\r\nno colon\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: node\r\n: b\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: node\r\nX-A: b\rc\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: node\r\nX-A: b\0c\r\n\r\n",
+])
+def test_a_request_of_no_host_two_hosts_or_a_field_line_that_does_not_parse_is_400(
+        server: HealthServer, request_bytes: bytes) -> None:
+    # They were answered 200, the request line alone read.
+    assert _probe(server, request_bytes).startswith(b"HTTP/1.1 400 "), request_bytes
+    assert _probe(server).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /healthz HTTP/1.0\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost:\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nhost:node\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: \t[fd00::1]:9743 \r\nX-A:\r\n\r\n",
+    b"GET /healthz HTTP/1.1\nAccept: */*\nHOST: 10.0.0.1:\n\n"])
+def test_a_request_of_one_host_or_an_http_1_0_one_of_none_is_served(
+        server: HealthServer, request_bytes: bytes) -> None:
+    assert _probe(server, request_bytes).startswith(b"HTTP/1.1 200 OK\r\n"), request_bytes
+
+
+@pytest.mark.parametrize("target", [
+    b"http://user@node/healthz", b"http://u:p@node:9743/healthz", b"HTTP://user@[fd00::1]/readyz",
+    b"http://%40@node/metrics"])
+def test_an_absolute_target_of_a_userinfo_is_400(server: HealthServer, target: bytes) -> None:
+    # RFC 9110 4.2.4: a recipient should treat a userinfo in an http URI as an error (a
+    # password in a URL ends up in logs). They were routed by their path: 200.
+    request = b"GET " + target + b" HTTP/1.1\r\nHost: node\r\n\r\n"
+    assert _probe(server, request).startswith(b"HTTP/1.1 400 "), request
+
+
 def test_a_method_not_allowed_names_the_allowed_ones(server: HealthServer) -> None:
     # RFC 9110 15.5.6: a 405 answer must carry Allow.
-    for request in (b"POST /metrics HTTP/1.1\r\n\r\n", b"OPTIONS * HTTP/1.1\r\n\r\n"):
+    for request in (b"POST /metrics HTTP/1.1\r\nHost: node\r\n\r\n",
+                    b"OPTIONS * HTTP/1.1\r\nHost: node\r\n\r\n"):
         head = _probe(server, request).partition(b"\r\n\r\n")[0]
         assert head.startswith(b"HTTP/1.1 405 ")
         assert b"\r\nAllow: GET, HEAD\r\n" in head + b"\r\n"
@@ -454,7 +512,7 @@ def test_a_method_not_allowed_names_the_allowed_ones(server: HealthServer) -> No
 
 
 def test_head_is_answered_without_a_body(server: HealthServer) -> None:
-    answer = _probe(server, b"HEAD /metrics HTTP/1.1\r\n\r\n")
+    answer = _probe(server, b"HEAD /metrics HTTP/1.1\r\nHost: node\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\nContent-Length: 16800000\r\n" in head + b"\r\n"
@@ -469,7 +527,8 @@ def test_a_failing_probe_is_500_and_the_server_goes_on() -> None:
                           metrics=None).start()
     try:
         assert _probe(served).startswith(b"HTTP/1.1 500 ")
-        assert _probe(served, b"GET /readyz HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+        assert _probe(served, b"GET /readyz HTTP/1.1\r\nHost: node\r\n\r\n").startswith(
+            b"HTTP/1.1 200 ")
     finally:
         served.stop()
 
@@ -600,7 +659,8 @@ def test_a_431_reaches_a_client_still_sending_its_headers(server: HealthServer) 
 
 def test_a_405_reaches_a_client_still_sending_its_body(server: HealthServer) -> None:
     answer = _send_after_the_answer(
-        server, b"POST /metrics HTTP/1.1\r\nContent-Length: 131072\r\n\r\n" + b"x" * 1024,
+        server,
+        b"POST /metrics HTTP/1.1\r\nHost: n\r\nContent-Length: 131072\r\n\r\n" + b"x" * 1024,
         b"x" * (131072 - 1024))
     assert answer.startswith(b"HTTP/1.1 405 ")
     assert not answer.endswith(b"RESET")
@@ -612,7 +672,7 @@ def test_a_client_sending_on_after_its_answer_is_closed_beyond_the_linger_limit(
     served = _server(linger=60.0, deadline=60.0)
     try:
         with _connect(served) as sock:
-            sock.sendall(b"POST /healthz HTTP/1.1\r\n\r\n")
+            sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
             sock.recv(1, socket.MSG_PEEK)
             sent = 0
             try:
@@ -658,7 +718,7 @@ def test_a_full_server_answering_the_newcomer_closes_it_rather_than_one_still_se
                 scrape.sendall(PROBE)
                 assert _answer(scrape).startswith(b"HTTP/1.1 200 OK\r\n")
             assert not _closed_by_server(kubelet, within=0.2)
-            kubelet.sendall(b" HTTP/1.1\r\n\r\n")
+            kubelet.sendall(b" HTTP/1.1\r\nHost: node\r\n\r\n")
             assert _answer(kubelet).startswith(b"HTTP/1.1 200 OK\r\n")
     finally:
         served.stop()
@@ -776,7 +836,7 @@ def test_a_full_server_of_clients_never_reading_a_large_answer_closes_one_for_a_
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.settimeout(10)
             sock.connect(("127.0.0.1", served.port))
-            sock.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: node\r\n\r\n")
             stalled.append(sock)
         # Every one answered and its answer stuck in the sockets, none closed.
         assert _until(lambda: served.connections == 64 and all(

@@ -24,7 +24,6 @@ are bounded in time.
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import subprocess
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 import attrs
 
+from k3snet._logline import shell_join
 from k3snet.backends.nftables.kernel import ListingTimeoutError, Lists, listed_items
 from k3snet.backends.nftables.parse import ForeignReader, ForwardDefault, ForwardDefaults
 from k3snet.errors import BackendError
@@ -72,7 +72,7 @@ class NativeRead:
         return bool(self.defaults.found) and bool(self.defaults.unopened([rule]))
 
     def default_warnings(self, wanted: Sequence[ForwardRule] | None,
-                         shown: Callable[[list[str]], str] = shlex.join) -> tuple[str, ...]:
+                         shown: Callable[[list[str]], str] = shell_join) -> tuple[str, ...]:
         """A warning for each default that drops a rule of ``wanted`` (k3snet's forward
         rules), naming the first; with ``wanted`` None (not known: no hint, none in
         place), one for each default found. ``shown``: the ``nft list table`` it names,

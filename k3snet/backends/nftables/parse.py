@@ -49,7 +49,6 @@ import contextlib
 import dataclasses
 import functools
 import ipaddress
-import shlex
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -58,6 +57,7 @@ from typing import Any
 
 import attrs
 
+from k3snet._logline import shell_join
 from k3snet.backends.nftables.cache import Cache, Repair, Table
 from k3snet.backends.nftables.kernel import (
     CT_FLAGS,
@@ -754,7 +754,7 @@ class Doubt:
     command: tuple[str, ...]
     after: str
 
-    def said(self, shown: Callable[[Sequence[str]], str] = shlex.join) -> str:
+    def said(self, shown: Callable[[Sequence[str]], str] = shell_join) -> str:
         """The warning, the command as ``shown`` gives it, in backquotes."""
         return f"{self.before}`{shown(self.command)}`{self.after}"
 
