@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from k3snet.backends import kit
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cilium_mount import agent_directory_missing, agent_file_mounted
 from k3snet.backends.registry import backend_options, option_problems
@@ -1257,3 +1258,39 @@ def test_a_hinted_observe_lists_the_pods_once_and_names_the_lagging_ones_once(
     (refused,) = backend.check(plan(observed, desired))
     assert "(cilium-b;" in refused
     assert _pod_reads(cilium) == 1
+
+
+@pytest.mark.parametrize("read", ["observed", "read again"])
+def test_an_older_pod_is_judged_by_its_node_s_file_also_where_the_check_reads_again(
+    read: str, cilium: EmulatedApiServer, backend: CiliumBackend,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ip-masq-agent on only on the edge nodes, reading /etc/masq there (a
+    # CiliumNodeConfig); the plan turns it on in cilium-config (server-1: /etc/config).
+    # An older pod on edge-1 has /etc/masq alone: its node's file, which the plan does
+    # not change. The check right after observe judged it by that file and allowed the
+    # plan; one reading again (observe's read too old: another backend's apply between,
+    # waiting on a restart) judged every older pod by cilium-config's file, /etc/config,
+    # which it lacks: a refusal of the same plan, only for the time between.
+    _edge_only(cilium)
+    new = _masq_daemonset()
+    _pod(new)["containers"][0]["volumeMounts"].append(
+        {"name": "ip-masq-agent", "mountPath": "/etc/config"})
+    cilium.put(PODS, _on("server-1", _agent_pod("cilium-a", new)))
+    cilium.put(PODS, _on("edge-1", _agent_pod("cilium-b", _masq_daemonset())))
+    cilium.put(DAEMONSETS, _rolling(new, updated=1, desired=2))
+    now = [1000.0]
+    monkeypatch.setattr(kit, "_monotonic", lambda: now[0])
+    desired = compile_for(backend, _spec())
+    p = plan(backend.observe(), desired)
+    if read == "read again":
+        now[0] += kit.FRESH_READ_AGE
+    assert backend.check(p) == ()
+    # The same older pod on server-1, where the plan turns the file on: refused, both ways.
+    cilium.put(PODS, _on("server-1", _agent_pod("cilium-b", _masq_daemonset())))
+    p = plan(backend.observe(), desired)
+    if read == "read again":
+        now[0] += kit.FRESH_READ_AGE
+    (refused,) = backend.check(p)
+    assert "has no /etc/config" in refused
+    assert "(cilium-b;" in refused
