@@ -1294,3 +1294,53 @@ def test_an_older_pod_is_judged_by_its_node_s_file_also_where_the_check_reads_ag
     (refused,) = backend.check(p)
     assert "has no /etc/config" in refused
     assert "(cilium-b;" in refused
+
+
+def test_the_agent_s_ip_masq_agent_config_path_variable_is_the_file_judged(
+    cilium: EmulatedApiServer, backend: CiliumBackend, api_client: Any,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # Cilium binds each option to its environment variable (option.BindEnv), which viper
+    # takes over the config directory: an agent given CILIUM_IP_MASQ_AGENT_CONFIG_PATH
+    # reads that file, whatever cilium-config says. The check looked at cilium-config's.
+    ds = _masq_daemonset()
+    agent = _pod(ds)["containers"][0]
+    agent["env"] = [{"name": "DIR", "value": "/etc/masq"},
+                    {"name": "CILIUM_IP_MASQ_AGENT_CONFIG_PATH",
+                     "value": "$(DIR)/ip-masq-agent"}]
+    cilium.put(DAEMONSETS, ds)
+    assert _unmounted(backend) == (None, False)
+    assert _reasons(backend, _spec(cidrs=["10.0.0.0/8"])) == []
+    # Mounted at /etc/config, the variable naming another file: not that file.
+    helm = cilium_daemonset(ip_masq_agent=True)
+    _pod(helm)["containers"][0]["env"] = agent["env"]
+    cilium.put(DAEMONSETS, helm)
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/ip-masq-agent (it is at /etc/config/ip-masq-agent)" in why
+    assert not no_directory
+    # The argument wins over it; an empty variable is unset (viper), the key's file read.
+    _pod(helm)["containers"][0]["args"].append(
+        "--ip-masq-agent-config-path=/etc/config/ip-masq-agent")
+    cilium.put(DAEMONSETS, helm)
+    assert _unmounted(backend) == (None, False)
+    del _pod(helm)["containers"][0]["args"][-1]
+    _pod(helm)["containers"][0]["env"] = [
+        {"name": "CILIUM_IP_MASQ_AGENT_CONFIG_PATH", "value": ""}]
+    cilium.put(DAEMONSETS, helm)
+    assert _unmounted(backend) == (None, False)
+    # Known only where the pod runs (valueFrom, or an envFrom that may set it): said.
+    for env, env_from in (([{"name": "CILIUM_IP_MASQ_AGENT_CONFIG_PATH", "valueFrom": {
+            "configMapKeyRef": {"name": "masq", "key": "path"}}}], None),
+            ([], [{"configMapRef": {"name": "masq"}}])):
+        _pod(helm)["containers"][0]["env"] = env
+        if env_from is not None:
+            _pod(helm)["containers"][0]["envFrom"] = env_from
+        cilium.put(DAEMONSETS, helm)
+        fresh = CiliumBackend(api_client=api_client, timeout=10.0)  # each said once
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+            assert _unmounted(fresh) == (None, False)
+        assert any("the variable CILIUM_IP_MASQ_AGENT_CONFIG_PATH, which Cilium takes over "
+                   "its config directory, is set only where the pod runs" in r.getMessage()
+                   for r in caplog.records)
