@@ -492,8 +492,9 @@ class _Read:
     # Read by observe for the file the hinted plan turns the ip-masq-agent on with,
     # where observe's mount did not judge it (None: not read).
     ahead: _Mount | None = None
-    # Read by observe: the CiliumNodeConfigs and Nodes, for the file of each node.
-    nodes: _Nodes = _Nodes()
+    # Read by observe: the CiliumNodeConfigs and Nodes, for the file of each node (None:
+    # not read, a check or apply reading again lists them where it judges older pods).
+    nodes: _Nodes | None = None
 
 
 @attrs.frozen
@@ -1255,12 +1256,8 @@ class CiliumBackend(BackendBase):
             self._observed.put(read)
             return State()
         owned = self._owned(read)
-        found = _node_overrides(self._api.node_configs(),
-                                f"CiliumNodeConfigs in {self._api.namespace}")
-        # Several selecting one node are laid together there: the Nodes' labels say
-        # which do (listed only when some CiliumNodeConfig selects some nodes).
-        nodes = _Nodes(tuple(found), self._api.node_labels()
-                       if any(not o.every_node for o, _ in found) else None)
+        nodes = self._nodes()
+        found = list(nodes.overrides)
         groups = _node_groups(found, nodes.labels, self._api.warn)
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
                                node_groups=groups)
@@ -1297,6 +1294,15 @@ class CiliumBackend(BackendBase):
         ``check`` or ``apply`` right after; a failed read is theirs to say."""
         self._expected = next((o for o in state.owned if isinstance(o, CiliumConfig)
                                and o.target == self.target), None)
+
+    def _nodes(self) -> _Nodes:
+        """The CiliumNodeConfigs, and the labels of the Nodes where some of them select
+        some nodes: several selecting one node are laid together there, the Nodes' labels
+        say which do (listed only then)."""
+        found = _node_overrides(self._api.node_configs(),
+                                f"CiliumNodeConfigs in {self._api.namespace}")
+        return _Nodes(tuple(found), self._api.node_labels()
+                      if any(not o.every_node for o, _ in found) else None)
 
     def _mount_ahead(self, read: _Read, observed: _Mount | None, nodes: _Nodes
                      ) -> _Mount | None:
@@ -1649,7 +1655,9 @@ class CiliumBackend(BackendBase):
         # Observe's read judged the files where the ip-masq-agent was on already (a
         # CiliumNodeConfig's, on its nodes): the edit turns it on where cilium-config's is,
         # and each node's older pods are judged by what it reads then. The DaemonSet (and
-        # its pods) observe read serves.
+        # its pods, the CiliumNodeConfigs and Nodes) observe read serves; read again, the
+        # CiliumNodeConfigs and Nodes are listed again too (else every older pod would be
+        # judged by cilium-config's file, whatever its node reads).
         path = _config_path(read.config.data)
         for mount in (read.mount, read.ahead):
             if mount is not None and mount.daemonset is None and _agent_file(path) in mount.asked:
@@ -1657,8 +1665,9 @@ class CiliumBackend(BackendBase):
         read_already = next((m for m in (read.ahead, read.mount)
                              if m is not None and m.daemonset is not None), None)
         try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
+            nodes = self._nodes() if read.nodes is None else read.nodes
             mount = self._mount([path], None if read_already is None else read_already.daemonset,
-                                by_node=read.nodes.files(self._settings(after)),
+                                by_node=nodes.files(self._settings(after)),
                                 pods=None if read_already is None else read_already.pods)
         except BackendError as exc:
             raise _nothing_changed(exc) from exc

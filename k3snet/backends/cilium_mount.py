@@ -24,8 +24,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["AGENT_CONTAINER", "CONFIG_PATH_FLAG", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET",
-           "agent_config_path", "agent_directory_missing", "agent_file_copied",
+__all__ = ["AGENT_CONTAINER", "CONFIG_PATH_FLAG", "CONFIG_PATH_VARIABLE", "DEFAULT_AGENT_FILE",
+           "DEFAULT_DAEMONSET", "agent_config_path", "agent_directory_missing", "agent_file_copied",
            "agent_file_mounted", "agent_file_unreadable", "pod_as_daemonset", "pod_node",
            "pods_lag"]
 
@@ -41,6 +41,10 @@ DEFAULT_AGENT_FILE = "/etc/config/ip-masq-agent"
 
 CONFIG_PATH_FLAG = "--ip-masq-agent-config-path"
 """The agent's argument naming the ip-masq-agent file (``ip-masq-agent-config-path``)."""
+
+CONFIG_PATH_VARIABLE = "CILIUM_IP_MASQ_AGENT_CONFIG_PATH"
+"""The agent's environment variable for ``ip-masq-agent-config-path`` (Cilium binds each
+option to ``CILIUM_`` and its name, upper case, ``-`` as ``_``: ``option.BindEnv``)."""
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
@@ -163,7 +167,11 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
     taken as given, spaces and all (pflag keeps them, and so does Cilium). An argument
     given is what the agent reads: viper takes a flag set on the command line over the
     same key of its ``--config-dir`` (the ``cilium-config`` keys and the
-    CiliumNodeConfigs' laid over them).
+    CiliumNodeConfigs' laid over them). Not given, the container's variable
+    :data:`CONFIG_PATH_VARIABLE` is, where set and not empty (viper takes the environment
+    over the config directory, and an empty variable as unset), as the kubelet sets it
+    (its ``env``, ``$(NAME)`` references expanded; ValueError where it is known only
+    where the pod runs: a ``valueFrom``, or an ``envFrom`` that may set it).
 
     >>> agent = {"name": "cilium-agent", "command": ["cilium-agent"],
     ...          "args": ["--config-dir=/tmp/cilium/config-map",
@@ -189,8 +197,18 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
             index += 1
     # enableServiceLinks false (unset: true): the kubelet gives the pod the API server's
     # variables alone, not those of the services of its namespace.
-    return None if found is None else _expand(
-        found, agent, service_links=pod.get("enableServiceLinks") is not False)
+    service_links = pod.get("enableServiceLinks") is not False
+    if found is not None:
+        return _expand(found, agent, service_links=service_links)
+    reference = f"$({CONFIG_PATH_VARIABLE})"
+    try:
+        value = _expand(reference, agent, service_links=service_links)
+    except ValueError:
+        raise ValueError(f"not given, the variable {CONFIG_PATH_VARIABLE}, which Cilium "
+                         "takes over its config directory, is set only where the pod "
+                         "runs") from None
+    named = any(e.get("name") == CONFIG_PATH_VARIABLE for e in _dicts(agent.get("env")))
+    return value if value and (named or value != reference) else None
 
 
 # What a container's environment gives a $(NAME) of its command or args: the text, or

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from k3snet.backends import kit
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cilium_mount import agent_directory_missing, agent_file_mounted
 from k3snet.backends.registry import backend_options, option_problems
@@ -1257,3 +1258,89 @@ def test_a_hinted_observe_lists_the_pods_once_and_names_the_lagging_ones_once(
     (refused,) = backend.check(plan(observed, desired))
     assert "(cilium-b;" in refused
     assert _pod_reads(cilium) == 1
+
+
+@pytest.mark.parametrize("read", ["observed", "read again"])
+def test_an_older_pod_is_judged_by_its_node_s_file_also_where_the_check_reads_again(
+    read: str, cilium: EmulatedApiServer, backend: CiliumBackend,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ip-masq-agent on only on the edge nodes, reading /etc/masq there (a
+    # CiliumNodeConfig); the plan turns it on in cilium-config (server-1: /etc/config).
+    # An older pod on edge-1 has /etc/masq alone: its node's file, which the plan does
+    # not change. The check right after observe judged it by that file and allowed the
+    # plan; one reading again (observe's read too old: another backend's apply between,
+    # waiting on a restart) judged every older pod by cilium-config's file, /etc/config,
+    # which it lacks: a refusal of the same plan, only for the time between.
+    _edge_only(cilium)
+    new = _masq_daemonset()
+    _pod(new)["containers"][0]["volumeMounts"].append(
+        {"name": "ip-masq-agent", "mountPath": "/etc/config"})
+    cilium.put(PODS, _on("server-1", _agent_pod("cilium-a", new)))
+    cilium.put(PODS, _on("edge-1", _agent_pod("cilium-b", _masq_daemonset())))
+    cilium.put(DAEMONSETS, _rolling(new, updated=1, desired=2))
+    now = [1000.0]
+    monkeypatch.setattr(kit, "_monotonic", lambda: now[0])
+    desired = compile_for(backend, _spec())
+    p = plan(backend.observe(), desired)
+    if read == "read again":
+        now[0] += kit.FRESH_READ_AGE
+    assert backend.check(p) == ()
+    # The same older pod on server-1, where the plan turns the file on: refused, both ways.
+    cilium.put(PODS, _on("server-1", _agent_pod("cilium-b", _masq_daemonset())))
+    p = plan(backend.observe(), desired)
+    if read == "read again":
+        now[0] += kit.FRESH_READ_AGE
+    (refused,) = backend.check(p)
+    assert "has no /etc/config" in refused
+    assert "(cilium-b;" in refused
+
+
+def test_the_agent_s_ip_masq_agent_config_path_variable_is_the_file_judged(
+    cilium: EmulatedApiServer, backend: CiliumBackend, api_client: Any,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # Cilium binds each option to its environment variable (option.BindEnv), which viper
+    # takes over the config directory: an agent given CILIUM_IP_MASQ_AGENT_CONFIG_PATH
+    # reads that file, whatever cilium-config says. The check looked at cilium-config's.
+    ds = _masq_daemonset()
+    agent = _pod(ds)["containers"][0]
+    agent["env"] = [{"name": "DIR", "value": "/etc/masq"},
+                    {"name": "CILIUM_IP_MASQ_AGENT_CONFIG_PATH",
+                     "value": "$(DIR)/ip-masq-agent"}]
+    cilium.put(DAEMONSETS, ds)
+    assert _unmounted(backend) == (None, False)
+    assert _reasons(backend, _spec(cidrs=["10.0.0.0/8"])) == []
+    # Mounted at /etc/config, the variable naming another file: not that file.
+    helm = cilium_daemonset(ip_masq_agent=True)
+    _pod(helm)["containers"][0]["env"] = agent["env"]
+    cilium.put(DAEMONSETS, helm)
+    why, no_directory = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/ip-masq-agent (it is at /etc/config/ip-masq-agent)" in why
+    assert not no_directory
+    # The argument wins over it; an empty variable is unset (viper), the key's file read.
+    _pod(helm)["containers"][0]["args"].append(
+        "--ip-masq-agent-config-path=/etc/config/ip-masq-agent")
+    cilium.put(DAEMONSETS, helm)
+    assert _unmounted(backend) == (None, False)
+    del _pod(helm)["containers"][0]["args"][-1]
+    _pod(helm)["containers"][0]["env"] = [
+        {"name": "CILIUM_IP_MASQ_AGENT_CONFIG_PATH", "value": ""}]
+    cilium.put(DAEMONSETS, helm)
+    assert _unmounted(backend) == (None, False)
+    # Known only where the pod runs (valueFrom, or an envFrom that may set it): said.
+    for env, env_from in (([{"name": "CILIUM_IP_MASQ_AGENT_CONFIG_PATH", "valueFrom": {
+            "configMapKeyRef": {"name": "masq", "key": "path"}}}], None),
+            ([], [{"configMapRef": {"name": "masq"}}])):
+        _pod(helm)["containers"][0]["env"] = env
+        if env_from is not None:
+            _pod(helm)["containers"][0]["envFrom"] = env_from
+        cilium.put(DAEMONSETS, helm)
+        fresh = CiliumBackend(api_client=api_client, timeout=10.0)  # each said once
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+            assert _unmounted(fresh) == (None, False)
+        assert any("the variable CILIUM_IP_MASQ_AGENT_CONFIG_PATH, which Cilium takes over "
+                   "its config directory, is set only where the pod runs" in r.getMessage()
+                   for r in caplog.records)
