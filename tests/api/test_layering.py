@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2] / "k3snet"
 
 
-def _imports() -> list[tuple[str, str, str]]:
+@functools.cache  # read and parsed once for the three tests (~3 s of CPU each)
+def _imports() -> tuple[tuple[str, str, str], ...]:
     """(file, its package, imported module or name) for every absolute k3snet import."""
-    found = []
+    found: list[tuple[str, str, str]] = []
     for path in sorted(ROOT.rglob("*.py")):
         parts = path.relative_to(ROOT.parent).with_suffix("").parts
         module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -24,7 +26,7 @@ def _imports() -> list[tuple[str, str, str]]:
                 continue
             found += [(str(path.relative_to(ROOT.parent)), package, n) for n in names
                       if n.startswith("k3snet")]
-    return found
+    return tuple(found)
 
 
 def test_no_module_imports_another_packages_private_module() -> None:

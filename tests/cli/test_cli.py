@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
 import os
 import shlex
@@ -48,17 +51,19 @@ def test_observe_prints_owned_and_foreign(capsys: pytest.CaptureFixture[str]) ->
                                                    "foreign": []}
 
 
-def test_bad_spec_exits_1_with_every_problem_and_no_traceback(tmp_path: Path) -> None:
+def test_bad_spec_exits_1_with_every_problem_and_no_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # In this process: the command's logic (a process's exit code and stderr are
+    # tests/cli/test_exit.py's test_the_exit_code_is_the_commands).
     spec = tmp_path / "bad.yaml"
     spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
                     "destinations:\n  - cidr: 10.42.1.0/24\n  - cidr: 192.168.2.1/24\ntypo: 1\n")
-    done = subprocess.run([sys.executable, "-m", "k3snet.cli", "validate", "-f", str(spec)],
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 1
-    assert "Traceback" not in done.stderr
-    assert "3 problems in" in done.stderr
-    assert "destinations[1].cidr: '192.168.2.1/24' has host bits set" in done.stderr
-    assert "overlaps the cluster pod CIDR" in done.stderr
+    assert main(["validate", "-f", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "3 problems in" in err
+    assert "destinations[1].cidr: '192.168.2.1/24' has host bits set" in err
+    assert "overlaps the cluster pod CIDR" in err
 
 
 def test_unknown_backend_is_an_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
@@ -248,19 +253,36 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, check=False, timeout=60)
 
 
+@functools.cache
+def _completion(shell: str) -> str:
+    """``k3snet completion SHELL``'s script, printed by main() in this process (what
+    ``python -m k3snet.cli`` prints: test_bash_completion_is_valid_bash_and_knows_the_commands)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["completion", shell]) == 0
+    return out.getvalue()
+
+
+# The tests below run main() in this process, with its output captured: a command's logic,
+# the same function `python -m k3snet.cli` calls. A process's exit codes, its stdout and
+# stderr apart, and its signals are tests/cli/test_exit.py's.
+
+
 @pytest.mark.parametrize("spec", ["/tmp", "/dev/null/nope", "/nonexistent/spec.yaml"])
-def test_a_spec_path_that_is_not_a_file_is_one_line_not_a_traceback(spec: str) -> None:
-    done = _cli("validate", "-f", spec)
-    assert done.returncode == 1
-    assert "Traceback" not in done.stderr
-    assert done.stderr.startswith("k3snet: error:")
+def test_a_spec_path_that_is_not_a_file_is_one_line_not_a_traceback(
+        spec: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "-f", spec]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("k3snet: error:")
 
 
-def test_an_output_directory_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
-    done = _cli("render", "sysctl", "-f", str(SEED), "-o", "/proc/k3snet-nope")
-    assert done.returncode == 1
-    assert "Traceback" not in done.stderr
-    assert "/proc/k3snet-nope" in done.stderr
+def test_an_output_directory_that_cannot_be_written_is_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "sysctl", "-f", str(SEED), "-o", "/proc/k3snet-nope"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "/proc/k3snet-nope" in err
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
@@ -280,11 +302,17 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("interval", ["-5", "0", "nan", "1e400", "x"])
-def test_agent_interval_must_be_a_positive_number(interval: str) -> None:
-    done = _cli("agent", "-f", str(SEED), "--backend", "memory", "--interval", interval)
-    assert done.returncode == 64  # a usage error, never 2 (which means "changes pending")
-    assert "Traceback" not in done.stderr
-    assert "--interval" in done.stderr
+def test_agent_interval_must_be_a_positive_number(
+        interval: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # --once, --no-kube and --listen none: were the value taken, the agent would make one
+    # pass and end (a failed assertion), not run for ever in the test's process.
+    with pytest.raises(SystemExit) as caught:  # argparse's exit, as `python -m` ends
+        main(["agent", "-f", str(SEED), "--backend", "memory", "--once", "--no-kube",
+              "--listen", "none", "--interval", interval])
+    assert caught.value.code == 64  # a usage error, never 2 (which means "changes pending")
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "--interval" in err
 
 
 # ---------------------------------------------------------------- exit codes, one per case
@@ -390,8 +418,8 @@ def test_bash_completion_is_valid_bash_and_knows_the_commands(tmp_path: Path) ->
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
     for word in ("plan", "apply", "destroy", "--detailed-exitcode", "--auto-approve"):
         assert word in done.stdout
-    zsh = _cli("completion", "zsh").stdout
-    assert zsh.startswith("#compdef k3snet")
+    assert done.stdout == _completion("bash")  # the script the tests below read
+    assert _completion("zsh").startswith("#compdef k3snet")
 
 
 @pytest.mark.parametrize(("words", "offered"), [
@@ -410,7 +438,7 @@ def test_bash_completion_is_valid_bash_and_knows_the_commands(tmp_path: Path) ->
 def test_bash_completion_finds_the_command_after_common_options_and_offers_choices(
         tmp_path: Path, words: list[str], offered: list[str]) -> None:
     script = tmp_path / "k3snet.bash"
-    script.write_text(_cli("completion", "bash").stdout)
+    script.write_text(_completion("bash"))
     line = " ".join(shlex.quote(w) for w in ["k3snet", *words])
     done = subprocess.run(
         ["bash", "-c", f'source {shlex.quote(str(script))}; COMP_WORDS=({line}); '

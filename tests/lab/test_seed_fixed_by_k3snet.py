@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from k3snet.backends.netlink import DEFAULT_STATE_ROOT as STATE_ROOT
+from k3snet.cli import main
 from k3snet.demo import SPEC_PATH, run_demo
 from k3snet.lab import NODE_ADDRESSES, SeedLab
 
@@ -35,56 +36,63 @@ def test_demo_shows_the_failure_the_fix_and_the_forward_drop_case(
     assert "No changes" in out or "Plan: 0 to add, 0 to replace, 0 to delete" in out
 
 
-def _k3snet(*args: str, state_dir: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    if state_dir is not None:
-        env["K3SNET_STATE_DIR"] = str(state_dir)
-    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], env=env,
-                          capture_output=True, text=True, check=False, timeout=120)
+def _k3snet(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``k3snet ARGS`` run by main() in this process: (exit code, stdout, stderr). The
+    command's logic, the function ``python -m k3snet`` calls; a process's exit codes and
+    streams are tests/cli/test_exit.py's, and the getting-started test below runs the
+    page's commands as processes, as written."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_cli_plan_apply_plan_on_a_lab_node(tmp_path: Path) -> None:
+def test_cli_plan_apply_plan_on_a_lab_node(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
         backends = ["--backend", "netlink", "--backend", "nftables", "--netns", lab.node]
-        first = _k3snet("plan", "-f", str(SPEC_PATH), *backends, state_dir=lab.state_dir)
-        assert first.returncode == 2, first.stderr
-        assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in first.stdout
+        code, out, err = _k3snet(capsys, "plan", "-f", str(SPEC_PATH), *backends)
+        assert code == 2, err
+        assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in out
         assert not lab.tcp_probe(4).ok
 
-        applied = _k3snet("apply", "-f", str(SPEC_PATH), *backends, "--output", "json",
-                          state_dir=lab.state_dir)
-        assert applied.returncode == 0, applied.stderr
-        assert len(json.loads(applied.stdout)["applied"]) == 6
+        code, out, err = _k3snet(capsys, "apply", "-f", str(SPEC_PATH), *backends,
+                                 "--output", "json")
+        assert code == 0, err
+        assert len(json.loads(out)["applied"]) == 6
         probe = lab.tcp_probe(4)
         assert probe.ok
         assert probe.source_seen == NODE_ADDRESSES[4]
 
-        again = _k3snet("plan", "-f", str(SPEC_PATH), *backends, state_dir=lab.state_dir)
-        assert again.returncode == 0, again.stdout + again.stderr
+        code, out, err = _k3snet(capsys, "plan", "-f", str(SPEC_PATH), *backends)
+        assert code == 0, out + err
 
-        observed = json.loads(_k3snet("observe", *backends, "--output", "json",
-                                      state_dir=lab.state_dir).stdout)
+        observed = json.loads(_k3snet(capsys, "observe", *backends, "--output", "json")[1])
         assert any(o["type"] == "masquerade" for o in observed["owned"])
         assert any(o["type"] == "route" and o["protocol"] == "static" for o in observed["foreign"])
 
 
-def test_cli_reports_a_spec_the_node_cannot_satisfy(tmp_path: Path) -> None:
+def test_cli_reports_a_spec_the_node_cannot_satisfy(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
                     "destinations:\n  - {cidr: 192.168.7.0/24, gateway: 10.9.9.9, device: eth9}\n")
     with SeedLab.create() as lab:
-        done = _k3snet("plan", "-f", str(spec), "--netns", lab.node, state_dir=lab.state_dir)
-        assert done.returncode == 1
-        assert "Traceback" not in done.stderr
-        assert "no interface 'eth9'" in done.stderr
-        assert "gateway 10.9.9.9 is not inside any connected or routed prefix" in done.stderr
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        code, _, err = _k3snet(capsys, "plan", "-f", str(spec), "--netns", lab.node)
+        assert code == 1
+        assert "Traceback" not in err
+        assert "no interface 'eth9'" in err
+        assert "gateway 10.9.9.9 is not inside any connected or routed prefix" in err
 
 
-def test_cli_names_a_namespace_that_does_not_exist() -> None:
-    done = _k3snet("plan", "-f", str(SPEC_PATH), "--netns", "k3snet-no-such-ns", "--no-facts")
-    assert done.returncode == 1
-    assert "k3snet-no-such-ns" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_cli_names_a_namespace_that_does_not_exist(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _k3snet(capsys, "plan", "-f", str(SPEC_PATH), "--netns", "k3snet-no-such-ns",
+                           "--no-facts")
+    assert code == 1
+    assert "k3snet-no-such-ns" in err
+    assert "Traceback" not in err
 
 
 def _getting_started_node_commands() -> list[tuple[list[str], int]]:
