@@ -11,6 +11,9 @@
                 so ``make mutation`` judges every mutant on the same draws, quickly.
   ``lowest``    50 examples, no example database: ``make test-lowest``'s quick look at
                 the lowest versions pyproject.toml allows.
+
+  A test that names its own count takes it from ``tests/examples.py``'s ``examples(n)``:
+  ``n`` scaled by the profile's count (``n`` at 300), so it follows the profile too.
 - A leftover check: the run fails if a network namespace named ``k3snet-*`` that
   did not exist when the session started still exists when it ends. Tests must
   delete every namespace they create, also when they fail. ``K3SNET_SKIP_NETNS_CHECK=1``
