@@ -5,7 +5,7 @@
 
   ``dev``       200 examples, no deadline: a quick local run that still draws the
                 rare shapes (same key and other value, big states) a few times;
-  ``ci``        300 examples, what ``make test`` uses;
+  ``ci``        100 examples (hypothesis' own default), what ``make test`` uses;
   ``thorough``  5000 examples, for a long run before a release;
   ``mutation``  50 examples, derandomized, no example database and no shrinking,
                 so ``make mutation`` judges every mutant on the same draws, quickly.
@@ -49,7 +49,7 @@ except ImportError:  # hypothesis is in the dev group; tolerate a bare install
 else:
     settings.register_profile(
         "ci",
-        max_examples=300,
+        max_examples=100,
         deadline=None,  # shared CI machines have noisy timings
         derandomize=False,
         print_blob=True,  # failures print a reproduce_failure blob
