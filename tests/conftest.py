@@ -5,12 +5,15 @@
 
   ``dev``       200 examples, no deadline: a quick local run that still draws the
                 rare shapes (same key and other value, big states) a few times;
-  ``ci``        300 examples, what ``make test`` uses;
+  ``ci``        100 examples (hypothesis' own default), what ``make test`` uses;
   ``thorough``  5000 examples, for a long run before a release;
   ``mutation``  50 examples, derandomized, no example database and no shrinking,
                 so ``make mutation`` judges every mutant on the same draws, quickly.
   ``lowest``    50 examples, no example database: ``make test-lowest``'s quick look at
                 the lowest versions pyproject.toml allows.
+
+  A test that names its own count takes it from ``tests/examples.py``'s ``examples(n)``:
+  ``n`` scaled by the profile's count (``n`` at 300), so it follows the profile too.
 - A leftover check: the run fails if a network namespace named ``k3snet-*`` that
   did not exist when the session started still exists when it ends. Tests must
   delete every namespace they create, also when they fail. ``K3SNET_SKIP_NETNS_CHECK=1``
@@ -46,7 +49,7 @@ except ImportError:  # hypothesis is in the dev group; tolerate a bare install
 else:
     settings.register_profile(
         "ci",
-        max_examples=300,
+        max_examples=100,
         deadline=None,  # shared CI machines have noisy timings
         derandomize=False,
         print_blob=True,  # failures print a reproduce_failure blob

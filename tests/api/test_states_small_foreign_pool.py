@@ -7,11 +7,12 @@ from hypothesis import strategies as st
 
 import k3snet.testing.strategies as ks
 from k3snet import Route, State
+from tests.examples import examples
 
 _ONE_FOREIGN = Route("10.99.0.0/16", device="eth0", protocol=4)
 
 
-@settings(deadline=None, max_examples=50)
+@settings(deadline=None, max_examples=examples(50))
 @given(ks.states(ks.routes(4, devices=("eth0",), destinations=st.just(
     ks.EDGE_DESTINATIONS[4][0])), foreign=st.sampled_from([_ONE_FOREIGN]), min_owned=1,
     min_foreign=1, max_foreign=1))

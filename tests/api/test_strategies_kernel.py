@@ -15,6 +15,7 @@ from hypothesis import given, settings
 
 from k3snet.lab.netns import temporary_netns
 from k3snet.testing import strategies as ks
+from tests.examples import examples
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
@@ -72,7 +73,7 @@ def test_an_edge_name_is_drawn_exactly_when_the_kernel_takes_it(ns: str, name: s
     assert ks._interface_name_drawn(name) == _kernel_takes(ns, name)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(ks.interface_names())
 def test_every_drawn_interface_name_is_one_the_kernel_takes(ns: str, name: str) -> None:
     assert _kernel_takes(ns, name)

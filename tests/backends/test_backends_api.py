@@ -48,6 +48,7 @@ from k3snet.converge import converge
 from k3snet.errors import BackendOptionError, ModelError
 from k3snet.model import Drift, ForwardBlock, NatBlock, NetObject, object_from_dict
 from k3snet.testing import run_conformance
+from tests.examples import examples
 
 if TYPE_CHECKING:
     from _typeshed import TraceFunction
@@ -66,7 +67,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 def test_memory_backend_passes_the_conformance_suite() -> None:
     found = State(foreign=[STATIC, Sysctl("net.ipv4.ip_forward", 0)])
-    run_conformance(lambda: MemoryBackend(found), max_examples=100)
+    run_conformance(lambda: MemoryBackend(found), max_examples=examples(100))
 
 
 def test_a_memory_backend_limited_to_routes_passes_and_refuses_other_kinds() -> None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from k3snet import MasqueradeRule, PlanError, State, plan, planfile
 from k3snet.planfile import PlanFile
 from k3snet.testing.strategies import edited_documents
+from tests.examples import examples
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 
@@ -178,7 +179,7 @@ def test_a_plan_file_nested_too_deep_is_refused_not_an_internal_error(tmp_path: 
         PlanFile.read(path, netns=None)
 
 
-@settings(max_examples=300, deadline=None,
+@settings(max_examples=examples(300), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_value_anywhere_in_a_plan_file_is_read_or_refused_with_a_plan_error(

@@ -61,6 +61,7 @@ from k3snet.spec import (
     EgressPolicy,
     Spec,
 )
+from tests.examples import examples
 
 pytestmark = pytest.mark.cluster
 
@@ -1253,7 +1254,7 @@ IMAGE_PIECES = st.lists(st.sampled_from(
     min_size=1, max_size=12).map("".join)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(image=IMAGE_PIECES)
 @example(image="registry.example/K3snet:1")
 @example(image="registry.example:5000/k3snet:1.2@sha256:" + "ab" * 32)

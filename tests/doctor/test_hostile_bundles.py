@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from k3snet.doctor import Flow, NodeCapture, NodeState, diagnose, nftables
 from k3snet.doctor.bundle import BundleError
 from k3snet.testing.strategies import edited_documents
+from tests.examples import examples
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
@@ -54,7 +55,7 @@ def _diagnosed_or_refused(case: str, texts: dict[str, str]) -> None:
     json.dumps(d.to_dict())
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), case=st.sampled_from(CASES))
 def test_any_value_anywhere_in_a_bundle_json_is_diagnosed_or_a_bundle_error(
         data: st.DataObject, case: str) -> None:
@@ -74,7 +75,7 @@ def test_any_value_anywhere_in_a_bundle_json_is_diagnosed_or_a_bundle_error(
     _diagnosed_or_refused(case, texts)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), case=st.sampled_from(CASES))
 def test_any_edit_of_a_line_of_a_saved_table_is_diagnosed_or_a_bundle_error(
         data: st.DataObject, case: str) -> None:
@@ -265,7 +266,7 @@ def test_a_fix_through_an_interface_k3snet_cannot_name_is_advice_not_an_error() 
 _CONTROL = "\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2K\r\x9b31m\u202e\x00"
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=st.text(min_size=1, max_size=12) | st.sampled_from(
     [_CONTROL, "\nverdict: reaches", "\rverdict: reaches\x1b[K"]))
 def test_text_from_a_bundle_reaches_the_terminal_as_printable_lines_of_its_own(

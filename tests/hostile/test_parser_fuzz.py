@@ -40,6 +40,7 @@ from k3snet.doctor import BundleError, NodeCapture, NodeState
 from k3snet.errors import BackendError
 from k3snet.facts import facts_from_ip_json
 from k3snet.testing import strategies
+from tests.examples import examples
 from tests.iptables.test_recorded import FakeKernel
 from tests.nftables.test_recorded import RecordedKernel
 
@@ -51,8 +52,7 @@ RULESETS = sorted(p.name.removesuffix(".ruleset.json")
                   for p in (DATA / "nftables").glob("*.ruleset.json"))
 IP_JSON = json.loads((DATA / "netlink" / "dumps.json").read_text())["ip_json"]
 CAPTURES = sorted(p.name for p in GOLDEN.iterdir() if (p / "addr.json").exists())
-# A sixth of the profile's examples (ci: 50 per reader, about 15 s in all).
-FUZZ = settings(max_examples=max(10, settings().max_examples // 6), deadline=None)
+FUZZ = settings(max_examples=examples(50), deadline=None)
 
 # ------------------------------------------------------------------ mutations
 

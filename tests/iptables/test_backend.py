@@ -36,6 +36,7 @@ from k3snet.render.tag import content_digest
 from k3snet.testing import run_conformance, strategies
 from k3snet.testing.k3s import NODE_V4, NODE_V6
 from tests.dropped import dropped, iptables_count
+from tests.examples import examples
 
 CONFIGS = [
     pytest.param(("nft", "restore"), id="nft-restore"),
@@ -177,7 +178,7 @@ def assert_jump_after_foreign(text: str, first: str | None = None) -> None:
 # -- pure: what we write reads back -------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(obj=st.one_of(strategies.nat_rules(), strategies.forward_rules()))
 def test_every_object_is_rebuilt_from_its_rules(obj: NetObject) -> None:
     unit = render_unit(obj)
@@ -218,7 +219,7 @@ def test_the_usual_masquerade_renders_as_before() -> None:
                            "k3snet:6b47f6fd9ed811ee", "-j", "MASQUERADE"),)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(obj=st.one_of(strategies.nat_rules(), strategies.forward_rules()))
 def test_the_fast_rendering_hashes_the_canonical_text(obj: NetObject) -> None:
     # Plain masquerades take an unrolled path: it must hash what _canonical() says.
@@ -228,7 +229,7 @@ def test_the_fast_rendering_hashes_the_canonical_text(obj: NetObject) -> None:
     assert canonical[1] == str(obj.source)  # the fast address text is ipaddress' own
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(obj=strategies.nat_rules())
 def test_the_fast_rendering_renders_what_the_general_path_does(obj: NetObject) -> None:
     # The unrolled path reads addresses from the object's key, not from ipaddress.

@@ -38,6 +38,7 @@ from k3snet.render.iptables import render_iptables_save
 from k3snet.render.iptables import rules as iptables_rules
 from k3snet.render.iptables.rules import clear_caches, comment_digest
 from k3snet.testing import strategies
+from tests.examples import examples
 
 from .test_recorded import DESIRED, DRIFTS, MODES, FakeKernel, backend_on, recorded
 
@@ -208,7 +209,7 @@ def _edit(text: str, data: st.DataObject) -> str:
     return "\n".join(lines) + "\n"
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(written=RULES, expected=RULES, edited=st.booleans(), data=st.data())
 def test_the_hint_changes_no_reading_of_any_rule_set_edited_or_not(
     written: list[NetObject], expected: list[NetObject], edited: bool, data: st.DataObject

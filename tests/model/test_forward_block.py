@@ -13,6 +13,7 @@ from k3snet.backends.iptables.save import parse_save
 from k3snet.model import ForwardBlock, ForwardRule, object_from_dict
 from k3snet.render.iptables.rules import hook_position, tokenize
 from k3snet.testing.strategies import forward_rules
+from tests.examples import examples
 
 DROP = ForwardBlock(4, "drop", "-A FORWARD -s 10.42.0.0/16 -d 192.168.2.0/24 -j DROP",
                     "iptables IPv4 filter", source="10.42.0.0/16", destination="192.168.2.0/24")
@@ -83,7 +84,7 @@ def test_a_block_after_an_accept_of_every_reply_decides_new_packets_only() -> No
         ForwardRule("10.42.0.0/16", "192.168.2.0/24"))
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(block=st.builds(lambda d: ForwardBlock(d.family, "drop", "r", "w", source=d.source,
                                               destination=d.destination,
                                               in_interface=d.in_interface,

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from k3snet.model import State, Sysctl
 from k3snet.model.state import known_kinds
 from k3snet.testing.strategies import states
+from tests.examples import examples
 
 KINDS = st.frozensets(st.sampled_from(known_kinds()))
 
@@ -20,7 +21,7 @@ def _same(a: State, b: State) -> None:
 
 
 @given(states(), KINDS)
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 def test_only_is_the_state_of_the_objects_of_those_kinds(state: State,
                                                         kinds: frozenset[str]) -> None:
     part = state.only(kinds)
@@ -30,7 +31,7 @@ def test_only_is_the_state_of_the_objects_of_those_kinds(state: State,
 
 
 @given(st.lists(states(max_owned=4, max_foreign=2), max_size=4))
-@settings(max_examples=150)
+@settings(max_examples=examples(150))
 def test_merge_is_the_state_of_the_union_of_their_objects(parts: list[State]) -> None:
     owned = [o for p in parts for o in p.owned]
     if len({o.key for o in owned}) < len(set(owned)):

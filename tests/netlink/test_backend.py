@@ -36,6 +36,7 @@ from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, RouteBlock, State, Sysctl
 from k3snet.planner import Change, Plan, plan
 from k3snet.testing import strategies
+from tests.examples import examples
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
@@ -537,7 +538,7 @@ def test_conformance(ns: str, tmp_path: Path, driver: Driver) -> None:
     # reopen: the next process's backend reads the routes and the sysctls' recorded values
     # (its state file) as this one holds them.
     run_conformance(lambda: NetlinkBackend(ns, state_dir=tmp_path, driver=driver),
-                    objects=st.one_of(routes, sysctls), max_examples=50,
+                    objects=st.one_of(routes, sysctls), max_examples=examples(50),
                     reopen=lambda _: NetlinkBackend(ns, state_dir=tmp_path, driver=driver))
     assert not {line for line in kernel_routes(ns) if "proto 211" in line}
 

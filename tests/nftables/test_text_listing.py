@@ -55,6 +55,7 @@ from k3snet.model import (
 from k3snet.planner import plan
 from k3snet.render.nftables import CHAIN_SPECS, nft_rules, object_tag
 from k3snet.testing import strategies
+from tests.examples import examples
 
 MASQ = MasqueradeRule("10.42.0.0/16", destination="192.168.0.0/16",
                       exclude=["192.168.5.0/24", "192.168.6.0/24"], out_interface="eth0",
@@ -293,7 +294,7 @@ def test_lines_read_before_are_not_read_again_and_changed_lines_are(parsed: list
     assert len(read) == 4 + 3  # three distinct lines, the duplicate not read twice
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(obj=st.one_of(strategies.nat_rules(), strategies.forward_rules()), inet=st.booleans())
 def test_an_expected_objects_lines_are_what_reading_them_gives(obj: NetObject,
                                                                inet: bool) -> None:
@@ -305,7 +306,7 @@ def test_an_expected_objects_lines_are_what_reading_them_gives(obj: NetObject,
         assert read == (obj, object_tag(obj))
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(objects=st.lists(st.one_of(strategies.nat_rules(), strategies.forward_rules()),
                         max_size=4), inet=st.booleans())
 def test_the_lines_guessed_from_first_rules_are_the_expected_lines_of_their_objects(
@@ -344,7 +345,7 @@ def _shapes(inet: bool) -> tuple[text_reader._Shapes, list[str]]:
     return text_reader._Shapes(inet, counted), full
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(first=st.one_of(strategies.nat_rules(4), strategies.forward_rules(4)),
        destination=_DESTINATIONS, inet=st.booleans(), reply=st.booleans())
 def test_a_line_read_by_the_shape_of_an_earlier_line_is_what_the_full_read_gives(
@@ -367,7 +368,7 @@ def test_a_line_read_by_the_shape_of_an_earlier_line_is_what_the_full_read_gives
     assert full == ([line] if same and read is not None else [line, other])
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(first=strategies.forward_rules(4), destination=_DESTINATIONS, inet=st.booleans(),
        order=st.permutations(range(4)))
 def test_both_halves_of_forward_rules_read_by_shape_are_what_the_full_read_gives(
@@ -587,7 +588,7 @@ def test_a_tag_that_is_not_the_rules_own_is_read_for_the_json_reader_to_judge() 
     assert listed.rules[0].tag == object_tag(MASQ)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @example(position=528, junk="0", cut=0)  # a CI draw: "# handle 08" was read as handle 8
 @example(position=307, junk="9", cut=1)  # a CI draw: two rules listed with handle 9
 @given(position=st.integers(0, len(LISTED) - 1), junk=st.sampled_from(
@@ -769,7 +770,7 @@ def test_split_tables_are_read_from_their_text(ns: str) -> None:
 
 
 @pytest.mark.kernel
-@settings(max_examples=100, deadline=None,
+@settings(max_examples=examples(100), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(objects=st.lists(st.one_of(strategies.nat_rules(), strategies.forward_rules()),
                         max_size=6),

@@ -33,6 +33,7 @@ from k3snet.model import (
 from k3snet.model.cni import CalicoPools
 from k3snet.model.drift import ForwardDrift, NatDrift
 from k3snet.model.state import STATE_FORMAT
+from tests.examples import examples
 
 _ROUTE = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
 _FOREIGN_ROUTE = Route("192.168.3.0/24", gateway="192.168.1.1", device="eth0", protocol=4)
@@ -364,7 +365,7 @@ _JSON = st.recursive(
     max_leaves=10)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(document=_JSON)
 def test_any_json_reads_as_a_state_and_a_plan_or_fails_with_a_model_error(
         document: object) -> None:

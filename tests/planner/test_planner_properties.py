@@ -1,6 +1,6 @@
 """The planner properties of DESIGN.md, each one a hypothesis test.
 
-The ``ci`` profile (``make test``) runs every property with 300 examples.
+The ``ci`` profile (``make test``) runs every property with 100 examples.
 States are drawn from small pools, so observed and desired often share keys
 (replace), objects (keep) and foreign slots (met / conflict).
 """

@@ -47,6 +47,7 @@ from k3snet.render.sysctl import render_sysctl_d
 from k3snet.spec.compiler import compile as compile_spec
 from k3snet.spec.load import spec_from_document
 from k3snet.testing import strategies
+from tests.examples import examples
 from tests.render.readers import (
     read_ifupdown,
     read_netplan,
@@ -145,7 +146,7 @@ def _with(name: str, field: str | tuple[str, int], value: Any) -> dict[str, Any]
     return data
 
 
-@settings(max_examples=settings().max_examples * 4 // 3)  # ci: 400
+@settings(max_examples=examples(400))
 @given(st.sampled_from(STRING_FIELDS), strategies.hostile_text())
 def test_hostile_text_in_a_model_field_is_refused_or_reads_back(
         field: tuple[str, str | tuple[str, int]], value: str) -> None:
@@ -184,7 +185,7 @@ def test_a_zone_on_a_route_gateway_becomes_its_device() -> None:
 _ADDRESS_TEXT = re.compile(r"[0-9a-f.:/]+(%[A-Za-z0-9_.@+-]{1,15})?")
 
 
-@settings(max_examples=settings().max_examples * 5 // 6)  # ci: 250
+@settings(max_examples=examples(250))
 @given(st.one_of(strategies.hostile_text(), strategies.addresses().map(str),
                  strategies.networks().map(str), strategies.addresses(6).map(
                      lambda a: f"fe80::{int(a) & 0xffff:x}%eth0")))
@@ -203,7 +204,7 @@ def _interfaces() -> st.SearchStrategy[list[str]]:
     return st.lists(strategies.interface_names(), min_size=1, max_size=3, unique=True)
 
 
-@settings(max_examples=settings().max_examples // 3)  # ci: 100
+@settings(max_examples=examples(100))
 @given(_interfaces().flatmap(lambda devices: st.one_of(
     # Tables netplan takes (a signed number): the largest, which routes() draws by
     # default, it refuses on purpose (tests/render/test_netplan_placement.py).
@@ -239,7 +240,7 @@ def _configmap_specs(objs: list[dict[str, Any]]) -> list[Any]:
     return [spec_from_document(yaml.safe_load(text)) for text in texts]
 
 
-@settings(max_examples=settings().max_examples * 5 // 9)  # ci: 166
+@settings(max_examples=examples(166))
 @given(st.sampled_from(TARGETS), strategies.hostile_values())
 def test_hostile_values_in_spec_fields_are_refused_or_every_output_reads_back(
         target: Target, value: Any) -> None:

@@ -27,6 +27,7 @@ from k3snet.render.iptables.rules import (
     render_unit,
 )
 from k3snet.testing import strategies
+from tests.examples import examples
 
 _EXCLUDES: tuple[tuple[str, ...], ...] = ((), ("192.168.2.0/24",),
                                           ("192.168.3.0/24", "192.168.4.0/24"))
@@ -136,7 +137,7 @@ def _rebuilt(first: NetObject | None, unit: Unit, found: Found) -> Unit | None:
     return rebuild_unit(unit.obj.family, digest, chain, lines, _chains(unit))
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(first=st.one_of(strategies.nat_rules(), strategies.forward_rules()), data=st.data())
 def test_a_rule_read_by_the_shape_of_an_earlier_rule_is_what_its_text_alone_gives(
         first: NetObject, data: st.DataObject) -> None:

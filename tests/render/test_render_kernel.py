@@ -33,6 +33,7 @@ from k3snet.render.nftables import NFT_JSON_IFNAME_WORDS, render_nftables_conf
 from k3snet.render.routes import render_ifupdown
 from k3snet.render.sysctl import render_sysctl_d
 from k3snet.testing import strategies
+from tests.examples import examples
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
@@ -40,8 +41,8 @@ pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 DEVICES = ("eth0", "a@b+c.d-e_f", "x" * 15)
 GATEWAYS = {"eth0": ("192.168.1.1", "192.168.1.254", "fd01:1::1"),
             "a@b+c.d-e_f": ("10.9.0.1", "fd09::1")}
-# ci: 15 examples per language (about 12 s in all).
-KERNEL = settings(max_examples=max(5, settings().max_examples // 20), deadline=None,
+# Each example loads every language in the namespace: at least 5 per language.
+KERNEL = settings(max_examples=examples(15, floor=5), deadline=None,
                   suppress_health_check=[HealthCheck.function_scoped_fixture,
                                          HealthCheck.too_slow])
 

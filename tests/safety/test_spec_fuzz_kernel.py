@@ -36,6 +36,7 @@ from k3snet.spec.compiler import compile as compile_spec
 from k3snet.spec.load import spec_from_document
 from k3snet.testing import strategies
 from k3snet.testing.k3s import FLANNEL_NAT_V4
+from tests.examples import examples
 from tests.safety.spec_fields import Target, base_document, hostile_document, targets
 from tests.safety.test_safety_kernel import FOREIGN_IP6TABLES, FOREIGN_IPTABLES
 
@@ -72,8 +73,7 @@ FOREIGN_SYSCTLS = {"net.ipv4.conf.eth0.rp_filter": "1", "net.ipv4.conf.default.r
                    "net.ipv6.conf.all.accept_ra": "0", "net.ipv4.conf.all.rp_filter": "1"}
 OUTCOMES: Counter[str] = Counter()
 
-# ci: 100 examples (about 12 s).
-FUZZ = settings(max_examples=max(10, settings().max_examples // 3), deadline=None,
+FUZZ = settings(max_examples=examples(100), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from k3snet.spec.blockstyle import read_block_style
 from k3snet.spec.source import load_mapping
+from tests.examples import examples
 
 _RESOLVER = yaml.resolver.Resolver()
 HERE = Path(__file__).parent
@@ -88,13 +89,13 @@ def block_documents(draw: st.DrawFn) -> str:
     return "\n".join(lines) + draw(st.sampled_from(["", "\n", "\n\n"]))
 
 
-@settings(max_examples=800)
+@settings(max_examples=examples(800))
 @given(block_documents())
 def test_a_document_of_near_misses_the_reader_reads_is_what_pyyaml_reads(text: str) -> None:
     assert_agrees_with_pyyaml(text)
 
 
-@settings(max_examples=800)
+@settings(max_examples=examples(800))
 @given(st.text(alphabet=" -:#'\"[]{},.ab01~\n\t", max_size=40))
 def test_any_short_text_the_reader_reads_is_what_pyyaml_reads(text: str) -> None:
     assert_agrees_with_pyyaml(text)
@@ -202,7 +203,7 @@ def without_nested_lists(value: Any) -> bool:
     return True
 
 
-@settings(max_examples=800)
+@settings(max_examples=examples(800))
 @given(st.data())
 def test_a_block_style_document_is_read_by_the_reader_as_pyyaml_reads_it(
         data: st.DataObject) -> None:
@@ -213,7 +214,7 @@ def test_a_block_style_document_is_read_by_the_reader_as_pyyaml_reads_it(
     assert_agrees_with_pyyaml(text)
 
 
-@settings(max_examples=800)
+@settings(max_examples=examples(800))
 @given(st.data())
 def test_a_document_with_any_scalar_the_reader_reads_is_what_pyyaml_reads(
         data: st.DataObject) -> None:
@@ -221,7 +222,7 @@ def test_a_document_with_any_scalar_the_reader_reads_is_what_pyyaml_reads(
     assert_agrees_with_pyyaml(text)
 
 
-@settings(max_examples=800)
+@settings(max_examples=examples(800))
 @given(st.data())
 def test_a_document_with_random_edits_the_reader_reads_is_what_pyyaml_reads(
         data: st.DataObject) -> None:
@@ -229,7 +230,7 @@ def test_a_document_with_random_edits_the_reader_reads_is_what_pyyaml_reads(
     assert_agrees_with_pyyaml(edited(data, text))
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.data())
 def test_the_example_spec_with_random_edits_the_reader_reads_is_what_pyyaml_reads(
         data: st.DataObject) -> None:
@@ -242,7 +243,7 @@ VALUE_FORMS = ["k: {}", "k:\n- {}", "k:\n  - {}", "k: [{}]", "k: [{}, x]", "- k:
                "k:\n  {}: 1", "{}: 1", "k: {}  # c", "k:\n  a: {}\n  b: 1"]
 
 
-@settings(max_examples=800)
+@settings(max_examples=examples(800))
 @given(st.sampled_from(VALUE_FORMS),
        st.text(alphabet="ab01yYnNoOfFtTeE.-+_:#'\" []{},?!&*|>%@`~=<()/\\xX", min_size=1,
                max_size=8))

@@ -49,6 +49,7 @@ from k3snet.spec.validators import (
     with_schema,
 )
 from k3snet.testing.strategies import hostile_values
+from tests.examples import examples
 
 
 def test_int_in_messages_and_bounds() -> None:
@@ -399,7 +400,7 @@ _VALUES: st.SearchStrategy[object] = st.sampled_from([
     " 10.1.0.0/16", ["10.0.0.0/8", "nope"]])
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.sampled_from([DESTINATION, _FLAT]), st.one_of(
     st.dictionaries(_KEYS, st.one_of(_VALUES, _VALUES, hostile_values()), max_size=8),
     hostile_values()))

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from k3snet.spec.source import _json_document, load_mapping
+from tests.examples import examples
 from tests.spec import test_blockstyle
 from tests.spec.test_blockstyle import edited
 
@@ -37,14 +38,14 @@ LAYOUTS = st.sampled_from([{}, {"indent": 2}, {"separators": (",", ":")},
                            {"indent": 1, "separators": (", ", ": ")}, {"ensure_ascii": False}])
 
 
-@settings(max_examples=600)
+@settings(max_examples=examples(600))
 @given(DOCUMENTS, LAYOUTS)
 def test_a_json_document_read_by_json_is_what_pyyaml_reads(data: dict[str, Any],
                                                            layout: dict[str, Any]) -> None:
     assert_agrees_with_pyyaml(json.dumps(data, **layout))
 
 
-@settings(max_examples=600)
+@settings(max_examples=examples(600))
 @given(st.data(), DOCUMENTS, LAYOUTS)
 def test_a_json_document_with_random_edits_read_by_json_is_what_pyyaml_reads(
         data: st.DataObject, document: dict[str, Any], layout: dict[str, Any]) -> None:

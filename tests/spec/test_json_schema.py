@@ -17,6 +17,7 @@ from k3snet.schemas import load_schema
 from k3snet.spec.json_schema import dumps, spec_json_schema
 from k3snet.spec.schema import SECTIONS
 from k3snet.testing import strategies
+from tests.examples import examples
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "k3snet" / "schemas" / "spec.schema.json"
@@ -168,7 +169,8 @@ def _variants(example: Any) -> st.SearchStrategy[Any]:
     return st.sampled_from(near)
 
 
-@settings(deadline=None, max_examples=300)  # schema validation is slow on a loaded machine
+# No deadline: schema validation is slow on a loaded machine.
+@settings(deadline=None, max_examples=examples(300))
 @given(st.data())
 def test_the_schema_never_refuses_a_spec_k3snet_accepts(data: st.DataObject) -> None:
     """An editor must not flag a spec k3snet takes: the schema may let through what only

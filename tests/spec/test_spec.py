@@ -22,6 +22,7 @@ from k3snet import (
 )
 from k3snet.spec import IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE
 from k3snet.spec import compile as compile_spec
+from tests.examples import examples
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -200,7 +201,7 @@ def _fact_problem_lines(destinations: list[dict[str, str]], facts: NodeFacts) ->
 
 @given(st.lists(st.tuples(st.sampled_from(_GATEWAYS), st.sampled_from(_DEVICES)),
                 min_size=1, max_size=12))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_destinations_sharing_a_gateway_each_get_the_problems_they_get_alone(
         pairs: list[tuple[str, str | None]]) -> None:
     # The gateway verdict is made once per distinct gateway and device: every destination
