@@ -147,6 +147,15 @@ COMMIT
 """
 
 
+#: What :meth:`DoctorLab.configure` may have added to the node's routing, undone.
+_RESET_BATCH = """rule del pref 100
+rule del pref 200
+route flush table 100
+route flush table 200
+route flush proto static
+"""
+
+
 @attrs.frozen
 class Topology:
     """The node's knobs (see tests/doctor/test_differential.py for what each means)."""
@@ -478,12 +487,10 @@ class DoctorLab:
         if self.legacy_used:
             run_in(node, ["iptables-legacy-restore"], input_text=_EMPTY_LEGACY)
             run_in(node, ["ip6tables-legacy-restore"], input_text=_EMPTY_LEGACY)
+        # One ``ip`` per family: -force goes on past a line that has nothing to delete.
         for family in ("-4", "-6"):
-            for pref in ("100", "200"):
-                run_in(node, ["ip", family, "rule", "del", "pref", pref], check=False)
-            for table in ("100", "200"):
-                run_in(node, ["ip", family, "route", "flush", "table", table], check=False)
-            run_in(node, ["ip", family, "route", "flush", "proto", "static"], check=False)
+            run_in(node, ["ip", family, "-force", "-batch", "-"], check=False,
+                   input_text=_RESET_BATCH)
 
     @contextlib.contextmanager
     def unnumbered_uplink(self) -> Iterator[None]:
