@@ -81,6 +81,8 @@ _DROP_COUNTER = re.compile(r"^(?::\S+ DROP \[(?P<policy>\d+):\d+\]"
 #: or on the last rule of a chain whose policy drops (its comment says so), in ``nft list``.
 _NFT_DROP_COUNTER = re.compile(r"counter packets (\d+) bytes \d+ "
                                r"(?:drop|reject|comment \"to the drop policy\")")
+#: A rule's ``drop`` verdict, at the end of its line (not a chain's ``policy drop;``).
+_LAST_DROP = re.compile(r"(?<![\w-])drop(?=[ \t]*(?:\n|$))")
 #: The kernel's own counters of a packet the lab drops where no rule counts it, by family:
 #: ``(role, file under /proc/net, key)``. IPv4: a node that does not forward
 #: (``InAddrErrors``), strict ``rp_filter`` (``IPReversePathFilter``), no route on the node
@@ -93,6 +95,14 @@ _DROP_MIBS: dict[int, tuple[tuple[str, str, str], ...]] = {
     6: (("node", "snmp6", "Ip6InAddrErrors"),),
 }
 _IPV4 = re.compile(r"(?<![\w.:])(\d+\.\d+\.\d+\.\d+)(/\d+|:\d+)?(?![\w.])")
+
+
+def counted(script: str) -> str:
+    """An nftables script whose rules ending in ``drop`` count what they drop first
+    (``... counter drop``): the kernel's count that ends a probe of a dropped flow
+    (:meth:`DoctorLab.answer_or_drop`) at once. A counter changes no verdict, and the
+    doctor reads it as the no-op it is."""
+    return _LAST_DROP.sub("counter drop", script)
 
 
 def to_v6(text: str) -> str:
