@@ -552,10 +552,16 @@ class DoctorLab:
         for name in self.names.values():
             run_in(name, ["ip", "neigh", "flush", "all"], check=False)
 
-    def probe(self, destination: str, timeout: float = 1.5, port: int = PORT
-              ) -> dict[str, object]:
-        """One TCP exchange from the pod; the probe's JSON answer."""
-        return self.start_probe(destination, timeout, port).answer()
+    def probe(self, destination: str, timeout: float = 1.5, port: int = PORT, *,
+              until_dropped: bool = False) -> dict[str, object]:
+        """One TCP exchange from the pod; the probe's JSON answer (``until_dropped``: or
+        ``ok: false`` as soon as a counter counts a drop, :meth:`answer_or_drop`)."""
+        if not until_dropped:
+            return self.start_probe(destination, timeout, port).answer()
+        family = 6 if ":" in destination else 4
+        before = (self.kernel_drops(family), self.rule_drops(family))
+        return self.answer_or_drop(self.start_probe(destination, timeout, port), family,
+                                   before)
 
     def drops(self, family: int) -> int:
         """The packets the node's iptables dropped so far, as the kernel counts them
@@ -613,25 +619,9 @@ class DoctorLab:
         return probe.answer()
 
     def probe_dropped(self, destination: str, port: int = PORT) -> dict[str, object]:
-        """:meth:`probe` of a flow the node's iptables should drop: it ends as soon as a
-        drop counter (:meth:`drops`) counts one of its packets, the kernel's word that the
-        connection cannot open (its retransmissions meet the same rules; nothing else in
-        the lab crosses the node's FORWARD path or leaves it from the pods' addresses).
-        Its answer is then ``ok: false``; a flow no counter counts waits out the probe's
-        timeout, as :meth:`probe` does (the backstop: a slow answer is still an answer)."""
-        family = 6 if ":" in destination else 4
-        before = self.drops(family)
-        probe = self.start_probe(destination, port=port)
-        while probe.process.poll() is None:
-            counted = self.drops(family)
-            if counted > before and probe.process.poll() is None:
-                probe.process.kill()
-                probe.process.communicate()
-                return {"ok": False, "seen": None,
-                        "error": f"dropped: the node's iptables DROP counters went from "
-                                 f"{before} to {counted}"}
-            time.sleep(0.05)
-        return probe.answer()
+        """:meth:`probe` of a flow the node should drop: it ends as soon as a counter
+        counts one of its packets dropped (:meth:`answer_or_drop`)."""
+        return self.probe(destination, port=port, until_dropped=True)
 
     def start_probe(self, destination: str, timeout: float = 1.5, port: int = PORT
                     ) -> Probe:
