@@ -599,22 +599,26 @@ class DoctorLab:
                        ) -> dict[str, object]:
         """``probe``'s answer, or ``ok: false`` as soon as a counter (:meth:`kernel_drops`,
         :meth:`rule_drops`, both taken as ``before`` ahead of the probe) counts a packet
-        dropped: nothing else in the lab is dropped, and the connection's retransmissions
-        meet the same fate. A drop nothing counts (a blackhole route, a rule without a
-        counter) waits out the probe's timeout, the backstop. The rules' counters need a
-        process each: read at growing intervals; the kernel's are files, read often."""
+        dropped: the connection's retransmissions meet the same fate, and the lab drops
+        nothing else but, at times, a late retransmission of an earlier connection's
+        reply (the database repeats an unanswered SYN-ACK for a minute), so a flow
+        expected to reach is not probed this way (the differential test, which expects
+        nothing, probes again a flow its trace says reaches). A drop nothing counts (a blackhole
+        route, a rule without a counter) waits out the probe's timeout, the backstop.
+        The rules' counters need a process each: read at growing intervals; the
+        kernel's are files, read often."""
         kernel_before, rules_before = before
         next_rules, interval = time.monotonic(), 0.05
         while probe.process.poll() is None:
-            counted = self.kernel_drops(family) - kernel_before
-            if not counted and time.monotonic() >= next_rules:
-                counted = self.rule_drops(family) - rules_before
+            dropped = self.kernel_drops(family) - kernel_before
+            if not dropped and time.monotonic() >= next_rules:
+                dropped = self.rule_drops(family) - rules_before
                 next_rules, interval = time.monotonic() + interval, interval * 2
-            if counted > 0 and probe.process.poll() is None:
+            if dropped > 0 and probe.process.poll() is None:
                 probe.process.kill()
                 probe.process.communicate()
                 return {"ok": False, "seen": None,
-                        "error": f"dropped: the kernel counted {counted} packet(s) dropped"}
+                        "error": f"dropped: the kernel counted {dropped} packet(s) dropped"}
             time.sleep(0.01)
         return probe.answer()
 
