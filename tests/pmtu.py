@@ -42,5 +42,5 @@ def learnt_mtu(lab: SeedLab, family: int, db: str) -> str:
 
 def learnt_mtu_in(pod: str, family: int, db: str) -> str:
     """:func:`learnt_mtu` from the namespace ``pod`` (another lab's pod)."""
-    run_in(pod, [sys.executable, "-c", _SEND, db])
+    run_in(pod, [sys.executable, "-I", "-S", "-c", _SEND, db])
     return run_in(pod, ["ip", f"-{family}", "-o", "route", "get", db]).stdout

@@ -77,7 +77,32 @@ _V6_PREFIXLEN = {"/24": "/64"}
 #: ``[3:180] -A FORWARD -s 10.42.0.0/16 -j DROP``.
 _DROP_COUNTER = re.compile(r"^(?::\S+ DROP \[(?P<policy>\d+):\d+\]"
                            r"|\[(?P<rule>\d+):\d+\] -A .* -j DROP)$", re.MULTILINE)
+#: An nftables rule's counter on a rule that drops (``counter packets 3 bytes 180 drop``),
+#: or on the last rule of a chain whose policy drops (its comment says so), in ``nft list``.
+_NFT_DROP_COUNTER = re.compile(r"counter packets (\d+) bytes \d+ "
+                               r"(?:drop|reject|comment \"to the drop policy\")")
+#: A rule's ``drop`` verdict, at the end of its line (not a chain's ``policy drop;``).
+_LAST_DROP = re.compile(r"(?<![\w-])drop(?=[ \t]*(?:\n|$))")
+#: The kernel's own counters of a packet the lab drops where no rule counts it, by family:
+#: ``(role, file under /proc/net, key)``. IPv4: a node that does not forward
+#: (``InAddrErrors``), strict ``rp_filter`` (``IPReversePathFilter``), no route on the node
+#: or, for the replies, on the router (``InNoRoutes``). IPv6: a node that does not forward.
+#: Each counts only the flow's packets in the lab (IPv6's ``InNoRoutes`` does not: the
+#: links' own traffic bumps it; nor does anything count a blackhole route's drop).
+_DROP_MIBS: dict[int, tuple[tuple[str, str, str], ...]] = {
+    4: (("node", "snmp", "Ip:InAddrErrors"), ("node", "netstat", "TcpExt:IPReversePathFilter"),
+        ("node", "netstat", "IpExt:InNoRoutes"), ("router", "netstat", "IpExt:InNoRoutes")),
+    6: (("node", "snmp6", "Ip6InAddrErrors"),),
+}
 _IPV4 = re.compile(r"(?<![\w.:])(\d+\.\d+\.\d+\.\d+)(/\d+|:\d+)?(?![\w.])")
+
+
+def counted(script: str) -> str:
+    """An nftables script whose rules ending in ``drop`` count what they drop first
+    (``... counter drop``): the kernel's count that ends a probe of a dropped flow
+    (:meth:`DoctorLab.answer_or_drop`) at once. A counter changes no verdict, and the
+    doctor reads it as the no-op it is."""
+    return _LAST_DROP.sub("counter drop", script)
 
 
 def to_v6(text: str) -> str:
@@ -129,6 +154,15 @@ COMMIT
 :OUTPUT ACCEPT [0:0]
 :POSTROUTING ACCEPT [0:0]
 COMMIT
+"""
+
+
+#: What :meth:`DoctorLab.configure` may have added to the node's routing, undone.
+_RESET_BATCH = """rule del pref 100
+rule del pref 200
+route flush table 100
+route flush table 200
+route flush proto static
 """
 
 
@@ -377,10 +411,12 @@ def _nft_script(t: Topology) -> str:
                      f"  {oif}ip saddr 10.42.0.0/16 masquerade\n }}\n}}\n")
     rules = {
         "none": None,
-        "drop-port": ("accept", f"ip daddr {t.destination} tcp dport {PORT} drop"),
-        "drop-new-from-pods": ("accept", "ip saddr 10.42.0.0/16 ct state new drop"),
-        "stateful": ("drop", 'ct state established,related accept\n  iifname "cni0" accept'),
-        "drop-other-port": ("accept", "tcp dport 80 drop"),
+        "drop-port": ("accept", f"ip daddr {t.destination} tcp dport {PORT} counter drop"),
+        "drop-new-from-pods": ("accept", "ip saddr 10.42.0.0/16 ct state new counter drop"),
+        # The last rule counts what falls to the policy (the lab's drop counters).
+        "stateful": ("drop", 'ct state established,related accept\n  iifname "cni0" accept\n'
+                     '  counter comment "to the drop policy"'),
+        "drop-other-port": ("accept", "tcp dport 80 counter drop"),
     }[t.foreign]
     if rules is not None:
         policy, body = rules
@@ -442,9 +478,12 @@ class Probe:
 class DoctorLab:
     """Four namespaces (see the module docstring) and an echo server in ``db``."""
 
-    def __init__(self, names: dict[str, str]) -> None:
+    def __init__(self, names: dict[str, str], watchers: dict[str, int] | None = None) -> None:
         self.names = names
         self.legacy_used = False
+        #: A process sleeping in each of some namespaces (role: pid): their counters are
+        #: read from ``/proc/PID/net`` with no process started.
+        self.watchers = watchers or {}
 
     @property
     def node(self) -> str:
@@ -458,12 +497,10 @@ class DoctorLab:
         if self.legacy_used:
             run_in(node, ["iptables-legacy-restore"], input_text=_EMPTY_LEGACY)
             run_in(node, ["ip6tables-legacy-restore"], input_text=_EMPTY_LEGACY)
+        # One ``ip`` per family: -force goes on past a line that has nothing to delete.
         for family in ("-4", "-6"):
-            for pref in ("100", "200"):
-                run_in(node, ["ip", family, "rule", "del", "pref", pref], check=False)
-            for table in ("100", "200"):
-                run_in(node, ["ip", family, "route", "flush", "table", table], check=False)
-            run_in(node, ["ip", family, "route", "flush", "proto", "static"], check=False)
+            run_in(node, ["ip", family, "-force", "-batch", "-"], check=False,
+                   input_text=_RESET_BATCH)
 
     @contextlib.contextmanager
     def unnumbered_uplink(self) -> Iterator[None]:
@@ -515,10 +552,16 @@ class DoctorLab:
         for name in self.names.values():
             run_in(name, ["ip", "neigh", "flush", "all"], check=False)
 
-    def probe(self, destination: str, timeout: float = 1.5, port: int = PORT
-              ) -> dict[str, object]:
-        """One TCP exchange from the pod; the probe's JSON answer."""
-        return self.start_probe(destination, timeout, port).answer()
+    def probe(self, destination: str, timeout: float = 1.5, port: int = PORT, *,
+              until_dropped: bool = False) -> dict[str, object]:
+        """One TCP exchange from the pod; the probe's JSON answer (``until_dropped``: or
+        ``ok: false`` as soon as a counter counts a drop, :meth:`answer_or_drop`)."""
+        if not until_dropped:
+            return self.start_probe(destination, timeout, port).answer()
+        family = 6 if ":" in destination else 4
+        before = (self.kernel_drops(family), self.rule_drops(family))
+        return self.answer_or_drop(self.start_probe(destination, timeout, port), family,
+                                   before)
 
     def drops(self, family: int) -> int:
         """The packets the node's iptables dropped so far, as the kernel counts them
@@ -530,26 +573,59 @@ class DoctorLab:
                    for m in _DROP_COUNTER.finditer(
                        run_in(self.node, [f"{tool}-{flavour}-save", "-c"]).stdout))
 
-    def probe_dropped(self, destination: str, port: int = PORT) -> dict[str, object]:
-        """:meth:`probe` of a flow the node's iptables should drop: it ends as soon as a
-        drop counter (:meth:`drops`) counts one of its packets, the kernel's word that the
-        connection cannot open (its retransmissions meet the same rules; nothing else in
-        the lab crosses the node's FORWARD path or leaves it from the pods' addresses).
-        Its answer is then ``ok: false``; a flow no counter counts waits out the probe's
-        timeout, as :meth:`probe` does (the backstop: a slow answer is still an answer)."""
-        family = 6 if ":" in destination else 4
-        before = self.drops(family)
-        probe = self.start_probe(destination, port=port)
+    def _mib(self, role: str, file: str, key: str) -> int:
+        """One of the kernel's counters (``/proc/net/FILE``) in the namespace of ``role``."""
+        lines = Path(f"/proc/{self.watchers[role]}/net/{file}").read_text().splitlines()
+        if file == "snmp6":
+            return next(int(line.split()[1]) for line in lines if line.split()[0] == key)
+        group, name = key.split(":")
+        for names, values in zip(lines[::2], lines[1::2], strict=True):
+            if names.startswith(group + ":"):
+                return int(dict(zip(names.split(), values.split(), strict=True))[name])
+        raise KeyError(key)
+
+    def kernel_drops(self, family: int) -> int:
+        """The flow's packets the lab dropped so far where no rule counts them, as the
+        kernel's own counters (:data:`_DROP_MIBS`) say: read from files, no process."""
+        return sum(self._mib(*mib) for mib in _DROP_MIBS[family] if mib[0] in self.watchers)
+
+    def rule_drops(self, family: int) -> int:
+        """The packets the node's rules dropped so far: :meth:`drops` and every nftables
+        counter on a dropping rule, or on a chain's last rule before its drop policy."""
+        ruleset = run_in(self.node, ["nft", "list", "ruleset"]).stdout
+        return self.drops(family) + sum(int(m[1]) for m in _NFT_DROP_COUNTER.finditer(ruleset))
+
+    def answer_or_drop(self, probe: Probe, family: int, before: tuple[int, int]
+                       ) -> dict[str, object]:
+        """``probe``'s answer, or ``ok: false`` as soon as a counter (:meth:`kernel_drops`,
+        :meth:`rule_drops`, both taken as ``before`` ahead of the probe) counts a packet
+        dropped: the connection's retransmissions meet the same fate, and the lab drops
+        nothing else but, at times, a late retransmission of an earlier connection's
+        reply (the database repeats an unanswered SYN-ACK for a minute), so a flow
+        expected to reach is not probed this way (the differential test, which expects
+        nothing, probes again a flow its trace says reaches). A drop nothing counts (a blackhole
+        route, a rule without a counter) waits out the probe's timeout, the backstop.
+        The rules' counters need a process each: read at growing intervals; the
+        kernel's are files, read often."""
+        kernel_before, rules_before = before
+        next_rules, interval = time.monotonic(), 0.05
         while probe.process.poll() is None:
-            counted = self.drops(family)
-            if counted > before and probe.process.poll() is None:
+            dropped = self.kernel_drops(family) - kernel_before
+            if not dropped and time.monotonic() >= next_rules:
+                dropped = self.rule_drops(family) - rules_before
+                next_rules, interval = time.monotonic() + interval, interval * 2
+            if dropped > 0 and probe.process.poll() is None:
                 probe.process.kill()
                 probe.process.communicate()
                 return {"ok": False, "seen": None,
-                        "error": f"dropped: the node's iptables DROP counters went from "
-                                 f"{before} to {counted}"}
-            time.sleep(0.05)
+                        "error": f"dropped: the kernel counted {dropped} packet(s) dropped"}
+            time.sleep(0.01)
         return probe.answer()
+
+    def probe_dropped(self, destination: str, port: int = PORT) -> dict[str, object]:
+        """:meth:`probe` of a flow the node should drop: it ends as soon as a counter
+        counts one of its packets dropped (:meth:`answer_or_drop`)."""
+        return self.probe(destination, port=port, until_dropped=True)
 
     def start_probe(self, destination: str, timeout: float = 1.5, port: int = PORT
                     ) -> Probe:
@@ -570,15 +646,20 @@ class DoctorLab:
         """The node's state, read with the doctor's own bundle reader."""
         return NodeCapture.read_live(self.node)
 
-    def kernel_and_trace(self, t: Topology, timeout: float = 1.5
-                         ) -> tuple[dict[str, object], Trace]:
+    def kernel_and_trace(self, t: Topology, timeout: float = 1.5, *,
+                         until_dropped: bool = False) -> tuple[dict[str, object], Trace]:
         """The kernel's answer to ``t``'s flow (one probe from the pod) and the doctor's
         trace of it from the node's capture. The capture and the trace only read the
         node: they run while the probe does (a flow the kernel drops waits out the probe's
-        timeout)."""
+        timeout, or with ``until_dropped`` only until a counter counts the drop:
+        :meth:`answer_or_drop`)."""
+        before = (self.kernel_drops(t.family), self.rule_drops(t.family)) if until_dropped \
+            else (0, 0)
         probe = self.start_probe(t.destination, timeout, t.port)
         traced = trace(NodeState.from_capture(self.capture()),
                        Flow(t.pod, t.destination, port=t.port))
+        if until_dropped:
+            return self.answer_or_drop(probe, t.family, before), traced
         return probe.answer(), traced
 
 
@@ -631,9 +712,29 @@ def _build(stack: ExitStack, *, legacy: bool = True) -> DoctorLab:
     if not ready or server.stdout.readline().strip() != "listening":
         detail = server.stderr.read() if server.stderr else ""
         raise RuntimeError(f"echo server did not start: {detail}")
-    lab = DoctorLab(names)
+    lab = DoctorLab(names, {role: _watcher(stack, names[role]) for role in ("node", "router")})
     lab.legacy_used = legacy
     return lab
+
+
+def _watcher(stack: ExitStack, ns: str) -> int:
+    """The pid of a process sleeping in ``ns`` (stopped with ``stack``), once it is there:
+    ``/proc/PID/net`` is then the namespace's."""
+    process = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "infinity"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    stack.callback(_stop_watcher, process)
+    wanted = os.stat(f"/run/netns/{ns}").st_ino
+    deadline = time.monotonic() + 10
+    while os.stat(f"/proc/{process.pid}/ns/net").st_ino != wanted:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"no process could be left in the namespace {ns}")
+        time.sleep(0.01)
+    return process.pid
+
+
+def _stop_watcher(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait(timeout=10)
 
 
 def _stop(server: subprocess.Popen[str]) -> None:

@@ -10,7 +10,6 @@ on a bridge (an interface other links name as their master); a match on the port
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,18 +20,18 @@ from k3snet.doctor import Flow, NodeState, Verdict, trace
 from k3snet.lab import _probe
 from k3snet.lab.netns import run_in, temporary_netns
 
-from .conftest import DESTINATIONS, PORT, DoctorLab, Topology
+from .conftest import DESTINATIONS, PORT, DoctorLab, Probe, Topology, counted
 
 pytestmark = [pytest.mark.kernel]
 
 _POD = "10.42.5.10"
 
 
-@pytest.fixture
-def bridged_pod(doctor_lab: DoctorLab) -> Iterator[tuple[DoctorLab, str]]:
-    """A pod ``10.42.5.10`` on the node's bridge ``cnibr`` (``10.42.5.1/24``); removed
-    afterwards. Yields the lab and the pod's namespace."""
-    doctor_lab.configure(Topology())
+@pytest.fixture(scope="module")
+def bridge_pod_netns(doctor_lab: DoctorLab) -> Iterator[str]:
+    """A pod ``10.42.5.10`` on the node's bridge ``cnibr`` (``10.42.5.1/24``), made once
+    for the module (a test's reset of the node keeps links and addresses); removed
+    afterwards. Yields the pod's namespace."""
     node = doctor_lab.node
     with temporary_netns("podbr") as pod:
         run_in(node, ["ip", "link", "add", "cnibr", "type", "bridge"])
@@ -47,10 +46,18 @@ def bridged_pod(doctor_lab: DoctorLab) -> Iterator[tuple[DoctorLab, str]]:
             run_in(pod, ["ip", "addr", "add", f"{_POD}/24", "dev", "eth0"])
             run_in(pod, ["ip", "link", "set", "eth0", "up"])
             run_in(pod, ["ip", "route", "add", "default", "via", "10.42.5.1"])
-            yield doctor_lab, pod
+            yield pod
         finally:
             run_in(node, ["ip", "link", "del", "cnibr"], check=False)
             run_in(node, ["ip", "link", "del", "vethbr"], check=False)
+
+
+@pytest.fixture
+def bridged_pod(doctor_lab: DoctorLab, bridge_pod_netns: str) -> tuple[DoctorLab, str]:
+    """The lab's node reset to a healthy one, with the bridged pod (:func:`bridge_pod_netns`).
+    Yields the lab and the pod's namespace."""
+    doctor_lab.configure(Topology())
+    return doctor_lab, bridge_pod_netns
 
 
 def _bridge_table(hook: str, rule: str) -> str:
@@ -79,12 +86,17 @@ def test_a_bridge_family_chain_on_the_pods_bridge_decides_as_in_the_kernel(
         bridged_pod: tuple[DoctorLab, str], case: str) -> None:
     lab, pod = bridged_pod
     hook, rule, reaches, verdict = _CASES[case]
-    run_in(lab.node, ["nft", "-f", "-"], input_text=_bridge_table(hook, rule))
+    # A counter on the drop ends a dropped probe as soon as it counts (the timeout stays
+    # the backstop); the capture and the trace run while the probe does.
+    run_in(lab.node, ["nft", "-f", "-"], input_text=counted(_bridge_table(hook, rule)))
     destination = DESTINATIONS["plain"]
-    answer = json.loads(subprocess.run(
+    before = (lab.kernel_drops(4), lab.rule_drops(4))
+    probe = Probe(subprocess.Popen(
         ["ip", "netns", "exec", pod, sys.executable, "-I", "-S", _probe.__file__, "tcp",
          "--host", destination, "--port", str(PORT), "--timeout", "2"],
-        capture_output=True, text=True, timeout=20, check=False).stdout)
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        20)
     found = trace(NodeState.from_capture(lab.capture()), Flow(_POD, destination, port=PORT))
+    answer = probe.answer() if reaches else lab.answer_or_drop(probe, 4, before)
     assert answer["ok"] is reaches, answer
     assert found.verdict is verdict, found.render()

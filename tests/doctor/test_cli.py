@@ -127,7 +127,7 @@ def test_fix_applies_the_plan_and_the_flow_then_reaches(
     monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
     topology = Topology(forwarding=False, nat="none")
     doctor_lab.configure(topology)
-    assert not doctor_lab.probe(topology.destination)["ok"]
+    assert not doctor_lab.probe(topology.destination, until_dropped=True)["ok"]
     argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
             f"{topology.destination}:{PORT}", "--fix", "--auto-approve"]
     assert main(argv) == 0
@@ -295,7 +295,7 @@ def test_fix_repairs_k3snets_own_table_made_dormant(
             f"{topology.destination}:{PORT}", "--fix", "--auto-approve"]
     assert main(argv) == 0
     run_in(doctor_lab.node, ["nft", "add", "table", "inet", "k3snet", "{ flags dormant; }"])
-    assert not doctor_lab.probe(topology.destination)["ok"]
+    assert not doctor_lab.probe(topology.destination, until_dropped=True)["ok"]
     capsys.readouterr()
     assert main(argv) == 0
     out = capsys.readouterr().out

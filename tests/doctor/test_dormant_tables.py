@@ -41,7 +41,8 @@ def test_a_dormant_tables_chains_decide_nothing_as_in_the_kernel(
         table = "lab_nat" if case == "masquerade" else "filter"
         run_in(doctor_lab.node, ["nft", "add", "table", "ip", table, "{ flags dormant; }"])
     reaches = case != "masquerade"
-    answer, found = doctor_lab.kernel_and_trace(topology, timeout=2)
+    answer, found = doctor_lab.kernel_and_trace(topology, timeout=2,
+                                                until_dropped=not reaches)
     assert answer["ok"] is reaches, answer
     assert found.verdict is (Verdict.REACHES if reaches else Verdict.BLOCKED), found.render()
     if not reaches:

@@ -16,7 +16,7 @@ import pytest
 from k3snet.doctor import Verdict
 from k3snet.lab.netns import run_in
 
-from .conftest import DoctorLab, Topology
+from .conftest import DoctorLab, Topology, counted
 
 pytestmark = [pytest.mark.kernel]
 
@@ -53,11 +53,12 @@ def test_a_rule_looking_a_route_up_decides_as_in_the_kernel(
     topology, rule, reaches = _CASES[case]
     doctor_lab.configure(topology)
     if isinstance(rule, str):
-        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_FIB.format(rule))
+        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=counted(_FIB.format(rule)))
     else:
         tool = "ip6tables-nft" if topology.family == 6 else "iptables-nft"
         run_in(doctor_lab.node, [tool, *rule])
     doctor_lab.forget_neighbours()
-    answer, found = doctor_lab.kernel_and_trace(topology, timeout=2)
+    answer, found = doctor_lab.kernel_and_trace(topology, timeout=2,
+                                                   until_dropped=not reaches)
     assert answer["ok"] is reaches, answer
     assert found.verdict is (Verdict.REACHES if reaches else Verdict.BLOCKED), found.render()

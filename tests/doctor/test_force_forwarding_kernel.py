@@ -36,7 +36,8 @@ def test_force_forwarding_forwards_what_arrives_on_its_interface_as_the_kernel_d
     doctor_lab.forget_neighbours()
     try:
         _force(doctor_lab, *interfaces)
-        answer, found = doctor_lab.kernel_and_trace(topology, timeout=3)
+        answer, found = doctor_lab.kernel_and_trace(topology, timeout=3,
+                                                    until_dropped=not reaches)
         assert answer["ok"] is reaches, answer
         assert found.verdict is (Verdict.REACHES if reaches else Verdict.BLOCKED), (
             found.render())

@@ -8,6 +8,7 @@ end in a traceback. Each example edits one golden bundle in one place.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -42,8 +43,21 @@ _WORDS = ["-j", "DROP", "ACCEPT", "MASQUERADE", "MARK", "--set-xmark", "--mark",
           "=", '"', "\\", "net.ipv4.ip_forward"]
 
 
+@functools.cache
+def _golden(case: str) -> dict[str, str]:
+    """The golden bundle ``case``'s texts, read once: each example edits a copy."""
+    return dict(NodeCapture.read_dir(GOLDEN / case).texts)
+
+
+@functools.cache
+def _flow(case: str) -> dict[str, Any]:
+    """The flow the golden bundle ``case`` is diagnosed for."""
+    flow: dict[str, Any] = json.loads((GOLDEN / case / "expected.json").read_text())["flow"]
+    return flow
+
+
 def _diagnosed_or_refused(case: str, texts: dict[str, str]) -> None:
-    flow = json.loads((GOLDEN / case / "expected.json").read_text())["flow"]
+    flow = _flow(case)
     try:
         state = NodeState.from_capture(NodeCapture.from_texts(texts))
     except BundleError:
@@ -59,7 +73,7 @@ def _diagnosed_or_refused(case: str, texts: dict[str, str]) -> None:
 @given(data=st.data(), case=st.sampled_from(CASES))
 def test_any_value_anywhere_in_a_bundle_json_is_diagnosed_or_a_bundle_error(
         data: st.DataObject, case: str) -> None:
-    texts = dict(NodeCapture.read_dir(GOLDEN / case).texts)
+    texts = dict(_golden(case))
     name = data.draw(st.sampled_from(sorted(n for n in texts if n.endswith(".json"))))
 
     def evaluated(place: tuple[Any, ...]) -> bool:
@@ -79,7 +93,7 @@ def test_any_value_anywhere_in_a_bundle_json_is_diagnosed_or_a_bundle_error(
 @given(data=st.data(), case=st.sampled_from(CASES))
 def test_any_edit_of_a_line_of_a_saved_table_is_diagnosed_or_a_bundle_error(
         data: st.DataObject, case: str) -> None:
-    texts = dict(NodeCapture.read_dir(GOLDEN / case).texts)
+    texts = dict(_golden(case))
     name = data.draw(st.sampled_from(sorted(n for n in texts if not n.endswith(".json")
                                             and texts[n].strip())))
     lines = texts[name].splitlines()
@@ -277,7 +291,7 @@ def test_text_from_a_bundle_reaches_the_terminal_as_printable_lines_of_its_own(
     break, printed as they were, they could rewrite what the admin reads ("verdict:
     reaches"). Every line the diagnosis renders is printable, and the lines are the
     ones the doctor wrote."""
-    texts = dict(NodeCapture.read_dir(GOLDEN / "forward-drop-nft").texts)
+    texts = dict(_golden("forward-drop-nft"))
     save = texts["iptables-nft-v4.save"]
     comment = text.replace('"', "").replace("\n", " ")  # one saved line, one quoted word
     texts["iptables-nft-v4.save"] = save.replace(

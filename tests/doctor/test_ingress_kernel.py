@@ -8,7 +8,7 @@ import pytest
 from k3snet.doctor import Verdict
 from k3snet.lab.netns import run_in
 
-from .conftest import DoctorLab, Topology
+from .conftest import DoctorLab, Topology, counted
 
 pytestmark = [pytest.mark.kernel]
 
@@ -25,8 +25,8 @@ def test_a_netdev_ingress_drop_on_the_pods_interface_blocks_the_flow(
         doctor_lab: DoctorLab) -> None:
     topology = Topology()
     doctor_lab.configure(topology)
-    run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=RULESET)
-    answer, result = doctor_lab.kernel_and_trace(topology)
+    run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=counted(RULESET))
+    answer, result = doctor_lab.kernel_and_trace(topology, until_dropped=True)
     assert not answer["ok"], answer
     assert result.verdict is Verdict.BLOCKED, result.render()
     assert "nft netdev edge in" in (result.blocked_at.where if result.blocked_at else "")

@@ -36,7 +36,7 @@ def test_an_ipv4_interface_switch_at_0_beside_ip_forward_1_blocks_as_in_the_kern
     try:
         run_in(doctor_lab.node, ["sysctl", "-q", "-w",
                                  f"net.ipv4.conf.{interface}.forwarding=0"])
-        answer, found = doctor_lab.kernel_and_trace(topology)
+        answer, found = doctor_lab.kernel_and_trace(topology, until_dropped=True)
         assert answer["ok"] is False, answer
         assert found.verdict is Verdict.BLOCKED, found.render()
         d = diagnose(NodeState.from_capture(doctor_lab.capture()),

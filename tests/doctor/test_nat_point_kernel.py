@@ -16,7 +16,7 @@ import pytest
 from k3snet.doctor import Flow, NodeState, Verdict, trace
 from k3snet.lab.netns import run_in
 
-from .conftest import DoctorLab, Topology
+from .conftest import DoctorLab, Topology, counted
 
 pytestmark = [pytest.mark.kernel]
 
@@ -57,8 +57,9 @@ def test_a_chain_after_the_nat_point_sees_the_translated_packet_as_the_kernel_do
         doctor_lab: DoctorLab, case: str) -> None:
     topology, script, reaches = _CASES[case]
     doctor_lab.configure(topology)
-    run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=script)
-    answer, found = doctor_lab.kernel_and_trace(topology, timeout=2)
+    run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=counted(script))
+    answer, found = doctor_lab.kernel_and_trace(topology, timeout=2,
+                                                until_dropped=not reaches)
     assert answer["ok"] is reaches, answer
     assert found.verdict is (Verdict.REACHES if reaches else Verdict.BLOCKED), found.render()
 

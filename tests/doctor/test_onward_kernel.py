@@ -15,7 +15,7 @@ import pytest
 from k3snet.doctor import Flow, NodeState, Verdict, diagnose
 from k3snet.lab.netns import run_in
 
-from .conftest import DoctorLab, Topology
+from .conftest import DoctorLab, Topology, counted
 
 pytestmark = [pytest.mark.kernel]
 
@@ -53,11 +53,12 @@ def test_the_connections_next_packets_cross_the_chains_as_in_the_kernel(
     topology, how, reaches = _CASES[case]
     doctor_lab.configure(topology)
     if isinstance(how, str):
-        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=how)
+        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=counted(how))
     else:
         for argv in how:
             run_in(doctor_lab.node, argv)
-    answer, found = doctor_lab.kernel_and_trace(topology, timeout=2)
+    answer, found = doctor_lab.kernel_and_trace(topology, timeout=2,
+                                                until_dropped=not reaches)
     assert answer["ok"] is reaches, answer
     assert found.verdict is (Verdict.REACHES if reaches else Verdict.BLOCKED), found.render()
     if not reaches:

@@ -463,7 +463,7 @@ def test_both_errors_of_an_unlocked_route_mtu_below_a_device_mtu_below_the_pod_s
                 "  type filter hook output priority filter; policy accept;\n"
                 f"  icmpv6 type packet-too-big oifname {oif} drop\n }}\n}}\n"))
         run_in(pod, ["ip", "-6", "route", "flush", "cache"], check=False)
-        run_in(pod, [sys.executable, "-c", _SEND_AS_LEARNT, topology.destination])
+        run_in(pod, [sys.executable, "-I", "-S", "-c", _SEND_AS_LEARNT, topology.destination])
         learnt = run_in(pod, ["ip", "-6", "-o", "route", "get", topology.destination]).stdout
         d = diagnose(NodeState.from_capture(doctor_lab.capture()),
                      Flow(topology.pod, topology.destination, port=topology.port))

@@ -88,8 +88,9 @@ def _setup(doctor_lab: DoctorLab, family: Literal[4, 6]) -> Topology:
 
 
 def _pod_mss(doctor_lab: DoctorLab, topology: Topology) -> int:
-    out = run_in(doctor_lab.names["pod"], [sys.executable, "-c", _MSS, topology.destination,
-                                           str(PORT)]).stdout
+    # Standard library only: no site packages to import (-I -S).
+    out = run_in(doctor_lab.names["pod"], [sys.executable, "-I", "-S", "-c", _MSS,
+                                           topology.destination, str(PORT)]).stdout
     return int(out.strip()) + _TIMESTAMPS
 
 
@@ -212,7 +213,7 @@ def test_an_nft_clamp_breaks_off_its_rule_for_udp_so_its_verdict_is_tcp_s_alone(
         f"policy accept;\n  {rule}\n }}\n"
         " chain postrouting {\n  type filter hook postrouting priority 0; policy accept;\n"
         "  meta l4proto udp counter\n }\n}\n"))
-    run_in(doctor_lab.names["pod"], [sys.executable, "-c", _UDP, topology.destination,
+    run_in(doctor_lab.names["pod"], [sys.executable, "-I", "-S", "-c", _UDP, topology.destination,
                                      str(PORT)])
     ruleset = json.loads(run_in(doctor_lab.node, ["nft", "-j", "list", "table", "inet",
                                                   "h_clamp"]).stdout)

@@ -118,7 +118,7 @@ def test_an_ipv6_route_mtu_below_1280_is_a_hole_no_icmp_closes_and_no_pod_mtu_av
     assert answer["ok"], answer  # the first, small packet passes
     failed = []
     for _ in range(3):
-        run_in(pod, [sys.executable, "-c", _SEND_V6, str(topology.destination)])
+        run_in(pod, [sys.executable, "-I", "-S", "-c", _SEND_V6, str(topology.destination)])
         failed.append(_fragments_failed(node))
     assert failed[0] < failed[1] < failed[2], failed  # told, the pod still sends 1200
     d = diagnose(NodeState.from_capture(doctor_lab.capture()),
@@ -177,7 +177,7 @@ def test_an_ipv4_route_mtu_over_its_device_s_drops_large_packets_with_no_icmp_er
         # What an example before left the pod's kernel learnt (mtu 1280) is forgotten.
         run_in(pod, ["ip", "route", "flush", "cache"])
         errors, dropped = _unreachables_sent(node), _tx_dropped(node, "eth0")
-        run_in(pod, [sys.executable, "-c", _SEND_JUMBO, str(topology.destination)])
+        run_in(pod, [sys.executable, "-I", "-S", "-c", _SEND_JUMBO, str(topology.destination)])
         assert _unreachables_sent(node) == errors  # no error told the pod anything
         assert _tx_dropped(node, "eth0") == dropped + 3
         d = diagnose(NodeState.from_capture(doctor_lab.capture()),
@@ -261,7 +261,7 @@ def test_an_ipv6_route_mtu_over_its_device_s_is_told_by_packet_too_big_unlike_ip
         answer, _ = doctor_lab.kernel_and_trace(topology)
         run_in(pod, ["ip", "-6", "route", "flush", "cache"])
         told = _too_bigs_sent(node)
-        run_in(pod, [sys.executable, "-c", _SEND_JUMBO_V6, str(topology.destination)])
+        run_in(pod, [sys.executable, "-I", "-S", "-c", _SEND_JUMBO_V6, str(topology.destination)])
         learnt = run_in(pod, ["ip", "-6", "-o", "route", "get",
                               str(topology.destination)]).stdout
         sent = _too_bigs_sent(node) - told

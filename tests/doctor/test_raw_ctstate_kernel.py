@@ -18,7 +18,7 @@ import pytest
 from k3snet.doctor import Verdict
 from k3snet.lab.netns import run_in
 
-from .conftest import DoctorLab, Topology
+from .conftest import DoctorLab, Topology, counted
 
 pytestmark = [pytest.mark.kernel]
 
@@ -54,12 +54,13 @@ def test_a_chain_before_conntrack_sees_every_packet_as_invalid_as_the_kernel_doe
     doctor_lab.configure(topology)
     if isinstance(how, tuple):
         priority, policy, rule = how
-        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_NFT.format(
-            family="inet", priority=priority, policy=policy, rule=rule))
+        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=counted(_NFT.format(
+            family="inet", priority=priority, policy=policy, rule=rule)))
     else:
         for argv in how:
             run_in(doctor_lab.node, argv)
-    answer, trace = doctor_lab.kernel_and_trace(topology, timeout=2)
+    answer, trace = doctor_lab.kernel_and_trace(topology, timeout=2,
+                                                until_dropped=not reaches)
     assert answer["ok"] is reaches, answer
     expected = Verdict.REACHES if reaches else Verdict.BLOCKED
     assert trace.verdict is expected, trace.render()

@@ -12,7 +12,7 @@ import pytest
 from k3snet.doctor import Verdict
 from k3snet.lab.netns import run_in
 
-from .conftest import DoctorLab, Topology
+from .conftest import DoctorLab, Topology, counted
 
 pytestmark = [pytest.mark.kernel]
 
@@ -43,9 +43,10 @@ def test_a_rule_on_tcp_flags_decides_as_in_the_kernel(doctor_lab: DoctorLab, cas
     topology = Topology()
     doctor_lab.configure(topology)
     if isinstance(rule, str):
-        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_NFT.format(rule))
+        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=counted(_NFT.format(rule)))
     else:
         run_in(doctor_lab.node, ["iptables-nft", "-A", "FORWARD", *rule])
-    answer, found = doctor_lab.kernel_and_trace(topology, timeout=2)
+    answer, found = doctor_lab.kernel_and_trace(topology, timeout=2,
+                                                   until_dropped=not reaches)
     assert answer["ok"] is reaches, answer
     assert found.verdict is (Verdict.REACHES if reaches else Verdict.BLOCKED), found.render()
