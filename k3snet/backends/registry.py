@@ -129,7 +129,12 @@ def backend_options(name: str, *, resolve: bool = False) -> dict[str, inspect.Pa
     module with ``from __future__ import annotations`` keeps (``"TableFamily"``);
     the text where a name does not resolve.
     """
-    factory = load_backend(name)
+    return _declared_options(load_backend(name), resolve=resolve)
+
+
+def _declared_options(factory: BackendFactory, *, resolve: bool = False
+                      ) -> dict[str, inspect.Parameter]:
+    """:func:`backend_options` of a factory already loaded."""
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # a builtin or C factory: nothing declared
@@ -230,7 +235,12 @@ def refuse_undeclared(name: str, options: Iterable[str]) -> None:
     """A :class:`~k3snet.errors.BackendOptionError` listing the options backend ``name``
     declares, when ``options`` holds another (nothing is checked for a factory that
     declares none)."""
-    declared = backend_options(name)
+    _refuse_undeclared(name, backend_options(name), options)
+
+
+def _refuse_undeclared(name: str, declared: Mapping[str, inspect.Parameter],
+                       options: Iterable[str]) -> None:
+    """:func:`refuse_undeclared` against the options ``declared`` (:func:`_declared_options`)."""
     unknown = sorted(set(options) - set(declared)) if declared else []
     if unknown:
         raise BackendOptionError(
@@ -249,9 +259,13 @@ def create_backend(name: str, **options: Any) -> Backend:
     forgot its ``return``) is a :class:`~k3snet.errors.BackendUnavailableError` naming
     them, not an ``AttributeError`` at its first use.
     """
-    refuse_undeclared(name, options)
+    # Loaded once: a third-party backend's name is looked up among the entry points of
+    # every installed package, a scan each time (three a call, when the options were
+    # checked by name; a suite building one per example paid most of its time there).
     factory = load_backend(name)
-    missing = [option for option, parameter in backend_options(name).items()
+    declared = _declared_options(factory)
+    _refuse_undeclared(name, declared, options)
+    missing = [option for option, parameter in declared.items()
                if parameter.default is inspect.Parameter.empty and option not in options]
     if missing:
         # Python's TypeError ("__init__() missing 1 required positional argument: 'path'")

@@ -81,7 +81,8 @@ out), made once per strategy object and
 kinds in a process (a scan costs a second or two: give one strategy object to many
 runs).
 
-Failures raise ``AssertionError`` with the example that broke, shrunk by hypothesis.
+Failures raise ``AssertionError`` with the example that broke, shrunk by hypothesis
+(without its explain phase: docs/custom-backend.md).
 """
 
 from __future__ import annotations
@@ -639,8 +640,15 @@ def _expect_refusal(backend: Backend, baseline: State, bad: Plan, what: str,
 
 
 def _stage_settings(max_examples: int) -> settings:
-    """One stage's hypothesis settings: kernel backends are slow and keep no example database."""
+    """One stage's hypothesis settings: kernel backends are slow and keep no example database.
+
+    The active profile's phases but the explain phase: after shrinking a failure, it ran
+    the failing stage a few hundred times more on the backend, every line traced (the
+    shrinking too), only to comment which drawn values the failure does not depend on;
+    most of the time a broken backend took to fail (docs/custom-backend.md). The failure
+    and its shrunk example are reported as before."""
     return settings(max_examples=max_examples, deadline=None, database=None,
+                    phases=[p for p in settings().phases if p is not Phase.explain],
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                            HealthCheck.data_too_large])
 

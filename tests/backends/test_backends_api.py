@@ -772,6 +772,29 @@ def test_the_example_backend_keeps_other_programs_entries_and_passes_conformance
 
 
 @pytest.mark.usefixtures("installed_example")
+def test_creating_a_third_party_backend_scans_the_entry_points_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each scan reads every installed package's metadata: ``create_backend`` looked the
+    name up three times (checking the options by name twice), and a conformance run
+    building the backend at every example (``reopen=``) spent most of its time there."""
+    scans: list[str | None] = []
+    scan = registry._entry_points
+
+    def counted(name: str | None = None) -> list[tuple[str, str]]:
+        scans.append(name)
+        return scan(name)
+
+    monkeypatch.setattr(registry, "_entry_points", counted)
+    backend = create_backend("jsonfile", path=tmp_path / "state.json")
+    assert backend.name == "jsonfile"
+    assert scans == ["jsonfile"]
+    with pytest.raises(BackendOptionError, match="has no option 'colour'"):
+        create_backend("jsonfile", path=tmp_path / "state.json", colour="red")
+    with pytest.raises(BackendOptionError, match="needs option 'path'"):
+        create_backend("jsonfile")
+
+
+@pytest.mark.usefixtures("installed_example")
 def test_the_example_backend_refuses_a_file_of_other_entries_naming_it(
         tmp_path: Path) -> None:
     state = tmp_path / "state.json"

@@ -193,6 +193,19 @@ def test_conformance_says_that_check_returns_a_tuple() -> None:
         run_conformance(_ChecksIntoAList, max_examples=5)
 
 
+def test_conformance_reports_a_failure_shrunk_without_hypothesis_explain_phase() -> None:
+    """After shrinking, hypothesis' explain phase ran the failing stage a few hundred times
+    more on the backend, every line traced, to comment which drawn values did not matter
+    ("# or any other generated value"): most of the time a broken backend took to fail,
+    for comments no author needs. The (shrunk) example is still reported."""
+    with pytest.raises(AssertionError, match="check\\(\\) must return a tuple") as caught:
+        run_conformance(_ChecksIntoAList, max_examples=5)
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "round_trip(\n    first=" in notes
+    assert "any other generated value" not in notes
+    assert "always and only run by failing test cases" not in notes
+
+
 class _DropsForeignSysctls(MemoryBackend):
     """An apply of two changes or more loses the foreign sysctls it found (which no reset
     restores). One change alone loses nothing: the objects beside the foreign ones, each

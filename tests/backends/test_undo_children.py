@@ -73,19 +73,36 @@ def _in_one_thread(request: pytest.FixtureRequest) -> bool:
     """True where this process runs one thread, as the CLI applying through iptables
     does: :func:`undo_spares_children` ignores SIGTERM and SIGHUP for the tools then,
     and only blocks them beside another thread. A pytest-xdist worker runs execnet's
-    threads: there the test runs again in a pytest of its own, which must pass, and this
-    returns False (nothing more to do here)."""
+    threads: there the test has run in a pytest of its own (:func:`_alone`), where it
+    must have passed, and this returns False (nothing more to do here)."""
     if len(os.listdir("/proc/self/task")) == 1:  # (the kernel's count: execnet's too)
         return True
     assert not os.environ.get(_RUN_ALONE), "a pytest of its own runs threads: no rerun"
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
-         request.node.nodeid],
-        cwd=request.config.rootpath, capture_output=True, text=True, timeout=300,
-        # (its session's end would judge the namespaces the other workers' tests hold now)
-        check=False, env={**os.environ, _RUN_ALONE: "1", "K3SNET_SKIP_NETNS_CHECK": "1"})
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    passed, output = _alone(request)
+    assert request.node.nodeid in passed, output
     return False
+
+
+_ALONE: dict[str, tuple[frozenset[str], tuple[str, str]]] = {}
+""":func:`_alone`'s run of each module, by the module's node id."""
+
+
+def _alone(request: pytest.FixtureRequest) -> tuple[frozenset[str], tuple[str, str]]:
+    """This module's tests run in a pytest of its own (one thread), once for all of them:
+    the node ids of those that passed, and the end of its output. A pytest started for
+    each test was ten starts of a second or more."""
+    module = request.node.nodeid.partition("::")[0]
+    if module not in _ALONE:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:xdist",
+             "-p", "no:cacheprovider", module],
+            cwd=request.config.rootpath, capture_output=True, text=True, timeout=300,
+            # (its session's end would judge the namespaces the other workers' tests hold now)
+            check=False, env={**os.environ, _RUN_ALONE: "1", "K3SNET_SKIP_NETNS_CHECK": "1"})
+        passed = frozenset(line.split()[1] for line in done.stdout.splitlines()
+                           if line.startswith("PASSED "))
+        _ALONE[module] = (passed, (done.stdout[-3000:], done.stderr[-3000:]))
+    return _ALONE[module]
 
 
 def test_a_command_an_undo_runs_outlives_sigterm_and_sighup() -> None:
