@@ -30,7 +30,7 @@ def main() -> int:
     "Exception ignored" with status 120.
     """
     _open_standard_streams()
-    write_whole_streams()  # a non-blocking pipe (set by its reader) loses nothing
+    write_whole_streams()  # a pipe another holder of it made non-blocking loses nothing
     if sys.argv[1:] == ["--version"]:
         from k3snet._version import __version__  # noqa: PLC0415 - the whole point
 

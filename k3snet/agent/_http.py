@@ -467,10 +467,16 @@ def _fields_valid(fields: bytes, *, http_1_0: bool) -> bool:
     whitespace (an obsolete fold, RFC 9112 5.2, rejected), no CR nor NUL in a value
     (RFC 9110 5.5); and exactly one ``Host`` of a valid value, which may be empty, or,
     for HTTP/1.0 alone, none (RFC 9112 3.2: a server must answer 400 to an HTTP/1.1
-    request lacking one and to any with two). They were all answered 200."""
+    request lacking one and to any with two). They were all answered 200.
+
+    The last line's end (its CR too) is the head's end, left out already: a CR ending it
+    is a bare one (``Host: node\\r\\r\\n\\r\\n``), which was taken for that line's
+    end and served (RFC 9112 2.2: invalid)."""
     hosts = []
-    for field in fields.split(b"\n") if fields else ():
-        name, colon, value = field.removesuffix(b"\r").partition(b":")
+    *ended, last = fields.split(b"\n")
+    lines = [line.removesuffix(b"\r") for line in ended] + [last] if fields else []
+    for field in lines:
+        name, colon, value = field.partition(b":")
         if not colon or _TOKEN.fullmatch(name) is None or b"\r" in value or b"\0" in value:
             return False
         if name.lower() == b"host":

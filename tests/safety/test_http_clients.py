@@ -468,6 +468,11 @@ def test_an_absolute_target_with_a_host_is_served_whatever_the_host_header_says(
     # A field line that is no field: an obsolete fold (RFC 9112 5.2), no colon, no name,
     # a bare CR or a NUL in a value (RFC 9110 5.5).
     b"GET /healthz HTTP/1.1\r\nHost: node\r\nX-A: b\r\n c\r\n\r\n",
+    # A bare CR ending the last field line, before the head's end (it was taken for that
+    # line's CR: 200).
+    b"GET /healthz HTTP/1.1\r\nHost: node\r\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: node\r\nX-A: b\r\r\n\r\n",
+    b"GET /healthz HTTP/1.1\nHost: node\r\r\n\n",
     b"GET /healthz HTTP/1.1\r\n Host: node\r\n\r\n",
     b"GET /healthz HTTP/1.1\r\nHost: node\r\nno colon\r\n\r\n",
     b"GET /healthz HTTP/1.1\r\nHost: node\r\n: b\r\n\r\n",
