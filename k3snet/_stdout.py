@@ -29,9 +29,12 @@ class WholeWrites(io.RawIOBase):
     after a short count, and once the descriptor takes bytes again after EAGAIN (a
     ``poll`` for it). A reader gone is the ``BrokenPipeError`` of the next write."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, name: object = None) -> None:
         super().__init__()
         self._fd = fd
+        #: What the stream it stands under answered to ``name`` (``"<stdout>"``), so
+        #: ``sys.stdout.name`` still answers (code run in the CLI's process may read it).
+        self.name = fd if name is None else name
 
     def fileno(self) -> int:
         return self._fd
@@ -78,7 +81,7 @@ def write_whole_streams() -> None:
         except (OSError, ValueError):
             continue
         stream.flush()
-        raw = WholeWrites(fd)
+        raw = WholeWrites(fd, getattr(binary, "name", fd))
         # Unbuffered (PYTHONUNBUFFERED, -u) stays unbuffered: the text layer over the raw one.
         layer: io.RawIOBase | io.BufferedWriter = (
             raw if type(binary) is io.FileIO else io.BufferedWriter(raw))

@@ -321,6 +321,20 @@ def test_a_big_text_plan_on_a_non_blocking_stdout_is_written_whole_once_the_read
     assert err.decode() == ""
 
 
+def test_the_whole_writing_streams_keep_their_name_encoding_and_tty_answers() -> None:
+    # Code run in the CLI's process (a third-party backend, a library it loads) may read
+    # sys.stdout.name or .encoding; the wrapped streams answered AttributeError to name.
+    script = ("import sys; from k3snet._stdout import write_whole_streams; "
+              "before = [(s.name, s.encoding, s.isatty()) for s in (sys.stdout, sys.stderr)]; "
+              "write_whole_streams(); "
+              "after = [(s.name, s.encoding, s.isatty()) for s in (sys.stdout, sys.stderr)]; "
+              "raw = getattr(sys.stdout.buffer, 'raw', sys.stdout.buffer); "
+              "print(before == after, after[0][0], after[1][0], type(raw).__name__)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.split() == ["True", "<stdout>", "<stderr>", "WholeWrites"]
+
+
 class _Tee:
     """A library's stdout (not a TextIOWrapper): its write copies the text elsewhere too,
     ``buffer`` the real stdout's binary layer, as such wrappers hand it on."""
