@@ -168,7 +168,11 @@ it, or is not readable; or a dry run of the write was answered without it): then
 written again (or, where the CRD does not tell, tried by a dry run again), which changes
 nothing where the API still drops it and sets it once Calico's API server (or,
 unreadable, its CRD) is upgraded, which changes neither the pool nor what k3snet can
-read of the CRD."""
+read of the CRD. A dry run refused (403, a webhook refusing dry runs) is not sent again for
+as long."""
+# A dry run's failures that are no refusal of dry runs (_dry_run_drops): the pool gone,
+# changed meanwhile (its resourceVersion), a timeout, a busy server.
+_DRY_RUN_NOT_REFUSED = frozenset({404, 408, 409, 429})
 # The value of the managed-by label on the pools the tigera-operator writes back from its
 # Installation (tigera/operator pkg/controller/ippool/pool_controller.go).
 _OPERATOR_MANAGER = "tigera-operator"
@@ -653,6 +657,9 @@ class CalicoBackend(BackendBase):
         # The last answer of the IPPool CRD's read and when it came, kept for
         # BGP_EXPORT_RETRY seconds (_read_pool_crd).
         self._pool_crd_read: tuple[tuple[bool | None, object], float] | None = None
+        # When a dry run of a pool's write was last refused (_dry_run_drops), kept for
+        # BGP_EXPORT_RETRY seconds; None: not refused.
+        self._dry_run_refused: float | None = None
         self._monotonic = time.monotonic  # the holds' clock (a test moves it)
 
     @property
@@ -792,7 +799,14 @@ class CalicoBackend(BackendBase):
         such a write (:meth:`_saw_written`), with nothing written: each new process (a
         CLI run) wrote the pool once to learn it where the CRD could not be read. Any
         failure (403 without ``patch``, a webhook refusing dry runs) is not known: the
-        write tells then, as before."""
+        write tells then, as before. A refusal (a 4xx other than those of a pool
+        changed or gone meanwhile, or of a busy server) is kept, as the CRD's answer is,
+        for :data:`BGP_EXPORT_RETRY` seconds: no dry run is sent meanwhile (sent on each
+        of the agent's passes, the same refused request every few seconds)."""
+        now = self._monotonic()
+        refused = self._dry_run_refused
+        if refused is not None and now - refused < BGP_EXPORT_RETRY:
+            return False
         group, version = self.api
         metadata, spec = item.get("metadata") or {}, item.get("spec") or {}
         name = str(metadata.get("name"))
@@ -808,6 +822,9 @@ class CalicoBackend(BackendBase):
                     _request_timeout=self.timeout)
         except KubeApiError as exc:
             log.debug("calico: %s", exc)
+            if exc.status is not None and 400 <= exc.status < 500 and (
+                    exc.status not in _DRY_RUN_NOT_REFUSED):
+                self._dry_run_refused = now
             return False
         found = answer.get("spec") if isinstance(answer, Mapping) else None
         return isinstance(found, Mapping) and "disableBGPExport" not in found

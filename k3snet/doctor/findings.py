@@ -740,15 +740,53 @@ def _own_pmtu_errors(state: NodeState, tr: Trace, branch: Trace, *, path: int, p
     before postrouting, and the pod sends packets the route's mtu answers only once it
     learnt the device's: a rule dropping either error leaves it without the path's MTU (a
     lab's counters: a drop by cni0 stalls the pod at 1500 with the late error let
-    through). A rule dropping both is named once."""
+    through). A rule dropping both is named once. A bundle that does not say the lock
+    (:attr:`NodeState.mtu_locks_known`) is judged both ways (:func:`_lock_unknown`)."""
     egress = branch.egress or ""
-    late = (tr.flow.family == 6 and route.mtu == path and not route.mtu_locked
+    late = (tr.flow.family == 6 and route.mtu == path
             and (device_mtu is None or device_mtu > path))
+
+    def judged(*, late: bool) -> list[Finding]:
+        return _own_pmtu_errors_as(state, tr, branch, egress, path=path, pod_mtu=pod_mtu,
+                                   device_mtu=device_mtu, late=late)
+
+    if late and not state.mtu_locks_known:  # judged both ways: what differs is said so
+        return _lock_unknown(judged(late=True), judged(late=False))
+    return judged(late=late and not route.mtu_locked)
+
+
+def _own_pmtu_errors_as(state: NodeState, tr: Trace, branch: Trace, egress: str, *, path: int,
+                        pod_mtu: int, device_mtu: int | None, late: bool) -> list[Finding]:
+    """:func:`_own_pmtu_errors` where the route's mtu is not locked (``late``) or is."""
     found = _own_pmtu_error(state, tr, branch, egress, path, late=late)
     if not late or device_mtu is None or device_mtu >= pod_mtu:
         return found
     early = _own_pmtu_error(state, tr, branch, egress, device_mtu)
     return early + [f for f in found if f.where not in {e.where for e in early}]
+
+
+def _lock_unknown(unlocked: list[Finding], locked: list[Finding]) -> list[Finding]:
+    """The findings of a bundle that does not say whether an IPv6 route's mtu is locked
+    (no ``routes-v6.txt``: made before k3snet captured it), judged both ways: those of
+    both readings as the locked one says them (no word on the lock), and each of one
+    reading alone as not judged (info), saying on which lock it depends."""
+    def key(f: Finding) -> tuple[str, str, str]:
+        return f.code, f.where, f.severity
+
+    unlocked_keys, locked_keys = {key(f) for f in unlocked}, {key(f) for f in locked}
+    found = [f for f in locked if key(f) in unlocked_keys]
+    for reading, alone in (("not locked", [f for f in unlocked if key(f) not in locked_keys]),
+                           ("locked", [f for f in locked if key(f) not in unlocked_keys])):
+        found += [attrs.evolve(
+            f, severity="info",
+            what=f"{f.what}, if the route's mtu is {reading}: the lock is unknown",
+            why=f"{f.why}. The bundle does not say whether the route's mtu is locked (it has "
+                "no routes-v6.txt, the one listing that says it: made by an older k3snet), "
+                "and the finding depends on it",
+            advice=(f"{f.advice}; " if f.advice else "")
+            + "to judge it, capture the node again (k3snet observe --save) or add "
+              "routes-v6.txt (ip -6 route show table all) to the bundle") for f in alone]
+    return found
 
 
 def _cilium_route_mtu(state: NodeState, ingress: str, family: int) -> int | None:

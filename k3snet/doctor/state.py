@@ -311,6 +311,10 @@ class NodeState:
     ``auto``: :func:`~k3snet.backends.iptables.mode.detect_mode` of the captured ``-save``
     texts; ``k3snet doctor -f SPEC``: the spec's ``backends.iptables.mode`` when it names
     one), and why; None: no iptables ruleset captured."""
+    mtu_locks_known: bool = True
+    """Whether the IPv6 routes' ``mtu lock`` was read (``routes-v6.txt``, the one listing
+    that says it); False: a bundle made before that file, whose routes' mtus all read
+    unlocked, a lock or not (the findings that depend on it say so)."""
     legacy_nat: frozenset[int] = frozenset()
     """The families whose iptables-legacy ``nat`` table exists (``iptables-legacy-save``
     prints it, rules or not): its hooks keep the NAT core registered, from a time taken
@@ -398,6 +402,7 @@ class NodeState:
             native=_NativeBlocks(data),
             iptables_mode=_auto_mode(saves),
             queue_readers=_queue_readers(capture),
+            mtu_locks_known="routes-v6.txt" in capture.texts,
             **_ipvs(capture),
             addresses=tuple(parse_addresses(capture.json("addr.json"))),
             links=parse_link_states(capture.json("addr.json")),

@@ -363,7 +363,16 @@ def test_conflicts_exit_4_for_plan_and_apply(tmp_path: Path,
         assert main(["plan", *args]) == 4
         assert "! route 192.168.2.0/24" in capsys.readouterr().out
         assert main(["apply", *args]) == 4
+        capsys.readouterr()
+        # The documented contract (docs/cli.md, apply): conflicts skipped do not change
+        # the exit code; a script tells them by the plan's `!` lines or the JSON notes.
         assert main(["apply", *args, "--allow-conflicts"]) == 0
+        out = capsys.readouterr().out
+        assert "! route 192.168.2.0/24" in out
+        assert "1 conflict(s)" in out
+        assert main(["apply", *args, "--allow-conflicts", "--output", "json"]) == 0
+        notes = json.loads(capsys.readouterr().out)["plan"]["notes"]
+        assert [n["status"] for n in notes] == ["conflict"]
     finally:
         unregister_backend("memory-conflict")
 

@@ -985,6 +985,58 @@ def test_with_a_v3_api_without_disable_bgp_export_a_dry_run_of_the_write_tells(
         assert [m for m, _, _ in server.requests()[requests:]] == ["GET", "GET"]
 
 
+def _dry_runs(server: EmulatedApiServer) -> int:
+    return sum(1 for (method, _, _), query in zip(server.requests(), server.params(),
+                                                   strict=True)
+               if method == "PATCH" and "dryRun" in query)
+
+
+@pytest.mark.parametrize("status", [403, 400], ids=["403 without patch",
+                                                    "a webhook refusing dry runs"])
+def test_a_refused_dry_run_is_kept_a_retry_interval_not_sent_on_every_pass(
+        status: int) -> None:
+    # Through v3, a pool of k3snet's without disableBGPExport is asked about by a dry run
+    # of its write. Refused (403 without `patch`, a webhook that refuses dry runs), the
+    # same refused request went out on every pass of the agent. Now the refusal is kept,
+    # as the CRD's answer is, for BGP_EXPORT_RETRY seconds.
+    with EmulatedApiServer(pruned={V3: ["disableBGPExport"]}) as server:
+        server.put(V3, _pool_resource("default-ipv4-ippool", {"cidr": "10.42.0.0/16",
+                                                              "natOutgoing": True},
+                                      api="projectcalico.org/v3"))
+        server.put(V3, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16", "disabled": True},
+                                      api="projectcalico.org/v3", labels=LABEL))
+        server.fail(status, method="PATCH", plural="ippools", param="dryRun", times=None,
+                    message="admission webhook does not support dry run")
+        backend = _backend(server.api_client(), api="v3")
+        now = [1000.0]
+        backend._monotonic = lambda: now[0]
+        for _ in range(4):  # the agent's passes (not written: a plan, as `--check` makes)
+            p = plan(backend.observe(), compile_ippools(LAN))
+            assert [c.action for c in p] == ["replace"]  # not known: the write tells
+            now[0] += 60
+        assert _dry_runs(server) == 1
+        assert _writes(server) == []
+        now[0] += BGP_EXPORT_RETRY
+        backend.observe()
+        assert _dry_runs(server) == 2
+
+
+def test_a_dry_run_that_failed_for_another_reason_is_tried_again_on_the_next_pass() -> None:
+    # A 500, a timeout, a pool changed meanwhile (409): no refusal of dry runs, not kept.
+    with EmulatedApiServer(pruned={V3: ["disableBGPExport"]}) as server:
+        server.put(V3, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16", "disabled": True},
+                                      api="projectcalico.org/v3", labels=LABEL))
+        server.fail(500, method="PATCH", plural="ippools", param="dryRun", times=1)
+        server.fail(409, method="PATCH", plural="ippools", param="dryRun", times=1)
+        backend = _backend(server.api_client(), api="v3")
+        backend.observe()
+        backend.observe()
+        (pool,) = backend.observe().owned
+        assert _dry_runs(server) == 3
+        assert isinstance(pool, IPPool)
+        assert pool.disable_bgp_export_dropped
+
+
 def test_a_pool_whose_disable_bgp_export_the_api_drops_holds_the_wanted_pool_and_nothing_else(
         ) -> None:
     wanted = IPPool(LAN_POOL, "192.168.0.0/16", disabled=True, disable_bgp_export=True)

@@ -17,13 +17,14 @@ from k3snet.doctor.routing import parse_locked_mtus, parse_routes
 
 def _findings(*output: str, family: int = 4, nft: list[list[Any]] | None = None,
               table: str = "filter", priority: int = 0, raw: tuple[str, ...] = (),
-              prerouting: tuple[str, ...] = (), masquerade: bool = True
-              ) -> tuple[Verdict, list[Finding]]:
+              prerouting: tuple[str, ...] = (), masquerade: bool = True,
+              routes_text: str | None = None) -> tuple[Verdict, list[Finding]]:
     """Pods on cni0, masqueraded (else routed back to them by the network beyond), every
     MTU 1500, the route to the destination ``mtu 1280``; the OUTPUT chain of ``output``
     in iptables' ``table`` (ip6tables' for ``family`` 6), the raw table's of ``raw``
     (its PREROUTING's of ``prerouting``), an inet table's output chain at ``priority``
-    of ``nft``'s rules (each a rule's ``expr``, as ``nft -j`` prints it)."""
+    of ``nft``'s rules (each a rule's ``expr``, as ``nft -j`` prints it); ``routes_text``:
+    the bundle's ``routes-v6.txt`` (None: none, a bundle made before it)."""
     v6 = family == 6
     cni, uplink = ("fd42::1", "fd01::5") if v6 else ("10.42.0.1", "192.168.1.5")
     addresses = [{"ifname": name, "mtu": 1500, "flags": ["UP"],
@@ -50,6 +51,8 @@ def _findings(*output: str, family: int = 4, nft: list[list[Any]] | None = None,
              f"iptables-nft-v{family}.save": save,
              "sysctl.txt": "net.ipv6.conf.all.forwarding = 1\n" if v6
              else "net.ipv4.ip_forward = 1\n"}
+    if routes_text is not None:
+        files["routes-v6.txt"] = routes_text
     if nft is not None:
         chain = {"family": "inet", "table": "t", "name": "output", "handle": 1,
                  "type": "filter", "hook": "output", "prio": priority, "policy": "accept"}
@@ -243,3 +246,42 @@ fd06::/64 dev eth0 proto static metric 5 onlink mtu lock 1300 pref medium
     assert [(str(r.destination), r.mtu_locked) for r in routes] == [
         ("fd03::/64", True), ("fd01::/64", True), ("fd02::/64", True), ("fd03::/64", False),
         ("fd04::/64", True), ("fd05::/64", True), ("fd05::/64", False), ("fd06::/64", True)]
+
+
+_ROUTES_V6 = ("fd42::/64 dev cni0 pref medium\n"
+              "fd01::/64 dev eth0 pref medium\n"
+              "default via fd01::1 dev eth0 mtu {lock}1280 pref medium\n")
+
+
+@pytest.mark.parametrize(("rule", "dropped_if"), [
+    # Locked, the error leaves by the pods' interface; not locked, a masqueraded pod's
+    # error leaves by lo (every output chain sees it so), and only postrouting sees cni0.
+    ("-o cni0 -p ipv6-icmp -j DROP", "locked"),
+    ("-o lo -p ipv6-icmp -j DROP", "not locked"),
+])
+def test_a_bundle_without_the_routes_text_says_the_lock_is_unknown_where_a_finding_needs_it(
+        rule: str, dropped_if: str) -> None:
+    """A bundle made before ``routes-v6.txt`` read every IPv6 route's mtu unlocked, without
+    a word: a rule dropping the node's error only if the route's mtu is locked was said
+    to drop nothing, one dropping it only if not locked was a warning. Now both readings
+    are judged and the one the finding depends on is said unknown."""
+    _, found = _findings(rule, family=6)
+    (finding,) = found
+    assert finding.severity == "info"
+    assert finding.what.endswith(f"if the route's mtu is {dropped_if}: the lock is unknown")
+    assert "no routes-v6.txt" in finding.why
+    assert rule.partition(" -j ")[0] in finding.where
+    # With the routes' text, the lock is read and judged.
+    for lock in ("", "lock "):
+        _, found = _findings(rule, family=6, routes_text=_ROUTES_V6.format(lock=lock))
+        dropped = (lock == "lock ") is (dropped_if == "locked")
+        assert [f.severity for f in found] == (["warning"] if dropped else [])
+        assert "unknown" not in " ".join(f.what for f in found)
+
+
+def test_a_finding_the_lock_does_not_change_is_said_without_a_word_on_it() -> None:
+    """A rule dropping Packet Too Big by its type drops it either way: a warning, as with
+    the routes' text, that does not claim the mtu is not locked."""
+    (finding,) = _findings("-p ipv6-icmp -m icmp6 --icmpv6-type 2 -j DROP", family=6)[1]
+    assert finding.severity == "warning"
+    assert "lock" not in finding.what + finding.why

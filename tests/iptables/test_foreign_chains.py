@@ -413,3 +413,50 @@ def test_every_command_a_warning_names_runs_in_the_namespace_k3snet_read(
     for start, (command, seen) in expected.items():
         (said,) = [w for w in warnings if w.startswith(start)] or ["\n".join(warnings)]
         check_shown(said, ns, command, seen)  # run here, outside: as shown
+
+
+# An admin's chain named as k3snet names its chains, with a rule whose comment has the
+# shape of k3snet's tag: (table, chain, the rule's comment).
+FORGED = {
+    "bucket, bare tag": ("filter", "K3SNET-F-7", "k3snet"),
+    "bucket, another bucket's digest": ("filter", "K3SNET-F-7", "k3snet:0123456789abcdef"),
+    "exclusion chain, bare tag": ("nat", "K3SNET-M-0123456789abcdef", "k3snet"),
+    "exclusion chain, another digest": ("nat", "K3SNET-M-0123456789abcdef",
+                                        "k3snet:fedcba9876543210"),
+    "main chain, bare tag": ("filter", "K3SNET-FORWARD", "k3snet"),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("forged", list(FORGED))
+def test_a_chain_named_as_k3snet_s_with_a_rule_tagged_as_k3snet_s_is_not_taken_by_its_name(
+    ns: str, mode: str, forged: str
+) -> None:
+    # A chain of k3snet's name was k3snet's once one of its rules had a comment of the
+    # shape k3snet writes (`k3snet`, or `k3snet:` and 16 hex digits): an admin's script
+    # marking its rules so made its chain drift, its rules deleted by the next apply and
+    # by destroy. Now a rule makes the chain k3snet's only if it is one k3snet writes
+    # there (its main chain: a jump to a bucket; a bucket: a digest of that bucket; an
+    # exclusion chain: its own digest).
+    table, chain, comment = FORGED[forged]
+    for family in (4, 6):
+        source = "10.9.0.0/16" if family == 4 else "fd09::/32"
+        run(ns, mode, family, "-t", table, "-N", chain)
+        run(ns, mode, family, "-t", table, "-A", chain, "-s", source, "-m", "comment",
+            "--comment", comment, "-j", "RETURN")
+    theirs = {family: lines(save(ns, mode, family), chain) for family in (4, 6)}
+    assert all(len(found) == 2 for found in theirs.values()), theirs
+    wanted = State(owned=[r for r in DESIRED.owned if isinstance(r, MasqueradeRule)])
+    with IptablesBackend(ns, mode=mode) as backend:  # type: ignore[arg-type]
+        observed = backend.observe()
+        assert backend.drift == ()
+        assert f"chain {chain} is not k3snet's" in "\n".join(backend.warnings)
+        backend.apply(plan(observed, wanted))
+        assert plan(backend.observe(), wanted).empty
+        destroy(backend)
+        assert not backend.observe().owned
+    for family in (4, 6):
+        text = save(ns, mode, family)
+        assert lines(text, chain) == theirs[family]  # the kernel's view: theirs, as it was
+        assert [line for line in lines(text, "K3SNET") if chain not in line] == []

@@ -132,16 +132,28 @@ def has_tag(line: Line) -> bool:
 
 
 _SUB_CHAIN = re.compile(r"K3SNET-M-[0-9a-f]{16}")
-_WRITTEN_TAG = re.compile(r"k3snet(?::[0-9a-f]{16})?")
+_DIGEST_TAG = re.compile(r"k3snet:([0-9a-f]{16})")
 
 
-def _written_tag(line: Line) -> bool:
-    """The rule carries a comment as k3snet writes one (``k3snet``, ``k3snet:`` and 16
-    hex digits): what makes a chain of k3snet's name its own (an admin's ``k3snet: their
-    drop`` does not, though :func:`has_tag` reads it as k3snet's tag)."""
+def _written_line(name: str, line: Line, hook: Hook) -> bool:
+    """``line`` is one k3snet writes in its chain ``name`` (``hook``'s table): what makes a
+    chain of k3snet's name its own. Read, not the tag's shape alone: k3snet's main chain
+    holds only its jumps to buckets of its table, commented ``k3snet``; a bucket's rules
+    carry ``k3snet:`` and a digest whose first digit ends the bucket's name; an
+    exclusion chain's, the digest its name ends with. An admin's rule commented
+    ``k3snet`` (or ``k3snet:`` and any 16 digits) in a chain they named like one of
+    k3snet's made it k3snet's: its rules drift, deleted by the next apply or destroy.
+    (An admin's ``k3snet: their drop`` was never one, though :func:`has_tag` reads it
+    as k3snet's tag.)"""
+    if name == hook.main:
+        target = _jump_target(line)
+        return (target is not None and bucket_table(target) == hook.table
+                and line == main_lines([target])[0])
     for index, word in enumerate(line[:-1]):
-        if word == "--comment" and _WRITTEN_TAG.fullmatch(line[index + 1]):
-            return True
+        if word == "--comment" and (match := _DIGEST_TAG.fullmatch(line[index + 1])):
+            digest = match[1]
+            return (name == f"K3SNET-M-{digest}" if _SUB_CHAIN.fullmatch(name)
+                    else name.endswith(f"-{digest[0]}"))
     return False
 
 
@@ -325,7 +337,7 @@ def foreign_reason(state: TableState, chain: str) -> str:
     """Why ``chain``, one of :attr:`TableState.foreign_chains`, is not k3snet's."""
     if not _k3snet_name(chain, state.hook):
         return "k3snet writes no chain of that name"
-    return "no rule in it carries k3snet's tag"
+    return "no rule in it is one k3snet writes there"
 
 
 def own_chains(hook: Hook, dump: TableDump | None) -> set[str]:
@@ -351,8 +363,8 @@ def _foreign_chains(
 ) -> tuple[set[str], list[ForeignJump]]:
     """The ``K3SNET-*`` chains that are not k3snet's, and the foreign jumps into k3snet's.
 
-    A chain is k3snet's when it has a name k3snet writes and one of its rules carries
-    k3snet's tag as k3snet writes it (:func:`_written_tag`), or it is empty and no rule
+    A chain is k3snet's when it has a name k3snet writes and one of its rules is one
+    k3snet writes there (:func:`_written_line`), or it is empty and no rule
     that is not k3snet's jumps to it. Anything else (an administrator's ``iptables -N
     K3SNET-MINE``, even with a rule commented ``k3snet: extra egress``, which has k3snet's
     tag; a chain of theirs that took a name k3snet writes, rules in it and none tagged
@@ -366,7 +378,8 @@ def _foreign_chains(
     """
     if not chains:
         return set(), []
-    tagged = {name for name, lines in chains.items() if any(map(_written_tag, lines))}
+    tagged = {name for name, lines in chains.items()
+              if any(_written_line(name, line, hook) for line in lines)}
     foreign = {name for name in chains if not _k3snet_name(name, hook)
                or (name not in tagged and rules.get(name))}
     while True:  # a chain found foreign makes the jumps in it foreign: to a fixed point
