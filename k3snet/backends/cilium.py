@@ -1552,7 +1552,7 @@ class CiliumBackend(BackendBase):
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
         self._stamp = self._next_stamp = None  # known again once the writes are made
-        self._settled.stamp = None  # a stamp written in the same second is another one
+        self._settled.forget()  # a stamp written in the same second is another one
         read = self._read_for_apply()
         edit = self._edit(read, plan)
         fail_at = self.faults.take(plan)
@@ -1904,7 +1904,9 @@ class CiliumBackend(BackendBase):
             {CHANGED_ANNOTATION: known[0]},
             reason="Cilium's agents read it when they start", known=(self._daemonset,),
             timeout=self._api.timeout, settled=self._settled, changed=changed,
-            now=self._api.clock.now())
+            now=self._api.clock.now(),
+            hint=(f"name Cilium's DaemonSet with the backend's daemonset option "
+                  f"(--backend-opt cilium.daemonset=NAME; now {self._daemonset!r})"))
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""

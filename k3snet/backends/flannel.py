@@ -467,7 +467,7 @@ class _ConfigMapStore:
         }
         if text != doc.text:
             body["data"] = {CONFIGMAP_KEY: text}
-            self.settled.stamp = None  # a stamp written in the same second is another one
+            self.settled.forget()  # a stamp written in the same second is another one
             # Flannel reads it when it starts: the change awaits its pods' restart, and
             # so does a destroy's giving the keys back (the stamp stays after k3snet's
             # last key, alone: that restart is followed too).

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends import cni_restart
+from k3snet.backends.base import PendingRestart
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.backends.flannel import FlannelBackend
@@ -779,3 +780,62 @@ def test_a_stamp_after_the_server_s_time_now_names_no_pod_and_says_how_to_end_it
     api_server.put(CONFIGMAPS, stored)
     assert [r.stale for r in pending_restarts(_backend(api_client, kind))] == [
         (f"{owner}-1",)]
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_daemonset_not_found_says_how_to_end_it_and_is_listed_again_only_after_a_growing_wait(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The CNI's DaemonSet deleted or renamed (the backend not told its new name): the
+    # restart was said pending ("k3snet cannot tell") with nothing saying what ends it,
+    # and the agent's Lease holder listed the namespace's DaemonSets on every pass, for
+    # as long as the stamp stayed.
+    api_client = _slow_answers(api_server.api_client(), clock, 0.0, 0.0, [])
+    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    kept = api_server.get(DAEMONSETS, owner, namespace)
+    api_server.delete(DAEMONSETS, owner, namespace)
+    [pending] = converge(backend, desired).restarts
+    assert pending.stale is None
+    assert (f"once each pod reading it restarted: kubectl -n {namespace} annotate configmap "
+            f"{name} {CHANGED_ANNOTATION}-" in pending.reason)
+    if kind == "cilium":
+        assert "(--backend-opt cilium.daemonset=NAME; now 'cilium')" in pending.reason
+    # Said again, nothing listed, for a minute; then listed once and for two minutes not.
+    listed = []
+    for step in (0, 30, 29, 2, 60, 59, 2):
+        clock.at += datetime.timedelta(seconds=step)
+        before = len(api_server.requests())
+        assert pending_restarts(backend) == (pending,)
+        listed.append(_lists(api_server, before))
+    assert listed == [[], [], [], ["daemonsets"], [], [], ["daemonsets"]]
+    # Made again: found at the wait's end (at most an hour), its pods named.
+    assert kept is not None
+    api_server.put(DAEMONSETS, kept)
+    api_server.put(PODS, daemonset_pod(namespace, f"{owner}-1", owner, labels,
+                                       created=LONG_AGO))
+    clock.at += datetime.timedelta(minutes=5)
+    assert [r.stale for r in pending_restarts(backend)] == [(f"{owner}-1",)]
+    before = len(api_server.requests())
+    assert [r.stale for r in pending_restarts(backend)] == [(f"{owner}-1",)]
+    assert _lists(api_server, before) == ["daemonsets", "pods"]  # followed at each call
+
+
+def test_the_wait_for_daemonsets_not_found_doubles_up_to_an_hour(
+        clock: type[_Clock]) -> None:
+    settled = cni_restart.Settled()
+    said = (PendingRestart("the pods reading ConfigMap ns/cm", "why"),)
+    now = clock.at
+    waits = []
+    for _ in range(9):
+        settled.not_found("2026-12-06T12:00:00Z", said, now)
+        assert settled.until is not None
+        waits.append(settled.until - now)
+        assert settled.unseen("2026-12-06T12:00:00Z", settled.until
+                              - datetime.timedelta(seconds=1)) == said
+        assert settled.unseen("2026-12-06T12:00:00Z", settled.until) is None
+        assert settled.unseen("2026-12-06T12:00:01Z", now) is None  # another stamp
+        now = settled.until
+    assert [w.total_seconds() / 60 for w in waits] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    settled.forget()
+    assert settled.unseen("2026-12-06T12:00:00Z", now) is None
