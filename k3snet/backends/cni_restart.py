@@ -26,7 +26,7 @@ from k3snet.backends.kit import translate_errors
 from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches, server_time
 
 __all__ = ["CHANGED_ANNOTATION", "ServerClock", "Settled", "changed_stamp", "label_selector",
-           "pending", "readers"]
+           "pending", "readers", "restamp"]
 
 CHANGED_ANNOTATION = "k3snet.io/changed-at"
 """The annotation, on a ConfigMap k3snet changed, holding when it last changed data the
@@ -118,6 +118,68 @@ unlisted, the first time; doubled each time they are still not found."""
 
 _BLIND_MOST = datetime.timedelta(hours=1)
 """The longest such wait: a DaemonSet made or named again is found within it."""
+
+
+_RESTAMP_TRIES = 3
+"""Writes of a landed stamp tried, each after another write came in between (409)."""
+
+
+def restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
+            version: str | None, timeout: float) -> tuple[str, str | None]:
+    """The stamp ConfigMap ``namespace/name`` holds after k3snet's write that stamped it
+    ``sent``, answered with ``headers`` and leaving resourceVersion ``version``, and the
+    resourceVersion k3snet's writes left (``version``, or its own write's after it).
+
+    ``sent`` is taken before the write is sent (the API server's time by the last
+    read's ``Date``): a write landing in a later second (a slow PATCH: a server busy,
+    a link slow) made a pod created between the two count as restarted, though it may
+    have read the config from before the write. The answer's ``Date`` is written after
+    the write landed, in its second or later: where it is after ``sent`` the annotation
+    is set to it, one merge patch conditional on ``version`` (a write in between: read
+    again, and set while the stamp is still ``sent``; another stamp left as it is, a
+    later write's). ``core``: a ``CoreV1Api``. A write refused otherwise raises
+    :class:`~k3snet.kube.KubeApiError`, saying the command setting it."""
+    server = server_time(headers)
+    at = _time(sent)
+    if server is None or at is None:
+        return sent, version
+    try:
+        landed = changed_stamp(datetime.datetime.fromtimestamp(server, tz=datetime.UTC))
+    except (OverflowError, ValueError, OSError):
+        return sent, version  # no time a stamp holds: as ServerClock.note leaves it
+    moment = _time(landed)
+    if moment is None or moment <= at:
+        return sent, version
+    where = f"ConfigMap {namespace}/{name}"
+    for _ in range(_RESTAMP_TRIES):
+        metadata: dict[str, Any] = {"annotations": {CHANGED_ANNOTATION: landed}}
+        if version is not None:
+            metadata["resourceVersion"] = version
+        body = {"metadata": metadata}
+        try:
+            with translate_errors(f"patch {where} (its {CHANGED_ANNOTATION} to the write's "
+                                  f"landing, {landed}: kubectl -n {namespace} annotate "
+                                  f"--overwrite configmap {name} "
+                                  f"{CHANGED_ANNOTATION}={landed})",
+                                  classifier=KubeErrors(timeout=timeout)):
+                result = core.patch_namespaced_config_map(
+                    name, namespace, body, field_manager="k3snet",
+                    _content_type="application/merge-patch+json", _request_timeout=timeout)
+            return landed, getattr(getattr(result, "metadata", None), "resource_version", None)
+        except KubeApiError as exc:
+            if exc.status != 409:
+                raise
+        with translate_errors(f"read {where}", classifier=KubeErrors(timeout=timeout)):
+            found = core.read_namespaced_config_map(name, namespace, _request_timeout=timeout)
+        meta = found.metadata
+        if ((meta.annotations if meta is not None else None) or {}).get(
+                CHANGED_ANNOTATION) != sent:
+            return sent, version  # stamped again since: a later write's, or taken away
+        version = meta.resource_version
+    raise KubeApiError(f"patch {where}: written again at each of {_RESTAMP_TRIES} tries; "
+                       f"its {CHANGED_ANNOTATION} is before the write landed: kubectl -n "
+                       f"{namespace} annotate --overwrite configmap {name} "
+                       f"{CHANGED_ANNOTATION}={landed}", status=409)
 
 
 class Settled:

@@ -839,3 +839,84 @@ def test_the_wait_for_daemonsets_not_found_doubles_up_to_an_hour(
     assert [w.total_seconds() / 60 for w in waits] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
     settled.forget()
     assert settled.unseen("2026-12-06T12:00:00Z", now) is None
+
+
+def _slow_write(api_client: Any, clock: type[_Clock], name: str, delay: float,
+                landed: list[datetime.datetime]) -> Any:
+    """``api_client`` whose first PATCH of ConfigMap ``name`` lands ``delay`` seconds after
+    it was sent (a busy API server: ``clock`` moves on; ``landed``: when), every answer's
+    ``Date`` the server's time as it is written (``clock``'s)."""
+    request = api_client.rest_client.request
+
+    def slow(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "PATCH" and not landed and url.split("?", maxsplit=1)[0].endswith(f"/{name}"):
+            clock.at += datetime.timedelta(seconds=delay)
+            landed.append(clock.at)
+        answer = request(method, url, *args, **kwargs)
+        answer.response.headers["Date"] = email.utils.format_datetime(clock.at, usegmt=True)
+        return answer
+
+    api_client.rest_client.request = slow
+    return api_client
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_write_landing_seconds_after_its_stamp_moves_the_stamp_to_its_landing(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The stamp is taken before the write is sent: a PATCH landing 10 s later left it
+    # 10 s early, and a pod made in between (which may have read the old config)
+    # counted as restarted. The answer's Date (written once the write landed) now is
+    # the stamp where it is later.
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    sent = clock.at
+    # Pods made while the write was on its way, and after it landed.
+    api_server.put(PODS, daemonset_pod(namespace, "made-in-between", owner, labels,
+                                       created=_utc(sent + datetime.timedelta(seconds=5))))
+    api_server.put(PODS, daemonset_pod(namespace, "made-after", owner, labels,
+                                       created=_utc(sent + datetime.timedelta(seconds=12))))
+    done = converge(backend, desired)
+    [landing] = landed
+    stored = api_server.get(CONFIGMAPS, name, namespace)
+    assert stored is not None
+    assert stored["metadata"]["annotations"][CHANGED_ANNOTATION] == _utc(landing)
+    assert [r.stale for r in done.restarts] == [("made-in-between",)]
+    assert [r.stale for r in pending_restarts(_backend(api_client, kind))] == [
+        ("made-in-between",)]
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_write_landing_in_the_stamp_s_second_writes_no_second_patch(
+        api_server: EmulatedApiServer, kind: str) -> None:
+    api_client = api_server.api_client()
+    backend, desired, (_, name) = _cni(api_server, api_client, kind)
+    before = len(api_server.requests())
+    converge(backend, desired)
+    patches = [p for m, p, _ in api_server.requests()[before:] if m == "PATCH"
+               and p.split("?")[0].endswith(f"/{name}")]
+    assert len(patches) == 1
+
+
+def test_an_apply_undone_takes_a_stamp_moved_to_the_write_s_landing_back_too(
+        api_server: EmulatedApiServer, clock: type[_Clock]) -> None:
+    # The stamp moved to the slow write's landing is k3snet's: the undo compares it with
+    # the one it left, not the one it sent (else "changed by someone else", left whole).
+    api_client = _slow_write(api_server.api_client(), clock, "cilium-config", 10.0, [])
+    cilium, _, _ = _cni(api_server, api_client, "cilium")
+    found = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert found is not None
+    api_server.fail(500, method="POST", plural="configmaps")
+    desired = State(owned=[CiliumConfig(
+        CILIUM_DEFAULT_TARGET, settings={"enable-ipv4-masquerade": "false"},
+        ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
+    with pytest.raises(ApplyError) as info:
+        converge(cilium, desired)
+    assert not isinstance(info.value, RollbackError), info.value
+    left = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert CHANGED_ANNOTATION not in (left["metadata"].get("annotations") or {})
