@@ -4,7 +4,8 @@ Cilium reads ``cilium-config`` and flannel ``net-conf.json`` once, when the agen
 starts: a change k3snet writes is in force on a node only once the pod there has
 restarted. The cilium and flannel backends stamp each ConfigMap change they make
 with :data:`CHANGED_ANNOTATION` (UTC, seconds, the API server's clock:
-:class:`ServerClock`); :func:`pending`
+:class:`ServerClock`; moved to the write's answer where it landed later: :func:`restamp`);
+:func:`pending`
 compares it with the creation of each pod of the DaemonSets using that ConfigMap.
 A pod counts as restarted when it was created after the stamp's second (a container
 restarted in its pod runs the config of the pod's start: see :func:`_created`; one made
