@@ -98,7 +98,13 @@ from k3snet.backends.cilium_mount import (
     pod_node,
     pods_lag,
 )
-from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled, label_selector
+from k3snet.backends.cni_restart import (
+    CHANGED_ANNOTATION,
+    ServerClock,
+    Settled,
+    label_selector,
+    restamp,
+)
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.kit import (
     ALLOW_DISRUPTIVE,
@@ -533,6 +539,7 @@ class _Api:
         self.timeout = timeout
         self.warned: set[str] = set()
         self.clock = ServerClock()  # the restart stamp's, by each read's Date header
+        self.landed: str | None = None  # the stamp the last patch left (its changed_at)
 
     def where(self, name: str) -> str:
         return f"ConfigMap {self.namespace}/{name}"
@@ -559,11 +566,14 @@ class _Api:
     def patch(self, name: str, version: str | None, data: dict[str, str | None],
               owned: str | None, owned_changes: bool, *,
               written: tuple[str | None] | None = None,
-              changed_at: tuple[str | None] | None = None) -> str | None:
+              changed_at: tuple[str | None] | None = None, landing: bool = False) -> str | None:
         """One merge patch; returns the new resourceVersion. ``written``: a 1-tuple with
         the new WRITTEN_ANNOTATION (``(None,)`` removes it), sent with the record.
         ``changed_at``: so with :data:`~k3snet.backends.cni_restart.CHANGED_ANNOTATION`
-        (data the agents read at start changes; it stays after k3snet's last key)."""
+        (data the agents read at start changes; it stays after k3snet's last key).
+        ``landing``: a stamp ``changed_at`` sets is moved to the answer's time where the
+        write landed in a later second (:func:`~k3snet.backends.cni_restart.restamp`);
+        :attr:`landed` the stamp left."""
         metadata: dict[str, Any] = {}
         if version is not None:
             metadata["resourceVersion"] = version
@@ -581,10 +591,15 @@ class _Api:
             body["data"] = data
         with translate_errors(f"patch {self.where(name)}",
                               classifier=KubeErrors(timeout=self.timeout)):
-            result = self.core.patch_namespaced_config_map(
+            result, _, headers = self.core.patch_namespaced_config_map_with_http_info(
                 name, self.namespace, body, field_manager="k3snet",
                 _content_type="application/merge-patch+json", _request_timeout=self.timeout)
-        return _version_of(result)
+        version = _version_of(result)
+        self.landed = None if changed_at is None else changed_at[0]
+        if landing and self.landed is not None:
+            self.landed, version = restamp(self.core, self.namespace, name, self.landed,
+                                           headers, version=version, timeout=self.timeout)
+        return version
 
     def create(self, name: str, data: dict[str, str], owned: str,
                written: str | None = None) -> str | None:
@@ -1552,7 +1567,7 @@ class CiliumBackend(BackendBase):
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
         self._stamp = self._next_stamp = None  # known again once the writes are made
-        self._settled.stamp = None  # a stamp written in the same second is another one
+        self._settled.forget()  # a stamp written in the same second is another one
         read = self._read_for_apply()
         edit = self._edit(read, plan)
         fail_at = self.faults.take(plan)
@@ -1813,12 +1828,13 @@ class CiliumBackend(BackendBase):
                 version = _answered(
                     lambda: api.patch(api.config_name, config.version, edit.config_data,
                                       new_record, True, written=(new_written,),
-                                      changed_at=changed_at),
+                                      changed_at=changed_at, landing=True),
                     unanswered, lambda: api.take_back_unanswered(
                         api.config_name, edit.config_data, new_record, new_written,
                         lambda found: api.patch_back(api.config_name, found, back,
                                                      old_record, config.written, left=left,
                                                      changed_at=stamp_back)))
+                left = self._landed(left)
                 return lambda: api.patch_back(api.config_name, version, back, old_record,
                                               config.written, left=left,
                                               changed_at=stamp_back)
@@ -1870,6 +1886,15 @@ class CiliumBackend(BackendBase):
                 steps.append(patch_agent)
         return steps
 
+    def _landed(self, left: _Keys) -> _Keys:
+        """``left`` (what the ``cilium-config`` write left) with the stamp it left: moved
+        to the write's landing where that was in a later second (:attr:`_Api.landed`),
+        also the stamp :meth:`pending_restarts` follows after the apply."""
+        if left.changed_at is None:
+            return left
+        self._next_stamp = (self._api.landed,)
+        return attrs.evolve(left, changed_at=self._next_stamp)
+
     def _agent_written(self, edit: _Edit) -> str | None:
         """The ip-masq-agent ConfigMap's WRITTEN_ANNOTATION after ``edit``: each key of
         its record with the value the new text gives it (None: no record)."""
@@ -1904,7 +1929,9 @@ class CiliumBackend(BackendBase):
             {CHANGED_ANNOTATION: known[0]},
             reason="Cilium's agents read it when they start", known=(self._daemonset,),
             timeout=self._api.timeout, settled=self._settled, changed=changed,
-            now=self._api.clock.now())
+            now=self._api.clock.now(),
+            hint=(f"name Cilium's DaemonSet with the backend's daemonset option "
+                  f"(--backend-opt cilium.daemonset=NAME; now {self._daemonset!r})"))
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""

@@ -4,7 +4,8 @@ Cilium reads ``cilium-config`` and flannel ``net-conf.json`` once, when the agen
 starts: a change k3snet writes is in force on a node only once the pod there has
 restarted. The cilium and flannel backends stamp each ConfigMap change they make
 with :data:`CHANGED_ANNOTATION` (UTC, seconds, the API server's clock:
-:class:`ServerClock`); :func:`pending`
+:class:`ServerClock`; moved to the write's answer where it landed later: :func:`restamp`);
+:func:`pending`
 compares it with the creation of each pod of the DaemonSets using that ConfigMap.
 A pod counts as restarted when it was created after the stamp's second (a container
 restarted in its pod runs the config of the pod's start: see :func:`_created`; one made
@@ -26,7 +27,7 @@ from k3snet.backends.kit import translate_errors
 from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches, server_time
 
 __all__ = ["CHANGED_ANNOTATION", "ServerClock", "Settled", "changed_stamp", "label_selector",
-           "pending", "readers"]
+           "pending", "readers", "restamp"]
 
 CHANGED_ANNOTATION = "k3snet.io/changed-at"
 """The annotation, on a ConfigMap k3snet changed, holding when it last changed data the
@@ -112,17 +113,122 @@ class ServerClock:
         return changed_stamp(self.now())
 
 
+_BLIND_FIRST = datetime.timedelta(minutes=1)
+"""How long a stamp whose DaemonSets could not be found (or listed) is said so again
+unlisted, the first time; doubled each time they are still not found."""
+
+_BLIND_MOST = datetime.timedelta(hours=1)
+"""The longest such wait: a DaemonSet made or named again is found within it."""
+
+
+_RESTAMP_TRIES = 3
+"""Writes of a landed stamp tried, each after another write came in between (409)."""
+
+
+def restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
+            version: str | None, timeout: float) -> tuple[str, str | None]:
+    """The stamp ConfigMap ``namespace/name`` holds after k3snet's write that stamped it
+    ``sent``, answered with ``headers`` and leaving resourceVersion ``version``, and the
+    resourceVersion k3snet's writes left (``version``, or its own write's after it).
+
+    ``sent`` is taken before the write is sent (the API server's time by the last
+    read's ``Date``): a write landing in a later second (a slow PATCH: a server busy,
+    a link slow) made a pod created between the two count as restarted, though it may
+    have read the config from before the write. The answer's ``Date`` is written after
+    the write landed, in its second or later: where it is after ``sent`` the annotation
+    is set to it, one merge patch conditional on ``version`` (a write in between: read
+    again, and set while the stamp is still ``sent``; another stamp left as it is, a
+    later write's). ``core``: a ``CoreV1Api``. A write refused otherwise raises
+    :class:`~k3snet.kube.KubeApiError`, saying the command setting it."""
+    server = server_time(headers)
+    at = _time(sent)
+    if server is None or at is None:
+        return sent, version
+    try:
+        landed = changed_stamp(datetime.datetime.fromtimestamp(server, tz=datetime.UTC))
+    except (OverflowError, ValueError, OSError):
+        return sent, version  # no time a stamp holds: as ServerClock.note leaves it
+    moment = _time(landed)
+    if moment is None or moment <= at:
+        return sent, version
+    where = f"ConfigMap {namespace}/{name}"
+    for _ in range(_RESTAMP_TRIES):
+        metadata: dict[str, Any] = {"annotations": {CHANGED_ANNOTATION: landed}}
+        if version is not None:
+            metadata["resourceVersion"] = version
+        body = {"metadata": metadata}
+        try:
+            with translate_errors(f"patch {where} (its {CHANGED_ANNOTATION} to the write's "
+                                  f"landing, {landed}: kubectl -n {namespace} annotate "
+                                  f"--overwrite configmap {name} "
+                                  f"{CHANGED_ANNOTATION}={landed})",
+                                  classifier=KubeErrors(timeout=timeout)):
+                result = core.patch_namespaced_config_map(
+                    name, namespace, body, field_manager="k3snet",
+                    _content_type="application/merge-patch+json", _request_timeout=timeout)
+            return landed, getattr(getattr(result, "metadata", None), "resource_version", None)
+        except KubeApiError as exc:
+            if exc.status != 409:
+                raise
+        with translate_errors(f"read {where}", classifier=KubeErrors(timeout=timeout)):
+            found = core.read_namespaced_config_map(name, namespace, _request_timeout=timeout)
+        meta = found.metadata
+        if ((meta.annotations if meta is not None else None) or {}).get(
+                CHANGED_ANNOTATION) != sent:
+            return sent, version  # stamped again since: a later write's, or taken away
+        version = meta.resource_version
+    raise KubeApiError(f"patch {where}: written again at each of {_RESTAMP_TRIES} tries; "
+                       f"its {CHANGED_ANNOTATION} is before the write landed: kubectl -n "
+                       f"{namespace} annotate --overwrite configmap {name} "
+                       f"{CHANGED_ANNOTATION}={landed}", status=409)
+
+
 class Settled:
-    """The stamp whose restarts were all found made: not listed for again.
+    """The stamp whose restarts were all found made: not listed for again; and the one
+    whose DaemonSets could not be found, listed again only after a growing wait.
 
     A pod counts as restarted by its creation, which never moves: once every pod of the
     DaemonSets was made since a stamp, every pod made later is too. Without it, the
     agent's Lease holder listed every DaemonSet and every Pod of the CNI's namespace
     (``kube-system``: a few per node) from etcd on each pass, for as long as the stamp
-    stayed, long after the restart. A backend keeps one, forgotten on its own writes."""
+    stayed, long after the restart. A stamp whose DaemonSets were not found (deleted,
+    renamed) or not to be listed (403) stays pending until the annotation is removed:
+    that answer is given again without listing, the DaemonSets listed again after
+    :data:`_BLIND_FIRST`, then twice as long each time up to :data:`_BLIND_MOST` (the
+    API server's clock). A backend keeps one, forgotten on its own writes."""
 
     def __init__(self) -> None:
         self.stamp: str | None = None
+        self.blind: tuple[str, tuple[PendingRestart, ...]] | None = None
+        """The stamp whose DaemonSets were not found, and what was said of it."""
+        self.wait = datetime.timedelta(0)
+        self.until: datetime.datetime | None = None
+        """When the DaemonSets of :attr:`blind` are listed again."""
+
+    def forget(self) -> None:
+        """Forget both: a stamp written in the same second is another one."""
+        self.stamp = self.blind = self.until = None
+        self.wait = datetime.timedelta(0)
+
+    def unseen(self, stamp: str, now: datetime.datetime) -> tuple[PendingRestart, ...] | None:
+        """What was said of ``stamp`` whose DaemonSets were not found, while its wait lasts
+        at ``now`` (else ``None``: list them)."""
+        if self.blind is None or self.blind[0] != stamp or self.until is None:
+            return None
+        return self.blind[1] if now < self.until else None
+
+    def not_found(self, stamp: str, said: tuple[PendingRestart, ...],
+                  now: datetime.datetime) -> None:
+        """``stamp``'s DaemonSets were not found at ``now``, ``said`` of it: wait longer."""
+        if self.blind is None or self.blind[0] != stamp:
+            self.wait = datetime.timedelta(0)
+        self.wait = min(max(self.wait * 2, _BLIND_FIRST), _BLIND_MOST)
+        self.blind, self.until = (stamp, said), now + self.wait
+
+    def found(self) -> None:
+        """The DaemonSets were found: listed at each call again."""
+        self.blind = self.until = None
+        self.wait = datetime.timedelta(0)
 
 
 def _time(value: Any) -> datetime.datetime | None:
@@ -281,16 +387,45 @@ def readers(api_client: Any, namespace: str, configmap: str, *, known: Iterable[
                                    timeout))
 
 
+def _listed(api_client: Any, namespace: str, configmap: str, known: frozenset[str],
+            timeout: float, *, what: str, hint: str | None
+            ) -> tuple[list[dict[str, Any]], dict[str, list[Any]], tuple[PendingRestart, ...]]:
+    """The DaemonSets reading ``configmap`` (:func:`_reading`) and their pods
+    (:func:`_pods`); where none is found or they cannot be listed (403, 404), none and
+    what to say instead: the restart pending, k3snet unable to tell, and what ends it."""
+    where = f"ConfigMap {namespace}/{configmap}"
+    removal = (f"once each pod reading it restarted: kubectl -n {namespace} annotate "
+               f"configmap {configmap} {CHANGED_ANNOTATION}-")
+    try:
+        found = _reading(api_client, namespace, configmap, known, timeout)
+        listed = _pods(api_client, namespace, found, timeout)
+    except KubeApiError as exc:
+        if exc.status not in (403, 404):
+            raise
+        return [], {}, (PendingRestart(f"the pods reading {where}",
+                                       f"{what} ({exc}; {removal})"),)
+    if not found:
+        ending = f"{hint}, or {removal}" if hint else removal
+        return [], {}, (PendingRestart(
+            f"the pods reading {where}",
+            f"{what} (no DaemonSet in {namespace} uses it: {ending})"),)
+    return found, listed, ()
+
+
 def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[str, str],
             *, reason: str, known: Iterable[str], timeout: float,
             settled: Settled | None = None, changed: str | None = None,
-            now: datetime.datetime | None = None) -> tuple[PendingRestart, ...]:
+            now: datetime.datetime | None = None,
+            hint: str | None = None) -> tuple[PendingRestart, ...]:
     """The restarts still to make for k3snet's last change of ``configmap`` (whose
     ``annotations`` were read), none if it holds no :data:`CHANGED_ANNOTATION`.
 
     ``known``: the CNI's DaemonSets by name (in ``namespace``), counted whether or not
     their template names the ConfigMap. Where no DaemonSet is found, or they or their
-    pods cannot be listed (403), the restart stays pending with ``stale`` ``None``.
+    pods cannot be listed (403), the restart stays pending with ``stale`` ``None``, the
+    reason ending with the command removing the stamp once the pods restarted (``hint``,
+    where given: the other way out, where no DaemonSet is found, such as naming it);
+    listed again only after a wait growing to an hour (:class:`Settled`, where given).
     ``settled``: the stamp found done before (nothing listed), and where it is kept.
     ``changed``: what the stamp says changed, where not the ConfigMap alone.
     ``now``: the API server's time now (:meth:`ServerClock.now`): a stamp over a minute
@@ -314,16 +449,18 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
             "went back since the write, and a pod made since may be created before the "
             "stamp; once each pod restarted: kubectl -n "
             f"{namespace} annotate configmap {configmap} {CHANGED_ANNOTATION}-)")),)
-    try:
-        found = _reading(api_client, namespace, configmap, frozenset(known), timeout)
-        listed = _pods(api_client, namespace, found, timeout)
-    except KubeApiError as exc:
-        if exc.status not in (403, 404):
-            raise
-        return (PendingRestart(f"the pods reading {where}", f"{what} ({exc})"),)
-    if not found:
-        return (PendingRestart(f"the pods reading {where}",
-                               f"{what} (no DaemonSet in {namespace} uses it)"),)
+    at_now = now or datetime.datetime.now(tz=datetime.UTC)
+    if settled is not None and (said := settled.unseen(stamp, at_now)) is not None:
+        return said
+    found, listed, said = _listed(api_client, namespace, configmap, frozenset(known),
+                                  timeout, what=what, hint=hint)
+    if settled is not None:
+        if said:
+            settled.not_found(stamp, said, at_now)
+        else:
+            settled.found()
+    if said:
+        return said
     restarts = []
     for daemonset in found:
         name = str(daemonset["metadata"].get("name"))

@@ -77,7 +77,13 @@ import attrs
 
 from k3snet._kept import read_input
 from k3snet.backends.base import ApplyResult, PendingRestart
-from k3snet.backends.cni_restart import CHANGED_ANNOTATION, ServerClock, Settled, changed_stamp
+from k3snet.backends.cni_restart import (
+    CHANGED_ANNOTATION,
+    ServerClock,
+    Settled,
+    changed_stamp,
+    restamp,
+)
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.cni_restart import readers as restart_readers
 from k3snet.backends.flannel_read import (
@@ -467,16 +473,27 @@ class _ConfigMapStore:
         }
         if text != doc.text:
             body["data"] = {CONFIGMAP_KEY: text}
-            self.settled.stamp = None  # a stamp written in the same second is another one
+            self.settled.forget()  # a stamp written in the same second is another one
             # Flannel reads it when it starts: the change awaits its pods' restart, and
             # so does a destroy's giving the keys back (the stamp stays after k3snet's
             # last key, alone: that restart is followed too).
             metadata["annotations"][CHANGED_ANNOTATION] = self.clock.stamp()
         with translate_errors(f"patch {self.where}",
                               classifier=KubeErrors(timeout=self.timeout, error=_ApplyKubeError)):
-            self.core.patch_namespaced_config_map(
+            result, _, headers = self.core.patch_namespaced_config_map_with_http_info(
                 self.name, self.namespace, body, field_manager="k3snet",
                 _content_type="application/merge-patch+json", _request_timeout=self.timeout)
+        sent = metadata["annotations"].get(CHANGED_ANNOTATION)
+        if sent is not None:
+            # Landed in a later second than the stamp (a slow write): the answer's time.
+            result_metadata = getattr(result, "metadata", None)
+            try:
+                restamp(self.core, self.namespace, self.name, sent, headers,
+                        version=getattr(result_metadata, "resource_version", None),
+                        timeout=self.timeout)
+            except KubeApiError as exc:
+                raise _ApplyKubeError(str(exc), status=exc.status,
+                                      reason=exc.reason) from exc
         return 1
 
 

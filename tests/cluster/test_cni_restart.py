@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends import cni_restart
+from k3snet.backends.base import PendingRestart
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.backends.flannel import FlannelBackend
@@ -779,3 +780,143 @@ def test_a_stamp_after_the_server_s_time_now_names_no_pod_and_says_how_to_end_it
     api_server.put(CONFIGMAPS, stored)
     assert [r.stale for r in pending_restarts(_backend(api_client, kind))] == [
         (f"{owner}-1",)]
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_daemonset_not_found_says_how_to_end_it_and_is_listed_again_only_after_a_growing_wait(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The CNI's DaemonSet deleted or renamed (the backend not told its new name): the
+    # restart was said pending ("k3snet cannot tell") with nothing saying what ends it,
+    # and the agent's Lease holder listed the namespace's DaemonSets on every pass, for
+    # as long as the stamp stayed.
+    api_client = _slow_answers(api_server.api_client(), clock, 0.0, 0.0, [])
+    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    kept = api_server.get(DAEMONSETS, owner, namespace)
+    api_server.delete(DAEMONSETS, owner, namespace)
+    [pending] = converge(backend, desired).restarts
+    assert pending.stale is None
+    assert (f"once each pod reading it restarted: kubectl -n {namespace} annotate configmap "
+            f"{name} {CHANGED_ANNOTATION}-" in pending.reason)
+    if kind == "cilium":
+        assert "(--backend-opt cilium.daemonset=NAME; now 'cilium')" in pending.reason
+    # Said again, nothing listed, for a minute; then listed once and for two minutes not.
+    listed = []
+    for step in (0, 30, 29, 2, 60, 59, 2):
+        clock.at += datetime.timedelta(seconds=step)
+        before = len(api_server.requests())
+        assert pending_restarts(backend) == (pending,)
+        listed.append(_lists(api_server, before))
+    assert listed == [[], [], [], ["daemonsets"], [], [], ["daemonsets"]]
+    # Made again: found at the wait's end (at most an hour), its pods named.
+    assert kept is not None
+    api_server.put(DAEMONSETS, kept)
+    api_server.put(PODS, daemonset_pod(namespace, f"{owner}-1", owner, labels,
+                                       created=LONG_AGO))
+    clock.at += datetime.timedelta(minutes=5)
+    assert [r.stale for r in pending_restarts(backend)] == [(f"{owner}-1",)]
+    before = len(api_server.requests())
+    assert [r.stale for r in pending_restarts(backend)] == [(f"{owner}-1",)]
+    assert _lists(api_server, before) == ["daemonsets", "pods"]  # followed at each call
+
+
+def test_the_wait_for_daemonsets_not_found_doubles_up_to_an_hour(
+        clock: type[_Clock]) -> None:
+    settled = cni_restart.Settled()
+    said = (PendingRestart("the pods reading ConfigMap ns/cm", "why"),)
+    now = clock.at
+    waits = []
+    for _ in range(9):
+        settled.not_found("2026-12-06T12:00:00Z", said, now)
+        assert settled.until is not None
+        waits.append(settled.until - now)
+        assert settled.unseen("2026-12-06T12:00:00Z", settled.until
+                              - datetime.timedelta(seconds=1)) == said
+        assert settled.unseen("2026-12-06T12:00:00Z", settled.until) is None
+        assert settled.unseen("2026-12-06T12:00:01Z", now) is None  # another stamp
+        now = settled.until
+    assert [w.total_seconds() / 60 for w in waits] == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    settled.forget()
+    assert settled.unseen("2026-12-06T12:00:00Z", now) is None
+
+
+def _slow_write(api_client: Any, clock: type[_Clock], name: str, delay: float,
+                landed: list[datetime.datetime]) -> Any:
+    """``api_client`` whose first PATCH of ConfigMap ``name`` lands ``delay`` seconds after
+    it was sent (a busy API server: ``clock`` moves on; ``landed``: when), every answer's
+    ``Date`` the server's time as it is written (``clock``'s)."""
+    request = api_client.rest_client.request
+
+    def slow(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "PATCH" and not landed and url.split("?", maxsplit=1)[0].endswith(f"/{name}"):
+            clock.at += datetime.timedelta(seconds=delay)
+            landed.append(clock.at)
+        answer = request(method, url, *args, **kwargs)
+        answer.response.headers["Date"] = email.utils.format_datetime(clock.at, usegmt=True)
+        return answer
+
+    api_client.rest_client.request = slow
+    return api_client
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_write_landing_seconds_after_its_stamp_moves_the_stamp_to_its_landing(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The stamp is taken before the write is sent: a PATCH landing 10 s later left it
+    # 10 s early, and a pod made in between (which may have read the old config)
+    # counted as restarted. The answer's Date (written once the write landed) now is
+    # the stamp where it is later.
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    sent = clock.at
+    # Pods made while the write was on its way, and after it landed.
+    api_server.put(PODS, daemonset_pod(namespace, "made-in-between", owner, labels,
+                                       created=_utc(sent + datetime.timedelta(seconds=5))))
+    api_server.put(PODS, daemonset_pod(namespace, "made-after", owner, labels,
+                                       created=_utc(sent + datetime.timedelta(seconds=12))))
+    done = converge(backend, desired)
+    [landing] = landed
+    stored = api_server.get(CONFIGMAPS, name, namespace)
+    assert stored is not None
+    assert stored["metadata"]["annotations"][CHANGED_ANNOTATION] == _utc(landing)
+    assert [r.stale for r in done.restarts] == [("made-in-between",)]
+    assert [r.stale for r in pending_restarts(_backend(api_client, kind))] == [
+        ("made-in-between",)]
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_write_landing_in_the_stamp_s_second_writes_no_second_patch(
+        api_server: EmulatedApiServer, kind: str) -> None:
+    api_client = api_server.api_client()
+    backend, desired, (_, name) = _cni(api_server, api_client, kind)
+    before = len(api_server.requests())
+    converge(backend, desired)
+    patches = [p for m, p, _ in api_server.requests()[before:] if m == "PATCH"
+               and p.split("?")[0].endswith(f"/{name}")]
+    assert len(patches) == 1
+
+
+def test_an_apply_undone_takes_a_stamp_moved_to_the_write_s_landing_back_too(
+        api_server: EmulatedApiServer, clock: type[_Clock]) -> None:
+    # The stamp moved to the slow write's landing is k3snet's: the undo compares it with
+    # the one it left, not the one it sent (else "changed by someone else", left whole).
+    api_client = _slow_write(api_server.api_client(), clock, "cilium-config", 10.0, [])
+    cilium, _, _ = _cni(api_server, api_client, "cilium")
+    found = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert found is not None
+    api_server.fail(500, method="POST", plural="configmaps")
+    desired = State(owned=[CiliumConfig(
+        CILIUM_DEFAULT_TARGET, settings={"enable-ipv4-masquerade": "false"},
+        ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
+    with pytest.raises(ApplyError) as info:
+        converge(cilium, desired)
+    assert not isinstance(info.value, RollbackError), info.value
+    left = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert CHANGED_ANNOTATION not in (left["metadata"].get("annotations") or {})
