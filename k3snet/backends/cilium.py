@@ -1363,6 +1363,13 @@ class CiliumBackend(BackendBase):
         try:
             given = agent_config_path(found)
         except ValueError as exc:
+            # Which file is not known, but with no volume of the ConfigMap's key the agents
+            # read it at no path: not mounted (whether a directory is there is not known).
+            unreadable = agent_file_unreadable(
+                found, f"DaemonSet {self._api.namespace}/{self._daemonset}",
+                self._api.agent_name, key=AGENT_CONFIG_KEY)
+            if unreadable is not None:
+                return _Mount(printable(unreadable)[:1000])
             return _Mount(unknown=printable(
                 f"the argument {CONFIG_PATH_FLAG} of DaemonSet {self._api.namespace}/"
                 f"{self._daemonset}'s {AGENT_CONTAINER} container: {exc}: "

@@ -1344,3 +1344,33 @@ def test_the_agent_s_ip_masq_agent_config_path_variable_is_the_file_judged(
         assert any("the variable CILIUM_IP_MASQ_AGENT_CONFIG_PATH, which Cilium takes over "
                    "its config directory, is set only where the pod runs" in r.getMessage()
                    for r in caplog.records)
+
+
+def test_a_template_whose_file_is_not_known_reads_none_without_a_volume_of_the_configmap(
+    cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An envFrom (proxy settings, say) may set CILIUM_IP_MASQ_AGENT_CONFIG_PATH, so which
+    # file the agents read is not known; with no volume of the ip-masq-agent ConfigMap
+    # they read it at no path whatever the file. It was a warning alone: k3snet said
+    # converged on the ConfigMap it wrote while the agents kept Cilium's default list.
+    ds = cilium_daemonset(ip_masq_agent=False)
+    _pod(ds)["containers"][0]["envFrom"] = [{"configMapRef": {"name": "proxy"}}]
+    cilium.put(DAEMONSETS, ds)
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        why, no_directory = _unmounted(backend)
+    assert why == f"{WHERE} has no volume of the ConfigMap ip-masq-agent"
+    assert not no_directory  # the variable may name a directory in the image
+    assert not any("is not checked" in r.getMessage() for r in caplog.records)
+    reasons = _reasons(backend, _spec(cidrs=["10.0.0.0/8"]))
+    assert any(r.startswith("k3snet writes nonMasqueradeCIDRs into the ip-masq-agent "
+                            "ConfigMap in kube-system, which Cilium's agents do not read")
+               for r in reasons), reasons
+    # A volume of it there, the file not known: not judged, said.
+    masq = _masq_daemonset(args=["--ip-masq-agent-config-path=$(P)"])
+    _pod(masq)["containers"][0]["envFrom"] = [{"configMapRef": {"name": "proxy"}}]
+    cilium.put(DAEMONSETS, masq)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert _unmounted(backend) == (None, False)
+    assert any("$(P) is set only where the pod runs" in r.getMessage() for r in caplog.records)
+
