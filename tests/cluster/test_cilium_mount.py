@@ -1374,3 +1374,36 @@ def test_a_template_whose_file_is_not_known_reads_none_without_a_volume_of_the_c
         assert _unmounted(backend) == (None, False)
     assert any("$(P) is set only where the pod runs" in r.getMessage() for r in caplog.records)
 
+
+def test_an_env_from_sets_only_names_starting_with_its_prefix(
+    cilium: EmulatedApiServer, backend: CiliumBackend, api_client: Any,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kubelet names each key of an envFrom source prefix + key: one with the prefix
+    # HTTP_ cannot set CILIUM_IP_MASQ_AGENT_CONFIG_PATH nor P. Any envFrom left the file
+    # not judged, a warning, and a DaemonSet mounting it elsewhere was taken as mounted.
+    masq = _masq_daemonset(args=["--ip-masq-agent-config-path=/etc/masq/$(P)"])
+    agent = _pod(masq)["containers"][0]
+    agent["envFrom"] = [{"prefix": "HTTP_", "configMapRef": {"name": "proxy"}},
+                        {"prefix": "NO_", "secretRef": {"name": "proxy"}}]
+    cilium.put(DAEMONSETS, masq)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/$(P) (it is at /etc/masq/ip-masq-agent)" in why
+    agent["args"].pop()
+    cilium.put(DAEMONSETS, masq)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/config/ip-masq-agent (it is at /etc/masq/ip-masq-agent)" in why
+    # A prefix the name starts with (or none) may set it: not judged, said.
+    for prefix in ("CILIUM_", "", None):
+        agent["envFrom"] = [{"configMapRef": {"name": "proxy"}}]
+        if prefix is not None:
+            agent["envFrom"][0]["prefix"] = prefix
+        cilium.put(DAEMONSETS, masq)
+        fresh = CiliumBackend(api_client=api_client, timeout=10.0)  # each said once
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+            assert _unmounted(fresh) == (None, False), prefix
+        assert any("the variable CILIUM_IP_MASQ_AGENT_CONFIG_PATH" in r.getMessage()
+                   for r in caplog.records), prefix
