@@ -31,10 +31,12 @@ from k3snet.render.manifests import render_manifests
 from k3snet.spec import Destination, Spec, check_backend_options, seed_spec
 from k3snet.testing.kube import EmulatedApiServer
 from tests.cluster.test_cilium_backend import (
+    CILIUM_NODES,
     HELM_K3S_DATA,
     NODE_CONFIGS_V2,
     NODES,
     _cilium_config,
+    _cilium_node,
     _data,
     _ip_masq_agent,
     _node,
@@ -1407,3 +1409,29 @@ def test_an_env_from_sets_only_names_starting_with_its_prefix(
             assert _unmounted(fresh) == (None, False), prefix
         assert any("the variable CILIUM_IP_MASQ_AGENT_CONFIG_PATH" in r.getMessage()
                    for r in caplog.records), prefix
+
+
+def test_an_older_pod_on_a_node_with_no_cilium_node_yet_is_judged_by_that_node_s_file(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The ip-masq-agent on only on the edge nodes. server-1 has no CiliumNode yet (its
+    # agent not registered: starting, or restarting): it was left out of the Nodes whose
+    # file is known, so the older pod there, which reads no file (off there), was judged
+    # against the edge file, and named. A pod of the DaemonSet there is an agent there:
+    # its Node's labels say what it reads.
+    _edge_only(cilium)
+    cilium.put(CILIUM_NODES, _cilium_node("edge-1"))
+    new, old = _masq_daemonset(), cilium_daemonset(ip_masq_agent=False)
+    cilium.put(PODS, _on("edge-1", _agent_pod("cilium-a", new)))
+    cilium.put(PODS, _on("server-1", _agent_pod("cilium-b", old)))
+    cilium.put(DAEMONSETS, _rolling(new, updated=1, desired=2))
+    assert _unmounted(backend) == (None, False)
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_groups == (("edge",),)  # server-1 still forms no group
+    # The same pod on a node the CiliumNodeConfig selects, no CiliumNode either: named.
+    cilium.put(NODES, _node("edge-2", zone="edge"))
+    cilium.put(PODS, _on("edge-2", _agent_pod("cilium-b", old)))
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "(cilium-b;" in why
