@@ -463,18 +463,30 @@ class _Mount:
 @attrs.frozen
 class _Nodes:
     """The CiliumNodeConfigs as listed, each with its ``nodeSelector``, and the labels of
-    the Nodes Cilium's agents run on, by name (``None``: not listed, as where no
-    CiliumNodeConfig selects some nodes: every node's agent reads the same keys)."""
+    the Nodes, by name (``None``: not listed, as where no CiliumNodeConfig selects some
+    nodes: every node's agent reads the same keys); ``agents``, the names of those a
+    Cilium agent registered (a CiliumNode; ``None``: every Node counts)."""
 
     overrides: tuple[tuple[CiliumNodeOverride, Any], ...] = ()
     labels: Mapping[str, Mapping[str, str]] | None = None
+    agents: frozenset[str] | None = None
+
+    @property
+    def agent_labels(self) -> Mapping[str, Mapping[str, str]] | None:
+        """:attr:`labels` of the Nodes a Cilium agent runs on (:attr:`agents`): the others
+        read no CiliumNodeConfig, and form no group of them."""
+        if self.labels is None or self.agents is None:
+            return self.labels
+        return {name: labels for name, labels in self.labels.items() if name in self.agents}
 
     def files(self, config: CiliumConfig) -> dict[str, tuple[str | None, ...]] | None:
         """By Node name, the ``ip-masq-agent-config-path`` its agent reads (``None``:
         unset) where Cilium's ip-masq-agent is on there (``()``: off), with ``config``'s
         settings and the CiliumNodeConfigs selecting it laid over them in name order, as
         the agent lays them (``pkg/option/resolver``). ``None``: not known (the Nodes not
-        listed, or a selector apimachinery refuses, as :func:`_node_groups` says)."""
+        listed, or a selector apimachinery refuses, as :func:`_node_groups` says). Every
+        Node listed, a CiliumNode or not: a pod of the DaemonSet on one is its agent there,
+        not registered yet (starting, or restarting)."""
         if self.labels is None:
             return None
         found: dict[str, tuple[str | None, ...]] = {}
@@ -638,9 +650,9 @@ class _Api:
                 raise
         return []
 
-    def node_labels(self) -> dict[str, dict[str, str]] | None:
-        """The labels of every Node a Cilium agent runs on (:meth:`cilium_nodes`), by the
-        Node's name, listed
+    def node_labels(self) -> tuple[dict[str, dict[str, str]], frozenset[str] | None] | None:
+        """The labels of every Node, by the Node's name, and the names of those a Cilium
+        agent runs on (:meth:`cilium_nodes`), listed
         :data:`~k3snet.kube.LIST_PAGE` at a time from the API server's watch cache
         (:func:`~k3snet.kube.list_node_metadata`; ``None``: the Nodes cannot be listed,
         403, or are not served; a warning says so)."""
@@ -660,14 +672,12 @@ class _Api:
             if not isinstance(metadata, dict):
                 metadata = {}
             name = metadata.get("name")
-            if cilium is not None and name not in cilium:
-                continue  # no Cilium agent there: it reads no CiliumNodeConfig
             labels = metadata.get("labels")
             # A Node without a name (not from an API server) still counts in the groups.
             found[name if isinstance(name, str) else f"#{index}"] = (
                 {k: v for k, v in labels.items() if isinstance(k, str) and isinstance(v, str)}
                 if isinstance(labels, dict) else {})
-        return found
+        return found, cilium
 
     def cilium_nodes(self) -> frozenset[str] | None:
         """The names of the CiliumNodes (``cilium.io/v2``, their metadata alone, from the
@@ -1273,7 +1283,7 @@ class CiliumBackend(BackendBase):
         owned = self._owned(read)
         nodes = self._nodes()
         found = list(nodes.overrides)
-        groups = _node_groups(found, nodes.labels, self._api.warn)
+        groups = _node_groups(found, nodes.agent_labels, self._api.warn)
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
                                node_groups=groups)
         # The DaemonSet is read only where Cilium's ip-masq-agent is on (some node, or
@@ -1316,8 +1326,11 @@ class CiliumBackend(BackendBase):
         say which do (listed only then)."""
         found = _node_overrides(self._api.node_configs(),
                                 f"CiliumNodeConfigs in {self._api.namespace}")
-        return _Nodes(tuple(found), self._api.node_labels()
-                      if any(not o.every_node for o, _ in found) else None)
+        listed = (self._api.node_labels() if any(not o.every_node for o, _ in found)
+                  else None)
+        if listed is None:
+            return _Nodes(tuple(found))
+        return _Nodes(tuple(found), *listed)
 
     def _mount_ahead(self, read: _Read, observed: _Mount | None, nodes: _Nodes
                      ) -> _Mount | None:
@@ -1378,6 +1391,13 @@ class CiliumBackend(BackendBase):
         try:
             given = agent_config_path(found)
         except ValueError as exc:
+            # Which file is not known, but with no volume of the ConfigMap's key the agents
+            # read it at no path: not mounted (whether a directory is there is not known).
+            unreadable = agent_file_unreadable(
+                found, f"DaemonSet {self._api.namespace}/{self._daemonset}",
+                self._api.agent_name, key=AGENT_CONFIG_KEY)
+            if unreadable is not None:
+                return _Mount(printable(unreadable)[:1000])
             return _Mount(unknown=printable(
                 f"the argument {CONFIG_PATH_FLAG} of DaemonSet {self._api.namespace}/"
                 f"{self._daemonset}'s {AGENT_CONTAINER} container: {exc}: "

@@ -230,17 +230,20 @@ def _expand(text: str, container: Mapping[str, Any], *, service_links: bool = Tr
     from the container's environment as the kubelet expands them (``$$`` is ``$``; a name
     not defined stays as written), an ``env`` value's from the ones before it. ValueError
     where a name's value is known only to the kubelet (``valueFrom``; a name not in
-    ``env`` where an ``envFrom`` may set it, or a service's variable, which the kubelet
-    sets where ``env`` does not: with ``service_links`` false, the pod's
-    ``enableServiceLinks: false``, only the API server's ``KUBERNETES_*``, the others
-    staying as written)."""
+    ``env`` where an ``envFrom`` may set it, one starting with its ``prefix``, or a
+    service's variable, which the kubelet sets where ``env`` does not: with
+    ``service_links`` false, the pod's ``enableServiceLinks: false``, only the API
+    server's ``KUBERNETES_*``, the others staying as written)."""
     env: dict[str, str | None] = {}
-    # An envFrom source may define any name, for the env values as for the argument.
+    # An envFrom source may define any name starting with its prefix (none: ""; the
+    # kubelet names each key of its ConfigMap or Secret prefix + key), for the env values
+    # as for the argument.
     services = _SERVICE_VARIABLE if service_links else _API_SERVER_VARIABLE
-    envfrom = bool(_dicts(container.get("envFrom")))
+    prefixes = [_text(source.get("prefix")) for source in _dicts(container.get("envFrom"))]
 
     def open_names(name: str) -> bool:
-        return envfrom or services.fullmatch(name) is not None
+        return (any(name.startswith(p) for p in prefixes)
+                or services.fullmatch(name) is not None)
 
     for entry in _dicts(container.get("env")):
         name = entry.get("name")

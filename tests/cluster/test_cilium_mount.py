@@ -31,10 +31,12 @@ from k3snet.render.manifests import render_manifests
 from k3snet.spec import Destination, Spec, check_backend_options, seed_spec
 from k3snet.testing.kube import EmulatedApiServer
 from tests.cluster.test_cilium_backend import (
+    CILIUM_NODES,
     HELM_K3S_DATA,
     NODE_CONFIGS_V2,
     NODES,
     _cilium_config,
+    _cilium_node,
     _data,
     _ip_masq_agent,
     _node,
@@ -1344,3 +1346,92 @@ def test_the_agent_s_ip_masq_agent_config_path_variable_is_the_file_judged(
         assert any("the variable CILIUM_IP_MASQ_AGENT_CONFIG_PATH, which Cilium takes over "
                    "its config directory, is set only where the pod runs" in r.getMessage()
                    for r in caplog.records)
+
+
+def test_a_template_whose_file_is_not_known_reads_none_without_a_volume_of_the_configmap(
+    cilium: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An envFrom (proxy settings, say) may set CILIUM_IP_MASQ_AGENT_CONFIG_PATH, so which
+    # file the agents read is not known; with no volume of the ip-masq-agent ConfigMap
+    # they read it at no path whatever the file. It was a warning alone: k3snet said
+    # converged on the ConfigMap it wrote while the agents kept Cilium's default list.
+    ds = cilium_daemonset(ip_masq_agent=False)
+    _pod(ds)["containers"][0]["envFrom"] = [{"configMapRef": {"name": "proxy"}}]
+    cilium.put(DAEMONSETS, ds)
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        why, no_directory = _unmounted(backend)
+    assert why == f"{WHERE} has no volume of the ConfigMap ip-masq-agent"
+    assert not no_directory  # the variable may name a directory in the image
+    assert not any("is not checked" in r.getMessage() for r in caplog.records)
+    reasons = _reasons(backend, _spec(cidrs=["10.0.0.0/8"]))
+    assert any(r.startswith("k3snet writes nonMasqueradeCIDRs into the ip-masq-agent "
+                            "ConfigMap in kube-system, which Cilium's agents do not read")
+               for r in reasons), reasons
+    # A volume of it there, the file not known: not judged, said.
+    masq = _masq_daemonset(args=["--ip-masq-agent-config-path=$(P)"])
+    _pod(masq)["containers"][0]["envFrom"] = [{"configMapRef": {"name": "proxy"}}]
+    cilium.put(DAEMONSETS, masq)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        assert _unmounted(backend) == (None, False)
+    assert any("$(P) is set only where the pod runs" in r.getMessage() for r in caplog.records)
+
+
+def test_an_env_from_sets_only_names_starting_with_its_prefix(
+    cilium: EmulatedApiServer, backend: CiliumBackend, api_client: Any,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kubelet names each key of an envFrom source prefix + key: one with the prefix
+    # HTTP_ cannot set CILIUM_IP_MASQ_AGENT_CONFIG_PATH nor P. Any envFrom left the file
+    # not judged, a warning, and a DaemonSet mounting it elsewhere was taken as mounted.
+    masq = _masq_daemonset(args=["--ip-masq-agent-config-path=/etc/masq/$(P)"])
+    agent = _pod(masq)["containers"][0]
+    agent["envFrom"] = [{"prefix": "HTTP_", "configMapRef": {"name": "proxy"}},
+                        {"prefix": "NO_", "secretRef": {"name": "proxy"}}]
+    cilium.put(DAEMONSETS, masq)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/masq/$(P) (it is at /etc/masq/ip-masq-agent)" in why
+    agent["args"].pop()
+    cilium.put(DAEMONSETS, masq)
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "at /etc/config/ip-masq-agent (it is at /etc/masq/ip-masq-agent)" in why
+    # A prefix the name starts with (or none) may set it: not judged, said.
+    for prefix in ("CILIUM_", "", None):
+        agent["envFrom"] = [{"configMapRef": {"name": "proxy"}}]
+        if prefix is not None:
+            agent["envFrom"][0]["prefix"] = prefix
+        cilium.put(DAEMONSETS, masq)
+        fresh = CiliumBackend(api_client=api_client, timeout=10.0)  # each said once
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+            assert _unmounted(fresh) == (None, False), prefix
+        assert any("the variable CILIUM_IP_MASQ_AGENT_CONFIG_PATH" in r.getMessage()
+                   for r in caplog.records), prefix
+
+
+def test_an_older_pod_on_a_node_with_no_cilium_node_yet_is_judged_by_that_node_s_file(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The ip-masq-agent on only on the edge nodes. server-1 has no CiliumNode yet (its
+    # agent not registered: starting, or restarting): it was left out of the Nodes whose
+    # file is known, so the older pod there, which reads no file (off there), was judged
+    # against the edge file, and named. A pod of the DaemonSet there is an agent there:
+    # its Node's labels say what it reads.
+    _edge_only(cilium)
+    cilium.put(CILIUM_NODES, _cilium_node("edge-1"))
+    new, old = _masq_daemonset(), cilium_daemonset(ip_masq_agent=False)
+    cilium.put(PODS, _on("edge-1", _agent_pod("cilium-a", new)))
+    cilium.put(PODS, _on("server-1", _agent_pod("cilium-b", old)))
+    cilium.put(DAEMONSETS, _rolling(new, updated=1, desired=2))
+    assert _unmounted(backend) == (None, False)
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_groups == (("edge",),)  # server-1 still forms no group
+    # The same pod on a node the CiliumNodeConfig selects, no CiliumNode either: named.
+    cilium.put(NODES, _node("edge-2", zone="edge"))
+    cilium.put(PODS, _on("edge-2", _agent_pod("cilium-b", old)))
+    why, _ = _unmounted(backend)
+    assert why is not None
+    assert "(cilium-b;" in why
