@@ -897,13 +897,6 @@ def _agent_file(path: str | None) -> str:
     return DEFAULT_AGENT_FILE if path is None else path
 
 
-def _config_path(data: Mapping[str, str]) -> str | None:
-    """``cilium-config``'s ``ip-masq-agent-config-path`` in ``data`` as the agent reads
-    it: trimmed, as ``ReadDirConfig`` trims each file of the ConfigMap (None: unset)."""
-    value = data.get(CONFIG_PATH_KEY)
-    return None if value is None else str(value).strip()
-
-
 def _laid(foreign: CiliumConfig, owned: CiliumConfig | None) -> CiliumConfig:
     """``foreign`` with k3snet's keys in ``cilium-config`` (``owned``) over its own."""
     if owned is None:
@@ -916,8 +909,8 @@ def _agent_paths(config: CiliumConfig) -> set[str | None]:
     """The ``ip-masq-agent-config-path`` of each group of nodes where Cilium's
     ip-masq-agent is on, a CiliumNodeConfig's over ``cilium-config``'s (k3snet's keys in
     it laid over the others: :func:`_laid`), as the agent lays them; empty where it is on
-    nowhere. (k3snet's key counted as on everywhere, also under a CiliumNodeConfig
-    turning it off on its nodes.)"""
+    nowhere. k3snet's key too is laid under each CiliumNodeConfig's: the nodes of one
+    turning it off read no file, and their ``ip-masq-agent-config-path`` is not counted."""
     return {view.value(CONFIG_PATH_KEY) for _, view in config.on_nodes()
             if view.flag("enable-ip-masq-agent")}
 
@@ -1347,9 +1340,11 @@ class CiliumBackend(BackendBase):
         after = {**config.data, **{k: str(v) for k, v in expected.settings.to_dict().items()}}
         if observed is not None and observed.daemonset is None:
             return None  # the DaemonSet not read (its warning given)
+        paths = self._paths_after(after, nodes)
+        if not paths:
+            return None  # a CiliumNodeConfig turns it off on every node: no file is read
         try:
-            mount = self._mount([_config_path(after)],
-                                None if observed is None else observed.daemonset,
+            mount = self._mount(paths, None if observed is None else observed.daemonset,
                                 by_node=nodes.files(self._settings(after)),
                                 pods=None if observed is None else observed.pods)
         except BackendError:  # check and apply read it again, and fail
@@ -1687,27 +1682,40 @@ class CiliumBackend(BackendBase):
             return read_go_flag(str(data.get("enable-ip-masq-agent") or "false"))
         if not on(after) or on(read.config.data):
             return read.mount or _Mount()
-        # Observe's read judged the files where the ip-masq-agent was on already (a
-        # CiliumNodeConfig's, on its nodes): the edit turns it on where cilium-config's is,
-        # and each node's older pods are judged by what it reads then. The DaemonSet (and
-        # its pods, the CiliumNodeConfigs and Nodes) observe read serves; read again, the
-        # CiliumNodeConfigs and Nodes are listed again too (else every older pod would be
-        # judged by cilium-config's file, whatever its node reads).
-        path = _config_path(read.config.data)
-        for mount in (read.mount, read.ahead):
-            if mount is not None and mount.daemonset is None and _agent_file(path) in mount.asked:
-                return mount  # not found, or not to be read: its warning given
+        # The edit turns it on where cilium-config's switch is read, at cilium-config's
+        # file or a CiliumNodeConfig's (one setting the file alone): the template is judged
+        # by every file a group of nodes reads then, each node's older pods by its own, and
+        # a pod whose node is not known by every one, as it may run on any. The DaemonSet
+        # (and its pods, the CiliumNodeConfigs and Nodes) observe read serves; read again,
+        # the CiliumNodeConfigs and Nodes are listed again too (else every older pod would
+        # be judged by cilium-config's file, whatever its node reads).
         read_already = next((m for m in (read.ahead, read.mount)
                              if m is not None and m.daemonset is not None), None)
         try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
             nodes = self._nodes() if read.nodes is None else read.nodes
-            mount = self._mount([path], None if read_already is None else read_already.daemonset,
+            paths = self._paths_after(after, nodes)
+            if not paths:  # a CiliumNodeConfig turns it off on every node: no file is read
+                return read.mount or _Mount()
+            asked = {_agent_file(p) for p in paths}
+            for mount in (read.mount, read.ahead):
+                if mount is not None and mount.daemonset is None and asked <= mount.asked:
+                    return mount  # not found, or not to be read: its warning given
+            mount = self._mount(paths, None if read_already is None else read_already.daemonset,
                                 by_node=nodes.files(self._settings(after)),
                                 pods=None if read_already is None else read_already.pods)
         except BackendError as exc:
             raise _nothing_changed(exc) from exc
         mount.warn_if(True, self._api.warn)
         return mount
+
+    def _paths_after(self, after: Mapping[str, str], nodes: _Nodes) -> set[str | None]:
+        """:func:`_agent_paths` with ``after`` in ``cilium-config`` and the CiliumNodeConfigs
+        of ``nodes`` laid over it, the groups of nodes as observe forms them: every file an
+        agent reads once an edit leaving ``after`` is made."""
+        found = list(nodes.overrides)
+        return _agent_paths(attrs.evolve(
+            self._settings(after), node_overrides=[o for o, _ in found],
+            node_groups=_node_groups(found, nodes.agent_labels, self._api.warn)))
 
     def _settings(self, data: Mapping[str, str]) -> CiliumConfig:
         """``cilium-config`` holding ``data``: the keys k3snet models."""

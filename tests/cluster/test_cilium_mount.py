@@ -1435,3 +1435,91 @@ def test_an_older_pod_on_a_node_with_no_cilium_node_yet_is_judged_by_that_node_s
     why, _ = _unmounted(backend)
     assert why is not None
     assert "(cilium-b;" in why
+
+
+def _path_only_on_edge(server: EmulatedApiServer) -> None:
+    """Cilium's ip-masq-agent off in cilium-config, reading /etc/masq/ip-masq-agent once on;
+    a CiliumNodeConfig gives the edge nodes (edge-1, not server-1) /etc/config/ip-masq-agent
+    alone, not the switch: a plan turning it on in cilium-config turns it on there too, at
+    that file."""
+    server.put(CONFIGMAPS, _cilium_config({
+        **HELM_K3S_DATA, "enable-bpf-masquerade": "true",
+        "ip-masq-agent-config-path": "/etc/masq/ip-masq-agent"}))
+    server.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"ip-masq-agent-config-path": "/etc/config/ip-masq-agent"}))
+    server.put(NODES, _node("server-1"))
+    server.put(NODES, _node("edge-1", zone="edge"))
+
+
+def test_turning_the_ip_masq_agent_on_judges_the_template_by_every_file_read_after_it(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The plan turns the ip-masq-agent on on the edge nodes too, where the agents read
+    # the CiliumNodeConfig's /etc/config/ip-masq-agent; the template has nothing at
+    # /etc/config, so every agent there exits at its next start. Check and apply judged
+    # the template by cilium-config's file alone (/etc/masq, mounted) and allowed it,
+    # and `plan` warned of nothing.
+    _path_only_on_edge(cilium)
+    cilium.put(DAEMONSETS, _masq_daemonset())
+    desired = compile_for(backend, _spec())
+    backend.expect(desired)
+    observed = backend.observe()
+    (warning,) = backend.warnings
+    assert "has no /etc/config" in warning
+    (refused,) = backend.check(plan(observed, desired))
+    assert "has no /etc/config" in refused
+    with pytest.raises(PlanError, match="has no /etc/config"):
+        backend.apply(plan(backend.observe(), desired))
+    assert "enable-ip-masq-agent" not in _data(cilium)
+    # Mounted at /etc/config too: allowed.
+    ds = _masq_daemonset()
+    _pod(ds)["containers"][0]["volumeMounts"].append(
+        {"name": "ip-masq-agent", "mountPath": "/etc/config"})
+    cilium.put(DAEMONSETS, ds)
+    assert backend.check(plan(backend.observe(), desired)) == ()
+
+
+@pytest.mark.parametrize("node", [None, "gone-1"])
+def test_an_older_pod_whose_node_is_not_known_is_judged_by_every_file_read_after_the_plan(
+    node: str | None, cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The template has both files; an older pod has /etc/masq alone, and its node is not
+    # known (not yet scheduled with no affinity naming one, or not among the Nodes
+    # listed): it may run on an edge node, where the plan has its agent read
+    # /etc/config/ip-masq-agent, and exit at its next start. It was judged by
+    # cilium-config's file alone (/etc/masq), not by every node's as documented: allowed.
+    _path_only_on_edge(cilium)
+    new = _masq_daemonset()
+    _pod(new)["containers"][0]["volumeMounts"].append(
+        {"name": "ip-masq-agent", "mountPath": "/etc/config"})
+    cilium.put(PODS, _on("server-1", _agent_pod("cilium-a", new)))
+    cilium.put(PODS, _on(node, _agent_pod("cilium-b", _masq_daemonset())))
+    cilium.put(DAEMONSETS, _rolling(new, updated=1, desired=2))
+    desired = compile_for(backend, _spec())
+    (refused,) = backend.check(plan(backend.observe(), desired))
+    assert "has no /etc/config" in refused
+    assert "(cilium-b;" in refused
+    backend.expect(desired)
+    backend.observe()
+    (warning,) = backend.warnings
+    assert "(cilium-b;" in warning
+    # On server-1, where the plan has it read /etc/masq alone: allowed.
+    cilium.put(PODS, _on("server-1", _agent_pod("cilium-b", _masq_daemonset())))
+    assert backend.check(plan(backend.observe(), desired)) == ()
+
+
+def test_turning_the_ip_masq_agent_on_under_a_node_config_turning_it_off_everywhere_is_allowed(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # A CiliumNodeConfig of every node (an empty selector) turns it off over
+    # cilium-config's: no agent reads a file or watches /etc/config once k3snet's key is
+    # written, yet the template's lack of /etc/config refused the plan.
+    cilium.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}))
+    cilium.put(NODE_CONFIGS_V2, _node_config("all", {"enable-ip-masq-agent": "false"},
+                                             selector={}))
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
+    desired = compile_for(backend, _spec())
+    backend.expect(desired)
+    observed = backend.observe()
+    assert backend.warnings == ()
+    assert backend.check(plan(observed, desired)) == ()
