@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from k3snet._gojson import (
     JsonTextError,
@@ -73,3 +77,36 @@ def test_a_cycle_is_too_deep() -> None:
 def test_what_go_refuses_is_an_error_saying_why(text: str, reason: str) -> None:
     with pytest.raises(JsonTextError, match=reason):
         load_json(text)
+
+
+# text_nests_deeper as it was: one token at a time, the running depth in Python.
+_TOKENS = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}]', re.DOTALL)
+
+
+def _nests_deeper_token_by_token(text: str, limit: int) -> bool:
+    depth = 0
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in ("]", "}"):
+            depth -= 1
+    return False
+
+
+@given(st.text(alphabet='[]{}"\\ a,:\n\u00e9', max_size=60), st.integers(-3, 6))
+def test_text_nests_deeper_answers_as_the_token_by_token_count_on_any_text(
+        text: str, limit: int) -> None:
+    assert text_nests_deeper(text, limit) == _nests_deeper_token_by_token(text, limit)
+
+
+@given(st.recursive(st.none() | st.integers() | st.text(alphabet='[]{}"\\a'),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(alphabet='[]{}"\\a', max_size=3), inner,
+                                      max_size=3), max_leaves=20), st.integers(0, 6))
+def test_text_nests_deeper_answers_as_the_token_by_token_count_on_json(
+        value: Any, limit: int) -> None:
+    text = json.dumps(value)
+    assert text_nests_deeper(text, limit) == _nests_deeper_token_by_token(text, limit)

@@ -1,0 +1,93 @@
+"""The JSON nesting check's cost (``k3snet._gojson.text_nests_deeper``), this checkout's
+against older ones.
+
+An ``nft -j list ruleset``-like text of ``--rules`` rules (each with strings holding
+brackets and escapes, as comments do), then ``text_nests_deeper`` of it by this
+checkout's module and by the module of each ``--before`` commit (read with ``git
+show``), interleaved, ``--runs`` times; prints the CPU medians (docs/performance.md,
+"JSON nesting measured before parsing"). No root, no namespace.
+
+    python benchmarks/bench_gojson.py [--rules 10000] [--runs 15] [--before COMMIT ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+from k3snet import _gojson
+
+MODULE = "k3snet/_gojson.py"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def older_module(commit: str, tmp: Path, name: str) -> ModuleType:
+    """``k3snet/_gojson.py`` as ``commit`` had it, imported as ``name``."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{MODULE}"],
+                            check=True, capture_output=True, text=True).stdout
+    path = tmp / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def ruleset_text(rules: int) -> str:
+    """A ruleset as ``nft -j`` prints it, ``rules`` rules in one chain, each a match, a
+    counter and a comment holding brackets, quotes and a backslash."""
+    items: list[dict[str, object]] = [
+        {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+        {"table": {"family": "inet", "name": "bench", "handle": 1}},
+        {"chain": {"family": "inet", "table": "bench", "name": "c", "handle": 1}}]
+    for i in range(rules):
+        items.append({"rule": {
+            "family": "inet", "table": "bench", "chain": "c", "handle": i + 2,
+            "comment": f"rule {i} [{{\"x\\\\\"}}]",
+            "expr": [{"match": {"op": "==", "left": {"payload": {
+                "protocol": "ip", "field": "daddr"}},
+                "right": {"prefix": {"addr": f"10.{i >> 8 & 255}.{i & 255}.0", "len": 24}}}},
+                {"counter": {"packets": i, "bytes": i * 60}}, {"accept": None}]}})
+    return json.dumps({"nftables": items})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rules", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--before", nargs="*", default=["64eb820b"],
+                        help="commits whose module to time beside this checkout's")
+    args = parser.parse_args()
+    text = ruleset_text(args.rules)
+    with tempfile.TemporaryDirectory() as tmp:
+        checks = {commit: older_module(commit, Path(tmp), f"_gojson_{i}").text_nests_deeper
+                  for i, commit in enumerate(args.before)}
+        checks["this checkout"] = _gojson.text_nests_deeper
+        answers = {name: check(text, 512) for name, check in checks.items()}
+        if len(set(answers.values())) != 1:
+            raise SystemExit(f"the answers differ: {answers}")
+        times: dict[str, list[float]] = {name: [] for name in checks}
+        for _ in range(args.runs):
+            for name, check in checks.items():
+                start = time.process_time()
+                check(text, 512)
+                times[name].append(time.process_time() - start)
+    print(f"text_nests_deeper of a {len(text) / 2**20:.1f} MiB ruleset ({args.rules} rules), "
+          f"CPU medians of {args.runs} interleaved runs:")
+    for name, values in times.items():
+        print(f"  {name:>14}: {statistics.median(values) * 1000:7.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
