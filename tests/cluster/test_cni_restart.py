@@ -920,3 +920,42 @@ def test_an_apply_undone_takes_a_stamp_moved_to_the_write_s_landing_back_too(
     assert left is not None
     assert left["data"] == found["data"]
     assert CHANGED_ANNOTATION not in (left["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_stamp_s_move_refused_takes_the_landed_write_back_all_or_nothing(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The write landed (10 s late) and the patch moving its stamp to the landing was
+    # refused (403, a webhook): the apply failed saying nothing was changed (flannel:
+    # "nothing was changed"; cilium: its first write, never recorded, not undone), the
+    # new config left under a stamp before its landing. It is taken back now.
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+
+    def refuse_the_second(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        first = method == "PATCH" and not landed
+        answer = request(method, url, *args, **kwargs)
+        if first and landed:
+            api_server.fail(403, method="PATCH", plural="configmaps", name=name,
+                            message="denied by a webhook")
+        return answer
+
+    api_client.rest_client.request = refuse_the_second
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    found = api_server.get(CONFIGMAPS, name, namespace)
+    assert found is not None
+    with pytest.raises(ApplyError) as info:
+        converge(backend, desired)
+    assert landed
+    assert not isinstance(info.value, RollbackError), info.value
+    assert info.value.done, info.value  # made, and undone
+    assert info.value.rolled_back, info.value
+    assert "denied by a webhook" in str(info.value)
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert (left["metadata"].get("annotations") or {}) == (
+        found["metadata"].get("annotations") or {})
+
