@@ -231,6 +231,15 @@ def _restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
             return landed, getattr(getattr(result, "metadata", None), "resource_version", None)
         except KubeApiError as exc:
             if exc.status != 409:
+                # Its answer lost (a 504, a timeout) after the move was made: read, the
+                # stamp moved is the move made (an undo of the write refused it as
+                # "changed by someone else", the apply said maybe half-changed).
+                try:
+                    stamp, moved = _stamp_read(core, namespace, name, timeout)
+                except KubeApiError:
+                    raise exc from None
+                if stamp == landed:
+                    return landed, moved
                 raise
         stamp, found = _stamp_read(core, namespace, name, timeout)
         if stamp != sent:

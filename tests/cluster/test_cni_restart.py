@@ -31,6 +31,7 @@ from k3snet.errors import ApplyError, RollbackError
 from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig
 from k3snet.model.cni import FlannelConfig
 from k3snet.model.state import State
+from k3snet.planner import plan
 from k3snet.testing.kube import EmulatedApiServer
 from tests.cli.test_schemas import validate
 from tests.cluster.test_cilium_backend import _cilium_config
@@ -959,3 +960,32 @@ def test_a_stamp_s_move_refused_takes_the_landed_write_back_all_or_nothing(
     assert (left["metadata"].get("annotations") or {}) == (
         found["metadata"].get("annotations") or {})
 
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_stamp_s_move_made_with_its_answer_lost_is_the_move_made(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The patch moving the stamp was made and its answer lost (a 504 after the write):
+    # read, the stamp found moved is the move made, the apply done; it was a refusal
+    # whose undo found the stamp "changed by someone else" (RollbackError, the
+    # ConfigMap said maybe half-changed, though it held the apply and its landing).
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+
+    def lose_the_second_answer(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        first = method == "PATCH" and not landed
+        answer = request(method, url, *args, **kwargs)
+        if first and landed:
+            api_server.fail(504, method="PATCH", plural="configmaps", name=name,
+                            served=True)
+        return answer
+
+    api_client.rest_client.request = lose_the_second_answer
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    converge(backend, desired)
+    [landing] = landed
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["metadata"]["annotations"][CHANGED_ANNOTATION] == _utc(landing)
+    assert not plan(backend.observe(), desired).changes
