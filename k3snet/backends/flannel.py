@@ -69,7 +69,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -79,12 +79,11 @@ from k3snet._kept import read_input
 from k3snet.backends.base import ApplyResult, PendingRestart
 from k3snet.backends.cni_restart import (
     CHANGED_ANNOTATION,
+    RestampError,
     ServerClock,
     Settled,
-    WriteLanded,
     changed_stamp,
     restamp,
-    taking_back,
 )
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.cni_restart import readers as restart_readers
@@ -465,8 +464,10 @@ class _ConfigMapStore:
         return (f"DaemonSet {self.namespace}/{FLANNEL_DAEMONSET} (upstream flannel's name; "
                 f"{why})",)
 
-    def write(self, doc: _Doc, text: str, record: Record | None) -> int:
-        """One merge patch, conditional on the resourceVersion read."""
+    def write(self, doc: _Doc, text: str, record: Record | None,
+              made: Callable[[Callable[[], object]], object] | None = None) -> int:
+        """One merge patch, conditional on the resourceVersion read; a stamped one answered
+        gives ``made`` its undo before :func:`restamp` (which raises RestampError)."""
         metadata: dict[str, Any] = {}
         if doc.token is not None:
             metadata["resourceVersion"] = doc.token
@@ -493,12 +494,13 @@ class _ConfigMapStore:
         sent = metadata["annotations"].get(CHANGED_ANNOTATION)
         if sent is not None:
             # Landed in a later second than the stamp (a slow write): the answer's time.
-            result_metadata = getattr(result, "metadata", None)
-            # Its move refused: the write taken back (all or nothing), as it was read.
-            taking_back(lambda: restamp(
-                self.core, self.namespace, self.name, sent, headers,
-                version=getattr(result_metadata, "resource_version", None),
-                timeout=self.timeout), lambda landed: self.write_back(doc, landed))
+            version = getattr(getattr(result, "metadata", None), "resource_version", None)
+            # Its move refused (RestampError) or interrupted (Ctrl-C, SIGTERM): the write
+            # is taken back (all or nothing) by ``made``'s undo, as it was read.
+            if made is not None:
+                made(lambda: self.write_back(doc, version))
+            restamp(self.core, self.namespace, self.name, sent, headers, version=version,
+                    timeout=self.timeout)
         return 1
 
     def write_back(self, doc: _Doc, version: str | None) -> None:
@@ -801,11 +803,17 @@ class FlannelBackend(BackendBase):
             undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
         operations = 1
         if text != doc.text or record != doc.record:
-            try:
-                operations += self._store.write(doc, text, record)
-            except WriteLanded as landed:
-                undo.record(plan.changes, landed.undo)
-                undo.fail(plan.changes[-1], str(landed.error), landed.error)
+            store = self._store
+            with undo.guarding():  # an interruption after the write landed takes it back
+                try:
+                    if isinstance(store, _ConfigMapStore):
+                        operations += store.write(
+                            doc, text, record,
+                            made=lambda back: undo.record(plan.changes, back))
+                    else:
+                        operations += store.write(doc, text, record)
+                except RestampError as exc:
+                    undo.fail(plan.changes[-1], str(exc), exc)
             if isinstance(self._store, _FileStore) and text != doc.text:
                 self._file_changed = changed_stamp()
         return ApplyResult(self.name, plan.changes, operations=operations)

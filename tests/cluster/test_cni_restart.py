@@ -989,3 +989,35 @@ def test_a_stamp_s_move_made_with_its_answer_lost_is_the_move_made(
     assert left is not None
     assert left["metadata"]["annotations"][CHANGED_ANNOTATION] == _utc(landing)
     assert not plan(backend.observe(), desired).changes
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_an_apply_interrupted_moving_the_stamp_takes_the_landed_write_back(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # Ctrl-C (or SIGTERM's SystemExit) while the stamp's move was on its way: flannel
+    # left its write, answered, under the stamp before its landing (a pod made in
+    # between counted as restarted); cilium's undo took it back. Both do now.
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+    cut: list[str] = []
+
+    def interrupt_the_second(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "PATCH" and landed and not cut:
+            cut.append(url)
+            raise KeyboardInterrupt
+        return request(method, url, *args, **kwargs)
+
+    api_client.rest_client.request = interrupt_the_second
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    found = api_server.get(CONFIGMAPS, name, namespace)
+    assert found is not None
+    with pytest.raises(KeyboardInterrupt):
+        converge(backend, desired)
+    assert cut
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert (left["metadata"].get("annotations") or {}) == (
+        found["metadata"].get("annotations") or {})
