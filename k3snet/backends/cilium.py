@@ -102,8 +102,10 @@ from k3snet.backends.cni_restart import (
     CHANGED_ANNOTATION,
     ServerClock,
     Settled,
+    WriteLanded,
     label_selector,
     restamp,
+    taking_back,
 )
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.kit import (
@@ -1601,6 +1603,9 @@ class CiliumBackend(BackendBase):
                     undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
                 try:
                     reverse = step()
+                except WriteLanded as landed:
+                    undo.record(plan.changes if index == 0 else (), landed.undo)
+                    undo.fail(plan.changes[-1], str(landed.error), landed.error)
                 except K3snetError as exc:
                     undo.fail(plan.changes[-1], str(exc), exc)
                 except BaseException:
@@ -1853,7 +1858,9 @@ class CiliumBackend(BackendBase):
             def write_config() -> Any:
                 back = {k: config.data.get(k) for k in edit.config_data}
                 left = _Keys(edit.config_data, new_record, new_written, changed_at)
-                version = _answered(
+                # Landed, its stamp's move refused: taken back, as after a later write
+                # refused (the stamp before the landing is not the safe side).
+                version = taking_back(lambda: _answered(
                     lambda: api.patch(api.config_name, config.version, edit.config_data,
                                       new_record, True, written=(new_written,),
                                       changed_at=changed_at, landing=True),
@@ -1861,7 +1868,10 @@ class CiliumBackend(BackendBase):
                         api.config_name, edit.config_data, new_record, new_written,
                         lambda found: api.patch_back(api.config_name, found, back,
                                                      old_record, config.written, left=left,
-                                                     changed_at=stamp_back)))
+                                                     changed_at=stamp_back))),
+                    lambda landed: api.patch_back(api.config_name, landed, back, old_record,
+                                                  config.written, left=left,
+                                                  changed_at=stamp_back))
                 left = self._landed(left)
                 return lambda: api.patch_back(api.config_name, version, back, old_record,
                                               config.written, left=left,

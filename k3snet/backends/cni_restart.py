@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from k3snet.backends.base import PendingRestart
 from k3snet.backends.kit import translate_errors
 from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches, server_time
 
-__all__ = ["CHANGED_ANNOTATION", "ServerClock", "Settled", "changed_stamp", "label_selector",
-           "pending", "readers", "restamp"]
+__all__ = ["CHANGED_ANNOTATION", "RestampError", "ServerClock", "Settled", "WriteLanded",
+           "changed_stamp", "label_selector", "pending", "readers", "restamp", "taking_back"]
+
+_T = TypeVar("_T")
 
 CHANGED_ANNOTATION = "k3snet.io/changed-at"
 """The annotation, on a ConfigMap k3snet changed, holding when it last changed data the
@@ -125,6 +127,54 @@ _RESTAMP_TRIES = 3
 """Writes of a landed stamp tried, each after another write came in between (409)."""
 
 
+def _stamp_read(core: Any, namespace: str, name: str, timeout: float
+                ) -> tuple[str | None, str | None]:
+    """The :data:`CHANGED_ANNOTATION` and resourceVersion ConfigMap ``namespace/name``
+    holds (raises :class:`~k3snet.kube.KubeApiError`)."""
+    with translate_errors(f"read ConfigMap {namespace}/{name}",
+                          classifier=KubeErrors(timeout=timeout)):
+        found = core.read_namespaced_config_map(name, namespace, _request_timeout=timeout)
+    meta = found.metadata
+    annotations = (meta.annotations if meta is not None else None) or {}
+    return (annotations.get(CHANGED_ANNOTATION),
+            meta.resource_version if meta is not None else None)
+
+
+class RestampError(KubeApiError):
+    """:func:`restamp`'s patch refused (not a conflict), or a conflict at each try: the
+    write it follows landed (its resourceVersion :attr:`version`) under a stamp before
+    its landing, which counts a pod made in between as restarted, not the safe side.
+    The backend takes that write back before failing the apply (all or nothing:
+    :func:`taking_back`): it failed saying nothing was changed, the write left."""
+
+    def __init__(self, message: str, *, status: int | None, reason: str | None,
+                 version: str | None) -> None:
+        super().__init__(message, status=status, reason=reason)
+        self.version = version
+        """The resourceVersion the landed write left."""
+
+
+class WriteLanded(Exception):  # noqa: N818 - a carrier, caught by the backend's apply
+    """A backend's write landed and what followed it failed (:class:`RestampError`):
+    the apply records :attr:`undo` (taking that write back) then fails with
+    :attr:`error`, as for a later write refused. Raised ``from`` :attr:`error`."""
+
+    def __init__(self, error: RestampError, undo: Callable[[], object]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.undo = undo
+
+
+def taking_back(write: Callable[[], _T], take_back: Callable[[str | None], object]) -> _T:
+    """``write()``, whose :func:`restamp` refused raises :class:`WriteLanded` carrying
+    ``take_back`` of the landed write's resourceVersion."""
+    try:
+        return write()
+    except RestampError as exc:
+        landed = exc.version  # (exc is unbound once the except block ends)
+        raise WriteLanded(exc, lambda: take_back(landed)) from exc
+
+
 def restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
             version: str | None, timeout: float) -> tuple[str, str | None]:
     """The stamp ConfigMap ``namespace/name`` holds after k3snet's write that stamped it
@@ -139,7 +189,19 @@ def restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
     is set to it, one merge patch conditional on ``version`` (a write in between: read
     again, and set while the stamp is still ``sent``; another stamp left as it is, a
     later write's). ``core``: a ``CoreV1Api``. A write refused otherwise raises
-    :class:`~k3snet.kube.KubeApiError`, saying the command setting it."""
+    :class:`RestampError`, saying the command setting it: the caller takes its write
+    back (a stamp before the landing counts a pod made in between as restarted)."""
+    try:
+        return _restamp(core, namespace, name, sent, headers, version=version,
+                        timeout=timeout)
+    except KubeApiError as exc:
+        raise RestampError(str(exc), status=exc.status, reason=exc.reason,
+                            version=version) from exc
+
+
+def _restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
+             version: str | None, timeout: float) -> tuple[str, str | None]:
+    """:func:`restamp`, raising :class:`~k3snet.kube.KubeApiError`."""
     server = server_time(headers)
     at = _time(sent)
     if server is None or at is None:
@@ -159,8 +221,8 @@ def restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
         body = {"metadata": metadata}
         try:
             with translate_errors(f"patch {where} (its {CHANGED_ANNOTATION} to the write's "
-                                  f"landing, {landed}: kubectl -n {namespace} annotate "
-                                  f"--overwrite configmap {name} "
+                                  f"landing, {landed}; where the write is left: kubectl -n "
+                                  f"{namespace} annotate --overwrite configmap {name} "
                                   f"{CHANGED_ANNOTATION}={landed})",
                                   classifier=KubeErrors(timeout=timeout)):
                 result = core.patch_namespaced_config_map(
@@ -169,16 +231,23 @@ def restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
             return landed, getattr(getattr(result, "metadata", None), "resource_version", None)
         except KubeApiError as exc:
             if exc.status != 409:
+                # Its answer lost (a 504, a timeout) after the move was made: read, the
+                # stamp moved is the move made (an undo of the write refused it as
+                # "changed by someone else", the apply said maybe half-changed).
+                try:
+                    stamp, moved = _stamp_read(core, namespace, name, timeout)
+                except KubeApiError:
+                    raise exc from None
+                if stamp == landed:
+                    return landed, moved
                 raise
-        with translate_errors(f"read {where}", classifier=KubeErrors(timeout=timeout)):
-            found = core.read_namespaced_config_map(name, namespace, _request_timeout=timeout)
-        meta = found.metadata
-        if ((meta.annotations if meta is not None else None) or {}).get(
-                CHANGED_ANNOTATION) != sent:
+        stamp, found = _stamp_read(core, namespace, name, timeout)
+        if stamp != sent:
             return sent, version  # stamped again since: a later write's, or taken away
-        version = meta.resource_version
+        version = found
     raise KubeApiError(f"patch {where}: written again at each of {_RESTAMP_TRIES} tries; "
-                       f"its {CHANGED_ANNOTATION} is before the write landed: kubectl -n "
+                       f"its {CHANGED_ANNOTATION} is before the write landed; where the "
+                       f"write is left: kubectl -n "
                        f"{namespace} annotate --overwrite configmap {name} "
                        f"{CHANGED_ANNOTATION}={landed}", status=409)
 

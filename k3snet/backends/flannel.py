@@ -69,7 +69,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -79,6 +79,7 @@ from k3snet._kept import read_input
 from k3snet.backends.base import ApplyResult, PendingRestart
 from k3snet.backends.cni_restart import (
     CHANGED_ANNOTATION,
+    RestampError,
     ServerClock,
     Settled,
     changed_stamp,
@@ -184,13 +185,15 @@ ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
 class _Doc:
     """One read of the target: the text, k3snet's ownership record and a change token.
 
-    ``values`` are the text's keys as flannel reads them (:func:`flannel_values`).
+    ``values`` are the text's keys as flannel reads them (:func:`flannel_values`);
+    ``annotations``: a ConfigMap's annotations k3snet writes, as read (None: absent).
     """
 
     text: str
     record: Record | None
     token: Any
     values: dict[str, Any]
+    annotations: dict[str, str | None] = attrs.field(factory=dict)
 
 
 _MAX_FILE_BYTES = 1 << 20
@@ -419,10 +422,13 @@ class _ConfigMapStore:
         if OWNED_ANNOTATION in annotations:
             record = parse_record(annotations[OWNED_ANNOTATION], self.where)
         version = metadata.resource_version if metadata is not None else None
-        return _read_doc(text, record, version, self.where,
-                         written=annotations.get(WRITTEN_ANNOTATION),
-                         written_name=f"annotation {WRITTEN_ANNOTATION}",
-                         owned_name=OWNED_ANNOTATION)
+        doc = _read_doc(text, record, version, self.where,
+                        written=annotations.get(WRITTEN_ANNOTATION),
+                        written_name=f"annotation {WRITTEN_ANNOTATION}",
+                        owned_name=OWNED_ANNOTATION)
+        return attrs.evolve(doc, annotations={
+            key: annotations.get(key)
+            for key in (OWNED_ANNOTATION, WRITTEN_ANNOTATION, CHANGED_ANNOTATION)})
 
     def pending_restarts(self) -> tuple[PendingRestart, ...]:
         """:meth:`FlannelBackend.pending_restarts` of this ConfigMap."""
@@ -458,8 +464,10 @@ class _ConfigMapStore:
         return (f"DaemonSet {self.namespace}/{FLANNEL_DAEMONSET} (upstream flannel's name; "
                 f"{why})",)
 
-    def write(self, doc: _Doc, text: str, record: Record | None) -> int:
-        """One merge patch, conditional on the resourceVersion read."""
+    def write(self, doc: _Doc, text: str, record: Record | None,
+              made: Callable[[Callable[[], object]], object] | None = None) -> int:
+        """One merge patch, conditional on the resourceVersion read; a stamped one answered
+        gives ``made`` its undo before :func:`restamp` (which raises RestampError)."""
         metadata: dict[str, Any] = {}
         if doc.token is not None:
             metadata["resourceVersion"] = doc.token
@@ -486,15 +494,28 @@ class _ConfigMapStore:
         sent = metadata["annotations"].get(CHANGED_ANNOTATION)
         if sent is not None:
             # Landed in a later second than the stamp (a slow write): the answer's time.
-            result_metadata = getattr(result, "metadata", None)
-            try:
-                restamp(self.core, self.namespace, self.name, sent, headers,
-                        version=getattr(result_metadata, "resource_version", None),
-                        timeout=self.timeout)
-            except KubeApiError as exc:
-                raise _ApplyKubeError(str(exc), status=exc.status,
-                                      reason=exc.reason) from exc
+            version = getattr(getattr(result, "metadata", None), "resource_version", None)
+            # Its move refused (RestampError) or interrupted (Ctrl-C, SIGTERM): the write
+            # is taken back (all or nothing) by ``made``'s undo, as it was read.
+            if made is not None:
+                made(lambda: self.write_back(doc, version))
+            restamp(self.core, self.namespace, self.name, sent, headers, version=version,
+                    timeout=self.timeout)
         return 1
+
+    def write_back(self, doc: _Doc, version: str | None) -> None:
+        """Take back :meth:`write`'s landed write of ``doc``'s change: its text and
+        k3snet's annotations as read, conditional on ``version`` (the write's): a write
+        since (409) is left, the undo failing."""
+        metadata: dict[str, Any] = {"annotations": dict(doc.annotations)}
+        if version is not None:
+            metadata["resourceVersion"] = version
+        body = {"metadata": metadata, "data": {CONFIGMAP_KEY: doc.text}}
+        with translate_errors(f"take back k3snet's write of {self.where}",
+                              classifier=KubeErrors(timeout=self.timeout)):
+            self.core.patch_namespaced_config_map(
+                self.name, self.namespace, body, field_manager="k3snet",
+                _content_type="application/merge-patch+json", _request_timeout=self.timeout)
 
 
 def _value_text(values: Any, key: str) -> str | None:
@@ -782,7 +803,17 @@ class FlannelBackend(BackendBase):
             undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
         operations = 1
         if text != doc.text or record != doc.record:
-            operations += self._store.write(doc, text, record)
+            store = self._store
+            with undo.guarding():  # an interruption after the write landed takes it back
+                try:
+                    if isinstance(store, _ConfigMapStore):
+                        operations += store.write(
+                            doc, text, record,
+                            made=lambda back: undo.record(plan.changes, back))
+                    else:
+                        operations += store.write(doc, text, record)
+                except RestampError as exc:
+                    undo.fail(plan.changes[-1], str(exc), exc)
             if isinstance(self._store, _FileStore) and text != doc.text:
                 self._file_changed = changed_stamp()
         return ApplyResult(self.name, plan.changes, operations=operations)

@@ -31,6 +31,7 @@ from k3snet.errors import ApplyError, RollbackError
 from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig
 from k3snet.model.cni import FlannelConfig
 from k3snet.model.state import State
+from k3snet.planner import plan
 from k3snet.testing.kube import EmulatedApiServer
 from tests.cli.test_schemas import validate
 from tests.cluster.test_cilium_backend import _cilium_config
@@ -920,3 +921,103 @@ def test_an_apply_undone_takes_a_stamp_moved_to_the_write_s_landing_back_too(
     assert left is not None
     assert left["data"] == found["data"]
     assert CHANGED_ANNOTATION not in (left["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_stamp_s_move_refused_takes_the_landed_write_back_all_or_nothing(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The write landed (10 s late) and the patch moving its stamp to the landing was
+    # refused (403, a webhook): the apply failed saying nothing was changed (flannel:
+    # "nothing was changed"; cilium: its first write, never recorded, not undone), the
+    # new config left under a stamp before its landing. It is taken back now.
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+
+    def refuse_the_second(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        first = method == "PATCH" and not landed
+        answer = request(method, url, *args, **kwargs)
+        if first and landed:
+            api_server.fail(403, method="PATCH", plural="configmaps", name=name,
+                            message="denied by a webhook")
+        return answer
+
+    api_client.rest_client.request = refuse_the_second
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    found = api_server.get(CONFIGMAPS, name, namespace)
+    assert found is not None
+    with pytest.raises(ApplyError) as info:
+        converge(backend, desired)
+    assert landed
+    assert not isinstance(info.value, RollbackError), info.value
+    assert info.value.done, info.value  # made, and undone
+    assert info.value.rolled_back, info.value
+    assert "denied by a webhook" in str(info.value)
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert (left["metadata"].get("annotations") or {}) == (
+        found["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_stamp_s_move_made_with_its_answer_lost_is_the_move_made(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The patch moving the stamp was made and its answer lost (a 504 after the write):
+    # read, the stamp found moved is the move made, the apply done; it was a refusal
+    # whose undo found the stamp "changed by someone else" (RollbackError, the
+    # ConfigMap said maybe half-changed, though it held the apply and its landing).
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+
+    def lose_the_second_answer(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        first = method == "PATCH" and not landed
+        answer = request(method, url, *args, **kwargs)
+        if first and landed:
+            api_server.fail(504, method="PATCH", plural="configmaps", name=name,
+                            served=True)
+        return answer
+
+    api_client.rest_client.request = lose_the_second_answer
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    converge(backend, desired)
+    [landing] = landed
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["metadata"]["annotations"][CHANGED_ANNOTATION] == _utc(landing)
+    assert not plan(backend.observe(), desired).changes
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_an_apply_interrupted_moving_the_stamp_takes_the_landed_write_back(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # Ctrl-C (or SIGTERM's SystemExit) while the stamp's move was on its way: flannel
+    # left its write, answered, under the stamp before its landing (a pod made in
+    # between counted as restarted); cilium's undo took it back. Both do now.
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+    cut: list[str] = []
+
+    def interrupt_the_second(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "PATCH" and landed and not cut:
+            cut.append(url)
+            raise KeyboardInterrupt
+        return request(method, url, *args, **kwargs)
+
+    api_client.rest_client.request = interrupt_the_second
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    found = api_server.get(CONFIGMAPS, name, namespace)
+    assert found is not None
+    with pytest.raises(KeyboardInterrupt):
+        converge(backend, desired)
+    assert cut
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert (left["metadata"].get("annotations") or {}) == (
+        found["metadata"].get("annotations") or {})
