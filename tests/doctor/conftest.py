@@ -600,11 +600,10 @@ class DoctorLab:
         """``probe``'s answer, or ``ok: false`` as soon as a counter (:meth:`kernel_drops`,
         :meth:`rule_drops`, both taken as ``before`` ahead of the probe) counts a packet
         dropped: the connection's retransmissions meet the same fate, and the lab drops
-        nothing else but, at times, a late retransmission of an earlier connection's
-        reply (the database repeats an unanswered SYN-ACK for a minute), so a flow
-        expected to reach is not probed this way (the differential test, which expects
-        nothing, probes again a flow its trace says reaches). A drop nothing counts (a blackhole
-        route, a rule without a counter) waits out the probe's timeout, the backstop.
+        nothing else (the database repeats no unanswered SYN-ACK of an earlier
+        connection: ``tcp_synack_retries`` 0; the differential test still probes again
+        a flow its trace says reaches). A drop nothing counts (a blackhole route, a rule
+        without a counter) waits out the probe's timeout, the backstop.
         The rules' counters need a process each: read at growing intervals; the
         kernel's are files, read often."""
         kernel_before, rules_before = before
@@ -680,6 +679,10 @@ def _build(stack: ExitStack, *, legacy: bool = True) -> DoctorLab:
                              "net.ipv4.conf.all.rp_filter=0",
                              "net.ipv4.conf.default.rp_filter=0"])
     run_in(names["node"], ["sysctl", "-q", "-w", "net.ipv4.conf.default.rp_filter=0"])
+    # The database sends a SYN-ACK only for a SYN it got (a probe's, while it runs), never
+    # again on its own: one the node dropped in silence was repeated for a minute, and
+    # counted as a drop in the probes of later examples (answer_or_drop).
+    run_in(names["db"], ["sysctl", "-q", "-w", "net.ipv4.tcp_synack_retries=0"])
     for (role_a, if_a), (role_b, if_b) in _LINKS:
         run_in(names[role_a], ["ip", "link", "add", if_a, "type", "veth", "peer", "name", if_b,
                                "netns", names[role_b]])
