@@ -48,6 +48,7 @@ import pytest
 from k3snet.doctor import Flow, NodeCapture, NodeState, Trace, trace
 from k3snet.lab import _probe
 from k3snet.lab.netns import run_in, temporary_netns
+from tests.dropped import mib
 
 POD = "10.42.0.10"
 DESTINATIONS = {"plain": "192.168.2.10", "overlap": "10.42.200.10",
@@ -575,14 +576,7 @@ class DoctorLab:
 
     def _mib(self, role: str, file: str, key: str) -> int:
         """One of the kernel's counters (``/proc/net/FILE``) in the namespace of ``role``."""
-        lines = Path(f"/proc/{self.watchers[role]}/net/{file}").read_text().splitlines()
-        if file == "snmp6":
-            return next(int(line.split()[1]) for line in lines if line.split()[0] == key)
-        group, name = key.split(":")
-        for names, values in zip(lines[::2], lines[1::2], strict=True):
-            if names.startswith(group + ":"):
-                return int(dict(zip(names.split(), values.split(), strict=True))[name])
-        raise KeyError(key)
+        return mib(Path(f"/proc/{self.watchers[role]}/net/{file}").read_text(), key)
 
     def kernel_drops(self, family: int) -> int:
         """The flow's packets the lab dropped so far where no rule counts them, as the

@@ -35,3 +35,9 @@ def test_the_database_repeats_no_reply_the_node_dropped_for_a_later_probe_to_cou
         assert time.monotonic() < deadline, "the database never forgot the connection"
         time.sleep(0.05)
     assert doctor_lab.kernel_drops(4) == before
+    # (The counters read are live: a node that does not forward counts the pod's SYN.)
+    off = Topology(forwarding=False)
+    doctor_lab.configure(off)
+    answer = doctor_lab.probe(off.destination, until_dropped=True)
+    assert str(answer["error"]).startswith("dropped:"), answer
+    assert doctor_lab.kernel_drops(4) > before
