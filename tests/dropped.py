@@ -70,13 +70,27 @@ def snmp_count(ns: str, group: str, name: str) -> Callable[[], int]:
     for (the router's, for a pod's unmasqueraded reply: no way back to the pod)."""
 
     def count() -> int:
-        listed = run_in(ns, ["cat", "/proc/net/snmp", "/proc/net/netstat"]).stdout
-        lines = listed.splitlines()
-        for head, values in zip(lines[::2], lines[1::2], strict=True):
-            names = head.split()
-            if names[0] == f"{group}:" and name in names:
-                return int(values.split()[names.index(name)])
-        msg = f"{group} {name} is not in /proc/net/snmp nor /proc/net/netstat"
-        raise AssertionError(msg)
+        return mib(run_in(ns, ["cat", "/proc/net/snmp", "/proc/net/netstat"]).stdout,
+                   f"{group}:{name}")
 
     return count
+
+
+def mib(listing: str, key: str) -> int:
+    """The counter ``key`` in ``listing``, the kernel's ``/proc/net/snmp`` or
+    ``/proc/net/netstat`` (``"IpExt:InNoRoutes"``: each group a line of names, then one
+    of values) or ``/proc/net/snmp6`` (``"Ip6InAddrErrors"``: a name and its value a
+    line). Read by :func:`snmp_count` and the doctor lab's counters alike."""
+    lines = listing.splitlines()
+    if ":" not in key:
+        for line in lines:
+            name, value = line.split()
+            if name == key:
+                return int(value)
+        raise KeyError(key)
+    group, name = key.split(":")
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        head = names.split()
+        if head[0] == f"{group}:" and name in head:
+            return int(values.split()[head.index(name)])
+    raise KeyError(key)

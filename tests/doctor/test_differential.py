@@ -86,8 +86,8 @@ topologies = st.builds(
 
 
 # What a first probe's failure says when the machine, not the flow, was slow; or a drop
-# counter moved while a slow probe still ran (a late packet of an earlier example's
-# connection, retransmitted by the database, can be counted then).
+# counter moved while a slow probe still ran (the lab's database repeats no SYN-ACK of an
+# earlier example's: tests/doctor/test_lab_counters_kernel.py; asked again all the same).
 _SLOW_MACHINE = ("Timeout", "No route to host", "dropped:")
 
 

@@ -408,16 +408,35 @@ def _other_tables(ns: str) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def fixed_lab() -> Iterator[SeedLab]:
+def fixed_lab_made() -> Iterator[SeedLab]:
     """The seed lab fixed by k3snet (netlink + nftables), once for this module's real
     packets: each test puts it back as it found it (no other table, the path's MTU,
-    no path MTU learnt), which is much cheaper than a lab of its own."""
+    no path MTU learnt), which is much cheaper than a lab of its own. Its state
+    directory is set for the apply here and in each test using it (:func:`fixed_lab`)
+    alone: set for the module's life, it was the other tests' in between too."""
     if os.geteuid() != 0:
         pytest.skip("needs root to create network namespaces")
-    with SeedLab.create() as lab, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
-        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+    with SeedLab.create() as lab:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+            assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
         yield lab
+
+
+@pytest.fixture
+def fixed_lab(fixed_lab_made: SeedLab, monkeypatch: pytest.MonkeyPatch) -> SeedLab:
+    """:func:`fixed_lab_made`, its state directory k3snet's for this test."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(fixed_lab_made.state_dir))
+    return fixed_lab_made
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_the_fixed_labs_state_directory_is_not_the_other_tests(
+        fixed_lab_made: SeedLab) -> None:
+    """A test beside the fixed lab's (this one asks for the lab alone) keeps its own
+    ``$K3SNET_STATE_DIR``: ``plan --netns`` of another namespace read the lab's."""
+    assert os.environ.get("K3SNET_STATE_DIR") != str(fixed_lab_made.state_dir)
 
 
 @pytest.mark.kernel
