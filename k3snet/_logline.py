@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,27 +34,37 @@ def printable(value: str) -> str:
     It reads back as the body of a Python string literal: ``\\x1b`` is an ESC and
     ``\\\\x1b`` a backslash someone wrote before ``x1b``, so no text prints as another
     does (a foreign comment holding the four characters ``\\x1b`` read as an escaped
-    ESC). A word :func:`shell_word` wrote in this process (``$'x\\x1b'``: a command to run
-    quoting such a text) is kept as it is, a whole word of the text, so that the command
-    pasted runs on the very name."""
+    ESC), but for one case. A word :func:`shell_word` wrote in this process, one of the
+    4096 it wrote last (``$'x\\x1b'``: a command to run quoting such a text), is kept
+    as it is where it stands whole in the text (after a space, a backquote, a slash, an
+    equals sign or the start; before a space, a backquote, a closing parenthesis or the
+    end), so that the command pasted runs on the very name. A text k3snet did not write
+    holding those very characters so placed (a foreign rule's comment ``see $'x\\x1b'``
+    once a line named the table ``x`` and ESC) is printed so too, its backslashes not
+    doubled: it reads back as the word's escapes (that table's name), not as the text.
+    It is still one line of printable characters."""
     if value.isprintable() and "\\" not in value:
         return value
     # A word of a command to run that shell_word wrote ($'...') is kept as it is: it is
     # printable, and its backslashes doubled, the command pasted named another object.
-    # A copy made at once (the agent's threads log while one writes a word).
-    shown = [word for word in tuple(_SHOWN_WORDS) if word in value]
-    if not shown:
-        return _escaped(value)
-    # A whole word of a command, or its end (``daemonset/$'...'``): after a space, a
-    # backquote, a slash, an equals sign or the start, before a space, a backquote, a
-    # parenthesis or the end.
-    words = re.compile(r"(?<![^\s`/=])(?:" + "|".join(
-        map(re.escape, sorted(shown, key=len, reverse=True))) + r")(?![^\s`)])")
+    # The line's own $'...' words are looked up: comparing every word written with each
+    # line made a line ~40x slower with the list full. No lock: the agent's threads log.
     parts, at = [], 0
-    for found in words.finditer(value):
-        parts += [_escaped(value[at:found.start()]), found[0]]
-        at = found.end()
+    found = _WORD.search(value)
+    while found is not None:
+        if found[0] in _SHOWN_WORDS:
+            parts += [_escaped(value[at:found.start()]), found[0]]
+            at = found.end()
+            found = _WORD.search(value, at)
+        else:  # another word may begin within it (after a space it holds)
+            found = _WORD.search(value, found.start() + 1)
     return "".join(parts) + _escaped(value[at:])
+
+
+_WORD = re.compile(r"(?<![^\s`/=])\$'(?:[^\\']|\\.)*'(?![^\s`)])", re.DOTALL)
+"""A word :func:`shell_word` may have written (``$'...'``, its quotes escaped), whole in a
+line, or its end (``daemonset/$'...'``): after a space, a backquote, a slash, an equals
+sign or the start, before a space, a backquote, a parenthesis or the end."""
 
 
 def _escaped(value: str) -> str:
@@ -116,17 +127,22 @@ def shell_word(word: str) -> str:
         else:  # its bytes in argv: \u escapes are left as they are in bash's C locale
             escaped += [f"\\x{byte:02x}" for byte in _bytes_of(char)]
     quoted = "$'" + "".join(escaped) + "'"
-    if len(_SHOWN_WORDS) < _SHOWN_LIMIT:
-        _SHOWN_WORDS.add(quoted)  # printable() keeps it (its backslashes single)
+    with _SHOWN_LOCK:  # printable() keeps it (its backslashes single)
+        _SHOWN_WORDS.pop(quoted, None)  # written again: the most recent
+        _SHOWN_WORDS[quoted] = None
+        if len(_SHOWN_WORDS) > _SHOWN_LIMIT:
+            del _SHOWN_WORDS[next(iter(_SHOWN_WORDS))]  # the oldest
     return quoted
 
 
-_SHOWN_WORDS: set[str] = set()
-"""The ``$'...'`` words :func:`shell_word` wrote (each holds a backslash), which
-:func:`printable` keeps as they are in a message quoting them: a backend's warning naming
-a foreign table of an ESC is escaped whole as it is printed, its command to run too."""
+_SHOWN_WORDS: dict[str, None] = {}
+"""The ``$'...'`` words :func:`shell_word` wrote (each holds a backslash), the most recent
+last, which :func:`printable` keeps as they are in a message quoting them: a backend's
+warning naming a foreign table of an ESC is escaped whole as it is printed, its command
+to run too. Changed under :data:`_SHOWN_LOCK`; :func:`printable` only looks words up."""
 
-_SHOWN_LIMIT = 4096  # words: a long-running agent's names are few; beyond, escaped
+_SHOWN_LIMIT = 4096  # words kept, the most recent: a long-running agent's names are few
+_SHOWN_LOCK = threading.Lock()
 
 
 def _bytes_of(char: str) -> bytes:

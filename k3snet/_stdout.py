@@ -14,7 +14,6 @@ caller's); it imports nothing Python has not loaded at start.
 from __future__ import annotations
 
 import io
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -24,36 +23,40 @@ if TYPE_CHECKING:
 __all__ = ["WholeWrites", "write_whole_streams"]
 
 
-class WholeWrites(io.RawIOBase):
-    """The file descriptor ``fd`` (not closed with this), each write written whole: again
-    after a short count, and once the descriptor takes bytes again after EAGAIN (a
-    ``poll`` for it). A reader gone is the ``BrokenPipeError`` of the next write."""
+class WholeWrites(io.BufferedWriter):
+    """Python's buffered writer over ``raw`` (its own ``FileIO``, as Python's streams have
+    it), each write and flush waited out once the descriptor takes bytes again after
+    EAGAIN (a ``poll`` for it) where it raised ``BlockingIOError``; ``unbuffered``: each
+    write flushed, as ``PYTHONUNBUFFERED``'s stream writes at once. A short count is
+    written again by Python's writer, which counts it before it runs a signal handler: a
+    handler raising then (Ctrl-C, SIGTERM's stop) leaves the rest in the buffer, and no
+    byte is written twice (a raw layer writing whole lost its count with the exception,
+    and the buffer sent that part again). A reader gone is the ``BrokenPipeError`` of
+    the next write."""
 
-    def __init__(self, fd: int, name: object = None) -> None:
-        super().__init__()
-        self._fd = fd
-        #: What the stream it stands under answered to ``name`` (``"<stdout>"``), so
-        #: ``sys.stdout.name`` still answers (code run in the CLI's process may read it).
-        self.name = fd if name is None else name
+    def __init__(self, raw: io.FileIO, *, unbuffered: bool = False) -> None:
+        super().__init__(raw)
+        self._unbuffered = unbuffered
 
-    def fileno(self) -> int:
-        return self._fd
-
-    def writable(self) -> bool:
-        return True
-
-    def isatty(self) -> bool:
-        return os.isatty(self._fd)
-
-    def write(self, data: ReadableBuffer) -> int:
+    def write(self, data: ReadableBuffer, /) -> int:
         view = memoryview(data).cast("B")
         done = 0
         while done < len(view):
             try:
-                done += os.write(self._fd, view[done:])
-            except BlockingIOError:
-                _wait_for_room(self._fd)
+                done += super().write(view[done:])
+            except BlockingIOError as exc:  # it took this much (buffered, or written)
+                done += exc.characters_written
+                _wait_for_room(self.fileno())
+        if self._unbuffered:
+            self.flush()
         return done
+
+    def flush(self) -> None:
+        while True:
+            try:
+                return super().flush()
+            except BlockingIOError:  # what went out is out of the buffer
+                _wait_for_room(self.fileno())
 
 
 def _wait_for_room(fd: int) -> None:
@@ -66,9 +69,9 @@ def _wait_for_room(fd: int) -> None:
 
 def write_whole_streams() -> None:
     """Make ``sys.stdout`` and ``sys.stderr`` write every byte (see the module): each a
-    text stream as Python made it (its encoding, errors, line buffering, buffered or not)
-    over :class:`WholeWrites` of its descriptor. A stream that is not Python's own
-    (replaced, or over no descriptor) is left as it is."""
+    text stream as Python made it (its encoding, errors, line buffering, buffered or not,
+    ``name`` and ``mode``) over :class:`WholeWrites` of its descriptor. A stream that is
+    not Python's own (replaced, or over no descriptor) is left as it is."""
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if type(stream) is not io.TextIOWrapper:
@@ -81,10 +84,14 @@ def write_whole_streams() -> None:
         except (OSError, ValueError):
             continue
         stream.flush()
-        raw = WholeWrites(fd, getattr(binary, "name", fd))
-        # Unbuffered (PYTHONUNBUFFERED, -u) stays unbuffered: the text layer over the raw one.
-        layer: io.RawIOBase | io.BufferedWriter = (
-            raw if type(binary) is io.FileIO else io.BufferedWriter(raw))
-        setattr(sys, name, io.TextIOWrapper(
-            layer, encoding=stream.encoding, errors=stream.errors,
-            line_buffering=stream.line_buffering, write_through=stream.write_through))
+        raw = io.FileIO(fd, "w", closefd=False)
+        raw.name = getattr(binary, "name", fd)  # as Python names its own ("<stdout>")
+        # Unbuffered (PYTHONUNBUFFERED, -u) stays unbuffered: each write flushed.
+        whole = io.TextIOWrapper(
+            WholeWrites(raw, unbuffered=type(binary) is io.FileIO), encoding=stream.encoding,
+            errors=stream.errors, line_buffering=stream.line_buffering,
+            write_through=stream.write_through)
+        mode = getattr(stream, "mode", None)  # open() sets it: "w"
+        if mode is not None:
+            whole.mode = mode  # type: ignore[misc]  # read-only to typeshed, not to Python
+        setattr(sys, name, whole)

@@ -9,6 +9,7 @@ of it is left than the pipe holds (no timing: it cannot have ended).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -321,18 +322,88 @@ def test_a_big_text_plan_on_a_non_blocking_stdout_is_written_whole_once_the_read
     assert err.decode() == ""
 
 
-def test_the_whole_writing_streams_keep_their_name_encoding_and_tty_answers() -> None:
+_ANSWERS = (
+    "import json, sys; from k3snet._stdout import write_whole_streams; "
+    "ask = lambda: [(s.name, s.mode, s.buffer.mode, s.encoding, s.isatty(), s.seekable(), "
+    "s.writable()) for s in (sys.stdout, sys.stderr)]; "
+    "before = ask(); write_whole_streams(); after = ask(); "
+    "print('x', end=''); sys.stdout.flush(); "
+    "open(sys.argv[1], 'w').write(json.dumps([before, after, type(sys.stdout.buffer).__name__]))")
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+@pytest.mark.parametrize("into", ["pipe", "file"])
+def test_the_whole_writing_streams_keep_their_name_encoding_and_tty_answers(
+        tmp_path: Path, unbuffered: str, into: str) -> None:
     # Code run in the CLI's process (a third-party backend, a library it loads) may read
-    # sys.stdout.name or .encoding; the wrapped streams answered AttributeError to name.
-    script = ("import sys; from k3snet._stdout import write_whole_streams; "
-              "before = [(s.name, s.encoding, s.isatty()) for s in (sys.stdout, sys.stderr)]; "
-              "write_whole_streams(); "
-              "after = [(s.name, s.encoding, s.isatty()) for s in (sys.stdout, sys.stderr)]; "
-              "raw = getattr(sys.stdout.buffer, 'raw', sys.stdout.buffer); "
-              "print(before == after, after[0][0], after[1][0], type(raw).__name__)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, check=True)
-    assert done.stdout.split() == ["True", "<stdout>", "<stderr>", "WholeWrites"]
+    # sys.stdout.name, .mode or .encoding, or ask seekable(); the wrapped streams answered
+    # AttributeError to name and mode, and seekable() False on a file.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONUNBUFFERED"] = unbuffered
+    answers, out = tmp_path / "answers.json", tmp_path / "out"
+    with out.open("wb") as file:
+        done = subprocess.run([sys.executable, "-c", _ANSWERS, str(answers)],
+                              stdout=file if into == "file" else subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60, check=True, env=env)
+    before, after, layer = json.loads(answers.read_text())
+    assert after == before
+    assert [stream[:3] for stream in after] == [["<stdout>", "w", "wb"], ["<stderr>", "w", "wb"]]
+    assert after[0][5] is (into == "file")
+    assert layer == "WholeWrites"
+    assert (out.read_bytes() if into == "file" else done.stdout) == b"x"
+
+
+def _flush_cut_by_ctrl_c(pid: int, pipe: int) -> None:
+    """Ctrl-C to ``pid`` once its write into the full pipe (read end ``pipe``) has put
+    part of its bytes in: the pipe is full again, the write not done (no timing)."""
+    import fcntl  # noqa: PLC0415 - Linux only, as /proc
+    import termios  # noqa: PLC0415
+
+    size = fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ)
+    while int.from_bytes(fcntl.ioctl(pipe, termios.FIONREAD, b"\0\0\0\0"),
+                         sys.byteorder) < size:
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGINT)
+
+
+_FLUSH_CUT = (
+    "import sys; from k3snet._stdout import write_whole_streams; write_whole_streams(); "
+    "sys.stdout.write('A' * 8000)\n"  # buffered: the end of a plan
+    "try:\n    sys.stdout.flush()\n"  # end()'s flush, into the full pipe
+    "except KeyboardInterrupt:\n    print('interrupted', file=sys.stderr, flush=True)\n"
+    "sys.stdout.flush()\n")  # Python's exit, or end() once the Ctrl-C escaped the command
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="Linux /proc")
+def test_ctrl_c_cutting_a_flush_after_part_of_it_went_out_writes_no_byte_twice() -> None:
+    # `k3snet plan | less`, Ctrl-C: the write blocked on the full pipe returns the part
+    # that went out, the handler raises, and the count of that part was lost with the
+    # exception: the buffer above sent it again at the next flush.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    read, write = os.pipe()
+    try:
+        os.set_blocking(write, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(write, b"F")  # the pipe full, page by page
+        os.set_blocking(write, True)
+        os.read(read, 4096)  # one page of room: the flush's write puts 4096 bytes in
+        process = subprocess.Popen([sys.executable, "-c", _FLUSH_CUT], stdout=write,
+                                   stderr=subprocess.PIPE, env=env)
+        os.close(write)
+        write = -1
+        assert process.stderr is not None
+        _flush_cut_by_ctrl_c(process.pid, read)
+        assert process.stderr.readline() == b"interrupted\n"  # then read the rest
+        with os.fdopen(os.dup(read), "rb") as reader:
+            out = reader.read()
+        process.communicate(timeout=60)
+    finally:
+        os.close(read)
+        if write != -1:
+            os.close(write)
+    assert out.count(b"A") == 8000
+    assert out.endswith(b"A" * 8000)
 
 
 class _Tee:

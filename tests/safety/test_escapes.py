@@ -25,7 +25,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from k3snet import MemoryBackend, State, register_backend
+from k3snet import MemoryBackend, State, _logline, register_backend
 from k3snet._logline import one_line, printable_lines, shell_join, shell_word
 from k3snet.agent import configure_logging
 from k3snet.backends.registry import unregister_backend
@@ -312,6 +312,62 @@ def test_a_command_in_a_message_is_printed_as_it_runs_and_the_rest_escaped(
     assert shown == printable(text) + f" (`{command}` shows it)"
     restart = f"kubectl -n {shell_word(words[0])} rollout restart daemonset/{command}"
     assert printable(f"{text}: {restart}") == f"{printable(text)}: {restart}"
+
+
+def test_a_command_past_the_process_s_word_limit_is_still_printed_as_it_runs() -> None:
+    # Past _SHOWN_LIMIT words (a long-running agent), shell_word's words were no longer
+    # kept: printable() doubled their backslashes and the command pasted named another
+    # table. The most recent words are kept, the oldest forgotten.
+    for i in range(_logline._SHOWN_LIMIT + 100):
+        shell_word(f"limit-{i}\x1b")
+    late = "run `nft list table ip " + shell_word("late\x1b") + "`"
+    assert printable(late) == late
+    again = "run `nft list table ip " + shell_word("limit-0\x1b") + "`"  # again: recent
+    assert printable(again) == again
+    assert len(_logline._SHOWN_WORDS) <= _logline._SHOWN_LIMIT
+
+
+class _NotScanned(dict[str, None]):
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("every word written read for one line")
+
+
+def test_printable_finds_the_words_of_a_line_without_reading_every_word_written(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # With the list full, each line to escape compared every word written with it:
+    # 25 us a line became 1.1 ms. The line's own $'...' words are looked up instead.
+    for i in range(_logline._SHOWN_LIMIT):
+        shell_word(f"scan-{i}\x1b")
+    word = shell_word("mine\x1b")
+    kept = _NotScanned.fromkeys(list(_logline._SHOWN_WORDS))
+    monkeypatch.setattr(_logline, "_SHOWN_WORDS", kept)
+    line = f"a\x07 `nft list table ip {word}` and $'not\\x1b' `x $'y\\'z' ip/{word}`"
+    assert printable(line) == (
+        "a\\x07 `nft list table ip " + word + "` and $'not\\\\x1b' `x $'y\\\\'z' ip/" + word + "`")
+
+
+def test_words_written_while_other_threads_print_are_kept_without_an_error() -> None:
+    # The agent's threads log while one writes a word: printing reads the words while
+    # shell_word adds one and forgets the oldest.
+    import threading  # noqa: PLC0415 - this test only
+
+    failed: list[BaseException] = []
+
+    def write(start: int) -> None:
+        try:
+            for i in range(start, start + 2 * _logline._SHOWN_LIMIT):
+                word = shell_word(f"thread-{i}\x1b")
+                printable(f"`{word}` \x07")
+        except BaseException as exc:  # noqa: BLE001 - said by the assertion below
+            failed.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n * 100_000,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failed == []
+    assert len(_logline._SHOWN_WORDS) <= _logline._SHOWN_LIMIT
 
 
 @pytest.mark.kernel
