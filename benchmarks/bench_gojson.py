@@ -13,35 +13,19 @@ show``), interleaved, ``--runs`` times; prints the CPU medians (docs/performance
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
+
+from _older import older_module  # benchmarks/_older.py
 
 from k3snet import _gojson
 
 MODULE = "k3snet/_gojson.py"
-ROOT = Path(__file__).resolve().parent.parent
 
 
-def older_module(commit: str, tmp: Path, name: str) -> ModuleType:
-    """``k3snet/_gojson.py`` as ``commit`` had it, imported as ``name``."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{MODULE}"],
-                            check=True, capture_output=True, text=True).stdout
-    path = tmp / f"{name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def ruleset_text(rules: int) -> str:
@@ -71,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     text = ruleset_text(args.rules)
     with tempfile.TemporaryDirectory() as tmp:
-        checks = {commit: older_module(commit, Path(tmp), f"_gojson_{i}").text_nests_deeper
+        checks = {commit: older_module(MODULE, commit, Path(tmp), f"_gojson_{i}").text_nests_deeper
                   for i, commit in enumerate(args.before)}
         checks["this checkout"] = _gojson.text_nests_deeper
         answers = {name: check(text, 512) for name, check in checks.items()}

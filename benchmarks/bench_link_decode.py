@@ -15,7 +15,6 @@ records' decode cost"). The namespace is deleted at the end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
+
+from _older import older_module  # benchmarks/_older.py
 
 from k3snet.backends.netlink import codec
 from k3snet.backends.netlink.socket_driver import open_dump_driver
@@ -34,19 +34,6 @@ CODEC = "k3snet/backends/netlink/codec.py"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def older_codec(commit: str, tmp: Path, name: str) -> ModuleType:
-    """The codec module as ``commit`` had it, imported as ``name``."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{CODEC}"],
-                            check=True, capture_output=True, text=True).stdout
-    path = tmp / f"{name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # attrs' classes look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def populate(ns: str, count: int, tmp: Path) -> None:
@@ -111,7 +98,7 @@ def main() -> int:
             size = sum(map(len, messages)) / len(messages)
             print(f"{len(messages)} links, {size:.0f} bytes a message; the dump alone "
                   f"(socket, no decode): {statistics.median(dump_times) * 1000:.2f} ms")
-            decoders = {commit: older_codec(commit, tmp, f"codec_{n}").decode_link
+            decoders = {commit: older_module(CODEC, commit, tmp, f"codec_{n}").decode_link
                         for n, commit in enumerate(args.before)}
             decoders |= {f"this codec ({Path(codec.__file__).parents[3]})": codec.decode_link}
             for label, (wall, cpu) in per_link(decoders, messages, args.runs).items():
