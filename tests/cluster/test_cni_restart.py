@@ -923,6 +923,30 @@ def test_an_apply_undone_takes_a_stamp_moved_to_the_write_s_landing_back_too(
     assert CHANGED_ANNOTATION not in (left["metadata"].get("annotations") or {})
 
 
+def _second_patch_failing(api_server: EmulatedApiServer, clock: type[_Clock], kind: str,
+                          status: int, **failure: Any) -> tuple[str, str, list[datetime.datetime],
+                                                                Any, Any]:
+    """The CNI backend of ``kind`` whose ConfigMap write lands 10 s late, the next PATCH
+    of it (the stamp's move) failing with ``status`` (``failure``: the emulated server's
+    ``fail`` options); its ConfigMap's name and namespace, the landings, the backend and
+    the desired state."""
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+
+    def fail_the_second(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        first = method == "PATCH" and not landed
+        answer = request(method, url, *args, **kwargs)
+        if first and landed:
+            api_server.fail(status, method="PATCH", plural="configmaps", name=name, **failure)
+        return answer
+
+    api_client.rest_client.request = fail_the_second
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    return name, namespace, landed, backend, desired
+
+
 @pytest.mark.parametrize("kind", ["cilium", "flannel"])
 def test_a_stamp_s_move_refused_takes_the_landed_write_back_all_or_nothing(
         api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
@@ -930,21 +954,8 @@ def test_a_stamp_s_move_refused_takes_the_landed_write_back_all_or_nothing(
     # refused (403, a webhook): the apply failed saying nothing was changed (flannel:
     # "nothing was changed"; cilium: its first write, never recorded, not undone), the
     # new config left under a stamp before its landing. It is taken back now.
-    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
-    landed: list[datetime.datetime] = []
-    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
-    request = api_client.rest_client.request
-
-    def refuse_the_second(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        first = method == "PATCH" and not landed
-        answer = request(method, url, *args, **kwargs)
-        if first and landed:
-            api_server.fail(403, method="PATCH", plural="configmaps", name=name,
-                            message="denied by a webhook")
-        return answer
-
-    api_client.rest_client.request = refuse_the_second
-    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    name, namespace, landed, backend, desired = _second_patch_failing(
+        api_server, clock, kind, 403, message="denied by a webhook")
     found = api_server.get(CONFIGMAPS, name, namespace)
     assert found is not None
     with pytest.raises(ApplyError) as info:
@@ -968,21 +979,8 @@ def test_a_stamp_s_move_made_with_its_answer_lost_is_the_move_made(
     # read, the stamp found moved is the move made, the apply done; it was a refusal
     # whose undo found the stamp "changed by someone else" (RollbackError, the
     # ConfigMap said maybe half-changed, though it held the apply and its landing).
-    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
-    landed: list[datetime.datetime] = []
-    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
-    request = api_client.rest_client.request
-
-    def lose_the_second_answer(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        first = method == "PATCH" and not landed
-        answer = request(method, url, *args, **kwargs)
-        if first and landed:
-            api_server.fail(504, method="PATCH", plural="configmaps", name=name,
-                            served=True)
-        return answer
-
-    api_client.rest_client.request = lose_the_second_answer
-    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    name, namespace, landed, backend, desired = _second_patch_failing(
+        api_server, clock, kind, 504, served=True)
     converge(backend, desired)
     [landing] = landed
     left = api_server.get(CONFIGMAPS, name, namespace)
