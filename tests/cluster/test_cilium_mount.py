@@ -536,6 +536,15 @@ def _unmounted(backend: CiliumBackend) -> tuple[str | None, bool]:
     return foreign.ip_masq_agent_unmounted, foreign.ip_masq_agent_no_directory
 
 
+def _older_pods_named(why: str | None, count: int, names: str) -> str:
+    """``why`` (:func:`_unmounted`'s) naming ``count`` pods on an older template than the
+    DaemonSet's own, ``names`` first (``"cilium-a, cilium-b"``); ``why``, to read on."""
+    assert why is not None
+    assert why.startswith(f"{count} pod(s) of {WHERE} still run an older pod template than "
+                          f"its own, without the file ({names};"), why
+    return why
+
+
 @pytest.mark.parametrize("spelled", [["--ip-masq-agent-config-path=/etc/masq/ip-masq-agent"],
                                      ["--ip-masq-agent-config-path", "/etc/masq/ip-masq-agent"]],
                          ids=["flag=value", "flag value"])
@@ -919,9 +928,8 @@ def test_pods_on_an_older_template_are_named_when_updated_number_scheduled_is_le
     del ds["status"]["updatedNumberScheduled"]
     cilium.put(DAEMONSETS, ds)
     why, _ = _unmounted(backend)
-    assert why is not None
-    assert why.startswith(f"2 pod(s) of {WHERE} still run an older pod template than its "
-                          "own, without the file (cilium-a, cilium-b;")
+    why = _older_pods_named(why, 2, "cilium-a, cilium-b")
+
     # A status not yet written by the controller (no desiredNumberScheduled) tells nothing.
     cilium.put(DAEMONSETS, {**new, "status": {}})
     reads = _pod_reads(cilium)
@@ -949,9 +957,8 @@ def test_each_pod_on_an_older_template_is_judged_by_its_own_config_path_argument
         cilium.put(PODS, _agent_pod(name, old))
     cilium.put(DAEMONSETS, _rolling(cilium_daemonset(ip_masq_agent=True), updated=0, desired=2))
     why, _ = _unmounted(backend)
-    assert why is not None
-    assert why.startswith(f"2 pod(s) of {WHERE} still run an older pod template than its "
-                          "own, without the file (cilium-a, cilium-b;")
+    why = _older_pods_named(why, 2, "cilium-a, cilium-b")
+
     assert "at /nowhere/ip-masq-agent (it is at /etc/config/ip-masq-agent)" in why
 
 
@@ -1048,9 +1055,8 @@ def test_an_older_pod_whose_file_is_not_known_is_said_or_named_where_it_reads_no
     # No volume of the ConfigMap: whatever the path, the file is not read.
     older_pods(mounted=False)
     why, _ = _unmounted(backend)
-    assert why is not None
-    assert why.startswith(f"2 pod(s) of {WHERE} still run an older pod template than its "
-                          "own, without the file (cilium-a, cilium-b;")
+    why = _older_pods_named(why, 2, "cilium-a, cilium-b")
+
     assert "has no volume of the ConfigMap ip-masq-agent" in why
 
 
@@ -1182,9 +1188,8 @@ def test_an_older_pod_is_judged_by_the_file_its_own_node_reads(
     # On an edge node the same pod reads the edge file, not mounted: named.
     cilium.put(PODS, _on("edge-1", _agent_pod("cilium-b", old)))
     why, no_directory = _unmounted(backend)
-    assert why is not None
-    assert why.startswith(f"1 pod(s) of {WHERE} still run an older pod template than its "
-                          "own, without the file (cilium-b;")
+    why = _older_pods_named(why, 1, "cilium-b")
+
     assert not no_directory  # /etc/masq is not Cilium's default directory: not judged
     # Not yet scheduled: the node its affinity names (the DaemonSet controller's) is
     # the one it will run on; naming none, it may run on any node: every file counts.
