@@ -958,17 +958,22 @@ def _writes(server: EmulatedApiServer) -> list[tuple[str, str]]:
         if method in ("POST", "PATCH", "PUT", "DELETE") and "dryRun" not in query]
 
 
+def _put_v3_pools(server: EmulatedApiServer) -> None:
+    """K3s' default pool and k3snet's LAN pool (no disableBGPExport), through the v3 API."""
+    server.put(V3, _pool_resource("default-ipv4-ippool", {"cidr": "10.42.0.0/16",
+                                                          "natOutgoing": True},
+                                  api="projectcalico.org/v3"))
+    server.put(V3, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16", "disabled": True},
+                                  api="projectcalico.org/v3", labels=LABEL))
+
+
 def test_with_a_v3_api_without_disable_bgp_export_a_dry_run_of_the_write_tells(
         ) -> None:
     # Calico's API server answers a false disableBGPExport by leaving it out, so a pool
     # read without it may be one to change; one of v3.20 (before the field) drops it:
     # the dry run of the write of true, answered without it, says so, nothing written.
     with EmulatedApiServer(pruned={V3: ["disableBGPExport"]}) as server:
-        server.put(V3, _pool_resource("default-ipv4-ippool", {"cidr": "10.42.0.0/16",
-                                                              "natOutgoing": True},
-                                      api="projectcalico.org/v3"))
-        server.put(V3, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16", "disabled": True},
-                                      api="projectcalico.org/v3", labels=LABEL))
+        _put_v3_pools(server)
         version = server.get(V3, LAN_POOL)["metadata"]["resourceVersion"]  # type: ignore[index]
         backend = _backend(server.api_client(), api="v3")
         p = plan(backend.observe(), compile_ippools(LAN))
@@ -1000,11 +1005,7 @@ def test_a_refused_dry_run_is_kept_a_retry_interval_not_sent_on_every_pass(
     # same refused request went out on every pass of the agent. Now the refusal is kept,
     # as the CRD's answer is, for BGP_EXPORT_RETRY seconds.
     with EmulatedApiServer(pruned={V3: ["disableBGPExport"]}) as server:
-        server.put(V3, _pool_resource("default-ipv4-ippool", {"cidr": "10.42.0.0/16",
-                                                              "natOutgoing": True},
-                                      api="projectcalico.org/v3"))
-        server.put(V3, _pool_resource(LAN_POOL, {"cidr": "192.168.0.0/16", "disabled": True},
-                                      api="projectcalico.org/v3", labels=LABEL))
+        _put_v3_pools(server)
         server.fail(status, method="PATCH", plural="ippools", param="dryRun", times=None,
                     message="admission webhook does not support dry run")
         backend = _backend(server.api_client(), api="v3")
