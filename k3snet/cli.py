@@ -531,6 +531,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     system's (a spec that is a directory, an output file that cannot be
     written) are one line on stderr with exit 1; a closed pipe (``| head``)
     ends quietly. ``K3SNET_DEBUG=1`` shows the traceback of an unexpected error.
+
+    Called in a process that goes on (a library, a test), it leaves that process as it
+    found it: k3snet's loggers, ``$PATH``, stdout's ``errors`` and the signal handlers
+    the command sets are put back when it returns or raises (see :func:`run_main`).
     """
     return run_main(argv)
 
@@ -544,9 +548,16 @@ def run_main(argv: Sequence[str] | None = None, run: Run | None = None) -> int:
     alone has printed so far, an internal object; ``python -m k3snet`` makes it before
     the call, so a Ctrl-C escaping the call can still read whether the command printed
     its document.
+
+    A library caller's process goes on as it was: what the command sets for itself
+    (:func:`_kept_for_the_caller`) is put back when it returns or raises.
     """
-    if run is None:
-        run = Run()
+    with _kept_for_the_caller():
+        return _run_main(argv, Run() if run is None else run)
+
+
+def _run_main(argv: Sequence[str] | None, run: Run) -> int:
+    """:func:`run_main`, what it sets for the command left as it is."""
     given = _common_after_command(sys.argv[1:] if argv is None else list(argv))
     logged = _agent_logs_json(given)  # argparse's text kept off its log, said there
     try:
@@ -576,6 +587,48 @@ def run_main(argv: Sequence[str] | None = None, run: Run | None = None) -> int:
     if held is not None and code in FAILURE_CODES:
         held.release()  # no `!! warning:` line said them
     return code
+
+
+_LOGGERS = ("k3snet", "k3snet.agent")
+"""The loggers the command sets up: the CLI's (:func:`_configure_logging`) and the
+agent's (:func:`k3snet.agent.configure_logging`, whose ``LOGGER_NAME`` is the second)."""
+
+
+@contextlib.contextmanager
+def _kept_for_the_caller() -> Iterator[None]:
+    """Within the block, the command sets for itself what it needs of the process: k3snet's
+    loggers (a handler on the stderr of the moment, the level of ``-v`` or ``-q``,
+    ``propagate`` off), stdout's ``errors`` (:func:`_printable_output`) and ``$PATH``
+    (`admin_path`). They are put back as the block ends, however
+    it ends (``SystemExit``, Ctrl-C), and the handlers it added are closed: a library's
+    or a test's process goes on after :func:`main`, and its own logging got no k3snet
+    record again (a ``caplog`` test after an in-process call saw none), or one through
+    a handler on a stderr it had since closed ("--- Logging error ---"). The ``k3snet``
+    command's process ends with the call (:mod:`k3snet.__main__`): nothing changes there.
+    """
+    loggers = [logging.getLogger(name) for name in _LOGGERS]
+    found = [(list(logger.handlers), logger.level, logger.propagate) for logger in loggers]
+    stdout, errors = sys.stdout, getattr(sys.stdout, "errors", None)
+    path = os.environ.get("PATH")
+    try:
+        yield
+    finally:
+        for logger, (handlers, level, propagate) in zip(loggers, found, strict=True):
+            added = [handler for handler in logger.handlers if handler not in handlers]
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+            for handler in added:
+                handler.close()  # out of logging's list for shutdown; the stream stays open
+        if sys.stdout is stdout and isinstance(errors, str) \
+                and getattr(stdout, "errors", errors) != errors:
+            with contextlib.suppress(ValueError, OSError):
+                stdout.reconfigure(errors=errors)  # type: ignore[union-attr]
+        if os.environ.get("PATH") != path:
+            if path is None:
+                os.environ.pop("PATH", None)
+            else:
+                os.environ["PATH"] = path
 
 
 @contextlib.contextmanager
