@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import stat
@@ -1622,63 +1621,34 @@ def _write_whole(text: str) -> None:
     :func:`_signals_wait` holds back) interrupts a write blocked on a full pipe after
     part of it went out: an unbuffered stdout (``PYTHONUNBUFFERED=1``, as container
     images set it; ``python -u``) then returns that short count, and Python's text
-    writer drops the rest without a word (64 KiB of a document said to be whole). So
-    the bytes are written until none is left; on a non-blocking stdout, as room comes."""
+    writer drops the rest without a word (64 KiB of a document said to be whole). And
+    a stdout another process made non-blocking refuses a write into a full pipe
+    (EAGAIN): the document ended at 64 KiB, exit 1. The ``k3snet`` command's stdout
+    writes whole itself (:mod:`k3snet._stdout`); a library caller's own, Python's over
+    a descriptor, is written through the same :func:`~k3snet._stdout.write_all`. A
+    signal that waits for the document (:func:`_signals_wait`) lets a wait for room go
+    on; a second one cuts it, as a write blocked on a blocking stdout."""
     stream = sys.stdout
     if stream is None:  # a process started without one (pythonw): print() writes nothing
         return
-    if not isinstance(stream, io.TextIOWrapper) or type(stream).write is not _TEXT_WRITE:
-        # A library's stdout (io.StringIO; a tee, whose write copies the text, a buffer
-        # beside it or none, no encoding; pytest's tee-sys): its own write, as print()'s.
+    binary: Any = getattr(stream, "buffer", None)
+    if not isinstance(stream, io.TextIOWrapper) or type(stream).write is not _TEXT_WRITE \
+            or type(binary) not in (io.BufferedWriter, io.FileIO):
+        # The command's (over WholeWrites), or a library's stdout that is not Python's
+        # own (io.StringIO; a tee, whose write copies the text, a buffer beside it or
+        # none, no encoding; pytest's tee-sys): its own write, as print()'s.
         stream.write(text)
         stream.flush()
         return
-    binary = stream.buffer
-    _flushed(stream.flush, binary)  # what the text layer holds goes first
-    left = memoryview(text.encode(stream.encoding or "utf-8", "backslashreplace"))
-    while left:
-        try:
-            written = binary.write(left)
-        except BlockingIOError as exc:  # a buffered one: it took this much
-            written = exc.characters_written
-            _wait_for_room(binary, exc)
-        if written is None and not isinstance(binary, io.RawIOBase):
-            written = len(left)  # a duck-typed writer's None, not a count: it took it
-        if written is None:  # an unbuffered one took nothing
-            _wait_for_room(binary, BlockingIOError(errno.EAGAIN, "stdout would block"))
-            written = 0
-        left = left[written:]
-    _flushed(binary.flush, binary)
+    from k3snet._stdout import flush_all, write_all  # noqa: PLC0415 - the command's already
+
+    flush_all(stream.flush, binary)  # what the text layer holds goes first
+    write_all(binary.write, memoryview(text.encode(stream.encoding or "utf-8",
+                                                   "backslashreplace")), binary)
+    flush_all(binary.flush, binary)
 
 
 _TEXT_WRITE = io.TextIOWrapper.write
-
-
-def _flushed(flush: Callable[[], object], binary: Any) -> None:
-    """``flush()``, again as room comes on a non-blocking stdout (:func:`_wait_for_room`)."""
-    while True:
-        try:
-            flush()
-        except BlockingIOError as exc:
-            _wait_for_room(binary, exc)
-        else:
-            return
-
-
-def _wait_for_room(binary: Any, blocked: BlockingIOError) -> None:
-    """Until stdout, non-blocking, takes bytes again (``blocked`` when it cannot tell).
-    O_NONBLOCK is a flag of the pipe or terminal, shared with every process holding it,
-    and another one sets it (a Node.js parent, a CI runner's terminal): the write into
-    the full pipe failed with EAGAIN, the document ended at 64 KiB, exit 1. A signal
-    that waits for the document (:func:`_signals_wait`) lets the wait go on; a second
-    one cuts it, as a write blocked on a blocking stdout."""
-    try:
-        fd = binary.fileno()
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-        raise blocked from None
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    poller.poll()  # the reader gone: POLLERR, and the next write says EPIPE
 
 
 _WAITING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
