@@ -8,7 +8,9 @@ unbuffered one (``PYTHONUNBUFFERED=1``, as container images set it) returned the
 count, and the text layer dropped the rest without a word: a plan of 315 KB ended at
 64 KiB with exit 2. A signal whose handler returns cut a blocking write short in the
 same way. Imported by :mod:`k3snet.__main__` (the process's own streams, not a library
-caller's); it imports nothing Python has not loaded at start.
+caller's); it imports nothing Python has not loaded at start. The CLI writes its JSON
+document on a library caller's stdout with :func:`write_all` too (``k3snet.cli``'s
+``_write_whole``): one way of waiting out EAGAIN and short writes.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
+    from collections.abc import Callable
 
-__all__ = ["WholeWrites", "write_whole_streams"]
+    from _typeshed import HasFileno, ReadableBuffer
+
+__all__ = ["WholeWrites", "flush_all", "write_all", "write_whole_streams"]
 
 
 class WholeWrites(io.BufferedWriter):
@@ -40,23 +44,44 @@ class WholeWrites(io.BufferedWriter):
 
     def write(self, data: ReadableBuffer, /) -> int:
         view = memoryview(data).cast("B")
-        done = 0
-        while done < len(view):
-            try:
-                done += super().write(view[done:])
-            except BlockingIOError as exc:  # it took this much (buffered, or written)
-                done += exc.characters_written
-                _wait_for_room(self.fileno())
+        write_all(super().write, view, self)
         if self._unbuffered:
             self.flush()
-        return done
+        return len(view)
 
     def flush(self) -> None:
-        while True:
-            try:
-                return super().flush()
-            except BlockingIOError:  # what went out is out of the buffer
-                _wait_for_room(self.fileno())
+        flush_all(super().flush, self)
+
+
+def write_all(write: Callable[[memoryview], int | None], data: memoryview,
+              writer: HasFileno) -> None:
+    """``write`` (of ``writer``, Python's buffered writer or its ``FileIO``) called until
+    it has taken every byte of ``data``: a short count is written on, and EAGAIN waited
+    out once the descriptor takes bytes again (a buffered writer's ``BlockingIOError``,
+    counting what it took; a raw one's ``None``, nothing taken)."""
+    done = 0
+    while done < len(data):
+        try:
+            written = write(data[done:])
+        except BlockingIOError as exc:  # it took this much (buffered, or written)
+            written = exc.characters_written
+            _wait_for_room(writer.fileno())
+        if written is None:  # a raw writer took nothing
+            _wait_for_room(writer.fileno())
+            written = 0
+        done += written
+
+
+def flush_all(flush: Callable[[], object], writer: HasFileno) -> None:
+    """``flush()`` (of ``writer``), again once its descriptor takes bytes after EAGAIN:
+    what went out is out of the buffer."""
+    while True:
+        try:
+            flush()
+        except BlockingIOError:
+            _wait_for_room(writer.fileno())
+        else:
+            return
 
 
 def _wait_for_room(fd: int) -> None:

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import stat
@@ -531,6 +530,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     system's (a spec that is a directory, an output file that cannot be
     written) are one line on stderr with exit 1; a closed pipe (``| head``)
     ends quietly. ``K3SNET_DEBUG=1`` shows the traceback of an unexpected error.
+
+    Called in a process that goes on (a library, a test), it leaves that process as it
+    found it: k3snet's loggers, ``$PATH``, stdout's ``errors`` and the signal handlers
+    the command sets are put back when it returns or raises (see :func:`run_main`).
     """
     return run_main(argv)
 
@@ -544,9 +547,16 @@ def run_main(argv: Sequence[str] | None = None, run: Run | None = None) -> int:
     alone has printed so far, an internal object; ``python -m k3snet`` makes it before
     the call, so a Ctrl-C escaping the call can still read whether the command printed
     its document.
+
+    A library caller's process goes on as it was: what the command sets for itself
+    (:func:`_kept_for_the_caller`) is put back when it returns or raises.
     """
-    if run is None:
-        run = Run()
+    with _kept_for_the_caller():
+        return _run_main(argv, Run() if run is None else run)
+
+
+def _run_main(argv: Sequence[str] | None, run: Run) -> int:
+    """:func:`run_main`, what it sets for the command left as it is."""
     given = _common_after_command(sys.argv[1:] if argv is None else list(argv))
     logged = _agent_logs_json(given)  # argparse's text kept off its log, said there
     try:
@@ -576,6 +586,48 @@ def run_main(argv: Sequence[str] | None = None, run: Run | None = None) -> int:
     if held is not None and code in FAILURE_CODES:
         held.release()  # no `!! warning:` line said them
     return code
+
+
+_LOGGERS = ("k3snet", "k3snet.agent")
+"""The loggers the command sets up: the CLI's (:func:`_configure_logging`) and the
+agent's (:func:`k3snet.agent.configure_logging`, whose ``LOGGER_NAME`` is the second)."""
+
+
+@contextlib.contextmanager
+def _kept_for_the_caller() -> Iterator[None]:
+    """Within the block, the command sets for itself what it needs of the process: k3snet's
+    loggers (a handler on the stderr of the moment, the level of ``-v`` or ``-q``,
+    ``propagate`` off), stdout's ``errors`` (:func:`_printable_output`) and ``$PATH``
+    (`admin_path`). They are put back as the block ends, however
+    it ends (``SystemExit``, Ctrl-C), and the handlers it added are closed: a library's
+    or a test's process goes on after :func:`main`, and its own logging got no k3snet
+    record again (a ``caplog`` test after an in-process call saw none), or one through
+    a handler on a stderr it had since closed ("--- Logging error ---"). The ``k3snet``
+    command's process ends with the call (:mod:`k3snet.__main__`): nothing changes there.
+    """
+    loggers = [logging.getLogger(name) for name in _LOGGERS]
+    found = [(list(logger.handlers), logger.level, logger.propagate) for logger in loggers]
+    stdout, errors = sys.stdout, getattr(sys.stdout, "errors", None)
+    path = os.environ.get("PATH")
+    try:
+        yield
+    finally:
+        for logger, (handlers, level, propagate) in zip(loggers, found, strict=True):
+            added = [handler for handler in logger.handlers if handler not in handlers]
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
+            for handler in added:
+                handler.close()  # out of logging's list for shutdown; the stream stays open
+        if sys.stdout is stdout and isinstance(errors, str) \
+                and getattr(stdout, "errors", errors) != errors:
+            with contextlib.suppress(ValueError, OSError):
+                stdout.reconfigure(errors=errors)  # type: ignore[union-attr]
+        if os.environ.get("PATH") != path:
+            if path is None:
+                os.environ.pop("PATH", None)
+            else:
+                os.environ["PATH"] = path
 
 
 @contextlib.contextmanager
@@ -1569,63 +1621,34 @@ def _write_whole(text: str) -> None:
     :func:`_signals_wait` holds back) interrupts a write blocked on a full pipe after
     part of it went out: an unbuffered stdout (``PYTHONUNBUFFERED=1``, as container
     images set it; ``python -u``) then returns that short count, and Python's text
-    writer drops the rest without a word (64 KiB of a document said to be whole). So
-    the bytes are written until none is left; on a non-blocking stdout, as room comes."""
+    writer drops the rest without a word (64 KiB of a document said to be whole). And
+    a stdout another process made non-blocking refuses a write into a full pipe
+    (EAGAIN): the document ended at 64 KiB, exit 1. The ``k3snet`` command's stdout
+    writes whole itself (:mod:`k3snet._stdout`); a library caller's own, Python's over
+    a descriptor, is written through the same :func:`~k3snet._stdout.write_all`. A
+    signal that waits for the document (:func:`_signals_wait`) lets a wait for room go
+    on; a second one cuts it, as a write blocked on a blocking stdout."""
     stream = sys.stdout
     if stream is None:  # a process started without one (pythonw): print() writes nothing
         return
-    if not isinstance(stream, io.TextIOWrapper) or type(stream).write is not _TEXT_WRITE:
-        # A library's stdout (io.StringIO; a tee, whose write copies the text, a buffer
-        # beside it or none, no encoding; pytest's tee-sys): its own write, as print()'s.
+    binary: Any = getattr(stream, "buffer", None)
+    if not isinstance(stream, io.TextIOWrapper) or type(stream).write is not _TEXT_WRITE \
+            or type(binary) not in (io.BufferedWriter, io.FileIO):
+        # The command's (over WholeWrites), or a library's stdout that is not Python's
+        # own (io.StringIO; a tee, whose write copies the text, a buffer beside it or
+        # none, no encoding; pytest's tee-sys): its own write, as print()'s.
         stream.write(text)
         stream.flush()
         return
-    binary = stream.buffer
-    _flushed(stream.flush, binary)  # what the text layer holds goes first
-    left = memoryview(text.encode(stream.encoding or "utf-8", "backslashreplace"))
-    while left:
-        try:
-            written = binary.write(left)
-        except BlockingIOError as exc:  # a buffered one: it took this much
-            written = exc.characters_written
-            _wait_for_room(binary, exc)
-        if written is None and not isinstance(binary, io.RawIOBase):
-            written = len(left)  # a duck-typed writer's None, not a count: it took it
-        if written is None:  # an unbuffered one took nothing
-            _wait_for_room(binary, BlockingIOError(errno.EAGAIN, "stdout would block"))
-            written = 0
-        left = left[written:]
-    _flushed(binary.flush, binary)
+    from k3snet._stdout import flush_all, write_all  # noqa: PLC0415 - the command's already
+
+    flush_all(stream.flush, binary)  # what the text layer holds goes first
+    write_all(binary.write, memoryview(text.encode(stream.encoding or "utf-8",
+                                                   "backslashreplace")), binary)
+    flush_all(binary.flush, binary)
 
 
 _TEXT_WRITE = io.TextIOWrapper.write
-
-
-def _flushed(flush: Callable[[], object], binary: Any) -> None:
-    """``flush()``, again as room comes on a non-blocking stdout (:func:`_wait_for_room`)."""
-    while True:
-        try:
-            flush()
-        except BlockingIOError as exc:
-            _wait_for_room(binary, exc)
-        else:
-            return
-
-
-def _wait_for_room(binary: Any, blocked: BlockingIOError) -> None:
-    """Until stdout, non-blocking, takes bytes again (``blocked`` when it cannot tell).
-    O_NONBLOCK is a flag of the pipe or terminal, shared with every process holding it,
-    and another one sets it (a Node.js parent, a CI runner's terminal): the write into
-    the full pipe failed with EAGAIN, the document ended at 64 KiB, exit 1. A signal
-    that waits for the document (:func:`_signals_wait`) lets the wait go on; a second
-    one cuts it, as a write blocked on a blocking stdout."""
-    try:
-        fd = binary.fileno()
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-        raise blocked from None
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    poller.poll()  # the reader gone: POLLERR, and the next write says EPIPE
 
 
 _WAITING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

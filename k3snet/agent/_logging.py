@@ -124,6 +124,11 @@ def configure_logging(node: str, fmt: LogFormat = "text", level: str | int = "IN
     calling it twice does not duplicate lines. Every record is cut to
     :data:`LOG_LINE_LIMIT` bytes (its longest fields end ``... (N more characters)``).
     Returns the agent's logger.
+
+    A setting of the process, as ``logging.basicConfig`` is, and left so: ``k3snet``'s
+    records no longer reach the root logger's handlers (``propagate`` off), so the
+    agent's log is its lines alone. :func:`k3snet.cli.main` puts back what it found
+    when it returns (``k3snet agent`` run in a process that goes on).
     """
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be text or json, not {fmt!r}")

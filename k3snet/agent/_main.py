@@ -93,6 +93,12 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
 
     SIGTERM, SIGINT and SIGHUP (unless ignored) end the loop after the pass in progress;
     the rules stay unless ``--cleanup-on-exit``; a held Lease is released.
+
+    The log is the process's: k3snet's loggers are set up by :func:`configure_logging`
+    and left so when it returns, as that call leaves them (its own log said the agent's
+    end, and a caller's error is logged in its form). A program running the agent in
+    its own process calls :func:`k3snet.cli.main` (``["agent", ...]``), which puts them
+    back as it found them, or saves and restores them itself around this call.
     """
     configure_logging(args.node_name, args.log_format, args.log_level)
     clients: list[Any] = []

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -484,3 +485,55 @@ def test_a_document_on_a_text_wrapper_with_its_own_write_goes_through_it(
     assert main(["plan", "-f", str(SEED), "--backend", "memory", "--no-facts",
                  "--output", "json"]) == cli.EXIT_CHANGES
     assert json.loads(stdout.copied)["kind"] == "plan"
+
+
+def _caller_s_stdout(kind: str, fd: int) -> io.TextIOWrapper:
+    """A library caller's stdout over ``fd``, as Python makes one: buffered, unbuffered
+    (``PYTHONUNBUFFERED=1``), or the ``k3snet`` command's own (:mod:`k3snet._stdout`)."""
+    from k3snet._stdout import WholeWrites  # noqa: PLC0415 - this test only
+
+    raw = io.FileIO(fd, "w")
+    binary: io.RawIOBase | io.BufferedIOBase = {
+        "buffered": io.BufferedWriter, "unbuffered": lambda raw: raw,
+        "whole-writes": WholeWrites}[kind](raw)
+    return io.TextIOWrapper(binary, encoding="utf-8", write_through=kind == "unbuffered")
+
+
+@pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="Linux pipes")
+@pytest.mark.parametrize("kind", ["buffered", "unbuffered", "whole-writes"])
+def test_in_process_a_big_document_on_a_caller_s_non_blocking_pipe_is_written_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    # A program calling main() keeps its own stdout, a pipe another holder made
+    # non-blocking: the document is written as its reader reads (EAGAIN waited out, a
+    # short write written on), not cut at 64 KiB. The pipe is read only once it is full:
+    # the write into it met EAGAIN (no timing).
+    import fcntl  # noqa: PLC0415 - Linux only
+    import termios  # noqa: PLC0415
+
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    size = fcntl.fcntl(read, fcntl.F_GETPIPE_SZ)
+    ended = threading.Event()
+    got: list[bytes] = []
+
+    def reader() -> None:
+        while not ended.is_set() and int.from_bytes(
+                fcntl.ioctl(read, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder) < size:
+            time.sleep(0.01)
+        with os.fdopen(read, "rb") as pipe:
+            got.append(pipe.read())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    stdout = _caller_s_stdout(kind, write)
+    try:
+        with contextlib.redirect_stdout(stdout):
+            code = main(["plan", "-f", str(_big_spec(tmp_path)), "--backend", "memory",
+                         "--no-facts", "--output", "json"])
+    finally:
+        ended.set()
+        stdout.close()
+        thread.join()
+    assert code == cli.EXIT_CHANGES
+    assert len(got[0]) > 1 << 18
+    assert json.loads(got[0])["kind"] == "plan"

@@ -1,0 +1,153 @@
+"""A call of :func:`k3snet.cli.main` leaves the process of its caller as it found it.
+
+A library, a test or a notebook calls ``k3snet.cli.main([...])`` and goes on. The command
+sets, for itself, k3snet's loggers (a handler on the stderr of the moment, the level of
+``-v`` / ``-q``, ``propagate`` off), stdout's ``errors`` and ``$PATH``; they stayed so:
+the caller's own logging got no k3snet record again (a ``caplog`` test after an
+in-process call saw none), and a handler bound to a stderr since replaced or closed
+printed "--- Logging error ---".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from k3snet import cli
+from k3snet.agent import LOGGER_NAME
+from k3snet.cli import main
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+PLAN = ["plan", "-f", str(SEED), "--backend", "memory", "--no-facts"]
+LOGGERS = ("k3snet", LOGGER_NAME)
+
+
+def _loggers() -> list[tuple[list[logging.Handler], int, bool]]:
+    return [(list(lg.handlers), lg.level, lg.propagate)
+            for lg in map(logging.getLogger, LOGGERS)]
+
+
+@pytest.fixture
+def loggers_put_back() -> Iterator[None]:
+    """The loggers as they were, whatever the code under test left (not the fixture
+    the test relies on: it checks what main() itself puts back)."""
+    saved = _loggers()
+    yield
+    for logger, (handlers, level, propagate) in zip(
+            map(logging.getLogger, LOGGERS), saved, strict=True):
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def test_the_loggers_set_by_the_cli_and_the_agent_are_the_ones_main_puts_back() -> None:
+    assert LOGGERS == cli._LOGGERS
+
+
+@pytest.mark.usefixtures("loggers_put_back")
+def test_caplog_gets_k3snet_s_records_after_an_in_process_main(
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-vv", *PLAN]) == cli.EXIT_CHANGES
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="k3snet"):
+        logging.getLogger("k3snet.backends").warning("said after the command")
+    assert [r.getMessage() for r in caplog.records] == ["said after the command"]
+    assert "said after the command" not in capsys.readouterr().err  # not the CLI's handler
+
+
+@pytest.mark.usefixtures("loggers_put_back")
+def test_a_root_handler_of_the_caller_gets_k3snet_s_records_after_main(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    got: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: got.append(record.getMessage())  # type: ignore[method-assign]
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        assert main(["-q", *PLAN]) == cli.EXIT_CHANGES
+        logging.getLogger("k3snet").warning("the caller's to handle")
+    finally:
+        root.removeHandler(handler)
+    assert got == ["the caller's to handle"]
+
+
+@pytest.mark.usefixtures("loggers_put_back")
+def test_no_handler_is_left_on_a_stderr_the_caller_closed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The caller ran the command with stderr a buffer of its own, then closed it.
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(PLAN) == cli.EXIT_CHANGES
+    err.close()
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(logging.Handler, "handleError",
+                        lambda self, record: errors.append(sys.exc_info()[1]))
+    logging.getLogger("k3snet").error("after the buffer was closed")
+    assert errors == []
+
+
+def _raising(exc: BaseException) -> Callable[[object], int]:
+    def run(args: object) -> int:
+        logging.getLogger("k3snet").warning("within the command")
+        raise exc
+    return run
+
+
+@pytest.mark.usefixtures("loggers_put_back")
+@pytest.mark.parametrize("exc", [SystemExit(cli.EXIT_TERMINATED), KeyboardInterrupt(),
+                                 RuntimeError("a bug, K3SNET_DEBUG=1")],
+                         ids=["SystemExit", "KeyboardInterrupt", "error"])
+def test_the_loggers_are_put_back_when_main_raises(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        exc: BaseException) -> None:
+    before = _loggers()
+    monkeypatch.setattr(cli, "_run", _raising(exc))
+    with pytest.raises(type(exc)):
+        main(["-v", *PLAN])
+    assert _loggers() == before
+    assert "within the command" in capsys.readouterr().err  # the command's handler said it
+
+
+@pytest.mark.usefixtures("loggers_put_back")
+def test_a_usage_error_of_the_agent_s_json_log_puts_the_loggers_back(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    before = _loggers()
+    with pytest.raises(SystemExit):
+        main(["agent", "--log-format", "json", "--no-such-option"])
+    assert _loggers() == before
+    assert '"level": "error"' in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("loggers_put_back")
+def test_an_in_process_agent_puts_back_the_loggers_it_set(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SEED.read_text())
+    before = _loggers()
+    assert main(["agent", "-f", str(spec), "--backend", "memory", "--no-kube", "--no-facts",
+                 "--once", "--listen", "none"]) == 0
+    assert _loggers() == before
+    assert "node=" in capsys.readouterr().err  # the agent's own log while it ran
+
+
+def test_stdout_s_errors_are_put_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The command prints a byte of an admin's rule that is not UTF-8 as \udcXX
+    # (errors="backslashreplace"); the caller's stdout kept raising on none.
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(PLAN) == cli.EXIT_CHANGES
+    assert out.errors == "strict"
+
+
+def test_path_is_put_back(monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # cron's: the command adds the sbin ones
+    assert main(PLAN) == cli.EXIT_CHANGES
+    assert os.environ["PATH"] == "/usr/bin:/bin"
