@@ -493,10 +493,10 @@ def _caller_s_stdout(kind: str, fd: int) -> io.TextIOWrapper:
     from k3snet._stdout import WholeWrites  # noqa: PLC0415 - this test only
 
     raw = io.FileIO(fd, "w")
-    binary: io.RawIOBase | io.BufferedIOBase = {
-        "buffered": io.BufferedWriter, "unbuffered": lambda raw: raw,
-        "whole-writes": WholeWrites}[kind](raw)
-    return io.TextIOWrapper(binary, encoding="utf-8", write_through=kind == "unbuffered")
+    if kind == "unbuffered":
+        return io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+    binary = io.BufferedWriter(raw) if kind == "buffered" else WholeWrites(raw)
+    return io.TextIOWrapper(binary, encoding="utf-8")
 
 
 @pytest.mark.skipif(not Path("/proc/self/wchan").exists(), reason="Linux pipes")
