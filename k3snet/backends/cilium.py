@@ -612,7 +612,8 @@ class _Api:
         self.landed = None if changed_at is None else changed_at[0]
         if landing and self.landed is not None:
             self.landed, version = restamp(self.core, self.namespace, name, self.landed,
-                                           headers, version=version, timeout=self.timeout)
+                                           headers, version=version, timeout=self.timeout,
+                                           answered=self.clock.stamp())
         return version
 
     def create(self, name: str, data: dict[str, str], owned: str,

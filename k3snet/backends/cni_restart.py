@@ -176,7 +176,8 @@ def taking_back(write: Callable[[], _T], take_back: Callable[[str | None], objec
 
 
 def restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
-            version: str | None, timeout: float) -> tuple[str, str | None]:
+            version: str | None, timeout: float,
+            answered: str | None = None) -> tuple[str, str | None]:
     """The stamp ConfigMap ``namespace/name`` holds after k3snet's write that stamped it
     ``sent``, answered with ``headers`` and leaving resourceVersion ``version``, and the
     resourceVersion k3snet's writes left (``version``, or its own write's after it).
@@ -188,30 +189,28 @@ def restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
     the write landed, in its second or later: where it is after ``sent`` the annotation
     is set to it, one merge patch conditional on ``version`` (a write in between: read
     again, and set while the stamp is still ``sent``; another stamp left as it is, a
-    later write's). ``core``: a ``CoreV1Api``. A write refused otherwise raises
+    later write's). ``answered``: :meth:`ServerClock.stamp` taken once the answer was
+    read, after the landing too: the time moved to where the answer has no readable
+    ``Date`` (a proxy dropping it), else the stamp stayed before a slow write's landing.
+    ``core``: a ``CoreV1Api``. A write refused otherwise raises
     :class:`RestampError`, saying the command setting it: the caller takes its write
     back (a stamp before the landing counts a pod made in between as restarted)."""
     try:
         return _restamp(core, namespace, name, sent, headers, version=version,
-                        timeout=timeout)
+                        timeout=timeout, answered=answered)
     except KubeApiError as exc:
         raise RestampError(str(exc), status=exc.status, reason=exc.reason,
                             version=version) from exc
 
 
 def _restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
-             version: str | None, timeout: float) -> tuple[str, str | None]:
+             version: str | None, timeout: float,
+             answered: str | None) -> tuple[str, str | None]:
     """:func:`restamp`, raising :class:`~k3snet.kube.KubeApiError`."""
-    server = server_time(headers)
     at = _time(sent)
-    if server is None or at is None:
-        return sent, version
-    try:
-        landed = changed_stamp(datetime.datetime.fromtimestamp(server, tz=datetime.UTC))
-    except (OverflowError, ValueError, OSError):
-        return sent, version  # no time a stamp holds: as ServerClock.note leaves it
-    moment = _time(landed)
-    if moment is None or moment <= at:
+    landed = _landing(headers, answered)
+    moment = None if landed is None else _time(landed)
+    if at is None or landed is None or moment is None or moment <= at:
         return sent, version
     where = f"ConfigMap {namespace}/{name}"
     for _ in range(_RESTAMP_TRIES):
@@ -250,6 +249,19 @@ def _restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
                        f"write is left: kubectl -n "
                        f"{namespace} annotate --overwrite configmap {name} "
                        f"{CHANGED_ANNOTATION}={landed}", status=409)
+
+
+def _landing(headers: Any, answered: str | None) -> str | None:
+    """The stamp of a write's landing by its answer's ``headers``: their ``Date``; none
+    readable, ``answered`` (the server's time once answered is after the landing too);
+    ``None`` for a ``Date`` no stamp holds (as :meth:`ServerClock.note` leaves it)."""
+    server = server_time(headers)
+    if server is None:
+        return answered
+    try:
+        return changed_stamp(datetime.datetime.fromtimestamp(server, tz=datetime.UTC))
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 class Settled:

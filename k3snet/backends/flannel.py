@@ -500,7 +500,7 @@ class _ConfigMapStore:
             if made is not None:
                 made(lambda: self.write_back(doc, version))
             restamp(self.core, self.namespace, self.name, sent, headers, version=version,
-                    timeout=self.timeout)
+                    timeout=self.timeout, answered=self.clock.stamp())
         return 1
 
     def write_back(self, doc: _Doc, version: str | None) -> None:

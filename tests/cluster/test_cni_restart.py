@@ -1019,3 +1019,42 @@ def test_an_apply_interrupted_moving_the_stamp_takes_the_landed_write_back(
     assert left["data"] == found["data"]
     assert (left["metadata"].get("annotations") or {}) == (
         found["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_write_answered_without_a_date_moves_the_stamp_to_k3snet_s_time_after_the_answer(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # A proxy stripping the Date header from PATCH answers: the write landing 10 s after
+    # its stamp kept the stamp (taken before it was sent), and a pod made in between,
+    # which may have read the config from before the write, counted as restarted. The
+    # server's time once the answer is read (the clock as the reads' Date headers set
+    # it) is after the landing: the stamp is moved to it.
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+
+    def no_date_on_patches(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        answer = request(method, url, *args, **kwargs)
+        if method == "PATCH":
+            del answer.response.headers["Date"]
+        return answer
+
+    api_client.rest_client.request = no_date_on_patches
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    sent = clock.at
+    api_server.put(PODS, daemonset_pod(namespace, "made-in-between", owner, labels,
+                                       created=_utc(sent + datetime.timedelta(seconds=5))))
+    api_server.put(PODS, daemonset_pod(namespace, "made-after", owner, labels,
+                                       created=_utc(sent + datetime.timedelta(seconds=12))))
+    done = converge(backend, desired)
+    [landing] = landed
+    stored = api_server.get(CONFIGMAPS, name, namespace)
+    assert stored is not None
+    stamp = stored["metadata"]["annotations"][CHANGED_ANNOTATION]
+    assert _utc(landing) <= stamp <= _utc(landing + datetime.timedelta(seconds=1))
+    assert [r.stale for r in done.restarts] == [("made-in-between",)]
+    assert [r.stale for r in pending_restarts(_backend(api_client, kind))] == [
+        ("made-in-between",)]
