@@ -1166,8 +1166,8 @@ class CiliumBackend(BackendBase):
         self.warnings: tuple[str, ...] = ()
         """What the last :meth:`observe` found worth saying: a refusal ahead (see
         :meth:`expect`)."""
-        # CHANGED_ANNOTATION as the last observe read it or the last apply left it (a
-        # 1-tuple; None: not known), for the pending_restarts() right after.
+        # CHANGED_ANNOTATION as the last observe read it or the last apply left it
+        # unwritten (a 1-tuple; None: not known, read), for the pending_restarts() right after.
         self._stamp: tuple[str | None] | None = None
         self._next_stamp: tuple[str | None] | None = None  # what the apply's writes leave
         # Whether the last observe found the ip-masq-agent file a subPath copy: a change
@@ -1927,12 +1927,15 @@ class CiliumBackend(BackendBase):
 
     def _landed(self, left: _Keys) -> _Keys:
         """``left`` (what the ``cilium-config`` write left) with the stamp it left: moved
-        to the write's landing where that was in a later second (:attr:`_Api.landed`),
-        also the stamp :meth:`pending_restarts` follows after the apply."""
+        to the write's landing where that was in a later second (:attr:`_Api.landed`).
+        :meth:`pending_restarts` after the apply reads the stamp the ConfigMap holds: a
+        later writer's stamp found before the move is left (not moved over), and the
+        stamp k3snet sent, before its write's landing, counted a pod made in between as
+        restarted in the apply's own answer."""
         if left.changed_at is None:
             return left
-        self._next_stamp = (self._api.landed,)
-        return attrs.evolve(left, changed_at=self._next_stamp)
+        self._next_stamp = None  # read again: the stamp the ConfigMap holds
+        return attrs.evolve(left, changed_at=(self._api.landed,))
 
     def _agent_written(self, edit: _Edit) -> str | None:
         """The ip-masq-agent ConfigMap's WRITTEN_ANNOTATION after ``edit``: each key of

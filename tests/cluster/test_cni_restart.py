@@ -1058,3 +1058,42 @@ def test_a_write_answered_without_a_date_moves_the_stamp_to_k3snet_s_time_after_
     assert [r.stale for r in done.restarts] == [("made-in-between",)]
     assert [r.stale for r in pending_restarts(_backend(api_client, kind))] == [
         ("made-in-between",)]
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_stamp_rewritten_by_a_later_writer_before_the_move_is_the_one_the_apply_reports(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The write landed 10 s after its stamp, and another writer (another k3snet's
+    # process) stamped the ConfigMap again before the move: the move is not made (the
+    # later stamp is the later write's), and cilium's apply reported the restarts by
+    # the stamp it had sent, before its own landing: a pod made in between counted as
+    # restarted in the apply's own answer. It reports by the stamp the ConfigMap holds.
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+    later: list[str] = []
+
+    def stamped_again(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        first = method == "PATCH" and not landed
+        answer = request(method, url, *args, **kwargs)
+        if first and landed:
+            stored = api_server.get(CONFIGMAPS, name, namespace)
+            assert stored is not None
+            later.append(_utc(landed[0] + datetime.timedelta(seconds=2)))
+            stored["metadata"]["annotations"][CHANGED_ANNOTATION] = later[0]
+            api_server.put(CONFIGMAPS, stored)
+        return answer
+
+    api_client.rest_client.request = stamped_again
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    sent = clock.at
+    api_server.put(PODS, daemonset_pod(namespace, "made-in-between", owner, labels,
+                                       created=_utc(sent + datetime.timedelta(seconds=5))))
+    done = converge(backend, desired)
+    stored = api_server.get(CONFIGMAPS, name, namespace)
+    assert stored is not None
+    assert stored["metadata"]["annotations"][CHANGED_ANNOTATION] == later[0]
+    assert [r.stale for r in done.restarts] == [("made-in-between",)]
