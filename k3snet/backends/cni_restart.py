@@ -189,9 +189,11 @@ def restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
     the write landed, in its second or later: where it is after ``sent`` the annotation
     is set to it, one merge patch conditional on ``version`` (a write in between: read
     again, and set while the stamp is still ``sent``; another stamp left as it is, a
-    later write's). ``answered``: :meth:`ServerClock.stamp` taken once the answer was
-    read, after the landing too: the time moved to where the answer has no readable
-    ``Date`` (a proxy dropping it), else the stamp stayed before a slow write's landing.
+    later write's; its answer lost, read: the stamp found moved is the move made, and
+    the resourceVersion before it is the one given). ``answered``:
+    :meth:`ServerClock.stamp` taken once the answer was read, after the landing too:
+    the time moved to where the answer has no readable ``Date`` (a proxy dropping it),
+    else the stamp stayed before a slow write's landing.
     ``core``: a ``CoreV1Api``. A write refused otherwise raises
     :class:`RestampError`, saying the command setting it: the caller takes its write
     back (a stamp before the landing counts a pod made in between as restarted)."""
@@ -232,13 +234,16 @@ def _restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
             if exc.status != 409:
                 # Its answer lost (a 504, a timeout) after the move was made: read, the
                 # stamp moved is the move made (an undo of the write refused it as
-                # "changed by someone else", the apply said maybe half-changed).
+                # "changed by someone else", the apply said maybe half-changed). The
+                # resourceVersion read may be a later writer's (Helm's upgrade): the one
+                # before the move is given, so an undo made on it meets a 409 and compares
+                # what it finds (made on the one read, it overwrote that writer's keys).
                 try:
-                    stamp, moved = _stamp_read(core, namespace, name, timeout)
+                    stamp, _ = _stamp_read(core, namespace, name, timeout)
                 except KubeApiError:
                     raise exc from None
                 if stamp == landed:
-                    return landed, moved
+                    return landed, version
                 raise
         stamp, found = _stamp_read(core, namespace, name, timeout)
         if stamp != sent:

@@ -1097,3 +1097,49 @@ def test_a_stamp_rewritten_by_a_later_writer_before_the_move_is_the_one_the_appl
     assert stored is not None
     assert stored["metadata"]["annotations"][CHANGED_ANNOTATION] == later[0]
     assert [r.stale for r in done.restarts] == [("made-in-between",)]
+
+
+def test_an_undo_after_a_stamp_s_move_with_its_answer_lost_leaves_a_later_writer_s_edit(
+        api_server: EmulatedApiServer, clock: type[_Clock]) -> None:
+    # The move of the stamp landed, its answer lost (a 504), and Helm's upgrade removed
+    # k3snet's key before k3snet read the ConfigMap back: the resourceVersion read was
+    # Helm's, taken for the move's, and the undo (the ip-masq-agent ConfigMap's creation
+    # refused) made on it wrote the key back over Helm's upgrade with no conflict, and put the stamp
+    # from before the apply back over a config the agents started since may have read.
+    # The undo is conditional on the version before the move: the 409 reads, and the key
+    # changed since is refused, named, and left.
+    name = "cilium-config"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+    moves: list[str] = []
+
+    def helm_after_the_move(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        first, moving = method == "PATCH" and not landed, method == "PATCH" and not moves
+        try:
+            return request(method, url, *args, **kwargs)
+        finally:
+            if first and landed:  # the move's answer is lost, the move made
+                api_server.fail(504, method="PATCH", plural="configmaps", name=name,
+                                served=True)
+            elif moving and landed:
+                moves.append(url)
+                stored = api_server.get(CONFIGMAPS, name, "kube-system")
+                assert stored is not None
+                # Helm's upgrade: the ConfigMap from its values, without k3snet's key.
+                del stored["data"]["enable-ipv4-masquerade"]
+                api_server.put(CONFIGMAPS, stored)
+
+    api_client.rest_client.request = helm_after_the_move
+    cilium, _, _ = _cni(api_server, api_client, "cilium")
+    api_server.fail(500, method="POST", plural="configmaps")
+    desired = State(owned=[CiliumConfig(
+        CILIUM_DEFAULT_TARGET, settings={"enable-ipv4-masquerade": "false"},
+        ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
+    with pytest.raises(RollbackError) as info:
+        converge(cilium, desired)
+    assert moves
+    assert "changed by someone else since" in str(info.value)
+    left = api_server.get(CONFIGMAPS, name, "kube-system")
+    assert left is not None
+    assert "enable-ipv4-masquerade" not in left["data"]
