@@ -105,6 +105,7 @@ from k3snet.backends.cni_restart import (
     WriteLanded,
     label_selector,
     restamp,
+    stamp_undone,
     taking_back,
 )
 from k3snet.backends.cni_restart import pending as pending_restarts
@@ -543,7 +544,7 @@ class _Api:
     """The two ConfigMaps through the Kubernetes API."""
 
     def __init__(self, api_client: Any, namespace: str, names: tuple[str, str],
-                 timeout: float) -> None:
+                 timeout: float, daemonset: str) -> None:
         from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
         self.client = client
@@ -554,6 +555,7 @@ class _Api:
         self.warned: set[str] = set()
         self.clock = ServerClock()  # the restart stamp's, by each read's Date header
         self.landed: str | None = None  # the stamp the last patch left (its changed_at)
+        self.agent_daemonset = daemonset  # Cilium's DaemonSet, whose pods read cilium-config
 
     def where(self, name: str) -> str:
         return f"ConfigMap {self.namespace}/{name}"
@@ -812,22 +814,25 @@ class _Api:
         most. One of k3snet's keys changed since (Helm's edit) is refused, naming it, and
         not overwritten. ``changed_at``: the restart stamp as it was, put back too (and
         compared: a write of the stamp alone, a ``subPath`` ip-masq-agent change's, was
-        found "undone" with its stamp still there; ``left`` holds the stamp written)."""
+        found "undone" with its stamp still there; ``left`` holds the stamp written), then
+        the undo stamped where a pod was made since the write (:meth:`_undone`)."""
         conflict: KubeApiError | None = None
         for _ in range(_UNDO_TRIES):
             try:
-                self.patch(name, version, data, owned, True, written=(written,),
-                           changed_at=changed_at)
+                undone = self.patch(name, version, data, owned, True, written=(written,),
+                                    changed_at=changed_at)
             except KubeApiError as exc:
                 if exc.status != 409:
                     raise
                 conflict = exc
             else:
+                self._undone(name, undone, left, changed_at)
                 return
             found = self.read(name)
             if found is None:
                 raise conflict
             if not _Keys(data, owned, written, changed_at).differing(found):
+                self._undone(name, found.version, left, changed_at)
                 return
             changed = left.differing(found)
             if changed:
@@ -842,6 +847,18 @@ class _Api:
             f"take back k3snet's write of {self.where(name)}: conflict (409): its other "
             f"keys changed again at each of {_UNDO_TRIES} tries; the write is left whole",
             status=409, reason=conflict.reason) from conflict
+
+    def _undone(self, name: str, version: str | None, left: _Keys,
+                changed_at: tuple[str | None] | None) -> None:
+        """After :meth:`patch_back` put ``changed_at`` back over the stamp ``left`` holds
+        (leaving ``version``): the undo stamped where an agent's pod was made since the
+        write, which may have read the config undone
+        (:func:`~k3snet.backends.cni_restart.stamp_undone`)."""
+        if changed_at is None or left.changed_at is None:
+            return
+        stamp_undone(self.core.api_client, self.namespace, name, written=left.changed_at[0],
+                     back=changed_at[0], version=version, known=(self.agent_daemonset,),
+                     clock=self.clock, timeout=self.timeout)
 
     def take_back_unanswered(self, name: str, data: dict[str, str | None],
                              owned: str | None, written: str | None,
@@ -1159,7 +1176,8 @@ class CiliumBackend(BackendBase):
         self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
         self._client, self._owns_client = make_api_client(
             api_client, kubeconfig=kubeconfig, context=context)
-        self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout)
+        self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout,
+                         daemonset)
         self._observed: FreshRead[_Read] = FreshRead()  # for the check or apply after it
         # The owned config the last expect() hinted at (None: no hint, or none wanted).
         self._expected: CiliumConfig | None = None

@@ -1143,3 +1143,52 @@ def test_an_undo_after_a_stamp_s_move_with_its_answer_lost_leaves_a_later_writer
     left = api_server.get(CONFIGMAPS, name, "kube-system")
     assert left is not None
     assert "enable-ipv4-masquerade" not in left["data"]
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_pod_made_between_a_write_and_its_undo_is_pending_after_the_undo(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The write landed (10 s after its stamp) and was taken back (the stamp's move
+    # refused): the undo put the stamp from before the apply back (here none), and a pod
+    # made between the write and its undo, which may have read the written config, no
+    # longer in force, counted as restarted: nothing said pending. The undo is stamped
+    # where such a pod is found.
+    name, namespace, landed, backend, desired = _second_patch_failing(
+        api_server, clock, kind, 403, message="denied by a webhook")
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    api_server.put(PODS, daemonset_pod(namespace, "made-before", owner, labels,
+                                       created=LONG_AGO, started=LONG_AGO))
+    written = _utc(clock.at + datetime.timedelta(seconds=10))  # the write's landing
+    api_server.put(PODS, daemonset_pod(namespace, "made-in-between", owner, labels,
+                                       created=written))
+    found = api_server.get(CONFIGMAPS, name, namespace)
+    assert found is not None
+    with pytest.raises(ApplyError) as info:
+        converge(backend, desired)
+    assert landed
+    assert not isinstance(info.value, RollbackError), info.value
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert left["metadata"]["annotations"][CHANGED_ANNOTATION] > written
+    pending = pending_restarts(_backend(api_server.api_client(), kind))
+    assert [r.stale for r in pending] == [("made-before", "made-in-between")]
+
+
+def test_an_undo_whose_daemonsets_cannot_be_listed_is_stamped(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # Whether a pod was made between the write and its undo cannot be told (403): the
+    # stamp from before the apply is not put back as if none was, the undo is stamped.
+    api_server.fail(500, method="POST", plural="configmaps")
+    api_server.fail(403, method="GET", plural="daemonsets", times=None)
+    desired = State(owned=[CiliumConfig(
+        CILIUM_DEFAULT_TARGET, settings={"enable-ipv4-masquerade": "false"},
+        ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
+    with pytest.raises(ApplyError) as info:
+        converge(cilium, desired)
+    assert not isinstance(info.value, RollbackError), info.value
+    left = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert left is not None
+    assert left["data"]["enable-ipv4-masquerade"] == "true"
+    assert CHANGED_ANNOTATION in left["metadata"]["annotations"]
