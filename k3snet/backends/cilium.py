@@ -105,6 +105,7 @@ from k3snet.backends.cni_restart import (
     WriteLanded,
     label_selector,
     restamp,
+    stamp_undone,
     taking_back,
 )
 from k3snet.backends.cni_restart import pending as pending_restarts
@@ -543,7 +544,7 @@ class _Api:
     """The two ConfigMaps through the Kubernetes API."""
 
     def __init__(self, api_client: Any, namespace: str, names: tuple[str, str],
-                 timeout: float) -> None:
+                 timeout: float, daemonset: str) -> None:
         from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
         self.client = client
@@ -554,6 +555,7 @@ class _Api:
         self.warned: set[str] = set()
         self.clock = ServerClock()  # the restart stamp's, by each read's Date header
         self.landed: str | None = None  # the stamp the last patch left (its changed_at)
+        self.agent_daemonset = daemonset  # Cilium's DaemonSet, whose pods read cilium-config
 
     def where(self, name: str) -> str:
         return f"ConfigMap {self.namespace}/{name}"
@@ -612,7 +614,8 @@ class _Api:
         self.landed = None if changed_at is None else changed_at[0]
         if landing and self.landed is not None:
             self.landed, version = restamp(self.core, self.namespace, name, self.landed,
-                                           headers, version=version, timeout=self.timeout)
+                                           headers, version=version, timeout=self.timeout,
+                                           answered=self.clock.stamp())
         return version
 
     def create(self, name: str, data: dict[str, str], owned: str,
@@ -811,22 +814,25 @@ class _Api:
         most. One of k3snet's keys changed since (Helm's edit) is refused, naming it, and
         not overwritten. ``changed_at``: the restart stamp as it was, put back too (and
         compared: a write of the stamp alone, a ``subPath`` ip-masq-agent change's, was
-        found "undone" with its stamp still there; ``left`` holds the stamp written)."""
+        found "undone" with its stamp still there; ``left`` holds the stamp written), then
+        the undo stamped where a pod was made since the write (:meth:`_undone`)."""
         conflict: KubeApiError | None = None
         for _ in range(_UNDO_TRIES):
             try:
-                self.patch(name, version, data, owned, True, written=(written,),
-                           changed_at=changed_at)
+                undone = self.patch(name, version, data, owned, True, written=(written,),
+                                    changed_at=changed_at)
             except KubeApiError as exc:
                 if exc.status != 409:
                     raise
                 conflict = exc
             else:
+                self._undone(name, undone, left, changed_at)
                 return
             found = self.read(name)
             if found is None:
                 raise conflict
             if not _Keys(data, owned, written, changed_at).differing(found):
+                self._undone(name, found.version, left, changed_at)
                 return
             changed = left.differing(found)
             if changed:
@@ -841,6 +847,18 @@ class _Api:
             f"take back k3snet's write of {self.where(name)}: conflict (409): its other "
             f"keys changed again at each of {_UNDO_TRIES} tries; the write is left whole",
             status=409, reason=conflict.reason) from conflict
+
+    def _undone(self, name: str, version: str | None, left: _Keys,
+                changed_at: tuple[str | None] | None) -> None:
+        """After :meth:`patch_back` put ``changed_at`` back over the stamp ``left`` holds
+        (leaving ``version``): the undo stamped where an agent's pod was made since the
+        write, which may have read the config undone
+        (:func:`~k3snet.backends.cni_restart.stamp_undone`)."""
+        if changed_at is None or left.changed_at is None:
+            return
+        stamp_undone(self.core.api_client, self.namespace, name, written=left.changed_at[0],
+                     back=changed_at[0], version=version, known=(self.agent_daemonset,),
+                     clock=self.clock, timeout=self.timeout)
 
     def take_back_unanswered(self, name: str, data: dict[str, str | None],
                              owned: str | None, written: str | None,
@@ -1158,15 +1176,16 @@ class CiliumBackend(BackendBase):
         self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
         self._client, self._owns_client = make_api_client(
             api_client, kubeconfig=kubeconfig, context=context)
-        self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout)
+        self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout,
+                         daemonset)
         self._observed: FreshRead[_Read] = FreshRead()  # for the check or apply after it
         # The owned config the last expect() hinted at (None: no hint, or none wanted).
         self._expected: CiliumConfig | None = None
         self.warnings: tuple[str, ...] = ()
         """What the last :meth:`observe` found worth saying: a refusal ahead (see
         :meth:`expect`)."""
-        # CHANGED_ANNOTATION as the last observe read it or the last apply left it (a
-        # 1-tuple; None: not known), for the pending_restarts() right after.
+        # CHANGED_ANNOTATION as the last observe read it or the last apply left it
+        # unwritten (a 1-tuple; None: not known, read), for the pending_restarts() right after.
         self._stamp: tuple[str | None] | None = None
         self._next_stamp: tuple[str | None] | None = None  # what the apply's writes leave
         # Whether the last observe found the ip-masq-agent file a subPath copy: a change
@@ -1926,12 +1945,15 @@ class CiliumBackend(BackendBase):
 
     def _landed(self, left: _Keys) -> _Keys:
         """``left`` (what the ``cilium-config`` write left) with the stamp it left: moved
-        to the write's landing where that was in a later second (:attr:`_Api.landed`),
-        also the stamp :meth:`pending_restarts` follows after the apply."""
+        to the write's landing where that was in a later second (:attr:`_Api.landed`).
+        :meth:`pending_restarts` after the apply reads the stamp the ConfigMap holds: a
+        later writer's stamp found before the move is left (not moved over), and the
+        stamp k3snet sent, before its write's landing, counted a pod made in between as
+        restarted in the apply's own answer."""
         if left.changed_at is None:
             return left
-        self._next_stamp = (self._api.landed,)
-        return attrs.evolve(left, changed_at=self._next_stamp)
+        self._next_stamp = None  # read again: the stamp the ConfigMap holds
+        return attrs.evolve(left, changed_at=(self._api.landed,))
 
     def _agent_written(self, edit: _Edit) -> str | None:
         """The ip-masq-agent ConfigMap's WRITTEN_ANNOTATION after ``edit``: each key of

@@ -27,7 +27,8 @@ from k3snet.backends.kit import translate_errors
 from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches, server_time
 
 __all__ = ["CHANGED_ANNOTATION", "RestampError", "ServerClock", "Settled", "WriteLanded",
-           "changed_stamp", "label_selector", "pending", "readers", "restamp", "taking_back"]
+           "changed_stamp", "label_selector", "pending", "readers", "restamp", "stamp_undone",
+           "taking_back"]
 
 _T = TypeVar("_T")
 
@@ -176,7 +177,8 @@ def taking_back(write: Callable[[], _T], take_back: Callable[[str | None], objec
 
 
 def restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
-            version: str | None, timeout: float) -> tuple[str, str | None]:
+            version: str | None, timeout: float,
+            answered: str | None = None) -> tuple[str, str | None]:
     """The stamp ConfigMap ``namespace/name`` holds after k3snet's write that stamped it
     ``sent``, answered with ``headers`` and leaving resourceVersion ``version``, and the
     resourceVersion k3snet's writes left (``version``, or its own write's after it).
@@ -188,31 +190,42 @@ def restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
     the write landed, in its second or later: where it is after ``sent`` the annotation
     is set to it, one merge patch conditional on ``version`` (a write in between: read
     again, and set while the stamp is still ``sent``; another stamp left as it is, a
-    later write's). ``core``: a ``CoreV1Api``. A write refused otherwise raises
+    later write's; its answer lost, read: the stamp found moved is the move made, and
+    the resourceVersion before it is the one given). ``answered``:
+    :meth:`ServerClock.stamp` taken once the answer was read, after the landing too:
+    the time moved to where the answer has no readable ``Date`` (a proxy dropping it),
+    else the stamp stayed before a slow write's landing.
+    ``core``: a ``CoreV1Api``. A write refused otherwise raises
     :class:`RestampError`, saying the command setting it: the caller takes its write
     back (a stamp before the landing counts a pod made in between as restarted)."""
     try:
         return _restamp(core, namespace, name, sent, headers, version=version,
-                        timeout=timeout)
+                        timeout=timeout, answered=answered)
     except KubeApiError as exc:
         raise RestampError(str(exc), status=exc.status, reason=exc.reason,
                             version=version) from exc
 
 
 def _restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
-             version: str | None, timeout: float) -> tuple[str, str | None]:
+             version: str | None, timeout: float,
+             answered: str | None) -> tuple[str, str | None]:
     """:func:`restamp`, raising :class:`~k3snet.kube.KubeApiError`."""
-    server = server_time(headers)
     at = _time(sent)
-    if server is None or at is None:
+    landed = _landing(headers, answered)
+    moment = None if landed is None else _time(landed)
+    if at is None or landed is None or moment is None or moment <= at:
         return sent, version
-    try:
-        landed = changed_stamp(datetime.datetime.fromtimestamp(server, tz=datetime.UTC))
-    except (OverflowError, ValueError, OSError):
-        return sent, version  # no time a stamp holds: as ServerClock.note leaves it
-    moment = _time(landed)
-    if moment is None or moment <= at:
-        return sent, version
+    stamp, left = _move(core, namespace, name, sent, landed, version=version,
+                        timeout=timeout, of="the write")
+    return sent if stamp is None else stamp, left
+
+
+def _move(core: Any, namespace: str, name: str, sent: str | None, landed: str, *,
+          version: str | None, timeout: float, of: str) -> tuple[str | None, str | None]:
+    """Set ConfigMap ``namespace/name``'s stamp, ``sent`` (``None``: none) when ``of``
+    (the write, the undo) left resourceVersion ``version``, to ``landed``:
+    :func:`restamp`'s patch (its answer lost, read; a write in between, read again and
+    set while the stamp is still ``sent``). Returns the stamp and resourceVersion left."""
     where = f"ConfigMap {namespace}/{name}"
     for _ in range(_RESTAMP_TRIES):
         metadata: dict[str, Any] = {"annotations": {CHANGED_ANNOTATION: landed}}
@@ -220,8 +233,8 @@ def _restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
             metadata["resourceVersion"] = version
         body = {"metadata": metadata}
         try:
-            with translate_errors(f"patch {where} (its {CHANGED_ANNOTATION} to the write's "
-                                  f"landing, {landed}; where the write is left: kubectl -n "
+            with translate_errors(f"patch {where} (its {CHANGED_ANNOTATION} to {of}'s "
+                                  f"landing, {landed}; where {of} is left: kubectl -n "
                                   f"{namespace} annotate --overwrite configmap {name} "
                                   f"{CHANGED_ANNOTATION}={landed})",
                                   classifier=KubeErrors(timeout=timeout)):
@@ -233,23 +246,72 @@ def _restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
             if exc.status != 409:
                 # Its answer lost (a 504, a timeout) after the move was made: read, the
                 # stamp moved is the move made (an undo of the write refused it as
-                # "changed by someone else", the apply said maybe half-changed).
+                # "changed by someone else", the apply said maybe half-changed). The
+                # resourceVersion read may be a later writer's (Helm's upgrade): the one
+                # before the move is given, so an undo made on it meets a 409 and compares
+                # what it finds (made on the one read, it overwrote that writer's keys).
                 try:
-                    stamp, moved = _stamp_read(core, namespace, name, timeout)
+                    stamp, _ = _stamp_read(core, namespace, name, timeout)
                 except KubeApiError:
                     raise exc from None
                 if stamp == landed:
-                    return landed, moved
+                    return landed, version
                 raise
         stamp, found = _stamp_read(core, namespace, name, timeout)
         if stamp != sent:
             return sent, version  # stamped again since: a later write's, or taken away
         version = found
     raise KubeApiError(f"patch {where}: written again at each of {_RESTAMP_TRIES} tries; "
-                       f"its {CHANGED_ANNOTATION} is before the write landed; where the "
-                       f"write is left: kubectl -n "
+                       f"its {CHANGED_ANNOTATION} is before {of} landed; where {of} "
+                       f"is left: kubectl -n "
                        f"{namespace} annotate --overwrite configmap {name} "
                        f"{CHANGED_ANNOTATION}={landed}", status=409)
+
+
+def stamp_undone(api_client: Any, namespace: str, name: str, *, written: str | None,
+                 back: str | None, version: str | None, known: Iterable[str],
+                 clock: ServerClock, timeout: float) -> None:
+    """After an undo gave ConfigMap ``namespace/name`` back, its stamp ``back`` (the one
+    from before; ``None``: none) over ``written`` (the one the undone write left), and
+    resourceVersion ``version``: stamp the undo where a pod of the DaemonSets reading
+    it (:func:`readers`) was created since ``written``'s second.
+
+    Such a pod may have read the written config, no longer in force once undone: under
+    ``back`` it counted as restarted, nothing said pending. The undo's stamp (``clock``,
+    taken once the undo was answered: after it landed) names it, and every pod made
+    before it, pending (the safe side, as after a destroy). No such pod: ``back`` stays,
+    no restart named for an apply undone. DaemonSets none found or not to be listed:
+    stamped (k3snet cannot tell). Raises :class:`~k3snet.kube.KubeApiError` (its
+    ``kubectl annotate`` command in the message) where the stamp is not written."""
+    at = _time(written)
+    try:
+        found = _reading(api_client, namespace, name, frozenset(known), timeout)
+        listed = _pods(api_client, namespace, found, timeout)
+    except KubeApiError:
+        found = []
+    if at is not None and found and not any(
+            created is None or created >= at
+            for daemonset in found
+            for _, created in _theirs(listed[str(daemonset["metadata"].get("name"))],
+                                      daemonset)):
+        return
+    from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+    _move(client.CoreV1Api(api_client), namespace, name, back, clock.stamp(),
+          version=version, timeout=timeout, of="the undo")
+
+
+def _landing(headers: Any, answered: str | None) -> str | None:
+    """The stamp of a write's landing by its answer's ``headers``: their ``Date``; none
+    readable, ``answered`` (the server's time once answered is after the landing too);
+    ``None`` for a ``Date`` no stamp holds (as :meth:`ServerClock.note` leaves it)."""
+    server = server_time(headers)
+    if server is None:
+        return answered
+    try:
+        return changed_stamp(datetime.datetime.fromtimestamp(server, tz=datetime.UTC))
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 class Settled:
@@ -353,21 +415,25 @@ def _made_before(pods: list[Any], daemonset: dict[str, Any],
     restart ends it; one counted as restarted hides a node running the old config).
     A selector k3snet cannot read (none, or one apimachinery refuses) leaves the owner
     alone to tell the DaemonSet's pods, rather than counting none of them."""
+    return [name for name, created in _theirs(pods, daemonset)
+            if created is None or created <= changed]
+
+
+def _theirs(pods: list[Any], daemonset: dict[str, Any]
+            ) -> list[tuple[str, datetime.datetime | None]]:
+    """The name and creation of each of ``pods`` ``daemonset`` selects and owns."""
     name = str(daemonset["metadata"].get("name"))
     selector = (daemonset.get("spec") or {}).get("selector")
     usable = label_selector(selector) is not None
-    stale = []
+    found = []
     for pod in pods:
         if not isinstance(pod, dict):
             continue
         metadata = pod.get("metadata") or {}
         selected = not usable or selector_matches(selector, metadata.get("labels") or {})
-        if not (selected and _owned_by(pod, name)):
-            continue
-        created = _created(pod)
-        if created is None or created <= changed:
-            stale.append(str(metadata.get("name")))
-    return stale
+        if selected and _owned_by(pod, name):
+            found.append((str(metadata.get("name")), _created(pod)))
+    return found
 
 
 def label_selector(selector: Any) -> str | None:

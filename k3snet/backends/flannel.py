@@ -84,6 +84,7 @@ from k3snet.backends.cni_restart import (
     Settled,
     changed_stamp,
     restamp,
+    stamp_undone,
 )
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.cni_restart import readers as restart_readers
@@ -498,24 +499,31 @@ class _ConfigMapStore:
             # Its move refused (RestampError) or interrupted (Ctrl-C, SIGTERM): the write
             # is taken back (all or nothing) by ``made``'s undo, as it was read.
             if made is not None:
-                made(lambda: self.write_back(doc, version))
+                made(lambda: self.write_back(doc, version, sent))
             restamp(self.core, self.namespace, self.name, sent, headers, version=version,
-                    timeout=self.timeout)
+                    timeout=self.timeout, answered=self.clock.stamp())
         return 1
 
-    def write_back(self, doc: _Doc, version: str | None) -> None:
+    def write_back(self, doc: _Doc, version: str | None, written: str | None) -> None:
         """Take back :meth:`write`'s landed write of ``doc``'s change: its text and
         k3snet's annotations as read, conditional on ``version`` (the write's): a write
-        since (409) is left, the undo failing."""
+        since (409) is left, the undo failing. The stamp put back over ``written`` (the
+        write's), the undo is stamped where a pod was made since the write, which may
+        have read the config undone (:func:`~k3snet.backends.cni_restart.stamp_undone`)."""
         metadata: dict[str, Any] = {"annotations": dict(doc.annotations)}
         if version is not None:
             metadata["resourceVersion"] = version
         body = {"metadata": metadata, "data": {CONFIGMAP_KEY: doc.text}}
         with translate_errors(f"take back k3snet's write of {self.where}",
                               classifier=KubeErrors(timeout=self.timeout)):
-            self.core.patch_namespaced_config_map(
+            result = self.core.patch_namespaced_config_map(
                 self.name, self.namespace, body, field_manager="k3snet",
                 _content_type="application/merge-patch+json", _request_timeout=self.timeout)
+        stamp_undone(self.core.api_client, self.namespace, self.name, written=written,
+                     back=doc.annotations.get(CHANGED_ANNOTATION),
+                     version=getattr(getattr(result, "metadata", None), "resource_version",
+                                     None),
+                     known=(FLANNEL_DAEMONSET,), clock=self.clock, timeout=self.timeout)
 
 
 def _value_text(values: Any, key: str) -> str | None:

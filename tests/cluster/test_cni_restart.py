@@ -1019,3 +1019,176 @@ def test_an_apply_interrupted_moving_the_stamp_takes_the_landed_write_back(
     assert left["data"] == found["data"]
     assert (left["metadata"].get("annotations") or {}) == (
         found["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_write_answered_without_a_date_moves_the_stamp_to_k3snet_s_time_after_the_answer(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # A proxy stripping the Date header from PATCH answers: the write landing 10 s after
+    # its stamp kept the stamp (taken before it was sent), and a pod made in between,
+    # which may have read the config from before the write, counted as restarted. The
+    # server's time once the answer is read (the clock as the reads' Date headers set
+    # it) is after the landing: the stamp is moved to it.
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+
+    def no_date_on_patches(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        answer = request(method, url, *args, **kwargs)
+        if method == "PATCH":
+            del answer.response.headers["Date"]
+        return answer
+
+    api_client.rest_client.request = no_date_on_patches
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    sent = clock.at
+    api_server.put(PODS, daemonset_pod(namespace, "made-in-between", owner, labels,
+                                       created=_utc(sent + datetime.timedelta(seconds=5))))
+    api_server.put(PODS, daemonset_pod(namespace, "made-after", owner, labels,
+                                       created=_utc(sent + datetime.timedelta(seconds=12))))
+    done = converge(backend, desired)
+    [landing] = landed
+    stored = api_server.get(CONFIGMAPS, name, namespace)
+    assert stored is not None
+    stamp = stored["metadata"]["annotations"][CHANGED_ANNOTATION]
+    assert _utc(landing) <= stamp <= _utc(landing + datetime.timedelta(seconds=1))
+    assert [r.stale for r in done.restarts] == [("made-in-between",)]
+    assert [r.stale for r in pending_restarts(_backend(api_client, kind))] == [
+        ("made-in-between",)]
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_stamp_rewritten_by_a_later_writer_before_the_move_is_the_one_the_apply_reports(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The write landed 10 s after its stamp, and another writer (another k3snet's
+    # process) stamped the ConfigMap again before the move: the move is not made (the
+    # later stamp is the later write's), and cilium's apply reported the restarts by
+    # the stamp it had sent, before its own landing: a pod made in between counted as
+    # restarted in the apply's own answer. It reports by the stamp the ConfigMap holds.
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+    later: list[str] = []
+
+    def stamped_again(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        first = method == "PATCH" and not landed
+        answer = request(method, url, *args, **kwargs)
+        if first and landed:
+            stored = api_server.get(CONFIGMAPS, name, namespace)
+            assert stored is not None
+            later.append(_utc(landed[0] + datetime.timedelta(seconds=2)))
+            stored["metadata"]["annotations"][CHANGED_ANNOTATION] = later[0]
+            api_server.put(CONFIGMAPS, stored)
+        return answer
+
+    api_client.rest_client.request = stamped_again
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    sent = clock.at
+    api_server.put(PODS, daemonset_pod(namespace, "made-in-between", owner, labels,
+                                       created=_utc(sent + datetime.timedelta(seconds=5))))
+    done = converge(backend, desired)
+    stored = api_server.get(CONFIGMAPS, name, namespace)
+    assert stored is not None
+    assert stored["metadata"]["annotations"][CHANGED_ANNOTATION] == later[0]
+    assert [r.stale for r in done.restarts] == [("made-in-between",)]
+
+
+def test_an_undo_after_a_stamp_s_move_with_its_answer_lost_leaves_a_later_writer_s_edit(
+        api_server: EmulatedApiServer, clock: type[_Clock]) -> None:
+    # The move of the stamp landed, its answer lost (a 504), and Helm's upgrade removed
+    # k3snet's key before k3snet read the ConfigMap back: the resourceVersion read was
+    # Helm's, taken for the move's, and the undo (the ip-masq-agent ConfigMap's creation
+    # refused) made on it wrote the key back over Helm's upgrade with no conflict, and put the stamp
+    # from before the apply back over a config the agents started since may have read.
+    # The undo is conditional on the version before the move: the 409 reads, and the key
+    # changed since is refused, named, and left.
+    name = "cilium-config"
+    landed: list[datetime.datetime] = []
+    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    request = api_client.rest_client.request
+    moves: list[str] = []
+
+    def helm_after_the_move(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        first, moving = method == "PATCH" and not landed, method == "PATCH" and not moves
+        try:
+            return request(method, url, *args, **kwargs)
+        finally:
+            if first and landed:  # the move's answer is lost, the move made
+                api_server.fail(504, method="PATCH", plural="configmaps", name=name,
+                                served=True)
+            elif moving and landed:
+                moves.append(url)
+                stored = api_server.get(CONFIGMAPS, name, "kube-system")
+                assert stored is not None
+                # Helm's upgrade: the ConfigMap from its values, without k3snet's key.
+                del stored["data"]["enable-ipv4-masquerade"]
+                api_server.put(CONFIGMAPS, stored)
+
+    api_client.rest_client.request = helm_after_the_move
+    cilium, _, _ = _cni(api_server, api_client, "cilium")
+    api_server.fail(500, method="POST", plural="configmaps")
+    desired = State(owned=[CiliumConfig(
+        CILIUM_DEFAULT_TARGET, settings={"enable-ipv4-masquerade": "false"},
+        ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
+    with pytest.raises(RollbackError) as info:
+        converge(cilium, desired)
+    assert moves
+    assert "changed by someone else since" in str(info.value)
+    left = api_server.get(CONFIGMAPS, name, "kube-system")
+    assert left is not None
+    assert "enable-ipv4-masquerade" not in left["data"]
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_pod_made_between_a_write_and_its_undo_is_pending_after_the_undo(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str) -> None:
+    # The write landed (10 s after its stamp) and was taken back (the stamp's move
+    # refused): the undo put the stamp from before the apply back (here none), and a pod
+    # made between the write and its undo, which may have read the written config, no
+    # longer in force, counted as restarted: nothing said pending. The undo is stamped
+    # where such a pod is found.
+    name, namespace, landed, backend, desired = _second_patch_failing(
+        api_server, clock, kind, 403, message="denied by a webhook")
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    api_server.put(PODS, daemonset_pod(namespace, "made-before", owner, labels,
+                                       created=LONG_AGO, started=LONG_AGO))
+    written = _utc(clock.at + datetime.timedelta(seconds=10))  # the write's landing
+    api_server.put(PODS, daemonset_pod(namespace, "made-in-between", owner, labels,
+                                       created=written))
+    found = api_server.get(CONFIGMAPS, name, namespace)
+    assert found is not None
+    with pytest.raises(ApplyError) as info:
+        converge(backend, desired)
+    assert landed
+    assert not isinstance(info.value, RollbackError), info.value
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert left["metadata"]["annotations"][CHANGED_ANNOTATION] > written
+    pending = pending_restarts(_backend(api_server.api_client(), kind))
+    assert [r.stale for r in pending] == [("made-before", "made-in-between")]
+
+
+def test_an_undo_whose_daemonsets_cannot_be_listed_is_stamped(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # Whether a pod was made between the write and its undo cannot be told (403): the
+    # stamp from before the apply is not put back as if none was, the undo is stamped.
+    api_server.fail(500, method="POST", plural="configmaps")
+    api_server.fail(403, method="GET", plural="daemonsets", times=None)
+    desired = State(owned=[CiliumConfig(
+        CILIUM_DEFAULT_TARGET, settings={"enable-ipv4-masquerade": "false"},
+        ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
+    with pytest.raises(ApplyError) as info:
+        converge(cilium, desired)
+    assert not isinstance(info.value, RollbackError), info.value
+    left = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert left is not None
+    assert left["data"]["enable-ipv4-masquerade"] == "true"
+    assert CHANGED_ANNOTATION in left["metadata"]["annotations"]
