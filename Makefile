@@ -89,8 +89,8 @@ RENDER_MUTATION_TESTS := tests/render/test_manifest_files.py tests/render/test_c
 	tests/iptables/test_nat_reader_oracle.py tests/hostile/test_parser_fuzz.py \
 	tests/cluster/test_manifests.py tests/cluster/test_connectivity_job.py
 
-.PHONY: deps test lint typecheck typecheck-tests pytest demo bench docs dist clean distclean mutation mutation-spec mutation-model mutation-readers mutation-render image \
-	spec-schema test-lowest
+.PHONY: deps test checks lint typecheck typecheck-tests pytest demo bench docs dist clean distclean mutation mutation-spec mutation-model mutation-readers mutation-render image \
+	spec-schema lowest-deps test-lowest
 
 deps: $(STAMP)
 
@@ -118,11 +118,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e . --group dev
 	touch $@
 
+# Each check and the suite print their time (bash's `time`) under their own name.
+lint typecheck typecheck-tests docs: export TIMEFORMAT = $@: %R s wall, %U s user, %S s system
+test pytest: export TIMEFORMAT = pytest: %R s wall, %U s user, %S s system (workers included)
+
 lint: deps
-	$(BIN)/ruff check $(LINT_PATHS)
+	time $(BIN)/ruff check $(LINT_PATHS)
 
 typecheck: deps
-	$(BIN)/mypy
+	time $(BIN)/mypy
 
 # The test directories that pass mypy's strict check (pyproject.toml), kept so: add one
 # here once `mypy --explicit-package-bases tests/DIR` is clean. What they import from the
@@ -132,7 +136,7 @@ typecheck: deps
 TYPECHECK_TESTS ?= tests
 
 typecheck-tests: deps
-	$(BIN)/mypy --explicit-package-bases --follow-imports=silent --cache-dir .mypy_cache/tests \
+	time $(BIN)/mypy --explicit-package-bases --follow-imports=silent --cache-dir .mypy_cache/tests \
 		$(TYPECHECK_TESTS)
 
 # pytest exits 5 when it collects no tests; make treats any non-zero status as a
@@ -145,14 +149,21 @@ PYTEST_JOBS ?= 2
 PYTEST := HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(BIN)/python -m pytest --durations=15 \
 	-n $(PYTEST_JOBS) --dist loadfile
 
-# Lint, type check (the library, then the clean test directories) and a strict docs
-# build first, then the suite.
-test: lint typecheck typecheck-tests docs
-	$(PYTEST) $(PYTEST_ARGS)
+# Lint, type check (the library, and the test directories) and a strict docs build
+# first, then the suite. The checks run CHECK_JOBS at a time (mypy is single-threaded:
+# the two mypy runs take the two cores, lint and docs the gaps), each one's output
+# printed whole when it ends (--output-sync), and every one to its end (--keep-going):
+# each failure is shown with its own message, and any fails `make test` before the suite.
+CHECK_JOBS ?= 2
+checks: lint typecheck typecheck-tests docs
+
+test: deps
+	$(MAKE) --no-print-directory --keep-going -j$(CHECK_JOBS) --output-sync=target checks
+	time $(PYTEST) $(PYTEST_ARGS)
 
 # The suite alone, e.g. `make pytest PYTEST_ARGS="-m 'not kernel'"`.
 pytest: deps
-	$(PYTEST) $(PYTEST_ARGS)
+	time $(PYTEST) $(PYTEST_ARGS)
 
 demo: deps
 	$(BIN)/python -m k3snet.demo $(DEMO_ARGS)
@@ -195,7 +206,7 @@ mutation-render:
 		MUTATION_TESTS='$(RENDER_MUTATION_TESTS)'
 
 docs: deps
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	time NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The spec's JSON Schema, generated from its field table (a test checks it is current).
 spec-schema: deps
@@ -253,6 +264,9 @@ $(LOWEST_STAMP): pyproject.toml Makefile .ci/lowest_pins.py | $(STAMP)
 	$(LOWEST)/bin/python -m pip --python $(LOWEST)/core/bin/python install --quiet \
 		"$$(grep -i '^attrs==' $(LOWEST)/lowest.txt)"
 	touch $@
+
+# The venv alone (.ci/run builds it beside `make test`: it is mostly pip waiting on downloads).
+lowest-deps: $(LOWEST_STAMP)
 
 test-lowest: $(LOWEST_STAMP)
 	PYTHONPATH=$(CURDIR) $(LOWEST)/core/bin/python .ci/attrs_alone.py
