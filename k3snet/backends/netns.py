@@ -30,8 +30,8 @@ from k3snet.errors import BackendError
 
 __all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "earlier_records", "exec_name",
            "libc", "namespace_instance", "netns_cookie", "netns_names", "netns_option",
-           "netns_path", "record_netns", "shown_command", "unnamed_record", "validate_netns",
-           "xtables_names"]
+           "netns_path", "netns_where", "record_netns", "shown_command", "unnamed_record",
+           "validate_netns", "xtables_names"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
@@ -115,6 +115,16 @@ def exec_name(netns: str | None) -> str | None:
         return None
     names = _names_of(here)
     return names[0] if names else None
+
+
+def netns_where(netns: str | None, *, unnamed: str) -> str:
+    """The namespace ``netns`` (``None``: the calling thread's) as a backend's messages name
+    it: ``network namespace 'NS'`` for the name :func:`exec_name` gives, the one the
+    commands they show (:func:`shown_command`) run in, so ``ip netns exec NS k3snet ...``
+    without ``--netns`` reads as ``--netns NS`` does; ``unnamed`` for one of no name.
+    The name as :func:`repr` writes it: one printable line, whatever it holds."""
+    name = exec_name(netns)
+    return f"network namespace {name!r}" if name else unnamed
 
 
 def shown_command(argv: Sequence[str], netns: str | None) -> str:
