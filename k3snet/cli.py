@@ -45,7 +45,7 @@ from k3snet._logline import (
 )
 from k3snet._version import __version__
 from k3snet._yamltext import yaml_missing, yaml_problem
-from k3snet.backends.base import ApplyResult, PendingRestart
+from k3snet.backends.base import ApplyResult, PendingRestart, restart_command
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import ALLOW_DISRUPTIVE, WarningLog, option_seconds, undoing
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespaces_of
@@ -1964,23 +1964,20 @@ def _restart_fields(needed: Sequence[str], pending: Sequence[PendingRestart]
             "restart_pending": [r.to_dict() for r in pending]}
 
 
-def _restart_how(workload: str) -> str:
-    """The command restarting ``workload`` (``DaemonSet NS/NAME``), else its name."""
-    kind, _, rest = workload.partition(" ")
-    namespace, _, name = rest.split(" ", 1)[0].partition("/")  # "NS/NAME (why)" too
-    if kind == "DaemonSet" and namespace and name:
-        return (f"kubectl -n {shell_word(namespace)} rollout restart "
-                f"daemonset/{shell_word(name)}")
-    return f"restart {workload}"
+def _restart_how(workload: str, command: str | None) -> str:
+    """``command`` (the one restarting ``workload``), else ``restart WORKLOAD``."""
+    return command if command is not None else f"restart {workload}"
 
 
 def _print_restarts(needed: Sequence[str], pending: Sequence[PendingRestart]) -> None:
     """``!! restart needed`` / ``!! restart pending`` lines: k3snet restarts nothing."""
     for workload in needed:
+        how = _restart_how(workload, restart_command(workload))
         print(f"!! restart needed once applied: {printable(workload)} reads the changed "
-              f"config only when it starts ({printable(_restart_how(workload))})")
+              f"config only when it starts ({printable(how)})")
     for restart in pending:
-        print(f"!! {printable(restart.render())}: {printable(_restart_how(restart.workload))}")
+        how = _restart_how(restart.workload, restart.command)
+        print(f"!! {printable(restart.render())}: {printable(how)}")
 
 
 def _is_stdout(path: Path) -> bool:

@@ -32,17 +32,19 @@ error mapping, observe cache, fault injection) are written once in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
 import attrs
 
+from k3snet._logline import shell_join
 from k3snet.errors import PlanError
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
 
-__all__ = ["ApplyResult", "Backend", "BackendFactory", "PendingRestart", "ensure_capable"]
+__all__ = ["ApplyResult", "Backend", "BackendFactory", "PendingRestart", "ensure_capable",
+           "restart_command"]
 
 
 def _applied(changes: Iterable[Change]) -> tuple[Change, ...]:
@@ -103,6 +105,14 @@ class PendingRestart:
     reason: str
     """What changed and why it needs the restart."""
     stale: tuple[str, ...] | None = attrs.field(default=None, converter=_stale)
+    command: str | None = attrs.field(kw_only=True)
+    """The command doing the restart where k3snet knows it, names quoted for a shell:
+    a DaemonSet workload's ``kubectl -n NS rollout restart daemonset/NAME``
+    (:func:`restart_command`) unless given; ``None`` where it is unknown."""
+
+    @command.default
+    def _command(self) -> str | None:
+        return restart_command(self.workload)
 
     def render(self) -> str:
         """``restart pending: WORKLOAD (...)``, one line."""
@@ -114,9 +124,40 @@ class PendingRestart:
         return f"restart pending: {self.workload} ({self.reason}; {pods})"
 
     def to_dict(self) -> dict[str, object]:
-        """The JSON form: ``workload``, ``reason``, ``stale`` (a list, or ``null``)."""
+        """The JSON form: ``workload``, ``reason``, ``stale`` (a list, or ``null``),
+        ``command`` (a string, or ``null``)."""
         return {"workload": self.workload, "reason": self.reason,
-                "stale": None if self.stale is None else list(self.stale)}
+                "stale": None if self.stale is None else list(self.stale),
+                "command": self.command}
+
+
+def restart_command(workload: str, daemonsets: Sequence[str] = ()) -> str | None:
+    """The ``kubectl`` command restarting ``workload`` (``DaemonSet NS/NAME``, text may
+    follow it: ``DaemonSet NS/NAME (why)``), or, with ``daemonsets``, those DaemonSets
+    of the namespace ``workload`` names (``the pods reading ConfigMap NS/NAME``): each
+    name a word a shell reads back as that name (``$'...'`` where it must); ``None`` for
+    another.
+
+    >>> restart_command("DaemonSet kube-system/cilium")
+    'kubectl -n kube-system rollout restart daemonset/cilium'
+    >>> restart_command("the pods reading ConfigMap kube-flannel/kube-flannel-cfg",
+    ...                 ("kube-flannel-ds",))
+    'kubectl -n kube-flannel rollout restart daemonset/kube-flannel-ds'
+    >>> restart_command("the pods reading ConfigMap kube-system/cilium-config") is None
+    True
+    """
+    words = workload.split(" ")
+    if daemonsets and len(words) >= 2 and "/" in words[-1]:
+        namespace, names = words[-1].partition("/")[0], tuple(daemonsets)
+    elif len(words) >= 2 and words[0] == "DaemonSet" and "/" in words[1]:
+        namespace, _, name = words[1].partition("/")
+        names = (name,)
+    else:
+        return None
+    if not namespace or not all(names):
+        return None
+    return shell_join(["kubectl", "-n", namespace, "rollout", "restart",
+                       *(f"daemonset/{name}" for name in names)])
 
 
 @runtime_checkable

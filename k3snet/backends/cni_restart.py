@@ -22,7 +22,7 @@ import datetime
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from k3snet.backends.base import PendingRestart
+from k3snet.backends.base import PendingRestart, restart_command
 from k3snet.backends.kit import translate_errors
 from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches, server_time
 
@@ -537,14 +537,22 @@ def _listed(api_client: Any, namespace: str, configmap: str, known: frozenset[st
     except KubeApiError as exc:
         if exc.status not in (403, 404):
             raise
-        return [], {}, (PendingRestart(f"the pods reading {where}",
-                                       f"{what} ({exc}; {removal})"),)
+        return [], {}, (_unlisted(where, f"{what} ({exc}; {removal})", known),)
     if not found:
         ending = f"{hint}, or {removal}" if hint else removal
         return [], {}, (PendingRestart(
             f"the pods reading {where}",
             f"{what} (no DaemonSet in {namespace} uses it: {ending})"),)
     return found, listed, ()
+
+
+def _unlisted(where: str, reason: str, known: Iterable[str]) -> PendingRestart:
+    """The restart pending for the pods reading ``where`` (``ConfigMap NS/NAME``) where
+    its DaemonSets were not listed: its command restarts the CNI's DaemonSets ``known``
+    by name, the one command k3snet can give (``None`` without them)."""
+    workload = f"the pods reading {where}"
+    return PendingRestart(workload, reason,
+                          command=restart_command(workload, sorted(set(known))))
 
 
 def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[str, str],
@@ -576,14 +584,14 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
     what = f"{changed or where} changed at {stamp}; {reason}"
     at = _time(stamp)
     if at is None:
-        return (PendingRestart(f"the pods reading {where}",
-                               f"{what} (annotation {CHANGED_ANNOTATION} unreadable)"),)
+        return (_unlisted(where, f"{what} (annotation {CHANGED_ANNOTATION} unreadable)",
+                          known),)
     if now is not None and at > now + _BACK:
-        return (PendingRestart(f"the pods reading {where}", (
+        return (_unlisted(where, (
             f"{what} (after the API server's time now, {changed_stamp(now)}: its clock "
             "went back since the write, and a pod made since may be created before the "
             "stamp; once each pod restarted: kubectl -n "
-            f"{namespace} annotate configmap {configmap} {CHANGED_ANNOTATION}-)")),)
+            f"{namespace} annotate configmap {configmap} {CHANGED_ANNOTATION}-)"), known),)
     at_now = now or datetime.datetime.now(tz=datetime.UTC)
     if settled is not None and (said := settled.unseen(stamp, at_now)) is not None:
         return said

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import os
 import platform
 import queue
+import re
 import socket
 import sys
 import threading
@@ -24,14 +26,14 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
 
-from k3snet._logline import shell_join
+from k3snet._logline import shell_join, shell_word
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
 __all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "earlier_records", "exec_name",
            "libc", "namespace_instance", "netns_cookie", "netns_names", "netns_option",
-           "netns_path", "record_netns", "shown_command", "unnamed_record", "validate_netns",
-           "xtables_names"]
+           "netns_path", "netns_where", "nft_json_list", "record_netns", "shown_command",
+           "unnamed_record", "validate_netns", "xtables_names"]
 
 NETNS_DIR = Path("/run/netns")
 THREAD_NETNS = Path("/proc/thread-self/ns/net")
@@ -117,6 +119,16 @@ def exec_name(netns: str | None) -> str | None:
     return names[0] if names else None
 
 
+def netns_where(netns: str | None, *, unnamed: str) -> str:
+    """The namespace ``netns`` (``None``: the calling thread's) as a backend's messages name
+    it: ``network namespace 'NS'`` for the name :func:`exec_name` gives, the one the
+    commands they show (:func:`shown_command`) run in, so ``ip netns exec NS k3snet ...``
+    without ``--netns`` reads as ``--netns NS`` does; ``unnamed`` for one of no name.
+    The name as :func:`repr` writes it: one printable line, whatever it holds."""
+    name = exec_name(netns)
+    return f"network namespace {name!r}" if name else unnamed
+
+
 def shown_command(argv: Sequence[str], netns: str | None) -> str:
     """``argv`` as the shell command a message tells the user to run where a backend of
     namespace ``netns`` (``None``: the calling thread's) reads and writes: after ``ip
@@ -126,9 +138,47 @@ def shown_command(argv: Sequence[str], netns: str | None) -> str:
     backend's messages name their commands through it. A word holding a character that
     is not printable (an interface's or a foreign table's name of an ESC) is written
     ``$'...'`` (:func:`~k3snet._logline.shell_word`): shown as it is, it sent a terminal
-    escape; escaped for the terminal, the command pasted named another object."""
+    escape; escaped for the terminal, the command pasted named another object.
+
+    An ``nft list table`` or ``nft list chain`` naming a table or chain nft's command
+    line refuses (:func:`nft_json_list`: an ESC, a space, ``vé``; nft takes them in its
+    JSON input only, and said "syntax error" to the command shown) is shown as the
+    same request in that JSON, ``printf %s '{"nftables": ...}' | nft -j -f -``: it
+    prints the table or chain as JSON, whatever its name."""
     name = exec_name(netns)
-    return shell_join([*(("ip", "netns", "exec", name) if name else ()), *argv])
+    where = ("ip", "netns", "exec", name) if name else ()
+    request = nft_json_list(argv)
+    if request is not None:
+        return f"printf %s {shell_word(request)} | {shell_join([*where, 'nft', '-j', '-f', '-'])}"
+    return shell_join([*where, *argv])
+
+
+_NFT_WORD = re.compile(r"[A-Za-z_.][A-Za-z0-9/_.-]*")
+"""A name nft's command line reads as one (its scanner's ``string``): any other it
+refuses (``syntax error, unexpected junk``), quoted or not."""
+
+
+def nft_json_list(argv: Sequence[str]) -> str | None:
+    """``argv``, an ``nft [OPTIONS] list table|chain FAMILY TABLE [CHAIN]`` naming a
+    table or chain nft's command line cannot read, as the same request in nft's JSON
+    input (names escaped as JSON escapes them); ``None`` for any other command.
+
+    >>> nft_json_list(["nft", "list", "chain", "inet", "a\\x1bb", "c"])
+    '{"nftables": [{"list": {"chain": {"family": "inet", "table": "a\\\\u001bb", "name": "c"}}}]}'
+    >>> nft_json_list(["nft", "list", "chain", "ip", "raw", "PREROUTING"]) is None
+    True
+    """
+    if not argv or argv[0] != "nft" or "list" not in argv:
+        return None
+    at = list(argv).index("list")
+    what, *names = argv[at + 1:] or [""]
+    if (what, len(names)) not in (("table", 2), ("chain", 3)) \
+            or all(_NFT_WORD.fullmatch(word) for word in names[1:]):
+        return None
+    family, table, *chain = names
+    request = ({"family": family, "name": table} if what == "table"
+               else {"family": family, "table": table, "name": chain[0]})
+    return json.dumps({"nftables": [{"list": {what: request}}]})
 
 
 def netns_names(netns: str | None) -> list[str]:

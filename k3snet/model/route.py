@@ -8,8 +8,10 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from k3snet._logline import shell_word
 from k3snet.errors import ModelError
 from k3snet.model._base import (
+    IFNAMSIZ,
     NetObject,
     check_families,
     one_line,
@@ -338,15 +340,28 @@ def _what(value: object) -> str:
     return one_line(value)
 
 
+def _block_device(value: object) -> str | None:
+    # The kernel's name as read (a byte that is no UTF-8 as a lone surrogate): any the
+    # kernel may hold, which the model's interface names are not.
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or "\0" in value or "/" in value \
+            or len(value.encode("utf-8", "surrogatepass")) >= IFNAMSIZ:
+        raise ModelError(f"a route block's device is a name the kernel may hold, got {value!r}")
+    return value
+
+
 @attrs.frozen(eq=False)
 class RouteBlock(NetObject):
     """A route k3snet cannot model, standing at a table and destination.
 
     Only ever *observed* (foreign): a route of another type (``blackhole``,
     ``unreachable``, ``prohibit``, ``throw``...), a multipath, nexthop-object,
-    encap or ``via`` route, or one through a device k3snet cannot name. ``what``
-    says which. A wanted :class:`Route` to the same table and destination conflicts
-    with it, whatever their metrics, as with another route there: at the same
+    encap or ``via`` route, or one through a device whose name the model refuses.
+    ``what`` says which; ``device``, for the last, the name the kernel holds (``vé``,
+    one of an ESC: JSON escapes it), shown ``dev $'a\\x1bb'`` (a word a shell reads
+    back as that very name). A wanted :class:`Route` to the same table and destination
+    conflicts with it, whatever their metrics, as with another route there: at the same
     metric the kernel refuses k3snet's add, and at another one of the two shadows
     the other. Of k3snet's own protocol too: k3snet never writes such a route.
 
@@ -367,6 +382,7 @@ class RouteBlock(NetObject):
     metric: int | None = attrs.field(default=None, kw_only=True)
     what: str = attrs.field(default="unmodelled", converter=_what, kw_only=True)
     protocol: int = attrs.field(default=K3SNET_ROUTE_PROTOCOL, converter=_protocol, kw_only=True)
+    device: str | None = attrs.field(default=None, converter=_block_device, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -380,7 +396,8 @@ class RouteBlock(NetObject):
         object.__setattr__(self, "metric", _metric(metric))
         key = ("route-block", dst.version, self.table, int(dst.network_address), dst.prefixlen,
                metric)
-        self._seal(key, (self.what, self.protocol))
+        # Two such routes through two devices (IPv6 holds both) are two blocks.
+        self._seal(key, (self.what, self.protocol, self.device or ""))
 
     @property
     def family(self) -> int:
@@ -405,9 +422,10 @@ class RouteBlock(NetObject):
         return ("route", *self._key[1:])
 
     def describe(self) -> str:
-        """``WHAT route DST table T metric M proto P``."""
+        """``WHAT route DST [dev NAME] table T metric M proto P``, the name a shell word."""
         table = _TABLE_NAMES.get(self.table, str(self.table))
-        return (f"{self.what} route {network_text(self.destination)} table {table} metric "
+        dev = "" if self.device is None else f" dev {shell_word(self.device)}"
+        return (f"{self.what} route {network_text(self.destination)}{dev} table {table} metric "
                 f"{self.metric} proto {_PROTOCOL_NAMES.get(self.protocol, str(self.protocol))}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -419,6 +437,8 @@ class RouteBlock(NetObject):
             "metric": self.metric,
             "what": self.what,
             "protocol": protocol_name(self.protocol),
+            # The name as it is: JSON escapes what is not printable (\u001b).
+            **({} if self.device is None else {"device": self.device}),
         }
 
     @classmethod
@@ -430,5 +450,6 @@ class RouteBlock(NetObject):
             metric=data.get("metric"),
             what=data.get("what", "unmodelled"),
             protocol=data.get("protocol", K3SNET_ROUTE_PROTOCOL),
+            device=data.get("device"),
         )
 

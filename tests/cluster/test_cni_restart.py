@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 
 from k3snet.backends import cni_restart
-from k3snet.backends.base import PendingRestart
+from k3snet.backends.base import PendingRestart, restart_command
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.backends.flannel import FlannelBackend
-from k3snet.cli import _restart_how, main
+from k3snet.cli import _print_restarts, main
 from k3snet.converge import converge, pending_restarts, restarts_needed
 from k3snet.errors import ApplyError, RollbackError
 from k3snet.model.cilium import CILIUM_DEFAULT_TARGET, CiliumConfig
@@ -200,7 +200,7 @@ def test_flannel_restart_needed_names_the_daemonsets_found_reading_its_configmap
     assert fallback.startswith("DaemonSet kube-flannel/kube-flannel-ds (upstream flannel's "
                                "name; no DaemonSet in kube-flannel found reading ConfigMap "
                                "kube-flannel/kube-flannel-cfg)")
-    assert _restart_how(fallback) == (
+    assert restart_command(fallback) == (
         "kubectl -n kube-flannel rollout restart daemonset/kube-flannel-ds")
     for name in ("flannel-renamed", "flannel-windows"):
         api_server.put(DAEMONSETS, _flannel_daemonset(name))
@@ -243,16 +243,49 @@ def test_plan_and_apply_say_which_restart_is_needed_and_pending(
     assert document["restart_pending"] == [{
         "workload": "DaemonSet kube-system/cilium",
         "reason": document["restart_pending"][0]["reason"],
-        "stale": ["cilium-a", "cilium-b"]}]
+        "stale": ["cilium-a", "cilium-b"],
+        "command": "kubectl -n kube-system rollout restart daemonset/cilium"}]
     assert "Cilium's agents read it when they start" in document["restart_pending"][0]["reason"]
     # In sync, and still pending: said until the pods restart.
     assert main(["apply", *through, "--auto-approve"]) == 0
     out = capsys.readouterr().out
     assert "!! restart pending: DaemonSet kube-system/cilium" in out
-    assert "2 pod(s) started before the change: cilium-a, cilium-b" in out
+    assert ("2 pod(s) started before the change: cilium-a, cilium-b): kubectl -n "
+            "kube-system rollout restart daemonset/cilium\n") in out
     _restarted(api_server, "cilium-a", "cilium-b")
     assert main(["apply", *through, "--auto-approve"]) == 0
     assert "restart" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_a_restart_pending_line_gives_the_exact_command_where_k3snet_knows_it(
+        api_server: EmulatedApiServer, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # The pods reading the ConfigMap not listed (403): the line said "restart the pods
+    # reading ConfigMap NS/NAME", the command only in the reason (the stamp's removal).
+    # The CNI's DaemonSet is known by name: its restart is the command, text and JSON.
+    api_client = api_server.api_client()
+    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
+    converge(backend, desired)
+    owner = "cilium" if kind == "cilium" else "kube-flannel-ds"
+    kept = api_server.get(DAEMONSETS, owner, namespace)
+    api_server.delete(DAEMONSETS, owner, namespace)
+    # None found reading it: no command k3snet can give (the DaemonSet is not there).
+    [unknown] = pending_restarts(_backend(api_client, kind))
+    assert unknown.command is None
+    assert unknown.to_dict()["command"] is None
+    _print_restarts((), (unknown,))
+    assert capsys.readouterr().out.endswith(
+        f"): restart the pods reading ConfigMap {namespace}/{name}\n")
+    assert kept is not None
+    api_server.put(DAEMONSETS, kept)
+    api_server.fail(403, method="GET", plural="daemonsets", times=None)
+    [pending] = pending_restarts(_backend(api_client, kind))
+    assert pending.workload == f"the pods reading ConfigMap {namespace}/{name}"
+    assert pending.stale is None
+    command = f"kubectl -n {namespace} rollout restart daemonset/{owner}"
+    assert pending.command == pending.to_dict()["command"] == command
+    _print_restarts((), (pending,))
+    assert capsys.readouterr().out.endswith(f"): {command}\n")
 
 
 def test_destroy_names_the_restart_and_follows_it_leaving_only_the_stamp(

@@ -8,7 +8,9 @@ a plan the kernel takes. The kernel's view is ``ip -j route``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,55 @@ def test_table_ids_metrics_and_names_at_their_limits_reach_the_kernel_as_given(
         backend.apply(plan(backend.observe(), State()))
         assert not [r for r in json.loads(ip(ns, "-j", "route", "show", "table", "all"))
                     if r.get("protocol") == "211"]
+
+
+ESC_NAME = "a\x1bb"
+
+
+def _device_routes(ns: str) -> set[tuple[str, str]]:
+    # ip -j writes the ESC raw inside its JSON strings: read with strict=False.
+    return {(r["dst"], r["dev"]) for family in ("-4", "-6")
+            for r in json.loads(ip(ns, family, "-j", "route", "show"), strict=False)
+            if r.get("protocol") != "kernel"}
+
+
+def test_a_route_through_a_device_of_an_esc_names_the_device_escaped_and_stays_untouched(
+        tmp_path: Path) -> None:
+    # Observed, such a route was an "unnamed device" block: which device, the user could
+    # not tell. The name the kernel holds (ip -j link's) is kept; shown as a shell word
+    # in the text, JSON-escaped in the JSON, never a raw ESC on the terminal.
+    with temporary_netns("escname") as ns:
+        ip(ns, "link", "add", ESC_NAME, "type", "veth", "peer", "name", "p0")
+        ip(ns, "link", "set", "dev", ESC_NAME, "up")
+        ip(ns, "route", "add", "10.9.0.0/24", "dev", ESC_NAME)
+        ip(ns, "route", "add", "10.7.0.0/24", "via", "10.9.0.1", "dev", ESC_NAME)
+        kernel = {link["ifname"] for link in json.loads(ip(ns, "-j", "link"), strict=False)}
+        assert ESC_NAME in kernel
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            observed = backend.observe()
+            blocks = {(str(b.destination), b.device) for b in observed.foreign
+                      if isinstance(b, RouteBlock) and b.destination.version == 4}
+            assert blocks == {("10.9.0.0/24", ESC_NAME), ("10.7.0.0/24", ESC_NAME)}
+            # Plan and apply leave it alone: a route wanted there conflicts with it.
+            p = plan(observed, State(owned=[Route("10.9.0.0/24", gateway="10.6.0.1")]))
+            assert [note.wanted.describe() for note in p.conflicts] == [
+                "route 10.9.0.0/24 via 10.6.0.1 table main metric 0 proto k3snet"]
+            assert "dev $'a\\x1bb'" in p.render()
+            assert p.changes == ()
+            backend.apply(p)
+        env = {"K3SNET_STATE_DIR": str(tmp_path / "cli")}
+        argv = [sys.executable, "-m", "k3snet", "observe", "--netns", ns, "--backend",
+                "netlink"]
+        text = subprocess.run(argv, capture_output=True, check=True, env={
+            **os.environ, **env}).stdout
+        assert b"\x1b" not in text
+        assert (b"device route, unnamed device route 10.9.0.0/24 dev $'a\\x1bb' table main"
+                in text)
+        document = subprocess.run([*argv, "--output", "json"], capture_output=True,
+                                  check=True, env={**os.environ, **env}).stdout
+        assert b"\x1b" not in document
+        assert b'"device": "a\\u001bb"' in document
+        shown = {(b["destination"], b["device"]) for b in json.loads(document)["foreign"]
+                 if b["type"] == "route-block" and "." in b["destination"]}
+        assert shown == blocks
+        assert _device_routes(ns) == {("10.9.0.0/24", ESC_NAME), ("10.7.0.0/24", ESC_NAME)}

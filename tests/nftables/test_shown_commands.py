@@ -12,11 +12,14 @@ as shown, from the test's own namespace, and finds what the warning names.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.netns import shown_command
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
@@ -67,3 +70,20 @@ def test_every_command_a_warning_names_runs_in_the_namespace_k3snet_read(
     assert (shown(ns, "k3snet destroy --backend iptables --backend-opt iptables.mode=nft")
             + " removes them") in left_behind, left_behind
 
+
+
+@pytest.mark.parametrize("table", ["a\x1bb", "a b", "v\u00e9", "it's", "c\\z", "1x", "t\n$x"])
+def test_an_nft_list_of_a_name_nfts_command_line_refuses_is_shown_as_json_naming_it(
+        table: str) -> None:
+    # Shown byte for byte (`nft list chain inet $'a\x1bb' c`), nft refused it: "syntax
+    # error, unexpected junk". Its JSON input takes any name; bash reads the request back.
+    command = shown_command(["nft", "list", "chain", "inet", table, "c"], "lab")
+    request, _, rest = command.partition(" | ")
+    assert rest == "ip netns exec lab nft -j -f -"
+    assert command.isprintable()
+    said = subprocess.run(["bash", "-c", request], capture_output=True, check=True,
+                          timeout=60).stdout
+    assert json.loads(said) == {"nftables": [{"list": {"chain": {
+        "family": "inet", "table": table, "name": "c"}}}]}
+    plain = shown_command(["nft", "-a", "list", "table", "ip", "K3SNET_x-1.a/b"], None)
+    assert plain == "nft -a list table ip K3SNET_x-1.a/b"

@@ -84,10 +84,11 @@ def test_a_sysctl_write_refused_for_want_of_cap_net_admin_is_no_failed_rollback(
 def test_an_error_under_ip_netns_exec_does_not_call_the_namespace_the_hosts(
         tmp_path: Path) -> None:
     # Without --netns the netlink backend called its namespace "the host network
-    # namespace", which under `ip netns exec NS` it is not.
+    # namespace", which under `ip netns exec NS` it is not; then "this process's network
+    # namespace" beside commands naming NS: it names NS, as --netns NS does.
     with SeedLab.create() as lab:
         applied = _k3snet(["ip", "netns", "exec", lab.node], NOTHING, "apply", "-f",
                           str(SPEC_PATH), "--backend", "netlink", lab=lab, tmp=tmp_path)
     assert applied.returncode == 1
     assert "host network namespace" not in applied.stderr
-    assert "netlink backend, this process's network namespace:" in applied.stderr
+    assert f"netlink backend, network namespace {lab.node!r}:" in applied.stderr

@@ -34,7 +34,7 @@ from k3snet.backends.iptables.save import stopped_mark, unread_mark
 from k3snet.backends.iptables.table import Op, restore_lines
 from k3snet.backends.kit import translate_errors, undo_spares_children
 from k3snet.backends.lock import inherited_locks
-from k3snet.backends.netns import exec_name, shown_command
+from k3snet.backends.netns import netns_where, shown_command
 from k3snet.errors import BackendError, BackendUnavailableError
 from k3snet.render.iptables.rules import TABLES, Line, tokenize
 
@@ -202,11 +202,10 @@ class Processes:
     @functools.cached_property
     def where(self) -> str:
         """The namespace, for messages: named as the commands they show name it
-        (:func:`~k3snet.backends.netns.exec_name`), so ``ip netns exec NS k3snet ...``
+        (:func:`~k3snet.backends.netns.netns_where`), so ``ip netns exec NS k3snet ...``
         without ``--netns`` reads ``network namespace 'NS'`` too, not "the current
         namespace" beside a command that runs in ``NS``."""
-        name = exec_name(self.netns)
-        return f"network namespace {name!r}" if name else "the current namespace"
+        return netns_where(self.netns, unnamed="the current namespace")
 
     def tool(self, family: int, mode: Flavour, kind: str) -> str:
         """The tool's name, if it is installed (else BackendUnavailableError)."""

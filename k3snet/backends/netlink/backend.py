@@ -124,6 +124,7 @@ from k3snet.backends.netns import (
     earlier_records,
     namespace_instance,
     netns_option,
+    netns_where,
     record_netns,
     shown_command,
 )
@@ -347,8 +348,9 @@ class NetlinkBackend(BackendBase):
             driver, "__name__", type(driver).__name__)
         self._runner = NetnsRunner(netns)  # raises a clear error if the namespace is missing
         self._silent_fd: int | None = None  # see _deletes_unannounced
-        # Not "the host's": under `ip netns exec NS` (no --netns) it is NS.
-        where = f"network namespace {netns!r}" if netns else "this process's network namespace"
+        # Not "the host's": under `ip netns exec NS` (no --netns) it is NS, as the
+        # commands its messages show name it (shown_command).
+        where = netns_where(netns, unnamed="this process's network namespace")
         self._where = where
         try:
             identity = namespace_identity(netns)

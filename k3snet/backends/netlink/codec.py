@@ -354,7 +354,8 @@ def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, fl
     without ``RTA_DST``; ``unmodelled``: an attribute the model has no field for).
     Not modelled, a :class:`~k3snet.model.RouteBlock` (what it is, where it is):
     route types other than unicast, multipath, nexthop-object, encap and ``via``
-    routes, routes through a device not in ``names`` or that the model refuses.
+    routes, routes through a device not in ``names`` or that the model refuses (its
+    ``device`` the name the kernel holds: the user is told which device it is).
     Left out: the ``local`` table, cached clones, source-specific and TOS routes
     (each in a place of the kernel's tables no route of k3snet's takes).
     """
@@ -369,6 +370,7 @@ def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, fl
     scope_name = SCOPE_NAMES.get(scope)
     device = None if oif is None else names.get(oif)
     what: str | None = None
+    named: str | None = None  # the block's device: one whose name the model refuses
     if kind != RTN_UNICAST:
         what = ROUTE_TYPES.get(kind, f"type {kind}")
     elif unmodelled:
@@ -389,8 +391,10 @@ def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, fl
                 what = (UNNAMED_DEVICE_ROUTE if gateway is None and (
                     family == socket.AF_INET6 or scope_name in ("link", "host"))
                     else "unnamed device")
+                named = device  # kept, shown escaped: the user tells which device it is
     try:
-        return RouteBlock(destination, table=table, metric=metric, what=what, protocol=protocol)
+        return RouteBlock(destination, table=table, metric=metric, what=what, protocol=protocol,
+                          device=named)
     except (ModelError, ValueError):
         return None
 
