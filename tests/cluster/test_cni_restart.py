@@ -875,23 +875,27 @@ def test_the_wait_for_daemonsets_not_found_doubles_up_to_an_hour(
     assert settled.unseen("2026-12-06T12:00:00Z", now) is None
 
 
-def _slow_write(api_client: Any, clock: type[_Clock], name: str, delay: float,
-                landed: list[datetime.datetime]) -> Any:
-    """``api_client`` whose first PATCH of ConfigMap ``name`` lands ``delay`` seconds after
-    it was sent (a busy API server: ``clock`` moves on; ``landed``: when), every answer's
-    ``Date`` the server's time as it is written (``clock``'s)."""
+def _slow_write(api_server: EmulatedApiServer, clock: type[_Clock], kind: str
+                ) -> tuple[str, list[datetime.datetime], Any]:
+    """The name of CNI ``kind``'s ConfigMap, when its first PATCH landed (``landed``, empty
+    until then), and an API client of ``api_server`` whose first PATCH of that ConfigMap
+    lands 10 seconds after it was sent (a busy API server: ``clock`` moves on), every
+    answer's ``Date`` the server's time as it is written (``clock``'s)."""
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = api_server.api_client()
     request = api_client.rest_client.request
 
     def slow(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         if method == "PATCH" and not landed and url.split("?", maxsplit=1)[0].endswith(f"/{name}"):
-            clock.at += datetime.timedelta(seconds=delay)
+            clock.at += datetime.timedelta(seconds=10)
             landed.append(clock.at)
         answer = request(method, url, *args, **kwargs)
         answer.response.headers["Date"] = email.utils.format_datetime(clock.at, usegmt=True)
         return answer
 
     api_client.rest_client.request = slow
-    return api_client
+    return name, landed, api_client
 
 
 @pytest.mark.parametrize("kind", ["cilium", "flannel"])
@@ -901,9 +905,7 @@ def test_a_write_landing_seconds_after_its_stamp_moves_the_stamp_to_its_landing(
     # 10 s early, and a pod made in between (which may have read the old config)
     # counted as restarted. The answer's Date (written once the write landed) now is
     # the stamp where it is later.
-    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
-    landed: list[datetime.datetime] = []
-    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    name, landed, api_client = _slow_write(api_server, clock, kind)
     backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
     owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
         "kube-flannel-ds", FLANNEL_LABELS)
@@ -939,7 +941,7 @@ def test_an_apply_undone_takes_a_stamp_moved_to_the_write_s_landing_back_too(
         api_server: EmulatedApiServer, clock: type[_Clock]) -> None:
     # The stamp moved to the slow write's landing is k3snet's: the undo compares it with
     # the one it left, not the one it sent (else "changed by someone else", left whole).
-    api_client = _slow_write(api_server.api_client(), clock, "cilium-config", 10.0, [])
+    _, _, api_client = _slow_write(api_server, clock, "cilium")
     cilium, _, _ = _cni(api_server, api_client, "cilium")
     found = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
     assert found is not None
@@ -963,9 +965,7 @@ def _second_patch_failing(api_server: EmulatedApiServer, clock: type[_Clock], ki
     of it (the stamp's move) failing with ``status`` (``failure``: the emulated server's
     ``fail`` options); its ConfigMap's name and namespace, the landings, the backend and
     the desired state."""
-    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
-    landed: list[datetime.datetime] = []
-    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    name, landed, api_client = _slow_write(api_server, clock, kind)
     request = api_client.rest_client.request
 
     def fail_the_second(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
@@ -1028,9 +1028,7 @@ def test_an_apply_interrupted_moving_the_stamp_takes_the_landed_write_back(
     # Ctrl-C (or SIGTERM's SystemExit) while the stamp's move was on its way: flannel
     # left its write, answered, under the stamp before its landing (a pod made in
     # between counted as restarted); cilium's undo took it back. Both do now.
-    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
-    landed: list[datetime.datetime] = []
-    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    name, landed, api_client = _slow_write(api_server, clock, kind)
     request = api_client.rest_client.request
     cut: list[str] = []
 

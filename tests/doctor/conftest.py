@@ -36,7 +36,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -45,7 +45,7 @@ from typing import Literal
 import attrs
 import pytest
 
-from k3snet.doctor import Flow, NodeCapture, NodeState, Trace, trace
+from k3snet.doctor import Diagnosis, Flow, NodeCapture, NodeState, Trace, diagnose, trace
 from k3snet.lab import _probe
 from k3snet.lab.netns import run_in, temporary_netns
 from tests.dropped import mib
@@ -654,6 +654,39 @@ class DoctorLab:
         if until_dropped:
             return self.answer_or_drop(probe, t.family, before), traced
         return probe.answer(), traced
+
+
+#: What the doctor's fix makes for a flow not masqueraded: a masquerade in a table of its
+#: own (``lab_nat``), made after the node's other tables.
+FIX_MASQUERADE = """table ip lab_nat {
+ chain post {
+  type nat hook postrouting priority srcnat; policy accept;
+  ip saddr 10.42.0.0/16 oifname "eth0" masquerade
+ }
+}
+"""
+
+
+def diagnosed_then_fixed(lab: DoctorLab, made: Callable[[str], None]
+                         ) -> tuple[Diagnosis, dict[str, object]]:
+    """The pods' flow, not masqueraded, on a node with no IPv4 nat chain (the NAT core's
+    hooks unregistered, in a lab without iptables-legacy's tables) once ``made(node)`` put
+    its chains there: the doctor's diagnosis, then the kernel's answer to the flow with
+    the fix's masquerade made (:data:`FIX_MASQUERADE`). The tables ``lab_post``,
+    ``lab_nat`` and ``nat`` are deleted after."""
+    topology = Topology(nat="none")
+    lab.configure(topology)
+    node = lab.node
+    try:
+        run_in(node, ["nft", "delete", "table", "ip", "nat"])
+        made(node)
+        d = diagnose(NodeState.from_capture(lab.capture()),
+                     Flow(topology.pod, topology.destination, port=topology.port))
+        run_in(node, ["nft", "-f", "-"], input_text=FIX_MASQUERADE)
+        return d, lab.probe(topology.destination, 1.5, topology.port)
+    finally:
+        for table in ("lab_post", "lab_nat", "nat"):
+            run_in(node, ["nft", "delete", "table", "ip", table], check=False)
 
 
 def _build(stack: ExitStack, *, legacy: bool = True) -> DoctorLab:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import pytest
 
-from k3snet.doctor import Flow, NodeState, Verdict, diagnose
+from k3snet.doctor import Verdict
 from k3snet.lab.netns import run_in
 
-from .conftest import DoctorLab, Topology
+from .conftest import DoctorLab, diagnosed_then_fixed
 
 pytestmark = [pytest.mark.kernel]
 
@@ -28,15 +28,6 @@ _FILTER = """table ip lab_post {
  }
 }
 """
-#: What the fix makes: a masquerade in a table of its own, made after the others.
-_NAT = """table ip lab_nat {
- chain post {
-  type nat hook postrouting priority srcnat; policy accept;
-  ip saddr 10.42.0.0/16 oifname "eth0" masquerade
- }
-}
-"""
-
 
 def _empty_nat_chain(node: str) -> None:
     """iptables-nft's nat POSTROUTING, with no rule left in it."""
@@ -48,12 +39,7 @@ def _empty_nat_chain(node: str) -> None:
                          ids=["empty-nat-chain-first", "filter-chain-first"])
 def test_an_empty_iptables_nft_nat_chain_leaves_the_nat_core_order_unknown(
         doctor_lab_without_legacy: DoctorLab, empty_nat_first: bool) -> None:
-    doctor_lab = doctor_lab_without_legacy
-    topology = Topology(nat="none")
-    doctor_lab.configure(topology)
-    node = doctor_lab.node
-    try:
-        run_in(node, ["nft", "delete", "table", "ip", "nat"])
+    def made(node: str) -> None:
         if empty_nat_first:
             _empty_nat_chain(node)
         run_in(node, ["nft", "-f", "-"], input_text=_FILTER)
@@ -62,14 +48,9 @@ def test_an_empty_iptables_nft_nat_chain_leaves_the_nat_core_order_unknown(
         save = run_in(node, ["iptables-nft-save", "-t", "nat"]).stdout
         assert ":POSTROUTING ACCEPT" in save, save
         assert "-A POSTROUTING" not in save, save
-        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                     Flow(topology.pod, topology.destination, port=topology.port))
-        assert d.findings[0].code == "no-masquerade", d.render()
-        run_in(node, ["nft", "-f", "-"], input_text=_NAT)
-        answer = doctor_lab.probe(topology.destination, 1.5, topology.port)
-        # The core registered first runs after the filter chain, which sees the pod.
-        assert answer["ok"] is empty_nat_first, answer
-        assert d.after.verdict is Verdict.UNKNOWN, d.render()
-    finally:
-        for table in ("lab_post", "lab_nat", "nat"):
-            run_in(node, ["nft", "delete", "table", "ip", table], check=False)
+
+    d, answer = diagnosed_then_fixed(doctor_lab_without_legacy, made)
+    assert d.findings[0].code == "no-masquerade", d.render()
+    # The core registered first runs after the filter chain, which sees the pod.
+    assert answer["ok"] is empty_nat_first, answer
+    assert d.after.verdict is Verdict.UNKNOWN, d.render()

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import pytest
 
-from k3snet.doctor import Flow, NodeState, Verdict, diagnose, trace
+from k3snet.doctor import Flow, NodeState, Verdict, trace
 from k3snet.lab.netns import run_in
 
-from .conftest import DoctorLab, Topology
+from .conftest import FIX_MASQUERADE, DoctorLab, Topology, diagnosed_then_fixed
 
 pytestmark = [pytest.mark.kernel]
 
@@ -25,13 +25,6 @@ _FILTER = """table ip lab_post {
  chain post {
   type filter hook postrouting priority srcnat; policy accept;
   ip saddr 10.42.0.0/16 drop
- }
-}
-"""
-_NAT = """table ip lab_nat {
- chain post {
-  type nat hook postrouting priority srcnat; policy accept;
-  ip saddr 10.42.0.0/16 oifname "eth0" masquerade
  }
 }
 """
@@ -50,7 +43,7 @@ def test_a_filter_chain_at_the_nat_priority_is_traced_both_ways_round_the_nat_co
         # NAT core's hooks are unregistered until the first script's nat chain.
         run_in(node, ["nft", "delete", "table", "ip", "nat"])
         assert run_in(node, ["iptables-legacy-save"]).stdout.strip() == ""
-        scripts = [_FILTER, _NAT] if filter_first else [_NAT, _FILTER]
+        scripts = [_FILTER, FIX_MASQUERADE] if filter_first else [FIX_MASQUERADE, _FILTER]
         for script in scripts:
             run_in(node, ["nft", "-f", "-"], input_text=script)
         probe = doctor_lab.start_probe(topology.destination, 1.5, topology.port)
@@ -78,7 +71,7 @@ def test_a_filter_chain_at_the_nat_priority_runs_before_an_iptables_legacy_nat_c
     node = doctor_lab.node
     try:
         assert "*nat" in run_in(node, ["iptables-legacy-save"]).stdout
-        for script in (_FILTER, _NAT):
+        for script in (_FILTER, FIX_MASQUERADE):
             run_in(node, ["nft", "-f", "-"], input_text=script)
         answer, found = doctor_lab.kernel_and_trace(topology)
         assert answer["ok"] is False, answer
@@ -93,23 +86,13 @@ def test_the_fix_s_masquerade_registers_the_nat_core_after_a_filter_chain_at_its
         doctor_lab_without_legacy: DoctorLab) -> None:
     """No nat chain yet: the fix's masquerade will register the NAT core, after the
     filter chain, so that chain sees the masqueraded source, as the prediction says."""
-    doctor_lab = doctor_lab_without_legacy
-    topology = Topology(nat="none")
-    doctor_lab.configure(topology)
-    node = doctor_lab.node
-    drop_node = _FILTER.replace("ip saddr 10.42.0.0/16 drop", "ip saddr 192.168.1.5 drop")
-    try:
-        run_in(node, ["nft", "delete", "table", "ip", "nat"])
-        run_in(node, ["nft", "-f", "-"], input_text=drop_node)
-        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                     Flow(topology.pod, topology.destination, port=topology.port))
-        assert d.findings[0].code == "no-masquerade", d.render()
-        assert d.after.verdict is Verdict.BLOCKED, d.render()
-        assert d.after.blocked_at is not None
-        assert d.after.blocked_at.where == "nft ip lab_post post", d.render()
-        # what the fix makes: a masquerade in a table of its own, made now
-        run_in(node, ["nft", "-f", "-"], input_text=_NAT)
-        assert doctor_lab.probe(topology.destination, 1.5, topology.port)["ok"] is False
-    finally:
-        for table in ("lab_post", "lab_nat"):
-            run_in(node, ["nft", "delete", "table", "ip", table], check=False)
+    def made(node: str) -> None:
+        run_in(node, ["nft", "-f", "-"], input_text=_FILTER.replace(
+            "ip saddr 10.42.0.0/16 drop", "ip saddr 192.168.1.5 drop"))
+
+    d, answer = diagnosed_then_fixed(doctor_lab_without_legacy, made)
+    assert d.findings[0].code == "no-masquerade", d.render()
+    assert d.after.verdict is Verdict.BLOCKED, d.render()
+    assert d.after.blocked_at is not None
+    assert d.after.blocked_at.where == "nft ip lab_post post", d.render()
+    assert answer["ok"] is False  # the fix's masquerade, made now

@@ -20,7 +20,7 @@ from typing import Literal
 
 import pytest
 
-from k3snet.doctor import Flow, NodeState, Verdict, diagnose
+from k3snet.doctor import Diagnosis, Flow, NodeState, Verdict, diagnose
 from k3snet.lab.netns import run_in
 from tests.pmtu import learnt_mtu_in
 
@@ -45,17 +45,32 @@ _NAMED = {("nft", 4): "frag-needed", ("nft", 6): "packet-too-big",
           ("iptables", 4): "--icmp-type 3/4", ("iptables", 6): "--icmpv6-type 2"}
 
 
-def _narrow_route(lab: DoctorLab, family: int) -> None:
+def _narrow_route(lab: DoctorLab, family: int, lock: bool = False) -> None:
+    """The node's route to the database at ``mtu 1280`` (``mtu lock 1280``)."""
     convert = to_v6 if family == 6 else str
     run_in(lab.node, ["ip", f"-{family}", "route", "replace", convert(DEST_NETS["plain"]),
-                      "via", convert(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "1280",
-                      "proto", "static"])
+                      "via", convert(UPLINKS["eth0"][1]), "dev", "eth0", "mtu",
+                      *(["lock"] if lock else []), "1280", "proto", "static"])
 
 
 def _learnt(lab: DoctorLab, topology: Topology) -> str:
     pod = lab.names["pod"]
     run_in(pod, ["ip", f"-{topology.family}", "route", "flush", "cache"], check=False)
     return learnt_mtu_in(pod, topology.family, topology.destination)
+
+
+def _diagnosed(lab: DoctorLab, topology: Topology, *,
+               upstream_routes_pods: bool = False) -> Diagnosis:
+    """The doctor's diagnosis of the topology's flow on the lab's node as it is now."""
+    return diagnose(NodeState.from_capture(lab.capture()),
+                    Flow(topology.pod, topology.destination, port=topology.port),
+                    upstream_routes_pods=upstream_routes_pods)
+
+
+def _reset(lab: DoctorLab, family: int) -> None:
+    """The lab as configured, the MTU the pod learnt forgotten."""
+    lab.reset()
+    run_in(lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"], check=False)
 
 
 @pytest.mark.parametrize("tool", ["nft", "iptables"])
@@ -65,22 +80,19 @@ def test_an_output_rule_dropping_the_node_s_own_pmtu_error_is_named_where_the_ke
     topology = Topology(family=family)
     doctor_lab.configure(topology)
     _narrow_route(doctor_lab, family)
-    flow = Flow(topology.pod, topology.destination, port=topology.port)
     try:
         # Without the rule the node's error passes: the pod learns the path's MTU.
         assert "mtu 1280" in _learnt(doctor_lab, topology)
-        clean = diagnose(NodeState.from_capture(doctor_lab.capture()), flow)
+        clean = _diagnosed(doctor_lab, topology)
         assert "pmtu-error-dropped" not in [f.code for f in clean.findings], clean.render()
         if tool == "nft":
             run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_NFT_DROP)
         else:
             run_in(doctor_lab.node, _XT_DROP[family])
         hole = _learnt(doctor_lab, topology)
-        d = diagnose(NodeState.from_capture(doctor_lab.capture()), flow)
+        d = _diagnosed(doctor_lab, topology)
     finally:
-        doctor_lab.reset()
-        run_in(doctor_lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"],
-               check=False)
+        _reset(doctor_lab, family)
     assert "mtu 1280" not in hole, hole  # the kernel: the rule made the hole
     assert d.verdict is Verdict.REACHES, d.render()  # the first, small packet does
     assert "path-mtu" in [f.code for f in d.findings], d.render()
@@ -106,12 +118,9 @@ def test_an_output_rule_accepting_related_first_lets_the_node_s_pmtu_error_throu
         run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_NFT_DROP.replace(
             "policy accept;\n", "policy accept;\n  ct state related accept\n"))
         learnt = _learnt(doctor_lab, topology)
-        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                     Flow(topology.pod, topology.destination, port=topology.port))
+        d = _diagnosed(doctor_lab, topology)
     finally:
-        doctor_lab.reset()
-        run_in(doctor_lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"],
-               check=False)
+        _reset(doctor_lab, family)
     assert "mtu 1280" in learnt, learnt
     assert "pmtu-error-dropped" not in [f.code for f in d.findings], d.render()
 
@@ -168,12 +177,9 @@ def test_a_raw_output_chain_sees_the_node_s_own_pmtu_error_with_its_connection(
             for command in _raw_xt(family, shape):
                 run_in(doctor_lab.node, command)
         learnt = _learnt(doctor_lab, topology)
-        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                     Flow(topology.pod, topology.destination, port=topology.port))
+        d = _diagnosed(doctor_lab, topology)
     finally:
-        doctor_lab.reset()
-        run_in(doctor_lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"],
-               check=False)
+        _reset(doctor_lab, family)
     assert "mtu 1280" in learnt, learnt
     assert "path-mtu" in [f.code for f in d.findings], d.render()
     assert "pmtu-error-dropped" not in [f.code for f in d.findings], d.render()
@@ -226,13 +232,9 @@ def test_the_node_s_own_pmtu_error_is_related_unless_the_pod_s_packets_are_untra
     try:
         _exempt(doctor_lab, family, tool, exempted)
         learnt = _learnt(doctor_lab, topology)
-        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                     Flow(topology.pod, topology.destination, port=topology.port),
-                     upstream_routes_pods=True)
+        d = _diagnosed(doctor_lab, topology, upstream_routes_pods=True)
     finally:
-        doctor_lab.reset()
-        run_in(doctor_lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"],
-               check=False)
+        _reset(doctor_lab, family)
     assert d.verdict is Verdict.REACHES, d.render()
     assert "path-mtu" in [f.code for f in d.findings], d.render()
     dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
@@ -267,16 +269,12 @@ def test_a_router_s_pmtu_error_is_related_unless_the_pod_s_packets_are_untracked
         run_in(db, ["ip", "link", "set", "eth0", "mtu", "1280"])
         _exempt(doctor_lab, family, tool, exempted)
         learnt = _learnt(doctor_lab, topology)
-        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                     Flow(topology.pod, topology.destination, port=topology.port),
-                     upstream_routes_pods=True)
+        d = _diagnosed(doctor_lab, topology, upstream_routes_pods=True)
     finally:
         run_in(router, ["ip", f"-{family}", "route", "del", *pods], check=False)
         run_in(router, ["ip", "link", "set", "eth1", "mtu", "1500"])
         run_in(db, ["ip", "link", "set", "eth0", "mtu", "1500"])
-        doctor_lab.reset()
-        run_in(doctor_lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"],
-               check=False)
+        _reset(doctor_lab, family)
     assert d.verdict is Verdict.REACHES, d.render()
     dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
     if exempted == "replies":
@@ -316,10 +314,8 @@ def test_the_node_s_pmtu_error_of_a_masqueraded_pod_carries_what_the_kernel_give
     then. It read every error as the second kind."""
     topology = Topology(family=family)
     doctor_lab.configure(topology)
+    _narrow_route(doctor_lab, family, lock)
     convert = to_v6 if family == 6 else str
-    run_in(doctor_lab.node, ["ip", f"-{family}", "route", "replace", convert(DEST_NETS["plain"]),
-                             "via", convert(UPLINKS["eth0"][1]), "dev", "eth0", "mtu",
-                             *(["lock"] if lock else []), "1280", "proto", "static"])
     priority, match = _CANDIDATES[candidate]
     error = ("icmpv6 type packet-too-big" if family == 6
              else "icmp type destination-unreachable icmp code frag-needed")
@@ -329,12 +325,9 @@ def test_the_node_s_pmtu_error_of_a_masqueraded_pod_carries_what_the_kernel_give
             f"  type filter hook output priority {priority}; policy accept;\n"
             f"  {error} {convert(match)} drop\n }}\n}}\n"))
         learnt = _learnt(doctor_lab, topology)
-        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                     Flow(topology.pod, topology.destination, port=topology.port))
+        d = _diagnosed(doctor_lab, topology)
     finally:
-        doctor_lab.reset()
-        run_in(doctor_lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"],
-               check=False)
+        _reset(doctor_lab, family)
     assert "path-mtu" in [f.code for f in d.findings], d.render()
     dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
     assert [f.severity for f in dropped] == ([] if "mtu 1280" in learnt else ["warning"]), (
@@ -363,9 +356,7 @@ def test_the_late_error_of_a_pod_snatted_to_an_address_not_the_node_s_leaves_by_
     unless the rule matched; the doctor names the rule exactly then."""
     topology = Topology(family=6)
     doctor_lab.configure(topology)
-    run_in(doctor_lab.node, ["ip", "-6", "route", "replace", to_v6(DEST_NETS["plain"]),
-                             "via", to_v6(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "1280",
-                             "proto", "static"])
+    _narrow_route(doctor_lab, 6)
     priority, match = {"to the snat address, before the NAT point": (
                            "raw", f"ip6 daddr {_NOT_THE_NODE_S}"),
                        "out by eth0": ("filter", 'oifname "eth0"')}.get(
@@ -378,11 +369,9 @@ def test_the_late_error_of_a_pod_snatted_to_an_address_not_the_node_s_leaves_by_
             " chain post {\n  type nat hook postrouting priority 99; policy accept;\n"
             f"  ip6 saddr {to_v6(topology.pod)} snat ip6 to {_NOT_THE_NODE_S}\n }}\n}}\n"))
         learnt = _learnt(doctor_lab, topology)
-        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                     Flow(topology.pod, topology.destination, port=topology.port))
+        d = _diagnosed(doctor_lab, topology)
     finally:
-        doctor_lab.reset()
-        run_in(doctor_lab.names["pod"], ["ip", "-6", "route", "flush", "cache"], check=False)
+        _reset(doctor_lab, 6)
     assert f"snat to {_NOT_THE_NODE_S}" in d.render(), d.render()
     expected = {"from the pods' gateway", "to the snat address, before the NAT point",
                 "to the pod, after the NAT point", "out by eth0"}
@@ -402,19 +391,15 @@ def test_an_ip6tables_output_rule_on_the_masquerade_s_address_drops_the_late_err
     the doctor names the rule exactly then."""
     topology = Topology(family=6)
     doctor_lab.configure(topology)
-    run_in(doctor_lab.node, ["ip", "-6", "route", "replace", to_v6(DEST_NETS["plain"]),
-                             "via", to_v6(UPLINKS["eth0"][1]), "dev", "eth0", "mtu",
-                             *(["lock"] if lock else []), "1280", "proto", "static"])
+    _narrow_route(doctor_lab, 6, lock)
     try:
         run_in(doctor_lab.node, ["ip6tables-nft", "-t", table, "-A", "OUTPUT", "-s",
                                  to_v6(UPLINKS["eth0"][0]), "-p", "ipv6-icmp", "-m", "icmp6",
                                  "--icmpv6-type", "packet-too-big", "-j", "DROP"])
         learnt = _learnt(doctor_lab, topology)
-        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                     Flow(topology.pod, topology.destination, port=topology.port))
+        d = _diagnosed(doctor_lab, topology)
     finally:
-        doctor_lab.reset()
-        run_in(doctor_lab.names["pod"], ["ip", "-6", "route", "flush", "cache"], check=False)
+        _reset(doctor_lab, 6)
     assert ("mtu 1280" in learnt) is lock, learnt  # the kernel's word
     dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
     assert [f.severity for f in dropped] == ([] if lock else ["warning"]), d.render()
@@ -451,9 +436,7 @@ def test_both_errors_of_an_unlocked_route_mtu_below_a_device_mtu_below_the_pod_s
     the route's mtu."""
     topology = Topology(family=6)
     doctor_lab.configure(topology)
-    run_in(doctor_lab.node, ["ip", "-6", "route", "replace", to_v6(DEST_NETS["plain"]),
-                             "via", to_v6(UPLINKS["eth0"][1]), "dev", "eth0", "mtu", "1280",
-                             "proto", "static"])
+    _narrow_route(doctor_lab, 6)
     run_in(doctor_lab.node, ["ip", "link", "set", "eth0", "mtu", "1400"])
     pod = doctor_lab.names["pod"]
     try:
@@ -465,12 +448,10 @@ def test_both_errors_of_an_unlocked_route_mtu_below_a_device_mtu_below_the_pod_s
         run_in(pod, ["ip", "-6", "route", "flush", "cache"], check=False)
         run_in(pod, [sys.executable, "-I", "-S", "-c", _SEND_AS_LEARNT, topology.destination])
         learnt = run_in(pod, ["ip", "-6", "-o", "route", "get", topology.destination]).stdout
-        d = diagnose(NodeState.from_capture(doctor_lab.capture()),
-                     Flow(topology.pod, topology.destination, port=topology.port))
+        d = _diagnosed(doctor_lab, topology)
     finally:
         run_in(doctor_lab.node, ["ip", "link", "set", "eth0", "mtu", "1500"])
-        doctor_lab.reset()
-        run_in(pod, ["ip", "-6", "route", "flush", "cache"], check=False)
+        _reset(doctor_lab, 6)
     assert ("mtu 1280" in learnt) is (oif is None), learnt  # the kernel: a rule, a hole
     dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
     assert [f.severity for f in dropped] == ([] if oif is None else ["warning"]), (

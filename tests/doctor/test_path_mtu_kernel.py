@@ -21,6 +21,7 @@ import pytest
 
 from k3snet.doctor import Flow, NodeState, Verdict, diagnose
 from k3snet.lab.netns import run_in
+from tests.dropped import mib
 from tests.pmtu import learnt_mtu_in
 
 from .conftest import DEST_NETS, UPLINKS, DoctorLab, Topology, to_v6
@@ -88,18 +89,24 @@ _SEND_V6 = """
 import socket, sys
 sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 sock.connect((sys.argv[1], 9))
-try:
-    sock.send(b"x" * 1200)
-except OSError:
-    pass  # the error of the datagram before
+for _ in range(int(sys.argv[3])):
+    try:
+        sock.send(b"x" * int(sys.argv[2]))
+    except OSError:
+        pass  # the error of the datagram before
 """
 
 
-def _fragments_failed(node: str) -> int:
-    """The node's ``Ip6FragFails``: forwarded IPv6 packets it dropped as too large."""
-    counters = dict(line.split() for line in
-                    run_in(node, ["cat", "/proc/net/snmp6"]).stdout.splitlines())
-    return int(counters["Ip6FragFails"])
+def _send_v6(pod: str, destination: object, size: int, times: int) -> None:
+    """``times`` UDP datagrams of ``size`` bytes from the pod to ``destination``."""
+    run_in(pod, [sys.executable, "-I", "-S", "-c", _SEND_V6, str(destination), str(size),
+                 str(times)])
+
+
+def _snmp6(node: str, counter: str) -> int:
+    """The node's IPv6 ``counter``: ``Ip6FragFails`` counts the forwarded packets it
+    dropped as too large, ``Icmp6OutPktTooBigs`` the Packet Too Big errors it sent."""
+    return mib(run_in(node, ["cat", "/proc/net/snmp6"]).stdout, counter)
 
 
 def test_an_ipv6_route_mtu_below_1280_is_a_hole_no_icmp_closes_and_no_pod_mtu_avoids(
@@ -118,8 +125,8 @@ def test_an_ipv6_route_mtu_below_1280_is_a_hole_no_icmp_closes_and_no_pod_mtu_av
     assert answer["ok"], answer  # the first, small packet passes
     failed = []
     for _ in range(3):
-        run_in(pod, [sys.executable, "-I", "-S", "-c", _SEND_V6, str(topology.destination)])
-        failed.append(_fragments_failed(node))
+        _send_v6(pod, topology.destination, 1200, 1)
+        failed.append(_snmp6(node, "Ip6FragFails"))
     assert failed[0] < failed[1] < failed[2], failed  # told, the pod still sends 1200
     d = diagnose(NodeState.from_capture(doctor_lab.capture()),
                  Flow(topology.pod, topology.destination, port=topology.port))
@@ -224,24 +231,6 @@ def test_an_ipv6_mtu_of_the_way_out_below_its_link_s_is_what_the_kernel_forwards
     assert "over 1400 bytes cannot leave by eth0" in finding.what, d.render()
 
 
-_SEND_JUMBO_V6 = """
-import socket, sys
-sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-sock.connect((sys.argv[1], 9))
-for _ in range(3):
-    try:
-        sock.send(b"x" * 3000)
-    except OSError:
-        pass  # the error of the datagram before
-"""
-
-
-def _too_bigs_sent(node: str) -> int:
-    counters = dict(line.split() for line in
-                    run_in(node, ["cat", "/proc/net/snmp6"]).stdout.splitlines())
-    return int(counters["Icmp6OutPktTooBigs"])
-
-
 def test_an_ipv6_route_mtu_over_its_device_s_is_told_by_packet_too_big_unlike_ipv4(
         doctor_lab: DoctorLab) -> None:
     """The IPv4 case above for IPv6: pods at 9000, the route ``mtu 9000`` through eth0 at
@@ -260,11 +249,11 @@ def test_an_ipv6_route_mtu_over_its_device_s_is_told_by_packet_too_big_unlike_ip
         run_in(node, ["ip", "link", "set", "cni0", "mtu", "9000"])
         answer, _ = doctor_lab.kernel_and_trace(topology)
         run_in(pod, ["ip", "-6", "route", "flush", "cache"])
-        told = _too_bigs_sent(node)
-        run_in(pod, [sys.executable, "-I", "-S", "-c", _SEND_JUMBO_V6, str(topology.destination)])
+        told = _snmp6(node, "Icmp6OutPktTooBigs")
+        _send_v6(pod, topology.destination, 3000, 3)
         learnt = run_in(pod, ["ip", "-6", "-o", "route", "get",
                               str(topology.destination)]).stdout
-        sent = _too_bigs_sent(node) - told
+        sent = _snmp6(node, "Icmp6OutPktTooBigs") - told
         d = diagnose(NodeState.from_capture(doctor_lab.capture()),
                      Flow(topology.pod, topology.destination, port=topology.port))
     finally:

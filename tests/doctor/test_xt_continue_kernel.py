@@ -17,7 +17,7 @@ import ipaddress
 
 import pytest
 
-from k3snet.doctor import Flow, NodeCapture, NodeState, Verdict, trace
+from k3snet.doctor import Flow, NodeCapture, NodeState, Trace, Verdict, trace
 from k3snet.lab.netns import run_in
 
 from .conftest import DoctorLab, Topology
@@ -30,6 +30,25 @@ def _without_iptables_save(capture: NodeCapture) -> NodeCapture:
     return NodeCapture({k: v for k, v in capture.texts.items() if k not in gone},
                        {**capture.missing,
                         **dict.fromkeys(gone, "iptables-nft-save: not installed")})
+
+
+#: The pods' flow, masqueraded by nftables.
+_TOPOLOGY = Topology(nat="masq-nft")
+
+
+def _kernel_and_trace(lab: DoctorLab, rule: list[str], view: str = "iptables-save"
+                      ) -> tuple[dict[str, object], Trace]:
+    """With ``rule`` (iptables-nft's arguments) on the node: the kernel's answer to the
+    pods' flow (one probe) and the doctor's trace of it, read with ``iptables-nft-save``'s
+    listing or (``view`` "nft") from nft's own alone."""
+    lab.configure(_TOPOLOGY)
+    run_in(lab.node, ["iptables-nft", *rule])
+    probe = lab.start_probe(_TOPOLOGY.destination, 1.5, _TOPOLOGY.port)
+    capture = lab.capture()
+    state = NodeState.from_capture(capture if view == "iptables-save"
+                                   else _without_iptables_save(capture))
+    answer = probe.answer()
+    return answer, trace(state, Flow(_TOPOLOGY.pod, _TOPOLOGY.destination, port=_TOPOLOGY.port))
 
 
 _GOES_ON = {
@@ -46,15 +65,7 @@ _GOES_ON = {
 @pytest.mark.parametrize("case", list(_GOES_ON))
 def test_a_target_the_kernel_goes_on_after_leaves_the_verdict_as_in_the_kernel(
         doctor_lab: DoctorLab, case: str, view: str) -> None:
-    topology = Topology(nat="masq-nft")
-    doctor_lab.configure(topology)
-    run_in(doctor_lab.node, ["iptables-nft", *_GOES_ON[case]])
-    probe = doctor_lab.start_probe(topology.destination, 1.5, topology.port)
-    capture = doctor_lab.capture()
-    state = NodeState.from_capture(capture if view == "iptables-save"
-                                   else _without_iptables_save(capture))
-    answer = probe.answer()
-    found = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
+    answer, found = _kernel_and_trace(doctor_lab, _GOES_ON[case], view)
     assert answer["ok"] is True, answer
     assert found.verdict is Verdict.REACHES, found.render()
     assert str(found.source_seen) == answer["seen"], found.render()
@@ -64,18 +75,13 @@ def test_netmap_before_the_masquerade_translates_the_source_to_its_prefix(
         doctor_lab: DoctorLab) -> None:
     """The kernel keeps the host part: the pod 10.42.0.10 leaves as 10.99.0.10 (and,
     nothing routing it back, its connection fails)."""
-    topology = Topology(nat="masq-nft")
-    doctor_lab.configure(topology)
-    run_in(doctor_lab.node, ["iptables-nft", "-t", "nat", "-I", "POSTROUTING", "-s",
-                             "10.42.0.0/16", "-j", "NETMAP", "--to", "10.99.0.0/16"])
-    probe = doctor_lab.start_probe(topology.destination, 1.5, topology.port)
-    state = NodeState.from_capture(doctor_lab.capture())
-    answer = probe.answer()
+    answer, found = _kernel_and_trace(doctor_lab, ["-t", "nat", "-I", "POSTROUTING", "-s",
+                                                   "10.42.0.0/16", "-j", "NETMAP", "--to",
+                                                   "10.99.0.0/16"])
     conntrack = run_in(doctor_lab.node, ["conntrack", "-L", "-p", "tcp", "--dport",
-                                         str(topology.port)], check=False).stdout
-    found = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
+                                         str(_TOPOLOGY.port)], check=False).stdout
     seen = ipaddress.ip_address(int(ipaddress.ip_address("10.99.0.0"))
-                                | (int(ipaddress.ip_address(topology.pod)) & 0xFFFF))
+                                | (int(ipaddress.ip_address(_TOPOLOGY.pod)) & 0xFFFF))
     assert answer["ok"] is False, answer
     assert not conntrack or f"dst={seen}" in conntrack, conntrack
     assert found.source_seen == seen, found.render()
@@ -97,28 +103,14 @@ def test_a_ttl_set_to_1_on_the_pods_flow_is_not_read_as_reaching(
     """``-j TTL --ttl-set 1`` goes on (XT_CONTINUE) but the forwarded packet expires: in
     PREROUTING at this node (ip_forward drops a TTL of 1), in FORWARD at the next router.
     The doctor said "reaches"; it is unknown now (nft's view does not list the TTL)."""
-    topology = Topology(nat="masq-nft")
-    doctor_lab.configure(topology)
-    run_in(doctor_lab.node, ["iptables-nft", *_EXPIRING[case]])
-    probe = doctor_lab.start_probe(topology.destination, 1.5, topology.port)
-    capture = doctor_lab.capture()
-    state = NodeState.from_capture(capture if view == "iptables-save"
-                                   else _without_iptables_save(capture))
-    answer = probe.answer()
-    found = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
+    answer, found = _kernel_and_trace(doctor_lab, _EXPIRING[case], view)
     assert answer["ok"] is False, answer
     assert found.verdict is Verdict.UNKNOWN, found.render()
 
 
 def test_a_ttl_set_high_read_from_iptables_save_leaves_the_flow_reaching(
         doctor_lab: DoctorLab) -> None:
-    topology = Topology(nat="masq-nft")
-    doctor_lab.configure(topology)
-    run_in(doctor_lab.node, ["iptables-nft", "-t", "mangle", "-I", "FORWARD", "-j", "TTL",
-                             "--ttl-set", "64"])
-    probe = doctor_lab.start_probe(topology.destination, 1.5, topology.port)
-    state = NodeState.from_capture(doctor_lab.capture())
-    answer = probe.answer()
-    found = trace(state, Flow(topology.pod, topology.destination, port=topology.port))
+    answer, found = _kernel_and_trace(doctor_lab, ["-t", "mangle", "-I", "FORWARD", "-j", "TTL",
+                                                   "--ttl-set", "64"])
     assert answer["ok"] is True, answer
     assert found.verdict is Verdict.REACHES, found.render()

@@ -17,6 +17,7 @@ from k3snet.backends.nftables import NftablesBackend
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, SnatRule, State
 from k3snet.planner import plan
+from tests.netlink.links import wait_for_link_local
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
@@ -321,13 +322,18 @@ def test_an_admin_route_k3snet_cannot_model_is_a_conflict_naming_it(
     from k3snet.backends.netlink import NetlinkBackend  # noqa: PLC0415 - this test only
     from k3snet.model import Route, RouteBlock  # noqa: PLC0415
 
-    for argv in (["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+    for argv in (["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                  "net.ipv6.conf.default.accept_dad=0"],
+                 ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
                  ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "eth1", "up"],
                  ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"],
                  ["ip", "nexthop", "add", "id", "7", "via", "192.168.1.1", "dev", "eth0"]):
         run_in(ns, argv)
     argv, what = UNMODELLED_ROUTES[case]
     run_in(ns, ["ip", *argv])
+    # The listing below is compared with one taken after k3snet ran: the kernel must be
+    # done adding the links' link-local routes first (it added them meanwhile, once).
+    wait_for_link_local(ns, "eth0", "eth1")
     before = json.loads(run_in(ns, ["ip", "-j", "route", "show", "table", "all"]).stdout)
     route = Route("10.9.1.0/24", gateway="192.168.1.1", device="eth0")
     wanted = State(owned=[route])
