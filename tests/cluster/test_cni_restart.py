@@ -1060,9 +1060,7 @@ def test_a_write_answered_without_a_date_moves_the_stamp_to_k3snet_s_time_after_
     # which may have read the config from before the write, counted as restarted. The
     # server's time once the answer is read (the clock as the reads' Date headers set
     # it) is after the landing: the stamp is moved to it.
-    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
-    landed: list[datetime.datetime] = []
-    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    name, landed, api_client = _slow_write(api_server, clock, kind)
     request = api_client.rest_client.request
 
     def no_date_on_patches(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
@@ -1099,9 +1097,7 @@ def test_a_stamp_rewritten_by_a_later_writer_before_the_move_is_the_one_the_appl
     # later stamp is the later write's), and cilium's apply reported the restarts by
     # the stamp it had sent, before its own landing: a pod made in between counted as
     # restarted in the apply's own answer. It reports by the stamp the ConfigMap holds.
-    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
-    landed: list[datetime.datetime] = []
-    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    name, landed, api_client = _slow_write(api_server, clock, kind)
     request = api_client.rest_client.request
     later: list[str] = []
 
@@ -1139,9 +1135,7 @@ def test_an_undo_after_a_stamp_s_move_with_its_answer_lost_leaves_a_later_writer
     # from before the apply back over a config the agents started since may have read.
     # The undo is conditional on the version before the move: the 409 reads, and the key
     # changed since is refused, named, and left.
-    name = "cilium-config"
-    landed: list[datetime.datetime] = []
-    api_client = _slow_write(api_server.api_client(), clock, name, 10.0, landed)
+    name, landed, api_client = _slow_write(api_server, clock, "cilium")
     request = api_client.rest_client.request
     moves: list[str] = []
 
