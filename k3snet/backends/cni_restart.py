@@ -19,6 +19,7 @@ key reference) and the CNI's well-known one (Cilium's ``config`` init container 
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -31,6 +32,8 @@ __all__ = ["CHANGED_ANNOTATION", "RestampError", "ServerClock", "Settled", "Writ
            "taking_back"]
 
 _T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
 
 CHANGED_ANNOTATION = "k3snet.io/changed-at"
 """The annotation, on a ConfigMap k3snet changed, holding when it last changed data the
@@ -70,6 +73,9 @@ class ServerClock:
         """Seconds to add to k3snet's clock: the latest gap the last answer allows."""
         self.least = 0.0
         """Seconds to add to k3snet's clock: the earliest gap the last answer allows."""
+        self.dated = False
+        """Whether an answer's ``Date`` gave the gap (else it is 0: k3snet's own clock)."""
+        self._warned = False
 
     @staticmethod
     def asked() -> float:
@@ -109,13 +115,24 @@ class ServerClock:
             return  # no clock a stamp can hold: a stamp's write failed with a traceback
         self.offset = gap
         self.least = server - now.timestamp()
+        self.dated = True
 
     def now(self) -> datetime.datetime:
         """The API server's time now, as the last answer allows (its latest)."""
         return datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(seconds=self.offset)
 
     def stamp(self) -> str:
-        """:func:`changed_stamp` of the API server's time now."""
+        """:func:`changed_stamp` of the API server's time now. No answer's ``Date`` read
+        (a proxy dropping them all), it is k3snet's own clock, whatever its gap to the
+        server's: said once (a warning), as a clock behind counts a pod made before the
+        write as restarted, which nothing else would show."""
+        if not self.dated and not self._warned:
+            self._warned = True
+            log.warning(
+                "no answer of the API server carried a usable Date header (a proxy "
+                "dropping it?): the restart stamp (%s) is k3snet's own clock, not the "
+                "API server's; a pod made shortly before the write counts as restarted "
+                "where k3snet's clock is behind it", CHANGED_ANNOTATION)
         return changed_stamp(self.now())
 
     def earliest(self) -> str:

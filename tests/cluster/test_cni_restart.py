@@ -1293,3 +1293,34 @@ def test_a_pod_made_in_the_write_s_second_before_its_stamp_s_is_pending_after_th
     assert CHANGED_ANNOTATION in (left["metadata"].get("annotations") or {})
     pending = pending_restarts(_backend(api_server.api_client(), kind))
     assert [r.stale for r in pending] == [("made-after-the-write",)]
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_answers_without_any_date_say_once_that_the_stamp_is_k3snet_s_own_clock(
+        api_server: EmulatedApiServer, clock: type[_Clock], caplog: pytest.LogCaptureFixture,
+        kind: str) -> None:
+    # A proxy dropping every answer's Date: no gap to the server's clock is known, the
+    # stamp is k3snet's clock; 30 s behind the server's, a pod made 10 s before the
+    # write counts as restarted (the config said in force on a node running the old
+    # one), and nothing said so. It is said, once.
+    api_client = api_server.api_client()
+    request = api_client.rest_client.request
+
+    def no_date(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        answer = request(method, url, *args, **kwargs)
+        answer.response.headers.pop("Date", None)
+        return answer
+
+    api_client.rest_client.request = no_date
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    server = clock.at + datetime.timedelta(seconds=30)
+    api_server.put(PODS, daemonset_pod(namespace, "made-before", owner, labels,
+                                       created=_utc(server - datetime.timedelta(seconds=10))))
+    with caplog.at_level("WARNING", logger="k3snet"):
+        converge(backend, desired)
+        pending_restarts(backend)
+    said = [r.getMessage() for r in caplog.records if "usable Date header" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "k3snet's own clock" in said[0]
