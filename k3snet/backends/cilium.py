@@ -803,7 +803,8 @@ class _Api:
 
     def patch_back(self, name: str, version: str | None, data: dict[str, str | None],
                    owned: str | None, written: str | None, *, left: _Keys,
-                   changed_at: tuple[str | None] | None = None) -> None:
+                   changed_at: tuple[str | None] | None = None,
+                   since: str | None = None) -> None:
         """The merge patch taking k3snet's write of ``name`` back (``data`` and the
         records as they were; its ``version``). A 409 reads the ConfigMap again: holding
         ``data`` and the records is the undo done (sent again after a 503 that followed
@@ -815,7 +816,8 @@ class _Api:
         not overwritten. ``changed_at``: the restart stamp as it was, put back too (and
         compared: a write of the stamp alone, a ``subPath`` ip-masq-agent change's, was
         found "undone" with its stamp still there; ``left`` holds the stamp written), then
-        the undo stamped where a pod was made since the write (:meth:`_undone`)."""
+        the undo stamped where a pod was made since ``since`` (the server's earliest time
+        before the write: :meth:`_undone`)."""
         conflict: KubeApiError | None = None
         for _ in range(_UNDO_TRIES):
             try:
@@ -826,13 +828,13 @@ class _Api:
                     raise
                 conflict = exc
             else:
-                self._undone(name, undone, left, changed_at)
+                self._undone(name, undone, left, changed_at, since)
                 return
             found = self.read(name)
             if found is None:
                 raise conflict
             if not _Keys(data, owned, written, changed_at).differing(found):
-                self._undone(name, found.version, left, changed_at)
+                self._undone(name, found.version, left, changed_at, since)
                 return
             changed = left.differing(found)
             if changed:
@@ -849,14 +851,14 @@ class _Api:
             status=409, reason=conflict.reason) from conflict
 
     def _undone(self, name: str, version: str | None, left: _Keys,
-                changed_at: tuple[str | None] | None) -> None:
+                changed_at: tuple[str | None] | None, since: str | None) -> None:
         """After :meth:`patch_back` put ``changed_at`` back over the stamp ``left`` holds
-        (leaving ``version``): the undo stamped where an agent's pod was made since the
-        write, which may have read the config undone
+        (leaving ``version``): the undo stamped where an agent's pod was made since
+        ``since`` (``None``: stamped), which may have read the config undone
         (:func:`~k3snet.backends.cni_restart.stamp_undone`)."""
         if changed_at is None or left.changed_at is None:
             return
-        stamp_undone(self.core.api_client, self.namespace, name, written=left.changed_at[0],
+        stamp_undone(self.core.api_client, self.namespace, name, since=since,
                      back=changed_at[0], version=version, known=(self.agent_daemonset,),
                      clock=self.clock, timeout=self.timeout)
 
@@ -1866,10 +1868,11 @@ class CiliumBackend(BackendBase):
         agent_text = None if agent is None else agent.data.get(AGENT_CONFIG_KEY)
         agent_changes = edit.agent_action in ("create", "delete") or (
             edit.agent_action == "patch" and edit.agent_text != agent_text)
-        changed_at: tuple[str | None] | None = None
-        if (any(config.data.get(k) != v for k, v in edit.config_data.items())
-                or (self._file_copied and agent_changes)):
-            changed_at = (self._api.clock.stamp(),)
+        # With the stamp, the server's time before the write at its earliest: an undo
+        # stamps itself where a pod was made since (the stamp may be after the landing).
+        changed_at, since = ((self._api.clock.stamp(),), self._api.clock.earliest()) if (
+            any(config.data.get(k) != v for k, v in edit.config_data.items())
+            or (self._file_copied and agent_changes)) else (None, None)
         self._next_stamp = changed_at if changed_at is not None else (config.changed_at,)
         stamp_back = None if changed_at is None else (config.changed_at,)  # for an undo
         if (edit.config_data or new_record != old_record or new_written != config.written
@@ -1887,14 +1890,14 @@ class CiliumBackend(BackendBase):
                         api.config_name, edit.config_data, new_record, new_written,
                         lambda found: api.patch_back(api.config_name, found, back,
                                                      old_record, config.written, left=left,
-                                                     changed_at=stamp_back))),
+                                                     changed_at=stamp_back, since=since))),
                     lambda landed: api.patch_back(api.config_name, landed, back, old_record,
                                                   config.written, left=left,
-                                                  changed_at=stamp_back))
+                                                  changed_at=stamp_back, since=since))
                 left = self._landed(left)
                 return lambda: api.patch_back(api.config_name, version, back, old_record,
                                               config.written, left=left,
-                                              changed_at=stamp_back)
+                                              changed_at=stamp_back, since=since)
             steps.append(write_config)
         agent_written = self._agent_written(edit)
         if edit.agent_action == "create":

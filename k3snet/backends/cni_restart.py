@@ -19,6 +19,7 @@ key reference) and the CNI's well-known one (Cilium's ``config`` init container 
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -31,6 +32,8 @@ __all__ = ["CHANGED_ANNOTATION", "RestampError", "ServerClock", "Settled", "Writ
            "taking_back"]
 
 _T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
 
 CHANGED_ANNOTATION = "k3snet.io/changed-at"
 """The annotation, on a ConfigMap k3snet changed, holding when it last changed data the
@@ -68,6 +71,11 @@ class ServerClock:
     def __init__(self) -> None:
         self.offset = 0.0
         """Seconds to add to k3snet's clock: the latest gap the last answer allows."""
+        self.least = 0.0
+        """Seconds to add to k3snet's clock: the earliest gap the last answer allows."""
+        self.dated = False
+        """Whether an answer's ``Date`` gave the gap (else it is 0: k3snet's own clock)."""
+        self._warned = False
 
     @staticmethod
     def asked() -> float:
@@ -106,14 +114,35 @@ class ServerClock:
         if not holds:
             return  # no clock a stamp can hold: a stamp's write failed with a traceback
         self.offset = gap
+        self.least = server - now.timestamp()
+        self.dated = True
 
     def now(self) -> datetime.datetime:
         """The API server's time now, as the last answer allows (its latest)."""
         return datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(seconds=self.offset)
 
     def stamp(self) -> str:
-        """:func:`changed_stamp` of the API server's time now."""
+        """:func:`changed_stamp` of the API server's time now. No answer's ``Date`` read
+        (a proxy dropping them all), it is k3snet's own clock, whatever its gap to the
+        server's: said once (a warning), as a clock behind counts a pod made before the
+        write as restarted, which nothing else would show."""
+        if not self.dated and not self._warned:
+            self._warned = True
+            log.warning(
+                "no answer of the API server carried a usable Date header (a proxy "
+                "dropping it?): the restart stamp (%s) is k3snet's own clock, not the "
+                "API server's; a pod made shortly before the write counts as restarted "
+                "where k3snet's clock is behind it", CHANGED_ANNOTATION)
         return changed_stamp(self.now())
+
+    def earliest(self) -> str:
+        """:func:`changed_stamp` of the API server's time now at its earliest (the lower
+        end of the gap :meth:`note` took): taken before a write, its second is never
+        after the write's landing's. :meth:`stamp`, late by up to a second and the
+        answer's time, is the safe side for a pod made before the write; this one is for
+        a pod made after it (:func:`stamp_undone`)."""
+        now = datetime.datetime.now(tz=datetime.UTC)
+        return changed_stamp(now + datetime.timedelta(seconds=self.least))
 
 
 _BLIND_FIRST = datetime.timedelta(minutes=1)
@@ -268,13 +297,16 @@ def _move(core: Any, namespace: str, name: str, sent: str | None, landed: str, *
                        f"{CHANGED_ANNOTATION}={landed}", status=409)
 
 
-def stamp_undone(api_client: Any, namespace: str, name: str, *, written: str | None,
+def stamp_undone(api_client: Any, namespace: str, name: str, *, since: str | None,
                  back: str | None, version: str | None, known: Iterable[str],
                  clock: ServerClock, timeout: float) -> None:
     """After an undo gave ConfigMap ``namespace/name`` back, its stamp ``back`` (the one
-    from before; ``None``: none) over ``written`` (the one the undone write left), and
-    resourceVersion ``version``: stamp the undo where a pod of the DaemonSets reading
-    it (:func:`readers`) was created since ``written``'s second.
+    from before; ``None``: none), and resourceVersion ``version``: stamp the undo where
+    a pod of the DaemonSets reading it (:func:`readers`) was created since ``since``'s
+    second (:meth:`ServerClock.earliest` taken before the undone write was sent: never
+    after its landing; ``None``: not known, stamped). The stamp the write left is no
+    such bound: taken at the server's latest time, or moved to the answer's ``Date``, it
+    may be in a second after the landing's, and a pod made in between was missed.
 
     Such a pod may have read the written config, no longer in force once undone: under
     ``back`` it counted as restarted, nothing said pending. The undo's stamp (``clock``,
@@ -283,7 +315,7 @@ def stamp_undone(api_client: Any, namespace: str, name: str, *, written: str | N
     no restart named for an apply undone. DaemonSets none found or not to be listed:
     stamped (k3snet cannot tell). Raises :class:`~k3snet.kube.KubeApiError` (its
     ``kubectl annotate`` command in the message) where the stamp is not written."""
-    at = _time(written)
+    at = _time(since)
     try:
         found = _reading(api_client, namespace, name, frozenset(known), timeout)
         listed = _pods(api_client, namespace, found, timeout)

@@ -487,6 +487,7 @@ class _ConfigMapStore:
             # so does a destroy's giving the keys back (the stamp stays after k3snet's
             # last key, alone: that restart is followed too).
             metadata["annotations"][CHANGED_ANNOTATION] = self.clock.stamp()
+        since = self.clock.earliest()  # never after the landing: for an undo's stamp
         with translate_errors(f"patch {self.where}",
                               classifier=KubeErrors(timeout=self.timeout, error=_ApplyKubeError)):
             result, _, headers = self.core.patch_namespaced_config_map_with_http_info(
@@ -499,17 +500,18 @@ class _ConfigMapStore:
             # Its move refused (RestampError) or interrupted (Ctrl-C, SIGTERM): the write
             # is taken back (all or nothing) by ``made``'s undo, as it was read.
             if made is not None:
-                made(lambda: self.write_back(doc, version, sent))
+                made(lambda: self.write_back(doc, version, since))
             restamp(self.core, self.namespace, self.name, sent, headers, version=version,
                     timeout=self.timeout, answered=self.clock.stamp())
         return 1
 
-    def write_back(self, doc: _Doc, version: str | None, written: str | None) -> None:
+    def write_back(self, doc: _Doc, version: str | None, since: str | None) -> None:
         """Take back :meth:`write`'s landed write of ``doc``'s change: its text and
         k3snet's annotations as read, conditional on ``version`` (the write's): a write
-        since (409) is left, the undo failing. The stamp put back over ``written`` (the
-        write's), the undo is stamped where a pod was made since the write, which may
-        have read the config undone (:func:`~k3snet.backends.cni_restart.stamp_undone`)."""
+        since (409) is left, the undo failing. The stamp put back, the undo is stamped
+        where a pod was made since ``since`` (the server's earliest time before the
+        write), which may have read the config undone
+        (:func:`~k3snet.backends.cni_restart.stamp_undone`)."""
         metadata: dict[str, Any] = {"annotations": dict(doc.annotations)}
         if version is not None:
             metadata["resourceVersion"] = version
@@ -519,7 +521,7 @@ class _ConfigMapStore:
             result = self.core.patch_namespaced_config_map(
                 self.name, self.namespace, body, field_manager="k3snet",
                 _content_type="application/merge-patch+json", _request_timeout=self.timeout)
-        stamp_undone(self.core.api_client, self.namespace, self.name, written=written,
+        stamp_undone(self.core.api_client, self.namespace, self.name, since=since,
                      back=doc.annotations.get(CHANGED_ANNOTATION),
                      version=getattr(getattr(result, "metadata", None), "resource_version",
                                      None),

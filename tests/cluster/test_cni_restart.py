@@ -538,12 +538,32 @@ def test_a_slow_answer_is_no_clock_gap_a_pod_made_before_the_write_stays_pending
     assert [r.stale for r in pending_restarts(again)] == [("made-before",)]
 
 
-@pytest.mark.parametrize(("ahead", "wait", "fraction", "later"), [
+_GAPS = pytest.mark.parametrize(("ahead", "wait", "fraction", "later"), [
     (0.0, 10.0, 0.5, 1.7), (0.0, 0.01, 0.5, 1.7), (600.0, 0.01, 0.5, 1.7),
     (600.0, 10.0, 0.5, 1.7), (-600.0, 0.01, 0.5, 1.7), (-600.0, 10.0, 0.5, 1.7),
     (3.0, 0.01, 0.5, 1.7), (-3.0, 0.01, 0.5, 1.7), (-0.9, 0.01, 0.5, 1.7),
     (0.9, 0.01, 0.5, 1.7), (0.9, 0.01, 0.05, 0.2), (0.5, 0.01, 0.3, 0.4),
     (0.0, 0.01, 0.95, 0.01), (-0.5, 0.01, 0.7, 0.5)])
+"""The server's clock ``ahead`` of k3snet's, a read answered in ``wait`` seconds whose
+request was sent at ``fraction`` of k3snet's second, the write ``later`` after it."""
+
+
+def _noted(clock: type[_Clock], monkeypatch: pytest.MonkeyPatch, *, ahead: float,
+           wait: float, fraction: float, later: float
+           ) -> tuple[cni_restart.ServerClock, datetime.datetime]:
+    """A ServerClock that noted one read (its Date written at the request's time) and
+    the server's time ``later`` seconds after the answer, when the write is sent."""
+    monkeypatch.setattr(clock, "at", clock.at.replace(microsecond=int(fraction * 1e6)))
+    server = clock.at + datetime.timedelta(seconds=ahead)
+    asked = cni_restart.ServerClock.asked()
+    clock.at += datetime.timedelta(seconds=wait)
+    kept = cni_restart.ServerClock()
+    kept.note({"Date": email.utils.format_datetime(server, usegmt=True)}, asked)
+    clock.at += datetime.timedelta(seconds=later)  # the write, a while after the read
+    return kept, clock.at + datetime.timedelta(seconds=ahead)
+
+
+@_GAPS
 def test_the_stamp_is_never_before_the_server_s_second_late_by_a_second_and_the_answer_s_time(
         clock: type[_Clock], monkeypatch: pytest.MonkeyPatch, *, ahead: float, wait: float,
         fraction: float, later: float) -> None:
@@ -552,17 +572,25 @@ def test_the_stamp_is_never_before_the_server_s_second_late_by_a_second_and_the_
     # server 0.9 s ahead, the write landed in the second after the stamp's, and a pod
     # made just before it counted as restarted. (A fake clock: Date written at the
     # request's time, the write ``later`` seconds after the answer.)
-    monkeypatch.setattr(clock, "at", clock.at.replace(microsecond=int(fraction * 1e6)))
-    server = clock.at + datetime.timedelta(seconds=ahead)
-    asked = cni_restart.ServerClock.asked()
-    clock.at += datetime.timedelta(seconds=wait)
-    kept = cni_restart.ServerClock()
-    kept.note({"Date": email.utils.format_datetime(server, usegmt=True)}, asked)
-    clock.at += datetime.timedelta(seconds=later)  # the write, a while after the read
+    kept, truth = _noted(clock, monkeypatch, ahead=ahead, wait=wait, fraction=fraction,
+                         later=later)
     stamp = datetime.datetime.fromisoformat(kept.stamp().replace("Z", "+00:00"))
-    truth = clock.at + datetime.timedelta(seconds=ahead)
     assert stamp >= truth.replace(microsecond=0)
     assert (stamp - truth).total_seconds() <= 1 + wait  # late by the answer's time
+
+
+@_GAPS
+def test_the_earliest_stamp_is_never_after_the_server_s_time_early_by_2s_and_the_answer_s_time(
+        clock: type[_Clock], monkeypatch: pytest.MonkeyPatch, *, ahead: float, wait: float,
+        fraction: float, later: float) -> None:
+    # What an undo compares the pods' creation with (the write's landing at its
+    # earliest): a pod made after the write is never in a second before it. Early by
+    # the Date's second, the answer's time and the stamp's own second at most.
+    kept, truth = _noted(clock, monkeypatch, ahead=ahead, wait=wait, fraction=fraction,
+                         later=later)
+    earliest = datetime.datetime.fromisoformat(kept.earliest().replace("Z", "+00:00"))
+    assert earliest <= truth
+    assert (truth - earliest).total_seconds() < 2 + wait
 
 
 @pytest.mark.parametrize("kind", ["cilium", "flannel"])
@@ -1217,3 +1245,107 @@ def test_an_undo_whose_daemonsets_cannot_be_listed_is_stamped(
     assert left is not None
     assert left["data"]["enable-ipv4-masquerade"] == "true"
     assert CHANGED_ANNOTATION in left["metadata"]["annotations"]
+
+
+def _answered_late(api_client: Any, clock: type[_Clock], name: str, late: float,
+                   landed: list[datetime.datetime]) -> Any:
+    """``api_client`` whose first PATCH of ConfigMap ``name`` lands at once (``landed``:
+    when) and is answered ``late`` seconds after (a server slow to answer: ``clock``
+    moves on), every answer's ``Date`` the server's time as it is written."""
+    request = api_client.rest_client.request
+
+    def late_answer(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        first = (method == "PATCH" and not landed
+                 and url.split("?", maxsplit=1)[0].endswith(f"/{name}"))
+        if first:
+            landed.append(clock.at)
+        answer = request(method, url, *args, **kwargs)
+        if first:
+            clock.at += datetime.timedelta(seconds=late)
+        answer.response.headers["Date"] = email.utils.format_datetime(clock.at, usegmt=True)
+        return answer
+
+    api_client.rest_client.request = late_answer
+    return api_client
+
+
+@pytest.mark.parametrize(("kind", "refused"), [("cilium", "move"), ("flannel", "move"),
+                                               ("cilium", "second write")])
+def test_a_pod_made_in_the_write_s_second_before_its_stamp_s_is_pending_after_the_undo(
+        api_server: EmulatedApiServer, clock: type[_Clock], kind: str, refused: str) -> None:
+    # The stamp is the server's time at its latest (a second late, and more), and a
+    # moved one the answer's Date, written after the landing: a pod made just after the
+    # write landed, in a second before the stamp's, was taken for one made before the
+    # write; the undo put the stamp from before the apply back (here none) and that pod,
+    # which may have read the config undone, counted as restarted. The undo compares
+    # with the earliest the write can have landed: the server's time at its earliest,
+    # taken before the write was sent.
+    name = "cilium-config" if kind == "cilium" else "kube-flannel-cfg"
+    landed: list[datetime.datetime] = []
+    api_client = _answered_late(api_server.api_client(), clock, name, 1.5, landed)
+    request = api_client.rest_client.request
+
+    def refuse_the_move(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        first = method == "PATCH" and not landed
+        answer = request(method, url, *args, **kwargs)
+        if first and landed:
+            api_server.fail(403, method="PATCH", plural="configmaps", name=name,
+                            message="denied by a webhook")
+        return answer
+
+    if refused == "move":
+        api_client.rest_client.request = refuse_the_move
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    if refused == "second write":  # the ip-masq-agent ConfigMap's creation
+        api_server.fail(500, method="POST", plural="configmaps")
+        desired = State(owned=[CiliumConfig(
+            CILIUM_DEFAULT_TARGET, settings={"enable-ipv4-masquerade": "false"},
+            ip_masq_agent={"nonMasqueradeCIDRs": ["10.0.0.0/8"]})])
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    # Made just after the write landed (12:00:00.5), in its second.
+    api_server.put(PODS, daemonset_pod(namespace, "made-after-the-write", owner, labels,
+                                       created=_utc(clock.at)))
+    found = api_server.get(CONFIGMAPS, name, namespace)
+    assert found is not None
+    with pytest.raises(ApplyError) as info:
+        converge(backend, desired)
+    assert landed
+    assert not isinstance(info.value, RollbackError), info.value
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["data"] == found["data"]
+    assert CHANGED_ANNOTATION in (left["metadata"].get("annotations") or {})
+    pending = pending_restarts(_backend(api_server.api_client(), kind))
+    assert [r.stale for r in pending] == [("made-after-the-write",)]
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_answers_without_any_date_say_once_that_the_stamp_is_k3snet_s_own_clock(
+        api_server: EmulatedApiServer, clock: type[_Clock], caplog: pytest.LogCaptureFixture,
+        kind: str) -> None:
+    # A proxy dropping every answer's Date: no gap to the server's clock is known, the
+    # stamp is k3snet's clock; 30 s behind the server's, a pod made 10 s before the
+    # write counts as restarted (the config said in force on a node running the old
+    # one), and nothing said so. It is said, once.
+    api_client = api_server.api_client()
+    request = api_client.rest_client.request
+
+    def no_date(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        answer = request(method, url, *args, **kwargs)
+        answer.response.headers.pop("Date", None)
+        return answer
+
+    api_client.rest_client.request = no_date
+    backend, desired, (namespace, _) = _cni(api_server, api_client, kind)
+    owner, labels = ("cilium", CILIUM_LABELS) if kind == "cilium" else (
+        "kube-flannel-ds", FLANNEL_LABELS)
+    server = clock.at + datetime.timedelta(seconds=30)
+    api_server.put(PODS, daemonset_pod(namespace, "made-before", owner, labels,
+                                       created=_utc(server - datetime.timedelta(seconds=10))))
+    with caplog.at_level("WARNING", logger="k3snet"):
+        converge(backend, desired)
+        pending_restarts(backend)
+    said = [r.getMessage() for r in caplog.records if "usable Date header" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "k3snet's own clock" in said[0]
