@@ -292,14 +292,15 @@ class TokenMemory(MemoryBackend):
 
 @pytest.mark.parametrize("watch", [None, 0.25])
 def test_a_spec_file_being_written_is_read_again_soon_not_an_interval_later(
-        tmp_path: Path, watch: float | None) -> None:
+        tmp_path: Path, watch: float | None, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "spec.yaml"
     _old(path, WHOLE)
     waits = RecordedWaits()
     memory = TokenMemory(capabilities=NODE_KINDS)
+    metrics = AgentMetrics()
     source = FileSpecSource(path)
     agent = Agent(source, lambda spec: BackendGroup([memory]), COMPILED,
-                  AgentOptions("node-1", interval=3600.0, watch=watch),
+                  AgentOptions("node-1", interval=3600.0, watch=watch), metrics=metrics,
                   monotonic=lambda: waits.now)
     assert agent.run_pass().status == "ok"
     agent._wake = waits  # type: ignore[assignment]
@@ -307,3 +308,9 @@ def test_a_spec_file_being_written_is_read_again_soon_not_an_interval_later(
     source.read_again_in = 0.25  # as a read keeping the spec in force leaves it
     assert agent._wait_after(waits.now) is False  # no change on the node ended it
     assert sum(waits.waits) == pytest.approx(0.25)
+    # The re-check's pass, finding nothing to do, is no heartbeat: at debug level.
+    with caplog.at_level(logging.DEBUG, logger="k3snet.agent"):
+        assert agent.run_pass().status == "ok"
+    assert [(r.levelno, r.message) for r in caplog.records if "in sync" in r.message] == [
+        (logging.DEBUG, "in sync: no changes")]
+    assert metrics.registry.get_sample_value("k3snet_agent_sync_duration_seconds_count") == 2
