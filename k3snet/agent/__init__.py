@@ -42,7 +42,13 @@ from k3snet.agent._report import (
     NodeReport,
     NodeReporter,
 )
-from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
+from k3snet.agent._spec_source import (
+    SPEC_SETTLE,
+    SPEC_SETTLE_LIMIT,
+    ConfigMapSpecSource,
+    FileSpecSource,
+    SpecSource,
+)
 
 __all__ = [
     "CLEANUP_MARGIN",
@@ -61,6 +67,8 @@ __all__ = [
     "REASSERT_INTERVAL",
     "RESULT_ANNOTATION",
     "RETRY_AFTER_LIMIT",
+    "SPEC_SETTLE",
+    "SPEC_SETTLE_LIMIT",
     "STATUS_ANNOTATION",
     "Agent",
     "AgentMetrics",

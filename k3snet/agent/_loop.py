@@ -543,9 +543,10 @@ class Agent:
         # (+ the spec, and the members owning objects then, by identity).
         self._teardown_wait: tuple[str, tuple[Hashable | None, ...] | None, Spec,
                                    frozenset[int]] | None = None
-        # Whether a change on the node started the pass in progress (see run), and when
-        # the spec was last read.
-        self._by_change = False
+        # Whether a change on the node started the pass in progress (see run), whether the
+        # spec source's read_again_in did (a spec file being written: see _wait_after),
+        # and when the spec was last read.
+        self._by_change = self._rechecking = False
         self._spec_read_at = monotonic()
         # When this agent, holding the Lease since, last converged that part (None: not
         # yet in this tenure).
@@ -1370,7 +1371,15 @@ class Agent:
         # (--no-watch, or no member with a change token) let a node with drift at
         # every pass keep one entry per repair for the process's life.
         self._forget_old_repairs()
-        if result.status == "ok":
+        if result.status != "failed" and not result.applied and (self._by_change
+                                                                  or self._rechecking):
+            # A pass a change on the node started (or a spec file being written) that
+            # found nothing to do: at debug level. On a node where kube-proxy commits
+            # every second, each said "in sync" at info level, 86 000 lines a day; the
+            # interval's passes keep the heartbeat (the metrics count every pass, and a
+            # refusal was said when it came).
+            _log.debug("%s", result.message, extra=extra)
+        elif result.status == "ok":
             level = logging.WARNING if result.drift else logging.INFO
             _log.log(level, "%s", result.message, extra=extra)
         elif result.status == "spec-refused":
@@ -1522,32 +1531,52 @@ class Agent:
         than a generation) comes back to ``before`` when another program undoes the
         pass's changes at once, and that undoing must not wait for the interval.
 
+        The source's ``read_again_in`` (a spec file being written, see
+        :class:`~k3snet.agent.FileSpecSource`), when shorter, ends the wait instead of the
+        interval (``_rechecking``).
+
         Returns whether a change on the node alone ended the wait (not the interval,
         nor a wake-up).
         """
         # Shortened at random (INTERVAL_JITTER): passes that ended together part again.
         interval = self.options.interval * (1.0 - INTERVAL_JITTER * self._random())
+        # A spec file being written (FileSpecSource): the spec in force stayed, and the
+        # file is read again as soon as it may have settled, not an interval later.
+        recheck = getattr(self.source, "read_again_in", None)
+        self._rechecking = recheck is not None and recheck < interval
+        if recheck is not None and self._rechecking:
+            interval = recheck
         deadline = self._monotonic() + interval
         watch = self.options.watch
         _, token = self.changes_seen(None) if watch else (False, None)
         if watch is None or token is None:
-            self._wake.wait(max(0.0, deadline - self._monotonic()))
+            self._wait_until(deadline)
             return False
         earliest = started + self.repair_gap()
         if before is not None and (token != before or applied):
             _log.debug("the node changed during the pass: passing again")
+            self._rechecking = False
             return not self._wait_gap(earliest)
         while True:
             left = deadline - self._monotonic()
-            if left <= 0 or self._wake.wait(min(watch, left)):
+            if left <= 0:
+                return False
+            if self._wake.wait(min(watch, left)):
+                self._rechecking = False
                 return False
             moved, token = self.changes_seen(token)
             if token is None:
-                self._wake.wait(max(0.0, deadline - self._monotonic()))
+                self._wait_until(deadline)
                 return False
             if moved:
                 _log.debug("the node changed: passing now, before the interval")
+                self._rechecking = False
                 return not self._wait_gap(earliest)
+
+    def _wait_until(self, deadline: float) -> None:
+        """Wait until ``deadline`` or a wake-up (which no re-check of the spec started)."""
+        if self._wake.wait(max(0.0, deadline - self._monotonic())):
+            self._rechecking = False
 
     def _wait_gap(self, earliest: float) -> bool:
         """Wait until ``earliest``; whether a wake-up (becoming leader, stop) came first

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+import attrs
 
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import Problem, SpecError
@@ -14,7 +19,10 @@ from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors
 from k3snet.spec.load import refuse_foreign_spec, sudo_invoker
 from k3snet.spec.source import read_text
 
-__all__ = ["ConfigMapSpecSource", "FileSpecSource", "SpecSource"]
+__all__ = ["SPEC_SETTLE", "SPEC_SETTLE_LIMIT", "ConfigMapSpecSource", "FileSpecSource",
+           "SpecSource"]
+
+_log = logging.getLogger("k3snet.agent")
 
 _REFUSING_STATUSES = frozenset({401, 403, 404})
 """Answers of the API server to the spec's read that stay so until someone acts (the
@@ -63,14 +71,154 @@ class SpecSource(Protocol):
         ...
 
 
+SPEC_SETTLE = 1.0
+"""Seconds a spec file must have stayed as it is before the agent takes a new text of it:
+by its modification time, or, when that is in the future (a clock set apart, ``touch
+-d``), by how long the agent saw it unchanged.
+
+A file rewritten in place (``cmd > spec.yaml`` with a slow ``cmd``, ``scp``, an editor
+writing in place) is first empty, then half written: read then, its first destinations
+went in force alone, the others' routes and rules deleted, and put back a pass later."""
+
+SPEC_SETTLE_LIMIT = 10.0
+"""Seconds after which a spec file that never settled (held open for writing, or changing,
+all along) is taken as it is, with a warning: a program that keeps the file open for
+writing (a lock taken through it) must not keep every new spec out of force; also the
+longest the first read waits for the file to settle."""
+
+_RECHECK = 0.25
+"""Seconds between two looks at a file held open for writing (its writer may close it any
+time), and the shortest wait before any look again."""
+
+
+@attrs.frozen
+class _Look:
+    """One read of a spec file and what says whether it was a whole one."""
+
+    before: os.stat_result | None
+    after: os.stat_result | None
+    outcome: str | SpecError
+    writing: bool | None
+    """Whether a process held the file open for writing (None: cannot tell here)."""
+
+    @property
+    def steady(self) -> bool:
+        """Whether the same file (size, times, inode) was there before and after the read."""
+        return _signature(self.before) == _signature(self.after)
+
+
+def _signature(info: os.stat_result | None) -> tuple[int, ...] | None:
+    if info is None:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:  # gone, or not for us to see: the read says why
+        return None
+
+
+def _open_for_writing(path: Path, info: os.stat_result | None) -> bool | None:
+    """Whether any process (of any namespace: the kernel counts the inode's writers) holds
+    regular file ``path`` (``info``) open for writing; None when this cannot tell.
+
+    A read lease is granted only on a file no one has open for writing (fcntl(2)), and is
+    given back at once. A writer opening the file meanwhile waits for that, and the
+    lease-break signal is one that is ignored unless handled (SIGURG), not SIGIO, which
+    would end the agent. Refused (a file of another user without CAP_LEASE, a file system
+    without leases, leases disabled): None, and the file's times alone decide."""
+    try:
+        import fcntl  # noqa: PLC0415 - Linux's leases only, and only here
+        import signal  # noqa: PLC0415
+    except ImportError:
+        return None
+    fd = _open_to_read(path, info)
+    if fd is None:
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except BlockingIOError:  # EAGAIN: open for writing
+            return True
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    except (OSError, AttributeError):  # no leases here (AttributeError: not Linux)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _open_to_read(path: Path, info: os.stat_result | None) -> int | None:
+    """Regular file ``path``, the inode ``info`` says, open for reading (None: not so)."""
+    if info is None or not stat.S_ISREG(info.st_mode):
+        return None
+    try:
+        handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        found = os.fstat(handle)
+        if (found.st_dev, found.st_ino) != (info.st_dev, info.st_ino) \
+                or not stat.S_ISREG(found.st_mode):
+            return None  # replaced since: the signatures differ anyway
+        # That very inode, opened for reading (O_NONBLOCK, O_NOCTTY: as any input is):
+        # nothing else swapped in, no FIFO or device opened.
+        return os.open(f"/proc/self/fd/{handle}",
+                       os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+
+
 class FileSpecSource:
-    """A spec file, read again every pass (the kubelet updates a mounted ConfigMap in place)."""
+    """A spec file, read again every pass (the kubelet updates a mounted ConfigMap in place).
+
+    A new text is taken only once the file has settled: no process holds it open for
+    writing, the same file (inode, size, times) before and after the read, and modified
+    at least ``settle`` seconds ago (:data:`SPEC_SETTLE`; by the clock the kernel stamps
+    it with, or, a modification time in the future, by how long it stayed unchanged).
+    Until then the text taken before stays, and :attr:`read_again_in` says when to look
+    again (the agent passes again then, not an interval later); the first read waits for
+    it. One that has not settled for ``settle_limit`` seconds (:data:`SPEC_SETTLE_LIMIT`)
+    is taken as it is, with a warning. ``settle=0`` asks nothing of the file's times (a
+    file open for writing or changing during the read still waits); ``clock``,
+    ``monotonic`` and ``sleep`` are the time it judges by (tests give their own)."""
 
     remote = False
     """A read costs nothing but a file's: every pass reads it."""
 
-    def __init__(self, path: Path) -> None:
+    read_again_in: float | None = None
+    """Seconds after which the file is worth reading again, while the last read kept the
+    text taken before, the new one not settled (None: the text read is the file's)."""
+
+    settle: float = SPEC_SETTLE
+    """Seconds a new text must have stayed as it is (the ``settle`` given, else this)."""
+
+    def __init__(self, path: Path, *, settle: float | None = None,
+                 settle_limit: float = SPEC_SETTLE_LIMIT,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.path = path
+        if settle is not None:
+            self.settle = settle
+        self.settle_limit = settle_limit
+        self._clock, self._monotonic, self._sleep = clock, monotonic, sleep
+        # What the file said when it last settled: its text or why it is unusable, and the
+        # file's signature then.
+        self._taken: str | SpecError | None = None
+        self._taken_as: tuple[int, ...] | None = None
+        # (the file's signature, when this source first saw it so); when the looks that
+        # found it unsettled began (None: the last one found it settled), and whether they
+        # said it open for writing; the signature last said modified in the future.
+        self._seen: tuple[tuple[int, ...] | None, float] | None = None
+        self._unsettled_since: float | None = None
+        self._said_writing = False
+        self._said_future: tuple[int, ...] | None = None
 
     @property
     def where(self) -> str:
@@ -81,9 +229,89 @@ class FileSpecSource:
         """The file's text (a regular UTF-8 file of bounded size, as every spec file), or a
         :class:`SpecError` when another user could have changed it or a file it imports
         (:func:`~k3snet.spec.load.refuse_foreign_spec`): judged at every read, as the file,
-        its directory or the import may have changed since the agent started."""
-        text = refuse_foreign_spec(self.path, invoker=sudo_invoker())
-        return read_text(self.path) if text is None else text
+        its directory or the import may have changed since the agent started. Either only
+        once the file has settled (see the class): until then, what it said before."""
+        while True:
+            look = self._look()
+            wait = self._unsettled(look)
+            if wait is None:
+                self.read_again_in, self._taken = None, look.outcome
+                self._taken_as = _signature(look.after)
+                break
+            if self._taken is not None:  # the text taken before stays: look again soon
+                self.read_again_in = wait
+                break
+            self._sleep(wait)  # the first read: nothing taken yet, wait (settle_limit at most)
+        if isinstance(self._taken, SpecError):
+            raise self._taken
+        assert self._taken is not None
+        return self._taken
+
+    def _look(self) -> _Look:
+        before = _stat(self.path)
+        try:
+            text = refuse_foreign_spec(self.path, invoker=sudo_invoker())
+            outcome: str | SpecError = read_text(self.path) if text is None else text
+        except SpecError as exc:
+            outcome = exc
+        writing = _open_for_writing(self.path, before)
+        return _Look(before, _stat(self.path), outcome, writing)
+
+    def _unsettled(self, look: _Look) -> float | None:
+        """Seconds to wait before looking again at a file not settled in ``look`` (None: it
+        settled, or will not within ``settle_limit`` and is taken as it is)."""
+        now = self._monotonic()
+        signature = _signature(look.after)
+        if self._seen is None or self._seen[0] != signature:
+            self._seen = (signature, now)
+        why, wait = self._why_unsettled(look, now - self._seen[1])
+        if why is None:
+            self._unsettled_since, self._said_writing = None, False
+            return None
+        if self._unsettled_since is None:
+            self._unsettled_since = now
+        waited = now - self._unsettled_since
+        if waited >= self.settle_limit:
+            _log.warning("the spec file %s has not settled for %.0f s (%s): taken as it is",
+                         self.path, waited, why)
+            self._unsettled_since, self._said_writing = None, False
+            return None
+        wait = min(max(wait, _RECHECK), self.settle_limit - waited)
+        # Open for writing: said once (a writer may hold it a while); the rest at debug level.
+        level = logging.INFO if look.writing and not self._said_writing else logging.DEBUG
+        self._said_writing = self._said_writing or bool(look.writing)
+        _log.log(level, "the spec file %s is being written (%s): %s; read again in %.2f s",
+                 self.path, why, "the spec read before stays" if self._taken is not None
+                 else "waiting for it", wait)
+        return wait
+
+    def _why_unsettled(self, look: _Look, unchanged: float) -> tuple[str | None, float]:
+        """(why the file has not settled, or None; seconds after which it may have), the
+        file unchanged for ``unchanged`` seconds as this source saw it."""
+        if look.before is None and look.after is None:
+            return None, 0.0  # no file (or none to see): the read's error says it
+        if look.steady and self._taken is not None \
+                and _signature(look.after) == self._taken_as:
+            # Nothing new since it was taken, though still open for writing (a program
+            # locking through it): not read again every 0.25 s for as long as it holds it.
+            return None, 0.0
+        if not look.steady:
+            return "changed while being read", self.settle
+        if look.writing:
+            return "open for writing", _RECHECK
+        assert look.after is not None
+        age = self._clock() - look.after.st_mtime
+        if age < -self.settle and self._said_future != _signature(look.after):
+            self._said_future = _signature(look.after)
+            _log.warning("the spec file %s is modified %.0f s in the future of this node's "
+                         "clock (a clock set apart, touch -d): judged by how long it stays "
+                         "unchanged instead", self.path, -age)
+        settled_for = max(age, unchanged)
+        if settled_for >= self.settle:
+            return None, 0.0
+        why = (f"modified {age:.2f} s ago" if age >= 0
+               else f"modified in the future, unchanged for {unchanged:.2f} s")
+        return why, self.settle - settled_for
 
 
 _VERSION_NOT_SERVED = frozenset({400, 410, 504})

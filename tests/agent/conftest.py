@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from k3snet.agent import LOGGER_NAME
+from k3snet.agent import LOGGER_NAME, FileSpecSource
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +28,12 @@ def _loggers_restored() -> Iterator[None]:
             logger.addHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
+
+
+@pytest.fixture(autouse=True)
+def _spec_files_taken_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's tests write a spec file and pass at once: a new text is taken without
+    waiting for the file's modification time to be ``SPEC_SETTLE`` old (a real second
+    per agent and per rewrite). The settle time has tests of its own, each giving its
+    ``settle`` and clocks (test_spec_settle.py); a file open for writing still waits."""
+    monkeypatch.setattr(FileSpecSource, "settle", 0.0)

@@ -515,7 +515,8 @@ def test_the_agent_judges_its_spec_file_at_every_read(
     its imports may change after the start's check: a read of a spec another user could
     have changed is refused (the last good spec stays in force)."""
     monkeypatch.delenv("SUDO_UID", raising=False)
-    source = FileSpecSource(spec_file)
+    # settle=0: the file was written just now, its judgement is the subject here.
+    source = FileSpecSource(spec_file, settle=0)
     assert source.read() == SPEC
     spec_file.chmod(0o666)
     with pytest.raises(SpecError, match=r"writable by others \(mode 0666\)"):
@@ -549,7 +550,9 @@ def test_the_agent_parses_a_spec_text_once_for_its_imports_across_reads(
         return real(text, where)
 
     monkeypatch.setattr(spec_load, "load_mapping", parsing)
-    source = FileSpecSource(spec_file)
+    # settle=0: each text is taken as written (the spec file rewritten, then its import
+    # changed, within the second a new text otherwise waits).
+    source = FileSpecSource(spec_file, settle=0)
     for _ in range(3):
         source.read()
     assert len(parsed) == 1

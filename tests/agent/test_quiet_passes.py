@@ -1,0 +1,89 @@
+"""A pass a change on the node started that finds nothing to do logs at debug level: on a
+node where kube-proxy commits every second, each said "in sync" at info level (86 000
+lines a day); the interval's passes keep the heartbeat, and the metrics count every pass."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from k3snet.agent import Agent, AgentMetrics, AgentOptions, FileSpecSource
+from k3snet.backends.group import BackendGroup
+from k3snet.backends.memory import MemoryBackend
+from k3snet.model.state import State
+from k3snet.planner import Plan, plan
+
+from .desired import COMPILED
+
+SPEC = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+destinations:
+  - cidr: 192.168.2.0/24
+"""
+
+
+def _node(tmp_path: Path, text: str = SPEC) -> tuple[Agent, MemoryBackend, AgentMetrics]:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    memory = MemoryBackend(capabilities=("route", "sysctl", "nat", "forward"))
+    metrics = AgentMetrics()
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), COMPILED,
+                  AgentOptions("node-1", interval=3600.0), metrics=metrics)
+    return agent, memory, metrics
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    """(level, message) of each pass's line."""
+    return [(r.levelno, r.getMessage()) for r in caplog.records
+            if r.name == "k3snet.agent" and hasattr(r, "status")]
+
+
+def test_a_pass_a_change_started_that_finds_nothing_logs_at_debug_an_interval_pass_at_info(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    agent, _, metrics = _node(tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="k3snet.agent"):
+        assert agent.run_pass().status == "ok"
+        caplog.clear()
+        agent._by_change = True  # the watch saw another program's commit
+        for _ in range(3):
+            assert agent.run_pass().message == "in sync: no changes"
+        agent._by_change = False  # the interval's pass: the heartbeat
+        assert agent.run_pass().message == "in sync: no changes"
+    assert _lines(caplog) == [(logging.DEBUG, "in sync: no changes")] * 3 + [
+        (logging.INFO, "in sync: no changes")]
+    count = metrics.registry.get_sample_value("k3snet_agent_sync_duration_seconds_count")
+    assert count == 5  # every pass counted, the quiet ones too
+
+
+def test_a_pass_a_change_started_that_repairs_drift_still_warns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    agent, memory, _ = _node(tmp_path)
+    assert agent.run_pass().status == "ok"
+    forward = [c for c in plan(State(), memory.state).changes if c.kind == "forward"]
+    memory.apply(Plan(changes=[c.inverse() for c in forward]))
+    agent._by_change = True
+    with caplog.at_level(logging.DEBUG, logger="k3snet.agent"):
+        result = agent.run_pass()
+    assert result.drift == 1
+    assert [level for level, _ in _lines(caplog)] == [logging.WARNING]
+
+
+def test_a_refused_spec_is_said_when_refused_and_by_the_interval_passes_not_at_each_change(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    agent, _, _ = _node(tmp_path)
+    assert agent.run_pass().status == "ok"
+    (tmp_path / "spec.yaml").write_text("destinations:\n  - cidr: 999.1.2.0/24\n")
+    with caplog.at_level(logging.DEBUG, logger="k3snet.agent"):
+        agent._by_change = True
+        assert agent.run_pass().status == "spec-refused"  # the refusal: an error, once
+        assert agent.run_pass().status == "spec-refused"
+        agent._by_change = False
+        assert agent.run_pass().status == "spec-refused"
+    refusals = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(refusals) == 1
+    assert "refused (invalid)" in refusals[0].getMessage()
+    assert [level for level, _ in _lines(caplog)] == [logging.DEBUG, logging.DEBUG,
+                                                      logging.WARNING]

@@ -1,0 +1,316 @@
+"""A spec file rewritten in place is taken only once it has settled: the agent never puts
+a half-written spec in force (its first destinations alone, the others' routes deleted
+and put back a pass later)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from k3snet.agent import (
+    SPEC_SETTLE,
+    SPEC_SETTLE_LIMIT,
+    Agent,
+    AgentMetrics,
+    AgentOptions,
+    FileSpecSource,
+)
+from k3snet.backends.group import BackendGroup
+from k3snet.backends.memory import MemoryBackend
+from k3snet.spec.load import refuse_foreign_spec
+
+from .desired import COMPILED
+
+HEAD = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+destinations:
+  - cidr: 192.168.2.0/24
+"""
+TAIL = "  - cidr: 172.20.0.0/16\n"
+WHOLE = HEAD + TAIL
+NODE_KINDS = ("route", "sysctl", "nat", "forward")
+
+
+class Clocks:
+    """The source's wall clock and monotonic clock, and its sleep, which moves both on
+    (none sleeps for real); ``on_sleep`` runs at each sleep (a writer going on)."""
+
+    def __init__(self, wall: float) -> None:
+        self.wall, self.now = wall, 1000.0
+        self.slept: list[float] = []
+        self.on_sleep: list[object] = []
+
+    def clock(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.slept.append(seconds)
+        self.advance(seconds)
+        for action in self.on_sleep:
+            action()  # type: ignore[operator]
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.now += seconds
+
+
+class Node:
+    """An agent over one MemoryBackend, its spec in a file it reads with ``source``."""
+
+    def __init__(self, path: Path, source: FileSpecSource) -> None:
+        self.memory = MemoryBackend(capabilities=NODE_KINDS)
+        self.metrics = AgentMetrics()
+        self.agent = Agent(source, lambda spec: BackendGroup([self.memory]), COMPILED,
+                           AgentOptions("node-1", interval=3600.0), metrics=self.metrics)
+        self.path = path
+
+    def routes(self) -> list[str]:
+        """The destinations the node's objects serve now (their masquerade and forward)."""
+        owned = [str(o) for o in self.memory.state.owned]
+        return sorted(c for c in ("192.168.2.0/24", "172.20.0.0/16")
+                      if any(c in o for o in owned))
+
+
+def _old(path: Path, text: str) -> float:
+    """Write ``text`` to ``path``, modified an hour ago; the time it was modified."""
+    path.write_text(text)
+    then = path.stat().st_mtime - 3600
+    os.utime(path, (then, then))
+    return then
+
+
+def test_a_spec_file_half_written_while_open_for_writing_is_not_put_in_force(
+        tmp_path: Path) -> None:
+    # /tmp/auditb-partial.sh: `cmd > spec.yaml` with a slow cmd, scp, an editor writing
+    # in place: truncated, then half written, the rest seconds later. The agent put the
+    # half in force (the second destination's route deleted), then the whole back.
+    path = tmp_path / "spec.yaml"
+    _old(path, WHOLE)
+    source = FileSpecSource(path)  # settle 0 (conftest): the file's times play no part here
+    node = Node(path, source)
+    assert node.agent.run_pass().status == "ok"
+    assert node.routes() == ["172.20.0.0/16", "192.168.2.0/24"]
+    with path.open("w") as writer:  # truncated: empty, then the first destination alone
+        writer.write(HEAD)
+        writer.flush()
+        for _ in range(3):
+            result = node.agent.run_pass()
+            assert (result.status, result.applied) == ("ok", ())
+            assert node.agent.generation == 1
+            assert node.routes() == ["172.20.0.0/16", "192.168.2.0/24"]
+            assert source.read_again_in is not None
+        writer.write(TAIL + "masquerade:\n  mode: destinations\n")
+    result = node.agent.run_pass()  # closed: the whole new text goes in force
+    assert result.status == "ok"
+    assert node.agent.generation == 2
+    assert node.routes() == ["172.20.0.0/16", "192.168.2.0/24"]
+    assert source.read_again_in is None
+
+
+def test_a_new_spec_text_goes_in_force_only_once_modified_the_settle_time_ago(
+        tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    then = _old(path, HEAD)
+    clocks = Clocks(then + 3600)
+    source = FileSpecSource(path, settle=SPEC_SETTLE, clock=clocks.clock,
+                            monotonic=clocks.monotonic, sleep=clocks.sleep)
+    node = Node(path, source)
+    assert node.agent.run_pass().status == "ok"
+    assert clocks.slept == []  # an old file: taken at once
+    path.write_text(WHOLE)  # closed at once, but `cat a > f; cat b >> f` writes on
+    clocks.wall = path.stat().st_mtime + 0.25
+    result = node.agent.run_pass()
+    assert (result.status, node.agent.generation, node.routes()) == ("ok", 1, ["192.168.2.0/24"])
+    assert source.read_again_in == pytest.approx(SPEC_SETTLE - 0.25)
+    clocks.advance(SPEC_SETTLE - 0.25)
+    assert node.agent.run_pass().status == "ok"
+    assert (node.agent.generation, node.routes()) == (2, ["172.20.0.0/16", "192.168.2.0/24"])
+    assert source.read_again_in is None
+
+
+def test_a_text_read_while_the_file_changed_is_not_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "spec.yaml"
+    _old(path, WHOLE)
+    source = FileSpecSource(path)
+    node = Node(path, source)
+    assert node.agent.run_pass().status == "ok"
+    real = refuse_foreign_spec
+    writes = [TAIL]
+
+    def written_meanwhile(file: Path, *, invoker: int | None = None) -> str | None:
+        text = real(file, invoker=invoker)
+        if writes:  # the writer goes on once the agent has read (and closes the file)
+            with path.open("a") as writer:
+                writer.write(writes.pop())
+        return text
+
+    monkeypatch.setattr("k3snet.agent._spec_source.refuse_foreign_spec", written_meanwhile)
+    path.write_text(HEAD)  # the first destination alone, the second written during the read
+    assert node.agent.run_pass().status == "ok"
+    assert (node.agent.generation, node.routes()) == (1, ["172.20.0.0/16", "192.168.2.0/24"])
+    assert source.read_again_in is not None
+    assert node.agent.run_pass().status == "ok"  # the same whole text: nothing new
+    assert (node.agent.generation, node.routes()) == (1, ["172.20.0.0/16", "192.168.2.0/24"])
+
+
+def test_the_first_read_waits_for_a_file_being_written_then_takes_the_whole(
+        tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    writer = path.open("w")
+    try:
+        writer.write(HEAD)
+        writer.flush()
+        clocks = Clocks(path.stat().st_mtime + 3600)
+        done = []
+
+        def finish() -> None:  # the writer ends during the agent's second wait
+            if len(clocks.slept) == 2:
+                writer.write(TAIL)
+                writer.close()
+                done.append(clocks.now)
+
+        clocks.on_sleep.append(finish)
+        source = FileSpecSource(path, settle=SPEC_SETTLE, clock=clocks.clock,
+                                monotonic=clocks.monotonic, sleep=clocks.sleep)
+        node = Node(path, source)
+        assert node.agent.run_pass().status == "ok"
+    finally:
+        writer.close()
+    assert done
+    assert (node.agent.generation, node.routes()) == (1, ["172.20.0.0/16", "192.168.2.0/24"])
+    assert sum(clocks.slept) < SPEC_SETTLE_LIMIT
+
+
+def test_a_file_held_open_for_writing_is_taken_after_the_settle_limit_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A program keeping the file open for writing (a lock taken through it) must not keep
+    # every spec out of force, nor the first read wait for ever.
+    path = tmp_path / "spec.yaml"
+    then = _old(path, HEAD)
+    clocks = Clocks(then + 3600)
+    source = FileSpecSource(path, settle=SPEC_SETTLE, clock=clocks.clock,
+                            monotonic=clocks.monotonic, sleep=clocks.sleep)
+    node = Node(path, source)
+    with caplog.at_level(logging.DEBUG, logger="k3snet.agent"), path.open("a") as holder:
+        assert node.agent.run_pass().status == "ok"
+        assert SPEC_SETTLE_LIMIT <= sum(clocks.slept) < SPEC_SETTLE_LIMIT + SPEC_SETTLE
+        assert node.routes() == ["192.168.2.0/24"]
+        assert "has not settled for 10 s (open for writing): taken as it is" in caplog.text
+        # Still held, unchanged since taken: nothing new, not read again every 0.25 s.
+        assert node.agent.run_pass().status == "ok"
+        assert source.read_again_in is None
+        assert "being written" not in caplog.text.split("taken as it is")[-1]
+        caplog.clear()
+        holder.write(TAIL)
+        holder.flush()
+        clocks.wall = path.stat().st_mtime + 3600
+        looks = 0
+        while True:  # kept, read again soon, until the limit
+            node.agent.run_pass()
+            looks += 1
+            if node.agent.generation == 2:
+                break
+            assert node.routes() == ["192.168.2.0/24"]
+            assert looks <= SPEC_SETTLE_LIMIT / 0.25
+            assert source.read_again_in is not None
+            clocks.advance(source.read_again_in)
+        assert node.routes() == ["172.20.0.0/16", "192.168.2.0/24"]
+        assert looks > SPEC_SETTLE_LIMIT / 0.25
+    said = [r for r in caplog.records if "being written (open for writing)" in r.message]
+    assert [r.levelno for r in said[:1]] == [logging.INFO]  # once at info, then debug
+    assert all(r.levelno == logging.DEBUG for r in said[1:])
+    assert clocks.slept == pytest.approx([0.25] * 40)  # the first read's waits alone
+
+
+def test_a_spec_file_modified_in_the_future_is_taken_once_unchanged_for_the_settle_time(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A clock set apart, touch -d: its age never reaches the settle time; judged by how
+    # long the agent saw it unchanged instead, and said.
+    path = tmp_path / "spec.yaml"
+    path.write_text(WHOLE)
+    future = path.stat().st_mtime + 7200
+    os.utime(path, (future, future))
+    clocks = Clocks(future - 7200)
+    source = FileSpecSource(path, settle=SPEC_SETTLE, clock=clocks.clock,
+                            monotonic=clocks.monotonic, sleep=clocks.sleep)
+    node = Node(path, source)
+    with caplog.at_level(logging.WARNING, logger="k3snet.agent"):
+        assert node.agent.run_pass().status == "ok"
+    assert node.routes() == ["172.20.0.0/16", "192.168.2.0/24"]
+    assert SPEC_SETTLE <= sum(clocks.slept) < SPEC_SETTLE_LIMIT
+    assert [r.message for r in caplog.records] == [
+        f"the spec file {path} is modified 7200 s in the future of this node's clock (a "
+        "clock set apart, touch -d): judged by how long it stays unchanged instead"]
+
+
+def test_a_spec_file_gone_is_refused_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    _old(path, WHOLE)
+    clocks = Clocks(path.stat().st_mtime + 3600)
+    node = Node(path, FileSpecSource(path, settle=SPEC_SETTLE, clock=clocks.clock,
+                                     monotonic=clocks.monotonic, sleep=clocks.sleep))
+    assert node.agent.run_pass().status == "ok"
+    path.unlink()
+    result = node.agent.run_pass()
+    assert result.status == "spec-refused"
+    assert "refused (unreadable)" in result.message
+    assert clocks.slept == []
+
+
+class RecordedWaits:
+    """An Event stand-in recording each wait, on a clock each wait moves on."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.waits.append(timeout)
+        self.now += timeout
+        return False
+
+    def is_set(self) -> bool:
+        return False
+
+
+class TokenMemory(MemoryBackend):
+    """A MemoryBackend with a change token that never moves (the watch looks at it)."""
+
+    def change_token(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("watch", [None, 0.25])
+def test_a_spec_file_being_written_is_read_again_soon_not_an_interval_later(
+        tmp_path: Path, watch: float | None, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "spec.yaml"
+    _old(path, WHOLE)
+    waits = RecordedWaits()
+    memory = TokenMemory(capabilities=NODE_KINDS)
+    metrics = AgentMetrics()
+    source = FileSpecSource(path)
+    agent = Agent(source, lambda spec: BackendGroup([memory]), COMPILED,
+                  AgentOptions("node-1", interval=3600.0, watch=watch), metrics=metrics,
+                  monotonic=lambda: waits.now)
+    assert agent.run_pass().status == "ok"
+    agent._wake = waits  # type: ignore[assignment]
+    agent._random = lambda: 0.0
+    source.read_again_in = 0.25  # as a read keeping the spec in force leaves it
+    assert agent._wait_after(waits.now) is False  # no change on the node ended it
+    assert sum(waits.waits) == pytest.approx(0.25)
+    # The re-check's pass, finding nothing to do, is no heartbeat: at debug level.
+    with caplog.at_level(logging.DEBUG, logger="k3snet.agent"):
+        assert agent.run_pass().status == "ok"
+    assert [(r.levelno, r.message) for r in caplog.records if "in sync" in r.message] == [
+        (logging.DEBUG, "in sync: no changes")]
+    assert metrics.registry.get_sample_value("k3snet_agent_sync_duration_seconds_count") == 2
