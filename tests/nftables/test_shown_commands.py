@@ -107,11 +107,12 @@ def _notrack_table(table: str) -> str:
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])
-@pytest.mark.parametrize("table", ["counter"], ids=["keyword"])
+@pytest.mark.parametrize("table", ["counter", "a b"], ids=["keyword", "space"])
 def test_the_command_a_notrack_s_warning_shows_lists_its_chain_whatever_its_table_s_name(
         ns: str, table: str, backend: str) -> None:
     # `nft list chain ip counter early`: nft's command line read the word of its own
-    # language ("syntax error, unexpected counter"). The iptables backend names
+    # language ("syntax error, unexpected counter"); the table `a b` was taken as `a`,
+    # its chain as `b early` ("No such file or directory"). The iptables backend names
     # another table's notrack as the nftables backend does.
     if backend == "iptables" and shutil.which("iptables-nft") is None:
         pytest.skip("iptables-nft is not installed")
