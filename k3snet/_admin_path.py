@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ADMIN_PATH", "admin_path"]
+__all__ = ["ADMIN_PATH", "admin_path", "with_admin_path"]
 
 ADMIN_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 """Where the tools k3snet runs live (iptables-save, nft, ip): appended to ``$PATH``."""
@@ -24,7 +24,18 @@ def admin_path() -> None:
     where it is installed, in /usr/sbin. The user's own directories keep coming first.
     """
     path = os.environ.get("PATH", os.defpath)
+    made = with_admin_path(path)
+    if made != path:
+        os.environ["PATH"] = made
+
+
+def with_admin_path(path: str) -> str:
+    """``path`` (a ``$PATH``) with the directories of :data:`ADMIN_PATH` it lacks appended:
+    what :func:`admin_path` sets.
+
+    >>> with_admin_path("/usr/bin:/bin")
+    '/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin'
+    """
     present = set(path.split(os.pathsep))
     missing = [d for d in ADMIN_PATH if d not in present]
-    if missing:
-        os.environ["PATH"] = os.pathsep.join([p for p in (path,) if p] + missing)
+    return os.pathsep.join([p for p in (path,) if p] + missing) if missing else path

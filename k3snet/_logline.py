@@ -15,8 +15,13 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["LOG_LINE_LIMIT", "bounded", "one_line", "printable", "printable_line",
-           "printable_lines", "shell_join", "shell_word"]
+__all__ = ["HANDLER_NAME", "LOG_LINE_LIMIT", "bounded", "one_line", "printable",
+           "printable_line", "printable_lines", "shell_join", "shell_word"]
+
+HANDLER_NAME = "k3snet"
+"""The name (:meth:`logging.Handler.get_name`) of the handler the ``k3snet`` command and
+the agent set on the ``k3snet`` logger: :func:`k3snet.cli.main` takes off the handlers
+so named when it returns, and leaves one a caller or a plugin added while it ran."""
 
 LOG_LINE_LIMIT = 16_000
 """Bytes (UTF-8, its line break included) at most of one log record, below the 16 KiB at

@@ -23,19 +23,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import attrs
 
-from k3snet._admin_path import admin_path
+from k3snet._admin_path import admin_path, with_admin_path
 from k3snet._argv import COMMON_VALUED as _COMMON_VALUED
 from k3snet._argv import Run
 from k3snet._argv import asks_json as _asks_json
 from k3snet._argv import common_after_command as _common_after_command
 from k3snet._env import env_switch
 from k3snet._kept import input_problem, read_input, write_output_in
-from k3snet._logline import bounded as bounded_line
 from k3snet._logline import (
+    HANDLER_NAME,
     one_line,
     printable,
     printable_line,
@@ -43,6 +43,7 @@ from k3snet._logline import (
     shell_join,
     shell_word,
 )
+from k3snet._logline import bounded as bounded_line
 from k3snet._version import __version__
 from k3snet._yamltext import yaml_missing, yaml_problem
 from k3snet.backends.base import ApplyResult, PendingRestart, restart_command
@@ -604,6 +605,13 @@ def _kept_for_the_caller() -> Iterator[None]:
     record again (a ``caplog`` test after an in-process call saw none), or one through
     a handler on a stderr it had since closed ("--- Logging error ---"). The ``k3snet``
     command's process ends with the call (:mod:`k3snet.__main__`): nothing changes there.
+
+    Only what is still as the command set it is put back: a handler a plugin or the
+    caller added while it ran stays (the command's are named ``HANDLER_NAME``), and so
+    do a ``$PATH`` and an ``errors`` the caller set meanwhile; they were replaced by what
+    the caller had before. A signal that comes while they are put back (Ctrl-C) is
+    taken once they are (:func:`_signals_wait`): raised amid them, it left the rest
+    as the command had set it.
     """
     loggers = [logging.getLogger(name) for name in _LOGGERS]
     found = [(list(logger.handlers), logger.level, logger.propagate) for logger in loggers]
@@ -612,22 +620,33 @@ def _kept_for_the_caller() -> Iterator[None]:
     try:
         yield
     finally:
-        for logger, (handlers, level, propagate) in zip(loggers, found, strict=True):
-            added = [handler for handler in logger.handlers if handler not in handlers]
-            logger.handlers[:] = handlers
-            logger.setLevel(level)
-            logger.propagate = propagate
-            for handler in added:
-                handler.close()  # out of logging's list for shutdown; the stream stays open
-        if sys.stdout is stdout and isinstance(errors, str) \
-                and getattr(stdout, "errors", errors) != errors:
-            with contextlib.suppress(ValueError, OSError):
-                stdout.reconfigure(errors=errors)  # type: ignore[union-attr]
-        if os.environ.get("PATH") != path:
-            if path is None:
-                os.environ.pop("PATH", None)
-            else:
-                os.environ["PATH"] = path
+        with _signals_wait():
+            _put_back(loggers, found, stdout, errors, path)
+
+
+def _put_back(loggers: Sequence[logging.Logger],
+              found: Sequence[tuple[list[logging.Handler], int, bool]],
+              stdout: TextIO, errors: str | None, path: str | None) -> None:
+    """What :func:`_kept_for_the_caller` found, put back where the command's setting is
+    still there."""
+    for logger, (handlers, level, propagate) in zip(loggers, found, strict=True):
+        added = [handler for handler in logger.handlers if handler not in handlers]
+        ours = [handler for handler in added if handler.get_name() == HANDLER_NAME]
+        logger.handlers[:] = [*handlers, *(h for h in added if h not in ours)]
+        logger.setLevel(level)
+        logger.propagate = propagate
+        for handler in ours:
+            handler.close()  # out of logging's list for shutdown; the stream stays open
+    if sys.stdout is stdout and isinstance(errors, str) and errors != _PRINTABLE_ERRORS \
+            and getattr(stdout, "errors", errors) == _PRINTABLE_ERRORS:
+        with contextlib.suppress(ValueError, OSError):
+            stdout.reconfigure(errors=errors)  # type: ignore[attr-defined]
+    made = with_admin_path(os.defpath if path is None else path)
+    if os.environ.get("PATH") == made != path:
+        if path is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = path
 
 
 @contextlib.contextmanager
@@ -1011,7 +1030,11 @@ def _printable_output() -> None:
     reconfigure = getattr(sys.stdout, "reconfigure", None)
     if reconfigure is not None:
         with contextlib.suppress(ValueError, OSError):
-            reconfigure(errors="backslashreplace")
+            reconfigure(errors=_PRINTABLE_ERRORS)
+
+
+_PRINTABLE_ERRORS = "backslashreplace"
+"""Standard output's ``errors`` while the command runs (:func:`_printable_output`)."""
 
 
 _SAYS_WARNINGS = frozenset({"plan", "apply", "destroy"})
@@ -1055,6 +1078,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.ERROR if args.quiet else (
         logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(HANDLER_NAME)  # the command's: taken off as main() returns
     if args.command in _SAYS_WARNINGS:
         args.held_warnings = _HeldWarnings(handler)
         handler.addFilter(args.held_warnings)

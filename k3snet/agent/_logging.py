@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Literal, TextIO
 
-from k3snet._logline import LOG_LINE_LIMIT, printable_line
+from k3snet._logline import HANDLER_NAME, LOG_LINE_LIMIT, printable_line
 from k3snet._logline import bounded as _bounded
 from k3snet._logline import one_line as _one_line
 
@@ -142,6 +142,7 @@ def configure_logging(node: str, fmt: LogFormat = "text", level: str | int = "IN
         for handler in list(each.handlers):
             each.removeHandler(handler)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.set_name(HANDLER_NAME)  # the command's: taken off by k3snet.cli.main
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     handler.addFilter(_NodeFilter(node))
     library.addHandler(handler)

@@ -141,10 +141,11 @@ def shown_command(argv: Sequence[str], netns: str | None) -> str:
     escape; escaped for the terminal, the command pasted named another object.
 
     An ``nft list table`` or ``nft list chain`` naming a table or chain nft's command
-    line refuses (:func:`nft_json_list`: an ESC, a space, ``vé``; nft takes them in its
-    JSON input only, and said "syntax error" to the command shown) is shown as the
-    same request in that JSON, ``printf %s '{"nftables": ...}' | nft -j -f -``: it
-    prints the table or chain as JSON, whatever its name."""
+    line refuses (:func:`nft_json_list`: an ESC, a space, ``vé``, a word of nft's
+    language such as ``counter``; nft takes them in its JSON input only, and said
+    "syntax error" to the command shown) is shown as the same request in that JSON,
+    ``printf %s '{"nftables": ...}' | nft -j -f -``: it prints the table or chain as
+    JSON, whatever its name."""
     name = exec_name(netns)
     where = ("ip", "netns", "exec", name) if name else ()
     request = nft_json_list(argv)
@@ -155,7 +156,8 @@ def shown_command(argv: Sequence[str], netns: str | None) -> str:
 
 _NFT_WORD = re.compile(r"[A-Za-z_.][A-Za-z0-9/_.-]*")
 """A name nft's command line reads as one (its scanner's ``string``): any other it
-refuses (``syntax error, unexpected junk``), quoted or not."""
+refuses (``syntax error, unexpected junk``), quoted or not; and of these, a word of its
+language (:data:`~k3snet.render.nftables.NFT_WORDS`: ``counter``, ``ct``, ``meta``...)."""
 
 
 def nft_json_list(argv: Sequence[str]) -> str | None:
@@ -167,13 +169,20 @@ def nft_json_list(argv: Sequence[str]) -> str | None:
     '{"nftables": [{"list": {"chain": {"family": "inet", "table": "a\\\\u001bb", "name": "c"}}}]}'
     >>> nft_json_list(["nft", "list", "chain", "ip", "raw", "PREROUTING"]) is None
     True
+    >>> nft_json_list(["nft", "list", "table", "inet", "counter"])
+    '{"nftables": [{"list": {"table": {"family": "inet", "name": "counter"}}}]}'
     """
     if not argv or argv[0] != "nft" or "list" not in argv:
         return None
     at = list(argv).index("list")
     what, *names = argv[at + 1:] or [""]
-    if (what, len(names)) not in (("table", 2), ("chain", 3)) \
-            or all(_NFT_WORD.fullmatch(word) for word in names[1:]):
+    if (what, len(names)) not in (("table", 2), ("chain", 3)):
+        return None
+    # here only for a command shown: no cold import of the CLI's
+    from k3snet.render.nftables import NFT_WORDS  # noqa: PLC0415
+
+    # A keyword (`nft list table inet counter`): "syntax error, unexpected counter".
+    if all(_NFT_WORD.fullmatch(word) and word not in NFT_WORDS for word in names[1:]):
         return None
     family, table, *chain = names
     request = ({"family": family, "name": table} if what == "table"

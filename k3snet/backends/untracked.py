@@ -17,7 +17,7 @@ would be false for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from k3snet.model import ForwardBlock, ForwardRule, NatBlock, NetObject
 
@@ -41,14 +41,20 @@ def partial_notrack(protocol: str | None, ports: bool) -> bool:
     return protocol is not None and (ports or protocol.lower() not in _WHOLE)
 
 
-def nft_list_chain(where: str) -> list[str]:
+def nft_list_chain(where: str, places: Mapping[str, tuple[str, str, str]]) -> list[str]:
     """The command listing the chain of a block's ``where`` (``nftables ip raw pre``), as
-    :func:`partial_untracks` is given it for an nftables table's notrack.
+    :func:`partial_untracks` is given it for an nftables table's notrack: ``places`` its
+    family, table and chain (the read's ``ForwardDefaults.places``; a table ``a b`` was
+    taken from the text as ``a``, its chain as ``b early``), else as the text reads.
 
-    >>> nft_list_chain("nftables ip raw PREROUTING")
+    >>> nft_list_chain("nftables ip a b early", {"nftables ip a b early": ("ip", "a b", "early")})
+    ['nft', 'list', 'chain', 'ip', 'a b', 'early']
+    >>> nft_list_chain("nftables ip raw PREROUTING", {})
     ['nft', 'list', 'chain', 'ip', 'raw', 'PREROUTING']
     """
-    return ["nft", "list", "chain", *where.removeprefix("nftables ").split(" ", 2)]
+    named = places.get(where)
+    return ["nft", "list", "chain",
+            *(named or where.removeprefix("nftables ").split(" ", 2))]
 
 
 def partial_untracks(blocks: Iterable[NetObject], wanted: Sequence[NetObject],

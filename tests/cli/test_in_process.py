@@ -14,13 +14,17 @@ import contextlib
 import io
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
 from k3snet import cli
+from k3snet._logline import HANDLER_NAME
 from k3snet.agent import LOGGER_NAME
 from k3snet.cli import main
 
@@ -151,3 +155,79 @@ def test_path_is_put_back(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # cron's: the command adds the sbin ones
     assert main(PLAN) == cli.EXIT_CHANGES
     assert os.environ["PATH"] == "/usr/bin:/bin"
+
+
+def _also(monkeypatch: pytest.MonkeyPatch, within: Callable[[], None]) -> None:
+    """``within()`` run amid the command (as a plugin it loads, or another thread of the
+    caller's, would)."""
+    real = cli._run
+
+    def run(args: object) -> int:
+        within()
+        return real(args)  # type: ignore[arg-type]
+    monkeypatch.setattr(cli, "_run", run)
+
+
+@pytest.mark.usefixtures("loggers_put_back")
+def test_a_handler_a_plugin_adds_while_main_runs_stays_open_after_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # All the handlers main() had not found were taken off and closed: the plugin, loaded
+    # once by the process, logged to nothing from then on.
+    got: list[str] = []
+    plugin = logging.Handler()
+    plugin.emit = lambda record: got.append(record.getMessage())  # type: ignore[method-assign]
+    plugin.close = lambda: got.append("closed")  # type: ignore[method-assign]
+    _also(monkeypatch, lambda: logging.getLogger("k3snet").addHandler(plugin))
+    assert main(PLAN) == cli.EXIT_CHANGES
+    logging.getLogger("k3snet.backends").warning("the plugin's to handle")
+    assert got == ["the plugin's to handle"]
+    assert all(h.get_name() != HANDLER_NAME for h in logging.getLogger("k3snet").handlers)
+
+
+def test_path_the_caller_sets_while_main_runs_stays(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    _also(monkeypatch, lambda: os.environ.__setitem__("PATH", "/opt/caller/bin:/usr/bin"))
+    assert main(PLAN) == cli.EXIT_CHANGES
+    assert os.environ["PATH"] == "/opt/caller/bin:/usr/bin"  # not the one it had before
+
+
+def test_stdout_s_errors_the_caller_sets_while_main_runs_stay(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    real = cli._run
+
+    def run(args: object) -> int:
+        code = real(args)  # type: ignore[arg-type]
+        out.reconfigure(errors="replace")
+        return code
+    monkeypatch.setattr(cli, "_run", run)
+    assert main(PLAN) == cli.EXIT_CHANGES
+    assert out.errors == "replace"
+
+
+@pytest.mark.usefixtures("loggers_put_back")
+def test_a_ctrl_c_while_main_puts_things_back_is_raised_once_they_are(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Raised amid them (as the command's handler was closed), the Ctrl-C left $PATH and
+    # stdout's errors as the command had set them.
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: a signal would end the run")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    before = _loggers()
+    real = logging.StreamHandler.close
+    sent: list[int] = []
+
+    def close(self: logging.StreamHandler[TextIO]) -> None:  # the command's, as it ends
+        if not sent:
+            sent.append(signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # its handler runs at the next bytecode
+        real(self)
+    monkeypatch.setattr(logging.StreamHandler, "close", close)
+    with pytest.raises(KeyboardInterrupt):
+        main(PLAN)
+    assert sent
+    assert (os.environ["PATH"], out.errors, _loggers()) == ("/usr/bin:/bin", "strict", before)

@@ -478,8 +478,9 @@ class IptablesBackend(BackendBase):
             wanted = [*self._hinted,
                       *(o for t in self._tables.values() for o in t.owned.values())]
             found += partial_untracks(self._partial, wanted, self._raw_save)
+            places = self._native.defaults.places
             found += partial_untracks(
-                native, wanted, lambda where: self._shown(nft_list_chain(where)))
+                native, wanted, lambda where: self._shown(nft_list_chain(where, places)))
         found += self._native.warnings
         if self._native.defaults.found:  # judged against k3snet's forward rules
             found += self._native.default_warnings(self._forward_wanted(), self._shown)

@@ -444,8 +444,9 @@ class NftablesBackend(BackendBase):
         if expected is None:
             cache = self._observed.value
             expected = tuple(cache.objects.values()) if cache is not None else ()
+        places = self._defaults.places
         said = partial_untracks(partial, expected,
-                                lambda where: self._shown(nft_list_chain(where)))
+                                lambda where: self._shown(nft_list_chain(where, places)))
         return tuple(f"nftables: {warning}" for warning in said)
 
     def _default_warnings(self) -> tuple[str, ...]:

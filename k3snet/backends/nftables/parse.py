@@ -1079,7 +1079,9 @@ class ForeignReader:
         return ForwardDefaults(tuple(found), dict(self._listings) if found else {},
                                iptables_own=tuple(sorted(self.iptables_own.items())),
                                doubts=tuple(dict.fromkeys(self.doubts)),
-                               partial=tuple(self.partial))
+                               partial=tuple(self.partial),
+                               places={_place(where, chain): (*where, chain)
+                                       for _, where, chain in self._partial_notracks})
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
                       defaults: bool = False, reply: bool = False,
@@ -1401,6 +1403,11 @@ class ForwardDefaults:
     partial: tuple[NetObject, ...] = ()
     """The blocks, as they would be, of notracks of one protocol, no block
     (:attr:`ForeignReader.partial`, :mod:`k3snet.backends.untracked`)."""
+    places: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    """Each of :attr:`partial`'s ``where`` (``nftables ip a b early``) with the family,
+    table and chain it names (``("ip", "a b", "early")``): a table's name may hold a space,
+    which the text cannot tell from the one before the chain's
+    (:func:`~k3snet.backends.untracked.nft_list_chain`)."""
 
     def unopened(self, rules: Sequence[ForwardRule], *,
                  translated: Sequence[NetObject] = ()) -> list[tuple[ForwardDefault,
@@ -2160,6 +2167,11 @@ def _rule_words(match: Match) -> tuple[list[str], list[Network], list[Network], 
     return words, saddr, daddr, oif
 
 
+def _place(where: tuple[str, str], chain: str) -> str:
+    """A block's ``where`` in a chain of another table: ``nftables FAMILY TABLE CHAIN``."""
+    return f"nftables {where[0]} {where[1]} {chain}"
+
+
 def _untrack_blocks(match: Match, where: tuple[str, str], chain: str) -> list[NatBlock]:
     """The exempt :class:`NatBlock` (one per address family it may see) a ``notrack`` in a
     chain run before conntrack makes: its packets are never NATed (the nat hooks see
@@ -2169,7 +2181,7 @@ def _untrack_blocks(match: Match, where: tuple[str, str], chain: str) -> list[Na
         return []
     words, saddr, daddr, _ = _rule_words(match)
     text = " ".join([*words, match.notrack or "notrack"])
-    place = f"nftables {where[0]} {where[1]} {chain}"
+    place = _place(where, chain)
     families = [4 if match.proto == "ip" else 6] if match.proto else [4, 6]
     blocks = []
     for family in families:
@@ -2203,7 +2215,7 @@ def _untrack_forward_blocks(match: Match, where: tuple[str, str], chain: str,
     iif = [name for name, neg in match.iif if not neg]
     text = (f"{' '.join([*words, match.notrack or 'notrack'])} (then nftables {base[0]} "
             f"{base[1]} {name}: {default})")
-    place = f"nftables {where[0]} {where[1]} {chain}"
+    place = _place(where, chain)
     families = [4 if match.proto == "ip" else 6] if match.proto else [4, 6]
     if base[0] != "inet":
         families = [f for f in families if f == (4 if base[0] == "ip" else 6)]
@@ -2240,7 +2252,7 @@ def _nat_blocks_of(match: Match, where: tuple[str, str], chain: str) -> list[Nat
         else:
             words.append("snat (to an address or range k3snet does not model)")
     text = " ".join(words)
-    place = f"nftables {where[0]} {where[1]} {chain}"
+    place = _place(where, chain)
     families = [4 if match.proto == "ip" else 6] if match.proto else [4, 6]
     blocks = []
     for family in families:
@@ -2359,7 +2371,7 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
             fields["source"] = routed.cover(family, model_ifname(iif[0]))
     words.append(match.expires or match.verdict)
     text = " ".join(words)
-    place = f"nftables {where[0]} {where[1]} {chain}"
+    place = _place(where, chain)
     if taken is not None:
         fields["accepted"] = taken.before(family, fields["source"], fields["destination"])
         fields["replies_accepted"] = taken.replies
