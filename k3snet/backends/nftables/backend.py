@@ -98,6 +98,7 @@ from k3snet.backends.kit import (
     BackendBase,
     ObserveCache,
     OptionChecks,
+    committing,
     fit_problems,
     gc_paused,
     option_flag,
@@ -1005,6 +1006,11 @@ class NftablesBackend(BackendBase):
         if batch.empty:
             return ApplyResult(self.name, plan.changes, operations=kernel.calls - calls)
         genid = cache.genid
+        # From here a signal waits for this apply's result to be kept (a group's parts
+        # to undo): raised within the listing of the marker or the cache's update, or in
+        # the caller while this runs in the namespace's thread, it left the transaction
+        # committed and no one took it back ("nothing was changed", exit 130).
+        committing()
         rc, error = kernel.run(batch.text(), json_input=batch.json)
         if rc != 0:
             self._observed.invalidate()  # the kit's contract: read again after any failure
