@@ -43,6 +43,7 @@ from k3snet.cli import (
     main,
     sigterm_undoes,
 )
+from k3snet.errors import BackendError
 from k3snet.lab.netns import run_in, temporary_netns
 
 pytestmark = pytest.mark.kernel
@@ -718,3 +719,22 @@ def test_a_cli_apply_ctrl_c_once_every_part_is_made_says_the_change_stays(
     assert kernel_view(ns) != before
     argv[argv.index("apply")] = "plan"
     assert main([a for a in argv if a != "--auto-approve"]) == 0  # nothing left to do
+
+
+def test_a_failure_noting_a_committed_nftables_transaction_fails_nothing(
+        ns: str, group: BackendGroup, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The nftables backend's bookkeeping after its commit (the marker's listing, the
+    generation read, the cache's update) failing: the apply raised with the transaction
+    committed, and the group took back the routes and sysctls, said nftables changed
+    nothing, and left its rules. The change stands (the cache is dropped, read again)."""
+    def fails(*args: object, **kwargs: object) -> None:
+        raise BackendError("cannot read the nftables generation id: EINTR")
+
+    monkeypatch.setattr(NftablesBackend, "_commit", fails)
+    p = plan(group.observe(), WANTED)
+    assert group.apply(p).applied == p.changes
+    assert "the transaction was committed, but what it made could not be noted" in caplog.text
+    assert plan(group.observe(), WANTED).empty
+    rules = json.loads(run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout)
+    assert any("rule" in item for item in rules["nftables"])
