@@ -508,7 +508,8 @@ def held_after_commit() -> Iterator[None]:
     if outermost:
         for signum in _HELD_SIGNALS:
             handler = signal.getsignal(signum)
-            if callable(handler):
+            # Still _held: an earlier block's end was cut by a signal, its handler kept.
+            if callable(handler) and handler is not _held:
                 _PREVIOUS[signum] = handler
                 signal.signal(signum, _held)
     with _HOLDS_LOCK:
@@ -516,14 +517,14 @@ def held_after_commit() -> Iterator[None]:
     try:
         yield
     finally:
+        handlers = dict(_PREVIOUS)
         with _HOLDS_LOCK:
             _HOLDS.remove(hold)
-        handlers = dict(_PREVIOUS)
         if outermost:
-            _PREVIOUS.clear()
             for number, handler in handlers.items():
                 if signal.getsignal(number) is _held:  # else set since (SIGTERM's SIG_IGN)
                     signal.signal(number, handler)
+            _PREVIOUS.clear()  # after: a signal meanwhile finds its handler
         if hold.came:
             number, frame = hold.came[0]
             handlers.get(number, signal.default_int_handler)(number, frame)
