@@ -48,7 +48,13 @@ from k3snet._version import __version__
 from k3snet._yamltext import yaml_missing, yaml_problem
 from k3snet.backends.base import ApplyResult, PendingRestart, restart_command
 from k3snet.backends.group import BackendGroup, Member
-from k3snet.backends.kit import ALLOW_DISRUPTIVE, WarningLog, option_seconds, undoing
+from k3snet.backends.kit import (
+    ALLOW_DISRUPTIVE,
+    WarningLog,
+    held_after_commit,
+    option_seconds,
+    undoing,
+)
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespaces_of
 from k3snet.backends.netns import exec_name, validate_netns
 from k3snet.backends.options import resolve_backend_options
@@ -2188,8 +2194,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 wanted = saved.desired if saved else desired
                 # Shown on stdout already, or else printed there with what was applied.
                 shown = preview.plan if ask is sys.stdout else None
-        done = run(fixed, wanted, dry_run=False)
-        _made(args, done)
+        # A signal once every part is made (the group's apply returning) waits for what
+        # was made to be noted: "stopped ... after the change was made, which stays", not
+        # "nothing was changed" of a node holding the change.
+        with held_after_commit():
+            done = run(fixed, wanted, dry_run=False)
+            _made(args, done)
         # What the last observe found worth saying, as plan says; not the look through
         # the node backends not in use (plan and apply --dry-run say it): a script's cold
         # apply pays for its own backends alone (up to ~56 ms of imports and reads else).
@@ -2505,8 +2515,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             # Exactly the plan shown and approved: refused (nothing applied) if the node
             # changed while it waited for approval, never planned again behind the
             # user's back (a masquerade another k3snet run added meanwhile was deleted).
-            done = apply_plan(backend, d.plan, desired=d.desired)
-            _made(args, done)
+            with held_after_commit():  # as apply's: a late signal says the fix stays
+                done = apply_plan(backend, d.plan, desired=d.desired)
+                _made(args, done)
             if done.result is not None:
                 print(_result_text(d.plan, done.result), file=human)
         after = diagnose(attrs.evolve(

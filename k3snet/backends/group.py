@@ -17,7 +17,14 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
 from k3snet._logline import shell_join
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
-from k3snet.backends.kit import FaultHook, WarningLog, backend_warnings, undo_running
+from k3snet.backends.kit import (
+    FaultHook,
+    WarningLog,
+    backend_warnings,
+    committing,
+    held_after_commit,
+    undo_running,
+)
 from k3snet.backends.netns import exec_name
 from k3snet.errors import ApplyError, K3snetError, ModelError, PlanError, RollbackError
 from k3snet.model import ForwardBlock, NetObject
@@ -432,7 +439,11 @@ class BackendGroup:
         failing member's own, or the group's of an earlier member). An
         interruption (``KeyboardInterrupt``, ``SystemExit``) in a later member's part,
         or between two parts, undoes the earlier parts the same way, then is raised
-        again as it came.
+        again as it came. A signal landing after a member's commit waits until its part
+        is among those to undo (:func:`~k3snet.backends.kit.held_after_commit`), and is
+        acted on then: that part is undone too. Once every part is made, the group marks
+        its caller's block (:func:`~k3snet.backends.kit.committing`): ``k3snet apply``
+        notes the change before a signal acts.
         """
         ensure_capable(self, plan)
         parts = self._runs(plan)
@@ -455,7 +466,14 @@ class BackendGroup:
                                          "its part (the backend has no fault hook)")
                     hook.fail_at(fault[1])
                     armed = hook
-                results.append((member, part, member.backend.apply(part)))
+                # A signal after the member's commit waits until its part is among
+                # those to undo: raised within its apply (its bookkeeping, its worker
+                # thread's answer), it left the part made and undone by no one.
+                with held_after_commit():
+                    results.append((member, part, member.backend.apply(part)))
+            # Every part made: a signal from now on waits for the caller's own block
+            # (``k3snet apply`` noting what was made), as the group undoes nothing more.
+            committing()
         except BaseException as exc:
             if not results or member is None:  # nothing of the group's doing to undo
                 raise

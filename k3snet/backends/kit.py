@@ -92,15 +92,18 @@ __all__ = [
     "UndoFailure",
     "WarningLog",
     "backend_warnings",
+    "committing",
     "disruptive_problems",
     "ensure_fits",
     "fit_problems",
     "gc_paused",
+    "held_after_commit",
     "option_flag",
     "option_path",
     "option_seconds",
     "option_text",
     "run_option_checks",
+    "stopped",
     "taken_slots",
     "translate_errors",
     "undo_running",
@@ -435,6 +438,127 @@ def undo_spares_children() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
 
+# ---------------------------------------------------------------- signals after a commit
+
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Hold:
+    """One :func:`held_after_commit` block: whether what it runs committed, whether a
+    signal stopped it before, and the signals that came after."""
+
+    __slots__ = ("came", "committed", "stopped")
+
+    def __init__(self) -> None:
+        self.committed = False
+        self.stopped = False
+        self.came: list[tuple[int, Any]] = []
+
+
+_HOLDS: list[_Hold] = []  # the blocks open in the main thread, innermost last
+# A backend's worker thread marks its commit; reentrant: the handler may run in the main
+# thread while it holds the lock (its own mark, a block beginning or ending).
+_HOLDS_LOCK = threading.RLock()
+_PREVIOUS: dict[int, Any] = {}  # the handlers the outermost block found
+
+
+def _held(signum: int, frame: Any) -> None:
+    """The handler within :func:`held_after_commit`: after a commit the signal waits for
+    the block's end; before, the handler found runs at once, as it would have, and if it
+    raises (Ctrl-C's ``KeyboardInterrupt``, the CLI's ``SystemExit``) the block is
+    stopped: no commit begins after it. A handler that returns (one setting a flag to
+    end after the pass) stops nothing. It runs holding the lock a worker thread's
+    :func:`committing` takes: no commit begins between its start and the stop."""
+    with _HOLDS_LOCK:
+        hold = _HOLDS[-1] if _HOLDS else None
+        if hold is not None and hold.committed:
+            hold.came.append((signum, frame))
+            return
+        try:
+            _PREVIOUS.get(signum, signal.default_int_handler)(signum, frame)
+        except BaseException:
+            if hold is not None:
+                hold.stopped = True
+            raise
+
+
+@contextmanager
+def held_after_commit() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP (those of a Python handler: Ctrl-C's,
+    the CLI's) that come once what the block runs has committed (:func:`committing`)
+    wait for the block's end, and their handler runs then (the first one's); before
+    the commit they act at once, as they would have, and a commit not begun yet never
+    begins (:func:`committing` raises).
+
+    Who uses the result of a change wraps its call and the keeping of the result in it
+    (a backend group, each member's ``apply`` and its entry among the parts to undo;
+    ``k3snet apply``, the group's apply and the note of what it made): a signal
+    landing after the kernel took a change, within the backend's bookkeeping or its
+    worker thread's answer, made the backend's ``apply`` raise with its change made,
+    which no one took back, and the command said "nothing was changed". A block within
+    a block holds for itself: its end acts on what it held, the outer one holds only
+    after a commit marked while it is the innermost. Outside the main thread (no
+    handler can be set there) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hold = _Hold()
+    outermost = not _HOLDS
+    if outermost:
+        for signum in _HELD_SIGNALS:
+            handler = signal.getsignal(signum)
+            # Still _held: an earlier block's end was cut by a signal, its handler kept.
+            if callable(handler) and handler is not _held:
+                _PREVIOUS[signum] = handler
+                signal.signal(signum, _held)
+    with _HOLDS_LOCK:
+        _HOLDS.append(hold)
+    try:
+        yield
+    finally:
+        handlers = dict(_PREVIOUS)
+        with _HOLDS_LOCK:
+            _HOLDS.remove(hold)
+        if outermost:
+            for number, handler in handlers.items():
+                if signal.getsignal(number) is _held:  # else set since (SIGTERM's SIG_IGN)
+                    signal.signal(number, handler)
+            _PREVIOUS.clear()  # after: a signal meanwhile finds its handler
+        if hold.came:
+            number, frame = hold.came[0]
+            handlers.get(number, signal.default_int_handler)(number, frame)
+
+
+def committing() -> None:
+    """Mark the innermost :func:`held_after_commit` block: a change is committed from now
+    on, signals wait for the block's end. Call it right before the kernel (or the API
+    server) is given a change that cannot be taken back by raising, from any thread
+    (a namespace's worker thread too); :class:`Compensation` calls it as its guarded
+    steps end. Raises ``KeyboardInterrupt`` when a signal stopped the block before (the
+    caller has gone on: nothing must be committed); does nothing in an undo
+    (:func:`undoing`) or outside any block."""
+    if undoing():
+        return
+    with _HOLDS_LOCK:
+        hold = _HOLDS[-1] if _HOLDS else None
+        if hold is None:
+            return
+        if hold.stopped:
+            raise KeyboardInterrupt("stopped by a signal before the commit")
+        hold.committed = True
+
+
+def stopped() -> bool:
+    """Whether a signal stopped the innermost :func:`held_after_commit` block (outside an
+    undo): a backend's worker thread, which no signal's exception reaches, ends its
+    steps there (:meth:`Compensation.record` raises)."""
+    if undoing():
+        return False
+    with _HOLDS_LOCK:
+        return bool(_HOLDS) and _HOLDS[-1].stopped
+
+
 class Compensation:
     """The steps an apply has made, and how to take each one back.
 
@@ -461,6 +585,10 @@ class Compensation:
         """One step done: its change(s), and the callable that takes it back."""
         batch = (changes,) if isinstance(changes, Change) else tuple(changes)
         self._steps.append((batch, undo))
+        if stopped():
+            # Ctrl-C or a signal stopped the caller while a worker thread (a namespace's)
+            # made this step: no further step, and those made are taken back (guarding).
+            raise KeyboardInterrupt("stopped by a signal during the apply")
 
     def rollback(self) -> tuple[list[Change], list[str]]:
         """Undo every recorded step in reverse: (inverse changes done, problems). An
@@ -531,6 +659,9 @@ class Compensation:
         """
         try:
             yield
+            # Made: a signal from now on waits for the result to be kept (a backend
+            # group's list of parts to undo), or ends the steps of a worker thread.
+            committing()
         except BaseException as exc:
             # After fail() nothing is recorded any more: no step is undone twice.
             done = list(self.done)

@@ -11,6 +11,7 @@ Python 3.11 has no ``os.setns``; libc's is called through ctypes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -352,13 +353,27 @@ class NetnsRunner:
                 raise BackendError(f"network namespace {name!r} does not exist ({path})")
 
     def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` in the namespace and return its result (exceptions propagate)."""
+        """Run ``fn`` in the namespace and return its result (exceptions propagate).
+
+        Interrupted while it runs (Ctrl-C, a signal's ``SystemExit``), the call waits for
+        ``fn`` to end before passing the interruption on (a further one ends the wait): the
+        worker thread goes on, and an apply's commit there was made after the caller had
+        taken nothing back and let the namespace's lock go. ``fn`` learns of it at its
+        commit (:func:`~k3snet.backends.kit.committing` raises) or its next step
+        (:meth:`~k3snet.backends.kit.Compensation.record`).
+        """
         if self.name is None:
             return fn()
         self._start()
         future: Future[object] = Future()
         self._jobs.put((fn, future))
-        return future.result()  # type: ignore[return-value]
+        try:
+            return future.result()  # type: ignore[return-value]
+        except BaseException:
+            if not future.done():
+                with contextlib.suppress(BaseException):
+                    future.exception()  # waits for the worker
+            raise
 
     def close(self) -> None:
         """Stop the worker thread (idempotent)."""

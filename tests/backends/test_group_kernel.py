@@ -21,6 +21,7 @@ import pytest
 from k3snet import (
     ApplyError,
     ApplyResult,
+    Backend,
     ForwardRule,
     MasqueradeRule,
     Plan,
@@ -37,10 +38,12 @@ from k3snet.backends.nftables import NftablesBackend
 from k3snet.cli import (
     COMMANDS,
     EXIT_HANGUP,
+    EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     main,
     sigterm_undoes,
 )
+from k3snet.errors import BackendError
 from k3snet.lab.netns import run_in, temporary_netns
 
 pytestmark = pytest.mark.kernel
@@ -586,3 +589,152 @@ def test_a_transaction_the_kernel_refuses_after_netlink_s_part_is_said_as_it_is(
     assert sorted(filter(None, tables)) == ["table inet admin", "table inet k3snet"]
     assert "flags owner" in owned, owned
     assert "chain" not in owned, owned  # nothing of k3snet's made in it
+
+
+# ---------------------------------------------------------------- a signal after a commit
+
+
+def _signalled_after(monkeypatch: pytest.MonkeyPatch, cls: type, method: str) -> list[str]:
+    """``cls.method`` followed, the first time, by SIGINT to the main thread: Ctrl-C
+    landing right after the kernel took the change (its handler runs in the main thread,
+    while the backend's bookkeeping runs, or while it waits for its namespace's thread).
+    Returns the list the method's name is put in when the signal is sent."""
+    real = getattr(cls, method)
+    sent: list[str] = []
+
+    def then_signalled(self: object, *args: object, **kwargs: object) -> object:
+        result = real(self, *args, **kwargs)
+        if not sent:  # the group's undo runs it again: once
+            sent.append(method)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(cls, method, then_signalled)
+    return sent
+
+
+@pytest.fixture
+def ctrl_c(main_thread: None) -> Iterator[None]:
+    """SIGINT with Python's own handler (Ctrl-C's KeyboardInterrupt), as in a terminal."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _whole_view(ns: str, mode: str | None) -> tuple[object, ...]:
+    """:func:`kernel_view`, with both families' iptables rules and chains of their own
+    for an iptables member (not the tables and built-in chains iptables-legacy lists
+    once a table was first used, which stay after any undo)."""
+    if mode is None:
+        return kernel_view(ns)
+    made = [line for line in _iptables_rules(ns, mode)
+            if " -A " in line or (" :" in line and line.split()[2] == "-")]
+    return (*kernel_view(ns), made)
+
+
+# The member's method right after its kernel commit: nftables' update of its cache (in
+# the namespace's thread), netlink's last step (its guarded steps ended: before its
+# sysctl store's lock is let go), iptables' tables committed (before the built-in chains
+# iptables-nft made are recorded).
+AFTER_COMMIT = {
+    "nftables": (NftablesBackend, "_commit", None),
+    "netlink": (NetlinkBackend, "_execute", None),
+    "iptables-nft": (IptablesBackend, "_apply", "nft"),
+    "iptables-legacy": (IptablesBackend, "_apply", "legacy"),
+}
+
+
+@pytest.mark.parametrize("member", sorted(AFTER_COMMIT))
+def test_ctrl_c_right_after_a_members_kernel_commit_takes_every_part_back(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None,
+        member: str) -> None:
+    """Ctrl-C landing after a member's commit, before its apply returned: the member was
+    never among the parts to undo, so the group took back only the earlier ones (the
+    nftables rules stayed while the routes and sysctls were taken back; the netlink
+    member's routes and sysctls stayed), and ``k3snet apply`` said "nothing was changed".
+    The signal now waits for the member's result, and the group takes back every part,
+    this member's too (the kernel's own listings: ``ip -j route``, ``nft -j list
+    ruleset``, ``iptables-save``, /proc/sys)."""
+    cls, method, mode = AFTER_COMMIT[member]
+    rules: Backend = (NftablesBackend(ns) if mode is None
+                      else IptablesBackend(ns, mode=mode))  # type: ignore[arg-type]
+    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path), rules]) as group:
+        before = _whole_view(ns, mode)
+        p = plan(group.observe(), WANTED)
+        sent = _signalled_after(monkeypatch, cls, method)
+        with pytest.raises(KeyboardInterrupt):
+            group.apply(p)
+        assert sent == [method]
+        assert _whole_view(ns, mode) == before
+        assert not group.observe().owned
+
+
+SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+        "cluster: {podCIDRs: [10.42.0.0/16, fd42:42::/56]}\n"
+        "destinations:\n"
+        "  - {cidr: 192.168.2.0/24, gateway: 10.0.0.254, device: d0}\n"
+        "  - {cidr: 'fd01:2::/64', gateway: 'fd00::fe', device: d0}\n"
+        "masquerade: {mode: destinations}\nforward: {accept: true}\n")
+
+
+def _apply_argv(ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path / "state"))
+    return ["apply", "-f", str(spec), "--netns", ns, "--no-facts", "--auto-approve",
+            "--backend", "netlink", "--backend", "nftables"]
+
+
+def test_a_cli_apply_ctrl_c_after_the_nftables_commit_takes_all_back_and_says_so(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The audit's case: ``k3snet apply --netns NS`` stopped by Ctrl-C as nftables'
+    transaction was committed said "nothing was changed (what it made was taken back)",
+    exit 130, with every k3snet rule of nftables in the kernel. Now nothing is left."""
+    argv = _apply_argv(ns, tmp_path, monkeypatch)
+    before = kernel_view(ns)
+    sent = _signalled_after(monkeypatch, NftablesBackend, "_commit")
+    assert main(argv) == EXIT_INTERRUPTED
+    assert sent == ["_commit"]
+    assert "nothing was changed (what it made was taken back)" in capsys.readouterr().err
+    assert kernel_view(ns) == before
+
+
+def test_a_cli_apply_ctrl_c_once_every_part_is_made_says_the_change_stays(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C as the group's apply returned, before the command noted what it made: the
+    change stays (no one takes it back) and is said so, exit 130; it was "nothing was
+    changed (what it made was taken back)" of a node holding every change."""
+    argv = _apply_argv(ns, tmp_path, monkeypatch)
+    before = kernel_view(ns)
+    sent = _signalled_after(monkeypatch, BackendGroup, "apply")
+    assert main(argv) == EXIT_INTERRUPTED
+    assert sent == ["apply"]
+    err = capsys.readouterr().err
+    assert "stopped by SIGINT after the change was made, which stays: " in err, err
+    assert "nothing was changed" not in err, err
+    assert kernel_view(ns) != before
+    argv[argv.index("apply")] = "plan"
+    assert main([a for a in argv if a != "--auto-approve"]) == 0  # nothing left to do
+
+
+def test_a_failure_noting_a_committed_nftables_transaction_fails_nothing(
+        ns: str, group: BackendGroup, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The nftables backend's bookkeeping after its commit (the marker's listing, the
+    generation read, the cache's update) failing: the apply raised with the transaction
+    committed, and the group took back the routes and sysctls, said nftables changed
+    nothing, and left its rules. The change stands (the cache is dropped, read again)."""
+    def fails(*args: object, **kwargs: object) -> None:
+        raise BackendError("cannot read the nftables generation id: EINTR")
+
+    monkeypatch.setattr(NftablesBackend, "_commit", fails)
+    p = plan(group.observe(), WANTED)
+    assert group.apply(p).applied == p.changes
+    assert "the transaction was committed, but what it made could not be noted" in caplog.text
+    assert plan(group.observe(), WANTED).empty
+    rules = json.loads(run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout)
+    assert any("rule" in item for item in rules["nftables"])

@@ -98,6 +98,7 @@ from k3snet.backends.kit import (
     BackendBase,
     ObserveCache,
     OptionChecks,
+    committing,
     fit_problems,
     gc_paused,
     option_flag,
@@ -1006,6 +1007,11 @@ class NftablesBackend(BackendBase):
         if batch.empty:
             return ApplyResult(self.name, plan.changes, operations=kernel.calls - calls)
         genid = cache.genid
+        # From here a signal waits for this apply's result to be kept (a group's parts
+        # to undo): raised within the listing of the marker or the cache's update, or in
+        # the caller while this runs in the namespace's thread, it left the transaction
+        # committed and no one took it back ("nothing was changed", exit 130).
+        committing()
         rc, error = kernel.run(batch.text(), json_input=batch.json)
         if rc != 0:
             self._observed.invalidate()  # the kit's contract: read again after any failure
@@ -1018,6 +1024,22 @@ class NftablesBackend(BackendBase):
                 f"{first_lines(error)}",
                 failed=plan.changes[owner] if owner is not None else None,
             )
+        try:
+            self._committed(kernel, cache, diff, batch, genid)
+        except Exception as exc:  # noqa: BLE001 - the transaction stands: only the cache is lost
+            # Raised, the apply failed with its change made: a group took back the others'
+            # parts and said nftables changed nothing, its rules left in the kernel.
+            self._observed.invalidate()
+            if self._kept is not None:
+                self._kept.forget()
+            log.warning("nftables: the transaction was committed, but what it made could "
+                        "not be noted (%s); the table is read again next time", exc)
+        return ApplyResult(self.name, plan.changes, operations=kernel.calls - calls)
+
+    def _committed(self, kernel: NftKernel, cache: Cache, diff: Diff, batch: Batch,
+                   genid: int) -> None:
+        """After a committed transaction: the cache made what it made of the kernel, from
+        the marker's handle, if no one else committed meanwhile; else it is dropped."""
         markers: dict[str, int | None] = {}
         for family in batch.marked:
             items = kernel.list("chain", family=family, table=self._table, name=MARKER_CHAIN) or []
@@ -1028,7 +1050,6 @@ class NftablesBackend(BackendBase):
             self._commit(cache, diff, batch, markers, genid + 1)
         else:
             self._observed.invalidate()  # someone else committed too: what we know may be stale
-        return ApplyResult(self.name, plan.changes, operations=kernel.calls - calls)
 
     def _commit(self, cache: Cache, diff: Diff, batch: Batch,
                 markers: dict[str, int | None], genid: int) -> None:

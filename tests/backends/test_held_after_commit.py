@@ -1,0 +1,191 @@
+"""Signals around a commit: :func:`~k3snet.backends.kit.held_after_commit`,
+:func:`~k3snet.backends.kit.committing`, and the namespace runner's wait for its thread.
+
+A signal's handler runs in the main thread; a backend may commit in a namespace's worker
+thread. Before a commit the signal acts at once and no commit begins after it; after the
+commit it waits until the result is kept (a group's parts to undo), then acts.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from k3snet import MasqueradeRule
+from k3snet.backends.kit import Compensation, committing, held_after_commit, undo_running
+from k3snet.backends.netns import NetnsRunner
+from k3snet.lab.netns import temporary_netns
+from k3snet.planner import Change
+
+A = MasqueradeRule("10.42.0.0/16")
+
+
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """SIGINT with Python's own handler, in the main thread (which alone runs handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: no handler can be set")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _in_thread(fn: Callable[[], object]) -> BaseException | None:
+    """What ``fn`` raised in a thread of its own (a namespace's worker stands for it)."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            raised.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    return raised[0] if raised else None
+
+
+def test_a_signal_after_the_commit_waits_for_the_end_of_the_block(ctrl_c: None) -> None:
+    kept: list[str] = []
+
+    def apply() -> None:
+        with held_after_commit():
+            assert _in_thread(committing) is None  # the commit, in a worker thread
+            signal.raise_signal(signal.SIGINT)
+            kept.append("the result")  # reached: the signal waits
+
+    with pytest.raises(KeyboardInterrupt):
+        apply()
+    assert kept == ["the result"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+
+def test_a_signal_before_the_commit_acts_at_once_and_no_commit_begins_after_it(
+        ctrl_c: None) -> None:
+    later: list[BaseException | None] = []
+
+    def apply() -> None:
+        with held_after_commit():
+            try:
+                signal.raise_signal(signal.SIGINT)
+                later.append(None)  # never reached
+            finally:
+                # The worker thread, which no signal's exception reaches, comes to its
+                # commit after the caller was stopped: refused, nothing is committed.
+                later.append(_in_thread(committing))
+
+    with pytest.raises(KeyboardInterrupt):
+        apply()
+    assert len(later) == 1
+    assert isinstance(later[0], KeyboardInterrupt)
+
+
+def test_an_inner_block_acts_at_its_own_end_and_the_outer_holds_after_its_own_commit(
+        ctrl_c: None) -> None:
+    """A group's block around a member's apply within ``k3snet apply``'s: the signal
+    after the member's commit acts as the member's block ends (the group undoes every
+    part); the outer block holds only once it is marked itself (every part made)."""
+    steps: list[str] = []
+
+    def member() -> None:
+        with held_after_commit():
+            committing()
+            signal.raise_signal(signal.SIGINT)
+            steps.append("member's result kept")
+
+    def command() -> None:
+        with held_after_commit():
+            with pytest.raises(KeyboardInterrupt):
+                member()
+            steps.append("the group undoes")
+            committing()
+            signal.raise_signal(signal.SIGINT)
+            steps.append("what was made is noted")
+
+    with pytest.raises(KeyboardInterrupt):
+        command()
+    assert steps == ["member's result kept", "the group undoes", "what was made is noted"]
+
+
+def test_an_undo_s_commit_holds_nothing(ctrl_c: None) -> None:
+    """The group's undo commits too: a second Ctrl-C must still stop it at once."""
+    def undo() -> None:
+        with held_after_commit(), undo_running():
+            committing()
+            signal.raise_signal(signal.SIGINT)
+            pytest.fail("the signal waited")
+
+    with pytest.raises(KeyboardInterrupt):
+        undo()
+
+
+def test_a_worker_threads_steps_end_and_are_taken_back_once_the_caller_was_stopped(
+        ctrl_c: None) -> None:
+    """A backend of several steps (netlink's batches, iptables' tables) in a namespace's
+    thread went on with its steps after Ctrl-C had stopped its caller, and made them all:
+    its next step's record now raises, and what it made is taken back."""
+    undone: list[str] = []
+    raised: list[BaseException | None] = []
+    change = Change.add(A)
+
+    def steps() -> None:
+        undo = Compensation("test")
+        with undo.guarding():
+            undo.record(change, lambda: undone.append("first"))
+            undo.record(change, lambda: undone.append("second"))
+
+    def apply() -> None:
+        with held_after_commit():
+            try:
+                signal.raise_signal(signal.SIGINT)
+            finally:
+                raised.append(_in_thread(steps))
+
+    with pytest.raises(KeyboardInterrupt):
+        apply()
+    assert isinstance(raised[0], KeyboardInterrupt)
+    assert undone == ["first"]  # the first step recorded raised: no second step
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_the_namespace_runner_waits_for_its_worker_before_passing_an_interruption_on(
+        ctrl_c: None) -> None:
+    """Ctrl-C while the namespace's thread runs a job: the call raised at once while the
+    thread went on (an nftables commit made after the group had undone the rest, the
+    namespace's lock let go meanwhile). It now waits for the job to end first."""
+    handled = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        handled.set()
+        raise KeyboardInterrupt
+
+    ended: list[str] = []
+
+    def job() -> None:
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        handled.wait(60)  # a bound: the handler runs as the main thread's wait is cut
+        ended.append("job")
+
+    signal.signal(signal.SIGINT, handler)
+    with temporary_netns("runner") as ns, NetnsRunner(ns) as runner:
+        with pytest.raises(KeyboardInterrupt):
+            runner.call(job)
+        assert ended == ["job"]
+
+
+def test_a_handler_that_returns_stops_nothing(ctrl_c: None) -> None:
+    """The agent's SIGTERM handler sets a flag and returns (the pass ends first): the
+    commit after it goes on, in the main thread or a worker."""
+    came: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: came.append(signum))
+    with held_after_commit():
+        signal.raise_signal(signal.SIGINT)
+        assert came == [signal.SIGINT]
+        assert _in_thread(committing) is None
