@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from k3snet import NodeFacts, facts_from_ip_json, gather_facts
 from k3snet.lab.netns import run_in, temporary_netns
+from tests.netlink.links import wait_for_link_local
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
@@ -63,11 +64,17 @@ def _from_ip_json(ns: str, protocol: int) -> NodeFacts:
 def test_the_facts_of_a_netlink_dump_equal_the_ip_json_listings_of_any_routes(
         lines: list[str], protocol: int, removed: int) -> None:
     with temporary_netns("facts") as ns:
-        for argv in (["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0"],
+        for argv in (["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                      "net.ipv6.conf.default.accept_dad=0"],
+                     ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "p0"],
                      ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "p0", "up"],
                      ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"],
                      ["ip", "addr", "add", "fd00::5/64", "dev", "eth0", "nodad"]):
             run_in(ns, argv)
+        # The two listings compared are taken one after the other: the kernel must be
+        # done adding the links' link-local addresses and routes first (a listing taken
+        # before held fewer than the next: failed once under load).
+        wait_for_link_local(ns, "eth0", "p0")
         # -force: a route the kernel refuses (a slot taken twice, a type it rejects for
         # that prefix) is left out, the others are added.
         run_in(ns, ["ip", "-force", "-batch", "-"], check=False, input_text="".join(lines))
