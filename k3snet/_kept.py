@@ -32,7 +32,8 @@ from pathlib import Path
 from k3snet._env import env_switch
 
 __all__ = ["STATE_ROOT", "code_identity", "input_problem", "make_directory", "prune", "read_input",
-           "read_trusted", "refuse_foreign_input", "replace_atomically", "state_directory",
+           "read_trusted", "refuse_foreign_input", "refuse_foreign_output", "replace_atomically",
+           "state_directory",
            "trusted", "untrusted", "write_atomic", "write_output", "write_output_in"]
 
 STATE_ROOT = Path("/run/k3snet")
@@ -491,18 +492,20 @@ def write_output_in(directory: Path, name: str, text: str | bytes, *,
                     executable: bool = False, private: bool = False) -> Path:
     """Write ``directory/name`` as :func:`write_output` does, where ``name`` may go
     through subdirectories of ``directory`` (``10-eth0.network.d/90-k3snet.conf``),
-    made if missing (``0777`` less the umask, as ``mkdir -p``'s); returns the path.
-    ``executable``: a script, executable by whoever may read it and writable by its
-    owner only (whoever can write a script root runs is root). ``private``: readable
-    and writable by its owner only (netplan warns at every run about a file others can
-    read).
+    made if missing (``0755`` less the umask); returns the path. The file is writable
+    by its owner only, whatever the umask or the mode of the file it replaces (a boot
+    file root runs or loads). ``executable``: a script, executable by whoever may read
+    it. ``private``: readable and writable by its owner only (netplan warns at every
+    run about a file others can read).
 
     Such a subdirectory that is a symbolic link is followed only when it is the
     effective user's own: root writing into a directory another user can write must
     not put its file wherever that user's link points (:class:`PermissionError`).
     Each directory is opened once and the next one looked up in it, so no link can be
-    swapped in between.
+    swapped in between. ``directory`` itself is refused likewise when the way to it
+    goes through another user's link or directory (:func:`refuse_foreign_output`).
     """
+    refuse_foreign_output(directory)
     file = directory / name
     *subdirectories, leaf = Path(name).parts
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -517,9 +520,11 @@ def write_output_in(directory: Path, name: str, text: str | bytes, *,
         except FileNotFoundError:
             before = None
         _refuse_special(file, before, lambda: os.stat(leaf, dir_fd=fd))
-        mode = _output_mode(before)
+        # Never group or other write: under umask 0, or over a file of mode 0666, a boot
+        # file root runs or loads was every user's to rewrite.
+        mode = _output_mode(before) & ~0o022
         if executable:
-            mode = (mode | (mode & 0o444) >> 2) & ~0o022
+            mode |= (mode & 0o444) >> 2
         if private:
             mode &= 0o700
         # A boot file: on disk before the rename, and the rename before we return, or a
@@ -530,11 +535,26 @@ def write_output_in(directory: Path, name: str, text: str | bytes, *,
     return file
 
 
+def refuse_foreign_output(directory: Path) -> None:
+    """A :class:`PermissionError` when another user than this one and root could change
+    where ``directory`` leads (:func:`_foreign_way`): it, or a directory on the way to it,
+    is theirs or writable by them (without the sticky bit), or a link on the way is
+    theirs. ``render -o DIR`` followed another user's link at DIR and wrote root's boot
+    files wherever it pointed, or into a directory that user could empty and refill."""
+    why = _foreign_way(directory, {os.geteuid(), 0})
+    if why is None:
+        with contextlib.suppress(OSError):  # the way was judged; the directory itself:
+            why = _foreign_directory(directory.resolve(), {os.geteuid(), 0})
+    if why is not None:
+        raise PermissionError(errno.EPERM, f"{why}: k3snet writes its files only where no "
+                              "other user can redirect or replace them", str(directory))
+
+
 def _subdirectory(parent: int, name: str, path: Path) -> int:
     """A descriptor of directory ``name`` of the one open as ``parent``, made if
     missing, followed through a link only when the link is ours."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(name, 0o777, dir_fd=parent)
+    with contextlib.suppress(FileExistsError):  # writable by its owner only, as the files
+        os.mkdir(name, 0o755, dir_fd=parent)
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     try:
         return os.open(name, flags | os.O_NOFOLLOW, dir_fd=parent)

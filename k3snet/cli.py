@@ -33,7 +33,13 @@ from k3snet._argv import Run
 from k3snet._argv import asks_json as _asks_json
 from k3snet._argv import common_after_command as _common_after_command
 from k3snet._env import env_switch
-from k3snet._kept import input_problem, read_input, write_output_in
+from k3snet._kept import (
+    input_problem,
+    make_directory,
+    read_input,
+    refuse_foreign_output,
+    write_output_in,
+)
 from k3snet._logline import (
     HANDLER_NAME,
     one_line,
@@ -2741,7 +2747,9 @@ def cmd_render(args: argparse.Namespace) -> int:
                 print(f"# --- {name}")
             print(text, end="" if text.endswith("\n") else "\n")
         return EXIT_OK
-    args.out.mkdir(parents=True, exist_ok=True)
+    # Judged before anything is made in it; made writable by its owner only (0755).
+    refuse_foreign_output(args.out)
+    make_directory(args.out, 0o755)
     secret_manifests = getattr(args, "secret_manifests", False)  # set by _render_manifests
     for name, text in files.items():
         # A networkd drop-in is a file in a directory of its own (DEV.network.d/), made

@@ -48,6 +48,7 @@ write of either is read back under both."""
 # The kernel stores any integer in all of them (proc_dointvec, no bounds): rp_filter 3
 # and -1 are taken and read back, and act as loose and as the other level's value.
 _INTEGER = re.compile(r"-?[1-9][0-9]*|0")
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # the kernel's int, which proc_dointvec holds
 _DOCUMENTED: Final[Mapping[tuple[str, str], tuple[int, int] | None]] = {
     **dict.fromkeys((("ipv4", leaf) for leaf in (
         "forwarding", "accept_redirects", "secure_redirects", "send_redirects",
@@ -72,8 +73,8 @@ def value_problem(name: str, value: str | int) -> str | None:
 
     >>> value_problem("net.ipv4.conf.all.rp_filter", 3)
     "net.ipv4.conf.all.rp_filter takes 0, 1 or 2 (ip-sysctl.rst), got '3'"
-    >>> value_problem("net.ipv4.ip_forward", "yes")
-    "net.ipv4.ip_forward takes 0 (off) or another integer (on) (ip-sysctl.rst), got 'yes'"
+    >>> print(value_problem("net.ipv4.ip_forward", 4294967296))  # doctest: +ELLIPSIS
+    net.ipv4.ip_forward takes 0 (off) or another integer (on) from ... got '4294967296'
     >>> value_problem("net.ipv4.ip_forward", "1") is None
     True
 
@@ -100,9 +101,10 @@ def value_problem(name: str, value: str | int) -> str | None:
         return None
     span = _DOCUMENTED[key]
     if span is None:
-        if _INTEGER.fullmatch(sysctl.value):
+        # Within the kernel's int: 4294967296 passed here, and proc_dointvec refuses it.
+        if _INTEGER.fullmatch(sysctl.value) and _INT_MIN <= int(sysctl.value) <= _INT_MAX:
             return None
-        takes = "0 (off) or another integer (on)"
+        takes = f"0 (off) or another integer (on) from {_INT_MIN} to {_INT_MAX}"
     else:
         choices = [str(n) for n in range(span[0], span[1] + 1)]
         if sysctl.value in choices:

@@ -50,6 +50,7 @@ from k3snet.model import printable
 from k3snet.model.cidr import contains
 from k3snet.model.cni import namespace_problem, object_name_problem
 from k3snet.spec import ConnectivityTest, DnsZone, Spec, spec_backend_options, validate
+from k3snet.spec.blockstyle import YAML12_NUMBER
 
 __all__ = [
     "AGENT_NAME",
@@ -412,12 +413,7 @@ def _cilium_configmaps(spec: Spec, problems: list[Problem]) -> tuple[str, tuple[
 
 
 def _spec_text(spec: Spec) -> str:
-    try:
-        import yaml  # noqa: PLC0415 - optional dependency (k3snet[cli] / k3snet[kube])
-    except ImportError as exc:
-        raise yaml_missing("writing Kubernetes manifests", exc) from exc
-
-    return yaml.safe_dump(spec.to_dict(), sort_keys=False, default_flow_style=False)
+    return _dump(spec.to_dict())
 
 
 def _agent_objects(spec: Spec, needs: _AgentNeeds, spec_text: str,
@@ -1298,6 +1294,35 @@ def dump_manifests(objs: Iterable[Mapping[str, Any]]) -> str:
     ``metadata`` first); multi-line strings are written as ``|`` blocks; the same
     objects always give the same bytes.
     """
+    return _dump(*(dict(obj) for obj in objs), explicit_start=True, width=100)
+
+
+# Plain scalars some reader takes for no string: YAML 1.1's (PyYAML's resolvers, which
+# the dumper already consults, leave out y and n), Go's YAML (kubectl: y, n, 0o17, 1e3 ...)
+# and YAML 1.2's (editors: 09, 1e3, .inf). Quoting more than needed costs nothing.
+_NOT_TEXT_WORDS: Final = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false",
+                                    "null", "~", "", "<<", "=", ".inf", "-.inf", "+.inf",
+                                    ".nan"})
+_NUMBER_LIKE: Final = re.compile(
+    r"[-+]?(?:[0-9][0-9_]*(?:[.:][0-9_]*)*(?:[eE][-+]?[0-9_]*)?|\.[0-9][0-9_]*"
+    r"(?:[eE][-+]?[0-9_]*)?|0[bBoOxX][0-9a-fA-F_]*)")
+_TIMESTAMP_LIKE: Final = re.compile(r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:[Tt \t].*)?")
+
+
+def _taken_for_no_text(value: str) -> bool:
+    """Whether a reader of YAML 1.1, 1.2 or Go's YAML may read plain ``value`` as no
+    string (a bool, a number, null, a timestamp, a merge key)."""
+    return (value.lower() in _NOT_TEXT_WORDS or _NUMBER_LIKE.fullmatch(value) is not None
+            or YAML12_NUMBER.fullmatch(value) is not None
+            or _TIMESTAMP_LIKE.fullmatch(value) is not None)
+
+
+def _dump(*documents: Any, **options: Any) -> str:
+    """``documents`` as YAML (one document, or a ``---`` stream with ``explicit_start``),
+    keys in their order, every string read back as that string by any reader: one that
+    a reader may take for a bool or a number (``y``, ``09``, ``1e3``, ``0o17``: kubectl's
+    Go YAML read a label ``y`` as true, ``09`` as 9) is quoted, keys too; multi-line
+    strings are ``|`` blocks."""
     try:
         import yaml  # noqa: PLC0415 - optional dependency (k3snet[cli] / k3snet[kube])
     except ImportError as exc:
@@ -1308,18 +1333,12 @@ def dump_manifests(objs: Iterable[Mapping[str, Any]]) -> str:
             return True  # no &anchors / *aliases: every manifest reads on its own
 
     def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-        style = "|" if "\n" in value else None
+        style = "|" if "\n" in value else "'" if _taken_for_no_text(value) else None
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     _Dumper.add_representer(str, _str)
-    return yaml.dump_all(
-        [dict(obj) for obj in objs],
-        Dumper=_Dumper,
-        sort_keys=False,
-        default_flow_style=False,
-        explicit_start=True,
-        width=100,
-    )
+    return str(yaml.dump_all(list(documents), Dumper=_Dumper, sort_keys=False,
+                             default_flow_style=False, **options))
 
 
 # ---------------------------------------------------------------- reading a result back

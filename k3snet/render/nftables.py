@@ -35,6 +35,7 @@ from k3snet.render.tag import TAG_PREFIX, ownership_tag
 __all__ = [
     "CHAIN_HOOKS",
     "CHAIN_SPECS",
+    "FOREIGN_TABLES",
     "FORWARD_CHAIN",
     "MARKER_CHAIN",
     "NAT_CHAIN",
@@ -46,6 +47,7 @@ __all__ = [
     "NftRule",
     "TableFamily",
     "chain_order_key",
+    "load_condition",
     "model_ifname",
     "nft_ifname",
     "nft_rules",
@@ -55,6 +57,7 @@ __all__ = [
     "rule_tag",
     "table_families",
     "validate_nft_name",
+    "validate_own_table",
     "validate_table_name",
 ]
 
@@ -80,6 +83,23 @@ chains or rules: another program's)."""
 MARKER_CHAIN = "handle_marker"
 """An empty regular chain of k3snet's table that the backend re-creates at the end
 of every transaction that adds rules: its new handle dates the rules added before it."""
+
+_IPTABLES_NFT = "iptables-nft's (kube-proxy's and flannel's iptables rules on an nft host)"
+_FIREWALLD = "firewalld's"
+FOREIGN_TABLES: Final[dict[tuple[str, str], str]] = {
+    **{(family, name): _IPTABLES_NFT for family in ("ip", "ip6")
+       for name in ("filter", "nat", "mangle", "raw", "security")},
+    ("inet", "filter"): "the stock /etc/nftables.conf's (Debian, Ubuntu, Arch) and "
+                        "administrators' own",
+    **{(family, "firewalld"): _FIREWALLD for family in ("inet", "ip", "ip6")},
+    **{(family, "kube-proxy"): "kube-proxy's (its nftables mode)" for family in ("ip", "ip6")},
+    **{(family, "calico"): "Calico's (its nftables data plane)" for family in ("ip", "ip6")},
+    ("ip", "flannel-ipv4"): "flannel's (EnableNFTables)",
+    ("ip6", "flannel-ipv6"): "flannel's (EnableNFTables)",
+}
+"""``(nft family, table name) -> whose``: tables other programs own, which k3snet
+reads and never writes. k3snet's table may not take one of their names: its boot
+file (:func:`render_nftables_conf`) deletes the table of its name before writing it."""
 
 TableFamily = Literal["inet", "split"]
 """``inet``: one table for IPv4 and IPv6; ``split``: an ``ip`` and an ``ip6`` table."""
@@ -139,6 +159,43 @@ def validate_nft_name(name: str) -> str:
             "choose another name (or give the nftables backend syntax='json')"
         )
     return name
+
+
+def validate_own_table(name: str, family: TableFamily = "inet") -> str:
+    """Return ``name`` unless it names, in one of ``family``'s nft families, a table
+    another program owns (:data:`FOREIGN_TABLES`): k3snet's table of that name would
+    be that program's, which the boot file deletes when loaded (``table: filter``
+    deleted Debian's ``inet filter`` firewall, ``nat`` with ``family: split``
+    iptables-nft's NAT table, kube-proxy's rules with it)."""
+    for nft_family in table_families(family):
+        owner = FOREIGN_TABLES.get((nft_family, name))
+        if owner is not None:
+            raise ModelError(
+                f"nftables table {nft_family} {name} is {owner}, not k3snet's: k3snet "
+                "rewrites and deletes its own table (its boot file k3snet.nft deletes the "
+                "table before writing it); choose a name no other program uses (the "
+                "default is k3snet)")
+    return name
+
+
+def load_condition(table: str = "k3snet", family: TableFamily = "inet") -> list[str]:
+    """The shell commands (one per nft family) that succeed when k3snet's table
+    ``table`` may be loaded: it is absent, or carries k3snet's mark
+    (:data:`TABLE_COMMENT`). A systemd unit loading :func:`render_nftables_conf`'s file
+    runs each as ``ExecCondition=/bin/sh -c '...'``: a table of that name another
+    program made (nft's language has no "delete only if") makes the unit skip the
+    load instead of deleting it. The text holds no ``$``, ``%``, ``\\`` or ``'``, which
+    systemd would expand or unquote.
+
+    >>> print(load_condition()[0])  # doctest: +ELLIPSIS
+    ! /usr/sbin/nft list table inet k3snet >/dev/null 2>&1 || ... | grep -q "comment ..."
+    """
+    validate_nft_name(table)
+    # The mark's quotes and apostrophe matched by ".": no quoting inside the quoting.
+    mark = re.sub(r"[^A-Za-z0-9 :]", ".", f'comment "{TABLE_COMMENT}"')
+    return [f"! /usr/sbin/nft list table {nft_family} {table} >/dev/null 2>&1 || "
+            f'/usr/sbin/nft list table {nft_family} {table} | grep -q "{mark}"'
+            for nft_family in table_families(family)]
 
 
 def table_families(family: TableFamily) -> tuple[str, ...]:
@@ -375,13 +432,19 @@ def render_nftables_conf(
     with no owned rule of a family, the file only deletes that table. A table of
     the same name loaded before this file (another include of the admin's) is
     replaced too, as the running backend would refuse to: give ``table`` a name
-    no other file uses.
+    no other file uses: a name another program's table has is refused
+    (:func:`validate_own_table`), and the file's header gives the ``ExecCondition=``
+    lines (:func:`load_condition`) that keep a unit from loading it over a table of
+    its name that is not k3snet's.
 
     >>> from k3snet.model import MasqueradeRule, State
     >>> state = State(owned=[MasqueradeRule("10.42.0.0/16")])
     >>> print(render_nftables_conf(state))  # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
     #!/usr/sbin/nft -f
     # k3snet nftables rules: generated, do not edit (k3snet owns this table).
+    # Loading it deletes table inet k3snet first: load it only where
+    # none is there or it is k3snet's, with these lines in the systemd unit (docs/cli.md):
+    # ExecCondition=/bin/sh -c '! /usr/sbin/nft list table inet k3snet ...'
     table inet k3snet {}
     delete table inet k3snet
     table inet k3snet {
@@ -398,11 +461,16 @@ def render_nftables_conf(
     <BLANKLINE>
     """
     validate_nft_name(table)
+    validate_own_table(table, family)
     families = table_families(family)
     wanted = [o for o in state.owned if o.kind in ("nat", "forward")]
     lines = [
         "#!/usr/sbin/nft -f",
         "# k3snet nftables rules: generated, do not edit (k3snet owns this table).",
+        f"# Loading it deletes table {' and '.join(f'{f} {table}' for f in families)} first: "
+        "load it only where",
+        "# none is there or it is k3snet's, with these lines in the systemd unit (docs/cli.md):",
+        *(f"# ExecCondition=/bin/sh -c '{command}'" for command in load_condition(table, family)),
     ]
     for nft_family in families:
         mine = [

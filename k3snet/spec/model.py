@@ -6,6 +6,7 @@ these classes hold the defaults, the table holds the keys.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ __all__ = [
     "MasqueradePolicy",
     "Spec",
     "node_architecture",
+    "parse_resolver",
     "seed_spec",
     "spec_interface_name",
 ]
@@ -84,6 +86,40 @@ def _addresses(values: Iterable[str | Address]) -> tuple[Address, ...]:
     if isinstance(values, str):
         raise ModelError(f"expected a list of addresses, got the string {values!r}")
     return tuple(parse_address(v) for v in values)
+
+
+def parse_resolver(value: str | Address) -> Address:
+    """``value`` as the address of a DNS resolver CoreDNS forwards a zone to (``forward
+    . ADDRESS``): a unicast address the CoreDNS pod can reach, else a
+    :class:`~k3snet.errors.ModelError` saying why.
+
+    Refused: an IPv6 zone id (``fe80::1%eth0``: CoreDNS's forward plugin refuses it and
+    the whole Corefile fails to load, cluster DNS with it); loopback (``127.0.0.53``,
+    ``::1``: in the CoreDNS pod, CoreDNS itself); the unspecified address, multicast and
+    the broadcast address, which no resolver has.
+    """
+    address = parse_address(value)
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise ModelError(f"{str(address)!r} has a zone id ('%{address.scope_id}'): CoreDNS's "
+                         "forward plugin refuses it, and the whole Corefile with it (cluster "
+                         "DNS stops); give the resolver's global or unique local address")
+    plain = (address.ipv4_mapped or address) if isinstance(address, ipaddress.IPv6Address) \
+        else address
+    why = ("a loopback address: in the CoreDNS pod it is CoreDNS itself, not the node's "
+           "resolver; give the resolver's address on the network" if plain.is_loopback
+           else "the unspecified address: no resolver has it" if plain.is_unspecified
+           else "a multicast address: a resolver has a unicast address" if plain.is_multicast
+           else "the broadcast address: a resolver has a unicast address"
+           if plain == ipaddress.IPv4Address("255.255.255.255") else None)
+    if why is not None:
+        raise ModelError(f"{str(address)!r} is {why}")
+    return address
+
+
+def _resolvers(values: Iterable[str | Address]) -> tuple[Address, ...]:
+    if isinstance(values, str):
+        raise ModelError(f"expected a list of addresses, got the string {values!r}")
+    return tuple(parse_resolver(v) for v in values)
 
 
 def _opt_gateway(value: str | Address | None) -> Address | None:
@@ -209,7 +245,7 @@ class DnsZone:
     """Forward one DNS zone to resolvers outside the cluster (CoreDNS ``coredns-custom``)."""
 
     zone: str
-    resolvers: tuple[Address, ...] = attrs.field(default=(), converter=_addresses)
+    resolvers: tuple[Address, ...] = attrs.field(default=(), converter=_resolvers)
 
 
 def _zones(values: Iterable[DnsZone]) -> tuple[DnsZone, ...]:

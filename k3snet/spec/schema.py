@@ -62,6 +62,7 @@ from k3snet.spec.model import (
     MasqueradePolicy,
     Spec,
     node_architecture,
+    parse_resolver,
     spec_interface_name,
 )
 from k3snet.spec.validators import (
@@ -139,6 +140,8 @@ with_schema(_image, {"type": "string", "pattern": f"^{_IMAGE_REFERENCE}$",
                      "maxLength": _IMAGE_MAX})
 # A gateway is an address, read by the route's own parser (no 0.0.0.0 / ::).
 with_schema(parse_gateway, ADDRESS_SCHEMA)
+# A resolver too (no zone id, loopback, 0.0.0.0, multicast or broadcast).
+with_schema(parse_resolver, ADDRESS_SCHEMA)
 
 
 with_schema(node_architecture, {"type": "string", "enum": list(NODE_ARCHITECTURES)})
@@ -385,8 +388,9 @@ FORWARD = Section(ForwardPolicy, (
 DNS_ZONE = Section(DnsZone, (
     Field("zone", "zone", _zone, required="required, a zone name such as corp.example",
           example="corp.example", doc="The DNS zone CoreDNS forwards (coredns-custom)."),
-    Field("resolvers", "resolvers", items(converted(parse_address)), strs,
-          example=["192.168.1.53"], doc="The resolvers the zone is forwarded to."),
+    Field("resolvers", "resolvers", items(converted(parse_resolver)), strs,
+          example=["192.168.1.53"], doc="The resolvers the zone is forwarded to: unicast "
+          "addresses the CoreDNS pod reaches (no loopback, zone id, multicast, 0.0.0.0)."),
 ))
 
 EGRESS_POLICY = Section(EgressPolicy, (

@@ -217,3 +217,16 @@ def test_a_stable_secret_written_leaves_an_addr_gen_mode_already_in_place_as_the
         converge(backend, wanted)
         assert _shown(ns, mode).strip() == "3"
         assert plan(backend.observe(), wanted).changes == ()
+
+
+@pytest.mark.parametrize("name", ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding",
+                                  "net.ipv4.conf.lo.forwarding"])
+@pytest.mark.parametrize(("value", "taken"), [
+    ("2147483647", True), ("-2147483648", True), ("2147483648", False),
+    ("4294967296", False), ("-2147483649", False)])
+def test_an_on_off_sysctl_is_taken_within_the_kernel_s_int_as_the_kernel_takes_it(
+        ns: str, name: str, value: str, taken: bool) -> None:
+    path = f"/proc/sys/{name.replace('.', '/')}"
+    written = run_in(ns, ["sh", "-c", f"echo {value} > {path}"], check=False)
+    assert (written.returncode == 0) is taken  # the kernel's own judgement (EINVAL)
+    assert (value_problem(name, value) is None) is taken

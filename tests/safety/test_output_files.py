@@ -80,8 +80,9 @@ def _render_networkd(spec: Path, out: Path) -> subprocess.CompletedProcess[str]:
 
 def test_a_drop_in_directory_that_is_another_users_link_is_refused_and_its_target_untouched(
         tmp_path: Path) -> None:
-    # Root renders into a directory another user can write: that user's link standing
-    # for 10-eth0.network.d/ put root's file in whatever directory it pointed to.
+    # Root renders into a directory another user can write (sticky, as /tmp): that
+    # user's link standing for 10-eth0.network.d/ put root's file in whatever directory
+    # it pointed to.
     if os.geteuid() != 0:
         pytest.skip("needs root to give a link to another user")
     spec = tmp_path / "spec.yaml"
@@ -90,7 +91,7 @@ def test_a_drop_in_directory_that_is_another_users_link_is_refused_and_its_targe
     elsewhere.mkdir()
     out = tmp_path / "out"
     out.mkdir()
-    os.chown(out, 65534, 65534)
+    out.chmod(0o1777)
     planted = out / "10-eth0.network.d"
     planted.symlink_to(elsewhere)
     os.lchown(planted, 65534, 65534)
@@ -337,3 +338,61 @@ def test_a_link_to_a_file_this_process_has_open_is_refused_not_replaced(tmp_path
     finally:
         os.close(fd)
     assert _leftovers(tmp_path) == []
+
+
+def _render(what: str, spec: Path, out: Path, *extra: str,
+            umask: int = 0o022) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "k3snet.cli", "render", what, "-f", str(spec),
+                           *extra, "--out", str(out)], capture_output=True, text=True,
+                          check=False, timeout=120, umask=umask)
+
+
+def test_rendered_files_and_the_directories_made_are_never_group_or_other_writable(
+        tmp_path: Path) -> None:
+    # Under umask 0 the boot files root runs or loads were 0666 and the directories made
+    # 0777; a re-render kept 0666 from the file it replaced.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC + "    gateway: 192.168.1.1\n    device: eth0\n")
+    out = tmp_path / "new" / "dir"
+    for what, extra in [("ifupdown", ()), ("nftables", ()), ("sysctl", ()),
+                        ("networkd", ("--network-file", "eth0=10-eth0.network"))]:
+        done = _render(what, spec, out, *extra, umask=0)
+        assert done.returncode == 0, done.stderr
+    made = [tmp_path / "new", *sorted(p for p in (tmp_path / "new").rglob("*"))]
+    assert {p.name for p in made} >= {"new", "dir", "10-eth0.network.d", "k3snet-routes",
+                                      "k3snet.nft", "90-k3snet.conf"}
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode) & 0o022) for p in made} == {
+        p.name: "0o0" for p in made}
+    routes = out / "k3snet-routes"
+    routes.chmod(0o666)
+    assert _render("ifupdown", spec, out).returncode == 0
+    assert stat.S_IMODE(routes.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("kind", ["link", "directory", "parent"])
+def test_out_through_another_users_link_or_directory_is_refused_and_nothing_written(
+        tmp_path: Path, kind: str) -> None:
+    # render -o DIR followed another user's link at DIR (to a directory of root's) and
+    # wrote into a directory another user owns, where that user replaces what is there.
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a link or a directory to another user")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    theirs = tmp_path / "theirs"
+    if kind == "link":
+        theirs.symlink_to(victim)
+        os.lchown(theirs, 65534, 65534)
+        out = theirs
+    else:
+        theirs.mkdir()
+        os.chown(theirs, 65534, 65534)
+        out = theirs if kind == "directory" else theirs / "sub" / "dir"
+    done = _render("sysctl", spec, out)
+    assert done.returncode == 1
+    assert f"{out}: " in done.stderr
+    assert "uid 65534" in done.stderr
+    assert list(victim.iterdir()) == []
+    if kind != "link":
+        assert list(theirs.iterdir()) == []

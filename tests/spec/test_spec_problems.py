@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from k3snet import NodeFacts, Spec, SpecError, Sysctl
+from k3snet.errors import ModelError
 from k3snet.spec import Destination, DnsZone, EgressPolicy, MasqueradePolicy, validate
 from k3snet.spec import compile as compile_spec
 from k3snet.spec.load import spec_from_document
@@ -182,6 +183,12 @@ DOCUMENTS: dict[str, Any] = {
         {"zone": "2.168.192.in-addr.arpa", "resolvers": ["192.168.1.53"]},
         {"zone": "lab.example"},
         {"zone": "ok.example", "resolvers": []}]}},
+    "DNS resolvers CoreDNS cannot forward to": {"dns": {"zones": [
+        {"zone": "corp.example", "resolvers": [
+            "fe80::1%eth0", "127.0.0.53", "::1", "::ffff:127.0.0.1",
+            "0.0.0.0", "::",  # noqa: S104 (resolvers under test, not a bind)
+            "224.0.0.251", "ff02::fb", "255.255.255.255", "192.168.1.53", "fd00::53",
+            "169.254.20.10"]}]}},
     "egress exceptions": {
         "destinations": [{"cidr": D}, {"cidr": "192.168.8.0/24"}],
         "egressPolicy": {"except": ["192.168.7.8/29", "192.168.9.0/29", "192.168.8.0/24",
@@ -567,3 +574,14 @@ def test_a_sysctl_named_mask_that_the_kernel_shows_in_decimal_refuses_other_numb
         spec_from_document(document)
     (problem,) = info.value.problems
     assert f"that is {decimal}, and shows {decimal}" in problem.message
+
+
+@pytest.mark.parametrize("resolver", [
+    "fe80::1%eth0", "127.0.0.53", "::1",
+    "0.0.0.0", "::",  # noqa: S104 (resolvers under test, not a bind)
+    "224.0.0.251", "ff02::fb", "255.255.255.255"])
+def test_a_resolver_coredns_cannot_forward_to_is_refused_in_python_too(resolver: str) -> None:
+    # Built in code (render_manifests(spec)), the zone never passed the field check.
+    with pytest.raises(ModelError, match=r"has a zone id|is (a loopback|the unspecified|"
+                                         r"a multicast|the broadcast) address"):
+        DnsZone("corp.example", [resolver])

@@ -161,6 +161,7 @@ from k3snet.render.nftables import (
     chain_order_key,
     table_families,
     validate_nft_name,
+    validate_own_table,
     validate_table_name,
 )
 from k3snet.render.nftables_batch import Syntax, validate_syntax
@@ -207,11 +208,13 @@ class _Misfit(Exception):  # noqa: N818 - internal signal, never leaves the back
     """The plan does not fit k3snet's table: the kit's fit check says why."""
 
 
-def _table_name(syntax: str, table: Any) -> str:
+def _table_name(syntax: str, table: Any, family: TableFamily = "inet") -> str:
     """``table`` if it can name k3snet's table in batches of ``syntax``, else a
     :class:`~k3snet.errors.ModelError`: nft's language cannot name a table after one
-    of its words; JSON batches can."""
-    return validate_table_name(table) if syntax == "json" else validate_nft_name(table)
+    of its words; JSON batches can. Nor another program's table in ``family``
+    (:func:`~k3snet.render.nftables.validate_own_table`: ``filter``, ``kube-proxy``)."""
+    name = validate_table_name(table) if syntax == "json" else validate_nft_name(table)
+    return validate_own_table(name, family)
 
 
 def _kernel_seam(value: object) -> None:
@@ -271,13 +274,17 @@ class NftablesBackend(BackendBase):
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
         """The option checks, and ``table``'s as the constructor judges it for the
-        ``syntax`` given (a word of nft's language is a name only in JSON batches)."""
+        ``syntax`` given (a word of nft's language is a name only in JSON batches) and
+        the ``family`` (another program's table of the name in one of its families)."""
         problems = super().check_options(options)
         if "table" in options:
+            # A syntax or family already refused: the table is not judged against it.
             with contextlib.suppress(K3snetError):
+                syntax = validate_syntax(options.get("syntax", "nft"))
+                family = options.get("family", "inet")
+                table_families(family)
                 problems += run_option_checks(
-                    {"table": functools.partial(_table_name, validate_syntax(
-                        options.get("syntax", "nft")))}, options)
+                    {"table": functools.partial(_table_name, syntax, family=family)}, options)
         return problems
 
     def __init__(
@@ -298,7 +305,7 @@ class NftablesBackend(BackendBase):
         self._families = table_families(family)
         validate_syntax(syntax)
         # nft's language cannot name a table after one of its words; JSON batches can.
-        self._table = _table_name(syntax, table)
+        self._table = _table_name(syntax, table, family)
         if kernel is None:
             try:
                 import nftables  # noqa: F401, PLC0415 - only checks the optional dependency
