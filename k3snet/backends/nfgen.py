@@ -32,6 +32,9 @@ _NFT_MSG_GETGEN = (10 << 8) | 16
 _NFT_MSG_GETCHAIN = (10 << 8) | 4
 _NFT_MSG_GETTABLE = (10 << 8) | 1
 _NFT_MSG_GETRULE = (10 << 8) | 7
+_NFT_MSG_GETSET = (10 << 8) | 10
+_NFT_MSG_GETOBJ = (10 << 8) | 19
+_NFT_MSG_GETFLOWTABLE = (10 << 8) | 23
 _NFTA_RULE_TABLE = 1
 _NFTA_RULE_CHAIN = 2
 _NFTA_RULE_HANDLE = 3
@@ -50,9 +53,17 @@ _NLM_F_DUMP = 0x300
 _NLMSG_DONE = 3
 _NFTA_GEN_ID = 1
 _NFTA_CHAIN_TABLE = 1
+_NFTA_CHAIN_HANDLE = 2
 _NFTA_CHAIN_NAME = 3
 _NFTA_CHAIN_USE = 6
 _NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
+# The named objects of a table (each answer's table and name attributes, numbered alike
+# for sets, stateful objects and flowtables: NFTA_SET_TABLE/_NAME, NFTA_OBJ_*,
+# NFTA_FLOWTABLE_*) and the handle attribute of each kind.
+_NAMED = (("chain", _NFT_MSG_GETCHAIN, _NFTA_CHAIN_NAME, _NFTA_CHAIN_HANDLE),
+          ("set", _NFT_MSG_GETSET, 2, 16),  # NFTA_SET_HANDLE
+          ("object", _NFT_MSG_GETOBJ, 2, 6),  # NFTA_OBJ_HANDLE
+          ("flowtable", _NFT_MSG_GETFLOWTABLE, 2, 5))  # NFTA_FLOWTABLE_HANDLE
 _NFT_MSG_DELTABLE = (10 << 8) | 2
 _NFT_MSG_DELCHAIN = (10 << 8) | 5
 _NFTA_TABLE_USE = 3
@@ -119,6 +130,12 @@ class GenerationReader:
             raise BackendError(f"the kernel's answer for chain {family} {table} {chain} has no "
                                "use count")
         return int(struct.unpack_from(">I", attributes[_NFTA_CHAIN_USE])[0])
+
+    def chain_handle(self, family: str, table: str, chain: str) -> int | None:
+        """Chain ``chain`` of ``family table``'s handle (``None``: no such chain)."""
+        attributes = self._chain(family, table, chain)
+        handle = b"" if attributes is None else attributes.get(_NFTA_CHAIN_HANDLE, b"")
+        return _handle(handle) if len(handle) >= 8 else None
 
     def chain_state(self, family: str, table: str, chain: str) -> tuple[int, bool] | None:
         """Base chain ``chain`` of ``family table``: (its rule count, its policy is
@@ -214,6 +231,37 @@ class GenerationReader:
         with translate_errors("list the nftables tables", capability=_CAPABILITY):
             return [_table(message)
                     for message in self._dump(_NFT_MSG_GETTABLE, socket.AF_UNSPEC, b"")]
+
+    def unprintable_names(self) -> list[tuple[str, str, str, str, int]]:
+        """(family, table, kind, name, handle) of every table, chain, set, stateful
+        object and flowtable whose name is not UTF-8 (kind ``table``: the table's own;
+        the names read with ``surrogateescape``): five dumps of names, no rules.
+
+        libnftables asserts a name is UTF-8 as it prints JSON, and aborts the whole
+        process when one is not (nftables 1.0.6, ``chain_print_json: Assertion
+        '__out' failed``); nft's command line writes no such name, raw netlink does.
+        """
+        found = []
+        with translate_errors("list the nftables tables' names", capability=_CAPABILITY):
+            for message in self._dump(_NFT_MSG_GETTABLE, socket.AF_UNSPEC, b""):
+                if _ascii_names(message, (_NFTA_TABLE_NAME,)):
+                    continue
+                attributes = _attributes(message, 20)
+                name = _text(attributes.get(_NFTA_TABLE_NAME, b""))
+                if not _utf8(name):
+                    found.append((_family(message), _word(name), "table", _word(name),
+                                  _handle(attributes.get(_NFTA_TABLE_HANDLE, b""))))
+            for kind, request, name_attribute, handle_attribute in _NAMED:
+                for message in self._dump(request, socket.AF_UNSPEC, b""):
+                    if _ascii_names(message, (1, name_attribute)):
+                        continue
+                    attributes = _attributes(message, 20)
+                    table = _text(attributes.get(1, b""))  # NFTA_*_TABLE
+                    name = _text(attributes.get(name_attribute, b""))
+                    if not (_utf8(name) and _utf8(table)):
+                        found.append((_family(message), _word(table), kind, _word(name),
+                                      _handle(attributes.get(handle_attribute, b""))))
+        return found
 
     def _request(self, kind: int, family: int, body: bytes) -> dict[int, bytes] | None:
         """One request and its answer's attributes; ``None`` when the object does not exist
@@ -383,6 +431,43 @@ def _compat(rule: dict[int, bytes], kinds: tuple[str, ...]
                        int(struct.unpack_from(">I", revision)[0]) if len(revision) >= 4
                        else 0, data.get(_NFTA_TARGET_INFO, b"")))
     return compat
+
+
+def _ascii_names(message: bytes, kinds: tuple[int, ...]) -> bool:
+    """Whether the attributes ``kinds`` of a dump's answer are its first ones (the kernel
+    writes a table's name, an object's table and name, first) and hold ASCII only: the
+    quick look at each answer (3 000 chains: 13-38 ms decoded whole, about 5 ms so)."""
+    offset = 20
+    for kind in kinds:
+        if offset + 4 > len(message):
+            return False
+        size, found = struct.unpack_from("=HH", message, offset)
+        if size < 4 or found & 0x3FFF != kind:
+            return False
+        offset += (size + 3) & ~3
+    return message[20:offset].isascii()
+
+
+def _utf8(name: bytes) -> bool:
+    try:
+        name.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _word(name: bytes) -> str:
+    """A name as Python reads it back: each byte that is not UTF-8 a lone surrogate."""
+    return name.decode(errors="surrogateescape")
+
+
+def _family(message: bytes) -> str:
+    family = message[16] if len(message) > 16 else 0
+    return _NFPROTO_NAMES.get(family, str(family))
+
+
+def _handle(data: bytes) -> int:
+    return int(struct.unpack_from(">Q", data)[0]) if len(data) >= 8 else 0
 
 
 def _text(data: bytes) -> bytes:

@@ -201,6 +201,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch, output: str) -> tuple[Libnftables,
                                   for s in item["rule"]["expr"] if s.get("xt")]))
 
     monkeypatch.setattr(kernel, "_cmd", lambda command: (0, output, ""), raising=False)
+    monkeypatch.setattr(kernel, "_refuse_unprintable", lambda kind, ref: None, raising=False)
     monkeypatch.setattr(kernel, "_xt_expressions", expressions, raising=False)
     monkeypatch.setattr(kernel, "_xt_data", xt_data, raising=False)
     return kernel, asked

@@ -401,8 +401,8 @@ class NftablesBackend(BackendBase):
         if not self._foreign_unread:
             return found
         return (f"nftables: other tables were not read whole within {self.foreign_timeout:g} s "
-                "(foreign_timeout) and a walk of 4096 rules: their rules there are left out "
-                "of the plan's notes "
+                "(foreign_timeout) and a walk of 4096 rules, or hold a name libnftables "
+                "cannot list: their rules there are left out of the plan's notes "
                 f"(k3snet's rules never override another table's drop): "
                 f"{'; '.join(self._foreign_unread)}", *found)
 
@@ -1048,7 +1048,11 @@ class NftablesBackend(BackendBase):
         """After a committed transaction: the cache made what it made of the kernel, from
         the marker's handle, if no one else committed meanwhile; else it is dropped."""
         markers: dict[str, int | None] = {}
+        handle_of = getattr(kernel, "chain_handle", None)  # a recorded kernel has none
         for family in batch.marked:
+            if handle_of is not None:
+                markers[family] = handle_of(family, self._table, MARKER_CHAIN)
+                continue
             items = kernel.list("chain", family=family, table=self._table, name=MARKER_CHAIN) or []
             chains = [i["chain"] for i in items if isinstance(i.get("chain"), dict)]
             found = chains[0].get("handle") if chains else None

@@ -26,13 +26,15 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from k3snet._logline import shell_word
 from k3snet.backends.kit import undo_spares_children
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.errors import BackendError, BackendUnavailableError
 from k3snet.render.nftables_batch import list_command
 
 __all__ = ["HANDOVER_INTERVAL", "BoundedLister", "Libnftables", "ListingTimeoutError", "Lists",
-           "NftKernel", "OwnTableLister", "TextLists", "TextUnlistedError", "beside_listings",
+           "NftKernel", "OwnTableLister", "TextLists", "TextUnlistedError", "UnprintableNameError",
+           "beside_listings",
            "first_lines", "list_in_child", "listed_items", "listing_key", "name_xt"]
 
 HANDOVER_INTERVAL = 0.0002
@@ -111,6 +113,12 @@ class TextLists(Protocol):
 
 class TextUnlistedError(BackendError):
     """A text listing that cannot be made now: the caller lists as JSON instead."""
+
+
+class UnprintableNameError(BackendError):
+    """A JSON listing not made: a name it would print is not UTF-8, on which libnftables
+    aborts the whole process (:meth:`Libnftables.list`). The message names each such
+    object, escaped as a shell reads it back."""
 
 
 def listed_items(output: str, what: str) -> list[dict[str, Any]]:
@@ -193,6 +201,8 @@ class Libnftables:
         # pip-nftables keeps its context private; a dry run (nft -c) needs it.
         self._ctx = self.nft._Nftables__ctx
         self._generation = GenerationReader()
+        # The names that are not UTF-8 at a generation id (_refuse_unprintable).
+        self._names: tuple[int, list[tuple[str, str, str, str, int]]] | None = None
         self.calls = 0
 
     def genid(self) -> int:
@@ -227,6 +237,7 @@ class Libnftables:
         """
         self.calls += 1
         what = " ".join(["list", kind, *ref.values()])
+        self._refuse_unprintable(kind, ref)
         rc, output, error = self._cmd(list_command(kind, ref))
         if rc != 0:
             if "No such file or directory" in error:
@@ -241,6 +252,31 @@ class Libnftables:
                 or not named.isdisjoint(_XT_READ)):
             self._xt_data(items)
         return items
+
+    def _refuse_unprintable(self, kind: str, ref: Mapping[str, str]) -> None:
+        """:class:`UnprintableNameError` if the listing ``list KIND REF...`` would print a
+        name that is not UTF-8: libnftables asserts each name it prints as JSON is, and
+        aborts the process when one is not (a foreign table or chain made through raw
+        netlink). One netlink dump of each kind of name first (no rules), before each
+        JSON listing only: a listing of a table or chain is refused for a name in that
+        table (a rule names only its own table's chains, sets and objects; a set no rule
+        of the chain names refuses it too, conservatively), ``list chains`` for a table
+        or chain name, any other for any name. The dumps are made again only once the
+        generation id moved (one small round trip before each listing). A name written
+        between that read and the listing still aborts."""
+        self.calls += 1
+        genid = self._generation.read()
+        if self._names is None or self._names[0] != genid:
+            self.calls += 1
+            self._names = (genid, self._generation.unprintable_names())
+        found = self._names[1]
+        if "table" in ref or kind == "table":
+            place = (ref.get("family"), ref["table"] if "table" in ref else ref.get("name"))
+            found = [one for one in found if (one[0], one[1]) == place]
+        elif kind == "chains":  # the chains alone, no rule: no set or object named
+            found = [one for one in found if one[2] in ("table", "chain")]
+        if found:
+            raise UnprintableNameError(unprintable_message(found))
 
     def _xt_expressions(self, family: str, table: str, chain: str,
                         handles: Collection[int]) -> Mapping[int, Sequence[tuple[str, str]]]:
@@ -313,6 +349,13 @@ class Libnftables:
             # what went wrong if anything else did.
             raise TextUnlistedError(f"nft {what!r} failed: {first_lines(error)}")
         return output
+
+    def chain_handle(self, family: str, table: str, chain: str) -> int | None:
+        """Chain ``chain`` of ``family table``'s handle (``None``: no such chain): one small
+        netlink round trip, no listing (libnftables' would first dump the names it could
+        not print: :meth:`list`)."""
+        self.calls += 1
+        return self._generation.chain_handle(family, table, chain)
 
     def chain_rules(self, family: str, table: str, chain: str) -> int | None:
         """:meth:`TextLists.chain_rules`: one small netlink round trip."""
@@ -727,6 +770,25 @@ def list_in_child(deadline: float, kind: str, **ref: str) -> list[dict[str, Any]
             return None
         raise BackendError(f"nft {what!r} failed: {first_lines(stderr)}")
     return listed_items(stdout, what)
+
+
+def unprintable_message(found: Sequence[tuple[str, str, str, str, int]]) -> str:
+    """What :class:`UnprintableNameError` says of ``found`` (:meth:`~k3snet.backends.nfgen.
+    GenerationReader.unprintable_names`): each object escaped as a shell reads it back,
+    with the command that deletes it (by handle: nft's language cannot name it)."""
+    shown = []
+    for family, table, kind, name, handle in found:
+        if kind == "table":
+            shown.append(f"table {family} {shell_word(table)} (nft delete table {family} "
+                         f"handle {handle})")
+        elif kind != "object" and table.isprintable():
+            shown.append(f"{kind} {shell_word(name)} of table {family} {shell_word(table)} "
+                         f"(nft delete {kind} {family} {shell_word(table)} handle {handle})")
+        else:
+            shown.append(f"{kind} {shell_word(name)} of table {family} {shell_word(table)} "
+                         f"(handle {handle})")
+    return ("libnftables cannot list as JSON a name that is not UTF-8 (it aborts the "
+            f"process), so this listing was not made: {'; '.join(shown)}")
 
 
 def _with_capability(error: str) -> str:

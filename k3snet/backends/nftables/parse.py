@@ -70,6 +70,7 @@ from k3snet.backends.nftables.kernel import (
     NftKernel,
     TextLists,
     TextUnlistedError,
+    UnprintableNameError,
     list_in_child,
 )
 from k3snet.backends.nftables.text import (
@@ -843,7 +844,7 @@ class ForeignReader:
     def read(self) -> frozenset[NetObject]:
         try:
             chains = self._list("chains", {}) or []
-        except ListingTimeoutError as exc:
+        except (ListingTimeoutError, UnprintableNameError) as exc:
             self.unread.append(str(exc))
             return frozenset()
         except BackendError:
@@ -1147,7 +1148,7 @@ class ForeignReader:
         self.listed += 1
         try:
             items = self._list("chain", {"family": family, "table": table, "name": chain}) or []
-        except ListingTimeoutError as exc:
+        except (ListingTimeoutError, UnprintableNameError) as exc:
             self.unread.append(str(exc))
             return [_unseen()]
         except BackendError:
@@ -1515,9 +1516,7 @@ def read_foreign_within(bounded: BoundedLister, own_tables: frozenset[tuple[str,
     """
     done: dict[tuple[str, ...], Any] = {}
     try:
-        found, defaults = bounded.run(
-            deadline, lambda kernel: _whole(kernel, own_tables, done, routed))
-        return found, (), defaults
+        return bounded.run(deadline, lambda kernel: _whole(kernel, own_tables, done, routed))
     except ListingTimeoutError:
         return _given_up(done, own_tables, deadline, routed)
 
@@ -1528,7 +1527,7 @@ class ForeignRead:
     (:func:`start_foreign_read`, :func:`finish_foreign_read`)."""
 
     own_tables: frozenset[tuple[str, str]]
-    future: Future[tuple[frozenset[NetObject], ForwardDefaults]]
+    future: Future[_Found]
     done: dict[tuple[str, ...], Any]
     routed: RoutedBy | None = None
 
@@ -1546,8 +1545,7 @@ def finish_foreign_read(bounded: BoundedLister, read: ForeignRead, deadline: flo
     """What :func:`read_foreign_within` gives, for a read :func:`start_foreign_read` began:
     waited for until ``deadline``, then what its completed listings say."""
     try:
-        found, defaults = bounded.wait(read.future, deadline)
-        return found, (), defaults
+        return bounded.wait(read.future, deadline)
     except ListingTimeoutError:
         return _given_up(read.done, read.own_tables, deadline, read.routed)
 
@@ -1563,10 +1561,11 @@ def _given_up(done: dict[tuple[str, ...], Any], own_tables: frozenset[tuple[str,
 
 def _whole(kernel: NftKernel, own_tables: frozenset[tuple[str, str]],
            done: dict[tuple[str, ...], Any],
-           routed: RoutedBy | None = None) -> tuple[frozenset[NetObject], ForwardDefaults]:
+           routed: RoutedBy | None = None) -> _Found:
     done[("started",)] = True
     reader = ForeignReader(_Recording(kernel, done), own_tables, routed=routed)
-    return reader.read(), reader.defaults()
+    found = reader.read()
+    return found, tuple(reader.unread), reader.defaults()
 
 
 def _started(done: dict[tuple[str, ...], Any]) -> bool:
