@@ -188,13 +188,15 @@ def load_condition(table: str = "k3snet", family: TableFamily = "inet") -> list[
     systemd would expand or unquote.
 
     >>> print(load_condition()[0])  # doctest: +ELLIPSIS
-    ! /usr/sbin/nft list table inet k3snet >/dev/null 2>&1 || ... | grep -q "comment ..."
+    ! /usr/sbin/nft list table inet k3snet >/dev/null 2>&1 ... | grep -qx "[[:blank:]]comment ..."
     """
     validate_nft_name(table)
     # The mark's quotes and apostrophe matched by ".": no quoting inside the quoting.
+    # The whole line, one tab in (-x): the table's own comment, as the backend reads it
+    # (text.table_marked); a chain's (two tabs) or a rule's (inline) is no mark.
     mark = re.sub(r"[^A-Za-z0-9 :]", ".", f'comment "{TABLE_COMMENT}"')
     return [f"! /usr/sbin/nft list table {nft_family} {table} >/dev/null 2>&1 || "
-            f'/usr/sbin/nft list table {nft_family} {table} | grep -q "{mark}"'
+            f'/usr/sbin/nft list table {nft_family} {table} | grep -qx "[[:blank:]]{mark}"'
             for nft_family in table_families(family)]
 
 

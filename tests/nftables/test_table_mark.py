@@ -189,6 +189,33 @@ def test_the_boot_files_condition_passes_only_with_no_table_or_k3snets(
     assert passes()[-1] == 1  # the administrator's table of the name: skip the unit
 
 
+SPOOFED = {
+    "a rule's comment": f'\t\ttcp dport 22 accept comment "{TABLE_COMMENT}"\n',
+    "a chain's comment": f'\t\tcomment "{TABLE_COMMENT}"\n\t\ttcp dport 22 accept\n',
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("where", list(SPOOFED))
+def test_the_boot_files_condition_takes_only_the_tables_own_comment_as_the_mark(
+        ns: str, where: str) -> None:
+    """k3snet's words in a foreign table's chain or rule are no mark: the backend refuses
+    that table (text.table_marked reads the table's own comment line), and the unit skips
+    the load that would delete it (grep found the words anywhere in the listing)."""
+    run_in(ns, ["nft", "-f", "-"], input_text=(
+        "table inet edge {\n\tchain input {\n"
+        "\t\ttype filter hook input priority filter; policy accept;\n"
+        f"{SPOOFED[where]}\t}}\n}}\n"))
+    before = text(ns, "inet", "edge")
+    assert TABLE_COMMENT in before
+    with NftablesBackend(ns, table="edge", observe_foreign=False) as backend, pytest.raises(
+            BackendError, match="nftables table inet edge is not k3snet's"):
+        backend.observe()
+    (condition,) = _conditions(render_nftables_conf(WANTED, table="edge"))
+    assert run_in(ns, ["/bin/sh", "-c", condition], check=False).returncode == 1
+    assert text(ns, "inet", "edge") == before
+
+
 def test_the_documented_unit_runs_the_rendered_condition() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
     conditions = [line.removeprefix("ExecCondition=") for line in docs.splitlines()
