@@ -166,7 +166,9 @@ def validate_own_table(name: str, family: TableFamily = "inet") -> str:
     another program owns (:data:`FOREIGN_TABLES`): k3snet's table of that name would
     be that program's, which the boot file deletes when loaded (``table: filter``
     deleted Debian's ``inet filter`` firewall, ``nat`` with ``family: split``
-    iptables-nft's NAT table, kube-proxy's rules with it)."""
+    iptables-nft's NAT table, kube-proxy's rules with it). The error gives the way
+    out of an install an older k3snet made under such a name, which no command of
+    k3snet's reads or deletes any more."""
     for nft_family in table_families(family):
         owner = FOREIGN_TABLES.get((nft_family, name))
         if owner is not None:
@@ -174,7 +176,9 @@ def validate_own_table(name: str, family: TableFamily = "inet") -> str:
                 f"nftables table {nft_family} {name} is {owner}, not k3snet's: k3snet "
                 "rewrites and deletes its own table (its boot file k3snet.nft deletes the "
                 "table before writing it); choose a name no other program uses (the "
-                "default is k3snet)")
+                "default is k3snet); an older k3snet's table of this name is left to "
+                f"delete by hand ('nft delete table {nft_family} {name}'), its k3snet.nft "
+                "to render again")
     return name
 
 

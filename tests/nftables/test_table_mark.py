@@ -153,6 +153,21 @@ def test_validate_and_render_refuse_a_table_name_another_program_owns(
         NftablesBackend(table=table, family=family)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("table", "family", "named"), FOREIGN)
+def test_the_refusal_of_a_name_another_program_owns_gives_an_older_installs_way_out(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], table: str, family: str,
+        named: str) -> None:
+    """An install an older k3snet made as table filter (or nat, split) is refused on
+    upgrade by every command, destroy too: the error says how to delete its table and
+    that its boot file, which deletes that table at every boot, is to be rendered again."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_HEAD.format(table=table, family=family))
+    assert main(["validate", "-f", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert f"'nft delete table {named}'" in err
+    assert "its k3snet.nft to render again" in err
+
+
 @pytest.mark.parametrize(("table", "family"), [("nat", "inet"), ("edge", "split"),
                                                ("k3snet", "split")])
 def test_a_name_no_known_program_has_in_the_family_is_taken(table: str, family: str) -> None:
