@@ -166,7 +166,9 @@ def validate_own_table(name: str, family: TableFamily = "inet") -> str:
     another program owns (:data:`FOREIGN_TABLES`): k3snet's table of that name would
     be that program's, which the boot file deletes when loaded (``table: filter``
     deleted Debian's ``inet filter`` firewall, ``nat`` with ``family: split``
-    iptables-nft's NAT table, kube-proxy's rules with it)."""
+    iptables-nft's NAT table, kube-proxy's rules with it). The error gives the way
+    out of an install an older k3snet made under such a name, which no command of
+    k3snet's reads or deletes any more."""
     for nft_family in table_families(family):
         owner = FOREIGN_TABLES.get((nft_family, name))
         if owner is not None:
@@ -174,7 +176,9 @@ def validate_own_table(name: str, family: TableFamily = "inet") -> str:
                 f"nftables table {nft_family} {name} is {owner}, not k3snet's: k3snet "
                 "rewrites and deletes its own table (its boot file k3snet.nft deletes the "
                 "table before writing it); choose a name no other program uses (the "
-                "default is k3snet)")
+                "default is k3snet); an older k3snet's table of this name is left to "
+                f"delete by hand ('nft delete table {nft_family} {name}'), its k3snet.nft "
+                "to render again")
     return name
 
 
@@ -188,13 +192,15 @@ def load_condition(table: str = "k3snet", family: TableFamily = "inet") -> list[
     systemd would expand or unquote.
 
     >>> print(load_condition()[0])  # doctest: +ELLIPSIS
-    ! /usr/sbin/nft list table inet k3snet >/dev/null 2>&1 || ... | grep -q "comment ..."
+    ! /usr/sbin/nft list table inet k3snet >/dev/null 2>&1 ... | grep -qx "[[:blank:]]comment ..."
     """
     validate_nft_name(table)
     # The mark's quotes and apostrophe matched by ".": no quoting inside the quoting.
+    # The whole line, one tab in (-x): the table's own comment, as the backend reads it
+    # (text.table_marked); a chain's (two tabs) or a rule's (inline) is no mark.
     mark = re.sub(r"[^A-Za-z0-9 :]", ".", f'comment "{TABLE_COMMENT}"')
     return [f"! /usr/sbin/nft list table {nft_family} {table} >/dev/null 2>&1 || "
-            f'/usr/sbin/nft list table {nft_family} {table} | grep -q "{mark}"'
+            f'/usr/sbin/nft list table {nft_family} {table} | grep -qx "[[:blank:]]{mark}"'
             for nft_family in table_families(family)]
 
 

@@ -153,6 +153,21 @@ def test_validate_and_render_refuse_a_table_name_another_program_owns(
         NftablesBackend(table=table, family=family)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("table", "family", "named"), FOREIGN)
+def test_the_refusal_of_a_name_another_program_owns_gives_an_older_installs_way_out(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], table: str, family: str,
+        named: str) -> None:
+    """An install an older k3snet made as table filter (or nat, split) is refused on
+    upgrade by every command, destroy too: the error says how to delete its table and
+    that its boot file, which deletes that table at every boot, is to be rendered again."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC_HEAD.format(table=table, family=family))
+    assert main(["validate", "-f", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert f"'nft delete table {named}'" in err
+    assert "its k3snet.nft to render again" in err
+
+
 @pytest.mark.parametrize(("table", "family"), [("nat", "inet"), ("edge", "split"),
                                                ("k3snet", "split")])
 def test_a_name_no_known_program_has_in_the_family_is_taken(table: str, family: str) -> None:
@@ -187,6 +202,33 @@ def test_the_boot_files_condition_passes_only_with_no_table_or_k3snets(
     run_in(ns, ["nft", "flush", "ruleset"])
     run_in(ns, ["nft", "-f", "-"], input_text=ADMIN.format(family=tables[-1]))
     assert passes()[-1] == 1  # the administrator's table of the name: skip the unit
+
+
+SPOOFED = {
+    "a rule's comment": f'\t\ttcp dport 22 accept comment "{TABLE_COMMENT}"\n',
+    "a chain's comment": f'\t\tcomment "{TABLE_COMMENT}"\n\t\ttcp dport 22 accept\n',
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("where", list(SPOOFED))
+def test_the_boot_files_condition_takes_only_the_tables_own_comment_as_the_mark(
+        ns: str, where: str) -> None:
+    """k3snet's words in a foreign table's chain or rule are no mark: the backend refuses
+    that table (text.table_marked reads the table's own comment line), and the unit skips
+    the load that would delete it (grep found the words anywhere in the listing)."""
+    run_in(ns, ["nft", "-f", "-"], input_text=(
+        "table inet edge {\n\tchain input {\n"
+        "\t\ttype filter hook input priority filter; policy accept;\n"
+        f"{SPOOFED[where]}\t}}\n}}\n"))
+    before = text(ns, "inet", "edge")
+    assert TABLE_COMMENT in before
+    with NftablesBackend(ns, table="edge", observe_foreign=False) as backend, pytest.raises(
+            BackendError, match="nftables table inet edge is not k3snet's"):
+        backend.observe()
+    (condition,) = _conditions(render_nftables_conf(WANTED, table="edge"))
+    assert run_in(ns, ["/bin/sh", "-c", condition], check=False).returncode == 1
+    assert text(ns, "inet", "edge") == before
 
 
 def test_the_documented_unit_runs_the_rendered_condition() -> None:
