@@ -1660,6 +1660,10 @@ class Agent:
             self._stop_asked_at = self._monotonic()
         self._stopping.set()
         self._wake.set()
+        # A first read waiting for a spec file being written to settle (FileSpecSource).
+        stop_waiting = getattr(self.source, "stop_waiting", None)
+        if callable(stop_waiting):
+            stop_waiting()
         self._within_grace()
 
     def _within_grace(self) -> None:
