@@ -494,6 +494,10 @@ class Agent:
     """When the first of the passes in a row whose node part failed began (None: the last
     pass converged the node)."""
 
+    _pass_said_at: float | None = None
+    """When a pass last logged its line above debug level (None: none yet): a pass that
+    finds nothing to do logs at debug level only within an interval of it (see _record)."""
+
     _cluster_failure: Exception | None = None
     """How the cluster-wide part last failed, this agent holding the Lease (None: it did
     not): the passes leaving that part to the interval's fail with it too."""
@@ -1371,13 +1375,22 @@ class Agent:
         # (--no-watch, or no member with a change token) let a node with drift at
         # every pass keep one entry per repair for the process's life.
         self._forget_old_repairs()
-        if result.status != "failed" and not result.applied and (self._by_change
-                                                                  or self._rechecking):
+        now = self._heartbeat  # the end of this pass
+        quiet = (result.status != "failed" and not result.applied
+                 and (self._by_change or self._rechecking)
+                 and self._pass_said_at is not None
+                 and now - self._pass_said_at < self.options.interval)
+        if not quiet:
+            self._pass_said_at = now
+        if quiet:
             # A pass a change on the node started (or a spec file being written) that
-            # found nothing to do: at debug level. On a node where kube-proxy commits
-            # every second, each said "in sync" at info level, 86 000 lines a day; the
-            # interval's passes keep the heartbeat (the metrics count every pass, and a
-            # refusal was said when it came).
+            # found nothing to do, within an interval of the last pass's line: at debug
+            # level. On a node where kube-proxy commits every second, each said "in
+            # sync" at info level, 86 000 lines a day. One line an interval stays the
+            # heartbeat: there every pass is a change's (the interval, counted from the
+            # end of each pass, never runs out), and "the interval's passes" alone left
+            # a stuck agent looking like a healthy one (the metrics count every pass,
+            # and a refusal was said when it came).
             _log.debug("%s", result.message, extra=extra)
         elif result.status == "ok":
             level = logging.WARNING if result.drift else logging.INFO
@@ -1647,6 +1660,10 @@ class Agent:
             self._stop_asked_at = self._monotonic()
         self._stopping.set()
         self._wake.set()
+        # A first read waiting for a spec file being written to settle (FileSpecSource).
+        stop_waiting = getattr(self.source, "stop_waiting", None)
+        if callable(stop_waiting):
+            stop_waiting()
         self._within_grace()
 
     def _within_grace(self) -> None:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Protocol
 import attrs
 
 from k3snet.backends.kit import translate_errors
-from k3snet.errors import Problem, SpecError
+from k3snet.errors import K3snetError, Problem, SpecError
 from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors
 from k3snet.spec.load import refuse_foreign_spec, sudo_invoker
 from k3snet.spec.source import read_text
@@ -186,7 +187,8 @@ class FileSpecSource:
     it. One that has not settled for ``settle_limit`` seconds (:data:`SPEC_SETTLE_LIMIT`)
     is taken as it is, with a warning. ``settle=0`` asks nothing of the file's times (a
     file open for writing or changing during the read still waits); ``clock``,
-    ``monotonic`` and ``sleep`` are the time it judges by (tests give their own)."""
+    ``monotonic`` and ``sleep`` are the time it judges by (tests give their own).
+    :meth:`stop_waiting` ends the first read's wait (the agent stopping)."""
 
     remote = False
     """A read costs nothing but a file's: every pass reads it."""
@@ -202,12 +204,14 @@ class FileSpecSource:
                  settle_limit: float = SPEC_SETTLE_LIMIT,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] | None = None) -> None:
         self.path = path
+        self._stopped = threading.Event()
         if settle is not None:
             self.settle = settle
         self.settle_limit = settle_limit
-        self._clock, self._monotonic, self._sleep = clock, monotonic, sleep
+        self._clock, self._monotonic = clock, monotonic
+        self._sleep = self._stopped.wait if sleep is None else sleep
         # What the file said when it last settled: its text or why it is unusable, and the
         # file's signature then.
         self._taken: str | SpecError | None = None
@@ -241,11 +245,21 @@ class FileSpecSource:
             if self._taken is not None:  # the text taken before stays: look again soon
                 self.read_again_in = wait
                 break
+            if self._stopped.is_set():
+                raise K3snetError(f"{self.path}: not read: stopped while waiting for the "
+                                  "file, being written, to settle")
             self._sleep(wait)  # the first read: nothing taken yet, wait (settle_limit at most)
         if isinstance(self._taken, SpecError):
             raise self._taken
         assert self._taken is not None
         return self._taken
+
+    def stop_waiting(self) -> None:
+        """End the wait of a first read for the file to settle, and any such wait after
+        (the agent stopping: SIGTERM): that read raises a :class:`K3snetError`, not a
+        :class:`SpecError`, and nothing half written is taken. It waited out
+        :data:`SPEC_SETTLE_LIMIT`, then put the file in force, a pod being deleted too."""
+        self._stopped.set()
 
     def _look(self) -> _Look:
         before = _stat(self.path)

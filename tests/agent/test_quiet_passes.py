@@ -87,3 +87,29 @@ def test_a_refused_spec_is_said_when_refused_and_by_the_interval_passes_not_at_e
     assert "refused (invalid)" in refusals[0].getMessage()
     assert [level for level, _ in _lines(caplog)] == [logging.DEBUG, logging.DEBUG,
                                                       logging.WARNING]
+
+
+def test_a_node_whose_every_pass_a_change_starts_still_logs_one_info_line_an_interval(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # kube-proxy committing every second: the wait after each pass ends at its next commit
+    # and the interval, counted from the end of each pass, never runs out. With only the
+    # interval's passes at INFO, the agent's log stayed silent for good (tested with an
+    # agent on a lab namespace where nft committed every 0.5 s: 17 passes in 15 s, no
+    # line), a stuck agent and a healthy one looking the same again.
+    now = [0.0]
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    memory = MemoryBackend(capabilities=("route", "sysctl", "nat", "forward"))
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), COMPILED,
+                  AgentOptions("node-1", interval=30.0), monotonic=lambda: now[0])
+    assert agent.run_pass().status == "ok"  # applied: said at INFO
+    with caplog.at_level(logging.DEBUG, logger="k3snet.agent"):
+        for _ in range(100):  # a pass a second, each one a change started
+            now[0] += 1.0
+            agent._by_change = True
+            assert agent.run_pass().message == "in sync: no changes"
+    levels = [level for level, _ in _lines(caplog)]
+    assert len(levels) == 100
+    assert [second for second, level in enumerate(levels, 1) if level == logging.INFO] == [
+        30, 60, 90]
+    assert set(levels) == {logging.DEBUG, logging.INFO}

@@ -190,6 +190,26 @@ def test_the_first_read_waits_for_a_file_being_written_then_takes_the_whole(
     assert sum(clocks.slept) < SPEC_SETTLE_LIMIT
 
 
+def test_the_agent_stopped_during_the_first_reads_wait_puts_nothing_in_force_at_once(
+        tmp_path: Path) -> None:
+    # SIGTERM (a pod deleted) while the first read waited for a file held open for
+    # writing: the wait went on to SPEC_SETTLE_LIMIT (lab namespace: the agent exited
+    # 8.6 s after SIGTERM), then the half-written text went in force, its route added.
+    path = tmp_path / "spec.yaml"
+    then = _old(path, HEAD)
+    clocks = Clocks(then + 3600)
+    source = FileSpecSource(path, settle=SPEC_SETTLE, clock=clocks.clock,
+                            monotonic=clocks.monotonic, sleep=clocks.sleep)
+    node = Node(path, source)
+    clocks.on_sleep.append(node.agent.stop)  # SIGTERM during the first wait
+    with path.open("a"):
+        result = node.agent.run_pass()
+    assert result.status == "failed"
+    assert "stopped while waiting for the file" in result.message
+    assert clocks.slept == [0.25]
+    assert (node.agent.generation, node.routes()) == (0, [])
+
+
 def test_a_file_held_open_for_writing_is_taken_after_the_settle_limit_with_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # A program keeping the file open for writing (a lock taken through it) must not keep
