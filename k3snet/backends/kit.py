@@ -585,9 +585,12 @@ class Compensation:
         """One step done: its change(s), and the callable that takes it back."""
         batch = (changes,) if isinstance(changes, Change) else tuple(changes)
         self._steps.append((batch, undo))
-        if stopped():
+        if threading.current_thread() is not threading.main_thread() and stopped():
             # Ctrl-C or a signal stopped the caller while a worker thread (a namespace's)
             # made this step: no further step, and those made are taken back (guarding).
+            # In the main thread the signal's own exception is on its way (a backend
+            # recording the write it interrupted): raised here, a KeyboardInterrupt took
+            # the place of SIGTERM's SystemExit (exit 130 "stopped by SIGINT", not 143).
             raise KeyboardInterrupt("stopped by a signal during the apply")
 
     def rollback(self) -> tuple[list[Change], list[str]]:
