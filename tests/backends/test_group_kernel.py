@@ -789,3 +789,26 @@ def test_ctrl_c_as_iptables_restore_ends_takes_its_tables_back(
         assert sent == ["wait"]
         assert view() == before
         assert not group.observe().owned
+
+
+def test_a_cli_destroy_ctrl_c_once_everything_is_removed_says_the_removal_stays(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C as the group's removal returned, before ``k3snet destroy`` noted it: it
+    said "nothing was changed (what it made was taken back)", exit 130, with every
+    route, sysctl and rule of k3snet's removed. Now the removal is said to stay."""
+    argv = _apply_argv(ns, tmp_path, monkeypatch)
+    assert main(argv) == 0
+    made = kernel_view(ns)
+    capsys.readouterr()
+    sent = _signalled_after(monkeypatch, BackendGroup, "apply")
+    assert main(["destroy", "--netns", ns, "--auto-approve",
+                 "--backend", "netlink", "--backend", "nftables"]) == EXIT_INTERRUPTED
+    assert sent == ["apply"]
+    err = capsys.readouterr().err
+    assert ("stopped by SIGINT: removed before the destroy was stopped, and not undone: "
+            "netlink+nftables: ") in err, err
+    assert "nothing was changed" not in err, err
+    assert kernel_view(ns) != made
+    argv[argv.index("apply")] = "plan"
+    assert main([a for a in argv if a != "--auto-approve"]) == 2  # all to be made again
