@@ -2329,9 +2329,12 @@ def _destroy_through(args: argparse.Namespace, groups: Sequence[BackendGroup],
     if asking and not _confirm("Remove everything listed above?", shown):
         return _not_confirmed(args)
     # What is approved is what is removed: the listed plan, refused if the node changed.
-    done = destroy_each(groups, lock_timeout=args.lock_timeout,
-                        confirmed=preview.plan if asking else None)
-    _made(args, done)
+    # As apply's: a signal once everything is removed waits for it to be noted, and
+    # is said as such ("after the change was made, which stays").
+    with held_after_commit():
+        done = destroy_each(groups, lock_timeout=args.lock_timeout,
+                            confirmed=preview.plan if asking else None)
+        _made(args, done)
     if not as_json and (shown is not sys.stdout
                         or not _same_changes(preview.plan.changes, done.plan.changes)):
         print(done.plan.render())  # not listed on stdout, or the node changed since

@@ -16,6 +16,7 @@ import attrs
 
 from k3snet.backends.base import ApplyResult, Backend, PendingRestart
 from k3snet.backends.group import BackendGroup
+from k3snet.backends.kit import committing, held_after_commit
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT, namespace_lock, namespaces_of
 from k3snet.errors import (
     BackendOptionError,
@@ -472,24 +473,33 @@ def _destroy_each_locked(backends: Sequence[Backend], *, dry_run: bool, check: b
                          allow_disruptive: bool, lock_timeout: float) -> Convergence:
     parts: list[Convergence] = []
     problems: list[str] = []
-    for backend in backends:
+    for position, backend in enumerate(backends):
         try:
-            part = destroy(backend, dry_run=dry_run, allow_disruptive=allow_disruptive,
-                           lock_timeout=lock_timeout)
+            # A signal once the backend's removal is made waits until it is among the
+            # parts said (removed_before): raised as its apply returned, the removal
+            # was made and `k3snet destroy` said "nothing was changed".
+            with held_after_commit():
+                part = destroy(backend, dry_run=dry_run, allow_disruptive=allow_disruptive,
+                               lock_timeout=lock_timeout)
+                parts.append(part)
         except BaseException as exc:  # Ctrl-C and SIGTERM (SystemExit) too
             done = [p.result.summary() for p in parts if p.result and p.result.applied]
             if done:
                 # Ctrl-C or a signal stopped it: "failed" named a backend that had not.
                 ended = "failed" if isinstance(exc, Exception) else "was stopped"
-                said = (f"removed before {getattr(backend, 'name', backend)} {ended}, and "
-                        f"not undone: {'; '.join(done)}")
+                # The signal held until this backend's removal was among the parts.
+                who = ("the destroy" if len(parts) > position
+                       else getattr(backend, "name", backend))
+                said = f"removed before {who} {ended}, and not undone: {'; '.join(done)}"
                 log.error("destroy: %s", said)
                 exc.add_note(said)
                 vars(exc)[_REMOVED_BEFORE] = tuple(done)
             raise
         if dry_run and check and part.plan.changes:
             problems += backend.check(part.plan)
-        parts.append(part)
+    # Every removal made: a signal from now on waits for the caller's own block
+    # (``k3snet destroy`` noting what was removed), as a group's apply does.
+    committing()
     if problems:
         raise CheckError("the backends' check found problems; nothing was changed:", problems)
     return _joined(parts)

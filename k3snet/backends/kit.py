@@ -445,14 +445,14 @@ _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 class _Hold:
     """One :func:`held_after_commit` block: whether what it runs committed, whether a
-    signal stopped it before, and the signals that came after."""
+    signal stopped it before, and what the handlers of the signals after it raised."""
 
     __slots__ = ("came", "committed", "stopped")
 
     def __init__(self) -> None:
         self.committed = False
         self.stopped = False
-        self.came: list[tuple[int, Any]] = []
+        self.came: list[BaseException] = []
 
 
 _HOLDS: list[_Hold] = []  # the blocks open in the main thread, innermost last
@@ -463,19 +463,27 @@ _PREVIOUS: dict[int, Any] = {}  # the handlers the outermost block found
 
 
 def _held(signum: int, frame: Any) -> None:
-    """The handler within :func:`held_after_commit`: after a commit the signal waits for
-    the block's end; before, the handler found runs at once, as it would have, and if it
+    """The handler within :func:`held_after_commit`: the handler found runs at once;
+    after a commit what it raises waits for the block's end; before, if it
     raises (Ctrl-C's ``KeyboardInterrupt``, the CLI's ``SystemExit``) the block is
     stopped: no commit begins after it. A handler that returns (one setting a flag to
     end after the pass) stops nothing. It runs holding the lock a worker thread's
     :func:`committing` takes: no commit begins between its start and the stop."""
     with _HOLDS_LOCK:
         hold = _HOLDS[-1] if _HOLDS else None
+        handler = _PREVIOUS.get(signum, signal.default_int_handler)
         if hold is not None and hold.committed:
-            hold.came.append((signum, frame))
+            # The handler runs now, only what it raises waits: called at the block's
+            # end, the agent's asked its stop that much later (an nftables commit of
+            # thousands of rules), the grace period it counts begun after the
+            # kubelet's, and the CLI's SIGTERM bound of the undo too.
+            try:
+                handler(signum, frame)
+            except BaseException as exc:  # noqa: BLE001 - raised as the block ends
+                hold.came.append(exc)
             return
         try:
-            _PREVIOUS.get(signum, signal.default_int_handler)(signum, frame)
+            handler(signum, frame)
         except BaseException:
             if hold is not None:
                 hold.stopped = True
@@ -486,8 +494,9 @@ def _held(signum: int, frame: Any) -> None:
 def held_after_commit() -> Iterator[None]:
     """Within the block, SIGINT, SIGTERM and SIGHUP (those of a Python handler: Ctrl-C's,
     the CLI's) that come once what the block runs has committed (:func:`committing`)
-    wait for the block's end, and their handler runs then (the first one's); before
-    the commit they act at once, as they would have, and a commit not begun yet never
+    have their handler run at once, and what it raises (Ctrl-C's ``KeyboardInterrupt``,
+    the CLI's ``SystemExit``; the first one's) is raised as the block ends; before the
+    commit they act at once, as they would have, and a commit not begun yet never
     begins (:func:`committing` raises).
 
     Who uses the result of a change wraps its call and the keeping of the result in it
@@ -526,8 +535,7 @@ def held_after_commit() -> Iterator[None]:
                     signal.signal(number, handler)
             _PREVIOUS.clear()  # after: a signal meanwhile finds its handler
         if hold.came:
-            number, frame = hold.came[0]
-            handlers.get(number, signal.default_int_handler)(number, frame)
+            raise hold.came[0]
 
 
 def committing() -> None:
@@ -585,9 +593,12 @@ class Compensation:
         """One step done: its change(s), and the callable that takes it back."""
         batch = (changes,) if isinstance(changes, Change) else tuple(changes)
         self._steps.append((batch, undo))
-        if stopped():
+        if threading.current_thread() is not threading.main_thread() and stopped():
             # Ctrl-C or a signal stopped the caller while a worker thread (a namespace's)
             # made this step: no further step, and those made are taken back (guarding).
+            # In the main thread the signal's own exception is on its way (a backend
+            # recording the write it interrupted): raised here, a KeyboardInterrupt took
+            # the place of SIGTERM's SystemExit (exit 130 "stopped by SIGINT", not 143).
             raise KeyboardInterrupt("stopped by a signal during the apply")
 
     def rollback(self) -> tuple[list[Change], list[str]]:

@@ -33,6 +33,7 @@ from k3snet.agent import (
 )
 from k3snet.agent._main import _stop_on_signals
 from k3snet.backends.group import BackendGroup
+from k3snet.backends.kit import committing
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for
 from k3snet.kube import TERMINATION_GRACE, Deadline
@@ -358,25 +359,34 @@ class _SignalledRoutes(MemoryBackend):
         self.agent: Agent | None = None
         self.stopped_within: bool | None = None
 
+    committed = False  # the signal lands after the member's commit (as nftables marks it)
+
     def apply(self, plan: Plan) -> Any:
         if self.agent is not None and self.stopped_within is None:
+            if self.committed:
+                committing()
             os.kill(os.getpid(), self.signum)
             # A generous bound: the stop comes from the signal thread (no timed assertion).
             self.stopped_within = self.agent._stopping.wait(60)
         return super().apply(plan)
 
 
+@pytest.mark.parametrize("committed", [False, True], ids=["before-commit", "after-commit"])
 @pytest.mark.parametrize("cleanup", [False, True], ids=["rules-stay", "cleanup-on-exit"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_an_apply_leaves_no_half_change(
-        tmp_path: Path, signum: int, cleanup: bool) -> None:
+        tmp_path: Path, signum: int, cleanup: bool, committed: bool) -> None:
     """The signal's handler only asks the loop to stop: the apply in progress is written
     whole, every member of the group (the routes' member got the signal, the NAT
     member's changes come after), the loop ends after that pass, and the clean-up on
-    exit, if asked, removes all of it."""
+    exit, if asked, removes all of it. Landing after the member's commit, the stop is
+    asked at once too: the group's hold called the handler only as the member's apply
+    ended (an nftables commit of thousands of rules later), and the grace period the
+    agent counts from the stop began that much after the kubelet's."""
     path = tmp_path / "spec.yaml"
     path.write_text(SPEC)
     routes = _SignalledRoutes(signum)
+    routes.committed = committed
     rules = MemoryBackend(capabilities=("nat", "forward"))
     agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([routes, rules]),
                   COMPILED,

@@ -33,7 +33,9 @@ from k3snet import (
 )
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.iptables.driver import RestoreProcess
 from k3snet.backends.netlink import NetlinkBackend
+from k3snet.backends.netlink.socket_driver import SocketDriver
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.cli import (
     COMMANDS,
@@ -738,3 +740,75 @@ def test_a_failure_noting_a_committed_nftables_transaction_fails_nothing(
     assert plan(group.observe(), WANTED).empty
     rules = json.loads(run_in(ns, ["nft", "-j", "list", "table", "inet", "k3snet"]).stdout)
     assert any("rule" in item for item in rules["nftables"])
+
+
+@pytest.mark.parametrize("members", [("netlink",), ("netlink", "nftables")])
+def test_ctrl_c_as_the_kernel_took_netlink_s_routes_takes_them_back(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None,
+        members: tuple[str, ...]) -> None:
+    """Ctrl-C landing as the kernel answered netlink's batch of routes, before the
+    backend recorded them (its socket is the namespace's, but k3snet sends on it from the
+    main thread, where the handler runs): the routes were made and never among the steps
+    to undo, so they stayed while the group said the apply was taken back."""
+    made: list[Backend] = [NetlinkBackend(ns, state_dir=tmp_path)]
+    if "nftables" in members:
+        made.append(NftablesBackend(ns))
+    with BackendGroup(made) as group:
+        before = kernel_view(ns)
+        wanted = WANTED if "nftables" in members else State(
+            owned=[o for o in WANTED.owned if isinstance(o, Route | Sysctl)])
+        p = plan(group.observe(), wanted)
+        sent = _signalled_after(monkeypatch, SocketDriver, "send_batch")
+        with pytest.raises(KeyboardInterrupt):
+            group.apply(p)
+        assert sent == ["send_batch"]
+        assert kernel_view(ns) == before
+        assert not group.observe().owned
+
+
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_ctrl_c_as_iptables_restore_ends_takes_its_tables_back(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None,
+        mode: str) -> None:
+    """Ctrl-C landing as the restore process ended, its tables committed, before the
+    backend recorded them: they were never among the steps to undo, so they stayed
+    while the group took back the routes and sysctls. (The built-in chains iptables-nft
+    makes stay after any failed apply, as in the tests above: not compared.)"""
+
+    def view() -> tuple[object, ...]:
+        routes, routes6, _, sysctls = kernel_view(ns)
+        return routes, routes6, sysctls, _whole_view(ns, mode)[-1]
+
+    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path),
+                       IptablesBackend(ns, mode=mode)]) as group:  # type: ignore[arg-type]
+        before = view()
+        p = plan(group.observe(), WANTED)
+        sent = _signalled_after(monkeypatch, RestoreProcess, "wait")
+        with pytest.raises(KeyboardInterrupt):
+            group.apply(p)
+        assert sent == ["wait"]
+        assert view() == before
+        assert not group.observe().owned
+
+
+def test_a_cli_destroy_ctrl_c_once_everything_is_removed_says_the_removal_stays(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C as the group's removal returned, before ``k3snet destroy`` noted it: it
+    said "nothing was changed (what it made was taken back)", exit 130, with every
+    route, sysctl and rule of k3snet's removed. Now the removal is said to stay."""
+    argv = _apply_argv(ns, tmp_path, monkeypatch)
+    assert main(argv) == 0
+    made = kernel_view(ns)
+    capsys.readouterr()
+    sent = _signalled_after(monkeypatch, BackendGroup, "apply")
+    assert main(["destroy", "--netns", ns, "--auto-approve",
+                 "--backend", "netlink", "--backend", "nftables"]) == EXIT_INTERRUPTED
+    assert sent == ["apply"]
+    err = capsys.readouterr().err
+    assert ("stopped by SIGINT: removed before the destroy was stopped, and not undone: "
+            "netlink+nftables: ") in err, err
+    assert "nothing was changed" not in err, err
+    assert kernel_view(ns) != made
+    argv[argv.index("apply")] = "plan"
+    assert main([a for a in argv if a != "--auto-approve"]) == 2  # all to be made again

@@ -32,6 +32,7 @@ from k3snet import cli
 from k3snet.agent import RETRY_AFTER_LIMIT, LeaderElector, LeaseSettings, NodeReport, NodeReporter
 from k3snet.backends.calico import CalicoBackend
 from k3snet.backends.cilium import CiliumBackend
+from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import translate_errors
 from k3snet.cli import main
 from k3snet.errors import ApplyError, RollbackError
@@ -1556,3 +1557,35 @@ def test_cilium_removal_interrupted_as_its_delete_acted_says_a_configmap_made_be
     agent = server.get("v1/configmaps", "ip-masq-agent", "kube-system")
     assert agent is not None
     assert agent["data"] == theirs["data"]
+
+
+def test_sigterm_in_a_group_as_cilium_sends_a_write_ends_it_as_sigterm_its_writes_taken_back(
+        server: EmulatedApiServer, tmp_path: Path) -> None:
+    # `k3snet apply` stopped by SIGTERM once Cilium's POST reached the API server, its
+    # answer unread: Cilium records that write's undo as the SystemExit goes by, and
+    # the record, seeing the group's block stopped by the signal, raised a
+    # KeyboardInterrupt in its place: exit 130 "stopped by SIGINT" for systemd's stop.
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: SIGTERM would end the run")
+    with _api_client(tmp_path, server) as api:
+        backend = _cilium(server, api)
+        changes = plan(backend.observe(), State(owned=[_cilium_wanted()]))
+        real = api.rest_client.pool_manager.request
+
+        def request(verb: str, url: str, **kwargs: Any) -> Any:
+            answer = real(verb, url, **kwargs)
+            if verb == "POST":
+                api.rest_client.pool_manager.request = real
+                signal.raise_signal(signal.SIGTERM)  # the CLI's handler raises here
+            return answer
+
+        api.rest_client.pool_manager.request = request
+        with pytest.raises(SystemExit) as info, cli.sigterm_undoes(), \
+                BackendGroup([backend]) as group:
+            group.apply(changes)
+    assert info.value.code == cli.EXIT_TERMINATED
+    config = server.get("v1/configmaps", "cilium-config", "kube-system")
+    assert config is not None
+    assert config["data"] == HELM_K3S_DATA
+    assert server.get("v1/configmaps", "ip-masq-agent", "kube-system") is None

@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from importlib.util import find_spec
@@ -102,6 +103,7 @@ from k3snet.backends.iptables.driver import (
     Kernel,
     Libiptc,
     Processes,
+    RestoreRun,
     RunFailedError,
     SaveStoppedError,
     StartedSave,
@@ -146,7 +148,9 @@ from k3snet.backends.kit import (
     Compensation,
     GcPause,
     OptionChecks,
+    committing,
     gc_paused,
+    held_after_commit,
     option_path,
     option_seconds,
 )
@@ -1028,15 +1032,32 @@ class IptablesBackend(BackendBase):
             raise
         if pause is not None:  # the last run: nothing much is allocated after this
             pause.end()
-        try:
-            run.wait()
-        except RunFailedError as exc:
-            done, problems = self._record(undo, family, sent, exc.committed)
-            refused = next((step for step, _ in sent if step.table == exc.table),
+        failed, done, problems = self._wait_and_record(run, undo, family, sent)
+        if failed is not None:
+            refused = next((step for step, _ in sent if step.table == failed.table),
                            next((step for step, _ in sent if step.table not in done),
                                 sent[-1][0]))
-            self._fail(undo, refused, self._failed(plan, injected, exc), exc, problems)
-        self._record(undo, family, sent, tuple(step.table for step, _ in sent))
+            self._fail(undo, refused, self._failed(plan, injected, failed), failed, problems)
+
+    def _wait_and_record(self, run: RestoreRun, undo: Compensation, family: int,
+                         sent: list[tuple[_Step, TableState]]
+                         ) -> tuple[RunFailedError | None, tuple[str, ...], list[str]]:
+        """Wait for ``run`` and record the tables it committed: (its failure, those
+        tables, what could not be told), as :meth:`_record`.
+
+        From the end of the input to the record, a signal waits for the record (raised
+        in between, in the main thread where Ctrl-C lands, the tables were made and never
+        among those undone); the wait is bounded, the process killed after its timeout.
+        """
+        with held_after_commit():
+            if threading.current_thread() is threading.main_thread():
+                committing()  # this block's own
+            try:
+                run.wait()
+            except RunFailedError as exc:
+                return exc, *self._record(undo, family, sent, exc.committed)
+            return None, *self._record(undo, family, sent,
+                                       tuple(step.table for step, _ in sent))
 
     def _record(self, undo: Compensation, family: int, sent: list[tuple[_Step, TableState]],
                 committed: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[str]]:

@@ -69,7 +69,8 @@ import bisect
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
@@ -81,8 +82,10 @@ from k3snet.backends.kit import (
     Compensation,
     OptionChecks,
     UndoFailure,
+    committing,
     disruptive_problems,
     fit_problems,
+    held_after_commit,
     option_flag,
     translate_errors,
 )
@@ -1128,13 +1131,17 @@ class NetlinkBackend(BackendBase):
                                 if changes[i].kind != "route"), end)
                 batch = changes[position:end]
                 try:
-                    failures = self._driver.send(batch, indexes)
+                    # A signal from the send to the record waits for the record: raised
+                    # in between (the socket's answers read in the main thread, where
+                    # Ctrl-C lands), the routes were made and never among those undone.
+                    with _held_until_recorded():
+                        failures = self._driver.send(batch, indexes)
+                        made = [change for i, change in enumerate(batch) if i not in failures]
+                        if made:
+                            undo.record(made, partial(self._undo_routes, made))
                 except OSError as exc:  # the answers were lost: what the kernel did is unknown
                     undo.fail(batch[0], f"lost the kernel's answers: {exc}", exc,
                               extra_problems=[f"{c}: outcome unknown" for c in batch])
-                made = [change for i, change in enumerate(batch) if i not in failures]
-                if made:
-                    undo.record(made, partial(self._undo_routes, made))
                 if failures:
                     first = min(failures)
                     more = (f" ({len(failures) - 1} more change(s) of that batch failed too)"
@@ -1653,3 +1660,17 @@ def _table_name(table: int) -> str:
 def _slot(route: Route | RouteBlock) -> tuple[Any, ...]:
     """Where the kernel holds ``route`` (table, destination, metric): a Route's key."""
     return route.slot if isinstance(route, RouteBlock) else route.key
+
+
+@contextlib.contextmanager
+def _held_until_recorded() -> Iterator[None]:
+    """Within the block (a kernel step and the record of its undo), in the main thread,
+    SIGINT, SIGTERM and SIGHUP wait for its end, then act (:func:`held_after_commit`,
+    marked at once): the step is among those taken back. Elsewhere (a caller's thread,
+    where no handler runs) nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with held_after_commit():
+        committing()  # this block's own, the innermost of the main thread's
+        yield
