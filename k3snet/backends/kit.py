@@ -447,11 +447,12 @@ class _Hold:
     """One :func:`held_after_commit` block: whether what it runs committed, whether a
     signal stopped it before, and what the handlers of the signals after it raised."""
 
-    __slots__ = ("came", "committed", "stopped")
+    __slots__ = ("came", "committed", "cut", "stopped")
 
     def __init__(self) -> None:
         self.committed = False
         self.stopped = False
+        self.cut = False  # a second signal after the commit acted at once
         self.came: list[BaseException] = []
 
 
@@ -479,8 +480,20 @@ def _held(signum: int, frame: Any) -> None:
             # kubelet's, and the CLI's SIGTERM bound of the undo too.
             try:
                 handler(signum, frame)
-            except BaseException as exc:  # noqa: BLE001 - raised as the block ends
-                hold.came.append(exc)
+            except BaseException as exc:
+                if not hold.came and not hold.cut:
+                    hold.came.append(exc)  # raised as the block ends
+                    return
+                # A second one (Ctrl-C again) and any after it act at once: held, only
+                # SIGKILL ended a block whose rest hung (a namespace's thread stuck
+                # after its commit); what was committed is said to stay, not undone.
+                hold.cut = True
+                hold.came.clear()
+                exc.add_note(f"a second {signal.Signals(signum).name} cut k3snet after a "
+                             "change was committed, before it was noted: that change may "
+                             "stay, not taken back (the node may be half-changed: look "
+                             "before running again)")
+                raise
             return
         try:
             handler(signum, frame)
@@ -495,7 +508,8 @@ def held_after_commit() -> Iterator[None]:
     """Within the block, SIGINT, SIGTERM and SIGHUP (those of a Python handler: Ctrl-C's,
     the CLI's) that come once what the block runs has committed (:func:`committing`)
     have their handler run at once, and what it raises (Ctrl-C's ``KeyboardInterrupt``,
-    the CLI's ``SystemExit``; the first one's) is raised as the block ends; before the
+    the CLI's ``SystemExit``; the first one's) is raised as the block ends (a second
+    one raising acts at once, noting that the change may stay); before the
     commit they act at once, as they would have, and a commit not begun yet never
     begins (:func:`committing` raises).
 
@@ -555,6 +569,13 @@ def committing() -> None:
         if hold.stopped:
             raise KeyboardInterrupt("stopped by a signal before the commit")
         hold.committed = True
+
+
+def cut_after_commit() -> bool:
+    """Whether a second signal cut the innermost :func:`held_after_commit` block after its
+    commit (raised at once): waiting for a namespace's thread is waiting in vain then."""
+    with _HOLDS_LOCK:
+        return bool(_HOLDS) and _HOLDS[-1].cut
 
 
 def stopped() -> bool:

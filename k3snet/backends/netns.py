@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from k3snet._logline import shell_join, shell_word
-from k3snet.backends.kit import translate_errors
+from k3snet.backends.kit import cut_after_commit, translate_errors
 from k3snet.errors import BackendError
 
 __all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "earlier_records", "exec_name",
@@ -356,9 +356,11 @@ class NetnsRunner:
         """Run ``fn`` in the namespace and return its result (exceptions propagate).
 
         Interrupted while it runs (Ctrl-C, a signal's ``SystemExit``), the call waits for
-        ``fn`` to end before passing the interruption on (a further one ends the wait): the
-        worker thread goes on, and an apply's commit there was made after the caller had
-        taken nothing back and let the namespace's lock go. ``fn`` learns of it at its
+        ``fn`` to end before passing the interruption on (a further one ends the wait; after
+        a commit, where the first waits for the block's end, the second passes on at once,
+        :func:`~k3snet.backends.kit.held_after_commit`): the worker thread goes on, and
+        an apply's commit there was made after the caller had taken nothing back and let
+        the namespace's lock go. ``fn`` learns of it at its
         commit (:func:`~k3snet.backends.kit.committing` raises) or its next step
         (:meth:`~k3snet.backends.kit.Compensation.record`).
         """
@@ -370,7 +372,9 @@ class NetnsRunner:
         try:
             return future.result()  # type: ignore[return-value]
         except BaseException:
-            if not future.done():
+            # Not once a second signal cut the wait after the commit: the thread stuck
+            # there (a hung kernel call) kept k3snet until SIGKILL.
+            if not future.done() and not cut_after_commit():
                 with contextlib.suppress(BaseException):
                     future.exception()  # waits for the worker
             raise

@@ -189,3 +189,62 @@ def test_a_handler_that_returns_stops_nothing(ctrl_c: None) -> None:
         signal.raise_signal(signal.SIGINT)
         assert came == [signal.SIGINT]
         assert _in_thread(committing) is None
+
+
+def test_a_second_signal_after_the_commit_acts_at_once_saying_the_change_may_stay(
+        ctrl_c: None) -> None:
+    """Ctrl-C twice after the commit: the second was held too (as was every further one),
+    so a block whose rest hung (a namespace's thread stuck after its commit) ended only
+    by SIGKILL. The second now acts at once, its message saying the change may stay."""
+    went_on: list[str] = []
+
+    def apply() -> None:
+        with held_after_commit():
+            committing()
+            signal.raise_signal(signal.SIGINT)  # held
+            went_on.append("after the first")
+            signal.raise_signal(signal.SIGINT)  # acts
+            went_on.append("after the second")
+
+    with pytest.raises(KeyboardInterrupt) as raised:
+        apply()
+    assert went_on == ["after the first"]
+    assert any("may stay, not taken back" in note
+               for note in getattr(raised.value, "__notes__", ()))
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_a_second_ctrl_c_ends_the_wait_for_a_namespace_s_thread_stuck_after_its_commit(
+        ctrl_c: None) -> None:
+    """The namespace's thread commits, then hangs (a kernel call that never returns): the
+    first Ctrl-C waits for the block's end, the second ended nothing (the wait for the
+    thread held it too); only SIGKILL ended k3snet. It now ends the call."""
+    handled = threading.Semaphore(0)
+    stuck = threading.Event()
+    ended: list[str] = []
+
+    def handler(signum: int, frame: object) -> None:
+        handled.release()
+        raise KeyboardInterrupt
+
+    def job() -> None:
+        committing()
+        for _ in range(2):
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            handled.acquire(timeout=60)  # a bound: the handler runs in the main thread
+        stuck.wait(60)  # hung, until the test lets it go (the bound: the test never hangs)
+        ended.append("job")
+
+    signal.signal(signal.SIGINT, handler)
+    with temporary_netns("runner") as ns, NetnsRunner(ns) as runner:
+        def apply() -> None:
+            with held_after_commit():
+                runner.call(job)
+
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                apply()
+            assert ended == []  # ended by the second Ctrl-C, the thread still stuck
+        finally:
+            stuck.set()
