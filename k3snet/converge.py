@@ -498,8 +498,10 @@ def _destroy_each_locked(backends: Sequence[Backend], *, dry_run: bool, check: b
         if dry_run and check and part.plan.changes:
             problems += backend.check(part.plan)
     # Every removal made: a signal from now on waits for the caller's own block
-    # (``k3snet destroy`` noting what was removed), as a group's apply does.
-    committing()
+    # (``k3snet destroy`` noting what was removed), as a group's apply does. A dry run
+    # removed nothing (``k3snet destroy``'s check before it asks): a signal acts at once.
+    if not dry_run:
+        committing()
     if problems:
         raise CheckError("the backends' check found problems; nothing was changed:", problems)
     return _joined(parts)

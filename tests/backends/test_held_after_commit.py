@@ -248,3 +248,24 @@ def test_a_second_ctrl_c_ends_the_wait_for_a_namespace_s_thread_stuck_after_its_
             assert ended == []  # ended by the second Ctrl-C, the thread still stuck
         finally:
             stuck.set()
+
+
+def test_a_dry_run_destroy_marks_no_commit_so_a_signal_after_it_acts_at_once(
+        ctrl_c: None) -> None:
+    # `k3snet destroy` asked to confirm runs the removal as a dry run first, inside the
+    # command's block: marked committed by it, a Ctrl-C landing before anything was
+    # removed waited until every backend's removal was made.
+    from k3snet.backends.memory import MemoryBackend  # noqa: PLC0415 - this test only
+    from k3snet.converge import destroy_each  # noqa: PLC0415
+
+    reached: list[str] = []
+
+    def destroy_confirmed() -> None:
+        with held_after_commit():
+            destroy_each([MemoryBackend()], dry_run=True)
+            signal.raise_signal(signal.SIGINT)
+            reached.append("after the signal")  # never reached: nothing was committed
+
+    with pytest.raises(KeyboardInterrupt):
+        destroy_confirmed()
+    assert reached == []
