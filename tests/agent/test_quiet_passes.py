@@ -65,6 +65,7 @@ def test_a_pass_a_change_started_that_repairs_drift_still_warns(
     forward = [c for c in plan(State(), memory.state).changes if c.kind == "forward"]
     memory.apply(Plan(changes=[c.inverse() for c in forward]))
     agent._by_change = True
+    caplog.clear()  # the first pass's line: captured if the logger was left at INFO
     with caplog.at_level(logging.DEBUG, logger="k3snet.agent"):
         result = agent.run_pass()
     assert result.drift == 1
@@ -76,6 +77,7 @@ def test_a_refused_spec_is_said_when_refused_and_by_the_interval_passes_not_at_e
     agent, _, _ = _node(tmp_path)
     assert agent.run_pass().status == "ok"
     (tmp_path / "spec.yaml").write_text("destinations:\n  - cidr: 999.1.2.0/24\n")
+    caplog.clear()  # the first pass's line: captured if the logger was left at INFO
     with caplog.at_level(logging.DEBUG, logger="k3snet.agent"):
         agent._by_change = True
         assert agent.run_pass().status == "spec-refused"  # the refusal: an error, once
@@ -103,6 +105,7 @@ def test_a_node_whose_every_pass_a_change_starts_still_logs_one_info_line_an_int
     agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory]), COMPILED,
                   AgentOptions("node-1", interval=30.0), monotonic=lambda: now[0])
     assert agent.run_pass().status == "ok"  # applied: said at INFO
+    caplog.clear()  # that line: captured if the logger was left at INFO
     with caplog.at_level(logging.DEBUG, logger="k3snet.agent"):
         for _ in range(100):  # a pass a second, each one a change started
             now[0] += 1.0

@@ -51,6 +51,26 @@ def loggers_put_back() -> Iterator[None]:
         logger.propagate = propagate
 
 
+@pytest.fixture(autouse=True)
+def pristine_loggers() -> Iterator[None]:
+    """k3snet's loggers as a fresh process has them (no handler, no level, propagating)
+    for each test here, the ones found put back after: an earlier test of the same worker
+    may have left the agent's logging set up (``run_from_cli``, ``configure_logging``:
+    the process's setting, by design), which these tests of what main() puts back would
+    take for main()'s doing."""
+    saved = _loggers()
+    for logger in map(logging.getLogger, LOGGERS):
+        logger.handlers[:] = []
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+    yield
+    for logger, (handlers, level, propagate) in zip(
+            map(logging.getLogger, LOGGERS), saved, strict=True):
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def test_the_loggers_set_by_the_cli_and_the_agent_are_the_ones_main_puts_back() -> None:
     assert LOGGERS == cli._LOGGERS
 
