@@ -484,6 +484,12 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                              "(default key spec.yaml) instead of -f")
     agent.add_argument("--interval", type=_positive_seconds, default=30.0, metavar="SECONDS",
                        help="seconds between passes (default: 30)")
+    agent.add_argument("--spec-settle", type=_settle_seconds, metavar="SECONDS",
+                       default=env("K3SNET_SPEC_SETTLE") or None,
+                       help="with -f: take a new text of the spec file only once it has "
+                            "stayed unchanged this long (default: $K3SNET_SPEC_SETTLE, else "
+                            "1; 0: its times make no wait, a file held open for writing "
+                            "still does)")
     agent.add_argument("--no-watch", action="store_true",
                        help="pass only every --interval: do not look for changes on the node "
                             "in between (nftables generation id, netlink notifications)")
@@ -1119,6 +1125,21 @@ def _positive_seconds(text: str) -> float:
     if not (0 < value < 1e7):
         raise argparse.ArgumentTypeError(f"must be more than 0 and less than 1e7 s, not {text}")
     return value
+
+
+def _settle_seconds(text: str) -> float:
+    """argparse type of ``--spec-settle``: 0 or more seconds (and finite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        problem = f"not a number of seconds: {text!r}"
+    else:
+        if 0 <= value < 1e7:
+            return value
+        problem = f"must be 0 or more and less than 1e7 s, not {text}"
+    if os.environ.get("K3SNET_SPEC_SETTLE") == text:
+        problem += " (from $K3SNET_SPEC_SETTLE)"
+    raise argparse.ArgumentTypeError(problem)
 
 
 def _from_env(variable: str, parse: Callable[[str], str]) -> Callable[[str], str]:

@@ -158,6 +158,10 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["K3SNET_LOCK_DIR"] = made
     config.stash[_session_lock_dir] = made
     os.environ.setdefault("K3SNET_SPEC_CACHE", "off")
+    # The agent processes the tests start take a spec file at once (`--spec-settle`'s
+    # default, 1 s, made each start and each spec change wait a second): the settling
+    # is tested on its own (tests/agent/test_spec_settle.py), with the default too.
+    os.environ.setdefault("K3SNET_SPEC_SETTLE", "0")
     # The nftables backend's kept read (k3snet.backends.nftables.kept) is off too, unless a
     # test turns it on (tests/nftables/test_kept.py): nothing is written to /run/k3snet.
     os.environ.setdefault("K3SNET_READ_CACHE", "off")

@@ -39,7 +39,7 @@ def _spec_source(args: argparse.Namespace, api: Callable[[], Any]) -> SpecSource
     if (args.spec is None) == (args.spec_configmap is None):
         raise SpecError([Problem("", "give exactly one of -f/--spec and --spec-configmap")])
     if args.spec is not None:
-        return FileSpecSource(args.spec)
+        return FileSpecSource(args.spec, settle=getattr(args, "spec_settle", None))
     problem = object_ref_problem(args.spec_configmap, key=True)
     if problem is not None:  # the command line checks it too (exit 64); a library caller
         raise SpecError([Problem("", f"--spec-configmap {problem}")])

@@ -334,3 +334,52 @@ def test_a_spec_file_being_written_is_read_again_soon_not_an_interval_later(
     assert [(r.levelno, r.message) for r in caplog.records if "in sync" in r.message] == [
         (logging.DEBUG, "in sync: no changes")]
     assert metrics.registry.get_sample_value("k3snet_agent_sync_duration_seconds_count") == 2
+
+
+@pytest.mark.parametrize(("argv", "env", "settle"), [
+    ([], None, None),  # the source's own: SPEC_SETTLE (this directory's fixture sets 0)
+    (["--spec-settle", "0"], None, 0.0),
+    (["--spec-settle", "2.5"], "0", 2.5),  # the option over the variable
+    ([], "0.25", 0.25),
+])
+def test_the_agent_command_s_spec_settle_is_the_option_else_the_variable_else_a_second(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], env: str | None,
+        settle: float | None) -> None:
+    from k3snet.agent._main import _spec_source  # noqa: PLC0415 - this test only
+    from k3snet.cli import build_parser  # noqa: PLC0415
+
+    if env is None:
+        monkeypatch.delenv("K3SNET_SPEC_SETTLE", raising=False)
+    else:
+        monkeypatch.setenv("K3SNET_SPEC_SETTLE", env)
+    path = tmp_path / "spec.yaml"
+    path.write_text("destinations:\n  - cidr: 192.168.2.0/24\n")
+    args = build_parser().parse_args(["agent", "-f", str(path), *argv])
+    assert args.spec_settle == settle
+    source = _spec_source(args, lambda: None)
+    assert isinstance(source, FileSpecSource)
+    if settle is not None:
+        assert source.settle == settle
+
+
+@pytest.mark.parametrize("case", [
+    (["--spec-settle", "-1"], None, "must be 0 or more"),
+    (["--spec-settle", "nan"], None, "must be 0 or more"),
+    (["--spec-settle", "inf"], None, "must be 0 or more"),
+    (["--spec-settle", "soon"], None, "not a number of seconds"),
+    ([], "soon", "(from $K3SNET_SPEC_SETTLE)"),
+])
+def test_a_spec_settle_that_is_no_time_is_a_usage_error_naming_where_it_came_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        case: tuple[list[str], str | None, str]) -> None:
+    from k3snet.cli import build_parser  # noqa: PLC0415 - this test only
+
+    argv, env, said = case
+
+    if env is None:
+        monkeypatch.delenv("K3SNET_SPEC_SETTLE", raising=False)
+    else:
+        monkeypatch.setenv("K3SNET_SPEC_SETTLE", env)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["agent", "-f", str(tmp_path / "s.yaml"), *argv])
+    assert said in capsys.readouterr().err
