@@ -38,17 +38,22 @@ def _loggers() -> list[tuple[list[logging.Handler], int, bool]]:
             for lg in map(logging.getLogger, LOGGERS)]
 
 
+def _set_loggers(states: list[tuple[list[logging.Handler], int, bool]]) -> None:
+    """Give each of k3snet's loggers its (handlers, level, propagate) of ``states``."""
+    for logger, (handlers, level, propagate) in zip(
+            map(logging.getLogger, LOGGERS), states, strict=True):
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 @pytest.fixture
 def loggers_put_back() -> Iterator[None]:
     """The loggers as they were, whatever the code under test left (not the fixture
     the test relies on: it checks what main() itself puts back)."""
     saved = _loggers()
     yield
-    for logger, (handlers, level, propagate) in zip(
-            map(logging.getLogger, LOGGERS), saved, strict=True):
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
+    _set_loggers(saved)
 
 
 @pytest.fixture(autouse=True)
@@ -59,16 +64,9 @@ def pristine_loggers() -> Iterator[None]:
     the process's setting, by design), which these tests of what main() puts back would
     take for main()'s doing."""
     saved = _loggers()
-    for logger in map(logging.getLogger, LOGGERS):
-        logger.handlers[:] = []
-        logger.setLevel(logging.NOTSET)
-        logger.propagate = True
+    _set_loggers([([], logging.NOTSET, True)] * len(LOGGERS))
     yield
-    for logger, (handlers, level, propagate) in zip(
-            map(logging.getLogger, LOGGERS), saved, strict=True):
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
+    _set_loggers(saved)
 
 
 def test_the_loggers_set_by_the_cli_and_the_agent_are_the_ones_main_puts_back() -> None:
