@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import TypeVar
 
@@ -331,6 +331,23 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+# How often the main thread, waiting for a namespace's worker, wakes to run the handlers
+# of signals that did not wake it (see _wait_for).
+SIGNAL_POLL = 0.2
+
+
+def _wait_for(future: Future[T]) -> T:
+    """``future``'s result, waking every :data:`SIGNAL_POLL` seconds: a signal whose C
+    handler ran in another thread (the kernel gives a process's signal to any thread
+    not blocking it: the worker's, busy in a kernel call) or in the main thread just
+    before it went to sleep on the lock marks its Python handler as due and wakes
+    nothing; a wait with no bound ran that handler (Ctrl-C's, SIGTERM's) only as the
+    worker ended, which a hung kernel call never does."""
+    while not wait([future], timeout=SIGNAL_POLL).done:
+        pass
+    return future.result()  # (not result(timeout): a TimeoutError fn raised is one too)
+
+
 class NetnsRunner:
     """Runs callables in the network namespace ``name`` (``None``: the current one).
 
@@ -370,13 +387,13 @@ class NetnsRunner:
         future: Future[object] = Future()
         self._jobs.put((fn, future))
         try:
-            return future.result()  # type: ignore[return-value]
+            return _wait_for(future)  # type: ignore[return-value]
         except BaseException:
             # Not once a second signal cut the wait after the commit: the thread stuck
             # there (a hung kernel call) kept k3snet until SIGKILL.
             if not future.done() and not cut_after_commit():
                 with contextlib.suppress(BaseException):
-                    future.exception()  # waits for the worker
+                    _wait_for(future)  # the worker's end
             raise
 
     def close(self) -> None:

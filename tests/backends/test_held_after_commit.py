@@ -250,6 +250,33 @@ def test_a_second_ctrl_c_ends_the_wait_for_a_namespace_s_thread_stuck_after_its_
             stuck.set()
 
 
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_a_signal_the_worker_thread_took_is_handled_while_the_worker_still_runs(
+        ctrl_c: None) -> None:
+    """The kernel gives a process's signal to any thread not blocking it, and the main
+    thread can also take one just before it sleeps on the worker's answer: either way
+    only a flag is set, nothing wakes the main thread. Its handler ran once the worker
+    ended (never, with a hung kernel call); the landing CI's second Ctrl-C was lost so,
+    the test above waited 120 s."""
+    handled = threading.Event()
+    seen: list[bool] = []
+
+    def handler(signum: int, frame: object) -> None:
+        handled.set()
+        raise KeyboardInterrupt
+
+    def job() -> None:
+        signal.raise_signal(signal.SIGINT)  # its C handler runs in this thread
+        seen.append(handled.wait(10))  # a bound: the test never hangs
+
+    signal.signal(signal.SIGINT, handler)
+    with (temporary_netns("runner") as ns, NetnsRunner(ns) as runner,
+          pytest.raises(KeyboardInterrupt)):
+        runner.call(job)
+    assert seen == [True]
+
+
 def test_a_dry_run_destroy_marks_no_commit_so_a_signal_after_it_acts_at_once(
         ctrl_c: None) -> None:
     # `k3snet destroy` asked to confirm runs the removal as a dry run first, inside the
