@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -121,6 +122,51 @@ def _stat(path: Path) -> os.stat_result | None:
         return None
 
 
+_LEASES_MEAN_WRITERS = frozenset({
+    0xEF53,  # ext2, ext3, ext4
+    0x58465342,  # xfs
+    0x9123683E,  # btrfs
+    0x01021994,  # tmpfs (a mounted ConfigMap)
+    0x858458F6,  # ramfs
+    0xF2F52010,  # f2fs
+    0x2FC12FC1,  # zfs
+    0x4D44,  # vfat, msdos
+    0x2011BAB0,  # exfat
+})
+"""File systems (``statfs`` ``f_type``) whose read leases the kernel's own ``generic_setlease``
+grants or refuses: refused (EAGAIN) only while a process holds the file open for writing.
+Elsewhere EAGAIN may say something else (NFSv4: no read delegation from the server; SMB:
+no oplock; FUSE, overlayfs: by kernel and server), and read as "open for writing" it made
+every new spec wait the whole :data:`SPEC_SETTLE_LIMIT`, then be taken with a false
+warning. A lease granted says no writer anywhere."""
+
+
+def _file_system(fd: int) -> int | None:
+    """The ``f_type`` of the file system holding open file ``fd`` (None: cannot tell)."""
+    fstatfs = _fstatfs()
+    if fstatfs is None:
+        return None
+    import ctypes  # noqa: PLC0415 - only with leases, only here
+
+    # struct statfs begins with f_type on every Linux: a long, an unsigned int on s390x.
+    buffer = ctypes.create_string_buffer(256)
+    if fstatfs(fd, buffer) != 0:
+        return None
+    kind = ctypes.c_uint if os.uname().machine == "s390x" else ctypes.c_ulong
+    return int(kind.from_buffer(buffer).value) & 0xFFFFFFFF
+
+
+@functools.cache
+def _fstatfs() -> Any:
+    """libc's ``fstatfs`` (None: no such function here); looked up once."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        return ctypes.CDLL(None, use_errno=True).fstatfs
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
 def _open_for_writing(path: Path, info: os.stat_result | None) -> bool | None:
     """Whether any process (of any namespace: the kernel counts the inode's writers) holds
     regular file ``path`` (``info``) open for writing; None when this cannot tell.
@@ -128,8 +174,10 @@ def _open_for_writing(path: Path, info: os.stat_result | None) -> bool | None:
     A read lease is granted only on a file no one has open for writing (fcntl(2)), and is
     given back at once. A writer opening the file meanwhile waits for that, and the
     lease-break signal is one that is ignored unless handled (SIGURG), not SIGIO, which
-    would end the agent. Refused (a file of another user without CAP_LEASE, a file system
-    without leases, leases disabled): None, and the file's times alone decide."""
+    would end the agent; such a break says a writer is there, as a refusal does.
+    Refused otherwise (a file of another user without CAP_LEASE, leases disabled), or
+    refused with EAGAIN on a file system where that says something else
+    (:data:`_LEASES_MEAN_WRITERS`): None, and the file's times alone decide."""
     try:
         import fcntl  # noqa: PLC0415 - Linux's leases only, and only here
         import signal  # noqa: PLC0415
@@ -142,14 +190,22 @@ def _open_for_writing(path: Path, info: os.stat_result | None) -> bool | None:
         fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
         try:
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-        except BlockingIOError:  # EAGAIN: open for writing
-            return True
+        except BlockingIOError:  # EAGAIN: open for writing, where that is what it says
+            kind = _file_system(fd)
+            if kind in _LEASES_MEAN_WRITERS:
+                return True
+            _log.debug("%s: read lease refused (EAGAIN) on a file system (statfs type %s) "
+                       "where that does not say it is open for writing: settled by its "
+                       "times alone", path, "unknown" if kind is None else f"{kind:#x}")
+            return None
+        # A writer that opened it since waits for the lease: it is being broken then.
+        broken = fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return False
+        return broken
     except (OSError, AttributeError):  # no leases here (AttributeError: not Linux)
         return None
     finally:
-        os.close(fd)
+        os.close(fd)  # gives back a lease still held (an exception, a signal's)
 
 
 def _open_to_read(path: Path, info: os.stat_result | None) -> int | None:
