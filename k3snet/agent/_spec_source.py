@@ -132,13 +132,15 @@ _LEASES_MEAN_WRITERS = frozenset({
     0x2FC12FC1,  # zfs
     0x4D44,  # vfat, msdos
     0x2011BAB0,  # exfat
+    0x794C7630,  # overlayfs: refused exactly while a writer holds the file, an upper or
+    # a lower one (seen on Linux 6.18, in a mount namespace of its own)
 })
 """File systems (``statfs`` ``f_type``) whose read leases the kernel's own ``generic_setlease``
 grants or refuses: refused (EAGAIN) only while a process holds the file open for writing.
 Elsewhere EAGAIN may say something else (NFSv4: no read delegation from the server; SMB:
-no oplock; FUSE, overlayfs: by kernel and server), and read as "open for writing" it made
-every new spec wait the whole :data:`SPEC_SETTLE_LIMIT`, then be taken with a false
-warning. A lease granted says no writer anywhere."""
+no oplock; others untried, FUSE among them), and read as "open for writing" it made every
+new spec wait the whole :data:`SPEC_SETTLE_LIMIT`, then be taken with a false warning. A
+lease granted anywhere says no writer is known."""
 
 
 def _file_system(fd: int) -> int | None:

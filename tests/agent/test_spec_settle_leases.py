@@ -22,7 +22,7 @@ from k3snet.agent import _spec_source as spec_source
 
 from .test_spec_settle import HEAD, TAIL, WHOLE, Clocks, Node, _old
 
-NFS, EXT4 = 0x6969, 0xEF53
+NFS, EXT4, OVERLAY, TMPFS = 0x6969, 0xEF53, 0x794C7630, 0x01021994
 
 
 def _leasing(monkeypatch: pytest.MonkeyPatch,
@@ -85,12 +85,13 @@ def test_a_lease_refused_for_another_reason_than_a_writer_keeps_no_spec_waiting(
                 "alone") in caplog.text
 
 
+@pytest.mark.parametrize("kind", [EXT4, OVERLAY, TMPFS])
 def test_eagain_on_a_file_system_whose_leases_say_a_writer_is_open_for_writing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: int) -> None:
     path = tmp_path / "spec.yaml"
     path.write_text(WHOLE)
     _refused(monkeypatch, errno.EAGAIN)
-    monkeypatch.setattr(spec_source, "_file_system", lambda fd: EXT4)
+    monkeypatch.setattr(spec_source, "_file_system", lambda fd: kind)
     assert spec_source._open_for_writing(path, path.stat()) is True
 
 
