@@ -45,6 +45,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, TypeAlias, TypeGuard
 
@@ -55,7 +56,7 @@ from k3snet.agent._lease import LeaderElector
 from k3snet.agent._logging import LOG_ITEMS, listed
 from k3snet.agent._metrics import AgentMetrics, spec_read_error_reason
 from k3snet.agent._report import NodeReport, NodeReporter
-from k3snet.agent._spec_source import SpecSource
+from k3snet.agent._spec_source import SPEC_SETTLE, SPEC_SETTLE_LIMIT, SettledFile, SpecSource
 from k3snet.backends.base import PendingRestart
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
@@ -239,6 +240,15 @@ class PassResult:
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of what file ``path`` holds (loading says what is wrong with it; what matters
+    here is a change)."""
+    try:
+        return hashlib.sha256(read_input(path, MAX_BYTES)).hexdigest()
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
 
 
 def _imported_files(text: str, where: str) -> tuple[str, ...]:
@@ -508,6 +518,11 @@ class Agent:
     # Per part, the CNI restarts k3snet's changes wait for, as its last pass looked
     # (replaced, never changed in place: a class attribute).
     _restarts: Mapping[str, tuple[PendingRestart, ...]] = MappingProxyType({})
+    # Each file the spec imports as it settles (as the spec file: see _spec_sha), replaced,
+    # never changed in place; the seconds after which one not settled is worth reading
+    # again (None: all settled).
+    _imported: Mapping[str, SettledFile] = MappingProxyType({})
+    _imports_again_in: float | None = None
 
     def __init__(self, source: SpecSource, make_backend: BackendFactory, desired: DesiredState,
                  options: AgentOptions, *, metrics: AgentMetrics | None = None,
@@ -705,6 +720,7 @@ class Agent:
         candidate: tuple[Spec, str] | None = None
         refused: _RefusedError | None = None
         self._spec_read_at = self._monotonic()
+        self._imports_again_in = None
         try:
             text = self.source.read()
         except SpecError as exc:  # the source holds no usable spec: refused
@@ -721,11 +737,19 @@ class Agent:
                 self.metrics.spec_last_read.set(self._clock())
             self._unreadable = None
             sha = self._spec_sha(text)
-            if sha not in (self._sha, self._refused_sha) or self._retry_teardown(sha):
+            if sha is None:
+                pass  # a file it imports is being written: the spec in force stays
+            elif sha not in (self._sha, self._refused_sha) or self._retry_teardown(sha):
                 try:
                     candidate = Spec.from_yaml(text, source=self.source.where), sha
                 except SpecError as exc:
-                    refused = self._refuse(sha, _RefusedError("invalid", exc))
+                    candidate, refused = None, _RefusedError("invalid", exc)
+                if not all(file.unchanged() for file in self._imported.values()):
+                    # Rewritten since it settled: loading may have read it half written.
+                    candidate = refused = None
+                    self._imports_again_in = 0.0
+                elif refused is not None:
+                    refused = self._refuse(sha, refused)
             elif sha == self._sha:
                 self._refusal = None  # the file went back to the spec in force
                 self._refused_sha = self._teardown_wait = None
@@ -768,29 +792,50 @@ class Agent:
                       self.source.where, self._unread[0])
         self._unread = None
 
-    def _spec_sha(self, text: str) -> str:
-        """SHA-256 of the spec's text, and of the files it imports when it does.
+    def _spec_sha(self, text: str) -> str | None:
+        """SHA-256 of the spec's text, and of the files it imports when it does (None: one
+        of them is being written, and was not read whole before).
 
         An ``ipMasqAgentConfig`` file (ip-masq-agent's ConfigMap, mounted) changes in
         place while the spec's text stays the same: keyed by the text alone, its new
         contents were never read, and a spec refused for a bad one stayed refused
         after the file was fixed. The imports of a text are found once (a parse of a
         text that names one); each pass then reads those files, as loading does.
+
+        Each is taken only once it has settled, as a spec file is
+        (:class:`~k3snet.agent.FileSpecSource`): rewritten in place by an editor or
+        ``cp`` (a mounted ConfigMap never is), it was read half written, its first
+        CIDRs alone, and that spec went in force. Until then what was read of it before
+        stays; with no spec in force yet the read waits for it, as the first one of a
+        spec file does.
         """
         sha = _sha256(text)
         if self._imports is None or self._imports[0] != sha:
             self._imports = (sha, _imported_files(text, self.source.where))
         files = self._imports[1]
+        self._imported = {path: self._imported.get(path) or self._settled_import(path)
+                          for path in files}
         if not files:
             return sha
         digest = hashlib.sha256(sha.encode())
+        whole = True
         for path in files:
-            digest.update(b"\0" + os.fsencode(path) + b"\0")
-            try:
-                digest.update(hashlib.sha256(read_input(path, MAX_BYTES)).digest())
-            except OSError as exc:  # loading says why; what matters here is a change
-                digest.update(f"unreadable: {exc.strerror}".encode())
-        return digest.hexdigest()
+            taken, again_in = self._imported[path].read(wait=self._spec is None)
+            if again_in is not None:
+                self._imports_again_in = min(again_in, self._imports_again_in or again_in)
+            if not isinstance(taken, str):
+                whole = False
+                continue
+            digest.update(b"\0" + os.fsencode(path) + b"\0" + taken.encode())
+        return digest.hexdigest() if whole else None
+
+    def _settled_import(self, path: str) -> SettledFile:
+        """File ``path`` the spec imports, read as it settles (the spec file's settle time)."""
+        return SettledFile(Path(path), _file_digest, what="ipMasqAgentConfig file",
+                           settle=getattr(self.source, "settle", SPEC_SETTLE),
+                           settle_limit=getattr(self.source, "settle_limit", SPEC_SETTLE_LIMIT),
+                           clock=self._clock, monotonic=self._monotonic,
+                           sleep=self._stopping.wait, stopped=self._stopping)
 
     def _retry_teardown(self, sha: str) -> bool:
         """Whether to try again the spec refused for deleting everything: the node changed
@@ -1555,7 +1600,9 @@ class Agent:
         interval = self.options.interval * (1.0 - INTERVAL_JITTER * self._random())
         # A spec file being written (FileSpecSource): the spec in force stayed, and the
         # file is read again as soon as it may have settled, not an interval later.
-        recheck = getattr(self.source, "read_again_in", None)
+        recheck = min((again for again in (getattr(self.source, "read_again_in", None),
+                                           self._imports_again_in) if again is not None),
+                      default=None)
         self._rechecking = recheck is not None and recheck < interval
         if recheck is not None and self._rechecking:
             interval = recheck

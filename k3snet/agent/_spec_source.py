@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -121,6 +122,53 @@ def _stat(path: Path) -> os.stat_result | None:
         return None
 
 
+_LEASES_MEAN_WRITERS = frozenset({
+    0xEF53,  # ext2, ext3, ext4
+    0x58465342,  # xfs
+    0x9123683E,  # btrfs
+    0x01021994,  # tmpfs (a mounted ConfigMap)
+    0x858458F6,  # ramfs
+    0xF2F52010,  # f2fs
+    0x2FC12FC1,  # zfs
+    0x4D44,  # vfat, msdos
+    0x2011BAB0,  # exfat
+    0x794C7630,  # overlayfs: refused exactly while a writer holds the file, an upper or
+    # a lower one (seen on Linux 6.18, in a mount namespace of its own)
+})
+"""File systems (``statfs`` ``f_type``) whose read leases the kernel's own ``generic_setlease``
+grants or refuses: refused (EAGAIN) only while a process holds the file open for writing.
+Elsewhere EAGAIN may say something else (NFSv4: no read delegation from the server; SMB:
+no oplock; others untried, FUSE among them), and read as "open for writing" it made every
+new spec wait the whole :data:`SPEC_SETTLE_LIMIT`, then be taken with a false warning. A
+lease granted anywhere says no writer is known."""
+
+
+def _file_system(fd: int) -> int | None:
+    """The ``f_type`` of the file system holding open file ``fd`` (None: cannot tell)."""
+    fstatfs = _fstatfs()
+    if fstatfs is None:
+        return None
+    import ctypes  # noqa: PLC0415 - only with leases, only here
+
+    # struct statfs begins with f_type on every Linux: a long, an unsigned int on s390x.
+    buffer = ctypes.create_string_buffer(256)
+    if fstatfs(fd, buffer) != 0:
+        return None
+    kind = ctypes.c_uint if os.uname().machine == "s390x" else ctypes.c_ulong
+    return int(kind.from_buffer(buffer).value) & 0xFFFFFFFF
+
+
+@functools.cache
+def _fstatfs() -> Any:
+    """libc's ``fstatfs`` (None: no such function here); looked up once."""
+    try:
+        import ctypes  # noqa: PLC0415
+
+        return ctypes.CDLL(None, use_errno=True).fstatfs
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
 def _open_for_writing(path: Path, info: os.stat_result | None) -> bool | None:
     """Whether any process (of any namespace: the kernel counts the inode's writers) holds
     regular file ``path`` (``info``) open for writing; None when this cannot tell.
@@ -128,8 +176,10 @@ def _open_for_writing(path: Path, info: os.stat_result | None) -> bool | None:
     A read lease is granted only on a file no one has open for writing (fcntl(2)), and is
     given back at once. A writer opening the file meanwhile waits for that, and the
     lease-break signal is one that is ignored unless handled (SIGURG), not SIGIO, which
-    would end the agent. Refused (a file of another user without CAP_LEASE, a file system
-    without leases, leases disabled): None, and the file's times alone decide."""
+    would end the agent; such a break says a writer is there, as a refusal does.
+    Refused otherwise (a file of another user without CAP_LEASE, leases disabled), or
+    refused with EAGAIN on a file system where that says something else
+    (:data:`_LEASES_MEAN_WRITERS`): None, and the file's times alone decide."""
     try:
         import fcntl  # noqa: PLC0415 - Linux's leases only, and only here
         import signal  # noqa: PLC0415
@@ -142,14 +192,22 @@ def _open_for_writing(path: Path, info: os.stat_result | None) -> bool | None:
         fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
         try:
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-        except BlockingIOError:  # EAGAIN: open for writing
-            return True
+        except BlockingIOError:  # EAGAIN: open for writing, where that is what it says
+            kind = _file_system(fd)
+            if kind in _LEASES_MEAN_WRITERS:
+                return True
+            _log.debug("%s: read lease refused (EAGAIN) on a file system (statfs type %s) "
+                       "where that does not say it is open for writing: settled by its "
+                       "times alone", path, "unknown" if kind is None else f"{kind:#x}")
+            return None
+        # A writer that opened it since waits for the lease: it is being broken then.
+        broken = fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return False
+        return broken
     except (OSError, AttributeError):  # no leases here (AttributeError: not Linux)
         return None
     finally:
-        os.close(fd)
+        os.close(fd)  # gives back a lease still held (an exception, a signal's)
 
 
 def _open_to_read(path: Path, info: os.stat_result | None) -> int | None:
@@ -175,6 +233,132 @@ def _open_to_read(path: Path, info: os.stat_result | None) -> int | None:
         os.close(handle)
 
 
+class SettledFile:
+    """A file whose new text is taken only once it has settled (see
+    :class:`FileSpecSource`): the spec file, and each file the spec imports (an
+    ``ipMasqAgentConfig``: the agent's loop), judged by this one way.
+
+    ``read_file`` reads it (its text, what stands for it, or why it is unusable); ``what``
+    names it in messages; ``settle``, ``settle_limit``, ``clock`` and ``monotonic`` as
+    :class:`FileSpecSource` takes them; a read with nothing taken yet waits with
+    ``sleep``, until ``stopped`` is set."""
+
+    def __init__(self, path: Path, read_file: Callable[[Path], str | SpecError], *,
+                 what: str, settle: float, settle_limit: float,
+                 clock: Callable[[], float], monotonic: Callable[[], float],
+                 sleep: Callable[[float], object], stopped: threading.Event) -> None:
+        self.path, self._read_file, self.what = path, read_file, what
+        self.settle, self.settle_limit = settle, settle_limit
+        self._clock, self._monotonic = clock, monotonic
+        self._sleep, self._stopped = sleep, stopped
+        # What the file said when it last settled: its text or why it is unusable, and the
+        # file's signature then.
+        self._taken: str | SpecError | None = None
+        self._taken_as: tuple[int, ...] | None = None
+        # (the file's signature, when this source first saw it so); when the looks that
+        # found it unsettled began (None: the last one found it settled), and whether they
+        # said it open for writing; the signature last said modified in the future.
+        self._seen: tuple[tuple[int, ...] | None, float] | None = None
+        self._unsettled_since: float | None = None
+        self._said_writing = False
+        self._said_future: tuple[int, ...] | None = None
+
+    def read(self, *, wait: bool = True) -> tuple[str | SpecError | None, float | None]:
+        """(What the file said when it last settled, None when it has not yet; seconds
+        after which it is worth reading again, None when that is what it says now).
+
+        With nothing taken yet, ``wait`` waits for it to settle (``settle_limit`` at
+        most), and a :class:`K3snetError` ends that wait once ``stopped`` is set."""
+        while True:
+            look = self._look()
+            pause = self._unsettled(look)
+            if pause is None:
+                self._taken, self._taken_as = look.outcome, _signature(look.after)
+                return self._taken, None
+            if self._taken is not None or not wait:  # what was taken stays: look again soon
+                return self._taken, pause
+            if self._stopped.is_set():
+                raise K3snetError(f"{self.path}: not read: stopped while waiting for the "
+                                  "file, being written, to settle")
+            self._sleep(pause)  # nothing taken yet: wait (settle_limit at most)
+
+    def unchanged(self) -> bool:
+        """Whether the file is still the one (inode, size, times) whose text was taken:
+        what read it again meanwhile read that text."""
+        return self._taken is not None and _signature(_stat(self.path)) == self._taken_as
+
+    def _look(self) -> _Look:
+        before = _stat(self.path)
+        outcome = self._read_file(self.path)
+        writing = _open_for_writing(self.path, before)
+        return _Look(before, _stat(self.path), outcome, writing)
+
+    def _unsettled(self, look: _Look) -> float | None:
+        """Seconds to wait before looking again at a file not settled in ``look`` (None: it
+        settled, or will not within ``settle_limit`` and is taken as it is)."""
+        now = self._monotonic()
+        signature = _signature(look.after)
+        if self._seen is None or self._seen[0] != signature:
+            self._seen = (signature, now)
+        why, wait = self._why_unsettled(look, now - self._seen[1])
+        if why is None:
+            self._unsettled_since, self._said_writing = None, False
+            return None
+        if self._unsettled_since is None:
+            self._unsettled_since = now
+        waited = now - self._unsettled_since
+        if waited >= self.settle_limit:
+            _log.warning("the %s %s has not settled for %.0f s (%s): taken as it is",
+                         self.what, self.path, waited, why)
+            self._unsettled_since, self._said_writing = None, False
+            return None
+        wait = min(max(wait, _RECHECK), self.settle_limit - waited)
+        # Open for writing: said once (a writer may hold it a while); the rest at debug level.
+        level = logging.INFO if look.writing and not self._said_writing else logging.DEBUG
+        self._said_writing = self._said_writing or bool(look.writing)
+        _log.log(level, "the %s %s is being written (%s): %s; read again in %.2f s",
+                 self.what, self.path, why, "the spec read before stays"
+                 if self._taken is not None else "waiting for it", wait)
+        return wait
+
+    def _why_unsettled(self, look: _Look, unchanged: float) -> tuple[str | None, float]:
+        """(why the file has not settled, or None; seconds after which it may have), the
+        file unchanged for ``unchanged`` seconds as this source saw it."""
+        if look.before is None and look.after is None:
+            return None, 0.0  # no file (or none to see): the read's error says it
+        if look.steady and self._taken is not None \
+                and _signature(look.after) == self._taken_as:
+            # Nothing new since it was taken, though still open for writing (a program
+            # locking through it): not read again every 0.25 s for as long as it holds it.
+            return None, 0.0
+        if not look.steady:
+            return "changed while being read", self.settle
+        if look.writing:
+            return "open for writing", _RECHECK
+        assert look.after is not None
+        age = self._clock() - look.after.st_mtime
+        if age < -self.settle and self._said_future != _signature(look.after):
+            self._said_future = _signature(look.after)
+            _log.warning("the %s %s is modified %.0f s in the future of this node's "
+                         "clock (a clock set apart, touch -d): judged by how long it stays "
+                         "unchanged instead", self.what, self.path, -age)
+        settled_for = max(age, unchanged)
+        if settled_for >= self.settle:
+            return None, 0.0
+        why = (f"modified {age:.2f} s ago" if age >= 0
+               else f"modified in the future, unchanged for {unchanged:.2f} s")
+        return why, self.settle - settled_for
+
+
+def _read_spec_file(path: Path) -> str | SpecError:
+    """A spec file's text, or why it is unusable (see :meth:`FileSpecSource.read`)."""
+    try:
+        text = refuse_foreign_spec(path, invoker=sudo_invoker())
+        return read_text(path) if text is None else text
+    except SpecError as exc:
+        return exc
+
+
 class FileSpecSource:
     """A spec file, read again every pass (the kubelet updates a mounted ConfigMap in place).
 
@@ -188,7 +372,8 @@ class FileSpecSource:
     is taken as it is, with a warning. ``settle=0`` asks nothing of the file's times (a
     file open for writing or changing during the read still waits); ``clock``,
     ``monotonic`` and ``sleep`` are the time it judges by (tests give their own).
-    :meth:`stop_waiting` ends the first read's wait (the agent stopping)."""
+    :meth:`stop_waiting` ends the first read's wait (the agent stopping). The files the
+    spec imports settle the same way (the agent's loop)."""
 
     remote = False
     """A read costs nothing but a file's: every pass reads it."""
@@ -210,19 +395,10 @@ class FileSpecSource:
         if settle is not None:
             self.settle = settle
         self.settle_limit = settle_limit
-        self._clock, self._monotonic = clock, monotonic
-        self._sleep = self._stopped.wait if sleep is None else sleep
-        # What the file said when it last settled: its text or why it is unusable, and the
-        # file's signature then.
-        self._taken: str | SpecError | None = None
-        self._taken_as: tuple[int, ...] | None = None
-        # (the file's signature, when this source first saw it so); when the looks that
-        # found it unsettled began (None: the last one found it settled), and whether they
-        # said it open for writing; the signature last said modified in the future.
-        self._seen: tuple[tuple[int, ...] | None, float] | None = None
-        self._unsettled_since: float | None = None
-        self._said_writing = False
-        self._said_future: tuple[int, ...] | None = None
+        self._file = SettledFile(path, _read_spec_file, what="spec file", settle=self.settle,
+                                 settle_limit=settle_limit, clock=clock, monotonic=monotonic,
+                                 sleep=self._stopped.wait if sleep is None else sleep,
+                                 stopped=self._stopped)
 
     @property
     def where(self) -> str:
@@ -235,24 +411,11 @@ class FileSpecSource:
         (:func:`~k3snet.spec.load.refuse_foreign_spec`): judged at every read, as the file,
         its directory or the import may have changed since the agent started. Either only
         once the file has settled (see the class): until then, what it said before."""
-        while True:
-            look = self._look()
-            wait = self._unsettled(look)
-            if wait is None:
-                self.read_again_in, self._taken = None, look.outcome
-                self._taken_as = _signature(look.after)
-                break
-            if self._taken is not None:  # the text taken before stays: look again soon
-                self.read_again_in = wait
-                break
-            if self._stopped.is_set():
-                raise K3snetError(f"{self.path}: not read: stopped while waiting for the "
-                                  "file, being written, to settle")
-            self._sleep(wait)  # the first read: nothing taken yet, wait (settle_limit at most)
-        if isinstance(self._taken, SpecError):
-            raise self._taken
-        assert self._taken is not None
-        return self._taken
+        taken, self.read_again_in = self._file.read()
+        if isinstance(taken, SpecError):
+            raise taken
+        assert taken is not None
+        return taken
 
     def stop_waiting(self) -> None:
         """End the wait of a first read for the file to settle, and any such wait after
@@ -260,72 +423,6 @@ class FileSpecSource:
         :class:`SpecError`, and nothing half written is taken. It waited out
         :data:`SPEC_SETTLE_LIMIT`, then put the file in force, a pod being deleted too."""
         self._stopped.set()
-
-    def _look(self) -> _Look:
-        before = _stat(self.path)
-        try:
-            text = refuse_foreign_spec(self.path, invoker=sudo_invoker())
-            outcome: str | SpecError = read_text(self.path) if text is None else text
-        except SpecError as exc:
-            outcome = exc
-        writing = _open_for_writing(self.path, before)
-        return _Look(before, _stat(self.path), outcome, writing)
-
-    def _unsettled(self, look: _Look) -> float | None:
-        """Seconds to wait before looking again at a file not settled in ``look`` (None: it
-        settled, or will not within ``settle_limit`` and is taken as it is)."""
-        now = self._monotonic()
-        signature = _signature(look.after)
-        if self._seen is None or self._seen[0] != signature:
-            self._seen = (signature, now)
-        why, wait = self._why_unsettled(look, now - self._seen[1])
-        if why is None:
-            self._unsettled_since, self._said_writing = None, False
-            return None
-        if self._unsettled_since is None:
-            self._unsettled_since = now
-        waited = now - self._unsettled_since
-        if waited >= self.settle_limit:
-            _log.warning("the spec file %s has not settled for %.0f s (%s): taken as it is",
-                         self.path, waited, why)
-            self._unsettled_since, self._said_writing = None, False
-            return None
-        wait = min(max(wait, _RECHECK), self.settle_limit - waited)
-        # Open for writing: said once (a writer may hold it a while); the rest at debug level.
-        level = logging.INFO if look.writing and not self._said_writing else logging.DEBUG
-        self._said_writing = self._said_writing or bool(look.writing)
-        _log.log(level, "the spec file %s is being written (%s): %s; read again in %.2f s",
-                 self.path, why, "the spec read before stays" if self._taken is not None
-                 else "waiting for it", wait)
-        return wait
-
-    def _why_unsettled(self, look: _Look, unchanged: float) -> tuple[str | None, float]:
-        """(why the file has not settled, or None; seconds after which it may have), the
-        file unchanged for ``unchanged`` seconds as this source saw it."""
-        if look.before is None and look.after is None:
-            return None, 0.0  # no file (or none to see): the read's error says it
-        if look.steady and self._taken is not None \
-                and _signature(look.after) == self._taken_as:
-            # Nothing new since it was taken, though still open for writing (a program
-            # locking through it): not read again every 0.25 s for as long as it holds it.
-            return None, 0.0
-        if not look.steady:
-            return "changed while being read", self.settle
-        if look.writing:
-            return "open for writing", _RECHECK
-        assert look.after is not None
-        age = self._clock() - look.after.st_mtime
-        if age < -self.settle and self._said_future != _signature(look.after):
-            self._said_future = _signature(look.after)
-            _log.warning("the spec file %s is modified %.0f s in the future of this node's "
-                         "clock (a clock set apart, touch -d): judged by how long it stays "
-                         "unchanged instead", self.path, -age)
-        settled_for = max(age, unchanged)
-        if settled_for >= self.settle:
-            return None, 0.0
-        why = (f"modified {age:.2f} s ago" if age >= 0
-               else f"modified in the future, unchanged for {unchanged:.2f} s")
-        return why, self.settle - settled_for
 
 
 _VERSION_NOT_SERVED = frozenset({400, 410, 504})

@@ -21,6 +21,7 @@ from k3snet.agent import (
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.spec.load import refuse_foreign_spec
+from k3snet.spec.source import read_text
 
 from .desired import COMPILED
 
@@ -383,3 +384,86 @@ def test_a_spec_settle_that_is_no_time_is_a_usage_error_naming_where_it_came_fro
     with pytest.raises(SystemExit):
         build_parser().parse_args(["agent", "-f", str(tmp_path / "s.yaml"), *argv])
     assert said in capsys.readouterr().err
+
+
+IMPORTED = "nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n  - 172.16.0.0/12\n"
+
+
+class ImportingNode(Node):
+    """A Node whose spec imports an ip-masq-agent config file (``imported``)."""
+
+    def __init__(self, tmp_path: Path, **settling: object) -> None:
+        self.imported = tmp_path / "ip-masq-agent"
+        _old(self.imported, IMPORTED)
+        path = tmp_path / "spec.yaml"
+        _old(path, HEAD + f"masquerade:\n  ipMasqAgentConfig: {self.imported}\n")
+        super().__init__(path, FileSpecSource(path, **settling))  # type: ignore[arg-type]
+
+    def exempted(self) -> str:
+        """The CIDRs the masquerade rule exempts."""
+        rules = [str(o) for o in self.memory.state.owned if str(o).startswith("masquerade")]
+        assert len(rules) == 1
+        return rules[0].split(" except ")[1]
+
+
+def test_an_imported_ip_masq_agent_config_written_in_place_is_taken_once_settled(
+        tmp_path: Path) -> None:
+    # An editor or `cp` rewriting the imported file in place (a mounted ConfigMap is
+    # swapped whole): read half written, its first CIDR alone went in force, the other
+    # destinations masqueraded.
+    node = ImportingNode(tmp_path)
+    assert node.agent.run_pass().status == "ok"
+    assert node.exempted() == "10.0.0.0/8,169.254.0.0/16,172.16.0.0/12"
+    with node.imported.open("w") as writer:  # truncated, then the first CIDR alone
+        writer.write("nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n")
+        writer.flush()
+        for _ in range(2):
+            assert node.agent.run_pass().status == "ok"
+            assert node.agent.generation == 1
+            assert node.exempted() == "10.0.0.0/8,169.254.0.0/16,172.16.0.0/12"
+            assert node.agent._imports_again_in is not None
+        writer.write("  - 172.16.0.0/12\n  - 192.168.0.0/16\n")
+    assert node.agent.run_pass().status == "ok"  # closed: the whole file goes in force
+    assert node.agent.generation == 2
+    assert node.exempted() == "10.0.0.0/8,169.254.0.0/16,172.16.0.0/12,192.168.0.0/16"
+    assert node.agent._imports_again_in is None
+
+
+def test_an_imported_file_rewritten_while_the_spec_loads_is_not_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = ImportingNode(tmp_path)
+    assert node.agent.run_pass().status == "ok"
+    real = read_text
+    rewrites = ["nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n"]
+
+    def rewritten_first(file: str | Path) -> str:
+        if rewrites:  # truncated and half written after the agent read it whole
+            Path(file).write_text(rewrites.pop())
+        return real(file)
+
+    monkeypatch.setattr("k3snet.spec.ipmasq.read_text", rewritten_first)
+    _old(node.imported, IMPORTED + "  - 192.168.0.0/16\n")
+    assert node.agent.run_pass().status == "ok"
+    assert node.agent.generation == 1
+    assert node.exempted() == "10.0.0.0/8,169.254.0.0/16,172.16.0.0/12"
+    assert node.agent._imports_again_in == 0.0
+
+
+def test_the_first_read_waits_for_an_imported_file_being_written(tmp_path: Path) -> None:
+    node = ImportingNode(tmp_path)
+    waits: list[float] = []
+    with node.imported.open("w") as writer:
+        writer.write("nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n")
+        writer.flush()
+
+        def finish(seconds: float | None = None) -> bool:
+            waits.append(seconds or 0.0)
+            writer.write("  - 172.16.0.0/12\n")
+            writer.close()
+            return False
+
+        node.agent._stopping.wait = finish  # type: ignore[method-assign,assignment]
+        assert node.agent.run_pass().status == "ok"
+    assert waits == [0.25]
+    assert (node.agent.generation, node.exempted()) == (
+        1, "10.0.0.0/8,169.254.0.0/16,172.16.0.0/12")
