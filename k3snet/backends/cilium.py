@@ -34,8 +34,8 @@ the agents mount its file through ``subPath``, a copy never updated); the ip-mas
 file is re-read when the kubelet updates the mounted ConfigMap, *if* the DaemonSet mounts it (Helm
 ``ipMasqAgent.enabled=true``; k3snet does not edit the DaemonSet). Where Cilium's
 ip-masq-agent is on (``cilium-config``, a CiliumNodeConfig, k3snet's keys) ``observe``
-reads the DaemonSet (``daemonset``, in Cilium's namespace; never written; ``check`` and
-``apply`` where the plan turns it on; elsewhere not at all): where its
+judges the DaemonSet's mount (``daemonset``, in Cilium's namespace; never written;
+``check`` and ``apply`` where the plan turns it on): where its
 ``cilium-agent`` container does not have the ConfigMap's ``config`` key at
 ``/etc/config/ip-masq-agent`` (or the ``ip-masq-agent-config-path`` the agent reads:
 its argument, a CiliumNodeConfig's, ``cilium-config``'s), the foreign config
@@ -56,6 +56,14 @@ runs Cilium's egress gateway (``enable-ipv4-egress-gateway``), the
 CiliumEgressGatewayPolicies (cluster-wide, ``cilium.io/v2``) go with it too
 (:class:`~k3snet.model.cilium.CiliumEgressGateway`): a destination the spec exempts that
 one SNATs on its gateway is a conflict. k3snet never writes either.
+
+**The agent container's flags and variables.** ``observe`` reads the DaemonSet once
+a pass (a failed read is a warning where the ip-masq-agent is on nowhere): the keys its
+``cilium-agent`` container sets by flag or ``CILIUM_...`` variable
+(:func:`~k3snet.backends.cilium_mount.agent_options`), which the agent takes over
+``cilium-config`` and the CiliumNodeConfigs, go with the foreign config
+(:class:`~k3snet.model.cilium.CiliumAgentOption`); a key k3snet writes that one sets
+otherwise is a conflict: the write has no effect.
 
 **Disruptive changes** (:meth:`CiliumBackend.disruptive`): changing
 ``routing-mode``, ``tunnel-protocol``, a native-routing CIDR or
@@ -94,6 +102,7 @@ from k3snet.backends.cilium_mount import (
     agent_file_copied,
     agent_file_mounted,
     agent_file_unreadable,
+    agent_options,
     pod_as_daemonset,
     pod_node,
     pods_lag,
@@ -137,11 +146,13 @@ from k3snet.kube import (
 )
 from k3snet.model import printable
 from k3snet.model.cilium import (
+    AGENT_OPTION_KEYS,
     CILIUM_CONTEXT_KEYS,
     CILIUM_DEFAULTS,
     CILIUM_DISRUPTIVE_KEYS,
     CILIUM_KEYS,
     IP_MASQ_AGENT_KEYS,
+    CiliumAgentOption,
     CiliumConfig,
     CiliumEgressGateway,
     CiliumNodeOverride,
@@ -516,6 +527,11 @@ class _Read:
     # Read by observe: the CiliumNodeConfigs and Nodes, for the file of each node (None:
     # not read, a check or apply reading again lists them where it judges older pods).
     nodes: _Nodes | None = None
+    # Read by observe: the cilium-agent container's flags and variables (a check or
+    # apply without an observe before, from a plan file, judges cilium-config alone).
+    options: tuple[CiliumAgentOption, ...] = ()
+    # Read by observe: the DaemonSet those come from (None: not read, or not found).
+    daemonset: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -904,6 +920,12 @@ class _Api:
 
 
 CONFIG_PATH_KEY = "ip-masq-agent-config-path"
+
+# The agent's bool flags among the keys read from its container (pflag: `--KEY` alone is
+# true), and its string-slice ones (each `--KEY` adds to the list).
+_BOOL_OPTIONS = frozenset(k for k in AGENT_OPTION_KEYS if k.startswith(("enable-", "force-",
+                                                                       "enforce-")))
+_LIST_OPTIONS = frozenset({"devices"})
 
 # The ip-masq-agent-config-path values of each Node, by name (_Nodes.files; None: not known).
 _ByNode = Mapping[str, tuple[str | None, ...]] | None
@@ -1300,22 +1322,32 @@ class CiliumBackend(BackendBase):
         nodes = self._nodes()
         found = list(nodes.overrides)
         groups = _node_groups(found, nodes.agent_labels, self._api.warn)
+        daemonset, failed = self._read_daemonset()
+        options = self._agent_options(daemonset)
+        read = attrs.evolve(read, options=options, daemonset=(
+            daemonset if isinstance(daemonset, dict) else None))
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
-                               node_groups=groups)
-        # The DaemonSet is read only where Cilium's ip-masq-agent is on (some node, or
-        # k3snet's keys): elsewhere its mount does not matter, and a failed read there
-        # (a 500, a timeout) failed every observe. A plan turning it on has it read by
-        # check and apply (_edit).
+                               node_groups=groups, agent_options=options)
+        # The mount matters only where Cilium's ip-masq-agent is on (some node, or
+        # k3snet's keys); a failed read of the DaemonSet (a 500, a timeout) fails the
+        # observe only there, elsewhere the flags are not read (a warning). A plan
+        # turning it on has the mount judged by check and apply (_edit).
         mount = None
         paths = _agent_paths(_laid(foreign, owned))
+        if failed is not None:
+            if paths:
+                raise failed
+            self._api.warn(f"{failed}: the {AGENT_CONTAINER} container's flags and "
+                           "variables are not read, cilium-config is judged alone")
         if paths:
-            mount = self._mount(paths, by_node=nodes.files(_laid(foreign, owned)))
+            mount = self._mount(paths, daemonset, by_node=nodes.files(_laid(foreign, owned)))
             mount.warn_if(True, self._api.warn)
             foreign = attrs.evolve(foreign, ip_masq_agent_unmounted=mount.unmounted,
                                    ip_masq_agent_no_directory=mount.no_directory)
         self._file_copied = mount is not None and mount.copied
-        self._observed.put(attrs.evolve(read, mount=mount, nodes=nodes,
-                                        ahead=self._mount_ahead(read, mount, nodes)))
+        # A failed read is not tried again ahead: the check says it.
+        ahead = None if failed is not None else self._mount_ahead(read, mount, nodes, daemonset)
+        self._observed.put(attrs.evolve(read, mount=mount, nodes=nodes, ahead=ahead))
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
         if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
@@ -1336,6 +1368,36 @@ class CiliumBackend(BackendBase):
         self._expected = next((o for o in state.owned if isinstance(o, CiliumConfig)
                                and o.target == self.target), None)
 
+    def _read_daemonset(self) -> tuple[dict[str, Any] | str | None, BackendError | None]:
+        """The DaemonSet (JSON, or why it is not known: 404, 403), or the error reading
+        it (a 500, a timeout: ``(None, error)``), for its agent container's flags and,
+        where the ip-masq-agent is on, its mount."""
+        try:
+            return self._api.daemonset(self._daemonset), None
+        except BackendError as exc:
+            return None, exc
+
+    def _agent_options(self, daemonset: Mapping[str, Any] | str | None
+                       ) -> tuple[CiliumAgentOption, ...]:
+        """The keys the ``cilium-agent`` container of ``daemonset`` sets by flag or
+        variable, over ``cilium-config`` (none where it is not read); one whose value is
+        known only where the pod runs is left out, with a warning: ``cilium-config``'s
+        judges it."""
+        if not isinstance(daemonset, Mapping):
+            return ()
+        where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
+        found = []
+        for key, option in agent_options(daemonset, AGENT_OPTION_KEYS, booleans=_BOOL_OPTIONS,
+                                         lists=_LIST_OPTIONS).items():
+            if option.value is None:
+                self._api.warn(printable(
+                    f"{option.given} of the {AGENT_CONTAINER} container of {where}: "
+                    f"{option.unknown}: Cilium takes it over cilium-config, which judges "
+                    f"{key} all the same")[:1000])
+                continue
+            found.append(CiliumAgentOption(key, option.value, option.given))
+        return tuple(found)
+
     def _nodes(self) -> _Nodes:
         """The CiliumNodeConfigs, and the labels of the Nodes where some of them select
         some nodes: several selecting one node are laid together there, the Nodes' labels
@@ -1348,8 +1410,8 @@ class CiliumBackend(BackendBase):
             return _Nodes(tuple(found))
         return _Nodes(tuple(found), *listed)
 
-    def _mount_ahead(self, read: _Read, observed: _Mount | None, nodes: _Nodes
-                     ) -> _Mount | None:
+    def _mount_ahead(self, read: _Read, observed: _Mount | None, nodes: _Nodes,
+                     daemonset: Mapping[str, Any] | str | None = None) -> _Mount | None:
         """The mount of the file the hint (:meth:`expect`) turns the ip-masq-agent on
         with in ``cilium-config``, off there until then (None: not judged, or its read
         failed); the DaemonSet ``observed`` holds (observe's mount where a CiliumNodeConfig
@@ -1363,26 +1425,27 @@ class CiliumBackend(BackendBase):
         after = {**config.data, **{k: str(v) for k, v in expected.settings.to_dict().items()}}
         if observed is not None and observed.daemonset is None:
             return None  # the DaemonSet not read (its warning given)
-        paths = self._paths_after(after, nodes)
+        paths = self._paths_after(after, nodes, read.options)
         if not paths:
             return None  # a CiliumNodeConfig turns it off on every node: no file is read
         try:
-            mount = self._mount(paths, None if observed is None else observed.daemonset,
-                                by_node=nodes.files(self._settings(after)),
+            mount = self._mount(paths, daemonset if observed is None else observed.daemonset,
+                                by_node=nodes.files(self._settings(after, read.options)),
                                 pods=None if observed is None else observed.pods)
         except BackendError:  # check and apply read it again, and fail
             return None
         if mount.unknown is not None:
             mount.warn_if(True, self._api.warn)
             return mount
-        known = set(self._startup_problems(config.data, after, _Mount()))
+        known = set(self._startup_problems(config.data, after, _Mount(), read.options))
         self.warnings = tuple(
             f"the plan turns Cilium's ip-masq-agent on, which check and apply refuse: {p}"
-            for p in self._startup_problems(config.data, after, mount) if p not in known)
+            for p in self._startup_problems(config.data, after, mount, read.options)
+            if p not in known)
         return mount
 
     def _mount(self, paths: Iterable[str | None],
-               found: Mapping[str, Any] | None = None, *, by_node: _ByNode = None,
+               found: Mapping[str, Any] | str | None = None, *, by_node: _ByNode = None,
                pods: tuple[dict[str, Any], ...] | None = None) -> _Mount:
         """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``unmounted``
         ``None``: they do, or it is not known: the DaemonSet not found or not to be read,
@@ -1688,7 +1751,8 @@ class CiliumBackend(BackendBase):
             new_members, agent_record = self._edit_agent(new_members, agent_record, change,
                                                          agent_text, read.agent is not None)
             owned = after if isinstance(after, CiliumConfig) else None
-        problems += self._startup_problems(read.config.data, data, self._mount_after(read, data))
+        problems += self._startup_problems(read.config.data, data, self._mount_after(read, data),
+                                           read.options)
         if problems:
             raise PlanError("cilium backend refuses the plan, nothing was changed:\n  "
                             + "\n  ".join(problems))
@@ -1719,44 +1783,50 @@ class CiliumBackend(BackendBase):
                              if m is not None and m.daemonset is not None), None)
         try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
             nodes = self._nodes() if read.nodes is None else read.nodes
-            paths = self._paths_after(after, nodes)
+            paths = self._paths_after(after, nodes, read.options)
             if not paths:  # a CiliumNodeConfig turns it off on every node: no file is read
                 return read.mount or _Mount()
             asked = {_agent_file(p) for p in paths}
             for mount in (read.mount, read.ahead):
                 if mount is not None and mount.daemonset is None and asked <= mount.asked:
                     return mount  # not found, or not to be read: its warning given
-            mount = self._mount(paths, None if read_already is None else read_already.daemonset,
-                                by_node=nodes.files(self._settings(after)),
+            mount = self._mount(paths, read.daemonset if read_already is None
+                                else read_already.daemonset,
+                                by_node=nodes.files(self._settings(after, read.options)),
                                 pods=None if read_already is None else read_already.pods)
         except BackendError as exc:
             raise _nothing_changed(exc) from exc
         mount.warn_if(True, self._api.warn)
         return mount
 
-    def _paths_after(self, after: Mapping[str, str], nodes: _Nodes) -> set[str | None]:
+    def _paths_after(self, after: Mapping[str, str], nodes: _Nodes,
+                     options: Iterable[CiliumAgentOption] = ()) -> set[str | None]:
         """:func:`_agent_paths` with ``after`` in ``cilium-config`` and the CiliumNodeConfigs
         of ``nodes`` laid over it, the groups of nodes as observe forms them: every file an
         agent reads once an edit leaving ``after`` is made."""
         found = list(nodes.overrides)
         return _agent_paths(attrs.evolve(
-            self._settings(after), node_overrides=[o for o, _ in found],
+            self._settings(after, options), node_overrides=[o for o, _ in found],
             node_groups=_node_groups(found, nodes.agent_labels, self._api.warn)))
 
-    def _settings(self, data: Mapping[str, str]) -> CiliumConfig:
-        """``cilium-config`` holding ``data``: the keys k3snet models."""
+    def _settings(self, data: Mapping[str, str],
+                  options: Iterable[CiliumAgentOption] = ()) -> CiliumConfig:
+        """``cilium-config`` holding ``data``: the keys k3snet models (``options``: the
+        agent container's flags and variables over them)."""
         known = (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)
         return CiliumConfig(self.target, settings={
-            k: v for k, v in data.items() if k in known and isinstance(v, str)})
+            k: v for k, v in data.items() if k in known and isinstance(v, str)},
+            agent_options=options)
 
     def _startup_problems(self, before: dict[str, str], after: dict[str, str],
-                          mount: _Mount) -> list[str]:
+                          mount: _Mount, options: Iterable[CiliumAgentOption] = ()
+                          ) -> list[str]:
         """The combinations of ``after`` the Cilium agent refuses to start with that
         ``before`` did not have (a config already refused is not k3snet's to judge), the
         DaemonSet's ``mount`` of the ip-masq-agent ConfigMap with them."""
         def problems(data: dict[str, str]) -> list[str]:
             return startup_problems(attrs.evolve(
-                self._settings(data), ip_masq_agent_unmounted=mount.unmounted,
+                self._settings(data, options), ip_masq_agent_unmounted=mount.unmounted,
                 ip_masq_agent_no_directory=mount.no_directory))
 
         had = problems(before)

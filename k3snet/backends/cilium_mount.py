@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
 __all__ = ["AGENT_CONTAINER", "CONFIG_PATH_FLAG", "CONFIG_PATH_VARIABLE", "DEFAULT_AGENT_FILE",
-           "DEFAULT_DAEMONSET", "agent_config_path", "agent_directory_missing", "agent_file_copied",
-           "agent_file_mounted", "agent_file_unreadable", "pod_as_daemonset", "pod_node",
-           "pods_lag"]
+           "DEFAULT_DAEMONSET", "AgentOption", "agent_config_path", "agent_directory_missing",
+           "agent_file_copied", "agent_file_mounted", "agent_file_unreadable", "agent_options",
+           "option_variable", "pod_as_daemonset", "pod_node", "pods_lag"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -158,20 +158,121 @@ def pod_node(pod: Mapping[str, Any]) -> str | None:
     return _text(values[0]) or None
 
 
+class AgentOption(NamedTuple):
+    """A Cilium option the ``cilium-agent`` container sets (:func:`agent_options`)."""
+
+    given: str
+    """How: ``--KEY`` (an argument) or ``$CILIUM_KEY`` (a variable of its ``env``)."""
+    value: str | None
+    """The text the agent reads (``None``: known only where the pod runs, :attr:`unknown`)."""
+    unknown: str | None = None
+    """Why the value is known only where the pod runs (``None``: it is known)."""
+
+
+def option_variable(key: str) -> str:
+    """The environment variable Cilium binds its option ``key`` to (``option.BindEnv``:
+    ``CILIUM_`` and the name, upper case, ``-`` as ``_``).
+
+    >>> option_variable("enable-ip-masq-agent")
+    'CILIUM_ENABLE_IP_MASQ_AGENT'
+    """
+    return "CILIUM_" + key.upper().replace("-", "_")
+
+
+def _flag_values(argv: list[str], keys: frozenset[str], booleans: frozenset[str]
+                 ) -> dict[str, list[str]]:
+    """The values of the ``--KEY`` arguments of ``argv`` as pflag reads them, each key's
+    in order: up to ``--``; ``--KEY=VALUE``; a boolean's ``--KEY`` alone is ``true`` (the
+    next argument is not its value: pflag takes it as a positional one), another's takes
+    the next argument, whatever it looks like."""
+    found: dict[str, list[str]] = {}
+    index = 0
+    while index < len(argv) and argv[index] != "--":
+        arg = argv[index]
+        index += 1
+        name, equals, value = arg[2:].partition("=")
+        if not arg.startswith("--") or name not in keys:
+            continue
+        if equals:
+            found.setdefault(name, []).append(value)
+        elif name in booleans:
+            found.setdefault(name, []).append("true")
+        elif index < len(argv):
+            found.setdefault(name, []).append(argv[index])  # its value, whatever it looks like
+            index += 1
+    return found
+
+
+def agent_options(daemonset: Mapping[str, Any], keys: Iterable[str], *,
+                  booleans: Iterable[str] = (), lists: Iterable[str] = ()
+                  ) -> dict[str, AgentOption]:
+    """The options of ``keys`` the ``cilium-agent`` container of ``daemonset`` sets, as
+    the agent reads them over its ``--config-dir`` (``cilium-config`` and the
+    CiliumNodeConfigs laid over it): viper takes a flag set on the command line first,
+    then the option's variable (:func:`option_variable`), then the config directory.
+
+    A flag: its ``command`` and ``args`` as pflag reads them (:func:`_flag_values`;
+    ``booleans``: the keys whose flag is a bool), the last one given winning (``lists``:
+    string-slice flags, whose values add up, joined by ``,``), with the ``$(NAME)``
+    references of the container's ``env`` expanded as the kubelet expands them. Not
+    given, the variable where set and not empty (viper takes an empty one as unset), as
+    the kubelet sets it (its ``env``, ``$(NAME)`` references expanded). A value known only
+    where the pod runs (a ``valueFrom``, an ``envFrom`` that may set it, a service's
+    variable) has ``value`` ``None`` and :attr:`AgentOption.unknown` saying so. The value
+    is taken as given, spaces and all (pflag keeps them, and so does Cilium).
+
+    >>> agent = {"name": "cilium-agent", "args": ["--enable-ip-masq-agent", "x"],
+    ...          "env": [{"name": "CILIUM_ENABLE_BPF_MASQUERADE", "value": "true"}]}
+    >>> found = agent_options({"spec": {"template": {"spec": {"containers": [agent]}}}},
+    ...                       ["enable-ip-masq-agent", "enable-bpf-masquerade"],
+    ...                       booleans=["enable-ip-masq-agent", "enable-bpf-masquerade"])
+    >>> [(o.given, o.value) for o in found.values()]
+    [('--enable-ip-masq-agent', 'true'), ('$CILIUM_ENABLE_BPF_MASQUERADE', 'true')]
+    """
+    pod, agent = _pod_and_agent(daemonset)
+    if agent is None:
+        return {}
+    wanted = tuple(dict.fromkeys(keys))
+    argv: list[str] = []
+    for name in ("command", "args"):
+        value = agent.get(name)
+        argv += [a for a in value if isinstance(a, str)] if isinstance(value, list) else []
+    flags = _flag_values(argv, frozenset(wanted), frozenset(booleans))
+    joined = frozenset(lists)
+    # enableServiceLinks false (unset: true): the kubelet gives the pod the API server's
+    # variables alone, not those of the services of its namespace.
+    service_links = pod.get("enableServiceLinks") is not False
+    found: dict[str, AgentOption] = {}
+    for key in wanted:
+        if key in flags:
+            given = f"--{key}"
+            try:
+                values = [_expand(v, agent, service_links=service_links) for v in flags[key]]
+            except ValueError as exc:
+                found[key] = AgentOption(given, None, str(exc))
+                continue
+            found[key] = AgentOption(given, ",".join(values) if key in joined else values[-1])
+            continue
+        variable = option_variable(key)
+        reference = f"$({variable})"
+        try:
+            value = _expand(reference, agent, service_links=service_links)
+        except ValueError:
+            found[key] = AgentOption(f"${variable}", None, (
+                f"not given, the variable {variable}, which Cilium takes over its config "
+                "directory, is set only where the pod runs"))
+            continue
+        named = any(e.get("name") == variable for e in _dicts(agent.get("env")))
+        if value and (named or value != reference):
+            found[key] = AgentOption(f"${variable}", value)
+    return found
+
+
 def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
     """The ``--ip-masq-agent-config-path`` the ``cilium-agent`` container of ``daemonset``
-    is started with (its ``command`` and ``args``, the last one before ``--``, as pflag
-    reads them, with the ``$(NAME)`` references of the container's ``env`` expanded, as
-    the kubelet expands them; ``None``: not given; ValueError where it names a variable
-    set only where the pod runs: ``valueFrom``, ``envFrom``, a service's). The value is
-    taken as given, spaces and all (pflag keeps them, and so does Cilium). An argument
-    given is what the agent reads: viper takes a flag set on the command line over the
-    same key of its ``--config-dir`` (the ``cilium-config`` keys and the
-    CiliumNodeConfigs' laid over them). Not given, the container's variable
-    :data:`CONFIG_PATH_VARIABLE` is, where set and not empty (viper takes the environment
-    over the config directory, and an empty variable as unset), as the kubelet sets it
-    (its ``env``, ``$(NAME)`` references expanded; ValueError where it is known only
-    where the pod runs: a ``valueFrom``, or an ``envFrom`` that may set it).
+    is started with, else its variable :data:`CONFIG_PATH_VARIABLE` (:func:`agent_options`:
+    what the agent reads over its config directory); ``None``: neither; ValueError where
+    it is known only where the pod runs (``valueFrom``, ``envFrom``, a service's).
 
     >>> agent = {"name": "cilium-agent", "command": ["cilium-agent"],
     ...          "args": ["--config-dir=/tmp/cilium/config-map",
@@ -179,36 +280,13 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
     >>> agent_config_path({"spec": {"template": {"spec": {"containers": [agent]}}}})
     '/etc/masq/config'
     """
-    pod, agent = _pod_and_agent(daemonset)
-    if agent is None:
+    key = CONFIG_PATH_FLAG[2:]
+    found = agent_options(daemonset, (key,)).get(key)
+    if found is None:
         return None
-    argv: list[str] = []
-    for key in ("command", "args"):
-        value = agent.get(key)
-        argv += [a for a in value if isinstance(a, str)] if isinstance(value, list) else []
-    found, index = None, 0
-    while index < len(argv) and argv[index] != "--":
-        arg = argv[index]
-        index += 1
-        if arg.startswith(CONFIG_PATH_FLAG + "="):
-            found = arg[len(CONFIG_PATH_FLAG) + 1:]
-        elif arg == CONFIG_PATH_FLAG and index < len(argv):
-            found = argv[index]  # its value, whatever it looks like
-            index += 1
-    # enableServiceLinks false (unset: true): the kubelet gives the pod the API server's
-    # variables alone, not those of the services of its namespace.
-    service_links = pod.get("enableServiceLinks") is not False
-    if found is not None:
-        return _expand(found, agent, service_links=service_links)
-    reference = f"$({CONFIG_PATH_VARIABLE})"
-    try:
-        value = _expand(reference, agent, service_links=service_links)
-    except ValueError:
-        raise ValueError(f"not given, the variable {CONFIG_PATH_VARIABLE}, which Cilium "
-                         "takes over its config directory, is set only where the pod "
-                         "runs") from None
-    named = any(e.get("name") == CONFIG_PATH_VARIABLE for e in _dicts(agent.get("env")))
-    return value if value and (named or value != reference) else None
+    if found.value is None:
+        raise ValueError(found.unknown)
+    return found.value
 
 
 # What a container's environment gives a $(NAME) of its command or args: the text, or

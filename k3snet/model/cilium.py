@@ -70,6 +70,7 @@ from k3snet.model.cni import JsonMapping, canonical_json
 from k3snet.model.state import register_object_type
 
 __all__ = [
+    "AGENT_OPTION_KEYS",
     "CILIUM_CONTEXT_KEYS",
     "CILIUM_DEFAULTS",
     "CILIUM_DEFAULT_TARGET",
@@ -77,6 +78,7 @@ __all__ = [
     "CILIUM_KEYS",
     "IP_MASQ_AGENT_DEFAULTS",
     "IP_MASQ_AGENT_KEYS",
+    "CiliumAgentOption",
     "CiliumConfig",
     "CiliumEgressGateway",
     "CiliumMasquerade",
@@ -241,7 +243,7 @@ def startup_problems(config: CiliumConfig) -> list[str]:
     masquerading = any(config.flag(f"enable-ipv{family}-masquerade")
                        and config.flag(f"enable-ipv{family}") for family in (4, 6))
     bpf = config.flag("enable-bpf-masquerade")
-    found = []
+    found = [p for o in config.agent_options if (p := o.startup_problem()) is not None]
     if masquerading and bpf:
         interfaces = (config.value("egress-masquerade-interfaces") or "").replace(",", " ")
         if interfaces.split():
@@ -406,6 +408,77 @@ class CiliumNodeOverride:
         return cls(data["name"], data.get("selector") or "", data.get("settings") or {})
 
 
+AGENT_OPTION_KEYS: tuple[str, ...] = tuple(
+    k for k in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)
+    if not k.startswith("cluster-pool-") and k != "ip-masq-agent-config-path")
+"""The keys of :data:`CILIUM_KEYS` and :data:`CILIUM_CONTEXT_KEYS` read from the Cilium
+agent container's flags and variables (:class:`CiliumAgentOption`): ``cluster-pool-*``
+are the operator's, and the ``ip-masq-agent-config-path`` the container gives is judged
+with the mount of its file (:attr:`CiliumConfig.ip_masq_agent_unmounted`)."""
+
+
+def _given(value: str) -> str:
+    if not isinstance(value, str) or not value.startswith(("--", "$CILIUM_")):
+        raise ModelError(f"an agent option is given as --KEY or $CILIUM_KEY, got {value!r}")
+    return value
+
+
+@attrs.frozen
+class CiliumAgentOption:
+    """A ``cilium-config`` key the ``cilium-agent`` container of Cilium's DaemonSet sets
+    itself: its flag (``given`` ``--KEY``) or its variable (``$CILIUM_KEY``), which the
+    agent takes over ``cilium-config`` and the CiliumNodeConfigs on every node (viper: a
+    flag, then the environment, then the config directory). k3snet only reads it.
+
+    >>> CiliumAgentOption("enable-ip-masq-agent", "false", "--enable-ip-masq-agent").describe()
+    "the cilium-agent container's --enable-ip-masq-agent=false"
+    """
+
+    key: str = attrs.field()
+    value: str = attrs.field(validator=attrs.validators.instance_of(str))
+    given: str = attrs.field(converter=_given)
+
+    @key.validator
+    def _known(self, _: attrs.Attribute[str], key: str) -> None:
+        if key not in AGENT_OPTION_KEYS:
+            raise ModelError(f"agent option {key!r} is not one k3snet models")
+
+    @property
+    def flag(self) -> bool:
+        """Given as an argument (``--KEY``), not as a variable."""
+        return self.given.startswith("--")
+
+    def startup_problem(self) -> str | None:
+        """Why the agent does not start with it: a boolean flag's value pflag refuses
+        (Go's ``strconv.ParseBool``, untrimmed; a variable's is read by viper, as false)."""
+        if self.flag and self.key in _BOOL_KEYS and parse_go_bool(self.value) is None:
+            return (f"the cilium-agent container's {self.given}={one_line(self.value)[:80]} "
+                    "is not a boolean (pflag refuses it at start: the agent exits)")
+        return None
+
+    def describe(self) -> str:
+        """``the cilium-agent container's --KEY=VALUE`` (or ``$CILIUM_KEY=VALUE``)."""
+        return f"the cilium-agent container's {self.given}={one_line(self.value)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"key": self.key, "value": self.value, "given": self.given}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CiliumAgentOption:
+        """Inverse of :meth:`to_dict`."""
+        return cls(data["key"], data["value"], data["given"])
+
+
+def _agent_options(value: Iterable[CiliumAgentOption]) -> tuple[CiliumAgentOption, ...]:
+    found = tuple(value)
+    if not all(isinstance(o, CiliumAgentOption) for o in found):
+        raise ModelError("agent_options must be CiliumAgentOption values")
+    if len({o.key for o in found}) != len(found):
+        raise ModelError("agent_options set a key twice")
+    return tuple(sorted(found, key=lambda o: o.key))
+
+
 def _networks(value: Iterable[str | Network]) -> tuple[Network, ...]:
     if isinstance(value, str):
         raise ModelError(f"expected a list of CIDRs, got the string {value!r}")
@@ -518,6 +591,9 @@ class CiliumConfig(NetObject):
     agent's container has no directory for that file at all (nothing mounted at
     ``/etc/config``, which Cilium's image lacks), where its ip-masq-agent, watching the
     directory, fails to start and the agent with it (:func:`startup_problems`).
+    ``agent_options``, observed: the keys the ``cilium-agent`` container sets by flag or
+    variable (:class:`CiliumAgentOption`), which the agent reads over ``settings`` and
+    the node overrides alike (:meth:`value`).
     """
 
     kind: ClassVar[str] = "cilium"
@@ -538,6 +614,8 @@ class CiliumConfig(NetObject):
     ip_masq_agent_unmounted: str | None = attrs.field(
         default=None, converter=_unmounted, kw_only=True)
     ip_masq_agent_no_directory: bool = attrs.field(default=False, kw_only=True)
+    agent_options: tuple[CiliumAgentOption, ...] = attrs.field(
+        default=(), converter=_agent_options, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -566,10 +644,12 @@ class CiliumConfig(NetObject):
         unmounted = (() if self.ip_masq_agent_unmounted is None
                      else (("unmounted", self.ip_masq_agent_unmounted,
                             self.ip_masq_agent_no_directory),))
+        options = tuple((o.key, o.value, o.given) for o in self.agent_options)
         self._seal(("cilium", self.target), (self.settings.canonical_items(), agent,
                                              *((overrides,) if overrides else ()),
                                              *((gateways,) if gateways else ()),
-                                             *groups, *unmounted))
+                                             *groups, *unmounted,
+                                             *((("agent", options),) if options else ())))
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -581,18 +661,30 @@ class CiliumConfig(NetObject):
         """The namespace of the ConfigMaps (Cilium's namespace)."""
         return self.target.split(":", 1)[1].split("/", 1)[0]
 
+    def agent_option(self, key: str) -> CiliumAgentOption | None:
+        """The ``cilium-agent`` container's flag or variable setting ``key`` (None: none)."""
+        return next((o for o in self.agent_options if o.key == key), None)
+
     def value(self, key: str) -> str | None:
-        """A ``cilium-config`` value as Cilium reads it: set, else the agent's default.
+        """A ``cilium-config`` value as Cilium reads it: the agent container's flag or
+        variable (:attr:`agent_options`, as given), else set, else the agent's default.
 
         Trimmed, as the agent's ``ReadDirConfig`` trims each file of the mounted
         ConfigMap (a YAML block scalar's ``"native\\n"`` is ``native``).
         """
+        option = self.agent_option(key)
+        if option is not None:
+            return option.value
         if key in self.settings:
             return str(self.settings[key]).strip()
         return CILIUM_DEFAULTS.get(key)
 
     def flag(self, key: str) -> bool:
-        """A boolean key as Cilium reads it (:func:`read_go_flag`; unset: the default)."""
+        """A boolean key as Cilium reads it (:func:`read_go_flag`; unset: the default; the
+        agent container's flag or variable as given, untrimmed: Go's ``ParseBool``)."""
+        option = self.agent_option(key)
+        if option is not None:
+            return parse_go_bool(option.value) is True
         value = self.value(key)
         return value is not None and read_go_flag(value)
 
@@ -618,7 +710,8 @@ class CiliumConfig(NetObject):
                             egress_gateways=self.egress_gateways,
                             node_groups=self.node_groups,
                             ip_masq_agent_unmounted=self.ip_masq_agent_unmounted,
-                            ip_masq_agent_no_directory=self.ip_masq_agent_no_directory)
+                            ip_masq_agent_no_directory=self.ip_masq_agent_no_directory,
+                            agent_options=self.agent_options)
 
     def on_nodes(self) -> tuple[tuple[tuple[CiliumNodeOverride, ...], CiliumConfig], ...]:
         """What the agents read, by the node overrides behind it, each laid over
@@ -650,7 +743,8 @@ class CiliumConfig(NetObject):
         return CiliumConfig(self.target, settings=settings, ip_masq_agent=self.ip_masq_agent,
                             egress_gateways=self.egress_gateways,
                             ip_masq_agent_unmounted=self.ip_masq_agent_unmounted,
-                            ip_masq_agent_no_directory=self.ip_masq_agent_no_directory)
+                            ip_masq_agent_no_directory=self.ip_masq_agent_no_directory,
+                            agent_options=self.agent_options)
 
     def egress_gateway_on(self, family: int) -> bool:
         """Cilium's egress gateway runs for ``family`` (IPv4: ``enable-ipv4-egress-gateway``,
@@ -741,6 +835,7 @@ class CiliumConfig(NetObject):
                          f"{one_line(self.ip_masq_agent_unmounted)}{nothing}]")
         parts += [f"[{o.describe()}]" for o in self.node_overrides]
         parts += [f"[{g.describe()}]" for g in self.egress_gateways]
+        parts += [f"[{o.describe()}, over cilium-config]" for o in self.agent_options]
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -761,6 +856,8 @@ class CiliumConfig(NetObject):
             data["ip_masq_agent_unmounted"] = self.ip_masq_agent_unmounted
         if self.ip_masq_agent_no_directory:  # left out when false: earlier documents
             data["ip_masq_agent_no_directory"] = True
+        if self.agent_options:
+            data["agent_options"] = [o.to_dict() for o in self.agent_options]
         return data
 
     @classmethod
@@ -774,7 +871,9 @@ class CiliumConfig(NetObject):
                                     for g in data.get("egress_gateways") or ()],
                    node_groups=data.get("node_groups"),
                    ip_masq_agent_unmounted=data.get("ip_masq_agent_unmounted"),
-                   ip_masq_agent_no_directory=data.get("ip_masq_agent_no_directory", False))
+                   ip_masq_agent_no_directory=data.get("ip_masq_agent_no_directory", False),
+                   agent_options=[CiliumAgentOption.from_dict(o)
+                                  for o in data.get("agent_options") or ()])
 
 
 def _ordered(settings: JsonMapping) -> list[str]:
@@ -794,6 +893,19 @@ def _same_setting(key: str, wanted: str, current: str | None) -> bool:
         except ModelError:
             return False
     return wanted == current
+
+
+def _same_agent_setting(key: str, wanted: str, given: str) -> bool:
+    """Whether the agent reads ``given``, its container's flag or variable (untrimmed),
+    as k3snet's ``wanted`` for ``key``."""
+    if key in _BOOL_KEYS:
+        return parse_go_bool(given) is not None and read_go_flag(wanted) == parse_go_bool(given)
+    if key in _CIDR_KEYS:
+        try:
+            return _read_cidr(key, given)[0] == parse_network(wanted)
+        except ModelError:
+            return False
+    return wanted == given
 
 
 def _same_agent_value(key: str, wanted: Any, current: Any) -> bool:
@@ -988,29 +1100,43 @@ class CiliumMasquerade(NetObject):
         names it and the keys it sets (k3snet writes ``cilium-config``, which it overrides).
         """
         effective = config.overlay(self.wanted)
+        overridden = self._overridden_problems(effective)
         if not effective.node_overrides:
-            return self._problems_of(effective)
+            return overridden + self._judged(effective)
         # Cilium reads a key a CiliumNodeConfig sets from it, not from the ConfigMap: a
         # problem the ConfigMap alone does not have is that object's, and says so.
-        own = self._problems_of(effective.on_nodes_of(()))
+        own = self._judged(effective.on_nodes_of(()))
         # Sets of them giving the agents one config are judged once, named by the first
         # (the fewest): nodes labelled every which way make many sets, few configs.
         views: dict[CiliumConfig, list[tuple[CiliumNodeOverride, ...]]] = {}
         for overrides, view in effective.on_nodes():
             views.setdefault(view, []).append(overrides)
-        found: list[str] = []
+        found: list[str] = overridden
         for view, sets in views.items():
             named = "; ".join(o.describe() for o in sets[0] if o.settings)
             if len(sets) > 1:
                 named += f", and those of {len(sets) - 1} more sets of CiliumNodeConfigs " \
                          "laid over it to the same config"
-            for problem in self._problems_of(view):
+            for problem in self._judged(view):
                 text = problem if problem in own else (
                     f"on the nodes of {named} (laid over cilium-config, which k3snet "
                     f"writes; k3snet does not edit CiliumNodeConfigs): {problem}")
                 if text not in found:
                     found.append(text)
         return found
+
+    def _judged(self, view: CiliumConfig) -> list[str]:
+        """:meth:`_problems_of` ``view``; one its agent container's flags and variables
+        (:attr:`CiliumConfig.agent_options`) make, which ``cilium-config`` alone does not
+        have, names them (the agent reads them over the ConfigMap k3snet writes)."""
+        found = self._problems_of(view)
+        if not view.agent_options or not found:
+            return found
+        own = set(self._problems_of(attrs.evolve(view, agent_options=())))
+        named = "; ".join(o.describe() for o in view.agent_options)
+        return [problem if problem in own else
+                f"with {named} (set over cilium-config, which k3snet writes; k3snet does "
+                f"not edit the DaemonSet): {problem}" for problem in found]
 
     def _problems_of(self, effective: CiliumConfig) -> list[str]:
         # An agent that does not start masquerades nothing and exempts nothing: judging
@@ -1035,6 +1161,25 @@ class CiliumMasquerade(NetObject):
                 found.append(_exempt_problem(effective, destination))
             elif effective.egress_gateway_on(destination.version):
                 found += _gateway_problems(effective, destination)
+        return found
+
+    def _overridden_problems(self, effective: CiliumConfig) -> list[str]:
+        """The keys k3snet writes into ``cilium-config`` that the ``cilium-agent``
+        container sets otherwise itself (:attr:`CiliumConfig.agent_options`): the agent
+        reads its flag or variable over the ConfigMap on every node, so the write has no
+        effect. One setting the value the spec asks for is no problem."""
+        found = []
+        for key in () if self.wanted is None else _ordered(self.wanted.settings):
+            option = effective.agent_option(key)
+            wanted = str(self.wanted.settings[key]) if self.wanted is not None else ""
+            if option is None or _same_agent_setting(key, wanted, option.value):
+                continue
+            found.append(
+                f"k3snet writes {key}={one_line(wanted)} into {self.target}, which has no "
+                f"effect: it is set by {option.describe()}, over cilium-config (and the "
+                "CiliumNodeConfigs), on every node; fix: drop it from the cilium "
+                "DaemonSet's agent container (k3snet does not edit the DaemonSet), or "
+                f"{key} from the spec")
         return found
 
     def _unmounted_problems(self, effective: CiliumConfig) -> list[str]:

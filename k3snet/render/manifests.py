@@ -603,7 +603,8 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         # ip-masq-agent one only (delete on cilium-config let any node's agent take
         # Cilium's whole configuration away). The CiliumNodeConfigs there are listed
         # (never written): the keys they set over cilium-config on some nodes are judged too.
-        # Cilium's agent DaemonSet is read (never written): whether it mounts the
+        # Cilium's agent DaemonSet is read (never written): its agent container's flags
+        # and variables, which Cilium takes over cilium-config, and whether it mounts the
         # ip-masq-agent ConfigMap, without which Cilium does not read it.
         cilium_ns, (config_name, agent_name) = needs.cilium
         objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [

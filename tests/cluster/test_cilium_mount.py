@@ -437,27 +437,28 @@ def _daemonset_reads(server: EmulatedApiServer) -> int:
                if method == "GET" and "/daemonsets/" in path)
 
 
-def test_an_observe_reads_the_daemonset_only_where_the_ip_masq_agent_is_on(
+def test_an_observe_reads_the_daemonset_once_and_judges_its_mount_where_the_agent_is_on(
     api_server: EmulatedApiServer, api_client: Any
 ) -> None:
-    # Cilium's iptables masquerading: the mount does not matter, and is not read.
+    # Cilium's iptables masquerading: the mount does not matter, and is not judged; the
+    # DaemonSet is read all the same, once an observe, for its agent container's flags.
     api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
     api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
     backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
     (foreign,) = backend.observe().foreign
     assert isinstance(foreign, CiliumConfig)
     assert foreign.ip_masq_agent_unmounted is None
-    assert _daemonset_reads(api_server) == 0
+    assert _daemonset_reads(api_server) == 1
     # On some nodes (a CiliumNodeConfig), in cilium-config, or by k3snet's own key: read.
     api_server.put(NODE_CONFIGS_V2, _node_config("edge", {"enable-ip-masq-agent": "true"}))
     (foreign,) = backend.observe().foreign
     assert isinstance(foreign, CiliumConfig)
     assert foreign.ip_masq_agent_unmounted is not None
-    assert _daemonset_reads(api_server) == 1
+    assert _daemonset_reads(api_server) == 2
     api_server.delete(NODE_CONFIGS_V2, "edge", namespace="kube-system")
     api_server.put(CONFIGMAPS, _cilium_config(EBPF_AGENT))
     backend.observe()
-    assert _daemonset_reads(api_server) == 2
+    assert _daemonset_reads(api_server) == 3
     api_server.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
                                                "enable-bpf-masquerade": "true"}))
     api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
@@ -466,15 +467,18 @@ def test_an_observe_reads_the_daemonset_only_where_the_ip_masq_agent_is_on(
     (owned,) = backend.observe().owned
     assert isinstance(owned, CiliumConfig)
     assert owned.flag("enable-ip-masq-agent")
-    assert _daemonset_reads(api_server) == 4  # the apply's (it turns it on), the observe's
+    # The apply turning it on judges the DaemonSet its observe read: the observes' alone.
+    assert _daemonset_reads(api_server) == 5
 
 
 @pytest.mark.parametrize("status", [500, 401, 503])
 def test_a_failed_daemonset_read_fails_nothing_where_the_ip_masq_agent_stays_off(
-    status: int, api_server: EmulatedApiServer, api_client: Any
+    status: int, api_server: EmulatedApiServer, api_client: Any,
+    caplog: pytest.LogCaptureFixture
 ) -> None:
     # A spec with Cilium's iptables masquerading: a 500 (or a timeout, a 401) reading the
-    # DaemonSet failed every observe, plan and apply, the agent's whole cluster pass.
+    # DaemonSet failed every observe, plan and apply, the agent's whole cluster pass. Its
+    # agent container's flags are then not known: a warning, cilium-config judged alone.
     api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
     api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
     api_server.fail(status, plural="daemonsets", times=None)
@@ -484,16 +488,18 @@ def test_a_failed_daemonset_read_fails_nothing_where_the_ip_masq_agent_stays_off
     plain = Spec.from_dict(data)
     backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
     observed = backend.observe()
+    assert any("the cilium-agent container's flags and variables are not read"
+               in r.getMessage() for r in caplog.records)
     p = plan(observed, compile_for(backend, plain))
     assert p.conflicts == ()
     assert p.changes
     assert backend.check(p) == ()
-    # Checked and applied without an observe before (a plan file): nothing read either.
+    # Checked and applied without an observe before (a plan file): nothing read.
     fresh = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
     assert fresh.check(p) == ()
     fresh.apply(p)
     assert _data(api_server)["tunnel-protocol"] == "geneve"
-    assert _daemonset_reads(api_server) == 0
+    assert _daemonset_reads(api_server) == 1  # the observe's, for the flags
 
 
 def test_a_failed_daemonset_read_refuses_a_plan_turning_the_ip_masq_agent_on(
@@ -703,9 +709,10 @@ def test_a_plan_turning_the_ip_masq_agent_on_with_nothing_at_etc_config_warns_ah
 ) -> None:
     # The ip-masq-agent off, observe read no DaemonSet: `plan` of a spec turning it on
     # said nothing, and only check and apply refused it. The hint of what the plan wants
-    # (expect, as `k3snet plan` and converge give it) has observe read the DaemonSet then:
-    # a warning says the refusal ahead, the observed state the same, and the check
-    # right after takes that read (no second GET).
+    # (expect, as `k3snet plan` and converge give it) has observe judge the DaemonSet then
+    # (read once an observe, for its agent container's flags): a warning says the refusal
+    # ahead, the observed state the same, and the check right after takes that read (no
+    # second GET).
     api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
     api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
     backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
@@ -721,10 +728,10 @@ def test_a_plan_turning_the_ip_masq_agent_on_with_nothing_at_etc_config_warns_ah
                               "apply refuse: enable-ip-masq-agent: true where the "
                               "cilium-agent container has no /etc/config")
     assert "Helm ipMasqAgent.enabled=true" in warning
-    assert _daemonset_reads(api_server) == 1
+    assert _daemonset_reads(api_server) == 2
     (refused,) = backend.check(plan(observed, desired))
     assert "has no /etc/config" in refused
-    assert _daemonset_reads(api_server) == 1
+    assert _daemonset_reads(api_server) == 2
     # Mounted as Helm does: nothing to warn of; a spec leaving it off reads nothing.
     api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
     backend.observe()
@@ -733,7 +740,7 @@ def test_a_plan_turning_the_ip_masq_agent_on_with_nothing_at_etc_config_warns_ah
     data["backends"] = ["cilium"]
     backend.expect(compile_for(backend, Spec.from_dict(data)))
     backend.observe()
-    assert _daemonset_reads(api_server) == 2
+    assert _daemonset_reads(api_server) == 4
     # A failed read ahead fails no plan: the check says it.
     api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=False))
     api_server.fail(500, plural="daemonsets", times=1)

@@ -1,0 +1,237 @@
+"""The cilium backend reads the ``cilium-agent`` container's flags and variables.
+
+Cilium's agent takes each option from its command line (``--enable-ip-masq-agent``) or
+its ``CILIUM_...`` variable over ``cilium-config`` and the CiliumNodeConfigs (viper: a
+flag set on the command line, then the environment, then the config directory). k3snet
+judged by ``cilium-config`` alone: an agent started with ``--enable-ip-masq-agent`` was
+judged with its ip-masq-agent off, and k3snet wrote keys a flag overrode, saying
+converged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from k3snet.backends.cilium import CiliumBackend
+from k3snet.converge import compile_for
+from k3snet.model.cilium import CiliumAgentOption, CiliumConfig
+from k3snet.model.state import object_from_dict
+from k3snet.planner import plan
+from k3snet.spec import Spec, seed_spec
+from k3snet.testing.kube import EmulatedApiServer
+from tests.cluster.test_cilium_backend import (
+    HELM_K3S_DATA,
+    NODE_CONFIGS_V2,
+    _cilium_config,
+    _data,
+    _node_config,
+)
+from tests.cluster.test_cilium_mount import cilium_daemonset
+from tests.cluster.workloads import CONFIGMAPS, DAEMONSETS
+
+pytestmark = pytest.mark.cluster
+
+EBPF = {**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}
+
+
+def _daemonset(args: list[str] | None = None, env: list[dict[str, Any]] | None = None,
+               ) -> dict[str, Any]:
+    """Helm's DaemonSet with the ip-masq-agent ConfigMap mounted, its agent container
+    given ``args`` more and ``env``."""
+    ds = cilium_daemonset(ip_masq_agent=True)
+    agent = ds["spec"]["template"]["spec"]["containers"][0]
+    agent["args"] += args or []
+    if env is not None:
+        agent["env"] = env
+    return ds
+
+
+def _spec(**cilium: Any) -> Spec:
+    """The seed spec (192.168.2.0/24 masqueraded via eth0) on the cilium backend, with
+    ``cilium`` as its cni.cilium."""
+    data = seed_spec().to_dict()
+    data["backends"] = ["cilium"]
+    if cilium:
+        data["cni"] = {"cilium": cilium}
+    return Spec.from_dict(data)
+
+
+def _setup(server: EmulatedApiServer, data: dict[str, str], ds: dict[str, Any]) -> None:
+    server.put(CONFIGMAPS, _cilium_config(data))
+    server.put(DAEMONSETS, ds)
+
+
+@pytest.fixture
+def backend(api_server: EmulatedApiServer, api_client: Any) -> CiliumBackend:
+    return CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+
+
+def _foreign(backend: CiliumBackend) -> CiliumConfig:
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    return foreign
+
+
+def _reasons(backend: CiliumBackend, spec: Spec) -> list[str]:
+    return [str(n.reason) for n in plan(backend.observe(), compile_for(backend, spec)).conflicts]
+
+
+def test_a_bare_flag_turns_the_ip_masq_agent_on_over_cilium_config(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-config leaves it off; the agent runs it, with its default list (the
+    # ConfigMap mounted, empty), which holds 192.168.0.0/16: no masquerade to 192.168.2.0/24.
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent"]))
+    foreign = _foreign(backend)
+    assert foreign.flag("enable-ip-masq-agent")
+    assert foreign.agent_options == (
+        CiliumAgentOption("enable-ip-masq-agent", "true", "--enable-ip-masq-agent"),)
+    assert foreign.describe().endswith(
+        "[the cilium-agent container's --enable-ip-masq-agent=true, over cilium-config]")
+    assert object_from_dict(json.loads(json.dumps(foreign.to_dict()))) == foreign
+    (reason,) = _reasons(backend, _spec())
+    assert reason.startswith(
+        "with the cilium-agent container's --enable-ip-masq-agent=true (set over "
+        "cilium-config, which k3snet writes; k3snet does not edit the DaemonSet): "
+        "192.168.2.0/24 is inside 192.168.0.0/16, from Cilium's default list")
+
+
+def test_a_write_a_variable_overrides_is_a_conflict_saying_it_has_no_effect(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    _setup(api_server, EBPF, _daemonset(env=[
+        {"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "value": "false"}]))
+    reasons = _reasons(backend, _spec(bpfMasquerade=True, ipMasqAgent=True))
+    assert reasons[0].startswith(
+        "k3snet writes enable-ip-masq-agent=true into configmap:kube-system/cilium-config, "
+        "which has no effect: it is set by the cilium-agent container's "
+        "$CILIUM_ENABLE_IP_MASQ_AGENT=false, over cilium-config")
+    assert "k3snet does not edit the DaemonSet" in reasons[0]
+    # Written all the same, the agent still reads its variable: the conflict stays.
+    backend.apply(plan(backend.observe(), compile_for(backend, _spec(
+        bpfMasquerade=True, ipMasqAgent=True))))
+    assert _data(api_server)["enable-ip-masq-agent"] == "true"
+    assert not _foreign(backend).flag("enable-ip-masq-agent")
+    assert any("has no effect" in r for r in _reasons(backend, _spec(
+        bpfMasquerade=True, ipMasqAgent=True)))
+    # One giving the value the spec asks for (as Cilium reads it) is no conflict.
+    _setup(api_server, EBPF, _daemonset(env=[
+        {"name": "CILIUM_ENABLE_IPV4_MASQUERADE", "value": "True"}]))
+    assert _reasons(backend, _spec(enableIPv4Masquerade=True)) == []
+
+
+def test_a_flag_wins_over_the_variable_and_node_configs_and_the_last_flag_wins(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    _setup(api_server, {**EBPF, "enable-ip-masq-agent": "true"}, _daemonset(
+        ["--enable-ip-masq-agent=true", "--enable-ip-masq-agent=false"],
+        env=[{"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "value": "true"}]))
+    api_server.put(NODE_CONFIGS_V2, _node_config("all", {"enable-ip-masq-agent": "true"},
+                                                 selector={}))
+    foreign = _foreign(backend)
+    assert foreign.agent_option("enable-ip-masq-agent") == CiliumAgentOption(
+        "enable-ip-masq-agent", "false", "--enable-ip-masq-agent")
+    assert [view.flag("enable-ip-masq-agent") for _, view in foreign.on_nodes()] == [False]
+    # The variable alone: it wins over cilium-config.
+    _setup(api_server, EBPF, _daemonset(env=[
+        {"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "value": "true"}]))
+    assert [view.flag("enable-ip-masq-agent") for _, view in _foreign(backend).on_nodes()] \
+        == [True]
+
+
+@pytest.mark.parametrize(("form", "on"), [
+    *((f, True) for f in ("1", "t", "T", "TRUE", "true", "True")),
+    *((f, False) for f in ("0", "f", "F", "FALSE", "false", "False")),
+])
+def test_a_bool_flag_is_read_as_pflag_parses_it(
+    form: str, on: bool, api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    _setup(api_server, {**HELM_K3S_DATA, "enable-bpf-masquerade": str(not on).lower()},
+           _daemonset([f"--enable-bpf-masquerade={form}"]))
+    assert _foreign(backend).flag("enable-bpf-masquerade") is on
+
+
+def test_a_bool_flag_takes_no_separate_value_and_flags_end_at_the_double_dash(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # `--enable-bpf-masquerade false`: pflag sets the flag (true) and takes "false" as a
+    # positional argument. A string flag takes the next argument as its value.
+    _setup(api_server, HELM_K3S_DATA, _daemonset(
+        ["--enable-bpf-masquerade", "false", "--routing-mode", "native", "--",
+         "--enable-ipv4-masquerade=false"]))
+    foreign = _foreign(backend)
+    assert foreign.flag("enable-bpf-masquerade")
+    assert foreign.value("routing-mode") == "native"
+    assert foreign.agent_option("enable-ipv4-masquerade") is None
+    assert foreign.flag("enable-ipv4-masquerade")
+
+
+def test_a_bool_flag_pflag_refuses_stops_the_agent_and_a_variable_s_is_false(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent=yes"]))
+    (reason,) = _reasons(backend, _spec())
+    assert reason.startswith("with the cilium-agent container's --enable-ip-masq-agent=yes")
+    assert ("--enable-ip-masq-agent=yes is not a boolean (pflag refuses it at start: the "
+            "agent exits): the Cilium agent does not run with this config") in reason
+    # A variable's value viper's GetBool refuses is false, and the agent starts.
+    _setup(api_server, {**EBPF, "enable-ip-masq-agent": "true"}, _daemonset(env=[
+        {"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "value": "yes"}]))
+    assert not _foreign(backend).flag("enable-ip-masq-agent")
+    assert _reasons(backend, _spec()) == []
+
+
+def test_a_native_routing_cidr_flag_with_a_separate_value_is_judged(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    _setup(api_server, HELM_K3S_DATA, _daemonset(
+        ["--ipv4-native-routing-cidr", "$(NATIVE)"],
+        env=[{"name": "NATIVE", "value": "192.168.0.0/16"}]))
+    (reason,) = _reasons(backend, _spec())
+    assert reason.startswith("with the cilium-agent container's "
+                             "--ipv4-native-routing-cidr=192.168.0.0/16 (set over")
+    assert "192.168.2.0/24 is inside Cilium's ipv4-native-routing-cidr 192.168.0.0/16" in reason
+
+
+def test_the_devices_variable_and_repeated_devices_flags_are_judged(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # eBPF masquerading runs on the devices Cilium attaches to: eth1 alone leaves eth0's
+    # traffic unmasqueraded; string-slice flags add up (eth1 and eth0).
+    _setup(api_server, EBPF, _daemonset(env=[{"name": "CILIUM_DEVICES", "value": "eth1"}]))
+    (reason,) = _reasons(backend, _spec())
+    assert "$CILIUM_DEVICES=eth1" in reason
+    assert "(devices: eth1), and 192.168.2.0/24 is reached via eth0" in reason
+    _setup(api_server, EBPF, _daemonset(["--devices=eth1", "--devices", "eth0"]))
+    assert _foreign(backend).value("devices") == "eth1,eth0"
+    assert _reasons(backend, _spec()) == []
+
+
+def test_a_value_known_only_where_the_pod_runs_is_a_warning_and_cilium_config_judges(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    _setup(api_server, EBPF, _daemonset(env=[
+        {"name": "CILIUM_ENABLE_IP_MASQ_AGENT",
+         "valueFrom": {"configMapKeyRef": {"name": "extra", "key": "masq"}}}]))
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.agent_options == ()
+    assert any("$CILIUM_ENABLE_IP_MASQ_AGENT of the cilium-agent container of DaemonSet "
+               "kube-system/cilium: not given, the variable CILIUM_ENABLE_IP_MASQ_AGENT"
+               in r.getMessage() for r in caplog.records)
+
+
+def test_check_refuses_a_write_the_agent_s_flags_make_it_refuse_to_start_with(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-config has iptables masquerading; the agent's flag has eBPF masquerading,
+    # which refuses egress-masquerade-interfaces: every agent would crash-loop.
+    _setup(api_server, HELM_K3S_DATA, _daemonset(["--enable-bpf-masquerade"]))
+    p = plan(backend.observe(), compile_for(backend, _spec(egressMasqueradeInterfaces="eth0")))
+    (refused,) = backend.check(p)
+    assert "refuses egress-masquerade-interfaces" in refused
+    assert "egress-masquerade-interfaces" not in _data(api_server)
