@@ -17,6 +17,7 @@ built-in chains iptables-nft made for it with (:mod:`k3snet.backends.iptables.ma
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 from collections.abc import Collection
@@ -64,6 +65,44 @@ _NAMED = (("chain", _NFT_MSG_GETCHAIN, _NFTA_CHAIN_NAME, _NFTA_CHAIN_HANDLE),
           ("set", _NFT_MSG_GETSET, 2, 16),  # NFTA_SET_HANDLE
           ("object", _NFT_MSG_GETOBJ, 2, 6),  # NFTA_OBJ_HANDLE
           ("flowtable", _NFT_MSG_GETFLOWTABLE, 2, 5))  # NFTA_FLOWTABLE_HANDLE
+_NFT_MSG_GETSETELEM = (10 << 8) | 13
+_NFTA_SET_KEY_TYPE = 4
+_NFTA_SET_DATA_TYPE = 6
+_NFTA_SET_ELEM_LIST_TABLE = 1
+_NFTA_SET_ELEM_LIST_SET = 2
+_NFTA_SET_ELEM_LIST_ELEMENTS = 3
+_NFTA_SET_ELEM_KEY = 1
+_NFTA_SET_ELEM_DATA = 2
+_NFTA_SET_ELEM_KEY_END = 10
+_NFTA_DATA_VALUE = 1
+_NFT_DATA_VERDICT = 0xFFFFFF00
+_NFTA_CMP_SREG = 1
+_NFTA_CMP_DATA = 3
+# libnftables' datatypes printed as strings (TYPE_STRING, TYPE_IFNAME), and the register
+# sizes of the datatypes a concatenation with one often holds (ipv4_addr, ipv6_addr,
+# ether_addr, inet_proto, inet_service, mark, ifname: each rounded up to 4 bytes).
+_STRING_TYPES = frozenset({5, 41})
+_TYPE_SIZES = {5: 16, 41: 16, 7: 4, 8: 16, 9: 8, 12: 4, 13: 4, 19: 4}
+# meta's keys loading a string: IIFNAME, OIFNAME, BRI_IIFNAME, BRI_OIFNAME, IIFKIND,
+# OIFKIND, SDIFNAME; ct's HELPER.
+_META_STRING_KEYS = frozenset({6, 7, 17, 18, 26, 27, 34})
+_NFT_CT_HELPER = 6
+# The bytes of a rule loading a string (a meta or ct key attribute of a string key; an
+# osf expression's name): only such a rule is decoded (5 000 rules: 0.6 s decoded whole).
+_STRING_LOADS = re.compile(
+    re.escape(struct.pack("=HH", 8, 2)) + b"\0\0\0["
+    + b"".join(re.escape(bytes([key])) for key in sorted(_META_STRING_KEYS)) + b"]|osf\0")
+# A meta load of a string (its key, then its register: group 1) and the cmp after it
+# (its register: group 2, its operator, then its data's value: the size, group 3, the
+# bytes after the match), as the kernel dumps them (nft_meta_get_dump, nft_cmp_dump).
+_META_CMP = re.compile(
+    re.escape(struct.pack("=HHH", 1, 9, 1)) + b"meta\0\0\0\0..\x02[\x00\x80]"
+    + re.escape(struct.pack("=HH", 8, 2)) + b"\0\0\0["
+    + b"".join(re.escape(bytes([key])) for key in sorted(_META_STRING_KEYS)) + b"]"
+    + re.escape(struct.pack("=HH", 8, 1)) + b"(....)..\x01[\x00\x80]"
+    + re.escape(struct.pack("=HH", 8, 1)) + b"cmp\0..\x02[\x00\x80]"
+    + re.escape(struct.pack("=HH", 8, 1)) + b"(....)" + re.escape(struct.pack("=HH", 8, 2))
+    + b"....(..)\x03[\x00\x80]..\x01[\x00\x80]", re.DOTALL)
 _NFT_MSG_DELTABLE = (10 << 8) | 2
 _NFT_MSG_DELCHAIN = (10 << 8) | 5
 _NFTA_TABLE_USE = 3
@@ -232,10 +271,14 @@ class GenerationReader:
             return [_table(message)
                     for message in self._dump(_NFT_MSG_GETTABLE, socket.AF_UNSPEC, b"")]
 
-    def unprintable_names(self) -> list[tuple[str, str, str, str, int]]:
+    def unprintable_names(self, sets: list[tuple[int, bytes, bytes, int, int, int]] | None
+                          = None) -> list[tuple[str, str, str, str, int]]:
         """(family, table, kind, name, handle) of every table, chain, set, stateful
         object and flowtable whose name is not UTF-8 (kind ``table``: the table's own;
-        the names read with ``surrogateescape``): five dumps of names, no rules.
+        the names read with ``surrogateescape``): five dumps of names, no rules. Each
+        set keyed or mapping to an interface name or a string is added to ``sets``
+        (family, table, name, handle, key type, data type), for
+        :meth:`unprintable_contents`.
 
         libnftables asserts a name is UTF-8 as it prints JSON, and aborts the whole
         process when one is not (nftables 1.0.6, ``chain_print_json: Assertion
@@ -253,6 +296,8 @@ class GenerationReader:
                                   _handle(attributes.get(_NFTA_TABLE_HANDLE, b""))))
             for kind, request, name_attribute, handle_attribute in _NAMED:
                 for message in self._dump(request, socket.AF_UNSPEC, b""):
+                    if kind == "set" and sets is not None:
+                        _string_set(message, sets)
                     if _ascii_names(message, (1, name_attribute)):
                         continue
                     attributes = _attributes(message, 20)
@@ -262,6 +307,80 @@ class GenerationReader:
                         found.append((_family(message), _word(table), kind, _word(name),
                                       _handle(attributes.get(handle_attribute, b""))))
         return found
+
+    def unprintable(self) -> list[tuple[str, str, str, str, int]]:
+        """What :meth:`unprintable_names` finds, and the rules and sets holding a string
+        that is not UTF-8 (:meth:`unprintable_contents`): what a JSON listing aborts on."""
+        sets: list[tuple[int, bytes, bytes, int, int, int]] = []
+        found = self.unprintable_names(sets)
+        return found + self.unprintable_contents(sets)
+
+    def unprintable_contents(self, sets: list[tuple[int, bytes, bytes, int, int, int]]
+                             ) -> list[tuple[str, str, str, str, int]]:
+        """(family, table, kind, name, handle) of each rule (kind ``rule``, its chain as
+        ``name``) and set or map (kind ``set``) holding a string that is not UTF-8 where
+        libnftables prints one: one ``GETRULE`` dump of every rule, and one ``GETSETELEM``
+        dump of each set keyed or mapping to an interface name or a string (``sets``:
+        :meth:`unprintable_names` gives them, from its dump of the sets; none for most
+        rulesets).
+
+        libnftables aborts the process printing such a string as JSON (nftables 1.0.6,
+        ``relational_expr_json: Assertion '__out' failed``): ``iifname $'bad\\xff'``,
+        the other interface-name keys of ``meta`` (``oifname``, ``iifkind``,
+        ``sdifname`` ...), ``ct helper``, ``osf name``, and an anonymous set or map of
+        such names inline in its rule; a named map of them aborts its own listing, and
+        a named set of them is listed without the element (read as not there), so
+        either is named here. Comments (rules', sets', chains', tables') and ``log
+        prefix`` are left out of the listing, no abort: not looked for.
+        """
+        found: list[tuple[str, str, str, str, int]] = []
+        anonymous: set[tuple[int, bytes, bytes]] = set()
+        with translate_errors("list the nftables sets' elements", capability=_CAPABILITY):
+            for family, table, name, handle, key_type, data_type in sets:
+                if not self._elements_utf8(family, table, name, key_type, data_type):
+                    if name.startswith(b"__"):  # an anonymous set: its rule is named
+                        anonymous.add((family, table, name + b"\0"))
+                    else:
+                        found.append((_NFPROTO_NAMES.get(family, str(family)), _word(table),
+                                      "set", _word(name), handle))
+        with translate_errors("list the nftables rules", capability=_CAPABILITY):
+            messages = self._dump(_NFT_MSG_GETRULE, socket.AF_UNSPEC, b"")
+        for message in messages:
+            # An ASCII rule holds no byte a string that is not UTF-8 would (most rules).
+            utf8 = message.isascii() or _rule_utf8(message)
+            if utf8 and not any(name in message for _, _, name in anonymous):
+                continue
+            attributes = _attributes(message, 20)
+            table = _text(attributes.get(_NFTA_RULE_TABLE, b""))
+            family = message[16] if len(message) > 16 else 0
+            if utf8 and not any((family, table) == (f, t) and name in message
+                                for f, t, name in anonymous):
+                continue  # another table's anonymous set of that name
+            found.append((_NFPROTO_NAMES.get(family, str(family)), _word(table), "rule",
+                          _word(_text(attributes.get(_NFTA_RULE_CHAIN, b""))),
+                          _handle(attributes.get(_NFTA_RULE_HANDLE, b""))))
+        return found
+
+    def _elements_utf8(self, family: int, table: bytes, name: bytes, key_type: int,
+                       data_type: int) -> bool:
+        """Whether the string parts of set ``name``'s elements are all UTF-8 (one
+        ``GETSETELEM`` dump)."""
+        body = (_attribute(_NFTA_SET_ELEM_LIST_TABLE, table + b"\0")
+                + _attribute(_NFTA_SET_ELEM_LIST_SET, name + b"\0"))
+        for message in self._dump(_NFT_MSG_GETSETELEM, family, body):
+            if message.isascii():
+                continue
+            elements = _attributes(message, 20).get(_NFTA_SET_ELEM_LIST_ELEMENTS, b"")
+            for _, element in _attribute_list(elements):
+                attributes = _attributes(element, 0)
+                for attribute, kind in ((_NFTA_SET_ELEM_KEY, key_type),
+                                        (_NFTA_SET_ELEM_KEY_END, key_type),
+                                        (_NFTA_SET_ELEM_DATA, data_type)):
+                    value = _attributes(attributes.get(attribute, b""), 0).get(
+                        _NFTA_DATA_VALUE)
+                    if value is not None and not _typed_utf8(value, kind):
+                        return False
+        return True
 
     def _request(self, kind: int, family: int, body: bytes) -> dict[int, bytes] | None:
         """One request and its answer's attributes; ``None`` when the object does not exist
@@ -431,6 +550,121 @@ def _compat(rule: dict[int, bytes], kinds: tuple[str, ...]
                        int(struct.unpack_from(">I", revision)[0]) if len(revision) >= 4
                        else 0, data.get(_NFTA_TARGET_INFO, b"")))
     return compat
+
+
+def _string_set(message: bytes, sets: list[tuple[int, bytes, bytes, int, int, int]]) -> None:
+    """Add the set one ``GETSET`` answer describes to ``sets`` if its key or data type
+    holds an interface name or a string (a concatenation: any of its parts)."""
+    attributes = _attributes(message, 20)
+    key_type, data_type = (
+        int(struct.unpack_from(">I", value)[0]) if len(value) >= 4 else 0
+        for value in (attributes.get(_NFTA_SET_KEY_TYPE, b""),
+                      attributes.get(_NFTA_SET_DATA_TYPE, b"")))
+    if _string_typed(key_type) or _string_typed(data_type):
+        sets.append((message[16] if len(message) > 16 else 0,
+                     _text(attributes.get(1, b"")), _text(attributes.get(2, b"")),
+                     _handle(attributes.get(16, b"")), key_type, data_type))
+
+
+def _type_parts(kind: int) -> list[int]:
+    """The datatypes of a set's key or data type, a concatenation's first part first
+    (libnftables packs each in 6 bits); a verdict map's data: none."""
+    if kind >= _NFT_DATA_VERDICT:
+        return []
+    parts = []
+    while kind:
+        parts.append(kind & 0x3F)
+        kind >>= 6
+    return parts[::-1]
+
+
+def _string_typed(kind: int) -> bool:
+    return any(part in _STRING_TYPES for part in _type_parts(kind))
+
+
+def _typed_utf8(value: bytes, kind: int) -> bool:
+    """Whether each string part of an element's key or data ``value`` of type ``kind``
+    is UTF-8 as libnftables prints it (up to its NUL); a concatenation whose parts'
+    sizes k3snet does not know: whether it is all ASCII (conservative)."""
+    parts = _type_parts(kind)
+    if len(parts) == 1:
+        return parts[0] not in _STRING_TYPES or _utf8(_text(value))
+    offset = 0
+    for part in parts:
+        size = _TYPE_SIZES.get(part)
+        if size is None:
+            return value.isascii()
+        if part in _STRING_TYPES and not _utf8(_text(value[offset:offset + size])):
+            return False
+        offset += size
+    return True
+
+
+def _rule_utf8(message: bytes) -> bool:
+    """Whether a ``GETRULE`` answer compares no string libnftables prints with bytes
+    that are not UTF-8 (:func:`_rule_strings_utf8`). Each ``meta`` load of a string
+    followed by its ``cmp``, as the kernel writes them, is read from the bytes at once
+    (:data:`_META_CMP`); a rule with any other load of a string, or laid out otherwise,
+    is decoded."""
+    loads = len(_STRING_LOADS.findall(message))
+    if not loads:
+        return True
+    tests = list(_META_CMP.finditer(message))
+    if len(tests) != loads:
+        return _rule_strings_utf8(_attributes(message, 20).get(_NFTA_RULE_EXPRESSIONS, b""))
+    for test in tests:
+        size = struct.unpack("=H", test.group(3))[0] - 4
+        value = message[test.end():test.end() + size]
+        if test.group(1) == test.group(2) and not _utf8(value.rstrip(b"\0")):
+            return False
+    return True
+
+
+def _rule_strings_utf8(expressions: bytes) -> bool:
+    """Whether each ``cmp`` of a rule's expressions comparing a string libnftables prints
+    (an interface name or kind ``meta`` loaded, ``ct helper``, ``osf name``) compares it
+    with bytes that are UTF-8. Such a ``cmp`` follows its load at once (nft writes each
+    test so, and reads a ``cmp`` of a register as the load just before); only those two
+    expressions are decoded, each other one's name alone looked at (the kernel writes it
+    first)."""
+    loaded = -1  # the register the expression before loaded a string into
+    offset = 0
+    while offset + 8 <= len(expressions):
+        size = struct.unpack_from("=H", expressions, offset)[0]
+        if size < 8:
+            break
+        element = offset
+        offset += (size + 3) & ~3
+        if not ((expressions.startswith(b"cmp\0", element + 8) and loaded >= 0)
+                or _STRING_LOADS.search(expressions, element, element + size)):
+            loaded = -1
+            continue
+        expression = _attributes(expressions[element + 4:element + size], 0)
+        name = _text(expression.get(_NFTA_EXPR_NAME, b""))
+        data = _attributes(expression.get(_NFTA_EXPR_DATA, b""), 0)
+        if name == b"cmp":
+            sreg = data.get(_NFTA_CMP_SREG, b"")
+            value = _attributes(data.get(_NFTA_CMP_DATA, b""), 0).get(_NFTA_DATA_VALUE, b"")
+            if (loaded >= 0 and len(sreg) >= 4 and _register(sreg) == loaded
+                    and not _utf8(value.rstrip(b"\0"))):
+                return False
+            loaded = -1
+            continue
+        key, dreg = data.get(2, b""), data.get(1, b"")  # NFTA_META_KEY, NFTA_CT_KEY; *_DREG
+        strings = (name == b"osf" or (len(key) >= 4 and _u32(key) in (
+            _META_STRING_KEYS if name == b"meta" else (_NFT_CT_HELPER,))))
+        loaded = _register(dreg) if strings and len(dreg) >= 4 else -1
+    return True
+
+
+def _u32(data: bytes) -> int:
+    return int(struct.unpack_from(">I", data)[0])
+
+
+def _register(data: bytes) -> int:
+    """A register's number as a 32-bit register's (``NFT_REG_1`` is ``NFT_REG32_00``)."""
+    number = _u32(data)
+    return (number - 1) * 4 if 1 <= number <= 4 else number - 8
 
 
 def _ascii_names(message: bytes, kinds: tuple[int, ...]) -> bool:

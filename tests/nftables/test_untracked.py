@@ -251,14 +251,16 @@ def test_iptables_nfts_raw_ct_of_a_zone_or_a_helper_is_no_conflict(
 
 
 class _GetruleCount:
-    """A :class:`GenerationReader`'s socket, counting the ``GETRULE`` requests sent."""
+    """A :class:`GenerationReader`'s socket, counting the ``GETRULE`` requests naming a
+    chain sent (not the dump of every rule the check of strings before a JSON listing
+    makes: :meth:`~k3snet.backends.nfgen.GenerationReader.unprintable`)."""
 
     def __init__(self, sock: Any, sent: list[int]) -> None:
         self._sock = sock
         self._sent = sent
 
     def send(self, data: bytes) -> int:
-        if struct.unpack_from("=H", data, 4)[0] == (10 << 8) | 7:  # NFT_MSG_GETRULE
+        if struct.unpack_from("=H", data, 4)[0] == (10 << 8) | 7 and len(data) > 20:  # GETRULE
             self._sent.append(struct.unpack_from("=H", data, 6)[0])
         return int(self._sock.send(data))
 

@@ -401,7 +401,7 @@ class NftablesBackend(BackendBase):
         if not self._foreign_unread:
             return found
         return (f"nftables: other tables were not read whole within {self.foreign_timeout:g} s "
-                "(foreign_timeout) and a walk of 4096 rules, or hold a name libnftables "
+                "(foreign_timeout) and a walk of 4096 rules, or hold a name or string libnftables "
                 "cannot list: their rules there are left out of the plan's notes "
                 f"(k3snet's rules never override another table's drop): "
                 f"{'; '.join(self._foreign_unread)}", *found)

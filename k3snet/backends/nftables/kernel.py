@@ -255,24 +255,30 @@ class Libnftables:
 
     def _refuse_unprintable(self, kind: str, ref: Mapping[str, str]) -> None:
         """:class:`UnprintableNameError` if the listing ``list KIND REF...`` would print a
-        name that is not UTF-8: libnftables asserts each name it prints as JSON is, and
-        aborts the process when one is not (a foreign table or chain made through raw
-        netlink). One netlink dump of each kind of name first (no rules), before each
-        JSON listing only: a listing of a table or chain is refused for a name in that
-        table (a rule names only its own table's chains, sets and objects; a set no rule
-        of the chain names refuses it too, conservatively), ``list chains`` for a table
-        or chain name, any other for any name. The dumps are made again only once the
-        generation id moved (one small round trip before each listing). A name written
+        name or string that is not UTF-8: libnftables asserts each name it prints as
+        JSON is, and aborts the process when one is not (a foreign table or chain made
+        through raw netlink, a rule's ``iifname`` of such bytes). One netlink dump of
+        each kind of name, one of the rules (and one of the elements of each set of
+        interface names or strings) first, before each JSON listing only
+        (:meth:`~k3snet.backends.nfgen.GenerationReader.unprintable`): a listing of a
+        table or chain is refused for a name or a set of such elements in that table (a
+        rule names only its own table's chains, sets and objects; a set no rule of the
+        chain names refuses it too, conservatively) and for such a rule of that chain
+        (a table's: any of its chains), ``list chains`` for a table or chain name, any
+        other for any of them. The dumps are made again only once the generation id
+        moved (one small round trip before each listing). A name or rule written
         between that read and the listing still aborts."""
         self.calls += 1
         genid = self._generation.read()
         if self._names is None or self._names[0] != genid:
             self.calls += 1
-            self._names = (genid, self._generation.unprintable_names())
+            self._names = (genid, self._generation.unprintable())
         found = self._names[1]
         if "table" in ref or kind == "table":
             place = (ref.get("family"), ref["table"] if "table" in ref else ref.get("name"))
             found = [one for one in found if (one[0], one[1]) == place]
+            if kind == "chain":  # a rule prints in its own chain's listing alone
+                found = [one for one in found if one[2] != "rule" or one[3] == ref.get("name")]
         elif kind == "chains":  # the chains alone, no rule: no set or object named
             found = [one for one in found if one[2] in ("table", "chain")]
         if found:
@@ -774,11 +780,17 @@ def list_in_child(deadline: float, kind: str, **ref: str) -> list[dict[str, Any]
 
 def unprintable_message(found: Sequence[tuple[str, str, str, str, int]]) -> str:
     """What :class:`UnprintableNameError` says of ``found`` (:meth:`~k3snet.backends.nfgen.
-    GenerationReader.unprintable_names`): each object escaped as a shell reads it back,
+    GenerationReader.unprintable`): each object escaped as a shell reads it back,
     with the command that deletes it (by handle: nft's language cannot name it)."""
     shown = []
     for family, table, kind, name, handle in found:
-        if kind == "table":
+        if kind == "rule":
+            where = f"{family} {shell_word(table)} {shell_word(name)}"
+            shown.append(f"rule handle {handle} of chain {shell_word(name)} of table "
+                         f"{family} {shell_word(table)} (its string is not UTF-8: "
+                         f"nft -a list chain {where} shows it; "
+                         f"nft delete rule {where} handle {handle})")
+        elif kind == "table":
             shown.append(f"table {family} {shell_word(table)} (nft delete table {family} "
                          f"handle {handle})")
         elif kind != "object" and table.isprintable():
@@ -787,8 +799,8 @@ def unprintable_message(found: Sequence[tuple[str, str, str, str, int]]) -> str:
         else:
             shown.append(f"{kind} {shell_word(name)} of table {family} {shell_word(table)} "
                          f"(handle {handle})")
-    return ("libnftables cannot list as JSON a name that is not UTF-8 (it aborts the "
-            f"process), so this listing was not made: {'; '.join(shown)}")
+    return ("libnftables cannot list as JSON a name or string that is not UTF-8 (it aborts "
+            f"the process), so this listing was not made: {'; '.join(shown)}")
 
 
 def _with_capability(error: str) -> str:

@@ -1,0 +1,173 @@
+"""Strings of rules and set elements that are not UTF-8: libnftables aborts listing them.
+
+nft's own command line writes them (``iifname $'"bad\\xff\\xfe"'``), and libnftables
+1.0.6 aborts the whole process as it prints one as JSON (``relational_expr_json:
+Assertion '__out' failed``, ``mapping_expr_json`` for a map): ``k3snet observe`` and
+``plan`` died with exit 134 and no message of their own, and an agent on such a node
+would crash-loop. Before each JSON listing k3snet now also dumps the rules (and the
+elements of each set of interface names) over netlink with the names (again only once
+the generation id moved) and lists nothing that would abort: another table's such
+rule leaves its chain unjudged with a warning naming it; one in k3snet's own table is
+an error saying how to delete it.
+
+The real CLI runs as a child process: an abort in pytest's own process would end the
+test run.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.netns import NetnsRunner
+from k3snet.backends.nfgen import GenerationReader
+from k3snet.backends.nftables import NftablesBackend
+from k3snet.lab.netns import run_in
+from k3snet.model import MasqueradeRule, State
+from k3snet.planner import plan
+
+pytestmark = pytest.mark.kernel
+
+BAD = b"bad\xff\xfe"
+SEED = Path(__file__).parents[2] / "examples" / "seed.yaml"
+
+# Each rule nft writes with BAD where libnftables prints a string.
+RULES = {
+    "iifname": b'iifname "bad\xff\xfe" accept',
+    "oifname": b'ip daddr 10.200.0.0/16 oifname "bad\xff\xfe" accept',
+    "iifkind": b'meta iifkind "bad\xff\xfe" accept',
+    "sdifname": b'meta sdifname "bad\xff\xfe" accept',
+    "helper": b'ct helper "bad\xff\xfe" accept',
+    "wildcard": b'iifname "bad\xff*" accept',
+    "anonymous-set": b'iifname { "eth0", "b\xc3*" } drop',
+    "vmap": b'iifname vmap { "bad\xff\xfe" : accept }',
+}
+
+
+def nft(ns: str, *words: bytes) -> None:
+    subprocess.run([b"ip", b"netns", b"exec", ns.encode(), b"nft", *words], check=True,
+                   capture_output=True, timeout=60)
+
+
+def json_listing_aborts(ns: str) -> bool:
+    """What the test is about: the kernel's ruleset aborts libnftables' JSON listing."""
+    done = run_in(ns, ["nft", "-j", "list", "ruleset"], check=False)
+    return done.returncode != 0 and "Assertion" in done.stderr
+
+
+def k3snet(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "k3snet", *args, "--netns", ns],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def foreign_forward(ns: str, rule: bytes) -> None:
+    nft(ns, b"add table inet t")
+    nft(ns, b"add chain inet t c { type filter hook forward priority 0; }")
+    nft(ns, b"add rule inet t c " + rule)
+
+
+@pytest.mark.parametrize("what", sorted(RULES))
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_foreign_rule_string_not_utf8_leaves_its_chain_unjudged_with_a_warning(
+        ns: str, what: str, backend: str) -> None:
+    foreign_forward(ns, RULES[what])
+    if what == "anonymous-set":
+        # Of a set of two or more, libnftables leaves the element out: no abort, and
+        # the rule reads as matching less than it does (b\xc3* holds each "bé...").
+        listed = run_in(ns, ["nft", "-j", "list", "ruleset"])
+        assert '"set": ["eth0"]' in listed.stdout
+    else:
+        assert json_listing_aborts(ns)
+    done = k3snet(ns, "observe", "--backend", backend)
+    assert done.returncode == 0, done.stderr
+    assert "Assertion" not in done.stderr
+    assert "not UTF-8" in done.stderr
+    assert re.search(r"rule handle \d+ of chain c of table inet t ", done.stderr), done.stderr
+    assert re.search(r"nft delete rule inet t c handle \d+", done.stderr), done.stderr
+
+
+def test_the_plan_of_a_node_with_such_a_rule_is_made(ns: str) -> None:
+    nft(ns, b"add table ip t")
+    nft(ns, b"add chain ip t c { type filter hook forward priority 0; }")
+    nft(ns, b"add rule ip t c " + RULES["iifname"])
+    assert json_listing_aborts(ns)
+    done = k3snet(ns, "plan", "-f", str(SEED), "--backend", "nftables", "--no-facts")
+    assert done.returncode == 2, done.stderr  # changes to make
+    assert "+ masquerade 10.42.0.0/16 -> 192.168.2.0/24 oif eth0" in done.stdout
+    assert "rule handle 2 of chain c of table ip t " in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("kind", ["map", "set"])
+def test_a_named_set_of_interface_names_not_utf8_is_named_not_read(ns: str, kind: str) -> None:
+    # A map of them aborts its table's listing; a set of them is listed without the
+    # element (its rules read as matching less than they do).
+    nft(ns, b"add table inet t")
+    if kind == "map":
+        nft(ns, b'add map inet t s { type ipv4_addr : ifname; elements = { 10.1.1.1 : '
+                b'"bad\xff\xfe" }; }')
+    else:
+        nft(ns, b'add set inet t s { type ifname; elements = { "eth0", "bad\xff\xfe" }; }')
+    nft(ns, b"add chain inet t c { type filter hook forward priority 0; }")
+    nft(ns, b"add rule inet t c ip daddr 10.200.0.0/16 drop")
+    done = k3snet(ns, "observe", "--backend", "nftables")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"set s of table inet t \(nft delete set inet t handle \d+\)",
+                     done.stderr), done.stderr
+
+
+def test_strings_that_are_utf8_are_no_finding(ns: str) -> None:
+    # Addresses and ports whose bytes are not UTF-8, beside interface names that are.
+    foreign_forward(ns, b'iifname "\xc3\xa9th*" ip saddr 10.200.0.0/16 tcp dport 65535 '
+                        b'oifname { "eth0", "eth1" } ct helper "ftp" accept')
+    nft(ns, b'add set inet t s { type ipv4_addr . ifname; elements = { 200.200.200.200 . '
+            b'"eth0" }; }')
+    with NetnsRunner(ns) as runner:
+        assert runner.call(lambda: GenerationReader().unprintable()) == []
+
+
+def test_a_rule_string_not_utf8_in_k3snets_own_table_is_an_error_naming_its_deletion(
+        ns: str) -> None:
+    with NftablesBackend(ns) as backend:
+        wanted = State(owned=[MasqueradeRule("10.42.0.0/16")])
+        backend.apply(plan(backend.observe(), wanted))
+    nft(ns, b"add chain inet k3snet stray")
+    nft(ns, b"add rule inet k3snet stray " + RULES["iifname"])
+    assert json_listing_aborts(ns)
+    done = k3snet(ns, "observe", "--backend", "nftables")
+    assert done.returncode == 1, done.stderr
+    assert "Assertion" not in done.stderr
+    command = re.search(r"nft (delete rule inet k3snet stray handle \d+)\)", done.stderr)
+    assert command is not None, done.stderr
+    run_in(ns, ["nft", *command.group(1).split()])
+    done = k3snet(ns, "observe", "--backend", "nftables")
+    assert done.returncode == 0, done.stderr
+    assert "not UTF-8" not in done.stderr
+    assert "10.42.0.0/16" in done.stdout
+
+
+def test_the_rules_are_dumped_once_per_generation_id_not_at_each_listing(
+        ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    dumped: list[int] = []
+    made = GenerationReader.unprintable_contents
+
+    def counting(self: GenerationReader,
+                 sets: list[tuple[int, bytes, bytes, int, int, int]]
+                 ) -> list[tuple[str, str, str, str, int]]:
+        dumped.append(1)
+        return made(self, sets)
+
+    monkeypatch.setattr(GenerationReader, "unprintable_contents", counting)
+    foreign_forward(ns, b'iifname "eth0" ip saddr 10.200.0.0/16 accept')
+    nft(ns, b"add chain inet t d { type nat hook postrouting priority 100; }")
+    with NftablesBackend(ns) as backend:
+        backend.observe()
+        assert len(dumped) == 1  # several listings (chains, each base chain), one dump
+        backend.observe()
+        assert len(dumped) == 1
+        nft(ns, b"add rule inet t c accept")
+        backend.observe()
+        assert len(dumped) == 2
