@@ -942,13 +942,18 @@ class IptablesBackend(BackendBase):
                             ops.append(Op("fail", step.table))
                         try:
                             operations += 1
-                            self._run(step.family, step.table, ops)
+                            # From libiptc's commit (the driver marks it) to the record,
+                            # a signal waits: raised in between (in the main thread's
+                            # wait for the namespace's), the table was made and never
+                            # among those undone.
+                            with held_after_commit():
+                                self._run(step.family, step.table, ops)
+                                assert self._tables is not None  # set by _prepare
+                                state = self._tables[step.family, step.table]
+                                commit_edit(state, step.edit)
+                                undo.record(step.changes, self._reverter(state, step))
                         except RunFailedError as exc:
                             self._fail(undo, step, self._failed(plan, injected, exc), exc)
-                        assert self._tables is not None  # set by _prepare
-                        state = self._tables[step.family, step.table]
-                        commit_edit(state, step.edit)
-                        undo.record(step.changes, self._reverter(state, step))
                 else:
                     # Every change is checked first; each family's tables then go through one
                     # restore process, each table's edit computed while the process reads it.
