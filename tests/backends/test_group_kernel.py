@@ -773,7 +773,8 @@ def test_ctrl_c_as_iptables_restore_ends_takes_its_tables_back(
     """Ctrl-C landing as the restore process ended, its tables committed, before the
     backend recorded them: they were never among the steps to undo, so they stayed
     while the group took back the routes and sysctls. (The built-in chains iptables-nft
-    makes stay after any failed apply, as in the tests above: not compared.)"""
+    makes, taken back after a failed apply, are not compared: see
+    tests/iptables/test_made_builtins_kernel.py.)"""
 
     def view() -> tuple[object, ...]:
         routes, routes6, _, sysctls = kernel_view(ns)
