@@ -493,6 +493,10 @@ class _ConfigMapStore:
             # last key, alone: that restart is followed too).
             metadata["annotations"][CHANGED_ANNOTATION] = self.clock.stamp()
         since = self.clock.earliest()  # never after the landing: for an undo's stamp
+        # A signal from the patch on waits until a group has this part among those to
+        # undo: raised as the answer came, before ``made`` had the undo, the ConfigMap
+        # kept the edit, undone by no one.
+        committing()
         with translate_errors(f"patch {self.where}",
                               classifier=KubeErrors(timeout=self.timeout, error=_ApplyKubeError)):
             result, _, headers = self.core.patch_namespaced_config_map_with_http_info(

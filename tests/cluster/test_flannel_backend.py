@@ -867,3 +867,39 @@ def test_ctrl_c_right_after_the_file_is_replaced_takes_the_edit_back(
     finally:
         signal.signal(signal.SIGINT, previous)
     assert conf_file.read_text() == NET_CONF
+
+
+def test_ctrl_c_as_the_configmap_patch_is_answered_takes_the_edit_back(
+        api_server: EmulatedApiServer, configmap_backend: FlannelBackend,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C landing as the API server answered the ConfigMap's patch, before its undo
+    was recorded: the ConfigMap kept k3snet's edit, undone by no one."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: no handler can be set")
+    from kubernetes import client  # noqa: PLC0415 - as the backend imports it
+
+    real = client.CoreV1Api.patch_namespaced_config_map_with_http_info
+    sent: list[str] = []
+
+    def then_signalled(self: Any, *args: Any, **kwargs: Any) -> Any:
+        answer = real(self, *args, **kwargs)
+        if not sent:  # the apply's patch, not the undo's
+            sent.append("patch")
+            signal.raise_signal(signal.SIGINT)
+        return answer
+
+    before = _stored(api_server)["data"]
+    monkeypatch.setattr(client.CoreV1Api, "patch_namespaced_config_map_with_http_info",
+                        then_signalled)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with BackendGroup([configmap_backend]) as group:
+            target = configmap_backend.target
+            p = plan(group.observe(),
+                     State(owned=[FlannelConfig(target, network="10.244.0.0/16")]))
+            with pytest.raises(KeyboardInterrupt):
+                group.apply(p)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sent == ["patch"]
+    assert _stored(api_server)["data"] == before
