@@ -358,6 +358,11 @@ class UndoFailure(Exception):  # noqa: N818 - raised by undo callables, not a k3
 
 _UNDOS = [0]  # undos running in this process (Compensation.rollback, a group's)
 _UNDOS_LOCK = threading.Lock()
+# Whether the undo runs where this work began (a namespace's worker runs its caller's
+# context): a commit within it marks no block, and another thread's undo no longer
+# kept the main thread's commit from marking its own (committing, stopped).
+_UNDO_HERE: contextvars.ContextVar[bool] = contextvars.ContextVar("k3snet_undo",
+                                                                   default=False)
 
 
 def undoing() -> bool:
@@ -372,9 +377,11 @@ def undo_running() -> Iterator[None]:
     """Within the block, an undo runs (:func:`undoing`)."""
     with _UNDOS_LOCK:
         _UNDOS[0] += 1
+    token = _UNDO_HERE.set(True)
     try:
         yield
     finally:
+        _UNDO_HERE.reset(token)
         with _UNDOS_LOCK:
             _UNDOS[0] -= 1
 
@@ -570,10 +577,10 @@ def committing() -> None:
     raising, in the main thread or a namespace's worker thread (whose jobs run in their
     caller's context); :class:`Compensation` calls it as its guarded steps end. Raises
     ``KeyboardInterrupt`` when a signal stopped the block before (the caller has gone
-    on: nothing must be committed); does nothing in an undo (:func:`undoing`), outside
-    any block, or in a thread of its own (another apply's, which no block of the main
-    thread's is about)."""
-    if undoing():
+    on: nothing must be committed); does nothing in an undo (:func:`undo_running`, where
+    the work began), outside any block, or in a thread of its own (another apply's,
+    which no block of the main thread's is about)."""
+    if _UNDO_HERE.get():
         return
     with _HOLDS_LOCK:
         hold = _CURRENT.get()
@@ -596,7 +603,7 @@ def stopped() -> bool:
     """Whether a signal stopped the innermost :func:`held_after_commit` block (outside an
     undo): a backend's worker thread, which no signal's exception reaches, ends its
     steps there (:meth:`Compensation.record` raises)."""
-    if undoing():
+    if _UNDO_HERE.get():
         return False
     with _HOLDS_LOCK:
         hold = _CURRENT.get()

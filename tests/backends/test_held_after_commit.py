@@ -110,6 +110,37 @@ def test_a_signal_stopping_the_main_thread_s_block_stops_no_other_thread_s_commi
     assert later == [None]
 
 
+def test_another_thread_s_undo_leaves_the_main_thread_s_commit_marked(ctrl_c: None) -> None:
+    """An undo running in another thread (another apply's, in an embedding program's
+    pool) made the main thread's commit mark nothing: a signal after it acted at once,
+    with the change made and never among those to undo."""
+    undoing, done = threading.Event(), threading.Event()
+    kept: list[str] = []
+
+    def other_undo() -> None:
+        with undo_running():
+            undoing.set()
+            done.wait()
+
+    other = threading.Thread(target=other_undo)
+    other.start()
+    try:
+        assert undoing.wait(timeout=60)
+
+        def apply() -> None:
+            with held_after_commit():
+                committing()
+                signal.raise_signal(signal.SIGINT)
+                kept.append("the result")  # reached: the signal waits
+
+        with pytest.raises(KeyboardInterrupt):
+            apply()
+    finally:
+        done.set()
+        other.join()
+    assert kept == ["the result"]
+
+
 def test_a_signal_before_the_commit_acts_at_once_and_no_commit_begins_after_it(
         ctrl_c: None) -> None:
     later: list[BaseException | None] = []
