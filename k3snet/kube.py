@@ -256,10 +256,16 @@ def configmap_ref(value: str | Sequence[str], *, option: str = "configmap"
 DEFAULT_TIMEOUT = 10.0
 """Seconds to wait for one API request before giving up."""
 
-TERMINATION_GRACE = 30
+TERMINATION_GRACE = 70
 """The agent pod's ``terminationGracePeriodSeconds``: after SIGTERM, the seconds the
 kubelet gives it to end its pass, release its Lease and (``--cleanup-on-exit``) remove
-k3snet's objects, before it kills it."""
+k3snet's objects, before it kills it.
+
+SIGTERM never cuts the apply in progress: the longest bounded step of a pass (an
+``iptables-restore`` run, killed after the iptables backend's 30 s ``timeout``) and its
+undo (another run, as long) take 60 s; then the Lease's release and the last report,
+within :data:`~k3snet.agent.CLEANUP_MARGIN` (5 s), and 5 s to spare. At 30 s the
+kubelet's SIGKILL could land in that undo (the node half-changed, nothing said)."""
 
 
 @attrs.frozen
@@ -805,7 +811,7 @@ def retry_policy() -> Any:
     black-holed address, took 4 x :data:`DEFAULT_TIMEOUT` (40 s). The agent's first pass
     waited that long for its Node (``--lease-candidates``), each interval's pass for the
     spec ConfigMap before converging the node, and the Lease's release on SIGTERM twice
-    that, past the pod's 30 s grace period.
+    that, past the pod's grace period (30 s then).
 
     urllib3's ``Retry`` also sends again a GET, PUT or DELETE (its ``allowed_methods``)
     answered 413, 429 or 503 with a ``Retry-After`` (``respect_retry_after_header``),

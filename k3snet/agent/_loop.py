@@ -1216,7 +1216,7 @@ class Agent:
             return (), tokens
         self._synced.pop(part, None)
         # SIGTERM ends a wait for the namespace lock: a minute of it outlasted the pod's
-        # grace period (30 s), and the agent was killed before releasing its Lease.
+        # grace period (30 s then), and the agent was killed before releasing its Lease.
         # What foreign state blocks is left out of the plan (a `!` note, never forced,
         # nothing foreign named): the rest is applied, and the pass fails with the
         # conflict below. Refused whole, one foreign DROP before k3snet's jump kept

@@ -111,6 +111,7 @@ from k3snet.backends.kit import (
     BackendBase,
     Compensation,
     OptionChecks,
+    committing,
     fit_problems,
     option_flag,
     option_seconds,
@@ -285,6 +286,10 @@ class _FileStore:
                 raise ApplyError(f"{self.where}: changed by someone else while k3snet was "
                                  "applying; nothing was written, observe and plan again")
             self.check_writable()
+            # A signal from the rename on waits until a group has this part among those
+            # to undo: raised before the apply returned, the file kept the edit, undone
+            # by no one ("nothing was changed").
+            committing()
             with translate_errors(f"write {self.where} (the file is unchanged)",
                                   into=ApplyError):
                 _atomic_write(self.path, text.encode())
@@ -488,6 +493,10 @@ class _ConfigMapStore:
             # last key, alone: that restart is followed too).
             metadata["annotations"][CHANGED_ANNOTATION] = self.clock.stamp()
         since = self.clock.earliest()  # never after the landing: for an undo's stamp
+        # A signal from the patch on waits until a group has this part among those to
+        # undo: raised as the answer came, before ``made`` had the undo, the ConfigMap
+        # kept the edit, undone by no one.
+        committing()
         with translate_errors(f"patch {self.where}",
                               classifier=KubeErrors(timeout=self.timeout, error=_ApplyKubeError)):
             result, _, headers = self.core.patch_namespaced_config_map_with_http_info(

@@ -50,6 +50,7 @@ A custom backend that subclasses :class:`BackendBase` gets all of this::
 
 from __future__ import annotations
 
+import contextvars
 import errno as errno_codes
 import logging
 import os
@@ -357,6 +358,11 @@ class UndoFailure(Exception):  # noqa: N818 - raised by undo callables, not a k3
 
 _UNDOS = [0]  # undos running in this process (Compensation.rollback, a group's)
 _UNDOS_LOCK = threading.Lock()
+# Whether the undo runs where this work began (a namespace's worker runs its caller's
+# context): a commit within it marks no block, and another thread's undo no longer
+# kept the main thread's commit from marking its own (committing, stopped).
+_UNDO_HERE: contextvars.ContextVar[bool] = contextvars.ContextVar("k3snet_undo",
+                                                                   default=False)
 
 
 def undoing() -> bool:
@@ -371,9 +377,11 @@ def undo_running() -> Iterator[None]:
     """Within the block, an undo runs (:func:`undoing`)."""
     with _UNDOS_LOCK:
         _UNDOS[0] += 1
+    token = _UNDO_HERE.set(True)
     try:
         yield
     finally:
+        _UNDO_HERE.reset(token)
         with _UNDOS_LOCK:
             _UNDOS[0] -= 1
 
@@ -457,6 +465,14 @@ class _Hold:
 
 
 _HOLDS: list[_Hold] = []  # the blocks open in the main thread, innermost last
+# The block a commit marks: the innermost one open where the work began. A namespace's
+# worker thread runs its jobs in a copy of the caller's context (NetnsRunner.call); any
+# other thread (an embedding program's pool running another apply, the agent's) has none.
+# _HOLDS[-1] was marked from any thread: an unrelated apply's commit made a Ctrl-C
+# before the main thread's own commit wait for its block's end, and a signal stopping
+# the main thread's block made the unrelated apply's commit raise.
+_CURRENT: contextvars.ContextVar[_Hold | None] = contextvars.ContextVar("k3snet_hold",
+                                                                          default=None)
 # A backend's worker thread marks its commit; reentrant: the handler may run in the main
 # thread while it holds the lock (its own mark, a block beginning or ending).
 _HOLDS_LOCK = threading.RLock()
@@ -537,12 +553,14 @@ def held_after_commit() -> Iterator[None]:
                 signal.signal(signum, _held)
     with _HOLDS_LOCK:
         _HOLDS.append(hold)
+        token = _CURRENT.set(hold)
     try:
         yield
     finally:
         handlers = dict(_PREVIOUS)
         with _HOLDS_LOCK:
             _HOLDS.remove(hold)
+            _CURRENT.reset(token)
         if outermost:
             for number, handler in handlers.items():
                 if signal.getsignal(number) is _held:  # else set since (SIGTERM's SIG_IGN)
@@ -553,17 +571,19 @@ def held_after_commit() -> Iterator[None]:
 
 
 def committing() -> None:
-    """Mark the innermost :func:`held_after_commit` block: a change is committed from now
-    on, signals wait for the block's end. Call it right before the kernel (or the API
-    server) is given a change that cannot be taken back by raising, from any thread
-    (a namespace's worker thread too); :class:`Compensation` calls it as its guarded
-    steps end. Raises ``KeyboardInterrupt`` when a signal stopped the block before (the
-    caller has gone on: nothing must be committed); does nothing in an undo
-    (:func:`undoing`) or outside any block."""
-    if undoing():
+    """Mark the innermost :func:`held_after_commit` block open where the work began: a
+    change is committed from now on, signals wait for the block's end. Call it right
+    before the kernel (or the API server) is given a change that cannot be taken back by
+    raising, in the main thread or a namespace's worker thread (whose jobs run in their
+    caller's context); :class:`Compensation` calls it as its guarded steps end. Raises
+    ``KeyboardInterrupt`` when a signal stopped the block before (the caller has gone
+    on: nothing must be committed); does nothing in an undo (:func:`undo_running`, where
+    the work began), outside any block, or in a thread of its own (another apply's,
+    which no block of the main thread's is about)."""
+    if _UNDO_HERE.get():
         return
     with _HOLDS_LOCK:
-        hold = _HOLDS[-1] if _HOLDS else None
+        hold = _CURRENT.get()
         if hold is None:
             return
         if hold.stopped:
@@ -575,17 +595,19 @@ def cut_after_commit() -> bool:
     """Whether a second signal cut the innermost :func:`held_after_commit` block after its
     commit (raised at once): waiting for a namespace's thread is waiting in vain then."""
     with _HOLDS_LOCK:
-        return bool(_HOLDS) and _HOLDS[-1].cut
+        hold = _CURRENT.get()
+        return hold is not None and hold.cut
 
 
 def stopped() -> bool:
     """Whether a signal stopped the innermost :func:`held_after_commit` block (outside an
     undo): a backend's worker thread, which no signal's exception reaches, ends its
     steps there (:meth:`Compensation.record` raises)."""
-    if undoing():
+    if _UNDO_HERE.get():
         return False
     with _HOLDS_LOCK:
-        return bool(_HOLDS) and _HOLDS[-1].stopped
+        hold = _CURRENT.get()
+        return hold is not None and hold.stopped
 
 
 class Compensation:

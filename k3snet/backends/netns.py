@@ -12,6 +12,7 @@ Python 3.11 has no ``os.setns``; libc's is called through ctypes.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import functools
 import json
@@ -385,7 +386,9 @@ class NetnsRunner:
             return fn()
         self._start()
         future: Future[object] = Future()
-        self._jobs.put((fn, future))
+        # In the caller's context: the worker's commit marks the caller's block
+        # (:func:`~k3snet.backends.kit.committing`), no other thread's.
+        self._jobs.put((functools.partial(contextvars.copy_context().run, fn), future))
         try:
             return _wait_for(future)  # type: ignore[return-value]
         except BaseException:

@@ -553,6 +553,49 @@ def test_sigterm_during_an_apply_undoes_what_it_had_changed(
         assert forwarding(ns) == before
 
 
+LATE_BACKEND = """
+import os
+import signal
+
+from k3snet.backends.memory import MemoryBackend
+
+
+class LateBackend(MemoryBackend):
+    name = "late"
+
+    def pending_restarts(self):
+        # Asked once every part is made (Cilium's reads its agents' pods from the API
+        # server): SIGTERM from Ansible's timeout, or systemd, landing there.
+        os.kill(os.getpid(), signal.SIGTERM)
+        return ()
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_sigterm_once_every_part_is_made_says_the_change_stays(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # As `k3snet apply` says it: the module, with no block holding a signal after the
+    # commit, said "nothing was changed (an apply in progress was undone)", changed
+    # false, of a node whose forwarding k3snet had turned on and left so.
+    env = plugin_env(tmp_path, ansible_env, "late", LATE_BACKEND)
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24"}]}
+    with temporary_netns("late") as ns:
+        before = forwarding(ns)
+        task = egress(spec=spec, netns=ns, backends=["netlink", "late:forward,nat"],
+                      facts=False, backend_options={"netlink": {"state_dir": str(tmp_path)}})
+        run = playbook(tmp_path, env, [{**task, "ignore_errors": True}])
+        (result,) = run.results
+        assert (result["failed"], result["changed"]) == (True, True), result["msg"]
+        assert result["msg"].startswith(
+            "stopped by SIGTERM after the change was made, which stays: netlink+late: "), \
+            result["msg"]
+        assert (result["error"]["type"], result["rc"]) == ("SIGTERM", 143)
+        assert no_traceback(result, run)
+        assert forwarding(ns) != before
+
+
 def test_documentation_and_examples_match_the_argument_spec() -> None:
     module = load_module()
     documented = yaml.safe_load(module.DOCUMENTATION)["options"]

@@ -773,7 +773,8 @@ def test_ctrl_c_as_iptables_restore_ends_takes_its_tables_back(
     """Ctrl-C landing as the restore process ended, its tables committed, before the
     backend recorded them: they were never among the steps to undo, so they stayed
     while the group took back the routes and sysctls. (The built-in chains iptables-nft
-    makes stay after any failed apply, as in the tests above: not compared.)"""
+    makes, taken back after a failed apply, are not compared: see
+    tests/iptables/test_made_builtins_kernel.py.)"""
 
     def view() -> tuple[object, ...]:
         routes, routes6, _, sysctls = kernel_view(ns)
@@ -787,6 +788,31 @@ def test_ctrl_c_as_iptables_restore_ends_takes_its_tables_back(
         with pytest.raises(KeyboardInterrupt):
             group.apply(p)
         assert sent == ["wait"]
+        assert view() == before
+        assert not group.observe().owned
+
+
+def test_ctrl_c_as_libiptc_committed_a_table_takes_its_tables_back(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None) -> None:
+    """The legacy libiptc driver: Ctrl-C landing as the namespace's thread had committed
+    a table, before the backend recorded it. The main thread's wait raised, the table
+    never among the steps to undo: its rules stayed, and the group took back the routes
+    and sysctls only."""
+    pytest.importorskip("iptc")
+    from k3snet.backends.iptables.libiptc import LibiptcDriver  # noqa: PLC0415 - optional
+
+    def view() -> tuple[object, ...]:
+        routes, routes6, _, sysctls = kernel_view(ns)
+        return routes, routes6, sysctls, _whole_view(ns, "legacy")[-1]
+
+    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path),
+                       IptablesBackend(ns, mode="legacy", driver="libiptc")]) as group:
+        before = view()
+        p = plan(group.observe(), WANTED)
+        sent = _signalled_after(monkeypatch, LibiptcDriver, "_run")
+        with pytest.raises(KeyboardInterrupt):
+            group.apply(p)
+        assert sent == ["_run"]
         assert view() == before
         assert not group.observe().owned
 

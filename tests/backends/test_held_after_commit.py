@@ -8,6 +8,8 @@ commit it waits until the result is kept (a group's parts to undo), then acts.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -35,9 +37,13 @@ def ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _in_thread(fn: Callable[[], object]) -> BaseException | None:
-    """What ``fn`` raised in a thread of its own (a namespace's worker stands for it)."""
+def _in_thread(fn: Callable[[], object], *, own: bool = False) -> BaseException | None:
+    """What ``fn`` raised in another thread: a namespace's worker, running it in a copy
+    of the caller's context as :meth:`NetnsRunner.call` does; ``own``: in a context of
+    its own (another apply's thread, an embedding program's pool)."""
     raised: list[BaseException] = []
+    if not own:
+        fn = functools.partial(contextvars.copy_context().run, fn)
 
     def run() -> None:
         try:
@@ -64,6 +70,75 @@ def test_a_signal_after_the_commit_waits_for_the_end_of_the_block(ctrl_c: None) 
         apply()
     assert kept == ["the result"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+
+def test_another_thread_s_commit_marks_no_block_of_the_main_thread(ctrl_c: None) -> None:
+    """An unrelated apply's commit, in a thread of its own (an embedding program's pool,
+    the agent's), marked the main thread's innermost block: a Ctrl-C before the main
+    thread's own commit waited for the end of its block instead of acting at once."""
+    reached: list[str] = []
+
+    def apply() -> None:
+        with held_after_commit():
+            assert _in_thread(committing, own=True) is None  # another apply's commit
+            signal.raise_signal(signal.SIGINT)
+            reached.append("on, as if committed")  # never reached: nothing was committed
+
+    with pytest.raises(KeyboardInterrupt):
+        apply()
+    assert reached == []
+
+
+def test_a_signal_stopping_the_main_thread_s_block_stops_no_other_thread_s_commit(
+        ctrl_c: None) -> None:
+    later: list[BaseException | None] = []
+    change = Change.add(A)
+
+    def other() -> None:
+        committing()
+        Compensation("test").record(change)
+
+    def apply() -> None:
+        with held_after_commit():
+            try:
+                signal.raise_signal(signal.SIGINT)
+            finally:
+                later.append(_in_thread(other, own=True))
+
+    with pytest.raises(KeyboardInterrupt):
+        apply()
+    assert later == [None]
+
+
+def test_another_thread_s_undo_leaves_the_main_thread_s_commit_marked(ctrl_c: None) -> None:
+    """An undo running in another thread (another apply's, in an embedding program's
+    pool) made the main thread's commit mark nothing: a signal after it acted at once,
+    with the change made and never among those to undo."""
+    undoing, done = threading.Event(), threading.Event()
+    kept: list[str] = []
+
+    def other_undo() -> None:
+        with undo_running():
+            undoing.set()
+            done.wait()
+
+    other = threading.Thread(target=other_undo)
+    other.start()
+    try:
+        assert undoing.wait(timeout=60)
+
+        def apply() -> None:
+            with held_after_commit():
+                committing()
+                signal.raise_signal(signal.SIGINT)
+                kept.append("the result")  # reached: the signal waits
+
+        with pytest.raises(KeyboardInterrupt):
+            apply()
+    finally:
+        done.set()
+        other.join()
+    assert kept == ["the result"]
 
 
 def test_a_signal_before_the_commit_acts_at_once_and_no_commit_begins_after_it(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from k3snet.backends import flannel as flannel_module
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.backends.flannel import (
     OWNED_ANNOTATION,
@@ -18,6 +21,7 @@ from k3snet.backends.flannel import (
     FlannelBackend,
     effective_config,
 )
+from k3snet.backends.group import BackendGroup
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, SpecError
 from k3snet.model.cni import (
     FLANNEL_OWNED_MARKER,
@@ -835,3 +839,67 @@ def test_a_written_member_nested_too_deep_in_the_file_is_reported(conf_file: Pat
     with pytest.raises(BackendError, match=r"k3snet's key 'k3snet\.io/written' is not valid; "
                                            r"remove it"):
         FlannelBackend(path=conf_file, allow_disruptive=True).observe()
+
+
+def test_ctrl_c_right_after_the_file_is_replaced_takes_the_edit_back(
+        conf_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C landing as the rename replaced net-conf.json, before the apply returned:
+    the write was never among the parts a group takes back, and the file kept k3snet's
+    edit while the command said nothing was changed."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: no handler can be set")
+    real = flannel_module._atomic_write
+
+    def then_signalled(path: Path, data: bytes) -> None:
+        real(path, data)
+        if data.decode() != NET_CONF:  # the apply's write, not the undo's
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(flannel_module, "_atomic_write", then_signalled)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with BackendGroup([FlannelBackend(path=conf_file, allow_disruptive=True)]) as group:
+            target = FlannelBackend(path=conf_file).target
+            p = plan(group.observe(),
+                     State(owned=[FlannelConfig(target, network="10.244.0.0/16")]))
+            with pytest.raises(KeyboardInterrupt):
+                group.apply(p)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert conf_file.read_text() == NET_CONF
+
+
+def test_ctrl_c_as_the_configmap_patch_is_answered_takes_the_edit_back(
+        api_server: EmulatedApiServer, configmap_backend: FlannelBackend,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C landing as the API server answered the ConfigMap's patch, before its undo
+    was recorded: the ConfigMap kept k3snet's edit, undone by no one."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: no handler can be set")
+    from kubernetes import client  # noqa: PLC0415 - as the backend imports it
+
+    real = client.CoreV1Api.patch_namespaced_config_map_with_http_info
+    sent: list[str] = []
+
+    def then_signalled(self: Any, *args: Any, **kwargs: Any) -> Any:
+        answer = real(self, *args, **kwargs)
+        if not sent:  # the apply's patch, not the undo's
+            sent.append("patch")
+            signal.raise_signal(signal.SIGINT)
+        return answer
+
+    before = _stored(api_server)["data"]
+    monkeypatch.setattr(client.CoreV1Api, "patch_namespaced_config_map_with_http_info",
+                        then_signalled)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with BackendGroup([configmap_backend]) as group:
+            target = configmap_backend.target
+            p = plan(group.observe(),
+                     State(owned=[FlannelConfig(target, network="10.244.0.0/16")]))
+            with pytest.raises(KeyboardInterrupt):
+                group.apply(p)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert sent == ["patch"]
+    assert _stored(api_server)["data"] == before

@@ -9,6 +9,7 @@ nothing rendered for absent sections, and byte-identical output.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import subprocess
@@ -29,6 +30,8 @@ import k3snet
 from k3snet import cli
 from k3snet.agent import CLEANUP_MARGIN, Agent, AgentOptions, FileSpecSource
 from k3snet.backends.group import BackendGroup
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.iptables.driver import Processes
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for
 from k3snet.errors import SpecError
@@ -1023,7 +1026,7 @@ def test_daemonset_grace_period_holds_the_agent_shutdown_bound(
     # TERMINATION_GRACE less CLEANUP_MARGIN. The one-shot commands' undo on SIGTERM
     # (apply, destroy: up to UNDO_AFTER_SIGTERM, 75 s, systemd's stop timeout less
     # a margin) is never the agent's: were it the pod's command's, the kubelet would
-    # kill it mid-undo, 45 s before its bound. A grace period shorter than the bound, a preStop
+    # kill it mid-undo, 5 s before its bound. A grace period shorter than the bound, a preStop
     # hook, or an agent command SIGTERM undoes, each fails here.
     clock = [1000.0]
 
@@ -1049,6 +1052,19 @@ def test_daemonset_grace_period_holds_the_agent_shutdown_bound(
         assert pod["terminationGracePeriodSeconds"] >= bound
         # (and no longer than it needs: it delays a drain and a rolling update)
         assert pod["terminationGracePeriodSeconds"] == TERMINATION_GRACE
+
+
+def test_the_grace_period_outlasts_the_longest_bounded_step_and_its_undo() -> None:
+    """SIGTERM never cuts the agent's apply in progress: an iptables restore killed at its
+    bound (the backend's ``timeout``), then its undo (another restore, as long), then the
+    Lease's release within CLEANUP_MARGIN. At 30 s, the restore's own bound, the kubelet's
+    SIGKILL landed in the undo, the node half-changed."""
+    restore = inspect.signature(IptablesBackend).parameters["timeout"].default
+    assert restore == inspect.signature(Processes).parameters["timeout"].default
+    assert 2 * restore + CLEANUP_MARGIN < TERMINATION_GRACE
+    for daemonset in _kind(_render("seed"), "DaemonSet"):
+        assert daemonset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > (
+            2 * restore + CLEANUP_MARGIN)
 
 
 # Peak RSS of an agent's first pass with netlink and nftables, the heaviest backends

@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.iptables.driver import Processes
 from k3snet.converge import destroy
+from k3snet.errors import ApplyError
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
-from k3snet.planner import plan
+from k3snet.planner import Plan, plan
 
 pytestmark = pytest.mark.kernel
 
@@ -113,3 +116,48 @@ def test_a_table_holding_another_chain_since_stays_without_the_built_in_chain(
     destroy(backend)
     left = _ruleset(ns)
     assert left == {("ip", "filter"): {"ADMIN": {"policy": None, "rules": 0}}}
+
+
+LAST = MasqueradeRule("fd42::/56", destination="fd01:2::/64")  # WANTED's, in ip6 nat
+
+
+def _failing(backend: IptablesBackend) -> Plan:
+    """The plan of WANTED, ``backend`` set to fail at IPv6's masquerade (its nat table,
+    after the IPv4 tables and IPv6's filter table were committed, then taken back)."""
+    wanted = plan(backend.observe(), WANTED)
+    backend.faults.fail_at(next(i for i, change in enumerate(wanted.changes)
+                                if change.subject == LAST))
+    return wanted
+
+
+def test_a_failed_apply_takes_back_the_built_in_chains_and_tables_it_made(
+        ns: str, backend: IptablesBackend, state_dir: Path) -> None:
+    # The undo took k3snet's rules back; the tables and built-in chains iptables-nft had
+    # made for them stayed, empty (`ip filter FORWARD`, `ip nat POSTROUTING`, ...).
+    with pytest.raises(ApplyError, match="were undone"):
+        backend.apply(_failing(backend))
+    assert _ruleset(ns) == {}
+    assert not (state_dir / ns / "iptables-made.json").exists()
+
+
+def test_a_failed_apply_leaves_a_table_that_existed_before_and_another_program_s_rule(
+        ns: str, backend: IptablesBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_in(ns, ["iptables-nft", "-w", "-N", "ADMIN"])  # ip filter, before k3snet's apply
+    assert _ruleset(ns) == {("ip", "filter"): {"ADMIN": {"policy": None, "rules": 0}}}
+    real = Processes.restore
+    added: list[int] = []
+
+    def restore(self: Processes, family: int, *args: Any, **kwargs: Any) -> Any:
+        if family == 6 and not added:  # the IPv4 tables committed: a rule in ip6 nat
+            added.append(family)
+            run_in(ns, ["ip6tables-nft", "-w", "-t", "nat", "-A", "POSTROUTING",
+                        "-s", "fd09::/64", "-j", "ACCEPT"])
+        return real(self, family, *args, **kwargs)
+
+    monkeypatch.setattr(Processes, "restore", restore)
+    with pytest.raises(ApplyError, match="were undone"):
+        backend.apply(_failing(backend))
+    assert _ruleset(ns) == {
+        ("ip", "filter"): {"ADMIN": {"policy": None, "rules": 0}},  # FORWARD taken back
+        ("ip6", "nat"): {"POSTROUTING": {"policy": "accept", "rules": 1}},  # theirs
+    }

@@ -153,6 +153,7 @@ from k3snet.backends.kit import (
     held_after_commit,
     option_path,
     option_seconds,
+    undo_running,
 )
 from k3snet.backends.lock import namespace_id
 from k3snet.backends.netns import (
@@ -839,8 +840,13 @@ class IptablesBackend(BackendBase):
         if not plan.changes:
             return ApplyResult(self.name, (), operations=0)
         missing = self._builtins_missing(plan)
-        with gc_paused(len(plan.changes)) as pause:
-            result = self._apply(plan, fail_after, pause)
+        try:
+            with gc_paused(len(plan.changes)) as pause:
+                result = self._apply(plan, fail_after, pause)
+        except BaseException:
+            if missing:
+                self._take_back_builtins(missing)
+            raise
         if missing is not None:
             self._tidy_builtins(missing)
         return result
@@ -896,6 +902,25 @@ class IptablesBackend(BackendBase):
         except K3snetError as exc:
             log.warning("iptables: cannot tidy the built-in chains k3snet made: %s", exc)
 
+    def _take_back_builtins(self, missing: list[Made]) -> None:
+        """After a failed apply, delete the built-in chains of ``missing`` it made (with
+        their tables when it made those too), each when still empty with policy accept
+        and its table holding nothing else: the undo took k3snet's rules back, and
+        these stayed, an empty ``ip filter`` table and its ``FORWARD`` chain (a nat
+        chain keeping connection tracking on). Never one that existed before (not
+        in ``missing``), nor one another program used since. Never fails: what it
+        cannot delete is logged and left, as before."""
+        with undo_running():  # the CLI's SIGTERM lets it end, as the undo before it
+            try:
+                reader = self._reader()
+                if reader is None:
+                    return
+                for made in missing:
+                    self._delete_if_unused(reader, made)
+            except K3snetError as exc:
+                log.warning("iptables: cannot delete the built-in chains the failed apply "
+                            "made: %s", exc)
+
     def _remove_unused(self, reader: GenerationReader, made: Made) -> bool:
         """Whether ``made`` is done with: deleted now (k3snet's chains gone from its table,
         the chain empty with policy accept), gone, or another program's (a rule in it, a
@@ -904,6 +929,13 @@ class IptablesBackend(BackendBase):
         state = self._tables.get((family, made.table)) if self._tables is not None else None
         if state is None or state.chains:
             return False  # k3snet's chains are there (or unknown): the chain is in use
+        return self._delete_if_unused(reader, made)
+
+    def _delete_if_unused(self, reader: GenerationReader, made: Made) -> bool:
+        """Delete ``made`` (and its table, if made too and holding nothing else) when
+        empty with policy accept, in one transaction the kernel refuses if anything
+        changed since the read: whether it is done with (deleted, gone, or another
+        program's), as :meth:`_remove_unused`."""
         generation = reader.read()
         found = reader.chain_state(made.family, made.table, made.chain)
         if found is None or found != (0, True):
@@ -942,13 +974,18 @@ class IptablesBackend(BackendBase):
                             ops.append(Op("fail", step.table))
                         try:
                             operations += 1
-                            self._run(step.family, step.table, ops)
+                            # From libiptc's commit (the driver marks it) to the record,
+                            # a signal waits: raised in between (in the main thread's
+                            # wait for the namespace's), the table was made and never
+                            # among those undone.
+                            with held_after_commit():
+                                self._run(step.family, step.table, ops)
+                                assert self._tables is not None  # set by _prepare
+                                state = self._tables[step.family, step.table]
+                                commit_edit(state, step.edit)
+                                undo.record(step.changes, self._reverter(state, step))
                         except RunFailedError as exc:
                             self._fail(undo, step, self._failed(plan, injected, exc), exc)
-                        assert self._tables is not None  # set by _prepare
-                        state = self._tables[step.family, step.table]
-                        commit_edit(state, step.edit)
-                        undo.record(step.changes, self._reverter(state, step))
                 else:
                     # Every change is checked first; each family's tables then go through one
                     # restore process, each table's edit computed while the process reads it.

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from k3snet.backends.iptables.table import INJECTED_CHAIN, Op
+from k3snet.backends.kit import committing
 from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import BackendError, BackendUnavailableError
 from k3snet.render.iptables.rules import Line
@@ -118,6 +119,7 @@ class LibiptcDriver:
                 for op in ops:
                     self._do(handle, entries, op)
                 if commit:
+                    committing()  # raises if a signal stopped the caller: no commit
                     try:
                         handle.commit()
                     except iptc.IPTCError as exc:

@@ -266,7 +266,7 @@ import logging
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -288,7 +288,7 @@ try:
         discover_owners,
         left_behind,
     )
-    from k3snet.backends.kit import option_seconds
+    from k3snet.backends.kit import held_after_commit, option_seconds
     from k3snet.backends.options import resolve_backend_options
     from k3snet.backends.registry import backend_options as registered_options
     from k3snet.backends.registry import create_backend, path_options
@@ -524,6 +524,29 @@ def left_behind_warnings(params: dict[str, Any], spec: k3snet.Spec,
         return ()
 
 
+_MADE = "k3snet_made"
+"""The attribute of a signal's exception naming what the run had made (:func:`noted`)."""
+
+
+def noted(change: Callable[[], k3snet.Convergence]) -> k3snet.Convergence:
+    """``change()``, a signal after its commit waiting until what it made is noted on the
+    signal's exception, as ``k3snet apply`` notes it: a SIGTERM once every part was made
+    (Cilium's read of its pods to restart, Ansible's timeout) failed the task with
+    "nothing was changed (an apply in progress was undone)", changed false, the change
+    staying on the node."""
+    made: list[str] = []
+    try:
+        with held_after_commit():
+            done = change()
+            if done.result is not None and done.result.applied:
+                made.append(done.result.summary())
+    except BaseException as exc:
+        if made:
+            vars(exc)[_MADE] = tuple(made)
+        raise
+    return done
+
+
 def run(module: AnsibleModule) -> dict[str, Any]:
     """Converge (or destroy) as the parameters say; the result to exit with."""
     params = module.params
@@ -542,7 +565,7 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         # between two backends. Only around it: a signal after it must not be reported
         # as "nothing was changed".
         with sigterm_undoes():
-            done = converge_or_destroy(module, backend, spec)
+            done = noted(lambda: converge_or_destroy(module, backend, spec))
         for warning in backend.warnings:  # what `k3snet plan` prints as `!! warning:`
             warn(module, warning)
         if spec is not None and params["state"] != "absent":
@@ -576,8 +599,9 @@ def run_discovered(module: AnsibleModule) -> dict[str, Any]:
     with ExitStack() as stack:
         found = discover(params, stack)
         with sigterm_undoes():
-            done = destroy_each(found.groups, dry_run=module.check_mode,
-                                check=module.check_mode, lock_timeout=params["lock_timeout"])
+            done = noted(lambda: destroy_each(found.groups, dry_run=module.check_mode,
+                                              check=module.check_mode,
+                                              lock_timeout=params["lock_timeout"]))
         if done.result is not None and done.result.applied:
             found.look_again()  # else the warnings name what the removal took
         for warning in found.warnings:
@@ -732,11 +756,14 @@ def main() -> None:
         signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
         # state=absent through several backends: what the first ones removed stays removed.
         notes = getattr(exc, "__notes__", ())
+        made = vars(exc).get(_MADE, ())
         # Check mode applies nothing: no apply was in progress to undo.
         said = "; ".join(notes) or ("nothing was changed" if module.check_mode else
                                     "nothing was changed (an apply in progress was undone)")
-        module.fail_json(**failure(f"stopped by {signame}: {said}", signame,
-                                   int(exc.code or 1), changed=bool(notes)))
+        message = (f"stopped by {signame} after the change was made, which stays: "
+                   + "; ".join(made) if made and not notes else f"stopped by {signame}: {said}")
+        module.fail_json(**failure(message, signame, int(exc.code or 1),
+                                   changed=bool(notes) or bool(made)))
     module.exit_json(**result)
 
 
