@@ -267,8 +267,8 @@ def refuse_foreign_input(file: str | Path, *, invoker: int | None = None) -> Non
     """An :class:`OSError` (``EPERM``, ``filename`` ``file``) unless the file ``file`` names
     (links followed, as it is read) is owned by this user, root or ``invoker`` (the user
     who ran sudo) and no other user may write it: not others, and not its group unless
-    that is its owner's own private group (the group named after the owner, with no other
-    member: Debian's and Ubuntu's users get files of mode 0664 in it).
+    each user of it is one of those (:func:`_trusted_group`: the owner's private group,
+    where Debian's and Ubuntu's users get files of mode 0664, and ``root``).
 
     For a file whose contents root acts on, read by name afterwards (a spec): whoever
     else could write it could change what root does. The way to it is judged too (they
@@ -292,17 +292,18 @@ def refuse_foreign_input(file: str | Path, *, invoker: int | None = None) -> Non
     if info.st_uid not in trusted:
         raise OSError(errno.EPERM, f"owned by uid {info.st_uid}, not by this user or root",
                       str(file))
-    writers = _other_writers(info)
+    writers = _other_writers(info, trusted)
     if writers:
         raise OSError(errno.EPERM, f"writable by {writers} (mode "
                       f"{stat.S_IMODE(info.st_mode):04o})", str(file))
 
 
-def _other_writers(info: os.stat_result) -> str | None:
+def _other_writers(info: os.stat_result, trusted: set[int | None]) -> str | None:
     """``others``, ``group G`` or both when they may write the file or directory ``info``
-    describes (its group only when it is not its owner's private group), else ``None``."""
+    describes (its group only when a member is not ``trusted``: :func:`_trusted_group`),
+    else ``None``."""
     writers = [who for who, bit in (("others", stat.S_IWOTH),) if info.st_mode & bit]
-    if info.st_mode & stat.S_IWGRP and not _private_group(info):
+    if info.st_mode & stat.S_IWGRP and not _trusted_group(info.st_gid, trusted):
         writers.insert(0, f"group {_group_name(info.st_gid)}")
     return " and ".join(writers) or None
 
@@ -316,7 +317,7 @@ def _foreign_directory(directory: Path, trusted: set[int | None]) -> str | None:
         return None  # left to the reader to report
     if info.st_uid not in trusted:
         return f"in directory {directory}, owned by uid {info.st_uid}"
-    writers = None if info.st_mode & stat.S_ISVTX else _other_writers(info)
+    writers = None if info.st_mode & stat.S_ISVTX else _other_writers(info, trusted)
     if writers is None:
         return None
     with contextlib.suppress(OSError):
@@ -379,18 +380,21 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-def _private_group(info: os.stat_result) -> bool:
-    """Whether the file's group is its owner's private group: named after the owner, the
-    owner's primary group, no other member listed (the user-private-group convention)."""
+def _trusted_group(gid: int, trusted: set[int | None]) -> bool:
+    """Whether every user of group ``gid`` is ``trusted`` (and it has one): its listed
+    members and each user whose primary group it is. An owner's private group (Debian's
+    and Ubuntu's users get files of mode 0664 in it) and ``root`` (its user alone) are;
+    ``adm``, a group unknown or without a user, a listed name unknown, are not. Users
+    NSS does not enumerate (an LDAP directory without ``enumerate``) are not seen."""
     import grp  # noqa: PLC0415 - a few files only, and grp/pwd read NSS
     import pwd  # noqa: PLC0415
 
     try:
-        owner, group = pwd.getpwuid(info.st_uid), grp.getgrgid(info.st_gid)
+        members = {pwd.getpwnam(name).pw_uid for name in grp.getgrgid(gid).gr_mem}
     except KeyError:
         return False
-    return (group.gr_name == owner.pw_name and owner.pw_gid == info.st_gid
-            and set(group.gr_mem) <= {owner.pw_name})
+    members.update(user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid)
+    return bool(members) and members <= trusted
 
 
 def _reopen(where: int, file: str | Path, info: os.stat_result) -> int:

@@ -116,7 +116,7 @@ from k3snet.kube import (
 from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl
 from k3snet.model.state import State
 from k3snet.model.sysctl import is_secret, redact_secrets, shown_value, sysctl_name
-from k3snet.planfile import RESERVED_OPTIONS, PlanFile, clusters_of
+from k3snet.planfile import RESERVED_OPTIONS, PlanFile, build_identity, clusters_of
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_backend_options
 from k3snet.spec import compile as compile_spec
@@ -2186,13 +2186,18 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 return apply_plan(backend, p, desired=wanted, dry_run=dry_run,
                                   made_from=saved.observed if saved else None, **options)
             except StalePlanError as exc:
-                if saved is None or saved.made_by == __version__:
+                if saved is None or (saved.made_by == __version__
+                                     and saved.build == build_identity()):
                     raise
-                # Another version may plan otherwise: said, as the likely reason.
+                # Another version or build may read the node or plan otherwise: said
+                # first, as the likely reason ("the node changed" may not be true).
+                other = ("another build of it" if saved.made_by == __version__
+                         else f"k3snet {printable(saved.made_by or 'of an unknown version')}")
+                detail = str(exc).removeprefix("the node changed since this plan was made: ")
                 raise StalePlanError(
-                    f"{exc} (the plan file was made by k3snet "
-                    f"{printable(saved.made_by or 'of an unknown version')}; this is "
-                    f"{__version__})") from exc
+                    f"the plan file was made by {other}, this is k3snet {__version__} "
+                    f"(build {build_identity()}), which may read the node or plan otherwise "
+                    f"(the node may not have changed): {detail}") from exc
 
         fixed, wanted = (saved.plan, saved.desired) if saved else (None, None)
         shown: Plan | None = None  # the plan already printed for the user to approve

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
@@ -33,7 +34,7 @@ from typing import Any
 import attrs
 
 from k3snet._gojson import MAX_NESTING, JsonTextError, text_nests_deeper
-from k3snet._kept import input_problem, read_input, write_output
+from k3snet._kept import code_identity, input_problem, read_input, write_output
 from k3snet._logline import shell_word
 from k3snet._version import __version__
 from k3snet.backends.lock import namespace_id, namespaces_of
@@ -46,7 +47,7 @@ from k3snet.planner import Plan
 from k3snet.spec.source import MAX_BYTES as SPEC_MAX_BYTES
 from k3snet.spec.source import unique_pairs
 
-__all__ = ["MAX_PLANFILE_BYTES", "PLANFILE_FORMAT", "PLANFILE_KIND", "PlanFile",
+__all__ = ["MAX_PLANFILE_BYTES", "PLANFILE_FORMAT", "PLANFILE_KIND", "PlanFile", "build_identity",
            "clusters_of", "node_identity"]
 
 PLANFILE_KIND = "k3snet-planfile"
@@ -58,6 +59,18 @@ lack them, are refused: applied with default options they would write elsewhere)
 RESERVED_OPTIONS = frozenset({"netns", "allow_disruptive"})
 """Options a plan file never records per backend: the namespace is the node's (checked
 against its identity), ``allow_disruptive`` is recorded once for all backends."""
+
+
+def build_identity() -> str:
+    """A digest of this k3snet's modules (name, size, mtime): two builds of one version (a
+    development install, a patched package) read and plan a node alike only when it is
+    equal. A plan file records it: a refusal of one made by another build says so rather
+    than that the node changed (a route through a device the model refuses was read as
+    another object since, and every such plan file read as planned on a changed node)."""
+    package = Path(__file__).parent
+    directories = [package, *(Path(root) / name for root, names, _ in os.walk(package)
+                              for name in names if name != "__pycache__")]
+    return hashlib.sha256(code_identity(directories).encode()).hexdigest()[:16]
 
 
 def _read_json(path: Path) -> Any:
@@ -275,6 +288,9 @@ class PlanFile:
     made_by: str | None = __version__
     """The k3snet version that wrote the file (its ``k3snet``; ``None`` when not a text):
     another one may plan otherwise, which `apply FILE`'s refusal then says."""
+    build: str | None = attrs.field(factory=build_identity)
+    """The :func:`build_identity` of the k3snet that wrote the file (``None``: a file of
+    before, or not a text): another build of one version may plan otherwise too."""
 
     @classmethod
     def make(cls, p: Plan, *, desired: State, observed: State, backends: Sequence[str],
@@ -333,6 +349,7 @@ class PlanFile:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
         return {"format": PLANFILE_FORMAT, "kind": PLANFILE_KIND, "k3snet": __version__,
+                **({} if self.build is None else {"build": self.build}),
                 "node": dict(self.node), "backends": list(self.backends),
                 "spec": dict(self.spec) if self.spec is not None else None,
                 "options": {name: dict(given) for name, given in self.options.items()},
@@ -407,6 +424,7 @@ class PlanFile:
             return cls(Plan.from_dict(document.get("plan") or {}), State.from_dict(desired),
                        tuple(backends), {**node, "netns": here["netns"]},
                        str(document.get("observed")), spec, options, allow_disruptive,
-                       clusters, made_by if isinstance(made_by, str) else None)
+                       clusters, made_by if isinstance(made_by, str) else None,
+                       build if isinstance(build := document.get("build"), str) else None)
         except ModelError as exc:
             raise PlanError(f"{path}: {exc}") from exc

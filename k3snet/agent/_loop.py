@@ -1350,7 +1350,10 @@ class Agent:
             self.metrics.restart_pending.set(len(restarts))
         if restarts:
             # Converged as planned, not yet in force: the CNI reads it when it starts.
-            message += "; " + "; ".join(r.render() for r in restarts)
+            # Each with the command doing it where k3snet knows it, as `plan` prints it.
+            message += "; " + "; ".join(
+                r.render() if r.command is None else f"{r.render()}: {r.command}"
+                for r in restarts)
         pending = tuple(r.workload for r in restarts)
         if self._cluster_refusal is not None:
             return PassResult("spec-refused", f"{self._cluster_refusal}; {message}", applied,

@@ -1103,7 +1103,11 @@ def _zone_name(zone: DnsZone) -> str:
 
 
 def _server_block(zone: DnsZone) -> str:
-    resolvers = " ".join(str(r) for r in zone.resolvers)
+    # CoreDNS's forward takes ADDRESS (port 53), IPV4:PORT and [IPV6]:PORT
+    # (plugin/pkg/parse/host.go: net.SplitHostPort).
+    resolvers = " ".join(str(r) if zone.port in (None, _DNS_PORT)
+                         else f"[{r}]:{zone.port}" if r.version == 6 else f"{r}:{zone.port}"
+                         for r in zone.resolvers)
     return (f"{_zone_name(zone)}:{_DNS_PORT} {{\n"
             "    errors\n"
             "    cache 30\n"

@@ -91,6 +91,10 @@ FOREIGN_TABLES: Final[dict[tuple[str, str], str]] = {
        for name in ("filter", "nat", "mangle", "raw", "security")},
     ("inet", "filter"): "the stock /etc/nftables.conf's (Debian, Ubuntu, Arch) and "
                         "administrators' own",
+    # The name administrators give their own NAT table in nftables.conf (tutorials and
+    # router setups alike: masquerade, port forwards), as inet filter is their filter's.
+    ("inet", "nat"): "administrators' own NAT table (nftables.conf's masquerade and port "
+                     "forwards)",
     **{(family, "firewalld"): _FIREWALLD for family in ("inet", "ip", "ip6")},
     **{(family, "kube-proxy"): "kube-proxy's (its nftables mode)" for family in ("ip", "ip6")},
     **{(family, "calico"): "Calico's (its nftables data plane)" for family in ("ip", "ip6")},

@@ -7,6 +7,7 @@ these classes hold the defaults, the table holds the keys.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -93,16 +94,24 @@ def parse_resolver(value: str | Address) -> Address:
     . ADDRESS``): a unicast address the CoreDNS pod can reach, else a
     :class:`~k3snet.errors.ModelError` saying why.
 
-    Refused: an IPv6 zone id (``fe80::1%eth0``: CoreDNS's forward plugin refuses it and
-    the whole Corefile fails to load, cluster DNS with it); loopback (``127.0.0.53``,
-    ``::1``: in the CoreDNS pod, CoreDNS itself); the unspecified address, multicast and
-    the broadcast address, which no resolver has.
+    Refused: an IPv6 zone id (``fe80::1%eth0``: CoreDNS dials it through the interface of
+    that name in its own pod, not the node's); IPv6 link-local (``fe80::/10``: without a
+    zone id the kernel refuses to send to it, EINVAL; with one it reaches only the pod's
+    own link); loopback (``127.0.0.53``, ``::1``, ``::ffff:127.0.0.1``: in the CoreDNS
+    pod, CoreDNS itself); IPv4-compatible IPv6 (``::127.0.0.1``: deprecated, dialled over
+    IPv6 as ``::7f00:1``, not as the IPv4 address); the unspecified address, multicast
+    and the broadcast address, which no resolver has; an address with a port or a scheme
+    (``192.168.1.53:5353``, ``dns://...``), named as such: a zone's ``port`` gives the
+    port. IPv4 link-local (``169.254.20.10``: NodeLocal DNSCache's, a cloud's metadata
+    resolver) and ``240.0.0.0/4`` (routed as unicast by Linux) are taken.
     """
+    if isinstance(value, str) and (problem := _address_form_problem(value.strip())):
+        raise ModelError(f"{value.strip()!r} {problem}")
     address = parse_address(value)
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-        raise ModelError(f"{str(address)!r} has a zone id ('%{address.scope_id}'): CoreDNS's "
-                         "forward plugin refuses it, and the whole Corefile with it (cluster "
-                         "DNS stops); give the resolver's global or unique local address")
+        raise ModelError(f"{str(address)!r} has a zone id ('%{address.scope_id}'): CoreDNS "
+                         "dials through the interface of that name in its own pod, not "
+                         "the node's; give the resolver's global or unique local address")
     plain = (address.ipv4_mapped or address) if isinstance(address, ipaddress.IPv6Address) \
         else address
     why = ("a loopback address: in the CoreDNS pod it is CoreDNS itself, not the node's "
@@ -110,10 +119,33 @@ def parse_resolver(value: str | Address) -> Address:
            else "the unspecified address: no resolver has it" if plain.is_unspecified
            else "a multicast address: a resolver has a unicast address" if plain.is_multicast
            else "the broadcast address: a resolver has a unicast address"
-           if plain == ipaddress.IPv4Address("255.255.255.255") else None)
+           if plain == ipaddress.IPv4Address("255.255.255.255")
+           else "an IPv6 link-local address: the CoreDNS pod's kernel refuses to send to it "
+           "without a zone id, and with one it reaches only the pod's own link; give the "
+           "resolver's global or unique local address" if plain.is_link_local
+           and isinstance(plain, ipaddress.IPv6Address)
+           else "an IPv4-compatible IPv6 address (deprecated, RFC 4291): CoreDNS sends to it "
+           f"over IPv6, not to {ipaddress.IPv4Address(int(plain))}; give the IPv4 address"
+           if isinstance(plain, ipaddress.IPv6Address) and int(plain) >> 32 == 0 else None)
     if why is not None:
         raise ModelError(f"{str(address)!r} is {why}")
     return address
+
+
+# CoreDNS's forward takes [SCHEME://]ADDRESS[:PORT]; the spec takes the address alone.
+_SCHEME = re.compile(r"[a-z0-9+.-]+://", re.IGNORECASE)
+_WITH_PORT = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<v4>[0-9.]+)):(?P<port>[0-9]*)")
+
+
+def _address_form_problem(text: str) -> str | None:
+    """Why ``text`` is CoreDNS's ``SCHEME://ADDRESS`` or ``ADDRESS:PORT`` form, else ``None``."""
+    if scheme := _SCHEME.match(text):
+        return (f"gives a scheme ({scheme.group()!r}): a resolver is an address, sent plain "
+                "DNS on the zone's port (tls://, https:// are not rendered)")
+    if _WITH_PORT.fullmatch(text):
+        return ("gives a port (ADDRESS:PORT, [IPv6]:PORT): a resolver is an address; set the "
+                "zone's port (dns.zones[].port) for a resolver not on 53")
+    return None
 
 
 def _resolvers(values: Iterable[str | Address]) -> tuple[Address, ...]:
@@ -246,6 +278,9 @@ class DnsZone:
 
     zone: str
     resolvers: tuple[Address, ...] = attrs.field(default=(), converter=_resolvers)
+    port: int | None = None
+    """The port the resolvers answer on, each on the same one (``forward . ADDRESS:PORT``);
+    ``None``: 53."""
 
 
 def _zones(values: Iterable[DnsZone]) -> tuple[DnsZone, ...]:

@@ -390,7 +390,11 @@ DNS_ZONE = Section(DnsZone, (
           example="corp.example", doc="The DNS zone CoreDNS forwards (coredns-custom)."),
     Field("resolvers", "resolvers", items(converted(parse_resolver)), strs,
           example=["192.168.1.53"], doc="The resolvers the zone is forwarded to: unicast "
-          "addresses the CoreDNS pod reaches (no loopback, zone id, multicast, 0.0.0.0)."),
+          "addresses the CoreDNS pod reaches (no loopback, link-local IPv6, zone id, port, "
+          "multicast, 0.0.0.0)."),
+    Field("port", "port", raw, checks=(optional(int_in(1, 65535)),), example=5353,
+          omit_none=True,
+          doc="The port the zone's resolvers answer on, each on the same one (unset: 53)."),
 ))
 
 EGRESS_POLICY = Section(EgressPolicy, (

@@ -93,6 +93,9 @@ def test_the_lease_holder_says_restart_pending_until_cilium_s_pods_restarted(
         assert first.applied
         assert ("restart pending: DaemonSet kube-system/cilium" in first.message)
         assert "1 pod(s) started before the change: cilium-x" in first.message
+        # The command doing it, as `plan` prints it after its `!! restart pending` line.
+        assert first.message.endswith(
+            "cilium-x): kubectl -n kube-system rollout restart daemonset/cilium")
         assert agent.metrics.registry.get_sample_value("k3snet_agent_restart_pending") == 1
         assert first.restart_pending == ("DaemonSet kube-system/cilium",)
         again = agent.run_pass()  # nothing to apply: still not in force

@@ -301,9 +301,38 @@ def test_a_refused_plan_file_of_another_k3snet_version_names_both_versions(
         assert main(["apply", str(edited)]) == 1
         err = capsys.readouterr().err
         shown = {"0.0.1": "0.0.1", None: "of an unknown version", "\x1b[2J9": "\\x1b[2J9"}
-        assert f"the plan file was made by k3snet {shown[version]}; this is " \
-               f"{__version__})" in err, err
+        assert f"the plan file was made by k3snet {shown[version]}, this is k3snet " \
+               f"{__version__} (build " in err, err
         assert "\x1b" not in err
+        assert held.observe() == State()
+
+
+@pytest.mark.parametrize("build", ["0123456789abcdef", None])
+def test_a_refused_plan_file_of_another_build_says_so_not_that_the_node_changed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], build: str | None) -> None:
+    # A development build between plan and apply read a route through a device the model
+    # refuses as another object: the file's note and digest no longer matched, and one
+    # version on both sides, apply said "the node changed" on a node that had not.
+    from k3snet.cli import main  # noqa: PLC0415
+    from k3snet.planfile import build_identity  # noqa: PLC0415
+
+    with _one_change_taken_out(tmp_path) as (held, _saved, edited, document):
+        assert document["build"] == build_identity()
+        document["observed"] = "0" * 64  # as read by the other build: another digest
+        edited.write_text(json.dumps(document))
+        capsys.readouterr()
+        assert main(["apply", str(edited)]) == 1
+        assert "the node changed since" in capsys.readouterr().err  # this build's file
+        if build is None:
+            del document["build"]  # a file of before
+        else:
+            document["build"] = build
+        edited.write_text(json.dumps(document))
+        assert main(["apply", str(edited)]) == 1
+        err = capsys.readouterr().err
+        assert "the plan file was made by another build of it, this is k3snet" in err, err
+        assert "(the node may not have changed): planned again now" in err
+        assert "the node changed since" not in err
         assert held.observe() == State()
 
 

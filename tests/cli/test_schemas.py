@@ -17,6 +17,7 @@ from referencing import Registry, Resource
 from k3snet import MemoryBackend, Plan, State, plan, register_backend
 from k3snet.backends.registry import unregister_backend
 from k3snet.cli import main
+from k3snet.errors import ModelError
 from k3snet.model import Drift, MasqueradeRule, Route, RouteBlock, SnatRule, Sysctl
 from k3snet.schemas import SCHEMA_NAMES, load_schema
 from k3snet.testing import strategies
@@ -69,6 +70,18 @@ def test_every_route_block_validates_and_a_wrong_field_does_not(block: RouteBloc
     validate(block.to_dict(), "object")
     with pytest.raises(jsonschema.ValidationError):
         validate(block.to_dict() | {"gateway": "192.0.2.1"}, "object")
+
+
+@pytest.mark.parametrize("device", ["a" * 16, "v\u00e9" * 8, "a/b", "a\u0000b"])
+def test_a_route_block_device_the_kernel_cannot_hold_does_not_validate(device: str) -> None:
+    """IFNAMSIZ is 16 with the NUL: a name of 16 characters or more is no device's, as
+    the model refuses it (16 bytes); the schema took any length."""
+    block = RouteBlock("10.0.0.0/8", what="device", device="v\u00e9").to_dict()
+    validate(block, "object")
+    with pytest.raises(ModelError):
+        RouteBlock("10.0.0.0/8", what="device", device=device)
+    with pytest.raises(jsonschema.ValidationError):
+        validate(block | {"device": device}, "object")
 
 
 def test_drift_and_protocol_names_validate() -> None:

@@ -935,6 +935,19 @@ def test_coredns_custom_forwards_each_zone() -> None:
     }
 
 
+def test_a_zone_port_is_written_as_coredns_forward_takes_it() -> None:
+    """CoreDNS's forward reads IPV4:PORT and [IPV6]:PORT (net.SplitHostPort); 53 is left out."""
+    zones = [DnsZone("consul", ["192.168.1.53", "fd00::53"], port=8600),
+             DnsZone("corp.example", ["192.168.1.53"], port=53)]
+    data = _one(render_manifests(Spec(dns=zones)), "ConfigMap", COREDNS_CUSTOM_NAME)["data"]
+    assert data == {
+        "consul.server": ("consul:53 {\n    errors\n    cache 30\n"
+                          "    forward . 192.168.1.53:8600 [fd00::53]:8600\n}\n"),
+        "corp.example.server": ("corp.example:53 {\n    errors\n    cache 30\n"
+                                "    forward . 192.168.1.53\n}\n"),
+    }
+
+
 def test_coredns_custom_key_order_does_not_follow_the_spec_order() -> None:
     zones = [DnsZone("b.example", ["10.0.0.1"]), DnsZone("a.example", ["10.0.0.2"])]
     data = _one(render_manifests(Spec(dns=zones)), "ConfigMap", COREDNS_CUSTOM_NAME)["data"]

@@ -129,7 +129,8 @@ backends:
   netlink: {{}}
   nftables: {{table: {table}, family: {family}}}
 """
-FOREIGN = [("filter", "inet", "inet filter"), ("nat", "split", "ip nat"),
+FOREIGN = [("filter", "inet", "inet filter"), ("nat", "inet", "inet nat"),
+           ("nat", "split", "ip nat"),
            ("mangle", "split", "ip mangle"), ("security", "split", "ip security"),
            ("firewalld", "inet", "inet firewalld"), ("kube-proxy", "split", "ip kube-proxy"),
            ("calico", "split", "ip calico"), ("flannel-ipv6", "split", "ip6 flannel-ipv6")]
@@ -168,7 +169,7 @@ def test_the_refusal_of_a_name_another_program_owns_gives_an_older_installs_way_
     assert "its k3snet.nft to render again" in err
 
 
-@pytest.mark.parametrize(("table", "family"), [("nat", "inet"), ("edge", "split"),
+@pytest.mark.parametrize(("table", "family"), [("mangle", "inet"), ("edge", "split"),
                                                ("k3snet", "split")])
 def test_a_name_no_known_program_has_in_the_family_is_taken(table: str, family: str) -> None:
     assert f"table {'inet' if family == 'inet' else 'ip'} {table} {{" in render_nftables_conf(

@@ -223,12 +223,25 @@ _SERVER = re.compile(r"(?P<zone>[^\s:{}]+):53 \{\n    errors\n    cache 30\n"
                      r"    forward \. (?P<resolvers>[^\n{}]+)\n\}\n")
 
 
-def read_server_block(text: str) -> tuple[str, list[str]]:
-    """A Corefile server block as k3snet writes it: (zone, resolvers); nothing else."""
+# A forward target as CoreDNS's parse.HostPortOrFile reads it (net.SplitHostPort):
+# IPV4:PORT, [IPV6]:PORT, or an address alone on port 53.
+_TARGET = re.compile(r"\[(?P<v6>[^\]]+)\]:(?P<port6>[0-9]+)|(?P<v4>[0-9.]+):(?P<port4>[0-9]+)")
+
+
+def read_server_block(text: str) -> tuple[str, list[tuple[str, int]]]:
+    """A Corefile server block as k3snet writes it: (zone, [(resolver, port)]); nothing else."""
     match = _SERVER.fullmatch(text)
     if match is None:
         raise ReadBackError(f"not one server block of k3snet's shape: {text[:200]!r}")
-    return match["zone"], match["resolvers"].split(" ")
+    targets = []
+    for target in match["resolvers"].split(" "):
+        hostport = _TARGET.fullmatch(target)
+        if hostport is None:
+            targets.append((target, 53))
+        else:
+            targets.append((hostport["v6"] or hostport["v4"],
+                            int(hostport["port6"] or hostport["port4"])))
+    return match["zone"], targets
 
 
 def read_nft_json(obj: NetObject) -> list[NetObject]:

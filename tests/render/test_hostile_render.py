@@ -256,7 +256,7 @@ def test_hostile_values_in_spec_fields_are_refused_or_every_output_reads_back(
     assert list(yaml.safe_load_all(dump_manifests(objs))) == objs
     assert _configmap_specs(objs) == [spec]
     coredns = [o for o in objs if o["metadata"]["name"] == COREDNS_CUSTOM_NAME]
-    zones = {zone.zone.rstrip(".").lower(): [str(r) for r in zone.resolvers]
+    zones = {zone.zone.rstrip(".").lower(): [(str(r), zone.port or 53) for r in zone.resolvers]
              for zone in spec.dns}
     read = dict(read_server_block(text) for o in coredns for text in o["data"].values())
     assert read == zones

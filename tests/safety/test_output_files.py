@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from k3snet import MasqueradeRule, State, plan
-from k3snet._kept import write_output
+from k3snet._kept import refuse_foreign_output, write_output
 from k3snet.doctor import NodeCapture
 from k3snet.doctor.bundle import MAX_FILE_BYTES, BundleError
 from k3snet.errors import PlanError
@@ -396,3 +396,45 @@ def test_out_through_another_users_link_or_directory_is_refused_and_nothing_writ
     assert list(victim.iterdir()) == []
     if kind != "link":
         assert list(theirs.iterdir()) == []
+
+
+@pytest.mark.parametrize(("group", "taken"), [(0, True), (4, False), (65534, False)])
+def test_a_group_writable_out_directory_is_taken_only_when_its_group_is_root_s_alone(
+        tmp_path: Path, group: int, taken: bool) -> None:
+    # 0775 root:root: only root writes it (as owner or group). 0775 root:adm (gid 4, no
+    # member here) or root:nogroup (nobody's group): another user may join or is in it,
+    # and could empty and refill the directory with root's boot files.
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to a group")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chown(out, 0, group)
+    out.chmod(0o775)
+    done = _render("sysctl", spec, out)
+    assert (done.returncode == 0) is taken, done.stderr
+    assert bool(list(out.iterdir())) is taken
+    if not taken:
+        assert "writable by group" in done.stderr
+
+
+def test_a_root_group_another_user_has_as_primary_group_is_not_root_s_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A user whose primary group is root's (gid 0) writes a 0775 directory of group root:
+    # the group is not root's alone, though /etc/group lists no member of it.
+    import pwd  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to group root")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chown(out, os.geteuid(), 0)
+    out.chmod(0o775)
+    toor = pwd.struct_passwd(("toor", "x", 4242, 0, "", "/", "/bin/sh"))
+    users = pwd.getpwall()
+    monkeypatch.setattr(pwd, "getpwall", lambda: [*users, toor])
+    with pytest.raises(PermissionError, match="writable by group root"):
+        refuse_foreign_output(out)
+    monkeypatch.setattr(pwd, "getpwall", lambda: users)
+    refuse_foreign_output(out)

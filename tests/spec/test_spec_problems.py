@@ -189,6 +189,21 @@ DOCUMENTS: dict[str, Any] = {
             "0.0.0.0", "::",  # noqa: S104 (resolvers under test, not a bind)
             "224.0.0.251", "ff02::fb", "255.255.255.255", "192.168.1.53", "fd00::53",
             "169.254.20.10"]}]}},
+    # fe80::1: the kernel refuses to send to it without a zone id (EINVAL); ::127.0.0.1 is
+    # sent over IPv6 to ::7f00:1. 240.0.0.1 (Linux routes 240/4 as unicast), the IPv4
+    # link-local 169.254.169.254 (a cloud's metadata resolver) and a mapped address pass.
+    "DNS resolvers a pod cannot reach": {"dns": {"zones": [
+        {"zone": "corp.example", "resolvers": [
+            "fe80::1", "fe80::53", "::127.0.0.1", "::192.168.1.53", "::ffff:0.0.0.0",
+            "240.0.0.1", "169.254.169.254", "::ffff:192.168.1.53", "fd00::53%eth0"]}]}},
+    "DNS resolvers in CoreDNS's other forms and ports": {"dns": {"zones": [
+        {"zone": "corp.example", "resolvers": [
+            "192.168.1.53:5353", "[fd00::53]:5353", "dns://192.168.1.53", "tls://1.1.1.1",
+            "192.168.1.53:"]},
+        {"zone": "a.example", "resolvers": ["192.168.1.53"], "port": 0},
+        {"zone": "b.example", "resolvers": ["192.168.1.53"], "port": 65536},
+        {"zone": "c.example", "resolvers": ["192.168.1.53"], "port": "5353"},
+        {"zone": "d.example", "resolvers": ["192.168.1.53"], "port": 65535}]}},
     "egress exceptions": {
         "destinations": [{"cidr": D}, {"cidr": "192.168.8.0/24"}],
         "egressPolicy": {"except": ["192.168.7.8/29", "192.168.9.0/29", "192.168.8.0/24",
