@@ -560,6 +560,27 @@ _FROM_RULES = frozenset({"not-translated", "forward-drop", "prerouting-drop",
                          "postrouting-drop", "reply-untracked"})
 
 
+def _rp_filter_elsewhere(tr: Trace) -> list[Finding]:
+    """Strict reverse-path filtering that passes the replies on the interface they are
+    assumed to come back on and drops them on another the node routes the destination
+    through: the verdict is the network's to decide (unknown), this names the interfaces."""
+    step = next((s for s in tr.steps if s.code == "rp-filter-elsewhere"), None)
+    if step is None:
+        return []
+    device = step.where.rsplit(" on ", 1)[-1]
+    name = f"net.ipv4.conf.{device.replace('.', '/')}.rp_filter"
+    return [Finding(
+        "rp-filter-elsewhere", f"strict reverse-path filtering drops the replies if they "
+        f"come back on {device}", step.where,
+        f"{step.detail}; the trace assumed they come back on the interface holding the "
+        "address the destination sees, but which interface the network sends them to is "
+        "not known on the node",
+        severity="warning",
+        advice=f"set loose reverse-path filtering (2) on all and {device} "
+               f"(net.ipv4.conf.all.rp_filter, {name}; spec sysctls), or make sure the "
+               f"network routes the replies back to the interface the flow leaves by")]
+
+
 def _context(state: NodeState, tr: Trace) -> list[Finding]:
     """Findings that explain without blocking by themselves."""
     found = []
@@ -613,7 +634,8 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
     found += _forwarding_default(state, tr)
     found += _path_mtu(state, tr)
     found += _pmtu_error(state, tr)
-    unknown = [s for s in tr.steps if s.outcome == "unknown"]
+    found += _rp_filter_elsewhere(tr)
+    unknown = [s for s in tr.steps if s.outcome == "unknown" and s.code != "rp-filter-elsewhere"]
     if unknown:
         uncertain = [s for s in unknown if not s.certain]
         found.append(Finding(
