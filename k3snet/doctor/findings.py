@@ -7,7 +7,8 @@ matters) with the k3snet objects that fix it (a :class:`~k3snet.model.Sysctl`,
 state and the flow traced again, so a node with several problems (forwarding
 off *and* no masquerade) gets every finding and one plan; the last trace is the
 predicted outcome. Some causes have no k3snet fix (another program's nftables
-table dropping, no route at all): their finding says what to change instead.
+table dropping, no route at all): their finding says what to change instead, and
+that the trace stops there (what lies past it is found once it is fixed).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 Severity = Literal["blocking", "warning", "info"]
 _MAX_ROUNDS = 8
+_STOPS_HERE = ("the trace stops here: problems past this step are not looked for until it "
+               "is fixed, so run the doctor again then")
 
 
 @attrs.frozen
@@ -1122,6 +1125,10 @@ def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
         if (finding.code, finding.where) in seen_codes:
             break  # the fix did not help: do not loop
         seen_codes.add((finding.code, finding.where))
+        if change is None:
+            # Nothing k3snet can make lets the trace go on: what lies past this step
+            # (forwarding, NAT, the replies) is not looked at until it is fixed.
+            finding = attrs.evolve(finding, why=f"{finding.why}; {_STOPS_HERE}")
         findings.append(finding)
         changes.append(change)
         if change is None:

@@ -75,3 +75,4 @@ def test_without_the_node_observed_there_is_no_warning() -> None:
     d = diagnose(_state("seed"), FLOW)
     assert d.warnings == ()
     assert d.to_dict()["warnings"] == []
+
