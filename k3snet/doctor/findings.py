@@ -1142,7 +1142,7 @@ def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
     # the finding names the spec's value and the edit, and the prediction leaves out the
     # change of its finding, so `after` is never a fix the plan does not carry.
     withheld = {f.key: have[f.key] for finding in findings for f in finding.fix
-                if f.key in have and have[f.key] != f}
+                if f.key in have and have[f.key].written and have[f.key] != f}
     if withheld:
         held = [any(o.key in withheld for o in f.fix) for f in findings]
         findings = [_owned_by_spec(f, withheld) if h else f for f, h in zip(findings, held,
