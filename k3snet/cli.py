@@ -88,6 +88,7 @@ from k3snet.converge import (
     removed_before,
     restarts_needed,
     route_protocol,
+    teardown_emptied,
     unmanaged,
     with_route_protocol,
 )
@@ -1975,13 +1976,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
         secret = args.out is not None and _save_planfile(
             args, spec, backend, observed=observed, desired=desired, p=p)
         marks = disruptive_notes(backend, p)
-        warnings = [*_left_out(args, spec, backend), *backend.warnings]
+        # Told now, not first by `apply FILE`, which refuses such a plan every time.
+        emptied = teardown_emptied(backend, observed, p)
+        teardown = [f"the plan deletes everything k3snet owns through {', '.join(emptied)}: "
+                    "`k3snet apply` refuses it (the teardown guard) unless given "
+                    "--allow-teardown; `k3snet destroy` removes everything on purpose"
+                    ] if emptied else []
+        warnings = [*_left_out(args, spec, backend), *backend.warnings, *teardown]
         restarts = (restarts_needed(backend, p), pending_restarts(backend))
     # `--out /dev/stdout | gpg -e ...`: the plan file alone on stdout, the plan on stderr.
     shown = contextlib.redirect_stdout(sys.stderr) if args.out is not None and \
         _is_stdout(args.out) else contextlib.nullcontext()
     with shown:
-        _print_plan(args, p, marks, warnings, secret, restarts=restarts)
+        _print_plan(args, p, marks, warnings, secret, restarts=restarts,
+                    teardown=bool(teardown))
     if p.conflicts:
         return EXIT_CONFLICTS
     return EXIT_CHANGES if p.changes else EXIT_OK
@@ -1989,7 +1997,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _print_plan(args: argparse.Namespace, p: Plan, marks: list[str], warnings: list[str],
                 secret: bool, *,
-                restarts: tuple[Sequence[str], Sequence[PendingRestart]] = ((), ())) -> None:
+                restarts: tuple[Sequence[str], Sequence[PendingRestart]] = ((), ()),
+                teardown: bool = False) -> None:
     needed, pending = restarts
     if args.output == "json":
         # The lists always (a plan's own dict has `held` only when there is one): a script
@@ -2009,8 +2018,9 @@ def _print_plan(args: argparse.Namespace, p: Plan, marks: list[str], warnings: l
         print(f"Wrote the plan file into {args.out}; `k3snet apply` reads it from a file.")
         return
     kept = " (mode 0600: it holds a secret sysctl's value)" if secret else ""
+    allow = "--allow-teardown " if teardown else ""  # refused without (the warning above)
     print(f"Saved the plan to {args.out}{kept}; apply it with "
-          f"`k3snet apply {shell_word(str(args.out))}`.")  # pasted into a shell
+          f"`k3snet apply {allow}{shell_word(str(args.out))}`.")  # pasted into a shell
 
 
 def _restart_fields(needed: Sequence[str], pending: Sequence[PendingRestart]

@@ -37,7 +37,8 @@ from k3snet.spec import compile as compile_spec
 __all__ = ["NODE_KINDS", "Convergence", "apply_plan", "compile_for", "converge", "destroy",
            "destroy_each", "disruptive_allowed", "facts_namespace", "pending_restarts",
            "reads_node_facts", "refuse_teardown", "removed_before", "restarts_needed",
-           "route_protocol", "state_digest", "unmanaged", "with_route_protocol"]
+           "route_protocol", "state_digest", "teardown_emptied", "unmanaged",
+           "with_route_protocol"]
 
 log = logging.getLogger(__name__)
 
@@ -535,12 +536,24 @@ def refuse_teardown(backend: Backend, observed: State, p: Plan) -> None:
     meets or blocks: a plan note): a spec without destinations may still want the
     forwarding sysctls (masquerade mode all, sysctls of its own).
     """
+    emptied = teardown_emptied(backend, observed, p)
+    if emptied:
+        raise TeardownError(
+            "the plan deletes everything k3snet owns through " + ", ".join(emptied)
+            + "; nothing was applied. If that is what you want, run `k3snet destroy` "
+            "(k3snet.destroy) or pass allow_teardown=True (--allow-teardown)")
+
+
+def teardown_emptied(backend: Backend, observed: State, p: Plan) -> list[str]:
+    """The backends ``p`` leaves owning none of the objects they own (each as ``name (N
+    object(s) of KINDS)``): what :func:`refuse_teardown` refuses, for ``plan`` to tell
+    before a plan file is saved that ``apply FILE`` would refuse."""
     members = backend.members if isinstance(backend, BackendGroup) else None
     groups = ([(m.backend.name, m.kinds) for m in members] if members is not None
               else [(backend.name, frozenset(backend.capabilities))])
     deletes = {c.subject for c in p.changes if c.action == "delete"}
     if not deletes:
-        return
+        return []
     adds = {c.kind for c in p.changes if c.action != "delete"}
     noted = {n.wanted.kind for n in p.notes}
     emptied: list[str] = []
@@ -553,8 +566,4 @@ def refuse_teardown(backend: Backend, observed: State, p: Plan) -> None:
             if owned and all(o in deletes for o in owned) and not kept & kinds:
                 emptied.append(f"{name} ({len(owned)} object(s) of {', '.join(sorted(kinds))})")
                 break
-    if emptied:
-        raise TeardownError(
-            "the plan deletes everything k3snet owns through " + ", ".join(emptied)
-            + "; nothing was applied. If that is what you want, run `k3snet destroy` "
-            "(k3snet.destroy) or pass allow_teardown=True (--allow-teardown)")
+    return emptied

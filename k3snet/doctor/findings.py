@@ -7,7 +7,8 @@ matters) with the k3snet objects that fix it (a :class:`~k3snet.model.Sysctl`,
 state and the flow traced again, so a node with several problems (forwarding
 off *and* no masquerade) gets every finding and one plan; the last trace is the
 predicted outcome. Some causes have no k3snet fix (another program's nftables
-table dropping, no route at all): their finding says what to change instead.
+table dropping, no route at all): their finding says what to change instead, and
+that the trace stops there (what lies past it is found once it is fixed).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 Severity = Literal["blocking", "warning", "info"]
 _MAX_ROUNDS = 8
+_STOPS_HERE = ("the trace stops here: problems past this step are not looked for until it "
+               "is fixed, so run the doctor again then")
 
 
 @attrs.frozen
@@ -94,6 +97,9 @@ class Diagnosis:
     desired: State
     plan: Plan
     after: Trace
+    warnings: tuple[str, ...] = ()
+    """What the fix leaves to be done elsewhere: on a node where k3snet owns objects
+    already, the spec keys that keep the fix past the next ``apply -f SPEC``."""
 
     @property
     def verdict(self) -> Verdict:
@@ -113,6 +119,7 @@ class Diagnosis:
                       f"after the fix: {self.after.verdict.value}" + (
                           f"; the destination sees {self.after.source_seen}"
                           if self.after.source_seen else "")]
+        parts += [f"warning: {w}" for w in self.warnings]
         return "\n".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,7 +128,7 @@ class Diagnosis:
                 "plan": self.plan.to_dict(), "after": {
                     "verdict": self.after.verdict.value,
                     "source_seen": str(self.after.source_seen) if self.after.source_seen
-                    else None}}
+                    else None}, "warnings": list(self.warnings)}
 
 
 # ---------------------------------------------------------------- what the node knows
@@ -556,6 +563,27 @@ _FROM_RULES = frozenset({"not-translated", "forward-drop", "prerouting-drop",
                          "postrouting-drop", "reply-untracked"})
 
 
+def _rp_filter_elsewhere(tr: Trace) -> list[Finding]:
+    """Strict reverse-path filtering that passes the replies on the interface they are
+    assumed to come back on and drops them on another the node routes the destination
+    through: the verdict is the network's to decide (unknown), this names the interfaces."""
+    step = next((s for s in tr.steps if s.code == "rp-filter-elsewhere"), None)
+    if step is None:
+        return []
+    device = step.where.rsplit(" on ", 1)[-1]
+    name = f"net.ipv4.conf.{device.replace('.', '/')}.rp_filter"
+    return [Finding(
+        "rp-filter-elsewhere", f"strict reverse-path filtering drops the replies if they "
+        f"come back on {device}", step.where,
+        f"{step.detail}; the trace assumed they come back on the interface holding the "
+        "address the destination sees, but which interface the network sends them to is "
+        "not known on the node",
+        severity="warning",
+        advice=f"set loose reverse-path filtering (2) on all and {device} "
+               f"(net.ipv4.conf.all.rp_filter, {name}; spec sysctls), or make sure the "
+               f"network routes the replies back to the interface the flow leaves by")]
+
+
 def _context(state: NodeState, tr: Trace) -> list[Finding]:
     """Findings that explain without blocking by themselves."""
     found = []
@@ -609,7 +637,8 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
     found += _forwarding_default(state, tr)
     found += _path_mtu(state, tr)
     found += _pmtu_error(state, tr)
-    unknown = [s for s in tr.steps if s.outcome == "unknown"]
+    found += _rp_filter_elsewhere(tr)
+    unknown = [s for s in tr.steps if s.outcome == "unknown" and s.code != "rp-filter-elsewhere"]
     if unknown:
         uncertain = [s for s in unknown if not s.certain]
         found.append(Finding(
@@ -1081,7 +1110,7 @@ def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
     """
     first = trace(state, flow, upstream_routes_pods=upstream_routes_pods)
     findings: list[Finding] = []
-    fixes: list[NetObject] = []
+    changes: list[_Change | None] = []  # each finding's change of the node state
     current, tr = state, first
     seen_codes: set[tuple[str, str]] = set()
     unread = bool(state.unread_rulesets())
@@ -1096,20 +1125,90 @@ def diagnose(state: NodeState, flow: Flow, *, observed: State | None = None,
         if (finding.code, finding.where) in seen_codes:
             break  # the fix did not help: do not loop
         seen_codes.add((finding.code, finding.where))
+        if change is None:
+            # Nothing k3snet can make lets the trace go on: what lies past this step
+            # (forwarding, NAT, the replies) is not looked at until it is fixed.
+            finding = attrs.evolve(finding, why=f"{finding.why}; {_STOPS_HERE}")
         findings.append(finding)
-        fixes += [f for f in finding.fix if f not in fixes]
+        changes.append(change)
         if change is None:
             break
         current = change(current)
         tr = trace(current, flow, upstream_routes_pods=upstream_routes_pods)
+    base = observed if observed is not None else State()
+    have = base.by_key
+    # A fix object k3snet owns already with another value is its spec's: replaced here,
+    # the next `apply -f SPEC` (the agent's pass) put the spec's value back. Not planned:
+    # the finding names the spec's value and the edit, and the prediction leaves out the
+    # change of its finding, so `after` is never a fix the plan does not carry.
+    withheld = {f.key: have[f.key] for finding in findings for f in finding.fix
+                if f.key in have and have[f.key].written and have[f.key] != f}
+    if withheld:
+        held = [any(o.key in withheld for o in f.fix) for f in findings]
+        findings = [_owned_by_spec(f, withheld) if h else f for f, h in zip(findings, held,
+                                                                           strict=True)]
+        current = state
+        for change, h in zip(changes, held, strict=True):
+            if change is None or h:
+                break  # the later changes were found with this one made
+            current = change(current)
+        tr = trace(current, flow, upstream_routes_pods=upstream_routes_pods)
+    fixes: list[NetObject] = []
+    for finding in findings:
+        fixes += [f for f in finding.fix if f not in fixes]
     exempted = any(f.code == "untracked" for f in findings)  # said already, and blocking
     findings += [f for f in _context(state, first)
                  if not (exempted and f.code == "untracked-flow")]
-    base = observed if observed is not None else State()
-    have = base.by_key
     # Drift the backends found in their own objects (a rule edited, a table made dormant)
     # is not wanted: the plan repairs it, as apply's does. Kept, a dormant table's
     # masquerade counted as in place, the plan was empty, and the fix changed nothing.
     kept = [o for o in base.owned if o.written]
-    wanted = State(owned=[*kept, *(f for f in fixes if f.key not in have)])
-    return Diagnosis(first, tuple(findings), State(owned=fixes), wanted, plan(base, wanted), tr)
+    added = [f for f in fixes if f.key not in have]
+    wanted = State(owned=[*kept, *added])
+    return Diagnosis(first, tuple(findings), State(owned=fixes), wanted, plan(base, wanted), tr,
+                     _taken_back(kept, added) if observed is not None else ())
+
+
+#: Where a spec sets each kind of fix object (docs/spec.md).
+_SPEC_KEYS = {"sysctl": "sysctls", "route": "destinations[].gateway, .device",
+              "nat": "masquerade or destinations[].masquerade",
+              "forward": "destinations[].forward or forward"}
+
+
+def _spec_edit(obj: NetObject) -> str:
+    """``obj`` and the spec key that sets it."""
+    if isinstance(obj, Sysctl):
+        return f"sysctls: {{{obj.name}: {obj.value}}}"
+    return f"{obj.describe()} ({_SPEC_KEYS.get(obj.kind, 'the spec')})"
+
+
+def _owned_by_spec(finding: Finding, withheld: dict[tuple[Any, ...], NetObject]) -> Finding:
+    """``finding`` without the fix objects k3snet owns with another value (``withheld``:
+    key -> the owned object), its advice naming the owned value and the spec's edit."""
+    owned = [withheld[o.key] for o in finding.fix if o.key in withheld]
+    wanted = [o for o in finding.fix if o.key in withheld]
+    advice = (f"k3snet's own spec sets {'; '.join(o.describe() for o in owned)}, and the "
+              "next `k3snet apply -f SPEC` or agent pass puts that back: --fix does not "
+              f"replace it; change the spec ({'; '.join(_spec_edit(o) for o in wanted)}) "
+              "and apply it")
+    return attrs.evolve(finding, fix=tuple(o for o in finding.fix if o.key not in withheld),
+                        advice=f"{finding.advice}; {advice}" if finding.advice else advice)
+
+
+def _taken_back(kept: list[NetObject], added: list[NetObject]) -> tuple[str, ...]:
+    """The warning for a fix that adds ``added`` to what k3snet owns through the fix's
+    backends (``kept``: from a spec, the agent or an earlier fix): ``apply -f SPEC`` and
+    the agent converge to the spec alone and delete what it does not name; with nothing
+    else owned there, their teardown guard refuses that delete instead."""
+    if not added:
+        return ()
+    keys = "; ".join(_spec_edit(o) for o in added)
+    if kept:
+        return (f"k3snet owns {len(kept)} other object(s) through the same backend(s) here "
+                "(from a spec applied by `k3snet apply -f SPEC` or the agent, or an earlier "
+                "--fix): the next apply of a spec or agent pass deletes this fix again "
+                f"unless the spec carries it: add {keys} to the spec",)
+    return ("the fix is all k3snet will own through its backend(s) here: a spec applied "
+            "later (`k3snet apply -f SPEC`, the agent) that does not carry it deletes it, "
+            "which the teardown guard refuses (nothing applied until the spec carries it, "
+            f"or with --allow-teardown): add {keys} to the spec",)

@@ -47,6 +47,7 @@ from k3snet.doctor.packet import (
 )
 from k3snet.doctor.routing import (
     Lookup,
+    RouteEntry,
     lookup,
     masquerade_source,
     rp_filter_check,
@@ -521,6 +522,45 @@ class _Tracer:
         self.add(direction, "rp_filter", "pass", where, detail)
         return True
 
+    def rp_filter_elsewhere(self, reply: Packet, oif: str, answerer: IPAddress,
+                            forward: RouteEntry | None) -> None:
+        """A step of unknown outcome when strict reverse-path filtering drops ``reply``
+        (passed on the interface it is assumed to come back on) on another interface it
+        could come back on: one the node routes ``answerer`` through as well, in another
+        table than the request's route ``forward`` (policy rules in play) or by a second
+        route to its prefix (a default route beside a more specific one is not such a
+        way back). Which one the network sends it to is not known here: the kernel
+        drops it there (``IPReversePathFilter``) where a pass was said."""
+        if reply.family != 4 or reply.iif is None or forward is None:
+            return
+        others = sorted({d for r in self.state.routes[reply.family]
+                         if r.type == "unicast" and answerer in r.destination
+                         and (r.table != forward.table or r.destination == forward.destination)
+                         for d in (r.device, *(device for _, device in r.nexthops))
+                         if d is not None and d != reply.iif and not _pod_facing(d, oif)
+                         and self.state.links.get(d) != "down"})
+        for device in others:
+            iface = device.replace(".", "/")
+            mode = max(self.state.sysctl(n) for n in (
+                "net.ipv4.conf.all.rp_filter", f"net.ipv4.conf.{iface}.rp_filter"))
+            if mode != 1:
+                continue
+            valid_mark = any(self.state.sysctl(f"net.ipv4.conf.{n}.src_valid_mark")
+                             for n in ("all", iface))
+            passed, back = rp_filter_check(
+                self.state.routes[reply.family], self.state.rules[reply.family],
+                self.state.addresses, src=reply.src, dst=reply.dst, iif=device, mode=mode,
+                oif=oif, mark=reply.mark if valid_mark else 0,
+                ignore_linkdown=self.state.linkdown_ignored(reply.family))
+            if passed is False:
+                self.add("reply", "rp_filter", "unknown", f"rp_filter=1 (strict) on {device}",
+                         f"the node routes {answerer} through {reply.iif} and {device}: a "
+                         f"reply the network sends to {device} rather than {reply.iif} is "
+                         f"dropped there (the route back to {reply.src} is "
+                         f"{back.describe()}, not via {device})", "rp-filter-elsewhere",
+                         certain=False)
+                return
+
 
 def trace(state: NodeState, flow: Flow, *, upstream_routes_pods: bool = False) -> Trace:
     """Follow ``flow`` through ``state``; every step with what decided it, and a verdict.
@@ -957,6 +997,7 @@ def _reply(  # noqa: PLR0911 - one return per stage that can stop the reply
     t.add("reply", "routing", "pass", where, back.describe())
     if not t.forwarding(reply) or not t.rp_filter(reply, iif):
         return None
+    t.rp_filter_elsewhere(reply, iif, answerer, found["route"].route)
     reply = attrs.evolve(reply, oif=iif)
     reply, _, dropped = t.hook(reply, "forward", first=False)
     if dropped:

@@ -137,6 +137,69 @@ def test_fix_applies_the_plan_and_the_flow_then_reaches(
     assert answer == {"ok": True, "seen": "192.168.1.5", "error": None}
 
 
+_SPEC_HEAD = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nsysctls:\n"
+
+
+def _apply_spec(node: str, spec: Path) -> None:
+    assert main(["apply", "-f", str(spec), "--netns", node, "--backend", "netlink",
+                 "--no-facts", "--auto-approve"]) == 0
+
+
+@pytest.mark.kernel
+def test_fix_leaves_a_sysctl_the_spec_owns_and_names_the_spec_s_edit(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """k3snet's spec owns ``cni0.forwarding = 0``: the fix (1) was dropped from the plan
+    while "after the fix: reaches" counted it; now not planned, the finding names the
+    spec's value and edit, and nothing predicts a pass the kernel does not give."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology()
+    doctor_lab.configure(topology)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_SPEC_HEAD + "  net.ipv4.conf.cni0.forwarding: 0\n")
+    _apply_spec(doctor_lab.node, spec)
+    capsys.readouterr()
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+            f"{topology.destination}:{PORT}", "--fix", "--auto-approve"]
+    assert main(argv) == 3
+    out = capsys.readouterr().out
+    assert "k3snet's own spec sets sysctl net.ipv4.conf.cni0.forwarding = 0" in out, out
+    assert "sysctls: {net.ipv4.conf.cni0.forwarding: 1}" in out
+    assert "after the fix" not in out
+    forwarding = ["sysctl", "-n", "net.ipv4.conf.cni0.forwarding"]
+    assert run_in(doctor_lab.node, forwarding).stdout.strip() == "0"
+    assert not doctor_lab.probe(topology.destination, until_dropped=True)["ok"]
+
+
+@pytest.mark.kernel
+def test_fix_beside_a_spec_warns_the_next_apply_takes_it_back_as_it_does(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The spec owns ``all.rp_filter = 2``; forwarding is off. ``--fix`` turns it on and
+    warns that the spec's next apply deletes it, naming the key to add: the next
+    ``apply -f SPEC`` does, and the kernel drops the flow again."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(forwarding=False)
+    doctor_lab.configure(topology)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_SPEC_HEAD + "  net.ipv4.conf.all.rp_filter: 2\n")
+    _apply_spec(doctor_lab.node, spec)
+    capsys.readouterr()
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+            f"{topology.destination}:{PORT}", "--fix", "--auto-approve", "-o", "json"]
+    assert main(argv) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert len(document["warnings"]) == 1
+    assert "the next apply of a spec or agent pass deletes this fix again" in (
+        document["warnings"][0])
+    assert "sysctls: {net.ipv4.ip_forward: 1}" in document["warnings"][0]
+    assert doctor_lab.probe(topology.destination)["ok"]
+    _apply_spec(doctor_lab.node, spec)  # the agent's next pass
+    assert run_in(doctor_lab.node, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() \
+        == "0"
+    assert not doctor_lab.probe(topology.destination, until_dropped=True)["ok"]
+
+
 def _apply_line(out: str) -> list[str]:
     """The shell line the text output ends with, split as a shell would."""
     last = out.rstrip("\n").splitlines()

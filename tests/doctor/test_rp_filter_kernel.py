@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from k3snet.doctor import Verdict
+from k3snet.doctor import Flow, NodeState, Verdict, diagnose
 from k3snet.lab.netns import run_in
 
 from .conftest import DoctorLab, Topology
@@ -79,3 +79,42 @@ def test_strict_rp_filter_looks_the_source_up_with_the_mark_where_src_valid_mark
         assert result.blocked_at is not None
         assert result.blocked_at.code == "rp-filter", result.render()
         assert "src_valid_mark" in result.blocked_at.detail, result.render()
+
+
+@pytest.mark.parametrize("rp_all", [1, 2])
+def test_strict_rp_filter_where_the_network_may_answer_by_another_uplink_is_not_reaches(
+        doctor_lab: DoctorLab, rp_all: int) -> None:
+    """Pods leave by ``eth1`` (table 100, rule ``iif cni0``), masqueraded to its
+    192.168.4.5; the node routes the database by ``eth0`` too (main), and the router
+    sends the replies to 192.168.4.5 through the node's ``eth0``. Strict ``rp_filter``
+    looks the database up as from ``cni0`` (table 100: ``eth1``) and drops the replies
+    on ``eth0`` (``IPReversePathFilter``); the doctor assumed they come back on ``eth1``,
+    which holds the address, and said "reaches". Now: unknown, and a finding names
+    ``eth0``; loose (2), as the finding advises, the kernel passes them and the doctor
+    says so."""
+    topology = Topology(route="policy", uplink="eth1", rp_all=rp_all)
+    doctor_lab.configure(topology)
+    router = doctor_lab.names["router"]
+    run_in(router, ["ip", "route", "add", "192.168.4.5/32", "via", "192.168.1.5",
+                    "dev", "eth0"])
+    try:
+        answer, result = doctor_lab.kernel_and_trace(topology, timeout=2,
+                                                     until_dropped=rp_all == 1)
+        diagnosis = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                             Flow(topology.pod, topology.destination, port=topology.port))
+    finally:
+        run_in(router, ["ip", "route", "del", "192.168.4.5/32"], check=False)
+    assert answer["ok"] is (rp_all == 2), answer
+    codes = [f.code for f in diagnosis.findings]
+    if rp_all == 2:
+        assert result.verdict is Verdict.REACHES, result.render()
+        assert "rp-filter-elsewhere" not in codes
+        return
+    assert result.verdict is Verdict.UNKNOWN, result.render()
+    step = next(s for s in result.steps if s.code == "rp-filter-elsewhere")
+    assert step.where == "rp_filter=1 (strict) on eth0"
+    assert "through eth1 and eth0" in step.detail
+    assert "rp-filter-elsewhere" in codes
+    assert "unknown-rules" not in codes  # the step has a finding of its own
+    finding = next(f for f in diagnosis.findings if f.code == "rp-filter-elsewhere")
+    assert "net.ipv4.conf.eth0.rp_filter" in (finding.advice or "")
