@@ -76,14 +76,37 @@ class DocsBlockError(AssertionError):
     """A code block of a documentation page failed."""
 
 
+RUN_ELSEWHERE = {
+    # Its three run_conformance blocks (the page's costliest, ~8 s of CPU) run in a test
+    # module of their own there, beside nothing but the import of the page's complete
+    # backend, UserWarnings as errors: run here too, they ran twice alike. No later block
+    # uses a name they make.
+    "custom-backend.md": ("Test it with the conformance suite",
+                          "tests/backends/test_custom_backend_page.py"),
+}
+"""Pages with a section whose blocks another test runs: the page's name, the section's
+heading and that test; here they are left out."""
+
+
+def section_lines(text: str, heading: str) -> range:
+    """The lines (1-based) of the ``## heading`` section of a Markdown text."""
+    lines = text.splitlines()
+    start = lines.index(f"## {heading}") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return range(start, end + 1)
+
+
 # A page's example that warns shows a reader the weaker practice (run_conformance on a
 # system holding no foreign object): it fails here.
 @pytest.mark.filterwarnings("error::UserWarning")
 @pytest.mark.parametrize("page", _runnable_pages(), ids=lambda page: page.name)
 def test_page_runs(page: Path) -> None:
     namespace: dict[str, object] = {"__name__": f"docs.{page.stem.replace('-', '_')}"}
-    for block in python_blocks(page.read_text(encoding="utf-8")):
-        if not block.runs:
+    text = page.read_text(encoding="utf-8")
+    elsewhere = (section_lines(text, RUN_ELSEWHERE[page.name][0])
+                 if page.name in RUN_ELSEWHERE else range(0))
+    for block in python_blocks(text):
+        if not block.runs or block.line in elsewhere:
             continue
         # Leading newlines keep the Markdown line numbers in tracebacks.
         source = "\n" * (block.line - 1) + block.code
@@ -97,6 +120,16 @@ def test_page_runs(page: Path) -> None:
         if block.prints is not None and printed.getvalue() != block.prints:
             raise DocsBlockError(f"{where} prints:\n{printed.getvalue()}\nnot what the page "
                                  f"shows after it:\n{block.prints}")
+
+
+@pytest.mark.parametrize("page", sorted(RUN_ELSEWHERE))
+def test_a_section_left_out_of_its_page_s_run_has_runnable_blocks_its_test_runs(
+        page: str) -> None:
+    heading, test = RUN_ELSEWHERE[page]
+    text = (DOCS / page).read_text(encoding="utf-8")
+    lines = section_lines(text, heading)
+    assert [b for b in python_blocks(text) if b.runs and b.line in lines]
+    assert f'"{heading}"' in (DOCS.parent / test).read_text(encoding="utf-8")
 
 
 def test_python_blocks_parsing() -> None:

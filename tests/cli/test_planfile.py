@@ -14,16 +14,24 @@ import pytest
 from k3snet.demo import SPEC_PATH
 from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
+from tests.in_process import k3snet
 
 pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.usefixtures("require_root")]
 
 BACKENDS = ["--backend", "netlink", "--backend", "nftables"]
 
 
-def _k3snet(*args: str, lab: SeedLab, tmp: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, K3SNET_STATE_DIR=str(lab.state_dir), K3SNET_LOCK_DIR=str(tmp))
-    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], env=env,
-                          capture_output=True, text=True, check=False, timeout=120)
+def _k3snet(*args: str, lab: SeedLab, tmp: Path,
+            process: bool = False) -> subprocess.CompletedProcess[str]:
+    """``k3snet ARGS`` on the lab's state and lock directories: by main() in this process
+    (tests/in_process.py), or, ``process``, as a process of its own (a plan file applied
+    by another process than the one that made it, as a node's operator does)."""
+    environ = {"K3SNET_STATE_DIR": str(lab.state_dir), "K3SNET_LOCK_DIR": str(tmp)}
+    if not process:
+        return k3snet(*args, **environ)
+    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args],
+                          env=dict(os.environ, **environ), capture_output=True, text=True,
+                          check=False, timeout=120)
 
 
 def test_a_saved_plan_is_applied_exactly_then_refused_as_stale(tmp_path: Path) -> None:
@@ -39,7 +47,8 @@ def test_a_saved_plan_is_applied_exactly_then_refused_as_stale(tmp_path: Path) -
         changes = document["plan"]["changes"]
 
         # Applied without the spec, as saved; the netns comes from the file.
-        applied = _k3snet("apply", str(planfile), "--output", "json", lab=lab, tmp=tmp_path)
+        applied = _k3snet("apply", str(planfile), "--output", "json", lab=lab, tmp=tmp_path,
+                          process=True)
         assert applied.returncode == 0, applied.stderr
         assert json.loads(applied.stdout)["applied"] == changes
         assert lab.tcp_probe(4).ok

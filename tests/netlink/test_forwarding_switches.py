@@ -8,9 +8,7 @@ namespace, and the seed lab shows the drop with a real connection.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.model import State, Sysctl
 from k3snet.planner import plan
+from tests.in_process import k3snet
 from tests.netlink.links import count_switch_reads, d0_namespace, ip
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
@@ -87,9 +86,8 @@ def test_no_forwarding_warning_while_ip_forward_is_off_since_its_write_sets_ever
 
 
 def _k3snet(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "K3SNET_STATE_DIR": str(state_dir)}
-    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], env=env,
-                          capture_output=True, text=True, check=False, timeout=120)
+    """``k3snet ARGS`` by main() in this process (tests/in_process.py)."""
+    return k3snet(*args, K3SNET_STATE_DIR=str(state_dir))
 
 
 @pytest.mark.lab

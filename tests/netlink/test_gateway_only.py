@@ -10,15 +10,14 @@ route``) says which device the kernel chose. Through the CLI, as a user runs it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from k3snet.lab.netns import run_in, temporary_netns
+from tests.in_process import k3snet
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
@@ -56,9 +55,8 @@ def ns() -> Iterator[str]:
 
 
 def _k3snet(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "K3SNET_STATE_DIR": str(state)}
-    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], env=env,
-                          capture_output=True, text=True, check=False, timeout=120)
+    """``k3snet ARGS`` by main() in this process (tests/in_process.py)."""
+    return k3snet(*args, K3SNET_STATE_DIR=str(state))
 
 
 def test_a_route_whose_device_the_kernel_picked_is_not_replaced_by_the_next_plan(

@@ -8,10 +8,8 @@ ruleset``, ``iptables-save`` of both flavours, ``ip -j route``, the sysctls).
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 from k3snet.demo import SPEC_PATH
 from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
+from tests.in_process import k3snet
 
 pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.usefixtures("require_root")]
 
@@ -52,9 +51,9 @@ ADMIN_IP6TABLES = ("*nat\n-A POSTROUTING -s fd99::/64 -j RETURN\nCOMMIT\n"
 
 
 def _run(*args: str, lab: SeedLab, lock_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, K3SNET_STATE_DIR=str(lab.state_dir), K3SNET_LOCK_DIR=str(lock_dir))
-    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], env=env, text=True,
-                          capture_output=True, timeout=120, check=False)
+    """``k3snet ARGS`` on the lab's state and lock directories, by main() in this process
+    (tests/in_process.py)."""
+    return k3snet(*args, K3SNET_STATE_DIR=str(lab.state_dir), K3SNET_LOCK_DIR=str(lock_dir))
 
 
 def _everything(ns: str) -> dict[str, Any]:

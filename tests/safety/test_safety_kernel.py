@@ -19,6 +19,7 @@ from k3snet.demo import SPEC_PATH
 from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.testing.k3s import FLANNEL_FORWARD_V4, FLANNEL_NAT_V4, KUBE_PROXY_NAT_V4
+from tests.in_process import k3snet
 
 pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.usefixtures("require_root")]
 
@@ -60,9 +61,12 @@ def _k3snet(*args: str, lab: SeedLab, lock_dir: Path,
 
 def _run(*args: str, lab: SeedLab, lock_dir: Path,
          read_cache: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = _k3snet(*args, lab=lab, lock_dir=lock_dir, read_cache=read_cache)
-    out, err = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    """``k3snet ARGS`` as :func:`_k3snet` runs it, by main() in this process
+    (tests/in_process.py): the concurrent writers alone need processes of their own."""
+    environ = {"K3SNET_STATE_DIR": str(lab.state_dir), "K3SNET_LOCK_DIR": str(lock_dir)}
+    if read_cache is not None:
+        environ["K3SNET_READ_CACHE"] = read_cache
+    return k3snet(*args, **environ)
 
 
 def _k3snet_rules(ns: str) -> list[str]:

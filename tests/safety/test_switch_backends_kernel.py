@@ -31,16 +31,22 @@ from k3snet.demo import SPEC_PATH
 from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL
+from tests.in_process import k3snet
 
 pytestmark = [pytest.mark.kernel, pytest.mark.lab, pytest.mark.usefixtures("require_root")]
 
 
 def _run(*args: str, lab: SeedLab, lock_dir: Path, **environ: str
          ) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, K3SNET_STATE_DIR=str(lab.state_dir), K3SNET_LOCK_DIR=str(lock_dir),
-               **environ)
-    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], env=env, text=True,
-                          capture_output=True, timeout=120, check=False)
+    """``k3snet ARGS`` on the lab's state and lock directories: the agent in a process of
+    its own (as it runs), the other commands by main() in this one (tests/in_process.py)."""
+    environ = dict(K3SNET_STATE_DIR=str(lab.state_dir), K3SNET_LOCK_DIR=str(lock_dir),
+                   **environ)
+    if args[0] != "agent":
+        return k3snet(*args, **environ)
+    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args],
+                          env=dict(os.environ, **environ), text=True, capture_output=True,
+                          timeout=120, check=False)
 
 
 def _k3snet_routes(ns: str) -> list[object]:
