@@ -208,7 +208,7 @@ def taking_back(write: Callable[[], _T], take_back: Callable[[str | None], objec
         raise WriteLanded(exc, lambda: take_back(landed)) from exc
 
 
-UNDO_TRIES = 5
+_UNDO_TRIES = 5
 """Sends of an undo's patch (:func:`take_back`), each after a 409 for another key's change."""
 
 
@@ -225,13 +225,13 @@ def take_back(where: str, version: str | None, send: Callable[[str | None], str 
     503 that followed the first's effect, the version is the undo's own), the undo done;
     where ``left`` names nothing, every key (and record, stamp) the write set is still as
     it left it, another key changed since (Cilium's operator, a Helm upgrade of other
-    keys, ``kubectl annotate``): sent again on the version read, :data:`UNDO_TRIES` sends
+    keys, ``kubectl annotate``): sent again on the version read, :data:`_UNDO_TRIES` sends
     at most, their change kept. One of k3snet's changed since (Helm's edit, another
     k3snet's write) is refused naming what ``left`` names, not overwritten, the write
     left whole (:class:`~k3snet.kube.KubeApiError`, 409). Both backends' undo: flannel's
     failed at any 409 before, though only another key changed."""
     conflict: KubeApiError | None = None
-    for _ in range(UNDO_TRIES):
+    for _ in range(_UNDO_TRIES):
         try:
             return send(version)
         except KubeApiError as exc:
@@ -253,7 +253,7 @@ def take_back(where: str, version: str | None, send: Callable[[str | None], str 
     assert conflict is not None
     raise KubeApiError(
         f"take back k3snet's write of {where}: conflict (409): its other keys changed "
-        f"again at each of {UNDO_TRIES} tries; the write is left whole",
+        f"again at each of {_UNDO_TRIES} tries; the write is left whole",
         status=409, reason=conflict.reason) from conflict
 
 
