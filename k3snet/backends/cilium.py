@@ -115,6 +115,7 @@ from k3snet.backends.cni_restart import (
     label_selector,
     restamp,
     stamp_undone,
+    take_back,
     taking_back,
 )
 from k3snet.backends.cni_restart import pending as pending_restarts
@@ -202,7 +203,6 @@ NODE_CONFIG_API: tuple[tuple[str, str], ...] = (("cilium.io", "v2"), ("cilium.io
 _NODE_CONFIG_PLURAL = "ciliumnodeconfigs"
 _EGRESS_GATEWAY_PLURAL = "ciliumegressgatewaypolicies"
 _CILIUM_NODE_PLURAL = "ciliumnodes"  # cilium.io/v2, cluster-scoped: one per agent's Node
-_UNDO_TRIES = 5  # sends of an undo's patch, each after a 409 for another key's change
 
 ALLOW_DISRUPTIVE_HINT = ALLOW_DISRUPTIVE
 """The three ways to allow a disruptive change (:data:`k3snet.backends.kit.ALLOW_DISRUPTIVE`)."""
@@ -827,44 +827,21 @@ class _Api:
         its effect, the version is the undo's own now); holding in every key of ``left``
         (the keys k3snet's write set or removed, and its records) what that write left is
         only another key changed since (Cilium's operator, a Helm upgrade, ``kubectl
-        annotate``): sent again naming the version read, ``_UNDO_TRIES`` times at
-        most. One of k3snet's keys changed since (Helm's edit) is refused, naming it, and
-        not overwritten. ``changed_at``: the restart stamp as it was, put back too (and
-        compared: a write of the stamp alone, a ``subPath`` ip-masq-agent change's, was
-        found "undone" with its stamp still there; ``left`` holds the stamp written), then
-        the undo stamped where a pod was made since ``since`` (the server's earliest time
-        before the write: :meth:`_undone`)."""
-        conflict: KubeApiError | None = None
-        for _ in range(_UNDO_TRIES):
-            try:
-                undone = self.patch(name, version, data, owned, True, written=(written,),
-                                    changed_at=changed_at)
-            except KubeApiError as exc:
-                if exc.status != 409:
-                    raise
-                conflict = exc
-            else:
-                self._undone(name, undone, left, changed_at, since)
-                return
-            found = self.read(name)
-            if found is None:
-                raise conflict
-            if not _Keys(data, owned, written, changed_at).differing(found):
-                self._undone(name, found.version, left, changed_at, since)
-                return
-            changed = left.differing(found)
-            if changed:
-                raise KubeApiError(
-                    f"take back k3snet's write of {self.where(name)}: conflict (409): "
-                    f"changed by someone else since: {', '.join(changed)}; not "
-                    "overwritten, the write is left whole", status=409,
-                    reason=conflict.reason) from conflict
-            version = found.version
-        assert conflict is not None
-        raise KubeApiError(
-            f"take back k3snet's write of {self.where(name)}: conflict (409): its other "
-            f"keys changed again at each of {_UNDO_TRIES} tries; the write is left whole",
-            status=409, reason=conflict.reason) from conflict
+        annotate``): sent again naming the version read, five sends at most. One of
+        k3snet's keys changed since (Helm's edit) is refused, naming it, and not
+        overwritten (:func:`~k3snet.backends.cni_restart.take_back`, flannel's too).
+        ``changed_at``: the restart stamp as it was, put back too (and compared: a write
+        of the stamp alone, a ``subPath`` ip-masq-agent change's, was found "undone" with
+        its stamp still there; ``left`` holds the stamp written), then the undo stamped
+        where a pod was made since ``since`` (the server's earliest time before the
+        write: :meth:`_undone`)."""
+        undone = take_back(
+            self.where(name), version,
+            lambda at: self.patch(name, at, data, owned, True, written=(written,),
+                                  changed_at=changed_at),
+            lambda: self.read(name), lambda found: found.version,
+            undone=_Keys(data, owned, written, changed_at).differing, left=left.differing)
+        self._undone(name, undone, left, changed_at, since)
 
     def _undone(self, name: str, version: str | None, left: _Keys,
                 changed_at: tuple[str | None] | None, since: str | None) -> None:

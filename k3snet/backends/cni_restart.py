@@ -19,7 +19,9 @@ key reference) and the CNI's well-known one (Cilium's ``config`` init container 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+import shlex
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -29,9 +31,10 @@ from k3snet.kube import KubeApiError, KubeErrors, list_pages, selector_matches, 
 
 __all__ = ["CHANGED_ANNOTATION", "RestampError", "ServerClock", "Settled", "WriteLanded",
            "changed_stamp", "label_selector", "pending", "readers", "restamp", "stamp_undone",
-           "taking_back"]
+           "take_back", "taking_back"]
 
 _T = TypeVar("_T")
+_F = TypeVar("_F")
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +208,55 @@ def taking_back(write: Callable[[], _T], take_back: Callable[[str | None], objec
         raise WriteLanded(exc, lambda: take_back(landed)) from exc
 
 
+_UNDO_TRIES = 5
+"""Sends of an undo's patch (:func:`take_back`), each after a 409 for another key's change."""
+
+
+def take_back(where: str, version: str | None, send: Callable[[str | None], str | None],
+              read: Callable[[], _F | None], version_of: Callable[[_F], str | None], *,
+              undone: Callable[[_F], list[str]], left: Callable[[_F], list[str]]
+              ) -> str | None:
+    """Take back k3snet's write of ``where`` (``ConfigMap NS/NAME``): ``send(version)``,
+    its undo's patch conditional on ``version`` (the write's), returns the
+    resourceVersion it leaves; the one the undo left is returned.
+
+    A 409 reads the ConfigMap again (``read``; ``None``: gone, the 409 raised): where
+    ``undone`` of it names nothing, it holds what the undo writes (sent again after a
+    503 that followed the first's effect, the version is the undo's own), the undo done;
+    where ``left`` names nothing, every key (and record, stamp) the write set is still as
+    it left it, another key changed since (Cilium's operator, a Helm upgrade of other
+    keys, ``kubectl annotate``): sent again on the version read, :data:`_UNDO_TRIES` sends
+    at most, their change kept. One of k3snet's changed since (Helm's edit, another
+    k3snet's write) is refused naming what ``left`` names, not overwritten, the write
+    left whole (:class:`~k3snet.kube.KubeApiError`, 409). Both backends' undo: flannel's
+    failed at any 409 before, though only another key changed."""
+    conflict: KubeApiError | None = None
+    for _ in range(_UNDO_TRIES):
+        try:
+            return send(version)
+        except KubeApiError as exc:
+            if exc.status != 409:
+                raise
+            conflict = exc
+        found = read()
+        if found is None:
+            raise conflict
+        if not undone(found):
+            return version_of(found)
+        changed = left(found)
+        if changed:
+            raise KubeApiError(
+                f"take back k3snet's write of {where}: conflict (409): changed by someone "
+                f"else since: {', '.join(changed)}; not overwritten, the write is left whole",
+                status=409, reason=conflict.reason) from conflict
+        version = version_of(found)
+    assert conflict is not None
+    raise KubeApiError(
+        f"take back k3snet's write of {where}: conflict (409): its other keys changed "
+        f"again at each of {_UNDO_TRIES} tries; the write is left whole",
+        status=409, reason=conflict.reason) from conflict
+
+
 def restamp(core: Any, namespace: str, name: str, sent: str, headers: Any, *,
             version: str | None, timeout: float,
             answered: str | None = None) -> tuple[str, str | None]:
@@ -263,9 +315,8 @@ def _move(core: Any, namespace: str, name: str, sent: str | None, landed: str, *
         body = {"metadata": metadata}
         try:
             with translate_errors(f"patch {where} (its {CHANGED_ANNOTATION} to {of}'s "
-                                  f"landing, {landed}; where {of} is left: kubectl -n "
-                                  f"{namespace} annotate --overwrite configmap {name} "
-                                  f"{CHANGED_ANNOTATION}={landed})",
+                                  f"landing, {landed}; where {of} is left: "
+                                  f"{_setting(namespace, name, sent, landed)})",
                                   classifier=KubeErrors(timeout=timeout)):
                 result = core.patch_namespaced_config_map(
                     name, namespace, body, field_manager="k3snet",
@@ -285,6 +336,11 @@ def _move(core: Any, namespace: str, name: str, sent: str | None, landed: str, *
                     raise exc from None
                 if stamp == landed:
                     return landed, version
+                if stamp != sent:
+                    # Stamped again since (a later write's, at or after this landing), or
+                    # taken away: left, as after a 409. Its move said to be made by hand
+                    # set a later writer's stamp earlier.
+                    return sent, version
                 raise
         stamp, found = _stamp_read(core, namespace, name, timeout)
         if stamp != sent:
@@ -292,9 +348,27 @@ def _move(core: Any, namespace: str, name: str, sent: str | None, landed: str, *
         version = found
     raise KubeApiError(f"patch {where}: written again at each of {_RESTAMP_TRIES} tries; "
                        f"its {CHANGED_ANNOTATION} is before {of} landed; where {of} "
-                       f"is left: kubectl -n "
-                       f"{namespace} annotate --overwrite configmap {name} "
-                       f"{CHANGED_ANNOTATION}={landed}", status=409)
+                       f"is left: {_setting(namespace, name, sent, landed)}", status=409)
+
+
+def _setting(namespace: str, name: str, held: str | None, stamp: str) -> str:
+    """The command setting ConfigMap ``namespace/name``'s stamp to ``stamp`` only where it
+    still holds ``held`` (``None``: none), the stamp k3snet's write or undo left there.
+
+    Given in a failure's message, it is run later, by hand: a later writer's stamp found
+    by then (another k3snet's apply, after the landing) is left. ``kubectl annotate
+    --overwrite`` set it whatever it found, moving that stamp earlier, and a pod made
+    between the two counted as restarted. A JSON patch's ``test`` makes the API server
+    refuse it (422) where the stamp is another; ``kubectl annotate`` without
+    ``--overwrite`` refuses where there is one at all."""
+    if held is None:
+        return (f"kubectl -n {shlex.quote(namespace)} annotate configmap {shlex.quote(name)} "
+                f"{CHANGED_ANNOTATION}={stamp}")
+    path = "/metadata/annotations/" + CHANGED_ANNOTATION.replace("~", "~0").replace("/", "~1")
+    patch = json.dumps([{"op": "test", "path": path, "value": held},
+                        {"op": "replace", "path": path, "value": stamp}], separators=(",", ":"))
+    return (f"kubectl -n {shlex.quote(namespace)} patch configmap {shlex.quote(name)} "
+            f"--type=json -p {shlex.quote(patch)}")
 
 
 def stamp_undone(api_client: Any, namespace: str, name: str, *, since: str | None,

@@ -85,6 +85,7 @@ from k3snet.backends.cni_restart import (
     changed_stamp,
     restamp,
     stamp_undone,
+    take_back,
 )
 from k3snet.backends.cni_restart import pending as pending_restarts
 from k3snet.backends.cni_restart import readers as restart_readers
@@ -433,8 +434,7 @@ class _ConfigMapStore:
                         written_name=f"annotation {WRITTEN_ANNOTATION}",
                         owned_name=OWNED_ANNOTATION)
         return attrs.evolve(doc, annotations={
-            key: annotations.get(key)
-            for key in (OWNED_ANNOTATION, WRITTEN_ANNOTATION, CHANGED_ANNOTATION)})
+            key: annotations.get(key) for key in _RECORDS})
 
     def pending_restarts(self) -> tuple[PendingRestart, ...]:
         """:meth:`FlannelBackend.pending_restarts` of this ConfigMap."""
@@ -506,35 +506,82 @@ class _ConfigMapStore:
         if sent is not None:
             # Landed in a later second than the stamp (a slow write): the answer's time.
             version = getattr(getattr(result, "metadata", None), "resource_version", None)
+            # What the write left, for its undo's compare on a 409 (the stamp: the one
+            # the move left, once made).
+            left: dict[str, str | None] = {CONFIGMAP_KEY: text, **metadata["annotations"]}
             # Its move refused (RestampError) or interrupted (Ctrl-C, SIGTERM): the write
             # is taken back (all or nothing) by ``made``'s undo, as it was read.
             if made is not None:
-                made(lambda: self.write_back(doc, version, since))
-            restamp(self.core, self.namespace, self.name, sent, headers, version=version,
-                    timeout=self.timeout, answered=self.clock.stamp())
+                made(lambda: self.write_back(doc, version, since, left))
+            left[CHANGED_ANNOTATION], _ = restamp(
+                self.core, self.namespace, self.name, sent, headers, version=version,
+                timeout=self.timeout, answered=self.clock.stamp())
         return 1
 
-    def write_back(self, doc: _Doc, version: str | None, since: str | None) -> None:
+    def write_back(self, doc: _Doc, version: str | None, since: str | None,
+                   left: Mapping[str, str | None]) -> None:
         """Take back :meth:`write`'s landed write of ``doc``'s change: its text and
-        k3snet's annotations as read, conditional on ``version`` (the write's): a write
-        since (409) is left, the undo failing. The stamp put back, the undo is stamped
-        where a pod was made since ``since`` (the server's earliest time before the
-        write), which may have read the config undone
+        k3snet's annotations as read, conditional on ``version`` (the write's). A 409
+        reads again and compares (:func:`~k3snet.backends.cni_restart.take_back`, as
+        cilium's undo): ``net-conf.json`` and k3snet's annotations as the write
+        ``left`` them, another key changed since (``cni-conf.json``, a label, ``kubectl
+        annotate``) is kept and the undo sent again; one of them changed (a Helm upgrade
+        of ``net-conf.json``, another k3snet's write) is named and left, the undo
+        failing (it failed at any 409). The stamp put back, the undo is stamped where a
+        pod was made since ``since`` (the server's earliest time before the write), which
+        may have read the config undone
         (:func:`~k3snet.backends.cni_restart.stamp_undone`)."""
-        metadata: dict[str, Any] = {"annotations": dict(doc.annotations)}
-        if version is not None:
-            metadata["resourceVersion"] = version
-        body = {"metadata": metadata, "data": {CONFIGMAP_KEY: doc.text}}
-        with translate_errors(f"take back k3snet's write of {self.where}",
-                              classifier=KubeErrors(timeout=self.timeout)):
-            result = self.core.patch_namespaced_config_map(
-                self.name, self.namespace, body, field_manager="k3snet",
-                _content_type="application/merge-patch+json", _request_timeout=self.timeout)
+        back: dict[str, str | None] = {CONFIGMAP_KEY: doc.text, **doc.annotations}
+
+        def send(at: str | None) -> str | None:
+            metadata: dict[str, Any] = {"annotations": dict(doc.annotations)}
+            if at is not None:
+                metadata["resourceVersion"] = at
+            body = {"metadata": metadata, "data": {CONFIGMAP_KEY: doc.text}}
+            with translate_errors(f"take back k3snet's write of {self.where}",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                result = self.core.patch_namespaced_config_map(
+                    self.name, self.namespace, body, field_manager="k3snet",
+                    _content_type="application/merge-patch+json",
+                    _request_timeout=self.timeout)
+            return getattr(getattr(result, "metadata", None), "resource_version", None)
+
+        undone = take_back(self.where, version, send, self._held, lambda found: found[1],
+                           undone=lambda found: _differing(found[0], back),
+                           left=lambda found: _differing(found[0], left))
         stamp_undone(self.core.api_client, self.namespace, self.name, since=since,
-                     back=doc.annotations.get(CHANGED_ANNOTATION),
-                     version=getattr(getattr(result, "metadata", None), "resource_version",
-                                     None),
+                     back=doc.annotations.get(CHANGED_ANNOTATION), version=undone,
                      known=(FLANNEL_DAEMONSET,), clock=self.clock, timeout=self.timeout)
+
+    def _held(self) -> tuple[dict[str, str | None], str | None] | None:
+        """``net-conf.json`` and k3snet's annotations as the ConfigMap holds them, and its
+        resourceVersion (``None``: gone), read as text: an undo compares them, whatever
+        another writer left there."""
+        try:
+            with translate_errors(f"read {self.where}",
+                                  classifier=KubeErrors(timeout=self.timeout)):
+                found = self.core.read_namespaced_config_map(
+                    self.name, self.namespace, _request_timeout=self.timeout)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        metadata = found.metadata
+        annotations = (metadata.annotations if metadata is not None else None) or {}
+        held: dict[str, str | None] = {CONFIGMAP_KEY: (found.data or {}).get(CONFIGMAP_KEY)}
+        held.update({key: annotations.get(key) for key in _RECORDS})
+        return held, (metadata.resource_version if metadata is not None else None)
+
+
+_RECORDS = (OWNED_ANNOTATION, WRITTEN_ANNOTATION, CHANGED_ANNOTATION)
+"""k3snet's annotations on flannel's ConfigMap: its two records and the restart stamp."""
+
+
+def _differing(held: Mapping[str, str | None], wanted: Mapping[str, str | None]) -> list[str]:
+    """What ``held`` (``net-conf.json`` and k3snet's annotations, :meth:`_ConfigMapStore.
+    _held`) holds otherwise than ``wanted``, by name: the key, ``annotation NAME``."""
+    return [key if key == CONFIGMAP_KEY else f"annotation {key}"
+            for key in (CONFIGMAP_KEY, *_RECORDS) if held.get(key) != wanted.get(key)]
 
 
 def _value_text(values: Any, key: str) -> str | None:
