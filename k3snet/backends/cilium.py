@@ -1203,6 +1203,9 @@ class CiliumBackend(BackendBase):
         self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout,
                          daemonset)
         self._observed: FreshRead[_Read] = FreshRead()  # for the check or apply after it
+        # The agent container's flags and variables the last observe read, for
+        # disruptive() (which reads the ConfigMap again, not the DaemonSet).
+        self._options: tuple[CiliumAgentOption, ...] = ()
         # The owned config the last expect() hinted at (None: no hint, or none wanted).
         self._expected: CiliumConfig | None = None
         self.warnings: tuple[str, ...] = ()
@@ -1313,6 +1316,7 @@ class CiliumBackend(BackendBase):
         (foreign), with the CiliumNodeConfigs that set keys of them on some nodes."""
         self._observed.drop()
         self.warnings = ()
+        self._options = ()
         read = self._read()
         self._stamp = (None if read.config is None else read.config.changed_at,)
         if read.config is None:
@@ -1323,7 +1327,7 @@ class CiliumBackend(BackendBase):
         found = list(nodes.overrides)
         groups = _node_groups(found, nodes.agent_labels, self._api.warn)
         daemonset, failed = self._read_daemonset()
-        options = self._agent_options(daemonset)
+        options = self._options = self._agent_options(daemonset)
         read = attrs.evolve(read, options=options, daemonset=(
             daemonset if isinstance(daemonset, dict) else None))
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
@@ -1622,12 +1626,14 @@ class CiliumBackend(BackendBase):
 
         A change is disruptive when it gives ``routing-mode``, ``tunnel-protocol``,
         a native-routing CIDR or ``enable-bpf-masquerade`` a value other than the
-        one Cilium runs with now (reads the ConfigMap).
+        one Cilium runs with now (reads the ConfigMap). A key the ``cilium-agent``
+        container sets by flag or variable (as the last :meth:`observe` read them) is
+        not: the agent reads that over ``cilium-config``, before and after.
         """
         read = self._read()
         if read.config is None:
             return None
-        return self._disruptive(change, read)
+        return self._disruptive(change, attrs.evolve(read, options=self._options))
 
     def _disruptive(self, change: Change, read: _Read) -> str | None:
         assert read.config is not None
@@ -1640,7 +1646,10 @@ class CiliumBackend(BackendBase):
                 wanted[key] = (record or {}).get(key)
         if isinstance(after, CiliumConfig):
             wanted.update({k: str(after.settings[k]) for k in after.settings})
-        for key in [k for k in CILIUM_DISRUPTIVE_KEYS if k in wanted]:  # in a fixed order
+        # A key the agent container sets itself: cilium-config's value changes nothing
+        # the agent runs with (a write giving it another value is a conflict of the plan).
+        given = {o.key for o in read.options}
+        for key in [k for k in CILIUM_DISRUPTIVE_KEYS if k in wanted and k not in given]:
             value = wanted[key]
             now = current.get(key, CILIUM_DEFAULTS.get(key, ""))
             new = value if value is not None else CILIUM_DEFAULTS.get(key, "")

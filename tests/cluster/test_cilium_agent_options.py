@@ -19,13 +19,14 @@ import pytest
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.converge import compile_for
 from k3snet.model.cilium import CiliumAgentOption, CiliumConfig
-from k3snet.model.state import object_from_dict
+from k3snet.model.state import State, object_from_dict
 from k3snet.planner import plan
 from k3snet.spec import Spec, seed_spec
 from k3snet.testing.kube import EmulatedApiServer
 from tests.cluster.test_cilium_backend import (
     HELM_K3S_DATA,
     NODE_CONFIGS_V2,
+    TARGET,
     _cilium_config,
     _data,
     _node_config,
@@ -235,3 +236,30 @@ def test_check_refuses_a_write_the_agent_s_flags_make_it_refuse_to_start_with(
     (refused,) = backend.check(p)
     assert "refuses egress-masquerade-interfaces" in refused
     assert "egress-masquerade-interfaces" not in _data(api_server)
+
+
+def test_a_key_the_agent_s_flag_sets_is_no_disruptive_change_to_cilium_config(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # k3snet wrote native routing; the DaemonSet's agent has since been given it by flag.
+    # Giving cilium-config's tunnel back changes nothing Cilium runs with (the flags
+    # win): no disruptive change, neither in the plan nor in check and apply.
+    _setup(api_server, HELM_K3S_DATA, _daemonset())
+    native = {"routing-mode": "native", "ipv4-native-routing-cidr": "10.42.0.0/16"}
+    allowed = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=native)])))
+    api_server.put(DAEMONSETS, _daemonset(
+        ["--routing-mode=native", "--ipv4-native-routing-cidr", "10.42.0.0/16"]))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0)
+    p = plan(backend.observe(), State())
+    (change,) = p.changes
+    assert backend.disruptive(change) is None
+    assert backend.check(p) == ()
+    backend.apply(plan(backend.observe(), State()))
+    assert _data(api_server)["routing-mode"] == "tunnel"
+    # Without the flags, the same change is disruptive.
+    api_server.put(DAEMONSETS, _daemonset())
+    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=native)])))
+    p = plan(backend.observe(), State())
+    (change,) = p.changes
+    assert "routing-mode: native -> tunnel" in (backend.disruptive(change) or "")
