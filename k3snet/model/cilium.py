@@ -154,6 +154,9 @@ IP_MASQ_AGENT_DEFAULTS: tuple[str, ...] = (
 
 _LINK_LOCAL = {4: parse_network("169.254.0.0/16"), 6: parse_network("fe80::/10")}
 _BOOL_KEYS = frozenset(k for k in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS) if k.startswith("enable-"))
+# The agent's bool flags among the keys read from its container (pflag refuses a value
+# Go's ParseBool does not take): the enable-* ones and the device detection ones.
+_AGENT_BOOL_KEYS = _BOOL_KEYS | {"force-device-detection", "enforce-device-detection"}
 _CIDR_KEYS = frozenset({"ipv4-native-routing-cidr", "ipv6-native-routing-cidr"})
 _CHOICES = {"routing-mode": ("tunnel", "native"), "tunnel-protocol": ("vxlan", "geneve")}
 _TARGET = re.compile(r"configmap:([a-z0-9]([-a-z0-9]*[a-z0-9])?)/"
@@ -451,7 +454,7 @@ class CiliumAgentOption:
     def startup_problem(self) -> str | None:
         """Why the agent does not start with it: a boolean flag's value pflag refuses
         (Go's ``strconv.ParseBool``, untrimmed; a variable's is read by viper, as false)."""
-        if self.flag and self.key in _BOOL_KEYS and parse_go_bool(self.value) is None:
+        if self.flag and self.key in _AGENT_BOOL_KEYS and parse_go_bool(self.value) is None:
             return (f"the cilium-agent container's {self.given}={one_line(self.value)[:80]} "
                     "is not a boolean (pflag refuses it at start: the agent exits)")
         return None

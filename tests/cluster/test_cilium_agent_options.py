@@ -263,3 +263,13 @@ def test_a_key_the_agent_s_flag_sets_is_no_disruptive_change_to_cilium_config(
     p = plan(backend.observe(), State())
     (change,) = p.changes
     assert "routing-mode: native -> tunnel" in (backend.disruptive(change) or "")
+
+
+@pytest.mark.parametrize("key", ["force-device-detection", "enforce-device-detection"])
+def test_a_device_detection_bool_flag_pflag_refuses_stops_the_agent(
+    key: str, api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Bool flags as enable-*: pflag refuses `yes` at start, and the agent exits.
+    _setup(api_server, EBPF, _daemonset([f"--{key}=yes"]))
+    (reason,) = _reasons(backend, _spec())
+    assert f"--{key}=yes is not a boolean (pflag refuses it at start" in reason
