@@ -1390,16 +1390,27 @@ class CiliumBackend(BackendBase):
         if not isinstance(daemonset, Mapping):
             return ()
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
-        found = []
+        found, unknown = [], []
         for key, option in agent_options(daemonset, AGENT_OPTION_KEYS, booleans=_BOOL_OPTIONS,
                                          lists=_LIST_OPTIONS).items():
             if option.value is None:
-                self._api.warn(printable(
-                    f"{option.given} of the {AGENT_CONTAINER} container of {where}: "
-                    f"{option.unknown}: Cilium takes it over cilium-config, which judges "
-                    f"{key} all the same")[:1000])
+                unknown.append((key, option))
                 continue
             found.append(CiliumAgentOption(key, option.value, option.given))
+        if len(unknown) == 1:
+            ((key, option),) = unknown
+            self._api.warn(printable(
+                f"{option.given} of the {AGENT_CONTAINER} container of {where}: "
+                f"{option.unknown}: Cilium takes it over cilium-config, which judges "
+                f"{key} all the same")[:1000])
+        elif unknown:
+            # One warning, not one a key: an envFrom without a prefix may set every
+            # CILIUM_... variable, which made one line for each key k3snet judges by.
+            self._api.warn(printable(
+                f"{len(unknown)} options of the {AGENT_CONTAINER} container of {where} are "
+                "set only where the pod runs (a valueFrom, an envFrom that may set them, "
+                f"a service's variable: {', '.join(o.given for _, o in unknown)}): Cilium "
+                "takes them over cilium-config, which judges them all the same")[:1000])
         return tuple(found)
 
     def _nodes(self) -> _Nodes:

@@ -273,3 +273,23 @@ def test_a_device_detection_bool_flag_pflag_refuses_stops_the_agent(
     _setup(api_server, EBPF, _daemonset([f"--{key}=yes"]))
     (reason,) = _reasons(backend, _spec())
     assert f"--{key}=yes is not a boolean (pflag refuses it at start" in reason
+
+
+def test_an_env_from_that_may_set_every_variable_is_one_warning(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An envFrom without a prefix may set any CILIUM_... variable: each key k3snet judges
+    # by is known only where the pod runs; said once, not once a key (18 lines before).
+    ds = _daemonset()
+    ds["spec"]["template"]["spec"]["containers"][0]["envFrom"] = [
+        {"configMapRef": {"name": "extra"}}]
+    _setup(api_server, EBPF, ds)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.agent_options == ()
+    (warning,) = [r.getMessage() for r in caplog.records
+                  if "container of DaemonSet kube-system/cilium" in r.getMessage()]
+    assert "options of the cilium-agent container of DaemonSet kube-system/cilium are set " \
+           "only where the pod runs" in warning
+    assert "$CILIUM_ENABLE_IP_MASQ_AGENT" in warning
+    assert "$CILIUM_ROUTING_MODE" in warning
