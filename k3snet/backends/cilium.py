@@ -1396,7 +1396,8 @@ class CiliumBackend(BackendBase):
             if option.value is None:
                 unknown.append((key, option))
                 continue
-            found.append(CiliumAgentOption(key, option.value, option.given))
+            found.append(CiliumAgentOption(key, option.value, option.given,
+                                           positional=option.stray))
         if len(unknown) == 1:
             ((key, option),) = unknown
             self._api.warn(printable(

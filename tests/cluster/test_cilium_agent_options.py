@@ -171,6 +171,29 @@ def test_a_bool_flag_takes_no_separate_value_and_flags_end_at_the_double_dash(
     assert foreign.flag("enable-ipv4-masquerade")
 
 
+@pytest.mark.parametrize("after", ["false", "true"])
+def test_an_argument_after_a_bool_flag_alone_stops_the_agent(
+    after: str, api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-agent is a cobra command with subcommands (cmdref, shell, hive): the
+    # positional argument pflag leaves is taken as a command, unknown, and the agent
+    # exits at start ('unknown command "false" for "cilium-agent"').
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent", after]))
+    foreign = _foreign(backend)
+    option = foreign.agent_option("enable-ip-masq-agent")
+    assert option is not None
+    assert option.positional == after
+    assert object_from_dict(json.loads(json.dumps(foreign.to_dict()))) == foreign
+    (reason,) = _reasons(backend, _spec())
+    assert (f"the cilium-agent container's --enable-ip-masq-agent is followed by '{after}', "
+            "which is not its value") in reason
+    assert "the Cilium agent does not run with this config" in reason
+    # Another flag after it, or an argument after `--`, is no positional one.
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent", "--debug", "--", after]))
+    assert _foreign(backend).agent_options == (
+        CiliumAgentOption("enable-ip-masq-agent", "true", "--enable-ip-masq-agent"),)
+
+
 def test_a_bool_flag_pflag_refuses_stops_the_agent_and_a_variable_s_is_false(
     api_server: EmulatedApiServer, backend: CiliumBackend
 ) -> None:
