@@ -1180,6 +1180,9 @@ class CiliumBackend(BackendBase):
         self._api = _Api(self._client, namespace, (cm_name, ip_masq_agent), timeout,
                          daemonset)
         self._observed: FreshRead[_Read] = FreshRead()  # for the check or apply after it
+        # The agent container's flags and variables the last observe read, for
+        # disruptive() (which reads the ConfigMap again, not the DaemonSet).
+        self._options: tuple[CiliumAgentOption, ...] = ()
         # The owned config the last expect() hinted at (None: no hint, or none wanted).
         self._expected: CiliumConfig | None = None
         self.warnings: tuple[str, ...] = ()
@@ -1290,6 +1293,7 @@ class CiliumBackend(BackendBase):
         (foreign), with the CiliumNodeConfigs that set keys of them on some nodes."""
         self._observed.drop()
         self.warnings = ()
+        self._options = ()
         read = self._read()
         self._stamp = (None if read.config is None else read.config.changed_at,)
         if read.config is None:
@@ -1300,7 +1304,7 @@ class CiliumBackend(BackendBase):
         found = list(nodes.overrides)
         groups = _node_groups(found, nodes.agent_labels, self._api.warn)
         daemonset, failed = self._read_daemonset()
-        options = self._agent_options(daemonset)
+        options = self._options = self._agent_options(daemonset)
         read = attrs.evolve(read, options=options, daemonset=(
             daemonset if isinstance(daemonset, dict) else None))
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
@@ -1363,16 +1367,28 @@ class CiliumBackend(BackendBase):
         if not isinstance(daemonset, Mapping):
             return ()
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
-        found = []
+        found, unknown = [], []
         for key, option in agent_options(daemonset, AGENT_OPTION_KEYS, booleans=_BOOL_OPTIONS,
                                          lists=_LIST_OPTIONS).items():
             if option.value is None:
-                self._api.warn(printable(
-                    f"{option.given} of the {AGENT_CONTAINER} container of {where}: "
-                    f"{option.unknown}: Cilium takes it over cilium-config, which judges "
-                    f"{key} all the same")[:1000])
+                unknown.append((key, option))
                 continue
-            found.append(CiliumAgentOption(key, option.value, option.given))
+            found.append(CiliumAgentOption(key, option.value, option.given,
+                                           positional=option.stray))
+        if len(unknown) == 1:
+            ((key, option),) = unknown
+            self._api.warn(printable(
+                f"{option.given} of the {AGENT_CONTAINER} container of {where}: "
+                f"{option.unknown}: Cilium takes it over cilium-config, which judges "
+                f"{key} all the same")[:1000])
+        elif unknown:
+            # One warning, not one a key: an envFrom without a prefix may set every
+            # CILIUM_... variable, which made one line for each key k3snet judges by.
+            self._api.warn(printable(
+                f"{len(unknown)} options of the {AGENT_CONTAINER} container of {where} are "
+                "set only where the pod runs (a valueFrom, an envFrom that may set them, "
+                f"a service's variable: {', '.join(o.given for _, o in unknown)}): Cilium "
+                "takes them over cilium-config, which judges them all the same")[:1000])
         return tuple(found)
 
     def _nodes(self) -> _Nodes:
@@ -1599,12 +1615,14 @@ class CiliumBackend(BackendBase):
 
         A change is disruptive when it gives ``routing-mode``, ``tunnel-protocol``,
         a native-routing CIDR or ``enable-bpf-masquerade`` a value other than the
-        one Cilium runs with now (reads the ConfigMap).
+        one Cilium runs with now (reads the ConfigMap). A key the ``cilium-agent``
+        container sets by flag or variable (as the last :meth:`observe` read them) is
+        not: the agent reads that over ``cilium-config``, before and after.
         """
         read = self._read()
         if read.config is None:
             return None
-        return self._disruptive(change, read)
+        return self._disruptive(change, attrs.evolve(read, options=self._options))
 
     def _disruptive(self, change: Change, read: _Read) -> str | None:
         assert read.config is not None
@@ -1617,7 +1635,10 @@ class CiliumBackend(BackendBase):
                 wanted[key] = (record or {}).get(key)
         if isinstance(after, CiliumConfig):
             wanted.update({k: str(after.settings[k]) for k in after.settings})
-        for key in [k for k in CILIUM_DISRUPTIVE_KEYS if k in wanted]:  # in a fixed order
+        # A key the agent container sets itself: cilium-config's value changes nothing
+        # the agent runs with (a write giving it another value is a conflict of the plan).
+        given = {o.key for o in read.options}
+        for key in [k for k in CILIUM_DISRUPTIVE_KEYS if k in wanted and k not in given]:
             value = wanted[key]
             now = current.get(key, CILIUM_DEFAULTS.get(key, ""))
             new = value if value is not None else CILIUM_DEFAULTS.get(key, "")

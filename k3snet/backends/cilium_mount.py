@@ -167,6 +167,10 @@ class AgentOption(NamedTuple):
     """The text the agent reads (``None``: known only where the pod runs, :attr:`unknown`)."""
     unknown: str | None = None
     """Why the value is known only where the pod runs (``None``: it is known)."""
+    stray: str | None = None
+    """The argument right after a bool flag given alone (``--KEY false``), which pflag
+    leaves positional and ``cilium-agent`` (a command with subcommands) refuses at start
+    as an unknown command (``None``: none)."""
 
 
 def option_variable(key: str) -> str:
@@ -180,12 +184,14 @@ def option_variable(key: str) -> str:
 
 
 def _flag_values(argv: list[str], keys: frozenset[str], booleans: frozenset[str]
-                 ) -> dict[str, list[str]]:
+                 ) -> tuple[dict[str, list[str]], dict[str, str]]:
     """The values of the ``--KEY`` arguments of ``argv`` as pflag reads them, each key's
     in order: up to ``--``; ``--KEY=VALUE``; a boolean's ``--KEY`` alone is ``true`` (the
-    next argument is not its value: pflag takes it as a positional one), another's takes
+    next argument is not its value: pflag takes it as a positional one, the second dict,
+    where it is one cobra counts: not empty, not starting with ``-``), another's takes
     the next argument, whatever it looks like."""
     found: dict[str, list[str]] = {}
+    strays: dict[str, str] = {}
     index = 0
     while index < len(argv) and argv[index] != "--":
         arg = argv[index]
@@ -197,10 +203,13 @@ def _flag_values(argv: list[str], keys: frozenset[str], booleans: frozenset[str]
             found.setdefault(name, []).append(value)
         elif name in booleans:
             found.setdefault(name, []).append("true")
+            after = argv[index] if index < len(argv) else ""
+            if after and not after.startswith("-"):
+                strays.setdefault(name, after)
         elif index < len(argv):
             found.setdefault(name, []).append(argv[index])  # its value, whatever it looks like
             index += 1
-    return found
+    return found, strays
 
 
 def agent_options(daemonset: Mapping[str, Any], keys: Iterable[str], *,
@@ -237,7 +246,7 @@ def agent_options(daemonset: Mapping[str, Any], keys: Iterable[str], *,
     for name in ("command", "args"):
         value = agent.get(name)
         argv += [a for a in value if isinstance(a, str)] if isinstance(value, list) else []
-    flags = _flag_values(argv, frozenset(wanted), frozenset(booleans))
+    flags, strays = _flag_values(argv, frozenset(wanted), frozenset(booleans))
     joined = frozenset(lists)
     # enableServiceLinks false (unset: true): the kubelet gives the pod the API server's
     # variables alone, not those of the services of its namespace.
@@ -251,7 +260,8 @@ def agent_options(daemonset: Mapping[str, Any], keys: Iterable[str], *,
             except ValueError as exc:
                 found[key] = AgentOption(given, None, str(exc))
                 continue
-            found[key] = AgentOption(given, ",".join(values) if key in joined else values[-1])
+            found[key] = AgentOption(given, ",".join(values) if key in joined else values[-1],
+                                     stray=strays.get(key))
             continue
         variable = option_variable(key)
         reference = f"$({variable})"

@@ -154,6 +154,9 @@ IP_MASQ_AGENT_DEFAULTS: tuple[str, ...] = (
 
 _LINK_LOCAL = {4: parse_network("169.254.0.0/16"), 6: parse_network("fe80::/10")}
 _BOOL_KEYS = frozenset(k for k in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS) if k.startswith("enable-"))
+# The agent's bool flags among the keys read from its container (pflag refuses a value
+# Go's ParseBool does not take): the enable-* ones and the device detection ones.
+_AGENT_BOOL_KEYS = _BOOL_KEYS | {"force-device-detection", "enforce-device-detection"}
 _CIDR_KEYS = frozenset({"ipv4-native-routing-cidr", "ipv6-native-routing-cidr"})
 _CHOICES = {"routing-mode": ("tunnel", "native"), "tunnel-protocol": ("vxlan", "geneve")}
 _TARGET = re.compile(r"configmap:([a-z0-9]([-a-z0-9]*[a-z0-9])?)/"
@@ -437,6 +440,10 @@ class CiliumAgentOption:
     key: str = attrs.field()
     value: str = attrs.field(validator=attrs.validators.instance_of(str))
     given: str = attrs.field(converter=_given)
+    positional: str | None = attrs.field(default=None, kw_only=True, validator=(
+        attrs.validators.optional(attrs.validators.instance_of(str))))
+    """The argument right after a bool flag given alone (``--KEY false``): pflag leaves
+    it positional, and ``cilium-agent`` refuses it at start (``None``: none)."""
 
     @key.validator
     def _known(self, _: attrs.Attribute[str], key: str) -> None:
@@ -451,9 +458,16 @@ class CiliumAgentOption:
     def startup_problem(self) -> str | None:
         """Why the agent does not start with it: a boolean flag's value pflag refuses
         (Go's ``strconv.ParseBool``, untrimmed; a variable's is read by viper, as false)."""
-        if self.flag and self.key in _BOOL_KEYS and parse_go_bool(self.value) is None:
+        if self.flag and self.key in _AGENT_BOOL_KEYS and parse_go_bool(self.value) is None:
             return (f"the cilium-agent container's {self.given}={one_line(self.value)[:80]} "
                     "is not a boolean (pflag refuses it at start: the agent exits)")
+        if self.positional is not None:
+            # cilium-agent has subcommands (cmdref, shell, hive): cobra takes a positional
+            # argument as one, and fails ("unknown command").
+            return (f"the cilium-agent container's {self.given} is followed by "
+                    f"{one_line(self.positional)[:80]!r}, which is not its value (a bool flag "
+                    f"alone is true; give {self.given}=VALUE): cilium-agent takes it as a "
+                    "command it does not have and exits at start")
         return None
 
     def describe(self) -> str:
@@ -462,12 +476,16 @@ class CiliumAgentOption:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        return {"key": self.key, "value": self.value, "given": self.given}
+        data = {"key": self.key, "value": self.value, "given": self.given}
+        if self.positional is not None:  # left out when none: earlier documents
+            data["positional"] = self.positional
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CiliumAgentOption:
         """Inverse of :meth:`to_dict`."""
-        return cls(data["key"], data["value"], data["given"])
+        return cls(data["key"], data["value"], data["given"],
+                   positional=data.get("positional"))
 
 
 def _agent_options(value: Iterable[CiliumAgentOption]) -> tuple[CiliumAgentOption, ...]:
@@ -644,7 +662,7 @@ class CiliumConfig(NetObject):
         unmounted = (() if self.ip_masq_agent_unmounted is None
                      else (("unmounted", self.ip_masq_agent_unmounted,
                             self.ip_masq_agent_no_directory),))
-        options = tuple((o.key, o.value, o.given) for o in self.agent_options)
+        options = tuple((o.key, o.value, o.given, o.positional) for o in self.agent_options)
         self._seal(("cilium", self.target), (self.settings.canonical_items(), agent,
                                              *((overrides,) if overrides else ()),
                                              *((gateways,) if gateways else ()),

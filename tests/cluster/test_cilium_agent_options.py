@@ -19,13 +19,14 @@ import pytest
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.converge import compile_for
 from k3snet.model.cilium import CiliumAgentOption, CiliumConfig
-from k3snet.model.state import object_from_dict
+from k3snet.model.state import State, object_from_dict
 from k3snet.planner import plan
 from k3snet.spec import Spec, seed_spec
 from k3snet.testing.kube import EmulatedApiServer
 from tests.cluster.test_cilium_backend import (
     HELM_K3S_DATA,
     NODE_CONFIGS_V2,
+    TARGET,
     _cilium_config,
     _data,
     _node_config,
@@ -170,6 +171,29 @@ def test_a_bool_flag_takes_no_separate_value_and_flags_end_at_the_double_dash(
     assert foreign.flag("enable-ipv4-masquerade")
 
 
+@pytest.mark.parametrize("after", ["false", "true"])
+def test_an_argument_after_a_bool_flag_alone_stops_the_agent(
+    after: str, api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-agent is a cobra command with subcommands (cmdref, shell, hive): the
+    # positional argument pflag leaves is taken as a command, unknown, and the agent
+    # exits at start ('unknown command "false" for "cilium-agent"').
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent", after]))
+    foreign = _foreign(backend)
+    option = foreign.agent_option("enable-ip-masq-agent")
+    assert option is not None
+    assert option.positional == after
+    assert object_from_dict(json.loads(json.dumps(foreign.to_dict()))) == foreign
+    (reason,) = _reasons(backend, _spec())
+    assert (f"the cilium-agent container's --enable-ip-masq-agent is followed by '{after}', "
+            "which is not its value") in reason
+    assert "the Cilium agent does not run with this config" in reason
+    # Another flag after it, or an argument after `--`, is no positional one.
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent", "--debug", "--", after]))
+    assert _foreign(backend).agent_options == (
+        CiliumAgentOption("enable-ip-masq-agent", "true", "--enable-ip-masq-agent"),)
+
+
 def test_a_bool_flag_pflag_refuses_stops_the_agent_and_a_variable_s_is_false(
     api_server: EmulatedApiServer, backend: CiliumBackend
 ) -> None:
@@ -235,3 +259,60 @@ def test_check_refuses_a_write_the_agent_s_flags_make_it_refuse_to_start_with(
     (refused,) = backend.check(p)
     assert "refuses egress-masquerade-interfaces" in refused
     assert "egress-masquerade-interfaces" not in _data(api_server)
+
+
+def test_a_key_the_agent_s_flag_sets_is_no_disruptive_change_to_cilium_config(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # k3snet wrote native routing; the DaemonSet's agent has since been given it by flag.
+    # Giving cilium-config's tunnel back changes nothing Cilium runs with (the flags
+    # win): no disruptive change, neither in the plan nor in check and apply.
+    _setup(api_server, HELM_K3S_DATA, _daemonset())
+    native = {"routing-mode": "native", "ipv4-native-routing-cidr": "10.42.0.0/16"}
+    allowed = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=native)])))
+    api_server.put(DAEMONSETS, _daemonset(
+        ["--routing-mode=native", "--ipv4-native-routing-cidr", "10.42.0.0/16"]))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0)
+    p = plan(backend.observe(), State())
+    (change,) = p.changes
+    assert backend.disruptive(change) is None
+    assert backend.check(p) == ()
+    backend.apply(plan(backend.observe(), State()))
+    assert _data(api_server)["routing-mode"] == "tunnel"
+    # Without the flags, the same change is disruptive.
+    api_server.put(DAEMONSETS, _daemonset())
+    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=native)])))
+    p = plan(backend.observe(), State())
+    (change,) = p.changes
+    assert "routing-mode: native -> tunnel" in (backend.disruptive(change) or "")
+
+
+@pytest.mark.parametrize("key", ["force-device-detection", "enforce-device-detection"])
+def test_a_device_detection_bool_flag_pflag_refuses_stops_the_agent(
+    key: str, api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Bool flags as enable-*: pflag refuses `yes` at start, and the agent exits.
+    _setup(api_server, EBPF, _daemonset([f"--{key}=yes"]))
+    (reason,) = _reasons(backend, _spec())
+    assert f"--{key}=yes is not a boolean (pflag refuses it at start" in reason
+
+
+def test_an_env_from_that_may_set_every_variable_is_one_warning(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An envFrom without a prefix may set any CILIUM_... variable: each key k3snet judges
+    # by is known only where the pod runs; said once, not once a key (18 lines before).
+    ds = _daemonset()
+    ds["spec"]["template"]["spec"]["containers"][0]["envFrom"] = [
+        {"configMapRef": {"name": "extra"}}]
+    _setup(api_server, EBPF, ds)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.agent_options == ()
+    (warning,) = [r.getMessage() for r in caplog.records
+                  if "container of DaemonSet kube-system/cilium" in r.getMessage()]
+    assert "options of the cilium-agent container of DaemonSet kube-system/cilium are set " \
+           "only where the pod runs" in warning
+    assert "$CILIUM_ENABLE_IP_MASQ_AGENT" in warning
+    assert "$CILIUM_ROUTING_MODE" in warning
