@@ -523,6 +523,9 @@ class Agent:
     # again (None: all settled).
     _imported: Mapping[str, SettledFile] = MappingProxyType({})
     _imports_again_in: float | None = None
+    # The spec's text as last read from the source (judged again, with the files it
+    # imports, by a pass looking again at one being written: _pass).
+    _text: str | None = None
 
     def __init__(self, source: SpecSource, make_backend: BackendFactory, desired: DesiredState,
                  options: AgentOptions, *, metrics: AgentMetrics | None = None,
@@ -684,15 +687,23 @@ class Agent:
     def _pass(self) -> PassResult:
         candidate: tuple[Spec, str] | None = None
         refused: _RefusedError | None = None
-        if (self._spec is not None and self._by_change and getattr(self.source, "remote", False)
+        imports_due = (self._rechecking and self._text is not None
+                       and getattr(self.source, "read_again_in", None) is None)
+        if (self._spec is not None and (self._by_change or imports_due)
+                and getattr(self.source, "remote", False)
                 and self._monotonic() - self._spec_read_at < self.options.interval):
             # A pass a change on the node started reads no spec through the API (unless
             # the last read is an interval old): the change says nothing about the spec,
             # and on a node whose tokens move every second (kube-proxy committing) that
             # was a GET a second from every node, where the interval's passes make one
-            # per interval.
+            # per interval. Nor does one looking again at a file the spec imports being
+            # written: the text last read is judged again with it (a GET every 0.25 s
+            # while a program held the file open for writing).
             waiting = self._teardown_wait
-            if waiting is not None and self._retry_teardown(waiting[0]):
+            if imports_due:
+                assert self._text is not None
+                candidate, refused = self._judge(self._text)
+            elif waiting is not None and self._retry_teardown(waiting[0]):
                 candidate = waiting[2], waiting[0]
         else:
             candidate, refused = self._read_spec()
@@ -720,7 +731,7 @@ class Agent:
         candidate: tuple[Spec, str] | None = None
         refused: _RefusedError | None = None
         self._spec_read_at = self._monotonic()
-        self._imports_again_in = None
+        self._imports_again_in = self._text = None
         try:
             text = self.source.read()
         except SpecError as exc:  # the source holds no usable spec: refused
@@ -736,23 +747,33 @@ class Agent:
             if self.metrics is not None:
                 self.metrics.spec_last_read.set(self._clock())
             self._unreadable = None
-            sha = self._spec_sha(text)
-            if sha is None:
-                pass  # a file it imports is being written: the spec in force stays
-            elif sha not in (self._sha, self._refused_sha) or self._retry_teardown(sha):
-                try:
-                    candidate = Spec.from_yaml(text, source=self.source.where), sha
-                except SpecError as exc:
-                    candidate, refused = None, _RefusedError("invalid", exc)
-                if not all(file.unchanged() for file in self._imported.values()):
-                    # Rewritten since it settled: loading may have read it half written.
-                    candidate = refused = None
-                    self._imports_again_in = 0.0
-                elif refused is not None:
-                    refused = self._refuse(sha, refused)
-            elif sha == self._sha:
-                self._refusal = None  # the file went back to the spec in force
-                self._refused_sha = self._teardown_wait = None
+            self._text = text
+            candidate, refused = self._judge(text)
+        return candidate, refused
+
+    def _judge(self, text: str) -> tuple[tuple[Spec, str] | None, _RefusedError | None]:
+        """(a new spec to try and its SHA-256, or None; the refusal of it) in the spec's
+        ``text``, with the files it imports as they have settled."""
+        candidate: tuple[Spec, str] | None = None
+        refused: _RefusedError | None = None
+        self._imports_again_in = None
+        sha = self._spec_sha(text)
+        if sha is None:
+            pass  # a file it imports is being written: the spec in force stays
+        elif sha not in (self._sha, self._refused_sha) or self._retry_teardown(sha):
+            try:
+                candidate = Spec.from_yaml(text, source=self.source.where), sha
+            except SpecError as exc:
+                candidate, refused = None, _RefusedError("invalid", exc)
+            if not all(file.unchanged() for file in self._imported.values()):
+                # Rewritten since it settled: loading may have read it half written.
+                candidate = refused = None
+                self._imports_again_in = 0.0
+            elif refused is not None:
+                refused = self._refuse(sha, refused)
+        elif sha == self._sha:
+            self._refusal = None  # the file went back to the spec in force
+            self._refused_sha = self._teardown_wait = None
         return candidate, refused
 
     def _read_failed(self, exc: K3snetError) -> None:

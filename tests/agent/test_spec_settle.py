@@ -467,3 +467,48 @@ def test_the_first_read_waits_for_an_imported_file_being_written(tmp_path: Path)
     assert waits == [0.25]
     assert (node.agent.generation, node.exempted()) == (
         1, "10.0.0.0/8,169.254.0.0/16,172.16.0.0/12")
+
+
+class ApiSource:
+    """A spec read through the API (as ConfigMapSpecSource): each read is a GET."""
+
+    remote = True
+    where = "ConfigMap kube-system/k3snet-spec key spec.yaml"
+    settle = 0.0  # the imported file's times make no wait: its writer alone does
+
+    def __init__(self, text: str) -> None:
+        self.text, self.gets = text, 0
+
+    def read(self) -> str:
+        self.gets += 1
+        return self.text
+
+
+def test_looking_again_at_an_imported_file_being_written_makes_no_get_of_a_configmap_spec(
+        tmp_path: Path) -> None:
+    # A program holding the imported file open for writing: with --spec-configmap, each
+    # look again (every 0.25 s, up to SPEC_SETTLE_LIMIT, and again at each change)
+    # read the spec through the API, 41 GETs in 12 s where the interval's passes make 4.
+    imported = tmp_path / "ip-masq-agent"
+    _old(imported, IMPORTED)
+    source = ApiSource(HEAD + f"masquerade:\n  ipMasqAgentConfig: {imported}\n")
+    memory = MemoryBackend(capabilities=NODE_KINDS)
+    agent = Agent(source, lambda spec: BackendGroup([memory]), COMPILED,
+                  AgentOptions("node-1", interval=3600.0, watch=None))
+    assert agent.run_pass().status == "ok"
+    with imported.open("a") as writer:
+        writer.write("  - 192.168.0.0/16\n")
+        writer.flush()
+        assert agent.run_pass().status == "ok"  # the interval's pass: one GET
+        assert (source.gets, agent.generation) == (2, 1)
+        assert agent._imports_again_in is not None
+        for _ in range(2):
+            agent._wait_after(agent._monotonic())  # until it is worth looking again
+            assert agent._rechecking
+            assert agent.run_pass().status == "ok"
+            assert (source.gets, agent.generation) == (2, 1)
+    agent._wait_after(agent._monotonic())
+    assert agent.run_pass().status == "ok"  # closed: taken, the spec as last read
+    assert (source.gets, agent.generation) == (2, 2)
+    owned = [str(o) for o in memory.state.owned if str(o).startswith("masquerade")]
+    assert "192.168.0.0/16" in owned[0]
