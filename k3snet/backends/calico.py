@@ -1190,6 +1190,7 @@ class _Run:
 
     def create(self, name: str, body: dict[str, Any], *, record: bool = True) -> None:
         # POST, not apply: a create must fail if the name was taken since the listing.
+        kept = len(self.pending)
         try:
             created = self._call(
                 f"{'create' if record else 're-create'} IPPool {name}",
@@ -1198,24 +1199,25 @@ class _Run:
                     field_manager=self.backend.field_manager,
                     _request_timeout=self.backend.timeout),
             )
+            self.backend._saw_written(body, created)
+            if record:
+                self.raw[name] = created if isinstance(created, dict) else body
+                made = (created.get("metadata") or {}) if isinstance(created, dict) else {}
+                uid = made.get("uid") if isinstance(made, dict) else None
+                self._will_undo(f"delete IPPool {name} (created)",
+                                lambda: self.take_back_create(name, uid))
         except Exception:
             raise
         except BaseException:
             # Interrupted with the create sent and its answer unread (SIGTERM's
             # SystemExit, Ctrl-C: in the request, or in the wait after a 503 that may
-            # have followed its effect): the pool may be there, its uid unknown. It was
-            # left, and `k3snet apply` said it had taken back what it made.
-            if record:
+            # have followed its effect), or answered and its undo not kept yet (a
+            # signal's handler runs at any call): the pool may be there, its uid
+            # unknown. It was left, and `k3snet apply` said it had taken back what it made.
+            if record and len(self.pending) == kept:
                 self._will_undo(f"delete IPPool {name} (created, its answer unread)",
                                 lambda: self.take_back_unanswered(name, body))
             raise
-        self.backend._saw_written(body, created)
-        if record:
-            self.raw[name] = created if isinstance(created, dict) else body
-            made = (created.get("metadata") or {}) if isinstance(created, dict) else {}
-            uid = made.get("uid") if isinstance(made, dict) else None
-            self._will_undo(f"delete IPPool {name} (created)",
-                            lambda: self.take_back_create(name, uid))
 
     def take_back_create(self, name: str, uid: object) -> None:
         """Delete the pool this apply created, exactly it: its ``uid`` is the delete's
@@ -1273,6 +1275,7 @@ class _Run:
                          if k in ("name", "labels", "annotations")},
             "spec": seen.get("spec") or {},
         }
+        kept = len(self.pending)
         try:
             self._call(
                 f"delete IPPool {name}",
@@ -1280,17 +1283,19 @@ class _Run:
                     self.group, self.version, PLURAL, name, body=body,
                     _request_timeout=self.backend.timeout),
             )
+            self._will_undo(f"re-create IPPool {name} (deleted)",
+                            lambda: self.put_back(name, recreate))
         except Exception:
             raise
         except BaseException:
-            # Interrupted with the delete sent and its answer unread (SIGTERM, Ctrl-C):
-            # the pool may be gone, and nothing put it back.
-            self._will_undo(f"re-create IPPool {name} (deleted, its answer unread)",
-                            lambda: self.put_back_unanswered(name, metadata.get("uid"),
-                                                             recreate))
+            # Interrupted with the delete sent and its answer unread (SIGTERM, Ctrl-C),
+            # or answered and its undo not kept yet: the pool may be gone, and nothing
+            # put it back.
+            if len(self.pending) == kept:
+                self._will_undo(f"re-create IPPool {name} (deleted, its answer unread)",
+                                lambda: self.put_back_unanswered(name, metadata.get("uid"),
+                                                                 recreate))
             raise
-        self._will_undo(f"re-create IPPool {name} (deleted)",
-                        lambda: self.put_back(name, recreate))
         self.raw.pop(name, None)
 
     def put_back_unanswered(self, name: str, uid: object, body: dict[str, Any]) -> None:
@@ -1406,21 +1411,24 @@ class _Run:
         changed = [k for k in new if old.get(k) != new.get(k)]
         metadata = (self.raw.get(before.name) or {}).get("metadata") or {}
         body = self._body(after, metadata.get("resourceVersion"), reset=before)
+        kept = len(self.pending)
         try:
             applied = self._apply(f"apply IPPool {before.name} ({', '.join(changed)})",
                                   before.name, body,
                                   force=self._own_create_holds(before.name, changed))
+            self.backend._saw_written(body, applied)
+            if isinstance(applied, dict):
+                self.raw[before.name] = applied
+            self._will_undo(f"apply back IPPool {before.name}",
+                            lambda: self._apply(f"apply back IPPool {before.name}",
+                                                before.name, self._body(before, reset=after)))
         except Exception:
             raise
         except BaseException:
-            # Interrupted with the apply sent and its answer unread (SIGTERM, Ctrl-C):
-            # the pool may hold the new spec, and nothing applied the old one back.
-            self._will_undo(f"apply back IPPool {before.name} (its answer unread)",
-                            lambda: self.apply_back_unanswered(before, after, new))
+            # Interrupted with the apply sent and its answer unread (SIGTERM, Ctrl-C), or
+            # answered and its undo not kept yet: the pool may hold the new spec, and
+            # nothing applied the old one back.
+            if len(self.pending) == kept:
+                self._will_undo(f"apply back IPPool {before.name} (its answer unread)",
+                                lambda: self.apply_back_unanswered(before, after, new))
             raise
-        self.backend._saw_written(body, applied)
-        if isinstance(applied, dict):
-            self.raw[before.name] = applied
-        self._will_undo(f"apply back IPPool {before.name}",
-                        lambda: self._apply(f"apply back IPPool {before.name}", before.name,
-                                            self._body(before, reset=after)))

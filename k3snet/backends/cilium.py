@@ -947,13 +947,15 @@ def _answered(write: Callable[[], T], unanswered: list[Callable[[], object]],
     the request, or the wait after a 503 that may follow its effect), ``take_back`` (which
     reads what is there: :meth:`_Api.take_back_unanswered`) is appended to
     ``unanswered`` first. The write's undo came only with its answer: an apply
-    interrupted so left it made, and `k3snet apply` exited 143 saying it was taken back."""
+    interrupted so left it made, and `k3snet apply` exited 143 saying it was taken back.
+    ``take_back`` stays there once answered too, until the apply keeps the write's own
+    undo (and clears ``unanswered``): a signal's handler runs at any call, also in the
+    answer's bookkeeping, and the write was kept by nothing."""
+    unanswered.append(take_back)  # also answered: until the apply keeps the write's undo
     try:
         return write()
     except Exception:
-        raise
-    except BaseException:
-        unanswered.append(take_back)
+        unanswered.remove(take_back)
         raise
 
 
@@ -1683,20 +1685,29 @@ class CiliumBackend(BackendBase):
                 if fail_at is not None and index == len(steps) - 1:
                     # Fail as the API server would refuse the last write: the first is undone.
                     undo.fail(plan.changes[fail_at], "injected failure (fault hook)")
+                recorded = False
                 try:
                     reverse = step()
+                    undo.record(plan.changes if index == 0 else (), reverse)
+                    recorded = True
                 except WriteLanded as landed:
+                    unanswered.clear()
                     undo.record(plan.changes if index == 0 else (), landed.undo)
                     undo.fail(plan.changes[-1], str(landed.error), landed.error)
                 except K3snetError as exc:
+                    unanswered.clear()
                     undo.fail(plan.changes[-1], str(exc), exc)
                 except BaseException:
-                    # Interrupted with the write sent and its answer unread: its undo
-                    # reads what is there (it was left, exit 143 saying it was taken back).
-                    if unanswered:
-                        undo.record(plan.changes if index == 0 else (), unanswered.pop())
+                    # Interrupted with the write sent and its answer unread, or answered
+                    # and its own undo not kept yet: its undo reads what is there (it
+                    # was left, exit 143 saying it was taken back).
+                    if not recorded:  # (its own kept: no second undo)
+                        for number, take_back in enumerate(unanswered):
+                            undo.record(plan.changes if index == number == 0 else (),
+                                        take_back)
+                    unanswered.clear()
                     raise
-                undo.record(plan.changes if index == 0 else (), reverse)
+                unanswered.clear()
                 operations += 1
         self._stamp = self._next_stamp
         return ApplyResult(self.name, plan.changes, operations=operations)

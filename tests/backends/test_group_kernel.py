@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,7 @@ from k3snet import (
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.driver import RestoreProcess
+from k3snet.backends.kit import Compensation
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.backends.netlink.socket_driver import SocketDriver
 from k3snet.backends.nftables import NftablesBackend
@@ -47,6 +49,7 @@ from k3snet.cli import (
 )
 from k3snet.errors import BackendError
 from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.planner import Change
 
 pytestmark = pytest.mark.kernel
 
@@ -838,3 +841,30 @@ def test_a_cli_destroy_ctrl_c_once_everything_is_removed_says_the_removal_stays(
     assert kernel_view(ns) != made
     argv[argv.index("apply")] = "plan"
     assert main([a for a in argv if a != "--auto-approve"]) == 2  # all to be made again
+
+
+def test_ctrl_c_as_a_sysctl_is_written_takes_it_back(
+        ns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None) -> None:
+    """Ctrl-C landing as netlink had written a sysctl, before the backend recorded its
+    undo (the handler runs in the main thread, at the call recording it): the value
+    stayed, never among the steps to undo, while the group said all was taken back."""
+    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path)]) as group:
+        before = kernel_view(ns)
+        p = plan(group.observe(), State(owned=[o for o in WANTED.owned
+                                               if isinstance(o, Sysctl)]))
+        real = Compensation.record
+        sent: list[str] = []
+
+        def record(self: Compensation, changes: Any, undo: Any = None) -> None:
+            if not sent and any(c.kind == "sysctl" for c in (
+                    (changes,) if isinstance(changes, Change) else changes)):
+                sent.append("record")  # the first sysctl written: Ctrl-C lands here
+                signal.raise_signal(signal.SIGINT)
+            real(self, changes, undo)
+
+        monkeypatch.setattr(Compensation, "record", record)
+        with pytest.raises(KeyboardInterrupt):
+            group.apply(p)
+        assert sent == ["record"]
+        assert kernel_view(ns) == before
+        assert not group.observe().owned

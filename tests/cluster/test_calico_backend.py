@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,6 +15,7 @@ from k3snet.backends import kit
 from k3snet.backends.calico import (
     BGP_EXPORT_RETRY,
     CalicoBackend,
+    _Run,
     calico_metadata,
     disruptive_changes,
     disruptive_fields,
@@ -1229,3 +1232,43 @@ def test_a_write_answered_without_disable_bgp_export_is_warned_of_by_the_apply_t
         assert plan(backend.observe(), compile_ippools(LAN)).empty
         assert backend.warnings == (warning,)
         assert _writes(server) == writes
+
+
+@pytest.mark.parametrize("action", ["add", "delete", "in place"])
+def test_ctrl_c_as_a_write_s_answer_is_kept_takes_the_write_back(
+        seeded: EmulatedApiServer, api_client: Any, monkeypatch: pytest.MonkeyPatch,
+        action: str) -> None:
+    """Ctrl-C landing after the API server answered a write, before its undo was kept
+    (a signal's handler runs at a call: here, the one keeping the undo): the write was
+    among nothing to undo, and stayed while the apply said it had taken back all."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: no handler can be set")
+    backend = _backend(api_client)
+    pool = IPPool("k3snet-nonat-c", "192.168.3.0/24", disabled=True)
+    if action != "add":
+        backend.apply(plan(backend.observe(), State(owned=[pool])))
+    before = _owned_snapshot(seeded)
+    wanted = {"add": [pool], "delete": [],
+              "in place": [attrs.evolve(pool, nat_outgoing=True)]}[action]
+    p = plan(backend.observe(), State(owned=wanted))
+    assert [c.action for c in p] == [action if action != "in place" else "replace"]
+    real = _Run._will_undo
+    signalled: list[str] = []
+
+    def will_undo(self: _Run, what: str, undo: Callable[[], object]) -> None:
+        if not signalled:  # at the call keeping the first write's undo, before it is kept
+            signalled.append(what)
+            signal.raise_signal(signal.SIGINT)
+        real(self, what, undo)
+
+    monkeypatch.setattr(_Run, "_will_undo", will_undo)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            backend.apply(p)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    undo = {"add": "delete", "delete": "re-create", "in place": "apply back"}[action]
+    assert signalled == [f"{undo} IPPool k3snet-nonat-c"  # the write was answered
+                         + {"add": " (created)", "delete": " (deleted)"}.get(action, "")]
+    assert _owned_snapshot(seeded) == before

@@ -19,6 +19,7 @@ import pytest
 
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.driver import Processes
+from k3snet.backends.nfgen import GenerationReader
 from k3snet.converge import destroy
 from k3snet.errors import ApplyError
 from k3snet.lab.netns import run_in
@@ -161,3 +162,30 @@ def test_a_failed_apply_leaves_a_table_that_existed_before_and_another_program_s
         ("ip", "filter"): {"ADMIN": {"policy": None, "rules": 0}},  # FORWARD taken back
         ("ip6", "nat"): {"POSTROUTING": {"policy": "accept", "rules": 1}},  # theirs
     }
+
+
+def test_a_built_in_chain_a_failed_apply_could_not_take_back_is_recorded_for_later(
+        ns: str, backend: IptablesBackend, state_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another program writing the ruleset as the failed apply deletes what it made
+    # (kube-proxy's periodic sync): the kernel refuses each delete (ERESTART, the
+    # generation moved). What stayed was recorded nowhere: the next apply found the
+    # chains there, and its destroy left them, empty, for good.
+    run_in(ns, ["nft", "add", "table", "inet", "busy"])
+    run_in(ns, ["nft", "add", "chain", "inet", "busy", "sync"])
+    real = GenerationReader.delete_unchanged
+
+    def delete_unchanged(self: GenerationReader, *args: Any, **kwargs: Any) -> None:
+        run_in(ns, ["nft", "add", "rule", "inet", "busy", "sync", "counter"])  # meanwhile
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationReader, "delete_unchanged", delete_unchanged)
+    with pytest.raises(ApplyError, match="were undone"):
+        backend.apply(_failing(backend))
+    monkeypatch.undo()
+    assert set(_ruleset(ns)) == {("inet", "busy"), ("ip", "filter"), ("ip", "nat"),
+                                 ("ip6", "filter")}  # each delete refused
+    backend.apply(plan(backend.observe(), WANTED))
+    destroy(backend)
+    assert set(_ruleset(ns)) == {("inet", "busy")}  # nothing k3snet made is left
+    assert not (state_dir / ns / "iptables-made.json").exists()

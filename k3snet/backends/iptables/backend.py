@@ -887,11 +887,7 @@ class IptablesBackend(BackendBase):
             reader = self._reader()
             if reader is None:
                 return
-            kept_as = record_netns(self._netns)
-            record = MadeRecord(kept_as, namespace_id(self._netns), self._state_dir,
-                                instance=namespace_instance(self._netns, self._native_runner,
-                                                            host=kept_as is None),
-                                earlier=earlier_records(self._netns, kept_as))
+            record = self._made_record()
             before = record.load()
             made = list(before)
             made += [m for m in missing if m not in made
@@ -902,21 +898,35 @@ class IptablesBackend(BackendBase):
         except K3snetError as exc:
             log.warning("iptables: cannot tidy the built-in chains k3snet made: %s", exc)
 
+    def _made_record(self) -> MadeRecord:
+        """The record of the built-in chains k3snet made in this namespace."""
+        kept_as = record_netns(self._netns)
+        return MadeRecord(kept_as, namespace_id(self._netns), self._state_dir,
+                          instance=namespace_instance(self._netns, self._native_runner,
+                                                      host=kept_as is None),
+                          earlier=earlier_records(self._netns, kept_as))
+
     def _take_back_builtins(self, missing: list[Made]) -> None:
         """After a failed apply, delete the built-in chains of ``missing`` it made (with
         their tables when it made those too), each when still empty with policy accept
         and its table holding nothing else: the undo took k3snet's rules back, and
         these stayed, an empty ``ip filter`` table and its ``FORWARD`` chain (a nat
         chain keeping connection tracking on). Never one that existed before (not
-        in ``missing``), nor one another program used since. Never fails: what it
-        cannot delete is logged and left, as before."""
+        in ``missing``), nor one another program used since. One the kernel refuses
+        to delete (another program wrote the ruleset meanwhile: kube-proxy's sync) is
+        recorded, as an apply records what it made, for a later apply or destroy to
+        delete: left unrecorded, the next apply found it there and no destroy ever
+        took it. Never fails: what it cannot delete or record is logged and left."""
         with undo_running():  # the CLI's SIGTERM lets it end, as the undo before it
             try:
                 reader = self._reader()
                 if reader is None:
                     return
-                for made in missing:
-                    self._delete_if_unused(reader, made)
+                left = [made for made in missing if not self._delete_if_unused(reader, made)]
+                if left:
+                    record = self._made_record()
+                    before = record.load()
+                    record.save([*before, *(made for made in left if made not in before)])
             except K3snetError as exc:
                 log.warning("iptables: cannot delete the built-in chains the failed apply "
                             "made: %s", exc)

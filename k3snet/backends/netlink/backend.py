@@ -1186,8 +1186,11 @@ class NetlinkBackend(BackendBase):
     def _execute_sysctl(self, change: Change, undo: Compensation) -> None:
         """Make one sysctl change and record its undo; a failure is undone at once."""
         restores: list[Callable[[], None]] = []
+        recorded = False
         try:
             self._apply_sysctl(change, restores)
+            undo.record(change, restores[0] if restores else None)
+            recorded = True
         except (OSError, BackendError) as exc:
             problems = []
             for restore in restores:  # it wrote before failing: take that back first
@@ -1198,13 +1201,14 @@ class NetlinkBackend(BackendBase):
             name = getattr(change.subject, "name", "")
             undo.fail(change, _reason(exc, f"write {name}"), exc, extra_problems=problems)
         except BaseException:
-            # Interrupted between the write and its record: the value is taken back
-            # here, as the state file is by the compensation (which never saw this step).
-            for restore in restores:
-                with contextlib.suppress(OSError, BackendError):
-                    restore()
+            # Interrupted between the write and its record (also as the record began: a
+            # signal's handler runs at any call): the value is taken back here, as the
+            # state file is by the compensation (which never saw this step).
+            if not recorded:
+                for restore in restores:
+                    with contextlib.suppress(OSError, BackendError):
+                        restore()
             raise
-        undo.record(change, restores[0] if restores else None)
 
     def _record_takeover(self, state: SysctlState, name: str, previous: str | None,
                          switches: Mapping[str, str]) -> None:
