@@ -87,11 +87,22 @@ _TYPE_SIZES = {5: 16, 41: 16, 7: 4, 8: 16, 9: 8, 12: 4, 13: 4, 19: 4}
 # OIFKIND, SDIFNAME; ct's HELPER.
 _META_STRING_KEYS = frozenset({6, 7, 17, 18, 26, 27, 34})
 _NFT_CT_HELPER = 6
+# fib's result that is an interface name (NFT_FIB_RESULT_OIFNAME: ``fib daddr oifname``).
+_NFT_FIB_RESULT_OIFNAME = 2
+# The keys (attribute 2) loading a string of each expression that has such keys.
+_STRING_KEYS: dict[bytes, Collection[int]] = {
+    b"meta": _META_STRING_KEYS, b"ct": (_NFT_CT_HELPER,), b"fib": (_NFT_FIB_RESULT_OIFNAME,)}
 # The bytes of a rule loading a string (a meta or ct key attribute of a string key; an
-# osf expression's name): only such a rule is decoded (5 000 rules: 0.6 s decoded whole).
+# osf expression's name; a fib expression's register, then its result OIFNAME, as
+# nft_fib_dump writes them): only such a rule is decoded (5 000 rules: 0.6 s decoded
+# whole). Other expressions' attribute 2 may match too (xfrm's SPI key, numgen's modulus):
+# their rule is decoded, and judged by each expression's name (_rule_strings_utf8).
 _STRING_LOADS = re.compile(
     re.escape(struct.pack("=HH", 8, 2)) + b"\0\0\0["
-    + b"".join(re.escape(bytes([key])) for key in sorted(_META_STRING_KEYS)) + b"]|osf\0")
+    + b"".join(re.escape(bytes([key])) for key in sorted(_META_STRING_KEYS)) + b"]|osf\0|"
+    + b"fib\0..\x02[\x00\x80]" + re.escape(struct.pack("=HH", 8, 1)) + b"...."
+    + re.escape(struct.pack("=HH", 8, 2) + struct.pack(">I", _NFT_FIB_RESULT_OIFNAME)),
+    re.DOTALL)
 # A meta load of a string (its key, then its register: group 1) and the cmp after it
 # (its register: group 2, its operator, then its data's value: the size, group 3, the
 # bytes after the match), as the kernel dumps them (nft_meta_get_dump, nft_cmp_dump).
@@ -327,7 +338,8 @@ class GenerationReader:
         libnftables aborts the process printing such a string as JSON (nftables 1.0.6,
         ``relational_expr_json: Assertion '__out' failed``): ``iifname $'bad\\xff'``,
         the other interface-name keys of ``meta`` (``oifname``, ``iifkind``,
-        ``sdifname`` ...), ``ct helper``, ``osf name``, and an anonymous set or map of
+        ``sdifname`` ...), ``ct helper``, ``osf name``, ``fib daddr oifname``, and an
+        anonymous set or map of
         such names inline in its rule; a named map of them aborts its own listing, and
         a named set of them is listed without the element (read as not there), so
         either is named here. Comments (rules', sets', chains', tables') and ``log
@@ -622,11 +634,12 @@ def _rule_utf8(message: bytes) -> bool:
 
 def _rule_strings_utf8(expressions: bytes) -> bool:
     """Whether each ``cmp`` of a rule's expressions comparing a string libnftables prints
-    (an interface name or kind ``meta`` loaded, ``ct helper``, ``osf name``) compares it
-    with bytes that are UTF-8. Such a ``cmp`` follows its load at once (nft writes each
-    test so, and reads a ``cmp`` of a register as the load just before); only those two
-    expressions are decoded, each other one's name alone looked at (the kernel writes it
-    first)."""
+    (an interface name or kind ``meta`` loaded, ``ct helper``, ``osf name``, ``fib ...
+    oifname``) compares it with bytes that are UTF-8; another expression's key equal to
+    one of those (xfrm's SPI, numgen's modulus) is no string. Such a ``cmp`` follows its
+    load at once (nft writes each test so, and reads a ``cmp`` of a register as the load
+    just before); only those two expressions are decoded, each other one's name alone
+    looked at (the kernel writes it first)."""
     loaded = -1  # the register the expression before loaded a string into
     offset = 0
     while offset + 8 <= len(expressions):
@@ -650,9 +663,10 @@ def _rule_strings_utf8(expressions: bytes) -> bool:
                 return False
             loaded = -1
             continue
-        key, dreg = data.get(2, b""), data.get(1, b"")  # NFTA_META_KEY, NFTA_CT_KEY; *_DREG
-        strings = (name == b"osf" or (len(key) >= 4 and _u32(key) in (
-            _META_STRING_KEYS if name == b"meta" else (_NFT_CT_HELPER,))))
+        # NFTA_META_KEY, NFTA_CT_KEY, NFTA_FIB_RESULT; each one's *_DREG
+        key, dreg = data.get(2, b""), data.get(1, b"")
+        strings = (name == b"osf" or (len(key) >= 4 and _u32(key) in _STRING_KEYS.get(
+            name, ())))
         loaded = _register(dreg) if strings and len(dreg) >= 4 else -1
     return True
 

@@ -42,6 +42,7 @@ RULES = {
     "iifkind": b'meta iifkind "bad\xff\xfe" accept',
     "sdifname": b'meta sdifname "bad\xff\xfe" accept',
     "helper": b'ct helper "bad\xff\xfe" accept',
+    "fib-oifname": b'fib daddr oifname "bad\xff\xfe" accept',
     "wildcard": b'iifname "bad\xff*" accept',
     "anonymous-set": b'iifname { "eth0", "b\xc3*" } drop',
     "vmap": b'iifname vmap { "bad\xff\xfe" : accept }',
@@ -123,6 +124,12 @@ def test_strings_that_are_utf8_are_no_finding(ns: str) -> None:
     # Addresses and ports whose bytes are not UTF-8, beside interface names that are.
     foreign_forward(ns, b'iifname "\xc3\xa9th*" ip saddr 10.200.0.0/16 tcp dport 65535 '
                         b'oifname { "eth0", "eth1" } ct helper "ftp" accept')
+    # Keys of other expressions equal to a string key (xfrm's SPI, numgen's modulus, as
+    # meta's IIFNAME and ct's HELPER: 6) and a fib result that is no interface name,
+    # each compared with bytes that are not UTF-8.
+    nft(ns, b"add rule inet t c ipsec in spi 0xfffefdfc accept")
+    nft(ns, b"add rule inet t c numgen inc mod 6 offset 0xfffffff0 0xfffffff3 accept")
+    nft(ns, b"add rule inet t c fib daddr type 0xfffefdfc accept")
     nft(ns, b'add set inet t s { type ipv4_addr . ifname; elements = { 200.200.200.200 . '
             b'"eth0" }; }')
     with NetnsRunner(ns) as runner:
