@@ -104,8 +104,10 @@ _STRING_LOADS = re.compile(
     + re.escape(struct.pack("=HH", 8, 2) + struct.pack(">I", _NFT_FIB_RESULT_OIFNAME)),
     re.DOTALL)
 # A meta load of a string (its key, then its register: group 1) and the cmp after it
-# (its register: group 2, its operator, then its data's value: the size, group 3, the
-# bytes after the match), as the kernel dumps them (nft_meta_get_dump, nft_cmp_dump).
+# (its register: group 2, its operator, then its data's value attribute: its length,
+# group 3, the bytes after the match; the data's own nested length counts the value's
+# padding and would reach into the next expression's header), as the kernel dumps them
+# (nft_meta_get_dump, nft_cmp_dump).
 _META_CMP = re.compile(
     re.escape(struct.pack("=HHH", 1, 9, 1)) + b"meta\0\0\0\0..\x02[\x00\x80]"
     + re.escape(struct.pack("=HH", 8, 2)) + b"\0\0\0["
@@ -113,7 +115,7 @@ _META_CMP = re.compile(
     + re.escape(struct.pack("=HH", 8, 1)) + b"(....)..\x01[\x00\x80]"
     + re.escape(struct.pack("=HH", 8, 1)) + b"cmp\0..\x02[\x00\x80]"
     + re.escape(struct.pack("=HH", 8, 1)) + b"(....)" + re.escape(struct.pack("=HH", 8, 2))
-    + b"....(..)\x03[\x00\x80]..\x01[\x00\x80]", re.DOTALL)
+    + b"......\x03[\x00\x80](..)\x01[\x00\x80]", re.DOTALL)
 _NFT_MSG_DELTABLE = (10 << 8) | 2
 _NFT_MSG_DELCHAIN = (10 << 8) | 5
 _NFTA_TABLE_USE = 3

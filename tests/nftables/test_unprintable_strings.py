@@ -130,6 +130,11 @@ def test_strings_that_are_utf8_are_no_finding(ns: str) -> None:
     nft(ns, b"add rule inet t c ipsec in spi 0xfffefdfc accept")
     nft(ns, b"add rule inet t c numgen inc mod 6 offset 0xfffffff0 0xfffffff3 accept")
     nft(ns, b"add rule inet t c fib daddr type 0xfffefdfc accept")
+    # An interface name test followed by an expression 128 bytes long or more (a jump to
+    # a long chain name, a long log prefix): its length's byte is not UTF-8.
+    nft(ns, b"add chain inet t " + b"k" * 72)
+    nft(ns, b'add rule inet t c iifname "eth0" jump ' + b"k" * 72)
+    nft(ns, b'add rule inet t c oifname "eth1" log prefix "' + b"p" * 100 + b'" accept')
     nft(ns, b'add set inet t s { type ipv4_addr . ifname; elements = { 200.200.200.200 . '
             b'"eth0" }; }')
     with NetnsRunner(ns) as runner:
