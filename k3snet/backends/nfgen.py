@@ -321,12 +321,30 @@ class GenerationReader:
                                       _handle(attributes.get(handle_attribute, b""))))
         return found
 
-    def unprintable(self) -> list[tuple[str, str, str, str, int]]:
+    def unprintable(self, named: list[tuple[int, bytes, bytes, int, int, int]] | None = None
+                    ) -> list[tuple[str, str, str, str, int]]:
         """What :meth:`unprintable_names` finds, and the rules and sets holding a string
-        that is not UTF-8 (:meth:`unprintable_contents`): what a JSON listing aborts on."""
+        that is not UTF-8 (:meth:`unprintable_contents`): what a JSON listing aborts on.
+        Each named set of interface names or strings is added to ``named``, for
+        :meth:`unprintable_elements`."""
         sets: list[tuple[int, bytes, bytes, int, int, int]] = []
         found = self.unprintable_names(sets)
+        if named is not None:
+            named.extend(one for one in sets if not one[2].startswith(b"__"))
         return found + self.unprintable_contents(sets)
+
+    def unprintable_elements(self, sets: list[tuple[int, bytes, bytes, int, int, int]]
+                             ) -> list[tuple[str, str, str, str, int]]:
+        """(family, table, ``set``, name, handle) of each named set of ``sets`` holding an
+        element whose string is not UTF-8 (one ``GETSETELEM`` dump each). A rule fills a
+        set from packets (``update @m { iifname : 1 }``) without moving the generation
+        id: such an element is found only by reading the elements again."""
+        with translate_errors("list the nftables sets' elements", capability=_CAPABILITY):
+            return [(_NFPROTO_NAMES.get(family, str(family)), _word(table), "set",
+                     _word(name), handle)
+                    for family, table, name, handle, key_type, data_type in sets
+                    if not name.startswith(b"__")
+                    and not self._elements_utf8(family, table, name, key_type, data_type)]
 
     def unprintable_contents(self, sets: list[tuple[int, bytes, bytes, int, int, int]]
                              ) -> list[tuple[str, str, str, str, int]]:

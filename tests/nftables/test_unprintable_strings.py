@@ -183,3 +183,47 @@ def test_the_rules_are_dumped_once_per_generation_id_not_at_each_listing(
         nft(ns, b"add rule inet t c accept")
         backend.observe()
         assert len(dumped) == 2
+
+
+# Run in a child: lists table inet t, has a packet sent out of interface BAD, lists it again.
+_LIST_AFTER_A_PACKET = """
+import sys
+from k3snet.backends.netns import NetnsRunner
+from k3snet.backends.nftables.kernel import Libnftables, UnprintableNameError
+from k3snet.lab.netns import run_in
+
+def listed(kernel: Libnftables) -> str:
+    try:
+        kernel.list("table", family="inet", name="t")
+    except UnprintableNameError as exc:
+        return str(exc)
+    return "listed"
+
+with NetnsRunner(sys.argv[1]) as runner:
+    kernel = runner.call(Libnftables)
+    print(runner.call(lambda: listed(kernel)))
+    run_in(sys.argv[1], [sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, "
+                         "socket.SOCK_DGRAM).sendto(b'x', ('10.9.9.2', 9))"])
+    print(runner.call(lambda: listed(kernel)))
+"""
+
+
+def test_an_element_a_rule_adds_from_a_packet_is_found_before_the_next_listing(
+        ns: str) -> None:
+    # The kernel adds the element, the generation id unmoved: a process that read the
+    # names and elements at that generation id listed the map and aborted.
+    run_in(ns, ["ip", "link", "add", BAD.decode(errors="surrogateescape"), "type", "veth",
+                "peer", "name", "peer0"])
+    run_in(ns, ["ip", "link", "set", BAD.decode(errors="surrogateescape"), "up"])
+    run_in(ns, ["ip", "addr", "add", "10.9.9.1/24", "dev", BAD.decode(errors="surrogateescape")])
+    nft(ns, b"add table inet t")
+    nft(ns, b"add map inet t m { type ifname : mark; flags dynamic; }")
+    nft(ns, b"add chain inet t o { type filter hook output priority 0; }")
+    nft(ns, b"add rule inet t o ip daddr 10.9.9.2 update @m { oifname : 0x1 }")
+    done = subprocess.run([sys.executable, "-c", _LIST_AFTER_A_PACKET, ns], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert first == "listed"
+    assert re.search(r"set m of table inet t \(nft delete set inet t handle \d+\)", second), second
+    assert json_listing_aborts(ns)
