@@ -410,7 +410,8 @@ class GenerationReader:
                                         (_NFTA_SET_ELEM_DATA, data_type)):
                     value = _attributes(attributes.get(attribute, b""), 0).get(
                         _NFTA_DATA_VALUE)
-                    if value is not None and not _typed_utf8(value, kind):
+                    if value is not None and not _typed_utf8(
+                            value, kind, attribute == _NFTA_SET_ELEM_KEY_END):
                         return False
         return True
 
@@ -614,22 +615,30 @@ def _string_typed(kind: int) -> bool:
     return any(part in _STRING_TYPES for part in _type_parts(kind))
 
 
-def _typed_utf8(value: bytes, kind: int) -> bool:
+def _typed_utf8(value: bytes, kind: int, end: bool = False) -> bool:
     """Whether each string part of an element's key or data ``value`` of type ``kind``
     is UTF-8 as libnftables prints it (up to its NUL); a concatenation whose parts'
-    sizes k3snet does not know: whether it is all ASCII (conservative)."""
+    sizes k3snet does not know: whether it is all ASCII (conservative). ``end``: a
+    range's end (``NFTA_SET_ELEM_KEY_END``), where nft ends a wildcard's prefix with
+    0xff bytes (``"eth*" . 10.0.0.0/8``: ``eth\xff...``) and libnftables prints the
+    prefix alone: those bytes are left out."""
     parts = _type_parts(kind)
     if len(parts) == 1:
-        return parts[0] not in _STRING_TYPES or _utf8(_text(value))
+        return parts[0] not in _STRING_TYPES or _utf8(_string(value, end))
     offset = 0
     for part in parts:
         size = _TYPE_SIZES.get(part)
         if size is None:
-            return value.isascii()
-        if part in _STRING_TYPES and not _utf8(_text(value[offset:offset + size])):
+            return (value.translate(None, b"\xff") if end else value).isascii()
+        if part in _STRING_TYPES and not _utf8(_string(value[offset:offset + size], end)):
             return False
         offset += size
     return True
+
+
+def _string(value: bytes, end: bool) -> bytes:
+    """A string part's bytes, up to its NUL; of a range's end, without its last 0xff."""
+    return _text(value).rstrip(b"\xff") if end else _text(value)
 
 
 def _rule_utf8(message: bytes) -> bool:

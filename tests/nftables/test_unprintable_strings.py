@@ -137,6 +137,9 @@ def test_strings_that_are_utf8_are_no_finding(ns: str) -> None:
     nft(ns, b'add rule inet t c oifname "eth1" log prefix "' + b"p" * 100 + b'" accept')
     nft(ns, b'add set inet t s { type ipv4_addr . ifname; elements = { 200.200.200.200 . '
             b'"eth0" }; }')
+    # A wildcard in a range of a concatenation: its end's prefix ends with 0xff bytes.
+    nft(ns, b'add set inet t r { type ifname . ipv4_addr; flags interval; elements = { '
+            b'"eth*" . 10.0.0.0/8, "\xc3\xa9*" . 10.1.0.0/16, "lo" . 1.2.3.4 }; }')
     with NetnsRunner(ns) as runner:
         assert runner.call(lambda: GenerationReader().unprintable()) == []
 
