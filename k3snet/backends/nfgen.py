@@ -87,14 +87,27 @@ _TYPE_SIZES = {5: 16, 41: 16, 7: 4, 8: 16, 9: 8, 12: 4, 13: 4, 19: 4}
 # OIFKIND, SDIFNAME; ct's HELPER.
 _META_STRING_KEYS = frozenset({6, 7, 17, 18, 26, 27, 34})
 _NFT_CT_HELPER = 6
+# fib's result that is an interface name (NFT_FIB_RESULT_OIFNAME: ``fib daddr oifname``).
+_NFT_FIB_RESULT_OIFNAME = 2
+# The keys (attribute 2) loading a string of each expression that has such keys.
+_STRING_KEYS: dict[bytes, Collection[int]] = {
+    b"meta": _META_STRING_KEYS, b"ct": (_NFT_CT_HELPER,), b"fib": (_NFT_FIB_RESULT_OIFNAME,)}
 # The bytes of a rule loading a string (a meta or ct key attribute of a string key; an
-# osf expression's name): only such a rule is decoded (5 000 rules: 0.6 s decoded whole).
+# osf expression's name; a fib expression's register, then its result OIFNAME, as
+# nft_fib_dump writes them): only such a rule is decoded (5 000 rules: 0.6 s decoded
+# whole). Other expressions' attribute 2 may match too (xfrm's SPI key, numgen's modulus):
+# their rule is decoded, and judged by each expression's name (_rule_strings_utf8).
 _STRING_LOADS = re.compile(
     re.escape(struct.pack("=HH", 8, 2)) + b"\0\0\0["
-    + b"".join(re.escape(bytes([key])) for key in sorted(_META_STRING_KEYS)) + b"]|osf\0")
+    + b"".join(re.escape(bytes([key])) for key in sorted(_META_STRING_KEYS)) + b"]|osf\0|"
+    + b"fib\0..\x02[\x00\x80]" + re.escape(struct.pack("=HH", 8, 1)) + b"...."
+    + re.escape(struct.pack("=HH", 8, 2) + struct.pack(">I", _NFT_FIB_RESULT_OIFNAME)),
+    re.DOTALL)
 # A meta load of a string (its key, then its register: group 1) and the cmp after it
-# (its register: group 2, its operator, then its data's value: the size, group 3, the
-# bytes after the match), as the kernel dumps them (nft_meta_get_dump, nft_cmp_dump).
+# (its register: group 2, its operator, then its data's value attribute: its length,
+# group 3, the bytes after the match; the data's own nested length counts the value's
+# padding and would reach into the next expression's header), as the kernel dumps them
+# (nft_meta_get_dump, nft_cmp_dump).
 _META_CMP = re.compile(
     re.escape(struct.pack("=HHH", 1, 9, 1)) + b"meta\0\0\0\0..\x02[\x00\x80]"
     + re.escape(struct.pack("=HH", 8, 2)) + b"\0\0\0["
@@ -102,7 +115,7 @@ _META_CMP = re.compile(
     + re.escape(struct.pack("=HH", 8, 1)) + b"(....)..\x01[\x00\x80]"
     + re.escape(struct.pack("=HH", 8, 1)) + b"cmp\0..\x02[\x00\x80]"
     + re.escape(struct.pack("=HH", 8, 1)) + b"(....)" + re.escape(struct.pack("=HH", 8, 2))
-    + b"....(..)\x03[\x00\x80]..\x01[\x00\x80]", re.DOTALL)
+    + b"......\x03[\x00\x80](..)\x01[\x00\x80]", re.DOTALL)
 _NFT_MSG_DELTABLE = (10 << 8) | 2
 _NFT_MSG_DELCHAIN = (10 << 8) | 5
 _NFTA_TABLE_USE = 3
@@ -308,12 +321,30 @@ class GenerationReader:
                                       _handle(attributes.get(handle_attribute, b""))))
         return found
 
-    def unprintable(self) -> list[tuple[str, str, str, str, int]]:
+    def unprintable(self, named: list[tuple[int, bytes, bytes, int, int, int]] | None = None
+                    ) -> list[tuple[str, str, str, str, int]]:
         """What :meth:`unprintable_names` finds, and the rules and sets holding a string
-        that is not UTF-8 (:meth:`unprintable_contents`): what a JSON listing aborts on."""
+        that is not UTF-8 (:meth:`unprintable_contents`): what a JSON listing aborts on.
+        Each named set of interface names or strings is added to ``named``, for
+        :meth:`unprintable_elements`."""
         sets: list[tuple[int, bytes, bytes, int, int, int]] = []
         found = self.unprintable_names(sets)
+        if named is not None:
+            named.extend(one for one in sets if not one[2].startswith(b"__"))
         return found + self.unprintable_contents(sets)
+
+    def unprintable_elements(self, sets: list[tuple[int, bytes, bytes, int, int, int]]
+                             ) -> list[tuple[str, str, str, str, int]]:
+        """(family, table, ``set``, name, handle) of each named set of ``sets`` holding an
+        element whose string is not UTF-8 (one ``GETSETELEM`` dump each). A rule fills a
+        set from packets (``update @m { iifname : 1 }``) without moving the generation
+        id: such an element is found only by reading the elements again."""
+        with translate_errors("list the nftables sets' elements", capability=_CAPABILITY):
+            return [(_NFPROTO_NAMES.get(family, str(family)), _word(table), "set",
+                     _word(name), handle)
+                    for family, table, name, handle, key_type, data_type in sets
+                    if not name.startswith(b"__")
+                    and not self._elements_utf8(family, table, name, key_type, data_type)]
 
     def unprintable_contents(self, sets: list[tuple[int, bytes, bytes, int, int, int]]
                              ) -> list[tuple[str, str, str, str, int]]:
@@ -327,7 +358,8 @@ class GenerationReader:
         libnftables aborts the process printing such a string as JSON (nftables 1.0.6,
         ``relational_expr_json: Assertion '__out' failed``): ``iifname $'bad\\xff'``,
         the other interface-name keys of ``meta`` (``oifname``, ``iifkind``,
-        ``sdifname`` ...), ``ct helper``, ``osf name``, and an anonymous set or map of
+        ``sdifname`` ...), ``ct helper``, ``osf name``, ``fib daddr oifname``, and an
+        anonymous set or map of
         such names inline in its rule; a named map of them aborts its own listing, and
         a named set of them is listed without the element (read as not there), so
         either is named here. Comments (rules', sets', chains', tables') and ``log
@@ -378,7 +410,8 @@ class GenerationReader:
                                         (_NFTA_SET_ELEM_DATA, data_type)):
                     value = _attributes(attributes.get(attribute, b""), 0).get(
                         _NFTA_DATA_VALUE)
-                    if value is not None and not _typed_utf8(value, kind):
+                    if value is not None and not _typed_utf8(
+                            value, kind, attribute == _NFTA_SET_ELEM_KEY_END):
                         return False
         return True
 
@@ -582,22 +615,30 @@ def _string_typed(kind: int) -> bool:
     return any(part in _STRING_TYPES for part in _type_parts(kind))
 
 
-def _typed_utf8(value: bytes, kind: int) -> bool:
+def _typed_utf8(value: bytes, kind: int, end: bool = False) -> bool:
     """Whether each string part of an element's key or data ``value`` of type ``kind``
     is UTF-8 as libnftables prints it (up to its NUL); a concatenation whose parts'
-    sizes k3snet does not know: whether it is all ASCII (conservative)."""
+    sizes k3snet does not know: whether it is all ASCII (conservative). ``end``: a
+    range's end (``NFTA_SET_ELEM_KEY_END``), where nft ends a wildcard's prefix with
+    0xff bytes (``"eth*" . 10.0.0.0/8``: ``eth\xff...``) and libnftables prints the
+    prefix alone: those bytes are left out."""
     parts = _type_parts(kind)
     if len(parts) == 1:
-        return parts[0] not in _STRING_TYPES or _utf8(_text(value))
+        return parts[0] not in _STRING_TYPES or _utf8(_string(value, end))
     offset = 0
     for part in parts:
         size = _TYPE_SIZES.get(part)
         if size is None:
-            return value.isascii()
-        if part in _STRING_TYPES and not _utf8(_text(value[offset:offset + size])):
+            return (value.translate(None, b"\xff") if end else value).isascii()
+        if part in _STRING_TYPES and not _utf8(_string(value[offset:offset + size], end)):
             return False
         offset += size
     return True
+
+
+def _string(value: bytes, end: bool) -> bytes:
+    """A string part's bytes, up to its NUL; of a range's end, without its last 0xff."""
+    return _text(value).rstrip(b"\xff") if end else _text(value)
 
 
 def _rule_utf8(message: bytes) -> bool:
@@ -622,11 +663,12 @@ def _rule_utf8(message: bytes) -> bool:
 
 def _rule_strings_utf8(expressions: bytes) -> bool:
     """Whether each ``cmp`` of a rule's expressions comparing a string libnftables prints
-    (an interface name or kind ``meta`` loaded, ``ct helper``, ``osf name``) compares it
-    with bytes that are UTF-8. Such a ``cmp`` follows its load at once (nft writes each
-    test so, and reads a ``cmp`` of a register as the load just before); only those two
-    expressions are decoded, each other one's name alone looked at (the kernel writes it
-    first)."""
+    (an interface name or kind ``meta`` loaded, ``ct helper``, ``osf name``, ``fib ...
+    oifname``) compares it with bytes that are UTF-8; another expression's key equal to
+    one of those (xfrm's SPI, numgen's modulus) is no string. Such a ``cmp`` follows its
+    load at once (nft writes each test so, and reads a ``cmp`` of a register as the load
+    just before); only those two expressions are decoded, each other one's name alone
+    looked at (the kernel writes it first)."""
     loaded = -1  # the register the expression before loaded a string into
     offset = 0
     while offset + 8 <= len(expressions):
@@ -650,9 +692,10 @@ def _rule_strings_utf8(expressions: bytes) -> bool:
                 return False
             loaded = -1
             continue
-        key, dreg = data.get(2, b""), data.get(1, b"")  # NFTA_META_KEY, NFTA_CT_KEY; *_DREG
-        strings = (name == b"osf" or (len(key) >= 4 and _u32(key) in (
-            _META_STRING_KEYS if name == b"meta" else (_NFT_CT_HELPER,))))
+        # NFTA_META_KEY, NFTA_CT_KEY, NFTA_FIB_RESULT; each one's *_DREG
+        key, dreg = data.get(2, b""), data.get(1, b"")
+        strings = (name == b"osf" or (len(key) >= 4 and _u32(key) in _STRING_KEYS.get(
+            name, ())))
         loaded = _register(dreg) if strings and len(dreg) >= 4 else -1
     return True
 

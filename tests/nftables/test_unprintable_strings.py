@@ -42,6 +42,7 @@ RULES = {
     "iifkind": b'meta iifkind "bad\xff\xfe" accept',
     "sdifname": b'meta sdifname "bad\xff\xfe" accept',
     "helper": b'ct helper "bad\xff\xfe" accept',
+    "fib-oifname": b'fib daddr oifname "bad\xff\xfe" accept',
     "wildcard": b'iifname "bad\xff*" accept',
     "anonymous-set": b'iifname { "eth0", "b\xc3*" } drop',
     "vmap": b'iifname vmap { "bad\xff\xfe" : accept }',
@@ -123,8 +124,22 @@ def test_strings_that_are_utf8_are_no_finding(ns: str) -> None:
     # Addresses and ports whose bytes are not UTF-8, beside interface names that are.
     foreign_forward(ns, b'iifname "\xc3\xa9th*" ip saddr 10.200.0.0/16 tcp dport 65535 '
                         b'oifname { "eth0", "eth1" } ct helper "ftp" accept')
+    # Keys of other expressions equal to a string key (xfrm's SPI, numgen's modulus, as
+    # meta's IIFNAME and ct's HELPER: 6) and a fib result that is no interface name,
+    # each compared with bytes that are not UTF-8.
+    nft(ns, b"add rule inet t c ipsec in spi 0xfffefdfc accept")
+    nft(ns, b"add rule inet t c numgen inc mod 6 offset 0xfffffff0 0xfffffff3 accept")
+    nft(ns, b"add rule inet t c fib daddr type 0xfffefdfc accept")
+    # An interface name test followed by an expression 128 bytes long or more (a jump to
+    # a long chain name, a long log prefix): its length's byte is not UTF-8.
+    nft(ns, b"add chain inet t " + b"k" * 72)
+    nft(ns, b'add rule inet t c iifname "eth0" jump ' + b"k" * 72)
+    nft(ns, b'add rule inet t c oifname "eth1" log prefix "' + b"p" * 100 + b'" accept')
     nft(ns, b'add set inet t s { type ipv4_addr . ifname; elements = { 200.200.200.200 . '
             b'"eth0" }; }')
+    # A wildcard in a range of a concatenation: its end's prefix ends with 0xff bytes.
+    nft(ns, b'add set inet t r { type ifname . ipv4_addr; flags interval; elements = { '
+            b'"eth*" . 10.0.0.0/8, "\xc3\xa9*" . 10.1.0.0/16, "lo" . 1.2.3.4 }; }')
     with NetnsRunner(ns) as runner:
         assert runner.call(lambda: GenerationReader().unprintable()) == []
 
@@ -171,3 +186,47 @@ def test_the_rules_are_dumped_once_per_generation_id_not_at_each_listing(
         nft(ns, b"add rule inet t c accept")
         backend.observe()
         assert len(dumped) == 2
+
+
+# Run in a child: lists table inet t, has a packet sent out of interface BAD, lists it again.
+_LIST_AFTER_A_PACKET = """
+import sys
+from k3snet.backends.netns import NetnsRunner
+from k3snet.backends.nftables.kernel import Libnftables, UnprintableNameError
+from k3snet.lab.netns import run_in
+
+def listed(kernel: Libnftables) -> str:
+    try:
+        kernel.list("table", family="inet", name="t")
+    except UnprintableNameError as exc:
+        return str(exc)
+    return "listed"
+
+with NetnsRunner(sys.argv[1]) as runner:
+    kernel = runner.call(Libnftables)
+    print(runner.call(lambda: listed(kernel)))
+    run_in(sys.argv[1], [sys.executable, "-c", "import socket; socket.socket(socket.AF_INET, "
+                         "socket.SOCK_DGRAM).sendto(b'x', ('10.9.9.2', 9))"])
+    print(runner.call(lambda: listed(kernel)))
+"""
+
+
+def test_an_element_a_rule_adds_from_a_packet_is_found_before_the_next_listing(
+        ns: str) -> None:
+    # The kernel adds the element, the generation id unmoved: a process that read the
+    # names and elements at that generation id listed the map and aborted.
+    run_in(ns, ["ip", "link", "add", BAD.decode(errors="surrogateescape"), "type", "veth",
+                "peer", "name", "peer0"])
+    run_in(ns, ["ip", "link", "set", BAD.decode(errors="surrogateescape"), "up"])
+    run_in(ns, ["ip", "addr", "add", "10.9.9.1/24", "dev", BAD.decode(errors="surrogateescape")])
+    nft(ns, b"add table inet t")
+    nft(ns, b"add map inet t m { type ifname : mark; flags dynamic; }")
+    nft(ns, b"add chain inet t o { type filter hook output priority 0; }")
+    nft(ns, b"add rule inet t o ip daddr 10.9.9.2 update @m { oifname : 0x1 }")
+    done = subprocess.run([sys.executable, "-c", _LIST_AFTER_A_PACKET, ns], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.splitlines()
+    assert first == "listed"
+    assert re.search(r"set m of table inet t \(nft delete set inet t handle \d+\)", second), second
+    assert json_listing_aborts(ns)

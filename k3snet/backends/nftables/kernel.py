@@ -203,6 +203,9 @@ class Libnftables:
         self._generation = GenerationReader()
         # The names that are not UTF-8 at a generation id (_refuse_unprintable).
         self._names: tuple[int, list[tuple[str, str, str, str, int]]] | None = None
+        # The named sets of interface names or strings at that generation id: a rule may
+        # add an element to one from a packet, the generation id unmoved.
+        self._string_sets: list[tuple[int, bytes, bytes, int, int, int]] = []
         self.calls = 0
 
     def genid(self) -> int:
@@ -266,13 +269,22 @@ class Libnftables:
         chain names refuses it too, conservatively) and for such a rule of that chain
         (a table's: any of its chains), ``list chains`` for a table or chain name, any
         other for any of them. The dumps are made again only once the generation id
-        moved (one small round trip before each listing). A name or rule written
-        between that read and the listing still aborts."""
+        moved (one small round trip before each listing), but the elements of each named
+        set of interface names or strings (none in most rulesets) are read again before
+        each listing: a rule adds them from packets (``update @m { oifname : 1 }``; an
+        interface named with bytes that are not UTF-8), the generation id unmoved. A name
+        or rule written between that read and the listing still aborts."""
         self.calls += 1
         genid = self._generation.read()
         if self._names is None or self._names[0] != genid:
             self.calls += 1
-            self._names = (genid, self._generation.unprintable())
+            self._string_sets = []
+            self._names = (genid, self._generation.unprintable(self._string_sets))
+        elif self._string_sets:
+            self.calls += 1
+            known = self._names[1]  # one found stays so until the generation id moves
+            known += [one for one in self._generation.unprintable_elements(self._string_sets)
+                      if one not in known]
         found = self._names[1]
         if "table" in ref or kind == "table":
             place = (ref.get("family"), ref["table"] if "table" in ref else ref.get("name"))
