@@ -267,7 +267,7 @@ def refuse_foreign_input(file: str | Path, *, invoker: int | None = None) -> Non
     """An :class:`OSError` (``EPERM``, ``filename`` ``file``) unless the file ``file`` names
     (links followed, as it is read) is owned by this user, root or ``invoker`` (the user
     who ran sudo) and no other user may write it: not others, and not its group unless
-    each user of it is one of those (:func:`_trusted_group`: the owner's private group,
+    each user of it is one of those (:func:`_untrusted_users`: the owner's private group,
     where Debian's and Ubuntu's users get files of mode 0664, and ``root``).
 
     For a file whose contents root acts on, read by name afterwards (a spec): whoever
@@ -299,12 +299,17 @@ def refuse_foreign_input(file: str | Path, *, invoker: int | None = None) -> Non
 
 
 def _other_writers(info: os.stat_result, trusted: set[int | None]) -> str | None:
-    """``others``, ``group G`` or both when they may write the file or directory ``info``
-    describes (its group only when a member is not ``trusted``: :func:`_trusted_group`),
-    else ``None``."""
+    """``others``, ``group G [of user(s) U, ...]`` or both when they may write the file or
+    directory ``info`` describes (its group only when a user of it is not ``trusted``,
+    those named: :func:`_untrusted_users`), else ``None``."""
     writers = [who for who, bit in (("others", stat.S_IWOTH),) if info.st_mode & bit]
-    if info.st_mode & stat.S_IWGRP and not _trusted_group(info.st_gid, trusted):
-        writers.insert(0, f"group {_group_name(info.st_gid)}")
+    if info.st_mode & stat.S_IWGRP and (users := _untrusted_users(info.st_gid, trusted)) \
+            is not None:
+        # Its users named: "group root" alone reads as root's on a node where other
+        # accounts have it as their primary group (RHEL's, Alpine's sync, halt, operator).
+        shown = ", ".join(users[:4]) + (", ..." if len(users) > 4 else "")
+        writers.insert(0, f"group {_group_name(info.st_gid)}"
+                       + (f" of user(s) {shown}" if users else ""))
     return " and ".join(writers) or None
 
 
@@ -380,21 +385,32 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-def _trusted_group(gid: int, trusted: set[int | None]) -> bool:
-    """Whether every user of group ``gid`` is ``trusted`` (and it has one): its listed
-    members and each user whose primary group it is. An owner's private group (Debian's
-    and Ubuntu's users get files of mode 0664 in it) and ``root`` (its user alone) are;
-    ``adm``, a group unknown or without a user, a listed name unknown, are not. Users
-    NSS does not enumerate (an LDAP directory without ``enumerate``) are not seen."""
+def _untrusted_users(gid: int, trusted: set[int | None]) -> list[str] | None:
+    """``None`` when every user of group ``gid`` is ``trusted`` (and it has one): its
+    listed members and each user whose primary group it is. An owner's private group
+    (Debian's and Ubuntu's users get files of mode 0664 in it) and ``root`` where root is
+    its only user are; else the names of its users who are not (empty: a group unknown or
+    without a user, where one may be added). ``root`` is not where other accounts have
+    it as their primary group (RHEL's and Alpine's ``sync``, ``shutdown``, ``halt``,
+    ``operator``). Users NSS does not enumerate (an LDAP directory without
+    ``enumerate``) are not seen."""
     import grp  # noqa: PLC0415 - a few files only, and grp/pwd read NSS
     import pwd  # noqa: PLC0415
 
     try:
-        members = {pwd.getpwnam(name).pw_uid for name in grp.getgrgid(gid).gr_mem}
+        listed = grp.getgrgid(gid).gr_mem
     except KeyError:
-        return False
-    members.update(user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid)
-    return bool(members) and members <= trusted
+        return []
+    members: dict[str, int | None] = {}
+    for name in listed:
+        try:
+            members[name] = pwd.getpwnam(name).pw_uid
+        except KeyError:
+            members[name] = None  # a name NSS does not know: not trusted
+    members.update((user.pw_name, user.pw_uid) for user in pwd.getpwall()
+                   if user.pw_gid == gid)
+    others = [name for name, uid in members.items() if uid is None or uid not in trusted]
+    return others if others or not members else None
 
 
 def _reopen(where: int, file: str | Path, info: os.stat_result) -> int:

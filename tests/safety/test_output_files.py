@@ -438,3 +438,25 @@ def test_a_root_group_another_user_has_as_primary_group_is_not_root_s_alone(
         refuse_foreign_output(out)
     monkeypatch.setattr(pwd, "getpwall", lambda: users)
     refuse_foreign_output(out)
+
+
+def test_a_refused_root_group_names_its_users_that_are_not_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # RHEL's and Alpine's /etc/passwd give sync, shutdown, halt and operator gid 0: there
+    # a 0775 root:root directory is refused, and "writable by group root" alone read as
+    # root's own group; the refusal names who else is in it.
+    import pwd  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to group root")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chown(out, os.geteuid(), 0)
+    out.chmod(0o775)
+    rhel = [pwd.struct_passwd((name, "x", uid, 0, name, "/sbin", "/sbin/nologin"))
+            for name, uid in (("sync", 5), ("shutdown", 6), ("halt", 7), ("operator", 11))]
+    users = pwd.getpwall()
+    monkeypatch.setattr(pwd, "getpwall", lambda: [*users, *rhel])
+    with pytest.raises(PermissionError, match=r"writable by group root of user\(s\) sync, "
+                                              r"shutdown, halt, operator \(mode 0775\)"):
+        refuse_foreign_output(out)
