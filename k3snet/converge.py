@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 import attrs
 
@@ -544,13 +544,19 @@ def refuse_teardown(backend: Backend, observed: State, p: Plan) -> None:
             "(k3snet.destroy) or pass allow_teardown=True (--allow-teardown)")
 
 
-def teardown_emptied(backend: Backend, observed: State, p: Plan) -> list[str]:
+def teardown_emptied(backend: Backend | Mapping[str, Collection[str]], observed: State,
+                     p: Plan) -> list[str]:
     """The backends ``p`` leaves owning none of the objects they own (each as ``name (N
     object(s) of KINDS)``): what :func:`refuse_teardown` refuses, for ``plan`` to tell
-    before a plan file is saved that ``apply FILE`` would refuse."""
-    members = backend.members if isinstance(backend, BackendGroup) else None
-    groups = ([(m.backend.name, m.kinds) for m in members] if members is not None
-              else [(backend.name, frozenset(backend.capabilities))])
+    before a plan file is saved that ``apply FILE`` would refuse, and ``doctor --fix``
+    whether the spec's next apply would. ``backend``: the backend, or each backend's
+    name and the kinds it manages."""
+    if isinstance(backend, Mapping):
+        groups = [(name, frozenset(kinds)) for name, kinds in backend.items()]
+    else:
+        members = backend.members if isinstance(backend, BackendGroup) else None
+        groups = ([(m.backend.name, m.kinds) for m in members] if members is not None
+                  else [(backend.name, frozenset(backend.capabilities))])
     deletes = {c.subject for c in p.changes if c.action == "delete"}
     if not deletes:
         return []

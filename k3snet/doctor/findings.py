@@ -1198,16 +1198,27 @@ def _owned_by_spec(finding: Finding, withheld: dict[tuple[Any, ...], NetObject])
 def _taken_back(kept: list[NetObject], added: list[NetObject]) -> tuple[str, ...]:
     """The warning for a fix that adds ``added`` to what k3snet owns through the fix's
     backends (``kept``: from a spec, the agent or an earlier fix): ``apply -f SPEC`` and
-    the agent converge to the spec alone and delete what it does not name; with nothing
-    else owned there, their teardown guard refuses that delete instead."""
+    the agent converge to the spec alone and delete what it does not name; where that
+    leaves a backend owning nothing, or nothing but sysctls where it owned a route
+    (:func:`k3snet.converge.teardown_emptied`), their teardown guard refuses it instead."""
+    from k3snet.converge import teardown_emptied  # noqa: PLC0415 - only with --fix
+
     if not added:
         return ()
     keys = "; ".join(_spec_edit(o) for o in added)
-    if kept:
+    backends: dict[str, set[str]] = {}
+    for obj in (*kept, *added):  # the kinds the fix's backends were read for
+        backends.setdefault(FIX_BACKENDS[obj.kind], set()).add(obj.kind)
+    fixed = State(owned=[*kept, *added])
+    if kept and not teardown_emptied(backends, fixed, plan(fixed, State(owned=kept))):
         return (f"k3snet owns {len(kept)} other object(s) through the same backend(s) here "
                 "(from a spec applied by `k3snet apply -f SPEC` or the agent, or an earlier "
                 "--fix): the next apply of a spec or agent pass deletes this fix again "
                 f"unless the spec carries it: add {keys} to the spec",)
+    return ("the fix is all k3snet will own through its backend(s) here (or all its "
+            "routes): a spec applied later (`k3snet apply -f SPEC`, the agent) that does "
+            "not carry it deletes it, which the teardown guard refuses (nothing applied "
+            f"until the spec carries it, or with --allow-teardown): add {keys} to the spec",)
     return ("the fix is all k3snet will own through its backend(s) here: a spec applied "
             "later (`k3snet apply -f SPEC`, the agent) that does not carry it deletes it, "
             "which the teardown guard refuses (nothing applied until the spec carries it, "

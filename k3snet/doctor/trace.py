@@ -530,15 +530,21 @@ class _Tracer:
         table than the request's route ``forward`` (policy rules in play) or by a second
         route to its prefix (a default route beside a more specific one is not such a
         way back). Which one the network sends it to is not known here: the kernel
-        drops it there (``IPReversePathFilter``) where a pass was said."""
+        drops it there (``IPReversePathFilter``) where a pass was said. A table no rule
+        looks up routes nothing, and an interface down or without carrier receives
+        nothing: neither is such a way back."""
         if reply.family != 4 or reply.iif is None or forward is None:
             return
+        rules = self.state.rules[reply.family]
+        tables = ({r.table for r in rules if r.action == "lookup" and r.table is not None}
+                  if rules else {255, 254, 253})  # none captured: lookup's defaults
         others = sorted({d for r in self.state.routes[reply.family]
                          if r.type == "unicast" and answerer in r.destination
+                         and r.table in tables
                          and (r.table != forward.table or r.destination == forward.destination)
                          for d in (r.device, *(device for _, device in r.nexthops))
                          if d is not None and d != reply.iif and not _pod_facing(d, oif)
-                         and self.state.links.get(d) != "down"})
+                         and d not in self.state.links})
         for device in others:
             iface = device.replace(".", "/")
             mode = max(self.state.sysctl(n) for n in (

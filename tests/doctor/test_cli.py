@@ -200,6 +200,39 @@ def test_fix_beside_a_spec_warns_the_next_apply_takes_it_back_as_it_does(
     assert not doctor_lab.probe(topology.destination, until_dropped=True)["ok"]
 
 
+
+@pytest.mark.kernel
+def test_a_route_fix_beside_a_spec_of_sysctls_warns_the_next_apply_is_refused_as_it_is(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The spec owns ``all.rp_filter = 2`` through netlink; a policy rule sends the
+    replies to a table without the pod network. ``--fix`` adds the route there, which
+    is then all k3snet owns of netlink's routes: the spec's next apply would delete
+    every route it owns, which the teardown guard refuses (nothing applied). The
+    warning said that apply deletes the fix (k3snet owning another object there)."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(reply_rule="misroute", forwarding=False)
+    doctor_lab.configure(topology)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_SPEC_HEAD + "  net.ipv4.conf.all.rp_filter: 2\n")
+    _apply_spec(doctor_lab.node, spec)
+    capsys.readouterr()
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+            f"{topology.destination}:{PORT}", "--fix", "--auto-approve", "-o", "json"]
+    assert main(argv) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [f["code"] for f in document["findings"]] == ["forwarding-off", "reply-misrouted"]
+    assert len(document["warnings"]) == 1, document["warnings"]
+    warning = document["warnings"][0]
+    assert "the teardown guard refuses" in warning, warning
+    assert "deletes this fix again" not in warning
+    assert main(["apply", "-f", str(spec), "--netns", doctor_lab.node, "--backend", "netlink",
+                 "--no-facts", "--auto-approve"]) == 1  # the agent's next pass: refused
+    assert "the plan deletes everything k3snet owns through netlink" in (
+        capsys.readouterr().err)
+    assert doctor_lab.probe(topology.destination)["ok"]  # the fix stays
+
+
 def _apply_line(out: str) -> list[str]:
     """The shell line the text output ends with, split as a shell would."""
     last = out.rstrip("\n").splitlines()

@@ -55,8 +55,10 @@ def test_the_other_findings_fixes_are_planned_and_after_stops_at_the_withheld_on
 
 
 def test_a_fix_beside_objects_k3snet_owns_warns_the_next_apply_deletes_it() -> None:
-    owned = Sysctl("net.ipv4.conf.all.rp_filter", "2")  # the spec's, not the fix's key
-    d = diagnose(_state("seed"), FLOW, observed=State(owned=[owned]))
+    # The spec's, not the fix's keys: a sysctl and a masquerade of another network.
+    owned = [Sysctl("net.ipv4.conf.all.rp_filter", "2"),
+             MasqueradeRule("10.99.0.0/16", destination="192.168.9.0/24")]
+    d = diagnose(_state("seed"), FLOW, observed=State(owned=owned))
     assert len(d.warnings) == 1
     assert "the next apply of a spec or agent pass deletes this fix again" in d.warnings[0]
     assert "sysctls: {net.ipv4.ip_forward: 1}" in d.warnings[0]
@@ -69,6 +71,17 @@ def test_a_fix_owning_alone_through_its_backend_warns_of_the_teardown_guard() ->
     assert len(d.warnings) == 1
     assert "teardown guard" in d.warnings[0]
     assert "--allow-teardown" in d.warnings[0]
+
+
+def test_a_fix_alone_in_one_of_its_backends_warns_of_the_teardown_guard() -> None:
+    """The spec owns a sysctl (netlink) but no masquerade: the fix's masquerade is all
+    k3snet owns through nftables, and the spec's next apply, deleting it, is refused
+    (teardown_emptied names nftables). It said that apply deletes the fix."""
+    owned = Sysctl("net.ipv4.conf.all.rp_filter", "2")
+    d = diagnose(_state("seed"), FLOW, observed=State(owned=[owned]))
+    assert len(d.warnings) == 1
+    assert "teardown guard" in d.warnings[0], d.warnings[0]
+    assert "deletes this fix again" not in d.warnings[0]
 
 
 def test_without_the_node_observed_there_is_no_warning() -> None:

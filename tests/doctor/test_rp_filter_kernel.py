@@ -118,3 +118,32 @@ def test_strict_rp_filter_where_the_network_may_answer_by_another_uplink_is_not_
     assert "unknown-rules" not in codes  # the step has a finding of its own
     finding = next(f for f in diagnosis.findings if f.code == "rp-filter-elsewhere")
     assert "net.ipv4.conf.eth0.rp_filter" in (finding.advice or "")
+
+
+@pytest.mark.parametrize("other", ["table-no-rule-looks-up", "link-without-carrier"])
+def test_strict_rp_filter_on_an_interface_no_reply_can_come_back_on_is_no_warning(
+        doctor_lab: DoctorLab, other: str) -> None:
+    """Pods leave by ``eth0`` (main), strict ``rp_filter``. A route to the database by
+    ``eth1`` in table 100, which no rule looks up (a table left behind), or in main
+    behind the uplink's with ``eth1`` without carrier (its cable out: the kernel keeps
+    the route, flagged ``linkdown``): the node routes nothing by it, or receives nothing
+    on it. The kernel passes the replies; the doctor said ``unknown`` and
+    ``rp-filter-elsewhere`` naming ``eth1``."""
+    topology = Topology(rp_all=1)
+    doctor_lab.configure(topology)
+    router = doctor_lab.names["router"]
+    route = ["ip", "route", "add", "192.168.2.0/24", "via", "192.168.4.1", "dev", "eth1"]
+    if other == "table-no-rule-looks-up":
+        run_in(doctor_lab.node, [*route, "table", "100"])
+    else:
+        run_in(router, ["ip", "link", "set", "eth2", "down"])
+        run_in(doctor_lab.node, [*route, "metric", "200", "proto", "static"])
+    try:
+        answer, result = doctor_lab.kernel_and_trace(topology)
+        diagnosis = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                             Flow(topology.pod, topology.destination, port=topology.port))
+    finally:
+        run_in(router, ["ip", "link", "set", "eth2", "up"], check=False)
+    assert answer["ok"] is True, answer
+    assert result.verdict is Verdict.REACHES, result.render()
+    assert "rp-filter-elsewhere" not in [f.code for f in diagnosis.findings]
