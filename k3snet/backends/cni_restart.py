@@ -364,9 +364,30 @@ def _setting(namespace: str, name: str, held: str | None, stamp: str) -> str:
     if held is None:
         return (f"kubectl -n {shlex.quote(namespace)} annotate configmap {shlex.quote(name)} "
                 f"{CHANGED_ANNOTATION}={stamp}")
-    path = "/metadata/annotations/" + CHANGED_ANNOTATION.replace("~", "~0").replace("/", "~1")
-    patch = json.dumps([{"op": "test", "path": path, "value": held},
-                        {"op": "replace", "path": path, "value": stamp}], separators=(",", ":"))
+    return _patching(namespace, name, held, {"op": "replace", "path": _STAMP_PATH,
+                                             "value": stamp})
+
+
+def _removing(namespace: str, name: str, held: str) -> str:
+    """The command removing ConfigMap ``namespace/name``'s stamp only where it still holds
+    ``held``, the stamp a restart pending was said of.
+
+    Run by hand once the pods restarted, maybe long after: a later write's stamp found
+    by then (the agent's next apply, another k3snet's) is left, the API server refusing
+    it (422). ``kubectl annotate configmap NAME k3snet.io/changed-at-`` removed whatever
+    stamp it found, and the restart that later write awaits was said of no pod."""
+    return _patching(namespace, name, held, {"op": "remove", "path": _STAMP_PATH})
+
+
+_STAMP_PATH = "/metadata/annotations/" + CHANGED_ANNOTATION.replace("~", "~0").replace("/", "~1")
+""":data:`CHANGED_ANNOTATION` as a JSON pointer (RFC 6901: ``/`` as ``~1``)."""
+
+
+def _patching(namespace: str, name: str, held: str, op: dict[str, str]) -> str:
+    """The ``kubectl patch --type=json`` of ConfigMap ``namespace/name`` making ``op`` of
+    its stamp where it holds ``held`` (a ``test`` first), quoted for a shell."""
+    patch = json.dumps([{"op": "test", "path": _STAMP_PATH, "value": held}, op],
+                       separators=(",", ":"))
     return (f"kubectl -n {shlex.quote(namespace)} patch configmap {shlex.quote(name)} "
             f"--type=json -p {shlex.quote(patch)}")
 
@@ -629,14 +650,15 @@ def readers(api_client: Any, namespace: str, configmap: str, *, known: Iterable[
 
 
 def _listed(api_client: Any, namespace: str, configmap: str, known: frozenset[str],
-            timeout: float, *, what: str, hint: str | None
+            timeout: float, *, what: str, hint: str | None, stamp: str
             ) -> tuple[list[dict[str, Any]], dict[str, list[Any]], tuple[PendingRestart, ...]]:
     """The DaemonSets reading ``configmap`` (:func:`_reading`) and their pods
     (:func:`_pods`); where none is found or they cannot be listed (403, 404), none and
-    what to say instead: the restart pending, k3snet unable to tell, and what ends it."""
+    what to say instead: the restart pending, k3snet unable to tell, and what ends it
+    (removing ``stamp``, the one read, where it is still there: :func:`_removing`)."""
     where = f"ConfigMap {namespace}/{configmap}"
-    removal = (f"once each pod reading it restarted: kubectl -n {namespace} annotate "
-               f"configmap {configmap} {CHANGED_ANNOTATION}-")
+    removal = (f"once each pod reading it restarted: "
+               f"{_removing(namespace, configmap, stamp)}")
     try:
         found = _reading(api_client, namespace, configmap, known, timeout)
         listed = _pods(api_client, namespace, found, timeout)
@@ -696,13 +718,13 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
         return (_unlisted(where, (
             f"{what} (after the API server's time now, {changed_stamp(now)}: its clock "
             "went back since the write, and a pod made since may be created before the "
-            "stamp; once each pod restarted: kubectl -n "
-            f"{namespace} annotate configmap {configmap} {CHANGED_ANNOTATION}-)"), known),)
+            "stamp; once each pod restarted: "
+            f"{_removing(namespace, configmap, stamp)})"), known),)
     at_now = now or datetime.datetime.now(tz=datetime.UTC)
     if settled is not None and (said := settled.unseen(stamp, at_now)) is not None:
         return said
     found, listed, said = _listed(api_client, namespace, configmap, frozenset(known),
-                                  timeout, what=what, hint=hint)
+                                  timeout, what=what, hint=hint, stamp=stamp)
     if settled is not None:
         if said:
             settled.not_found(stamp, said, at_now)

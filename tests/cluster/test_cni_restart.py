@@ -834,8 +834,10 @@ def test_a_stamp_after_the_server_s_time_now_names_no_pod_and_says_how_to_end_it
     assert pending.stale is None
     assert pending.workload == f"the pods reading ConfigMap {namespace}/{name}"
     assert "its clock went back since the write" in pending.reason
-    assert (f"kubectl -n {namespace} annotate configmap {name} {CHANGED_ANNOTATION}-"
-            in pending.reason)
+    assert (f"once each pod restarted: kubectl -n {namespace} patch configmap {name} "
+            "--type=json -p '[{\"op\":\"test\",\"path\":\"/metadata/annotations/"
+            "k3snet.io~1changed-at\",\"value\":\"2031-01-01T00:00:00Z\"},"
+            "{\"op\":\"remove\",") in pending.reason
     # Within a minute of the server's time: a stamp late by a second and a read's time.
     soon = now + datetime.timedelta(seconds=30)
     stored["metadata"]["annotations"][CHANGED_ANNOTATION] = _utc(soon)
@@ -859,8 +861,8 @@ def test_a_daemonset_not_found_says_how_to_end_it_and_is_listed_again_only_after
     api_server.delete(DAEMONSETS, owner, namespace)
     [pending] = converge(backend, desired).restarts
     assert pending.stale is None
-    assert (f"once each pod reading it restarted: kubectl -n {namespace} annotate configmap "
-            f"{name} {CHANGED_ANNOTATION}-" in pending.reason)
+    assert (f"once each pod reading it restarted: kubectl -n {namespace} patch configmap "
+            f"{name} --type=json -p '[{{\"op\":\"test\"" in pending.reason)
     if kind == "cilium":
         assert "(--backend-opt cilium.daemonset=NAME; now 'cilium')" in pending.reason
     # Said again, nothing listed, for a minute; then listed once and for two minutes not.

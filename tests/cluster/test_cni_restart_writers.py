@@ -21,12 +21,19 @@ import pytest
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.backends.flannel import FlannelBackend
-from k3snet.converge import converge
+from k3snet.converge import converge, pending_restarts
 from k3snet.errors import ApplyError, RollbackError
 from k3snet.model.state import State
 from k3snet.testing.kube import EmulatedApiServer
-from tests.cluster.test_cni_restart import _Clock, _cni, _utc, api_server, clock
-from tests.cluster.workloads import CONFIGMAPS
+from tests.cluster.test_cni_restart import (
+    _backend,
+    _Clock,
+    _cni,
+    _utc,
+    api_server,
+    clock,
+)
+from tests.cluster.workloads import CONFIGMAPS, DAEMONSETS
 
 pytestmark = pytest.mark.cluster
 
@@ -100,7 +107,9 @@ def _kubectl(api_server: EmulatedApiServer, command: str) -> bool:
     stored = api_server.get(CONFIGMAPS, name, namespace)
     assert stored is not None
     annotations = stored["metadata"].setdefault("annotations", {})
-    if verb == "annotate":
+    if verb == "annotate" and words[-1].endswith("-") and "=" not in words[-1]:
+        annotations.pop(words[-1][:-1], None)  # KEY-: removed, whatever it holds
+    elif verb == "annotate":
         key, _, value = words[-1].partition("=")
         if key in annotations and "--overwrite" not in words:
             return False  # kubectl: --overwrite is false but found ... already has a value
@@ -117,6 +126,8 @@ def _kubectl(api_server: EmulatedApiServer, command: str) -> bool:
             if op["op"] == "test":
                 if annotations.get(key, _ABSENT) != op["value"]:
                     return False
+            elif op["op"] == "remove":
+                del annotations[key]
             else:
                 assert op["op"] == "replace", command
                 assert key in annotations, command
@@ -227,3 +238,55 @@ def test_flannel_s_undo_leaves_net_conf_changed_since_and_names_it(
     left = api_server.get(CONFIGMAPS, name, namespace)
     assert left is not None
     assert "wireguard" in left["data"]["net-conf.json"]
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+@pytest.mark.parametrize("cause", ["no DaemonSet", "a clock gone back"])
+def test_the_advice_removing_a_stamp_by_hand_never_removes_a_later_writer_s_stamp(
+        api_server: EmulatedApiServer, kind: str, cause: str) -> None:
+    # A restart pending k3snet cannot follow (no DaemonSet found reading the ConfigMap,
+    # or a stamp after the API server's time) says to remove the stamp once each pod
+    # restarted: `kubectl annotate configmap NAME k3snet.io/changed-at-`. Run by hand
+    # after a later write (the agent's next apply, another k3snet's), it removed that
+    # write's stamp, and the restart it awaits was said of no pod. It removes the stamp
+    # only where it is still the one the pending restart was said of.
+    api_client = api_server.api_client()
+    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
+    converge(backend, desired)
+    stored = api_server.get(CONFIGMAPS, name, namespace)
+    assert stored is not None
+    if cause == "no DaemonSet":
+        daemonset = "cilium" if kind == "cilium" else "kube-flannel-ds"
+        api_server.delete(DAEMONSETS, daemonset, namespace)
+    else:
+        stored["metadata"]["annotations"][CHANGED_ANNOTATION] = "2031-01-01T00:00:00Z"
+        api_server.put(CONFIGMAPS, stored)
+    [pending] = pending_restarts(_backend(api_client, kind))
+    found = re.search(r"restarted: (kubectl [^)]*)\)", pending.reason)
+    assert found, pending.reason
+    later = "2032-01-01T00:00:00Z"
+    _another_k3snet(later)(stored)
+    api_server.put(CONFIGMAPS, stored)
+    assert not _kubectl(api_server, found.group(1))
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["metadata"]["annotations"][CHANGED_ANNOTATION] == later
+
+
+@pytest.mark.parametrize("kind", ["cilium", "flannel"])
+def test_the_advice_removes_the_stamp_a_pending_restart_was_said_of(
+        api_server: EmulatedApiServer, kind: str) -> None:
+    # No later writer: the command removes the stamp, and nothing is pending after it.
+    api_client = api_server.api_client()
+    backend, desired, (namespace, name) = _cni(api_server, api_client, kind)
+    converge(backend, desired)
+    api_server.delete(DAEMONSETS, "cilium" if kind == "cilium" else "kube-flannel-ds",
+                      namespace)
+    [pending] = pending_restarts(_backend(api_client, kind))
+    found = re.search(r"restarted: (kubectl [^)]*)\)", pending.reason)
+    assert found, pending.reason
+    assert _kubectl(api_server, found.group(1))
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert CHANGED_ANNOTATION not in (left["metadata"].get("annotations") or {})
+    assert pending_restarts(_backend(api_client, kind)) == ()
