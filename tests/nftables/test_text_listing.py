@@ -839,7 +839,7 @@ def test_rules_read_by_their_shape_are_what_the_json_listing_gives(
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("name", ["counter", "handle", "table", "nat"])
+@pytest.mark.parametrize("name", ["counter", "handle", "table", "snat"])
 def test_a_table_named_like_an_nft_keyword_is_read(ns: str, name: str) -> None:
     # nft's language cannot name most of these ("list table inet counter" is a syntax
     # error, quoted or not): the JSON listing reads them (and JSON batches write them).
