@@ -108,6 +108,7 @@ from k3snet.errors import (
 )
 from k3snet.facts import FactsWatch, gather_facts
 from k3snet.kube import (
+    ASSUMED_TERMINATION_GRACE,
     Deadline,
     label_selector_problem,
     name_problem,
@@ -491,6 +492,13 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                             "stayed unchanged this long (default: $K3SNET_SPEC_SETTLE, else "
                             "1; 0: its times make no wait, a file held open for writing "
                             "still does)")
+    agent.add_argument("--termination-grace", type=_grace_seconds, metavar="SECONDS",
+                       default=env("K3SNET_TERMINATION_GRACE") or None,
+                       help="the pod's terminationGracePeriodSeconds: after SIGTERM, the "
+                            "seconds before the kubelet's kill, within which the shutdown "
+                            "(clean-up, the Lease's release, the last report) is planned "
+                            "(default: $K3SNET_TERMINATION_GRACE, which the rendered "
+                            f"DaemonSet sets, else {ASSUMED_TERMINATION_GRACE})")
     agent.add_argument("--no-watch", action="store_true",
                        help="pass only every --interval: do not look for changes on the node "
                             "in between (nftables generation id, netlink notifications)")
@@ -1140,6 +1148,25 @@ def _settle_seconds(text: str) -> float:
         problem = f"must be 0 or more and less than 1e7 s, not {text}"
     if os.environ.get("K3SNET_SPEC_SETTLE") == text:
         problem += " (from $K3SNET_SPEC_SETTLE)"
+    raise argparse.ArgumentTypeError(problem)
+
+
+def _grace_seconds(text: str) -> float:
+    """argparse type of ``--termination-grace``: more seconds than the agent's clean-up
+    margin, less than a day."""
+    from k3snet.agent import termination_grace_problem  # noqa: PLC0415 - the agent's only
+
+    try:
+        value = float(text)
+    except ValueError:
+        problem = f"not a number of seconds: {text!r}"
+    else:
+        found = termination_grace_problem(value)
+        if found is None:
+            return value
+        problem = found
+    if os.environ.get("K3SNET_TERMINATION_GRACE") == text:
+        problem += " (from $K3SNET_TERMINATION_GRACE)"
     raise argparse.ArgumentTypeError(problem)
 
 

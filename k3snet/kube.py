@@ -265,7 +265,18 @@ SIGTERM never cuts the apply in progress: the longest bounded step of a pass (an
 ``iptables-restore`` run, killed after the iptables backend's 30 s ``timeout``) and its
 undo (another run, as long) take 60 s; then the Lease's release and the last report,
 within :data:`~k3snet.agent.CLEANUP_MARGIN` (5 s), and 5 s to spare. At 30 s the
-kubelet's SIGKILL could land in that undo (the node half-changed, nothing said)."""
+kubelet's SIGKILL could land in that undo (the node half-changed, nothing said).
+
+The rendered DaemonSet tells the agent this value (``$K3SNET_TERMINATION_GRACE``,
+``k3snet agent --termination-grace``); an agent not told assumes
+:data:`ASSUMED_TERMINATION_GRACE`."""
+
+ASSUMED_TERMINATION_GRACE = 30
+"""The grace period an agent not told its own (``--termination-grace``,
+``$K3SNET_TERMINATION_GRACE``) plans its shutdown for: Kubernetes' default, and what
+DaemonSets rendered before :data:`TERMINATION_GRACE` was 70 s say. Assuming 70 s there,
+an agent whose image alone was updated planned 65 s of clean-up and was killed at 30 s,
+its Lease still held."""
 
 
 @attrs.frozen

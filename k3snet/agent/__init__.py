@@ -27,6 +27,7 @@ from k3snet.agent._loop import (
     PassResult,
     cluster_wide_kinds,
     split_cluster_wide,
+    termination_grace_problem,
 )
 from k3snet.agent._main import run_from_cli
 from k3snet.agent._metrics import AgentMetrics
@@ -87,4 +88,5 @@ __all__ = [
     "parse_listen",
     "run_from_cli",
     "split_cluster_wide",
+    "termination_grace_problem",
 ]

@@ -75,8 +75,8 @@ from k3snet.errors import (
     TeardownError,
 )
 from k3snet.kube import (
+    ASSUMED_TERMINATION_GRACE,
     DEFAULT_TIMEOUT,
-    TERMINATION_GRACE,
     Deadline,
     requests_within,
     throttle_waits,
@@ -185,6 +185,28 @@ def _not_ready_for(_: object, attribute: attrs.Attribute[float], value: object) 
         raise ValueError(f"{attribute.name} must be 0 or more seconds, got {value!r}")
 
 
+_GRACE_LIMIT = 86400.0
+"""A grace period must be less than this (a day): a longer one is a mistake (minutes
+written as hours), not a shutdown to plan for."""
+
+
+def termination_grace_problem(value: float) -> str | None:
+    """What is wrong with ``value`` as the pod's grace period (``None``: nothing): more
+    than :data:`CLEANUP_MARGIN`, which the shutdown keeps of it, and less than a day."""
+    if not CLEANUP_MARGIN < value < _GRACE_LIMIT:  # (NaN too)
+        return (f"must be more than {CLEANUP_MARGIN:g} s (the clean-up margin) and less "
+                f"than {_GRACE_LIMIT:g} s, not {value:g}")
+    return None
+
+
+def _termination_grace(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a number of seconds, got {value!r}")
+    problem = termination_grace_problem(value)
+    if problem is not None:
+        raise ValueError(f"{attribute.name} {problem}")
+
+
 @attrs.frozen
 class AgentOptions:
     """How the loop runs (see ``k3snet agent --help``)."""
@@ -209,6 +231,15 @@ class AgentOptions:
     """/readyz fails once the node's part failed :data:`NOT_READY_AFTER` passes in a row
     and for this many seconds (from the start of the first of them; 0 or more, ``inf``:
     by failed passes never; NaN, which no duration reaches, is a ValueError)."""
+    termination_grace: float = attrs.field(default=float(ASSUMED_TERMINATION_GRACE),
+                                           validator=_termination_grace)
+    """The pod's ``terminationGracePeriodSeconds``: after :meth:`Agent.stop`, the seconds
+    before the kubelet's kill, which the shutdown plans for (:meth:`Agent.grace_deadline`).
+    The rendered DaemonSet says it (``$K3SNET_TERMINATION_GRACE``,
+    :data:`~k3snet.kube.TERMINATION_GRACE`); not told, the agent assumes
+    :data:`~k3snet.kube.ASSUMED_TERMINATION_GRACE` (30 s: a DaemonSet rendered before
+    said 30 s, and an agent planning for more was killed with its Lease held). More than
+    :data:`CLEANUP_MARGIN` and less than a day (else a ValueError)."""
 
     @property
     def repair_window(self) -> float:
@@ -1756,7 +1787,7 @@ class Agent:
         (idempotent).
 
         The node's clean-up comes first: it needs no API server, and after :meth:`stop`
-        (SIGTERM) the kubelet kills the agent :data:`~k3snet.kube.TERMINATION_GRACE`
+        (SIGTERM) the kubelet kills the agent :attr:`AgentOptions.termination_grace`
         seconds later. The Lease's release and the last report share what is left of
         that less :data:`CLEANUP_MARGIN` (:meth:`grace_deadline`): each request's
         timeout is cut to it. With an API server that accepts connections and never
@@ -1798,7 +1829,7 @@ class Agent:
         :data:`CLEANUP_MARGIN` from :meth:`stop` (``None`` before any stop was asked)."""
         if self._stop_asked_at is None:
             return None
-        return Deadline(self._stop_asked_at + TERMINATION_GRACE - CLEANUP_MARGIN,
+        return Deadline(self._stop_asked_at + self.options.termination_grace - CLEANUP_MARGIN,
                         self._monotonic)
 
     def _clean_up(self, group: BackendGroup, deadline: Deadline | None) -> bool:

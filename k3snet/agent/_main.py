@@ -14,12 +14,19 @@ from typing import TYPE_CHECKING, Any
 from k3snet.agent._http import HealthServer, parse_listen
 from k3snet.agent._lease import LeaderElector, LeaseSettings
 from k3snet.agent._logging import configure_logging
-from k3snet.agent._loop import Agent, AgentOptions, BackendFactory, DesiredState
+from k3snet.agent._loop import (
+    Agent,
+    AgentOptions,
+    BackendFactory,
+    DesiredState,
+    termination_grace_problem,
+)
 from k3snet.agent._metrics import AgentMetrics
 from k3snet.agent._report import NodeReporter
 from k3snet.agent._spec_source import ConfigMapSpecSource, FileSpecSource, SpecSource
 from k3snet.errors import BackendUnavailableError, ModelError, Problem, SpecError
 from k3snet.kube import (
+    ASSUMED_TERMINATION_GRACE,
     DEFAULT_TIMEOUT,
     label_selector_problem,
     name_problem,
@@ -62,6 +69,19 @@ def _lease_settings(args: argparse.Namespace) -> LeaseSettings:
     return LeaseSettings(namespace, name, duration=args.lease_duration,
                          renew_deadline=args.lease_renew_deadline,
                          retry_period=args.lease_retry_period)
+
+
+def _agent_options(args: argparse.Namespace) -> AgentOptions:
+    grace = getattr(args, "termination_grace", None)
+    if grace is None:  # not told (a DaemonSet rendered before it said so): the old 30 s
+        grace = float(ASSUMED_TERMINATION_GRACE)
+    else:
+        problem = termination_grace_problem(grace)
+        if problem is not None:  # the command line checks it too (exit 64); a library caller
+            raise ModelError(f"--termination-grace {problem}")
+    return AgentOptions(args.node_name, args.interval,
+                        watch=None if getattr(args, "no_watch", False) else 0.25,
+                        cleanup_on_exit=args.cleanup_on_exit, termination_grace=grace)
 
 
 def _has_label(api_client: Any, node: str, selector: str) -> bool:
@@ -113,6 +133,7 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
 
     source = _spec_source(args, api)
     settings = _lease_settings(args)
+    options = _agent_options(args)
     if args.lease_candidates:
         problem = label_selector_problem(args.lease_candidates)
         if problem is not None:  # the command line checks it too (exit 64); a library caller
@@ -138,10 +159,7 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
             return None
         return LeaderElector(api(), args.node_name, settings, on_change=on_change)
 
-    agent = Agent(source, make_backend, desired,
-                  AgentOptions(args.node_name, args.interval,
-                               watch=None if getattr(args, "no_watch", False) else 0.25,
-                               cleanup_on_exit=args.cleanup_on_exit),
+    agent = Agent(source, make_backend, desired, options,
                   metrics=metrics, reporter=reporter,
                   elector_factory=elector if use_kube else None, spec_warnings=spec_warnings)
     server = None

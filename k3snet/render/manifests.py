@@ -854,6 +854,10 @@ def _agent_env(needs: _AgentNeeds) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "K3SNET_NODE_NAME",
          "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        # The pod's terminationGracePeriodSeconds, which the agent's shutdown plans for
+        # (not told, it assumes the 30 s of DaemonSets rendered before). A variable, not
+        # an option: an agent image older than the manifest ignores it.
+        {"name": "K3SNET_TERMINATION_GRACE", "value": str(TERMINATION_GRACE)},
     ]
     if needs.cluster_wide:
         # The Lease lives in the agent's own namespace.

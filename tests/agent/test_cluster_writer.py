@@ -48,7 +48,7 @@ from k3snet.backends.calico import CalicoBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import destroy
-from k3snet.kube import TERMINATION_GRACE, ThrottleWaits, name_problem, throttle_waits
+from k3snet.kube import ThrottleWaits, name_problem, throttle_waits
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
@@ -1384,7 +1384,7 @@ def test_sigterm_during_the_cluster_wide_part_cuts_each_of_its_requests_to_the_g
     class StoppedInClusterPart(Agent):
         def _cluster_writer(self) -> bool:
             self.stop()  # SIGTERM; then all but `left` s of the grace period go by
-            now[0] += TERMINATION_GRACE - CLEANUP_MARGIN - left
+            now[0] += self.options.termination_grace - CLEANUP_MARGIN - left
             return super()._cluster_writer()
 
     agent = StoppedInClusterPart(FileSpecSource(spec_path),

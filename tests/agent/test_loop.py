@@ -31,7 +31,6 @@ from k3snet.backends.lock import namespace_lock
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for, destroy
 from k3snet.errors import ApplyError
-from k3snet.kube import TERMINATION_GRACE
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
@@ -1119,7 +1118,8 @@ def test_cleanup_on_exit_waits_for_the_lock_only_within_the_grace_period(
     now = [1000.0]
     agent._monotonic = lambda: now[0]
     agent.stop()  # SIGTERM at 1000 s
-    now[0] += TERMINATION_GRACE - CLEANUP_MARGIN - 0.2  # the pass and the Lease took the rest
+    # the pass and the Lease took the rest
+    now[0] += agent.options.termination_grace - CLEANUP_MARGIN - 0.2
     done = threading.Thread(target=agent.shutdown)
     with namespace_lock([None]), caplog.at_level(logging.WARNING):
         done.start()

@@ -36,7 +36,7 @@ from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import committing
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for
-from k3snet.kube import TERMINATION_GRACE, Deadline
+from k3snet.kube import Deadline
 from k3snet.planner import Plan
 from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
@@ -159,7 +159,7 @@ def test_a_hung_api_server_lets_the_clean_up_go_first_and_each_request_end_withi
     assert agent.elector.step()
     agent.stop()  # SIGTERM at 1010 s
     stopped_at = clock.now
-    deadline = stopped_at + TERMINATION_GRACE - CLEANUP_MARGIN
+    deadline = stopped_at + agent.options.termination_grace - CLEANUP_MARGIN
     before = len(events)
     server.fail(504, delay=HANG, times=None)
     clock.advance(6)
@@ -264,7 +264,7 @@ def test_the_report_of_the_pass_sigterm_interrupted_waits_only_what_is_left_of_t
                   reporter=NodeReporter(api, "node-a", clock=clock), monotonic=clock)
     assert agent.run_pass().status == "ok"
     agent.stop()  # SIGTERM at 1000 s, the pass in progress ...
-    clock.advance(TERMINATION_GRACE - CLEANUP_MARGIN - 5)
+    clock.advance(agent.options.termination_grace - CLEANUP_MARGIN - 5)
     server.fail(504, delay=HANG, times=None)
     before = len(events)
     path.write_text(SPEC + "  - cidr: 172.20.0.0/16\n")

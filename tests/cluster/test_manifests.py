@@ -28,7 +28,8 @@ from kubernetes_validate.utils import ValidationError
 
 import k3snet
 from k3snet import cli
-from k3snet.agent import CLEANUP_MARGIN, Agent, AgentOptions, FileSpecSource
+from k3snet.agent import CLEANUP_MARGIN, Agent, FileSpecSource
+from k3snet.agent._main import _agent_options
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.driver import Processes
@@ -1024,6 +1025,11 @@ def test_daemonset_runs_on_linux_with_probes_on_the_agent_port(name: str) -> Non
         # TERMINATION_GRACE of SIGTERM: the kubelet must kill it no earlier (a shorter
         # grace period kills it mid-release, a longer one only delays a drain).
         assert pod["terminationGracePeriodSeconds"] == TERMINATION_GRACE
+        # ... and the agent is told so (not told, it assumes 30 s: DaemonSets rendered
+        # before said that, and an image updated alone must not plan for more)
+        told = [v for v in container["env"] if v["name"] == "K3SNET_TERMINATION_GRACE"]
+        assert told == [{"name": "K3SNET_TERMINATION_GRACE",
+                         "value": str(pod["terminationGracePeriodSeconds"])}]
         # The node's port is the agent's (host network): a surge pod could not bind it
         # beside the old one, so the rollout replaces pods, a tenth of the nodes at a time.
         assert daemonset["spec"]["updateStrategy"] == {
@@ -1031,38 +1037,46 @@ def test_daemonset_runs_on_linux_with_probes_on_the_agent_port(name: str) -> Non
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_daemonset_grace_period_holds_the_agent_shutdown_bound(
-        name: str, tmp_path: Path) -> None:
+def test_daemonset_grace_period_is_the_one_the_agent_it_runs_plans_its_shutdown_for(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The kubelet SIGKILLs the agent terminationGracePeriodSeconds after SIGTERM (after
     # the preStop hook began, when there is one: its time is taken from the same
     # period). The agent's shutdown bound is counted from SIGTERM: its requests end by
-    # TERMINATION_GRACE less CLEANUP_MARGIN. The one-shot commands' undo on SIGTERM
-    # (apply, destroy: up to UNDO_AFTER_SIGTERM, 75 s, systemd's stop timeout less
-    # a margin) is never the agent's: were it the pod's command's, the kubelet would
-    # kill it mid-undo, 5 s before its bound. A grace period shorter than the bound, a preStop
-    # hook, or an agent command SIGTERM undoes, each fails here.
+    # the grace period it was told (else 30 s) less CLEANUP_MARGIN. The agent is built
+    # here from the container's own command and environment: the DaemonSet tells it its
+    # period ($K3SNET_TERMINATION_GRACE); told nothing, it planned for 30 s of the 70.
+    # The one-shot commands' undo on SIGTERM (apply, destroy: up to UNDO_AFTER_SIGTERM,
+    # 75 s, systemd's stop timeout less a margin) is never the agent's: were it the pod's
+    # command's, the kubelet would kill it mid-undo, 5 s before its bound. A grace period
+    # other than the agent's, a preStop hook, or an agent command SIGTERM undoes, each
+    # fails here.
     clock = [1000.0]
 
     def desired(spec: Spec, group: BackendGroup, /, *, hold: frozenset[int] = frozenset()
                 ) -> State:
         return compile_for(group, spec)
 
-    agent = Agent(FileSpecSource(tmp_path / "spec.yaml"),  # (no pass: never read)
-                  lambda spec: BackendGroup([MemoryBackend()]), desired,
-                  AgentOptions("node-a"), monotonic=lambda: clock[0])
-    agent.stop()  # SIGTERM at 1000 s
-    deadline = agent.grace_deadline()
-    assert deadline is not None
-    bound = deadline.at - 1000.0 + CLEANUP_MARGIN  # the agent's, and its margin
-    assert 0 < CLEANUP_MARGIN < bound
     assert "agent" not in cli.UNDONE_ON_SIGTERM
-    assert bound < cli.UNDO_AFTER_SIGTERM  # (why the agent must not undo on SIGTERM)
     for daemonset in _kind(_render(name), "DaemonSet"):
         pod = daemonset["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert container["command"][:2] == ["k3snet", "agent"]
         assert "lifecycle" not in container  # no preStop taking part of the period
-        assert pod["terminationGracePeriodSeconds"] >= bound
+        monkeypatch.delenv("K3SNET_TERMINATION_GRACE", raising=False)
+        for variable in container["env"]:
+            if "value" in variable:
+                monkeypatch.setenv(variable["name"], variable["value"])
+        args = cli.build_parser().parse_args(container["command"][1:])
+        agent = Agent(FileSpecSource(tmp_path / "spec.yaml"),  # (no pass: never read)
+                      lambda spec: BackendGroup([MemoryBackend()]), desired,
+                      _agent_options(args), monotonic=lambda: clock[0])
+        agent.stop()  # SIGTERM at 1000 s
+        deadline = agent.grace_deadline()
+        assert deadline is not None
+        bound = deadline.at - 1000.0 + CLEANUP_MARGIN  # the agent's, and its margin
+        assert 0 < CLEANUP_MARGIN < bound
+        assert bound < cli.UNDO_AFTER_SIGTERM  # (why the agent must not undo on SIGTERM)
+        assert pod["terminationGracePeriodSeconds"] == bound
         # (and no longer than it needs: it delays a drain and a rolling update)
         assert pod["terminationGracePeriodSeconds"] == TERMINATION_GRACE
 

@@ -1,0 +1,112 @@
+"""The grace period the agent's shutdown plans for is the pod's, as the DaemonSet says it.
+
+``terminationGracePeriodSeconds`` went from 30 s to 70 s; an agent assuming 70 s under a
+DaemonSet rendered before (an image updated alone) planned 65 s of shutdown and was
+killed at 30 s, its Lease held. The rendered DaemonSet now tells the agent
+(``$K3SNET_TERMINATION_GRACE``, ``--termination-grace``); not told, it assumes 30 s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from k3snet.agent import CLEANUP_MARGIN, Agent, AgentOptions, FileSpecSource
+from k3snet.agent._main import _agent_options
+from k3snet.backends.group import BackendGroup
+from k3snet.backends.memory import MemoryBackend
+from k3snet.cli import build_parser
+from k3snet.errors import ModelError
+from k3snet.kube import ASSUMED_TERMINATION_GRACE, TERMINATION_GRACE
+
+from .desired import COMPILED
+
+STOPPED_AT = 1000.0
+
+
+def _deadline_after_sigterm(options: AgentOptions, tmp_path: Path) -> float:
+    agent = Agent(FileSpecSource(tmp_path / "spec.yaml"),  # (no pass: never read)
+                  lambda spec: BackendGroup([MemoryBackend()]), COMPILED, options,
+                  monotonic=lambda: STOPPED_AT)
+    agent.stop()  # SIGTERM
+    deadline = agent.grace_deadline()
+    assert deadline is not None
+    return deadline.at - STOPPED_AT
+
+
+def test_an_agent_not_told_its_grace_period_plans_for_the_30_s_of_daemonsets_rendered_before(
+        tmp_path: Path) -> None:
+    assert ASSUMED_TERMINATION_GRACE == 30 < TERMINATION_GRACE
+    # (it was TERMINATION_GRACE, 70 s: 65 s planned, the kubelet's kill at 30 s)
+    assert _deadline_after_sigterm(AgentOptions("node-a"), tmp_path) == 30 - CLEANUP_MARGIN
+
+
+@pytest.mark.parametrize("grace", [TERMINATION_GRACE, 10.5, 600])
+def test_an_agent_told_its_grace_period_plans_for_that_one(tmp_path: Path,
+                                                           grace: float) -> None:
+    assert _deadline_after_sigterm(AgentOptions("node-a", termination_grace=grace),
+                                   tmp_path) == grace - CLEANUP_MARGIN
+
+
+@pytest.mark.parametrize(("argv", "env", "grace"), [
+    ([], None, ASSUMED_TERMINATION_GRACE),
+    ([], "70", 70.0),
+    (["--termination-grace", "45"], None, 45.0),
+    (["--termination-grace", "45"], "70", 45.0),  # the option over the variable
+])
+def test_the_agent_command_s_grace_period_is_the_option_else_the_variable_else_30_s(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], env: str | None,
+        grace: float) -> None:
+    if env is None:
+        monkeypatch.delenv("K3SNET_TERMINATION_GRACE", raising=False)
+    else:
+        monkeypatch.setenv("K3SNET_TERMINATION_GRACE", env)
+    args = build_parser().parse_args(["agent", "-f", str(tmp_path / "spec.yaml"), *argv])
+    options = _agent_options(args)
+    assert options.termination_grace == grace
+    assert _deadline_after_sigterm(options, tmp_path) == grace - CLEANUP_MARGIN
+
+
+@pytest.mark.parametrize("case", [
+    (["--termination-grace", "5"], None, "must be more than 5 s"),  # all of it the margin
+    (["--termination-grace", "0"], None, "must be more than 5 s"),
+    (["--termination-grace", "-70"], None, "must be more than 5 s"),
+    (["--termination-grace", "86400"], None, "less than 86400 s"),  # a day
+    (["--termination-grace", "nan"], None, "must be more than 5 s"),
+    (["--termination-grace", "inf"], None, "less than 86400 s"),
+    (["--termination-grace", "70s"], None, "not a number of seconds"),
+    ([], "70s", "(from $K3SNET_TERMINATION_GRACE)"),
+    ([], "1", "(from $K3SNET_TERMINATION_GRACE)"),
+])
+def test_a_grace_period_that_is_no_time_to_plan_for_is_a_usage_error_naming_where_it_came_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        case: tuple[list[str], str | None, str]) -> None:
+    argv, env, said = case
+    if env is None:
+        monkeypatch.delenv("K3SNET_TERMINATION_GRACE", raising=False)
+    else:
+        monkeypatch.setenv("K3SNET_TERMINATION_GRACE", env)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["agent", "-f", str(tmp_path / "s.yaml"), *argv])
+    err = capsys.readouterr().err
+    assert "--termination-grace" in err
+    assert said in err
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    (5, ValueError), (5.0, ValueError), (float("nan"), ValueError), (86400, ValueError),
+    ("70", TypeError), (True, TypeError), (None, TypeError),
+])
+def test_agent_options_refuse_a_grace_period_that_is_no_time_to_plan_for(
+        value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="termination_grace"):
+        AgentOptions("node-a", termination_grace=value)  # type: ignore[arg-type]
+
+
+def test_a_library_caller_s_grace_period_is_checked_as_the_command_line_s(
+        tmp_path: Path) -> None:
+    args = build_parser().parse_args(["agent", "-f", str(tmp_path / "spec.yaml")])
+    args.termination_grace = 2.0
+    with pytest.raises(ModelError, match="--termination-grace must be more than 5 s"):
+        _agent_options(args)
