@@ -133,11 +133,11 @@ def run_from_cli(args: argparse.Namespace, *, make_backend: BackendFactory,
 
     source = _spec_source(args, api)
     settings = _lease_settings(args)
-    options = _agent_options(args)
     if args.lease_candidates:
         problem = label_selector_problem(args.lease_candidates)
         if problem is not None:  # the command line checks it too (exit 64); a library caller
             raise ModelError(f"--lease-candidates {problem}")
+    options = _agent_options(args)
     use_kube = not args.no_kube
     if use_kube and args.kubeconfig is None and args.spec_configmap is None:
         # A plain host (no kubeconfig, no service account, or no kubernetes client):
