@@ -58,6 +58,7 @@ _NFTA_CHAIN_HANDLE = 2
 _NFTA_CHAIN_NAME = 3
 _NFTA_CHAIN_USE = 6
 _NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
+_FAMILY_NUMBERS = {name: number for number, name in _NFPROTO_NAMES.items()}
 # The named objects of a table (each answer's table and name attributes, numbered alike
 # for sets, stateful objects and flowtables: NFTA_SET_TABLE/_NAME, NFTA_OBJ_*,
 # NFTA_FLOWTABLE_*) and the handle attribute of each kind.
@@ -333,27 +334,41 @@ class GenerationReader:
             named.extend(one for one in sets if not one[2].startswith(b"__"))
         return found + self.unprintable_contents(sets)
 
-    def unprintable_elements(self, sets: list[tuple[int, bytes, bytes, int, int, int]]
+    def unprintable_elements(self, sets: list[tuple[int, bytes, bytes, int, int, int]],
+                             family: str | None = None, table: str | None = None
                              ) -> list[tuple[str, str, str, str, int]]:
-        """(family, table, ``set``, name, handle) of each named set of ``sets`` holding an
-        element whose string is not UTF-8 (one ``GETSETELEM`` dump each). A rule fills a
-        set from packets (``update @m { iifname : 1 }``) without moving the generation
-        id: such an element is found only by reading the elements again."""
+        """(family, table, ``set``, name, handle) of each named set of ``sets`` (of table
+        ``family table`` alone when ``table`` is given) holding an element whose string
+        is not UTF-8 (one ``GETSETELEM`` dump each). A rule fills a set from packets
+        (``update @m { iifname : 1 }``) without moving the generation id: such an element
+        is found only by reading the elements again."""
         with translate_errors("list the nftables sets' elements", capability=_CAPABILITY):
-            return [(_NFPROTO_NAMES.get(family, str(family)), _word(table), "set",
+            return [(_NFPROTO_NAMES.get(set_family, str(set_family)), _word(set_table), "set",
                      _word(name), handle)
-                    for family, table, name, handle, key_type, data_type in sets
+                    for set_family, set_table, name, handle, key_type, data_type
+                    in _of_table(sets, family, table)
                     if not name.startswith(b"__")
-                    and not self._elements_utf8(family, table, name, key_type, data_type)]
+                    and not self._elements_utf8(set_family, set_table, name, key_type,
+                                                data_type)]
 
-    def unprintable_contents(self, sets: list[tuple[int, bytes, bytes, int, int, int]]
+    def unprintable_contents(self, sets: list[tuple[int, bytes, bytes, int, int, int]],
+                             family: str | None = None, table: str | None = None,
+                             chain: str | None = None
                              ) -> list[tuple[str, str, str, str, int]]:
         """(family, table, kind, name, handle) of each rule (kind ``rule``, its chain as
         ``name``) and set or map (kind ``set``) holding a string that is not UTF-8 where
-        libnftables prints one: one ``GETRULE`` dump of every rule, and one ``GETSETELEM``
-        dump of each set keyed or mapping to an interface name or a string (``sets``:
+        libnftables prints one: one ``GETRULE`` dump, and one ``GETSETELEM`` dump of each
+        set keyed or mapping to an interface name or a string (``sets``:
         :meth:`unprintable_names` gives them, from its dump of the sets; none for most
         rulesets).
+
+        Of table ``family table`` alone when ``table`` is given (its chain ``chain``'s
+        rules alone when that is too: the sets stay the table's), what a listing of that
+        table or chain prints: the kernel filters the rule dump by the table and chain
+        the request names (``nf_tables_dump_rules``), so the rules of the other tables
+        are neither sent nor read (10 000 foreign rules cost 0.2-0.75 s a dump of
+        them all: docs/performance.md, "Strings that are not UTF-8"). Every table's
+        when ``table`` is ``None``.
 
         libnftables aborts the process printing such a string as JSON (nftables 1.0.6,
         ``relational_expr_json: Assertion '__out' failed``): ``iifname $'bad\\xff'``,
@@ -365,31 +380,42 @@ class GenerationReader:
         either is named here. Comments (rules', sets', chains', tables') and ``log
         prefix`` are left out of the listing, no abort: not looked for.
         """
+        number = _FAMILY_NUMBERS.get(family or "", socket.AF_UNSPEC)
+        place = None if table is None else (
+            number, table.encode(), None if chain is None else chain.encode())
+        sets = _of_table(sets, family, table)
         found: list[tuple[str, str, str, str, int]] = []
         anonymous: set[tuple[int, bytes, bytes]] = set()
         with translate_errors("list the nftables sets' elements", capability=_CAPABILITY):
-            for family, table, name, handle, key_type, data_type in sets:
-                if not self._elements_utf8(family, table, name, key_type, data_type):
+            for set_family, set_table, name, handle, key_type, data_type in sets:
+                if not self._elements_utf8(set_family, set_table, name, key_type, data_type):
                     if name.startswith(b"__"):  # an anonymous set: its rule is named
-                        anonymous.add((family, table, name + b"\0"))
+                        anonymous.add((set_family, set_table, name + b"\0"))
                     else:
-                        found.append((_NFPROTO_NAMES.get(family, str(family)), _word(table),
-                                      "set", _word(name), handle))
+                        found.append((_NFPROTO_NAMES.get(set_family, str(set_family)),
+                                      _word(set_table), "set", _word(name), handle))
+        body = b"" if place is None else _attribute(_NFTA_RULE_TABLE, place[1] + b"\0") + (
+            b"" if place[2] is None else _attribute(_NFTA_RULE_CHAIN, place[2] + b"\0"))
         with translate_errors("list the nftables rules", capability=_CAPABILITY):
-            messages = self._dump(_NFT_MSG_GETRULE, socket.AF_UNSPEC, b"")
+            messages = self._dump(_NFT_MSG_GETRULE, number, body)
         for message in messages:
             # An ASCII rule holds no byte a string that is not UTF-8 would (most rules).
             utf8 = message.isascii() or _rule_utf8(message)
             if utf8 and not any(name in message for _, _, name in anonymous):
                 continue
             attributes = _attributes(message, 20)
-            table = _text(attributes.get(_NFTA_RULE_TABLE, b""))
-            family = message[16] if len(message) > 16 else 0
-            if utf8 and not any((family, table) == (f, t) and name in message
+            rule_table = _text(attributes.get(_NFTA_RULE_TABLE, b""))
+            rule_chain = _text(attributes.get(_NFTA_RULE_CHAIN, b""))
+            rule_family = message[16] if len(message) > 16 else 0
+            if place is not None and (
+                    rule_table != place[1] or place[0] not in (socket.AF_UNSPEC, rule_family)
+                    or place[2] not in (None, rule_chain)):
+                continue  # a kernel that did not filter the dump by table and chain
+            if utf8 and not any((rule_family, rule_table) == (f, t) and name in message
                                 for f, t, name in anonymous):
                 continue  # another table's anonymous set of that name
-            found.append((_NFPROTO_NAMES.get(family, str(family)), _word(table), "rule",
-                          _word(_text(attributes.get(_NFTA_RULE_CHAIN, b""))),
+            found.append((_NFPROTO_NAMES.get(rule_family, str(rule_family)), _word(rule_table),
+                          "rule", _word(rule_chain),
                           _handle(attributes.get(_NFTA_RULE_HANDLE, b""))))
         return found
 
@@ -528,6 +554,17 @@ class GenerationReader:
     def close(self) -> None:
         """Close the socket (idempotent)."""
         self._sock.close()
+
+
+def _of_table(sets: list[tuple[int, bytes, bytes, int, int, int]], family: str | None,
+              table: str | None) -> list[tuple[int, bytes, bytes, int, int, int]]:
+    """The sets of ``sets`` in table ``family table`` (every one: ``table`` ``None``;
+    of any family: ``family`` ``None``)."""
+    if table is None:
+        return sets
+    number = _FAMILY_NUMBERS.get(family or "", socket.AF_UNSPEC)
+    return [one for one in sets
+            if one[1] == table.encode() and number in (socket.AF_UNSPEC, one[0])]
 
 
 def _attributes(data: bytes, offset: int) -> dict[int, bytes]:

@@ -201,11 +201,15 @@ class Libnftables:
         # pip-nftables keeps its context private; a dry run (nft -c) needs it.
         self._ctx = self.nft._Nftables__ctx
         self._generation = GenerationReader()
-        # The names that are not UTF-8 at a generation id (_refuse_unprintable).
+        # The names (and rules and sets) that are not UTF-8 at a generation id
+        # (_refuse_unprintable).
         self._names: tuple[int, list[tuple[str, str, str, str, int]]] | None = None
-        # The named sets of interface names or strings at that generation id: a rule may
-        # add an element to one from a packet, the generation id unmoved.
+        # The sets of interface names or strings at that generation id: a rule may add an
+        # element to a named one from a packet, the generation id unmoved.
         self._string_sets: list[tuple[int, bytes, bytes, int, int, int]] = []
+        # Whose rules and sets were read at that generation id: (family, table, chain);
+        # chain None: the table's; (None, None, None): every table's.
+        self._contents_read: set[tuple[str | None, str | None, str | None]] = set()
         self.calls = 0
 
     def genid(self) -> int:
@@ -261,34 +265,55 @@ class Libnftables:
         name or string that is not UTF-8: libnftables asserts each name it prints as
         JSON is, and aborts the process when one is not (a foreign table or chain made
         through raw netlink, a rule's ``iifname`` of such bytes). One netlink dump of
-        each kind of name, one of the rules (and one of the elements of each set of
-        interface names or strings) first, before each JSON listing only
-        (:meth:`~k3snet.backends.nfgen.GenerationReader.unprintable`): a listing of a
-        table or chain is refused for a name or a set of such elements in that table (a
-        rule names only its own table's chains, sets and objects; a set no rule of the
-        chain names refuses it too, conservatively) and for such a rule of that chain
-        (a table's: any of its chains), ``list chains`` for a table or chain name, any
-        other for any of them. The dumps are made again only once the generation id
-        moved (one small round trip before each listing), but the elements of each named
-        set of interface names or strings (none in most rulesets) are read again before
-        each listing: a rule adds them from packets (``update @m { oifname : 1 }``; an
-        interface named with bytes that are not UTF-8), the generation id unmoved. A name
-        or rule written between that read and the listing still aborts."""
+        each kind of name first, before each JSON listing only
+        (:meth:`~k3snet.backends.nfgen.GenerationReader.unprintable_names`), and one of
+        the rules the listing prints, with one of the elements of each of its table's
+        sets of interface names or strings
+        (:meth:`~k3snet.backends.nfgen.GenerationReader.unprintable_contents`): of that
+        chain for ``list chain``, of that table for ``list table``, none for ``list
+        chains`` (no rule printed), every table's for any other listing (k3snet makes
+        none). A listing of a table or chain is refused for a name or a set of such
+        elements in that table (a rule names only its own table's chains, sets and
+        objects; a set no rule of the chain names refuses it too, conservatively) and
+        for such a rule of that chain (a table's: any of its chains), ``list chains`` for
+        a table or chain name, any other for any of them. The dumps are made again only
+        once the generation id moved (one small round trip before each listing), but the
+        elements of each named set of interface names or strings (none in most
+        rulesets) of the table listed are read again before each listing: a rule adds
+        them from packets (``update @m { oifname : 1 }``; an interface named with bytes
+        that are not UTF-8), the generation id unmoved. A name or rule written between
+        that read and the listing still aborts."""
         self.calls += 1
         genid = self._generation.read()
         if self._names is None or self._names[0] != genid:
             self.calls += 1
             self._string_sets = []
-            self._names = (genid, self._generation.unprintable(self._string_sets))
-        elif self._string_sets:
-            self.calls += 1
-            known = self._names[1]  # one found stays so until the generation id moves
-            known += [one for one in self._generation.unprintable_elements(self._string_sets)
-                      if one not in known]
-        found = self._names[1]
+            self._contents_read = set()
+            self._names = (genid, self._generation.unprintable_names(self._string_sets))
+        known = self._names[1]  # one found stays so until the generation id moves
+        place: tuple[str | None, str | None, str | None] | None = None
         if "table" in ref or kind == "table":
-            place = (ref.get("family"), ref["table"] if "table" in ref else ref.get("name"))
-            found = [one for one in found if (one[0], one[1]) == place]
+            table = ref["table"] if "table" in ref else ref.get("name")
+            place = (ref.get("family"), table, ref.get("name") if kind == "chain" else None)
+        elif kind != "chains":  # a listing of the chains prints no rule, set or element
+            place = (None, None, None)
+        if place is not None:
+            family, table, chain = place
+            if not self._contents_read.isdisjoint(
+                    {place, (family, table, None), (None, None, None)}):
+                if any(not one[2].startswith(b"__") for one in self._string_sets):
+                    self.calls += 1
+                    known += [one for one in self._generation.unprintable_elements(
+                        self._string_sets, family, table) if one not in known]
+            else:
+                self.calls += 1
+                known += [one for one in self._generation.unprintable_contents(
+                    self._string_sets, family, table, chain) if one not in known]
+                self._contents_read.add(place)
+        found = known
+        if "table" in ref or kind == "table":
+            where = (ref.get("family"), ref["table"] if "table" in ref else ref.get("name"))
+            found = [one for one in found if (one[0], one[1]) == where]
             if kind == "chain":  # a rule prints in its own chain's listing alone
                 found = [one for one in found if one[2] != "rule" or one[3] == ref.get("name")]
         elif kind == "chains":  # the chains alone, no rule: no set or object named
