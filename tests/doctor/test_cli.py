@@ -145,6 +145,20 @@ def _apply_spec(node: str, spec: Path) -> None:
                  "--no-facts", "--auto-approve"]) == 0
 
 
+def _fix_beside_a_spec(doctor_lab: DoctorLab, spec: Path, topology: Topology, sysctl: str,
+                       capsys: pytest.CaptureFixture[str], *, output: str = "text"
+                       ) -> tuple[int, str]:
+    """The lab in ``topology``, a spec owning ``sysctl`` (a line of its ``sysctls``)
+    applied on its node through netlink, then ``doctor --fix``: its status and stdout."""
+    doctor_lab.configure(topology)
+    spec.write_text(_SPEC_HEAD + f"  {sysctl}\n")
+    _apply_spec(doctor_lab.node, spec)
+    capsys.readouterr()
+    status = main(["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+                   f"{topology.destination}:{PORT}", "--fix", "--auto-approve", "-o", output])
+    return status, capsys.readouterr().out
+
+
 @pytest.mark.kernel
 def test_fix_leaves_a_sysctl_the_spec_owns_and_names_the_spec_s_edit(
         doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -154,15 +168,9 @@ def test_fix_leaves_a_sysctl_the_spec_owns_and_names_the_spec_s_edit(
     spec's value and edit, and nothing predicts a pass the kernel does not give."""
     monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
     topology = Topology()
-    doctor_lab.configure(topology)
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(_SPEC_HEAD + "  net.ipv4.conf.cni0.forwarding: 0\n")
-    _apply_spec(doctor_lab.node, spec)
-    capsys.readouterr()
-    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
-            f"{topology.destination}:{PORT}", "--fix", "--auto-approve"]
-    assert main(argv) == 3
-    out = capsys.readouterr().out
+    status, out = _fix_beside_a_spec(doctor_lab, tmp_path / "spec.yaml", topology,
+                                     "net.ipv4.conf.cni0.forwarding: 0", capsys)
+    assert status == 3
     assert "k3snet's own spec sets sysctl net.ipv4.conf.cni0.forwarding = 0" in out, out
     assert "sysctls: {net.ipv4.conf.cni0.forwarding: 1}" in out
     assert "after the fix" not in out
@@ -180,15 +188,11 @@ def test_fix_beside_a_spec_warns_the_next_apply_takes_it_back_as_it_does(
     ``apply -f SPEC`` does, and the kernel drops the flow again."""
     monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
     topology = Topology(forwarding=False)
-    doctor_lab.configure(topology)
     spec = tmp_path / "spec.yaml"
-    spec.write_text(_SPEC_HEAD + "  net.ipv4.conf.all.rp_filter: 2\n")
-    _apply_spec(doctor_lab.node, spec)
-    capsys.readouterr()
-    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
-            f"{topology.destination}:{PORT}", "--fix", "--auto-approve", "-o", "json"]
-    assert main(argv) == 0
-    document = json.loads(capsys.readouterr().out)
+    status, out = _fix_beside_a_spec(doctor_lab, spec, topology,
+                                     "net.ipv4.conf.all.rp_filter: 2", capsys, output="json")
+    assert status == 0
+    document = json.loads(out)
     assert len(document["warnings"]) == 1
     assert "the next apply of a spec or agent pass deletes this fix again" in (
         document["warnings"][0])
@@ -198,7 +202,6 @@ def test_fix_beside_a_spec_warns_the_next_apply_takes_it_back_as_it_does(
     assert run_in(doctor_lab.node, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.strip() \
         == "0"
     assert not doctor_lab.probe(topology.destination, until_dropped=True)["ok"]
-
 
 
 @pytest.mark.kernel
@@ -212,15 +215,11 @@ def test_a_route_fix_beside_a_spec_of_sysctls_warns_the_next_apply_is_refused_as
     warning said that apply deletes the fix (k3snet owning another object there)."""
     monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
     topology = Topology(reply_rule="misroute", forwarding=False)
-    doctor_lab.configure(topology)
     spec = tmp_path / "spec.yaml"
-    spec.write_text(_SPEC_HEAD + "  net.ipv4.conf.all.rp_filter: 2\n")
-    _apply_spec(doctor_lab.node, spec)
-    capsys.readouterr()
-    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
-            f"{topology.destination}:{PORT}", "--fix", "--auto-approve", "-o", "json"]
-    assert main(argv) == 0
-    document = json.loads(capsys.readouterr().out)
+    status, out = _fix_beside_a_spec(doctor_lab, spec, topology,
+                                     "net.ipv4.conf.all.rp_filter: 2", capsys, output="json")
+    assert status == 0
+    document = json.loads(out)
     assert [f["code"] for f in document["findings"]] == ["forwarding-off", "reply-misrouted"]
     assert len(document["warnings"]) == 1, document["warnings"]
     warning = document["warnings"][0]
