@@ -419,18 +419,24 @@ def test_a_group_writable_out_directory_is_taken_only_when_its_group_is_root_s_a
         assert "writable by group" in done.stderr
 
 
-def test_a_root_group_another_user_has_as_primary_group_is_not_root_s_alone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A user whose primary group is root's (gid 0) writes a 0775 directory of group root:
-    # the group is not root's alone, though /etc/group lists no member of it.
-    import pwd  # noqa: PLC0415
-
+def _root_group_directory(tmp_path: Path) -> Path:
+    """A new directory of mode 0775 and group root (gid 0) under ``tmp_path``."""
     if os.geteuid() != 0:
         pytest.skip("needs root to give a directory to group root")
     out = tmp_path / "out"
     out.mkdir()
     os.chown(out, os.geteuid(), 0)
     out.chmod(0o775)
+    return out
+
+
+def test_a_root_group_another_user_has_as_primary_group_is_not_root_s_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A user whose primary group is root's (gid 0) writes a 0775 directory of group root:
+    # the group is not root's alone, though /etc/group lists no member of it.
+    import pwd  # noqa: PLC0415
+
+    out = _root_group_directory(tmp_path)
     toor = pwd.struct_passwd(("toor", "x", 4242, 0, "", "/", "/bin/sh"))
     users = pwd.getpwall()
     monkeypatch.setattr(pwd, "getpwall", lambda: [*users, toor])
@@ -447,12 +453,7 @@ def test_a_refused_root_group_names_its_users_that_are_not_root(
     # root's own group; the refusal names who else is in it.
     import pwd  # noqa: PLC0415
 
-    if os.geteuid() != 0:
-        pytest.skip("needs root to give a directory to group root")
-    out = tmp_path / "out"
-    out.mkdir()
-    os.chown(out, os.geteuid(), 0)
-    out.chmod(0o775)
+    out = _root_group_directory(tmp_path)
     rhel = [pwd.struct_passwd((name, "x", uid, 0, name, "/sbin", "/sbin/nologin"))
             for name, uid in (("sync", 5), ("shutdown", 6), ("halt", 7), ("operator", 11))]
     users = pwd.getpwall()
