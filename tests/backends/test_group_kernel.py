@@ -779,18 +779,29 @@ def test_ctrl_c_as_iptables_restore_ends_takes_its_tables_back(
     makes, taken back after a failed apply, are not compared: see
     tests/iptables/test_made_builtins_kernel.py.)"""
 
+    _interrupted_as_iptables_committed(ns, tmp_path, monkeypatch,
+                                       IptablesBackend(ns, mode=mode),  # type: ignore[arg-type]
+                                       mode=mode, cls=RestoreProcess, method="wait")
+
+
+def _interrupted_as_iptables_committed(ns: str, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       iptables: IptablesBackend, *, mode: str, cls: type,
+                                       method: str) -> None:
+    """Ctrl-C right after ``cls.method`` returned in a group of netlink and ``iptables``
+    applying WANTED: the kernel holds what it held before, k3snet owns nothing."""
+
     def view() -> tuple[object, ...]:
         routes, routes6, _, sysctls = kernel_view(ns)
         return routes, routes6, sysctls, _whole_view(ns, mode)[-1]
 
-    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path),
-                       IptablesBackend(ns, mode=mode)]) as group:  # type: ignore[arg-type]
+    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path), iptables]) as group:
         before = view()
         p = plan(group.observe(), WANTED)
-        sent = _signalled_after(monkeypatch, RestoreProcess, "wait")
+        sent = _signalled_after(monkeypatch, cls, method)
         with pytest.raises(KeyboardInterrupt):
             group.apply(p)
-        assert sent == ["wait"]
+        assert sent == [method]
         assert view() == before
         assert not group.observe().owned
 
@@ -804,20 +815,9 @@ def test_ctrl_c_as_libiptc_committed_a_table_takes_its_tables_back(
     pytest.importorskip("iptc")
     from k3snet.backends.iptables.libiptc import LibiptcDriver  # noqa: PLC0415 - optional
 
-    def view() -> tuple[object, ...]:
-        routes, routes6, _, sysctls = kernel_view(ns)
-        return routes, routes6, sysctls, _whole_view(ns, "legacy")[-1]
-
-    with BackendGroup([NetlinkBackend(ns, state_dir=tmp_path),
-                       IptablesBackend(ns, mode="legacy", driver="libiptc")]) as group:
-        before = view()
-        p = plan(group.observe(), WANTED)
-        sent = _signalled_after(monkeypatch, LibiptcDriver, "_run")
-        with pytest.raises(KeyboardInterrupt):
-            group.apply(p)
-        assert sent == ["_run"]
-        assert view() == before
-        assert not group.observe().owned
+    _interrupted_as_iptables_committed(
+        ns, tmp_path, monkeypatch, IptablesBackend(ns, mode="legacy", driver="libiptc"),
+        mode="legacy", cls=LibiptcDriver, method="_run")
 
 
 def test_a_cli_destroy_ctrl_c_once_everything_is_removed_says_the_removal_stays(
