@@ -22,11 +22,12 @@ a subdirectory of the directory given), wherever they go; files a user names
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from k3snet._env import env_switch
@@ -385,6 +386,33 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
+class _Lookups:
+    """What NSS said within one :func:`users_looked_up_once`: each group's users by gid,
+    and every user's primary group (one ``pwd.getpwall``)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[int, dict[str, int | None] | None] = {}
+        self.by_primary: dict[int, dict[str, int]] | None = None
+
+
+_LOOKED_UP: contextvars.ContextVar[_Lookups | None] = contextvars.ContextVar(
+    "k3snet_looked_up_users", default=None)
+
+
+@contextlib.contextmanager
+def users_looked_up_once() -> Iterator[None]:
+    """Within it, NSS lists the users once (``pwd.getpwall``) and is asked about each
+    group once: a spec read judges its file, each file it imports and every directory
+    on their ways, and each group-writable one listed every user again (on a node whose
+    users are in LDAP, a directory search a time, each read of the agent). What changes
+    meanwhile (a user added) is seen by the next read."""
+    token = _LOOKED_UP.set(_Lookups())
+    try:
+        yield
+    finally:
+        _LOOKED_UP.reset(token)
+
+
 def _untrusted_users(gid: int, trusted: set[int | None]) -> list[str] | None:
     """``None`` when every user of group ``gid`` is ``trusted`` (and it has one): its
     listed members and each user whose primary group it is. An owner's private group
@@ -394,23 +422,42 @@ def _untrusted_users(gid: int, trusted: set[int | None]) -> list[str] | None:
     it as their primary group (RHEL's and Alpine's ``sync``, ``shutdown``, ``halt``,
     ``operator``). Users NSS does not enumerate (an LDAP directory without
     ``enumerate``) are not seen."""
+    members = _group_users(gid)
+    if members is None:
+        return []
+    others = [name for name, uid in members.items() if uid is None or uid not in trusted]
+    return others if others or not members else None
+
+
+def _group_users(gid: int) -> dict[str, int | None] | None:
+    """The users of group ``gid`` (its listed members, then each user whose primary group
+    it is) by name, with their uids (``None``: a member NSS does not know); ``None`` for
+    a group NSS does not know. Once per group within :func:`users_looked_up_once`."""
     import grp  # noqa: PLC0415 - a few files only, and grp/pwd read NSS
     import pwd  # noqa: PLC0415
 
+    looked = _LOOKED_UP.get() or _Lookups()  # outside one: asked afresh
+    if gid in looked.groups:
+        return looked.groups[gid]
+    members: dict[str, int | None] | None
     try:
         listed = grp.getgrgid(gid).gr_mem
     except KeyError:
-        return []
-    members: dict[str, int | None] = {}
-    for name in listed:
-        try:
-            members[name] = pwd.getpwnam(name).pw_uid
-        except KeyError:
-            members[name] = None  # a name NSS does not know: not trusted
-    members.update((user.pw_name, user.pw_uid) for user in pwd.getpwall()
-                   if user.pw_gid == gid)
-    others = [name for name, uid in members.items() if uid is None or uid not in trusted]
-    return others if others or not members else None
+        members = None
+    else:
+        members = {}
+        for name in listed:
+            try:
+                members[name] = pwd.getpwnam(name).pw_uid
+            except KeyError:
+                members[name] = None  # a name NSS does not know: not trusted
+        if looked.by_primary is None:
+            looked.by_primary = {}
+            for user in pwd.getpwall():
+                looked.by_primary.setdefault(user.pw_gid, {})[user.pw_name] = user.pw_uid
+        members.update(looked.by_primary.get(gid, {}))
+    looked.groups[gid] = members
+    return members
 
 
 def _reopen(where: int, file: str | Path, info: os.stat_result) -> int:

@@ -796,8 +796,11 @@ class Agent:
                 candidate = Spec.from_yaml(text, source=self.source.where), sha
             except SpecError as exc:
                 candidate, refused = None, _RefusedError("invalid", exc)
-            if not all(file.unchanged() for file in self._imported.values()):
-                # Rewritten since it settled: loading may have read it half written.
+            if not all(file.unchanged() or file.taken_unsettled
+                       for file in self._imported.values()):
+                # Rewritten since it settled: loading may have read it half written. One
+                # taken unsettled, at the settle limit, is taken as it is, as the log said
+                # (dropped, one that never stops changing kept every new spec out).
                 candidate = refused = None
                 self._imports_again_in = 0.0
             elif refused is not None:
@@ -872,7 +875,11 @@ class Agent:
         digest = hashlib.sha256(sha.encode())
         whole = True
         for path in files:
-            taken, again_in = self._imported[path].read(wait=self._spec is None)
+            try:
+                taken, again_in = self._imported[path].read(wait=self._spec is None)
+            except K3snetError as exc:  # stopped during the first read's wait for it
+                self._read_failed(exc)  # counted as the spec file's own wait: it raises
+                return None
             if again_in is not None:
                 self._imports_again_in = min(again_in, self._imports_again_in or again_in)
             if not isinstance(taken, str):

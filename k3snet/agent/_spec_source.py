@@ -169,7 +169,8 @@ def _fstatfs() -> Any:
         return None
 
 
-def _open_for_writing(path: Path, info: os.stat_result | None) -> bool | None:
+def _open_for_writing(path: Path, info: os.stat_result | None,
+                      said: set[int | None]) -> bool | None:
     """Whether any process (of any namespace: the kernel counts the inode's writers) holds
     regular file ``path`` (``info``) open for writing; None when this cannot tell.
 
@@ -179,7 +180,9 @@ def _open_for_writing(path: Path, info: os.stat_result | None) -> bool | None:
     would end the agent; such a break says a writer is there, as a refusal does.
     Refused otherwise (a file of another user without CAP_LEASE, leases disabled), or
     refused with EAGAIN on a file system where that says something else
-    (:data:`_LEASES_MEAN_WRITERS`): None, and the file's times alone decide."""
+    (:data:`_LEASES_MEAN_WRITERS`): None, and the file's times alone decide; the latter
+    said once for each file system type not in ``said`` (added to it): on NFS or SMB it
+    is so at every look, each pass of the agent."""
     try:
         import fcntl  # noqa: PLC0415 - Linux's leases only, and only here
         import signal  # noqa: PLC0415
@@ -196,9 +199,11 @@ def _open_for_writing(path: Path, info: os.stat_result | None) -> bool | None:
             kind = _file_system(fd)
             if kind in _LEASES_MEAN_WRITERS:
                 return True
-            _log.debug("%s: read lease refused (EAGAIN) on a file system (statfs type %s) "
-                       "where that does not say it is open for writing: settled by its "
-                       "times alone", path, "unknown" if kind is None else f"{kind:#x}")
+            if kind not in said:  # said once a file system type: it is so at every look
+                said.add(kind)
+                _log.debug("%s: read lease refused (EAGAIN) on a file system (statfs type %s) "
+                           "where that does not say it is open for writing: settled by "
+                           "its times alone", path, "unknown" if kind is None else f"{kind:#x}")
             return None
         # A writer that opened it since waits for the lease: it is being broken then.
         broken = fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK
@@ -262,6 +267,11 @@ class SettledFile:
         self._unsettled_since: float | None = None
         self._said_writing = False
         self._said_future: tuple[int, ...] | None = None
+        # The file systems (statfs types) said to refuse its lease for another reason.
+        self._said_lease: set[int | None] = set()
+        # Whether what was last taken was taken unsettled, at settle_limit: as the file
+        # was then, whether or not it changed since.
+        self.taken_unsettled = False
 
     def read(self, *, wait: bool = True) -> tuple[str | SpecError | None, float | None]:
         """(What the file said when it last settled, None when it has not yet; seconds
@@ -290,7 +300,7 @@ class SettledFile:
     def _look(self) -> _Look:
         before = _stat(self.path)
         outcome = self._read_file(self.path)
-        writing = _open_for_writing(self.path, before)
+        writing = _open_for_writing(self.path, before, self._said_lease)
         return _Look(before, _stat(self.path), outcome, writing)
 
     def _unsettled(self, look: _Look) -> float | None:
@@ -303,6 +313,7 @@ class SettledFile:
         why, wait = self._why_unsettled(look, now - self._seen[1])
         if why is None:
             self._unsettled_since, self._said_writing = None, False
+            self.taken_unsettled = False
             return None
         if self._unsettled_since is None:
             self._unsettled_since = now
@@ -311,6 +322,7 @@ class SettledFile:
             _log.warning("the %s %s has not settled for %.0f s (%s): taken as it is",
                          self.what, self.path, waited, why)
             self._unsettled_since, self._said_writing = None, False
+            self.taken_unsettled = True
             return None
         wait = min(max(wait, _RECHECK), self.settle_limit - waited)
         # Open for writing: said once (a writer may hold it a while); the rest at debug level.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from k3snet._gc import gc_paused
-from k3snet._kept import input_problem, refuse_foreign_input
+from k3snet._kept import input_problem, refuse_foreign_input, users_looked_up_once
 from k3snet.errors import Problem, SpecError
 from k3snet.spec.fields import Reader
 from k3snet.spec.ipmasq import file_named
@@ -164,7 +164,8 @@ def refuse_foreign_imports(document: Any, *, invoker: int | None = None,
     change (:func:`k3snet._kept.refuse_foreign_input`), at the input's path in the spec:
     the file decides what root applies as much as the spec does. For a spec given as
     data (the Ansible module's ``spec``); :func:`refuse_foreign_spec` judges a file's."""
-    _refuse_foreign_imports(_imports(document), invoker, source)
+    with users_looked_up_once():
+        _refuse_foreign_imports(_imports(document), invoker, source)
 
 
 def _refuse_foreign_imports(imports: list[tuple[str, str]], invoker: int | None,
@@ -192,16 +193,17 @@ def refuse_foreign_spec(path: str | Path, *, invoker: int | None = None) -> str 
     The node commands check their spec with it, and the agent each spec it reads.
     """
     where = str(path)
-    try:
-        refuse_foreign_input(path, invoker=invoker)
-    except OSError as exc:
-        raise SpecError([Problem("", f"{input_problem(exc)}: {_FOREIGN}")],
-                        source=where) from None
-    try:
-        text = read_text(path)
-    except SpecError:
-        return None
-    _refuse_foreign_imports(_text_imports(text, where), invoker, where)
+    with users_looked_up_once():  # the file, its imports and each directory on their ways
+        try:
+            refuse_foreign_input(path, invoker=invoker)
+        except OSError as exc:
+            raise SpecError([Problem("", f"{input_problem(exc)}: {_FOREIGN}")],
+                            source=where) from None
+        try:
+            text = read_text(path)
+        except SpecError:
+            return None
+        _refuse_foreign_imports(_text_imports(text, where), invoker, where)
     return text
 
 

@@ -89,6 +89,9 @@ def _addresses(values: Iterable[str | Address]) -> tuple[Address, ...]:
     return tuple(parse_address(v) for v in values)
 
 
+_DISCARD_ONLY = ipaddress.IPv6Network("100::/64")
+
+
 def parse_resolver(value: str | Address) -> Address:
     """``value`` as the address of a DNS resolver CoreDNS forwards a zone to (``forward
     . ADDRESS``): a unicast address the CoreDNS pod can reach, else a
@@ -102,8 +105,13 @@ def parse_resolver(value: str | Address) -> Address:
     IPv6 as ``::7f00:1``, not as the IPv4 address); the unspecified address, multicast
     and the broadcast address, which no resolver has; an address with a port or a scheme
     (``192.168.1.53:5353``, ``dns://...``), named as such: a zone's ``port`` gives the
-    port. IPv4 link-local (``169.254.20.10``: NodeLocal DNSCache's, a cloud's metadata
-    resolver) and ``240.0.0.0/4`` (routed as unicast by Linux) are taken.
+    port; IPv6 discard-only ``100::/64`` (RFC 6666: routed to be dropped, no host has
+    one). Taken, as Linux routes them as unicast: IPv4 link-local (``169.254.20.10``:
+    NodeLocal DNSCache's, a cloud's metadata resolver), ``240.0.0.0/4``, ``0.0.0.0/8``
+    but ``0.0.0.0``, the documentation prefixes (``192.0.2.0/24``, ``198.51.100.0/24``,
+    ``203.0.113.0/24``, ``2001:db8::/32``, ``3fff::/20``: labs address hosts from them)
+    and the deprecated site-local ``fec0::/10`` (RFC 3879 has it treated as global
+    unicast, and older sites still number hosts from it).
     """
     if isinstance(value, str) and (problem := _address_form_problem(value.strip())):
         raise ModelError(f"{value.strip()!r} {problem}")
@@ -120,6 +128,8 @@ def parse_resolver(value: str | Address) -> Address:
            else "a multicast address: a resolver has a unicast address" if plain.is_multicast
            else "the broadcast address: a resolver has a unicast address"
            if plain == ipaddress.IPv4Address("255.255.255.255")
+           else "in the discard-only prefix 100::/64 (RFC 6666): routed to be dropped, no "
+           "resolver has it" if plain in _DISCARD_ONLY
            else "an IPv6 link-local address: the CoreDNS pod's kernel refuses to send to it "
            "without a zone id, and with one it reaches only the pod's own link; give the "
            "resolver's global or unique local address" if plain.is_link_local

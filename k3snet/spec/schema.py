@@ -391,7 +391,7 @@ DNS_ZONE = Section(DnsZone, (
     Field("resolvers", "resolvers", items(converted(parse_resolver)), strs,
           example=["192.168.1.53"], doc="The resolvers the zone is forwarded to: unicast "
           "addresses the CoreDNS pod reaches (no loopback, link-local IPv6, zone id, port, "
-          "multicast, 0.0.0.0)."),
+          "multicast, 0.0.0.0, discard-only 100::/64)."),
     Field("port", "port", raw, checks=(optional(int_in(1, 65535)),), example=5353,
           omit_none=True,
           doc="The port the zone's resolvers answer on, each on the same one (unset: 53)."),

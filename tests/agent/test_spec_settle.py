@@ -512,3 +512,49 @@ def test_looking_again_at_an_imported_file_being_written_makes_no_get_of_a_confi
     assert (source.gets, agent.generation) == (2, 2)
     owned = [str(o) for o in memory.state.owned if str(o).startswith("masquerade")]
     assert "192.168.0.0/16" in owned[0]
+
+
+def test_the_agent_stopped_while_the_first_read_waits_for_an_import_counts_a_failed_read(
+        tmp_path: Path) -> None:
+    # SIGTERM during the first read's wait for the spec file counted in
+    # k3snet_agent_spec_read_errors_total; during the wait for a file it imports, not.
+    node = ImportingNode(tmp_path)
+
+    def stopped(seconds: float | None = None) -> bool:
+        node.agent.stop()
+        return True
+
+    node.agent._stopping.wait = stopped  # type: ignore[method-assign,assignment]
+    with node.imported.open("a"):  # held open for writing: the first read waits for it
+        result = node.agent.run_pass()
+    assert result.status == "failed"
+    assert "stopped while waiting for the file" in result.message
+    assert (node.agent.generation, node.memory.state.owned) == (0, frozenset())
+    assert node.metrics.registry.get_sample_value(
+        "k3snet_agent_spec_read_errors_total", {"reason": "other"}) == 1
+
+
+def test_an_imported_file_still_changing_at_the_settle_limit_is_taken_as_the_log_says(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # An import changing all along (each look, and while the spec loads) was said "taken
+    # as it is" at the settle limit, then dropped as rewritten since it settled: a new
+    # spec never went in force, and the warning came again at each limit.
+    node = ImportingNode(tmp_path, settle=SPEC_SETTLE, settle_limit=0.0)
+    assert node.agent.run_pass().status == "ok"
+    assert node.exempted() == "10.0.0.0/8,169.254.0.0/16,172.16.0.0/12"
+    real = read_text
+
+    def rewritten(file: str | Path) -> str:
+        if Path(file) == node.imported:  # written again, just now, as the spec loads
+            node.imported.write_text(IMPORTED + "  - 192.168.0.0/16\n")
+        return real(file)
+
+    monkeypatch.setattr("k3snet.spec.ipmasq.read_text", rewritten)
+    node.imported.write_text(IMPORTED + "  - 192.168.0.0/16\n")  # just now: not settled
+    with caplog.at_level(logging.WARNING, logger="k3snet.agent"):
+        assert node.agent.run_pass().status == "ok"
+    assert "has not settled for 0 s (modified" in caplog.text
+    assert "taken as it is" in caplog.text
+    assert node.agent.generation == 2
+    assert node.exempted() == "10.0.0.0/8,169.254.0.0/16,172.16.0.0/12,192.168.0.0/16"

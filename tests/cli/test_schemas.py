@@ -12,6 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from referencing import Registry, Resource
 
 from k3snet import MemoryBackend, Plan, State, plan, register_backend
@@ -72,15 +73,62 @@ def test_every_route_block_validates_and_a_wrong_field_does_not(block: RouteBloc
         validate(block.to_dict() | {"gateway": "192.0.2.1"}, "object")
 
 
-@pytest.mark.parametrize("device", ["a" * 16, "v\u00e9" * 8, "a/b", "a\u0000b"])
+@pytest.mark.parametrize("device", [
+    "a" * 16, "v\u00e9" * 8, "a/b", "a\u0000b", "a" * 15 + "\n",
+    # 15 characters or fewer, 16 bytes or more in UTF-8: the schema's maxLength counted
+    # characters and took them, the model (and the kernel) counts bytes.
+    "v\u00e9" * 5 + "x", "\u00e9" * 8, "\u20ac" * 6, "\U0001f600" * 4, "\udce9" * 6])
 def test_a_route_block_device_the_kernel_cannot_hold_does_not_validate(device: str) -> None:
-    """IFNAMSIZ is 16 with the NUL: a name of 16 characters or more is no device's, as
-    the model refuses it (16 bytes); the schema took any length."""
+    """IFNAMSIZ is 16 with the NUL: a name of 16 bytes or more is no device's, as
+    the model refuses it; the schema took any length, then any 15 characters."""
     block = RouteBlock("10.0.0.0/8", what="device", device="v\u00e9").to_dict()
     validate(block, "object")
     with pytest.raises(ModelError):
         RouteBlock("10.0.0.0/8", what="device", device=device)
     with pytest.raises(jsonschema.ValidationError):
+        validate(block | {"device": device}, "object")
+
+
+def _device_pattern() -> str:
+    """The schema's pattern for a route block's device, built: 1..15 bytes of UTF-8 (a
+    lone surrogate, a kernel byte read as no UTF-8, 3 as the model counts it), no NUL
+    nor ``/``. A regular expression cannot add weights: each branch caps the characters
+    of 4, 3 and 2 bytes (d, c, b) and the length the rest leaves (15 - b - 2c - 3d)."""
+    two, three, four = r"\x80-\u07ff", r"\u0800-\uffff", r"\U00010000-\U0010ffff"
+    end = r"(?![\s\S])"  # the very end: "$" matches before a final newline too
+
+    def at_most(chars: str, k: int) -> str:
+        more = f"(?:[{chars}][^{chars}]*){{0,{k}}}" if k else ""
+        return f"(?=[^{chars}]*{more}{end})"
+
+    def either(parts: list[str]) -> str:
+        return parts[0] if len(parts) == 1 else "(?:" + "|".join(parts) + ")"
+
+    return "^" + either([at_most(four, d) + either([at_most(three, c) + either([
+        at_most(two, b) + f"(?=[\\s\\S]{{1,{15 - b - 2 * c - 3 * d}}}{end})"
+        for b in range((15 - 4 * d - 3 * c) // 2 + 1)])
+        for c in range((15 - 4 * d) // 3 + 1)])
+        for d in range(4)]) + r"[^/\x00]+" + end
+
+
+def test_the_route_block_device_pattern_is_the_one_built() -> None:
+    block = next(part["then"] for part in load_schema("object")["allOf"]
+                 if part["if"]["properties"]["type"] == {"const": "route-block"})
+    assert block["properties"]["device"]["pattern"] == _device_pattern()
+
+
+@settings(deadline=None)
+@given(st.text(st.sampled_from(["a", "/", "\x00", "\n", "\u00e9", "\u07ff", "\u0800",
+                                "\uffff", "\udce9", "\U00010000", "\U0010ffff"])
+               | st.characters(), max_size=17))
+def test_a_route_block_device_validates_exactly_when_the_model_takes_it(device: str) -> None:
+    block = RouteBlock("10.0.0.0/8", what="device", device="v\u00e9").to_dict()
+    try:
+        RouteBlock("10.0.0.0/8", what="device", device=device)
+    except ModelError:
+        with pytest.raises(jsonschema.ValidationError):
+            validate(block | {"device": device}, "object")
+    else:
         validate(block | {"device": device}, "object")
 
 

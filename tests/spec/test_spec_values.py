@@ -244,3 +244,23 @@ def test_a_gateway_no_packet_can_be_sent_to_as_a_next_hop_is_refused(
     assert [str(p) for p in info.value.problems] == [
         f"destinations[0].gateway: gateway {gateway} is {kind}, never a next hop; give the "
         "address of the router on the link"]
+
+
+@pytest.mark.parametrize("resolver", ["100::1", "100::53", "100::ffff:ffff:ffff:ffff"])
+def test_a_resolver_in_the_discard_only_prefix_is_refused(resolver: str) -> None:
+    # RFC 6666: 100::/64 is routed to be dropped (a remote-triggered black hole); no
+    # resolver has an address there, and a zone forwarded to it would time out unsaid.
+    with pytest.raises(ModelError, match=r"discard-only prefix 100::/64 \(RFC 6666\)"):
+        DnsZone("corp.example", resolvers=[resolver])
+
+
+@pytest.mark.parametrize("resolver", [
+    "192.0.2.53", "198.51.100.53", "203.0.113.53", "2001:db8::53", "3fff::53",  # labs' own
+    "fec0::53",  # deprecated site-local: RFC 3879 has it treated as global unicast
+    "0.0.0.53", "240.0.0.53",  # routed as unicast by Linux (0.0.0.0 alone is refused)
+    "100:0:0:1::53",  # just past the discard-only 100::/64
+])
+def test_a_resolver_linux_routes_as_unicast_is_taken_documentation_prefixes_too(
+        resolver: str) -> None:
+    assert DnsZone("corp.example", resolvers=[resolver]).resolvers == (
+        parse_address(resolver),)
