@@ -177,7 +177,7 @@ _SHOWN_INTERFACES = 4  # interfaces a forwarding warning names, the oldest
 _RECEIVING_MASTERS = frozenset({"bridge", "bond"})
 _NO_INDEX = 1 << 32  # an interface the link dump did not hold (gone meanwhile): last
 _LOCAL_TABLE = 255
-# The rules a namespace starts with, for a driver that reads none (pyroute2).
+# The rules a namespace starts with, for a driver that reads none (a test's own).
 _DEFAULT_RULES = (
     LookupRule(4, 0, _LOCAL_TABLE, None, None, None),
     LookupRule(4, 32766, MAIN_TABLE, None, None, None),
