@@ -61,9 +61,9 @@ class RouteDriver(Protocol):
         """
         ...
 
-    # Optional: ``rules()``, the policy rules a gateway's lookup may meet in the kernel's
-    # order (list[LookupRule], :func:`~.codec.decode_rule`); without it ``check`` takes
-    # the rules a namespace starts with. Both drivers read them.
+    # Optional: ``rules()``, the policy rules in the kernel's order (list[LookupRule],
+    # :func:`~.codec.decode_rule`); without it ``check`` takes the rules a namespace
+    # starts with, and the warnings name no route a rule takes. Both drivers read them.
 
     def send(self, changes: Sequence[Change],
              indexes: Mapping[str, int]) -> dict[int, NetlinkError]:

@@ -294,8 +294,8 @@ class Pyroute2Driver:
         return self._run(job)
 
     def rules(self) -> list[LookupRule]:
-        """The policy rules of both families a gateway's lookup may meet, in the kernel's
-        order, as the socket driver reads them (:meth:`.SocketDriver.rules`).
+        """The policy rules of both families, in the kernel's order, as the socket driver
+        reads them (:meth:`.SocketDriver.rules`).
 
         Each dumped message's own bytes go through :func:`~.codec.decode_rule`: which
         rules may match is said in one place for both drivers (without this, ``check``
