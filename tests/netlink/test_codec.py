@@ -288,13 +288,15 @@ def _rule(family: int = socket.AF_INET, *, src_len: int = 0, action: int = codec
     return codec.message(32, 0, 0, body + extra)
 
 
-def test_decode_rule_reads_a_table_rule_a_gateways_lookup_can_match_and_no_other() -> None:
+def test_decode_rule_reads_a_rule_and_whether_a_gateways_lookup_can_match_it() -> None:
     rule = codec.decode_rule(_rule(extra=codec.attr(codec.FRA_IIFNAME, b"lo\0")))
     assert rule == codec.LookupRule(4, 100, 1000, Route("10.9.0.0/24", device="lo").destination,
                                     "lo", None)
     assert codec.decode_rule(_rule(extra=codec.attr_u32(codec.FRA_FWMARK, 0))) is not None
-    assert codec.decode_rule(_rule(extra=codec.attr_u32(codec.FRA_FWMARK, 7))) is None
-    assert codec.decode_rule(_rule(src_len=16)) is None
+    for sourced in (_rule(extra=codec.attr_u32(codec.FRA_FWMARK, 7)), _rule(src_len=16)):
+        rule = codec.decode_rule(sourced)
+        assert rule is not None
+        assert (rule.gateway_lookup, rule.exact) == (False, False)
     # Inverted: met by what it does not select (no source address: any lookup, perhaps).
     assert codec.decode_rule(_rule(flags=codec.FIB_RULE_INVERT)) == codec.LookupRule(
         4, 100, 1000, None, None, None, exact=False)

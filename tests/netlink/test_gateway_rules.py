@@ -5,6 +5,9 @@ rules included: a gateway on-link only in a table an ``ip rule`` sends the looku
 ``check`` refused it, so ``k3snet apply --dry-run`` failed a plan the apply makes. A
 rule the lookup cannot match (a source prefix: the lookup has no source address)
 still leaves the gateway refused, by both. The kernel's view is ``ip -j route``.
+
+Both drivers: the pyroute2 one read no rules (``check`` judged by the rules a namespace
+starts with), and refused what the kernel takes and the socket driver passes.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from k3snet.errors import ApplyError
 from k3snet.model import Route, State
 from k3snet.planner import plan
 from tests.netlink.links import d0_namespace, ip
+from tests.netlink.test_backend import DRIVERS, Driver
 
-pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root"),
+              pytest.mark.parametrize("driver", DRIVERS)]
 
 
 def _listed(ns: str) -> set[tuple[str, str | None, str]]:
@@ -31,8 +36,9 @@ def _listed(ns: str) -> set[tuple[str, str | None, str]]:
 
 
 def test_a_gateway_on_link_through_an_administrators_rule_passes_check_as_the_kernel_takes_it(
-        tmp_path: Path) -> None:
-    with d0_namespace("gwrule") as ns, NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        tmp_path: Path, driver: Driver) -> None:
+    with d0_namespace("gwrule") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
         ip(ns, "route", "add", "10.9.0.0/24", "dev", "d0", "table", "200")
         ip(ns, "rule", "add", "to", "10.9.0.0/24", "lookup", "200", "pref", "100")
         ip(ns, "-6", "route", "add", "fd09::/64", "dev", "d0", "table", "201")
@@ -53,8 +59,9 @@ def test_a_gateway_on_link_through_an_administrators_rule_passes_check_as_the_ke
 
 
 def test_a_rule_the_gateways_lookup_cannot_match_leaves_it_refused_by_check_and_kernel(
-        tmp_path: Path) -> None:
-    with d0_namespace("gwrulx") as ns, NetlinkBackend(ns, state_dir=tmp_path) as backend:
+        tmp_path: Path, driver: Driver) -> None:
+    with d0_namespace("gwrulx") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
         ip(ns, "route", "add", "10.9.0.0/24", "dev", "d0", "table", "200")
         ip(ns, "rule", "add", "from", "10.1.0.0/16", "to", "10.9.0.0/24", "lookup", "200")
         ip(ns, "rule", "add", "fwmark", "7", "lookup", "200")
@@ -69,13 +76,13 @@ def test_a_rule_the_gateways_lookup_cannot_match_leaves_it_refused_by_check_and_
 
 
 def test_a_reject_rule_before_the_table_holding_the_gateway_fails_check_as_the_kernel_refuses(
-        tmp_path: Path) -> None:
+        tmp_path: Path, driver: Driver) -> None:
     """The kernel walks the rules in priority order: a ``prohibit`` (``unreachable``,
     ``blackhole``) rule matching the gateway before ``main`` ends its lookup there, and
     the route add is refused ("Nexthop has invalid gateway"), while ``check`` took any
     table of any rule, ``main`` too, and said nothing."""
     with d0_namespace("gwrulp", "10.9.0.5/24", "fd09::5/64") as ns, \
-            NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
         ip(ns, "rule", "add", "prohibit", "to", "10.9.0.0/24", "pref", "100")
         ip(ns, "-6", "rule", "add", "unreachable", "to", "fd09::/64", "pref", "100")
         for wanted in (Route("192.168.7.0/24", gateway="10.9.0.1"),
@@ -91,13 +98,13 @@ def test_a_reject_rule_before_the_table_holding_the_gateway_fails_check_as_the_k
 
 
 def test_a_table_rule_before_a_reject_rule_passes_check_as_the_kernel_takes_it(
-        tmp_path: Path) -> None:
+        tmp_path: Path, driver: Driver) -> None:
     """The first rule whose table answers decides: a rule to a table holding the gateway
     before the ``prohibit`` one, and a ``prohibit`` rule after ``main`` (which holds it),
     leave it on-link for both; a ``goto`` over the reject rule too (not followed:
     what comes after it is only what may stop the lookup)."""
     with d0_namespace("gwrulq", "10.9.0.5/24") as ns, \
-            NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
         ip(ns, "route", "add", "10.8.0.0/24", "dev", "d0", "table", "200")
         ip(ns, "rule", "add", "to", "10.8.0.0/24", "lookup", "200", "pref", "100")
         ip(ns, "rule", "add", "prohibit", "to", "10.8.0.0/16", "pref", "200")

@@ -140,7 +140,7 @@ from k3snet.errors import (
     RollbackError,
 )
 from k3snet.model import NetObject
-from k3snet.model.cidr import Address
+from k3snet.model.cidr import Address, Network, network_text
 from k3snet.model.route import (
     K3SNET_ROUTE_PROTOCOL,
     MAIN_TABLE,
@@ -177,7 +177,7 @@ _SHOWN_INTERFACES = 4  # interfaces a forwarding warning names, the oldest
 _RECEIVING_MASTERS = frozenset({"bridge", "bond"})
 _NO_INDEX = 1 << 32  # an interface the link dump did not hold (gone meanwhile): last
 _LOCAL_TABLE = 255
-# The rules a namespace starts with, for a driver that reads none (pyroute2).
+# The rules a namespace starts with, for a driver that reads none (a test's own).
 _DEFAULT_RULES = (
     LookupRule(4, 0, _LOCAL_TABLE, None, None, None),
     LookupRule(4, 32766, MAIN_TABLE, None, None, None),
@@ -338,6 +338,10 @@ class NetlinkBackend(BackendBase):
         self._observed: tuple[tuple[int, int], State] | None = None
         # expect()'s sysctls (name -> value): what the warnings judge forwarding by.
         self._wanted_sysctls: dict[str, str] | None = None
+        self._wanted_routes: tuple[Route, ...] | None = None  # expect()'s: what the
+        # warnings judge the policy rules by
+        # The last warnings of routes a policy rule takes, with what they were read from.
+        self._rule_warned: tuple[Hashable, tuple[str, ...]] | None = None
         # The state file's records of an interface k3snet cannot tell, as the last
         # observe found them (SysctlState.doubts).
         self._link_doubts: tuple[str, ...] = ()
@@ -444,7 +448,8 @@ class NetlinkBackend(BackendBase):
         it (docs/performance.md, "Expected objects: routes"). Its sysctls are those
         :attr:`warnings` judges the forwarding switches by.
         """
-        self._routes.expect(o for o in state.owned if type(o) is Route)
+        self._wanted_routes = tuple(o for o in state.owned if type(o) is Route)
+        self._routes.expect(self._wanted_routes)
         self._wanted_sysctls = {o.name: o.value for o in state.owned if type(o) is Sysctl}
 
     @property
@@ -475,7 +480,8 @@ class NetlinkBackend(BackendBase):
 
         Also named: an owned sysctl or a switch it spread whose interface k3snet cannot
         tell from another given its index (:meth:`~.sysctls.SysctlState.doubts`), left
-        alone, as the last observe found them.
+        alone, as the last observe found them; and a wanted route whose every lookup an
+        administrator's policy rule takes before its table (:meth:`_rule_warnings`).
         """
         wanted = self._wanted_sysctls
         if wanted is None:
@@ -484,7 +490,68 @@ class NetlinkBackend(BackendBase):
                 return ()
             wanted = {o.name: o.value for o in observed[1].owned if type(o) is Sysctl}
         return (self._ipv4_warnings(wanted) + self._advertisement_warnings(wanted)
-                + self._link_doubts)
+                + self._link_doubts + self._rule_warnings())
+
+    def _rule_warnings(self) -> tuple[str, ...]:
+        """The routes k3snet wants (:meth:`expect`'s, else those owned) whose traffic an
+        administrator's policy rule takes before the kernel's lookup reaches their table:
+        ``ip rule add to 10.9.0.0/24 lookup 200`` (priority 100, before ``main``'s 32766)
+        with a route of table 200 holding the whole destination, or ``ip rule add
+        prohibit to 10.9.0.0/24``. The route is in place and carries nothing; a plan, an
+        apply and the agent said nothing of it.
+
+        Only a rule every forwarded packet to the destination meets counts: its ``to``
+        holding the whole destination, no other selector (a source prefix, a mark, an
+        interface: a rule that *may* match before one to the route's own table leaves
+        the route in doubt, not named), nor a ``goto`` or ``nop`` before it. A ``throw``
+        route of the table sends the lookup on, as the kernel does. Read at every call:
+        the kernel announces no rule change to the route view."""
+        routes = self._wanted_routes
+        if routes is None:
+            observed = self._observed
+            routes = () if observed is None else tuple(
+                o for o in observed[1].owned if type(o) is Route)
+        read_rules: Callable[[], Sequence[LookupRule]] | None = getattr(
+            self._driver, "rules", None)
+        if not routes or read_rules is None:
+            return ()
+        self._routes.begin()
+        with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
+            rules = list(read_rules())
+            if all(rule in _DEFAULT_RULES for rule in rules):
+                return ()  # a namespace's own rules: each table's lookup as ip route says
+            view = self._routes.view()
+            tables = frozenset(rule.table for rule in rules if rule.action == FR_ACT_TO_TBL
+                               and rule.table not in (0, _LOCAL_TABLE))
+            # The same rules, routes and view: the same answer (the agent asks every pass;
+            # 10 000 routes in the lookup again would cost more than the pass). Not kept
+            # when a table is dumped apart: the view's version does not follow it.
+            key = (tuple(rules), routes, self._routes.version)
+            if self._rule_warned is not None and self._rule_warned[0] == key:
+                return self._rule_warned[1]
+            lookup = self._fill(_GatewayTables(tables), view, tables)
+        found: list[str] = []
+        for route in sorted(routes, key=lambda r: r.sort_key):
+            taken = _taken_by_rule(route, rules, lookup)
+            if taken is None:
+                continue
+            rule, holder = taken
+            where = f"table {_table_name(route.table)}"
+            if holder is None:
+                why = (f"the policy rule at priority {rule.priority} "
+                       f"({_REJECTING[rule.action]}) refuses the lookup of "
+                       f"{network_text(route.destination)} before {where}")
+            else:
+                why = (f"the policy rule at priority {rule.priority} sends the lookup of "
+                       f"{network_text(route.destination)} to table "
+                       f"{_table_name(rule.table)} before {where}, and its "
+                       f"{holder.describe()} takes it")
+            found.append(f"netlink: the {route.describe()} carries no traffic in "
+                         f"{self._where}: {why} (ip rule)")
+        said = tuple(found)
+        kept = all(self._routes.in_scope(table) for table in tables)
+        self._rule_warned = (key, said) if kept else None
+        return said
 
     def _advertisement_warnings(self, wanted: Mapping[str, str]) -> tuple[str, ...]:
         """The default routes learned from router advertisements that the kernel no longer
@@ -920,17 +987,23 @@ class NetlinkBackend(BackendBase):
         # rules a namespace starts with).
         read_rules: Callable[[], Sequence[LookupRule]] | None = getattr(
             self._driver, "rules", None)
-        rules = list(read_rules()) if read_rules is not None else list(_DEFAULT_RULES)
+        rules = ([rule for rule in read_rules() if rule.gateway_lookup]
+                 if read_rules is not None else list(_DEFAULT_RULES))
         tables = frozenset({r.table for r in gateways} | {MAIN_TABLE, _DEFAULT_TABLE}
                            | {rule.table for rule in rules if rule.action == FR_ACT_TO_TBL
                               and rule.table != _LOCAL_TABLE})
         lookup = _GatewayTables(tables, local, frozenset(broadcasts), rules)
+        return self._fill(lookup, view, tables - {r.table for r in gateways})
+
+    def _fill(self, lookup: _GatewayTables, view: RouteView, tables: frozenset[int]
+              ) -> _GatewayTables:
+        """``lookup`` with the routes of ``view`` and those of ``tables`` it lacks (not
+        managed: dumped)."""
         for route in (*view.owned.values(), *view.foreign):
             lookup.add(route)
-        unseen = frozenset(t for t in tables - {r.table for r in gateways}
-                           if not self._routes.in_scope(t))
+        unseen = frozenset(t for t in tables if not self._routes.in_scope(t))
         if unseen:
-            names = {index: link.name for index, link in by_index.items()}
+            names = {index: link.name for index, link in self._routes.links().items()}
             for route in self._driver.routes(unseen, names):
                 lookup.add(route)
         return lookup
@@ -1508,6 +1581,14 @@ class _GatewayTables:
             if routes:
                 yield routes
 
+    def inside(self, table: int, network: Network) -> bool:
+        """Whether ``table`` holds a route to a longer prefix within ``network``."""
+        lengths = self._routes.get((table, network.version), {})
+        first, bits = int(network.network_address), network.max_prefixlen
+        last = first + (1 << (bits - network.prefixlen)) - 1
+        return any(first <= value <= last for length, found in lengths.items()
+                   if length > network.prefixlen for value, routes in found.items() if routes)
+
     def reachable(self, route: Route) -> bool:
         """Whether the kernel takes ``route``'s gateway as on-link (``fib_check_nh_v4_gw``,
         ``ip6_route_check_nh``, through the policy rules).
@@ -1611,6 +1692,49 @@ class _GatewayTables:
         if answer(table):
             return True, None
         return self._walk(gateway, device, answer)
+
+
+def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTables
+                   ) -> tuple[LookupRule, Route | RouteBlock | None] | None:
+    """The administrator's rule that takes every lookup of ``route``'s destination
+    before its table, with the route of the rule's table holding the destination
+    (``None``: a rejecting rule); ``None`` when none surely does
+    (:meth:`NetlinkBackend._rule_warnings`)."""
+    dst = route.destination
+    for rule in rules:
+        if rule.family != dst.version or (
+                rule.destination is not None and not rule.destination.overlaps(dst)):
+            continue
+        sure = (rule.exact and rule.in_interface is None and rule.out_interface is None
+                and (rule.destination is None
+                     or dst.subnet_of(rule.destination)))  # type: ignore[arg-type]
+        if rule.action == FR_ACT_TO_TBL:
+            if rule.table in (route.table, 0):  # 0: an L3 master device's table
+                return None
+            if not sure or rule.table == _LOCAL_TABLE:
+                continue
+            holder = _holder(lookup, rule.table, dst)
+            if holder is None:
+                continue
+            return None if rule in _DEFAULT_RULES else (rule, holder)
+        if rule.action in _REJECTING:
+            if sure and rule not in _DEFAULT_RULES:
+                return rule, None
+        else:  # goto, nop: not followed
+            return None
+    return None
+
+
+def _holder(lookup: _GatewayTables, table: int, dst: Network) -> Route | RouteBlock | None:
+    """The route of ``table`` a lookup of any address of ``dst`` ends at: the longest
+    prefix holding all of it, lowest metric (``None`` when there is none, or a ``throw``
+    route sends the lookup on, or a longer prefix holds part of ``dst``)."""
+    if lookup.inside(table, dst):
+        return None  # part of it goes elsewhere: not every lookup ends at one route
+    for routes in lookup.covering(table, dst.network_address):
+        best = min(routes, key=lambda r: r.metric or 0)
+        return None if isinstance(best, RouteBlock) and best.what == "throw" else best
+    return None
 
 
 def _unnamed_device_route(route: Route | RouteBlock) -> bool:

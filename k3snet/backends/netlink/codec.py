@@ -552,7 +552,10 @@ class LookupRule:
     ``unreachable`` and ``prohibit``, 6 to 8, end the lookup; ``goto`` and ``nop``, 2
     and 3, go on elsewhere) and whether it is ``exact``: its selectors are only those
     read here (a rule that is not, an inverted one, one with a user id range, ports,
-    ``suppress_prefixlength`` ..., *may* match)."""
+    ``suppress_prefixlength`` ..., *may* match). ``gateway_lookup``: whether the kernel's
+    lookup of a route's gateway may meet it at all; a rule with a source prefix, a mark,
+    a TOS or an L3 master device is met by a forwarded packet's lookup alone (and is
+    never ``exact``)."""
 
     family: int
     priority: int
@@ -562,6 +565,7 @@ class LookupRule:
     out_interface: str | None
     action: int = FR_ACT_TO_TBL
     exact: bool = True
+    gateway_lookup: bool = True
 
     def matches(self, address: Address, incoming: str | None, outgoing: str | None) -> bool:
         """Whether a lookup of ``address`` coming in by ``incoming``, going out by
@@ -582,21 +586,25 @@ def _name(raw: bytes | None) -> str | None:
 
 
 def decode_rule(msg: bytes) -> LookupRule | None:
-    """The rule of a raw ``RTM_NEWRULE`` message when the kernel's own lookup of a route's
-    gateway (``fib_check_nh_v4_gw``, ``ip6_route_check_nh``: no source address, mark
-    nor TOS) may match it; else ``None`` (a source prefix, a mark, a TOS, an L3 master
-    device). An inverted rule, or one with selectors that lookup meets otherwise (a
-    user id range, ports, an IP protocol), is not ``exact``: it may match."""
+    """The rule of a raw ``RTM_NEWRULE`` message of IPv4 or IPv6 (else ``None``).
+
+    One the kernel's own lookup of a route's gateway (``fib_check_nh_v4_gw``,
+    ``ip6_route_check_nh``: no source address, mark nor TOS) cannot match (a source
+    prefix, a mark, a TOS, an L3 master device) is not for that lookup
+    (``gateway_lookup`` false) and not ``exact``: a forwarded packet's may match it. An
+    inverted rule, or one with selectors that lookup meets otherwise (a user id range,
+    ports, an IP protocol), is not ``exact`` either: it may match."""
     if len(msg) < HDR + FIB_RULE_HDR.size:
         return None
     family, dst_len, src_len, tos, table, _, _, action, flags = FIB_RULE_HDR.unpack_from(
         msg, HDR)
     found = attrs_of(msg, HDR + FIB_RULE_HDR.size)
     inverted = bool(flags & FIB_RULE_INVERT)
-    if ((not inverted and (src_len or tos or FRA_SRC in found or FRA_L3MDEV in found
-                           or (FRA_FWMARK in found and U32.unpack(found[FRA_FWMARK][:4])[0])))
-            or family not in (socket.AF_INET, socket.AF_INET6)):
+    if family not in (socket.AF_INET, socket.AF_INET6):
         return None
+    sourced = not inverted and bool(
+        src_len or tos or FRA_SRC in found or FRA_L3MDEV in found
+        or (FRA_FWMARK in found and U32.unpack(found[FRA_FWMARK][:4])[0]))
     if FRA_TABLE in found:
         table = U32.unpack(found[FRA_TABLE][:4])[0]
     destination: Network | None = None
@@ -608,10 +616,10 @@ def decode_rule(msg: bytes) -> LookupRule | None:
     # The kernel sends suppress_prefixlength (and suppress_ifgroup) at -1 when unset.
     unset = {kind for kind in (FRA_SUPPRESS_PREFIXLEN, FRA_SUPPRESS_IFGROUP)
              if found.get(kind, b"")[:4] == b"\xff\xff\xff\xff"}
-    exact = not inverted and found.keys() - unset <= _PLAIN_RULE_ATTRS
+    exact = not inverted and not sourced and found.keys() - unset <= _PLAIN_RULE_ATTRS
     if inverted:  # met by what its selectors do not match: any lookup, perhaps
         return LookupRule(4 if family == socket.AF_INET else 6, priority, table, None,
                           None, None, action, exact=False)
     return LookupRule(4 if family == socket.AF_INET else 6, priority, table, destination,
                       _name(found.get(FRA_IIFNAME)), _name(found.get(FRA_OIFNAME)),
-                      action, exact)
+                      action, exact, gateway_lookup=not sourced)

@@ -61,6 +61,10 @@ class RouteDriver(Protocol):
         """
         ...
 
+    # Optional: ``rules()``, the policy rules in the kernel's order (list[LookupRule],
+    # :func:`~.codec.decode_rule`); without it ``check`` takes the rules a namespace
+    # starts with, and the warnings name no route a rule takes. Both drivers read them.
+
     def send(self, changes: Sequence[Change],
              indexes: Mapping[str, int]) -> dict[int, NetlinkError]:
         """Make every route change (all are attempted); the kernel's refusals by position.

@@ -55,7 +55,9 @@ from k3snet.backends.netlink.codec import (
     UNMODELLED_ATTRS,
     Interface,
     Link,
+    LookupRule,
     NetlinkError,
+    decode_rule,
     route_of,
 )
 from k3snet.backends.netlink.driver import DUMP_RETRIES
@@ -288,6 +290,33 @@ class Pyroute2Driver:
                     if route is not None and (tables is None or route.table in tables):
                         found.append(route)
             return found
+
+        return self._run(job)
+
+    def rules(self) -> list[LookupRule]:
+        """The policy rules of both families, in the kernel's order, as the socket driver
+        reads them (:meth:`.SocketDriver.rules`).
+
+        Each dumped message's own bytes go through :func:`~.codec.decode_rule`: which
+        rules may match is said in one place for both drivers (without this, ``check``
+        judged gateways by the rules a namespace starts with, and refused a gateway an
+        administrator's ``ip rule`` makes on-link, which the kernel takes)."""
+
+        def job(ipr: Any) -> list[LookupRule]:
+            found: list[LookupRule] = []
+            for family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    dumped = self._dump(ipr, ipr.rule, family=family)
+                except NetlinkError as exc:
+                    if exc.errno == errno.ENOENT:  # IPv6 off: no rules of it (as the socket's)
+                        continue
+                    raise
+                for msg in dumped:
+                    raw = bytes(msg.data[msg.offset:msg.offset + msg["header"]["length"]])
+                    rule = decode_rule(raw)
+                    if rule is not None:
+                        found.append(rule)
+            return sorted(found, key=lambda rule: rule.priority)
 
         return self._run(job)
 

@@ -235,8 +235,8 @@ class SocketDriver:
         return found
 
     def rules(self) -> list[LookupRule]:
-        """The policy rules of both families a gateway's lookup may meet
-        (:func:`~.codec.decode_rule`), ``local``'s, ``main``'s and ``default``'s too, in
+        """The policy rules of both families (:func:`~.codec.decode_rule`), ``local``'s,
+        ``main``'s and ``default``'s too, in
         the kernel's order: by priority, those of one priority as dumped (optional: see
         :class:`~.driver.RouteDriver`)."""
         found = [rule for family in (socket.AF_INET, socket.AF_INET6)

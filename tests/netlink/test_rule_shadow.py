@@ -1,0 +1,98 @@
+"""A route of k3snet's that an administrator's policy rule takes the traffic of: in
+place, and carrying nothing. ``ip rule add to 198.51.100.0/24 lookup 100`` (priority
+100, before ``main``'s 32766) with a route of table 100 holding the destination sends
+every lookup there; plan, apply and the agent said nothing, the route of ``main`` the
+spec asked for was reported in place. The backend's warnings (``!! warning:`` under
+``k3snet plan`` and ``apply``) now name it, as the kernel's own view
+(``ip -j route get``) shows it, with either driver; a rule only *some* packets meet (a
+source prefix, an in-interface), a ``throw`` route, a table holding only part of the
+destination leave it unnamed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.netlink import NetlinkBackend
+from k3snet.model import Route, State
+from k3snet.planner import plan
+from tests.netlink.links import d0_namespace, ip
+from tests.netlink.test_backend import DRIVERS, Driver
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root"),
+              pytest.mark.parametrize("driver", DRIVERS)]
+
+
+def _table_of(ns: str, family: str, address: str) -> str:
+    [found] = json.loads(ip(ns, "-j", family, "route", "get", address))
+    return str(found.get("table", "main"))
+
+
+def test_a_route_an_administrators_rule_takes_the_lookup_of_is_named_in_the_warnings(
+        tmp_path: Path, driver: Driver) -> None:
+    with d0_namespace("rshadow", "192.0.2.1/24", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "route", "add", "198.51.100.0/24", "dev", "d0", "table", "100")
+        ip(ns, "rule", "add", "to", "198.51.100.0/24", "lookup", "100", "pref", "100")
+        ip(ns, "-6", "route", "add", "2001:db8:5::/48", "dev", "d0", "table", "100")
+        ip(ns, "-6", "rule", "add", "to", "2001:db8:5::/48", "lookup", "100", "pref", "100")
+        ip(ns, "rule", "add", "prohibit", "to", "203.0.113.0/24", "pref", "200")
+        wanted = State(owned=[Route("198.51.100.0/24", gateway="192.0.2.2"),
+                              Route("2001:db8:5::/64", gateway="2001:db8::2"),
+                              Route("203.0.113.0/25", gateway="192.0.2.2"),
+                              Route("192.0.2.128/25", gateway="192.0.2.2", table=100)])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        # The kernel's view: the lookups end in table 100 (or are refused), not in main.
+        assert _table_of(ns, "-4", "198.51.100.7") == "100"
+        assert _table_of(ns, "-6", "2001:db8:5::7") == "100"
+        refused = subprocess.run(["ip", "-n", ns, "route", "get", "203.0.113.7"],
+                                 capture_output=True, text=True, check=False)
+        assert refused.returncode != 0
+        assert "Permission denied" in refused.stderr  # prohibit: EACCES
+        warnings = backend.warnings
+        assert len(warnings) == 3, warnings
+        v4, prohibit, v6 = warnings  # in the routes' order: IPv4 first
+        assert "route 198.51.100.0/24 via 192.0.2.2 table main" in v4
+        assert "priority 100 sends the lookup of 198.51.100.0/24 to table 100" in v4
+        assert "route 198.51.100.0/24 dev d0 table 100" in v4
+        assert "route 2001:db8:5::/64 via 2001:db8::2 table main" in v6
+        assert "route 2001:db8:5::/48 dev d0 table 100" in v6
+        assert "priority 200 (prohibit) refuses the lookup of 203.0.113.0/25" in prohibit
+        # Without the rules, nothing to say (and the route of table 100 is reached by none
+        # of the administrator's rules: left to the tables' own lookup).
+        for family in ("-4", "-6"):
+            ip(ns, family, "rule", "del", "pref", "100")
+        ip(ns, "rule", "del", "pref", "200")
+        assert backend.warnings == ()
+
+
+def test_a_rule_only_some_lookups_meet_or_a_table_passing_them_on_names_no_route(
+        tmp_path: Path, driver: Driver) -> None:
+    with d0_namespace("rshadowx", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "route", "add", "198.51.0.0/16", "dev", "d0", "table", "100")
+        ip(ns, "route", "add", "throw", "198.51.101.0/24", "table", "101")
+        ip(ns, "route", "add", "198.51.102.128/25", "dev", "d0", "table", "102")
+        # Met by some packets alone: a source prefix, an in-interface, an inverted rule.
+        ip(ns, "rule", "add", "from", "10.42.0.0/16", "to", "198.51.100.0/24", "lookup",
+           "100", "pref", "100")
+        ip(ns, "rule", "add", "iif", "d0", "to", "198.51.100.0/24", "lookup", "100",
+           "pref", "101")
+        ip(ns, "rule", "add", "not", "to", "198.51.0.0/16", "lookup", "100", "pref", "102")
+        # Met by every one: table 101 throws it back, table 102 holds only half of it.
+        ip(ns, "rule", "add", "to", "198.51.101.0/24", "lookup", "101", "pref", "103")
+        ip(ns, "rule", "add", "to", "198.51.102.0/24", "lookup", "102", "pref", "104")
+        wanted = State(owned=[Route("198.51.100.0/24", gateway="192.0.2.2"),
+                              Route("198.51.101.0/24", gateway="192.0.2.2"),
+                              Route("198.51.102.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        assert _table_of(ns, "-4", "198.51.100.7") == "main"
+        assert _table_of(ns, "-4", "198.51.101.7") == "main"
+        assert _table_of(ns, "-4", "198.51.102.7") == "main"
+        assert backend.warnings == ()
