@@ -130,6 +130,7 @@ from k3snet.backends.iptables.table import (
     TableEdit,
     TableState,
     commit_edit,
+    commit_moves,
     drift_where,
     edit_conflicts,
     foreign_reason,
@@ -1337,7 +1338,14 @@ class IptablesBackend(BackendBase):
                              "planned (another program changed the chain meanwhile): moved",
                              family, table, self._tables[family, table].hook.builtin)
                     commits += 1
-                    self._run(family, table, moves)
+                    # From the commit (the kernel's commit_ops marks it) to the table's
+                    # state saying where the jump is now, a signal waits: raised in
+                    # between, the undo read the jump where it was before the move, and
+                    # libiptc's delete by number refused it (the rule there is another's),
+                    # leaving the jump and k3snet's chains.
+                    with held_after_commit():
+                        self._run(family, table, moves)
+                        commit_moves(self._tables[family, table], moves)
         except BackendError as exc:
             undo.fail(None, f"k3snet's jump, placed by position, could not be read back or "
                       f"moved where it belongs: {exc}", exc)
