@@ -286,6 +286,10 @@ class IptablesBackend(BackendBase):
             self.option_checks[option](value)
         self._state_dir = state_dir
         timeout = float(timeout)
+        self.longest_step = timeout
+        """Seconds the longest bounded step of an apply may take (a tool run, killed after
+        ``timeout``): the agent warns when it, its undo and its clean-up margin do not fit
+        the pod's grace period (:func:`~k3snet.agent.grace_shortfalls`)."""
         if netns is not None and kernel is None:
             path = netns_path(netns)
             if not path.exists():
