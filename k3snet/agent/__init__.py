@@ -26,6 +26,7 @@ from k3snet.agent._loop import (
     AgentOptions,
     PassResult,
     cluster_wide_kinds,
+    grace_shortfalls,
     split_cluster_wide,
     termination_grace_problem,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "SpecSource",
     "cluster_wide_kinds",
     "configure_logging",
+    "grace_shortfalls",
     "parse_listen",
     "run_from_cli",
     "split_cluster_wide",

@@ -199,6 +199,32 @@ def termination_grace_problem(value: float) -> str | None:
     return None
 
 
+def grace_shortfalls(grace: float, group: BackendGroup) -> list[str]:
+    """What a member's longest bounded step would cut after SIGTERM, in a grace period of
+    ``grace`` seconds: the step (``longest_step``: the iptables backend's ``timeout``, after
+    which a restore run is killed), its undo as long, then :data:`CLEANUP_MARGIN`.
+
+    SIGTERM never cuts the pass in progress: the DaemonSet's 70 s hold one restore killed
+    at its 30 s bound, its undo and the margin. An iptables ``timeout`` raised above that
+    let the kubelet's SIGKILL land in the undo (the node half-changed, nothing said), and
+    nothing told the operator."""
+    shortfalls = []
+    for member in group.members:
+        step = getattr(member.backend, "longest_step", None)
+        if not isinstance(step, int | float) or isinstance(step, bool):
+            continue
+        needed = 2 * step + CLEANUP_MARGIN
+        if needed >= grace:
+            shortfalls.append(
+                f"{member.backend.name}: a step of it may take {step:g} s (its timeout) and "
+                f"its undo as long, {needed:g} s with the {CLEANUP_MARGIN:g} s clean-up "
+                f"margin, not within the pod's grace period of {grace:g} s: SIGTERM during "
+                "them has the kubelet kill k3snet in the undo, the node half-changed; give "
+                "the pod a longer terminationGracePeriodSeconds (and "
+                "$K3SNET_TERMINATION_GRACE) than that, or the backend a lower timeout")
+    return shortfalls
+
+
 def _termination_grace(_: object, attribute: attrs.Attribute[float], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{attribute.name} must be a number of seconds, got {value!r}")
@@ -1051,13 +1077,12 @@ class Agent:
         The agent said none: with ``--backend nftables`` alone its routes were in no
         plan, every pass "in sync", and nothing told the operator that no route was
         ever made."""
-        if self._spec_warnings is None:
-            return ()
+        warnings = list(grace_shortfalls(self.options.termination_grace, group))
         try:
-            warnings = self._spec_warnings(spec, group)
+            if self._spec_warnings is not None:
+                warnings += self._spec_warnings(spec, group)
         except K3snetError as exc:  # a warning must not fail the pass
             _log.debug("cannot say the spec's warnings: %s", _one_line(exc))
-            return ()
         for warning in warnings:
             _log.warning("spec generation %d: %s", self.generation, warning)
         return warnings

@@ -8,13 +8,15 @@ killed at 30 s, its Lease held. The rendered DaemonSet now tells the agent
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
-from k3snet.agent import CLEANUP_MARGIN, Agent, AgentOptions, FileSpecSource
+from k3snet.agent import CLEANUP_MARGIN, Agent, AgentOptions, FileSpecSource, grace_shortfalls
 from k3snet.agent._main import _agent_options
 from k3snet.backends.group import BackendGroup
+from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.memory import MemoryBackend
 from k3snet.cli import build_parser
 from k3snet.errors import ModelError
@@ -110,3 +112,42 @@ def test_a_library_caller_s_grace_period_is_checked_as_the_command_line_s(
     args.termination_grace = 2.0
     with pytest.raises(ModelError, match="--termination-grace must be more than 5 s"):
         _agent_options(args)
+
+
+class _SlowStep(MemoryBackend):
+    """A backend whose longest bounded step takes 40 s: the iptables backend's restore
+    run under a ``timeout`` raised from its 30 s."""
+
+    longest_step = 40.0
+
+
+@pytest.mark.parametrize(("grace", "warned"), [(TERMINATION_GRACE, True), (85, True),
+                                               (86, False)])
+def test_an_agent_warns_once_a_spec_is_in_force_if_a_step_and_its_undo_outlast_its_grace(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, grace: float, warned: bool) -> None:
+    """The DaemonSet's 70 s hold one iptables restore killed at its 30 s bound, its undo
+    and the clean-up margin: a ``timeout`` raised above that had the kubelet's SIGKILL
+    land in the undo after SIGTERM (the node half-changed), and nothing said so."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "destinations:\n  - cidr: 192.168.2.0/24\n")
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([_SlowStep()]), COMPILED,
+                  AgentOptions("node-a", termination_grace=grace))
+    with caplog.at_level(logging.WARNING, logger="k3snet.agent"):
+        assert agent.run_pass().status == "ok"
+    agent.shutdown()
+    said = [r.getMessage() for r in caplog.records
+            if "memory: a step of it may take 40 s (its timeout) and its undo as long, 85 s"
+            in r.getMessage()]
+    assert len(said) == (1 if warned else 0), caplog.text
+    if warned:
+        assert said[0].startswith("spec generation 1: ")
+        assert f"not within the pod's grace period of {grace:g} s" in said[0]
+
+
+@pytest.mark.parametrize(("timeout", "warned"), [(30, False), (32, False), (32.5, True)])
+def test_the_iptables_backend_s_timeout_is_its_longest_step_against_the_daemonset_s_grace(
+        timeout: float, warned: bool) -> None:
+    shortfalls = grace_shortfalls(TERMINATION_GRACE, BackendGroup([IptablesBackend(
+        timeout=timeout)]))
+    assert bool(shortfalls) == warned, shortfalls

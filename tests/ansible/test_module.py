@@ -553,6 +553,32 @@ def test_sigterm_during_an_apply_undoes_what_it_had_changed(
         assert forwarding(ns) == before
 
 
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_sigint_during_an_apply_undoes_it_and_fails_the_task_saying_so(
+        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+    # Ctrl-C reaching a module run through the local connection (the terminal's process
+    # group): its KeyboardInterrupt, after the undo, was Ansible's MODULE FAILURE, a
+    # traceback with no word of the apply taken back. Now as SIGTERM's, rc 130 as
+    # `k3snet apply`'s.
+    env = plugin_env(tmp_path, ansible_env, "stopped",
+                     STOPPED_BACKEND.replace("signal.SIGTERM", "signal.SIGINT"))
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24"}]}
+    with temporary_netns("sigint") as ns:
+        before = forwarding(ns)
+        task = egress(spec=spec, netns=ns, backends=["netlink", "stopped:forward,nat"],
+                      facts=False, backend_options={"netlink": {"state_dir": str(tmp_path)}})
+        run = playbook(tmp_path, env, [{**task, "ignore_errors": True}])
+        (result,) = run.results
+        assert (result["failed"], result["changed"]) == (True, False), result.get("msg")
+        assert result["msg"] == "stopped by SIGINT: nothing was changed (an apply in progress " \
+            "was undone)"
+        assert (result["error"]["type"], result["rc"]) == ("SIGINT", 130)
+        assert no_traceback(result, run)
+        assert forwarding(ns) == before
+
+
 LATE_BACKEND = """
 import os
 import signal
@@ -843,6 +869,31 @@ def test_state_absent_stopped_by_sigterm_between_two_backends_is_changed_naming_
     assert (result["failed"], result["changed"], result["rc"]) == (True, True, 143)
     assert result["msg"] == f"stopped by SIGTERM: {said}"
     assert result["error"]["type"] == "SIGTERM"
+
+
+def test_state_absent_stopped_by_sigint_between_two_backends_is_changed_naming_what_stays(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Ctrl-C's KeyboardInterrupt was Ansible's MODULE FAILURE (a traceback), the removal
+    # the backends before the stopped one made, which stays, unsaid.
+    testing = pytest.importorskip("ansible.module_utils.testing")
+    module = load_module()
+    said = "removed before nftables was stopped, and not undone: netlink: 2 change(s)"
+
+    def stopped(*_args: object, **_kwargs: object) -> None:
+        exc = KeyboardInterrupt()
+        exc.add_note(said)
+        raise exc
+
+    monkeypatch.setattr(module, "discover", lambda _params, _stack: attrs.make_class(
+        "Found", {"groups": attrs.field(factory=list)})())
+    monkeypatch.setattr(module, "destroy_each", stopped)
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
+    with testing.patch_module_args({"state": "absent"}), pytest.raises(SystemExit):
+        module.main()
+    result = json.loads(capsys.readouterr().out)
+    assert (result["failed"], result["changed"], result["rc"]) == (True, True, 130)
+    assert result["msg"] == f"stopped by SIGINT: {said}"
+    assert result["error"]["type"] == "SIGINT"
 
 
 def test_state_absent_failing_between_two_backends_has_rc_5_as_k3snet_destroy(

@@ -13,16 +13,20 @@ node stayed so. The jump just placed is read back, and moved where it belongs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 
 import pytest
 
-from k3snet import converge, destroy
+from k3snet import converge, destroy, plan
 from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.iptables import backend as backend_module
 from k3snet.backends.iptables.driver import Flavour, Libiptc, Processes, RestoreProcess
-from k3snet.backends.iptables.table import Op
+from k3snet.backends.iptables.table import Op, TableEdit, TableState, revert_ops
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
+from k3snet.render.iptables.rules import format_line
 
 DESIRED = State(owned=[ForwardRule("10.42.0.0/16", "192.168.2.0/24"),
                        MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")])
@@ -130,3 +134,73 @@ def test_the_read_back_of_jumps_placed_through_iptables_nft_lists_their_chains_n
     assert sorted(after) == [("list", 4, "filter", "FORWARD"), ("list", 4, "nat", "POSTROUTING")]
     jump = "-A FORWARD -m comment --comment k3snet -j K3SNET-FORWARD"
     assert _forward(ns, "nft") == [jump]
+
+
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """SIGINT with Python's own handler, in the main thread (which alone runs handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: no handler can be set")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_after_the_move(base: type[Racing | RacingLibiptc], sent: list[str]
+                           ) -> type[Racing | RacingLibiptc]:
+    """``base``, and SIGINT to the main thread right after the commit that moved the
+    jump (a ``-D FORWARD`` of the filter table once the race is run; put in ``sent``):
+    Ctrl-C landing as the kernel took the move, before the backend's view of the chain
+    followed it."""
+
+    class Interrupted(base):  # type: ignore[valid-type, misc]
+        def commit_ops(self, family: int, mode: Flavour, table: str, ops: Sequence[Op], *,
+                       test: bool = False) -> None:
+            super().commit_ops(family, mode, table, ops, test=test)
+            moved = any(op.kind == "delete" and op.chain == "FORWARD" for op in ops)
+            if family == 4 and table == "filter" and not test and moved and not sent:
+                sent.append("moved")
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    return Interrupted
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("mode", "driver"), [("nft", "restore"), ("legacy", "restore"),
+                                              ("legacy", "libiptc")])
+def test_ctrl_c_as_a_jump_is_moved_takes_the_table_back_reading_the_jump_where_it_moved(
+        ns: str, mode: str, driver: str, ctrl_c: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A jump placed behind the final DROP (a foreign rule deleted meanwhile), then moved
+    where it belongs, and Ctrl-C as the kernel took the move: the undo read the jump where
+    it was before the move. libiptc's delete by number found the DROP there and refused:
+    the rollback failed, the jump and k3snet's chains stayed. The undo's view of
+    ``FORWARD`` is now the kernel's (``iptables -S``), and nothing of k3snet's is left."""
+    if driver == "libiptc":
+        pytest.importorskip("iptc")
+    tool = f"iptables-{mode}"
+    for rule in (FOREIGN, ["-s", "10.99.0.0/16", "-j", "ACCEPT"], ["-j", "DROP"]):
+        run_in(ns, [tool, "-A", "FORWARD", *rule])
+    sent: list[str] = []
+    kernel = _ctrl_c_after_the_move(Racing if driver == "restore" else RacingLibiptc, sent)(
+        ns, mode, ["-D", "FORWARD", *FOREIGN])
+    undone: list[tuple[list[str], list[str]]] = []  # (the undo's FORWARD, the kernel's)
+
+    def seen(state: TableState, edit: TableEdit, *, exact: bool = True) -> list[Op]:
+        if state.table == "filter" and state.family == 4:
+            undone.append(([f"-A FORWARD {format_line(line)}" for line in state.hook_rules],
+                           _forward(ns, mode)))
+        return revert_ops(state, edit, exact=exact)
+
+    monkeypatch.setattr(backend_module, "revert_ops", seen)
+    with IptablesBackend(ns, mode=mode, kernel=kernel) as backend:  # type: ignore[arg-type]
+        p = plan(backend.observe(), DESIRED)
+        with pytest.raises(KeyboardInterrupt):
+            backend.apply(p)
+    assert sent == ["moved"]
+    assert len(undone) == 1
+    assert undone[0][0] == undone[0][1]
+    assert _forward(ns, mode) == ["-A FORWARD -s 10.99.0.0/16 -j ACCEPT", "-A FORWARD -j DROP"]
+    assert "K3SNET" not in run_in(ns, [f"{tool}-save"]).stdout

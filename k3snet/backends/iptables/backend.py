@@ -130,6 +130,7 @@ from k3snet.backends.iptables.table import (
     TableEdit,
     TableState,
     commit_edit,
+    commit_moves,
     drift_where,
     edit_conflicts,
     foreign_reason,
@@ -285,6 +286,10 @@ class IptablesBackend(BackendBase):
             self.option_checks[option](value)
         self._state_dir = state_dir
         timeout = float(timeout)
+        self.longest_step = timeout
+        """Seconds the longest bounded step of an apply may take (a tool run, killed after
+        ``timeout``): the agent warns when it, its undo and its clean-up margin do not fit
+        the pod's grace period (:func:`~k3snet.agent.grace_shortfalls`)."""
         if netns is not None and kernel is None:
             path = netns_path(netns)
             if not path.exists():
@@ -1337,7 +1342,14 @@ class IptablesBackend(BackendBase):
                              "planned (another program changed the chain meanwhile): moved",
                              family, table, self._tables[family, table].hook.builtin)
                     commits += 1
-                    self._run(family, table, moves)
+                    # From the commit (the kernel's commit_ops marks it) to the table's
+                    # state saying where the jump is now, a signal waits: raised in
+                    # between, the undo read the jump where it was before the move, and
+                    # libiptc's delete by number refused it (the rule there is another's),
+                    # leaving the jump and k3snet's chains.
+                    with held_after_commit():
+                        self._run(family, table, moves)
+                        commit_moves(self._tables[family, table], moves)
         except BackendError as exc:
             undo.fail(None, f"k3snet's jump, placed by position, could not be read back or "
                       f"moved where it belongs: {exc}", exc)

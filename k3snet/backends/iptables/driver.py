@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Literal, NoReturn, Protocol
 
 from k3snet.backends.iptables.save import stopped_mark, unread_mark
 from k3snet.backends.iptables.table import Op, restore_lines
-from k3snet.backends.kit import translate_errors, undo_spares_children
+from k3snet.backends.kit import committing, translate_errors, undo_spares_children
 from k3snet.backends.lock import inherited_locks
 from k3snet.backends.netns import netns_where, shown_command
 from k3snet.errors import BackendError, BackendUnavailableError
@@ -184,7 +184,8 @@ class Kernel(Protocol):
 
     def commit_ops(self, family: int, mode: Flavour, table: str, ops: Sequence[Op], *,
                    test: bool = False) -> None:
-        """Apply ``ops`` to one table in one transaction (``test``: only check them)."""
+        """Apply ``ops`` to one table in one transaction (``test``: only check them),
+        calling :func:`~k3snet.backends.kit.committing` right before the commit."""
 
     def close(self) -> None:
         """Release what the kernel access holds."""
@@ -332,13 +333,17 @@ class Processes:
 
     def commit_ops(self, family: int, mode: Flavour, table: str, ops: Sequence[Op], *,
                    test: bool = False) -> None:
-        """One restore run holding ``ops``."""
+        """One restore run holding ``ops``; its ``COMMIT`` marks the commit
+        (:func:`~k3snet.backends.kit.committing`: a signal after it waits for the end of the
+        caller's :func:`~k3snet.backends.kit.held_after_commit` block), as libiptc's does."""
         if not ops:
             return
         run = self.restore(family, mode, test=test)
         try:
             run.table(table)
             run.send(restore_lines(ops))
+            if not test:
+                committing()  # raises if a signal stopped the caller: no commit
             run.commit()
         except BaseException:
             run.abort()

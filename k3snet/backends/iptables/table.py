@@ -990,6 +990,19 @@ def hook_moves(state: TableState) -> list[Op]:
     return [Op("delete", builtin, (line,), index + 1), put]
 
 
+def commit_moves(state: TableState, moves: Sequence[Op]) -> None:
+    """Update ``state`` to what the kernel holds after the :func:`hook_moves` ``moves``
+    were committed: its undo deletes the jump where it is now (libiptc by number)."""
+    rules = state.hook_rules
+    for op in moves:
+        if op.kind == "delete":
+            del rules[op.position - 1]
+        elif op.kind == "insert":
+            rules.insert(op.position - 1, op.lines[0])
+        else:
+            rules.extend(op.lines)
+
+
 def revert_ops(state: TableState, edit: TableEdit, *, exact: bool = True) -> list[Op]:
     """Ops that put back what ``edit`` changed (``state`` is the table after the edit).
 

@@ -133,7 +133,8 @@ attributes:
     details: The objects k3snet owns before, and after the plan.
 notes:
   - Needs root (or C(CAP_NET_ADMIN)) on the node; use O(ignore:become=true).
-  - SIGTERM or SIGHUP (a stopped C(ansible-pull) unit, a cancelled CI job) takes back an
+  - SIGTERM or SIGHUP (a stopped C(ansible-pull) unit, a cancelled CI job), or SIGINT
+    (Ctrl-C reaching a module run through the local connection), takes back an
     apply in progress, as C(k3snet apply) does, and fails the task with C(changed=false)
     (with O(state=absent) naming no spec or backend, what the backends before the stopped
     one removed stays removed, and the task reports C(changed=true) and names it in C(msg)).
@@ -231,8 +232,8 @@ rc:
       succeed), V(4) a conflict, V(5) a failed apply whose undo failed too (or a removal
       through several backends that failed after an earlier one's, which stays), V(64) a
       parameter the module refuses (as the command's parser would, O(backends=[]) or an
-      O(lock_timeout) out of range), V(143) or V(129) stopped by SIGTERM or SIGHUP,
-      V(1) any other failure.
+      O(lock_timeout) out of range), V(143), V(129) or V(130) stopped by SIGTERM, SIGHUP
+      or SIGINT, V(1) any other failure.
   returned: failure (but Ansible's own checks of the options)
   type: int
   sample: 75
@@ -248,7 +249,8 @@ error:
         - k3snet's error class (V(LockTimeoutError), V(ConflictError), V(SpecError),
           V(TeardownError), V(CheckError), V(ApplyError), V(RollbackError),
           V(BackendOptionError) ...), or V(ParameterError), V(OSError), V(ImportError)
-          (k3snet missing on the node, failing to import or too old), V(SIGTERM) or V(SIGHUP).
+          (k3snet missing on the node, failing to import or too old), V(SIGTERM),
+          V(SIGHUP) or V(SIGINT).
       type: str
       sample: LockTimeoutError
     message:
@@ -295,6 +297,7 @@ try:
     from k3snet.cli import (
         EXIT_ERROR,
         EXIT_HALF_CHANGED,
+        EXIT_INTERRUPTED,
         EXIT_USAGE,
         NOTHING_TO_DESTROY,
         disruptive_notes,
@@ -752,8 +755,16 @@ def main() -> None:
                        *getattr(exc, "__notes__", ())]),
             "InternalError", EXIT_HALF_CHANGED, changed=True),
             exception=traceback.format_exc())
-    except SystemExit as exc:  # run's sigterm_undoes: a RollbackError above if undoing failed
-        signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # run's sigterm_undoes (SystemExit), or SIGINT (a module run through the local
+        # connection, in the terminal's process group): a RollbackError above if undoing
+        # failed. SIGINT's KeyboardInterrupt was Ansible's MODULE FAILURE, a traceback
+        # with no word of the apply it had undone.
+        if isinstance(exc, KeyboardInterrupt):
+            signame, code = "SIGINT", EXIT_INTERRUPTED
+        else:
+            signame = "SIGHUP" if exc.code == signal.SIGHUP + 128 else "SIGTERM"
+            code = int(exc.code or 1)
         # state=absent through several backends: what the first ones removed stays removed.
         notes = getattr(exc, "__notes__", ())
         made = vars(exc).get(_MADE, ())
@@ -762,8 +773,7 @@ def main() -> None:
                                     "nothing was changed (an apply in progress was undone)")
         message = (f"stopped by {signame} after the change was made, which stays: "
                    + "; ".join(made) if made and not notes else f"stopped by {signame}: {said}")
-        module.fail_json(**failure(message, signame, int(exc.code or 1),
-                                   changed=bool(notes) or bool(made)))
+        module.fail_json(**failure(message, signame, code, changed=bool(notes) or bool(made)))
     module.exit_json(**result)
 
 
