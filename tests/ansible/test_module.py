@@ -214,28 +214,19 @@ def test_the_environment_s_state_dir_holds_the_sysctl_record_where_the_cli_reads
     assert state_files() == files_before, "the module kept its record in /run/k3snet"
 
 
+BAD_SPEC = {"destinations": [{"cidr": "192.168.2.0/33"}], "masquerade": {"mode": "bogus"}}
+
+
 def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
         tmp_path: Path, ansible_env: dict[str, str]) -> None:
-    # None of these reaches a backend: no root, no namespace needed.
-    bad_spec = {"destinations": [{"cidr": "192.168.2.0/33"}], "masquerade": {"mode": "bogus"}}
+    # None of these reaches a backend: no root, no namespace needed. One of each way a
+    # task's input is refused, through ansible-playbook: a spec's problems (k3snet's
+    # SpecError), a backend's constructor (BackendError) and Ansible's own option checks.
+    # The other bad values take the same paths of main(): test_bad_option_values_...
     tasks = [
-        egress(spec=bad_spec),
-        egress(spec_path=str(tmp_path / "missing.yaml")),
-        egress(spec_path=str(SPEC_PATH), backends=["no-such-backend"]),
-        egress(spec_path=str(SPEC_PATH), backend_options={"netlink": {"colour": "blue"}}),
-        egress(spec_path=str(SPEC_PATH), backend_options={"iptables": {}}),
-        # Both refused by the constructor before it touches anything.
+        egress(spec=BAD_SPEC),
         egress(spec_path=str(SPEC_PATH), backend_options={"netlink": {"driver": "bogus"}}),
-        egress(spec_path=str(SPEC_PATH), backend_options={"netlink": {"proc_sys": 5}}),
-        egress(spec_path=str(SPEC_PATH), spec=bad_spec),
-        egress(state="present"),
-        # NaN never reached the lock's deadline: a held lock was waited for for ever.
-        egress(spec_path=str(SPEC_PATH), backends=["memory"], facts=False, lock_timeout="nan"),
-        # An empty list (a template that rendered none) silently meant the defaults.
-        egress(spec_path=str(SPEC_PATH), backends=[]),
-        # The library's client object, given as text: a traceback when it was first used.
-        egress(spec_path=str(SPEC_PATH), backends=["calico"],
-               backend_options={"calico": {"api_client": "https://10.0.0.1:6443"}}),
+        egress(spec_path=str(SPEC_PATH), spec=BAD_SPEC),
     ]
     run = playbook(tmp_path, ansible_env, [{**t, "ignore_errors": True} for t in tasks])
     assert run.returncode == 0, run.stdout + run.stderr
@@ -243,12 +234,9 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     results = run.results
     assert all(r["failed"] is True and no_traceback(r, run) for r in results), results
     # What a play tests to act on a failure: k3snet's error class and the exit code
-    # `k3snet apply` has for it (Ansible's own option checks, 7 and 8, have neither).
+    # `k3snet apply` has for it (Ansible's own option checks have neither).
     assert [(r["error"]["type"], r["rc"]) if "error" in r else None for r in results] == [
-        ("SpecError", 1), ("SpecError", 1), ("BackendNotFoundError", 1),
-        ("BackendOptionError", 1), ("BackendOptionError", 1), ("BackendError", 1),
-        ("BackendError", 1), None, None, ("ParameterError", 64), ("ParameterError", 64),
-        ("BackendOptionError", 1)]
+        ("SpecError", 1), ("BackendError", 1), None]
     assert results[0]["error"]["problems"] == [
         "destinations[0].cidr: '192.168.2.0/33' is not a valid CIDR",
         "masquerade.mode: must be destinations, all or off, got 'bogus'"]
@@ -256,21 +244,63 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert messages[0] == ("2 problems in the spec option:\n"
                            "  destinations[0].cidr: '192.168.2.0/33' is not a valid CIDR\n"
                            "  masquerade.mode: must be destinations, all or off, got 'bogus'")
-    assert "missing.yaml" in messages[1]
-    assert "no-such-backend" in messages[2]
-    assert "backend 'netlink' has no option 'colour'; its options: " in messages[3]  # the CLI's
-    assert "state_dir" in messages[3]  # the options it does have
-    assert "backend_options names backends not in use: iptables" in messages[4]
-    assert messages[5] == "driver must be 'socket' or 'pyroute2', got 'bogus'"
-    # The constructor's own check (as the driver's above), no longer Path()'s TypeError.
-    assert messages[6] == "proc_sys must be a path (text), got 5"
-    assert "mutually exclusive" in messages[7]
-    assert "spec_path, spec" in messages[8]
-    assert messages[9] == "lock_timeout must be a number of seconds >= 0 and below a day, got nan"
-    assert messages[10].startswith("backends is an empty list")
-    assert messages[11].startswith(
+    assert messages[1] == "driver must be 'socket' or 'pyroute2', got 'bogus'"
+    assert "mutually exclusive" in messages[2]
+
+
+def _module_result(args: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                   capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    """The result the module's main() prints for ``args``, run in this process."""
+    testing = pytest.importorskip("ansible.module_utils.testing")
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
+    with testing.patch_module_args(args), pytest.raises(SystemExit):
+        load_module().main()
+    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return result
+
+
+def test_bad_option_values_fail_with_k3snet_s_message_its_error_type_and_rc(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The module's main() in this process (a playbook's task costs a Python process that
+    # imports k3snet): what ansible-playbook adds, the test above shows for each path.
+    tasks: list[dict[str, Any]] = [
+        {"spec_path": str(tmp_path / "missing.yaml")},
+        {"spec_path": str(SPEC_PATH), "backends": ["no-such-backend"]},
+        {"spec_path": str(SPEC_PATH), "backend_options": {"netlink": {"colour": "blue"}}},
+        {"spec_path": str(SPEC_PATH), "backend_options": {"iptables": {}}},
+        # Refused by the constructor before it touches anything.
+        {"spec_path": str(SPEC_PATH), "backend_options": {"netlink": {"proc_sys": 5}}},
+        {"state": "present"},
+        # NaN never reached the lock's deadline: a held lock was waited for for ever.
+        {"spec_path": str(SPEC_PATH), "backends": ["memory"], "facts": False,
+         "lock_timeout": "nan"},
+        # An empty list (a template that rendered none) silently meant the defaults.
+        {"spec_path": str(SPEC_PATH), "backends": []},
+        # The library's client object, given as text: a traceback when it was first used.
+        {"spec_path": str(SPEC_PATH), "backends": ["calico"],
+         "backend_options": {"calico": {"api_client": "https://10.0.0.1:6443"}}},
+    ]
+    results = [_module_result(args, monkeypatch, capsys) for args in tasks]
+    assert all(r["failed"] is True and "exception" not in r for r in results), results
+    assert [(r["error"]["type"], r["rc"]) if "error" in r else None for r in results] == [
+        ("SpecError", 1), ("BackendNotFoundError", 1), ("BackendOptionError", 1),
+        ("BackendOptionError", 1), ("BackendError", 1), None, ("ParameterError", 64),
+        ("ParameterError", 64), ("BackendOptionError", 1)]
+    messages = [r["msg"] for r in results]
+    assert "missing.yaml" in messages[0]
+    assert "no-such-backend" in messages[1]
+    assert "backend 'netlink' has no option 'colour'; its options: " in messages[2]  # the CLI's
+    assert "state_dir" in messages[2]  # the options it does have
+    assert "backend_options names backends not in use: iptables" in messages[3]
+    # The constructor's own check (as the driver's), no longer Path()'s TypeError.
+    assert messages[4] == "proc_sys must be a path (text), got 5"
+    assert "spec_path, spec" in messages[5]
+    assert messages[6] == "lock_timeout must be a number of seconds >= 0 and below a day, got nan"
+    assert messages[7].startswith("backends is an empty list")
+    assert messages[8].startswith(
         "backend 'calico': api_client must be a Kubernetes ApiClient object")
-    assert "kubeconfig" in messages[11]
+    assert "kubeconfig" in messages[8]
 
 
 def test_a_conflict_allowed_is_a_task_warning(

@@ -514,27 +514,32 @@ def test_the_facts_token_stands_still_for_k3snets_own_routes_only_and_moves_for_
         assert backend.route_token() is not None
 
 
+# A small pool of destinations besides random ones, so that keys collide and
+# plans replace routes (gateway or device changes), default routes included;
+# device None: a route via a gateway only, whose device the kernel picks.
+_CROWDED = st.sampled_from([ipaddress.ip_network(n) for n in
+                            ("10.50.0.0/24", "0.0.0.0/0", "fd50::/64", "::/0")])
+_COMMON: dict[str, Any] = {
+    "destinations": st.one_of(_CROWDED, strategies.networks()),
+    "gateways": {"d0": ["10.0.0.2", "fd00::2"], "e0": ["10.9.0.2", "fd09::2", "fe80::1"]},
+    "metrics": (None, 0, 100)}
+# Without a device, in the main table only: in another table the kernel binds the
+# gateway through that table's routes first, so a device route of k3snet's there
+# (0.0.0.0/0 dev d0 table 100) binds 10.9.0.2 to d0; once that route is deleted, the
+# route via 10.9.0.2 dev d0 cannot be put back as it was, and the exact undo the suite
+# asks of a delete is refused by the kernel ("Nexthop has invalid gateway").
+_ROUTES = st.one_of(
+    strategies.routes(devices=("d0", "e0"), tables=(254, 100, 1000, 2**32 - 1), **_COMMON),
+    strategies.routes(devices=(None,), tables=(254,), **_COMMON))
+# One strategy object for both drivers' runs: run_conformance scans it for its edge
+# objects (a thousand draws of fixed seed) once per strategy object, not once per run.
+CONFORMANCE_OBJECTS = st.one_of(
+    _ROUTES, strategies.sysctls(names=WATCHED_SYSCTLS, values=("0", "1")))
+
+
 def test_conformance(ns: str, tmp_path: Path, driver: Driver) -> None:
     from k3snet.testing import run_conformance  # noqa: PLC0415 - hypothesis-heavy import
 
-    # A small pool of destinations besides random ones, so that keys collide and
-    # plans replace routes (gateway or device changes), default routes included;
-    # device None: a route via a gateway only, whose device the kernel picks.
-    crowded = st.sampled_from([ipaddress.ip_network(n) for n in
-                               ("10.50.0.0/24", "0.0.0.0/0", "fd50::/64", "::/0")])
-    common: dict[str, Any] = {
-        "destinations": st.one_of(crowded, strategies.networks()),
-        "gateways": {"d0": ["10.0.0.2", "fd00::2"], "e0": ["10.9.0.2", "fd09::2", "fe80::1"]},
-        "metrics": (None, 0, 100)}
-    # Without a device, in the main table only: in another table the kernel binds the
-    # gateway through that table's routes first, so a device route of k3snet's there
-    # (0.0.0.0/0 dev d0 table 100) binds 10.9.0.2 to d0; once that route is deleted, the
-    # route via 10.9.0.2 dev d0 cannot be put back as it was, and the exact undo the suite
-    # asks of a delete is refused by the kernel ("Nexthop has invalid gateway").
-    routes = st.one_of(
-        strategies.routes(devices=("d0", "e0"), tables=(254, 100, 1000, 2**32 - 1), **common),
-        strategies.routes(devices=(None,), tables=(254,), **common))
-    sysctls = strategies.sysctls(names=WATCHED_SYSCTLS, values=("0", "1"))
     # reopen: the next process's backend reads the routes and the sysctls' recorded values
     # (its state file) as this one holds them. It goes through the socket driver for both
     # drivers: a pyroute2 backend keeps no route view (it follows no notifications) and
@@ -542,7 +547,7 @@ def test_conformance(ns: str, tmp_path: Path, driver: Driver) -> None:
     # each time, and the next process's must read the same; a new pyroute2 backend for
     # each check (each dumped message decoded by pyroute2) was a fifth of that run's CPU.
     run_conformance(lambda: NetlinkBackend(ns, state_dir=tmp_path, driver=driver),
-                    objects=st.one_of(routes, sysctls), max_examples=examples(50),
+                    objects=CONFORMANCE_OBJECTS, max_examples=examples(50),
                     reopen=lambda _: NetlinkBackend(ns, state_dir=tmp_path, driver="socket"))
     assert not {line for line in kernel_routes(ns) if "proto 211" in line}
 
