@@ -1217,7 +1217,3 @@ def _taken_back(kept: list[NetObject], added: list[NetObject]) -> tuple[str, ...
             "routes): a spec applied later (`k3snet apply -f SPEC`, the agent) that does "
             "not carry it deletes it, which the teardown guard refuses (nothing applied "
             f"until the spec carries it, or with --allow-teardown): add {keys} to the spec",)
-    return ("the fix is all k3snet will own through its backend(s) here: a spec applied "
-            "later (`k3snet apply -f SPEC`, the agent) that does not carry it deletes it, "
-            "which the teardown guard refuses (nothing applied until the spec carries it, "
-            f"or with --allow-teardown): add {keys} to the spec",)
