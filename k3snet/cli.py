@@ -2627,7 +2627,7 @@ def _doctor_as_fix_would(args: argparse.Namespace, state: Any, flow: Any, d: Any
     try:
         with _doctor_fix_backends(args, d) as backend:
             return diagnose(state, flow, observed=backend.observe())
-    except K3snetError as exc:
+    except (K3snetError, OSError) as exc:  # a tool missing, no right to read: said, not fatal
         print(f"k3snet: what k3snet owns here not read ({printable(str(exc))}): the fix "
               "below leaves it out; --fix reads it, and withholds a fix object a spec "
               "owns with another value", file=sys.stderr)

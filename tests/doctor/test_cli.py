@@ -12,6 +12,7 @@ import pytest
 
 from k3snet.backends.netns import NetnsRunner
 from k3snet.cli import build_parser, main
+from k3snet.errors import K3snetError
 from k3snet.lab.netns import run_in, temporary_netns
 
 from .conftest import DESTINATIONS, POD, PORT, DoctorLab, Topology
@@ -259,6 +260,28 @@ def test_a_doctor_without_fix_reports_what_fix_then_does_beside_a_spec(
     assert main([*argv, "--fix", "--auto-approve"]) == (3 if topology.forwarding else 0)
     assert json.loads(told.out) == json.loads(capsys.readouterr().out)
     assert plain == 3
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("error", [K3snetError("nft: not found"), PermissionError(13, "denied")])
+def test_a_doctor_without_fix_that_cannot_read_what_k3snet_owns_says_so_and_reports(
+        doctor_lab: DoctorLab, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], error: Exception) -> None:
+    """The fix's backends cannot be read (a tool missing, no right to): the report is the
+    one made against nothing owned, and stderr says what is left out."""
+    topology = Topology(forwarding=False)
+    doctor_lab.configure(topology)
+
+    def unreadable(*_args: object, **_kwargs: object) -> object:
+        raise error
+
+    monkeypatch.setattr("k3snet.cli.create_backend", unreadable)
+    assert main(["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+                 f"{topology.destination}:{PORT}"]) == 3
+    told = capsys.readouterr()
+    assert "+ sysctl net.ipv4.ip_forward = 1" in told.out
+    assert told.err.startswith("k3snet: what k3snet owns here not read (")
+    assert "--fix reads it" in told.err
 
 
 def _apply_line(out: str) -> list[str]:
