@@ -2541,7 +2541,6 @@ EXIT_BLOCKED, EXIT_UNKNOWN = 3, 4  # doctor's own codes (docs/cli.md)
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from k3snet.doctor import Flow, NodeCapture, NodeState, diagnose  # noqa: PLC0415
-    from k3snet.doctor.findings import FIX_BACKENDS  # noqa: PLC0415
 
     address, port = _destination(args.destination)
     flow = Flow(args.source, address, protocol=args.proto, port=port)
@@ -2559,16 +2558,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         state = attrs.evolve(state, iptables_mode=(flavour, f"the spec's {why}"))
     d = diagnose(state, flow)
     if args.fix and d.fixes.owned:
-        kinds = {o.kind for o in d.fixes.owned}
-        names = sorted({FIX_BACKENDS[k] for k in kinds})
-        # Built as `apply -f SPEC` builds them: the spec's options of each (its iptables
-        # mode, its nftables table: a masquerade written into `inet k3snet` beside the
-        # spec's table was one its agent neither manages nor removes).
-        spec = _spec(args) if args.spec is not None else None
-        group = BackendGroup([Member(create_backend(n, **_options(n, args, spec)),
-                                     [k for k in kinds if FIX_BACKENDS[k] == n])
-                              for n in names])
-        with group as backend:
+        with _doctor_fix_backends(args, d) as backend:
             d = diagnose(state, flow, observed=backend.observe())
             _print_diagnosis(args, d)
             # With JSON, stdout is that document alone: a later failure (a stale plan,
@@ -2599,6 +2589,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             **({"iptables_mode": state.iptables_mode} if mode is not None else {})), flow)
         print(f"now: {after.verdict.value}", file=_human(args))
         return _doctor_exit(after.verdict)
+    if args.state is None and d.fixes.owned:
+        d = _doctor_as_fix_would(args, state, flow, d)
     _print_diagnosis(args, d)
     if args.output == "text" and not d.plan.empty:
         # The fix lines are plan lines: typed into a shell, `sysctl NAME = 1` only reads
@@ -2608,6 +2600,38 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"the fix lines above are k3snet's plan, not shell commands; {on_node}"
               f"apply them with:\n  {shell_join(_doctor_fix_argv(args))}")
     return _doctor_exit(d.verdict)
+
+
+def _doctor_fix_backends(args: argparse.Namespace, d: Any) -> BackendGroup:
+    """The backends that apply the fix of ``d`` (a Diagnosis), each for its kinds of fix
+    object (:data:`~k3snet.doctor.findings.FIX_BACKENDS`)."""
+    from k3snet.doctor.findings import FIX_BACKENDS  # noqa: PLC0415 - doctor users only
+
+    kinds = {o.kind for o in d.fixes.owned}
+    names = sorted({FIX_BACKENDS[k] for k in kinds})
+    # Built as `apply -f SPEC` builds them: the spec's options of each (its iptables
+    # mode, its nftables table: a masquerade written into `inet k3snet` beside the
+    # spec's table was one its agent neither manages nor removes).
+    spec = _spec(args) if args.spec is not None else None
+    return BackendGroup([Member(create_backend(n, **_options(n, args, spec)),
+                                [k for k in kinds if FIX_BACKENDS[k] == n]) for n in names])
+
+
+def _doctor_as_fix_would(args: argparse.Namespace, state: Any, flow: Any, d: Any) -> Any:
+    """``d`` (a live node's Diagnosis of ``flow``) planned against what k3snet owns there,
+    as ``--fix`` plans it: a fix object a spec owns with another value is withheld, and the
+    warnings of a fix the next apply takes back are given. Read only, through the fix's
+    backends; ``d`` as it is, said on stderr, where they cannot read."""
+    from k3snet.doctor import diagnose  # noqa: PLC0415 - doctor users only
+
+    try:
+        with _doctor_fix_backends(args, d) as backend:
+            return diagnose(state, flow, observed=backend.observe())
+    except (K3snetError, OSError) as exc:  # a tool missing, no right to read: said, not fatal
+        print(f"k3snet: what k3snet owns here not read ({printable(str(exc))}): the fix "
+              "below leaves it out; --fix reads it, and withholds a fix object a spec "
+              "owns with another value", file=sys.stderr)
+        return d
 
 
 def _doctor_fix_argv(args: argparse.Namespace) -> list[str]:

@@ -386,22 +386,20 @@ def _route_to_pods(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _C
 
 def _rp_filter(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
     iface = step.where.rsplit(" on ", 1)[-1]
-    name_if = f"net.ipv4.conf.{iface.replace('.', '/')}.rp_filter"
-    values = {}
-    fixes = []
-    if state.sysctl("net.ipv4.conf.all.rp_filter") == 1:
-        values["net.ipv4.conf.all.rp_filter"] = "2"
-        fixes.append(Sysctl("net.ipv4.conf.all.rp_filter", 2))
-    if state.sysctl(name_if) == 1:
-        values[name_if] = "2"
-        fixes.append(Sysctl(name_if, 2))
+    # The kernel checks the larger of `all`'s and the interface's (IN_DEV_RPFILTER, "the
+    # max value from conf/{all,interface}/rp_filter"): strict, both are at most 1, so the
+    # interface's 2 alone makes it loose, `all` left as it is. Setting `all` loosened
+    # every other interface too (and, with both at 1, both were set). Loose mode's drop
+    # (no route back at all) no sysctl short of 0 lifts: none is planned.
+    name = f"net.ipv4.conf.{iface.replace('.', '/')}.rp_filter"
+    strict = max(state.sysctl("net.ipv4.conf.all.rp_filter"), state.sysctl(name)) == 1
     side = "replies" if step.direction == "reply" else "the pod's packets"
     finding = Finding(
         "rp-filter", f"strict reverse-path filtering drops {side} on {iface}", step.where,
         f"{step.detail}: strict mode drops a packet whose source the node would route out of "
         "another interface (asymmetric or policy routing); loose mode (2) only asks that a "
-        "route exists", fix=tuple(fixes))
-    return finding, (lambda s: _with_sysctls(s, values)) if fixes else None
+        "route exists", fix=(Sysctl(name, 2),) if strict else ())
+    return finding, (lambda s: _with_sysctls(s, {name: "2"})) if strict else None
 
 
 def _no_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
@@ -579,9 +577,9 @@ def _rp_filter_elsewhere(tr: Trace) -> list[Finding]:
         "address the destination sees, but which interface the network sends them to is "
         "not known on the node",
         severity="warning",
-        advice=f"set loose reverse-path filtering (2) on all and {device} "
-               f"(net.ipv4.conf.all.rp_filter, {name}; spec sysctls), or make sure the "
-               f"network routes the replies back to the interface the flow leaves by")]
+        advice=f"set loose reverse-path filtering on {device} ({name} = 2, spec sysctls: the "
+               "kernel takes the larger of all's and the interface's), or make sure the "
+               "network routes the replies back to the interface the flow leaves by")]
 
 
 def _context(state: NodeState, tr: Trace) -> list[Finding]:
@@ -1219,7 +1217,3 @@ def _taken_back(kept: list[NetObject], added: list[NetObject]) -> tuple[str, ...
             "routes): a spec applied later (`k3snet apply -f SPEC`, the agent) that does "
             "not carry it deletes it, which the teardown guard refuses (nothing applied "
             f"until the spec carries it, or with --allow-teardown): add {keys} to the spec",)
-    return ("the fix is all k3snet will own through its backend(s) here: a spec applied "
-            "later (`k3snet apply -f SPEC`, the agent) that does not carry it deletes it, "
-            "which the teardown guard refuses (nothing applied until the spec carries it, "
-            f"or with --allow-teardown): add {keys} to the spec",)

@@ -12,6 +12,7 @@ import pytest
 
 from k3snet.backends.netns import NetnsRunner
 from k3snet.cli import build_parser, main
+from k3snet.errors import K3snetError
 from k3snet.lab.netns import run_in, temporary_netns
 
 from .conftest import DESTINATIONS, POD, PORT, DoctorLab, Topology
@@ -230,6 +231,57 @@ def test_a_route_fix_beside_a_spec_of_sysctls_warns_the_next_apply_is_refused_as
     assert "the plan deletes everything k3snet owns through netlink" in (
         capsys.readouterr().err)
     assert doctor_lab.probe(topology.destination)["ok"]  # the fix stays
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("case", [
+    (Topology(), "net.ipv4.conf.cni0.forwarding: 0"),  # the fix withheld
+    (Topology(forwarding=False), "net.ipv4.conf.all.rp_filter: 2"),  # the warning
+])
+def test_a_doctor_without_fix_reports_what_fix_then_does_beside_a_spec(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], case: tuple[Topology, str]) -> None:
+    """A spec applied on the node: the doctor without ``--fix`` read nothing k3snet owns,
+    and planned ``cni0.forwarding = 1`` ("after the fix: reaches") that ``--fix`` then
+    withheld (the spec's), or left out the warning that the spec's next apply deletes the
+    fix. Now it reads what k3snet owns as ``--fix`` does: the two documents are one."""
+    topology, sysctl = case
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    doctor_lab.configure(topology)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(_SPEC_HEAD + f"  {sysctl}\n")
+    _apply_spec(doctor_lab.node, spec)
+    capsys.readouterr()
+    argv = ["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+            f"{topology.destination}:{PORT}", "-o", "json"]
+    plain = main(argv)
+    told = capsys.readouterr()
+    assert told.err == ""
+    assert main([*argv, "--fix", "--auto-approve"]) == (3 if topology.forwarding else 0)
+    assert json.loads(told.out) == json.loads(capsys.readouterr().out)
+    assert plain == 3
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("error", [K3snetError("nft: not found"), PermissionError(13, "denied")])
+def test_a_doctor_without_fix_that_cannot_read_what_k3snet_owns_says_so_and_reports(
+        doctor_lab: DoctorLab, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], error: Exception) -> None:
+    """The fix's backends cannot be read (a tool missing, no right to): the report is the
+    one made against nothing owned, and stderr says what is left out."""
+    topology = Topology(forwarding=False)
+    doctor_lab.configure(topology)
+
+    def unreadable(*_args: object, **_kwargs: object) -> object:
+        raise error
+
+    monkeypatch.setattr("k3snet.cli.create_backend", unreadable)
+    assert main(["doctor", "--netns", doctor_lab.node, "--from", POD, "--to",
+                 f"{topology.destination}:{PORT}"]) == 3
+    told = capsys.readouterr()
+    assert "+ sysctl net.ipv4.ip_forward = 1" in told.out
+    assert told.err.startswith("k3snet: what k3snet owns here not read (")
+    assert "--fix reads it" in told.err
 
 
 def _apply_line(out: str) -> list[str]:

@@ -18,8 +18,9 @@ def _state(name: str) -> NodeState:
 
 
 def test_a_fix_the_spec_owns_otherwise_is_not_planned_and_after_stays_blocked() -> None:
-    # The node's spec owns all.rp_filter = 1; the doctor's fix is all.rp_filter = 2.
-    owned = Sysctl("net.ipv4.conf.all.rp_filter", "1")
+    # The node's spec owns eth1.rp_filter = 0 (all's 1 makes it strict); the doctor's
+    # fix is eth1.rp_filter = 2.
+    owned = Sysctl("net.ipv4.conf.eth1.rp_filter", "0")
     d = diagnose(_state("rp-filter-strict"), FLOW, observed=State(owned=[owned]))
     assert d.plan.empty
     assert not d.fixes.owned
@@ -27,13 +28,13 @@ def test_a_fix_the_spec_owns_otherwise_is_not_planned_and_after_stays_blocked() 
     finding = next(f for f in d.findings if f.code == "rp-filter")
     assert finding.fix == ()
     assert finding.advice is not None
-    assert "k3snet's own spec sets sysctl net.ipv4.conf.all.rp_filter = 1" in finding.advice
-    assert "sysctls: {net.ipv4.conf.all.rp_filter: 2}" in finding.advice
+    assert "k3snet's own spec sets sysctl net.ipv4.conf.eth1.rp_filter = 0" in finding.advice
+    assert "sysctls: {net.ipv4.conf.eth1.rp_filter: 2}" in finding.advice
     assert "fix:" not in d.render()  # no plan, no prediction of one
 
 
 def test_a_fix_the_spec_owns_with_the_same_value_is_met_not_withheld() -> None:
-    owned = Sysctl("net.ipv4.conf.all.rp_filter", "2")
+    owned = Sysctl("net.ipv4.conf.eth1.rp_filter", "2")
     d = diagnose(_state("rp-filter-strict"), FLOW, observed=State(owned=[owned]))
     assert [f.fix for f in d.findings if f.code == "rp-filter"] == [(owned,)]
     assert d.after.verdict.value == "reaches"

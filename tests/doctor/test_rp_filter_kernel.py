@@ -9,12 +9,16 @@ reply comes back there and passes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from k3snet.cli import main
 from k3snet.doctor import Flow, NodeState, Verdict, diagnose
 from k3snet.lab.netns import run_in
+from k3snet.model import Sysctl
 
-from .conftest import DoctorLab, Topology
+from .conftest import PORT, DoctorLab, Topology
 
 pytestmark = [pytest.mark.kernel]
 
@@ -147,3 +151,60 @@ def test_strict_rp_filter_on_an_interface_no_reply_can_come_back_on_is_no_warnin
     assert answer["ok"] is True, answer
     assert result.verdict is Verdict.REACHES, result.render()
     assert "rp-filter-elsewhere" not in [f.code for f in diagnosis.findings]
+
+
+def _rp_filter(node: str, interface: str) -> str:
+    """The kernel's ``rp_filter`` of ``interface`` (``all`` too) in ``node``."""
+    return run_in(node, ["cat", f"/proc/sys/net/ipv4/conf/{interface}/rp_filter"]
+                  ).stdout.strip()
+
+
+@pytest.mark.parametrize(("rp_all", "rp_uplink"), [(1, 0), (0, 1), (1, 1)])
+def test_the_rp_filter_fix_sets_the_interface_s_alone_which_the_kernel_then_passes(
+        doctor_lab: DoctorLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        rp_all: int, rp_uplink: int) -> None:
+    """Replies masqueraded to ``eth1``'s address come back there, the route back leaves by
+    ``eth0``: strict ``rp_filter`` (``all``, ``eth1`` or both at 1) drops them. The kernel
+    takes the larger of ``all``'s and the interface's, so ``eth1``'s 2 alone is loose: the
+    fix set ``all`` to 2 (every interface loosened) where ``all`` was 1, and both where both
+    were. Now the one sysctl, ``eth1``'s; after ``--fix`` the kernel passes the replies
+    and ``all`` is as it was."""
+    monkeypatch.setenv("K3SNET_STATE_DIR", str(tmp_path))
+    topology = Topology(nat="snat-other", rp_all=rp_all, rp_uplink=rp_uplink)
+    doctor_lab.configure(topology)
+    assert not doctor_lab.probe(topology.destination, until_dropped=True)["ok"]
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    assert [f.code for f in d.findings] == ["rp-filter"], d.render()
+    assert d.fixes.owned == {Sysctl("net.ipv4.conf.eth1.rp_filter", 2)}, d.render()
+    assert d.after.verdict is Verdict.REACHES
+    assert main(["doctor", "--netns", doctor_lab.node, "--from", topology.pod, "--to",
+                 f"{topology.destination}:{PORT}", "--fix", "--auto-approve"]) == 0
+    assert doctor_lab.probe(topology.destination)["ok"]
+    assert (_rp_filter(doctor_lab.node, "all"), _rp_filter(doctor_lab.node, "eth1")) == (
+        str(rp_all), "2")
+
+
+def test_strict_rp_filter_on_all_is_loosened_on_one_uplink_by_that_uplink_s_alone(
+        doctor_lab: DoctorLab) -> None:
+    """The ``rp-filter-elsewhere`` case above with ``all`` strict (1): its advice, loose on
+    ``eth0`` alone (it said ``all`` and ``eth0``), lets the kernel pass the replies there,
+    ``all`` still 1, and the doctor says so."""
+    topology = Topology(route="policy", uplink="eth1", rp_all=1)
+    doctor_lab.configure(topology)
+    router = doctor_lab.names["router"]
+    run_in(router, ["ip", "route", "add", "192.168.4.5/32", "via", "192.168.1.5",
+                    "dev", "eth0"])
+    try:
+        before = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                          Flow(topology.pod, topology.destination, port=topology.port))
+        finding = next(f for f in before.findings if f.code == "rp-filter-elsewhere")
+        assert "net.ipv4.conf.eth0.rp_filter = 2" in (finding.advice or "")
+        assert "net.ipv4.conf.all.rp_filter" not in (finding.advice or "")
+        run_in(doctor_lab.node, ["sysctl", "-q", "-w", "net.ipv4.conf.eth0.rp_filter=2"])
+        answer, result = doctor_lab.kernel_and_trace(topology, timeout=2)
+    finally:
+        run_in(router, ["ip", "route", "del", "192.168.4.5/32"], check=False)
+    assert answer["ok"] is True, answer
+    assert _rp_filter(doctor_lab.node, "all") == "1"
+    assert result.verdict is Verdict.REACHES, result.render()

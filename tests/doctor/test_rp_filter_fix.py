@@ -1,0 +1,44 @@
+"""The ``rp-filter`` finding's fix against the kernel's rule: the larger of ``all``'s and
+the interface's ``rp_filter`` is used (Documentation/networking/ip-sysctl.rst), so the
+interface's 2 alone lifts a strict drop, and nothing short of 0 lifts a loose one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+
+from k3snet.doctor import Flow, NodeCapture, NodeState, trace
+from k3snet.doctor.findings import _rp_filter
+from k3snet.doctor.trace import Step
+from k3snet.model import NetObject, Sysctl
+
+GOLDEN = Path(__file__).parent / "golden"
+FLOW = Flow("10.42.0.10", "192.168.2.10", port=5432)
+
+
+def _explained(all_: int, eth1: int) -> tuple[tuple[NetObject, ...], bool]:
+    """The fix of a drop by ``rp_filter`` on ``eth1`` with these values, and whether the
+    finding changes the node state (its fix applied) for the next trace."""
+    state = NodeState.from_capture(NodeCapture.read_dir(GOLDEN / "rp-filter-strict"))
+    state = attrs.evolve(state, sysctls={**state.sysctls,
+                                         "net.ipv4.conf.all.rp_filter": str(all_),
+                                         "net.ipv4.conf.eth1.rp_filter": str(eth1)})
+    mode = max(all_, eth1)
+    kind = "strict" if mode == 1 else "loose"
+    step = Step("reply", "rp_filter", "drop", f"rp_filter={mode} ({kind}) on eth1",
+                "the route back to 192.168.2.10 is via eth0", "rp-filter")
+    finding, change = _rp_filter(state, trace(state, FLOW), step)
+    return finding.fix, change is not None
+
+
+@pytest.mark.parametrize(("all_", "eth1"), [(1, 0), (0, 1), (1, 1)])
+def test_a_strict_drop_is_fixed_by_the_interface_s_rp_filter_alone(all_: int, eth1: int) -> None:
+    assert _explained(all_, eth1) == ((Sysctl("net.ipv4.conf.eth1.rp_filter", 2),), True)
+
+
+@pytest.mark.parametrize(("all_", "eth1"), [(1, 2), (2, 1), (2, 0), (0, 2)])
+def test_a_loose_drop_has_no_rp_filter_fix_since_2_changes_nothing(all_: int, eth1: int) -> None:
+    """``all`` 1 and ``eth1`` 2 (loose): ``all`` = 2 was planned, which leaves it loose."""
+    assert _explained(all_, eth1) == ((), False)
