@@ -392,3 +392,28 @@ def test_a_rule_committed_during_the_check_is_found_before_the_listing(ns: str) 
     assert done.returncode == 0, done.stderr
     assert "Assertion" not in done.stderr
     assert re.search(r"rule handle \d+ of chain c of table inet t ", done.stdout), done.stdout
+
+
+def test_a_tag_comment_not_utf8_makes_no_rule_k3snets(ns: str) -> None:
+    # libnftables leaves such a comment out of the JSON listing (and k3snet's text
+    # reader reads U+FFFD): k3snet's tag followed by a byte that is not UTF-8 is no tag,
+    # in k3snet's own table (drift, deleted by the plan) as in another (foreign).
+    wanted = State(owned=[MasqueradeRule("10.42.0.0/16")])
+    with NftablesBackend(ns) as backend:
+        backend.apply(plan(backend.observe(), wanted))
+    listed = run_in(ns, ["nft", "list", "chain", "inet", "k3snet", "postrouting"]).stdout
+    found = re.search(r'comment "(k3snet:[0-9a-f]+)"', listed)
+    assert found is not None, listed
+    bad = b'comment "' + found.group(1).encode() + b'\xff"'
+    nft(ns, b"flush chain inet k3snet postrouting")
+    nft(ns, b"add rule inet k3snet postrouting ip saddr 10.42.0.0/16 masquerade " + bad)
+    nft(ns, b"add table inet f")
+    nft(ns, b"add chain inet f post { type nat hook postrouting priority 100; }")
+    nft(ns, b"add rule inet f post ip saddr 10.43.0.0/16 masquerade " + bad)
+    with NftablesBackend(ns) as backend:
+        observed = backend.observe()
+        changes = plan(observed, wanted).changes
+    assert [type(one).__name__ for one in observed.owned] == ["NatDrift"]
+    assert MasqueradeRule("10.43.0.0/16") in observed.foreign
+    assert [(change.action, type(change.before or change.after).__name__)
+            for change in changes] == [("delete", "NatDrift"), ("add", "MasqueradeRule")]
