@@ -104,19 +104,47 @@ _STRING_LOADS = re.compile(
     + b"fib\0..\x02[\x00\x80]" + re.escape(struct.pack("=HH", 8, 1)) + b"...."
     + re.escape(struct.pack("=HH", 8, 2) + struct.pack(">I", _NFT_FIB_RESULT_OIFNAME)),
     re.DOTALL)
+# A cmp as the kernel dumps it (nft_cmp_dump): its register (group 1), its operator, then
+# its data's value attribute: its length, group 2, the bytes after the match (the data's
+# own nested length counts the value's padding and would reach into the next expression's
+# header).
+_CMP = (re.escape(struct.pack("=HH", 8, 1)) + b"cmp\0..\x02[\x00\x80]"
+        + re.escape(struct.pack("=HH", 8, 1)) + b"(....)" + re.escape(struct.pack("=HH", 8, 2))
+        + b"......\x03[\x00\x80](..)\x01[\x00\x80]")
+_CMPS = re.compile(_CMP, re.DOTALL)
 # A meta load of a string (its key, then its register: group 1) and the cmp after it
-# (its register: group 2, its operator, then its data's value attribute: its length,
-# group 3, the bytes after the match; the data's own nested length counts the value's
-# padding and would reach into the next expression's header), as the kernel dumps them
-# (nft_meta_get_dump, nft_cmp_dump).
+# (groups 2 and 3: _CMP's), as the kernel dumps them (nft_meta_get_dump, nft_cmp_dump).
 _META_CMP = re.compile(
     re.escape(struct.pack("=HHH", 1, 9, 1)) + b"meta\0\0\0\0..\x02[\x00\x80]"
     + re.escape(struct.pack("=HH", 8, 2)) + b"\0\0\0["
     + b"".join(re.escape(bytes([key])) for key in sorted(_META_STRING_KEYS)) + b"]"
-    + re.escape(struct.pack("=HH", 8, 1)) + b"(....)..\x01[\x00\x80]"
-    + re.escape(struct.pack("=HH", 8, 1)) + b"cmp\0..\x02[\x00\x80]"
-    + re.escape(struct.pack("=HH", 8, 1)) + b"(....)" + re.escape(struct.pack("=HH", 8, 2))
-    + b"......\x03[\x00\x80](..)\x01[\x00\x80]", re.DOTALL)
+    + re.escape(struct.pack("=HH", 8, 1)) + b"(....)..\x01[\x00\x80]" + _CMP, re.DOTALL)
+# An expression loading a value into a register as nft writes them, as the kernel dumps
+# each (its name, then its register first, or after a meta's key): the register, one
+# group per kind. A test of a string's register after one of these compares what it
+# loaded, not the string (a bitwise or byteorder of the string's register is none of
+# them: libnftables prints a test of its result with the string's type, and aborts too).
+_WRITES = re.compile(b"|".join(
+    re.escape(struct.pack("=HHH", 1, 5 + len(name), 1) + name + b"\0" * (4 - len(name) % 4))
+    + b"..\x02[\x00\x80]" + before + re.escape(struct.pack("=HH", 8, attribute)) + b"(....)"
+    for name, before, attribute in (
+        (b"payload", b"", 1), (b"immediate", b"", 1), (b"exthdr", b"", 1), (b"ct", b"", 1),
+        (b"meta", re.escape(struct.pack("=HH", 8, 2)) + b"....", 1))), re.DOTALL)
+# The register attribute each expression writes its result to (NFTA_*_DREG), of those
+# that write one: a string loaded into a register is compared as one until another
+# expression writes that register (libnftables' netlink_delinearize reads registers so).
+# An expression not named here is taken as writing none (a string's register stays one:
+# conservative).
+_DREG: dict[bytes, int] = {
+    b"payload": 1, b"meta": 1, b"ct": 1, b"immediate": 1, b"exthdr": 1, b"rt": 1,
+    b"numgen": 1, b"fib": 1, b"osf": 1, b"xfrm": 1, b"bitwise": 2, b"byteorder": 2,
+    b"hash": 2, b"socket": 2, b"tunnel": 2, b"lookup": 3}
+# Of those, the ones whose result is derived from a register they read (NFTA_*_SREG, 1):
+# a string's register read so leaves a string's derivative in the one written.
+_DERIVED = frozenset({b"bitwise", b"byteorder"})
+_NFTA_RANGE_SREG = 1
+_NFTA_RANGE_FROM_DATA = 3
+_NFTA_RANGE_TO_DATA = 4
 _NFT_MSG_DELTABLE = (10 << 8) | 2
 _NFT_MSG_DELCHAIN = (10 << 8) | 5
 _NFTA_TABLE_USE = 3
@@ -682,31 +710,63 @@ def _rule_utf8(message: bytes) -> bool:
     """Whether a ``GETRULE`` answer compares no string libnftables prints with bytes
     that are not UTF-8 (:func:`_rule_strings_utf8`). Each ``meta`` load of a string
     followed by its ``cmp``, as the kernel writes them, is read from the bytes at once
-    (:data:`_META_CMP`); a rule with any other load of a string, or laid out otherwise,
-    is decoded."""
+    (:data:`_META_CMP`), with what writes its register next (:data:`_WRITES`: nft's next
+    load, right after): each ``cmp`` of that register before then compares the string
+    too (:data:`_CMPS`). A rule with any other load of a string, a ``range``, or such a
+    later ``cmp`` with bytes that are not UTF-8, is decoded."""
     loads = len(_STRING_LOADS.findall(message))
     if not loads:
         return True
     tests = list(_META_CMP.finditer(message))
-    if len(tests) != loads:
+    if len(tests) != loads or b"range\0" in message:
         return _rule_strings_utf8(_attributes(message, 20).get(_NFTA_RULE_EXPRESSIONS, b""))
     for test in tests:
-        size = struct.unpack("=H", test.group(3))[0] - 4
-        value = message[test.end():test.end() + size]
-        if test.group(1) == test.group(2) and not _utf8(value.rstrip(b"\0")):
+        if test.group(1) == test.group(2) and not _utf8(_compared(message, test, 3)):
             return False
+        # The string stays in its register, and each cmp of that register compares it,
+        # until an expression writes the register again: nft's next load, at once.
+        # The expression right after the test (past its value and the element's length).
+        after = _WRITES.match(message, test.end() - 2 + (
+            (struct.unpack("=H", test.group(3))[0] + 3) & ~3))
+        if after is not None and after.group(after.lastindex or 0) == test.group(1):
+            continue  # the register loaded again at once (one spelling of it: nft's)
+        register = _register(test.group(1))
+        written = len(message)
+        for write in _WRITES.finditer(message, test.end()):
+            if _register(write.group(write.lastindex or 0)) == register:
+                written = write.start()
+                break
+        for other in _CMPS.finditer(message, test.end(), written):
+            end = other.end()
+            value = message[end:end + struct.unpack("=H", other.group(2))[0] - 4]
+            if (_register(other.group(1)) == register and not value.isascii()
+                    and not _utf8(value.rstrip(b"\0"))):
+                # (or written by an expression _WRITES does not know)
+                return _rule_strings_utf8(
+                    _attributes(message, 20).get(_NFTA_RULE_EXPRESSIONS, b""))
     return True
 
 
+def _compared(message: bytes, test: re.Match[bytes], group: int) -> bytes:
+    """The bytes a ``cmp`` matched by ``test`` compares with (its value's length in
+    ``group``), up to their NULs."""
+    size = struct.unpack("=H", test.group(group))[0] - 4
+    return message[test.end():test.end() + size].rstrip(b"\0")
+
+
 def _rule_strings_utf8(expressions: bytes) -> bool:
-    """Whether each ``cmp`` of a rule's expressions comparing a string libnftables prints
-    (an interface name or kind ``meta`` loaded, ``ct helper``, ``osf name``, ``fib ...
-    oifname``) compares it with bytes that are UTF-8; another expression's key equal to
-    one of those (xfrm's SPI, numgen's modulus) is no string. Such a ``cmp`` follows its
-    load at once (nft writes each test so, and reads a ``cmp`` of a register as the load
-    just before); only those two expressions are decoded, each other one's name alone
-    looked at (the kernel writes it first)."""
-    loaded = -1  # the register the expression before loaded a string into
+    """Whether each ``cmp`` or ``range`` of a rule's expressions comparing a string
+    libnftables prints (an interface name or kind ``meta`` loaded, ``ct helper``, ``osf
+    name``, ``fib ... oifname``) compares it with bytes that are UTF-8; another
+    expression's key equal to one of those (xfrm's SPI, numgen's modulus) is no string.
+
+    libnftables reads a ``cmp`` of a register as a test of what was last written
+    there, however many expressions came in between (a counter, a load into another
+    register, another ``cmp``: raw netlink writes such rules, nft does not): each
+    register a string was loaded into stays one until an expression of :data:`_DREG`
+    writes it. Each expression's name is read first (the kernel writes it first); only
+    the loads of strings, the writers of such a register and the tests are decoded."""
+    strings: set[int] = set()  # the registers holding a string (or a derivative of one)
     offset = 0
     while offset + 8 <= len(expressions):
         size = struct.unpack_from("=H", expressions, offset)[0]
@@ -714,26 +774,33 @@ def _rule_strings_utf8(expressions: bytes) -> bool:
             break
         element = offset
         offset += (size + 3) & ~3
-        if not ((expressions.startswith(b"cmp\0", element + 8) and loaded >= 0)
-                or _STRING_LOADS.search(expressions, element, element + size)):
-            loaded = -1
+        if not (strings or _STRING_LOADS.search(expressions, element, element + size)):
             continue
         expression = _attributes(expressions[element + 4:element + size], 0)
         name = _text(expression.get(_NFTA_EXPR_NAME, b""))
         data = _attributes(expression.get(_NFTA_EXPR_DATA, b""), 0)
-        if name == b"cmp":
-            sreg = data.get(_NFTA_CMP_SREG, b"")
-            value = _attributes(data.get(_NFTA_CMP_DATA, b""), 0).get(_NFTA_DATA_VALUE, b"")
-            if (loaded >= 0 and len(sreg) >= 4 and _register(sreg) == loaded
-                    and not _utf8(value.rstrip(b"\0"))):
+        if name in (b"cmp", b"range"):
+            sreg = data.get(_NFTA_CMP_SREG, b"")  # NFTA_RANGE_SREG alike
+            values = ((_NFTA_CMP_DATA,) if name == b"cmp"
+                      else (_NFTA_RANGE_FROM_DATA, _NFTA_RANGE_TO_DATA))
+            if len(sreg) >= 4 and _register(sreg) in strings and not all(
+                    _utf8(_attributes(data.get(value, b""), 0).get(
+                        _NFTA_DATA_VALUE, b"").rstrip(b"\0")) for value in values):
                 return False
-            loaded = -1
             continue
-        # NFTA_META_KEY, NFTA_CT_KEY, NFTA_FIB_RESULT; each one's *_DREG
-        key, dreg = data.get(2, b""), data.get(1, b"")
-        strings = (name == b"osf" or (len(key) >= 4 and _u32(key) in _STRING_KEYS.get(
+        # NFTA_META_KEY, NFTA_CT_KEY, NFTA_FIB_RESULT
+        key = data.get(2, b"")
+        loads = (name == b"osf" or (len(key) >= 4 and _u32(key) in _STRING_KEYS.get(
             name, ())))
-        loaded = _register(dreg) if strings and len(dreg) >= 4 else -1
+        dreg = data.get(_DREG.get(name, 0), b"")
+        if len(dreg) < 4:
+            continue  # writes no register k3snet knows of
+        written = _register(dreg)
+        sreg = data.get(1, b"")
+        if loads or (name in _DERIVED and len(sreg) >= 4 and _register(sreg) in strings):
+            strings.add(written)
+        else:
+            strings.discard(written)
     return True
 
 

@@ -173,6 +173,11 @@ _NAT_MAP_IPS = 1
 _NAT_FLAG_WORDS = {4: "random", 8: "persistent", 16: "fully-random"}
 
 
+_RECHECKS = 3
+"""How many times :meth:`Libnftables.list` checks what it lists while commits move the
+generation id during the check; past that, it lists what the last check saw (a ruleset
+committing faster than it can be checked)."""
+
 _XT_READ = ("CT", "SNAT", "TTL", "HL")
 """The compat targets whose data :meth:`Libnftables.list` reads from the kernel."""
 
@@ -261,6 +266,17 @@ class Libnftables:
         return items
 
     def _refuse_unprintable(self, kind: str, ref: Mapping[str, str]) -> None:
+        """:meth:`_check_unprintable`, again while the generation id moved during it: a
+        commit during the check (its dumps of 10 000 rules take 0.1-0.5 s) may have
+        written what aborts the listing; so only one between the last read of the id
+        and libnftables' own dump can (:data:`_RECHECKS` times at most)."""
+        for _ in range(_RECHECKS):
+            checked = self._check_unprintable(kind, ref)
+            self.calls += 1
+            if self._generation.read() == checked:
+                return
+
+    def _check_unprintable(self, kind: str, ref: Mapping[str, str]) -> int:
         """:class:`UnprintableNameError` if the listing ``list KIND REF...`` would print a
         name or string that is not UTF-8: libnftables asserts each name it prints as
         JSON is, and aborts the process when one is not (a foreign table or chain made
@@ -281,8 +297,8 @@ class Libnftables:
         elements of each named set of interface names or strings (none in most
         rulesets) of the table listed are read again before each listing: a rule adds
         them from packets (``update @m { oifname : 1 }``; an interface named with bytes
-        that are not UTF-8), the generation id unmoved. A name or rule written between
-        that read and the listing still aborts."""
+        that are not UTF-8), the generation id unmoved. Returns the generation id checked
+        at (:meth:`_refuse_unprintable` checks again if it moved meanwhile)."""
         self.calls += 1
         genid = self._generation.read()
         if self._names is None or self._names[0] != genid:
@@ -320,6 +336,7 @@ class Libnftables:
             found = [one for one in found if one[2] in ("table", "chain")]
         if found:
             raise UnprintableNameError(unprintable_message(found))
+        return genid
 
     def _xt_expressions(self, family: str, table: str, chain: str,
                         handles: Collection[int]) -> Mapping[int, Sequence[tuple[str, str]]]:
