@@ -1599,9 +1599,15 @@ class CiliumBackend(BackendBase):
         for the ip-masq-agent file alone, which the agent reads again when the kubelet
         updates it (``pkg/ipmasq`` watches its directory), unless the last
         :meth:`observe` found it mounted through ``subPath`` only: a copy the kubelet does
-        not update, read again only when the agents restart."""
+        not update, read again only when the agents restart. A key the ``cilium-agent``
+        container sets by flag or variable (as the last :meth:`observe` read them) is not
+        counted: the agent takes that over ``cilium-config``, before and after, so no
+        restart changes what it runs with."""
+        overridden = {o.key for o in self._options}
+
         def settings(obj: object) -> dict[str, Any]:
-            return dict(obj.settings) if isinstance(obj, CiliumConfig) else {}
+            return ({k: v for k, v in obj.settings.items() if k not in overridden}
+                    if isinstance(obj, CiliumConfig) else {})
 
         def agent(obj: object) -> Any:
             return obj.ip_masq_agent if isinstance(obj, CiliumConfig) else None
@@ -1947,10 +1953,14 @@ class CiliumBackend(BackendBase):
         agent_text = None if agent is None else agent.data.get(AGENT_CONFIG_KEY)
         agent_changes = edit.agent_action in ("create", "delete") or (
             edit.agent_action == "patch" and edit.agent_text != agent_text)
+        # A key the agent container sets by flag or variable (as the observe before read
+        # them) is not read from cilium-config: its change awaits no restart.
+        overridden = {o.key for o in read.options}
         # With the stamp, the server's time before the write at its earliest: an undo
         # stamps itself where a pod was made since (the stamp may be after the landing).
         changed_at, since = ((self._api.clock.stamp(),), self._api.clock.earliest()) if (
-            any(config.data.get(k) != v for k, v in edit.config_data.items())
+            any(config.data.get(k) != v for k, v in edit.config_data.items()
+                if k not in overridden)
             or (self._file_copied and agent_changes)) else (None, None)
         self._next_stamp = changed_at if changed_at is not None else (config.changed_at,)
         stamp_back = None if changed_at is None else (config.changed_at,)  # for an undo

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends.cilium import CiliumBackend
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.converge import compile_for
 from k3snet.model.cilium import CiliumAgentOption, CiliumConfig
 from k3snet.model.state import State, object_from_dict
@@ -27,6 +28,7 @@ from tests.cluster.test_cilium_backend import (
     HELM_K3S_DATA,
     NODE_CONFIGS_V2,
     TARGET,
+    _annotations,
     _cilium_config,
     _data,
     _node_config,
@@ -286,6 +288,35 @@ def test_a_key_the_agent_s_flag_sets_is_no_disruptive_change_to_cilium_config(
     p = plan(backend.observe(), State())
     (change,) = p.changes
     assert "routing-mode: native -> tunnel" in (backend.disruptive(change) or "")
+
+
+def test_a_change_of_keys_the_agent_s_flags_set_names_no_restart_and_leaves_no_stamp(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # k3snet wrote native routing; the agent has since been given it by flag. Giving
+    # cilium-config's values back changes nothing the agents run with (the flags win over
+    # the config directory): no restart to name, no stamp for the follow-up to wait on.
+    _setup(api_server, HELM_K3S_DATA, _daemonset())
+    native = {"routing-mode": "native", "ipv4-native-routing-cidr": "10.42.0.0/16"}
+    allowed = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=native)])))
+    stamp = _annotations(api_server)[CHANGED_ANNOTATION]
+    api_server.put(DAEMONSETS, _daemonset(
+        ["--routing-mode=native", "--ipv4-native-routing-cidr", "10.42.0.0/16"]))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0)
+    p = plan(backend.observe(), State())
+    (change,) = p.changes
+    assert backend.restart_needed(change) is None
+    backend.apply(p)
+    assert _data(api_server)["routing-mode"] == "tunnel"
+    assert _annotations(api_server).get(CHANGED_ANNOTATION) == stamp
+    # One key the flags leave to cilium-config: the restart is named again.
+    api_server.put(DAEMONSETS, _daemonset())
+    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=native)])))
+    api_server.put(DAEMONSETS, _daemonset(["--routing-mode=native"]))
+    p = plan(backend.observe(), State())
+    (change,) = p.changes
+    assert backend.restart_needed(change) == "DaemonSet kube-system/cilium"
 
 
 @pytest.mark.parametrize("key", ["force-device-detection", "enforce-device-detection"])
