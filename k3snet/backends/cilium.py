@@ -1377,6 +1377,17 @@ class CiliumBackend(BackendBase):
                 continue
             found.append(CiliumAgentOption(key, option.value, option.given,
                                            positional=option.stray))
+        # A reason several share (a shell's script, a config file) is said once, first.
+        by_reason: dict[str | None, list[tuple[str, Any]]] = {}
+        for key, option in unknown:
+            by_reason.setdefault(option.unknown, []).append((key, option))
+        for reason, group in by_reason.items():
+            if len(group) > 1:
+                self._api.warn(printable(
+                    f"the {AGENT_CONTAINER} container of {where}: {reason}: {len(group)} "
+                    f"options k3snet judges by are not known ({', '.join(k for k, _ in group)})"
+                    ", and cilium-config judges them all the same")[:1000])
+        unknown = [(k, o) for k, o in unknown if len(by_reason[o.unknown]) == 1]
         if len(unknown) == 1:
             ((key, option),) = unknown
             self._api.warn(printable(

@@ -347,3 +347,75 @@ def test_an_env_from_that_may_set_every_variable_is_one_warning(
            "only where the pod runs" in warning
     assert "$CILIUM_ENABLE_IP_MASQ_AGENT" in warning
     assert "$CILIUM_ROUTING_MODE" in warning
+
+
+@pytest.mark.parametrize("command", [
+    ["sh", "-c"], ["/bin/bash", "-ec"], ["busybox", "sh", "-c"],
+    ["bash", "--norc", "-o", "pipefail", "-c"]])
+def test_flags_in_a_shell_s_script_are_a_warning_naming_the_daemonset_not_a_guess(
+    command: list[str], api_server: EmulatedApiServer, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # The script's text holds the flags (and may set or drop variables): no option is
+    # known, not even the variable beside it, which a flag in the script would override.
+    ds = _daemonset(env=[{"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "value": "false"}])
+    agent = ds["spec"]["template"]["spec"]["containers"][0]
+    agent["command"] = command
+    agent["args"] = ["exec cilium-agent --config-dir=/tmp/cilium/config-map "
+                     "--enable-ip-masq-agent=true"]
+    _setup(api_server, EBPF, ds)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.agent_options == ()
+    assert any(r.getMessage().startswith(
+        "cilium: the cilium-agent container of DaemonSet kube-system/cilium: the container "
+        f"runs its command through a shell ({' '.join(command)} ...), whose script k3snet "
+        "does not read") for r in caplog.records)
+
+
+def test_a_shell_running_a_script_file_is_read_as_its_arguments(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `sh FILE ARGS` runs no -c script: not said (the variable is read as before).
+    ds = _daemonset(env=[{"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "value": "true"}])
+    ds["spec"]["template"]["spec"]["containers"][0]["command"] = ["sh", "/start.sh"]
+    _setup(api_server, EBPF, ds)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.flag("enable-ip-masq-agent")
+    assert not any("through a shell" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("container", "given"), [
+    ({"args": ["--config=/etc/cilium/agent.yaml"]}, "--config"),
+    ({"args": ["--config", "/etc/cilium/agent.yaml"]}, "--config"),
+    ({"env": [{"name": "CILIUM_CONFIG", "value": "/etc/cilium/agent.yaml"}]}, "$CILIUM_CONFIG")])
+def test_a_config_file_replacing_cilium_config_is_a_warning_and_flags_still_count(
+    container: dict[str, Any], given: str,
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    args, env = container.get("args", []), container.get("env")
+    # Cilium reads its config file after the config directory, and viper's ReadInConfig
+    # replaces what the directory gave: cilium-config's keys are not what the agent reads,
+    # but for those a flag or variable sets, which win over both.
+    _setup(api_server, EBPF, _daemonset([*args, "--enable-bpf-masquerade"], env=env))
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.agent_options == (
+        CiliumAgentOption("enable-bpf-masquerade", "true", "--enable-bpf-masquerade"),)
+    (warning,) = [r.getMessage() for r in caplog.records if "config file" in r.getMessage()]
+    assert warning.startswith(
+        "cilium: the cilium-agent container of DaemonSet kube-system/cilium: the agent is "
+        f"given the config file '/etc/cilium/agent.yaml' ({given}), which replaces its config "
+        "directory (cilium-config) and k3snet does not read")
+    assert "enable-ip-masq-agent" in warning
+    assert "enable-bpf-masquerade," not in warning
+
+
+def test_an_empty_config_file_option_is_none(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    _setup(api_server, EBPF, _daemonset(["--config="]))
+    with caplog.at_level(logging.WARNING):
+        _foreign(backend)
+    assert not any("config file" in r.getMessage() for r in caplog.records)
