@@ -63,7 +63,10 @@ a pass (a failed read is a warning where the ip-masq-agent is on nowhere): the k
 (:func:`~k3snet.backends.cilium_mount.agent_options`), which the agent takes over
 ``cilium-config`` and the CiliumNodeConfigs, go with the foreign config
 (:class:`~k3snet.model.cilium.CiliumAgentOption`); a key k3snet writes that one sets
-otherwise is a conflict: the write has no effect.
+otherwise is a conflict: the write has no effect. Those of another DaemonSet running a
+``cilium-agent`` there (a copy for a node pool) are read too, and a key they set otherwise
+is a warning, left to ``cilium-config``; a command running a shell's script, or a config
+file replacing the config directory, leaves them unknown (a warning).
 
 **Disruptive changes** (:meth:`CiliumBackend.disruptive`): changing
 ``routing-mode``, ``tunnel-protocol``, a native-routing CIDR or
@@ -106,6 +109,7 @@ from k3snet.backends.cilium_mount import (
     pod_as_daemonset,
     pod_node,
     pods_lag,
+    runs_agent,
 )
 from k3snet.backends.cni_restart import (
     CHANGED_ANNOTATION,
@@ -757,6 +761,42 @@ class _Api:
             raise BackendError(f"{what}: the answer is not an object")
         return found
 
+    def agent_daemonsets(self, known: str) -> list[tuple[str, dict[str, Any]]]:
+        """The DaemonSets of the namespace but ``known`` whose pod template runs a
+        ``cilium-agent`` container (JSON), by name, listed from the API server's watch
+        cache (:data:`~k3snet.kube.LIST_PAGE` a request); none where they are not to be listed
+        (403, an earlier Role) or the list fails (a warning), or not served (404)."""
+        apps = self.client.AppsV1Api(self.core.api_client)
+        what = f"list DaemonSets in {self.namespace} (other Cilium agents)"
+
+        def fetch(page: dict[str, Any]) -> Any:
+            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
+                answer: Any = apps.list_namespaced_daemon_set(
+                    self.namespace, _request_timeout=self.timeout, _preload_content=False,
+                    **page)
+            try:  # as JSON, as the named one is read: the client's model is not needed
+                return json.loads(answer.data)
+            except ValueError as exc:
+                raise BackendError(f"{what}: the answer is not JSON ({exc})") from exc
+
+        try:  # each pass: from the API server's watch cache, as the Nodes are
+            items = list_pages(fetch, what, cached=True)
+        except BackendError as exc:
+            # Not to be listed (403: an earlier Role), not served (404), or a failed list
+            # (a 500, a timeout): the named DaemonSet's flags count, as before.
+            if not isinstance(exc, KubeApiError) or exc.status != 404:
+                self.warn(f"{exc}: only DaemonSet {self.namespace}/{known}'s "
+                          f"{AGENT_CONTAINER} container is read (list on daemonsets: "
+                          "k3snet render manifests grants it)")
+            return []
+        found = []
+        for item in items:
+            metadata = item.get("metadata") if isinstance(item, dict) else None
+            name = metadata.get("name") if isinstance(metadata, dict) else None
+            if isinstance(name, str) and name != known and runs_agent(item):
+                found.append((name, item))
+        return sorted(found, key=lambda pair: pair[0])
+
     def daemonset_pods(self, daemonset: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
         """The pods of DaemonSet ``name`` (JSON ``daemonset``) not yet ended nor being
         deleted, as JSON, listed by its selector
@@ -1185,6 +1225,8 @@ class CiliumBackend(BackendBase):
         # The agent container's flags and variables the last observe read, for
         # disruptive() (which reads the ConfigMap again, not the DaemonSet).
         self._options: tuple[CiliumAgentOption, ...] = ()
+        # The other DaemonSets running a cilium-agent the last observe found, by name.
+        self._agents: tuple[str, ...] = ()
         # The owned config the last expect() hinted at (None: no hint, or none wanted).
         self._expected: CiliumConfig | None = None
         self.warnings: tuple[str, ...] = ()
@@ -1296,6 +1338,7 @@ class CiliumBackend(BackendBase):
         self._observed.drop()
         self.warnings = ()
         self._options = ()
+        self._agents = ()
         read = self._read()
         self._stamp = (None if read.config is None else read.config.changed_at,)
         if read.config is None:
@@ -1365,10 +1408,43 @@ class CiliumBackend(BackendBase):
         """The keys the ``cilium-agent`` container of ``daemonset`` sets by flag or
         variable, over ``cilium-config`` (none where it is not read); one whose value is
         known only where the pod runs is left out, with a warning: ``cilium-config``'s
-        judges it."""
+        judges it. Where another DaemonSet of Cilium's namespace runs a ``cilium-agent``
+        container too (one for some nodes: Helm makes one, ``cilium``, but a copy with a
+        ``nodeSelector`` runs as well), its container's are read too: a key they do not all
+        set alike is left out, with a warning naming them (their nodes are not told
+        apart), and ``cilium-config`` judges it."""
         if not isinstance(daemonset, Mapping):
             return ()
-        where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
+        found = self._options_of(daemonset, self._daemonset)
+        others = self._api.agent_daemonsets(self._daemonset)
+        self._agents = tuple(name for name, _ in others)
+        if not others:
+            return found
+        views = {self._daemonset: {o.key: o for o in found}}
+        views.update((name, {o.key: o for o in self._options_of(other, name)})
+                     for name, other in others)
+        kept, differing = [], []
+        for option in found:
+            theirs = [view.get(option.key) for view in views.values()]
+            if all(o is not None and (o.value, o.positional) == (option.value, option.positional)
+                   for o in theirs):
+                kept.append(option)
+        for key in sorted({k for view in views.values() for k in view} - {o.key for o in kept}):
+            differing.append(f"{key} (" + ", ".join(
+                f"{name}: {view[key].given}={view[key].value}" if key in view
+                else f"{name}: not set" for name, view in views.items()) + ")")
+        if differing:
+            self._api.warn(printable(
+                f"the DaemonSets {', '.join(views)} of {self._api.namespace} each run a "
+                f"{AGENT_CONTAINER} container, and set otherwise {'; '.join(differing)}: the "
+                "agents of each one's nodes run with its own, which k3snet does not tell "
+                "apart, and cilium-config judges these keys")[:1000])
+        return tuple(kept)
+
+    def _options_of(self, daemonset: Mapping[str, Any], name: str
+                    ) -> tuple[CiliumAgentOption, ...]:
+        """:meth:`_agent_options` of the one DaemonSet ``name`` (JSON ``daemonset``)."""
+        where = f"DaemonSet {self._api.namespace}/{name}"
         found, unknown = [], []
         for key, option in agent_options(daemonset, AGENT_OPTION_KEYS, booleans=_BOOL_OPTIONS,
                                          lists=_LIST_OPTIONS).items():
@@ -1604,8 +1680,9 @@ class CiliumBackend(BackendBase):
         # Mount paths are the cluster's text: one printable line in the plan's reasons.
         return _Mount(printable(why)[:1000], agent_directory_missing(found, path))
 
-    def restart_needed(self, change: Change) -> str | None:
-        """What must restart for ``change`` to take effect: Cilium's agent DaemonSet
+    def restart_needed(self, change: Change) -> str | tuple[str, ...] | None:
+        """What must restart for ``change`` to take effect: Cilium's agent DaemonSet (and
+        each other one running a ``cilium-agent`` the last :meth:`observe` found)
         when it changes keys of ``cilium-config`` (read when an agent starts); ``None``
         for the ip-masq-agent file alone, which the agent reads again when the kubelet
         updates it (``pkg/ipmasq`` watches its directory), unless the last
@@ -1625,6 +1702,9 @@ class CiliumBackend(BackendBase):
         if settings(change.before) == settings(change.after) and not (
                 self._file_copied and agent(change.before) != agent(change.after)):
             return None
+        if self._agents:  # every DaemonSet running a cilium-agent the observe found
+            return tuple(f"DaemonSet {self._api.namespace}/{name}"
+                         for name in (self._daemonset, *self._agents))
         return f"DaemonSet {self._api.namespace}/{self._daemonset}"
 
     # ------------------------------------------------------------ disruptive changes
@@ -2090,7 +2170,8 @@ class CiliumBackend(BackendBase):
         return pending_restarts(
             self._api.core.api_client, self._api.namespace, self._api.config_name,
             {CHANGED_ANNOTATION: known[0]},
-            reason="Cilium's agents read it when they start", known=(self._daemonset,),
+            reason="Cilium's agents read it when they start",
+            known=(self._daemonset, *self._agents),
             timeout=self._api.timeout, settled=self._settled, changed=changed,
             now=self._api.clock.now(),
             hint=(f"name Cilium's DaemonSet with the backend's daemonset option "

@@ -28,7 +28,7 @@ __all__ = ["AGENT_CONTAINER", "CONFIG_FILE_KEY", "CONFIG_PATH_FLAG", "CONFIG_PAT
            "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET", "AgentOption", "agent_config_path",
            "agent_directory_missing", "agent_file_copied", "agent_file_mounted",
            "agent_file_unreadable", "agent_options", "option_variable", "pod_as_daemonset",
-           "pod_node", "pods_lag"]
+           "pod_node", "pods_lag", "runs_agent"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -93,6 +93,15 @@ def _pod_and_agent(daemonset: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     agent = next((c for c in _dicts(pod.get("containers"))
                   if c.get("name") == AGENT_CONTAINER), None)
     return pod, agent
+
+
+def runs_agent(daemonset: Mapping[str, Any]) -> bool:
+    """Whether the pods of ``daemonset`` (JSON) run a ``cilium-agent`` container.
+
+    >>> runs_agent({"spec": {"template": {"spec": {"containers": [{"name": "cilium-envoy"}]}}}})
+    False
+    """
+    return _pod_and_agent(daemonset)[1] is not None
 
 
 def pods_lag(daemonset: Mapping[str, Any]) -> bool:

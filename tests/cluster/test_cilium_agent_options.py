@@ -419,3 +419,74 @@ def test_an_empty_config_file_option_is_none(
     with caplog.at_level(logging.WARNING):
         _foreign(backend)
     assert not any("config file" in r.getMessage() for r in caplog.records)
+
+
+def _second(args: list[str]) -> dict[str, Any]:
+    """A second agent DaemonSet (a copy of Helm's for the nodes labelled pool=gpu), its
+    agent container given ``args`` more."""
+    ds = _daemonset(args)
+    ds["metadata"]["name"] = "cilium-gpu"
+    ds["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "gpu"}
+    return ds
+
+
+def test_a_second_agent_daemonset_s_flags_are_read_and_a_key_they_differ_on_is_said(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The agents of cilium-gpu's nodes run with cilium-config's enable-ip-masq-agent, not
+    # with the --enable-ip-masq-agent of cilium's: not laid over every node.
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent", "--routing-mode=native"]))
+    api_server.put(DAEMONSETS, _second(["--routing-mode=native"]))
+    envoy = _daemonset(["--enable-ip-masq-agent=false"])
+    envoy["metadata"]["name"] = "cilium-envoy"
+    envoy["spec"]["template"]["spec"]["containers"][0]["name"] = "cilium-envoy"
+    api_server.put(DAEMONSETS, envoy)  # runs no cilium-agent: not read
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.agent_options == (
+        CiliumAgentOption("routing-mode", "native", "--routing-mode"),)
+    assert not foreign.flag("enable-ip-masq-agent")
+    (warning,) = [r.getMessage() for r in caplog.records if "cilium-gpu" in r.getMessage()]
+    assert warning.startswith(
+        "cilium: the DaemonSets cilium, cilium-gpu of kube-system each run a cilium-agent "
+        "container, and set otherwise enable-ip-masq-agent (cilium: "
+        "--enable-ip-masq-agent=true, cilium-gpu: not set): the agents of each one's nodes "
+        "run with its own")
+    assert "cilium-envoy" not in warning
+    # listed each pass from the API server's watch cache, as the Nodes are
+    assert {params.get("resourceVersion") for (m, p, _), params in zip(
+        api_server.requests(), api_server.params(), strict=True)
+        if m == "GET" and p.split("?")[0].endswith("/daemonsets")} == {"0"}
+    # A cilium-config change awaits both DaemonSets' restart.
+    (change,) = plan(backend.observe(), State(owned=[CiliumConfig(
+        TARGET, settings={"enable-ipv4-masquerade": "false"})])).changes
+    assert backend.restart_needed(change) == (
+        "DaemonSet kube-system/cilium", "DaemonSet kube-system/cilium-gpu")
+
+
+def test_agent_daemonsets_setting_a_key_alike_lay_it_over_cilium_config(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent"]))
+    api_server.put(DAEMONSETS, _second(["--enable-ip-masq-agent=true"]))
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.agent_options == (
+        CiliumAgentOption("enable-ip-masq-agent", "true", "--enable-ip-masq-agent"),)
+    assert not any("cilium-gpu" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("status", [403, 500])
+def test_agent_daemonsets_not_to_be_listed_leave_the_named_one_s_flags_and_a_warning(
+    status: int, api_server: EmulatedApiServer, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Role of an earlier k3snet (no list on daemonsets), or a failed list: as before.
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent"]))
+    api_server.put(DAEMONSETS, _second([]))
+    api_server.fail(status, method="GET", plural="daemonsets", param="limit", times=None)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.flag("enable-ip-masq-agent")
+    assert any("only DaemonSet kube-system/cilium's cilium-agent container is read"
+               in r.getMessage() for r in caplog.records)
