@@ -100,6 +100,7 @@ from k3snet.backends.cilium_mount import (
     CONFIG_PATH_FLAG,
     DEFAULT_AGENT_FILE,
     DEFAULT_DAEMONSET,
+    agent_config_dir_missing,
     agent_config_path,
     agent_directory_missing,
     agent_file_copied,
@@ -1445,6 +1446,12 @@ class CiliumBackend(BackendBase):
                     ) -> tuple[CiliumAgentOption, ...]:
         """:meth:`_agent_options` of the one DaemonSet ``name`` (JSON ``daemonset``)."""
         where = f"DaemonSet {self._api.namespace}/{name}"
+        if agent_config_dir_missing(daemonset):
+            self._api.warn(
+                f"the {AGENT_CONTAINER} container of {where} is given no config directory "
+                "(--config-dir, CILIUM_CONFIG_DIR; Helm gives /tmp/cilium/config-map): its "
+                "agents read neither cilium-config nor the CiliumNodeConfigs, only their "
+                "flags, variables and defaults, and k3snet judges cilium-config all the same")
         found, unknown = [], []
         for key, option in agent_options(daemonset, AGENT_OPTION_KEYS, booleans=_BOOL_OPTIONS,
                                          lists=_LIST_OPTIONS).items():

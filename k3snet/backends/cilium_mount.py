@@ -24,11 +24,11 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
-__all__ = ["AGENT_CONTAINER", "CONFIG_FILE_KEY", "CONFIG_PATH_FLAG", "CONFIG_PATH_VARIABLE",
-           "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET", "AgentOption", "agent_config_path",
-           "agent_directory_missing", "agent_file_copied", "agent_file_mounted",
-           "agent_file_unreadable", "agent_options", "option_variable", "pod_as_daemonset",
-           "pod_node", "pods_lag", "runs_agent"]
+__all__ = ["AGENT_CONTAINER", "CONFIG_DIR_KEY", "CONFIG_FILE_KEY", "CONFIG_PATH_FLAG",
+           "CONFIG_PATH_VARIABLE", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET", "AgentOption",
+           "agent_config_dir_missing", "agent_config_path", "agent_directory_missing",
+           "agent_file_copied", "agent_file_mounted", "agent_file_unreadable", "agent_options",
+           "option_variable", "pod_as_daemonset", "pod_node", "pods_lag", "runs_agent"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -348,6 +348,29 @@ def _given_options(agent: Mapping[str, Any], argv: list[str], wanted: tuple[str,
         if value and (named or value != reference):
             found[key] = AgentOption(f"${variable}", value)
     return found
+
+
+CONFIG_DIR_KEY = "config-dir"
+"""The agent's option naming its config directory (``--config-dir``, ``CILIUM_CONFIG_DIR``;
+Helm's ``/tmp/cilium/config-map``, which its ``config`` init container fills with
+``cilium-config`` and the CiliumNodeConfigs of the node): none given, the agent reads
+neither."""
+
+
+def agent_config_dir_missing(daemonset: Mapping[str, Any]) -> bool:
+    """Whether the ``cilium-agent`` container of ``daemonset`` is surely given no config
+    directory (:data:`CONFIG_DIR_KEY`: no flag, no variable; an empty one is none), so its
+    agent reads no ``cilium-config``; False where it has none of its own command (a
+    shell's script) or the value is known only where the pod runs.
+
+    >>> agent = {"name": "cilium-agent", "command": ["cilium-agent"], "args": ["--debug"]}
+    >>> agent_config_dir_missing({"spec": {"template": {"spec": {"containers": [agent]}}}})
+    True
+    """
+    if not runs_agent(daemonset):
+        return False
+    found = agent_options(daemonset, (CONFIG_DIR_KEY,)).get(CONFIG_DIR_KEY)
+    return found is None or found.value == ""
 
 
 def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:

@@ -490,3 +490,25 @@ def test_agent_daemonsets_not_to_be_listed_leave_the_named_one_s_flags_and_a_war
     assert foreign.flag("enable-ip-masq-agent")
     assert any("only DaemonSet kube-system/cilium's cilium-agent container is read"
                in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("args", [[], ["--config-dir="]])
+def test_an_agent_given_no_config_directory_is_a_warning_naming_the_daemonset(
+    args: list[str], api_server: EmulatedApiServer, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without --config-dir the agent reads no cilium-config at all (Helm gives it
+    # /tmp/cilium/config-map); given one, nothing is said.
+    ds = _daemonset()
+    ds["spec"]["template"]["spec"]["containers"][0]["args"] = args
+    _setup(api_server, EBPF, ds)
+    with caplog.at_level(logging.WARNING):
+        _foreign(backend)
+    assert any(r.getMessage().startswith(
+        "cilium: the cilium-agent container of DaemonSet kube-system/cilium is given no "
+        "config directory") for r in caplog.records)
+    caplog.clear()
+    api_server.put(DAEMONSETS, _daemonset())
+    with caplog.at_level(logging.WARNING):
+        _foreign(backend)
+    assert not any("config directory" in r.getMessage() for r in caplog.records)
