@@ -63,7 +63,10 @@ a pass (a failed read is a warning where the ip-masq-agent is on nowhere): the k
 (:func:`~k3snet.backends.cilium_mount.agent_options`), which the agent takes over
 ``cilium-config`` and the CiliumNodeConfigs, go with the foreign config
 (:class:`~k3snet.model.cilium.CiliumAgentOption`); a key k3snet writes that one sets
-otherwise is a conflict: the write has no effect.
+otherwise is a conflict: the write has no effect. Those of another DaemonSet running a
+``cilium-agent`` there (a copy for a node pool) are read too, and a key they set otherwise
+is a warning, left to ``cilium-config``; a command running a shell's script, or a config
+file replacing the config directory, leaves them unknown (a warning).
 
 **Disruptive changes** (:meth:`CiliumBackend.disruptive`): changing
 ``routing-mode``, ``tunnel-protocol``, a native-routing CIDR or
@@ -97,6 +100,7 @@ from k3snet.backends.cilium_mount import (
     CONFIG_PATH_FLAG,
     DEFAULT_AGENT_FILE,
     DEFAULT_DAEMONSET,
+    agent_config_dir_missing,
     agent_config_path,
     agent_directory_missing,
     agent_file_copied,
@@ -106,6 +110,7 @@ from k3snet.backends.cilium_mount import (
     pod_as_daemonset,
     pod_node,
     pods_lag,
+    runs_agent,
 )
 from k3snet.backends.cni_restart import (
     CHANGED_ANNOTATION,
@@ -757,6 +762,42 @@ class _Api:
             raise BackendError(f"{what}: the answer is not an object")
         return found
 
+    def agent_daemonsets(self, known: str) -> list[tuple[str, dict[str, Any]]]:
+        """The DaemonSets of the namespace but ``known`` whose pod template runs a
+        ``cilium-agent`` container (JSON), by name, listed from the API server's watch
+        cache (:data:`~k3snet.kube.LIST_PAGE` a request); none where they are not to be listed
+        (403, an earlier Role) or the list fails (a warning), or not served (404)."""
+        apps = self.client.AppsV1Api(self.core.api_client)
+        what = f"list DaemonSets in {self.namespace} (other Cilium agents)"
+
+        def fetch(page: dict[str, Any]) -> Any:
+            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
+                answer: Any = apps.list_namespaced_daemon_set(
+                    self.namespace, _request_timeout=self.timeout, _preload_content=False,
+                    **page)
+            try:  # as JSON, as the named one is read: the client's model is not needed
+                return json.loads(answer.data)
+            except ValueError as exc:
+                raise BackendError(f"{what}: the answer is not JSON ({exc})") from exc
+
+        try:  # each pass: from the API server's watch cache, as the Nodes are
+            items = list_pages(fetch, what, cached=True)
+        except BackendError as exc:
+            # Not to be listed (403: an earlier Role), not served (404), or a failed list
+            # (a 500, a timeout): the named DaemonSet's flags count, as before.
+            if not isinstance(exc, KubeApiError) or exc.status != 404:
+                self.warn(f"{exc}: only DaemonSet {self.namespace}/{known}'s "
+                          f"{AGENT_CONTAINER} container is read (list on daemonsets: "
+                          "k3snet render manifests grants it)")
+            return []
+        found = []
+        for item in items:
+            metadata = item.get("metadata") if isinstance(item, dict) else None
+            name = metadata.get("name") if isinstance(metadata, dict) else None
+            if isinstance(name, str) and name != known and runs_agent(item):
+                found.append((name, item))
+        return sorted(found, key=lambda pair: pair[0])
+
     def daemonset_pods(self, daemonset: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
         """The pods of DaemonSet ``name`` (JSON ``daemonset``) not yet ended nor being
         deleted, as JSON, listed by its selector
@@ -1185,6 +1226,8 @@ class CiliumBackend(BackendBase):
         # The agent container's flags and variables the last observe read, for
         # disruptive() (which reads the ConfigMap again, not the DaemonSet).
         self._options: tuple[CiliumAgentOption, ...] = ()
+        # The other DaemonSets running a cilium-agent the last observe found, by name.
+        self._agents: tuple[str, ...] = ()
         # The owned config the last expect() hinted at (None: no hint, or none wanted).
         self._expected: CiliumConfig | None = None
         self.warnings: tuple[str, ...] = ()
@@ -1296,6 +1339,7 @@ class CiliumBackend(BackendBase):
         self._observed.drop()
         self.warnings = ()
         self._options = ()
+        self._agents = ()
         read = self._read()
         self._stamp = (None if read.config is None else read.config.changed_at,)
         if read.config is None:
@@ -1365,10 +1409,49 @@ class CiliumBackend(BackendBase):
         """The keys the ``cilium-agent`` container of ``daemonset`` sets by flag or
         variable, over ``cilium-config`` (none where it is not read); one whose value is
         known only where the pod runs is left out, with a warning: ``cilium-config``'s
-        judges it."""
+        judges it. Where another DaemonSet of Cilium's namespace runs a ``cilium-agent``
+        container too (one for some nodes: Helm makes one, ``cilium``, but a copy with a
+        ``nodeSelector`` runs as well), its container's are read too: a key they do not all
+        set alike is left out, with a warning naming them (their nodes are not told
+        apart), and ``cilium-config`` judges it."""
         if not isinstance(daemonset, Mapping):
             return ()
-        where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
+        found = self._options_of(daemonset, self._daemonset)
+        others = self._api.agent_daemonsets(self._daemonset)
+        self._agents = tuple(name for name, _ in others)
+        if not others:
+            return found
+        views = {self._daemonset: {o.key: o for o in found}}
+        views.update((name, {o.key: o for o in self._options_of(other, name)})
+                     for name, other in others)
+        kept, differing = [], []
+        for option in found:
+            theirs = [view.get(option.key) for view in views.values()]
+            if all(o is not None and (o.value, o.positional) == (option.value, option.positional)
+                   for o in theirs):
+                kept.append(option)
+        for key in sorted({k for view in views.values() for k in view} - {o.key for o in kept}):
+            differing.append(f"{key} (" + ", ".join(
+                f"{name}: {view[key].given}={view[key].value}" if key in view
+                else f"{name}: not set" for name, view in views.items()) + ")")
+        if differing:
+            self._api.warn(printable(
+                f"the DaemonSets {', '.join(views)} of {self._api.namespace} each run a "
+                f"{AGENT_CONTAINER} container, and set otherwise {'; '.join(differing)}: the "
+                "agents of each one's nodes run with its own, which k3snet does not tell "
+                "apart, and cilium-config judges these keys")[:1000])
+        return tuple(kept)
+
+    def _options_of(self, daemonset: Mapping[str, Any], name: str
+                    ) -> tuple[CiliumAgentOption, ...]:
+        """:meth:`_agent_options` of the one DaemonSet ``name`` (JSON ``daemonset``)."""
+        where = f"DaemonSet {self._api.namespace}/{name}"
+        if agent_config_dir_missing(daemonset):
+            self._api.warn(
+                f"the {AGENT_CONTAINER} container of {where} is given no config directory "
+                "(--config-dir, CILIUM_CONFIG_DIR; Helm gives /tmp/cilium/config-map): its "
+                "agents read neither cilium-config nor the CiliumNodeConfigs, only their "
+                "flags, variables and defaults, and k3snet judges cilium-config all the same")
         found, unknown = [], []
         for key, option in agent_options(daemonset, AGENT_OPTION_KEYS, booleans=_BOOL_OPTIONS,
                                          lists=_LIST_OPTIONS).items():
@@ -1377,6 +1460,17 @@ class CiliumBackend(BackendBase):
                 continue
             found.append(CiliumAgentOption(key, option.value, option.given,
                                            positional=option.stray))
+        # A reason several share (a shell's script, a config file) is said once, first.
+        by_reason: dict[str | None, list[tuple[str, Any]]] = {}
+        for key, option in unknown:
+            by_reason.setdefault(option.unknown, []).append((key, option))
+        for reason, group in by_reason.items():
+            if len(group) > 1:
+                self._api.warn(printable(
+                    f"the {AGENT_CONTAINER} container of {where}: {reason}: {len(group)} "
+                    f"options k3snet judges by are not known ({', '.join(k for k, _ in group)})"
+                    ", and cilium-config judges them all the same")[:1000])
+        unknown = [(k, o) for k, o in unknown if len(by_reason[o.unknown]) == 1]
         if len(unknown) == 1:
             ((key, option),) = unknown
             self._api.warn(printable(
@@ -1593,21 +1687,31 @@ class CiliumBackend(BackendBase):
         # Mount paths are the cluster's text: one printable line in the plan's reasons.
         return _Mount(printable(why)[:1000], agent_directory_missing(found, path))
 
-    def restart_needed(self, change: Change) -> str | None:
-        """What must restart for ``change`` to take effect: Cilium's agent DaemonSet
+    def restart_needed(self, change: Change) -> str | tuple[str, ...] | None:
+        """What must restart for ``change`` to take effect: Cilium's agent DaemonSet (and
+        each other one running a ``cilium-agent`` the last :meth:`observe` found)
         when it changes keys of ``cilium-config`` (read when an agent starts); ``None``
         for the ip-masq-agent file alone, which the agent reads again when the kubelet
         updates it (``pkg/ipmasq`` watches its directory), unless the last
         :meth:`observe` found it mounted through ``subPath`` only: a copy the kubelet does
-        not update, read again only when the agents restart."""
+        not update, read again only when the agents restart. A key the ``cilium-agent``
+        container sets by flag or variable (as the last :meth:`observe` read them) is not
+        counted: the agent takes that over ``cilium-config``, before and after, so no
+        restart changes what it runs with."""
+        overridden = {o.key for o in self._options}
+
         def settings(obj: object) -> dict[str, Any]:
-            return dict(obj.settings) if isinstance(obj, CiliumConfig) else {}
+            return ({k: v for k, v in obj.settings.items() if k not in overridden}
+                    if isinstance(obj, CiliumConfig) else {})
 
         def agent(obj: object) -> Any:
             return obj.ip_masq_agent if isinstance(obj, CiliumConfig) else None
         if settings(change.before) == settings(change.after) and not (
                 self._file_copied and agent(change.before) != agent(change.after)):
             return None
+        if self._agents:  # every DaemonSet running a cilium-agent the observe found
+            return tuple(f"DaemonSet {self._api.namespace}/{name}"
+                         for name in (self._daemonset, *self._agents))
         return f"DaemonSet {self._api.namespace}/{self._daemonset}"
 
     # ------------------------------------------------------------ disruptive changes
@@ -1947,10 +2051,14 @@ class CiliumBackend(BackendBase):
         agent_text = None if agent is None else agent.data.get(AGENT_CONFIG_KEY)
         agent_changes = edit.agent_action in ("create", "delete") or (
             edit.agent_action == "patch" and edit.agent_text != agent_text)
+        # A key the agent container sets by flag or variable (as the observe before read
+        # them) is not read from cilium-config: its change awaits no restart.
+        overridden = {o.key for o in read.options}
         # With the stamp, the server's time before the write at its earliest: an undo
         # stamps itself where a pod was made since (the stamp may be after the landing).
         changed_at, since = ((self._api.clock.stamp(),), self._api.clock.earliest()) if (
-            any(config.data.get(k) != v for k, v in edit.config_data.items())
+            any(config.data.get(k) != v for k, v in edit.config_data.items()
+                if k not in overridden)
             or (self._file_copied and agent_changes)) else (None, None)
         self._next_stamp = changed_at if changed_at is not None else (config.changed_at,)
         stamp_back = None if changed_at is None else (config.changed_at,)  # for an undo
@@ -2069,7 +2177,8 @@ class CiliumBackend(BackendBase):
         return pending_restarts(
             self._api.core.api_client, self._api.namespace, self._api.config_name,
             {CHANGED_ANNOTATION: known[0]},
-            reason="Cilium's agents read it when they start", known=(self._daemonset,),
+            reason="Cilium's agents read it when they start",
+            known=(self._daemonset, *self._agents),
             timeout=self._api.timeout, settled=self._settled, changed=changed,
             now=self._api.clock.now(),
             hint=(f"name Cilium's DaemonSet with the backend's daemonset option "

@@ -24,10 +24,11 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
-__all__ = ["AGENT_CONTAINER", "CONFIG_PATH_FLAG", "CONFIG_PATH_VARIABLE", "DEFAULT_AGENT_FILE",
-           "DEFAULT_DAEMONSET", "AgentOption", "agent_config_path", "agent_directory_missing",
+__all__ = ["AGENT_CONTAINER", "CONFIG_DIR_KEY", "CONFIG_FILE_KEY", "CONFIG_PATH_FLAG",
+           "CONFIG_PATH_VARIABLE", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET", "AgentOption",
+           "agent_config_dir_missing", "agent_config_path", "agent_directory_missing",
            "agent_file_copied", "agent_file_mounted", "agent_file_unreadable", "agent_options",
-           "option_variable", "pod_as_daemonset", "pod_node", "pods_lag"]
+           "option_variable", "pod_as_daemonset", "pod_node", "pods_lag", "runs_agent"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -41,6 +42,11 @@ DEFAULT_AGENT_FILE = "/etc/config/ip-masq-agent"
 
 CONFIG_PATH_FLAG = "--ip-masq-agent-config-path"
 """The agent's argument naming the ip-masq-agent file (``ip-masq-agent-config-path``)."""
+
+CONFIG_FILE_KEY = "config"
+"""The agent's option naming its config file (``--config``, ``CILIUM_CONFIG``): viper's
+``ReadInConfig`` reads it after the config directory and replaces what that gave
+(``cilium-config`` and the CiliumNodeConfigs laid over it)."""
 
 CONFIG_PATH_VARIABLE = "CILIUM_IP_MASQ_AGENT_CONFIG_PATH"
 """The agent's environment variable for ``ip-masq-agent-config-path`` (Cilium binds each
@@ -87,6 +93,15 @@ def _pod_and_agent(daemonset: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     agent = next((c for c in _dicts(pod.get("containers"))
                   if c.get("name") == AGENT_CONTAINER), None)
     return pod, agent
+
+
+def runs_agent(daemonset: Mapping[str, Any]) -> bool:
+    """Whether the pods of ``daemonset`` (JSON) run a ``cilium-agent`` container.
+
+    >>> runs_agent({"spec": {"template": {"spec": {"containers": [{"name": "cilium-envoy"}]}}}})
+    False
+    """
+    return _pod_and_agent(daemonset)[1] is not None
 
 
 def pods_lag(daemonset: Mapping[str, Any]) -> bool:
@@ -183,6 +198,30 @@ def option_variable(key: str) -> str:
     return "CILIUM_" + key.upper().replace("-", "_")
 
 
+# The shells a container's command may run a script with (``sh -c 'exec cilium-agent ...'``).
+_SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh", "mksh"})
+
+
+def _shell_script(argv: list[str]) -> str | None:
+    """The shell (``sh -c``, as it is named) where ``argv`` runs a shell's ``-c`` script,
+    where the agent's flags are text k3snet does not run (None: not a shell's script):
+    ``sh -c``, ``/bin/bash -ec``, ``bash --norc -o pipefail -c``, ``busybox sh -c``."""
+    index = 1 if argv and posixpath.basename(argv[0]) == "busybox" else 0
+    if index >= len(argv) or posixpath.basename(argv[index]) not in _SHELLS:
+        return None
+    position = index + 1
+    while position < len(argv):
+        arg = argv[position]
+        if arg in ("-o", "+o"):
+            position += 1  # its option name
+        elif arg == "--" or not arg.startswith(("-", "+")):
+            return None  # a script file (or nothing): not -c
+        elif not arg.startswith("--") and "c" in arg[1:]:
+            return " ".join(argv[:position + 1])
+        position += 1
+    return None
+
+
 def _flag_values(argv: list[str], keys: frozenset[str], booleans: frozenset[str]
                  ) -> tuple[dict[str, list[str]], dict[str, str]]:
     """The values of the ``--KEY`` arguments of ``argv`` as pflag reads them, each key's
@@ -228,7 +267,11 @@ def agent_options(daemonset: Mapping[str, Any], keys: Iterable[str], *,
     the kubelet sets it (its ``env``, ``$(NAME)`` references expanded). A value known only
     where the pod runs (a ``valueFrom``, an ``envFrom`` that may set it, a service's
     variable) has ``value`` ``None`` and :attr:`AgentOption.unknown` saying so. The value
-    is taken as given, spaces and all (pflag keeps them, and so does Cilium).
+    is taken as given, spaces and all (pflag keeps them, and so does Cilium). Not known
+    either: every option where the container runs a shell's script (``sh -c 'exec
+    cilium-agent ...'``: the flags are in its text), and each option no flag or variable
+    sets where the agent is given a config file (``--config``, ``CILIUM_CONFIG``), which
+    replaces its config directory (:data:`CONFIG_FILE_KEY`).
 
     >>> agent = {"name": "cilium-agent", "args": ["--enable-ip-masq-agent", "x"],
     ...          "env": [{"name": "CILIUM_ENABLE_BPF_MASQUERADE", "value": "true"}]}
@@ -246,11 +289,40 @@ def agent_options(daemonset: Mapping[str, Any], keys: Iterable[str], *,
     for name in ("command", "args"):
         value = agent.get(name)
         argv += [a for a in value if isinstance(a, str)] if isinstance(value, list) else []
-    flags, strays = _flag_values(argv, frozenset(wanted), frozenset(booleans))
-    joined = frozenset(lists)
+    shell = _shell_script(argv)
+    if shell is not None:
+        # The flags are in the script's text: the one that runs the agent is not known
+        # (nor which variables the script sets or drops), so no option is.
+        return {key: AgentOption(f"--{key}", None, (
+            f"the container runs its command through a shell ({shell} ...), whose script "
+            "k3snet does not read: the agent's flags are in it")) for key in wanted}
     # enableServiceLinks false (unset: true): the kubelet gives the pod the API server's
     # variables alone, not those of the services of its namespace.
     service_links = pod.get("enableServiceLinks") is not False
+    found = _given_options(agent, argv, wanted, booleans=frozenset(booleans),
+                           joined=frozenset(lists), service_links=service_links)
+    config = _given_options(agent, argv, (CONFIG_FILE_KEY,), booleans=frozenset(),
+                            joined=frozenset(), service_links=service_links
+                            ).get(CONFIG_FILE_KEY)
+    if config is None or config.value == "":  # empty: none (viper looks in $HOME)
+        return found
+    # viper reads the config file after the config directory, and its ReadInConfig
+    # replaces what the directory gave (cilium-config, the CiliumNodeConfigs): an option
+    # neither a flag nor a variable sets is that file's, which k3snet does not read.
+    why = (f"the agent is given the config file {config.value!r} ({config.given}), which "
+           "replaces its config directory (cilium-config) and k3snet does not read"
+           if config.value is not None else
+           f"the agent's config file ({config.given}), which replaces its config directory "
+           f"(cilium-config) where set, is not known: {config.unknown}")
+    return {key: found.get(key) or AgentOption(config.given, None, why) for key in wanted}
+
+
+def _given_options(agent: Mapping[str, Any], argv: list[str], wanted: tuple[str, ...], *,
+                   booleans: frozenset[str], joined: frozenset[str], service_links: bool
+                   ) -> dict[str, AgentOption]:
+    """The options of ``wanted`` the container ``agent`` (its ``argv``) sets by flag or
+    variable (:func:`agent_options`, but for a shell's script and a config file)."""
+    flags, strays = _flag_values(argv, frozenset(wanted), booleans)
     found: dict[str, AgentOption] = {}
     for key in wanted:
         if key in flags:
@@ -276,6 +348,29 @@ def agent_options(daemonset: Mapping[str, Any], keys: Iterable[str], *,
         if value and (named or value != reference):
             found[key] = AgentOption(f"${variable}", value)
     return found
+
+
+CONFIG_DIR_KEY = "config-dir"
+"""The agent's option naming its config directory (``--config-dir``, ``CILIUM_CONFIG_DIR``;
+Helm's ``/tmp/cilium/config-map``, which its ``config`` init container fills with
+``cilium-config`` and the CiliumNodeConfigs of the node): none given, the agent reads
+neither."""
+
+
+def agent_config_dir_missing(daemonset: Mapping[str, Any]) -> bool:
+    """Whether the ``cilium-agent`` container of ``daemonset`` is surely given no config
+    directory (:data:`CONFIG_DIR_KEY`: no flag, no variable; an empty one is none), so its
+    agent reads no ``cilium-config``; False where it has none of its own command (a
+    shell's script) or the value is known only where the pod runs.
+
+    >>> agent = {"name": "cilium-agent", "command": ["cilium-agent"], "args": ["--debug"]}
+    >>> agent_config_dir_missing({"spec": {"template": {"spec": {"containers": [agent]}}}})
+    True
+    """
+    if not runs_agent(daemonset):
+        return False
+    found = agent_options(daemonset, (CONFIG_DIR_KEY,)).get(CONFIG_DIR_KEY)
+    return found is None or found.value == ""
 
 
 def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:

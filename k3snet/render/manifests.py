@@ -652,7 +652,8 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
 
 
 # The DaemonSets and their pods of the CNI's namespace, listed (never written) to tell
-# whether the pods restarted since k3snet changed the config they read at start.
+# whether the pods restarted since k3snet changed the config they read at start (and, for
+# Cilium, which other DaemonSets run a cilium-agent, whose flags are read too).
 _RESTART_RULES: tuple[dict[str, Any], ...] = (
     {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends.cilium import CiliumBackend
+from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.converge import compile_for
 from k3snet.model.cilium import CiliumAgentOption, CiliumConfig
 from k3snet.model.state import State, object_from_dict
@@ -27,6 +28,7 @@ from tests.cluster.test_cilium_backend import (
     HELM_K3S_DATA,
     NODE_CONFIGS_V2,
     TARGET,
+    _annotations,
     _cilium_config,
     _data,
     _node_config,
@@ -288,6 +290,35 @@ def test_a_key_the_agent_s_flag_sets_is_no_disruptive_change_to_cilium_config(
     assert "routing-mode: native -> tunnel" in (backend.disruptive(change) or "")
 
 
+def test_a_change_of_keys_the_agent_s_flags_set_names_no_restart_and_leaves_no_stamp(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # k3snet wrote native routing; the agent has since been given it by flag. Giving
+    # cilium-config's values back changes nothing the agents run with (the flags win over
+    # the config directory): no restart to name, no stamp for the follow-up to wait on.
+    _setup(api_server, HELM_K3S_DATA, _daemonset())
+    native = {"routing-mode": "native", "ipv4-native-routing-cidr": "10.42.0.0/16"}
+    allowed = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=native)])))
+    stamp = _annotations(api_server)[CHANGED_ANNOTATION]
+    api_server.put(DAEMONSETS, _daemonset(
+        ["--routing-mode=native", "--ipv4-native-routing-cidr", "10.42.0.0/16"]))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0)
+    p = plan(backend.observe(), State())
+    (change,) = p.changes
+    assert backend.restart_needed(change) is None
+    backend.apply(p)
+    assert _data(api_server)["routing-mode"] == "tunnel"
+    assert _annotations(api_server).get(CHANGED_ANNOTATION) == stamp
+    # One key the flags leave to cilium-config: the restart is named again.
+    api_server.put(DAEMONSETS, _daemonset())
+    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=native)])))
+    api_server.put(DAEMONSETS, _daemonset(["--routing-mode=native"]))
+    p = plan(backend.observe(), State())
+    (change,) = p.changes
+    assert backend.restart_needed(change) == "DaemonSet kube-system/cilium"
+
+
 @pytest.mark.parametrize("key", ["force-device-detection", "enforce-device-detection"])
 def test_a_device_detection_bool_flag_pflag_refuses_stops_the_agent(
     key: str, api_server: EmulatedApiServer, backend: CiliumBackend
@@ -316,3 +347,168 @@ def test_an_env_from_that_may_set_every_variable_is_one_warning(
            "only where the pod runs" in warning
     assert "$CILIUM_ENABLE_IP_MASQ_AGENT" in warning
     assert "$CILIUM_ROUTING_MODE" in warning
+
+
+@pytest.mark.parametrize("command", [
+    ["sh", "-c"], ["/bin/bash", "-ec"], ["busybox", "sh", "-c"],
+    ["bash", "--norc", "-o", "pipefail", "-c"]])
+def test_flags_in_a_shell_s_script_are_a_warning_naming_the_daemonset_not_a_guess(
+    command: list[str], api_server: EmulatedApiServer, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # The script's text holds the flags (and may set or drop variables): no option is
+    # known, not even the variable beside it, which a flag in the script would override.
+    ds = _daemonset(env=[{"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "value": "false"}])
+    agent = ds["spec"]["template"]["spec"]["containers"][0]
+    agent["command"] = command
+    agent["args"] = ["exec cilium-agent --config-dir=/tmp/cilium/config-map "
+                     "--enable-ip-masq-agent=true"]
+    _setup(api_server, EBPF, ds)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.agent_options == ()
+    assert any(r.getMessage().startswith(
+        "cilium: the cilium-agent container of DaemonSet kube-system/cilium: the container "
+        f"runs its command through a shell ({' '.join(command)} ...), whose script k3snet "
+        "does not read") for r in caplog.records)
+
+
+def test_a_shell_running_a_script_file_is_read_as_its_arguments(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `sh FILE ARGS` runs no -c script: not said (the variable is read as before).
+    ds = _daemonset(env=[{"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "value": "true"}])
+    ds["spec"]["template"]["spec"]["containers"][0]["command"] = ["sh", "/start.sh"]
+    _setup(api_server, EBPF, ds)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.flag("enable-ip-masq-agent")
+    assert not any("through a shell" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("container", "given"), [
+    ({"args": ["--config=/etc/cilium/agent.yaml"]}, "--config"),
+    ({"args": ["--config", "/etc/cilium/agent.yaml"]}, "--config"),
+    ({"env": [{"name": "CILIUM_CONFIG", "value": "/etc/cilium/agent.yaml"}]}, "$CILIUM_CONFIG")])
+def test_a_config_file_replacing_cilium_config_is_a_warning_and_flags_still_count(
+    container: dict[str, Any], given: str,
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    args, env = container.get("args", []), container.get("env")
+    # Cilium reads its config file after the config directory, and viper's ReadInConfig
+    # replaces what the directory gave: cilium-config's keys are not what the agent reads,
+    # but for those a flag or variable sets, which win over both.
+    _setup(api_server, EBPF, _daemonset([*args, "--enable-bpf-masquerade"], env=env))
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.agent_options == (
+        CiliumAgentOption("enable-bpf-masquerade", "true", "--enable-bpf-masquerade"),)
+    (warning,) = [r.getMessage() for r in caplog.records if "config file" in r.getMessage()]
+    assert warning.startswith(
+        "cilium: the cilium-agent container of DaemonSet kube-system/cilium: the agent is "
+        f"given the config file '/etc/cilium/agent.yaml' ({given}), which replaces its config "
+        "directory (cilium-config) and k3snet does not read")
+    assert "enable-ip-masq-agent" in warning
+    assert "enable-bpf-masquerade," not in warning
+
+
+def test_an_empty_config_file_option_is_none(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    _setup(api_server, EBPF, _daemonset(["--config="]))
+    with caplog.at_level(logging.WARNING):
+        _foreign(backend)
+    assert not any("config file" in r.getMessage() for r in caplog.records)
+
+
+def _second(args: list[str]) -> dict[str, Any]:
+    """A second agent DaemonSet (a copy of Helm's for the nodes labelled pool=gpu), its
+    agent container given ``args`` more."""
+    ds = _daemonset(args)
+    ds["metadata"]["name"] = "cilium-gpu"
+    ds["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "gpu"}
+    return ds
+
+
+def test_a_second_agent_daemonset_s_flags_are_read_and_a_key_they_differ_on_is_said(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The agents of cilium-gpu's nodes run with cilium-config's enable-ip-masq-agent, not
+    # with the --enable-ip-masq-agent of cilium's: not laid over every node.
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent", "--routing-mode=native"]))
+    api_server.put(DAEMONSETS, _second(["--routing-mode=native"]))
+    envoy = _daemonset(["--enable-ip-masq-agent=false"])
+    envoy["metadata"]["name"] = "cilium-envoy"
+    envoy["spec"]["template"]["spec"]["containers"][0]["name"] = "cilium-envoy"
+    api_server.put(DAEMONSETS, envoy)  # runs no cilium-agent: not read
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.agent_options == (
+        CiliumAgentOption("routing-mode", "native", "--routing-mode"),)
+    assert not foreign.flag("enable-ip-masq-agent")
+    (warning,) = [r.getMessage() for r in caplog.records if "cilium-gpu" in r.getMessage()]
+    assert warning.startswith(
+        "cilium: the DaemonSets cilium, cilium-gpu of kube-system each run a cilium-agent "
+        "container, and set otherwise enable-ip-masq-agent (cilium: "
+        "--enable-ip-masq-agent=true, cilium-gpu: not set): the agents of each one's nodes "
+        "run with its own")
+    assert "cilium-envoy" not in warning
+    # listed each pass from the API server's watch cache, as the Nodes are
+    assert {params.get("resourceVersion") for (m, p, _), params in zip(
+        api_server.requests(), api_server.params(), strict=True)
+        if m == "GET" and p.split("?")[0].endswith("/daemonsets")} == {"0"}
+    # A cilium-config change awaits both DaemonSets' restart.
+    (change,) = plan(backend.observe(), State(owned=[CiliumConfig(
+        TARGET, settings={"enable-ipv4-masquerade": "false"})])).changes
+    assert backend.restart_needed(change) == (
+        "DaemonSet kube-system/cilium", "DaemonSet kube-system/cilium-gpu")
+
+
+def test_agent_daemonsets_setting_a_key_alike_lay_it_over_cilium_config(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent"]))
+    api_server.put(DAEMONSETS, _second(["--enable-ip-masq-agent=true"]))
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.agent_options == (
+        CiliumAgentOption("enable-ip-masq-agent", "true", "--enable-ip-masq-agent"),)
+    assert not any("cilium-gpu" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("status", [403, 500])
+def test_agent_daemonsets_not_to_be_listed_leave_the_named_one_s_flags_and_a_warning(
+    status: int, api_server: EmulatedApiServer, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Role of an earlier k3snet (no list on daemonsets), or a failed list: as before.
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent"]))
+    api_server.put(DAEMONSETS, _second([]))
+    api_server.fail(status, method="GET", plural="daemonsets", param="limit", times=None)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.flag("enable-ip-masq-agent")
+    assert any("only DaemonSet kube-system/cilium's cilium-agent container is read"
+               in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("args", [[], ["--config-dir="]])
+def test_an_agent_given_no_config_directory_is_a_warning_naming_the_daemonset(
+    args: list[str], api_server: EmulatedApiServer, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without --config-dir the agent reads no cilium-config at all (Helm gives it
+    # /tmp/cilium/config-map); given one, nothing is said.
+    ds = _daemonset()
+    ds["spec"]["template"]["spec"]["containers"][0]["args"] = args
+    _setup(api_server, EBPF, ds)
+    with caplog.at_level(logging.WARNING):
+        _foreign(backend)
+    assert any(r.getMessage().startswith(
+        "cilium: the cilium-agent container of DaemonSet kube-system/cilium is given no "
+        "config directory") for r in caplog.records)
+    caplog.clear()
+    api_server.put(DAEMONSETS, _daemonset())
+    with caplog.at_level(logging.WARNING):
+        _foreign(backend)
+    assert not any("config directory" in r.getMessage() for r in caplog.records)

@@ -400,8 +400,12 @@ def test_once_every_pod_was_made_since_the_stamp_no_pod_is_listed_again(
 
 
 def _lists(api_server: EmulatedApiServer, since: int) -> list[str]:
-    """The DaemonSets and Pods lists asked for since request ``since``."""
-    paths = [p.split("?")[0] for m, p, _ in api_server.requests()[since:] if m == "GET"]
+    """The DaemonSets and Pods lists asked for from etcd since request ``since`` (not those
+    from the watch cache, ``resourceVersion=0``: the cilium backend's list of the agent
+    DaemonSets, each pass)."""
+    paths = [p.split("?")[0] for (m, p, _), params in zip(
+        api_server.requests()[since:], api_server.params()[since:], strict=True)
+        if m == "GET" and params.get("resourceVersion") != "0"]
     return [p.rsplit("/", 1)[1] for p in paths if p.endswith(("/pods", "/daemonsets"))]
 
 
