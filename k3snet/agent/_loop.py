@@ -912,6 +912,12 @@ class Agent:
                 whole = False
                 continue
             digest.update(b"\0" + os.fsencode(path) + b"\0" + taken.encode())
+            if (unsettled := self._imported[path].taken_unsettled_as) is not None:
+                # Taken as it is at the settle limit, and read again by loading, which may
+                # have read another text (cut mid-way): keyed apart, judged again once it
+                # settles (else a cut list stayed in force, or the spec refused, while the
+                # file settled at the text taken) and at the next limit.
+                digest.update(b"\0unsettled\0" + repr(unsettled).encode())
         return digest.hexdigest() if whole else None
 
     def _settled_import(self, path: str) -> SettledFile:

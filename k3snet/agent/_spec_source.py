@@ -292,6 +292,13 @@ class SettledFile:
                                   "file, being written, to settle")
             self._sleep(pause)  # nothing taken yet: wait (settle_limit at most)
 
+    @property
+    def taken_unsettled_as(self) -> tuple[int, ...] | None:
+        """The file's signature when what was last taken was taken unsettled, at
+        ``settle_limit`` (None: taken settled, or nothing taken): one that reads it again
+        (loading a spec) may read another text, cut mid-way."""
+        return self._taken_as if self.taken_unsettled and self._taken is not None else None
+
     def unchanged(self) -> bool:
         """Whether the file is still the one (inode, size, times) whose text was taken:
         what read it again meanwhile read that text."""

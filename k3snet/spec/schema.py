@@ -66,6 +66,7 @@ from k3snet.spec.model import (
     spec_interface_name,
 )
 from k3snet.spec.validators import (
+    NO_FINAL_NEWLINE,
     Check,
     int_in,
     matches,
@@ -153,10 +154,13 @@ def _ifname(value: Any) -> Any:
     return spec_interface_name(value)
 
 
-# What spec_interface_name takes: its characters, not ".", "..", "+", "all", "default"
-# nor "@...".
+# What spec_interface_name takes: its characters, not "@..." (the pattern), not ".",
+# "..", "+", "all", "default" nor a name ending in a newline (Python's "$" matches before
+# one: jsonschema took "eth0\n"). No lookahead, which Go's RE2 (kubeconform) cannot compile.
 with_schema(_ifname, {"type": "string",
-                      "pattern": "^(?![.][.]?$|[+]$|all$|default$|@)[A-Za-z0-9_.@+\\-]{1,15}$",
+                      "pattern": "^[A-Za-z0-9_.+\\-][A-Za-z0-9_.@+\\-]{0,14}$",
+                      "not": {"anyOf": [{"enum": [".", "..", "+", "all", "default"]},
+                                        NO_FINAL_NEWLINE]},
                       "description": "an interface name (at most 15 characters)"})
 
 

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 from k3snet.spec.blockstyle import YAML_BOOLS
 
-__all__ = ["Check", "int_in", "integer", "matches", "one_of", "optional", "schema_of",
-           "with_schema"]
+__all__ = ["NO_FINAL_NEWLINE", "Check", "int_in", "integer", "matches", "one_of", "optional",
+           "schema_of", "with_schema"]
 
 Check = Callable[[Any], "str | None"]
 """``value -> problem message``, or ``None`` when the value passes."""
@@ -131,8 +131,17 @@ def one_of(*choices: Any, message: str | None = None) -> Check:
     return with_schema(check, {"enum": list(choices)})
 
 
+NO_FINAL_NEWLINE: Mapping[str, Any] = {"type": "string", "pattern": "\\n$"}
+"""The JSON Schema of a text ending in a newline, which a string schema refuses
+(``"not"``) when its ``^...$`` pattern takes none: Python's ``$`` (jsonschema's) matches
+before a final newline, ECMA 262's and RE2's do not, and a lookahead is no RE2. A string
+(``"type"``): a pattern holds for any other value, and ``null`` was refused."""
+
+
 def matches(pattern: str, message: str) -> Check:
-    """A string matching ``pattern`` in full; ``message`` is a template with ``{value}``."""
+    """A string matching ``pattern`` in full; ``message`` is a template with ``{value}``.
+    ``pattern`` takes no text ending in a newline: the schema refuses one in every JSON
+    Schema validator (:data:`NO_FINAL_NEWLINE`)."""
     compiled = re.compile(pattern)
 
     def check(value: Any) -> str | None:
@@ -140,7 +149,8 @@ def matches(pattern: str, message: str) -> Check:
             return None
         return message.format(value=value)
 
-    return with_schema(check, {"type": "string", "pattern": f"^(?:{pattern})$"})
+    return with_schema(check, {"type": "string", "pattern": f"^(?:{pattern})$",
+                               "not": NO_FINAL_NEWLINE})
 
 
 def optional(check: Check) -> Check:

@@ -558,3 +558,35 @@ def test_an_imported_file_still_changing_at_the_settle_limit_is_taken_as_the_log
     assert "taken as it is" in caplog.text
     assert node.agent.generation == 2
     assert node.exempted() == "10.0.0.0/8,169.254.0.0/16,172.16.0.0/12,192.168.0.0/16"
+
+
+@pytest.mark.parametrize("cut", ["nonMasqueradeCIDRs:\n  - 10.0.0.0/8\n",  # a shorter list
+                                 "nonMasqueradeCIDRs:\n  - 10.0"])  # no CIDR: refused
+def test_an_import_taken_unsettled_then_read_cut_is_judged_again_once_it_settles(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str) -> None:
+    # Taken as it is at the settle limit, the import is read again as the spec loads: a
+    # writer rewriting it (cp in a loop, the same text each time) had it cut mid-way then.
+    # Keyed by the text taken at the limit, what loading read went in force (or was
+    # refused) under that key, and the file settling at that very text changed no key:
+    # the cut list stayed in force, or the good spec refused, until the file changed.
+    node = ImportingNode(tmp_path, settle=SPEC_SETTLE, settle_limit=0.0)
+    assert node.agent.run_pass().status == "ok"
+    whole = IMPORTED + "  - 192.168.0.0/16\n"
+    real = read_text
+
+    def cut_while_loading(file: str | Path) -> str:
+        if Path(file) != node.imported:
+            return real(file)
+        node.imported.write_text(cut)  # truncated and half written as loading reads it
+        try:
+            return real(file)
+        finally:
+            node.imported.write_text(whole)  # and whole again just after
+
+    monkeypatch.setattr("k3snet.spec.ipmasq.read_text", cut_while_loading)
+    node.imported.write_text(whole)  # just now: not settled, taken at the limit (0 s)
+    node.agent.run_pass()
+    monkeypatch.setattr("k3snet.spec.ipmasq.read_text", real)
+    _old(node.imported, whole)  # the writer is done: settled, the text taken at the limit
+    assert node.agent.run_pass().status == "ok"
+    assert node.exempted() == "10.0.0.0/8,169.254.0.0/16,172.16.0.0/12,192.168.0.0/16"
