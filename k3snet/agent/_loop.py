@@ -59,6 +59,7 @@ from k3snet.agent._report import NodeReport, NodeReporter
 from k3snet.agent._spec_source import SPEC_SETTLE, SPEC_SETTLE_LIMIT, SettledFile, SpecSource
 from k3snet.backends.base import PendingRestart
 from k3snet.backends.group import BackendGroup, Member
+from k3snet.backends.kit import longest_step
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
 from k3snet.converge import converge, destroy, pending_restarts
 from k3snet.errors import (
@@ -201,8 +202,11 @@ def termination_grace_problem(value: float) -> str | None:
 
 def grace_shortfalls(grace: float, group: BackendGroup) -> list[str]:
     """What a member's longest bounded step would cut after SIGTERM, in a grace period of
-    ``grace`` seconds: the step (``longest_step``: the iptables backend's ``timeout``, after
-    which a restore run is killed), its undo as long, then :data:`CLEANUP_MARGIN`.
+    ``grace`` seconds: the step (its optional ``longest_step``,
+    :func:`~k3snet.backends.kit.longest_step`: the iptables backend's ``timeout``, after
+    which a restore run is killed), its undo as long, then :data:`CLEANUP_MARGIN`. A
+    ``longest_step`` that is no number of seconds raises
+    :class:`~k3snet.errors.BackendError`.
 
     SIGTERM never cuts the pass in progress: the DaemonSet's 70 s hold one restore killed
     at its 30 s bound, its undo and the margin. An iptables ``timeout`` raised above that
@@ -210,8 +214,8 @@ def grace_shortfalls(grace: float, group: BackendGroup) -> list[str]:
     nothing told the operator."""
     shortfalls = []
     for member in group.members:
-        step = getattr(member.backend, "longest_step", None)
-        if not isinstance(step, int | float) or isinstance(step, bool):
+        step = longest_step(member.backend)
+        if step is None:
             continue
         needed = 2 * step + CLEANUP_MARGIN
         if needed >= grace:
@@ -1083,11 +1087,18 @@ class Agent:
         The agent said none: with ``--backend nftables`` alone its routes were in no
         plan, every pass "in sync", and nothing told the operator that no route was
         ever made."""
-        warnings = list(grace_shortfalls(self.options.termination_grace, group))
+        # A warning must not fail the pass (a backend's longest_step that is no number
+        # failed the first pass of every spec), nor one that cannot be said hide another.
+        warnings: list[str] = []
+        try:
+            warnings += grace_shortfalls(self.options.termination_grace, group)
+        except K3snetError as exc:
+            _log.debug("cannot hold the backends' steps against the grace period: %s",
+                       _one_line(exc))
         try:
             if self._spec_warnings is not None:
                 warnings += self._spec_warnings(spec, group)
-        except K3snetError as exc:  # a warning must not fail the pass
+        except K3snetError as exc:
             _log.debug("cannot say the spec's warnings: %s", _one_line(exc))
         for warning in warnings:
             _log.warning("spec generation %d: %s", self.generation, warning)

@@ -99,6 +99,7 @@ __all__ = [
     "fit_problems",
     "gc_paused",
     "held_after_commit",
+    "longest_step",
     "option_flag",
     "option_path",
     "option_seconds",
@@ -1042,6 +1043,27 @@ def backend_warnings(backend: object) -> tuple[str, ...]:
             f"{name}.warnings is {type(found).__name__} {found!r}, not a sequence of texts "
             "(a property or attribute: docs/custom-backend.md)")
     return tuple(str(w) for w in found)
+
+
+def longest_step(backend: object) -> float | None:
+    """``backend``'s optional ``longest_step``: the seconds the longest bounded step of its
+    apply may take (a tool run killed after its timeout: the iptables backend's
+    ``timeout``), which the agent holds, with an undo as long, against the pod's grace
+    period (:func:`~k3snet.agent.grace_shortfalls`); ``None`` without one.
+
+    Anything but a number of seconds above 0 (a flag, text, NaN) is a
+    :class:`~k3snet.errors.BackendError` naming the backend, as a ``warnings`` that is no
+    sequence is (:func:`backend_warnings`): skipped, the bound said nothing.
+    """
+    found = getattr(backend, "longest_step", None)
+    if found is None:
+        return None
+    if isinstance(found, bool) or not isinstance(found, int | float) or not found > 0:
+        name = getattr(backend, "name", "") or type(backend).__name__
+        raise BackendError(
+            f"{name}.longest_step is {type(found).__name__} {found!r}, not a number of "
+            "seconds above 0 (an attribute or property: docs/custom-backend.md)")
+    return float(found)
 
 
 # ---------------------------------------------------------------- the base class

@@ -17,9 +17,10 @@ from k3snet.agent import CLEANUP_MARGIN, Agent, AgentOptions, FileSpecSource, gr
 from k3snet.agent._main import _agent_options
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.kit import longest_step
 from k3snet.backends.memory import MemoryBackend
 from k3snet.cli import build_parser
-from k3snet.errors import ModelError
+from k3snet.errors import BackendError, ModelError
 from k3snet.kube import ASSUMED_TERMINATION_GRACE, TERMINATION_GRACE
 
 from .desired import COMPILED
@@ -151,3 +152,46 @@ def test_the_iptables_backend_s_timeout_is_its_longest_step_against_the_daemonse
     shortfalls = grace_shortfalls(TERMINATION_GRACE, BackendGroup([IptablesBackend(
         timeout=timeout)]))
     assert bool(shortfalls) == warned, shortfalls
+
+
+class _StepOf(MemoryBackend):
+    """A third-party backend whose ``longest_step`` is ``step`` (or raises it)."""
+
+    def __init__(self, step: object) -> None:
+        super().__init__()
+        self._step = step
+
+    @property
+    def longest_step(self) -> object:
+        if isinstance(self._step, Exception):
+            raise self._step
+        return self._step
+
+
+@pytest.mark.parametrize("step", ["40", float("nan"), True, 0, -1.0,
+                                  BackendError("its kernel connection is closed")])
+def test_a_backend_s_longest_step_that_is_no_number_of_seconds_fails_no_pass(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, step: object) -> None:
+    """The bound is an optional attribute of the backend protocol; one that is no number
+    of seconds (text, NaN, a flag) or cannot be read is said at debug level: it failed the
+    first pass of every spec (raised outside the spec warnings' guard), or was skipped
+    without a word, while the spec's own warnings are still said."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                    "destinations:\n  - cidr: 192.168.2.0/24\n")
+    agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([_StepOf(step)]), COMPILED,
+                  AgentOptions("node-a", termination_grace=TERMINATION_GRACE),
+                  spec_warnings=lambda spec, group: ["the spec's own"])
+    with caplog.at_level(logging.DEBUG, logger="k3snet.agent"):
+        assert agent.run_pass().status == "ok"
+    agent.shutdown()
+    said = [r.getMessage() for r in caplog.records]
+    assert "spec generation 1: the spec's own" in said
+    assert any("cannot hold the backends' steps against the grace period: memory."
+               "longest_step" in m or "its kernel connection is closed" in m for m in said)
+
+
+@pytest.mark.parametrize(("step", "read"), [(None, None), (40, 40.0), (2.5, 2.5)])
+def test_the_kit_reads_a_backend_s_longest_step_as_seconds(step: object, read: object) -> None:
+    assert longest_step(_StepOf(step)) == read
+    assert longest_step(object()) is None

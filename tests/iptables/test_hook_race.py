@@ -204,3 +204,56 @@ def test_ctrl_c_as_a_jump_is_moved_takes_the_table_back_reading_the_jump_where_i
     assert undone[0][0] == undone[0][1]
     assert _forward(ns, mode) == ["-A FORWARD -s 10.99.0.0/16 -j ACCEPT", "-A FORWARD -j DROP"]
     assert "K3SNET" not in run_in(ns, [f"{tool}-save"]).stdout
+
+
+class _Stuck(RestoreProcess):
+    """A restore run that never reads its input (stuck on the xtables lock), and two
+    SIGINTs as k3snet waits for it: the first waits for the end of the block it commits
+    in, the second cuts the wait."""
+
+    def _reap(self) -> tuple[int, str]:
+        main = threading.main_thread().ident or 0
+        signal.pthread_kill(main, signal.SIGINT)
+        signal.pthread_kill(main, signal.SIGINT)
+        return super()._reap()
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_second_ctrl_c_as_a_jump_is_moved_ends_the_restore_run_it_cuts(
+        ns: str, mode: str, ctrl_c: None) -> None:
+    """Ctrl-C twice while the restore moving the jump runs (the second one cuts the wait
+    at once): that run was left running, not killed, to commit the move whenever it got
+    the xtables lock, after the undo and k3snet's exit. It ends with the apply, which
+    takes the table back."""
+    tool = f"iptables-{mode}"
+    for rule in (FOREIGN, ["-s", "10.99.0.0/16", "-j", "ACCEPT"], ["-j", "DROP"]):
+        run_in(ns, [tool, "-A", "FORWARD", *rule])
+    runs: list[_Stuck] = []
+
+    class StuckMove(Racing):
+        writes = 0
+
+        def restore(self, family: int, mode: Flavour, *, test: bool = False) -> RestoreProcess:
+            if family == 4 and not test:
+                self.writes += 1
+                if self.writes == 2:  # after the apply's own run: the move's
+                    stuck = _Stuck(self, self.argv(["sleep", "infinity"]), tool="sleep")
+                    runs.append(stuck)
+                    return stuck
+            return super().restore(family, mode, test=test)
+
+    kernel = StuckMove(ns, mode, ["-D", "FORWARD", *FOREIGN])
+    try:
+        with IptablesBackend(ns, mode=mode, kernel=kernel) as backend:  # type: ignore[arg-type]
+            p = plan(backend.observe(), DESIRED)
+            with pytest.raises(KeyboardInterrupt) as raised:
+                backend.apply(p)
+        assert "a second SIGINT cut k3snet" in "".join(raised.value.__notes__)
+        assert len(runs) == 1
+        assert runs[0]._process.poll() is not None
+    finally:
+        for run in runs:
+            run._kill()
+    assert _forward(ns, mode) == ["-A FORWARD -s 10.99.0.0/16 -j ACCEPT", "-A FORWARD -j DROP"]
+    assert "K3SNET" not in run_in(ns, [f"{tool}-save"]).stdout

@@ -531,6 +531,13 @@ class RestoreProcess:
         except BackendError as exc:  # killed after the timeout: how far it got is unknown
             raise RunFailedError(str(exc), None,
                                  committed=None if self._commits else ()) from exc
+        except BaseException:
+            # Interrupted (a second Ctrl-C after the commit, which held_after_commit passes
+            # on at once; one in an undo): the run is given up, killed. Left running, a
+            # restore stuck on the xtables lock committed once it got it, after k3snet had
+            # said what stays and exited, or had its undo wait behind it.
+            self._kill()
+            raise
         if returncode != 0:
             raise self._refusal(returncode, stderr)
 
