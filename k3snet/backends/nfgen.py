@@ -20,7 +20,7 @@ import os
 import re
 import socket
 import struct
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
@@ -142,6 +142,14 @@ _DREG: dict[bytes, int] = {
 # Of those, the ones whose result is derived from a register they read (NFTA_*_SREG, 1):
 # a string's register read so leaves a string's derivative in the one written.
 _DERIVED = frozenset({b"bitwise", b"byteorder"})
+# A bitwise's mask and xor (NFTA_BITWISE_MASK, NFTA_BITWISE_XOR): libnftables prints
+# each of a string's (but a mask of all ones or a zero xor, left out) as that string.
+_NFTA_BITWISE_MASK = 4
+_NFTA_BITWISE_XOR = 5
+# Expressions after a string's test that the fast path of _rule_utf8 does not follow:
+# one deriving a register from the string's, and xtables' match and target, whose data
+# (kept as written, 256 bytes of -m comment's) may hold the bytes of a load.
+_UNFOLLOWED = re.compile(b"bitwise\0|byteorder\0|match\0|target\0")
 _NFTA_RANGE_SREG = 1
 _NFTA_RANGE_FROM_DATA = 3
 _NFTA_RANGE_TO_DATA = 4
@@ -712,8 +720,10 @@ def _rule_utf8(message: bytes) -> bool:
     followed by its ``cmp``, as the kernel writes them, is read from the bytes at once
     (:data:`_META_CMP`), with what writes its register next (:data:`_WRITES`: nft's next
     load, right after): each ``cmp`` of that register before then compares the string
-    too (:data:`_CMPS`). A rule with any other load of a string, a ``range``, or such a
-    later ``cmp`` with bytes that are not UTF-8, is decoded."""
+    too (:data:`_CMPS`). A rule with any other load of a string, a ``range``, such a
+    later ``cmp`` with bytes that are not UTF-8, or one of :data:`_UNFOLLOWED` before
+    the register's next load (a ``bitwise`` of it, an xtables match whose data may look
+    like a load), is decoded."""
     loads = len(_STRING_LOADS.findall(message))
     if not loads:
         return True
@@ -736,6 +746,8 @@ def _rule_utf8(message: bytes) -> bool:
             if _register(write.group(write.lastindex or 0)) == register:
                 written = write.start()
                 break
+        if _UNFOLLOWED.search(message, test.end(), written):
+            return _rule_strings_utf8(_attributes(message, 20).get(_NFTA_RULE_EXPRESSIONS, b""))
         for other in _CMPS.finditer(message, test.end(), written):
             end = other.end()
             value = message[end:end + struct.unpack("=H", other.group(2))[0] - 4]
@@ -745,6 +757,17 @@ def _rule_utf8(message: bytes) -> bool:
                 return _rule_strings_utf8(
                     _attributes(message, 20).get(_NFTA_RULE_EXPRESSIONS, b""))
     return True
+
+
+def _bitwise_utf8(data: Mapping[int, bytes]) -> bool:
+    """Whether a ``bitwise`` of a string (its expression's decoded ``data``) has a mask
+    and an xor that libnftables prints as UTF-8: each not UTF-8 is printed as the
+    string's type (a mask of all ones is left out, as a zero xor is) and aborts the
+    listing."""
+    mask, xor = (_attributes(data.get(kind, b""), 0).get(_NFTA_DATA_VALUE, b"")
+                 for kind in (_NFTA_BITWISE_MASK, _NFTA_BITWISE_XOR))
+    return ((mask.count(0xFF) == len(mask) or _utf8(mask.rstrip(b"\0")))
+            and _utf8(xor.rstrip(b"\0")))
 
 
 def _compared(message: bytes, test: re.Match[bytes], group: int) -> bytes:
@@ -764,8 +787,10 @@ def _rule_strings_utf8(expressions: bytes) -> bool:
     there, however many expressions came in between (a counter, a load into another
     register, another ``cmp``: raw netlink writes such rules, nft does not): each
     register a string was loaded into stays one until an expression of :data:`_DREG`
-    writes it. Each expression's name is read first (the kernel writes it first); only
-    the loads of strings, the writers of such a register and the tests are decoded."""
+    writes it; a ``bitwise`` of one prints its mask and xor as that string's
+    (:func:`_bitwise_utf8`). Each expression's name is read first (the kernel writes it
+    first); only the loads of strings, the writers of such a register and the tests are
+    decoded."""
     strings: set[int] = set()  # the registers holding a string (or a derivative of one)
     offset = 0
     while offset + 8 <= len(expressions):
@@ -798,6 +823,8 @@ def _rule_strings_utf8(expressions: bytes) -> bool:
         written = _register(dreg)
         sreg = data.get(1, b"")
         if loads or (name in _DERIVED and len(sreg) >= 4 and _register(sreg) in strings):
+            if name == b"bitwise" and not _bitwise_utf8(data):
+                return False
             strings.add(written)
         else:
             strings.discard(written)

@@ -294,7 +294,12 @@ def iifname(dreg):  # meta load of NFT_META_IIFNAME (6)
     return expr(b"meta", attr(2, u32(6)) + attr(1, u32(dreg)))
 def cmp(sreg, value):  # NFT_CMP_EQ
     return expr(b"cmp", attr(1, u32(sreg)) + attr(2, u32(0)) + attr(3, attr(1, value), True))
+def bitwise(sreg, dreg, mask, xor):  # NFT_BITWISE_BOOL of 16 bytes
+    return expr(b"bitwise", attr(1, u32(sreg)) + attr(2, u32(dreg)) + attr(3, u32(16))
+                + attr(4, attr(1, mask), True) + attr(5, attr(1, xor), True))
 counter = expr(b"counter", attr(1, bytes(8)) + attr(2, bytes(8)))
+looks_like_a_load = (struct.pack("=HHH", 1, 14, 1) + b"immediate\0\0\0"
+                     + struct.pack("=HHHH", 12, 2, 8, 1) + u32(1))
 rules = {
     "a counter in between": [iifname(1), counter, cmp(1, BAD)],
     "a load into another register": [iifname(1), expr(b"meta", attr(2, u32(3)) + attr(1, u32(2))),
@@ -304,13 +309,27 @@ rules = {
     "an immediate into another register": [
         iifname(1), expr(b"immediate", attr(1, u32(2)) + attr(2, attr(1, u32(7)), True)),
         cmp(1, BAD)],
-    "a test, then a mask": [iifname(1), cmp(1, b"eth0\0"), expr(
-        b"bitwise", attr(1, u32(1)) + attr(2, u32(1)) + attr(3, u32(16))
-        + attr(4, attr(1, b"\xff" * 16), True) + attr(5, attr(1, bytes(16)), True)),
-        cmp(1, BAD + bytes(10))],
+    "a test, then a mask": [iifname(1), cmp(1, b"eth0\0"),
+                            bitwise(1, 1, b"\xff" * 16, bytes(16)), cmp(1, BAD + bytes(10))],
     "a range": [iifname(1), expr(b"range", attr(1, u32(1)) + attr(2, u32(0))
                                  + attr(3, attr(1, b"a\xff\0"), True)
                                  + attr(4, attr(1, b"b\xff\0"), True))],
+    # A mask of the name into another register, that register tested.
+    "a test, then a mask into another register": [
+        iifname(1), cmp(1, b"eth0\0"), bitwise(1, 2, b"\xff" * 16, bytes(16)),
+        cmp(2, BAD + bytes(10))],
+    # libnftables prints a mask or xor of a string (one not all ones) as the string's.
+    "a mask not UTF-8": [iifname(1), bitwise(1, 1, BAD + bytes(10), bytes(16)),
+                         cmp(1, b"eth0" + bytes(12))],
+    "a test, then an xor not UTF-8": [
+        iifname(1), cmp(1, b"eth0\0"), bitwise(1, 1, b"\xff" * 16, BAD + bytes(10)),
+        cmp(1, b"eth0" + bytes(12))],
+    # An xtables match whose data hold the bytes of a load of the name's register (256
+    # bytes of -m comment's, as the kernel keeps them): no load to libnftables.
+    "a match holding a load's bytes": [
+        iifname(1), cmp(1, b"eth0\0"), expr(b"match", attr(1, b"comment\0") + attr(2, u32(0))
+                                           + attr(3, looks_like_a_load.ljust(256, b"\0"))),
+        cmp(1, BAD)],
     # ip saddr 10.255.254.1 loaded over the name: no string compared.
     "the register written again": [
         iifname(1), expr(b"payload", attr(1, u32(1)) + attr(2, u32(1)) + attr(3, u32(12))
@@ -332,7 +351,10 @@ if struct.unpack_from("=H", answer, 4)[0] == 2 and struct.unpack_from("=i", answ
 @pytest.mark.parametrize("between", ["a counter in between", "a load into another register",
                                      "a test before", "32-bit registers",
                                      "an immediate into another register",
-                                     "a test, then a mask", "a range"])
+                                     "a test, then a mask", "a range",
+                                     "a test, then a mask into another register",
+                                     "a mask not UTF-8", "a test, then an xor not UTF-8",
+                                     "a match holding a load's bytes"])
 def test_a_string_test_apart_from_its_load_is_found_as_libnftables_reads_it(
         ns: str, between: str) -> None:
     # libnftables reads a test of a register as one of what was last loaded there,
