@@ -95,13 +95,39 @@ def _pod_and_agent(daemonset: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     return pod, agent
 
 
+# The agent's program, as a command names it (``cilium-agent``, ``/usr/bin/cilium-agent``).
+_AGENT_PROGRAM = "cilium-agent"
+
+
+def _argv(agent: Mapping[str, Any]) -> list[str]:
+    """The container ``agent``'s ``command`` and ``args``, as text."""
+    argv: list[str] = []
+    for name in ("command", "args"):
+        value = agent.get(name)
+        argv += [a for a in value if isinstance(a, str)] if isinstance(value, list) else []
+    return argv
+
+
 def runs_agent(daemonset: Mapping[str, Any]) -> bool:
-    """Whether the pods of ``daemonset`` (JSON) run a ``cilium-agent`` container.
+    """Whether the pods of ``daemonset`` (JSON) run Cilium's agent: a ``cilium-agent``
+    container whose command, where it has one, names ``cilium-agent`` (its program, a
+    wrapper's argument, a shell's script). One running another program runs none: a debug
+    copy's ``sleep``, Helm's ``sleepAfterInit`` loop (``/bin/bash -c -- 'while true; do
+    sleep 30; done'``). Without a command, the image's entrypoint runs: taken as the agent.
 
     >>> runs_agent({"spec": {"template": {"spec": {"containers": [{"name": "cilium-envoy"}]}}}})
     False
+    >>> debug = {"name": "cilium-agent", "command": ["sleep"], "args": ["infinity"]}
+    >>> runs_agent({"spec": {"template": {"spec": {"containers": [debug]}}}})
+    False
     """
-    return _pod_and_agent(daemonset)[1] is not None
+    agent = _pod_and_agent(daemonset)[1]
+    if agent is None:
+        return False
+    command = agent.get("command")
+    if not isinstance(command, list) or not command:  # the image's entrypoint
+        return True
+    return any(_AGENT_PROGRAM in a for a in _argv(agent))
 
 
 def pods_lag(daemonset: Mapping[str, Any]) -> bool:
@@ -285,10 +311,7 @@ def agent_options(daemonset: Mapping[str, Any], keys: Iterable[str], *,
     if agent is None:
         return {}
     wanted = tuple(dict.fromkeys(keys))
-    argv: list[str] = []
-    for name in ("command", "args"):
-        value = agent.get(name)
-        argv += [a for a in value if isinstance(a, str)] if isinstance(value, list) else []
+    argv = _argv(agent)
     shell = _shell_script(argv)
     if shell is not None:
         # The flags are in the script's text: the one that runs the agent is not known
