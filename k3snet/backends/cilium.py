@@ -111,6 +111,7 @@ from k3snet.backends.cilium_mount import (
     pod_node,
     pods_lag,
     runs_agent,
+    runs_nowhere,
 )
 from k3snet.backends.cni_restart import (
     CHANGED_ANNOTATION,
@@ -764,8 +765,9 @@ class _Api:
 
     def agent_daemonsets(self, known: str) -> list[tuple[str, dict[str, Any]]]:
         """The DaemonSets of the namespace but ``known`` whose pod template runs a
-        ``cilium-agent`` container (JSON), by name, listed from the API server's watch
-        cache (:data:`~k3snet.kube.LIST_PAGE` a request); none where they are not to be listed
+        ``cilium-agent`` container (JSON), but those running on no node now, by name,
+        listed from the API server's watch cache (:data:`~k3snet.kube.LIST_PAGE` a
+        request); none where they are not to be listed
         (403, an earlier Role) or the list fails (a warning), or not served (404)."""
         apps = self.client.AppsV1Api(self.core.api_client)
         what = f"list DaemonSets in {self.namespace} (other Cilium agents)"
@@ -794,7 +796,9 @@ class _Api:
         for item in items:
             metadata = item.get("metadata") if isinstance(item, dict) else None
             name = metadata.get("name") if isinstance(metadata, dict) else None
-            if isinstance(name, str) and name != known and runs_agent(item):
+            # One running on no node now (a pool scaled to zero) sets no agent's options.
+            if isinstance(name, str) and name != known and runs_agent(item) and not (
+                    runs_nowhere(item)):
                 found.append((name, item))
         return sorted(found, key=lambda pair: pair[0])
 

@@ -563,3 +563,37 @@ def test_a_daemonset_whose_cilium_agent_container_may_run_the_agent_is_read(
         TARGET, settings={"enable-ipv4-masquerade": "false"})])).changes
     assert backend.restart_needed(change) == (
         "DaemonSet kube-system/cilium", "DaemonSet kube-system/cilium-gpu")
+
+
+@pytest.mark.parametrize(("status", "read"), [
+    # a node pool scaled to zero, a DaemonSet paused by a nodeSelector no node has
+    ({"observedGeneration": 3, "desiredNumberScheduled": 0, "currentNumberScheduled": 0,
+      "numberMisscheduled": 0}, False),
+    # its controller has not seen its latest spec: it may schedule pods
+    ({"observedGeneration": 2, "desiredNumberScheduled": 0, "currentNumberScheduled": 0,
+      "numberMisscheduled": 0}, True),
+    # pods left on nodes it no longer selects still run (the controller deletes them)
+    ({"observedGeneration": 3, "desiredNumberScheduled": 0, "currentNumberScheduled": 0,
+      "numberMisscheduled": 1}, True),
+    ({}, True),  # no status written yet
+])
+def test_an_agent_daemonset_running_on_no_node_is_not_read(
+    status: dict[str, int], read: bool, api_server: EmulatedApiServer,
+    backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its flags are no node's: a key the named one's flags set is not 'set otherwise',
+    # and a cilium-config change awaits no restart of its (no) pods.
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent"]))
+    pool = _second([])
+    pool["metadata"]["generation"] = 3
+    pool["status"] = status
+    api_server.put(DAEMONSETS, pool)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.flag("enable-ip-masq-agent") is not read
+    assert any("cilium-gpu" in r.getMessage() for r in caplog.records) is read
+    (change,) = plan(backend.observe(), State(owned=[CiliumConfig(
+        TARGET, settings={"enable-ipv4-masquerade": "false"})])).changes
+    assert backend.restart_needed(change) == (
+        ("DaemonSet kube-system/cilium", "DaemonSet kube-system/cilium-gpu") if read
+        else "DaemonSet kube-system/cilium")
