@@ -1420,14 +1420,16 @@ class CiliumBackend(BackendBase):
         apart), and ``cilium-config`` judges it."""
         if not isinstance(daemonset, Mapping):
             return ()
-        found = self._options_of(daemonset, self._daemonset)
+        found, unknown = self._options_of(daemonset, self._daemonset)
         others = self._api.agent_daemonsets(self._daemonset)
         self._agents = tuple(name for name, _ in others)
         if not others:
             return found
         views = {self._daemonset: {o.key: o for o in found}}
-        views.update((name, {o.key: o for o in self._options_of(other, name)})
-                     for name, other in others)
+        unknowns = {self._daemonset: unknown}  # the keys each leaves not known
+        for name, other in others:
+            options, unknowns[name] = self._options_of(other, name)
+            views[name] = {o.key: o for o in options}
         kept, differing = [], []
         for option in found:
             theirs = [view.get(option.key) for view in views.values()]
@@ -1437,6 +1439,7 @@ class CiliumBackend(BackendBase):
         for key in sorted({k for view in views.values() for k in view} - {o.key for o in kept}):
             differing.append(f"{key} (" + ", ".join(
                 f"{name}: {view[key].given}={view[key].value}" if key in view
+                else f"{name}: not known" if key in unknowns[name]
                 else f"{name}: not set" for name, view in views.items()) + ")")
         if differing:
             self._api.warn(printable(
@@ -1447,8 +1450,9 @@ class CiliumBackend(BackendBase):
         return tuple(kept)
 
     def _options_of(self, daemonset: Mapping[str, Any], name: str
-                    ) -> tuple[CiliumAgentOption, ...]:
-        """:meth:`_agent_options` of the one DaemonSet ``name`` (JSON ``daemonset``)."""
+                    ) -> tuple[tuple[CiliumAgentOption, ...], frozenset[str]]:
+        """:meth:`_agent_options` of the one DaemonSet ``name`` (JSON ``daemonset``), and
+        the keys whose value is not known (each said in a warning)."""
         where = f"DaemonSet {self._api.namespace}/{name}"
         if agent_config_dir_missing(daemonset):
             self._api.warn(
@@ -1464,6 +1468,7 @@ class CiliumBackend(BackendBase):
                 continue
             found.append(CiliumAgentOption(key, option.value, option.given,
                                            positional=option.stray))
+        not_known = frozenset(key for key, _ in unknown)
         # A reason several share (a shell's script, a config file) is said once, first.
         by_reason: dict[str | None, list[tuple[str, Any]]] = {}
         for key, option in unknown:
@@ -1489,7 +1494,7 @@ class CiliumBackend(BackendBase):
                 "set only where the pod runs (a valueFrom, an envFrom that may set them, "
                 f"a service's variable: {', '.join(o.given for _, o in unknown)}): Cilium "
                 "takes them over cilium-config, which judges them all the same")[:1000])
-        return tuple(found)
+        return tuple(found), not_known
 
     def _nodes(self) -> _Nodes:
         """The CiliumNodeConfigs, and the labels of the Nodes where some of them select

@@ -597,3 +597,22 @@ def test_an_agent_daemonset_running_on_no_node_is_not_read(
     assert backend.restart_needed(change) == (
         ("DaemonSet kube-system/cilium", "DaemonSet kube-system/cilium-gpu") if read
         else "DaemonSet kube-system/cilium")
+
+
+def test_a_key_another_agent_daemonset_leaves_unknown_is_said_not_known_not_unset(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # cilium-gpu's flags are in a shell's script: whether it sets enable-ip-masq-agent is
+    # not known, which the warning said as "not set".
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent"]))
+    pool = _second([])
+    container = pool["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = ["/bin/sh", "-c"]
+    container["args"] = ["exec cilium-agent --config-dir=/tmp/cilium/config-map"]
+    api_server.put(DAEMONSETS, pool)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert not foreign.flag("enable-ip-masq-agent")
+    (warning,) = [r.getMessage() for r in caplog.records if "set otherwise" in r.getMessage()]
+    assert ("enable-ip-masq-agent (cilium: --enable-ip-masq-agent=true, cilium-gpu: not "
+            "known)") in warning
