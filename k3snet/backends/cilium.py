@@ -111,6 +111,7 @@ from k3snet.backends.cilium_mount import (
     pod_node,
     pods_lag,
     runs_agent,
+    runs_nowhere,
 )
 from k3snet.backends.cni_restart import (
     CHANGED_ANNOTATION,
@@ -764,8 +765,9 @@ class _Api:
 
     def agent_daemonsets(self, known: str) -> list[tuple[str, dict[str, Any]]]:
         """The DaemonSets of the namespace but ``known`` whose pod template runs a
-        ``cilium-agent`` container (JSON), by name, listed from the API server's watch
-        cache (:data:`~k3snet.kube.LIST_PAGE` a request); none where they are not to be listed
+        ``cilium-agent`` container (JSON), but those running on no node now, by name,
+        listed from the API server's watch cache (:data:`~k3snet.kube.LIST_PAGE` a
+        request); none where they are not to be listed
         (403, an earlier Role) or the list fails (a warning), or not served (404)."""
         apps = self.client.AppsV1Api(self.core.api_client)
         what = f"list DaemonSets in {self.namespace} (other Cilium agents)"
@@ -794,7 +796,9 @@ class _Api:
         for item in items:
             metadata = item.get("metadata") if isinstance(item, dict) else None
             name = metadata.get("name") if isinstance(metadata, dict) else None
-            if isinstance(name, str) and name != known and runs_agent(item):
+            # One running on no node now (a pool scaled to zero) sets no agent's options.
+            if isinstance(name, str) and name != known and runs_agent(item) and not (
+                    runs_nowhere(item)):
                 found.append((name, item))
         return sorted(found, key=lambda pair: pair[0])
 
@@ -1416,14 +1420,16 @@ class CiliumBackend(BackendBase):
         apart), and ``cilium-config`` judges it."""
         if not isinstance(daemonset, Mapping):
             return ()
-        found = self._options_of(daemonset, self._daemonset)
+        found, unknown = self._options_of(daemonset, self._daemonset)
         others = self._api.agent_daemonsets(self._daemonset)
         self._agents = tuple(name for name, _ in others)
         if not others:
             return found
         views = {self._daemonset: {o.key: o for o in found}}
-        views.update((name, {o.key: o for o in self._options_of(other, name)})
-                     for name, other in others)
+        unknowns = {self._daemonset: unknown}  # the keys each leaves not known
+        for name, other in others:
+            options, unknowns[name] = self._options_of(other, name)
+            views[name] = {o.key: o for o in options}
         kept, differing = [], []
         for option in found:
             theirs = [view.get(option.key) for view in views.values()]
@@ -1433,6 +1439,7 @@ class CiliumBackend(BackendBase):
         for key in sorted({k for view in views.values() for k in view} - {o.key for o in kept}):
             differing.append(f"{key} (" + ", ".join(
                 f"{name}: {view[key].given}={view[key].value}" if key in view
+                else f"{name}: not known" if key in unknowns[name]
                 else f"{name}: not set" for name, view in views.items()) + ")")
         if differing:
             self._api.warn(printable(
@@ -1443,8 +1450,9 @@ class CiliumBackend(BackendBase):
         return tuple(kept)
 
     def _options_of(self, daemonset: Mapping[str, Any], name: str
-                    ) -> tuple[CiliumAgentOption, ...]:
-        """:meth:`_agent_options` of the one DaemonSet ``name`` (JSON ``daemonset``)."""
+                    ) -> tuple[tuple[CiliumAgentOption, ...], frozenset[str]]:
+        """:meth:`_agent_options` of the one DaemonSet ``name`` (JSON ``daemonset``), and
+        the keys whose value is not known (each said in a warning)."""
         where = f"DaemonSet {self._api.namespace}/{name}"
         if agent_config_dir_missing(daemonset):
             self._api.warn(
@@ -1460,6 +1468,7 @@ class CiliumBackend(BackendBase):
                 continue
             found.append(CiliumAgentOption(key, option.value, option.given,
                                            positional=option.stray))
+        not_known = frozenset(key for key, _ in unknown)
         # A reason several share (a shell's script, a config file) is said once, first.
         by_reason: dict[str | None, list[tuple[str, Any]]] = {}
         for key, option in unknown:
@@ -1485,7 +1494,7 @@ class CiliumBackend(BackendBase):
                 "set only where the pod runs (a valueFrom, an envFrom that may set them, "
                 f"a service's variable: {', '.join(o.given for _, o in unknown)}): Cilium "
                 "takes them over cilium-config, which judges them all the same")[:1000])
-        return tuple(found)
+        return tuple(found), not_known
 
     def _nodes(self) -> _Nodes:
         """The CiliumNodeConfigs, and the labels of the Nodes where some of them select

@@ -28,7 +28,8 @@ __all__ = ["AGENT_CONTAINER", "CONFIG_DIR_KEY", "CONFIG_FILE_KEY", "CONFIG_PATH_
            "CONFIG_PATH_VARIABLE", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET", "AgentOption",
            "agent_config_dir_missing", "agent_config_path", "agent_directory_missing",
            "agent_file_copied", "agent_file_mounted", "agent_file_unreadable", "agent_options",
-           "option_variable", "pod_as_daemonset", "pod_node", "pods_lag", "runs_agent"]
+           "option_variable", "pod_as_daemonset", "pod_node", "pods_lag", "runs_agent",
+           "runs_nowhere"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -95,13 +96,61 @@ def _pod_and_agent(daemonset: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     return pod, agent
 
 
+# The agent's program, as a command names it (``cilium-agent``, ``/usr/bin/cilium-agent``).
+_AGENT_PROGRAM = "cilium-agent"
+
+
+def _argv(agent: Mapping[str, Any]) -> list[str]:
+    """The container ``agent``'s ``command`` and ``args``, as text."""
+    argv: list[str] = []
+    for name in ("command", "args"):
+        value = agent.get(name)
+        argv += [a for a in value if isinstance(a, str)] if isinstance(value, list) else []
+    return argv
+
+
 def runs_agent(daemonset: Mapping[str, Any]) -> bool:
-    """Whether the pods of ``daemonset`` (JSON) run a ``cilium-agent`` container.
+    """Whether the pods of ``daemonset`` (JSON) run Cilium's agent: a ``cilium-agent``
+    container whose command, where it has one, names ``cilium-agent`` (its program, a
+    wrapper's argument, a shell's script). One running another program runs none: a debug
+    copy's ``sleep``, Helm's ``sleepAfterInit`` loop (``/bin/bash -c -- 'while true; do
+    sleep 30; done'``). Without a command, the image's entrypoint runs: taken as the agent.
 
     >>> runs_agent({"spec": {"template": {"spec": {"containers": [{"name": "cilium-envoy"}]}}}})
     False
+    >>> debug = {"name": "cilium-agent", "command": ["sleep"], "args": ["infinity"]}
+    >>> runs_agent({"spec": {"template": {"spec": {"containers": [debug]}}}})
+    False
     """
-    return _pod_and_agent(daemonset)[1] is not None
+    agent = _pod_and_agent(daemonset)[1]
+    if agent is None:
+        return False
+    command = agent.get("command")
+    if not isinstance(command, list) or not command:  # the image's entrypoint
+        return True
+    return any(_AGENT_PROGRAM in a for a in _argv(agent))
+
+
+def runs_nowhere(daemonset: Mapping[str, Any]) -> bool:
+    """Whether ``daemonset`` (JSON) surely runs no pod now, as its status says: its
+    controller has seen its latest spec (``status.observedGeneration`` at
+    ``metadata.generation``) and schedules it on no node (``desiredNumberScheduled`` 0: a
+    node pool scaled to zero, a ``nodeSelector`` no node has), with no pod left running on
+    a node it no longer selects (``currentNumberScheduled``, ``numberMisscheduled`` 0). A
+    status not yet written tells nothing: False.
+
+    >>> runs_nowhere({"metadata": {"generation": 1}, "status": {"observedGeneration": 1,
+    ...     "desiredNumberScheduled": 0, "currentNumberScheduled": 0, "numberMisscheduled": 0}})
+    True
+    """
+    metadata, status = daemonset.get("metadata"), daemonset.get("status")
+    if not isinstance(metadata, dict) or not isinstance(status, dict):
+        return False
+    generation, seen = metadata.get("generation"), status.get("observedGeneration")
+    if type(generation) is not int or type(seen) is not int or seen < generation:
+        return False
+    return all(type(status.get(k)) is int and status.get(k) == 0 for k in (
+        "desiredNumberScheduled", "currentNumberScheduled", "numberMisscheduled"))
 
 
 def pods_lag(daemonset: Mapping[str, Any]) -> bool:
@@ -285,10 +334,7 @@ def agent_options(daemonset: Mapping[str, Any], keys: Iterable[str], *,
     if agent is None:
         return {}
     wanted = tuple(dict.fromkeys(keys))
-    argv: list[str] = []
-    for name in ("command", "args"):
-        value = agent.get(name)
-        argv += [a for a in value if isinstance(a, str)] if isinstance(value, list) else []
+    argv = _argv(agent)
     shell = _shell_script(argv)
     if shell is not None:
         # The flags are in the script's text: the one that runs the agent is not known

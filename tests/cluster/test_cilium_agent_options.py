@@ -512,3 +512,107 @@ def test_an_agent_given_no_config_directory_is_a_warning_naming_the_daemonset(
     with caplog.at_level(logging.WARNING):
         _foreign(backend)
     assert not any("config directory" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("command", "args"), [
+    (["sleep", "infinity"], []),  # a debug copy of the agent's pods
+    (["/bin/bash", "-c", "--"], ["while true; do\n  sleep 30;\ndone\n"]),  # sleepAfterInit
+])
+def test_a_daemonset_whose_cilium_agent_container_runs_no_agent_is_not_read(
+    command: list[str], args: list[str], api_server: EmulatedApiServer,
+    backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A container named cilium-agent that runs something else (sleep; Helm's
+    # sleepAfterInit loop) starts no agent on its nodes: its missing flags are no key set
+    # otherwise, and no restart of its pods is awaited.
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent"]))
+    debug = _second([])
+    debug["metadata"]["name"] = "cilium-debug"
+    container = debug["spec"]["template"]["spec"]["containers"][0]
+    container["command"], container["args"] = command, args
+    api_server.put(DAEMONSETS, debug)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.flag("enable-ip-masq-agent")
+    assert not any("cilium-debug" in r.getMessage() for r in caplog.records)
+    (change,) = plan(backend.observe(), State(owned=[CiliumConfig(
+        TARGET, settings={"enable-ipv4-masquerade": "false"})])).changes
+    assert backend.restart_needed(change) == "DaemonSet kube-system/cilium"
+
+
+@pytest.mark.parametrize(("command", "args"), [
+    (["/usr/bin/cilium-agent"], ["--config-dir=/tmp/cilium/config-map"]),
+    (["/bin/sh", "-c"], ["exec cilium-agent --config-dir=/tmp/cilium/config-map"]),
+    (None, ["--config-dir=/tmp/cilium/config-map"]),  # the image's entrypoint
+])
+def test_a_daemonset_whose_cilium_agent_container_may_run_the_agent_is_read(
+    command: list[str] | None, args: list[str], api_server: EmulatedApiServer,
+    backend: CiliumBackend
+) -> None:
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent"]))
+    other = _second([])
+    container = other["spec"]["template"]["spec"]["containers"][0]
+    container["args"] = args
+    if command is None:
+        del container["command"]
+    else:
+        container["command"] = command
+    api_server.put(DAEMONSETS, other)
+    assert not _foreign(backend).flag("enable-ip-masq-agent")  # cilium-gpu's: not set
+    (change,) = plan(backend.observe(), State(owned=[CiliumConfig(
+        TARGET, settings={"enable-ipv4-masquerade": "false"})])).changes
+    assert backend.restart_needed(change) == (
+        "DaemonSet kube-system/cilium", "DaemonSet kube-system/cilium-gpu")
+
+
+@pytest.mark.parametrize(("status", "read"), [
+    # a node pool scaled to zero, a DaemonSet paused by a nodeSelector no node has
+    ({"observedGeneration": 3, "desiredNumberScheduled": 0, "currentNumberScheduled": 0,
+      "numberMisscheduled": 0}, False),
+    # its controller has not seen its latest spec: it may schedule pods
+    ({"observedGeneration": 2, "desiredNumberScheduled": 0, "currentNumberScheduled": 0,
+      "numberMisscheduled": 0}, True),
+    # pods left on nodes it no longer selects still run (the controller deletes them)
+    ({"observedGeneration": 3, "desiredNumberScheduled": 0, "currentNumberScheduled": 0,
+      "numberMisscheduled": 1}, True),
+    ({}, True),  # no status written yet
+])
+def test_an_agent_daemonset_running_on_no_node_is_not_read(
+    status: dict[str, int], read: bool, api_server: EmulatedApiServer,
+    backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its flags are no node's: a key the named one's flags set is not 'set otherwise',
+    # and a cilium-config change awaits no restart of its (no) pods.
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent"]))
+    pool = _second([])
+    pool["metadata"]["generation"] = 3
+    pool["status"] = status
+    api_server.put(DAEMONSETS, pool)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.flag("enable-ip-masq-agent") is not read
+    assert any("cilium-gpu" in r.getMessage() for r in caplog.records) is read
+    (change,) = plan(backend.observe(), State(owned=[CiliumConfig(
+        TARGET, settings={"enable-ipv4-masquerade": "false"})])).changes
+    assert backend.restart_needed(change) == (
+        ("DaemonSet kube-system/cilium", "DaemonSet kube-system/cilium-gpu") if read
+        else "DaemonSet kube-system/cilium")
+
+
+def test_a_key_another_agent_daemonset_leaves_unknown_is_said_not_known_not_unset(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # cilium-gpu's flags are in a shell's script: whether it sets enable-ip-masq-agent is
+    # not known, which the warning said as "not set".
+    _setup(api_server, EBPF, _daemonset(["--enable-ip-masq-agent"]))
+    pool = _second([])
+    container = pool["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = ["/bin/sh", "-c"]
+    container["args"] = ["exec cilium-agent --config-dir=/tmp/cilium/config-map"]
+    api_server.put(DAEMONSETS, pool)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert not foreign.flag("enable-ip-masq-agent")
+    (warning,) = [r.getMessage() for r in caplog.records if "set otherwise" in r.getMessage()]
+    assert ("enable-ip-masq-agent (cilium: --enable-ip-masq-agent=true, cilium-gpu: not "
+            "known)") in warning
