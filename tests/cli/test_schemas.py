@@ -77,7 +77,8 @@ def test_every_route_block_validates_and_a_wrong_field_does_not(block: RouteBloc
     "a" * 16, "v\u00e9" * 8, "a/b", "a\u0000b", "a" * 15 + "\n",
     # 15 characters or fewer, 16 bytes or more in UTF-8: the schema's maxLength counted
     # characters and took them, the model (and the kernel) counts bytes.
-    "v\u00e9" * 5 + "x", "\u00e9" * 8, "\u20ac" * 6, "\U0001f600" * 4, "\udce9" * 6])
+    "v\u00e9" * 5 + "x", "\u00e9" * 8, "\u20ac" * 6, "\U0001f600" * 4, "\udce9" * 16,
+    "\ud800" * 6, "x" + "\udc7f" * 5, "a" * 10 + "\udd00" * 2])
 def test_a_route_block_device_the_kernel_cannot_hold_does_not_validate(device: str) -> None:
     """IFNAMSIZ is 16 with the NUL: a name of 16 bytes or more is no device's, as
     the model refuses it; the schema took any length, then any 15 characters."""
@@ -89,12 +90,25 @@ def test_a_route_block_device_the_kernel_cannot_hold_does_not_validate(device: s
         validate(block | {"device": device}, "object")
 
 
+@pytest.mark.parametrize("device", ["\udcff" * 6, "\udce9" * 15, "eth" + "\udcfe" * 12,
+                                    "v\u00e9" + "\udcff" * 12])
+def test_a_route_block_device_of_bytes_that_are_no_utf8_validates_at_up_to_15_bytes(
+        device: str) -> None:
+    """A byte of the kernel's name that is no UTF-8, read as a lone surrogate
+    (``surrogateescape``), is one byte of it: counted 3, a name of 6 such bytes, which the
+    kernel holds, was refused, and the route through it was lost with it."""
+    block = RouteBlock("10.0.0.0/8", what="device", device=device)
+    validate(block.to_dict(), "object")
+
+
 def _device_pattern() -> str:
     """The schema's pattern for a route block's device, built: 1..15 bytes of UTF-8 (a
-    lone surrogate, a kernel byte read as no UTF-8, 3 as the model counts it), no NUL
-    nor ``/``. A regular expression cannot add weights: each branch caps the characters
-    of 4, 3 and 2 bytes (d, c, b) and the length the rest leaves (15 - b - 2c - 3d)."""
-    two, three, four = r"\x80-\u07ff", r"\u0800-\uffff", r"\U00010000-\U0010ffff"
+    kernel byte read as no UTF-8, a lone surrogate U+DC80 .. U+DCFF, its one byte as the
+    model counts it; any other lone surrogate 3), no NUL nor ``/``. A regular expression
+    cannot add weights: each branch caps the characters of 4, 3 and 2 bytes (d, c, b)
+    and the length the rest leaves (15 - b - 2c - 3d)."""
+    two, four = r"\x80-\u07ff", r"\U00010000-\U0010ffff"
+    three = r"\u0800-\udc7f\udd00-\uffff"
     end = r"(?![\s\S])"  # the very end: "$" matches before a final newline too
 
     def at_most(chars: str, k: int) -> str:

@@ -512,7 +512,7 @@ def decode_link(msg: bytes) -> Link | None:
     master = found.get(IFLA_MASTER)
     info = found.get(IFLA_LINKINFO)
     kind = None if info is None else attrs_of(info, 0).get(IFLA_INFO_KIND)
-    return Link(index, name.rstrip(b"\0").decode(errors="replace"), bool(flags & IFF_UP),
+    return Link(index, kernel_name(name), bool(flags & IFF_UP),
                 U32.unpack(master)[0] if master is not None and len(master) == 4 else None,
                 None if kind is None else kind.rstrip(b"\0").decode(errors="replace"),
                 _hardware_address(found.get(IFLA_ADDRESS)),
@@ -582,7 +582,15 @@ def rule_dump_request(family: int) -> bytes:
 
 
 def _name(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.split(b"\0", 1)[0].decode(errors="replace")
+    return None if raw is None else kernel_name(raw)
+
+
+def kernel_name(raw: bytes) -> str:
+    """A device name the kernel sent (up to its NUL), a byte that is no UTF-8 as a lone
+    surrogate (``surrogateescape``): the name itself, its 15 bytes at most as many
+    (U+FFFD, 3 bytes, for each such byte made 6 of them a name no route could be
+    read through: the route was lost, and one of k3snet's added again at every pass)."""
+    return raw.split(b"\0", 1)[0].decode(errors="surrogateescape")
 
 
 def decode_rule(msg: bytes) -> LookupRule | None:
