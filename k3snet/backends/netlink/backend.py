@@ -1705,7 +1705,8 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
         if rule.family != dst.version or (
                 rule.destination is not None and not rule.destination.overlaps(dst)):
             continue
-        sure = (rule.exact and rule.in_interface is None and rule.out_interface is None
+        sure = (rule.exact and not rule.mark_mask and rule.in_interface is None
+                and rule.out_interface is None
                 and (rule.destination is None
                      or dst.subnet_of(rule.destination)))  # type: ignore[arg-type]
         if rule.action == FR_ACT_TO_TBL:

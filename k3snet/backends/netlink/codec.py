@@ -555,7 +555,10 @@ class LookupRule:
     ``suppress_prefixlength`` ..., *may* match). ``gateway_lookup``: whether the kernel's
     lookup of a route's gateway may meet it at all; a rule with a source prefix, a mark,
     a TOS or an L3 master device is met by a forwarded packet's lookup alone (and is
-    never ``exact``)."""
+    never ``exact``). ``mark_mask``: the bits a rule of mark 0 wants clear
+    (``fwmark 0/0x4000``), 0 for none: the gateway's lookup (no mark) meets it as its
+    other selectors say, a packet marked with one of them does not (kube-proxy marks
+    0x4000 what it masquerades)."""
 
     family: int
     priority: int
@@ -566,6 +569,7 @@ class LookupRule:
     action: int = FR_ACT_TO_TBL
     exact: bool = True
     gateway_lookup: bool = True
+    mark_mask: int = 0
 
     def matches(self, address: Address, incoming: str | None, outgoing: str | None) -> bool:
         """Whether a lookup of ``address`` coming in by ``incoming``, going out by
@@ -625,9 +629,11 @@ def decode_rule(msg: bytes) -> LookupRule | None:
     unset = {kind for kind in (FRA_SUPPRESS_PREFIXLEN, FRA_SUPPRESS_IFGROUP)
              if found.get(kind, b"")[:4] == b"\xff\xff\xff\xff"}
     exact = not inverted and not sourced and found.keys() - unset <= _PLAIN_RULE_ATTRS
+    mask = found.get(FRA_FWMASK, b"")
+    mark_mask = 0 if sourced or len(mask) < 4 else U32.unpack(mask[:4])[0]
     if inverted:  # met by what its selectors do not match: any lookup, perhaps
         return LookupRule(4 if family == socket.AF_INET else 6, priority, table, None,
                           None, None, action, exact=False)
     return LookupRule(4 if family == socket.AF_INET else 6, priority, table, destination,
                       _name(found.get(FRA_IIFNAME)), _name(found.get(FRA_OIFNAME)),
-                      action, exact, gateway_lookup=not sourced)
+                      action, exact, gateway_lookup=not sourced, mark_mask=mark_mask)
