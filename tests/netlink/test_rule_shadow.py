@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,35 @@ def test_a_rule_of_mark_0_under_a_mask_names_no_route_a_marked_packet_still_take
            "pref", "100")
         [named] = backend.warnings
         assert "route 198.51.100.0/24 via 192.0.2.2 table main" in named
+
+
+def test_the_warnings_judge_the_routes_the_observe_read_dumping_none_again(
+        tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an administrator's rule in place, each look at the warnings started a new
+    read of the routes: the pyroute2 driver, which follows no change, dumped and decoded
+    every route again after the pass's observe (twice its CPU at 10 000 routes)."""
+    with d0_namespace("rshadowd", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "route", "add", "198.18.0.0/15", "dev", "d0", "table", "100")
+        ip(ns, "rule", "add", "to", "198.18.0.0/15", "lookup", "100", "pref", "100")
+        ip(ns, "route", "add", "198.51.100.0/24", "dev", "d0", "table", "101")
+        ip(ns, "rule", "add", "to", "198.51.100.0/24", "lookup", "101", "pref", "101")
+        wanted = State(owned=[Route("198.51.100.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        dumps: list[object] = []
+        driver_object: Any = backend._driver
+        read = driver_object.routes
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            dumps.append(args)
+            return read(*args, **kwargs)
+
+        monkeypatch.setattr(driver_object, "routes", counted)
+        for _ in range(2):  # the first: the socket driver's view after the apply's news
+            backend.expect(wanted)
+            backend.observe()
+            dumps.clear()
+            [named] = backend.warnings
+        assert "priority 101 sends the lookup of 198.51.100.0/24 to table 101" in named
+        assert dumps == []

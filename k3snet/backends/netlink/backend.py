@@ -504,8 +504,9 @@ class NetlinkBackend(BackendBase):
         holding the whole destination, no other selector (a source prefix, a mark, an
         interface: a rule that *may* match before one to the route's own table leaves
         the route in doubt, not named), nor a ``goto`` or ``nop`` before it. A ``throw``
-        route of the table sends the lookup on, as the kernel does. Read at every call:
-        the kernel announces no rule change to the route view."""
+        route of the table sends the lookup on, as the kernel does. The rules are read at
+        every call (the kernel announces no rule change to the route view); the routes
+        are those the last observe or apply read (with a driver following no change)."""
         routes = self._wanted_routes
         if routes is None:
             observed = self._observed
@@ -515,7 +516,9 @@ class NetlinkBackend(BackendBase):
             self._driver, "rules", None)
         if not routes or read_rules is None:
             return ()
-        self._routes.begin()
+        # The routes as the pass's observe or apply left the view, no begin(): with a
+        # driver that follows no change (pyroute2) it dumped every route again, all of
+        # them decoded anew (the expected ones are the observe's), at each look.
         with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
             rules = list(read_rules())
             if all(rule in _DEFAULT_RULES for rule in rules):
