@@ -342,13 +342,24 @@ def _what(value: object) -> str:
 
 def _block_device(value: object) -> str | None:
     # The kernel's name as read (a byte that is no UTF-8 as a lone surrogate): any the
-    # kernel may hold, which the model's interface names are not.
+    # kernel may hold, which the model's interface names are not. Counted in the bytes
+    # the kernel holds: such a surrogate (U+DC80 .. U+DCFF) is its one byte, any other
+    # 3 (a JSON "\ud800"); counted 3, six of them were refused and the route with them.
     if value is None:
         return None
     if not isinstance(value, str) or not value or "\0" in value or "/" in value \
-            or len(value.encode("utf-8", "surrogatepass")) >= IFNAMSIZ:
+            or _kernel_bytes(value) >= IFNAMSIZ:
         raise ModelError(f"a route block's device is a name the kernel may hold, got {value!r}")
     return value
+
+
+def _kernel_bytes(name: str) -> int:
+    """The bytes ``name`` stands for in the kernel (see :func:`_block_device`)."""
+    try:
+        return len(name.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a surrogate no byte stands for: 3, as UTF-8 writes it
+        return sum(1 if 0xDC80 <= ord(char) <= 0xDCFF
+                   else len(char.encode("utf-8", "surrogatepass")) for char in name)
 
 
 @attrs.frozen(eq=False)

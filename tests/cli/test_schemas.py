@@ -79,7 +79,8 @@ def test_every_route_block_validates_and_a_wrong_field_does_not(block: RouteBloc
     "a" * 16, "v\u00e9" * 8, "a/b", "a\u0000b", "a" * 15 + "\n",
     # 15 characters or fewer, 16 bytes or more in UTF-8: the schema's maxLength counted
     # characters and took them, the model (and the kernel) counts bytes.
-    "v\u00e9" * 5 + "x", "\u00e9" * 8, "\u20ac" * 6, "\U0001f600" * 4, "\udce9" * 6])
+    "v\u00e9" * 5 + "x", "\u00e9" * 8, "\u20ac" * 6, "\U0001f600" * 4, "\udce9" * 16,
+    "\ud800" * 6, "x" + "\udc7f" * 5, "a" * 10 + "\udd00" * 2])
 def test_a_route_block_device_the_kernel_cannot_hold_does_not_validate(device: str) -> None:
     """IFNAMSIZ is 16 with the NUL: a name of 16 bytes or more is no device's, as
     the model refuses it; the schema took any length, then any 15 characters."""
@@ -91,17 +92,29 @@ def test_a_route_block_device_the_kernel_cannot_hold_does_not_validate(device: s
         validate(block | {"device": device}, "object")
 
 
+@pytest.mark.parametrize("device", ["\udcff" * 6, "\udce9" * 15, "eth" + "\udcfe" * 12,
+                                    "v\u00e9" + "\udcff" * 12])
+def test_a_route_block_device_of_bytes_that_are_no_utf8_validates_at_up_to_15_bytes(
+        device: str) -> None:
+    """A byte of the kernel's name that is no UTF-8, read as a lone surrogate
+    (``surrogateescape``), is one byte of it: counted 3, a name of 6 such bytes, which the
+    kernel holds, was refused, and the route through it was lost with it."""
+    block = RouteBlock("10.0.0.0/8", what="device", device=device)
+    validate(block.to_dict(), "object")
+
+
 def _device_bytes() -> list[dict[str, Any]]:
-    """The schema's bound of a route block's device in bytes of UTF-8 (a lone surrogate, a
-    kernel byte read as no UTF-8, 3 as the model counts it), built: one of its branches
-    holds. A regular expression cannot add weights: each branch caps the characters of 4,
-    3 and 2 bytes (d, c, b) and the length the rest leaves (15 - b - 2c - 3d). No
+    """The schema's bound of a route block's device in bytes of UTF-8 (a kernel byte read
+    as no UTF-8, a lone surrogate U+DC80 .. U+DCFF, its one byte as the model counts it;
+    any other lone surrogate 3), built: one of its branches holds. A regular expression
+    cannot add weights: each branch caps the characters of 4, 3 and 2 bytes (d, c, b) and
+    the length the rest leaves (15 - b - 2c - 3d). No
     lookaround: Go's RE2 (kubeconform) cannot compile one, and no ``\\U`` or ``\\u``
     escape, which ECMA 262 (ajv, VS Code) or RE2 lacks: the characters themselves."""
-    # (a character of 2, 3 or 4 bytes, any other): a lone surrogate is among 3's; beyond
-    # the BMP, 4, is what the BMP is not.
+    # (a character of 2, 3 or 4 bytes, any other): a lone surrogate is among 3's but
+    # U+DC80 .. U+DCFF, a byte (1); beyond the BMP, 4, is what the BMP is not.
     two = ("[\u0080-\u07ff]", "[^\u0080-\u07ff]")
-    three = ("[\u0800-\uffff]", "[^\u0800-\uffff]")
+    three = ("[\u0800-\udc7f\udd00-\uffff]", "[^\u0800-\udc7f\udd00-\uffff]")
     four = ("[^\\x00-\uffff]", "[\\x00-\uffff]")
 
     def at_most(chars: tuple[str, str], k: int) -> dict[str, Any]:
@@ -167,6 +180,12 @@ def _ecma_262(patterns: list[str], texts: list[str]) -> list[list[bool]] | list[
     return answer
 
 
+def _as_go_reads(pattern: str) -> str:
+    """``pattern`` as a Go validator has it: Go's JSON decoder reads an escaped lone
+    surrogate (the device bound's U+DC7F and U+DD00) as U+FFFD; no Go string holds one."""
+    return pattern.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def test_every_schema_pattern_compiles_in_ecma_262_and_in_re2() -> None:
     # JSON Schema's patterns are ECMA 262 (ajv, VS Code's YAML extension); Go validators
     # (kubeconform) compile them with RE2, which has no lookaround nor backreference. A
@@ -177,7 +196,7 @@ def test_every_schema_pattern_compiles_in_ecma_262_and_in_re2() -> None:
     refused = []
     for pattern in ALL_PATTERNS:
         try:
-            re2.compile(pattern)
+            re2.compile(_as_go_reads(pattern))
         except re2.error:
             refused.append(pattern)
     assert refused == []
@@ -216,11 +235,15 @@ def _model_takes(device: str) -> bool:
 def test_the_route_block_device_bound_holds_in_ecma_262_and_in_re2() -> None:
     # The byte bound as an ECMA 262 and an RE2 engine read it, as the model counts.
     patterns = sorted(set(_patterns(load_schema("object"))))
-    found = _ecma_262(patterns, DEVICES)
+    # (no Go string holds a lone surrogate: the bytes that are no UTF-8 are ECMA 262's)
+    ecma = [*DEVICES, "\udcff" * 6, "\udce9" * 15, "\udce9" * 16, "\ud800" * 5, "\ud800" * 6,
+                      "x" + "\udc7f" * 5, "v\u00e9" + "\udcff" * 12]
+    found = _ecma_262(patterns, ecma)
     assert [_takes(device, {p: bool(found[i][j]) for i, p in enumerate(patterns)})
-            for j, device in enumerate(DEVICES)] == [_model_takes(d) for d in DEVICES]
+            for j, device in enumerate(ecma)] == [_model_takes(d) for d in ecma]
     re2 = pytest.importorskip("re2")
-    assert [_takes(device, {p: re2.search(p, device) is not None for p in patterns})
+    assert [_takes(device, {p: re2.search(_as_go_reads(p), device) is not None
+                                    for p in patterns})
             for device in DEVICES] == [_model_takes(d) for d in DEVICES]
 
 

@@ -293,6 +293,11 @@ def test_decode_rule_reads_a_rule_and_whether_a_gateways_lookup_can_match_it() -
     assert rule == codec.LookupRule(4, 100, 1000, Route("10.9.0.0/24", device="lo").destination,
                                     "lo", None)
     assert codec.decode_rule(_rule(extra=codec.attr_u32(codec.FRA_FWMARK, 0))) is not None
+    # fwmark 0/0x4000: the gateway's lookup meets it, a packet marked 0x4000 does not.
+    masked = codec.decode_rule(_rule(extra=codec.attr_u32(codec.FRA_FWMARK, 0)
+                                     + codec.attr_u32(codec.FRA_FWMASK, 0x4000)))
+    assert masked is not None
+    assert (masked.exact, masked.gateway_lookup, masked.mark_mask) == (True, True, 0x4000)
     for sourced in (_rule(extra=codec.attr_u32(codec.FRA_FWMARK, 7)), _rule(src_len=16)):
         rule = codec.decode_rule(sourced)
         assert rule is not None

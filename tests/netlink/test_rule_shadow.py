@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,68 @@ def test_a_rule_only_some_lookups_meet_or_a_table_passing_them_on_names_no_route
         assert _table_of(ns, "-4", "198.51.101.7") == "main"
         assert _table_of(ns, "-4", "198.51.102.7") == "main"
         assert backend.warnings == ()
+
+
+def test_a_rule_of_mark_0_under_a_mask_names_no_route_a_marked_packet_still_takes(
+        tmp_path: Path, driver: Driver) -> None:
+    """``fwmark 0/0x4000`` is met by a packet without that bit alone: one kube-proxy
+    marked 0x4000 (what it masquerades) goes on to ``main``, k3snet's route carries it.
+    The rule was read as met by every packet (a mark of 0 read as no mark) and the route
+    named as carrying no traffic."""
+    with d0_namespace("rshadowm", "192.0.2.1/24", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
+            ip(ns, family, "route", "add", default, "dev", "d0", "table", "100")
+        ip(ns, "rule", "add", "fwmark", "0/0x4000", "to", "198.51.100.0/24", "lookup",
+           "100", "pref", "100")
+        ip(ns, "-6", "rule", "add", "fwmark", "0/0x4000", "to", "2001:db8:5::/48", "lookup",
+           "100", "pref", "100")
+        wanted = State(owned=[Route("198.51.100.0/24", gateway="192.0.2.2"),
+                              Route("2001:db8:5::/64", gateway="2001:db8::2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        for family, address in (("-4", "198.51.100.7"), ("-6", "2001:db8:5::7")):
+            assert _table_of(ns, family, address) == "100"
+            [marked] = json.loads(ip(ns, "-j", family, "route", "get", address, "mark",
+                                     "0x4000"))
+            assert str(marked.get("table", "main")) == "main"
+        assert not backend.warnings
+        # Without the mask, a mark of 0 is no selector: every lookup goes to table 100.
+        for family in ("-4", "-6"):
+            ip(ns, family, "rule", "del", "pref", "100")
+        ip(ns, "rule", "add", "fwmark", "0", "to", "198.51.100.0/24", "lookup", "100",
+           "pref", "100")
+        [named] = backend.warnings
+        assert "route 198.51.100.0/24 via 192.0.2.2 table main" in named
+
+
+def test_the_warnings_judge_the_routes_the_observe_read_dumping_none_again(
+        tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an administrator's rule in place, each look at the warnings started a new
+    read of the routes: the pyroute2 driver, which follows no change, dumped and decoded
+    every route again after the pass's observe (twice its CPU at 10 000 routes)."""
+    with d0_namespace("rshadowd", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "route", "add", "198.18.0.0/15", "dev", "d0", "table", "100")
+        ip(ns, "rule", "add", "to", "198.18.0.0/15", "lookup", "100", "pref", "100")
+        ip(ns, "route", "add", "198.51.100.0/24", "dev", "d0", "table", "101")
+        ip(ns, "rule", "add", "to", "198.51.100.0/24", "lookup", "101", "pref", "101")
+        wanted = State(owned=[Route("198.51.100.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        dumps: list[object] = []
+        driver_object: Any = backend._driver
+        read = driver_object.routes
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            dumps.append(args)
+            return read(*args, **kwargs)
+
+        monkeypatch.setattr(driver_object, "routes", counted)
+        for _ in range(2):  # the first: the socket driver's view after the apply's news
+            backend.expect(wanted)
+            backend.observe()
+            dumps.clear()
+            [named] = backend.warnings
+        assert "priority 101 sends the lookup of 198.51.100.0/24 to table 101" in named
+        assert dumps == []

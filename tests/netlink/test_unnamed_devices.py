@@ -20,6 +20,7 @@ from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import Route, RouteBlock, State, Sysctl
 from k3snet.planner import plan
 from tests.netlink.links import ip
+from tests.netlink.test_backend import DRIVERS, Driver
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
@@ -143,3 +144,37 @@ def test_a_route_through_a_device_of_an_esc_names_the_device_escaped_and_stays_u
                  if b["type"] == "route-block" and "." in b["destination"]}
         assert shown == blocks
         assert _device_routes(ns) == {("10.9.0.0/24", ESC_NAME), ("10.7.0.0/24", ESC_NAME)}
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("name", ["\udcff\udcfe\udcfd\udcfc\udcfb\udcfa", "\udcff"])
+def test_a_route_through_a_device_named_in_bytes_that_are_no_utf8_is_seen_ours_once(
+        tmp_path: Path, name: str, driver: Driver) -> None:
+    """The names were read with U+FFFD (3 bytes) for each byte that is no UTF-8 (the
+    pyroute2 driver: as bytes): past 5 such bytes no route block could hold the name,
+    and a route through the device vanished from ``observe``, a foreign one as k3snet's
+    own, added again at every pass and refused ("File exists", the whole apply undone).
+    Each byte is now the lone surrogate standing for it, as a block's device shows it
+    (and as the sysctls' paths spell it: ``surrogateescape``)."""
+    with temporary_netns("bytename") as ns:
+        ip(ns, "link", "add", name, "type", "veth", "peer", "name", "up0")
+        ip(ns, "link", "set", "dev", name, "up")
+        ip(ns, "link", "set", "dev", "up0", "up")
+        ip(ns, "addr", "add", "10.6.0.5/24", "dev", name)
+        ip(ns, "route", "add", "10.5.0.0/16", "dev", name, "proto", "static")
+        wanted = State(owned=[Route("10.7.0.0/16", gateway="10.6.0.1")])
+        with NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+            [block] = [b for b in backend.observe().foreign
+                       if isinstance(b, RouteBlock) and str(b.destination) == "10.5.0.0/16"]
+            assert block.device == name
+            backend.apply(plan(backend.observe(), wanted))
+            assert _ours(ns) == {("10.7.0.0/16", "10.6.0.1")}
+            # Seen where it stands (through a device no Route can name: a block), so
+            # not added again: the next plan changes nothing and its apply passes.
+            again = plan(backend.observe(), wanted)
+            assert again.empty
+            [note] = again.notes
+            assert note.foreign is not None
+            assert (note.foreign.destination, note.foreign.device) == (
+                next(iter(wanted.owned)).destination, name)
+            backend.apply(again)

@@ -504,8 +504,9 @@ class NetlinkBackend(BackendBase):
         holding the whole destination, no other selector (a source prefix, a mark, an
         interface: a rule that *may* match before one to the route's own table leaves
         the route in doubt, not named), nor a ``goto`` or ``nop`` before it. A ``throw``
-        route of the table sends the lookup on, as the kernel does. Read at every call:
-        the kernel announces no rule change to the route view."""
+        route of the table sends the lookup on, as the kernel does. The rules are read at
+        every call (the kernel announces no rule change to the route view); the routes
+        are those the last observe or apply read (with a driver following no change)."""
         routes = self._wanted_routes
         if routes is None:
             observed = self._observed
@@ -515,7 +516,9 @@ class NetlinkBackend(BackendBase):
             self._driver, "rules", None)
         if not routes or read_rules is None:
             return ()
-        self._routes.begin()
+        # The routes as the pass's observe or apply left the view, no begin(): with a
+        # driver that follows no change (pyroute2) it dumped every route again, all of
+        # them decoded anew (the expected ones are the observe's), at each look.
         with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
             rules = list(read_rules())
             if all(rule in _DEFAULT_RULES for rule in rules):
@@ -1705,7 +1708,8 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
         if rule.family != dst.version or (
                 rule.destination is not None and not rule.destination.overlaps(dst)):
             continue
-        sure = (rule.exact and rule.in_interface is None and rule.out_interface is None
+        sure = (rule.exact and not rule.mark_mask and rule.in_interface is None
+                and rule.out_interface is None
                 and (rule.destination is None
                      or dst.subnet_of(rule.destination)))  # type: ignore[arg-type]
         if rule.action == FR_ACT_TO_TBL:

@@ -512,7 +512,7 @@ def decode_link(msg: bytes) -> Link | None:
     master = found.get(IFLA_MASTER)
     info = found.get(IFLA_LINKINFO)
     kind = None if info is None else attrs_of(info, 0).get(IFLA_INFO_KIND)
-    return Link(index, name.rstrip(b"\0").decode(errors="replace"), bool(flags & IFF_UP),
+    return Link(index, kernel_name(name), bool(flags & IFF_UP),
                 U32.unpack(master)[0] if master is not None and len(master) == 4 else None,
                 None if kind is None else kind.rstrip(b"\0").decode(errors="replace"),
                 _hardware_address(found.get(IFLA_ADDRESS)),
@@ -555,7 +555,10 @@ class LookupRule:
     ``suppress_prefixlength`` ..., *may* match). ``gateway_lookup``: whether the kernel's
     lookup of a route's gateway may meet it at all; a rule with a source prefix, a mark,
     a TOS or an L3 master device is met by a forwarded packet's lookup alone (and is
-    never ``exact``)."""
+    never ``exact``). ``mark_mask``: the bits a rule of mark 0 wants clear
+    (``fwmark 0/0x4000``), 0 for none: the gateway's lookup (no mark) meets it as its
+    other selectors say, a packet marked with one of them does not (kube-proxy marks
+    0x4000 what it masquerades)."""
 
     family: int
     priority: int
@@ -566,6 +569,7 @@ class LookupRule:
     action: int = FR_ACT_TO_TBL
     exact: bool = True
     gateway_lookup: bool = True
+    mark_mask: int = 0
 
     def matches(self, address: Address, incoming: str | None, outgoing: str | None) -> bool:
         """Whether a lookup of ``address`` coming in by ``incoming``, going out by
@@ -582,7 +586,15 @@ def rule_dump_request(family: int) -> bytes:
 
 
 def _name(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.split(b"\0", 1)[0].decode(errors="replace")
+    return None if raw is None else kernel_name(raw)
+
+
+def kernel_name(raw: bytes) -> str:
+    """A device name the kernel sent (up to its NUL), a byte that is no UTF-8 as a lone
+    surrogate (``surrogateescape``): the name itself, its 15 bytes at most as many
+    (U+FFFD, 3 bytes, for each such byte made 6 of them a name no route could be
+    read through: the route was lost, and one of k3snet's added again at every pass)."""
+    return raw.split(b"\0", 1)[0].decode(errors="surrogateescape")
 
 
 def decode_rule(msg: bytes) -> LookupRule | None:
@@ -617,9 +629,11 @@ def decode_rule(msg: bytes) -> LookupRule | None:
     unset = {kind for kind in (FRA_SUPPRESS_PREFIXLEN, FRA_SUPPRESS_IFGROUP)
              if found.get(kind, b"")[:4] == b"\xff\xff\xff\xff"}
     exact = not inverted and not sourced and found.keys() - unset <= _PLAIN_RULE_ATTRS
+    mask = found.get(FRA_FWMASK, b"")
+    mark_mask = 0 if sourced or len(mask) < 4 else U32.unpack(mask[:4])[0]
     if inverted:  # met by what its selectors do not match: any lookup, perhaps
         return LookupRule(4 if family == socket.AF_INET else 6, priority, table, None,
                           None, None, action, exact=False)
     return LookupRule(4 if family == socket.AF_INET else 6, priority, table, destination,
                       _name(found.get(FRA_IIFNAME)), _name(found.get(FRA_OIFNAME)),
-                      action, exact, gateway_lookup=not sourced)
+                      action, exact, gateway_lookup=not sourced, mark_mask=mark_mask)

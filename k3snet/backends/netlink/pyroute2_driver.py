@@ -58,6 +58,7 @@ from k3snet.backends.netlink.codec import (
     LookupRule,
     NetlinkError,
     decode_rule,
+    kernel_name,
     route_of,
 )
 from k3snet.backends.netlink.driver import DUMP_RETRIES
@@ -245,6 +246,8 @@ class Pyroute2Driver:
             links: dict[int, Link] = {}
             for msg in self._dump(ipr, ipr.link):
                 name = msg.get("ifname")
+                if isinstance(name, bytes):  # pyroute2's when it is no UTF-8: as decode_link
+                    name = kernel_name(name)
                 if name is not None:
                     info = msg.get_attr("IFLA_LINKINFO")
                     links[msg["index"]] = Link(
