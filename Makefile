@@ -24,9 +24,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.k3snet-deps
 
 # System packages the library and the tests drive (ip, nft, iptables,
-# libnftables for the nftables bindings, sysctl(8) and netplan for renderer tests), plus what pip needs to create the venv
-# and to build python-iptables from its sdist (a C extension).
-APT_PACKAGES := iproute2 nftables iptables libnftables1 procps netplan.io python3-venv gcc libc6-dev
+# libnftables for the nftables bindings, sysctl(8) and netplan for renderer tests, Node to
+# run the JSON Schemas' patterns as ECMA 262 reads them), plus what pip needs to create
+# the venv and to build python-iptables from its sdist (a C extension).
+APT_PACKAGES := iproute2 nftables iptables libnftables1 procps netplan.io nodejs python3-venv gcc libc6-dev
 # Headers for the interpreter that builds the extension: Debian's python3 needs
 # python3-dev; an interpreter that ships its own headers (pyenv) needs nothing.
 PY_HEADERS := $(shell $(PYTHON) -c 'import os, sysconfig; \
