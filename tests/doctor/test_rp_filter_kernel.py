@@ -246,3 +246,25 @@ def test_a_drop_in_loose_mode_is_said_as_loose_and_names_the_missing_route_back(
     assert "a route back to the source" in (finding.advice or ""), finding.advice
     assert d.plan.empty
 
+
+#: Rule 100 sends what comes in by ``eth0`` over TCP to the main table, everything else
+#: from there to table 100, which has no way to the pods.
+_BY_PROTOCOL = """rule add pref 100 iif eth0 ipproto tcp lookup main
+rule add pref 200 iif eth0 lookup 100
+route add unreachable 10.42.0.0/16 table 100
+"""
+
+
+def test_the_reverse_lookup_carries_the_protocol_where_a_rule_selects_on_it(
+        doctor_lab: DoctorLab) -> None:
+    """A rule selecting on the protocol (``ipproto``) makes the kernel dissect every
+    packet for routing, its reverse-path lookup too (``fib4_rules_early_flow_dissect``):
+    the pod's TCP packets, looked up back as if they came in by ``eth0``, match rule 100
+    and find the route to the pod, so loose ``rp_filter`` passes them. The doctor looked
+    up protocol 0 there, met table 100's ``unreachable`` and said "blocked"."""
+    topology = Topology(rp_all=2)
+    doctor_lab.configure(topology)
+    run_in(doctor_lab.node, ["ip", "-batch", "-"], input_text=_BY_PROTOCOL)
+    answer, result = doctor_lab.kernel_and_trace(topology, timeout=2)
+    assert answer["ok"] is True, answer
+    assert result.verdict is Verdict.REACHES, result.render()
