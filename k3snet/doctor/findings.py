@@ -394,11 +394,22 @@ def _rp_filter(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Chang
     name = f"net.ipv4.conf.{iface.replace('.', '/')}.rp_filter"
     strict = max(state.sysctl("net.ipv4.conf.all.rp_filter"), state.sysctl(name)) == 1
     side = "replies" if step.direction == "reply" else "the pod's packets"
-    finding = Finding(
-        "rp-filter", f"strict reverse-path filtering drops {side} on {iface}", step.where,
-        f"{step.detail}: strict mode drops a packet whose source the node would route out of "
-        "another interface (asymmetric or policy routing); loose mode (2) only asks that a "
-        "route exists", fix=(Sysctl(name, 2),) if strict else ())
+    if strict:
+        finding = Finding(
+            "rp-filter", f"strict reverse-path filtering drops {side} on {iface}", step.where,
+            f"{step.detail}: strict mode drops a packet whose source the node would route out "
+            "of another interface (asymmetric or policy routing); loose mode (2) only asks "
+            "that a route exists", fix=(Sysctl(name, 2),))
+    else:
+        finding = Finding(
+            "rp-filter", f"loose reverse-path filtering drops {side} on {iface}", step.where,
+            f"{step.detail}: loose mode (2) drops a packet the node has no route back to its "
+            "source for (none, or an unreachable, blackhole or prohibit one), or, on an "
+            "interface without an IPv4 address, one whose route back leaves by another",
+            advice=f"give the node a route back to the source (the reverse lookup is made as "
+                   f"if the packet came in by the interface it leaves by, with mark 0 unless "
+                   f"src_valid_mark is set), or {iface} an IPv4 address; rp_filter is loose "
+                   f"already, and only 0 on both all and {iface} turns the check off")
     return finding, (lambda s: _with_sysctls(s, {name: "2"})) if strict else None
 
 

@@ -706,18 +706,23 @@ class Fib:
 def rp_filter_check(routes: Sequence[RouteEntry], rules: Sequence[RuleEntry],
                     addresses: Sequence[Address], *, src: IPAddress, dst: IPAddress,
                     iif: str, mode: int, oif: str | None = None,
-                    mark: int | None = 0, ignore_linkdown: Container[str] = ()
-                    ) -> tuple[bool | None, Lookup]:
+                    mark: int | None = 0, proto: int | None = None,
+                    ignore_linkdown: Container[str] = ()) -> tuple[bool | None, Lookup]:
     """Does a packet ``src -> dst`` arriving on ``iif`` pass reverse-path filtering?
 
     ``mode`` is the effective ``rp_filter`` (the larger of ``all`` and the
     interface's). IPv4 only; mode 0 always passes. ``oif`` is the interface a
     forwarded packet leaves by: the kernel's reverse lookup runs as if the packet
     came in there (``fib_validate_source`` gets the forward route's device), so
-    ``ip rule ... iif`` selectors see it; for local delivery it is ``lo``.
+    ``ip rule ... iif`` selectors see it; for local delivery it is ``lo``. ``proto``
+    (the packet's protocol number) takes part only where a rule of another ``iif`` than
+    ``lo`` selects on the protocol or ports: the kernel then dissects the packet for the
+    reverse lookup too (``fib4_rules_early_flow_dissect``), else looks up protocol 0.
     """
+    dissected = any(r.iif != "lo" and (r.ipproto is not None or any(
+        u.startswith(("sport", "dport")) for u in r.unknown)) for r in rules)
     back = lookup(routes, rules, src, src=dst, iif=oif or "lo", mark=mark,
-                  ignore_linkdown=ignore_linkdown)
+                  proto=proto if dissected else None, ignore_linkdown=ignore_linkdown)
     if mode == 0:
         return True, back
     if back.type == "unknown":

@@ -505,7 +505,7 @@ class _Tracer:
         passed, back = rp_filter_check(
             self.state.routes[fam], self.state.rules[fam], self.state.addresses,
             src=packet.src, dst=packet.dst, iif=packet.iif, mode=mode, oif=oif, mark=mark,
-            ignore_linkdown=self.state.linkdown_ignored(fam))
+            proto=packet.proto_number, ignore_linkdown=self.state.linkdown_ignored(fam))
         kind = "strict" if mode == 1 else "loose"
         where = f"rp_filter={mode} ({kind}) on {packet.iif}"
         marked = (f" (src_valid_mark: looked up with the packet's mark "
@@ -556,7 +556,7 @@ class _Tracer:
             passed, back = rp_filter_check(
                 self.state.routes[reply.family], self.state.rules[reply.family],
                 self.state.addresses, src=reply.src, dst=reply.dst, iif=device, mode=mode,
-                oif=oif, mark=reply.mark if valid_mark else 0,
+                oif=oif, mark=reply.mark if valid_mark else 0, proto=reply.proto_number,
                 ignore_linkdown=self.state.linkdown_ignored(reply.family))
             if passed is False:
                 self.add("reply", "rp_filter", "unknown", f"rp_filter=1 (strict) on {device}",

@@ -42,3 +42,19 @@ def test_a_strict_drop_is_fixed_by_the_interface_s_rp_filter_alone(all_: int, et
 def test_a_loose_drop_has_no_rp_filter_fix_since_2_changes_nothing(all_: int, eth1: int) -> None:
     """``all`` 1 and ``eth1`` 2 (loose): ``all`` = 2 was planned, which leaves it loose."""
     assert _explained(all_, eth1) == ((), False)
+
+
+@pytest.mark.parametrize(("all_", "eth1"), [(1, 2), (2, 0)])
+def test_a_loose_drop_is_said_as_loose_with_a_route_back_to_make(all_: int, eth1: int) -> None:
+    """It was titled "strict reverse-path filtering drops ...", why strict mode drops, with
+    the effective ``rp_filter`` at 2."""
+    state = NodeState.from_capture(NodeCapture.read_dir(GOLDEN / "rp-filter-strict"))
+    state = attrs.evolve(state, sysctls={**state.sysctls,
+                                         "net.ipv4.conf.all.rp_filter": str(all_),
+                                         "net.ipv4.conf.eth1.rp_filter": str(eth1)})
+    step = Step("reply", "rp_filter", "drop", "rp_filter=2 (loose) on eth1",
+                "the route back to 192.168.2.10 is unreachable 192.168.2.0/24", "rp-filter")
+    finding, _ = _rp_filter(state, trace(state, FLOW), step)
+    assert finding.what == "loose reverse-path filtering drops replies on eth1"
+    assert "strict" not in finding.why
+    assert "a route back to the source" in (finding.advice or "")

@@ -208,3 +208,63 @@ def test_strict_rp_filter_on_all_is_loosened_on_one_uplink_by_that_uplink_s_alon
     assert answer["ok"] is True, answer
     assert _rp_filter(doctor_lab.node, "all") == "1"
     assert result.verdict is Verdict.REACHES, result.render()
+
+
+#: The pod's packets, forwarded out of ``eth0``, have no route back in loose mode's
+#: reverse lookup: it runs as if they came in by ``eth0`` (the forward route's device) and
+#: with mark 0 (``src_valid_mark`` off), so it passes rule 100 (the replies, marked as they
+#: come in by ``eth0``: the main table) and meets table 100's ``unreachable``.
+_NO_WAY_BACK = """rule add pref 100 iif eth0 fwmark 0x1 lookup main
+rule add pref 200 iif eth0 lookup 100
+route add unreachable 10.42.0.0/16 table 100
+"""
+_MARK_REPLIES = ("table ip lab_mark {\n chain pre {\n  type filter hook prerouting priority "
+                 '-150; policy accept;\n  iifname "eth0" meta mark set 0x1\n }\n}\n')
+
+
+def test_a_drop_in_loose_mode_is_said_as_loose_and_names_the_missing_route_back(
+        doctor_lab: DoctorLab) -> None:
+    """``all`` loose (2): the kernel drops the pod's packets on ``cni0`` for want of any
+    route back to the pod. The finding said "strict reverse-path filtering drops ..."
+    and why strict mode drops, with ``rp_filter`` at 2 already; now it says loose, that
+    no route leads back, and that a route back lifts it (or 0 on both ``all`` and the
+    interface): no fix is planned."""
+    topology = Topology(rp_all=2)
+    doctor_lab.configure(topology)
+    run_in(doctor_lab.node, ["ip", "-batch", "-"], input_text=_NO_WAY_BACK)
+    run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_MARK_REPLIES)
+    answer, result = doctor_lab.kernel_and_trace(topology, timeout=2, until_dropped=True)
+    assert answer["ok"] is False, answer
+    assert result.verdict is Verdict.BLOCKED, result.render()
+    d = diagnose(NodeState.from_capture(doctor_lab.capture()),
+                 Flow(topology.pod, topology.destination, port=topology.port))
+    finding = next(f for f in d.findings if f.code == "rp-filter")
+    assert finding.fix == ()
+    assert finding.what == "loose reverse-path filtering drops the pod's packets on cni0"
+    assert "strict" not in finding.why
+    assert "unreachable 10.42.0.0/16" in finding.why, finding.why
+    assert "a route back to the source" in (finding.advice or ""), finding.advice
+    assert d.plan.empty
+
+
+#: Rule 100 sends what comes in by ``eth0`` over TCP to the main table, everything else
+#: from there to table 100, which has no way to the pods.
+_BY_PROTOCOL = """rule add pref 100 iif eth0 ipproto tcp lookup main
+rule add pref 200 iif eth0 lookup 100
+route add unreachable 10.42.0.0/16 table 100
+"""
+
+
+def test_the_reverse_lookup_carries_the_protocol_where_a_rule_selects_on_it(
+        doctor_lab: DoctorLab) -> None:
+    """A rule selecting on the protocol (``ipproto``) makes the kernel dissect every
+    packet for routing, its reverse-path lookup too (``fib4_rules_early_flow_dissect``):
+    the pod's TCP packets, looked up back as if they came in by ``eth0``, match rule 100
+    and find the route to the pod, so loose ``rp_filter`` passes them. The doctor looked
+    up protocol 0 there, met table 100's ``unreachable`` and said "blocked"."""
+    topology = Topology(rp_all=2)
+    doctor_lab.configure(topology)
+    run_in(doctor_lab.node, ["ip", "-batch", "-"], input_text=_BY_PROTOCOL)
+    answer, result = doctor_lab.kernel_and_trace(topology, timeout=2)
+    assert answer["ok"] is True, answer
+    assert result.verdict is Verdict.REACHES, result.render()
