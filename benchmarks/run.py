@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 ORDER: list[tuple[str, list[str], list[str] | None]] = [
     ("bench_cli.py", [], ["--quick"]),
     ("bench_spec.py", [], ["--quick"]),
+    ("bench_render.py", [], None),
     ("bench_memory.py", [], ["--quick"]),
     ("bench_planner.py", [], None),
     ("bench_paths.py", [], ["--quick"]),

@@ -1332,23 +1332,59 @@ def _dump(*documents: Any, **options: Any) -> str:
     keys in their order, every string read back as that string by any reader: one that
     a reader may take for a bool or a number (``y``, ``09``, ``1e3``, ``0o17``: kubectl's
     Go YAML read a label ``y`` as true, ``09`` as 9) is quoted, keys too; multi-line
-    strings are ``|`` blocks."""
+    strings are ``|`` blocks.
+
+    Written by libyaml's emitter when PyYAML has it and it writes these documents
+    byte for byte as PyYAML's own does (:func:`_libyaml_writes_alike`), else by PyYAML's
+    own: the same bytes either way, libyaml's many times faster on a big spec."""
     try:
         import yaml  # noqa: PLC0415 - optional dependency (k3snet[cli] / k3snet[kube])
     except ImportError as exc:
         raise yaml_missing("writing Kubernetes manifests", exc) from exc
 
-    class _Dumper(yaml.SafeDumper):
-        def ignore_aliases(self, data: Any) -> bool:
-            return True  # no &anchors / *aliases: every manifest reads on its own
-
     def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
         style = "|" if "\n" in value else "'" if _taken_for_no_text(value) else None
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
-    _Dumper.add_representer(str, _str)
-    return str(yaml.dump_all(list(documents), Dumper=_Dumper, sort_keys=False,
+    base: Any = yaml.SafeDumper
+    if hasattr(yaml, "CSafeDumper") and _libyaml_writes_alike(documents):
+        base = yaml.CSafeDumper
+    # No &anchors / *aliases: every manifest reads on its own.
+    dumper: Any = type("_Dumper", (base,), {"ignore_aliases": lambda self, data: True})
+    dumper.add_representer(str, _str)
+    return str(yaml.dump_all(list(documents), Dumper=dumper, sort_keys=False,
                              default_flow_style=False, **options))
+
+
+# What libyaml's emitter (0.2.5, 0.2.6) writes otherwise than PyYAML's, found by
+# tests/render/test_yaml_emitters.py: a double-quoted string folded at the width (after
+# an escape, or a multi-line string with a space ending a line: no | block), a key that
+# is empty, holds a line break or is over ~120 characters (a "? " key in one only), a
+# |+ block (a string ending in two line breaks) before more of its document (a "..."
+# at the stream's end in libyaml only).
+_ALIKE_KEY: Final = re.compile(r"[ -~]{1,100}")
+_ALIKE_TEXT: Final = re.compile(r"(?:[\n -~]*[ -~]\n?)?")
+
+
+def _libyaml_writes_alike(documents: Iterable[Any]) -> bool:
+    """Whether libyaml's emitter writes ``documents`` as PyYAML's own does: every string
+    printable ASCII (no escapes), multi-line ones without a space ending a line and
+    without a trailing blank line, keys of one short line."""
+    stack = list(documents)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if _ALIKE_TEXT.fullmatch(value) is None or (
+                    "\n" in value and (" \n" in value or value.endswith(" "))):
+                return False
+        elif isinstance(value, Mapping):
+            if any(isinstance(key, str) and _ALIKE_KEY.fullmatch(key) is None
+                   for key in value):
+                return False
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return True
 
 
 # ---------------------------------------------------------------- reading a result back
