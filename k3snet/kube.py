@@ -261,11 +261,14 @@ TERMINATION_GRACE = 70
 kubelet gives it to end its pass, release its Lease and (``--cleanup-on-exit``) remove
 k3snet's objects, before it kills it.
 
-SIGTERM never cuts the apply in progress: the longest bounded step of a pass (an
-``iptables-restore`` run, killed after the iptables backend's 30 s ``timeout``) and its
-undo (another run, as long) take 60 s; then the Lease's release and the last report,
-within :data:`~k3snet.agent.CLEANUP_MARGIN` (5 s), and 5 s to spare. At 30 s the
-kubelet's SIGKILL could land in that undo (the node half-changed, nothing said).
+SIGTERM never cuts the apply in progress. This is the grace period of an agent that
+runs no iptables backend; one that may gets more from ``render manifests`` (130 s at
+the backend's 30 s ``timeout``): the longest bounded step of a pass, an
+``iptables-restore`` run killed at that bound, and its undo (a read-back, one run per
+family), each as long; then the Lease's release and the last report, within
+:data:`~k3snet.agent.CLEANUP_MARGIN` (5 s), and 5 s to spare. At 30 s the kubelet's
+SIGKILL could land in that undo (the node half-changed, nothing said), and at 70 s in
+its later runs.
 
 The rendered DaemonSet tells the agent this value (``$K3SNET_TERMINATION_GRACE``,
 ``k3snet agent --termination-grace``); an agent not told assumes

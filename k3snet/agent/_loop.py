@@ -59,7 +59,7 @@ from k3snet.agent._report import NodeReport, NodeReporter
 from k3snet.agent._spec_source import SPEC_SETTLE, SPEC_SETTLE_LIMIT, SettledFile, SpecSource
 from k3snet.backends.base import PendingRestart
 from k3snet.backends.group import BackendGroup, Member
-from k3snet.backends.kit import longest_step
+from k3snet.backends.kit import longest_step, undo_steps
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
 from k3snet.converge import converge, destroy, pending_restarts
 from k3snet.errors import (
@@ -204,24 +204,32 @@ def grace_shortfalls(grace: float, group: BackendGroup) -> list[str]:
     """What a member's longest bounded step would cut after SIGTERM, in a grace period of
     ``grace`` seconds: the step (its optional ``longest_step``,
     :func:`~k3snet.backends.kit.longest_step`: the iptables backend's ``timeout``, after
-    which a restore run is killed), its undo as long, then :data:`CLEANUP_MARGIN`. A
-    ``longest_step`` that is no number of seconds raises
+    which a restore run is killed), the bounded steps of its undo, each as long (its
+    optional ``undo_steps``, :func:`~k3snet.backends.kit.undo_steps`, 1 without one), then
+    :data:`CLEANUP_MARGIN`. A ``longest_step`` that is no number of seconds, or an
+    ``undo_steps`` that is no whole number of 1 or more, raises
     :class:`~k3snet.errors.BackendError`.
 
-    SIGTERM never cuts the pass in progress: the DaemonSet's 70 s hold one restore killed
-    at its 30 s bound, its undo and the margin. An iptables ``timeout`` raised above that
-    let the kubelet's SIGKILL land in the undo (the node half-changed, nothing said), and
-    nothing told the operator."""
+    SIGTERM never cuts the pass in progress. The iptables backend's undo after a restore
+    run killed at its bound reads back what that run committed and takes back each
+    family in one run: three steps after the killed one, 125 s at its 30 s ``timeout``
+    with the margin, which the rendered DaemonSet's grace period for a spec with that
+    backend holds (130 s: docs/manifests.md). Counted as one undo run, the check let a
+    70 s grace period pass while a dual-stack apply whose IPv6 run was killed took back
+    one table per run, five runs after it: the kubelet's SIGKILL landed in the undo (the
+    node half-changed) and nothing told the operator."""
     shortfalls = []
     for member in group.members:
         step = longest_step(member.backend)
         if step is None:
             continue
-        needed = 2 * step + CLEANUP_MARGIN
+        undo = undo_steps(member.backend)
+        needed = (1 + undo) * step + CLEANUP_MARGIN
         if needed >= grace:
+            steps = "as long" if undo == 1 else f"{undo} steps as long"
             shortfalls.append(
                 f"{member.backend.name}: a step of it may take {step:g} s (its timeout) and "
-                f"its undo as long, {needed:g} s with the {CLEANUP_MARGIN:g} s clean-up "
+                f"its undo {steps}, {needed:g} s with the {CLEANUP_MARGIN:g} s clean-up "
                 f"margin, not within the pod's grace period of {grace:g} s: SIGTERM during "
                 "them has the kubelet kill k3snet in the undo, the node half-changed; give "
                 "the pod a longer terminationGracePeriodSeconds (and "

@@ -110,6 +110,7 @@ __all__ = [
     "translate_errors",
     "undo_running",
     "undo_spares_children",
+    "undo_steps",
     "undoing",
     "unwritten_problems",
 ]
@@ -1048,8 +1049,9 @@ def backend_warnings(backend: object) -> tuple[str, ...]:
 def longest_step(backend: object) -> float | None:
     """``backend``'s optional ``longest_step``: the seconds the longest bounded step of its
     apply may take (a tool run killed after its timeout: the iptables backend's
-    ``timeout``), which the agent holds, with an undo as long, against the pod's grace
-    period (:func:`~k3snet.agent.grace_shortfalls`); ``None`` without one.
+    ``timeout``), which the agent holds, with the steps of its undo (:func:`undo_steps`),
+    against the pod's grace period (:func:`~k3snet.agent.grace_shortfalls`); ``None``
+    without one.
 
     Anything but a number of seconds above 0 (a flag, text, NaN) is a
     :class:`~k3snet.errors.BackendError` naming the backend, as a ``warnings`` that is no
@@ -1064,6 +1066,29 @@ def longest_step(backend: object) -> float | None:
             f"{name}.longest_step is {type(found).__name__} {found!r}, not a number of "
             "seconds above 0 (an attribute or property: docs/custom-backend.md)")
     return float(found)
+
+
+def undo_steps(backend: object) -> int:
+    """``backend``'s optional ``undo_steps``: how many bounded steps, each at most its
+    :func:`longest_step`, may follow the longest one when that one is killed at its bound
+    (the iptables backend's read-back of what the killed run committed, then one
+    ``iptables-restore`` run for each family taken back); 1 without one (an undo as long
+    as the step). The agent holds the step and these against the pod's grace period
+    (:func:`~k3snet.agent.grace_shortfalls`).
+
+    Anything but a whole number of 1 or more (a flag, a float, text) is a
+    :class:`~k3snet.errors.BackendError` naming the backend, as a ``longest_step`` that is
+    no number of seconds is.
+    """
+    found = getattr(backend, "undo_steps", None)
+    if found is None:
+        return 1
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        name = getattr(backend, "name", "") or type(backend).__name__
+        raise BackendError(
+            f"{name}.undo_steps is {type(found).__name__} {found!r}, not a whole number of "
+            "steps of 1 or more (an attribute or property: docs/custom-backend.md)")
+    return found
 
 
 # ---------------------------------------------------------------- the base class

@@ -220,6 +220,37 @@ def _uses(spec: Spec, backend: str) -> bool:
 # ---------------------------------------------------------------- the agent
 
 
+_GRACE_SPARE = 5
+"""Seconds of the grace period beyond the longest bounded step, its undo and
+``CLEANUP_MARGIN``."""
+
+_IPTABLES_TIMEOUT = 30.0
+"""The iptables backend's default ``timeout``: the bound of one restore run."""
+
+_IPTABLES_UNDO_STEPS = 3
+"""The iptables backend's ``undo_steps``: the read-back of what a killed restore run
+committed, then one restore run per family taken back. Render imports no backend; the
+agent's tests hold these two to the backend's own (tests/agent/test_termination_grace.py)."""
+
+
+def _termination_grace(spec: Spec) -> int:
+    """The agent pod's ``terminationGracePeriodSeconds``: :data:`~k3snet.kube.TERMINATION_GRACE`,
+    or longer when the iptables backend may run: a restore run killed at the spec's
+    ``timeout`` (30 s unless ``backends.iptables.timeout`` says), the bounded steps of
+    its undo after it, each as long (the read-back, one run per family taken back),
+    ``CLEANUP_MARGIN`` and 5 s to spare, what the agent's warning
+    (``k3snet.agent.grace_shortfalls``) holds against the grace period it is told.
+    At 70 s, a dual-stack apply whose IPv6 run was killed undid in more runs than the
+    grace period held, the kubelet's SIGKILL in the undo and nothing said."""
+    if not _uses(spec, "iptables"):
+        return TERMINATION_GRACE
+    from k3snet.agent import CLEANUP_MARGIN  # noqa: PLC0415 - lazy: render alone
+
+    timeout = spec_backend_options(spec, "iptables").get("timeout", _IPTABLES_TIMEOUT)
+    needed = (1 + _IPTABLES_UNDO_STEPS) * float(timeout) + CLEANUP_MARGIN
+    return max(TERMINATION_GRACE, math.ceil(needed) + _GRACE_SPARE)
+
+
 @attrs.frozen
 class _AgentNeeds:
     """What the agent touches, derived from the spec and the flannel options."""
@@ -851,14 +882,14 @@ def _agent_volumes(
     return volumes, mounts
 
 
-def _agent_env(needs: _AgentNeeds) -> list[dict[str, Any]]:
+def _agent_env(needs: _AgentNeeds, grace: int) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "K3SNET_NODE_NAME",
          "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         # The pod's terminationGracePeriodSeconds, which the agent's shutdown plans for
         # (not told, it assumes the 30 s of DaemonSets rendered before). A variable, not
         # an option: an agent image older than the manifest ignores it.
-        {"name": "K3SNET_TERMINATION_GRACE", "value": str(TERMINATION_GRACE)},
+        {"name": "K3SNET_TERMINATION_GRACE", "value": str(grace)},
     ]
     if needs.cluster_wide:
         # The Lease lives in the agent's own namespace.
@@ -937,6 +968,7 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 
 def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> dict[str, Any]:
     spec = profile.spec
+    grace = _termination_grace(spec)  # each profile's backends and options its own
     volumes, mounts = _agent_volumes(needs, profile.configmap)
     selector = {"app.kubernetes.io/name": "k3snet", "app.kubernetes.io/component": "agent",
                 PROFILE_LABEL: profile.name}
@@ -945,7 +977,7 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
         "image": spec.agent.image,
         "imagePullPolicy": "IfNotPresent",
         "command": _agent_command(spec, needs),
-        "env": _agent_env(needs),
+        "env": _agent_env(needs, grace),
         # hostNetwork: the port is the node's; declared so that it is visible (and
         # scheduling knows it is taken).
         "ports": [{"name": "metrics", "containerPort": AGENT_PORT, "protocol": "TCP"}],
@@ -993,7 +1025,7 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
         "tolerations": [{"operator": "Exists"}],
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         # SIGTERM: the pass in progress ends, the Lease is released, the rules stay.
-        "terminationGracePeriodSeconds": TERMINATION_GRACE,
+        "terminationGracePeriodSeconds": grace,
         "containers": [container],
         "volumes": volumes,
     }

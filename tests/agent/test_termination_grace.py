@@ -8,7 +8,9 @@ killed at 30 s, its Lease held. The rendered DaemonSet now tells the agent
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -17,11 +19,13 @@ from k3snet.agent import CLEANUP_MARGIN, Agent, AgentOptions, FileSpecSource, gr
 from k3snet.agent._main import _agent_options
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.iptables import IptablesBackend
-from k3snet.backends.kit import longest_step
+from k3snet.backends.kit import longest_step, undo_steps
 from k3snet.backends.memory import MemoryBackend
 from k3snet.cli import build_parser
 from k3snet.errors import BackendError, ModelError
 from k3snet.kube import ASSUMED_TERMINATION_GRACE, TERMINATION_GRACE
+from k3snet.render.manifests import render_manifests
+from k3snet.spec import Destination, Spec
 
 from .desired import COMPILED
 
@@ -146,12 +150,37 @@ def test_an_agent_warns_once_a_spec_is_in_force_if_a_step_and_its_undo_outlast_i
         assert f"not within the pod's grace period of {grace:g} s" in said[0]
 
 
-@pytest.mark.parametrize(("timeout", "warned"), [(30, False), (32, False), (32.5, True)])
-def test_the_iptables_backend_s_timeout_is_its_longest_step_against_the_daemonset_s_grace(
-        timeout: float, warned: bool) -> None:
-    shortfalls = grace_shortfalls(TERMINATION_GRACE, BackendGroup([IptablesBackend(
-        timeout=timeout)]))
-    assert bool(shortfalls) == warned, shortfalls
+def _rendered_grace(spec: Spec) -> int:
+    (daemonset,) = [o for o in render_manifests(spec) if o["kind"] == "DaemonSet"]
+    grace: int = daemonset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    return grace
+
+
+@pytest.mark.parametrize("timeout", [None, 1, 12.5, 30, 40])
+@pytest.mark.parametrize("backends", [["iptables"], []])
+def test_the_rendered_grace_period_holds_the_iptables_backend_s_step_and_every_undo_run(
+        timeout: float | None, backends: list[str]) -> None:
+    """The rendered DaemonSet's grace period holds a restore run killed at the spec's
+    ``timeout`` and every bounded run of its undo: the read-back and one run per family
+    (``undo_steps``), as the agent counts them. It was 70 s against one undo run: a
+    dual-stack apply whose IPv6 run was killed took back IPv4's filter and nat in two
+    runs (95 s at 30 s), and more after a read-back, with no warning. A spec naming no
+    backend may run the iptables one too."""
+    options = {} if timeout is None else {"iptables": {"timeout": timeout}}
+    spec = Spec(destinations=[Destination("192.168.2.0/24")], backends=backends,
+                backend_options=options)
+    grace = _rendered_grace(spec)
+    default = inspect.signature(IptablesBackend).parameters["timeout"].default
+    backend = IptablesBackend(timeout=default if timeout is None else timeout)
+    assert undo_steps(backend) == 3
+    assert not grace_shortfalls(grace, BackendGroup([backend]))
+    # no longer than that needs (it delays a drain): 5 s to spare, or the 70 s floor
+    step = 30.0 if timeout is None else timeout
+    assert grace == max(TERMINATION_GRACE, math.ceil(4 * step + CLEANUP_MARGIN) + 5)
+    # The 70 s of a spec without it do not hold the default timeout's.
+    assert _rendered_grace(Spec(destinations=[Destination("192.168.2.0/24")],
+                                backends=["nftables"])) == TERMINATION_GRACE
+    assert grace_shortfalls(TERMINATION_GRACE, BackendGroup([IptablesBackend()]))
 
 
 class _StepOf(MemoryBackend):
@@ -195,3 +224,34 @@ def test_a_backend_s_longest_step_that_is_no_number_of_seconds_fails_no_pass(
 def test_the_kit_reads_a_backend_s_longest_step_as_seconds(step: object, read: object) -> None:
     assert longest_step(_StepOf(step)) == read
     assert longest_step(object()) is None
+
+
+class _UndoOf(MemoryBackend):
+    """A third-party backend whose step takes 10 s and whose undo ``steps`` as many."""
+
+    longest_step = 10.0
+
+    def __init__(self, steps: object) -> None:
+        super().__init__()
+        self.undo_steps = steps
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_the_agent_holds_a_step_and_every_step_of_its_undo_against_the_grace(
+        steps: int) -> None:
+    needed = (1 + steps) * 10.0 + CLEANUP_MARGIN
+    group = BackendGroup([_UndoOf(steps)])
+    (said,) = grace_shortfalls(needed, group)
+    assert f"{needed:g} s with the" in said
+    assert ("its undo as long" if steps == 1 else f"its undo {steps} steps as long") in said
+    assert not grace_shortfalls(needed + 0.5, group)
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.0, "3", True])
+def test_a_backend_s_undo_steps_that_is_no_whole_number_of_1_or_more_is_said(
+        steps: object) -> None:
+    with pytest.raises(BackendError, match=r"memory\.undo_steps is .* not a whole number"):
+        undo_steps(_UndoOf(steps))
+    with pytest.raises(BackendError):
+        grace_shortfalls(600, BackendGroup([_UndoOf(steps)]))
+    assert undo_steps(object()) == 1

@@ -1022,9 +1022,11 @@ def test_daemonset_runs_on_linux_with_probes_on_the_agent_port(name: str) -> Non
         # the limit is memory only (a CPU limit throttles a first apply of many rules)
         assert set(container["resources"]["limits"]) == {"memory"}
         # The agent's shutdown budgets its Lease release and last report within
-        # TERMINATION_GRACE of SIGTERM: the kubelet must kill it no earlier (a shorter
-        # grace period kills it mid-release, a longer one only delays a drain).
-        assert pod["terminationGracePeriodSeconds"] == TERMINATION_GRACE
+        # TERMINATION_GRACE of SIGTERM, or the longer IPTABLES_GRACE with an iptables
+        # backend that may run (its undo's runs after a restore killed at its bound):
+        # the kubelet must kill it no earlier (a shorter grace period kills it
+        # mid-release, a longer one only delays a drain).
+        assert pod["terminationGracePeriodSeconds"] == _grace_of(pod)
         # ... and the agent is told so (not told, it assumes 30 s: DaemonSets rendered
         # before said that, and an image updated alone must not plan for more)
         told = [v for v in container["env"] if v["name"] == "K3SNET_TERMINATION_GRACE"]
@@ -1046,10 +1048,10 @@ def test_daemonset_grace_period_is_the_one_the_agent_it_runs_plans_its_shutdown_
     # here from the container's own command and environment: the DaemonSet tells it its
     # period ($K3SNET_TERMINATION_GRACE); told nothing, it planned for 30 s of the 70.
     # The one-shot commands' undo on SIGTERM (apply, destroy: up to UNDO_AFTER_SIGTERM,
-    # 75 s, systemd's stop timeout less a margin) is never the agent's: were it the pod's
-    # command's, the kubelet would kill it mid-undo, 5 s before its bound. A grace period
-    # other than the agent's, a preStop hook, or an agent command SIGTERM undoes, each
-    # fails here.
+    # 75 s, systemd's stop timeout less a margin) is never the agent's: the agent ends
+    # its pass and its undo within the grace period, never undoes what is in force. A
+    # grace period other than the agent's, a preStop hook, or an agent command SIGTERM
+    # undoes, each fails here.
     clock = [1000.0]
 
     def desired(spec: Spec, group: BackendGroup, /, *, hold: frozenset[int] = frozenset()
@@ -1075,23 +1077,38 @@ def test_daemonset_grace_period_is_the_one_the_agent_it_runs_plans_its_shutdown_
         assert deadline is not None
         bound = deadline.at - 1000.0 + CLEANUP_MARGIN  # the agent's, and its margin
         assert 0 < CLEANUP_MARGIN < bound
-        assert bound < cli.UNDO_AFTER_SIGTERM  # (why the agent must not undo on SIGTERM)
         assert pod["terminationGracePeriodSeconds"] == bound
         # (and no longer than it needs: it delays a drain and a rolling update)
-        assert pod["terminationGracePeriodSeconds"] == TERMINATION_GRACE
+        assert pod["terminationGracePeriodSeconds"] == _grace_of(pod)
+
+
+IPTABLES_GRACE = 130
+"""The grace period of an agent that may run the iptables backend at its default 30 s
+``timeout``: a restore killed at it, the read-back of what it committed and one run per
+family taken back (each as long), CLEANUP_MARGIN and 5 s to spare."""
+
+
+def _grace_of(pod: dict[str, Any]) -> int:
+    """The grace period ``pod`` must have: IPTABLES_GRACE if it mounts the xtables lock
+    (an iptables backend may run), else TERMINATION_GRACE."""
+    volumes = {v["name"] for v in pod["volumes"]}
+    return IPTABLES_GRACE if "xtables-lock" in volumes else TERMINATION_GRACE
 
 
 def test_the_grace_period_outlasts_the_longest_bounded_step_and_its_undo() -> None:
     """SIGTERM never cuts the agent's apply in progress: an iptables restore killed at its
-    bound (the backend's ``timeout``), then its undo (another restore, as long), then the
-    Lease's release within CLEANUP_MARGIN. At 30 s, the restore's own bound, the kubelet's
-    SIGKILL landed in the undo, the node half-changed."""
+    bound (the backend's ``timeout``), then its undo (the read-back of what the killed
+    run committed, one restore per family taken back, each as long), then the Lease's
+    release within CLEANUP_MARGIN. At 30 s, the restore's own bound, the kubelet's
+    SIGKILL landed in the undo, the node half-changed; at 70 s, counting one undo run,
+    in the undo's later runs."""
     restore = inspect.signature(IptablesBackend).parameters["timeout"].default
     assert restore == inspect.signature(Processes).parameters["timeout"].default
-    assert 2 * restore + CLEANUP_MARGIN < TERMINATION_GRACE
+    needed = (1 + IptablesBackend().undo_steps) * restore + CLEANUP_MARGIN
+    assert needed < IPTABLES_GRACE
     for daemonset in _kind(_render("seed"), "DaemonSet"):
         assert daemonset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > (
-            2 * restore + CLEANUP_MARGIN)
+            needed)
 
 
 # Peak RSS of an agent's first pass with netlink and nftables, the heaviest backends

@@ -149,6 +149,7 @@ from k3snet.backends.kit import (
     Compensation,
     GcPause,
     OptionChecks,
+    UndoFailure,
     committing,
     gc_paused,
     held_after_commit,
@@ -203,6 +204,15 @@ Mode = Literal["nft", "legacy", "auto"]
 Driver = Literal["restore", "libiptc", "auto"]
 
 FAMILIES = (4, 6)
+
+UNDO_STEPS = 1 + len(FAMILIES)
+"""The bounded runs that may follow a restore run killed at its ``timeout``, each
+bounded alike (:func:`~k3snet.backends.kit.undo_steps`): the ``iptables-save`` that
+reads back which tables the killed run committed, then one run for each family whose
+tables are taken back (a dual-stack apply whose IPv6 run was killed after its last
+``COMMIT``; a jump's move after both families' runs needs no read-back). A run that
+refuses a table (an answer, not a hang) is followed by one more for the tables after
+it; that is not counted."""
 
 
 @attrs.frozen
@@ -288,8 +298,12 @@ class IptablesBackend(BackendBase):
         timeout = float(timeout)
         self.longest_step = timeout
         """Seconds the longest bounded step of an apply may take (a tool run, killed after
-        ``timeout``): the agent warns when it, its undo and its clean-up margin do not fit
-        the pod's grace period (:func:`~k3snet.agent.grace_shortfalls`)."""
+        ``timeout``): the agent warns when it, the :attr:`undo_steps` after it and its
+        clean-up margin do not fit the pod's grace period
+        (:func:`~k3snet.agent.grace_shortfalls`)."""
+        self.undo_steps = UNDO_STEPS
+        """How many bounded steps, each as long, may follow that one when it is killed
+        (the save reading back what it committed, then a run per family taken back)."""
         if netns is not None and kernel is None:
             path = netns_path(netns)
             if not path.exists():
@@ -1124,9 +1138,10 @@ class IptablesBackend(BackendBase):
             except K3snetError as exc:
                 return (), [f"IPv{family} {step.table}: cannot tell whether it was committed "
                             f"({exc})" for step, _ in sent]
-        for step, state in sent:
-            if step.table in committed:
-                undo.record(step.changes, self._reverter(state, step))
+        done = [(step, state) for step, state in sent if step.table in committed]
+        if done:
+            undo.record([c for step, _ in done for c in step.changes],
+                        self._run_reverter(family, done))
         return committed, []
 
     def _read_committed(self, family: int, sent: list[tuple[_Step, TableState]]
@@ -1169,6 +1184,89 @@ class IptablesBackend(BackendBase):
                             "does not read back (k3snet's hook jump in place of an edited "
                             "one)", step.family, step.table)
         return revert
+
+    def _run_reverter(self, family: int, done: list[tuple[_Step, TableState]]
+                      ) -> Callable[[], None]:
+        """What takes back the tables one restore run committed (``done``: each edit and
+        the table after it), in one run: the last committed first (nat, then filter),
+        each table at its own ``COMMIT``, as the apply's run committed them.
+
+        One run, not one per table: after a restore run killed at its bound, the undo's
+        runs are bounded alike, and each counts against the pod's grace period
+        (``UNDO_STEPS``). The tool stops at the first refusal: the tables
+        committed before it are taken back, the refused one is tried again without the
+        rules whose text does not read back (as :meth:`_reverter`), and the tables
+        after it in a run of their own; what stays is said table by table
+        (:class:`~k3snet.backends.kit.UndoFailure`). A run killed at its bound cannot
+        say which tables it took back: each of them is said to stay.
+        """
+        def revert() -> None:
+            pending = list(reversed(done))
+            undone: list[Change] = []
+            problems: list[str] = []
+            loose: set[str] = set()  # tables tried again without the rules not read back
+            stays: set[str] = set()
+
+            def inverses(steps: Sequence[tuple[_Step, TableState]]) -> list[Change]:
+                return [c.inverse() for step, _ in steps for c in reversed(step.changes)]
+
+            while pending:
+                ops = [(step, revert_ops(state, step.edit, exact=step.table not in loose))
+                       for step, state in pending]
+                undone += inverses([p for p, (_, o) in zip(pending, ops, strict=True) if not o])
+                pending = [p for p, (_, o) in zip(pending, ops, strict=True) if o]
+                try:
+                    self._revert_run(family, [(step, o) for step, o in ops if o])
+                except RunFailedError as exc:
+                    if exc.committed is None:  # killed, or no line said: nothing is known
+                        problems += [f"{inverse}: {exc}" for inverse in inverses(pending)]
+                        stays.update(step.table for step, _ in pending)
+                        break
+                    taken = [p for p in pending if p[0].table in exc.committed]
+                    undone += inverses(taken)
+                    pending = [p for p in pending if p[0].table not in exc.committed]
+                    if not pending:
+                        break
+                    refused, state = pending[0]
+                    if refused.table not in loose and revert_ops(
+                            state, refused.edit, exact=False) != revert_ops(state, refused.edit):
+                        loose.add(refused.table)
+                        continue
+                    problems += [f"{inverse}: {exc}" for inverse in inverses(pending[:1])]
+                    stays.add(refused.table)
+                    pending = pending[1:]
+                    continue
+                except Exception as exc:
+                    # (a namespace gone): the tables not yet taken back stay
+                    problems += [f"{inverse}: {exc}" for inverse in inverses(pending)]
+                    raise UndoFailure(problems, undone) from exc
+                undone += inverses(pending)
+                break
+            for table in sorted(loose - stays):
+                log.warning("iptables: IPv%s %s taken back without the rules whose text "
+                            "does not read back (k3snet's hook jump in place of an edited "
+                            "one)", family, table)
+            if problems:
+                raise UndoFailure(problems, undone)
+        return revert
+
+    def _revert_run(self, family: int, tables: list[tuple[_Step, list[Op]]]) -> None:
+        """One restore run taking ``tables`` back, each at its own ``COMMIT``
+        (:class:`RunFailedError` names the refused table and those committed before)."""
+        if not tables:
+            return
+        run = self._kernel.restore(family, self.mode)
+        try:
+            for step, ops in tables:
+                run.table(step.table)
+                run.send(restore_lines(ops))
+                if step is tables[0][0]:
+                    committing()  # as a commit_ops run's: raises if a signal stopped the caller
+                run.commit()
+        except BaseException:
+            run.abort()
+            raise
+        run.wait()
 
     def _fail(self, undo: Compensation, step: _Step, failed: Change | None,
               exc: RunFailedError, problems: Sequence[str] = ()) -> NoReturn:
