@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from k3snet.cli import main
 from k3snet.doctor.bundle import NodeCapture
 from k3snet.doctor.routing import rp_filter_check
 from k3snet.doctor.state import NodeState
@@ -86,3 +87,18 @@ def _assert_two_devices(state: NodeState) -> None:
     devices = {r.device for r in state.routes[4] if r.table == 254}
     assert {STRICT, LOOSE} <= devices, devices
     assert _passes(state) is False
+
+
+def test_the_doctor_prints_a_device_named_by_non_utf8_bytes_as_observe_does(
+        node: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """As the shell word of its bytes (``$'\\xff\\xfe\\xfd'``), not as U+FFFD or the
+    escapes of the lone surrogates standing for them (``\\udcff``)."""
+    main(["doctor", "--netns", node, "--from", "10.1.0.7", "--to", "10.2.0.5:80"])
+    # The trace's lines (the finding's advice quotes the model's refusal of the name as
+    # it words it, a Python repr).
+    out = capsys.readouterr().out.partition("findings:")[0]
+    assert r"arrives on $'\xff\xfe\xfd'" in out, out
+    assert r"dev $'\xfa\xfb\xfc'" in out, out
+    assert r"$'net.ipv4.conf.\xff\xfe\xfd.forwarding': 1" in out, out
+    assert "\\udc" not in out, out
+    assert "\ufffd" not in out, out
