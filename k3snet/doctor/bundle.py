@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -58,6 +59,11 @@ FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
         r"|[46]\.conf\..*\.ignore_routes_with_linkdown)$",
     ),
 })
+
+#: Files whose command runs in the C locale: sysctl's ``-r`` regex, in a UTF-8 one, matches no
+#: name holding a byte that is not UTF-8 (``.*`` stops at it), so such a device's
+#: ``rp_filter`` went unread, taken as 0.
+_BYTE_LOCALE: Final = frozenset({"sysctl.txt"})
 
 # The most of /proc/net/netfilter/nfnetlink_queue a capture reads (65 536 queues of ~56 bytes).
 NFQUEUE_BYTES: Final = 4 * 1024 * 1024
@@ -110,7 +116,9 @@ NOT_INSTALLED = "not installed"
 _MANIFEST = "bundle.json"
 _FORMAT = 1
 _NETNS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_SYSCTL_LINE = re.compile(r"\s*(?P<name>[\w./@+-]+)\s*=\s*(?P<value>.*?)\s*")
+# A name is whatever the kernel takes in an interface's (no space, no slash: sysctl writes
+# a dot of it as "/"), bytes that are no UTF-8 too (read as lone surrogates).
+_SYSCTL_LINE = re.compile(r"\s*(?P<name>\S+)\s*=\s*(?P<value>.*?)\s*")
 
 
 _NFT_SAVES: Final = {"iptables-nft-v4.save": "ip", "iptables-nft-v6.save": "ip6"}
@@ -143,7 +151,8 @@ def _save_apart(prefix: Sequence[str], tool: str, tables: Sequence[str],
     for table in tables:
         try:
             done = subprocess.run([*prefix, tool, "-t", table], capture_output=True,
-                                  text=True, errors="replace", timeout=timeout, check=False)
+                                  text=True, errors="surrogateescape", timeout=timeout,
+                                  check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
         if done.returncode == 0:
@@ -171,18 +180,18 @@ def _frozen(values: Mapping[str, str]) -> Mapping[str, str]:
 
 
 def _read_capture(path: Path) -> str:
-    """A bundle file's text: a regular UTF-8 file of at most :data:`MAX_FILE_BYTES`, read
+    """A bundle file's text: a regular file of at most :data:`MAX_FILE_BYTES`, read
     without waiting (:func:`k3snet._kept.read_input`) and never through a link (one
-    swapped in after :meth:`NodeCapture.read_dir` looked), else a BundleError."""
+    swapped in after :meth:`NodeCapture.read_dir` looked), else a BundleError. UTF-8, a
+    byte that is not (an interface's name, as the capture wrote it) read as the lone
+    surrogate standing for it."""
     try:
-        return read_input(path, MAX_FILE_BYTES, follow=False).decode()
+        return read_input(path, MAX_FILE_BYTES, follow=False).decode(errors="surrogateescape")
     except OSError as exc:
         if exc.errno == errno.EFBIG:
             raise BundleError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; a capture "
                               "file is far smaller") from None
         raise BundleError(f"{path}: {input_problem(exc)}") from None
-    except UnicodeDecodeError as exc:
-        raise BundleError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
 class BundleError(K3snetError, ValueError):
@@ -305,10 +314,14 @@ class NodeCapture:
                 continue
             try:
                 # A comment or an interface name is bytes to the kernel: a byte that is
-                # not UTF-8 is kept as U+FFFD (the bundle stays text the doctor reads).
+                # not UTF-8 is kept as the lone surrogate standing for it (surrogateescape,
+                # as the netlink backend reads a name), written back as that byte: two
+                # devices named by as many such bytes stay two (U+FFFD made them one).
                 running[name] = subprocess.Popen([*prefix, *argv], stdout=subprocess.PIPE,
                                                  stderr=subprocess.PIPE, text=True,
-                                                 errors="replace")
+                                                 errors="surrogateescape",
+                                                 env=({**os.environ, "LC_ALL": "C"}
+                                                      if name in _BYTE_LOCALE else None))
             except OSError as exc:
                 missing[name] = f"{argv[0]}: {exc}"
         for name, process in running.items():
@@ -372,7 +385,7 @@ class NodeCapture:
             written = []
             for name in sorted(self.texts):
                 path = root / name
-                write_output(path, self.texts[name])
+                write_output(path, self.texts[name].encode(errors="surrogateescape"))
                 written.append(path)
             manifest = root / _MANIFEST
             write_output(manifest, json.dumps({

@@ -32,10 +32,11 @@ from k3snet.doctor.trace import (
     Verdict,
     own_pmtu_error_steps,
     pmtu_error_steps,
+    shown,
     trace,
 )
 from k3snet.errors import ModelError
-from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, State, Sysctl, printable
+from k3snet.model import ForwardRule, MasqueradeRule, NetObject, Route, State, Sysctl
 from k3snet.planner import Plan, plan
 
 __all__ = ["FIX_BACKENDS", "Diagnosis", "Finding", "diagnose"]
@@ -71,11 +72,11 @@ class Finding:
     def render(self) -> str:
         """A few lines for people."""
         # what, where, why and advice quote the node's rules and interface names.
-        lines = [f"[{self.severity}] {self.code}: {printable(self.what)}",
-                 f"    where: {printable(self.where)}", f"    why:   {printable(self.why)}"]
+        lines = [f"[{self.severity}] {self.code}: {shown(self.what)}",
+                 f"    where: {shown(self.where)}", f"    why:   {shown(self.why)}"]
         lines += [f"    fix:   {printable_line(obj.describe())}" for obj in self.fix]
         if self.advice:
-            lines.append(f"    do:    {printable(self.advice)}")
+            lines.append(f"    do:    {shown(self.advice)}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from k3snet._logline import shell_word
 from k3snet.doctor.packet import (
     ACK,
     PLANNED_ORDER,
@@ -79,6 +80,25 @@ _CONNTRACK_PRIORITY = -200
 _NAT_CORE: Final[Mapping[str, int]] = {"prerouting": _NAT_DST_PRIORITY, "postrouting": 100}
 #: The most random branches (a Service's endpoints) followed for one flow.
 MAX_BRANCHES = 32
+
+
+# A word holding a byte that is not UTF-8 (a lone surrogate, as the readers keep such a
+# byte of a device's name): up to a space, a character no interface name holds or a
+# clause's punctuation, not ending in a sentence's full stop.
+_BYTE_WORD = re.compile(r"[^\s/:(),;'\"`]*[\ud800-\udfff]"
+                        r"(?:[^\s/:(),;'\"`]*[^\s/:(),;.'\"`])?")
+
+
+def shown(text: str) -> str:
+    """``text`` from the node or a bundle as the doctor prints it: :func:`printable`, a
+    word holding a byte that is not UTF-8 (a device's kernel name) written as the shell
+    word of its bytes (``$'\\xff\\xfe\\xfd'``), as observe writes such a device, not as
+    the escapes of the lone surrogates standing for them (``\\udcff``)."""
+    parts, at = [], 0
+    for found in _BYTE_WORD.finditer(text):
+        parts += [printable(text[at:found.start()]), shell_word(found[0])]
+        at = found.end()
+    return "".join([*parts, printable(text[at:])])
 
 
 class Verdict(enum.StrEnum):
@@ -176,8 +196,8 @@ class Step:
         detail = self.detail.removeprefix(f"{self.where}: ")
         # Rules and interface names come from the node or a bundle: escaped, never
         # control sequences or line breaks on the reader's terminal.
-        return (f"{side} {self.stage:<11} {self.outcome:<7} {printable(self.where)}: "
-                f"{printable(detail)}{mark}")
+        return (f"{side} {self.stage:<11} {self.outcome:<7} {shown(self.where)}: "
+                f"{shown(detail)}{mark}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -269,7 +289,7 @@ class Trace:
                          if self.dnat is not None
                          else "branches (a rule or a multipath route picks one for each "
                               "connection):")
-            lines += [f"  {e.describe_target() if self.dnat else printable(e.describe_branch())}: "
+            lines += [f"  {e.describe_target() if self.dnat else shown(e.describe_branch())}: "
                       f"{e.verdict.value}" + (
                 f"; the destination sees {e.source_seen}" if e.source_seen else "")
                 for e in self.endpoints]

@@ -1,0 +1,104 @@
+"""Devices whose kernel names hold bytes that are not UTF-8, as the doctor reads them.
+
+Two veths named by three such bytes each (``$'\\xff\\xfe\\xfd'``, ``$'\\xfa\\xfb\\xfc'``):
+read with ``errors="replace"`` both were ``'\\ufffd' * 3``, one device to the doctor (the
+routes of both on it), and ``sysctl -r`` in a UTF-8 locale listed neither's
+``rp_filter`` (its ``.*`` stops at such a byte): strict ``rp_filter`` on one read as 0.
+A reply from the other's network arriving on it passed in the doctor's view; the
+kernel drops it (``ip route get ... iif``: a martian source, Invalid argument).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from k3snet.cli import main
+from k3snet.doctor.bundle import NodeCapture
+from k3snet.doctor.routing import rp_filter_check
+from k3snet.doctor.state import NodeState
+from k3snet.lab.netns import run_in
+
+pytestmark = [pytest.mark.kernel]
+
+STRICT = b"\xff\xfe\xfd".decode(errors="surrogateescape")  # rp_filter 1, 10.1.0.1/24
+LOOSE = b"\xfa\xfb\xfc".decode(errors="surrogateescape")  # rp_filter 0, 10.2.0.1/24
+NETNS = "h-doctorbytes-1"
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([a.encode(errors="surrogateescape") for a in argv],
+                          capture_output=True, check=False)
+
+
+@pytest.fixture
+def node() -> Iterator[str]:
+    subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    try:
+        for name, peer, address, mode in ((STRICT, "pa", "10.1.0.1/24", "1"),
+                                          (LOOSE, "pb", "10.2.0.1/24", "0")):
+            for argv in (["link", "add", name, "type", "veth", "peer", "name", peer],
+                         ["link", "set", name, "up"], ["link", "set", peer, "up"],
+                         ["addr", "add", address, "dev", name]):
+                assert _run(["ip", "-n", NETNS, *argv]).returncode == 0, argv
+            assert _run(["ip", "netns", "exec", NETNS, "sh", "-c", f'echo {mode} > "$1"',
+                         "sh", f"/proc/sys/net/ipv4/conf/{name}/rp_filter"]).returncode == 0
+        run_in(NETNS, ["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0",
+                       "net.ipv4.ip_forward=1"])
+        yield NETNS
+    finally:
+        subprocess.run(["ip", "netns", "del", NETNS], check=False)
+
+
+def _passes(state: NodeState) -> bool | None:
+    """The doctor's rp_filter verdict on 10.2.0.7 -> 10.1.0.5 arriving on STRICT."""
+    mode = max(state.sysctl("net.ipv4.conf.all.rp_filter"),
+               state.sysctl(f"net.ipv4.conf.{STRICT}.rp_filter"))
+    passed, _ = rp_filter_check(state.routes[4], state.rules[4], state.addresses,
+                                src=IPv4Address("10.2.0.7"), dst=IPv4Address("10.1.0.5"),
+                                iif=STRICT, mode=mode, oif=STRICT)
+    return passed
+
+
+def test_two_devices_named_by_as_many_non_utf8_bytes_stay_two_live_and_in_a_bundle(
+        node: str, tmp_path: Path) -> None:
+    kernel = _run(["ip", "-n", node, "route", "get", "10.1.0.5", "from", "10.2.0.7",
+                   "iif", STRICT])
+    assert kernel.returncode != 0, kernel  # the kernel's own view: a martian, dropped
+    assert b"Invalid" in kernel.stderr, kernel.stderr
+    other = _run(["ip", "-n", node, "route", "get", "10.2.0.5", "from", "10.1.0.7",
+                  "iif", LOOSE])
+    assert other.returncode == 0, other  # rp_filter 0 there: it passes
+    live = NodeCapture.read_live(node)
+    _assert_two_devices(NodeState.from_capture(live))
+    live.write_dir(tmp_path / "bundle")
+    assert b"\xff\xfe\xfd" in (tmp_path / "bundle" / "addr.json").read_bytes()
+    assert b"\xff\xfe\xfd" in (tmp_path / "bundle" / "sysctl.txt").read_bytes()
+    _assert_two_devices(NodeState.from_capture(NodeCapture.read_dir(tmp_path / "bundle")))
+
+
+def _assert_two_devices(state: NodeState) -> None:
+    assert state.sysctl(f"net.ipv4.conf.{STRICT}.rp_filter") == 1
+    assert state.sysctl(f"net.ipv4.conf.{LOOSE}.rp_filter", default=-1) == 0
+    devices = {r.device for r in state.routes[4] if r.table == 254}
+    assert {STRICT, LOOSE} <= devices, devices
+    assert _passes(state) is False
+
+
+def test_the_doctor_prints_a_device_named_by_non_utf8_bytes_as_observe_does(
+        node: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """As the shell word of its bytes (``$'\\xff\\xfe\\xfd'``), not as U+FFFD or the
+    escapes of the lone surrogates standing for them (``\\udcff``)."""
+    main(["doctor", "--netns", node, "--from", "10.1.0.7", "--to", "10.2.0.5:80"])
+    # The trace's lines (the finding's advice quotes the model's refusal of the name as
+    # it words it, a Python repr).
+    out = capsys.readouterr().out.partition("findings:")[0]
+    assert r"arrives on $'\xff\xfe\xfd'" in out, out
+    assert r"dev $'\xfa\xfb\xfc'" in out, out
+    assert r"$'net.ipv4.conf.\xff\xfe\xfd.forwarding': 1" in out, out
+    assert "\\udc" not in out, out
+    assert "\ufffd" not in out, out
