@@ -1393,7 +1393,8 @@ def _dump(*documents: Any, **options: Any) -> str:
 # an escape, or a multi-line string with a space ending a line: no | block), a key that
 # is empty, holds a line break or is over ~120 characters (a "? " key in one only), a
 # |+ block (a string ending in two line breaks) before more of its document (a "..."
-# at the stream's end in libyaml only).
+# at the stream's end in libyaml only), a document that is a scalar alone (PyYAML's
+# "..." after a plain one).
 _ALIKE_KEY: Final = re.compile(r"[ -~]{1,100}")
 _ALIKE_TEXT: Final = re.compile(r"(?:[\n -~]*[ -~]\n?)?")
 
@@ -1401,8 +1402,11 @@ _ALIKE_TEXT: Final = re.compile(r"(?:[\n -~]*[ -~]\n?)?")
 def _libyaml_writes_alike(documents: Iterable[Any]) -> bool:
     """Whether libyaml's emitter writes ``documents`` as PyYAML's own does: every string
     printable ASCII (no escapes), multi-line ones without a space ending a line and
-    without a trailing blank line, keys of one short line."""
+    without a trailing blank line, keys of one short line; every document a mapping or
+    a list."""
     stack = list(documents)
+    if not all(isinstance(document, (Mapping, list, tuple)) for document in stack):
+        return False
     while stack:
         value = stack.pop()
         if isinstance(value, str):
