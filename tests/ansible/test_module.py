@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -876,16 +876,22 @@ def test_a_fast_open_key_of_seven_characters_is_hidden_a_short_stable_secret_not
         == {"2001:db8::1"}
 
 
-def test_state_absent_stopped_by_sigterm_between_two_backends_is_changed_naming_what_stays(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("stop", "rc", "name"), [
+    (lambda: SystemExit(143), 143, "SIGTERM"), (KeyboardInterrupt, 130, "SIGINT")],
+    ids=["sigterm", "sigint"])
+def test_state_absent_stopped_between_two_backends_is_changed_naming_what_stays(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        stop: Callable[[], BaseException], rc: int, name: str) -> None:
     # destroy_each notes what the backends before the stopped one removed (it stays
-    # removed); the module said "nothing was changed", changed false, of a changed node.
+    # removed); the module said "nothing was changed", changed false, of a changed node
+    # (SIGTERM), and Ctrl-C's KeyboardInterrupt was Ansible's MODULE FAILURE (a
+    # traceback), the removal that stays unsaid.
     testing = pytest.importorskip("ansible.module_utils.testing")
     module = load_module()
     said = "removed before nftables was stopped, and not undone: netlink: 2 change(s)"
 
     def stopped(*_args: object, **_kwargs: object) -> None:
-        exc = SystemExit(143)
+        exc = stop()
         exc.add_note(said)
         raise exc
 
@@ -896,34 +902,9 @@ def test_state_absent_stopped_by_sigterm_between_two_backends_is_changed_naming_
     with testing.patch_module_args({"state": "absent"}), pytest.raises(SystemExit):
         module.main()
     result = json.loads(capsys.readouterr().out)
-    assert (result["failed"], result["changed"], result["rc"]) == (True, True, 143)
-    assert result["msg"] == f"stopped by SIGTERM: {said}"
-    assert result["error"]["type"] == "SIGTERM"
-
-
-def test_state_absent_stopped_by_sigint_between_two_backends_is_changed_naming_what_stays(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    # Ctrl-C's KeyboardInterrupt was Ansible's MODULE FAILURE (a traceback), the removal
-    # the backends before the stopped one made, which stays, unsaid.
-    testing = pytest.importorskip("ansible.module_utils.testing")
-    module = load_module()
-    said = "removed before nftables was stopped, and not undone: netlink: 2 change(s)"
-
-    def stopped(*_args: object, **_kwargs: object) -> None:
-        exc = KeyboardInterrupt()
-        exc.add_note(said)
-        raise exc
-
-    monkeypatch.setattr(module, "discover", lambda _params, _stack: attrs.make_class(
-        "Found", {"groups": attrs.field(factory=list)})())
-    monkeypatch.setattr(module, "destroy_each", stopped)
-    monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
-    with testing.patch_module_args({"state": "absent"}), pytest.raises(SystemExit):
-        module.main()
-    result = json.loads(capsys.readouterr().out)
-    assert (result["failed"], result["changed"], result["rc"]) == (True, True, 130)
-    assert result["msg"] == f"stopped by SIGINT: {said}"
-    assert result["error"]["type"] == "SIGINT"
+    assert (result["failed"], result["changed"], result["rc"]) == (True, True, rc)
+    assert result["msg"] == f"stopped by {name}: {said}"
+    assert result["error"]["type"] == name
 
 
 def test_state_absent_failing_between_two_backends_has_rc_5_as_k3snet_destroy(
