@@ -36,6 +36,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,15 @@ def require_root() -> None:
     """Skip the test unless we are root: namespaces, veths and sysctls need it."""
     if os.geteuid() != 0:
         pytest.skip("needs root to create network namespaces")
+
+
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """SIGINT with Python's own handler, in the main thread (which alone runs handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the tests run outside the main thread: no handler can be set")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -12,7 +12,7 @@ import contextvars
 import functools
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -23,18 +23,6 @@ from k3snet.lab.netns import temporary_netns
 from k3snet.planner import Change
 
 A = MasqueradeRule("10.42.0.0/16")
-
-
-@pytest.fixture
-def ctrl_c() -> Iterator[None]:
-    """SIGINT with Python's own handler, in the main thread (which alone runs handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("the tests run outside the main thread: no handler can be set")
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _in_thread(fn: Callable[[], object], *, own: bool = False) -> BaseException | None:

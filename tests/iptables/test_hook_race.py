@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 
@@ -134,18 +134,6 @@ def test_the_read_back_of_jumps_placed_through_iptables_nft_lists_their_chains_n
     assert sorted(after) == [("list", 4, "filter", "FORWARD"), ("list", 4, "nat", "POSTROUTING")]
     jump = "-A FORWARD -m comment --comment k3snet -j K3SNET-FORWARD"
     assert _forward(ns, "nft") == [jump]
-
-
-@pytest.fixture
-def ctrl_c() -> Iterator[None]:
-    """SIGINT with Python's own handler, in the main thread (which alone runs handlers)."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("the tests run outside the main thread: no handler can be set")
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _ctrl_c_after_the_move(base: type[Racing | RacingLibiptc], sent: list[str]
