@@ -21,7 +21,7 @@ from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.converge import compile_for
 from k3snet.model.cilium import CiliumAgentOption, CiliumConfig
 from k3snet.model.state import State, object_from_dict
-from k3snet.planner import plan
+from k3snet.planner import Plan, plan
 from k3snet.spec import Spec, seed_spec
 from k3snet.testing.kube import EmulatedApiServer
 from tests.cluster.test_cilium_backend import (
@@ -39,6 +39,7 @@ from tests.cluster.workloads import CONFIGMAPS, DAEMONSETS
 pytestmark = pytest.mark.cluster
 
 EBPF = {**HELM_K3S_DATA, "enable-bpf-masquerade": "true"}
+NATIVE = {"routing-mode": "native", "ipv4-native-routing-cidr": "10.42.0.0/16"}
 
 
 def _daemonset(args: list[str] | None = None, env: list[dict[str, Any]] | None = None,
@@ -263,20 +264,28 @@ def test_check_refuses_a_write_the_agent_s_flags_make_it_refuse_to_start_with(
     assert "egress-masquerade-interfaces" not in _data(api_server)
 
 
+def _native_then_given_by_flags(api_server: EmulatedApiServer, api_client: Any
+                                ) -> tuple[CiliumBackend, CiliumBackend, Plan, str]:
+    """cilium-config given native routing by k3snet (a backend allowed disruptive changes),
+    then the agent's DaemonSet the same by flags: that backend, one not allowed, the plan
+    giving cilium-config's values back, and the restart stamp k3snet's write left."""
+    _setup(api_server, HELM_K3S_DATA, _daemonset())
+    allowed = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=NATIVE)])))
+    stamp = _annotations(api_server)[CHANGED_ANNOTATION]
+    api_server.put(DAEMONSETS, _daemonset(
+        ["--routing-mode=native", "--ipv4-native-routing-cidr", "10.42.0.0/16"]))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0)
+    return allowed, backend, plan(backend.observe(), State()), stamp
+
+
 def test_a_key_the_agent_s_flag_sets_is_no_disruptive_change_to_cilium_config(
     api_server: EmulatedApiServer, api_client: Any
 ) -> None:
     # k3snet wrote native routing; the DaemonSet's agent has since been given it by flag.
     # Giving cilium-config's tunnel back changes nothing Cilium runs with (the flags
     # win): no disruptive change, neither in the plan nor in check and apply.
-    _setup(api_server, HELM_K3S_DATA, _daemonset())
-    native = {"routing-mode": "native", "ipv4-native-routing-cidr": "10.42.0.0/16"}
-    allowed = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
-    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=native)])))
-    api_server.put(DAEMONSETS, _daemonset(
-        ["--routing-mode=native", "--ipv4-native-routing-cidr", "10.42.0.0/16"]))
-    backend = CiliumBackend(api_client=api_client, timeout=10.0)
-    p = plan(backend.observe(), State())
+    allowed, backend, p, _ = _native_then_given_by_flags(api_server, api_client)
     (change,) = p.changes
     assert backend.disruptive(change) is None
     assert backend.check(p) == ()
@@ -284,7 +293,7 @@ def test_a_key_the_agent_s_flag_sets_is_no_disruptive_change_to_cilium_config(
     assert _data(api_server)["routing-mode"] == "tunnel"
     # Without the flags, the same change is disruptive.
     api_server.put(DAEMONSETS, _daemonset())
-    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=native)])))
+    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=NATIVE)])))
     p = plan(backend.observe(), State())
     (change,) = p.changes
     assert "routing-mode: native -> tunnel" in (backend.disruptive(change) or "")
@@ -296,15 +305,7 @@ def test_a_change_of_keys_the_agent_s_flags_set_names_no_restart_and_leaves_no_s
     # k3snet wrote native routing; the agent has since been given it by flag. Giving
     # cilium-config's values back changes nothing the agents run with (the flags win over
     # the config directory): no restart to name, no stamp for the follow-up to wait on.
-    _setup(api_server, HELM_K3S_DATA, _daemonset())
-    native = {"routing-mode": "native", "ipv4-native-routing-cidr": "10.42.0.0/16"}
-    allowed = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
-    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=native)])))
-    stamp = _annotations(api_server)[CHANGED_ANNOTATION]
-    api_server.put(DAEMONSETS, _daemonset(
-        ["--routing-mode=native", "--ipv4-native-routing-cidr", "10.42.0.0/16"]))
-    backend = CiliumBackend(api_client=api_client, timeout=10.0)
-    p = plan(backend.observe(), State())
+    allowed, backend, p, stamp = _native_then_given_by_flags(api_server, api_client)
     (change,) = p.changes
     assert backend.restart_needed(change) is None
     backend.apply(p)
@@ -312,7 +313,7 @@ def test_a_change_of_keys_the_agent_s_flags_set_names_no_restart_and_leaves_no_s
     assert _annotations(api_server).get(CHANGED_ANNOTATION) == stamp
     # One key the flags leave to cilium-config: the restart is named again.
     api_server.put(DAEMONSETS, _daemonset())
-    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=native)])))
+    allowed.apply(plan(allowed.observe(), State(owned=[CiliumConfig(TARGET, settings=NATIVE)])))
     api_server.put(DAEMONSETS, _daemonset(["--routing-mode=native"]))
     p = plan(backend.observe(), State())
     (change,) = p.changes
