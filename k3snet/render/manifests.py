@@ -227,6 +227,11 @@ _GRACE_SPARE = 5
 _IPTABLES_TIMEOUT = 30.0
 """The iptables backend's default ``timeout``: the bound of one restore run."""
 
+_GRACE_LONGEST = 86399
+"""The longest grace period the agent takes (less than a day: a longer
+``$K3SNET_TERMINATION_GRACE`` is a usage error, exit 64). A ``timeout`` from 21 599 s
+on needs more: the agent then warns that the grace period does not hold it."""
+
 _IPTABLES_UNDO_STEPS = 3
 """The iptables backend's ``undo_steps``: the read-back of what a killed restore run
 committed, then one restore run per family taken back. Render imports no backend; the
@@ -241,14 +246,21 @@ def _termination_grace(spec: Spec) -> int:
     ``CLEANUP_MARGIN`` and 5 s to spare, what the agent's warning
     (``k3snet.agent.grace_shortfalls``) holds against the grace period it is told.
     At 70 s, a dual-stack apply whose IPv6 run was killed undid in more runs than the
-    grace period held, the kubelet's SIGKILL in the undo and nothing said."""
+    grace period held, the kubelet's SIGKILL in the undo and nothing said. A ``timeout``
+    the backend refuses (text, NaN: the spec's checks name it) counts as 30 s: read with
+    ``float()``, it was an internal error. Never more than :data:`_GRACE_LONGEST`: a
+    ``timeout`` the backend took rendered a grace period the agent refused on every
+    node."""
     if not _uses(spec, "iptables"):
         return TERMINATION_GRACE
     from k3snet.agent import CLEANUP_MARGIN  # noqa: PLC0415 - lazy: render alone
 
     timeout = spec_backend_options(spec, "iptables").get("timeout", _IPTABLES_TIMEOUT)
+    if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+            or not 0 < timeout < 86400):  # (NaN too) refused by the backend, and so the spec
+        timeout = _IPTABLES_TIMEOUT
     needed = (1 + _IPTABLES_UNDO_STEPS) * float(timeout) + CLEANUP_MARGIN
-    return max(TERMINATION_GRACE, math.ceil(needed) + _GRACE_SPARE)
+    return min(max(TERMINATION_GRACE, math.ceil(needed) + _GRACE_SPARE), _GRACE_LONGEST)
 
 
 @attrs.frozen

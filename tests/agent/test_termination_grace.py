@@ -255,3 +255,39 @@ def test_a_backend_s_undo_steps_that_is_no_whole_number_of_1_or_more_is_said(
     with pytest.raises(BackendError):
         grace_shortfalls(600, BackendGroup([_UndoOf(steps)]))
     assert undo_steps(object()) == 1
+
+
+@pytest.mark.parametrize("timeout", [21598.75, 30000, 86399.5])
+def test_the_rendered_grace_period_of_a_long_iptables_timeout_is_one_the_agent_accepts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, timeout: float) -> None:
+    """A ``timeout`` the backend accepts (below a day) whose four bounds and margins
+    reach a day rendered a grace period the agent refuses (exit 64 on every node): the
+    rendered one is the longest it accepts, and the agent warns that it does not hold
+    the step and its undo."""
+    IptablesBackend(timeout=timeout)  # a timeout the backend takes
+    spec = Spec(destinations=[Destination("192.168.2.0/24")], backends=["iptables"],
+                backend_options={"iptables": {"timeout": timeout}})
+    grace = _rendered_grace(spec)
+    (daemonset,) = [o for o in render_manifests(spec) if o["kind"] == "DaemonSet"]
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    told = {e["name"]: e.get("value") for e in container["env"]}["K3SNET_TERMINATION_GRACE"]
+    assert told == str(grace)
+    monkeypatch.setenv("K3SNET_TERMINATION_GRACE", told)
+    args = build_parser().parse_args(["agent", "-f", str(tmp_path / "spec.yaml")])
+    assert _agent_options(args).termination_grace == grace == 86399
+    assert grace_shortfalls(grace, BackendGroup([IptablesBackend(timeout=timeout)]))
+
+
+@pytest.mark.parametrize("timeout", ["abc", "10", float("nan"), float("inf"), None, True,
+                                     -5, 0, 86400])
+def test_a_spec_whose_iptables_timeout_the_backend_refuses_renders_the_default_s_grace(
+        timeout: object) -> None:
+    """Render read the ``timeout`` with ``float()``: text, NaN or infinity was an
+    internal error ("a bug: please report it") where the spec's check names the value
+    (``k3snet validate``, the agent). Such a timeout counts as the backend's default."""
+    with pytest.raises(ModelError):
+        IptablesBackend(timeout=timeout)  # type: ignore[arg-type]
+    spec = Spec(destinations=[Destination("192.168.2.0/24")], backends=["iptables"],
+                backend_options={"iptables": {"timeout": timeout}})
+    assert _rendered_grace(spec) == _rendered_grace(
+        Spec(destinations=[Destination("192.168.2.0/24")], backends=["iptables"]))
