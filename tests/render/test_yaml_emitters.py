@@ -25,6 +25,7 @@ from k3snet.render import manifests  # noqa: E402 - after the importorskip
 from k3snet.render.manifests import dump_manifests, render_manifests  # noqa: E402
 from k3snet.spec import Destination, Spec  # noqa: E402
 from k3snet.testing.strategies import hostile_text, specs  # noqa: E402
+from tests.examples import examples  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(yaml, "CSafeDumper"),
                                 reason="PyYAML without libyaml: one emitter only")
@@ -175,7 +176,7 @@ _ASCII_DOCUMENTS = st.lists(st.recursive(
     max_leaves=12), min_size=1, max_size=3)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(_ASCII_DOCUMENTS, st.sampled_from([{}, _manifest_options()]))
 def test_printable_ascii_documents_of_yaml_indicators_are_the_same_bytes_from_either_emitter(
         documents: list[Any], options: dict[str, Any]) -> None:
