@@ -618,16 +618,6 @@ def _signalled_after(monkeypatch: pytest.MonkeyPatch, cls: type, method: str) ->
     return sent
 
 
-@pytest.fixture
-def ctrl_c(main_thread: None) -> Iterator[None]:
-    """SIGINT with Python's own handler (Ctrl-C's KeyboardInterrupt), as in a terminal."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _whole_view(ns: str, mode: str | None) -> tuple[object, ...]:
     """:func:`kernel_view`, with both families' iptables rules and chains of their own
     for an iptables member (not the tables and built-in chains iptables-legacy lists

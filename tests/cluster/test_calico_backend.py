@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -1237,12 +1236,10 @@ def test_a_write_answered_without_disable_bgp_export_is_warned_of_by_the_apply_t
 @pytest.mark.parametrize("action", ["add", "delete", "in place"])
 def test_ctrl_c_as_a_write_s_answer_is_kept_takes_the_write_back(
         seeded: EmulatedApiServer, api_client: Any, monkeypatch: pytest.MonkeyPatch,
-        action: str) -> None:
+        action: str, ctrl_c: None) -> None:
     """Ctrl-C landing after the API server answered a write, before its undo was kept
     (a signal's handler runs at a call: here, the one keeping the undo): the write was
     among nothing to undo, and stayed while the apply said it had taken back all."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("the tests run outside the main thread: no handler can be set")
     backend = _backend(api_client)
     pool = IPPool("k3snet-nonat-c", "192.168.3.0/24", disabled=True)
     if action != "add":
@@ -1262,12 +1259,8 @@ def test_ctrl_c_as_a_write_s_answer_is_kept_takes_the_write_back(
         real(self, what, undo)
 
     monkeypatch.setattr(_Run, "_will_undo", will_undo)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            backend.apply(p)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(KeyboardInterrupt):
+        backend.apply(p)
     undo = {"add": "delete", "delete": "re-create", "in place": "apply back"}[action]
     assert signalled == [f"{undo} IPPool k3snet-nonat-c"  # the write was answered
                          + {"add": " (created)", "delete": " (deleted)"}.get(action, "")]

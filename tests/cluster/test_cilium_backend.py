@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from typing import Any
 
@@ -1548,13 +1547,11 @@ def test_a_record_annotation_nested_too_deep_is_reported_as_not_valid(
 
 def test_ctrl_c_as_the_write_s_answer_is_kept_takes_the_write_back(
         k3s_cilium: EmulatedApiServer, backend: CiliumBackend,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, ctrl_c: None) -> None:
     """Ctrl-C landing after the API server answered the cilium-config patch, before its
     undo was kept (a signal's handler runs at any call: here, the answer's bookkeeping):
     the write was among nothing to undo, and stayed while the apply said it had taken
     back all."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("the tests run outside the main thread: no handler can be set")
     wanted = CiliumConfig(TARGET, settings={"enable-ipv4-masquerade": "false"})
     p = plan(backend.observe(), State(owned=[wanted]))
     real = CiliumBackend._landed
@@ -1567,12 +1564,8 @@ def test_ctrl_c_as_the_write_s_answer_is_kept_takes_the_write_back(
         return real(self, left)
 
     monkeypatch.setattr(CiliumBackend, "_landed", landed)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            backend.apply(p)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(KeyboardInterrupt):
+        backend.apply(p)
     assert signalled
     assert _data(k3s_cilium) == HELM_K3S_DATA
     assert OWNED_ANNOTATION not in _annotations(k3s_cilium)

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -842,12 +841,10 @@ def test_a_written_member_nested_too_deep_in_the_file_is_reported(conf_file: Pat
 
 
 def test_ctrl_c_right_after_the_file_is_replaced_takes_the_edit_back(
-        conf_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        conf_file: Path, monkeypatch: pytest.MonkeyPatch, ctrl_c: None) -> None:
     """Ctrl-C landing as the rename replaced net-conf.json, before the apply returned:
     the write was never among the parts a group takes back, and the file kept k3snet's
     edit while the command said nothing was changed."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("the tests run outside the main thread: no handler can be set")
     real = flannel_module._atomic_write
 
     def then_signalled(path: Path, data: bytes) -> None:
@@ -856,26 +853,20 @@ def test_ctrl_c_right_after_the_file_is_replaced_takes_the_edit_back(
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(flannel_module, "_atomic_write", then_signalled)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with BackendGroup([FlannelBackend(path=conf_file, allow_disruptive=True)]) as group:
-            target = FlannelBackend(path=conf_file).target
-            p = plan(group.observe(),
-                     State(owned=[FlannelConfig(target, network="10.244.0.0/16")]))
-            with pytest.raises(KeyboardInterrupt):
-                group.apply(p)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with BackendGroup([FlannelBackend(path=conf_file, allow_disruptive=True)]) as group:
+        target = FlannelBackend(path=conf_file).target
+        p = plan(group.observe(),
+                 State(owned=[FlannelConfig(target, network="10.244.0.0/16")]))
+        with pytest.raises(KeyboardInterrupt):
+            group.apply(p)
     assert conf_file.read_text() == NET_CONF
 
 
 def test_ctrl_c_as_the_configmap_patch_is_answered_takes_the_edit_back(
         api_server: EmulatedApiServer, configmap_backend: FlannelBackend,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, ctrl_c: None) -> None:
     """Ctrl-C landing as the API server answered the ConfigMap's patch, before its undo
     was recorded: the ConfigMap kept k3snet's edit, undone by no one."""
-    if threading.current_thread() is not threading.main_thread():
-        pytest.skip("the tests run outside the main thread: no handler can be set")
     from kubernetes import client  # noqa: PLC0415 - as the backend imports it
 
     real = client.CoreV1Api.patch_namespaced_config_map_with_http_info
@@ -891,15 +882,11 @@ def test_ctrl_c_as_the_configmap_patch_is_answered_takes_the_edit_back(
     before = _stored(api_server)["data"]
     monkeypatch.setattr(client.CoreV1Api, "patch_namespaced_config_map_with_http_info",
                         then_signalled)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with BackendGroup([configmap_backend]) as group:
-            target = configmap_backend.target
-            p = plan(group.observe(),
-                     State(owned=[FlannelConfig(target, network="10.244.0.0/16")]))
-            with pytest.raises(KeyboardInterrupt):
-                group.apply(p)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with BackendGroup([configmap_backend]) as group:
+        target = configmap_backend.target
+        p = plan(group.observe(),
+                 State(owned=[FlannelConfig(target, network="10.244.0.0/16")]))
+        with pytest.raises(KeyboardInterrupt):
+            group.apply(p)
     assert sent == ["patch"]
     assert _stored(api_server)["data"] == before
