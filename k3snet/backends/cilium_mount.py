@@ -250,12 +250,40 @@ def option_variable(key: str) -> str:
 # The shells a container's command may run a script with (``sh -c 'exec cilium-agent ...'``).
 _SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh", "mksh"})
 
+# The init processes a container's command may start its program under, each with its
+# options that take a value (tini's ``-p SIGNAL``, ``-e CODE``; dumb-init's ``-r s:r``).
+_INITS: dict[str, frozenset[str]] = {
+    "tini": frozenset({"-p", "-e"}), "tini-static": frozenset({"-p", "-e"}),
+    "dumb-init": frozenset({"-r", "--rewrite"})}
+
+
+def _program(argv: list[str]) -> int:
+    """Where in ``argv`` the program an init process runs starts (0: no init process):
+    past ``tini`` or ``dumb-init`` and their options, up to their ``--`` or the first
+    argument that is no option. The agent's flags are read from there: the init's
+    ``--`` ends its own options, not the agent's (pflag reads up to the agent's)."""
+    index = 0
+    while index < len(argv) and posixpath.basename(argv[index]) in _INITS:
+        valued = _INITS[posixpath.basename(argv[index])]
+        index += 1
+        while index < len(argv) and argv[index].startswith("-"):
+            arg = argv[index]
+            index += 1
+            if arg == "--":
+                break
+            if arg in valued:
+                index += 1  # its value
+    return index
+
 
 def _shell_script(argv: list[str]) -> str | None:
-    """The shell (``sh -c``, as it is named) where ``argv`` runs a shell's ``-c`` script,
-    where the agent's flags are text k3snet does not run (None: not a shell's script):
-    ``sh -c``, ``/bin/bash -ec``, ``bash --norc -o pipefail -c``, ``busybox sh -c``."""
-    index = 1 if argv and posixpath.basename(argv[0]) == "busybox" else 0
+    """The shell (``sh -c``, as it is named, with the init process it runs under) where
+    ``argv`` runs a shell's ``-c`` script, where the agent's flags are text k3snet does
+    not run (None: not a shell's script): ``sh -c``, ``/bin/bash -ec``, ``bash --norc -o
+    pipefail -c``, ``busybox sh -c``, ``tini -- sh -c``, ``dumb-init sh -c``."""
+    start = _program(argv)
+    index = start + (1 if start < len(argv) and posixpath.basename(argv[start]) == "busybox"
+                     else 0)
     if index >= len(argv) or posixpath.basename(argv[index]) not in _SHELLS:
         return None
     position = index + 1
@@ -336,6 +364,7 @@ def agent_options(daemonset: Mapping[str, Any], keys: Iterable[str], *,
     wanted = tuple(dict.fromkeys(keys))
     argv = _argv(agent)
     shell = _shell_script(argv)
+    argv = argv[_program(argv):]  # the agent's own (an init process's `--` is not its)
     if shell is not None:
         # The flags are in the script's text: the one that runs the agent is not known
         # (nor which variables the script sets or drops), so no option is.
