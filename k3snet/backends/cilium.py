@@ -68,6 +68,10 @@ otherwise is a conflict: the write has no effect. Those of another DaemonSet run
 is a warning, left to ``cilium-config``; its mount of the ip-masq-agent ConfigMap is judged
 as the named one's, and its pods are followed for a restart; a command running a shell's
 script, or a config file replacing the config directory, leaves them unknown (a warning).
+The named DaemonSet's ``config`` init container (``cilium-dbg build-config``) says which
+sources fill that directory and which keys of those after the first it keeps: a
+CiliumNodeConfig's key it drops is left out (a warning), and a key k3snet would write into
+``cilium-config`` that it does not take from there is refused: the write has no effect.
 
 **Disruptive changes** (:meth:`CiliumBackend.disruptive`): changing
 ``routing-mode``, ``tunnel-protocol``, a native-routing CIDR or
@@ -98,9 +102,11 @@ from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult, PendingRestart, ensure_capable
 from k3snet.backends.cilium_mount import (
     AGENT_CONTAINER,
+    BUILD_CONFIG,
     CONFIG_PATH_FLAG,
     DEFAULT_AGENT_FILE,
     DEFAULT_DAEMONSET,
+    ConfigSources,
     agent_config_dir_missing,
     agent_config_path,
     agent_directory_missing,
@@ -108,6 +114,7 @@ from k3snet.backends.cilium_mount import (
     agent_file_mounted,
     agent_file_unreadable,
     agent_options,
+    config_sources,
     pod_as_daemonset,
     pod_node,
     pods_lag,
@@ -539,6 +546,9 @@ class _Read:
     options: tuple[CiliumAgentOption, ...] = ()
     # Read by observe: the DaemonSet those come from (None: not read, or not found).
     daemonset: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
+    # Read by observe: how the named DaemonSet's config init container builds the agent's
+    # config directory (None: not read, or no build-config: all of cilium-config taken).
+    sources: ConfigSources | None = attrs.field(default=None, eq=False, repr=False)
     # Listed by observe: the other DaemonSets running a cilium-agent, by name (None: not
     # listed; a check or apply reading the DaemonSet again lists them again).
     others: tuple[tuple[str, Mapping[str, Any]], ...] | None = attrs.field(
@@ -1355,16 +1365,18 @@ class CiliumBackend(BackendBase):
             self._observed.put(read)
             return State()
         owned = self._owned(read)
-        nodes = self._nodes()
-        found = list(nodes.overrides)
-        groups = _node_groups(found, nodes.agent_labels, self._api.warn)
         daemonset, failed = self._read_daemonset()
         others = (tuple(self._api.agent_daemonsets(self._daemonset))
                   if isinstance(daemonset, Mapping) else None)
         self._agents = tuple(name for name, _ in others or ())
+        sources = self._config_sources(daemonset, others or (), owned)
+        nodes = self._taken_overrides(self._nodes(), sources)
+        found = list(nodes.overrides)
+        groups = _node_groups(found, nodes.agent_labels, self._api.warn)
         options = self._options = self._agent_options(daemonset, others or ())
         read = attrs.evolve(read, options=options, daemonset=(
-            daemonset if isinstance(daemonset, dict) else None), others=others)
+            daemonset if isinstance(daemonset, dict) else None), others=others,
+            sources=sources)
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
                                node_groups=groups, agent_options=options)
         # The mount matters only where Cilium's ip-masq-agent is on (some node, or
@@ -1416,6 +1428,65 @@ class CiliumBackend(BackendBase):
             return self._api.daemonset(self._daemonset), None
         except BackendError as exc:
             return None, exc
+
+    def _config_sources(self, daemonset: Mapping[str, Any] | str | None,
+                        others: Iterable[tuple[str, Mapping[str, Any]]],
+                        owned: CiliumConfig | None) -> ConfigSources | None:
+        """How the ``config`` init container of ``daemonset`` builds its agents' config
+        directory (:func:`~k3snet.backends.cilium_mount.config_sources`; None: not known,
+        a warning, or no ``build-config``: all of ``cilium-config`` taken). Each other
+        agent DaemonSet's (``others``) not taking from ``cilium-config`` a key k3snet
+        writes (``owned``'s, or the hinted plan's: :meth:`expect`) is a warning: the agents
+        of its nodes keep their own value (the named one's is refused by check and apply:
+        :meth:`_edit`)."""
+        if not isinstance(daemonset, Mapping):
+            return None
+        namespace, configmap = self._api.namespace, self._api.config_name
+        writes = sorted({*(owned.settings if owned is not None else ()),
+                         *(self._expected.settings if self._expected is not None else ())})
+        named: ConfigSources | None = None
+        for name, found in ((self._daemonset, daemonset), *others):
+            sources = config_sources(found, namespace)
+            where = f"DaemonSet {namespace}/{name}"
+            if isinstance(sources, str):
+                self._api.warn(f"the config init container of {where} (cilium-dbg "
+                               f"{BUILD_CONFIG}): {sources}")
+                continue
+            if name == self._daemonset:
+                named = sources
+                continue
+            dropped = {k: why for k in writes if sources is not None
+                       and (why := sources.dropped(namespace, configmap, k)) is not None}
+            if dropped:
+                self._api.warn(printable(
+                    f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) does "
+                    f"not take {', '.join(dropped)} from {self._where()}, which k3snet "
+                    f"writes ({next(iter(dropped.values()))}): the agents of its nodes keep "
+                    "their own value")[:1000])
+        return named
+
+    def _taken_overrides(self, nodes: _Nodes, sources: ConfigSources | None) -> _Nodes:
+        """``nodes`` with the CiliumNodeConfigs' keys the named DaemonSet's ``config`` init
+        container (``sources``) takes, each one it drops a warning: a key its
+        ``--allow-config-keys`` does not allow or its ``--deny-config-keys`` denies (the
+        CiliumNodeConfigs are a source after ``cilium-config``), or every key where its
+        ``--source`` reads no CiliumNodeConfig of the namespace."""
+        if sources is None or not nodes.overrides:
+            return nodes
+        where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
+        kept = []
+        for override, selector in nodes.overrides:
+            dropped = {k: why for k in override.settings
+                       if (why := sources.node_config_dropped(self._api.namespace, k))}
+            if dropped:
+                self._api.warn(printable(
+                    f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) "
+                    f"drops {', '.join(dropped)} of CiliumNodeConfig {override.name} "
+                    f"({next(iter(dropped.values()))}): cilium-config judges them")[:1000])
+            settings = {k: v for k, v in override.settings.items() if k not in dropped}
+            if settings:
+                kept.append((attrs.evolve(override, settings=settings), selector))
+        return attrs.evolve(nodes, overrides=tuple(kept))
 
     def _agent_options(self, daemonset: Mapping[str, Any] | str | None,
                        others: Iterable[tuple[str, Mapping[str, Any]]] = ()
@@ -1896,6 +1967,7 @@ class CiliumBackend(BackendBase):
             if isinstance(after, CiliumConfig):
                 problems += [p for k in after.settings
                              if (p := setting_problem(k, after.settings[k])) is not None]
+            problems += self._not_taken(after, read.sources)
             reason = self._disruptive(change, read)
             if reason is not None and not self.allow_disruptive:
                 problems.append(f"{reason}; k3snet refuses a disruptive change unless it is "
@@ -1913,6 +1985,19 @@ class CiliumBackend(BackendBase):
                    if data.get(k) != read.config.data.get(k)}
         return _Edit(changed, config_record, *self._agent_outcome(
             read, agent_text, members, new_members, agent_record))
+
+    def _not_taken(self, after: object, sources: ConfigSources | None) -> list[str]:
+        """The keys ``after`` has k3snet write into ``cilium-config`` that the named
+        DaemonSet's ``config`` init container (``sources``, as observe read it) does not
+        take from there: the write would have no effect."""
+        if sources is None or not isinstance(after, CiliumConfig):
+            return []
+        namespace, configmap = self._api.namespace, self._api.config_name
+        return [f"{key}: k3snet writes it into {self._where()}, which the config init "
+                f"container of DaemonSet {namespace}/{self._daemonset} (cilium-dbg "
+                f"{BUILD_CONFIG}) does not take from there ({why}): the write would have "
+                "no effect" for key in after.settings
+                if (why := sources.dropped(namespace, configmap, key)) is not None]
 
     def _mount_after(self, read: _Read, after: Mapping[str, str]) -> _Mount:
         """The DaemonSet's mount as far as an edit leaving ``after`` in ``cilium-config``
