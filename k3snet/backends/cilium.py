@@ -65,8 +65,13 @@ a pass (a failed read is a warning where the ip-masq-agent is on nowhere): the k
 (:class:`~k3snet.model.cilium.CiliumAgentOption`); a key k3snet writes that one sets
 otherwise is a conflict: the write has no effect. Those of another DaemonSet running a
 ``cilium-agent`` there (a copy for a node pool) are read too, and a key they set otherwise
-is a warning, left to ``cilium-config``; a command running a shell's script, or a config
-file replacing the config directory, leaves them unknown (a warning).
+is a warning, left to ``cilium-config``; its mount of the ip-masq-agent ConfigMap is judged
+as the named one's, and its pods are followed for a restart; a command running a shell's
+script, or a config file replacing the config directory, leaves them unknown (a warning).
+The named DaemonSet's ``config`` init container (``cilium-dbg build-config``) says which
+sources fill that directory and which keys of those after the first it keeps: a
+CiliumNodeConfig's key it drops is left out (a warning), and a key k3snet would write into
+``cilium-config`` that it does not take from there is refused: the write has no effect.
 
 **Disruptive changes** (:meth:`CiliumBackend.disruptive`): changing
 ``routing-mode``, ``tunnel-protocol``, a native-routing CIDR or
@@ -97,9 +102,11 @@ from k3snet._yamltext import yaml_problem
 from k3snet.backends.base import ApplyResult, PendingRestart, ensure_capable
 from k3snet.backends.cilium_mount import (
     AGENT_CONTAINER,
+    BUILD_CONFIG,
     CONFIG_PATH_FLAG,
     DEFAULT_AGENT_FILE,
     DEFAULT_DAEMONSET,
+    ConfigSources,
     agent_config_dir_missing,
     agent_config_path,
     agent_directory_missing,
@@ -107,6 +114,7 @@ from k3snet.backends.cilium_mount import (
     agent_file_mounted,
     agent_file_unreadable,
     agent_options,
+    config_sources,
     pod_as_daemonset,
     pod_node,
     pods_lag,
@@ -538,6 +546,13 @@ class _Read:
     options: tuple[CiliumAgentOption, ...] = ()
     # Read by observe: the DaemonSet those come from (None: not read, or not found).
     daemonset: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
+    # Read by observe: how the named DaemonSet's config init container builds the agent's
+    # config directory (None: not read, or no build-config: all of cilium-config taken).
+    sources: ConfigSources | None = attrs.field(default=None, eq=False, repr=False)
+    # Listed by observe: the other DaemonSets running a cilium-agent, by name (None: not
+    # listed; a check or apply reading the DaemonSet again lists them again).
+    others: tuple[tuple[str, Mapping[str, Any]], ...] | None = attrs.field(
+        default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -898,7 +913,7 @@ class _Api:
             return
         stamp_undone(self.core.api_client, self.namespace, name, since=since,
                      back=changed_at[0], version=version, known=(self.agent_daemonset,),
-                     clock=self.clock, timeout=self.timeout)
+                     clock=self.clock, timeout=self.timeout, reads=runs_agent)
 
     def take_back_unanswered(self, name: str, data: dict[str, str | None],
                              owned: str | None, written: str | None,
@@ -1350,13 +1365,18 @@ class CiliumBackend(BackendBase):
             self._observed.put(read)
             return State()
         owned = self._owned(read)
-        nodes = self._nodes()
+        daemonset, failed = self._read_daemonset()
+        others = (tuple(self._api.agent_daemonsets(self._daemonset))
+                  if isinstance(daemonset, Mapping) else None)
+        self._agents = tuple(name for name, _ in others or ())
+        sources = self._config_sources(daemonset, others or (), owned)
+        nodes = self._taken_overrides(self._nodes(), sources)
         found = list(nodes.overrides)
         groups = _node_groups(found, nodes.agent_labels, self._api.warn)
-        daemonset, failed = self._read_daemonset()
-        options = self._options = self._agent_options(daemonset)
+        options = self._options = self._agent_options(daemonset, others or ())
         read = attrs.evolve(read, options=options, daemonset=(
-            daemonset if isinstance(daemonset, dict) else None))
+            daemonset if isinstance(daemonset, dict) else None), others=others,
+            sources=sources)
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
                                node_groups=groups, agent_options=options)
         # The mount matters only where Cilium's ip-masq-agent is on (some node, or
@@ -1371,7 +1391,8 @@ class CiliumBackend(BackendBase):
             self._api.warn(f"{failed}: the {AGENT_CONTAINER} container's flags and "
                            "variables are not read, cilium-config is judged alone")
         if paths:
-            mount = self._mount(paths, daemonset, by_node=nodes.files(_laid(foreign, owned)))
+            mount = self._mount(paths, daemonset, by_node=nodes.files(_laid(foreign, owned)),
+                                others=others)
             mount.warn_if(True, self._api.warn)
             foreign = attrs.evolve(foreign, ip_masq_agent_unmounted=mount.unmounted,
                                    ip_masq_agent_no_directory=mount.no_directory)
@@ -1408,21 +1429,80 @@ class CiliumBackend(BackendBase):
         except BackendError as exc:
             return None, exc
 
-    def _agent_options(self, daemonset: Mapping[str, Any] | str | None
+    def _config_sources(self, daemonset: Mapping[str, Any] | str | None,
+                        others: Iterable[tuple[str, Mapping[str, Any]]],
+                        owned: CiliumConfig | None) -> ConfigSources | None:
+        """How the ``config`` init container of ``daemonset`` builds its agents' config
+        directory (:func:`~k3snet.backends.cilium_mount.config_sources`; None: not known,
+        a warning, or no ``build-config``: all of ``cilium-config`` taken). Each other
+        agent DaemonSet's (``others``) not taking from ``cilium-config`` a key k3snet
+        writes (``owned``'s, or the hinted plan's: :meth:`expect`) is a warning: the agents
+        of its nodes keep their own value (the named one's is refused by check and apply:
+        :meth:`_edit`)."""
+        if not isinstance(daemonset, Mapping):
+            return None
+        namespace, configmap = self._api.namespace, self._api.config_name
+        writes = sorted({*(owned.settings if owned is not None else ()),
+                         *(self._expected.settings if self._expected is not None else ())})
+        named: ConfigSources | None = None
+        for name, found in ((self._daemonset, daemonset), *others):
+            sources = config_sources(found, namespace)
+            where = f"DaemonSet {namespace}/{name}"
+            if isinstance(sources, str):
+                self._api.warn(f"the config init container of {where} (cilium-dbg "
+                               f"{BUILD_CONFIG}): {sources}")
+                continue
+            if name == self._daemonset:
+                named = sources
+                continue
+            dropped = {k: why for k in writes if sources is not None
+                       and (why := sources.dropped(namespace, configmap, k)) is not None}
+            if dropped:
+                self._api.warn(printable(
+                    f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) does "
+                    f"not take {', '.join(dropped)} from {self._where()}, which k3snet "
+                    f"writes ({next(iter(dropped.values()))}): the agents of its nodes keep "
+                    "their own value")[:1000])
+        return named
+
+    def _taken_overrides(self, nodes: _Nodes, sources: ConfigSources | None) -> _Nodes:
+        """``nodes`` with the CiliumNodeConfigs' keys the named DaemonSet's ``config`` init
+        container (``sources``) takes, each one it drops a warning: a key its
+        ``--allow-config-keys`` does not allow or its ``--deny-config-keys`` denies (the
+        CiliumNodeConfigs are a source after ``cilium-config``), or every key where its
+        ``--source`` reads no CiliumNodeConfig of the namespace."""
+        if sources is None or not nodes.overrides:
+            return nodes
+        where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
+        kept = []
+        for override, selector in nodes.overrides:
+            dropped = {k: why for k in override.settings
+                       if (why := sources.node_config_dropped(self._api.namespace, k))}
+            if dropped:
+                self._api.warn(printable(
+                    f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) "
+                    f"drops {', '.join(dropped)} of CiliumNodeConfig {override.name} "
+                    f"({next(iter(dropped.values()))}): cilium-config judges them")[:1000])
+            settings = {k: v for k, v in override.settings.items() if k not in dropped}
+            if settings:
+                kept.append((attrs.evolve(override, settings=settings), selector))
+        return attrs.evolve(nodes, overrides=tuple(kept))
+
+    def _agent_options(self, daemonset: Mapping[str, Any] | str | None,
+                       others: Iterable[tuple[str, Mapping[str, Any]]] = ()
                        ) -> tuple[CiliumAgentOption, ...]:
         """The keys the ``cilium-agent`` container of ``daemonset`` sets by flag or
         variable, over ``cilium-config`` (none where it is not read); one whose value is
         known only where the pod runs is left out, with a warning: ``cilium-config``'s
         judges it. Where another DaemonSet of Cilium's namespace runs a ``cilium-agent``
-        container too (one for some nodes: Helm makes one, ``cilium``, but a copy with a
-        ``nodeSelector`` runs as well), its container's are read too: a key they do not all
-        set alike is left out, with a warning naming them (their nodes are not told
-        apart), and ``cilium-config`` judges it."""
+        container too (``others``, by name: one for some nodes; Helm makes one,
+        ``cilium``, but a copy with a ``nodeSelector`` runs as well), its container's are
+        read too: a key they do not all set alike is left out, with a warning naming them
+        (their nodes are not told apart), and ``cilium-config`` judges it."""
         if not isinstance(daemonset, Mapping):
             return ()
         found, unknown = self._options_of(daemonset, self._daemonset)
-        others = self._api.agent_daemonsets(self._daemonset)
-        self._agents = tuple(name for name, _ in others)
+        others = tuple(others)
         if not others:
             return found
         views = {self._daemonset: {o.key: o for o in found}}
@@ -1529,7 +1609,8 @@ class CiliumBackend(BackendBase):
         try:
             mount = self._mount(paths, daemonset if observed is None else observed.daemonset,
                                 by_node=nodes.files(self._settings(after, read.options)),
-                                pods=None if observed is None else observed.pods)
+                                pods=None if observed is None else observed.pods,
+                                others=read.others)
         except BackendError:  # check and apply read it again, and fail
             return None
         if mount.unknown is not None:
@@ -1544,7 +1625,8 @@ class CiliumBackend(BackendBase):
 
     def _mount(self, paths: Iterable[str | None],
                found: Mapping[str, Any] | str | None = None, *, by_node: _ByNode = None,
-               pods: tuple[dict[str, Any], ...] | None = None) -> _Mount:
+               pods: tuple[dict[str, Any], ...] | None = None,
+               others: tuple[tuple[str, Mapping[str, Any]], ...] | None = None) -> _Mount:
         """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``unmounted``
         ``None``: they do, or it is not known: the DaemonSet not found or not to be read,
         a warning), and whether their container has no directory for its file at all.
@@ -1555,47 +1637,66 @@ class CiliumBackend(BackendBase):
         several, the one worst off is said (no directory, then not mounted). ``by_node``:
         those of each node (:meth:`_Nodes.files`), for the pods on an older template.
         ``found``: the DaemonSet as read already (None: read it); ``pods``: its pods as
-        listed already (None: list them where they matter)."""
+        listed already (None: list them where they matter).
+
+        Each other DaemonSet running a ``cilium-agent`` (``others``, by name, as listed
+        already; None: list them) is judged too, its own pods with it: the agents of its
+        nodes read the file through its own mount; of all, the one worst off is said (a
+        mount not known there is a warning of its own)."""
         paths = list(paths)
         asked = frozenset(_agent_file(p) for p in paths) or frozenset({DEFAULT_AGENT_FILE})
         daemonset = self._api.daemonset(self._daemonset) if found is None else found
         if isinstance(daemonset, str):
             return _Mount(unknown=daemonset, asked=asked)
-        return attrs.evolve(self._mount_of(paths, daemonset, by_node, pods),
-                            asked=asked, daemonset=daemonset)
+        if others is None:
+            others = tuple(self._api.agent_daemonsets(self._daemonset))
+        mount = self._mount_of(self._daemonset, paths, daemonset, by_node, pods)
+        for name, other in others:
+            theirs = self._mount_of(name, paths, other, by_node, None)
+            if theirs.unknown is not None:
+                self._api.warn(theirs.unknown)
+                continue
+            copied = mount.copied or theirs.copied
+            if (not theirs.no_directory, theirs.unmounted is None) < (
+                    not mount.no_directory, mount.unmounted is None):
+                mount = attrs.evolve(theirs, pods=mount.pods)
+            mount = attrs.evolve(mount, copied=copied)
+        return attrs.evolve(mount, asked=asked, daemonset=daemonset)
 
-    def _mount_of(self, paths: list[str | None], found: Mapping[str, Any], by_node: _ByNode,
-                  pods: tuple[dict[str, Any], ...] | None) -> _Mount:
-        """:meth:`_mount` of the DaemonSet ``found``, but for :attr:`_Mount.asked`."""
+    def _mount_of(self, name: str, paths: list[str | None], found: Mapping[str, Any],
+                  by_node: _ByNode, pods: tuple[dict[str, Any], ...] | None) -> _Mount:
+        """:meth:`_mount` of the one DaemonSet ``name`` (JSON ``found``), but for
+        :attr:`_Mount.asked`."""
         try:
             given = agent_config_path(found)
         except ValueError as exc:
             # Which file is not known, but with no volume of the ConfigMap's key the agents
             # read it at no path: not mounted (whether a directory is there is not known).
             unreadable = agent_file_unreadable(
-                found, f"DaemonSet {self._api.namespace}/{self._daemonset}",
+                found, f"DaemonSet {self._api.namespace}/{name}",
                 self._api.agent_name, key=AGENT_CONFIG_KEY)
             if unreadable is not None:
                 return _Mount(printable(unreadable)[:1000])
             return _Mount(unknown=printable(
                 f"the argument {CONFIG_PATH_FLAG} of DaemonSet {self._api.namespace}/"
-                f"{self._daemonset}'s {AGENT_CONTAINER} container: {exc}: "
+                f"{name}'s {AGENT_CONTAINER} container: {exc}: "
                 "which file Cilium's agents read of the ip-masq-agent ConfigMap "
                 f"{self._api.agent_name} is not checked")[:1000])
         files = {_agent_file(p) for p in ([given] if given is not None else paths)}
-        mounts = [self._mount_at(found, path) for path in sorted(files or {DEFAULT_AGENT_FILE})]
+        mounts = [self._mount_at(name, found, path)
+                  for path in sorted(files or {DEFAULT_AGENT_FILE})]
         worst = min(mounts, key=lambda m: (m.unknown is None, not m.no_directory,
                                             m.unmounted is None))
         if worst.unknown is None and worst.unmounted is None:
-            return attrs.evolve(self._pods_lagging(found, paths, by_node, pods),
+            return attrs.evolve(self._pods_lagging(name, found, paths, by_node, pods),
                                 copied=any(m.copied for m in mounts))
         return worst
 
-    def _pods_lagging(self, found: Mapping[str, Any], paths: list[str | None],
+    def _pods_lagging(self, name: str, found: Mapping[str, Any], paths: list[str | None],
                       by_node: _ByNode, pods: tuple[dict[str, Any], ...] | None) -> _Mount:
-        """Why the pods of the DaemonSet ``found`` that run an older template than its
-        own, where its status says there are some (:func:`pods_lag`), do not read the
-        file (``unmounted`` None: they do, or none lag), and whether one of them has no
+        """Why the pods of the DaemonSet ``name`` (JSON ``found``) that run an older
+        template than its own, where its status says there are some (:func:`pods_lag`), do
+        not read the file (``unmounted`` None: they do, or none lag), and whether one of them has no
         directory for it (its container, restarted, reads ``cilium-config`` again with
         the pod's own spec: with the ip-masq-agent on, its agent exits). The template
         alone is judged otherwise: a pod still running one without the mount keeps
@@ -1610,8 +1711,8 @@ class CiliumBackend(BackendBase):
         already)."""
         if not pods_lag(found):
             return _Mount()
-        where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
-        pods = self._listed_pods(found, where) if pods is None else pods
+        where = f"DaemonSet {self._api.namespace}/{name}"
+        pods = self._listed_pods(name, found, where) if pods is None else pods
         if pods is None:
             return _Mount()
         lagging, why, no_directory = [], "", False
@@ -1664,12 +1765,12 @@ class CiliumBackend(BackendBase):
             f"without the file ({shown}; they read it once replaced): {why}")[:1000],
             no_directory, pods=pods)
 
-    def _listed_pods(self, found: Mapping[str, Any], where: str
+    def _listed_pods(self, name: str, found: Mapping[str, Any], where: str
                      ) -> tuple[dict[str, Any], ...] | None:
-        """The pods of the DaemonSet ``found`` (``where``), as listed (None: not to be
-        listed, 403, or not found, 404: a warning)."""
+        """The pods of the DaemonSet ``name`` (JSON ``found``; ``where``), as listed (None:
+        not to be listed, 403, or not found, 404: a warning)."""
         try:
-            return tuple(self._api.daemonset_pods(found, self._daemonset))
+            return tuple(self._api.daemonset_pods(found, name))
         except KubeApiError as exc:
             if exc.status not in (403, 404):
                 raise
@@ -1677,16 +1778,17 @@ class CiliumBackend(BackendBase):
                            "template have the ip-masq-agent file is not checked")
             return None
 
-    def _mount_at(self, found: Mapping[str, Any], path: str) -> _Mount:
-        """:meth:`_mount` of the DaemonSet ``found`` for the agent's file at ``path``."""
+    def _mount_at(self, name: str, found: Mapping[str, Any], path: str) -> _Mount:
+        """:meth:`_mount` of the DaemonSet ``name`` (JSON ``found``) for the agent's file
+        at ``path``."""
         if not path:  # no file: nothing mounted is read, and the agent starts
             return _Mount(
                 f"Cilium's agents are given an empty {CONFIG_PATH_KEY} (DaemonSet "
-                f"{self._api.namespace}/{self._daemonset}'s {CONFIG_PATH_FLAG} argument, "
+                f"{self._api.namespace}/{name}'s {CONFIG_PATH_FLAG} argument, "
                 f"a CiliumNodeConfig's or {self._where()}'s key): they read no file, "
                 f"whatever the ConfigMap {self._api.agent_name} says")
         mounted, why = agent_file_mounted(
-            found, f"DaemonSet {self._api.namespace}/{self._daemonset}", self._api.agent_name,
+            found, f"DaemonSet {self._api.namespace}/{name}", self._api.agent_name,
             key=AGENT_CONFIG_KEY, path=path)
         if mounted is None:
             return _Mount(unknown=why)
@@ -1865,6 +1967,7 @@ class CiliumBackend(BackendBase):
             if isinstance(after, CiliumConfig):
                 problems += [p for k in after.settings
                              if (p := setting_problem(k, after.settings[k])) is not None]
+            problems += self._not_taken(after, read.sources)
             reason = self._disruptive(change, read)
             if reason is not None and not self.allow_disruptive:
                 problems.append(f"{reason}; k3snet refuses a disruptive change unless it is "
@@ -1882,6 +1985,19 @@ class CiliumBackend(BackendBase):
                    if data.get(k) != read.config.data.get(k)}
         return _Edit(changed, config_record, *self._agent_outcome(
             read, agent_text, members, new_members, agent_record))
+
+    def _not_taken(self, after: object, sources: ConfigSources | None) -> list[str]:
+        """The keys ``after`` has k3snet write into ``cilium-config`` that the named
+        DaemonSet's ``config`` init container (``sources``, as observe read it) does not
+        take from there: the write would have no effect."""
+        if sources is None or not isinstance(after, CiliumConfig):
+            return []
+        namespace, configmap = self._api.namespace, self._api.config_name
+        return [f"{key}: k3snet writes it into {self._where()}, which the config init "
+                f"container of DaemonSet {namespace}/{self._daemonset} (cilium-dbg "
+                f"{BUILD_CONFIG}) does not take from there ({why}): the write would have "
+                "no effect" for key in after.settings
+                if (why := sources.dropped(namespace, configmap, key)) is not None]
 
     def _mount_after(self, read: _Read, after: Mapping[str, str]) -> _Mount:
         """The DaemonSet's mount as far as an edit leaving ``after`` in ``cilium-config``
@@ -1915,7 +2031,8 @@ class CiliumBackend(BackendBase):
             mount = self._mount(paths, read.daemonset if read_already is None
                                 else read_already.daemonset,
                                 by_node=nodes.files(self._settings(after, read.options)),
-                                pods=None if read_already is None else read_already.pods)
+                                pods=None if read_already is None else read_already.pods,
+                                others=read.others)
         except BackendError as exc:
             raise _nothing_changed(exc) from exc
         mount.warn_if(True, self._api.warn)
@@ -2189,7 +2306,7 @@ class CiliumBackend(BackendBase):
             reason="Cilium's agents read it when they start",
             known=(self._daemonset, *self._agents),
             timeout=self._api.timeout, settled=self._settled, changed=changed,
-            now=self._api.clock.now(),
+            now=self._api.clock.now(), reads=runs_agent,
             hint=(f"name Cilium's DaemonSet with the backend's daemonset option "
                   f"(--backend-opt cilium.daemonset=NAME; now {self._daemonset!r})"))
 

@@ -24,12 +24,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
-__all__ = ["AGENT_CONTAINER", "CONFIG_DIR_KEY", "CONFIG_FILE_KEY", "CONFIG_PATH_FLAG",
-           "CONFIG_PATH_VARIABLE", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET", "AgentOption",
-           "agent_config_dir_missing", "agent_config_path", "agent_directory_missing",
-           "agent_file_copied", "agent_file_mounted", "agent_file_unreadable", "agent_options",
-           "option_variable", "pod_as_daemonset", "pod_node", "pods_lag", "runs_agent",
-           "runs_nowhere"]
+__all__ = ["AGENT_CONTAINER", "BUILD_CONFIG", "CONFIG_DIR_KEY", "CONFIG_FILE_KEY",
+           "CONFIG_PATH_FLAG", "CONFIG_PATH_VARIABLE", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET",
+           "AgentOption", "ConfigSources", "agent_config_dir_missing", "agent_config_path",
+           "agent_directory_missing", "agent_file_copied", "agent_file_mounted",
+           "agent_file_unreadable", "agent_options", "config_sources", "option_variable",
+           "pod_as_daemonset", "pod_node", "pods_lag", "runs_agent", "runs_nowhere"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -250,12 +250,40 @@ def option_variable(key: str) -> str:
 # The shells a container's command may run a script with (``sh -c 'exec cilium-agent ...'``).
 _SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh", "mksh"})
 
+# The init processes a container's command may start its program under, each with its
+# options that take a value (tini's ``-p SIGNAL``, ``-e CODE``; dumb-init's ``-r s:r``).
+_INITS: dict[str, frozenset[str]] = {
+    "tini": frozenset({"-p", "-e"}), "tini-static": frozenset({"-p", "-e"}),
+    "dumb-init": frozenset({"-r", "--rewrite"})}
+
+
+def _program(argv: list[str]) -> int:
+    """Where in ``argv`` the program an init process runs starts (0: no init process):
+    past ``tini`` or ``dumb-init`` and their options, up to their ``--`` or the first
+    argument that is no option. The agent's flags are read from there: the init's
+    ``--`` ends its own options, not the agent's (pflag reads up to the agent's)."""
+    index = 0
+    while index < len(argv) and posixpath.basename(argv[index]) in _INITS:
+        valued = _INITS[posixpath.basename(argv[index])]
+        index += 1
+        while index < len(argv) and argv[index].startswith("-"):
+            arg = argv[index]
+            index += 1
+            if arg == "--":
+                break
+            if arg in valued:
+                index += 1  # its value
+    return index
+
 
 def _shell_script(argv: list[str]) -> str | None:
-    """The shell (``sh -c``, as it is named) where ``argv`` runs a shell's ``-c`` script,
-    where the agent's flags are text k3snet does not run (None: not a shell's script):
-    ``sh -c``, ``/bin/bash -ec``, ``bash --norc -o pipefail -c``, ``busybox sh -c``."""
-    index = 1 if argv and posixpath.basename(argv[0]) == "busybox" else 0
+    """The shell (``sh -c``, as it is named, with the init process it runs under) where
+    ``argv`` runs a shell's ``-c`` script, where the agent's flags are text k3snet does
+    not run (None: not a shell's script): ``sh -c``, ``/bin/bash -ec``, ``bash --norc -o
+    pipefail -c``, ``busybox sh -c``, ``tini -- sh -c``, ``dumb-init sh -c``."""
+    start = _program(argv)
+    index = start + (1 if start < len(argv) and posixpath.basename(argv[start]) == "busybox"
+                     else 0)
     if index >= len(argv) or posixpath.basename(argv[index]) not in _SHELLS:
         return None
     position = index + 1
@@ -336,6 +364,7 @@ def agent_options(daemonset: Mapping[str, Any], keys: Iterable[str], *,
     wanted = tuple(dict.fromkeys(keys))
     argv = _argv(agent)
     shell = _shell_script(argv)
+    argv = argv[_program(argv):]  # the agent's own (an init process's `--` is not its)
     if shell is not None:
         # The flags are in the script's text: the one that runs the agent is not known
         # (nor which variables the script sets or drops), so no option is.
@@ -663,3 +692,110 @@ def agent_directory_missing(daemonset: Mapping[str, Any], path: str = DEFAULT_AG
                 at != "/" and directory.startswith(at + "/")):
             return False
     return True
+
+
+BUILD_CONFIG = "build-config"
+"""The subcommand of ``cilium-dbg`` (``cilium`` before 1.15) that Helm's ``config`` init
+container runs to fill the agent's config directory (``pkg/option/resolver``)."""
+
+_SOURCE_KINDS = ("config-map", "cilium-node-config", "node")
+
+
+class ConfigSources(NamedTuple):
+    """How the ``config`` init container of an agent DaemonSet builds the agent's config
+    directory (``cilium-dbg build-config``, :func:`config_sources`): its ``--source``
+    list in order (kind, namespace, name), and its key filters. The first source's keys
+    are all taken; each later one's, laid over them, only those ``allow`` holds where it
+    is not empty (``--allow-config-keys``), else those ``deny`` does not
+    (``--deny-config-keys``)."""
+
+    sources: tuple[tuple[str, str, str], ...]
+    allow: frozenset[str]
+    deny: frozenset[str]
+    given: str
+    """The flags as given (none: Helm's default list), for messages."""
+
+    def filtered(self, key: str) -> str | None:
+        """Why a source after the first does not give ``key`` (None: it does)."""
+        if self.allow:
+            return None if key in self.allow else "--allow-config-keys does not allow it"
+        return "--deny-config-keys denies it" if key in self.deny else None
+
+    def dropped(self, namespace: str, name: str, key: str) -> str | None:
+        """Why the agent does not take ``key`` from the ConfigMap ``namespace/name``
+        (None: it does)."""
+        places = [i for i, source in enumerate(self.sources)
+                  if source == ("config-map", namespace, name)]
+        if not places:
+            return f"its --source names no config-map:{namespace}/{name} ({self.given})"
+        if places[0] == 0:
+            return None
+        why = self.filtered(key)
+        return None if why is None else f"{why}, and it is not the first --source ({self.given})"
+
+    def node_config_dropped(self, namespace: str, key: str) -> str | None:
+        """Why the agent does not take ``key`` from the CiliumNodeConfigs of ``namespace``
+        that select its node (None: it does)."""
+        places = [i for i, (kind, at, _) in enumerate(self.sources)
+                  if kind == "cilium-node-config" and at == namespace]
+        if not places:
+            return f"its --source reads no CiliumNodeConfig of {namespace} ({self.given})"
+        return None if places[0] == 0 else self.filtered(key)
+
+
+def config_sources(daemonset: Mapping[str, Any], namespace: str
+                   ) -> ConfigSources | str | None:
+    """The :class:`ConfigSources` of the init container of ``daemonset`` (JSON, in
+    ``namespace``) running ``build-config``, as ``cilium-dbg`` reads its flags (pflag
+    string slices: comma-separated, added up when repeated; a source's namespace left
+    out is its ``CILIUM_K8S_NAMESPACE``, which Helm sets to the pod's namespace); None
+    where it has none (its config directory filled otherwise: every key of
+    ``cilium-config`` taken, as before ``build-config``); why not known, a text: the
+    command is a shell's script, a value is known only where the pod runs, or a source
+    kind ``build-config`` refuses (its pods do not start)."""
+    pod, _ = _pod_and_agent(daemonset)
+    for container in _dicts(pod.get("initContainers")):
+        argv = _argv(container)
+        if not any(BUILD_CONFIG in a for a in argv):
+            continue
+        label = f"the init container {_text(container.get('name'))} ({BUILD_CONFIG})"
+        shell = _shell_script(argv)
+        if shell is not None:
+            return (f"{label} runs through a shell ({shell} ...), whose script k3snet does "
+                    "not read: which sources and keys it takes is not known")
+        argv = argv[_program(argv):]
+        flags, _ = _flag_values(argv, frozenset({"source", "allow-config-keys",
+                                                  "deny-config-keys"}), frozenset())
+        try:
+            lists = {key: [item for value in values
+                           for item in (_expand(value, container).split(",") if value else ())]
+                     for key, values in flags.items()}
+        except ValueError as exc:
+            return f"{label}: {exc}"
+        own = next((e for e in _dicts(container.get("env"))
+                    if e.get("name") == "CILIUM_K8S_NAMESPACE"), None)
+        default = (own["value"] if own is not None and isinstance(own.get("value"), str)
+                   and "valueFrom" not in own else namespace)
+        sources = []
+        for spec in lists.get("source", ["config-map:cilium-config",
+                                         f"cilium-node-config:{default}"]):
+            if not spec:
+                continue
+            kind, _, rest = spec.partition(":")
+            if kind not in _SOURCE_KINDS:
+                return (f"{label}: the source kind {kind!r} is not one build-config knows "
+                        "(its pods do not start)")
+            at, name = default, "cilium-config" if kind == "config-map" else ""
+            if rest:
+                first, slash, second = rest.partition("/")
+                if slash:
+                    at, name = first, second
+                elif kind == "cilium-node-config":
+                    at = first
+                else:
+                    name = first
+            sources.append((kind, at, name))
+        given = " ".join(f"--{k}={','.join(v)}" for k, v in lists.items()) or "Helm's default"
+        return ConfigSources(tuple(sources), frozenset(lists.get("allow-config-keys", ())),
+                             frozenset(lists.get("deny-config-keys", ())), given)
+    return None

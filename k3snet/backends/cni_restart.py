@@ -51,6 +51,9 @@ clock gone back since the write (a stamp is late by up to a second and a read's 
 
 _REFERENCES = frozenset({"configMap", "configMapRef", "configMapKeyRef"})
 
+# Whether a DaemonSet (JSON) reads the CNI's ConfigMap where its pod template names it not.
+_Reads = Callable[[dict[str, Any]], bool] | None
+
 
 def changed_stamp(now: datetime.datetime | None = None) -> str:
     """``now`` (default: the current time) as :data:`CHANGED_ANNOTATION` holds it."""
@@ -394,12 +397,13 @@ def _patching(namespace: str, name: str, held: str, op: dict[str, str]) -> str:
 
 def stamp_undone(api_client: Any, namespace: str, name: str, *, since: str | None,
                  back: str | None, version: str | None, known: Iterable[str],
-                 clock: ServerClock, timeout: float) -> None:
+                 clock: ServerClock, timeout: float, reads: _Reads = None) -> None:
     """After an undo gave ConfigMap ``namespace/name`` back, its stamp ``back`` (the one
     from before; ``None``: none), and resourceVersion ``version``: stamp the undo where
     a pod of the DaemonSets reading it (:func:`readers`) was created since ``since``'s
     second (:meth:`ServerClock.earliest` taken before the undone write was sent: never
-    after its landing; ``None``: not known, stamped). The stamp the write left is no
+    after its landing; ``None``: not known, stamped); ``reads``, as for :func:`pending`.
+    The stamp the write left is no
     such bound: taken at the server's latest time, or moved to the answer's ``Date``, it
     may be in a second after the landing's, and a pod made in between was missed.
 
@@ -412,7 +416,7 @@ def stamp_undone(api_client: Any, namespace: str, name: str, *, since: str | Non
     ``kubectl annotate`` command in the message) where the stamp is not written."""
     at = _time(since)
     try:
-        found = _reading(api_client, namespace, name, frozenset(known), timeout)
+        found = _reading(api_client, namespace, name, frozenset(known), timeout, reads=reads)
         listed = _pods(api_client, namespace, found, timeout)
     except KubeApiError:
         found = []
@@ -629,28 +633,31 @@ def _pods(api_client: Any, namespace: str, daemonsets: list[dict[str, Any]],
 
 
 def _reading(api_client: Any, namespace: str, configmap: str, known: frozenset[str],
-             timeout: float) -> list[dict[str, Any]]:
-    """The DaemonSets of ``namespace`` named in ``known`` or whose pod template names
-    ``configmap``, sorted by name (raises :class:`~k3snet.kube.KubeApiError`)."""
+             timeout: float, *, reads: _Reads = None) -> list[dict[str, Any]]:
+    """The DaemonSets of ``namespace`` named in ``known``, whose pod template names
+    ``configmap``, or that ``reads`` takes (JSON), sorted by name (raises
+    :class:`~k3snet.kube.KubeApiError`)."""
     found = [d for d in _list(api_client, namespace, timeout, "daemonsets")
              if isinstance(d, dict)
              and ((d.get("metadata") or {}).get("name") in known
-                  or _names((d.get("spec") or {}).get("template"), configmap))]
+                  or _names((d.get("spec") or {}).get("template"), configmap)
+                  or (reads is not None and reads(d)))]
     return sorted(found, key=lambda d: str(d["metadata"].get("name")))
 
 
 def readers(api_client: Any, namespace: str, configmap: str, *, known: Iterable[str],
-            timeout: float) -> tuple[str, ...]:
+            timeout: float, reads: _Reads = None) -> tuple[str, ...]:
     """The names of the DaemonSets :func:`pending` follows for ``configmap``: those of
-    ``namespace`` in ``known`` or whose pod template names it, sorted (none found: empty).
-    Raises :class:`~k3snet.kube.KubeApiError` where they cannot be listed."""
+    ``namespace`` in ``known``, whose pod template names it, or that ``reads`` takes,
+    sorted (none found: empty). Raises :class:`~k3snet.kube.KubeApiError` where they
+    cannot be listed."""
     return tuple(str(d["metadata"].get("name"))
                  for d in _reading(api_client, namespace, configmap, frozenset(known),
-                                   timeout))
+                                   timeout, reads=reads))
 
 
 def _listed(api_client: Any, namespace: str, configmap: str, known: frozenset[str],
-            timeout: float, *, what: str, hint: str | None, stamp: str
+            timeout: float, *, what: str, hint: str | None, stamp: str, reads: _Reads = None
             ) -> tuple[list[dict[str, Any]], dict[str, list[Any]], tuple[PendingRestart, ...]]:
     """The DaemonSets reading ``configmap`` (:func:`_reading`) and their pods
     (:func:`_pods`); where none is found or they cannot be listed (403, 404), none and
@@ -660,7 +667,7 @@ def _listed(api_client: Any, namespace: str, configmap: str, known: frozenset[st
     removal = (f"once each pod reading it restarted: "
                f"{_removing(namespace, configmap, stamp)}")
     try:
-        found = _reading(api_client, namespace, configmap, known, timeout)
+        found = _reading(api_client, namespace, configmap, known, timeout, reads=reads)
         listed = _pods(api_client, namespace, found, timeout)
     except KubeApiError as exc:
         if exc.status not in (403, 404):
@@ -687,15 +694,18 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
             *, reason: str, known: Iterable[str], timeout: float,
             settled: Settled | None = None, changed: str | None = None,
             now: datetime.datetime | None = None,
-            hint: str | None = None) -> tuple[PendingRestart, ...]:
+            hint: str | None = None, reads: _Reads = None) -> tuple[PendingRestart, ...]:
     """The restarts still to make for k3snet's last change of ``configmap`` (whose
     ``annotations`` were read), none if it holds no :data:`CHANGED_ANNOTATION`.
 
     ``known``: the CNI's DaemonSets by name (in ``namespace``), counted whether or not
-    their template names the ConfigMap. Where no DaemonSet is found, or they or their
-    pods cannot be listed (403), the restart stays pending with ``stale`` ``None``, the
-    reason ending with the command removing the stamp once the pods restarted (``hint``,
-    where given: the other way out, where no DaemonSet is found, such as naming it);
+    their template names the ConfigMap; ``reads``: whether a DaemonSet (JSON) is one of
+    the CNI's all the same (Cilium's agents of every node pool, whatever their names,
+    read ``cilium-config`` through the API, naming it in no volume). Where no DaemonSet
+    is found, or they or their pods cannot be listed (403), the restart stays pending
+    with ``stale`` ``None``, the reason ending with the command removing the stamp once
+    the pods restarted (``hint``, where given: the other way out, where no DaemonSet is
+    found, such as naming it);
     listed again only after a wait growing to an hour (:class:`Settled`, where given).
     ``settled``: the stamp found done before (nothing listed), and where it is kept.
     ``changed``: what the stamp says changed, where not the ConfigMap alone.
@@ -724,7 +734,7 @@ def pending(api_client: Any, namespace: str, configmap: str, annotations: dict[s
     if settled is not None and (said := settled.unseen(stamp, at_now)) is not None:
         return said
     found, listed, said = _listed(api_client, namespace, configmap, frozenset(known),
-                                  timeout, what=what, hint=hint, stamp=stamp)
+                                  timeout, what=what, hint=hint, stamp=stamp, reads=reads)
     if settled is not None:
         if said:
             settled.not_found(stamp, said, at_now)

@@ -617,3 +617,43 @@ def test_a_key_another_agent_daemonset_leaves_unknown_is_said_not_known_not_unse
     (warning,) = [r.getMessage() for r in caplog.records if "set otherwise" in r.getMessage()]
     assert ("enable-ip-masq-agent (cilium: --enable-ip-masq-agent=true, cilium-gpu: not "
             "known)") in warning
+
+
+@pytest.mark.parametrize("init", [
+    ["tini", "--"], ["/usr/bin/tini", "-s", "--"], ["tini", "-p", "SIGTERM", "-g", "--"],
+    ["dumb-init"], ["/usr/bin/dumb-init", "--single-child", "--rewrite", "15:2", "--"]])
+def test_a_shell_s_script_behind_an_init_process_is_the_same_warning(
+    init: list[str], api_server: EmulatedApiServer, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # `tini -- sh -c '...'` runs the same script: its flags were silently not read, and
+    # the variable beside it taken as what the agent runs with.
+    ds = _daemonset(env=[{"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "value": "false"}])
+    agent = ds["spec"]["template"]["spec"]["containers"][0]
+    agent["command"] = [*init, "sh", "-c"]
+    agent["args"] = ["exec cilium-agent --config-dir=/tmp/cilium/config-map "
+                     "--enable-ip-masq-agent=true"]
+    _setup(api_server, EBPF, ds)
+    with caplog.at_level(logging.WARNING):
+        foreign = _foreign(backend)
+    assert foreign.agent_options == ()
+    assert any(r.getMessage().startswith(
+        "cilium: the cilium-agent container of DaemonSet kube-system/cilium: the container "
+        f"runs its command through a shell ({' '.join([*init, 'sh', '-c'])} ...), whose "
+        "script k3snet does not read") for r in caplog.records)
+
+
+@pytest.mark.parametrize("init", [["tini", "--"], ["/usr/bin/tini", "-s", "--"],
+                                  ["dumb-init", "--"]])
+def test_the_agent_s_flags_behind_an_init_process_s_double_dash_are_read(
+    init: list[str], api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The init process's `--` ends its own options, not the agent's: pflag reads the
+    # agent's flags after it, where k3snet stopped.
+    ds = _daemonset()
+    agent = ds["spec"]["template"]["spec"]["containers"][0]
+    agent["command"] = [*init, "cilium-agent"]
+    agent["args"] = ["--config-dir=/tmp/cilium/config-map", "--enable-ip-masq-agent"]
+    _setup(api_server, EBPF, ds)
+    assert _foreign(backend).agent_options == (
+        CiliumAgentOption("enable-ip-masq-agent", "true", "--enable-ip-masq-agent"),)

@@ -1535,3 +1535,67 @@ def test_turning_the_ip_masq_agent_on_under_a_node_config_turning_it_off_everywh
     observed = backend.observe()
     assert backend.warnings == ()
     assert backend.check(plan(observed, desired)) == ()
+
+
+def _pool(ds: dict[str, Any], name: str = "cilium-gpu") -> dict[str, Any]:
+    """``ds`` as a second agent DaemonSet ``name`` (a copy for the nodes labelled pool=gpu)."""
+    ds["metadata"]["name"] = name
+    ds["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "gpu"}
+    return ds
+
+
+def test_a_second_agent_daemonset_without_the_mount_is_judged_unmounted(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium mounts the ConfigMap, cilium-gpu (its copy for a node pool) does not: the
+    # agents on its nodes keep Cilium's default list, and only cilium's mount was judged.
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    unmounted = cilium_daemonset(ip_masq_agent=True)
+    _pod(unmounted)["containers"][0]["volumeMounts"][-1]["mountPath"] = "/etc/other"
+    cilium.put(DAEMONSETS, _pool(unmounted))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent_unmounted == (
+        "the cilium-agent container of DaemonSet kube-system/cilium-gpu does not have the "
+        "key config of the ConfigMap ip-masq-agent at /etc/config/ip-masq-agent (it is at "
+        "/etc/other/ip-masq-agent)")
+    cilium.put(DAEMONSETS, _pool(cilium_daemonset(ip_masq_agent=True)))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent_unmounted is None
+
+
+def test_turning_the_ip_masq_agent_on_is_refused_where_a_second_agent_daemonset_has_no_etc_config(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # Its agents would exit at their next start; cilium's mount alone was judged.
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    api_server.put(DAEMONSETS, _pool(cilium_daemonset(ip_masq_agent=False)))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert ("enable-ip-masq-agent: true where the cilium-agent container has no /etc/config "
+            "(nothing mounted there: DaemonSet kube-system/cilium-gpu has no volume of the "
+            "ConfigMap ip-masq-agent)") in refused
+    # A check with no observe before it (a plan file's) lists the agent DaemonSets too.
+    fresh = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    (refused_too,) = fresh.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused_too
+
+
+def test_a_second_agent_daemonset_s_subpath_mount_names_the_restart(
+    cilium: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-gpu has the file through subPath, a copy the kubelet never updates: its
+    # agents read an ip-masq-agent change only when they restart.
+    cilium.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    sub = cilium_daemonset(ip_masq_agent=True)
+    _pod(sub)["containers"][0]["volumeMounts"][-1].update(
+        mountPath="/etc/config/ip-masq-agent", subPath="ip-masq-agent")
+    cilium.put(DAEMONSETS, _pool(sub))
+    backend.apply(plan(backend.observe(), compile_for(backend, _spec(cidrs=["10.0.0.0/8"]))))
+    changed = plan(backend.observe(), compile_for(
+        backend, _spec(cidrs=["10.0.0.0/8", "100.64.0.0/10"])))
+    assert [c.action for c in changed.changes] == ["replace"]
+    assert restarts_needed(backend, changed) == (
+        "DaemonSet kube-system/cilium", "DaemonSet kube-system/cilium-gpu")

@@ -1355,3 +1355,41 @@ def test_answers_without_any_date_say_once_that_the_stamp_is_k3snet_s_own_clock(
     said = [r.getMessage() for r in caplog.records if "usable Date header" in r.getMessage()]
     assert len(said) == 1, said
     assert "k3snet's own clock" in said[0]
+
+
+GPU_LABELS = {"k8s-app": "cilium-gpu"}
+
+
+def _gpu_agents(api_server: EmulatedApiServer) -> None:
+    """A second agent DaemonSet, kube-system/cilium-gpu (a copy for a node pool: its
+    pod template runs a cilium-agent and names cilium-config in no volume)."""
+    gpu = cilium_daemonset(ip_masq_agent=True, name="cilium-gpu")
+    gpu["spec"]["selector"]["matchLabels"] = GPU_LABELS
+    gpu["spec"]["template"]["metadata"]["labels"] = GPU_LABELS
+    api_server.put(DAEMONSETS, gpu)
+
+
+def test_a_pod_of_a_second_agent_daemonset_made_between_a_write_and_its_undo_is_pending(
+        api_server: EmulatedApiServer, clock: type[_Clock]) -> None:
+    # The undo looked for a pod made since the write among the named DaemonSet's pods
+    # alone: cilium-gpu's agent, which may have read the written config, counted as
+    # restarted, the stamp from before the apply put back (none), nothing said pending;
+    # and a backend that observed nothing since (a plan file's) followed cilium alone.
+    name, namespace, landed, backend, desired = _second_patch_failing(
+        api_server, clock, "cilium", 403, message="denied by a webhook")
+    _gpu_agents(api_server)
+    api_server.put(PODS, _cilium_pod("cilium-a", created=LONG_AGO, started=LONG_AGO))
+    written = _utc(clock.at + datetime.timedelta(seconds=10))  # the write's landing
+    api_server.put(PODS, daemonset_pod(namespace, "cilium-gpu-x", "cilium-gpu", GPU_LABELS,
+                                       created=written))
+    with pytest.raises(ApplyError) as info:
+        converge(backend, desired)
+    assert landed
+    assert not isinstance(info.value, RollbackError), info.value
+    left = api_server.get(CONFIGMAPS, name, namespace)
+    assert left is not None
+    assert left["metadata"]["annotations"][CHANGED_ANNOTATION] > written
+    pending = pending_restarts(_backend(api_server.api_client(), "cilium"))
+    assert [(r.workload, r.stale) for r in pending] == [
+        ("DaemonSet kube-system/cilium", ("cilium-a",)),
+        ("DaemonSet kube-system/cilium-gpu", ("cilium-gpu-x",))]

@@ -1,0 +1,152 @@
+"""The cilium backend reads the ``config`` init container's sources and key filters.
+
+Helm's agent pods build their config directory with ``cilium-dbg build-config``: its
+``--source`` list (default ``config-map:cilium-config,cilium-node-config:NAMESPACE``) is
+read in order, a later source's keys laid over an earlier one's, and every source but
+the first keeps only the keys ``--allow-config-keys`` allows (else those
+``--deny-config-keys`` does not deny): ``pkg/option/resolver``. k3snet wrote
+``cilium-config`` and said converged where the agents do not take the key from it (a
+source list without it, or after another one with the key filtered), and judged a
+CiliumNodeConfig's key the filter drops.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from k3snet.backends.cilium import CiliumBackend
+from k3snet.errors import PlanError
+from k3snet.model.cilium import CiliumConfig
+from k3snet.model.state import State
+from k3snet.planner import plan
+from k3snet.testing.kube import EmulatedApiServer
+from tests.cluster.test_cilium_backend import (
+    HELM_K3S_DATA,
+    NODE_CONFIGS_V2,
+    TARGET,
+    _cilium_config,
+    _data,
+    _node_config,
+)
+from tests.cluster.test_cilium_mount import cilium_daemonset
+from tests.cluster.workloads import CONFIGMAPS, DAEMONSETS
+
+pytestmark = pytest.mark.cluster
+
+MASQUERADE_OFF = State(owned=[CiliumConfig(TARGET,
+                                           settings={"enable-ipv4-masquerade": "false"})])
+
+
+def _building(*args: str, name: str = "cilium") -> dict[str, Any]:
+    """Helm's DaemonSet, its ``config`` init container running ``cilium-dbg build-config``
+    with ``args``."""
+    ds = cilium_daemonset(ip_masq_agent=True, name=name)
+    (init,) = ds["spec"]["template"]["spec"]["initContainers"]
+    init.update(command=["cilium-dbg", "build-config"], args=list(args), env=[
+        {"name": "K8S_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "CILIUM_K8S_NAMESPACE",
+         "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}])
+    return ds
+
+
+@pytest.fixture
+def backend(api_server: EmulatedApiServer, api_client: Any) -> CiliumBackend:
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    return CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    (["--source=config-map:cilium-base,config-map:cilium-config",
+      "--deny-config-keys=enable-ipv4-masquerade"],
+     "--deny-config-keys denies it"),
+    (["--source", "config-map:kube-system/cilium-base", "--source", "config-map:cilium-config",
+      "--allow-config-keys=enable-bpf-masquerade,routing-mode"],
+     "--allow-config-keys does not allow it"),
+    (["--source=config-map:cilium-config-gpu,cilium-node-config"],
+     "its --source names no config-map:kube-system/cilium-config"),
+])
+def test_a_key_the_config_init_container_does_not_take_from_cilium_config_is_refused(
+    args: list[str], why: str, api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    api_server.put(DAEMONSETS, _building(*args))
+    (refused,) = backend.check(plan(backend.observe(), MASQUERADE_OFF))
+    assert ("enable-ipv4-masquerade: k3snet writes it into ConfigMap kube-system/cilium-config, "
+            "which the config init container of DaemonSet kube-system/cilium (cilium-dbg "
+            "build-config) does not take from there") in refused
+    assert why in refused
+    assert "the write would have no effect" in refused
+    with pytest.raises(PlanError, match="would have no effect"):
+        backend.apply(plan(backend.observe(), MASQUERADE_OFF))
+    assert _data(api_server)["enable-ipv4-masquerade"] == "true"
+
+
+def test_a_filter_leaves_the_first_source_s_keys_alone(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-config first (Helm's default list): its keys are all taken, the filter is of
+    # the sources after it.
+    for args in (["--deny-config-keys=enable-ipv4-masquerade"],
+                 ["--source=config-map:cilium-config,cilium-node-config",
+                  "--allow-config-keys=routing-mode"]):
+        api_server.put(DAEMONSETS, _building(*args))
+        assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
+
+
+@pytest.mark.parametrize("args", [
+    ["--deny-config-keys=enable-ipv4-masquerade"],
+    ["--allow-config-keys=routing-mode"],
+    ["--source=config-map:cilium-config"],  # no CiliumNodeConfig read at all
+    ["--source=config-map:cilium-config,cilium-node-config:cilium-system"],
+])
+def test_a_node_config_s_key_the_init_container_drops_is_not_judged(
+    args: list[str], api_server: EmulatedApiServer, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # The agents of the edge nodes keep cilium-config's enable-ipv4-masquerade: the
+    # CiliumNodeConfig's is dropped (or not read), and k3snet judged by it.
+    api_server.put(NODE_CONFIGS_V2, _node_config("edge", {"enable-ipv4-masquerade": "false"}))
+    api_server.put(DAEMONSETS, _building())
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert [o.name for o in foreign.node_overrides] == ["edge"]
+    api_server.put(DAEMONSETS, _building(*args))
+    with caplog.at_level(logging.WARNING):
+        (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_overrides == ()
+    assert any("CiliumNodeConfig" in r.getMessage() and "edge" in r.getMessage()
+               and "DaemonSet kube-system/cilium" in r.getMessage() for r in caplog.records)
+
+
+def test_a_config_init_container_s_shell_script_is_a_warning(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = _building()
+    (init,) = ds["spec"]["template"]["spec"]["initContainers"]
+    init.update(command=["sh", "-c"], args=["cilium-dbg build-config --source=$SOURCES"])
+    api_server.put(DAEMONSETS, ds)
+    with caplog.at_level(logging.WARNING):
+        assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
+    assert any("through a shell (sh -c ...)" in r.getMessage()
+               and "config init container" in r.getMessage() for r in caplog.records)
+
+
+def test_another_agent_daemonset_not_taking_a_key_k3snet_writes_is_a_warning(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A copy for a node pool reading its own ConfigMap: k3snet's write reaches the
+    # named one's agents; the copy's nodes keep theirs, said.
+    api_server.put(DAEMONSETS, _building())
+    gpu = _building("--source=config-map:cilium-config-gpu", name="cilium-gpu")
+    gpu["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "gpu"}
+    api_server.put(DAEMONSETS, gpu)
+    backend.apply(plan(backend.observe(), MASQUERADE_OFF))
+    with caplog.at_level(logging.WARNING):
+        backend.observe()
+    assert any(r.getMessage().startswith(
+        "cilium: the config init container of DaemonSet kube-system/cilium-gpu (cilium-dbg "
+        "build-config) does not take enable-ipv4-masquerade from ConfigMap "
+        "kube-system/cilium-config, which k3snet writes") for r in caplog.records)
