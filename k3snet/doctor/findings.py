@@ -412,7 +412,7 @@ def _rp_filter(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Chang
             "rp-filter", f"strict reverse-path filtering drops {side} on {iface}", step.where,
             f"{step.detail}: strict mode drops a packet whose source the node would route out "
             "of another interface (asymmetric or policy routing); loose mode (2) only asks "
-            "that a route exists", fix=(Sysctl(name, 2),))
+            "that a route exists", fix=(Sysctl(name, 2),), advice=_rp_filter_kept(state, name))
     else:
         finding = Finding(
             "rp-filter", f"loose reverse-path filtering drops {side} on {iface}", step.where,
@@ -424,6 +424,24 @@ def _rp_filter(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Chang
                    f"src_valid_mark is set), or {iface} an IPv4 address; rp_filter is loose "
                    f"already, and only 0 on both all and {iface} turns the check off")
     return finding, (lambda s: _with_sysctls(s, {name: "2"})) if strict else None
+
+
+def _rp_filter_kept(state: NodeState, name: str) -> str | None:
+    """What keeps the fix ``name`` = 2 past its interface: one made again under that name
+    (a CNI's bridge, a VLAN networkd makes at boot) takes ``default``'s value, strict again
+    when the larger of ``all``'s and ``default``'s is 1, and k3snet owns the sysctl with the
+    interface it set it on (docs/backends.md): only a spec naming it sets it anew."""
+    default = state.sysctl("net.ipv4.conf.default.rp_filter")
+    all_ = state.sysctl("net.ipv4.conf.all.rp_filter")
+    if max(all_, default) != 1:
+        return None
+    return (f"the fix lasts as long as the interface: one made again under that name takes "
+            f"net.ipv4.conf.default.rp_filter ({default}), strict again beside all's "
+            f"({all_}); to keep it, "
+            f"add it to the spec's sysctls ({{{name}: 2}}): `k3snet apply` and the agent's "
+            "next pass set it on each interface of that name, and `k3snet render sysctl` "
+            "writes it to the sysctl.d file, which systemd applies to the interface as it "
+            "appears")
 
 
 def _no_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
