@@ -13,7 +13,7 @@ that the trace stops there (what lies past it is found once it is fixed).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any, Literal
 
@@ -69,14 +69,14 @@ class Finding:
     fix: tuple[NetObject, ...] = ()
     advice: str | None = None
 
-    def render(self) -> str:
-        """A few lines for people."""
+    def render(self, names: Iterable[str] = ()) -> str:
+        """A few lines for people (``names``: the node's devices, :attr:`Trace.names`)."""
         # what, where, why and advice quote the node's rules and interface names.
-        lines = [f"[{self.severity}] {self.code}: {shown(self.what)}",
-                 f"    where: {shown(self.where)}", f"    why:   {shown(self.why)}"]
+        lines = [f"[{self.severity}] {self.code}: {shown(self.what, names)}",
+                 f"    where: {shown(self.where, names)}", f"    why:   {shown(self.why, names)}"]
         lines += [f"    fix:   {printable_line(obj.describe())}" for obj in self.fix]
         if self.advice:
-            lines.append(f"    do:    {shown(self.advice)}")
+            lines.append(f"    do:    {shown(self.advice, names)}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,7 +112,7 @@ class Diagnosis:
         parts = [self.trace.render(), ""]
         if self.findings:
             parts.append("findings:")
-            parts += [f.render() for f in self.findings]
+            parts += [f.render(self.trace.names) for f in self.findings]
         else:
             parts.append("findings: none")
         if self.fixes.owned:
@@ -235,9 +235,21 @@ def _explain(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change 
             return explain(state, tr, step)
         except ModelError as exc:  # a name from the capture no fix object can hold
             return Finding(code, f"the flow is dropped at {step.stage}", step.where,
-                           step.detail, advice=f"no automatic fix: {exc}"), None
+                           step.detail, advice=f"no automatic fix: {_refusal(state, exc)}"), None
     return Finding(code, f"the flow is dropped at {step.stage}", step.where, step.detail,
                    advice="no automatic fix is known for this step"), None
+
+
+def _refusal(state: NodeState, exc: ModelError) -> str:
+    """The model's refusal of a name from the capture, that name as the rest of the
+    output words it: the model quotes a name as a Python literal, whose ``\\udcff`` stands
+    for a byte that is not UTF-8; the device's own name in its place is printed as the
+    shell word of its bytes (:func:`~k3snet.doctor.trace.shown`), ``$'\\xff'``."""
+    message = str(exc)
+    for name in sorted(state.devices, key=len, reverse=True):
+        if not name.isprintable():
+            message = message.replace(repr(name), name)
+    return message
 
 
 def _forwarding_off(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
@@ -400,7 +412,7 @@ def _rp_filter(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Chang
             "rp-filter", f"strict reverse-path filtering drops {side} on {iface}", step.where,
             f"{step.detail}: strict mode drops a packet whose source the node would route out "
             "of another interface (asymmetric or policy routing); loose mode (2) only asks "
-            "that a route exists", fix=(Sysctl(name, 2),))
+            "that a route exists", fix=(Sysctl(name, 2),), advice=_rp_filter_kept(state, name))
     else:
         finding = Finding(
             "rp-filter", f"loose reverse-path filtering drops {side} on {iface}", step.where,
@@ -412,6 +424,24 @@ def _rp_filter(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Chang
                    f"src_valid_mark is set), or {iface} an IPv4 address; rp_filter is loose "
                    f"already, and only 0 on both all and {iface} turns the check off")
     return finding, (lambda s: _with_sysctls(s, {name: "2"})) if strict else None
+
+
+def _rp_filter_kept(state: NodeState, name: str) -> str | None:
+    """What keeps the fix ``name`` = 2 past its interface: one made again under that name
+    (a CNI's bridge, a VLAN networkd makes at boot) takes ``default``'s value, strict again
+    when the larger of ``all``'s and ``default``'s is 1, and k3snet owns the sysctl with the
+    interface it set it on (docs/backends.md): only a spec naming it sets it anew."""
+    default = state.sysctl("net.ipv4.conf.default.rp_filter")
+    all_ = state.sysctl("net.ipv4.conf.all.rp_filter")
+    if max(all_, default) != 1:
+        return None
+    return (f"the fix lasts as long as the interface: one made again under that name takes "
+            f"net.ipv4.conf.default.rp_filter ({default}), strict again beside all's "
+            f"({all_}); to keep it, "
+            f"add it to the spec's sysctls ({{{name}: 2}}): `k3snet apply` and the agent's "
+            "next pass set it on each interface of that name, and `k3snet render sysctl` "
+            "writes it to the sysctl.d file, which systemd applies to the interface as it "
+            "appears")
 
 
 def _no_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:

@@ -15,8 +15,9 @@ Understood: matches on ``ip``/``ip6``
 (concatenated keys such as kube-proxy's ``ip daddr . meta l4proto . th dport``,
 ``numgen random`` as a random branch: :attr:`Packet.pick` says which one is
 followed); ``masquerade``, ``snat``, ``dnat``, ``meta mark set`` (with ``or``,
-``and``, ``xor`` of the mark); ``limit``/``quota``/``meter`` with the flow
-under every rate (``over`` does not match); ``fib daddr type`` and ``fib saddr ...
+``and``, ``xor`` of the mark); ``limit``/``meter`` with the flow under every rate
+(``over`` does not match), a ``quota`` by the bytes it has counted (spent: ``over``
+matches, ``until`` does not); ``fib daddr type`` and ``fib saddr ...
 oif``/``oifname`` (the route back to the source). Any other expression makes its rule *unknown*,
 reported with a readable form of the JSON.
 """
@@ -931,6 +932,11 @@ def _run_rule(chain: NftChain, expr: list[Any], run: _Run,  # noqa: PLR0911, PLR
                 continue
             if key in ("snat", "dnat") and _other_family(value, run.packet):
                 continue  # ``snat ip to`` in an inet table leaves IPv6 packets be
+            if key == "quota" and isinstance(value, Mapping) and not _quota_left(value):
+                # Spent: ``quota over`` matches every packet, ``quota until`` none.
+                if value.get("inv") is True:
+                    continue
+                return None
             if key in _RATED and _over(key, value):
                 return None  # the traced flow is one new connection, under every rate
             if key in _NEUTRAL or (key == "xt" and value.get("name") == "comment"):
@@ -990,6 +996,35 @@ def _over(key: str, value: Any) -> bool:
         if key not in ("limit", "quota"):
             raise _Unknown
     return isinstance(value, Mapping) and value.get("inv") is True
+
+
+# nft's byte units (nft_quota's JSON: ``val_unit``, ``used_unit``).
+_BYTE_UNITS: Final = {"bytes": 1, "kbytes": 1024, "mbytes": 1024 ** 2, "gbytes": 1024 ** 3}
+# The largest packet (a GSO one, 64 KiB): a quota with less left may be spent by the
+# flow's first packet.
+_LARGEST_PACKET = 65536
+
+
+def _quota_left(value: Mapping[str, Any]) -> bool:
+    """Whether quota ``value`` (its ``used`` as listed) is not spent, the flow's packets
+    taken within what is left; raises :class:`_Unknown` when a packet may spend it.
+
+    A quota is no rate: its count of bytes only grows (nft_quota: the packet's length is
+    added, and the quota is over once the count reaches it). ``quota over 1 mbytes used
+    2 mbytes`` drops every packet, while a flow was taken to be under it."""
+    val = _bytes(value.get("val"), value.get("val_unit", "bytes"))
+    room = val - _bytes(value.get("used", 0), value.get("used_unit", "bytes"))
+    if 0 < room <= _LARGEST_PACKET:
+        raise _Unknown
+    return room > 0
+
+
+def _bytes(count: Any, unit: Any) -> int:
+    """``count`` ``unit`` (``kbytes``) in bytes; :class:`_Unknown` for another shape."""
+    if (not isinstance(count, int) or isinstance(count, bool) or count < 0
+            or not isinstance(unit, str) or unit not in _BYTE_UNITS):
+        raise _Unknown
+    return count * _BYTE_UNITS[unit]
 
 
 def _is_maxseg(key: Any) -> bool:

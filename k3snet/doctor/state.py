@@ -518,6 +518,13 @@ class NodeState:
                 and not why.endswith(f": {NOT_INSTALLED}")
                 and "[Errno 2]" not in why}  # FileNotFoundError (older bundles): the same
 
+    @property
+    def devices(self) -> frozenset[str]:
+        """The device names the capture holds: its links', addresses' and routes'."""
+        return frozenset({*self.links, *self.mtus, *(a.device for a in self.addresses),
+                          *(r.device for entries in self.routes.values() for r in entries
+                            if r.device)})
+
     def sysctl(self, name: str, default: int = 0) -> int:
         """An integer sysctl (``default`` when not captured or not a number)."""
         value = self.sysctls.get(name)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any, Final, Literal
 
@@ -87,18 +87,46 @@ MAX_BRANCHES = 32
 # clause's punctuation, not ending in a sentence's full stop.
 _BYTE_WORD = re.compile(r"[^\s/:(),;'\"`]*[\ud800-\udfff]"
                         r"(?:[^\s/:(),;'\"`]*[^\s/:(),;.'\"`])?")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# What ends a word in prose that a kernel's device name may hold all the same.
+_CLAUSE = re.compile(r"[(),;.'\"`]")
 
 
-def shown(text: str) -> str:
+def shown(text: str, names: Iterable[str] = ()) -> str:
     """``text`` from the node or a bundle as the doctor prints it: :func:`printable`, a
     word holding a byte that is not UTF-8 (a device's kernel name) written as the shell
     word of its bytes (``$'\\xff\\xfe\\xfd'``), as observe writes such a device, not as
-    the escapes of the lone surrogates standing for them (``\\udcff``)."""
+    the escapes of the lone surrogates standing for them (``\\udcff``).
+
+    A word ends at a clause's punctuation (``dev NAME)``, ``NAME,``), which a device's
+    name may hold (``ip link add 'a;b' ...``): ``names``, the node's devices
+    (:attr:`Trace.names`), are each one word, so that such a name is written whole, as
+    one shell word, never ``a;$'\\xff'`` (a second command once pasted)."""
     parts, at = [], 0
-    for found in _BYTE_WORD.finditer(text):
-        parts += [printable(text[at:found.start()]), shell_word(found[0])]
-        at = found.end()
+    for start, end in _byte_words(text, names):
+        parts += [printable(text[at:start]), shell_word(text[start:end])]
+        at = end
     return "".join([*parts, printable(text[at:])])
+
+
+def _byte_words(text: str, names: Iterable[str]) -> Iterator[tuple[int, int]]:
+    """Where the words of ``text`` holding a lone surrogate stand: :data:`_BYTE_WORD`'s,
+    each grown over a name of ``names`` holding clause punctuation that it meets."""
+    # Those the text holds: a bundle's thousands of such names made every line's pattern.
+    odd = sorted({n for n in names if n in text and _SURROGATE.search(n) and _CLAUSE.search(n)},
+                 key=len, reverse=True)
+    if not odd:
+        yield from (found.span() for found in _BYTE_WORD.finditer(text))
+        return
+    known = "|".join(map(re.escape, odd))
+    word = re.compile(rf"(?:{known}|[^\s/:(),;'\"`])+")
+    for found in word.finditer(text):
+        start, end = found.span()
+        # A full stop ends a sentence, not a word, unless a name holds it.
+        while text[start:end].endswith(".") and not text[start:end].endswith(tuple(odd)):
+            end -= 1
+        if _SURROGATE.search(text, start, end):
+            yield start, end
 
 
 class Verdict(enum.StrEnum):
@@ -187,8 +215,9 @@ class Step:
     code: str | None = None
     certain: bool = True
 
-    def describe(self) -> str:
-        """One line: ``[reply] forward   drop  iptables-nft filter FORWARD: policy DROP``."""
+    def describe(self, names: Iterable[str] = ()) -> str:
+        """One line: ``[reply] forward   drop  iptables-nft filter FORWARD: policy DROP``
+        (``names``: the node's devices, as :func:`shown` takes them)."""
         mark = "" if self.certain else " (uncertain)"
         side = "->" if self.direction == "original" else "<-"
         # An nftables rule's text names its chain: said once when that is the base chain
@@ -196,8 +225,8 @@ class Step:
         detail = self.detail.removeprefix(f"{self.where}: ")
         # Rules and interface names come from the node or a bundle: escaped, never
         # control sequences or line breaks on the reader's terminal.
-        return (f"{side} {self.stage:<11} {self.outcome:<7} {shown(self.where)}: "
-                f"{shown(detail)}{mark}")
+        return (f"{side} {self.stage:<11} {self.outcome:<7} {shown(self.where, names)}: "
+                f"{shown(detail, names)}{mark}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -236,6 +265,9 @@ class Trace:
     branch: int | None = None
     more_branches: bool = attrs.field(default=False, repr=False)
     endpoints: tuple[Trace, ...] = attrs.field(default=(), repr=False)
+    names: frozenset[str] = attrs.field(default=frozenset(), repr=False, eq=False)
+    """The node's devices whose names :func:`shown` must keep whole (a byte that is not
+    UTF-8 and a clause's punctuation in one name): what the text output words by."""
 
     @property
     def target(self) -> IPAddress:
@@ -280,7 +312,7 @@ class Trace:
                    else "ways a rule or a multipath route sends a connection")
             lines.append(f"  ({what}: one of {len(self.endpoints)} {how}, each "
                          "traced, the first of the worst shown)")
-        lines += [f"  {s.describe()}" for s in self.steps]
+        lines += [f"  {s.describe(self.names)}" for s in self.steps]
         seen = f"; the destination sees {self.source_seen}" if self.source_seen else ""
         to = f" (to {self.describe_target()})" if self.dnat is not None else ""
         lines.append(f"verdict: {self.verdict.value}{to}{seen}")
@@ -289,8 +321,9 @@ class Trace:
                          if self.dnat is not None
                          else "branches (a rule or a multipath route picks one for each "
                               "connection):")
-            lines += [f"  {e.describe_target() if self.dnat else shown(e.describe_branch())}: "
-                      f"{e.verdict.value}" + (
+            names = self.names
+            lines += [f"  {e.describe_target() if self.dnat else shown(e.describe_branch(), names)}"
+                      f": {e.verdict.value}" + (
                 f"; the destination sees {e.source_seen}" if e.source_seen else "")
                 for e in self.endpoints]
         return "\n".join(lines)
@@ -792,7 +825,12 @@ def _trace_branch(state: NodeState, flow: Flow, upstream_routes_pods: bool,
     if t.ties and not other_order:
         other = _trace_branch(state, flow, upstream_routes_pods, pick, other_order=True)
         verdict = _other_order(t, verdict, found.get("source_seen"), other)
-    return Trace(flow, tuple(t.steps), verdict, **found)
+    return Trace(flow, tuple(t.steps), verdict, names=_kept_whole(state), **found)
+
+
+def _kept_whole(state: NodeState) -> frozenset[str]:
+    """The devices of ``state`` (:attr:`Trace.names`) whose names :func:`shown` would split."""
+    return frozenset(n for n in state.devices if _SURROGATE.search(n) and _CLAUSE.search(n))
 
 
 def _other_order(t: _Tracer, verdict: Verdict, seen: IPAddress | None,

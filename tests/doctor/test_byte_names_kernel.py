@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.kernel]
 
 STRICT = b"\xff\xfe\xfd".decode(errors="surrogateescape")  # rp_filter 1, 10.1.0.1/24
 LOOSE = b"\xfa\xfb\xfc".decode(errors="surrogateescape")  # rp_filter 0, 10.2.0.1/24
-NETNS = "h-doctorbytes-1"
+NETNS = "h-doctorleft2-1"
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
@@ -102,3 +102,57 @@ def test_the_doctor_prints_a_device_named_by_non_utf8_bytes_as_observe_does(
     assert r"$'net.ipv4.conf.\xff\xfe\xfd.forwarding': 1" in out, out
     assert "\\udc" not in out, out
     assert "\ufffd" not in out, out
+
+
+def test_the_advice_of_an_unbuildable_fix_names_the_device_as_the_shell_word_of_its_bytes(
+        node: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The model refuses the name (no masquerade rule can hold it) and says so quoting it
+    as a Python literal (``'\\udcfa\\udcfb\\udcfc'``): the advice words it as the trace
+    does."""
+    main(["doctor", "--netns", node, "--from", "10.1.0.7", "--to", "10.2.0.5:80"])
+    findings = capsys.readouterr().out.partition("findings:")[2]
+    assert r"do:    no automatic fix: interface name $'\xfa\xfb\xfc' is not valid" in findings
+    assert "udc" not in findings, findings
+
+
+# Kernel names a device may hold (dev_valid_name refuses only '/', ':' and whitespace),
+# each with a byte that is not UTF-8 next to a clause's punctuation.
+SEMICOLON = b"p;\xff".decode(errors="surrogateescape")  # 10.3.0.1/24
+PARENS = b"q(\xfe)".decode(errors="surrogateescape")  # 10.4.0.1/24
+CLAUSE_NETNS = "h-doctorleft2-2"
+
+
+@pytest.fixture
+def clause_node() -> Iterator[str]:
+    subprocess.run(["ip", "netns", "add", CLAUSE_NETNS], check=True)
+    try:
+        for name, peer, address in ((SEMICOLON, "pa", "10.3.0.1/24"),
+                                    (PARENS, "pb", "10.4.0.1/24")):
+            for argv in (["link", "add", name, "type", "veth", "peer", "name", peer],
+                         ["link", "set", name, "up"], ["link", "set", peer, "up"],
+                         ["addr", "add", address, "dev", name]):
+                assert _run(["ip", "-n", CLAUSE_NETNS, *argv]).returncode == 0, argv
+        run_in(CLAUSE_NETNS, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        yield CLAUSE_NETNS
+    finally:
+        subprocess.run(["ip", "netns", "del", CLAUSE_NETNS], check=False)
+
+
+def _shell_words(line: str) -> list[bytes]:
+    """The words bash reads in ``line`` (what pasting it runs on), as bytes."""
+    read = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], capture_output=True,
+                          check=True)
+    return read.stdout.split(b"\0")[:-1]
+
+
+def test_a_device_name_holding_clause_punctuation_and_a_non_utf8_byte_is_one_shell_word(
+        clause_node: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Split at the ``;`` or the parentheses, ``p;$'\\xff'`` ran ``p`` then ``$'\\xff'``
+    once pasted, and ``q($'\\xfe')`` was no shell word at all."""
+    main(["doctor", "--netns", clause_node, "--from", "10.3.0.7", "--to", "10.4.0.5:80"])
+    out = capsys.readouterr().out
+    assert r"arrives on $'p;\xff' (10.3.0.0/24 dev $'p;\xff')" in out, out
+    assert r"table main: 10.4.0.0/24 dev $'q(\xfe)'" in out, out
+    assert r"leaves dev $'q(\xfe)';" in out, out
+    assert r"interface name $'q(\xfe)' is not valid" in out, out
+    assert _shell_words(r"$'p;\xff' $'q(\xfe)'") == [b"p;\xff", b"q(\xfe)"]

@@ -58,3 +58,33 @@ def test_a_loose_drop_is_said_as_loose_with_a_route_back_to_make(all_: int, eth1
     assert finding.what == "loose reverse-path filtering drops replies on eth1"
     assert "strict" not in finding.why
     assert "a route back to the source" in (finding.advice or "")
+
+
+def _strict_finding(all_: int, default: int) -> str | None:
+    state = NodeState.from_capture(NodeCapture.read_dir(GOLDEN / "rp-filter-strict"))
+    state = attrs.evolve(state, sysctls={**state.sysctls,
+                                         "net.ipv4.conf.all.rp_filter": str(all_),
+                                         "net.ipv4.conf.default.rp_filter": str(default),
+                                         "net.ipv4.conf.eth1.rp_filter": "1"})
+    step = Step("reply", "rp_filter", "drop", "rp_filter=1 (strict) on eth1",
+                "the route back to 192.168.2.10 is via eth0", "rp-filter")
+    finding, _ = _rp_filter(state, trace(state, FLOW), step)
+    return finding.advice
+
+
+@pytest.mark.parametrize(("all_", "default"), [(0, 1), (1, 0), (1, 1)])
+def test_a_strict_fix_says_an_interface_made_again_is_strict_again_and_how_to_keep_it(
+        all_: int, default: int) -> None:
+    """The fix is owned with the interface it was set on: one made again under that name
+    (a CNI's bridge, a VLAN) takes ``default``'s ``rp_filter``, the larger of it and
+    ``all``'s strict, and only a spec naming the sysctl sets it anew."""
+    advice = _strict_finding(all_, default) or ""
+    assert "lasts as long as the interface" in advice, advice
+    assert f"net.ipv4.conf.default.rp_filter ({default})" in advice, advice
+    assert "sysctls ({net.ipv4.conf.eth1.rp_filter: 2})" in advice, advice
+
+
+@pytest.mark.parametrize(("all_", "default"), [(0, 0), (0, 2), (1, 2)])
+def test_a_strict_fix_says_nothing_of_an_interface_made_again_that_is_not_strict(
+        all_: int, default: int) -> None:
+    assert _strict_finding(all_, default) is None
