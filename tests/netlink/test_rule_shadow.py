@@ -11,6 +11,7 @@ destination leave it unnamed.
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
+from k3snet.backends.netlink.codec import NetlinkError
 from k3snet.model import Route, State
 from k3snet.planner import plan
 from tests.netlink.links import d0_namespace, ip
@@ -162,3 +164,32 @@ def test_the_warnings_judge_the_routes_the_observe_read_dumping_none_again(
             [named] = backend.warnings
         assert "priority 101 sends the lookup of 198.51.100.0/24 to table 101" in named
         assert dumps == []
+
+
+def test_a_rules_dump_the_kernel_refuses_is_a_warning_not_the_end_of_plan_and_apply(
+        tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel booted with ``ipv6.disable=1`` refuses an IPv6 rules dump (the sysctl
+    ``disable_ipv6`` does not: its rules stay readable, hence the simulated refusal):
+    ``warnings`` raised, and ``k3snet plan`` ended after its read; ``check``'s gateway
+    lookup read them too, and ended the apply."""
+    with d0_namespace("rshadowf", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "route", "add", "198.51.100.0/24", "dev", "d0", "table", "100")
+        ip(ns, "rule", "add", "to", "198.51.100.0/24", "lookup", "100", "pref", "100")
+        driver_object: Any = backend._driver
+
+        def refused() -> Any:
+            raise NetlinkError(errno.EAFNOSUPPORT)
+
+        monkeypatch.setattr(driver_object, "rules", refused)
+        wanted = State(owned=[Route("198.51.100.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        planned = plan(backend.observe(), wanted)
+        assert backend.check(planned) == ()
+        backend.apply(planned)
+        [said] = backend.warnings
+        assert said.startswith(f"netlink: cannot read the policy rules of network namespace '{ns}'")
+        assert "Address family not supported" in said
+        assert [(r["dst"], r["gateway"], r["protocol"]) for r in json.loads(
+            ip(ns, "-j", "route", "show", "198.51.100.0/24"))] == [
+            ("198.51.100.0/24", "192.0.2.2", "211")]

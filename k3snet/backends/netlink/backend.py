@@ -505,7 +505,8 @@ class NetlinkBackend(BackendBase):
         interface: a rule that *may* match before one to the route's own table leaves
         the route in doubt, not named), nor a ``goto`` or ``nop`` before it. A ``throw``
         route of the table sends the lookup on, as the kernel does. The rules are read at
-        every call (the kernel announces no rule change to the route view); the routes
+        every call (the kernel announces no rule change to the route view); a dump the
+        kernel refuses is a warning saying so, not an error ending the plan. The routes
         are those the last observe or apply read (with a driver following no change)."""
         routes = self._wanted_routes
         if routes is None:
@@ -519,8 +520,15 @@ class NetlinkBackend(BackendBase):
         # The routes as the pass's observe or apply left the view, no begin(): with a
         # driver that follows no change (pyroute2) it dumped every route again, all of
         # them decoded anew (the expected ones are the observe's), at each look.
-        with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
+        try:
             rules = list(read_rules())
+        except OSError as exc:
+            # Read for a warning only: a kernel refusing the dump (IPv6 off at boot gives
+            # EAFNOSUPPORT) ended plan and apply after their read, here a warning.
+            return (f"netlink: {_reason(exc, f'read the policy rules of {self._where}')}: "
+                    "a route of k3snet's whose every lookup an administrator's rule takes "
+                    "before its table is not named here (ip rule)",)
+        with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
             if all(rule in _DEFAULT_RULES for rule in rules):
                 return ()  # a namespace's own rules: each table's lookup as ip route says
             view = self._routes.view()
@@ -990,8 +998,13 @@ class NetlinkBackend(BackendBase):
         # rules a namespace starts with).
         read_rules: Callable[[], Sequence[LookupRule]] | None = getattr(
             self._driver, "rules", None)
-        rules = ([rule for rule in read_rules() if rule.gateway_lookup]
-                 if read_rules is not None else list(_DEFAULT_RULES))
+        rules = list(_DEFAULT_RULES)
+        if read_rules is not None:
+            # A dump the kernel refuses (IPv6 off at boot) ended the check, and with it
+            # plan and apply: judged by the rules a namespace starts with, as a driver
+            # reading none is (the warnings say the rules could not be read).
+            with contextlib.suppress(OSError):
+                rules = [rule for rule in read_rules() if rule.gateway_lookup]
         tables = frozenset({r.table for r in gateways} | {MAIN_TABLE, _DEFAULT_TABLE}
                            | {rule.table for rule in rules if rule.action == FR_ACT_TO_TBL
                               and rule.table != _LOCAL_TABLE})
