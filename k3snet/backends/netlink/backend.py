@@ -9,7 +9,10 @@ Routes
     through a device it cannot name) is a foreign
     :class:`~k3snet.model.RouteBlock` where it stands, so that a wanted route
     there is a conflict; the ``local`` table, cached clones, source-specific and
-    TOS routes are left out.
+    TOS routes are left out. An IPv6 multipath route whose first nexthop is k3snet's
+    (another program appended nexthops to its route,
+    :class:`~k3snet.backends.netlink.codec.Siblings`) is k3snet's route, the other
+    nexthops a foreign block in its slot.
 
     Writes are plain rtnetlink requests: an add is ``RTM_NEWROUTE`` with
     ``NLM_F_CREATE | NLM_F_EXCL`` (the kernel refuses to overwrite anything), a
@@ -98,6 +101,7 @@ from k3snet.backends.netlink.codec import (
     Link,
     LookupRule,
     NetlinkError,
+    Siblings,
 )
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
@@ -911,7 +915,8 @@ class NetlinkBackend(BackendBase):
             routes: Iterable[Route | RouteBlock] = self._routes.view().foreign
         else:
             names = {index: link.name for index, link in self._routes.links().items()}
-            routes = self._driver.routes(frozenset({MAIN_TABLE}), names)
+            routes = [r for r in self._driver.routes(frozenset({MAIN_TABLE}), names)
+                      if not isinstance(r, Siblings)]  # never learned from advertisements
         learned = sorted((r for r in routes if isinstance(r, Route) and r.family == 6
                           and r.protocol == _RA_PROTOCOL and r.destination.prefixlen == 0
                           and r.device is not None), key=lambda r: r.sort_key)
@@ -1020,8 +1025,8 @@ class NetlinkBackend(BackendBase):
         unseen = frozenset(t for t in tables if not self._routes.in_scope(t))
         if unseen:
             names = {index: link.name for index, link in self._routes.links().items()}
-            for route in self._driver.routes(unseen, names):
-                lookup.add(route)
+            for dumped in self._driver.routes(unseen, names):
+                lookup.add(dumped.whole if isinstance(dumped, Siblings) else dumped)
         return lookup
 
     def _fit(self, plan: Plan, view: RouteView | None
