@@ -508,7 +508,10 @@ class NetlinkBackend(BackendBase):
         holding the whole destination, no other selector (a source prefix, a mark, an
         interface: a rule that *may* match before one to the route's own table leaves
         the route in doubt, not named), nor a ``goto`` or ``nop`` before it. A ``throw``
-        route of the table sends the lookup on, as the kernel does. The rules are read at
+        route of the table sends the lookup on, as the kernel does. The text says what the
+        rule does with every lookup reaching it and names the earlier rules that may take
+        some first (an inverted one, one of a source, a table holding part of the
+        destination); the ``local`` table's routes (AnyIP) are not read. The rules are read at
         every call (the kernel announces no rule change to the route view); a dump the
         kernel refuses is a warning saying so, not an error ending the plan. The routes
         are those the last observe or apply read (with a driver following no change)."""
@@ -550,17 +553,23 @@ class NetlinkBackend(BackendBase):
             taken = _taken_by_rule(route, rules, lookup)
             if taken is None:
                 continue
-            rule, holder = taken
+            rule, holder, earlier = taken
+            # Said of the rule and its table alone: an earlier rule (Calico's inverted
+            # one, the local table of an AnyIP route) may take the lookups before it, which
+            # the text claimed went to its table.
             where = f"table {_table_name(route.table)}"
+            lookups = f"every lookup of {network_text(route.destination)} reaching it"
             if holder is None:
                 why = (f"the policy rule at priority {rule.priority} "
-                       f"({_REJECTING[rule.action]}) refuses the lookup of "
-                       f"{network_text(route.destination)} before {where}")
+                       f"({_REJECTING[rule.action]}), before {where}, refuses {lookups}")
             else:
-                why = (f"the policy rule at priority {rule.priority} sends the lookup of "
-                       f"{network_text(route.destination)} to table "
-                       f"{_table_name(rule.table)} before {where}, and its "
-                       f"{holder.describe()} takes it")
+                why = (f"the policy rule at priority {rule.priority}, before {where}, sends "
+                       f"{lookups} to table {_table_name(rule.table)}, whose "
+                       f"{holder.describe()} holds it")
+            if earlier:
+                named = ", ".join(str(r.priority) for r in earlier)
+                why += (f"; the rule{'s' if len(earlier) > 1 else ''} at priority {named} "
+                        "before it may take some first")
             found.append(f"netlink: the {route.describe()} carries no traffic in "
                          f"{self._where}: {why} (ip rule)")
         said = tuple(found)
@@ -1716,12 +1725,14 @@ class _GatewayTables:
 
 
 def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTables
-                   ) -> tuple[LookupRule, Route | RouteBlock | None] | None:
+                   ) -> tuple[LookupRule, Route | RouteBlock | None, list[LookupRule]] | None:
     """The administrator's rule that takes every lookup of ``route``'s destination
-    before its table, with the route of the rule's table holding the destination
-    (``None``: a rejecting rule); ``None`` when none surely does
-    (:meth:`NetlinkBackend._rule_warnings`)."""
+    reaching it before its table, with the route of the rule's table holding the
+    destination (``None``: a rejecting rule) and the rules before it that may take some
+    of those lookups first (to another table or refusing them); ``None`` when none
+    surely does (:meth:`NetlinkBackend._rule_warnings`)."""
     dst = route.destination
+    earlier: list[LookupRule] = []
     for rule in rules:
         if rule.family != dst.version or (
                 rule.destination is not None and not rule.destination.overlaps(dst)):
@@ -1734,17 +1745,28 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
             if rule.table in (route.table, 0):  # 0: an L3 master device's table
                 return None
             if not sure or rule.table == _LOCAL_TABLE:
+                if rule not in _DEFAULT_RULES:
+                    earlier.append(rule)
                 continue
             holder = _holder(lookup, rule.table, dst)
             if holder is None:
+                if rule not in _DEFAULT_RULES and _takes_part(lookup, rule.table, dst):
+                    earlier.append(rule)
                 continue
-            return None if rule in _DEFAULT_RULES else (rule, holder)
+            return None if rule in _DEFAULT_RULES else (rule, holder, earlier)
         if rule.action in _REJECTING:
             if sure and rule not in _DEFAULT_RULES:
-                return rule, None
+                return rule, None, earlier
+            earlier.append(rule)
         else:  # goto, nop: not followed
             return None
     return None
+
+
+def _takes_part(lookup: _GatewayTables, table: int, dst: Network) -> bool:
+    """Whether ``table`` holds a route for some address of ``dst``, not one for all."""
+    return lookup.inside(table, dst) or any(True for _ in lookup.covering(
+        table, dst.network_address))
 
 
 def _holder(lookup: _GatewayTables, table: int, dst: Network) -> Route | RouteBlock | None:
