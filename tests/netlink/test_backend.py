@@ -224,7 +224,7 @@ def test_the_expect_hint_changes_no_reading_of_the_kernels_routes(
     built: list[int] = []  # the protocol of every route built from its message
     real = codec.route_of
 
-    def route_of(**fields: object) -> Route | RouteBlock | None:
+    def route_of(**fields: object) -> Route | RouteBlock | codec.Siblings | None:
         built.append(fields["protocol"])  # type: ignore[arg-type]
         return real(**fields)  # type: ignore[arg-type]
 

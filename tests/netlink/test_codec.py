@@ -45,9 +45,11 @@ def dump(name: str) -> list[bytes]:
     return [bytes.fromhex(text) for text in RECORDED["dumps"][name]]
 
 
-def from_listing(entry: dict[str, Any], family: int) -> Route | RouteBlock | None:
+def from_listing(entry: dict[str, Any], family: int
+                 ) -> Route | RouteBlock | codec.Siblings | None:
     """What k3snet models for one ``ip -j route`` entry: a Route, a RouteBlock where it
-    stands at a destination but the Route model cannot hold it, or None."""
+    stands at a destination but the Route model cannot hold it (with its first nexthop
+    as a Route for an IPv6 multipath one: :class:`~codec.Siblings`), or None."""
     table = _TABLES.get(entry.get("table", "main")) or int(entry["table"])
     if table == 255 or _ELSEWHERE_KEYS & entry.keys():
         return None
@@ -61,8 +63,15 @@ def from_listing(entry: dict[str, Any], family: int) -> Route | RouteBlock | Non
     kind = entry.get("type", "unicast")
     if kind != "unicast" or _UNMODELLED_KEYS & entry.keys():
         what = kind if kind != "unicast" else "multipath, nexthop-object, encap or via"
-        return RouteBlock(destination, table=table, metric=entry.get("metric", 0), what=what,
-                          protocol=number)
+        block = RouteBlock(destination, table=table, metric=entry.get("metric", 0), what=what,
+                           protocol=number)
+        hops = entry.get("nexthops")
+        if family == 6 and kind == "unicast" and _UNMODELLED_KEYS & entry.keys() == {
+                "nexthops"} and hops and hops[0].keys() <= {"gateway", "dev", "weight", "flags"}:
+            return codec.Siblings(Route(destination, gateway=hops[0]["gateway"],
+                                        device=hops[0]["dev"], table=table,
+                                        metric=entry.get("metric", 0), protocol=number), block)
+        return block
     return Route(destination, gateway=entry.get("gateway"), device=entry.get("dev"),
                  table=table, metric=entry.get("metric", 0),
                  scope=entry.get("scope", "universe"), protocol=number)
@@ -80,8 +89,13 @@ def test_decoded_routes_are_the_kernels_listing(name: str, family: int) -> None:
 
 
 def test_routes_the_model_cannot_hold_are_blocks_or_skipped() -> None:
-    decoded = [route for name in ("route4", "route6") for msg in dump(name)
-               if (route := codec.decode_route(msg, NAMES)) is not None]
+    read = [route for name in ("route4", "route6") for msg in dump(name)
+            if (route := codec.decode_route(msg, NAMES)) is not None]
+    # An IPv6 multipath route is a block and its first nexthop, a route of its own there.
+    [siblings] = [r for r in read if isinstance(r, codec.Siblings)]
+    assert siblings.first == Route("fd51::/64", gateway="fd00::250", device="d0",
+                                   protocol="boot")
+    decoded = [r.whole if isinstance(r, codec.Siblings) else r for r in read]
     blocks = {str(b.destination): b.what for b in decoded if isinstance(b, RouteBlock)}
     assert blocks == {
         "198.51.100.0/24": "multipath, nexthop-object, encap or via",  # RTA_MULTIPATH, proto 211
@@ -241,7 +255,7 @@ def test_a_restoring_add_is_not_exclusive_and_nothing_else_changes() -> None:
     assert restoring[2] == codec.route_message(Change.add(route), INDEXES)[2]
 
 
-def _round_trip(route: Route) -> Route | RouteBlock | None:
+def _round_trip(route: Route) -> Route | RouteBlock | codec.Siblings | None:
     ifindex = None if route.device is None else INDEXES[route.device]
     msg = codec.message(codec.RTM_NEWROUTE, 0, 0, codec.route_request(route, ifindex))
     return codec.decode_route(msg, NAMES)

@@ -185,7 +185,7 @@ class _Driver:
         return [], False
 
     def routes(self, tables: frozenset[int] | None, names: Any,
-               **kw: Any) -> list[Route | RouteBlock]:
+               **kw: Any) -> list[Route | RouteBlock | codec.Siblings]:
         expected = kw.get("expected")
         self.hints.append(len(expected or ()))
         return [route for msg in DUMPS

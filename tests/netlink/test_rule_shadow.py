@@ -11,6 +11,7 @@ destination leave it unnamed.
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
+from k3snet.backends.netlink.codec import NetlinkError
 from k3snet.model import Route, State
 from k3snet.planner import plan
 from tests.netlink.links import d0_namespace, ip
@@ -59,11 +61,13 @@ def test_a_route_an_administrators_rule_takes_the_lookup_of_is_named_in_the_warn
         assert len(warnings) == 3, warnings
         v4, prohibit, v6 = warnings  # in the routes' order: IPv4 first
         assert "route 198.51.100.0/24 via 192.0.2.2 table main" in v4
-        assert "priority 100 sends the lookup of 198.51.100.0/24 to table 100" in v4
+        assert ("priority 100, before table main, sends every lookup of 198.51.100.0/24 "
+                "reaching it to table 100") in v4
         assert "route 198.51.100.0/24 dev d0 table 100" in v4
         assert "route 2001:db8:5::/64 via 2001:db8::2 table main" in v6
         assert "route 2001:db8:5::/48 dev d0 table 100" in v6
-        assert "priority 200 (prohibit) refuses the lookup of 203.0.113.0/25" in prohibit
+        assert ("priority 200 (prohibit), before table main, refuses every lookup of "
+                "203.0.113.0/25 reaching it") in prohibit
         # Without the rules, nothing to say (and the route of table 100 is reached by none
         # of the administrator's rules: left to the tables' own lookup).
         for family in ("-4", "-6"):
@@ -160,5 +164,66 @@ def test_the_warnings_judge_the_routes_the_observe_read_dumping_none_again(
             backend.observe()
             dumps.clear()
             [named] = backend.warnings
-        assert "priority 101 sends the lookup of 198.51.100.0/24 to table 101" in named
+        assert "lookup of 198.51.100.0/24 reaching it to table 101" in named
         assert dumps == []
+
+
+def test_a_rules_dump_the_kernel_refuses_is_a_warning_not_the_end_of_plan_and_apply(
+        tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel booted with ``ipv6.disable=1`` refuses an IPv6 rules dump (the sysctl
+    ``disable_ipv6`` does not: its rules stay readable, hence the simulated refusal):
+    ``warnings`` raised, and ``k3snet plan`` ended after its read; ``check``'s gateway
+    lookup read them too, and ended the apply."""
+    with d0_namespace("rshadowf", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "route", "add", "198.51.100.0/24", "dev", "d0", "table", "100")
+        ip(ns, "rule", "add", "to", "198.51.100.0/24", "lookup", "100", "pref", "100")
+        driver_object: Any = backend._driver
+
+        def refused() -> Any:
+            raise NetlinkError(errno.EAFNOSUPPORT)
+
+        monkeypatch.setattr(driver_object, "rules", refused)
+        wanted = State(owned=[Route("198.51.100.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        planned = plan(backend.observe(), wanted)
+        assert backend.check(planned) == ()
+        backend.apply(planned)
+        [said] = backend.warnings
+        assert said.startswith(f"netlink: cannot read the policy rules of network namespace '{ns}'")
+        assert "Address family not supported" in said
+        assert [(r["dst"], r["gateway"], r["protocol"]) for r in json.loads(
+            ip(ns, "-j", "route", "show", "198.51.100.0/24"))] == [
+            ("198.51.100.0/24", "192.0.2.2", "211")]
+
+
+@pytest.mark.parametrize("earlier", ["calico", "anyip"])
+def test_a_rule_s_warning_claims_no_lookup_an_earlier_rule_or_the_local_table_takes(
+        tmp_path: Path, driver: Driver, earlier: str) -> None:
+    """Calico's inverted rule (``not from all fwmark 0x100000/0x100000 lookup 1``, wireguard)
+    and an AnyIP route of the ``local`` table take the lookups before the administrator's
+    rule at priority 100: the warning said that rule's table took them ("and its route
+    ... takes it") where the kernel's own lookup ends in table 1, or ``local``. It now
+    says what holds whatever reaches the rule, and names the earlier rule that may take
+    some first (the ``local`` table's routes are not read: nothing is named for it)."""
+    with d0_namespace("rshadowe", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "route", "add", "198.51.100.0/24", "dev", "d0", "table", "100")
+        ip(ns, "rule", "add", "to", "198.51.100.0/24", "lookup", "100", "pref", "100")
+        if earlier == "calico":
+            ip(ns, "route", "add", "198.51.100.0/24", "dev", "d0p", "table", "1")
+            ip(ns, "rule", "add", "not", "fwmark", "0x100000/0x100000", "lookup", "1",
+               "pref", "99")
+        else:
+            ip(ns, "route", "add", "local", "198.51.100.0/24", "dev", "lo", "table", "local")
+        wanted = State(owned=[Route("198.51.100.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        assert _table_of(ns, "-4", "198.51.100.7") == ("1" if earlier == "calico" else "local")
+        [said] = backend.warnings
+        assert "takes it" not in said
+        assert ("the policy rule at priority 100, before table main, sends every lookup of "
+                "198.51.100.0/24 reaching it to table 100, whose route 198.51.100.0/24 dev d0 "
+                "table 100") in said
+        assert ("the rule at priority 99 before it may take some first" in said) == (
+            earlier == "calico")

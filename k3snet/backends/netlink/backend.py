@@ -9,7 +9,10 @@ Routes
     through a device it cannot name) is a foreign
     :class:`~k3snet.model.RouteBlock` where it stands, so that a wanted route
     there is a conflict; the ``local`` table, cached clones, source-specific and
-    TOS routes are left out.
+    TOS routes are left out. An IPv6 multipath route whose first nexthop is k3snet's
+    (another program appended nexthops to its route,
+    :class:`~k3snet.backends.netlink.codec.Siblings`) is k3snet's route, the other
+    nexthops a foreign block in its slot.
 
     Writes are plain rtnetlink requests: an add is ``RTM_NEWROUTE`` with
     ``NLM_F_CREATE | NLM_F_EXCL`` (the kernel refuses to overwrite anything), a
@@ -98,6 +101,7 @@ from k3snet.backends.netlink.codec import (
     Link,
     LookupRule,
     NetlinkError,
+    Siblings,
 )
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
@@ -504,8 +508,12 @@ class NetlinkBackend(BackendBase):
         holding the whole destination, no other selector (a source prefix, a mark, an
         interface: a rule that *may* match before one to the route's own table leaves
         the route in doubt, not named), nor a ``goto`` or ``nop`` before it. A ``throw``
-        route of the table sends the lookup on, as the kernel does. The rules are read at
-        every call (the kernel announces no rule change to the route view); the routes
+        route of the table sends the lookup on, as the kernel does. The text says what the
+        rule does with every lookup reaching it and names the earlier rules that may take
+        some first (an inverted one, one of a source, a table holding part of the
+        destination); the ``local`` table's routes (AnyIP) are not read. The rules are read at
+        every call (the kernel announces no rule change to the route view); a dump the
+        kernel refuses is a warning saying so, not an error ending the plan. The routes
         are those the last observe or apply read (with a driver following no change)."""
         routes = self._wanted_routes
         if routes is None:
@@ -519,8 +527,15 @@ class NetlinkBackend(BackendBase):
         # The routes as the pass's observe or apply left the view, no begin(): with a
         # driver that follows no change (pyroute2) it dumped every route again, all of
         # them decoded anew (the expected ones are the observe's), at each look.
-        with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
+        try:
             rules = list(read_rules())
+        except OSError as exc:
+            # Read for a warning only: a kernel refusing the dump (IPv6 off at boot gives
+            # EAFNOSUPPORT) ended plan and apply after their read, here a warning.
+            return (f"netlink: {_reason(exc, f'read the policy rules of {self._where}')}: "
+                    "a route of k3snet's whose every lookup an administrator's rule takes "
+                    "before its table is not named here (ip rule)",)
+        with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
             if all(rule in _DEFAULT_RULES for rule in rules):
                 return ()  # a namespace's own rules: each table's lookup as ip route says
             view = self._routes.view()
@@ -538,17 +553,23 @@ class NetlinkBackend(BackendBase):
             taken = _taken_by_rule(route, rules, lookup)
             if taken is None:
                 continue
-            rule, holder = taken
+            rule, holder, earlier = taken
+            # Said of the rule and its table alone: an earlier rule (Calico's inverted
+            # one, the local table of an AnyIP route) may take the lookups before it, which
+            # the text claimed went to its table.
             where = f"table {_table_name(route.table)}"
+            lookups = f"every lookup of {network_text(route.destination)} reaching it"
             if holder is None:
                 why = (f"the policy rule at priority {rule.priority} "
-                       f"({_REJECTING[rule.action]}) refuses the lookup of "
-                       f"{network_text(route.destination)} before {where}")
+                       f"({_REJECTING[rule.action]}), before {where}, refuses {lookups}")
             else:
-                why = (f"the policy rule at priority {rule.priority} sends the lookup of "
-                       f"{network_text(route.destination)} to table "
-                       f"{_table_name(rule.table)} before {where}, and its "
-                       f"{holder.describe()} takes it")
+                why = (f"the policy rule at priority {rule.priority}, before {where}, sends "
+                       f"{lookups} to table {_table_name(rule.table)}, whose "
+                       f"{holder.describe()} holds it")
+            if earlier:
+                named = ", ".join(str(r.priority) for r in earlier)
+                why += (f"; the rule{'s' if len(earlier) > 1 else ''} at priority {named} "
+                        "before it may take some first")
             found.append(f"netlink: the {route.describe()} carries no traffic in "
                          f"{self._where}: {why} (ip rule)")
         said = tuple(found)
@@ -903,7 +924,8 @@ class NetlinkBackend(BackendBase):
             routes: Iterable[Route | RouteBlock] = self._routes.view().foreign
         else:
             names = {index: link.name for index, link in self._routes.links().items()}
-            routes = self._driver.routes(frozenset({MAIN_TABLE}), names)
+            routes = [r for r in self._driver.routes(frozenset({MAIN_TABLE}), names)
+                      if not isinstance(r, Siblings)]  # never learned from advertisements
         learned = sorted((r for r in routes if isinstance(r, Route) and r.family == 6
                           and r.protocol == _RA_PROTOCOL and r.destination.prefixlen == 0
                           and r.device is not None), key=lambda r: r.sort_key)
@@ -990,8 +1012,13 @@ class NetlinkBackend(BackendBase):
         # rules a namespace starts with).
         read_rules: Callable[[], Sequence[LookupRule]] | None = getattr(
             self._driver, "rules", None)
-        rules = ([rule for rule in read_rules() if rule.gateway_lookup]
-                 if read_rules is not None else list(_DEFAULT_RULES))
+        rules = list(_DEFAULT_RULES)
+        if read_rules is not None:
+            # A dump the kernel refuses (IPv6 off at boot) ended the check, and with it
+            # plan and apply: judged by the rules a namespace starts with, as a driver
+            # reading none is (the warnings say the rules could not be read).
+            with contextlib.suppress(OSError):
+                rules = [rule for rule in read_rules() if rule.gateway_lookup]
         tables = frozenset({r.table for r in gateways} | {MAIN_TABLE, _DEFAULT_TABLE}
                            | {rule.table for rule in rules if rule.action == FR_ACT_TO_TBL
                               and rule.table != _LOCAL_TABLE})
@@ -1007,8 +1034,8 @@ class NetlinkBackend(BackendBase):
         unseen = frozenset(t for t in tables if not self._routes.in_scope(t))
         if unseen:
             names = {index: link.name for index, link in self._routes.links().items()}
-            for route in self._driver.routes(unseen, names):
-                lookup.add(route)
+            for dumped in self._driver.routes(unseen, names):
+                lookup.add(dumped.whole if isinstance(dumped, Siblings) else dumped)
         return lookup
 
     def _fit(self, plan: Plan, view: RouteView | None
@@ -1698,12 +1725,14 @@ class _GatewayTables:
 
 
 def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTables
-                   ) -> tuple[LookupRule, Route | RouteBlock | None] | None:
+                   ) -> tuple[LookupRule, Route | RouteBlock | None, list[LookupRule]] | None:
     """The administrator's rule that takes every lookup of ``route``'s destination
-    before its table, with the route of the rule's table holding the destination
-    (``None``: a rejecting rule); ``None`` when none surely does
-    (:meth:`NetlinkBackend._rule_warnings`)."""
+    reaching it before its table, with the route of the rule's table holding the
+    destination (``None``: a rejecting rule) and the rules before it that may take some
+    of those lookups first (to another table or refusing them); ``None`` when none
+    surely does (:meth:`NetlinkBackend._rule_warnings`)."""
     dst = route.destination
+    earlier: list[LookupRule] = []
     for rule in rules:
         if rule.family != dst.version or (
                 rule.destination is not None and not rule.destination.overlaps(dst)):
@@ -1716,17 +1745,28 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
             if rule.table in (route.table, 0):  # 0: an L3 master device's table
                 return None
             if not sure or rule.table == _LOCAL_TABLE:
+                if rule not in _DEFAULT_RULES:
+                    earlier.append(rule)
                 continue
             holder = _holder(lookup, rule.table, dst)
             if holder is None:
+                if rule not in _DEFAULT_RULES and _takes_part(lookup, rule.table, dst):
+                    earlier.append(rule)
                 continue
-            return None if rule in _DEFAULT_RULES else (rule, holder)
+            return None if rule in _DEFAULT_RULES else (rule, holder, earlier)
         if rule.action in _REJECTING:
             if sure and rule not in _DEFAULT_RULES:
-                return rule, None
+                return rule, None, earlier
+            earlier.append(rule)
         else:  # goto, nop: not followed
             return None
     return None
+
+
+def _takes_part(lookup: _GatewayTables, table: int, dst: Network) -> bool:
+    """Whether ``table`` holds a route for some address of ``dst``, not one for all."""
+    return lookup.inside(table, dst) or any(True for _ in lookup.covering(
+        table, dst.network_address))
 
 
 def _holder(lookup: _GatewayTables, table: int, dst: Network) -> Route | RouteBlock | None:

@@ -35,6 +35,7 @@ __all__ = [
     "LookupRule",
     "NetlinkError",
     "RouteShape",
+    "Siblings",
     "address_dump_request",
     "attr",
     "attr_u32",
@@ -45,6 +46,7 @@ __all__ = [
     "decode_rule",
     "error_of",
     "expected_routes",
+    "first_hop",
     "header_of",
     "link_dump_request",
     "message",
@@ -177,6 +179,7 @@ IFADDR: Final = struct.Struct("=BBBBI")
 FIB_RULE_HDR: Final = struct.Struct("=BBBBBBBBI")
 """fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags."""
 RTATTR: Final = struct.Struct("=HH")
+RTNEXTHOP: Final = struct.Struct("=HBBi")  # length, flags, hops (weight - 1), ifindex
 U32: Final = struct.Struct("=I")
 I32: Final = struct.Struct("=i")
 HDR: Final = NLMSG.size
@@ -342,12 +345,54 @@ def address_dump_request(family: int) -> bytes:
 # --- decoding -------------------------------------------------------------------------
 
 
+@attrs.frozen
+class Siblings:
+    """An IPv6 multipath route as the kernel dumps it: IPv6 keeps each nexthop as a route
+    of its own (``ip -6 route append`` of a gateway route to a slot holding one appends
+    it), and its dump sends them as one message with ``RTA_MULTIPATH``, carrying the
+    first one's protocol. ``first`` is that route (the first nexthop, with the message's
+    protocol), ``whole`` the block the message stands for.
+
+    The backend takes ``first`` for its own when its protocol is k3snet's (another
+    program appended nexthops to k3snet's route), and ``whole`` as foreign otherwise:
+    k3snet's route stays its own, and its delete (naming protocol and gateway) takes
+    back that nexthop alone."""
+
+    first: Route
+    whole: RouteBlock
+
+    @property
+    def table(self) -> int:
+        """The table the route is in."""
+        return self.whole.table
+
+
+def first_hop(multipath: bytes) -> tuple[bytes | None, int] | None:
+    """The gateway bytes and link index of the first nexthop of an ``RTA_MULTIPATH``
+    attribute; ``None`` when it holds none or its nexthop says more than a gateway
+    (an encap, a ``via``, a flow: no Route)."""
+    if len(multipath) < RTNEXTHOP.size:
+        return None
+    length, _flags, _hops, ifindex = RTNEXTHOP.unpack_from(multipath)
+    if length < RTNEXTHOP.size or length > len(multipath):
+        return None
+    found = attrs_of(multipath[:length], RTNEXTHOP.size)
+    if found.keys() - {RTA_GATEWAY}:
+        return None
+    return found.get(RTA_GATEWAY), ifindex
+
+
 def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, flags: int,
              scope: int, protocol: int, table: int, dst: int, gateway: Address | None,
              oif: int | None, metric: int, unmodelled: bool,
-             names: Mapping[int, str]) -> Route | RouteBlock | None:
+             names: Mapping[int, str],
+             first: tuple[Address | None, int] | None = None,
+             ) -> Route | RouteBlock | Siblings | None:
     """The Route a decoded ``RTM_NEWROUTE`` describes; a RouteBlock when it stands at a
     destination but cannot be modelled; ``None`` when it stands at none k3snet writes.
+    ``first``: the gateway and link index of the first nexthop of an IPv6 route whose
+    one unmodelled attribute is ``RTA_MULTIPATH`` (:func:`first_hop`): such a route is
+    :class:`Siblings` when that nexthop is a Route.
 
     The one place that says which kernel routes k3snet models; both drivers decode
     their messages into these fields (``dst``: the destination as an integer, 0
@@ -393,10 +438,18 @@ def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, fl
                     else "unnamed device")
                 named = device  # kept, shown escaped: the user tells which device it is
     try:
-        return RouteBlock(destination, table=table, metric=metric, what=what, protocol=protocol,
-                          device=named)
+        block = RouteBlock(destination, table=table, metric=metric, what=what,
+                           protocol=protocol, device=named)
     except (ModelError, ValueError):
         return None
+    if first is not None and family == socket.AF_INET6 and kind == RTN_UNICAST:
+        sibling = route_of(
+            family=family, dst_len=dst_len, src_len=src_len, tos=tos, kind=kind, flags=flags,
+            scope=scope, protocol=protocol, table=table, dst=dst, gateway=first[0],
+            oif=first[1], metric=metric, unmodelled=False, names=names)
+        if isinstance(sibling, Route):
+            return Siblings(sibling, block)
+    return block
 
 
 RouteShape = tuple[int, int, int, bytes | None, str | None, int, int, int, int]
@@ -429,7 +482,7 @@ holds as on-link, and so does the backend's ``check``."""
 
 def decode_route(msg: bytes, names: Mapping[int, str],
                  expected: Mapping[RouteShape, Route] | None = None,
-                 ) -> Route | RouteBlock | None:
+                 ) -> Route | RouteBlock | Siblings | None:
     """What a raw ``RTM_NEWROUTE`` message describes, as :func:`route_of` says.
 
     With ``expected`` (:func:`expected_routes`), a message that is exactly one of
@@ -457,10 +510,17 @@ def decode_route(msg: bytes, names: Mapping[int, str],
     if raw_gateway is not None and family in (socket.AF_INET, socket.AF_INET6):
         gateway = (ipaddress.IPv4Address(raw_gateway) if family == socket.AF_INET
                    else ipaddress.IPv6Address(raw_gateway))
+    first: tuple[Address | None, int] | None = None
+    if family == socket.AF_INET6 and found.keys() & UNMODELLED_ATTRS == {RTA_MULTIPATH}:
+        hop = first_hop(found[RTA_MULTIPATH])
+        if hop is not None:
+            raw = hop[0]
+            if raw is None or len(raw) == 16:  # an IPv6 address's
+                first = (None if raw is None else ipaddress.IPv6Address(raw), hop[1])
     return route_of(
         family=family, dst_len=dst_len, src_len=src_len, tos=tos, kind=kind, flags=flags,
         scope=scope, protocol=protocol, table=table, dst=dst, gateway=gateway, oif=oif,
-        metric=metric, unmodelled=unmodelled, names=names)
+        metric=metric, unmodelled=unmodelled, names=names, first=first)
 
 
 def route_prefix(msg: bytes) -> Network | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Protocol
 
-from k3snet.backends.netlink.codec import Interface, Link, NetlinkError
+from k3snet.backends.netlink.codec import Interface, Link, NetlinkError, Siblings
 from k3snet.backends.netns import NetnsRunner
 from k3snet.model.route import Route, RouteBlock
 from k3snet.planner import Change
@@ -50,9 +50,10 @@ class RouteDriver(Protocol):
         ...
 
     def routes(self, tables: frozenset[int] | None,
-               names: Mapping[int, str]) -> Sequence[Route | RouteBlock]:
+               names: Mapping[int, str]) -> Sequence[Route | RouteBlock | Siblings]:
         """The routes of ``tables`` (``None``: all), both families: each a Route, or a
-        RouteBlock where a route stands that k3snet cannot model (:func:`~.codec.route_of`).
+        RouteBlock where a route stands that k3snet cannot model (:func:`~.codec.route_of`),
+        or an IPv6 multipath route as :class:`~.codec.Siblings`.
 
         Optional: a driver with ``reads_expected = True`` also takes ``expected=``,
         routes by the fields of their message (:func:`~.codec.expected_routes`), and

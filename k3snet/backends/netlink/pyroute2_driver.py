@@ -57,6 +57,7 @@ from k3snet.backends.netlink.codec import (
     Link,
     LookupRule,
     NetlinkError,
+    Siblings,
     decode_rule,
     kernel_name,
     route_of,
@@ -90,7 +91,7 @@ def _error(exc: Pyroute2Error) -> NetlinkError:
 
 # The attributes a route is read from (each as get_attr gives it: the first of its name).
 _READ_NAMES: Final = frozenset({"RTA_DST", "RTA_TABLE", "RTA_PRIORITY", "RTA_GATEWAY",
-                                "RTA_OIF"})
+                                "RTA_OIF", "RTA_MULTIPATH"})
 
 
 def _unmodelled_attr(name: str, attr: Any) -> bool:
@@ -141,12 +142,29 @@ def _address(family: int, text: str | None) -> Address | None:
             else ipaddress.IPv6Address(text))
 
 
-def _route_from(msg: Any, names: Mapping[int, str]) -> Route | RouteBlock | None:
+def _first_hop(hops: Any) -> tuple[Address | None, int] | None:
+    """The gateway and link index of the first nexthop of a decoded ``RTA_MULTIPATH``, as
+    :func:`~.codec.first_hop` reads it from the bytes."""
+    if not hops:
+        return None
+    hop = hops[0]
+    if any(name != "RTA_GATEWAY" for name, *_ in hop["attrs"]):
+        return None
+    return _address(socket.AF_INET6, hop.get_attr("RTA_GATEWAY")), hop["oif"]
+
+
+def _route_from(msg: Any, names: Mapping[int, str]) -> Route | RouteBlock | Siblings | None:
     """What a pyroute2 ``rtmsg`` describes, as :func:`~.codec.route_of` says."""
     family = msg["family"]
     if family not in (socket.AF_INET, socket.AF_INET6):
         return None
     attrs, unmodelled = _route_attrs(msg)
+    first: tuple[Address | None, int] | None = None
+    hops = attrs.get("RTA_MULTIPATH")
+    if hops is not None:
+        if not unmodelled and family == socket.AF_INET6:
+            first = _first_hop(hops)
+        unmodelled = True
     dst = attrs.get("RTA_DST")
     table = attrs.get("RTA_TABLE")
     metric = attrs.get("RTA_PRIORITY")
@@ -156,7 +174,8 @@ def _route_from(msg: Any, names: Mapping[int, str]) -> Route | RouteBlock | None
         table=msg["table"] if table is None else table,
         dst=0 if dst is None else int(ipaddress.ip_address(dst)),
         gateway=_address(family, attrs.get("RTA_GATEWAY")), oif=attrs.get("RTA_OIF"),
-        metric=0 if metric is None else metric, unmodelled=unmodelled, names=names)
+        metric=0 if metric is None else metric, unmodelled=unmodelled, names=names,
+        first=first)
 
 
 def _request(route: Route, ifindex: int | None) -> dict[str, Any]:
@@ -280,12 +299,12 @@ class Pyroute2Driver:
         return self._run(job)
 
     def routes(self, tables: frozenset[int] | None,
-               names: Mapping[int, str]) -> list[Route | RouteBlock]:
+               names: Mapping[int, str]) -> list[Route | RouteBlock | Siblings]:
         """The routes of ``tables`` (``None``: all), one dump per family
         (:meth:`~.driver.RouteDriver.routes`)."""
 
-        def job(ipr: Any) -> list[Route | RouteBlock]:
-            found: list[Route | RouteBlock] = []
+        def job(ipr: Any) -> list[Route | RouteBlock | Siblings]:
+            found: list[Route | RouteBlock | Siblings] = []
             for family in (socket.AF_INET, socket.AF_INET6):
                 # pyroute2 filters by table after the dump anyway: filter here, once.
                 for msg in self._dump(ipr, ipr.route, family=family):

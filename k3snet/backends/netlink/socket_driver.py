@@ -51,6 +51,7 @@ from k3snet.backends.netlink.codec import (
     LookupRule,
     NetlinkError,
     RouteShape,
+    Siblings,
     address_dump_request,
     decode_address,
     decode_link,
@@ -189,8 +190,8 @@ class SocketDriver:
         # was decoded with. A message the next dump repeats byte for byte, under the same
         # names, is that route again (decode_route is pure): 10 000 foreign routes are
         # not built again after each change of one.
-        self._decoded: dict[frozenset[int] | None,
-                            tuple[dict[int, str], dict[bytes, Route | RouteBlock | None]]] = {}
+        self._decoded: dict[frozenset[int] | None, tuple[
+            dict[int, str], dict[bytes, Route | RouteBlock | Siblings | None]]] = {}
         # route_dumps(keep=True): each family's dump of every table, for the next
         # routes() of every table, until any notification (or a loss) may make it stale.
         self._kept_dumps: dict[int, list[bytes]] = {}
@@ -249,18 +250,18 @@ class SocketDriver:
 
     def routes(self, tables: frozenset[int] | None, names: Mapping[int, str],
                expected: Mapping[RouteShape, Route] | None = None,
-               ) -> list[Route | RouteBlock]:
+               ) -> list[Route | RouteBlock | Siblings]:
         """The routes of ``tables`` (``None``: all), both families
         (:meth:`~.driver.RouteDriver.routes`); a route of ``expected``
         (:func:`~.codec.expected_routes`) is returned as that very object."""
-        found: list[Route | RouteBlock] = []
+        found: list[Route | RouteBlock | Siblings] = []
         names = dict(names)
         kept_names, previous = self._decoded.get(tables, ({}, {}))
         if kept_names != names:
             previous = {}
-        decoded: dict[bytes, Route | RouteBlock | None] = {}
+        decoded: dict[bytes, Route | RouteBlock | Siblings | None] = {}
         # A route kept from the last dump that one of ``expected`` equals is that one.
-        hinted: dict[Route | RouteBlock, Route | RouteBlock] = (
+        hinted: dict[Route | RouteBlock | Siblings, Route | RouteBlock | Siblings] = (
             {route: route for route in expected.values()} if expected else {})
         # With strict checking the kernel filters by table itself: one dump per table.
         chosen: Iterable[int | None] = sorted(tables) if tables else (None,)

@@ -32,6 +32,7 @@ from k3snet.backends.netlink.codec import (
     RTM_NEWNEXTHOP,
     RTM_NEWROUTE,
     Link,
+    Siblings,
     decode_route,
     expected_routes,
     header_of,
@@ -46,12 +47,17 @@ def _never() -> bool:
     return False
 
 
+_APPENDED = "multipath (nexthops appended to k3snet's)"  # what the other siblings are
+
+
 @attrs.define
 class RouteView:
-    """Routes in the observed tables: owned by key, foreign as a set."""
+    """Routes in the observed tables: owned by key, foreign as a set; ``shared``, the keys
+    of owned routes other nexthops were appended to (IPv6 multipath: :class:`Siblings`)."""
 
     owned: dict[tuple[Any, ...], Route]
     foreign: set[Route | RouteBlock]
+    shared: set[tuple[Any, ...]] = attrs.field(factory=set)
 
 
 class RouteCache:
@@ -168,7 +174,21 @@ class RouteCache:
                     self._sort_into(view, route)
         return view
 
-    def _sort_into(self, view: RouteView, route: Route | RouteBlock) -> None:
+    def _sort_into(self, view: RouteView, route: Route | RouteBlock | Siblings) -> None:
+        if isinstance(route, Siblings):
+            first = route.first
+            if first.protocol == self.protocol and first.key not in view.owned:
+                # Another program's nexthops appended to k3snet's route (ip -6 route
+                # append): the route stays k3snet's (its delete takes that nexthop
+                # alone back), the others a foreign block in its slot, of a protocol the
+                # dump does not say. Read as one foreign block, k3snet's route stayed
+                # once the spec dropped it.
+                view.owned[first.key] = first
+                view.foreign.add(attrs.evolve(route.whole, what=_APPENDED, protocol=0))
+                view.shared.add(first.key)
+            else:
+                view.foreign.add(route.whole)
+            return
         # A RouteBlock is never k3snet's, whatever its protocol: k3snet never writes one.
         if (isinstance(route, Route) and route.protocol == self.protocol
                 and route.key not in view.owned):
@@ -219,7 +239,8 @@ class RouteCache:
         # No links() here: it would drain notifications inside this loop.
         route = decode_route(msg, self._names)
         if (not isinstance(route, Route) or route.protocol != self.protocol
-                or not self.in_scope(route.table)):
+                or not self.in_scope(route.table) or route.key in view.shared):
+            # (A change of a route other nexthops share: what stays of them is dumped.)
             self._stale()
         elif kind == RTM_NEWROUTE:
             view.owned[route.key] = route
