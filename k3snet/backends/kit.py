@@ -52,7 +52,9 @@ from __future__ import annotations
 
 import contextvars
 import errno as errno_codes
+import inspect
 import logging
+import math
 import os
 import signal
 import threading
@@ -1046,6 +1048,27 @@ def backend_warnings(backend: object) -> tuple[str, ...]:
     return tuple(str(w) for w in found)
 
 
+def _declared(backend: object, attribute: str) -> object:
+    """``backend``'s optional ``attribute`` (``None`` without one). A property that
+    raises is a :class:`~k3snet.errors.BackendError` naming the backend: ``getattr``'s
+    default took one raising ``AttributeError`` for no declaration at all, and anything
+    else it raised failed the agent's pass."""
+    error: Exception
+    try:
+        return getattr(backend, attribute)
+    except AttributeError as exc:
+        try:
+            inspect.getattr_static(backend, attribute)
+        except AttributeError:
+            return None  # not declared
+        error = exc
+    except Exception as exc:  # noqa: BLE001 - a third party's property: said, whatever it raised
+        error = exc
+    name = getattr(backend, "name", "") or type(backend).__name__
+    raise BackendError(f"{name}.{attribute} cannot be read: {type(error).__name__}: "
+                       f"{error}") from error
+
+
 def longest_step(backend: object) -> float | None:
     """``backend``'s optional ``longest_step``: the seconds the longest bounded step of its
     apply may take (a tool run killed after its timeout: the iptables backend's
@@ -1053,18 +1076,19 @@ def longest_step(backend: object) -> float | None:
     against the pod's grace period (:func:`~k3snet.agent.grace_shortfalls`); ``None``
     without one.
 
-    Anything but a number of seconds above 0 (a flag, text, NaN) is a
-    :class:`~k3snet.errors.BackendError` naming the backend, as a ``warnings`` that is no
-    sequence is (:func:`backend_warnings`): skipped, the bound said nothing.
+    Anything but a finite number of seconds above 0 (a flag, text, NaN, infinity), or a
+    property that raises, is a :class:`~k3snet.errors.BackendError` naming the backend,
+    as a ``warnings`` that is no sequence is (:func:`backend_warnings`).
     """
-    found = getattr(backend, "longest_step", None)
+    found = _declared(backend, "longest_step")
     if found is None:
         return None
-    if isinstance(found, bool) or not isinstance(found, int | float) or not found > 0:
+    if (isinstance(found, bool) or not isinstance(found, int | float) or not found > 0
+            or not math.isfinite(found)):
         name = getattr(backend, "name", "") or type(backend).__name__
         raise BackendError(
-            f"{name}.longest_step is {type(found).__name__} {found!r}, not a number of "
-            "seconds above 0 (an attribute or property: docs/custom-backend.md)")
+            f"{name}.longest_step is {type(found).__name__} {found!r}, not a finite number "
+            "of seconds above 0 (an attribute or property: docs/custom-backend.md)")
     return float(found)
 
 
@@ -1076,11 +1100,11 @@ def undo_steps(backend: object) -> int:
     as the step). The agent holds the step and these against the pod's grace period
     (:func:`~k3snet.agent.grace_shortfalls`).
 
-    Anything but a whole number of 1 or more (a flag, a float, text) is a
-    :class:`~k3snet.errors.BackendError` naming the backend, as a ``longest_step`` that is
-    no number of seconds is.
+    Anything but a whole number of 1 or more (a flag, a float, text), or a property that
+    raises, is a :class:`~k3snet.errors.BackendError` naming the backend, as a
+    ``longest_step`` that is no number of seconds is.
     """
-    found = getattr(backend, "undo_steps", None)
+    found = _declared(backend, "undo_steps")
     if found is None:
         return 1
     if isinstance(found, bool) or not isinstance(found, int) or found < 1:
