@@ -219,7 +219,9 @@ def grace_shortfalls(grace: float, group: BackendGroup) -> list[str]:
     backend holds (130 s: docs/manifests.md). Counted as one undo run, the check let a
     70 s grace period pass while a dual-stack apply whose IPv6 run was killed took back
     one table per run, five runs after it: the kubelet's SIGKILL landed in the undo (the
-    node half-changed) and nothing told the operator."""
+    node half-changed) and nothing told the operator. The bounded steps of the pass
+    before the killed one, and an undo's further runs after a refused table, are not
+    counted (docs/agent.md says what they cost)."""
     shortfalls: list[str] = []
     for member in group.members:
         try:
