@@ -40,6 +40,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import math
 import os
 import random
 import threading
@@ -233,7 +234,10 @@ def grace_shortfalls(grace: float, group: BackendGroup) -> list[str]:
             continue
         if step is None:
             continue
-        needed = (1 + undo) * step + CLEANUP_MARGIN
+        try:
+            needed = (1 + undo) * step + CLEANUP_MARGIN
+        except OverflowError:  # an undo_steps beyond any float: no grace period holds it
+            needed = math.inf
         if needed >= grace:
             steps = "as long" if undo == 1 else f"{undo} steps as long"
             shortfalls.append(

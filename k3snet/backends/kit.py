@@ -1093,13 +1093,18 @@ def longest_step(backend: object) -> float | None:
     found = _declared(backend, "longest_step")
     if found is None:
         return None
-    if (isinstance(found, bool) or not isinstance(found, int | float) or not found > 0
-            or not math.isfinite(found)):
+    seconds = math.nan
+    if isinstance(found, int | float) and not isinstance(found, bool):
+        try:
+            seconds = float(found)
+        except OverflowError:  # an int beyond any float
+            seconds = math.inf
+    if not 0 < seconds < math.inf:  # (NaN too)
         name = getattr(backend, "name", "") or type(backend).__name__
         raise BackendError(
             f"{name}.longest_step is {type(found).__name__} {found!r}, not a finite number "
             "of seconds above 0 (an attribute or property: docs/custom-backend.md)")
-    return float(found)
+    return seconds
 
 
 def undo_steps(backend: object) -> int:
