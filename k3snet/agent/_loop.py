@@ -40,6 +40,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import math
 import os
 import random
 import threading
@@ -206,9 +207,11 @@ def grace_shortfalls(grace: float, group: BackendGroup) -> list[str]:
     :func:`~k3snet.backends.kit.longest_step`: the iptables backend's ``timeout``, after
     which a restore run is killed), the bounded steps of its undo, each as long (its
     optional ``undo_steps``, :func:`~k3snet.backends.kit.undo_steps`, 1 without one), then
-    :data:`CLEANUP_MARGIN`. A ``longest_step`` that is no number of seconds, or an
-    ``undo_steps`` that is no whole number of 1 or more, raises
-    :class:`~k3snet.errors.BackendError`.
+    :data:`CLEANUP_MARGIN`. A ``longest_step`` that is no number of seconds, an
+    ``undo_steps`` that is no whole number of 1 or more, or a property of either that
+    raises, is a shortfall of its own, naming the backend and what is wrong; the other
+    members are judged still (such a backend raised, and the agent skipped the check:
+    every other backend's shortfall went unsaid).
 
     SIGTERM never cuts the pass in progress. The iptables backend's undo after a restore
     run killed at its bound reads back what that run committed and takes back each
@@ -217,14 +220,24 @@ def grace_shortfalls(grace: float, group: BackendGroup) -> list[str]:
     backend holds (130 s: docs/manifests.md). Counted as one undo run, the check let a
     70 s grace period pass while a dual-stack apply whose IPv6 run was killed took back
     one table per run, five runs after it: the kubelet's SIGKILL landed in the undo (the
-    node half-changed) and nothing told the operator."""
-    shortfalls = []
+    node half-changed) and nothing told the operator. The bounded steps of the pass
+    before the killed one, and an undo's further runs after a refused table, are not
+    counted (docs/agent.md says what they cost)."""
+    shortfalls: list[str] = []
     for member in group.members:
-        step = longest_step(member.backend)
+        try:
+            step = longest_step(member.backend)
+            undo = 1 if step is None else undo_steps(member.backend)
+        except BackendError as exc:
+            shortfalls.append(f"{_one_line(exc)}: its steps are not held against the pod's "
+                              f"grace period of {grace:g} s")
+            continue
         if step is None:
             continue
-        undo = undo_steps(member.backend)
-        needed = (1 + undo) * step + CLEANUP_MARGIN
+        try:
+            needed = (1 + undo) * step + CLEANUP_MARGIN
+        except OverflowError:  # an undo_steps beyond any float: no grace period holds it
+            needed = math.inf
         if needed >= grace:
             steps = "as long" if undo == 1 else f"{undo} steps as long"
             shortfalls.append(
@@ -1097,12 +1110,7 @@ class Agent:
         ever made."""
         # A warning must not fail the pass (a backend's longest_step that is no number
         # failed the first pass of every spec), nor one that cannot be said hide another.
-        warnings: list[str] = []
-        try:
-            warnings += grace_shortfalls(self.options.termination_grace, group)
-        except K3snetError as exc:
-            _log.debug("cannot hold the backends' steps against the grace period: %s",
-                       _one_line(exc))
+        warnings = grace_shortfalls(self.options.termination_grace, group)
         try:
             if self._spec_warnings is not None:
                 warnings += self._spec_warnings(spec, group)

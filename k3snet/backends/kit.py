@@ -52,7 +52,9 @@ from __future__ import annotations
 
 import contextvars
 import errno as errno_codes
+import inspect
 import logging
+import math
 import os
 import signal
 import threading
@@ -457,10 +459,11 @@ class _Hold:
     """One :func:`held_after_commit` block: whether what it runs committed, whether a
     signal stopped it before, and what the handlers of the signals after it raised."""
 
-    __slots__ = ("came", "committed", "cut", "stopped")
+    __slots__ = ("brief", "came", "committed", "cut", "stopped")
 
     def __init__(self) -> None:
         self.committed = False
+        self.brief = False  # a commit that cannot hang: the second signal waits too
         self.stopped = False
         self.cut = False  # a second signal after the commit acted at once
         self.came: list[BaseException] = []
@@ -499,12 +502,16 @@ def _held(signum: int, frame: Any) -> None:
             try:
                 handler(signum, frame)
             except BaseException as exc:
-                if not hold.came and not hold.cut:
-                    hold.came.append(exc)  # raised as the block ends
+                if not hold.cut and len(hold.came) < (2 if hold.brief else 1):
+                    hold.came.append(exc)  # the first raised as the block ends
                     return
                 # A second one (Ctrl-C again) and any after it act at once: held, only
                 # SIGKILL ended a block whose rest hung (a namespace's thread stuck
                 # after its commit); what was committed is said to stay, not undone.
+                # After a brief commit (libiptc's, the xtables lock already held) the
+                # second waits too, a third acts: cut as the commit ended, before the
+                # backend noted it, the undo read the table as it was before (a jump's
+                # move: its delete by number refused, ROLLBACK FAILED).
                 hold.cut = True
                 hold.came.clear()
                 exc.add_note(f"a second {signal.Signals(signum).name} cut k3snet after a "
@@ -527,7 +534,8 @@ def held_after_commit() -> Iterator[None]:
     the CLI's) that come once what the block runs has committed (:func:`committing`)
     have their handler run at once, and what it raises (Ctrl-C's ``KeyboardInterrupt``,
     the CLI's ``SystemExit``; the first one's) is raised as the block ends (a second
-    one raising acts at once, noting that the change may stay); before the
+    one raising acts at once, noting that the change may stay; after a brief commit,
+    ``committing(brief=True)``, the second waits too and a third acts); before the
     commit they act at once, as they would have, and a commit not begun yet never
     begins (:func:`committing` raises).
 
@@ -572,9 +580,12 @@ def held_after_commit() -> Iterator[None]:
             raise hold.came[0]
 
 
-def committing() -> None:
+def committing(*, brief: bool = False) -> None:
     """Mark the innermost :func:`held_after_commit` block open where the work began: a
-    change is committed from now on, signals wait for the block's end. Call it right
+    change is committed from now on, signals wait for the block's end (``brief``: a
+    commit that cannot hang, an in-process call with every lock it needs held, after
+    which a second signal waits too: what the block has left is the commit's end and
+    its note, which a second Ctrl-C cut; a third acts at once). Call it right
     before the kernel (or the API server) is given a change that cannot be taken back by
     raising, in the main thread or a namespace's worker thread (whose jobs run in their
     caller's context); :class:`Compensation` calls it as its guarded steps end. Raises
@@ -591,6 +602,7 @@ def committing() -> None:
         if hold.stopped:
             raise KeyboardInterrupt("stopped by a signal before the commit")
         hold.committed = True
+        hold.brief = hold.brief or brief
 
 
 def cut_after_commit() -> bool:
@@ -1046,6 +1058,27 @@ def backend_warnings(backend: object) -> tuple[str, ...]:
     return tuple(str(w) for w in found)
 
 
+def _declared(backend: object, attribute: str) -> object:
+    """``backend``'s optional ``attribute`` (``None`` without one). A property that
+    raises is a :class:`~k3snet.errors.BackendError` naming the backend: ``getattr``'s
+    default took one raising ``AttributeError`` for no declaration at all, and anything
+    else it raised failed the agent's pass."""
+    error: Exception
+    try:
+        return getattr(backend, attribute)
+    except AttributeError as exc:
+        try:
+            inspect.getattr_static(backend, attribute)
+        except AttributeError:
+            return None  # not declared
+        error = exc
+    except Exception as exc:  # noqa: BLE001 - a third party's property: said, whatever it raised
+        error = exc
+    name = getattr(backend, "name", "") or type(backend).__name__
+    raise BackendError(f"{name}.{attribute} cannot be read: {type(error).__name__}: "
+                       f"{error}") from error
+
+
 def longest_step(backend: object) -> float | None:
     """``backend``'s optional ``longest_step``: the seconds the longest bounded step of its
     apply may take (a tool run killed after its timeout: the iptables backend's
@@ -1053,19 +1086,25 @@ def longest_step(backend: object) -> float | None:
     against the pod's grace period (:func:`~k3snet.agent.grace_shortfalls`); ``None``
     without one.
 
-    Anything but a number of seconds above 0 (a flag, text, NaN) is a
-    :class:`~k3snet.errors.BackendError` naming the backend, as a ``warnings`` that is no
-    sequence is (:func:`backend_warnings`): skipped, the bound said nothing.
+    Anything but a finite number of seconds above 0 (a flag, text, NaN, infinity), or a
+    property that raises, is a :class:`~k3snet.errors.BackendError` naming the backend,
+    as a ``warnings`` that is no sequence is (:func:`backend_warnings`).
     """
-    found = getattr(backend, "longest_step", None)
+    found = _declared(backend, "longest_step")
     if found is None:
         return None
-    if isinstance(found, bool) or not isinstance(found, int | float) or not found > 0:
+    seconds = math.nan
+    if isinstance(found, int | float) and not isinstance(found, bool):
+        try:
+            seconds = float(found)
+        except OverflowError:  # an int beyond any float
+            seconds = math.inf
+    if not 0 < seconds < math.inf:  # (NaN too)
         name = getattr(backend, "name", "") or type(backend).__name__
         raise BackendError(
-            f"{name}.longest_step is {type(found).__name__} {found!r}, not a number of "
-            "seconds above 0 (an attribute or property: docs/custom-backend.md)")
-    return float(found)
+            f"{name}.longest_step is {type(found).__name__} {found!r}, not a finite number "
+            "of seconds above 0 (an attribute or property: docs/custom-backend.md)")
+    return seconds
 
 
 def undo_steps(backend: object) -> int:
@@ -1076,11 +1115,11 @@ def undo_steps(backend: object) -> int:
     as the step). The agent holds the step and these against the pod's grace period
     (:func:`~k3snet.agent.grace_shortfalls`).
 
-    Anything but a whole number of 1 or more (a flag, a float, text) is a
-    :class:`~k3snet.errors.BackendError` naming the backend, as a ``longest_step`` that is
-    no number of seconds is.
+    Anything but a whole number of 1 or more (a flag, a float, text), or a property that
+    raises, is a :class:`~k3snet.errors.BackendError` naming the backend, as a
+    ``longest_step`` that is no number of seconds is.
     """
-    found = getattr(backend, "undo_steps", None)
+    found = _declared(backend, "undo_steps")
     if found is None:
         return 1
     if isinstance(found, bool) or not isinstance(found, int) or found < 1:

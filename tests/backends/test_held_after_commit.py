@@ -276,6 +276,33 @@ def test_a_second_signal_after_the_commit_acts_at_once_saying_the_change_may_sta
                for note in getattr(raised.value, "__notes__", ()))
 
 
+def test_after_a_brief_commit_the_second_signal_waits_too_and_a_third_acts_at_once(
+        ctrl_c: None) -> None:
+    """A commit that cannot hang (libiptc's, the xtables lock held): a second Ctrl-C cut
+    the block between the commit and its note (the undo then read the table as it was
+    before: ROLLBACK FAILED). It waits for the block's end as the first does, the first
+    raised there; a third still acts at once."""
+    went_on: list[str] = []
+
+    def apply(signals: int) -> None:
+        with held_after_commit():
+            committing(brief=True)
+            for n in range(signals):
+                signal.raise_signal(signal.SIGINT)
+                went_on.append(f"after {n + 1}")
+
+    with pytest.raises(KeyboardInterrupt) as raised:
+        apply(2)
+    assert went_on == ["after 1", "after 2"]
+    assert not getattr(raised.value, "__notes__", ())
+    went_on.clear()
+    with pytest.raises(KeyboardInterrupt) as raised:
+        apply(3)
+    assert went_on == ["after 1", "after 2"]
+    assert any("may stay, not taken back" in note
+               for note in getattr(raised.value, "__notes__", ()))
+
+
 @pytest.mark.kernel
 @pytest.mark.usefixtures("require_root")
 def test_a_second_ctrl_c_ends_the_wait_for_a_namespace_s_thread_stuck_after_its_commit(

@@ -245,3 +245,59 @@ def test_a_second_ctrl_c_as_a_jump_is_moved_ends_the_restore_run_it_cuts(
             run._kill()
     assert _forward(ns, mode) == ["-A FORWARD -s 10.99.0.0/16 -j ACCEPT", "-A FORWARD -j DROP"]
     assert "K3SNET" not in run_in(ns, [f"{tool}-save"]).stdout
+
+
+@pytest.mark.kernel
+def test_a_second_ctrl_c_as_libiptc_commits_a_jump_s_move_is_held_until_the_move_is_noted(
+        ns: str, ctrl_c: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C twice right as libiptc commits the jump's move (in the namespace's thread,
+    the main thread waiting for it): the second cut the wait at once, before the
+    table's state said where the jump moved, and the undo's delete by number found
+    another rule there: ROLLBACK FAILED, the jump and k3snet's chains left. libiptc's
+    commit is an in-process call with the xtables lock already held: the second signal
+    waits for the move to be noted as the first does, and the table is taken back."""
+    iptc = pytest.importorskip("iptc")
+    tool = "iptables-legacy"
+    for rule in (FOREIGN, ["-s", "10.99.0.0/16", "-j", "ACCEPT"], ["-j", "DROP"]):
+        run_in(ns, [tool, "-A", "FORWARD", *rule])
+    handled: list[int] = []
+    each = [threading.Event(), threading.Event()]  # the first handled, the second
+
+    def interrupted(signum: int, frame: object) -> None:
+        handled.append(signum)
+        each[len(handled) - 1].set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    moving: list[bool] = []
+    commit = iptc.Table.commit
+
+    def committed_then_twice(table: object) -> None:
+        commit(table)
+        if moving == [True]:
+            moving.append(True)
+            for handled_now in each:  # one at a time: two pending SIGINTs are one
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+                handled_now.wait(30)  # (a bound for a broken test alone)
+
+    monkeypatch.setattr(iptc.Table, "commit", committed_then_twice)
+
+    class Moving(RacingLibiptc):
+        def commit_ops(self, family: int, mode: Flavour, table: str, ops: Sequence[Op], *,
+                       test: bool = False) -> None:
+            if (family == 4 and table == "filter" and not test and not moving
+                    and any(op.kind == "delete" and op.chain == "FORWARD" for op in ops)):
+                moving.append(True)
+            super().commit_ops(family, mode, table, ops, test=test)
+
+    kernel = Moving(ns, "legacy", ["-D", "FORWARD", *FOREIGN])
+    with IptablesBackend(ns, mode="legacy", kernel=kernel) as backend:
+        p = plan(backend.observe(), DESIRED)
+        with pytest.raises(KeyboardInterrupt) as raised:
+            backend.apply(p)
+    assert moving == [True, True]
+    assert handled == [signal.SIGINT, signal.SIGINT]
+    assert "ROLLBACK FAILED" not in str(raised.value), raised.value
+    assert _forward(ns, "legacy") == ["-A FORWARD -s 10.99.0.0/16 -j ACCEPT",
+                                      "-A FORWARD -j DROP"]
+    assert "K3SNET" not in run_in(ns, [f"{tool}-save"]).stdout

@@ -17,6 +17,7 @@ from k3snet.agent import CLEANUP_MARGIN, grace_shortfalls
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.driver import WAIT_SECONDS, Flavour, Processes, RestoreProcess
+from k3snet.backends.kit import undo_steps
 from k3snet.errors import ApplyError, RollbackError
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
@@ -144,3 +145,44 @@ def test_a_table_refused_in_the_one_undo_run_of_a_family_stays_and_is_said_alone
         filter_part, _, nat_part = filter_part.partition("*nat")
     assert "K3SNET" in filter_part
     assert "K3SNET" not in nat_part
+
+
+class _Counted(Hanging):
+    """:class:`Hanging`, counting every bounded step from the apply's start (``counting``
+    set): SIGTERM never cuts the pass in progress, so one landing as the apply begins
+    waits for each of them."""
+
+    counting = False
+
+    def restore(self, family: int, mode: Flavour, *, test: bool = False) -> RestoreProcess:
+        if self.counting and not (family == 6 and not test) and not self.hanging:
+            self.bounded.append(f"restore{' --test' if test else ''} IPv{family}")
+        return super().restore(family, mode, test=test)
+
+    def save(self, family: int, mode: Flavour) -> str | None:
+        if self.counting and not self.hanging:
+            self.bounded.append(f"save IPv{family}")
+        return super().save(family, mode)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+def test_a_sigterm_as_a_dual_stack_apply_begins_waits_for_seven_bounds_the_check_counts_four(
+        ns: str, mode: Flavour) -> None:
+    """What the grace check leaves out, as docs/agent.md says it: a SIGTERM as a
+    dual-stack apply begins waits for the apply's read of each family and its IPv4 run,
+    each bounded, before the IPv6 run killed at its bound and its undo: seven bounds
+    (215 s at the 30 s default with the margin), where the check counts the killed run
+    and its undo, four (125 s, within the rendered 130 s). A killed IPv4 run is followed
+    by no IPv6 one: the apply ends at its first failed run."""
+    kernel = _Counted(ns)
+    with IptablesBackend(ns, mode=mode, timeout=TIMEOUT, kernel=kernel) as backend:
+        p = plan(backend.observe(), DESIRED)
+        kernel.counting = True
+        with pytest.raises(ApplyError):
+            backend.apply(p)
+        assert kernel.bounded == ["save IPv4", "save IPv6", "restore IPv4", "restore IPv6",
+                                  "save IPv6", "restore IPv6", "restore IPv4"]
+        counted = (1 + undo_steps(backend)) * TIMEOUT + CLEANUP_MARGIN
+        assert counted == (len(kernel.bounded) - 3) * TIMEOUT + CLEANUP_MARGIN
+        assert not grace_shortfalls(counted + 0.5, BackendGroup([backend]))

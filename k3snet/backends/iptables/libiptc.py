@@ -119,7 +119,10 @@ class LibiptcDriver:
                 for op in ops:
                     self._do(handle, entries, op)
                 if commit:
-                    committing()  # raises if a signal stopped the caller: no commit
+                    # Raises if a signal stopped the caller: no commit. Brief: the
+                    # xtables lock is held, the commit is a call into the kernel; a
+                    # second Ctrl-C then waits for the caller to note it as the first.
+                    committing(brief=True)
                     try:
                         handle.commit()
                     except iptc.IPTCError as exc:
