@@ -451,7 +451,9 @@ class NodeState:
 
     def with_calico_pools(self, pools: Iterable[CalicoPool], source: str) -> NodeState:
         """This state with Calico's IP pools replaced by ``pools`` (read live, e.g. by
-        :func:`k3snet.doctor.cni.read_calico_pools`); ``source`` says from where."""
+        :func:`k3snet.doctor.cni.read_calico_pools`), in the order of their names (of
+        pools of one CIDR Felix uses the first, :meth:`ipsets`); ``source`` says from
+        where."""
         pools = tuple(pools)
         missing = {k: v for k, v in self.missing.items() if k != "calico-ippools.json"}
         return attrs.evolve(self, calico_pools=pools, missing=missing,
@@ -579,10 +581,15 @@ class NodeState:
         ``all-ipam-pools`` holds every pool (Felix before v3.31.7 and v3.32.1);
         ``network-ip-pools``, its successor, every pool but LoadBalancer-only ones
         (projectcalico/calico#12769): the set's name in Felix's rule says which
-        Felix wrote it."""
+        Felix wrote it. Of pools of one CIDR, Felix uses only the first (the pools are
+        in name order: Calico's syncer passes on the one whose name sorts first,
+        libcalico-go's ``conflictResolvingCache``)."""
         sets: dict[str, IPSetMembers] = {}
+        felix: dict[IPNetwork, CalicoPool] = {}
+        for pool in self.calico_pools:
+            felix.setdefault(pool.cidr, pool)
         for family, prefix in ((4, "cali40"), (6, "cali60")) if self.calico_pools else ():
-            pools = [p for p in self.calico_pools if p.cidr.version == family]
+            pools = [p for p in felix.values() if p.cidr.version == family]
             sets[f"{prefix}all-ipam-pools"] = IPSetMembers.of(p.cidr for p in pools)
             sets[f"{prefix}network-ip-pools"] = IPSetMembers.of(
                 p.cidr for p in pools if not p.load_balancer_only)
@@ -603,11 +610,18 @@ class CalicoPool:
     load_balancer_only: bool = False
 
 
+def _pool_name(item: object) -> str:
+    metadata = item.get("metadata") if isinstance(item, Mapping) else None
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    return name if isinstance(name, str) else ""
+
+
 def _calico_pools(data: object) -> tuple[CalicoPool, ...]:
     """``kubectl get ippools -o json`` (a list or ``{"items": [...]}``) -> pools."""
     items = data.get("items", []) if isinstance(data, Mapping) else data
     pools = []
-    for item in items if isinstance(items, list) else []:
+    # In name order, as Felix picks among pools of one CIDR (NodeState.ipsets).
+    for item in sorted(items, key=_pool_name) if isinstance(items, list) else []:
         spec = item.get("spec", {}) if isinstance(item, Mapping) else {}
         if "cidr" in spec:
             pools.append(CalicoPool(ip_network(spec["cidr"], strict=False),

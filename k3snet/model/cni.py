@@ -1151,6 +1151,21 @@ class CalicoPools(NetObject):
         """The pools sharing an address with ``net``."""
         return tuple(p for p in self.pools if overlaps(p.cidr, net))
 
+    @property
+    def felix_pools(self) -> tuple[IPPool, ...]:
+        """The pools Felix uses: of pools of one CIDR (the CRDs accept them), only the one
+        whose name sorts first. Calico's syncer keys pools by CIDR and passes on that one
+        alone (libcalico-go's ``conflictResolvingCache``, names in Go's byte order, which
+        is Python's for Kubernetes names); the others' ``natOutgoing`` decides nothing."""
+        first: dict[Network, IPPool] = {}
+        for pool in self.pools:  # sorted by name
+            first.setdefault(pool.cidr, pool)
+        return tuple(first.values())
+
+    def felix_pool(self, cidr: Network) -> IPPool | None:
+        """The pool of exactly ``cidr`` that Felix uses (:attr:`felix_pools`), or None."""
+        return next((p for p in self.felix_pools if p.cidr == cidr), None)
+
     def invalid_reason(self) -> str:
         """One sentence naming each unreadable pool and why."""
         listed = "; ".join(f"IPPool {name}: {why}" for name, why in self.invalid)
@@ -1228,28 +1243,32 @@ class CalicoPodCIDR(NetObject):
         """The ``natOutgoing`` pools sharing addresses with this pod CIDR when it wants none.
 
         Felix masquerades a packet whose source is in its ``masq-ipam-pools`` set (an
-        ipset ``hash:net`` of every pool with ``natOutgoing``, disabled or not) and whose
-        destination is in no pool: a pod is masqueraded when *any* natOutgoing pool
+        ipset ``hash:net`` of every pool it uses with ``natOutgoing``, disabled or not)
+        and whose destination is in no pool: a pod is masqueraded when *any* such pool
         holds its address, whatever its own pool says. (The CRDs accept overlapping
-        pools; Calico's API server does not.)
+        pools; Calico's API server does not. Of pools of one CIDR Felix uses one,
+        :attr:`CalicoPools.felix_pools`.)
         """
         if self.nat_outgoing:
             return ()
-        return tuple(p for p in pools.pools if p.nat_outgoing and overlaps(p.cidr, self.cidr))
+        return tuple(p for p in pools.felix_pools
+                     if p.nat_outgoing and overlaps(p.cidr, self.cidr))
 
-    def _twins(self, pools: CalicoPools) -> tuple[IPPool, ...]:
-        """Pools of exactly this CIDR with the other ``natOutgoing``: Felix keys pools by
-        CIDR, so of two with one CIDR whichever it heard of last decides."""
-        return tuple(p for p in pools.pools
-                     if p.cidr == self.cidr and p.nat_outgoing != self.nat_outgoing)
+    def _served(self, pools: CalicoPools) -> bool:
+        """Calico IPAM hands out this CIDR's addresses to every pod: a pool of exactly
+        this CIDR is usable by workloads and has what the spec requires."""
+        return any(p.cidr == self.cidr and p.workload_usable and not self._differences(p)
+                   for p in pools.pools)
 
     def met_by(self, other: NetObject) -> bool:
-        """A usable pool of exactly this CIDR with the wanted ``natOutgoing``, and, when that
-        is false, no natOutgoing pool overlapping it."""
-        return isinstance(other, CalicoPools) and any(
-            p.cidr == self.cidr and p.workload_usable and p.nat_outgoing == self.nat_outgoing
-            and not self._differences(p) for p in other.pools) and not self._masquerading(
-            other) and not self._twins(other)
+        """A usable pool of exactly this CIDR (with what the spec requires), the pool of
+        this CIDR Felix uses with the wanted ``natOutgoing``, and, when that is false, no
+        natOutgoing pool overlapping it."""
+        if not isinstance(other, CalicoPools):
+            return False
+        felix = other.felix_pool(self.cidr)
+        return (felix is not None and felix.nat_outgoing == self.nat_outgoing
+                and self._served(other) and not self._masquerading(other))
 
     def conflicts_with(self, other: NetObject) -> bool:
         """Whenever the pools do not meet it."""
@@ -1260,15 +1279,15 @@ class CalicoPodCIDR(NetObject):
         if not isinstance(other, CalicoPools):
             return None
         same = [p for p in other.pools if p.cidr == self.cidr]
+        usable = [p for p in same if p.workload_usable]
         nat = "true" if self.nat_outgoing else "false"
-        for pool in same:
-            reason = pool.unusable_reason
-            if reason is not None:
-                fix = _operator_fix([pool]) or "fix that pool"
-                return (f"IPPool {pool.name} has pod CIDR {self.cidr} but pods get no address "
-                        f"from it: {reason}; {fix} (k3snet never changes a pool it does not "
-                        "own)")
-        for pool in same:
+        if same and not usable:
+            pool = same[0]
+            fix = _operator_fix([pool]) or "fix that pool"
+            return (f"IPPool {pool.name} has pod CIDR {self.cidr} but pods get no address "
+                    f"from it: {pool.unusable_reason}; {fix} (k3snet never changes a pool "
+                    "it does not own)")
+        for pool in usable if not self._served(other) else ():
             differences = self._differences(pool)
             if differences:
                 spec = pool.to_spec()
@@ -1301,11 +1320,11 @@ class CalicoPodCIDR(NetObject):
                     "pods there are masqueraded though the masquerade mode is off; "
                     f"{fix} (k3snet never changes a pool it does not own)")
         if same:
-            twins = self._twins(other)
-            pool = twins[0] if twins else same[0]
-            beside = [p.name for p in same if p not in twins]
-            twin = (f" beside {', '.join(beside)} of the same CIDR (Felix keys pools by CIDR, "
-                    "so whichever it heard of last decides)" if beside else "")
+            pool = other.felix_pool(self.cidr) or same[0]
+            beside = [p.name for p in same if p is not pool]
+            twin = (f" beside {', '.join(beside)} of the same CIDR (of pools of one CIDR, "
+                    "Felix uses the one whose name sorts first, and its natOutgoing decides "
+                    "for every pod there)" if beside else "")
             wanted = "Enabled" if self.nat_outgoing else "Disabled"
             fix = (_operator_fix([pool], f": natOutgoing: {wanted}") if pool.operator else
                    f"set natOutgoing: {nat} on it{' or delete it' if beside else ''}")

@@ -586,7 +586,8 @@ cni:
     {"cidr": "10.42.128.0/17", "natOutgoing": True},  # inside the pod CIDR
     {"cidr": "10.42.7.0/24", "natOutgoing": True, "disabled": True},  # disabled counts too
     {"cidr": "10.0.0.0/8", "natOutgoing": True},  # around it
-    {"cidr": "10.42.0.0/16", "natOutgoing": True},  # a second pool of the same CIDR
+    # a second pool of the same CIDR, whose name sorts first: Felix uses it alone
+    {"cidr": "10.42.0.0/16", "natOutgoing": True, "name": "aa-other"},
 ])
 def test_an_overlapping_nat_outgoing_pool_masquerades_pods_the_mode_off_exempts(
     api_server: EmulatedApiServer, pool: dict[str, Any]
@@ -602,11 +603,12 @@ def test_an_overlapping_nat_outgoing_pool_masquerades_pods_the_mode_off_exempts(
     assert before.conflicts == ()
     assert [n.wanted.describe() for n in before.met] == [
         "calico pod CIDR 10.42.0.0/16 is a pool without natOutgoing"]
-    api_server.put(CRD, _pool("other", **pool))
+    name, fields = pool.get("name", "other"), {k: v for k, v in pool.items() if k != "name"}
+    api_server.put(CRD, _pool(name, **fields))
     p = _plan(backend, spec)
     (conflict,) = p.conflicts
     reason = conflict.reason or ""
-    assert f"IPPool other {pool['cidr']} has natOutgoing: true" in reason, reason
+    assert f"IPPool {name} {pool['cidr']} has natOutgoing: true" in reason, reason
     assert "Felix masquerades traffic from every address inside a natOutgoing pool" in reason
     assert conflict.wanted.describe() == (
         "calico pod CIDR 10.42.0.0/16 is a pool without natOutgoing")
@@ -621,19 +623,58 @@ def test_a_nat_outgoing_pool_beside_the_pod_cidr_is_no_conflict_when_the_mode_is
     assert _plan(_backend(api_server), Spec.from_yaml(SPEC_NAT_OFF)).conflicts == ()
 
 
-def test_a_second_pool_of_the_pod_cidr_without_nat_outgoing_is_a_conflict(
+def test_of_two_pools_of_the_pod_cidr_felix_takes_the_one_whose_name_sorts_first(
     api_server: EmulatedApiServer,
 ) -> None:
-    # Felix keys pools by CIDR (IPPoolKey{CIDR}; its masq manager by the pool's CIDR id):
-    # of two pools with one CIDR, whichever it heard of last decides natOutgoing, so a
-    # natOutgoing: false twin can leave the pods unmasqueraded.
+    # Felix's syncer keys pools by CIDR and, of pools of one CIDR, passes on only the one
+    # whose name sorts first (libcalico-go's conflictResolvingCache): its natOutgoing
+    # decides for every pod of the CIDR; the other is swallowed. Here default-ipv4-ippool
+    # (natOutgoing: true) sorts before zz-twin: the pods are masqueraded.
     _seed(api_server, K3S_CROSS_SUBNET)
     api_server.put(CRD, _pool("zz-twin", cidr="10.42.0.0/16", vxlanMode="CrossSubnet"))
+    p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345))
+    assert [n.wanted.describe() for n in p.met if "pod CIDR" in n.wanted.describe()] == [
+        "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing"]
+    assert not [n for n in p.conflicts if "pod CIDR" in n.wanted.describe()]
+
+
+def test_a_pool_of_the_pod_cidr_sorting_first_without_nat_outgoing_is_a_conflict(
+    api_server: EmulatedApiServer,
+) -> None:
+    # aa-twin sorts before default-ipv4-ippool: Felix takes its natOutgoing: false, and
+    # the pods of 10.42.0.0/16 leave with their own addresses.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("aa-twin", cidr="10.42.0.0/16", vxlanMode="CrossSubnet"))
     p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345))
     assert not [n for n in p.met if "pod CIDR" in n.wanted.describe()]
     (conflict,) = [n for n in p.conflicts if "pod CIDR" in n.wanted.describe()]
     reason = conflict.reason or ""
-    assert "IPPool zz-twin has pod CIDR 10.42.0.0/16 with natOutgoing false" in reason, reason
+    assert "IPPool aa-twin has pod CIDR 10.42.0.0/16 with natOutgoing false" in reason, reason
+    assert "beside default-ipv4-ippool" in reason, reason
+    assert "the one whose name sorts first" in reason, reason
+
+
+def test_a_disabled_pool_sorting_first_decides_nat_for_its_twin_s_pods(
+    api_server: EmulatedApiServer,
+) -> None:
+    # The pods get addresses from the enabled pool (natOutgoing: false), but Felix reads
+    # natOutgoing from aa-exempt, the disabled one whose name sorts first: it masquerades
+    # them. And with the mode off, that swallowed twin's natOutgoing masquerades nothing.
+    api_server.put(CRD, _pool("aa-exempt", cidr="10.42.0.0/16", disabled=True,
+                              natOutgoing=True))
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16"))
+    backend = _backend(api_server)
+    nat = _plan(backend, Spec.from_yaml(SPEC_7345))
+    assert [n.wanted.describe() for n in nat.met if "pod CIDR" in n.wanted.describe()] == [
+        "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing"]
+    off = _plan(backend, Spec.from_yaml(SPEC_NAT_OFF))
+    (conflict,) = off.conflicts
+    reason = conflict.reason or ""
+    assert "IPPool aa-exempt 10.42.0.0/16 has natOutgoing: true" in reason, reason
+    api_server.delete(CRD, "aa-exempt")
+    api_server.put(CRD, _pool("zz-exempt", cidr="10.42.0.0/16", disabled=True,
+                              natOutgoing=True))
+    assert _plan(backend, Spec.from_yaml(SPEC_NAT_OFF)).conflicts == ()
 
 
 # ---------------------------------------------------------------- FelixConfiguration

@@ -120,3 +120,21 @@ def test_cli_reads_pools_through_a_kubeconfig(server: EmulatedApiServer, tmp_pat
     assert main([*argv, "--kubeconfig", str(missing)]) == 4
     out = capsys.readouterr().out
     assert "calico-ippools.json" in out  # the capture-incomplete finding says why
+
+
+def test_of_two_pools_of_one_cidr_the_one_whose_name_sorts_first_makes_felix_s_sets(
+    server: EmulatedApiServer,
+) -> None:
+    # Calico's syncer keys pools by CIDR and passes on only the one whose name sorts
+    # first (libcalico-go's conflictResolvingCache): aa-twin's natOutgoing: false keeps
+    # 10.42.0.0/16 out of cali40masq-ipam-pools, and the pods leave untranslated.
+    server.put(CRD, _pool("aa-twin", {"cidr": "10.42.0.0/16"}))
+    pools = calico_pools(CalicoBackend(api_client=server.api_client()))
+    state = _state().with_calico_pools(pools, "the calico backend")
+    assert not state.ipsets()["cali40masq-ipam-pools"].networks
+    assert trace(state, FLOW).verdict is Verdict.BLOCKED
+    server.delete(CRD, "aa-twin")
+    server.put(CRD, _pool("zz-twin", {"cidr": "10.42.0.0/16"}))
+    pools = calico_pools(CalicoBackend(api_client=server.api_client()))
+    state = _state().with_calico_pools(pools, "the calico backend")
+    assert trace(state, FLOW).verdict is Verdict.REACHES

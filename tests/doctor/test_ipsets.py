@@ -144,3 +144,17 @@ def test_a_set_of_more_than_max_members_is_left_out() -> None:
     text = "\n".join(lines)
     assert parse_save(text) == {}
     assert parse_save(text, wanted={"other"}) == {}
+
+
+def test_of_a_bundle_s_pools_of_one_cidr_the_one_whose_name_sorts_first_makes_felix_s_sets(
+) -> None:
+    # Calico's syncer passes on, of pools of one CIDR, only the one whose name sorts
+    # first (libcalico-go's conflictResolvingCache), whatever order the file lists them
+    # in: aa-twin's natOutgoing: false keeps 10.42.0.0/16 out of cali40masq-ipam-pools.
+    nat = (RULESETS / "calico-nat.save").read_text()
+    pools = ('{"items": [{"metadata": {"name": "default"}, "spec": {"cidr": "10.42.0.0/16",'
+             ' "natOutgoing": true}},'
+             ' {"metadata": {"name": "aa-twin"}, "spec": {"cidr": "10.42.0.0/16"}}]}')
+    state = _state(**{"iptables-legacy-v4.save": nat, "calico-ippools.json": pools})
+    assert not state.ipsets()["cali40masq-ipam-pools"].networks
+    assert trace(state, FLOW).verdict is Verdict.BLOCKED
