@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -36,6 +37,39 @@ MODULE_NAME = "k3snet.k3snet.egress"
 PLAYBOOK_TIMEOUT = 300  # a bound on a hung run, not a timing assertion
 RECAP = re.compile(r"^localhost\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+"
                    r"failed=(\d+)\s+skipped=\d+\s+rescued=\d+\s+ignored=(\d+)", re.MULTILINE)
+
+
+def environment_in(directory: Path) -> dict[str, str]:
+    """An environment for ansible-playbook that reads nothing of the user's or the host's,
+    its files in ``directory``."""
+    home = directory / "ansible-home"
+    home.mkdir()
+    config = directory / "ansible.cfg"
+    config.write_text("[defaults]\n")  # so no ansible.cfg in the cwd or ~ is read
+    inventory = directory / "hosts.ini"
+    inventory.write_text(f"localhost ansible_connection=local "
+                         f"ansible_python_interpreter={sys.executable}\n")
+    locks = directory / "locks"
+    locks.mkdir()
+    return dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(config),
+        ANSIBLE_HOME=str(home),
+        ANSIBLE_LOCAL_TEMP=str(home / "tmp"),
+        ANSIBLE_REMOTE_TEMP=str(home / "remote-tmp"),
+        ANSIBLE_INVENTORY=str(inventory),
+        ANSIBLE_COLLECTIONS_PATH=str(COLLECTION_ROOT),
+        ANSIBLE_COLLECTIONS_SCAN_SYS_PATH="false",
+        ANSIBLE_FILTER_PLUGINS=str(FILTER_PLUGINS),
+        ANSIBLE_GATHERING="explicit",
+        ANSIBLE_RETRY_FILES_ENABLED="false",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_STDOUT_CALLBACK="default",
+        # ansible-core refuses to start without a UTF-8 locale; C.UTF-8 is always there.
+        LC_ALL="C.UTF-8",
+        # The module's namespace lock lives with the test, not in /run/k3snet.
+        K3SNET_LOCK_DIR=str(locks),
+    )
 
 
 @attrs.frozen
@@ -59,7 +93,7 @@ def playbook(tmp_path: Path, env: dict[str, str], tasks: Sequence[dict[str, Any]
         entry: dict[str, Any] = {"name": f"egress {index}", "register": f"r{index}"}
         entry.update(task)
         play_tasks.append(entry)
-    names = ", ".join(f"r{i}" for i in range(len(tasks)))
+    names = ", ".join(entry["register"] for entry in play_tasks)  # a task may name its own
     # Saved by a filter in ansible-playbook, not by a copy task: its stat and copy modules
     # were two Python processes more per play (tests/ansible/filter_plugins).
     saved = f"{{{{ [{names}] | to_json | k3snet_test_saved_to('{out}') }}}}"
@@ -80,6 +114,49 @@ def playbook(tmp_path: Path, env: dict[str, str], tasks: Sequence[dict[str, Any]
     changed, failed, ignored = (int(n) for n in recap[0])
     results = json.loads(out.read_text()) if out.exists() else []
     return Run(done.returncode, done.stdout, done.stderr, results, changed, failed + ignored)
+
+
+Tasks = Callable[[Path], list[dict[str, Any]]]
+"""One test's part of a shared play: its tasks, given a directory of its own for their files."""
+
+
+@attrs.frozen
+class Part:
+    """One test's part of a play shared by several tests (:func:`shared_playbook`): its
+    directory, its tasks' results, and the whole play's output."""
+
+    directory: Path
+    results: list[dict[str, Any]]
+    stdout: str
+    stderr: str
+
+
+def shared_playbook(directory: Path, env: dict[str, str], parts: Mapping[str, Tasks],
+                    *flags: str) -> dict[str, Part]:
+    """Run several tests' tasks in one play, each test's named after its key in ``parts``:
+    each ansible-playbook run costs about a second of CPU before its first task.
+
+    Every task runs whatever the others do (``ignore_errors``): a test reads whether its
+    own failed from its results.
+    """
+    tasks: list[dict[str, Any]] = []
+    made: dict[str, int] = {}
+    for name, part in parts.items():
+        (directory / name).mkdir()
+        own = part(directory / name)
+        made[name] = len(own)
+        tasks += [{"name": f"{name} {index}", **task, "ignore_errors": True}
+                  for index, task in enumerate(own)]
+    run = playbook(directory, env, tasks, *flags)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert len(run.results) == len(tasks), run.stdout + run.stderr
+    shared: dict[str, Part] = {}
+    start = 0
+    for name, count in made.items():
+        shared[name] = Part(directory / name, run.results[start:start + count],
+                            run.stdout, run.stderr)
+        start += count
+    return shared
 
 
 def egress(**args: Any) -> dict[str, Any]:
@@ -104,7 +181,7 @@ def returned_keys_are_documented(result: dict[str, Any]) -> bool:
     return set(result) - added <= documented
 
 
-def no_traceback(result: dict[str, Any], run: Run) -> bool:
+def no_traceback(result: dict[str, Any], run: Run | Part) -> bool:
     """The module failed cleanly: its own message, no traceback, no MODULE FAILURE."""
     # ansible-core 2.19 adds "exception" to every failed result; it holds a traceback
     # only when the user turns them on (ANSIBLE_DISPLAY_TRACEBACK).

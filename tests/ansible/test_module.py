@@ -6,6 +6,7 @@ and a real TCP connection from the lab's pod, are in test_module_lab.py.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -37,13 +38,17 @@ from tests.ansible.playbooks import (
     MODULE_NAME,
     PLAYBOOK_TIMEOUT,
     REPO,
+    Part,
+    Tasks,
     egress,
+    environment_in,
     forwarding,
     iptables_rules,
     load_module,
     no_traceback,
     playbook,
     returned_keys_are_documented,
+    shared_playbook,
     state_files,
 )
 
@@ -127,44 +132,64 @@ def test_a_cron_path_without_sbin_still_finds_the_iptables_tools(
         assert iptables_rules(ns) == untouched
 
 
-@pytest.mark.kernel
-@pytest.mark.usefixtures("require_root")
-def test_waiting_for_another_k3snet_process_is_a_task_warning(
-        tmp_path: Path, ansible_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+@attrs.frozen
+class Locked:
+    """A play (check mode) run while this process holds a namespace's k3snet lock."""
+
+    netns: str
+    runs: dict[str, Part]
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Locked]:
+    """The lock tests' tasks in one play (a run costs a second of CPU before its first
+    task) on a namespace whose lock this process holds for the whole run."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    directory = tmp_path_factory.mktemp("locked")
+    env = environment_in(directory)
+    with pytest.MonkeyPatch.context() as monkeypatch, temporary_netns("lockwait") as ns:
+        monkeypatch.setenv("K3SNET_LOCK_DIR", env["K3SNET_LOCK_DIR"])
+        options = {"netns": ns, "backends": ["netlink"],
+                   "backend_options": {"netlink": {"state_dir": str(directory)}}}
+        with namespace_lock([ns]):  # held for the whole run
+            runs = shared_playbook(directory, env, {
+                "lock_wait": lambda _directory: lock_wait(options),
+                "busy_retried": lambda _directory: busy_retried(options)}, "--check")
+        yield Locked(ns, runs)
+
+
+def lock_wait(options: dict[str, Any]) -> list[dict[str, Any]]:
     # The lock's "waiting up to 60 s" line went to the module's stderr, which Ansible does
     # not show: a task stood still for a minute without a word.
-    monkeypatch.setenv("K3SNET_LOCK_DIR", ansible_env["K3SNET_LOCK_DIR"])
-    with temporary_netns("lockwait") as ns, namespace_lock([ns]):  # held for the whole run
-        run = playbook(tmp_path, ansible_env, [{**egress(
-            state="absent", backends=["netlink"], netns=ns, lock_timeout=0.5,
-            backend_options={"netlink": {"state_dir": str(tmp_path)}}),
-            "ignore_errors": True}], "--check")
-    (result,) = run.results
+    return [egress(state="absent", lock_timeout=0.5, **options)]
+
+
+@pytest.mark.kernel
+def test_waiting_for_another_k3snet_process_is_a_task_warning(locked: Locked) -> None:
+    (result,) = locked.runs["lock_wait"].results
     assert result["failed"] is True
     assert result["msg"].startswith(f"another k3snet process (pid {os.getpid()})")
     (warning,) = result["warnings"]
     assert warning.startswith(f"another k3snet process (pid {os.getpid()}) is changing "
-                              f"network namespace {ns!r}; waiting up to 0.5 s for it")
+                              f"network namespace {locked.netns!r}; waiting up to 0.5 s for it")
 
 
-@pytest.mark.kernel
-@pytest.mark.usefixtures("require_root")
-def test_a_busy_node_fails_with_rc_75_and_its_error_type_so_a_play_retries_it_alone(
-        tmp_path: Path, ansible_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def busy_retried(options: dict[str, Any]) -> list[dict[str, Any]]:
     # `k3snet apply` exits 75 when another k3snet process (the agent) held the lock, "so a
     # script can retry on that code alone"; a failed task said it only in msg's prose, so
     # a play could not retry a busy node without retrying a bad spec as well.
-    monkeypatch.setenv("K3SNET_LOCK_DIR", ansible_env["K3SNET_LOCK_DIR"])
-    until = "r{index}.rc | default(0) != 75"
-    retried = {"retries": 2, "delay": 0, "ignore_errors": True}
-    with temporary_netns("busy") as ns, namespace_lock([ns]):  # held for the whole run
-        options = {"netns": ns, "backends": ["netlink"], "lock_timeout": 0,
-                   "backend_options": {"netlink": {"state_dir": str(tmp_path)}}}
-        tasks = [egress(state="absent", **options),
-                 egress(spec={"destinations": [{"cidr": "192.168.2.0/33"}]}, **options)]
-        run = playbook(tmp_path, ansible_env, [
-            {**task, "until": until.format(index=index), **retried}
-            for index, task in enumerate(tasks)], "--check")
+    tasks = [egress(state="absent", lock_timeout=0, **options),
+             egress(spec={"destinations": [{"cidr": "192.168.2.0/33"}]}, lock_timeout=0,
+                    **options)]
+    return [{**task, "register": f"busy{index}", "retries": 2, "delay": 0,
+             "until": f"busy{index}.rc | default(0) != 75"} for index, task in enumerate(tasks)]
+
+
+@pytest.mark.kernel
+def test_a_busy_node_fails_with_rc_75_and_its_error_type_so_a_play_retries_it_alone(
+        locked: Locked) -> None:
+    run = locked.runs["busy_retried"]
     busy, bad = run.results
     assert busy["failed"] is True
     assert (busy["rc"], busy["error"]["type"]) == (75, "LockTimeoutError")
@@ -216,22 +241,42 @@ def test_the_environment_s_state_dir_holds_the_sysctl_record_where_the_cli_reads
 
 BAD_SPEC = {"destinations": [{"cidr": "192.168.2.0/33"}], "masquerade": {"mode": "bogus"}}
 
+# The tests of tasks that need no root and no namespace share one ansible-playbook run
+# (shared_play, below them): a run costs about a second of CPU before its first task.
+# Each test's tasks are the function named in the test; each reads its own results.
+SHARED_PLAY: dict[str, Tasks] = {}
 
-def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+
+def in_the_shared_play(tasks: Tasks) -> Tasks:
+    """Put ``tasks`` (one test's) into :data:`SHARED_PLAY`, under its name."""
+    SHARED_PLAY[tasks.__name__] = tasks
+    return tasks
+
+
+@pytest.fixture(scope="module")
+def shared_play(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Part]:
+    directory = tmp_path_factory.mktemp("shared-play")
+    return shared_playbook(directory, environment_in(directory), SHARED_PLAY)
+
+
+@in_the_shared_play
+def bad_input(_directory: Path) -> list[dict[str, Any]]:
     # None of these reaches a backend: no root, no namespace needed. One of each way a
     # task's input is refused, through ansible-playbook: a spec's problems (k3snet's
     # SpecError), a backend's constructor (BackendError) and Ansible's own option checks.
     # The other bad values take the same paths of main(): test_bad_option_values_...
-    tasks = [
+    return [
         egress(spec=BAD_SPEC),
         egress(spec_path=str(SPEC_PATH), backend_options={"netlink": {"driver": "bogus"}}),
         egress(spec_path=str(SPEC_PATH), spec=BAD_SPEC),
     ]
-    run = playbook(tmp_path, ansible_env, [{**t, "ignore_errors": True} for t in tasks])
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert run.failed == len(tasks)
+
+
+def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
+        shared_play: dict[str, Part]) -> None:
+    run = shared_play["bad_input"]
     results = run.results
+    assert len(results) == 3
     assert all(r["failed"] is True and no_traceback(r, run) for r in results), results
     # What a play tests to act on a failure: k3snet's error class and the exit code
     # `k3snet apply` has for it (Ansible's own option checks have neither).
@@ -303,73 +348,91 @@ def test_bad_option_values_fail_with_k3snet_s_message_its_error_type_and_rc(
     assert "kubeconfig" in messages[8]
 
 
-def test_a_conflict_allowed_is_a_task_warning(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+@in_the_shared_play
+def conflict_allowed(directory: Path) -> list[dict[str, Any]]:
     # allow_conflicts applies the rest of the plan; the part foreign state blocks stays
     # unmet. The task said ok (or changed) in green, the conflict only in plan_text.
-    conf = tmp_path / "net-conf.json"
+    conf = directory / "net-conf.json"
     conf.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}')
     spec = {"cluster": {"podCIDRs": ["10.44.0.0/16"]},
             "destinations": [{"cidr": "192.168.2.0/24"}], "masquerade": {"mode": "all"}}
-    task = egress(spec=spec, backends=["flannel"], allow_conflicts=True,
-                  backend_options={"flannel": {"path": str(conf)}})
-    run = playbook(tmp_path, ansible_env, [task])
-    assert run.returncode == 0, run.stdout + run.stderr
+    return [egress(spec=spec, backends=["flannel"], allow_conflicts=True,
+                   backend_options={"flannel": {"path": str(conf)}})]
+
+
+def test_a_conflict_allowed_is_a_task_warning(shared_play: dict[str, Part]) -> None:
+    run = shared_play["conflict_allowed"]
     (result,) = run.results
+    assert not result.get("failed"), result["msg"]
     assert result["plan"]["notes"][0]["status"] == "conflict"
     (warning,) = result["warnings"]
     assert warning.startswith("allow_conflicts: not applied, foreign state conflicts: ")
     assert "expects Network=10.44.0.0/16" in warning
     assert "\n" not in warning
-    assert "[WARNING]" in run.stdout + run.stderr
+    assert "[WARNING]: allow_conflicts: not applied" in run.stdout + run.stderr
 
 
-def test_a_disruptive_change_allowed_is_a_task_warning(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+@in_the_shared_play
+def disruptive_allowed(directory: Path) -> list[dict[str, Any]]:
     # `k3snet plan --allow-disruptive` prints "!! disruptive: ...; allowed" (flannel stops on
     # every node whose podCIDR the new Network lacks, until restarted); a --check --diff
     # review with allow_disruptive showed only the changed file, nothing of the disruption.
-    conf = tmp_path / "net-conf.json"
+    conf = directory / "net-conf.json"
     conf.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}')
     spec = {"cluster": {"podCIDRs": ["10.44.0.0/16"]},
             "destinations": [{"cidr": "192.168.2.0/24"}], "masquerade": {"mode": "all"},
             "cni": {"flannel": {"setNetworks": True, "backend": {"type": "vxlan"}}}}
-    task = egress(spec=spec, backends=["flannel"], allow_disruptive=True,
-                  backend_options={"flannel": {"path": str(conf)}})
-    run = playbook(tmp_path, ansible_env, [task], "--check")
-    assert run.returncode == 0, run.stdout + run.stderr
+    return [{**egress(spec=spec, backends=["flannel"], allow_disruptive=True,
+                      backend_options={"flannel": {"path": str(conf)}}), "check_mode": True}]
+
+
+def test_a_disruptive_change_allowed_is_a_task_warning(shared_play: dict[str, Part]) -> None:
+    run = shared_play["disruptive_allowed"]
+    conf = run.directory / "net-conf.json"
     (result,) = run.results
+    assert not result.get("failed"), result["msg"]
     assert result["changed"] is True
+    assert result["applied"] == []  # check mode
     (warning,) = result["warnings"]
     assert warning.startswith(f"disruptive: + flannel file:{conf} Network=10.44.0.0/16")
     assert "changing flannel's Network" in warning
     assert warning.endswith("; allowed")
 
 
-def test_node_facts_are_read_only_for_backends_acting_on_the_node(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+@in_the_shared_play
+def no_node_backend(_directory: Path) -> list[dict[str, Any]]:
     # As `k3snet apply`: a backend without a network namespace (the memory backend here,
     # a cloud route table elsewhere) is not checked against this node's interfaces.
     # The module read them anyway and refused a device the node does not have.
     spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
             "destinations": [{"cidr": "198.51.100.0/24", "gateway": "203.0.113.1",
                               "device": "k3snet-nodev0"}]}
-    run = playbook(tmp_path, ansible_env, [egress(spec=spec, backends=["memory"])])
-    assert run.returncode == 0, run.stdout + run.stderr
-    (result,) = run.results
+    return [egress(spec=spec, backends=["memory"])]
+
+
+def test_node_facts_are_read_only_for_backends_acting_on_the_node(
+        shared_play: dict[str, Part]) -> None:
+    (result,) = shared_play["no_node_backend"].results
+    assert not result.get("failed"), result["msg"]
     assert result["changed"] is True
     assert len(result["applied"]) == 4
 
 
-def test_a_k3snet_the_module_cannot_use_is_named_with_its_version_and_place(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+@in_the_shared_play
+def old_k3snet(directory: Path) -> list[dict[str, Any]]:
     # A node whose k3snet is older than the collection (the wheel of an earlier release)
     # was told k3snet was not installed at all, and to check ansible_python_interpreter.
-    old = tmp_path / "old" / "k3snet"
-    old.mkdir(parents=True)
+    old = directory / "k3snet"
+    old.mkdir()
     (old / "__init__.py").write_text('__version__ = "0.0.1"\n')
-    env = {**ansible_env, "PYTHONPATH": str(old.parent)}
-    run = playbook(tmp_path, env, [{**egress(spec_path=str(SPEC_PATH)), "ignore_errors": True}])
+    # The module's environment on the node: its Python finds this k3snet first.
+    return [{**egress(spec_path=str(SPEC_PATH)), "environment": {"PYTHONPATH": str(directory)}}]
+
+
+def test_a_k3snet_the_module_cannot_use_is_named_with_its_version_and_place(
+        shared_play: dict[str, Part]) -> None:
+    run = shared_play["old_k3snet"]
+    old = run.directory / "k3snet"
     (result,) = run.results
     assert result["failed"] is True
     assert result["msg"].startswith(
@@ -380,16 +443,36 @@ def test_a_k3snet_the_module_cannot_use_is_named_with_its_version_and_place(
     assert (result["error"]["type"], result["rc"]) == ("ImportError", 1)
 
 
-def test_a_k3snet_that_fails_to_import_is_named_with_its_place_and_error(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+def _python_without_k3snet() -> str | None:
+    """The system's python3 when it cannot import k3snet (one without it), else None."""
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if system is None or subprocess.run([system, "-c", "import k3snet"], env={},
+                                        cwd="/", capture_output=True, check=False).returncode == 0:
+        return None
+    return system
+
+
+@in_the_shared_play
+def broken_k3snet(directory: Path) -> list[dict[str, Any]]:
     # k3snet installed without a dependency (pip install --no-deps, attrs removed since):
     # the task said k3snet was not installed, and to check ansible_python_interpreter.
-    broken = tmp_path / "broken" / "k3snet"
-    broken.mkdir(parents=True)
+    broken = directory / "k3snet"
+    broken.mkdir()
     (broken / "__init__.py").write_text("import k3snet_absent_dependency\n")
-    env = {**ansible_env, "PYTHONPATH": str(broken.parent)}
-    run = playbook(tmp_path, env, [{**egress(spec_path=str(SPEC_PATH)), "ignore_errors": True}])
-    (result,) = run.results
+    tasks = [{**egress(spec_path=str(SPEC_PATH)), "environment": {"PYTHONPATH": str(directory)}}]
+    # None at all (a Python without it: the system's, here).
+    system = _python_without_k3snet()
+    if system is not None:
+        tasks.append({**egress(spec_path=str(SPEC_PATH)), "environment": {"PYTHONPATH": ""},
+                      "vars": {"ansible_python_interpreter": system}})
+    return tasks
+
+
+def test_a_k3snet_that_fails_to_import_is_named_with_its_place_and_error(
+        shared_play: dict[str, Part]) -> None:
+    run = shared_play["broken_k3snet"]
+    broken = run.directory / "k3snet"
+    result, *without = run.results
     assert result["failed"] is True
     assert result["msg"] == (
         f"k3snet ({broken / '__init__.py'}) on this node's Python ({sys.executable}) fails to "
@@ -398,30 +481,25 @@ def test_a_k3snet_that_fails_to_import_is_named_with_its_place_and_error(
     assert (result["error"]["type"], result["rc"]) == ("ImportError", 1)
     # None at all (a Python without it: the system's, here): Ansible's own words for a
     # library the node lacks, pointing at ansible_python_interpreter.
-    system = shutil.which("python3", path="/usr/bin:/bin")
-    if system is None or subprocess.run([system, "-c", "import k3snet"], env={}, cwd=tmp_path,
-                                        capture_output=True, check=False).returncode == 0:
+    if not without:
         pytest.skip("needs a system python3 without k3snet")
-    env = {**ansible_env, "PYTHONPATH": ""}
-    run = playbook(tmp_path, env, [{**egress(spec_path=str(SPEC_PATH)), "ignore_errors": True,
-                                    "vars": {"ansible_python_interpreter": system}}])
-    (result,) = run.results
+    (result,) = without
     assert result["msg"].startswith("Failed to import the required Python library (k3snet)")
     assert (result["error"]["type"], result["rc"]) == ("ImportError", 1)
 
 
-def plugin_env(tmp_path: Path, env: dict[str, str], name: str, source: str) -> dict[str, str]:
-    """``env`` with backend plugin ``name`` (class ``source``'s last) installed as an
-    entry point, as a third-party backend is found."""
-    plugins = tmp_path / f"plugin-{name}"
+def plugin_path(directory: Path, name: str, source: str) -> str:
+    """A directory that, on the module's PYTHONPATH (a task's ``environment``), installs
+    backend plugin ``name`` (class ``source``'s last) as an entry point, as a third-party
+    backend is found."""
+    plugins = directory / f"plugin-{name}"
     dist = plugins / f"k3snet_{name}-0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: k3snet-{name}\nVersion: 0\n")
     cls = re.findall(r"^class (\w+)", source, re.MULTILINE)[-1]
     (dist / "entry_points.txt").write_text(f"[k3snet.backends]\n{name} = k3snet_{name}:{cls}\n")
     (plugins / f"k3snet_{name}.py").write_text(source)
-    return {**env, "PYTHONPATH": os.pathsep.join(
-        [str(plugins), *filter(None, [env.get("PYTHONPATH")])])}
+    return str(plugins)
 
 
 FAILING_BACKEND = """
@@ -444,18 +522,23 @@ class FailingBackend(MemoryBackend):
 """
 
 
-def test_a_failed_apply_is_changed_only_when_its_rollback_failed_too(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+@in_the_shared_play
+def failing_apply(directory: Path) -> list[dict[str, Any]]:
     # A backend plugin (an entry point, as a third-party backend is found) whose apply
     # fails: rolled back, nothing changed; not rolled back (RollbackError), the node may
     # be half-changed, and a task that says changed=false hides it.
-    env = plugin_env(tmp_path, ansible_env, "failing", FAILING_BACKEND)
+    plugins = plugin_path(directory, "failing", FAILING_BACKEND)
     spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
             "destinations": [{"cidr": "192.168.2.0/24", "gateway": "192.168.1.1"}]}
-    tasks = [egress(spec=spec, backends=["failing"], facts=False,
-                    backend_options={"failing": {"rollback": rollback}})
-             for rollback in (False, True)]
-    run = playbook(tmp_path, env, [{**t, "ignore_errors": True} for t in tasks])
+    return [{**egress(spec=spec, backends=["failing"], facts=False,
+                      backend_options={"failing": {"rollback": rollback}}),
+             "environment": {"PYTHONPATH": plugins}}
+            for rollback in (False, True)]
+
+
+def test_a_failed_apply_is_changed_only_when_its_rollback_failed_too(
+        shared_play: dict[str, Part]) -> None:
+    run = shared_play["failing_apply"]
     rolled_back, half_done = run.results
     assert rolled_back["failed"] is True
     assert rolled_back["changed"] is False
@@ -513,23 +596,27 @@ class NotABackend:
 """
 
 
-def test_backend_plugins_are_built_as_the_cli_builds_them(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+@in_the_shared_play
+def plugins_of_every_shape(directory: Path) -> list[dict[str, Any]]:
     # The module had its own copy of k3snet.create_backend: it refused every option of a
     # plugin whose constructor takes **options (the CLI passes them on), and a plugin
     # without __enter__, or a factory returning no backend, was a MODULE FAILURE with a
     # traceback (the CLI uses the first, and names what the second lacks).
-    env = ansible_env
-    for name, source in (("anyopts", ANY_OPTIONS_BACKEND), ("bare", BARE_BACKEND),
-                         ("notabackend", NOT_A_BACKEND)):
-        env = plugin_env(tmp_path, env, name, source)
+    plugins = os.pathsep.join(plugin_path(directory, name, source) for name, source in (
+        ("anyopts", ANY_OPTIONS_BACKEND), ("bare", BARE_BACKEND),
+        ("notabackend", NOT_A_BACKEND)))
     spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
             "destinations": [{"cidr": "192.168.2.0/24", "gateway": "192.168.1.1"}]}
     tasks = [egress(spec=spec, backends=["anyopts"], facts=False,
                     backend_options={"anyopts": {"region": "eu-1"}}),
              egress(spec=spec, backends=["bare"], facts=False),
              egress(spec=spec, backends=["notabackend"], facts=False)]
-    run = playbook(tmp_path, env, [{**t, "ignore_errors": True} for t in tasks])
+    return [{**task, "environment": {"PYTHONPATH": plugins}} for task in tasks]
+
+
+def test_backend_plugins_are_built_as_the_cli_builds_them(
+        shared_play: dict[str, Part]) -> None:
+    run = shared_play["plugins_of_every_shape"]
     anyopts, bare, broken = run.results
     assert not anyopts.get("failed"), anyopts["msg"]
     assert len(anyopts["applied"]) == 4
@@ -559,56 +646,6 @@ class StoppedBackend(MemoryBackend):
 """
 
 
-@pytest.mark.kernel
-@pytest.mark.usefixtures("require_root")
-def test_sigterm_during_an_apply_undoes_what_it_had_changed(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
-    # `k3snet apply` undoes an apply in progress on SIGTERM or SIGHUP; the module died at
-    # once, between two backends: the netlink backend's forwarding stayed on, unrecorded
-    # in any task result (MODULE FAILURE).
-    env = plugin_env(tmp_path, ansible_env, "stopped", STOPPED_BACKEND)
-    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
-            "destinations": [{"cidr": "192.168.2.0/24"}]}
-    with temporary_netns("sigterm") as ns:
-        before = forwarding(ns)
-        task = egress(spec=spec, netns=ns, backends=["netlink", "stopped:forward,nat"],
-                      facts=False, backend_options={"netlink": {"state_dir": str(tmp_path)}})
-        run = playbook(tmp_path, env, [{**task, "ignore_errors": True}])
-        (result,) = run.results
-        assert result["failed"] is True
-        assert result["changed"] is False
-        assert result["msg"].startswith("stopped by SIGTERM")
-        assert (result["error"]["type"], result["rc"]) == ("SIGTERM", 143)  # as k3snet apply
-        assert no_traceback(result, run)
-        assert forwarding(ns) == before
-
-
-@pytest.mark.kernel
-@pytest.mark.usefixtures("require_root")
-def test_sigint_during_an_apply_undoes_it_and_fails_the_task_saying_so(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
-    # Ctrl-C reaching a module run through the local connection (the terminal's process
-    # group): its KeyboardInterrupt, after the undo, was Ansible's MODULE FAILURE, a
-    # traceback with no word of the apply taken back. Now as SIGTERM's, rc 130 as
-    # `k3snet apply`'s.
-    env = plugin_env(tmp_path, ansible_env, "stopped",
-                     STOPPED_BACKEND.replace("signal.SIGTERM", "signal.SIGINT"))
-    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
-            "destinations": [{"cidr": "192.168.2.0/24"}]}
-    with temporary_netns("sigint") as ns:
-        before = forwarding(ns)
-        task = egress(spec=spec, netns=ns, backends=["netlink", "stopped:forward,nat"],
-                      facts=False, backend_options={"netlink": {"state_dir": str(tmp_path)}})
-        run = playbook(tmp_path, env, [{**task, "ignore_errors": True}])
-        (result,) = run.results
-        assert (result["failed"], result["changed"]) == (True, False), result.get("msg")
-        assert result["msg"] == "stopped by SIGINT: nothing was changed (an apply in progress " \
-            "was undone)"
-        assert (result["error"]["type"], result["rc"]) == ("SIGINT", 130)
-        assert no_traceback(result, run)
-        assert forwarding(ns) == before
-
-
 LATE_BACKEND = """
 import os
 import signal
@@ -626,30 +663,98 @@ class LateBackend(MemoryBackend):
         return ()
 """
 
+# A plugin backend signalled inside the module, after the netlink backend's part: name,
+# source, the second backend of the task (its kinds split so netlink turns forwarding on).
+SIGNALLED = {
+    "sigterm": ("stopped", STOPPED_BACKEND),
+    "sigint": ("stopped", STOPPED_BACKEND.replace("signal.SIGTERM", "signal.SIGINT")),
+    "late": ("late", LATE_BACKEND),
+}
+
+
+@attrs.frozen
+class Signalled:
+    """A task stopped by a signal (:data:`SIGNALLED`): its result, its namespace and the
+    namespace's forwarding before the play."""
+
+    run: Part
+    netns: str
+    before: tuple[str, ...]
+
+
+@pytest.fixture(scope="module")
+def signalled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Signalled]]:
+    """The tasks of :data:`SIGNALLED` in one play (a run costs a second of CPU before its
+    first task), each in a namespace of its own."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    directory = tmp_path_factory.mktemp("signalled")
+    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
+            "destinations": [{"cidr": "192.168.2.0/24"}]}
+    with ExitStack() as stack:
+        namespaces = {key: stack.enter_context(temporary_netns(key)) for key in SIGNALLED}
+        before = {key: forwarding(ns) for key, ns in namespaces.items()}
+
+        def tasks(key: str, part_dir: Path) -> list[dict[str, Any]]:
+            name, source = SIGNALLED[key]
+            return [{**egress(spec=spec, netns=namespaces[key], facts=False,
+                              backends=["netlink", f"{name}:forward,nat"],
+                              backend_options={"netlink": {"state_dir": str(part_dir)}}),
+                     "environment": {"PYTHONPATH": plugin_path(part_dir, name, source)}}]
+
+        runs = shared_playbook(directory, environment_in(directory), {
+            key: functools.partial(tasks, key) for key in SIGNALLED})
+        yield {key: Signalled(runs[key], namespaces[key], before[key]) for key in SIGNALLED}
+
 
 @pytest.mark.kernel
-@pytest.mark.usefixtures("require_root")
+def test_sigterm_during_an_apply_undoes_what_it_had_changed(
+        signalled: dict[str, Signalled]) -> None:
+    # `k3snet apply` undoes an apply in progress on SIGTERM or SIGHUP; the module died at
+    # once, between two backends: the netlink backend's forwarding stayed on, unrecorded
+    # in any task result (MODULE FAILURE).
+    stopped = signalled["sigterm"]
+    (result,) = stopped.run.results
+    assert result["failed"] is True
+    assert result["changed"] is False
+    assert result["msg"].startswith("stopped by SIGTERM")
+    assert (result["error"]["type"], result["rc"]) == ("SIGTERM", 143)  # as k3snet apply
+    assert no_traceback(result, stopped.run)
+    assert forwarding(stopped.netns) == stopped.before
+
+
+@pytest.mark.kernel
+def test_sigint_during_an_apply_undoes_it_and_fails_the_task_saying_so(
+        signalled: dict[str, Signalled]) -> None:
+    # Ctrl-C reaching a module run through the local connection (the terminal's process
+    # group): its KeyboardInterrupt, after the undo, was Ansible's MODULE FAILURE, a
+    # traceback with no word of the apply taken back. Now as SIGTERM's, rc 130 as
+    # `k3snet apply`'s.
+    stopped = signalled["sigint"]
+    (result,) = stopped.run.results
+    assert (result["failed"], result["changed"]) == (True, False), result.get("msg")
+    assert result["msg"] == "stopped by SIGINT: nothing was changed (an apply in progress " \
+        "was undone)"
+    assert (result["error"]["type"], result["rc"]) == ("SIGINT", 130)
+    assert no_traceback(result, stopped.run)
+    assert forwarding(stopped.netns) == stopped.before
+
+
+@pytest.mark.kernel
 def test_sigterm_once_every_part_is_made_says_the_change_stays(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+        signalled: dict[str, Signalled]) -> None:
     # As `k3snet apply` says it: the module, with no block holding a signal after the
     # commit, said "nothing was changed (an apply in progress was undone)", changed
     # false, of a node whose forwarding k3snet had turned on and left so.
-    env = plugin_env(tmp_path, ansible_env, "late", LATE_BACKEND)
-    spec = {"cluster": {"podCIDRs": ["10.42.0.0/16"]},
-            "destinations": [{"cidr": "192.168.2.0/24"}]}
-    with temporary_netns("late") as ns:
-        before = forwarding(ns)
-        task = egress(spec=spec, netns=ns, backends=["netlink", "late:forward,nat"],
-                      facts=False, backend_options={"netlink": {"state_dir": str(tmp_path)}})
-        run = playbook(tmp_path, env, [{**task, "ignore_errors": True}])
-        (result,) = run.results
-        assert (result["failed"], result["changed"]) == (True, True), result["msg"]
-        assert result["msg"].startswith(
-            "stopped by SIGTERM after the change was made, which stays: netlink+late: "), \
-            result["msg"]
-        assert (result["error"]["type"], result["rc"]) == ("SIGTERM", 143)
-        assert no_traceback(result, run)
-        assert forwarding(ns) != before
+    stopped = signalled["late"]
+    (result,) = stopped.run.results
+    assert (result["failed"], result["changed"]) == (True, True), result["msg"]
+    assert result["msg"].startswith(
+        "stopped by SIGTERM after the change was made, which stays: netlink+late: "), \
+        result["msg"]
+    assert (result["error"]["type"], result["rc"]) == ("SIGTERM", 143)
+    assert no_traceback(result, stopped.run)
+    assert forwarding(stopped.netns) != stopped.before
 
 
 def test_documentation_and_examples_match_the_argument_spec() -> None:

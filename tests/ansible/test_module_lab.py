@@ -13,8 +13,11 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 import yaml
 
@@ -29,7 +32,10 @@ from k3snet.lab.netns import run_in, temporary_netns
 from tests.ansible.playbooks import (
     DOCS_PAGE,
     REPO,
+    Part,
+    Tasks,
     egress,
+    environment_in,
     forwarding,
     iptables_rules,
     kernel_view,
@@ -38,6 +44,7 @@ from tests.ansible.playbooks import (
     playbook,
     returned_keys_are_documented,
     ruleset,
+    shared_playbook,
     state_files,
 )
 
@@ -113,23 +120,23 @@ def test_teardown_is_refused_and_state_absent_removes_everything_once(
         assert lab.tcp_probe(4).ok
 
         # A spec that lost its destinations would remove egress: refused, nothing changed.
+        # Then state=absent in check mode (one play: a run costs a second of CPU before its
+        # first task): it plans all 6 deletes, so the refused task removed none of them.
         emptied = egress(spec={"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42:42::/56"]}},
                          **lab_node(lab))
-        refused = playbook(tmp_path, ansible_env, [{**emptied, "ignore_errors": True}])
-        (result,) = refused.results
+        absent = egress(state="absent", **lab_node(lab))
+        looked = playbook(tmp_path, ansible_env, [{**emptied, "ignore_errors": True},
+                                                  {**absent, "check_mode": True}])
+        result, preview = looked.results
         assert result["failed"] is True
         assert "deletes everything k3snet owns" in result["msg"]
-        assert no_traceback(result, refused)
+        assert no_traceback(result, looked)
+        assert preview["changed"] is True
+        assert len(preview["plan"]["changes"]) == 6
+        assert all(c["action"] == "delete" for c in preview["plan"]["changes"])
         assert kernel_view(lab) == fixed
 
-        # state=absent in check mode, then for real, then again.
-        absent = egress(state="absent", **lab_node(lab))
-        preview = playbook(tmp_path, ansible_env, [absent], "--check")
-        (result,) = preview.results
-        assert result["changed"] is True
-        assert len(result["plan"]["changes"]) == 6
-        assert all(c["action"] == "delete" for c in result["plan"]["changes"])
-        assert kernel_view(lab) == fixed
+        # state=absent for real, then again.
 
         removed = playbook(tmp_path, ansible_env, [absent])
         assert removed.returncode == 0, removed.stdout + removed.stderr
@@ -189,126 +196,172 @@ def test_state_absent_naming_no_backend_removes_what_every_node_backend_holds(
         assert result["discovered"]["held"] == {}
 
 
-@pytest.mark.kernel
-@pytest.mark.lab
-@pytest.mark.usefixtures("require_root")
-def test_node_facts_come_from_the_namespace_the_backends_act_in(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
-    # backend_options' netns (or a spec's backends: netns) put the backends in the node's
-    # namespace, but the facts were read from the module's own (the task's netns option,
-    # unset): the node's gateway was refused as outside every prefix of the host.
-    with SeedLab.create() as lab, temporary_netns("other") as other:
-        untouched = kernel_view(lab)
+@attrs.frozen
+class Checked:
+    """The check-mode tasks of several tests, run in one play (a run costs a second of CPU
+    before its first task) on one seed lab, which none of them changes."""
+
+    lab: SeedLab
+    other: str  # a namespace beside the lab's
+    untouched: tuple[object, ...]  # the lab node's kernel view before the play
+    runs: dict[str, Part]
+
+
+def facts_namespace(lab: SeedLab, other: str) -> Tasks:
+    def tasks(_directory: Path) -> list[dict[str, Any]]:
+        # backend_options' netns (or a spec's backends: netns) put the backends in the
+        # node's namespace, but the facts were read from the module's own (the task's netns
+        # option, unset): the node's gateway was refused as outside every prefix of the host.
         task = egress(spec_path=str(SPEC_PATH), backend_options={
             "netlink": {"netns": lab.node, "state_dir": str(lab.state_dir)},
             "nftables": {"netns": lab.node}})
-        # Backends in two namespaces: no one node to check the spec against. (One play
-        # for both check-mode tasks: each ansible-playbook run costs a second of CPU.)
+        # Backends in two namespaces: no one node to check the spec against.
         split = egress(spec_path=str(SPEC_PATH), backend_options={
             "netlink": {"netns": lab.node, "state_dir": str(lab.state_dir)},
             "nftables": {"netns": other}})
-        run = playbook(tmp_path, ansible_env, [task, {**split, "ignore_errors": True}],
-                       "--check")
-        assert run.returncode == 0, run.stdout + run.stderr
-        result, refused = run.results
-        assert result["changed"] is True
-        assert result["msg"].startswith("Plan: 6 to add")
-        assert kernel_view(lab) == untouched
-        assert run.failed == 1  # the split task's alone
-        assert refused["failed"] is True
-        assert "several network namespaces" in refused["msg"]
-        assert "facts" in refused["msg"]
+        return [task, split]
+    return tasks
+
+
+def docs_diff(lab: SeedLab) -> Tasks:
+    def tasks(_directory: Path) -> list[dict[str, Any]]:
+        # The single-stack spec of getting-started, as docs/ansible.md's play names it.
+        started = (REPO / "docs/getting-started.md").read_text(encoding="utf-8")
+        spec = yaml.safe_load(started.split('Spec.from_yaml("""\n', 1)[1].split('"""', 1)[0])
+        return [{"name": "Pods reach the database subnet", **egress(spec=spec, **lab_node(lab))}]
+    return tasks
+
+
+def unplanned_kinds(lab: SeedLab) -> Tasks:
+    def tasks(_directory: Path) -> list[dict[str, Any]]:
+        return [egress(spec_path=str(SPEC_PATH), backends=backends, **lab_node(lab))
+                for backends in (["netlink"], ["netlink:route,sysctl"])]
+    return tasks
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checked]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    directory = tmp_path_factory.mktemp("checked")
+    with SeedLab.create() as lab, temporary_netns("other") as other:
+        untouched = kernel_view(lab)
+        runs = shared_playbook(directory, environment_in(directory), {
+            "facts_namespace": facts_namespace(lab, other), "docs_diff": docs_diff(lab),
+            "unplanned_kinds": unplanned_kinds(lab)}, "--check", "--diff")
+        yield Checked(lab, other, untouched, runs)
 
 
 @pytest.mark.kernel
 @pytest.mark.lab
-@pytest.mark.usefixtures("require_root")
-def test_what_the_backends_warn_of_is_an_ansible_warning(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
-    # `k3snet plan` prints a backend's warnings (`!! warning:`); the module kept them to
-    # itself, so a task said ok over an administrator's chain named like k3snet's.
-    with SeedLab.create() as lab:
-        for argv in (["-N", "K3SNET-MINE"], ["-A", "K3SNET-MINE", "-j", "RETURN"],
-                     ["-I", "POSTROUTING", "1", "-j", "K3SNET-MINE"]):
-            run_in(lab.node, ["iptables-nft", "-w", "-t", "nat", *argv])
-        untouched = iptables_rules(lab.node), forwarding(lab.node)
-        task = egress(spec_path=str(SPEC_PATH), backends=["netlink", "iptables"],
-                      **lab_node(lab))
-        check = playbook(tmp_path, ansible_env, [task], "--check")
-        assert check.returncode == 0, check.stdout + check.stderr
-        (result,) = check.results
-        assert result["changed"] is True
-        warned = [w for w in result.get("warnings", []) if "K3SNET-MINE" in w]
-        assert len(warned) == 1, result.get("warnings")
-        assert "chain K3SNET-MINE is not k3snet's" in warned[0]
-        assert "[WARNING]" in check.stdout + check.stderr
-        assert (iptables_rules(lab.node), forwarding(lab.node)) == untouched
+def test_node_facts_come_from_the_namespace_the_backends_act_in(checked: Checked) -> None:
+    result, refused = checked.runs["facts_namespace"].results
+    assert not result.get("failed"), result["msg"]
+    assert result["changed"] is True
+    assert result["msg"].startswith("Plan: 6 to add")
+    assert kernel_view(checked.lab) == checked.untouched
+    assert refused["failed"] is True
+    assert "several network namespaces" in refused["msg"]
+    assert "facts" in refused["msg"]
 
 
 @pytest.mark.kernel
 @pytest.mark.lab
-@pytest.mark.usefixtures("require_root")
-def test_a_warning_quoting_a_foreign_name_reaches_the_controller_printable(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
-    # A chain another program named with a terminal escape (clear the screen, set the
-    # window's title): `k3snet plan` writes it \x1b[2J; the module's task warning (and its
-    # failure message) went to ansible-playbook's terminal as it was.
-    name = "K3SNET-\x1b[2J\x1b]0;x\x07"
-    with SeedLab.create() as lab:
-        for argv in (["-N", name], ["-A", name, "-j", "RETURN"],
-                     ["-I", "POSTROUTING", "1", "-j", name]):
-            run_in(lab.node, ["iptables-nft", "-w", "-t", "nat", *argv])
-        task = egress(spec_path=str(SPEC_PATH), backends=["netlink", "iptables"],
-                      **lab_node(lab))
-        check = playbook(tmp_path, ansible_env, [task], "--check")
-        assert check.returncode == 0, check.stdout + check.stderr
-        (result,) = check.results
-        warned = [w for w in result.get("warnings", []) if "K3SNET-" in w]
-        assert len(warned) == 1, result.get("warnings")
-        assert "chain K3SNET-\\x1b[2J\\x1b]0;x\\x07 is not k3snet's" in warned[0]
-        assert "\x1b" not in check.stdout + check.stderr
-
-
-@pytest.mark.kernel
-@pytest.mark.lab
-@pytest.mark.usefixtures("require_root")
-def test_the_diff_the_docs_show_is_what_check_mode_prints(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+def test_the_diff_the_docs_show_is_what_check_mode_prints(checked: Checked) -> None:
     """docs/ansible.md shows the ``--check --diff`` output for the single-stack spec of
     getting-started on a node with the administrator's static route: a lab node is one."""
     page = DOCS_PAGE.read_text(encoding="utf-8")
     shown = page.split("```text\nTASK [Pods reach the database subnet]", 1)[1].split("```", 1)[0]
-    started = (REPO / "docs/getting-started.md").read_text(encoding="utf-8")
-    spec = yaml.safe_load(started.split('Spec.from_yaml("""\n', 1)[1].split('"""', 1)[0])
-    with SeedLab.create() as lab:
-        task = {"name": "Pods reach the database subnet", **egress(spec=spec, **lab_node(lab))}
-        run = playbook(tmp_path, ansible_env, [task], "--check", "--diff")
-        netns = f" (netns {lab.node})"  # the headers name a namespace other than the host's
-    assert run.returncode == 0, run.stdout + run.stderr
+    run = checked.runs["docs_diff"]
+    (result,) = run.results
+    assert not result.get("failed"), result["msg"]
     printed = run.stdout.split("TASK [Pods reach the database subnet]", 1)[1]
     printed = printed.split("\nTASK ", 1)[0].replace("[localhost]", "[node1]")
-    printed = printed.replace(netns, "")
+    # the headers name a namespace other than the host's
+    printed = printed.replace(f" (netns {checked.lab.node})", "")
     assert printed.lstrip("*") == shown.lstrip("*")
 
 
 @pytest.mark.kernel
 @pytest.mark.lab
-@pytest.mark.usefixtures("require_root")
 def test_the_spec_s_objects_no_backend_in_use_manages_are_a_task_warning(
-        tmp_path: Path, ansible_env: dict[str, str]) -> None:
+        checked: Checked) -> None:
     """``backends: [netlink]``: the spec's masquerade and forward accepts are in no plan,
     as ``k3snet plan --backend netlink`` says; the task said ok (or changed) in silence.
     ``netlink:route,sysctl`` splits the kinds on purpose: no warning."""
-    with SeedLab.create() as lab:
-        tasks = [egress(spec_path=str(SPEC_PATH), backends=backends, **lab_node(lab))
-                 for backends in (["netlink"], ["netlink:route,sysctl"])]
-        check = playbook(tmp_path, ansible_env, tasks, "--check")
-    assert check.returncode == 0, check.stdout + check.stderr
-    alone, split = check.results
+    alone, split = checked.runs["unplanned_kinds"].results
+    assert not alone.get("failed"), alone["msg"]
+    assert not split.get("failed"), split["msg"]
     warned = [w for w in alone.get("warnings", []) if "in no plan" in w]
     assert len(warned) == 1, alone.get("warnings")
     assert "2 forward accepts and 2 NAT rules" in warned[0]
     assert not [w for w in split.get("warnings", []) if "in no plan" in w]
+
+
+# Chains another program made in the lab node's iptables-nft nat table, named like
+# k3snet's: one plain, one with terminal escapes (clear the screen, set the title).
+MINE = "K3SNET-MINE"
+ESCAPED = "K3SNET-\x1b[2J\x1b]0;x\x07"
+
+
+@attrs.frozen
+class Foreign:
+    """A check-mode task for each of two tests, run in one play on a seed lab holding
+    the chains :data:`MINE` and :data:`ESCAPED`, which neither task changes."""
+
+    untouched: tuple[object, ...]  # the node's iptables rules and forwarding before the play
+    after: tuple[object, ...]  # and after it
+    run: Part
+
+
+@pytest.fixture(scope="module")
+def foreign_chains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Foreign]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    directory = tmp_path_factory.mktemp("foreign-chains")
+    with SeedLab.create() as lab:
+        for name in (MINE, ESCAPED):
+            for argv in (["-N", name], ["-A", name, "-j", "RETURN"],
+                         ["-I", "POSTROUTING", "1", "-j", name]):
+                run_in(lab.node, ["iptables-nft", "-w", "-t", "nat", *argv])
+        untouched = iptables_rules(lab.node), forwarding(lab.node)
+        task = egress(spec_path=str(SPEC_PATH), backends=["netlink", "iptables"],
+                      **lab_node(lab))
+        runs = shared_playbook(directory, environment_in(directory),
+                               {"foreign_chains": lambda _directory: [task]}, "--check")
+        yield Foreign(untouched, (iptables_rules(lab.node), forwarding(lab.node)),
+                      runs["foreign_chains"])
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_what_the_backends_warn_of_is_an_ansible_warning(foreign_chains: Foreign) -> None:
+    # `k3snet plan` prints a backend's warnings (`!! warning:`); the module kept them to
+    # itself, so a task said ok over an administrator's chain named like k3snet's.
+    run = foreign_chains.run
+    (result,) = run.results
+    assert not result.get("failed"), result["msg"]
+    assert result["changed"] is True
+    warned = [w for w in result.get("warnings", []) if MINE in w]
+    assert len(warned) == 1, result.get("warnings")
+    assert f"chain {MINE} is not k3snet's" in warned[0]
+    assert "[WARNING]" in run.stdout + run.stderr
+    assert foreign_chains.after == foreign_chains.untouched
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_a_warning_quoting_a_foreign_name_reaches_the_controller_printable(
+        foreign_chains: Foreign) -> None:
+    # A chain another program named with a terminal escape (clear the screen, set the
+    # window's title): `k3snet plan` writes it \x1b[2J; the module's task warning (and its
+    # failure message) went to ansible-playbook's terminal as it was.
+    run = foreign_chains.run
+    (result,) = run.results
+    warned = [w for w in result.get("warnings", []) if "K3SNET-" in w and MINE not in w]
+    assert len(warned) == 1, result.get("warnings")
+    assert "chain K3SNET-\\x1b[2J\\x1b]0;x\\x07 is not k3snet's" in warned[0]
+    assert "\x1b" not in run.stdout + run.stderr
 
 
 @pytest.mark.kernel
