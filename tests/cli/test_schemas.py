@@ -263,6 +263,80 @@ def test_an_interface_name_ending_in_a_newline_does_not_validate(field: str) -> 
             Route("fe80::/64", gateway="fe80::1", device="eth0\n")
 
 
+IFNAME_TEXTS = st.text(st.sampled_from(["a", "Z", "0", "_", "-", ".", "+", "@", "/", ":", " ",
+                                         "\n", "\t", "\u00e9", "%"]), max_size=17)
+TRICKY_IFNAMES = [".", "..", "...", "+", "++", "a+", "@", "@x", "x@", ".@", "+@x", "all",
+                  "default", "eth0.100", "wg+0@x", "eth0\n", "a" * 15, "a" * 16, "-", "_", ""]
+
+
+def _model_takes_ifname(name: str) -> bool:
+    try:
+        MasqueradeRule("10.42.0.0/16", out_interface=name)
+    except ModelError:
+        return False
+    return True
+
+
+def _validates(document: dict[str, Any]) -> bool:
+    try:
+        validate(document, "object")
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+@settings(deadline=None)
+@given(IFNAME_TEXTS | st.sampled_from(TRICKY_IFNAMES))
+@example(".")
+@example("+")
+@example("@x")
+def test_an_interface_name_validates_in_object_json_exactly_when_the_model_takes_it(
+        name: str) -> None:
+    """object.json's interface names (a route's device, a NAT rule's out_interface, a
+    forward rule's in and out interface) took ``.``, ``..``, ``+`` and ``@x``, which the
+    model refuses (``+`` is every interface to iptables, ``@x`` a set to nft's JSON)."""
+    takes = _model_takes_ifname(name)
+    route = Route("10.0.0.0/8", device="eth0").to_dict()
+    masquerade = MasqueradeRule("10.42.0.0/16").to_dict()
+    forward = {"type": "forward", "source": "10.42.0.0/16", "destination": "10.0.0.0/8"}
+    assert [_validates(route | {"device": name}),
+            _validates(masquerade | {"out_interface": name}),
+            _validates(forward | {"in_interface": name}),
+            _validates(forward | {"out_interface": name})] == [takes] * 4
+    if name == name.strip() and "%" not in name:  # the address parser strips blanks
+        try:
+            Route("fe80::/64", gateway=f"fe80::1%{name}")
+        except ModelError:
+            zone_takes = False
+        else:
+            zone_takes = True
+        assert zone_takes == takes
+        assert _validates(route | {"gateway": f"fe80::1%{name}", "device": None}) == takes
+
+
+def _ifname_node_takes(name: str, search: dict[str, bool]) -> bool:
+    """Whether object.json's interface-name node takes ``name``, its patterns searched as
+    ``search`` says (its ``not``: an ``enum`` or a pattern)."""
+    node = next(part["then"] for part in load_schema("object")["allOf"]
+                if part["if"]["properties"]["type"] == {"const": "masquerade"}
+                )["properties"]["out_interface"]
+    refused = any(name in branch.get("enum", ()) or search.get(branch.get("pattern", ""), False)
+                  for branch in node["not"]["anyOf"])
+    return search[node["pattern"]] and not refused
+
+
+def test_object_json_interface_names_hold_in_ecma_262_and_in_re2() -> None:
+    patterns = sorted(set(_patterns(load_schema("object"))))
+    found = _ecma_262(patterns, TRICKY_IFNAMES)
+    assert [_ifname_node_takes(name, {p: bool(found[i][j]) for i, p in enumerate(patterns)})
+            for j, name in enumerate(TRICKY_IFNAMES)] == [
+                _model_takes_ifname(n) for n in TRICKY_IFNAMES]
+    re2 = importlib.import_module("re2")  # google-re2, in the dev group (make deps)
+    assert [_ifname_node_takes(name, {p: re2.search(_as_go_reads(p), name) is not None
+                                      for p in patterns})
+            for name in TRICKY_IFNAMES] == [_model_takes_ifname(n) for n in TRICKY_IFNAMES]
+
+
 def test_drift_and_protocol_names_validate() -> None:
     validate(Drift.of("nat", backend="nftables", where="t", what="x").to_dict(), "object")
     validate(Route("10.0.0.0/8", device="eth0", protocol="static").to_dict(), "object")
