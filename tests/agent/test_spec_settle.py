@@ -641,7 +641,12 @@ def test_a_spec_file_being_written_lists_the_users_once_a_settle_not_at_every_lo
     with path.open("a") as writer:  # the first read waits, looking every 0.25 s
         writer.write("# more\n")
         writer.flush()
-        clocks.on_sleep.append(lambda: len(clocks.slept) == 6 and writer.close())
+
+        def close_at_the_sixth_look() -> None:
+            if len(clocks.slept) == 6:
+                writer.close()
+
+        clocks.on_sleep.append(close_at_the_sixth_look)
         clocks.wall = path.stat().st_mtime + SPEC_SETTLE
         assert waiting.read() == WHOLE + "# more\n"
     assert len(clocks.slept) >= 6
