@@ -386,7 +386,7 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-class _Lookups:
+class UserLookups:
     """What NSS said within one :func:`users_looked_up_once`: each group's users by gid,
     and every user's primary group (one ``pwd.getpwall``)."""
 
@@ -395,18 +395,19 @@ class _Lookups:
         self.by_primary: dict[int, dict[str, int]] | None = None
 
 
-_LOOKED_UP: contextvars.ContextVar[_Lookups | None] = contextvars.ContextVar(
+_LOOKED_UP: contextvars.ContextVar[UserLookups | None] = contextvars.ContextVar(
     "k3snet_looked_up_users", default=None)
 
 
 @contextlib.contextmanager
-def users_looked_up_once() -> Iterator[None]:
+def users_looked_up_once(kept: UserLookups | None = None) -> Iterator[None]:
     """Within it, NSS lists the users once (``pwd.getpwall``) and is asked about each
     group once: a spec read judges its file, each file it imports and every directory
     on their ways, and each group-writable one listed every user again (on a node whose
     users are in LDAP, a directory search a time, each read of the agent). What changes
-    meanwhile (a user added) is seen by the next read."""
-    token = _LOOKED_UP.set(_Lookups())
+    meanwhile (a user added) is seen by the next read. Within another, it keeps that
+    one's answers; ``kept`` holds them over several (a file's looks until it settles)."""
+    token = _LOOKED_UP.set(kept if kept is not None else _LOOKED_UP.get() or UserLookups())
     try:
         yield
     finally:
@@ -436,7 +437,7 @@ def _group_users(gid: int) -> dict[str, int | None] | None:
     import grp  # noqa: PLC0415 - a few files only, and grp/pwd read NSS
     import pwd  # noqa: PLC0415
 
-    looked = _LOOKED_UP.get() or _Lookups()  # outside one: asked afresh
+    looked = _LOOKED_UP.get() or UserLookups()  # outside one: asked afresh
     if gid in looked.groups:
         return looked.groups[gid]
     members: dict[str, int | None] | None

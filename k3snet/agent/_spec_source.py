@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from k3snet._kept import UserLookups, users_looked_up_once
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import K3snetError, Problem, SpecError
 from k3snet.kube import DEFAULT_TIMEOUT, KubeApiError, KubeErrors
@@ -269,6 +270,12 @@ class SettledFile:
         self._said_future: tuple[int, ...] | None = None
         # The file systems (statfs types) said to refuse its lease for another reason.
         self._said_lease: set[int | None] = set()
+        # What NSS said (each group's users) over the looks of one settle: a file being
+        # written is looked at every 0.25 s, and each look's read listed every user
+        # (getpwall: a directory search on a node whose users are in LDAP) when the file
+        # or a directory on its way is group-writable. Owners and modes are judged at every
+        # look; a user added meanwhile is seen by the next settle's looks.
+        self._lookups: UserLookups | None = None
         # Whether what was last taken was taken unsettled, at settle_limit: as the file
         # was then, whether or not it changed since.
         self.taken_unsettled = False
@@ -306,7 +313,10 @@ class SettledFile:
 
     def _look(self) -> _Look:
         before = _stat(self.path)
-        outcome = self._read_file(self.path)
+        if self._lookups is None:
+            self._lookups = UserLookups()
+        with users_looked_up_once(self._lookups):
+            outcome = self._read_file(self.path)
         writing = _open_for_writing(self.path, before, self._said_lease)
         return _Look(before, _stat(self.path), outcome, writing)
 
@@ -320,7 +330,7 @@ class SettledFile:
         why, wait = self._why_unsettled(look, now - self._seen[1])
         if why is None:
             self._unsettled_since, self._said_writing = None, False
-            self.taken_unsettled = False
+            self.taken_unsettled, self._lookups = False, None
             return None
         if self._unsettled_since is None:
             self._unsettled_since = now
@@ -329,7 +339,7 @@ class SettledFile:
             _log.warning("the %s %s has not settled for %.0f s (%s): taken as it is",
                          self.what, self.path, waited, why)
             self._unsettled_since, self._said_writing = None, False
-            self.taken_unsettled = True
+            self.taken_unsettled, self._lookups = True, None
             return None
         wait = min(max(wait, _RECHECK), self.settle_limit - waited)
         # Open for writing: said once (a writer may hold it a while); the rest at debug level.

@@ -1298,11 +1298,18 @@ def render_manifests(
         raise SpecError(problems)
     needs = _agent_needs(spec, flannel_conf, flannel_configmap_namespace, node_report,
                          node_restriction, lease_candidates=lease_candidates)
-    text = _spec_text(spec) if spec_text is None else spec_text
-    objs = _agent_objects(spec, needs, text, _profiles(spec, profiles or {}))
+    others = _profiles(spec, profiles or {})
+    # A spec's own text is 1.4 MB at 10,000 destinations, over a second to write: one
+    # sure to be over the limit is refused from a cheap bound on its size, not written.
+    least = (_yaml_size_at_least(spec.to_dict()) + len(posixpath.basename(SPEC_PATH))
+             if spec_text is None else 0)
+    too_big = ([_too_big(spec.agent.namespace, SPEC_CONFIGMAP_NAME, least, at_least=True)]
+               if least > CONFIGMAP_MAX_BYTES else [])
+    text = "" if too_big else _spec_text(spec) if spec_text is None else spec_text
+    objs = _agent_objects(spec, needs, text, others)
     if spec.dns:
         objs.append(_coredns_custom(spec.dns))
-    too_big = _oversized_configmaps(objs)
+    too_big += _oversized_configmaps(objs)
     if too_big:
         raise SpecError(too_big)
     if spec.egress_policy.restrict:
@@ -1323,22 +1330,40 @@ def _oversized_configmaps(objs: Iterable[Mapping[str, Any]]) -> list[Problem]:
         if obj["kind"] != "ConfigMap":
             continue
         size = sum(len(key.encode()) + len(value.encode()) for key, value in obj["data"].items())
-        if size <= CONFIGMAP_MAX_BYTES:
-            continue
-        meta = obj["metadata"]
-        name = meta["name"]
-        where = ""
-        if name.startswith(SPEC_CONFIGMAP_NAME + "-"):
-            where = f"profiles.{name.removeprefix(SPEC_CONFIGMAP_NAME + '-')}"
-        elif name == COREDNS_CUSTOM_NAME:
-            where = "dns.zones"
-        advice = ("fewer zones" if name == COREDNS_CUSTOM_NAME else
-                  "a shorter spec text (comments, values left at their defaults, "
-                  "destinations merged into wider prefixes)")
-        problems.append(Problem(where, (
-            f"ConfigMap {meta['namespace']}/{name} would hold {size} bytes, more than the "
-            f"{CONFIGMAP_MAX_BYTES} (1 MiB) the API server accepts; give {advice}")))
+        if size > CONFIGMAP_MAX_BYTES:
+            problems.append(_too_big(obj["metadata"]["namespace"], obj["metadata"]["name"], size))
     return problems
+
+
+def _too_big(namespace: str, name: str, size: int, *, at_least: bool = False) -> Problem:
+    """ConfigMap ``namespace/name`` would hold ``size`` bytes (``at_least``: or more)."""
+    where = ""
+    if name.startswith(SPEC_CONFIGMAP_NAME + "-"):
+        where = f"profiles.{name.removeprefix(SPEC_CONFIGMAP_NAME + '-')}"
+    elif name == COREDNS_CUSTOM_NAME:
+        where = "dns.zones"
+    advice = ("fewer zones" if name == COREDNS_CUSTOM_NAME else
+              "a shorter spec text (comments, values left at their defaults, "
+              "destinations merged into wider prefixes)")
+    return Problem(where, (
+        f"ConfigMap {namespace}/{name} would hold {size} bytes{' or more' if at_least else ''}, "
+        f"more than the {CONFIGMAP_MAX_BYTES} (1 MiB) the API server accepts; give {advice}"))
+
+
+def _yaml_size_at_least(value: Any) -> int:
+    """A bound :func:`_dump` writes ``value`` (a spec's dict) in no fewer bytes than: each
+    key with its ``:`` and a space or line break, each list item's ``- ``, each scalar's
+    text (quoting and escapes only add, and the output is ASCII) and its line break;
+    indentation left out."""
+    if isinstance(value, Mapping):
+        return sum(len(str(key)) + 2 + _yaml_size_at_least(item) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(2 + _yaml_size_at_least(item) for item in value)
+    if value is None or value is True:
+        return 5  # null, true
+    if value is False:
+        return 6
+    return len(value if isinstance(value, str) else str(value)) + 1
 
 
 def dump_manifests(objs: Iterable[Mapping[str, Any]]) -> str:

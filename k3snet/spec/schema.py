@@ -138,7 +138,7 @@ def _image(value: Any) -> str | None:
 
 
 with_schema(_image, {"type": "string", "pattern": f"^{_IMAGE_REFERENCE}$",
-                     "maxLength": _IMAGE_MAX})
+                     "maxLength": _IMAGE_MAX, "not": NO_FINAL_NEWLINE})
 # A gateway is an address, read by the route's own parser (no 0.0.0.0 / ::).
 with_schema(parse_gateway, ADDRESS_SCHEMA)
 # A resolver too (no zone id, loopback, 0.0.0.0, multicast or broadcast).
@@ -172,7 +172,8 @@ def _backend_name(value: Any) -> str:
     return value
 
 
-BACKEND_NAME: Mapping[str, Any] = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
+BACKEND_NAME: Mapping[str, Any] = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$",
+                                   "not": NO_FINAL_NEWLINE}
 OPTION_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
 
 
@@ -602,7 +603,8 @@ SPEC = Section(Spec, (
           schema={"oneOf": [
               {"type": "array", "items": BACKEND_NAME},
               {"type": "object", "propertyNames": BACKEND_NAME, "additionalProperties": {
-                  "type": ["object", "null"], "propertyNames": {"pattern": OPTION_PATTERN}}},
+                  "type": ["object", "null"], "propertyNames": {"pattern": OPTION_PATTERN,
+                                                      "not": NO_FINAL_NEWLINE}}},
           ]}),
     nested_list("dns.zones", "dns", DNS_ZONE, doc="DNS zones forwarded outside the cluster."),
     nested("egressPolicy", "egress_policy", EGRESS_POLICY,

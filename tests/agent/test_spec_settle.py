@@ -590,3 +590,64 @@ def test_an_import_taken_unsettled_then_read_cut_is_judged_again_once_it_settles
     _old(node.imported, whole)  # the writer is done: settled, the text taken at the limit
     assert node.agent.run_pass().status == "ok"
     assert node.exempted() == "10.0.0.0/8,169.254.0.0/16,172.16.0.0/12,192.168.0.0/16"
+
+
+def test_a_spec_file_being_written_lists_the_users_once_a_settle_not_at_every_look(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A spec in a group-writable directory, held open for writing: the agent looks at it
+    # every 0.25 s until it settles, and each look's read listed every user (getpwall, a
+    # directory search on a node whose users are in LDAP). Now once a settle, afresh the
+    # next one; the first read's wait alike.
+    import pwd  # noqa: PLC0415
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to group root")
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    os.chown(folder, 0, 0)
+    folder.chmod(0o775)  # group root, which root alone has here
+    users = pwd.getpwall()
+    if any(user.pw_gid == 0 and user.pw_uid != 0 for user in users):
+        pytest.skip("another user has root's group as primary group here")
+    listings = 0
+
+    def listing() -> list[pwd.struct_passwd]:
+        nonlocal listings
+        listings += 1
+        return users
+
+    monkeypatch.setattr(pwd, "getpwall", listing)
+    path = folder / "spec.yaml"
+    then = _old(path, HEAD)
+    clocks = Clocks(then + 3600)
+    source = FileSpecSource(path, settle=SPEC_SETTLE, clock=clocks.clock,
+                            monotonic=clocks.monotonic, sleep=clocks.sleep)
+    assert (source.read(), listings) == (HEAD, 1)
+    with path.open("w") as writer:
+        writer.write(HEAD)
+        writer.flush()
+        for _ in range(8):  # the agent's passes, each when the last said to look again
+            assert source.read() == HEAD
+            assert source.read_again_in is not None
+            clocks.advance(source.read_again_in)
+        writer.write(TAIL)
+    clocks.wall = path.stat().st_mtime + SPEC_SETTLE
+    assert (source.read(), source.read_again_in) == (WHOLE, None)
+    assert listings == 2
+    assert source.read() == WHOLE
+    assert listings == 3  # the next settle asks NSS afresh
+    waiting = FileSpecSource(path, settle=SPEC_SETTLE, clock=clocks.clock,
+                             monotonic=clocks.monotonic, sleep=clocks.sleep)
+    with path.open("a") as writer:  # the first read waits, looking every 0.25 s
+        writer.write("# more\n")
+        writer.flush()
+
+        def close_at_the_sixth_look() -> None:
+            if len(clocks.slept) == 6:
+                writer.close()
+
+        clocks.on_sleep.append(close_at_the_sixth_look)
+        clocks.wall = path.stat().st_mtime + SPEC_SETTLE
+        assert waiting.read() == WHOLE + "# more\n"
+    assert len(clocks.slept) >= 6
+    assert listings == 4

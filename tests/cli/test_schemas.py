@@ -202,6 +202,75 @@ def test_every_schema_pattern_compiles_in_ecma_262_and_in_re2() -> None:
     assert refused == []
 
 
+def _pattern_nodes(node: Any, skip: object) -> list[dict[str, Any]]:
+    """Every subschema of ``node`` holding a ``pattern`` a text must match, but ``skip``
+    and those under a ``not`` (which refuse what they match)."""
+    if isinstance(node, list):
+        return [n for value in node for n in _pattern_nodes(value, skip)]
+    if not isinstance(node, dict) or node is skip:
+        return []
+    own = [node] if isinstance(node.get("pattern"), str) else []
+    return own + [n for key, value in node.items() if key != "not"
+                  for n in _pattern_nodes(value, skip)]
+
+
+def _every_pattern_node() -> list[dict[str, Any]]:
+    """The pattern nodes of every schema, once each. A route block's device is left out:
+    its counting branches' classes take a newline (no gap to find), making texts of them
+    costs seconds each, and its own property test above gives it newlines."""
+    nodes: dict[str, dict[str, Any]] = {}
+    for name in SCHEMA_NAMES:
+        schema = load_schema(name)
+        skip = next((part["then"]["properties"]["device"] for part in schema.get("allOf", ())
+                     if part["if"]["properties"]["type"] == {"const": "route-block"}), None)
+        nodes |= {json.dumps(n, sort_keys=True): n for n in _pattern_nodes(schema, skip)}
+    return list(nodes.values())
+
+
+PATTERN_NODES = _every_pattern_node()
+
+
+@settings(deadline=None, max_examples=20)
+@given(st.tuples(*(st.from_regex(node["pattern"], fullmatch=True) for node in PATTERN_NODES)))
+def test_no_schema_takes_a_text_ending_in_a_newline_that_ecma_262_or_re2_refuses(
+        texts: tuple[str, ...]) -> None:
+    """Python's ``$`` (jsonschema's) matches before a final newline: a pattern ``^...$``
+    whose last part takes no newline took ``TEXT\\n`` there, which ECMA 262 and RE2 refuse.
+    Each subschema with a pattern, given a text its pattern matches in Node and RE2 too,
+    plus a newline, is refused by jsonschema whenever Node or RE2 refuses that (the
+    output-only CIDRs, hashes, protocol and sysctl names and logger took it, and the
+    spec's backend names, option names and images)."""
+    patterns = [node["pattern"] for node in PATTERN_NODES]
+    ended = [text + "\n" for text in texts]
+    ecma = _ecma_262_pairs([*zip(patterns, texts, strict=True),
+                            *zip(patterns, ended, strict=True)])
+    re2 = importlib.import_module("re2")  # google-re2, in the dev group (make deps)
+
+    def in_re2(pattern: str, text: str) -> bool:
+        go = _as_go_reads(text)  # (no Go string holds a lone surrogate: ECMA 262's alone)
+        return go != text or re2.search(_as_go_reads(pattern), go) is not None
+
+    taken = [(pattern, text) for i, (node, pattern, text) in enumerate(
+                 zip(PATTERN_NODES, patterns, ended, strict=True))
+             # the text matches everywhere: only the final newline may make the difference
+             if ecma[i] and in_re2(pattern, texts[i])
+             and not (ecma[len(texts) + i] and in_re2(pattern, text))
+             and jsonschema.Draft202012Validator(node).is_valid(text)]
+    assert taken == []
+
+
+def _ecma_262_pairs(pairs: list[tuple[str, str]]) -> list[bool]:
+    """Node's RegExp with the ``u`` flag: each pattern's search in its text."""
+    node = shutil.which("node")
+    assert node is not None, "no node here to run ECMA 262 regular expressions (make deps)"
+    script = ("const pairs = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              "console.log(JSON.stringify(pairs.map(([p, t]) => new RegExp(p, 'u').test(t))))")
+    done = subprocess.run([node, "-e", script], input=json.dumps(pairs),
+                          capture_output=True, text=True, check=True)
+    answer: list[bool] = json.loads(done.stdout)
+    return answer
+
+
 DEVICES = ["eth0", "a" * 15, "a" * 16, "v\u00e9" * 7 + "x", "v\u00e9" * 8, "\u00e9" * 7,
            "\u00e9" * 8, "\u20ac" * 5, "\u20ac" * 5 + "x", "\u20ac" * 6,
            "\U0001f600" * 3 + "abc", "\U0001f600" * 3 + "abcd", "\U0001f600" * 4,
@@ -261,6 +330,80 @@ def test_an_interface_name_ending_in_a_newline_does_not_validate(field: str) -> 
     if field == "device":
         with pytest.raises(ModelError):
             Route("fe80::/64", gateway="fe80::1", device="eth0\n")
+
+
+IFNAME_TEXTS = st.text(st.sampled_from(["a", "Z", "0", "_", "-", ".", "+", "@", "/", ":", " ",
+                                         "\n", "\t", "\u00e9", "%"]), max_size=17)
+TRICKY_IFNAMES = [".", "..", "...", "+", "++", "a+", "@", "@x", "x@", ".@", "+@x", "all",
+                  "default", "eth0.100", "wg+0@x", "eth0\n", "a" * 15, "a" * 16, "-", "_", ""]
+
+
+def _model_takes_ifname(name: str) -> bool:
+    try:
+        MasqueradeRule("10.42.0.0/16", out_interface=name)
+    except ModelError:
+        return False
+    return True
+
+
+def _validates(document: dict[str, Any]) -> bool:
+    try:
+        validate(document, "object")
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+@settings(deadline=None)
+@given(IFNAME_TEXTS | st.sampled_from(TRICKY_IFNAMES))
+@example(".")
+@example("+")
+@example("@x")
+def test_an_interface_name_validates_in_object_json_exactly_when_the_model_takes_it(
+        name: str) -> None:
+    """object.json's interface names (a route's device, a NAT rule's out_interface, a
+    forward rule's in and out interface) took ``.``, ``..``, ``+`` and ``@x``, which the
+    model refuses (``+`` is every interface to iptables, ``@x`` a set to nft's JSON)."""
+    takes = _model_takes_ifname(name)
+    route = Route("10.0.0.0/8", device="eth0").to_dict()
+    masquerade = MasqueradeRule("10.42.0.0/16").to_dict()
+    forward = {"type": "forward", "source": "10.42.0.0/16", "destination": "10.0.0.0/8"}
+    assert [_validates(route | {"device": name}),
+            _validates(masquerade | {"out_interface": name}),
+            _validates(forward | {"in_interface": name}),
+            _validates(forward | {"out_interface": name})] == [takes] * 4
+    if name == name.strip() and "%" not in name:  # the address parser strips blanks
+        try:
+            Route("fe80::/64", gateway=f"fe80::1%{name}")
+        except ModelError:
+            zone_takes = False
+        else:
+            zone_takes = True
+        assert zone_takes == takes
+        assert _validates(route | {"gateway": f"fe80::1%{name}", "device": None}) == takes
+
+
+def _ifname_node_takes(name: str, search: dict[str, bool]) -> bool:
+    """Whether object.json's interface-name node takes ``name``, its patterns searched as
+    ``search`` says (its ``not``: an ``enum`` or a pattern)."""
+    node = next(part["then"] for part in load_schema("object")["allOf"]
+                if part["if"]["properties"]["type"] == {"const": "masquerade"}
+                )["properties"]["out_interface"]
+    refused = any(name in branch.get("enum", ()) or search.get(branch.get("pattern", ""), False)
+                  for branch in node["not"]["anyOf"])
+    return search[node["pattern"]] and not refused
+
+
+def test_object_json_interface_names_hold_in_ecma_262_and_in_re2() -> None:
+    patterns = sorted(set(_patterns(load_schema("object"))))
+    found = _ecma_262(patterns, TRICKY_IFNAMES)
+    assert [_ifname_node_takes(name, {p: bool(found[i][j]) for i, p in enumerate(patterns)})
+            for j, name in enumerate(TRICKY_IFNAMES)] == [
+                _model_takes_ifname(n) for n in TRICKY_IFNAMES]
+    re2 = importlib.import_module("re2")  # google-re2, in the dev group (make deps)
+    assert [_ifname_node_takes(name, {p: re2.search(_as_go_reads(p), name) is not None
+                                      for p in patterns})
+            for name in TRICKY_IFNAMES] == [_model_takes_ifname(n) for n in TRICKY_IFNAMES]
 
 
 def test_drift_and_protocol_names_validate() -> None:

@@ -38,6 +38,7 @@ from k3snet.converge import compile_for
 from k3snet.errors import SpecError
 from k3snet.kube import TERMINATION_GRACE
 from k3snet.model import State
+from k3snet.render import manifests
 from k3snet.render.manifests import (
     AGENT_NAME,
     AGENT_PORT,
@@ -65,6 +66,7 @@ from k3snet.spec import (
     EgressPolicy,
     Spec,
 )
+from k3snet.testing import strategies
 from tests.examples import examples
 
 pytestmark = pytest.mark.cluster
@@ -453,6 +455,33 @@ def test_a_spec_configmap_the_api_server_would_refuse_is_refused_at_render() -> 
         render_manifests(seed, spec_text=padded + "#")
     with pytest.raises(SpecError, match=r"profiles\.edge: ConfigMap kube-system/k3snet-spec-edge"):
         render_manifests(seed, profiles={"edge": (seed, padded + "é")})
+
+
+def test_a_spec_sure_to_be_over_the_configmap_limit_is_refused_before_its_text_is_written(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # render_manifests(spec) without spec_text wrote the whole 1.4 MB text of a 10,000
+    # destination spec (over a second) before refusing it as over the limit: a bound on
+    # its size refuses it, the same problem, the size said as "or more".
+    destinations = [Destination(f"10.{100 + i // 256}.{i % 256}.0/24", gateway="192.168.1.1",
+                                device="eth0") for i in range(10_000)]
+    spec = Spec(destinations=destinations)
+
+    def not_written(spec: Spec) -> str:
+        raise AssertionError("the spec's text was written")
+
+    monkeypatch.setattr(manifests, "_spec_text", not_written)
+    with pytest.raises(SpecError, match=r"^1 problem:\n  ConfigMap kube-system/k3snet-spec "
+                                        r"would hold \d+ bytes or more, more than the 1048576 "
+                                        r"\(1 MiB\)"):
+        render_manifests(spec)
+
+
+@settings(deadline=None, max_examples=50)
+@given(strategies.specs(max_destinations=6))
+def test_the_spec_text_size_bound_is_never_above_the_text_written(spec: Spec) -> None:
+    # (the bound refuses a spec early only when its text would be refused anyway)
+    text = manifests._spec_text(spec)
+    assert manifests._yaml_size_at_least(spec.to_dict()) <= len(text.encode())
 
 
 def _host_paths(objs: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
