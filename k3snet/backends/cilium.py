@@ -172,6 +172,7 @@ from k3snet.model.cilium import (
     CiliumEgressGateway,
     CiliumNodeOverride,
     cilium_target,
+    parse_go_bool,
     read_go_flag,
     setting_problem,
     startup_problems,
@@ -1642,7 +1643,9 @@ class CiliumBackend(BackendBase):
         Each other DaemonSet running a ``cilium-agent`` (``others``, by name, as listed
         already; None: list them) is judged too, its own pods with it: the agents of its
         nodes read the file through its own mount; of all, the one worst off is said (a
-        mount not known there is a warning of its own)."""
+        mount not known there is a warning of its own). One whose agents keep the
+        ip-masq-agent off whatever ``cilium-config`` says is not
+        (:meth:`_keeps_ip_masq_agent_off`)."""
         paths = list(paths)
         asked = frozenset(_agent_file(p) for p in paths) or frozenset({DEFAULT_AGENT_FILE})
         daemonset = self._api.daemonset(self._daemonset) if found is None else found
@@ -1652,6 +1655,8 @@ class CiliumBackend(BackendBase):
             others = tuple(self._api.agent_daemonsets(self._daemonset))
         mount = self._mount_of(self._daemonset, paths, daemonset, by_node, pods)
         for name, other in others:
+            if self._keeps_ip_masq_agent_off(other):
+                continue
             theirs = self._mount_of(name, paths, other, by_node, None)
             if theirs.unknown is not None:
                 self._api.warn(theirs.unknown)
@@ -1662,6 +1667,27 @@ class CiliumBackend(BackendBase):
                 mount = attrs.evolve(theirs, pods=mount.pods)
             mount = attrs.evolve(mount, copied=copied)
         return attrs.evolve(mount, asked=asked, daemonset=daemonset)
+
+    def _keeps_ip_masq_agent_off(self, other: Mapping[str, Any]) -> bool:
+        """Whether the agents of ``other``, another agent DaemonSet (JSON), surely run no
+        ip-masq-agent whatever ``cilium-config`` says: their ``cilium-agent`` container's
+        flag or variable turns it off (pflag's and viper's reading of it), or, given
+        neither, their ``config`` init container does not take the key from
+        ``cilium-config`` (``ConfigSources.dropped``; what it takes instead is not
+        read). Its mount does not matter then: its agents start without
+        ``/etc/config`` and read no file. A value not known (set where the pod runs, a
+        shell's script) is not: ``cilium-config`` judges it, as for the named one."""
+        key = "enable-ip-masq-agent"
+        option = agent_options(other, (key,), booleans=(key,)).get(key)
+        if option is not None:
+            if option.value is None:
+                return False
+            if option.given.startswith("--"):  # pflag: ParseBool, or the agent exits
+                return parse_go_bool(option.value) is False
+            return not read_go_flag(option.value)  # viper: one it cannot read is false
+        sources = config_sources(other, self._api.namespace)
+        return isinstance(sources, ConfigSources) and sources.dropped(
+            self._api.namespace, self._api.config_name, key) is not None
 
     def _mount_of(self, name: str, paths: list[str | None], found: Mapping[str, Any],
                   by_node: _ByNode, pods: tuple[dict[str, Any], ...] | None) -> _Mount:
