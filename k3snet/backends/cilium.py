@@ -2019,10 +2019,11 @@ class CiliumBackend(BackendBase):
         if sources is None or not isinstance(after, CiliumConfig):
             return []
         namespace, configmap = self._api.namespace, self._api.config_name
+        # why quotes the DaemonSet's flags, the cluster's text: one printable line, cut.
         return [f"{key}: k3snet writes it into {self._where()}, which the config init "
                 f"container of DaemonSet {namespace}/{self._daemonset} (cilium-dbg "
-                f"{BUILD_CONFIG}) does not take from there ({why}): the write would have "
-                "no effect" for key in after.settings
+                f"{BUILD_CONFIG}) does not take from there ({printable(why)[:500]}): the "
+                "write would have no effect" for key in after.settings
                 if (why := sources.dropped(namespace, configmap, key)) is not None]
 
     def _mount_after(self, read: _Read, after: Mapping[str, str]) -> _Mount:

@@ -150,3 +150,21 @@ def test_another_agent_daemonset_not_taking_a_key_k3snet_writes_is_a_warning(
         "cilium: the config init container of DaemonSet kube-system/cilium-gpu (cilium-dbg "
         "build-config) does not take enable-ipv4-masquerade from ConfigMap "
         "kube-system/cilium-config, which k3snet writes") for r in caplog.records)
+
+
+def test_the_refusal_quotes_the_init_container_s_flags_printable_and_bounded(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The flags are the cluster's text: an ESC and a line break in them reached the
+    # refusal raw (a line break before spaces reads as another problem of the list), and
+    # a long one was quoted whole, once for each key.
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-base\x1b[2J\n  forged: problem" + "x" * 5000
+        + ",config-map:cilium-config", "--deny-config-keys=enable-ipv4-masquerade"))
+    (refused,) = backend.check(plan(backend.observe(), MASQUERADE_OFF))
+    _, *problems = refused.split("\n")
+    (problem,) = problems
+    assert problem.isprintable()
+    assert "cilium-base\\x1b[2J\\n  forged: problem" in problem
+    assert len(problem) < 1000
+    assert problem.endswith("the write would have no effect")
