@@ -1643,8 +1643,8 @@ class CiliumBackend(BackendBase):
         Each other DaemonSet running a ``cilium-agent`` (``others``, by name, as listed
         already; None: list them) is judged too, its own pods with it: the agents of its
         nodes read the file through its own mount; of all, the one worst off is said (a
-        mount not known there is a warning of its own). One whose agents keep the
-        ip-masq-agent off whatever ``cilium-config`` says is not
+        mount not known there is a warning of its own). One whose agents
+        ``cilium-config``'s ``enable-ip-masq-agent`` does not reach is not
         (:meth:`_keeps_ip_masq_agent_off`)."""
         paths = list(paths)
         asked = frozenset(_agent_file(p) for p in paths) or frozenset({DEFAULT_AGENT_FILE})
@@ -1669,13 +1669,13 @@ class CiliumBackend(BackendBase):
         return attrs.evolve(mount, asked=asked, daemonset=daemonset)
 
     def _keeps_ip_masq_agent_off(self, other: Mapping[str, Any]) -> bool:
-        """Whether the agents of ``other``, another agent DaemonSet (JSON), surely run no
-        ip-masq-agent whatever ``cilium-config`` says: their ``cilium-agent`` container's
+        """Whether ``cilium-config``'s ``enable-ip-masq-agent`` does not reach the agents of
+        ``other``, another agent DaemonSet (JSON): their ``cilium-agent`` container's
         flag or variable turns it off (pflag's and viper's reading of it), or, given
         neither, their ``config`` init container does not take the key from
         ``cilium-config`` (``ConfigSources.dropped``; what it takes instead is not
-        read). Its mount does not matter then: its agents start without
-        ``/etc/config`` and read no file. A value not known (set where the pod runs, a
+        read). Its mount does not matter to k3snet's write then: the agents keep the
+        ip-masq-agent as they run it. A value not known (set where the pod runs, a
         shell's script) is not: ``cilium-config`` judges it, as for the named one."""
         key = "enable-ip-masq-agent"
         option = agent_options(other, (key,), booleans=(key,)).get(key)
