@@ -1471,12 +1471,25 @@ class CiliumBackend(BackendBase):
         container (``sources``) takes, each one it drops a warning: a key its
         ``--allow-config-keys`` does not allow or its ``--deny-config-keys`` denies (the
         CiliumNodeConfigs are a source after ``cilium-config``), or every key where its
-        ``--source`` reads no CiliumNodeConfig of the namespace."""
+        ``--source`` reads no CiliumNodeConfig of the namespace. Where each of its
+        CiliumNodeConfig sources names one (``cilium-node-config:NAMESPACE/NAME``), the
+        others are not read (a warning), and those named are laid on every node."""
         if sources is None or not nodes.overrides:
             return nodes
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
+        named = sources.node_configs_named(self._api.namespace)
         kept = []
-        for override, selector in nodes.overrides:
+        for listed, as_listed in nodes.overrides:
+            if named is not None and listed.name not in named:
+                self._api.warn(printable(
+                    f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) "
+                    f"reads the CiliumNodeConfig {', '.join(sorted(named))} alone "
+                    f"({sources.given}): CiliumNodeConfig {listed.name} is not read, nor "
+                    "judged")[:1000])
+                continue
+            # Got by name, the resolver lays it on every node, whatever its nodeSelector.
+            override, selector = ((listed, as_listed) if named is None
+                                  else (attrs.evolve(listed, selector=""), {}))
             dropped = {k: why for k in override.settings
                        if (why := sources.node_config_dropped(self._api.namespace, k))}
             if dropped:

@@ -748,6 +748,15 @@ class ConfigSources(NamedTuple):
         why = self.filtered(key)
         return None if why is None else f"{why}, and it is not the first --source ({self.given})"
 
+    def node_configs_named(self, namespace: str) -> frozenset[str] | None:
+        """The names of the CiliumNodeConfigs of ``namespace`` the agent reads where each
+        ``cilium-node-config:`` source of it names one (``NAMESPACE/NAME``: the resolver
+        gets that one, and lays it on every node whatever its ``nodeSelector``); None
+        where one reads them all, or none reads any."""
+        names = [name for kind, at, name in self.sources
+                 if kind == "cilium-node-config" and at == namespace]
+        return None if not names or "" in names else frozenset(names)
+
     def node_config_dropped(self, namespace: str, key: str) -> str | None:
         """Why the agent does not take ``key`` from the CiliumNodeConfigs of ``namespace``
         that select its node (None: it does)."""
