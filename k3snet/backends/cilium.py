@@ -172,6 +172,7 @@ from k3snet.model.cilium import (
     CiliumEgressGateway,
     CiliumNodeOverride,
     cilium_target,
+    parse_go_bool,
     read_go_flag,
     setting_problem,
     startup_problems,
@@ -1470,12 +1471,25 @@ class CiliumBackend(BackendBase):
         container (``sources``) takes, each one it drops a warning: a key its
         ``--allow-config-keys`` does not allow or its ``--deny-config-keys`` denies (the
         CiliumNodeConfigs are a source after ``cilium-config``), or every key where its
-        ``--source`` reads no CiliumNodeConfig of the namespace."""
+        ``--source`` reads no CiliumNodeConfig of the namespace. Where each of its
+        CiliumNodeConfig sources names one (``cilium-node-config:NAMESPACE/NAME``), the
+        others are not read (a warning), and those named are laid on every node."""
         if sources is None or not nodes.overrides:
             return nodes
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
+        named = sources.node_configs_named(self._api.namespace)
         kept = []
-        for override, selector in nodes.overrides:
+        for listed, as_listed in nodes.overrides:
+            if named is not None and listed.name not in named:
+                self._api.warn(printable(
+                    f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) "
+                    f"reads the CiliumNodeConfig {', '.join(sorted(named))} alone "
+                    f"({sources.given}): CiliumNodeConfig {listed.name} is not read, nor "
+                    "judged")[:1000])
+                continue
+            # Got by name, the resolver lays it on every node, whatever its nodeSelector.
+            override, selector = ((listed, as_listed) if named is None
+                                  else (attrs.evolve(listed, selector=""), {}))
             dropped = {k: why for k in override.settings
                        if (why := sources.node_config_dropped(self._api.namespace, k))}
             if dropped:
@@ -1642,7 +1656,9 @@ class CiliumBackend(BackendBase):
         Each other DaemonSet running a ``cilium-agent`` (``others``, by name, as listed
         already; None: list them) is judged too, its own pods with it: the agents of its
         nodes read the file through its own mount; of all, the one worst off is said (a
-        mount not known there is a warning of its own)."""
+        mount not known there is a warning of its own). One whose agents
+        ``cilium-config``'s ``enable-ip-masq-agent`` does not reach is not
+        (:meth:`_keeps_ip_masq_agent_off`)."""
         paths = list(paths)
         asked = frozenset(_agent_file(p) for p in paths) or frozenset({DEFAULT_AGENT_FILE})
         daemonset = self._api.daemonset(self._daemonset) if found is None else found
@@ -1652,6 +1668,8 @@ class CiliumBackend(BackendBase):
             others = tuple(self._api.agent_daemonsets(self._daemonset))
         mount = self._mount_of(self._daemonset, paths, daemonset, by_node, pods)
         for name, other in others:
+            if self._keeps_ip_masq_agent_off(other):
+                continue
             theirs = self._mount_of(name, paths, other, by_node, None)
             if theirs.unknown is not None:
                 self._api.warn(theirs.unknown)
@@ -1662,6 +1680,27 @@ class CiliumBackend(BackendBase):
                 mount = attrs.evolve(theirs, pods=mount.pods)
             mount = attrs.evolve(mount, copied=copied)
         return attrs.evolve(mount, asked=asked, daemonset=daemonset)
+
+    def _keeps_ip_masq_agent_off(self, other: Mapping[str, Any]) -> bool:
+        """Whether ``cilium-config``'s ``enable-ip-masq-agent`` does not reach the agents of
+        ``other``, another agent DaemonSet (JSON): their ``cilium-agent`` container's
+        flag or variable turns it off (pflag's and viper's reading of it), or, given
+        neither, their ``config`` init container does not take the key from
+        ``cilium-config`` (``ConfigSources.dropped``; what it takes instead is not
+        read). Its mount does not matter to k3snet's write then: the agents keep the
+        ip-masq-agent as they run it. A value not known (set where the pod runs, a
+        shell's script) is not: ``cilium-config`` judges it, as for the named one."""
+        key = "enable-ip-masq-agent"
+        option = agent_options(other, (key,), booleans=(key,)).get(key)
+        if option is not None:
+            if option.value is None:
+                return False
+            if option.given.startswith("--"):  # pflag: ParseBool, or the agent exits
+                return parse_go_bool(option.value) is False
+            return not read_go_flag(option.value)  # viper: one it cannot read is false
+        sources = config_sources(other, self._api.namespace)
+        return isinstance(sources, ConfigSources) and sources.dropped(
+            self._api.namespace, self._api.config_name, key) is not None
 
     def _mount_of(self, name: str, paths: list[str | None], found: Mapping[str, Any],
                   by_node: _ByNode, pods: tuple[dict[str, Any], ...] | None) -> _Mount:
@@ -1993,10 +2032,11 @@ class CiliumBackend(BackendBase):
         if sources is None or not isinstance(after, CiliumConfig):
             return []
         namespace, configmap = self._api.namespace, self._api.config_name
+        # why quotes the DaemonSet's flags, the cluster's text: one printable line, cut.
         return [f"{key}: k3snet writes it into {self._where()}, which the config init "
                 f"container of DaemonSet {namespace}/{self._daemonset} (cilium-dbg "
-                f"{BUILD_CONFIG}) does not take from there ({why}): the write would have "
-                "no effect" for key in after.settings
+                f"{BUILD_CONFIG}) does not take from there ({printable(why)[:500]}): the "
+                "write would have no effect" for key in after.settings
                 if (why := sources.dropped(namespace, configmap, key)) is not None]
 
     def _mount_after(self, read: _Read, after: Mapping[str, str]) -> _Mount:

@@ -251,27 +251,42 @@ def option_variable(key: str) -> str:
 _SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh", "mksh"})
 
 # The init processes a container's command may start its program under, each with its
-# options that take a value (tini's ``-p SIGNAL``, ``-e CODE``; dumb-init's ``-r s:r``).
-_INITS: dict[str, frozenset[str]] = {
-    "tini": frozenset({"-p", "-e"}), "tini-static": frozenset({"-p", "-e"}),
-    "dumb-init": frozenset({"-r", "--rewrite"})}
+# options that take a value: getopt's letters (tini's ``-p SIGNAL``, ``-e CODE``, ``-R A``;
+# dumb-init's ``-r s:r``) and getopt_long's names (dumb-init's ``--rewrite``).
+_INITS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "tini": ("peR", ()), "tini-static": ("peR", ()), "dumb-init": ("r", ("rewrite",))}
+
+
+def _takes_next(arg: str, letters: str, names: tuple[str, ...]) -> bool:
+    """Whether an init process's option ``arg`` takes the next argument as its value, as
+    getopt reads it: a word of letters (``-sp SIGTERM``: -s, then -p, whose value is the
+    rest of the word, else the next argument), or a name getopt_long takes by any start
+    of it (``--rew 15:2``), its value not given after ``=``."""
+    if arg.startswith("--"):
+        name = arg[2:]
+        return "=" not in name and any(n.startswith(name) for n in names)
+    for at, letter in enumerate(arg[1:], 1):
+        if letter in letters:
+            return at == len(arg) - 1
+    return False
 
 
 def _program(argv: list[str]) -> int:
     """Where in ``argv`` the program an init process runs starts (0: no init process):
-    past ``tini`` or ``dumb-init`` and their options, up to their ``--`` or the first
-    argument that is no option. The agent's flags are read from there: the init's
-    ``--`` ends its own options, not the agent's (pflag reads up to the agent's)."""
+    past ``tini`` or ``dumb-init`` and their options (:func:`_takes_next`), up to their
+    ``--`` or the first argument that is no option. The agent's flags are read from
+    there: the init's ``--`` ends its own options, not the agent's (pflag reads up to the
+    agent's)."""
     index = 0
     while index < len(argv) and posixpath.basename(argv[index]) in _INITS:
-        valued = _INITS[posixpath.basename(argv[index])]
+        letters, names = _INITS[posixpath.basename(argv[index])]
         index += 1
-        while index < len(argv) and argv[index].startswith("-"):
+        while index < len(argv) and argv[index].startswith("-") and argv[index] != "-":
             arg = argv[index]
             index += 1
             if arg == "--":
                 break
-            if arg in valued:
+            if _takes_next(arg, letters, names):
                 index += 1  # its value
     return index
 
@@ -732,6 +747,15 @@ class ConfigSources(NamedTuple):
             return None
         why = self.filtered(key)
         return None if why is None else f"{why}, and it is not the first --source ({self.given})"
+
+    def node_configs_named(self, namespace: str) -> frozenset[str] | None:
+        """The names of the CiliumNodeConfigs of ``namespace`` the agent reads where each
+        ``cilium-node-config:`` source of it names one (``NAMESPACE/NAME``: the resolver
+        gets that one, and lays it on every node whatever its ``nodeSelector``); None
+        where one reads them all, or none reads any."""
+        names = [name for kind, at, name in self.sources
+                 if kind == "cilium-node-config" and at == namespace]
+        return None if not names or "" in names else frozenset(names)
 
     def node_config_dropped(self, namespace: str, key: str) -> str | None:
         """Why the agent does not take ``key`` from the CiliumNodeConfigs of ``namespace``

@@ -150,3 +150,40 @@ def test_another_agent_daemonset_not_taking_a_key_k3snet_writes_is_a_warning(
         "cilium: the config init container of DaemonSet kube-system/cilium-gpu (cilium-dbg "
         "build-config) does not take enable-ipv4-masquerade from ConfigMap "
         "kube-system/cilium-config, which k3snet writes") for r in caplog.records)
+
+
+def test_the_refusal_quotes_the_init_container_s_flags_printable_and_bounded(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The flags are the cluster's text: an ESC and a line break in them reached the
+    # refusal raw (a line break before spaces reads as another problem of the list), and
+    # a long one was quoted whole, once for each key.
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-base\x1b[2J\n  forged: problem" + "x" * 5000
+        + ",config-map:cilium-config", "--deny-config-keys=enable-ipv4-masquerade"))
+    (refused,) = backend.check(plan(backend.observe(), MASQUERADE_OFF))
+    _, *problems = refused.split("\n")
+    (problem,) = problems
+    assert problem.isprintable()
+    assert "cilium-base\\x1b[2J\\n  forged: problem" in problem
+    assert len(problem) < 1000
+    assert problem.endswith("the write would have no effect")
+
+
+def test_a_node_config_source_naming_one_reads_it_alone_on_every_node(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # cilium-node-config:NAMESPACE/NAME gets that one CiliumNodeConfig, and the resolver
+    # lays it on every node, whatever its nodeSelector; the others are not read. k3snet
+    # judged "edge" (a conflict on its nodes) and "gpu" on its own nodes alone.
+    api_server.put(NODE_CONFIGS_V2, _node_config("edge", {"enable-ipv4-masquerade": "false"}))
+    api_server.put(NODE_CONFIGS_V2, _node_config(
+        "gpu", {"enable-bpf-masquerade": "true"}, {"matchLabels": {"pool": "gpu"}}))
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,cilium-node-config:kube-system/gpu"))
+    with caplog.at_level(logging.WARNING):
+        (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert [(o.name, o.selector) for o in foreign.node_overrides] == [("gpu", "")]
+    assert any("CiliumNodeConfig edge" in r.getMessage() and "not read" in r.getMessage()
+               for r in caplog.records)

@@ -1599,3 +1599,44 @@ def test_a_second_agent_daemonset_s_subpath_mount_names_the_restart(
     assert [c.action for c in changed.changes] == ["replace"]
     assert restarts_needed(backend, changed) == (
         "DaemonSet kube-system/cilium", "DaemonSet kube-system/cilium-gpu")
+
+
+@pytest.mark.parametrize("off", [
+    {"args": ["--enable-ip-masq-agent=false"]},
+    {"env": [{"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "value": "false"}]},
+    {"init": ["--source=config-map:cilium-config-gpu"]},
+    {"init": ["--source=config-map:cilium-base,config-map:cilium-config",
+              "--deny-config-keys=enable-ip-masq-agent"]},
+], ids=["flag", "variable", "own-configmap", "filtered"])
+def test_a_second_agent_daemonset_keeping_its_ip_masq_agent_off_is_not_judged(
+    off: dict[str, list[Any]], api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # cilium-gpu's agents run no ip-masq-agent whatever cilium-config says (their own flag
+    # or variable, or a config init container not taking the key from cilium-config):
+    # without /etc/config they start all the same, and read no file. Turning it on in
+    # cilium-config was refused ("every Cilium agent would refuse to start"), and with it
+    # on, the copy was judged unmounted: a conflict.
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    gpu = _pool(cilium_daemonset(ip_masq_agent=False))
+    agent, (init,) = _pod(gpu)["containers"][0], _pod(gpu)["initContainers"]
+    agent["args"] += off.get("args", [])
+    agent["env"] = off.get("env", [])
+    if "init" in off:
+        init.update(command=["cilium-dbg", "build-config"], args=off["init"])
+    api_server.put(DAEMONSETS, gpu)
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    api_server.put(CONFIGMAPS, _cilium_config(EBPF_AGENT))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert (foreign.ip_masq_agent_unmounted, foreign.ip_masq_agent_no_directory) == (None, False)
+    # Its agents on (its flag true): judged, as before.
+    agent["args"][-1:] = ["--enable-ip-masq-agent=true"]
+    agent["env"] = []
+    init.pop("command", None)
+    init.pop("args", None)
+    api_server.put(DAEMONSETS, gpu)
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent_no_directory
