@@ -239,7 +239,9 @@ def grace_shortfalls(grace: float, group: BackendGroup) -> list[str]:
         except OverflowError:  # an undo_steps beyond any float: no grace period holds it
             needed = math.inf
         if needed >= grace:
-            steps = "as long" if undo == 1 else f"{undo} steps as long"
+            # (an undo_steps beyond any float has more digits than str() writes: 4300)
+            steps = ("as long" if undo == 1 else f"{undo} steps as long" if needed < math.inf
+                     else "more steps as long than a float counts")
             shortfalls.append(
                 f"{member.backend.name}: a step of it may take {step:g} s (its timeout) and "
                 f"its undo {steps}, {needed:g} s with the {CLEANUP_MARGIN:g} s clean-up "

@@ -1058,6 +1058,16 @@ def backend_warnings(backend: object) -> tuple[str, ...]:
     return tuple(str(w) for w in found)
 
 
+def _shown(value: object) -> str:
+    """``repr(value)`` for a message, or its type and size when Python writes no digits of
+    it (an int of more than 4300 digits: ``ValueError``, raised out of the message)."""
+    try:
+        return repr(value)
+    except ValueError:
+        size = value.bit_length() if isinstance(value, int) else 0
+        return f"of {size} bits" if size else "that cannot be written"
+
+
 def _declared(backend: object, attribute: str) -> object:
     """``backend``'s optional ``attribute`` (``None`` without one). A property that
     raises is a :class:`~k3snet.errors.BackendError` naming the backend: ``getattr``'s
@@ -1102,8 +1112,8 @@ def longest_step(backend: object) -> float | None:
     if not 0 < seconds < math.inf:  # (NaN too)
         name = getattr(backend, "name", "") or type(backend).__name__
         raise BackendError(
-            f"{name}.longest_step is {type(found).__name__} {found!r}, not a finite number "
-            "of seconds above 0 (an attribute or property: docs/custom-backend.md)")
+            f"{name}.longest_step is {type(found).__name__} {_shown(found)}, not a finite "
+            "number of seconds above 0 (an attribute or property: docs/custom-backend.md)")
     return seconds
 
 
@@ -1125,8 +1135,8 @@ def undo_steps(backend: object) -> int:
     if isinstance(found, bool) or not isinstance(found, int) or found < 1:
         name = getattr(backend, "name", "") or type(backend).__name__
         raise BackendError(
-            f"{name}.undo_steps is {type(found).__name__} {found!r}, not a whole number of "
-            "steps of 1 or more (an attribute or property: docs/custom-backend.md)")
+            f"{name}.undo_steps is {type(found).__name__} {_shown(found)}, not a whole number "
+            "of steps of 1 or more (an attribute or property: docs/custom-backend.md)")
     return found
 
 

@@ -289,6 +289,28 @@ def test_the_agent_holds_a_step_and_every_step_of_its_undo_against_the_grace(
     assert "inf s with the" in said
 
 
+_UNWRITABLE = 10**5000
+"""An int of more digits than ``str()`` writes (4300): it raises ``ValueError``."""
+
+
+@pytest.mark.parametrize(("odd", "start"), [
+    (_StepOf(_UNWRITABLE), "memory.longest_step is int "),
+    (_StepOf(-_UNWRITABLE), "memory.longest_step is int "),
+    (_UndoOf(_UNWRITABLE), "memory: a step of it may take 10 s (its timeout) and its undo "),
+    (_UndoOf(-_UNWRITABLE), "memory.undo_steps is int "),
+], ids=["step", "negative step", "undo", "negative undo"])
+def test_a_bound_with_more_digits_than_python_writes_is_warned_of_and_fails_no_pass(
+        odd: MemoryBackend, start: str) -> None:
+    """Writing such a bound in its warning raised ``ValueError`` out of
+    ``grace_shortfalls``: the agent's pass failed, the other backends' shortfalls
+    unsaid."""
+    group = BackendGroup([Member(odd, "route"), Member(IptablesBackend(), "nat")])
+    (said, iptables) = grace_shortfalls(TERMINATION_GRACE, group)
+    assert said.startswith(start), said
+    assert len(said) < 1000, said
+    assert "its undo 3 steps as long, 125 s" in iptables
+
+
 @pytest.mark.parametrize("steps", [0, -1, 2.0, "3", True])
 def test_a_backend_s_undo_steps_that_is_no_whole_number_of_1_or_more_is_said(
         steps: object) -> None:
