@@ -677,6 +677,36 @@ def test_a_disabled_pool_sorting_first_decides_nat_for_its_twin_s_pods(
     assert _plan(backend, Spec.from_yaml(SPEC_NAT_OFF)).conflicts == ()
 
 
+
+def test_the_encapsulation_of_the_pod_cidr_is_the_one_of_the_pool_felix_takes(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Felix's routes and VXLAN device, and BIRD, take ipipMode and vxlanMode from the one
+    # pool of a CIDR the syncer passes on, the one whose name sorts first: aa-twin's
+    # vxlanMode Never leaves the pods unencapsulated, whatever default-ipv4-ippool (the
+    # pool IPAM serves them from) says.
+    spec = Spec.from_yaml(SPEC_7345.replace("calico: {}", "calico: {vxlanMode: CrossSubnet}"))
+    api_server.put(CRD, _pool("aa-twin", cidr="10.42.0.0/16", disabled=True,
+                              natOutgoing=True))
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
+                              vxlanMode="CrossSubnet"))
+    backend = _backend(api_server)
+    p = _plan(backend, spec)
+    assert not [n for n in p.met if "pod CIDR" in n.wanted.describe()]
+    (conflict,) = [n for n in p.conflicts if "pod CIDR" in n.wanted.describe()]
+    reason = conflict.reason or ""
+    assert ("IPPool aa-twin has pod CIDR 10.42.0.0/16 with vxlanMode Never (the spec wants "
+            "CrossSubnet) beside default-ipv4-ippool of the same CIDR") in reason, reason
+    assert "its ipipMode and vxlanMode decide" in reason, reason
+    # Sorting after it, the twin is swallowed: the pod CIDR is met.
+    api_server.delete(CRD, "aa-twin")
+    api_server.put(CRD, _pool("zz-twin", cidr="10.42.0.0/16", disabled=True,
+                              natOutgoing=True))
+    assert [n.wanted.describe() for n in _plan(backend, spec).met
+            if "pod CIDR" in n.wanted.describe()] == [
+        'calico pod CIDR 10.42.0.0/16 is a pool natOutgoing vxlanMode="CrossSubnet"']
+
+
 # ---------------------------------------------------------------- FelixConfiguration
 
 FELIX = "crd.projectcalico.org/v1/felixconfigurations"
