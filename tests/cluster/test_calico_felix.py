@@ -707,6 +707,29 @@ def test_the_encapsulation_of_the_pod_cidr_is_the_one_of_the_pool_felix_takes(
         'calico pod CIDR 10.42.0.0/16 is a pool natOutgoing vxlanMode="CrossSubnet"']
 
 
+
+def test_an_ipv4_mapped_pool_cidr_is_unreadable_felix_keys_it_as_the_ipv4_one(
+    api_server: EmulatedApiServer,
+) -> None:
+    # The CRDs (before Calico v3.32) take any string. Felix parses ::ffff:10.42.0.0/112
+    # with Go's net.ParseCIDR and keys the pool by IPNet.String(), "10.42.0.0/16": to
+    # Calico v3.32 and before it is a twin of the pod CIDR's pool, and sorting first its
+    # natOutgoing: false decides (later versions drop the pool). k3snet read it as an
+    # IPv6 pool beside nothing and said the pods were masqueraded.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("aa-mapped", cidr="::ffff:10.42.0.0/112"))
+    p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345))
+    (conflict,) = p.conflicts
+    assert conflict.wanted.describe() == "calico every IPPool readable"
+    reason = conflict.reason or ""
+    assert ("IPPool aa-mapped: spec.cidr ::ffff:a2a:0/112 is an IPv4-mapped IPv6 CIDR, "
+            "which Felix takes for the IPv4 CIDR 10.42.0.0/16") in reason, reason
+    # An IPv6 pool of other addresses stays one.
+    api_server.delete(CRD, "aa-mapped")
+    api_server.put(CRD, _pool("aa-v6", cidr="fd00:10:42::/112"))
+    assert _plan(_backend(api_server), Spec.from_yaml(SPEC_7345)).conflicts == ()
+
+
 # ---------------------------------------------------------------- FelixConfiguration
 
 FELIX = "crd.projectcalico.org/v1/felixconfigurations"
