@@ -310,6 +310,15 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
             namespace_selector=_typed(name, spec, "namespaceSelector", str, ""),
             operator=calico_metadata(item)[0].get(MANAGED_BY_LABEL) == _OPERATOR_MANAGER,
         )
+        mapped = pool.cidr.network_address.ipv4_mapped if pool.cidr.version == 6 else None
+        if mapped is not None:
+            # Go's IPNet.String() of such a prefix is the IPv4 one, which libcalico-go
+            # keys the pool by; its development branch (netip) drops the pool instead.
+            ipv4 = ipaddress.IPv4Network((mapped, pool.cidr.prefixlen - 96))
+            raise ModelError(f"IPPool {name}: spec.cidr {pool.cidr} is an IPv4-mapped IPv6 "
+                             f"CIDR, which Felix takes for the IPv4 CIDR {ipv4} (Calico "
+                             "v3.32 and before; Calico's development branch drops the "
+                             "pool)")
         return pool, tuple(warnings)
     except ModelError as exc:
         name = (item.get("metadata") or {}).get("name", "?")

@@ -1229,10 +1229,12 @@ class CalicoPodCIDR(NetObject):
         self._seal(("calico-pod-cidr", *net_tuple(self.cidr)),
                    (self.nat_outgoing, self.requires.canonical_items()))
 
-    def _differences(self, pool: IPPool) -> list[str]:
+    def _differences(self, pool: IPPool, keys: Iterable[str] | None = None) -> list[str]:
+        """The required fields ``pool`` has other values of (of ``keys`` only, if given)."""
         spec = pool.to_spec()
         return [f"{key} {spec[key]} (the spec wants {self.requires[key]})"
-                for key in self.requires if spec[key] != self.requires[key]]
+                for key in self.requires
+                if (keys is None or key in keys) and spec[key] != self.requires[key]]
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -1256,18 +1258,21 @@ class CalicoPodCIDR(NetObject):
 
     def _served(self, pools: CalicoPools) -> bool:
         """Calico IPAM hands out this CIDR's addresses to every pod: a pool of exactly
-        this CIDR is usable by workloads and has what the spec requires."""
+        this CIDR is usable by workloads and has what the spec requires (IPAM, and
+        calico-node cutting the nodes' tunnel addresses, read every pool)."""
         return any(p.cidr == self.cidr and p.workload_usable and not self._differences(p)
                    for p in pools.pools)
 
     def met_by(self, other: NetObject) -> bool:
         """A usable pool of exactly this CIDR (with what the spec requires), the pool of
-        this CIDR Felix uses with the wanted ``natOutgoing``, and, when that is false, no
+        this CIDR Felix uses with the wanted ``natOutgoing`` (and the ``ipipMode`` and
+        ``vxlanMode`` the spec requires), and, when ``natOutgoing`` is false, no
         natOutgoing pool overlapping it."""
         if not isinstance(other, CalicoPools):
             return False
         felix = other.felix_pool(self.cidr)
         return (felix is not None and felix.nat_outgoing == self.nat_outgoing
+                and not self._differences(felix, _FELIX_FIELDS)
                 and self._served(other) and not self._masquerading(other))
 
     def conflicts_with(self, other: NetObject) -> bool:
@@ -1287,11 +1292,23 @@ class CalicoPodCIDR(NetObject):
             return (f"IPPool {pool.name} has pod CIDR {self.cidr} but pods get no address "
                     f"from it: {pool.unusable_reason}; {fix} (k3snet never changes a pool "
                     "it does not own)")
-        for pool in usable if not self._served(other) else ():
-            differences = self._differences(pool)
+        felix = other.felix_pool(self.cidr)
+        # Not served: each usable pool's differences; served: those of the encapsulation
+        # in Felix's pool (Felix's routes, its VXLAN and IP-in-IP devices and BIRD take it
+        # from that pool only).
+        judged = ([(p, None) for p in usable] if not self._served(other)
+                  else [(felix, _FELIX_FIELDS)] if felix else [])
+        for pool, keys in judged:
+            differences = self._differences(pool, keys)
             if differences:
                 spec = pool.to_spec()
-                differ = [k for k in self.requires if spec[k] != self.requires[k]]
+                differ = [k for k in self.requires if (keys is None or k in keys)
+                          and spec[k] != self.requires[k]]
+                beside = [p.name for p in same if p is not pool]
+                twin = (f" beside {', '.join(beside)} of the same CIDR (of pools of one "
+                        "CIDR, Felix uses the one whose name sorts first, and its ipipMode "
+                        "and vxlanMode decide how pods' traffic crosses the nodes)"
+                        if beside and keys is _FELIX_FIELDS else "")
                 # (blockSize alone cannot change: Calico refuses it on an existing pool)
                 fields = sorted({_INSTALLATION_FIELDS[k] for k in differ if k != "blockSize"})
                 if not fields:
@@ -1300,12 +1317,13 @@ class CalicoPodCIDR(NetObject):
                     fix = ("change the spec's cni.calico, or ("
                            + _operator_fix([pool], f": {', '.join(fields)}") + ")")
                 else:
-                    fix = "change the pool or the spec's cni.calico"
+                    fix = (f"change the pool{' (or delete it)' if twin else ''} or the "
+                           "spec's cni.calico")
                 if "blockSize" in differ:
                     fix += "; " + _block_size_fixed(pool)
                 return (f"IPPool {pool.name} has pod CIDR {self.cidr} with "
-                        f"{', '.join(differences)}: {fix} (k3snet never changes a pool it "
-                        "does not own)")
+                        f"{', '.join(differences)}{twin}: {fix} (k3snet never changes a pool "
+                        "it does not own)")
         masquerading = self._masquerading(other)
         if masquerading and any(not p.nat_outgoing for p in same):
             pools = ", ".join(f"IPPool {p.name} {p.cidr} has natOutgoing: true"
@@ -1365,6 +1383,13 @@ def _pool_note(pool: IPPool) -> str:
         return (" (LoadBalancer only: Calico before v3.31.7 and v3.32.1 does not NAT to it, "
                 "later versions do)")
     return " (disabled)" if pool.disabled else ""
+
+
+# Of the fields a pod CIDR's pool must have (CalicoPodCIDR.requires), those Felix (its
+# routes, VXLAN and IP-in-IP devices) and BIRD read from the one pool of the CIDR they
+# use (CalicoPools.felix_pools: libcalico-go's IPPool update processor passes only that
+# one on); IPAM and calico-node's tunnel addresses read them from every pool.
+_FELIX_FIELDS = frozenset({"ipipMode", "vxlanMode"})
 
 
 # The fields of an Installation's spec.calicoNetwork.ipPools entry (tigera/operator

@@ -677,6 +677,59 @@ def test_a_disabled_pool_sorting_first_decides_nat_for_its_twin_s_pods(
     assert _plan(backend, Spec.from_yaml(SPEC_NAT_OFF)).conflicts == ()
 
 
+
+def test_the_encapsulation_of_the_pod_cidr_is_the_one_of_the_pool_felix_takes(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Felix's routes and VXLAN device, and BIRD, take ipipMode and vxlanMode from the one
+    # pool of a CIDR the syncer passes on, the one whose name sorts first: aa-twin's
+    # vxlanMode Never leaves the pods unencapsulated, whatever default-ipv4-ippool (the
+    # pool IPAM serves them from) says.
+    spec = Spec.from_yaml(SPEC_7345.replace("calico: {}", "calico: {vxlanMode: CrossSubnet}"))
+    api_server.put(CRD, _pool("aa-twin", cidr="10.42.0.0/16", disabled=True,
+                              natOutgoing=True))
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
+                              vxlanMode="CrossSubnet"))
+    backend = _backend(api_server)
+    p = _plan(backend, spec)
+    assert not [n for n in p.met if "pod CIDR" in n.wanted.describe()]
+    (conflict,) = [n for n in p.conflicts if "pod CIDR" in n.wanted.describe()]
+    reason = conflict.reason or ""
+    assert ("IPPool aa-twin has pod CIDR 10.42.0.0/16 with vxlanMode Never (the spec wants "
+            "CrossSubnet) beside default-ipv4-ippool of the same CIDR") in reason, reason
+    assert "its ipipMode and vxlanMode decide" in reason, reason
+    # Sorting after it, the twin is swallowed: the pod CIDR is met.
+    api_server.delete(CRD, "aa-twin")
+    api_server.put(CRD, _pool("zz-twin", cidr="10.42.0.0/16", disabled=True,
+                              natOutgoing=True))
+    assert [n.wanted.describe() for n in _plan(backend, spec).met
+            if "pod CIDR" in n.wanted.describe()] == [
+        'calico pod CIDR 10.42.0.0/16 is a pool natOutgoing vxlanMode="CrossSubnet"']
+
+
+
+def test_an_ipv4_mapped_pool_cidr_is_unreadable_felix_keys_it_as_the_ipv4_one(
+    api_server: EmulatedApiServer,
+) -> None:
+    # The CRDs (before Calico v3.32) take any string. Felix parses ::ffff:10.42.0.0/112
+    # with Go's net.ParseCIDR and keys the pool by IPNet.String(), "10.42.0.0/16": to
+    # Calico v3.32 and before it is a twin of the pod CIDR's pool, and sorting first its
+    # natOutgoing: false decides (later versions drop the pool). k3snet read it as an
+    # IPv6 pool beside nothing and said the pods were masqueraded.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("aa-mapped", cidr="::ffff:10.42.0.0/112"))
+    p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345))
+    (conflict,) = p.conflicts
+    assert conflict.wanted.describe() == "calico every IPPool readable"
+    reason = conflict.reason or ""
+    assert ("IPPool aa-mapped: spec.cidr ::ffff:a2a:0/112 is an IPv4-mapped IPv6 CIDR, "
+            "which Felix takes for the IPv4 CIDR 10.42.0.0/16") in reason, reason
+    # An IPv6 pool of other addresses stays one.
+    api_server.delete(CRD, "aa-mapped")
+    api_server.put(CRD, _pool("aa-v6", cidr="fd00:10:42::/112"))
+    assert _plan(_backend(api_server), Spec.from_yaml(SPEC_7345)).conflicts == ()
+
+
 # ---------------------------------------------------------------- FelixConfiguration
 
 FELIX = "crd.projectcalico.org/v1/felixconfigurations"
