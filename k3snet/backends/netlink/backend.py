@@ -530,8 +530,9 @@ class NetlinkBackend(BackendBase):
         try:
             rules = list(read_rules())
         except OSError as exc:
-            # Read for a warning only: a kernel refusing the dump (IPv6 off at boot gives
-            # EAFNOSUPPORT) ended plan and apply after their read, here a warning.
+            # Read for a warning only: a kernel refusing the dump ended plan and apply
+            # after their read, here a warning. (IPv6 off at boot is no IPv6 rules: the
+            # drivers read the IPv4 ones alone.)
             return (f"netlink: {_reason(exc, f'read the policy rules of {self._where}')}: "
                     "a route of k3snet's whose every lookup an administrator's rule takes "
                     "before its table is not named here (ip rule)",)
@@ -1014,7 +1015,7 @@ class NetlinkBackend(BackendBase):
             self._driver, "rules", None)
         rules = list(_DEFAULT_RULES)
         if read_rules is not None:
-            # A dump the kernel refuses (IPv6 off at boot) ended the check, and with it
+            # A dump the kernel refuses ended the check, and with it
             # plan and apply: judged by the rules a namespace starts with, as a driver
             # reading none is (the warnings say the rules could not be read).
             with contextlib.suppress(OSError):
