@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
+from k3snet.errors import ApplyError
 from k3snet.model import Route, RouteBlock, State
 from k3snet.planner import Change, Plan, plan
 from tests.netlink.links import d0_namespace, ip
@@ -94,3 +95,29 @@ def test_another_program_s_multipath_route_stays_one_foreign_block(
                     if isinstance(o, Route) and str(o.destination) == "2001:db8:9::/64"]
         wanted = State(owned=[Route("2001:db8:9::/64", gateway="2001:db8::2", device="d0")])
         assert [n.status for n in plan(observed, wanted).notes] == ["conflict"]
+
+
+def test_a_rolled_back_delete_leaves_k3snet_s_nexthop_out_of_reach_behind_the_other_s_never(
+        tmp_path: Path, driver: Driver) -> None:
+    """The undo of that delete (another change of the apply failed) added k3snet's route
+    back, and IPv6 appends it behind the other program's: the kernel listed one route
+    under that one's protocol, k3snet's nexthop inside it, no longer its own (kept for
+    good: no plan deleted it again). It is left out and the rollback says so; the other
+    program's route carries the traffic, as ``ip -j -6 route`` shows."""
+    destination, ours, theirs = "2001:db8:9::/64", "2001:db8::2", "2001:db8::3"
+    with d0_namespace("rappendr", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        route = Route(destination, gateway=ours, device="d0")
+        other = Route("2001:db8:a::/64", gateway=ours, device="d0")
+        backend.apply(plan(backend.observe(), State(owned=[route, other])))
+        ip(ns, "-6", "route", "append", destination, "via", theirs, "dev", "d0")
+        teardown = plan(backend.observe(), State())
+        assert [c.subject for c in teardown.changes] == [route, other]
+        backend.faults.fail_at(len(teardown.changes) - 1)
+        with pytest.raises(ApplyError) as caught:
+            backend.apply(teardown)
+        [left] = _listed(ns, "-6", destination)
+        assert (left["gateway"], left.get("protocol", "boot"), "nexthops" in left) == (
+            theirs, "boot", False)
+        assert backend.observe().owned == {other}
+        assert "not put back: IPv6 would append it to the route" in str(caught.value)

@@ -13,11 +13,14 @@ starts with), and refused what the kernel takes and the socket driver passes.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
+from k3snet.backends.netlink.codec import rule_dump_request
 from k3snet.errors import ApplyError
 from k3snet.model import Route, State
 from k3snet.planner import plan
@@ -122,3 +125,61 @@ def test_a_table_rule_before_a_reject_rule_passes_check_as_the_kernel_takes_it(
         assert _listed(ns) == {("192.168.7.0/24", "10.8.0.1", "main"),
                                ("192.168.8.0/24", "10.9.0.1", "main"),
                                ("192.168.9.0/24", "10.7.0.1", "main")}
+
+
+# A family the kernel keeps no policy rules of: its rules dump is refused with
+# EAFNOSUPPORT, as an IPv6 one is on a kernel booted with ipv6.disable=1 (no IPv6 rules
+# registered; the sysctl disable_ipv6 leaves them readable).
+_NO_RULES_FAMILY = 28  # AF_MPLS
+
+
+def _ipv6_rules_refused(monkeypatch: pytest.MonkeyPatch, backend: NetlinkBackend,
+                        driver: Driver) -> None:
+    """Each driver's IPv6 rules dump asks for a family without rules, as the kernel
+    refuses it with IPv6 off at boot."""
+    if driver == "socket":
+        monkeypatch.setattr(
+            "k3snet.backends.netlink.socket_driver.rule_dump_request",
+            lambda family: rule_dump_request(
+                _NO_RULES_FAMILY if family == socket.AF_INET6 else family))
+        return
+    driver_object: Any = backend._driver
+    real_dump = driver_object._dump
+
+    def dump(ipr: Any, method: Any, **query: Any) -> Any:
+        if getattr(method, "__name__", "") == "rule" and query.get("family") == socket.AF_INET6:
+            query["family"] = _NO_RULES_FAMILY
+        return real_dump(ipr, method, **query)
+
+    monkeypatch.setattr(driver_object, "_dump", dump)
+
+
+def test_ipv6_off_at_boot_leaves_the_ipv4_rules_judging_gateways_as_the_kernel_does(
+        tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With IPv6 off at boot the kernel refuses the IPv6 rules dump (``EAFNOSUPPORT``)
+    after the IPv4 one answered: the socket driver dropped the IPv4 rules with it, so
+    ``check`` judged gateways by the rules a namespace starts with (refusing one an
+    administrator's rule makes on-link, which the kernel takes, and passing one a
+    ``prohibit`` rule refuses, which the kernel refuses), and every plan warned that
+    the rules could not be read. No IPv6 rules is what such a kernel has, as the pyroute2
+    driver read it."""
+    with d0_namespace("gwrul6", "10.8.0.5/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "route", "add", "10.9.0.0/24", "dev", "d0", "table", "200")
+        ip(ns, "rule", "add", "to", "10.9.0.0/24", "lookup", "200", "pref", "100")
+        ip(ns, "rule", "add", "prohibit", "to", "10.8.0.0/24", "pref", "101")
+        _ipv6_rules_refused(monkeypatch, backend, driver)
+        refused = plan(backend.observe(), State(owned=[Route("192.168.8.0/24",
+                                                             gateway="10.8.0.1")]))
+        [problem] = backend.check(refused)
+        assert "gateway 10.8.0.1 is not on-link" in problem
+        assert "priority 101" in problem
+        with pytest.raises(ApplyError):
+            backend.apply(refused)
+        wanted = State(owned=[Route("192.168.7.0/24", gateway="10.9.0.1")])
+        backend.expect(wanted)
+        taken = plan(backend.observe(), wanted)
+        assert backend.check(taken) == ()
+        backend.apply(taken)
+        assert backend.warnings == ()
+        assert _listed(ns) == {("192.168.7.0/24", "10.9.0.1", "main")}

@@ -170,10 +170,10 @@ def test_the_warnings_judge_the_routes_the_observe_read_dumping_none_again(
 
 def test_a_rules_dump_the_kernel_refuses_is_a_warning_not_the_end_of_plan_and_apply(
         tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A kernel booted with ``ipv6.disable=1`` refuses an IPv6 rules dump (the sysctl
-    ``disable_ipv6`` does not: its rules stay readable, hence the simulated refusal):
-    ``warnings`` raised, and ``k3snet plan`` ended after its read; ``check``'s gateway
-    lookup read them too, and ended the apply."""
+    """A rules read the kernel refuses (simulated: the IPv6 one with IPv6 off at boot
+    is no IPv6 rules, tests/netlink/test_gateway_rules.py): ``warnings`` raised, and
+    ``k3snet plan`` ended after its read; ``check``'s gateway lookup read them too, and
+    ended the apply."""
     with d0_namespace("rshadowf", "192.0.2.1/24") as ns, \
             NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
         ip(ns, "route", "add", "198.51.100.0/24", "dev", "d0", "table", "100")

@@ -530,8 +530,9 @@ class NetlinkBackend(BackendBase):
         try:
             rules = list(read_rules())
         except OSError as exc:
-            # Read for a warning only: a kernel refusing the dump (IPv6 off at boot gives
-            # EAFNOSUPPORT) ended plan and apply after their read, here a warning.
+            # Read for a warning only: a kernel refusing the dump ended plan and apply
+            # after their read, here a warning. (IPv6 off at boot is no IPv6 rules: the
+            # drivers read the IPv4 ones alone.)
             return (f"netlink: {_reason(exc, f'read the policy rules of {self._where}')}: "
                     "a route of k3snet's whose every lookup an administrator's rule takes "
                     "before its table is not named here (ip rule)",)
@@ -1014,7 +1015,7 @@ class NetlinkBackend(BackendBase):
             self._driver, "rules", None)
         rules = list(_DEFAULT_RULES)
         if read_rules is not None:
-            # A dump the kernel refuses (IPv6 off at boot) ended the check, and with it
+            # A dump the kernel refuses ended the check, and with it
             # plan and apply: judged by the rules a namespace starts with, as a driver
             # reading none is (the warnings say the rules could not be read).
             with contextlib.suppress(OSError):
@@ -1259,19 +1260,53 @@ class NetlinkBackend(BackendBase):
     def _undo_routes(self, made: Sequence[Change]) -> None:
         """Send the inverses of ``made`` as one batch (UndoFailure lists what failed)."""
         inverses = [change.inverse() for change in reversed(made)]
+        left: dict[int, str] = {}
+        failures: dict[int, object]
         try:
+            left = self._behind_other_nexthops(inverses)
+            sent = [i for i in range(len(inverses)) if i not in left]
             indexes = {link.name: link.index for link in self._routes.links().values()}
             if getattr(self._driver, "restores", False):
                 # A deleted route goes back beside a route that shares its slot.
-                failures = self._driver.send(inverses, indexes,  # type: ignore[call-arg]
-                                             restoring=True)
+                failed = self._driver.send([inverses[i] for i in sent],  # type: ignore[call-arg]
+                                           indexes, restoring=True)
             else:
-                failures = self._driver.send(inverses, indexes)
+                failed = self._driver.send([inverses[i] for i in sent], indexes)
+            failures = {sent[i]: exc for i, exc in failed.items()}
         except (OSError, KeyError) as exc:
             failures = dict.fromkeys(range(len(inverses)), NetlinkError(errno.EIO, str(exc)))
+        failures = {**left, **failures}
         if failures:
             raise UndoFailure([f"{inverses[i]}: {failures[i]}" for i in sorted(failures)],
                               [c for i, c in enumerate(inverses) if i not in failures])
+
+    def _behind_other_nexthops(self, inverses: Sequence[Change]) -> dict[int, str]:
+        """The undo's adds of IPv6 gateway routes to a slot holding another program's
+        gateway route, by position, each with why it is not put back: the kernel appends
+        it as that route's sibling, dumped as one route under the other one's protocol
+        (``ip -6 route`` lists it second), where k3snet can no longer tell its own (a
+        route k3snet's delete took back from other nexthops appended to it: it stayed
+        in place for good, never deleted again). The traffic goes through the other
+        route meanwhile."""
+        wanted = {i: change.subject for i, change in enumerate(inverses)
+                  if change.action == "add" and isinstance(change.subject, Route)
+                  and change.subject.family == 6 and change.subject.gateway is not None}
+        if not wanted:
+            return {}
+        names = {index: link.name for index, link in self._routes.links().items()}
+        tables = frozenset(route.table for route in wanted.values())
+        others: dict[tuple[Any, ...], Route | RouteBlock] = {}
+        for dumped in self._driver.routes(tables, names):
+            if isinstance(dumped, Siblings):
+                others.setdefault(dumped.whole.slot, dumped.whole)
+            elif (isinstance(dumped, Route) and dumped.family == 6
+                  and dumped.gateway is not None
+                  and dumped.protocol not in {self.protocol, _RA_PROTOCOL}):  # RA's: none
+                others.setdefault(dumped.key, dumped)
+        return {i: (f"not put back: IPv6 would append it to the {others[route.key].describe()}"
+                    " as a nexthop k3snet can no longer tell apart (the kernel lists it "
+                    "under that route's protocol); the traffic goes through that route")
+                for i, route in wanted.items() if route.key in others}
 
     def _restore_store(self, snapshot: SysctlState) -> None:
         """Put the sysctl state file back as it was before the apply."""

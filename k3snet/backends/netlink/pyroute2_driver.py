@@ -330,8 +330,9 @@ class Pyroute2Driver:
                 try:
                     dumped = self._dump(ipr, ipr.rule, family=family)
                 except NetlinkError as exc:
-                    if exc.errno == errno.ENOENT:  # IPv6 off: no rules of it (as the socket's)
-                        continue
+                    if exc.errno == errno.ENOENT or (
+                            family == socket.AF_INET6 and exc.errno == errno.EAFNOSUPPORT):
+                        continue  # IPv6 off: no rules of it (as the socket's)
                     raise
                 for msg in dumped:
                     raw = bytes(msg.data[msg.offset:msg.offset + msg["header"]["length"]])

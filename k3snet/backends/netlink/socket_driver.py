@@ -240,9 +240,17 @@ class SocketDriver:
         ``main``'s and ``default``'s too, in
         the kernel's order: by priority, those of one priority as dumped (optional: see
         :class:`~.driver.RouteDriver`)."""
-        found = [rule for family in (socket.AF_INET, socket.AF_INET6)
-                 for msg in self.dump(RTM_GETRULE, rule_dump_request(family), missing_ok=True)
-                 if (rule := decode_rule(msg)) is not None]
+        found: list[LookupRule] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                dumped = self.dump(RTM_GETRULE, rule_dump_request(family), missing_ok=True)
+            except NetlinkError as exc:
+                # IPv6 off at boot (ipv6.disable=1): the kernel keeps no IPv6 rules and
+                # refuses their dump; the IPv4 ones read before were dropped with it.
+                if family == socket.AF_INET6 and exc.errno == errno.EAFNOSUPPORT:
+                    continue
+                raise
+            found.extend(rule for msg in dumped if (rule := decode_rule(msg)) is not None)
         return sorted(found, key=lambda rule: rule.priority)
 
     reads_expected = True
