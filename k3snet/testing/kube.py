@@ -29,8 +29,10 @@ the smallest extension the backends' contract needs (``_Emulator``):
   order of namespace and name, the next page's token in ``metadata.continue``); a
   token this server did not make is refused with 400;
 
-* kmock's request history is trimmed to the last few requests (its matching
-  walks the whole history for every request: quadratic over a long test); use
+* kmock's request history is trimmed to the request being served (its matching
+  walks the whole history for every request: quadratic over a long test), so a kmock
+  reaction of your own limited by position (``emulator["get"][:1]``) matches every
+  request; use
   :meth:`EmulatedApiServer.requests` for the full log.
 
 * server-side apply (``PATCH`` with ``application/apply-patch+yaml``): the

@@ -123,12 +123,26 @@ Tasks = Callable[[Path], list[dict[str, Any]]]
 @attrs.frozen
 class Part:
     """One test's part of a play shared by several tests (:func:`shared_playbook`): its
-    directory, its tasks' results, and the whole play's output."""
+    directory, its tasks' results, what ansible-playbook printed of its own tasks (each
+    from its ``TASK [...]`` line to the next task's), and the whole play's stderr (where
+    Ansible's warnings go, not told apart by task)."""
 
     directory: Path
     results: list[dict[str, Any]]
     stdout: str
     stderr: str
+
+
+TASK_HEADER = re.compile(r"^TASK \[(.*)\] \**$", re.MULTILINE)
+
+
+def printed_by_task(stdout: str) -> dict[str, str]:
+    """What ansible-playbook printed for each task, by its name: from its ``TASK [name]``
+    line up to the next task's (the last, up to the recap)."""
+    headers = list(TASK_HEADER.finditer(stdout))
+    ends = [header.start() for header in headers[1:]] + [stdout.find("PLAY RECAP")]
+    return {header[1]: stdout[header.start():end]
+            for header, end in zip(headers, ends, strict=True)}
 
 
 def shared_playbook(directory: Path, env: dict[str, str], parts: Mapping[str, Tasks],
@@ -137,25 +151,28 @@ def shared_playbook(directory: Path, env: dict[str, str], parts: Mapping[str, Ta
     each ansible-playbook run costs about a second of CPU before its first task.
 
     Every task runs whatever the others do (``ignore_errors``): a test reads whether its
-    own failed from its results.
+    own failed from its results, and what was printed of its own tasks alone (another's
+    MODULE FAILURE failed every test that looked for none in the play's output).
     """
     tasks: list[dict[str, Any]] = []
-    made: dict[str, int] = {}
+    made: dict[str, list[str]] = {}
     for name, part in parts.items():
         (directory / name).mkdir()
-        own = part(directory / name)
-        made[name] = len(own)
-        tasks += [{"name": f"{name} {index}", **task, "ignore_errors": True}
-                  for index, task in enumerate(own)]
+        own = [{"name": f"{name} {index}", **task, "ignore_errors": True}
+               for index, task in enumerate(part(directory / name))]
+        made[name] = [task["name"] for task in own]  # a task may name itself
+        tasks += own
     run = playbook(directory, env, tasks, *flags)
     assert run.returncode == 0, run.stdout + run.stderr
     assert len(run.results) == len(tasks), run.stdout + run.stderr
+    printed = printed_by_task(run.stdout)
+    assert len(printed) == len(tasks) + 1, run.stdout  # and the save task, each named once
     shared: dict[str, Part] = {}
     start = 0
-    for name, count in made.items():
-        shared[name] = Part(directory / name, run.results[start:start + count],
-                            run.stdout, run.stderr)
-        start += count
+    for name, names in made.items():
+        shared[name] = Part(directory / name, run.results[start:start + len(names)],
+                            "".join(printed[task] for task in names), run.stderr)
+        start += len(names)
     return shared
 
 

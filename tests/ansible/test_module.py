@@ -260,6 +260,25 @@ def shared_play(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Part]:
 
 
 @in_the_shared_play
+def printing_a_module_failure(_directory: Path) -> list[dict[str, Any]]:
+    # What another part's broken task prints (ansible-core before 2.19 prints a module's
+    # crash as MODULE FAILURE and its Traceback): every test of the play that asserted
+    # no_traceback over the whole play's output failed with it, naming the wrong tests.
+    return [{"ansible.builtin.debug": {
+        "msg": "MODULE FAILURE\nTraceback (most recent call last): of this task alone"}}]
+
+
+def test_a_shared_play_s_part_holds_what_its_own_tasks_printed_alone(
+        shared_play: dict[str, Part]) -> None:
+    printed = "MODULE FAILURE\\nTraceback (most recent call last): of this task alone"
+    assert printed in shared_play["printing_a_module_failure"].stdout
+    others = {name: part for name, part in shared_play.items()
+              if name != "printing_a_module_failure"}
+    assert [name for name, part in others.items() if "of this task alone" in part.stdout] == []
+    assert all(f"TASK [{name} 0]" in part.stdout for name, part in others.items())
+
+
+@in_the_shared_play
 def bad_input(_directory: Path) -> list[dict[str, Any]]:
     # None of these reaches a backend: no root, no namespace needed. One of each way a
     # task's input is refused, through ansible-playbook: a spec's problems (k3snet's
