@@ -110,3 +110,32 @@ def test_a_quota_or_limit_a_map_picks_is_unknown_not_taken_under(
     # The kernel's view: under the limit (no match), the quota spent (``over`` matches).
     assert bool(answer["ok"]) == (kind == "limit"), answer
     assert traced.verdict is Verdict.UNKNOWN, traced.render()
+
+
+ELEMENT = """table ip fw {{
+ set s {{ type ipv4_addr; {counted}; elements = {{ 10.42.0.10 }} }}
+ chain a {{
+  type filter hook forward priority 0; policy accept;
+  ip saddr @s drop
+ }}
+}}
+"""
+
+
+@pytest.mark.parametrize("counted", ["quota over 1000 mbytes", "limit rate over 1000/second"])
+def test_a_set_element_holding_its_own_quota_or_limit_is_unknown_not_a_plain_hit(
+        doctor_lab: DoctorLab, counted: str) -> None:
+    """The kernel's lookup counts the packet in the element's own quota or limit, and its
+    ``over`` with room left breaks the match: the rule passes the flow over, while the
+    doctor took the element's hit for a match and the flow for dropped."""
+    topology = Topology()
+    doctor_lab.configure(topology)
+    subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "-f", "-"],
+                   input=ELEMENT.format(counted=counted), text=True, check=True)
+    try:
+        answer, traced = doctor_lab.kernel_and_trace(topology)
+    finally:
+        subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "delete", "table", "ip",
+                        "fw"], check=False)
+    assert answer["ok"], answer  # the kernel's view: the element's ``over`` did not match
+    assert traced.verdict is Verdict.UNKNOWN, traced.render()
