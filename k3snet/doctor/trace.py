@@ -84,9 +84,11 @@ MAX_BRANCHES = 32
 
 # A word holding a byte that is not UTF-8 (a lone surrogate, as the readers keep such a
 # byte of a device's name): up to a space, a character no interface name holds or a
-# clause's punctuation, not ending in a sentence's full stop.
-_BYTE_WORD = re.compile(r"[^\s/:(),;'\"`]*[\ud800-\udfff]"
-                        r"(?:[^\s/:(),;'\"`]*[^\s/:(),;.'\"`])?")
+# clause's punctuation, not ending in a sentence's full stop. A space is the kernel's
+# (isspace: dev_valid_name refuses these), not Python's ``\s``: a name may hold the
+# separators \x1c to \x1f, NEL or U+3000, which split it into three words.
+_BYTE_WORD = re.compile(r"[^ \t\n\v\f\r/:(),;'\"`]*[\ud800-\udfff]"
+                        r"(?:[^ \t\n\v\f\r/:(),;'\"`]*[^ \t\n\v\f\r/:(),;.'\"`])?")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 # What ends a word in prose that a kernel's device name may hold all the same.
 _CLAUSE = re.compile(r"[(),;.'\"`]")
@@ -119,7 +121,7 @@ def _byte_words(text: str, names: Iterable[str]) -> Iterator[tuple[int, int]]:
         yield from (found.span() for found in _BYTE_WORD.finditer(text))
         return
     known = "|".join(map(re.escape, odd))
-    word = re.compile(rf"(?:{known}|[^\s/:(),;'\"`])+")
+    word = re.compile(rf"(?:{known}|[^ \t\n\v\f\r/:(),;'\"`])+")
     for found in word.finditer(text):
         start, end = found.span()
         # A full stop ends a sentence, not a word, unless a name holds it.

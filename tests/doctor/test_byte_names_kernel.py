@@ -156,3 +156,39 @@ def test_a_device_name_holding_clause_punctuation_and_a_non_utf8_byte_is_one_she
     assert r"leaves dev $'q(\xfe)';" in out, out
     assert r"interface name $'q(\xfe)' is not valid" in out, out
     assert _shell_words(r"$'p;\xff' $'q(\xfe)'") == [b"p;\xff", b"q(\xfe)"]
+
+
+# Kernel names holding what Python's str.isspace takes for a space but the kernel's
+# isspace does not (0x1d, the group separator; U+3000 in UTF-8), beside a byte that is
+# not UTF-8.
+SEPARATOR = b"r\x1d\xff".decode(errors="surrogateescape")  # 10.5.0.1/24
+WIDE_SPACE = b"\xe3\x80\x80\xfe".decode(errors="surrogateescape")  # 10.6.0.1/24
+SPACE_NETNS = "h-crossdr2-1"
+
+
+@pytest.fixture
+def space_node() -> Iterator[str]:
+    subprocess.run(["ip", "netns", "add", SPACE_NETNS], check=True)
+    try:
+        for name, peer, address in ((SEPARATOR, "pa", "10.5.0.1/24"),
+                                    (WIDE_SPACE, "pb", "10.6.0.1/24")):
+            for argv in (["link", "add", name, "type", "veth", "peer", "name", peer],
+                         ["link", "set", name, "up"], ["link", "set", peer, "up"],
+                         ["addr", "add", address, "dev", name]):
+                assert _run(["ip", "-n", SPACE_NETNS, *argv]).returncode == 0, argv
+        run_in(SPACE_NETNS, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        yield SPACE_NETNS
+    finally:
+        subprocess.run(["ip", "netns", "del", SPACE_NETNS], check=False)
+
+
+def test_a_device_name_holding_a_separator_python_calls_a_space_is_one_shell_word(
+        space_node: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Split at the 0x1d as at a space, ``$'r'\\x1d$'\\xff'`` pasted was three words, the
+    middle one ``x1d``: another device."""
+    main(["doctor", "--netns", space_node, "--from", "10.5.0.7", "--to", "10.6.0.5:80"])
+    out = capsys.readouterr().out
+    assert r"arrives on $'r\x1d\xff' (10.5.0.0/24 dev $'r\x1d\xff')" in out, out
+    assert r"leaves dev $'\xe3\x80\x80\xfe';" in out, out
+    assert _shell_words(r"$'r\x1d\xff' $'\xe3\x80\x80\xfe'") == [b"r\x1d\xff",
+                                                                 b"\xe3\x80\x80\xfe"]
