@@ -404,16 +404,22 @@ def _draw_inside(draw: st.DrawFn, parent: Network, depth: int) -> Network:
     return type(parent)((int(parent.network_address) | (index << (bits - prefix)), prefix))
 
 
+@functools.lru_cache(maxsize=4)
+def _nat_destinations(version: int) -> SearchStrategy[Network | None]:
+    """A NAT rule's destination, if any: anywhere, or link-local (made once per family:
+    a ``one_of`` made in every draw missed ``maybe``'s cache and was checked anew)."""
+    longest = 28 if version == 4 else 120
+    return maybe(st.one_of(networks(version, max_prefix=longest),
+                           networks(within=_LINK_LOCAL_NET[version], max_prefix=longest)))
+
+
 def _nat_fields(draw: st.DrawFn, family: int | None, sources: SearchStrategy[Network] | None,
                 devices: Sequence[str | None]) -> dict[str, Any]:
     version = draw(families(family))
     source = draw(sources if sources is not None else networks(version, max_prefix=24 if
                                                                 version == 4 else 64))
     version = source.version
-    destination = draw(maybe(st.one_of(
-        networks(version, max_prefix=28 if version == 4 else 120),
-        networks(within=_LINK_LOCAL_NET[version],
-                 max_prefix=28 if version == 4 else 120))))
+    destination = draw(_nat_destinations(version))
     exclude: list[Network] = []
     if draw(st.booleans()):
         if destination is None:

@@ -7,7 +7,7 @@ import os
 import shlex
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -39,7 +39,7 @@ from k3snet import (
 from k3snet import compile as compile_spec
 from k3snet.agent._logging import LOG_ITEMS
 from k3snet.agent._loop import _one_line  # the agent log line of a failed pass
-from k3snet.backends import Backend, register_backend, registry
+from k3snet.backends import Backend, load_backend, register_backend, registry
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import BackendBase
 from k3snet.backends.memory import MemoryBackend
@@ -712,6 +712,15 @@ def installed_example(tmp_path: Path) -> Iterator[None]:
         sys.modules.pop("k3snet_jsonfile", None)
 
 
+def _jsonfile_reopener() -> Callable[[Backend], Backend]:
+    """``reopen=``: the next process's backend on the backend's file, of the class the
+    ``jsonfile`` entry point names, looked up once (``create_backend`` scans every
+    installed package's entry points at each call: 300 scans a run, most of its CPU);
+    the run's first backend is made by name, ``create_backend("jsonfile", ...)``."""
+    factory = load_backend("jsonfile")
+    return lambda backend: factory(path=backend.path)  # type: ignore[attr-defined]
+
+
 @pytest.mark.usefixtures("installed_example")
 def test_a_third_party_backend_registered_by_entry_point_passes_conformance(
     tmp_path: Path,
@@ -719,8 +728,7 @@ def test_a_third_party_backend_registered_by_entry_point_passes_conformance(
     assert "jsonfile" in available_backends()
     counter = iter(range(10**6))
     run_conformance(lambda: create_backend("jsonfile", path=tmp_path / f"s{next(counter)}.json"),
-                    max_examples=30,
-                    reopen=lambda backend: create_backend("jsonfile", path=backend.path))  # type: ignore[attr-defined]
+                    max_examples=30, reopen=_jsonfile_reopener())
     backend = create_backend("jsonfile", path=tmp_path / "demo.json")
     rule = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
     backend.apply(plan(backend.observe(), State(owned=[rule])))
@@ -756,9 +764,7 @@ def test_the_example_backend_keeps_other_programs_entries_and_passes_conformance
 
     with warnings.catch_warnings():
         warnings.filterwarnings("error", "run_conformance.*found no foreign", UserWarning)
-        run_conformance(shared_file, max_examples=30,
-                        reopen=lambda backend: create_backend(
-                            "jsonfile", path=backend.path),  # type: ignore[attr-defined]
+        run_conformance(shared_file, max_examples=30, reopen=_jsonfile_reopener(),
                         store=_file_entries)
     backend = shared_file()
     rule = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
@@ -1233,7 +1239,6 @@ def test_a_group_disarms_the_fault_it_armed_for_a_member_an_earlier_failure_kept
 def test_the_table_of_built_in_backends_gives_each_one_s_kinds() -> None:
     """docs/backends.md's first table: one row per built-in backend, with the kinds its
     class manages (``memory``: all)."""
-    from k3snet.backends import load_backend  # noqa: PLC0415
     from k3snet.backends.registry import available_backends  # noqa: PLC0415
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "backends.md").read_text()
