@@ -484,6 +484,26 @@ def test_the_spec_text_size_bound_is_never_above_the_text_written(spec: Spec) ->
     assert manifests._yaml_size_at_least(spec.to_dict()) <= len(text.encode())
 
 
+# What a spec's dict may hold beyond the drawn specs (free backend options): text needing
+# escapes or quotes, block scalars, long and odd keys, empty lists and mappings, floats.
+_HOSTILE_TEXT = (st.text(max_size=20)
+                 | st.text(st.sampled_from(" \n\t'\"#:-?|>&*!%@`{}[],a\u00e9\u2028\x85\ufeff"),
+                           max_size=20))
+_HOSTILE_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _HOSTILE_TEXT,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(_HOSTILE_TEXT | st.text(min_size=120, max_size=140), inner, max_size=3),
+    max_leaves=12)
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.dictionaries(_HOSTILE_TEXT, _HOSTILE_VALUES, max_size=4))
+def test_the_yaml_size_bound_is_never_above_the_yaml_written_for_any_values(
+        value: dict[str, Any]) -> None:
+    # A false refusal of a spec that fits would be worse than a late refusal.
+    assert manifests._yaml_size_at_least(value) <= len(manifests._dump(value).encode())
+
+
 def _host_paths(objs: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     """hostPath -> (type, mountPath) of the agent."""
     pod = _one(objs, "DaemonSet", AGENT_NAME)["spec"]["template"]["spec"]
