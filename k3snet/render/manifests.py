@@ -500,6 +500,9 @@ class _Profile:
     name: str
     spec: Spec
     text: str
+    # A bound on its ConfigMap's bytes when its text was not given; over the limit, its
+    # text is not written ("").
+    least: int = 0
 
     @property
     def configmap(self) -> str:
@@ -517,7 +520,10 @@ def _profiles(spec: Spec, given: Mapping[str, Spec | tuple[Spec, str]]) -> list[
     found: list[_Profile] = []
     for name in sorted(given):
         value = given[name]
-        other, text = value if isinstance(value, tuple) else (value, _spec_text(value))
+        other, text = value if isinstance(value, tuple) else (value, "")
+        least = 0 if isinstance(value, tuple) else _spec_size_at_least(other)
+        if not isinstance(value, tuple) and least <= CONFIGMAP_MAX_BYTES:
+            text = _spec_text(other)
         where = f"profiles.{name}"
         if name == DEFAULT_PROFILE or not _DNS_LABEL.fullmatch(name) or len(name) > 40:
             problems.append(Problem(where, f"a profile name is a DNS label of at most 40 "
@@ -537,7 +543,7 @@ def _profiles(spec: Spec, given: Mapping[str, Spec | tuple[Spec, str]]) -> list[
                 problems.append(Problem(f"{where}.backends.{backend}", (
                     "must equal the base spec's options of this backend (it writes objects "
                     "shared by the cluster)")))
-        found.append(_Profile(name, other, text))
+        found.append(_Profile(name, other, text, least))
     if problems:
         raise SpecError(problems)
     return found
@@ -1300,12 +1306,14 @@ def render_manifests(
                          node_restriction, lease_candidates=lease_candidates)
     others = _profiles(spec, profiles or {})
     # A spec's own text is 1.4 MB at 10,000 destinations, over a second to write: one
-    # sure to be over the limit is refused from a cheap bound on its size, not written.
-    least = (_yaml_size_at_least(spec.to_dict()) + len(posixpath.basename(SPEC_PATH))
-             if spec_text is None else 0)
-    too_big = ([_too_big(spec.agent.namespace, SPEC_CONFIGMAP_NAME, least, at_least=True)]
-               if least > CONFIGMAP_MAX_BYTES else [])
-    text = "" if too_big else _spec_text(spec) if spec_text is None else spec_text
+    # sure to be over the limit is refused from a cheap bound on its size, not written
+    # (a profile's too: _profiles).
+    least = _spec_size_at_least(spec) if spec_text is None else 0
+    default = _Profile(DEFAULT_PROFILE, spec, "", least)
+    too_big = [_too_big(spec.agent.namespace, profile.configmap, profile.least, at_least=True)
+               for profile in (default, *others) if profile.least > CONFIGMAP_MAX_BYTES]
+    text = ("" if default.least > CONFIGMAP_MAX_BYTES
+            else _spec_text(spec) if spec_text is None else spec_text)
     objs = _agent_objects(spec, needs, text, others)
     if spec.dns:
         objs.append(_coredns_custom(spec.dns))
@@ -1348,6 +1356,12 @@ def _too_big(namespace: str, name: str, size: int, *, at_least: bool = False) ->
     return Problem(where, (
         f"ConfigMap {namespace}/{name} would hold {size} bytes{' or more' if at_least else ''}, "
         f"more than the {CONFIGMAP_MAX_BYTES} (1 MiB) the API server accepts; give {advice}"))
+
+
+def _spec_size_at_least(spec: Spec) -> int:
+    """A bound the ConfigMap holding ``spec``'s text (its key and that text) holds no
+    fewer bytes than, without writing that text."""
+    return _yaml_size_at_least(spec.to_dict()) + len(posixpath.basename(SPEC_PATH))
 
 
 def _yaml_size_at_least(value: Any) -> int:

@@ -476,12 +476,54 @@ def test_a_spec_sure_to_be_over_the_configmap_limit_is_refused_before_its_text_i
         render_manifests(spec)
 
 
+def test_a_profile_spec_sure_to_be_over_the_configmap_limit_is_refused_before_its_text_is_written(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A profile given as a Spec (no text) had its whole text written before the refusal
+    # (the bound was the base spec's only): refused from the bound too, where it is.
+    destinations = [Destination(f"10.{100 + i // 256}.{i % 256}.0/24", gateway="192.168.1.1",
+                                device="eth0") for i in range(10_000)]
+    seed = k3snet.seed_spec()
+    edge = attrs.evolve(seed, destinations=destinations)
+
+    def not_written(spec: Spec) -> str:
+        if spec is edge:
+            raise AssertionError("the profile spec's text was written")
+        return text_of(spec)
+
+    text_of = manifests._spec_text
+    monkeypatch.setattr(manifests, "_spec_text", not_written)
+    with pytest.raises(SpecError, match=r"^1 problem:\n  profiles\.edge: ConfigMap "
+                                        r"kube-system/k3snet-spec-edge would hold \d+ bytes "
+                                        r"or more, more than the 1048576 \(1 MiB\)"):
+        render_manifests(seed, profiles={"edge": edge})
+
+
 @settings(deadline=None, max_examples=50)
 @given(strategies.specs(max_destinations=6))
 def test_the_spec_text_size_bound_is_never_above_the_text_written(spec: Spec) -> None:
     # (the bound refuses a spec early only when its text would be refused anyway)
     text = manifests._spec_text(spec)
     assert manifests._yaml_size_at_least(spec.to_dict()) <= len(text.encode())
+
+
+# What a spec's dict may hold beyond the drawn specs (free backend options): text needing
+# escapes or quotes, block scalars, long and odd keys, empty lists and mappings, floats.
+_HOSTILE_TEXT = (st.text(max_size=20)
+                 | st.text(st.sampled_from(" \n\t'\"#:-?|>&*!%@`{}[],a\u00e9\u2028\x85\ufeff"),
+                           max_size=20))
+_HOSTILE_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | _HOSTILE_TEXT,
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(_HOSTILE_TEXT | st.text(min_size=120, max_size=140), inner, max_size=3),
+    max_leaves=12)
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.dictionaries(_HOSTILE_TEXT, _HOSTILE_VALUES, max_size=4))
+def test_the_yaml_size_bound_is_never_above_the_yaml_written_for_any_values(
+        value: dict[str, Any]) -> None:
+    # A false refusal of a spec that fits would be worse than a late refusal.
+    assert manifests._yaml_size_at_least(value) <= len(manifests._dump(value).encode())
 
 
 def _host_paths(objs: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
