@@ -249,8 +249,11 @@ LOWEST_KERNEL := (pyroute2 or libiptc)$(if $(QUICK), and not conformance)
 # QUICK=1 (CI's, .ci/run): what reaches the libraries of other versions most, ~1.5 minutes
 # with the venv's install instead of ~2.5 (the suite's own time, see the CI log, comes first): the
 # planner's, the CLI's and the agent's tests (attrs, as tests/model and the attrs-alone
-# check reach it; the kubernetes client, as tests/cluster reaches it) and the drivers'
-# conformance runs (their other kernel tests stay) are left to a full `make test-lowest`.
+# check reach it; the kubernetes client, as tests/cluster's other tests reach it), the
+# drivers' conformance runs (their other kernel tests stay) and the cluster backends'
+# (`test_*conforms*`: about a fifth of the quick run, the same client calls as the
+# backends' own tests) are left to a full `make test-lowest`.
+LOWEST_QUICK_K := $(if $(QUICK),-k "not conforms")
 LOWEST_HYPOTHESIS_PROFILE ?= lowest
 # Property tests at the `lowest` profile (50 examples, tests/conftest.py): the question here
 # is whether an older library's API still does, not a new shape of input.
@@ -273,7 +276,8 @@ lowest-deps: $(LOWEST_STAMP)
 
 test-lowest: $(LOWEST_STAMP)
 	PYTHONPATH=$(CURDIR) $(LOWEST)/core/bin/python .ci/attrs_alone.py
-	$(LOWEST_PYTEST) -m "not kernel and not lab and not image" $(LOWEST_TESTS) $(PYTEST_ARGS)
+	$(LOWEST_PYTEST) -m "not kernel and not lab and not image" $(LOWEST_QUICK_K) $(LOWEST_TESTS) \
+		$(PYTEST_ARGS)
 	$(if $(filter 0,$(shell id -u)),$(LOWEST_PYTEST) -m "kernel and not lab" -k "$(LOWEST_KERNEL)" \
 		$(LOWEST_KERNEL_TESTS) $(PYTEST_ARGS),@echo "not root: the drivers' kernel tests left out")
 
