@@ -1288,8 +1288,10 @@ class CiliumBackend(BackendBase):
         # The agent container's flags and variables the last observe read, for
         # disruptive() (which reads the ConfigMap again, not the DaemonSet).
         self._options: tuple[CiliumAgentOption, ...] = ()
-        # The other DaemonSets running a cilium-agent the last observe found, by name.
+        # The other DaemonSets running a cilium-agent the last observe found, by name;
+        # those of them whose agents read cilium-config (_reads_config).
         self._agents: tuple[str, ...] = ()
+        self._readers: tuple[str, ...] = ()
         # The owned config the last expect() hinted at (None: no hint, or none wanted).
         self._expected: CiliumConfig | None = None
         self.warnings: tuple[str, ...] = ()
@@ -1401,7 +1403,7 @@ class CiliumBackend(BackendBase):
         self._observed.drop()
         self.warnings = ()
         self._options = ()
-        self._agents = ()
+        self._agents = self._readers = ()
         read = self._read()
         self._stamp = (None if read.config is None else read.config.changed_at,)
         if read.config is None:
@@ -1412,6 +1414,7 @@ class CiliumBackend(BackendBase):
         others = (tuple(self._api.agent_daemonsets(self._daemonset))
                   if isinstance(daemonset, Mapping) else None)
         self._agents = tuple(name for name, _ in others or ())
+        self._readers = tuple(name for name, found in others or () if self._reads_config(found))
         sources = self._config_sources(daemonset, others or (), owned)
         nodes = self._taken_overrides(self._nodes(), sources)
         found = list(nodes.overrides)
@@ -1916,10 +1919,27 @@ class CiliumBackend(BackendBase):
         if settings(change.before) == settings(change.after) and not (
                 self._file_copied and agent(change.before) != agent(change.after)):
             return None
-        if self._agents:  # every DaemonSet running a cilium-agent the observe found
+        # Every DaemonSet running a cilium-agent the observe found whose agents read
+        # cilium-config; each one's where the ip-masq-agent file's subPath copy changes.
+        others = (self._agents if self._file_copied and agent(change.before) != agent(
+            change.after) else self._readers)
+        if others:
             return tuple(f"DaemonSet {self._api.namespace}/{name}"
-                         for name in (self._daemonset, *self._agents))
+                         for name in (self._daemonset, *others))
         return f"DaemonSet {self._api.namespace}/{self._daemonset}"
+
+    def _reads_config(self, daemonset: dict[str, Any] | Mapping[str, Any]) -> bool:
+        """Whether the pods of ``daemonset`` (JSON) run Cilium's agent
+        (:func:`~k3snet.backends.cilium_mount.runs_agent`) reading ``cilium-config``: its
+        config init container's ``--source`` names it, or it has none (Helm's before
+        ``build-config``: the ConfigMap's volume), or which is not known. A copy for a
+        node pool reading its own ConfigMap alone awaits no restart for a change of
+        ``cilium-config``."""
+        if not runs_agent(daemonset):
+            return False
+        sources = config_sources(daemonset, self._api.namespace)
+        return not isinstance(sources, ConfigSources) or (
+            "config-map", self._api.namespace, self._api.config_name) in sources.sources
 
     # ------------------------------------------------------------ disruptive changes
 
@@ -2401,9 +2421,10 @@ class CiliumBackend(BackendBase):
             self._api.core.api_client, self._api.namespace, self._api.config_name,
             {CHANGED_ANNOTATION: known[0]},
             reason="Cilium's agents read it when they start",
-            known=(self._daemonset, *self._agents),
+            known=(self._daemonset, *(self._agents if self._file_copied else self._readers)),
             timeout=self._api.timeout, settled=self._settled, changed=changed,
-            now=self._api.clock.now(), reads=runs_agent,
+            now=self._api.clock.now(), reads=runs_agent if self._file_copied
+            else self._reads_config,
             hint=(f"name Cilium's DaemonSet with the backend's daemonset option "
                   f"(--backend-opt cilium.daemonset=NAME; now {self._daemonset!r})"))
 
