@@ -66,7 +66,8 @@ a pass (a failed read is a warning where the ip-masq-agent is on nowhere): the k
 otherwise is a conflict: the write has no effect. Those of another DaemonSet running a
 ``cilium-agent`` there (a copy for a node pool) are read too, and a key they set otherwise
 is a warning, left to ``cilium-config``; its mount of the ip-masq-agent ConfigMap is judged
-as the named one's, and its pods are followed for a restart; a command running a shell's
+as the named one's (but where its nodes run the ip-masq-agent off), and its pods are
+followed for a restart where it reads ``cilium-config``; a command running a shell's
 script, or a config file replacing the config directory, leaves them unknown (a warning).
 The named DaemonSet's ``config`` init container (``cilium-dbg build-config``) says which
 sources fill that directory and which keys of those after the first it keeps: a
