@@ -66,7 +66,8 @@ a pass (a failed read is a warning where the ip-masq-agent is on nowhere): the k
 otherwise is a conflict: the write has no effect. Those of another DaemonSet running a
 ``cilium-agent`` there (a copy for a node pool) are read too, and a key they set otherwise
 is a warning, left to ``cilium-config``; its mount of the ip-masq-agent ConfigMap is judged
-as the named one's, and its pods are followed for a restart; a command running a shell's
+as the named one's (but where its nodes run the ip-masq-agent off), and its pods are
+followed for a restart where it reads ``cilium-config``; a command running a shell's
 script, or a config file replacing the config directory, leaves them unknown (a warning).
 The named DaemonSet's ``config`` init container (``cilium-dbg build-config``) says which
 sources fill that directory and which keys of those after the first it keeps: a
@@ -781,7 +782,9 @@ class _Api:
 
     def agent_daemonsets(self, known: str) -> list[tuple[str, dict[str, Any]]]:
         """The DaemonSets of the namespace but ``known`` whose pod template runs a
-        ``cilium-agent`` container (JSON), but those running on no node now, by name,
+        ``cilium-agent`` container (JSON), but those running on no node now or being
+        deleted (``metadata.deletionTimestamp``: its controller starts no pod of it
+        again, and the garbage collector deletes those it has), by name,
         listed from the API server's watch cache (:data:`~k3snet.kube.LIST_PAGE` a
         request); none where they are not to be listed
         (403, an earlier Role) or the list fails (a warning), or not served (404)."""
@@ -812,9 +815,10 @@ class _Api:
         for item in items:
             metadata = item.get("metadata") if isinstance(item, dict) else None
             name = metadata.get("name") if isinstance(metadata, dict) else None
-            # One running on no node now (a pool scaled to zero) sets no agent's options.
+            # One running on no node now (a pool scaled to zero), or being deleted, sets
+            # no agent's options.
             if isinstance(name, str) and name != known and runs_agent(item) and not (
-                    runs_nowhere(item)):
+                    runs_nowhere(item) or (metadata or {}).get("deletionTimestamp")):
                 found.append((name, item))
         return sorted(found, key=lambda pair: pair[0])
 
@@ -967,6 +971,45 @@ _LIST_OPTIONS = frozenset({"devices"})
 
 # The ip-masq-agent-config-path values of each Node, by name (_Nodes.files; None: not known).
 _ByNode = Mapping[str, tuple[str | None, ...]] | None
+
+
+def _template_nodes(daemonset: Mapping[str, Any], labels: Mapping[str, Mapping[str, str]]
+                    ) -> frozenset[str] | None:
+    """The Nodes of ``labels`` (by name) the pod template of ``daemonset`` (JSON) may run
+    on, as its controller picks them: its ``nodeSelector`` and the terms of its required
+    node affinity (any one term, each of its expressions) select them; taints are not
+    read (a node not tolerated is kept: it may be). None where that is not known: a
+    ``matchFields`` term, or an operator or a selector apimachinery reads otherwise
+    (``Gt``, ``Lt``)."""
+    spec = daemonset.get("spec")
+    template = spec.get("template") if isinstance(spec, dict) else None
+    pod = template.get("spec") if isinstance(template, dict) else None
+    pod = pod if isinstance(pod, dict) else {}
+    selector = pod.get("nodeSelector") or {}
+    affinity = pod.get("affinity")
+    node = affinity.get("nodeAffinity") if isinstance(affinity, dict) else None
+    required = (node.get("requiredDuringSchedulingIgnoredDuringExecution")
+                if isinstance(node, dict) else None)
+    terms = required.get("nodeSelectorTerms") if isinstance(required, dict) else None
+    if not isinstance(selector, dict) or not (terms is None or isinstance(terms, list)):
+        return None
+    selectors = []
+    for term in terms or ():
+        if not isinstance(term, dict) or term.get("matchFields"):
+            return None
+        expressions = term.get("matchExpressions") or []
+        if not isinstance(expressions, list) or any(
+                not isinstance(e, dict) or e.get("operator") in ("Gt", "Lt") for e in expressions):
+            return None
+        if expressions:  # a term without expressions selects no node
+            selectors.append({"matchExpressions": expressions})
+    try:
+        return frozenset(
+            name for name, found in labels.items()
+            if selector_matches({"matchLabels": selector}, found)
+            and (terms is None or any(selector_matches(s, found) for s in selectors)))
+    except ValueError:
+        return None
 
 
 def _agent_file(path: str | None) -> str:
@@ -1246,8 +1289,10 @@ class CiliumBackend(BackendBase):
         # The agent container's flags and variables the last observe read, for
         # disruptive() (which reads the ConfigMap again, not the DaemonSet).
         self._options: tuple[CiliumAgentOption, ...] = ()
-        # The other DaemonSets running a cilium-agent the last observe found, by name.
+        # The other DaemonSets running a cilium-agent the last observe found, by name;
+        # those of them whose agents read cilium-config (_reads_config).
         self._agents: tuple[str, ...] = ()
+        self._readers: tuple[str, ...] = ()
         # The owned config the last expect() hinted at (None: no hint, or none wanted).
         self._expected: CiliumConfig | None = None
         self.warnings: tuple[str, ...] = ()
@@ -1359,7 +1404,7 @@ class CiliumBackend(BackendBase):
         self._observed.drop()
         self.warnings = ()
         self._options = ()
-        self._agents = ()
+        self._agents = self._readers = ()
         read = self._read()
         self._stamp = (None if read.config is None else read.config.changed_at,)
         if read.config is None:
@@ -1370,6 +1415,7 @@ class CiliumBackend(BackendBase):
         others = (tuple(self._api.agent_daemonsets(self._daemonset))
                   if isinstance(daemonset, Mapping) else None)
         self._agents = tuple(name for name, _ in others or ())
+        self._readers = tuple(name for name, found in others or () if self._reads_config(found))
         sources = self._config_sources(daemonset, others or (), owned)
         nodes = self._taken_overrides(self._nodes(), sources)
         found = list(nodes.overrides)
@@ -1393,7 +1439,7 @@ class CiliumBackend(BackendBase):
                            "variables are not read, cilium-config is judged alone")
         if paths:
             mount = self._mount(paths, daemonset, by_node=nodes.files(_laid(foreign, owned)),
-                                others=others)
+                                others=others, labels=nodes.labels)
             mount.warn_if(True, self._api.warn)
             foreign = attrs.evolve(foreign, ip_masq_agent_unmounted=mount.unmounted,
                                    ip_masq_agent_no_directory=mount.no_directory)
@@ -1624,7 +1670,7 @@ class CiliumBackend(BackendBase):
             mount = self._mount(paths, daemonset if observed is None else observed.daemonset,
                                 by_node=nodes.files(self._settings(after, read.options)),
                                 pods=None if observed is None else observed.pods,
-                                others=read.others)
+                                others=read.others, labels=nodes.labels)
         except BackendError:  # check and apply read it again, and fail
             return None
         if mount.unknown is not None:
@@ -1640,7 +1686,8 @@ class CiliumBackend(BackendBase):
     def _mount(self, paths: Iterable[str | None],
                found: Mapping[str, Any] | str | None = None, *, by_node: _ByNode = None,
                pods: tuple[dict[str, Any], ...] | None = None,
-               others: tuple[tuple[str, Mapping[str, Any]], ...] | None = None) -> _Mount:
+               others: tuple[tuple[str, Mapping[str, Any]], ...] | None = None,
+               labels: Mapping[str, Mapping[str, str]] | None = None) -> _Mount:
         """Why Cilium's agents do not read the ip-masq-agent ConfigMap (``unmounted``
         ``None``: they do, or it is not known: the DaemonSet not found or not to be read,
         a warning), and whether their container has no directory for its file at all.
@@ -1658,7 +1705,11 @@ class CiliumBackend(BackendBase):
         nodes read the file through its own mount; of all, the one worst off is said (a
         mount not known there is a warning of its own). One whose agents
         ``cilium-config``'s ``enable-ip-masq-agent`` does not reach is not
-        (:meth:`_keeps_ip_masq_agent_off`)."""
+        (:meth:`_keeps_ip_masq_agent_off`); where the Nodes' ``labels`` are known (with
+        ``by_node``) and its config init container builds the config directory as the
+        named one's does, one is judged by the files of the nodes its template selects
+        (:func:`_template_nodes`), and not where the ip-masq-agent is off on all of them
+        (a CiliumNodeConfig of its node pool turning it off)."""
         paths = list(paths)
         asked = frozenset(_agent_file(p) for p in paths) or frozenset({DEFAULT_AGENT_FILE})
         daemonset = self._api.daemonset(self._daemonset) if found is None else found
@@ -1667,10 +1718,20 @@ class CiliumBackend(BackendBase):
         if others is None:
             others = tuple(self._api.agent_daemonsets(self._daemonset))
         mount = self._mount_of(self._daemonset, paths, daemonset, by_node, pods)
+        named_sources = config_sources(daemonset, self._api.namespace)
         for name, other in others:
             if self._keeps_ip_masq_agent_off(other):
                 continue
-            theirs = self._mount_of(name, paths, other, by_node, None)
+            # Each node's file (by_node) is the one the named DaemonSet's config init
+            # container builds: the copy's nodes read it where the copy's builds the same.
+            sources = config_sources(other, self._api.namespace)
+            selected = (None if by_node is None or labels is None or isinstance(sources, str)
+                        or sources != named_sources else _template_nodes(other, labels))
+            theirs_paths = paths if selected is None or by_node is None else list(
+                dict.fromkeys(p for node in sorted(selected) for p in by_node.get(node, ())))
+            if not theirs_paths:
+                continue  # off on every node it runs on: its agents read no file
+            theirs = self._mount_of(name, theirs_paths, other, by_node, None)
             if theirs.unknown is not None:
                 self._api.warn(theirs.unknown)
                 continue
@@ -1859,10 +1920,27 @@ class CiliumBackend(BackendBase):
         if settings(change.before) == settings(change.after) and not (
                 self._file_copied and agent(change.before) != agent(change.after)):
             return None
-        if self._agents:  # every DaemonSet running a cilium-agent the observe found
+        # Every DaemonSet running a cilium-agent the observe found whose agents read
+        # cilium-config; each one's where the ip-masq-agent file's subPath copy changes.
+        others = (self._agents if self._file_copied and agent(change.before) != agent(
+            change.after) else self._readers)
+        if others:
             return tuple(f"DaemonSet {self._api.namespace}/{name}"
-                         for name in (self._daemonset, *self._agents))
+                         for name in (self._daemonset, *others))
         return f"DaemonSet {self._api.namespace}/{self._daemonset}"
+
+    def _reads_config(self, daemonset: dict[str, Any] | Mapping[str, Any]) -> bool:
+        """Whether the pods of ``daemonset`` (JSON) run Cilium's agent
+        (:func:`~k3snet.backends.cilium_mount.runs_agent`) reading ``cilium-config``: its
+        config init container's ``--source`` names it, or it has none (Helm's before
+        ``build-config``: the ConfigMap's volume), or which is not known. A copy for a
+        node pool reading its own ConfigMap alone awaits no restart for a change of
+        ``cilium-config``."""
+        if not runs_agent(daemonset):
+            return False
+        sources = config_sources(daemonset, self._api.namespace)
+        return not isinstance(sources, ConfigSources) or (
+            "config-map", self._api.namespace, self._api.config_name) in sources.sources
 
     # ------------------------------------------------------------ disruptive changes
 
@@ -2072,7 +2150,7 @@ class CiliumBackend(BackendBase):
                                 else read_already.daemonset,
                                 by_node=nodes.files(self._settings(after, read.options)),
                                 pods=None if read_already is None else read_already.pods,
-                                others=read.others)
+                                others=read.others, labels=nodes.labels)
         except BackendError as exc:
             raise _nothing_changed(exc) from exc
         mount.warn_if(True, self._api.warn)
@@ -2344,9 +2422,10 @@ class CiliumBackend(BackendBase):
             self._api.core.api_client, self._api.namespace, self._api.config_name,
             {CHANGED_ANNOTATION: known[0]},
             reason="Cilium's agents read it when they start",
-            known=(self._daemonset, *self._agents),
+            known=(self._daemonset, *(self._agents if self._file_copied else self._readers)),
             timeout=self._api.timeout, settled=self._settled, changed=changed,
-            now=self._api.clock.now(), reads=runs_agent,
+            now=self._api.clock.now(), reads=runs_agent if self._file_copied
+            else self._reads_config,
             hint=(f"name Cilium's DaemonSet with the backend's daemonset option "
                   f"(--backend-opt cilium.daemonset=NAME; now {self._daemonset!r})"))
 

@@ -1640,3 +1640,86 @@ def test_a_second_agent_daemonset_keeping_its_ip_masq_agent_off_is_not_judged(
     (foreign,) = backend.observe().foreign
     assert isinstance(foreign, CiliumConfig)
     assert foreign.ip_masq_agent_no_directory
+
+
+@pytest.mark.parametrize("placed", [
+    {"nodeSelector": {"pool": "gpu"}},
+    {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["gpu"]}]}]}}}},
+], ids=["node-selector", "node-affinity"])
+def test_a_second_agent_daemonset_whose_nodes_a_node_config_turns_the_agent_off_on_is_not_judged(
+    placed: dict[str, Any], api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # cilium-gpu runs on the gpu pool alone, where a CiliumNodeConfig turns the
+    # ip-masq-agent off: its agents read no file and start without /etc/config, yet
+    # turning it on in cilium-config was refused ("every Cilium agent would refuse to
+    # start") for cilium-gpu's lack of /etc/config, as if its nodes ran it.
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    gpu = _pool(cilium_daemonset(ip_masq_agent=False))
+    del _pod(gpu)["nodeSelector"]
+    _pod(gpu).update(copy.deepcopy(placed))
+    api_server.put(DAEMONSETS, gpu)
+    api_server.put(NODES, _node("a"))
+    api_server.put(NODES, _node("g1", pool="gpu"))
+    api_server.put(NODE_CONFIGS_V2, _node_config(
+        "gpu-masq-off", {"enable-ip-masq-agent": "false"},
+        selector={"matchLabels": {"pool": "gpu"}}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    desired = compile_for(backend, _spec())
+    backend.expect(desired)
+    observed = backend.observe()
+    assert backend.warnings == ()
+    assert backend.check(plan(observed, desired)) == ()
+    api_server.put(CONFIGMAPS, _cilium_config(EBPF_AGENT))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert (foreign.ip_masq_agent_unmounted, foreign.ip_masq_agent_no_directory) == (None, False)
+    # A gpu node without the CiliumNodeConfig's label: its agent runs it, and exits.
+    api_server.put(NODES, _node("g2", pool="gpu", masq="on"))
+    api_server.put(NODE_CONFIGS_V2, _node_config(
+        "gpu-masq-off", {"enable-ip-masq-agent": "false"},
+        selector={"matchLabels": {"pool": "gpu"},
+                  "matchExpressions": [{"key": "masq", "operator": "DoesNotExist"}]}))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.ip_masq_agent_no_directory
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in str(foreign.ip_masq_agent_unmounted)
+
+
+def test_a_second_agent_daemonset_building_its_config_otherwise_is_judged_on_every_node(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # Its config init container reads cilium-config alone, no CiliumNodeConfig: the one
+    # turning the agent off on its nodes does not reach them, which run it and exit.
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    gpu = _pool(cilium_daemonset(ip_masq_agent=False))
+    _pod(gpu)["initContainers"][0].update(
+        command=["cilium-dbg", "build-config"], args=["--source=config-map:cilium-config"])
+    api_server.put(DAEMONSETS, gpu)
+    api_server.put(NODES, _node("a"))
+    api_server.put(NODES, _node("g1", pool="gpu"))
+    api_server.put(NODE_CONFIGS_V2, _node_config(
+        "gpu-masq-off", {"enable-ip-masq-agent": "false"},
+        selector={"matchLabels": {"pool": "gpu"}}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
+
+
+def test_a_second_agent_daemonset_being_deleted_is_not_judged(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # Deleted in the foreground, its pods still there: its controller starts none again
+    # and the garbage collector deletes them, yet its lack of /etc/config refused
+    # turning the ip-masq-agent on.
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    gpu = _pool(cilium_daemonset(ip_masq_agent=False))
+    gpu["metadata"].update(deletionTimestamp="2026-12-07T05:00:00Z",
+                           finalizers=["foregroundDeletion"])
+    api_server.put(DAEMONSETS, gpu)
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()

@@ -1393,3 +1393,33 @@ def test_a_pod_of_a_second_agent_daemonset_made_between_a_write_and_its_undo_is_
     assert [(r.workload, r.stale) for r in pending] == [
         ("DaemonSet kube-system/cilium", ("cilium-a",)),
         ("DaemonSet kube-system/cilium-gpu", ("cilium-gpu-x",))]
+
+
+def test_a_second_agent_daemonset_reading_its_own_configmap_alone_awaits_no_restart(
+        api_server: EmulatedApiServer, cilium: CiliumBackend) -> None:
+    # cilium-gpu's config init container builds its agents' config directory from
+    # cilium-config-gpu alone: a change of cilium-config is none of theirs, yet its pods
+    # were named pending until restarted (and the restart named cilium-gpu too).
+    gpu = cilium_daemonset(ip_masq_agent=False, name="cilium-gpu")
+    gpu["spec"]["selector"]["matchLabels"] = GPU_LABELS
+    gpu["spec"]["template"]["metadata"]["labels"] = GPU_LABELS
+    gpu["spec"]["template"]["spec"]["initContainers"][0].update(
+        command=["cilium-dbg", "build-config"], args=["--source=config-map:cilium-config-gpu"])
+    api_server.put(DAEMONSETS, gpu)
+    api_server.put(PODS, daemonset_pod("kube-system", "cilium-gpu-x", "cilium-gpu", GPU_LABELS,
+                                       created=LONG_AGO, started=LONG_AGO))
+    desired = _masquerade("false")
+    assert restarts_needed(cilium, plan(cilium.observe(), desired)) == (
+        "DaemonSet kube-system/cilium",)
+    done = converge(cilium, desired)
+    assert [(r.workload, r.stale) for r in done.restarts] == [
+        ("DaemonSet kube-system/cilium", ("cilium-a", "cilium-b"))]
+    assert [r.workload for r in pending_restarts(_backend(api_server.api_client(), "cilium"))
+            ] == ["DaemonSet kube-system/cilium"]
+    # Reading cilium-config too (after its own ConfigMap): its pods await the restart.
+    gpu["spec"]["template"]["spec"]["initContainers"][0]["args"] = [
+        "--source=config-map:cilium-config-gpu,config-map:cilium-config"]
+    api_server.put(DAEMONSETS, gpu)
+    assert [(r.workload, r.stale) for r in converge(cilium, desired).restarts] == [
+        ("DaemonSet kube-system/cilium", ("cilium-a", "cilium-b")),
+        ("DaemonSet kube-system/cilium-gpu", ("cilium-gpu-x",))]
