@@ -98,6 +98,7 @@ from k3snet.backends.flannel_read import (
     flannel_values,
     is_k3s_generated,
     start_refusals,
+    unread_options,
 )
 from k3snet.backends.flannel_text import (
     ObjectText,
@@ -933,6 +934,12 @@ class FlannelBackend(BackendBase):
                         f"flannel backend refuses {change} on {self.target}: flannel runs "
                         "the extension backend's commands as root on every node, so "
                         f"{'; '.join(commands)} (write them by hand if you mean to)")
+                unread = unread_options(wanted.members().get("Backend"))
+                if unread:
+                    raise PlanError(
+                        f"flannel backend refuses {change} on {self.target}: "
+                        f"{'; '.join(unread)} (Go's JSON decoding drops a key no option "
+                        "matches): correct the option's name, or leave it out")
         problems = fit_problems(self, plan, self._state(doc))
         if problems:
             raise PlanError(f"{self.name} backend refuses the plan for {self.target}, nothing "

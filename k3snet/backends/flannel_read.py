@@ -32,6 +32,7 @@ __all__ = [
     "fold",
     "is_k3s_generated",
     "start_refusals",
+    "unread_options",
 ]
 
 K3S_GENERATED_SUFFIX: tuple[str, ...] = ("agent", "etc", "flannel", "net-conf.json")
@@ -199,9 +200,14 @@ _BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
     "udp": {"Port": _go_int},
     "extension": dict.fromkeys(("PreStartupCommand", "PostStartupCommand",
                                 "SubnetAddCommand", "SubnetRemoveCommand"), _go_string),
+    # pkg/backend/tencentvpc; pkg/backend/hostgw and alloc decode no options
+    "tencent-vpc": dict.fromkeys(("AccessKeyID", "AccessKeySecret"), _go_string),
+    "host-gw": {},
+    "alloc": {},
 }
 """The options of flannel's backends and their Go types: the backend decodes ``Backend``
-into them and stops on a mismatch ("error decoding VXLAN backend config")."""
+into them and stops on a mismatch ("error decoding VXLAN backend config"); a key no
+option matches it drops without a word."""
 
 
 def _backend_options(backend: Mapping[str, Any], where: str
@@ -426,6 +432,32 @@ def command_refusals(before: Mapping[str, Any], backend: Any) -> list[str]:
             and _effective_value(before, "Backend.Type") != "extension"):
         found.append("k3snet never switches Backend.Type to extension")
     return found
+
+
+def unread_options(backend: Any) -> list[str]:
+    """Why k3snet will not write ``backend`` (the ``Backend`` members it sets, its ``Type``
+    among them): each option the Type's backend does not read.
+
+    Flannel's backend decodes ``Backend`` into a struct of its options (matched as Go
+    matches keys: case-insensitively), and Go's JSON decoding drops a key no option
+    matches without a word: written, a typo (``DirectRoute``) or another backend's option
+    (``VNI`` for ``host-gw``) would be reported applied and change nothing.
+
+    >>> unread_options({"Type": "host-gw", "VNI": 3})
+    ["flannel's host-gw backend reads no option, so it would ignore Backend.VNI"]
+    >>> unread_options({"Type": "vxlan", "directRouting": True})
+    []
+    """
+    if not isinstance(backend, Mapping):
+        return []
+    kind = next((v for k, v in backend.items() if fold(k) == "type"), None)
+    options = _BACKEND_OPTIONS.get(flannel_backend_type(kind)) if isinstance(kind, str) else None
+    if options is None:
+        return []  # a Type k3snet does not know the options of: not judged
+    known = {fold(name) for name in options} | {"type"}
+    reads = f"reads only {', '.join(options)}" if options else "reads no option"
+    return [f"flannel's {kind} backend {reads}, so it would ignore Backend.{name}"
+            for name in backend if fold(name) not in known]
 
 
 _FAMILY_NETWORKS: Mapping[str, str] = {"EnableIPv4": "Network", "EnableIPv6": "IPv6Network"}

@@ -805,11 +805,19 @@ def flannel_configs(target: str) -> SearchStrategy[FlannelConfig]:
     """Flannel configs of ``target``: a random subset of keys, with valid values."""
     FlannelConfig(target)  # validate the target up front
 
-    # Each option of the Go type flannel's vxlan backend decodes it into.
-    options = st.fixed_dictionaries({}, optional={
-        "VNI": st.integers(1, 9000), "Port": st.integers(1, 9000),
-        "DirectRouting": st.booleans(), "MTU": st.integers(1, 9000),
-    })
+    # Options of the type's backend, each of the Go type it decodes it into (the backend
+    # refuses to write an option flannel would ignore: host-gw reads none).
+    options: dict[str, SearchStrategy[dict[str, Any]]] = {
+        "vxlan": st.fixed_dictionaries({}, optional={
+            "VNI": st.integers(1, 9000), "Port": st.integers(1, 9000),
+            "DirectRouting": st.booleans(), "MTU": st.integers(1, 9000),
+        }),
+        "host-gw": st.just({}),
+        "wireguard": st.fixed_dictionaries({}, optional={
+            "ListenPort": st.integers(1, 9000), "MTU": st.integers(1, 9000),
+            "PersistentKeepaliveInterval": st.integers(0, 60),
+        }),
+    }
     # Values flannel accepts for its keys (the backend refuses to write others).
     extra = st.fixed_dictionaries({}, optional={
         "SubnetLen": st.integers(16, 28),
@@ -834,7 +842,7 @@ def flannel_configs(target: str) -> SearchStrategy[FlannelConfig]:
             enable_ipv6=enable_ipv6,
             enable_nftables=draw(maybe(st.booleans())),
             backend_type=backend_type,
-            backend_options=draw(options) if backend_type is not None else {},
+            backend_options=draw(options[backend_type]) if backend_type is not None else {},
             extra=draw(extra),
         )
 

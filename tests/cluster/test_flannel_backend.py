@@ -365,7 +365,7 @@ def test_two_k3snet_writers_of_one_file_never_lose_either_edit(
 
 
 @pytest.mark.parametrize("config", [
-    {"backend_type": "vxlan", "backend_options": {"Name": "\ud800"}},
+    {"backend_type": "ipsec", "backend_options": {"ESPProposal": "\ud800"}},
     {"extra": {"x-note": "\udce9"}},
 ])
 def test_a_value_holding_half_a_surrogate_pair_is_refused_by_check_and_apply(
@@ -890,3 +890,41 @@ def test_ctrl_c_as_the_configmap_patch_is_answered_takes_the_edit_back(
             group.apply(p)
     assert sent == ["patch"]
     assert _stored(api_server)["data"] == before
+
+
+@pytest.mark.parametrize(("backend_type", "options", "named"), [
+    # A typo of DirectRouting: flannel's vxlan backend decodes Backend into its VXLANConfig,
+    # and Go's JSON decoding drops a key no field matches without a word.
+    ("vxlan", {"DirectRoute": True}, "DirectRoute"),
+    # host-gw (and alloc) decode no options at all.
+    ("host-gw", {"VNI": 3}, "VNI"),
+    # wireguard's options are not vxlan's.
+    ("wireguard", {"DirectRouting": True, "ListenPort": 51820}, "DirectRouting"),
+])
+def test_a_backend_option_the_type_s_backend_does_not_read_is_refused(
+    configmap_backend: FlannelBackend, api_server: EmulatedApiServer, backend_type: str,
+    options: dict[str, Any], named: str
+) -> None:
+    # Written, the option was reported applied (and a flannel restart asked for), and
+    # flannel ignored it: the spec's setting never took effect.
+    before = _content(_stored(api_server))
+    wanted = FlannelConfig(configmap_backend.target, backend_type=backend_type,
+                           backend_options=options)
+    p = plan(configmap_backend.observe(), State(owned=[wanted]))
+    (problem,) = configmap_backend.check(p)
+    assert f"Backend.{named}" in problem
+    assert f"flannel's {backend_type} backend" in problem
+    with pytest.raises(PlanError, match=f"Backend.{named}"):
+        configmap_backend.apply(p)
+    assert _content(_stored(api_server)) == before
+
+
+def test_a_backend_option_spelled_in_another_case_is_read_by_flannel_and_written(
+    configmap_backend: FlannelBackend, api_server: EmulatedApiServer
+) -> None:
+    # Go's JSON decoding matches directRouting to DirectRouting: not an unread option.
+    wanted = FlannelConfig(configmap_backend.target, backend_type="vxlan",
+                           backend_options={"directRouting": True})
+    _converge(configmap_backend, State(owned=[wanted]))
+    stored = json.loads(_stored(api_server)["data"]["net-conf.json"])
+    assert stored["Backend"]["directRouting"] is True
