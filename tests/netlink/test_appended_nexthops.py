@@ -12,6 +12,7 @@ append`` puts a second route in the slot), which is checked too.
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
-from k3snet.errors import ApplyError
+from k3snet.backends.netlink.codec import NetlinkError
+from k3snet.errors import ApplyError, RollbackError
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import Route, RouteBlock, State
 from k3snet.planner import Change, Plan, plan
@@ -184,3 +186,42 @@ def test_a_rolled_back_delete_goes_back_beside_the_kernel_s_own_advertised_route
             assert sorted(str(r.get("protocol")) for r in after) == ["211", "ra"]
             assert _without_expiry(after) == before
             assert backend.observe().owned == {route, other}
+
+
+def test_a_slot_the_undo_cannot_read_leaves_the_rest_of_the_rollback_done(
+        tmp_path: Path, driver: Driver) -> None:
+    """The dump before the undo (which slots hold another program's gateway route) is
+    refused (a dump interrupted time after time by a routing daemon's churn: EAGAIN):
+    the whole undo was given up, nothing sent, every change of the apply left made and
+    the rollback failed, for a slot that held nothing else. It is put back as before
+    that dump existed (a dump after it looks again when it can), and so are the
+    others: the kernel lists k3snet's routes as before the apply."""
+    destination = "2001:db8:9::/64"
+    with d0_namespace("rappendu", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        route = Route(destination, gateway="2001:db8::2", device="d0")
+        other = Route("2001:db8:a::/64", gateway="2001:db8::2", device="d0")
+        backend.apply(plan(backend.observe(), State(owned=[route, other])))
+        teardown = plan(backend.observe(), State())
+        assert [c.subject for c in teardown.changes] == [route, other]
+        backend.faults.fail_at(len(teardown.changes) - 1)
+        driver_object: Any = backend._driver
+        real_undo = backend._undo_routes
+
+        def refused(*_args: object, **_kwargs: object) -> None:
+            raise NetlinkError(errno.EAGAIN, "dump interrupted 5 times in a row")
+
+        def undo(made: Any) -> None:
+            driver_object.routes = refused  # every dump of the undo refused
+            try:
+                real_undo(made)
+            finally:
+                del driver_object.routes
+
+        backend._undo_routes = undo  # type: ignore[method-assign]
+        with pytest.raises(ApplyError) as caught:
+            backend.apply(teardown)
+        assert not isinstance(caught.value, RollbackError)
+        [back] = _listed(ns, "-6", destination)
+        assert (back["gateway"], back["protocol"]) == ("2001:db8::2", "211")
+        assert backend.observe().owned == {route, other}

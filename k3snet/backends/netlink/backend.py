@@ -1299,7 +1299,13 @@ class NetlinkBackend(BackendBase):
         names = {index: link.name for index, link in self._routes.links().items()}
         tables = frozenset(route.table for route in wanted.values())
         others: dict[tuple[Any, ...], Route | RouteBlock] = {}
-        for dumped in self._driver.routes(tables, names):
+        try:
+            dumps = self._driver.routes(tables, names)
+        except OSError:
+            # Refused (a dump interrupted time after time): put back as sent, the dump
+            # after the undo looking again. It gave the whole undo up, nothing sent.
+            return {}
+        for dumped in dumps:
             if isinstance(dumped, Siblings):
                 others.setdefault(dumped.whole.slot, dumped.whole)
             elif (isinstance(dumped, Route) and dumped.family == 6
