@@ -1308,9 +1308,11 @@ class NetlinkBackend(BackendBase):
         for dumped in dumps:
             if isinstance(dumped, Siblings):
                 others.setdefault(dumped.whole.slot, dumped.whole)
+            # ``ra``: the kernel's advertised routes take no sibling; a userspace one
+            # does, which the dump after the undo finds (_appended_after_all).
             elif (isinstance(dumped, Route) and dumped.family == 6
                   and dumped.gateway is not None
-                  and dumped.protocol not in {self.protocol, _RA_PROTOCOL}):  # RA's: none
+                  and dumped.protocol not in {self.protocol, _RA_PROTOCOL}):
                 others.setdefault(dumped.key, dumped)
         return {i: (f"not put back: IPv6 would append it to the {others[route.key].describe()}"
                     " as a nexthop k3snet can no longer tell apart (the kernel lists it "
