@@ -12,18 +12,28 @@ append`` puts a second route in the slot), which is checked too.
 
 from __future__ import annotations
 
+import errno
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
-from k3snet.errors import ApplyError
+from k3snet.backends.netlink.codec import NetlinkError
+from k3snet.errors import ApplyError, RollbackError
+from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import Route, RouteBlock, State
 from k3snet.planner import Change, Plan, plan
 from tests.netlink.links import d0_namespace, ip
 from tests.netlink.test_backend import DRIVERS, Driver
+from tests.netlink.test_router_advertisements import (
+    _ADVERTISE,
+    _link_local_ready,
+    _wait,
+    defaults,
+)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root"),
               pytest.mark.parametrize("driver", DRIVERS)]
@@ -97,20 +107,26 @@ def test_another_program_s_multipath_route_stays_one_foreign_block(
         assert [n.status for n in plan(observed, wanted).notes] == ["conflict"]
 
 
+@pytest.mark.parametrize("protocol", ["boot", "ra"])
 def test_a_rolled_back_delete_leaves_k3snet_s_nexthop_out_of_reach_behind_the_other_s_never(
-        tmp_path: Path, driver: Driver) -> None:
+        tmp_path: Path, driver: Driver, protocol: str) -> None:
     """The undo of that delete (another change of the apply failed) added k3snet's route
     back, and IPv6 appends it behind the other program's: the kernel listed one route
     under that one's protocol, k3snet's nexthop inside it, no longer its own (kept for
     good: no plan deleted it again). It is left out and the rollback says so; the other
-    program's route carries the traffic, as ``ip -j -6 route`` shows."""
+    program's route carries the traffic, as ``ip -j -6 route`` shows.
+
+    ``proto ra`` is a route NetworkManager or systemd-networkd installs from a router
+    advertisement they read themselves: unlike the kernel's own (``RTF_ADDRCONF``,
+    never a sibling), it takes appended nexthops, and k3snet's was put back behind it."""
     destination, ours, theirs = "2001:db8:9::/64", "2001:db8::2", "2001:db8::3"
     with d0_namespace("rappendr", "2001:db8::1/64") as ns, \
             NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
         route = Route(destination, gateway=ours, device="d0")
         other = Route("2001:db8:a::/64", gateway=ours, device="d0")
         backend.apply(plan(backend.observe(), State(owned=[route, other])))
-        ip(ns, "-6", "route", "append", destination, "via", theirs, "dev", "d0")
+        ip(ns, "-6", "route", "append", destination, "via", theirs, "dev", "d0",
+           "proto", protocol)
         teardown = plan(backend.observe(), State())
         assert [c.subject for c in teardown.changes] == [route, other]
         backend.faults.fail_at(len(teardown.changes) - 1)
@@ -118,6 +134,94 @@ def test_a_rolled_back_delete_leaves_k3snet_s_nexthop_out_of_reach_behind_the_ot
             backend.apply(teardown)
         [left] = _listed(ns, "-6", destination)
         assert (left["gateway"], left.get("protocol", "boot"), "nexthops" in left) == (
-            theirs, "boot", False)
+            theirs, protocol, False)
         assert backend.observe().owned == {other}
-        assert "not put back: IPv6 would append it to the route" in str(caught.value)
+        # proto ra: the dump before the undo took it for the kernel's own (never a
+        # sibling); the one after it found k3snet's nexthop appended, and took it out.
+        said = {"boot": "not put back: IPv6 would append it to the route",
+                "ra": "not put back: IPv6 appended it to the multipath"}[protocol]
+        assert said in str(caught.value)
+        assert ("it was taken out again" in str(caught.value)) == (protocol == "ra")
+
+
+def _without_expiry(routes: list[dict[str, object]]) -> list[str]:
+    """``routes`` as comparable text, the advertised one's seconds left (``expires``,
+    counting down) aside."""
+    return sorted(json.dumps({k: v for k, v in r.items() if k != "expires"}, sort_keys=True)
+                  for r in routes)
+
+
+def test_a_rolled_back_delete_goes_back_beside_the_kernel_s_own_advertised_route(
+        tmp_path: Path, driver: Driver) -> None:
+    """A default route the kernel learned from a router advertisement (``RTF_ADDRCONF``)
+    takes no appended nexthops: k3snet's route of its slot is put back beside it, as
+    before the apply, and stays k3snet's (``ip -j -6 route``: two routes, each its own
+    protocol)."""
+    with temporary_netns("rappendn") as ns, temporary_netns("rappendg") as router:
+        run_in(ns, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.default.accept_ra=1"])
+        run_in(router, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                        "net.ipv6.conf.default.accept_dad=0"])
+        ip(ns, "link", "add", "d0", "type", "veth", "peer", "name", "r0", "netns", router)
+        ip(ns, "link", "set", "d0", "up")
+        run_in(router, ["ip", "link", "set", "r0", "up"])
+        ip(ns, "addr", "add", "2001:db8::1/64", "dev", "d0", "nodad")
+        with NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+            route = Route("::/0", gateway="2001:db8::2", device="d0")
+            other = Route("2001:db8:a::/64", gateway="2001:db8::2", device="d0")
+            backend.apply(plan(backend.observe(), State(owned=[route, other])))
+            _wait("link-local addresses", lambda: _link_local_ready(ns, "d0")
+                  and _link_local_ready(router, "r0"))
+            run_in(router, [sys.executable, "-c", _ADVERTISE])
+            _wait("the advertised default route", lambda: len(defaults(ns)) == 2)
+            before = _without_expiry(defaults(ns))
+            teardown = plan(backend.observe(), State())
+            assert [c.subject for c in teardown.changes] == [route, other]
+            backend.faults.fail_at(len(teardown.changes) - 1)
+            with pytest.raises(ApplyError) as caught:
+                backend.apply(teardown)
+            assert "not put back" not in str(caught.value)
+            assert "ROLLBACK FAILED" not in str(caught.value)
+            after = defaults(ns)
+            assert sorted(str(r.get("protocol")) for r in after) == ["211", "ra"]
+            assert _without_expiry(after) == before
+            assert backend.observe().owned == {route, other}
+
+
+def test_a_slot_the_undo_cannot_read_leaves_the_rest_of_the_rollback_done(
+        tmp_path: Path, driver: Driver) -> None:
+    """The dump before the undo (which slots hold another program's gateway route) is
+    refused (a dump interrupted time after time by a routing daemon's churn: EAGAIN):
+    the whole undo was given up, nothing sent, every change of the apply left made and
+    the rollback failed, for a slot that held nothing else. It is put back as before
+    that dump existed (a dump after it looks again when it can), and so are the
+    others: the kernel lists k3snet's routes as before the apply."""
+    destination = "2001:db8:9::/64"
+    with d0_namespace("rappendu", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        route = Route(destination, gateway="2001:db8::2", device="d0")
+        other = Route("2001:db8:a::/64", gateway="2001:db8::2", device="d0")
+        backend.apply(plan(backend.observe(), State(owned=[route, other])))
+        teardown = plan(backend.observe(), State())
+        assert [c.subject for c in teardown.changes] == [route, other]
+        backend.faults.fail_at(len(teardown.changes) - 1)
+        driver_object: Any = backend._driver
+        real_undo = backend._undo_routes
+
+        def refused(*_args: object, **_kwargs: object) -> None:
+            raise NetlinkError(errno.EAGAIN, "dump interrupted 5 times in a row")
+
+        def undo(made: Any) -> None:
+            driver_object.routes = refused  # every dump of the undo refused
+            try:
+                real_undo(made)
+            finally:
+                del driver_object.routes
+
+        backend._undo_routes = undo  # type: ignore[method-assign]
+        with pytest.raises(ApplyError) as caught:
+            backend.apply(teardown)
+        assert not isinstance(caught.value, RollbackError)
+        [back] = _listed(ns, "-6", destination)
+        assert (back["gateway"], back["protocol"]) == ("2001:db8::2", "211")
+        assert backend.observe().owned == {route, other}

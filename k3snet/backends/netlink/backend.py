@@ -1275,6 +1275,9 @@ class NetlinkBackend(BackendBase):
             failures = {sent[i]: exc for i, exc in failed.items()}
         except (OSError, KeyError) as exc:
             failures = dict.fromkeys(range(len(inverses)), NetlinkError(errno.EIO, str(exc)))
+        else:
+            failures.update(self._appended_after_all(
+                {i: inverses[i] for i in sent if i not in failures}, indexes))
         failures = {**left, **failures}
         if failures:
             raise UndoFailure([f"{inverses[i]}: {failures[i]}" for i in sorted(failures)],
@@ -1296,17 +1299,74 @@ class NetlinkBackend(BackendBase):
         names = {index: link.name for index, link in self._routes.links().items()}
         tables = frozenset(route.table for route in wanted.values())
         others: dict[tuple[Any, ...], Route | RouteBlock] = {}
-        for dumped in self._driver.routes(tables, names):
+        try:
+            dumps = self._driver.routes(tables, names)
+        except OSError:
+            # Refused (a dump interrupted time after time): put back as sent, the dump
+            # after the undo looking again. It gave the whole undo up, nothing sent.
+            return {}
+        for dumped in dumps:
             if isinstance(dumped, Siblings):
                 others.setdefault(dumped.whole.slot, dumped.whole)
+            # ``ra``: the kernel's advertised routes take no sibling; a userspace one
+            # does, which the dump after the undo finds (_appended_after_all).
             elif (isinstance(dumped, Route) and dumped.family == 6
                   and dumped.gateway is not None
-                  and dumped.protocol not in {self.protocol, _RA_PROTOCOL}):  # RA's: none
+                  and dumped.protocol not in {self.protocol, _RA_PROTOCOL}):
                 others.setdefault(dumped.key, dumped)
         return {i: (f"not put back: IPv6 would append it to the {others[route.key].describe()}"
                     " as a nexthop k3snet can no longer tell apart (the kernel lists it "
                     "under that route's protocol); the traffic goes through that route")
                 for i, route in wanted.items() if route.key in others}
+
+    def _appended_after_all(self, restored: Mapping[int, Change],
+                            indexes: Mapping[str, int]) -> dict[int, str]:
+        """The undo's IPv6 gateway routes put back that the kernel appended behind
+        another program's gateway route all the same, taken back out, by position, each
+        with why it is not put back. The dump before the undo cannot tell them all: a
+        ``proto ra`` route NetworkManager or systemd-networkd installs takes appended
+        nexthops where the kernel's own (``RTF_ADDRCONF``, the same protocol in a dump)
+        does not, and the other program may have added its route meanwhile. k3snet's
+        nexthop is taken back (the kernel matches protocol and gateway per sibling);
+        left there, k3snet could no longer tell it its own, and no plan deleted it."""
+        wanted = {i: change.subject for i, change in restored.items()
+                  if change.action == "add" and isinstance(change.subject, Route)
+                  and change.subject.family == 6 and change.subject.gateway is not None}
+        if not wanted:
+            return {}
+        names = {index: link.name for index, link in self._routes.links().items()}
+        ours: set[tuple[Any, ...]] = set()
+        behind: dict[tuple[Any, ...], Route | RouteBlock] = {}
+        try:
+            dumps = self._driver.routes(
+                frozenset(route.table for route in wanted.values()), names)
+        except OSError:
+            return {}  # not told: put back as sent
+        for dumped in dumps:
+            first = dumped.first if isinstance(dumped, Siblings) else dumped
+            if isinstance(first, Route) and first.protocol == self.protocol:
+                ours.add(first.key)
+            else:
+                whole = dumped.whole if isinstance(dumped, Siblings) else dumped
+                behind.setdefault(whole.key if isinstance(whole, Route) else whole.slot, whole)
+        # Sent, taken, and not k3snet's in any dumped route: inside another's.
+        hidden = {i: route for i, route in wanted.items()
+                  if route.key not in ours and route.key in behind}
+        if not hidden:
+            return {}
+        order = sorted(hidden)
+        try:
+            failed: Mapping[int, object] = self._driver.send(
+                [Change("delete", route, None) for route in
+                 (hidden[i] for i in order)], indexes)
+        except (OSError, KeyError) as exc:
+            failed = dict.fromkeys(range(len(order)), exc)
+        return {i: (f"not put back: IPv6 appended it to the {behind[hidden[i].key].describe()}"
+                    " as a nexthop k3snet can no longer tell apart (the kernel lists it under "
+                    "that route's protocol), "
+                    + (f"and taking it out again failed: {failed[n]}" if n in failed else
+                       "and it was taken out again; the traffic goes through that route"))
+                for n, i in enumerate(order)}
 
     def _restore_store(self, snapshot: SysctlState) -> None:
         """Put the sysctl state file back as it was before the apply."""
