@@ -16,7 +16,8 @@ Understood: matches on ``ip``/``ip6``
 ``numgen random`` as a random branch: :attr:`Packet.pick` says which one is
 followed); ``masquerade``, ``snat``, ``dnat``, ``meta mark set`` (with ``or``,
 ``and``, ``xor`` of the mark); ``limit``/``meter`` with the flow under every rate
-(``over`` does not match), a ``quota`` by the bytes it has counted (spent: ``over``
+(``over`` does not match; a limit of bytes whose bucket holds less than 64 KiB is
+unknown), a ``quota`` by the bytes it has counted (spent: ``over``
 matches, ``until`` does not), a named one (``quota name "q"``, ``limit name "l"``) by
 its object (a set element holding its own makes the lookup unknown); ``fib daddr
 type`` and ``fib saddr ... oif``/``oifname`` (the route back to the source). Any
@@ -1023,7 +1024,24 @@ def _over(key: str, value: Any) -> bool:
         (key, value), = value.items()
         if key not in ("limit", "quota"):
             raise _Unknown
+    if key == "limit" and isinstance(value, Mapping):
+        _holds_a_packet(value)
     return isinstance(value, Mapping) and value.get("inv") is True
+
+
+def _holds_a_packet(value: Mapping[str, Any]) -> None:
+    """:class:`_Unknown` for a limit of bytes whose bucket, full, holds less than a packet
+    of the flow may be (64 KiB): nft_limit takes a packet's length in bytes and the bucket
+    holds the rate's and the burst's, so a longer packet is over it always (``limit rate
+    over 10 bytes/second drop`` drops every packet, its ``until`` accepts none). A limit of
+    packets holds at least one (a burst of 0 is 5)."""
+    unit = value.get("rate_unit", "packets")
+    if unit == "packets":
+        return
+    bucket = (_bytes(value.get("rate"), unit)
+              + _bytes(value.get("burst", 0), value.get("burst_unit", "bytes")))
+    if bucket < _LARGEST_PACKET:
+        raise _Unknown
 
 
 #: Statements that may name an object of the table that counts (``quota name "q"``).

@@ -139,3 +139,31 @@ def test_a_set_element_holding_its_own_quota_or_limit_is_unknown_not_a_plain_hit
                         "fw"], check=False)
     assert answer["ok"], answer  # the kernel's view: the element's ``over`` did not match
     assert traced.verdict is Verdict.UNKNOWN, traced.render()
+
+
+@pytest.mark.parametrize(("objects", "rules", "verdict"), [
+    ("", "tcp dport 5432 limit rate over 10 bytes/second drop", Verdict.UNKNOWN),
+    ("limit l { rate over 10 bytes/second }", 'tcp dport 5432 limit name "l" drop',
+     Verdict.UNKNOWN),
+    ("", "tcp dport 5432 limit rate 10 bytes/second accept\n  tcp dport 5432 drop",
+     Verdict.UNKNOWN),
+    ("", "tcp dport 5432 limit rate over 64 kbytes/second drop", Verdict.REACHES),
+], ids=["over-inline", "over-named", "until-inline", "bucket-of-64k"])
+def test_a_byte_limit_whose_bucket_holds_less_than_a_packet_is_unknown_not_taken_under(
+        doctor_lab: DoctorLab, objects: str, rules: str, verdict: Verdict) -> None:
+    """nft_limit takes a packet's length in bytes, and its bucket holds the rate's and the
+    burst's: a packet longer is over it, however idle the limit was (the kernel dropped the
+    flow's first SYN, 60 bytes, at ``rate over 10 bytes/second``), while the doctor took the
+    flow to be under it. A bucket of 64 KiB holds every packet: judged as before."""
+    topology = Topology()
+    doctor_lab.configure(topology)
+    subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "-f", "-"],
+                   input=NAMED.format(objects=objects, rules=rules), text=True, check=True)
+    try:
+        answer, traced = doctor_lab.kernel_and_trace(topology)
+    finally:
+        subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "delete", "table", "ip",
+                        "fw"], check=False)
+    # The kernel's view: the small bucket's ``over`` drops, its ``until`` accepts nothing.
+    assert bool(answer["ok"]) == (verdict is Verdict.REACHES), answer
+    assert traced.verdict is verdict, traced.render()
