@@ -934,12 +934,15 @@ class FlannelBackend(BackendBase):
                         f"flannel backend refuses {change} on {self.target}: flannel runs "
                         "the extension backend's commands as root on every node, so "
                         f"{'; '.join(commands)} (write them by hand if you mean to)")
-                unread = unread_options(wanted.members().get("Backend"))
+                unread = unread_options(wanted.members().get("Backend"),
+                                        windows=isinstance(self._store, _ConfigMapStore))
                 if unread:
                     raise PlanError(
                         f"flannel backend refuses {change} on {self.target}: "
                         f"{'; '.join(unread)} (Go's JSON decoding drops a key no option "
-                        "matches): correct the option's name, or leave it out")
+                        "matches): correct the option's name, or leave it out (an option "
+                        "of a newer flannel k3snet does not know: write it into the config "
+                        "by hand; k3snet keeps it)")
         problems = fit_problems(self, plan, self._state(doc))
         if problems:
             raise PlanError(f"{self.name} backend refuses the plan for {self.target}, nothing "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from k3snet._gojson import fold
+from k3snet._logline import printable
 from k3snet.errors import BackendError
 from k3snet.model.cni import canonical_json, flannel_backend_type
 
@@ -434,30 +435,60 @@ def command_refusals(before: Mapping[str, Any], backend: Any) -> list[str]:
     return found
 
 
-def unread_options(backend: Any) -> list[str]:
+_WINDOWS_OPTIONS: Mapping[str, tuple[str, ...]] = {
+    "vxlan": ("Name", "MacPrefix"),
+    "host-gw": ("Name", "DNSServerList"),
+}
+"""The options flanneld reads on Windows nodes beyond its Linux backend's
+(``pkg/backend/vxlan/vxlan_windows.go``, ``pkg/backend/hostgw/hostgw_windows.go``, every
+version since v0.11; upstream's Helm chart writes vxlan's ``MacPrefix``): a ConfigMap's
+net-conf.json is read by the Windows DaemonSet too, a node's own file by K3s' Linux
+flannel alone."""
+
+_UNREAD_SHOWN = 5
+"""The unread option names a refusal names at most (the rest counted)."""
+
+
+def unread_options(backend: Any, *, windows: bool = False) -> list[str]:
     """Why k3snet will not write ``backend`` (the ``Backend`` members it sets, its ``Type``
-    among them): each option the Type's backend does not read.
+    among them): the options the Type's backend does not read, in one reason.
+    ``windows``: the config is read by flanneld on Windows nodes too (a ConfigMap), whose
+    backends read options of their own (:data:`_WINDOWS_OPTIONS`).
 
     Flannel's backend decodes ``Backend`` into a struct of its options (matched as Go
     matches keys: case-insensitively), and Go's JSON decoding drops a key no option
     matches without a word: written, a typo (``DirectRoute``) or another backend's option
-    (``VNI`` for ``host-gw``) would be reported applied and change nothing.
+    (``VNI`` for ``host-gw``) would be reported applied and change nothing. A name is
+    shown escaped (a line break, a terminal escape) and at most five are named.
 
     >>> unread_options({"Type": "host-gw", "VNI": 3})
     ["flannel's host-gw backend reads no option, so it would ignore Backend.VNI"]
-    >>> unread_options({"Type": "vxlan", "directRouting": True})
+    >>> unread_options({"Type": "vxlan", "directRouting": True, "MacPrefix": "0E-2A"},
+    ...                windows=True)
     []
     """
     if not isinstance(backend, Mapping):
         return []
     kind = next((v for k, v in backend.items() if fold(k) == "type"), None)
-    options = _BACKEND_OPTIONS.get(flannel_backend_type(kind)) if isinstance(kind, str) else None
+    if not isinstance(kind, str):
+        return []
+    key = flannel_backend_type(kind)
+    options = _BACKEND_OPTIONS.get(key)
     if options is None:
         return []  # a Type k3snet does not know the options of: not judged
-    known = {fold(name) for name in options} | {"type"}
+    extra = _WINDOWS_OPTIONS.get(key, ()) if windows else ()
+    known = {fold(name) for name in (*options, *extra)} | {"type"}
+    unread = [name for name in backend if fold(name) not in known]
+    if not unread:
+        return []
     reads = f"reads only {', '.join(options)}" if options else "reads no option"
-    return [f"flannel's {kind} backend {reads}, so it would ignore Backend.{name}"
-            for name in backend if fold(name) not in known]
+    if extra:
+        reads += f" (on Windows nodes also {', '.join(extra)})"
+    shown = ", ".join(f"Backend.{printable(name)}" for name in unread[:_UNREAD_SHOWN])
+    more = len(unread) - _UNREAD_SHOWN
+    if more > 0:
+        shown += f" and {more} more"
+    return [f"flannel's {printable(kind)} backend {reads}, so it would ignore {shown}"]
 
 
 _FAMILY_NETWORKS: Mapping[str, str] = {"EnableIPv4": "Network", "EnableIPv6": "IPv6Network"}

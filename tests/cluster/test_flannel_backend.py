@@ -928,3 +928,51 @@ def test_a_backend_option_spelled_in_another_case_is_read_by_flannel_and_written
     _converge(configmap_backend, State(owned=[wanted]))
     stored = json.loads(_stored(api_server)["data"]["net-conf.json"])
     assert stored["Backend"]["directRouting"] is True
+
+
+@pytest.mark.parametrize(("backend_type", "options"), [
+    # flanneld on Windows nodes (pkg/backend/vxlan/vxlan_windows.go, every version since
+    # v0.11) reads Name and MacPrefix; upstream's Helm chart writes MacPrefix.
+    ("vxlan", {"VNI": 4096, "Port": 4789, "MacPrefix": "0E-2A", "Name": "flannel.4096"}),
+    # ... and its host-gw (hostgw_windows.go) Name and DNSServerList.
+    ("host-gw", {"Name": "cbr0", "DNSServerList": "10.43.0.10"}),
+])
+def test_a_windows_backend_option_is_written_to_the_configmap_windows_nodes_read(
+    configmap_backend: FlannelBackend, api_server: EmulatedApiServer, backend_type: str,
+    options: dict[str, Any]
+) -> None:
+    # A ConfigMap's net-conf.json is read by flannel's Windows DaemonSet too: refusing
+    # these options as unread blocked a valid write.
+    wanted = FlannelConfig(configmap_backend.target, backend_type=backend_type,
+                           backend_options=options)
+    _converge(configmap_backend, State(owned=[wanted]))
+    stored = json.loads(_stored(api_server)["data"]["net-conf.json"])
+    assert {k: stored["Backend"][k] for k in options} == options  # (VNI, Port found kept)
+    assert stored["Backend"]["Type"] == backend_type
+
+
+def test_a_windows_backend_option_is_refused_for_a_node_s_own_file(conf_file: Path) -> None:
+    # A node's file is read by K3s' (Linux) flannel alone, which drops MacPrefix.
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    wanted = FlannelConfig(backend.target, backend_type="vxlan",
+                           backend_options={"MacPrefix": "0E-2A"})
+    (problem,) = backend.check(plan(backend.observe(), State(owned=[wanted])))
+    assert "Backend.MacPrefix" in problem
+    assert "Windows" not in problem
+
+
+def test_unread_backend_option_names_are_refused_in_one_printable_bounded_line(
+    configmap_backend: FlannelBackend
+) -> None:
+    # Hostile names: a line break, a terminal escape, a bidirectional override; and
+    # thousands of them. The refusal named each raw, with the backend's options again
+    # for every one (hundreds of kilobytes).
+    options = {"Direct\nRoute\x1b[2J\u202e": True, **{f"o{i}": 1 for i in range(3000)}}
+    wanted = FlannelConfig(configmap_backend.target, backend_type="vxlan",
+                           backend_options=options)
+    p = plan(configmap_backend.observe(), State(owned=[wanted]))
+    (problem,) = configmap_backend.check(p)
+    assert problem.isprintable()
+    assert "Backend.Direct\\nRoute\\x1b[2J\\u202e, Backend.o0" in problem
+    assert "and 2996 more" in problem
+    assert len(problem) < len(str(p.changes[0])) + 1000  # (before: 340,000 more)
