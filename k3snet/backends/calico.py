@@ -330,6 +330,28 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
         raise ModelError(f"IPPool resource without a name or spec: {exc}") from exc
 
 
+def _unallocatable(item: Mapping[str, Any]) -> str:
+    """Why Calico IPAM skips the pool ``item`` whatever its spec says, or "": libcalico-go's
+    ``filterIPPool`` skips a pool being deleted (Calico v3.31 and later; from v3.32 a
+    finalizer of kube-controllers keeps an active pool until its blocks are released)
+    and one whose condition ``Allocatable`` is false (v3.32 and later: kube-controllers
+    set it on a pool overlapping an older active one)."""
+    metadata = item.get("metadata")
+    if isinstance(metadata, Mapping) and metadata.get("deletionTimestamp"):
+        return ("it is being deleted (Calico IPAM skips a pool with a deletionTimestamp, "
+                "Calico v3.31 and later)")
+    status = item.get("status")
+    conditions = status.get("conditions") if isinstance(status, Mapping) else None
+    for condition in conditions if isinstance(conditions, list) else ():
+        if (isinstance(condition, Mapping) and condition.get("type") == "Allocatable"
+                and condition.get("status") == "False"):
+            why = ": ".join(str(condition[k]) for k in ("reason", "message")
+                            if condition.get(k))
+            return ("its status says Allocatable: False" + (f" ({why})" if why else "")
+                    + " (Calico IPAM skips it, Calico v3.32 and later)")
+    return ""
+
+
 def pool_from_resource(item: Mapping[str, Any]) -> IPPool:
     """Model an IPPool resource (a dict as the API returns it); raises ModelError if invalid.
 
@@ -759,7 +781,7 @@ class CalicoBackend(BackendBase):
                 owned[name] = pool
                 owned_raw[name] = item
             else:
-                foreign[name] = pool
+                foreign[name] = attrs.evolve(pool, unallocatable=_unallocatable(item))
         felix, found = self._felix()
         warnings += found
         self.warnings = tuple(warnings)

@@ -753,6 +753,12 @@ def _operator(value: bool) -> bool:
     return value
 
 
+def _unallocatable(value: str) -> str:
+    if not isinstance(value, str):
+        raise ModelError(f"IPPool unallocatable must be a string, got {value!r}")
+    return value
+
+
 def _disable_bgp_export_dropped(value: bool) -> bool:
     if not isinstance(value, bool):
         raise ModelError(f"IPPool disable_bgp_export_dropped must be true or false, got "
@@ -838,6 +844,10 @@ class IPPool(NetObject):
     written: k3snet's pool was read back without ``disableBGPExport``, which k3snet
     always writes, because the API's IPPool schema lacks the field (Calico before
     v3.21): Calico exports the pool whatever k3snet writes (:meth:`held_by`).
+    ``unallocatable`` is an observation too, of a foreign pool, never written: why
+    Calico IPAM skips the pool whatever its spec says (it is being deleted, Calico
+    v3.31 and later; kube-controllers set its condition ``Allocatable`` false, Calico
+    v3.32 and later, e.g. for overlapping an older active pool), or empty.
 
     >>> IPPool("no-nat", "192.168.2.0/24", disabled=True).block_size
     26
@@ -870,6 +880,7 @@ class IPPool(NetObject):
     operator: bool = attrs.field(default=False, converter=_operator, kw_only=True)
     disable_bgp_export_dropped: bool = attrs.field(
         default=False, converter=_disable_bgp_export_dropped, kw_only=True)
+    unallocatable: str = attrs.field(default="", converter=_unallocatable, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -908,6 +919,7 @@ class IPPool(NetObject):
             self.namespace_selector,
             self.operator,
             self.disable_bgp_export_dropped,
+            self.unallocatable,
         )
         self._seal(("ippool", self.name), content)
 
@@ -920,11 +932,14 @@ class IPPool(NetObject):
     def unusable_reason(self) -> str | None:
         """Why Calico IPAM would not give an ordinary pod an address from this pool (or None).
 
-        A pool serves every pod only when it is enabled, allows the ``Workload``
+        A pool serves every pod only when it is enabled, allocatable
+        (:attr:`unallocatable` empty), allows the ``Workload``
         use, assigns ``Automatic``-ally and selects every namespace.
         """
         if self.disabled:
             return "it is disabled"
+        if self.unallocatable:
+            return self.unallocatable
         if "Workload" not in self.allowed_uses:
             return f"its allowedUses ({', '.join(self.allowed_uses)}) leave out Workload"
         if self.assignment_mode != "Automatic":
@@ -1050,6 +1065,8 @@ class IPPool(NetObject):
             parts.append("disableBGPExport")
         if self.disable_bgp_export_dropped:
             parts.append("disableBGPExport=dropped-by-the-API")
+        if self.unallocatable:
+            parts.append("unallocatable")
         if self.allowed_uses != DEFAULT_ALLOWED_USES:
             parts.append(f"allowedUses={','.join(self.allowed_uses)}")
         if self.assignment_mode != "Automatic":
@@ -1078,6 +1095,7 @@ class IPPool(NetObject):
             **({"operator": True} if self.operator else {}),
             **({"disable_bgp_export_dropped": True} if self.disable_bgp_export_dropped
                else {}),
+            **({"unallocatable": self.unallocatable} if self.unallocatable else {}),
         }
 
     @classmethod
@@ -1098,6 +1116,7 @@ class IPPool(NetObject):
             namespace_selector=data.get("namespace_selector", ""),
             operator=data.get("operator", False),
             disable_bgp_export_dropped=data.get("disable_bgp_export_dropped", False),
+            unallocatable=data.get("unallocatable", ""),
         )
 
 def _pools_tuple(value: Iterable[IPPool]) -> tuple[IPPool, ...]:

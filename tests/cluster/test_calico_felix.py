@@ -1266,3 +1266,41 @@ def test_an_overlapping_nat_outgoing_pool_of_the_operator_is_fixed_in_the_instal
     reason = conflict.reason or ""
     assert "set natOutgoing: false on it or make it leave the pod CIDR out; the " \
            "tigera-operator manages IPPool wide" in reason, reason
+
+
+def test_a_pod_cidr_pool_ipam_skips_being_deleted_or_not_allocatable_serves_no_pod(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Calico IPAM (libcalico-go's filterIPPool) skips a pool with a deletionTimestamp
+    # (v3.31 and later; from v3.32 kube-controllers' finalizer keeps an active pool until
+    # its blocks are released) and one whose condition Allocatable is false (v3.32 and
+    # later: the newer of two overlapping pools). Felix still reads it (natOutgoing met).
+    deleting = yaml.safe_load(K3S_CROSS_SUBNET)["items"][0]
+    deleting["metadata"].update(deletionTimestamp="2026-12-07T05:00:00Z",
+                                finalizers=["projectcalico.org/ippool-finalizer"])
+    api_server.put(CRD, deleting)
+    backend = _backend(api_server)
+    spec = Spec.from_yaml(SPEC_7345.replace("calico: {}", "calico: {vxlanMode: CrossSubnet}"))
+    p = _plan(backend, spec)
+    assert not [n for n in p.met if "pod CIDR" in n.wanted.describe()]
+    (conflict,) = [n for n in p.conflicts if "pod CIDR" in n.wanted.describe()]
+    reason = conflict.reason or ""
+    assert ("IPPool default-ipv4-ippool has pod CIDR 10.42.0.0/16 but pods get no address "
+            "from it: it is being deleted") in reason, reason
+    # An active twin of one CIDR serves the pods: met, the pool being deleted aside.
+    api_server.put(CRD, _pool("new-pool", cidr="10.42.0.0/16", natOutgoing=True,
+                              vxlanMode="CrossSubnet"))
+    met = _plan(backend, spec)
+    assert [n for n in met.met if "pod CIDR" in n.wanted.describe()], met.conflicts
+    # ... unless kube-controllers marked it not allocatable (it overlaps the older pool).
+    twin = _pool("new-pool", cidr="10.42.0.0/16", natOutgoing=True, vxlanMode="CrossSubnet")
+    twin["status"] = {"conditions": [{"type": "Allocatable", "status": "False",
+                                      "reason": "CIDROverlap", "message": "overlaps"}]}
+    api_server.put(CRD, twin)
+    assert not [n for n in _plan(backend, spec).met if "pod CIDR" in n.wanted.describe()]
+    api_server.delete(CRD, "default-ipv4-ippool")
+    (skipped,) = [n for n in _plan(backend, spec).conflicts
+                  if "pod CIDR" in n.wanted.describe()]
+    assert ("IPPool new-pool has pod CIDR 10.42.0.0/16 but pods get no address from it: its "
+            "status says Allocatable: False (CIDROverlap: overlaps)") in (
+        skipped.reason or ""), skipped.reason
