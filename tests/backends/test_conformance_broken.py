@@ -8,11 +8,10 @@ was added (second review of the kit, written from a third-party backend's side).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import attrs
 import pytest
-from hypothesis import Phase, settings
 
 from k3snet import ApplyResult, Change, ForwardRule, Plan, Route, State, Sysctl
 from k3snet.backends import Backend
@@ -29,43 +28,6 @@ FAILS = (AssertionError, ExceptionGroup)
 # suite's word that it found none (a UserWarning) says nothing here.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:run_conformance. .* found no foreign object:UserWarning")
-
-
-# The tests that keep the profile's phases: those that judge what the suite reports of
-# a shrunk failure, and those whose backend fails more than one check, where the failure
-# looked for is at times found while shrinking another (hypothesis reports each distinct
-# failure it met, as an ExceptionGroup), not first.
-_SHRUNK = {"test_conformance_reports_a_failure_shrunk_without_hypothesis_explain_phase",
-           "test_conformance_reports_a_failure_it_cannot_replay_as_that_failure",
-           "test_conformance_draws_the_edge_values_a_backend_gets_wrong",
-           "test_conformance_fails_a_backend_whose_expect_hint_changes_what_it_observes"}
-
-
-@pytest.fixture(autouse=True)
-def _first_failure_only(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Run the suite without hypothesis' shrink phase, so that a stage ends at its
-    first failing example (hypothesis generates no more once a failure is found and
-    shrinking is off).
-
-    These tests assert that the suite fails, and with which message: shrinking only
-    made the failing example smaller, in as many more runs of the stage as it took,
-    and the message (the failed check) is the same before and after it; each test still
-    fails when the suite stops catching its backend. The tests of ``_SHRUNK`` keep the
-    profile's phases. Runs that must pass meet no failure, so nothing changes for them.
-    """
-    if request.node.originalname in _SHRUNK:
-        yield
-        return
-    profile = settings()  # the active profile's settings
-    settings.register_profile(
-        "k3snet-first-failure", parent=profile,
-        phases=[p for p in profile.phases if p not in (Phase.shrink, Phase.explain)])
-    settings.load_profile("k3snet-first-failure")
-    try:
-        yield
-    finally:
-        settings.register_profile("k3snet-before-first-failure", parent=profile)
-        settings.load_profile("k3snet-before-first-failure")
 
 
 def _blindly(backend: MemoryBackend, plan: Plan) -> ApplyResult:
