@@ -498,7 +498,7 @@ def test_a_profile_spec_sure_to_be_over_the_configmap_limit_is_refused_before_it
         render_manifests(seed, profiles={"edge": edge})
 
 
-@settings(deadline=None, max_examples=50)
+@settings(deadline=None, max_examples=examples(50))
 @given(strategies.specs(max_destinations=6))
 def test_the_spec_text_size_bound_is_never_above_the_text_written(spec: Spec) -> None:
     # (the bound refuses a spec early only when its text would be refused anyway)
@@ -518,7 +518,7 @@ _HOSTILE_VALUES = st.recursive(
     max_leaves=12)
 
 
-@settings(deadline=None, max_examples=60)
+@settings(deadline=None, max_examples=examples(60))
 @given(st.dictionaries(_HOSTILE_TEXT, _HOSTILE_VALUES, max_size=4))
 def test_the_yaml_size_bound_is_never_above_the_yaml_written_for_any_values(
         value: dict[str, Any]) -> None:
