@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from k3snet.doctor import Verdict
+from k3snet.doctor import Trace, Verdict
 
 from .conftest import DoctorLab, Topology
 
@@ -29,6 +29,21 @@ TABLE = """table ip fw {{
 """
 
 
+def _kernel_and_trace_beside(doctor_lab: DoctorLab, ruleset: str
+                             ) -> tuple[dict[str, object], Trace]:
+    """The kernel's answer and the doctor's trace of the lab's flow with ``ruleset`` (a
+    table ``ip fw``) loaded in the node, the table deleted after."""
+    topology = Topology()
+    doctor_lab.configure(topology)
+    subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "-f", "-"],
+                   input=ruleset, text=True, check=True)
+    try:
+        return doctor_lab.kernel_and_trace(topology)
+    finally:
+        subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "delete", "table", "ip",
+                        "fw"], check=False)
+
+
 @pytest.mark.parametrize(("rules", "verdict"), [
     ("tcp dport 5432 quota over 100 bytes used 100 bytes drop", Verdict.BLOCKED),
     ("tcp dport 5432 quota 100 bytes used 100 bytes accept\n  tcp dport 5432 drop",
@@ -37,15 +52,7 @@ TABLE = """table ip fw {{
 ], ids=["over-spent", "until-spent", "over-with-room"])
 def test_a_spent_quota_is_judged_by_the_bytes_it_counted_as_the_kernel_does(
         doctor_lab: DoctorLab, rules: str, verdict: Verdict) -> None:
-    topology = Topology()
-    doctor_lab.configure(topology)
-    subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "-f", "-"],
-                   input=TABLE.format(rules=rules), text=True, check=True)
-    try:
-        answer, traced = doctor_lab.kernel_and_trace(topology)
-    finally:
-        subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "delete", "table", "ip",
-                        "fw"], check=False)
+    answer, traced = _kernel_and_trace_beside(doctor_lab, TABLE.format(rules=rules))
     assert bool(answer["ok"]) == (verdict is Verdict.REACHES), answer  # the kernel's view
     assert traced.verdict is verdict, traced.render()
 
@@ -73,15 +80,8 @@ NAMED = """table ip fw {{
 ], ids=["over-with-room", "over-spent", "until-spent", "until-with-room", "limit-over"])
 def test_a_named_quota_is_judged_by_its_object_as_the_kernel_does(
         doctor_lab: DoctorLab, objects: str, rules: str, verdict: Verdict) -> None:
-    topology = Topology()
-    doctor_lab.configure(topology)
-    subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "-f", "-"],
-                   input=NAMED.format(objects=objects, rules=rules), text=True, check=True)
-    try:
-        answer, traced = doctor_lab.kernel_and_trace(topology)
-    finally:
-        subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "delete", "table", "ip",
-                        "fw"], check=False)
+    answer, traced = _kernel_and_trace_beside(doctor_lab,
+                                              NAMED.format(objects=objects, rules=rules))
     assert bool(answer["ok"]) == (verdict is Verdict.REACHES), answer  # the kernel's view
     assert traced.verdict is verdict, traced.render()
 
@@ -97,16 +97,8 @@ def test_a_quota_or_limit_a_map_picks_is_unknown_not_taken_under(
     """``limit name ip saddr map @m``: the object a map picks for each source, unread, was
     taken to match, a ``rate over`` one blocking what the kernel passes."""
     kind = objects.split(maxsplit=1)[0]
-    topology = Topology()
-    doctor_lab.configure(topology)
     rule = f"tcp dport 5432 {kind} name ip saddr map @m drop"
-    subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "-f", "-"],
-                   input=NAMED.format(objects=objects, rules=rule), text=True, check=True)
-    try:
-        answer, traced = doctor_lab.kernel_and_trace(topology)
-    finally:
-        subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "delete", "table", "ip",
-                        "fw"], check=False)
+    answer, traced = _kernel_and_trace_beside(doctor_lab, NAMED.format(objects=objects, rules=rule))
     # The kernel's view: under the limit (no match), the quota spent (``over`` matches).
     assert bool(answer["ok"]) == (kind == "limit"), answer
     assert traced.verdict is Verdict.UNKNOWN, traced.render()
@@ -128,15 +120,7 @@ def test_a_set_element_holding_its_own_quota_or_limit_is_unknown_not_a_plain_hit
     """The kernel's lookup counts the packet in the element's own quota or limit, and its
     ``over`` with room left breaks the match: the rule passes the flow over, while the
     doctor took the element's hit for a match and the flow for dropped."""
-    topology = Topology()
-    doctor_lab.configure(topology)
-    subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "-f", "-"],
-                   input=ELEMENT.format(counted=counted), text=True, check=True)
-    try:
-        answer, traced = doctor_lab.kernel_and_trace(topology)
-    finally:
-        subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "delete", "table", "ip",
-                        "fw"], check=False)
+    answer, traced = _kernel_and_trace_beside(doctor_lab, ELEMENT.format(counted=counted))
     assert answer["ok"], answer  # the kernel's view: the element's ``over`` did not match
     assert traced.verdict is Verdict.UNKNOWN, traced.render()
 
@@ -155,15 +139,8 @@ def test_a_byte_limit_whose_bucket_holds_less_than_a_packet_is_unknown_not_taken
     burst's: a packet longer is over it, however idle the limit was (the kernel dropped the
     flow's first SYN, 60 bytes, at ``rate over 10 bytes/second``), while the doctor took the
     flow to be under it. A bucket of 64 KiB holds every packet: judged as before."""
-    topology = Topology()
-    doctor_lab.configure(topology)
-    subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "-f", "-"],
-                   input=NAMED.format(objects=objects, rules=rules), text=True, check=True)
-    try:
-        answer, traced = doctor_lab.kernel_and_trace(topology)
-    finally:
-        subprocess.run(["ip", "netns", "exec", doctor_lab.node, "nft", "delete", "table", "ip",
-                        "fw"], check=False)
+    answer, traced = _kernel_and_trace_beside(doctor_lab,
+                                              NAMED.format(objects=objects, rules=rules))
     # The kernel's view: the small bucket's ``over`` drops, its ``until`` accepts nothing.
     assert bool(answer["ok"]) == (verdict is Verdict.REACHES), answer
     assert traced.verdict is verdict, traced.render()
