@@ -644,31 +644,18 @@ def test_a_shell_s_script_behind_an_init_process_is_the_same_warning(
 
 
 @pytest.mark.parametrize("init", [
+    ["tini", "--"], ["/usr/bin/tini", "-s", "--"], ["dumb-init", "--"],
     ["tini", "-sp", "SIGTERM", "--"], ["tini", "-gse", "143", "--"], ["tini", "-pSIGTERM", "--"],
     ["dumb-init", "-cr", "15:2", "--"], ["dumb-init", "--rew", "15:2", "--"],
     ["dumb-init", "-r15:2", "--"]])
-def test_an_init_process_s_grouped_or_shortened_option_s_value_is_not_its_program(
-    init: list[str], api_server: EmulatedApiServer, backend: CiliumBackend
-) -> None:
-    # getopt takes `-sp SIGTERM` as -s and -p with the next argument its value (and
-    # getopt_long `--rew` as --rewrite): k3snet took SIGTERM for the program, and read no
-    # flag of the agent after it (an agent "given no config directory" besides).
-    ds = _daemonset()
-    agent = ds["spec"]["template"]["spec"]["containers"][0]
-    agent["command"] = [*init, "cilium-agent"]
-    agent["args"] = ["--config-dir=/tmp/cilium/config-map", "--enable-ip-masq-agent"]
-    _setup(api_server, EBPF, ds)
-    assert _foreign(backend).agent_options == (
-        CiliumAgentOption("enable-ip-masq-agent", "true", "--enable-ip-masq-agent"),)
-
-
-@pytest.mark.parametrize("init", [["tini", "--"], ["/usr/bin/tini", "-s", "--"],
-                                  ["dumb-init", "--"]])
-def test_the_agent_s_flags_behind_an_init_process_s_double_dash_are_read(
+def test_the_agent_s_flags_behind_an_init_process_are_read(
     init: list[str], api_server: EmulatedApiServer, backend: CiliumBackend
 ) -> None:
     # The init process's `--` ends its own options, not the agent's: pflag reads the
-    # agent's flags after it, where k3snet stopped.
+    # agent's flags after it, where k3snet stopped. And getopt takes `-sp SIGTERM` as -s
+    # and -p with the next argument its value (getopt_long `--rew` as --rewrite): k3snet
+    # took SIGTERM for the program, and read no flag of the agent after it (an agent
+    # "given no config directory" besides).
     ds = _daemonset()
     agent = ds["spec"]["template"]["spec"]["containers"][0]
     agent["command"] = [*init, "cilium-agent"]
