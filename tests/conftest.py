@@ -250,3 +250,23 @@ def ctrl_c() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
+def user_listings(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """``pwd.getpwall``'s calls from here on, one item each (every call answers the users
+    as listed once, before). Skips where another user has root's group as primary group:
+    a directory of group root is then another user's to write, whatever is listed."""
+    import pwd  # noqa: PLC0415
+
+    users = pwd.getpwall()
+    if any(user.pw_gid == 0 and user.pw_uid != 0 for user in users):
+        pytest.skip("another user has root's group as primary group here")
+    calls: list[None] = []
+
+    def listing() -> list[pwd.struct_passwd]:
+        calls.append(None)
+        return users
+
+    monkeypatch.setattr(pwd, "getpwall", listing)
+    return calls

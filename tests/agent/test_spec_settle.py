@@ -593,36 +593,23 @@ def test_an_import_taken_unsettled_then_read_cut_is_judged_again_once_it_settles
 
 
 def test_a_spec_file_being_written_lists_the_users_once_a_settle_not_at_every_look(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, user_listings: list[None]) -> None:
     # A spec in a group-writable directory, held open for writing: the agent looks at it
     # every 0.25 s until it settles, and each look's read listed every user (getpwall, a
     # directory search on a node whose users are in LDAP). Now once a settle, afresh the
     # next one; the first read's wait alike.
-    import pwd  # noqa: PLC0415
-
     if os.geteuid() != 0:
         pytest.skip("needs root to give a directory to group root")
     folder = tmp_path / "shared"
     folder.mkdir()
     os.chown(folder, 0, 0)
     folder.chmod(0o775)  # group root, which root alone has here
-    users = pwd.getpwall()
-    if any(user.pw_gid == 0 and user.pw_uid != 0 for user in users):
-        pytest.skip("another user has root's group as primary group here")
-    listings = 0
-
-    def listing() -> list[pwd.struct_passwd]:
-        nonlocal listings
-        listings += 1
-        return users
-
-    monkeypatch.setattr(pwd, "getpwall", listing)
     path = folder / "spec.yaml"
     then = _old(path, HEAD)
     clocks = Clocks(then + 3600)
     source = FileSpecSource(path, settle=SPEC_SETTLE, clock=clocks.clock,
                             monotonic=clocks.monotonic, sleep=clocks.sleep)
-    assert (source.read(), listings) == (HEAD, 1)
+    assert (source.read(), len(user_listings)) == (HEAD, 1)
     with path.open("w") as writer:
         writer.write(HEAD)
         writer.flush()
@@ -633,9 +620,9 @@ def test_a_spec_file_being_written_lists_the_users_once_a_settle_not_at_every_lo
         writer.write(TAIL)
     clocks.wall = path.stat().st_mtime + SPEC_SETTLE
     assert (source.read(), source.read_again_in) == (WHOLE, None)
-    assert listings == 2
+    assert len(user_listings) == 2
     assert source.read() == WHOLE
-    assert listings == 3  # the next settle asks NSS afresh
+    assert len(user_listings) == 3  # the next settle asks NSS afresh
     waiting = FileSpecSource(path, settle=SPEC_SETTLE, clock=clocks.clock,
                              monotonic=clocks.monotonic, sleep=clocks.sleep)
     with path.open("a") as writer:  # the first read waits, looking every 0.25 s
@@ -650,4 +637,4 @@ def test_a_spec_file_being_written_lists_the_users_once_a_settle_not_at_every_lo
         clocks.wall = path.stat().st_mtime + SPEC_SETTLE
         assert waiting.read() == WHOLE + "# more\n"
     assert len(clocks.slept) >= 6
-    assert listings == 4
+    assert len(user_listings) == 4
