@@ -1003,12 +1003,19 @@ def _asking(args: argparse.Namespace) -> Any:
     return sys.stdout
 
 
+NOT_A_TERMINAL = "stdin is not a terminal; pass --auto-approve to confirm"
+"""Why a change was not confirmed without a terminal to ask on (:func:`_confirm`)."""
+
+
 def _not_confirmed(args: argparse.Namespace) -> int:
     """Exit 1 for a change the user did not confirm, said on stderr and, with
     ``--output json``, as an ``error`` document (type ``NotConfirmed``)."""
     print("k3snet: nothing was changed", file=sys.stderr)
     if _json(args):
-        _print_error_json(args.run, "NotConfirmed", "nothing was changed: not confirmed")
+        message = "nothing was changed: not confirmed"
+        if not sys.stdin.isatty():  # why, as stderr said: a script reads the document
+            message += f": {NOT_A_TERMINAL}"
+        _print_error_json(args.run, "NotConfirmed", message)
     return EXIT_ERROR
 
 
@@ -2472,8 +2479,7 @@ def _confirm(question: str, stream: Any = None) -> bool:
     """Ask on a terminal; refuse (never guess) when stdin is not one. The question goes
     to ``stream`` (default stdout; :func:`_asking` says which)."""
     if not sys.stdin.isatty():
-        print("k3snet: error: stdin is not a terminal; pass --auto-approve to confirm",
-              file=sys.stderr)
+        print(f"k3snet: error: {NOT_A_TERMINAL}", file=sys.stderr)
         return False
     prompt = f"{question} Only 'yes' is accepted: "
     try:
