@@ -8,15 +8,13 @@ and the process then ends without Python's teardown (:func:`end`).
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import sys
-from typing import TYPE_CHECKING
 
-from k3snet._env import env_switch
-from k3snet._stdout import write_whole_streams
-
+# Only what Python loaded before k3snet at module level (os, sys): a Ctrl-C while the
+# rest loads (logging, contextlib, typing, k3snet's modules) is within main()'s handler.
+# Not typing.TYPE_CHECKING, as in k3snet/__init__.py.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from k3snet._argv import Run
 
@@ -30,13 +28,15 @@ def main() -> int:
     "Exception ignored" with status 120.
     """
     _open_standard_streams()
-    write_whole_streams()  # a pipe another holder of it made non-blocking loses nothing
-    if sys.argv[1:] == ["--version"]:
-        from k3snet._version import __version__  # noqa: PLC0415 - the whole point
-
-        return end(_written(f"k3snet {__version__}\n"))
     run: Run | None = None
     try:
+        from k3snet._stdout import write_whole_streams  # noqa: PLC0415 - see the imports
+
+        write_whole_streams()  # a pipe another holder of it made non-blocking loses nothing
+        if sys.argv[1:] == ["--version"]:
+            from k3snet._version import __version__  # noqa: PLC0415 - the whole point
+
+            return end(_written(f"k3snet {__version__}\n"))
         from k3snet._argv import Run  # noqa: PLC0415 - imports nothing
 
         run = Run()  # what the command printed: read here if Ctrl-C escapes it
@@ -67,7 +67,7 @@ def _interrupted_early(argv: list[str], run: Run | None) -> None:
     if run is not None and run.document_printed:
         return
     message = "stopped by SIGINT"
-    with contextlib.suppress(OSError, KeyboardInterrupt):
+    try:
         print(f"k3snet: error: {message}", file=sys.stderr)
         if asks_json(given):
             import json  # noqa: PLC0415 - only here: --version must stay cheap
@@ -77,6 +77,8 @@ def _interrupted_early(argv: list[str], run: Run | None) -> None:
             sys.stdout.write(json.dumps({"format": 1, "kind": "error", "error": {  # JSON_FORMAT
                 "type": "SIGINT", "message": message, "problems": []}},
                 indent=2, sort_keys=True) + "\n")
+    except (OSError, KeyboardInterrupt):
+        pass
 
 
 _STANDARD = ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w"))
@@ -127,15 +129,21 @@ def end(code: int) -> int:
     data at exit, such as coverage); then this returns ``code``. ``0``, ``off``, ``no``
     and ``false`` leave it off, as with the other switches.
     """
+    from k3snet._env import env_switch  # noqa: PLC0415 - see the imports
+
     try:
         sys.stdout.flush()
     except OSError as exc:
         code = _failed_write(exc, code)
     if env_switch("K3SNET_FULL_EXIT", default=False):
         return code
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 - contextlib may not be loaded (see the imports)
         sys.stderr.flush()
-    logging.shutdown()
+    except OSError:
+        pass
+    logging = sys.modules.get("logging")
+    if logging is not None:  # never imported (a Ctrl-C as it loaded): nothing logged
+        logging.shutdown()
     os._exit(code)
 
 
@@ -146,6 +154,8 @@ def _failed_write(exc: OSError, code: int) -> int:
     pipe (the reader went away), else 1, an error, said on stderr unless the command
     failed already (it said why: a full disk it hit while printing). What was not
     written is dropped, so Python's own exit does not try it again."""
+    import contextlib  # noqa: PLC0415 - see the imports
+
     from k3snet.cli import EXIT_BROKEN_PIPE, EXIT_ERROR, FAILURE_CODES  # noqa: PLC0415
 
     with contextlib.suppress(OSError):

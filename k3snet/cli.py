@@ -219,7 +219,7 @@ def _agent_logs_json(argv: Sequence[str]) -> bool:
     of its JSON log, the one line of a crash loop its collector reads."""
     if not argv or argv[0] != "agent":
         return False
-    wanted = os.environ.get("K3SNET_LOG_FORMAT", "text")
+    wanted = os.environ.get("K3SNET_LOG_FORMAT") or "text"
     for index, arg in enumerate(argv):
         if arg == "--":
             break
@@ -263,7 +263,7 @@ def _common_options() -> _Parser:
                            help="log errors only (not with -v)")
     group.add_argument("--log-format", type=_from_env("K3SNET_LOG_FORMAT", _one_of("text", "json")),
                        metavar="{text,json}",
-                       default=os.environ.get("K3SNET_LOG_FORMAT", "text"),
+                       default=os.environ.get("K3SNET_LOG_FORMAT") or "text",
                        help="log lines as text or as one JSON object each "
                             "(default: $K3SNET_LOG_FORMAT or text)")
     group.add_argument("--color", choices=("auto", "always", "never"), default="auto",
@@ -477,6 +477,8 @@ def _allow_disruptive_flag(cmd: argparse.ArgumentParser) -> None:
 
 def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     _allow_disruptive_flag(agent)
+    # A variable set empty is unset (a template's `value: ""`), as for every other one
+    # k3snet reads: refused, K3SNET_LOG_LEVEL="" kept the agent in a crash loop, exit 64.
     env = os.environ.get
     # One source of the spec, exactly: neither or both is a usage error (exit 64).
     source = agent.add_mutually_exclusive_group(required=True)
@@ -508,12 +510,12 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                        default=env("K3SNET_NODE_NAME") or socket.gethostname().strip().lower(),
                        help="this node's name (default: $K3SNET_NODE_NAME, else the hostname "
                             "in lower case, as the kubelet names its Node)")
-    agent.add_argument("--listen", default=env("K3SNET_LISTEN"), metavar="[HOST]:PORT",
+    agent.add_argument("--listen", default=env("K3SNET_LISTEN") or None, metavar="[HOST]:PORT",
                        type=_from_env("K3SNET_LISTEN", _listen_address),
                        help="serve /healthz, /readyz and /metrics here; 'none' disables it "
                             f"(default: $K3SNET_LISTEN, else {DEFAULT_LISTEN}, and none "
                             "with --once)")
-    agent.add_argument("--log-level", default=env("K3SNET_LOG_LEVEL", "INFO"),
+    agent.add_argument("--log-level", default=env("K3SNET_LOG_LEVEL") or "INFO",
                        type=_from_env("K3SNET_LOG_LEVEL",
                                       _one_of("DEBUG", "INFO", "WARNING", "ERROR", fold=True)),
                        metavar="{DEBUG,INFO,WARNING,ERROR}",
@@ -533,7 +535,7 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
                             "$K3SNET_NAMESPACE or kube-system / k3snet-cluster-writer)")
     agent.add_argument("--lease-candidates", metavar="LABEL[=VALUE]",
                        type=_from_env("K3SNET_LEASE_CANDIDATES", _label_selector),
-                       default=env("K3SNET_LEASE_CANDIDATES"),
+                       default=env("K3SNET_LEASE_CANDIDATES") or None,
                        help="only nodes with this label compete for the Lease (e.g. "
                             "node-role.kubernetes.io/control-plane); others never write "
                             "cluster-wide objects nor read the Lease (default: "
@@ -1001,12 +1003,19 @@ def _asking(args: argparse.Namespace) -> Any:
     return sys.stdout
 
 
+NOT_A_TERMINAL = "stdin is not a terminal; pass --auto-approve to confirm"
+"""Why a change was not confirmed without a terminal to ask on (:func:`_confirm`)."""
+
+
 def _not_confirmed(args: argparse.Namespace) -> int:
     """Exit 1 for a change the user did not confirm, said on stderr and, with
     ``--output json``, as an ``error`` document (type ``NotConfirmed``)."""
     print("k3snet: nothing was changed", file=sys.stderr)
     if _json(args):
-        _print_error_json(args.run, "NotConfirmed", "nothing was changed: not confirmed")
+        message = "nothing was changed: not confirmed"
+        if not sys.stdin.isatty():  # why, as stderr said: a script reads the document
+            message += f": {NOT_A_TERMINAL}"
+        _print_error_json(args.run, "NotConfirmed", message)
     return EXIT_ERROR
 
 
@@ -2470,8 +2479,7 @@ def _confirm(question: str, stream: Any = None) -> bool:
     """Ask on a terminal; refuse (never guess) when stdin is not one. The question goes
     to ``stream`` (default stdout; :func:`_asking` says which)."""
     if not sys.stdin.isatty():
-        print("k3snet: error: stdin is not a terminal; pass --auto-approve to confirm",
-              file=sys.stderr)
+        print(f"k3snet: error: {NOT_A_TERMINAL}", file=sys.stderr)
         return False
     prompt = f"{question} Only 'yes' is accepted: "
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from k3snet.cli import EXIT_USAGE, main
+from k3snet.cli import EXIT_USAGE, build_parser, main
 
 SPEC = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
         "destinations:\n  - cidr: 192.168.2.0/24\n")
@@ -158,6 +158,30 @@ def test_agent_once_serves_no_probe_unless_asked_so_a_taken_port_does_not_stop_i
     assert "once=0" in done.stdout, done.stderr
     assert "asked=1" in done.stdout, done.stderr
     assert "Address already in use" in done.stderr
+
+
+_AGENT = ["agent", "--once", "--no-kube", "-f", "spec.yaml"]
+
+
+@pytest.mark.parametrize(("variable", "command"), [
+    ("K3SNET_LOG_FORMAT", ["plan", "-f", "spec.yaml"]),
+    ("K3SNET_LOG_FORMAT", _AGENT),
+    ("K3SNET_LOG_LEVEL", _AGENT),
+    ("K3SNET_LISTEN", _AGENT),
+    ("K3SNET_LEASE_CANDIDATES", _AGENT),
+    ("K3SNET_SPEC_SETTLE", _AGENT),
+    ("K3SNET_TERMINATION_GRACE", _AGENT),
+    ("K3SNET_NODE_NAME", _AGENT),
+])
+def test_an_empty_variable_is_read_as_an_unset_one(
+        monkeypatch: pytest.MonkeyPatch, variable: str, command: list[str]) -> None:
+    # A template's `value: ""` (a Helm value left blank, an Ansible default('')): four of
+    # these were a usage error, exit 64 (an agent in a crash loop), where K3SNET_NODE_NAME,
+    # K3SNET_STATE_DIR and the others read empty as unset.
+    monkeypatch.delenv(variable, raising=False)
+    unset = build_parser().parse_args(command)
+    monkeypatch.setenv(variable, "")
+    assert build_parser().parse_args(command) == unset
 
 
 def test_every_environment_variable_k3snet_reads_is_documented() -> None:

@@ -133,11 +133,12 @@ def test_an_output_that_cannot_be_written_is_an_error_said_once(
 
 
 def _interrupted_loading(module: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    """``k3snet argv`` run as a process, Ctrl-C coming as ``module`` is imported."""
+    """``k3snet argv`` run as a process, Ctrl-C coming as ``module`` is first imported."""
     interrupt = ("import sys\n"
                  "class Interrupt:\n"
                  "    def find_spec(self, name, path=None, target=None):\n"
                  f"        if name == {module!r}:\n"
+                 "            sys.meta_path.remove(self)  # one Ctrl-C\n"
                  "            raise KeyboardInterrupt\n"
                  "sys.meta_path.insert(0, Interrupt())\n")
     return subprocess.run([sys.executable, "-c", interrupt + RUN, *argv],
@@ -167,6 +168,18 @@ def test_ctrl_c_while_the_cli_loads_is_an_error_document_with_json(
     assert done.returncode == 130
     assert json.loads(done.stdout) == {"format": JSON_FORMAT, "kind": "error", "error": {
         "type": "SIGINT", "message": "stopped by SIGINT", "problems": []}}
+    assert done.stderr == "k3snet: error: stopped by SIGINT\n"
+
+
+@pytest.mark.parametrize("module", ["contextlib", "logging", "typing", "k3snet._env",
+                                    "k3snet._stdout"])
+def test_ctrl_c_while_the_entry_point_loads_is_an_error_document_with_json(
+        module: str) -> None:
+    # The modules the entry point itself imported before its handler: a Ctrl-C there was
+    # Python's KeyboardInterrupt traceback, the process killed by SIGINT, no document.
+    done = _interrupted_loading(module, "plan", "-f", str(SEED), "--output", "json")
+    assert done.returncode == 130, done.stderr
+    assert json.loads(done.stdout)["error"]["type"] == "SIGINT"
     assert done.stderr == "k3snet: error: stopped by SIGINT\n"
 
 

@@ -57,6 +57,8 @@ def test_a_saved_plan_is_applied_exactly_then_refused_as_stale(tmp_path: Path) -
         again = _k3snet("apply", str(planfile), lab=lab, tmp=tmp_path)
         assert again.returncode == 1
         assert "the node changed since this plan was made" in again.stderr
+        assert "already as the plan makes it" in again.stderr  # not "plan again"
+        assert "plan again" not in again.stderr
 
         # An unrelated foreign change leaves a fresh plan file good ...
         fresh = tmp_path / "fresh.plan"

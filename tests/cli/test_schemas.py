@@ -566,6 +566,10 @@ def test_destroy_output_json_is_one_schema_valid_document_on_every_path(
     assert code == 1
     validate(refused, "error")
     assert refused["error"]["type"] == "NotConfirmed"
+    # Why, in the document too: a CI job reading it was told "not confirmed" alone.
+    assert refused["error"]["message"] == (
+        "nothing was changed: not confirmed: stdin is not a terminal; pass --auto-approve "
+        "to confirm")
     assert "Plan: 0 to add, 0 to replace, 1 to delete." in err  # what was not confirmed
     assert main(["destroy", "--backend", "memory", "--output", "json", "--auto-approve"]) == 0
     nothing = json.loads(capsys.readouterr().out)

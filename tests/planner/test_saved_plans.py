@@ -8,13 +8,13 @@ includes what ``==`` leaves out (a sysctl's recorded ``previous``: its dump).
 
 from __future__ import annotations
 
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from k3snet import MemoryBackend, State, plan
+from k3snet import MemoryBackend, Route, State, plan
 from k3snet.converge import apply_plan, state_digest
 from k3snet.errors import StalePlanError
 from k3snet.testing import strategies as ks
@@ -67,6 +67,25 @@ def test_a_saved_plan_is_applied_exactly_when_planning_again_gives_it_else_nothi
         # its own desired state (the node is as it was planned: an edited file).
         unchanged = state_digest(node) == state_digest(observed)
         assert ("does not follow from its own desired state" in str(refused.value)) is unchanged
+        # A node already as the plan makes it (applied already: a retry, another run, the
+        # agent) is said so, not left to read from "it would be 0 change(s)".
+        again = plan(node, desired)
+        reached = not unchanged and again.empty and not again.conflicts
+        assert ("already as the plan makes it" in str(refused.value)) is reached
+
+
+def test_a_saved_plan_applied_twice_is_refused_the_second_time_as_applied_already() -> None:
+    desired = State(owned=[Route(ip_network("192.168.2.0/24"), gateway=ip_address("192.168.1.1"),
+                                 device="eth0")])
+    saved = plan(State(), desired)
+    backend = MemoryBackend(State())
+    made = state_digest(State())
+    apply_plan(backend, saved, desired=desired, made_from=made)
+    after = backend.dump()
+    with pytest.raises(StalePlanError, match=r"already as the plan makes it .*nothing was "
+                       r"applied, and nothing is left to apply"):
+        apply_plan(backend, saved, desired=desired, made_from=made)
+    assert backend.dump() == after
 
 
 @given(_states, _desired, _desired)
