@@ -198,6 +198,16 @@ NAT_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         f"-A POSTROUTING -s {POD} -d 192.168.0.0/16 -o eth1 -j MASQUERADE", 4,
         {MasqueradeRule(POD, destination="192.168.0.0/16", out_interface="eth1",
                         exclude=["192.168.2.0/24"])}),
+    # "-o eth+" is every name that starts with "eth": a way out the other may share.
+    "an exemption of a wildcard way out takes the rule of one name it holds": (
+        f"-A POSTROUTING -o eth+ -j RETURN\n-A POSTROUTING -s {POD} -o eth0 -j MASQUERADE", 4,
+        set()),
+    "an exemption of one name takes from the rule of a wildcard holding it": (
+        f"-A POSTROUTING -o eth0 -j RETURN\n-A POSTROUTING -s {POD} -o eth+ -j MASQUERADE", 4,
+        set()),
+    "an exemption of a wildcard that cannot hold the rule's way out is passed": (
+        f"-A POSTROUTING -o eth1+ -j RETURN\n-A POSTROUTING -s {POD} -o eth0 -j MASQUERADE", 4,
+        {MasqueradeRule(POD, out_interface="eth0")}),
     "a masquerade is an exit for an snat after it": (
         f"-A POSTROUTING -s {POD} -d {B} -j MASQUERADE\n"
         f"-A POSTROUTING -s {POD} -j SNAT --to-source 192.0.2.1", 4,

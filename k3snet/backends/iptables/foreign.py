@@ -55,7 +55,7 @@ from k3snet.backends.iptables.save import TableDump
 from k3snet.backends.routed import RoutedBy
 from k3snet.backends.untracked import partial_notrack
 from k3snet.errors import K3snetError
-from k3snet.model import NetObject
+from k3snet.model import NetObject, interfaces_may_meet
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
@@ -297,9 +297,8 @@ def _spared(rule: RuleFields, family: int, exits: list[_Exit]) -> list[Network] 
             return None  # matches k3snet cannot model: which packets it takes is unknown
         if fields.source_neg and fields.source is not None and contains(fields.source, source):
             continue  # skips our sources
-        if (fields.out_interface is not None and rule.out_interface is not None
-                and fields.out_interface != rule.out_interface):
-            continue  # another way out (names compared as written: "eth+" is not "eth0")
+        if not interfaces_may_meet(fields.out_interface, rule.out_interface):
+            continue  # another way out ("eth1" and "eth0"; not "eth+", which holds "eth0")
         if fields.destination is None or fields.destination_neg:
             return None
         spared.append(fields.destination)  # may spare more than it does: errs on "not met"
