@@ -198,6 +198,16 @@ NAT_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         f"-A POSTROUTING -s {POD} -d 192.168.0.0/16 -o eth1 -j MASQUERADE", 4,
         {MasqueradeRule(POD, destination="192.168.0.0/16", out_interface="eth1",
                         exclude=["192.168.2.0/24"])}),
+    # "-o eth+" is every name that starts with "eth": a way out the other may share.
+    "an exemption of a wildcard way out takes the rule of one name it holds": (
+        f"-A POSTROUTING -o eth+ -j RETURN\n-A POSTROUTING -s {POD} -o eth0 -j MASQUERADE", 4,
+        set()),
+    "an exemption of one name takes from the rule of a wildcard holding it": (
+        f"-A POSTROUTING -o eth0 -j RETURN\n-A POSTROUTING -s {POD} -o eth+ -j MASQUERADE", 4,
+        set()),
+    "an exemption of a wildcard that cannot hold the rule's way out is passed": (
+        f"-A POSTROUTING -o eth1+ -j RETURN\n-A POSTROUTING -s {POD} -o eth0 -j MASQUERADE", 4,
+        {MasqueradeRule(POD, out_interface="eth0")}),
     "a masquerade is an exit for an snat after it": (
         f"-A POSTROUTING -s {POD} -d {B} -j MASQUERADE\n"
         f"-A POSTROUTING -s {POD} -j SNAT --to-source 192.0.2.1", 4,
@@ -388,14 +398,29 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         "-A FORWARD -m comment --comment skip ! -d 10.0.0.0/8 -j RETURN\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -s {B} -d {POD} -j ACCEPT", 4,
         set()),
-    "a return bounded by a source does not cut": (
-        "-A FORWARD -s 10.1.0.0/16 ! -d 10.1.0.0/16 -j RETURN\n"
-        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
+    "a return bounded by a source does not cut a chain jumped to": (
+        "-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -s 10.1.0.0/16 ! -d 10.1.0.0/16 -j RETURN\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
         {ForwardRule(POD, B)}),
-    "a return bounded by a destination does not cut": (
-        "-A FORWARD ! -s 10.1.0.0/16 -d 10.1.0.0/16 -j RETURN\n"
-        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
+    "a return bounded by a destination does not cut a chain jumped to": (
+        "-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD ! -s 10.1.0.0/16 -d 10.1.0.0/16 -j RETURN\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
         {ForwardRule(POD, B)}),
+    # A RETURN that leaves FORWARD (in FORWARD, or in a chain gone to) hands its packets
+    # to the policy, DROP here: a drop, as a DROP is. A queue hands them to a program.
+    "a return of the pods' traffic to a drop policy hides the pair": (
+        f"-A FORWARD -s {POD} -j RETURN\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a return in a chain gone to, to a drop policy, hides the pair": (
+        f"-A FORWARD -g FLANNEL-FWD\n-A FLANNEL-FWD -s {POD} -j RETURN\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
+        set()),
+    "the end of a chain gone to, to a drop policy, hides the pair": (
+        f"-A FORWARD -s {POD} -g FLANNEL-FWD\n-A FLANNEL-FWD -d 10.1.0.0/16 -j ACCEPT\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a queue of the pods' traffic to a program hides the pair": (
+        f"-A FORWARD -s {POD} -j NFQUEUE --queue-num 1\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
 }
 
 

@@ -554,7 +554,9 @@ def test_mode_auto_warns_of_rules_in_the_other_flavour(mode: Flavour) -> None:
         assert [w for w in backend.warnings if "mode auto" in w] == [
             f"mode auto picked iptables-{mode} ({backend.mode_reason}), but iptables-{other} "
             "holds rules in the tables k3snet reads, which k3snet does not see and the kernel "
-            "runs as well (a DROP there drops what k3snet accepts): IPv4 filter: 1 rule; "
+            "runs as well (a DROP there drops what k3snet accepts, and a NAT rule there may "
+            "translate k3snet's traffic first: of two nat tables the kernel runs the one made "
+            "last first): IPv4 filter: 1 rule; "
             f"remove them, or pass mode='{other}' if that is the flavour in use"]
         kernel.saves[other, 4] = "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"
         backend.observe()  # a replaced kernel seam has no change token: read again

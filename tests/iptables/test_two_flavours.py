@@ -17,6 +17,7 @@ import pytest
 from k3snet.backends.iptables import IptablesBackend, Mode
 from k3snet.backends.iptables.mode import other_flavour_rules
 from k3snet.lab.netns import run_in
+from k3snet.lab.seed import NODE_ADDRESSES, POD_CIDRS, SeedLab
 from k3snet.model import ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
 
@@ -95,3 +96,29 @@ def test_the_other_flavours_drops_in_raw_and_mangle_are_named_not_an_empty_hint_
             "*security\n:FORWARD DROP [0:0]\nCOMMIT\n")
     assert other_flavour_rules({4: text, 6: None}) == [
         "IPv4 raw: 1 rule", "IPv4 security: FORWARD policy DROP"]
+
+
+@pytest.mark.kernel
+def test_the_other_flavours_nat_made_later_translates_first_and_the_warning_says_it_may(
+        require_root: None) -> None:
+    """Two nat tables on one hook (iptables-nft's and iptables-legacy's, both at srcnat's
+    priority): the kernel runs the one made last first, and the first NAT rule met
+    decides. k3snet's masquerade in iptables-nft, then an SNAT in iptables-legacy: the
+    database sees the SNAT's address, and the warning said only "a DROP there drops"."""
+    wanted = State(owned=[MasqueradeRule(POD_CIDRS[4], out_interface="eth0")])
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        run_in(lab.node, ["ip", "addr", "add", "192.168.1.6/24", "dev", "eth0"])
+        with IptablesBackend(lab.node) as backend:
+            assert backend.mode == "nft", backend.mode_reason
+            backend.apply(plan(backend.observe(), wanted))
+        assert lab.tcp_probe(family=4, timeout=2.0).source_seen == NODE_ADDRESSES[4]
+        run_in(lab.node, ["iptables-legacy", "-w", "-t", "nat", "-A", "POSTROUTING", "-s",
+                          POD_CIDRS[4], "-j", "SNAT", "--to-source", "192.168.1.6"])
+        with IptablesBackend(lab.node) as backend:
+            assert plan(backend.observe(), wanted).empty  # k3snet's rule is in place ...
+            warned = [w for w in backend.warnings if "iptables-legacy" in w]
+            assert len(warned) == 1, backend.warnings
+            assert "IPv4 nat: 1 rule" in warned[0]
+            assert "a NAT rule there may translate k3snet's traffic first" in warned[0]
+        assert lab.tcp_probe(family=4, timeout=2.0).source_seen == "192.168.1.6"  # ... unmet

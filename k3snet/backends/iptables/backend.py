@@ -462,7 +462,9 @@ class IptablesBackend(BackendBase):
                 f"mode auto picked iptables-{self.mode} ({self._mode_reason}), but "
                 f"iptables-{other} holds rules in the tables k3snet reads, which k3snet does "
                 "not see and the kernel runs as well (a DROP there drops what k3snet "
-                f"accepts): {'; '.join(self._other_rules)}; remove them, or pass "
+                "accepts, and a NAT rule there may translate k3snet's traffic first: of "
+                "two nat tables the kernel runs the one made last first): "
+                f"{'; '.join(self._other_rules)}; remove them, or pass "
                 f"mode='{other}' if that is the flavour in use")
         for (family, table), state in sorted(self._tables.items()):
             where = f"IPv{family} {table}"

@@ -10,7 +10,8 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   and an out interface. Marks, negated sources, ``-p`` and anything else: skipped.
 * filter: an ``ACCEPT`` in FORWARD or a chain FORWARD jumps to, matching at most
   source, destination and interfaces, reached before any DROP/REJECT rule (but
-  kube-proxy's drop of ``INVALID`` packets), and
+  kube-proxy's drop of ``INVALID`` packets), queue, or RETURN to a FORWARD
+  policy that is not ACCEPT, and
   only if the replies are accepted too (a reverse plain accept, or a conntrack
   ``ESTABLISHED`` accept covering them), as flannel's ``FLANNEL-FWD`` pair does.
 
@@ -55,7 +56,7 @@ from k3snet.backends.iptables.save import TableDump
 from k3snet.backends.routed import RoutedBy
 from k3snet.backends.untracked import partial_notrack
 from k3snet.errors import K3snetError
-from k3snet.model import NetObject
+from k3snet.model import NetObject, interfaces_may_meet
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
@@ -83,31 +84,39 @@ def _zero(family: int) -> Network:
 
 def _walk(
     dump: TableDump, builtin: str, ours: Container[str] | None = None
-) -> Iterator[tuple[str, str | None, RuleFields | None, Line]]:
-    """(chain, target, fields, tokens) of the rules of ``builtin`` and, at each jump,
-    of the chain jumped to (one level). ``fields`` is ``None`` for a rule with
+) -> Iterator[tuple[str, str | None, RuleFields | None, Line, bool]]:
+    """(chain, target, fields, tokens, leaves) of the rules of ``builtin`` and, at each
+    jump, of the chain jumped to (one level). ``fields`` is ``None`` for a rule with
     matches we do not model, and for every rule behind a jump that matches on
     anything (``! -d 10.0.0.0/8 -j CHAIN``): what such a rule does is narrowed
     by the jump, and reading it alone would overstate it. Rules after a rule
     that may send most packets back out of their chain (see :func:`_cuts`) are
-    left out. ``ours``: k3snet's own chains, not followed (default: every ``K3SNET-``
-    chain)."""
+    left out. ``leaves``: a ``RETURN`` there leaves ``builtin`` (to its policy):
+    in ``builtin`` itself and in a chain gone to with ``-g``, whose end (read as
+    such a ``RETURN`` of the ``-g`` rule's packets) does the same. ``ours``:
+    k3snet's own chains, not followed (default: every ``K3SNET-`` chain)."""
     for spec in dump.chain(builtin):
         tokens = tokenize(spec)
         target = _target(tokens)
         if target is not None and target in dump.rules and not _ours(target, ours):
             narrowed = _conditions(tokens) != []
+            gone_to = "-g" in tokens
             for inner in dump.chain(target):
                 inner_tokens = tokenize(inner)
                 inner_target = _target(inner_tokens)
                 if _cuts(inner_target, inner_tokens):
+                    if gone_to and inner_target == "RETURN":
+                        yield target, inner_target, None, inner_tokens, True
                     break
                 fields = None if narrowed else parse_rule(inner_tokens)
-                yield target, inner_target, fields, inner_tokens
+                yield target, inner_target, fields, inner_tokens, gone_to
+            else:
+                if gone_to:
+                    yield builtin, "RETURN", None, tokens, True
             continue
         if _cuts(target, tokens):
             return
-        yield builtin, target, parse_rule(tokens), tokens
+        yield builtin, target, parse_rule(tokens), tokens, True
 
 
 def _ours(chain: str, ours: Container[str] | None) -> bool:
@@ -297,9 +306,8 @@ def _spared(rule: RuleFields, family: int, exits: list[_Exit]) -> list[Network] 
             return None  # matches k3snet cannot model: which packets it takes is unknown
         if fields.source_neg and fields.source is not None and contains(fields.source, source):
             continue  # skips our sources
-        if (fields.out_interface is not None and rule.out_interface is not None
-                and fields.out_interface != rule.out_interface):
-            continue  # another way out (names compared as written: "eth+" is not "eth0")
+        if not interfaces_may_meet(fields.out_interface, rule.out_interface):
+            continue  # another way out ("eth1" and "eth0"; not "eth+", which holds "eth0")
         if fields.destination is None or fields.destination_neg:
             return None
         spared.append(fields.destination)  # may spare more than it does: errs on "not met"
@@ -368,11 +376,14 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
     """The simple ``ACCEPT`` rules of FORWARD (and of the chains it jumps to, one level)
     met before any drop or reject (but kube-proxy's drop of ``INVALID`` packets)."""
     accepts: list[RuleFields] = []
-    for _, target, fields, _ in _walk(dump, "FORWARD", ours):
+    dropped = dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT"
+    for _, target, fields, _, leaves in _walk(dump, "FORWARD", ours):
         if target in _STOP:
             if fields is not None and fields.ctstate == "INVALID":
                 continue  # kube-proxy's drop of invalid packets: valid traffic goes on
             break  # what comes after a drop may never be reached
+        if target in ("NFQUEUE", "QUEUE") or (target == "RETURN" and leaves and dropped):
+            break  # a program's verdict, or FORWARD's policy drop: as a drop, above
         if fields is None:
             continue
         if fields.target == "ACCEPT" and not fields.source_neg and not fields.destination_neg:

@@ -1,0 +1,68 @@
+"""A wanted rule said met by a foreign one: the kernel's packets agree, in the seed lab.
+
+A foreign rule met before the foreign MASQUERADE or ACCEPT that would serve a wanted
+rule can take the pods' packets first: an exemption through ``-o eth+`` before a
+masquerade through eth0, a ``RETURN`` to FORWARD's policy DROP before an accept pair.
+The plan then says what decides (a conflict, not "met"), and a TCP connection from the
+pod to the database fails; with that rule deleted the plan says "met" and it succeeds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from k3snet.backends.iptables import IptablesBackend, Mode
+from k3snet.lab.netns import run_in
+from k3snet.lab.seed import POD_CIDRS, SeedLab
+from k3snet.model import ForwardRule, MasqueradeRule, NetObject
+from k3snet.model.state import State
+from k3snet.planner import plan
+
+POD = POD_CIDRS[4]
+DB_NET = "192.168.2.0/24"
+# (table, the rules written first in order, the rule taking the pods' packets, wanted)
+CASES: dict[str, tuple[str, list[list[str]], list[str], NetObject]] = {
+    "a nat exemption through eth+ before a masquerade through eth0": (
+        "nat", [["-o", "eth+", "-j", "RETURN"],
+                ["-s", POD, "-o", "eth0", "-j", "MASQUERADE"]],
+        ["-o", "eth+", "-j", "RETURN"], MasqueradeRule(POD, out_interface="eth0")),
+    "a return to FORWARD's policy drop before an accept pair": (
+        "filter", [["-s", POD, "-j", "RETURN"], ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
+                   ["-d", POD, "-j", "ACCEPT"]],
+        ["-s", POD, "-j", "RETURN"], ForwardRule(POD, DB_NET)),
+}
+
+
+def _status(backend: IptablesBackend, wanted: NetObject) -> str:
+    notes = [n for n in plan(backend.observe(), State(owned=[wanted])).notes
+             if n.wanted == wanted]
+    assert len(notes) == 1, notes
+    return notes[0].status
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(("case", "mode"), [
+    ("a nat exemption through eth+ before a masquerade through eth0", "nft"),
+    ("a return to FORWARD's policy drop before an accept pair", "legacy"),
+])
+def test_a_foreign_rule_met_only_when_the_kernel_lets_the_pods_packets_reach_it(
+    require_root: None, case: str, mode: Mode
+) -> None:
+    table, rules, taking, wanted = CASES[case]
+    with SeedLab.create() as lab:
+        ipt = [f"iptables-{mode}", "-w"]
+        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        if table == "filter":  # the pods' traffic is masqueraded; FORWARD is what decides
+            run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
+            run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                              "-j", "MASQUERADE"])
+        chain = "POSTROUTING" if table == "nat" else "FORWARD"
+        for rule in rules:
+            run_in(lab.node, [*ipt, "-t", table, "-A", chain, *rule])
+        with IptablesBackend(lab.node, mode=mode) as backend:
+            assert _status(backend, wanted) == "conflict"
+        assert not lab.tcp_probe(family=4, timeout=1.0).ok
+        run_in(lab.node, [*ipt, "-t", table, "-D", chain, *taking])
+        with IptablesBackend(lab.node, mode=mode) as backend:
+            assert _status(backend, wanted) == "met"
+        assert lab.tcp_probe(family=4, timeout=2.0).ok
