@@ -280,8 +280,9 @@ def test_disruptive_changes_are_refused_unless_allowed(
 def test_a_value_already_in_place_or_an_option_is_not_disruptive(tmp_path: Path) -> None:
     backend = FlannelBackend(path=_file(tmp_path, K3S_VXLAN))
     same = Change.add(FlannelConfig(backend.target, network="10.42.0.0/16",
-                                    enable_nftables=True))
+                                    extra={"SubnetLen": 24}))
     assert backend.disruptive(same) is None
+    assert backend.check(Plan(changes=[same])) == ()
     mtu = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
                                    backend_options={"MTU": 1400}))
     assert backend.disruptive(mtu) is None
@@ -350,8 +351,8 @@ def test_a_config_flannel_already_refuses_does_not_block_other_keys(tmp_path: Pa
     text = '{"EnableIPv6": true, "IPv6Network": "::/0", "Network": "10.42.0.0/16"}'
     path = _file(tmp_path, text)
     backend = FlannelBackend(path=path)
-    _converge(backend, State(owned=[FlannelConfig(backend.target, enable_nftables=True)]))
-    assert json.loads(path.read_text())["EnableNFTables"] is True
+    _converge(backend, State(owned=[FlannelConfig(backend.target, extra={"SubnetLen": 24})]))
+    assert json.loads(path.read_text())["SubnetLen"] == 24
 
 
 def test_giving_back_a_config_flannel_already_refused_is_not_blocked(tmp_path: Path) -> None:
@@ -502,6 +503,33 @@ def test_a_mis_cased_key_is_read_as_flannel_reads_it(tmp_path: Path) -> None:
     assert plan(backend.observe(), State(owned=[mtu])).empty
 
 
+def test_enable_nftables_is_refused_for_a_nodes_file_k3s_reads_without_it(
+    tmp_path: Path
+) -> None:
+    """K3s' embedded flannel builds its iptables traffic manager whatever the file says
+    (pkg/agent/flannel): EnableNFTables written there changed nothing yet was applied."""
+    path = _file(tmp_path, K3S_VXLAN)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    for value in (True, False):
+        p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
+                                                               enable_nftables=value)]))
+        (problem,) = backend.check(p)
+        assert "ignores EnableNFTables" in problem
+        assert "cni.flannel.enableNFTables" in problem
+        with pytest.raises(PlanError, match="ignores EnableNFTables"):
+            backend.apply(p)
+        assert path.read_text() == K3S_VXLAN
+    # One an earlier k3snet wrote is still taken back.
+    owned = K3S_VXLAN.rstrip()[:-1] + (',\n"EnableNFTables": true,\n'
+                                       '"k3snet.io/owned": {"EnableNFTables": null},\n'
+                                       '"k3snet.io/written": {"EnableNFTables": "true"}\n}\n')
+    path.write_text(owned)
+    assert backend.observe().owned == frozenset({FlannelConfig(backend.target,
+                                                               enable_nftables=True)})
+    _converge(backend, State())
+    assert "EnableNFTables" not in json.loads(path.read_text())
+
+
 def test_backend_options_flannel_would_refuse_are_never_written(tmp_path: Path) -> None:
     """flannel's vxlan backend stops on {"DirectRouting": "true"} ("error decoding VXLAN
     backend config"): k3snet refuses to write it, and reads options of other types as is."""
@@ -596,7 +624,7 @@ def test_an_extension_config_keeps_its_commands_while_other_keys_change(tmp_path
     path = _file(tmp_path, K3S_TAILSCALE)
     backend = FlannelBackend(path=path)
     _converge(backend, State(owned=[FlannelConfig(backend.target, backend_type="extension",
-                                                  enable_nftables=True)]))
+                                                  extra={"SubnetLen": 24})]))
     assert json.loads(path.read_text())["Backend"]["PostStartupCommand"].startswith("tailscale")
     _converge(backend, State())
     assert path.read_text() == K3S_TAILSCALE
