@@ -445,6 +445,38 @@ def test_json_flannel_cannot_read_is_a_clear_error_naming_the_file(
     assert reason in str(info.value)
 
 
+@pytest.mark.parametrize(("data", "reason"), [
+    # flannel's file is a few hundred bytes: a larger one is never read whole.
+    (NET_CONF.encode()[:-3] + b', "x": "' + b"a" * (1 << 20) + b'"}\n', "larger than 1048576"),
+    # Go's decoder reads invalid UTF-8 as U+FFFD, which k3snet could not write back.
+    (NET_CONF.replace('"weird"', '"w\u00e9ird"').encode("latin-1"), "not UTF-8 text"),
+    (NET_CONF.encode("utf-16"), "not UTF-8 text"),
+])
+def test_bytes_flannel_would_read_otherwise_are_refused_and_the_file_kept(
+    conf_file: Path, data: bytes, reason: str
+) -> None:
+    conf_file.write_bytes(data)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    with pytest.raises(BackendError, match=reason):
+        backend.observe()
+    (problem,) = backend.check(Plan(changes=[Change.add(FlannelConfig(
+        backend.target, extra=SUBNET_MAX))]))
+    assert reason in problem
+    assert conf_file.read_bytes() == data
+
+
+def test_a_key_written_with_json_escapes_is_the_field_go_unescapes_it_to(
+    conf_file: Path
+) -> None:
+    """Go's decoder unescapes a key before matching it: "\\u004eetwork" is Network."""
+    conf_file.write_text(NET_CONF.replace('"Network"', '"\\u004eetwork"'))
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    (foreign,) = backend.observe().foreign
+    assert str(foreign.network) == "10.42.0.0/16"
+    assert plan(backend.observe(), State(owned=[FlannelConfig(
+        backend.target, network="10.42.0.0/16")])).empty
+
+
 def test_a_deeply_nested_ownership_record_is_a_clear_error(conf_file: Path) -> None:
     deep = json.dumps("[" * 2000 + "]" * 2000)
     record = '{"Network": ' + deep + "}"
