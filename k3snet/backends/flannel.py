@@ -934,6 +934,14 @@ class FlannelBackend(BackendBase):
                         f"flannel backend refuses {change} on {self.target}: flannel runs "
                         "the extension backend's commands as root on every node, so "
                         f"{'; '.join(commands)} (write them by hand if you mean to)")
+                if isinstance(self._store, _FileStore) and wanted.enable_nftables is not None:
+                    raise PlanError(
+                        f"flannel backend refuses {change} on {self.target}: a node's own "
+                        "net-conf.json is read by K3s' embedded flannel, which ignores "
+                        "EnableNFTables (K3s builds flannel's iptables rules whatever the "
+                        "file says), so writing it would change nothing: leave "
+                        "cni.flannel.enableNFTables out for this file (upstream flanneld, "
+                        "v0.25 and later, reads it from its ConfigMap)")
                 unread = unread_options(wanted.members().get("Backend"),
                                         windows=isinstance(self._store, _ConfigMapStore))
                 if unread:

@@ -21,7 +21,7 @@ from typing import Any
 from k3snet._gojson import fold
 from k3snet._logline import printable
 from k3snet.errors import BackendError
-from k3snet.model.cni import canonical_json, flannel_backend_type
+from k3snet.model.cni import FLANNEL_FIELDS, canonical_json, flannel_backend_type
 
 __all__ = [
     "DISRUPTIVE_KEYS",
@@ -38,13 +38,6 @@ __all__ = [
 
 K3S_GENERATED_SUFFIX: tuple[str, ...] = ("agent", "etc", "flannel", "net-conf.json")
 """The end of the path of the net-conf.json K3s writes on every start (under its data dir)."""
-
-FLANNEL_FIELDS: tuple[str, ...] = (
-    "EnableIPv4", "EnableIPv6", "EnableNFTables", "Network", "IPv6Network", "Networks",
-    "IPv6Networks", "SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax", "SubnetLen",
-    "IPv6SubnetLen", "Backend",
-)
-"""The fields of flannel's ``subnet.Config`` (the keys it reads from net-conf.json)."""
 
 _NETWORK_WHY = ("changes the network flannel routes, accepts and exempts from masquerade, and "
                 "flannel stops on every node whose podCIDR it does not contain (its kube "

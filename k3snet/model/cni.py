@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from k3snet._gojson import fold
 from k3snet._logline import printable
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple, optional_network
@@ -53,6 +54,7 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "ENCAPSULATION_MODES",
     "FLANNEL_BACKEND_TYPES",
+    "FLANNEL_FIELDS",
     "FLANNEL_KEYS",
     "FLANNEL_OWNED_MARKER",
     "FLANNEL_WRITTEN_MARKER",
@@ -83,6 +85,15 @@ FLANNEL_KEYS: tuple[str, ...] = (
     "Network", "IPv6Network", "EnableIPv4", "EnableIPv6", "EnableNFTables", "Backend",
 )
 """The top-level ``net-conf.json`` keys :class:`FlannelConfig` models as fields."""
+
+FLANNEL_FIELDS: tuple[str, ...] = (
+    "EnableIPv4", "EnableIPv6", "EnableNFTables", "Network", "IPv6Network", "Networks",
+    "IPv6Networks", "SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax", "SubnetLen",
+    "IPv6SubnetLen", "Backend",
+)
+"""The fields of flannel's ``subnet.Config`` (the keys it reads from net-conf.json)."""
+
+_FLANNEL_FIELD_BY_FOLD = {fold(name): name for name in FLANNEL_FIELDS}
 
 FLANNEL_BACKEND_TYPES: tuple[str, ...] = (
     "vxlan", "host-gw", "wireguard", "udp", "ipip", "ipsec", "alloc", "extension",
@@ -371,9 +382,7 @@ class FlannelConfig(NetObject):
         self._lift_modelled_extra()
         if self.backend_options and self.backend_type is None:
             raise ModelError(f"flannel {self.target}: backend options need a backend type")
-        if "Type" in self.backend_options:
-            raise ModelError(f"flannel {self.target}: give Backend.Type as backend_type, "
-                             "not among the options")
+        self._refuse_go_spellings()
         for marker in _FLANNEL_MARKERS:
             if marker in self.extra:
                 raise ModelError(f"flannel {self.target}: {marker!r} is reserved "
@@ -393,6 +402,28 @@ class FlannelConfig(NetObject):
             self.extra.canonical_items(),
         )
         self._seal(("flannel", self.target), content)
+
+    def _refuse_go_spellings(self) -> None:
+        """Refuse keys flannel would read otherwise than this object says.
+
+        Flannel decodes net-conf.json with Go's ``encoding/json``, which matches a key to a
+        field case-insensitively (:func:`~k3snet._gojson.fold`) and, of two spellings,
+        keeps the later one: ``extra`` ``{"backend": ...}`` is flannel's ``Backend``, and
+        an option ``"type"`` is its ``Backend.Type``. Such a key would get past every
+        check made on the field's name (the extension backend's commands, the options
+        a backend reads) and be recorded under a name the file does not hold.
+        """
+        for key in self.extra:
+            field = _FLANNEL_FIELD_BY_FOLD.get(fold(key))
+            if field is not None and key != field:
+                raise ModelError(
+                    f"flannel {self.target}: extra key {printable(key)!r} is flannel's "
+                    f"{field} (Go's JSON decoding matches keys case-insensitively): give it "
+                    f"as {field!r}" + (" (backend_type and backend_options)"
+                                       if field == "Backend" else ""))
+        problem = _option_spelling_problem(self.backend_options)
+        if problem is not None:
+            raise ModelError(f"flannel {self.target}: {problem}")
 
     def _lift_modelled_extra(self) -> None:
         """Move valid modelled keys given in ``extra`` into their fields (one spelling)."""
@@ -677,6 +708,24 @@ file:/etc/flannel.json: flannel gives pods addresses from 10.244.0.0/16, so rule
         return cls(data["target"], data["pod_cidrs"])
 
 
+def _option_spelling_problem(options: Iterable[str]) -> str | None:
+    """Why ``Backend`` options named ``options`` (its ``Type`` left out) are not each one
+    option to flannel: one is its ``Type`` spelled otherwise, or two are one option
+    spelled twice (Go's JSON decoding matches keys case-insensitively)."""
+    seen: dict[str, str] = {}
+    for key in options:
+        folded = fold(key)
+        if folded == "type":
+            return ("give Backend.Type as backend_type, not among the options"
+                    + ("" if key == "Type" else f" (flannel reads {printable(key)!r} as Type)"))
+        if folded in seen:
+            return (f"backend options {printable(seen[folded])!r} and {printable(key)!r} are "
+                    "one option to flannel (Go's JSON decoding matches keys "
+                    "case-insensitively and the later one wins); keep one")
+        seen[folded] = key
+    return None
+
+
 def _field_from_member(key: str, value: Any) -> dict[str, Any]:
     """The FlannelConfig keyword for one top-level key (raises on a bad value)."""
     if key == "Network":
@@ -697,6 +746,9 @@ def _field_from_member(key: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict) or not isinstance(value.get("Type"), str):
             raise ModelError("Backend is an object with a Type")
         options = {k: v for k, v in value.items() if k != "Type"}
+        problem = _option_spelling_problem(options)
+        if problem is not None:
+            raise ModelError(problem)
         kind = value["Type"]
         if kind not in FLANNEL_BACKEND_TYPES:  # flannel reads "VXLAN" as vxlan
             kind = flannel_backend_type(kind)

@@ -125,7 +125,7 @@ def test_a_node_s_flannel_file_change_is_said_on_that_node_in_the_pass_that_made
     path = tmp_path / "spec.yaml"
     path.write_text("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\nbackends: [flannel]\n"
                     "destinations: []\ncni:\n  allowDisruptive: true\n  flannel:\n"
-                    "    enableNFTables: true\n")
+                    "    backend: {type: vxlan, options: {MTU: 1400}}\n")
     memory = MemoryBackend(capabilities=("route", "sysctl", "nat", "forward"))
     flannel = FlannelBackend(path=conf, allow_disruptive=True)
     agent = Agent(FileSpecSource(path), lambda spec: BackendGroup([memory, flannel]),

@@ -55,6 +55,9 @@ NET_CONF = """{
 }
 """
 
+# A key k3snet may write into a node's file (K3s ignores EnableNFTables there).
+SUBNET_MAX = {"SubnetMax": "10.42.200.0"}
+
 
 def _configmap(text: str = NET_CONF, **metadata: Any) -> dict[str, Any]:
     return {
@@ -155,11 +158,11 @@ def test_changing_one_key_rewrites_only_its_value(conf_file: Path) -> None:
 
 def test_adding_an_absent_key_follows_the_layout_and_is_removed_exactly(conf_file: Path) -> None:
     backend = FlannelBackend(path=conf_file, allow_disruptive=True)
-    desired = State(owned=[FlannelConfig(backend.target, enable_nftables=True,
-                                         extra={"SubnetMin": "10.42.8.0"})])
+    desired = State(owned=[FlannelConfig(backend.target, extra={
+        "SubnetMax": "10.42.200.0", "SubnetMin": "10.42.8.0"})])
     _converge(backend, desired)
     text = conf_file.read_text()
-    assert '\n  "EnableNFTables": true,\n  "SubnetMin": "10.42.8.0",\n' in text
+    assert '\n  "SubnetMax": "10.42.200.0",\n  "SubnetMin": "10.42.8.0",\n' in text
     assert text.startswith(NET_CONF.rstrip()[:-2])  # everything before is untouched
     observed = backend.observe()
     assert observed.owned == desired.owned
@@ -199,7 +202,7 @@ def test_value_already_there_is_met_by_the_foreign_config(conf_file: Path) -> No
 def test_file_mode_is_kept_and_the_file_is_replaced_atomically(conf_file: Path) -> None:
     backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     inode = conf_file.stat().st_ino
-    _converge(backend, State(owned=[FlannelConfig(backend.target, enable_nftables=True)]))
+    _converge(backend, State(owned=[FlannelConfig(backend.target, extra=SUBNET_MAX)]))
     info = conf_file.stat()
     assert oct(info.st_mode & 0o777) == oct(0o640)
     assert info.st_ino != inode  # a new file renamed over the old one, never written in place
@@ -228,7 +231,7 @@ def test_a_file_whose_owner_cannot_be_kept_is_left_alone(tmp_path: Path) -> None
                 backend = FlannelBackend(path=path)
                 try:
                     _converge(backend, State(owned=[FlannelConfig(backend.target,
-                                                                  enable_nftables=True)]))
+                                                                  extra=SUBNET_MAX)]))
                     outcome = "written"
                 except ApplyError as exc:
                     outcome = str(exc)
@@ -275,7 +278,7 @@ def test_a_hard_linked_file_is_left_alone_as_the_rename_would_part_its_names(
     os.link(conf_file, other)
     backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
-                                                           enable_nftables=True)]))
+                                                           extra=SUBNET_MAX)]))
     problems = backend.check(p)
     assert len(problems) == 1
     assert "2 hard links" in problems[0], problems
@@ -298,12 +301,23 @@ def test_a_file_that_is_a_mount_point_is_named_so_when_the_rename_is_refused(
 
     monkeypatch.setattr(os, "replace", busy)
     p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
-                                                           enable_nftables=True)]))
+                                                           extra=SUBNET_MAX)]))
     with pytest.raises(ApplyError, match=r"the file is unchanged\): .*a mount point .*mount "
                                          r"its directory"):
         backend.apply(p)
     assert conf_file.read_text() == NET_CONF
     assert sorted(os.listdir(conf_file.parent)) == ["net-conf.json"]
+
+
+def test_enable_nftables_is_written_to_a_configmap_upstream_flanneld_reads(
+    configmap_backend: FlannelBackend, api_server: EmulatedApiServer
+) -> None:
+    """Upstream flanneld (v0.25 and later) reads EnableNFTables from its ConfigMap; only a
+    node's own file (K3s' embedded flannel) is refused it."""
+    _converge(configmap_backend, State(owned=[FlannelConfig(configmap_backend.target,
+                                                            enable_nftables=True)]))
+    data = json.loads(_stored(api_server)["data"]["net-conf.json"])
+    assert data["EnableNFTables"] is True
 
 
 def test_a_concurrent_change_of_the_file_is_not_overwritten(
@@ -336,7 +350,7 @@ def test_two_k3snet_writers_of_one_file_never_lose_either_edit(
     first_plan = plan(first.observe(), State(owned=[FlannelConfig(first.target,
                                                                   network="10.9.0.0/16")]))
     second_plan = plan(second.observe(), State(owned=[FlannelConfig(second.target,
-                                                                    enable_nftables=True)]))
+                                                                    extra=SUBNET_MAX)]))
     outcome: list[str] = []
     mkstemp = tempfile.mkstemp
     calls: list[None] = []
@@ -356,10 +370,10 @@ def test_two_k3snet_writers_of_one_file_never_lose_either_edit(
     values = json.loads(conf_file.read_text())
     assert values["Network"] == "10.9.0.0/16"
     if outcome == ["applied"]:  # then its edit must be there too
-        assert values.get("EnableNFTables") is True, "the second writer's edit was lost"
+        assert values.get("SubnetMax") == "10.42.200.0", "the second writer's edit was lost"
     else:
         assert "another k3snet is writing" in outcome[0], outcome
-        assert "EnableNFTables" not in values
+        assert "SubnetMax" not in values
     assert FlannelBackend(path=conf_file).observe().owned == frozenset(
         {FlannelConfig(first.target, network="10.9.0.0/16")})
 
@@ -429,6 +443,38 @@ def test_json_flannel_cannot_read_is_a_clear_error_naming_the_file(
                                            r"is not valid JSON") as info:
         FlannelBackend(path=conf_file, allow_disruptive=True).observe()
     assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    # flannel's file is a few hundred bytes: a larger one is never read whole.
+    (NET_CONF.encode()[:-3] + b', "x": "' + b"a" * (1 << 20) + b'"}\n', "larger than 1048576"),
+    # Go's decoder reads invalid UTF-8 as U+FFFD, which k3snet could not write back.
+    (NET_CONF.replace('"weird"', '"w\u00e9ird"').encode("latin-1"), "not UTF-8 text"),
+    (NET_CONF.encode("utf-16"), "not UTF-8 text"),
+])
+def test_bytes_flannel_would_read_otherwise_are_refused_and_the_file_kept(
+    conf_file: Path, data: bytes, reason: str
+) -> None:
+    conf_file.write_bytes(data)
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    with pytest.raises(BackendError, match=reason):
+        backend.observe()
+    (problem,) = backend.check(Plan(changes=[Change.add(FlannelConfig(
+        backend.target, extra=SUBNET_MAX))]))
+    assert reason in problem
+    assert conf_file.read_bytes() == data
+
+
+def test_a_key_written_with_json_escapes_is_the_field_go_unescapes_it_to(
+    conf_file: Path
+) -> None:
+    """Go's decoder unescapes a key before matching it: "\\u004eetwork" is Network."""
+    conf_file.write_text(NET_CONF.replace('"Network"', '"\\u004eetwork"'))
+    backend = FlannelBackend(path=conf_file, allow_disruptive=True)
+    (foreign,) = backend.observe().foreign
+    assert str(foreign.network) == "10.42.0.0/16"
+    assert plan(backend.observe(), State(owned=[FlannelConfig(
+        backend.target, network="10.42.0.0/16")])).empty
 
 
 def test_a_deeply_nested_ownership_record_is_a_clear_error(conf_file: Path) -> None:

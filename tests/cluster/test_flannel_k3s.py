@@ -11,6 +11,7 @@ as its users do.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,14 @@ from k3snet.backends.flannel import (
     is_k3s_generated,
 )
 from k3snet.backends.registry import backend_options
-from k3snet.errors import BackendError, PlanError
-from k3snet.model.cni import FLANNEL_OWNED_MARKER, FlannelConfig
+from k3snet.errors import BackendError, ModelError, PlanError
+from k3snet.model.cni import FLANNEL_FIELDS, FLANNEL_OWNED_MARKER, FlannelConfig
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import compile as compile_spec
 from k3snet.spec import load_spec
 from k3snet.testing.kube import EmulatedApiServer
+from tests.examples import examples
 
 pytestmark = pytest.mark.cluster
 
@@ -280,8 +282,9 @@ def test_disruptive_changes_are_refused_unless_allowed(
 def test_a_value_already_in_place_or_an_option_is_not_disruptive(tmp_path: Path) -> None:
     backend = FlannelBackend(path=_file(tmp_path, K3S_VXLAN))
     same = Change.add(FlannelConfig(backend.target, network="10.42.0.0/16",
-                                    enable_nftables=True))
+                                    extra={"SubnetLen": 24}))
     assert backend.disruptive(same) is None
+    assert backend.check(Plan(changes=[same])) == ()
     mtu = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
                                    backend_options={"MTU": 1400}))
     assert backend.disruptive(mtu) is None
@@ -350,8 +353,8 @@ def test_a_config_flannel_already_refuses_does_not_block_other_keys(tmp_path: Pa
     text = '{"EnableIPv6": true, "IPv6Network": "::/0", "Network": "10.42.0.0/16"}'
     path = _file(tmp_path, text)
     backend = FlannelBackend(path=path)
-    _converge(backend, State(owned=[FlannelConfig(backend.target, enable_nftables=True)]))
-    assert json.loads(path.read_text())["EnableNFTables"] is True
+    _converge(backend, State(owned=[FlannelConfig(backend.target, extra={"SubnetLen": 24})]))
+    assert json.loads(path.read_text())["SubnetLen"] == 24
 
 
 def test_giving_back_a_config_flannel_already_refused_is_not_blocked(tmp_path: Path) -> None:
@@ -502,6 +505,82 @@ def test_a_mis_cased_key_is_read_as_flannel_reads_it(tmp_path: Path) -> None:
     assert plan(backend.observe(), State(owned=[mtu])).empty
 
 
+@pytest.mark.parametrize(("config", "message"), [
+    ({"extra": {"backend": {"Type": "extension", "PreStartupCommand": "touch /tmp/x"}}},
+     "extra key 'backend' is flannel's Backend"),
+    ({"extra": {"enablenftables": True}}, "extra key 'enablenftables' is flannel's EnableNFTables"),
+    ({"extra": {"SUBNETLEN": 24}}, "give it as 'SubnetLen'"),
+    ({"extra": {"\u017fubnetLen": 24}}, "is flannel's SubnetLen"),  # Go folds long s to s
+    ({"backend_type": "vxlan", "backend_options": {"type": "extension"}},
+     "flannel reads 'type' as Type"),
+    ({"backend_type": "vxlan", "backend_options": {"vni": 2, "VNI": 3}},
+     "'VNI' and 'vni' are one option to flannel"),
+])
+def test_a_key_go_matches_to_a_flannel_field_is_refused_in_another_spelling(
+    tmp_path: Path, config: dict[str, Any], message: str
+) -> None:
+    """flannel's Go decoding matches keys case-insensitively: extra {"backend": ...} is its
+    Backend, and used to get past the checks made on "Backend" (the extension backend's
+    commands were written to a file without a Backend, with allow_disruptive)."""
+    text = '{"Network": "10.42.0.0/16"}'
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    with pytest.raises(ModelError, match=re.escape(message)):
+        FlannelConfig(backend.target, **config)
+    assert path.read_text() == text
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(field=st.sampled_from(FLANNEL_FIELDS), flips=st.lists(st.booleans(), min_size=14,
+                                                               max_size=14))
+def test_every_spelling_of_a_flannel_field_in_extra_but_its_own_is_refused(
+    field: str, flips: list[bool]
+) -> None:
+    key = "".join(c.swapcase() if flip else c for c, flip in zip(field, flips, strict=False))
+    if key == field:
+        return
+    with pytest.raises(ModelError, match=f"is flannel's {field} "):
+        FlannelConfig("file:/etc/flannel.json", extra={key: 24})
+
+
+def test_observed_options_flannel_reads_as_one_are_kept_as_found() -> None:
+    """A config read (never refused: it is reported as found) whose Backend holds two
+    spellings of one option keeps its Backend verbatim, as for any other value k3snet
+    does not model."""
+    members = {"Network": "10.42.0.0/16", "Backend": {"Type": "host-gw", "vni": 1, "VNI": 2}}
+    config = FlannelConfig.from_members("file:/etc/flannel.json", members)
+    assert config.backend_type is None
+    assert config.extra.to_dict() == {"Backend": {"Type": "host-gw", "vni": 1, "VNI": 2}}
+    assert str(config.network) == "10.42.0.0/16"
+
+
+def test_enable_nftables_is_refused_for_a_nodes_file_k3s_reads_without_it(
+    tmp_path: Path
+) -> None:
+    """K3s' embedded flannel builds its iptables traffic manager whatever the file says
+    (pkg/agent/flannel): EnableNFTables written there changed nothing yet was applied."""
+    path = _file(tmp_path, K3S_VXLAN)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    for value in (True, False):
+        p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
+                                                               enable_nftables=value)]))
+        (problem,) = backend.check(p)
+        assert "ignores EnableNFTables" in problem
+        assert "cni.flannel.enableNFTables" in problem
+        with pytest.raises(PlanError, match="ignores EnableNFTables"):
+            backend.apply(p)
+        assert path.read_text() == K3S_VXLAN
+    # One an earlier k3snet wrote is still taken back.
+    owned = K3S_VXLAN.rstrip()[:-1] + (',\n"EnableNFTables": true,\n'
+                                       '"k3snet.io/owned": {"EnableNFTables": null},\n'
+                                       '"k3snet.io/written": {"EnableNFTables": "true"}\n}\n')
+    path.write_text(owned)
+    assert backend.observe().owned == frozenset({FlannelConfig(backend.target,
+                                                               enable_nftables=True)})
+    _converge(backend, State())
+    assert "EnableNFTables" not in json.loads(path.read_text())
+
+
 def test_backend_options_flannel_would_refuse_are_never_written(tmp_path: Path) -> None:
     """flannel's vxlan backend stops on {"DirectRouting": "true"} ("error decoding VXLAN
     backend config"): k3snet refuses to write it, and reads options of other types as is."""
@@ -596,7 +675,7 @@ def test_an_extension_config_keeps_its_commands_while_other_keys_change(tmp_path
     path = _file(tmp_path, K3S_TAILSCALE)
     backend = FlannelBackend(path=path)
     _converge(backend, State(owned=[FlannelConfig(backend.target, backend_type="extension",
-                                                  enable_nftables=True)]))
+                                                  extra={"SubnetLen": 24})]))
     assert json.loads(path.read_text())["Backend"]["PostStartupCommand"].startswith("tailscale")
     _converge(backend, State())
     assert path.read_text() == K3S_TAILSCALE
