@@ -107,6 +107,7 @@ from k3snet.backends.cilium_mount import (
     CONFIG_PATH_FLAG,
     DEFAULT_AGENT_FILE,
     DEFAULT_DAEMONSET,
+    AgentOption,
     ConfigSources,
     agent_config_dir_missing,
     agent_config_path,
@@ -116,11 +117,13 @@ from k3snet.backends.cilium_mount import (
     agent_file_unreadable,
     agent_options,
     config_sources,
+    option_variable,
     pod_as_daemonset,
     pod_node,
     pods_lag,
     runs_agent,
     runs_nowhere,
+    variable_configmap_ref,
 )
 from k3snet.backends.cni_restart import (
     CHANGED_ANNOTATION,
@@ -617,6 +620,22 @@ class _Api:
                           metadata.resource_version if metadata is not None else None,
                           annotations.get(WRITTEN_ANNOTATION),
                           annotations.get(CHANGED_ANNOTATION))
+
+    def foreign_data(self, namespace: str, name: str, why: str) -> dict[str, str] | str | None:
+        """The data of the ConfigMap ``namespace/name`` that is not k3snet's, read only for
+        ``why`` (what k3snet learns from it): None where there is none (404); why it is not
+        known, a text, where it is not to be read (403: k3snet's Role names Cilium's two
+        ConfigMaps alone) or its read fails."""
+        what = f"read ConfigMap {namespace}/{name} ({why})"
+        try:
+            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
+                found = self.core.read_namespaced_config_map(
+                    name, namespace, _request_timeout=self.timeout)
+        except BackendError as exc:
+            if isinstance(exc, KubeApiError) and exc.status == 404:
+                return None
+            return str(exc)
+        return {k: v for k, v in (found.data or {}).items() if isinstance(v, str)}
 
     def patch(self, name: str, version: str | None, data: dict[str, str | None],
               owned: str | None, owned_changes: bool, *,
@@ -1603,11 +1622,19 @@ class CiliumBackend(BackendBase):
         found, unknown = [], []
         for key, option in agent_options(daemonset, AGENT_OPTION_KEYS, booleans=_BOOL_OPTIONS,
                                          lists=_LIST_OPTIONS).items():
-            if option.value is None:
-                unknown.append((key, option))
+            if option.value is None and option.given.startswith("$"):
+                # A variable from a ConfigMap k3snet can read: as the kubelet sets it.
+                read = self._variable_from_configmap(name, daemonset, option)
+                if read is None:
+                    continue  # not set: the config directory's value
+                given = (option._replace(unknown=read) if isinstance(read, str) else read)
+            else:
+                given = option
+            if given.value is None:
+                unknown.append((key, given))
                 continue
-            found.append(CiliumAgentOption(key, option.value, option.given,
-                                           positional=option.stray))
+            found.append(CiliumAgentOption(key, given.value, given.given,
+                                           positional=given.stray))
         not_known = frozenset(key for key, _ in unknown)
         # A reason several share (a shell's script, a config file) is said once, first.
         by_reason: dict[str | None, list[tuple[str, Any]]] = {}
@@ -1720,7 +1747,11 @@ class CiliumBackend(BackendBase):
         mount = self._mount_of(self._daemonset, paths, daemonset, by_node, pods)
         named_sources = config_sources(daemonset, self._api.namespace)
         for name, other in others:
-            if self._keeps_ip_masq_agent_off(other):
+            off = self._keeps_ip_masq_agent_off(name, other)
+            if isinstance(off, str):  # not known: a warning, never a refusal
+                self._api.warn(off)
+                continue
+            if off:
                 continue
             # Each node's file (by_node) is the one the named DaemonSet's config init
             # container builds: the copy's nodes read it where the copy's builds the same.
@@ -1742,26 +1773,86 @@ class CiliumBackend(BackendBase):
             mount = attrs.evolve(mount, copied=copied)
         return attrs.evolve(mount, asked=asked, daemonset=daemonset)
 
-    def _keeps_ip_masq_agent_off(self, other: Mapping[str, Any]) -> bool:
+    def _keeps_ip_masq_agent_off(self, name: str, other: Mapping[str, Any]) -> bool | str:
         """Whether ``cilium-config``'s ``enable-ip-masq-agent`` does not reach the agents of
-        ``other``, another agent DaemonSet (JSON): their ``cilium-agent`` container's
-        flag or variable turns it off (pflag's and viper's reading of it), or, given
-        neither, their ``config`` init container does not take the key from
-        ``cilium-config`` (``ConfigSources.dropped``; what it takes instead is not
-        read). Its mount does not matter to k3snet's write then: the agents keep the
-        ip-masq-agent as they run it. A value not known (set where the pod runs, a
-        shell's script) is not: ``cilium-config`` judges it, as for the named one."""
+        ``other``, another agent DaemonSet ``name`` (JSON): their ``cilium-agent``
+        container's flag or variable turns it off (pflag's and viper's reading of it; a
+        variable from a ``configMapKeyRef`` read from that ConfigMap, as the kubelet sets
+        it), or, given neither, their ``config`` init container does not take the key from
+        ``cilium-config`` (``ConfigSources.dropped``), or takes it from a ConfigMap it
+        lays over it (``ConfigSources.configmaps_after``; what they take instead is not
+        judged). Its mount does not matter to k3snet's write then: the agents keep the
+        ip-masq-agent as they run it. Why it is not known, a text (a value set where the
+        pod runs, a ConfigMap k3snet may not read): a warning, not judged, since their
+        agents may run no ip-masq-agent and a refusal would block a valid write. A shell's
+        script is judged by ``cilium-config``, as for the named one."""
         key = "enable-ip-masq-agent"
         option = agent_options(other, (key,), booleans=(key,)).get(key)
+        if option is not None and option.value is None and option.given.startswith("$"):
+            option = self._variable_from_configmap(name, other, option)
+            if isinstance(option, str):
+                return printable(
+                    f"${option_variable(key)} of the {AGENT_CONTAINER} container of DaemonSet "
+                    f"{self._api.namespace}/{name}: "
+                    f"{option}: whether its agents run the ip-masq-agent is not known, so "
+                    f"their mount of the ConfigMap {self._api.agent_name} is not judged"
+                )[:1000]
         if option is not None:
             if option.value is None:
                 return False
             if option.given.startswith("--"):  # pflag: ParseBool, or the agent exits
                 return parse_go_bool(option.value) is False
             return not read_go_flag(option.value)  # viper: one it cannot read is false
-        sources = config_sources(other, self._api.namespace)
-        return isinstance(sources, ConfigSources) and sources.dropped(
-            self._api.namespace, self._api.config_name, key) is not None
+        return self._sources_keep_ip_masq_agent_off(name, other)
+
+    def _sources_keep_ip_masq_agent_off(self, name: str, other: Mapping[str, Any]
+                                        ) -> bool | str:
+        """:meth:`_keeps_ip_masq_agent_off` by the ``config`` init container of ``other``
+        (the DaemonSet ``name``) alone, its agent container setting no value."""
+        key = "enable-ip-masq-agent"
+        namespace = self._api.namespace
+        sources = config_sources(other, namespace)
+        if not isinstance(sources, ConfigSources):
+            return False
+        if sources.dropped(namespace, self._api.config_name, key) is not None:
+            return True
+        for at, configmap in sources.configmaps_after(namespace, self._api.config_name, key):
+            data = self._api.foreign_data(at, configmap, f"a --source of DaemonSet "
+                                          f"{namespace}/{name}'s config init container")
+            if isinstance(data, str):
+                return printable(
+                    f"{data}: whether it sets {key} over {self._where()} for the agents "
+                    f"of DaemonSet {namespace}/{name} is not known, so their mount of the "
+                    f"ConfigMap {self._api.agent_name} is not judged")[:1000]
+            if data is not None and key in data:
+                return True  # the resolver lays it over cilium-config's
+        return False
+
+    def _variable_from_configmap(self, name: str, other: Mapping[str, Any],
+                                 option: AgentOption) -> AgentOption | str | None:
+        """``option``, a variable of the agents of DaemonSet ``name`` (JSON ``other``) not
+        known from its template, as the kubelet sets it from a ``configMapKeyRef``
+        (:func:`variable_configmap_ref`; a ConfigMap of the pod's namespace): its value,
+        None where the ConfigMap or key is missing and the ref ``optional`` or the value
+        is empty (no variable to viper: the config directory's value), or why it is not
+        known, a text (another source, a ConfigMap not to be read, a required one missing:
+        the container does not start), to follow ``option.given`` and where."""
+        namespace = self._api.namespace
+        where = (f"{option.given} of the {AGENT_CONTAINER} container of DaemonSet "
+                 f"{namespace}/{name}")
+        ref = variable_configmap_ref(other, option.given[1:])
+        if not option.given.startswith("$") or ref is None:
+            return str(option.unknown)
+        data = self._api.foreign_data(namespace, ref.name, f"{where}'s configMapKeyRef")
+        if isinstance(data, str):
+            return data
+        if data is None or ref.key not in data:
+            if ref.optional:
+                return None  # the kubelet sets no variable
+            return (f"the key {ref.key} of ConfigMap {namespace}/{ref.name} it is taken "
+                    "from is missing (its container does not start)")
+        value = data[ref.key]
+        return option._replace(value=value, unknown=None) if value else None
 
     def _mount_of(self, name: str, paths: list[str | None], found: Mapping[str, Any],
                   by_node: _ByNode, pods: tuple[dict[str, Any], ...] | None) -> _Mount:

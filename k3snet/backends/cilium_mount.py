@@ -29,7 +29,8 @@ __all__ = ["AGENT_CONTAINER", "BUILD_CONFIG", "CONFIG_DIR_KEY", "CONFIG_FILE_KEY
            "AgentOption", "ConfigSources", "agent_config_dir_missing", "agent_config_path",
            "agent_directory_missing", "agent_file_copied", "agent_file_mounted",
            "agent_file_unreadable", "agent_options", "config_sources", "option_variable",
-           "pod_as_daemonset", "pod_node", "pods_lag", "runs_agent", "runs_nowhere"]
+           "pod_as_daemonset", "pod_node", "pods_lag", "runs_agent", "runs_nowhere",
+           "variable_configmap_ref"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -484,6 +485,45 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
     return found.value
 
 
+class ConfigMapRef(NamedTuple):
+    """The key of a ConfigMap of the pod's namespace a variable takes its value from
+    (``valueFrom.configMapKeyRef``, :func:`variable_configmap_ref`)."""
+
+    name: str
+    key: str
+    optional: bool
+    """``optional: true``: the ConfigMap or its key missing, the kubelet sets no variable
+    (else the container does not start)."""
+
+
+def variable_configmap_ref(daemonset: Mapping[str, Any], variable: str) -> ConfigMapRef | None:
+    """The ConfigMap key the ``cilium-agent`` container of ``daemonset`` takes its
+    ``variable`` from, where nothing else may set it: the last ``env`` entry naming it
+    is a ``configMapKeyRef`` and no earlier one names it, nor may an ``envFrom`` (a
+    ``prefix`` it starts with) set it, which the kubelet's ``optional`` ref left unset
+    would leave (None: not so, or no such entry).
+
+    >>> agent = {"name": "cilium-agent", "env": [{"name": "CILIUM_DEBUG", "valueFrom": {
+    ...     "configMapKeyRef": {"name": "pool", "key": "debug", "optional": True}}}]}
+    >>> variable_configmap_ref(
+    ...     {"spec": {"template": {"spec": {"containers": [agent]}}}}, "CILIUM_DEBUG")
+    ConfigMapRef(name='pool', key='debug', optional=True)
+    """
+    _, agent = _pod_and_agent(daemonset)
+    if agent is None:
+        return None
+    named = [e for e in _dicts(agent.get("env")) if e.get("name") == variable]
+    if len(named) != 1 or any(variable.startswith(_text(source.get("prefix")))
+                              for source in _dicts(agent.get("envFrom"))):
+        return None
+    value_from = named[0].get("valueFrom")
+    ref = value_from.get("configMapKeyRef") if isinstance(value_from, dict) else None
+    if not isinstance(ref, dict) or not _text(ref.get("name")) or not _text(ref.get("key")):
+        return None
+    return ConfigMapRef(_text(ref.get("name")), _text(ref.get("key")),
+                        ref.get("optional") is True)
+
+
 # What a container's environment gives a $(NAME) of its command or args: the text, or
 # None where only the kubelet knows it (valueFrom, or maybe an envFrom source).
 _Env = Mapping[str, "str | None"]
@@ -747,6 +787,20 @@ class ConfigSources(NamedTuple):
             return None
         why = self.filtered(key)
         return None if why is None else f"{why}, and it is not the first --source ({self.given})"
+
+    def configmaps_after(self, namespace: str, name: str, key: str
+                         ) -> list[tuple[str, str]]:
+        """The other ConfigMaps (namespace, name) whose ``key`` the resolver lays over
+        that of the ConfigMap ``namespace/name``, taken: the ``config-map:`` sources after
+        its last one (the last source giving a key wins) whose filter keeps ``key``, the
+        last one first (none where it is not taken, :meth:`dropped`)."""
+        places = [i for i, source in enumerate(self.sources)
+                  if source == ("config-map", namespace, name)]
+        if not places or self.dropped(namespace, name, key) is not None:
+            return []
+        return [(at, other) for kind, at, other in reversed(self.sources[places[-1] + 1:])
+                if kind == "config-map" and (at, other) != (namespace, name)
+                and self.filtered(key) is None]
 
     def node_configs_named(self, namespace: str) -> frozenset[str] | None:
         """The names of the CiliumNodeConfigs of ``namespace`` the agent reads where each
