@@ -117,7 +117,6 @@ from k3snet.backends.cilium_mount import (
     agent_file_unreadable,
     agent_options,
     config_sources,
-    option_variable,
     pod_as_daemonset,
     pod_node,
     pods_lag,
@@ -1783,23 +1782,23 @@ class CiliumBackend(BackendBase):
         lays over it (``ConfigSources.configmaps_after``; what they take instead is not
         judged). Its mount does not matter to k3snet's write then: the agents keep the
         ip-masq-agent as they run it. Why it is not known, a text (a value set where the
-        pod runs, a ConfigMap k3snet may not read): a warning, not judged, since their
-        agents may run no ip-masq-agent and a refusal would block a valid write. A shell's
-        script is judged by ``cilium-config``, as for the named one."""
+        pod runs, a ConfigMap k3snet may not read, a shell's script, a config file): a
+        warning, not judged, since their agents may run no ip-masq-agent and a refusal
+        would block a valid write."""
         key = "enable-ip-masq-agent"
-        option = agent_options(other, (key,), booleans=(key,)).get(key)
-        if option is not None and option.value is None and option.given.startswith("$"):
-            option = self._variable_from_configmap(name, other, option)
-            if isinstance(option, str):
-                return printable(
-                    f"${option_variable(key)} of the {AGENT_CONTAINER} container of DaemonSet "
-                    f"{self._api.namespace}/{name}: "
-                    f"{option}: whether its agents run the ip-masq-agent is not known, so "
-                    f"their mount of the ConfigMap {self._api.agent_name} is not judged"
-                )[:1000]
-        if option is not None:
-            if option.value is None:
-                return False
+        given = agent_options(other, (key,), booleans=(key,)).get(key)
+        option: AgentOption | str | None = given
+        if given is not None and given.value is None:
+            option = (self._variable_from_configmap(name, other, given)
+                      if given.given.startswith("$") else str(given.unknown))
+        if isinstance(option, str):
+            assert given is not None
+            return printable(
+                f"{given.given} of the {AGENT_CONTAINER} container of DaemonSet "
+                f"{self._api.namespace}/{name}: {option}: whether its agents run the "
+                "ip-masq-agent is not known, so their mount of the ConfigMap "
+                f"{self._api.agent_name} is not judged")[:1000]
+        if option is not None and option.value is not None:
             if option.given.startswith("--"):  # pflag: ParseBool, or the agent exits
                 return parse_go_bool(option.value) is False
             return not read_go_flag(option.value)  # viper: one it cannot read is false
@@ -1812,7 +1811,12 @@ class CiliumBackend(BackendBase):
         key = "enable-ip-masq-agent"
         namespace = self._api.namespace
         sources = config_sources(other, namespace)
-        if not isinstance(sources, ConfigSources):
+        if isinstance(sources, str):  # a shell's script, a value set where the pod runs
+            return printable(
+                f"DaemonSet {namespace}/{name}: {sources}: whether its agents take "
+                f"{key} from {self._where()} is not known, so their mount of the ConfigMap "
+                f"{self._api.agent_name} is not judged")[:1000]
+        if sources is None:
             return False
         if sources.dropped(namespace, self._api.config_name, key) is not None:
             return True

@@ -1828,3 +1828,25 @@ def test_a_second_agent_daemonset_s_own_configmap_after_cilium_config_is_read(
     with caplog.at_level(logging.WARNING, logger="k3snet"):
         assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
     assert "ConfigMap kube-system/cilium-gpu" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["agent", "init"])
+def test_a_second_agent_daemonset_run_through_a_shell_s_script_is_a_warning_not_a_refusal(
+    where: str, api_server: EmulatedApiServer, api_client: Any,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its agent's flags, or its config init container's sources, are in a script k3snet
+    # does not run: its agents may run no ip-masq-agent, and turning it on was refused.
+    gpu = _gpu_copy(api_server)
+    script = ["sh", "-c", "exec cilium-agent --config-dir=/tmp/cilium/config-map"]
+    if where == "agent":
+        _pod(gpu)["containers"][0].update(command=script, args=[])
+    else:
+        _pod(gpu)["initContainers"][0].update(
+            command=["sh", "-c", "cilium-dbg build-config --source=config-map:cilium-gpu"])
+    api_server.put(DAEMONSETS, gpu)
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    with caplog.at_level(logging.WARNING, logger="k3snet"):
+        assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    assert any("DaemonSet kube-system/cilium-gpu" in r.getMessage()
+               and "is not judged" in r.getMessage() for r in caplog.records)
