@@ -1092,13 +1092,15 @@ def _version_of(result: Any) -> str | None:
 _MAX_SELECTOR = 1024  # characters of a selector as described; longer ones are cut
 
 
-def _node_overrides(items: list[Any], where: str) -> list[tuple[CiliumNodeOverride, Any]]:
+def _node_overrides(items: list[Any], where: str, named: frozenset[str] | None = None
+                    ) -> list[tuple[CiliumNodeOverride, Any]]:
     """The CiliumNodeConfigs that may change what Cilium does with pods' traffic on some
     node, as the agent reads them (``pkg/option/resolver``): one with no ``defaults`` or
-    no ``nodeSelector`` (a list selects nothing without one) is left out, and so is one
-    setting no key k3snet models. A value that is not a string is an error: the API
-    server's schema for the CRD refuses it, so something else answered. Each with its
-    ``nodeSelector`` as listed."""
+    no ``nodeSelector`` (a list selects nothing without one) is left out, but for one of
+    ``named``, which the agents get by name and lay on every node, a ``nodeSelector`` or
+    none (its selector then empty); and so is one setting no key k3snet models. A value
+    that is not a string is an error: the API server's schema for the CRD refuses it, so
+    something else answered. Each with its ``nodeSelector`` as listed."""
     found = []
     for item in items:
         if not isinstance(item, dict):
@@ -1109,6 +1111,8 @@ def _node_overrides(items: list[Any], where: str) -> list[tuple[CiliumNodeOverri
         if not isinstance(name, str) or not name or not isinstance(spec, dict):
             raise BackendError(f"{where}: an item has no name or no spec")
         defaults, selector = spec.get("defaults"), spec.get("nodeSelector")
+        if selector is None and named is not None and name in named:
+            selector = {}  # got by name: on every node, no selector matched
         if not defaults or selector is None:
             continue
         label = f"{where}: CiliumNodeConfig {printable(name[:253])}"
@@ -1435,7 +1439,7 @@ class CiliumBackend(BackendBase):
         self._agents = tuple(name for name, _ in others or ())
         self._readers = tuple(name for name, found in others or () if self._reads_config(found))
         sources = self._config_sources(daemonset, others or (), owned)
-        nodes = self._taken_overrides(self._nodes(), sources)
+        nodes = self._taken_overrides(self._nodes(sources), sources)
         found = list(nodes.overrides)
         groups = _node_groups(found, nodes.agent_labels, self._api.warn)
         options = self._options = self._agent_options(daemonset, others or ())
@@ -1662,12 +1666,14 @@ class CiliumBackend(BackendBase):
                 "takes them over cilium-config, which judges them all the same")[:1000])
         return tuple(found), not_known
 
-    def _nodes(self) -> _Nodes:
+    def _nodes(self, sources: ConfigSources | None = None) -> _Nodes:
         """The CiliumNodeConfigs, and the labels of the Nodes where some of them select
         some nodes: several selecting one node are laid together there, the Nodes' labels
-        say which do (listed only then)."""
+        say which do (listed only then). ``sources``: the named DaemonSet's config init
+        container's, whose CiliumNodeConfigs got by name count without a nodeSelector."""
+        named = None if sources is None else sources.node_configs_named(self._api.namespace)
         found = _node_overrides(self._api.node_configs(),
-                                f"CiliumNodeConfigs in {self._api.namespace}")
+                                f"CiliumNodeConfigs in {self._api.namespace}", named)
         listed = (self._api.node_labels() if any(not o.every_node for o, _ in found)
                   else None)
         if listed is None:
@@ -2233,7 +2239,7 @@ class CiliumBackend(BackendBase):
         read_already = next((m for m in (read.ahead, read.mount)
                              if m is not None and m.daemonset is not None), None)
         try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
-            nodes = self._nodes() if read.nodes is None else read.nodes
+            nodes = self._nodes(read.sources) if read.nodes is None else read.nodes
             paths = self._paths_after(after, nodes, read.options)
             if not paths:  # a CiliumNodeConfig turns it off on every node: no file is read
                 return read.mount or _Mount()

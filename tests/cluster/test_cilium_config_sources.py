@@ -187,3 +187,24 @@ def test_a_node_config_source_naming_one_reads_it_alone_on_every_node(
     assert [(o.name, o.selector) for o in foreign.node_overrides] == [("gpu", "")]
     assert any("CiliumNodeConfig edge" in r.getMessage() and "not read" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_node_config_got_by_name_without_a_node_selector_is_laid_on_every_node(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The resolver matches a nodeSelector only for a list (cilium-node-config:NAMESPACE):
+    # one got by name applies on every node, a nodeSelector or none. k3snet left one
+    # without a nodeSelector out, judging cilium-config alone.
+    edge = _node_config("edge", {"enable-ipv4-masquerade": "false"})
+    del edge["spec"]["nodeSelector"]
+    api_server.put(NODE_CONFIGS_V2, edge)
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,cilium-node-config:kube-system/edge"))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert [(o.name, o.selector) for o in foreign.node_overrides] == [("edge", "")]
+    # Listed (the default sources), one without a nodeSelector selects no node.
+    api_server.put(DAEMONSETS, _building())
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_overrides == ()
