@@ -1439,7 +1439,10 @@ class CiliumBackend(BackendBase):
         self._agents = tuple(name for name, _ in others or ())
         self._readers = tuple(name for name, found in others or () if self._reads_config(found))
         sources = self._config_sources(daemonset, others or (), owned)
-        nodes = self._taken_overrides(self._nodes(sources), sources)
+        holds = {*(read.config.data if read.config is not None else ()),
+                 *(owned.settings if owned is not None else ()),
+                 *(self._expected.settings if self._expected is not None else ())}
+        nodes = self._taken_overrides(self._nodes(sources), sources, frozenset(holds))
         found = list(nodes.overrides)
         groups = _node_groups(found, nodes.agent_labels, self._api.warn)
         options = self._options = self._agent_options(daemonset, others or ())
@@ -1534,14 +1537,18 @@ class CiliumBackend(BackendBase):
                     "their own value")[:1000])
         return named
 
-    def _taken_overrides(self, nodes: _Nodes, sources: ConfigSources | None) -> _Nodes:
+    def _taken_overrides(self, nodes: _Nodes, sources: ConfigSources | None,
+                         holds: frozenset[str] = frozenset()) -> _Nodes:
         """``nodes`` with the CiliumNodeConfigs' keys the named DaemonSet's ``config`` init
         container (``sources``) takes, each one it drops a warning: a key its
         ``--allow-config-keys`` does not allow or its ``--deny-config-keys`` denies (the
         CiliumNodeConfigs are a source after ``cilium-config``), or every key where its
         ``--source`` reads no CiliumNodeConfig of the namespace. Where each of its
         CiliumNodeConfig sources names one (``cilium-node-config:NAMESPACE/NAME``), the
-        others are not read (a warning), and those named are laid on every node."""
+        others are not read (a warning), and those named are laid on every node. A key
+        ``cilium-config`` ``holds`` (its keys, and those k3snet writes) where it is a
+        source after the CiliumNodeConfigs is its own there (a warning): the resolver
+        lays each source over the ones before."""
         if sources is None or not nodes.overrides:
             return nodes
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
@@ -1559,7 +1566,8 @@ class CiliumBackend(BackendBase):
             override, selector = ((listed, as_listed) if named is None
                                   else (attrs.evolve(listed, selector=""), {}))
             dropped = {k: why for k in override.settings
-                       if (why := sources.node_config_dropped(self._api.namespace, k))}
+                       if (why := sources.node_config_dropped(
+                           self._api.namespace, k, (self._api.config_name, holds)))}
             if dropped:
                 self._api.warn(printable(
                     f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) "

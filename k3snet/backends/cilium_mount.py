@@ -811,14 +811,27 @@ class ConfigSources(NamedTuple):
                  if kind == "cilium-node-config" and at == namespace]
         return None if not names or "" in names else frozenset(names)
 
-    def node_config_dropped(self, namespace: str, key: str) -> str | None:
+    def node_config_dropped(self, namespace: str, key: str,
+                            over: tuple[str, Iterable[str]] | None = None) -> str | None:
         """Why the agent does not take ``key`` from the CiliumNodeConfigs of ``namespace``
-        that select its node (None: it does)."""
+        that select its node (None: it does). ``over``: the ConfigMap of ``namespace``
+        named so and the keys it holds: a ``config-map:`` source of it after the last
+        CiliumNodeConfig source gives its own value of a key it holds and the filter
+        keeps, laid over theirs (the resolver lays each source over the ones before)."""
         places = [i for i, (kind, at, _) in enumerate(self.sources)
                   if kind == "cilium-node-config" and at == namespace]
         if not places:
             return f"its --source reads no CiliumNodeConfig of {namespace} ({self.given})"
-        return None if places[0] == 0 else self.filtered(key)
+        why = None if places[0] == 0 else self.filtered(key)
+        if why is not None or over is None:
+            return why
+        name, keys = over
+        later = [i for i, source in enumerate(self.sources)
+                 if source == ("config-map", namespace, name) and i > places[-1]]
+        if later and key in keys and self.filtered(key) is None:
+            return (f"config-map:{namespace}/{name}, which holds it, comes after it in "
+                    f"--source and is laid over it ({self.given})")
+        return None
 
 
 def config_sources(daemonset: Mapping[str, Any], namespace: str

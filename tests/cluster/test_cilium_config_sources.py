@@ -208,3 +208,31 @@ def test_a_node_config_got_by_name_without_a_node_selector_is_laid_on_every_node
     (foreign,) = backend.observe().foreign
     assert isinstance(foreign, CiliumConfig)
     assert foreign.node_overrides == ()
+
+
+def test_cilium_config_after_the_node_configs_in_the_sources_is_laid_over_them(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The resolver lays each source over the ones before it: with the CiliumNodeConfigs
+    # first, cilium-config's enable-ipv4-masquerade (Helm writes it) wins on the edge
+    # nodes too, and k3snet judged the CiliumNodeConfig's "false" laid over it.
+    api_server.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"enable-ipv4-masquerade": "false", "enable-ipv4-egress-gateway": "true"}))
+    api_server.put(DAEMONSETS, _building(
+        "--source=cilium-node-config:kube-system,config-map:cilium-config"))
+    with caplog.at_level(logging.WARNING):
+        (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    # A key cilium-config does not hold stays the CiliumNodeConfig's.
+    assert [(o.name, dict(o.settings)) for o in foreign.node_overrides] == [
+        ("edge", {"enable-ipv4-egress-gateway": "true"})]
+    assert any("enable-ipv4-masquerade of CiliumNodeConfig edge" in r.getMessage()
+               for r in caplog.records)
+    # cilium-config's key filtered out (not the first source): the CiliumNodeConfig's stays.
+    api_server.put(DAEMONSETS, _building(
+        "--source=cilium-node-config:kube-system,config-map:cilium-config",
+        "--deny-config-keys=enable-ipv4-masquerade"))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert [dict(o.settings) for o in foreign.node_overrides] == [
+        {"enable-ipv4-masquerade": "false", "enable-ipv4-egress-gateway": "true"}]
