@@ -1092,6 +1092,14 @@ def _version_of(result: Any) -> str | None:
 _MAX_SELECTOR = 1024  # characters of a selector as described; longer ones are cut
 
 
+def _builder(where: str, sources: ConfigSources | None) -> str:
+    """Who builds the config directory of the agents of ``where`` (a DaemonSet), as
+    ``sources`` says, for messages."""
+    if sources is not None and sources.mounted:
+        return f"the {AGENT_CONTAINER} container of {where} (its config directory)"
+    return f"the config init container of {where} (cilium-dbg {BUILD_CONFIG})"
+
+
 def _node_overrides(items: list[Any], where: str, named: frozenset[str] | None = None
                     ) -> list[tuple[CiliumNodeOverride, Any]]:
     """The CiliumNodeConfigs that may change what Cilium does with pods' traffic on some
@@ -1531,7 +1539,7 @@ class CiliumBackend(BackendBase):
                        and (why := sources.dropped(namespace, configmap, k)) is not None}
             if dropped:
                 self._api.warn(printable(
-                    f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) does "
+                    f"{_builder(where, sources)} does "
                     f"not take {', '.join(dropped)} from {self._where()}, which k3snet "
                     f"writes ({next(iter(dropped.values()))}): the agents of its nodes keep "
                     "their own value")[:1000])
@@ -1557,7 +1565,7 @@ class CiliumBackend(BackendBase):
         for listed, as_listed in nodes.overrides:
             if named is not None and listed.name not in named:
                 self._api.warn(printable(
-                    f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) "
+                    f"{_builder(where, sources)} "
                     f"reads the CiliumNodeConfig {', '.join(sorted(named))} alone "
                     f"({sources.given}): CiliumNodeConfig {listed.name} is not read, nor "
                     "judged")[:1000])
@@ -1570,7 +1578,7 @@ class CiliumBackend(BackendBase):
                            self._api.namespace, k, (self._api.config_name, holds)))}
             if dropped:
                 self._api.warn(printable(
-                    f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) "
+                    f"{_builder(where, sources)} "
                     f"drops {', '.join(dropped)} of CiliumNodeConfig {override.name} "
                     f"({next(iter(dropped.values()))}): cilium-config judges them")[:1000])
             settings = {k: v for k, v in override.settings.items() if k not in dropped}
@@ -2220,10 +2228,11 @@ class CiliumBackend(BackendBase):
             return []
         namespace, configmap = self._api.namespace, self._api.config_name
         # why quotes the DaemonSet's flags, the cluster's text: one printable line, cut.
-        return [f"{key}: k3snet writes it into {self._where()}, which the config init "
-                f"container of DaemonSet {namespace}/{self._daemonset} (cilium-dbg "
-                f"{BUILD_CONFIG}) does not take from there ({printable(why)[:500]}): the "
-                "write would have no effect" for key in after.settings
+        where = f"DaemonSet {namespace}/{self._daemonset}"
+        return [f"{key}: k3snet writes it into {self._where()}, which "
+                f"{_builder(where, sources)} does not take from there "
+                f"({printable(why)[:500]}): the write would have no effect"
+                for key in after.settings
                 if (why := sources.dropped(namespace, configmap, key)) is not None]
 
     def _mount_after(self, read: _Read, after: Mapping[str, str]) -> _Mount:

@@ -769,6 +769,9 @@ class ConfigSources(NamedTuple):
     deny: frozenset[str]
     given: str
     """The flags as given (none: Helm's default list), for messages."""
+    mounted: bool = False
+    """No ``build-config``: the agent's config directory is the one ConfigMap its
+    container mounts there (Cilium before 1.13, or a copy mounting its own)."""
 
     def filtered(self, key: str) -> str | None:
         """Why a source after the first does not give ``key`` (None: it does)."""
@@ -889,4 +892,34 @@ def config_sources(daemonset: Mapping[str, Any], namespace: str
         given = " ".join(f"--{k}={','.join(v)}" for k, v in lists.items()) or "Helm's default"
         return ConfigSources(tuple(sources), frozenset(lists.get("allow-config-keys", ())),
                              frozenset(lists.get("deny-config-keys", ())), given)
-    return None
+    return _mounted_config(daemonset, namespace)
+
+
+def _mounted_config(daemonset: Mapping[str, Any], namespace: str) -> ConfigSources | None:
+    """Without ``build-config``: the ConfigMap (of ``namespace``) mounted whole at the
+    agent's config directory (:data:`CONFIG_DIR_KEY`), as Cilium's Helm chart mounted
+    ``cilium-config`` before 1.13, the agent reading each key as a file there; None where
+    the directory is not known or is not one ConfigMap's whole volume (its ``items``
+    choosing keys, ``subPath``, another kind: every key of ``cilium-config`` taken, as
+    before)."""
+    pod, agent = _pod_and_agent(daemonset)
+    if agent is None:
+        return None
+    found = agent_options(daemonset, (CONFIG_DIR_KEY,)).get(CONFIG_DIR_KEY)
+    if found is None or not found.value:
+        return None
+    directory = posixpath.normpath(found.value)
+    mounts = [m for m in _dicts(agent.get("volumeMounts"))
+              if _text(m.get("mountPath")) and posixpath.normpath(_text(m["mountPath"]))
+              == directory]
+    if len(mounts) != 1 or mounts[0].get("subPath") or mounts[0].get("subPathExpr"):
+        return None
+    volume = next((v for v in _dicts(pod.get("volumes"))
+                   if v.get("name") == mounts[0].get("name")), None)
+    source = volume.get("configMap") if volume is not None else None
+    if not isinstance(source, dict) or not _text(source.get("name")) or source.get("items"):
+        return None
+    name = _text(source.get("name"))
+    return ConfigSources((("config-map", namespace, name),), frozenset(), frozenset(),
+                         f"{found.given}={found.value}, the ConfigMap {name} mounted there",
+                         mounted=True)

@@ -236,3 +236,43 @@ def test_cilium_config_after_the_node_configs_in_the_sources_is_laid_over_them(
     assert isinstance(foreign, CiliumConfig)
     assert [dict(o.settings) for o in foreign.node_overrides] == [
         {"enable-ipv4-masquerade": "false", "enable-ipv4-egress-gateway": "true"}]
+
+
+def _mounting(configmap: str, *, name: str = "cilium") -> dict[str, Any]:
+    """An agent DaemonSet as Cilium's chart made it before build-config (1.13): the
+    ConfigMap ``configmap`` mounted whole at the agent's --config-dir."""
+    ds = cilium_daemonset(ip_masq_agent=name == "cilium", name=name)
+    pod = ds["spec"]["template"]["spec"]
+    pod["initContainers"] = []
+    pod["containers"][0]["volumeMounts"].append(
+        {"name": "cilium-config-path", "mountPath": "/tmp/cilium/config-map", "readOnly": True})
+    pod["volumes"].append({"name": "cilium-config-path", "configMap": {"name": configmap}})
+    return ds
+
+
+def test_an_agent_mounting_another_configmap_as_its_config_directory_reads_that_one(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Without build-config the agent reads the ConfigMap mounted at its --config-dir:
+    # a write into cilium-config has no effect where another one is mounted there.
+    api_server.put(DAEMONSETS, _mounting("cilium-config"))
+    assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
+    api_server.put(DAEMONSETS, _mounting("cilium-config-old"))
+    (refused,) = backend.check(plan(backend.observe(), MASQUERADE_OFF))
+    assert ("enable-ipv4-masquerade: k3snet writes it into ConfigMap kube-system/cilium-config, "
+            "which the cilium-agent container of DaemonSet kube-system/cilium (its config "
+            "directory) does not take from there") in refused
+
+
+def test_a_copy_mounting_its_own_configmap_as_its_config_directory_is_not_judged_by_cilium_config(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-gpu's agents read cilium-config-gpu, which keeps the ip-masq-agent off: its
+    # lack of /etc/config refused turning it on in cilium-config, as if they read that.
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    gpu = _mounting("cilium-config-gpu", name="cilium-gpu")
+    gpu["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "gpu"}
+    api_server.put(DAEMONSETS, gpu)
+    on = State(owned=[CiliumConfig(TARGET, settings={
+        "enable-bpf-masquerade": "true", "enable-ip-masq-agent": "true"})])
+    assert backend.check(plan(backend.observe(), on)) == ()
