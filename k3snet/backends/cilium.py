@@ -107,6 +107,7 @@ from k3snet.backends.cilium_mount import (
     CONFIG_PATH_FLAG,
     DEFAULT_AGENT_FILE,
     DEFAULT_DAEMONSET,
+    AgentOption,
     ConfigSources,
     agent_config_dir_missing,
     agent_config_path,
@@ -121,6 +122,7 @@ from k3snet.backends.cilium_mount import (
     pods_lag,
     runs_agent,
     runs_nowhere,
+    variable_configmap_ref,
 )
 from k3snet.backends.cni_restart import (
     CHANGED_ANNOTATION,
@@ -618,6 +620,22 @@ class _Api:
                           annotations.get(WRITTEN_ANNOTATION),
                           annotations.get(CHANGED_ANNOTATION))
 
+    def foreign_data(self, namespace: str, name: str, why: str) -> dict[str, str] | str | None:
+        """The data of the ConfigMap ``namespace/name`` that is not k3snet's, read only for
+        ``why`` (what k3snet learns from it): None where there is none (404); why it is not
+        known, a text, where it is not to be read (403: k3snet's Role names Cilium's two
+        ConfigMaps alone) or its read fails."""
+        what = f"read ConfigMap {namespace}/{name} ({why})"
+        try:
+            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
+                found = self.core.read_namespaced_config_map(
+                    name, namespace, _request_timeout=self.timeout)
+        except BackendError as exc:
+            if isinstance(exc, KubeApiError) and exc.status == 404:
+                return None
+            return str(exc)
+        return {k: v for k, v in (found.data or {}).items() if isinstance(v, str)}
+
     def patch(self, name: str, version: str | None, data: dict[str, str | None],
               owned: str | None, owned_changes: bool, *,
               written: tuple[str | None] | None = None,
@@ -1074,13 +1092,23 @@ def _version_of(result: Any) -> str | None:
 _MAX_SELECTOR = 1024  # characters of a selector as described; longer ones are cut
 
 
-def _node_overrides(items: list[Any], where: str) -> list[tuple[CiliumNodeOverride, Any]]:
+def _builder(where: str, sources: ConfigSources | None) -> str:
+    """Who builds the config directory of the agents of ``where`` (a DaemonSet), as
+    ``sources`` says, for messages."""
+    if sources is not None and sources.mounted:
+        return f"the {AGENT_CONTAINER} container of {where} (its config directory)"
+    return f"the config init container of {where} (cilium-dbg {BUILD_CONFIG})"
+
+
+def _node_overrides(items: list[Any], where: str, named: frozenset[str] | None = None
+                    ) -> list[tuple[CiliumNodeOverride, Any]]:
     """The CiliumNodeConfigs that may change what Cilium does with pods' traffic on some
     node, as the agent reads them (``pkg/option/resolver``): one with no ``defaults`` or
-    no ``nodeSelector`` (a list selects nothing without one) is left out, and so is one
-    setting no key k3snet models. A value that is not a string is an error: the API
-    server's schema for the CRD refuses it, so something else answered. Each with its
-    ``nodeSelector`` as listed."""
+    no ``nodeSelector`` (a list selects nothing without one) is left out, but for one of
+    ``named``, which the agents get by name and lay on every node, a ``nodeSelector`` or
+    none (its selector then empty); and so is one setting no key k3snet models. A value
+    that is not a string is an error: the API server's schema for the CRD refuses it, so
+    something else answered. Each with its ``nodeSelector`` as listed."""
     found = []
     for item in items:
         if not isinstance(item, dict):
@@ -1091,6 +1119,8 @@ def _node_overrides(items: list[Any], where: str) -> list[tuple[CiliumNodeOverri
         if not isinstance(name, str) or not name or not isinstance(spec, dict):
             raise BackendError(f"{where}: an item has no name or no spec")
         defaults, selector = spec.get("defaults"), spec.get("nodeSelector")
+        if selector is None and named is not None and name in named:
+            selector = {}  # got by name: on every node, no selector matched
         if not defaults or selector is None:
             continue
         label = f"{where}: CiliumNodeConfig {printable(name[:253])}"
@@ -1417,7 +1447,10 @@ class CiliumBackend(BackendBase):
         self._agents = tuple(name for name, _ in others or ())
         self._readers = tuple(name for name, found in others or () if self._reads_config(found))
         sources = self._config_sources(daemonset, others or (), owned)
-        nodes = self._taken_overrides(self._nodes(), sources)
+        holds = {*(read.config.data if read.config is not None else ()),
+                 *(owned.settings if owned is not None else ()),
+                 *(self._expected.settings if self._expected is not None else ())}
+        nodes = self._taken_overrides(self._nodes(sources), sources, frozenset(holds))
         found = list(nodes.overrides)
         groups = _node_groups(found, nodes.agent_labels, self._api.warn)
         options = self._options = self._agent_options(daemonset, others or ())
@@ -1506,20 +1539,24 @@ class CiliumBackend(BackendBase):
                        and (why := sources.dropped(namespace, configmap, k)) is not None}
             if dropped:
                 self._api.warn(printable(
-                    f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) does "
+                    f"{_builder(where, sources)} does "
                     f"not take {', '.join(dropped)} from {self._where()}, which k3snet "
                     f"writes ({next(iter(dropped.values()))}): the agents of its nodes keep "
                     "their own value")[:1000])
         return named
 
-    def _taken_overrides(self, nodes: _Nodes, sources: ConfigSources | None) -> _Nodes:
+    def _taken_overrides(self, nodes: _Nodes, sources: ConfigSources | None,
+                         holds: frozenset[str] = frozenset()) -> _Nodes:
         """``nodes`` with the CiliumNodeConfigs' keys the named DaemonSet's ``config`` init
         container (``sources``) takes, each one it drops a warning: a key its
         ``--allow-config-keys`` does not allow or its ``--deny-config-keys`` denies (the
         CiliumNodeConfigs are a source after ``cilium-config``), or every key where its
         ``--source`` reads no CiliumNodeConfig of the namespace. Where each of its
         CiliumNodeConfig sources names one (``cilium-node-config:NAMESPACE/NAME``), the
-        others are not read (a warning), and those named are laid on every node."""
+        others are not read (a warning), and those named are laid on every node. A key
+        ``cilium-config`` ``holds`` (its keys, and those k3snet writes) where it is a
+        source after the CiliumNodeConfigs is its own there (a warning): the resolver
+        lays each source over the ones before."""
         if sources is None or not nodes.overrides:
             return nodes
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
@@ -1528,7 +1565,7 @@ class CiliumBackend(BackendBase):
         for listed, as_listed in nodes.overrides:
             if named is not None and listed.name not in named:
                 self._api.warn(printable(
-                    f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) "
+                    f"{_builder(where, sources)} "
                     f"reads the CiliumNodeConfig {', '.join(sorted(named))} alone "
                     f"({sources.given}): CiliumNodeConfig {listed.name} is not read, nor "
                     "judged")[:1000])
@@ -1537,10 +1574,11 @@ class CiliumBackend(BackendBase):
             override, selector = ((listed, as_listed) if named is None
                                   else (attrs.evolve(listed, selector=""), {}))
             dropped = {k: why for k in override.settings
-                       if (why := sources.node_config_dropped(self._api.namespace, k))}
+                       if (why := sources.node_config_dropped(
+                           self._api.namespace, k, (self._api.config_name, holds)))}
             if dropped:
                 self._api.warn(printable(
-                    f"the config init container of {where} (cilium-dbg {BUILD_CONFIG}) "
+                    f"{_builder(where, sources)} "
                     f"drops {', '.join(dropped)} of CiliumNodeConfig {override.name} "
                     f"({next(iter(dropped.values()))}): cilium-config judges them")[:1000])
             settings = {k: v for k, v in override.settings.items() if k not in dropped}
@@ -1603,11 +1641,19 @@ class CiliumBackend(BackendBase):
         found, unknown = [], []
         for key, option in agent_options(daemonset, AGENT_OPTION_KEYS, booleans=_BOOL_OPTIONS,
                                          lists=_LIST_OPTIONS).items():
-            if option.value is None:
-                unknown.append((key, option))
+            if option.value is None and option.given.startswith("$"):
+                # A variable from a ConfigMap k3snet can read: as the kubelet sets it.
+                read = self._variable_from_configmap(name, daemonset, option)
+                if read is None:
+                    continue  # not set: the config directory's value
+                given = (option._replace(unknown=read) if isinstance(read, str) else read)
+            else:
+                given = option
+            if given.value is None:
+                unknown.append((key, given))
                 continue
-            found.append(CiliumAgentOption(key, option.value, option.given,
-                                           positional=option.stray))
+            found.append(CiliumAgentOption(key, given.value, given.given,
+                                           positional=given.stray))
         not_known = frozenset(key for key, _ in unknown)
         # A reason several share (a shell's script, a config file) is said once, first.
         by_reason: dict[str | None, list[tuple[str, Any]]] = {}
@@ -1636,12 +1682,14 @@ class CiliumBackend(BackendBase):
                 "takes them over cilium-config, which judges them all the same")[:1000])
         return tuple(found), not_known
 
-    def _nodes(self) -> _Nodes:
+    def _nodes(self, sources: ConfigSources | None = None) -> _Nodes:
         """The CiliumNodeConfigs, and the labels of the Nodes where some of them select
         some nodes: several selecting one node are laid together there, the Nodes' labels
-        say which do (listed only then)."""
+        say which do (listed only then). ``sources``: the named DaemonSet's config init
+        container's, whose CiliumNodeConfigs got by name count without a nodeSelector."""
+        named = None if sources is None else sources.node_configs_named(self._api.namespace)
         found = _node_overrides(self._api.node_configs(),
-                                f"CiliumNodeConfigs in {self._api.namespace}")
+                                f"CiliumNodeConfigs in {self._api.namespace}", named)
         listed = (self._api.node_labels() if any(not o.every_node for o, _ in found)
                   else None)
         if listed is None:
@@ -1720,7 +1768,11 @@ class CiliumBackend(BackendBase):
         mount = self._mount_of(self._daemonset, paths, daemonset, by_node, pods)
         named_sources = config_sources(daemonset, self._api.namespace)
         for name, other in others:
-            if self._keeps_ip_masq_agent_off(other):
+            off = self._keeps_ip_masq_agent_off(name, other)
+            if isinstance(off, str):  # not known: a warning, never a refusal
+                self._api.warn(off)
+                continue
+            if off:
                 continue
             # Each node's file (by_node) is the one the named DaemonSet's config init
             # container builds: the copy's nodes read it where the copy's builds the same.
@@ -1742,26 +1794,91 @@ class CiliumBackend(BackendBase):
             mount = attrs.evolve(mount, copied=copied)
         return attrs.evolve(mount, asked=asked, daemonset=daemonset)
 
-    def _keeps_ip_masq_agent_off(self, other: Mapping[str, Any]) -> bool:
+    def _keeps_ip_masq_agent_off(self, name: str, other: Mapping[str, Any]) -> bool | str:
         """Whether ``cilium-config``'s ``enable-ip-masq-agent`` does not reach the agents of
-        ``other``, another agent DaemonSet (JSON): their ``cilium-agent`` container's
-        flag or variable turns it off (pflag's and viper's reading of it), or, given
-        neither, their ``config`` init container does not take the key from
-        ``cilium-config`` (``ConfigSources.dropped``; what it takes instead is not
-        read). Its mount does not matter to k3snet's write then: the agents keep the
-        ip-masq-agent as they run it. A value not known (set where the pod runs, a
-        shell's script) is not: ``cilium-config`` judges it, as for the named one."""
+        ``other``, another agent DaemonSet ``name`` (JSON): their ``cilium-agent``
+        container's flag or variable turns it off (pflag's and viper's reading of it; a
+        variable from a ``configMapKeyRef`` read from that ConfigMap, as the kubelet sets
+        it), or, given neither, their ``config`` init container does not take the key from
+        ``cilium-config`` (``ConfigSources.dropped``), or takes it from a ConfigMap it
+        lays over it (``ConfigSources.configmaps_after``; what they take instead is not
+        judged). Its mount does not matter to k3snet's write then: the agents keep the
+        ip-masq-agent as they run it. Why it is not known, a text (a value set where the
+        pod runs, a ConfigMap k3snet may not read, a shell's script, a config file): a
+        warning, not judged, since their agents may run no ip-masq-agent and a refusal
+        would block a valid write."""
         key = "enable-ip-masq-agent"
-        option = agent_options(other, (key,), booleans=(key,)).get(key)
-        if option is not None:
-            if option.value is None:
-                return False
+        given = agent_options(other, (key,), booleans=(key,)).get(key)
+        option: AgentOption | str | None = given
+        if given is not None and given.value is None:
+            option = (self._variable_from_configmap(name, other, given)
+                      if given.given.startswith("$") else str(given.unknown))
+        if isinstance(option, str):
+            assert given is not None
+            return printable(
+                f"{given.given} of the {AGENT_CONTAINER} container of DaemonSet "
+                f"{self._api.namespace}/{name}: {option}: whether its agents run the "
+                "ip-masq-agent is not known, so their mount of the ConfigMap "
+                f"{self._api.agent_name} is not judged")[:1000]
+        if option is not None and option.value is not None:
             if option.given.startswith("--"):  # pflag: ParseBool, or the agent exits
                 return parse_go_bool(option.value) is False
             return not read_go_flag(option.value)  # viper: one it cannot read is false
-        sources = config_sources(other, self._api.namespace)
-        return isinstance(sources, ConfigSources) and sources.dropped(
-            self._api.namespace, self._api.config_name, key) is not None
+        return self._sources_keep_ip_masq_agent_off(name, other)
+
+    def _sources_keep_ip_masq_agent_off(self, name: str, other: Mapping[str, Any]
+                                        ) -> bool | str:
+        """:meth:`_keeps_ip_masq_agent_off` by the ``config`` init container of ``other``
+        (the DaemonSet ``name``) alone, its agent container setting no value."""
+        key = "enable-ip-masq-agent"
+        namespace = self._api.namespace
+        sources = config_sources(other, namespace)
+        if isinstance(sources, str):  # a shell's script, a value set where the pod runs
+            return printable(
+                f"DaemonSet {namespace}/{name}: {sources}: whether its agents take "
+                f"{key} from {self._where()} is not known, so their mount of the ConfigMap "
+                f"{self._api.agent_name} is not judged")[:1000]
+        if sources is None:
+            return False
+        if sources.dropped(namespace, self._api.config_name, key) is not None:
+            return True
+        for at, configmap in sources.configmaps_after(namespace, self._api.config_name, key):
+            data = self._api.foreign_data(at, configmap, f"a --source of DaemonSet "
+                                          f"{namespace}/{name}'s config init container")
+            if isinstance(data, str):
+                return printable(
+                    f"{data}: whether it sets {key} over {self._where()} for the agents "
+                    f"of DaemonSet {namespace}/{name} is not known, so their mount of the "
+                    f"ConfigMap {self._api.agent_name} is not judged")[:1000]
+            if data is not None and key in data:
+                return True  # the resolver lays it over cilium-config's
+        return False
+
+    def _variable_from_configmap(self, name: str, other: Mapping[str, Any],
+                                 option: AgentOption) -> AgentOption | str | None:
+        """``option``, a variable of the agents of DaemonSet ``name`` (JSON ``other``) not
+        known from its template, as the kubelet sets it from a ``configMapKeyRef``
+        (:func:`variable_configmap_ref`; a ConfigMap of the pod's namespace): its value,
+        None where the ConfigMap or key is missing and the ref ``optional`` or the value
+        is empty (no variable to viper: the config directory's value), or why it is not
+        known, a text (another source, a ConfigMap not to be read, a required one missing:
+        the container does not start), to follow ``option.given`` and where."""
+        namespace = self._api.namespace
+        where = (f"{option.given} of the {AGENT_CONTAINER} container of DaemonSet "
+                 f"{namespace}/{name}")
+        ref = variable_configmap_ref(other, option.given[1:])
+        if not option.given.startswith("$") or ref is None:
+            return str(option.unknown)
+        data = self._api.foreign_data(namespace, ref.name, f"{where}'s configMapKeyRef")
+        if isinstance(data, str):
+            return data
+        if data is None or ref.key not in data:
+            if ref.optional:
+                return None  # the kubelet sets no variable
+            return (f"the key {ref.key} of ConfigMap {namespace}/{ref.name} it is taken "
+                    "from is missing (its container does not start)")
+        value = data[ref.key]
+        return option._replace(value=value, unknown=None) if value else None
 
     def _mount_of(self, name: str, paths: list[str | None], found: Mapping[str, Any],
                   by_node: _ByNode, pods: tuple[dict[str, Any], ...] | None) -> _Mount:
@@ -2111,10 +2228,11 @@ class CiliumBackend(BackendBase):
             return []
         namespace, configmap = self._api.namespace, self._api.config_name
         # why quotes the DaemonSet's flags, the cluster's text: one printable line, cut.
-        return [f"{key}: k3snet writes it into {self._where()}, which the config init "
-                f"container of DaemonSet {namespace}/{self._daemonset} (cilium-dbg "
-                f"{BUILD_CONFIG}) does not take from there ({printable(why)[:500]}): the "
-                "write would have no effect" for key in after.settings
+        where = f"DaemonSet {namespace}/{self._daemonset}"
+        return [f"{key}: k3snet writes it into {self._where()}, which "
+                f"{_builder(where, sources)} does not take from there "
+                f"({printable(why)[:500]}): the write would have no effect"
+                for key in after.settings
                 if (why := sources.dropped(namespace, configmap, key)) is not None]
 
     def _mount_after(self, read: _Read, after: Mapping[str, str]) -> _Mount:
@@ -2138,7 +2256,7 @@ class CiliumBackend(BackendBase):
         read_already = next((m for m in (read.ahead, read.mount)
                              if m is not None and m.daemonset is not None), None)
         try:  # a failed read (500, a timeout) is raised: it cannot tell, nothing is written
-            nodes = self._nodes() if read.nodes is None else read.nodes
+            nodes = self._nodes(read.sources) if read.nodes is None else read.nodes
             paths = self._paths_after(after, nodes, read.options)
             if not paths:  # a CiliumNodeConfig turns it off on every node: no file is read
                 return read.mount or _Mount()

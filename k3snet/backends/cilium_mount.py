@@ -29,7 +29,8 @@ __all__ = ["AGENT_CONTAINER", "BUILD_CONFIG", "CONFIG_DIR_KEY", "CONFIG_FILE_KEY
            "AgentOption", "ConfigSources", "agent_config_dir_missing", "agent_config_path",
            "agent_directory_missing", "agent_file_copied", "agent_file_mounted",
            "agent_file_unreadable", "agent_options", "config_sources", "option_variable",
-           "pod_as_daemonset", "pod_node", "pods_lag", "runs_agent", "runs_nowhere"]
+           "pod_as_daemonset", "pod_node", "pods_lag", "runs_agent", "runs_nowhere",
+           "variable_configmap_ref"]
 
 DEFAULT_DAEMONSET = "cilium"
 """The name of Cilium's agent DaemonSet (in Cilium's namespace), as Helm installs it."""
@@ -484,6 +485,45 @@ def agent_config_path(daemonset: Mapping[str, Any]) -> str | None:
     return found.value
 
 
+class ConfigMapRef(NamedTuple):
+    """The key of a ConfigMap of the pod's namespace a variable takes its value from
+    (``valueFrom.configMapKeyRef``, :func:`variable_configmap_ref`)."""
+
+    name: str
+    key: str
+    optional: bool
+    """``optional: true``: the ConfigMap or its key missing, the kubelet sets no variable
+    (else the container does not start)."""
+
+
+def variable_configmap_ref(daemonset: Mapping[str, Any], variable: str) -> ConfigMapRef | None:
+    """The ConfigMap key the ``cilium-agent`` container of ``daemonset`` takes its
+    ``variable`` from, where nothing else may set it: the last ``env`` entry naming it
+    is a ``configMapKeyRef`` and no earlier one names it, nor may an ``envFrom`` (a
+    ``prefix`` it starts with) set it, which the kubelet's ``optional`` ref left unset
+    would leave (None: not so, or no such entry).
+
+    >>> agent = {"name": "cilium-agent", "env": [{"name": "CILIUM_DEBUG", "valueFrom": {
+    ...     "configMapKeyRef": {"name": "pool", "key": "debug", "optional": True}}}]}
+    >>> variable_configmap_ref(
+    ...     {"spec": {"template": {"spec": {"containers": [agent]}}}}, "CILIUM_DEBUG")
+    ConfigMapRef(name='pool', key='debug', optional=True)
+    """
+    _, agent = _pod_and_agent(daemonset)
+    if agent is None:
+        return None
+    named = [e for e in _dicts(agent.get("env")) if e.get("name") == variable]
+    if len(named) != 1 or any(variable.startswith(_text(source.get("prefix")))
+                              for source in _dicts(agent.get("envFrom"))):
+        return None
+    value_from = named[0].get("valueFrom")
+    ref = value_from.get("configMapKeyRef") if isinstance(value_from, dict) else None
+    if not isinstance(ref, dict) or not _text(ref.get("name")) or not _text(ref.get("key")):
+        return None
+    return ConfigMapRef(_text(ref.get("name")), _text(ref.get("key")),
+                        ref.get("optional") is True)
+
+
 # What a container's environment gives a $(NAME) of its command or args: the text, or
 # None where only the kubelet knows it (valueFrom, or maybe an envFrom source).
 _Env = Mapping[str, "str | None"]
@@ -729,6 +769,9 @@ class ConfigSources(NamedTuple):
     deny: frozenset[str]
     given: str
     """The flags as given (none: Helm's default list), for messages."""
+    mounted: bool = False
+    """No ``build-config``: the agent's config directory is the one ConfigMap its
+    container mounts there (Cilium before 1.13, or a copy mounting its own)."""
 
     def filtered(self, key: str) -> str | None:
         """Why a source after the first does not give ``key`` (None: it does)."""
@@ -748,6 +791,20 @@ class ConfigSources(NamedTuple):
         why = self.filtered(key)
         return None if why is None else f"{why}, and it is not the first --source ({self.given})"
 
+    def configmaps_after(self, namespace: str, name: str, key: str
+                         ) -> list[tuple[str, str]]:
+        """The other ConfigMaps (namespace, name) whose ``key`` the resolver lays over
+        that of the ConfigMap ``namespace/name``, taken: the ``config-map:`` sources after
+        its last one (the last source giving a key wins) whose filter keeps ``key``, the
+        last one first (none where it is not taken, :meth:`dropped`)."""
+        places = [i for i, source in enumerate(self.sources)
+                  if source == ("config-map", namespace, name)]
+        if not places or self.dropped(namespace, name, key) is not None:
+            return []
+        return [(at, other) for kind, at, other in reversed(self.sources[places[-1] + 1:])
+                if kind == "config-map" and (at, other) != (namespace, name)
+                and self.filtered(key) is None]
+
     def node_configs_named(self, namespace: str) -> frozenset[str] | None:
         """The names of the CiliumNodeConfigs of ``namespace`` the agent reads where each
         ``cilium-node-config:`` source of it names one (``NAMESPACE/NAME``: the resolver
@@ -757,14 +814,27 @@ class ConfigSources(NamedTuple):
                  if kind == "cilium-node-config" and at == namespace]
         return None if not names or "" in names else frozenset(names)
 
-    def node_config_dropped(self, namespace: str, key: str) -> str | None:
+    def node_config_dropped(self, namespace: str, key: str,
+                            over: tuple[str, Iterable[str]] | None = None) -> str | None:
         """Why the agent does not take ``key`` from the CiliumNodeConfigs of ``namespace``
-        that select its node (None: it does)."""
+        that select its node (None: it does). ``over``: the ConfigMap of ``namespace``
+        named so and the keys it holds: a ``config-map:`` source of it after the last
+        CiliumNodeConfig source gives its own value of a key it holds and the filter
+        keeps, laid over theirs (the resolver lays each source over the ones before)."""
         places = [i for i, (kind, at, _) in enumerate(self.sources)
                   if kind == "cilium-node-config" and at == namespace]
         if not places:
             return f"its --source reads no CiliumNodeConfig of {namespace} ({self.given})"
-        return None if places[0] == 0 else self.filtered(key)
+        why = None if places[0] == 0 else self.filtered(key)
+        if why is not None or over is None:
+            return why
+        name, keys = over
+        later = [i for i, source in enumerate(self.sources)
+                 if source == ("config-map", namespace, name) and i > places[-1]]
+        if later and key in keys and self.filtered(key) is None:
+            return (f"config-map:{namespace}/{name}, which holds it, comes after it in "
+                    f"--source and is laid over it ({self.given})")
+        return None
 
 
 def config_sources(daemonset: Mapping[str, Any], namespace: str
@@ -822,4 +892,34 @@ def config_sources(daemonset: Mapping[str, Any], namespace: str
         given = " ".join(f"--{k}={','.join(v)}" for k, v in lists.items()) or "Helm's default"
         return ConfigSources(tuple(sources), frozenset(lists.get("allow-config-keys", ())),
                              frozenset(lists.get("deny-config-keys", ())), given)
-    return None
+    return _mounted_config(daemonset, namespace)
+
+
+def _mounted_config(daemonset: Mapping[str, Any], namespace: str) -> ConfigSources | None:
+    """Without ``build-config``: the ConfigMap (of ``namespace``) mounted whole at the
+    agent's config directory (:data:`CONFIG_DIR_KEY`), as Cilium's Helm chart mounted
+    ``cilium-config`` before 1.13, the agent reading each key as a file there; None where
+    the directory is not known or is not one ConfigMap's whole volume (its ``items``
+    choosing keys, ``subPath``, another kind: every key of ``cilium-config`` taken, as
+    before)."""
+    pod, agent = _pod_and_agent(daemonset)
+    if agent is None:
+        return None
+    found = agent_options(daemonset, (CONFIG_DIR_KEY,)).get(CONFIG_DIR_KEY)
+    if found is None or not found.value:
+        return None
+    directory = posixpath.normpath(found.value)
+    mounts = [m for m in _dicts(agent.get("volumeMounts"))
+              if _text(m.get("mountPath")) and posixpath.normpath(_text(m["mountPath"]))
+              == directory]
+    if len(mounts) != 1 or mounts[0].get("subPath") or mounts[0].get("subPathExpr"):
+        return None
+    volume = next((v for v in _dicts(pod.get("volumes"))
+                   if v.get("name") == mounts[0].get("name")), None)
+    source = volume.get("configMap") if volume is not None else None
+    if not isinstance(source, dict) or not _text(source.get("name")) or source.get("items"):
+        return None
+    name = _text(source.get("name"))
+    return ConfigSources((("config-map", namespace, name),), frozenset(), frozenset(),
+                         f"{found.given}={found.value}, the ConfigMap {name} mounted there",
+                         mounted=True)

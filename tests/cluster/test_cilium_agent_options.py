@@ -34,7 +34,7 @@ from tests.cluster.test_cilium_backend import (
     _node_config,
 )
 from tests.cluster.test_cilium_mount import cilium_daemonset
-from tests.cluster.workloads import CONFIGMAPS, DAEMONSETS
+from tests.cluster.workloads import CONFIGMAPS, DAEMONSETS, configmap
 
 pytestmark = pytest.mark.cluster
 
@@ -238,18 +238,41 @@ def test_the_devices_variable_and_repeated_devices_flags_are_judged(
     assert _reasons(backend, _spec()) == []
 
 
+@pytest.mark.parametrize(("source", "said"), [
+    ({"fieldRef": {"fieldPath": "metadata.annotations['masq']"}},
+     "not given, the variable CILIUM_ENABLE_IP_MASQ_AGENT"),
+    ({"configMapKeyRef": {"name": "extra", "key": "masq"}},
+     "the key masq of ConfigMap kube-system/extra it is taken from is missing"),
+], ids=["field", "configmap-missing"])
 def test_a_value_known_only_where_the_pod_runs_is_a_warning_and_cilium_config_judges(
-    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+    source: dict[str, Any], said: str, api_server: EmulatedApiServer, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
 ) -> None:
     _setup(api_server, EBPF, _daemonset(env=[
-        {"name": "CILIUM_ENABLE_IP_MASQ_AGENT",
-         "valueFrom": {"configMapKeyRef": {"name": "extra", "key": "masq"}}}]))
+        {"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "valueFrom": source}]))
     with caplog.at_level(logging.WARNING):
         foreign = _foreign(backend)
     assert foreign.agent_options == ()
     assert any("$CILIUM_ENABLE_IP_MASQ_AGENT of the cilium-agent container of DaemonSet "
-               "kube-system/cilium: not given, the variable CILIUM_ENABLE_IP_MASQ_AGENT"
-               in r.getMessage() for r in caplog.records)
+               f"kube-system/cilium: {said}" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("data", "value"), [
+    ({"masq": "false"}, "false"), ({"masq": ""}, None), ({}, None)])
+def test_a_variable_from_a_configmap_is_read_from_it_as_the_kubelet_sets_it(
+    data: dict[str, str], value: str | None, api_server: EmulatedApiServer,
+    backend: CiliumBackend
+) -> None:
+    # The kubelet sets the variable from the ConfigMap's key (optional: none where the
+    # key is missing; viper takes an empty one as unset): it was taken as not known, and
+    # cilium-config judged the key the agents take from the variable.
+    _setup(api_server, EBPF, _daemonset(env=[
+        {"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "valueFrom": {"configMapKeyRef": {
+            "name": "extra", "key": "masq", "optional": True}}}]))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "extra", data))
+    options = {o.key: (o.value, o.given) for o in _foreign(backend).agent_options}
+    assert options.get("enable-ip-masq-agent") == (
+        None if value is None else (value, "$CILIUM_ENABLE_IP_MASQ_AGENT"))
 
 
 def test_check_refuses_a_write_the_agent_s_flags_make_it_refuse_to_start_with(

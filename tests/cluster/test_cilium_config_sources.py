@@ -187,3 +187,92 @@ def test_a_node_config_source_naming_one_reads_it_alone_on_every_node(
     assert [(o.name, o.selector) for o in foreign.node_overrides] == [("gpu", "")]
     assert any("CiliumNodeConfig edge" in r.getMessage() and "not read" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_node_config_got_by_name_without_a_node_selector_is_laid_on_every_node(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The resolver matches a nodeSelector only for a list (cilium-node-config:NAMESPACE):
+    # one got by name applies on every node, a nodeSelector or none. k3snet left one
+    # without a nodeSelector out, judging cilium-config alone.
+    edge = _node_config("edge", {"enable-ipv4-masquerade": "false"})
+    del edge["spec"]["nodeSelector"]
+    api_server.put(NODE_CONFIGS_V2, edge)
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,cilium-node-config:kube-system/edge"))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert [(o.name, o.selector) for o in foreign.node_overrides] == [("edge", "")]
+    # Listed (the default sources), one without a nodeSelector selects no node.
+    api_server.put(DAEMONSETS, _building())
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_overrides == ()
+
+
+def test_cilium_config_after_the_node_configs_in_the_sources_is_laid_over_them(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The resolver lays each source over the ones before it: with the CiliumNodeConfigs
+    # first, cilium-config's enable-ipv4-masquerade (Helm writes it) wins on the edge
+    # nodes too, and k3snet judged the CiliumNodeConfig's "false" laid over it.
+    api_server.put(NODE_CONFIGS_V2, _node_config(
+        "edge", {"enable-ipv4-masquerade": "false", "enable-ipv4-egress-gateway": "true"}))
+    api_server.put(DAEMONSETS, _building(
+        "--source=cilium-node-config:kube-system,config-map:cilium-config"))
+    with caplog.at_level(logging.WARNING):
+        (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    # A key cilium-config does not hold stays the CiliumNodeConfig's.
+    assert [(o.name, dict(o.settings)) for o in foreign.node_overrides] == [
+        ("edge", {"enable-ipv4-egress-gateway": "true"})]
+    assert any("enable-ipv4-masquerade of CiliumNodeConfig edge" in r.getMessage()
+               for r in caplog.records)
+    # cilium-config's key filtered out (not the first source): the CiliumNodeConfig's stays.
+    api_server.put(DAEMONSETS, _building(
+        "--source=cilium-node-config:kube-system,config-map:cilium-config",
+        "--deny-config-keys=enable-ipv4-masquerade"))
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert [dict(o.settings) for o in foreign.node_overrides] == [
+        {"enable-ipv4-masquerade": "false", "enable-ipv4-egress-gateway": "true"}]
+
+
+def _mounting(configmap: str, *, name: str = "cilium") -> dict[str, Any]:
+    """An agent DaemonSet as Cilium's chart made it before build-config (1.13): the
+    ConfigMap ``configmap`` mounted whole at the agent's --config-dir."""
+    ds = cilium_daemonset(ip_masq_agent=name == "cilium", name=name)
+    pod = ds["spec"]["template"]["spec"]
+    pod["initContainers"] = []
+    pod["containers"][0]["volumeMounts"].append(
+        {"name": "cilium-config-path", "mountPath": "/tmp/cilium/config-map", "readOnly": True})
+    pod["volumes"].append({"name": "cilium-config-path", "configMap": {"name": configmap}})
+    return ds
+
+
+def test_an_agent_mounting_another_configmap_as_its_config_directory_reads_that_one(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # Without build-config the agent reads the ConfigMap mounted at its --config-dir:
+    # a write into cilium-config has no effect where another one is mounted there.
+    api_server.put(DAEMONSETS, _mounting("cilium-config"))
+    assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
+    api_server.put(DAEMONSETS, _mounting("cilium-config-old"))
+    (refused,) = backend.check(plan(backend.observe(), MASQUERADE_OFF))
+    assert ("enable-ipv4-masquerade: k3snet writes it into ConfigMap kube-system/cilium-config, "
+            "which the cilium-agent container of DaemonSet kube-system/cilium (its config "
+            "directory) does not take from there") in refused
+
+
+def test_a_copy_mounting_its_own_configmap_as_its_config_directory_is_not_judged_by_cilium_config(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-gpu's agents read cilium-config-gpu, which keeps the ip-masq-agent off: its
+    # lack of /etc/config refused turning it on in cilium-config, as if they read that.
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    gpu = _mounting("cilium-config-gpu", name="cilium-gpu")
+    gpu["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "gpu"}
+    api_server.put(DAEMONSETS, gpu)
+    on = State(owned=[CiliumConfig(TARGET, settings={
+        "enable-bpf-masquerade": "true", "enable-ip-masq-agent": "true"})])
+    assert backend.check(plan(backend.observe(), on)) == ()

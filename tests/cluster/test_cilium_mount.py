@@ -1723,3 +1723,130 @@ def test_a_second_agent_daemonset_being_deleted_is_not_judged(
     api_server.put(DAEMONSETS, gpu)
     backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
     assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+
+
+def _gpu_copy(api_server: EmulatedApiServer, *, env: list[dict[str, Any]] | None = None,
+              init: list[str] | None = None) -> dict[str, Any]:
+    """cilium (the ConfigMap mounted) and its copy cilium-gpu without /etc/config, its
+    agent's ``env`` and its config init container's ``build-config`` ``init`` flags."""
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    gpu = _pool(cilium_daemonset(ip_masq_agent=False))
+    _pod(gpu)["containers"][0]["env"] = env or []
+    if init is not None:
+        _pod(gpu)["initContainers"][0].update(command=["cilium-dbg", "build-config"], args=init)
+    api_server.put(DAEMONSETS, gpu)
+    return gpu
+
+
+def _masq_from(ref: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "valueFrom": ref}]
+
+
+def test_a_second_agent_daemonset_s_variable_from_a_configmap_is_read_from_it(
+    api_server: EmulatedApiServer, api_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # cilium-gpu's CILIUM_ENABLE_IP_MASQ_AGENT comes from its own ConfigMap, "false": its
+    # agents run no ip-masq-agent whatever cilium-config says, yet turning it on in
+    # cilium-config was refused for cilium-gpu's lack of /etc/config, the variable taken
+    # as not known and cilium-config's value judged in its place.
+    _gpu_copy(api_server, env=_masq_from(
+        {"configMapKeyRef": {"name": "cilium-gpu-env", "key": "masq"}}))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu-env", {"masq": "false"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    with caplog.at_level(logging.WARNING, logger="k3snet"):
+        assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    # Read as the kubelet sets it: a value, as if written in the template.
+    assert "cilium-gpu: $CILIUM_ENABLE_IP_MASQ_AGENT=false" in caplog.text
+    assert "only where the pod runs" not in caplog.text
+    # The ConfigMap saying "true": its agents run it, and would exit without /etc/config.
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu-env", {"masq": "true"}))
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
+
+
+@pytest.mark.parametrize("gone", ["key", "configmap"])
+def test_an_optional_variable_from_a_configmap_without_it_is_not_set(
+    gone: str, api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # optional: true, the key (or the whole ConfigMap) missing: the kubelet sets no
+    # variable, and the agents take cilium-config's value: judged, refused.
+    _gpu_copy(api_server, env=_masq_from({"configMapKeyRef": {
+        "name": "cilium-gpu-env", "key": "masq", "optional": True}}))
+    if gone == "key":
+        api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu-env", {"other": "x"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
+
+
+@pytest.mark.parametrize("ref", [
+    {"fieldRef": {"fieldPath": "metadata.annotations['masq']"}},
+    {"secretKeyRef": {"name": "cilium-gpu-env", "key": "masq"}},
+    {"configMapKeyRef": {"name": "cilium-gpu-env", "key": "masq"}},
+], ids=["field", "secret", "configmap-forbidden"])
+def test_a_second_agent_daemonset_s_variable_not_known_is_a_warning_not_a_refusal(
+    ref: dict[str, Any], api_server: EmulatedApiServer, api_client: Any,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its value is known only where the pod runs (or in a ConfigMap k3snet may not read):
+    # its agents may run no ip-masq-agent, so its mount is not a reason to refuse.
+    _gpu_copy(api_server, env=_masq_from(ref))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu-env", {"masq": "true"}))
+    if "configMapKeyRef" in ref:
+        api_server.fail(403, plural="configmaps", name="cilium-gpu-env", times=None)
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    with caplog.at_level(logging.WARNING, logger="k3snet"):
+        assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    assert "DaemonSet kube-system/cilium-gpu" in caplog.text
+    assert "CILIUM_ENABLE_IP_MASQ_AGENT" in caplog.text
+
+
+def test_a_second_agent_daemonset_s_own_configmap_after_cilium_config_is_read(
+    api_server: EmulatedApiServer, api_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its config init container lays its node pool's ConfigMap over cilium-config, which
+    # turns the ip-masq-agent off: cilium-config's value does not reach its agents.
+    _gpu_copy(api_server, init=["--source=config-map:cilium-config,config-map:cilium-gpu"])
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu",
+                                         {"enable-ip-masq-agent": "false"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    # Without the key (or the key filtered), cilium-config's value is theirs: refused.
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu", {"debug": "true"}))
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu",
+                                         {"enable-ip-masq-agent": "false"}))
+    _gpu_copy(api_server, init=["--source=config-map:cilium-config,config-map:cilium-gpu",
+                                "--allow-config-keys=debug"])
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
+    # Not to be read: a warning, not a refusal.
+    _gpu_copy(api_server, init=["--source=config-map:cilium-config,config-map:cilium-gpu"])
+    api_server.fail(403, plural="configmaps", name="cilium-gpu", times=None)
+    with caplog.at_level(logging.WARNING, logger="k3snet"):
+        assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    assert "ConfigMap kube-system/cilium-gpu" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["agent", "init"])
+def test_a_second_agent_daemonset_run_through_a_shell_s_script_is_a_warning_not_a_refusal(
+    where: str, api_server: EmulatedApiServer, api_client: Any,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its agent's flags, or its config init container's sources, are in a script k3snet
+    # does not run: its agents may run no ip-masq-agent, and turning it on was refused.
+    gpu = _gpu_copy(api_server)
+    script = ["sh", "-c", "exec cilium-agent --config-dir=/tmp/cilium/config-map"]
+    if where == "agent":
+        _pod(gpu)["containers"][0].update(command=script, args=[])
+    else:
+        _pod(gpu)["initContainers"][0].update(
+            command=["sh", "-c", "cilium-dbg build-config --source=config-map:cilium-gpu"])
+    api_server.put(DAEMONSETS, gpu)
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    with caplog.at_level(logging.WARNING, logger="k3snet"):
+        assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    assert any("DaemonSet kube-system/cilium-gpu" in r.getMessage()
+               and "is not judged" in r.getMessage() for r in caplog.records)
