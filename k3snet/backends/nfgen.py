@@ -57,7 +57,11 @@ _NFTA_CHAIN_TABLE = 1
 _NFTA_CHAIN_HANDLE = 2
 _NFTA_CHAIN_NAME = 3
 _NFTA_CHAIN_USE = 6
-_NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
+_NFPROTO = {"inet": 1, "ip": 2, "ip6": 10, "netdev": 5}
+# A base chain's hook (nested): its device, or its devices (a nested list of names).
+_NFTA_CHAIN_HOOK = 4
+_NFTA_HOOK_DEV = 3
+_NFTA_HOOK_DEVS = 4
 _FAMILY_NUMBERS = {name: number for number, name in _NFPROTO_NAMES.items()}
 # The named objects of a table (each answer's table and name attributes, numbered alike
 # for sets, stateful objects and flowtables: NFTA_SET_TABLE/_NAME, NFTA_OBJ_*,
@@ -219,6 +223,19 @@ class GenerationReader:
             raise BackendError(f"the kernel's answer for chain {family} {table} {chain} has no "
                                "use count")
         return int(struct.unpack_from(">I", attributes[_NFTA_CHAIN_USE])[0])
+
+    def chain_devices(self, family: str, table: str, chain: str) -> tuple[str, ...] | None:
+        """The devices base chain ``chain`` of ``family table`` is hooked on (a netdev or
+        inet ``ingress`` chain's: libnftables 1.0.6's JSON leaves them out), empty for a
+        chain on no device; ``None``: no such chain."""
+        attributes = self._chain(family, table, chain)
+        if attributes is None:
+            return None
+        hook = _attributes(attributes.get(_NFTA_CHAIN_HOOK, b""), 0)
+        if _NFTA_HOOK_DEV in hook:
+            return (_text(hook[_NFTA_HOOK_DEV]).decode(errors="replace"),)
+        return tuple(_text(name).decode(errors="replace")
+                     for _, name in _attribute_list(hook.get(_NFTA_HOOK_DEVS, b"")))
 
     def chain_handle(self, family: str, table: str, chain: str) -> int | None:
         """Chain ``chain`` of ``family table``'s handle (``None``: no such chain)."""

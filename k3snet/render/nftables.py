@@ -40,6 +40,7 @@ __all__ = [
     "MARKER_CHAIN",
     "NAT_CHAIN",
     "NFT_JSON_IFNAME_WORDS",
+    "NFT_RULE_EXPRESSIONS",
     "NFT_WORDS",
     "REPLY_SUFFIX",
     "TABLE_COMMENT",
@@ -49,6 +50,7 @@ __all__ = [
     "chain_order_key",
     "load_condition",
     "model_ifname",
+    "nft_expressions",
     "nft_ifname",
     "nft_rules",
     "nft_rules_json",
@@ -56,6 +58,7 @@ __all__ = [
     "render_nftables_conf",
     "rule_tag",
     "table_families",
+    "too_large",
     "validate_nft_name",
     "validate_own_table",
     "validate_table_name",
@@ -297,6 +300,53 @@ def nft_rules(obj: NetObject, *, inet: bool = True) -> tuple[NftRule, ...]:
     raise ModelError(f"the nftables renderer handles NAT and forward rules, not {obj.type_name}")
 
 
+NFT_RULE_EXPRESSIONS: Final = 128
+"""The most expressions the kernel takes in one rule (``NFT_RULE_MAXEXPRS``); a longer
+rule is refused with a bare "Invalid argument", and its transaction with it."""
+
+
+def _prefix_expressions(net: Network) -> int:
+    # A payload load, a bitwise mask unless the prefix ends on a byte (a /0 has one
+    # too), a cmp: libnftables' linearization of an address match.
+    return 2 if net.prefixlen and net.prefixlen % 8 == 0 else 3
+
+
+def nft_expressions(obj: NetObject, *, inet: bool = True) -> int:
+    """How many expressions the longest of :func:`nft_rules`' kernel rules holds, as
+    libnftables lays them out for the kernel (nft --debug=netlink's lines): what
+    :data:`NFT_RULE_EXPRESSIONS` bounds. Each exclusion of a NAT rule is a
+    ``daddr !=`` match of its own: two or three expressions.
+
+    >>> nft_expressions(MasqueradeRule("10.42.0.0/16", exclude=["10.0.0.0/8"]))
+    7
+    """
+    count = 2 if inet else 0  # the meta nfproto test an inet table's address match needs
+    if isinstance(obj, MasqueradeRule | SnatRule):
+        count += _prefix_expressions(obj.source)
+        if obj.destination is not None:
+            count += _prefix_expressions(obj.destination)
+        count += sum(_prefix_expressions(e) for e in obj.exclude)
+        count += 2 if obj.out_interface is not None else 0  # meta load, cmp
+        return count + (2 if isinstance(obj, SnatRule) else 1)  # immediate and nat; masq
+    if isinstance(obj, ForwardRule):
+        count += _prefix_expressions(obj.source) + _prefix_expressions(obj.destination)
+        count += 2 * ((obj.in_interface is not None) + (obj.out_interface is not None))
+        return count + 3 + 1  # the reply half's ct state (load, bitwise, cmp); accept
+    raise ModelError(f"the nftables renderer handles NAT and forward rules, not {obj.type_name}")
+
+
+def too_large(obj: NetObject, *, inet: bool = True) -> str | None:
+    """Why the kernel would refuse ``obj``'s rule (:data:`NFT_RULE_EXPRESSIONS`), or
+    ``None``."""
+    count = nft_expressions(obj, inet=inet)
+    if count <= NFT_RULE_EXPRESSIONS:
+        return None
+    return (f"{obj.describe()}: its nftables rule would hold {count} expressions, and the "
+            f"kernel takes at most {NFT_RULE_EXPRESSIONS} in one rule (each exclusion is a "
+            "match of two or three, by whether its prefix length is a multiple of 8); "
+            "give it fewer exclusions (split its destinations into several rules)")
+
+
 def _j_prefix(proto: str, fld: str, net: Network, op: str = "==") -> str:
     return (f'{{"match":{{"op":"{op}","left":{{"payload":{{"protocol":"{proto}",'
             f'"field":"{fld}"}}}},"right":{{"prefix":{{"addr":"{_address(net)}",'
@@ -416,6 +466,9 @@ def _table_text(family: str, table: str, objects: Iterable[NetObject]) -> list[s
     inet = family == "inet"
     chains: dict[str, list[str]] = {NAT_CHAIN: [], FORWARD_CHAIN: []}
     for obj in sorted(objects, key=chain_order_key):
+        problem = too_large(obj, inet=inet)
+        if problem is not None:
+            raise ModelError(problem)
         for rule in nft_rules(obj, inet=inet):
             chains[rule.chain].append(f'\t\t{rule.body} comment "{rule.comment}"')
     lines = [f"table {family} {table} {{", f'\tcomment "{TABLE_COMMENT}"']

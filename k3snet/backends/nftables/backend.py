@@ -998,6 +998,8 @@ class NftablesBackend(BackendBase):
             return tuple(self._misfit(kernel, plan))
         if batch.empty:
             return ()
+        if batch.too_large:
+            return tuple(problem for _, problem in batch.too_large)
         rc, error = kernel.run(batch.text(), json_input=batch.json, dry_run=True)
         if rc != 0:
             return (f"nftables would refuse the transaction: {first_lines(error)}",)
@@ -1013,6 +1015,10 @@ class NftablesBackend(BackendBase):
                             + "\n  ".join(self._misfit(kernel, plan))) from None
         if batch.empty:
             return ApplyResult(self.name, plan.changes, operations=kernel.calls - calls)
+        if batch.too_large:  # the kernel would refuse the rule with a bare EINVAL: say why
+            owner, problem = batch.too_large[0]
+            raise ApplyError(f"nftables: nothing was changed, nothing was sent: {problem}",
+                             failed=plan.changes[owner] if owner is not None else None)
         genid = cache.genid
         # From here a signal waits for this apply's result to be kept (a group's parts
         # to undo): raised within the listing of the marker or the cache's update, or in

@@ -15,7 +15,7 @@ from __future__ import annotations
 from k3snet.backends.nftables.cache import Key, Table
 from k3snet.backends.nftables.text import as_listed
 from k3snet.model import NetObject
-from k3snet.render.nftables import CHAIN_HOOKS, MARKER_CHAIN, NAT_CHAIN, nft_rules
+from k3snet.render.nftables import CHAIN_HOOKS, MARKER_CHAIN, NAT_CHAIN, nft_rules, too_large
 from k3snet.render.nftables_batch import NftCommands, Syntax
 
 __all__ = ["IMPOSSIBLE_HANDLE", "Batch", "Syntax"]
@@ -44,6 +44,8 @@ class Batch:
         self.deleted_tables: list[str] = []
         self.created_tables: list[str] = []
         self.created_chains: list[tuple[str, str]] = []
+        # (change, why): added rules the kernel would refuse as too long, never sent
+        self.too_large: list[tuple[int | None, str]] = []
 
     @property
     def empty(self) -> bool:
@@ -93,6 +95,9 @@ class Batch:
         commands, owners = self.commands, self.owners
         slots = self.added.setdefault(family, [])
         key = obj.key
+        problem = too_large(obj, inet=family == "inet")
+        if problem is not None:
+            self.too_large.append((owner, problem))
         rules = nft_rules(obj, inet=family == "inet")
         self.bodies[key] = (rules[0].chain, as_listed(rules[0].body))  # for the kept read
         for slot, command in enumerate(self.nft.add_rules(family, obj, rules)):

@@ -256,6 +256,8 @@ class Libnftables:
                 return None
             raise BackendError(f"nft {what!r} failed: {first_lines(_with_capability(error))}")
         items = listed_items(output, what)
+        if kind == "chains":
+            self._devices(items)
         if kind != "chain":
             return items
         named = (name_xt(items, self._xt_expressions) if _may_list_unnamed_xt(items, output)
@@ -264,6 +266,18 @@ class Libnftables:
                 or not named.isdisjoint(_XT_READ)):
             self._xt_data(items)
         return items
+
+    def _devices(self, items: Iterable[dict[str, Any]]) -> None:
+        """Give each ``ingress`` base chain listed without its devices (libnftables 1.0.6's
+        JSON leaves them out) the ``dev`` the kernel holds: a name, or a list of them."""
+        for item in items:
+            chain = item.get("chain")
+            if (isinstance(chain, dict) and chain.get("hook") == "ingress"
+                    and "dev" not in chain and chain.get("family") in ("netdev", "inet")):
+                devices = self._generation.chain_devices(
+                    str(chain["family"]), str(chain.get("table")), str(chain.get("name")))
+                if devices is not None:
+                    chain["dev"] = devices[0] if len(devices) == 1 else list(devices)
 
     def _refuse_unprintable(self, kind: str, ref: Mapping[str, str]) -> None:
         """:meth:`_check_unprintable`, again while the generation id moved during it: a

@@ -40,7 +40,9 @@ Foreign state
     packets: no earlier rule of their chain (or of a chain it jumps to), and no
     other base chain on the forward hook, since an accept ends only its own
     chain (firewalld#527): every other one must accept the packets too, or let
-    them reach its accept policy.
+    them reach its accept policy. A device's ``ingress`` chain (``netdev`` or
+    ``inet``) is read for drops as testing that device (``iifname``); its default is
+    not judged.
 """
 
 from __future__ import annotations
@@ -795,6 +797,11 @@ class ForeignReader:
     # filter base chains at prerouting and postrouting: forwarded packets pass them too
     # (where, name, policy), read for drops and defaults
     path_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
+    # filter base chains on a device's ingress hook (a netdev table's, or an inet one's):
+    # what arrives by that device passes them before any other hook, (where, name,
+    # devices), read for drops only (their defaults are not judged)
+    device_bases: list[tuple[tuple[str, str], str, tuple[str, ...]]] = field(
+        default_factory=list)
     # nat base chains there: the first packet of each new connection passes them (a drop
     # there drops it, the connection never starts), read for their defaults only
     nat_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
@@ -879,10 +886,17 @@ class ForeignReader:
         """Read base chain ``chain`` of ``list chains`` as its type and hook ask."""
         family, table, name = chain.get("family"), chain.get("table"), chain.get("name")
         where = (str(family), str(table))
+        kind, hook = chain.get("type"), chain.get("hook")
+        if family in ("netdev", "inet") and hook == "ingress" and kind == "filter":
+            devices = chain.get("dev")
+            devices = [devices] if isinstance(devices, str) else devices
+            if where not in passed and isinstance(devices, list):
+                self.device_bases.append((where, str(name), tuple(
+                    d for d in devices if isinstance(d, str))))
+            return
         if family not in ("ip", "ip6", "inet") or where in passed:
             return
         policy = str(chain.get("policy", "accept"))
-        kind, hook = chain.get("type"), chain.get("hook")
         if hook == "postrouting" and kind == "nat":
             prio = chain.get("prio")
             first = not isinstance(prio, int) or prio <= _OWN_NAT_PRIO
@@ -977,6 +991,12 @@ class ForeignReader:
             if judges and policy != "accept" and not taken.ended:
                 self._untrack_defaults.append((where, name, f"policy {policy}",
                                                list(taken.accepted)))
+        # What arrives by a device passes its ingress chains first: a drop there is read
+        # as one testing that device (`iifname`), one walk per device.
+        for where, name, devices in self.device_bases:
+            for device in devices:
+                self._block_walk(where, name, _Way(guard=Match(iif=[(device, False)])), found,
+                                 _Taken())
         for match, where, chain in self._notracks:
             for default in self._untrack_defaults:
                 found.update(_untrack_forward_blocks(match, where, chain, default))
@@ -2322,7 +2342,7 @@ def _blocks_of(match: Match, where: tuple[str, str], chain: str, taken: _Taken |
     """The blocks of :func:`_block_of`: in an ``inet`` table, a drop naming no address
     family (``oifname "eth0" drop``) is judged in each, as one in an ``ip`` and one in
     an ``ip6`` table are (by the node's routes of that family)."""
-    if match.proto is None and where[0] == "inet":
+    if match.proto is None and where[0] in ("inet", "netdev"):
         if match.verdict not in _ENDING:
             return []  # no block in either family: not copied to be judged in each
         found = (_block_of(dataclasses.replace(match, proto=proto), where, chain, taken,

@@ -1,0 +1,64 @@
+"""Foreign drops in a device's ``ingress`` chain (a ``netdev`` table's, or an ``inet`` one's).
+
+What arrives by a device passes its ingress chains before any other hook: a drop of the
+pods' traffic there (``type filter hook ingress device cni0``) drops it as surely as one
+at prerouting. The foreign reader read only the ``ip``, ``ip6`` and ``inet`` chains on
+the postrouting, prerouting and forward hooks, so the pods' connections were dropped while
+``k3snet plan`` said nothing (0 conflicts); the same rule at prerouting was a conflict. Such
+a drop is now read as one testing its device (``iifname cni0``), one block per device of
+the chain. libnftables 1.0.6's JSON lists an ingress chain without its devices: the
+backend asks the kernel for them (``NFTA_HOOK_DEV``/``NFTA_HOOK_DEVS``). The lab test sends
+the pod's packets; the other reads the kernel's own chains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.nftables import NftablesBackend
+from k3snet.cli import main
+from k3snet.lab import SeedLab
+from k3snet.lab.netns import run_in
+from k3snet.model import ForwardBlock
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+DROP = "ip saddr 10.42.0.0/16 ip daddr 192.168.2.0/24 counter drop"
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("family", ["netdev", "inet"])
+def test_an_ingress_drop_of_the_pods_traffic_drops_it_and_is_a_conflict(
+        require_root: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        family: str) -> None:
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        assert lab.tcp_probe(4, timeout=2.0).ok
+        run_in(lab.node, ["nft", "-f", "-"], input_text=(
+            f"table {family} edge {{\n\tchain in {{\n\t\ttype filter hook ingress device "
+            f"cni0 priority 0; policy accept;\n\t\t{DROP}\n\t}}\n}}\n"))
+        assert not lab.tcp_probe(4, timeout=1.0).ok  # the kernel drops the pod's packets
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 4  # a conflict
+        said = f"conflicts with foreign: drop by nftables {family} edge in: ip saddr 10.42.0.0/16"
+        assert said in out.getvalue()
+        assert "192.168.2.0/24 iifname cni0 drop" in out.getvalue()
+
+
+@pytest.mark.kernel
+def test_an_ingress_chain_on_several_devices_is_a_drop_by_each(ns: str) -> None:
+    run_in(ns, ["ip", "link", "add", "cni0", "type", "veth", "peer", "name", "flannel.1"])
+    run_in(ns, ["nft", "-f", "-"], input_text=(
+        "table inet edge {\n\tchain in {\n\t\ttype filter hook ingress devices = { cni0, "
+        f"flannel.1 }} priority 0; policy accept;\n\t\t{DROP}\n\t}}\n}}\n"))
+    with NftablesBackend(ns, keep_read=False) as backend:
+        blocks = {o for o in backend.observe().foreign if isinstance(o, ForwardBlock)}
+    assert {(b.in_interface, str(b.source), str(b.destination)) for b in blocks} == {
+        ("cni0", "10.42.0.0/16", "192.168.2.0/24"),
+        ("flannel.1", "10.42.0.0/16", "192.168.2.0/24")}

@@ -1,0 +1,126 @@
+"""The kernel's limit of expressions in one rule, and k3snet's NAT rules that would pass it.
+
+The kernel takes at most 128 expressions in one rule (``NFT_RULE_MAXEXPRS``) and
+refuses a longer one with a bare "Invalid argument". k3snet writes each exclusion of a
+NAT rule as one ``daddr !=`` match of two or three expressions, so a rule with about
+forty exclusions (ip-masq-agent's ``nonMasqueradeCIDRs`` grow so) cannot be written:
+the transaction was refused as a whole (nothing changed), but the error quoted the
+batch's first command (``create table``) and named no change. Now the backend counts
+the expressions of each rule it would add, as libnftables lays them out (checked here
+against nft's own netlink debug output), and refuses the rule by name before anything
+is sent; the boot file's renderer refuses it too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+import pytest
+
+from k3snet.backends.nftables import NftablesBackend
+from k3snet.errors import ApplyError, ModelError
+from k3snet.lab.netns import run_in
+from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
+from k3snet.planner import plan
+from k3snet.render.nftables import (
+    NFT_RULE_EXPRESSIONS,
+    nft_expressions,
+    nft_rules,
+    render_nftables_conf,
+)
+from k3snet.render.nftables_batch import Syntax
+
+FOREIGN = """\
+table ip edge {
+	chain post {
+		type nat hook postrouting priority srcnat - 1; policy accept;
+		ip saddr 10.50.0.0/16 masquerade
+	}
+}
+"""
+
+
+def _excluded(count: int, prefix: int = 17) -> list[str]:
+    """``count`` exclusions of ``prefix`` bits in 10.0.0.0/8 that aggregate to nothing."""
+    step = 1 << (32 - prefix + 1)
+    return [str(ipaddress.ip_network((0x0A000000 + i * step, prefix))) for i in range(count)]
+
+
+def _largest(count: int) -> MasqueradeRule:
+    # inet: meta nfproto (2), saddr /16 (2), 3 per /17 exclusion, masquerade (1)
+    return MasqueradeRule("192.168.0.0/16", exclude=_excluded(count))
+
+
+def _ruleset(ns: str) -> list[dict[str, Any]]:
+    listed = json.loads(run_in(ns, ["nft", "-j", "list", "ruleset"]).stdout)["nftables"]
+    return [item for item in listed if "metainfo" not in item]
+
+
+SHAPES: list[NetObject] = [
+    MasqueradeRule("10.42.0.0/16"),
+    MasqueradeRule("0.0.0.0/0", destination="192.168.2.0/23", out_interface="eth+",
+                   random_fully=True),
+    MasqueradeRule("10.42.0.0/17", exclude=["10.0.0.0/8", "172.16.0.5/32", "192.168.0.0/17",
+                                            "224.0.0.0/3"]),
+    SnatRule("10.44.0.0/15", destination="192.168.3.0/24", to_address="192.168.1.5",
+             out_interface="eth0"),
+    MasqueradeRule("fd42:42::/57", destination="fd01:2::/64", exclude=["fd01:2::/127"],
+                   out_interface="eth0"),
+    SnatRule("fd42:43::/56", to_address="fd01:1::5", random_fully=True),
+    ForwardRule("10.52.0.0/16", "192.168.2.0/25", in_interface="cni0", out_interface="eth0"),
+    ForwardRule("fd42:42::/56", "fd01:2::/64"),
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("inet", [True, False], ids=["inet", "split"])
+def test_the_counted_expressions_of_each_rule_are_the_ones_nft_sends_the_kernel(
+        ns: str, inet: bool) -> None:
+    for obj in SHAPES:
+        family = "inet" if inet else ("ip" if obj.family == 4 else "ip6")
+        rules = "\n".join(f"\t\t{r.body}" for r in nft_rules(obj, inet=inet))
+        script = (f"table {family} t {{\n\tchain c {{\n\t\ttype nat hook postrouting "
+                  f"priority srcnat;\n{rules}\n\t}}\n}}\n")
+        debug = run_in(ns, ["nft", "--debug=netlink", "-c", "-f", "-"], input_text=script).stdout
+        sent = [line.count("\n  [ ") for line in ("\n" + debug).split(f"\n{family} t c")[1:]]
+        assert max(sent) == nft_expressions(obj, inet=inet), (obj, debug)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("syntax", ["nft", "json"])
+def test_a_nat_rule_over_the_kernels_expression_limit_is_refused_by_name_before_sending(
+        ns: str, syntax: Syntax) -> None:
+    run_in(ns, ["nft", "-f", "-"], input_text=FOREIGN)
+    kept = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+    with NftablesBackend(ns, syntax=syntax, keep_read=False) as backend:
+        backend.apply(plan(backend.observe(), State(owned=[kept])))
+        before = _ruleset(ns)
+        largest = _largest(41)
+        assert nft_expressions(largest) == NFT_RULE_EXPRESSIONS
+        too_large = _largest(42)
+        p = plan(backend.observe(), State(owned=[kept, too_large]))
+        problems = backend.check(p)
+        assert len(problems) == 1
+        assert "131 expressions" in problems[0]
+        assert "at most 128" in problems[0]
+        assert too_large.describe() in problems[0]
+        with pytest.raises(ApplyError, match="nothing was changed") as raised:
+            backend.apply(p)
+        assert raised.value.failed is not None
+        assert raised.value.failed.after == too_large
+        assert "131 expressions" in str(raised.value)
+        assert _ruleset(ns) == before  # k3snet's table and the foreign one, as they were
+        # The limit is the kernel's own, not a margin below it.
+        backend.apply(plan(backend.observe(), State(owned=[kept, largest])))
+        assert set(backend.observe(refresh=True).owned) == {kept, largest}
+
+
+def test_the_boot_file_refuses_a_rule_the_kernel_would_refuse() -> None:
+    render_nftables_conf(State(owned=[_largest(41)]))
+    with pytest.raises(ModelError, match="131 expressions"):
+        render_nftables_conf(State(owned=[_largest(42)]))
+    # An ip table's rule needs no meta nfproto test: two expressions fewer.
+    with pytest.raises(ModelError, match="129 expressions"):
+        render_nftables_conf(State(owned=[_largest(42)]), family="split")
