@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -149,9 +150,34 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # pytest then tears the fixtures down, as on Ctrl-C
 
 
+def _compile_k3snet() -> None:
+    """Byte-compile the k3snet the tests import, as ``pip install`` does and the
+    benchmarks do (``benchmarks/goals.py``): with ``PYTHONDONTWRITEBYTECODE=1`` set, a
+    checkout never gets ``.pyc`` files, and every process that imports k3snet compiled
+    it from source again, each pytest-xdist worker and each ``python -m k3snet`` a test
+    starts (about 0.4 s of CPU for the CLI's imports, about half of such a process's).
+    ``compileall`` writes the files whatever that variable says; a file it cannot write
+    (a read-only checkout) is left out silently, and a module then compiles as before.
+    Up to date, it reads the sources' dates only."""
+    import compileall  # noqa: PLC0415 - once per session
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.find_spec("k3snet")
+    for place in list(spec.submodule_search_locations or []) if spec is not None else []:
+        compileall.compile_dir(place, quiet=2)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
+    if not hasattr(config, "workerinput"):  # the controller, before the workers start
+        _compile_k3snet()
+    # pytest keeps the test modules it rewrote (their asserts) only where Python may write
+    # bytecode: with PYTHONDONTWRITEBYTECODE=1, each worker collects the whole suite and
+    # rewrote all of it at every run (collecting tests/ took 38 s of CPU instead of 9).
+    # Set in each process before it collects; the processes the tests start still get
+    # the variable (k3snet's bytecode is made above).
+    sys.dont_write_bytecode = False
     # Set before any test runs, so the CLI processes the tests start inherit them.
     made = None
     if "K3SNET_LOCK_DIR" not in os.environ:
