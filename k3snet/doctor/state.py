@@ -282,7 +282,7 @@ class NodeState:
     capture does not say)."""
     felix_pool_sets: frozenset[str] = frozenset()
     """Which of Felix's pool sets the captured rules name (``all-ipam-pools``, Felix
-    before v3.31.7 and v3.32.1; ``network-ip-pools``, later ones): whether Felix NATs
+    before v3.31.6 and v3.32.1; ``network-ip-pools``, later ones): whether Felix NATs
     to LoadBalancer-only pools. Empty: no Calico NAT rule in the capture."""
     kernel_ipsets: Mapping[str, IPSetMembers] = attrs.field(factory=dict)
     """The kernel's ipsets whose members ``ipset save`` gave (sets of addresses only:
@@ -578,7 +578,7 @@ class NodeState:
         """The ipsets whose members the doctor knows: the kernel's (``ipset save``), and
         Calico's pool sets from its IP pools where the kernel's are not captured.
 
-        ``all-ipam-pools`` holds every pool (Felix before v3.31.7 and v3.32.1);
+        ``all-ipam-pools`` holds every pool (Felix before v3.31.6 and v3.32.1);
         ``network-ip-pools``, its successor, every pool but LoadBalancer-only ones
         (projectcalico/calico#12769): the set's name in Felix's rule says which
         Felix wrote it. Of pools of one CIDR, Felix uses only the first (the pools are

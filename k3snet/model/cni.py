@@ -954,7 +954,7 @@ class IPPool(NetObject):
         """True when the pool is for LoadBalancer addresses only (``allowedUses: [LoadBalancer]``).
 
         Felix leaves such a pool out of its set of pool CIDRs that outgoing NAT never
-        applies to (projectcalico/calico#12769, Calico v3.31.7 and v3.32.1): traffic to
+        applies to (projectcalico/calico#12769, Calico v3.31.6 and v3.32.1): traffic to
         it is masqueraded like traffic to any other address, so it exempts nothing.
         """
         return self.allowed_uses == ("LoadBalancer",)
@@ -1006,7 +1006,7 @@ class IPPool(NetObject):
         if (isinstance(other, IPPool) and self.disabled and other.load_balancer_only
                 and overlaps(other.cidr, self.cidr)):
             return (f"IPPool {other.name} {other.cidr} is for LoadBalancer addresses only: "
-                    "Calico v3.31.7, v3.32.1 and later masquerade pod traffic to such a pool "
+                    "Calico v3.31.6, v3.32.1 and later masquerade pod traffic to such a pool "
                     "(projectcalico/calico#12769), so it does not exempt "
                     f"{self.cidr} from NAT, and k3snet does not create a pool overlapping "
                     "it; fix: exempt the destination on the nodes (the nftables or iptables "
@@ -1399,7 +1399,7 @@ def _pool_note(pool: IPPool) -> str:
     if pool.load_balancer_only:
         # Calico's own behaviour changed (projectcalico/calico#12769); k3snet cannot
         # tell which Calico runs, so the older, blocking one is assumed and said.
-        return (" (LoadBalancer only: Calico before v3.31.7 and v3.32.1 does not NAT to it, "
+        return (" (LoadBalancer only: Calico before v3.31.6 and v3.32.1 does not NAT to it, "
                 "later versions do)")
     return " (disabled)" if pool.disabled else ""
 

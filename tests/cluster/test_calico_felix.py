@@ -158,7 +158,7 @@ def test_a_destination_in_a_loadbalancer_only_pool_says_the_calico_versions_diff
     _seed(api_server, K3S_CROSS_SUBNET)
     api_server.put(CRD, _pool("lb", cidr="192.168.2.0/24", allowedUses=["LoadBalancer"]))
     (conflict,) = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345)).conflicts
-    assert ("lb 192.168.2.0/24 (LoadBalancer only: Calico before v3.31.7 and v3.32.1 does "
+    assert ("lb 192.168.2.0/24 (LoadBalancer only: Calico before v3.31.6 and v3.32.1 does "
             "not NAT to it, later versions do)") in (conflict.reason or "")
 
 
@@ -203,7 +203,7 @@ def test_a_loadbalancer_only_pool_does_not_exempt_a_destination_from_nat(
     api_server: EmulatedApiServer, uses: list[str]
 ) -> None:
     # Felix's masq manager leaves LoadBalancer-only pools out of the all-ipam-pools set
-    # (projectcalico/calico#12769, in v3.31.7 and v3.32.1): traffic to them is
+    # (projectcalico/calico#12769, in v3.31.6 and v3.32.1): traffic to them is
     # masqueraded, so such a pool covering a destination exempts nothing. A pool that
     # also serves workloads still does.
     _seed(api_server, K3S_CROSS_SUBNET)

@@ -306,7 +306,7 @@ def test_destination_inside_a_calico_pool_is_not_masqueraded() -> None:
 
 
 def test_calico_s_renamed_network_ip_pools_set_is_evaluated_from_its_ip_pools() -> None:
-    # Felix v3.31.7, v3.32.1 and later match cali40network-ip-pools, which leaves out
+    # Felix v3.31.6, v3.32.1 and later match cali40network-ip-pools, which leaves out
     # LoadBalancer-only pools (projectcalico/calico#12769); before, cali40all-ipam-pools.
     old = (RULESETS / "calico-nat.save").read_text()
     new = old.replace("cali40all-ipam-pools", "cali40network-ip-pools")
@@ -611,7 +611,7 @@ def test_a_loadbalancer_only_pool_felix_nats_to_is_no_destination_in_pool_findin
     # No Calico NAT rule captured: the hint says which versions do what.
     d = diagnose(_state(**{"calico-ippools.json": pools}), FLOW)
     hint = next(f for f in d.findings if f.code == "destination-in-calico-pool")
-    assert "v3.31.7" in hint.why
+    assert "v3.31.6" in hint.why
 
 
 def test_a_finding_on_an_nftables_rule_names_its_chain_once() -> None:
