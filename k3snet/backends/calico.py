@@ -352,6 +352,26 @@ def _unallocatable(item: Mapping[str, Any]) -> str:
     return ""
 
 
+def _mark_lb_twins(owned: dict[str, IPPool], foreign: dict[str, IPPool | None]) -> None:
+    """Mark each pool, k3snet's or foreign, whose CIDR Felix takes from a LoadBalancer-only
+    pool sorting first (:attr:`IPPool.lb_twin`): libcalico-go's ``conflictResolvingCache``
+    passes on the pool of each CIDR whose name sorts first (Go's byte order, Python's for
+    these names), whatever ``allowedUses`` say; Felix v3.31.6, v3.32.1 and later leave a
+    LoadBalancer-only pool out of its pool set and NAT traffic to its CIDR."""
+    readable = {**{n: p for n, p in foreign.items() if p is not None}, **owned}
+    first: dict[Network, IPPool] = {}
+    for name in sorted(readable):
+        first.setdefault(readable[name].cidr, readable[name])
+    for name, pool in readable.items():
+        twin = first[pool.cidr]
+        if twin is not pool and twin.load_balancer_only:
+            marked = attrs.evolve(pool, lb_twin=twin.name)
+            if name in owned:
+                owned[name] = marked
+            else:
+                foreign[name] = marked
+
+
 def pool_from_resource(item: Mapping[str, Any]) -> IPPool:
     """Model an IPPool resource (a dict as the API returns it); raises ModelError if invalid.
 
@@ -782,6 +802,7 @@ class CalicoBackend(BackendBase):
                 owned_raw[name] = item
             else:
                 foreign[name] = attrs.evolve(pool, unallocatable=_unallocatable(item))
+        _mark_lb_twins(owned, foreign)
         felix, found = self._felix()
         warnings += found
         self.warnings = tuple(warnings)

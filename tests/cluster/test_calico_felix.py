@@ -223,6 +223,68 @@ def test_a_loadbalancer_only_pool_does_not_exempt_a_destination_from_nat(
     assert "#12769" in reason
 
 
+@pytest.mark.parametrize("twin", ["a-lb", "z-lb"])
+def test_a_pool_whose_loadbalancer_only_twin_sorts_first_does_not_exempt_a_destination(
+    api_server: EmulatedApiServer, twin: str
+) -> None:
+    # Of pools of one CIDR Felix takes the one whose name sorts first (libcalico-go's
+    # conflictResolvingCache, by name alone, whatever allowedUses say): a-lb. Felix
+    # v3.31.6, v3.32.1 and later leave it out of network-ip-pools and masquerade the
+    # CIDR, so b-work exempts nothing; it was judged to meet the exemption. Sorting
+    # after b-work, the LoadBalancer-only twin is swallowed and b-work exempts.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool(twin, cidr="172.20.0.0/24", allowedUses=["LoadBalancer"]))
+    api_server.put(CRD, _pool("b-work", cidr="172.20.0.0/24"))
+    exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
+                                              "  - cidr: 172.20.0.0/24\n"
+                                              "    masquerade: false\n"))
+    p = _plan(_backend(api_server), exempt)
+    assert not p.changes  # never a pool overlapping them
+    if twin == "z-lb":
+        assert not p.conflicts
+        assert "ippool k3snet-nonat-172-20-0-0-24" in " ".join(
+            n.wanted.describe() for n in p.met)
+        return
+    (conflict,) = p.conflicts
+    assert "IPPool a-lb 172.20.0.0/24 is for LoadBalancer addresses only" in (
+        conflict.reason or "")
+    assert "earlier versions do not" in (conflict.reason or "")
+    b_work = next(o for o in _backend(api_server).observe().foreign
+                  if isinstance(o, IPPool) and o.name == "b-work")
+    assert b_work.lb_twin == "a-lb"
+    reason = IPPool("k3snet-nonat-x", "172.20.0.0/24", disabled=True).conflict_reason(b_work)
+    assert "shares its CIDR with the LoadBalancer-only IPPool a-lb" in (reason or "")
+
+
+def test_k3snet_s_exemption_pool_in_place_behind_a_loadbalancer_only_twin_is_a_conflict(
+    api_server: EmulatedApiServer,
+) -> None:
+    # k3snet's disabled pool exempts its CIDR until a LoadBalancer-only pool of the same
+    # CIDR whose name sorts first ("a-lb" < "k3snet-nonat-...") appears: Felix then
+    # takes that one alone, and from v3.31.6 and v3.32.1 masquerades the CIDR. The plan
+    # said nothing to do; now a conflict naming the twin, k3snet's pool left in place.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
+                                              "  - cidr: 172.20.0.0/24\n"
+                                              "    masquerade: false\n"))
+    backend = _backend(api_server)
+    converge(backend, compile_ippools(exempt))
+    assert _plan(backend, exempt).conflicts == ()
+    api_server.put(CRD, _pool("a-lb", cidr="172.20.0.0/24", allowedUses=["LoadBalancer"]))
+    p = _plan(_backend(api_server), exempt)
+    assert not p.changes  # left as it is: no delete, no re-apply on every pass
+    (conflict,) = p.conflicts
+    assert conflict.wanted.describe().startswith("ippool k3snet-nonat-172-20-0-0-24")
+    assert conflict.owned is not None
+    assert "IPPool a-lb 172.20.0.0/24 is for LoadBalancer addresses only" in (
+        conflict.reason or "")
+    # Sorting after k3snet's pool, the twin is swallowed: in place, nothing to say.
+    api_server.delete(CRD, "a-lb")
+    api_server.put(CRD, _pool("z-lb", cidr="172.20.0.0/24", allowedUses=["LoadBalancer"]))
+    p = _plan(_backend(api_server), exempt)
+    assert (p.changes, p.conflicts) == ((), ())
+
+
 # ---------------------------------------------------------------- pod CIDRs must be pools
 
 
