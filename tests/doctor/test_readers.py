@@ -305,6 +305,29 @@ def test_destination_inside_a_calico_pool_is_not_masqueraded() -> None:
     assert d.after.verdict is Verdict.REACHES
 
 
+def test_an_ipv4_mapped_pool_cidr_leaves_calico_s_pool_sets_unknown() -> None:
+    # Felix of Calico v3.32 and before keys ::ffff:10.42.0.0/112 as 10.42.0.0/16, so
+    # aa-mapped (natOutgoing false, sorting first) is the pods' pool to it and they leave
+    # untranslated; the doctor read it as an IPv6 pool beside nothing and traced the flow
+    # masqueraded. As the calico backend, which calls the pool unreadable, it guesses
+    # neither reading: the sets are unknown and the capture says why.
+    nat = (RULESETS / "calico-nat.save").read_text()
+    pools = json.dumps({"items": [
+        {"kind": "IPPool", "metadata": {"name": "default-ipv4-ippool"},
+         "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}},
+        {"kind": "IPPool", "metadata": {"name": "aa-mapped"},
+         "spec": {"cidr": "::ffff:10.42.0.0/112"}},
+    ]})
+    state = _state(**{"iptables-legacy-v4.save": nat, "calico-ippools.json": pools})
+    assert state.calico_pools == ()
+    why = state.missing["calico-ippools.json"]
+    assert "IPPool aa-mapped" in why, why
+    assert "IPv4 CIDR 10.42.0.0/16" in why, why
+    result = trace(state, FLOW)
+    assert result.verdict is Verdict.UNKNOWN, result.render()
+    assert str(result.source_seen) != "192.168.1.5"
+
+
 def test_calico_s_renamed_network_ip_pools_set_is_evaluated_from_its_ip_pools() -> None:
     # Felix v3.31.6, v3.32.1 and later match cali40network-ip-pools, which leaves out
     # LoadBalancer-only pools (projectcalico/calico#12769); before, cali40all-ipam-pools.
