@@ -1262,7 +1262,8 @@ class CalicoPodCIDR(NetObject):
 
     Calico gives pods addresses from its pools, not from the cluster's pod CIDR
     setting, and masquerades per pool; so the pod CIDR must *be* a pool usable
-    by workloads (:attr:`IPPool.unusable_reason`) whose ``natOutgoing`` is what
+    by workloads (:attr:`IPPool.unusable_reason`) on every node (``nodeSelector:
+    all()``, unless the spec names the selector) whose ``natOutgoing`` is what
     the spec's masquerade mode asks; with ``natOutgoing`` false, no pool with
     ``natOutgoing`` may share addresses with it either (Felix masquerades every
     address inside such a pool). k3snet never creates it: a new enabled pool would
@@ -1320,12 +1321,45 @@ class CalicoPodCIDR(NetObject):
         return tuple(p for p in pools.felix_pools
                      if p.nat_outgoing and overlaps(p.cidr, self.cidr))
 
+    def _partial(self, pool: IPPool) -> bool:
+        """``pool`` serves only the nodes its ``nodeSelector`` selects, and the spec does
+        not name it (``cni.calico.nodeSelector``): Calico IPAM gives the pods of other
+        nodes addresses from other pools, outside this CIDR. (Felix has no nodeSelector:
+        its pool sets, and so ``natOutgoing``, hold on every node.)"""
+        return pool.node_selector != "all()" and "nodeSelector" not in self.requires
+
+    def _unserved_reason(self, same: list[IPPool], usable: list[IPPool],
+                         pools: CalicoPools) -> str | None:
+        """Why the pools of this CIDR (``same``; ``usable``: those workloads may use) give
+        no pod an address, or give them to the pods of some nodes only (:meth:`_partial`);
+        None: neither."""
+        if same and not usable:
+            pool = same[0]
+            fix = _operator_fix([pool]) or "fix that pool"
+            return (f"IPPool {pool.name} has pod CIDR {self.cidr} but pods get no address "
+                    f"from it: {pool.unusable_reason}; {fix} (k3snet never changes a pool "
+                    "it does not own)")
+        partial = [p for p in usable if self._partial(p)]
+        if not partial or self._served(pools):
+            return None
+        pool = partial[0]
+        fix = (_operator_fix([pool], ": nodeSelector: all()") if pool.operator
+               else "set nodeSelector: all() on it")
+        return (f"IPPool {pool.name} has pod CIDR {self.cidr} with nodeSelector "
+                f"{json.dumps(pool.node_selector)}: Calico gives its addresses only to "
+                "pods of the nodes it selects, and pods of other nodes get addresses "
+                "from other pools, outside the pod CIDR, masqueraded or not as those "
+                f"pools say; fix: {fix}, or, if the pool is meant to serve those nodes "
+                "alone, name its selector in the spec's cni.calico.nodeSelector (k3snet "
+                "never changes a pool it does not own)")
+
     def _served(self, pools: CalicoPools) -> bool:
         """Calico IPAM hands out this CIDR's addresses to every pod: a pool of exactly
-        this CIDR is usable by workloads and has what the spec requires (IPAM, and
-        calico-node cutting the nodes' tunnel addresses, read every pool)."""
+        this CIDR is usable by workloads on every node (or those of the spec's
+        ``nodeSelector``) and has what the spec requires (IPAM, and calico-node cutting
+        the nodes' tunnel addresses, read every pool)."""
         return any(p.cidr == self.cidr and p.workload_usable and not self._differences(p)
-                   for p in pools.pools)
+                   and not self._partial(p) for p in pools.pools)
 
     def met_by(self, other: NetObject) -> bool:
         """A usable pool of exactly this CIDR (with what the spec requires), the pool of
@@ -1350,12 +1384,9 @@ class CalicoPodCIDR(NetObject):
         same = [p for p in other.pools if p.cidr == self.cidr]
         usable = [p for p in same if p.workload_usable]
         nat = "true" if self.nat_outgoing else "false"
-        if same and not usable:
-            pool = same[0]
-            fix = _operator_fix([pool]) or "fix that pool"
-            return (f"IPPool {pool.name} has pod CIDR {self.cidr} but pods get no address "
-                    f"from it: {pool.unusable_reason}; {fix} (k3snet never changes a pool "
-                    "it does not own)")
+        unserved = self._unserved_reason(same, usable, other)
+        if unserved is not None:
+            return unserved
         felix = other.felix_pool(self.cidr)
         # Not served: each usable pool's differences; served: those of the encapsulation
         # in Felix's pool (Felix's routes, its VXLAN and IP-in-IP devices and BIRD take it

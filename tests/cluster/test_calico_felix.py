@@ -330,6 +330,49 @@ def test_ipip_always_pool_with_nat_off_disagrees_with_the_mode(
     assert "natOutgoing false, the masquerade mode wants true" in (conflict.reason or "")
 
 
+def test_a_pod_cidr_pool_serving_some_nodes_only_meets_the_pod_cidr_only_if_the_spec_says(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Calico IPAM gives the pool's addresses only to pods of the nodes its nodeSelector
+    # selects; those of zone b get 10.50.x from zone-b, natOutgoing false, and reach
+    # 172.30.0.0/24 untranslated, which the spec masquerades. It was met.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
+                              nodeSelector="zone == 'a'"))
+    api_server.put(CRD, _pool("zone-b", cidr="10.50.0.0/16", nodeSelector="zone == 'b'"))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24")
+    p = _plan(_backend(api_server), Spec.from_yaml(document))
+    assert not p.met
+    (conflict,) = p.conflicts
+    reason = conflict.reason or ""
+    assert ("IPPool default-ipv4-ippool has pod CIDR 10.42.0.0/16 with nodeSelector "
+            "\"zone == 'a'\"") in reason, reason
+    assert "set nodeSelector: all() on it" in reason
+    assert "cni.calico.nodeSelector" in reason
+    # Named in the spec, the selector is meant: met.
+    named = document.replace("calico: {}", "calico: {nodeSelector: \"zone == 'a'\"}")
+    p = _plan(_backend(api_server), Spec.from_yaml(named))
+    assert p.conflicts == ()
+    assert [n.wanted.describe() for n in p.met] == [
+        "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing nodeSelector=\"zone == 'a'\""]
+
+
+def test_a_pool_with_a_node_selector_keeps_felix_from_nat_on_every_node(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Felix's IPPool (libcalico-go's model.IPPool) has no nodeSelector: every Felix puts
+    # every pool in its pool sets, so a destination inside a pool serving some nodes is
+    # never NATted anywhere, and such a pool exempts a CIDR everywhere.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("edge", cidr="192.168.2.0/24", nodeSelector="edge == 'true'"))
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345)).conflicts
+    assert "inside IPPool edge 192.168.2.0/24" in (conflict.reason or "")
+    exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
+                                              "  - cidr: 192.168.2.0/25\n"
+                                              "    masquerade: false\n"))
+    p = _plan(_backend(api_server), exempt)
+    assert (p.changes, p.conflicts) == ((), ())
+
+
 @pytest.mark.parametrize(
     ("field", "value", "why"),
     [
