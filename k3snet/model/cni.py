@@ -134,6 +134,9 @@ SELECT_ALL: tuple[str, ...] = ("", "all()")
 """Selectors that select everything (an unset ``namespaceSelector`` is ``""``)."""
 
 _GLOBAL = re.compile(r"\bglobal\s*\(")
+# A selector of everything as Calico's tokenizer reads it (libcalico-go selector/tokenizer:
+# "all(" in one piece, blanks around it and before its ")").
+_ALL_SELECTOR = re.compile(r"\s*all\(\s*\)\s*")
 
 DEFAULT_BLOCK_SIZE: Mapping[int, int] = {4: 26, 6: 122}
 """Calico's default ``blockSize`` per family (what an unset field means)."""
@@ -1326,7 +1329,8 @@ class CalicoPodCIDR(NetObject):
         not name it (``cni.calico.nodeSelector``): Calico IPAM gives the pods of other
         nodes addresses from other pools, outside this CIDR. (Felix has no nodeSelector:
         its pool sets, and so ``natOutgoing``, hold on every node.)"""
-        return pool.node_selector != "all()" and "nodeSelector" not in self.requires
+        return (not _ALL_SELECTOR.fullmatch(pool.node_selector)
+                and "nodeSelector" not in self.requires)
 
     def _unserved_reason(self, same: list[IPPool], usable: list[IPPool],
                          pools: CalicoPools) -> str | None:

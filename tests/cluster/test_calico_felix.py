@@ -354,6 +354,10 @@ def test_a_pod_cidr_pool_serving_some_nodes_only_meets_the_pod_cidr_only_if_the_
     assert p.conflicts == ()
     assert [n.wanted.describe() for n in p.met] == [
         "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing nodeSelector=\"zone == 'a'\""]
+    # all() with blanks, as Calico's tokenizer takes it, selects every node: met.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
+                              nodeSelector=" all( ) "))
+    assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
 
 
 def test_a_pool_with_a_node_selector_keeps_felix_from_nat_on_every_node(
