@@ -120,6 +120,8 @@ from k3snet.kube import (
     MANAGED_BY_VALUE,
     KubeApiError,
     KubeErrors,
+    _label_key_problem,
+    _label_value_problem,
     list_node_metadata,
     list_pages,
     make_api_client,
@@ -352,6 +354,26 @@ def _unallocatable(item: Mapping[str, Any]) -> str:
     return ""
 
 
+def _mark_lb_twins(owned: dict[str, IPPool], foreign: dict[str, IPPool | None]) -> None:
+    """Mark each pool, k3snet's or foreign, whose CIDR Felix takes from a LoadBalancer-only
+    pool sorting first (:attr:`IPPool.lb_twin`): libcalico-go's ``conflictResolvingCache``
+    passes on the pool of each CIDR whose name sorts first (Go's byte order, Python's for
+    these names), whatever ``allowedUses`` say; Felix v3.31.6, v3.32.1 and later leave a
+    LoadBalancer-only pool out of its pool set and NAT traffic to its CIDR."""
+    readable = {**{n: p for n, p in foreign.items() if p is not None}, **owned}
+    first: dict[Network, IPPool] = {}
+    for name in sorted(readable):
+        first.setdefault(readable[name].cidr, readable[name])
+    for name, pool in readable.items():
+        twin = first[pool.cidr]
+        if twin is not pool and twin.load_balancer_only:
+            marked = attrs.evolve(pool, lb_twin=twin.name)
+            if name in owned:
+                owned[name] = marked
+            else:
+                foreign[name] = marked
+
+
 def pool_from_resource(item: Mapping[str, Any]) -> IPPool:
     """Model an IPPool resource (a dict as the API returns it); raises ModelError if invalid.
 
@@ -391,6 +413,33 @@ def calico_metadata(item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
 def _owned_label(item: Mapping[str, Any]) -> bool:
     labels, _ = calico_metadata(item)
     return bool(labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE)
+
+
+def _kept_metadata_problems(plan: Plan, listing: _Listing) -> list[str]:
+    """Labels and annotations a re-created pool would carry (:func:`calico_metadata`, as
+    a disruptive change keeps them) that the API server refuses in ``metadata``: Calico's
+    ``projectcalico.org/metadata`` annotation holds them unchecked, and the create
+    refused after the delete left the pool deleted until its undo. Refused before any
+    write instead."""
+    problems: list[str] = []
+    for change in plan.changes:
+        before = change.before
+        if change.action != "replace" or not isinstance(before, IPPool) \
+                or not disruptive_fields(change):
+            continue
+        labels, annotations = calico_metadata(listing.owned_raw.get(before.name) or {})
+        bad = [f"label {json.dumps(k)}: {json.dumps(v)}" for k, v in labels.items()
+               if _label_key_problem(k) or _label_value_problem(v)]
+        bad += [f"annotation {json.dumps(k)}" for k in annotations if _label_key_problem(k)]
+        if bad:
+            problems.append(
+                f"IPPool {before.name}: its {', '.join(bad)} (from Calico's "
+                f"{CALICO_METADATA_ANNOTATION} annotation) is no Kubernetes label or "
+                "annotation, which the re-creation of the pool (a delete, then a create "
+                "keeping its labels and annotations) would write into its metadata, and "
+                "the API server refuses after the delete; fix: remove it from the pool, "
+                "then apply again")
+    return problems
 
 
 def _problem(exc: ModelError, name: str) -> str:
@@ -782,6 +831,7 @@ class CalicoBackend(BackendBase):
                 owned_raw[name] = item
             else:
                 foreign[name] = attrs.evolve(pool, unallocatable=_unallocatable(item))
+        _mark_lb_twins(owned, foreign)
         felix, found = self._felix()
         warnings += found
         self.warnings = tuple(warnings)
@@ -999,6 +1049,7 @@ class CalicoBackend(BackendBase):
             return problems
         problems += fit_problems(self, plan, listing.state())
         problems += disruptive_problems(self, plan)
+        problems += _kept_metadata_problems(plan, listing)
         return problems
 
     def check(self, plan: Plan) -> tuple[str, ...]:

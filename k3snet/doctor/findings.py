@@ -646,13 +646,13 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
         why = ("Calico masquerades (natOutgoing) only traffic to destinations outside every "
                "pool: to this one the pod's address leaves untranslated")
         if pool.load_balancer_only:
-            # Felix v3.31.7, v3.32.1 and later match cali40network-ip-pools, which leaves
+            # Felix v3.31.6, v3.32.1 and later match cali40network-ip-pools, which leaves
             # LoadBalancer-only pools out (projectcalico/calico#12769): they NAT to it.
             sets = state.felix_pool_sets
             if "network-ip-pools" in sets and "all-ipam-pools" not in sets:
                 continue
             if not sets:
-                why = ("Felix before v3.31.7 and v3.32.1 does not masquerade (natOutgoing) "
+                why = ("Felix before v3.31.6 and v3.32.1 does not masquerade (natOutgoing) "
                        "traffic to a pool, even a LoadBalancer-only one: there the pod's "
                        "address leaves untranslated (later versions masquerade it; the "
                        "capture holds no Calico NAT rule to tell which)")

@@ -282,7 +282,7 @@ class NodeState:
     capture does not say)."""
     felix_pool_sets: frozenset[str] = frozenset()
     """Which of Felix's pool sets the captured rules name (``all-ipam-pools``, Felix
-    before v3.31.7 and v3.32.1; ``network-ip-pools``, later ones): whether Felix NATs
+    before v3.31.6 and v3.32.1; ``network-ip-pools``, later ones): whether Felix NATs
     to LoadBalancer-only pools. Empty: no Calico NAT rule in the capture."""
     kernel_ipsets: Mapping[str, IPSetMembers] = attrs.field(factory=dict)
     """The kernel's ipsets whose members ``ipset save`` gave (sets of addresses only:
@@ -390,10 +390,11 @@ class NodeState:
         rule_texts = [capture.text(f"iptables-{flavour}-v{family}.save")
                       for flavour in ("nft", "legacy") for family in (4, 6)]
         rule_texts += [capture.text("nft-ruleset.txt"), capture.text("nft-ruleset.json")]
+        calico_pools, unreadable = _calico_pools(capture.json("calico-ippools.json"))
         return cls(
             felix_pool_sets=frozenset(m[1] for text in rule_texts
                                       for m in _FELIX_POOL_SET.finditer(text)),
-            calico_pools=_calico_pools(capture.json("calico-ippools.json")),
+            calico_pools=calico_pools,
             kernel_ipsets=ipset.parse_save(capture.text("ipset.save"), wanted={
                 m[1] if m[1] is not None else m[2]
                 for text in rule_texts[:4] for m in _MATCH_SET.finditer(text)}),
@@ -417,6 +418,7 @@ class NodeState:
             cluster_cidrs=tuple(cidrs),
             sources=tuple(sources),
             missing={**{n: "not in the capture" for n in FILES if n not in capture.texts},
+                     **({"calico-ippools.json": unreadable} if unreadable else {}),
                      **capture.missing},
         )
 
@@ -578,7 +580,7 @@ class NodeState:
         """The ipsets whose members the doctor knows: the kernel's (``ipset save``), and
         Calico's pool sets from its IP pools where the kernel's are not captured.
 
-        ``all-ipam-pools`` holds every pool (Felix before v3.31.7 and v3.32.1);
+        ``all-ipam-pools`` holds every pool (Felix before v3.31.6 and v3.32.1);
         ``network-ip-pools``, its successor, every pool but LoadBalancer-only ones
         (projectcalico/calico#12769): the set's name in Felix's rule says which
         Felix wrote it. Of pools of one CIDR, Felix uses only the first (the pools are
@@ -616,15 +618,31 @@ def _pool_name(item: object) -> str:
     return name if isinstance(name, str) else ""
 
 
-def _calico_pools(data: object) -> tuple[CalicoPool, ...]:
-    """``kubectl get ippools -o json`` (a list or ``{"items": [...]}``) -> pools."""
+def _calico_pools(data: object) -> tuple[tuple[CalicoPool, ...], str | None]:
+    """``kubectl get ippools -o json`` (a list or ``{"items": [...]}``) -> the pools, or
+    none and why they cannot be read.
+
+    An IPv4-mapped IPv6 CIDR (``::ffff:10.42.0.0/112``, which the CRDs take) is no IPv6
+    pool to Felix: Calico v3.32 and before key it by the IPv4 CIDR Go's ``IPNet.String()``
+    gives (``10.42.0.0/16``, a twin of a pool there), its development branch drops it.
+    As the calico backend, which calls such a pool unreadable, the doctor does not guess
+    which: the pools' sets are unknown (the kernel's ``ipset save`` still tells them)."""
     items = data.get("items", []) if isinstance(data, Mapping) else data
     pools = []
     # In name order, as Felix picks among pools of one CIDR (NodeState.ipsets).
     for item in sorted(items, key=_pool_name) if isinstance(items, list) else []:
         spec = item.get("spec", {}) if isinstance(item, Mapping) else {}
         if "cidr" in spec:
-            pools.append(CalicoPool(ip_network(spec["cidr"], strict=False),
-                                    bool(spec.get("natOutgoing")), bool(spec.get("disabled")),
+            cidr = ip_network(spec["cidr"], strict=False)
+            mapped = cidr.network_address.ipv4_mapped if cidr.version == 6 else None
+            if mapped is not None:
+                ipv4 = ip_network((mapped, max(cidr.prefixlen - 96, 0)), strict=False)
+                return (), (f"IPPool {_pool_name(item) or '(no name)'}: spec.cidr "
+                            f"{spec['cidr']} is an IPv4-mapped IPv6 CIDR, which Felix takes "
+                            f"for the IPv4 CIDR {ipv4} (Calico v3.32 and before; Calico's "
+                            "development branch drops the pool): the pools' sets are not "
+                            "known")
+            pools.append(CalicoPool(cidr, bool(spec.get("natOutgoing")),
+                                    bool(spec.get("disabled")),
                                     spec.get("allowedUses") == ["LoadBalancer"]))
-    return tuple(pools)
+    return tuple(pools), None

@@ -145,6 +145,9 @@ SELECT_ALL: tuple[str, ...] = ("", "all()")
 """Selectors that select everything (an unset ``namespaceSelector`` is ``""``)."""
 
 _GLOBAL = re.compile(r"\bglobal\s*\(")
+# A selector of everything as Calico's tokenizer reads it (libcalico-go selector/tokenizer:
+# "all(" in one piece, blanks around it and before its ")").
+_ALL_SELECTOR = re.compile(r"\s*all\(\s*\)\s*")
 
 DEFAULT_BLOCK_SIZE: Mapping[int, int] = {4: 26, 6: 122}
 """Calico's default ``blockSize`` per family (what an unset field means)."""
@@ -811,6 +814,12 @@ def _unallocatable(value: str) -> str:
     return value
 
 
+def _lb_twin(value: str) -> str:
+    if not isinstance(value, str):
+        raise ModelError(f"IPPool lb_twin must be a string, got {value!r}")
+    return value
+
+
 def _disable_bgp_export_dropped(value: bool) -> bool:
     if not isinstance(value, bool):
         raise ModelError(f"IPPool disable_bgp_export_dropped must be true or false, got "
@@ -900,6 +909,12 @@ class IPPool(NetObject):
     Calico IPAM skips the pool whatever its spec says (it is being deleted, Calico
     v3.31 and later; kube-controllers set its condition ``Allocatable`` false, Calico
     v3.32 and later, e.g. for overlapping an older active pool), or empty.
+    ``lb_twin`` is an observation too, never written: the name of the LoadBalancer-only
+    pool (:attr:`load_balancer_only`) of this pool's CIDR that Felix takes instead of it,
+    its name sorting first (libcalico-go's ``conflictResolvingCache`` passes on one pool
+    per CIDR by name alone, whatever ``allowedUses`` say), or empty. Felix v3.31.6,
+    v3.32.1 and later then masquerade traffic to the CIDR, so this pool exempts nothing
+    (:meth:`met_by`).
 
     >>> IPPool("no-nat", "192.168.2.0/24", disabled=True).block_size
     26
@@ -933,6 +948,7 @@ class IPPool(NetObject):
     disable_bgp_export_dropped: bool = attrs.field(
         default=False, converter=_disable_bgp_export_dropped, kw_only=True)
     unallocatable: str = attrs.field(default="", converter=_unallocatable, kw_only=True)
+    lb_twin: str = attrs.field(default="", converter=_lb_twin, kw_only=True)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -972,6 +988,7 @@ class IPPool(NetObject):
             self.operator,
             self.disable_bgp_export_dropped,
             self.unallocatable,
+            self.lb_twin,
         )
         self._seal(("ippool", self.name), content)
 
@@ -1006,7 +1023,7 @@ class IPPool(NetObject):
         """True when the pool is for LoadBalancer addresses only (``allowedUses: [LoadBalancer]``).
 
         Felix leaves such a pool out of its set of pool CIDRs that outgoing NAT never
-        applies to (projectcalico/calico#12769, Calico v3.31.7 and v3.32.1): traffic to
+        applies to (projectcalico/calico#12769, Calico v3.31.6 and v3.32.1): traffic to
         it is masqueraded like traffic to any other address, so it exempts nothing.
         """
         return self.allowed_uses == ("LoadBalancer",)
@@ -1020,24 +1037,37 @@ class IPPool(NetObject):
         """``current`` is this pool but for ``disableBGPExport``, which the API drops
         (:attr:`disable_bgp_export_dropped`): no write can set it, so the pool is left as
         it is (the calico backend warns that Calico exports it) instead of being
-        applied again on every pass."""
-        return (isinstance(current, IPPool) and current.disable_bgp_export_dropped
-                and attrs.evolve(current, disable_bgp_export=self.disable_bgp_export,
-                                 disable_bgp_export_dropped=False) == self)
+        applied again on every pass; or but for :attr:`lb_twin`, an observation no write
+        changes (the pool in place is judged against that twin, :meth:`shadowed_by`)."""
+        if not isinstance(current, IPPool) or not (current.disable_bgp_export_dropped
+                                                   or current.lb_twin):
+            return False
+        bgp = (self.disable_bgp_export if current.disable_bgp_export_dropped
+               else current.disable_bgp_export)
+        return attrs.evolve(current, disable_bgp_export=bgp, disable_bgp_export_dropped=False,
+                            lb_twin="") == self
+
+    def shadowed_by(self, other: NetObject) -> bool:
+        """``other`` is the LoadBalancer-only pool of this pool's CIDR that Felix takes
+        instead of it (:attr:`lb_twin`): k3snet's pool in place is judged against it."""
+        return (isinstance(other, IPPool) and other.load_balancer_only
+                and other.name == self.lb_twin and other.cidr == self.cidr)
 
     def met_by(self, other: NetObject) -> bool:
         """A foreign pool already gives what this one is for.
 
         For a disabled pool (a NAT exemption) any foreign pool covering its CIDR
         does, since Felix never masquerades traffic to an address in a pool, except
-        a LoadBalancer-only one (:attr:`load_balancer_only`); for an enabled pool, a
+        a LoadBalancer-only one (:attr:`load_balancer_only`) or one of the CIDR of a
+        LoadBalancer-only pool Felix takes instead (:attr:`lb_twin`); for an enabled pool, a
         foreign pool usable by workloads with the same CIDR and the same
         ``natOutgoing`` does.
         """
         if not isinstance(other, IPPool):
             return False
         if self.disabled:
-            return contains(other.cidr, self.cidr) and not other.load_balancer_only
+            return (contains(other.cidr, self.cidr) and not other.load_balancer_only
+                    and not other.lb_twin)
         return (other.cidr == self.cidr and other.workload_usable
                 and other.nat_outgoing == self.nat_outgoing)
 
@@ -1051,18 +1081,32 @@ class IPPool(NetObject):
         return other.name == self.name or overlaps(other.cidr, self.cidr)
 
     def conflict_reason(self, other: NetObject) -> str | None:
-        """Names the unreadable pools, or says why a LoadBalancer-only pool exempts
-        nothing (another overlap or name clash explains itself)."""
+        """Names the unreadable pools, or says why a LoadBalancer-only pool, or a pool
+        Felix takes such a twin for, exempts nothing (another overlap or name clash
+        explains itself)."""
         if isinstance(other, CalicoPools) and other.invalid:
             return other.invalid_reason()
-        if (isinstance(other, IPPool) and self.disabled and other.load_balancer_only
+        if not (isinstance(other, IPPool) and self.disabled
                 and overlaps(other.cidr, self.cidr)):
+            return None
+        versions = ("Calico v3.31.6, v3.32.1 and later masquerade pod traffic to a "
+                    "LoadBalancer-only pool (projectcalico/calico#12769; earlier versions "
+                    "do not)")
+        if other.load_balancer_only:
             return (f"IPPool {other.name} {other.cidr} is for LoadBalancer addresses only: "
-                    "Calico v3.31.7, v3.32.1 and later masquerade pod traffic to such a pool "
-                    "(projectcalico/calico#12769), so it does not exempt "
-                    f"{self.cidr} from NAT, and k3snet does not create a pool overlapping "
-                    "it; fix: exempt the destination on the nodes (the nftables or iptables "
-                    "backend), or make the pool leave it out")
+                    f"{versions}, so it does not exempt {self.cidr} from NAT, and k3snet "
+                    "does not create a pool overlapping it; fix: exempt the destination on "
+                    "the nodes (the nftables or iptables backend), or make the pool leave "
+                    "it out")
+        if other.lb_twin:
+            return (f"IPPool {other.name} {other.cidr} shares its CIDR with the "
+                    f"LoadBalancer-only IPPool {other.lb_twin}, whose name sorts first: of "
+                    "pools of one CIDR Felix takes that one alone, whatever allowedUses "
+                    f"say, and {versions}, so neither exempts {self.cidr} from NAT, and "
+                    "k3snet does not create a pool overlapping them; fix: delete one of "
+                    "the two (Calico's API server refuses pools of one CIDR), exempt the "
+                    "destination on the nodes (the nftables or iptables backend), or make "
+                    "the pools leave it out")
         return None
 
     def to_spec(self, *, explicit: Iterable[str] = ()) -> dict[str, Any]:
@@ -1119,6 +1163,8 @@ class IPPool(NetObject):
             parts.append("disableBGPExport=dropped-by-the-API")
         if self.unallocatable:
             parts.append("unallocatable")
+        if self.lb_twin:
+            parts.append(f"lbTwin={self.lb_twin}")
         if self.allowed_uses != DEFAULT_ALLOWED_USES:
             parts.append(f"allowedUses={','.join(self.allowed_uses)}")
         if self.assignment_mode != "Automatic":
@@ -1148,6 +1194,7 @@ class IPPool(NetObject):
             **({"disable_bgp_export_dropped": True} if self.disable_bgp_export_dropped
                else {}),
             **({"unallocatable": self.unallocatable} if self.unallocatable else {}),
+            **({"lb_twin": self.lb_twin} if self.lb_twin else {}),
         }
 
     @classmethod
@@ -1169,6 +1216,7 @@ class IPPool(NetObject):
             operator=data.get("operator", False),
             disable_bgp_export_dropped=data.get("disable_bgp_export_dropped", False),
             unallocatable=data.get("unallocatable", ""),
+            lb_twin=data.get("lb_twin", ""),
         )
 
 def _pools_tuple(value: Iterable[IPPool]) -> tuple[IPPool, ...]:
@@ -1269,7 +1317,8 @@ class CalicoPodCIDR(NetObject):
 
     Calico gives pods addresses from its pools, not from the cluster's pod CIDR
     setting, and masquerades per pool; so the pod CIDR must *be* a pool usable
-    by workloads (:attr:`IPPool.unusable_reason`) whose ``natOutgoing`` is what
+    by workloads (:attr:`IPPool.unusable_reason`) on every node (``nodeSelector:
+    all()``, unless the spec names the selector) whose ``natOutgoing`` is what
     the spec's masquerade mode asks; with ``natOutgoing`` false, no pool with
     ``natOutgoing`` may share addresses with it either (Felix masquerades every
     address inside such a pool). k3snet never creates it: a new enabled pool would
@@ -1327,12 +1376,46 @@ class CalicoPodCIDR(NetObject):
         return tuple(p for p in pools.felix_pools
                      if p.nat_outgoing and overlaps(p.cidr, self.cidr))
 
+    def _partial(self, pool: IPPool) -> bool:
+        """``pool`` serves only the nodes its ``nodeSelector`` selects, and the spec does
+        not name it (``cni.calico.nodeSelector``): Calico IPAM gives the pods of other
+        nodes addresses from other pools, outside this CIDR. (Felix has no nodeSelector:
+        its pool sets, and so ``natOutgoing``, hold on every node.)"""
+        return (not _ALL_SELECTOR.fullmatch(pool.node_selector)
+                and "nodeSelector" not in self.requires)
+
+    def _unserved_reason(self, same: list[IPPool], usable: list[IPPool],
+                         pools: CalicoPools) -> str | None:
+        """Why the pools of this CIDR (``same``; ``usable``: those workloads may use) give
+        no pod an address, or give them to the pods of some nodes only (:meth:`_partial`);
+        None: neither."""
+        if same and not usable:
+            pool = same[0]
+            fix = _operator_fix([pool]) or "fix that pool"
+            return (f"IPPool {pool.name} has pod CIDR {self.cidr} but pods get no address "
+                    f"from it: {pool.unusable_reason}; {fix} (k3snet never changes a pool "
+                    "it does not own)")
+        partial = [p for p in usable if self._partial(p)]
+        if not partial or self._served(pools):
+            return None
+        pool = partial[0]
+        fix = (_operator_fix([pool], ": nodeSelector: all()") if pool.operator
+               else "set nodeSelector: all() on it")
+        return (f"IPPool {pool.name} has pod CIDR {self.cidr} with nodeSelector "
+                f"{json.dumps(pool.node_selector)}: Calico gives its addresses only to "
+                "pods of the nodes it selects, and pods of other nodes get addresses "
+                "from other pools, outside the pod CIDR, masqueraded or not as those "
+                f"pools say; fix: {fix}, or, if the pool is meant to serve those nodes "
+                "alone, name its selector in the spec's cni.calico.nodeSelector (k3snet "
+                "never changes a pool it does not own)")
+
     def _served(self, pools: CalicoPools) -> bool:
         """Calico IPAM hands out this CIDR's addresses to every pod: a pool of exactly
-        this CIDR is usable by workloads and has what the spec requires (IPAM, and
-        calico-node cutting the nodes' tunnel addresses, read every pool)."""
+        this CIDR is usable by workloads on every node (or those of the spec's
+        ``nodeSelector``) and has what the spec requires (IPAM, and calico-node cutting
+        the nodes' tunnel addresses, read every pool)."""
         return any(p.cidr == self.cidr and p.workload_usable and not self._differences(p)
-                   for p in pools.pools)
+                   and not self._partial(p) for p in pools.pools)
 
     def met_by(self, other: NetObject) -> bool:
         """A usable pool of exactly this CIDR (with what the spec requires), the pool of
@@ -1357,12 +1440,9 @@ class CalicoPodCIDR(NetObject):
         same = [p for p in other.pools if p.cidr == self.cidr]
         usable = [p for p in same if p.workload_usable]
         nat = "true" if self.nat_outgoing else "false"
-        if same and not usable:
-            pool = same[0]
-            fix = _operator_fix([pool]) or "fix that pool"
-            return (f"IPPool {pool.name} has pod CIDR {self.cidr} but pods get no address "
-                    f"from it: {pool.unusable_reason}; {fix} (k3snet never changes a pool "
-                    "it does not own)")
+        unserved = self._unserved_reason(same, usable, other)
+        if unserved is not None:
+            return unserved
         felix = other.felix_pool(self.cidr)
         # Not served: each usable pool's differences; served: those of the encapsulation
         # in Felix's pool (Felix's routes, its VXLAN and IP-in-IP devices and BIRD take it
@@ -1451,8 +1531,12 @@ def _pool_note(pool: IPPool) -> str:
     if pool.load_balancer_only:
         # Calico's own behaviour changed (projectcalico/calico#12769); k3snet cannot
         # tell which Calico runs, so the older, blocking one is assumed and said.
-        return (" (LoadBalancer only: Calico before v3.31.7 and v3.32.1 does not NAT to it, "
+        return (" (LoadBalancer only: Calico before v3.31.6 and v3.32.1 does not NAT to it, "
                 "later versions do)")
+    if pool.lb_twin:
+        # Felix takes the LoadBalancer-only twin for the CIDR: this pool decides nothing.
+        return (f" (Felix takes the LoadBalancer-only {pool.lb_twin} of its CIDR instead: "
+                "Calico before v3.31.6 and v3.32.1 does not NAT to it, later versions do)")
     return " (disabled)" if pool.disabled else ""
 
 

@@ -437,6 +437,37 @@ def test_a_pool_calicoctl_edited_stays_k3snets(
     assert metadata["annotations"] == {"a": "b"}
 
 
+@pytest.mark.parametrize(("labels", "annotations", "named"), [
+    ({"bad key!": "x"}, {}, 'label "bad key!": "x"'),
+    ({"team": "x y"}, {}, 'label "team": "x y"'),
+    ({"team": "a" * 64}, {}, 'label "team"'),
+    ({}, {"no spaces please": "fine value"}, 'annotation "no spaces please"'),
+])
+def test_a_disruptive_replace_refuses_stored_metadata_the_api_server_refuses_before_writing(
+    seeded: EmulatedApiServer, api_client: Any, labels: dict[str, str],
+    annotations: dict[str, str], named: str,
+) -> None:
+    # Calico's projectcalico.org/metadata annotation holds labels and annotations
+    # unchecked; the re-creation writes them into metadata, which the API server
+    # validates (the emulated one does not): refused after the delete, the pool was gone
+    # until the undo. Now refused by check and apply, nothing written.
+    backend = _backend(api_client, allow_disruptive=True)
+    pool = IPPool("k3snet-nonat-b", "192.168.7.0/24", disabled=True)
+    stored = json.dumps({"labels": {**LABEL, **labels}, "annotations": annotations})
+    seeded.put(CRD, {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                     "metadata": {"name": pool.name,
+                                  "annotations": {"projectcalico.org/metadata": stored}},
+                     "spec": pool.to_spec()})
+    before = seeded.get(CRD, pool.name)
+    p = plan(backend.observe(), State(owned=[attrs.evolve(pool, block_size=28)]))
+    (problem,) = backend.check(p)
+    assert named in problem, problem
+    assert "remove it from the pool" in problem
+    with pytest.raises(PlanError, match="nothing was changed"):
+        backend.apply(p)
+    assert seeded.get(CRD, pool.name) == before
+
+
 @pytest.mark.parametrize("stored", [
     "not json", "[1]", '{"labels": ["x"]}',
     '{"labels": {"team": 1, "app.kubernetes.io/managed-by": "k3snet"}}',

@@ -158,7 +158,7 @@ def test_a_destination_in_a_loadbalancer_only_pool_says_the_calico_versions_diff
     _seed(api_server, K3S_CROSS_SUBNET)
     api_server.put(CRD, _pool("lb", cidr="192.168.2.0/24", allowedUses=["LoadBalancer"]))
     (conflict,) = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345)).conflicts
-    assert ("lb 192.168.2.0/24 (LoadBalancer only: Calico before v3.31.7 and v3.32.1 does "
+    assert ("lb 192.168.2.0/24 (LoadBalancer only: Calico before v3.31.6 and v3.32.1 does "
             "not NAT to it, later versions do)") in (conflict.reason or "")
 
 
@@ -203,7 +203,7 @@ def test_a_loadbalancer_only_pool_does_not_exempt_a_destination_from_nat(
     api_server: EmulatedApiServer, uses: list[str]
 ) -> None:
     # Felix's masq manager leaves LoadBalancer-only pools out of the all-ipam-pools set
-    # (projectcalico/calico#12769, in v3.31.7 and v3.32.1): traffic to them is
+    # (projectcalico/calico#12769, in v3.31.6 and v3.32.1): traffic to them is
     # masqueraded, so such a pool covering a destination exempts nothing. A pool that
     # also serves workloads still does.
     _seed(api_server, K3S_CROSS_SUBNET)
@@ -221,6 +221,68 @@ def test_a_loadbalancer_only_pool_does_not_exempt_a_destination_from_nat(
     assert "IPPool lb 172.20.0.0/16 is for LoadBalancer addresses only" in reason, reason
     assert "does not exempt 172.20.0.0/24 from NAT" in reason
     assert "#12769" in reason
+
+
+@pytest.mark.parametrize("twin", ["a-lb", "z-lb"])
+def test_a_pool_whose_loadbalancer_only_twin_sorts_first_does_not_exempt_a_destination(
+    api_server: EmulatedApiServer, twin: str
+) -> None:
+    # Of pools of one CIDR Felix takes the one whose name sorts first (libcalico-go's
+    # conflictResolvingCache, by name alone, whatever allowedUses say): a-lb. Felix
+    # v3.31.6, v3.32.1 and later leave it out of network-ip-pools and masquerade the
+    # CIDR, so b-work exempts nothing; it was judged to meet the exemption. Sorting
+    # after b-work, the LoadBalancer-only twin is swallowed and b-work exempts.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool(twin, cidr="172.20.0.0/24", allowedUses=["LoadBalancer"]))
+    api_server.put(CRD, _pool("b-work", cidr="172.20.0.0/24"))
+    exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
+                                              "  - cidr: 172.20.0.0/24\n"
+                                              "    masquerade: false\n"))
+    p = _plan(_backend(api_server), exempt)
+    assert not p.changes  # never a pool overlapping them
+    if twin == "z-lb":
+        assert not p.conflicts
+        assert "ippool k3snet-nonat-172-20-0-0-24" in " ".join(
+            n.wanted.describe() for n in p.met)
+        return
+    (conflict,) = p.conflicts
+    assert "IPPool a-lb 172.20.0.0/24 is for LoadBalancer addresses only" in (
+        conflict.reason or "")
+    assert "earlier versions do not" in (conflict.reason or "")
+    b_work = next(o for o in _backend(api_server).observe().foreign
+                  if isinstance(o, IPPool) and o.name == "b-work")
+    assert b_work.lb_twin == "a-lb"
+    reason = IPPool("k3snet-nonat-x", "172.20.0.0/24", disabled=True).conflict_reason(b_work)
+    assert "shares its CIDR with the LoadBalancer-only IPPool a-lb" in (reason or "")
+
+
+def test_k3snet_s_exemption_pool_in_place_behind_a_loadbalancer_only_twin_is_a_conflict(
+    api_server: EmulatedApiServer,
+) -> None:
+    # k3snet's disabled pool exempts its CIDR until a LoadBalancer-only pool of the same
+    # CIDR whose name sorts first ("a-lb" < "k3snet-nonat-...") appears: Felix then
+    # takes that one alone, and from v3.31.6 and v3.32.1 masquerades the CIDR. The plan
+    # said nothing to do; now a conflict naming the twin, k3snet's pool left in place.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
+                                              "  - cidr: 172.20.0.0/24\n"
+                                              "    masquerade: false\n"))
+    backend = _backend(api_server)
+    converge(backend, compile_ippools(exempt))
+    assert _plan(backend, exempt).conflicts == ()
+    api_server.put(CRD, _pool("a-lb", cidr="172.20.0.0/24", allowedUses=["LoadBalancer"]))
+    p = _plan(_backend(api_server), exempt)
+    assert not p.changes  # left as it is: no delete, no re-apply on every pass
+    (conflict,) = p.conflicts
+    assert conflict.wanted.describe().startswith("ippool k3snet-nonat-172-20-0-0-24")
+    assert conflict.owned is not None
+    assert "IPPool a-lb 172.20.0.0/24 is for LoadBalancer addresses only" in (
+        conflict.reason or "")
+    # Sorting after k3snet's pool, the twin is swallowed: in place, nothing to say.
+    api_server.delete(CRD, "a-lb")
+    api_server.put(CRD, _pool("z-lb", cidr="172.20.0.0/24", allowedUses=["LoadBalancer"]))
+    p = _plan(_backend(api_server), exempt)
+    assert (p.changes, p.conflicts) == ((), ())
 
 
 # ---------------------------------------------------------------- pod CIDRs must be pools
@@ -266,6 +328,53 @@ def test_ipip_always_pool_with_nat_off_disagrees_with_the_mode(
     p = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345))
     (conflict,) = p.conflicts
     assert "natOutgoing false, the masquerade mode wants true" in (conflict.reason or "")
+
+
+def test_a_pod_cidr_pool_serving_some_nodes_only_meets_the_pod_cidr_only_if_the_spec_says(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Calico IPAM gives the pool's addresses only to pods of the nodes its nodeSelector
+    # selects; those of zone b get 10.50.x from zone-b, natOutgoing false, and reach
+    # 172.30.0.0/24 untranslated, which the spec masquerades. It was met.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
+                              nodeSelector="zone == 'a'"))
+    api_server.put(CRD, _pool("zone-b", cidr="10.50.0.0/16", nodeSelector="zone == 'b'"))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24")
+    p = _plan(_backend(api_server), Spec.from_yaml(document))
+    assert not p.met
+    (conflict,) = p.conflicts
+    reason = conflict.reason or ""
+    assert ("IPPool default-ipv4-ippool has pod CIDR 10.42.0.0/16 with nodeSelector "
+            "\"zone == 'a'\"") in reason, reason
+    assert "set nodeSelector: all() on it" in reason
+    assert "cni.calico.nodeSelector" in reason
+    # Named in the spec, the selector is meant: met.
+    named = document.replace("calico: {}", "calico: {nodeSelector: \"zone == 'a'\"}")
+    p = _plan(_backend(api_server), Spec.from_yaml(named))
+    assert p.conflicts == ()
+    assert [n.wanted.describe() for n in p.met] == [
+        "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing nodeSelector=\"zone == 'a'\""]
+    # all() with blanks, as Calico's tokenizer takes it, selects every node: met.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
+                              nodeSelector=" all( ) "))
+    assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
+
+
+def test_a_pool_with_a_node_selector_keeps_felix_from_nat_on_every_node(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Felix's IPPool (libcalico-go's model.IPPool) has no nodeSelector: every Felix puts
+    # every pool in its pool sets, so a destination inside a pool serving some nodes is
+    # never NATted anywhere, and such a pool exempts a CIDR everywhere.
+    _seed(api_server, K3S_CROSS_SUBNET)
+    api_server.put(CRD, _pool("edge", cidr="192.168.2.0/24", nodeSelector="edge == 'true'"))
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(SPEC_7345)).conflicts
+    assert "inside IPPool edge 192.168.2.0/24" in (conflict.reason or "")
+    exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
+                                              "  - cidr: 192.168.2.0/25\n"
+                                              "    masquerade: false\n"))
+    p = _plan(_backend(api_server), exempt)
+    assert (p.changes, p.conflicts) == ((), ())
 
 
 @pytest.mark.parametrize(
