@@ -141,14 +141,16 @@ def label_selector_problem(text: str) -> str | None:
     return None
 
 
-def _label_key_problem(key: Any) -> bool:
+def label_key_problem(key: Any) -> bool:
+    """Whether the API server refuses ``key`` as a label key (or an annotation's name)."""
     if not isinstance(key, str):
         return True
     prefix, slash, name = key.rpartition("/")
     return not _LABEL_NAME.fullmatch(name) or bool(slash and name_problem(prefix) is not None)
 
 
-def _label_value_problem(value: Any) -> bool:
+def label_value_problem(value: Any) -> bool:
+    """Whether the API server refuses ``value`` as a label value."""
     return not isinstance(value, str) or bool(value and not _LABEL_NAME.fullmatch(value))
 
 
@@ -187,7 +189,7 @@ def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
         raise ValueError("not a label selector")
     requirements: list[tuple[Any, str, list[Any]]] = []
     for key, value in match_labels.items():
-        if _label_key_problem(key) or _label_value_problem(value):
+        if label_key_problem(key) or label_value_problem(value):
             raise ValueError(f"not a label selector: matchLabels {key!r}: {value!r}")
         requirements.append((key, "In", [value]))
     for expression in expressions:
@@ -196,10 +198,10 @@ def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
         key, operator = expression.get("key"), expression.get("operator")
         values = _or_none(expression.get("values"), [])
         # A list or an object is unhashable: looked up as it is, a TypeError.
-        if not isinstance(operator, str) or operator not in _OPERATORS or _label_key_problem(key):
+        if not isinstance(operator, str) or operator not in _OPERATORS or label_key_problem(key):
             raise ValueError(f"not a label selector: {key!r} {operator!r}")
         if (not isinstance(values, list) or bool(values) != _OPERATORS[operator]
-                or any(_label_value_problem(v) for v in values)):
+                or any(label_value_problem(v) for v in values)):
             raise ValueError(f"not a label selector: {key!r} {operator} with values {values!r}")
         requirements.append((key, operator, values))
     for key, operator, values in requirements:

@@ -120,8 +120,8 @@ from k3snet.kube import (
     MANAGED_BY_VALUE,
     KubeApiError,
     KubeErrors,
-    _label_key_problem,
-    _label_value_problem,
+    label_key_problem,
+    label_value_problem,
     list_node_metadata,
     list_pages,
     make_api_client,
@@ -429,8 +429,8 @@ def _kept_metadata_problems(plan: Plan, listing: _Listing) -> list[str]:
             continue
         labels, annotations = calico_metadata(listing.owned_raw.get(before.name) or {})
         bad = [f"label {json.dumps(k)}: {json.dumps(v)}" for k, v in labels.items()
-               if _label_key_problem(k) or _label_value_problem(v)]
-        bad += [f"annotation {json.dumps(k)}" for k in annotations if _label_key_problem(k)]
+               if label_key_problem(k) or label_value_problem(v)]
+        bad += [f"annotation {json.dumps(k)}" for k in annotations if label_key_problem(k)]
         if bad:
             problems.append(
                 f"IPPool {before.name}: its {', '.join(bad)} (from Calico's "
