@@ -99,6 +99,7 @@ from k3snet.backends.netlink.codec import (
     FR_ACT_UNREACHABLE,
     UNNAMED_DEVICE_ROUTE,
     Link,
+    LocalRoute,
     LookupRule,
     NetlinkError,
     Siblings,
@@ -511,7 +512,14 @@ class NetlinkBackend(BackendBase):
         route of the table sends the lookup on, as the kernel does. The text says what the
         rule does with every lookup reaching it and names the earlier rules that may take
         some first (an inverted one, one of a source, a table holding part of the
-        destination); the ``local`` table's routes (AnyIP) are not read. The rules are read at
+        destination). A route of table ``local`` holding the whole destination (an AnyIP
+        route, ``ip route add local 10.9.0.0/16 dev lo table local``: the node takes the
+        packets as its own) is named as the ``local`` rule's (priority 0): IPv6 always
+        looks there first; IPv4 keeps ``local`` and ``main`` merged until a policy rule is
+        first added (a longer prefix of ``main`` then wins, the same prefix loses), so with
+        the rules a namespace starts with only a ``local`` route of the destination's own
+        prefix is sure to take it (table ``local`` is read once per change of the routes,
+        by a dump of that table alone). The rules are read at
         every call (the kernel announces no rule change to the route view); a dump the
         kernel refuses is a warning saying so, not an error ending the plan. The routes
         are those the last observe or apply read (with a driver following no change)."""
@@ -536,47 +544,57 @@ class NetlinkBackend(BackendBase):
             return (f"netlink: {_reason(exc, f'read the policy rules of {self._where}')}: "
                     "a route of k3snet's whose every lookup an administrator's rule takes "
                     "before its table is not named here (ip rule)",)
+        read_local: Callable[[Mapping[int, str]], Sequence[LocalRoute]] | None = getattr(
+            self._driver, "local_routes", None)
+        custom = not all(rule in _DEFAULT_RULES for rule in rules)
+        if not custom and read_local is None:
+            return ()  # a namespace's own rules: each table's lookup as ip route says
         with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
-            if all(rule in _DEFAULT_RULES for rule in rules):
-                return ()  # a namespace's own rules: each table's lookup as ip route says
             view = self._routes.view()
             tables = frozenset(rule.table for rule in rules if rule.action == FR_ACT_TO_TBL
-                               and rule.table not in (0, _LOCAL_TABLE))
+                               and rule.table not in (0, _LOCAL_TABLE)) if custom else frozenset()
             # The same rules, routes and view: the same answer (the agent asks every pass;
             # 10 000 routes in the lookup again would cost more than the pass). Not kept
-            # when a table is dumped apart: the view's version does not follow it.
+            # when a table is dumped apart: the view's version does not follow it. (A
+            # change of table local, an address's or another program's route, moves it.)
             key = (tuple(rules), routes, self._routes.version)
             if self._rule_warned is not None and self._rule_warned[0] == key:
                 return self._rule_warned[1]
-            lookup = self._fill(_GatewayTables(tables), view, tables)
+            lookup = self._fill(_GatewayTables(tables), view, tables) if custom else (
+                _GatewayTables(tables))
+        local = self._local_table(read_local)
+        if isinstance(local, str):
+            return (local,)
+        # IPv4 keeps tables local and main merged until a policy rule is first added: one
+        # now present (other than the three a namespace starts with) proves them apart.
+        apart = any(rule.family == 4 and rule not in _DEFAULT_RULES for rule in rules)
         found: list[str] = []
         for route in sorted(routes, key=lambda r: r.sort_key):
-            taken = _taken_by_rule(route, rules, lookup)
+            if not custom and local.holder(route.destination) is None:
+                continue  # only table local may take it: one look, no walk of the rules
+            taken = _taken_by_rule(route, rules, lookup, local, apart=apart)
             if taken is None:
                 continue
-            rule, holder, earlier = taken
-            # Said of the rule and its table alone: an earlier rule (Calico's inverted
-            # one, the local table of an AnyIP route) may take the lookups before it, which
-            # the text claimed went to its table.
-            where = f"table {_table_name(route.table)}"
-            lookups = f"every lookup of {network_text(route.destination)} reaching it"
-            if holder is None:
-                why = (f"the policy rule at priority {rule.priority} "
-                       f"({_REJECTING[rule.action]}), before {where}, refuses {lookups}")
-            else:
-                why = (f"the policy rule at priority {rule.priority}, before {where}, sends "
-                       f"{lookups} to table {_table_name(rule.table)}, whose "
-                       f"{holder.describe()} holds it")
-            if earlier:
-                named = ", ".join(str(r.priority) for r in earlier)
-                why += (f"; the rule{'s' if len(earlier) > 1 else ''} at priority {named} "
-                        "before it may take some first")
             found.append(f"netlink: the {route.describe()} carries no traffic in "
-                         f"{self._where}: {why} (ip rule)")
+                         f"{self._where}: {_why_taken(route, *taken)}")
         said = tuple(found)
         kept = all(self._routes.in_scope(table) for table in tables)
         self._rule_warned = (key, said) if kept else None
         return said
+
+    def _local_table(self, read: Callable[[Mapping[int, str]], Sequence[LocalRoute]] | None
+                     ) -> _LocalTable | str:
+        """The routes of table ``local`` (none without ``read``), or the warning saying
+        the kernel refused their dump (read for a warning only, as the rules)."""
+        if read is None:
+            return _LocalTable(())
+        names = {index: link.name for index, link in self._routes.links().items()}
+        try:
+            return _LocalTable(read(names))
+        except OSError as exc:
+            return (f"netlink: {_reason(exc, f'read table local of {self._where}')}: a "
+                    "route of k3snet's whose every lookup a route of table local takes "
+                    "first is not named here (ip route show table local)")
 
     def _advertisement_warnings(self, wanted: Mapping[str, str]) -> tuple[str, ...]:
         """The default routes learned from router advertisements that the kernel no longer
@@ -1819,13 +1837,52 @@ class _GatewayTables:
         return self._walk(gateway, device, answer)
 
 
-def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTables
-                   ) -> tuple[LookupRule, Route | RouteBlock | None, list[LookupRule]] | None:
+class _LocalTable:
+    """The routes of table ``local`` by family, prefix length and destination."""
+
+    def __init__(self, routes: Iterable[LocalRoute]) -> None:
+        self._routes: dict[tuple[int, int], dict[int, list[LocalRoute]]] = {}
+        self._throws: list[LocalRoute] = []
+        for route in routes:
+            dst = route.destination
+            (self._routes.setdefault((dst.version, dst.prefixlen), {})
+             .setdefault(int(dst.network_address), []).append(route))
+            if route.kind == "throw":
+                self._throws.append(route)
+        self._lengths = {version: sorted((length for v, length in self._routes
+                                          if v == version), reverse=True)
+                         for version in (4, 6)}
+
+    def holder(self, dst: Network) -> LocalRoute | None:
+        """The route a lookup of every address of ``dst`` ends at in this table: the
+        longest prefix holding all of it (``None``: none, or a ``throw`` route sends some
+        lookups on)."""
+        value, bits = int(dst.network_address), dst.max_prefixlen
+        for length in self._lengths[dst.version]:
+            if length > dst.prefixlen:
+                continue
+            routes = self._routes[dst.version, length].get(
+                value >> (bits - length) << (bits - length))
+            if routes:
+                if any(r.kind == "throw" for r in routes) or any(
+                        r.destination.overlaps(dst) for r in self._throws):
+                    return None
+                return routes[0]
+        return None
+
+
+def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTables,
+                   local: _LocalTable | None = None, *, apart: bool = True,
+                   ) -> tuple[LookupRule, Route | RouteBlock | LocalRoute | None,
+                              list[LookupRule]] | None:
     """The administrator's rule that takes every lookup of ``route``'s destination
     reaching it before its table, with the route of the rule's table holding the
     destination (``None``: a rejecting rule) and the rules before it that may take some
     of those lookups first (to another table or refusing them); ``None`` when none
-    surely does (:meth:`NetlinkBackend._rule_warnings`)."""
+    surely does (:meth:`NetlinkBackend._rule_warnings`). The ``local`` rule's table
+    (``local``) takes them when one of its routes holds the destination: for IPv4, while
+    the kernel may keep it merged with ``main`` (not ``apart``), only a route of the
+    destination's own prefix surely does (the longest prefix of the two wins)."""
     dst = route.destination
     earlier: list[LookupRule] = []
     for rule in rules:
@@ -1839,6 +1896,10 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
         if rule.action == FR_ACT_TO_TBL:
             if rule.table in (route.table, 0):  # 0: an L3 master device's table
                 return None
+            held = (_held_locally(dst, local, apart=apart)
+                    if sure and rule.table == _LOCAL_TABLE else None)
+            if held is not None:
+                return rule, held, earlier
             if not sure or rule.table == _LOCAL_TABLE:
                 if rule not in _DEFAULT_RULES:
                     earlier.append(rule)
@@ -1856,6 +1917,43 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
         else:  # goto, nop: not followed
             return None
     return None
+
+
+def _why_taken(route: Route, rule: LookupRule, holder: Route | RouteBlock | LocalRoute | None,
+               earlier: Sequence[LookupRule]) -> str:
+    """What takes the lookups of ``route`` (:func:`_taken_by_rule`'s answer), said of the
+    rule and its table alone: an earlier rule (Calico's inverted one) may take the
+    lookups before it, which the text claimed went to its table."""
+    where = f"table {_table_name(route.table)}"
+    lookups = f"every lookup of {network_text(route.destination)} reaching it"
+    if holder is None:
+        why = (f"the policy rule at priority {rule.priority} "
+               f"({_REJECTING[rule.action]}), before {where}, refuses {lookups}")
+    else:
+        why = (f"the policy rule at priority {rule.priority}, before {where}, sends "
+               f"{lookups} to table {_table_name(rule.table)}, whose "
+               f"{holder.describe()} holds it")
+    if earlier:
+        named = ", ".join(str(r.priority) for r in earlier)
+        why += (f"; the rule{'s' if len(earlier) > 1 else ''} at priority {named} "
+                "before it may take some first")
+    if not isinstance(holder, LocalRoute):
+        return f"{why} (ip rule)"
+    if holder.kind == "local":
+        why += " (the node takes the packets as its own)"
+    return f"{why} (ip route show table local)"
+
+
+def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool
+                  ) -> LocalRoute | None:
+    """The route of table ``local`` every lookup of ``dst`` surely ends at: IPv4 keeps
+    ``local`` and ``main`` merged until a policy rule is first added (not ``apart``:
+    the longer prefix of the two wins, ``local`` on the same one)."""
+    held = None if local is None else local.holder(dst)
+    if held is None or (dst.version == 4 and not apart
+                        and held.destination.prefixlen != dst.prefixlen):
+        return None
+    return held
 
 
 def _takes_part(lookup: _GatewayTables, table: int, dst: Network) -> bool:
@@ -1920,8 +2018,10 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
 
 
 def _table_name(table: int) -> str:
-    """``table`` as ``ip route`` names it (``main``, ``default``, or its number)."""
-    return {MAIN_TABLE: "main", _DEFAULT_TABLE: "default"}.get(table, str(table))
+    """``table`` as ``ip route`` names it (``main``, ``default``, ``local``, or its
+    number)."""
+    return {MAIN_TABLE: "main", _DEFAULT_TABLE: "default", _LOCAL_TABLE: "local"}.get(
+        table, str(table))
 
 
 def _slot(route: Route | RouteBlock) -> tuple[Any, ...]:

@@ -49,17 +49,20 @@ from k3snet.backends.netlink.codec import (
     NLM_F_CREATE,
     NLM_F_DUMP_INTR,
     NLM_F_REQUEST,
+    RT_TABLE_LOCAL,
     RTM_NEWROUTE,
     RTN_UNICAST,
     SCOPE_CODES,
     UNMODELLED_ATTRS,
     Interface,
     Link,
+    LocalRoute,
     LookupRule,
     NetlinkError,
     Siblings,
     decode_rule,
     kernel_name,
+    local_route_of,
     route_of,
 )
 from k3snet.backends.netlink.driver import DUMP_RETRIES
@@ -310,6 +313,28 @@ class Pyroute2Driver:
                 for msg in self._dump(ipr, ipr.route, family=family):
                     route = _route_from(msg, names)
                     if route is not None and (tables is None or route.table in tables):
+                        found.append(route)
+            return found
+
+        return self._run(job)
+
+    def local_routes(self, names: Mapping[int, str]) -> list[LocalRoute]:
+        """The routes of table ``local``, both families, as the socket driver reads them
+        (:meth:`.SocketDriver.local_routes`)."""
+
+        def job(ipr: Any) -> list[LocalRoute]:
+            found: list[LocalRoute] = []
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for msg in self._dump(ipr, ipr.route, family=family, table=RT_TABLE_LOCAL):
+                    attrs, _ = _route_attrs(msg)
+                    dst, table = attrs.get("RTA_DST"), attrs.get("RTA_TABLE")
+                    route = local_route_of(
+                        family=msg["family"], dst_len=msg["dst_len"], src_len=msg["src_len"],
+                        tos=msg["tos"], kind=msg["type"], flags=msg["flags"],
+                        table=msg["table"] if table is None else table,
+                        dst=0 if dst is None else int(ipaddress.ip_address(dst)),
+                        oif=attrs.get("RTA_OIF"), names=names)
+                    if route is not None:
                         found.append(route)
             return found
 
