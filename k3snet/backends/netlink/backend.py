@@ -1294,8 +1294,11 @@ class NetlinkBackend(BackendBase):
         except (OSError, KeyError) as exc:
             failures = dict.fromkeys(range(len(inverses)), NetlinkError(errno.EIO, str(exc)))
         else:
-            failures.update(self._appended_after_all(
-                {i: inverses[i] for i in sent if i not in failures}, indexes))
+            after, late = self._appended_after_all(
+                {i: inverses[i] for i in sent if i not in failures}, indexes,
+                {i: inverses[i] for i in left})
+            failures.update(after)
+            left = {i: why for i, why in left.items() if i not in late}
         failures = {**left, **failures}
         if failures:
             raise UndoFailure([f"{inverses[i]}: {failures[i]}" for i in sorted(failures)],
@@ -1338,28 +1341,68 @@ class NetlinkBackend(BackendBase):
                 for i, route in wanted.items() if route.key in others}
 
     def _appended_after_all(self, restored: Mapping[int, Change],
-                            indexes: Mapping[str, int]) -> dict[int, str]:
+                            indexes: Mapping[str, int],
+                            waiting: Mapping[int, Change] | None = None
+                            ) -> tuple[dict[int, str], set[int]]:
         """The undo's IPv6 gateway routes put back that the kernel appended behind
         another program's gateway route all the same, taken back out, by position, each
-        with why it is not put back. The dump before the undo cannot tell them all: a
-        ``proto ra`` route NetworkManager or systemd-networkd installs takes appended
-        nexthops where the kernel's own (``RTF_ADDRCONF``, the same protocol in a dump)
-        does not, and the other program may have added its route meanwhile. k3snet's
+        with why it is not put back; and the positions of ``waiting`` put back. The dump
+        before the undo cannot tell them all: a ``proto ra`` route NetworkManager or
+        systemd-networkd installs takes appended nexthops where the kernel's own
+        (``RTF_ADDRCONF``, the same protocol in a dump) does not, and the other program
+        may have added its route meanwhile. k3snet's
         nexthop is taken back (the kernel matches protocol and gateway per sibling);
-        left there, k3snet could no longer tell it its own, and no plan deleted it."""
+        left there, k3snet could no longer tell it its own, and no plan deleted it.
+
+        ``waiting``: the adds left out before the undo (:meth:`_behind_other_nexthops`).
+        One whose slot this dump finds free (the other program deleted its route
+        meanwhile) is sent then, once, and one more dump checks it the same way. No
+        further round: the answer is always that of a dump after the last add."""
         wanted = {i: change.subject for i, change in restored.items()
                   if change.action == "add" and isinstance(change.subject, Route)
                   and change.subject.family == 6 and change.subject.gateway is not None}
-        if not wanted:
-            return {}
+        late_changes = waiting or {}
+        late = {i: change.subject for i, change in late_changes.items()
+                if isinstance(change.subject, Route)}
+        if not wanted and not late:
+            return {}, set()
+        tables = frozenset(route.table for route in (*wanted.values(), *late.values()))
+        slots = self._slots(tables)
+        if slots is None:
+            return {}, set()  # not told: put back as sent
+        said = self._take_out(wanted, *slots, indexes)
+        ours, behind = slots
+        free = {i: route for i, route in late.items()
+                if route.key not in ours and route.key not in behind}
+        if not free:
+            return said, set()
+        order = sorted(free)
+        try:
+            if getattr(self._driver, "restores", False):
+                failed: Mapping[int, object] = self._driver.send(  # type: ignore[call-arg]
+                    [late_changes[i] for i in order], indexes, restoring=True)
+            else:
+                failed = self._driver.send([late_changes[i] for i in order], indexes)
+        except (OSError, KeyError):
+            return said, set()  # left out, as the dump before the undo said
+        sent = {i: free[i] for n, i in enumerate(order) if n not in failed}
+        slots = self._slots(tables)
+        if slots is None:
+            return said, set(sent)  # not told: put back as sent
+        taken = self._take_out(sent, *slots, indexes)
+        return {**said, **taken}, {i for i in sent if i not in taken}
+
+    def _slots(self, tables: frozenset[int]) -> tuple[
+            set[tuple[Any, ...]], dict[tuple[Any, ...], Route | RouteBlock]] | None:
+        """The slots of ``tables`` holding a route of k3snet's first, and the other routes
+        by slot (``None``: the dump refused)."""
         names = {index: link.name for index, link in self._routes.links().items()}
         ours: set[tuple[Any, ...]] = set()
         behind: dict[tuple[Any, ...], Route | RouteBlock] = {}
         try:
-            dumps = self._driver.routes(
-                frozenset(route.table for route in wanted.values()), names)
+            dumps = self._driver.routes(tables, names)
         except OSError:
-            return {}  # not told: put back as sent
+            return None
         for dumped in dumps:
             first = dumped.first if isinstance(dumped, Siblings) else dumped
             if isinstance(first, Route) and first.protocol == self.protocol:
@@ -1367,9 +1410,17 @@ class NetlinkBackend(BackendBase):
             else:
                 whole = dumped.whole if isinstance(dumped, Siblings) else dumped
                 behind.setdefault(whole.key if isinstance(whole, Route) else whole.slot, whole)
-        # Sent, taken, and not k3snet's in any dumped route: inside another's.
+        return ours, behind
+
+    def _take_out(self, wanted: Mapping[int, Route], ours: set[tuple[Any, ...]],
+                  behind: Mapping[tuple[Any, ...], Route | RouteBlock],
+                  indexes: Mapping[str, int]) -> dict[int, str]:
+        """Take back the IPv6 gateway routes of ``wanted`` sent, taken, and k3snet's in
+        no dumped route (inside another's: :meth:`_appended_after_all`), saying why each
+        is not put back."""
         hidden = {i: route for i, route in wanted.items()
-                  if route.key not in ours and route.key in behind}
+                  if route.family == 6 and route.gateway is not None
+                  and route.key not in ours and route.key in behind}
         if not hidden:
             return {}
         order = sorted(hidden)
