@@ -293,3 +293,47 @@ def test_a_route_an_anyip_route_of_table_local_takes_is_named_as_the_kernel_choo
         ip(ns, "-6", "route", "del", "local", "2001:db8:9::/48", "dev", "lo", "table", "local")
         backend.observe()
         assert backend.warnings == ()
+
+
+def test_table_local_is_read_without_a_dump_of_every_route_and_once_per_change(
+        tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading table local for the warnings cost the pyroute2 driver a dump of every
+    route (it filters by table after decoding them all: seconds at 10 000 routes) at each
+    look; it now keeps table local from the dump of every table it makes anyway. The
+    socket driver dumps that table alone, and not again while no route changed."""
+    with d0_namespace("rlocalc", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "route", "add", "local", "198.51.100.0/24", "dev", "lo", "table", "local")
+        wanted = State(owned=[Route("198.51.100.0/24", gateway="192.0.2.2"),
+                              Route("198.51.101.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        driver_object: Any = backend._driver
+        reads: list[str] = []
+        if driver == "pyroute2":
+            dump = driver_object._dump
+
+            def counted(ipr: Any, method: Any, **query: Any) -> Any:
+                # pyroute2 wraps IPRoute.route as partial(run, AsyncIPRoute.route)
+                wrapped = method.args[0] if getattr(method, "args", None) else method
+                reads.append(wrapped.__name__)
+                return dump(ipr, method, **query)
+
+            monkeypatch.setattr(driver_object, "_dump", counted)
+        else:
+            local_routes = driver_object.local_routes
+
+            def counted_local(*args: Any) -> Any:
+                reads.append("local")
+                return local_routes(*args)
+
+            monkeypatch.setattr(driver_object, "local_routes", counted_local)
+        for _ in range(2):  # the first: the socket driver's view after the apply's news
+            backend.expect(wanted)
+            backend.observe()
+            reads.clear()
+            [named] = backend.warnings
+            assert "whose local route 198.51.100.0/24 dev lo table local holds it" in named
+        assert "route" not in reads  # no dump of every route (pyroute2: rules alone)
+        assert "local" not in reads  # the socket driver: nothing changed, not read again
