@@ -225,3 +225,69 @@ def test_a_slot_the_undo_cannot_read_leaves_the_rest_of_the_rollback_done(
         [back] = _listed(ns, "-6", destination)
         assert (back["gateway"], back["protocol"]) == ("2001:db8::2", "211")
         assert backend.observe().owned == {route, other}
+
+
+@pytest.mark.parametrize("again", [False, True])
+def test_a_slot_another_program_frees_during_the_undo_gets_k3snet_s_route_back(
+        tmp_path: Path, driver: Driver, again: bool) -> None:
+    """The dump before the undo finds another program's IPv6 route in the slot of a
+    route of k3snet's to put back (it would be appended behind it): left out. The other
+    program then deletes its route before the dump after the undo: the slot was free,
+    k3snet's route could go back, and the rollback said "not put back ... the traffic
+    goes through that route", a route no longer there (``ip -j -6 route``: nothing at
+    the destination). It is now put back, once, when the dump after the undo finds the
+    slot free, and a dump after that add checks it is k3snet's own: when the other
+    program put its route back first (``again``), k3snet's, appended behind it, is taken
+    out and said so, with no further round."""
+    destination, ours, theirs = "2001:db8:9::/64", "2001:db8::2", "2001:db8::3"
+    with d0_namespace("rappendf", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        route = Route(destination, gateway=ours, device="d0")
+        other = Route("2001:db8:a::/64", gateway=ours, device="d0")
+        backend.apply(plan(backend.observe(), State(owned=[route, other])))
+        ip(ns, "-6", "route", "append", destination, "via", theirs, "dev", "d0",
+           "proto", "boot")
+        teardown = plan(backend.observe(), State())
+        assert [c.subject for c in teardown.changes] == [route, other]
+        backend.faults.fail_at(len(teardown.changes) - 1)
+        driver_object: Any = backend._driver
+        real_routes, real_undo = driver_object.routes, backend._undo_routes
+        dumps: list[object] = []
+
+        def routes(*args: Any, **kwargs: Any) -> Any:
+            found = real_routes(*args, **kwargs)
+            dumps.append(args)
+            if len(dumps) == 1:  # right after the dump before the undo
+                ip(ns, "-6", "route", "del", destination, "via", theirs, "dev", "d0",
+                   "proto", "boot")
+            elif len(dumps) == 2 and again:  # before k3snet's route goes back
+                ip(ns, "-6", "route", "add", destination, "via", theirs, "dev", "d0",
+                   "proto", "boot")
+            return found
+
+        def undo(made: Any) -> None:
+            driver_object.routes = routes
+            try:
+                real_undo(made)
+            finally:
+                del driver_object.routes
+
+        backend._undo_routes = undo  # type: ignore[method-assign]
+        with pytest.raises(ApplyError) as caught:
+            backend.apply(teardown)
+        assert len(dumps) == 3  # before, after the undo, after the one add: no more
+        [back] = _listed(ns, "-6", destination)
+        if again:
+            assert isinstance(caught.value, RollbackError)
+            assert ("not put back: IPv6 appended it to the multipath, nexthop-object, "
+                    "encap or via route 2001:db8:9::/64 table main metric 1024 proto boot"
+                    ) in str(caught.value)
+            assert "it was taken out again" in str(caught.value)
+            assert (back["gateway"], back.get("protocol", "boot"), "nexthops" in back) == (
+                theirs, "boot", False)
+            assert backend.observe().owned == {other}
+            return
+        assert "not put back" not in str(caught.value)
+        assert not isinstance(caught.value, RollbackError)
+        assert (back["gateway"], back["protocol"], "nexthops" in back) == (ours, "211", False)
+        assert backend.observe().owned == {route, other}

@@ -205,7 +205,8 @@ def test_a_rule_s_warning_claims_no_lookup_an_earlier_rule_or_the_local_table_ta
     rule at priority 100: the warning said that rule's table took them ("and its route
     ... takes it") where the kernel's own lookup ends in table 1, or ``local``. It now
     says what holds whatever reaches the rule, and names the earlier rule that may take
-    some first (the ``local`` table's routes are not read: nothing is named for it)."""
+    some first; an AnyIP route holding the whole destination takes every lookup, and is
+    the one named (table ``local``, looked in first: the rule's table is reached by none)."""
     with d0_namespace("rshadowe", "192.0.2.1/24") as ns, \
             NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
         ip(ns, "route", "add", "198.51.100.0/24", "dev", "d0", "table", "100")
@@ -222,8 +223,117 @@ def test_a_rule_s_warning_claims_no_lookup_an_earlier_rule_or_the_local_table_ta
         assert _table_of(ns, "-4", "198.51.100.7") == ("1" if earlier == "calico" else "local")
         [said] = backend.warnings
         assert "takes it" not in said
+        if earlier == "anyip":
+            assert ("the policy rule at priority 0, before table main, sends every lookup of "
+                    "198.51.100.0/24 reaching it to table local, whose local route "
+                    "198.51.100.0/24 dev lo table local holds it") in said
+            assert "table 100" not in said
+            return
         assert ("the policy rule at priority 100, before table main, sends every lookup of "
                 "198.51.100.0/24 reaching it to table 100, whose route 198.51.100.0/24 dev d0 "
                 "table 100") in said
         assert ("the rule at priority 99 before it may take some first" in said) == (
             earlier == "calico")
+
+
+def _local(ns: str, family: str, address: str) -> bool:
+    """Whether the kernel's lookup of ``address`` ends at a route of type local."""
+    [found] = json.loads(ip(ns, "-j", family, "route", "get", address))
+    return found.get("type") == "local"
+
+
+def test_a_route_an_anyip_route_of_table_local_takes_is_named_as_the_kernel_chooses(
+        tmp_path: Path, driver: Driver) -> None:
+    """An AnyIP route (``ip route add local 10.9.0.0/16 dev lo table local``) makes the
+    node take every packet to its destination as its own: a route of k3snet's inside it
+    carries nothing, and the warnings did not read table ``local``. IPv6 looks there
+    first always; IPv4 keeps ``local`` and ``main`` merged until a policy rule is first
+    added (the longer prefix of the two wins, the same prefix goes to ``local``): a
+    warning names the route exactly when the kernel's own lookup (``ip route get``)
+    ends in table local."""
+    with d0_namespace("ranyip", "192.0.2.1/24", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2"),
+                              Route("10.8.1.0/24", gateway="192.0.2.2"),
+                              Route("2001:db8:9:1::/64", gateway="2001:db8::2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        assert backend.warnings == ()
+        # Another program's AnyIP routes, after k3snet's apply (the view follows them).
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "route", "add", "local", "10.9.0.0/16", "dev", "lo", "table", "local")
+        ip(ns, "route", "add", "local", "10.8.1.0/24", "dev", "lo", "table", "local")
+        ip(ns, "-6", "route", "add", "local", "2001:db8:9::/48", "dev", "lo", "table", "local")
+        # Merged: main's longer 10.9.1.0/24 wins over local's /16; local's /24 wins.
+        assert not _local(ns, "-4", "10.9.1.7")
+        assert _local(ns, "-4", "10.8.1.7")
+        assert _local(ns, "-6", "2001:db8:9:1::7")
+        backend.observe()  # as plan and the agent do (pyroute2 follows no change)
+        v4, v6 = backend.warnings
+        assert "route 10.8.1.0/24 via 192.0.2.2 table main" in v4
+        assert ("the policy rule at priority 0, before table main, sends every lookup of "
+                "10.8.1.0/24 reaching it to table local, whose local route 10.8.1.0/24 "
+                "dev lo table local holds it (the node takes the packets as its own) "
+                "(ip route show table local)") in v4
+        assert "route 2001:db8:9:1::/64 via 2001:db8::2 table main" in v6
+        assert "local route 2001:db8:9::/48 dev lo table local holds it" in v6
+        # Any policy rule added, even one of other lookups: the tables are apart for
+        # good, table local's /16 takes 10.9.1.0/24 too.
+        ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
+        ip(ns, "rule", "del", "pref", "100")
+        ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
+        assert _local(ns, "-4", "10.9.1.7")
+        backend.observe()
+        said = backend.warnings
+        assert len(said) == 3, said
+        assert "local route 10.9.0.0/16 dev lo table local holds it" in said[1]
+        # Without them, nothing to say.
+        ip(ns, "route", "del", "local", "10.9.0.0/16", "dev", "lo", "table", "local")
+        ip(ns, "route", "del", "local", "10.8.1.0/24", "dev", "lo", "table", "local")
+        ip(ns, "-6", "route", "del", "local", "2001:db8:9::/48", "dev", "lo", "table", "local")
+        backend.observe()
+        assert backend.warnings == ()
+
+
+def test_table_local_is_read_without_a_dump_of_every_route_and_once_per_change(
+        tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading table local for the warnings cost the pyroute2 driver a dump of every
+    route (it filters by table after decoding them all: seconds at 10 000 routes) at each
+    look; it now keeps table local from the dump of every table it makes anyway. The
+    socket driver dumps that table alone, and not again while no route changed."""
+    with d0_namespace("rlocalc", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "route", "add", "local", "198.51.100.0/24", "dev", "lo", "table", "local")
+        wanted = State(owned=[Route("198.51.100.0/24", gateway="192.0.2.2"),
+                              Route("198.51.101.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        driver_object: Any = backend._driver
+        reads: list[str] = []
+        if driver == "pyroute2":
+            dump = driver_object._dump
+
+            def counted(ipr: Any, method: Any, **query: Any) -> Any:
+                # pyroute2 wraps IPRoute.route as partial(run, AsyncIPRoute.route)
+                wrapped = method.args[0] if getattr(method, "args", None) else method
+                reads.append(wrapped.__name__)
+                return dump(ipr, method, **query)
+
+            monkeypatch.setattr(driver_object, "_dump", counted)
+        else:
+            local_routes = driver_object.local_routes
+
+            def counted_local(*args: Any) -> Any:
+                reads.append("local")
+                return local_routes(*args)
+
+            monkeypatch.setattr(driver_object, "local_routes", counted_local)
+        for _ in range(2):  # the first: the socket driver's view after the apply's news
+            backend.expect(wanted)
+            backend.observe()
+            reads.clear()
+            [named] = backend.warnings
+            assert "whose local route 198.51.100.0/24 dev lo table local holds it" in named
+        assert "route" not in reads  # no dump of every route (pyroute2: rules alone)
+        assert "local" not in reads  # the socket driver: nothing changed, not read again

@@ -99,6 +99,7 @@ from k3snet.backends.netlink.codec import (
     FR_ACT_UNREACHABLE,
     UNNAMED_DEVICE_ROUTE,
     Link,
+    LocalRoute,
     LookupRule,
     NetlinkError,
     Siblings,
@@ -345,7 +346,8 @@ class NetlinkBackend(BackendBase):
         self._wanted_routes: tuple[Route, ...] | None = None  # expect()'s: what the
         # warnings judge the policy rules by
         # The last warnings of routes a policy rule takes, with what they were read from.
-        self._rule_warned: tuple[Hashable, tuple[str, ...]] | None = None
+        # (and, without rules of an administrator's, by the routes of table local read).
+        self._rule_warned: tuple[Hashable, tuple[str, ...], Hashable] | None = None
         # The state file's records of an interface k3snet cannot tell, as the last
         # observe found them (SysctlState.doubts).
         self._link_doubts: tuple[str, ...] = ()
@@ -511,7 +513,14 @@ class NetlinkBackend(BackendBase):
         route of the table sends the lookup on, as the kernel does. The text says what the
         rule does with every lookup reaching it and names the earlier rules that may take
         some first (an inverted one, one of a source, a table holding part of the
-        destination); the ``local`` table's routes (AnyIP) are not read. The rules are read at
+        destination). A route of table ``local`` holding the whole destination (an AnyIP
+        route, ``ip route add local 10.9.0.0/16 dev lo table local``: the node takes the
+        packets as its own) is named as the ``local`` rule's (priority 0): IPv6 always
+        looks there first; IPv4 keeps ``local`` and ``main`` merged until a policy rule is
+        first added (a longer prefix of ``main`` then wins, the same prefix loses), so with
+        the rules a namespace starts with only a ``local`` route of the destination's own
+        prefix is sure to take it (table ``local`` is read once per change of the routes,
+        by a dump of that table alone). The rules are read at
         every call (the kernel announces no rule change to the route view); a dump the
         kernel refuses is a warning saying so, not an error ending the plan. The routes
         are those the last observe or apply read (with a driver following no change)."""
@@ -536,47 +545,75 @@ class NetlinkBackend(BackendBase):
             return (f"netlink: {_reason(exc, f'read the policy rules of {self._where}')}: "
                     "a route of k3snet's whose every lookup an administrator's rule takes "
                     "before its table is not named here (ip rule)",)
+        read_local: Callable[[Mapping[int, str]], Sequence[LocalRoute]] | None = getattr(
+            self._driver, "local_routes", None)
+        custom = not all(rule in _DEFAULT_RULES for rule in rules)
+        if not custom and read_local is None:
+            return ()  # a namespace's own rules: each table's lookup as ip route says
         with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
-            if all(rule in _DEFAULT_RULES for rule in rules):
-                return ()  # a namespace's own rules: each table's lookup as ip route says
-            view = self._routes.view()
+            if custom:
+                view = self._routes.view()
+            else:
+                self._routes.sync()  # its version alone: no table but local is looked in
             tables = frozenset(rule.table for rule in rules if rule.action == FR_ACT_TO_TBL
-                               and rule.table not in (0, _LOCAL_TABLE))
+                               and rule.table not in (0, _LOCAL_TABLE)) if custom else frozenset()
             # The same rules, routes and view: the same answer (the agent asks every pass;
             # 10 000 routes in the lookup again would cost more than the pass). Not kept
-            # when a table is dumped apart: the view's version does not follow it.
+            # when a table is dumped apart: the view's version does not follow it. (A
+            # change of table local, an address's or another program's route, moves it.)
             key = (tuple(rules), routes, self._routes.version)
-            if self._rule_warned is not None and self._rule_warned[0] == key:
-                return self._rule_warned[1]
-            lookup = self._fill(_GatewayTables(tables), view, tables)
-        found: list[str] = []
-        for route in sorted(routes, key=lambda r: r.sort_key):
-            taken = _taken_by_rule(route, rules, lookup)
-            if taken is None:
-                continue
-            rule, holder, earlier = taken
-            # Said of the rule and its table alone: an earlier rule (Calico's inverted
-            # one, the local table of an AnyIP route) may take the lookups before it, which
-            # the text claimed went to its table.
-            where = f"table {_table_name(route.table)}"
-            lookups = f"every lookup of {network_text(route.destination)} reaching it"
-            if holder is None:
-                why = (f"the policy rule at priority {rule.priority} "
-                       f"({_REJECTING[rule.action]}), before {where}, refuses {lookups}")
-            else:
-                why = (f"the policy rule at priority {rule.priority}, before {where}, sends "
-                       f"{lookups} to table {_table_name(rule.table)}, whose "
-                       f"{holder.describe()} holds it")
-            if earlier:
-                named = ", ".join(str(r.priority) for r in earlier)
-                why += (f"; the rule{'s' if len(earlier) > 1 else ''} at priority {named} "
-                        "before it may take some first")
-            found.append(f"netlink: the {route.describe()} carries no traffic in "
-                         f"{self._where}: {why} (ip rule)")
-        said = tuple(found)
+            last = self._rule_warned
+            if last is not None and last[0] == key:
+                return last[1]
+            lookup = (self._fill(_GatewayTables(tables), view, tables) if custom
+                      else _GatewayTables(tables))
+        local = self._local_table(read_local)
+        if isinstance(local, str):
+            return (local,)
+        # Without rules of an administrator's the answer is the routes' and table local's
+        # alone: a driver following no change (pyroute2: the version moves every pass)
+        # reads the same table again, and 10 000 routes are not looked up again.
+        again = (tuple(rules), routes, local.routes) if not custom else None
+        if again is not None and last is not None and last[2] == again:
+            said = last[1]
+        else:
+            said = self._taken_routes(routes, rules, lookup, local, custom=custom)
         kept = all(self._routes.in_scope(table) for table in tables)
-        self._rule_warned = (key, said) if kept else None
+        self._rule_warned = (key, said, again) if kept else None
         return said
+
+    def _taken_routes(self, routes: Sequence[Route], rules: Sequence[LookupRule],
+                      lookup: _GatewayTables, local: _LocalTable, *, custom: bool
+                      ) -> tuple[str, ...]:
+        """The warnings of :meth:`_rule_warnings`, each route judged anew."""
+        # IPv4 keeps tables local and main merged until a policy rule is first added: one
+        # now present (other than the three a namespace starts with) proves them apart.
+        apart = any(rule.family == 4 and rule not in _DEFAULT_RULES for rule in rules)
+        found: list[str] = []
+        # Without rules of an administrator's only table local may take a route: one look
+        # each, no walk of the rules (nor a sort of 10 000 routes none of it holds).
+        judged = routes if custom else [
+            route for route in routes if local.holder(route.destination) is not None]
+        for route in sorted(judged, key=lambda r: r.sort_key):
+            taken = _taken_by_rule(route, rules, lookup, local, apart=apart)
+            if taken is not None:
+                found.append(f"netlink: the {route.describe()} carries no traffic in "
+                             f"{self._where}: {_why_taken(route, *taken)}")
+        return tuple(found)
+
+    def _local_table(self, read: Callable[[Mapping[int, str]], Sequence[LocalRoute]] | None
+                     ) -> _LocalTable | str:
+        """The routes of table ``local`` (none without ``read``), or the warning saying
+        the kernel refused their dump (read for a warning only, as the rules)."""
+        if read is None:
+            return _LocalTable(())
+        names = {index: link.name for index, link in self._routes.links().items()}
+        try:
+            return _LocalTable(read(names))
+        except OSError as exc:
+            return (f"netlink: {_reason(exc, f'read table local of {self._where}')}: a "
+                    "route of k3snet's whose every lookup a route of table local takes "
+                    "first is not named here (ip route show table local)")
 
     def _advertisement_warnings(self, wanted: Mapping[str, str]) -> tuple[str, ...]:
         """The default routes learned from router advertisements that the kernel no longer
@@ -1276,8 +1313,11 @@ class NetlinkBackend(BackendBase):
         except (OSError, KeyError) as exc:
             failures = dict.fromkeys(range(len(inverses)), NetlinkError(errno.EIO, str(exc)))
         else:
-            failures.update(self._appended_after_all(
-                {i: inverses[i] for i in sent if i not in failures}, indexes))
+            after, late = self._appended_after_all(
+                {i: inverses[i] for i in sent if i not in failures}, indexes,
+                {i: inverses[i] for i in left})
+            failures.update(after)
+            left = {i: why for i, why in left.items() if i not in late}
         failures = {**left, **failures}
         if failures:
             raise UndoFailure([f"{inverses[i]}: {failures[i]}" for i in sorted(failures)],
@@ -1320,28 +1360,68 @@ class NetlinkBackend(BackendBase):
                 for i, route in wanted.items() if route.key in others}
 
     def _appended_after_all(self, restored: Mapping[int, Change],
-                            indexes: Mapping[str, int]) -> dict[int, str]:
+                            indexes: Mapping[str, int],
+                            waiting: Mapping[int, Change] | None = None
+                            ) -> tuple[dict[int, str], set[int]]:
         """The undo's IPv6 gateway routes put back that the kernel appended behind
         another program's gateway route all the same, taken back out, by position, each
-        with why it is not put back. The dump before the undo cannot tell them all: a
-        ``proto ra`` route NetworkManager or systemd-networkd installs takes appended
-        nexthops where the kernel's own (``RTF_ADDRCONF``, the same protocol in a dump)
-        does not, and the other program may have added its route meanwhile. k3snet's
+        with why it is not put back; and the positions of ``waiting`` put back. The dump
+        before the undo cannot tell them all: a ``proto ra`` route NetworkManager or
+        systemd-networkd installs takes appended nexthops where the kernel's own
+        (``RTF_ADDRCONF``, the same protocol in a dump) does not, and the other program
+        may have added its route meanwhile. k3snet's
         nexthop is taken back (the kernel matches protocol and gateway per sibling);
-        left there, k3snet could no longer tell it its own, and no plan deleted it."""
+        left there, k3snet could no longer tell it its own, and no plan deleted it.
+
+        ``waiting``: the adds left out before the undo (:meth:`_behind_other_nexthops`).
+        One whose slot this dump finds free (the other program deleted its route
+        meanwhile) is sent then, once, and one more dump checks it the same way. No
+        further round: the answer is always that of a dump after the last add."""
         wanted = {i: change.subject for i, change in restored.items()
                   if change.action == "add" and isinstance(change.subject, Route)
                   and change.subject.family == 6 and change.subject.gateway is not None}
-        if not wanted:
-            return {}
+        late_changes = waiting or {}
+        late = {i: change.subject for i, change in late_changes.items()
+                if isinstance(change.subject, Route)}
+        if not wanted and not late:
+            return {}, set()
+        tables = frozenset(route.table for route in (*wanted.values(), *late.values()))
+        slots = self._slots(tables)
+        if slots is None:
+            return {}, set()  # not told: put back as sent
+        said = self._take_out(wanted, *slots, indexes)
+        ours, behind = slots
+        free = {i: route for i, route in late.items()
+                if route.key not in ours and route.key not in behind}
+        if not free:
+            return said, set()
+        order = sorted(free)
+        try:
+            if getattr(self._driver, "restores", False):
+                failed: Mapping[int, object] = self._driver.send(  # type: ignore[call-arg]
+                    [late_changes[i] for i in order], indexes, restoring=True)
+            else:
+                failed = self._driver.send([late_changes[i] for i in order], indexes)
+        except (OSError, KeyError):
+            return said, set()  # left out, as the dump before the undo said
+        sent = {i: free[i] for n, i in enumerate(order) if n not in failed}
+        slots = self._slots(tables)
+        if slots is None:
+            return said, set(sent)  # not told: put back as sent
+        taken = self._take_out(sent, *slots, indexes)
+        return {**said, **taken}, {i for i in sent if i not in taken}
+
+    def _slots(self, tables: frozenset[int]) -> tuple[
+            set[tuple[Any, ...]], dict[tuple[Any, ...], Route | RouteBlock]] | None:
+        """The slots of ``tables`` holding a route of k3snet's first, and the other routes
+        by slot (``None``: the dump refused)."""
         names = {index: link.name for index, link in self._routes.links().items()}
         ours: set[tuple[Any, ...]] = set()
         behind: dict[tuple[Any, ...], Route | RouteBlock] = {}
         try:
-            dumps = self._driver.routes(
-                frozenset(route.table for route in wanted.values()), names)
+            dumps = self._driver.routes(tables, names)
         except OSError:
-            return {}  # not told: put back as sent
+            return None
         for dumped in dumps:
             first = dumped.first if isinstance(dumped, Siblings) else dumped
             if isinstance(first, Route) and first.protocol == self.protocol:
@@ -1349,9 +1429,17 @@ class NetlinkBackend(BackendBase):
             else:
                 whole = dumped.whole if isinstance(dumped, Siblings) else dumped
                 behind.setdefault(whole.key if isinstance(whole, Route) else whole.slot, whole)
-        # Sent, taken, and not k3snet's in any dumped route: inside another's.
+        return ours, behind
+
+    def _take_out(self, wanted: Mapping[int, Route], ours: set[tuple[Any, ...]],
+                  behind: Mapping[tuple[Any, ...], Route | RouteBlock],
+                  indexes: Mapping[str, int]) -> dict[int, str]:
+        """Take back the IPv6 gateway routes of ``wanted`` sent, taken, and k3snet's in
+        no dumped route (inside another's: :meth:`_appended_after_all`), saying why each
+        is not put back."""
         hidden = {i: route for i, route in wanted.items()
-                  if route.key not in ours and route.key in behind}
+                  if route.family == 6 and route.gateway is not None
+                  and route.key not in ours and route.key in behind}
         if not hidden:
             return {}
         order = sorted(hidden)
@@ -1819,13 +1907,53 @@ class _GatewayTables:
         return self._walk(gateway, device, answer)
 
 
-def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTables
-                   ) -> tuple[LookupRule, Route | RouteBlock | None, list[LookupRule]] | None:
+class _LocalTable:
+    """The routes of table ``local`` by family, prefix length and destination."""
+
+    def __init__(self, routes: Iterable[LocalRoute]) -> None:
+        self.routes = tuple(routes)
+        self._routes: dict[tuple[int, int], dict[int, list[LocalRoute]]] = {}
+        self._throws: list[LocalRoute] = []
+        for route in self.routes:
+            dst = route.destination
+            (self._routes.setdefault((dst.version, dst.prefixlen), {})
+             .setdefault(int(dst.network_address), []).append(route))
+            if route.kind == "throw":
+                self._throws.append(route)
+        self._lengths = {version: sorted((length for v, length in self._routes
+                                          if v == version), reverse=True)
+                         for version in (4, 6)}
+
+    def holder(self, dst: Network) -> LocalRoute | None:
+        """The route a lookup of every address of ``dst`` ends at in this table: the
+        longest prefix holding all of it (``None``: none, or a ``throw`` route sends some
+        lookups on)."""
+        version, prefixlen = dst.version, dst.prefixlen
+        value, bits = int(dst.network_address), 32 if version == 4 else 128
+        for length in self._lengths[version]:
+            if length > prefixlen:
+                continue
+            routes = self._routes[version, length].get(value >> (bits - length) << (bits - length))
+            if routes:
+                if any(r.kind == "throw" for r in routes) or any(
+                        r.destination.overlaps(dst) for r in self._throws):
+                    return None
+                return routes[0]
+        return None
+
+
+def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTables,
+                   local: _LocalTable | None = None, *, apart: bool = True,
+                   ) -> tuple[LookupRule, Route | RouteBlock | LocalRoute | None,
+                              list[LookupRule]] | None:
     """The administrator's rule that takes every lookup of ``route``'s destination
     reaching it before its table, with the route of the rule's table holding the
     destination (``None``: a rejecting rule) and the rules before it that may take some
     of those lookups first (to another table or refusing them); ``None`` when none
-    surely does (:meth:`NetlinkBackend._rule_warnings`)."""
+    surely does (:meth:`NetlinkBackend._rule_warnings`). The ``local`` rule's table
+    (``local``) takes them when one of its routes holds the destination: for IPv4, while
+    the kernel may keep it merged with ``main`` (not ``apart``), only a route of the
+    destination's own prefix surely does (the longest prefix of the two wins)."""
     dst = route.destination
     earlier: list[LookupRule] = []
     for rule in rules:
@@ -1839,6 +1967,10 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
         if rule.action == FR_ACT_TO_TBL:
             if rule.table in (route.table, 0):  # 0: an L3 master device's table
                 return None
+            held = (_held_locally(dst, local, apart=apart)
+                    if sure and rule.table == _LOCAL_TABLE else None)
+            if held is not None:
+                return rule, held, earlier
             if not sure or rule.table == _LOCAL_TABLE:
                 if rule not in _DEFAULT_RULES:
                     earlier.append(rule)
@@ -1856,6 +1988,43 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
         else:  # goto, nop: not followed
             return None
     return None
+
+
+def _why_taken(route: Route, rule: LookupRule, holder: Route | RouteBlock | LocalRoute | None,
+               earlier: Sequence[LookupRule]) -> str:
+    """What takes the lookups of ``route`` (:func:`_taken_by_rule`'s answer), said of the
+    rule and its table alone: an earlier rule (Calico's inverted one) may take the
+    lookups before it, which the text claimed went to its table."""
+    where = f"table {_table_name(route.table)}"
+    lookups = f"every lookup of {network_text(route.destination)} reaching it"
+    if holder is None:
+        why = (f"the policy rule at priority {rule.priority} "
+               f"({_REJECTING[rule.action]}), before {where}, refuses {lookups}")
+    else:
+        why = (f"the policy rule at priority {rule.priority}, before {where}, sends "
+               f"{lookups} to table {_table_name(rule.table)}, whose "
+               f"{holder.describe()} holds it")
+    if earlier:
+        named = ", ".join(str(r.priority) for r in earlier)
+        why += (f"; the rule{'s' if len(earlier) > 1 else ''} at priority {named} "
+                "before it may take some first")
+    if not isinstance(holder, LocalRoute):
+        return f"{why} (ip rule)"
+    if holder.kind == "local":
+        why += " (the node takes the packets as its own)"
+    return f"{why} (ip route show table local)"
+
+
+def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool
+                  ) -> LocalRoute | None:
+    """The route of table ``local`` every lookup of ``dst`` surely ends at: IPv4 keeps
+    ``local`` and ``main`` merged until a policy rule is first added (not ``apart``:
+    the longer prefix of the two wins, ``local`` on the same one)."""
+    held = None if local is None else local.holder(dst)
+    if held is None or (dst.version == 4 and not apart
+                        and held.destination.prefixlen != dst.prefixlen):
+        return None
+    return held
 
 
 def _takes_part(lookup: _GatewayTables, table: int, dst: Network) -> bool:
@@ -1920,8 +2089,10 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
 
 
 def _table_name(table: int) -> str:
-    """``table`` as ``ip route`` names it (``main``, ``default``, or its number)."""
-    return {MAIN_TABLE: "main", _DEFAULT_TABLE: "default"}.get(table, str(table))
+    """``table`` as ``ip route`` names it (``main``, ``default``, ``local``, or its
+    number)."""
+    return {MAIN_TABLE: "main", _DEFAULT_TABLE: "default", _LOCAL_TABLE: "local"}.get(
+        table, str(table))
 
 
 def _slot(route: Route | RouteBlock) -> tuple[Any, ...]:

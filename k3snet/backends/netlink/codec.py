@@ -20,9 +20,10 @@ from typing import Final
 
 import attrs
 
+from k3snet._logline import shell_word
 from k3snet.errors import ModelError
 from k3snet.model import is_interface_name
-from k3snet.model.cidr import Address, Network
+from k3snet.model.cidr import Address, Network, network_text
 from k3snet.model.route import Route, RouteBlock, RouteScope
 from k3snet.planner import Change
 
@@ -32,6 +33,7 @@ __all__ = [
     "UNNAMED_DEVICE_ROUTE",
     "Interface",
     "Link",
+    "LocalRoute",
     "LookupRule",
     "NetlinkError",
     "RouteShape",
@@ -42,6 +44,7 @@ __all__ = [
     "attrs_of",
     "decode_address",
     "decode_link",
+    "decode_local_route",
     "decode_route",
     "decode_rule",
     "error_of",
@@ -49,6 +52,7 @@ __all__ = [
     "first_hop",
     "header_of",
     "link_dump_request",
+    "local_route_of",
     "message",
     "messages",
     "route_dump_request",
@@ -450,6 +454,54 @@ def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, fl
         if isinstance(sibling, Route):
             return Siblings(sibling, block)
     return block
+
+
+@attrs.frozen
+class LocalRoute:
+    """A route of table ``local`` (255), which the kernel looks in first: ``kind`` as
+    ``ip route`` names its type (``local``: the node takes the packets as its own, as
+    an AnyIP route ``ip route add local 10.9.0.0/16 dev lo table local`` does;
+    ``unicast``, ``throw``, ...) and its device's name (``None``: none, or one not
+    known). No :class:`~k3snet.model.Route`: that model refuses the kernel's table."""
+
+    destination: Network
+    kind: str
+    device: str | None
+
+    def describe(self) -> str:
+        """``[KIND ]route DST [dev DEV] table local``, as ``ip route`` shows it."""
+        kind = "" if self.kind == "unicast" else f"{self.kind} "
+        dev = "" if self.device is None else f" dev {shell_word(self.device)}"
+        return f"{kind}route {network_text(self.destination)}{dev} table local"
+
+
+def local_route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int,
+                   flags: int, table: int, dst: int, oif: int | None,
+                   names: Mapping[int, str]) -> LocalRoute | None:
+    """The :class:`LocalRoute` a decoded ``RTM_NEWROUTE`` of table ``local`` describes
+    (``None``: another table's, a cached clone, a source-specific or TOS route)."""
+    if (table != RT_TABLE_LOCAL or src_len or tos or flags & RTM_F_CLONED
+            or family not in (socket.AF_INET, socket.AF_INET6)):
+        return None
+    try:
+        destination: Network = (ipaddress.IPv4Network((dst, dst_len)) if family == socket.AF_INET
+                                else ipaddress.IPv6Network((dst, dst_len)))
+    except ValueError:
+        return None
+    name = "unicast" if kind == RTN_UNICAST else ROUTE_TYPES.get(kind, f"type {kind}")
+    return LocalRoute(destination, name, None if oif is None else names.get(oif))
+
+
+def decode_local_route(msg: bytes, names: Mapping[int, str]) -> LocalRoute | None:
+    """What a raw ``RTM_NEWROUTE`` message of table ``local`` describes
+    (:func:`local_route_of`)."""
+    family, dst_len, src_len, tos, rtm_table, _, _, kind, flags = RTMSG.unpack_from(msg, HDR)
+    found = attrs_of(msg, HDR + RTMSG.size)
+    return local_route_of(
+        family=family, dst_len=dst_len, src_len=src_len, tos=tos, kind=kind, flags=flags,
+        table=U32.unpack(found[RTA_TABLE])[0] if RTA_TABLE in found else rtm_table,
+        dst=int.from_bytes(found.get(RTA_DST, b""), "big"),
+        oif=U32.unpack(found[RTA_OIF])[0] if RTA_OIF in found else None, names=names)
 
 
 RouteShape = tuple[int, int, int, bytes | None, str | None, int, int, int, int]

@@ -49,17 +49,20 @@ from k3snet.backends.netlink.codec import (
     NLM_F_CREATE,
     NLM_F_DUMP_INTR,
     NLM_F_REQUEST,
+    RT_TABLE_LOCAL,
     RTM_NEWROUTE,
     RTN_UNICAST,
     SCOPE_CODES,
     UNMODELLED_ATTRS,
     Interface,
     Link,
+    LocalRoute,
     LookupRule,
     NetlinkError,
     Siblings,
     decode_rule,
     kernel_name,
+    local_route_of,
     route_of,
 )
 from k3snet.backends.netlink.driver import DUMP_RETRIES
@@ -178,6 +181,18 @@ def _route_from(msg: Any, names: Mapping[int, str]) -> Route | RouteBlock | Sibl
         first=first)
 
 
+def _local_from(msg: Any, names: Mapping[int, str]) -> LocalRoute | None:
+    """What a pyroute2 ``rtmsg`` of table ``local`` describes, as
+    :func:`~.codec.local_route_of` says (``None``: another table's)."""
+    attrs, _ = _route_attrs(msg)
+    dst, table = attrs.get("RTA_DST"), attrs.get("RTA_TABLE")
+    return local_route_of(
+        family=msg["family"], dst_len=msg["dst_len"], src_len=msg["src_len"], tos=msg["tos"],
+        kind=msg["type"], flags=msg["flags"], table=msg["table"] if table is None else table,
+        dst=0 if dst is None else int(ipaddress.ip_address(dst)), oif=attrs.get("RTA_OIF"),
+        names=names)
+
+
 def _request(route: Route, ifindex: int | None) -> dict[str, Any]:
     """``IPRoute.route`` keywords naming every field of ``route``, as the socket driver does."""
     dst = route.destination
@@ -212,6 +227,8 @@ class Pyroute2Driver:
         self._count = count
         self._thread: int | None = None
         self._ipr: Any = None
+        # Table local's routes as the last routes() dump met them (local_routes()).
+        self._local: list[LocalRoute] | None = None
         runner.call(self._open)
 
     def _open(self) -> None:
@@ -305,11 +322,34 @@ class Pyroute2Driver:
 
         def job(ipr: Any) -> list[Route | RouteBlock | Siblings]:
             found: list[Route | RouteBlock | Siblings] = []
+            local: list[LocalRoute] = []
             for family in (socket.AF_INET, socket.AF_INET6):
                 # pyroute2 filters by table after the dump anyway: filter here, once.
                 for msg in self._dump(ipr, ipr.route, family=family):
                     route = _route_from(msg, names)
                     if route is not None and (tables is None or route.table in tables):
+                        found.append(route)
+                    elif route is None and (kept := _local_from(msg, names)) is not None:
+                        local.append(kept)
+            self._local = local
+            return found
+
+        return self._run(job)
+
+    def local_routes(self, names: Mapping[int, str]) -> list[LocalRoute]:
+        """The routes of table ``local``, both families, as the socket driver reads them
+        (:meth:`.SocketDriver.local_routes`): those the last :meth:`routes` met (it dumps
+        every table, pyroute2 filtering after decoding them all, table ``local``'s among
+        them), else a dump of their own (as costly: pyroute2 filters it the same way)."""
+        if self._local is not None:
+            return self._local
+
+        def job(ipr: Any) -> list[LocalRoute]:
+            found: list[LocalRoute] = []
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for msg in self._dump(ipr, ipr.route, family=family, table=RT_TABLE_LOCAL):
+                    route = _local_from(msg, names)
+                    if route is not None:
                         found.append(route)
             return found
 

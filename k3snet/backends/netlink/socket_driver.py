@@ -34,6 +34,7 @@ from k3snet.backends.netlink.codec import (
     NLMSG,
     NLMSG_DONE,
     NLMSG_ERROR,
+    RT_TABLE_LOCAL,
     RTM_DELNETCONF,
     RTM_GETADDR,
     RTM_GETLINK,
@@ -48,6 +49,7 @@ from k3snet.backends.netlink.codec import (
     SOL_NETLINK,
     Interface,
     Link,
+    LocalRoute,
     LookupRule,
     NetlinkError,
     RouteShape,
@@ -55,6 +57,7 @@ from k3snet.backends.netlink.codec import (
     address_dump_request,
     decode_address,
     decode_link,
+    decode_local_route,
     decode_route,
     decode_rule,
     error_of,
@@ -252,6 +255,19 @@ class SocketDriver:
                 raise
             found.extend(rule for msg in dumped if (rule := decode_rule(msg)) is not None)
         return sorted(found, key=lambda rule: rule.priority)
+
+    def local_routes(self, names: Mapping[int, str]) -> list[LocalRoute]:
+        """The routes of table ``local``, both families (:func:`~.codec.decode_local_route`):
+        one dump each, of that table alone (the kernel filters it, strict checking), a
+        few routes per address (optional: see :class:`~.driver.RouteDriver`)."""
+        found: list[LocalRoute] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in self.dump(RTM_GETROUTE, route_dump_request(family, RT_TABLE_LOCAL),
+                                 missing_ok=True):
+                route = decode_local_route(msg, names)
+                if route is not None:
+                    found.append(route)
+        return found
 
     reads_expected = True
     """:meth:`routes` takes ``expected`` (see :class:`~.driver.RouteDriver`)."""
