@@ -20,6 +20,7 @@ from k3snet.errors import ApplyError, RollbackError
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import Route, RouteBlock, State
 from k3snet.planner import plan
+from tests.netlink.test_backend import Driver
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
@@ -71,7 +72,7 @@ def _listed(ns: str, family: str, destination: str) -> list[tuple[str | None, st
 @pytest.mark.parametrize("driver", ["socket", "pyroute2"])
 @pytest.mark.parametrize("family", sorted(_FAMILIES))
 def test_another_program_s_route_through_a_nexthop_object_in_k3snet_s_slot_is_never_touched(
-        tmp_path: Path, driver: str, family: str) -> None:
+        tmp_path: Path, driver: Driver, family: str) -> None:
     """Another program's route through a nexthop object (``ip route add DST nhid 5``), at
     the destination and metric of a route of k3snet's. Already there: the plan names it
     a conflict and adds nothing (the kernel would refuse the slot). Added beside

@@ -239,7 +239,7 @@ def test_a_rule_s_warning_claims_no_lookup_an_earlier_rule_or_the_local_table_ta
 def _local(ns: str, family: str, address: str) -> bool:
     """Whether the kernel's lookup of ``address`` ends at a route of type local."""
     [found] = json.loads(ip(ns, "-j", family, "route", "get", address))
-    return found.get("type") == "local"
+    return bool(found.get("type") == "local")
 
 
 def test_a_route_an_anyip_route_of_table_local_takes_is_named_as_the_kernel_chooses(
@@ -269,7 +269,8 @@ def test_a_route_an_anyip_route_of_table_local_takes_is_named_as_the_kernel_choo
         assert _local(ns, "-4", "10.8.1.7")
         assert _local(ns, "-6", "2001:db8:9:1::7")
         backend.observe()  # as plan and the agent do (pyroute2 follows no change)
-        v4, v6 = backend.warnings
+        said: tuple[str, ...] = backend.warnings  # not the () asserted before the change
+        v4, v6 = said
         assert "route 10.8.1.0/24 via 192.0.2.2 table main" in v4
         assert ("the policy rule at priority 0, before table main, sends every lookup of "
                 "10.8.1.0/24 reaching it to table local, whose local route 10.8.1.0/24 "
