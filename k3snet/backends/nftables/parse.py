@@ -666,6 +666,13 @@ def _own_forward(match: Match) -> tuple[NetObject, bool] | None:
 # ---------------------------------------------------------------- foreign rules
 
 
+def _may_name_a_device(name: str) -> bool:
+    """Whether the kernel lets a device take ``name`` (``dev_valid_name``: 1 to 15 bytes,
+    not ``.`` or ``..``, no ``/``, ``:`` or whitespace)."""
+    return (0 < len(name.encode(errors="surrogateescape")) < 16 and name not in (".", "..")
+            and not any(c in "/:" or c.isspace() for c in name))
+
+
 def _disjoint(cond: Match, family: int, source: Network, destination: Network | None,
               oif: str | None) -> bool:
     """True when ``cond`` can never match a packet ``source -> destination`` leaving ``oif``."""
@@ -891,8 +898,10 @@ class ForeignReader:
             devices = chain.get("dev")
             devices = [devices] if isinstance(devices, str) else devices
             if where not in passed and isinstance(devices, list):
+                # (Not a name no device can take: Linux 6.10+ hooks a chain on a name with
+                # no device yet, and one with whitespace, "/" or ":" never gets one.)
                 self.device_bases.append((where, str(name), tuple(
-                    d for d in devices if isinstance(d, str))))
+                    d for d in devices if isinstance(d, str) and _may_name_a_device(d))))
             return
         if family not in ("ip", "ip6", "inet") or where in passed:
             return
