@@ -195,6 +195,30 @@ table ip filter {
     }
 }
 """
+# A return of the pods' packets (`oifname "eth*"`: eth0 too) before the accepts that would
+# take them: the returned packets meet the policy (or the chain that jumped, which goes on).
+# The read took the accepts after a partial return as accepting every packet: no warning,
+# while the kernel dropped the pods' connections.
+_RETURNED = """
+table ip filter {{
+    chain FORWARD {{
+        type filter hook forward priority 0; policy drop;
+{forward}    }}
+    chain FWD {{
+        oifname "eth*" return
+        ip saddr 10.42.0.0/16 accept
+        ip daddr 10.42.0.0/16 accept
+    }}
+}}
+"""
+RETURNED_IN_FORWARD = _RETURNED.format(forward=(
+    '        oifname "eth*" return\n        ip saddr 10.42.0.0/16 accept\n'
+    "        ip daddr 10.42.0.0/16 accept\n"))
+RETURNED_FROM_A_JUMP = _RETURNED.format(forward="        jump FWD\n")
+RETURNED_FROM_A_GOTO = _RETURNED.format(forward="        goto FWD\n")
+RETURNED_AND_ACCEPTED_AFTER_THE_JUMP = _RETURNED.format(forward=(
+    "        jump FWD\n        ip saddr 10.42.0.0/16 accept\n"
+    "        ip daddr 10.42.0.0/16 accept\n"))
 # Base chains on the prerouting and postrouting hooks: forwarded packets pass them too,
 # a nat chain's only for a connection's first packet (tests/nftables/test_foreign_defaults.py
 # ::test_real_packets_... shows what the kernel does with each).
@@ -325,6 +349,14 @@ CASES: dict[str, tuple[str, list[str] | None]] = {
     "firewalld's reverse-path check, and a catch-all reject after the pods' accepts": (
         RPFILTER_BESIDE_ACCEPTS, None),
     "a K3s-like FORWARD whose flannel chain accepts the cluster CIDR": (K3S_LIKE, None),
+    "a policy drop whose chain returns the pods' packets before accepting them": (
+        RETURNED_IN_FORWARD, ["nftables: ip filter chain FORWARD, ", "(policy drop)"]),
+    "a policy drop whose chain jumps to one returning the pods' packets, then accepting": (
+        RETURNED_FROM_A_JUMP, ["nftables: ip filter chain FORWARD, ", "(policy drop)"]),
+    "a policy drop whose chain goes to one returning the pods' packets, then accepting": (
+        RETURNED_FROM_A_GOTO, ["nftables: ip filter chain FORWARD, ", "(policy drop)"]),
+    "a policy drop accepting the pods' packets a chain jumped to returned": (
+        RETURNED_AND_ACCEPTED_AFTER_THE_JUMP, None),
 }
 
 

@@ -22,7 +22,7 @@ import pytest
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.cli import main
 from k3snet.lab import SeedLab
-from k3snet.lab.netns import run_in
+from k3snet.lab.netns import NetnsCommandError, run_in
 from k3snet.model import ForwardBlock
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
@@ -62,3 +62,21 @@ def test_an_ingress_chain_on_several_devices_is_a_drop_by_each(ns: str) -> None:
     assert {(b.in_interface, str(b.source), str(b.destination)) for b in blocks} == {
         ("cni0", "10.42.0.0/16", "192.168.2.0/24"),
         ("flannel.1", "10.42.0.0/16", "192.168.2.0/24")}
+
+
+@pytest.mark.kernel
+def test_an_ingress_chain_on_a_name_no_device_can_take_drops_nothing_and_is_no_block(
+        ns: str) -> None:
+    # Linux 6.10+ hooks a netdev chain on a name no device holds yet; one with a space
+    # never gets a device (dev_valid_name), so the chain never sees a packet. It was read
+    # as a drop on every interface: a conflict with the pods' forward rule.
+    run_in(ns, ["ip", "link", "add", "cni0", "type", "veth", "peer", "name", "eth0"])
+    try:
+        run_in(ns, ["nft", "-f", "-"], input_text=(
+            'table netdev edge {\n\tchain in {\n\t\ttype filter hook ingress devices = { '
+            f'"x y", cni0 }} priority 0; policy accept;\n\t\t{DROP}\n\t}}\n}}\n'))
+    except NetnsCommandError:
+        pytest.skip("this kernel hooks no chain on a name without a device")
+    with NftablesBackend(ns, keep_read=False) as backend:
+        blocks = {o for o in backend.observe().foreign if isinstance(o, ForwardBlock)}
+    assert {b.in_interface for b in blocks} == {"cni0"}

@@ -124,3 +124,42 @@ def test_the_boot_file_refuses_a_rule_the_kernel_would_refuse() -> None:
     # An ip table's rule needs no meta nfproto test: two expressions fewer.
     with pytest.raises(ModelError, match="129 expressions"):
         render_nftables_conf(State(owned=[_largest(42)]), family="split")
+
+
+def _excluded6(count: int, prefix: int = 33) -> list[str]:
+    """``count`` IPv6 exclusions of ``prefix`` bits in fd00::/8 that aggregate to nothing."""
+    step = 1 << (128 - prefix + 1)
+    return [str(ipaddress.ip_network((int(ipaddress.ip_address("fd00::")) + i * step, prefix)))
+            for i in range(count)]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("syntax", ["nft", "json"])
+def test_an_ipv6_nat_rule_over_the_kernels_room_for_one_rule_is_refused_naming_it(
+        ns: str, syntax: Syntax) -> None:
+    # IPv6 exclusions whose length is not a multiple of 8 (a load, a bitwise of 16-byte
+    # masks, a compare: about 128 bytes each) reach the kernel's 4096 bytes of one rule's
+    # expressions at 32, 101 expressions: far below the count refused before sending.
+    # The kernel's "File too large" quoted the batch's `create table` and named no change.
+    kept = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+    with NftablesBackend(ns, syntax=syntax, keep_read=False) as backend:
+        backend.apply(plan(backend.observe(), State(owned=[kept])))
+        before = _ruleset(ns)
+        too_large = MasqueradeRule("fd42:42::/56", exclude=_excluded6(32))
+        assert nft_expressions(too_large) < NFT_RULE_EXPRESSIONS
+        p = plan(backend.observe(), State(owned=[kept, too_large]))
+        (problem,) = backend.check(p)
+        assert "more than 4096 bytes" in problem
+        assert too_large.describe() in problem
+        with pytest.raises(ApplyError, match="nothing was changed") as raised:
+            backend.apply(p)
+        assert raised.value.failed is not None
+        assert raised.value.failed.after == too_large
+        assert "more than 4096 bytes" in str(raised.value)
+        assert _ruleset(ns) == before
+        # One exclusion fewer fits: nothing is refused before the kernel refuses it.
+        fits = MasqueradeRule("fd42:42::/56", exclude=_excluded6(31))
+        p = plan(backend.observe(), State(owned=[kept, fits]))
+        assert backend.check(p) == ()
+        backend.apply(p)
+        assert set(backend.observe(refresh=True).owned) == {kept, fits}

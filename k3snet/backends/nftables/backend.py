@@ -1002,7 +1002,9 @@ class NftablesBackend(BackendBase):
             return tuple(problem for _, problem in batch.too_large)
         rc, error = kernel.run(batch.text(), json_input=batch.json, dry_run=True)
         if rc != 0:
-            return (f"nftables would refuse the transaction: {first_lines(error)}",)
+            roomy = batch.too_roomy(error)
+            return (f"nftables would refuse the transaction: "
+                    f"{roomy[1] if roomy is not None else first_lines(error)}",)
         return ()
 
     def _apply(self, kernel: NftKernel, plan: Plan) -> ApplyResult:
@@ -1032,9 +1034,12 @@ class NftablesBackend(BackendBase):
                 self._kept.forget()
             cause = "injected failure (fault hook)" if inject is not None else "nftables"
             owner = inject if inject is not None else batch.owner_in(error)
+            roomy = batch.too_roomy(error) if inject is None else None
+            if roomy is not None:
+                owner = roomy[0] if owner is None else owner
             raise ApplyError(
                 f"{cause}: the kernel refused the transaction, nothing was changed: "
-                f"{first_lines(error)}",
+                f"{roomy[1] if roomy is not None else first_lines(error)}",
                 failed=plan.changes[owner] if owner is not None else None,
             )
         try:

@@ -15,7 +15,15 @@ from __future__ import annotations
 from k3snet.backends.nftables.cache import Key, Table
 from k3snet.backends.nftables.text import as_listed
 from k3snet.model import NetObject
-from k3snet.render.nftables import CHAIN_HOOKS, MARKER_CHAIN, NAT_CHAIN, nft_rules, too_large
+from k3snet.render.nftables import (
+    CHAIN_HOOKS,
+    MARKER_CHAIN,
+    NAT_CHAIN,
+    NFT_RULE_BYTES,
+    nft_rule_bytes,
+    nft_rules,
+    too_large,
+)
 from k3snet.render.nftables_batch import NftCommands, Syntax
 
 __all__ = ["IMPOSSIBLE_HANDLE", "Batch", "Syntax"]
@@ -46,6 +54,8 @@ class Batch:
         self.created_chains: list[tuple[str, str]] = []
         # (change, why): added rules the kernel would refuse as too long, never sent
         self.too_large: list[tuple[int | None, str]] = []
+        # (room, change, rule): the added rule whose address matches take the most room
+        self.roomiest: tuple[int, int | None, NetObject] | None = None
 
     @property
     def empty(self) -> bool:
@@ -98,6 +108,9 @@ class Batch:
         problem = too_large(obj, inet=family == "inet")
         if problem is not None:
             self.too_large.append((owner, problem))
+        room = nft_rule_bytes(obj)
+        if self.roomiest is None or room > self.roomiest[0]:
+            self.roomiest = (room, owner, obj)
         rules = nft_rules(obj, inet=family == "inet")
         self.bodies[key] = (rules[0].chain, as_listed(rules[0].body))  # for the kept read
         for slot, command in enumerate(self.nft.add_rules(family, obj, rules)):
@@ -123,6 +136,20 @@ class Batch:
                          if owner is not None and owner >= change), len(self.commands))
         self.commands.insert(position, self.nft.delete_rule(family, NAT_CHAIN, IMPOSSIBLE_HANDLE))
         self.owners.insert(position, change)
+
+    def too_roomy(self, error: str) -> tuple[int | None, str] | None:
+        """When the kernel refused a rule as too large (``File too large``: its
+        expressions take more than :data:`NFT_RULE_BYTES`, which IPv6 exclusions not
+        ending on a byte reach before the count of expressions), the added rule that
+        takes the most room, and why (``None``: another refusal, or no rule added)."""
+        if "File too large" not in error or self.roomiest is None:
+            return None
+        _, owner, obj = self.roomiest
+        return owner, (
+            f"the kernel refuses a rule whose expressions take more than {NFT_RULE_BYTES} "
+            f"bytes, and the largest of this transaction is {obj.describe()}: give it "
+            "fewer exclusions (an IPv6 prefix whose length is not a multiple of 8 takes "
+            "the most room, about 128 bytes), or split its destinations into several rules")
 
     def owner_in(self, error: str) -> int | None:
         """The change whose command an nft-syntax error message quotes, if any.

@@ -666,6 +666,13 @@ def _own_forward(match: Match) -> tuple[NetObject, bool] | None:
 # ---------------------------------------------------------------- foreign rules
 
 
+def _may_name_a_device(name: str) -> bool:
+    """Whether the kernel lets a device take ``name`` (``dev_valid_name``: 1 to 15 bytes,
+    not ``.`` or ``..``, no ``/``, ``:`` or whitespace)."""
+    return (0 < len(name.encode(errors="surrogateescape")) < 16 and name not in (".", "..")
+            and not any(c in "/:" or c.isspace() for c in name))
+
+
 def _disjoint(cond: Match, family: int, source: Network, destination: Network | None,
               oif: str | None) -> bool:
     """True when ``cond`` can never match a packet ``source -> destination`` leaving ``oif``."""
@@ -891,8 +898,10 @@ class ForeignReader:
             devices = chain.get("dev")
             devices = [devices] if isinstance(devices, str) else devices
             if where not in passed and isinstance(devices, list):
+                # (Not a name no device can take: Linux 6.10+ hooks a chain on a name with
+                # no device yet, and one with whitespace, "/" or ":" never gets one.)
                 self.device_bases.append((where, str(name), tuple(
-                    d for d in devices if isinstance(d, str))))
+                    d for d in devices if isinstance(d, str) and _may_name_a_device(d))))
             return
         if family not in ("ip", "ip6", "inet") or where in passed:
             return
@@ -1127,7 +1136,14 @@ class ForeignReader:
                 depth: int, *, defaults: bool = False, reply: bool = False,
                 errors: bool = False) -> bool | None:
         """Walk ``chain`` for ``rule``'s packets: True (all accepted), False (some may be
-        dropped, or k3snet cannot tell), None (they all leave the chain unjudged)."""
+        dropped, or k3snet cannot tell), None (they all leave the chain unjudged).
+
+        A ``return`` of some of the packets sends those on unjudged (at a base chain, to
+        its policy): an accept of the rest after it is then no True but None, for the
+        policy (or the calling chain) to judge them all, as the kernel does the returned
+        ones (``oifname "eth*" return`` before ``oifname "eth0" accept`` under policy
+        drop drops eth0's packets)."""
+        escaped = False  # some packets returned before: an accept takes only the rest
         for match in self._rules(where, chain):
             verdict = match.verdict
             if verdict is None or _misses(match, rule):
@@ -1137,10 +1153,11 @@ class ForeignReader:
             whole = _covers(match, rule, reply=reply, errors=errors)
             if verdict in ("accept", "masquerade", "snat"):  # a nat chain's NAT ends it too
                 if whole:
-                    return True
+                    return None if escaped else True
             elif verdict == "return":
                 if whole:
                     return None
+                escaped = True
             elif verdict in ("jump", "goto") and match.target and depth < _MAX_JUMP_DEPTH:
                 sub = self._passes(where, match.target, rule, depth + 1, defaults=defaults,
                                    reply=reply, errors=errors)
@@ -1150,7 +1167,7 @@ class ForeignReader:
                 if sub is False or (verdict == "goto" and sub is None and not whole):
                     return False
                 if whole and (sub is True or verdict == "goto"):
-                    return sub
+                    return None if escaped and sub is True else sub
             else:  # a drop, a reject, a target k3snet cannot see into, a jump too deep
                 return False
         return None
