@@ -1823,7 +1823,9 @@ class CiliumBackend(BackendBase):
         if option is not None and option.value is not None:
             if option.given.startswith("--"):  # pflag: ParseBool, or the agent exits
                 return parse_go_bool(option.value) is False
-            return not read_go_flag(option.value)  # viper: one it cannot read is false
+            # viper: GetBool's ParseBool of the variable as set, untrimmed (only the config
+            # directory's files are trimmed); one it cannot read is false.
+            return parse_go_bool(option.value) is not True
         return self._sources_keep_ip_masq_agent_off(name, other)
 
     def _sources_keep_ip_masq_agent_off(self, name: str, other: Mapping[str, Any]

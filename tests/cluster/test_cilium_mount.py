@@ -1850,3 +1850,18 @@ def test_a_second_agent_daemonset_run_through_a_shell_s_script_is_a_warning_not_
         assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
     assert any("DaemonSet kube-system/cilium-gpu" in r.getMessage()
                and "is not judged" in r.getMessage() for r in caplog.records)
+
+
+def test_a_second_agent_daemonset_s_variable_from_a_configmap_is_read_untrimmed(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # A ConfigMap's value from a YAML block scalar ends in a newline; the kubelet sets the
+    # variable so, and viper's GetBool (Go's ParseBool, untrimmed, unlike the files of the
+    # config directory) reads "true\n" as false: cilium-gpu's agents run no ip-masq-agent,
+    # yet k3snet trimmed it and refused turning it on for cilium-gpu's lack of /etc/config.
+    _gpu_copy(api_server, env=_masq_from(
+        {"configMapKeyRef": {"name": "cilium-gpu-env", "key": "masq"}}))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu-env", {"masq": "true\n"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+
