@@ -1801,12 +1801,12 @@ class CiliumBackend(BackendBase):
         variable from a ``configMapKeyRef`` read from that ConfigMap, as the kubelet sets
         it), or, given neither, their ``config`` init container does not take the key from
         ``cilium-config`` (``ConfigSources.dropped``), or takes it from a ConfigMap it
-        lays over it (``ConfigSources.configmaps_after``; what they take instead is not
-        judged). Its mount does not matter to k3snet's write then: the agents keep the
-        ip-masq-agent as they run it. Why it is not known, a text (a value set where the
-        pod runs, a ConfigMap k3snet may not read, a shell's script, a config file): a
-        warning, not judged, since their agents may run no ip-masq-agent and a refusal
-        would block a valid write."""
+        lays over it, its value turning it off (``ConfigSources.configmaps_after``; one
+        turning it on is judged; what they take instead is not). Its mount does not
+        matter to k3snet's write then: the agents keep the ip-masq-agent as they run it.
+        Why it is not known, a text (a value set where the pod runs, a ConfigMap k3snet
+        may not read, a shell's script, a config file): a warning, not judged, since their
+        agents may run no ip-masq-agent and a refusal would block a valid write."""
         key = "enable-ip-masq-agent"
         given = agent_options(other, (key,), booleans=(key,)).get(key)
         option: AgentOption | str | None = given
@@ -1853,7 +1853,10 @@ class CiliumBackend(BackendBase):
                     f"of DaemonSet {namespace}/{name} is not known, so their mount of the "
                     f"ConfigMap {self._api.agent_name} is not judged")[:1000]
             if data is not None and key in data:
-                return True  # the resolver lays it over cilium-config's
+                # The resolver lays it over cilium-config's: its value decides, read as
+                # the agent reads the file (trimmed); one turning it on is judged as a
+                # variable turning it on is.
+                return not read_go_flag(data[key])
         return False
 
     def _variable_from_configmap(self, name: str, other: Mapping[str, Any],

@@ -1865,3 +1865,21 @@ def test_a_second_agent_daemonset_s_variable_from_a_configmap_is_read_untrimmed(
     backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
     assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
 
+
+def test_a_second_agent_daemonset_s_own_configmap_turning_the_ip_masq_agent_on_is_judged(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # Its config init container lays cilium-gpu over cilium-config, and cilium-gpu turns
+    # the ip-masq-agent on (a block scalar's "true\n": the config directory's files are
+    # trimmed): its agents run it and read /etc/config as a variable turning it on makes
+    # them do, yet k3snet took any value of the key as keeping it off and judged no mount.
+    _gpu_copy(api_server, init=["--source=config-map:cilium-config,config-map:cilium-gpu"])
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu",
+                                         {"enable-ip-masq-agent": "true\n"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
+    # "false" (or a value viper reads as false) keeps it off: not judged.
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu",
+                                         {"enable-ip-masq-agent": "no"}))
+    assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
