@@ -1643,7 +1643,7 @@ class CiliumBackend(BackendBase):
                                          lists=_LIST_OPTIONS).items():
             if option.value is None and option.given.startswith("$"):
                 # A variable from a ConfigMap k3snet can read: as the kubelet sets it.
-                read = self._variable_from_configmap(name, daemonset, option)
+                read = self._variable_from_configmap(name, daemonset, key, option)
                 if read is None:
                     continue  # not set: the config directory's value
                 given = (option._replace(unknown=read) if isinstance(read, str) else read)
@@ -1811,7 +1811,7 @@ class CiliumBackend(BackendBase):
         given = agent_options(other, (key,), booleans=(key,)).get(key)
         option: AgentOption | str | None = given
         if given is not None and given.value is None:
-            option = (self._variable_from_configmap(name, other, given)
+            option = (self._variable_from_configmap(name, other, key, given)
                       if given.given.startswith("$") else str(given.unknown))
         if isinstance(option, str):
             assert given is not None
@@ -1859,21 +1859,31 @@ class CiliumBackend(BackendBase):
                 return not read_go_flag(data[key])
         return False
 
-    def _variable_from_configmap(self, name: str, other: Mapping[str, Any],
+    def _variable_from_configmap(self, name: str, other: Mapping[str, Any], key: str,
                                  option: AgentOption) -> AgentOption | str | None:
-        """``option``, a variable of the agents of DaemonSet ``name`` (JSON ``other``) not
-        known from its template, as the kubelet sets it from a ``configMapKeyRef``
-        (:func:`variable_configmap_ref`; a ConfigMap of the pod's namespace): its value,
-        None where the ConfigMap or key is missing and the ref ``optional`` or the value
-        is empty (no variable to viper: the config directory's value), or why it is not
-        known, a text (another source, a ConfigMap not to be read, a required one missing:
-        the container does not start), to follow ``option.given`` and where."""
+        """``option``, the variable of ``key`` of the agents of DaemonSet ``name`` (JSON
+        ``other``) not known from its template, as the kubelet sets it from a
+        ``configMapKeyRef`` (:func:`variable_configmap_ref`; a ConfigMap of the pod's
+        namespace): its value, None where the ConfigMap or key is missing and the ref
+        ``optional`` or the value is empty (no variable to viper: the config directory's
+        value), or why it is not known, a text (another source, a ConfigMap not to be
+        read, a required one missing: the container does not start), to follow
+        ``option.given`` and where. One from ``cilium-config`` follows what k3snet writes
+        there (the kubelet reads it at each start of the container): from ``key`` itself,
+        None (``cilium-config``'s value, judged as such); from another key k3snet writes,
+        not known."""
         namespace = self._api.namespace
         where = (f"{option.given} of the {AGENT_CONTAINER} container of DaemonSet "
                  f"{namespace}/{name}")
         ref = variable_configmap_ref(other, option.given[1:])
         if not option.given.startswith("$") or ref is None:
             return str(option.unknown)
+        if ref.name == self._api.config_name and (ref.key == key or ref.key in CILIUM_KEYS):
+            # What k3snet leaves there, at the container's next start: from key itself,
+            # cilium-config's own value (judged as the config directory's).
+            return None if ref.key == key else (
+                f"taken from the key {ref.key} of {self._where()}, which k3snet writes: its "
+                "value at the agents' next start is not judged")
         data = self._api.foreign_data(namespace, ref.name, f"{where}'s configMapKeyRef")
         if isinstance(data, str):
             return data

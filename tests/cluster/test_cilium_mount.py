@@ -1883,3 +1883,36 @@ def test_a_second_agent_daemonset_s_own_configmap_turning_the_ip_masq_agent_on_i
     api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu",
                                          {"enable-ip-masq-agent": "no"}))
     assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+
+
+def test_a_second_agent_daemonset_s_variable_from_cilium_config_s_own_key_follows_the_write(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # cilium-gpu's CILIUM_ENABLE_IP_MASQ_AGENT comes from cilium-config's own
+    # enable-ip-masq-agent: the kubelet sets it to the value k3snet writes there at the
+    # next start of its pods. k3snet took the value before the write ("false") as keeping
+    # the ip-masq-agent off, and did not judge cilium-gpu's lack of /etc/config.
+    _gpu_copy(api_server, env=_masq_from({"configMapKeyRef": {
+        "name": "cilium-config", "key": "enable-ip-masq-agent", "optional": True}}))
+    api_server.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-ip-masq-agent": "false"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
+
+
+def test_a_second_agent_daemonset_s_variable_from_another_cilium_config_key_is_a_warning(
+    api_server: EmulatedApiServer, api_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # From another key of cilium-config k3snet writes, the variable takes the value k3snet
+    # leaves there at the next start of cilium-gpu's pods: the value read before the write
+    # ("false" keeping the ip-masq-agent off) is not theirs then, so it is not known.
+    _gpu_copy(api_server, env=_masq_from({"configMapKeyRef": {
+        "name": "cilium-config", "key": "enable-bpf-masquerade"}}))
+    api_server.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-bpf-masquerade": "false"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    with caplog.at_level(logging.WARNING, logger="k3snet"):
+        assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    assert "taken from the key enable-bpf-masquerade of ConfigMap kube-system/cilium-config, " \
+        "which k3snet writes" in caplog.text
