@@ -1888,10 +1888,12 @@ class CiliumBackend(BackendBase):
         if isinstance(data, str):
             return data
         if data is None or ref.key not in data:
-            if ref.optional:
+            if ref.optional and not ref.shadowed:
                 return None  # the kubelet sets no variable
             return (f"the key {ref.key} of ConfigMap {namespace}/{ref.name} it is taken "
-                    "from is missing (its container does not start)")
+                    "from is missing " + (
+                        "(the variable is then an envFrom's or an earlier env entry's)"
+                        if ref.optional else "(its container does not start)"))
         value = data[ref.key]
         return option._replace(value=value, unknown=None) if value else None
 

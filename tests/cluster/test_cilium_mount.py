@@ -1916,3 +1916,32 @@ def test_a_second_agent_daemonset_s_variable_from_another_cilium_config_key_is_a
         assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
     assert "taken from the key enable-bpf-masquerade of ConfigMap kube-system/cilium-config, " \
         "which k3snet writes" in caplog.text
+
+
+@pytest.mark.parametrize("beside", ["envFrom", "earlier"])
+def test_a_second_agent_daemonset_s_variable_from_a_configmap_wins_over_envfrom(
+    beside: str, api_server: EmulatedApiServer, api_client: Any,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kubelet sets the last env entry over an envFrom's (and an earlier entry's) value:
+    # cilium-gpu's ConfigMap turns the ip-masq-agent on, and its lack of /etc/config was not
+    # judged (the variable taken as not known for the envFrom beside it).
+    env = _masq_from({"configMapKeyRef": {
+        "name": "cilium-gpu-env", "key": "masq", "optional": True}})
+    if beside == "earlier":
+        env.insert(0, {"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "value": "false"})
+    gpu = _gpu_copy(api_server, env=env)
+    if beside == "envFrom":
+        _pod(gpu)["containers"][0]["envFrom"] = [
+            {"prefix": "CILIUM_ENABLE_", "configMapRef": {"name": "cilium-gpu-all"}}]
+        api_server.put(DAEMONSETS, gpu)
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu-env", {"masq": "true"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
+    # The key missing, the optional ref sets nothing: the envFrom's (or the earlier
+    # entry's) value is left, not known here: a warning, not a refusal.
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu-env", {}))
+    with caplog.at_level(logging.WARNING, logger="k3snet"):
+        assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    assert "an envFrom's or an earlier env entry's" in caplog.text
