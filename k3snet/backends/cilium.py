@@ -1643,7 +1643,7 @@ class CiliumBackend(BackendBase):
                                          lists=_LIST_OPTIONS).items():
             if option.value is None and option.given.startswith("$"):
                 # A variable from a ConfigMap k3snet can read: as the kubelet sets it.
-                read = self._variable_from_configmap(name, daemonset, option)
+                read = self._variable_from_configmap(name, daemonset, key, option)
                 if read is None:
                     continue  # not set: the config directory's value
                 given = (option._replace(unknown=read) if isinstance(read, str) else read)
@@ -1801,17 +1801,17 @@ class CiliumBackend(BackendBase):
         variable from a ``configMapKeyRef`` read from that ConfigMap, as the kubelet sets
         it), or, given neither, their ``config`` init container does not take the key from
         ``cilium-config`` (``ConfigSources.dropped``), or takes it from a ConfigMap it
-        lays over it (``ConfigSources.configmaps_after``; what they take instead is not
-        judged). Its mount does not matter to k3snet's write then: the agents keep the
-        ip-masq-agent as they run it. Why it is not known, a text (a value set where the
-        pod runs, a ConfigMap k3snet may not read, a shell's script, a config file): a
-        warning, not judged, since their agents may run no ip-masq-agent and a refusal
-        would block a valid write."""
+        lays over it, its value turning it off (``ConfigSources.configmaps_after``; one
+        turning it on is judged; what they take instead is not). Its mount does not
+        matter to k3snet's write then: the agents keep the ip-masq-agent as they run it.
+        Why it is not known, a text (a value set where the pod runs, a ConfigMap k3snet
+        may not read, a shell's script, a config file): a warning, not judged, since their
+        agents may run no ip-masq-agent and a refusal would block a valid write."""
         key = "enable-ip-masq-agent"
         given = agent_options(other, (key,), booleans=(key,)).get(key)
         option: AgentOption | str | None = given
         if given is not None and given.value is None:
-            option = (self._variable_from_configmap(name, other, given)
+            option = (self._variable_from_configmap(name, other, key, given)
                       if given.given.startswith("$") else str(given.unknown))
         if isinstance(option, str):
             assert given is not None
@@ -1823,7 +1823,9 @@ class CiliumBackend(BackendBase):
         if option is not None and option.value is not None:
             if option.given.startswith("--"):  # pflag: ParseBool, or the agent exits
                 return parse_go_bool(option.value) is False
-            return not read_go_flag(option.value)  # viper: one it cannot read is false
+            # viper: GetBool's ParseBool of the variable as set, untrimmed (only the config
+            # directory's files are trimmed); one it cannot read is false.
+            return parse_go_bool(option.value) is not True
         return self._sources_keep_ip_masq_agent_off(name, other)
 
     def _sources_keep_ip_masq_agent_off(self, name: str, other: Mapping[str, Any]
@@ -1851,32 +1853,47 @@ class CiliumBackend(BackendBase):
                     f"of DaemonSet {namespace}/{name} is not known, so their mount of the "
                     f"ConfigMap {self._api.agent_name} is not judged")[:1000]
             if data is not None and key in data:
-                return True  # the resolver lays it over cilium-config's
+                # The resolver lays it over cilium-config's: its value decides, read as
+                # the agent reads the file (trimmed); one turning it on is judged as a
+                # variable turning it on is.
+                return not read_go_flag(data[key])
         return False
 
-    def _variable_from_configmap(self, name: str, other: Mapping[str, Any],
+    def _variable_from_configmap(self, name: str, other: Mapping[str, Any], key: str,
                                  option: AgentOption) -> AgentOption | str | None:
-        """``option``, a variable of the agents of DaemonSet ``name`` (JSON ``other``) not
-        known from its template, as the kubelet sets it from a ``configMapKeyRef``
-        (:func:`variable_configmap_ref`; a ConfigMap of the pod's namespace): its value,
-        None where the ConfigMap or key is missing and the ref ``optional`` or the value
-        is empty (no variable to viper: the config directory's value), or why it is not
-        known, a text (another source, a ConfigMap not to be read, a required one missing:
-        the container does not start), to follow ``option.given`` and where."""
+        """``option``, the variable of ``key`` of the agents of DaemonSet ``name`` (JSON
+        ``other``) not known from its template, as the kubelet sets it from a
+        ``configMapKeyRef`` (:func:`variable_configmap_ref`; a ConfigMap of the pod's
+        namespace): its value, None where the ConfigMap or key is missing and the ref
+        ``optional`` or the value is empty (no variable to viper: the config directory's
+        value), or why it is not known, a text (another source, a ConfigMap not to be
+        read, a required one missing: the container does not start), to follow
+        ``option.given`` and where. One from ``cilium-config`` follows what k3snet writes
+        there (the kubelet reads it at each start of the container): from ``key`` itself,
+        None (``cilium-config``'s value, judged as such); from another key k3snet writes,
+        not known."""
         namespace = self._api.namespace
         where = (f"{option.given} of the {AGENT_CONTAINER} container of DaemonSet "
                  f"{namespace}/{name}")
         ref = variable_configmap_ref(other, option.given[1:])
         if not option.given.startswith("$") or ref is None:
             return str(option.unknown)
+        if ref.name == self._api.config_name and (ref.key == key or ref.key in CILIUM_KEYS):
+            # What k3snet leaves there, at the container's next start: from key itself,
+            # cilium-config's own value (judged as the config directory's).
+            return None if ref.key == key else (
+                f"taken from the key {ref.key} of {self._where()}, which k3snet writes: its "
+                "value at the agents' next start is not judged")
         data = self._api.foreign_data(namespace, ref.name, f"{where}'s configMapKeyRef")
         if isinstance(data, str):
             return data
         if data is None or ref.key not in data:
-            if ref.optional:
+            if ref.optional and not ref.shadowed:
                 return None  # the kubelet sets no variable
             return (f"the key {ref.key} of ConfigMap {namespace}/{ref.name} it is taken "
-                    "from is missing (its container does not start)")
+                    "from is missing " + (
+                        "(the variable is then an envFrom's or an earlier env entry's)"
+                        if ref.optional else "(its container does not start)"))
         value = data[ref.key]
         return option._replace(value=value, unknown=None) if value else None
 

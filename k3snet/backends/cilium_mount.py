@@ -494,34 +494,39 @@ class ConfigMapRef(NamedTuple):
     optional: bool
     """``optional: true``: the ConfigMap or its key missing, the kubelet sets no variable
     (else the container does not start)."""
+    shadowed: bool = False
+    """An ``envFrom`` (a ``prefix`` the name starts with) or an earlier ``env`` entry may
+    set it too: what is left where ``optional`` and missing (the key present, the last
+    ``env`` entry wins over them all, as the kubelet sets them)."""
 
 
 def variable_configmap_ref(daemonset: Mapping[str, Any], variable: str) -> ConfigMapRef | None:
     """The ConfigMap key the ``cilium-agent`` container of ``daemonset`` takes its
-    ``variable`` from, where nothing else may set it: the last ``env`` entry naming it
-    is a ``configMapKeyRef`` and no earlier one names it, nor may an ``envFrom`` (a
-    ``prefix`` it starts with) set it, which the kubelet's ``optional`` ref left unset
-    would leave (None: not so, or no such entry).
+    ``variable`` from: the last ``env`` entry naming it is a ``configMapKeyRef`` (None:
+    not so, or no such entry), ``shadowed`` where an earlier one names it or an
+    ``envFrom`` (a ``prefix`` it starts with) may set it, which the kubelet's
+    ``optional`` ref left unset would leave.
 
     >>> agent = {"name": "cilium-agent", "env": [{"name": "CILIUM_DEBUG", "valueFrom": {
     ...     "configMapKeyRef": {"name": "pool", "key": "debug", "optional": True}}}]}
     >>> variable_configmap_ref(
     ...     {"spec": {"template": {"spec": {"containers": [agent]}}}}, "CILIUM_DEBUG")
-    ConfigMapRef(name='pool', key='debug', optional=True)
+    ConfigMapRef(name='pool', key='debug', optional=True, shadowed=False)
     """
     _, agent = _pod_and_agent(daemonset)
     if agent is None:
         return None
     named = [e for e in _dicts(agent.get("env")) if e.get("name") == variable]
-    if len(named) != 1 or any(variable.startswith(_text(source.get("prefix")))
-                              for source in _dicts(agent.get("envFrom"))):
+    if not named:
         return None
-    value_from = named[0].get("valueFrom")
+    value_from = named[-1].get("valueFrom")
     ref = value_from.get("configMapKeyRef") if isinstance(value_from, dict) else None
     if not isinstance(ref, dict) or not _text(ref.get("name")) or not _text(ref.get("key")):
         return None
+    shadowed = len(named) > 1 or any(variable.startswith(_text(source.get("prefix")))
+                                     for source in _dicts(agent.get("envFrom")))
     return ConfigMapRef(_text(ref.get("name")), _text(ref.get("key")),
-                        ref.get("optional") is True)
+                        ref.get("optional") is True, shadowed)
 
 
 # What a container's environment gives a $(NAME) of its command or args: the text, or

@@ -686,3 +686,17 @@ def test_the_agent_s_flags_behind_an_init_process_are_read(
     _setup(api_server, EBPF, ds)
     assert _foreign(backend).agent_options == (
         CiliumAgentOption("enable-ip-masq-agent", "true", "--enable-ip-masq-agent"),)
+
+
+def test_a_variable_from_cilium_config_s_own_key_is_cilium_config_s_value_not_an_override(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The kubelet sets CILIUM_ENABLE_IPV4_MASQUERADE from cilium-config's own key at each
+    # start of the agent: it follows what k3snet writes there. k3snet read the value
+    # before the write ("false") as the agent's variable overriding cilium-config, and
+    # refused the write turning masquerading on as having no effect on the agents.
+    _setup(api_server, {**EBPF, "enable-ipv4-masquerade": "false"}, _daemonset(env=[
+        {"name": "CILIUM_ENABLE_IPV4_MASQUERADE", "valueFrom": {"configMapKeyRef": {
+            "name": "cilium-config", "key": "enable-ipv4-masquerade"}}}]))
+    assert _foreign(backend).agent_options == ()
+    assert _reasons(backend, _spec(enableIPv4Masquerade=True)) == []

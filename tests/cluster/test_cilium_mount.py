@@ -1850,3 +1850,98 @@ def test_a_second_agent_daemonset_run_through_a_shell_s_script_is_a_warning_not_
         assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
     assert any("DaemonSet kube-system/cilium-gpu" in r.getMessage()
                and "is not judged" in r.getMessage() for r in caplog.records)
+
+
+def test_a_second_agent_daemonset_s_variable_from_a_configmap_is_read_untrimmed(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # A ConfigMap's value from a YAML block scalar ends in a newline; the kubelet sets the
+    # variable so, and viper's GetBool (Go's ParseBool, untrimmed, unlike the files of the
+    # config directory) reads "true\n" as false: cilium-gpu's agents run no ip-masq-agent,
+    # yet k3snet trimmed it and refused turning it on for cilium-gpu's lack of /etc/config.
+    _gpu_copy(api_server, env=_masq_from(
+        {"configMapKeyRef": {"name": "cilium-gpu-env", "key": "masq"}}))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu-env", {"masq": "true\n"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+
+
+def test_a_second_agent_daemonset_s_own_configmap_turning_the_ip_masq_agent_on_is_judged(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # Its config init container lays cilium-gpu over cilium-config, and cilium-gpu turns
+    # the ip-masq-agent on (a block scalar's "true\n": the config directory's files are
+    # trimmed): its agents run it and read /etc/config as a variable turning it on makes
+    # them do, yet k3snet took any value of the key as keeping it off and judged no mount.
+    _gpu_copy(api_server, init=["--source=config-map:cilium-config,config-map:cilium-gpu"])
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu",
+                                         {"enable-ip-masq-agent": "true\n"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
+    # "false" (or a value viper reads as false) keeps it off: not judged.
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu",
+                                         {"enable-ip-masq-agent": "no"}))
+    assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+
+
+def test_a_second_agent_daemonset_s_variable_from_cilium_config_s_own_key_follows_the_write(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # cilium-gpu's CILIUM_ENABLE_IP_MASQ_AGENT comes from cilium-config's own
+    # enable-ip-masq-agent: the kubelet sets it to the value k3snet writes there at the
+    # next start of its pods. k3snet took the value before the write ("false") as keeping
+    # the ip-masq-agent off, and did not judge cilium-gpu's lack of /etc/config.
+    _gpu_copy(api_server, env=_masq_from({"configMapKeyRef": {
+        "name": "cilium-config", "key": "enable-ip-masq-agent", "optional": True}}))
+    api_server.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-ip-masq-agent": "false"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
+
+
+def test_a_second_agent_daemonset_s_variable_from_another_cilium_config_key_is_a_warning(
+    api_server: EmulatedApiServer, api_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # From another key of cilium-config k3snet writes, the variable takes the value k3snet
+    # leaves there at the next start of cilium-gpu's pods: the value read before the write
+    # ("false" keeping the ip-masq-agent off) is not theirs then, so it is not known.
+    _gpu_copy(api_server, env=_masq_from({"configMapKeyRef": {
+        "name": "cilium-config", "key": "enable-bpf-masquerade"}}))
+    api_server.put(CONFIGMAPS, _cilium_config({**HELM_K3S_DATA,
+                                               "enable-bpf-masquerade": "false"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    with caplog.at_level(logging.WARNING, logger="k3snet"):
+        assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    assert "taken from the key enable-bpf-masquerade of ConfigMap kube-system/cilium-config, " \
+        "which k3snet writes" in caplog.text
+
+
+@pytest.mark.parametrize("beside", ["envFrom", "earlier"])
+def test_a_second_agent_daemonset_s_variable_from_a_configmap_wins_over_envfrom(
+    beside: str, api_server: EmulatedApiServer, api_client: Any,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kubelet sets the last env entry over an envFrom's (and an earlier entry's) value:
+    # cilium-gpu's ConfigMap turns the ip-masq-agent on, and its lack of /etc/config was not
+    # judged (the variable taken as not known for the envFrom beside it).
+    env = _masq_from({"configMapKeyRef": {
+        "name": "cilium-gpu-env", "key": "masq", "optional": True}})
+    if beside == "earlier":
+        env.insert(0, {"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "value": "false"})
+    gpu = _gpu_copy(api_server, env=env)
+    if beside == "envFrom":
+        _pod(gpu)["containers"][0]["envFrom"] = [
+            {"prefix": "CILIUM_ENABLE_", "configMapRef": {"name": "cilium-gpu-all"}}]
+        api_server.put(DAEMONSETS, gpu)
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu-env", {"masq": "true"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
+    # The key missing, the optional ref sets nothing: the envFrom's (or the earlier
+    # entry's) value is left, not known here: a warning, not a refusal.
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu-env", {}))
+    with caplog.at_level(logging.WARNING, logger="k3snet"):
+        assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
+    assert "an envFrom's or an earlier env entry's" in caplog.text
