@@ -151,20 +151,15 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 def _compile_k3snet() -> None:
-    """Byte-compile the k3snet the tests import, as ``pip install`` does and the
-    benchmarks do (``benchmarks/goals.py``): with ``PYTHONDONTWRITEBYTECODE=1`` set, a
-    checkout never gets ``.pyc`` files, and every process that imports k3snet compiled
-    it from source again, each pytest-xdist worker and each ``python -m k3snet`` a test
-    starts (about 0.4 s of CPU for the CLI's imports, about half of such a process's).
-    ``compileall`` writes the files whatever that variable says; a file it cannot write
-    (a read-only checkout) is left out silently, and a module then compiles as before.
-    Up to date, it reads the sources' dates only."""
-    import compileall  # noqa: PLC0415 - once per session
-    import importlib.util  # noqa: PLC0415
+    """Byte-compile the k3snet the tests import (``tests/bytecode.py``: why, and why the
+    ``.pyc`` files are checked against the sources' contents, not their dates)."""
+    import importlib.util  # noqa: PLC0415 - once per session
+
+    from tests.bytecode import compile_package  # noqa: PLC0415
 
     spec = importlib.util.find_spec("k3snet")
     for place in list(spec.submodule_search_locations or []) if spec is not None else []:
-        compileall.compile_dir(place, quiet=2)
+        compile_package(Path(place))
 
 
 def pytest_configure(config: pytest.Config) -> None:
