@@ -26,6 +26,17 @@ _CHECKED_HASH = (0b11).to_bytes(4, "little")
 """The flags of a checked-hash ``.pyc`` (PEP 552)."""
 
 
+def compile_imported(package: str, checkout: Path) -> None:
+    """Compile the ``package`` imports would find, if it lies in ``checkout``.
+
+    A copy installed elsewhere (site-packages, a system's package) has the ``.pyc`` files
+    its installer made, and is its owner's: this never rewrites them."""
+    spec = importlib.util.find_spec(package)
+    for place in list(spec.submodule_search_locations or []) if spec is not None else []:
+        if Path(place).resolve().is_relative_to(checkout.resolve()):
+            compile_package(Path(place))
+
+
 def compile_package(place: Path) -> None:
     """Compile each module under ``place`` whose ``.pyc`` is missing or not of its source.
 

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.bytecode import compile_package
+import pytest
+
+from tests.bytecode import compile_imported, compile_package
 
 
 def _imported_value(root: Path) -> str:
@@ -62,3 +64,20 @@ def test_a_place_it_cannot_write_or_a_module_it_cannot_compile_is_left_out(
     compile_package(tmp_path)
     assert _imported_value(tmp_path) == "kept"
     assert not (tmp_path / "broken" / "__pycache__").exists()
+
+
+def test_only_a_package_in_the_checkout_is_compiled_never_an_installed_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An installed copy's .pyc files are its installer's (pip's timestamp ones, listed in
+    # its RECORD; a system package's): rewriting them as checked-hash ones changed files
+    # the session does not own.
+    installed = tmp_path / "site-packages" / "k3snet_bytecode_probe"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text('VALUE = "installed"\n')
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.syspath_prepend(str(installed.parent))
+    compile_imported("k3snet_bytecode_probe", checkout)
+    assert not (installed / "__pycache__").exists()
+    compile_imported("k3snet_bytecode_probe", tmp_path)  # the same package, in the checkout given
+    assert (installed / "__pycache__").is_dir()
