@@ -150,28 +150,15 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # pytest then tears the fixtures down, as on Ctrl-C
 
 
-def _compile_k3snet() -> None:
-    """Byte-compile the k3snet the tests import, as ``pip install`` does and the
-    benchmarks do (``benchmarks/goals.py``): with ``PYTHONDONTWRITEBYTECODE=1`` set, a
-    checkout never gets ``.pyc`` files, and every process that imports k3snet compiled
-    it from source again, each pytest-xdist worker and each ``python -m k3snet`` a test
-    starts (about 0.4 s of CPU for the CLI's imports, about half of such a process's).
-    ``compileall`` writes the files whatever that variable says; a file it cannot write
-    (a read-only checkout) is left out silently, and a module then compiles as before.
-    Up to date, it reads the sources' dates only."""
-    import compileall  # noqa: PLC0415 - once per session
-    import importlib.util  # noqa: PLC0415
-
-    spec = importlib.util.find_spec("k3snet")
-    for place in list(spec.submodule_search_locations or []) if spec is not None else []:
-        compileall.compile_dir(place, quiet=2)
-
-
 def pytest_configure(config: pytest.Config) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)
     if not hasattr(config, "workerinput"):  # the controller, before the workers start
-        _compile_k3snet()
+        # Byte-compile the checkout's k3snet (tests/bytecode.py: why, and why the .pyc
+        # files are checked against the sources' contents, not their dates).
+        from tests.bytecode import compile_imported  # noqa: PLC0415 - once per session
+
+        compile_imported("k3snet", config.rootpath)
     # pytest keeps the test modules it rewrote (their asserts) only where Python may write
     # bytecode: with PYTHONDONTWRITEBYTECODE=1, each worker collects the whole suite and
     # rewrote all of it at every run (collecting tests/ took 38 s of CPU instead of 9).
