@@ -413,6 +413,17 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         "-A FORWARD ! -s 10.1.0.0/16 -d 10.1.0.0/16 -j RETURN\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
         {ForwardRule(POD, B)}),
+    "a return to a drop policy bounded by a destination the pair never meets, IPv6": (
+        "-A FORWARD -d fd99::/64 -m conntrack --ctstate NEW -j RETURN\n"
+        "-A FORWARD -s fd42::/56 -d fd02::/64 -j ACCEPT\n-A FORWARD -d fd42::/56 -j ACCEPT", 6,
+        {ForwardRule("fd42::/56", "fd02::/64")}),
+    "a return to a drop policy of a part of the pods hides the pair, IPv6": (
+        "-A FORWARD -s fd42::/64 -j RETURN\n"
+        "-A FORWARD -s fd42::/56 -d fd02::/64 -j ACCEPT\n-A FORWARD -d fd42::/56 -j ACCEPT", 6,
+        set()),
+    "a return to a drop policy with a match k3snet does not model hides the pair": (
+        "-A FORWARD -p tcp -d 10.1.0.0/16 -j RETURN\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
     "a return to a drop policy of other sources takes a router's errors to the pods": (
         # the accept of every source's packets to the pods (a router's ICMP errors among
         # them) is behind a RETURN of some of them
