@@ -407,7 +407,40 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
         {ForwardRule(POD, B)}),
     # A RETURN that leaves FORWARD (in FORWARD, or in a chain gone to) hands its packets
-    # to the policy, DROP here: a drop, as a DROP is. A queue hands them to a program.
+    # to the policy, DROP here: a drop, as a DROP is, of the accepts' packets it may
+    # match; one bounded to other addresses lets the pair be reached.
+    "a return to a drop policy bounded by a destination the pair never meets is passed": (
+        "-A FORWARD ! -s 10.1.0.0/16 -d 10.1.0.0/16 -j RETURN\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
+        {ForwardRule(POD, B)}),
+    "a return to a drop policy bounded by a destination the pair never meets, IPv6": (
+        "-A FORWARD -d fd99::/64 -m conntrack --ctstate NEW -j RETURN\n"
+        "-A FORWARD -s fd42::/56 -d fd02::/64 -j ACCEPT\n-A FORWARD -d fd42::/56 -j ACCEPT", 6,
+        {ForwardRule("fd42::/56", "fd02::/64")}),
+    "a return to a drop policy of a part of the pods hides the pair, IPv6": (
+        "-A FORWARD -s fd42::/64 -j RETURN\n"
+        "-A FORWARD -s fd42::/56 -d fd02::/64 -j ACCEPT\n-A FORWARD -d fd42::/56 -j ACCEPT", 6,
+        set()),
+    "a return to a drop policy with a match k3snet does not model hides the pair": (
+        "-A FORWARD -p tcp -d 10.1.0.0/16 -j RETURN\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a return to a drop policy of other sources takes a router's errors to the pods": (
+        # the accept of every source's packets to the pods (a router's ICMP errors among
+        # them) is behind a RETURN of some of them
+        "-A FORWARD -s 10.1.0.0/16 ! -d 10.1.0.0/16 -j RETURN\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a return to a drop policy of a part of the pods hides the pair": (
+        "-A FORWARD -s 10.42.1.0/24 -j RETURN\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a return to a drop policy through another way out is passed": (
+        f"-A FORWARD -d {B} -o eth1 -j RETURN\n"
+        f"-A FORWARD -s {POD} -d 192.168.0.0/16 -o eth0 -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -i eth0 -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
+        {ForwardRule(POD, "192.168.0.0/16", out_interface="eth0")}),
+    "a return to a drop policy through a wildcard holding the way out hides the pair": (
+        f"-A FORWARD -d {B} -o eth+ -j RETURN\n"
+        f"-A FORWARD -s {POD} -d 192.168.0.0/16 -o eth0 -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -i eth0 -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
     "a return of the pods' traffic to a drop policy hides the pair": (
         f"-A FORWARD -s {POD} -j RETURN\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),

@@ -66,3 +66,24 @@ def test_a_foreign_rule_met_only_when_the_kernel_lets_the_pods_packets_reach_it(
         with IptablesBackend(lab.node, mode=mode) as backend:
             assert _status(backend, wanted) == "met"
         assert lab.tcp_probe(family=4, timeout=2.0).ok
+
+
+@pytest.mark.kernel
+def test_a_return_to_forwards_policy_drop_of_other_addresses_leaves_the_pair_met(
+    require_root: None,
+) -> None:
+    """A RETURN whose packets are never the pair's (bounded to a destination neither
+    way of the pods' connection has) does not take them: the kernel lets them reach the
+    accepts, and the plan says the forward rule is met rather than writing its own."""
+    with SeedLab.create() as lab:
+        ipt = ["iptables-legacy", "-w"]
+        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
+        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                          "-j", "MASQUERADE"])
+        for rule in (["!", "-s", "10.1.0.0/16", "-d", "10.1.0.0/16", "-j", "RETURN"],
+                     ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"], ["-d", POD, "-j", "ACCEPT"]):
+            run_in(lab.node, [*ipt, "-A", "FORWARD", *rule])
+        with IptablesBackend(lab.node, mode="legacy") as backend:
+            assert _status(backend, ForwardRule(POD, DB_NET)) == "met"
+        assert lab.tcp_probe(family=4, timeout=2.0).ok

@@ -10,8 +10,8 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   and an out interface. Marks, negated sources, ``-p`` and anything else: skipped.
 * filter: an ``ACCEPT`` in FORWARD or a chain FORWARD jumps to, matching at most
   source, destination and interfaces, reached before any DROP/REJECT rule (but
-  kube-proxy's drop of ``INVALID`` packets), queue, or RETURN to a FORWARD
-  policy that is not ACCEPT, and
+  kube-proxy's drop of ``INVALID`` packets) or queue, and behind no RETURN to a
+  FORWARD policy that is not ACCEPT that may match its packets, and
   only if the replies are accepted too (a reverse plain accept, or a conntrack
   ``ESTABLISHED`` accept covering them), as flannel's ``FLANNEL-FWD`` pair does.
 
@@ -374,21 +374,46 @@ def foreign_forward(dump: TableDump | None, family: int, *,
 
 def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> list[RuleFields]:
     """The simple ``ACCEPT`` rules of FORWARD (and of the chains it jumps to, one level)
-    met before any drop or reject (but kube-proxy's drop of ``INVALID`` packets)."""
+    met before any drop, reject or queue (but kube-proxy's drop of ``INVALID`` packets),
+    and not behind a ``RETURN`` to FORWARD's policy, when that is not ``ACCEPT``, that
+    may match their packets (one of other addresses, flannel's, lets them be reached)."""
     accepts: list[RuleFields] = []
     dropped = dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT"
+    returns: list[RuleFields] = []  # the RETURNs to FORWARD's policy drop met so far
     for _, target, fields, _, leaves in _walk(dump, "FORWARD", ours):
         if target in _STOP:
             if fields is not None and fields.ctstate == "INVALID":
                 continue  # kube-proxy's drop of invalid packets: valid traffic goes on
             break  # what comes after a drop may never be reached
-        if target in ("NFQUEUE", "QUEUE") or (target == "RETURN" and leaves and dropped):
-            break  # a program's verdict, or FORWARD's policy drop: as a drop, above
+        if target in ("NFQUEUE", "QUEUE"):
+            break  # a program's verdict: as a drop, above
+        if target == "RETURN" and leaves and dropped:
+            if fields is None:
+                break  # which packets go to FORWARD's policy drop is unknown: as a drop
+            returns.append(fields)
+            continue
         if fields is None:
             continue
-        if fields.target == "ACCEPT" and not fields.source_neg and not fields.destination_neg:
+        if (fields.target == "ACCEPT" and not fields.source_neg and not fields.destination_neg
+                and not any(_may_take(earlier, fields) for earlier in returns)):
             accepts.append(fields)
     return accepts
+
+
+def _may_take(earlier: RuleFields, rule: RuleFields) -> bool:
+    """A rule ``earlier`` (a ``RETURN``, read by its addresses and interfaces; any other
+    match narrows it, and is read as none) may match some packets of ``rule``."""
+    for mine, negated, theirs in ((earlier.source, earlier.source_neg, rule.source),
+                                  (earlier.destination, earlier.destination_neg,
+                                   rule.destination)):
+        if mine is None or theirs is None:
+            continue  # (no match: any address; ``theirs`` any: some of it is ``mine``'s)
+        if negated and contains(mine, theirs):
+            return False  # skips every address of ``rule``'s
+        if not negated and not overlaps(mine, theirs):
+            return False
+    return (interfaces_may_meet(earlier.in_interface, rule.in_interface)
+            and interfaces_may_meet(earlier.out_interface, rule.out_interface))
 
 
 def untracked_accepts(dump: TableDump | None, family: int, *,
