@@ -617,6 +617,30 @@ def test_enable_nftables_is_refused_for_a_nodes_file_k3s_reads_without_it(
     assert "EnableNFTables" not in json.loads(path.read_text())
 
 
+def test_enable_nftables_is_written_to_a_file_a_flanneld_of_ones_own_reads(
+    tmp_path: Path
+) -> None:
+    """K3s started with --flannel-backend=none runs no flannel; a flanneld of one's own
+    (upstream's, --kube-subnet-mgr --net-config-path=FILE) reads EnableNFTables from the
+    file: with reader="flanneld" the backend writes it, and names flanneld to restart."""
+    path = _file(tmp_path, K3S_VXLAN)
+    backend = FlannelBackend(path=path, reader="flanneld")
+    wanted = FlannelConfig(backend.target, enable_nftables=True)
+    p = plan(backend.observe(), State(owned=[wanted]))
+    assert backend.check(p) == ()
+    reader = backend.restart_needed(p.changes[0])
+    assert isinstance(reader, str)
+    assert reader.startswith("flanneld")
+    backend.apply(p)
+    assert json.loads(path.read_text())["EnableNFTables"] is True
+    (restart,) = backend.pending_restarts()
+    assert restart.workload.startswith("flanneld")
+    assert "K3s" not in restart.reason
+    # An unknown reader is refused.
+    assert FlannelBackend.check_options({"path": str(path), "reader": "k3s-agent"}) == [
+        ("reader", "reader must be one of k3s, flanneld, got 'k3s-agent'")]
+
+
 def test_backend_options_flannel_would_refuse_are_never_written(tmp_path: Path) -> None:
     """flannel's vxlan backend stops on {"DirectRouting": "true"} ("error decoding VXLAN
     backend config"): k3snet refuses to write it, and reads options of other types as is."""
