@@ -152,6 +152,7 @@ __all__ = [
     "FLANNEL_FIELDS",
     "K3S_GENERATED_SUFFIX",
     "OWNED_ANNOTATION",
+    "READERS",
     "WRITTEN_ANNOTATION",
     "FlannelBackend",
     "effective_config",
@@ -164,6 +165,14 @@ DEFAULT_CONFIGMAP: tuple[str, str] = ("kube-flannel", "kube-flannel-cfg")
 
 _K3S = "K3s (the k3s or k3s-agent service on the node)"
 """What reads a flannel config file (``--flannel-conf``): K3s, when it starts."""
+
+_FLANNELD = "flanneld (the service reading the file on the node)"
+"""What reads a file given with ``reader="flanneld"``: a flanneld run beside K3s started
+with ``--flannel-backend=none`` (``--kube-subnet-mgr --net-config-path=FILE``)."""
+
+READERS: tuple[str, ...] = ("k3s", "flanneld")
+"""Who reads a flannel config file (option ``reader``): K3s' embedded flannel
+(``--flannel-conf``), or a flanneld of its own (upstream's, reading ``EnableNFTables``)."""
 
 FLANNEL_DAEMONSET = "kube-flannel-ds"
 """The name of upstream flannel's DaemonSet (kube-flannel.yml), in the ConfigMap's namespace."""
@@ -701,6 +710,14 @@ def _foreign(target: str, doc: _Doc) -> FlannelConfig:
 _PATH_OR_CONFIGMAP = "flannel backend: give a file path or a ConfigMap, not both"
 
 
+def _reader(value: object) -> str:
+    """Option ``reader``: one of :data:`READERS`, else a
+    :class:`~k3snet.errors.BackendOptionError`."""
+    if not isinstance(value, str) or value not in READERS:
+        raise BackendOptionError(f"reader must be one of {', '.join(READERS)}, got {value!r}")
+    return value
+
+
 def _path(value: object) -> str | os.PathLike[str]:
     """Option ``path``: a path (text), else a :class:`~k3snet.errors.BackendOptionError`."""
     if isinstance(value, str | os.PathLike):
@@ -728,6 +745,12 @@ class FlannelBackend(BackendBase):
     ``context``, or the in-cluster service account); ``timeout`` bounds each request.
     ``allow_disruptive`` lets ``apply`` make changes :meth:`disruptive` names
     (a new ``Network``, address family, backend type, vxlan VNI or port).
+    ``reader`` says who reads the file (:data:`READERS`): K3s' embedded flannel
+    (``--flannel-conf``, the default), which ignores ``EnableNFTables`` (refused then),
+    or ``"flanneld"``, a flanneld of one's own (K3s started with
+    ``--flannel-backend=none``), which reads it; a ConfigMap's readers are the
+    DaemonSets mounting it, whatever ``reader`` says (a spec's options may give it for
+    the agent's file, ``$K3SNET_FLANNEL_CONF``).
 
     A missing file or ConfigMap is observed as empty; applying to it is refused
     (k3snet edits flannel's config, it does not invent one), and so is applying
@@ -739,12 +762,14 @@ class FlannelBackend(BackendBase):
         "path": "none: the ConfigMap",
         "configmap": "kube-flannel/kube-flannel-cfg (upstream flannel's), unless path is given",
         "kubeconfig": KUBECONFIG_DEFAULT,
+        "reader": "k3s: K3s' embedded flannel reads the file (path)",
     }
     """What an option left out means (``k3snet explain backends.flannel``)."""
 
     option_checks: ClassVar[OptionChecks] = {
         "path": lambda v: v is None or _path(v),
         "configmap": lambda v: v is None or _configmap(v),
+        "reader": lambda v: v is None or _reader(v),
         "timeout": lambda v: option_seconds("timeout", v),
         "allow_disruptive": lambda v: option_flag("allow_disruptive", v),
         **API_OPTION_CHECKS}
@@ -768,10 +793,12 @@ class FlannelBackend(BackendBase):
         context: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         allow_disruptive: bool = False,
+        reader: str | None = None,
     ) -> None:
         super().__init__()
         if path is not None and configmap is not None:
             raise ModelError(_PATH_OR_CONFIGMAP)
+        self.reader = _reader("k3s" if reader is None else reader)
         timeout = option_seconds("timeout", timeout)
         self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
         self._client: Any = None
@@ -934,14 +961,16 @@ class FlannelBackend(BackendBase):
                         f"flannel backend refuses {change} on {self.target}: flannel runs "
                         "the extension backend's commands as root on every node, so "
                         f"{'; '.join(commands)} (write them by hand if you mean to)")
-                if isinstance(self._store, _FileStore) and wanted.enable_nftables is not None:
+                if (isinstance(self._store, _FileStore) and self.reader == "k3s"
+                        and wanted.enable_nftables is not None):
                     raise PlanError(
                         f"flannel backend refuses {change} on {self.target}: a node's own "
                         "net-conf.json is read by K3s' embedded flannel, which ignores "
                         "EnableNFTables (K3s builds flannel's iptables rules whatever the "
                         "file says), so writing it would change nothing: leave "
                         "cni.flannel.enableNFTables out for this file (upstream flanneld, "
-                        "v0.25 and later, reads it from its ConfigMap)")
+                        "v0.25 and later, reads it from its ConfigMap; a flanneld of your "
+                        "own reading this file: give the backend reader=flanneld)")
                 unread = unread_options(wanted.members().get("Backend"),
                                         windows=isinstance(self._store, _ConfigMapStore))
                 if unread:
@@ -985,11 +1014,12 @@ class FlannelBackend(BackendBase):
         only when it starts): for the ConfigMap, each DaemonSet of its namespace reading
         it (as :meth:`pending_restarts` finds them: its pod template names the ConfigMap,
         or it is upstream's ``kube-flannel-ds``), else, none found or none to be listed,
-        upstream's DaemonSet by name, said as such; K3s for a file."""
+        upstream's DaemonSet by name, said as such; K3s for a file (flanneld with
+        ``reader="flanneld"``)."""
         store = self._store
         if isinstance(store, _ConfigMapStore):
             return store.readers()
-        return _K3S
+        return self._file_reader
 
     def pending_restarts(self) -> tuple[PendingRestart, ...]:
         """The flannel pods still running since before k3snet last changed the
@@ -1005,9 +1035,15 @@ class FlannelBackend(BackendBase):
         changed, self._file_changed = self._file_changed, None
         if changed is None:
             return ()
-        return (PendingRestart(_K3S, f"{store.where} changed at {changed}; K3s reads it "
-                               "when it starts, and no cluster object shows when K3s "
-                               "started: not followed after this run"),)
+        reader = "K3s" if self.reader == "k3s" else "flanneld"
+        return (PendingRestart(self._file_reader, f"{store.where} changed at {changed}; "
+                               f"{reader} reads it when it starts, and no cluster object "
+                               f"shows when {reader} started: not followed after this run"),)
+
+    @property
+    def _file_reader(self) -> str:
+        """What restarts for a change of the file to take effect."""
+        return _K3S if self.reader == "k3s" else _FLANNELD
 
     def close(self) -> None:
         """Release the API client if this backend built it (idempotent)."""

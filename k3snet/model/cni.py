@@ -528,11 +528,25 @@ class FlannelConfig(NetObject):
                    if key != "Backend"):
             return False
         if self.backend_type is None:
-            return True
+            return self._extra_backend_met_by(other)
         options = other.backend_options
         return other.backend_type == self.backend_type and all(
             key in options and options.canonical(key) == text
             for key, text in self.backend_options.canonical_items())
+
+    def _extra_backend_met_by(self, other: FlannelConfig) -> bool:
+        """Whether ``other`` holds the ``Backend`` kept verbatim in ``extra`` (one this
+        object does not model: no ``Type`` it reads, two spellings of one key), or there
+        is none: each member, as flannel matches keys (case-insensitively), has its value
+        there (k3snet merges it into the object there)."""
+        if "Backend" not in self.extra:
+            return True
+        wanted, found = self.extra["Backend"], other.members().get("Backend")
+        if not isinstance(wanted, dict) or not isinstance(found, dict):
+            return canonical_json(wanted) == canonical_json(found)
+        texts = {fold(key): canonical_json(value) for key, value in found.items()}
+        return all(texts.get(fold(key)) == canonical_json(value)
+                   for key, value in wanted.items())
 
     @property
     def clash_key(self) -> tuple[Any, ...]:

@@ -495,8 +495,8 @@ FLANNEL = Section(FlannelSettings, (
           checks=(_json_values,), example={"VNI": 4},
           doc="The other keys of flannel's Backend (VNI, Port ...)."),
     Field("enableNFTables", "enable_nftables", boolean, example=True,
-          doc="Flannel's EnableNFTables (unset: leave it); for a ConfigMap only: K3s "
-              "ignores it in a node's own file, where it is refused."),
+          doc="Flannel's EnableNFTables (unset: leave it); K3s ignores it in a node's own "
+              "file, where it is refused unless the flannel backend's reader is flanneld."),
     Field("setNetworks", "set_networks", boolean, example=True,
           doc="Write the pod CIDRs as flannel's Network/IPv6Network (a disruptive change "
               "when they differ); unset: only expect them."),

@@ -543,6 +543,42 @@ def test_every_spelling_of_a_flannel_field_in_extra_but_its_own_is_refused(
         FlannelConfig("file:/etc/flannel.json", extra={key: 24})
 
 
+@pytest.mark.parametrize("backend", [
+    {"type": "vxlan"},  # no "Type": not modelled, kept verbatim in extra
+    {"Type": "vxlan", "vni": 1, "VNI": 2},  # two spellings of one option
+    {"Type": "vxlan", "type": "extension"},  # two spellings of Type
+])
+def test_a_backend_kept_verbatim_in_extra_is_met_only_by_a_backend_holding_its_members(
+    tmp_path: Path, backend: dict[str, Any]
+) -> None:
+    """A Backend in extra that FlannelConfig does not model (no Type it reads, or a key
+    spelled twice) was "met by foreign" whatever Backend the file held: the plan said
+    nothing to do while flannel ran host-gw. It is met only by a Backend holding each
+    of its members; otherwise a change is planned (and the write judged as any other)."""
+    text = '{"Network": "10.42.0.0/16", "Backend": {"Type": "host-gw"}}'
+    path = _file(tmp_path, text)
+    flannel = FlannelBackend(path=path, allow_disruptive=True)
+    wanted = FlannelConfig(flannel.target, extra={"Backend": backend})
+    assert wanted.backend_type is None
+    p = plan(flannel.observe(), State(owned=[wanted]))
+    assert not p.notes
+    assert len(p.changes) == 1
+    (problem,) = flannel.check(p)  # flannel would read another Backend than k3snet's
+    assert "Go's JSON decoding matches keys case-insensitively" in problem
+    assert path.read_text() == text
+    # Met by a Backend holding each member as flannel reads it, whatever else it holds.
+    path.write_text(json.dumps({"Network": "10.42.0.0/16",
+                                "Backend": {"TYPE": "vxlan", "VNI": 1, "Port": 1}}))
+    again = plan(flannel.observe(), State(owned=[wanted]))
+    if backend == {"type": "vxlan"}:
+        (note,) = again.notes
+        assert note.status == "met"
+        assert not again.changes
+    else:  # VNI 2, Type extension: not what the file holds
+        assert again.changes
+        assert not again.notes
+
+
 def test_observed_options_flannel_reads_as_one_are_kept_as_found() -> None:
     """A config read (never refused: it is reported as found) whose Backend holds two
     spellings of one option keeps its Backend verbatim, as for any other value k3snet
@@ -579,6 +615,30 @@ def test_enable_nftables_is_refused_for_a_nodes_file_k3s_reads_without_it(
                                                                enable_nftables=True)})
     _converge(backend, State())
     assert "EnableNFTables" not in json.loads(path.read_text())
+
+
+def test_enable_nftables_is_written_to_a_file_a_flanneld_of_ones_own_reads(
+    tmp_path: Path
+) -> None:
+    """K3s started with --flannel-backend=none runs no flannel; a flanneld of one's own
+    (upstream's, --kube-subnet-mgr --net-config-path=FILE) reads EnableNFTables from the
+    file: with reader="flanneld" the backend writes it, and names flanneld to restart."""
+    path = _file(tmp_path, K3S_VXLAN)
+    backend = FlannelBackend(path=path, reader="flanneld")
+    wanted = FlannelConfig(backend.target, enable_nftables=True)
+    p = plan(backend.observe(), State(owned=[wanted]))
+    assert backend.check(p) == ()
+    reader = backend.restart_needed(p.changes[0])
+    assert isinstance(reader, str)
+    assert reader.startswith("flanneld")
+    backend.apply(p)
+    assert json.loads(path.read_text())["EnableNFTables"] is True
+    (restart,) = backend.pending_restarts()
+    assert restart.workload.startswith("flanneld")
+    assert "K3s" not in restart.reason
+    # An unknown reader is refused.
+    assert FlannelBackend.check_options({"path": str(path), "reader": "k3s-agent"}) == [
+        ("reader", "reader must be one of k3s, flanneld, got 'k3s-agent'")]
 
 
 def test_backend_options_flannel_would_refuse_are_never_written(tmp_path: Path) -> None:
