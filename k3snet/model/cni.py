@@ -491,8 +491,16 @@ class FlannelConfig(NetObject):
 
         A modelled key whose value does not validate (an unknown backend type, a
         CIDR with host bits) is kept verbatim in ``extra`` rather than refused: an
-        observed config is reported as it is.
+        observed config is reported as it is. A key Go's JSON decoding reads as one of
+        flannel's fields (``subnetlen``, ``backend``) is that field, the later of two
+        spellings winning, as flannel reads them (and the backend's reader renames them).
         """
+        spelled: dict[str, Any] = {}
+        for key, value in members.items():
+            field = _FLANNEL_FIELD_BY_FOLD.get(fold(key), key)
+            spelled.pop(field, None)
+            spelled[field] = value
+        members = spelled
         fields: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in members.items():

@@ -841,6 +841,23 @@ def test_flannel_config_model() -> None:
     assert FlannelConfig.from_members("file:/x.json", {FLANNEL_WRITTEN_MARKER: {}}).keys == ()
 
 
+def test_members_spelled_otherwise_than_flannel_s_fields_are_modelled_as_flannel_reads_them(
+) -> None:
+    """``from_members`` never fails on content: a key Go's JSON decoding reads as a field
+    of flannel's (``subnetlen``, ``backend``) is that field, the later of two spellings
+    winning, as the backend's reader renames them; the model refuses such a key only
+    where it is given (``extra``)."""
+    read = FlannelConfig.from_members("file:/x.json", {
+        "network": "10.43.0.0/16", "Network": "10.42.0.0/16", "subnetlen": 24,
+        "backend": {"Type": "vxlan", "VNI": 2}, "Other": 1})
+    assert read == FlannelConfig("file:/x.json", network="10.42.0.0/16", backend_type="vxlan",
+                                 backend_options={"VNI": 2},
+                                 extra={"SubnetLen": 24, "Other": 1})
+    later = FlannelConfig.from_members("file:/x.json", {"Network": "10.42.0.0/16",
+                                                        "NETWORK": "10.43.0.0/16"})
+    assert str(later.network) == "10.43.0.0/16"
+
+
 def test_a_net_conf_key_or_value_cannot_forge_a_line_of_the_plan(
     api_server: EmulatedApiServer, configmap_backend: FlannelBackend
 ) -> None:
