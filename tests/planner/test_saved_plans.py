@@ -37,11 +37,13 @@ _desired = ks.states(_pool, max_owned=6, max_foreign=0)
 def _saved_and_node(draw: st.DrawFn) -> tuple[State, State, State]:
     """(observed when planned, desired, the node when the plan is applied)."""
     observed, desired = draw(_states), draw(_desired)
-    later = draw(st.sampled_from(["same", "planned", "other"]))
+    later = draw(st.sampled_from(["same", "planned", "provided", "other"]))
     if later == "same":
         node = observed
     elif later == "planned":  # someone applied it already (another run, the agent)
         node = plan(observed, desired).apply_to(observed)
+    elif later == "provided":  # foreign state gives what is wanted (an admin, the CNI)
+        node = State(foreign=desired.owned)
     else:
         node = draw(_states)
     return observed, desired, node
