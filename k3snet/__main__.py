@@ -6,14 +6,13 @@
 and the process then ends without Python's teardown (:func:`end`).
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
 # Only what Python loaded before k3snet at module level (os, sys): a Ctrl-C while the
 # rest loads (logging, contextlib, typing, k3snet's modules) is within main()'s handler.
-# Not typing.TYPE_CHECKING, as in k3snet/__init__.py.
+# Not typing.TYPE_CHECKING, as in k3snet/__init__.py, nor `from __future__ import
+# annotations`, which imports the __future__ module: the annotations naming Run are quoted.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from k3snet._argv import Run
@@ -37,9 +36,9 @@ def main() -> int:
             from k3snet._version import __version__  # noqa: PLC0415 - the whole point
 
             return end(_written(f"k3snet {__version__}\n"))
-        from k3snet._argv import Run  # noqa: PLC0415 - imports nothing
+        from k3snet import _argv  # noqa: PLC0415 - imports nothing
 
-        run = Run()  # what the command printed: read here if Ctrl-C escapes it
+        run = _argv.Run()  # what the command printed: read here if Ctrl-C escapes it
         # Ctrl-C comes most often while the CLI's modules load (~10x Python's start).
         from k3snet.cli import run_main  # noqa: PLC0415 - only when there is work
 
@@ -52,7 +51,7 @@ def main() -> int:
     return end(code)
 
 
-def _interrupted_early(argv: list[str], run: Run | None) -> None:
+def _interrupted_early(argv: list[str], run: "Run | None") -> None:
     """Say a Ctrl-C that came before the command's own handling (the CLI's modules
     loading, its arguments read), as that handling says one (``k3snet.cli``'s
     ``_report_stopped``): a line on stderr and, with ``--output json``, an ``error``

@@ -307,15 +307,21 @@ def apply_plan(
                     f"by another k3snet version (planned again now, it would be "
                     f"{len(now.changes)} change(s) and {len(now.notes)} note(s) instead of "
                     f"{len(p.changes)} and {len(p.notes)}); nothing was applied: plan again")
-            if now != p and now.empty and not now.conflicts:
-                # Applied already (a retry of a run whose end was lost, two applies of the
-                # file at once, the agent): "plan again" would find nothing to do.
+            if now != p and now.empty and not now.conflicts and p.changes:
+                # Nothing left to do: "plan again" would find nothing. Applied already (a
+                # retry of a run whose end was lost, two applies of one plan at once, the
+                # agent), unless foreign state now provides what the plan would make (a
+                # route an admin or the CNI added): then nobody applied it.
+                provided = set(now.met) - set(p.met)
+                why = (f"foreign state now provides what the plan would make ({len(provided)} "
+                       "object(s) met that were not)" if provided else
+                       "it is already as the plan makes it (applied already, e.g. by an "
+                       "earlier apply of this plan, another k3snet run or the agent)")
                 raise StalePlanError(
-                    "the node changed since this plan was made: it is already as the plan "
-                    "makes it (applied already: by an earlier apply of this file, another "
-                    "run or the agent); planned again now, it would be 0 change(s) and "
-                    f"{len(now.notes)} note(s) instead of {len(p.changes)} and "
-                    f"{len(p.notes)}; nothing was applied, and nothing is left to apply")
+                    f"the node changed since this plan was made: {why}; planned again now, "
+                    f"it would be 0 change(s) and {len(now.notes)} note(s) instead of "
+                    f"{len(p.changes)} and {len(p.notes)}; nothing was applied, and nothing "
+                    "is left to apply")
             if now != p:
                 raise StalePlanError(
                     "the node changed since this plan was made: planned again now, it "

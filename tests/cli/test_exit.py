@@ -171,12 +171,13 @@ def test_ctrl_c_while_the_cli_loads_is_an_error_document_with_json(
     assert done.stderr == "k3snet: error: stopped by SIGINT\n"
 
 
-@pytest.mark.parametrize("module", ["contextlib", "logging", "typing", "k3snet._env",
-                                    "k3snet._stdout"])
+@pytest.mark.parametrize("module", ["__future__", "contextlib", "logging", "typing",
+                                    "k3snet._env", "k3snet._stdout"])
 def test_ctrl_c_while_the_entry_point_loads_is_an_error_document_with_json(
         module: str) -> None:
     # The modules the entry point itself imported before its handler: a Ctrl-C there was
-    # Python's KeyboardInterrupt traceback, the process killed by SIGINT, no document.
+    # Python's KeyboardInterrupt traceback, the process killed by SIGINT, no document
+    # (__future__ too: `from __future__ import annotations` imports a module).
     done = _interrupted_loading(module, "plan", "-f", str(SEED), "--output", "json")
     assert done.returncode == 130, done.stderr
     assert json.loads(done.stdout)["error"]["type"] == "SIGINT"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address, ip_network
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -36,11 +37,13 @@ _desired = ks.states(_pool, max_owned=6, max_foreign=0)
 def _saved_and_node(draw: st.DrawFn) -> tuple[State, State, State]:
     """(observed when planned, desired, the node when the plan is applied)."""
     observed, desired = draw(_states), draw(_desired)
-    later = draw(st.sampled_from(["same", "planned", "other"]))
+    later = draw(st.sampled_from(["same", "planned", "provided", "other"]))
     if later == "same":
         node = observed
     elif later == "planned":  # someone applied it already (another run, the agent)
         node = plan(observed, desired).apply_to(observed)
+    elif later == "provided":  # foreign state gives what is wanted (an admin, the CNI)
+        node = State(foreign=desired.owned)
     else:
         node = draw(_states)
     return observed, desired, node
@@ -67,11 +70,21 @@ def test_a_saved_plan_is_applied_exactly_when_planning_again_gives_it_else_nothi
         # its own desired state (the node is as it was planned: an edited file).
         unchanged = state_digest(node) == state_digest(observed)
         assert ("does not follow from its own desired state" in str(refused.value)) is unchanged
-        # A node already as the plan makes it (applied already: a retry, another run, the
-        # agent) is said so, not left to read from "it would be 0 change(s)".
+        # A node the plan was applied to already (a retry, another run, the agent) is said
+        # so, not left to read from "it would be 0 change(s)" ...
         again = plan(node, desired)
-        reached = not unchanged and again.empty and not again.conflicts
-        assert ("already as the plan makes it" in str(refused.value)) is reached
+        said = "already as the plan makes it" in str(refused.value)
+        applied = state_digest(node) == state_digest(saved.apply_to(observed))
+        if applied and not unchanged and not again.conflicts:
+            assert said
+        # ... and only a node the plan's changes could have made so: never when the plan
+        # had none (nothing was to apply), nor when foreign state now meets what it would
+        # make (nobody applied it).
+        if said:
+            assert saved.changes
+            assert again.empty
+            assert not again.conflicts
+            assert set(again.met) <= set(saved.met)
 
 
 def test_a_saved_plan_applied_twice_is_refused_the_second_time_as_applied_already() -> None:
@@ -86,6 +99,36 @@ def test_a_saved_plan_applied_twice_is_refused_the_second_time_as_applied_alread
                        r"applied, and nothing is left to apply"):
         apply_plan(backend, saved, desired=desired, made_from=made)
     assert backend.dump() == after
+
+
+_ROUTE = Route(ip_network("192.168.2.0/24"), gateway=ip_address("192.168.1.1"), device="eth0")
+
+
+def test_a_saved_plan_foreign_state_now_meets_is_not_said_to_be_applied_already() -> None:
+    # An admin's (or the CNI's) route now gives what the plan would make: nobody applied it.
+    desired = State(owned=[_ROUTE])
+    saved = plan(State(), desired)
+    backend = MemoryBackend(State(foreign=[_ROUTE]))
+    with pytest.raises(StalePlanError) as refused:
+        apply_plan(backend, saved, desired=desired, made_from=state_digest(State()))
+    assert "already as the plan makes it" not in str(refused.value)
+    assert "applied already" not in str(refused.value)
+    assert "foreign state now provides what the plan would make (1 object(s) met" in str(
+        refused.value)
+    assert "nothing is left to apply" in str(refused.value)
+
+
+def test_a_saved_plan_of_no_changes_is_never_said_to_be_applied_already() -> None:
+    # The plan had nothing to apply; only the foreign route meeting it changed.
+    desired = State(owned=[_ROUTE])
+    observed = State(foreign=[attrs.evolve(_ROUTE, protocol=4)])
+    saved = plan(observed, desired)
+    assert not saved.changes
+    backend = MemoryBackend(State(foreign=[attrs.evolve(_ROUTE, protocol=3)]))
+    with pytest.raises(StalePlanError) as refused:
+        apply_plan(backend, saved, desired=desired, made_from=state_digest(observed))
+    assert "already" not in str(refused.value)
+    assert "plan again" in str(refused.value)
 
 
 @given(_states, _desired, _desired)
