@@ -1409,6 +1409,23 @@ class CalicoPodCIDR(NetObject):
                 "alone, name its selector in the spec's cni.calico.nodeSelector (k3snet "
                 "never changes a pool it does not own)")
 
+    def _lb_twin_reason(self, pools: CalicoPools) -> str | None:
+        """Why Felix's pool of this CIDR, a LoadBalancer-only twin with ``natOutgoing``
+        (:func:`_lb_masquerading`), masquerades pods' traffic to other pods; None: it is
+        not such a pool."""
+        felix = pools.felix_pool(self.cidr)
+        if felix is None or not _lb_masquerading(felix):
+            return None
+        return (f"IPPool {felix.name} {self.cidr} is for LoadBalancer addresses only, "
+                "with natOutgoing, and its name sorts first: of pools of one CIDR "
+                "Felix takes that one alone, whatever allowedUses say, and Calico "
+                "v3.31.6, v3.32.1 and later leave a LoadBalancer-only pool out of the "
+                "pools traffic to which is never masqueraded "
+                "(projectcalico/calico#12769), so they masquerade pods' traffic to "
+                f"other pods in {self.cidr} (earlier versions do not); fix: delete it "
+                "(Calico's API server refuses pools of one CIDR) (k3snet never changes "
+                "a pool it does not own)")
+
     def _served(self, pools: CalicoPools) -> bool:
         """Calico IPAM hands out this CIDR's addresses to every pod: a pool of exactly
         this CIDR is usable by workloads on every node (or those of the spec's
@@ -1427,6 +1444,7 @@ class CalicoPodCIDR(NetObject):
         felix = other.felix_pool(self.cidr)
         return (felix is not None and felix.nat_outgoing == self.nat_outgoing
                 and not self._differences(felix, _FELIX_FIELDS)
+                and not _lb_masquerading(felix)
                 and self._served(other) and not self._masquerading(other))
 
     def conflicts_with(self, other: NetObject) -> bool:
@@ -1440,7 +1458,7 @@ class CalicoPodCIDR(NetObject):
         same = [p for p in other.pools if p.cidr == self.cidr]
         usable = [p for p in same if p.workload_usable]
         nat = "true" if self.nat_outgoing else "false"
-        unserved = self._unserved_reason(same, usable, other)
+        unserved = self._unserved_reason(same, usable, other) or self._lb_twin_reason(other)
         if unserved is not None:
             return unserved
         felix = other.felix_pool(self.cidr)
@@ -1545,6 +1563,14 @@ def _pool_note(pool: IPPool) -> str:
 # use (CalicoPools.felix_pools: libcalico-go's IPPool update processor passes only that
 # one on); IPAM and calico-node's tunnel addresses read them from every pool.
 _FELIX_FIELDS = frozenset({"ipipMode", "vxlanMode"})
+
+
+def _lb_masquerading(felix: IPPool) -> bool:
+    """Felix's pool of a pod CIDR (:meth:`CalicoPools.felix_pool`) is LoadBalancer-only
+    with ``natOutgoing``: the pods' addresses are in Felix's set of pools to masquerade
+    from, and (Felix v3.31.6, v3.32.1 and later) not in its set of pools never
+    masqueraded to, so traffic between pods leaving a node is masqueraded."""
+    return felix.load_balancer_only and felix.nat_outgoing
 
 
 # The fields of an Installation's spec.calicoNetwork.ipPools entry (tigera/operator

@@ -288,6 +288,40 @@ def test_k3snet_s_exemption_pool_in_place_behind_a_loadbalancer_only_twin_is_a_c
 # ---------------------------------------------------------------- pod CIDRs must be pools
 
 
+def test_a_pod_cidr_whose_masquerading_loadbalancer_only_twin_sorts_first_is_never_met(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Pods get 10.42.x from default-ipv4-ippool, but Felix takes a-lb for the CIDR (its
+    # name sorts first): natOutgoing puts 10.42.0.0/16 in its masquerade set, and from
+    # v3.31.6 and v3.32.1 on, LoadBalancer-only, not in network-ip-pools, so pods'
+    # traffic to pods of other nodes was masqueraded while the plan said met.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True))
+    api_server.put(CRD, _pool("a-lb", cidr="10.42.0.0/16", natOutgoing=True,
+                              allowedUses=["LoadBalancer"]))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24")
+    p = _plan(_backend(api_server), Spec.from_yaml(document))
+    assert p.met == ()
+    (conflict,) = p.conflicts
+    reason = conflict.reason or ""
+    assert "IPPool a-lb 10.42.0.0/16 is for LoadBalancer addresses only" in reason, reason
+    assert "v3.31.6, v3.32.1 and later" in reason
+    assert "masquerade pods' traffic to other pods in 10.42.0.0/16" in reason
+    # Without natOutgoing the twin masquerades nothing: pods are left untranslated, as a
+    # spec with the masquerade mode off wants.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16"))
+    api_server.put(CRD, _pool("a-lb", cidr="10.42.0.0/16", allowedUses=["LoadBalancer"]))
+    off = document.replace("cluster: {podCIDRs: [10.42.0.0/16]}",
+                           "cluster: {podCIDRs: [10.42.0.0/16]}\nmasquerade: {mode: 'off'}")
+    p = _plan(_backend(api_server), Spec.from_yaml(off))
+    assert p.conflicts == (), [c.reason for c in p.conflicts]
+    # Sorting after the workload pool, the twin decides nothing: met.
+    api_server.put(CRD, _pool("z-lb", cidr="10.42.0.0/16", natOutgoing=True,
+                              allowedUses=["LoadBalancer"]))
+    api_server.delete(CRD, "a-lb")
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True))
+    assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
+
+
 def test_a_pod_cidr_that_is_not_a_pool_is_a_conflict_never_a_new_pool(
     api_server: EmulatedApiServer,
 ) -> None:
