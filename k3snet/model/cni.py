@@ -146,8 +146,8 @@ SELECT_ALL: tuple[str, ...] = ("", "all()")
 
 _GLOBAL = re.compile(r"\bglobal\s*\(")
 # A selector of everything as Calico's tokenizer reads it (libcalico-go selector/tokenizer:
-# "all(" in one piece, blanks around it and before its ")").
-_ALL_SELECTOR = re.compile(r"\s*all\(\s*\)\s*")
+# "all(" in one piece, spaces or tabs, its only blanks, around it and before its ")").
+_ALL_SELECTOR = re.compile(r"[ \t]*all\([ \t]*\)[ \t]*")
 
 DEFAULT_BLOCK_SIZE: Mapping[int, int] = {4: 26, 6: 122}
 """Calico's default ``blockSize`` per family (what an unset field means)."""

@@ -394,6 +394,22 @@ def test_a_pod_cidr_pool_serving_some_nodes_only_meets_the_pod_cidr_only_if_the_
     assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
 
 
+@pytest.mark.parametrize("selector", ["all(\u00a0)", "\u2003all()", "all()\u3000"])
+def test_a_pod_cidr_pool_whose_all_selector_has_a_blank_calico_does_not_skip_is_not_met(
+    api_server: EmulatedApiServer, selector: str,
+) -> None:
+    # Calico's selector tokenizer skips spaces and tabs only: another blank (a no-break
+    # space) around all() fails the parse, and Calico IPAM gives no node the pool's
+    # addresses. Python's \s took it for every node: met.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
+                              nodeSelector=selector))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24")
+    p = _plan(_backend(api_server), Spec.from_yaml(document))
+    assert p.met == ()
+    (conflict,) = p.conflicts
+    assert f"with nodeSelector {json.dumps(selector)}" in (conflict.reason or "")
+
+
 def test_a_pool_with_a_node_selector_keeps_felix_from_nat_on_every_node(
     api_server: EmulatedApiServer,
 ) -> None:
