@@ -1336,6 +1336,10 @@ class CalicoPodCIDR(NetObject):
                                         kw_only=True)
     """Other spec fields the pool must have, Calico spelling (``{"ipipMode": "Always"}``):
     the ``cni.calico`` settings the spec gives other values than their defaults."""
+    siblings: tuple[Network, ...] = attrs.field(default=(), converter=_pod_networks,
+                                                kw_only=True)
+    """The spec's other pod CIDRs of this family: addresses of a pool there are pod
+    addresses too (per-zone pools, one pod CIDR each, serve every node between them)."""
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -1347,7 +1351,8 @@ class CalicoPodCIDR(NetObject):
         if unknown:
             raise ModelError(f"calico pod CIDR {self.cidr}: cannot require {', '.join(unknown)}")
         self._seal(("calico-pod-cidr", *net_tuple(self.cidr)),
-                   (self.nat_outgoing, self.requires.canonical_items()))
+                   (self.nat_outgoing, self.requires.canonical_items(),
+                    tuple(net_tuple(n) for n in self.siblings)))
 
     def _differences(self, pool: IPPool, keys: Iterable[str] | None = None) -> list[str]:
         """The required fields ``pool`` has other values of (of ``keys`` only, if given)."""
@@ -1376,13 +1381,25 @@ class CalicoPodCIDR(NetObject):
         return tuple(p for p in pools.felix_pools
                      if p.nat_outgoing and overlaps(p.cidr, self.cidr))
 
-    def _partial(self, pool: IPPool) -> bool:
-        """``pool`` serves only the nodes its ``nodeSelector`` selects, and the spec does
-        not name it (``cni.calico.nodeSelector``): Calico IPAM gives the pods of other
-        nodes addresses from other pools, outside this CIDR. (Felix has no nodeSelector:
-        its pool sets, and so ``natOutgoing``, hold on every node.)"""
+    def _partial(self, pool: IPPool, pools: CalicoPools) -> bool:
+        """``pool`` serves only the nodes its ``nodeSelector`` selects, the spec does not
+        name it (``cni.calico.nodeSelector``), and a pool of this family outside the
+        spec's pod CIDRs may serve workloads: Calico IPAM gives the pods of other nodes
+        addresses from it. (Pools inside the pod CIDRs alone, per-zone pools one pod CIDR
+        each, give every pod a pod address. Felix has no nodeSelector: its pool sets,
+        and so ``natOutgoing``, hold on every node.)"""
         return (not _ALL_SELECTOR.fullmatch(pool.node_selector)
-                and "nodeSelector" not in self.requires)
+                and "nodeSelector" not in self.requires
+                and bool(self._outside(pools)))
+
+    def _outside(self, pools: CalicoPools) -> list[IPPool]:
+        """The pools of this family outside the spec's pod CIDRs that may give workloads
+        addresses (enabled, allocatable, ``Workload`` among their ``allowedUses``)."""
+        inside = (self.cidr, *self.siblings)
+        return [p for p in pools.pools
+                if p.cidr.version == self.cidr.version and not p.disabled
+                and not p.unallocatable and "Workload" in p.allowed_uses
+                and not any(contains(c, p.cidr) for c in inside)]
 
     def _unserved_reason(self, same: list[IPPool], usable: list[IPPool],
                          pools: CalicoPools) -> str | None:
@@ -1395,17 +1412,18 @@ class CalicoPodCIDR(NetObject):
             return (f"IPPool {pool.name} has pod CIDR {self.cidr} but pods get no address "
                     f"from it: {pool.unusable_reason}; {fix} (k3snet never changes a pool "
                     "it does not own)")
-        partial = [p for p in usable if self._partial(p)]
+        partial = [p for p in usable if self._partial(p, pools)]
         if not partial or self._served(pools):
             return None
         pool = partial[0]
         fix = (_operator_fix([pool], ": nodeSelector: all()") if pool.operator
                else "set nodeSelector: all() on it")
+        outside = ", ".join(f"IPPool {p.name} {p.cidr}" for p in self._outside(pools))
         return (f"IPPool {pool.name} has pod CIDR {self.cidr} with nodeSelector "
                 f"{json.dumps(pool.node_selector)}: Calico gives its addresses only to "
                 "pods of the nodes it selects, and pods of other nodes get addresses "
-                "from other pools, outside the pod CIDR, masqueraded or not as those "
-                f"pools say; fix: {fix}, or, if the pool is meant to serve those nodes "
+                f"from other pools, outside the pod CIDR ({outside}), masqueraded or not "
+                f"as those pools say; fix: {fix}, or, if the pool is meant to serve those nodes "
                 "alone, name its selector in the spec's cni.calico.nodeSelector (k3snet "
                 "never changes a pool it does not own)")
 
@@ -1432,7 +1450,7 @@ class CalicoPodCIDR(NetObject):
         ``nodeSelector``) and has what the spec requires (IPAM, and calico-node cutting
         the nodes' tunnel addresses, read every pool)."""
         return any(p.cidr == self.cidr and p.workload_usable and not self._differences(p)
-                   and not self._partial(p) for p in pools.pools)
+                   and not self._partial(p, pools) for p in pools.pools)
 
     def met_by(self, other: NetObject) -> bool:
         """A usable pool of exactly this CIDR (with what the spec requires), the pool of
@@ -1535,13 +1553,14 @@ class CalicoPodCIDR(NetObject):
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return {"type": self.type_name, "cidr": str(self.cidr),
-                "nat_outgoing": self.nat_outgoing, "requires": self.requires.to_dict()}
+                "nat_outgoing": self.nat_outgoing, "requires": self.requires.to_dict(),
+                **({"siblings": [str(n) for n in self.siblings]} if self.siblings else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CalicoPodCIDR:
         """Inverse of :meth:`to_dict`."""
         return cls(data["cidr"], nat_outgoing=data.get("nat_outgoing", True),
-                   requires=data.get("requires") or {})
+                   requires=data.get("requires") or {}, siblings=data.get("siblings", ()))
 
 
 def _pool_note(pool: IPPool) -> str:

@@ -394,15 +394,43 @@ def test_a_pod_cidr_pool_serving_some_nodes_only_meets_the_pod_cidr_only_if_the_
     assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
 
 
+def test_per_zone_pools_one_pod_cidr_each_meet_their_pod_cidrs_as_no_pod_leaves_them(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Two zones' pools, each a pod CIDR of the spec, serve every node between them:
+    # no pod gets an address outside the pod CIDRs, so neither serving some nodes
+    # only is a conflict (one cni.calico.nodeSelector cannot name both selectors).
+    api_server.put(CRD, _pool("zone-a", cidr="10.42.0.0/17", natOutgoing=True,
+                              nodeSelector="zone == 'a'"))
+    api_server.put(CRD, _pool("zone-b", cidr="10.42.128.0/17", natOutgoing=True,
+                              nodeSelector="zone != 'a'"))
+    api_server.put(CRD, _pool("v6", cidr="fd42::/48", natOutgoing=True))  # other family
+    api_server.put(CRD, _pool("lb", cidr="10.60.0.0/24", allowedUses=["LoadBalancer"]))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24").replace(
+        "podCIDRs: [10.42.0.0/16]", "podCIDRs: [10.42.0.0/17, 10.42.128.0/17]")
+    p = _plan(_backend(api_server), Spec.from_yaml(document))
+    assert p.conflicts == (), [c.reason for c in p.conflicts]
+    assert len(p.met) == 2
+    # A third pool outside the pod CIDRs may serve a node neither selects: a conflict
+    # naming it.
+    api_server.put(CRD, _pool("edge", cidr="10.70.0.0/16", nodeSelector="edge == 'true'"))
+    conflicts = _plan(_backend(api_server), Spec.from_yaml(document)).conflicts
+    assert len(conflicts) == 2
+    assert all("outside the pod CIDR (IPPool edge 10.70.0.0/16)" in (c.reason or "")
+               for c in conflicts), [c.reason for c in conflicts]
+
+
 @pytest.mark.parametrize("selector", ["all(\u00a0)", "\u2003all()", "all()\u3000"])
 def test_a_pod_cidr_pool_whose_all_selector_has_a_blank_calico_does_not_skip_is_not_met(
     api_server: EmulatedApiServer, selector: str,
 ) -> None:
     # Calico's selector tokenizer skips spaces and tabs only: another blank (a no-break
     # space) around all() fails the parse, and Calico IPAM gives no node the pool's
-    # addresses. Python's \s took it for every node: met.
+    # addresses. Python's \s took it for every node: met, beside a pool outside the pod
+    # CIDR whose natOutgoing false leaves pods untranslated.
     api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
                               nodeSelector=selector))
+    api_server.put(CRD, _pool("zone-b", cidr="10.50.0.0/16"))
     document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24")
     p = _plan(_backend(api_server), Spec.from_yaml(document))
     assert p.met == ()
