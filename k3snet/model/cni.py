@@ -146,8 +146,8 @@ SELECT_ALL: tuple[str, ...] = ("", "all()")
 
 _GLOBAL = re.compile(r"\bglobal\s*\(")
 # A selector of everything as Calico's tokenizer reads it (libcalico-go selector/tokenizer:
-# "all(" in one piece, blanks around it and before its ")").
-_ALL_SELECTOR = re.compile(r"\s*all\(\s*\)\s*")
+# "all(" in one piece, spaces or tabs, its only blanks, around it and before its ")").
+_ALL_SELECTOR = re.compile(r"[ \t]*all\([ \t]*\)[ \t]*")
 
 DEFAULT_BLOCK_SIZE: Mapping[int, int] = {4: 26, 6: 122}
 """Calico's default ``blockSize`` per family (what an unset field means)."""
@@ -1358,6 +1358,10 @@ class CalicoPodCIDR(NetObject):
                                         kw_only=True)
     """Other spec fields the pool must have, Calico spelling (``{"ipipMode": "Always"}``):
     the ``cni.calico`` settings the spec gives other values than their defaults."""
+    siblings: tuple[Network, ...] = attrs.field(default=(), converter=_pod_networks,
+                                                kw_only=True)
+    """The spec's other pod CIDRs of this family: addresses of a pool there are pod
+    addresses too (per-zone pools, one pod CIDR each, serve every node between them)."""
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -1369,7 +1373,8 @@ class CalicoPodCIDR(NetObject):
         if unknown:
             raise ModelError(f"calico pod CIDR {self.cidr}: cannot require {', '.join(unknown)}")
         self._seal(("calico-pod-cidr", *net_tuple(self.cidr)),
-                   (self.nat_outgoing, self.requires.canonical_items()))
+                   (self.nat_outgoing, self.requires.canonical_items(),
+                    tuple(net_tuple(n) for n in self.siblings)))
 
     def _differences(self, pool: IPPool, keys: Iterable[str] | None = None) -> list[str]:
         """The required fields ``pool`` has other values of (of ``keys`` only, if given)."""
@@ -1398,13 +1403,25 @@ class CalicoPodCIDR(NetObject):
         return tuple(p for p in pools.felix_pools
                      if p.nat_outgoing and overlaps(p.cidr, self.cidr))
 
-    def _partial(self, pool: IPPool) -> bool:
-        """``pool`` serves only the nodes its ``nodeSelector`` selects, and the spec does
-        not name it (``cni.calico.nodeSelector``): Calico IPAM gives the pods of other
-        nodes addresses from other pools, outside this CIDR. (Felix has no nodeSelector:
-        its pool sets, and so ``natOutgoing``, hold on every node.)"""
+    def _partial(self, pool: IPPool, pools: CalicoPools) -> bool:
+        """``pool`` serves only the nodes its ``nodeSelector`` selects, the spec does not
+        name it (``cni.calico.nodeSelector``), and a pool of this family outside the
+        spec's pod CIDRs may serve workloads: Calico IPAM gives the pods of other nodes
+        addresses from it. (Pools inside the pod CIDRs alone, per-zone pools one pod CIDR
+        each, give every pod a pod address. Felix has no nodeSelector: its pool sets,
+        and so ``natOutgoing``, hold on every node.)"""
         return (not _ALL_SELECTOR.fullmatch(pool.node_selector)
-                and "nodeSelector" not in self.requires)
+                and "nodeSelector" not in self.requires
+                and bool(self._outside(pools)))
+
+    def _outside(self, pools: CalicoPools) -> list[IPPool]:
+        """The pools of this family outside the spec's pod CIDRs that may give workloads
+        addresses (enabled, allocatable, ``Workload`` among their ``allowedUses``)."""
+        inside = (self.cidr, *self.siblings)
+        return [p for p in pools.pools
+                if p.cidr.version == self.cidr.version and not p.disabled
+                and not p.unallocatable and "Workload" in p.allowed_uses
+                and not any(contains(c, p.cidr) for c in inside)]
 
     def _unserved_reason(self, same: list[IPPool], usable: list[IPPool],
                          pools: CalicoPools) -> str | None:
@@ -1417,19 +1434,37 @@ class CalicoPodCIDR(NetObject):
             return (f"IPPool {pool.name} has pod CIDR {self.cidr} but pods get no address "
                     f"from it: {pool.unusable_reason}; {fix} (k3snet never changes a pool "
                     "it does not own)")
-        partial = [p for p in usable if self._partial(p)]
+        partial = [p for p in usable if self._partial(p, pools)]
         if not partial or self._served(pools):
             return None
         pool = partial[0]
         fix = (_operator_fix([pool], ": nodeSelector: all()") if pool.operator
                else "set nodeSelector: all() on it")
+        outside = ", ".join(f"IPPool {p.name} {p.cidr}" for p in self._outside(pools))
         return (f"IPPool {pool.name} has pod CIDR {self.cidr} with nodeSelector "
                 f"{json.dumps(pool.node_selector)}: Calico gives its addresses only to "
                 "pods of the nodes it selects, and pods of other nodes get addresses "
-                "from other pools, outside the pod CIDR, masqueraded or not as those "
-                f"pools say; fix: {fix}, or, if the pool is meant to serve those nodes "
+                f"from other pools, outside the pod CIDR ({outside}), masqueraded or not "
+                f"as those pools say; fix: {fix}, or, if the pool is meant to serve those nodes "
                 "alone, name its selector in the spec's cni.calico.nodeSelector (k3snet "
                 "never changes a pool it does not own)")
+
+    def _lb_twin_reason(self, pools: CalicoPools) -> str | None:
+        """Why Felix's pool of this CIDR, a LoadBalancer-only twin with ``natOutgoing``
+        (:func:`_lb_masquerading`), masquerades pods' traffic to other pods; None: it is
+        not such a pool."""
+        felix = pools.felix_pool(self.cidr)
+        if felix is None or not _lb_masquerading(felix):
+            return None
+        return (f"IPPool {felix.name} {self.cidr} is for LoadBalancer addresses only, "
+                "with natOutgoing, and its name sorts first: of pools of one CIDR "
+                "Felix takes that one alone, whatever allowedUses say, and Calico "
+                "v3.31.6, v3.32.1 and later leave a LoadBalancer-only pool out of the "
+                "pools traffic to which is never masqueraded "
+                "(projectcalico/calico#12769), so they masquerade pods' traffic to "
+                f"other pods in {self.cidr} (earlier versions do not); fix: delete it "
+                "(Calico's API server refuses pools of one CIDR) (k3snet never changes "
+                "a pool it does not own)")
 
     def _served(self, pools: CalicoPools) -> bool:
         """Calico IPAM hands out this CIDR's addresses to every pod: a pool of exactly
@@ -1437,7 +1472,7 @@ class CalicoPodCIDR(NetObject):
         ``nodeSelector``) and has what the spec requires (IPAM, and calico-node cutting
         the nodes' tunnel addresses, read every pool)."""
         return any(p.cidr == self.cidr and p.workload_usable and not self._differences(p)
-                   and not self._partial(p) for p in pools.pools)
+                   and not self._partial(p, pools) for p in pools.pools)
 
     def met_by(self, other: NetObject) -> bool:
         """A usable pool of exactly this CIDR (with what the spec requires), the pool of
@@ -1449,6 +1484,7 @@ class CalicoPodCIDR(NetObject):
         felix = other.felix_pool(self.cidr)
         return (felix is not None and felix.nat_outgoing == self.nat_outgoing
                 and not self._differences(felix, _FELIX_FIELDS)
+                and not _lb_masquerading(felix)
                 and self._served(other) and not self._masquerading(other))
 
     def conflicts_with(self, other: NetObject) -> bool:
@@ -1462,7 +1498,7 @@ class CalicoPodCIDR(NetObject):
         same = [p for p in other.pools if p.cidr == self.cidr]
         usable = [p for p in same if p.workload_usable]
         nat = "true" if self.nat_outgoing else "false"
-        unserved = self._unserved_reason(same, usable, other)
+        unserved = self._unserved_reason(same, usable, other) or self._lb_twin_reason(other)
         if unserved is not None:
             return unserved
         felix = other.felix_pool(self.cidr)
@@ -1539,13 +1575,14 @@ class CalicoPodCIDR(NetObject):
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return {"type": self.type_name, "cidr": str(self.cidr),
-                "nat_outgoing": self.nat_outgoing, "requires": self.requires.to_dict()}
+                "nat_outgoing": self.nat_outgoing, "requires": self.requires.to_dict(),
+                **({"siblings": [str(n) for n in self.siblings]} if self.siblings else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CalicoPodCIDR:
         """Inverse of :meth:`to_dict`."""
         return cls(data["cidr"], nat_outgoing=data.get("nat_outgoing", True),
-                   requires=data.get("requires") or {})
+                   requires=data.get("requires") or {}, siblings=data.get("siblings", ()))
 
 
 def _pool_note(pool: IPPool) -> str:
@@ -1567,6 +1604,14 @@ def _pool_note(pool: IPPool) -> str:
 # use (CalicoPools.felix_pools: libcalico-go's IPPool update processor passes only that
 # one on); IPAM and calico-node's tunnel addresses read them from every pool.
 _FELIX_FIELDS = frozenset({"ipipMode", "vxlanMode"})
+
+
+def _lb_masquerading(felix: IPPool) -> bool:
+    """Felix's pool of a pod CIDR (:meth:`CalicoPools.felix_pool`) is LoadBalancer-only
+    with ``natOutgoing``: the pods' addresses are in Felix's set of pools to masquerade
+    from, and (Felix v3.31.6, v3.32.1 and later) not in its set of pools never
+    masqueraded to, so traffic between pods leaving a node is masqueraded."""
+    return felix.load_balancer_only and felix.nat_outgoing
 
 
 # The fields of an Installation's spec.calicoNetwork.ipPools entry (tigera/operator

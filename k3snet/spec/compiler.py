@@ -666,7 +666,9 @@ def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMo
         if node_selector != "all()":
             requires["nodeSelector"] = node_selector
         try:
-            out.append(CalicoPodCIDR(pod, nat_outgoing=nat, requires=requires))
+            siblings = [c for c in spec.cluster.pod_cidrs if c.version == pod.version and c != pod]
+            out.append(CalicoPodCIDR(pod, nat_outgoing=nat, requires=requires,
+                                     siblings=siblings))
         except ModelError as exc:
             raise SpecError([Problem("cluster.podCIDRs", str(exc))]) from exc
     if nat:

@@ -288,6 +288,40 @@ def test_k3snet_s_exemption_pool_in_place_behind_a_loadbalancer_only_twin_is_a_c
 # ---------------------------------------------------------------- pod CIDRs must be pools
 
 
+def test_a_pod_cidr_whose_masquerading_loadbalancer_only_twin_sorts_first_is_never_met(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Pods get 10.42.x from default-ipv4-ippool, but Felix takes a-lb for the CIDR (its
+    # name sorts first): natOutgoing puts 10.42.0.0/16 in its masquerade set, and from
+    # v3.31.6 and v3.32.1 on, LoadBalancer-only, not in network-ip-pools, so pods'
+    # traffic to pods of other nodes was masqueraded while the plan said met.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True))
+    api_server.put(CRD, _pool("a-lb", cidr="10.42.0.0/16", natOutgoing=True,
+                              allowedUses=["LoadBalancer"]))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24")
+    p = _plan(_backend(api_server), Spec.from_yaml(document))
+    assert p.met == ()
+    (conflict,) = p.conflicts
+    reason = conflict.reason or ""
+    assert "IPPool a-lb 10.42.0.0/16 is for LoadBalancer addresses only" in reason, reason
+    assert "v3.31.6, v3.32.1 and later" in reason
+    assert "masquerade pods' traffic to other pods in 10.42.0.0/16" in reason
+    # Without natOutgoing the twin masquerades nothing: pods are left untranslated, as a
+    # spec with the masquerade mode off wants.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16"))
+    api_server.put(CRD, _pool("a-lb", cidr="10.42.0.0/16", allowedUses=["LoadBalancer"]))
+    off = document.replace("cluster: {podCIDRs: [10.42.0.0/16]}",
+                           "cluster: {podCIDRs: [10.42.0.0/16]}\nmasquerade: {mode: 'off'}")
+    p = _plan(_backend(api_server), Spec.from_yaml(off))
+    assert p.conflicts == (), [c.reason for c in p.conflicts]
+    # Sorting after the workload pool, the twin decides nothing: met.
+    api_server.put(CRD, _pool("z-lb", cidr="10.42.0.0/16", natOutgoing=True,
+                              allowedUses=["LoadBalancer"]))
+    api_server.delete(CRD, "a-lb")
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True))
+    assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
+
+
 def test_a_pod_cidr_that_is_not_a_pool_is_a_conflict_never_a_new_pool(
     api_server: EmulatedApiServer,
 ) -> None:
@@ -358,6 +392,50 @@ def test_a_pod_cidr_pool_serving_some_nodes_only_meets_the_pod_cidr_only_if_the_
     api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
                               nodeSelector=" all( ) "))
     assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
+
+
+def test_per_zone_pools_one_pod_cidr_each_meet_their_pod_cidrs_as_no_pod_leaves_them(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Two zones' pools, each a pod CIDR of the spec, serve every node between them:
+    # no pod gets an address outside the pod CIDRs, so neither serving some nodes
+    # only is a conflict (one cni.calico.nodeSelector cannot name both selectors).
+    api_server.put(CRD, _pool("zone-a", cidr="10.42.0.0/17", natOutgoing=True,
+                              nodeSelector="zone == 'a'"))
+    api_server.put(CRD, _pool("zone-b", cidr="10.42.128.0/17", natOutgoing=True,
+                              nodeSelector="zone != 'a'"))
+    api_server.put(CRD, _pool("v6", cidr="fd42::/48", natOutgoing=True))  # other family
+    api_server.put(CRD, _pool("lb", cidr="10.60.0.0/24", allowedUses=["LoadBalancer"]))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24").replace(
+        "podCIDRs: [10.42.0.0/16]", "podCIDRs: [10.42.0.0/17, 10.42.128.0/17]")
+    p = _plan(_backend(api_server), Spec.from_yaml(document))
+    assert p.conflicts == (), [c.reason for c in p.conflicts]
+    assert len(p.met) == 2
+    # A third pool outside the pod CIDRs may serve a node neither selects: a conflict
+    # naming it.
+    api_server.put(CRD, _pool("edge", cidr="10.70.0.0/16", nodeSelector="edge == 'true'"))
+    conflicts = _plan(_backend(api_server), Spec.from_yaml(document)).conflicts
+    assert len(conflicts) == 2
+    assert all("outside the pod CIDR (IPPool edge 10.70.0.0/16)" in (c.reason or "")
+               for c in conflicts), [c.reason for c in conflicts]
+
+
+@pytest.mark.parametrize("selector", ["all(\u00a0)", "\u2003all()", "all()\u3000"])
+def test_a_pod_cidr_pool_whose_all_selector_has_a_blank_calico_does_not_skip_is_not_met(
+    api_server: EmulatedApiServer, selector: str,
+) -> None:
+    # Calico's selector tokenizer skips spaces and tabs only: another blank (a no-break
+    # space) around all() fails the parse, and Calico IPAM gives no node the pool's
+    # addresses. Python's \s took it for every node: met, beside a pool outside the pod
+    # CIDR whose natOutgoing false leaves pods untranslated.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
+                              nodeSelector=selector))
+    api_server.put(CRD, _pool("zone-b", cidr="10.50.0.0/16"))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24")
+    p = _plan(_backend(api_server), Spec.from_yaml(document))
+    assert p.met == ()
+    (conflict,) = p.conflicts
+    assert f"with nodeSelector {json.dumps(selector)}" in (conflict.reason or "")
 
 
 def test_a_pool_with_a_node_selector_keeps_felix_from_nat_on_every_node(
