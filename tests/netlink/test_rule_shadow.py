@@ -338,3 +338,32 @@ def test_table_local_is_read_without_a_dump_of_every_route_and_once_per_change(
             assert "whose local route 198.51.100.0/24 dev lo table local holds it" in named
         assert "route" not in reads  # no dump of every route (pyroute2: rules alone)
         assert "local" not in reads  # the socket driver: nothing changed, not read again
+
+
+def test_a_table_local_route_the_kernel_may_skip_as_link_down_is_not_named(
+        tmp_path: Path, driver: Driver) -> None:
+    """A route of table ``local`` whose device has lost its carrier (``linkdown``) is
+    skipped by the kernel's lookup where ``ignore_routes_with_linkdown`` is set: the
+    lookup goes on to ``main`` and k3snet's route carries the traffic, while the warning
+    said table local's route took every lookup of it. A route flagged ``linkdown`` or
+    ``dead`` is not sure to take anything: it names none."""
+    with d0_namespace("rlinkdn", "192.0.2.1/24", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        wanted = State(owned=[Route("2001:db8:9:1::/64", gateway="2001:db8::2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "link", "add", "d1", "type", "veth", "peer", "name", "d1p")
+        ip(ns, "link", "set", "d1p", "up")
+        ip(ns, "link", "set", "d1", "up")
+        ip(ns, "-6", "route", "add", "2001:db8:9::/48", "dev", "d1", "table", "local")
+        assert _table_of(ns, "-6", "2001:db8:9:1::7") == "local"
+        backend.observe()
+        [said] = backend.warnings
+        assert "whose route 2001:db8:9::/48 dev d1 table local holds it" in said
+        ip(ns, "link", "set", "d1p", "down")  # d1 loses its carrier: linkdown
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                        "net.ipv6.conf.d1.ignore_routes_with_linkdown=1"], check=True)
+        assert _table_of(ns, "-6", "2001:db8:9:1::7") == "main"
+        backend.observe()
+        assert backend.warnings == ()

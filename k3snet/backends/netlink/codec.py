@@ -148,6 +148,10 @@ _PLAIN_RULE_ATTRS = frozenset({FRA_DST, FRA_IIFNAME, FRA_PRIORITY, FRA_FWMARK, F
 
 RTN_UNICAST = 1
 RTM_F_CLONED = 0x200
+# A route's nexthop flags in rtm_flags: its device gone down (dead), or without carrier
+# (linkdown: skipped by a lookup where ignore_routes_with_linkdown is set).
+RTNH_F_DEAD = 0x1
+RTNH_F_LINKDOWN = 0x10
 RT_TABLE_LOCAL = 255
 IFF_UP = 0x1
 
@@ -462,11 +466,14 @@ class LocalRoute:
     ``ip route`` names its type (``local``: the node takes the packets as its own, as
     an AnyIP route ``ip route add local 10.9.0.0/16 dev lo table local`` does;
     ``unicast``, ``throw``, ...) and its device's name (``None``: none, or one not
-    known). No :class:`~k3snet.model.Route`: that model refuses the kernel's table."""
+    known), and whether its nexthop is flagged ``dead`` or ``linkdown`` (``down``: a
+    lookup may pass it by). No :class:`~k3snet.model.Route`: that model refuses the
+    kernel's table."""
 
     destination: Network
     kind: str
     device: str | None
+    down: bool = False
 
     def describe(self) -> str:
         """``[KIND ]route DST [dev DEV] table local``, as ``ip route`` shows it."""
@@ -489,7 +496,8 @@ def local_route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: i
     except ValueError:
         return None
     name = "unicast" if kind == RTN_UNICAST else ROUTE_TYPES.get(kind, f"type {kind}")
-    return LocalRoute(destination, name, None if oif is None else names.get(oif))
+    return LocalRoute(destination, name, None if oif is None else names.get(oif),
+                      down=bool(flags & (RTNH_F_DEAD | RTNH_F_LINKDOWN)))
 
 
 def decode_local_route(msg: bytes, names: Mapping[int, str]) -> LocalRoute | None:
