@@ -588,6 +588,8 @@ class NetlinkBackend(BackendBase):
         """The warnings of :meth:`_rule_warnings`, each route judged anew."""
         # IPv4 keeps tables local and main merged until a policy rule is first added: one
         # now present (other than the three a namespace starts with) proves them apart.
+        # (One added and deleted again left them apart too, unseen here: a wider local
+        # route is then not named, never one the kernel passes by.)
         apart = any(rule.family == 4 and rule not in _DEFAULT_RULES for rule in rules)
         found: list[str] = []
         # Without rules of an administrator's only table local may take a route: one look
