@@ -545,7 +545,8 @@ class NetlinkBackend(BackendBase):
             return (f"netlink: {_reason(exc, f'read the policy rules of {self._where}')}: "
                     "a route of k3snet's whose every lookup an administrator's rule takes "
                     "before its table is not named here (ip rule)",)
-        read_local: Callable[[Mapping[int, str]], Sequence[LocalRoute]] | None = getattr(
+        read_local: Callable[[Mapping[int, str], Mapping[int, int]],
+                             Sequence[LocalRoute]] | None = getattr(
             self._driver, "local_routes", None)
         custom = not all(rule in _DEFAULT_RULES for rule in rules)
         if not custom and read_local is None:
@@ -567,7 +568,7 @@ class NetlinkBackend(BackendBase):
                 return last[1]
             lookup = (self._fill(_GatewayTables(tables), view, tables) if custom
                       else _GatewayTables(tables))
-        local = self._local_table(read_local)
+        local = self._local_table(read_local, routes)
         if isinstance(local, str):
             return (local,)
         # Without rules of an administrator's the answer is the routes' and table local's
@@ -603,15 +604,23 @@ class NetlinkBackend(BackendBase):
                              f"{self._where}: {_why_taken(route, *taken)}")
         return tuple(found)
 
-    def _local_table(self, read: Callable[[Mapping[int, str]], Sequence[LocalRoute]] | None
-                     ) -> _LocalTable | str:
-        """The routes of table ``local`` (none without ``read``), or the warning saying
-        the kernel refused their dump (read for a warning only, as the rules)."""
+    def _local_table(self, read: Callable[[Mapping[int, str], Mapping[int, int]],
+                                          Sequence[LocalRoute]] | None,
+                     routes: Sequence[Route]) -> _LocalTable | str:
+        """The routes of table ``local`` that matter to ``routes`` (none without
+        ``read``), or the warning saying the kernel refused their dump (read for a
+        warning only, as the rules). The host routes of the node's addresses, longer
+        than any of ``routes``, are not decoded: thousands of service addresses
+        (kube-proxy's IPVS mode) cost a cold plan a dump, not their decoding."""
         if read is None:
             return _LocalTable(())
         names = {index: link.name for index, link in self._routes.links().items()}
+        longest: dict[int, int] = {}
+        for route in routes:
+            dst = route.destination
+            longest[dst.version] = max(longest.get(dst.version, 0), dst.prefixlen)
         try:
-            return _LocalTable(read(names))
+            return _LocalTable(read(names, longest))
         except OSError as exc:
             return (f"netlink: {_reason(exc, f'read table local of {self._where}')}: a "
                     "route of k3snet's whose every lookup a route of table local takes "
