@@ -589,7 +589,8 @@ class NetlinkBackend(BackendBase):
         """The warnings of :meth:`_rule_warnings`, each route judged anew."""
         # IPv4 keeps tables local and main merged until a policy rule is first added: one
         # now present (other than the three a namespace starts with) proves them apart.
-        # (One added and deleted again left them apart too, unseen here: a wider local
+        # (A rule's deletion splits them too, fib4_rule_delete: one added and deleted
+        # again, or a default one deleted, leaves them apart unseen here; a wider local
         # route is then not named, never one the kernel passes by.)
         apart = any(rule.family == 4 and rule not in _DEFAULT_RULES for rule in rules)
         found: list[str] = []
