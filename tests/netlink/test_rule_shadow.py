@@ -404,5 +404,6 @@ def test_table_local_s_host_routes_longer_than_any_route_of_k3snet_s_are_not_dec
             "127.0.0.0/8", "10.9.0.0/16", "10.9.1.5/32"}
         ip(ns, "route", "del", "throw", "10.9.1.5/32", "table", "local")
         backend.observe()
-        [said] = backend.warnings
+        warned: tuple[str, ...] = backend.warnings  # not the () asserted before the change
+        [said] = warned
         assert "whose local route 10.9.0.0/16 dev lo table local holds it" in said

@@ -49,6 +49,8 @@ def test_an_owned_route_a_foreign_route_shadows_is_a_conflict_naming_it(
     # get names k3snet's when the other program's was appended after it), or IPv6
     # gateways joined as one multipath route share it: the note says both, not "overrides".
     overrides = "the foreign one overrides it" in p.render()
+    assert other.metric is not None  # normalised
+    assert mine.metric is not None
     assert overrides == (other.metric < mine.metric)
     assert ("the kernel takes the route ip route show lists first there"
             in p.render()) == (other.metric == mine.metric)
