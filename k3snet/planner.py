@@ -59,6 +59,7 @@ from k3snet.model import (
     NetObject,
     Network,
     Route,
+    RouteBlock,
     SnatRule,
 )
 from k3snet.model.cidr import address_text, overlaps
@@ -216,7 +217,7 @@ class Note:
         if self.owned is None:
             return text
         if self.owned == self.wanted:
-            return f"{text}\n    (k3snet's is in place, but the foreign one overrides it)"
+            return f"{text}\n    ({_in_place_text(self.wanted, self.foreign)})"
         return f"{text}\n    (k3snet's {self.owned.describe()} stays as it is)"
 
     def to_dict(self) -> dict[str, Any]:
@@ -1024,6 +1025,21 @@ def _destination(obj: NetObject) -> Network | None:
         assert isinstance(obj, _REACHED)
         return obj.destination
     return None
+
+
+def _in_place_text(wanted: NetObject, foreign: NetObject) -> str:
+    """What becomes of k3snet's object in place that ``foreign`` comes before
+    (:meth:`Note.render`). A route at a lower metric takes its traffic; one in its very
+    slot (the same metric) may not: the kernel takes the route of the slot listed
+    first (another program's appended after k3snet's carries nothing), or, for IPv6
+    gateways it joined as one multipath route, shares the traffic. The state does not
+    say which, so the text says both."""
+    if (isinstance(wanted, Route) and isinstance(foreign, Route | RouteBlock)
+            and foreign.metric == wanted.metric):
+        return ("k3snet's is in place in the same slot: the kernel takes the route ip "
+                "route show lists first there, or shares the traffic between IPv6 "
+                "gateways it joined as one multipath route")
+    return "k3snet's is in place, but the foreign one overrides it"
 
 
 def _in_place_note(wanted: NetObject, current: NetObject, candidates: Iterable[NetObject]

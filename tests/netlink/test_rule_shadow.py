@@ -22,6 +22,7 @@ import pytest
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.backends.netlink.codec import NetlinkError
 from k3snet.model import Route, State
+from k3snet.model.cidr import network_text
 from k3snet.planner import plan
 from tests.netlink.links import d0_namespace, ip
 from tests.netlink.test_backend import DRIVERS, Driver
@@ -338,3 +339,71 @@ def test_table_local_is_read_without_a_dump_of_every_route_and_once_per_change(
             assert "whose local route 198.51.100.0/24 dev lo table local holds it" in named
         assert "route" not in reads  # no dump of every route (pyroute2: rules alone)
         assert "local" not in reads  # the socket driver: nothing changed, not read again
+
+
+def test_a_table_local_route_the_kernel_may_skip_as_link_down_is_not_named(
+        tmp_path: Path, driver: Driver) -> None:
+    """A route of table ``local`` whose device has lost its carrier (``linkdown``) is
+    skipped by the kernel's lookup where ``ignore_routes_with_linkdown`` is set: the
+    lookup goes on to ``main`` and k3snet's route carries the traffic, while the warning
+    said table local's route took every lookup of it. A route flagged ``linkdown`` or
+    ``dead`` is not sure to take anything: it names none."""
+    with d0_namespace("rlinkdn", "192.0.2.1/24", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        wanted = State(owned=[Route("2001:db8:9:1::/64", gateway="2001:db8::2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "link", "add", "d1", "type", "veth", "peer", "name", "d1p")
+        ip(ns, "link", "set", "d1p", "up")
+        ip(ns, "link", "set", "d1", "up")
+        ip(ns, "-6", "route", "add", "2001:db8:9::/48", "dev", "d1", "table", "local")
+        assert _table_of(ns, "-6", "2001:db8:9:1::7") == "local"
+        backend.observe()
+        [said] = backend.warnings
+        assert "whose route 2001:db8:9::/48 dev d1 table local holds it" in said
+        ip(ns, "link", "set", "d1p", "down")  # d1 loses its carrier: linkdown
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                        "net.ipv6.conf.d1.ignore_routes_with_linkdown=1"], check=True)
+        assert _table_of(ns, "-6", "2001:db8:9:1::7") == "main"
+        backend.observe()
+        assert backend.warnings == ()
+
+
+def test_table_local_s_host_routes_longer_than_any_route_of_k3snet_s_are_not_decoded(
+        tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every address of the node has a host route in table local (kube-proxy's IPVS mode
+    binds every service address: thousands): decoding them all tripled a cold plan's
+    time at 7000 addresses, though a route longer than every route of k3snet's cannot
+    hold one. They are left undecoded, but for a ``throw`` route (or one a lookup may
+    pass by), which sends some lookups on however long: the kernel's answer is kept."""
+    with d0_namespace("rlocaln", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "link", "set", "lo", "up")
+        subprocess.run(["ip", "-n", ns, "-b", "-"], check=True, input="".join(
+            f"addr add 10.7.{i}.1/32 dev d0\n" for i in range(60)).encode())
+        ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
+        ip(ns, "route", "add", "local", "10.9.0.0/16", "dev", "lo", "table", "local")
+        ip(ns, "route", "add", "throw", "10.9.1.5/32", "table", "local")
+        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        driver_object: Any = backend._driver
+        local_routes = driver_object.local_routes
+        read: list[Any] = []
+
+        def spied(*args: Any) -> Any:
+            read[:] = local_routes(*args)
+            return read
+
+        monkeypatch.setattr(driver_object, "local_routes", spied)
+        assert _table_of(ns, "-4", "10.9.1.5") == "main"  # the throw route sends it on
+        backend.observe()
+        assert backend.warnings == ()
+        assert {network_text(r.destination) for r in read if r.destination.version == 4} == {
+            "127.0.0.0/8", "10.9.0.0/16", "10.9.1.5/32"}
+        ip(ns, "route", "del", "throw", "10.9.1.5/32", "table", "local")
+        backend.observe()
+        warned: tuple[str, ...] = backend.warnings  # not the () asserted before the change
+        [said] = warned
+        assert "whose local route 10.9.0.0/16 dev lo table local holds it" in said

@@ -45,6 +45,15 @@ def test_an_owned_route_a_foreign_route_shadows_is_a_conflict_naming_it(
     assert p.target(State(owned=[mine])) == {mine}
     assert Plan.from_json(p.to_json()) == p
     assert p.to_dict()["notes"][0]["owned"] == mine.to_dict()
+    # A lower metric takes the traffic; the same slot's first route does (IPv4: ip route
+    # get names k3snet's when the other program's was appended after it), or IPv6
+    # gateways joined as one multipath route share it: the note says both, not "overrides".
+    overrides = "the foreign one overrides it" in p.render()
+    assert other.metric is not None  # normalised
+    assert mine.metric is not None
+    assert overrides == (other.metric < mine.metric)
+    assert ("the kernel takes the route ip route show lists first there"
+            in p.render()) == (other.metric == mine.metric)
 
 
 def test_a_foreign_route_at_a_higher_metric_or_through_our_next_hop_shadows_nothing() -> None:

@@ -545,7 +545,8 @@ class NetlinkBackend(BackendBase):
             return (f"netlink: {_reason(exc, f'read the policy rules of {self._where}')}: "
                     "a route of k3snet's whose every lookup an administrator's rule takes "
                     "before its table is not named here (ip rule)",)
-        read_local: Callable[[Mapping[int, str]], Sequence[LocalRoute]] | None = getattr(
+        read_local: Callable[[Mapping[int, str], Mapping[int, int]],
+                             Sequence[LocalRoute]] | None = getattr(
             self._driver, "local_routes", None)
         custom = not all(rule in _DEFAULT_RULES for rule in rules)
         if not custom and read_local is None:
@@ -567,7 +568,7 @@ class NetlinkBackend(BackendBase):
                 return last[1]
             lookup = (self._fill(_GatewayTables(tables), view, tables) if custom
                       else _GatewayTables(tables))
-        local = self._local_table(read_local)
+        local = self._local_table(read_local, routes)
         if isinstance(local, str):
             return (local,)
         # Without rules of an administrator's the answer is the routes' and table local's
@@ -588,6 +589,9 @@ class NetlinkBackend(BackendBase):
         """The warnings of :meth:`_rule_warnings`, each route judged anew."""
         # IPv4 keeps tables local and main merged until a policy rule is first added: one
         # now present (other than the three a namespace starts with) proves them apart.
+        # (A rule's deletion splits them too, fib4_rule_delete: one added and deleted
+        # again, or a default one deleted, leaves them apart unseen here; a wider local
+        # route is then not named, never one the kernel passes by.)
         apart = any(rule.family == 4 and rule not in _DEFAULT_RULES for rule in rules)
         found: list[str] = []
         # Without rules of an administrator's only table local may take a route: one look
@@ -601,15 +605,23 @@ class NetlinkBackend(BackendBase):
                              f"{self._where}: {_why_taken(route, *taken)}")
         return tuple(found)
 
-    def _local_table(self, read: Callable[[Mapping[int, str]], Sequence[LocalRoute]] | None
-                     ) -> _LocalTable | str:
-        """The routes of table ``local`` (none without ``read``), or the warning saying
-        the kernel refused their dump (read for a warning only, as the rules)."""
+    def _local_table(self, read: Callable[[Mapping[int, str], Mapping[int, int]],
+                                          Sequence[LocalRoute]] | None,
+                     routes: Sequence[Route]) -> _LocalTable | str:
+        """The routes of table ``local`` that matter to ``routes`` (none without
+        ``read``), or the warning saying the kernel refused their dump (read for a
+        warning only, as the rules). The host routes of the node's addresses, longer
+        than any of ``routes``, are not decoded: thousands of service addresses
+        (kube-proxy's IPVS mode) cost a cold plan a dump, not their decoding."""
         if read is None:
             return _LocalTable(())
         names = {index: link.name for index, link in self._routes.links().items()}
+        longest: dict[int, int] = {}
+        for route in routes:
+            dst = route.destination
+            longest[dst.version] = max(longest.get(dst.version, 0), dst.prefixlen)
         try:
-            return _LocalTable(read(names))
+            return _LocalTable(read(names, longest))
         except OSError as exc:
             return (f"netlink: {_reason(exc, f'read table local of {self._where}')}: a "
                     "route of k3snet's whose every lookup a route of table local takes "
@@ -1913,12 +1925,14 @@ class _LocalTable:
     def __init__(self, routes: Iterable[LocalRoute]) -> None:
         self.routes = tuple(routes)
         self._routes: dict[tuple[int, int], dict[int, list[LocalRoute]]] = {}
+        # Routes sending some lookups on: throw, and those a lookup may pass by (a
+        # nexthop dead or without carrier, ignore_routes_with_linkdown set).
         self._throws: list[LocalRoute] = []
         for route in self.routes:
             dst = route.destination
             (self._routes.setdefault((dst.version, dst.prefixlen), {})
              .setdefault(int(dst.network_address), []).append(route))
-            if route.kind == "throw":
+            if route.kind == "throw" or route.down:
                 self._throws.append(route)
         self._lengths = {version: sorted((length for v, length in self._routes
                                           if v == version), reverse=True)
@@ -1926,8 +1940,8 @@ class _LocalTable:
 
     def holder(self, dst: Network) -> LocalRoute | None:
         """The route a lookup of every address of ``dst`` ends at in this table: the
-        longest prefix holding all of it (``None``: none, or a ``throw`` route sends some
-        lookups on)."""
+        longest prefix holding all of it (``None``: none, or a ``throw`` route, or one
+        flagged ``dead`` or ``linkdown``, may send some lookups on)."""
         version, prefixlen = dst.version, dst.prefixlen
         value, bits = int(dst.network_address), 32 if version == 4 else 128
         for length in self._lengths[version]:
@@ -1935,7 +1949,7 @@ class _LocalTable:
                 continue
             routes = self._routes[version, length].get(value >> (bits - length) << (bits - length))
             if routes:
-                if any(r.kind == "throw" for r in routes) or any(
+                if any(r.kind == "throw" or r.down for r in routes) or any(
                         r.destination.overlaps(dst) for r in self._throws):
                     return None
                 return routes[0]

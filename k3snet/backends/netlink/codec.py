@@ -52,6 +52,7 @@ __all__ = [
     "first_hop",
     "header_of",
     "link_dump_request",
+    "local_route_matters",
     "local_route_of",
     "message",
     "messages",
@@ -147,7 +148,12 @@ _PLAIN_RULE_ATTRS = frozenset({FRA_DST, FRA_IIFNAME, FRA_PRIORITY, FRA_FWMARK, F
                                FRA_TABLE, FRA_FWMASK, FRA_OIFNAME, FRA_PAD, FRA_PROTOCOL})
 
 RTN_UNICAST = 1
+RTN_THROW = 9
 RTM_F_CLONED = 0x200
+# A route's nexthop flags in rtm_flags: its device gone down (dead), or without carrier
+# (linkdown: skipped by a lookup where ignore_routes_with_linkdown is set).
+RTNH_F_DEAD = 0x1
+RTNH_F_LINKDOWN = 0x10
 RT_TABLE_LOCAL = 255
 IFF_UP = 0x1
 
@@ -462,17 +468,43 @@ class LocalRoute:
     ``ip route`` names its type (``local``: the node takes the packets as its own, as
     an AnyIP route ``ip route add local 10.9.0.0/16 dev lo table local`` does;
     ``unicast``, ``throw``, ...) and its device's name (``None``: none, or one not
-    known). No :class:`~k3snet.model.Route`: that model refuses the kernel's table."""
+    known), and whether its nexthop is flagged ``dead`` or ``linkdown`` (``down``: a
+    lookup may pass it by). No :class:`~k3snet.model.Route`: that model refuses the
+    kernel's table."""
 
     destination: Network
     kind: str
     device: str | None
+    down: bool = False
 
     def describe(self) -> str:
         """``[KIND ]route DST [dev DEV] table local``, as ``ip route`` shows it."""
         kind = "" if self.kind == "unicast" else f"{self.kind} "
         dev = "" if self.device is None else f" dev {shell_word(self.device)}"
         return f"{kind}route {network_text(self.destination)}{dev} table local"
+
+    def matters(self, longest: Mapping[int, int] | None) -> bool:
+        """Whether this route may change a lookup of a destination of at most
+        ``longest[version]`` bits (:func:`local_route_matters`)."""
+        dst = self.destination
+        return local_route_matters(
+            socket.AF_INET if dst.version == 4 else socket.AF_INET6, dst.prefixlen,
+            RTN_THROW if self.kind == "throw" else RTN_UNICAST,
+            RTNH_F_DEAD if self.down else 0, longest)
+
+
+def local_route_matters(family: int, dst_len: int, kind: int, flags: int,
+                        longest: Mapping[int, int] | None) -> bool:
+    """Whether a route of table ``local`` (its header's fields) may change what a lookup
+    of a destination of at most ``longest[version]`` bits ends at: one no longer than
+    that may hold it, a ``throw`` route or one flagged ``dead`` or ``linkdown`` inside it
+    may send some lookups on (``None``: every route matters). The host routes of a
+    node's addresses (``local 10.0.0.1``, thousands where kube-proxy's IPVS mode binds
+    every service address) are longer than a route of k3snet's and are not decoded."""
+    if longest is None or kind == RTN_THROW or flags & (RTNH_F_DEAD | RTNH_F_LINKDOWN):
+        return True
+    version = 4 if family == socket.AF_INET else 6 if family == socket.AF_INET6 else 0
+    return dst_len <= longest.get(version, -1)
 
 
 def local_route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int,
@@ -489,13 +521,18 @@ def local_route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: i
     except ValueError:
         return None
     name = "unicast" if kind == RTN_UNICAST else ROUTE_TYPES.get(kind, f"type {kind}")
-    return LocalRoute(destination, name, None if oif is None else names.get(oif))
+    return LocalRoute(destination, name, None if oif is None else names.get(oif),
+                      down=bool(flags & (RTNH_F_DEAD | RTNH_F_LINKDOWN)))
 
 
-def decode_local_route(msg: bytes, names: Mapping[int, str]) -> LocalRoute | None:
+def decode_local_route(msg: bytes, names: Mapping[int, str],
+                       longest: Mapping[int, int] | None = None) -> LocalRoute | None:
     """What a raw ``RTM_NEWROUTE`` message of table ``local`` describes
-    (:func:`local_route_of`)."""
+    (:func:`local_route_of`; ``None`` too for one that does not matter to destinations
+    of ``longest``'s lengths, :func:`local_route_matters`, its attributes not read)."""
     family, dst_len, src_len, tos, rtm_table, _, _, kind, flags = RTMSG.unpack_from(msg, HDR)
+    if not local_route_matters(family, dst_len, kind, flags, longest):
+        return None
     found = attrs_of(msg, HDR + RTMSG.size)
     return local_route_of(
         family=family, dst_len=dst_len, src_len=src_len, tos=tos, kind=kind, flags=flags,

@@ -65,9 +65,10 @@ class RouteDriver(Protocol):
     # Optional: ``rules()``, the policy rules in the kernel's order (list[LookupRule],
     # :func:`~.codec.decode_rule`); without it ``check`` takes the rules a namespace
     # starts with, and the warnings name no route a rule takes. Both drivers read them.
-    # Optional too: ``local_routes(names)``, the routes of table ``local``
-    # (list[LocalRoute], :func:`~.codec.local_route_of`); without it the warnings name no
-    # route an AnyIP route of that table takes.
+    # Optional too: ``local_routes(names, longest)``, the routes of table ``local``
+    # (list[LocalRoute], :func:`~.codec.local_route_of`) that matter to destinations of
+    # at most ``longest[version]`` bits (:func:`~.codec.local_route_matters`); without it
+    # the warnings name no route an AnyIP route of that table takes.
 
     def send(self, changes: Sequence[Change],
              indexes: Mapping[str, int]) -> dict[int, NetlinkError]:

@@ -336,20 +336,22 @@ class Pyroute2Driver:
 
         return self._run(job)
 
-    def local_routes(self, names: Mapping[int, str]) -> list[LocalRoute]:
+    def local_routes(self, names: Mapping[int, str],
+                     longest: Mapping[int, int] | None = None) -> list[LocalRoute]:
         """The routes of table ``local``, both families, as the socket driver reads them
         (:meth:`.SocketDriver.local_routes`): those the last :meth:`routes` met (it dumps
         every table, pyroute2 filtering after decoding them all, table ``local``'s among
-        them), else a dump of their own (as costly: pyroute2 filters it the same way)."""
+        them), else a dump of their own (as costly: pyroute2 filters it the same way);
+        those that do not matter to destinations of ``longest``'s lengths left out."""
         if self._local is not None:
-            return self._local
+            return [route for route in self._local if route.matters(longest)]
 
         def job(ipr: Any) -> list[LocalRoute]:
             found: list[LocalRoute] = []
             for family in (socket.AF_INET, socket.AF_INET6):
                 for msg in self._dump(ipr, ipr.route, family=family, table=RT_TABLE_LOCAL):
                     route = _local_from(msg, names)
-                    if route is not None:
+                    if route is not None and route.matters(longest):
                         found.append(route)
             return found
 

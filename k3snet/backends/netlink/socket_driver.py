@@ -256,15 +256,18 @@ class SocketDriver:
             found.extend(rule for msg in dumped if (rule := decode_rule(msg)) is not None)
         return sorted(found, key=lambda rule: rule.priority)
 
-    def local_routes(self, names: Mapping[int, str]) -> list[LocalRoute]:
+    def local_routes(self, names: Mapping[int, str],
+                     longest: Mapping[int, int] | None = None) -> list[LocalRoute]:
         """The routes of table ``local``, both families (:func:`~.codec.decode_local_route`):
         one dump each, of that table alone (the kernel filters it, strict checking), a
-        few routes per address (optional: see :class:`~.driver.RouteDriver`)."""
+        few routes per address, those that do not matter to destinations of ``longest``'s
+        lengths (by IP version) left undecoded (optional: see
+        :class:`~.driver.RouteDriver`)."""
         found: list[LocalRoute] = []
         for family in (socket.AF_INET, socket.AF_INET6):
             for msg in self.dump(RTM_GETROUTE, route_dump_request(family, RT_TABLE_LOCAL),
                                  missing_ok=True):
-                route = decode_local_route(msg, names)
+                route = decode_local_route(msg, names, longest)
                 if route is not None:
                     found.append(route)
         return found
