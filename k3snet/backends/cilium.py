@@ -112,6 +112,7 @@ from k3snet.backends.cilium_mount import (
     agent_config_dir_missing,
     agent_config_path,
     agent_directory_missing,
+    agent_env_reads,
     agent_file_copied,
     agent_file_mounted,
     agent_file_unreadable,
@@ -2107,14 +2108,16 @@ class CiliumBackend(BackendBase):
         """Whether the pods of ``daemonset`` (JSON) run Cilium's agent
         (:func:`~k3snet.backends.cilium_mount.runs_agent`) reading ``cilium-config``: its
         config init container's ``--source`` names it, or it has none (Helm's before
-        ``build-config``: the ConfigMap's volume), or which is not known. A copy for a
+        ``build-config``: the ConfigMap's volume), or which is not known, or its agent
+        container takes a variable from it (read at the container's start). A copy for a
         node pool reading its own ConfigMap alone awaits no restart for a change of
         ``cilium-config``."""
         if not runs_agent(daemonset):
             return False
         sources = config_sources(daemonset, self._api.namespace)
         return not isinstance(sources, ConfigSources) or (
-            "config-map", self._api.namespace, self._api.config_name) in sources.sources
+            "config-map", self._api.namespace, self._api.config_name) in sources.sources or (
+            agent_env_reads(daemonset, self._api.config_name))
 
     # ------------------------------------------------------------ disruptive changes
 

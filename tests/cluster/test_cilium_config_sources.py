@@ -321,3 +321,26 @@ def test_a_node_config_s_key_the_agent_s_variable_takes_from_cilium_config_is_no
                in r.getMessage() for r in caplog.records)
     want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
     assert plan(backend.observe(), State(owned=[want])).conflicts == ()
+
+
+def test_a_copy_whose_agent_s_variable_takes_a_cilium_config_key_awaits_its_restart(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-gpu's config init container reads its own ConfigMap alone, but its agent's
+    # CILIUM_ENABLE_IPV4_MASQUERADE comes from cilium-config: the kubelet reads that when
+    # the container starts, so k3snet's write reaches its nodes at their next start. Its
+    # restart was not said needed nor followed.
+    api_server.put(DAEMONSETS, _building())
+    gpu = _building("--source=config-map:cilium-config-gpu", name="cilium-gpu")
+    gpu["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "CILIUM_ENABLE_IPV4_MASQUERADE", "valueFrom": {"configMapKeyRef": {
+            "name": "cilium-config", "key": "enable-ipv4-masquerade"}}}]
+    api_server.put(DAEMONSETS, gpu)
+    (change,) = plan(backend.observe(), MASQUERADE_OFF).changes
+    assert backend.restart_needed(change) == (
+        "DaemonSet kube-system/cilium", "DaemonSet kube-system/cilium-gpu")
+    # Its own ConfigMap alone, no variable from cilium-config: no restart of its pods.
+    del gpu["spec"]["template"]["spec"]["containers"][0]["env"]
+    api_server.put(DAEMONSETS, gpu)
+    (change,) = plan(backend.observe(), MASQUERADE_OFF).changes
+    assert backend.restart_needed(change) == "DaemonSet kube-system/cilium"
