@@ -1565,7 +1565,7 @@ class CiliumBackend(BackendBase):
         ``daemonset`` takes by a variable from that key of ``cilium-config``
         (:meth:`_follows_config`) is dropped too (a warning): viper lays the variable over
         the config directory."""
-        nodes = self._followed_overrides(nodes, daemonset)
+        nodes = self._followed_overrides(nodes, daemonset, holds)
         if sources is None or not nodes.overrides:
             return nodes
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
@@ -1595,15 +1595,15 @@ class CiliumBackend(BackendBase):
                 kept.append((attrs.evolve(override, settings=settings), selector))
         return attrs.evolve(nodes, overrides=tuple(kept))
 
-    def _followed_overrides(self, nodes: _Nodes, daemonset: Mapping[str, Any] | None
-                            ) -> _Nodes:
+    def _followed_overrides(self, nodes: _Nodes, daemonset: Mapping[str, Any] | None,
+                            holds: frozenset[str]) -> _Nodes:
         """``nodes`` without the CiliumNodeConfigs' keys the agent container of
-        ``daemonset`` (JSON) takes by a variable from that key of ``cilium-config``
-        (:meth:`_follows_config`), each one dropped a warning."""
+        ``daemonset`` (JSON) takes by a variable from that key of ``cilium-config``, which
+        ``holds`` them (:meth:`_follows_config`), each one dropped a warning."""
         if daemonset is None or not nodes.overrides:
             return nodes
         follows = self._follows_config(
-            daemonset, sorted({k for o, _ in nodes.overrides for k in o.settings}))
+            daemonset, sorted({k for o, _ in nodes.overrides for k in o.settings}), holds)
         if not follows:
             return nodes
         kept = []
@@ -2300,20 +2300,23 @@ class CiliumBackend(BackendBase):
                 for key in after.settings if key not in follows
                 and (why := sources.dropped(namespace, configmap, key)) is not None]
 
-    def _follows_config(self, daemonset: Mapping[str, Any], keys: Iterable[str]
-                        ) -> frozenset[str]:
+    def _follows_config(self, daemonset: Mapping[str, Any], keys: Iterable[str],
+                        holds: frozenset[str] | None = None) -> frozenset[str]:
         """The keys of ``keys`` the ``cilium-agent`` container of ``daemonset`` (JSON) takes
         by its variable (no flag) from a ``configMapKeyRef`` to that same key of
         ``cilium-config``: the kubelet sets it to the value there at each start of the
         container, and viper lays a variable over the config directory, so the agents
         take ``cilium-config``'s value whatever their ``config`` init container takes
         (:func:`~k3snet.backends.cilium_mount.config_sources`) and whatever
-        CiliumNodeConfig selects their node."""
+        CiliumNodeConfig selects their node. ``holds``: the keys ``cilium-config`` holds
+        (its own and those k3snet writes), where known: an ``optional`` ref to a key not
+        among them sets no variable, and the config directory decides."""
         follows = set()
         for key, option in agent_options(daemonset, tuple(keys)).items():
             ref = (variable_configmap_ref(daemonset, option.given[1:])
                    if option.value is None and option.given.startswith("$") else None)
-            if ref is not None and (ref.name, ref.key) == (self._api.config_name, key):
+            if ref is not None and (ref.name, ref.key) == (self._api.config_name, key) and (
+                    holds is None or not ref.optional or key in holds):
                 follows.add(key)
         return frozenset(follows)
 

@@ -321,6 +321,22 @@ def test_a_node_config_s_key_the_agent_s_variable_takes_from_cilium_config_is_no
                in r.getMessage() for r in caplog.records)
     want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
     assert plan(backend.observe(), State(owned=[want])).conflicts == ()
+    # An optional ref to a key cilium-config does not hold sets no variable: the
+    # CiliumNodeConfig's value is the agents' there.
+    ds["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "CILIUM_ENABLE_IPV4_MASQUERADE", "valueFrom": {"configMapKeyRef": {
+            "name": "cilium-config", "key": "enable-ipv4-masquerade", "optional": True}}}]
+    api_server.put(DAEMONSETS, ds)
+    assert _observed_overrides(backend) == ()  # cilium-config holds it
+    api_server.put(CONFIGMAPS, _cilium_config(
+        {k: v for k, v in HELM_K3S_DATA.items() if k != "enable-ipv4-masquerade"}))
+    assert [o.name for o in _observed_overrides(backend)] == ["edge"]
+
+
+def _observed_overrides(backend: CiliumBackend) -> tuple[Any, ...]:
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    return tuple(foreign.node_overrides)
 
 
 def test_a_copy_whose_agent_s_variable_takes_a_cilium_config_key_awaits_its_restart(
