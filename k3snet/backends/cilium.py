@@ -112,11 +112,13 @@ from k3snet.backends.cilium_mount import (
     agent_config_dir_missing,
     agent_config_path,
     agent_directory_missing,
+    agent_env_reads,
     agent_file_copied,
     agent_file_mounted,
     agent_file_unreadable,
     agent_options,
     config_sources,
+    option_variable,
     pod_as_daemonset,
     pod_node,
     pods_lag,
@@ -1450,7 +1452,8 @@ class CiliumBackend(BackendBase):
         holds = {*(read.config.data if read.config is not None else ()),
                  *(owned.settings if owned is not None else ()),
                  *(self._expected.settings if self._expected is not None else ())}
-        nodes = self._taken_overrides(self._nodes(sources), sources, frozenset(holds))
+        nodes = self._taken_overrides(self._nodes(sources), sources, frozenset(holds),
+                                      daemonset if isinstance(daemonset, Mapping) else None)
         found = list(nodes.overrides)
         groups = _node_groups(found, nodes.agent_labels, self._api.warn)
         options = self._options = self._agent_options(daemonset, others or ())
@@ -1535,7 +1538,8 @@ class CiliumBackend(BackendBase):
             if name == self._daemonset:
                 named = sources
                 continue
-            dropped = {k: why for k in writes if sources is not None
+            follows = self._follows_config(found, writes) if sources is not None else ()
+            dropped = {k: why for k in writes if sources is not None and k not in follows
                        and (why := sources.dropped(namespace, configmap, k)) is not None}
             if dropped:
                 self._api.warn(printable(
@@ -1546,7 +1550,8 @@ class CiliumBackend(BackendBase):
         return named
 
     def _taken_overrides(self, nodes: _Nodes, sources: ConfigSources | None,
-                         holds: frozenset[str] = frozenset()) -> _Nodes:
+                         holds: frozenset[str] = frozenset(),
+                         daemonset: Mapping[str, Any] | None = None) -> _Nodes:
         """``nodes`` with the CiliumNodeConfigs' keys the named DaemonSet's ``config`` init
         container (``sources``) takes, each one it drops a warning: a key its
         ``--allow-config-keys`` does not allow or its ``--deny-config-keys`` denies (the
@@ -1556,7 +1561,11 @@ class CiliumBackend(BackendBase):
         others are not read (a warning), and those named are laid on every node. A key
         ``cilium-config`` ``holds`` (its keys, and those k3snet writes) where it is a
         source after the CiliumNodeConfigs is its own there (a warning): the resolver
-        lays each source over the ones before."""
+        lays each source over the ones before. A key the agent container of the named
+        ``daemonset`` takes by a variable from that key of ``cilium-config``
+        (:meth:`_follows_config`) is dropped too (a warning): viper lays the variable over
+        the config directory."""
+        nodes = self._followed_overrides(nodes, daemonset, holds)
         if sources is None or not nodes.overrides:
             return nodes
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
@@ -1582,6 +1591,33 @@ class CiliumBackend(BackendBase):
                     f"drops {', '.join(dropped)} of CiliumNodeConfig {override.name} "
                     f"({next(iter(dropped.values()))}): cilium-config judges them")[:1000])
             settings = {k: v for k, v in override.settings.items() if k not in dropped}
+            if settings:
+                kept.append((attrs.evolve(override, settings=settings), selector))
+        return attrs.evolve(nodes, overrides=tuple(kept))
+
+    def _followed_overrides(self, nodes: _Nodes, daemonset: Mapping[str, Any] | None,
+                            holds: frozenset[str]) -> _Nodes:
+        """``nodes`` without the CiliumNodeConfigs' keys the agent container of
+        ``daemonset`` (JSON) takes by a variable from that key of ``cilium-config``, which
+        ``holds`` them (:meth:`_follows_config`), each one dropped a warning."""
+        if daemonset is None or not nodes.overrides:
+            return nodes
+        follows = self._follows_config(
+            daemonset, sorted({k for o, _ in nodes.overrides for k in o.settings}), holds)
+        if not follows:
+            return nodes
+        kept = []
+        for override, selector in nodes.overrides:
+            dropped = sorted(k for k in override.settings if k in follows)
+            if dropped:
+                self._api.warn(printable(
+                    f"the {AGENT_CONTAINER} container of DaemonSet {self._api.namespace}/"
+                    f"{self._daemonset} takes {', '.join(dropped)} by its variable "
+                    f"({', '.join(option_variable(k) for k in dropped)}) from that key of "
+                    f"{self._where()}, laid over its config directory: CiliumNodeConfig "
+                    f"{override.name}'s value is not taken, and cilium-config judges "
+                    "them")[:1000])
+            settings = {k: v for k, v in override.settings.items() if k not in follows}
             if settings:
                 kept.append((attrs.evolve(override, settings=settings), selector))
         return attrs.evolve(nodes, overrides=tuple(kept))
@@ -1804,6 +1840,9 @@ class CiliumBackend(BackendBase):
         lays over it, its value turning it off (``ConfigSources.configmaps_after``; one
         turning it on is judged; what they take instead is not). Its mount does not
         matter to k3snet's write then: the agents keep the ip-masq-agent as they run it.
+        A variable from ``enable-ip-masq-agent`` of ``cilium-config`` itself
+        (:meth:`_follows_config`) is ``cilium-config``'s value whatever its sources take:
+        judged.
         Why it is not known, a text (a value set where the pod runs, a ConfigMap k3snet
         may not read, a shell's script, a config file): a warning, not judged, since their
         agents may run no ip-masq-agent and a refusal would block a valid write."""
@@ -1826,6 +1865,8 @@ class CiliumBackend(BackendBase):
             # viper: GetBool's ParseBool of the variable as set, untrimmed (only the config
             # directory's files are trimmed); one it cannot read is false.
             return parse_go_bool(option.value) is not True
+        if self._follows_config(other, (key,)):
+            return False  # its variable takes cilium-config's value over the config directory
         return self._sources_keep_ip_masq_agent_off(name, other)
 
     def _sources_keep_ip_masq_agent_off(self, name: str, other: Mapping[str, Any]
@@ -2067,14 +2108,16 @@ class CiliumBackend(BackendBase):
         """Whether the pods of ``daemonset`` (JSON) run Cilium's agent
         (:func:`~k3snet.backends.cilium_mount.runs_agent`) reading ``cilium-config``: its
         config init container's ``--source`` names it, or it has none (Helm's before
-        ``build-config``: the ConfigMap's volume), or which is not known. A copy for a
+        ``build-config``: the ConfigMap's volume), or which is not known, or its agent
+        container takes a variable from it (read at the container's start). A copy for a
         node pool reading its own ConfigMap alone awaits no restart for a change of
         ``cilium-config``."""
         if not runs_agent(daemonset):
             return False
         sources = config_sources(daemonset, self._api.namespace)
         return not isinstance(sources, ConfigSources) or (
-            "config-map", self._api.namespace, self._api.config_name) in sources.sources
+            "config-map", self._api.namespace, self._api.config_name) in sources.sources or (
+            agent_env_reads(daemonset, self._api.config_name))
 
     # ------------------------------------------------------------ disruptive changes
 
@@ -2218,7 +2261,7 @@ class CiliumBackend(BackendBase):
             if isinstance(after, CiliumConfig):
                 problems += [p for k in after.settings
                              if (p := setting_problem(k, after.settings[k])) is not None]
-            problems += self._not_taken(after, read.sources)
+            problems += self._not_taken(after, read.sources, read.daemonset)
             reason = self._disruptive(change, read)
             if reason is not None and not self.allow_disruptive:
                 problems.append(f"{reason}; k3snet refuses a disruptive change unless it is "
@@ -2237,20 +2280,45 @@ class CiliumBackend(BackendBase):
         return _Edit(changed, config_record, *self._agent_outcome(
             read, agent_text, members, new_members, agent_record))
 
-    def _not_taken(self, after: object, sources: ConfigSources | None) -> list[str]:
+    def _not_taken(self, after: object, sources: ConfigSources | None,
+                   daemonset: Mapping[str, Any] | None = None) -> list[str]:
         """The keys ``after`` has k3snet write into ``cilium-config`` that the named
         DaemonSet's ``config`` init container (``sources``, as observe read it) does not
-        take from there: the write would have no effect."""
+        take from there: the write would have no effect. One its agent container's
+        variable takes from that very key (:meth:`_follows_config`) is taken all the same:
+        the variable is laid over the config directory."""
         if sources is None or not isinstance(after, CiliumConfig):
             return []
         namespace, configmap = self._api.namespace, self._api.config_name
+        follows = (self._follows_config(daemonset, after.settings) if daemonset is not None
+                   else frozenset())
         # why quotes the DaemonSet's flags, the cluster's text: one printable line, cut.
         where = f"DaemonSet {namespace}/{self._daemonset}"
         return [f"{key}: k3snet writes it into {self._where()}, which "
                 f"{_builder(where, sources)} does not take from there "
                 f"({printable(why)[:500]}): the write would have no effect"
-                for key in after.settings
-                if (why := sources.dropped(namespace, configmap, key)) is not None]
+                for key in after.settings if key not in follows
+                and (why := sources.dropped(namespace, configmap, key)) is not None]
+
+    def _follows_config(self, daemonset: Mapping[str, Any], keys: Iterable[str],
+                        holds: frozenset[str] | None = None) -> frozenset[str]:
+        """The keys of ``keys`` the ``cilium-agent`` container of ``daemonset`` (JSON) takes
+        by its variable (no flag) from a ``configMapKeyRef`` to that same key of
+        ``cilium-config``: the kubelet sets it to the value there at each start of the
+        container, and viper lays a variable over the config directory, so the agents
+        take ``cilium-config``'s value whatever their ``config`` init container takes
+        (:func:`~k3snet.backends.cilium_mount.config_sources`) and whatever
+        CiliumNodeConfig selects their node. ``holds``: the keys ``cilium-config`` holds
+        (its own and those k3snet writes), where known: an ``optional`` ref to a key not
+        among them sets no variable, and the config directory decides."""
+        follows = set()
+        for key, option in agent_options(daemonset, tuple(keys)).items():
+            ref = (variable_configmap_ref(daemonset, option.given[1:])
+                   if option.value is None and option.given.startswith("$") else None)
+            if ref is not None and (ref.name, ref.key) == (self._api.config_name, key) and (
+                    holds is None or not ref.optional or key in holds):
+                follows.add(key)
+        return frozenset(follows)
 
     def _mount_after(self, read: _Read, after: Mapping[str, str]) -> _Mount:
         """The DaemonSet's mount as far as an edit leaving ``after`` in ``cilium-config``

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 __all__ = ["AGENT_CONTAINER", "BUILD_CONFIG", "CONFIG_DIR_KEY", "CONFIG_FILE_KEY",
            "CONFIG_PATH_FLAG", "CONFIG_PATH_VARIABLE", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET",
            "AgentOption", "ConfigSources", "agent_config_dir_missing", "agent_config_path",
-           "agent_directory_missing", "agent_file_copied", "agent_file_mounted",
+           "agent_directory_missing", "agent_env_reads", "agent_file_copied", "agent_file_mounted",
            "agent_file_unreadable", "agent_options", "config_sources", "option_variable",
            "pod_as_daemonset", "pod_node", "pods_lag", "runs_agent", "runs_nowhere",
            "variable_configmap_ref"]
@@ -527,6 +527,29 @@ def variable_configmap_ref(daemonset: Mapping[str, Any], variable: str) -> Confi
                                      for source in _dicts(agent.get("envFrom")))
     return ConfigMapRef(_text(ref.get("name")), _text(ref.get("key")),
                         ref.get("optional") is True, shadowed)
+
+
+def agent_env_reads(daemonset: Mapping[str, Any], name: str) -> bool:
+    """Whether the ``cilium-agent`` container of ``daemonset`` takes a variable from the
+    ConfigMap ``name`` of the pod's namespace (an ``env`` entry's ``configMapKeyRef``, an
+    ``envFrom``'s ``configMapRef``): the kubelet reads it when the container starts.
+
+    >>> agent = {"name": "cilium-agent", "env": [{"name": "CILIUM_DEBUG", "valueFrom": {
+    ...     "configMapKeyRef": {"name": "cilium-config", "key": "debug"}}}]}
+    >>> agent_env_reads({"spec": {"template": {"spec": {"containers": [agent]}}}},
+    ...                 "cilium-config")
+    True
+    """
+    _, agent = _pod_and_agent(daemonset)
+    if agent is None:
+        return False
+    for entry in _dicts(agent.get("env")):
+        value_from = entry.get("valueFrom")
+        ref = value_from.get("configMapKeyRef") if isinstance(value_from, dict) else None
+        if isinstance(ref, dict) and ref.get("name") == name:
+            return True
+    return any(isinstance(ref := source.get("configMapRef"), dict) and ref.get("name") == name
+               for source in _dicts(agent.get("envFrom")))
 
 
 # What a container's environment gives a $(NAME) of its command or args: the text, or

@@ -19,7 +19,7 @@ import pytest
 
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.errors import PlanError
-from k3snet.model.cilium import CiliumConfig
+from k3snet.model.cilium import CiliumConfig, CiliumMasquerade
 from k3snet.model.state import State
 from k3snet.planner import plan
 from k3snet.testing.kube import EmulatedApiServer
@@ -276,3 +276,87 @@ def test_a_copy_mounting_its_own_configmap_as_its_config_directory_is_not_judged
     on = State(owned=[CiliumConfig(TARGET, settings={
         "enable-bpf-masquerade": "true", "enable-ip-masq-agent": "true"})])
     assert backend.check(plan(backend.observe(), on)) == ()
+
+
+def test_a_key_the_agent_s_variable_takes_from_cilium_config_itself_is_taken_whatever_the_sources(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The config init container drops enable-ipv4-masquerade of cilium-config, but the
+    # agent's CILIUM_ENABLE_IPV4_MASQUERADE comes from that very key: the kubelet sets it
+    # to what k3snet writes there and viper lays the variable over the config directory.
+    # The write was refused as having no effect.
+    ds = _building("--source=config-map:cilium-base,config-map:cilium-config",
+                   "--deny-config-keys=enable-ipv4-masquerade")
+    ds["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "CILIUM_ENABLE_IPV4_MASQUERADE", "valueFrom": {"configMapKeyRef": {
+            "name": "cilium-config", "key": "enable-ipv4-masquerade"}}}]
+    api_server.put(DAEMONSETS, ds)
+    assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
+    # From another key of cilium-config, the key is not taken: refused as before.
+    ds["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"][
+        "configMapKeyRef"]["key"] = "enable-ipv6-masquerade"
+    api_server.put(DAEMONSETS, ds)
+    (refused,) = backend.check(plan(backend.observe(), MASQUERADE_OFF))
+    assert "enable-ipv4-masquerade: k3snet writes it" in refused
+
+
+def test_a_node_config_s_key_the_agent_s_variable_takes_from_cilium_config_is_not_judged(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The agent's CILIUM_ENABLE_IPV4_MASQUERADE comes from cilium-config's own key: viper
+    # lays the variable over the config directory, where the CiliumNodeConfig's value is,
+    # so the edge nodes' agents take cilium-config's. k3snet judged the CiliumNodeConfig's
+    # "false" there: a masquerade expectation was a conflict naming it.
+    api_server.put(NODE_CONFIGS_V2, _node_config("edge", {"enable-ipv4-masquerade": "false"}))
+    ds = _building()
+    ds["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "CILIUM_ENABLE_IPV4_MASQUERADE", "valueFrom": {"configMapKeyRef": {
+            "name": "cilium-config", "key": "enable-ipv4-masquerade"}}}]
+    api_server.put(DAEMONSETS, ds)
+    with caplog.at_level(logging.WARNING):
+        (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert foreign.node_overrides == ()
+    assert any("CiliumNodeConfig edge" in r.getMessage() and "CILIUM_ENABLE_IPV4_MASQUERADE"
+               in r.getMessage() for r in caplog.records)
+    want = CiliumMasquerade(TARGET, masquerade=[("192.168.2.0/24", "eth0")])
+    assert plan(backend.observe(), State(owned=[want])).conflicts == ()
+    # An optional ref to a key cilium-config does not hold sets no variable: the
+    # CiliumNodeConfig's value is the agents' there.
+    ds["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "CILIUM_ENABLE_IPV4_MASQUERADE", "valueFrom": {"configMapKeyRef": {
+            "name": "cilium-config", "key": "enable-ipv4-masquerade", "optional": True}}}]
+    api_server.put(DAEMONSETS, ds)
+    assert _observed_overrides(backend) == ()  # cilium-config holds it
+    api_server.put(CONFIGMAPS, _cilium_config(
+        {k: v for k, v in HELM_K3S_DATA.items() if k != "enable-ipv4-masquerade"}))
+    assert [o.name for o in _observed_overrides(backend)] == ["edge"]
+
+
+def _observed_overrides(backend: CiliumBackend) -> tuple[Any, ...]:
+    (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    return tuple(foreign.node_overrides)
+
+
+def test_a_copy_whose_agent_s_variable_takes_a_cilium_config_key_awaits_its_restart(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # cilium-gpu's config init container reads its own ConfigMap alone, but its agent's
+    # CILIUM_ENABLE_IPV4_MASQUERADE comes from cilium-config: the kubelet reads that when
+    # the container starts, so k3snet's write reaches its nodes at their next start. Its
+    # restart was not said needed nor followed.
+    api_server.put(DAEMONSETS, _building())
+    gpu = _building("--source=config-map:cilium-config-gpu", name="cilium-gpu")
+    gpu["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "CILIUM_ENABLE_IPV4_MASQUERADE", "valueFrom": {"configMapKeyRef": {
+            "name": "cilium-config", "key": "enable-ipv4-masquerade"}}}]
+    api_server.put(DAEMONSETS, gpu)
+    (change,) = plan(backend.observe(), MASQUERADE_OFF).changes
+    assert backend.restart_needed(change) == (
+        "DaemonSet kube-system/cilium", "DaemonSet kube-system/cilium-gpu")
+    # Its own ConfigMap alone, no variable from cilium-config: no restart of its pods.
+    del gpu["spec"]["template"]["spec"]["containers"][0]["env"]
+    api_server.put(DAEMONSETS, gpu)
+    (change,) = plan(backend.observe(), MASQUERADE_OFF).changes
+    assert backend.restart_needed(change) == "DaemonSet kube-system/cilium"

@@ -1945,3 +1945,19 @@ def test_a_second_agent_daemonset_s_variable_from_a_configmap_wins_over_envfrom(
     with caplog.at_level(logging.WARNING, logger="k3snet"):
         assert backend.check(plan(backend.observe(), compile_for(backend, _spec()))) == ()
     assert "an envFrom's or an earlier env entry's" in caplog.text
+
+
+def test_a_copy_s_variable_from_cilium_config_s_own_key_is_judged_whatever_its_sources(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # cilium-gpu's config init container reads its own ConfigMap alone, but its
+    # CILIUM_ENABLE_IP_MASQ_AGENT comes from cilium-config's enable-ip-masq-agent, which
+    # k3snet turns on: the variable, over the config directory, runs the ip-masq-agent on
+    # its nodes. k3snet took the key as not taken from cilium-config (its agents keeping
+    # their own value) and did not judge cilium-gpu's lack of /etc/config.
+    _gpu_copy(api_server, env=_masq_from({"configMapKeyRef": {
+        "name": "cilium-config", "key": "enable-ip-masq-agent"}}),
+        init=["--source=config-map:cilium-gpu"])
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
+    assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
