@@ -188,13 +188,13 @@ def test_an_ipv6_nat_rule_over_the_kernels_room_for_one_rule_is_refused_naming_i
         assert nft_expressions(too_large) < NFT_RULE_EXPRESSIONS
         p = plan(backend.observe(), State(owned=[kept, too_large]))
         (problem,) = backend.check(p)
-        assert "more than 4096 bytes" in problem
+        assert "take 4096 bytes or more" in problem
         assert too_large.describe() in problem
         with pytest.raises(ApplyError, match="nothing was changed") as raised:
             backend.apply(p)
         assert raised.value.failed is not None
         assert raised.value.failed.after == too_large
-        assert "more than 4096 bytes" in str(raised.value)
+        assert "take 4096 bytes or more" in str(raised.value)
         assert _ruleset(ns) == before
         # One exclusion fewer fits: nothing is refused before the kernel refuses it.
         fits = _ipv6_masquerade(fewest - 1)
