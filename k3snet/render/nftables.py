@@ -338,8 +338,9 @@ def nft_expressions(obj: NetObject, *, inet: bool = True) -> int:
 
 
 NFT_RULE_BYTES: Final = 4096
-"""The most room the expressions of one rule take in the kernel (``size >= 1 << 12`` in
-``nf_tables_newrule``); a larger rule is refused with "File too large" (``EFBIG``)
+"""The room the expressions of one rule must stay below in the kernel (``size >= 1 << 12``
+in ``nf_tables_newrule``: at most 4095 bytes); a rule taking this much or more is refused
+with "File too large" (``EFBIG``)
 before :data:`NFT_RULE_EXPRESSIONS` is reached by IPv6 prefixes that do not end on a
 byte (a payload load, a bitwise of 16-byte masks, a compare: about 128 bytes)."""
 

@@ -139,15 +139,15 @@ class Batch:
 
     def too_roomy(self, error: str) -> tuple[int | None, str] | None:
         """When the kernel refused a rule as too large (``File too large``: its
-        expressions take more than :data:`NFT_RULE_BYTES`, which IPv6 exclusions not
+        expressions take :data:`NFT_RULE_BYTES` or more, which IPv6 exclusions not
         ending on a byte reach before the count of expressions), the added rule that
         takes the most room, and why (``None``: another refusal, or no rule added)."""
         if "File too large" not in error or self.roomiest is None:
             return None
         _, owner, obj = self.roomiest
         return owner, (
-            f"the kernel refuses a rule whose expressions take more than {NFT_RULE_BYTES} "
-            f"bytes, and the largest of this transaction is {obj.describe()}: give it "
+            f"the kernel refuses a rule whose expressions take {NFT_RULE_BYTES} bytes or "
+            f"more, and the largest of this transaction is {obj.describe()}: give it "
             "fewer exclusions (an IPv6 prefix whose length is not a multiple of 8 takes "
             "the most room, about 128 bytes), or split its destinations into several rules")
 
