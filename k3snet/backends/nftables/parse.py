@@ -898,8 +898,9 @@ class ForeignReader:
             devices = chain.get("dev")
             devices = [devices] if isinstance(devices, str) else devices
             if where not in passed and isinstance(devices, list):
-                # (Not a name no device can take: Linux 6.10+ hooks a chain on a name with
-                # no device yet, and one with whitespace, "/" or ":" never gets one.)
+                # (Not a name no device can take: recent kernels (6.18 here) hook a chain
+                # on a name with no device yet, and one with whitespace, "/" or ":" never
+                # gets one.)
                 self.device_bases.append((where, str(name), tuple(
                     d for d in devices if isinstance(d, str) and _may_name_a_device(d))))
             return
