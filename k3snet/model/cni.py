@@ -1416,11 +1416,14 @@ class CalicoPodCIDR(NetObject):
 
     def _outside(self, pools: CalicoPools) -> list[IPPool]:
         """The pools of this family outside the spec's pod CIDRs that may give workloads
-        addresses (enabled, allocatable, ``Workload`` among their ``allowedUses``)."""
+        addresses (enabled, allocatable, ``Workload`` among their ``allowedUses``,
+        ``assignmentMode: Automatic``: a ``Manual`` pool serves only pods asking for it by
+        name; its ``namespaceSelector`` and ``nodeSelector`` may still take any pod)."""
         inside = (self.cidr, *self.siblings)
         return [p for p in pools.pools
                 if p.cidr.version == self.cidr.version and not p.disabled
                 and not p.unallocatable and "Workload" in p.allowed_uses
+                and p.assignment_mode == "Automatic"
                 and not any(contains(c, p.cidr) for c in inside)]
 
     def _unserved_reason(self, same: list[IPPool], usable: list[IPPool],

@@ -420,6 +420,30 @@ def test_per_zone_pools_one_pod_cidr_each_meet_their_pod_cidrs_as_no_pod_leaves_
                for c in conflicts), [c.reason for c in conflicts]
 
 
+def test_per_zone_pools_beside_a_manual_pool_outside_the_pod_cidrs_meet_them(
+    api_server: EmulatedApiServer,
+) -> None:
+    # A pool with assignmentMode Manual gives addresses only to pods asking for it by
+    # name: Calico IPAM never hands it to a pod of a node neither zone's pool selects.
+    # It was taken for a pool serving those pods: both zones' pools a conflict with no
+    # way out, for a static-address pool beside them.
+    api_server.put(CRD, _pool("zone-a", cidr="10.42.0.0/17", natOutgoing=True,
+                              nodeSelector="zone == 'a'"))
+    api_server.put(CRD, _pool("zone-b", cidr="10.42.128.0/17", natOutgoing=True,
+                              nodeSelector="zone != 'a'"))
+    api_server.put(CRD, _pool("static", cidr="10.70.0.0/24", assignmentMode="Manual"))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24").replace(
+        "podCIDRs: [10.42.0.0/16]", "podCIDRs: [10.42.0.0/17, 10.42.128.0/17]")
+    p = _plan(_backend(api_server), Spec.from_yaml(document))
+    assert p.conflicts == (), [c.reason for c in p.conflicts]
+    assert len(p.met) == 2
+    # Automatic, it is a pool those pods may get addresses from: a conflict naming it.
+    api_server.put(CRD, _pool("static", cidr="10.70.0.0/24", assignmentMode="Automatic"))
+    conflicts = _plan(_backend(api_server), Spec.from_yaml(document)).conflicts
+    assert len(conflicts) == 2
+    assert all("(IPPool static 10.70.0.0/24)" in (c.reason or "") for c in conflicts)
+
+
 @pytest.mark.parametrize("selector", ["all(\u00a0)", "\u2003all()", "all()\u3000"])
 def test_a_pod_cidr_pool_whose_all_selector_has_a_blank_calico_does_not_skip_is_not_met(
     api_server: EmulatedApiServer, selector: str,
