@@ -39,6 +39,7 @@ from k3snet.model.cidr import (
     Address,
     Network,
     contains,
+    network_sort_key,
     overlaps,
     parse_address,
     parse_network,
@@ -645,6 +646,10 @@ def _pod_networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
     if isinstance(values, str):
         raise ModelError(f"expected a list of CIDRs, got the string {values!r}")
     return tuple(parse_network(v) for v in values)
+
+
+def _sibling_networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
+    return tuple(sorted(set(_pod_networks(values)), key=network_sort_key))
 
 
 @attrs.frozen(eq=False)
@@ -1358,10 +1363,11 @@ class CalicoPodCIDR(NetObject):
                                         kw_only=True)
     """Other spec fields the pool must have, Calico spelling (``{"ipipMode": "Always"}``):
     the ``cni.calico`` settings the spec gives other values than their defaults."""
-    siblings: tuple[Network, ...] = attrs.field(default=(), converter=_pod_networks,
+    siblings: tuple[Network, ...] = attrs.field(default=(), converter=_sibling_networks,
                                                 kw_only=True)
     """The spec's other pod CIDRs of this family: addresses of a pool there are pod
-    addresses too (per-zone pools, one pod CIDR each, serve every node between them)."""
+    addresses too (per-zone pools, one pod CIDR each, serve every node between them).
+    A set: kept sorted, once each, so the spec's order of its pod CIDRs changes nothing."""
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
