@@ -1562,8 +1562,18 @@ class CalicoPodCIDR(NetObject):
                     "Felix uses the one whose name sorts first, and its natOutgoing decides "
                     "for every pod there)" if beside else "")
             wanted = "Enabled" if self.nat_outgoing else "Disabled"
-            fix = (_operator_fix([pool], f": natOutgoing: {wanted}") if pool.operator else
-                   f"set natOutgoing: {nat} on it{' or delete it' if beside else ''}")
+            if pool.load_balancer_only and self.nat_outgoing and beside:
+                # natOutgoing on a LoadBalancer-only twin Felix takes is the conflict of
+                # _lb_twin_reason: the one way out is the twin gone.
+                why = ("(with natOutgoing true, Calico v3.31.6, v3.32.1 and later would "
+                       "masquerade pods' traffic to other pods in the CIDR, a "
+                       "LoadBalancer-only pool being left out of the pools traffic to which "
+                       "is never masqueraded)")
+                fix = (_operator_fix([pool], f": remove that entry {why}") if pool.operator
+                       else f"delete it {why}")
+            else:
+                fix = (_operator_fix([pool], f": natOutgoing: {wanted}") if pool.operator else
+                       f"set natOutgoing: {nat} on it{' or delete it' if beside else ''}")
             return (f"IPPool {pool.name} has pod CIDR {self.cidr} with natOutgoing "
                     f"{str(pool.nat_outgoing).lower()}{twin}, the masquerade mode wants {nat}: "
                     f"{fix} (k3snet never changes a pool it does not own)")

@@ -322,6 +322,26 @@ def test_a_pod_cidr_whose_masquerading_loadbalancer_only_twin_sorts_first_is_nev
     assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
 
 
+def test_a_loadbalancer_only_twin_without_nat_sorting_first_is_to_be_deleted_not_masqueraded(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Felix takes a-lb, natOutgoing false, for the pod CIDR: pods leave untranslated.
+    # The fix said "set natOutgoing: true on it or delete it"; set, the twin masquerades
+    # pods' traffic to other pods (Calico v3.31.6, v3.32.1 and later), the next conflict.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True))
+    api_server.put(CRD, _pool("a-lb", cidr="10.42.0.0/16", allowedUses=["LoadBalancer"]))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24")
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(document)).conflicts
+    reason = conflict.reason or ""
+    assert "IPPool a-lb has pod CIDR 10.42.0.0/16 with natOutgoing false" in reason, reason
+    assert "set natOutgoing" not in reason, reason
+    assert ": delete it (" in reason, reason
+    assert "masquerade pods' traffic to other pods" in reason, reason
+    # The advice followed, the pod CIDR is met.
+    api_server.delete(CRD, "a-lb")
+    assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
+
+
 def test_a_pod_cidr_that_is_not_a_pool_is_a_conflict_never_a_new_pool(
     api_server: EmulatedApiServer,
 ) -> None:
