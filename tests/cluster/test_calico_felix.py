@@ -337,6 +337,14 @@ def test_a_loadbalancer_only_twin_without_nat_sorting_first_is_to_be_deleted_not
     assert "set natOutgoing" not in reason, reason
     assert ": delete it (" in reason, reason
     assert "masquerade pods' traffic to other pods" in reason, reason
+    # The tigera-operator's twin: removed from the Installation, not given natOutgoing.
+    operator = _pool("a-lb", cidr="10.42.0.0/16", allowedUses=["LoadBalancer"])
+    operator["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "tigera-operator"}
+    api_server.put(CRD, operator)
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(document)).conflicts
+    reason = conflict.reason or ""
+    assert "spec.calicoNetwork.ipPools (cidr 10.42.0.0/16): remove that entry" in reason, reason
+    assert "natOutgoing: Enabled" not in reason, reason
     # The advice followed, the pod CIDR is met.
     api_server.delete(CRD, "a-lb")
     assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
