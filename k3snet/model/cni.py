@@ -1579,11 +1579,18 @@ class CalicoPodCIDR(NetObject):
                     f"{fix} (k3snet never changes a pool it does not own)")
         near = ", ".join(f"{p.name} {p.cidr}" for p in other.overlapping(self.cidr))
         found = f"pools overlapping it: {near}" if near else "no pool overlaps it"
+        # Pools splitting the CIDR (per-zone or per-rack pools inside K3s's cluster CIDR):
+        # each of their CIDRs a pod CIDR of the spec is what Calico hands out.
+        within = sorted({p.cidr for p in other.overlapping(self.cidr)
+                         if p.workload_usable and contains(self.cidr, p.cidr)},
+                        key=network_sort_key)
+        fix = (f"list the CIDRs of the pools inside it ({', '.join(map(str, within))}) in "
+               "cluster.podCIDRs in its place, one pod CIDR each" if len(within) > 1
+               else "make cluster.podCIDRs the pool's CIDR")
         return (f"pod CIDR {self.cidr} is not a Calico IPPool ({found}): Calico gives pods "
                 "addresses from its pools, so rules for this CIDR would miss them; k3snet "
                 "does not create an enabled pool (Calico would hand out pod addresses from it "
-                "on every node): make cluster.podCIDRs the pool's CIDR, or create the pool "
-                f"yourself with natOutgoing: {nat}")
+                f"on every node): {fix}, or create the pool yourself with natOutgoing: {nat}")
 
     def describe(self) -> str:
         """``calico pod CIDR ... is a pool [natOutgoing]``."""

@@ -472,6 +472,26 @@ def test_per_zone_pools_beside_a_manual_pool_outside_the_pod_cidrs_meet_them(
     assert all("(IPPool static 10.70.0.0/24)" in (c.reason or "") for c in conflicts)
 
 
+def test_pools_splitting_the_pod_cidr_by_zone_are_named_as_the_pod_cidrs_to_list(
+    api_server: EmulatedApiServer,
+) -> None:
+    # K3s's cluster CIDR split into per-zone pools: no pool is the pod CIDR. The fix
+    # said to make cluster.podCIDRs "the pool's CIDR" (which one?); listing both, one
+    # pod CIDR each, is met.
+    api_server.put(CRD, _pool("zone-a", cidr="10.42.0.0/17", natOutgoing=True,
+                              nodeSelector="zone == 'a'"))
+    api_server.put(CRD, _pool("zone-b", cidr="10.42.128.0/17", natOutgoing=True,
+                              nodeSelector="zone != 'a'"))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24")
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(document)).conflicts
+    assert ("list the CIDRs of the pools inside it (10.42.0.0/17, 10.42.128.0/17) in "
+            "cluster.podCIDRs in its place") in (conflict.reason or ""), conflict.reason
+    listed = document.replace("podCIDRs: [10.42.0.0/16]",
+                              "podCIDRs: [10.42.0.0/17, 10.42.128.0/17]")
+    p = _plan(_backend(api_server), Spec.from_yaml(listed))
+    assert (p.conflicts, len(p.met)) == ((), 2), [c.reason for c in p.conflicts]
+
+
 @pytest.mark.parametrize("selector", ["all(\u00a0)", "\u2003all()", "all()\u3000"])
 def test_a_pod_cidr_pool_whose_all_selector_has_a_blank_calico_does_not_skip_is_not_met(
     api_server: EmulatedApiServer, selector: str,
