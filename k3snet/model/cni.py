@@ -39,6 +39,7 @@ from k3snet.model.cidr import (
     Address,
     Network,
     contains,
+    network_sort_key,
     overlaps,
     parse_address,
     parse_network,
@@ -645,6 +646,10 @@ def _pod_networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
     if isinstance(values, str):
         raise ModelError(f"expected a list of CIDRs, got the string {values!r}")
     return tuple(parse_network(v) for v in values)
+
+
+def _sibling_networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
+    return tuple(sorted(set(_pod_networks(values)), key=network_sort_key))
 
 
 @attrs.frozen(eq=False)
@@ -1358,10 +1363,11 @@ class CalicoPodCIDR(NetObject):
                                         kw_only=True)
     """Other spec fields the pool must have, Calico spelling (``{"ipipMode": "Always"}``):
     the ``cni.calico`` settings the spec gives other values than their defaults."""
-    siblings: tuple[Network, ...] = attrs.field(default=(), converter=_pod_networks,
+    siblings: tuple[Network, ...] = attrs.field(default=(), converter=_sibling_networks,
                                                 kw_only=True)
     """The spec's other pod CIDRs of this family: addresses of a pool there are pod
-    addresses too (per-zone pools, one pod CIDR each, serve every node between them)."""
+    addresses too (per-zone pools, one pod CIDR each, serve every node between them).
+    A set: kept sorted, once each, so the spec's order of its pod CIDRs changes nothing."""
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -1416,11 +1422,14 @@ class CalicoPodCIDR(NetObject):
 
     def _outside(self, pools: CalicoPools) -> list[IPPool]:
         """The pools of this family outside the spec's pod CIDRs that may give workloads
-        addresses (enabled, allocatable, ``Workload`` among their ``allowedUses``)."""
+        addresses (enabled, allocatable, ``Workload`` among their ``allowedUses``,
+        ``assignmentMode: Automatic``: a ``Manual`` pool serves only pods asking for it by
+        name; its ``namespaceSelector`` and ``nodeSelector`` may still take any pod)."""
         inside = (self.cidr, *self.siblings)
         return [p for p in pools.pools
                 if p.cidr.version == self.cidr.version and not p.disabled
                 and not p.unallocatable and "Workload" in p.allowed_uses
+                and p.assignment_mode == "Automatic"
                 and not any(contains(c, p.cidr) for c in inside)]
 
     def _unserved_reason(self, same: list[IPPool], usable: list[IPPool],
@@ -1553,18 +1562,35 @@ class CalicoPodCIDR(NetObject):
                     "Felix uses the one whose name sorts first, and its natOutgoing decides "
                     "for every pod there)" if beside else "")
             wanted = "Enabled" if self.nat_outgoing else "Disabled"
-            fix = (_operator_fix([pool], f": natOutgoing: {wanted}") if pool.operator else
-                   f"set natOutgoing: {nat} on it{' or delete it' if beside else ''}")
+            if pool.load_balancer_only and self.nat_outgoing and beside:
+                # natOutgoing on a LoadBalancer-only twin Felix takes is the conflict of
+                # _lb_twin_reason: the one way out is the twin gone.
+                why = ("(with natOutgoing true, Calico v3.31.6, v3.32.1 and later would "
+                       "masquerade pods' traffic to other pods in the CIDR, a "
+                       "LoadBalancer-only pool being left out of the pools traffic to which "
+                       "is never masqueraded)")
+                fix = (_operator_fix([pool], f": remove that entry {why}") if pool.operator
+                       else f"delete it {why}")
+            else:
+                fix = (_operator_fix([pool], f": natOutgoing: {wanted}") if pool.operator else
+                       f"set natOutgoing: {nat} on it{' or delete it' if beside else ''}")
             return (f"IPPool {pool.name} has pod CIDR {self.cidr} with natOutgoing "
                     f"{str(pool.nat_outgoing).lower()}{twin}, the masquerade mode wants {nat}: "
                     f"{fix} (k3snet never changes a pool it does not own)")
         near = ", ".join(f"{p.name} {p.cidr}" for p in other.overlapping(self.cidr))
         found = f"pools overlapping it: {near}" if near else "no pool overlaps it"
+        # Pools splitting the CIDR (per-zone or per-rack pools inside K3s's cluster CIDR):
+        # each of their CIDRs a pod CIDR of the spec is what Calico hands out.
+        within = sorted({p.cidr for p in other.overlapping(self.cidr)
+                         if p.workload_usable and contains(self.cidr, p.cidr)},
+                        key=network_sort_key)
+        fix = (f"list the CIDRs of the pools inside it ({', '.join(map(str, within))}) in "
+               "cluster.podCIDRs in its place, one pod CIDR each" if len(within) > 1
+               else "make cluster.podCIDRs the pool's CIDR")
         return (f"pod CIDR {self.cidr} is not a Calico IPPool ({found}): Calico gives pods "
                 "addresses from its pools, so rules for this CIDR would miss them; k3snet "
                 "does not create an enabled pool (Calico would hand out pod addresses from it "
-                "on every node): make cluster.podCIDRs the pool's CIDR, or create the pool "
-                f"yourself with natOutgoing: {nat}")
+                f"on every node): {fix}, or create the pool yourself with natOutgoing: {nat}")
 
     def describe(self) -> str:
         """``calico pod CIDR ... is a pool [natOutgoing]``."""

@@ -322,6 +322,34 @@ def test_a_pod_cidr_whose_masquerading_loadbalancer_only_twin_sorts_first_is_nev
     assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
 
 
+def test_a_loadbalancer_only_twin_without_nat_sorting_first_is_to_be_deleted_not_masqueraded(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Felix takes a-lb, natOutgoing false, for the pod CIDR: pods leave untranslated.
+    # The fix said "set natOutgoing: true on it or delete it"; set, the twin masquerades
+    # pods' traffic to other pods (Calico v3.31.6, v3.32.1 and later), the next conflict.
+    api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True))
+    api_server.put(CRD, _pool("a-lb", cidr="10.42.0.0/16", allowedUses=["LoadBalancer"]))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24")
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(document)).conflicts
+    reason = conflict.reason or ""
+    assert "IPPool a-lb has pod CIDR 10.42.0.0/16 with natOutgoing false" in reason, reason
+    assert "set natOutgoing" not in reason, reason
+    assert ": delete it (" in reason, reason
+    assert "masquerade pods' traffic to other pods" in reason, reason
+    # The tigera-operator's twin: removed from the Installation, not given natOutgoing.
+    operator = _pool("a-lb", cidr="10.42.0.0/16", allowedUses=["LoadBalancer"])
+    operator["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "tigera-operator"}
+    api_server.put(CRD, operator)
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(document)).conflicts
+    reason = conflict.reason or ""
+    assert "spec.calicoNetwork.ipPools (cidr 10.42.0.0/16): remove that entry" in reason, reason
+    assert "natOutgoing: Enabled" not in reason, reason
+    # The advice followed, the pod CIDR is met.
+    api_server.delete(CRD, "a-lb")
+    assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
+
+
 def test_a_pod_cidr_that_is_not_a_pool_is_a_conflict_never_a_new_pool(
     api_server: EmulatedApiServer,
 ) -> None:
@@ -418,6 +446,50 @@ def test_per_zone_pools_one_pod_cidr_each_meet_their_pod_cidrs_as_no_pod_leaves_
     assert len(conflicts) == 2
     assert all("outside the pod CIDR (IPPool edge 10.70.0.0/16)" in (c.reason or "")
                for c in conflicts), [c.reason for c in conflicts]
+
+
+def test_per_zone_pools_beside_a_manual_pool_outside_the_pod_cidrs_meet_them(
+    api_server: EmulatedApiServer,
+) -> None:
+    # A pool with assignmentMode Manual gives addresses only to pods asking for it by
+    # name: Calico IPAM never hands it to a pod of a node neither zone's pool selects.
+    # It was taken for a pool serving those pods: both zones' pools a conflict with no
+    # way out, for a static-address pool beside them.
+    api_server.put(CRD, _pool("zone-a", cidr="10.42.0.0/17", natOutgoing=True,
+                              nodeSelector="zone == 'a'"))
+    api_server.put(CRD, _pool("zone-b", cidr="10.42.128.0/17", natOutgoing=True,
+                              nodeSelector="zone != 'a'"))
+    api_server.put(CRD, _pool("static", cidr="10.70.0.0/24", assignmentMode="Manual"))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24").replace(
+        "podCIDRs: [10.42.0.0/16]", "podCIDRs: [10.42.0.0/17, 10.42.128.0/17]")
+    p = _plan(_backend(api_server), Spec.from_yaml(document))
+    assert p.conflicts == (), [c.reason for c in p.conflicts]
+    assert len(p.met) == 2
+    # Automatic, it is a pool those pods may get addresses from: a conflict naming it.
+    api_server.put(CRD, _pool("static", cidr="10.70.0.0/24", assignmentMode="Automatic"))
+    conflicts = _plan(_backend(api_server), Spec.from_yaml(document)).conflicts
+    assert len(conflicts) == 2
+    assert all("(IPPool static 10.70.0.0/24)" in (c.reason or "") for c in conflicts)
+
+
+def test_pools_splitting_the_pod_cidr_by_zone_are_named_as_the_pod_cidrs_to_list(
+    api_server: EmulatedApiServer,
+) -> None:
+    # K3s's cluster CIDR split into per-zone pools: no pool is the pod CIDR. The fix
+    # said to make cluster.podCIDRs "the pool's CIDR" (which one?); listing both, one
+    # pod CIDR each, is met.
+    api_server.put(CRD, _pool("zone-a", cidr="10.42.0.0/17", natOutgoing=True,
+                              nodeSelector="zone == 'a'"))
+    api_server.put(CRD, _pool("zone-b", cidr="10.42.128.0/17", natOutgoing=True,
+                              nodeSelector="zone != 'a'"))
+    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24")
+    (conflict,) = _plan(_backend(api_server), Spec.from_yaml(document)).conflicts
+    assert ("list the CIDRs of the pools inside it (10.42.0.0/17, 10.42.128.0/17) in "
+            "cluster.podCIDRs in its place") in (conflict.reason or ""), conflict.reason
+    listed = document.replace("podCIDRs: [10.42.0.0/16]",
+                              "podCIDRs: [10.42.0.0/17, 10.42.128.0/17]")
+    p = _plan(_backend(api_server), Spec.from_yaml(listed))
+    assert (p.conflicts, len(p.met)) == ((), 2), [c.reason for c in p.conflicts]
 
 
 @pytest.mark.parametrize("selector", ["all(\u00a0)", "\u2003all()", "all()\u3000"])

@@ -402,6 +402,8 @@ VARIANTS = [
     CalicoPodCIDR("10.42.0.0/16", nat_outgoing=False),
     CalicoPodCIDR("10.42.0.0/16", requires={"blockSize": 24}),
     CalicoPodCIDR("10.42.0.0/16", requires={"blockSize": 25}),
+    CalicoPodCIDR("10.42.0.0/17", siblings=["10.42.128.0/17"]),
+    CalicoPodCIDR("10.42.0.0/17", siblings=["10.42.128.0/17", "10.43.0.0/16"]),
     CalicoNatDestination("10.0.0.0/8"), CalicoNatDestination("10.0.0.0/9"),
     CalicoNatDestination("10.0.0.0/8", exclude=["10.1.0.0/16"]),
     CalicoNatDestination("10.0.0.0/8", exclude=["10.1.0.0/16", "10.2.0.0/16"]),
@@ -422,6 +424,10 @@ def test_objects_round_trip_and_equality_agrees_with_the_json_form() -> None:
     assert _pool(allowed_uses=["Workload", "Tunnel"]) == _pool(allowed_uses=[])
     assert _pools(_pool("b"), _pool("a")) == _pools(_pool("a"), _pool("b"))
     assert _pools(invalid={"b": "1", "a": "2"}) == _pools(invalid=[("a", "2"), ("b", "1")])
+    # The spec's other pod CIDRs are a set: their order and repeats change nothing.
+    assert (CalicoPodCIDR("10.42.0.0/17", siblings=["10.43.0.0/16", "10.42.128.0/17"])
+            == CalicoPodCIDR("10.42.0.0/17",
+                             siblings=["10.42.128.0/17", "10.43.0.0/16", "10.43.0.0/16"]))
 
 
 def test_a_pool_read_back_from_its_spec_is_the_pool() -> None:
