@@ -71,7 +71,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import attrs
 
@@ -170,7 +170,10 @@ _FLANNELD = "flanneld (the service reading the file on the node)"
 """What reads a file given with ``reader="flanneld"``: a flanneld run beside K3s started
 with ``--flannel-backend=none`` (``--kube-subnet-mgr --net-config-path=FILE``)."""
 
-READERS: tuple[str, ...] = ("k3s", "flanneld")
+Reader = Literal["k3s", "flanneld"]
+"""The values of option ``reader`` (``k3snet explain backends.flannel.reader`` names them)."""
+
+READERS: tuple[str, ...] = get_args(Reader)
 """Who reads a flannel config file (option ``reader``): K3s' embedded flannel
 (``--flannel-conf``), or a flanneld of its own (upstream's, reading ``EnableNFTables``)."""
 
@@ -793,7 +796,7 @@ class FlannelBackend(BackendBase):
         context: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         allow_disruptive: bool = False,
-        reader: str | None = None,
+        reader: Reader | None = None,
     ) -> None:
         super().__init__()
         if path is not None and configmap is not None:
