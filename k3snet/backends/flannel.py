@@ -757,7 +757,8 @@ class FlannelBackend(BackendBase):
 
     A missing file or ConfigMap is observed as empty; applying to it is refused
     (k3snet edits flannel's config, it does not invent one), and so is applying
-    to the file K3s generates (:func:`is_k3s_generated`).
+    to the file K3s generates (:func:`is_k3s_generated`), unless ``reader`` is
+    ``"flanneld"`` (K3s started with ``--flannel-backend=none`` writes no such file).
     """
 
     name = "flannel"
@@ -916,9 +917,11 @@ class FlannelBackend(BackendBase):
         return ApplyResult(self.name, plan.changes, operations=operations)
 
     def _refuse_k3s_generated(self) -> None:
+        # Only K3s' embedded flannel has K3s write the file: started with
+        # --flannel-backend=none (reader="flanneld"), K3s prepares no flannel file.
         store = self._store
-        if isinstance(store, _FileStore) and (is_k3s_generated(store.path)
-                                              or is_k3s_generated(store.path.resolve())):
+        if self.reader == "k3s" and isinstance(store, _FileStore) and (
+                is_k3s_generated(store.path) or is_k3s_generated(store.path.resolve())):
             raise PlanError(
                 f"{store.where} is the net-conf.json K3s generates: K3s writes it again on "
                 "every start (from --flannel-backend and --cluster-cidr), so k3snet's edit would "
