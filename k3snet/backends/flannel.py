@@ -48,7 +48,8 @@ names another file, so edits there are refused, with that way out.
 and inserts or removes only the members it adds or removes; every other byte
 (unknown keys, their formatting, whitespace, key order) is kept, so removing
 k3snet's keys gives back the original text byte for byte. Flannel reads its
-config when it starts: restart flannel (K3s, or the kube-flannel DaemonSet) for
+config when it starts: restart flannel (K3s, a flanneld of one's own for
+``reader="flanneld"``, or the kube-flannel DaemonSet) for
 a change to take effect (a ConfigMap's change, a destroy's too, is stamped and followed:
 :mod:`~k3snet.backends.cni_restart`; a file's is said once, K3s' start being in no
 cluster object); changing ``Network`` of a running cluster renumbers pods. The file
