@@ -48,7 +48,8 @@ names another file, so edits there are refused, with that way out.
 and inserts or removes only the members it adds or removes; every other byte
 (unknown keys, their formatting, whitespace, key order) is kept, so removing
 k3snet's keys gives back the original text byte for byte. Flannel reads its
-config when it starts: restart flannel (K3s, or the kube-flannel DaemonSet) for
+config when it starts: restart flannel (K3s, a flanneld of one's own for
+``reader="flanneld"``, or the kube-flannel DaemonSet) for
 a change to take effect (a ConfigMap's change, a destroy's too, is stamped and followed:
 :mod:`~k3snet.backends.cni_restart`; a file's is said once, K3s' start being in no
 cluster object); changing ``Network`` of a running cluster renumbers pods. The file
@@ -71,7 +72,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import attrs
 
@@ -170,7 +171,10 @@ _FLANNELD = "flanneld (the service reading the file on the node)"
 """What reads a file given with ``reader="flanneld"``: a flanneld run beside K3s started
 with ``--flannel-backend=none`` (``--kube-subnet-mgr --net-config-path=FILE``)."""
 
-READERS: tuple[str, ...] = ("k3s", "flanneld")
+Reader = Literal["k3s", "flanneld"]
+"""The values of option ``reader`` (``k3snet explain backends.flannel.reader`` names them)."""
+
+READERS: tuple[str, ...] = get_args(Reader)
 """Who reads a flannel config file (option ``reader``): K3s' embedded flannel
 (``--flannel-conf``), or a flanneld of its own (upstream's, reading ``EnableNFTables``)."""
 
@@ -754,7 +758,8 @@ class FlannelBackend(BackendBase):
 
     A missing file or ConfigMap is observed as empty; applying to it is refused
     (k3snet edits flannel's config, it does not invent one), and so is applying
-    to the file K3s generates (:func:`is_k3s_generated`).
+    to the file K3s generates (:func:`is_k3s_generated`), unless ``reader`` is
+    ``"flanneld"`` (K3s started with ``--flannel-backend=none`` writes no such file).
     """
 
     name = "flannel"
@@ -793,7 +798,7 @@ class FlannelBackend(BackendBase):
         context: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         allow_disruptive: bool = False,
-        reader: str | None = None,
+        reader: Reader | None = None,
     ) -> None:
         super().__init__()
         if path is not None and configmap is not None:
@@ -913,9 +918,11 @@ class FlannelBackend(BackendBase):
         return ApplyResult(self.name, plan.changes, operations=operations)
 
     def _refuse_k3s_generated(self) -> None:
+        # Only K3s' embedded flannel has K3s write the file: started with
+        # --flannel-backend=none (reader="flanneld"), K3s prepares no flannel file.
         store = self._store
-        if isinstance(store, _FileStore) and (is_k3s_generated(store.path)
-                                              or is_k3s_generated(store.path.resolve())):
+        if self.reader == "k3s" and isinstance(store, _FileStore) and (
+                is_k3s_generated(store.path) or is_k3s_generated(store.path.resolve())):
             raise PlanError(
                 f"{store.where} is the net-conf.json K3s generates: K3s writes it again on "
                 "every start (from --flannel-backend and --cluster-cidr), so k3snet's edit would "

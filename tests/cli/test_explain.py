@@ -93,6 +93,9 @@ def test_a_backend_option_s_allowed_values_are_spelled_out(
     assert "TYPE:     one of inet, split\n" in capsys.readouterr().out
     assert main(["explain", "backends.iptables.mode"]) == 0
     assert "TYPE:     one of nft, legacy, auto\n" in capsys.readouterr().out
+    # flannel's reader: explain said <string or null>, naming neither value it takes.
+    assert main(["explain", "backends.flannel.reader"]) == 0
+    assert "TYPE:     one of k3s, flanneld or null\n" in capsys.readouterr().out
     assert main(["explain", "backends.nftables"]) == 0
     assert ("netns              <string or null> default the caller's own namespace"
             in capsys.readouterr().out)

@@ -137,6 +137,19 @@ def test_the_file_k3s_generates_is_not_edited(tmp_path: Path) -> None:
     assert path.read_text() == K3S_VXLAN
 
 
+def test_the_path_k3s_generates_is_edited_for_a_flanneld_of_ones_own(tmp_path: Path) -> None:
+    """K3s started with --flannel-backend=none runs no flannel and writes no net-conf.json
+    (its agent prepares flannel's files only with flannel on): a flanneld of one's own
+    reading a file at that path (reader="flanneld") keeps k3snet's edit, which was refused
+    as one K3s "writes again on every start"."""
+    path = _file(tmp_path, K3S_VXLAN, "k3s/agent/etc/flannel/net-conf.json")
+    backend = FlannelBackend(path=path, reader="flanneld")
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, enable_nftables=True)]))
+    assert backend.check(p) == ()
+    backend.apply(p)
+    assert json.loads(path.read_text())["EnableNFTables"] is True
+
+
 def test_a_link_to_the_file_k3s_generates_is_not_edited_either(tmp_path: Path) -> None:
     real = _file(tmp_path, K3S_VXLAN, "rancher/k3s/agent/etc/flannel/net-conf.json")
     link = tmp_path / "flannel.json"
