@@ -66,6 +66,8 @@ def main() -> int:
         cases = [
             ("python -c pass (start-up)", [sys.executable, "-c", "pass"], None),
             ("k3snet --version", [*K3SNET, "--version"], 0.150),
+            # Its list of backends reads the installed packages' entry points.
+            ("k3snet plan --help", [*K3SNET, "plan", "--help"], None),
             ("k3snet validate seed", [*K3SNET, "validate", "-f", SEED], None),
             ("k3snet plan seed, memory", [*K3SNET, "plan", "-f", SEED, "--backend", "memory",
                                           "--no-facts"], None),

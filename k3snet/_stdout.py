@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import io
 import sys
-from typing import TYPE_CHECKING
 
+# Not typing.TYPE_CHECKING, as in k3snet/__init__.py: typing (with collections, re, enum
+# and contextlib) is no module Python loads at start, and `k3snet --version` paid for it.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 

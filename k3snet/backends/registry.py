@@ -96,8 +96,101 @@ def _entry_points(name: str | None = None) -> list[tuple[str, str]]:
 def available_backends() -> tuple[str, ...]:
     """Every name :func:`load_backend` knows, sorted (nothing is imported)."""
     names = set(_BUILTIN) | set(_registered)
-    names |= {ep_name for ep_name, _ in _entry_points()}
+    found = _entry_point_names()
+    names |= {ep_name for ep_name, _ in _entry_points()} if found is None else found
     return tuple(sorted(names))
+
+
+_METADATA_DIRS = (".dist-info", ".egg-info")
+
+
+def _entry_point_names() -> set[str] | None:
+    """The names of the ``k3snet.backends`` entry points, read without importing
+    :mod:`importlib.metadata` (its import, email's parser and zipfile among it, was
+    most of what ``k3snet plan --help`` paid before its first line: ~0.1 s of CPU, the
+    scan itself ~20 ms; docs/performance.md, "The cold CLI's imports"), or ``None``
+    where this reading could differ from its own, which is then asked.
+
+    The reading is importlib.metadata's for the common case, step by step: the
+    distributions of each ``sys.path`` entry that is a directory, found as its
+    ``*.dist-info`` and ``*.egg-info`` children (listing order), the first of a
+    normalized name winning across the path; each one's ``entry_points.txt`` read as
+    its ``Sectioned`` reads it. ``None`` (ask importlib.metadata) when another finder
+    on ``sys.meta_path`` finds distributions, a path entry is a file (a zip) or an
+    ``.egg`` directory, a metadata directory's name has no project name, or a line of
+    a group's section has no ``=``. ``tests/backends/test_entry_point_names.py``
+    compares the two."""
+    import sys  # noqa: PLC0415 - loaded by Python's start already
+
+    if not _plain_metadata_path(sys.meta_path, sys.path):
+        return None
+    seen: set[str] = set()
+    names: set[str] = set()
+    for root in sys.path:
+        try:
+            children = os.listdir(root or ".")
+        except Exception:  # importlib.metadata's FastPath swallows every error  # noqa: BLE001
+            if root and os.path.exists(root):
+                return None  # unreadable, or something else than a directory
+            continue
+        for child in children:
+            low = child.lower()
+            if not low.endswith(_METADATA_DIRS):
+                continue
+            stem, ext = os.path.splitext(child)
+            project = stem.partition("-")[0]
+            if ext not in _METADATA_DIRS or not project:
+                return None  # named from its METADATA file: importlib.metadata's to read
+            normalized = re.sub(r"[-_.]+", "-", project).lower().replace("-", "_")
+            if normalized in seen:
+                continue
+            seen.add(normalized)
+            found = _group_names(os.path.join(root, child, "entry_points.txt"))
+            if found is None:
+                return None
+            names |= found
+    return names
+
+
+def _plain_metadata_path(meta_path: Iterable[object], path: Iterable[object]) -> bool:
+    """Whether importlib.metadata finds distributions only through Python's own path
+    finder (no other finder on ``meta_path`` has ``find_distributions``), every entry of
+    ``path`` being text naming a directory or nothing (no zip, no ``.egg``)."""
+    import importlib.machinery  # noqa: PLC0415 - loaded by Python's start already
+
+    if any(getattr(finder, "find_distributions", None) is not None
+           and finder is not importlib.machinery.PathFinder for finder in meta_path):
+        return False
+    return all(isinstance(root, str) and not root.lower().endswith(".egg")
+               and not (root and os.path.isfile(root)) for root in path)
+
+
+def _group_names(path: str) -> set[str] | None:
+    """The entry-point names of the ``k3snet.backends`` section of ``path`` (empty where
+    there is no such file), ``None`` where a line in a section has no ``=`` (which
+    importlib.metadata refuses with an error of its own)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+        return set()
+    names: set[str] = set()
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line.strip("[]")
+            continue
+        if section is None:
+            continue  # before any section: importlib.metadata skips it too
+        name, equals, _ = line.partition("=")
+        if not equals:
+            return None
+        if section == ENTRY_POINT_GROUP:
+            names.add(name.strip())
+    return names
 
 
 def load_backend(name: str) -> BackendFactory:

@@ -5,12 +5,16 @@ script or a cron job starts a fresh interpreter)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 # Each is loaded by the one path that needs it: a plan file of a cluster backend's
 # (base64, binascii: its certificate authority), a spec that is no cached YAML (yaml),
 # a cluster backend (kubernetes), doctor, the manifests' and boot files' renderers.
+ROOT = Path(__file__).resolve().parents[2]
+
 READ_BY_SOME = ("base64", "binascii", "yaml", "kubernetes", "k3snet.doctor",
                 "k3snet.render.manifests", "k3snet.render.routes", "k3snet.render.sysctl")
 
@@ -24,3 +28,24 @@ def test_the_cold_cli_path_imports_none_of_the_modules_only_some_commands_read()
                           check=True, timeout=120)
     loaded = set(json.loads(done.stdout))
     assert not loaded & set(READ_BY_SOME), sorted(loaded & set(READ_BY_SOME))
+
+
+def _imported(code: str) -> set[str]:
+    """The modules ``python -X importtime -c code`` imports (Python's start included)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True,
+                          text=True, check=True, timeout=120, env=env)
+    return {line.rpartition("|")[2].strip() for line in done.stderr.splitlines()
+            if line.startswith("import time:") and "self [us]" not in line}
+
+
+def test_version_loads_no_module_beyond_pythons_start_but_k3snets_own() -> None:
+    """``k3snet --version`` (issue 9: <= 150 ms) answers before the CLI loads; ``typing``
+    (and collections, re, enum, contextlib with it: 22 modules) came in through
+    ``k3snet._stdout``'s ``from typing import TYPE_CHECKING``."""
+    start = _imported("pass")
+    version = _imported("import sys; sys.argv = ['k3snet', '--version']\n"
+                        "from k3snet.__main__ import main; main()")
+    extra = {name for name in version - start
+             if name != "k3snet" and not name.startswith("k3snet.")}
+    assert extra <= {"__future__", "types"}, sorted(extra)
