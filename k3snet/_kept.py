@@ -30,7 +30,7 @@ import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from k3snet._env import env_switch
+from k3snet._env import env_switch, env_value
 
 __all__ = ["STATE_ROOT", "code_identity", "input_problem", "make_directory", "prune", "read_input",
            "read_trusted", "refuse_foreign_input", "refuse_foreign_output", "replace_atomically",
@@ -52,7 +52,7 @@ def state_directory(name: str, default_root: Path, switch: str) -> Path | None:
     ``st/spec-cache/`` in whatever directory it ran in)."""
     if not env_switch(switch, default=True):
         return None
-    given = os.environ.get("K3SNET_STATE_DIR")
+    given = env_value("K3SNET_STATE_DIR")
     if given:
         return Path(given) / name if os.path.isabs(given) else None
     return default_root / name if default_root.is_dir() else None

@@ -32,7 +32,7 @@ from k3snet._argv import COMMON_VALUED as _COMMON_VALUED
 from k3snet._argv import Run
 from k3snet._argv import asks_json as _asks_json
 from k3snet._argv import common_after_command as _common_after_command
-from k3snet._env import env_switch
+from k3snet._env import env_switch, env_value
 from k3snet._kept import (
     input_problem,
     make_directory,
@@ -219,7 +219,7 @@ def _agent_logs_json(argv: Sequence[str]) -> bool:
     of its JSON log, the one line of a crash loop its collector reads."""
     if not argv or argv[0] != "agent":
         return False
-    wanted = os.environ.get("K3SNET_LOG_FORMAT") or "text"
+    wanted = env_value("K3SNET_LOG_FORMAT") or "text"
     for index, arg in enumerate(argv):
         if arg == "--":
             break
@@ -241,7 +241,7 @@ def _log_agent_usage_error(argv: Sequence[str], message: str) -> None:
     would have named (``--node-name``, ``$K3SNET_NODE_NAME`` or the hostname)."""
     from k3snet.agent import configure_logging  # noqa: PLC0415 - as cmd_agent imports
 
-    node = os.environ.get("K3SNET_NODE_NAME") or socket.gethostname().strip().lower()
+    node = env_value("K3SNET_NODE_NAME") or socket.gethostname().strip().lower()
     for index, arg in enumerate(argv):
         if arg == "--":
             break
@@ -263,7 +263,7 @@ def _common_options() -> _Parser:
                            help="log errors only (not with -v)")
     group.add_argument("--log-format", type=_from_env("K3SNET_LOG_FORMAT", _one_of("text", "json")),
                        metavar="{text,json}",
-                       default=os.environ.get("K3SNET_LOG_FORMAT") or "text",
+                       default=env_value("K3SNET_LOG_FORMAT") or "text",
                        help="log lines as text or as one JSON object each "
                             "(default: $K3SNET_LOG_FORMAT or text)")
     group.add_argument("--color", choices=("auto", "always", "never"), default="auto",
@@ -477,9 +477,10 @@ def _allow_disruptive_flag(cmd: argparse.ArgumentParser) -> None:
 
 def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     _allow_disruptive_flag(agent)
-    # A variable set empty is unset (a template's `value: ""`), as for every other one
-    # k3snet reads: refused, K3SNET_LOG_LEVEL="" kept the agent in a crash loop, exit 64.
-    env = os.environ.get
+    # A variable set empty or to spaces alone is unset (a template's `value: ""`), as for
+    # every other one k3snet reads: refused, K3SNET_LOG_LEVEL="" kept the agent in a crash
+    # loop, exit 64.
+    env = env_value
     # One source of the spec, exactly: neither or both is a usage error (exit 64).
     source = agent.add_mutually_exclusive_group(required=True)
     source.add_argument("-f", "--spec", type=_read_path, help=SPEC_HELP)
@@ -2127,7 +2128,7 @@ def _left_behind(args: argparse.Namespace, spec: Spec | None, backend: BackendGr
         return []  # no node nor cluster backend in use (memory, a custom one)
     looked = ({n for _, n, _ in NODE_BACKENDS} if node else set()) | (
         names & set(CLUSTER_BACKENDS))
-    if node and "flannel" not in names and os.environ.get("K3SNET_FLANNEL_CONF"):
+    if node and "flannel" not in names and env_value("K3SNET_FLANNEL_CONF"):
         looked.add("flannel")  # the node's own net-conf.json ($K3SNET_FLANNEL_CONF)
     options: dict[str, dict[str, Any]] = {}
     refused: list[str] = []

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from k3snet._env import env_value
 from k3snet.agent._http import HealthServer, parse_listen
 from k3snet.agent._lease import LeaderElector, LeaseSettings
 from k3snet.agent._logging import configure_logging
@@ -56,7 +57,7 @@ def _spec_source(args: argparse.Namespace, api: Callable[[], Any]) -> SpecSource
 
 
 def _lease_settings(args: argparse.Namespace) -> LeaseSettings:
-    namespace = os.environ.get("K3SNET_NAMESPACE") or "kube-system"
+    namespace = env_value("K3SNET_NAMESPACE") or "kube-system"
     name = DEFAULT_LEASE_NAME
     if args.lease:
         problem = object_ref_problem(args.lease)

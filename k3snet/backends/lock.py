@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from k3snet._env import env_value
 from k3snet._kept import make_directory, untrusted
 from k3snet.backends.kit import option_seconds
 from k3snet.backends.netns import THREAD_NETNS, netns_path, validate_netns
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 
 
 def _lock_dir() -> Path:
-    override = os.environ.get("K3SNET_LOCK_DIR")
+    override = env_value("K3SNET_LOCK_DIR")
     if not override:
         return DEFAULT_LOCK_DIR
     if not os.path.isabs(override):

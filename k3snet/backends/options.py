@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from k3snet._env import env_value
 from k3snet.backends.registry import backend_options, takes_any_option
 from k3snet.errors import BackendOptionError
 from k3snet.kube import configmap_ref
@@ -67,8 +68,9 @@ def resolve_backend_options(name: str, given: Mapping[str, Any] | None = None, *
     if allow_disruptive:
         implicit["allow_disruptive"] = True
     for backend, option, variable, parse in ENV_OPTIONS:
-        if backend == name and environ.get(variable):
-            implicit[option] = parse(environ[variable])
+        value = env_value(variable, environ)
+        if backend == name and value is not None:
+            implicit[option] = parse(value)
     declared: set[str] = set(backend_options(name)) if implicit else set()
     if implicit and not declared and takes_any_option(name):
         # ``**options``: it takes every keyword, so it gets the namespace it was asked for.

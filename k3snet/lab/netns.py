@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from k3snet._env import env_value
 from k3snet._kept import STATE_ROOT
 
 __all__ = [
@@ -275,7 +276,7 @@ def _state_roots() -> list[Path]:
     roots = [_STATE_ROOT]
     made = sys.modules.get("k3snet.backends.iptables.made")
     moved = getattr(made, "DEFAULT_ROOT", None)
-    given = os.environ.get("K3SNET_STATE_DIR")
+    given = env_value("K3SNET_STATE_DIR")
     for root in (moved, Path(given) if given and os.path.isabs(given) else None):
         if isinstance(root, Path) and root not in roots:
             roots.append(root)

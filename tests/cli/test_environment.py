@@ -6,6 +6,7 @@ argparse checks ``choices=`` only for what the command line gives, not for a def
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -182,6 +183,81 @@ def test_an_empty_variable_is_read_as_an_unset_one(
     unset = build_parser().parse_args(command)
     monkeypatch.setenv(variable, "")
     assert build_parser().parse_args(command) == unset
+
+
+def _read_by_k3snet(tmp_path: Path) -> dict[str, Callable[[], object]]:
+    """For every environment variable k3snet reads, what k3snet makes of it."""
+    from k3snet._env import env_switch  # noqa: PLC0415
+    from k3snet._kept import state_directory  # noqa: PLC0415
+    from k3snet.agent._main import _lease_settings  # noqa: PLC0415
+    from k3snet.backends.lock import _lock_dir  # noqa: PLC0415
+    from k3snet.backends.options import resolve_backend_options  # noqa: PLC0415
+    from k3snet.cli import _agent_logs_json  # noqa: PLC0415
+
+    def agent() -> argparse.Namespace:
+        return build_parser().parse_args(_AGENT)
+
+    def kept() -> object:
+        return (state_directory("spec-cache", tmp_path, "K3SNET_SPEC_CACHE"),
+                state_directory("nftables-read", tmp_path, "K3SNET_READ_CACHE"))
+
+    def backend(name: str) -> Callable[[], object]:
+        return lambda: resolve_backend_options(name)
+
+    return {
+        "K3SNET_LOG_FORMAT": lambda: (build_parser().parse_args(["plan", "-f", "spec.yaml"]),
+                                      agent(), _agent_logs_json(_AGENT)),
+        "K3SNET_LOG_LEVEL": agent, "K3SNET_LISTEN": agent, "K3SNET_NODE_NAME": agent,
+        "K3SNET_LEASE_CANDIDATES": agent, "K3SNET_SPEC_SETTLE": agent,
+        "K3SNET_TERMINATION_GRACE": agent,
+        "K3SNET_NAMESPACE": lambda: _lease_settings(agent()),
+        "K3SNET_STATE_DIR": lambda: (kept(), resolve_backend_options("netlink"),
+                                     resolve_backend_options("iptables")),
+        "K3SNET_SPEC_CACHE": kept, "K3SNET_READ_CACHE": kept,
+        "K3SNET_LOCK_DIR": _lock_dir,
+        "K3SNET_PROC_SYS": backend("netlink"),
+        "K3SNET_FLANNEL_CONF": backend("flannel"), "K3SNET_FLANNEL_CONFIGMAP": backend("flannel"),
+        "K3SNET_DEBUG": lambda: env_switch("K3SNET_DEBUG", default=False),
+        "K3SNET_FULL_EXIT": lambda: env_switch("K3SNET_FULL_EXIT", default=False),
+    }
+
+
+@pytest.mark.parametrize("spaces", [" ", "  ", "\t", " \n"])
+def test_a_variable_set_to_whitespace_alone_is_read_as_an_unset_one_for_every_variable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spaces: str) -> None:
+    # K3SNET_LOG_LEVEL=" " was a usage error (exit 64) and K3SNET_STATE_DIR=" " a relative
+    # path refused by the backends, where the switches (K3SNET_DEBUG) stripped theirs.
+    read = _read_by_k3snet(tmp_path)
+    assert sorted(read) == sorted(_variables_named_in_k3snet())  # a new one is tested here
+    differ = []
+    for variable, reader in read.items():
+        monkeypatch.delenv(variable, raising=False)
+        unset = _outcome(reader)
+        monkeypatch.setenv(variable, spaces)
+        if _outcome(reader) != unset:
+            differ.append(variable)
+        monkeypatch.delenv(variable)
+    assert differ == []
+
+
+def _outcome(reader: Callable[[], object]) -> object:
+    """What ``reader`` gives, or the refusal it raises (a usage error exits)."""
+    try:
+        return reader()
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any refusal is an outcome
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _variables_named_in_k3snet() -> set[str]:
+    import re  # noqa: PLC0415
+
+    import k3snet  # noqa: PLC0415
+    from k3snet import model  # noqa: PLC0415
+
+    package = Path(k3snet.__file__).parent
+    named = {name for path in package.rglob("*.py")
+             for name in re.findall(r"[\"'](K3SNET_[A-Z_]+)[\"']", path.read_text())}
+    return {name for name in named if not hasattr(model, name)}  # constants, not variables
 
 
 def test_every_environment_variable_k3snet_reads_is_documented() -> None:

@@ -67,9 +67,15 @@ def _import_iptc() -> Any:
     return iptc
 
 
+_XT_LOCK_NAME = "/run/xtables.lock"
+"""The lock file of iptables when ``$XTABLES_LOCKFILE`` does not name one."""
+
+
 @contextlib.contextmanager
 def _xtables_lock() -> Iterator[None]:
-    path = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
+    # As iptables reads it (xshared.c): unset or empty, its own default. An empty value
+    # was given to open(): "No such file or directory: ''", and no change was made.
+    path = os.environ.get("XTABLES_LOCKFILE") or _XT_LOCK_NAME
     fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         deadline = time.monotonic() + _LOCK_TIMEOUT
