@@ -33,7 +33,7 @@ def _nat(rules: str, family: int = 4) -> set[NetObject]:
 
 
 def _forward(rules: str, family: int = 4) -> set[NetObject]:
-    text = _table("filter", {"FORWARD": "DROP", "FLANNEL-FWD": "-"}, rules)
+    text = _table("filter", {"FORWARD": "DROP", "FLANNEL-FWD": "-", "A": "-"}, rules)
     return foreign_forward(parse_save(text).get("filter"), family)
 
 
@@ -470,6 +470,20 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         set()),
     "a return with a match k3snet does not model in a chain jumped to hides the pair": (
         f"-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -p tcp -d 10.1.0.0/16 -j RETURN\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
+        set()),
+    # The end of a chain gone to (-g) from a chain jumped to goes back to FORWARD, past
+    # the rest of the chain that went there.
+    "a chain gone to from a chain jumped to hides the accepts after it there": (
+        "-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -g A\n-A A -s 10.99.0.0/16 -j ACCEPT\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
+        set()),
+    "a chain gone to from a chain jumped to, for other sources, leaves the pair met": (
+        f"-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -d {POD} -j ACCEPT\n"
+        "-A FLANNEL-FWD -s 10.99.0.0/16 -g A\n-A A -j ACCEPT\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT", 4, {ForwardRule(POD, B)}),
+    "a chain gone to from a chain gone to, to a drop policy, hides the pair": (
+        "-A FORWARD -g FLANNEL-FWD\n-A FLANNEL-FWD -g A\n-A A -s 10.99.0.0/16 -j ACCEPT\n"
         f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
         set()),
     "the accepts of FORWARD after a chain returning the pods' traffic are read": (

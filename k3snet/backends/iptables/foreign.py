@@ -378,15 +378,20 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
     met before any drop, reject or queue (but kube-proxy's drop of ``INVALID`` packets),
     and not behind a ``RETURN`` to FORWARD's policy, when that is not ``ACCEPT``, that
     may match their packets (one of other addresses, flannel's, lets them be reached),
-    nor behind a ``RETURN`` of a chain jumped to that may match them (its packets go
-    back to FORWARD, past the rest of that chain: a later rule of FORWARD, or its
-    policy, decides them)."""
+    nor behind a ``RETURN`` of a chain jumped to that may match them, or a ``-g`` to
+    another chain, whose end does the same (its packets go back to FORWARD, past the
+    rest of that chain: a later rule of FORWARD, or its policy, decides them)."""
     accepts: list[RuleFields] = []
     dropped = dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT"
     returns: list[RuleFields] = []  # the RETURNs to FORWARD's policy drop met so far
     # the RETURNs back to FORWARD met so far in each chain jumped to (None: not modelled)
     skips: dict[str, list[RuleFields | None]] = {}
-    for chain, target, fields, _, leaves in _walk(dump, "FORWARD", ours):
+    for chain, read_target, read, tokens, leaves in _walk(dump, "FORWARD", ours):
+        target, fields = read_target, read
+        if chain != "FORWARD" and "-g" in tokens and "-j" not in tokens:
+            # a chain gone to from the one read: its end goes back past this one's
+            # rules, as a RETURN here does (what that chain does is not read)
+            target, fields = "RETURN", parse_rule(_as_jump(tokens))
         if target in _STOP:
             if fields is not None and fields.ctstate == "INVALID":
                 continue  # kube-proxy's drop of invalid packets: valid traffic goes on
@@ -409,6 +414,11 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
                             for earlier in skips.get(chain, ()))):
             accepts.append(fields)
     return accepts
+
+
+def _as_jump(tokens: Line) -> Line:
+    """A ``-g CHAIN`` rule's tokens as ``-j CHAIN``'s (the same matches)."""
+    return tuple("-j" if tok == "-g" else tok for tok in tokens)
 
 
 def _may_take(earlier: RuleFields, rule: RuleFields) -> bool:
