@@ -464,6 +464,15 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         f"-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -s {POD} -j RETURN\n"
         f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
         set()),
+    "a return of a part of the pods in a chain jumped to hides the pair, IPv6": (
+        "-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -s fd42::/64 -j RETURN\n"
+        "-A FLANNEL-FWD -s fd42::/56 -d fd02::/64 -j ACCEPT\n"
+        "-A FLANNEL-FWD -d fd42::/56 -j ACCEPT", 6, set()),
+    "a return of other pods in a chain jumped to leaves the pair met, IPv6": (
+        "-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -d fd42::/56 -j ACCEPT\n"
+        "-A FLANNEL-FWD -s fd99::/64 -j RETURN\n"
+        "-A FLANNEL-FWD -s fd42::/56 -d fd02::/64 -j ACCEPT", 6,
+        {ForwardRule("fd42::/56", "fd02::/64")}),
     "a return of the replies in a chain jumped to hides the pair": (
         f"-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -d {POD} -j RETURN\n"
         f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
