@@ -33,7 +33,7 @@ def _nat(rules: str, family: int = 4) -> set[NetObject]:
 
 
 def _forward(rules: str, family: int = 4) -> set[NetObject]:
-    text = _table("filter", {"FORWARD": "DROP", "FLANNEL-FWD": "-"}, rules)
+    text = _table("filter", {"FORWARD": "DROP", "FLANNEL-FWD": "-", "A": "-"}, rules)
     return foreign_forward(parse_save(text).get("filter"), family)
 
 
@@ -399,9 +399,16 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -s {B} -d {POD} -j ACCEPT", 4,
         set()),
     "a return bounded by a source does not cut a chain jumped to": (
+        f"-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -d {POD} -j ACCEPT\n"
+        "-A FLANNEL-FWD -s 10.1.0.0/16 ! -d 10.1.0.0/16 -j RETURN\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT", 4,
+        {ForwardRule(POD, B)}),
+    "a return of other sources in a chain jumped to takes a router's errors to the pods": (
+        # back in FORWARD, nothing accepts them: the policy drops a router's ICMP errors
+        # to the pods from 10.1.0.0/16, which the accept after the RETURN never sees
         "-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -s 10.1.0.0/16 ! -d 10.1.0.0/16 -j RETURN\n"
         f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
-        {ForwardRule(POD, B)}),
+        set()),
     "a return bounded by a destination does not cut a chain jumped to": (
         "-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD ! -s 10.1.0.0/16 -d 10.1.0.0/16 -j RETURN\n"
         f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
@@ -451,6 +458,47 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
     "the end of a chain gone to, to a drop policy, hides the pair": (
         f"-A FORWARD -s {POD} -g FLANNEL-FWD\n-A FLANNEL-FWD -d 10.1.0.0/16 -j ACCEPT\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    # A RETURN in a chain jumped to sends its packets back to FORWARD, past the rest of
+    # that chain, whatever FORWARD's policy: its later accepts never see them.
+    "a return of the pods' traffic in a chain jumped to hides the accepts after it there": (
+        f"-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -s {POD} -j RETURN\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
+        set()),
+    "a return of a part of the pods in a chain jumped to hides the pair, IPv6": (
+        "-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -s fd42::/64 -j RETURN\n"
+        "-A FLANNEL-FWD -s fd42::/56 -d fd02::/64 -j ACCEPT\n"
+        "-A FLANNEL-FWD -d fd42::/56 -j ACCEPT", 6, set()),
+    "a return of other pods in a chain jumped to leaves the pair met, IPv6": (
+        "-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -d fd42::/56 -j ACCEPT\n"
+        "-A FLANNEL-FWD -s fd99::/64 -j RETURN\n"
+        "-A FLANNEL-FWD -s fd42::/56 -d fd02::/64 -j ACCEPT", 6,
+        {ForwardRule("fd42::/56", "fd02::/64")}),
+    "a return of the replies in a chain jumped to hides the pair": (
+        f"-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -d {POD} -j RETURN\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
+        set()),
+    "a return with a match k3snet does not model in a chain jumped to hides the pair": (
+        f"-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -p tcp -d 10.1.0.0/16 -j RETURN\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
+        set()),
+    # The end of a chain gone to (-g) from a chain jumped to goes back to FORWARD, past
+    # the rest of the chain that went there.
+    "a chain gone to from a chain jumped to hides the accepts after it there": (
+        "-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -g A\n-A A -s 10.99.0.0/16 -j ACCEPT\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
+        set()),
+    "a chain gone to from a chain jumped to, for other sources, leaves the pair met": (
+        f"-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -d {POD} -j ACCEPT\n"
+        "-A FLANNEL-FWD -s 10.99.0.0/16 -g A\n-A A -j ACCEPT\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT", 4, {ForwardRule(POD, B)}),
+    "a chain gone to from a chain gone to, to a drop policy, hides the pair": (
+        "-A FORWARD -g FLANNEL-FWD\n-A FLANNEL-FWD -g A\n-A A -s 10.99.0.0/16 -j ACCEPT\n"
+        f"-A FLANNEL-FWD -s {POD} -d {B} -j ACCEPT\n-A FLANNEL-FWD -d {POD} -j ACCEPT", 4,
+        set()),
+    "the accepts of FORWARD after a chain returning the pods' traffic are read": (
+        f"-A FORWARD -j FLANNEL-FWD\n-A FLANNEL-FWD -s {POD} -j RETURN\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
+        {ForwardRule(POD, B)}),
     "a queue of the pods' traffic to a program hides the pair": (
         f"-A FORWARD -s {POD} -j NFQUEUE --queue-num 1\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),

@@ -87,3 +87,49 @@ def test_a_return_to_forwards_policy_drop_of_other_addresses_leaves_the_pair_met
         with IptablesBackend(lab.node, mode="legacy") as backend:
             assert _status(backend, ForwardRule(POD, DB_NET)) == "met"
         assert lab.tcp_probe(family=4, timeout=2.0).ok
+
+
+
+# A chain FORWARD jumps to (FWD-X), the rule of it taking the pods' packets back to
+# FORWARD past the pair after it, and that rule's own chain (FWD-Y) if any.
+SKIPPING: dict[str, tuple[list[str], list[list[str]]]] = {
+    "a return of the pods' traffic": (["-s", POD, "-j", "RETURN"], []),
+    "a chain gone to, ending": (["-g", "FWD-Y"], [["-s", "10.99.0.0/16", "-j", "ACCEPT"]]),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("case", sorted(SKIPPING))
+def test_a_rule_sending_the_pods_back_from_a_chain_jumped_to_hides_the_pair_after_it(
+    require_root: None, case: str, mode: Mode
+) -> None:
+    """A RETURN of the pods' traffic in a chain FORWARD jumps to, or a chain gone to from
+    it (whose end goes back to FORWARD too), sends it back to FORWARD, past that chain's
+    accepts, and FORWARD's policy drops it: the pair is not met (k3snet writes its own
+    accept) and the pod's connection fails; without that rule the pair is met and it
+    succeeds."""
+    taking, gone_to = SKIPPING[case]
+    wanted = ForwardRule(POD, DB_NET)
+    with SeedLab.create() as lab:
+        ipt = [f"iptables-{mode}", "-w"]
+        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
+        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                          "-j", "MASQUERADE"])
+        for chain in ("FWD-X", "FWD-Y"):
+            run_in(lab.node, [*ipt, "-N", chain])
+        for rule in gone_to:
+            run_in(lab.node, [*ipt, "-A", "FWD-Y", *rule])
+        run_in(lab.node, [*ipt, "-A", "FORWARD", "-j", "FWD-X"])
+        for rule in (taking, ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
+                     ["-d", POD, "-j", "ACCEPT"]):
+            run_in(lab.node, [*ipt, "-A", "FWD-X", *rule])
+        with IptablesBackend(lab.node, mode=mode) as backend:
+            notes = plan(backend.observe(), State(owned=[wanted])).notes
+            assert [n.status for n in notes if n.wanted == wanted] == []
+        assert not lab.tcp_probe(family=4, timeout=1.0).ok
+        run_in(lab.node, [*ipt, "-D", "FWD-X", *taking])
+        with IptablesBackend(lab.node, mode=mode) as backend:
+            assert _status(backend, wanted) == "met"
+        assert lab.tcp_probe(family=4, timeout=2.0).ok

@@ -11,8 +11,9 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
 * filter: an ``ACCEPT`` in FORWARD or a chain FORWARD jumps to, matching at most
   source, destination and interfaces, reached before any DROP/REJECT rule (but
   kube-proxy's drop of ``INVALID`` packets) or queue, and behind no RETURN to a
-  FORWARD policy that is not ACCEPT that may match its packets, and
-  only if the replies are accepted too (a reverse plain accept, or a conntrack
+  FORWARD policy that is not ACCEPT that may match its packets (nor behind a RETURN
+  that may match them earlier in the chain jumped to holding it), and only if the
+  replies are accepted too (a reverse plain accept, or a conntrack
   ``ESTABLISHED`` accept covering them), as flannel's ``FLANNEL-FWD`` pair does.
 
 * filter, what decides otherwise (:func:`foreign_blocks`): every ``DROP``,
@@ -376,11 +377,21 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
     """The simple ``ACCEPT`` rules of FORWARD (and of the chains it jumps to, one level)
     met before any drop, reject or queue (but kube-proxy's drop of ``INVALID`` packets),
     and not behind a ``RETURN`` to FORWARD's policy, when that is not ``ACCEPT``, that
-    may match their packets (one of other addresses, flannel's, lets them be reached)."""
+    may match their packets (one of other addresses, flannel's, lets them be reached),
+    nor behind a ``RETURN`` of a chain jumped to that may match them, or a ``-g`` to
+    another chain, whose end does the same (its packets go back to FORWARD, past the
+    rest of that chain: a later rule of FORWARD, or its policy, decides them)."""
     accepts: list[RuleFields] = []
     dropped = dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT"
     returns: list[RuleFields] = []  # the RETURNs to FORWARD's policy drop met so far
-    for _, target, fields, _, leaves in _walk(dump, "FORWARD", ours):
+    # the RETURNs back to FORWARD met so far in each chain jumped to (None: not modelled)
+    skips: dict[str, list[RuleFields | None]] = {}
+    for chain, read_target, read, tokens, leaves in _walk(dump, "FORWARD", ours):
+        target, fields = read_target, read
+        if chain != "FORWARD" and "-g" in tokens and "-j" not in tokens:
+            # a chain gone to from the one read: its end goes back past this one's
+            # rules, as a RETURN here does (what that chain does is not read)
+            target, fields = "RETURN", parse_rule(_as_jump(tokens))
         if target in _STOP:
             if fields is not None and fields.ctstate == "INVALID":
                 continue  # kube-proxy's drop of invalid packets: valid traffic goes on
@@ -392,12 +403,22 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
                 break  # which packets go to FORWARD's policy drop is unknown: as a drop
             returns.append(fields)
             continue
+        if target == "RETURN" and not leaves:
+            skips.setdefault(chain, []).append(fields)
+            continue
         if fields is None:
             continue
         if (fields.target == "ACCEPT" and not fields.source_neg and not fields.destination_neg
-                and not any(_may_take(earlier, fields) for earlier in returns)):
+                and not any(_may_take(earlier, fields) for earlier in returns)
+                and not any(earlier is None or _may_take(earlier, fields)
+                            for earlier in skips.get(chain, ()))):
             accepts.append(fields)
     return accepts
+
+
+def _as_jump(tokens: Line) -> Line:
+    """A ``-g CHAIN`` rule's tokens as ``-j CHAIN``'s (the same matches)."""
+    return tuple("-j" if tok == "-g" else tok for tok in tokens)
 
 
 def _may_take(earlier: RuleFields, rule: RuleFields) -> bool:
