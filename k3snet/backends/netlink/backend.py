@@ -1949,7 +1949,7 @@ class _LocalTable:
                 continue
             routes = self._routes[version, length].get(value >> (bits - length) << (bits - length))
             if routes:
-                if any(r.kind == "throw" or r.down for r in routes) or any(
+                if any(r.kind == "throw" or r.down or r.hops_down for r in routes) or any(
                         r.destination.overlaps(dst) for r in self._throws):
                     return None
                 return routes[0]
