@@ -370,8 +370,8 @@ def test_both_drivers_read_the_same_table_local_route_and_the_header_skip_keeps_
     kept = codec.decode_local_route(msg, names, longest)
     assert kept == (every if every is not None and every.matters(longest) else None)
     # What matters, said apart from the code: a route no longer than one of k3snet's
-    # (of its IP version) may hold it, a throw or header-flagged down one sends some on.
+    # (of its IP version) may hold it, a throw one sends some on (a down one sends them
+    # back to a shorter prefix of table local: no matter).
     version = 4 if family == socket.AF_INET else 6
-    matters = (longest is None or kind == 9 or bool(flags & 0x11)
-               or dst_len <= longest.get(version, -1))
+    matters = longest is None or kind == 9 or dst_len <= longest.get(version, -1)
     assert kept == (every if matters else None)

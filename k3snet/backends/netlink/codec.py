@@ -494,19 +494,19 @@ class LocalRoute:
         dst = self.destination
         return local_route_matters(
             socket.AF_INET if dst.version == 4 else socket.AF_INET6, dst.prefixlen,
-            RTN_THROW if self.kind == "throw" else RTN_UNICAST,
-            RTNH_F_DEAD if self.down else 0, longest)
+            RTN_THROW if self.kind == "throw" else RTN_UNICAST, longest)
 
 
-def local_route_matters(family: int, dst_len: int, kind: int, flags: int,
+def local_route_matters(family: int, dst_len: int, kind: int,
                         longest: Mapping[int, int] | None) -> bool:
     """Whether a route of table ``local`` (its header's fields) may change what a lookup
     of a destination of at most ``longest[version]`` bits ends at: one no longer than
-    that may hold it, a ``throw`` route or one flagged ``dead`` or ``linkdown`` inside it
-    may send some lookups on (``None``: every route matters). The host routes of a
+    that may hold it, a ``throw`` route inside it may send some lookups on to the next
+    rule (``None``: every route matters; one flagged ``dead`` or ``linkdown`` inside it
+    sends a lookup back to a shorter prefix of the same table: no matter). The host routes of a
     node's addresses (``local 10.0.0.1``, thousands where kube-proxy's IPVS mode binds
     every service address) are longer than a route of k3snet's and are not decoded."""
-    if longest is None or kind == RTN_THROW or flags & (RTNH_F_DEAD | RTNH_F_LINKDOWN):
+    if longest is None or kind == RTN_THROW:
         return True
     version = 4 if family == socket.AF_INET else 6 if family == socket.AF_INET6 else 0
     return dst_len <= longest.get(version, -1)
@@ -555,7 +555,7 @@ def decode_local_route(msg: bytes, names: Mapping[int, str],
     (:func:`local_route_of`; ``None`` too for one that does not matter to destinations
     of ``longest``'s lengths, :func:`local_route_matters`, its attributes not read)."""
     family, dst_len, src_len, tos, rtm_table, _, _, kind, flags = RTMSG.unpack_from(msg, HDR)
-    if not local_route_matters(family, dst_len, kind, flags, longest):
+    if not local_route_matters(family, dst_len, kind, longest):
         return None
     found = attrs_of(msg, HDR + RTMSG.size)
     return local_route_of(
