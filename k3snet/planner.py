@@ -1030,15 +1030,19 @@ def _destination(obj: NetObject) -> Network | None:
 def _in_place_text(wanted: NetObject, foreign: NetObject) -> str:
     """What becomes of k3snet's object in place that ``foreign`` comes before
     (:meth:`Note.render`). A route at a lower metric takes its traffic; one in its very
-    slot (the same metric) may not: the kernel takes the route of the slot listed
-    first (another program's appended after k3snet's carries nothing), or, for IPv6
+    slot (the same metric) may not: the kernel takes the first route of the slot listed
+    it can use (another program's appended after k3snet's carries nothing while
+    k3snet's works; IPv6 on a node not forwarding also passes by a gateway whose
+    neighbour failed, rt6_check_neigh), or, for IPv6
     gateways it joined as one multipath route, shares the traffic. The state does not
     say which, so the text says both."""
     if (isinstance(wanted, Route) and isinstance(foreign, Route | RouteBlock)
             and foreign.metric == wanted.metric):
-        return ("k3snet's is in place in the same slot: the kernel takes the route ip "
-                "route show lists first there, or shares the traffic between IPv6 "
-                "gateways it joined as one multipath route")
+        return ("k3snet's is in place in the same slot: the kernel takes the first route "
+                "ip route show lists there that it can use (one whose link is down passed "
+                "by, and for IPv6 on a node not forwarding one whose gateway's neighbour "
+                "failed), or shares the traffic between IPv6 gateways it joined as one "
+                "multipath route")
     return "k3snet's is in place, but the foreign one overrides it"
 
 

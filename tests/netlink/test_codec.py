@@ -329,3 +329,49 @@ def test_decode_rule_reads_a_rule_and_whether_a_gateways_lookup_can_match_it() -
     for extra in (codec.attr_u32(codec.FRA_SUPPRESS_PREFIXLEN, 0), codec.attr(20, b"\0" * 8)):
         assert not codec.decode_rule(_rule(extra=extra)).exact  # type: ignore[union-attr]
     assert codec.decode_rule(_rule(socket.AF_BRIDGE)) is None
+
+
+@given(family=st.sampled_from([socket.AF_INET, socket.AF_INET6]),
+       dst_len=st.integers(0, 128), kind=st.sampled_from([1, 2, 6, 7, 9]),
+       flags=st.sampled_from([0, 0x1, 0x10, 0x11, 0x200]),
+       table=st.sampled_from([255, 254, 100, 1000]),
+       hops=st.none() | st.lists(st.sampled_from([0, 0x1, 0x10, 0x11]), max_size=3),
+       versions=st.none() | st.sets(st.sampled_from([4, 6])),
+       offset=st.sampled_from([-1, 0, 1]))
+def test_both_drivers_read_the_same_table_local_route_and_the_header_skip_keeps_what_matters(
+        *, family: int, dst_len: int, kind: int, flags: int, table: int,
+        hops: list[int] | None, versions: set[int] | None, offset: int) -> None:
+    """A route message of table local as the kernel dumps it (a table over 255 in
+    ``RTA_TABLE``, the header's 252): the socket driver's reading (which skips, from
+    the header alone, a route longer than every route of k3snet's) and the pyroute2
+    driver's (decoding all, then keeping those that matter) give the same route or
+    none, and the skip drops only what ``LocalRoute.matters`` drops."""
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: PLC0415 - the other driver's
+
+    from k3snet.backends.netlink.pyroute2_driver import _local_from  # noqa: PLC0415
+
+    bits = 32 if family == socket.AF_INET else 128
+    dst_len = min(dst_len, bits)
+    # k3snet's longest route of each IP version drawn: one shorter, as long, one longer.
+    longest = None if versions is None else {v: max(0, dst_len + offset) for v in versions}
+    body = codec.RTMSG.pack(family, dst_len, 0, 0, table if table < 256 else 252, 2, 0,
+                            kind, flags)
+    body += codec.attr(codec.RTA_DST, b"\x0a" + b"\0" * (bits // 8 - 1))
+    body += codec.attr(codec.RTA_TABLE, table.to_bytes(4, "little"))
+    if hops is not None:
+        body += codec.attr(codec.RTA_MULTIPATH, b"".join(
+            codec.RTNEXTHOP.pack(8, hop, 0, 3) for hop in hops))
+    msg = codec.message(codec.RTM_NEWROUTE, 0, 1, body)
+    names = {3: "m1"}
+    every = codec.decode_local_route(msg, names)
+    parsed = rtmsg(msg)
+    parsed.decode()
+    assert _local_from(parsed, names) == every
+    kept = codec.decode_local_route(msg, names, longest)
+    assert kept == (every if every is not None and every.matters(longest) else None)
+    # What matters, said apart from the code: a route no longer than one of k3snet's
+    # (of its IP version) may hold it, a throw one sends some on (a down one sends them
+    # back to a shorter prefix of table local: no matter).
+    version = 4 if family == socket.AF_INET else 6
+    matters = longest is None or kind == 9 or dst_len <= longest.get(version, -1)
+    assert kept == (every if matters else None)

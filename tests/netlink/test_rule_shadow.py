@@ -375,8 +375,8 @@ def test_table_local_s_host_routes_longer_than_any_route_of_k3snet_s_are_not_dec
     """Every address of the node has a host route in table local (kube-proxy's IPVS mode
     binds every service address: thousands): decoding them all tripled a cold plan's
     time at 7000 addresses, though a route longer than every route of k3snet's cannot
-    hold one. They are left undecoded, but for a ``throw`` route (or one a lookup may
-    pass by), which sends some lookups on however long: the kernel's answer is kept."""
+    hold one. They are left undecoded, but for a ``throw`` route, which sends some
+    lookups on however long: the kernel's answer is kept."""
     with d0_namespace("rlocaln", "192.0.2.1/24") as ns, \
             NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
         ip(ns, "link", "set", "lo", "up")
@@ -407,3 +407,86 @@ def test_table_local_s_host_routes_longer_than_any_route_of_k3snet_s_are_not_dec
         warned: tuple[str, ...] = backend.warnings  # not the () asserted before the change
         [said] = warned
         assert "whose local route 10.9.0.0/16 dev lo table local holds it" in said
+
+
+def test_a_multipath_table_local_route_with_every_nexthop_down_is_not_named(
+        tmp_path: Path, driver: Driver) -> None:
+    """A multipath route of table ``local`` whose nexthops lost their carrier one by one
+    carries ``dead linkdown`` on each nexthop and nothing in its header (IPv4 and IPv6):
+    with ``ignore_routes_with_linkdown`` set the kernel passes it by (``ip route get``
+    ends in main), while the warning, reading the header's flags alone, said it took
+    every lookup of k3snet's route."""
+    with d0_namespace("rmpdown", "192.0.2.1/24", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2"),
+                              Route("2001:db8:9:1::/64", gateway="2001:db8::2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
+        for i in (1, 2):
+            ip(ns, "link", "add", f"m{i}", "type", "veth", "peer", "name", f"m{i}p")
+            ip(ns, "link", "set", f"m{i}p", "up")
+            ip(ns, "link", "set", f"m{i}", "up")
+            ip(ns, "addr", "add", f"198.51.{i}.1/24", "dev", f"m{i}")
+            ip(ns, "-6", "addr", "add", f"2001:db8:{i}::1/64", "dev", f"m{i}", "nodad")
+            for family in ("ipv4", "ipv6"):
+                subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                                f"net.{family}.conf.m{i}.ignore_routes_with_linkdown=1"],
+                               check=True)
+        ip(ns, "route", "add", "10.9.0.0/16", "table", "local",
+           "nexthop", "via", "198.51.1.3", "dev", "m1",
+           "nexthop", "via", "198.51.2.3", "dev", "m2")
+        ip(ns, "-6", "route", "add", "2001:db8:9::/48", "table", "local",
+           "nexthop", "via", "2001:db8:1::3", "dev", "m1",
+           "nexthop", "via", "2001:db8:2::3", "dev", "m2")
+        assert _table_of(ns, "-4", "10.9.1.7") == "local"
+        assert _table_of(ns, "-6", "2001:db8:9:1::7") == "local"
+        backend.observe()
+        warned: tuple[str, ...] = backend.warnings
+        assert len(warned) == 2
+        for i in (1, 2):
+            ip(ns, "link", "set", f"m{i}p", "down")  # one by one: no flag in the header
+        [hdr4] = json.loads(ip(ns, "-j", "route", "show", "table", "local", "10.9.0.0/16"))
+        assert "linkdown" not in hdr4.get("flags", [])
+        assert _table_of(ns, "-4", "10.9.1.7") == "main"
+        assert _table_of(ns, "-6", "2001:db8:9:1::7") == "main"
+        backend.observe()
+        assert backend.warnings == ()
+
+
+def test_a_down_table_local_route_inside_an_anyip_route_leaves_the_anyip_route_named(
+        tmp_path: Path, driver: Driver) -> None:
+    """A route of table ``local`` passed by as down (``dead linkdown``) sends the lookup
+    back to a shorter prefix of the same table, not to the next rule: an AnyIP route
+    around it still takes every lookup (``ip route get`` says ``local``, IPv4 and IPv6),
+    while the warnings took the down route as a ``throw`` one and named nothing."""
+    with d0_namespace("rdownin", "192.0.2.1/24", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2"),
+                              Route("2001:db8:9:1::/64", gateway="2001:db8::2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
+        ip(ns, "link", "add", "m1", "type", "veth", "peer", "name", "m1p")
+        ip(ns, "link", "set", "m1p", "up")
+        ip(ns, "link", "set", "m1", "up")
+        ip(ns, "addr", "add", "198.51.1.1/24", "dev", "m1")
+        ip(ns, "-6", "addr", "add", "2001:db8:1::1/64", "dev", "m1", "nodad")
+        for family in ("ipv4", "ipv6"):
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                            f"net.{family}.conf.m1.ignore_routes_with_linkdown=1"], check=True)
+        ip(ns, "route", "add", "local", "10.9.0.0/16", "dev", "lo", "table", "local")
+        ip(ns, "-6", "route", "add", "local", "2001:db8:9::/48", "dev", "lo", "table", "local")
+        ip(ns, "route", "add", "10.9.1.0/24", "via", "198.51.1.3", "table", "local")
+        ip(ns, "-6", "route", "add", "2001:db8:9:1::/64", "via", "2001:db8:1::3",
+           "table", "local")
+        ip(ns, "link", "set", "m1p", "down")
+        assert _local(ns, "-4", "10.9.1.7")
+        assert _local(ns, "-6", "2001:db8:9:1::7")
+        backend.observe()
+        warned: tuple[str, ...] = backend.warnings
+        assert len(warned) == 2
+        assert any("local route 10.9.0.0/16 dev lo table local" in w for w in warned)
+        assert any("local route 2001:db8:9::/48 dev lo table local" in w for w in warned)

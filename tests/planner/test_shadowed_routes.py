@@ -52,7 +52,11 @@ def test_an_owned_route_a_foreign_route_shadows_is_a_conflict_naming_it(
     assert other.metric is not None  # normalised
     assert mine.metric is not None
     assert overrides == (other.metric < mine.metric)
-    assert ("the kernel takes the route ip route show lists first there"
+    assert ("the kernel takes the first route ip route show lists there that it can use"
+            in p.render()) == (other.metric == mine.metric)
+    # IPv6 on a node not forwarding: a first route whose gateway's neighbour failed is
+    # passed by (ip -6 route get names the second), said as such.
+    assert ("for IPv6 on a node not forwarding one whose gateway's neighbour failed"
             in p.render()) == (other.metric == mine.metric)
 
 

@@ -1925,14 +1925,15 @@ class _LocalTable:
     def __init__(self, routes: Iterable[LocalRoute]) -> None:
         self.routes = tuple(routes)
         self._routes: dict[tuple[int, int], dict[int, list[LocalRoute]]] = {}
-        # Routes sending some lookups on: throw, and those a lookup may pass by (a
-        # nexthop dead or without carrier, ignore_routes_with_linkdown set).
+        # Routes sending some lookups on to the next rule: throw alone. One a lookup may
+        # pass by (dead, or without carrier where ignore_routes_with_linkdown is set)
+        # sends it back to a shorter prefix of this very table (the kernel's backtrack).
         self._throws: list[LocalRoute] = []
         for route in self.routes:
             dst = route.destination
             (self._routes.setdefault((dst.version, dst.prefixlen), {})
              .setdefault(int(dst.network_address), []).append(route))
-            if route.kind == "throw" or route.down:
+            if route.kind == "throw":
                 self._throws.append(route)
         self._lengths = {version: sorted((length for v, length in self._routes
                                           if v == version), reverse=True)
@@ -1940,19 +1941,21 @@ class _LocalTable:
 
     def holder(self, dst: Network) -> LocalRoute | None:
         """The route a lookup of every address of ``dst`` ends at in this table: the
-        longest prefix holding all of it (``None``: none, or a ``throw`` route, or one
-        flagged ``dead`` or ``linkdown``, may send some lookups on)."""
+        longest prefix holding all of it, one flagged ``dead`` or ``linkdown`` passed by
+        as the kernel's lookup goes back to a shorter prefix (``None``: none, or a
+        ``throw`` route may send some lookups on)."""
         version, prefixlen = dst.version, dst.prefixlen
         value, bits = int(dst.network_address), 32 if version == 4 else 128
         for length in self._lengths[version]:
             if length > prefixlen:
                 continue
             routes = self._routes[version, length].get(value >> (bits - length) << (bits - length))
-            if routes:
-                if any(r.kind == "throw" or r.down for r in routes) or any(
+            live = [r for r in routes or () if not (r.down or r.hops_down)]
+            if live:
+                if any(r.kind == "throw" for r in live) or any(
                         r.destination.overlaps(dst) for r in self._throws):
                     return None
-                return routes[0]
+                return live[0]
         return None
 
 

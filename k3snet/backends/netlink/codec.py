@@ -56,6 +56,7 @@ __all__ = [
     "local_route_of",
     "message",
     "messages",
+    "multipath_down",
     "route_dump_request",
     "route_message",
     "route_of",
@@ -476,6 +477,10 @@ class LocalRoute:
     kind: str
     device: str | None
     down: bool = False
+    # A multipath route's every nexthop flagged down, its header not (multipath_down):
+    # passed by at its own prefix; no throw inside a wider route (the lookup goes back to
+    # the wider one in this very table), and not read from the header, as ``down`` is.
+    hops_down: bool = False
 
     def describe(self) -> str:
         """``[KIND ]route DST [dev DEV] table local``, as ``ip route`` shows it."""
@@ -489,29 +494,48 @@ class LocalRoute:
         dst = self.destination
         return local_route_matters(
             socket.AF_INET if dst.version == 4 else socket.AF_INET6, dst.prefixlen,
-            RTN_THROW if self.kind == "throw" else RTN_UNICAST,
-            RTNH_F_DEAD if self.down else 0, longest)
+            RTN_THROW if self.kind == "throw" else RTN_UNICAST, longest)
 
 
-def local_route_matters(family: int, dst_len: int, kind: int, flags: int,
+def local_route_matters(family: int, dst_len: int, kind: int,
                         longest: Mapping[int, int] | None) -> bool:
     """Whether a route of table ``local`` (its header's fields) may change what a lookup
     of a destination of at most ``longest[version]`` bits ends at: one no longer than
-    that may hold it, a ``throw`` route or one flagged ``dead`` or ``linkdown`` inside it
-    may send some lookups on (``None``: every route matters). The host routes of a
+    that may hold it, a ``throw`` route inside it may send some lookups on to the next
+    rule (``None``: every route matters; one flagged ``dead`` or ``linkdown`` inside it
+    sends a lookup back to a shorter prefix of the same table: no matter). The host routes of a
     node's addresses (``local 10.0.0.1``, thousands where kube-proxy's IPVS mode binds
     every service address) are longer than a route of k3snet's and are not decoded."""
-    if longest is None or kind == RTN_THROW or flags & (RTNH_F_DEAD | RTNH_F_LINKDOWN):
+    if longest is None or kind == RTN_THROW:
         return True
     version = 4 if family == socket.AF_INET else 6 if family == socket.AF_INET6 else 0
     return dst_len <= longest.get(version, -1)
 
 
+def multipath_down(multipath: bytes) -> bool:
+    """Whether every nexthop of an ``RTA_MULTIPATH`` attribute (one at least) is flagged
+    ``dead`` or ``linkdown``: a lookup may pass the route by. The kernel leaves these
+    flags out of the header of a multipath route whose nexthops went down one by one
+    (IPv4 and IPv6: ``ip route`` shows them on each ``nexthop`` line alone)."""
+    offset, seen = 0, False
+    while offset + RTNEXTHOP.size <= len(multipath):
+        length, flags, _hops, _ifindex = RTNEXTHOP.unpack_from(multipath, offset)
+        if length < RTNEXTHOP.size:
+            break
+        if not flags & (RTNH_F_DEAD | RTNH_F_LINKDOWN):
+            return False
+        seen = True
+        offset += (length + 3) & ~3
+    return seen
+
+
 def local_route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int,
                    flags: int, table: int, dst: int, oif: int | None,
-                   names: Mapping[int, str]) -> LocalRoute | None:
+                   names: Mapping[int, str], hops_down: bool = False) -> LocalRoute | None:
     """The :class:`LocalRoute` a decoded ``RTM_NEWROUTE`` of table ``local`` describes
-    (``None``: another table's, a cached clone, a source-specific or TOS route)."""
+    (``None``: another table's, a cached clone, a source-specific or TOS route;
+    ``hops_down``: a multipath route's every nexthop flagged down,
+    :func:`multipath_down`)."""
     if (table != RT_TABLE_LOCAL or src_len or tos or flags & RTM_F_CLONED
             or family not in (socket.AF_INET, socket.AF_INET6)):
         return None
@@ -522,7 +546,7 @@ def local_route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: i
         return None
     name = "unicast" if kind == RTN_UNICAST else ROUTE_TYPES.get(kind, f"type {kind}")
     return LocalRoute(destination, name, None if oif is None else names.get(oif),
-                      down=bool(flags & (RTNH_F_DEAD | RTNH_F_LINKDOWN)))
+                      down=bool(flags & (RTNH_F_DEAD | RTNH_F_LINKDOWN)), hops_down=hops_down)
 
 
 def decode_local_route(msg: bytes, names: Mapping[int, str],
@@ -531,14 +555,15 @@ def decode_local_route(msg: bytes, names: Mapping[int, str],
     (:func:`local_route_of`; ``None`` too for one that does not matter to destinations
     of ``longest``'s lengths, :func:`local_route_matters`, its attributes not read)."""
     family, dst_len, src_len, tos, rtm_table, _, _, kind, flags = RTMSG.unpack_from(msg, HDR)
-    if not local_route_matters(family, dst_len, kind, flags, longest):
+    if not local_route_matters(family, dst_len, kind, longest):
         return None
     found = attrs_of(msg, HDR + RTMSG.size)
     return local_route_of(
         family=family, dst_len=dst_len, src_len=src_len, tos=tos, kind=kind, flags=flags,
         table=U32.unpack(found[RTA_TABLE])[0] if RTA_TABLE in found else rtm_table,
         dst=int.from_bytes(found.get(RTA_DST, b""), "big"),
-        oif=U32.unpack(found[RTA_OIF])[0] if RTA_OIF in found else None, names=names)
+        oif=U32.unpack(found[RTA_OIF])[0] if RTA_OIF in found else None, names=names,
+        hops_down=RTA_MULTIPATH in found and multipath_down(found[RTA_MULTIPATH]))
 
 
 RouteShape = tuple[int, int, int, bytes | None, str | None, int, int, int, int]

@@ -52,6 +52,8 @@ from k3snet.backends.netlink.codec import (
     RT_TABLE_LOCAL,
     RTM_NEWROUTE,
     RTN_UNICAST,
+    RTNH_F_DEAD,
+    RTNH_F_LINKDOWN,
     SCOPE_CODES,
     UNMODELLED_ATTRS,
     Interface,
@@ -186,11 +188,13 @@ def _local_from(msg: Any, names: Mapping[int, str]) -> LocalRoute | None:
     :func:`~.codec.local_route_of` says (``None``: another table's)."""
     attrs, _ = _route_attrs(msg)
     dst, table = attrs.get("RTA_DST"), attrs.get("RTA_TABLE")
+    hops: list[Any] = attrs.get("RTA_MULTIPATH") or []
     return local_route_of(
         family=msg["family"], dst_len=msg["dst_len"], src_len=msg["src_len"], tos=msg["tos"],
         kind=msg["type"], flags=msg["flags"], table=msg["table"] if table is None else table,
         dst=0 if dst is None else int(ipaddress.ip_address(dst)), oif=attrs.get("RTA_OIF"),
-        names=names)
+        names=names, hops_down=bool(hops) and all(  # as codec.multipath_down
+            hop["flags"] & (RTNH_F_DEAD | RTNH_F_LINKDOWN) for hop in hops))
 
 
 def _request(route: Route, ifindex: int | None) -> dict[str, Any]:
