@@ -135,3 +135,20 @@ def test_plan_help_lists_a_third_party_backend_without_importing_importlib_metad
     *help_text, last = done.stdout.splitlines()
     assert "acme" in "\n".join(help_text)
     assert json.loads(last) is False
+
+
+def test_an_egg_directory_on_the_path_asks_importlib_metadata(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unzipped egg on ``sys.path`` keeps its metadata in ``EGG-INFO``, which
+    importlib.metadata reads for a path entry named ``*.egg`` alone: its backends are
+    listed (the quick reading, which does not know that layout, leaves it to
+    importlib.metadata)."""
+    egg = tmp_path / "acme_egg-1.0-py3.11.egg"
+    (egg / "EGG-INFO").mkdir(parents=True)
+    (egg / "EGG-INFO" / "PKG-INFO").write_text("Metadata-Version: 1.1\nName: acme-egg\n"
+                                               "Version: 1.0\n")
+    (egg / "EGG-INFO" / "entry_points.txt").write_text("[k3snet.backends]\negged = acme:B\n")
+    monkeypatch.setattr(sys, "path", [str(egg), *sys.path])
+    assert "egged" in _metadata_names()
+    assert registry._entry_point_names() is None
+    assert "egged" in available_backends()
