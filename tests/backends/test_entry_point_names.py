@@ -152,3 +152,23 @@ def test_an_egg_directory_on_the_path_asks_importlib_metadata(
     assert "egged" in _metadata_names()
     assert registry._entry_point_names() is None
     assert "egged" in available_backends()
+
+
+@pytest.mark.parametrize("value", ["", "acme-plugin:Backend", "acme:Backend extra", "acme:"])
+def test_a_value_that_is_no_object_reference_asks_importlib_metadata(
+        on_path: tuple[Path, Path], value: str) -> None:
+    """Newer importlib.metadata (CPython's main branch) refuses such an entry point, of
+    any group, when it reads it, with a ValueError; older ones list it. Either way the
+    list of backends is importlib.metadata's answer, not one read past it."""
+    _dist(on_path[0], "acme-1.0.dist-info",
+          f"[console_scripts]\nbroken = {value}\n[k3snet.backends]\nacme = acme:B\n")
+    assert registry._entry_point_names() is None
+    try:
+        expected: object = _metadata_names() | set(registry._BUILTIN)
+    except ValueError as exc:
+        expected = repr(exc)
+    try:
+        got: object = set(available_backends())
+    except ValueError as exc:
+        got = repr(exc)
+    assert got == expected
