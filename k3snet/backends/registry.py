@@ -106,9 +106,9 @@ _METADATA_DIRS = (".dist-info", ".egg-info")
 
 def _entry_point_names() -> set[str] | None:
     """The names of the ``k3snet.backends`` entry points, read without importing
-    :mod:`importlib.metadata` (its import, email's parser and zipfile among it, was
-    most of what ``k3snet plan --help`` paid before its first line: ~0.1 s of CPU, the
-    scan itself ~20 ms; docs/performance.md, "The cold CLI's imports"), or ``None``
+    :mod:`importlib.metadata` (its import, email's parser and zipfile among it, cost
+    ``k3snet plan --help`` 21-31 ms of CPU of its ~0.25 s, the scan 9-13 ms more;
+    docs/performance.md, "The cold CLI's imports"), or ``None``
     where this reading could differ from its own, which is then asked.
 
     The reading is importlib.metadata's for the common case, step by step: the
