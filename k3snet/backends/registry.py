@@ -106,9 +106,9 @@ _METADATA_DIRS = (".dist-info", ".egg-info")
 
 def _entry_point_names() -> set[str] | None:
     """The names of the ``k3snet.backends`` entry points, read without importing
-    :mod:`importlib.metadata` (its import, email's parser and zipfile among it, was
-    most of what ``k3snet plan --help`` paid before its first line: ~0.1 s of CPU, the
-    scan itself ~20 ms; docs/performance.md, "The cold CLI's imports"), or ``None``
+    :mod:`importlib.metadata` (its import, email's parser and zipfile among it, cost
+    ``k3snet plan --help`` 21-31 ms of CPU of its ~0.25 s, the scan 9-13 ms more;
+    docs/performance.md, "The cold CLI's imports"), or ``None``
     where this reading could differ from its own, which is then asked.
 
     The reading is importlib.metadata's for the common case, step by step: the
@@ -118,8 +118,8 @@ def _entry_point_names() -> set[str] | None:
     its ``Sectioned`` reads it. ``None`` (ask importlib.metadata) when another finder
     on ``sys.meta_path`` finds distributions, a path entry is a file (a zip) or an
     ``.egg`` directory, a metadata directory's name has no project name, or a line of
-    a group's section has no ``=``. ``tests/backends/test_entry_point_names.py``
-    compares the two."""
+    a group's section has no ``=`` or no object reference after it.
+    ``tests/backends/test_entry_point_names.py`` compares the two."""
     import sys  # noqa: PLC0415 - loaded by Python's start already
 
     if not _plain_metadata_path(sys.meta_path, sys.path):
@@ -165,10 +165,16 @@ def _plain_metadata_path(meta_path: Iterable[object], path: Iterable[object]) ->
                and not (root and os.path.isfile(root)) for root in path)
 
 
+# importlib.metadata's EntryPoint.pattern: newer versions (CPython's main branch) refuse
+# on construction an entry point of any group whose value does not match it.
+_OBJECT_REFERENCE = re.compile(r"[\w.]+\s*(:\s*[\w.]+\s*)?(\[.*\]\s*)?$")
+
+
 def _group_names(path: str) -> set[str] | None:
     """The entry-point names of the ``k3snet.backends`` section of ``path`` (empty where
-    there is no such file), ``None`` where a line in a section has no ``=`` (which
-    importlib.metadata refuses with an error of its own)."""
+    there is no such file), ``None`` where a line in a section has no ``=`` or a value
+    that is no object reference (which importlib.metadata refuses with an error of its
+    own, the second only in its newer versions)."""
     try:
         with open(path, encoding="utf-8") as file:
             text = file.read()
@@ -185,8 +191,8 @@ def _group_names(path: str) -> set[str] | None:
             continue
         if section is None:
             continue  # before any section: importlib.metadata skips it too
-        name, equals, _ = line.partition("=")
-        if not equals:
+        name, equals, value = line.partition("=")
+        if not equals or not _OBJECT_REFERENCE.match(value.strip()):
             return None
         if section == ENTRY_POINT_GROUP:
             names.add(name.strip())
