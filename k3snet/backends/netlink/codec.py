@@ -418,10 +418,8 @@ def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, fl
     if (src_len or tos or flags & RTM_F_CLONED or table in (0, RT_TABLE_LOCAL)
             or family not in (socket.AF_INET, socket.AF_INET6)):
         return None
-    try:
-        destination: Network = (ipaddress.IPv4Network((dst, dst_len)) if family == socket.AF_INET
-                                else ipaddress.IPv6Network((dst, dst_len)))
-    except ValueError:
+    destination = _destination(family, dst, dst_len)
+    if destination is None:
         return None
     scope_name = SCOPE_NAMES.get(scope)
     device = None if oif is None else names.get(oif)
@@ -529,6 +527,15 @@ def multipath_down(multipath: bytes) -> bool:
     return seen
 
 
+def _destination(family: int, dst: int, dst_len: int) -> Network | None:
+    """A decoded route's destination (``None``: a prefix length the family cannot hold)."""
+    try:
+        return (ipaddress.IPv4Network((dst, dst_len)) if family == socket.AF_INET
+                else ipaddress.IPv6Network((dst, dst_len)))
+    except ValueError:
+        return None
+
+
 def local_route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int,
                    flags: int, table: int, dst: int, oif: int | None,
                    names: Mapping[int, str], hops_down: bool = False) -> LocalRoute | None:
@@ -539,10 +546,8 @@ def local_route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: i
     if (table != RT_TABLE_LOCAL or src_len or tos or flags & RTM_F_CLONED
             or family not in (socket.AF_INET, socket.AF_INET6)):
         return None
-    try:
-        destination: Network = (ipaddress.IPv4Network((dst, dst_len)) if family == socket.AF_INET
-                                else ipaddress.IPv6Network((dst, dst_len)))
-    except ValueError:
+    destination = _destination(family, dst, dst_len)
+    if destination is None:
         return None
     name = "unicast" if kind == RTN_UNICAST else ROUTE_TYPES.get(kind, f"type {kind}")
     return LocalRoute(destination, name, None if oif is None else names.get(oif),
