@@ -5,7 +5,12 @@ or to spaces alone is unset) and one spelling of what turns a switch off
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+
+# Not typing.TYPE_CHECKING nor collections.abc at run time: `k3snet --version` loads this
+# module (k3snet/__main__.py's end) and must load nothing beyond Python's start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 _OFF = frozenset({"0", "off", "no", "false"})
 
