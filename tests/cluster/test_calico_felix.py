@@ -422,20 +422,29 @@ def test_a_pod_cidr_pool_serving_some_nodes_only_meets_the_pod_cidr_only_if_the_
     assert _plan(_backend(api_server), Spec.from_yaml(document)).conflicts == ()
 
 
+# The spec of two zones' pools, one pod CIDR each (_put_zone_pools).
+ZONES_SPEC = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24").replace(
+    "podCIDRs: [10.42.0.0/16]", "podCIDRs: [10.42.0.0/17, 10.42.128.0/17]")
+
+
+def _put_zone_pools(api_server: EmulatedApiServer) -> None:
+    """K3s's cluster CIDR split into two zones' pools, masquerading, serving every node
+    between them (``zone == 'a'`` and ``zone != 'a'``)."""
+    api_server.put(CRD, _pool("zone-a", cidr="10.42.0.0/17", natOutgoing=True,
+                              nodeSelector="zone == 'a'"))
+    api_server.put(CRD, _pool("zone-b", cidr="10.42.128.0/17", natOutgoing=True,
+                              nodeSelector="zone != 'a'"))
+
 def test_per_zone_pools_one_pod_cidr_each_meet_their_pod_cidrs_as_no_pod_leaves_them(
     api_server: EmulatedApiServer,
 ) -> None:
     # Two zones' pools, each a pod CIDR of the spec, serve every node between them:
     # no pod gets an address outside the pod CIDRs, so neither serving some nodes
     # only is a conflict (one cni.calico.nodeSelector cannot name both selectors).
-    api_server.put(CRD, _pool("zone-a", cidr="10.42.0.0/17", natOutgoing=True,
-                              nodeSelector="zone == 'a'"))
-    api_server.put(CRD, _pool("zone-b", cidr="10.42.128.0/17", natOutgoing=True,
-                              nodeSelector="zone != 'a'"))
+    _put_zone_pools(api_server)
     api_server.put(CRD, _pool("v6", cidr="fd42::/48", natOutgoing=True))  # other family
     api_server.put(CRD, _pool("lb", cidr="10.60.0.0/24", allowedUses=["LoadBalancer"]))
-    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24").replace(
-        "podCIDRs: [10.42.0.0/16]", "podCIDRs: [10.42.0.0/17, 10.42.128.0/17]")
+    document = ZONES_SPEC
     p = _plan(_backend(api_server), Spec.from_yaml(document))
     assert p.conflicts == (), [c.reason for c in p.conflicts]
     assert len(p.met) == 2
@@ -455,13 +464,9 @@ def test_per_zone_pools_beside_a_manual_pool_outside_the_pod_cidrs_meet_them(
     # name: Calico IPAM never hands it to a pod of a node neither zone's pool selects.
     # It was taken for a pool serving those pods: both zones' pools a conflict with no
     # way out, for a static-address pool beside them.
-    api_server.put(CRD, _pool("zone-a", cidr="10.42.0.0/17", natOutgoing=True,
-                              nodeSelector="zone == 'a'"))
-    api_server.put(CRD, _pool("zone-b", cidr="10.42.128.0/17", natOutgoing=True,
-                              nodeSelector="zone != 'a'"))
+    _put_zone_pools(api_server)
     api_server.put(CRD, _pool("static", cidr="10.70.0.0/24", assignmentMode="Manual"))
-    document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24").replace(
-        "podCIDRs: [10.42.0.0/16]", "podCIDRs: [10.42.0.0/17, 10.42.128.0/17]")
+    document = ZONES_SPEC
     p = _plan(_backend(api_server), Spec.from_yaml(document))
     assert p.conflicts == (), [c.reason for c in p.conflicts]
     assert len(p.met) == 2
@@ -478,10 +483,7 @@ def test_pools_splitting_the_pod_cidr_by_zone_are_named_as_the_pod_cidrs_to_list
     # K3s's cluster CIDR split into per-zone pools: no pool is the pod CIDR. The fix
     # said to make cluster.podCIDRs "the pool's CIDR" (which one?); listing both, one
     # pod CIDR each, is met.
-    api_server.put(CRD, _pool("zone-a", cidr="10.42.0.0/17", natOutgoing=True,
-                              nodeSelector="zone == 'a'"))
-    api_server.put(CRD, _pool("zone-b", cidr="10.42.128.0/17", natOutgoing=True,
-                              nodeSelector="zone != 'a'"))
+    _put_zone_pools(api_server)
     document = SPEC_7345.replace("192.168.2.0/24", "172.30.0.0/24")
     (conflict,) = _plan(_backend(api_server), Spec.from_yaml(document)).conflicts
     assert ("list the CIDRs of the pools inside it (10.42.0.0/17, 10.42.128.0/17) in "
