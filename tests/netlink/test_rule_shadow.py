@@ -409,6 +409,16 @@ def test_table_local_s_host_routes_longer_than_any_route_of_k3snet_s_are_not_dec
         assert "whose local route 10.9.0.0/16 dev lo table local holds it" in said
 
 
+def _apply_two_routes_beside_a_rule(ns: str, backend: NetlinkBackend) -> None:
+    """k3snet's routes to 10.9.1.0/24 and 2001:db8:9:1::/64, applied; ``lo`` up, and a
+    policy rule of other lookups added (IPv4's tables local and main apart)."""
+    wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2"),
+                          Route("2001:db8:9:1::/64", gateway="2001:db8::2")])
+    backend.expect(wanted)
+    backend.apply(plan(backend.observe(), wanted))
+    ip(ns, "link", "set", "lo", "up")
+    ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
+
 def test_a_multipath_table_local_route_with_every_nexthop_down_is_not_named(
         tmp_path: Path, driver: Driver) -> None:
     """A multipath route of table ``local`` whose nexthops lost their carrier one by one
@@ -418,12 +428,7 @@ def test_a_multipath_table_local_route_with_every_nexthop_down_is_not_named(
     every lookup of k3snet's route."""
     with d0_namespace("rmpdown", "192.0.2.1/24", "2001:db8::1/64") as ns, \
             NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
-        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2"),
-                              Route("2001:db8:9:1::/64", gateway="2001:db8::2")])
-        backend.expect(wanted)
-        backend.apply(plan(backend.observe(), wanted))
-        ip(ns, "link", "set", "lo", "up")
-        ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
+        _apply_two_routes_beside_a_rule(ns, backend)
         for i in (1, 2):
             ip(ns, "link", "add", f"m{i}", "type", "veth", "peer", "name", f"m{i}p")
             ip(ns, "link", "set", f"m{i}p", "up")
@@ -463,12 +468,7 @@ def test_a_down_table_local_route_inside_an_anyip_route_leaves_the_anyip_route_n
     while the warnings took the down route as a ``throw`` one and named nothing."""
     with d0_namespace("rdownin", "192.0.2.1/24", "2001:db8::1/64") as ns, \
             NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
-        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2"),
-                              Route("2001:db8:9:1::/64", gateway="2001:db8::2")])
-        backend.expect(wanted)
-        backend.apply(plan(backend.observe(), wanted))
-        ip(ns, "link", "set", "lo", "up")
-        ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
+        _apply_two_routes_beside_a_rule(ns, backend)
         ip(ns, "link", "add", "m1", "type", "veth", "peer", "name", "m1p")
         ip(ns, "link", "set", "m1p", "up")
         ip(ns, "link", "set", "m1", "up")
