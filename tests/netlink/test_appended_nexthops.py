@@ -205,20 +205,11 @@ def test_a_slot_the_undo_cannot_read_leaves_the_rest_of_the_rollback_done(
         teardown = plan(backend.observe(), State())
         assert [c.subject for c in teardown.changes] == [route, other]
         backend.faults.fail_at(len(teardown.changes) - 1)
-        driver_object: Any = backend._driver
-        real_undo = backend._undo_routes
 
         def refused(*_args: object, **_kwargs: object) -> None:
             raise NetlinkError(errno.EAGAIN, "dump interrupted 5 times in a row")
 
-        def undo(made: Any) -> None:
-            driver_object.routes = refused  # every dump of the undo refused
-            try:
-                real_undo(made)
-            finally:
-                del driver_object.routes
-
-        backend._undo_routes = undo  # type: ignore[method-assign]
+        _undo_dumping_with(backend, refused)  # every dump of the undo refused
         with pytest.raises(ApplyError) as caught:
             backend.apply(teardown)
         assert not isinstance(caught.value, RollbackError)
@@ -226,6 +217,21 @@ def test_a_slot_the_undo_cannot_read_leaves_the_rest_of_the_rollback_done(
         assert (back["gateway"], back["protocol"]) == ("2001:db8::2", "211")
         assert backend.observe().owned == {route, other}
 
+
+def _undo_dumping_with(backend: NetlinkBackend, routes: Any) -> None:
+    """Make ``backend``'s undo dump the routes through ``routes`` in place of its
+    driver's (the apply's own dumps are the driver's)."""
+    driver_object: Any = backend._driver
+    real_undo = backend._undo_routes
+
+    def undo(made: Any) -> None:
+        driver_object.routes = routes
+        try:
+            real_undo(made)
+        finally:
+            del driver_object.routes
+
+    backend._undo_routes = undo  # type: ignore[method-assign]
 
 @pytest.mark.parametrize("again", [False, True])
 def test_a_slot_another_program_frees_during_the_undo_gets_k3snet_s_route_back(
@@ -250,8 +256,7 @@ def test_a_slot_another_program_frees_during_the_undo_gets_k3snet_s_route_back(
         teardown = plan(backend.observe(), State())
         assert [c.subject for c in teardown.changes] == [route, other]
         backend.faults.fail_at(len(teardown.changes) - 1)
-        driver_object: Any = backend._driver
-        real_routes, real_undo = driver_object.routes, backend._undo_routes
+        real_routes = backend._driver.routes
         dumps: list[object] = []
 
         def routes(*args: Any, **kwargs: Any) -> Any:
@@ -265,14 +270,7 @@ def test_a_slot_another_program_frees_during_the_undo_gets_k3snet_s_route_back(
                    "proto", "boot")
             return found
 
-        def undo(made: Any) -> None:
-            driver_object.routes = routes
-            try:
-                real_undo(made)
-            finally:
-                del driver_object.routes
-
-        backend._undo_routes = undo  # type: ignore[method-assign]
+        _undo_dumping_with(backend, routes)
         with pytest.raises(ApplyError) as caught:
             backend.apply(teardown)
         assert len(dumps) == 3  # before, after the undo, after the one add: no more
