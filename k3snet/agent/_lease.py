@@ -310,10 +310,22 @@ class LeaderElector:
                     s.name, s.namespace, body, _content_type="application/merge-patch+json",
                     _request_timeout=self._timeout)
         except KubeApiError as exc:
-            if exc.status == 409:
-                self._wrote_at = None  # (refused: not made)
-                return False, None  # another candidate wrote first
-            raise
+            if exc.status != 409:
+                raise
+            self._wrote_at = None  # (refused: not made)
+            if mine:
+                # A renewal refused: the Lease was written since its read (a label or
+                # annotation added, a tool's edit), not taken: no candidate takes a
+                # Lease renewed within its duration, and past the renew deadline this
+                # holder leads no more by time alone. It tries again at the next retry
+                # period, leading meanwhile, as client-go's holder does until its renew
+                # deadline; it gave the Lease up at once and read it again a lease
+                # duration later, no writer of the cluster-wide objects in between.
+                _log.debug("renewal of %s refused (409: written since it was read): "
+                           "tried again at the next retry period", self.where)
+                with self._lock:
+                    return self._leader, self._renewed_at
+            return False, None  # another candidate wrote first
         return True, now
 
     def _not_halted(self) -> None:
