@@ -267,7 +267,14 @@ class LeaderElector:
         record = (holder, str(spec.renew_time) if spec is not None else None,
                   lease.metadata.resource_version)
         if record != self._observed:
-            self._observed, self._observed_at = record, now
+            # When the read was answered, not sent: the change it shows (the holder's
+            # renewal) may have landed at any moment until then. Counted from the send,
+            # a read the API server queued 9 s (its Priority and Fairness, overloaded)
+            # had a candidate take the Lease 6 s after the renewal it showed, the holder
+            # still leading for its renew deadline: two writers (client-go's candidate
+            # takes the clock after its read too). The holder's own deadline counts from
+            # before its read (``now``), its renewal landing after.
+            self._observed, self._observed_at = record, self._clock()
         duration = (spec.lease_duration_seconds if spec is not None
                     and spec.lease_duration_seconds else s.duration)
         # Ours only if this elector acquired or renewed it: the identity is the node's
