@@ -267,7 +267,14 @@ class LeaderElector:
         record = (holder, str(spec.renew_time) if spec is not None else None,
                   lease.metadata.resource_version)
         if record != self._observed:
-            self._observed, self._observed_at = record, now
+            # When the read was answered, not sent: the change it shows (the holder's
+            # renewal) may have landed at any moment until then. Counted from the send,
+            # a read the API server queued 9 s (its Priority and Fairness, overloaded)
+            # had a candidate take the Lease 6 s after the renewal it showed, the holder
+            # still leading for its renew deadline: two writers (client-go's candidate
+            # takes the clock after its read too). The holder's own deadline counts from
+            # before its read (``now``), its renewal landing after.
+            self._observed, self._observed_at = record, self._clock()
         duration = (spec.lease_duration_seconds if spec is not None
                     and spec.lease_duration_seconds else s.duration)
         # Ours only if this elector acquired or renewed it: the identity is the node's
@@ -310,10 +317,22 @@ class LeaderElector:
                     s.name, s.namespace, body, _content_type="application/merge-patch+json",
                     _request_timeout=self._timeout)
         except KubeApiError as exc:
-            if exc.status == 409:
-                self._wrote_at = None  # (refused: not made)
-                return False, None  # another candidate wrote first
-            raise
+            if exc.status != 409:
+                raise
+            self._wrote_at = None  # (refused: not made)
+            if mine:
+                # A renewal refused: the Lease was written since its read (a label or
+                # annotation added, a tool's edit), not taken: no candidate takes a
+                # Lease renewed within its duration, and past the renew deadline this
+                # holder leads no more by time alone. It tries again at the next retry
+                # period, leading meanwhile, as client-go's holder does until its renew
+                # deadline; it gave the Lease up at once and read it again a lease
+                # duration later, no writer of the cluster-wide objects in between.
+                _log.debug("renewal of %s refused (409: written since it was read): "
+                           "tried again at the next retry period", self.where)
+                with self._lock:
+                    return self._leader, self._renewed_at
+            return False, None  # another candidate wrote first
         return True, now
 
     def _not_halted(self) -> None:

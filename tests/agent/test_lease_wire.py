@@ -230,3 +230,40 @@ def test_a_lease_at_the_largest_transition_count_is_still_taken(
     agent = _Stepped(server.api_client(), "node-a", SETTINGS, clock=clock)
     assert agent.step()
     assert _lease(server)["spec"]["leaseTransitions"] <= 2**31 - 1
+
+
+def test_a_holder_whose_renewal_meets_another_write_of_its_lease_keeps_leading_and_retries(
+    server: EmulatedApiServer, clock: _Clock
+) -> None:
+    # Another write of the Lease between the holder's read and its renewal (`kubectl
+    # label lease`, a tool's annotation) makes that renewal a 409. client-go's holder
+    # tries again every retry period until its renew deadline (renew(): PollImmediateUntil
+    # of tryAcquireOrRenew). k3snet's gave the Lease up at once ("lost", leader 0) and
+    # read it again only a lease duration later: 15 s with no writer of the cluster-wide
+    # objects, then a new tenure listing them all again.
+    changes: list[bool] = []
+    holder = _Stepped(server.api_client(), "node-a", SETTINGS, clock=clock,
+                      on_change=changes.append)
+    assert holder.step()
+    api: Any = holder._api
+    renew = api.patch_namespaced_lease
+
+    def written_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        lease = _lease(server)
+        lease["metadata"].setdefault("labels", {})["team"] = "network"
+        server.put(LEASES, lease)  # a new resourceVersion: the renewal's is stale
+        api.patch_namespaced_lease = renew
+        return renew(*args, **kwargs)
+
+    api.patch_namespaced_lease = written_meanwhile
+    clock.now += SETTINGS.retry_period
+    versions = _lease(server)["metadata"]["resourceVersion"]
+    assert holder.step()  # within its renew deadline: still the leader
+    assert _lease(server)["metadata"]["resourceVersion"] != versions  # (the label's write)
+    assert holder.next_wait() == SETTINGS.retry_period
+    clock.now += holder.next_wait()
+    assert holder.step()
+    lease = _lease(server)
+    assert (lease["spec"]["holderIdentity"], lease["spec"]["leaseTransitions"]) == ("node-a", 0)
+    assert lease["metadata"]["labels"]["team"] == "network"  # (the other write kept)
+    assert changes == [True]
