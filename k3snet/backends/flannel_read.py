@@ -114,24 +114,21 @@ def _address(version: int) -> Callable[[Any], str | None]:
     return check
 
 
-def _list_of(item: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if not isinstance(value, list):
-            return "a list of CIDR strings"
-        found = next((p for p in map(item, value) if p is not None), None)
-        return None if found is None else f"a list, each item {found}"
-    return check
-
-
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
 
 
-def _prefix_length(limit: int) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
-        return None if ok else f"an integer 0..{limit}"
-    return check
+_GO_UINT_MAX = (1 << 32) - 1
+"""The largest Go ``uint`` on every node: 32 bits on a 32-bit one (armhf), where Go's
+decoder refuses a larger number ("cannot unmarshal number ... into Go struct field")."""
+
+
+def _go_uint(value: Any) -> str | None:
+    """A Go ``uint`` (``SubnetLen``, ``IPv6SubnetLen``): any unsigned number fits. The kube
+    subnet manager, the one reader of net-conf.json, never reads these; the etcd one's
+    limits (``SubnetLen`` at most 30) are not net-conf.json's."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _GO_UINT_MAX
+    return None if ok else f"an integer 0..{_GO_UINT_MAX} (Go's uint on every node)"
 
 
 def _go_int(value: Any) -> str | None:
@@ -271,24 +268,22 @@ def _backend(value: Any) -> str | None:
 _CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "EnableIPv4": _boolean, "EnableIPv6": _boolean, "EnableNFTables": _boolean,
     "Network": _cidr(4), "IPv6Network": _cidr(6),
-    "Networks": _list_of(_cidr(4)), "IPv6Networks": _list_of(_cidr(6)),
     "SubnetMin": _address(4), "SubnetMax": _address(4),
     "IPv6SubnetMin": _address(6), "IPv6SubnetMax": _address(6),
-    "SubnetLen": _prefix_length(32), "IPv6SubnetLen": _prefix_length(128),
+    "SubnetLen": _go_uint, "IPv6SubnetLen": _go_uint,
     "Backend": _backend,
 }
 _FIELD_BY_FOLD = {fold(name): name for name in FLANNEL_FIELDS}
 
 _NULL_IS_DEFAULT = frozenset({"EnableIPv4", "EnableIPv6", "EnableNFTables", "SubnetLen",
-                              "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax", "Networks",
-                              "IPv6Networks"})
+                              "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax"})
 """Fields Go's decoder leaves at their default for ``null``: a bool or an unsigned integer
-keeps its value (``EnableIPv4`` stays true), a pointer or a slice is set to nil. (A
+keeps its value (``EnableIPv4`` stays true), a pointer is set to nil. (A
 ``null`` ``Network`` or ``SubnetMin`` reaches flannel's ``UnmarshalJSON``, which refuses
 it.)"""
 
-_RAW_TEXT_FIELDS = frozenset({"Network", "IPv6Network", "Networks", "IPv6Networks",
-                              "SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax"})
+_RAW_TEXT_FIELDS = frozenset({"Network", "IPv6Network", "SubnetMin", "SubnetMax",
+                              "IPv6SubnetMin", "IPv6SubnetMax"})
 """Fields whose Go type (flannel's ``pkg/ip`` ``IP4Net``, ``IP6Net``, ``IP4``, ``IP6``)
 decodes itself from the raw JSON text: its ``UnmarshalJSON`` trims the quotes and parses
 what is between them as it is, so a JSON escape (``\\/``, ``\\u002e``) is not decoded

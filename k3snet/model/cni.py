@@ -88,11 +88,14 @@ FLANNEL_KEYS: tuple[str, ...] = (
 """The top-level ``net-conf.json`` keys :class:`FlannelConfig` models as fields."""
 
 FLANNEL_FIELDS: tuple[str, ...] = (
-    "EnableIPv4", "EnableIPv6", "EnableNFTables", "Network", "IPv6Network", "Networks",
-    "IPv6Networks", "SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax", "SubnetLen",
-    "IPv6SubnetLen", "Backend",
+    "EnableIPv4", "EnableIPv6", "EnableNFTables", "Network", "IPv6Network", "SubnetMin",
+    "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax", "SubnetLen", "IPv6SubnetLen", "Backend",
 )
-"""The fields of flannel's ``subnet.Config`` (the keys it reads from net-conf.json)."""
+"""The fields of flannel's ``subnet.Config`` (the keys it reads from net-conf.json).
+
+Not ``Networks`` and ``IPv6Networks``: flannel v0.21.0 to v0.24.x had them for the
+MultiClusterCIDR API and replaced what net-conf.json held with an empty list right after
+decoding it, and v0.25.0 removed them. To flannel they are unknown keys, as to k3snet."""
 
 _FLANNEL_FIELD_BY_FOLD = {fold(name): name for name in FLANNEL_FIELDS}
 

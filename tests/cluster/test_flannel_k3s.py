@@ -428,7 +428,10 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "Backend.PersistentKeepaliveInterval must be an integer"),
     ('{"IPv6Network": "fd42::1/56"}', "IPv6Network must be a network without host bits"),
     ('{"EnableIPv6": "false"}', 'EnableIPv6 must be true or false, got "false"'),
-    ('{"SubnetLen": "24"}', "SubnetLen must be an integer 0..32"),
+    ('{"SubnetLen": "24"}', "SubnetLen must be an integer 0..4294967295"),
+    # A Go uint is 32 bits on an armhf node: the decoder refuses a larger number there.
+    ('{"IPv6SubnetLen": 4294967296}', "IPv6SubnetLen must be an integer 0..4294967295"),
+    ('{"SubnetLen": 24.0}', "SubnetLen must be an integer 0..4294967295"),
     ('{"SubnetLen": -0}', "SubnetLen must be written without a sign, got -0"),
     ('{"SubnetMin": "10.42.0.0/24"}', "SubnetMin must be an IPv4 address string"),
     ('{"Backend": "vxlan"}', "Backend must be an object with a Type"),
@@ -797,6 +800,44 @@ def test_a_backend_type_in_capitals_is_the_backend_flannel_runs(tmp_path: Path) 
     # Go's strings.ToLower maps U+0130 (dotted capital I) to "i" alone.
     dotted = FlannelConfig.from_members(backend.target, {"Backend": {"Type": "\u0130P\u0130P"}})
     assert dotted.backend_type == "ipip"
+
+
+@pytest.mark.parametrize("members", [
+    # A uint flannel's kube subnet manager never reads: any unsigned number is read (the
+    # etcd manager's "SubnetLen must be less than /31" is not net-conf.json's).
+    '"SubnetLen": 40, "IPv6SubnetLen": 200',
+    # No field of flannel's since v0.25.0; v0.21 to v0.24 emptied what the file held.
+    '"Networks": "10.42.0.0/16", "IPv6Networks": [1, "fd42::1/56"]',
+    '"networks": ["10.42.0.1/16"], "Networks": null, "ipv6networks": {}',
+])
+def test_keys_flannel_reads_without_judging_them_are_read_as_it_reads_them(
+    tmp_path: Path, members: str
+) -> None:
+    """flannel starts on these (Go decodes SubnetLen as a uint; Networks is no field of
+    its config), so k3snet reads them as they are, not as an error naming them."""
+    text = '{"Network": "10.42.0.0/16", ' + members + ', "Backend": {"Type": "vxlan"}}'
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    (foreign,) = backend.observe().foreign
+    found = json.loads(text)
+    assert foreign.extra.to_dict() == {k: v for k, v in found.items()
+                                       if k not in ("Network", "Backend")}
+    mtu = FlannelConfig(backend.target, backend_type="vxlan", backend_options={"MTU": 1400})
+    _converge(backend, State(owned=[mtu]))
+    _converge(backend, State())
+    assert path.read_text() == text
+
+
+def test_networks_in_any_spelling_is_a_key_of_its_own_to_flannel() -> None:
+    """Go matches a key to a field case-insensitively, and flannel's config has no
+    Networks field: "networks" beside "Networks" are two unknown keys, not one."""
+    assert "Networks" not in FLANNEL_FIELDS
+    assert "IPv6Networks" not in FLANNEL_FIELDS
+    config = FlannelConfig("file:/etc/flannel.json", extra={"networks": [], "Networks": []})
+    assert config.keys == ("Networks", "networks")
+    read = FlannelConfig.from_members("file:/etc/flannel.json",
+                                      {"networks": 1, "IPV6NETWORKS": 2})
+    assert read.extra.to_dict() == {"IPV6NETWORKS": 2, "networks": 1}
 
 
 def test_flannel_values_folds_like_go() -> None:
