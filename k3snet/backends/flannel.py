@@ -99,6 +99,7 @@ from k3snet.backends.flannel_read import (
     flannel_values,
     is_k3s_generated,
     start_refusals,
+    unread_keys,
     unread_options,
 )
 from k3snet.backends.flannel_text import (
@@ -978,6 +979,13 @@ class FlannelBackend(BackendBase):
                         "cni.flannel.enableNFTables out for this file (upstream flanneld, "
                         "v0.25 and later, reads it from its ConfigMap; a flanneld of your "
                         "own reading this file: give the backend reader=flanneld)")
+                ignored = unread_keys(wanted.members())
+                if ignored:
+                    raise PlanError(
+                        f"flannel backend refuses {change} on {self.target}: "
+                        f"{'; '.join(ignored)}. Writing them would change nothing: leave "
+                        "them out of the config k3snet sets (one already in the file or "
+                        "ConfigMap stays as it is)")
                 unread = unread_options(wanted.members().get("Backend"),
                                         windows=isinstance(self._store, _ConfigMapStore))
                 if unread:

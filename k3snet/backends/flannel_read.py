@@ -33,6 +33,7 @@ __all__ = [
     "fold",
     "is_k3s_generated",
     "start_refusals",
+    "unread_keys",
     "unread_options",
 ]
 
@@ -64,7 +65,50 @@ DISRUPTIVE_KEYS: Mapping[str, str] = {
 ``SubnetLen``, ``SubnetMin`` and ``SubnetMax`` (and their IPv6 twins) are not here:
 flanneld reads net-conf.json only with ``--kube-subnet-mgr`` (its etcd subnet manager
 reads its config from etcd), and the kube subnet manager takes each node's subnet from
-its Node's podCIDR without reading them."""
+its Node's podCIDR without reading them (k3snet never writes them: :func:`unread_keys`)."""
+
+_SUBNET_KEYS = ("SubnetLen", "SubnetMin", "SubnetMax", "IPv6SubnetLen", "IPv6SubnetMin",
+                "IPv6SubnetMax")
+
+_UNREAD_KEYS: Mapping[str, str] = {
+    **dict.fromkeys(_SUBNET_KEYS, (
+        "flannel's kube subnet manager, the one reader of net-conf.json (K3s; flanneld with "
+        "--kube-subnet-mgr, as kube-flannel runs it), never reads {keys}: a node's pod "
+        "subnet is its Node's spec.podCIDR, which the controller-manager allocates from "
+        "--cluster-cidr in blocks of its --node-cidr-mask-size (-ipv4 and -ipv6 on dual "
+        "stack; on K3s --kube-controller-manager-arg=node-cidr-mask-size=N), and never "
+        "changes once given; only flanneld's etcd subnet manager reads these keys, from "
+        "etcd")),
+    **dict.fromkeys(("Networks", "IPv6Networks"), (
+        "flannel never reads {keys} from net-conf.json: no field of its config since "
+        "v0.25.0, and v0.21 to v0.24 replaced what the file held with the "
+        "MultiClusterCIDR API's networks")),
+}
+"""Top-level keys flannel reads nothing from in net-conf.json, with why (``{keys}``: the
+ones named)."""
+
+_UNREAD_BY_FOLD = {fold(key): key for key in _UNREAD_KEYS}
+
+
+def unread_keys(members: Mapping[str, Any]) -> list[str]:
+    """Why k3snet will not write the top-level keys ``members`` (those a config sets):
+    the ones flannel reads nothing from, one reason per group, matched as Go matches keys.
+
+    Written, they would be reported applied and change nothing: the pod CIDR of a node
+    is its Node's, whatever ``SubnetLen`` says.
+
+    >>> [reason[:54] for reason in unread_keys({"Network": "10.42.0.0/16", "SubnetLen": 25})]
+    ["flannel's kube subnet manager, the one reader of net-c"]
+    >>> unread_keys({"networks": []})[0][:38]
+    'flannel never reads networks from net-'
+    """
+    found: dict[str, list[str]] = {}
+    for key in members:
+        name = _UNREAD_BY_FOLD.get(fold(key))
+        if name is not None:
+            found.setdefault(_UNREAD_KEYS[name], []).append(printable(key))
+    return [why.format(keys=", ".join(keys)) for why, keys in found.items()]
+
 
 _VXLAN_DEFAULTS: Mapping[str, int] = {"VNI": 1, "Port": 8472}
 """flannel's vxlan defaults (``pkg/backend/vxlan`` ``defaultVNI``; a ``Port`` of 0 or

@@ -354,7 +354,9 @@ class FlannelConfig(NetObject):
     object per target. A field left ``None`` is a key this object does not set.
     ``backend_type`` and ``backend_options`` together are the ``Backend`` key
     (``{"Type": ..., **options}``); ``extra`` holds any other top-level key
-    (``SubnetLen``, ``SubnetMin`` ...) as JSON values.
+    (``SubnetLen`` read from a config, a key of a flannel newer than k3snet) as JSON
+    values. (The flannel backend refuses to write ``SubnetLen``, ``SubnetMin`` ... and
+    ``Networks``: flannel's kube subnet manager never reads them.)
 
     Owned objects carry only the keys k3snet set (of ``Backend``, only the
     members it set: the type and options are merged into the object flannel

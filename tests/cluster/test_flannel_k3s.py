@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -295,7 +295,7 @@ def test_disruptive_changes_are_refused_unless_allowed(
 def test_a_value_already_in_place_or_an_option_is_not_disruptive(tmp_path: Path) -> None:
     backend = FlannelBackend(path=_file(tmp_path, K3S_VXLAN))
     same = Change.add(FlannelConfig(backend.target, network="10.42.0.0/16",
-                                    extra={"SubnetLen": 24}))
+                                    extra={"x-site": "rack-1"}))
     assert backend.disruptive(same) is None
     assert backend.check(Plan(changes=[same])) == ()
     mtu = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
@@ -313,22 +313,59 @@ def test_a_value_already_in_place_or_an_option_is_not_disruptive(tmp_path: Path)
 
 
 @pytest.mark.parametrize("extra", [{"SubnetLen": 25}, {"IPv6SubnetLen": 80},
-                                   {"SubnetMin": "10.42.8.0", "SubnetMax": "10.42.16.0"}])
-def test_subnet_keys_are_never_disruptive_as_net_conf_json_feeds_only_the_kube_subnet_manager(
-    tmp_path: Path, extra: dict[str, Any]
+                                   {"SubnetMin": "10.42.8.0", "SubnetMax": "10.42.16.0"},
+                                   {"IPv6SubnetMin": "fd42:42::", "IPv6SubnetMax": "fd42:42::"}])
+@pytest.mark.parametrize("reader", ["k3s", "flanneld"])
+def test_subnet_keys_are_never_written_as_the_kube_subnet_manager_never_reads_them(
+    tmp_path: Path, extra: dict[str, Any], reader: Literal["k3s", "flanneld"]
 ) -> None:
-    # flanneld reads --net-config-path only with --kube-subnet-mgr (main.go newSubnetManager;
-    # the etcd manager reads its config from etcd). The kube manager takes each node's subnet
-    # from its Node's podCIDR and never reads SubnetLen/SubnetMin/SubnetMax
-    # (pkg/subnet/kube); CheckNetworkConfig, which does, runs for etcd only.
+    """flanneld reads --net-config-path only with --kube-subnet-mgr (main.go newSubnetManager;
+    the etcd manager reads its config from etcd), as K3s does. The kube manager takes each
+    node's subnet from its Node's podCIDR and never reads SubnetLen/SubnetMin/SubnetMax
+    (pkg/subnet/kube; CheckNetworkConfig, which does, runs for etcd only): written, they
+    were reported applied and changed nothing, a pod CIDR size the user believed set."""
     path = _file(tmp_path, K3S_DUAL_STACK)
-    backend = FlannelBackend(path=path)
+    backend = FlannelBackend(path=path, reader=reader, allow_disruptive=True)
     p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, extra=extra)]))
-    (change,) = p.changes
-    assert backend.disruptive(change) is None
-    assert backend.check(p) == ()
-    backend.apply(p)
-    assert json.loads(path.read_text()).items() >= extra.items()
+    (problem,) = backend.check(p)
+    assert f"never reads {', '.join(sorted(extra))}:" in problem
+    assert "its Node's spec.podCIDR" in problem
+    assert "node-cidr-mask-size" in problem
+    with pytest.raises(PlanError, match="Writing them would change nothing"):
+        backend.apply(p)
+    assert path.read_text() == K3S_DUAL_STACK
+    # Beside a key flannel reads, the whole plan is refused: nothing is written.
+    both = FlannelConfig(backend.target, network="10.42.0.0/16", extra=extra)
+    assert backend.check(plan(backend.observe(), State(owned=[both])))
+
+
+def test_subnet_and_networks_keys_are_refused_in_a_configmap_and_given_back_from_before(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    """kube-flannel runs flanneld with --kube-subnet-mgr too. A key an earlier k3snet
+    wrote is still given back when the config no longer sets it."""
+    text = KUBE_FLANNEL.replace('"EnableNFTables": false', '"EnableNFTables": false,\n'
+                                '  "SubnetLen": 25,\n  "Networks": ["10.244.0.0/16"]')
+    record = {"SubnetLen": None, "Networks": None}
+    written = {"SubnetLen": "25", "Networks": '["10.244.0.0/16"]'}
+    api_server.put(CONFIGMAPS, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel",
+                     "annotations": {OWNED_ANNOTATION: json.dumps(record),
+                                     "k3snet.io/flannel-written": json.dumps(written)}},
+        "data": {"net-conf.json": text},
+    })
+    backend = FlannelBackend(api_client=api_client, timeout=10.0)
+    extras: list[dict[str, Any]] = [{"SubnetLen": 24}, {"Networks": ["10.42.0.0/16"]},
+                                    {"networks": [], "IPv6Networks": []}]
+    for extra in extras:
+        p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, extra=extra)]))
+        (problem,) = backend.check(p)
+        assert f"never reads {', '.join(sorted(extra))}" in problem
+    _converge(backend, State())
+    stored = api_server.get(CONFIGMAPS, "kube-flannel-cfg", "kube-flannel")
+    assert stored is not None
+    assert stored["data"]["net-conf.json"] == KUBE_FLANNEL
 
 
 @pytest.mark.parametrize(("text", "config", "reason"), [
@@ -366,8 +403,8 @@ def test_a_config_flannel_already_refuses_does_not_block_other_keys(tmp_path: Pa
     text = '{"EnableIPv6": true, "IPv6Network": "::/0", "Network": "10.42.0.0/16"}'
     path = _file(tmp_path, text)
     backend = FlannelBackend(path=path)
-    _converge(backend, State(owned=[FlannelConfig(backend.target, extra={"SubnetLen": 24})]))
-    assert json.loads(path.read_text())["SubnetLen"] == 24
+    _converge(backend, State(owned=[FlannelConfig(backend.target, extra={"x-site": "rack-1"})]))
+    assert json.loads(path.read_text())["x-site"] == "rack-1"
 
 
 def test_giving_back_a_config_flannel_already_refused_is_not_blocked(tmp_path: Path) -> None:
@@ -751,7 +788,7 @@ def test_an_extension_config_keeps_its_commands_while_other_keys_change(tmp_path
     path = _file(tmp_path, K3S_TAILSCALE)
     backend = FlannelBackend(path=path)
     _converge(backend, State(owned=[FlannelConfig(backend.target, backend_type="extension",
-                                                  extra={"SubnetLen": 24})]))
+                                                  extra={"x-site": "rack-1"})]))
     assert json.loads(path.read_text())["Backend"]["PostStartupCommand"].startswith("tailscale")
     _converge(backend, State())
     assert path.read_text() == K3S_TAILSCALE
