@@ -76,6 +76,7 @@ __all__ = [
     "effective_config",
     "file_target",
     "flannel_backend_type",
+    "flannel_nftables_refusal",
     "merge_members",
     "namespace_problem",
     "object_name_problem",
@@ -121,6 +122,32 @@ def flannel_backend_type(value: str) -> str:
     'host-gw'
     """
     return value.replace("\u0130", "i").lower()
+
+
+def flannel_nftables_refusal(*, file: bool, reader: str) -> str | None:
+    """Why ``EnableNFTables`` must not be written for a target, ``None`` if its reader reads
+    it: ``file`` (a node's own net-conf.json, else a ConfigMap) read by ``reader`` (the
+    flannel backend's option: ``k3s`` or ``flanneld``).
+
+    K3s' embedded flannel builds its iptables traffic manager whatever the file says
+    (``pkg/agent/flannel``), so the key would be reported written and change nothing;
+    upstream flanneld (v0.25.0 and later) reads it, from its ConfigMap or from a file of
+    its own. The flannel backend refuses such a config, and ``render manifests`` a spec
+    that would make the agent's backend refuse it: one judgement, in the model both read.
+
+    >>> flannel_nftables_refusal(file=False, reader="k3s") is None
+    True
+    >>> flannel_nftables_refusal(file=True, reader="k3s")[:49]
+    "a node's own net-conf.json is read by K3s' embedd"
+    """
+    if not file or reader != "k3s":
+        return None
+    return ("a node's own net-conf.json is read by K3s' embedded flannel, which ignores "
+            "EnableNFTables (K3s builds flannel's iptables rules whatever the file says), "
+            "so writing it would change nothing: leave cni.flannel.enableNFTables out for "
+            "this file (upstream flanneld, v0.25 and later, reads it from its ConfigMap; a "
+            "flanneld of your own reading this file: give the flannel backend "
+            "reader=flanneld, backends.flannel.reader in a spec)")
 
 
 FLANNEL_OWNED_MARKER = "k3snet.io/owned"
