@@ -147,13 +147,18 @@ def _cidr(version: int) -> Callable[[Any], str | None]:
 
 
 def _address(version: int) -> Callable[[Any], str | None]:
+    """What flannel's ``pkg/ip`` reads as an address of ``version``: ``IP4`` an address
+    Go's ``net.ParseIP`` reads with an IPv4 form (IPv4, or IPv4 mapped into IPv6,
+    ``::ffff:10.42.1.0``), ``IP6`` any address ``net.ParseIP`` reads."""
     def check(value: Any) -> str | None:
         try:
             # Go's net.ParseIP takes no zone ("fe80::1%eth0"); ipaddress does.
-            ok = (isinstance(value, str) and "%" not in value
-                  and ipaddress.ip_address(value).version == version)
+            address = (ipaddress.ip_address(value)
+                       if isinstance(value, str) and "%" not in value else None)
         except ValueError:
-            ok = False
+            address = None
+        ok = address is not None and (version == 6 or address.version == 4
+                                      or getattr(address, "ipv4_mapped", None) is not None)
         return None if ok else f"an IPv{version} address string"
     return check
 

@@ -471,6 +471,8 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     ('{"SubnetLen": 24.0}', "SubnetLen must be an integer 0..4294967295"),
     ('{"SubnetLen": -0}', "SubnetLen must be written without a sign, got -0"),
     ('{"SubnetMin": "10.42.0.0/24"}', "SubnetMin must be an IPv4 address string"),
+    ('{"SubnetMax": "fd42::8:0"}', "SubnetMax must be an IPv4 address string"),
+    ('{"IPv6SubnetMax": "fd42::/64"}', "IPv6SubnetMax must be an IPv6 address string"),
     ('{"Backend": "vxlan"}', "Backend must be an object with a Type"),
     ('{"Backend": {"Type": 1}}', "Backend must be an object whose Type is a string"),
     ('{"Network": "10.42.0.0/16", "network": "10.244.0.0/16"}',
@@ -846,6 +848,9 @@ def test_a_backend_type_in_capitals_is_the_backend_flannel_runs(tmp_path: Path) 
     # No field of flannel's since v0.25.0; v0.21 to v0.24 emptied what the file held.
     '"Networks": "10.42.0.0/16", "IPv6Networks": [1, "fd42::1/56"]',
     '"networks": ["10.42.0.1/16"], "Networks": null, "ipv6networks": {}',
+    # flannel's ip.IP4 takes an address net.ParseIP reads with an IPv4 form (To4), its
+    # ip.IP6 any address net.ParseIP reads.
+    '"SubnetMin": "::ffff:10.42.8.0", "IPv6SubnetMin": "10.42.8.0", "IPv6SubnetMax": "::1"',
 ])
 def test_keys_flannel_reads_without_judging_them_are_read_as_it_reads_them(
     tmp_path: Path, members: str
