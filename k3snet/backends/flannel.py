@@ -99,6 +99,7 @@ from k3snet.backends.flannel_read import (
     flannel_values,
     is_k3s_generated,
     start_refusals,
+    unread_keys,
     unread_options,
 )
 from k3snet.backends.flannel_text import (
@@ -138,6 +139,7 @@ from k3snet.model.cni import (
     configmap_target,
     effective_config,
     file_target,
+    flannel_nftables_refusal,
     namespace_problem,
     object_name_problem,
 )
@@ -968,16 +970,18 @@ class FlannelBackend(BackendBase):
                         f"flannel backend refuses {change} on {self.target}: flannel runs "
                         "the extension backend's commands as root on every node, so "
                         f"{'; '.join(commands)} (write them by hand if you mean to)")
-                if (isinstance(self._store, _FileStore) and self.reader == "k3s"
-                        and wanted.enable_nftables is not None):
+                nftables = flannel_nftables_refusal(file=isinstance(self._store, _FileStore),
+                                            reader=self.reader)
+                if nftables is not None and wanted.enable_nftables is not None:
+                    raise PlanError(f"flannel backend refuses {change} on {self.target}: "
+                                    f"{nftables}")
+                ignored = unread_keys(wanted.members())
+                if ignored:
                     raise PlanError(
-                        f"flannel backend refuses {change} on {self.target}: a node's own "
-                        "net-conf.json is read by K3s' embedded flannel, which ignores "
-                        "EnableNFTables (K3s builds flannel's iptables rules whatever the "
-                        "file says), so writing it would change nothing: leave "
-                        "cni.flannel.enableNFTables out for this file (upstream flanneld, "
-                        "v0.25 and later, reads it from its ConfigMap; a flanneld of your "
-                        "own reading this file: give the backend reader=flanneld)")
+                        f"flannel backend refuses {change} on {self.target}: "
+                        f"{'; '.join(ignored)}. Writing them would change nothing: leave "
+                        "them out of the config k3snet sets (one already in the file or "
+                        "ConfigMap stays as it is)")
                 unread = unread_options(wanted.members().get("Backend"),
                                         windows=isinstance(self._store, _ConfigMapStore))
                 if unread:

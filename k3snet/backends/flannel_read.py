@@ -33,6 +33,7 @@ __all__ = [
     "fold",
     "is_k3s_generated",
     "start_refusals",
+    "unread_keys",
     "unread_options",
 ]
 
@@ -64,7 +65,50 @@ DISRUPTIVE_KEYS: Mapping[str, str] = {
 ``SubnetLen``, ``SubnetMin`` and ``SubnetMax`` (and their IPv6 twins) are not here:
 flanneld reads net-conf.json only with ``--kube-subnet-mgr`` (its etcd subnet manager
 reads its config from etcd), and the kube subnet manager takes each node's subnet from
-its Node's podCIDR without reading them."""
+its Node's podCIDR without reading them (k3snet never writes them: :func:`unread_keys`)."""
+
+_SUBNET_KEYS = ("SubnetLen", "SubnetMin", "SubnetMax", "IPv6SubnetLen", "IPv6SubnetMin",
+                "IPv6SubnetMax")
+
+_UNREAD_KEYS: Mapping[str, str] = {
+    **dict.fromkeys(_SUBNET_KEYS, (
+        "flannel's kube subnet manager, the one reader of net-conf.json (K3s; flanneld with "
+        "--kube-subnet-mgr, as kube-flannel runs it), never reads {keys}: a node's pod "
+        "subnet is its Node's spec.podCIDR, which the controller-manager allocates from "
+        "--cluster-cidr in blocks of its --node-cidr-mask-size (-ipv4 and -ipv6 on dual "
+        "stack; on K3s --kube-controller-manager-arg=node-cidr-mask-size=N), and never "
+        "changes once given; only flanneld's etcd subnet manager reads these keys, from "
+        "etcd")),
+    **dict.fromkeys(("Networks", "IPv6Networks"), (
+        "flannel never reads {keys} from net-conf.json: no field of its config since "
+        "v0.25.0, and v0.21 to v0.24 replaced what the file held with the "
+        "MultiClusterCIDR API's networks")),
+}
+"""Top-level keys flannel reads nothing from in net-conf.json, with why (``{keys}``: the
+ones named)."""
+
+_UNREAD_BY_FOLD = {fold(key): key for key in _UNREAD_KEYS}
+
+
+def unread_keys(members: Mapping[str, Any]) -> list[str]:
+    """Why k3snet will not write the top-level keys ``members`` (those a config sets):
+    the ones flannel reads nothing from, one reason per group, matched as Go matches keys.
+
+    Written, they would be reported applied and change nothing: the pod CIDR of a node
+    is its Node's, whatever ``SubnetLen`` says.
+
+    >>> [reason[:54] for reason in unread_keys({"Network": "10.42.0.0/16", "SubnetLen": 25})]
+    ["flannel's kube subnet manager, the one reader of net-c"]
+    >>> unread_keys({"networks": []})[0][:38]
+    'flannel never reads networks from net-'
+    """
+    found: dict[str, list[str]] = {}
+    for key in members:
+        name = _UNREAD_BY_FOLD.get(fold(key))
+        if name is not None:
+            found.setdefault(_UNREAD_KEYS[name], []).append(printable(key))
+    return [why.format(keys=", ".join(keys)) for why, keys in found.items()]
+
 
 _VXLAN_DEFAULTS: Mapping[str, int] = {"VNI": 1, "Port": 8472}
 """flannel's vxlan defaults (``pkg/backend/vxlan`` ``defaultVNI``; a ``Port`` of 0 or
@@ -103,23 +147,19 @@ def _cidr(version: int) -> Callable[[Any], str | None]:
 
 
 def _address(version: int) -> Callable[[Any], str | None]:
+    """What flannel's ``pkg/ip`` reads as an address of ``version``: ``IP4`` an address
+    Go's ``net.ParseIP`` reads with an IPv4 form (IPv4, or IPv4 mapped into IPv6,
+    ``::ffff:10.42.1.0``), ``IP6`` any address ``net.ParseIP`` reads."""
     def check(value: Any) -> str | None:
         try:
             # Go's net.ParseIP takes no zone ("fe80::1%eth0"); ipaddress does.
-            ok = (isinstance(value, str) and "%" not in value
-                  and ipaddress.ip_address(value).version == version)
+            address = (ipaddress.ip_address(value)
+                       if isinstance(value, str) and "%" not in value else None)
         except ValueError:
-            ok = False
+            address = None
+        ok = address is not None and (version == 6 or address.version == 4
+                                      or getattr(address, "ipv4_mapped", None) is not None)
         return None if ok else f"an IPv{version} address string"
-    return check
-
-
-def _list_of(item: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        if not isinstance(value, list):
-            return "a list of CIDR strings"
-        found = next((p for p in map(item, value) if p is not None), None)
-        return None if found is None else f"a list, each item {found}"
     return check
 
 
@@ -127,11 +167,17 @@ def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
 
 
-def _prefix_length(limit: int) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
-        return None if ok else f"an integer 0..{limit}"
-    return check
+_GO_UINT_MAX = (1 << 32) - 1
+"""The largest Go ``uint`` on every node: 32 bits on a 32-bit one (armhf), where Go's
+decoder refuses a larger number ("cannot unmarshal number ... into Go struct field")."""
+
+
+def _go_uint(value: Any) -> str | None:
+    """A Go ``uint`` (``SubnetLen``, ``IPv6SubnetLen``): any unsigned number fits. The kube
+    subnet manager, the one reader of net-conf.json, never reads these; the etcd one's
+    limits (``SubnetLen`` at most 30) are not net-conf.json's."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _GO_UINT_MAX
+    return None if ok else f"an integer 0..{_GO_UINT_MAX} (Go's uint on every node)"
 
 
 def _go_int(value: Any) -> str | None:
@@ -271,24 +317,22 @@ def _backend(value: Any) -> str | None:
 _CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "EnableIPv4": _boolean, "EnableIPv6": _boolean, "EnableNFTables": _boolean,
     "Network": _cidr(4), "IPv6Network": _cidr(6),
-    "Networks": _list_of(_cidr(4)), "IPv6Networks": _list_of(_cidr(6)),
     "SubnetMin": _address(4), "SubnetMax": _address(4),
     "IPv6SubnetMin": _address(6), "IPv6SubnetMax": _address(6),
-    "SubnetLen": _prefix_length(32), "IPv6SubnetLen": _prefix_length(128),
+    "SubnetLen": _go_uint, "IPv6SubnetLen": _go_uint,
     "Backend": _backend,
 }
 _FIELD_BY_FOLD = {fold(name): name for name in FLANNEL_FIELDS}
 
 _NULL_IS_DEFAULT = frozenset({"EnableIPv4", "EnableIPv6", "EnableNFTables", "SubnetLen",
-                              "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax", "Networks",
-                              "IPv6Networks"})
+                              "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax"})
 """Fields Go's decoder leaves at their default for ``null``: a bool or an unsigned integer
-keeps its value (``EnableIPv4`` stays true), a pointer or a slice is set to nil. (A
+keeps its value (``EnableIPv4`` stays true), a pointer is set to nil. (A
 ``null`` ``Network`` or ``SubnetMin`` reaches flannel's ``UnmarshalJSON``, which refuses
 it.)"""
 
-_RAW_TEXT_FIELDS = frozenset({"Network", "IPv6Network", "Networks", "IPv6Networks",
-                              "SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax"})
+_RAW_TEXT_FIELDS = frozenset({"Network", "IPv6Network", "SubnetMin", "SubnetMax",
+                              "IPv6SubnetMin", "IPv6SubnetMax"})
 """Fields whose Go type (flannel's ``pkg/ip`` ``IP4Net``, ``IP6Net``, ``IP4``, ``IP6``)
 decodes itself from the raw JSON text: its ``UnmarshalJSON`` trims the quotes and parses
 what is between them as it is, so a JSON escape (``\\/``, ``\\u002e``) is not decoded

@@ -76,6 +76,7 @@ __all__ = [
     "effective_config",
     "file_target",
     "flannel_backend_type",
+    "flannel_nftables_refusal",
     "merge_members",
     "namespace_problem",
     "object_name_problem",
@@ -88,11 +89,14 @@ FLANNEL_KEYS: tuple[str, ...] = (
 """The top-level ``net-conf.json`` keys :class:`FlannelConfig` models as fields."""
 
 FLANNEL_FIELDS: tuple[str, ...] = (
-    "EnableIPv4", "EnableIPv6", "EnableNFTables", "Network", "IPv6Network", "Networks",
-    "IPv6Networks", "SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax", "SubnetLen",
-    "IPv6SubnetLen", "Backend",
+    "EnableIPv4", "EnableIPv6", "EnableNFTables", "Network", "IPv6Network", "SubnetMin",
+    "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax", "SubnetLen", "IPv6SubnetLen", "Backend",
 )
-"""The fields of flannel's ``subnet.Config`` (the keys it reads from net-conf.json)."""
+"""The fields of flannel's ``subnet.Config`` (the keys it reads from net-conf.json).
+
+Not ``Networks`` and ``IPv6Networks``: flannel v0.21.0 to v0.24.x had them for the
+MultiClusterCIDR API and replaced what net-conf.json held with an empty list right after
+decoding it, and v0.25.0 removed them. To flannel they are unknown keys, as to k3snet."""
 
 _FLANNEL_FIELD_BY_FOLD = {fold(name): name for name in FLANNEL_FIELDS}
 
@@ -118,6 +122,32 @@ def flannel_backend_type(value: str) -> str:
     'host-gw'
     """
     return value.replace("\u0130", "i").lower()
+
+
+def flannel_nftables_refusal(*, file: bool, reader: str) -> str | None:
+    """Why ``EnableNFTables`` must not be written for a target, ``None`` if its reader reads
+    it: ``file`` (a node's own net-conf.json, else a ConfigMap) read by ``reader`` (the
+    flannel backend's option: ``k3s`` or ``flanneld``).
+
+    K3s' embedded flannel builds its iptables traffic manager whatever the file says
+    (``pkg/agent/flannel``), so the key would be reported written and change nothing;
+    upstream flanneld (v0.25.0 and later) reads it, from its ConfigMap or from a file of
+    its own. The flannel backend refuses such a config, and ``render manifests`` a spec
+    that would make the agent's backend refuse it: one judgement, in the model both read.
+
+    >>> flannel_nftables_refusal(file=False, reader="k3s") is None
+    True
+    >>> flannel_nftables_refusal(file=True, reader="k3s")[:49]
+    "a node's own net-conf.json is read by K3s' embedd"
+    """
+    if not file or reader != "k3s":
+        return None
+    return ("a node's own net-conf.json is read by K3s' embedded flannel, which ignores "
+            "EnableNFTables (K3s builds flannel's iptables rules whatever the file says), "
+            "so writing it would change nothing: leave cni.flannel.enableNFTables out for "
+            "this file (upstream flanneld, v0.25 and later, reads it from its ConfigMap; a "
+            "flanneld of your own reading this file: give the flannel backend "
+            "reader=flanneld, backends.flannel.reader in a spec)")
 
 
 FLANNEL_OWNED_MARKER = "k3snet.io/owned"
@@ -351,7 +381,9 @@ class FlannelConfig(NetObject):
     object per target. A field left ``None`` is a key this object does not set.
     ``backend_type`` and ``backend_options`` together are the ``Backend`` key
     (``{"Type": ..., **options}``); ``extra`` holds any other top-level key
-    (``SubnetLen``, ``SubnetMin`` ...) as JSON values.
+    (``SubnetLen`` read from a config, a key of a flannel newer than k3snet) as JSON
+    values. (The flannel backend refuses to write ``SubnetLen``, ``SubnetMin`` ... and
+    ``Networks``: flannel's kube subnet manager never reads them.)
 
     Owned objects carry only the keys k3snet set (of ``Backend``, only the
     members it set: the type and options are merged into the object flannel

@@ -48,7 +48,7 @@ from k3snet.errors import BackendError, Problem, SpecError
 from k3snet.kube import DEFAULT_TIMEOUT, TERMINATION_GRACE, KubeErrors, label_selector_problem
 from k3snet.model import printable
 from k3snet.model.cidr import contains
-from k3snet.model.cni import namespace_problem, object_name_problem
+from k3snet.model.cni import flannel_nftables_refusal, namespace_problem, object_name_problem
 from k3snet.spec import ConnectivityTest, DnsZone, Spec, spec_backend_options, validate
 from k3snet.spec.blockstyle import YAML12_NUMBER
 
@@ -390,10 +390,25 @@ def _flannel_target(
         if problem is not None:
             problems.append(Problem("backends", problem))
     if flannel_conf is not None:
-        problem = _flannel_conf_problem(flannel_conf)
-        if problem is not None:
-            problems.append(Problem(conf_path, problem))
+        problems += _flannel_file_problems(spec, flannel_conf, conf_path)
     return flannel_conf, configmap
+
+
+def _flannel_file_problems(spec: Spec, flannel_conf: str, conf_path: str) -> list[Problem]:
+    """Why the agent must not mount ``flannel_conf``, and what of the spec its flannel
+    backend, built with the spec's options, would refuse to write into that file."""
+    problems = []
+    problem = _flannel_conf_problem(flannel_conf)
+    if problem is not None:
+        problems.append(Problem(conf_path, problem))
+    settings = spec.cni.flannel
+    if settings is not None and settings.enable_nftables is not None:
+        reader = spec_backend_options(spec, "flannel").get("reader")
+        refusal = flannel_nftables_refusal(file=True,
+                                           reader="k3s" if reader is None else str(reader))
+        if refusal is not None:
+            problems.append(Problem("cni.flannel.enableNFTables", refusal))
+    return problems
 
 
 def _flannel_conf_problem(flannel_conf: str) -> str | None:

@@ -760,7 +760,7 @@ def test_a_flannel_file_change_says_k3s_s_restart_pending_once_and_that_it_is_no
     conf = tmp_path / "flannel.json"
     conf.write_text(NET_CONF)
     backend = FlannelBackend(path=conf, allow_disruptive=True)
-    desired = State(owned=[FlannelConfig(backend.target, extra={"SubnetLen": 24})])
+    desired = State(owned=[FlannelConfig(backend.target, extra={"x-site": "rack-1"})])
     [pending] = converge(backend, desired).restarts
     assert pending.workload == "K3s (the k3s or k3s-agent service on the node)"
     assert pending.stale is None  # k3snet cannot tell when that is done

@@ -55,8 +55,10 @@ NET_CONF = """{
 }
 """
 
-# A key k3snet may write into a node's file (K3s ignores EnableNFTables there).
-SUBNET_MAX = {"SubnetMax": "10.42.200.0"}
+# A key k3snet may write into a node's file (K3s ignores EnableNFTables there, and flannel
+# SubnetLen/SubnetMin/SubnetMax, which k3snet refuses to write): one flannel does not know,
+# which k3snet writes as it writes a key of a flannel newer than it.
+SITE_NOTE = {"x-site": "rack-1"}
 
 
 def _configmap(text: str = NET_CONF, **metadata: Any) -> dict[str, Any]:
@@ -159,10 +161,10 @@ def test_changing_one_key_rewrites_only_its_value(conf_file: Path) -> None:
 def test_adding_an_absent_key_follows_the_layout_and_is_removed_exactly(conf_file: Path) -> None:
     backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     desired = State(owned=[FlannelConfig(backend.target, extra={
-        "SubnetMax": "10.42.200.0", "SubnetMin": "10.42.8.0"})])
+        "x-rack": "r1", "x-site": "rack-1"})])
     _converge(backend, desired)
     text = conf_file.read_text()
-    assert '\n  "SubnetMax": "10.42.200.0",\n  "SubnetMin": "10.42.8.0",\n' in text
+    assert '\n  "x-rack": "r1",\n  "x-site": "rack-1",\n' in text
     assert text.startswith(NET_CONF.rstrip()[:-2])  # everything before is untouched
     observed = backend.observe()
     assert observed.owned == desired.owned
@@ -202,7 +204,7 @@ def test_value_already_there_is_met_by_the_foreign_config(conf_file: Path) -> No
 def test_file_mode_is_kept_and_the_file_is_replaced_atomically(conf_file: Path) -> None:
     backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     inode = conf_file.stat().st_ino
-    _converge(backend, State(owned=[FlannelConfig(backend.target, extra=SUBNET_MAX)]))
+    _converge(backend, State(owned=[FlannelConfig(backend.target, extra=SITE_NOTE)]))
     info = conf_file.stat()
     assert oct(info.st_mode & 0o777) == oct(0o640)
     assert info.st_ino != inode  # a new file renamed over the old one, never written in place
@@ -231,7 +233,7 @@ def test_a_file_whose_owner_cannot_be_kept_is_left_alone(tmp_path: Path) -> None
                 backend = FlannelBackend(path=path)
                 try:
                     _converge(backend, State(owned=[FlannelConfig(backend.target,
-                                                                  extra=SUBNET_MAX)]))
+                                                                  extra=SITE_NOTE)]))
                     outcome = "written"
                 except ApplyError as exc:
                     outcome = str(exc)
@@ -278,7 +280,7 @@ def test_a_hard_linked_file_is_left_alone_as_the_rename_would_part_its_names(
     os.link(conf_file, other)
     backend = FlannelBackend(path=conf_file, allow_disruptive=True)
     p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
-                                                           extra=SUBNET_MAX)]))
+                                                           extra=SITE_NOTE)]))
     problems = backend.check(p)
     assert len(problems) == 1
     assert "2 hard links" in problems[0], problems
@@ -301,7 +303,7 @@ def test_a_file_that_is_a_mount_point_is_named_so_when_the_rename_is_refused(
 
     monkeypatch.setattr(os, "replace", busy)
     p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target,
-                                                           extra=SUBNET_MAX)]))
+                                                           extra=SITE_NOTE)]))
     with pytest.raises(ApplyError, match=r"the file is unchanged\): .*a mount point .*mount "
                                          r"its directory"):
         backend.apply(p)
@@ -350,7 +352,7 @@ def test_two_k3snet_writers_of_one_file_never_lose_either_edit(
     first_plan = plan(first.observe(), State(owned=[FlannelConfig(first.target,
                                                                   network="10.9.0.0/16")]))
     second_plan = plan(second.observe(), State(owned=[FlannelConfig(second.target,
-                                                                    extra=SUBNET_MAX)]))
+                                                                    extra=SITE_NOTE)]))
     outcome: list[str] = []
     mkstemp = tempfile.mkstemp
     calls: list[None] = []
@@ -370,10 +372,10 @@ def test_two_k3snet_writers_of_one_file_never_lose_either_edit(
     values = json.loads(conf_file.read_text())
     assert values["Network"] == "10.9.0.0/16"
     if outcome == ["applied"]:  # then its edit must be there too
-        assert values.get("SubnetMax") == "10.42.200.0", "the second writer's edit was lost"
+        assert values.get("x-site") == "rack-1", "the second writer's edit was lost"
     else:
         assert "another k3snet is writing" in outcome[0], outcome
-        assert "SubnetMax" not in values
+        assert "x-site" not in values
     assert FlannelBackend(path=conf_file).observe().owned == frozenset(
         {FlannelConfig(first.target, network="10.9.0.0/16")})
 
@@ -460,7 +462,7 @@ def test_bytes_flannel_would_read_otherwise_are_refused_and_the_file_kept(
     with pytest.raises(BackendError, match=reason):
         backend.observe()
     (problem,) = backend.check(Plan(changes=[Change.add(FlannelConfig(
-        backend.target, extra=SUBNET_MAX))]))
+        backend.target, extra=SITE_NOTE))]))
     assert reason in problem
     assert conf_file.read_bytes() == data
 

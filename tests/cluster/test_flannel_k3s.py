@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -295,7 +295,7 @@ def test_disruptive_changes_are_refused_unless_allowed(
 def test_a_value_already_in_place_or_an_option_is_not_disruptive(tmp_path: Path) -> None:
     backend = FlannelBackend(path=_file(tmp_path, K3S_VXLAN))
     same = Change.add(FlannelConfig(backend.target, network="10.42.0.0/16",
-                                    extra={"SubnetLen": 24}))
+                                    extra={"x-site": "rack-1"}))
     assert backend.disruptive(same) is None
     assert backend.check(Plan(changes=[same])) == ()
     mtu = Change.add(FlannelConfig(backend.target, backend_type="vxlan",
@@ -313,22 +313,59 @@ def test_a_value_already_in_place_or_an_option_is_not_disruptive(tmp_path: Path)
 
 
 @pytest.mark.parametrize("extra", [{"SubnetLen": 25}, {"IPv6SubnetLen": 80},
-                                   {"SubnetMin": "10.42.8.0", "SubnetMax": "10.42.16.0"}])
-def test_subnet_keys_are_never_disruptive_as_net_conf_json_feeds_only_the_kube_subnet_manager(
-    tmp_path: Path, extra: dict[str, Any]
+                                   {"SubnetMin": "10.42.8.0", "SubnetMax": "10.42.16.0"},
+                                   {"IPv6SubnetMin": "fd42:42::", "IPv6SubnetMax": "fd42:42::"}])
+@pytest.mark.parametrize("reader", ["k3s", "flanneld"])
+def test_subnet_keys_are_never_written_as_the_kube_subnet_manager_never_reads_them(
+    tmp_path: Path, extra: dict[str, Any], reader: Literal["k3s", "flanneld"]
 ) -> None:
-    # flanneld reads --net-config-path only with --kube-subnet-mgr (main.go newSubnetManager;
-    # the etcd manager reads its config from etcd). The kube manager takes each node's subnet
-    # from its Node's podCIDR and never reads SubnetLen/SubnetMin/SubnetMax
-    # (pkg/subnet/kube); CheckNetworkConfig, which does, runs for etcd only.
+    """flanneld reads --net-config-path only with --kube-subnet-mgr (main.go newSubnetManager;
+    the etcd manager reads its config from etcd), as K3s does. The kube manager takes each
+    node's subnet from its Node's podCIDR and never reads SubnetLen/SubnetMin/SubnetMax
+    (pkg/subnet/kube; CheckNetworkConfig, which does, runs for etcd only): written, they
+    were reported applied and changed nothing, a pod CIDR size the user believed set."""
     path = _file(tmp_path, K3S_DUAL_STACK)
-    backend = FlannelBackend(path=path)
+    backend = FlannelBackend(path=path, reader=reader, allow_disruptive=True)
     p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, extra=extra)]))
-    (change,) = p.changes
-    assert backend.disruptive(change) is None
-    assert backend.check(p) == ()
-    backend.apply(p)
-    assert json.loads(path.read_text()).items() >= extra.items()
+    (problem,) = backend.check(p)
+    assert f"never reads {', '.join(sorted(extra))}:" in problem
+    assert "its Node's spec.podCIDR" in problem
+    assert "node-cidr-mask-size" in problem
+    with pytest.raises(PlanError, match="Writing them would change nothing"):
+        backend.apply(p)
+    assert path.read_text() == K3S_DUAL_STACK
+    # Beside a key flannel reads, the whole plan is refused: nothing is written.
+    both = FlannelConfig(backend.target, network="10.42.0.0/16", extra=extra)
+    assert backend.check(plan(backend.observe(), State(owned=[both])))
+
+
+def test_subnet_and_networks_keys_are_refused_in_a_configmap_and_given_back_from_before(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    """kube-flannel runs flanneld with --kube-subnet-mgr too. A key an earlier k3snet
+    wrote is still given back when the config no longer sets it."""
+    text = KUBE_FLANNEL.replace('"EnableNFTables": false', '"EnableNFTables": false,\n'
+                                '  "SubnetLen": 25,\n  "Networks": ["10.244.0.0/16"]')
+    record = {"SubnetLen": None, "Networks": None}
+    written = {"SubnetLen": "25", "Networks": '["10.244.0.0/16"]'}
+    api_server.put(CONFIGMAPS, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel",
+                     "annotations": {OWNED_ANNOTATION: json.dumps(record),
+                                     "k3snet.io/flannel-written": json.dumps(written)}},
+        "data": {"net-conf.json": text},
+    })
+    backend = FlannelBackend(api_client=api_client, timeout=10.0)
+    extras: list[dict[str, Any]] = [{"SubnetLen": 24}, {"Networks": ["10.42.0.0/16"]},
+                                    {"networks": [], "IPv6Networks": []}]
+    for extra in extras:
+        p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, extra=extra)]))
+        (problem,) = backend.check(p)
+        assert f"never reads {', '.join(sorted(extra))}" in problem
+    _converge(backend, State())
+    stored = api_server.get(CONFIGMAPS, "kube-flannel-cfg", "kube-flannel")
+    assert stored is not None
+    assert stored["data"]["net-conf.json"] == KUBE_FLANNEL
 
 
 @pytest.mark.parametrize(("text", "config", "reason"), [
@@ -366,8 +403,8 @@ def test_a_config_flannel_already_refuses_does_not_block_other_keys(tmp_path: Pa
     text = '{"EnableIPv6": true, "IPv6Network": "::/0", "Network": "10.42.0.0/16"}'
     path = _file(tmp_path, text)
     backend = FlannelBackend(path=path)
-    _converge(backend, State(owned=[FlannelConfig(backend.target, extra={"SubnetLen": 24})]))
-    assert json.loads(path.read_text())["SubnetLen"] == 24
+    _converge(backend, State(owned=[FlannelConfig(backend.target, extra={"x-site": "rack-1"})]))
+    assert json.loads(path.read_text())["x-site"] == "rack-1"
 
 
 def test_giving_back_a_config_flannel_already_refused_is_not_blocked(tmp_path: Path) -> None:
@@ -428,9 +465,14 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "Backend.PersistentKeepaliveInterval must be an integer"),
     ('{"IPv6Network": "fd42::1/56"}', "IPv6Network must be a network without host bits"),
     ('{"EnableIPv6": "false"}', 'EnableIPv6 must be true or false, got "false"'),
-    ('{"SubnetLen": "24"}', "SubnetLen must be an integer 0..32"),
+    ('{"SubnetLen": "24"}', "SubnetLen must be an integer 0..4294967295"),
+    # A Go uint is 32 bits on an armhf node: the decoder refuses a larger number there.
+    ('{"IPv6SubnetLen": 4294967296}', "IPv6SubnetLen must be an integer 0..4294967295"),
+    ('{"SubnetLen": 24.0}', "SubnetLen must be an integer 0..4294967295"),
     ('{"SubnetLen": -0}', "SubnetLen must be written without a sign, got -0"),
     ('{"SubnetMin": "10.42.0.0/24"}', "SubnetMin must be an IPv4 address string"),
+    ('{"SubnetMax": "fd42::8:0"}', "SubnetMax must be an IPv4 address string"),
+    ('{"IPv6SubnetMax": "fd42::/64"}', "IPv6SubnetMax must be an IPv6 address string"),
     ('{"Backend": "vxlan"}', "Backend must be an object with a Type"),
     ('{"Backend": {"Type": 1}}', "Backend must be an object whose Type is a string"),
     ('{"Network": "10.42.0.0/16", "network": "10.244.0.0/16"}',
@@ -748,7 +790,7 @@ def test_an_extension_config_keeps_its_commands_while_other_keys_change(tmp_path
     path = _file(tmp_path, K3S_TAILSCALE)
     backend = FlannelBackend(path=path)
     _converge(backend, State(owned=[FlannelConfig(backend.target, backend_type="extension",
-                                                  extra={"SubnetLen": 24})]))
+                                                  extra={"x-site": "rack-1"})]))
     assert json.loads(path.read_text())["Backend"]["PostStartupCommand"].startswith("tailscale")
     _converge(backend, State())
     assert path.read_text() == K3S_TAILSCALE
@@ -797,6 +839,47 @@ def test_a_backend_type_in_capitals_is_the_backend_flannel_runs(tmp_path: Path) 
     # Go's strings.ToLower maps U+0130 (dotted capital I) to "i" alone.
     dotted = FlannelConfig.from_members(backend.target, {"Backend": {"Type": "\u0130P\u0130P"}})
     assert dotted.backend_type == "ipip"
+
+
+@pytest.mark.parametrize("members", [
+    # A uint flannel's kube subnet manager never reads: any unsigned number is read (the
+    # etcd manager's "SubnetLen must be less than /31" is not net-conf.json's).
+    '"SubnetLen": 40, "IPv6SubnetLen": 200',
+    # No field of flannel's since v0.25.0; v0.21 to v0.24 emptied what the file held.
+    '"Networks": "10.42.0.0/16", "IPv6Networks": [1, "fd42::1/56"]',
+    '"networks": ["10.42.0.1/16"], "Networks": null, "ipv6networks": {}',
+    # flannel's ip.IP4 takes an address net.ParseIP reads with an IPv4 form (To4), its
+    # ip.IP6 any address net.ParseIP reads.
+    '"SubnetMin": "::ffff:10.42.8.0", "IPv6SubnetMin": "10.42.8.0", "IPv6SubnetMax": "::1"',
+])
+def test_keys_flannel_reads_without_judging_them_are_read_as_it_reads_them(
+    tmp_path: Path, members: str
+) -> None:
+    """flannel starts on these (Go decodes SubnetLen as a uint; Networks is no field of
+    its config), so k3snet reads them as they are, not as an error naming them."""
+    text = '{"Network": "10.42.0.0/16", ' + members + ', "Backend": {"Type": "vxlan"}}'
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    (foreign,) = backend.observe().foreign
+    found = json.loads(text)
+    assert foreign.extra.to_dict() == {k: v for k, v in found.items()
+                                       if k not in ("Network", "Backend")}
+    mtu = FlannelConfig(backend.target, backend_type="vxlan", backend_options={"MTU": 1400})
+    _converge(backend, State(owned=[mtu]))
+    _converge(backend, State())
+    assert path.read_text() == text
+
+
+def test_networks_in_any_spelling_is_a_key_of_its_own_to_flannel() -> None:
+    """Go matches a key to a field case-insensitively, and flannel's config has no
+    Networks field: "networks" beside "Networks" are two unknown keys, not one."""
+    assert "Networks" not in FLANNEL_FIELDS
+    assert "IPv6Networks" not in FLANNEL_FIELDS
+    config = FlannelConfig("file:/etc/flannel.json", extra={"networks": [], "Networks": []})
+    assert config.keys == ("Networks", "networks")
+    read = FlannelConfig.from_members("file:/etc/flannel.json",
+                                      {"networks": 1, "IPV6NETWORKS": 2})
+    assert read.extra.to_dict() == {"IPV6NETWORKS": 2, "networks": 1}
 
 
 def test_flannel_values_folds_like_go() -> None:

@@ -4,14 +4,18 @@ the backend or the API server would refuse, naming the option."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 yaml = pytest.importorskip("yaml")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 import k3snet  # noqa: E402 - after the importorskip
+from k3snet.backends.flannel import FlannelBackend  # noqa: E402
+from k3snet.planner import plan  # noqa: E402
 from k3snet.render.manifests import (  # noqa: E402
     AGENT_NAME,
     NEWEST_KUBERNETES_VERSION,
@@ -19,6 +23,8 @@ from k3snet.render.manifests import (  # noqa: E402
     render_manifests,
 )
 from k3snet.spec import ConnectivityTest, Destination, Spec  # noqa: E402
+from k3snet.spec.compiler import compile_flannel  # noqa: E402
+from k3snet.spec.model import CniSettings, FlannelSettings  # noqa: E402
 
 
 def _spec(backend: str, **options: Any) -> Spec:
@@ -120,6 +126,48 @@ def test_spec_flannel_options_render_cannot_follow_are_refused(
     options: dict[str, Any], render: dict[str, Any], problems: list[tuple[str, str]]
 ) -> None:
     assert _problems(_spec("flannel", **options), **render) == problems
+
+
+_CONF = "/etc/rancher/k3s/flannel/net-conf.json"
+_NFTABLES = CniSettings(flannel=FlannelSettings(enable_nftables=False))
+
+
+@pytest.mark.parametrize(("options", "render"), [
+    ({"path": _CONF}, {}),
+    ({"path": _CONF, "reader": "k3s"}, {}),
+    ({}, {"flannel_conf": _CONF}),
+])
+def test_enable_nftables_for_a_file_k3s_reads_is_refused_as_the_agent_refuses_it(
+    tmp_path: Path, options: dict[str, Any], render: dict[str, Any]
+) -> None:
+    """K3s' embedded flannel ignores EnableNFTables in its file: the agent's flannel backend
+    refuses to write it there, and render used to make the DaemonSet of an agent that
+    refused it on every pass. One judgement for both: the same words."""
+    spec = attrs.evolve(_spec("flannel", **options), cni=_NFTABLES)
+    ((path, message),) = _problems(spec, **render)
+    assert path == "cni.flannel.enableNFTables"
+    assert "ignores EnableNFTables" in message
+    assert "backends.flannel.reader" in message
+    # The backend the agent builds from these options refuses it with the same words.
+    conf = tmp_path / "net-conf.json"
+    conf.write_text('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}')
+    backend = FlannelBackend(path=conf, **{k: v for k, v in options.items() if k != "path"})
+    desired = compile_flannel("10.42.0.0/16", target=backend.target, enable_nftables=False)
+    (refused,) = backend.check(plan(backend.observe(), desired))
+    assert refused.endswith(message)
+
+
+@pytest.mark.parametrize(("options", "render"), [
+    ({"path": _CONF, "reader": "flanneld"}, {}),
+    ({"configmap": "kube-flannel/kube-flannel-cfg"}, {}),
+    ({}, {"flannel_configmap_namespace": "kube-flannel"}),
+])
+def test_enable_nftables_is_rendered_for_a_reader_of_it(
+    options: dict[str, Any], render: dict[str, Any]
+) -> None:
+    """A flanneld of one's own reading the file, or upstream flanneld's ConfigMap, reads it."""
+    spec = attrs.evolve(_spec("flannel", **options), cni=_NFTABLES)
+    assert _valid(render_manifests(spec, node_report=False, **render))
 
 
 # ---------------------------------------------------------------- cilium
