@@ -47,7 +47,7 @@ from k3snet._logline import (
     printable_line,
     printable_lines,
     shell_join,
-    shell_word,
+    shell_path,
 )
 from k3snet._logline import bounded as bounded_line
 from k3snet._version import __version__
@@ -2083,7 +2083,8 @@ def _print_plan(args: argparse.Namespace, p: Plan, marks: list[str], warnings: l
     kept = " (mode 0600: it holds a secret sysctl's value)" if secret else ""
     allow = "--allow-teardown " if teardown else ""  # refused without (the warning above)
     print(f"Saved the plan to {args.out}{kept}; apply it with "
-          f"`k3snet apply {allow}{shell_word(str(args.out))}`.")  # pasted into a shell
+          f"`k3snet apply {allow}{shell_path(args.out)}`.")  # pasted into a shell
+
 
 
 def _restart_fields(needed: Sequence[str], pending: Sequence[PendingRestart]
