@@ -9,14 +9,16 @@ a line that read as another record.
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["HANDLER_NAME", "LOG_LINE_LIMIT", "bounded", "one_line", "printable",
-           "printable_line", "printable_lines", "shell_join", "shell_word"]
+           "printable_line", "printable_lines", "shell_join", "shell_path", "shell_word"]
 
 HANDLER_NAME = "k3snet"
 """The name (:meth:`logging.Handler.get_name`) of the handler the ``k3snet`` command and
@@ -120,14 +122,20 @@ def shell_word(word: str) -> str:
     :func:`shlex.quote`, an interface or table name holding an ESC sent it raw to the
     terminal; escaped for the terminal (:func:`printable`) inside single quotes, the
     shell kept the backslash: another name. :func:`printable` keeps such a word as it is
-    in a message quoting it (a backend's warning is escaped whole as it is printed)."""
-    if word.isprintable() and "\\" not in word:
+    in a message quoting it (a backend's warning is escaped whole as it is printed).
+
+    A printable character that standard output or error would not write as its UTF-8
+    bytes (``é`` under ``PYTHONIOENCODING=ascii`` or ``latin-1``) is escaped as its bytes
+    too: written as ``\\xe9`` by their ``backslashreplace``, inside single quotes, the
+    command pasted named another file."""
+    writable = _writable(word)
+    if word.isprintable() and "\\" not in word and writable:
         return shlex.quote(word)
     escaped = []
     for char in word:
         if char in "\\'":
             escaped.append("\\" + char)
-        elif char.isprintable():
+        elif char.isprintable() and (writable or _writable(char)):
             escaped.append(char)
         else:  # its bytes in argv: \u escapes are left as they are in bash's C locale
             escaped += [f"\\x{byte:02x}" for byte in _bytes_of(char)]
@@ -150,6 +158,24 @@ _SHOWN_LIMIT = 4096  # words kept, the most recent: a long-running agent's names
 _SHOWN_LOCK = threading.Lock()
 
 
+def _writable(text: str) -> bool:
+    """Whether standard output and standard error both write ``text`` as its UTF-8 bytes
+    (a word may be printed on either), by their encodings (``PYTHONIOENCODING``, the
+    locale's: ``ascii`` under ``LC_ALL=C`` without UTF-8 mode): written in another
+    (``latin-1``), pasted back it is other bytes, another name."""
+    if text.isascii():
+        return True
+    try:
+        utf8 = text.encode("utf-8")
+        for stream in (sys.stdout, sys.stderr):
+            encoding = getattr(stream, "encoding", None) or "utf-8"  # a StringIO: text
+            if text.encode(encoding) != utf8:
+                return False
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
 def _bytes_of(char: str) -> bytes:
     """The bytes ``char`` stands for: its UTF-8, or the byte a lone surrogate of
     ``surrogateescape`` holds (a name of the kernel that is not UTF-8)."""
@@ -157,6 +183,13 @@ def _bytes_of(char: str) -> bytes:
         return char.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a surrogate no byte stands for (a JSON "\\ud800")
         return char.encode("utf-8", "surrogatepass")
+
+
+def shell_path(path: str | os.PathLike[str]) -> str:
+    """:func:`shell_word` of a file's ``path``, by its bytes (the file system's encoding,
+    the locale's, read as UTF-8, a byte that is not as a lone surrogate): a ``$'...'``
+    word of them names the file in any locale."""
+    return shell_word(os.fsencode(path).decode("utf-8", "surrogateescape"))
 
 
 def shell_join(argv: Sequence[str]) -> str:

@@ -47,7 +47,7 @@ from k3snet._logline import (
     printable_line,
     printable_lines,
     shell_join,
-    shell_word,
+    shell_path,
 )
 from k3snet._logline import bounded as bounded_line
 from k3snet._version import __version__
@@ -1109,6 +1109,32 @@ class _HeldWarnings(logging.Filter):
                 said.add(key)
                 self.handler.handle(record)
 
+    def keep_only(self, now: Sequence[str]) -> None:
+        """Hold only the warnings of ``now`` (what holds after a change the command made
+        before it failed): a record held, read before that change, may name what the
+        change took away (k3snet's nftables table, said by the iptables backend as left
+        behind, after a ``destroy`` had removed it). Those of ``now`` that no record holds
+        (a backend that could not read again) are held too."""
+        kept = [record for record in self.held if _said_text(record) in now]
+        have = {_said_text(record) for record in kept}
+        self.held = kept
+        WarningLog(logging.getLogger(__name__)).say(w for w in now if w not in have)
+
+    def label_read_before(self, what: str) -> None:
+        """Say of every record held that it was read before ``what`` (not read again)."""
+        for record in self.held:
+            record.msg, record.args = _READ_BEFORE, (what, record.getMessage())
+
+
+_READ_BEFORE = "read before %s, which may have changed it: %s"
+
+
+def _said_text(record: logging.LogRecord) -> str:
+    """The warning a :class:`~k3snet.backends.kit.WarningLog` record says (its last
+    argument: the text given, without the backend's name put before it)."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    return str(args[-1]) if args else record.getMessage()
+
 
 def _configure_logging(args: argparse.Namespace) -> None:
     """stderr logging for the ``k3snet`` logger: -q errors, default warnings, -v info, -vv debug."""
@@ -2057,7 +2083,8 @@ def _print_plan(args: argparse.Namespace, p: Plan, marks: list[str], warnings: l
     kept = " (mode 0600: it holds a secret sysctl's value)" if secret else ""
     allow = "--allow-teardown " if teardown else ""  # refused without (the warning above)
     print(f"Saved the plan to {args.out}{kept}; apply it with "
-          f"`k3snet apply {allow}{shell_word(str(args.out))}`.")  # pasted into a shell
+          f"`k3snet apply {allow}{shell_path(args.out)}`.")  # pasted into a shell
+
 
 
 def _restart_fields(needed: Sequence[str], pending: Sequence[PendingRestart]
@@ -2351,6 +2378,14 @@ def _destroy_found(args: argparse.Namespace) -> int:
     names = {name for _, name, _ in NODE_BACKENDS}
     _check_backend_opt_targets(args, names)
     with discover_owners({name: _options(name, args) for name in sorted(names)}) as found:
+        if found.refused:
+            # Nothing it found could be removed either: "nothing to destroy", exit 0, said
+            # of a node whose k3snet objects were never looked at.
+            raise BackendError(
+                f"not permitted to look through {', '.join(found.refused)} (k3snet destroy "
+                "needs root or CAP_NET_ADMIN); nothing was removed: "
+                + "; ".join(u for u in found.unavailable
+                            if u.split(":", 1)[0] in found.refused))
         print(found.summary(), file=_human(args))
         return _destroy_through(args, found.groups, lambda: found.warnings, found=found,
                                 look_again=found.look_again)
@@ -2404,10 +2439,14 @@ def _destroy_through(args: argparse.Namespace, groups: Sequence[BackendGroup],
     # What is approved is what is removed: the listed plan, refused if the node changed.
     # As apply's: a signal once everything is removed waits for it to be noted, and
     # is said as such ("after the change was made, which stays").
-    with held_after_commit():
-        done = destroy_each(groups, lock_timeout=args.lock_timeout,
-                            confirmed=preview.plan if asking else None)
-        _made(args, done)
+    try:
+        with held_after_commit():
+            done = destroy_each(groups, lock_timeout=args.lock_timeout,
+                                confirmed=preview.plan if asking else None)
+            _made(args, done)
+    except BaseException as exc:
+        _warnings_after_failure(args, exc, warnings, look_again)
+        raise
     if not as_json and (shown is not sys.stdout
                         or not _same_changes(preview.plan.changes, done.plan.changes)):
         print(done.plan.render())  # not listed on stdout, or the node changed since
@@ -2418,6 +2457,28 @@ def _destroy_through(args: argparse.Namespace, groups: Sequence[BackendGroup],
     _print_destroy(args, done, warnings=warnings(), found=found)
     changed = done.result is not None and bool(done.result.applied)
     return EXIT_CHANGES if args.detailed_exitcode and changed else EXIT_OK
+
+
+def _warnings_after_failure(args: argparse.Namespace, exc: BaseException,
+                            warnings: Callable[[], Sequence[str]],
+                            look_again: Callable[[], None]) -> None:
+    """The backends' warnings a ``destroy`` that failed with ``exc`` logs (they are held
+    until then: :class:`_HeldWarnings`): what holds after the failure. Read before it,
+    they named what the removal through an earlier backend took (k3snet's nftables table,
+    said by the iptables backend as left behind, gone once ``destroy`` had removed it and
+    the iptables part failed). A removal that changed nothing (each backend's is all or
+    nothing) leaves them as read; a signal, or one during the new read, has them said as
+    read before the removal, not read again."""
+    held: _HeldWarnings | None = getattr(args, "held_warnings", None)
+    if held is None or not (removed_before(exc) or isinstance(exc, RollbackError)):
+        return
+    if isinstance(exc, Exception):
+        # A signal (or an error) during the read ends it, not the report of ``exc``.
+        with contextlib.suppress(BaseException):
+            look_again()
+            held.keep_only(warnings())
+            return
+    held.label_read_before("the removal")
 
 
 def _destroy_problems(args: argparse.Namespace, groups: Sequence[BackendGroup],

@@ -35,7 +35,7 @@ import attrs
 
 from k3snet._gojson import MAX_NESTING, JsonTextError, text_nests_deeper
 from k3snet._kept import code_identity, input_problem, read_input, write_output
-from k3snet._logline import shell_word
+from k3snet._logline import shell_path
 from k3snet._version import __version__
 from k3snet.backends.lock import namespace_id, namespaces_of
 from k3snet.converge import state_digest
@@ -110,7 +110,7 @@ def _read_json(path: Path) -> Any:
         if _SPEC_LINE.search(data[:65536].decode("utf-8", "replace")):
             # Quoted: the command is pasted into a shell as it is (a path with spaces).
             raise PlanError(f"{path} is a spec, not a plan file: apply it with `k3snet apply "
-                            f"-f {shell_word(str(path))}`") from None
+                            f"-f {shell_path(path)}`") from None
         raise PlanError(f"{path} is not a k3snet plan file: {exc}") from exc
 
 

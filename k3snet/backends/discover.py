@@ -82,6 +82,10 @@ class Discovery:
     unavailable: tuple[str, ...]
     """One line per backend that could not look (``iptables-legacy: ... not found``)."""
     _looked: tuple[Backend, ...] = ()
+    refused: tuple[str, ...] = ()
+    """The labels of the backends among :attr:`unavailable` the system refused to let look
+    ("not permitted": k3snet without root or ``CAP_NET_ADMIN``), which could not remove
+    anything either."""
     _unread: dict[int, str] = attrs.field(factory=dict, init=False)
     """Why :meth:`look_again` could not read a backend, by its position in ``_looked``."""
 
@@ -184,6 +188,7 @@ def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> D
     owners: list[Owner] = []
     idle: list[str] = []
     unavailable: list[str] = []
+    refused: list[str] = []
     looked: list[Backend] = []
     for label, name, fixed in NODE_BACKENDS:
         given = dict(options.get(name, {}))
@@ -200,6 +205,8 @@ def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> D
         except K3snetError as exc:  # a tool missing (iptables-legacy-save), no nf_tables
             log.debug("%s could not look: %s", label, exc)
             unavailable.append(f"{label}: {exc}")
+            if _not_permitted(exc):
+                refused.append(label)
             looked.pop()
             with contextlib.suppress(Exception):
                 backend.close()
@@ -208,7 +215,21 @@ def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> D
             owners.append(Owner(label, backend, owned))
         else:
             idle.append(label)
-    return Discovery(tuple(owners), tuple(idle), tuple(unavailable), tuple(looked))
+    return Discovery(tuple(owners), tuple(idle), tuple(unavailable), tuple(looked),
+                     tuple(refused))
+
+
+def _not_permitted(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is the system's "not permitted"."""
+    cause: BaseException | None = exc
+    for _ in range(16):  # a bound on the chain's length
+        if cause is None:
+            return False
+        code = getattr(cause, "errno", None)
+        if isinstance(code, int) and abs(code) in (errno.EPERM, errno.EACCES):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 

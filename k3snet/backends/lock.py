@@ -176,6 +176,16 @@ def _not_permitted(exc: OSError) -> str:
             "process of this node the same K3SNET_LOCK_DIR, a directory of its user's own)")
 
 
+_DIRECTORY_ROLE = ("$K3SNET_LOCK_DIR, else /run/k3snet/locks: where every k3snet process "
+                   "takes the lock of a network namespace it changes")
+
+
+def _file_role(name: str) -> str:
+    """What the lock file of namespace ``name`` is for, said in an error about it."""
+    return (f"k3snet's lock of network namespace {name!r}, which every k3snet process "
+            "holds while it changes that namespace; $K3SNET_LOCK_DIR, else /run/k3snet/locks")
+
+
 def _open_directory(directory: Path) -> int:
     """A descriptor of the lock directory (made 0700 if missing), once it is k3snet's own.
 
@@ -184,8 +194,11 @@ def _open_directory(directory: Path) -> int:
     try:
         make_directory(directory, 0o700)
     except OSError as exc:
-        raise BackendError(f"cannot create the lock directory {directory}: {exc}"
-                           f"{_not_permitted(exc)}") from exc
+        if exc.errno == errno.EEXIST:  # a file of that name, not a directory
+            raise BackendError(f"k3snet's lock directory {directory} ({_DIRECTORY_ROLE}) "
+                               "is not a directory") from exc
+        raise BackendError(f"cannot create k3snet's lock directory {directory} "
+                           f"({_DIRECTORY_ROLE}): {exc}{_not_permitted(exc)}") from exc
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -193,8 +206,8 @@ def _open_directory(directory: Path) -> int:
             problem = "a symbolic link" if directory.is_symlink() else "not a directory"
             raise BackendError(f"the lock directory {directory} is {problem}: k3snet takes "
                                "its lock only in a directory of its own") from exc
-        raise BackendError(f"cannot open the lock directory {directory}: {exc}"
-                           f"{_not_permitted(exc)}") from exc
+        raise BackendError(f"cannot open k3snet's lock directory {directory} "
+                           f"({_DIRECTORY_ROLE}): {exc}{_not_permitted(exc)}") from exc
     why = untrusted(os.fstat(fd))
     if why is not None:
         os.close(fd)
@@ -203,7 +216,7 @@ def _open_directory(directory: Path) -> int:
     return fd
 
 
-def _open_lock_file(directory_fd: int, path: Path) -> int:
+def _open_lock_file(directory_fd: int, path: Path, name: str) -> int:
     """The lock file, opened without following a link, once it is a regular file of k3snet's."""
     # O_NONBLOCK: a FIFO or device at the name is refused below, not waited on.
     flags = (os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
@@ -214,7 +227,8 @@ def _open_lock_file(directory_fd: int, path: Path) -> int:
         if exc.errno == errno.ELOOP:
             raise BackendError(f"the lock file {path} is a symbolic link: k3snet locks only "
                                "a file of its own") from exc
-        raise BackendError(f"cannot open the lock file {path}: {exc}") from exc
+        raise BackendError(f"cannot open the lock file {path} ({_file_role(name)}): "
+                           f"{exc.strerror or exc}{_not_permitted(exc)}") from exc
     info = os.fstat(fd)
     why = "not a regular file" if not stat.S_ISREG(info.st_mode) else untrusted(info)
     if why is not None:
@@ -227,7 +241,7 @@ def _open_lock_file(directory_fd: int, path: Path) -> int:
 @contextlib.contextmanager
 def _flock(directory_fd: int, path: Path, name: str, timeout: float,
            cancelled: Callable[[], bool] | None = None) -> Iterator[None]:
-    fd = _open_lock_file(directory_fd, path)
+    fd = _open_lock_file(directory_fd, path, name)
     try:
         deadline = time.monotonic() + timeout
         said = False
@@ -237,7 +251,8 @@ def _flock(directory_fd: int, path: Path, name: str, timeout: float,
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise BackendError(f"cannot lock {path}: {exc}") from exc
+                    raise BackendError(f"cannot lock {path} ({_file_role(name)}): "
+                                       f"{exc.strerror or exc}") from exc
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             if time.monotonic() >= deadline:
                 raise LockTimeoutError(

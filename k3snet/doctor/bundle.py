@@ -60,6 +60,16 @@ FILES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
     ),
 })
 
+#: The keys of ``sysctl.txt`` by family: ``net.ipv4.ip_forward`` and, of each
+#: ``net.<family>.conf.<device>``, these (what the regex of its command matches). The
+#: capture reads them from ``/proc/sys/net`` itself (:func:`_read_sysctls`).
+_SYSCTL_CONF: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType({
+    "ipv4": ("forwarding", "ignore_routes_with_linkdown", "rp_filter", "src_valid_mark"),
+    "ipv6": ("force_forwarding", "forwarding", "ignore_routes_with_linkdown", "mtu"),
+})
+
+_SYSCTLS: Final = "sysctl.txt"
+
 #: Files whose command runs in the C locale: sysctl's ``-r`` regex, in a UTF-8 one, matches no
 #: name holding a byte that is not UTF-8 (``.*`` stops at it), so such a device's
 #: ``rp_filter`` went unread, taken as 0.
@@ -194,6 +204,61 @@ def _read_capture(path: Path) -> str:
         raise BundleError(f"{path}: {input_problem(exc)}") from None
 
 
+def _read_sysctls(root: Path = Path("/proc/sys/net")) -> str:
+    """``sysctl.txt`` as its command (:data:`FILES`) prints it, read from ``root`` in the
+    calling thread's network namespace (``/proc/sys/net`` is the reader's, not the
+    mount's): a process and a walk of every sysctl (~80 ms of CPU) for some ten files a
+    device. As procps-ng 4 prints it: ``name = value`` lines, each directory's entries in
+    byte order (its ``scandir`` and ``alphasort`` in the C locale), a dot of a device's
+    name as ``/``, a byte that is not UTF-8 kept (a lone surrogate here); a file that
+    cannot be read (a device gone meanwhile, IPv6 disabled) is left out, as ``-a`` does."""
+    lines: list[str] = []
+    for family, keys in _SYSCTL_CONF.items():
+        base = os.fsencode(root / family)
+        try:
+            devices = sorted(os.listdir(os.path.join(base, b"conf")))
+        except OSError:
+            continue
+        for device in devices:
+            shown = device.replace(b".", b"/").decode(errors="surrogateescape")
+            for key in keys:
+                value = _sysctl_value(os.path.join(base, b"conf", device, key.encode()))
+                if value is not None:
+                    lines.append(f"net.{family}.conf.{shown}.{key} = {value}\n")
+        if family == "ipv4":  # "conf" sorts before "ip_forward"
+            value = _sysctl_value(os.path.join(base, b"ip_forward"))
+            if value is not None:
+                lines.append(f"net.ipv4.ip_forward = {value}\n")
+    return "".join(lines)
+
+
+def _sysctl_value(path: bytes) -> str | None:
+    """A sysctl file's value as sysctl prints it (its line break dropped); None: unread."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(4096).decode(errors="surrogateescape").rstrip("\n")
+    except OSError:
+        return None
+
+
+def _sysctls_in(netns: str | None, texts: dict[str, str], missing: dict[str, str]) -> None:
+    """:func:`_read_sysctls` in network namespace ``netns`` (a thread entering it) into
+    ``texts``, or why it could not be entered into ``missing``."""
+    if netns is None:
+        texts[_SYSCTLS] = _read_sysctls()
+        return
+    from k3snet.backends.netns import NetnsRunner  # noqa: PLC0415 - loaded by the CLI
+
+    try:
+        runner = NetnsRunner(netns)
+        try:
+            texts[_SYSCTLS] = runner.call(_read_sysctls)
+        finally:
+            runner.close()
+    except K3snetError as exc:
+        missing[_SYSCTLS] = f"/proc/sys/net: {exc}"
+
+
 class BundleError(K3snetError, ValueError):
     """A capture could not be read or written (a missing directory, a malformed file)."""
 
@@ -305,7 +370,8 @@ class NodeCapture:
         stopped: list[str] = []  # iptables-nft-saves stopped in a table: read apart
         # The commands are independent: run them at once (a capture in ~0.1 s, not ~0.5 s).
         running: dict[str, subprocess.Popen[str]] = {}
-        commands = {**FILES, **AUX_FILES}
+        # sysctl.txt is read below, without a process.
+        commands = {n: argv for n, argv in {**FILES, **AUX_FILES}.items() if n != _SYSCTLS}
         for name, argv in commands.items():
             if shutil.which(argv[0]) is None:
                 # Said so before ``ip netns exec`` would fail to start it (exit 1): a tool
@@ -324,6 +390,7 @@ class NodeCapture:
                                                       if name in _BYTE_LOCALE else None))
             except OSError as exc:
                 missing[name] = f"{argv[0]}: {exc}"
+        _sysctls_in(netns, texts, missing)  # while the commands run
         for name, process in running.items():
             argv = commands[name]
             try:

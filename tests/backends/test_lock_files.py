@@ -8,6 +8,7 @@ the path and what is wrong, and nothing it points to is changed.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -21,6 +22,7 @@ import pytest
 
 from k3snet.backends.lock import namespace_id, namespace_lock
 from k3snet.errors import BackendError
+from tests.in_process import k3snet
 
 VICTIM_TEXT = "important root-owned config\n"
 
@@ -231,7 +233,38 @@ def _refused_as(uid: int, base: Path, *, made: bool) -> None:
              "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert done.returncode == 0, done.stderr
     said = done.stdout.strip()
-    assert said.startswith(f"cannot {'open' if made else 'create'} the lock directory "
-                           f"{directory}: "), said
+    assert said.startswith(f"cannot {'open' if made else 'create'} k3snet's lock directory "
+                           f"{directory} ($K3SNET_LOCK_DIR, else /run/k3snet/locks: "), said
     assert said.endswith("run k3snet as root, or give every k3snet process of this node the "
                          "same K3SNET_LOCK_DIR, a directory of its user's own)"), said
+
+
+def test_a_file_in_the_lock_directory_s_place_is_said_to_be_no_directory(locks: Path) -> None:
+    # It said "cannot create the lock directory ...: [Errno 17] File exists".
+    locks.write_text("")
+    with pytest.raises(BackendError, match=rf"^k3snet's lock directory {locks} \(\$K3SNET_"
+                       r"LOCK_DIR, else /run/k3snet/locks: where every k3snet process takes "
+                       r"the lock of a network namespace it changes\) is not a directory$"), \
+            namespace_lock([None]):
+        pass
+
+
+def test_a_lock_file_that_cannot_be_opened_is_named_with_its_namespace(locks: Path) -> None:
+    locks.mkdir(mode=0o700)
+    _lock_file(locks).mkdir()  # a directory in its place: open() says EISDIR
+    with pytest.raises(BackendError, match=rf"^cannot open the lock file {_lock_file(locks)} "
+                       r"\(k3snet's lock of network namespace 'host', which every k3snet "
+                       r"process holds while it changes that namespace; .*\): Is a directory$"), \
+            namespace_lock([None]):
+        pass
+
+
+def test_the_cli_says_a_lock_directory_that_is_a_file_as_an_error_document_exit_1(
+        locks: Path) -> None:
+    locks.write_text("")
+    # A dry run of the host's namespace: read only, and refused before the read.
+    done = k3snet("destroy", "--dry-run", "--backend", "netlink", "--output", "json")
+    assert done.returncode == 1, done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert error["type"] == "BackendError"
+    assert error["message"].startswith(f"k3snet's lock directory {locks} ($K3SNET_LOCK_DIR")

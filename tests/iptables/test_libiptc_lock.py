@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from k3snet.backends.iptables import libiptc
+from k3snet.errors import BackendError
 
 
 def _held(path: Path) -> bool:
@@ -50,3 +51,16 @@ def test_a_set_xtables_lockfile_is_the_lock_taken(
     with libiptc._xtables_lock():
         assert _held(given)
     assert not default.exists()
+
+
+def test_an_xtables_lockfile_that_cannot_be_opened_is_named_as_the_xtables_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A directory in its place: "[Errno 21] Is a directory: '...'" said neither that it
+    # is the xtables lock nor where its name comes from.
+    given = tmp_path / "xtables.lock"
+    given.mkdir()
+    monkeypatch.setenv("XTABLES_LOCKFILE", str(given))
+    with pytest.raises(BackendError, match=rf"^cannot open the lock file {given} \(the "
+                       r"xtables lock, \$XTABLES_LOCKFILE, else /run/xtables.lock, .*\): "
+                       r"Is a directory$"), libiptc._xtables_lock():
+        pass

@@ -378,6 +378,15 @@ class Processes:
             raise OSError(detail)
 
 
+XTABLES_LOCK = ("the xtables lock, $XTABLES_LOCKFILE, else /run/xtables.lock, which "
+                "iptables-legacy and k3snet's libiptc driver hold while they change the "
+                "legacy tables")
+"""What the file an ``xtables lock`` error names is for: iptables' own message ("Fatal:
+can't open lock file /run/xtables.lock: Is a directory") does not say it."""
+
+_LOCK_FILE = re.compile(r"can't open lock file")
+
+
 class StartedSave:
     """An ``iptables-save`` process running (:meth:`Processes.start_save`).
 
@@ -603,6 +612,8 @@ class RestoreProcess:
         if _NOT_PERMITTED.search(stderr):
             kernel._refused(f"run {self._argv0} in {kernel.where}", stderr, returncode)
         message = " ".join(stderr.split()) or f"exit status {returncode}"
+        if _LOCK_FILE.search(stderr):
+            message += f" ({XTABLES_LOCK})"
         match = _LINE_NUMBER.search(stderr)
         if match is None:
             # Nothing says how far it got: only "nothing committed" is certain, if no

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from k3snet.backends.iptables.driver import XTABLES_LOCK
 from k3snet.backends.iptables.table import INJECTED_CHAIN, Op
 from k3snet.backends.kit import committing
 from k3snet.backends.netns import NetnsRunner
@@ -76,7 +77,11 @@ def _xtables_lock() -> Iterator[None]:
     # As iptables reads it (xshared.c): unset or empty, its own default. An empty value
     # was given to open(): "No such file or directory: ''", and no change was made.
     path = os.environ.get("XTABLES_LOCKFILE") or _XT_LOCK_NAME
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise BackendError(f"cannot open the lock file {path} ({XTABLES_LOCK}): "
+                           f"{exc.strerror or exc}") from exc
     try:
         deadline = time.monotonic() + _LOCK_TIMEOUT
         while True:

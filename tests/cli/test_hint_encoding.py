@@ -1,0 +1,59 @@
+"""A command line tells the user to run (``apply it with `k3snet apply PATH```) runs on
+the very file when pasted into a shell, whatever standard output's encoding.
+
+Under ``PYTHONIOENCODING=ascii`` (or ``latin-1``, or ``LC_ALL=C`` without UTF-8 mode)
+a path of ``é`` was quoted ``'.../d\\xe9/...'`` by stdout's ``backslashreplace``: inside
+single quotes the shell keeps the backslash, another file. Such a character is now given
+as its bytes in ``$'...'``. Each case runs a process of its own (the encoding is set as
+Python starts) and has bash read the word back.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import k3snet
+
+SPEC = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+_HOME = str(Path(k3snet.__file__).resolve().parents[1])
+
+
+def _k3snet(*args: str, **environment: str) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "PYTHONPATH": _HOME, **environment}
+    return subprocess.run([sys.executable, "-m", "k3snet.cli", *args], capture_output=True,
+                          check=False, timeout=120, env=env)
+
+
+def _read_back(word: bytes) -> bytes:
+    """The bytes bash makes of ``word`` (one word of a pasted command line)."""
+    return subprocess.run(["bash", "-c", b"printf %s " + word], capture_output=True,
+                          check=True, timeout=30).stdout
+
+
+@pytest.mark.parametrize("environment", [{"PYTHONIOENCODING": "ascii"},
+                                         {"PYTHONIOENCODING": "latin-1"}])
+def test_the_apply_hint_of_a_saved_plan_names_its_file_whatever_stdout_s_encoding(
+        tmp_path: Path, environment: dict[str, str]) -> None:
+    out = tmp_path / "dé" / "plän€.json"
+    out.parent.mkdir()
+    planned = _k3snet("plan", "-f", str(SPEC), "--backend", "memory", "--no-facts",
+                      "--out", str(out), **environment)
+    assert planned.returncode == 2, planned.stderr
+    (word,) = re.findall(rb"apply it with `k3snet apply (.*)`\.", planned.stdout)
+    assert _read_back(word) == os.fsencode(out)
+
+
+def test_the_apply_hint_of_a_spec_given_as_a_plan_file_names_it_under_ascii(
+        tmp_path: Path) -> None:
+    spec = tmp_path / "spéc.yaml"
+    spec.write_bytes(SPEC.read_bytes())
+    applied = _k3snet("apply", str(spec), PYTHONIOENCODING="ascii")
+    assert applied.returncode == 1, applied.stderr
+    (word,) = re.findall(rb"apply it with `k3snet apply -f (.*)`", applied.stderr)
+    assert _read_back(word) == os.fsencode(spec)
