@@ -490,3 +490,61 @@ def test_a_down_table_local_route_inside_an_anyip_route_leaves_the_anyip_route_n
         assert len(warned) == 2
         assert any("local route 10.9.0.0/16 dev lo table local" in w for w in warned)
         assert any("local route 2001:db8:9::/48 dev lo table local" in w for w in warned)
+
+
+def test_a_throw_route_of_table_local_wider_than_an_anyip_route_leaves_the_anyip_route_named(
+        tmp_path: Path, driver: Driver) -> None:
+    """Within one table the longest prefix wins: a ``throw`` route of table ``local``
+    wider than an AnyIP route holding k3snet's destination sends no lookup of it on
+    (``ip route get`` says ``local``), while the warnings took any throw route meeting
+    the destination as sending it on and named nothing. A throw route inside the
+    destination still sends part of it on: not named then."""
+    with d0_namespace("rthrowl", "192.0.2.1/24", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        _apply_two_routes_beside_a_rule(ns, backend)
+        ip(ns, "route", "add", "throw", "10.0.0.0/8", "table", "local")
+        ip(ns, "route", "add", "local", "10.9.0.0/16", "dev", "lo", "table", "local")
+        ip(ns, "-6", "route", "add", "throw", "2001:db8::/32", "table", "local")
+        ip(ns, "-6", "route", "add", "local", "2001:db8:9::/48", "dev", "lo", "table", "local")
+        assert _local(ns, "-4", "10.9.1.7")
+        assert _local(ns, "-6", "2001:db8:9:1::7")
+        backend.observe()
+        warned: tuple[str, ...] = backend.warnings
+        assert len(warned) == 2, warned
+        assert any("local route 10.9.0.0/16 dev lo table local holds it" in w for w in warned)
+        assert any("local route 2001:db8:9::/48 dev lo table local holds it" in w
+                   for w in warned)
+        ip(ns, "route", "add", "throw", "10.9.1.128/25", "table", "local")
+        ip(ns, "-6", "route", "add", "throw", "2001:db8:9:1::/65", "table", "local")
+        assert _table_of(ns, "-4", "10.9.1.200") == "main"
+        assert _table_of(ns, "-6", "2001:db8:9:1::7") == "main"
+        backend.observe()
+        assert backend.warnings == ()
+
+
+def test_a_rule_whose_table_throws_every_lookup_back_is_not_said_to_take_some_first(
+        tmp_path: Path, driver: Driver) -> None:
+    """A rule to a table whose routes meeting the destination are all ``throw`` routes
+    sends every lookup on (the kernel's lookup goes to the next rule): a later rule's
+    warning said it "may take some first"."""
+    with d0_namespace("rthrowt", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "route", "add", "throw", "10.9.0.0/16", "table", "200")
+        ip(ns, "route", "add", "throw", "10.9.1.128/25", "table", "200")
+        ip(ns, "rule", "add", "to", "10.9.0.0/16", "lookup", "200", "pref", "100")
+        ip(ns, "rule", "add", "prohibit", "to", "10.9.1.0/24", "pref", "200")
+        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        for address in ("10.9.1.7", "10.9.1.200"):
+            refused = subprocess.run(["ip", "-n", ns, "route", "get", address],
+                                     capture_output=True, text=True, check=False)
+            assert "Permission denied" in refused.stderr  # table 200 threw it to prohibit
+        [said] = backend.warnings
+        assert "priority 200 (prohibit)" in said
+        assert "may take some first" not in said
+        # A unicast route of table 200 inside the destination: that rule may take some.
+        ip(ns, "route", "add", "10.9.1.0/26", "dev", "d0", "table", "200")
+        backend.observe()
+        [said] = backend.warnings
+        assert "the rule at priority 100 before it may take some first" in said

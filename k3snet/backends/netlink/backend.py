@@ -1806,13 +1806,15 @@ class _GatewayTables:
             if routes:
                 yield routes
 
-    def inside(self, table: int, network: Network) -> bool:
-        """Whether ``table`` holds a route to a longer prefix within ``network``."""
+    def inside(self, table: int, network: Network, *, taking: bool = False) -> bool:
+        """Whether ``table`` holds a route to a longer prefix within ``network``
+        (``taking``: one that is no ``throw`` route, which sends its lookups on)."""
         lengths = self._routes.get((table, network.version), {})
         first, bits = int(network.network_address), network.max_prefixlen
         last = first + (1 << (bits - network.prefixlen)) - 1
         return any(first <= value <= last for length, found in lengths.items()
-                   if length > network.prefixlen for value, routes in found.items() if routes)
+                   if length > network.prefixlen for value, routes in found.items()
+                   if routes and not (taking and all(_throw(r) for r in routes)))
 
     def reachable(self, route: Route) -> bool:
         """Whether the kernel takes ``route``'s gateway as on-link (``fib_check_nh_v4_gw``,
@@ -1952,8 +1954,11 @@ class _LocalTable:
             routes = self._routes[version, length].get(value >> (bits - length) << (bits - length))
             live = [r for r in routes or () if not (r.down or r.hops_down)]
             if live:
+                # The longest prefix wins within the table: a throw route wider than this
+                # one sends no lookup of ``dst`` on, one inside ``dst`` some.
                 if any(r.kind == "throw" for r in live) or any(
-                        r.destination.overlaps(dst) for r in self._throws):
+                        r.destination.prefixlen > prefixlen and r.destination.overlaps(dst)
+                        for r in self._throws):
                     return None
                 return live[0]
         return None
@@ -2045,9 +2050,19 @@ def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool
 
 
 def _takes_part(lookup: _GatewayTables, table: int, dst: Network) -> bool:
-    """Whether ``table`` holds a route for some address of ``dst``, not one for all."""
-    return lookup.inside(table, dst) or any(True for _ in lookup.covering(
-        table, dst.network_address))
+    """Whether ``table`` may end the lookup of some address of ``dst`` (a route for it
+    other than a ``throw`` one, whose lookups go on to the next rule), not of all."""
+    if lookup.inside(table, dst, taking=True):
+        return True
+    for routes in lookup.covering(table, dst.network_address):
+        if routes[0].destination.prefixlen <= dst.prefixlen:  # else inside: judged above
+            return not _throw(min(routes, key=lambda r: r.metric or 0))
+    return False
+
+
+def _throw(route: Route | RouteBlock) -> bool:
+    """Whether ``route`` is a ``throw`` route (its lookups go on to the next rule)."""
+    return isinstance(route, RouteBlock) and route.what == "throw"
 
 
 def _holder(lookup: _GatewayTables, table: int, dst: Network) -> Route | RouteBlock | None:
@@ -2058,7 +2073,7 @@ def _holder(lookup: _GatewayTables, table: int, dst: Network) -> Route | RouteBl
         return None  # part of it goes elsewhere: not every lookup ends at one route
     for routes in lookup.covering(table, dst.network_address):
         best = min(routes, key=lambda r: r.metric or 0)
-        return None if isinstance(best, RouteBlock) and best.what == "throw" else best
+        return None if _throw(best) else best
     return None
 
 
