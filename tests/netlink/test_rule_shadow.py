@@ -548,3 +548,32 @@ def test_a_rule_whose_table_throws_every_lookup_back_is_not_said_to_take_some_fi
         backend.observe()
         [said] = backend.warnings
         assert "the rule at priority 100 before it may take some first" in said
+
+
+def test_a_wider_anyip_route_is_named_once_a_deleted_rule_split_tables_local_and_main(
+        tmp_path: Path, driver: Driver) -> None:
+    """IPv4 keeps tables ``local`` and ``main`` merged (the longer prefix of the two
+    wins) until a policy rule is added or deleted; a rule added and deleted again
+    leaves the rules a namespace starts with and the tables apart for good: an AnyIP
+    route wider than k3snet's then takes every lookup (``ip route get`` ends in table
+    local), and the warnings, seeing the default rules alone, took the tables as merged
+    and named nothing. The kernel says which (``/proc/net/fib_triestat``: one trie
+    shown as both tables while merged)."""
+    with d0_namespace("rsplit", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "route", "add", "local", "10.9.0.0/16", "dev", "lo", "table", "local")
+        assert not _local(ns, "-4", "10.9.1.7")  # merged: main's longer prefix wins
+        backend.observe()
+        assert backend.warnings == ()
+        ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
+        ip(ns, "rule", "del", "pref", "100")
+        assert _local(ns, "-4", "10.9.1.7")  # apart: table local is looked in first
+        backend.observe()
+        warned: tuple[str, ...] = backend.warnings  # not the () asserted before the change
+        [said] = warned
+        assert "route 10.9.1.0/24 via 192.0.2.2 table main" in said
+        assert "local route 10.9.0.0/16 dev lo table local holds it" in said

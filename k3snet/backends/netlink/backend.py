@@ -103,6 +103,7 @@ from k3snet.backends.netlink.codec import (
     LookupRule,
     NetlinkError,
     Siblings,
+    ipv4_tables_merged,
 )
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
@@ -190,6 +191,9 @@ _DEFAULT_RULES = (
     LookupRule(6, 0, _LOCAL_TABLE, None, None, None),
     LookupRule(6, 32766, MAIN_TABLE, None, None, None),
 )
+# The statistics of IPv4's tries, of the reading thread's namespace (/proc/net is the
+# process's: the namespace's worker thread reads it as its own).
+_FIB_TRIESTAT = "/proc/thread-self/net/fib_triestat"
 # Rule actions ending a lookup with an error (the route add: "invalid gateway").
 _REJECTING = {FR_ACT_BLACKHOLE: "blackhole", FR_ACT_UNREACHABLE: "unreachable",
               FR_ACT_PROHIBIT: "prohibit"}
@@ -517,10 +521,11 @@ class NetlinkBackend(BackendBase):
         route, ``ip route add local 10.9.0.0/16 dev lo table local``: the node takes the
         packets as its own) is named as the ``local`` rule's (priority 0): IPv6 always
         looks there first; IPv4 keeps ``local`` and ``main`` merged until a policy rule is
-        first added (a longer prefix of ``main`` then wins, the same prefix loses), so with
-        the rules a namespace starts with only a ``local`` route of the destination's own
-        prefix is sure to take it (table ``local`` is read once per change of the routes,
-        by a dump of that table alone). The rules are read at
+        first added or deleted (a longer prefix of ``main`` then wins, the same prefix
+        loses), so while ``fib_triestat`` shows them merged (or cannot be read) only a
+        ``local`` route of the destination's own prefix is sure to take it (table
+        ``local`` is read once per change of the routes, by a dump of that table alone).
+        The rules are read at
         every call (the kernel announces no rule change to the route view); a dump the
         kernel refuses is a warning saying so, not an error ending the plan. The routes
         are those the last observe or apply read (with a driver following no change)."""
@@ -551,6 +556,13 @@ class NetlinkBackend(BackendBase):
         custom = not all(rule in _DEFAULT_RULES for rule in rules)
         if not custom and read_local is None:
             return ()  # a namespace's own rules: each table's lookup as ip route says
+        # IPv4 keeps tables local and main merged until a policy rule is first added or
+        # deleted (fib_unmerge): one now present (other than the three a namespace starts
+        # with) proves them apart; else the kernel's statistics of its tries say (one
+        # added and deleted again, or a default one deleted, left them apart unseen in
+        # the rules). Unreadable: taken as merged, a wider local route left unnamed.
+        apart = any(rule.family == 4 and rule not in _DEFAULT_RULES for rule in rules) or (
+            self._runner.call(_ipv4_tables_merged) is False)
         with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
             if custom:
                 view = self._routes.view()
@@ -562,7 +574,7 @@ class NetlinkBackend(BackendBase):
             # 10 000 routes in the lookup again would cost more than the pass). Not kept
             # when a table is dumped apart: the view's version does not follow it. (A
             # change of table local, an address's or another program's route, moves it.)
-            key = (tuple(rules), routes, self._routes.version)
+            key = (tuple(rules), apart, routes, self._routes.version)
             last = self._rule_warned
             if last is not None and last[0] == key:
                 return last[1]
@@ -574,25 +586,20 @@ class NetlinkBackend(BackendBase):
         # Without rules of an administrator's the answer is the routes' and table local's
         # alone: a driver following no change (pyroute2: the version moves every pass)
         # reads the same table again, and 10 000 routes are not looked up again.
-        again = (tuple(rules), routes, local.routes) if not custom else None
+        again = (tuple(rules), apart, routes, local.routes) if not custom else None
         if again is not None and last is not None and last[2] == again:
             said = last[1]
         else:
-            said = self._taken_routes(routes, rules, lookup, local, custom=custom)
+            said = self._taken_routes(routes, rules, lookup, local, custom=custom, apart=apart)
         kept = all(self._routes.in_scope(table) for table in tables)
         self._rule_warned = (key, said, again) if kept else None
         return said
 
     def _taken_routes(self, routes: Sequence[Route], rules: Sequence[LookupRule],
-                      lookup: _GatewayTables, local: _LocalTable, *, custom: bool
-                      ) -> tuple[str, ...]:
-        """The warnings of :meth:`_rule_warnings`, each route judged anew."""
-        # IPv4 keeps tables local and main merged until a policy rule is first added: one
-        # now present (other than the three a namespace starts with) proves them apart.
-        # (A rule's deletion splits them too, fib4_rule_delete: one added and deleted
-        # again, or a default one deleted, leaves them apart unseen here; a wider local
-        # route is then not named, never one the kernel passes by.)
-        apart = any(rule.family == 4 and rule not in _DEFAULT_RULES for rule in rules)
+                      lookup: _GatewayTables, local: _LocalTable, *, custom: bool,
+                      apart: bool) -> tuple[str, ...]:
+        """The warnings of :meth:`_rule_warnings`, each route judged anew (``apart``:
+        IPv4's tables local and main are two)."""
         found: list[str] = []
         # Without rules of an administrator's only table local may take a route: one look
         # each, no walk of the rules (nor a sort of 10 000 routes none of it holds).
@@ -2037,10 +2044,20 @@ def _why_taken(route: Route, rule: LookupRule, holder: Route | RouteBlock | Loca
     return f"{why} (ip route show table local)"
 
 
+def _ipv4_tables_merged() -> bool | None:
+    """:func:`~.codec.ipv4_tables_merged` of the calling thread's namespace (``None``:
+    not to be read, a kernel without ``fib_triestat``)."""
+    try:
+        with open(_FIB_TRIESTAT, encoding="ascii", errors="replace") as stats:
+            return ipv4_tables_merged(stats.read())
+    except OSError:
+        return None
+
+
 def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool
                   ) -> LocalRoute | None:
     """The route of table ``local`` every lookup of ``dst`` surely ends at: IPv4 keeps
-    ``local`` and ``main`` merged until a policy rule is first added (not ``apart``:
+    ``local`` and ``main`` merged until a policy rule is first added or deleted (not ``apart``:
     the longer prefix of the two wins, ``local`` on the same one)."""
     held = None if local is None else local.holder(dst)
     if held is None or (dst.version == 4 and not apart
