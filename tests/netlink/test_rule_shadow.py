@@ -577,3 +577,37 @@ def test_a_wider_anyip_route_is_named_once_a_deleted_rule_split_tables_local_and
         [said] = warned
         assert "route 10.9.1.0/24 via 192.0.2.2 table main" in said
         assert "local route 10.9.0.0/16 dev lo table local holds it" in said
+
+
+def test_a_throw_route_of_table_local_at_the_very_prefix_is_named_while_the_tables_are_merged(
+        tmp_path: Path, driver: Driver) -> None:
+    """While IPv4 keeps tables ``local`` and ``main`` merged (no rule ever added or
+    deleted) the kernel looks in the merged table alone and takes a ``throw`` route's
+    answer as unreachable (``fib_lookup``): one of table ``local`` at the very prefix of
+    k3snet's route comes first in the slot (table local's before main's, whatever the
+    metric), and every lookup fails (``ip route get``: "Network is unreachable"), which
+    nothing named. Once the tables are apart the throw sends the lookup on to ``main``:
+    not named then."""
+    with d0_namespace("rthrowm", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "route", "add", "throw", "10.9.1.0/24", "table", "local", "metric", "500")
+        refused = subprocess.run(["ip", "-n", ns, "route", "get", "10.9.1.7"],
+                                 capture_output=True, text=True, check=False)
+        assert "Network is unreachable" in refused.stderr
+        backend.observe()
+        warned: tuple[str, ...] = backend.warnings
+        [said] = warned
+        assert "route 10.9.1.0/24 via 192.0.2.2 table main metric 0" in said
+        assert ("merged with table main while no policy rule was ever added or deleted "
+                "(/proc/net/fib_triestat), holds the throw route 10.9.1.0/24 table local at its "
+                "very prefix, looked at first: the kernel ends every lookup of 10.9.1.0/24 as "
+                "unreachable") in said
+        ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
+        ip(ns, "rule", "del", "pref", "100")
+        assert _table_of(ns, "-4", "10.9.1.7") == "main"
+        backend.observe()
+        assert backend.warnings == ()

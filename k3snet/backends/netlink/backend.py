@@ -561,8 +561,9 @@ class NetlinkBackend(BackendBase):
         # with) proves them apart; else the kernel's statistics of its tries say (one
         # added and deleted again, or a default one deleted, left them apart unseen in
         # the rules). Unreadable: taken as merged, a wider local route left unnamed.
-        apart = any(rule.family == 4 and rule not in _DEFAULT_RULES for rule in rules) or (
-            self._runner.call(_ipv4_tables_merged) is False)
+        split = any(rule.family == 4 and rule not in _DEFAULT_RULES for rule in rules)
+        merged = None if split else self._runner.call(_ipv4_tables_merged)
+        apart = split or merged is False
         with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
             if custom:
                 view = self._routes.view()
@@ -574,7 +575,7 @@ class NetlinkBackend(BackendBase):
             # 10 000 routes in the lookup again would cost more than the pass). Not kept
             # when a table is dumped apart: the view's version does not follow it. (A
             # change of table local, an address's or another program's route, moves it.)
-            key = (tuple(rules), apart, routes, self._routes.version)
+            key = (tuple(rules), merged, apart, routes, self._routes.version)
             last = self._rule_warned
             if last is not None and last[0] == key:
                 return last[1]
@@ -586,27 +587,29 @@ class NetlinkBackend(BackendBase):
         # Without rules of an administrator's the answer is the routes' and table local's
         # alone: a driver following no change (pyroute2: the version moves every pass)
         # reads the same table again, and 10 000 routes are not looked up again.
-        again = (tuple(rules), apart, routes, local.routes) if not custom else None
+        again = (tuple(rules), merged, apart, routes, local.routes) if not custom else None
         if again is not None and last is not None and last[2] == again:
             said = last[1]
         else:
-            said = self._taken_routes(routes, rules, lookup, local, custom=custom, apart=apart)
+            said = self._taken_routes(routes, rules, lookup, local, custom=custom, apart=apart,
+                                      merged=merged is True)
         kept = all(self._routes.in_scope(table) for table in tables)
         self._rule_warned = (key, said, again) if kept else None
         return said
 
     def _taken_routes(self, routes: Sequence[Route], rules: Sequence[LookupRule],
                       lookup: _GatewayTables, local: _LocalTable, *, custom: bool,
-                      apart: bool) -> tuple[str, ...]:
+                      apart: bool, merged: bool) -> tuple[str, ...]:
         """The warnings of :meth:`_rule_warnings`, each route judged anew (``apart``:
-        IPv4's tables local and main are two)."""
+        IPv4's tables local and main are two; ``merged``: surely one)."""
         found: list[str] = []
         # Without rules of an administrator's only table local may take a route: one look
         # each, no walk of the rules (nor a sort of 10 000 routes none of it holds).
         judged = routes if custom else [
-            route for route in routes if local.holder(route.destination) is not None]
+            route for route in routes if local.holder(route.destination) is not None
+            or (merged and local.throw_at(route.destination) is not None)]
         for route in sorted(judged, key=lambda r: r.sort_key):
-            taken = _taken_by_rule(route, rules, lookup, local, apart=apart)
+            taken = _taken_by_rule(route, rules, lookup, local, apart=apart, merged=merged)
             if taken is not None:
                 found.append(f"netlink: the {route.describe()} carries no traffic in "
                              f"{self._where}: {_why_taken(route, *taken)}")
@@ -1948,6 +1951,11 @@ class _LocalTable:
                                           if v == version), reverse=True)
                          for version in (4, 6)}
 
+    def throw_at(self, dst: Network) -> LocalRoute | None:
+        """A ``throw`` route of ``dst``'s very prefix (``None``: none)."""
+        found = self._routes.get((dst.version, dst.prefixlen), {}).get(int(dst.network_address))
+        return next((r for r in found or () if r.kind == "throw"), None)
+
     def holder(self, dst: Network) -> LocalRoute | None:
         """The route a lookup of every address of ``dst`` ends at in this table: the
         longest prefix holding all of it, one flagged ``dead`` or ``linkdown`` passed by
@@ -1973,6 +1981,7 @@ class _LocalTable:
 
 def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTables,
                    local: _LocalTable | None = None, *, apart: bool = True,
+                   merged: bool = False,
                    ) -> tuple[LookupRule, Route | RouteBlock | LocalRoute | None,
                               list[LookupRule]] | None:
     """The administrator's rule that takes every lookup of ``route``'s destination
@@ -1996,7 +2005,7 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
         if rule.action == FR_ACT_TO_TBL:
             if rule.table in (route.table, 0):  # 0: an L3 master device's table
                 return None
-            held = (_held_locally(dst, local, apart=apart)
+            held = (_held_locally(dst, local, apart=apart, merged=merged)
                     if sure and rule.table == _LOCAL_TABLE else None)
             if held is not None:
                 return rule, held, earlier
@@ -2039,6 +2048,11 @@ def _why_taken(route: Route, rule: LookupRule, holder: Route | RouteBlock | Loca
                 "before it may take some first")
     if not isinstance(holder, LocalRoute):
         return f"{why} (ip rule)"
+    if holder.kind == "throw":  # only ever said while IPv4's local and main are merged
+        return (f"table local, merged with table main while no policy rule was ever added "
+                f"or deleted (/proc/net/fib_triestat), holds the {holder.describe()} at its "
+                f"very prefix, looked at first: the kernel ends every lookup of "
+                f"{network_text(route.destination)} as unreachable (ip route show table local)")
     if holder.kind == "local":
         why += " (the node takes the packets as its own)"
     return f"{why} (ip route show table local)"
@@ -2054,11 +2068,17 @@ def _ipv4_tables_merged() -> bool | None:
         return None
 
 
-def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool
-                  ) -> LocalRoute | None:
+def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool,
+                  merged: bool = False) -> LocalRoute | None:
     """The route of table ``local`` every lookup of ``dst`` surely ends at: IPv4 keeps
     ``local`` and ``main`` merged until a policy rule is first added or deleted (not ``apart``:
     the longer prefix of the two wins, ``local`` on the same one)."""
+    if merged and dst.version == 4 and local is not None:
+        # Surely merged: the kernel looks in that one table alone, table local's routes
+        # first in a slot, and a throw route's answer is unreachable (fib_lookup).
+        thrown = local.throw_at(dst)
+        if thrown is not None:
+            return thrown
     held = None if local is None else local.holder(dst)
     if held is None or (dst.version == 4 and not apart
                         and held.destination.prefixlen != dst.prefixlen):
