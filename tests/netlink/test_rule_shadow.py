@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -452,12 +453,34 @@ def test_a_multipath_table_local_route_with_every_nexthop_down_is_not_named(
         assert len(warned) == 2
         for i in (1, 2):
             ip(ns, "link", "set", f"m{i}p", "down")  # one by one: no flag in the header
+        _wait_for_linkdown(ns, "-4", "10.9.0.0/16")
+        _wait_for_linkdown(ns, "-6", "2001:db8:9::/48")
         [hdr4] = json.loads(ip(ns, "-j", "route", "show", "table", "local", "10.9.0.0/16"))
         assert "linkdown" not in hdr4.get("flags", [])
         assert _table_of(ns, "-4", "10.9.1.7") == "main"
         assert _table_of(ns, "-6", "2001:db8:9:1::7") == "main"
         backend.observe()
         assert backend.warnings == ()
+
+
+def _wait_for_linkdown(ns: str, family: str, dst: str, bound: float = 30.0) -> None:
+    """Return once the route of table local to ``dst`` (each nexthop of a multipath one)
+    is flagged ``linkdown``: the kernel flags it when it handles the peer's loss of
+    carrier, on its own time (the lookup took the route still, now and then, right after
+    ``ip link set ... down``). ``bound`` only keeps a kernel that never gets there from
+    hanging the test."""
+    end = time.monotonic() + bound
+    while not all("linkdown" in hop.get("flags", []) for hop in _hops(ns, family, dst)):
+        if time.monotonic() > end:
+            raise AssertionError(f"route {dst} of table local in {ns} never flagged linkdown")
+        time.sleep(0.01)
+
+
+def _hops(ns: str, family: str, dst: str) -> list[dict[str, Any]]:
+    """The route of table local to ``dst`` as ``ip -j`` lists it: its nexthops (a
+    multipath one's), else the route itself."""
+    [route] = json.loads(ip(ns, "-j", family, "route", "show", "table", "local", dst))
+    return list(route.get("nexthops") or [route])
 
 
 def test_a_down_table_local_route_inside_an_anyip_route_leaves_the_anyip_route_named(
@@ -483,6 +506,8 @@ def test_a_down_table_local_route_inside_an_anyip_route_leaves_the_anyip_route_n
         ip(ns, "-6", "route", "add", "2001:db8:9:1::/64", "via", "2001:db8:1::3",
            "table", "local")
         ip(ns, "link", "set", "m1p", "down")
+        _wait_for_linkdown(ns, "-4", "10.9.1.0/24")
+        _wait_for_linkdown(ns, "-6", "2001:db8:9:1::/64")
         assert _local(ns, "-4", "10.9.1.7")
         assert _local(ns, "-6", "2001:db8:9:1::7")
         backend.observe()
