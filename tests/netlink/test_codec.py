@@ -375,3 +375,35 @@ def test_both_drivers_read_the_same_table_local_route_and_the_header_skip_keeps_
     version = 4 if family == socket.AF_INET else 6
     matters = longest is None or kind == 9 or dst_len <= longest.get(version, -1)
     assert kept == (every if matters else None)
+
+
+_TRIESTAT = """Basic info: size of leaf: 48 bytes, size of tnode: 40 bytes.
+Main:
+\tAver depth:     2.66
+\tLeaves:         6
+\tPointers: 16
+Null ptrs: 6
+Total size: 1  kB
+{local}Id 100:
+\tLeaves:         1
+Total size: 1  kB
+
+Counters:
+---------
+gets = 9
+"""
+
+
+@pytest.mark.parametrize(("local", "merged"), [
+    ("Local:\n\tAver depth:     2.66\n\tLeaves:         6\n\tPointers: 16\n"
+     "Null ptrs: 6\nTotal size: 1  kB\n", True),
+    ("Local:\n\tAver depth:     2.66\n\tLeaves:         6\n\tPointers: 16\n"
+     "Null ptrs: 7\nTotal size: 1  kB\n", False),
+    ("", None)])
+def test_fib_triestat_says_merged_when_main_and_local_show_one_trie_s_statistics(
+        local: str, merged: bool | None) -> None:
+    """While IPv4 keeps tables local and main merged the kernel prints one trie under
+    both names: the same lines, to the ``Null ptrs`` and ``Total size`` ones at the
+    margin; another table's and the counters are not compared; no table local: no
+    answer."""
+    assert codec.ipv4_tables_merged(_TRIESTAT.format(local=local)) is merged

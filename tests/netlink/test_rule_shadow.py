@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -452,12 +453,34 @@ def test_a_multipath_table_local_route_with_every_nexthop_down_is_not_named(
         assert len(warned) == 2
         for i in (1, 2):
             ip(ns, "link", "set", f"m{i}p", "down")  # one by one: no flag in the header
+        _wait_for_linkdown(ns, "-4", "10.9.0.0/16")
+        _wait_for_linkdown(ns, "-6", "2001:db8:9::/48")
         [hdr4] = json.loads(ip(ns, "-j", "route", "show", "table", "local", "10.9.0.0/16"))
         assert "linkdown" not in hdr4.get("flags", [])
         assert _table_of(ns, "-4", "10.9.1.7") == "main"
         assert _table_of(ns, "-6", "2001:db8:9:1::7") == "main"
         backend.observe()
         assert backend.warnings == ()
+
+
+def _wait_for_linkdown(ns: str, family: str, dst: str, bound: float = 30.0) -> None:
+    """Return once the route of table local to ``dst`` (each nexthop of a multipath one)
+    is flagged ``linkdown``: the kernel flags it when it handles the peer's loss of
+    carrier, on its own time (the lookup took the route still, now and then, right after
+    ``ip link set ... down``). ``bound`` only keeps a kernel that never gets there from
+    hanging the test."""
+    end = time.monotonic() + bound
+    while not all("linkdown" in hop.get("flags", []) for hop in _hops(ns, family, dst)):
+        if time.monotonic() > end:
+            raise AssertionError(f"route {dst} of table local in {ns} never flagged linkdown")
+        time.sleep(0.01)
+
+
+def _hops(ns: str, family: str, dst: str) -> list[dict[str, Any]]:
+    """The route of table local to ``dst`` as ``ip -j`` lists it: its nexthops (a
+    multipath one's), else the route itself."""
+    [route] = json.loads(ip(ns, "-j", family, "route", "show", "table", "local", dst))
+    return list(route.get("nexthops") or [route])
 
 
 def test_a_down_table_local_route_inside_an_anyip_route_leaves_the_anyip_route_named(
@@ -483,6 +506,8 @@ def test_a_down_table_local_route_inside_an_anyip_route_leaves_the_anyip_route_n
         ip(ns, "-6", "route", "add", "2001:db8:9:1::/64", "via", "2001:db8:1::3",
            "table", "local")
         ip(ns, "link", "set", "m1p", "down")
+        _wait_for_linkdown(ns, "-4", "10.9.1.0/24")
+        _wait_for_linkdown(ns, "-6", "2001:db8:9:1::/64")
         assert _local(ns, "-4", "10.9.1.7")
         assert _local(ns, "-6", "2001:db8:9:1::7")
         backend.observe()
@@ -490,3 +515,124 @@ def test_a_down_table_local_route_inside_an_anyip_route_leaves_the_anyip_route_n
         assert len(warned) == 2
         assert any("local route 10.9.0.0/16 dev lo table local" in w for w in warned)
         assert any("local route 2001:db8:9::/48 dev lo table local" in w for w in warned)
+
+
+def test_a_throw_route_of_table_local_wider_than_an_anyip_route_leaves_the_anyip_route_named(
+        tmp_path: Path, driver: Driver) -> None:
+    """Within one table the longest prefix wins: a ``throw`` route of table ``local``
+    wider than an AnyIP route holding k3snet's destination sends no lookup of it on
+    (``ip route get`` says ``local``), while the warnings took any throw route meeting
+    the destination as sending it on and named nothing. A throw route inside the
+    destination still sends part of it on: not named then."""
+    with d0_namespace("rthrowl", "192.0.2.1/24", "2001:db8::1/64") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        _apply_two_routes_beside_a_rule(ns, backend)
+        ip(ns, "route", "add", "throw", "10.0.0.0/8", "table", "local")
+        ip(ns, "route", "add", "local", "10.9.0.0/16", "dev", "lo", "table", "local")
+        ip(ns, "-6", "route", "add", "throw", "2001:db8::/32", "table", "local")
+        ip(ns, "-6", "route", "add", "local", "2001:db8:9::/48", "dev", "lo", "table", "local")
+        assert _local(ns, "-4", "10.9.1.7")
+        assert _local(ns, "-6", "2001:db8:9:1::7")
+        backend.observe()
+        warned: tuple[str, ...] = backend.warnings
+        assert len(warned) == 2, warned
+        assert any("local route 10.9.0.0/16 dev lo table local holds it" in w for w in warned)
+        assert any("local route 2001:db8:9::/48 dev lo table local holds it" in w
+                   for w in warned)
+        ip(ns, "route", "add", "throw", "10.9.1.128/25", "table", "local")
+        ip(ns, "-6", "route", "add", "throw", "2001:db8:9:1::/65", "table", "local")
+        assert _table_of(ns, "-4", "10.9.1.200") == "main"
+        assert _table_of(ns, "-6", "2001:db8:9:1::7") == "main"
+        backend.observe()
+        assert backend.warnings == ()
+
+
+def test_a_rule_whose_table_throws_every_lookup_back_is_not_said_to_take_some_first(
+        tmp_path: Path, driver: Driver) -> None:
+    """A rule to a table whose routes meeting the destination are all ``throw`` routes
+    sends every lookup on (the kernel's lookup goes to the next rule): a later rule's
+    warning said it "may take some first"."""
+    with d0_namespace("rthrowt", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        ip(ns, "route", "add", "throw", "10.9.0.0/16", "table", "200")
+        ip(ns, "route", "add", "throw", "10.9.1.128/25", "table", "200")
+        ip(ns, "rule", "add", "to", "10.9.0.0/16", "lookup", "200", "pref", "100")
+        ip(ns, "rule", "add", "prohibit", "to", "10.9.1.0/24", "pref", "200")
+        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        for address in ("10.9.1.7", "10.9.1.200"):
+            refused = subprocess.run(["ip", "-n", ns, "route", "get", address],
+                                     capture_output=True, text=True, check=False)
+            assert "Permission denied" in refused.stderr  # table 200 threw it to prohibit
+        [said] = backend.warnings
+        assert "priority 200 (prohibit)" in said
+        assert "may take some first" not in said
+        # A unicast route of table 200 inside the destination: that rule may take some.
+        ip(ns, "route", "add", "10.9.1.0/26", "dev", "d0", "table", "200")
+        backend.observe()
+        [said] = backend.warnings
+        assert "the rule at priority 100 before it may take some first" in said
+
+
+def test_a_wider_anyip_route_is_named_once_a_deleted_rule_split_tables_local_and_main(
+        tmp_path: Path, driver: Driver) -> None:
+    """IPv4 keeps tables ``local`` and ``main`` merged (the longer prefix of the two
+    wins) until a policy rule is added or deleted; a rule added and deleted again
+    leaves the rules a namespace starts with and the tables apart for good: an AnyIP
+    route wider than k3snet's then takes every lookup (``ip route get`` ends in table
+    local), and the warnings, seeing the default rules alone, took the tables as merged
+    and named nothing. The kernel says which (``/proc/net/fib_triestat``: one trie
+    shown as both tables while merged)."""
+    with d0_namespace("rsplit", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "route", "add", "local", "10.9.0.0/16", "dev", "lo", "table", "local")
+        assert not _local(ns, "-4", "10.9.1.7")  # merged: main's longer prefix wins
+        backend.observe()
+        assert backend.warnings == ()
+        ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
+        ip(ns, "rule", "del", "pref", "100")
+        assert _local(ns, "-4", "10.9.1.7")  # apart: table local is looked in first
+        backend.observe()
+        warned: tuple[str, ...] = backend.warnings  # not the () asserted before the change
+        [said] = warned
+        assert "route 10.9.1.0/24 via 192.0.2.2 table main" in said
+        assert "local route 10.9.0.0/16 dev lo table local holds it" in said
+
+
+def test_a_throw_route_of_table_local_at_the_very_prefix_is_named_while_the_tables_are_merged(
+        tmp_path: Path, driver: Driver) -> None:
+    """While IPv4 keeps tables ``local`` and ``main`` merged (no rule ever added or
+    deleted) the kernel looks in the merged table alone and takes a ``throw`` route's
+    answer as unreachable (``fib_lookup``): one of table ``local`` at the very prefix of
+    k3snet's route comes first in the slot (table local's before main's, whatever the
+    metric), and every lookup fails (``ip route get``: "Network is unreachable"), which
+    nothing named. Once the tables are apart the throw sends the lookup on to ``main``:
+    not named then."""
+    with d0_namespace("rthrowm", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "route", "add", "throw", "10.9.1.0/24", "table", "local", "metric", "500")
+        refused = subprocess.run(["ip", "-n", ns, "route", "get", "10.9.1.7"],
+                                 capture_output=True, text=True, check=False)
+        assert "Network is unreachable" in refused.stderr
+        backend.observe()
+        warned: tuple[str, ...] = backend.warnings
+        [said] = warned
+        assert "route 10.9.1.0/24 via 192.0.2.2 table main metric 0" in said
+        assert ("merged with table main while no policy rule was ever added or deleted "
+                "(/proc/net/fib_triestat), holds the throw route 10.9.1.0/24 table local at its "
+                "very prefix, looked at first: the kernel ends every lookup of 10.9.1.0/24 as "
+                "unreachable") in said
+        ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
+        ip(ns, "rule", "del", "pref", "100")
+        assert _table_of(ns, "-4", "10.9.1.7") == "main"
+        backend.observe()
+        assert backend.warnings == ()

@@ -103,6 +103,7 @@ from k3snet.backends.netlink.codec import (
     LookupRule,
     NetlinkError,
     Siblings,
+    ipv4_tables_merged,
 )
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
 from k3snet.backends.netlink.socket_driver import open_socket_driver
@@ -190,6 +191,9 @@ _DEFAULT_RULES = (
     LookupRule(6, 0, _LOCAL_TABLE, None, None, None),
     LookupRule(6, 32766, MAIN_TABLE, None, None, None),
 )
+# The statistics of IPv4's tries, of the reading thread's namespace (/proc/net is the
+# process's: the namespace's worker thread reads it as its own).
+_FIB_TRIESTAT = "/proc/thread-self/net/fib_triestat"
 # Rule actions ending a lookup with an error (the route add: "invalid gateway").
 _REJECTING = {FR_ACT_BLACKHOLE: "blackhole", FR_ACT_UNREACHABLE: "unreachable",
               FR_ACT_PROHIBIT: "prohibit"}
@@ -517,10 +521,11 @@ class NetlinkBackend(BackendBase):
         route, ``ip route add local 10.9.0.0/16 dev lo table local``: the node takes the
         packets as its own) is named as the ``local`` rule's (priority 0): IPv6 always
         looks there first; IPv4 keeps ``local`` and ``main`` merged until a policy rule is
-        first added (a longer prefix of ``main`` then wins, the same prefix loses), so with
-        the rules a namespace starts with only a ``local`` route of the destination's own
-        prefix is sure to take it (table ``local`` is read once per change of the routes,
-        by a dump of that table alone). The rules are read at
+        first added or deleted (a longer prefix of ``main`` then wins, the same prefix
+        loses), so while ``fib_triestat`` shows them merged (or cannot be read) only a
+        ``local`` route of the destination's own prefix is sure to take it (table
+        ``local`` is read once per change of the routes, by a dump of that table alone).
+        The rules are read at
         every call (the kernel announces no rule change to the route view); a dump the
         kernel refuses is a warning saying so, not an error ending the plan. The routes
         are those the last observe or apply read (with a driver following no change)."""
@@ -551,6 +556,14 @@ class NetlinkBackend(BackendBase):
         custom = not all(rule in _DEFAULT_RULES for rule in rules)
         if not custom and read_local is None:
             return ()  # a namespace's own rules: each table's lookup as ip route says
+        # IPv4 keeps tables local and main merged until a policy rule is first added or
+        # deleted (fib_unmerge): one now present (other than the three a namespace starts
+        # with) proves them apart; else the kernel's statistics of its tries say (one
+        # added and deleted again, or a default one deleted, left them apart unseen in
+        # the rules). Unreadable: taken as merged, a wider local route left unnamed.
+        split = any(rule.family == 4 and rule not in _DEFAULT_RULES for rule in rules)
+        merged = None if split else self._runner.call(_ipv4_tables_merged)
+        apart = split or merged is False
         with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
             if custom:
                 view = self._routes.view()
@@ -562,7 +575,7 @@ class NetlinkBackend(BackendBase):
             # 10 000 routes in the lookup again would cost more than the pass). Not kept
             # when a table is dumped apart: the view's version does not follow it. (A
             # change of table local, an address's or another program's route, moves it.)
-            key = (tuple(rules), routes, self._routes.version)
+            key = (tuple(rules), merged, apart, routes, self._routes.version)
             last = self._rule_warned
             if last is not None and last[0] == key:
                 return last[1]
@@ -574,32 +587,29 @@ class NetlinkBackend(BackendBase):
         # Without rules of an administrator's the answer is the routes' and table local's
         # alone: a driver following no change (pyroute2: the version moves every pass)
         # reads the same table again, and 10 000 routes are not looked up again.
-        again = (tuple(rules), routes, local.routes) if not custom else None
+        again = (tuple(rules), merged, apart, routes, local.routes) if not custom else None
         if again is not None and last is not None and last[2] == again:
             said = last[1]
         else:
-            said = self._taken_routes(routes, rules, lookup, local, custom=custom)
+            said = self._taken_routes(routes, rules, lookup, local, custom=custom, apart=apart,
+                                      merged=merged is True)
         kept = all(self._routes.in_scope(table) for table in tables)
         self._rule_warned = (key, said, again) if kept else None
         return said
 
     def _taken_routes(self, routes: Sequence[Route], rules: Sequence[LookupRule],
-                      lookup: _GatewayTables, local: _LocalTable, *, custom: bool
-                      ) -> tuple[str, ...]:
-        """The warnings of :meth:`_rule_warnings`, each route judged anew."""
-        # IPv4 keeps tables local and main merged until a policy rule is first added: one
-        # now present (other than the three a namespace starts with) proves them apart.
-        # (A rule's deletion splits them too, fib4_rule_delete: one added and deleted
-        # again, or a default one deleted, leaves them apart unseen here; a wider local
-        # route is then not named, never one the kernel passes by.)
-        apart = any(rule.family == 4 and rule not in _DEFAULT_RULES for rule in rules)
+                      lookup: _GatewayTables, local: _LocalTable, *, custom: bool,
+                      apart: bool, merged: bool) -> tuple[str, ...]:
+        """The warnings of :meth:`_rule_warnings`, each route judged anew (``apart``:
+        IPv4's tables local and main are two; ``merged``: surely one)."""
         found: list[str] = []
         # Without rules of an administrator's only table local may take a route: one look
         # each, no walk of the rules (nor a sort of 10 000 routes none of it holds).
         judged = routes if custom else [
-            route for route in routes if local.holder(route.destination) is not None]
+            route for route in routes if local.holder(route.destination) is not None
+            or (merged and local.throw_at(route.destination) is not None)]
         for route in sorted(judged, key=lambda r: r.sort_key):
-            taken = _taken_by_rule(route, rules, lookup, local, apart=apart)
+            taken = _taken_by_rule(route, rules, lookup, local, apart=apart, merged=merged)
             if taken is not None:
                 found.append(f"netlink: the {route.describe()} carries no traffic in "
                              f"{self._where}: {_why_taken(route, *taken)}")
@@ -1806,13 +1816,15 @@ class _GatewayTables:
             if routes:
                 yield routes
 
-    def inside(self, table: int, network: Network) -> bool:
-        """Whether ``table`` holds a route to a longer prefix within ``network``."""
+    def inside(self, table: int, network: Network, *, taking: bool = False) -> bool:
+        """Whether ``table`` holds a route to a longer prefix within ``network``
+        (``taking``: one that is no ``throw`` route, which sends its lookups on)."""
         lengths = self._routes.get((table, network.version), {})
         first, bits = int(network.network_address), network.max_prefixlen
         last = first + (1 << (bits - network.prefixlen)) - 1
         return any(first <= value <= last for length, found in lengths.items()
-                   if length > network.prefixlen for value, routes in found.items() if routes)
+                   if length > network.prefixlen for value, routes in found.items()
+                   if routes and not (taking and all(_throw(r) for r in routes)))
 
     def reachable(self, route: Route) -> bool:
         """Whether the kernel takes ``route``'s gateway as on-link (``fib_check_nh_v4_gw``,
@@ -1939,6 +1951,11 @@ class _LocalTable:
                                           if v == version), reverse=True)
                          for version in (4, 6)}
 
+    def throw_at(self, dst: Network) -> LocalRoute | None:
+        """A ``throw`` route of ``dst``'s very prefix (``None``: none)."""
+        found = self._routes.get((dst.version, dst.prefixlen), {}).get(int(dst.network_address))
+        return next((r for r in found or () if r.kind == "throw"), None)
+
     def holder(self, dst: Network) -> LocalRoute | None:
         """The route a lookup of every address of ``dst`` ends at in this table: the
         longest prefix holding all of it, one flagged ``dead`` or ``linkdown`` passed by
@@ -1952,8 +1969,11 @@ class _LocalTable:
             routes = self._routes[version, length].get(value >> (bits - length) << (bits - length))
             live = [r for r in routes or () if not (r.down or r.hops_down)]
             if live:
+                # The longest prefix wins within the table: a throw route wider than this
+                # one sends no lookup of ``dst`` on, one inside ``dst`` some.
                 if any(r.kind == "throw" for r in live) or any(
-                        r.destination.overlaps(dst) for r in self._throws):
+                        r.destination.prefixlen > prefixlen and r.destination.overlaps(dst)
+                        for r in self._throws):
                     return None
                 return live[0]
         return None
@@ -1961,6 +1981,7 @@ class _LocalTable:
 
 def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTables,
                    local: _LocalTable | None = None, *, apart: bool = True,
+                   merged: bool = False,
                    ) -> tuple[LookupRule, Route | RouteBlock | LocalRoute | None,
                               list[LookupRule]] | None:
     """The administrator's rule that takes every lookup of ``route``'s destination
@@ -1984,7 +2005,7 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
         if rule.action == FR_ACT_TO_TBL:
             if rule.table in (route.table, 0):  # 0: an L3 master device's table
                 return None
-            held = (_held_locally(dst, local, apart=apart)
+            held = (_held_locally(dst, local, apart=apart, merged=merged)
                     if sure and rule.table == _LOCAL_TABLE else None)
             if held is not None:
                 return rule, held, earlier
@@ -2027,16 +2048,37 @@ def _why_taken(route: Route, rule: LookupRule, holder: Route | RouteBlock | Loca
                 "before it may take some first")
     if not isinstance(holder, LocalRoute):
         return f"{why} (ip rule)"
+    if holder.kind == "throw":  # only ever said while IPv4's local and main are merged
+        return (f"table local, merged with table main while no policy rule was ever added "
+                f"or deleted (/proc/net/fib_triestat), holds the {holder.describe()} at its "
+                f"very prefix, looked at first: the kernel ends every lookup of "
+                f"{network_text(route.destination)} as unreachable (ip route show table local)")
     if holder.kind == "local":
         why += " (the node takes the packets as its own)"
     return f"{why} (ip route show table local)"
 
 
-def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool
-                  ) -> LocalRoute | None:
+def _ipv4_tables_merged() -> bool | None:
+    """:func:`~.codec.ipv4_tables_merged` of the calling thread's namespace (``None``:
+    not to be read, a kernel without ``fib_triestat``)."""
+    try:
+        with open(_FIB_TRIESTAT, encoding="ascii", errors="replace") as stats:
+            return ipv4_tables_merged(stats.read())
+    except OSError:
+        return None
+
+
+def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool,
+                  merged: bool = False) -> LocalRoute | None:
     """The route of table ``local`` every lookup of ``dst`` surely ends at: IPv4 keeps
-    ``local`` and ``main`` merged until a policy rule is first added (not ``apart``:
+    ``local`` and ``main`` merged until a policy rule is first added or deleted (not ``apart``:
     the longer prefix of the two wins, ``local`` on the same one)."""
+    if merged and dst.version == 4 and local is not None:
+        # Surely merged: the kernel looks in that one table alone, table local's routes
+        # first in a slot, and a throw route's answer is unreachable (fib_lookup).
+        thrown = local.throw_at(dst)
+        if thrown is not None:
+            return thrown
     held = None if local is None else local.holder(dst)
     if held is None or (dst.version == 4 and not apart
                         and held.destination.prefixlen != dst.prefixlen):
@@ -2045,9 +2087,19 @@ def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool
 
 
 def _takes_part(lookup: _GatewayTables, table: int, dst: Network) -> bool:
-    """Whether ``table`` holds a route for some address of ``dst``, not one for all."""
-    return lookup.inside(table, dst) or any(True for _ in lookup.covering(
-        table, dst.network_address))
+    """Whether ``table`` may end the lookup of some address of ``dst`` (a route for it
+    other than a ``throw`` one, whose lookups go on to the next rule), not of all."""
+    if lookup.inside(table, dst, taking=True):
+        return True
+    for routes in lookup.covering(table, dst.network_address):
+        if routes[0].destination.prefixlen <= dst.prefixlen:  # else inside: judged above
+            return not _throw(min(routes, key=lambda r: r.metric or 0))
+    return False
+
+
+def _throw(route: Route | RouteBlock) -> bool:
+    """Whether ``route`` is a ``throw`` route (its lookups go on to the next rule)."""
+    return isinstance(route, RouteBlock) and route.what == "throw"
 
 
 def _holder(lookup: _GatewayTables, table: int, dst: Network) -> Route | RouteBlock | None:
@@ -2058,7 +2110,7 @@ def _holder(lookup: _GatewayTables, table: int, dst: Network) -> Route | RouteBl
         return None  # part of it goes elsewhere: not every lookup ends at one route
     for routes in lookup.covering(table, dst.network_address):
         best = min(routes, key=lambda r: r.metric or 0)
-        return None if isinstance(best, RouteBlock) and best.what == "throw" else best
+        return None if _throw(best) else best
     return None
 
 

@@ -510,6 +510,34 @@ def local_route_matters(family: int, dst_len: int, kind: int,
     return dst_len <= longest.get(version, -1)
 
 
+def ipv4_tables_merged(triestat: str) -> bool | None:
+    """Whether IPv4 keeps tables ``local`` and ``main`` merged, as ``fib_triestat``
+    (``/proc/net/fib_triestat``, of the reading thread's namespace) says: while merged
+    both are one trie (``fib_trie_table``'s alias), shown twice with the very same
+    statistics under ``Main:`` and ``Local:``; once apart (a policy rule added or
+    deleted, ``fib_unmerge``) each shows its own. Equal statistics of two tries apart
+    (the same count of leaves, prefixes, nodes, pointers and depths) read as merged:
+    the careful side, a wider ``local`` route left unnamed. ``None``: either table
+    missing (no route in it yet), nothing to tell.
+
+    >>> merged = "Main:\n\tLeaves: 6\nLocal:\n\tLeaves: 6\n"
+    >>> ipv4_tables_merged(merged), ipv4_tables_merged(merged.replace("6", "5", 1))
+    (True, False)
+    """
+    sections: dict[str, list[str]] = {}
+    lines: list[str] | None = None
+    for line in triestat.splitlines():
+        if line[:1].isspace() or not line.endswith(":"):  # not a table's (or "Counters:")
+            if lines is not None:  # before the first: "Basic info: ..."
+                lines.append(line)
+            continue
+        lines = sections.setdefault(line[:-1], [])
+    main, local = sections.get("Main"), sections.get("Local")
+    if main is None or local is None:
+        return None
+    return main == local
+
+
 def multipath_down(multipath: bytes) -> bool:
     """Whether every nexthop of an ``RTA_MULTIPATH`` attribute (one at least) is flagged
     ``dead`` or ``linkdown``: a lookup may pass the route by. The kernel leaves these

@@ -279,6 +279,19 @@ class Pyroute2Driver:
                 return messages
         raise NetlinkError(errno.EAGAIN, f"dump interrupted {DUMP_RETRIES} times in a row")
 
+    def _table_dump(self, ipr: Any, family: int, table: int) -> list[Any]:
+        """The routes of one table of ``family``, filtered by the kernel: pyroute2 takes
+        a dump's ``table`` into a filter of its own, applied after decoding every route
+        of the namespace, unless given the filter (``dump_filter``); then the table goes
+        into the request, which the kernel checks strictly (none: a table that does not
+        exist, ``ENOENT``)."""
+        try:
+            return self._dump(ipr, ipr.route, family=family, table=table, dump_filter=None)
+        except NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                return []
+            raise
+
     def links(self) -> dict[int, Link]:
         """The namespace's links by index."""
 
@@ -328,14 +341,21 @@ class Pyroute2Driver:
             found: list[Route | RouteBlock | Siblings] = []
             local: list[LocalRoute] = []
             for family in (socket.AF_INET, socket.AF_INET6):
-                # pyroute2 filters by table after the dump anyway: filter here, once.
+                if tables is not None:  # the kernel sends each table's alone
+                    for table in sorted(tables):
+                        for msg in self._table_dump(ipr, family, table):
+                            route = _route_from(msg, names)
+                            if route is not None and route.table == table:
+                                found.append(route)
+                    continue
                 for msg in self._dump(ipr, ipr.route, family=family):
                     route = _route_from(msg, names)
-                    if route is not None and (tables is None or route.table in tables):
+                    if route is not None:
                         found.append(route)
-                    elif route is None and (kept := _local_from(msg, names)) is not None:
+                    elif (kept := _local_from(msg, names)) is not None:
                         local.append(kept)
-            self._local = local
+            if tables is None:
+                self._local = local
             return found
 
         return self._run(job)
@@ -343,17 +363,17 @@ class Pyroute2Driver:
     def local_routes(self, names: Mapping[int, str],
                      longest: Mapping[int, int] | None = None) -> list[LocalRoute]:
         """The routes of table ``local``, both families, as the socket driver reads them
-        (:meth:`.SocketDriver.local_routes`): those the last :meth:`routes` met (it dumps
-        every table, pyroute2 filtering after decoding them all, table ``local``'s among
-        them), else a dump of their own (as costly: pyroute2 filters it the same way);
-        those that do not matter to destinations of ``longest``'s lengths left out."""
+        (:meth:`.SocketDriver.local_routes`): those the last :meth:`routes` of every
+        table met (its dump holds table ``local``'s, all decoded), else a dump of that
+        table alone; those that do not matter to destinations of ``longest``'s lengths
+        left out (decoded all the same: pyroute2 decodes each message it reads)."""
         if self._local is not None:
             return [route for route in self._local if route.matters(longest)]
 
         def job(ipr: Any) -> list[LocalRoute]:
             found: list[LocalRoute] = []
             for family in (socket.AF_INET, socket.AF_INET6):
-                for msg in self._dump(ipr, ipr.route, family=family, table=RT_TABLE_LOCAL):
+                for msg in self._table_dump(ipr, family, RT_TABLE_LOCAL):
                     route = _local_from(msg, names)
                     if route is not None and route.matters(longest):
                         found.append(route)
