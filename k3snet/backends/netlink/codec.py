@@ -511,7 +511,7 @@ def local_route_matters(family: int, dst_len: int, kind: int,
 
 
 def ipv4_tables_merged(triestat: str) -> bool | None:
-    """Whether IPv4 keeps tables ``local`` and ``main`` merged, as ``fib_triestat``
+    r"""Whether IPv4 keeps tables ``local`` and ``main`` merged, as ``fib_triestat``
     (``/proc/net/fib_triestat``, of the reading thread's namespace) says: while merged
     both are one trie (``fib_trie_table``'s alias), shown twice with the very same
     statistics under ``Main:`` and ``Local:``; once apart (a policy rule added or
