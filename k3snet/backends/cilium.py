@@ -544,11 +544,11 @@ class _Read:
     # Read by observe for the file the hinted plan turns the ip-masq-agent on with,
     # where observe's mount did not judge it (None: not read).
     ahead: _Mount | None = None
-    # Read by observe: the CiliumNodeConfigs and Nodes, for the file of each node (None:
-    # not read, a check or apply reading again lists them where it judges older pods).
+    # Read by observe (or a check or apply reading again): the CiliumNodeConfigs its
+    # sources take and the Nodes, for the file of each node (None: not read).
     nodes: _Nodes | None = None
-    # Read by observe: the cilium-agent container's flags and variables (a check or
-    # apply without an observe before, from a plan file, judges cilium-config alone).
+    # Read by observe (or by a check or apply reading again, as observe does: _judged):
+    # the cilium-agent container's flags and variables.
     options: tuple[CiliumAgentOption, ...] = ()
     # Read by observe: the DaemonSet those come from (None: not read, or not found).
     daemonset: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
@@ -1443,37 +1443,20 @@ class CiliumBackend(BackendBase):
             self._observed.put(read)
             return State()
         owned = self._owned(read)
-        daemonset, failed = self._read_daemonset()
-        others = (tuple(self._api.agent_daemonsets(self._daemonset))
-                  if isinstance(daemonset, Mapping) else None)
+        read, foreign, daemonset = self._judged(read, owned)
+        others = read.others
+        nodes = read.nodes
+        assert nodes is not None
         self._agents = tuple(name for name, _ in others or ())
         self._readers = tuple(name for name, found in others or () if self._reads_config(found))
-        sources = self._config_sources(daemonset, others or (), owned)
-        holds = {*(read.config.data if read.config is not None else ()),
-                 *(owned.settings if owned is not None else ()),
-                 *(self._expected.settings if self._expected is not None else ())}
-        nodes = self._taken_overrides(self._nodes(sources), sources, frozenset(holds),
-                                      daemonset if isinstance(daemonset, Mapping) else None)
-        found = list(nodes.overrides)
-        groups = _node_groups(found, nodes.agent_labels, self._api.warn)
-        options = self._options = self._agent_options(daemonset, others or ())
-        read = attrs.evolve(read, options=options, daemonset=(
-            daemonset if isinstance(daemonset, dict) else None), others=others,
-            sources=sources)
-        foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
-                               node_groups=groups, agent_options=options)
+        self._options = read.options
         # The mount matters only where Cilium's ip-masq-agent is on (some node, or
-        # k3snet's keys); a failed read of the DaemonSet (a 500, a timeout) fails the
-        # observe only there, elsewhere the flags are not read (a warning). A plan
-        # turning it on has the mount judged by check and apply (_edit).
+        # k3snet's keys). A plan turning it on has the mount judged by check and apply
+        # (_edit).
         mount = None
         paths = _agent_paths(_laid(foreign, owned))
-        if failed is not None:
-            if paths:
-                raise failed
-            self._api.warn(f"{failed}: the {AGENT_CONTAINER} container's flags and "
-                           "variables are not read, cilium-config is judged alone")
         if paths:
+            assert not isinstance(daemonset, BackendError)
             mount = self._mount(paths, daemonset, by_node=nodes.files(_laid(foreign, owned)),
                                 others=others, labels=nodes.labels)
             mount.warn_if(True, self._api.warn)
@@ -1481,8 +1464,9 @@ class CiliumBackend(BackendBase):
                                    ip_masq_agent_no_directory=mount.no_directory)
         self._file_copied = mount is not None and mount.copied
         # A failed read is not tried again ahead: the check says it.
-        ahead = None if failed is not None else self._mount_ahead(read, mount, nodes, daemonset)
-        self._observed.put(attrs.evolve(read, mount=mount, nodes=nodes, ahead=ahead))
+        ahead = (None if isinstance(daemonset, BackendError)
+                 else self._mount_ahead(read, mount, nodes, daemonset))
+        self._observed.put(attrs.evolve(read, mount=mount, ahead=ahead))
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
         if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
@@ -1490,6 +1474,43 @@ class CiliumBackend(BackendBase):
             foreign = attrs.evolve(foreign, egress_gateways=_egress_gateways(
                 self._api.egress_gateway_policies(), "CiliumEgressGatewayPolicies"))
         return State(owned=[] if owned is None else [owned], foreign=[foreign])
+
+    def _judged(self, read: _Read, owned: CiliumConfig | None
+                ) -> tuple[_Read, CiliumConfig, Mapping[str, Any] | str | BackendError | None]:
+        """``read`` (``cilium-config`` found) with what every judgement of it takes beside
+        the two ConfigMaps: the named DaemonSet's agent container's flags and variables
+        and its ``config`` init container's sources, the other agent DaemonSets, the
+        CiliumNodeConfigs its sources take (and the Nodes); the foreign config with them;
+        and the DaemonSet as read (JSON, why it is not known: a text, or the error of a
+        failed read). :meth:`observe` and a :meth:`check` or :meth:`apply` reading again
+        (observe's read expired, or a plan file's) judge alike by it. A failed read of
+        the DaemonSet (a 500, a timeout) is raised where the ip-masq-agent is on (some
+        node, or k3snet's keys: its mount is judged), elsewhere a warning: the flags are
+        not read, ``cilium-config`` is judged alone."""
+        assert read.config is not None
+        daemonset, failed = self._read_daemonset()
+        others = (tuple(self._api.agent_daemonsets(self._daemonset))
+                  if isinstance(daemonset, Mapping) else None)
+        sources = self._config_sources(daemonset, others or (), owned)
+        holds = {*read.config.data, *(owned.settings if owned is not None else ()),
+                 *(self._expected.settings if self._expected is not None else ())}
+        nodes = self._taken_overrides(self._nodes(sources), sources, frozenset(holds),
+                                      daemonset if isinstance(daemonset, Mapping) else None)
+        found = list(nodes.overrides)
+        groups = _node_groups(found, nodes.agent_labels, self._api.warn)
+        options = self._agent_options(daemonset, others or ())
+        read = attrs.evolve(read, options=options, daemonset=(
+            daemonset if isinstance(daemonset, dict) else None), others=others,
+            sources=sources, nodes=nodes)
+        foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
+                               node_groups=groups, agent_options=options)
+        if failed is not None:
+            if _agent_paths(_laid(foreign, owned)):
+                raise failed
+            self._api.warn(f"{failed}: the {AGENT_CONTAINER} container's flags and "
+                           "variables are not read, cilium-config is judged alone")
+            return read, foreign, failed
+        return read, foreign, daemonset
 
     def expect(self, state: State) -> None:
         """A hint: ``state``'s owned config is what the plan will want (``k3snet plan`` and
@@ -2223,9 +2244,15 @@ class CiliumBackend(BackendBase):
 
     def _read_for_apply(self) -> _Read:
         """The two ConfigMaps as :meth:`observe` read them right before (every write
-        carries the resourceVersion read: a change since gives 409), else read again."""
+        carries the resourceVersion read: a change since gives 409), else read again,
+        with the DaemonSets, sources and CiliumNodeConfigs as observe reads them
+        (:meth:`_judged`): check and apply judge alike on either path."""
         try:
-            read = self._observed.take() or self._read()
+            read = self._observed.take()
+            if read is None:
+                read = self._read()
+                if read.config is not None:  # judged as observe judges it (_judged)
+                    read = self._judged(read, self._owned(read))[0]
         except BackendError as exc:
             raise _nothing_changed(exc) from exc
         if read.config is None:

@@ -360,3 +360,51 @@ def test_a_copy_whose_agent_s_variable_takes_a_cilium_config_key_awaits_its_rest
     api_server.put(DAEMONSETS, gpu)
     (change,) = plan(backend.observe(), MASQUERADE_OFF).changes
     assert backend.restart_needed(change) == "DaemonSet kube-system/cilium"
+
+
+@pytest.mark.parametrize("read_gone", ["taken by the check", "a plan file's backend"])
+def test_check_and_an_apply_reading_again_judge_the_sources_alike(
+    read_gone: str, api_server: EmulatedApiServer, api_client: Any, backend: CiliumBackend
+) -> None:
+    # The check right after observe takes its read, with the config init container's
+    # sources; the apply after it (or one from a plan file) read the two ConfigMaps again
+    # without them: check refused the write as having no effect, and apply made it.
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config-gpu,cilium-node-config"))
+    p = plan(backend.observe(), MASQUERADE_OFF)
+    (refused,) = backend.check(p)
+    assert "the write would have no effect" in refused
+    applying = backend if read_gone == "taken by the check" else CiliumBackend(
+        api_client=api_client, timeout=10.0, allow_disruptive=True)
+    if applying is not backend:
+        assert applying.check(p) == (refused,)
+    with pytest.raises(PlanError) as raised:
+        applying.apply(p)
+    assert str(raised.value) == refused
+    assert _data(api_server)["enable-ipv4-masquerade"] == "true"
+
+
+def test_an_apply_reading_again_judges_the_node_configs_its_sources_take(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The CiliumNodeConfig turns the ip-masq-agent off on every node, but the config init
+    # container reads none: turning it on in cilium-config reaches every agent, whose
+    # container has no /etc/config (refused). Read again, the apply listed the
+    # CiliumNodeConfigs without the sources: judged off everywhere, and written.
+    off = _node_config("all", {"enable-ip-masq-agent": "false"})
+    off["spec"]["nodeSelector"] = {}
+    api_server.put(NODE_CONFIGS_V2, off)
+    ds = _building("--source=config-map:cilium-config")
+    pod = ds["spec"]["template"]["spec"]
+    pod["containers"][0]["volumeMounts"] = [
+        m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] != "/etc/config"]
+    api_server.put(DAEMONSETS, ds)
+    on = State(owned=[CiliumConfig(TARGET, settings={
+        "enable-bpf-masquerade": "true", "enable-ip-masq-agent": "true"})])
+    p = plan(backend.observe(), on)
+    (refused,) = backend.check(p)
+    assert "no /etc/config" in refused
+    with pytest.raises(PlanError) as raised:
+        backend.apply(p)  # the check took observe's read: read again
+    assert str(raised.value) == refused
+    assert "enable-ip-masq-agent" not in _data(api_server)

@@ -494,12 +494,13 @@ def test_a_failed_daemonset_read_fails_nothing_where_the_ip_masq_agent_stays_off
     assert p.conflicts == ()
     assert p.changes
     assert backend.check(p) == ()
-    # Checked and applied without an observe before (a plan file): nothing read.
+    # Checked and applied without an observe before (a plan file): each reads it again,
+    # and judges as the observe did (the warning, cilium-config alone).
     fresh = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
     assert fresh.check(p) == ()
     fresh.apply(p)
     assert _data(api_server)["tunnel-protocol"] == "geneve"
-    assert _daemonset_reads(api_server) == 1  # the observe's, for the flags
+    assert _daemonset_reads(api_server) == 3  # the observe's, the check's, the apply's
 
 
 def test_a_failed_daemonset_read_refuses_a_plan_turning_the_ip_masq_agent_on(
