@@ -625,8 +625,9 @@ class _Api:
     def foreign_data(self, namespace: str, name: str, why: str) -> dict[str, str] | str | None:
         """The data of the ConfigMap ``namespace/name`` that is not k3snet's, read only for
         ``why`` (what k3snet learns from it): None where there is none (404); why it is not
-        known, a text, where it is not to be read (403: k3snet's Role names Cilium's two
-        ConfigMaps alone) or its read fails."""
+        known, a text, where it is not to be read (403: an earlier Role of k3snet's, or
+        another namespace; the text names the rule to add, :meth:`_forbidden`) or its read
+        fails."""
         what = f"read ConfigMap {namespace}/{name} ({why})"
         try:
             with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
@@ -635,8 +636,26 @@ class _Api:
         except BackendError as exc:
             if isinstance(exc, KubeApiError) and exc.status == 404:
                 return None
+            if isinstance(exc, KubeApiError) and exc.status == 403:
+                return self._forbidden(namespace, name, why)
             return str(exc)
         return {k: v for k, v in (found.data or {}).items() if isinstance(v, str)}
+
+    def _forbidden(self, namespace: str, name: str, why: str) -> str:
+        """Why the ConfigMap ``namespace/name`` is not known where its read was refused
+        (403), and the one RBAC rule that has it read. k3snet's rendered Role grants get
+        on every ConfigMap of Cilium's namespace (an earlier one: Cilium's two alone),
+        not of another (a ``config-map:NAMESPACE/NAME`` source)."""
+        rule = json.dumps({"apiGroups": [""], "resources": ["configmaps"],
+                           "resourceNames": [name], "verbs": ["get"]})
+        granted = (f"the Role k3snet render manifests makes in {namespace} grants get on "
+                   "every ConfigMap there (an earlier one on Cilium's two alone: apply the "
+                   "manifests again)" if namespace == self.namespace else
+                   f"the Role k3snet render manifests makes grants get on the ConfigMaps of "
+                   f"{self.namespace} alone")
+        return (f"ConfigMap {namespace}/{name} ({why}) is not to be read (forbidden, 403): "
+                f"{granted}; to have it read, add the rule {rule} to a Role in {namespace} "
+                "bound to the account k3snet runs as (the agent's ServiceAccount)")
 
     def patch(self, name: str, version: str | None, data: dict[str, str | None],
               owned: str | None, owned_changes: bool, *,
