@@ -599,6 +599,13 @@ class _Api:
         self.clock = ServerClock()  # the restart stamp's, by each read's Date header
         self.landed: str | None = None  # the stamp the last patch left (its changed_at)
         self.agent_daemonset = daemonset  # Cilium's DaemonSet, whose pods read cilium-config
+        # The ConfigMaps read for a value this pass (foreign_data), by (namespace, name):
+        # their data, or the read's error (404 too); forgotten by forget().
+        self.foreign: dict[tuple[str, str], dict[str, str] | BackendError] = {}
+
+    def forget(self) -> None:
+        """Start a pass: each ConfigMap :meth:`foreign_data` read is read again."""
+        self.foreign.clear()
 
     def where(self, name: str) -> str:
         return f"ConfigMap {self.namespace}/{name}"
@@ -627,19 +634,30 @@ class _Api:
         ``why`` (what k3snet learns from it): None where there is none (404); why it is not
         known, a text, where it is not to be read (403: an earlier Role of k3snet's, or
         another namespace; the text names the rule to add, :meth:`_forbidden`) or its read
-        fails."""
-        what = f"read ConfigMap {namespace}/{name} ({why})"
-        try:
-            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
-                found = self.core.read_namespaced_config_map(
-                    name, namespace, _request_timeout=self.timeout)
-        except BackendError as exc:
-            if isinstance(exc, KubeApiError) and exc.status == 404:
-                return None
-            if isinstance(exc, KubeApiError) and exc.status == 403:
-                return self._forbidden(namespace, name, why)
-            return str(exc)
-        return {k: v for k, v in (found.data or {}).items() if isinstance(v, str)}
+        fails. Each is read once a pass (:meth:`forget`), however many DaemonSets name it:
+        its answer (a failed read's too: a timeout is not waited for again) serves them
+        all."""
+        doing = f"read ConfigMap {namespace}/{name}"
+        known = self.foreign.get((namespace, name))
+        if known is None:
+            try:
+                with translate_errors(doing, classifier=KubeErrors(timeout=self.timeout)):
+                    found = self.core.read_namespaced_config_map(
+                        name, namespace, _request_timeout=self.timeout)
+            except BackendError as exc:
+                known = exc
+            else:
+                known = {k: v for k, v in (found.data or {}).items() if isinstance(v, str)}
+            self.foreign[namespace, name] = known
+        if not isinstance(known, BackendError):
+            return known
+        if isinstance(known, KubeApiError) and known.status == 404:
+            return None
+        if isinstance(known, KubeApiError) and known.status == 403:
+            return self._forbidden(namespace, name, why)
+        text = str(known)
+        return (f"{doing} ({why}){text[len(doing):]}" if text.startswith(doing)
+                else f"{text} ({why})")
 
     def _forbidden(self, namespace: str, name: str, why: str) -> str:
         """Why the ConfigMap ``namespace/name`` is not known where its read was refused
@@ -1453,6 +1471,7 @@ class CiliumBackend(BackendBase):
         """The keys k3snet set (owned) and the settings as they would be without them
         (foreign), with the CiliumNodeConfigs that set keys of them on some nodes."""
         self._observed.drop()
+        self._api.forget()
         self.warnings = ()
         self._options = ()
         self._agents = self._readers = ()
@@ -2269,6 +2288,7 @@ class CiliumBackend(BackendBase):
         try:
             read = self._observed.take()
             if read is None:
+                self._api.forget()
                 read = self._read()
                 if read.config is not None:  # judged as observe judges it (_judged)
                     read = self._judged(read, self._owned(read))[0]
