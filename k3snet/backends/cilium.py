@@ -1594,6 +1594,14 @@ class CiliumBackend(BackendBase):
                 self._api.warn(f"the config init container of {where} (cilium-dbg "
                                f"{BUILD_CONFIG}): {sources}")
                 continue
+            if sources is not None and any(kind == "node" for kind, _, _ in sources.sources):
+                # pkg/option/resolver: each Node's config.cilium.io/KEY labels and
+                # annotations, laid over the sources before (filtered as they are).
+                self._api.warn(printable(
+                    f"{_builder(where, sources)} reads the node: source ({sources.given}): "
+                    "each Node's config.cilium.io/KEY labels and annotations, which k3snet "
+                    "does not read, are laid over cilium-config there; a key set so is "
+                    "judged by cilium-config all the same")[:1000])
             if name == self._daemonset:
                 named = sources
                 continue
@@ -2360,11 +2368,43 @@ class CiliumBackend(BackendBase):
                    else frozenset())
         # why quotes the DaemonSet's flags, the cluster's text: one printable line, cut.
         where = f"DaemonSet {namespace}/{self._daemonset}"
-        return [f"{key}: k3snet writes it into {self._where()}, which "
-                f"{_builder(where, sources)} does not take from there "
-                f"({printable(why)[:500]}): the write would have no effect"
-                for key in after.settings if key not in follows
-                and (why := sources.dropped(namespace, configmap, key)) is not None]
+        problems = [f"{key}: k3snet writes it into {self._where()}, which "
+                    f"{_builder(where, sources)} does not take from there "
+                    f"({printable(why)[:500]}): the write would have no effect"
+                    for key in after.settings if key not in follows
+                    and (why := sources.dropped(namespace, configmap, key)) is not None]
+        for key in after.settings:
+            if key not in follows and sources.dropped(namespace, configmap, key) is None:
+                problems += self._laid_over(key, str(after.settings[key]), sources, where)
+        return problems
+
+    def _laid_over(self, key: str, value: str, sources: ConfigSources, where: str
+                   ) -> list[str]:
+        """Why writing ``key`` = ``value`` into ``cilium-config`` has no effect where the
+        named DaemonSet's ``config`` init container (``sources``; ``where``) lays a
+        ``config-map:`` source after it over it, that ConfigMap holding the key (its
+        filter keeping it) with another value (trimmed, as the agent reads its files):
+        the resolver lays each source over the ones before, the last holding a key
+        deciding (:meth:`ConfigSources.configmaps_after`). One not to be read is a
+        warning: its value is not known."""
+        namespace, configmap = self._api.namespace, self._api.config_name
+        for at, other in sources.configmaps_after(namespace, configmap, key):
+            data = self._api.foreign_data(at, other, f"a --source of {where}'s config init "
+                                          "container, after cilium-config")
+            if isinstance(data, str):
+                self._api.warn(printable(
+                    f"{data}: whether it sets {key} over {self._where()}, where k3snet "
+                    "writes it, is not known")[:1000])
+                return []
+            if data is not None and key in data:
+                if data[key].strip() == value.strip():
+                    return []  # the agents run with the value asked for all the same
+                return [printable(
+                    f"{key}: k3snet writes it into {self._where()}, over which "
+                    f"{_builder(where, sources)} lays the ConfigMap {at}/{other} (after it "
+                    f"in --source: {sources.given}), holding {key}={data[key].strip()}: the "
+                    "write would have no effect")[:1000]]
+        return []
 
     def _follows_config(self, daemonset: Mapping[str, Any], keys: Iterable[str],
                         holds: frozenset[str] | None = None) -> frozenset[str]:

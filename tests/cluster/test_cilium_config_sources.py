@@ -32,7 +32,7 @@ from tests.cluster.test_cilium_backend import (
     _node_config,
 )
 from tests.cluster.test_cilium_mount import cilium_daemonset
-from tests.cluster.workloads import CONFIGMAPS, DAEMONSETS
+from tests.cluster.workloads import CONFIGMAPS, DAEMONSETS, configmap
 
 pytestmark = pytest.mark.cluster
 
@@ -408,3 +408,53 @@ def test_an_apply_reading_again_judges_the_node_configs_its_sources_take(
         backend.apply(p)  # the check took observe's read: read again
     assert str(raised.value) == refused
     assert "enable-ip-masq-agent" not in _data(api_server)
+
+
+def test_a_configmap_source_laid_over_cilium_config_holding_a_key_k3snet_writes_is_refused(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The resolver lays cilium-overrides (a later --source) over cilium-config: its
+    # enable-ipv4-masquerade is the agents', and k3snet's write into cilium-config had no
+    # effect, said converged.
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,config-map:cilium-overrides,cilium-node-config"))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                         {"enable-ipv4-masquerade": "true"}))
+    (refused,) = backend.check(plan(backend.observe(), MASQUERADE_OFF))
+    assert ("enable-ipv4-masquerade: k3snet writes it into ConfigMap kube-system/cilium-config, "
+            "over which the config init container of DaemonSet kube-system/cilium (cilium-dbg "
+            "build-config) lays the ConfigMap kube-system/cilium-overrides (after it in "
+            "--source: --source=config-map:cilium-config,config-map:cilium-overrides,"
+            "cilium-node-config), holding enable-ipv4-masquerade=true: the write would have "
+            "no effect") in refused
+    with pytest.raises(PlanError, match="would have no effect"):
+        backend.apply(plan(backend.observe(), MASQUERADE_OFF))
+    assert _data(api_server)["enable-ipv4-masquerade"] == "true"
+    # Holding the value asked for (trimmed), or filtered out, or not holding it: written.
+    for data, args in ((({"enable-ipv4-masquerade": "false\n"}), ()),
+                       ({"enable-ipv4-masquerade": "true"},
+                        ("--deny-config-keys=enable-ipv4-masquerade",)),
+                       ({"debug": "true"}, ())):
+        api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides", data))
+        api_server.put(DAEMONSETS, _building(
+            "--source=config-map:cilium-config,config-map:cilium-overrides", *args))
+        assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
+    # Before cilium-config in --source, cilium-config is laid over it: written.
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                         {"enable-ipv4-masquerade": "true"}))
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-overrides,config-map:cilium-config"))
+    assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
+
+
+def test_a_node_source_is_a_warning_naming_what_k3snet_does_not_read(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The node: source lays each Node's config.cilium.io/KEY labels and annotations over
+    # cilium-config on that node; k3snet reads none of them and said nothing.
+    api_server.put(DAEMONSETS, _building("--source=config-map:cilium-config,node"))
+    with caplog.at_level(logging.WARNING):
+        backend.observe()
+    assert any("reads the node: source (--source=config-map:cilium-config,node)"
+               in r.getMessage() and "config.cilium.io/KEY" in r.getMessage()
+               for r in caplog.records)
