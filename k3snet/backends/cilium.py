@@ -1535,6 +1535,8 @@ class CiliumBackend(BackendBase):
         nodes = self._taken_overrides(self._nodes(sources), sources, frozenset(holds),
                                       daemonset if isinstance(daemonset, Mapping) else None)
         found = list(nodes.overrides)
+        if found:
+            self._node_configs_otherwise(sources, others or ())
         groups = _node_groups(found, nodes.agent_labels, self._api.warn)
         options = self._agent_options(daemonset, others or ())
         read = attrs.evolve(read, options=options, daemonset=(
@@ -1615,6 +1617,32 @@ class CiliumBackend(BackendBase):
                     f"writes ({next(iter(dropped.values()))}): the agents of its nodes keep "
                     "their own value")[:1000])
         return named
+
+    def _node_configs_otherwise(self, sources: ConfigSources | None,
+                                others: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """A warning for each other agent DaemonSet whose ``config`` init container takes
+        the CiliumNodeConfigs otherwise than the named one's (``sources``): other
+        ``cilium-node-config:`` sources, another place among its sources, or other key
+        filters. k3snet judges the CiliumNodeConfigs by the named one's on every node,
+        the nodes of such a copy too (whose agents may lay other keys, or none)."""
+        def taking(found: ConfigSources | None) -> tuple[Any, ...] | None:
+            if found is None:
+                return None
+            return (tuple((i, s) for i, s in enumerate(found.sources)
+                          if s[0] == "cilium-node-config" or s[0] == "config-map"),
+                    found.allow, found.deny, found.mounted)
+
+        namespace = self._api.namespace
+        named = taking(sources)
+        for name, other in others:
+            theirs = config_sources(other, namespace)
+            if isinstance(theirs, str) or taking(theirs) == named:
+                continue  # not known (its own warning), or taken alike
+            self._api.warn(printable(
+                f"the config init container of DaemonSet {namespace}/{name} takes the "
+                f"CiliumNodeConfigs otherwise than DaemonSet {namespace}/{self._daemonset}'s "
+                f"({theirs.given if theirs is not None else 'no build-config'}): k3snet "
+                "judges them by the latter's on every node, its agents' nodes too")[:1000])
 
     def _taken_overrides(self, nodes: _Nodes, sources: ConfigSources | None,
                          holds: frozenset[str] = frozenset(),

@@ -458,3 +458,32 @@ def test_a_node_source_is_a_warning_naming_what_k3snet_does_not_read(
     assert any("reads the node: source (--source=config-map:cilium-config,node)"
                in r.getMessage() and "config.cilium.io/KEY" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_copy_taking_the_node_configs_otherwise_is_a_warning(
+    api_server: EmulatedApiServer, api_client: Any, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # cilium-gpu's config init container reads no CiliumNodeConfig: on its nodes "edge"
+    # sets nothing, yet k3snet judges it there too (by the named DaemonSet's sources),
+    # and said nothing.
+    api_server.put(NODE_CONFIGS_V2, _node_config("edge", {"enable-ipv4-masquerade": "false"}))
+    api_server.put(DAEMONSETS, _building())
+    gpu = _building("--source=config-map:cilium-config", name="cilium-gpu")
+    gpu["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "gpu"}
+    api_server.put(DAEMONSETS, gpu)
+    with caplog.at_level(logging.WARNING):
+        backend.observe()
+    said = [r.getMessage() for r in caplog.records
+            if "takes the CiliumNodeConfigs otherwise" in r.getMessage()]
+    assert said == ["cilium: the config init container of DaemonSet kube-system/cilium-gpu "
+                    "takes the CiliumNodeConfigs otherwise than DaemonSet kube-system/"
+                    "cilium's (--source=config-map:cilium-config): k3snet judges them by "
+                    "the latter's on every node, its agents' nodes too"]
+    # Taken alike (the same flags): nothing said (a backend of its own: one said once).
+    caplog.clear()
+    api_server.put(DAEMONSETS, _building(name="cilium-gpu"))
+    with caplog.at_level(logging.WARNING):
+        CiliumBackend(api_client=api_client, timeout=10.0).observe()
+    assert not any("takes the CiliumNodeConfigs otherwise" in r.getMessage()
+                   for r in caplog.records)
