@@ -544,11 +544,11 @@ class _Read:
     # Read by observe for the file the hinted plan turns the ip-masq-agent on with,
     # where observe's mount did not judge it (None: not read).
     ahead: _Mount | None = None
-    # Read by observe: the CiliumNodeConfigs and Nodes, for the file of each node (None:
-    # not read, a check or apply reading again lists them where it judges older pods).
+    # Read by observe (or a check or apply reading again): the CiliumNodeConfigs its
+    # sources take and the Nodes, for the file of each node (None: not read).
     nodes: _Nodes | None = None
-    # Read by observe: the cilium-agent container's flags and variables (a check or
-    # apply without an observe before, from a plan file, judges cilium-config alone).
+    # Read by observe (or by a check or apply reading again, as observe does: _judged):
+    # the cilium-agent container's flags and variables.
     options: tuple[CiliumAgentOption, ...] = ()
     # Read by observe: the DaemonSet those come from (None: not read, or not found).
     daemonset: Mapping[str, Any] | None = attrs.field(default=None, eq=False, repr=False)
@@ -599,6 +599,13 @@ class _Api:
         self.clock = ServerClock()  # the restart stamp's, by each read's Date header
         self.landed: str | None = None  # the stamp the last patch left (its changed_at)
         self.agent_daemonset = daemonset  # Cilium's DaemonSet, whose pods read cilium-config
+        # The ConfigMaps read for a value this pass (foreign_data), by (namespace, name):
+        # their data, or the read's error (404 too); forgotten by forget().
+        self.foreign: dict[tuple[str, str], dict[str, str] | BackendError] = {}
+
+    def forget(self) -> None:
+        """Start a pass: each ConfigMap :meth:`foreign_data` read is read again."""
+        self.foreign.clear()
 
     def where(self, name: str) -> str:
         return f"ConfigMap {self.namespace}/{name}"
@@ -625,18 +632,48 @@ class _Api:
     def foreign_data(self, namespace: str, name: str, why: str) -> dict[str, str] | str | None:
         """The data of the ConfigMap ``namespace/name`` that is not k3snet's, read only for
         ``why`` (what k3snet learns from it): None where there is none (404); why it is not
-        known, a text, where it is not to be read (403: k3snet's Role names Cilium's two
-        ConfigMaps alone) or its read fails."""
-        what = f"read ConfigMap {namespace}/{name} ({why})"
-        try:
-            with translate_errors(what, classifier=KubeErrors(timeout=self.timeout)):
-                found = self.core.read_namespaced_config_map(
-                    name, namespace, _request_timeout=self.timeout)
-        except BackendError as exc:
-            if isinstance(exc, KubeApiError) and exc.status == 404:
-                return None
-            return str(exc)
-        return {k: v for k, v in (found.data or {}).items() if isinstance(v, str)}
+        known, a text, where it is not to be read (403: an earlier Role of k3snet's, or
+        another namespace; the text names the rule to add, :meth:`_forbidden`) or its read
+        fails. Each is read once a pass (:meth:`forget`), however many DaemonSets name it:
+        its answer (a failed read's too: a timeout is not waited for again) serves them
+        all."""
+        doing = f"read ConfigMap {namespace}/{name}"
+        known = self.foreign.get((namespace, name))
+        if known is None:
+            try:
+                with translate_errors(doing, classifier=KubeErrors(timeout=self.timeout)):
+                    found = self.core.read_namespaced_config_map(
+                        name, namespace, _request_timeout=self.timeout)
+            except BackendError as exc:
+                known = exc
+            else:
+                known = {k: v for k, v in (found.data or {}).items() if isinstance(v, str)}
+            self.foreign[namespace, name] = known
+        if not isinstance(known, BackendError):
+            return known
+        if isinstance(known, KubeApiError) and known.status == 404:
+            return None
+        if isinstance(known, KubeApiError) and known.status == 403:
+            return self._forbidden(namespace, name, why)
+        text = str(known)
+        return (f"{doing} ({why}){text[len(doing):]}" if text.startswith(doing)
+                else f"{text} ({why})")
+
+    def _forbidden(self, namespace: str, name: str, why: str) -> str:
+        """Why the ConfigMap ``namespace/name`` is not known where its read was refused
+        (403), and the one RBAC rule that has it read. k3snet's rendered Role grants get
+        on every ConfigMap of Cilium's namespace (an earlier one: Cilium's two alone),
+        not of another (a ``config-map:NAMESPACE/NAME`` source)."""
+        rule = json.dumps({"apiGroups": [""], "resources": ["configmaps"],
+                           "resourceNames": [name], "verbs": ["get"]})
+        granted = (f"the Role k3snet render manifests makes in {namespace} grants get on "
+                   "every ConfigMap there (an earlier one on Cilium's two alone: apply the "
+                   "manifests again)" if namespace == self.namespace else
+                   f"the Role k3snet render manifests makes grants get on the ConfigMaps of "
+                   f"{self.namespace} alone")
+        return (f"ConfigMap {namespace}/{name} ({why}) is not to be read (forbidden, 403): "
+                f"{granted}; to have it read, add the rule {rule} to a Role in {namespace} "
+                "bound to the account k3snet runs as (the agent's ServiceAccount)")
 
     def patch(self, name: str, version: str | None, data: dict[str, str | None],
               owned: str | None, owned_changes: bool, *,
@@ -1434,6 +1471,7 @@ class CiliumBackend(BackendBase):
         """The keys k3snet set (owned) and the settings as they would be without them
         (foreign), with the CiliumNodeConfigs that set keys of them on some nodes."""
         self._observed.drop()
+        self._api.forget()
         self.warnings = ()
         self._options = ()
         self._agents = self._readers = ()
@@ -1443,37 +1481,20 @@ class CiliumBackend(BackendBase):
             self._observed.put(read)
             return State()
         owned = self._owned(read)
-        daemonset, failed = self._read_daemonset()
-        others = (tuple(self._api.agent_daemonsets(self._daemonset))
-                  if isinstance(daemonset, Mapping) else None)
+        read, foreign, daemonset = self._judged(read, owned)
+        others = read.others
+        nodes = read.nodes
+        assert nodes is not None
         self._agents = tuple(name for name, _ in others or ())
         self._readers = tuple(name for name, found in others or () if self._reads_config(found))
-        sources = self._config_sources(daemonset, others or (), owned)
-        holds = {*(read.config.data if read.config is not None else ()),
-                 *(owned.settings if owned is not None else ()),
-                 *(self._expected.settings if self._expected is not None else ())}
-        nodes = self._taken_overrides(self._nodes(sources), sources, frozenset(holds),
-                                      daemonset if isinstance(daemonset, Mapping) else None)
-        found = list(nodes.overrides)
-        groups = _node_groups(found, nodes.agent_labels, self._api.warn)
-        options = self._options = self._agent_options(daemonset, others or ())
-        read = attrs.evolve(read, options=options, daemonset=(
-            daemonset if isinstance(daemonset, dict) else None), others=others,
-            sources=sources)
-        foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
-                               node_groups=groups, agent_options=options)
+        self._options = read.options
         # The mount matters only where Cilium's ip-masq-agent is on (some node, or
-        # k3snet's keys); a failed read of the DaemonSet (a 500, a timeout) fails the
-        # observe only there, elsewhere the flags are not read (a warning). A plan
-        # turning it on has the mount judged by check and apply (_edit).
+        # k3snet's keys). A plan turning it on has the mount judged by check and apply
+        # (_edit).
         mount = None
         paths = _agent_paths(_laid(foreign, owned))
-        if failed is not None:
-            if paths:
-                raise failed
-            self._api.warn(f"{failed}: the {AGENT_CONTAINER} container's flags and "
-                           "variables are not read, cilium-config is judged alone")
         if paths:
+            assert not isinstance(daemonset, BackendError)
             mount = self._mount(paths, daemonset, by_node=nodes.files(_laid(foreign, owned)),
                                 others=others, labels=nodes.labels)
             mount.warn_if(True, self._api.warn)
@@ -1481,8 +1502,9 @@ class CiliumBackend(BackendBase):
                                    ip_masq_agent_no_directory=mount.no_directory)
         self._file_copied = mount is not None and mount.copied
         # A failed read is not tried again ahead: the check says it.
-        ahead = None if failed is not None else self._mount_ahead(read, mount, nodes, daemonset)
-        self._observed.put(attrs.evolve(read, mount=mount, nodes=nodes, ahead=ahead))
+        ahead = (None if isinstance(daemonset, BackendError)
+                 else self._mount_ahead(read, mount, nodes, daemonset))
+        self._observed.put(attrs.evolve(read, mount=mount, ahead=ahead))
         # The policies count only where some node runs the egress gateway (a key k3snet
         # never writes): otherwise they are not listed.
         if any(view.egress_gateway_on(family) for _, view in foreign.on_nodes()
@@ -1490,6 +1512,45 @@ class CiliumBackend(BackendBase):
             foreign = attrs.evolve(foreign, egress_gateways=_egress_gateways(
                 self._api.egress_gateway_policies(), "CiliumEgressGatewayPolicies"))
         return State(owned=[] if owned is None else [owned], foreign=[foreign])
+
+    def _judged(self, read: _Read, owned: CiliumConfig | None
+                ) -> tuple[_Read, CiliumConfig, Mapping[str, Any] | str | BackendError | None]:
+        """``read`` (``cilium-config`` found) with what every judgement of it takes beside
+        the two ConfigMaps: the named DaemonSet's agent container's flags and variables
+        and its ``config`` init container's sources, the other agent DaemonSets, the
+        CiliumNodeConfigs its sources take (and the Nodes); the foreign config with them;
+        and the DaemonSet as read (JSON, why it is not known: a text, or the error of a
+        failed read). :meth:`observe` and a :meth:`check` or :meth:`apply` reading again
+        (observe's read expired, or a plan file's) judge alike by it. A failed read of
+        the DaemonSet (a 500, a timeout) is raised where the ip-masq-agent is on (some
+        node, or k3snet's keys: its mount is judged), elsewhere a warning: the flags are
+        not read, ``cilium-config`` is judged alone."""
+        assert read.config is not None
+        daemonset, failed = self._read_daemonset()
+        others = (tuple(self._api.agent_daemonsets(self._daemonset))
+                  if isinstance(daemonset, Mapping) else None)
+        sources = self._config_sources(daemonset, others or (), owned)
+        holds = {*read.config.data, *(owned.settings if owned is not None else ()),
+                 *(self._expected.settings if self._expected is not None else ())}
+        nodes = self._taken_overrides(self._nodes(sources), sources, frozenset(holds),
+                                      daemonset if isinstance(daemonset, Mapping) else None)
+        found = list(nodes.overrides)
+        if found:
+            self._node_configs_otherwise(sources, others or ())
+        groups = _node_groups(found, nodes.agent_labels, self._api.warn)
+        options = self._agent_options(daemonset, others or ())
+        read = attrs.evolve(read, options=options, daemonset=(
+            daemonset if isinstance(daemonset, dict) else None), others=others,
+            sources=sources, nodes=nodes)
+        foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
+                               node_groups=groups, agent_options=options)
+        if failed is not None:
+            if _agent_paths(_laid(foreign, owned)):
+                raise failed
+            self._api.warn(f"{failed}: the {AGENT_CONTAINER} container's flags and "
+                           "variables are not read, cilium-config is judged alone")
+            return read, foreign, failed
+        return read, foreign, daemonset
 
     def expect(self, state: State) -> None:
         """A hint: ``state``'s owned config is what the plan will want (``k3snet plan`` and
@@ -1535,6 +1596,14 @@ class CiliumBackend(BackendBase):
                 self._api.warn(f"the config init container of {where} (cilium-dbg "
                                f"{BUILD_CONFIG}): {sources}")
                 continue
+            if sources is not None and any(kind == "node" for kind, _, _ in sources.sources):
+                # pkg/option/resolver: each Node's config.cilium.io/KEY labels and
+                # annotations, laid over the sources before (filtered as they are).
+                self._api.warn(printable(
+                    f"{_builder(where, sources)} reads the node: source ({sources.given}): "
+                    "each Node's config.cilium.io/KEY labels and annotations, which k3snet "
+                    "does not read, are laid over cilium-config there; a key set so is "
+                    "judged by cilium-config all the same")[:1000])
             if name == self._daemonset:
                 named = sources
                 continue
@@ -1548,6 +1617,32 @@ class CiliumBackend(BackendBase):
                     f"writes ({next(iter(dropped.values()))}): the agents of its nodes keep "
                     "their own value")[:1000])
         return named
+
+    def _node_configs_otherwise(self, sources: ConfigSources | None,
+                                others: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """A warning for each other agent DaemonSet whose ``config`` init container takes
+        the CiliumNodeConfigs otherwise than the named one's (``sources``): other
+        ``cilium-node-config:`` sources, another place among its sources, or other key
+        filters. k3snet judges the CiliumNodeConfigs by the named one's on every node,
+        the nodes of such a copy too (whose agents may lay other keys, or none)."""
+        def taking(found: ConfigSources | None) -> tuple[Any, ...] | None:
+            if found is None:
+                return None
+            return (tuple((i, s) for i, s in enumerate(found.sources)
+                          if s[0] == "cilium-node-config" or s[0] == "config-map"),
+                    found.allow, found.deny, found.mounted)
+
+        namespace = self._api.namespace
+        named = taking(sources)
+        for name, other in others:
+            theirs = config_sources(other, namespace)
+            if isinstance(theirs, str) or taking(theirs) == named:
+                continue  # not known (its own warning), or taken alike
+            self._api.warn(printable(
+                f"the config init container of DaemonSet {namespace}/{name} takes the "
+                f"CiliumNodeConfigs otherwise than DaemonSet {namespace}/{self._daemonset}'s "
+                f"({theirs.given if theirs is not None else 'no build-config'}): k3snet "
+                "judges them by the latter's on every node, its agents' nodes too")[:1000])
 
     def _taken_overrides(self, nodes: _Nodes, sources: ConfigSources | None,
                          holds: frozenset[str] = frozenset(),
@@ -2223,9 +2318,16 @@ class CiliumBackend(BackendBase):
 
     def _read_for_apply(self) -> _Read:
         """The two ConfigMaps as :meth:`observe` read them right before (every write
-        carries the resourceVersion read: a change since gives 409), else read again."""
+        carries the resourceVersion read: a change since gives 409), else read again,
+        with the DaemonSets, sources and CiliumNodeConfigs as observe reads them
+        (:meth:`_judged`): check and apply judge alike on either path."""
         try:
-            read = self._observed.take() or self._read()
+            read = self._observed.take()
+            if read is None:
+                self._api.forget()
+                read = self._read()
+                if read.config is not None:  # judged as observe judges it (_judged)
+                    read = self._judged(read, self._owned(read))[0]
         except BackendError as exc:
             raise _nothing_changed(exc) from exc
         if read.config is None:
@@ -2294,11 +2396,43 @@ class CiliumBackend(BackendBase):
                    else frozenset())
         # why quotes the DaemonSet's flags, the cluster's text: one printable line, cut.
         where = f"DaemonSet {namespace}/{self._daemonset}"
-        return [f"{key}: k3snet writes it into {self._where()}, which "
-                f"{_builder(where, sources)} does not take from there "
-                f"({printable(why)[:500]}): the write would have no effect"
-                for key in after.settings if key not in follows
-                and (why := sources.dropped(namespace, configmap, key)) is not None]
+        problems = [f"{key}: k3snet writes it into {self._where()}, which "
+                    f"{_builder(where, sources)} does not take from there "
+                    f"({printable(why)[:500]}): the write would have no effect"
+                    for key in after.settings if key not in follows
+                    and (why := sources.dropped(namespace, configmap, key)) is not None]
+        for key in after.settings:
+            if key not in follows and sources.dropped(namespace, configmap, key) is None:
+                problems += self._laid_over(key, str(after.settings[key]), sources, where)
+        return problems
+
+    def _laid_over(self, key: str, value: str, sources: ConfigSources, where: str
+                   ) -> list[str]:
+        """Why writing ``key`` = ``value`` into ``cilium-config`` has no effect where the
+        named DaemonSet's ``config`` init container (``sources``; ``where``) lays a
+        ``config-map:`` source after it over it, that ConfigMap holding the key (its
+        filter keeping it) with another value (trimmed, as the agent reads its files):
+        the resolver lays each source over the ones before, the last holding a key
+        deciding (:meth:`ConfigSources.configmaps_after`). One not to be read is a
+        warning: its value is not known."""
+        namespace, configmap = self._api.namespace, self._api.config_name
+        for at, other in sources.configmaps_after(namespace, configmap, key):
+            data = self._api.foreign_data(at, other, f"a --source of {where}'s config init "
+                                          "container, after cilium-config")
+            if isinstance(data, str):
+                self._api.warn(printable(
+                    f"{data}: whether it sets {key} over {self._where()}, where k3snet "
+                    "writes it, is not known")[:1000])
+                return []
+            if data is not None and key in data:
+                if data[key].strip() == value.strip():
+                    return []  # the agents run with the value asked for all the same
+                return [printable(
+                    f"{key}: k3snet writes it into {self._where()}, over which "
+                    f"{_builder(where, sources)} lays the ConfigMap {at}/{other} (after it "
+                    f"in --source: {sources.given}), holding {key}={data[key].strip()}: the "
+                    "write would have no effect")[:1000]]
+        return []
 
     def _follows_config(self, daemonset: Mapping[str, Any], keys: Iterable[str],
                         holds: frozenset[str] | None = None) -> frozenset[str]:

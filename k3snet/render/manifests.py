@@ -663,9 +663,14 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
     if needs.cilium is not None:
         # Two named ConfigMaps in Cilium's namespace (cilium-config patched, the
         # ip-masq-agent one created and deleted with k3snet's last key); creating
-        # cannot be limited to a name. Read and patched, never updated; deleted: the
+        # cannot be limited to a name. Patched, never updated; deleted: the
         # ip-masq-agent one only (delete on cilium-config let any node's agent take
-        # Cilium's whole configuration away). The CiliumNodeConfigs there are listed
+        # Cilium's whole configuration away). Every ConfigMap there may be read (get
+        # alone: none listed nor watched): a variable of Cilium's agent container from
+        # one (configMapKeyRef), or a copy's config init container's config-map: source,
+        # is judged by its value; Cilium's chart grants its own agent get, list and
+        # watch on them all (Role cilium-config-agent), on every node. The
+        # CiliumNodeConfigs there are listed
         # (never written): the keys they set over cilium-config on some nodes are judged too.
         # Cilium's agent DaemonSet is read (never written): its agent container's flags
         # and variables, which Cilium takes over cilium-config, and whether it mounts the
@@ -674,9 +679,10 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         objs += _role(AGENT_NAME + "-cilium", cilium_ns, namespace, [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
             {"apiGroups": [""], "resources": ["configmaps"],
-             "resourceNames": sorted({config_name, agent_name}), "verbs": ["get", "patch"]},
+             "resourceNames": sorted({config_name, agent_name}), "verbs": ["patch"]},
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [agent_name],
              "verbs": ["delete"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
             {"apiGroups": ["cilium.io"], "resources": ["ciliumnodeconfigs"], "verbs": ["list"]},
             {"apiGroups": ["apps"], "resources": ["daemonsets"],
              "resourceNames": [needs.cilium_daemonset], "verbs": ["get"]},

@@ -275,6 +275,36 @@ def test_a_variable_from_a_configmap_is_read_from_it_as_the_kubelet_sets_it(
         None if value is None else (value, "$CILIUM_ENABLE_IP_MASQ_AGENT"))
 
 
+FORBIDDEN_RULE = ('add the rule {"apiGroups": [""], "resources": ["configmaps"], '
+                  '"resourceNames": ["extra"], "verbs": ["get"]} to a Role in kube-system '
+                  "bound to the account k3snet runs as")
+
+
+def test_a_variable_from_a_configmap_not_to_be_read_names_the_one_rbac_rule_to_add(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Role of an earlier k3snet granted get on Cilium's two ConfigMaps alone: another
+    # one a variable comes from was a 403 in a cluster, and the warning said "see the
+    # rendered ClusterRole", which grants no ConfigMap, and named no rule.
+    _setup(api_server, EBPF, _daemonset(env=[
+        {"name": "CILIUM_ENABLE_IP_MASQ_AGENT", "valueFrom": {"configMapKeyRef": {
+            "name": "extra", "key": "masq"}}}]))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "extra", {"masq": "true"}))
+    api_server.fail(403, plural="configmaps", name="extra", times=None)
+    with caplog.at_level(logging.WARNING):
+        assert _foreign(backend).agent_options == ()
+    (warning,) = [r.getMessage() for r in caplog.records if "extra" in r.getMessage()]
+    assert warning.startswith(
+        "cilium: $CILIUM_ENABLE_IP_MASQ_AGENT of the cilium-agent container of DaemonSet "
+        "kube-system/cilium: ConfigMap kube-system/extra (")
+    assert ("is not to be read (forbidden, 403): the Role k3snet render manifests makes in "
+            "kube-system grants get on every ConfigMap there (an earlier one on Cilium's "
+            "two alone: apply the manifests again); ") in warning
+    assert FORBIDDEN_RULE in warning
+    assert "ClusterRole" not in warning
+    assert warning.endswith("which judges enable-ip-masq-agent all the same")  # not cut
+
+
 def test_check_refuses_a_write_the_agent_s_flags_make_it_refuse_to_start_with(
     api_server: EmulatedApiServer, backend: CiliumBackend
 ) -> None:

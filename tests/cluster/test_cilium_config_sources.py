@@ -32,7 +32,7 @@ from tests.cluster.test_cilium_backend import (
     _node_config,
 )
 from tests.cluster.test_cilium_mount import cilium_daemonset
-from tests.cluster.workloads import CONFIGMAPS, DAEMONSETS
+from tests.cluster.workloads import CONFIGMAPS, DAEMONSETS, configmap
 
 pytestmark = pytest.mark.cluster
 
@@ -360,3 +360,130 @@ def test_a_copy_whose_agent_s_variable_takes_a_cilium_config_key_awaits_its_rest
     api_server.put(DAEMONSETS, gpu)
     (change,) = plan(backend.observe(), MASQUERADE_OFF).changes
     assert backend.restart_needed(change) == "DaemonSet kube-system/cilium"
+
+
+@pytest.mark.parametrize("read_gone", ["taken by the check", "a plan file's backend"])
+def test_check_and_an_apply_reading_again_judge_the_sources_alike(
+    read_gone: str, api_server: EmulatedApiServer, api_client: Any, backend: CiliumBackend
+) -> None:
+    # The check right after observe takes its read, with the config init container's
+    # sources; the apply after it (or one from a plan file) read the two ConfigMaps again
+    # without them: check refused the write as having no effect, and apply made it.
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config-gpu,cilium-node-config"))
+    p = plan(backend.observe(), MASQUERADE_OFF)
+    (refused,) = backend.check(p)
+    assert "the write would have no effect" in refused
+    applying = backend if read_gone == "taken by the check" else CiliumBackend(
+        api_client=api_client, timeout=10.0, allow_disruptive=True)
+    if applying is not backend:
+        assert applying.check(p) == (refused,)
+    with pytest.raises(PlanError) as raised:
+        applying.apply(p)
+    assert str(raised.value) == refused
+    assert _data(api_server)["enable-ipv4-masquerade"] == "true"
+
+
+def test_an_apply_reading_again_judges_the_node_configs_its_sources_take(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The CiliumNodeConfig turns the ip-masq-agent off on every node, but the config init
+    # container reads none: turning it on in cilium-config reaches every agent, whose
+    # container has no /etc/config (refused). Read again, the apply listed the
+    # CiliumNodeConfigs without the sources: judged off everywhere, and written.
+    off = _node_config("all", {"enable-ip-masq-agent": "false"})
+    off["spec"]["nodeSelector"] = {}
+    api_server.put(NODE_CONFIGS_V2, off)
+    ds = _building("--source=config-map:cilium-config")
+    pod = ds["spec"]["template"]["spec"]
+    pod["containers"][0]["volumeMounts"] = [
+        m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] != "/etc/config"]
+    api_server.put(DAEMONSETS, ds)
+    on = State(owned=[CiliumConfig(TARGET, settings={
+        "enable-bpf-masquerade": "true", "enable-ip-masq-agent": "true"})])
+    p = plan(backend.observe(), on)
+    (refused,) = backend.check(p)
+    assert "no /etc/config" in refused
+    with pytest.raises(PlanError) as raised:
+        backend.apply(p)  # the check took observe's read: read again
+    assert str(raised.value) == refused
+    assert "enable-ip-masq-agent" not in _data(api_server)
+
+
+def test_a_configmap_source_laid_over_cilium_config_holding_a_key_k3snet_writes_is_refused(
+    api_server: EmulatedApiServer, backend: CiliumBackend
+) -> None:
+    # The resolver lays cilium-overrides (a later --source) over cilium-config: its
+    # enable-ipv4-masquerade is the agents', and k3snet's write into cilium-config had no
+    # effect, said converged.
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,config-map:cilium-overrides,cilium-node-config"))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                         {"enable-ipv4-masquerade": "true"}))
+    (refused,) = backend.check(plan(backend.observe(), MASQUERADE_OFF))
+    assert ("enable-ipv4-masquerade: k3snet writes it into ConfigMap kube-system/cilium-config, "
+            "over which the config init container of DaemonSet kube-system/cilium (cilium-dbg "
+            "build-config) lays the ConfigMap kube-system/cilium-overrides (after it in "
+            "--source: --source=config-map:cilium-config,config-map:cilium-overrides,"
+            "cilium-node-config), holding enable-ipv4-masquerade=true: the write would have "
+            "no effect") in refused
+    with pytest.raises(PlanError, match="would have no effect"):
+        backend.apply(plan(backend.observe(), MASQUERADE_OFF))
+    assert _data(api_server)["enable-ipv4-masquerade"] == "true"
+    # Holding the value asked for (trimmed), or filtered out, or not holding it: written.
+    for data, args in ((({"enable-ipv4-masquerade": "false\n"}), ()),
+                       ({"enable-ipv4-masquerade": "true"},
+                        ("--deny-config-keys=enable-ipv4-masquerade",)),
+                       ({"debug": "true"}, ())):
+        api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides", data))
+        api_server.put(DAEMONSETS, _building(
+            "--source=config-map:cilium-config,config-map:cilium-overrides", *args))
+        assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
+    # Before cilium-config in --source, cilium-config is laid over it: written.
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                         {"enable-ipv4-masquerade": "true"}))
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-overrides,config-map:cilium-config"))
+    assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
+
+
+def test_a_node_source_is_a_warning_naming_what_k3snet_does_not_read(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The node: source lays each Node's config.cilium.io/KEY labels and annotations over
+    # cilium-config on that node; k3snet reads none of them and said nothing.
+    api_server.put(DAEMONSETS, _building("--source=config-map:cilium-config,node"))
+    with caplog.at_level(logging.WARNING):
+        backend.observe()
+    assert any("reads the node: source (--source=config-map:cilium-config,node)"
+               in r.getMessage() and "config.cilium.io/KEY" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_copy_taking_the_node_configs_otherwise_is_a_warning(
+    api_server: EmulatedApiServer, api_client: Any, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # cilium-gpu's config init container reads no CiliumNodeConfig: on its nodes "edge"
+    # sets nothing, yet k3snet judges it there too (by the named DaemonSet's sources),
+    # and said nothing.
+    api_server.put(NODE_CONFIGS_V2, _node_config("edge", {"enable-ipv4-masquerade": "false"}))
+    api_server.put(DAEMONSETS, _building())
+    gpu = _building("--source=config-map:cilium-config", name="cilium-gpu")
+    gpu["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "gpu"}
+    api_server.put(DAEMONSETS, gpu)
+    with caplog.at_level(logging.WARNING):
+        backend.observe()
+    said = [r.getMessage() for r in caplog.records
+            if "takes the CiliumNodeConfigs otherwise" in r.getMessage()]
+    assert said == ["cilium: the config init container of DaemonSet kube-system/cilium-gpu "
+                    "takes the CiliumNodeConfigs otherwise than DaemonSet kube-system/"
+                    "cilium's (--source=config-map:cilium-config): k3snet judges them by "
+                    "the latter's on every node, its agents' nodes too"]
+    # Taken alike (the same flags): nothing said (a backend of its own: one said once).
+    caplog.clear()
+    api_server.put(DAEMONSETS, _building(name="cilium-gpu"))
+    with caplog.at_level(logging.WARNING):
+        CiliumBackend(api_client=api_client, timeout=10.0).observe()
+    assert not any("takes the CiliumNodeConfigs otherwise" in r.getMessage()
+                   for r in caplog.records)

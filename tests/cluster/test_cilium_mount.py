@@ -494,12 +494,13 @@ def test_a_failed_daemonset_read_fails_nothing_where_the_ip_masq_agent_stays_off
     assert p.conflicts == ()
     assert p.changes
     assert backend.check(p) == ()
-    # Checked and applied without an observe before (a plan file): nothing read.
+    # Checked and applied without an observe before (a plan file): each reads it again,
+    # and judges as the observe did (the warning, cilium-config alone).
     fresh = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
     assert fresh.check(p) == ()
     fresh.apply(p)
     assert _data(api_server)["tunnel-protocol"] == "geneve"
-    assert _daemonset_reads(api_server) == 1  # the observe's, for the flags
+    assert _daemonset_reads(api_server) == 3  # the observe's, the check's, the apply's
 
 
 def test_a_failed_daemonset_read_refuses_a_plan_turning_the_ip_masq_agent_on(
@@ -1961,3 +1962,36 @@ def test_a_copy_s_variable_from_cilium_config_s_own_key_is_judged_whatever_its_s
     backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
     (refused,) = backend.check(plan(backend.observe(), compile_for(backend, _spec())))
     assert "DaemonSet kube-system/cilium-gpu has no volume" in refused
+
+
+def _configmap_reads(server: EmulatedApiServer, name: str) -> int:
+    return sum(1 for method, path, _ in server.requests()
+               if method == "GET" and path.split("?")[0].endswith(f"/configmaps/{name}"))
+
+
+def test_a_configmap_many_agent_daemonsets_take_a_variable_from_is_read_once_a_pass(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # Four node pools' copies, each agent's CILIUM_ENABLE_IP_MASQ_AGENT from one
+    # ConfigMap: it was read again for every DaemonSet, for its flags and again for its
+    # mount, and again by the check after the observe.
+    gpu = _gpu_copy(api_server, env=_masq_from(
+        {"configMapKeyRef": {"name": "cilium-pools-env", "key": "masq"}}))
+    for pool in ("arm", "edge", "big"):
+        other = _pool(copy.deepcopy(gpu), f"cilium-{pool}")
+        _pod(other)["nodeSelector"] = {"pool": pool}
+        api_server.put(DAEMONSETS, other)
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-pools-env", {"masq": "false"}))
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    spec = compile_for(backend, _spec())
+    assert backend.check(plan(backend.observe(), spec)) == ()
+    assert _configmap_reads(api_server, "cilium-pools-env") == 1  # observe's; check's: none
+    # The next pass reads it again: a change since is seen.
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-pools-env", {"masq": "true"}))
+    p = plan(backend.observe(), spec)
+    (refused,) = backend.check(p)
+    assert "has no volume" in refused
+    assert _configmap_reads(api_server, "cilium-pools-env") == 2
+    # A check reading the cluster again (the one before took observe's read): once more.
+    assert backend.check(p) == (refused,)
+    assert _configmap_reads(api_server, "cilium-pools-env") == 3

@@ -10,16 +10,23 @@ cluster, and the emulator does not enforce RBAC.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
+import kubernetes_validate
 import pytest
 
 from k3snet.cli import main
-from k3snet.render.manifests import AGENT_NAME, SPEC_PATH, render_manifests
+from k3snet.render.manifests import (
+    AGENT_NAME,
+    NEWEST_KUBERNETES_VERSION,
+    SPEC_PATH,
+    render_manifests,
+)
 from k3snet.spec import load_spec
 from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
 from tests.cluster.test_calico_backend import CRDS, ippool_crd
@@ -397,3 +404,70 @@ def test_lease_candidates_agent_sends_only_what_its_rbac_grants(
     assert _denied(requests, objs, namespace) == []
     unused = _unused(requests, objs, namespace)
     assert (None, "nodes", "get") not in unused
+
+
+def test_a_configmap_a_cilium_variable_comes_from_is_read_and_a_403_names_the_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A variable of Cilium's agent container from a ConfigMap of its namespace
+    # (configMapKeyRef) is read for its value: the rendered Role granted get on Cilium's
+    # two ConfigMaps alone, so it was a 403 in a cluster. It now grants get (not list nor
+    # watch) on every ConfigMap there, as Cilium's chart grants its own agent get, list
+    # and watch (Role cilium-config-agent); of another namespace, none. Refused all the
+    # same (a Role of an earlier k3snet), the warning names the one rule that has it read,
+    # which a Role of that namespace holds as the API server validates it.
+    crds = tuple(r for r in CALICO_RESOURCES if r.startswith("crd."))
+    with EmulatedApiServer(resources=(*crds, *AGENT_RESOURCES, *CNI_WORKLOADS)) as server:
+        server.put("v1/nodes", {"metadata": {"name": NODE}})
+        server.put(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": "cilium-config",
+                                             "namespace": "kube-system"},
+                                "data": {"enable-ipv4-masquerade": "true",
+                                         "cluster-pool-ipv4-cidr": "10.42.0.0/16"}})
+        daemonset = cilium_daemonset(ip_masq_agent=False)
+        daemonset["spec"]["template"]["spec"]["containers"][0]["env"] = [
+            {"name": "CILIUM_ENABLE_IPV4_MASQUERADE", "valueFrom": {"configMapKeyRef": {
+                "name": "cilium-extra", "key": "masquerade"}}}]
+        server.put("apps/v1/daemonsets", daemonset)
+        server.put(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": "cilium-extra", "namespace": "kube-system"},
+                                "data": {"masquerade": "true"}})
+        extra = Request("get", "", "configmaps", "kube-system", "cilium-extra")
+        text = HEADER + "backends: [cilium]\ndestinations:\n  - cidr: 192.168.2.0/24\n"
+        requests, objs, namespace = _run_as_rendered(server, tmp_path, monkeypatch, (text,))
+        assert extra in requests
+        assert _denied(requests, objs, namespace) == []
+        for obj in objs:
+            if obj["kind"] in ("Role", "RoleBinding"):
+                assert kubernetes_validate.validate(obj, NEWEST_KUBERNETES_VERSION,
+                                                    strict=True)
+        granted = _granted(objs, namespace)
+        assert not any(_allows(s, g, other) for s, g in granted for other in (
+            Request("list", "", "configmaps", "kube-system", None),
+            Request("watch", "", "configmaps", "kube-system", None),
+            Request("get", "", "configmaps", "default", "cilium-extra"),
+            Request("patch", "", "configmaps", "kube-system", "cilium-extra")))
+        server.fail(403, plural="configmaps", name="cilium-extra", times=None)
+        capsys.readouterr()
+        _run_as_rendered(server, tmp_path, monkeypatch, (text,))
+    # The agent's log, as its pod's would be.
+    (said,) = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
+    found = re.search(r"add the rule (\{.*?\}) to a Role in kube-system bound to the account "
+                      r"k3snet runs as", said)
+    assert found is not None, said
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "k3snet-agent-cilium-extra", "namespace": "kube-system"},
+            "rules": [json.loads(found[1])]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "k3snet-agent-cilium-extra", "namespace": "kube-system"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                           "name": "k3snet-agent-cilium-extra"},
+               "subjects": [{"kind": "ServiceAccount", "name": AGENT_NAME,
+                             "namespace": namespace}]}
+    for obj in (role, binding):
+        assert kubernetes_validate.validate(obj, NEWEST_KUBERNETES_VERSION, strict=True)
+    granted = _granted([role, binding], namespace)
+    assert any(_allows(s, g, extra) for s, g in granted)
+    assert not any(_allows(s, g, other) for s, g in granted for other in (
+        Request("get", "", "configmaps", "kube-system", "coredns"),
+        Request("list", "", "configmaps", "kube-system", None)))
