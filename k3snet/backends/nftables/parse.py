@@ -41,8 +41,9 @@ Foreign state
     other base chain on the forward hook, since an accept ends only its own
     chain (firewalld#527): every other one must accept the packets too, or let
     them reach its accept policy. A device's ``ingress`` chain (``netdev`` or
-    ``inet``) is read for drops as testing that device (``iifname``); its default is
-    not judged.
+    ``inet``) is read for drops as testing that device (``iifname``), its policy drop
+    as one more drop after its rules (conntrack has not run there: a ``ct state``
+    accept takes no reply).
 """
 
 from __future__ import annotations
@@ -806,8 +807,8 @@ class ForeignReader:
     path_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
     # filter base chains on a device's ingress hook (a netdev table's, or an inet one's):
     # what arrives by that device passes them before any other hook, (where, name,
-    # devices), read for drops only (their defaults are not judged)
-    device_bases: list[tuple[tuple[str, str], str, tuple[str, ...]]] = field(
+    # devices, policy), read for drops, their policy drop as one more at their end
+    device_bases: list[tuple[tuple[str, str], str, tuple[str, ...], str]] = field(
         default_factory=list)
     # nat base chains there: the first packet of each new connection passes them (a drop
     # there drops it, the connection never starts), read for their defaults only
@@ -902,7 +903,8 @@ class ForeignReader:
                 # on a name with no device yet, and one with whitespace, "/" or ":" never
                 # gets one.)
                 self.device_bases.append((where, str(name), tuple(
-                    d for d in devices if isinstance(d, str) and _may_name_a_device(d))))
+                    d for d in devices if isinstance(d, str) and _may_name_a_device(d)),
+                    str(chain.get("policy", "accept"))))
             return
         if family not in ("ip", "ip6", "inet") or where in passed:
             return
@@ -1002,11 +1004,16 @@ class ForeignReader:
                 self._untrack_defaults.append((where, name, f"policy {policy}",
                                                list(taken.accepted)))
         # What arrives by a device passes its ingress chains first: a drop there is read
-        # as one testing that device (`iifname`), one walk per device.
-        for where, name, devices in self.device_bases:
+        # as one testing that device (`iifname`), one walk per device, and so is a policy
+        # drop, after the chain's rules (what they accept, it never sees).
+        for where, name, devices, policy in self.device_bases:
             for device in devices:
+                taken = _Taken(ingress=device)
                 self._block_walk(where, name, _Way(guard=Match(iif=[(device, False)])), found,
-                                 _Taken())
+                                 taken, every=1)
+                if policy != "accept" and not taken.ended:
+                    found.update(_policy_blocks(device, policy, where, name, taken=taken,
+                                                routed=self.routed))
         for match, where, chain in self._notracks:
             for default in self._untrack_defaults:
                 found.update(_untrack_forward_blocks(match, where, chain, default))
@@ -1035,7 +1042,7 @@ class ForeignReader:
     def _block_walk(self, where: tuple[str, str], chain: str, way: _Way,
                     found: set[NetObject], taken: _Taken, *,
                     untrack: tuple[tuple[str, str], str] | None = None,
-                    forward: bool = False) -> None:
+                    forward: bool = False, every: int = 0) -> None:
         """Walk ``chain`` for blocks; ``taken``: what the accepts met before on the way
         from the base chain take (it never reaches a later rule: an accept, here or in a
         chain jumped to, ends the base chain), added to as the walk meets more.
@@ -1044,7 +1051,9 @@ class ForeignReader:
         tracked connections only), unless an accept or drop of every packet came first,
         and is kept for the forward path's defaults. ``forward``: the base chain is on
         the forward path after conntrack (the forward hook, or prerouting or postrouting
-        after it): a drop of every packet met is its default for untracked flows."""
+        after it): a drop of every packet met is its default for untracked flows.
+        ``every``: the tests the way's guard makes that every packet of the walk passes
+        (an ingress chain's device): a rule making no more applies to every packet."""
         way = way.into(where, chain)
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
@@ -1075,14 +1084,14 @@ class ForeignReader:
                 self._untrack_defaults.append((
                     where, chain, f"{match.verdict} (a rule of every packet)",
                     list(taken.accepted)))
-            if reached.verdict in ("accept", "drop", "queue") and reached.conditions == 0:
+            if reached.verdict in ("accept", "drop", "queue") and reached.conditions == every:
                 taken.ended = True  # every later rule of the base chain is unreached
             if reached.verdict == "accept":
                 taken.add(reached)
             if way.follows(where, match):
                 assert match.target is not None
                 self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found,
-                                 taken, untrack=untrack, forward=forward)
+                                 taken, untrack=untrack, forward=forward, every=every)
 
     def defaults(self) -> ForwardDefaults:
         """The base chains read whose default may drop forwarded packets: a policy that is
@@ -2319,12 +2328,21 @@ class _Taken:
     accepted: list[ForwardRule] = field(default_factory=list)
     replies: bool = False
     ended: bool = False  # a rule accepting or dropping every packet was met
+    # The device of an ingress chain's walk: every packet of the walk came by it (an
+    # accept's test of it takes no packet away from the walk's blocks, which test it
+    # too), and conntrack has not run yet (a `ct state` test there sees no connection,
+    # and its `established,related accept` takes no reply).
+    ingress: str | None = None
 
     def add(self, match: Match) -> None:
         """Take accept ``match`` (as the walk reached it) into account."""
         if match.ct_reply:
-            self.replies = self.replies or match.conditions == 1
+            if self.ingress is None:
+                self.replies = self.replies or match.conditions == 1
             return
+        if self.ingress is not None:
+            match = dataclasses.replace(
+                match, iif=[test for test in match.iif if test != (self.ingress, False)])
         if match.unknown or match.marks:
             return
         tests = (match.saddr, match.daddr, match.iif, match.oif)
@@ -2368,6 +2386,15 @@ def _blocks_of(match: Match, where: tuple[str, str], chain: str, taken: _Taken |
         return [block for block in found if block is not None]
     block = _block_of(match, where, chain, taken, routed)
     return [] if block is None else [block]
+
+
+def _policy_blocks(device: str, policy: str, where: tuple[str, str], chain: str, *,
+                   taken: _Taken, routed: RoutedBy | None) -> list[ForwardBlock]:
+    """The blocks of an ingress chain's policy drop on ``device``: a drop of every packet
+    arriving by it that the chain's rules did not take (``taken``), in each family."""
+    found = _blocks_of(Match(iif=[(device, False)], verdict="drop"), where, chain, taken, routed)
+    return [attrs.evolve(block, rule=f"{block.rule.removesuffix(' drop')} policy {policy}")
+            for block in found]
 
 
 def _block_of(match: Match, where: tuple[str, str], chain: str,
