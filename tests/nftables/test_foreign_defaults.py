@@ -219,6 +219,18 @@ RETURNED_FROM_A_GOTO = _RETURNED.format(forward="        goto FWD\n")
 RETURNED_AND_ACCEPTED_AFTER_THE_JUMP = _RETURNED.format(forward=(
     "        jump FWD\n        ip saddr 10.42.0.0/16 accept\n"
     "        ip daddr 10.42.0.0/16 accept\n"))
+# The pods' packets returned by the base chain itself, or by a chain it jumps to with
+# nothing after the jump: a return at a base chain is its policy (the accept after it
+# takes every other packet, none of the pods').
+_RETURNS_THE_PODS = ("        ip saddr 10.42.0.0/16 return\n        ip6 saddr fd42:42::/56 return\n"
+                     "        accept\n")
+RETURNED_BY_THE_BASE_CHAIN = ("table inet filter {\n    chain forward {\n        type filter "
+                              "hook forward priority 0; policy drop;\n" + _RETURNS_THE_PODS
+                              + "    }\n}\n")
+RETURNED_TO_THE_END_OF_THE_BASE_CHAIN = (
+    "table inet filter {\n    chain forward {\n        type filter hook forward priority 0; "
+    "policy drop;\n        jump pods\n    }\n    chain pods {\n" + _RETURNS_THE_PODS
+    + "    }\n}\n")
 # Base chains on the prerouting and postrouting hooks: forwarded packets pass them too,
 # a nat chain's only for a connection's first packet (tests/nftables/test_foreign_defaults.py
 # ::test_real_packets_... shows what the kernel does with each).
@@ -357,6 +369,11 @@ CASES: dict[str, tuple[str, list[str] | None]] = {
         RETURNED_FROM_A_GOTO, ["nftables: ip filter chain FORWARD, ", "(policy drop)"]),
     "a policy drop accepting the pods' packets a chain jumped to returned": (
         RETURNED_AND_ACCEPTED_AFTER_THE_JUMP, None),
+    "a policy drop whose base chain returns the pods' packets, accepting the rest": (
+        RETURNED_BY_THE_BASE_CHAIN, ["nftables: inet filter chain forward, ", "(policy drop)"]),
+    "a policy drop whose base chain ends after a jump returning the pods' packets": (
+        RETURNED_TO_THE_END_OF_THE_BASE_CHAIN, ["nftables: inet filter chain forward, ",
+                                                "(policy drop)"]),
 }
 
 
