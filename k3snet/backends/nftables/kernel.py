@@ -285,11 +285,12 @@ class Libnftables:
         return items
 
     def _devices(self, items: Iterable[dict[str, Any]]) -> None:
-        """Give each ``ingress`` base chain listed without its devices (libnftables 1.0.6's
-        JSON leaves them out) the ``dev`` the kernel holds: a name, or a list of them."""
+        """Give each ``ingress`` or ``egress`` base chain listed without its devices
+        (libnftables 1.0.6's JSON leaves them out) the ``dev`` the kernel holds: a name, or
+        a list of them."""
         for item in items:
             chain = item.get("chain")
-            if (isinstance(chain, dict) and chain.get("hook") == "ingress"
+            if (isinstance(chain, dict) and chain.get("hook") in ("ingress", "egress")
                     and "dev" not in chain and chain.get("family") in ("netdev", "inet")):
                 devices = self._generation.chain_devices(
                     str(chain["family"]), str(chain.get("table")), str(chain.get("name")))

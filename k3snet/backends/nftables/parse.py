@@ -43,7 +43,10 @@ Foreign state
     them reach its accept policy. A device's ``ingress`` chain (``netdev`` or
     ``inet``) is read for drops as testing that device (``iifname``), its policy drop
     as one more drop after its rules (conntrack has not run there: a ``ct state``
-    accept takes no reply).
+    accept takes no reply). A ``netdev`` chain on a device's ``egress`` hook runs after
+    NAT: its policy drop and its stopping rules are a warning for the wanted rules
+    leaving by that device whose destination they may name
+    (:meth:`ForwardDefaults.leaving`), no block.
 """
 
 from __future__ import annotations
@@ -111,9 +114,9 @@ from k3snet.render.nftables import (
 )
 from k3snet.render.tag import tag_digest
 
-__all__ = ["Doubt", "ForeignRead", "ForeignReader", "ForwardDefault", "ForwardDefaults", "Match",
-           "finish_foreign_read", "leftover_drift", "own_object", "parse_rule",
-           "read_foreign_within", "read_own", "start_foreign_read", "table_of"]
+__all__ = ["Doubt", "EgressDefault", "ForeignRead", "ForeignReader", "ForwardDefault",
+           "ForwardDefaults", "Match", "finish_foreign_read", "leftover_drift", "own_object",
+           "parse_rule", "read_foreign_within", "read_own", "start_foreign_read", "table_of"]
 
 _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
 _MAX_JUMP_DEPTH = 8
@@ -810,6 +813,11 @@ class ForeignReader:
     # devices, policy), read for drops, their policy drop as one more at their end
     device_bases: list[tuple[tuple[str, str], str, tuple[str, ...], str]] = field(
         default_factory=list)
+    # filter base chains on a device's egress hook (a netdev table's, Linux 5.16+): what
+    # leaves by that device passes them after postrouting, its source translated by NAT,
+    # (where, name, devices, policy), read for what may drop (ForwardDefaults.leaving)
+    egress_bases: list[tuple[tuple[str, str], str, tuple[str, ...], str]] = field(
+        default_factory=list)
     # nat base chains there: the first packet of each new connection passes them (a drop
     # there drops it, the connection never starts), read for their defaults only
     nat_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
@@ -903,6 +911,14 @@ class ForeignReader:
                 # on a name with no device yet, and one with whitespace, "/" or ":" never
                 # gets one.)
                 self.device_bases.append((where, str(name), tuple(
+                    d for d in devices if isinstance(d, str) and _may_name_a_device(d)),
+                    str(chain.get("policy", "accept"))))
+            return
+        if family == "netdev" and hook == "egress" and kind == "filter":
+            devices = chain.get("dev")
+            devices = [devices] if isinstance(devices, str) else devices
+            if where not in passed and isinstance(devices, list):
+                self.egress_bases.append((where, str(name), tuple(
                     d for d in devices if isinstance(d, str) and _may_name_a_device(d)),
                     str(chain.get("policy", "accept"))))
             return
@@ -1117,11 +1133,28 @@ class ForeignReader:
                     where[0], where[1], name, policy, tuple(what), kind=kind,
                     after_own_nat=(where, name) in self._after_own_nat))
         return ForwardDefaults(tuple(found), dict(self._listings) if found else {},
+                               egress=tuple(self._egress()),
                                iptables_own=tuple(sorted(self.iptables_own.items())),
                                doubts=tuple(dict.fromkeys(self.doubts)),
                                partial=tuple(self.partial),
                                places={_place(where, chain): (*where, chain)
                                        for _, where, chain in self._partial_notracks})
+
+    def _egress(self) -> Iterator[EgressDefault]:
+        """Each egress chain read that may drop something: its policy drop, and its own
+        rules that may stop a packet (a drop, reject or queue) or send it to another chain
+        (not read), each with the destinations it names (none: any)."""
+        for where, name, devices, policy in self.egress_bases:
+            if not devices:
+                continue
+            stops: list[tuple[str, tuple[Network, ...]]] = []
+            for match in self._rules(where, name):
+                if match.verdict in (*_STOPS, "jump", "goto"):
+                    words = " ".join([*_rule_words(match)[0], match.verdict,
+                                      *([match.target] if match.target else [])])
+                    stops.append((words, tuple(n for n, neg in match.daddr if not neg)))
+            if policy != "accept" or stops:
+                yield EgressDefault(where[1], name, devices, policy, tuple(stops))
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
                       defaults: bool = False, reply: bool = False,
@@ -1435,6 +1468,44 @@ class ForwardDefault:
     """A nat chain on the postrouting hook of a priority after k3snet's (srcnat)."""
 
 
+@attrs.frozen
+class EgressDefault:
+    """A ``netdev`` chain of another table on the egress hook of ``devices`` that may drop:
+    its ``policy``, and ``stops``, its rules that may drop, reject or queue a packet or
+    jump elsewhere (their words, and the destinations each names: none, any)."""
+
+    table: str
+    chain: str
+    devices: tuple[str, ...]
+    policy: str
+    stops: tuple[tuple[str, tuple[Network, ...]], ...]
+
+    def may_drop(self, rule: ForwardRule) -> bool:
+        """Whether it may drop ``rule``'s packets as they leave by one of its devices
+        (``rule.out_interface``; unset: any) or their replies, leaving by the device they
+        came in by (``rule.in_interface``). The chain runs after postrouting: the pods'
+        packets have the source k3snet's NAT gave them (the node's address), the replies
+        their destination given back (the pods'); only a destination is compared, a
+        rule naming none may drop them all."""
+        for devices_meet, destination in ((rule.out_interface, rule.destination),
+                                          (rule.in_interface, rule.source)):
+            if not any(interfaces_may_meet(d, devices_meet) for d in self.devices):
+                continue
+            if self.policy != "accept" or any(
+                    not named or any(overlaps(n, destination) for n in named)
+                    for _, named in self.stops):
+                return True
+        return False
+
+    def what(self) -> str:
+        """Its policy drop and its stopping rules, in words."""
+        said = [f"policy {self.policy}"] if self.policy != "accept" else []
+        said += [words for words, _ in self.stops[:3]]
+        if len(self.stops) > 3:
+            said.append(f"{len(self.stops) - 3} more")
+        return "; ".join(said)
+
+
 @dataclass(frozen=True)
 class ForwardDefaults:
     """What :meth:`ForeignReader.defaults` found, with the rules the read listed (parsed):
@@ -1442,6 +1513,8 @@ class ForwardDefaults:
 
     found: tuple[ForwardDefault, ...] = ()
     listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
+    egress: tuple[EgressDefault, ...] = ()
+    """The ``netdev`` egress chains that may drop (:meth:`leaving`)."""
     iptables_own: tuple[tuple[tuple[str, str], str], ...] = ()
     """The read's other finding: iptables-nft's tables holding the iptables backend's
     chains, each with the chain its hook jumps to (``(("ip", "nat"),
@@ -1486,6 +1559,13 @@ class ForwardDefaults:
                     break
         return found
 
+
+    def leaving(self, rules: Sequence[ForwardRule]) -> list[tuple[EgressDefault, ForwardRule]]:
+        """Each egress chain with the first of ``rules`` it may drop (packets or replies)
+        as they leave (:meth:`EgressDefault.may_drop`)."""
+        return [(default, rule) for default in self.egress
+                for rule in [next((r for r in rules if default.may_drop(r)), None)]
+                if rule is not None]
 
     def unopened_errors(self, rules: Sequence[ForwardRule]) -> list[tuple[ForwardDefault,
                                                                           ForwardRule]]:
