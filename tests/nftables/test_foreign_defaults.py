@@ -29,7 +29,7 @@ from k3snet.backends.nftables.parse import ForwardDefaults
 from k3snet.cli import main
 from k3snet.errors import BackendError
 from k3snet.lab import SeedLab
-from k3snet.lab.netns import run_in
+from k3snet.lab.netns import NetnsCommandError, run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
 from tests.nftables.scenario import K3SNET_RULES
 from tests.nftables.test_recorded import RecordedKernel, backend
@@ -219,6 +219,18 @@ RETURNED_FROM_A_GOTO = _RETURNED.format(forward="        goto FWD\n")
 RETURNED_AND_ACCEPTED_AFTER_THE_JUMP = _RETURNED.format(forward=(
     "        jump FWD\n        ip saddr 10.42.0.0/16 accept\n"
     "        ip daddr 10.42.0.0/16 accept\n"))
+# The pods' packets returned by the base chain itself, or by a chain it jumps to with
+# nothing after the jump: a return at a base chain is its policy (the accept after it
+# takes every other packet, none of the pods').
+_RETURNS_THE_PODS = ("        ip saddr 10.42.0.0/16 return\n        ip6 saddr fd42:42::/56 return\n"
+                     "        accept\n")
+RETURNED_BY_THE_BASE_CHAIN = ("table inet filter {\n    chain forward {\n        type filter "
+                              "hook forward priority 0; policy drop;\n" + _RETURNS_THE_PODS
+                              + "    }\n}\n")
+RETURNED_TO_THE_END_OF_THE_BASE_CHAIN = (
+    "table inet filter {\n    chain forward {\n        type filter hook forward priority 0; "
+    "policy drop;\n        jump pods\n    }\n    chain pods {\n" + _RETURNS_THE_PODS
+    + "    }\n}\n")
 # Base chains on the prerouting and postrouting hooks: forwarded packets pass them too,
 # a nat chain's only for a connection's first packet (tests/nftables/test_foreign_defaults.py
 # ::test_real_packets_... shows what the kernel does with each).
@@ -357,6 +369,11 @@ CASES: dict[str, tuple[str, list[str] | None]] = {
         RETURNED_FROM_A_GOTO, ["nftables: ip filter chain FORWARD, ", "(policy drop)"]),
     "a policy drop accepting the pods' packets a chain jumped to returned": (
         RETURNED_AND_ACCEPTED_AFTER_THE_JUMP, None),
+    "a policy drop whose base chain returns the pods' packets, accepting the rest": (
+        RETURNED_BY_THE_BASE_CHAIN, ["nftables: inet filter chain forward, ", "(policy drop)"]),
+    "a policy drop whose base chain ends after a jump returning the pods' packets": (
+        RETURNED_TO_THE_END_OF_THE_BASE_CHAIN, ["nftables: inet filter chain forward, ",
+                                                "(policy drop)"]),
 }
 
 
@@ -638,3 +655,54 @@ def test_real_packet_too_big_is_lost_exactly_where_the_plan_warns_of_a_foreign_d
         for ns in (lab.pod, lab.node):  # the path MTUs the kernels learnt
             for flag in ("-4", "-6"):
                 run_in(ns, ["ip", flag, "route", "flush", "cache"])
+
+
+# A netdev chain on the egress hook (Linux 5.16+) runs after postrouting: the pods'
+# packets leave eth0 with the node's address as their source (k3snet's masquerade), the
+# replies leave cni0 with the pods' address given back. None was read: a drop there
+# dropped the pods' connections, the plan said nothing. Only a destination is compared
+# (a source is the translated one): a drop naming the pods' source is warned of too,
+# though it never matches them (leaving it out would need the NAT's outcome).
+_EGRESS = ("table netdev other {{\n    chain out {{\n        type filter hook egress device "
+           "{device} priority 0; policy {policy};\n{rules}    }}\n}}\n")
+# (device, policy, rules): (the pod's connections dropped, the plan warns)
+EGRESS_CASES: dict[str, tuple[str, str, str, tuple[bool, bool]]] = {
+    "a policy drop on the uplink": ("eth0", "drop", "", (True, True)),
+    "a drop of the node's address, the pods' after NAT": (
+        "eth0", "accept", "        ip saddr 192.168.1.5 drop\n        ip6 saddr fd01:1::5 drop\n",
+        (True, True)),
+    "a drop of the replies as they leave for the pods": (
+        "cni0", "accept", "        ip daddr 10.42.0.0/16 drop\n"
+        "        ip6 daddr fd42:42::/56 drop\n", (True, True)),
+    "a drop of another destination": (
+        "eth0", "accept", "        ip daddr 10.99.0.0/16 drop\n", (False, False)),
+    "a drop of the pods' source, which NAT translated before": (
+        "eth0", "accept", "        ip saddr 10.42.0.0/16 drop\n"
+        "        ip6 saddr fd42:42::/56 drop\n", (False, True)),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_an_egress_chain_that_may_drop_the_pods_packets_as_they_leave_is_a_warning(
+        fixed_lab: SeedLab, capsys: pytest.CaptureFixture[str]) -> None:
+    lab = fixed_lab
+    seen: dict[str, tuple[bool, bool]] = {}
+    for case, (device, policy, rules, _) in EGRESS_CASES.items():
+        try:
+            run_in(lab.node, ["nft", "-f", "-"], input_text=_EGRESS.format(
+                device=device, policy=policy, rules=rules))
+        except NetnsCommandError:
+            pytest.skip("this kernel has no egress hook (Linux 5.16+)")
+        try:
+            reached = [lab.tcp_probe(family, timeout=1.0).ok for family in (4, 6)]
+            capsys.readouterr()
+            assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0
+            warned = [line for line in capsys.readouterr().out.splitlines()
+                      if line.startswith("!! warning: nftables: netdev other chain out, an "
+                                         f"egress chain of another table on {device} (")]
+        finally:
+            run_in(lab.node, ["nft", "delete", "table", "netdev", "other"])
+        assert reached in ([False, False], [True, True]), (case, reached)
+        seen[case] = (not reached[0], bool(warned))
+    assert seen == {case: said for case, (*_, said) in EGRESS_CASES.items()}

@@ -80,3 +80,53 @@ def test_an_ingress_chain_on_a_name_no_device_can_take_drops_nothing_and_is_no_b
     with NftablesBackend(ns, keep_read=False) as backend:
         blocks = {o for o in backend.observe().foreign if isinstance(o, ForwardBlock)}
     assert {b.in_interface for b in blocks} == {"cni0"}
+
+
+# An ingress chain's policy drop, after its rules (a netdev chain refuses `ct` tests; an
+# inet one takes them, but conntrack has not run yet at ingress: `established` takes no
+# reply). The pods' packets come in by cni0, the database's replies by the uplink, eth0.
+_POLICY_DROP = ("table {family} edge {{\n\tchain in {{\n\t\ttype filter hook ingress device "
+                "{device} priority 0; policy drop;\n{rules}\t}}\n}}\n")
+_NEIGHBOURS = "\t\tip6 nexthdr icmpv6 accept\n"  # IPv6's neighbour discovery
+_ARP = "\t\tmeta protocol arp accept\n"  # a netdev chain sees ARP too (an inet one: no)
+# (family, device, rules): whether the pod's connections are dropped
+POLICY_CASES: dict[str, tuple[str, str, str, bool]] = {
+    "the pods' device": ("netdev", "cni0", "", True),
+    "the uplink, its replies accepted by conntrack": (
+        "inet", "eth0", "\t\tct state established,related accept\n" + _NEIGHBOURS, True),
+    "the pods' device, the pods accepted": (
+        "netdev", "cni0", "\t\tip saddr 10.42.0.0/16 accept\n\t\tip6 saddr fd42:42::/56 "
+        "accept\n" + _NEIGHBOURS + _ARP, False),
+    "the uplink, the destination's replies accepted": (
+        "netdev", "eth0", "\t\tip saddr 192.168.2.0/24 accept\n\t\tip6 saddr fd01:2::/64 "
+        "accept\n" + _NEIGHBOURS + _ARP, False),
+    "the uplink, every packet accepted": ("netdev", "eth0", "\t\taccept\n", False),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_an_ingress_policy_drop_is_a_conflict_exactly_where_it_drops_the_pods_traffic(
+        require_root: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its policy drop was not judged (only its drop rules were): `k3snet plan` said 0
+    # conflicts while the kernel dropped the pods' packets on cni0, or the replies on eth0.
+    seen: dict[str, tuple[bool, bool]] = {}
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        for case, (family, device, rules, _) in POLICY_CASES.items():
+            run_in(lab.node, ["nft", "-f", "-"], input_text=_POLICY_DROP.format(
+                family=family, device=device, rules=rules))
+            try:
+                reached = [lab.tcp_probe(version, timeout=1.0).ok for version in (4, 6)]
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out):
+                    code = main(["plan", "-f", str(SEED), "--netns", lab.node])
+            finally:
+                run_in(lab.node, ["nft", "delete", "table", family, "edge"])
+            said = f"drop by nftables {family} edge in: iifname {device} policy drop"
+            seen[case] = (not any(reached), code == 4 and said in out.getvalue())
+            assert reached in ([False, False], [True, True]), (case, reached)
+            assert code in (0, 4), (case, out.getvalue())
+    assert seen == {case: (dropped, dropped) for case, (*_, dropped) in POLICY_CASES.items()}

@@ -471,7 +471,7 @@ class NftablesBackend(BackendBase):
         changed (the agent reads again after anyone's commit; docs/performance.md,
         "Other tables' default drops")."""
         defaults = self._defaults
-        if not defaults.found:
+        if not defaults.found and not defaults.egress:
             return ()
         expected: tuple[NetObject, ...] | None = self._expected if self._hinted else None
         if expected is None:
@@ -514,6 +514,16 @@ class NftablesBackend(BackendBase):
             "accept`: the replies and the errors about the pods' packets, not the later "
             "packets of a connection from outside to them)"
             for default, rule in defaults.unopened_errors(wanted))
+        found += tuple(
+            f"nftables: netdev {egress.table} chain {egress.chain}, an egress chain of another "
+            f"table on {', '.join(egress.devices)} ({egress.what()}), may drop the packets "
+            f"of {rule.describe()} as they leave by it: it runs after k3snet's NAT, "
+            "and sees the pods' packets with the node's address as their source, which k3snet "
+            "does not judge its rules by; accept them there by their destination, or check "
+            "that it does (`"
+            f"{self._shown(['nft', 'list', 'chain', 'netdev', egress.table, egress.chain])}"
+            "` shows it)"
+            for egress, rule in defaults.leaving(wanted))
         self._judged = (defaults, expected, (wanted, wanted_nat), found)
         return found
 

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import ipaddress
 import json
+import os
 import queue
 import re
 import struct
@@ -140,9 +141,21 @@ def owner_tables(kernel: object) -> frozenset[tuple[str, str, int]]:
 
 
 def first_lines(text: str, count: int = 4) -> str:
-    """The first ``count`` non-empty lines of an nft error, joined with `` | ``."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    """The first ``count`` non-empty lines of an nft error, joined with `` | ``: the
+    kernel's or the parser's messages and the statements they quote, without the lines
+    of ``^`` and ``~`` nft draws under a statement (as long as it is), nor the name of
+    the file a batch was read from (:data:`_BATCH_FILE`)."""
+    lines = [_BATCH_FILE.sub("", line.strip()) for line in text.strip().splitlines()
+             if line.strip() and not _UNDERLINE.fullmatch(line)]
     return " | ".join(lines[:count]) or "no detail"
+
+
+_UNDERLINE = re.compile(r"[\s^~]+")
+"""A line nft draws under the part of a statement an error is about."""
+_BATCH_FILE = re.compile(r"^/proc/self/fd/\d+:\d+:\d+(?:-\d+)?: ")
+"""The place in the file :meth:`Libnftables.run` gives libnftables a batch in, as its
+messages name it (``/proc/self/fd/7:6:29-38: Error: ...``): a line of a file no one
+sees (the statement quoted under it says which)."""
 
 
 CT_FLAGS = "k3snet_ct_flags"
@@ -203,6 +216,9 @@ class Libnftables:
         self._set_dry_run = lib.nft_ctx_set_dry_run
         self._set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
         self._set_dry_run.restype = None
+        self._from_file = lib.nft_run_cmd_from_filename
+        self._from_file.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._from_file.restype = ctypes.c_int
         # pip-nftables keeps its context private; a dry run (nft -c) needs it.
         self._ctx = self.nft._Nftables__ctx
         self._generation = GenerationReader()
@@ -235,7 +251,8 @@ class Libnftables:
         self.nft.set_json_output(json_input)
         self._set_dry_run(self._ctx, dry_run)
         try:
-            rc, _output, error = self._cmd(batch)
+            rc, _output, error = (self._cmd(batch) if json_input
+                                  else self._cmd_from_file(batch))
         finally:
             self._set_dry_run(self._ctx, False)
             self.nft.set_json_output(True)
@@ -268,11 +285,12 @@ class Libnftables:
         return items
 
     def _devices(self, items: Iterable[dict[str, Any]]) -> None:
-        """Give each ``ingress`` base chain listed without its devices (libnftables 1.0.6's
-        JSON leaves them out) the ``dev`` the kernel holds: a name, or a list of them."""
+        """Give each ``ingress`` or ``egress`` base chain listed without its devices
+        (libnftables 1.0.6's JSON leaves them out) the ``dev`` the kernel holds: a name, or
+        a list of them."""
         for item in items:
             chain = item.get("chain")
-            if (isinstance(chain, dict) and chain.get("hook") == "ingress"
+            if (isinstance(chain, dict) and chain.get("hook") in ("ingress", "egress")
                     and "dev" not in chain and chain.get("family") in ("netdev", "inet")):
                 devices = self._generation.chain_devices(
                     str(chain["family"]), str(chain.get("table")), str(chain.get("name")))
@@ -439,6 +457,31 @@ class Libnftables:
     def close(self) -> None:
         """Close the netlink socket (libnftables' context goes with the object)."""
         self._generation.close()
+
+    def _cmd_from_file(self, batch: str) -> tuple[int, str, str]:
+        """As :meth:`_cmd`, the batch read from a file of its own (an anonymous one).
+
+        libnftables (1.0.6) quotes, under a kernel's error for a command of a buffer,
+        the buffer's *first* line (``add table inet k3snet``, with the failing command's
+        columns underlined): the refused statement went unsaid, and the change said to
+        have failed was the one owning that first line. From a file it quotes the
+        refused statement's own line."""
+        try:
+            fd = os.memfd_create("k3snet-batch", os.MFD_CLOEXEC)
+        except OSError:
+            return self._cmd(batch)  # no memfd (an old kernel): the buffer, as before
+        try:
+            path = f"/proc/self/fd/{fd}"
+            if not os.path.exists(path):
+                return self._cmd(batch)  # no /proc: the buffer, as before
+            with open(fd, "wb", closefd=False) as file:
+                file.write(batch.encode())
+            rc = self._from_file(self._ctx, path.encode())
+        finally:
+            os.close(fd)
+        output = self.nft.nft_ctx_get_output_buffer(self._ctx) or b""
+        error = self.nft.nft_ctx_get_error_buffer(self._ctx) or b""
+        return int(rc), output.decode(errors="replace"), error.decode(errors="replace")
 
     def _cmd(self, command: str) -> tuple[int, str, str]:
         """One libnftables command: (rc, output, error).

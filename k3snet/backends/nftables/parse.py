@@ -41,8 +41,12 @@ Foreign state
     other base chain on the forward hook, since an accept ends only its own
     chain (firewalld#527): every other one must accept the packets too, or let
     them reach its accept policy. A device's ``ingress`` chain (``netdev`` or
-    ``inet``) is read for drops as testing that device (``iifname``); its default is
-    not judged.
+    ``inet``) is read for drops as testing that device (``iifname``), its policy drop
+    as one more drop after its rules (conntrack has not run there: a ``ct state``
+    accept takes no reply). A ``netdev`` chain on a device's ``egress`` hook runs after
+    NAT: its policy drop and its stopping rules are a warning for the wanted rules
+    leaving by that device whose destination they may name
+    (:meth:`ForwardDefaults.leaving`), no block.
 """
 
 from __future__ import annotations
@@ -110,9 +114,9 @@ from k3snet.render.nftables import (
 )
 from k3snet.render.tag import tag_digest
 
-__all__ = ["Doubt", "ForeignRead", "ForeignReader", "ForwardDefault", "ForwardDefaults", "Match",
-           "finish_foreign_read", "leftover_drift", "own_object", "parse_rule",
-           "read_foreign_within", "read_own", "start_foreign_read", "table_of"]
+__all__ = ["Doubt", "EgressDefault", "ForeignRead", "ForeignReader", "ForwardDefault",
+           "ForwardDefaults", "Match", "finish_foreign_read", "leftover_drift", "own_object",
+           "parse_rule", "read_foreign_within", "read_own", "start_foreign_read", "table_of"]
 
 _MAX_FOREIGN_CHAINS = 64  # bounds the foreign walk; a node's egress path has a handful
 _MAX_JUMP_DEPTH = 8
@@ -806,8 +810,13 @@ class ForeignReader:
     path_bases: list[tuple[tuple[str, str], str, str]] = field(default_factory=list)
     # filter base chains on a device's ingress hook (a netdev table's, or an inet one's):
     # what arrives by that device passes them before any other hook, (where, name,
-    # devices), read for drops only (their defaults are not judged)
-    device_bases: list[tuple[tuple[str, str], str, tuple[str, ...]]] = field(
+    # devices, policy), read for drops, their policy drop as one more at their end
+    device_bases: list[tuple[tuple[str, str], str, tuple[str, ...], str]] = field(
+        default_factory=list)
+    # filter base chains on a device's egress hook (a netdev table's, Linux 5.16+): what
+    # leaves by that device passes them after postrouting, its source translated by NAT,
+    # (where, name, devices, policy), read for what may drop (ForwardDefaults.leaving)
+    egress_bases: list[tuple[tuple[str, str], str, tuple[str, ...], str]] = field(
         default_factory=list)
     # nat base chains there: the first packet of each new connection passes them (a drop
     # there drops it, the connection never starts), read for their defaults only
@@ -902,7 +911,16 @@ class ForeignReader:
                 # on a name with no device yet, and one with whitespace, "/" or ":" never
                 # gets one.)
                 self.device_bases.append((where, str(name), tuple(
-                    d for d in devices if isinstance(d, str) and _may_name_a_device(d))))
+                    d for d in devices if isinstance(d, str) and _may_name_a_device(d)),
+                    str(chain.get("policy", "accept"))))
+            return
+        if family == "netdev" and hook == "egress" and kind == "filter":
+            devices = chain.get("dev")
+            devices = [devices] if isinstance(devices, str) else devices
+            if where not in passed and isinstance(devices, list):
+                self.egress_bases.append((where, str(name), tuple(
+                    d for d in devices if isinstance(d, str) and _may_name_a_device(d)),
+                    str(chain.get("policy", "accept"))))
             return
         if family not in ("ip", "ip6", "inet") or where in passed:
             return
@@ -1002,11 +1020,16 @@ class ForeignReader:
                 self._untrack_defaults.append((where, name, f"policy {policy}",
                                                list(taken.accepted)))
         # What arrives by a device passes its ingress chains first: a drop there is read
-        # as one testing that device (`iifname`), one walk per device.
-        for where, name, devices in self.device_bases:
+        # as one testing that device (`iifname`), one walk per device, and so is a policy
+        # drop, after the chain's rules (what they accept, it never sees).
+        for where, name, devices, policy in self.device_bases:
             for device in devices:
+                taken = _Taken(ingress=device)
                 self._block_walk(where, name, _Way(guard=Match(iif=[(device, False)])), found,
-                                 _Taken())
+                                 taken, every=1)
+                if policy != "accept" and not taken.ended:
+                    found.update(_policy_blocks(device, policy, where, name, taken=taken,
+                                                routed=self.routed))
         for match, where, chain in self._notracks:
             for default in self._untrack_defaults:
                 found.update(_untrack_forward_blocks(match, where, chain, default))
@@ -1035,7 +1058,7 @@ class ForeignReader:
     def _block_walk(self, where: tuple[str, str], chain: str, way: _Way,
                     found: set[NetObject], taken: _Taken, *,
                     untrack: tuple[tuple[str, str], str] | None = None,
-                    forward: bool = False) -> None:
+                    forward: bool = False, every: int = 0) -> None:
         """Walk ``chain`` for blocks; ``taken``: what the accepts met before on the way
         from the base chain take (it never reaches a later rule: an accept, here or in a
         chain jumped to, ends the base chain), added to as the walk meets more.
@@ -1044,7 +1067,9 @@ class ForeignReader:
         tracked connections only), unless an accept or drop of every packet came first,
         and is kept for the forward path's defaults. ``forward``: the base chain is on
         the forward path after conntrack (the forward hook, or prerouting or postrouting
-        after it): a drop of every packet met is its default for untracked flows."""
+        after it): a drop of every packet met is its default for untracked flows.
+        ``every``: the tests the way's guard makes that every packet of the walk passes
+        (an ingress chain's device): a rule making no more applies to every packet."""
         way = way.into(where, chain)
         for match in self._rules(where, chain):
             if not self._block_budget.take(self.unread, where, chain):
@@ -1075,14 +1100,14 @@ class ForeignReader:
                 self._untrack_defaults.append((
                     where, chain, f"{match.verdict} (a rule of every packet)",
                     list(taken.accepted)))
-            if reached.verdict in ("accept", "drop", "queue") and reached.conditions == 0:
+            if reached.verdict in ("accept", "drop", "queue") and reached.conditions == every:
                 taken.ended = True  # every later rule of the base chain is unreached
             if reached.verdict == "accept":
                 taken.add(reached)
             if way.follows(where, match):
                 assert match.target is not None
                 self._block_walk(where, match.target, attrs.evolve(way, guard=reached), found,
-                                 taken, untrack=untrack, forward=forward)
+                                 taken, untrack=untrack, forward=forward, every=every)
 
     def defaults(self) -> ForwardDefaults:
         """The base chains read whose default may drop forwarded packets: a policy that is
@@ -1108,11 +1133,28 @@ class ForeignReader:
                     where[0], where[1], name, policy, tuple(what), kind=kind,
                     after_own_nat=(where, name) in self._after_own_nat))
         return ForwardDefaults(tuple(found), dict(self._listings) if found else {},
+                               egress=tuple(self._egress()),
                                iptables_own=tuple(sorted(self.iptables_own.items())),
                                doubts=tuple(dict.fromkeys(self.doubts)),
                                partial=tuple(self.partial),
                                places={_place(where, chain): (*where, chain)
                                        for _, where, chain in self._partial_notracks})
+
+    def _egress(self) -> Iterator[EgressDefault]:
+        """Each egress chain read that may drop something: its policy drop, and its own
+        rules that may stop a packet (a drop, reject or queue) or send it to another chain
+        (not read), each with the destinations it names (none: any)."""
+        for where, name, devices, policy in self.egress_bases:
+            if not devices:
+                continue
+            stops: list[tuple[str, tuple[Network, ...]]] = []
+            for match in self._rules(where, name):
+                if match.verdict in (*_STOPS, "jump", "goto"):
+                    words = " ".join([*_rule_words(match)[0], match.verdict,
+                                      *([match.target] if match.target else [])])
+                    stops.append((words, tuple(n for n, neg in match.daddr if not neg)))
+            if policy != "accept" or stops:
+                yield EgressDefault(where[1], name, devices, policy, tuple(stops))
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
                       defaults: bool = False, reply: bool = False,
@@ -1426,6 +1468,44 @@ class ForwardDefault:
     """A nat chain on the postrouting hook of a priority after k3snet's (srcnat)."""
 
 
+@attrs.frozen
+class EgressDefault:
+    """A ``netdev`` chain of another table on the egress hook of ``devices`` that may drop:
+    its ``policy``, and ``stops``, its rules that may drop, reject or queue a packet or
+    jump elsewhere (their words, and the destinations each names: none, any)."""
+
+    table: str
+    chain: str
+    devices: tuple[str, ...]
+    policy: str
+    stops: tuple[tuple[str, tuple[Network, ...]], ...]
+
+    def may_drop(self, rule: ForwardRule) -> bool:
+        """Whether it may drop ``rule``'s packets as they leave by one of its devices
+        (``rule.out_interface``; unset: any) or their replies, leaving by the device they
+        came in by (``rule.in_interface``). The chain runs after postrouting: the pods'
+        packets have the source k3snet's NAT gave them (the node's address), the replies
+        their destination given back (the pods'); only a destination is compared, a
+        rule naming none may drop them all."""
+        for devices_meet, destination in ((rule.out_interface, rule.destination),
+                                          (rule.in_interface, rule.source)):
+            if not any(interfaces_may_meet(d, devices_meet) for d in self.devices):
+                continue
+            if self.policy != "accept" or any(
+                    not named or any(overlaps(n, destination) for n in named)
+                    for _, named in self.stops):
+                return True
+        return False
+
+    def what(self) -> str:
+        """Its policy drop and its stopping rules, in words."""
+        said = [f"policy {self.policy}"] if self.policy != "accept" else []
+        said += [words for words, _ in self.stops[:3]]
+        if len(self.stops) > 3:
+            said.append(f"{len(self.stops) - 3} more")
+        return "; ".join(said)
+
+
 @dataclass(frozen=True)
 class ForwardDefaults:
     """What :meth:`ForeignReader.defaults` found, with the rules the read listed (parsed):
@@ -1433,6 +1513,8 @@ class ForwardDefaults:
 
     found: tuple[ForwardDefault, ...] = ()
     listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
+    egress: tuple[EgressDefault, ...] = ()
+    """The ``netdev`` egress chains that may drop (:meth:`leaving`)."""
     iptables_own: tuple[tuple[tuple[str, str], str], ...] = ()
     """The read's other finding: iptables-nft's tables holding the iptables backend's
     chains, each with the chain its hook jumps to (``(("ip", "nat"),
@@ -1477,6 +1559,13 @@ class ForwardDefaults:
                     break
         return found
 
+
+    def leaving(self, rules: Sequence[ForwardRule]) -> list[tuple[EgressDefault, ForwardRule]]:
+        """Each egress chain with the first of ``rules`` it may drop (packets or replies)
+        as they leave (:meth:`EgressDefault.may_drop`)."""
+        return [(default, rule) for default in self.egress
+                for rule in [next((r for r in rules if default.may_drop(r)), None)]
+                if rule is not None]
 
     def unopened_errors(self, rules: Sequence[ForwardRule]) -> list[tuple[ForwardDefault,
                                                                           ForwardRule]]:
@@ -2319,12 +2408,21 @@ class _Taken:
     accepted: list[ForwardRule] = field(default_factory=list)
     replies: bool = False
     ended: bool = False  # a rule accepting or dropping every packet was met
+    # The device of an ingress chain's walk: every packet of the walk came by it (an
+    # accept's test of it takes no packet away from the walk's blocks, which test it
+    # too), and conntrack has not run yet (a `ct state` test there sees no connection,
+    # and its `established,related accept` takes no reply).
+    ingress: str | None = None
 
     def add(self, match: Match) -> None:
         """Take accept ``match`` (as the walk reached it) into account."""
         if match.ct_reply:
-            self.replies = self.replies or match.conditions == 1
+            if self.ingress is None:
+                self.replies = self.replies or match.conditions == 1
             return
+        if self.ingress is not None:
+            match = dataclasses.replace(
+                match, iif=[test for test in match.iif if test != (self.ingress, False)])
         if match.unknown or match.marks:
             return
         tests = (match.saddr, match.daddr, match.iif, match.oif)
@@ -2368,6 +2466,15 @@ def _blocks_of(match: Match, where: tuple[str, str], chain: str, taken: _Taken |
         return [block for block in found if block is not None]
     block = _block_of(match, where, chain, taken, routed)
     return [] if block is None else [block]
+
+
+def _policy_blocks(device: str, policy: str, where: tuple[str, str], chain: str, *,
+                   taken: _Taken, routed: RoutedBy | None) -> list[ForwardBlock]:
+    """The blocks of an ingress chain's policy drop on ``device``: a drop of every packet
+    arriving by it that the chain's rules did not take (``taken``), in each family."""
+    found = _blocks_of(Match(iif=[(device, False)], verdict="drop"), where, chain, taken, routed)
+    return [attrs.evolve(block, rule=f"{block.rule.removesuffix(' drop')} policy {policy}")
+            for block in found]
 
 
 def _block_of(match: Match, where: tuple[str, str], chain: str,
