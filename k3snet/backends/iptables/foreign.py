@@ -57,7 +57,7 @@ from k3snet.backends.iptables.save import TableDump
 from k3snet.backends.routed import RoutedBy
 from k3snet.backends.untracked import partial_notrack
 from k3snet.errors import K3snetError
-from k3snet.model import NetObject, interfaces_may_meet
+from k3snet.model import NetObject, interfaces_left, interfaces_may_meet
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
@@ -839,9 +839,19 @@ def _reverse_path(tokens: Line) -> bool:
 
 def _excluded(matches: dict[str, str | None], lines: tuple[Line, ...]) -> bool:
     """A negated match in ``lines`` (the jumps on the way and the rule) names the very
-    value a positive one in ``matches`` requires: no packet reaches the rule."""
-    return any(matches.get(kind) == value for line in lines
-               for kind, value in _addresses(line, negated=True).items())
+    value a positive one in ``matches`` requires, or no device passes their interface
+    matches, positive and negated (``! -o eth+`` on the way to ``-o eth0``, or ``! -o
+    +``: :func:`~k3snet.model.interfaces_left`): no packet reaches the rule."""
+    if any(matches.get(kind) == value for line in lines
+           for kind, value in _addresses(line, negated=True).items()):
+        return True
+    for kind in ("in_interface", "out_interface"):
+        positives = [v for line in lines if (v := _addresses(line).get(kind)) is not None]
+        negatives = [v for line in lines
+                     if (v := _addresses(line, negated=True).get(kind)) is not None]
+        if negatives and not interfaces_left(positives, negatives):
+            return True
+    return False
 
 
 def _addresses(tokens: Line, *, negated: bool = False) -> dict[str, str | None]:
