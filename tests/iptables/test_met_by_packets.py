@@ -13,10 +13,11 @@ import pytest
 
 from k3snet.backends.iptables import IptablesBackend, Mode
 from k3snet.lab.netns import run_in
-from k3snet.lab.seed import POD_CIDRS, SeedLab
+from k3snet.lab.seed import DB_ADDRESSES, POD_CIDRS, SeedLab
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject
 from k3snet.model.state import State
 from k3snet.planner import plan
+from tests.pmtu import learnt_mtu, narrow_the_path
 
 POD = POD_CIDRS[4]
 DB_NET = "192.168.2.0/24"
@@ -133,3 +134,44 @@ def test_a_rule_sending_the_pods_back_from_a_chain_jumped_to_hides_the_pair_afte
         with IptablesBackend(lab.node, mode=mode) as backend:
             assert _status(backend, wanted) == "met"
         assert lab.tcp_probe(family=4, timeout=2.0).ok
+
+
+# A drop before the pair: (the rule, whether the pair is met with it before them, whether
+# a router's Packet Too Big for the pods' flow reaches the pod through it).
+DROPS: dict[str, tuple[list[str], bool, bool]] = {
+    "of other destinations": (["-d", "192.0.2.0/24", "-j", "DROP"], True, True),
+    # The router's own side: the pods' connection passes, its ICMP errors do not.
+    "of the router's sources": (["-s", "192.168.1.0/24", "-j", "DROP"], False, False),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("case", sorted(DROPS))
+def test_a_drop_before_the_pair_hides_it_only_when_it_may_take_its_packets_or_errors(
+    require_root: None, case: str, mode: Mode
+) -> None:
+    """Under FORWARD's policy DROP, a drop met before an accept pair of the pods' traffic hides
+    the pair only if it may match the packets of one of its accepts: one of other
+    destinations lets the pod's connection and a router's Packet Too Big through, and
+    the pair is met (it was read as hiding every later accept, and k3snet wrote its
+    own); one of sources a router may have is not, the kernel drops the router's error
+    to the pod (the pod never learns the path's MTU)."""
+    rule, met, errors_pass = DROPS[case]
+    wanted = ForwardRule(POD, DB_NET)
+    with SeedLab.create() as lab:
+        ipt = [f"iptables-{mode}", "-w"]
+        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
+        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                          "-j", "MASQUERADE"])
+        for line in (rule, ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
+                     ["-d", POD, "-j", "ACCEPT"]):
+            run_in(lab.node, [*ipt, "-A", "FORWARD", *line])
+        with IptablesBackend(lab.node, mode=mode) as backend:
+            notes = plan(backend.observe(), State(owned=[wanted])).notes
+        assert [n.status for n in notes if n.wanted == wanted] == (["met"] if met else [])
+        assert lab.tcp_probe(family=4, timeout=2.0).ok
+        narrow_the_path(lab)
+        assert ("mtu 1280" in learnt_mtu(lab, 4, DB_ADDRESSES[4])) is errors_pass

@@ -9,8 +9,9 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   source, a destination or one negated destination (flannel's ``! -d 224.0.0.0/4``)
   and an out interface. Marks, negated sources, ``-p`` and anything else: skipped.
 * filter: an ``ACCEPT`` in FORWARD or a chain FORWARD jumps to, matching at most
-  source, destination and interfaces, reached before any DROP/REJECT rule (but
-  kube-proxy's drop of ``INVALID`` packets) or queue, and behind no RETURN to a
+  source, destination and interfaces, reached before any queue or DROP/REJECT rule
+  matching more than those (but kube-proxy's drop of ``INVALID`` packets), behind no
+  DROP/REJECT that may match its packets, and behind no RETURN to a
   FORWARD policy that is not ACCEPT that may match its packets (nor behind a RETURN
   that may match them earlier in the chain jumped to holding it), and only if the
   replies are accepted too (a reverse plain accept, or a conntrack
@@ -109,7 +110,7 @@ def _walk(
                     if gone_to and inner_target == "RETURN":
                         yield target, inner_target, None, inner_tokens, True
                     break
-                fields = None if narrowed else parse_rule(inner_tokens)
+                fields = None if narrowed else _parse(inner_tokens)
                 yield target, inner_target, fields, inner_tokens, gone_to
             else:
                 if gone_to:
@@ -117,7 +118,16 @@ def _walk(
             continue
         if _cuts(target, tokens):
             return
-        yield builtin, target, parse_rule(tokens), tokens, True
+        yield builtin, target, _parse(tokens), tokens, True
+
+
+def _parse(tokens: Line) -> RuleFields | None:
+    """:func:`parse_rule` of a rule, a ``REJECT``'s ``--reject-with`` left out (how it
+    answers, not which packets it takes: ``iptables-save`` prints one for every reject)."""
+    if "--reject-with" in tokens and _target(tokens) == "REJECT":
+        at = tokens.index("--reject-with")
+        tokens = (*tokens[:at], *tokens[at + 2:])
+    return parse_rule(tokens)
 
 
 def _ours(chain: str, ours: Container[str] | None) -> bool:
@@ -375,7 +385,11 @@ def foreign_forward(dump: TableDump | None, family: int, *,
 
 def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> list[RuleFields]:
     """The simple ``ACCEPT`` rules of FORWARD (and of the chains it jumps to, one level)
-    met before any drop, reject or queue (but kube-proxy's drop of ``INVALID`` packets),
+    met before any queue, drop or reject that is not read by its addresses and
+    interfaces alone (but kube-proxy's drop of ``INVALID`` packets), not behind a drop
+    or reject so read that may match their packets (``-d 192.0.2.0/24 -j DROP`` lets an
+    accept of the pods' traffic to 192.168.2.0/24 be reached, not one of anything to
+    the pods: a router's ICMP error for them may come from 192.0.2.0/24),
     and not behind a ``RETURN`` to FORWARD's policy, when that is not ``ACCEPT``, that
     may match their packets (one of other addresses, flannel's, lets them be reached),
     nor behind a ``RETURN`` of a chain jumped to that may match them, or a ``-g`` to
@@ -383,7 +397,8 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
     rest of that chain: a later rule of FORWARD, or its policy, decides them)."""
     accepts: list[RuleFields] = []
     dropped = dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT"
-    returns: list[RuleFields] = []  # the RETURNs to FORWARD's policy drop met so far
+    # the drops, rejects and RETURNs to FORWARD's policy drop met so far
+    returns: list[RuleFields] = []
     # the RETURNs back to FORWARD met so far in each chain jumped to (None: not modelled)
     skips: dict[str, list[RuleFields | None]] = {}
     for chain, read_target, read, tokens, leaves in _walk(dump, "FORWARD", ours):
@@ -395,7 +410,10 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
         if target in _STOP:
             if fields is not None and fields.ctstate == "INVALID":
                 continue  # kube-proxy's drop of invalid packets: valid traffic goes on
-            break  # what comes after a drop may never be reached
+            if fields is None:
+                break  # which packets it drops is unknown: what follows may never be reached
+            returns.append(fields)  # it hides the later accepts it may take, as a RETURN
+            continue
         if target in ("NFQUEUE", "QUEUE"):
             break  # a program's verdict: as a drop, above
         if target == "RETURN" and leaves and dropped:
@@ -422,8 +440,9 @@ def _as_jump(tokens: Line) -> Line:
 
 
 def _may_take(earlier: RuleFields, rule: RuleFields) -> bool:
-    """A rule ``earlier`` (a ``RETURN``, read by its addresses and interfaces; any other
-    match narrows it, and is read as none) may match some packets of ``rule``."""
+    """A rule ``earlier`` (a ``RETURN``, ``DROP`` or ``REJECT``, read by its addresses and
+    interfaces; any other match narrows it, and is read as none) may match some packets
+    of ``rule``."""
     for mine, negated, theirs in ((earlier.source, earlier.source_neg, rule.source),
                                   (earlier.destination, earlier.destination_neg,
                                    rule.destination)):
@@ -439,13 +458,14 @@ def _may_take(earlier: RuleFields, rule: RuleFields) -> bool:
 
 def untracked_accepts(dump: TableDump | None, family: int, *,
                       ours: Container[str] | None = None) -> tuple[ForwardRule, ...]:
-    """What FORWARD's own accepts take of an untracked flow (``dump``: filter): each
-    accept by address and interface alone (no ``--ctstate``), read one way, met before
-    any drop or reject. An untracked packet falls through k3snet's accept of established
-    connections to them: an administrator's accepts of both ways by address let an
-    untracked flow through (the ``accepted`` of an ``untrack``
-    :class:`~k3snet.model.ForwardBlock`, as the nftables backend reads them). ``ours``:
-    k3snet's own chains, not read (default: every ``K3SNET-`` chain)."""
+    """What FORWARD's own accepts take of an untracked flow (``dump``: filter): each accept by
+    address and interface alone (no ``--ctstate``), read one way, behind no drop or
+    reject that may match its packets (see :func:`_forward_accepts`). An untracked
+    packet falls through k3snet's accept of established connections to them: an
+    administrator's accepts of both ways by address let an untracked flow through (the
+    ``accepted`` of an ``untrack`` :class:`~k3snet.model.ForwardBlock`, as the nftables
+    backend reads them). ``ours``: k3snet's own chains, not read (default: every
+    ``K3SNET-`` chain)."""
     if dump is None:
         return ()
     zero = _zero(family)
