@@ -175,3 +175,34 @@ def test_a_drop_before_the_pair_hides_it_only_when_it_may_take_its_packets_or_er
         assert lab.tcp_probe(family=4, timeout=2.0).ok
         narrow_the_path(lab)
         assert ("mtu 1280" in learnt_mtu(lab, 4, DB_ADDRESSES[4])) is errors_pass
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("first", [["-s", "192.0.2.0/24"], ["-s", POD]])
+def test_a_chain_jumped_to_twice_returns_each_jumps_packets_alone(
+    require_root: None, first: list[str], mode: Mode
+) -> None:
+    """FORWARD jumps to FWD-X twice, first for some packets (``-s 192.0.2.0/24 -j FWD-X``,
+    or the pods' own), then for all; FWD-X returns what goes to 198.51.100.0/24, then
+    accepts the pods' pair. A RETURN sends back only the packets of the jump that took
+    them there: the pods' connection passes both ways, through either jump, and the pair
+    is met. The RETURNs of the first jump's reading (not modelled, as any rule behind a
+    narrowed jump) were pooled with the second's and hid its accepts: k3snet wrote its
+    own rules beside them."""
+    wanted = ForwardRule(POD, DB_NET)
+    with SeedLab.create() as lab:
+        ipt = [f"iptables-{mode}", "-w"]
+        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
+        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                          "-j", "MASQUERADE"])
+        run_in(lab.node, [*ipt, "-N", "FWD-X"])
+        for rule in (["-d", "198.51.100.0/24", "-j", "RETURN"],
+                     ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"], ["-d", POD, "-j", "ACCEPT"]):
+            run_in(lab.node, [*ipt, "-A", "FWD-X", *rule])
+        run_in(lab.node, [*ipt, "-A", "FORWARD", *first, "-j", "FWD-X"])
+        run_in(lab.node, [*ipt, "-A", "FORWARD", "-j", "FWD-X"])
+        with IptablesBackend(lab.node, mode=mode) as backend:
+            assert _status(backend, wanted) == "met"
+        assert lab.tcp_probe(family=4, timeout=2.0).ok

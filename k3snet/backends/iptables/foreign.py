@@ -86,10 +86,13 @@ def _zero(family: int) -> Network:
 
 def _walk(
     dump: TableDump, builtin: str, ours: Container[str] | None = None
-) -> Iterator[tuple[str, str | None, RuleFields | None, Line, bool]]:
-    """(chain, target, fields, tokens, leaves) of the rules of ``builtin`` and, at each
-    jump, of the chain jumped to (one level). ``fields`` is ``None`` for a rule with
-    matches we do not model, and for every rule behind a jump that matches on
+) -> Iterator[tuple[str, str | None, RuleFields | None, Line, bool, int]]:
+    """(chain, target, fields, tokens, leaves, visit) of the rules of ``builtin`` and, at
+    each jump, of the chain jumped to (one level); ``visit``: the number of the rule of
+    ``builtin`` read (the jump's, for a rule of the chain jumped to: a chain jumped to
+    twice is read twice, each time for its jump's packets alone). ``fields`` is
+    ``None`` for a rule with matches we do not model, and for every rule behind a jump
+    that matches on
     anything (``! -d 10.0.0.0/8 -j CHAIN``): what such a rule does is narrowed
     by the jump, and reading it alone would overstate it. Rules after a rule
     that may send most packets back out of their chain (see :func:`_cuts`) are
@@ -97,7 +100,7 @@ def _walk(
     in ``builtin`` itself and in a chain gone to with ``-g``, whose end (read as
     such a ``RETURN`` of the ``-g`` rule's packets) does the same. ``ours``:
     k3snet's own chains, not followed (default: every ``K3SNET-`` chain)."""
-    for spec in dump.chain(builtin):
+    for visit, spec in enumerate(dump.chain(builtin)):
         tokens = tokenize(spec)
         target = _target(tokens)
         if target is not None and target in dump.rules and not _ours(target, ours):
@@ -108,17 +111,17 @@ def _walk(
                 inner_target = _target(inner_tokens)
                 if _cuts(inner_target, inner_tokens):
                     if gone_to and inner_target == "RETURN":
-                        yield target, inner_target, None, inner_tokens, True
+                        yield target, inner_target, None, inner_tokens, True, visit
                     break
                 fields = None if narrowed else _parse(inner_tokens)
-                yield target, inner_target, fields, inner_tokens, gone_to
+                yield target, inner_target, fields, inner_tokens, gone_to, visit
             else:
                 if gone_to:
-                    yield builtin, "RETURN", None, tokens, True
+                    yield builtin, "RETURN", None, tokens, True, visit
             continue
         if _cuts(target, tokens):
             return
-        yield builtin, target, _parse(tokens), tokens, True
+        yield builtin, target, _parse(tokens), tokens, True, visit
 
 
 def _parse(tokens: Line) -> RuleFields | None:
@@ -399,9 +402,10 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
     dropped = dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT"
     # the drops, rejects and RETURNs to FORWARD's policy drop met so far
     returns: list[RuleFields] = []
-    # the RETURNs back to FORWARD met so far in each chain jumped to (None: not modelled)
-    skips: dict[str, list[RuleFields | None]] = {}
-    for chain, read_target, read, tokens, leaves in _walk(dump, "FORWARD", ours):
+    # the RETURNs back to FORWARD met so far in each jump's reading of its chain (None:
+    # not modelled); a chain jumped to twice sends back only each jump's own packets
+    skips: dict[int, list[RuleFields | None]] = {}
+    for chain, read_target, read, tokens, leaves, visit in _walk(dump, "FORWARD", ours):
         target, fields = read_target, read
         if chain != "FORWARD" and "-g" in tokens and "-j" not in tokens:
             # a chain gone to from the one read: its end goes back past this one's
@@ -422,14 +426,14 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
             returns.append(fields)
             continue
         if target == "RETURN" and not leaves:
-            skips.setdefault(chain, []).append(fields)
+            skips.setdefault(visit, []).append(fields)
             continue
         if fields is None:
             continue
         if (fields.target == "ACCEPT" and not fields.source_neg and not fields.destination_neg
                 and not any(_may_take(earlier, fields) for earlier in returns)
                 and not any(earlier is None or _may_take(earlier, fields)
-                            for earlier in skips.get(chain, ()))):
+                            for earlier in skips.get(visit, ()))):
             accepts.append(fields)
     return accepts
 
