@@ -412,6 +412,16 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
     "a drop with a match not modelled hides what follows": (
         "-A FORWARD -d 192.0.2.0/24 -p tcp -j DROP\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a chain gone to for other destinations sends only those to the policy": (
+        "-A FORWARD -d 192.0.2.0/24 -g A\n-A A -d 198.51.100.0/24 -j RETURN\n-A A -j RETURN\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
+        {ForwardRule(POD, B)}),
+    "a chain gone to for the pods' sources hides the pair": (
+        f"-A FORWARD -s {POD} -g A\n-A A -d 198.51.100.0/24 -j ACCEPT\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a chain gone to on a match not modelled hides the pair": (
+        "-A FORWARD -d 192.0.2.0/24 -p tcp -g A\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
     "a negated accept cuts the chain": (
         "-A FORWARD -m mark ! --mark 0x1/0x1 -j ACCEPT\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -s {B} -d {POD} -j ACCEPT", 4,

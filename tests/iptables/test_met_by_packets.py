@@ -206,3 +206,44 @@ def test_a_chain_jumped_to_twice_returns_each_jumps_packets_alone(
         with IptablesBackend(lab.node, mode=mode) as backend:
             assert _status(backend, wanted) == "met"
         assert lab.tcp_probe(family=4, timeout=2.0).ok
+
+
+# A -g from FORWARD before the pair: (its test, whether the pods' packets meet it).
+GOTOS: dict[str, tuple[list[str], bool]] = {
+    "of other destinations": (["-d", "192.0.2.0/24"], False),
+    "of the pods' sources": (["-s", POD], True),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("case", sorted(GOTOS))
+def test_a_chain_gone_to_for_some_packets_sends_only_those_to_forwards_policy(
+    require_root: None, case: str, mode: Mode
+) -> None:
+    """``-d 192.0.2.0/24 -g FWD-Y`` before an accept pair, under FORWARD's policy DROP:
+    the end of FWD-Y (and its RETURNs) sends the policy only the packets the ``-g`` took,
+    never the pods' to the database or back, which the pair accepts: met (it was read as
+    sending every packet there, and k3snet wrote its own rules). ``-s PODS -g FWD-Y``
+    takes the pods' packets: their connection fails, and the plan names the ``-g`` as the
+    conflict."""
+    test, taken = GOTOS[case]
+    wanted = ForwardRule(POD, DB_NET)
+    with SeedLab.create() as lab:
+        ipt = [f"iptables-{mode}", "-w"]
+        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
+        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                          "-j", "MASQUERADE"])
+        run_in(lab.node, [*ipt, "-N", "FWD-Y"])
+        for rule in (["-d", "198.51.100.0/24", "-j", "RETURN"],
+                     ["-s", "198.51.100.0/24", "-j", "ACCEPT"]):
+            run_in(lab.node, [*ipt, "-A", "FWD-Y", *rule])
+        for rule in ([*test, "-g", "FWD-Y"], ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
+                     ["-d", POD, "-j", "ACCEPT"]):
+            run_in(lab.node, [*ipt, "-A", "FORWARD", *rule])
+        with IptablesBackend(lab.node, mode=mode) as backend:
+            notes = plan(backend.observe(), State(owned=[wanted])).notes
+        assert [n.status for n in notes if n.wanted == wanted] == (
+            ["conflict"] if taken else ["met"])
+        assert lab.tcp_probe(family=4, timeout=1.0 if taken else 2.0).ok is not taken

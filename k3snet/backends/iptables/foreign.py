@@ -92,32 +92,37 @@ def _walk(
     ``builtin`` read (the jump's, for a rule of the chain jumped to: a chain jumped to
     twice is read twice, each time for its jump's packets alone). ``fields`` is
     ``None`` for a rule with matches we do not model, and for every rule behind a jump
-    that matches on
-    anything (``! -d 10.0.0.0/8 -j CHAIN``): what such a rule does is narrowed
-    by the jump, and reading it alone would overstate it. Rules after a rule
-    that may send most packets back out of their chain (see :func:`_cuts`) are
-    left out. ``leaves``: a ``RETURN`` there leaves ``builtin`` (to its policy):
-    in ``builtin`` itself and in a chain gone to with ``-g``, whose end (read as
-    such a ``RETURN`` of the ``-g`` rule's packets) does the same. ``ours``:
-    k3snet's own chains, not followed (default: every ``K3SNET-`` chain)."""
+    that matches on anything (``! -d 10.0.0.0/8 -j CHAIN``): what such a rule does is
+    narrowed by the jump, and reading it alone would overstate it (but a ``RETURN``
+    behind a ``-g`` is read as one of the ``-g`` rule's packets: it takes no more).
+    Rules after a rule that may send most packets back out of their chain (see
+    :func:`_cuts`) are left out. ``leaves``: a ``RETURN`` there leaves ``builtin``
+    (to its policy): in ``builtin`` itself and in a chain gone to with ``-g``, whose
+    end (read as such a ``RETURN`` of the ``-g`` rule's packets) does the same.
+    ``ours``: k3snet's own chains, not followed (default: every ``K3SNET-`` chain)."""
     for visit, spec in enumerate(dump.chain(builtin)):
         tokens = tokenize(spec)
         target = _target(tokens)
         if target is not None and target in dump.rules and not _ours(target, ours):
             narrowed = _conditions(tokens) != []
             gone_to = "-g" in tokens
+            # what a RETURN below a -g (or its chain's end) sends to the policy: at most
+            # the -g rule's own packets (None: its matches are not modelled)
+            gone = _parse(_as_jump(tokens)) if gone_to else None
             for inner in dump.chain(target):
                 inner_tokens = tokenize(inner)
                 inner_target = _target(inner_tokens)
                 if _cuts(inner_target, inner_tokens):
                     if gone_to and inner_target == "RETURN":
-                        yield target, inner_target, None, inner_tokens, True, visit
+                        yield target, inner_target, gone, inner_tokens, True, visit
                     break
                 fields = None if narrowed else _parse(inner_tokens)
+                if narrowed and gone_to and inner_target == "RETURN":
+                    fields = gone
                 yield target, inner_target, fields, inner_tokens, gone_to, visit
             else:
                 if gone_to:
-                    yield builtin, "RETURN", None, tokens, True, visit
+                    yield builtin, "RETURN", gone, tokens, True, visit
             continue
         if _cuts(target, tokens):
             return
