@@ -8,6 +8,7 @@ from k3snet._logline import printable
 from k3snet.model import cidr as _cidr
 from k3snet.model._base import (
     NetObject,
+    interfaces_left,
     interfaces_may_meet,
     is_interface_name,
     out_interface_rank,
@@ -119,6 +120,7 @@ __all__ = [
     "Sysctl",
     "aggregate",
     "contains",
+    "interfaces_left",
     "interfaces_may_meet",
     "is_interface_name",
     "known_kinds",

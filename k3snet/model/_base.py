@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from k3snet._logline import printable
@@ -149,14 +149,47 @@ def interface_may_be(pattern: str | None, device: str | None) -> bool:
     return pattern == device
 
 
-def interfaces_may_meet(a: str | None, b: str | None) -> bool:
+def interfaces_may_meet(a: str | None, b: str | None, *, a_negated: bool = False,
+                        b_negated: bool = False) -> bool:
     """Two interface matches (``eth+`` is a prefix; ``None``: any) that one device may
-    both pass: ``eth+`` and ``eth0`` may, ``eth0`` and ``eth1`` never."""
-    if a is None or b is None:
-        return True
-    if a.endswith("+") and b.endswith("+"):
-        return a[:-1].startswith(b[:-1]) or b[:-1].startswith(a[:-1])
-    return interface_may_be(a, b) if a.endswith("+") else interface_may_be(b, a)
+    both pass: ``eth+`` and ``eth0`` may, ``eth0`` and ``eth1`` never. ``a_negated``,
+    ``b_negated``: that match is negated (``! -o eth+``): ``! -o eth+`` and ``-o eth0``
+    never meet, ``! -o eth0`` and ``-o eth+`` do (eth1). See :func:`interfaces_left`."""
+    positives = [m for m, neg in ((a, a_negated), (b, b_negated)) if m is not None and not neg]
+    negatives = [m for m, neg in ((a, a_negated), (b, b_negated)) if m is not None and neg]
+    return interfaces_left(positives, negatives)
+
+
+def interfaces_left(positives: Iterable[str], negatives: Iterable[str]) -> bool:
+    """Whether some device passes every one of the interface matches ``positives`` and
+    none of ``negatives`` (the matches of ``! -o``), as the kernel compares them.
+
+    xtables keeps a match as a name and a byte mask (``xtables_parse_interface``):
+    ``eth+`` masks the 3 bytes of its prefix, so it matches ``eth`` and every longer
+    name starting so (``+`` alone masks nothing: any device); ``eth0`` masks its 4
+    bytes and the NUL after them, one device. ``!`` inverts the whole comparison
+    (``! -o +`` matches no device). A device name has 1 to ``IFNAMSIZ - 1`` bytes,
+    and a wildcard's prefix at most ``IFNAMSIZ - 2``, so a wildcard always holds more
+    devices than any few names or longer wildcards can leave out: it is left out
+    only by a negated wildcard whose prefix starts its own."""
+    names: set[str] = set()
+    prefix = ""
+    for match in positives:
+        if match.endswith("+"):
+            stem = match[:-1]
+            if stem.startswith(prefix):
+                prefix = stem
+            elif not prefix.startswith(stem):
+                return False  # ("eth+" and "veth+": no device starts with both)
+        else:
+            names.add(match)
+    unmatched = list(negatives)
+    if names:
+        if len(names) > 1:
+            return False
+        (name,) = names
+        return name.startswith(prefix) and not any(interface_may_be(m, name) for m in unmatched)
+    return not any(m.endswith("+") and prefix.startswith(m[:-1]) for m in unmatched)
 
 
 def out_interface_rank(match: str | None) -> int:

@@ -377,6 +377,51 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         "-A FORWARD -m conntrack --ctstate INVALID -j DROP\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
         {ForwardRule(POD, B)}),
+    "a drop of other destinations before the pair does not": (
+        "-A FORWARD -d 192.0.2.0/24 -j DROP\n"
+        "-A FORWARD -d 198.51.100.0/24 -j REJECT --reject-with icmp-port-unreachable\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
+        {ForwardRule(POD, B)}),
+    "a drop of other destinations through another interface does not": (
+        "-A FORWARD -d 192.0.2.0/24 -i eth1 -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
+        {ForwardRule(POD, B)}),
+    "a drop of other sources hides the accept of all that comes back (errors)": (
+        "-A FORWARD -s 192.0.2.0/24 -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a drop of what is not the pods' hides the accept of all that comes back": (
+        f"-A FORWARD ! -s {POD} -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a drop of the pods' destinations hides the pair": (
+        f"-A FORWARD -d {B} -m conntrack --ctstate NEW -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a drop of other destinations in a chain jumped to does not": (
+        "-A FORWARD -j A\n-A A -d 192.0.2.0/24 -j DROP\n"
+        f"-A A -s {POD} -d {B} -j ACCEPT\n-A A -d {POD} -j ACCEPT", 4, {ForwardRule(POD, B)}),
+    "a reject through another way out hides an accept of any way out": (
+        "-A FORWARD -o docker0 -j REJECT --reject-with icmp-port-unreachable\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a reject through another way out does not hide an accept through eth0": (
+        "-A FORWARD -o docker0 -j REJECT --reject-with icmp-port-unreachable\n"
+        f"-A FORWARD -s {POD} -d {B} -i cni0 -o eth0 -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -i eth0 -o cni0 -j ACCEPT", 4,
+        {ForwardRule(POD, B, in_interface="cni0", out_interface="eth0")}),
+    "a drop of other destinations behind a narrowed jump hides what follows": (
+        "-A FORWARD -s 10.0.0.0/8 -j A\n-A A -d 192.0.2.0/24 -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a drop with a match not modelled hides what follows": (
+        "-A FORWARD -d 192.0.2.0/24 -p tcp -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a chain gone to for other destinations sends only those to the policy": (
+        "-A FORWARD -d 192.0.2.0/24 -g A\n-A A -d 198.51.100.0/24 -j RETURN\n-A A -j RETURN\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
+        {ForwardRule(POD, B)}),
+    "a chain gone to for the pods' sources hides the pair": (
+        f"-A FORWARD -s {POD} -g A\n-A A -d 198.51.100.0/24 -j ACCEPT\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a chain gone to on a match not modelled hides the pair": (
+        "-A FORWARD -d 192.0.2.0/24 -p tcp -g A\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
     "a negated accept cuts the chain": (
         "-A FORWARD -m mark ! --mark 0x1/0x1 -j ACCEPT\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -s {B} -d {POD} -j ACCEPT", 4,

@@ -13,10 +13,11 @@ import pytest
 
 from k3snet.backends.iptables import IptablesBackend, Mode
 from k3snet.lab.netns import run_in
-from k3snet.lab.seed import POD_CIDRS, SeedLab
+from k3snet.lab.seed import DB_ADDRESSES, POD_CIDRS, SeedLab
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject
 from k3snet.model.state import State
 from k3snet.planner import plan
+from tests.pmtu import learnt_mtu, narrow_the_path
 
 POD = POD_CIDRS[4]
 DB_NET = "192.168.2.0/24"
@@ -133,3 +134,116 @@ def test_a_rule_sending_the_pods_back_from_a_chain_jumped_to_hides_the_pair_afte
         with IptablesBackend(lab.node, mode=mode) as backend:
             assert _status(backend, wanted) == "met"
         assert lab.tcp_probe(family=4, timeout=2.0).ok
+
+
+# A drop before the pair: (the rule, whether the pair is met with it before them, whether
+# a router's Packet Too Big for the pods' flow reaches the pod through it).
+DROPS: dict[str, tuple[list[str], bool, bool]] = {
+    "of other destinations": (["-d", "192.0.2.0/24", "-j", "DROP"], True, True),
+    # The router's own side: the pods' connection passes, its ICMP errors do not.
+    "of the router's sources": (["-s", "192.168.1.0/24", "-j", "DROP"], False, False),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("case", sorted(DROPS))
+def test_a_drop_before_the_pair_hides_it_only_when_it_may_take_its_packets_or_errors(
+    require_root: None, case: str, mode: Mode
+) -> None:
+    """Under FORWARD's policy DROP, a drop met before an accept pair of the pods' traffic hides
+    the pair only if it may match the packets of one of its accepts: one of other
+    destinations lets the pod's connection and a router's Packet Too Big through, and
+    the pair is met (it was read as hiding every later accept, and k3snet wrote its
+    own); one of sources a router may have is not, the kernel drops the router's error
+    to the pod (the pod never learns the path's MTU)."""
+    rule, met, errors_pass = DROPS[case]
+    wanted = ForwardRule(POD, DB_NET)
+    with SeedLab.create() as lab:
+        ipt = [f"iptables-{mode}", "-w"]
+        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
+        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                          "-j", "MASQUERADE"])
+        for line in (rule, ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
+                     ["-d", POD, "-j", "ACCEPT"]):
+            run_in(lab.node, [*ipt, "-A", "FORWARD", *line])
+        with IptablesBackend(lab.node, mode=mode) as backend:
+            notes = plan(backend.observe(), State(owned=[wanted])).notes
+        assert [n.status for n in notes if n.wanted == wanted] == (["met"] if met else [])
+        assert lab.tcp_probe(family=4, timeout=2.0).ok
+        narrow_the_path(lab)
+        assert ("mtu 1280" in learnt_mtu(lab, 4, DB_ADDRESSES[4])) is errors_pass
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("first", [["-s", "192.0.2.0/24"], ["-s", POD]])
+def test_a_chain_jumped_to_twice_returns_each_jumps_packets_alone(
+    require_root: None, first: list[str], mode: Mode
+) -> None:
+    """FORWARD jumps to FWD-X twice, first for some packets (``-s 192.0.2.0/24 -j FWD-X``,
+    or the pods' own), then for all; FWD-X returns what goes to 198.51.100.0/24, then
+    accepts the pods' pair. A RETURN sends back only the packets of the jump that took
+    them there: the pods' connection passes both ways, through either jump, and the pair
+    is met. The RETURNs of the first jump's reading (not modelled, as any rule behind a
+    narrowed jump) were pooled with the second's and hid its accepts: k3snet wrote its
+    own rules beside them."""
+    wanted = ForwardRule(POD, DB_NET)
+    with SeedLab.create() as lab:
+        ipt = [f"iptables-{mode}", "-w"]
+        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
+        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                          "-j", "MASQUERADE"])
+        run_in(lab.node, [*ipt, "-N", "FWD-X"])
+        for rule in (["-d", "198.51.100.0/24", "-j", "RETURN"],
+                     ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"], ["-d", POD, "-j", "ACCEPT"]):
+            run_in(lab.node, [*ipt, "-A", "FWD-X", *rule])
+        run_in(lab.node, [*ipt, "-A", "FORWARD", *first, "-j", "FWD-X"])
+        run_in(lab.node, [*ipt, "-A", "FORWARD", "-j", "FWD-X"])
+        with IptablesBackend(lab.node, mode=mode) as backend:
+            assert _status(backend, wanted) == "met"
+        assert lab.tcp_probe(family=4, timeout=2.0).ok
+
+
+# A -g from FORWARD before the pair: (its test, whether the pods' packets meet it).
+GOTOS: dict[str, tuple[list[str], bool]] = {
+    "of other destinations": (["-d", "192.0.2.0/24"], False),
+    "of the pods' sources": (["-s", POD], True),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("case", sorted(GOTOS))
+def test_a_chain_gone_to_for_some_packets_sends_only_those_to_forwards_policy(
+    require_root: None, case: str, mode: Mode
+) -> None:
+    """``-d 192.0.2.0/24 -g FWD-Y`` before an accept pair, under FORWARD's policy DROP:
+    the end of FWD-Y (and its RETURNs) sends the policy only the packets the ``-g`` took,
+    never the pods' to the database or back, which the pair accepts: met (it was read as
+    sending every packet there, and k3snet wrote its own rules). ``-s PODS -g FWD-Y``
+    takes the pods' packets: their connection fails, and the plan names the ``-g`` as the
+    conflict."""
+    test, taken = GOTOS[case]
+    wanted = ForwardRule(POD, DB_NET)
+    with SeedLab.create() as lab:
+        ipt = [f"iptables-{mode}", "-w"]
+        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
+        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                          "-j", "MASQUERADE"])
+        run_in(lab.node, [*ipt, "-N", "FWD-Y"])
+        for rule in (["-d", "198.51.100.0/24", "-j", "RETURN"],
+                     ["-s", "198.51.100.0/24", "-j", "ACCEPT"]):
+            run_in(lab.node, [*ipt, "-A", "FWD-Y", *rule])
+        for rule in ([*test, "-g", "FWD-Y"], ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
+                     ["-d", POD, "-j", "ACCEPT"]):
+            run_in(lab.node, [*ipt, "-A", "FORWARD", *rule])
+        with IptablesBackend(lab.node, mode=mode) as backend:
+            notes = plan(backend.observe(), State(owned=[wanted])).notes
+        assert [n.status for n in notes if n.wanted == wanted] == (
+            ["conflict"] if taken else ["met"])
+        assert lab.tcp_probe(family=4, timeout=1.0 if taken else 2.0).ok is not taken

@@ -310,10 +310,11 @@ def test_an_untracked_flow_forwards_own_accepts_take_both_ways_by_address_is_no_
     (block,) = [b for b in path_blocks(raw, 4, forward_drops=True, accepted=accepted)
                 if isinstance(b, ForwardBlock)]
     assert not block.decides(WANTED)
-    # one way only, by conntrack the other, or after a drop: still a conflict
+    # one way only, by conntrack the other, or after a drop of the other way: still a
+    # conflict (a drop of the pods' sources, after their accept, takes no packet back)
     for rules in (f"-A FORWARD -s {POD} -d {DB} -j ACCEPT\n-A FORWARD -d {POD} -m conntrack "
                   "--ctstate RELATED,ESTABLISHED -j ACCEPT",
-                  f"-A FORWARD -s {POD} -d {DB} -j ACCEPT\n-A FORWARD -s 10.0.0.0/8 -j DROP\n"
+                  f"-A FORWARD -s {POD} -d {DB} -j ACCEPT\n-A FORWARD -d 10.0.0.0/8 -j DROP\n"
                   f"-A FORWARD -s {DB} -d {POD} -j ACCEPT"):
         accepted = untracked_accepts(parse_save(_filter(rules, "DROP"))["filter"], 4)
         (block,) = [b for b in path_blocks(raw, 4, forward_drops=True, accepted=accepted)

@@ -9,8 +9,9 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   source, a destination or one negated destination (flannel's ``! -d 224.0.0.0/4``)
   and an out interface. Marks, negated sources, ``-p`` and anything else: skipped.
 * filter: an ``ACCEPT`` in FORWARD or a chain FORWARD jumps to, matching at most
-  source, destination and interfaces, reached before any DROP/REJECT rule (but
-  kube-proxy's drop of ``INVALID`` packets) or queue, and behind no RETURN to a
+  source, destination and interfaces, reached before any queue or DROP/REJECT rule
+  matching more than those (but kube-proxy's drop of ``INVALID`` packets), behind no
+  DROP/REJECT that may match its packets, and behind no RETURN to a
   FORWARD policy that is not ACCEPT that may match its packets (nor behind a RETURN
   that may match them earlier in the chain jumped to holding it), and only if the
   replies are accepted too (a reverse plain accept, or a conntrack
@@ -57,7 +58,7 @@ from k3snet.backends.iptables.save import TableDump
 from k3snet.backends.routed import RoutedBy
 from k3snet.backends.untracked import partial_notrack
 from k3snet.errors import K3snetError
-from k3snet.model import NetObject, interfaces_may_meet
+from k3snet.model import NetObject, interfaces_left, interfaces_may_meet
 from k3snet.model.cidr import Network, contains, overlaps
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
@@ -85,39 +86,56 @@ def _zero(family: int) -> Network:
 
 def _walk(
     dump: TableDump, builtin: str, ours: Container[str] | None = None
-) -> Iterator[tuple[str, str | None, RuleFields | None, Line, bool]]:
-    """(chain, target, fields, tokens, leaves) of the rules of ``builtin`` and, at each
-    jump, of the chain jumped to (one level). ``fields`` is ``None`` for a rule with
-    matches we do not model, and for every rule behind a jump that matches on
-    anything (``! -d 10.0.0.0/8 -j CHAIN``): what such a rule does is narrowed
-    by the jump, and reading it alone would overstate it. Rules after a rule
-    that may send most packets back out of their chain (see :func:`_cuts`) are
-    left out. ``leaves``: a ``RETURN`` there leaves ``builtin`` (to its policy):
-    in ``builtin`` itself and in a chain gone to with ``-g``, whose end (read as
-    such a ``RETURN`` of the ``-g`` rule's packets) does the same. ``ours``:
-    k3snet's own chains, not followed (default: every ``K3SNET-`` chain)."""
-    for spec in dump.chain(builtin):
+) -> Iterator[tuple[str, str | None, RuleFields | None, Line, bool, int]]:
+    """(chain, target, fields, tokens, leaves, visit) of the rules of ``builtin`` and, at
+    each jump, of the chain jumped to (one level); ``visit``: the number of the rule of
+    ``builtin`` read (the jump's, for a rule of the chain jumped to: a chain jumped to
+    twice is read twice, each time for its jump's packets alone). ``fields`` is
+    ``None`` for a rule with matches we do not model, and for every rule behind a jump
+    that matches on anything (``! -d 10.0.0.0/8 -j CHAIN``): what such a rule does is
+    narrowed by the jump, and reading it alone would overstate it (but a ``RETURN``
+    behind a ``-g`` is read as one of the ``-g`` rule's packets: it takes no more).
+    Rules after a rule that may send most packets back out of their chain (see
+    :func:`_cuts`) are left out. ``leaves``: a ``RETURN`` there leaves ``builtin``
+    (to its policy): in ``builtin`` itself and in a chain gone to with ``-g``, whose
+    end (read as such a ``RETURN`` of the ``-g`` rule's packets) does the same.
+    ``ours``: k3snet's own chains, not followed (default: every ``K3SNET-`` chain)."""
+    for visit, spec in enumerate(dump.chain(builtin)):
         tokens = tokenize(spec)
         target = _target(tokens)
         if target is not None and target in dump.rules and not _ours(target, ours):
             narrowed = _conditions(tokens) != []
             gone_to = "-g" in tokens
+            # what a RETURN below a -g (or its chain's end) sends to the policy: at most
+            # the -g rule's own packets (None: its matches are not modelled)
+            gone = _parse(_as_jump(tokens)) if gone_to else None
             for inner in dump.chain(target):
                 inner_tokens = tokenize(inner)
                 inner_target = _target(inner_tokens)
                 if _cuts(inner_target, inner_tokens):
                     if gone_to and inner_target == "RETURN":
-                        yield target, inner_target, None, inner_tokens, True
+                        yield target, inner_target, gone, inner_tokens, True, visit
                     break
-                fields = None if narrowed else parse_rule(inner_tokens)
-                yield target, inner_target, fields, inner_tokens, gone_to
+                fields = None if narrowed else _parse(inner_tokens)
+                if narrowed and gone_to and inner_target == "RETURN":
+                    fields = gone
+                yield target, inner_target, fields, inner_tokens, gone_to, visit
             else:
                 if gone_to:
-                    yield builtin, "RETURN", None, tokens, True
+                    yield builtin, "RETURN", gone, tokens, True, visit
             continue
         if _cuts(target, tokens):
             return
-        yield builtin, target, parse_rule(tokens), tokens, True
+        yield builtin, target, _parse(tokens), tokens, True, visit
+
+
+def _parse(tokens: Line) -> RuleFields | None:
+    """:func:`parse_rule` of a rule, a ``REJECT``'s ``--reject-with`` left out (how it
+    answers, not which packets it takes: ``iptables-save`` prints one for every reject)."""
+    if "--reject-with" in tokens and _target(tokens) == "REJECT":
+        at = tokens.index("--reject-with")
+        tokens = (*tokens[:at], *tokens[at + 2:])
+    return parse_rule(tokens)
 
 
 def _ours(chain: str, ours: Container[str] | None) -> bool:
@@ -375,7 +393,11 @@ def foreign_forward(dump: TableDump | None, family: int, *,
 
 def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> list[RuleFields]:
     """The simple ``ACCEPT`` rules of FORWARD (and of the chains it jumps to, one level)
-    met before any drop, reject or queue (but kube-proxy's drop of ``INVALID`` packets),
+    met before any queue, drop or reject that is not read by its addresses and
+    interfaces alone (but kube-proxy's drop of ``INVALID`` packets), not behind a drop
+    or reject so read that may match their packets (``-d 192.0.2.0/24 -j DROP`` lets an
+    accept of the pods' traffic to 192.168.2.0/24 be reached, not one of anything to
+    the pods: a router's ICMP error for them may come from 192.0.2.0/24),
     and not behind a ``RETURN`` to FORWARD's policy, when that is not ``ACCEPT``, that
     may match their packets (one of other addresses, flannel's, lets them be reached),
     nor behind a ``RETURN`` of a chain jumped to that may match them, or a ``-g`` to
@@ -383,10 +405,12 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
     rest of that chain: a later rule of FORWARD, or its policy, decides them)."""
     accepts: list[RuleFields] = []
     dropped = dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT"
-    returns: list[RuleFields] = []  # the RETURNs to FORWARD's policy drop met so far
-    # the RETURNs back to FORWARD met so far in each chain jumped to (None: not modelled)
-    skips: dict[str, list[RuleFields | None]] = {}
-    for chain, read_target, read, tokens, leaves in _walk(dump, "FORWARD", ours):
+    # the drops, rejects and RETURNs to FORWARD's policy drop met so far
+    returns: list[RuleFields] = []
+    # the RETURNs back to FORWARD met so far in each jump's reading of its chain (None:
+    # not modelled); a chain jumped to twice sends back only each jump's own packets
+    skips: dict[int, list[RuleFields | None]] = {}
+    for chain, read_target, read, tokens, leaves, visit in _walk(dump, "FORWARD", ours):
         target, fields = read_target, read
         if chain != "FORWARD" and "-g" in tokens and "-j" not in tokens:
             # a chain gone to from the one read: its end goes back past this one's
@@ -395,7 +419,10 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
         if target in _STOP:
             if fields is not None and fields.ctstate == "INVALID":
                 continue  # kube-proxy's drop of invalid packets: valid traffic goes on
-            break  # what comes after a drop may never be reached
+            if fields is None:
+                break  # which packets it drops is unknown: what follows may never be reached
+            returns.append(fields)  # it hides the later accepts it may take, as a RETURN
+            continue
         if target in ("NFQUEUE", "QUEUE"):
             break  # a program's verdict: as a drop, above
         if target == "RETURN" and leaves and dropped:
@@ -404,14 +431,14 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
             returns.append(fields)
             continue
         if target == "RETURN" and not leaves:
-            skips.setdefault(chain, []).append(fields)
+            skips.setdefault(visit, []).append(fields)
             continue
         if fields is None:
             continue
         if (fields.target == "ACCEPT" and not fields.source_neg and not fields.destination_neg
                 and not any(_may_take(earlier, fields) for earlier in returns)
                 and not any(earlier is None or _may_take(earlier, fields)
-                            for earlier in skips.get(chain, ()))):
+                            for earlier in skips.get(visit, ()))):
             accepts.append(fields)
     return accepts
 
@@ -422,8 +449,9 @@ def _as_jump(tokens: Line) -> Line:
 
 
 def _may_take(earlier: RuleFields, rule: RuleFields) -> bool:
-    """A rule ``earlier`` (a ``RETURN``, read by its addresses and interfaces; any other
-    match narrows it, and is read as none) may match some packets of ``rule``."""
+    """A rule ``earlier`` (a ``RETURN``, ``DROP`` or ``REJECT``, read by its addresses and
+    interfaces; any other match narrows it, and is read as none) may match some packets
+    of ``rule``."""
     for mine, negated, theirs in ((earlier.source, earlier.source_neg, rule.source),
                                   (earlier.destination, earlier.destination_neg,
                                    rule.destination)):
@@ -439,13 +467,14 @@ def _may_take(earlier: RuleFields, rule: RuleFields) -> bool:
 
 def untracked_accepts(dump: TableDump | None, family: int, *,
                       ours: Container[str] | None = None) -> tuple[ForwardRule, ...]:
-    """What FORWARD's own accepts take of an untracked flow (``dump``: filter): each
-    accept by address and interface alone (no ``--ctstate``), read one way, met before
-    any drop or reject. An untracked packet falls through k3snet's accept of established
-    connections to them: an administrator's accepts of both ways by address let an
-    untracked flow through (the ``accepted`` of an ``untrack``
-    :class:`~k3snet.model.ForwardBlock`, as the nftables backend reads them). ``ours``:
-    k3snet's own chains, not read (default: every ``K3SNET-`` chain)."""
+    """What FORWARD's own accepts take of an untracked flow (``dump``: filter): each accept by
+    address and interface alone (no ``--ctstate``), read one way, behind no drop or
+    reject that may match its packets (see :func:`_forward_accepts`). An untracked
+    packet falls through k3snet's accept of established connections to them: an
+    administrator's accepts of both ways by address let an untracked flow through (the
+    ``accepted`` of an ``untrack`` :class:`~k3snet.model.ForwardBlock`, as the nftables
+    backend reads them). ``ours``: k3snet's own chains, not read (default: every
+    ``K3SNET-`` chain)."""
     if dump is None:
         return ()
     zero = _zero(family)
@@ -839,9 +868,19 @@ def _reverse_path(tokens: Line) -> bool:
 
 def _excluded(matches: dict[str, str | None], lines: tuple[Line, ...]) -> bool:
     """A negated match in ``lines`` (the jumps on the way and the rule) names the very
-    value a positive one in ``matches`` requires: no packet reaches the rule."""
-    return any(matches.get(kind) == value for line in lines
-               for kind, value in _addresses(line, negated=True).items())
+    value a positive one in ``matches`` requires, or no device passes their interface
+    matches, positive and negated (``! -o eth+`` on the way to ``-o eth0``, or ``! -o
+    +``: :func:`~k3snet.model.interfaces_left`): no packet reaches the rule."""
+    if any(matches.get(kind) == value for line in lines
+           for kind, value in _addresses(line, negated=True).items()):
+        return True
+    for kind in ("in_interface", "out_interface"):
+        positives = [v for line in lines if (v := _addresses(line).get(kind)) is not None]
+        negatives = [v for line in lines
+                     if (v := _addresses(line, negated=True).get(kind)) is not None]
+        if negatives and not interfaces_left(positives, negatives):
+            return True
+    return False
 
 
 def _addresses(tokens: Line, *, negated: bool = False) -> dict[str, str | None]:
