@@ -901,8 +901,10 @@ def _allowed_uses(value: Iterable[str] | None) -> tuple[str, ...]:
         if use not in ALLOWED_USES:
             raise ModelError(f"IPPool allowedUses: {use!r} is not one of "
                              f"{', '.join(ALLOWED_USES)}")
-    # Calico: "if not specified or empty, defaults to [Tunnel, Workload]".
-    return tuple(sorted(set(uses))) if uses else DEFAULT_ALLOWED_USES
+    # Calico: "if not specified or empty, defaults to [Tunnel, Workload]". A repeated use
+    # is kept: Felix counts the entries (IPPool.load_balancer_only), and Calico's CRDs
+    # before v3.32 (no listType set) and its API server's validator store the repetition.
+    return tuple(sorted(uses)) if uses else DEFAULT_ALLOWED_USES
 
 
 def _assignment_mode(value: str) -> AssignmentMode:
@@ -1052,6 +1054,8 @@ class IPPool(NetObject):
         Felix leaves such a pool out of its set of pool CIDRs that outgoing NAT never
         applies to (projectcalico/calico#12769, Calico v3.31.6 and v3.32.1): traffic to
         it is masqueraded like traffic to any other address, so it exempts nothing.
+        Felix asks for one entry, ``LoadBalancer``: a repeated ``LoadBalancer`` is no such
+        pool to it (its ``isLoadBalancerOnly``: ``len(uses) == 1``).
         """
         return self.allowed_uses == ("LoadBalancer",)
 
