@@ -1514,9 +1514,47 @@ class CalicoPodCIDR(NetObject):
         this CIDR is usable by workloads on every node (or those of the spec's
         ``nodeSelector``) and has what the spec requires (IPAM, and calico-node cutting
         the nodes' tunnel addresses, read every pool)."""
-        return not self._ipam_broken(pools) and any(
+        return not self._ipam_broken(pools) and not self._ahead(pools)[1] and any(
             p.cidr == self.cidr and p.workload_usable and not self._differences(p)
             and not self._partial(p, pools) for p in pools.pools)
+
+    def _ahead(self, pools: CalicoPools) -> tuple[IPPool | None, list[IPPool]]:
+        """The first pool of this CIDR serving every node, and the pools outside the spec's
+        pod CIDRs (:meth:`_outside`) whose names sort before it and whose ``natOutgoing``
+        (of Felix's pool of their CIDR) is not the one the spec wants.
+
+        Calico IPAM cuts a node's new blocks from the pools selecting it in the order of
+        their names (libcalico-go ``findUsableBlock``): such a pool gives pods addresses
+        first, and Felix translates them as it says. (One sorting after is used only
+        once the pod CIDR's pool has no free block, or where a node holds blocks of it
+        already: not judged.)
+        """
+        serving = [p for p in pools.pools if p.cidr == self.cidr and p.workload_usable
+                   and selects_everything(p.node_selector)]
+        if not serving:
+            return None, []
+        first = serving[0]  # pools are sorted by name
+        return first, [q for q in self._outside(pools) if q.name < first.name
+                       and (pools.felix_pool(q.cidr) or q).nat_outgoing != self.nat_outgoing]
+
+    def _ahead_reason(self, pools: CalicoPools) -> str | None:
+        """Why pods get addresses outside this pod CIDR, translated otherwise (:meth:`_ahead`)."""
+        first, ahead = self._ahead(pools)
+        if first is None or not ahead:
+            return None
+        wanted = "true" if self.nat_outgoing else "false"
+        named = ", ".join(
+            f"IPPool {q.name} {q.cidr} (natOutgoing "
+            f"{'true' if (pools.felix_pool(q.cidr) or q).nat_outgoing else 'false'})"
+            for q in ahead)
+        return (f"{named} serves workloads outside the pod CIDRs, and its name sorts before "
+                f"IPPool {first.name}'s, the pool of pod CIDR {self.cidr}: Calico IPAM cuts "
+                "pods' new blocks from the pools selecting a node in the order of their "
+                "names, so pods get addresses there first, which Felix translates as that "
+                f"pool says, not as the spec wants (natOutgoing {wanted}); fix: add its CIDR "
+                "to the spec's cluster.podCIDRs (it is judged as a pod CIDR then), set its "
+                f"natOutgoing to {wanted}, or disable it or make its assignmentMode Manual "
+                "(k3snet never changes a pool it does not own)")
 
     def _ipam_broken(self, pools: CalicoPools) -> list[IPPool]:
         """The pools of this family whose selector Calico cannot parse and that fail
@@ -1562,7 +1600,7 @@ class CalicoPodCIDR(NetObject):
         usable = [p for p in same if p.workload_usable]
         nat = "true" if self.nat_outgoing else "false"
         unserved = (self._broken_reason(other) or self._unserved_reason(same, usable, other)
-                    or self._lb_twin_reason(other))
+                    or self._ahead_reason(other) or self._lb_twin_reason(other))
         if unserved is not None:
             return unserved
         felix = other.felix_pool(self.cidr)

@@ -231,10 +231,12 @@ def test_a_pool_whose_loadbalancer_only_twin_sorts_first_does_not_exempt_a_desti
     # conflictResolvingCache, by name alone, whatever allowedUses say): a-lb. Felix
     # v3.31.6, v3.32.1 and later leave it out of network-ip-pools and masquerade the
     # CIDR, so b-work exempts nothing; it was judged to meet the exemption. Sorting
-    # after b-work, the LoadBalancer-only twin is swallowed and b-work exempts.
+    # after b-work, the LoadBalancer-only twin is swallowed and b-work exempts. (b-work
+    # is Manual: an automatic one sorting before the pod CIDR's pool would give pods
+    # its addresses first, untranslated, a conflict of its own.)
     _seed(api_server, K3S_CROSS_SUBNET)
     api_server.put(CRD, _pool(twin, cidr="172.20.0.0/24", allowedUses=["LoadBalancer"]))
-    api_server.put(CRD, _pool("b-work", cidr="172.20.0.0/24"))
+    api_server.put(CRD, _pool("b-work", cidr="172.20.0.0/24", assignmentMode="Manual"))
     exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
                                               "  - cidr: 172.20.0.0/24\n"
                                               "    masquerade: false\n"))

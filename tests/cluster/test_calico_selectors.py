@@ -201,3 +201,39 @@ def test_a_blank_node_selector_is_every_node_as_calico_parses_it(
     assert len(p.met) == 1
     assert backend.warnings == ()
 
+
+# ---------------------------------------------------------------- pools outside the pod CIDRs
+
+
+@pytest.mark.parametrize(("name", "nat", "met"), [
+    ("aa-vms", False, False),  # sorts first, translated otherwise: pods get its addresses
+    ("aa-vms", True, True),  # sorts first, translated alike: Felix NATs its pods the same
+    ("zz-vms", False, True),  # sorts after: only once the pod CIDR's pool is full
+])
+def test_a_workload_pool_outside_the_pod_cidr_sorting_first_must_translate_alike(
+    api_server: EmulatedApiServer, name: str, nat: bool, met: bool
+) -> None:
+    # Calico IPAM cuts a node's new blocks from the pools selecting it in name order
+    # (libcalico-go findUsableBlock): aa-vms gives pods their addresses before the pod
+    # CIDR's pool does, and Felix masquerades them as aa-vms says. With natOutgoing
+    # false, pods reached 172.30.0.0/24 untranslated while the pod CIDR was judged met.
+    _put_pod_pool(api_server)
+    api_server.put(CRD, _pool(name, cidr="10.60.0.0/16", natOutgoing=nat))
+    p = _plan(_backend(api_server), SPEC)
+    assert p.changes == ()
+    if met:
+        assert (len(p.met), p.conflicts) == (1, ())
+        return
+    assert p.met == ()
+    (conflict,) = p.conflicts
+    reason = conflict.reason or ""
+    assert reason.startswith("IPPool aa-vms 10.60.0.0/16 (natOutgoing false) serves "
+                             "workloads outside the pod CIDRs"), reason
+    assert "cluster.podCIDRs" in reason
+    # Named as a pod CIDR, it is judged as one (its own conflict: natOutgoing false).
+    both = SPEC.replace("[10.42.0.0/16]", "[10.42.0.0/16, 10.60.0.0/16]")
+    p = _plan(_backend(api_server), both)
+    assert [n.wanted.describe() for n in p.met] == [
+        "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing"]
+    (conflict,) = p.conflicts
+    assert "10.60.0.0/16" in conflict.wanted.describe()
