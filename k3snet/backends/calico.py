@@ -126,6 +126,7 @@ from k3snet.kube import (
     list_pages,
     make_api_client,
 )
+from k3snet.model.calico_selector import selector_problem
 from k3snet.model.cidr import Network
 from k3snet.model.cni import NAT_OUTGOING_EXCLUSIONS, CalicoFelixNat, CalicoPools, IPPool
 from k3snet.model.state import State
@@ -296,6 +297,9 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
         warnings = _dropped_fields(name, spec)
         modes = {key: _typed(name, spec, key, str, "") or _DEFAULT_SPELLINGS[key]
                  for key in _DEFAULT_SPELLINGS}
+        if not modes["nodeSelector"].strip(" \t"):
+            # Calico parses a blank selector (spaces and tabs) as all(): every node.
+            modes["nodeSelector"] = "all()"
         uses = _typed(name, spec, "allowedUses", list, None)
         pool = IPPool(
             name,
@@ -321,7 +325,7 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
                              f"CIDR, which Felix takes for the IPv4 CIDR {ipv4} (Calico "
                              "v3.32 and before; Calico's development branch drops the "
                              "pool)")
-        return pool, tuple(warnings)
+        return pool, (*warnings, *_unparseable_selectors(pool))
     except ModelError as exc:
         name = (item.get("metadata") or {}).get("name", "?")
         message = str(exc)
@@ -330,6 +334,23 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
             from exc
     except (KeyError, TypeError, AttributeError) as exc:
         raise ModelError(f"IPPool resource without a name or spec: {exc}") from exc
+
+
+def _unparseable_selectors(pool: IPPool) -> list[str]:
+    """A warning for each selector of ``pool`` Calico cannot parse (what IPAM does then:
+    :attr:`~k3snet.model.cni.IPPool.unparseable_selector`)."""
+    warnings = []
+    for field, text in (("nodeSelector", pool.node_selector),
+                        ("namespaceSelector", pool.namespace_selector)):
+        problem = selector_problem(text)
+        if problem is not None:
+            warnings.append(
+                f"IPPool {pool.name}: spec.{field} {json.dumps(text)} is no selector Calico "
+                f"can parse ({problem}): while the pool is enabled, allocatable and "
+                "Automatic, Calico IPAM fails every automatic "
+                f"IPv{pool.cidr.version} address assignment, so pods get no address "
+                "(Calico's API server refuses such a selector; the CRDs store it)")
+    return warnings
 
 
 def _unallocatable(item: Mapping[str, Any]) -> str:

@@ -35,6 +35,7 @@ from k3snet._gojson import fold
 from k3snet._logline import printable
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple, optional_network
+from k3snet.model.calico_selector import selector_problem, selector_tokens, selects_everything
 from k3snet.model.cidr import (
     Address,
     Network,
@@ -173,12 +174,11 @@ DEFAULT_ALLOWED_USES: tuple[str, ...] = ("Tunnel", "Workload")
 """What an unset or empty ``allowedUses`` means (Calico's default), sorted."""
 
 SELECT_ALL: tuple[str, ...] = ("", "all()")
-"""Selectors that select everything (an unset ``namespaceSelector`` is ``""``)."""
+"""Selectors that select everything (an unset ``namespaceSelector`` is ``""``), as k3snet
+writes them; Calico reads ``all()`` with blanks, and a blank selector, so too
+(:func:`~k3snet.model.calico_selector.selects_everything`)."""
 
 _GLOBAL = re.compile(r"\bglobal\s*\(")
-# A selector of everything as Calico's tokenizer reads it (libcalico-go selector/tokenizer:
-# "all(" in one piece, spaces or tabs, its only blanks, around it and before its ")").
-_ALL_SELECTOR = re.compile(r"[ \t]*all\([ \t]*\)[ \t]*")
 
 DEFAULT_BLOCK_SIZE: Mapping[int, int] = {4: 26, 6: 122}
 """Calico's default ``blockSize`` per family (what an unset field means)."""
@@ -905,7 +905,8 @@ def _check_selector(name: str, value: str, *, empty: bool) -> str:
     if not isinstance(value, str) or (not empty and not value.strip()) or len(value) > 1024:
         raise ModelError(f"IPPool {name} must be a{'' if empty else ' non-empty'} selector, "
                          f"got {value!r}")
-    if any(ord(c) < 0x20 for c in value):
+    # A tab is a blank to Calico's selector tokenizer, as a space is.
+    if any(ord(c) < 0x20 and c != "\t" for c in value):
         raise ModelError(f"IPPool {name} {value!r} contains control characters")
     if _GLOBAL.search(value):
         # global() selects non-namespaced endpoints in policy; Calico's validation
@@ -933,8 +934,10 @@ def _allowed_uses(value: Iterable[str] | None) -> tuple[str, ...]:
         if use not in ALLOWED_USES:
             raise ModelError(f"IPPool allowedUses: {use!r} is not one of "
                              f"{', '.join(ALLOWED_USES)}")
-    # Calico: "if not specified or empty, defaults to [Tunnel, Workload]".
-    return tuple(sorted(set(uses))) if uses else DEFAULT_ALLOWED_USES
+    # Calico: "if not specified or empty, defaults to [Tunnel, Workload]". A repeated use
+    # is kept: Felix counts the entries (IPPool.load_balancer_only), and Calico's CRDs
+    # before v3.32 (no listType set) and its API server's validator store the repetition.
+    return tuple(sorted(uses)) if uses else DEFAULT_ALLOWED_USES
 
 
 def _assignment_mode(value: str) -> AssignmentMode:
@@ -1072,10 +1075,38 @@ class IPPool(NetObject):
             return f"its allowedUses ({', '.join(self.allowed_uses)}) leave out Workload"
         if self.assignment_mode != "Automatic":
             return "its assignmentMode is Manual (only pods asking for it by name get addresses)"
-        if self.namespace_selector not in SELECT_ALL:
-            return (f"its namespaceSelector {json.dumps(self.namespace_selector)} does not "
-                    "select every namespace")
+        if self.unparseable_selector is not None or selects_everything(
+                self.namespace_selector):
+            return self.unparseable_selector
+        return (f"its namespaceSelector {json.dumps(self.namespace_selector)} does not "
+                "select every namespace")
+
+    @property
+    def unparseable_selector(self) -> str | None:
+        """Which selector of the pool Calico cannot parse, and why (or None).
+
+        Calico IPAM parses the ``nodeSelector`` and the ``namespaceSelector`` of every
+        enabled, allocatable, ``Automatic`` pool of a family before it picks one for a
+        pod (libcalico-go ``ipam.determinePools``): a selector it cannot parse fails
+        the assignment, whichever pool the pod would have had. Calico's API server
+        refuses such a selector; the CRDs store it.
+        """
+        for field, text in (("nodeSelector", self.node_selector),
+                            ("namespaceSelector", self.namespace_selector)):
+            problem = selector_problem(text)
+            if problem is not None:
+                return (f"its {field} {json.dumps(text)} is no selector Calico can parse "
+                        f"({problem})")
         return None
+
+    @property
+    def breaks_ipam(self) -> bool:
+        """Calico IPAM fails every automatic assignment of the pool's family while it is
+        there (:attr:`unparseable_selector` of a pool IPAM reads: enabled, allocatable,
+        ``Automatic``)."""
+        return (not self.disabled and not self.unallocatable
+                and self.assignment_mode == "Automatic"
+                and self.unparseable_selector is not None)
 
     @property
     def load_balancer_only(self) -> bool:
@@ -1084,6 +1115,8 @@ class IPPool(NetObject):
         Felix leaves such a pool out of its set of pool CIDRs that outgoing NAT never
         applies to (projectcalico/calico#12769, Calico v3.31.6 and v3.32.1): traffic to
         it is masqueraded like traffic to any other address, so it exempts nothing.
+        Felix asks for one entry, ``LoadBalancer``: a repeated ``LoadBalancer`` is no such
+        pool to it (its ``isLoadBalancerOnly``: ``len(uses) == 1``).
         """
         return self.allowed_uses == ("LoadBalancer",)
 
@@ -1419,7 +1452,8 @@ class CalicoPodCIDR(NetObject):
         spec = pool.to_spec()
         return [f"{key} {spec[key]} (the spec wants {self.requires[key]})"
                 for key in self.requires
-                if (keys is None or key in keys) and spec[key] != self.requires[key]]
+                if (keys is None or key in keys) and not _same(key, spec[key],
+                                                                  self.requires[key])]
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -1448,7 +1482,7 @@ class CalicoPodCIDR(NetObject):
         addresses from it. (Pools inside the pod CIDRs alone, per-zone pools one pod CIDR
         each, give every pod a pod address. Felix has no nodeSelector: its pool sets,
         and so ``natOutgoing``, hold on every node.)"""
-        return (not _ALL_SELECTOR.fullmatch(pool.node_selector)
+        return (not selects_everything(pool.node_selector)
                 and "nodeSelector" not in self.requires
                 and bool(self._outside(pools)))
 
@@ -1512,8 +1546,66 @@ class CalicoPodCIDR(NetObject):
         this CIDR is usable by workloads on every node (or those of the spec's
         ``nodeSelector``) and has what the spec requires (IPAM, and calico-node cutting
         the nodes' tunnel addresses, read every pool)."""
-        return any(p.cidr == self.cidr and p.workload_usable and not self._differences(p)
-                   and not self._partial(p, pools) for p in pools.pools)
+        return not self._ipam_broken(pools) and not self._ahead(pools)[1] and any(
+            p.cidr == self.cidr and p.workload_usable and not self._differences(p)
+            and not self._partial(p, pools) for p in pools.pools)
+
+    def _ahead(self, pools: CalicoPools) -> tuple[IPPool | None, list[IPPool]]:
+        """The first pool of this CIDR serving every node, and the pools outside the spec's
+        pod CIDRs (:meth:`_outside`) whose names sort before it and whose ``natOutgoing``
+        (of Felix's pool of their CIDR) is not the one the spec wants.
+
+        Calico IPAM cuts a node's new blocks from the pools selecting it in the order of
+        their names (libcalico-go ``findUsableBlock``): such a pool gives pods addresses
+        first, and Felix translates them as it says. (One sorting after is used only
+        once the pod CIDR's pool has no free block, or where a node holds blocks of it
+        already: not judged.)
+        """
+        serving = [p for p in pools.pools if p.cidr == self.cidr and p.workload_usable
+                   and selects_everything(p.node_selector)]
+        if not serving:
+            return None, []
+        first = serving[0]  # pools are sorted by name
+        return first, [q for q in self._outside(pools) if q.name < first.name
+                       and (pools.felix_pool(q.cidr) or q).nat_outgoing != self.nat_outgoing]
+
+    def _ahead_reason(self, pools: CalicoPools) -> str | None:
+        """Why pods get addresses outside this pod CIDR, translated otherwise (:meth:`_ahead`)."""
+        first, ahead = self._ahead(pools)
+        if first is None or not ahead:
+            return None
+        wanted = "true" if self.nat_outgoing else "false"
+        named = ", ".join(
+            f"IPPool {q.name} {q.cidr} (natOutgoing "
+            f"{'true' if (pools.felix_pool(q.cidr) or q).nat_outgoing else 'false'})"
+            for q in ahead)
+        return (f"{named} serves workloads outside the pod CIDRs, and its name sorts before "
+                f"IPPool {first.name}'s, the pool of pod CIDR {self.cidr}: Calico IPAM cuts "
+                "pods' new blocks from the pools selecting a node in the order of their "
+                "names, so pods get addresses there first, which Felix translates as that "
+                f"pool says, not as the spec wants (natOutgoing {wanted}); fix: add its CIDR "
+                "to the spec's cluster.podCIDRs (it is judged as a pod CIDR then), set its "
+                f"natOutgoing to {wanted}, or disable it or make its assignmentMode Manual "
+                "(k3snet never changes a pool it does not own)")
+
+    def _ipam_broken(self, pools: CalicoPools) -> list[IPPool]:
+        """The pools of this family whose selector Calico cannot parse and that fail
+        every automatic assignment of the family (:attr:`IPPool.breaks_ipam`)."""
+        return [p for p in pools.pools
+                if p.cidr.version == self.cidr.version and p.breaks_ipam]
+
+    def _broken_reason(self, pools: CalicoPools) -> str | None:
+        """Why Calico IPAM gives no pod of this family an address (:meth:`_ipam_broken`)."""
+        broken = self._ipam_broken(pools)
+        if not broken:
+            return None
+        named = "; ".join(f"IPPool {p.name} {p.cidr}: {p.unparseable_selector}"
+                          for p in broken)
+        return (f"{named}: Calico IPAM parses the selectors of every enabled automatic "
+                f"pool before it picks one, and fails, so pods get no IPv{self.cidr.version} "
+                f"address from any pool, pod CIDR {self.cidr} included; fix the selector "
+                "(Calico's API server refuses one it cannot parse) or disable the pool "
+                "(k3snet never changes a pool it does not own)")
 
     def met_by(self, other: NetObject) -> bool:
         """A usable pool of exactly this CIDR (with what the spec requires), the pool of
@@ -1539,7 +1631,8 @@ class CalicoPodCIDR(NetObject):
         same = [p for p in other.pools if p.cidr == self.cidr]
         usable = [p for p in same if p.workload_usable]
         nat = "true" if self.nat_outgoing else "false"
-        unserved = self._unserved_reason(same, usable, other) or self._lb_twin_reason(other)
+        unserved = (self._broken_reason(other) or self._unserved_reason(same, usable, other)
+                    or self._ahead_reason(other) or self._lb_twin_reason(other))
         if unserved is not None:
             return unserved
         felix = other.felix_pool(self.cidr)
@@ -1553,7 +1646,7 @@ class CalicoPodCIDR(NetObject):
             if differences:
                 spec = pool.to_spec()
                 differ = [k for k in self.requires if (keys is None or k in keys)
-                          and spec[k] != self.requires[k]]
+                          and not _same(k, spec[k], self.requires[k])]
                 beside = [p.name for p in same if p is not pool]
                 twin = (f" beside {', '.join(beside)} of the same CIDR (of pools of one "
                         "CIDR, Felix uses the one whose name sorts first, and its ipipMode "
@@ -1662,6 +1755,16 @@ def _pool_note(pool: IPPool) -> str:
 # use (CalicoPools.felix_pools: libcalico-go's IPPool update processor passes only that
 # one on); IPAM and calico-node's tunnel addresses read them from every pool.
 _FELIX_FIELDS = frozenset({"ipipMode", "vxlanMode"})
+
+
+def _same(key: str, value: Any, wanted: Any) -> bool:
+    """A pool's field ``key`` holds ``wanted``: a ``nodeSelector`` is the same selector to
+    Calico's parser however it is spaced (:func:`~k3snet.model.calico_selector.selector_tokens`;
+    one Calico cannot parse is never the same)."""
+    if key == "nodeSelector" and isinstance(value, str) and isinstance(wanted, str):
+        tokens = selector_tokens(value)
+        return tokens is not None and tokens == selector_tokens(wanted)
+    return bool(value == wanted)
 
 
 def _lb_masquerading(felix: IPPool) -> bool:

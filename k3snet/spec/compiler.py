@@ -20,6 +20,7 @@ import attrs
 from k3snet._gc import gc_paused
 from k3snet.errors import ModelError, Problem, SpecError
 from k3snet.model import NetObject, validate_interface_name
+from k3snet.model.calico_selector import selects_everything
 from k3snet.model.cidr import (
     Address,
     Network,
@@ -663,7 +664,7 @@ def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMo
             else block_size
         if size is not None:
             requires["blockSize"] = size
-        if node_selector != "all()":
+        if not selects_everything(node_selector):  # all() however spaced, as Calico reads it
             requires["nodeSelector"] = node_selector
         try:
             siblings = [c for c in spec.cluster.pod_cidrs if c.version == pod.version and c != pod]

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from k3snet.model.calico_selector import selector_problem
 from k3snet.model.cidr import parse_address, parse_network
 from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE, canonical_json
 from k3snet.model.route import parse_gateway
@@ -86,6 +87,16 @@ NAMESPACE = matches(DNS_LABEL, "{value!r} is not a valid namespace name")
 """A Kubernetes namespace name."""
 U32 = 2**32 - 1
 ENCAPSULATION = one_of("Never", "Always", "CrossSubnet")
+
+
+def _calico_selector(value: Any) -> str | None:
+    """A selector Calico's parser takes: its API server refuses any other, and a pool
+    holding one (stored through the CRDs) fails every pod's address assignment."""
+    problem = selector_problem(value) if isinstance(value, str) else None
+    return None if problem is None else f"{value!r} is no selector Calico can parse ({problem})"
+
+
+CALICO_SELECTOR: Check = _calico_selector
 
 
 # An image reference as the kubelet parses it (github.com/distribution/reference's
@@ -513,7 +524,8 @@ CALICO = Section(CalicoSettings, (
               "single-stack cluster (Calico takes 20..32 for IPv4 pools, 116..128 for IPv6 "
               "ones; its defaults are 26 and 122); on a dual-stack cluster one per family, "
               "{ipv4: 26, ipv6: 122} (a family left out: any)."),
-    Field("nodeSelector", "node_selector", string, example="has(egress)",
+    Field("nodeSelector", "node_selector", string, checks=(CALICO_SELECTOR,),
+          example="has(egress)",
           doc="The nodeSelector the pod CIDRs' pools must have."),
     Field("allowDisruptive", "allow_disruptive", boolean, example=True, omit_none=True,
           doc="Alias of cni.allowDisruptive."),

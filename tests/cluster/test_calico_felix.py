@@ -231,10 +231,12 @@ def test_a_pool_whose_loadbalancer_only_twin_sorts_first_does_not_exempt_a_desti
     # conflictResolvingCache, by name alone, whatever allowedUses say): a-lb. Felix
     # v3.31.6, v3.32.1 and later leave it out of network-ip-pools and masquerade the
     # CIDR, so b-work exempts nothing; it was judged to meet the exemption. Sorting
-    # after b-work, the LoadBalancer-only twin is swallowed and b-work exempts.
+    # after b-work, the LoadBalancer-only twin is swallowed and b-work exempts. (b-work
+    # is Manual: an automatic one sorting before the pod CIDR's pool would give pods
+    # its addresses first, untranslated, a conflict of its own.)
     _seed(api_server, K3S_CROSS_SUBNET)
     api_server.put(CRD, _pool(twin, cidr="172.20.0.0/24", allowedUses=["LoadBalancer"]))
-    api_server.put(CRD, _pool("b-work", cidr="172.20.0.0/24"))
+    api_server.put(CRD, _pool("b-work", cidr="172.20.0.0/24", assignmentMode="Manual"))
     exempt = Spec.from_yaml(SPEC_7345.replace("  - cidr: 192.168.2.0/24\n",
                                               "  - cidr: 172.20.0.0/24\n"
                                               "    masquerade: false\n"))
@@ -499,9 +501,10 @@ def test_a_pod_cidr_pool_whose_all_selector_has_a_blank_calico_does_not_skip_is_
     api_server: EmulatedApiServer, selector: str,
 ) -> None:
     # Calico's selector tokenizer skips spaces and tabs only: another blank (a no-break
-    # space) around all() fails the parse, and Calico IPAM gives no node the pool's
-    # addresses. Python's \s took it for every node: met, beside a pool outside the pod
-    # CIDR whose natOutgoing false leaves pods untranslated.
+    # space) around all() fails the parse, and Calico IPAM fails every automatic
+    # assignment (it parses every enabled pool's selectors first). Python's \s took it
+    # for every node: met, beside a pool outside the pod CIDR whose natOutgoing false
+    # leaves pods untranslated.
     api_server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
                               nodeSelector=selector))
     api_server.put(CRD, _pool("zone-b", cidr="10.50.0.0/16"))
@@ -509,7 +512,8 @@ def test_a_pod_cidr_pool_whose_all_selector_has_a_blank_calico_does_not_skip_is_
     p = _plan(_backend(api_server), Spec.from_yaml(document))
     assert p.met == ()
     (conflict,) = p.conflicts
-    assert f"with nodeSelector {json.dumps(selector)}" in (conflict.reason or "")
+    assert (f"its nodeSelector {json.dumps(selector)} is no selector Calico can parse"
+            in (conflict.reason or ""))
 
 
 def test_a_pool_with_a_node_selector_keeps_felix_from_nat_on_every_node(

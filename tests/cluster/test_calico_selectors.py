@@ -1,0 +1,239 @@
+"""Pools as Calico reads their selectors and ``allowedUses``: stored through the CRDs
+(Calico in Kubernetes datastore mode, written without the Calico API server's
+validation), read by the real backend from the emulated API server, judged as
+Calico's IPAM and Felix judge them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from k3snet.backends.calico import CalicoBackend
+from k3snet.errors import SpecError
+from k3snet.planner import Plan, plan
+from k3snet.spec import Spec
+from k3snet.spec import compile as compile_spec
+from k3snet.testing.kube import EmulatedApiServer
+
+pytestmark = pytest.mark.cluster
+
+CRD = "crd.projectcalico.org/v1/ippools"
+
+SPEC = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster: {podCIDRs: [10.42.0.0/16]}
+destinations:
+  - cidr: 172.30.0.0/24
+cni:
+  calico: {}
+"""
+
+# The same, with 172.20.0.0/24 exempt from NAT.
+EXEMPT_SPEC = SPEC.replace("  - cidr: 172.30.0.0/24\n",
+                           "  - cidr: 172.20.0.0/24\n    masquerade: false\n")
+
+
+def _backend(server: EmulatedApiServer) -> CalicoBackend:
+    return CalicoBackend(api_client=server.api_client(), timeout=10.0, api="crd")
+
+
+def _pool(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+            "metadata": {"name": name}, "spec": spec}
+
+
+def _put_pod_pool(server: EmulatedApiServer, **spec: Any) -> None:
+    server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True,
+                          **spec))
+
+
+def _plan(backend: CalicoBackend, document: str) -> Plan:
+    return plan(backend.observe(), compile_spec(Spec.from_yaml(document)).only(
+        backend.capabilities))
+
+
+# ---------------------------------------------------------------- allowedUses
+
+
+@pytest.mark.parametrize("uses", [["LoadBalancer", "LoadBalancer"],
+                                  ["LoadBalancer", "LoadBalancer", "LoadBalancer"]])
+def test_a_duplicated_loadbalancer_use_is_no_loadbalancer_only_pool_and_exempts(
+    api_server: EmulatedApiServer, uses: list[str]
+) -> None:
+    # Felix calls a pool LoadBalancer-only when its allowedUses hold LoadBalancer and
+    # nothing else: one entry (masq_mgr.go isLoadBalancerOnly, l3_route_resolver.go
+    # isLoadBalancerOnlyPool: len == 1). Calico's CRDs before v3.32 (no listType set)
+    # and its API server's validator take the duplicate; Felix then puts the pool in
+    # network-ip-pools and never masquerades to it. k3snet folded the duplicate and
+    # said the pool exempts nothing (a false conflict).
+    _put_pod_pool(api_server)
+    api_server.put(CRD, _pool("lb", cidr="172.20.0.0/16", allowedUses=uses))
+    p = _plan(_backend(api_server), EXEMPT_SPEC)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert "ippool k3snet-nonat-172-20-0-0-24" in " ".join(n.wanted.describe() for n in p.met)
+
+
+def test_a_duplicated_workload_use_serves_pods(api_server: EmulatedApiServer) -> None:
+    # IPAM asks whether the use is among allowedUses (slices.Contains): a duplicate
+    # changes nothing. Judged fine before too; pinned.
+    _put_pod_pool(api_server, allowedUses=["Workload", "Workload"])
+    p = _plan(_backend(api_server), SPEC)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert len(p.met) == 1
+
+
+# ---------------------------------------------------------------- selectors as Calico parses them
+
+
+@pytest.mark.parametrize("selector", [" all( ) ", "all( )", "  ", "\tall()"])
+def test_a_namespace_selector_calico_reads_as_all_serves_every_pod(
+    api_server: EmulatedApiServer, selector: str
+) -> None:
+    # Calico's tokenizer skips spaces and tabs between tokens and inside all( ), and a
+    # blank selector parses to all(): the pool serves every namespace. k3snet compared
+    # the text with "" and "all()" (a false conflict).
+    _put_pod_pool(api_server, namespaceSelector=selector, allowedUses=["Workload"])
+    p = _plan(_backend(api_server), SPEC)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert len(p.met) == 1
+
+
+@pytest.mark.parametrize(("wanted", "stored"), [
+    ("has(zone)", " has( zone ) "),
+    ("zone == 'a'", "zone=='a'"),
+    ("zone == 'a'", 'zone  ==  "a"'),
+])
+def test_the_spec_s_node_selector_is_met_by_the_same_selector_spelled_otherwise(
+    api_server: EmulatedApiServer, wanted: str, stored: str
+) -> None:
+    _put_pod_pool(api_server, nodeSelector=stored)
+    document = SPEC.replace("calico: {}", f"calico: {{nodeSelector: {json.dumps(wanted)}}}")
+    p = _plan(_backend(api_server), document)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert len(p.met) == 1
+    # Another selector is still another selector.
+    _put_pod_pool(api_server, nodeSelector=stored.replace("zone", "rack"))
+    assert _plan(_backend(api_server), document).conflicts
+
+
+@pytest.mark.parametrize("field", ["nodeSelector", "namespaceSelector"])
+@pytest.mark.parametrize("where", ["pod pool", "other pool"])
+def test_an_unparseable_selector_is_reported_naming_the_pool_and_never_met(
+    api_server: EmulatedApiServer, field: str, where: str
+) -> None:
+    # Calico IPAM parses the selectors of every enabled automatic pool of the family
+    # before it picks one (libcalico-go ipam.determinePools): a selector it cannot parse
+    # fails the assignment, so pods get no address, whichever pool they would have had.
+    # The CRDs store any text (Calico's API server refuses it on write). k3snet said
+    # nothing, and met the pod CIDR.
+    bad = "zone == 'a"  # unterminated string
+    if where == "pod pool":
+        _put_pod_pool(api_server, **{field: bad})
+    else:
+        _put_pod_pool(api_server)
+        api_server.put(CRD, _pool("broken", cidr="10.60.0.0/16", **{field: bad}))
+    backend = _backend(api_server)
+    p = _plan(backend, SPEC)
+    assert p.met == ()
+    (conflict,) = p.conflicts
+    reason = conflict.reason or ""
+    name = "default-ipv4-ippool" if where == "pod pool" else "broken"
+    assert f"IPPool {name}" in reason, reason
+    assert field in reason
+    assert "unterminated string" in reason
+    (warning,) = [w for w in backend.warnings if field in w]
+    assert warning.startswith(f"IPPool {name}: spec.{field}"), warning
+    assert "pods get no address" in warning
+
+
+def test_an_unparseable_selector_of_a_disabled_or_manual_pool_breaks_nothing(
+    api_server: EmulatedApiServer,
+) -> None:
+    # IPAM reads enabled pools only, and skips Manual ones before their selectors:
+    # such a pool is reported, and the pod CIDR is still met.
+    _put_pod_pool(api_server)
+    api_server.put(CRD, _pool("off", cidr="10.60.0.0/16", disabled=True,
+                              nodeSelector="zone ==", namespaceSelector="(x"))
+    api_server.put(CRD, _pool("manual", cidr="10.61.0.0/16", assignmentMode="Manual",
+                              nodeSelector="zone =="))
+    backend = _backend(api_server)
+    p = _plan(backend, SPEC)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert len(p.met) == 1
+    assert sorted(w.split(":")[0] for w in backend.warnings) == [
+        "IPPool manual", "IPPool off", "IPPool off"]
+
+
+def test_an_unparseable_node_selector_in_the_spec_is_a_spec_problem() -> None:
+    document = SPEC.replace("calico: {}", "calico: {nodeSelector: \"zone == 'a\"}")
+    with pytest.raises(SpecError) as info:
+        compile_spec(Spec.from_yaml(document))
+    (problem,) = info.value.problems
+    assert problem.path == "cni.calico.nodeSelector"
+    assert "unterminated string" in problem.message
+
+
+@pytest.mark.parametrize("selector", [" all( ) ", "  "])
+def test_a_spec_node_selector_calico_reads_as_all_asks_for_every_node(
+    api_server: EmulatedApiServer, selector: str
+) -> None:
+    _put_pod_pool(api_server)
+    document = SPEC.replace("calico: {}", f"calico: {{nodeSelector: {json.dumps(selector)}}}")
+    p = _plan(_backend(api_server), document)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert [n.wanted.describe() for n in p.met] == [
+        "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing"]
+
+
+@pytest.mark.parametrize("selector", [" ", " \t "])
+def test_a_blank_node_selector_is_every_node_as_calico_parses_it(
+    api_server: EmulatedApiServer, selector: str
+) -> None:
+    # Calico's API server takes it (it parses), and Calico's parser reads no token as
+    # all(). k3snet refused the pool as unreadable (a conflict naming it).
+    _put_pod_pool(api_server, nodeSelector=selector)
+    backend = _backend(api_server)
+    p = _plan(backend, SPEC)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert len(p.met) == 1
+    assert backend.warnings == ()
+
+
+# ---------------------------------------------------------------- pools outside the pod CIDRs
+
+
+@pytest.mark.parametrize(("name", "nat", "met"), [
+    ("aa-vms", False, False),  # sorts first, translated otherwise: pods get its addresses
+    ("aa-vms", True, True),  # sorts first, translated alike: Felix NATs its pods the same
+    ("zz-vms", False, True),  # sorts after: only once the pod CIDR's pool is full
+])
+def test_a_workload_pool_outside_the_pod_cidr_sorting_first_must_translate_alike(
+    api_server: EmulatedApiServer, name: str, nat: bool, met: bool
+) -> None:
+    # Calico IPAM cuts a node's new blocks from the pools selecting it in name order
+    # (libcalico-go findUsableBlock): aa-vms gives pods their addresses before the pod
+    # CIDR's pool does, and Felix masquerades them as aa-vms says. With natOutgoing
+    # false, pods reached 172.30.0.0/24 untranslated while the pod CIDR was judged met.
+    _put_pod_pool(api_server)
+    api_server.put(CRD, _pool(name, cidr="10.60.0.0/16", natOutgoing=nat))
+    p = _plan(_backend(api_server), SPEC)
+    assert p.changes == ()
+    if met:
+        assert (len(p.met), p.conflicts) == (1, ())
+        return
+    assert p.met == ()
+    (conflict,) = p.conflicts
+    reason = conflict.reason or ""
+    assert reason.startswith("IPPool aa-vms 10.60.0.0/16 (natOutgoing false) serves "
+                             "workloads outside the pod CIDRs"), reason
+    assert "cluster.podCIDRs" in reason
+    # Named as a pod CIDR, it is judged as one (its own conflict: natOutgoing false).
+    both = SPEC.replace("[10.42.0.0/16]", "[10.42.0.0/16, 10.60.0.0/16]")
+    p = _plan(_backend(api_server), both)
+    assert [n.wanted.describe() for n in p.met] == [
+        "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing"]
+    (conflict,) = p.conflicts
+    assert "10.60.0.0/16" in conflict.wanted.describe()
