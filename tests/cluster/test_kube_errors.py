@@ -68,7 +68,8 @@ def _mapped(exc: BaseException, *, timeout: float | None = 10.0) -> KubeApiError
          "refused", "Unauthorized"),
         (403, "Forbidden", _status_body("Forbidden", 'configmaps "x" is forbidden'),
          "forbidden (403): k3snet's account lacks the RBAC permission for this; grant it (see "
-         'the rendered ClusterRole): configmaps "x" is forbidden', "Forbidden"),
+         "the ClusterRoles and Roles `k3snet render manifests` makes, docs/manifests.md, RBAC): "
+         'configmaps "x" is forbidden', "Forbidden"),
         (404, "Not Found", _status_body("NotFound", 'configmaps "x" not found'),
          'not found (404): configmaps "x" not found', "NotFound"),
         (404, "Not Found", None, "not found (404)", "NotFound"),
@@ -113,7 +114,7 @@ def test_a_long_server_message_is_shortened_and_unparsable_bodies_quoted() -> No
     exc: Any = _api_exception(403, "Forbidden")
     exc.body = b"<html>no</html>"
     plain = _mapped(exc)
-    assert str(plain).endswith("(see the rendered ClusterRole): <html>no</html>")
+    assert str(plain).endswith("docs/manifests.md, RBAC): <html>no</html>")
     # A body nested deeper than Python's JSON parser goes (a proxy's, in front of the
     # API server) raised a RecursionError out of the error's own translation.
     proxied: Any = _api_exception(502, "Bad Gateway")
