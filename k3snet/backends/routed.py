@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from k3snet.model import interfaces_may_meet
+from k3snet.model import interfaces_left
 from k3snet.model.cidr import Network
 
 if TYPE_CHECKING:  # the netlink modules are imported by read_routes alone, when it runs
@@ -48,6 +48,8 @@ class RoutedBy:
     True
     >>> routed.cover(4, "eth1") is None  # no route: it may get any one later
     True
+    >>> RoutedBy([("10.42.0.0/24", "cni0"), ("0.0.0.0/0", "eth0")]).cover(4, None, ["eth0"])
+    IPv4Network('10.42.0.0/24')
     >>> RoutedBy([("fe80::/64", "docker0")]).cover(6, "docker0")  # forwards nothing
     IPv6Network('fe80::/64')
     """
@@ -69,10 +71,13 @@ class RoutedBy:
             self._read = list(self._load())
         return self._read
 
-    def cover(self, family: int, interface: str) -> Network | None:
+    def cover(self, family: int, interface: str | None,
+              negated: Sequence[str] = ()) -> Network | None:
         """The smallest network holding every destination a route by a device that
-        ``interface`` (a name, or ``eth+``) may name carries, with the routes of devices
-        not known; ``None`` when that is every address or no route names such a device.
+        ``interface`` (a name, or ``eth+``; ``None``: any) may name and none of ``negated``
+        does (the matches of ``! -o eth0``: what leaves by another device) carries, with
+        the routes of devices not known; ``None`` when that is every address or no route
+        names such a device.
 
         IPv6 link-local routes (``fe80::/64`` on every device) count only for a device
         with no other: the kernel forwards no packet to a link-local address, and one
@@ -86,7 +91,8 @@ class RoutedBy:
             if version != family:
                 continue
             if device not in meets:
-                meets[device] = interfaces_may_meet(interface, device)
+                meets[device] = interfaces_left(
+                    [m for m in (interface, device) if m is not None], negated)
             if not meets[device]:
                 continue
             named = named or device is not None

@@ -412,6 +412,12 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
     "a drop with a match not modelled hides what follows": (
         "-A FORWARD -d 192.0.2.0/24 -p tcp -j DROP\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a chain jumped to twice returns each jump's packets alone": (
+        "-A FORWARD -s 192.0.2.0/24 -j A\n-A FORWARD -j A\n-A A -d 198.51.100.0/24 -j RETURN\n"
+        f"-A A -s {POD} -d {B} -j ACCEPT\n-A A -d {POD} -j ACCEPT", 4, {ForwardRule(POD, B)}),
+    "a chain jumped to twice hides behind a return of the second jump's": (
+        f"-A FORWARD -s 192.0.2.0/24 -j A\n-A FORWARD -j A\n-A A -d {POD} -j RETURN\n"
+        f"-A A -s {POD} -d {B} -j ACCEPT\n-A A -d {POD} -j ACCEPT", 4, set()),
     "a chain gone to for other destinations sends only those to the policy": (
         "-A FORWARD -d 192.0.2.0/24 -g A\n-A A -d 198.51.100.0/24 -j RETURN\n-A A -j RETURN\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from k3snet.backends.iptables import IptablesBackend, Mode
 from k3snet.backends.iptables.foreign import foreign_blocks
 from k3snet.backends.iptables.save import parse_save
+from k3snet.backends.routed import RoutedBy
 from k3snet.lab.netns import run_in
 from k3snet.lab.seed import POD_CIDRS, SeedLab
-from k3snet.model import ForwardRule, interfaces_left, interfaces_may_meet
+from k3snet.model import ForwardBlock, ForwardRule, interfaces_left, interfaces_may_meet
 from k3snet.model.state import State
 from k3snet.planner import plan
 
@@ -130,6 +131,41 @@ def test_a_drop_no_device_can_reach_past_a_negated_interface_is_no_block(
     assert _blocks(rules) == blocks
 
 
+ROUTES = RoutedBy([("10.42.0.0/24", "cni0"), ("10.42.1.0/24", "flannel.1"),
+                   ("0.0.0.0/0", "eth0"), ("fd42:42::/64", "cni0"), ("::/0", "eth0")])
+
+
+@pytest.mark.parametrize(("family", "rules", "fields", "decides"), [
+    (4, "-A FORWARD -i cni0 ! -o eth0 -j DROP",
+     {"source": "10.42.0.0/24", "destination": "10.42.0.0/23", "in_interface": "cni0"}, False),
+    (4, "-A FORWARD ! -i eth+ -o cni0 -j DROP",
+     {"source": "10.42.0.0/23", "destination": "10.42.0.0/24", "out_interface": "cni0"}, False),
+    (4, "-A FORWARD ! -o eth0 -j X\n-A X ! -o flannel.1 -j DROP", {"destination": "10.42.0.0/24"},
+     True),  # (the replies to the pods leave by cni0)
+    (4, "-A FORWARD ! -o cni0 -j DROP", {}, True),  # the default route: any destination
+    (4, "-A FORWARD ! -o eth0 -d 192.0.2.0/24 -j DROP", {"destination": "192.0.2.0/24"},
+     False),
+    (6, "-A FORWARD -i cni0 ! -o eth0 -j DROP",
+     {"source": "fd42:42::/64", "destination": "fd42:42::/64", "in_interface": "cni0"}, False),
+])
+def test_a_drop_by_a_negated_interface_gets_what_the_node_routes_by_the_other_devices(
+        family: int, rules: str, fields: dict[str, str], decides: bool) -> None:
+    """``-i cni0 ! -o eth0 -j DROP`` meets what leaves by another device than eth0: the
+    destinations the node routes by those (the routes of cni0 and flannel.1), not the
+    pods' connection to the database (by the default route on eth0), nor its replies;
+    ``! -o eth0`` on the way to ``! -o flannel.1`` leaves cni0's alone, and ``! -o cni0``
+    the default route's, any destination."""
+    text = "*filter\n:FORWARD ACCEPT [0:0]\n:X - [0:0]\n" + rules + "\nCOMMIT\n"
+    dump = parse_save(text).get("filter")
+    assert dump is not None
+    (found,) = foreign_blocks(dump, family, len(dump.chain("FORWARD")), routed=ROUTES)
+    assert isinstance(found, ForwardBlock)
+    assert found == ForwardBlock(family, "drop", rules.splitlines()[-1],
+                                 f"iptables IPv{family} filter", **fields)
+    pod, db = ("10.42.0.0/16", DB_NET) if family == 4 else ("fd42:42::/56", "fd01:2::/64")
+    assert found.decides(ForwardRule(pod, db)) is decides
+
+
 @pytest.mark.kernel
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 @pytest.mark.parametrize(("jump", "conflict"), [(["!", "-o", "eth+"], False),
@@ -150,6 +186,44 @@ def test_a_drop_through_eth0_behind_a_negated_interface_decides_as_the_kernel_do
         run_in(lab.node, [*ipt, "-A", "X", "-o", "eth0", "-j", "DROP"])
         saved = run_in(lab.node, [f"iptables-{mode}-save", "-t", "filter"]).stdout
         assert f"-A FORWARD {' '.join(jump)} -j X" in saved  # the kernel's own view
+        with IptablesBackend(lab.node, mode=mode) as backend:
+            notes = plan(backend.observe(), State(owned=[wanted])).notes
+        assert [n.status for n in notes if n.wanted == wanted] == (
+            ["conflict"] if conflict else [])
+        assert lab.tcp_probe(family=4, timeout=1.0 if conflict else 2.0).ok is not conflict
+
+
+# A drop by a negated interface alone, and whether the pods' connection to the database
+# meets it (out by eth0, back in by eth0 and out by cni0).
+NEGATED_DROPS: dict[str, tuple[list[str], bool]] = {
+    "of the pods' packets leaving by another way than eth0": (
+        ["-i", "cni0", "!", "-o", "eth0"], False),
+    "of what reaches the pods by another way than eth0": (["!", "-i", "eth0", "-o", "cni0"],
+                                                          False),
+    "of all that leaves by another way than eth0": (["!", "-o", "eth0"], True),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("case", sorted(NEGATED_DROPS))
+def test_a_drop_by_a_negated_interface_meets_what_the_node_routes_by_the_other_devices(
+        require_root: None, mode: Mode, case: str) -> None:
+    """``-i cni0 ! -o eth0 -j DROP`` (the pods leave by the uplink only) drops what the node
+    routes by any other device: not the pods' connection to the database, out by eth0,
+    whose replies come in by eth0, and the kernel lets it through; read as a drop of any
+    packet from cni0, it was a conflict. ``! -o eth0 -j DROP`` drops the replies going
+    out by cni0: a conflict, and the connection fails."""
+    rule, conflict = NEGATED_DROPS[case]
+    wanted = ForwardRule(POD, DB_NET)
+    with SeedLab.create() as lab:
+        ipt = [f"iptables-{mode}", "-w"]
+        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                          "-j", "MASQUERADE"])
+        run_in(lab.node, [*ipt, "-A", "FORWARD", *rule, "-j", "DROP"])
+        saved = run_in(lab.node, [f"iptables-{mode}-save", "-t", "filter"]).stdout
+        assert f"-A FORWARD {' '.join(rule)} -j DROP" in saved  # the kernel's own view
         with IptablesBackend(lab.node, mode=mode) as backend:
             notes = plan(backend.observe(), State(owned=[wanted])).notes
         assert [n.status for n in notes if n.wanted == wanted] == (

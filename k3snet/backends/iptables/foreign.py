@@ -562,6 +562,8 @@ def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
     in-interface and no source (Docker's internal network, ``! -d 192.0.2.0/24 -i br-x
     -j DROP``) gets so its source: a packet comes in by the device its source is routed
     by (not so on a node routing asymmetrically, where a reply may come in elsewhere).
+    A negated one (``-i cni0 ! -o eth0 -j DROP``) gets what the node routes by the
+    devices it lets through.
     Without ``routed``, such a block may meet any packet.
     """
     if dump is None:
@@ -842,10 +844,15 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
     for interface, address in (("out_interface", "destination"), ("in_interface", "source")):
         # A packet leaves by the device its destination is routed by, and comes in by the
         # one its source is (the reverse path, what rp_filter checks): this rule meets only
-        # what the node routes by that device (Docker's bridge subnet, not the pods').
+        # what the node routes by that device (Docker's bridge subnet, not the pods'), or
+        # by the devices a negated match lets through (`-i cni0 ! -o eth0`: not what
+        # leaves by the uplink).
         name = matches.get(interface)
-        if routed is not None and name is not None and matches.get(address) is None:
-            cover = routed.cover(family, name)
+        negated = [v for line in (*outers, tokens)
+                   if (v := _addresses(line, negated=True).get(interface)) is not None]
+        if routed is not None and (name is not None or negated) and (
+                matches.get(address) is None):
+            cover = routed.cover(family, name, negated)
             if cover is not None:
                 matches[address] = str(cover)
     text = f"-A {chain} {format_line(tokens)}"
