@@ -194,6 +194,7 @@ _DEFAULT_RULES = (
 # The statistics of IPv4's tries, of the reading thread's namespace (/proc/net is the
 # process's: the namespace's worker thread reads it as its own).
 _FIB_TRIESTAT = "/proc/thread-self/net/fib_triestat"
+_TRIESTAT_READS = 3  # reads in a row showing IPv4's local and main apart: apart
 # Rule actions ending a lookup with an error (the route add: "invalid gateway").
 _REJECTING = {FR_ACT_BLACKHOLE: "blackhole", FR_ACT_UNREACHABLE: "unreachable",
               FR_ACT_PROHIBIT: "prohibit"}
@@ -2064,12 +2065,24 @@ def _why_taken(route: Route, rule: LookupRule, holder: Route | RouteBlock | Loca
 
 def _ipv4_tables_merged() -> bool | None:
     """:func:`~.codec.ipv4_tables_merged` of the calling thread's namespace (``None``:
-    not to be read, a kernel without ``fib_triestat``)."""
-    try:
-        with open(_FIB_TRIESTAT, encoding="ascii", errors="replace") as stats:
-            return ipv4_tables_merged(stats.read())
-    except OSError:
-        return None
+    not to be read, a kernel without ``fib_triestat``). The kernel walks the merged trie
+    once per name without holding the routes still: a route added or deleted between
+    the two walks shows merged tables apart (one read in a few hundred with routes
+    changing a few hundred times a second, one in ten under a flood of changes), so
+    apart is said only when :data:`_TRIESTAT_READS` reads in a row say so (a long
+    flood still passes, one call in fifty); one read showing them merged is taken as
+    sure (two tries apart show the same statistics by chance alone: the same prefixes
+    in both), and tables once apart stay apart."""
+    found: bool | None = None
+    for _ in range(_TRIESTAT_READS):
+        try:
+            with open(_FIB_TRIESTAT, encoding="ascii", errors="replace") as stats:
+                found = ipv4_tables_merged(stats.read())
+        except OSError:
+            return None
+        if found is not False:
+            return found
+    return found
 
 
 def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool,
