@@ -607,8 +607,8 @@ def test_a_wider_anyip_route_is_named_once_a_deleted_rule_split_tables_local_and
 def test_a_throw_route_of_table_local_at_the_very_prefix_is_named_while_the_tables_are_merged(
         tmp_path: Path, driver: Driver) -> None:
     """While IPv4 keeps tables ``local`` and ``main`` merged (no rule ever added or
-    deleted) the kernel looks in the merged table alone and takes a ``throw`` route's
-    answer as unreachable (``fib_lookup``): one of table ``local`` at the very prefix of
+    deleted) the kernel looks in the merged table and, after a ``throw`` route's answer,
+    in table ``default`` alone (``fib_lookup``): one of table ``local`` at the very prefix of
     k3snet's route comes first in the slot (table local's before main's, whatever the
     metric), and every lookup fails (``ip route get``: "Network is unreachable"), which
     nothing named. Once the tables are apart the throw sends the lookup on to ``main``:
@@ -629,10 +629,29 @@ def test_a_throw_route_of_table_local_at_the_very_prefix_is_named_while_the_tabl
         assert "route 10.9.1.0/24 via 192.0.2.2 table main metric 0" in said
         assert ("merged with table main while no policy rule was ever added or deleted "
                 "(/proc/net/fib_triestat), holds the throw route 10.9.1.0/24 table local at its "
-                "very prefix, looked at first: the kernel ends every lookup of 10.9.1.0/24 as "
-                "unreachable") in said
+                "very prefix, looked at first: the kernel ends the lookup of 10.9.1.0/24 there "
+                "and looks in table default alone, unreachable without a route there") in said
         ip(ns, "rule", "add", "to", "203.0.113.0/24", "lookup", "100", "pref", "100")
         ip(ns, "rule", "del", "pref", "100")
         assert _table_of(ns, "-4", "10.9.1.7") == "main"
+        backend.observe()
+        assert backend.warnings == ()
+
+
+def test_a_merged_throw_route_of_table_local_sends_the_lookup_to_table_default_alone(
+        tmp_path: Path, driver: Driver) -> None:
+    """While IPv4's tables ``local`` and ``main`` are merged, a ``throw`` route's answer
+    ends the merged table's lookup and the kernel looks in table ``default`` (253) alone
+    (``fib_lookup``): a route of k3snet's there carries every packet (``ip route get``
+    ends in table default), and the warnings said it carried none, "unreachable"."""
+    with d0_namespace("rthrowd", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver, tables=[253]) as backend:
+        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2", table=253)])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "route", "add", "throw", "10.9.1.0/24", "table", "local")
+        [found] = json.loads(ip(ns, "-j", "route", "get", "10.9.1.7"))
+        assert (found["table"], found["gateway"]) == ("default", "192.0.2.2")
         backend.observe()
         assert backend.warnings == ()

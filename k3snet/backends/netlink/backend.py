@@ -194,6 +194,7 @@ _DEFAULT_RULES = (
 # The statistics of IPv4's tries, of the reading thread's namespace (/proc/net is the
 # process's: the namespace's worker thread reads it as its own).
 _FIB_TRIESTAT = "/proc/thread-self/net/fib_triestat"
+_TRIESTAT_READS = 3  # reads in a row showing IPv4's local and main apart: apart
 # Rule actions ending a lookup with an error (the route add: "invalid gateway").
 _REJECTING = {FR_ACT_BLACKHOLE: "blackhole", FR_ACT_UNREACHABLE: "unreachable",
               FR_ACT_PROHIBIT: "prohibit"}
@@ -2005,7 +2006,10 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
         if rule.action == FR_ACT_TO_TBL:
             if rule.table in (route.table, 0):  # 0: an L3 master device's table
                 return None
-            held = (_held_locally(dst, local, apart=apart, merged=merged)
+            # While merged a throw's answer ends the merged lookup, which goes on to table
+            # default alone (fib_lookup): a route of that table takes it then.
+            held = (_held_locally(dst, local, apart=apart,
+                                  merged=merged and route.table != _DEFAULT_TABLE)
                     if sure and rule.table == _LOCAL_TABLE else None)
             if held is not None:
                 return rule, held, earlier
@@ -2051,8 +2055,9 @@ def _why_taken(route: Route, rule: LookupRule, holder: Route | RouteBlock | Loca
     if holder.kind == "throw":  # only ever said while IPv4's local and main are merged
         return (f"table local, merged with table main while no policy rule was ever added "
                 f"or deleted (/proc/net/fib_triestat), holds the {holder.describe()} at its "
-                f"very prefix, looked at first: the kernel ends every lookup of "
-                f"{network_text(route.destination)} as unreachable (ip route show table local)")
+                f"very prefix, looked at first: the kernel ends the lookup of "
+                f"{network_text(route.destination)} there and looks in table default alone, "
+                f"unreachable without a route there (ip route show table local)")
     if holder.kind == "local":
         why += " (the node takes the packets as its own)"
     return f"{why} (ip route show table local)"
@@ -2060,12 +2065,24 @@ def _why_taken(route: Route, rule: LookupRule, holder: Route | RouteBlock | Loca
 
 def _ipv4_tables_merged() -> bool | None:
     """:func:`~.codec.ipv4_tables_merged` of the calling thread's namespace (``None``:
-    not to be read, a kernel without ``fib_triestat``)."""
-    try:
-        with open(_FIB_TRIESTAT, encoding="ascii", errors="replace") as stats:
-            return ipv4_tables_merged(stats.read())
-    except OSError:
-        return None
+    not to be read, a kernel without ``fib_triestat``). The kernel walks the merged trie
+    once per name without holding the routes still: a route added or deleted between
+    the two walks shows merged tables apart (one read in a few hundred with routes
+    changing a few hundred times a second, one in ten under a flood of changes), so
+    apart is said only when :data:`_TRIESTAT_READS` reads in a row say so (a long
+    flood still passes, one call in fifty); one read showing them merged is taken as
+    sure (two tries apart show the same statistics by chance alone: the same prefixes
+    in both), and tables once apart stay apart."""
+    found: bool | None = None
+    for _ in range(_TRIESTAT_READS):
+        try:
+            with open(_FIB_TRIESTAT, encoding="ascii", errors="replace") as stats:
+                found = ipv4_tables_merged(stats.read())
+        except OSError:
+            return None
+        if found is not False:
+            return found
+    return found
 
 
 def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool,
@@ -2074,8 +2091,9 @@ def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool,
     ``local`` and ``main`` merged until a policy rule is first added or deleted (not ``apart``:
     the longer prefix of the two wins, ``local`` on the same one)."""
     if merged and dst.version == 4 and local is not None:
-        # Surely merged: the kernel looks in that one table alone, table local's routes
-        # first in a slot, and a throw route's answer is unreachable (fib_lookup).
+        # Surely merged: the kernel looks in that one table, table local's routes first
+        # in a slot, and after a throw route's answer in table default alone (fib_lookup;
+        # unreachable without a route there).
         thrown = local.throw_at(dst)
         if thrown is not None:
             return thrown

@@ -516,9 +516,11 @@ def ipv4_tables_merged(triestat: str) -> bool | None:
     both are one trie (``fib_trie_table``'s alias), shown twice with the very same
     statistics under ``Main:`` and ``Local:``; once apart (a policy rule added or
     deleted, ``fib_unmerge``) each shows its own. Equal statistics of two tries apart
-    (the same count of leaves, prefixes, nodes, pointers and depths) read as merged:
-    the careful side, a wider ``local`` route left unnamed. ``None``: either table
-    missing (no route in it yet), nothing to tell.
+    (the same count of leaves, prefixes, nodes, pointers and depths: both holding
+    prefixes alike, ``main`` a route for each of table ``local``'s) read as merged: a
+    wider ``local`` route left unnamed, and a ``throw`` route of table ``local`` at the
+    very prefix of a route of ``main`` named, though it sends the lookup on to ``main``
+    then. ``None``: either table missing (no route in it yet), nothing to tell.
 
     >>> merged = "Main:\n\tLeaves: 6\nLocal:\n\tLeaves: 6\n"
     >>> ipv4_tables_merged(merged), ipv4_tables_merged(merged.replace("6", "5", 1))
