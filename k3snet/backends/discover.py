@@ -43,7 +43,7 @@ from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import WarningLog, backend_warnings
 from k3snet.backends.netns import NetnsRunner, exec_name, netns_path, xtables_names
 from k3snet.backends.registry import backend_options, create_backend
-from k3snet.errors import BackendUnavailableError, K3snetError
+from k3snet.errors import BackendError, BackendUnavailableError, K3snetError
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL
 
 __all__ = ["CLUSTER_BACKENDS", "NODE_BACKENDS", "Discovery", "Owner", "cluster_left_behind",
@@ -89,6 +89,19 @@ class Discovery:
     anything either."""
     _unread: dict[int, str] = attrs.field(factory=dict, init=False)
     """Why :meth:`look_again` could not read a backend, by its position in ``_looked``."""
+
+    def refusal(self, command: str) -> BackendError | None:
+        """The error a removal naming no backend (``command``: ``k3snet destroy``, the
+        Ansible module's ``state: absent``) fails with when the system refused a look
+        (:attr:`refused`): nothing it found could be removed either, and "nothing to
+        destroy" was said of a node whose nftables table and iptables chains were never
+        looked at. None when every look was permitted."""
+        if not self.refused:
+            return None
+        return BackendError(
+            f"not permitted to look through {', '.join(self.refused)} ({command} needs "
+            "root or CAP_NET_ADMIN); nothing was removed: "
+            + "; ".join(u for u in self.unavailable if u.split(":", 1)[0] in self.refused))
 
     @property
     def groups(self) -> tuple[BackendGroup, ...]:
