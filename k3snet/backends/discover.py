@@ -219,7 +219,7 @@ def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> D
         except K3snetError as exc:  # a tool missing (iptables-legacy-save), no nf_tables
             log.debug("%s could not look: %s", label, exc)
             unavailable.append(f"{label}: {exc}")
-            if _not_permitted(exc) and not _net_admin_over(given.get("netns")):
+            if _not_permitted(exc) and not _admin_of_own_namespace(given.get("netns")):
                 refused.append(label)
             looked.pop()
             with contextlib.suppress(Exception):
@@ -240,13 +240,13 @@ _CAP_NET_ADMIN = 12
 _INITIAL_UID_MAP = ("0", "0", "4294967295")
 
 
-def _net_admin_over(netns: object) -> bool:
+def _admin_of_own_namespace(netns: object) -> bool:
     """Whether k3snet holds ``CAP_NET_ADMIN`` over network namespace ``netns`` (None: the
-    calling thread's): in the initial user namespace (root, or the capability granted
-    instead), or as root of the user namespace owning it (``unshare -rn``, a rootless
-    container). A "not permitted" look there is not one that capability lifts:
-    iptables-legacy's ``/proc/net/ip_tables_names`` is root's (the host root's in a
-    namespace made with its user namespace), out of reach of all but root."""
+    calling thread's) as root of a user namespace of its own, not the initial one, that
+    owns it (``unshare -rn``, a rootless container). A "not permitted" there is the
+    host's, which no privilege of that namespace lifts: ``/proc/net/ip_tables_names`` of
+    a namespace made with its user namespace is the host root's (iptables-legacy can
+    neither look nor write there), not a sign k3snet lacks root."""
     try:
         with open("/proc/self/status", encoding="ascii", errors="replace") as status:
             caps = next((line.split()[1] for line in status if line.startswith("CapEff:")),
@@ -255,7 +255,7 @@ def _net_admin_over(netns: object) -> bool:
             return False
         with open("/proc/self/uid_map", encoding="ascii") as uid_map:
             if tuple(uid_map.read().split()) == _INITIAL_UID_MAP:
-                return True
+                return False
         path = (netns_path(netns) if isinstance(netns, str) else "/proc/thread-self/ns/net")
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:

@@ -17,13 +17,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from k3snet.cli import EXIT_ERROR, EXIT_OK
-from k3snet.lab.netns import temporary_netns
 
 # k3snet run by ``python -c`` as root of a user namespace of its own (uid 0 mapped to the
 # caller's), made with a network namespace in the same call (flags), as ``unshare -rn``
@@ -44,8 +42,7 @@ runpy.run_module("k3snet", run_name="__main__")
 _CLONE_NEWNET = 0x40000000
 
 
-def _destroy_as_nobody(*through: str, before: Sequence[str] = (),
-                       setpriv_args: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+def _destroy_as_nobody(*through: str) -> subprocess.CompletedProcess[str]:
     if os.geteuid() != 0:
         pytest.skip("needs root to run a command as another user")
     setpriv = shutil.which("setpriv")
@@ -55,8 +52,7 @@ def _destroy_as_nobody(*through: str, before: Sequence[str] = (),
     with tempfile.TemporaryDirectory(prefix="k3snet-destroy-test-") as base:
         Path(base).chmod(0o777)
         return subprocess.run(
-            [*before, setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-             *setpriv_args, sys.executable,
+            [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable,
              *through, "destroy", "--auto-approve", "--output", "json"],
             capture_output=True, text=True, check=False, timeout=120, cwd="/",
             env={"PATH": "/usr/sbin:/usr/bin:/bin", "K3SNET_LOCK_DIR": f"{base}/locks",
@@ -86,23 +82,7 @@ def test_a_destroy_by_root_of_its_own_user_and_network_namespace_is_not_refused(
     # permitted ... needs root or CAP_NET_ADMIN", and removed nothing, k3snet's
     # nftables table of that namespace (applied there) too.
     _user_namespaces()
-    _assert_legacy_alone_unread(_destroy_as_nobody("-c", _IN_USER_NAMESPACE,
-                                                   str(_CLONE_NEWNET)))
-
-
-@pytest.mark.kernel
-def test_a_destroy_by_a_user_granted_cap_net_admin_is_not_refused() -> None:
-    # CAP_NET_ADMIN granted instead of root (docs/reliability.md): iptables-legacy's
-    # /proc/net/ip_tables_names is root's alone. It failed, "needs root or
-    # CAP_NET_ADMIN", removing nothing, whatever nftables and iptables-nft held.
-    with temporary_netns("nopriv") as ns:
-        done = _destroy_as_nobody("-m", "k3snet", before=["ip", "netns", "exec", ns],
-                                  setpriv_args=["--inh-caps=+net_admin",
-                                                "--ambient-caps=+net_admin"])
-    _assert_legacy_alone_unread(done)
-
-
-def _assert_legacy_alone_unread(done: subprocess.CompletedProcess[str]) -> None:
+    done = _destroy_as_nobody("-c", _IN_USER_NAMESPACE, str(_CLONE_NEWNET))
     assert done.returncode == EXIT_OK, (done.stdout, done.stderr)
     document = json.loads(done.stdout)
     assert document["kind"] == "destroy"
