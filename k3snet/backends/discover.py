@@ -98,9 +98,16 @@ class Discovery:
         looked at. None when every look was permitted."""
         if not self.refused:
             return None
+        try:
+            # Granted CAP_NET_ADMIN instead of root: what it cannot read is root's
+            # (iptables-legacy's /proc/net/ip_tables_names, a state file of root's).
+            needs = "root (CAP_NET_ADMIN, held, is not enough)" if _holds_net_admin() else (
+                "root or CAP_NET_ADMIN")
+        except (OSError, ValueError):
+            needs = "root or CAP_NET_ADMIN"
         return BackendError(
             f"not permitted to look through {', '.join(self.refused)} ({command} needs "
-            "root or CAP_NET_ADMIN); nothing was removed: "
+            f"{needs}); nothing was removed: "
             + "; ".join(u for u in self.unavailable if u.split(":", 1)[0] in self.refused))
 
     @property
@@ -240,6 +247,13 @@ _CAP_NET_ADMIN = 12
 _INITIAL_UID_MAP = ("0", "0", "4294967295")
 
 
+def _holds_net_admin() -> bool:
+    """Whether k3snet's effective capabilities hold ``CAP_NET_ADMIN``."""
+    with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+        caps = next((line.split()[1] for line in status if line.startswith("CapEff:")), "0")
+    return bool(int(caps, 16) >> _CAP_NET_ADMIN & 1)
+
+
 def _admin_of_own_namespace(netns: object) -> bool:
     """Whether k3snet holds ``CAP_NET_ADMIN`` over network namespace ``netns`` (None: the
     calling thread's) as root of a user namespace of its own, not the initial one, that
@@ -248,10 +262,7 @@ def _admin_of_own_namespace(netns: object) -> bool:
     a namespace made with its user namespace is the host root's (iptables-legacy can
     neither look nor write there), not a sign k3snet lacks root."""
     try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
-            caps = next((line.split()[1] for line in status if line.startswith("CapEff:")),
-                        "0")
-        if not int(caps, 16) >> _CAP_NET_ADMIN & 1:
+        if not _holds_net_admin():
             return False
         with open("/proc/self/uid_map", encoding="ascii") as uid_map:
             if tuple(uid_map.read().split()) == _INITIAL_UID_MAP:

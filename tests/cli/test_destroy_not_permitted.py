@@ -17,11 +17,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from k3snet.cli import EXIT_ERROR, EXIT_OK
+from k3snet.lab.netns import temporary_netns
 
 # k3snet run by ``python -c`` as root of a user namespace of its own (uid 0 mapped to the
 # caller's), made with a network namespace in the same call (flags), as ``unshare -rn``
@@ -42,7 +44,8 @@ runpy.run_module("k3snet", run_name="__main__")
 _CLONE_NEWNET = 0x40000000
 
 
-def _destroy_as_nobody(*through: str) -> subprocess.CompletedProcess[str]:
+def _destroy_as_nobody(*through: str, before: Sequence[str] = (),
+                       setpriv_args: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
     if os.geteuid() != 0:
         pytest.skip("needs root to run a command as another user")
     setpriv = shutil.which("setpriv")
@@ -52,7 +55,8 @@ def _destroy_as_nobody(*through: str) -> subprocess.CompletedProcess[str]:
     with tempfile.TemporaryDirectory(prefix="k3snet-destroy-test-") as base:
         Path(base).chmod(0o777)
         return subprocess.run(
-            [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable,
+            [*before, setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+             *setpriv_args, sys.executable,
              *through, "destroy", "--auto-approve", "--output", "json"],
             capture_output=True, text=True, check=False, timeout=120, cwd="/",
             env={"PATH": "/usr/sbin:/usr/bin:/bin", "K3SNET_LOCK_DIR": f"{base}/locks",
@@ -96,3 +100,18 @@ def test_a_destroy_by_root_of_a_user_namespace_in_the_host_s_network_namespace_i
     done = _destroy_as_nobody("-c", _IN_USER_NAMESPACE, "0")
     assert done.returncode == EXIT_ERROR, (done.stdout, done.stderr)
     assert json.loads(done.stdout)["error"]["message"].startswith("not permitted"), done.stdout
+
+
+@pytest.mark.kernel
+def test_a_destroy_refused_to_a_user_granted_cap_net_admin_says_root_is_needed() -> None:
+    # CAP_NET_ADMIN granted instead of root (docs/reliability.md): iptables-legacy's
+    # /proc/net/ip_tables_names is root's alone. The error said "needs root or
+    # CAP_NET_ADMIN" to a process holding CAP_NET_ADMIN.
+    with temporary_netns("nopriv") as ns:
+        done = _destroy_as_nobody("-m", "k3snet", before=["ip", "netns", "exec", ns],
+                                  setpriv_args=["--inh-caps=+net_admin",
+                                                "--ambient-caps=+net_admin"])
+    assert done.returncode == EXIT_ERROR, (done.stdout, done.stderr)
+    message = json.loads(done.stdout)["error"]["message"]
+    assert message.startswith("not permitted to look through iptables-legacy (k3snet "
+                              "destroy needs root (CAP_NET_ADMIN, held, is not enough))"), message
