@@ -2378,14 +2378,9 @@ def _destroy_found(args: argparse.Namespace) -> int:
     names = {name for _, name, _ in NODE_BACKENDS}
     _check_backend_opt_targets(args, names)
     with discover_owners({name: _options(name, args) for name in sorted(names)}) as found:
-        if found.refused:
-            # Nothing it found could be removed either: "nothing to destroy", exit 0, said
-            # of a node whose k3snet objects were never looked at.
-            raise BackendError(
-                f"not permitted to look through {', '.join(found.refused)} (k3snet destroy "
-                "needs root or CAP_NET_ADMIN); nothing was removed: "
-                + "; ".join(u for u in found.unavailable
-                            if u.split(":", 1)[0] in found.refused))
+        refusal = found.refusal("k3snet destroy")
+        if refusal is not None:
+            raise refusal
         print(found.summary(), file=_human(args))
         return _destroy_through(args, found.groups, lambda: found.warnings, found=found,
                                 look_again=found.look_again)

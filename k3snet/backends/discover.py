@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -40,9 +41,9 @@ from k3snet._logline import shell_word
 from k3snet.backends.base import Backend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import WarningLog, backend_warnings
-from k3snet.backends.netns import NetnsRunner, exec_name, xtables_names
+from k3snet.backends.netns import NetnsRunner, exec_name, netns_path, xtables_names
 from k3snet.backends.registry import backend_options, create_backend
-from k3snet.errors import BackendUnavailableError, K3snetError
+from k3snet.errors import BackendError, BackendUnavailableError, K3snetError
 from k3snet.model.route import K3SNET_ROUTE_PROTOCOL
 
 __all__ = ["CLUSTER_BACKENDS", "NODE_BACKENDS", "Discovery", "Owner", "cluster_left_behind",
@@ -88,6 +89,26 @@ class Discovery:
     anything either."""
     _unread: dict[int, str] = attrs.field(factory=dict, init=False)
     """Why :meth:`look_again` could not read a backend, by its position in ``_looked``."""
+
+    def refusal(self, command: str) -> BackendError | None:
+        """The error a removal naming no backend (``command``: ``k3snet destroy``, the
+        Ansible module's ``state: absent``) fails with when the system refused a look
+        (:attr:`refused`): nothing it found could be removed either, and "nothing to
+        destroy" was said of a node whose nftables table and iptables chains were never
+        looked at. None when every look was permitted."""
+        if not self.refused:
+            return None
+        try:
+            # Granted CAP_NET_ADMIN instead of root: what it cannot read is root's
+            # (iptables-legacy's /proc/net/ip_tables_names, a state file of root's).
+            needs = "root (CAP_NET_ADMIN, held, is not enough)" if _holds_net_admin() else (
+                "root or CAP_NET_ADMIN")
+        except (OSError, ValueError):
+            needs = "root or CAP_NET_ADMIN"
+        return BackendError(
+            f"not permitted to look through {', '.join(self.refused)} ({command} needs "
+            f"{needs}); nothing was removed: "
+            + "; ".join(u for u in self.unavailable if u.split(":", 1)[0] in self.refused))
 
     @property
     def groups(self) -> tuple[BackendGroup, ...]:
@@ -205,7 +226,7 @@ def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> D
         except K3snetError as exc:  # a tool missing (iptables-legacy-save), no nf_tables
             log.debug("%s could not look: %s", label, exc)
             unavailable.append(f"{label}: {exc}")
-            if _not_permitted(exc):
+            if _not_permitted(exc) and not _admin_of_own_namespace(given.get("netns")):
                 refused.append(label)
             looked.pop()
             with contextlib.suppress(Exception):
@@ -217,6 +238,49 @@ def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> D
             idle.append(label)
     return Discovery(tuple(owners), tuple(idle), tuple(unavailable), tuple(looked),
                      tuple(refused))
+
+
+#: ioctl(2) of an nsfs file: a descriptor of the user namespace owning that namespace.
+_NS_GET_USERNS = 0xB701
+_CAP_NET_ADMIN = 12
+#: ``/proc/self/uid_map`` of the initial user namespace.
+_INITIAL_UID_MAP = ("0", "0", "4294967295")
+
+
+def _holds_net_admin() -> bool:
+    """Whether k3snet's effective capabilities hold ``CAP_NET_ADMIN``."""
+    with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+        caps = next((line.split()[1] for line in status if line.startswith("CapEff:")), "0")
+    return bool(int(caps, 16) >> _CAP_NET_ADMIN & 1)
+
+
+def _admin_of_own_namespace(netns: object) -> bool:
+    """Whether k3snet holds ``CAP_NET_ADMIN`` over network namespace ``netns`` (None: the
+    calling thread's) as root of a user namespace of its own, not the initial one, that
+    owns it (``unshare -rn``, a rootless container). A "not permitted" there is the
+    host's, which no privilege of that namespace lifts: ``/proc/net/ip_tables_names`` of
+    a namespace made with its user namespace is the host root's (iptables-legacy can
+    neither look nor write there), not a sign k3snet lacks root."""
+    try:
+        if not _holds_net_admin():
+            return False
+        with open("/proc/self/uid_map", encoding="ascii") as uid_map:
+            if tuple(uid_map.read().split()) == _INITIAL_UID_MAP:
+                return False
+        path = (netns_path(netns) if isinstance(netns, str) else "/proc/thread-self/ns/net")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            owner = fcntl.ioctl(fd, _NS_GET_USERNS)
+        finally:
+            os.close(fd)
+        try:
+            made = os.fstat(owner)
+        finally:
+            os.close(owner)
+        mine = os.stat("/proc/thread-self/ns/user")
+    except (OSError, ValueError):
+        return False
+    return (made.st_dev, made.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _not_permitted(exc: BaseException) -> bool:

@@ -312,6 +312,16 @@ def test_bad_input_fails_with_k3snet_s_message_and_no_traceback(
     assert "mutually exclusive" in messages[2]
 
 
+@attrs.define
+class _Found:
+    """What the module's ``discover`` gives, as the tests below need it."""
+
+    groups: list[Any] = attrs.field(factory=list)
+
+    def refusal(self, _command: str) -> None:
+        """Every look permitted."""
+
+
 def _module_result(args: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
                    capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     """The result the module's main() prints for ``args``, run in this process."""
@@ -1019,8 +1029,7 @@ def test_state_absent_stopped_between_two_backends_is_changed_naming_what_stays(
         exc.add_note(said)
         raise exc
 
-    monkeypatch.setattr(module, "discover", lambda _params, _stack: attrs.make_class(
-        "Found", {"groups": attrs.field(factory=list)})())
+    monkeypatch.setattr(module, "discover", lambda _params, _stack: _Found())
     monkeypatch.setattr(module, "destroy_each", stopped)
     monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
     with testing.patch_module_args({"state": "absent"}), pytest.raises(SystemExit):
@@ -1041,8 +1050,7 @@ def test_state_absent_failing_between_two_backends_has_rc_5_as_k3snet_destroy(
     second = k3snet.MemoryBackend(k3snet.State(owned=[
         k3snet.Sysctl("net.ipv4.conf.all.rp_filter", "2")]))
     second.faults.fail_at(0)
-    monkeypatch.setattr(module, "discover", lambda _params, _stack: attrs.make_class(
-        "Found", {"groups": attrs.field(factory=lambda: [first, second])})())
+    monkeypatch.setattr(module, "discover", lambda _params, _stack: _Found([first, second]))
     monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
     with testing.patch_module_args({"state": "absent"}), pytest.raises(SystemExit):
         module.main()
@@ -1062,8 +1070,7 @@ def test_a_check_mode_task_stopped_by_sigterm_says_no_apply_was_undone(
     def stopped(*_args: object, **_kwargs: object) -> None:
         raise SystemExit(143)
 
-    monkeypatch.setattr(module, "discover", lambda _params, _stack: attrs.make_class(
-        "Found", {"groups": attrs.field(factory=list)})())
+    monkeypatch.setattr(module, "discover", lambda _params, _stack: _Found())
     monkeypatch.setattr(module, "destroy_each", stopped)
     monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
     with testing.patch_module_args({"state": "absent", "_ansible_check_mode": True}), \
@@ -1088,8 +1095,7 @@ def test_state_absent_failing_with_an_os_error_between_two_backends_has_rc_5_and
         raise PermissionError(13, "Operation not permitted")
 
     monkeypatch.setattr(second, "apply", refused)
-    monkeypatch.setattr(module, "discover", lambda _params, _stack: attrs.make_class(
-        "Found", {"groups": attrs.field(factory=lambda: [first, second])})())
+    monkeypatch.setattr(module, "discover", lambda _params, _stack: _Found([first, second]))
     monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
     with testing.patch_module_args({"state": "absent"}), pytest.raises(SystemExit):
         module.main()
@@ -1138,8 +1144,7 @@ def test_state_absent_failing_with_a_bug_between_two_backends_has_rc_5_and_chang
         raise KeyError("table")
 
     monkeypatch.setattr(second, "apply", buggy)
-    monkeypatch.setattr(module, "discover", lambda _params, _stack: attrs.make_class(
-        "Found", {"groups": attrs.field(factory=lambda: [first, second])})())
+    monkeypatch.setattr(module, "discover", lambda _params, _stack: _Found([first, second]))
     monkeypatch.setenv("PATH", os.environ["PATH"])  # main() appends the sbin directories
     with testing.patch_module_args({"state": "absent"}), pytest.raises(SystemExit):
         module.main()

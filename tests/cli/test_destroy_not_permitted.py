@@ -17,14 +17,35 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from k3snet.cli import EXIT_ERROR
+from k3snet.cli import EXIT_ERROR, EXIT_OK
+from k3snet.lab.netns import temporary_netns
+
+# k3snet run by ``python -c`` as root of a user namespace of its own (uid 0 mapped to the
+# caller's), made with a network namespace in the same call (flags), as ``unshare -rn``
+# does; 0: the user namespace alone, the host's network namespace kept.
+_IN_USER_NAMESPACE = """
+import ctypes, os, runpy, sys
+flags = int(sys.argv.pop(1))
+uid, gid = os.getuid(), os.getgid()
+if ctypes.CDLL(None, use_errno=True).unshare(0x10000000 | flags):
+    raise OSError(ctypes.get_errno(), "unshare")
+for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
+                   ("gid_map", f"0 {gid} 1")):
+    with open(f"/proc/self/{name}", "w") as file:
+        file.write(text)
+sys.argv[0] = "k3snet"
+runpy.run_module("k3snet", run_name="__main__")
+"""
+_CLONE_NEWNET = 0x40000000
 
 
-def test_a_destroy_not_permitted_to_look_fails_as_an_error_document() -> None:
+def _destroy_as_nobody(*through: str, before: Sequence[str] = (),
+                       setpriv_args: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
     if os.geteuid() != 0:
         pytest.skip("needs root to run a command as another user")
     setpriv = shutil.which("setpriv")
@@ -33,15 +54,64 @@ def test_a_destroy_not_permitted_to_look_fails_as_an_error_document() -> None:
     uid = pwd.getpwnam("nobody").pw_uid
     with tempfile.TemporaryDirectory(prefix="k3snet-destroy-test-") as base:
         Path(base).chmod(0o777)
-        done = subprocess.run(
-            [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable,
-             "-m", "k3snet", "destroy", "--auto-approve", "--output", "json"],
+        return subprocess.run(
+            [*before, setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+             *setpriv_args, sys.executable,
+             *through, "destroy", "--auto-approve", "--output", "json"],
             capture_output=True, text=True, check=False, timeout=120, cwd="/",
-            env={"PATH": "/usr/bin:/bin", "K3SNET_LOCK_DIR": f"{base}/locks",
+            env={"PATH": "/usr/sbin:/usr/bin:/bin", "K3SNET_LOCK_DIR": f"{base}/locks",
                  "K3SNET_STATE_DIR": f"{base}/state",
                  "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+
+
+def _user_namespaces() -> None:
+    probe = subprocess.run(["unshare", "-r", "true"], capture_output=True, check=False,
+                           user=pwd.getpwnam("nobody").pw_uid)
+    if probe.returncode != 0:
+        pytest.skip("user namespaces are not permitted here")
+
+
+def test_a_destroy_not_permitted_to_look_fails_as_an_error_document() -> None:
+    done = _destroy_as_nobody("-m", "k3snet")
     assert done.returncode == EXIT_ERROR, (done.stdout, done.stderr)
     error = json.loads(done.stdout)["error"]
     assert error["type"] == "BackendError"
     assert error["message"].startswith("not permitted to look through nftables, "), error
     assert "nothing was removed" in error["message"]
+
+
+def test_a_destroy_by_root_of_its_own_user_and_network_namespace_is_not_refused() -> None:
+    # unshare -rn: CAP_NET_ADMIN over the namespace, whose /proc/net/ip_tables_names is
+    # the host root's (iptables-legacy neither looks nor writes there). It failed, "not
+    # permitted ... needs root or CAP_NET_ADMIN", and removed nothing, k3snet's
+    # nftables table of that namespace (applied there) too.
+    _user_namespaces()
+    done = _destroy_as_nobody("-c", _IN_USER_NAMESPACE, str(_CLONE_NEWNET))
+    assert done.returncode == EXIT_OK, (done.stdout, done.stderr)
+    document = json.loads(done.stdout)
+    assert document["kind"] == "destroy"
+    unavailable = document["discovered"]["unavailable"]
+    assert [line.split(":")[0] for line in unavailable] == ["iptables-legacy"], unavailable
+
+
+def test_a_destroy_by_root_of_a_user_namespace_in_the_host_s_network_namespace_is_refused(
+) -> None:
+    _user_namespaces()
+    done = _destroy_as_nobody("-c", _IN_USER_NAMESPACE, "0")
+    assert done.returncode == EXIT_ERROR, (done.stdout, done.stderr)
+    assert json.loads(done.stdout)["error"]["message"].startswith("not permitted"), done.stdout
+
+
+@pytest.mark.kernel
+def test_a_destroy_refused_to_a_user_granted_cap_net_admin_says_root_is_needed() -> None:
+    # CAP_NET_ADMIN granted instead of root (docs/reliability.md): iptables-legacy's
+    # /proc/net/ip_tables_names is root's alone. The error said "needs root or
+    # CAP_NET_ADMIN" to a process holding CAP_NET_ADMIN.
+    with temporary_netns("nopriv") as ns:
+        done = _destroy_as_nobody("-m", "k3snet", before=["ip", "netns", "exec", ns],
+                                  setpriv_args=["--inh-caps=+net_admin",
+                                                "--ambient-caps=+net_admin"])
+    assert done.returncode == EXIT_ERROR, (done.stdout, done.stderr)
+    message = json.loads(done.stdout)["error"]["message"]
+    assert message.startswith("not permitted to look through iptables-legacy (k3snet "
+                              "destroy needs root (CAP_NET_ADMIN, held, is not enough))"), message

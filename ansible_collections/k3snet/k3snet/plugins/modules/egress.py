@@ -51,8 +51,9 @@ options:
         (V(netlink), V(nftables), V(iptables) in both its nft and legacy flavours) looks
         for k3snet's own objects, and those holding any remove them (the return value
         C(discovered) says which); a backend that cannot look (its tool missing) is a task
-        warning. A CNI backend's settings (flannel, calico, cilium) need the spec or
-        O(backends).
+        warning, one the system refused to let look (no root nor CAP_NET_ADMIN, no
+        C(become)) fails the task, nothing removed. A CNI backend's settings (flannel,
+        calico, cilium) need the spec or O(backends).
     type: str
     choices: [present, absent]
     default: present
@@ -601,6 +602,9 @@ def run_discovered(module: AnsibleModule) -> dict[str, Any]:
     params = module.params
     with ExitStack() as stack:
         found = discover(params, stack)
+        refusal = found.refusal("state=absent")
+        if refusal is not None:  # as `k3snet destroy`: not "ok", changed=false
+            raise refusal
         with sigterm_undoes():
             done = noted(lambda: destroy_each(found.groups, dry_run=module.check_mode,
                                               check=module.check_mode,
