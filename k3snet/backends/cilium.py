@@ -179,6 +179,7 @@ from k3snet.model.cilium import (
     cilium_target,
     parse_go_bool,
     read_go_flag,
+    same_setting,
     setting_problem,
     startup_problems,
 )
@@ -2411,7 +2412,8 @@ class CiliumBackend(BackendBase):
         """Why writing ``key`` = ``value`` into ``cilium-config`` has no effect where the
         named DaemonSet's ``config`` init container (``sources``; ``where``) lays a
         ``config-map:`` source after it over it, that ConfigMap holding the key (its
-        filter keeping it) with another value (trimmed, as the agent reads its files):
+        filter keeping it) with another value as the agent reads it (trimmed, as it reads
+        its files; a boolean as Go's ParseBool, a CIDR masked: :func:`same_setting`):
         the resolver lays each source over the ones before, the last holding a key
         deciding (:meth:`ConfigSources.configmaps_after`). One not to be read is a
         warning: its value is not known."""
@@ -2425,7 +2427,7 @@ class CiliumBackend(BackendBase):
                     "writes it, is not known")[:1000])
                 return []
             if data is not None and key in data:
-                if data[key].strip() == value.strip():
+                if same_setting(key, value.strip(), data[key].strip()):
                     return []  # the agents run with the value asked for all the same
                 return [printable(
                     f"{key}: k3snet writes it into {self._where()}, over which "

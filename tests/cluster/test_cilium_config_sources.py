@@ -487,3 +487,32 @@ def test_a_copy_taking_the_node_configs_otherwise_is_a_warning(
         CiliumBackend(api_client=api_client, timeout=10.0).observe()
     assert not any("takes the CiliumNodeConfigs otherwise" in r.getMessage()
                    for r in caplog.records)
+
+
+@pytest.mark.parametrize(("key", "wanted", "laid", "refused"), [
+    # Read as the agent reads its config directory (trimmed; Go's ParseBool, a value it
+    # refuses read as false; a CIDR's host bits masked): the same value, written.
+    ("enable-ipv4-masquerade", "false", "False", False),
+    ("enable-ipv4-masquerade", "false", " 0\n", False),
+    ("enable-ipv4-masquerade", "false", "no", False),
+    ("enable-masquerade-to-route-source", "true", "TRUE", False),
+    ("ipv4-native-routing-cidr", "10.42.0.0/16", "10.42.7.1/16", False),
+    ("ipv6-native-routing-cidr", "fd00:42::/48", "fd00:42:0::/48\n", False),
+    # Another value as the agent reads it: refused.
+    ("enable-masquerade-to-route-source", "true", "yes", True),
+    ("enable-masquerade-to-route-source", "true", "0", True),
+    ("ipv6-native-routing-cidr", "fd00:42::/48", "fd00:43::/48", True),
+])
+def test_a_later_configmap_s_value_is_compared_as_the_agent_reads_it(
+    *, key: str, wanted: str, laid: str, refused: bool, api_server: EmulatedApiServer,
+    backend: CiliumBackend
+) -> None:
+    # cilium-overrides' "False" is the agents' false as k3snet's "false" is: the write
+    # of enable-ipv4-masquerade=false was refused as having no effect, compared as text.
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,config-map:cilium-overrides"))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides", {key: laid}))
+    wants = State(owned=[CiliumConfig(TARGET, settings={key: wanted})])
+    found = [p for p in backend.check(plan(backend.observe(), wants))
+             if "cilium-overrides" in p]
+    assert bool(found) is refused, found
