@@ -516,3 +516,56 @@ def test_a_later_configmap_s_value_is_compared_as_the_agent_reads_it(
     found = [p for p in backend.check(plan(backend.observe(), wants))
              if "cilium-overrides" in p]
     assert bool(found) is refused, found
+
+
+def test_a_later_configmap_setting_a_judged_key_otherwise_is_a_warning_where_nothing_is_written(
+    api_server: EmulatedApiServer, api_client: Any, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # cilium-config holds enable-ipv4-masquerade=true (Helm's), cilium-overrides laid over
+    # it false: the agents masquerade nothing, yet the plan was empty (met) and nothing
+    # was said, the write that is refused never planned.
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,config-map:cilium-overrides"))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                         {"enable-ipv4-masquerade": "false", "debug": "true"}))
+    masquerade = State(owned=[CiliumConfig(TARGET,
+                                           settings={"enable-ipv4-masquerade": "true"})])
+
+    def said(judge: CiliumBackend, wanted: State = masquerade) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert plan(judge.observe(), wanted).changes == ()
+        return [r.getMessage() for r in caplog.records if "cilium-overrides" in r.getMessage()]
+
+    def fresh() -> CiliumBackend:  # each warning is said once a backend
+        return CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+
+    assert said(backend) == [
+        "cilium: the config init container of DaemonSet kube-system/cilium (cilium-dbg "
+        "build-config) lays the ConfigMap kube-system/cilium-overrides over ConfigMap "
+        "kube-system/cilium-config (after it in --source: --source=config-map:cilium-config,"
+        "config-map:cilium-overrides), holding enable-ipv4-masquerade=false where "
+        "cilium-config gives true: the agents run with false (where no CiliumNodeConfig "
+        "after it sets it), k3snet judges enable-ipv4-masquerade by cilium-config's"]
+    # k3snet's own key, written before the ConfigMap came: said too.
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides", {}))
+    backend = fresh()
+    backend.apply(plan(backend.observe(), MASQUERADE_OFF))
+    assert _data(api_server)["enable-ipv4-masquerade"] == "false"
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                         {"enable-ipv4-masquerade": "1"}))
+    (warning,) = said(fresh(), MASQUERADE_OFF)
+    assert "holding enable-ipv4-masquerade=1 where cilium-config gives false" in warning
+    # Read alike, filtered out, or the agent container's flag setting it: nothing said.
+    for value, args in (("False", ()), ("true", ("--allow-config-keys=debug",))):
+        api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                             {"enable-ipv4-masquerade": value}))
+        api_server.put(DAEMONSETS, _building(
+            "--source=config-map:cilium-config,config-map:cilium-overrides", *args))
+        assert said(fresh(), MASQUERADE_OFF) == []
+    flagged = _building("--source=config-map:cilium-config,config-map:cilium-overrides")
+    flagged["spec"]["template"]["spec"]["containers"][0].setdefault("args", []).append(
+        "--enable-ipv4-masquerade=false")
+    api_server.put(DAEMONSETS, flagged)
+    assert said(fresh(), MASQUERADE_OFF) == []
