@@ -569,3 +569,37 @@ def test_a_later_configmap_setting_a_judged_key_otherwise_is_a_warning_where_not
         "--enable-ipv4-masquerade=false")
     api_server.put(DAEMONSETS, flagged)
     assert said(fresh(), MASQUERADE_OFF) == []
+
+
+def test_a_node_source_named_by_the_pod_s_node_name_keeps_the_sources_known(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # node:$(K8S_NODE_NAME), the variable the node's name (a fieldRef to spec.nodeName,
+    # as Helm sets it), names the Node whose labels and annotations k3snet does not read
+    # anyway; known only where the pod runs, it made the whole --source list not known:
+    # cilium-overrides laid over cilium-config was not judged, the write not refused.
+    sources = ("--source=config-map:cilium-config,config-map:cilium-overrides,"
+               "node:$(K8S_NODE_NAME)")
+    api_server.put(DAEMONSETS, _building(sources))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                         {"enable-ipv4-masquerade": "true"}))
+    with caplog.at_level(logging.WARNING):
+        (refused,) = backend.check(plan(backend.observe(), MASQUERADE_OFF))
+    assert "lays the ConfigMap kube-system/cilium-overrides" in refused
+    assert any("reads the node: source (--source=config-map:cilium-config,config-map:"
+               "cilium-overrides,node)" in r.getMessage()
+               for r in caplog.records)
+    # A variable that may hold anything (another source after a comma) in a node: source,
+    # or the node's name elsewhere: not known, as before.
+    for given, env in (("node:$(WHERE)", {"name": "WHERE", "valueFrom": {"configMapKeyRef": {
+            "name": "where", "key": "node"}}}),
+                       ("config-map:cilium-$(K8S_NODE_NAME)", None)):
+        ds = _building(f"--source=config-map:cilium-config,{given}")
+        if env is not None:
+            ds["spec"]["template"]["spec"]["initContainers"][0]["env"].append(env)
+        api_server.put(DAEMONSETS, ds)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
+        assert any("is set only where the pod runs" in r.getMessage()
+                   for r in caplog.records), [r.getMessage() for r in caplog.records]
