@@ -179,6 +179,7 @@ from k3snet.model.cilium import (
     cilium_target,
     parse_go_bool,
     read_go_flag,
+    same_setting,
     setting_problem,
     startup_problems,
 )
@@ -1087,6 +1088,16 @@ def _laid(foreign: CiliumConfig, owned: CiliumConfig | None) -> CiliumConfig:
                                            **owned.settings.to_dict()})
 
 
+def _read_alike(key: str, one: str, other: str) -> bool:
+    """Whether the agent reads the config directory values ``one`` and ``other`` of
+    ``key`` alike: a boolean as :func:`read_go_flag` reads it, else
+    :func:`same_setting` (a CIDR masked)."""
+    if key.startswith("enable-"):
+        return read_go_flag(one) == read_go_flag(other)
+    return (same_setting(key, one.strip(), other.strip())
+            or same_setting(key, other.strip(), one.strip()))
+
+
 def _agent_paths(config: CiliumConfig) -> set[str | None]:
     """The ``ip-masq-agent-config-path`` of each group of nodes where Cilium's
     ip-masq-agent is on, a CiliumNodeConfig's over ``cilium-config``'s (k3snet's keys in
@@ -1544,6 +1555,8 @@ class CiliumBackend(BackendBase):
             sources=sources, nodes=nodes)
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
                                node_groups=groups, agent_options=options)
+        if sources is not None:
+            self._configmaps_laid_over(sources, _laid(foreign, owned))
         if failed is not None:
             if _agent_paths(_laid(foreign, owned)):
                 raise failed
@@ -1617,6 +1630,46 @@ class CiliumBackend(BackendBase):
                     f"writes ({next(iter(dropped.values()))}): the agents of its nodes keep "
                     "their own value")[:1000])
         return named
+
+    def _configmaps_laid_over(self, sources: ConfigSources, view: CiliumConfig) -> None:
+        """A warning for each key k3snet judges that a ``config-map:`` source after
+        ``cilium-config`` in the named DaemonSet's list (``sources``) lays over it, its
+        filter keeping it, with another value than ``cilium-config`` gives in ``view`` (k3snet's
+        keys laid in; as the agent reads them), where the agent container's flag or
+        variable does not set it: the agents run with that value, and k3snet judges the
+        key by ``cilium-config``'s (such a ConfigMap's keys are not laid in the foreign
+        config), a key met there planning no write for :meth:`_laid_over` to refuse. One
+        not to be read is a warning. Each is read once a pass (:meth:`_Api.foreign_data`):
+        none where no such source is listed (Helm's default)."""
+        namespace, configmap = self._api.namespace, self._api.config_name
+        where = f"DaemonSet {namespace}/{self._daemonset}"
+        unknown: set[tuple[str, str]] = set()
+        for key in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS):
+            if view.agent_option(key) is not None:
+                continue
+            for at, other in sources.configmaps_after(namespace, configmap, key):
+                if (at, other) in unknown:
+                    break
+                data = self._api.foreign_data(at, other, f"a --source of {where}'s config "
+                                              "init container, after cilium-config")
+                if isinstance(data, str):
+                    unknown.add((at, other))
+                    self._api.warn(printable(
+                        f"{data}: whether it sets keys k3snet judges over {self._where()} "
+                        "is not known")[:1000])
+                    break
+                if data is None or key not in data:
+                    continue
+                laid, given = data[key].strip(), view.value(key)
+                if given is None or not _read_alike(key, given, laid):
+                    self._api.warn(printable(
+                        f"{_builder(where, sources)} lays the ConfigMap {at}/{other} over "
+                        f"{self._where()} (after it in --source: {sources.given}), holding "
+                        f"{key}={laid} where cilium-config gives "
+                        f"{'none' if given is None else given}: the agents run with {laid} "
+                        "(where no CiliumNodeConfig after it sets it), k3snet judges "
+                        f"{key} by cilium-config's")[:1000])
+                break
 
     def _node_configs_otherwise(self, sources: ConfigSources | None,
                                 others: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
@@ -2411,7 +2464,8 @@ class CiliumBackend(BackendBase):
         """Why writing ``key`` = ``value`` into ``cilium-config`` has no effect where the
         named DaemonSet's ``config`` init container (``sources``; ``where``) lays a
         ``config-map:`` source after it over it, that ConfigMap holding the key (its
-        filter keeping it) with another value (trimmed, as the agent reads its files):
+        filter keeping it) with another value as the agent reads it (trimmed, as it reads
+        its files; a boolean as Go's ParseBool, a CIDR masked: :func:`same_setting`):
         the resolver lays each source over the ones before, the last holding a key
         deciding (:meth:`ConfigSources.configmaps_after`). One not to be read is a
         warning: its value is not known."""
@@ -2425,7 +2479,7 @@ class CiliumBackend(BackendBase):
                     "writes it, is not known")[:1000])
                 return []
             if data is not None and key in data:
-                if data[key].strip() == value.strip():
+                if same_setting(key, value.strip(), data[key].strip()):
                     return []  # the agents run with the value asked for all the same
                 return [printable(
                     f"{key}: k3snet writes it into {self._where()}, over which "

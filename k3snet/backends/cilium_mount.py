@@ -890,7 +890,7 @@ def config_sources(daemonset: Mapping[str, Any], namespace: str
                                                   "deny-config-keys"}), frozenset())
         try:
             lists = {key: [item for value in values
-                           for item in (_expand(value, container).split(",") if value else ())]
+                           for item in (_source_items(value, container) if value else ())]
                      for key, values in flags.items()}
         except ValueError as exc:
             return f"{label}: {exc}"
@@ -921,6 +921,29 @@ def config_sources(daemonset: Mapping[str, Any], namespace: str
         return ConfigSources(tuple(sources), frozenset(lists.get("allow-config-keys", ())),
                              frozenset(lists.get("deny-config-keys", ())), given)
     return _mounted_config(daemonset, namespace)
+
+
+def _source_items(value: str, container: Mapping[str, Any]) -> list[str]:
+    """The comma-separated items of ``value``, a flag of ``build-config``'s ``container``,
+    expanded as the kubelet expands it (:func:`_expand`; ValueError where a value is
+    known only where the pod runs). A ``node:`` source naming the pod's node by a variable
+    of it (a ``fieldRef`` to ``spec.nodeName``, as Helm's ``K8S_NODE_NAME``, which holds no
+    comma) is known all the same: ``node``, whose Node k3snet does not read."""
+    try:
+        return _expand(value, container).split(",")
+    except ValueError:
+        named = {**container, "env": [
+            {"name": e["name"], "value": "node"}
+            if isinstance(e.get("valueFrom"), dict)
+            and isinstance(e["valueFrom"].get("fieldRef"), dict)
+            and e["valueFrom"]["fieldRef"].get("fieldPath") == "spec.nodeName" else e
+            for e in _dicts(container.get("env"))]}
+        items = []
+        for item in value.split(","):
+            named_node = item.partition(":")[0] == "node" and (
+                (expanded := _expand(item, named)) != item and "," not in expanded)
+            items.append("node" if named_node else item)
+        return _expand(",".join(items), container).split(",")
 
 
 def _mounted_config(daemonset: Mapping[str, Any], namespace: str) -> ConfigSources | None:

@@ -87,6 +87,7 @@ __all__ = [
     "parse_go_bool",
     "pool_problems",
     "read_go_flag",
+    "same_setting",
     "setting_problem",
     "startup_problems",
     "why_not_masqueraded",
@@ -804,7 +805,7 @@ class CiliumConfig(NetObject):
         if not isinstance(other, CiliumConfig) or other.target != self.target:
             return False
         for key in self.settings:
-            if not _same_setting(key, str(self.settings[key]), other.value(key)):
+            if not same_setting(key, str(self.settings[key]), other.value(key)):
                 return False
         if self.ip_masq_agent is None:
             return True
@@ -899,7 +900,15 @@ def _ordered(settings: JsonMapping) -> list[str]:
     return sorted(settings, key=lambda k: order[k])
 
 
-def _same_setting(key: str, wanted: str, current: str | None) -> bool:
+def same_setting(key: str, wanted: str, current: str | None) -> bool:
+    """Whether the agent reads ``current``, a value of ``key`` in its config directory
+    (a ConfigMap's, trimmed as ``ReadDirConfig`` trims it; None: not set), as k3snet's
+    ``wanted``: a boolean as :func:`read_go_flag` reads it, a CIDR with its host bits
+    masked, any other key as text.
+
+    >>> same_setting("enable-ipv4-masquerade", "false", "False\\n")
+    True
+    """
     if current is None:
         return False
     if key in _BOOL_KEYS:

@@ -669,7 +669,8 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         # alone: none listed nor watched): a variable of Cilium's agent container from
         # one (configMapKeyRef), or a copy's config init container's config-map: source,
         # is judged by its value; Cilium's chart grants its own agent get, list and
-        # watch on them all (Role cilium-config-agent), on every node. The
+        # watch on them all (Role cilium-config-agent, since 1.13: its config init
+        # container's build-config; earlier ones none), on every node. The
         # CiliumNodeConfigs there are listed
         # (never written): the keys they set over cilium-config on some nodes are judged too.
         # Cilium's agent DaemonSet is read (never written): its agent container's flags

@@ -487,3 +487,119 @@ def test_a_copy_taking_the_node_configs_otherwise_is_a_warning(
         CiliumBackend(api_client=api_client, timeout=10.0).observe()
     assert not any("takes the CiliumNodeConfigs otherwise" in r.getMessage()
                    for r in caplog.records)
+
+
+@pytest.mark.parametrize(("key", "wanted", "laid", "refused"), [
+    # Read as the agent reads its config directory (trimmed; Go's ParseBool, a value it
+    # refuses read as false; a CIDR's host bits masked): the same value, written.
+    ("enable-ipv4-masquerade", "false", "False", False),
+    ("enable-ipv4-masquerade", "false", " 0\n", False),
+    ("enable-ipv4-masquerade", "false", "no", False),
+    ("enable-masquerade-to-route-source", "true", "TRUE", False),
+    ("ipv4-native-routing-cidr", "10.42.0.0/16", "10.42.7.1/16", False),
+    ("ipv6-native-routing-cidr", "fd00:42::/48", "fd00:42:0::/48\n", False),
+    # Another value as the agent reads it: refused.
+    ("enable-masquerade-to-route-source", "true", "yes", True),
+    ("enable-masquerade-to-route-source", "true", "0", True),
+    ("ipv6-native-routing-cidr", "fd00:42::/48", "fd00:43::/48", True),
+])
+def test_a_later_configmap_s_value_is_compared_as_the_agent_reads_it(
+    *, key: str, wanted: str, laid: str, refused: bool, api_server: EmulatedApiServer,
+    backend: CiliumBackend
+) -> None:
+    # cilium-overrides' "False" is the agents' false as k3snet's "false" is: the write
+    # of enable-ipv4-masquerade=false was refused as having no effect, compared as text.
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,config-map:cilium-overrides"))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides", {key: laid}))
+    wants = State(owned=[CiliumConfig(TARGET, settings={key: wanted})])
+    found = [p for p in backend.check(plan(backend.observe(), wants))
+             if "cilium-overrides" in p]
+    assert bool(found) is refused, found
+
+
+def test_a_later_configmap_setting_a_judged_key_otherwise_is_a_warning_where_nothing_is_written(
+    api_server: EmulatedApiServer, api_client: Any, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # cilium-config holds enable-ipv4-masquerade=true (Helm's), cilium-overrides laid over
+    # it false: the agents masquerade nothing, yet the plan was empty (met) and nothing
+    # was said, the write that is refused never planned.
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,config-map:cilium-overrides"))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                         {"enable-ipv4-masquerade": "false", "debug": "true"}))
+    masquerade = State(owned=[CiliumConfig(TARGET,
+                                           settings={"enable-ipv4-masquerade": "true"})])
+
+    def said(judge: CiliumBackend, wanted: State = masquerade) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert plan(judge.observe(), wanted).changes == ()
+        return [r.getMessage() for r in caplog.records if "cilium-overrides" in r.getMessage()]
+
+    def fresh() -> CiliumBackend:  # each warning is said once a backend
+        return CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+
+    assert said(backend) == [
+        "cilium: the config init container of DaemonSet kube-system/cilium (cilium-dbg "
+        "build-config) lays the ConfigMap kube-system/cilium-overrides over ConfigMap "
+        "kube-system/cilium-config (after it in --source: --source=config-map:cilium-config,"
+        "config-map:cilium-overrides), holding enable-ipv4-masquerade=false where "
+        "cilium-config gives true: the agents run with false (where no CiliumNodeConfig "
+        "after it sets it), k3snet judges enable-ipv4-masquerade by cilium-config's"]
+    # k3snet's own key, written before the ConfigMap came: said too.
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides", {}))
+    backend = fresh()
+    backend.apply(plan(backend.observe(), MASQUERADE_OFF))
+    assert _data(api_server)["enable-ipv4-masquerade"] == "false"
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                         {"enable-ipv4-masquerade": "1"}))
+    (warning,) = said(fresh(), MASQUERADE_OFF)
+    assert "holding enable-ipv4-masquerade=1 where cilium-config gives false" in warning
+    # Read alike, filtered out, or the agent container's flag setting it: nothing said.
+    for value, args in (("False", ()), ("true", ("--allow-config-keys=debug",))):
+        api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                             {"enable-ipv4-masquerade": value}))
+        api_server.put(DAEMONSETS, _building(
+            "--source=config-map:cilium-config,config-map:cilium-overrides", *args))
+        assert said(fresh(), MASQUERADE_OFF) == []
+    flagged = _building("--source=config-map:cilium-config,config-map:cilium-overrides")
+    flagged["spec"]["template"]["spec"]["containers"][0].setdefault("args", []).append(
+        "--enable-ipv4-masquerade=false")
+    api_server.put(DAEMONSETS, flagged)
+    assert said(fresh(), MASQUERADE_OFF) == []
+
+
+def test_a_node_source_named_by_the_pod_s_node_name_keeps_the_sources_known(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # node:$(K8S_NODE_NAME), the variable the node's name (a fieldRef to spec.nodeName,
+    # as Helm sets it), names the Node whose labels and annotations k3snet does not read
+    # anyway; known only where the pod runs, it made the whole --source list not known:
+    # cilium-overrides laid over cilium-config was not judged, the write not refused.
+    sources = ("--source=config-map:cilium-config,config-map:cilium-overrides,"
+               "node:$(K8S_NODE_NAME)")
+    api_server.put(DAEMONSETS, _building(sources))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                         {"enable-ipv4-masquerade": "true"}))
+    with caplog.at_level(logging.WARNING):
+        (refused,) = backend.check(plan(backend.observe(), MASQUERADE_OFF))
+    assert "lays the ConfigMap kube-system/cilium-overrides" in refused
+    assert any("reads the node: source (--source=config-map:cilium-config,config-map:"
+               "cilium-overrides,node)" in r.getMessage()
+               for r in caplog.records)
+    # A variable that may hold anything (another source after a comma) in a node: source,
+    # or the node's name elsewhere: not known, as before.
+    for given, env in (("node:$(WHERE)", {"name": "WHERE", "valueFrom": {"configMapKeyRef": {
+            "name": "where", "key": "node"}}}),
+                       ("config-map:cilium-$(K8S_NODE_NAME)", None)):
+        ds = _building(f"--source=config-map:cilium-config,{given}")
+        if env is not None:
+            ds["spec"]["template"]["spec"]["initContainers"][0]["env"].append(env)
+        api_server.put(DAEMONSETS, ds)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
+        assert any("is set only where the pod runs" in r.getMessage()
+                   for r in caplog.records), [r.getMessage() for r in caplog.records]
