@@ -264,8 +264,13 @@ class LeaderElector:
             return self._create(wall, now)
         spec = lease.spec
         holder = spec.holder_identity if spec is not None else None
-        record = (holder, str(spec.renew_time) if spec is not None else None,
-                  lease.metadata.resource_version)
+        # The election record, the spec's alone (client-go compares the same): a write
+        # of the metadata (a label, a tool's annotation) renews nothing, and counted as
+        # a change (its resourceVersion), a dead holder's Lease labelled more often than
+        # the duration was never taken.
+        record = (holder, *((str(spec.renew_time), str(spec.acquire_time),
+                             spec.lease_duration_seconds, spec.lease_transitions)
+                            if spec is not None else ()))
         if record != self._observed:
             # When the read was answered, not sent: the change it shows (the holder's
             # renewal) may have landed at any moment until then. Counted from the send,

@@ -1419,6 +1419,13 @@ class Agent:
                 _log.info("not a candidate for the Lease: cluster-wide objects are left to "
                           "the candidates")
                 return False
+            if self.metrics is not None:
+                # Read at each scrape: the holder leads no more once its renew deadline
+                # passed, by time alone, and a step waiting for an unanswered request
+                # (up to its timeout) told on_change only when it ended: the gauge said
+                # 1 meanwhile, beside the next holder's 1.
+                elector = self.elector
+                self.metrics.leader.set_function(lambda: 1.0 if elector.is_leader else 0.0)
             if self._stop_asked_at is not None:
                 # SIGTERM came while the factory ran (it reads the Node's labels, up to
                 # its timeout): stop() halted no elector, and this one took the free
@@ -1433,10 +1440,10 @@ class Agent:
         return self.elector.is_leader
 
     def _leadership_changed(self, leader: bool) -> None:
-        if self.metrics is not None:
-            self.metrics.leader.set(1 if leader else 0)
-            if not leader:  # the cluster-wide part's are looked at by its writer alone
-                self.metrics.backend_warnings.labels(part="cluster").set(0)
+        # (k3snet_agent_leader reads the elector itself, at each scrape)
+        if self.metrics is not None and not leader:
+            # the cluster-wide part's are looked at by its writer alone
+            self.metrics.backend_warnings.labels(part="cluster").set(0)
         if leader:
             self._cluster_at = None  # a new tenure: its first pass converges that part
             self._wake.set()  # write the cluster-wide objects now, not an interval later
@@ -1885,8 +1892,6 @@ class Agent:
             if elector is not None:
                 elector.stop(release=True, deadline=deadline)
                 self._elector_started = False
-                if self.metrics is not None:
-                    self.metrics.leader.set(0)
             if writer is not None:
                 writer.join(getattr(self.reporter, "timeout", DEFAULT_TIMEOUT)
                             if deadline is None else deadline.left())

@@ -71,6 +71,7 @@ __all__ = [
     "SPEC_CONFIGMAP_NAME",
     "SPEC_PATH",
     "ConnectivityResult",
+    "agent_cpu_request",
     "agent_memory_limit",
     "agent_memory_request",
     "dump_manifests",
@@ -152,6 +153,14 @@ _AGENT_PEAK_MIB_PER_DESTINATION: Final = 0.0218
 _AGENT_MEMORY_HEADROOM: Final = 1.4
 _AGENT_MEMORY_STEP_MIB: Final = 64
 AGENT_CPU_REQUEST: Final = "10m"
+"""The agent's CPU request for a small spec (the least it gets: :func:`agent_cpu_request`)."""
+# CPU seconds of a first pass with netlink and nftables onto an empty node, the
+# interpreter's start included: 1.0 with no destination, 1.7 / 6.1 / 10.2 at 2,000 /
+# 10,000 / 20,000 (docs/agent.md, "Memory"); the line through none and 10,000, above
+# the other two.
+_AGENT_FIRST_PASS_CPU_S: Final = 1.03
+_AGENT_FIRST_PASS_CPU_S_PER_DESTINATION: Final = 0.000502
+_AGENT_CPU_STEP_M: Final = 10
 
 _BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 # Agents of the node backends: when the spec names no backend the agent may pick
@@ -973,6 +982,27 @@ def agent_memory_limit(destinations: int) -> str:
     return f"{max(mib, int(AGENT_MEMORY_LIMIT.removesuffix('Mi')))}Mi"
 
 
+def agent_cpu_request(destinations: int, interval: int = 30) -> str:
+    """The agent container's CPU request for a spec of ``destinations`` destinations
+    whose agent passes every ``interval`` seconds.
+
+    The request is the CPU the agent is sure of on a node whose every core is busy (its
+    share of CPU time then); the liveness probe restarts an agent none of whose passes
+    ended for ``2 x interval + 180`` s, 120 s of it for lock waits. So the request is
+    the measured CPU time of a first pass (linear in the destinations) over the rest,
+    ``2 x interval + 60`` s, rounded up to 10m, and :data:`AGENT_CPU_REQUEST` at least.
+    A fixed 10m left a first pass at 10,000 destinations (6 CPU seconds) needing some
+    600 s on a busy node: restarted by the probe, and every restart's pass again.
+
+    >>> agent_cpu_request(2000), agent_cpu_request(10000), agent_cpu_request(20000)
+    ('20m', '60m', '100m')
+    """
+    cpu = _AGENT_FIRST_PASS_CPU_S + _AGENT_FIRST_PASS_CPU_S_PER_DESTINATION * destinations
+    step = _AGENT_CPU_STEP_M
+    millis = math.ceil(cpu / (2 * interval + 60) * 1000 / step) * step
+    return f"{max(millis, int(AGENT_CPU_REQUEST.removesuffix('m')))}m"
+
+
 def agent_memory_request(destinations: int) -> str:
     """The agent container's memory request for a spec of ``destinations`` destinations.
 
@@ -1033,7 +1063,8 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
         # every other (lock waits are counted in that limit), not by this probe.
         "startupProbe": _probe("/healthz", 5, 120),
         "resources": {
-            "requests": {"cpu": AGENT_CPU_REQUEST,
+            "requests": {"cpu": agent_cpu_request(len(spec.destinations),
+                                                  spec.agent.interval_seconds),
                          "memory": agent_memory_request(len(spec.destinations))},
             # Each DaemonSet's own spec: a profile may hold many more destinations.
             "limits": {"memory": agent_memory_limit(len(spec.destinations))},

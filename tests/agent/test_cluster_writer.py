@@ -1449,3 +1449,22 @@ def test_an_interval_costs_a_candidate_no_list_and_the_holder_its_lists_from_the
     assert lists == [("felixconfigurations", ""), ("ippools", ""), ("nodes", ""),
                      ("nodes", ""), ("nodes", "0")]  # 1 002 Nodes: 3 pages, 2 continued
     assert [m for m, what, _ in holder if m != "GET"] == []
+
+
+def test_the_leader_gauge_says_0_once_the_renew_deadline_passed_while_a_renewal_hangs(
+    server: EmulatedApiServer, spec_path: Path, clock: FakeClock
+) -> None:
+    # The holder stops writing the cluster-wide objects at its renew deadline by time
+    # alone (is_leader); the gauge followed only the end of a step (on_change): a step
+    # whose request the API server never answered kept k3snet_agent_leader at 1 for up
+    # to the request's timeout past the deadline, beside the next holder's 1 if its
+    # candidate had taken the Lease meanwhile.
+    a, _ = _agent(server, "node-a", spec_path, clock)
+    assert a.run_pass().leader is True
+    assert _sample(a, "k3snet_agent_leader") == 1
+    clock.now += SETTINGS.renew_deadline  # no renewal got through: its step still waits
+    assert a.elector is not None
+    assert a.elector.is_leader is False
+    assert _sample(a, "k3snet_agent_leader") == 0
+    a.shutdown()
+    assert _sample(a, "k3snet_agent_leader") == 0

@@ -267,3 +267,28 @@ def test_a_holder_whose_renewal_meets_another_write_of_its_lease_keeps_leading_a
     assert (lease["spec"]["holderIdentity"], lease["spec"]["leaseTransitions"]) == ("node-a", 0)
     assert lease["metadata"]["labels"]["team"] == "network"  # (the other write kept)
     assert changes == [True]
+
+
+def test_a_dead_holders_lease_is_taken_though_a_tool_keeps_labelling_it(
+    server: EmulatedApiServer, clock: _Clock
+) -> None:
+    # A write of the Lease's metadata alone (`kubectl label`, a tool annotating what it
+    # sees every few seconds) is no renewal: client-go's candidate compares the election
+    # record (the spec: holder, times, duration, transitions), not the resourceVersion.
+    # k3snet's counted every such write as a change of the Lease: a dead holder's Lease,
+    # labelled more often than --lease-duration, was never taken, and no node wrote the
+    # cluster-wide objects for as long as the tool ran.
+    assert _Stepped(server.api_client(), "node-a", SETTINGS, clock=clock).step()
+    died = clock.now  # its last renewal: the holder's node is gone from here on
+    candidate = _Stepped(server.api_client(), "node-b", SETTINGS, clock=clock)
+    labelled = clock.now
+    while not candidate.step():
+        assert clock.now - died < 2 * SETTINGS.duration, "a dead holder's Lease never taken"
+        clock.now += candidate.next_wait()
+        while labelled + 5.0 <= clock.now:  # the tool's writes since the last step
+            labelled += 5.0
+            lease = _lease(server)
+            lease["metadata"].setdefault("annotations", {})["tool/seen"] = str(labelled)
+            server.put(LEASES, lease)
+    assert clock.now - died >= SETTINGS.duration
+    assert _lease(server)["spec"]["holderIdentity"] == "node-b"

@@ -1263,6 +1263,46 @@ def test_agent_memory_request_covers_what_a_running_agent_holds(count: int) -> N
             _memory_request_mib(daemonset) if name == AGENT_NAME else 128)
 
 
+# CPU seconds of a first pass with netlink and nftables onto an empty node (the
+# interpreter's start included; benchmarks/agent_memory.py --kernel, 2026-12-07).
+MEASURED_FIRST_PASS_CPU_S = {0: 1.03, 2_000: 1.66, 10_000: 6.05, 20_000: 10.17}
+
+
+def _cpu_request_cores(daemonset: dict[str, Any]) -> float:
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    request: str = container["resources"]["requests"]["cpu"]
+    assert request.endswith("m"), request
+    return int(request.removesuffix("m")) / 1000
+
+
+@pytest.mark.parametrize("interval", [1, 30, 600])
+@pytest.mark.parametrize("count", sorted(MEASURED_FIRST_PASS_CPU_S))
+def test_a_first_pass_at_the_agents_cpu_request_ends_before_the_liveness_probe_kills_it(
+        count: int, interval: int) -> None:
+    # On a node whose every core is busy the agent gets its request's share of CPU time,
+    # and /healthz fails once no pass ended for 2 x interval + 2 x the lock timeout +
+    # 60 s (the lock waits budgeted apart). 10m whatever the spec gave a first pass at
+    # 10,000 destinations (6 CPU seconds) some 600 s there: restarted, every restart too.
+    from k3snet.agent import AgentOptions  # noqa: PLC0415
+    from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT  # noqa: PLC0415
+
+    spec, text = _many(count)
+    spec = attrs.evolve(spec, agent=attrs.evolve(spec.agent, interval_seconds=interval))
+    daemonset = _one(render_manifests(spec, spec_text=text, node_report=False), "DaemonSet",
+                     AGENT_NAME)
+    budget = AgentOptions("node-a", interval=interval).liveness_limit - 2 * DEFAULT_LOCK_TIMEOUT
+    assert MEASURED_FIRST_PASS_CPU_S[count] / _cpu_request_cores(daemonset) <= budget
+
+
+@given(st.integers(min_value=0, max_value=60_000), st.integers(min_value=1, max_value=86_400))
+def test_agent_cpu_request_grows_with_the_destinations_and_never_below_the_least(
+        count: int, interval: int) -> None:
+    from k3snet.render.manifests import agent_cpu_request  # noqa: PLC0415
+
+    request = int(agent_cpu_request(count, interval).removesuffix("m"))
+    assert 10 <= request <= int(agent_cpu_request(count + 1000, interval).removesuffix("m"))
+
+
 @given(st.integers(min_value=0, max_value=60_000))
 def test_agent_memory_request_is_never_above_its_limit_nor_below_the_least(count: int) -> None:
     from k3snet.render.manifests import agent_memory_limit, agent_memory_request  # noqa: PLC0415
