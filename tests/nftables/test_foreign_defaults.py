@@ -679,6 +679,15 @@ EGRESS_CASES: dict[str, tuple[str, str, str, tuple[bool, bool]]] = {
     "a drop of the pods' source, which NAT translated before": (
         "eth0", "accept", "        ip saddr 10.42.0.0/16 drop\n"
         "        ip6 saddr fd42:42::/56 drop\n", (False, True)),
+    # As the warning advises: an accept of the destinations (the replies' too) before
+    # a drop of every other IP packet. What it takes, the drop never sees.
+    "a drop after the accepts of the pods' destinations and their own": (
+        "eth0", "accept", "        ip daddr { 192.168.2.0/24 } accept\n"
+        "        ip6 daddr fd01:2::/64 accept\n        ip daddr 10.42.0.0/16 accept\n"
+        "        ip6 daddr fd42:42::/56 accept\n        meta protocol ip drop\n"
+        "        meta protocol ip6 drop\n", (False, False)),
+    "a policy drop after an accept of every packet": ("eth0", "drop", "        accept\n",
+                                                      (False, False)),
 }
 
 
