@@ -1146,9 +1146,10 @@ class ForeignReader:
         (not read), each with the destinations it names (none: any) and those the chain's
         accepts before it took (an accept testing one destination alone); an accept of
         every packet ends the chain (no later rule, nor its policy, sees one)."""
-        for where, name, devices, policy in self.egress_bases:
+        for where, name, devices, listed_policy in self.egress_bases:
             if not devices:
                 continue
+            policy = listed_policy
             stops: list[tuple[str, tuple[Network, ...], tuple[Network, ...]]] = []
             accepted: list[Network] = []
             for match in self._rules(where, name):
