@@ -677,6 +677,13 @@ def _may_name_a_device(name: str) -> bool:
             and not any(c in "/:" or c.isspace() for c in name))
 
 
+def _may_carry_forwarded(name: str) -> bool:
+    """Whether a device ``name`` names may carry forwarded packets, which come in and
+    leave by it: a name a device may take (:func:`_may_name_a_device`) but the loopback
+    device's, ``lo``, by which only the node's own packets to itself come and go."""
+    return name != "lo" and _may_name_a_device(name)
+
+
 def _disjoint(cond: Match, family: int, source: Network, destination: Network | None,
               oif: str | None) -> bool:
     """True when ``cond`` can never match a packet ``source -> destination`` leaving ``oif``."""
@@ -907,11 +914,11 @@ class ForeignReader:
             devices = chain.get("dev")
             devices = [devices] if isinstance(devices, str) else devices
             if where not in passed and isinstance(devices, list):
-                # (Not a name no device can take: recent kernels (6.18 here) hook a chain
-                # on a name with no device yet, and one with whitespace, "/" or ":" never
-                # gets one.)
+                # (Not the loopback device, nor a name no device can take: recent kernels
+                # (6.18 here) hook a chain on a name with no device yet, and one with
+                # whitespace, "/" or ":" never gets one.)
                 self.device_bases.append((where, str(name), tuple(
-                    d for d in devices if isinstance(d, str) and _may_name_a_device(d)),
+                    d for d in devices if isinstance(d, str) and _may_carry_forwarded(d)),
                     str(chain.get("policy", "accept"))))
             return
         if family == "netdev" and hook == "egress" and kind == "filter":
@@ -919,7 +926,7 @@ class ForeignReader:
             devices = [devices] if isinstance(devices, str) else devices
             if where not in passed and isinstance(devices, list):
                 self.egress_bases.append((where, str(name), tuple(
-                    d for d in devices if isinstance(d, str) and _may_name_a_device(d)),
+                    d for d in devices if isinstance(d, str) and _may_carry_forwarded(d)),
                     str(chain.get("policy", "accept"))))
             return
         if family not in ("ip", "ip6", "inet") or where in passed:
