@@ -17,7 +17,6 @@ import os
 import pytest
 
 from k3snet.backends.nftables import NftablesBackend
-from k3snet.backends.nftables import kernel as kernel_module
 from k3snet.backends.nftables.batch import Batch
 from k3snet.backends.nftables.kernel import NftKernel, first_lines
 from k3snet.errors import ApplyError
@@ -91,10 +90,10 @@ def test_a_batch_is_applied_and_its_refusal_said_without_memfd_or_proc(
         raise OSError(24, "Too many open files")
 
     if missing == "memfd":
-        monkeypatch.setattr(kernel_module.os, "memfd_create", refused)
+        monkeypatch.setattr(os, "memfd_create", refused)
     else:
         real_exists = os.path.exists
-        monkeypatch.setattr(kernel_module.os.path, "exists", lambda path: (
+        monkeypatch.setattr(os.path, "exists", lambda path: (
             False if str(path).startswith("/proc/self/fd/") else real_exists(path)))
     batch = Batch("k3snet", "nft")
     batch.ensure_table("inet", None)
