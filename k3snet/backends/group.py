@@ -27,7 +27,7 @@ from k3snet.backends.kit import (
 )
 from k3snet.backends.netns import exec_name
 from k3snet.errors import ApplyError, K3snetError, ModelError, PlanError, RollbackError
-from k3snet.model import ForwardBlock, NetObject
+from k3snet.model import ForwardBlock, ForwardRule, NetObject
 from k3snet.model.drift import Drift
 from k3snet.model.state import State, kind_set, known_kinds
 from k3snet.planner import Change, Plan
@@ -342,11 +342,17 @@ class BackendGroup:
         return tuple(tokens)
 
     def expect(self, state: State) -> None:
-        """Hand each member that takes the hint (``expect``) its part of ``state``."""
+        """Hand each member that takes the hint (``expect``) its part of ``state``, and
+        one that takes ``expect_leaving`` (the nftables backend: another table's egress
+        chain drops what any table accepted) the forward rules another member manages."""
         for member in self.members:
             expect = getattr(member.backend, "expect", None)
             if callable(expect):
                 expect(state.only(member.kinds))
+            leaving = getattr(member.backend, "expect_leaving", None)
+            if callable(leaving):
+                leaving([o for o in state.owned
+                         if isinstance(o, ForwardRule) and o.kind not in member.kinds])
 
     def prefetch(self) -> None:
         """Tell each member that takes the hint (``prefetch``) to start its next read now."""

@@ -679,6 +679,15 @@ EGRESS_CASES: dict[str, tuple[str, str, str, tuple[bool, bool]]] = {
     "a drop of the pods' source, which NAT translated before": (
         "eth0", "accept", "        ip saddr 10.42.0.0/16 drop\n"
         "        ip6 saddr fd42:42::/56 drop\n", (False, True)),
+    # As the warning advises: an accept of the destinations (the replies' too) before
+    # a drop of every other IP packet. What it takes, the drop never sees.
+    "a drop after the accepts of the pods' destinations and their own": (
+        "eth0", "accept", "        ip daddr { 192.168.2.0/24 } accept\n"
+        "        ip6 daddr fd01:2::/64 accept\n        ip daddr 10.42.0.0/16 accept\n"
+        "        ip6 daddr fd42:42::/56 accept\n        meta protocol ip drop\n"
+        "        meta protocol ip6 drop\n", (False, False)),
+    "a policy drop after an accept of every packet": ("eth0", "drop", "        accept\n",
+                                                      (False, False)),
 }
 
 
@@ -706,3 +715,32 @@ def test_an_egress_chain_that_may_drop_the_pods_packets_as_they_leave_is_a_warni
         assert reached in ([False, False], [True, True]), (case, reached)
         seen[case] = (not reached[0], bool(warned))
     assert seen == {case: said for case, (*_, said) in EGRESS_CASES.items()}
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_an_egress_chain_is_warned_of_for_the_forward_rules_a_groups_iptables_member_manages(
+        fixed_lab: SeedLab, capsys: pytest.CaptureFixture[str]) -> None:
+    # With --backend nftables:nat --backend iptables:forward (the split for firewalld's
+    # FORWARD policy), the nftables member was handed no forward rule: an egress chain's
+    # drop, which runs after any table's accept, dropped the pods' connections while the
+    # plan said nothing.
+    lab = fixed_lab
+    try:
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_EGRESS.format(
+            device="eth0", policy="drop", rules=""))
+    except NetnsCommandError:
+        pytest.skip("this kernel has no egress hook (Linux 5.16+)")
+    try:
+        reached = [lab.tcp_probe(family, timeout=1.0).ok for family in (4, 6)]
+        capsys.readouterr()
+        main(["plan", "-f", str(SEED), "--netns", lab.node, "--backend", "nftables:nat",
+              "--backend", "iptables:forward"])
+        warned = [line for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("!! warning: nftables: netdev other chain out, an egress "
+                                     "chain of another table on eth0 (policy drop), may drop "
+                                     "the packets of forward accept 10.42.0.0/16 -> ")]
+    finally:
+        run_in(lab.node, ["nft", "delete", "table", "netdev", "other"])
+    assert reached == [False, False]
+    assert warned

@@ -101,6 +101,11 @@ POLICY_CASES: dict[str, tuple[str, str, str, bool]] = {
         "netdev", "eth0", "\t\tip saddr 192.168.2.0/24 accept\n\t\tip6 saddr fd01:2::/64 "
         "accept\n" + _NEIGHBOURS + _ARP, False),
     "the uplink, every packet accepted": ("netdev", "eth0", "\t\taccept\n", False),
+    # No forwarded packet comes in by the loopback device: it has no route but the local
+    # table's, and was read as taking any address (a false conflict, the wanted forward
+    # rule left out).
+    "the loopback device, its own addresses accepted": (
+        "netdev", "lo", "\t\tip saddr 127.0.0.0/8 accept\n\t\tip6 saddr ::1 accept\n", False),
 }
 
 

@@ -12,6 +12,8 @@ libnftables, the kernel's own refusal.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from k3snet.backends.nftables import NftablesBackend
@@ -75,3 +77,37 @@ def test_an_apply_refused_deep_in_a_large_transaction_says_the_refused_statement
     assert "| delete rule inet k3snet postrouting handle " in message, message
     assert "^" not in message
     assert len(message) < 400, message
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("missing", ["memfd", "proc"])
+def test_a_batch_is_applied_and_its_refusal_said_without_memfd_or_proc(
+        ns: str, missing: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No anonymous file (an old kernel, the descriptors' limit reached) or no ``/proc``
+    to name it by: the batch goes to libnftables as a buffer, as before, and no
+    descriptor is left open."""
+    def refused(*_: object) -> int:
+        raise OSError(24, "Too many open files")
+
+    if missing == "memfd":
+        monkeypatch.setattr(os, "memfd_create", refused)
+    else:
+        real_exists = os.path.exists
+        monkeypatch.setattr(os.path, "exists", lambda path: (
+            False if str(path).startswith("/proc/self/fd/") else real_exists(path)))
+    batch = Batch("k3snet", "nft")
+    batch.ensure_table("inet", None)
+    for change, rule in enumerate(_masquerades(3)):
+        batch.add_object("inet", rule, change)
+    refusal = Batch("k3snet", "nft")
+    refusal.ensure_table("inet", None)
+    refusal.inject_failure(0, "inet")
+    with NftablesBackend(ns, keep_read=False) as backend:
+        before = len(os.listdir("/proc/self/fd"))
+        rc, error = backend._call(lambda kernel: kernel.run(batch.text(), json_input=False))
+        assert (rc, error) == (0, "")
+        rc, error = backend._call(lambda kernel: kernel.run(refusal.text(), json_input=False))
+        assert len(os.listdir("/proc/self/fd")) == before
+    assert rc != 0
+    assert "/proc/self/fd/" not in error
+    assert first_lines(error).startswith("Error: Could not process rule: "), error

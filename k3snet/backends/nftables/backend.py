@@ -86,7 +86,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -348,6 +348,9 @@ class NftablesBackend(BackendBase):
         self._lines: Lines = {}  # the rule lines the last text read read, not read again
         self._expected: tuple[NetObject, ...] = ()  # expect(): what the table likely holds
         self._hinted = False  # whether expect() was called (its forward rules are judged)
+        # expect_leaving(): the wanted forward rules another backend manages (a group's
+        # iptables member), judged against the other tables' egress chains alone
+        self._leaving: tuple[ForwardRule, ...] = ()
         # prefetch(): the generation id read before the listings it started, and them.
         self._started: _Started | None = None
         self._kernel: NftKernel | None = None
@@ -523,7 +526,8 @@ class NftablesBackend(BackendBase):
             "that it does (`"
             f"{self._shown(['nft', 'list', 'chain', 'netdev', egress.table, egress.chain])}"
             "` shows it)"
-            for egress, rule in defaults.leaving(wanted))
+            for egress, rule in defaults.leaving(
+                sorted({*wanted, *self._leaving}, key=lambda r: (r.family, r.describe()))))
         self._judged = (defaults, expected, (wanted, wanted_nat), found)
         return found
 
@@ -548,6 +552,16 @@ class NftablesBackend(BackendBase):
         """
         self._expected = tuple(state.owned)
         self._hinted = True
+
+    def expect_leaving(self, rules: Iterable[ForwardRule]) -> None:
+        """A hint: ``rules``, wanted forward rules another backend manages (a group's
+        iptables member, ``--backend nftables:nat --backend iptables:forward``), are
+        judged against the other tables' ``netdev`` egress chains too, which run after
+        any table's accept (:attr:`warnings`). Changes no result."""
+        leaving = tuple(rules)
+        if leaving != self._leaving:
+            self._leaving = leaving
+            self._judged = None
 
     def prefetch(self) -> None:
         """A hint: start listing k3snet's table (and reading the other tables) now, in

@@ -677,6 +677,13 @@ def _may_name_a_device(name: str) -> bool:
             and not any(c in "/:" or c.isspace() for c in name))
 
 
+def _may_carry_forwarded(name: str) -> bool:
+    """Whether a device ``name`` names may carry forwarded packets, which come in and
+    leave by it: a name a device may take (:func:`_may_name_a_device`) but the loopback
+    device's, ``lo``, by which only the node's own packets to itself come and go."""
+    return name != "lo" and _may_name_a_device(name)
+
+
 def _disjoint(cond: Match, family: int, source: Network, destination: Network | None,
               oif: str | None) -> bool:
     """True when ``cond`` can never match a packet ``source -> destination`` leaving ``oif``."""
@@ -907,11 +914,11 @@ class ForeignReader:
             devices = chain.get("dev")
             devices = [devices] if isinstance(devices, str) else devices
             if where not in passed and isinstance(devices, list):
-                # (Not a name no device can take: recent kernels (6.18 here) hook a chain
-                # on a name with no device yet, and one with whitespace, "/" or ":" never
-                # gets one.)
+                # (Not the loopback device, nor a name no device can take: recent kernels
+                # (6.18 here) hook a chain on a name with no device yet, and one with
+                # whitespace, "/" or ":" never gets one.)
                 self.device_bases.append((where, str(name), tuple(
-                    d for d in devices if isinstance(d, str) and _may_name_a_device(d)),
+                    d for d in devices if isinstance(d, str) and _may_carry_forwarded(d)),
                     str(chain.get("policy", "accept"))))
             return
         if family == "netdev" and hook == "egress" and kind == "filter":
@@ -919,7 +926,7 @@ class ForeignReader:
             devices = [devices] if isinstance(devices, str) else devices
             if where not in passed and isinstance(devices, list):
                 self.egress_bases.append((where, str(name), tuple(
-                    d for d in devices if isinstance(d, str) and _may_name_a_device(d)),
+                    d for d in devices if isinstance(d, str) and _may_carry_forwarded(d)),
                     str(chain.get("policy", "accept"))))
             return
         if family not in ("ip", "ip6", "inet") or where in passed:
@@ -1143,16 +1150,27 @@ class ForeignReader:
     def _egress(self) -> Iterator[EgressDefault]:
         """Each egress chain read that may drop something: its policy drop, and its own
         rules that may stop a packet (a drop, reject or queue) or send it to another chain
-        (not read), each with the destinations it names (none: any)."""
-        for where, name, devices, policy in self.egress_bases:
+        (not read), each with the destinations it names (none: any) and those the chain's
+        accepts before it took (an accept testing one destination alone); an accept of
+        every packet ends the chain (no later rule, nor its policy, sees one)."""
+        for where, name, devices, listed_policy in self.egress_bases:
             if not devices:
                 continue
-            stops: list[tuple[str, tuple[Network, ...]]] = []
+            policy = listed_policy
+            stops: list[tuple[str, tuple[Network, ...], tuple[Network, ...]]] = []
+            accepted: list[Network] = []
             for match in self._rules(where, name):
+                if match.verdict == "accept" and match.conditions == 0:
+                    policy = "accept"
+                    break
+                if (match.verdict == "accept" and match.conditions == 1
+                        and len(match.daddr) == 1 and not match.daddr[0][1]):
+                    accepted.append(match.daddr[0][0])
                 if match.verdict in (*_STOPS, "jump", "goto"):
                     words = " ".join([*_rule_words(match)[0], match.verdict,
                                       *([match.target] if match.target else [])])
-                    stops.append((words, tuple(n for n, neg in match.daddr if not neg)))
+                    stops.append((words, tuple(n for n, neg in match.daddr if not neg),
+                                  tuple(accepted)))
             if policy != "accept" or stops:
                 yield EgressDefault(where[1], name, devices, policy, tuple(stops))
 
@@ -1472,13 +1490,14 @@ class ForwardDefault:
 class EgressDefault:
     """A ``netdev`` chain of another table on the egress hook of ``devices`` that may drop:
     its ``policy``, and ``stops``, its rules that may drop, reject or queue a packet or
-    jump elsewhere (their words, and the destinations each names: none, any)."""
+    jump elsewhere (their words, the destinations each names: none, any, and those the
+    chain accepted before it: what they take, it never sees)."""
 
     table: str
     chain: str
     devices: tuple[str, ...]
     policy: str
-    stops: tuple[tuple[str, tuple[Network, ...]], ...]
+    stops: tuple[tuple[str, tuple[Network, ...], tuple[Network, ...]], ...]
 
     def may_drop(self, rule: ForwardRule) -> bool:
         """Whether it may drop ``rule``'s packets as they leave by one of its devices
@@ -1486,21 +1505,24 @@ class EgressDefault:
         came in by (``rule.in_interface``). The chain runs after postrouting: the pods'
         packets have the source k3snet's NAT gave them (the node's address), the replies
         their destination given back (the pods'); only a destination is compared, a
-        rule naming none may drop them all."""
+        rule naming none may drop them all, unless an accept before it took the
+        destination. The policy drop is judged by no accept of a destination: it drops the
+        next hop's ARP and neighbour discovery too, which k3snet does not read."""
         for devices_meet, destination in ((rule.out_interface, rule.destination),
                                           (rule.in_interface, rule.source)):
             if not any(interfaces_may_meet(d, devices_meet) for d in self.devices):
                 continue
             if self.policy != "accept" or any(
-                    not named or any(overlaps(n, destination) for n in named)
-                    for _, named in self.stops):
+                    (not named or any(overlaps(n, destination) for n in named))
+                    and not any(contains(a, destination) for a in accepted)
+                    for _, named, accepted in self.stops):
                 return True
         return False
 
     def what(self) -> str:
         """Its policy drop and its stopping rules, in words."""
         said = [f"policy {self.policy}"] if self.policy != "accept" else []
-        said += [words for words, _ in self.stops[:3]]
+        said += [words for words, *_ in self.stops[:3]]
         if len(self.stops) > 3:
             said.append(f"{len(self.stops) - 3} more")
         return "; ".join(said)
