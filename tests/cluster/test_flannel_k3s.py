@@ -26,9 +26,11 @@ from k3snet.backends.flannel import (
     flannel_values,
     is_k3s_generated,
 )
+from k3snet.backends.group import BackendGroup
+from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import backend_options
-from k3snet.errors import BackendError, ModelError, PlanError
-from k3snet.model.cni import FLANNEL_FIELDS, FLANNEL_OWNED_MARKER, FlannelConfig
+from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, RollbackError
+from k3snet.model.cni import FLANNEL_FIELDS, FLANNEL_OWNED_MARKER, FlannelConfig, IPPool
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import compile as compile_spec
@@ -366,6 +368,47 @@ def test_subnet_and_networks_keys_are_refused_in_a_configmap_and_given_back_from
     stored = api_server.get(CONFIGMAPS, "kube-flannel-cfg", "kube-flannel")
     assert stored is not None
     assert stored["data"]["net-conf.json"] == KUBE_FLANNEL
+
+
+# What a k3snet before the refusals wrote: SubnetLen into kube-flannel's ConfigMap's shape
+# of file, EnableNFTables into a file K3s reads (its record names them as its own).
+_WRITTEN_SUBNET_LEN = """{
+  "Network": "10.42.0.0/16",
+  "Backend": {"Type": "vxlan","MTU": 1400},
+  "SubnetLen": 25,
+  "k3snet.io/owned": {"Backend": {"MTU": null, "Type": "\\"vxlan\\""}, "SubnetLen": null},
+  "k3snet.io/written": {"Backend": {"MTU": "1400", "Type": "\\"vxlan\\""}, "SubnetLen": "25"}
+}
+"""
+_WRITTEN_NFTABLES = _WRITTEN_SUBNET_LEN.replace('"SubnetLen": 25', '"EnableNFTables": true') \
+    .replace('"SubnetLen": null', '"EnableNFTables": null') \
+    .replace('"SubnetLen": "25"', '"EnableNFTables": "true"')
+
+
+@pytest.mark.parametrize("text", [_WRITTEN_SUBNET_LEN, _WRITTEN_NFTABLES])
+def test_a_group_undo_gives_back_a_key_an_earlier_k3snet_wrote_that_is_now_refused(
+    tmp_path: Path, text: str
+) -> None:
+    """The plan gives the key back (the config no longer sets it) beside another member's
+    change; that member fails, and the group's undo puts flannel's config back as it was,
+    the key too: refused as a key k3snet would write, the undo failed (RollbackError,
+    "may still be there") and the node stayed half-changed."""
+    path = _file(tmp_path, text)
+    flannel = FlannelBackend(path=path)
+    pools = MemoryBackend(capabilities=["ippool"])
+    group = BackendGroup([flannel, pools])
+    wanted = FlannelConfig(flannel.target, backend_type="vxlan", backend_options={"MTU": 1400})
+    p = plan(group.observe(), State(owned=[wanted, IPPool("x", "192.168.2.0/24")]))
+    assert [c.action for c in p.changes] == ["replace", "add"]
+    assert group.check(p) == ()
+    pools.faults.fail_at(0)
+    with pytest.raises(ApplyError) as info:
+        group.apply(p)
+    assert not isinstance(info.value, RollbackError), info.value
+    assert path.read_text() == text
+    # Not undoing, the key is refused as before.
+    (again,) = flannel.check(Plan(changes=[c.inverse() for c in p.changes[:1]]))
+    assert "flannel backend refuses" in again
 
 
 @pytest.mark.parametrize(("text", "config", "reason"), [
