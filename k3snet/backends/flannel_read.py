@@ -21,7 +21,13 @@ from typing import Any
 from k3snet._gojson import fold
 from k3snet._logline import printable
 from k3snet.errors import BackendError
-from k3snet.model.cni import FLANNEL_FIELDS, canonical_json, flannel_backend_type
+from k3snet.model.cni import (
+    FLANNEL_FIELDS,
+    FLANNEL_SUBNET_KEYS,
+    FLANNEL_UNREAD_KEYS,
+    canonical_json,
+    flannel_backend_type,
+)
 
 __all__ = [
     "DISRUPTIVE_KEYS",
@@ -67,11 +73,8 @@ flanneld reads net-conf.json only with ``--kube-subnet-mgr`` (its etcd subnet ma
 reads its config from etcd), and the kube subnet manager takes each node's subnet from
 its Node's podCIDR without reading them (k3snet never writes them: :func:`unread_keys`)."""
 
-_SUBNET_KEYS = ("SubnetLen", "SubnetMin", "SubnetMax", "IPv6SubnetLen", "IPv6SubnetMin",
-                "IPv6SubnetMax")
-
 _UNREAD_KEYS: Mapping[str, str] = {
-    **dict.fromkeys(_SUBNET_KEYS, (
+    **dict.fromkeys(FLANNEL_SUBNET_KEYS, (
         "flannel's kube subnet manager, the one reader of net-conf.json (K3s; flanneld with "
         "--kube-subnet-mgr, as kube-flannel runs it), never reads {keys}: a node's pod "
         "subnet is its Node's spec.podCIDR, which the controller-manager allocates from "
@@ -79,7 +82,7 @@ _UNREAD_KEYS: Mapping[str, str] = {
         "stack; on K3s --kube-controller-manager-arg=node-cidr-mask-size=N), and never "
         "changes once given; only flanneld's etcd subnet manager reads these keys, from "
         "etcd")),
-    **dict.fromkeys(("Networks", "IPv6Networks"), (
+    **dict.fromkeys(FLANNEL_UNREAD_KEYS[len(FLANNEL_SUBNET_KEYS):], (
         "flannel never reads {keys} from net-conf.json: no field of its config since "
         "v0.25.0, and v0.21 to v0.24 replaced what the file held with the "
         "MultiClusterCIDR API's networks")),

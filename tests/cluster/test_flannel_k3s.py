@@ -341,6 +341,24 @@ def test_subnet_keys_are_never_written_as_the_kube_subnet_manager_never_reads_th
     assert backend.check(plan(backend.observe(), State(owned=[both])))
 
 
+@pytest.mark.parametrize("extra", [{"SubnetLen": 24}, {"SubnetMin": "10.42.8.0"},
+                                   {"Networks": ["10.42.0.0/16"]}])
+def test_a_subnet_key_already_in_the_file_is_refused_not_met(
+    tmp_path: Path, extra: dict[str, Any]
+) -> None:
+    """The same value found in the file was a "met" (= ... SubnetLen=24, no refusal), as if
+    it sized the pod CIDRs, while another value was refused: refused either way."""
+    members = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in extra.items())
+    text = '{"Network": "10.42.0.0/16", ' + members + ', "Backend": {"Type": "vxlan"}}'
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, extra=extra)]))
+    assert not p.notes
+    (problem,) = backend.check(p)
+    assert "Writing them would change nothing" in problem
+    assert path.read_text() == text
+
+
 def test_subnet_and_networks_keys_are_refused_in_a_configmap_and_given_back_from_before(
     api_server: EmulatedApiServer, api_client: Any
 ) -> None:
