@@ -166,6 +166,54 @@ def _address(version: int) -> Callable[[Any], str | None]:
     return check
 
 
+def _decoded_networks(version: int) -> Callable[[Any], str | None]:
+    """``Networks`` (``version`` 4) or ``IPv6Networks`` as flannel v0.21.0 to v0.24.x
+    decode them (a field then, ``[]ip.IP4Net``/``[]ip.IP6Net``, emptied only after
+    decoding): ``null`` or a list of CIDRs Go's ``net.ParseCIDR`` reads (host bits
+    masked off), IPv4 ones for ``Networks`` (``ip.FromIPNet`` of an IPv6 one panics).
+    Anything else is a decoding error there and flanneld stops; v0.25.0 and later ignore
+    the key."""
+    expected = f"null or a list of IPv{version} CIDR strings"
+
+    def item(value: Any) -> bool:
+        if not isinstance(value, str) or "/" not in value:
+            return False
+        address, _, bits = value.partition("/")
+        if not _go_prefix_length(bits) or "%" in address:
+            return False
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return False
+        return version == 6 or net.version == 4
+
+    def check(value: Any) -> str | None:
+        ok = value is None or (isinstance(value, list) and all(map(item, value)))
+        return None if ok else expected
+    return check
+
+
+_DECODED_NETWORKS = {fold("Networks"): _decoded_networks(4),
+                     fold("IPv6Networks"): _decoded_networks(6)}
+
+
+def _networks_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[str]:
+    """Why flannel v0.21.0 to v0.24.x would stop on a ``Networks`` or ``IPv6Networks`` of
+    ``values`` (each spelling: Go decodes every one)."""
+    found = []
+    for key, value in values.items():
+        check = _DECODED_NETWORKS.get(fold(key))
+        if check is None:
+            continue
+        expected = check(value)
+        if expected is None and "\\" in raw.get(key, ""):
+            expected = "written without JSON escapes"  # ip.IP4Net parses the raw text
+        if expected is not None:
+            found.append(f"{printable(key)} must be {expected} (flannel v0.21 to v0.24 "
+                         f"decode it and stop on anything else), got {_dump(value)}")
+    return found
+
+
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
 
@@ -387,6 +435,7 @@ def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json", *,
         if name in ("SubnetLen", "IPv6SubnetLen") and text.startswith("-"):
             # Go decodes a uint with strconv.ParseUint, which refuses a sign even on -0.
             problems.append(f"{name} must be written without a sign, got {text}")
+    problems += _networks_problems(values, raw or {})
     for key, check in _CHECKS.items():
         if key in out:
             expected = check(out[key])

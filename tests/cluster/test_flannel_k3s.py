@@ -534,6 +534,14 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     ('{"SubnetMin": "10.42.0.0/24"}', "SubnetMin must be an IPv4 address string"),
     ('{"SubnetMax": "fd42::8:0"}', "SubnetMax must be an IPv4 address string"),
     ('{"IPv6SubnetMax": "fd42::/64"}', "IPv6SubnetMax must be an IPv6 address string"),
+    # flannel v0.21 to v0.24 decode Networks/IPv6Networks (each spelling) as lists of
+    # CIDRs before emptying them, and stop on anything else (v0.25 ignores them).
+    ('{"Networks": "10.42.0.0/16"}',
+     'Networks must be null or a list of IPv4 CIDR strings (flannel v0.21 to v0.24'),
+    ('{"ipv6networks": {}}', "ipv6networks must be null or a list of IPv6 CIDR strings"),
+    ('{"IPv6Networks": [1, "fd42::1/56"]}', "IPv6Networks must be null or a list of IPv6"),
+    ('{"networks": ["fd42::/56"]}', "networks must be null or a list of IPv4 CIDR strings"),
+    ('{"Networks": ["10.42.0.0\\/16"]}', "Networks must be written without JSON escapes"),
     ('{"Backend": "vxlan"}', "Backend must be an object with a Type"),
     ('{"Backend": {"Type": 1}}', "Backend must be an object whose Type is a string"),
     ('{"Network": "10.42.0.0/16", "network": "10.244.0.0/16"}',
@@ -906,9 +914,10 @@ def test_a_backend_type_in_capitals_is_the_backend_flannel_runs(tmp_path: Path) 
     # A uint flannel's kube subnet manager never reads: any unsigned number is read (the
     # etcd manager's "SubnetLen must be less than /31" is not net-conf.json's).
     '"SubnetLen": 40, "IPv6SubnetLen": 200',
-    # No field of flannel's since v0.25.0; v0.21 to v0.24 emptied what the file held.
-    '"Networks": "10.42.0.0/16", "IPv6Networks": [1, "fd42::1/56"]',
-    '"networks": ["10.42.0.1/16"], "Networks": null, "ipv6networks": {}',
+    # No field of flannel's since v0.25.0; v0.21 to v0.24 emptied what the file held once
+    # decoded (null, or a list of CIDRs: host bits masked off).
+    '"Networks": ["10.42.0.0/16"], "IPv6Networks": ["fd42::1/56", "10.42.0.0/16"]',
+    '"networks": ["10.42.0.1/16"], "Networks": null, "ipv6networks": []',
     # flannel's ip.IP4 takes an address net.ParseIP reads with an IPv4 form (To4), its
     # ip.IP6 any address net.ParseIP reads.
     '"SubnetMin": "::ffff:10.42.8.0", "IPv6SubnetMin": "10.42.8.0", "IPv6SubnetMax": "::1"',
