@@ -120,6 +120,7 @@ from k3snet.backends.kit import (
     option_flag,
     option_seconds,
     translate_errors,
+    undo_runs_here,
 )
 from k3snet.errors import ApplyError, BackendError, BackendOptionError, ModelError, PlanError
 from k3snet.kube import (
@@ -946,6 +947,36 @@ class FlannelBackend(BackendBase):
                              "existing flannel config, it does not create one")
         return doc
 
+    def _refusal(self, doc: _Doc, wanted: FlannelConfig) -> str | None:
+        """Why this backend will not write ``wanted`` into ``doc``'s config (``None``: it
+        may): extension commands, and keys flannel would not read as the config means."""
+        commands = command_refusals(_foreign_values(doc), wanted.members().get("Backend"))
+        if commands:
+            return ("flannel runs the extension backend's commands as root on every node, "
+                    f"so {'; '.join(commands)} (write them by hand if you mean to)")
+        if undo_runs_here():
+            # An undo gives back the config as it was before this run: a key an earlier
+            # k3snet wrote, refused below as one brought in, goes back too (refused, the
+            # undo failed and left the node half-changed).
+            return None
+        nftables = flannel_nftables_refusal(file=isinstance(self._store, _FileStore),
+                                            reader=self.reader)
+        if nftables is not None and wanted.enable_nftables is not None:
+            return nftables
+        ignored = unread_keys(wanted.members())
+        if ignored:
+            return (f"{'; '.join(ignored)}. Writing them would change nothing: leave them "
+                    "out of the config k3snet sets (one already in the file or ConfigMap "
+                    "stays as it is)")
+        unread = unread_options(wanted.members().get("Backend"),
+                                windows=isinstance(self._store, _ConfigMapStore))
+        if unread:
+            return (f"{'; '.join(unread)} (Go's JSON decoding drops a key no option "
+                    "matches): correct the option's name, or leave it out (an option of a "
+                    "newer flannel k3snet does not know: write it into the config by hand; "
+                    "k3snet keeps it)")
+        return None
+
     def _edit(self, doc: _Doc, plan: Plan, *, refuse_disruptive: bool = False
               ) -> tuple[str, Record | None, list[str]]:
         """The new text and record after every change, and why it is disruptive.
@@ -963,34 +994,10 @@ class FlannelBackend(BackendBase):
                                 f"{subject.target}")
             wanted = change.after
             if isinstance(wanted, FlannelConfig):
-                commands = command_refusals(_foreign_values(doc),
-                                            wanted.members().get("Backend"))
-                if commands:
-                    raise PlanError(
-                        f"flannel backend refuses {change} on {self.target}: flannel runs "
-                        "the extension backend's commands as root on every node, so "
-                        f"{'; '.join(commands)} (write them by hand if you mean to)")
-                nftables = flannel_nftables_refusal(file=isinstance(self._store, _FileStore),
-                                            reader=self.reader)
-                if nftables is not None and wanted.enable_nftables is not None:
+                refusal = self._refusal(doc, wanted)
+                if refusal is not None:
                     raise PlanError(f"flannel backend refuses {change} on {self.target}: "
-                                    f"{nftables}")
-                ignored = unread_keys(wanted.members())
-                if ignored:
-                    raise PlanError(
-                        f"flannel backend refuses {change} on {self.target}: "
-                        f"{'; '.join(ignored)}. Writing them would change nothing: leave "
-                        "them out of the config k3snet sets (one already in the file or "
-                        "ConfigMap stays as it is)")
-                unread = unread_options(wanted.members().get("Backend"),
-                                        windows=isinstance(self._store, _ConfigMapStore))
-                if unread:
-                    raise PlanError(
-                        f"flannel backend refuses {change} on {self.target}: "
-                        f"{'; '.join(unread)} (Go's JSON decoding drops a key no option "
-                        "matches): correct the option's name, or leave it out (an option "
-                        "of a newer flannel k3snet does not know: write it into the config "
-                        "by hand; k3snet keeps it)")
+                                    f"{refusal}")
         problems = fit_problems(self, plan, self._state(doc))
         if problems:
             raise PlanError(f"{self.name} backend refuses the plan for {self.target}, nothing "

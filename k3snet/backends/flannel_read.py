@@ -21,7 +21,13 @@ from typing import Any
 from k3snet._gojson import fold
 from k3snet._logline import printable
 from k3snet.errors import BackendError
-from k3snet.model.cni import FLANNEL_FIELDS, canonical_json, flannel_backend_type
+from k3snet.model.cni import (
+    FLANNEL_FIELDS,
+    FLANNEL_SUBNET_KEYS,
+    FLANNEL_UNREAD_KEYS,
+    canonical_json,
+    flannel_backend_type,
+)
 
 __all__ = [
     "DISRUPTIVE_KEYS",
@@ -67,11 +73,8 @@ flanneld reads net-conf.json only with ``--kube-subnet-mgr`` (its etcd subnet ma
 reads its config from etcd), and the kube subnet manager takes each node's subnet from
 its Node's podCIDR without reading them (k3snet never writes them: :func:`unread_keys`)."""
 
-_SUBNET_KEYS = ("SubnetLen", "SubnetMin", "SubnetMax", "IPv6SubnetLen", "IPv6SubnetMin",
-                "IPv6SubnetMax")
-
 _UNREAD_KEYS: Mapping[str, str] = {
-    **dict.fromkeys(_SUBNET_KEYS, (
+    **dict.fromkeys(FLANNEL_SUBNET_KEYS, (
         "flannel's kube subnet manager, the one reader of net-conf.json (K3s; flanneld with "
         "--kube-subnet-mgr, as kube-flannel runs it), never reads {keys}: a node's pod "
         "subnet is its Node's spec.podCIDR, which the controller-manager allocates from "
@@ -79,7 +82,7 @@ _UNREAD_KEYS: Mapping[str, str] = {
         "stack; on K3s --kube-controller-manager-arg=node-cidr-mask-size=N), and never "
         "changes once given; only flanneld's etcd subnet manager reads these keys, from "
         "etcd")),
-    **dict.fromkeys(("Networks", "IPv6Networks"), (
+    **dict.fromkeys(FLANNEL_UNREAD_KEYS[len(FLANNEL_SUBNET_KEYS):], (
         "flannel never reads {keys} from net-conf.json: no field of its config since "
         "v0.25.0, and v0.21 to v0.24 replaced what the file held with the "
         "MultiClusterCIDR API's networks")),
@@ -161,6 +164,54 @@ def _address(version: int) -> Callable[[Any], str | None]:
                                       or getattr(address, "ipv4_mapped", None) is not None)
         return None if ok else f"an IPv{version} address string"
     return check
+
+
+def _decoded_networks(version: int) -> Callable[[Any], str | None]:
+    """``Networks`` (``version`` 4) or ``IPv6Networks`` as flannel v0.21.0 to v0.24.x
+    decode them (a field then, ``[]ip.IP4Net``/``[]ip.IP6Net``, emptied only after
+    decoding): ``null`` or a list of CIDRs Go's ``net.ParseCIDR`` reads (host bits
+    masked off), IPv4 ones for ``Networks`` (``ip.FromIPNet`` of an IPv6 one panics).
+    Anything else is a decoding error there and flanneld stops; v0.25.0 and later ignore
+    the key."""
+    expected = f"null or a list of IPv{version} CIDR strings"
+
+    def item(value: Any) -> bool:
+        if not isinstance(value, str) or "/" not in value:
+            return False
+        address, _, bits = value.partition("/")
+        if not _go_prefix_length(bits) or "%" in address:
+            return False
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return False
+        return version == 6 or net.version == 4
+
+    def check(value: Any) -> str | None:
+        ok = value is None or (isinstance(value, list) and all(map(item, value)))
+        return None if ok else expected
+    return check
+
+
+_DECODED_NETWORKS = {fold("Networks"): _decoded_networks(4),
+                     fold("IPv6Networks"): _decoded_networks(6)}
+
+
+def _networks_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> list[str]:
+    """Why flannel v0.21.0 to v0.24.x would stop on a ``Networks`` or ``IPv6Networks`` of
+    ``values`` (each spelling: Go decodes every one)."""
+    found = []
+    for key, value in values.items():
+        check = _DECODED_NETWORKS.get(fold(key))
+        if check is None:
+            continue
+        expected = check(value)
+        if expected is None and "\\" in raw.get(key, ""):
+            expected = "written without JSON escapes"  # ip.IP4Net parses the raw text
+        if expected is not None:
+            found.append(f"{printable(key)} must be {expected} (flannel v0.21 to v0.24 "
+                         f"decode it and stop on anything else), got {_dump(value)}")
+    return found
 
 
 def _boolean(value: Any) -> str | None:
@@ -384,6 +435,7 @@ def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json", *,
         if name in ("SubnetLen", "IPv6SubnetLen") and text.startswith("-"):
             # Go decodes a uint with strconv.ParseUint, which refuses a sign even on -0.
             problems.append(f"{name} must be written without a sign, got {text}")
+    problems += _networks_problems(values, raw or {})
     for key, check in _CHECKS.items():
         if key in out:
             expected = check(out[key])

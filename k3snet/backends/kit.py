@@ -111,6 +111,7 @@ __all__ = [
     "taken_slots",
     "translate_errors",
     "undo_running",
+    "undo_runs_here",
     "undo_spares_children",
     "undo_steps",
     "undoing",
@@ -374,6 +375,14 @@ def undoing() -> bool:
     group's undo of its earlier members: :func:`undo_running`). The CLI's SIGTERM and
     SIGHUP let it run on (SIGTERM bounding it), as in the undo they start themselves."""
     return _UNDOS[0] > 0
+
+
+def undo_runs_here() -> bool:
+    """Whether this work is an undo (:func:`undo_running` around it, in this thread or a
+    namespace's worker running its caller's context): a backend's apply then gives back
+    what was there before the run, which it may refuse to bring in anew (a key an earlier
+    k3snet wrote that it no longer writes). Another thread's undo is not this one."""
+    return _UNDO_HERE.get()
 
 
 @contextmanager

@@ -59,6 +59,8 @@ __all__ = [
     "FLANNEL_FIELDS",
     "FLANNEL_KEYS",
     "FLANNEL_OWNED_MARKER",
+    "FLANNEL_SUBNET_KEYS",
+    "FLANNEL_UNREAD_KEYS",
     "FLANNEL_WRITTEN_MARKER",
     "NAT_OUTGOING_EXCLUSIONS",
     "SELECT_ALL",
@@ -100,6 +102,19 @@ MultiClusterCIDR API and replaced what net-conf.json held with an empty list rig
 decoding it, and v0.25.0 removed them. To flannel they are unknown keys, as to k3snet."""
 
 _FLANNEL_FIELD_BY_FOLD = {fold(name): name for name in FLANNEL_FIELDS}
+
+FLANNEL_SUBNET_KEYS: tuple[str, ...] = (
+    "SubnetLen", "SubnetMin", "SubnetMax", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax",
+)
+"""Fields of flannel's config only its etcd subnet manager uses: the kube subnet manager,
+the one reader of net-conf.json, takes each node's subnet from its Node's podCIDR."""
+
+FLANNEL_UNREAD_KEYS: tuple[str, ...] = (*FLANNEL_SUBNET_KEYS, "Networks", "IPv6Networks")
+"""Top-level keys of net-conf.json that set nothing flannel does with it, which the
+flannel backend refuses to write (``k3snet.backends.flannel_read.unread_keys`` says why),
+matched as Go matches keys (case-insensitively)."""
+
+_FLANNEL_UNREAD_FOLDS = frozenset(map(fold, FLANNEL_UNREAD_KEYS))
 
 FLANNEL_BACKEND_TYPES: tuple[str, ...] = (
     "vxlan", "host-gw", "wireguard", "udp", "ipip", "ipsec", "alloc", "extension",
@@ -560,9 +575,16 @@ class FlannelConfig(NetObject):
 
         ``Backend`` is compared key by key, as k3snet writes it: a config setting
         ``Backend.Type`` and ``MTU`` is met by a foreign ``Backend`` with that type
-        and MTU, whatever other options (``VNI``, ``Port`` ...) it has.
+        and MTU, whatever other options (``VNI``, ``Port`` ...) it has. A config setting
+        a key of :data:`FLANNEL_UNREAD_KEYS` is never met: planned, the flannel backend
+        refuses it whatever the config holds.
         """
         if not isinstance(other, FlannelConfig) or other.target != self.target:
+            return False
+        if any(fold(key) in _FLANNEL_UNREAD_FOLDS for key in self.extra):
+            # Never "met": the plan said a SubnetLen found there was in place, as if it
+            # sized the pod CIDRs, while another value was refused (the flannel backend
+            # refuses to write these keys, found or not).
             return False
         theirs = other.member_texts()
         if not all(theirs.get(key) == text for key, text in self.member_texts().items()

@@ -26,9 +26,11 @@ from k3snet.backends.flannel import (
     flannel_values,
     is_k3s_generated,
 )
+from k3snet.backends.group import BackendGroup
+from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import backend_options
-from k3snet.errors import BackendError, ModelError, PlanError
-from k3snet.model.cni import FLANNEL_FIELDS, FLANNEL_OWNED_MARKER, FlannelConfig
+from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, RollbackError
+from k3snet.model.cni import FLANNEL_FIELDS, FLANNEL_OWNED_MARKER, FlannelConfig, IPPool
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import compile as compile_spec
@@ -339,6 +341,24 @@ def test_subnet_keys_are_never_written_as_the_kube_subnet_manager_never_reads_th
     assert backend.check(plan(backend.observe(), State(owned=[both])))
 
 
+@pytest.mark.parametrize("extra", [{"SubnetLen": 24}, {"SubnetMin": "10.42.8.0"},
+                                   {"Networks": ["10.42.0.0/16"]}])
+def test_a_subnet_key_already_in_the_file_is_refused_not_met(
+    tmp_path: Path, extra: dict[str, Any]
+) -> None:
+    """The same value found in the file was a "met" (= ... SubnetLen=24, no refusal), as if
+    it sized the pod CIDRs, while another value was refused: refused either way."""
+    members = ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in extra.items())
+    text = '{"Network": "10.42.0.0/16", ' + members + ', "Backend": {"Type": "vxlan"}}'
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path)
+    p = plan(backend.observe(), State(owned=[FlannelConfig(backend.target, extra=extra)]))
+    assert not p.notes
+    (problem,) = backend.check(p)
+    assert "Writing them would change nothing" in problem
+    assert path.read_text() == text
+
+
 def test_subnet_and_networks_keys_are_refused_in_a_configmap_and_given_back_from_before(
     api_server: EmulatedApiServer, api_client: Any
 ) -> None:
@@ -366,6 +386,47 @@ def test_subnet_and_networks_keys_are_refused_in_a_configmap_and_given_back_from
     stored = api_server.get(CONFIGMAPS, "kube-flannel-cfg", "kube-flannel")
     assert stored is not None
     assert stored["data"]["net-conf.json"] == KUBE_FLANNEL
+
+
+# What a k3snet before the refusals wrote: SubnetLen into kube-flannel's ConfigMap's shape
+# of file, EnableNFTables into a file K3s reads (its record names them as its own).
+_WRITTEN_SUBNET_LEN = """{
+  "Network": "10.42.0.0/16",
+  "Backend": {"Type": "vxlan","MTU": 1400},
+  "SubnetLen": 25,
+  "k3snet.io/owned": {"Backend": {"MTU": null, "Type": "\\"vxlan\\""}, "SubnetLen": null},
+  "k3snet.io/written": {"Backend": {"MTU": "1400", "Type": "\\"vxlan\\""}, "SubnetLen": "25"}
+}
+"""
+_WRITTEN_NFTABLES = _WRITTEN_SUBNET_LEN.replace('"SubnetLen": 25', '"EnableNFTables": true') \
+    .replace('"SubnetLen": null', '"EnableNFTables": null') \
+    .replace('"SubnetLen": "25"', '"EnableNFTables": "true"')
+
+
+@pytest.mark.parametrize("text", [_WRITTEN_SUBNET_LEN, _WRITTEN_NFTABLES])
+def test_a_group_undo_gives_back_a_key_an_earlier_k3snet_wrote_that_is_now_refused(
+    tmp_path: Path, text: str
+) -> None:
+    """The plan gives the key back (the config no longer sets it) beside another member's
+    change; that member fails, and the group's undo puts flannel's config back as it was,
+    the key too: refused as a key k3snet would write, the undo failed (RollbackError,
+    "may still be there") and the node stayed half-changed."""
+    path = _file(tmp_path, text)
+    flannel = FlannelBackend(path=path)
+    pools = MemoryBackend(capabilities=["ippool"])
+    group = BackendGroup([flannel, pools])
+    wanted = FlannelConfig(flannel.target, backend_type="vxlan", backend_options={"MTU": 1400})
+    p = plan(group.observe(), State(owned=[wanted, IPPool("x", "192.168.2.0/24")]))
+    assert [c.action for c in p.changes] == ["replace", "add"]
+    assert group.check(p) == ()
+    pools.faults.fail_at(0)
+    with pytest.raises(ApplyError) as info:
+        group.apply(p)
+    assert not isinstance(info.value, RollbackError), info.value
+    assert path.read_text() == text
+    # Not undoing, the key is refused as before.
+    (again,) = flannel.check(Plan(changes=[c.inverse() for c in p.changes[:1]]))
+    assert "flannel backend refuses" in again
 
 
 @pytest.mark.parametrize(("text", "config", "reason"), [
@@ -473,6 +534,14 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     ('{"SubnetMin": "10.42.0.0/24"}', "SubnetMin must be an IPv4 address string"),
     ('{"SubnetMax": "fd42::8:0"}', "SubnetMax must be an IPv4 address string"),
     ('{"IPv6SubnetMax": "fd42::/64"}', "IPv6SubnetMax must be an IPv6 address string"),
+    # flannel v0.21 to v0.24 decode Networks/IPv6Networks (each spelling) as lists of
+    # CIDRs before emptying them, and stop on anything else (v0.25 ignores them).
+    ('{"Networks": "10.42.0.0/16"}',
+     'Networks must be null or a list of IPv4 CIDR strings (flannel v0.21 to v0.24'),
+    ('{"ipv6networks": {}}', "ipv6networks must be null or a list of IPv6 CIDR strings"),
+    ('{"IPv6Networks": [1, "fd42::1/56"]}', "IPv6Networks must be null or a list of IPv6"),
+    ('{"networks": ["fd42::/56"]}', "networks must be null or a list of IPv4 CIDR strings"),
+    ('{"Networks": ["10.42.0.0\\/16"]}', "Networks must be written without JSON escapes"),
     ('{"Backend": "vxlan"}', "Backend must be an object with a Type"),
     ('{"Backend": {"Type": 1}}', "Backend must be an object whose Type is a string"),
     ('{"Network": "10.42.0.0/16", "network": "10.244.0.0/16"}',
@@ -845,9 +914,10 @@ def test_a_backend_type_in_capitals_is_the_backend_flannel_runs(tmp_path: Path) 
     # A uint flannel's kube subnet manager never reads: any unsigned number is read (the
     # etcd manager's "SubnetLen must be less than /31" is not net-conf.json's).
     '"SubnetLen": 40, "IPv6SubnetLen": 200',
-    # No field of flannel's since v0.25.0; v0.21 to v0.24 emptied what the file held.
-    '"Networks": "10.42.0.0/16", "IPv6Networks": [1, "fd42::1/56"]',
-    '"networks": ["10.42.0.1/16"], "Networks": null, "ipv6networks": {}',
+    # No field of flannel's since v0.25.0; v0.21 to v0.24 emptied what the file held once
+    # decoded (null, or a list of CIDRs: host bits masked off).
+    '"Networks": ["10.42.0.0/16"], "IPv6Networks": ["fd42::1/56", "10.42.0.0/16"]',
+    '"networks": ["10.42.0.1/16"], "Networks": null, "ipv6networks": []',
     # flannel's ip.IP4 takes an address net.ParseIP reads with an IPv4 form (To4), its
     # ip.IP6 any address net.ParseIP reads.
     '"SubnetMin": "::ffff:10.42.8.0", "IPv6SubnetMin": "10.42.8.0", "IPv6SubnetMax": "::1"',
