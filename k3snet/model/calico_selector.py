@@ -4,9 +4,10 @@ Calico parses a pool's selectors with libcalico-go's own tokenizer and parser, n
 Kubernetes' label selectors: blanks are spaces and tabs, ``all(``, ``has(`` and
 ``global(`` are one token each (blanks allowed inside the parentheses, not before
 them), and a blank selector selects everything. k3snet reads them the same way for
-three questions: can Calico parse this selector at all (Calico IPAM fails every
+four questions: can Calico parse this selector at all (Calico IPAM fails every
 automatic assignment that meets a pool whose selector it cannot parse), does it
-select everything, and are two spellings the same selector
+select everything, does it select nothing (``!all()``), and are two spellings the
+same selector
 (:func:`selector_tokens` compares them token by token).
 
 >>> selector_tokens(" all( ) ") == selector_tokens("all()")
@@ -17,7 +18,7 @@ True
 
 from __future__ import annotations
 
-__all__ = ["selector_problem", "selector_tokens", "selects_everything"]
+__all__ = ["selector_problem", "selector_tokens", "selects_everything", "selects_nothing"]
 
 Token = tuple[str, str]
 """One token: its kind and its value (a label or a string; empty for the others)."""
@@ -226,3 +227,20 @@ def selector_problem(text: str) -> str | None:
 def selects_everything(text: str) -> bool:
     """``text`` is ``all()`` however spaced, or blank: Calico's selector of everything."""
     return selector_tokens(text) in _EVERYTHING
+
+
+def selects_nothing(text: str) -> bool:
+    """``text`` is ``!all()`` however spaced (an odd number of ``!`` before ``all()``):
+    Calico's own selector of nothing (libcalico-go's ``selector.NoMatch``), which parks
+    a pool so that IPAM gives no pod its addresses.
+
+    >>> selects_nothing(" ! all( ) "), selects_nothing("!!all()"), selects_nothing("has(x")
+    (True, False, False)
+    """
+    tokens = selector_tokens(text)
+    if not tokens:
+        return False
+    negations = 0
+    while tokens[negations] == ("!", ""):
+        negations += 1
+    return negations % 2 == 1 and tokens[negations:] == (("all", ""),)
