@@ -87,6 +87,7 @@ __all__ = [
     "namespace_problem",
     "object_name_problem",
     "pool_name",
+    "pool_selector_problem",
 ]
 
 FLANNEL_KEYS: tuple[str, ...] = (
@@ -906,12 +907,20 @@ def _vxlan_mode(value: str) -> EncapsulationMode:
     return _mode("vxlanMode", value)
 
 
+_MAX_SELECTOR = 1024  # Calico's IPPool CRD: maxLength of nodeSelector, namespaceSelector
+
+
+def _has_control(value: str) -> bool:
+    # A tab is a blank to Calico's selector tokenizer, as a space is.
+    return any(ord(c) < 0x20 and c != "\t" for c in value)
+
+
 def _check_selector(name: str, value: str, *, empty: bool) -> str:
-    if not isinstance(value, str) or (not empty and not value.strip()) or len(value) > 1024:
+    if (not isinstance(value, str) or (not empty and not value.strip())
+            or len(value) > _MAX_SELECTOR):
         raise ModelError(f"IPPool {name} must be a{'' if empty else ' non-empty'} selector, "
                          f"got {value!r}")
-    # A tab is a blank to Calico's selector tokenizer, as a space is.
-    if any(ord(c) < 0x20 and c != "\t" for c in value):
+    if _has_control(value):
         raise ModelError(f"IPPool {name} {value!r} contains control characters")
     if _GLOBAL.search(value):
         # global() selects non-namespaced endpoints in policy; Calico's validation
@@ -927,6 +936,27 @@ def _selector(value: str) -> str:
 
 def _namespace_selector(value: str) -> str:
     return _check_selector("namespaceSelector", value, empty=True)
+
+
+def pool_selector_problem(value: str) -> str | None:
+    """Why no pool :class:`IPPool` reads can have ``value`` as its ``nodeSelector``
+    (more than 1024 characters, a control character, ``global()``, which Calico
+    refuses there, or a selector Calico cannot parse), or None. A blank one is
+    ``all()``.
+
+    >>> pool_selector_problem("has( zone )") is None, pool_selector_problem("  ") is None
+    (True, True)
+    >>> pool_selector_problem("zone == 'a")
+    'no selector Calico can parse (unterminated string)'
+    """
+    if len(value) > _MAX_SELECTOR:
+        return f"{len(value)} characters, more than the {_MAX_SELECTOR} Calico's IPPool takes"
+    if _has_control(value):
+        return "a control character, which no IPPool selector k3snet reads has"
+    if _GLOBAL.search(value):
+        return "global(), which Calico refuses in an IPPool selector"
+    problem = selector_problem(value)
+    return None if problem is None else f"no selector Calico can parse ({problem})"
 
 
 def _allowed_uses(value: Iterable[str] | None) -> tuple[str, ...]:

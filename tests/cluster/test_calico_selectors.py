@@ -13,7 +13,7 @@ import pytest
 from k3snet.backends.calico import CalicoBackend
 from k3snet.errors import SpecError
 from k3snet.planner import Plan, plan
-from k3snet.spec import Spec
+from k3snet.spec import Spec, compile_ippools
 from k3snet.spec import compile as compile_spec
 from k3snet.testing.kube import EmulatedApiServer
 
@@ -280,3 +280,34 @@ def test_an_unparseable_namespace_selector_of_a_pool_selecting_no_node_breaks_no
     api_server.put(CRD, _pool("parked", cidr="10.60.0.0/16", nodeSelector="!all(",
                               namespaceSelector="(x"))
     assert _plan(_backend(api_server), SPEC).conflicts
+
+
+@pytest.mark.parametrize(("selector", "why"), [
+    ("global()", "global()"),
+    ("has(x) && global( )", "global()"),
+    ("zone == '\x01'", "control character"),
+    ("zone == '" + "a" * 1100 + "'", "more than the 1024"),
+])
+def test_a_spec_node_selector_no_pool_calico_stores_can_have_is_a_spec_problem(
+    selector: str, why: str
+) -> None:
+    # Calico refuses global() in a pool's selectors and a selector over 1024 characters
+    # (its IPPool CRD), and k3snet reads no pool with such a selector or a control
+    # character in it (IPPool): the spec asked for a pool that can never be there, a
+    # conflict on every pass, instead of saying so.
+    document = SPEC.replace("calico: {}", f"calico: {{nodeSelector: {json.dumps(selector)}}}")
+    with pytest.raises(SpecError) as info:
+        compile_spec(Spec.from_yaml(document))
+    (problem,) = info.value.problems
+    assert problem.path == "cni.calico.nodeSelector"
+    assert why in problem.message
+
+
+def test_compile_ippools_refuses_a_node_selector_no_pool_can_have() -> None:
+    # Its node_selector argument was taken as it came (block_size is judged there).
+    with pytest.raises(SpecError) as info:
+        compile_ippools(Spec.from_yaml(SPEC), node_selector="zone == 'a")
+    (problem,) = info.value.problems
+    assert problem.path == "cni.calico.nodeSelector"
+    assert "unterminated string" in problem.message
+    assert compile_ippools(Spec.from_yaml(SPEC), node_selector=" has( zone ) ")
