@@ -18,6 +18,8 @@ True
 
 from __future__ import annotations
 
+import functools
+
 __all__ = ["selector_problem", "selector_tokens", "selects_everything", "selects_nothing"]
 
 Token = tuple[str, str]
@@ -202,6 +204,16 @@ def _parsed(text: str) -> tuple[Token, ...]:
     return tuple(tokens)
 
 
+@functools.lru_cache(maxsize=1024)
+def _read(text: str) -> tuple[tuple[Token, ...] | None, str | None]:
+    """The tokens of ``text`` or why Calico cannot parse it, once per text: a plan asks
+    of each pool's selectors for every pod CIDR, and of every pool for each."""
+    try:
+        return _parsed(text), None
+    except _UnparseableError as exc:
+        return None, str(exc)
+
+
 def selector_tokens(text: str) -> tuple[Token, ...] | None:
     """The tokens of selector ``text`` as Calico reads them, or None when Calico cannot
     parse it. Two selectors with the same tokens are the same selector, however spaced.
@@ -209,19 +221,12 @@ def selector_tokens(text: str) -> tuple[Token, ...] | None:
     >>> selector_tokens("x=='y'") == selector_tokens(" x  ==  'y' ")
     True
     """
-    try:
-        return _parsed(text)
-    except _UnparseableError:
-        return None
+    return _read(text)[0]
 
 
 def selector_problem(text: str) -> str | None:
     """Why Calico cannot parse selector ``text`` (its parser's reason), or None."""
-    try:
-        _parsed(text)
-    except _UnparseableError as exc:
-        return str(exc)
-    return None
+    return _read(text)[1]
 
 
 def selects_everything(text: str) -> bool:
