@@ -344,11 +344,13 @@ def _unparseable_selectors(pool: IPPool) -> list[str]:
                         ("namespaceSelector", pool.namespace_selector)):
         problem = selector_problem(text)
         if problem is not None:
+            # IPAM parses a namespaceSelector only once the nodeSelector selects the node.
+            where = "" if field == "nodeSelector" else " on the nodes its nodeSelector selects"
             warnings.append(
                 f"IPPool {pool.name}: spec.{field} {json.dumps(text)} is no selector Calico "
                 f"can parse ({problem}): while the pool is enabled, allocatable and "
                 "Automatic, Calico IPAM fails every automatic "
-                f"IPv{pool.cidr.version} address assignment, so pods get no address "
+                f"IPv{pool.cidr.version} address assignment{where}, so pods get no address "
                 "(Calico's API server refuses such a selector; the CRDs store it)")
     return warnings
 

@@ -4,9 +4,10 @@ Calico parses a pool's selectors with libcalico-go's own tokenizer and parser, n
 Kubernetes' label selectors: blanks are spaces and tabs, ``all(``, ``has(`` and
 ``global(`` are one token each (blanks allowed inside the parentheses, not before
 them), and a blank selector selects everything. k3snet reads them the same way for
-three questions: can Calico parse this selector at all (Calico IPAM fails every
+four questions: can Calico parse this selector at all (Calico IPAM fails every
 automatic assignment that meets a pool whose selector it cannot parse), does it
-select everything, and are two spellings the same selector
+select everything, does it select nothing (``!all()``), and are two spellings the
+same selector
 (:func:`selector_tokens` compares them token by token).
 
 >>> selector_tokens(" all( ) ") == selector_tokens("all()")
@@ -17,7 +18,9 @@ True
 
 from __future__ import annotations
 
-__all__ = ["selector_problem", "selector_tokens", "selects_everything"]
+import functools
+
+__all__ = ["selector_problem", "selector_tokens", "selects_everything", "selects_nothing"]
 
 Token = tuple[str, str]
 """One token: its kind and its value (a label or a string; empty for the others)."""
@@ -201,6 +204,16 @@ def _parsed(text: str) -> tuple[Token, ...]:
     return tuple(tokens)
 
 
+@functools.lru_cache(maxsize=1024)
+def _read(text: str) -> tuple[tuple[Token, ...] | None, str | None]:
+    """The tokens of ``text`` or why Calico cannot parse it, once per text: a plan asks
+    of each pool's selectors for every pod CIDR, and of every pool for each."""
+    try:
+        return _parsed(text), None
+    except _UnparseableError as exc:
+        return None, str(exc)
+
+
 def selector_tokens(text: str) -> tuple[Token, ...] | None:
     """The tokens of selector ``text`` as Calico reads them, or None when Calico cannot
     parse it. Two selectors with the same tokens are the same selector, however spaced.
@@ -208,21 +221,31 @@ def selector_tokens(text: str) -> tuple[Token, ...] | None:
     >>> selector_tokens("x=='y'") == selector_tokens(" x  ==  'y' ")
     True
     """
-    try:
-        return _parsed(text)
-    except _UnparseableError:
-        return None
+    return _read(text)[0]
 
 
 def selector_problem(text: str) -> str | None:
     """Why Calico cannot parse selector ``text`` (its parser's reason), or None."""
-    try:
-        _parsed(text)
-    except _UnparseableError as exc:
-        return str(exc)
-    return None
+    return _read(text)[1]
 
 
 def selects_everything(text: str) -> bool:
     """``text`` is ``all()`` however spaced, or blank: Calico's selector of everything."""
     return selector_tokens(text) in _EVERYTHING
+
+
+def selects_nothing(text: str) -> bool:
+    """``text`` is ``!all()`` however spaced (an odd number of ``!`` before ``all()``):
+    Calico's own selector of nothing (libcalico-go's ``selector.NoMatch``), which parks
+    a pool so that IPAM gives no pod its addresses.
+
+    >>> selects_nothing(" ! all( ) "), selects_nothing("!!all()"), selects_nothing("has(x")
+    (True, False, False)
+    """
+    tokens = selector_tokens(text)
+    if not tokens:
+        return False
+    negations = 0
+    while tokens[negations] == ("!", ""):
+        negations += 1
+    return negations % 2 == 1 and tokens[negations:] == (("all", ""),)

@@ -35,7 +35,12 @@ from k3snet._gojson import fold
 from k3snet._logline import printable
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple, optional_network
-from k3snet.model.calico_selector import selector_problem, selector_tokens, selects_everything
+from k3snet.model.calico_selector import (
+    selector_problem,
+    selector_tokens,
+    selects_everything,
+    selects_nothing,
+)
 from k3snet.model.cidr import (
     Address,
     Network,
@@ -84,6 +89,7 @@ __all__ = [
     "namespace_problem",
     "object_name_problem",
     "pool_name",
+    "pool_selector_problem",
 ]
 
 FLANNEL_KEYS: tuple[str, ...] = (
@@ -923,12 +929,20 @@ def _vxlan_mode(value: str) -> EncapsulationMode:
     return _mode("vxlanMode", value)
 
 
+_MAX_SELECTOR = 1024  # Calico's IPPool CRD: maxLength of nodeSelector, namespaceSelector
+
+
+def _has_control(value: str) -> bool:
+    # A tab is a blank to Calico's selector tokenizer, as a space is.
+    return any(ord(c) < 0x20 and c != "\t" for c in value)
+
+
 def _check_selector(name: str, value: str, *, empty: bool) -> str:
-    if not isinstance(value, str) or (not empty and not value.strip()) or len(value) > 1024:
+    if (not isinstance(value, str) or (not empty and not value.strip())
+            or len(value) > _MAX_SELECTOR):
         raise ModelError(f"IPPool {name} must be a{'' if empty else ' non-empty'} selector, "
                          f"got {value!r}")
-    # A tab is a blank to Calico's selector tokenizer, as a space is.
-    if any(ord(c) < 0x20 and c != "\t" for c in value):
+    if _has_control(value):
         raise ModelError(f"IPPool {name} {value!r} contains control characters")
     if _GLOBAL.search(value):
         # global() selects non-namespaced endpoints in policy; Calico's validation
@@ -944,6 +958,27 @@ def _selector(value: str) -> str:
 
 def _namespace_selector(value: str) -> str:
     return _check_selector("namespaceSelector", value, empty=True)
+
+
+def pool_selector_problem(value: str) -> str | None:
+    """Why no pool :class:`IPPool` reads can have ``value`` as its ``nodeSelector``
+    (more than 1024 characters, a control character, ``global()``, which Calico
+    refuses there, or a selector Calico cannot parse), or None. A blank one is
+    ``all()``.
+
+    >>> pool_selector_problem("has( zone )") is None, pool_selector_problem("  ") is None
+    (True, True)
+    >>> pool_selector_problem("zone == 'a")
+    'no selector Calico can parse (unterminated string)'
+    """
+    if len(value) > _MAX_SELECTOR:
+        return f"{len(value)} characters, more than the {_MAX_SELECTOR} Calico's IPPool takes"
+    if _has_control(value):
+        return "a control character, which no IPPool selector k3snet reads has"
+    if _GLOBAL.search(value):
+        return "global(), which Calico refuses in an IPPool selector"
+    problem = selector_problem(value)
+    return None if problem is None else f"no selector Calico can parse ({problem})"
 
 
 def _allowed_uses(value: Iterable[str] | None) -> tuple[str, ...]:
@@ -1125,10 +1160,15 @@ class IPPool(NetObject):
     def breaks_ipam(self) -> bool:
         """Calico IPAM fails every automatic assignment of the pool's family while it is
         there (:attr:`unparseable_selector` of a pool IPAM reads: enabled, allocatable,
-        ``Automatic``)."""
+        ``Automatic``), on the nodes its ``nodeSelector`` selects: IPAM evaluates that
+        first and skips a pool not selecting the node before it parses the
+        ``namespaceSelector`` (``ipam.determinePools``), so a pool parked with
+        ``nodeSelector: "!all()"`` breaks nothing; one selecting some nodes is taken to
+        break the family, as k3snet does not read the nodes' labels."""
         return (not self.disabled and not self.unallocatable
                 and self.assignment_mode == "Automatic"
-                and self.unparseable_selector is not None)
+                and self.unparseable_selector is not None
+                and not selects_nothing(self.node_selector))
 
     @property
     def load_balancer_only(self) -> bool:
@@ -1512,12 +1552,15 @@ class CalicoPodCIDR(NetObject):
         """The pools of this family outside the spec's pod CIDRs that may give workloads
         addresses (enabled, allocatable, ``Workload`` among their ``allowedUses``,
         ``assignmentMode: Automatic``: a ``Manual`` pool serves only pods asking for it by
-        name; its ``namespaceSelector`` and ``nodeSelector`` may still take any pod)."""
+        name; its ``namespaceSelector`` and ``nodeSelector`` may still take any pod, unless
+        one is ``!all()``, which selects nothing: IPAM skips the pool for every pod)."""
         inside = (self.cidr, *self.siblings)
         return [p for p in pools.pools
                 if p.cidr.version == self.cidr.version and not p.disabled
                 and not p.unallocatable and "Workload" in p.allowed_uses
                 and p.assignment_mode == "Automatic"
+                and not selects_nothing(p.node_selector)
+                and not selects_nothing(p.namespace_selector)
                 and not any(contains(c, p.cidr) for c in inside)]
 
     def _unserved_reason(self, same: list[IPPool], usable: list[IPPool],
@@ -1624,8 +1667,10 @@ class CalicoPodCIDR(NetObject):
         named = "; ".join(f"IPPool {p.name} {p.cidr}: {p.unparseable_selector}"
                           for p in broken)
         return (f"{named}: Calico IPAM parses the selectors of every enabled automatic "
-                f"pool before it picks one, and fails, so pods get no IPv{self.cidr.version} "
-                f"address from any pool, pod CIDR {self.cidr} included; fix the selector "
+                "pool before it picks one (a namespaceSelector on the nodes the pool's "
+                "nodeSelector selects), and fails, so pods there get no "
+                f"IPv{self.cidr.version} address from any pool, pod CIDR {self.cidr} "
+                "included; fix the selector "
                 "(Calico's API server refuses one it cannot parse) or disable the pool "
                 "(k3snet never changes a pool it does not own)")
 

@@ -43,6 +43,7 @@ from k3snet.model.cni import (
     IPPool,
     effective_config,
     pool_name,
+    pool_selector_problem,
 )
 from k3snet.model.forward import ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
@@ -650,6 +651,10 @@ def _pools(spec: Spec, ipip_mode: EncapsulationMode, vxlan_mode: EncapsulationMo
     # The spec's own blockSize was judged by validate(); compile_ippools' argument not.
     problems = block_size_problems(block_size, spec.cluster.pod_cidrs)
     problems += _link_local_problems(spec)
+    # The spec's own nodeSelector was judged by validate() too; compile_ippools' not.
+    selector = pool_selector_problem(node_selector)
+    if selector is not None:
+        problems.append(Problem("cni.calico.nodeSelector", f"{selector}: {node_selector!r}"))
     if problems:
         raise SpecError(problems)
     nat = spec.masquerade.mode != "off"

@@ -13,9 +13,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from k3snet.model.calico_selector import selector_problem
 from k3snet.model.cidr import parse_address, parse_network
-from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE, canonical_json
+from k3snet.model.cni import (
+    BLOCK_SIZE_RANGE,
+    DEFAULT_BLOCK_SIZE,
+    canonical_json,
+    pool_selector_problem,
+)
 from k3snet.model.route import parse_gateway
 from k3snet.model.sysctl import Sysctl
 from k3snet.spec.fields import (
@@ -90,10 +94,13 @@ ENCAPSULATION = one_of("Never", "Always", "CrossSubnet")
 
 
 def _calico_selector(value: Any) -> str | None:
-    """A selector Calico's parser takes: its API server refuses any other, and a pool
-    holding one (stored through the CRDs) fails every pod's address assignment."""
-    problem = selector_problem(value) if isinstance(value, str) else None
-    return None if problem is None else f"{value!r} is no selector Calico can parse ({problem})"
+    """A selector a pool can have: one Calico's parser takes (its API server refuses any
+    other, and a pool holding one, stored through the CRDs, fails every pod's address
+    assignment), without global() or a control character, at most 1024 characters
+    (:func:`~k3snet.model.cni.pool_selector_problem`)."""
+    problem = pool_selector_problem(value) if isinstance(value, str) else None
+    # The reason first: a long value is cut short in the message.
+    return None if problem is None else f"{problem}: {value!r}"
 
 
 CALICO_SELECTOR: Check = _calico_selector
@@ -526,7 +533,10 @@ CALICO = Section(CalicoSettings, (
               "{ipv4: 26, ipv6: 122} (a family left out: any)."),
     Field("nodeSelector", "node_selector", string, checks=(CALICO_SELECTOR,),
           example="has(egress)",
-          doc="The nodeSelector the pod CIDRs' pools must have."),
+          doc="The nodeSelector the pod CIDRs' pools must have, in Calico's selector "
+              "syntax, compared as Calico parses it (has( zone ) is has(zone)); one no "
+              "pool can have is refused: one Calico cannot parse, global(), a control "
+              "character, more than 1024 characters."),
     Field("allowDisruptive", "allow_disruptive", boolean, example=True, omit_none=True,
           doc="Alias of cni.allowDisruptive."),
 ))

@@ -13,7 +13,7 @@ import pytest
 from k3snet.backends.calico import CalicoBackend
 from k3snet.errors import SpecError
 from k3snet.planner import Plan, plan
-from k3snet.spec import Spec
+from k3snet.spec import Spec, compile_ippools
 from k3snet.spec import compile as compile_spec
 from k3snet.testing.kube import EmulatedApiServer
 
@@ -237,3 +237,77 @@ def test_a_workload_pool_outside_the_pod_cidr_sorting_first_must_translate_alike
         "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing"]
     (conflict,) = p.conflicts
     assert "10.60.0.0/16" in conflict.wanted.describe()
+
+
+@pytest.mark.parametrize("field", ["nodeSelector", "namespaceSelector"])
+def test_a_pool_outside_the_pod_cidr_selecting_nothing_gives_pods_no_address_first(
+    api_server: EmulatedApiServer, field: str
+) -> None:
+    # "!all()" selects nothing: Calico's own spelling of a pool that gives no pod an
+    # address (libcalico-go's selector.NoMatch; the operator's tests park a pool so).
+    # IPAM skips a pool whose nodeSelector does not select the node, or whose
+    # namespaceSelector does not select the namespace (ipam.determinePools), whatever
+    # its name: such a pool sorting first gives no pod its addresses, so the pod CIDR
+    # is met (k3snet said a conflict).
+    _put_pod_pool(api_server)
+    api_server.put(CRD, _pool("aa-parked", cidr="10.60.0.0/16", **{field: "!all()"}))
+    p = _plan(_backend(api_server), SPEC)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert len(p.met) == 1
+    # Twice negated, it selects everything again: still judged.
+    api_server.put(CRD, _pool("aa-parked", cidr="10.60.0.0/16", **{field: "!!all()"}))
+    assert _plan(_backend(api_server), SPEC).conflicts
+
+
+def test_an_unparseable_namespace_selector_of_a_pool_selecting_no_node_breaks_nothing(
+    api_server: EmulatedApiServer,
+) -> None:
+    # IPAM evaluates a pool's nodeSelector first and skips the pool when it does not
+    # select the node, before it parses the namespaceSelector (ipam.determinePools):
+    # with "!all()" the namespaceSelector is never parsed. Reported, and the pod CIDR
+    # is met (k3snet said no pod of the family got an address).
+    _put_pod_pool(api_server)
+    api_server.put(CRD, _pool("parked", cidr="10.60.0.0/16", nodeSelector="!all()",
+                              namespaceSelector="(x"))
+    backend = _backend(api_server)
+    p = _plan(backend, SPEC)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert len(p.met) == 1
+    (warning,) = backend.warnings
+    assert warning.startswith("IPPool parked: spec.namespaceSelector"), warning
+    assert "on the nodes its nodeSelector selects" in warning, warning
+    # Its nodeSelector unparseable, IPAM fails before it: a conflict.
+    api_server.put(CRD, _pool("parked", cidr="10.60.0.0/16", nodeSelector="!all(",
+                              namespaceSelector="(x"))
+    assert _plan(_backend(api_server), SPEC).conflicts
+
+
+@pytest.mark.parametrize(("selector", "why"), [
+    ("global()", "global()"),
+    ("has(x) && global( )", "global()"),
+    ("zone == '\x01'", "control character"),
+    ("zone == '" + "a" * 1100 + "'", "more than the 1024"),
+])
+def test_a_spec_node_selector_no_pool_calico_stores_can_have_is_a_spec_problem(
+    selector: str, why: str
+) -> None:
+    # Calico refuses global() in a pool's selectors and a selector over 1024 characters
+    # (its IPPool CRD), and k3snet reads no pool with such a selector or a control
+    # character in it (IPPool): the spec asked for a pool that can never be there, a
+    # conflict on every pass, instead of saying so.
+    document = SPEC.replace("calico: {}", f"calico: {{nodeSelector: {json.dumps(selector)}}}")
+    with pytest.raises(SpecError) as info:
+        compile_spec(Spec.from_yaml(document))
+    (problem,) = info.value.problems
+    assert problem.path == "cni.calico.nodeSelector"
+    assert why in problem.message
+
+
+def test_compile_ippools_refuses_a_node_selector_no_pool_can_have() -> None:
+    # Its node_selector argument was taken as it came (block_size is judged there).
+    with pytest.raises(SpecError) as info:
+        compile_ippools(Spec.from_yaml(SPEC), node_selector="zone == 'a")
+    (problem,) = info.value.problems
+    assert problem.path == "cni.calico.nodeSelector"
+    assert "unterminated string" in problem.message
+    assert compile_ippools(Spec.from_yaml(SPEC), node_selector=" has( zone ) ")
