@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["HANDLER_NAME", "LOG_LINE_LIMIT", "bounded", "one_line", "printable",
+__all__ = ["HANDLER_NAME", "LOG_LINE_LIMIT", "bounded", "fs_word", "one_line", "printable",
            "printable_line", "printable_lines", "shell_join", "shell_path", "shell_word"]
 
 HANDLER_NAME = "k3snet"
@@ -185,11 +185,24 @@ def _bytes_of(char: str) -> bytes:
         return char.encode("utf-8", "surrogatepass")
 
 
+def fs_word(text: str | os.PathLike[str]) -> str:
+    """``text`` (a path, or any word of k3snet's command line) by its bytes, the file
+    system's encoding's (the locale's), read as UTF-8, a byte that is not as a lone
+    surrogate: the text :func:`shell_word` writes as those very bytes. Under a Latin-1
+    locale a byte ``\\xff`` of a file's name is read as ``ÿ``, which :func:`shell_word`
+    alone wrote as its UTF-8, ``\\xc3\\xbf``: another file once pasted. A text the file
+    system's encoding cannot write (not from the command line nor a file's name: ``é``
+    under an ASCII one) is kept as it is."""
+    try:
+        return os.fsencode(text).decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return os.fspath(text)
+
+
 def shell_path(path: str | os.PathLike[str]) -> str:
-    """:func:`shell_word` of a file's ``path``, by its bytes (the file system's encoding,
-    the locale's, read as UTF-8, a byte that is not as a lone surrogate): a ``$'...'``
-    word of them names the file in any locale."""
-    return shell_word(os.fsencode(path).decode("utf-8", "surrogateescape"))
+    """:func:`shell_word` of a file's ``path``, by its bytes (:func:`fs_word`): a
+    ``$'...'`` word of them names the file in any locale."""
+    return shell_word(fs_word(path))
 
 
 def shell_join(argv: Sequence[str]) -> str:

@@ -42,6 +42,7 @@ from k3snet._kept import (
 )
 from k3snet._logline import (
     HANDLER_NAME,
+    fs_word,
     one_line,
     printable,
     printable_line,
@@ -2708,7 +2709,10 @@ def _doctor_fix_argv(args: argparse.Namespace) -> list[str]:
 
     def option(short: str, long: str, value: str) -> None:
         # A value with a leading dash (given as --spec=-x.yaml) joined to its option's
-        # long name: `-f -x.yaml` is -f without its argument, for argparse.
+        # long name: `-f -x.yaml` is -f without its argument, for argparse. Written as
+        # the bytes the command line gave (a file's name): under a Latin-1 locale -f of
+        # a byte \xff, read as ÿ, was written as its UTF-8, another file once pasted.
+        value = fs_word(value)
         argv.extend([f"{long}={value}"] if value.startswith("-") else [short, value])
 
     # Read live, doctor read its own namespace: one started by `ip netns exec NS k3snet

@@ -57,3 +57,42 @@ def test_the_apply_hint_of_a_spec_given_as_a_plan_file_names_it_under_ascii(
     assert applied.returncode == 1, applied.stderr
     (word,) = re.findall(rb"apply it with `k3snet apply -f (.*)`", applied.stderr)
     assert _read_back(word) == os.fsencode(spec)
+
+
+_DOCTOR_STATE = Path(__file__).resolve().parents[1] / "doctor" / "golden" / "seed"
+
+
+def _latin1_locale(where: Path) -> dict[str, str]:
+    """The environment of a Latin-1 locale compiled into ``where`` (``LOCPATH``): its
+    file system encoding reads a byte that is not UTF-8 (``\\xff``) as a character."""
+    try:
+        subprocess.run(["localedef", "-i", "C", "-f", "ISO-8859-1", str(where / "latin1")],
+                       capture_output=True, check=True, timeout=60)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no Latin-1 locale can be compiled here: {exc}")
+    return {"LOCPATH": str(where), "LC_ALL": "latin1", "PYTHONUTF8": "0",
+            "PYTHONCOERCECLOCALE": "0"}
+
+
+def test_the_doctor_fix_line_names_its_files_by_their_bytes_under_a_latin1_locale(
+        tmp_path: Path) -> None:
+    """``-f`` and ``--kubeconfig`` of bytes that are not UTF-8, read by a Latin-1 locale as
+    ``ÿ`` and ``é``, were written as those characters' UTF-8 (``$'sp\\xc3\\xbfc.yaml'``):
+    the line pasted named other files. The words bash reads back are the files' bytes."""
+    environment = _latin1_locale(tmp_path)
+    spec = os.fsdecode(bytes(tmp_path) + b"/sp\xffc.yaml")
+    Path(spec).write_bytes(b"apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                           b"cluster:\n  podCIDRs: [10.42.0.0/16]\n")
+    kubeconfig = os.fsdecode(bytes(tmp_path) + b"/k\xe9ube")
+    doctor = subprocess.run(
+        [sys.executable, "-m", "k3snet.cli", "doctor", "--from", "10.42.0.10", "--to",
+         "192.168.2.10:5432", "--state", os.fsencode(_DOCTOR_STATE), b"-f",
+         os.fsencode(spec), b"--kubeconfig", os.fsencode(kubeconfig)],
+        capture_output=True, check=False, timeout=120,
+        env={**os.environ, "PYTHONPATH": _HOME, **environment})
+    assert doctor.returncode == 3, doctor.stderr
+    line = doctor.stdout.rstrip(b"\n").splitlines()[-1]
+    (spec_word,) = re.findall(rb" -f (\S+) ", line)
+    (kubeconfig_word,) = re.findall(rb" --kubeconfig (\S+) ", line)
+    assert (_read_back(spec_word), _read_back(kubeconfig_word)) == (
+        os.fsencode(spec), os.fsencode(kubeconfig)), line
