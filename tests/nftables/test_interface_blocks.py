@@ -13,6 +13,7 @@ warning); it now reads it as the iptables backend does
 from __future__ import annotations
 
 import dataclasses
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,87 @@ def test_an_inet_tables_rule_that_stops_no_packet_is_not_copied_to_be_judged_per
     assert copied == []
     # a drop still is, in each family
     assert len(blocks(docker_user([meta("oifname", "eth0"), DROP], family="inet"))) == 2
+
+
+
+# A node of K3s alone: the pods on cni0, the other nodes' by flannel.1, the uplink eth0.
+K3S_ROUTES = RoutedBy([("10.42.0.0/24", "cni0"), ("10.42.1.0/24", "flannel.1"),
+                       ("0.0.0.0/0", "eth0"), ("fd42:42::/64", "cni0"), ("::/0", "eth0")])
+
+
+@pytest.mark.parametrize(("proto", "rule", "fields", "decides"), [
+    # the pods leave by the uplink only: what the node routes by cni0 and flannel.1
+    ("ip", [meta("iifname", "cni0"), meta("oifname", "eth0", "!=")],
+     {"source": "10.42.0.0/24", "destination": "10.42.0.0/23", "in_interface": "cni0"}, False),
+    ("ip6", [meta("iifname", "cni0"), meta("oifname", "eth0", "!=")],
+     {"source": "fd42:42::/64", "destination": "fd42:42::/64", "in_interface": "cni0"}, False),
+    ("ip", [meta("iifname", "eth*", "!="), meta("oifname", "cni0")],
+     {"source": "10.42.0.0/23", "destination": "10.42.0.0/24", "out_interface": "cni0"}, False),
+    # the replies to the pods leave by cni0: met
+    ("ip", [meta("oifname", "eth0", "!=")], {"destination": "10.42.0.0/23"}, True),
+    ("ip6", [meta("oifname", "eth0", "!=")], {"destination": "fd42:42::/64"}, True),
+    # the default route's device let through: any destination
+    ("ip", [meta("oifname", "cni0", "!=")], {}, True),
+])
+def test_a_drop_by_a_negated_interface_meets_what_the_node_routes_by_the_other_devices(
+        proto: str, rule: list[Expr], fields: dict[str, str], decides: bool) -> None:
+    """``iifname "cni0" oifname != "eth0" drop`` meets what leaves by another device than
+    eth0: not the pods' connection out by the default route, nor its replies; it was read
+    as a drop of any destination, a conflict. ``oifname != "eth0" drop`` still meets the
+    replies going out by cni0."""
+    found = blocks(docker_user([*rule, DROP], family=proto), routed=K3S_ROUTES)
+    family = 4 if proto == "ip" else 6
+    (got,) = found
+    text = " ".join(f"{m['match']['left']['meta']['key']} "
+                    f"{'!= ' if m['match']['op'] == '!=' else ''}{m['match']['right']}"
+                    for m in rule)
+    assert got == block(f"{text} drop", family=family, **fields)
+    pod, db = (POD, DB) if family == 4 else ("fd42:42::/56", "fd01:2::/64")
+    assert got.decides(ForwardRule(pod, db)) is decides
+
+
+_NEGATED_DROP = ("add table inet fw\n"
+                 "add chain inet fw pass {{ type filter hook forward priority 0; "
+                 "policy accept; }}\n"
+                 "add rule inet fw pass {} drop\n")
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+@pytest.mark.parametrize(("rule", "dropped"), [
+    ('iifname "cni0" oifname != "eth0"', False),  # the pods leave by the uplink only
+    ('oifname != "eth0"', True),  # the replies to the pods leave by cni0
+])
+def test_a_drop_by_a_negated_out_interface_drops_exactly_where_the_plan_says_so(
+        require_root: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], rule: str, dropped: bool) -> None:
+    """The seed lab fixed by k3snet, then another ``inet`` table's forward chain dropping
+    by a negated out-interface: ``iifname "cni0" oifname != "eth0" drop`` lets the pods'
+    connections of both families through eth0 and the plan is clean (it was a conflict,
+    exit 4); ``oifname != "eth0" drop`` drops their replies out by cni0, a conflict."""
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_NEGATED_DROP.format(rule))
+        listed = json.loads(run_in(lab.node, ["nft", "-j", "list", "chain", "inet", "fw",
+                                              "pass"]).stdout)
+        (expr,) = [o["rule"]["expr"] for o in listed["nftables"] if "rule" in o]
+        assert {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}},
+                          "right": "eth0"}} in expr  # the kernel's own view
+        with ThreadPoolExecutor(2) as pool:
+            probes = [pool.submit(lab.tcp_probe, f, timeout=1.0 if dropped else 2.0)
+                      for f in (4, 6)]
+            reached = [probe.result().ok for probe in probes]
+        assert reached == [not dropped] * 2
+        capsys.readouterr()
+        code = main(["plan", "-f", str(SEED), "--netns", lab.node])
+        out = capsys.readouterr().out
+        conflicts = [line for line in out.splitlines() if line.startswith("! ")]
+        if dropped:
+            assert code == 4, out
+            assert sorted(conflicts) == [
+                "! forward accept 10.42.0.0/16 -> 192.168.2.0/24 oif eth0 (+ replies)",
+                "! forward accept fd42:42::/56 -> fd01:2::/64 oif eth0 (+ replies)"], out
+        else:
+            assert code == 0, out
+            assert conflicts == [], out

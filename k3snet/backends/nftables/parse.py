@@ -2511,8 +2511,10 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
     only what the node routes by that interface, as the iptables backend reads it
     (:meth:`~k3snet.backends.routed.RoutedBy.cover`; Docker's ``oifname "docker0"``
     drop: docker0's subnet, not the pods' connections; the uplink's default route: any
-    destination). ``match`` names its family (:func:`_blocks_of` gives an ``inet``
-    table's drop one in each)."""
+    destination). A negated name is judged by the routes of the devices it lets through
+    (``iifname "cni0" oifname != "eth0" drop``: what the node routes by cni0 and the
+    others, not the pods' connections out by the uplink). ``match`` names its family
+    (:func:`_blocks_of` gives an ``inet`` table's drop one in each)."""
     if match.verdict not in _ENDING or match.proto is None:
         return None
     words, saddr, daddr, oif = _rule_words(match)
@@ -2526,15 +2528,23 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
         "destination": daddr[0] if len(daddr) == 1 else None,
     }
     if not saddr and not daddr:
-        if routed is None or not (len(oif) == 1 or len(iif) == 1):
+        # The names of `oifname != "eth0"`: what leaves by another device.
+        not_oif = [model_ifname(name) for name, neg in match.oif if neg]
+        not_iif = [model_ifname(name) for name, neg in match.iif if neg]
+        by_oif = len(oif) == 1 or (not oif and bool(not_oif))
+        by_iif = len(iif) == 1 or (not iif and bool(not_iif))
+        if routed is None or not (by_oif or by_iif):
             return None
         # A packet leaves by the device its destination is routed by, and comes in by the
         # one its source is (the reverse path): the drop meets only what the node routes
-        # by that device (None: any address).
-        if len(oif) == 1:
-            fields["destination"] = routed.cover(family, model_ifname(oif[0]))
-        if len(iif) == 1:
-            fields["source"] = routed.cover(family, model_ifname(iif[0]))
+        # by that device, or by the devices a negated name lets through (None: any
+        # address).
+        if by_oif:
+            fields["destination"] = routed.cover(
+                family, model_ifname(oif[0]) if oif else None, not_oif)
+        if by_iif:
+            fields["source"] = routed.cover(
+                family, model_ifname(iif[0]) if iif else None, not_iif)
     words.append(match.expires or match.verdict)
     text = " ".join(words)
     place = _place(where, chain)
