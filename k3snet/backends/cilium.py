@@ -1088,10 +1088,19 @@ def _laid(foreign: CiliumConfig, owned: CiliumConfig | None) -> CiliumConfig:
                                            **owned.settings.to_dict()})
 
 
-def _read_alike(key: str, one: str, other: str) -> bool:
+def _read_alike(key: str, one: str | None, other: str) -> bool:
     """Whether the agent reads the config directory values ``one`` and ``other`` of
-    ``key`` alike: a boolean as :func:`read_go_flag` reads it, else
-    :func:`same_setting` (a CIDR masked)."""
+    ``key`` alike: one text (trimmed), a boolean as :func:`read_go_flag` reads it, else
+    :func:`same_setting` (a CIDR masked). ``one`` None, not set where the key has no
+    default k3snet knows (:meth:`CiliumConfig.value`), is the agent's empty default
+    (false for a boolean), but for ``ip-masq-agent-config-path``, whose empty value
+    reads no file."""
+    if one is None:
+        if key == CONFIG_PATH_KEY:
+            return False
+        one = ""
+    if one.strip() == other.strip():
+        return True
     if key.startswith("enable-"):
         return read_go_flag(one) == read_go_flag(other)
     return (same_setting(key, one.strip(), other.strip())
@@ -1661,7 +1670,7 @@ class CiliumBackend(BackendBase):
                 if data is None or key not in data:
                     continue
                 laid, given = data[key].strip(), view.value(key)
-                if given is None or not _read_alike(key, given, laid):
+                if not _read_alike(key, given, laid):
                     self._api.warn(printable(
                         f"{_builder(where, sources)} lays the ConfigMap {at}/{other} over "
                         f"{self._where()} (after it in --source: {sources.given}), holding "

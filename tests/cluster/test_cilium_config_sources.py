@@ -603,3 +603,28 @@ def test_a_node_source_named_by_the_pod_s_node_name_keeps_the_sources_known(
             assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
         assert any("is set only where the pod runs" in r.getMessage()
                    for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize(("key", "given", "laid"), [
+    ("ipv4-native-routing-cidr", "", ""),          # one text the agent reads alike
+    ("ipv4-native-routing-cidr", None, ""),        # empty: as unset, the agent's ""
+    ("egress-masquerade-interfaces", None, ""),
+    ("enable-ipv4-egress-gateway", None, "false"),  # the agent's default, false
+])
+def test_a_later_configmap_s_value_the_agent_reads_as_cilium_config_s_is_no_warning(
+    *, key: str, given: str | None, laid: str, api_server: EmulatedApiServer,
+    backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # ipv4-native-routing-cidr "" in both ConfigMaps (not a CIDR) was a warning that
+    # the two differ, never silenced by making them equal; empty or false where
+    # cilium-config holds none is the agent's own default.
+    data = {k: v for k, v in HELM_K3S_DATA.items() if k != key}
+    api_server.put(CONFIGMAPS, _cilium_config(
+        data if given is None else {**data, key: given}))
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,config-map:cilium-overrides"))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides", {key: laid}))
+    with caplog.at_level(logging.WARNING):
+        backend.observe()
+    assert [r.getMessage() for r in caplog.records if "cilium-overrides" in r.getMessage()
+            ] == []
