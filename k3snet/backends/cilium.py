@@ -1564,8 +1564,14 @@ class CiliumBackend(BackendBase):
             sources=sources, nodes=nodes)
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
                                node_groups=groups, agent_options=options)
+        view = _laid(foreign, owned)
         if sources is not None:
-            self._configmaps_laid_over(sources, _laid(foreign, owned))
+            self._configmaps_laid_over(sources, view)
+        for name, other in others or ():  # a copy's agents read its own list
+            theirs = config_sources(other, self._api.namespace)
+            if isinstance(theirs, ConfigSources):  # (not a key its container sets)
+                self._configmaps_laid_over(theirs, view, name, frozenset(agent_options(
+                    other, AGENT_OPTION_KEYS, booleans=_BOOL_OPTIONS, lists=_LIST_OPTIONS)))
         if failed is not None:
             if _agent_paths(_laid(foreign, owned)):
                 raise failed
@@ -1640,9 +1646,13 @@ class CiliumBackend(BackendBase):
                     "their own value")[:1000])
         return named
 
-    def _configmaps_laid_over(self, sources: ConfigSources, view: CiliumConfig) -> None:
+    def _configmaps_laid_over(self, sources: ConfigSources, view: CiliumConfig,
+                              daemonset: str | None = None,
+                              flagged: frozenset[str] = frozenset()) -> None:
         """A warning for each key k3snet judges that a ``config-map:`` source after
-        ``cilium-config`` in the named DaemonSet's list (``sources``) lays over it, its
+        ``cilium-config`` in the list of the named DaemonSet (or of another agent
+        DaemonSet, ``daemonset``: the agents of its nodes, whose container's flags and
+        variables set the keys ``flagged``; ``sources``) lays over it, its
         filter keeping it, with another value than ``cilium-config`` gives in ``view`` (k3snet's
         keys laid in; as the agent reads them), where the agent container's flag or
         variable does not set it: the agents run with that value, and k3snet judges the
@@ -1651,10 +1661,10 @@ class CiliumBackend(BackendBase):
         not to be read is a warning. Each is read once a pass (:meth:`_Api.foreign_data`):
         none where no such source is listed (Helm's default)."""
         namespace, configmap = self._api.namespace, self._api.config_name
-        where = f"DaemonSet {namespace}/{self._daemonset}"
+        where = f"DaemonSet {namespace}/{daemonset or self._daemonset}"
         unknown: set[tuple[str, str]] = set()
         for key in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS):
-            if view.agent_option(key) is not None:
+            if view.agent_option(key) is not None or key in flagged:
                 continue
             for at, other in sources.configmaps_after(namespace, configmap, key):
                 if (at, other) in unknown:
