@@ -1088,10 +1088,19 @@ def _laid(foreign: CiliumConfig, owned: CiliumConfig | None) -> CiliumConfig:
                                            **owned.settings.to_dict()})
 
 
-def _read_alike(key: str, one: str, other: str) -> bool:
+def _read_alike(key: str, one: str | None, other: str) -> bool:
     """Whether the agent reads the config directory values ``one`` and ``other`` of
-    ``key`` alike: a boolean as :func:`read_go_flag` reads it, else
-    :func:`same_setting` (a CIDR masked)."""
+    ``key`` alike: one text (trimmed), a boolean as :func:`read_go_flag` reads it, else
+    :func:`same_setting` (a CIDR masked). ``one`` None, not set where the key has no
+    default k3snet knows (:meth:`CiliumConfig.value`), is the agent's empty default
+    (false for a boolean), but for ``ip-masq-agent-config-path``, whose empty value
+    reads no file."""
+    if one is None:
+        if key == CONFIG_PATH_KEY:
+            return False
+        one = ""
+    if one.strip() == other.strip():
+        return True
     if key.startswith("enable-"):
         return read_go_flag(one) == read_go_flag(other)
     return (same_setting(key, one.strip(), other.strip())
@@ -1555,8 +1564,14 @@ class CiliumBackend(BackendBase):
             sources=sources, nodes=nodes)
         foreign = attrs.evolve(self._foreign(read), node_overrides=[o for o, _ in found],
                                node_groups=groups, agent_options=options)
+        view = _laid(foreign, owned)
         if sources is not None:
-            self._configmaps_laid_over(sources, _laid(foreign, owned))
+            self._configmaps_laid_over(sources, view)
+        for name, other in others or ():  # a copy's agents read its own list
+            theirs = config_sources(other, self._api.namespace)
+            if isinstance(theirs, ConfigSources):  # (not a key its container sets)
+                self._configmaps_laid_over(theirs, view, name, frozenset(agent_options(
+                    other, AGENT_OPTION_KEYS, booleans=_BOOL_OPTIONS, lists=_LIST_OPTIONS)))
         if failed is not None:
             if _agent_paths(_laid(foreign, owned)):
                 raise failed
@@ -1631,9 +1646,13 @@ class CiliumBackend(BackendBase):
                     "their own value")[:1000])
         return named
 
-    def _configmaps_laid_over(self, sources: ConfigSources, view: CiliumConfig) -> None:
+    def _configmaps_laid_over(self, sources: ConfigSources, view: CiliumConfig,
+                              daemonset: str | None = None,
+                              flagged: frozenset[str] = frozenset()) -> None:
         """A warning for each key k3snet judges that a ``config-map:`` source after
-        ``cilium-config`` in the named DaemonSet's list (``sources``) lays over it, its
+        ``cilium-config`` in the list of the named DaemonSet (or of another agent
+        DaemonSet, ``daemonset``: the agents of its nodes, whose container's flags and
+        variables set the keys ``flagged``; ``sources``) lays over it, its
         filter keeping it, with another value than ``cilium-config`` gives in ``view`` (k3snet's
         keys laid in; as the agent reads them), where the agent container's flag or
         variable does not set it: the agents run with that value, and k3snet judges the
@@ -1642,10 +1661,10 @@ class CiliumBackend(BackendBase):
         not to be read is a warning. Each is read once a pass (:meth:`_Api.foreign_data`):
         none where no such source is listed (Helm's default)."""
         namespace, configmap = self._api.namespace, self._api.config_name
-        where = f"DaemonSet {namespace}/{self._daemonset}"
+        where = f"DaemonSet {namespace}/{daemonset or self._daemonset}"
         unknown: set[tuple[str, str]] = set()
         for key in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS):
-            if view.agent_option(key) is not None:
+            if view.agent_option(key) is not None or key in flagged:
                 continue
             for at, other in sources.configmaps_after(namespace, configmap, key):
                 if (at, other) in unknown:
@@ -1661,7 +1680,7 @@ class CiliumBackend(BackendBase):
                 if data is None or key not in data:
                     continue
                 laid, given = data[key].strip(), view.value(key)
-                if given is None or not _read_alike(key, given, laid):
+                if not _read_alike(key, given, laid):
                     self._api.warn(printable(
                         f"{_builder(where, sources)} lays the ConfigMap {at}/{other} over "
                         f"{self._where()} (after it in --source: {sources.given}), holding "

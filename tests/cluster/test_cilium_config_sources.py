@@ -603,3 +603,64 @@ def test_a_node_source_named_by_the_pod_s_node_name_keeps_the_sources_known(
             assert backend.check(plan(backend.observe(), MASQUERADE_OFF)) == ()
         assert any("is set only where the pod runs" in r.getMessage()
                    for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize(("key", "given", "laid"), [
+    ("ipv4-native-routing-cidr", "", ""),          # one text the agent reads alike
+    ("ipv4-native-routing-cidr", None, ""),        # empty: as unset, the agent's ""
+    ("egress-masquerade-interfaces", None, ""),
+    ("enable-ipv4-egress-gateway", None, "false"),  # the agent's default, false
+])
+def test_a_later_configmap_s_value_the_agent_reads_as_cilium_config_s_is_no_warning(
+    *, key: str, given: str | None, laid: str, api_server: EmulatedApiServer,
+    backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # ipv4-native-routing-cidr "" in both ConfigMaps (not a CIDR) was a warning that
+    # the two differ, never silenced by making them equal; empty or false where
+    # cilium-config holds none is the agent's own default.
+    data = {k: v for k, v in HELM_K3S_DATA.items() if k != key}
+    api_server.put(CONFIGMAPS, _cilium_config(
+        data if given is None else {**data, key: given}))
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,config-map:cilium-overrides"))
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides", {key: laid}))
+    with caplog.at_level(logging.WARNING):
+        backend.observe()
+    assert [r.getMessage() for r in caplog.records if "cilium-overrides" in r.getMessage()
+            ] == []
+
+
+def test_a_copy_s_later_configmap_setting_a_judged_key_otherwise_is_a_warning(
+    api_server: EmulatedApiServer, api_client: Any, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # A copy for a node pool laying its own ConfigMap over cilium-config (Helm's named
+    # DaemonSet taking cilium-config alone): the agents of its nodes masquerade nothing,
+    # yet the plan was empty (met) and nothing was said, the named one's alone judged.
+    api_server.put(DAEMONSETS, _building())
+    gpu = _building("--source=config-map:cilium-config,config-map:cilium-gpu",
+                    name="cilium-gpu")
+    gpu["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "gpu"}
+    api_server.put(DAEMONSETS, gpu)
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-gpu",
+                                         {"enable-ipv4-masquerade": "false"}))
+    masquerade = State(owned=[CiliumConfig(TARGET,
+                                           settings={"enable-ipv4-masquerade": "true"})])
+    with caplog.at_level(logging.WARNING):
+        assert plan(backend.observe(), masquerade).changes == ()
+    assert [r.getMessage() for r in caplog.records if "cilium-gpu " in r.getMessage()] == [
+        "cilium: the config init container of DaemonSet kube-system/cilium-gpu (cilium-dbg "
+        "build-config) lays the ConfigMap kube-system/cilium-gpu over ConfigMap "
+        "kube-system/cilium-config (after it in --source: --source=config-map:cilium-config,"
+        "config-map:cilium-gpu), holding enable-ipv4-masquerade=false where "
+        "cilium-config gives true: the agents run with false (where no CiliumNodeConfig "
+        "after it sets it), k3snet judges enable-ipv4-masquerade by cilium-config's"]
+    # The copy's agent container setting the key itself: its flag decides, not said.
+    gpu["spec"]["template"]["spec"]["containers"][0].setdefault("args", []).append(
+        "--enable-ipv4-masquerade=false")
+    api_server.put(DAEMONSETS, gpu)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        CiliumBackend(api_client=api_client, timeout=10.0).observe()
+    assert not [r for r in caplog.records if "lays the ConfigMap" in r.getMessage()]
+
