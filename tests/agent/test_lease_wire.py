@@ -294,7 +294,7 @@ def test_a_dead_holders_lease_is_taken_though_a_tool_keeps_labelling_it(
     assert _lease(server)["spec"]["holderIdentity"] == "node-b"
 
 
-@pytest.mark.parametrize("field, values", [
+@pytest.mark.parametrize(("field", "values"), [
     ("preferredHolder", ["node-b", "node-c"]),
     ("strategy", ["OldestEmulationVersion", "ThirdPartyStrategy"]),
 ])
