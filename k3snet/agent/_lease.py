@@ -264,10 +264,13 @@ class LeaderElector:
             return self._create(wall, now)
         spec = lease.spec
         holder = spec.holder_identity if spec is not None else None
-        # The election record, the spec's alone (client-go compares the same): a write
-        # of the metadata (a label, a tool's annotation) renews nothing, and counted as
-        # a change (its resourceVersion), a dead holder's Lease labelled more often than
-        # the duration was never taken.
+        # The election record: the spec's fields a renewal or a take writes, as
+        # client-go's candidate compares the spec, not the resourceVersion. A write of
+        # the metadata (a label, a tool's annotation) renews nothing: counted as a change,
+        # a dead holder's Lease labelled more often than the duration was never taken.
+        # Nor do strategy and preferredHolder (coordinated leader election), which no
+        # renewal writes; client-go's record holds them too, and a writer of them alone
+        # held a dead holder's Lease there (tests/agent/test_lease_wire.py).
         record = (holder, *((str(spec.renew_time), str(spec.acquire_time),
                              spec.lease_duration_seconds, spec.lease_transitions)
                             if spec is not None else ()))

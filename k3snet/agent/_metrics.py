@@ -171,7 +171,8 @@ class AgentMetrics:
             registry=r)
         self.leader = p.Gauge(
             "k3snet_agent_leader",
-            "1 while this agent holds the Lease and writes the cluster-wide objects.",
+            "1 while this agent holds the Lease, renewed within its renew deadline: the one "
+            "agent whose passes may write the cluster-wide objects (read at each scrape).",
             registry=r)
         self.ready = p.Gauge(
             "k3snet_agent_ready",

@@ -292,3 +292,30 @@ def test_a_dead_holders_lease_is_taken_though_a_tool_keeps_labelling_it(
             server.put(LEASES, lease)
     assert clock.now - died >= SETTINGS.duration
     assert _lease(server)["spec"]["holderIdentity"] == "node-b"
+
+
+@pytest.mark.parametrize(("field", "values"), [
+    ("preferredHolder", ["node-b", "node-c"]),
+    ("strategy", ["OldestEmulationVersion", "ThirdPartyStrategy"]),
+])
+def test_a_dead_holders_lease_is_taken_though_its_coordination_fields_keep_changing(
+    server: EmulatedApiServer, clock: _Clock, field: str, values: list[str]
+) -> None:
+    # strategy and preferredHolder (coordinated leader election) are no renewal either: no
+    # holder's renewal writes them. client-go's candidate compares them too (they are in
+    # its election record), so a writer of either alone held a dead holder's Lease; k3snet
+    # compares the fields a renewal or a take writes, and takes it after the duration.
+    assert _Stepped(server.api_client(), "node-a", SETTINGS, clock=clock).step()
+    died = clock.now
+    candidate = _Stepped(server.api_client(), "node-b", SETTINGS, clock=clock)
+    written, turn = clock.now, 0
+    while not candidate.step():
+        assert clock.now - died < 2 * SETTINGS.duration, "a dead holder's Lease never taken"
+        clock.now += candidate.next_wait()
+        while written + 5.0 <= clock.now:
+            written, turn = written + 5.0, turn + 1
+            lease = _lease(server)
+            lease["spec"][field] = values[turn % 2]
+            server.put(LEASES, lease)
+    assert clock.now - died >= SETTINGS.duration
+    assert _lease(server)["spec"]["holderIdentity"] == "node-b"

@@ -138,3 +138,20 @@ class _Changed:
     def __init__(self, kind: str, action: str) -> None:
         self.kind = kind
         self.action = action
+
+
+def test_the_leader_gauges_help_says_what_its_value_reads_the_lease_held_not_writes_made() -> None:
+    # The gauge reads the elector (is_leader: the Lease held and renewed within the renew
+    # deadline), the condition under which a pass may write the cluster-wide objects. Its
+    # HELP said the agent "writes the cluster-wide objects": 1 too while the spec in force
+    # names no cluster-wide backend (the election goes on) and after SIGTERM until the
+    # release, writing none.
+    metrics = AgentMetrics()
+    from prometheus_client import generate_latest  # noqa: PLC0415
+
+    text = generate_latest(metrics.registry).decode()
+    (help_line,) = [line for line in text.splitlines()
+                    if line.startswith("# HELP k3snet_agent_leader ")]
+    assert "holds the Lease" in help_line
+    assert "renew deadline" in help_line
+    assert "writes the cluster-wide" not in help_line
