@@ -352,7 +352,9 @@ class NetlinkBackend(BackendBase):
         # warnings judge the policy rules by
         # The last warnings of routes a policy rule takes, with what they were read from.
         # (and, without rules of an administrator's, by the routes of table local read).
-        self._rule_warned: tuple[Hashable, tuple[str, ...], Hashable] | None = None
+        # Last: fib_triestat's answer if the judgement asked it (() if not: unread).
+        self._rule_warned: tuple[Hashable, tuple[str, ...], Hashable,
+                                 tuple[bool | None, ...]] | None = None
         # The state file's records of an interface k3snet cannot tell, as the last
         # observe found them (SysctlState.doubts).
         self._link_doubts: tuple[str, ...] = ()
@@ -523,7 +525,8 @@ class NetlinkBackend(BackendBase):
         packets as its own) is named as the ``local`` rule's (priority 0): IPv6 always
         looks there first; IPv4 keeps ``local`` and ``main`` merged until a policy rule is
         first added or deleted (a longer prefix of ``main`` then wins, the same prefix
-        loses), so while ``fib_triestat`` shows them merged (or cannot be read) only a
+        loses), so while ``fib_triestat`` shows them merged (or cannot be read; it is read
+        only when a judgement hangs on it) only a
         ``local`` route of the destination's own prefix is sure to take it (table
         ``local`` is read once per change of the routes, by a dump of that table alone).
         The rules are read at
@@ -561,10 +564,8 @@ class NetlinkBackend(BackendBase):
         # deleted (fib_unmerge): one now present (other than the three a namespace starts
         # with) proves them apart; else the kernel's statistics of its tries say (one
         # added and deleted again, or a default one deleted, left them apart unseen in
-        # the rules). Unreadable: taken as merged, a wider local route left unnamed.
+        # the rules), read only when a judgement hangs on it (_Merge).
         split = any(rule.family == 4 and rule not in _DEFAULT_RULES for rule in rules)
-        merged = None if split else self._runner.call(_ipv4_tables_merged)
-        apart = split or merged is False
         with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
             if custom:
                 view = self._routes.view()
@@ -576,9 +577,11 @@ class NetlinkBackend(BackendBase):
             # 10 000 routes in the lookup again would cost more than the pass). Not kept
             # when a table is dumped apart: the view's version does not follow it. (A
             # change of table local, an address's or another program's route, moves it.)
-            key = (tuple(rules), merged, apart, routes, self._routes.version)
+            # An answer that asked fib_triestat holds while it says the same (a rule added
+            # and deleted again between two calls leaves the same rules, tables apart).
+            key = (tuple(rules), split, routes, self._routes.version)
             last = self._rule_warned
-            if last is not None and last[0] == key:
+            if last is not None and last[0] == key and self._same_merge(last[3]):
                 return last[1]
             lookup = (self._fill(_GatewayTables(tables), view, tables) if custom
                       else _GatewayTables(tables))
@@ -588,29 +591,40 @@ class NetlinkBackend(BackendBase):
         # Without rules of an administrator's the answer is the routes' and table local's
         # alone: a driver following no change (pyroute2: the version moves every pass)
         # reads the same table again, and 10 000 routes are not looked up again.
-        again = (tuple(rules), merged, apart, routes, local.routes) if not custom else None
-        if again is not None and last is not None and last[2] == again:
-            said = last[1]
+        again = (tuple(rules), split, routes, local.routes) if not custom else None
+        if (again is not None and last is not None and last[2] == again
+                and self._same_merge(last[3])):
+            said, asked = last[1], last[3]
         else:
-            said = self._taken_routes(routes, rules, lookup, local, custom=custom, apart=apart,
-                                      merged=merged is True)
+            merge = _Merge(self._runner, split=split)
+            said = self._taken_routes(routes, rules, lookup, local, custom=custom, merge=merge)
+            asked = merge.read
         kept = all(self._routes.in_scope(table) for table in tables)
-        self._rule_warned = (key, said, again) if kept else None
+        self._rule_warned = (key, said, again, asked) if kept else None
         return said
+
+    def _same_merge(self, asked: tuple[bool | None, ...]) -> bool:
+        """Whether ``fib_triestat`` says what it said when a judgement asked it
+        (``asked``; ``()``: none did, and none does on the same routes and rules). One
+        read: a route changed while the kernel walks shows merged tables apart, a change
+        judged anew with every read :func:`_ipv4_tables_merged` takes; tables apart never
+        merge again, nor show merged statistics while routes change."""
+        return not asked or self._runner.call(partial(_ipv4_tables_merged, 1)) == asked[0]
 
     def _taken_routes(self, routes: Sequence[Route], rules: Sequence[LookupRule],
                       lookup: _GatewayTables, local: _LocalTable, *, custom: bool,
-                      apart: bool, merged: bool) -> tuple[str, ...]:
-        """The warnings of :meth:`_rule_warnings`, each route judged anew (``apart``:
-        IPv4's tables local and main are two; ``merged``: surely one)."""
+                      merge: _Merge) -> tuple[str, ...]:
+        """The warnings of :meth:`_rule_warnings`, each route judged anew (``merge``:
+        whether IPv4's tables local and main are merged, read when first asked)."""
         found: list[str] = []
         # Without rules of an administrator's only table local may take a route: one look
         # each, no walk of the rules (nor a sort of 10 000 routes none of it holds).
         judged = routes if custom else [
             route for route in routes if local.holder(route.destination) is not None
-            or (merged and local.throw_at(route.destination) is not None)]
+            or (route.destination.version == 4
+                and local.throw_at(route.destination) is not None and merge.merged)]
         for route in sorted(judged, key=lambda r: r.sort_key):
-            taken = _taken_by_rule(route, rules, lookup, local, apart=apart, merged=merged)
+            taken = _taken_by_rule(route, rules, lookup, local, merge=merge)
             if taken is not None:
                 found.append(f"netlink: the {route.describe()} carries no traffic in "
                              f"{self._where}: {_why_taken(route, *taken)}")
@@ -1981,8 +1995,7 @@ class _LocalTable:
 
 
 def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTables,
-                   local: _LocalTable | None = None, *, apart: bool = True,
-                   merged: bool = False,
+                   local: _LocalTable | None = None, *, merge: _Merge | None = None,
                    ) -> tuple[LookupRule, Route | RouteBlock | LocalRoute | None,
                               list[LookupRule]] | None:
     """The administrator's rule that takes every lookup of ``route``'s destination
@@ -1991,8 +2004,9 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
     of those lookups first (to another table or refusing them); ``None`` when none
     surely does (:meth:`NetlinkBackend._rule_warnings`). The ``local`` rule's table
     (``local``) takes them when one of its routes holds the destination: for IPv4, while
-    the kernel may keep it merged with ``main`` (not ``apart``), only a route of the
-    destination's own prefix surely does (the longest prefix of the two wins)."""
+    the kernel may keep it merged with ``main`` (``merge`` not surely apart; ``None``:
+    apart), only a route of the destination's own prefix surely does (the longest prefix
+    of the two wins)."""
     dst = route.destination
     earlier: list[LookupRule] = []
     for rule in rules:
@@ -2008,8 +2022,7 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
                 return None
             # While merged a throw's answer ends the merged lookup, which goes on to table
             # default alone (fib_lookup): a route of that table takes it then.
-            held = (_held_locally(dst, local, apart=apart,
-                                  merged=merged and route.table != _DEFAULT_TABLE)
+            held = (_held_locally(dst, local, merge, throw=route.table != _DEFAULT_TABLE)
                     if sure and rule.table == _LOCAL_TABLE else None)
             if held is not None:
                 return rule, held, earlier
@@ -2063,18 +2076,18 @@ def _why_taken(route: Route, rule: LookupRule, holder: Route | RouteBlock | Loca
     return f"{why} (ip route show table local)"
 
 
-def _ipv4_tables_merged() -> bool | None:
+def _ipv4_tables_merged(reads: int = _TRIESTAT_READS) -> bool | None:
     """:func:`~.codec.ipv4_tables_merged` of the calling thread's namespace (``None``:
     not to be read, a kernel without ``fib_triestat``). The kernel walks the merged trie
     once per name without holding the routes still: a route added or deleted between
     the two walks shows merged tables apart (one read in a few hundred with routes
     changing a few hundred times a second, one in ten under a flood of changes), so
-    apart is said only when :data:`_TRIESTAT_READS` reads in a row say so (a long
-    flood still passes, one call in fifty); one read showing them merged is taken as
-    sure (two tries apart show the same statistics by chance alone: the same prefixes
-    in both), and tables once apart stay apart."""
+    apart is said only when ``reads`` reads in a row say so (a long flood still passes
+    three, one call in fifty); one read showing them merged is taken as sure (two tries
+    apart show the same statistics by chance alone: the same prefixes in both). The
+    kernel never merges tables apart again."""
     found: bool | None = None
-    for _ in range(_TRIESTAT_READS):
+    for _ in range(reads):
         try:
             with open(_FIB_TRIESTAT, encoding="ascii", errors="replace") as stats:
                 found = ipv4_tables_merged(stats.read())
@@ -2085,23 +2098,57 @@ def _ipv4_tables_merged() -> bool | None:
     return found
 
 
-def _held_locally(dst: Network, local: _LocalTable | None, *, apart: bool,
-                  merged: bool = False) -> LocalRoute | None:
+def _held_locally(dst: Network, local: _LocalTable | None, merge: _Merge | None, *,
+                  throw: bool = True) -> LocalRoute | None:
     """The route of table ``local`` every lookup of ``dst`` surely ends at: IPv4 keeps
-    ``local`` and ``main`` merged until a policy rule is first added or deleted (not ``apart``:
-    the longer prefix of the two wins, ``local`` on the same one)."""
-    if merged and dst.version == 4 and local is not None:
+    ``local`` and ``main`` merged until a policy rule is first added or deleted (``merge``
+    not surely apart, ``None``: apart; the longer prefix of the two wins, ``local`` on the
+    same one; ``throw``: one of table local at ``dst``'s prefix ends the lookup then).
+    ``merge`` is asked only when the answer hangs on it: IPv6 has no merged tables."""
+    if local is None:
+        return None
+    if throw and dst.version == 4 and merge is not None:
         # Surely merged: the kernel looks in that one table, table local's routes first
         # in a slot, and after a throw route's answer in table default alone (fib_lookup;
         # unreachable without a route there).
         thrown = local.throw_at(dst)
-        if thrown is not None:
+        if thrown is not None and merge.merged:
             return thrown
-    held = None if local is None else local.holder(dst)
-    if held is None or (dst.version == 4 and not apart
-                        and held.destination.prefixlen != dst.prefixlen):
+    held = local.holder(dst)
+    if held is None or (dst.version == 4 and held.destination.prefixlen != dst.prefixlen
+                        and merge is not None and not merge.apart):
         return None
     return held
+
+
+class _Merge:
+    """Whether IPv4 keeps tables ``local`` and ``main`` merged in the namespace: apart
+    when a policy rule of an administrator's is present (``split``), else as
+    :func:`_ipv4_tables_merged` says, read at the first question and only then (the
+    kernel walks every IPv4 route for it: a node whose table local holds no route a
+    judgement hangs on reads nothing). ``read``: its answer, ``()`` while unread."""
+
+    def __init__(self, runner: NetnsRunner, *, split: bool) -> None:
+        self._runner = runner
+        self._split = split
+        self.read: tuple[bool | None, ...] = ()
+
+    def _state(self) -> bool | None:
+        if self._split:
+            return False
+        if not self.read:
+            self.read = (self._runner.call(_ipv4_tables_merged),)
+        return self.read[0]
+
+    @property
+    def merged(self) -> bool:
+        """Surely merged (an unreadable file: not sure)."""
+        return self._state() is True
+
+    @property
+    def apart(self) -> bool:
+        """Surely apart (an unreadable file: taken as merged, a wider route unnamed)."""
+        return self._state() is False
 
 
 def _takes_part(lookup: _GatewayTables, table: int, dst: Network) -> bool:
