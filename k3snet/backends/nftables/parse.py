@@ -1152,7 +1152,8 @@ class ForeignReader:
         rules that may stop a packet (a drop, reject or queue) or send it to another chain
         (not read), each with the destinations it names (none: any) and those the chain's
         accepts before it took (an accept testing one destination alone); an accept of
-        every packet ends the chain (no later rule, nor its policy, sees one)."""
+        every packet ends the chain (no later rule, nor its policy, sees one). A return
+        ends a base chain with its policy: read as an accept or a drop, as that is."""
         for where, name, devices, listed_policy in self.egress_bases:
             if not devices:
                 continue
@@ -1160,14 +1161,15 @@ class ForeignReader:
             stops: list[tuple[str, tuple[Network, ...], tuple[Network, ...]]] = []
             accepted: list[Network] = []
             for match in self._rules(where, name):
-                if match.verdict == "accept" and match.conditions == 0:
+                verdict = listed_policy if match.verdict == "return" else match.verdict
+                if verdict == "accept" and match.conditions == 0:
                     policy = "accept"
                     break
-                if (match.verdict == "accept" and match.conditions == 1
+                if (verdict == "accept" and match.conditions == 1
                         and len(match.daddr) == 1 and not match.daddr[0][1]):
                     accepted.append(match.daddr[0][0])
-                if match.verdict in (*_STOPS, "jump", "goto"):
-                    words = " ".join([*_rule_words(match)[0], match.verdict,
+                if verdict in (*_STOPS, "jump", "goto"):
+                    words = " ".join([*_rule_words(match)[0], str(match.verdict),
                                       *([match.target] if match.target else [])])
                     stops.append((words, tuple(n for n, neg in match.daddr if not neg),
                                   tuple(accepted)))
