@@ -702,6 +702,9 @@ EGRESS_CASES: dict[str, tuple[str, str, str, tuple[bool, bool]]] = {
         "        meta protocol ip6 drop\n", (False, False)),
     "a drop after a return of every packet, the policy accepting": (
         "eth0", "accept", "        return\n        drop\n", (False, False)),
+    # A fwd sends the packet out by another device: its path ends there, as by a drop.
+    "a fwd of every packet to another device": (
+        "eth0", "accept", "        fwd to \"cni0\"\n", (True, True)),
 }
 
 
