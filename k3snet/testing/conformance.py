@@ -17,8 +17,9 @@ It checks the contract of :mod:`k3snet.backends.base` with random plans:
    exactly and returns the inverse changes, last first;
 3. planning again right after an apply gives an empty plan (idempotence); the
    optional hints change no result: ``expect(state)`` is called before
-   observing, as ``converge`` does, and once with a wrong state, and
-   ``prefetch()`` is called before an ``observe``;
+   observing, as ``converge`` does, and once with a wrong state,
+   ``expect_leaving(rules)`` once with forward rules, and ``prefetch()`` is called
+   before an ``observe``;
 4. a second random desired state is reached from the first (replace and delete
    paths), and removing everything leaves the foreign state as it was found; the
    objects drawn include some beside the foreign ones found (a route to a foreign
@@ -993,9 +994,10 @@ def _check_token_moved(backend: Backend, token: Hashable | None, before: State,
 
 
 def _check_hints(backend: Backend, held: State, wrong: State) -> None:
-    """The optional hints (``expect(state)``, ``prefetch()``) change no result: after a
-    wrong ``expect`` (another state than the one held), and after ``prefetch()``,
-    ``observe()`` still reports what is held."""
+    """The optional hints (``expect(state)``, ``expect_leaving(rules)``, ``prefetch()``)
+    change no result: after a wrong ``expect`` (another state than the one held), after
+    ``expect_leaving`` given forward rules, and after ``prefetch()``, ``observe()`` still
+    reports what is held."""
     expect = getattr(backend, "expect", None)
     if callable(expect):
         expect(wrong)
@@ -1003,6 +1005,15 @@ def _check_hints(backend: Backend, held: State, wrong: State) -> None:
         assert seen == held, (
             f"after expect() was given another state than the one held, observe() "
             f"differs (expect is a hint that must change no result):\n{_diff(held, seen)}")
+    leaving = getattr(backend, "expect_leaving", None)
+    if callable(leaving):  # a group's hint of the forward rules another member manages
+        leaving([o for o in (*wrong.owned, *held.owned) if isinstance(o, ForwardRule)]
+                or [ForwardRule("10.42.0.0/16", "198.51.100.0/24")])
+        seen = backend.observe()
+        leaving([])
+        assert seen == held, (
+            f"after expect_leaving() was given forward rules, observe() differs (a hint "
+            f"that must change no result):\n{_diff(held, seen)}")
     prefetch = getattr(backend, "prefetch", None)
     if callable(prefetch):
         prefetch()

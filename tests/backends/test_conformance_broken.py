@@ -8,7 +8,7 @@ was added (second review of the kit, written from a third-party backend's side).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 import pytest
@@ -362,6 +362,32 @@ def test_conformance_fails_a_backend_whose_expect_hint_changes_what_it_observes(
     with pytest.raises(FAILS) as caught:
         run_conformance(_TrustsItsHint, max_examples=20)
     assert "expect() was given another state" in _messages(caught.value)
+
+
+class _TrustsItsLeavingHint(MemoryBackend):
+    """Takes ``expect_leaving(rules)`` (a group's hint of the forward rules another member
+    manages, which must change no result) as foreign rules it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leaving: tuple[ForwardRule, ...] = ()
+
+    def expect_leaving(self, rules: Iterable[ForwardRule]) -> None:
+        self.leaving = tuple(rules)
+
+    def observe(self) -> State:
+        seen = super().observe()
+        return State(owned=seen.owned, foreign=[*seen.foreign, *self.leaving])
+
+
+def test_conformance_fails_a_backend_whose_expect_leaving_hint_changes_what_it_observes(
+) -> None:
+    """A group calls ``expect_leaving(rules)`` before ``observe()`` on a member that has
+    it (the nftables backend); the suite never called it, so a backend that took it as
+    what it holds passed."""
+    with pytest.raises(FAILS) as caught:
+        run_conformance(_TrustsItsLeavingHint, max_examples=20)
+    assert "expect_leaving() was given forward rules" in _messages(caught.value)
 
 
 def _messages(exc: BaseException) -> str:

@@ -688,6 +688,23 @@ EGRESS_CASES: dict[str, tuple[str, str, str, tuple[bool, bool]]] = {
         "        meta protocol ip6 drop\n", (False, False)),
     "a policy drop after an accept of every packet": ("eth0", "drop", "        accept\n",
                                                       (False, False)),
+    # An accept testing more than the destination (a port) takes only part of its
+    # packets: the drop after it sees the pods' connections (to another port).
+    "a drop after accepts of the pods' destinations on another port alone": (
+        "eth0", "accept", "        ip daddr 192.168.2.0/24 tcp dport 22 accept\n"
+        "        ip6 daddr fd01:2::/64 tcp dport 22 accept\n        meta protocol ip drop\n"
+        "        meta protocol ip6 drop\n", (True, True)),
+    # A base chain's return ends it with its policy: an accept here.
+    "a drop after returns of the pods' destinations, the policy accepting": (
+        "eth0", "accept", "        ip daddr 192.168.2.0/24 return\n"
+        "        ip6 daddr fd01:2::/64 return\n        ip daddr 10.42.0.0/16 return\n"
+        "        ip6 daddr fd42:42::/56 return\n        meta protocol ip drop\n"
+        "        meta protocol ip6 drop\n", (False, False)),
+    "a drop after a return of every packet, the policy accepting": (
+        "eth0", "accept", "        return\n        drop\n", (False, False)),
+    # A fwd sends the packet out by another device: its path ends there, as by a drop.
+    "a fwd of every packet to another device": (
+        "eth0", "accept", "        fwd to \"cni0\"\n", (True, True)),
 }
 
 

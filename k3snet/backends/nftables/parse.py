@@ -178,6 +178,10 @@ class Match:
     # unknown tests are all these accepts that error
     pmtu4: int = 0
     pmtu6: int = 0
+    # a netdev fwd (``fwd to "eth1"``): the packet leaves by that device instead, its
+    # path ended as by a drop; its words (still an unknown statement, no verdict, to the
+    # forward and ingress readings)
+    fwd: str | None = None
 
     @property
     def conditions(self) -> int:
@@ -396,7 +400,15 @@ def _parse_statement(name: str, body: Any, out: Match) -> None:
     elif name == "xt":
         _parse_xt(body, out)
     else:
-        out.unknown += 1
+        _parse_unknown(name, body, out)
+
+
+def _parse_unknown(name: str, body: Any, out: Match) -> None:
+    """A statement k3snet does not model: one more unknown test (a ``fwd``'s words kept)."""
+    if name == "fwd":
+        dev = body.get("dev") if isinstance(body, dict) else None
+        out.fwd = f"fwd to {dev}" if isinstance(dev, str) else "fwd"
+    out.unknown += 1
 
 
 def _parse_xt(body: dict[str, Any], out: Match) -> None:
@@ -1149,10 +1161,12 @@ class ForeignReader:
 
     def _egress(self) -> Iterator[EgressDefault]:
         """Each egress chain read that may drop something: its policy drop, and its own
-        rules that may stop a packet (a drop, reject or queue) or send it to another chain
-        (not read), each with the destinations it names (none: any) and those the chain's
+        rules that may stop a packet (a drop, reject or queue, a fwd to another device) or
+        send it to another chain (not read), each with the destinations it names (none:
+        any) and those the chain's
         accepts before it took (an accept testing one destination alone); an accept of
-        every packet ends the chain (no later rule, nor its policy, sees one)."""
+        every packet ends the chain (no later rule, nor its policy, sees one). A return
+        ends a base chain with its policy: read as an accept or a drop, as that is."""
         for where, name, devices, listed_policy in self.egress_bases:
             if not devices:
                 continue
@@ -1160,14 +1174,20 @@ class ForeignReader:
             stops: list[tuple[str, tuple[Network, ...], tuple[Network, ...]]] = []
             accepted: list[Network] = []
             for match in self._rules(where, name):
-                if match.verdict == "accept" and match.conditions == 0:
+                verdict = listed_policy if match.verdict == "return" else match.verdict
+                if verdict == "accept" and match.conditions == 0:
                     policy = "accept"
                     break
-                if (match.verdict == "accept" and match.conditions == 1
+                if (verdict == "accept" and match.conditions == 1
                         and len(match.daddr) == 1 and not match.daddr[0][1]):
                     accepted.append(match.daddr[0][0])
-                if match.verdict in (*_STOPS, "jump", "goto"):
-                    words = " ".join([*_rule_words(match)[0], match.verdict,
+                if match.fwd is not None:  # the packet leaves by another device
+                    words = " ".join([*_rule_words(dataclasses.replace(
+                        match, unknown=match.unknown - 1))[0], match.fwd])
+                    stops.append((words, tuple(n for n, neg in match.daddr if not neg),
+                                  tuple(accepted)))
+                elif verdict in (*_STOPS, "jump", "goto"):
+                    words = " ".join([*_rule_words(match)[0], str(match.verdict),
                                       *([match.target] if match.target else [])])
                     stops.append((words, tuple(n for n, neg in match.daddr if not neg),
                                   tuple(accepted)))
