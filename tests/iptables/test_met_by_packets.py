@@ -41,6 +41,17 @@ def _status(backend: IptablesBackend, wanted: NetObject) -> str:
     return notes[0].status
 
 
+def _forward_policy_drop(lab: SeedLab, mode: Mode) -> list[str]:
+    """The node forwards under FORWARD's policy DROP, the pods' traffic masqueraded
+    through eth0 (FORWARD is what decides); the iptables command of ``mode``."""
+    ipt = [f"iptables-{mode}", "-w"]
+    run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
+    run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                      "-j", "MASQUERADE"])
+    return ipt
+
+
 @pytest.mark.kernel
 @pytest.mark.parametrize(("case", "mode"), [
     ("a nat exemption through eth+ before a masquerade through eth0", "nft"),
@@ -77,11 +88,7 @@ def test_a_return_to_forwards_policy_drop_of_other_addresses_leaves_the_pair_met
     way of the pods' connection has) does not take them: the kernel lets them reach the
     accepts, and the plan says the forward rule is met rather than writing its own."""
     with SeedLab.create() as lab:
-        ipt = ["iptables-legacy", "-w"]
-        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
-        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
-                          "-j", "MASQUERADE"])
+        ipt = _forward_policy_drop(lab, "legacy")
         for rule in (["!", "-s", "10.1.0.0/16", "-d", "10.1.0.0/16", "-j", "RETURN"],
                      ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"], ["-d", POD, "-j", "ACCEPT"]):
             run_in(lab.node, [*ipt, "-A", "FORWARD", *rule])
@@ -113,11 +120,7 @@ def test_a_rule_sending_the_pods_back_from_a_chain_jumped_to_hides_the_pair_afte
     taking, gone_to = SKIPPING[case]
     wanted = ForwardRule(POD, DB_NET)
     with SeedLab.create() as lab:
-        ipt = [f"iptables-{mode}", "-w"]
-        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
-        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
-                          "-j", "MASQUERADE"])
+        ipt = _forward_policy_drop(lab, mode)
         for chain in ("FWD-X", "FWD-Y"):
             run_in(lab.node, [*ipt, "-N", chain])
         for rule in gone_to:
@@ -161,11 +164,7 @@ def test_a_drop_before_the_pair_hides_it_only_when_it_may_take_its_packets_or_er
     rule, met, errors_pass = DROPS[case]
     wanted = ForwardRule(POD, DB_NET)
     with SeedLab.create() as lab:
-        ipt = [f"iptables-{mode}", "-w"]
-        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
-        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
-                          "-j", "MASQUERADE"])
+        ipt = _forward_policy_drop(lab, mode)
         for line in (rule, ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
                      ["-d", POD, "-j", "ACCEPT"]):
             run_in(lab.node, [*ipt, "-A", "FORWARD", *line])
@@ -192,11 +191,7 @@ def test_a_chain_jumped_to_twice_returns_each_jumps_packets_alone(
     own rules beside them."""
     wanted = ForwardRule(POD, DB_NET)
     with SeedLab.create() as lab:
-        ipt = [f"iptables-{mode}", "-w"]
-        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
-        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
-                          "-j", "MASQUERADE"])
+        ipt = _forward_policy_drop(lab, mode)
         run_in(lab.node, [*ipt, "-N", "FWD-X"])
         for rule in (["-d", "198.51.100.0/24", "-j", "RETURN"],
                      ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"], ["-d", POD, "-j", "ACCEPT"]):
@@ -230,11 +225,7 @@ def test_a_chain_gone_to_for_some_packets_sends_only_those_to_forwards_policy(
     test, taken = GOTOS[case]
     wanted = ForwardRule(POD, DB_NET)
     with SeedLab.create() as lab:
-        ipt = [f"iptables-{mode}", "-w"]
-        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
-        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
-                          "-j", "MASQUERADE"])
+        ipt = _forward_policy_drop(lab, mode)
         run_in(lab.node, [*ipt, "-N", "FWD-Y"])
         for rule in (["-d", "198.51.100.0/24", "-j", "RETURN"],
                      ["-s", "198.51.100.0/24", "-j", "ACCEPT"]):
