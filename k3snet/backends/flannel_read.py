@@ -127,20 +127,25 @@ def _go_prefix_length(bits: str) -> bool:
     return bits.isascii() and bits.isdigit()
 
 
+def _go_cidr(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """``value`` as Go's ``net.ParseCIDR`` reads it (host bits masked off), or ``None``:
+    it takes decimal prefix bits only (no netmask) and no zone."""
+    if not isinstance(value, str) or "/" not in value:
+        return None
+    address, _, bits = value.partition("/")
+    if not _go_prefix_length(bits) or "%" in address:
+        return None
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return None
+
+
 def _cidr(version: int) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         expected = f"an IPv{version} CIDR string"
-        if not isinstance(value, str) or "/" not in value:
-            return expected
-        address, _, bits = value.partition("/")
-        if not _go_prefix_length(bits) or "%" in address:
-            # Go's net.ParseCIDR takes decimal prefix bits only (no netmask) and no zone.
-            return expected
-        try:
-            net = ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            return expected
-        if net.version != version:
+        net = _go_cidr(value)
+        if net is None or net.version != version:
             return expected
         if ipaddress.ip_interface(value).ip != net.network_address:
             # Go's net.ParseCIDR masks them off without a word.
@@ -176,16 +181,8 @@ def _decoded_networks(version: int) -> Callable[[Any], str | None]:
     expected = f"null or a list of IPv{version} CIDR strings"
 
     def item(value: Any) -> bool:
-        if not isinstance(value, str) or "/" not in value:
-            return False
-        address, _, bits = value.partition("/")
-        if not _go_prefix_length(bits) or "%" in address:
-            return False
-        try:
-            net = ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            return False
-        return version == 6 or net.version == 4
+        net = _go_cidr(value)
+        return net is not None and (version == 6 or net.version == 4)
 
     def check(value: Any) -> str | None:
         ok = value is None or (isinstance(value, list) and all(map(item, value)))
