@@ -922,22 +922,16 @@ class ForeignReader:
         family, table, name = chain.get("family"), chain.get("table"), chain.get("name")
         where = (str(family), str(table))
         kind, hook = chain.get("type"), chain.get("hook")
-        if family in ("netdev", "inet") and hook == "ingress" and kind == "filter":
+        bases = (self.device_bases if family in ("netdev", "inet") and hook == "ingress"
+                 else self.egress_bases if family == "netdev" and hook == "egress" else None)
+        if bases is not None and kind == "filter":
             devices = chain.get("dev")
             devices = [devices] if isinstance(devices, str) else devices
             if where not in passed and isinstance(devices, list):
                 # (Not the loopback device, nor a name no device can take: recent kernels
                 # (6.18 here) hook a chain on a name with no device yet, and one with
                 # whitespace, "/" or ":" never gets one.)
-                self.device_bases.append((where, str(name), tuple(
-                    d for d in devices if isinstance(d, str) and _may_carry_forwarded(d)),
-                    str(chain.get("policy", "accept"))))
-            return
-        if family == "netdev" and hook == "egress" and kind == "filter":
-            devices = chain.get("dev")
-            devices = [devices] if isinstance(devices, str) else devices
-            if where not in passed and isinstance(devices, list):
-                self.egress_bases.append((where, str(name), tuple(
+                bases.append((where, str(name), tuple(
                     d for d in devices if isinstance(d, str) and _may_carry_forwarded(d)),
                     str(chain.get("policy", "accept"))))
             return
