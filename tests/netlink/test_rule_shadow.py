@@ -705,3 +705,32 @@ def test_a_merged_throw_route_of_table_local_sends_the_lookup_to_table_default_a
         assert (found["table"], found["gateway"]) == ("default", "192.0.2.2")
         backend.observe()
         assert backend.warnings == ()
+
+
+def test_fib_triestat_is_not_read_for_a_route_of_table_default_a_local_throw_sends_on(
+        tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``throw`` route of table local at the very prefix of a route of k3snet's in
+    table ``default`` (253) leaves it every lookup merged or apart (merged: the lookup
+    goes on to table default alone; apart: to the rules after local's), so the answer
+    hangs not on whether the tables are merged: ``fib_triestat`` (the kernel walks every
+    IPv4 route to write it) was read all the same, and again at every call after."""
+    reads: list[tuple[int, ...]] = []
+    real = netlink_backend._ipv4_tables_merged
+
+    def counted(*args: int) -> bool | None:
+        reads.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(netlink_backend, "_ipv4_tables_merged", counted)
+    with d0_namespace("rthrowdr", "192.0.2.1/24") as ns, \
+            NetlinkBackend(ns, state_dir=tmp_path, driver=driver, tables=[253]) as backend:
+        wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2", table=253)])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(ns, "link", "set", "lo", "up")
+        ip(ns, "route", "add", "throw", "10.9.1.0/24", "table", "local")
+        assert _table_of(ns, "-4", "10.9.1.7") == "default"
+        backend.observe()
+        assert backend.warnings == ()
+        assert backend.warnings == ()
+        assert reads == []

@@ -618,10 +618,11 @@ class NetlinkBackend(BackendBase):
         whether IPv4's tables local and main are merged, read when first asked)."""
         found: list[str] = []
         # Without rules of an administrator's only table local may take a route: one look
-        # each, no walk of the rules (nor a sort of 10 000 routes none of it holds).
+        # each, no walk of the rules (nor a sort of 10 000 routes none of it holds). A
+        # throw at a route of table default's prefix sends it on merged or apart: unread.
         judged = routes if custom else [
             route for route in routes if local.holder(route.destination) is not None
-            or (route.destination.version == 4
+            or (route.destination.version == 4 and route.table != _DEFAULT_TABLE
                 and local.throw_at(route.destination) is not None and merge.merged)]
         for route in sorted(judged, key=lambda r: r.sort_key):
             taken = _taken_by_rule(route, rules, lookup, local, merge=merge)
