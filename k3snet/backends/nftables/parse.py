@@ -94,6 +94,7 @@ from k3snet.errors import BackendError, ModelError
 from k3snet.model import (
     Drift,
     NetObject,
+    interfaces_left,
     interfaces_may_meet,
     out_interface_rank,
     validate_interface_name,
@@ -1842,9 +1843,11 @@ def _narrowest(tests: list[tuple[Network, bool]]) -> list[tuple[Network, bool]] 
 
 def _may_pass(tests: list[tuple[str, bool]]) -> bool:
     """Whether some interface passes all these name tests (a packet has one: two plain
-    names, or a name and its own negation, leave none; a wildcard ``eth*`` may pass)."""
-    plain = {name for name, neg in tests if not neg and not name.endswith("*")}
-    return len(plain) <= 1 and not any(neg and name in plain for name, neg in tests)
+    names, or a name and its own negation, leave none; nor does ``oifname "eth0"``
+    behind ``oifname != "eth*"``, eth0 being one of eth*), as the kernel compares them
+    and the iptables backend reads ``! -o eth+`` (:func:`~k3snet.model.interfaces_left`)."""
+    return interfaces_left([model_ifname(name) for name, neg in tests if not neg],
+                           [model_ifname(name) for name, neg in tests if neg])
 
 
 def _guarded(guard: Match, match: Match) -> Match | None:
@@ -2537,6 +2540,9 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
     (:func:`_blocks_of` gives an ``inet`` table's drop one in each)."""
     if match.verdict not in _ENDING or match.proto is None:
         return None
+    if any(any(neg for _, neg in tests) and not _may_pass(tests)
+           for tests in (match.iif, match.oif)):
+        return None  # `oifname "eth0" oifname != "eth*"`: no packet passes both
     words, saddr, daddr, oif = _rule_words(match)
     # A name tested twice (the jump's `oifname "docker0"`, then the rule's) is that name.
     oif = list(dict.fromkeys(oif))
