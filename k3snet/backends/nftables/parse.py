@@ -1097,6 +1097,11 @@ class ForeignReader:
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
+            if taken.ingress is not None and reached.fwd and reached.verdict is None:
+                # `fwd to "eth0"` on a device's ingress: the packet leaves by eth0 as it
+                # came, never forwarded: a drop of what it matches (its words kept).
+                reached = dataclasses.replace(reached, verdict="drop",
+                                              unknown=reached.unknown - 1)
             found.update(_blocks_of(reached, where, chain, taken, self.routed))
             if (untrack is not None and reached.notrack and not taken.ended
                     and _partial_notrack(reached)):
@@ -2571,7 +2576,7 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
         if by_iif:
             fields["source"] = routed.cover(
                 family, model_ifname(iif[0]) if iif else None, not_iif)
-    words.append(match.expires or match.verdict)
+    words.append(match.expires or match.fwd or match.verdict)
     text = " ".join(words)
     place = _place(where, chain)
     if taken is not None:
