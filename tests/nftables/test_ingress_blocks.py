@@ -135,3 +135,32 @@ def test_an_ingress_policy_drop_is_a_conflict_exactly_where_it_drops_the_pods_tr
             assert reached in ([False, False], [True, True]), (case, reached)
             assert code in (0, 4), (case, out.getvalue())
     assert seen == {case: (dropped, dropped) for case, (*_, dropped) in POLICY_CASES.items()}
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_an_ingress_fwd_to_another_device_diverts_the_pods_traffic_and_is_a_conflict(
+        require_root: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fwd to "eth0"`` in an ingress chain on cni0 sends the pods' packets out by eth0
+    as they came (to the node's own address): they are never forwarded, in either
+    family. It was read as an unknown test with no verdict: no block, plan clean."""
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        run_in(lab.node, ["nft", "-f", "-"], input_text=(
+            "table netdev edge {\n\tchain in {\n\t\ttype filter hook ingress device cni0 "
+            'priority 0; policy accept;\n\t\tfwd to "eth0"\n\t}\n}\n'))
+        listed = run_in(lab.node, ["nft", "-j", "list", "chain", "netdev", "edge", "in"])
+        assert '"fwd": {"dev": "eth0"}' in listed.stdout  # the kernel's own view
+        assert not lab.tcp_probe(4, timeout=1.0).ok
+        assert not lab.tcp_probe(6, timeout=1.0).ok
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 4  # a conflict
+        conflicts = sorted(line for line in out.getvalue().splitlines()
+                           if line.startswith("! "))
+        assert conflicts == [
+            "! forward accept 10.42.0.0/16 -> 192.168.2.0/24 oif eth0 (+ replies)",
+            "! forward accept fd42:42::/56 -> fd01:2::/64 oif eth0 (+ replies)"], out.getvalue()
+        assert "iifname cni0 fwd to eth0" in out.getvalue()

@@ -288,3 +288,57 @@ def test_a_drop_by_a_negated_out_interface_drops_exactly_where_the_plan_says_so(
         else:
             assert code == 0, out
             assert conflicts == [], out
+
+
+@pytest.mark.parametrize("proto", ["ip", "ip6"])
+@pytest.mark.parametrize("way", ["jump", "rule"])
+def test_a_drop_whose_interface_a_negated_wildcard_leaves_out_meets_no_packet(
+        proto: str, way: str) -> None:
+    """``oifname != "eth*" jump X`` then ``oifname "eth0" drop`` in X (or both tests in
+    one rule): eth0 is one of eth*, no packet passes both, as the iptables backend reads
+    ``! -o eth+`` on the way to ``-o eth0``. Compared as text, it was a drop of any
+    destination out by the uplink: a conflict of the pods' forward rule."""
+    negated, named = meta("oifname", "eth*", "!="), meta("oifname", "eth0")
+    chain = [[negated, jump("X")]] if way == "jump" else [[negated, named, DROP]]
+    kernel = Kernel({(proto, "filter", "FORWARD"): ("forward", "accept", chain),
+                     (proto, "filter", "X"): (None, "", [[named, DROP]])})
+    assert blocks(kernel, routed=K3S_ROUTES) == set()
+    # a negated wildcard leaving the name in still lets the drop through
+    kernel = Kernel({(proto, "filter", "FORWARD"): (
+        "forward", "accept", [[meta("oifname", "veth*", "!="), named, DROP]])})
+    assert len(blocks(kernel, routed=K3S_ROUTES)) == 1
+
+
+_WILDCARD_GUARD = ("add table inet fw\n"
+                   "add chain inet fw pass { type filter hook forward priority 0; "
+                   "policy accept; }\n"
+                   "add chain inet fw X\n"
+                   'add rule inet fw pass oifname != "eth*" jump X\n'
+                   'add rule inet fw X oifname "eth0" drop\n')
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_a_drop_behind_a_negated_wildcard_holding_its_name_is_no_conflict_as_in_the_kernel(
+        require_root: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The seed lab fixed by k3snet, then ``oifname != "eth*" jump X`` and ``oifname
+    "eth0" drop`` in X: the kernel lets the pods' connections of both families out by
+    eth0, and the plan is clean (it was a conflict in both, exit 4)."""
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_WILDCARD_GUARD)
+        listed = json.loads(run_in(lab.node, ["nft", "-j", "list", "chain", "inet", "fw",
+                                              "pass"]).stdout)
+        (expr,) = [o["rule"]["expr"] for o in listed["nftables"] if "rule" in o]
+        assert {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}},
+                          "right": "eth*"}} in expr  # the kernel's own view
+        with ThreadPoolExecutor(2) as pool:
+            probes = [pool.submit(lab.tcp_probe, f, timeout=2.0) for f in (4, 6)]
+            assert [probe.result().ok for probe in probes] == [True, True]
+        capsys.readouterr()
+        code = main(["plan", "-f", str(SEED), "--netns", lab.node])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert [line for line in out.splitlines() if line.startswith("! ")] == [], out

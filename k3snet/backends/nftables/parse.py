@@ -94,6 +94,7 @@ from k3snet.errors import BackendError, ModelError
 from k3snet.model import (
     Drift,
     NetObject,
+    interfaces_left,
     interfaces_may_meet,
     out_interface_rank,
     validate_interface_name,
@@ -1090,6 +1091,11 @@ class ForeignReader:
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
+            if taken.ingress is not None and reached.fwd and reached.verdict is None:
+                # `fwd to "eth0"` on a device's ingress: the packet leaves by eth0 as it
+                # came, never forwarded: a drop of what it matches (its words kept).
+                reached = dataclasses.replace(reached, verdict="drop",
+                                              unknown=reached.unknown - 1)
             found.update(_blocks_of(reached, where, chain, taken, self.routed))
             if (untrack is not None and reached.notrack and not taken.ended
                     and _partial_notrack(reached)):
@@ -1836,9 +1842,11 @@ def _narrowest(tests: list[tuple[Network, bool]]) -> list[tuple[Network, bool]] 
 
 def _may_pass(tests: list[tuple[str, bool]]) -> bool:
     """Whether some interface passes all these name tests (a packet has one: two plain
-    names, or a name and its own negation, leave none; a wildcard ``eth*`` may pass)."""
-    plain = {name for name, neg in tests if not neg and not name.endswith("*")}
-    return len(plain) <= 1 and not any(neg and name in plain for name, neg in tests)
+    names, or a name and its own negation, leave none; nor does ``oifname "eth0"``
+    behind ``oifname != "eth*"``, eth0 being one of eth*), as the kernel compares them
+    and the iptables backend reads ``! -o eth+`` (:func:`~k3snet.model.interfaces_left`)."""
+    return interfaces_left([model_ifname(name) for name, neg in tests if not neg],
+                           [model_ifname(name) for name, neg in tests if neg])
 
 
 def _guarded(guard: Match, match: Match) -> Match | None:
@@ -2531,6 +2539,9 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
     (:func:`_blocks_of` gives an ``inet`` table's drop one in each)."""
     if match.verdict not in _ENDING or match.proto is None:
         return None
+    if any(any(neg for _, neg in tests) and not _may_pass(tests)
+           for tests in (match.iif, match.oif)):
+        return None  # `oifname "eth0" oifname != "eth*"`: no packet passes both
     words, saddr, daddr, oif = _rule_words(match)
     # A name tested twice (the jump's `oifname "docker0"`, then the rule's) is that name.
     oif = list(dict.fromkeys(oif))
@@ -2559,7 +2570,7 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
         if by_iif:
             fields["source"] = routed.cover(
                 family, model_ifname(iif[0]) if iif else None, not_iif)
-    words.append(match.expires or match.verdict)
+    words.append(match.expires or match.fwd or match.verdict)
     text = " ".join(words)
     place = _place(where, chain)
     if taken is not None:
