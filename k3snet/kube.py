@@ -693,7 +693,7 @@ _HINTS = {
     401: "unauthorized (401): the credentials in the kubeconfig or service account token "
          "were refused",
     403: "forbidden (403): k3snet's account lacks the RBAC permission for this; grant it "
-         "(see the ClusterRoles and Roles `k3snet render manifests` makes, "
+         "(see the ClusterRoles and Roles that k3snet render manifests makes: "
          "docs/manifests.md, RBAC)",
     404: "not found (404)",
     409: "conflict (409): the object was changed by someone else since k3snet read it, or "

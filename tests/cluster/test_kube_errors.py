@@ -68,7 +68,7 @@ def _mapped(exc: BaseException, *, timeout: float | None = 10.0) -> KubeApiError
          "refused", "Unauthorized"),
         (403, "Forbidden", _status_body("Forbidden", 'configmaps "x" is forbidden'),
          "forbidden (403): k3snet's account lacks the RBAC permission for this; grant it (see "
-         "the ClusterRoles and Roles `k3snet render manifests` makes, docs/manifests.md, RBAC): "
+         "the ClusterRoles and Roles that k3snet render manifests makes: docs/manifests.md, RBAC): "
          'configmaps "x" is forbidden', "Forbidden"),
         (404, "Not Found", _status_body("NotFound", 'configmaps "x" not found'),
          'not found (404): configmaps "x" not found', "NotFound"),
