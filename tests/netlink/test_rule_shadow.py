@@ -639,6 +639,20 @@ def test_a_throw_route_of_table_local_at_the_very_prefix_is_named_while_the_tabl
         assert backend.warnings == ()
 
 
+def _count_triestat_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The calls of the backend's ``fib_triestat`` reader from now on (each its
+    arguments), the reader itself still answering."""
+    reads: list[tuple[int, ...]] = []
+    real = netlink_backend._ipv4_tables_merged
+
+    def counted(*args: int) -> bool | None:
+        reads.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(netlink_backend, "_ipv4_tables_merged", counted)
+    return reads
+
+
 def test_fib_triestat_is_read_only_when_table_local_holds_a_route_the_judgement_hangs_on(
         tmp_path: Path, driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whether IPv4's tables local and main are merged (``/proc/net/fib_triestat``: the
@@ -648,14 +662,7 @@ def test_fib_triestat_is_read_only_when_table_local_holds_a_route_the_judgement_
     than a destination of k3snet's or a ``throw`` route at its very prefix (IPv6 merges
     no tables). An answer that read it is judged anew when one read says otherwise: a
     rule added and deleted between two calls leaves the same rules, the tables apart."""
-    reads: list[tuple[int, ...]] = []
-    real = netlink_backend._ipv4_tables_merged
-
-    def counted(*args: int) -> bool | None:
-        reads.append(args)
-        return real(*args)
-
-    monkeypatch.setattr(netlink_backend, "_ipv4_tables_merged", counted)
+    reads = _count_triestat_reads(monkeypatch)
     with d0_namespace("rtriest", "192.0.2.1/24", "2001:db8::1/64") as ns, \
             NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
         wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2"),
@@ -714,14 +721,7 @@ def test_fib_triestat_is_not_read_for_a_route_of_table_default_a_local_throw_sen
     goes on to table default alone; apart: to the rules after local's), so the answer
     hangs not on whether the tables are merged: ``fib_triestat`` (the kernel walks every
     IPv4 route to write it) was read all the same, and again at every call after."""
-    reads: list[tuple[int, ...]] = []
-    real = netlink_backend._ipv4_tables_merged
-
-    def counted(*args: int) -> bool | None:
-        reads.append(args)
-        return real(*args)
-
-    monkeypatch.setattr(netlink_backend, "_ipv4_tables_merged", counted)
+    reads = _count_triestat_reads(monkeypatch)
     with d0_namespace("rthrowdr", "192.0.2.1/24") as ns, \
             NetlinkBackend(ns, state_dir=tmp_path, driver=driver, tables=[253]) as backend:
         wanted = State(owned=[Route("10.9.1.0/24", gateway="192.0.2.2", table=253)])
