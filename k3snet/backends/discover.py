@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 
 from k3snet._kept import STATE_ROOT
-from k3snet._logline import shell_word
+from k3snet._logline import fs_word, shell_word
 from k3snet.backends.base import Backend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import WarningLog, backend_warnings
@@ -403,7 +403,7 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
             # k3snet ...``: the destroy alone, run from the shell that ran k3snet, acted
             # in the node's namespace).
             ns = exec_name(opts.get("netns") or netns)
-            where = f" --netns {shell_word(str(ns))}" if ns else ""
+            where = f" --netns {shell_word(fs_word(str(ns)))}" if ns else ""
             opts_text = _destroy_options(name, opts)
             found.append(
                 f"{label} holds {owned} of k3snet's objects, and no backend in use is "
@@ -663,7 +663,9 @@ def _destroy_options(name: str, opts: Mapping[str, Any]) -> str:
                                   else list(value) if isinstance(value, tuple) else value)
             except (TypeError, ValueError):
                 continue  # not writable on a command line: the admin's to give
-        parts.append(" --backend-opt " + shell_word(f"{name}.{key}={text}"))
+        # As the bytes the command line gives for it (fs_word): the text k3snet reads
+        # back from them is this one (a Latin-1 locale read the UTF-8 of ÿ as Ã¿).
+        parts.append(" --backend-opt " + shell_word(fs_word(f"{name}.{key}={text}")))
     return "".join(parts)
 
 
