@@ -132,8 +132,9 @@ def _latin1_k3snet(environment: dict[str, str], *args: str) -> bytes:
 
 def _hint(said: bytes, start: bytes, end: bytes = b"") -> bytes:
     """The one command in backquotes in ``said`` beginning with ``start``, ending in ``end``."""
-    (command,) = re.findall(rb"`(" + re.escape(start) + rb"[^`]*" + re.escape(end) + rb")`",
-                            said)
+    commands: list[bytes] = re.findall(
+        rb"`(" + re.escape(start) + rb"[^`]*" + re.escape(end) + rb")`", said)
+    (command,) = commands
     return command
 
 
