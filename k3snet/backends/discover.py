@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 
 from k3snet._kept import STATE_ROOT
-from k3snet._logline import shell_word
+from k3snet._logline import fs_word, shell_word
 from k3snet.backends.base import Backend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.kit import WarningLog, backend_warnings
@@ -226,7 +226,8 @@ def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> D
         except K3snetError as exc:  # a tool missing (iptables-legacy-save), no nf_tables
             log.debug("%s could not look: %s", label, exc)
             unavailable.append(f"{label}: {exc}")
-            if _not_permitted(exc) and not _admin_of_own_namespace(given.get("netns")):
+            if _not_permitted(exc) and not (label in _HOST_S_OWN
+                                            and _admin_of_own_namespace(given.get("netns"))):
                 refused.append(label)
             looked.pop()
             with contextlib.suppress(Exception):
@@ -239,6 +240,14 @@ def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> D
     return Discovery(tuple(owners), tuple(idle), tuple(unavailable), tuple(looked),
                      tuple(refused))
 
+
+_HOST_S_OWN = frozenset({"iptables-legacy"})
+"""The labels whose look root of a user namespace owning the network namespace is refused
+by the host (:func:`_admin_of_own_namespace`): iptables-legacy's ``/proc/net/ip_tables_names``
+is the host root's. Any other look is permitted there (nftables', netlink's), and one
+refused (a security module: SELinux, AppArmor, a seccomp filter) is a refusal: it was
+a warning, and a destroy naming no backend said "nothing to destroy" of a table never
+looked at."""
 
 #: ioctl(2) of an nsfs file: a descriptor of the user namespace owning that namespace.
 _NS_GET_USERNS = 0xB701
@@ -257,10 +266,11 @@ def _holds_net_admin() -> bool:
 def _admin_of_own_namespace(netns: object) -> bool:
     """Whether k3snet holds ``CAP_NET_ADMIN`` over network namespace ``netns`` (None: the
     calling thread's) as root of a user namespace of its own, not the initial one, that
-    owns it (``unshare -rn``, a rootless container). A "not permitted" there is the
-    host's, which no privilege of that namespace lifts: ``/proc/net/ip_tables_names`` of
-    a namespace made with its user namespace is the host root's (iptables-legacy can
-    neither look nor write there), not a sign k3snet lacks root."""
+    owns it (``unshare -rn``, a rootless container). A "not permitted" there to a look of
+    :data:`_HOST_S_OWN` is the host's, which no privilege of that namespace lifts:
+    ``/proc/net/ip_tables_names`` of a namespace made with its user namespace is the
+    host root's (iptables-legacy can neither look nor write there), not a sign k3snet
+    lacks root."""
     try:
         if not _holds_net_admin():
             return False
@@ -403,7 +413,7 @@ def left_behind(in_use: Sequence[Backend], options: Mapping[str, Mapping[str, An
             # k3snet ...``: the destroy alone, run from the shell that ran k3snet, acted
             # in the node's namespace).
             ns = exec_name(opts.get("netns") or netns)
-            where = f" --netns {shell_word(str(ns))}" if ns else ""
+            where = f" --netns {shell_word(fs_word(str(ns)))}" if ns else ""
             opts_text = _destroy_options(name, opts)
             found.append(
                 f"{label} holds {owned} of k3snet's objects, and no backend in use is "
@@ -663,7 +673,9 @@ def _destroy_options(name: str, opts: Mapping[str, Any]) -> str:
                                   else list(value) if isinstance(value, tuple) else value)
             except (TypeError, ValueError):
                 continue  # not writable on a command line: the admin's to give
-        parts.append(" --backend-opt " + shell_word(f"{name}.{key}={text}"))
+        # As the bytes the command line gives for it (fs_word): the text k3snet reads
+        # back from them is this one (a Latin-1 locale read the UTF-8 of ÿ as Ã¿).
+        parts.append(" --backend-opt " + shell_word(fs_word(f"{name}.{key}={text}")))
     return "".join(parts)
 
 

@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 
-from k3snet._logline import shell_join
+from k3snet._logline import fs_word, shell_join
 from k3snet.backends.base import ApplyResult, Backend, ensure_capable
 from k3snet.backends.kit import (
     FaultHook,
@@ -402,7 +402,7 @@ class BackendGroup:
             # removed k3snet's objects of the node's own namespace.
             where = (exec_name(member.backend.netns)
                      if hasattr(member.backend, "netns") else None)
-            netns = ("--netns", where) if where else ()
+            netns = ("--netns", fs_word(where)) if where else ()  # by its bytes
             held: dict[str, int] = {}
             for obj in state.owned:
                 if obj.kind not in member.kinds:

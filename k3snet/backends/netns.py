@@ -28,7 +28,7 @@ from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import TypeVar
 
-from k3snet._logline import shell_join, shell_word
+from k3snet._logline import fs_word, shell_join, shell_word
 from k3snet.backends.kit import cut_after_commit, translate_errors
 from k3snet.errors import BackendError
 
@@ -149,7 +149,9 @@ def shown_command(argv: Sequence[str], netns: str | None) -> str:
     ``printf %s '{"nftables": ...}' | nft -j -f -``: it prints the table or chain as
     JSON, whatever its name."""
     name = exec_name(netns)
-    where = ("ip", "netns", "exec", name) if name else ()
+    # The name by its file system bytes (fs_word), those of its file under /run/netns:
+    # under a Latin-1 locale a byte \xff of it, read as ÿ, was written as its UTF-8.
+    where = ("ip", "netns", "exec", fs_word(name)) if name else ()
     request = nft_json_list(argv)
     if request is not None:
         return f"printf %s {shell_word(request)} | {shell_join([*where, 'nft', '-j', '-f', '-'])}"

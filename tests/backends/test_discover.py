@@ -19,7 +19,7 @@ from k3snet.backends.lock import namespace_lock
 from k3snet.backends.registry import register_backend, unregister_backend
 from k3snet.cli import main
 from k3snet.converge import destroy_each, removed_before
-from k3snet.errors import ApplyError, BackendUnavailableError, LockTimeoutError
+from k3snet.errors import ApplyError, BackendError, BackendUnavailableError, LockTimeoutError
 from k3snet.model import MasqueradeRule, Route
 from k3snet.schemas import SCHEMA_NAMES, load_schema
 
@@ -451,3 +451,33 @@ def test_each_file_read_once_holds_only_within_its_block_and_its_thread(
         look_and_fail()
     look()
     assert reads[4:] == ["here", "here"]
+
+
+class Refused(MemoryBackend):
+    """A backend whose look the system refuses ("not permitted", as the kernel says it)."""
+
+    def observe(self) -> State:
+        raise BackendError("cannot read: not permitted") from PermissionError(
+            1, "Operation not permitted")
+
+
+def test_root_of_its_own_user_namespace_is_exempt_from_a_refused_iptables_legacy_look_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """k3snet as root of a user namespace owning the network namespace (``unshare -rn``):
+    iptables-legacy's look is refused by the host (``/proc/net/ip_tables_names`` is the
+    host root's), a warning; nftables' or netlink's look there is refused only by a
+    security module, a refusal (a destroy naming no backend fails). Every look refused
+    was exempt: nftables' table went unread, and the destroy said nothing to destroy."""
+    labels = ("netlink", "nftables", "iptables-nft", "iptables-legacy")
+    for label in labels:
+        register_backend(f"refused-{label}", lambda **_: Refused())
+    monkeypatch.setattr(discover, "NODE_BACKENDS",
+                        tuple((label, f"refused-{label}", {}) for label in labels))
+    monkeypatch.setattr(discover, "_admin_of_own_namespace", lambda netns: True)
+    try:
+        with discover.discover_owners() as found:
+            assert found.refused == ("netlink", "nftables", "iptables-nft")
+            assert [u.split(":")[0] for u in found.unavailable] == list(labels)
+    finally:
+        for label in labels:
+            unregister_backend(f"refused-{label}")
