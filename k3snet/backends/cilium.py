@@ -167,6 +167,7 @@ from k3snet.kube import (
 from k3snet.model import printable
 from k3snet.model.cilium import (
     AGENT_OPTION_KEYS,
+    CILIUM_BOOL_KEYS,
     CILIUM_CONTEXT_KEYS,
     CILIUM_DEFAULTS,
     CILIUM_DISRUPTIVE_KEYS,
@@ -1023,8 +1024,7 @@ CONFIG_PATH_KEY = "ip-masq-agent-config-path"
 
 # The agent's bool flags among the keys read from its container (pflag: `--KEY` alone is
 # true), and its string-slice ones (each `--KEY` adds to the list).
-_BOOL_OPTIONS = frozenset(k for k in AGENT_OPTION_KEYS if k.startswith(("enable-", "force-",
-                                                                       "enforce-")))
+_BOOL_OPTIONS = frozenset(AGENT_OPTION_KEYS) & CILIUM_BOOL_KEYS
 _LIST_OPTIONS = frozenset({"devices"})
 
 # The ip-masq-agent-config-path values of each Node, by name (_Nodes.files; None: not known).
@@ -1101,7 +1101,7 @@ def _read_alike(key: str, one: str | None, other: str) -> bool:
         one = ""
     if one.strip() == other.strip():
         return True
-    if key.startswith("enable-"):
+    if key in CILIUM_BOOL_KEYS:
         return read_go_flag(one) == read_go_flag(other)
     return (same_setting(key, one.strip(), other.strip())
             or same_setting(key, other.strip(), one.strip()))

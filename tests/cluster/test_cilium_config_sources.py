@@ -610,6 +610,10 @@ def test_a_node_source_named_by_the_pod_s_node_name_keeps_the_sources_known(
     ("ipv4-native-routing-cidr", None, ""),        # empty: as unset, the agent's ""
     ("egress-masquerade-interfaces", None, ""),
     ("enable-ipv4-egress-gateway", None, "false"),  # the agent's default, false
+    # The device detection keys are booleans too (viper's GetBool), not texts.
+    ("force-device-detection", "true", "True"),
+    ("force-device-detection", None, "false"),
+    ("enforce-device-detection", "1", "true"),
 ])
 def test_a_later_configmap_s_value_the_agent_reads_as_cilium_config_s_is_no_warning(
     *, key: str, given: str | None, laid: str, api_server: EmulatedApiServer,
