@@ -597,7 +597,12 @@ class _Api:
         self.namespace = namespace
         self.config_name, self.agent_name = names
         self.timeout = timeout
+        # The warnings of this pass and of the one before (a warning said then is not said
+        # again while it lasts: as the kit's WarningLog); _now, this pass's alone. Two
+        # passes' at most: a text that changes every pass (a value or name from the
+        # cluster) is not kept for ever.
         self.warned: set[str] = set()
+        self._now: set[str] = set()
         self.clock = ServerClock()  # the restart stamp's, by each read's Date header
         self.landed: str | None = None  # the stamp the last patch left (its changed_at)
         self.agent_daemonset = daemonset  # Cilium's DaemonSet, whose pods read cilium-config
@@ -606,8 +611,10 @@ class _Api:
         self.foreign: dict[tuple[str, str], dict[str, str] | BackendError] = {}
 
     def forget(self) -> None:
-        """Start a pass: each ConfigMap :meth:`foreign_data` read is read again."""
+        """Start a pass: each ConfigMap :meth:`foreign_data` read is read again, and the
+        warnings of the pass before this one are forgotten (:meth:`warn`)."""
         self.foreign.clear()
+        self.warned, self._now = self._now, set()
 
     def where(self, name: str) -> str:
         return f"ConfigMap {self.namespace}/{name}"
@@ -916,8 +923,12 @@ class _Api:
         return found
 
     def warn(self, warning: str) -> None:
-        """Log ``warning`` once, not on every agent pass that finds it again."""
+        """Log ``warning`` once while it lasts, not on every agent pass that finds it
+        again: again only after a pass (:meth:`forget`) that did not find it."""
         warning = printable(warning)[:1000]  # a selector's text is the cluster's
+        if warning in self._now:
+            return
+        self._now.add(warning)
         if warning not in self.warned:
             self.warned.add(warning)
             log.warning("cilium: %s", warning)

@@ -668,3 +668,34 @@ def test_a_copy_s_later_configmap_setting_a_judged_key_otherwise_is_a_warning(
         CiliumBackend(api_client=api_client, timeout=10.0).observe()
     assert not [r for r in caplog.records if "lays the ConfigMap" in r.getMessage()]
 
+
+
+def test_remembered_warnings_stay_bounded_as_a_hostile_configmap_changes_every_pass(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Whoever may edit a ConfigMap the config init container lays over cilium-config
+    # gave enable-ipv4-masquerade another value every pass: each warning's text was kept
+    # for ever (an agent running for months held every value ever seen). A warning is
+    # logged once while it lasts (as the kit's WarningLog does), and only the last
+    # passes' are remembered.
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,config-map:cilium-overrides"))
+    passes = 40
+    for i in range(passes):
+        api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                             {"enable-ipv4-masquerade": f"no-{i}"}))
+        backend.observe()
+    assert len(backend._api.warned) <= 2, len(backend._api.warned)
+    # One that stays is said once, not on every pass; gone and back, it is said again.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            backend.observe()
+    assert len([r for r in caplog.records if "cilium-overrides" in r.getMessage()]) == 0
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides", {}))
+    backend.observe()
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                         {"enable-ipv4-masquerade": f"no-{passes - 1}"}))
+    with caplog.at_level(logging.WARNING):
+        backend.observe()
+    assert len([r for r in caplog.records if "cilium-overrides" in r.getMessage()]) == 1
