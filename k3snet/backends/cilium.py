@@ -2305,15 +2305,29 @@ class CiliumBackend(BackendBase):
         A change is disruptive when it gives ``routing-mode``, ``tunnel-protocol``,
         a native-routing CIDR or ``enable-bpf-masquerade`` a value other than the
         one Cilium runs with now (reads the ConfigMap). A key the ``cilium-agent``
-        container sets by flag or variable (as the last :meth:`observe` read them) is
-        not: the agent reads that over ``cilium-config``, before and after.
+        container sets by flag or variable (as the DaemonSets hold them now: read again,
+        not as the last :meth:`observe` read them) is not: the agent reads that over
+        ``cilium-config``, before and after.
         """
         read = self._read()
         if read.config is None:
             return None
-        return self._disruptive(change, attrs.evolve(read, options=self._options))
+        return self._disruptive(change, attrs.evolve(read, options=self._options_now()))
 
-    def _disruptive(self, change: Change, read: _Read) -> str | None:
+    def _options_now(self) -> tuple[CiliumAgentOption, ...]:
+        """The keys the ``cilium-agent`` container sets by flag or variable, as the
+        DaemonSets hold them now (:meth:`_agent_options`; none where the named one is not
+        to be read: ``cilium-config`` judges every key, as :meth:`_judged` does)."""
+        daemonset, failed = self._read_daemonset()
+        if failed is not None or not isinstance(daemonset, Mapping):
+            return ()
+        return self._agent_options(daemonset, self._api.agent_daemonsets(self._daemonset))
+
+    def _disruptive(self, change: Change, read: _Read, *, recheck: bool = False) -> str | None:
+        """:meth:`disruptive` judged by ``read`` (its ConfigMap and its agent options).
+        ``recheck``: a disruptive key the options (observe's, maybe seconds old) exempt is
+        judged by the DaemonSets as they are now (:meth:`_options_now`): a flag dropped
+        since leaves the agents to read ``cilium-config`` at their next start."""
         assert read.config is not None
         current = read.config.data
         record, _ = self._records(read)
@@ -2327,6 +2341,8 @@ class CiliumBackend(BackendBase):
         # A key the agent container sets itself: cilium-config's value changes nothing
         # the agent runs with (a write giving it another value is a conflict of the plan).
         given = {o.key for o in read.options}
+        if recheck and any(k in wanted and k in given for k in CILIUM_DISRUPTIVE_KEYS):
+            given = {o.key for o in self._options_now()}
         for key in [k for k in CILIUM_DISRUPTIVE_KEYS if k in wanted and k not in given]:
             value = wanted[key]
             now = current.get(key, CILIUM_DEFAULTS.get(key, ""))
@@ -2447,8 +2463,9 @@ class CiliumBackend(BackendBase):
                 problems += [p for k in after.settings
                              if (p := setting_problem(k, after.settings[k])) is not None]
             problems += self._not_taken(after, read.sources, read.daemonset)
-            reason = self._disruptive(change, read)
-            if reason is not None and not self.allow_disruptive:
+            reason = (self._disruptive(change, read, recheck=True)
+                      if not self.allow_disruptive else None)
+            if reason is not None:
                 problems.append(f"{reason}; k3snet refuses a disruptive change unless it is "
                                 f"allowed: {ALLOW_DISRUPTIVE_HINT}")
             config_record = self._edit_config(data, config_record, change)
