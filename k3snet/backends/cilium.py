@@ -167,6 +167,7 @@ from k3snet.kube import (
 from k3snet.model import printable
 from k3snet.model.cilium import (
     AGENT_OPTION_KEYS,
+    CILIUM_BOOL_KEYS,
     CILIUM_CONTEXT_KEYS,
     CILIUM_DEFAULTS,
     CILIUM_DISRUPTIVE_KEYS,
@@ -505,6 +506,8 @@ class _Nodes:
     overrides: tuple[tuple[CiliumNodeOverride, Any], ...] = ()
     labels: Mapping[str, Mapping[str, str]] | None = None
     agents: frozenset[str] | None = None
+    # The version of cilium.io the CiliumNodeConfigs were listed through (None: neither).
+    api: str | None = None
 
     @property
     def agent_labels(self) -> Mapping[str, Mapping[str, str]] | None:
@@ -596,7 +599,12 @@ class _Api:
         self.namespace = namespace
         self.config_name, self.agent_name = names
         self.timeout = timeout
+        # The warnings of this pass and of the one before (a warning said then is not said
+        # again while it lasts: as the kit's WarningLog); _now, this pass's alone. Two
+        # passes' at most: a text that changes every pass (a value or name from the
+        # cluster) is not kept for ever.
         self.warned: set[str] = set()
+        self._now: set[str] = set()
         self.clock = ServerClock()  # the restart stamp's, by each read's Date header
         self.landed: str | None = None  # the stamp the last patch left (its changed_at)
         self.agent_daemonset = daemonset  # Cilium's DaemonSet, whose pods read cilium-config
@@ -605,8 +613,10 @@ class _Api:
         self.foreign: dict[tuple[str, str], dict[str, str] | BackendError] = {}
 
     def forget(self) -> None:
-        """Start a pass: each ConfigMap :meth:`foreign_data` read is read again."""
+        """Start a pass: each ConfigMap :meth:`foreign_data` read is read again, and the
+        warnings of the pass before this one are forgotten (:meth:`warn`)."""
         self.foreign.clear()
+        self.warned, self._now = self._now, set()
 
     def where(self, name: str) -> str:
         return f"ConfigMap {self.namespace}/{name}"
@@ -730,9 +740,10 @@ class _Api:
                 self.namespace, body, field_manager="k3snet", _request_timeout=self.timeout)
         return _version_of(result)
 
-    def node_configs(self) -> list[Any]:
+    def node_configs(self) -> tuple[list[Any], str | None]:
         """The CiliumNodeConfigs of the namespace as listed (none where no API serves them;
-        :data:`~k3snet.kube.LIST_PAGE` a request)."""
+        :data:`~k3snet.kube.LIST_PAGE` a request), and the version of ``cilium.io``
+        listed (:data:`NODE_CONFIG_API`; None: neither is served)."""
         objects = self.client.CustomObjectsApi(self.core.api_client)
         for group, version in NODE_CONFIG_API:
             what = f"list CiliumNodeConfigs ({group}/{version}) in {self.namespace}"
@@ -745,12 +756,12 @@ class _Api:
                         _request_timeout=self.timeout, **page)
 
             try:
-                return list_pages(fetch, what)
+                return list_pages(fetch, what), version
             except KubeApiError as exc:
                 if exc.status == 404:  # this version is not served (or no Cilium CRD)
                     continue
                 raise
-        return []
+        return [], None
 
     def node_labels(self) -> tuple[dict[str, dict[str, str]], frozenset[str] | None] | None:
         """The labels of every Node, by the Node's name, and the names of those a Cilium
@@ -915,8 +926,12 @@ class _Api:
         return found
 
     def warn(self, warning: str) -> None:
-        """Log ``warning`` once, not on every agent pass that finds it again."""
+        """Log ``warning`` once while it lasts, not on every agent pass that finds it
+        again: again only after a pass (:meth:`forget`) that did not find it."""
         warning = printable(warning)[:1000]  # a selector's text is the cluster's
+        if warning in self._now:
+            return
+        self._now.add(warning)
         if warning not in self.warned:
             self.warned.add(warning)
             log.warning("cilium: %s", warning)
@@ -1023,8 +1038,7 @@ CONFIG_PATH_KEY = "ip-masq-agent-config-path"
 
 # The agent's bool flags among the keys read from its container (pflag: `--KEY` alone is
 # true), and its string-slice ones (each `--KEY` adds to the list).
-_BOOL_OPTIONS = frozenset(k for k in AGENT_OPTION_KEYS if k.startswith(("enable-", "force-",
-                                                                       "enforce-")))
+_BOOL_OPTIONS = frozenset(AGENT_OPTION_KEYS) & CILIUM_BOOL_KEYS
 _LIST_OPTIONS = frozenset({"devices"})
 
 # The ip-masq-agent-config-path values of each Node, by name (_Nodes.files; None: not known).
@@ -1101,7 +1115,7 @@ def _read_alike(key: str, one: str | None, other: str) -> bool:
         one = ""
     if one.strip() == other.strip():
         return True
-    if key.startswith("enable-"):
+    if key in CILIUM_BOOL_KEYS:
         return read_go_flag(one) == read_go_flag(other)
     return (same_setting(key, one.strip(), other.strip())
             or same_setting(key, other.strip(), one.strip()))
@@ -1552,8 +1566,11 @@ class CiliumBackend(BackendBase):
         sources = self._config_sources(daemonset, others or (), owned)
         holds = {*read.config.data, *(owned.settings if owned is not None else ()),
                  *(self._expected.settings if self._expected is not None else ())}
+        values = {**read.config.data,
+                  **(self._expected.settings if self._expected is not None else {})}
         nodes = self._taken_overrides(self._nodes(sources), sources, frozenset(holds),
-                                      daemonset if isinstance(daemonset, Mapping) else None)
+                                      daemonset if isinstance(daemonset, Mapping) else None,
+                                      values)
         found = list(nodes.overrides)
         if found:
             self._node_configs_otherwise(sources, others or ())
@@ -1718,7 +1735,8 @@ class CiliumBackend(BackendBase):
 
     def _taken_overrides(self, nodes: _Nodes, sources: ConfigSources | None,
                          holds: frozenset[str] = frozenset(),
-                         daemonset: Mapping[str, Any] | None = None) -> _Nodes:
+                         daemonset: Mapping[str, Any] | None = None,
+                         values: Mapping[str, Any] | None = None) -> _Nodes:
         """``nodes`` with the CiliumNodeConfigs' keys the named DaemonSet's ``config`` init
         container (``sources``) takes, each one it drops a warning: a key its
         ``--allow-config-keys`` does not allow or its ``--deny-config-keys`` denies (the
@@ -1731,10 +1749,13 @@ class CiliumBackend(BackendBase):
         lays each source over the ones before. A key the agent container of the named
         ``daemonset`` takes by a variable from that key of ``cilium-config``
         (:meth:`_follows_config`) is dropped too (a warning): viper lays the variable over
-        the config directory."""
+        the config directory. Where the agents' resolver may take the CiliumNodeConfigs
+        ahead of ``cilium-config`` (:meth:`_node_configs_first`), a key whose value
+        that changes (``cilium-config``'s ``values`` against theirs) is a warning."""
         nodes = self._followed_overrides(nodes, daemonset, holds)
         if sources is None or not nodes.overrides:
             return nodes
+        self._node_configs_first(nodes, sources, holds, values or {})
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
         named = sources.node_configs_named(self._api.namespace)
         kept = []
@@ -1761,6 +1782,51 @@ class CiliumBackend(BackendBase):
             if settings:
                 kept.append((attrs.evolve(override, settings=settings), selector))
         return attrs.evolve(nodes, overrides=tuple(kept))
+
+    def _node_configs_first(self, nodes: _Nodes, sources: ConfigSources,
+                            holds: frozenset[str], values: Mapping[str, Any]) -> None:
+        """A warning for each CiliumNodeConfig (listed through ``cilium.io/v2``) whose keys
+        the agents may take otherwise than ``sources``' order says: Cilium's resolver
+        moves the ``cilium-node-config:`` sources ahead of the others on a node a v2 one
+        selects (:meth:`ConfigSources.node_configs_first`) in releases from 1.16 on
+        (before 1.16 there is no v2, and the order is the one given). Where the
+        ``build-config`` image names a release before 1.16, nothing is said; from 1.16
+        on, or where it names none, each key taken from one source in one order and from
+        the other in the other, with values the agent reads otherwise (``values``:
+        ``cilium-config``'s; k3snet's keys in it), is named. k3snet judges by the order
+        given: which one a release of 1.16 or later takes is not known to it."""
+        version = sources.version
+        if (nodes.api != "v2" or sources.mounted or (version is not None and version < (1, 16))
+                or not any(kind == "cilium-node-config" for kind, _, _ in sources.sources)):
+            return
+        first = sources.node_configs_first()
+        if first.sources == sources.sources:
+            return
+        namespace, over = self._api.namespace, (self._api.config_name, holds)
+        where = f"DaemonSet {namespace}/{self._daemonset}"
+        for override, _ in nodes.overrides:
+            differ = []
+            for key, theirs in override.settings.items():
+                now = sources.node_config_dropped(namespace, key, over) is None
+                then = first.node_config_dropped(namespace, key, over) is None
+                given = values.get(key, CILIUM_DEFAULTS.get(key))
+                if now != then and not _read_alike(key, None if given is None else str(given),
+                                                   str(theirs)):
+                    mine = "none" if given is None else given  # cilium-config's
+                    differ.append(f"{key}={mine if now else theirs} "
+                                  f"(not {theirs if now else mine})")
+            if not differ:
+                continue
+            runs = (f"runs Cilium {'.'.join(map(str, version))}" if version is not None
+                    else f"runs an image whose Cilium release k3snet cannot tell "
+                         f"({sources.image or 'none given'})")
+            self._api.warn(printable(
+                f"{_builder(where, sources)} {runs}: from 1.16 on, Cilium's resolver may "
+                "take the CiliumNodeConfig sources ahead of the others on a node a "
+                "cilium.io/v2 one selects, cilium-config then laid over them "
+                f"({sources.given}); k3snet judges by the order given, and on the nodes "
+                f"CiliumNodeConfig {override.name} selects the agents may run with "
+                f"{', '.join(differ)}")[:1000])
 
     def _followed_overrides(self, nodes: _Nodes, daemonset: Mapping[str, Any] | None,
                             holds: frozenset[str]) -> _Nodes:
@@ -1891,13 +1957,13 @@ class CiliumBackend(BackendBase):
         say which do (listed only then). ``sources``: the named DaemonSet's config init
         container's, whose CiliumNodeConfigs got by name count without a nodeSelector."""
         named = None if sources is None else sources.node_configs_named(self._api.namespace)
-        found = _node_overrides(self._api.node_configs(),
-                                f"CiliumNodeConfigs in {self._api.namespace}", named)
+        items, api = self._api.node_configs()
+        found = _node_overrides(items, f"CiliumNodeConfigs in {self._api.namespace}", named)
         listed = (self._api.node_labels() if any(not o.every_node for o, _ in found)
                   else None)
         if listed is None:
-            return _Nodes(tuple(found))
-        return _Nodes(tuple(found), *listed)
+            return _Nodes(tuple(found), api=api)
+        return _Nodes(tuple(found), *listed, api=api)
 
     def _mount_ahead(self, read: _Read, observed: _Mount | None, nodes: _Nodes,
                      daemonset: Mapping[str, Any] | str | None = None) -> _Mount | None:
@@ -2294,15 +2360,29 @@ class CiliumBackend(BackendBase):
         A change is disruptive when it gives ``routing-mode``, ``tunnel-protocol``,
         a native-routing CIDR or ``enable-bpf-masquerade`` a value other than the
         one Cilium runs with now (reads the ConfigMap). A key the ``cilium-agent``
-        container sets by flag or variable (as the last :meth:`observe` read them) is
-        not: the agent reads that over ``cilium-config``, before and after.
+        container sets by flag or variable (as the DaemonSets hold them now: read again,
+        not as the last :meth:`observe` read them) is not: the agent reads that over
+        ``cilium-config``, before and after.
         """
         read = self._read()
         if read.config is None:
             return None
-        return self._disruptive(change, attrs.evolve(read, options=self._options))
+        return self._disruptive(change, attrs.evolve(read, options=self._options_now()))
 
-    def _disruptive(self, change: Change, read: _Read) -> str | None:
+    def _options_now(self) -> tuple[CiliumAgentOption, ...]:
+        """The keys the ``cilium-agent`` container sets by flag or variable, as the
+        DaemonSets hold them now (:meth:`_agent_options`; none where the named one is not
+        to be read: ``cilium-config`` judges every key, as :meth:`_judged` does)."""
+        daemonset, failed = self._read_daemonset()
+        if failed is not None or not isinstance(daemonset, Mapping):
+            return ()
+        return self._agent_options(daemonset, self._api.agent_daemonsets(self._daemonset))
+
+    def _disruptive(self, change: Change, read: _Read, *, recheck: bool = False) -> str | None:
+        """:meth:`disruptive` judged by ``read`` (its ConfigMap and its agent options).
+        ``recheck``: a disruptive key the options (observe's, maybe seconds old) exempt is
+        judged by the DaemonSets as they are now (:meth:`_options_now`): a flag dropped
+        since leaves the agents to read ``cilium-config`` at their next start."""
         assert read.config is not None
         current = read.config.data
         record, _ = self._records(read)
@@ -2316,6 +2396,8 @@ class CiliumBackend(BackendBase):
         # A key the agent container sets itself: cilium-config's value changes nothing
         # the agent runs with (a write giving it another value is a conflict of the plan).
         given = {o.key for o in read.options}
+        if recheck and any(k in wanted and k in given for k in CILIUM_DISRUPTIVE_KEYS):
+            given = {o.key for o in self._options_now()}
         for key in [k for k in CILIUM_DISRUPTIVE_KEYS if k in wanted and k not in given]:
             value = wanted[key]
             now = current.get(key, CILIUM_DEFAULTS.get(key, ""))
@@ -2436,8 +2518,9 @@ class CiliumBackend(BackendBase):
                 problems += [p for k in after.settings
                              if (p := setting_problem(k, after.settings[k])) is not None]
             problems += self._not_taken(after, read.sources, read.daemonset)
-            reason = self._disruptive(change, read)
-            if reason is not None and not self.allow_disruptive:
+            reason = (self._disruptive(change, read, recheck=True)
+                      if not self.allow_disruptive else None)
+            if reason is not None:
                 problems.append(f"{reason}; k3snet refuses a disruptive change unless it is "
                                 f"allowed: {ALLOW_DISRUPTIVE_HINT}")
             config_record = self._edit_config(data, config_record, change)

@@ -71,6 +71,7 @@ from k3snet.model.state import register_object_type
 
 __all__ = [
     "AGENT_OPTION_KEYS",
+    "CILIUM_BOOL_KEYS",
     "CILIUM_CONTEXT_KEYS",
     "CILIUM_DEFAULTS",
     "CILIUM_DEFAULT_TARGET",
@@ -154,10 +155,12 @@ IP_MASQ_AGENT_DEFAULTS: tuple[str, ...] = (
 """Cilium's non-masquerade CIDRs when the ip-masq-agent file is missing or empty."""
 
 _LINK_LOCAL = {4: parse_network("169.254.0.0/16"), 6: parse_network("fe80::/10")}
-_BOOL_KEYS = frozenset(k for k in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS) if k.startswith("enable-"))
-# The agent's bool flags among the keys read from its container (pflag refuses a value
-# Go's ParseBool does not take): the enable-* ones and the device detection ones.
-_AGENT_BOOL_KEYS = _BOOL_KEYS | {"force-device-detection", "enforce-device-detection"}
+CILIUM_BOOL_KEYS: frozenset[str] = frozenset(
+    k for k in (*CILIUM_KEYS, *CILIUM_CONTEXT_KEYS)
+    if k.startswith("enable-") or k in {"force-device-detection", "enforce-device-detection"})
+"""The boolean keys among those k3snet writes or reads (the agent's bool flags: the
+``enable-*`` ones and the device detection ones), which it compares as the agent reads
+them (:func:`same_setting`), never as text."""
 _CIDR_KEYS = frozenset({"ipv4-native-routing-cidr", "ipv6-native-routing-cidr"})
 _CHOICES = {"routing-mode": ("tunnel", "native"), "tunnel-protocol": ("vxlan", "geneve")}
 _TARGET = re.compile(r"configmap:([a-z0-9]([-a-z0-9]*[a-z0-9])?)/"
@@ -209,7 +212,7 @@ def setting_problem(key: str, value: str) -> str | None:  # noqa: PLR0911 - one 
         return f"{key!r} is not a cilium-config key k3snet sets ({', '.join(CILIUM_KEYS)})"
     if not isinstance(value, str):
         return f"{key}: ConfigMap values are strings, got {value!r}"
-    if key in _BOOL_KEYS and value not in {"true", "false"}:
+    if key in CILIUM_BOOL_KEYS and value not in {"true", "false"}:
         return f"{key}: expected \"true\" or \"false\", got {value!r}"
     if key in _CHOICES and value not in _CHOICES[key]:
         return f"{key}: expected one of {', '.join(_CHOICES[key])}, got {value!r}"
@@ -459,7 +462,7 @@ class CiliumAgentOption:
     def startup_problem(self) -> str | None:
         """Why the agent does not start with it: a boolean flag's value pflag refuses
         (Go's ``strconv.ParseBool``, untrimmed; a variable's is read by viper, as false)."""
-        if self.flag and self.key in _AGENT_BOOL_KEYS and parse_go_bool(self.value) is None:
+        if self.flag and self.key in CILIUM_BOOL_KEYS and parse_go_bool(self.value) is None:
             return (f"the cilium-agent container's {self.given}={one_line(self.value)[:80]} "
                     "is not a boolean (pflag refuses it at start: the agent exits)")
         if self.positional is not None:
@@ -911,7 +914,7 @@ def same_setting(key: str, wanted: str, current: str | None) -> bool:
     """
     if current is None:
         return False
-    if key in _BOOL_KEYS:
+    if key in CILIUM_BOOL_KEYS:
         return parse_go_bool(wanted) is not None and read_go_flag(wanted) == read_go_flag(
             current)
     if key in _CIDR_KEYS:
@@ -925,7 +928,7 @@ def same_setting(key: str, wanted: str, current: str | None) -> bool:
 def _same_agent_setting(key: str, wanted: str, given: str) -> bool:
     """Whether the agent reads ``given``, its container's flag or variable (untrimmed),
     as k3snet's ``wanted`` for ``key``."""
-    if key in _BOOL_KEYS:
+    if key in CILIUM_BOOL_KEYS:
         return parse_go_bool(given) is not None and read_go_flag(wanted) == parse_go_bool(given)
     if key in _CIDR_KEYS:
         try:

@@ -19,6 +19,7 @@ import pytest
 from k3snet.backends.cilium import CiliumBackend
 from k3snet.backends.cni_restart import CHANGED_ANNOTATION
 from k3snet.converge import compile_for
+from k3snet.errors import PlanError
 from k3snet.model.cilium import CiliumAgentOption, CiliumConfig
 from k3snet.model.state import State, object_from_dict
 from k3snet.planner import Plan, plan
@@ -350,6 +351,28 @@ def test_a_key_the_agent_s_flag_sets_is_no_disruptive_change_to_cilium_config(
     p = plan(backend.observe(), State())
     (change,) = p.changes
     assert "routing-mode: native -> tunnel" in (backend.disruptive(change) or "")
+
+
+def test_disruptive_and_apply_judge_by_the_agent_s_flags_as_they_are_now_not_as_observed(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # observe found routing-mode given by the agent's flags; the DaemonSet lost them
+    # since (helm upgrade): giving cilium-config's tunnel back is disruptive again, as the
+    # agents read cilium-config at their next start. disruptive() judged by the flags the
+    # last observe read (no change named), and the apply right after it, taking
+    # observe's read, wrote tunnel with disruptive changes not allowed.
+    _, backend, p, _ = _native_then_given_by_flags(api_server, api_client)
+    (change,) = p.changes
+    api_server.put(DAEMONSETS, _daemonset())
+    assert "routing-mode: native -> tunnel" in (backend.disruptive(change) or "")
+    with pytest.raises(PlanError, match="refuses a disruptive change"):
+        backend.apply(p)
+    assert _data(api_server)["routing-mode"] == "native"
+    # The reverse: flags given since (or no observe at all), no change is named.
+    api_server.put(DAEMONSETS, _daemonset(
+        ["--routing-mode=native", "--ipv4-native-routing-cidr", "10.42.0.0/16"]))
+    assert backend.disruptive(change) is None
+    assert CiliumBackend(api_client=api_client, timeout=10.0).disruptive(change) is None
 
 
 def test_a_change_of_keys_the_agent_s_flags_set_names_no_restart_and_leaves_no_stamp(

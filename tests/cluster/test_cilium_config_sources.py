@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from k3snet.backends.cilium import CiliumBackend
+from k3snet.backends.cilium_mount import image_version
 from k3snet.errors import PlanError
 from k3snet.model.cilium import CiliumConfig, CiliumMasquerade
 from k3snet.model.state import State
@@ -26,6 +27,7 @@ from k3snet.testing.kube import EmulatedApiServer
 from tests.cluster.test_cilium_backend import (
     HELM_K3S_DATA,
     NODE_CONFIGS_V2,
+    NODE_CONFIGS_V2ALPHA1,
     TARGET,
     _cilium_config,
     _data,
@@ -610,6 +612,10 @@ def test_a_node_source_named_by_the_pod_s_node_name_keeps_the_sources_known(
     ("ipv4-native-routing-cidr", None, ""),        # empty: as unset, the agent's ""
     ("egress-masquerade-interfaces", None, ""),
     ("enable-ipv4-egress-gateway", None, "false"),  # the agent's default, false
+    # The device detection keys are booleans too (viper's GetBool), not texts.
+    ("force-device-detection", "true", "True"),
+    ("force-device-detection", None, "false"),
+    ("enforce-device-detection", "1", "true"),
 ])
 def test_a_later_configmap_s_value_the_agent_reads_as_cilium_config_s_is_no_warning(
     *, key: str, given: str | None, laid: str, api_server: EmulatedApiServer,
@@ -664,3 +670,111 @@ def test_a_copy_s_later_configmap_setting_a_judged_key_otherwise_is_a_warning(
         CiliumBackend(api_client=api_client, timeout=10.0).observe()
     assert not [r for r in caplog.records if "lays the ConfigMap" in r.getMessage()]
 
+
+
+def test_remembered_warnings_stay_bounded_as_a_hostile_configmap_changes_every_pass(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Whoever may edit a ConfigMap the config init container lays over cilium-config
+    # gave enable-ipv4-masquerade another value every pass: each warning's text was kept
+    # for ever (an agent running for months held every value ever seen). A warning is
+    # logged once while it lasts (as the kit's WarningLog does), and only the last
+    # passes' are remembered.
+    api_server.put(DAEMONSETS, _building(
+        "--source=config-map:cilium-config,config-map:cilium-overrides"))
+    passes = 40
+    for i in range(passes):
+        api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                             {"enable-ipv4-masquerade": f"no-{i}"}))
+        backend.observe()
+    assert len(backend._api.warned) <= 2, len(backend._api.warned)
+    # One that stays is said once, not on every pass; gone and back, it is said again.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            backend.observe()
+    assert len([r for r in caplog.records if "cilium-overrides" in r.getMessage()]) == 0
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides", {}))
+    backend.observe()
+    api_server.put(CONFIGMAPS, configmap("kube-system", "cilium-overrides",
+                                         {"enable-ipv4-masquerade": f"no-{passes - 1}"}))
+    with caplog.at_level(logging.WARNING):
+        backend.observe()
+    assert len([r for r in caplog.records if "cilium-overrides" in r.getMessage()]) == 1
+
+
+def _with_image(ds: dict[str, Any], image: str) -> dict[str, Any]:
+    """``ds`` with its ``config`` init container running ``image``."""
+    (init,) = ds["spec"]["template"]["spec"]["initContainers"]
+    init["image"] = image
+    return ds
+
+
+@pytest.mark.parametrize(("image", "said"), [
+    ("quay.io/cilium/cilium:v1.16.5@sha256:" + "0" * 64, "runs Cilium 1.16"),
+    ("quay.io/cilium/cilium:v1.17.2", "runs Cilium 1.17"),
+    ("quay.io/cilium/cilium@sha256:" + "0" * 64, "cannot tell"),
+    ("quay.io/cilium/cilium:v1.15.9", None),  # no cilium.io/v2 in its resolver
+    ("quay.io/cilium/cilium:v1.14.12", None),
+])
+def test_a_release_whose_resolver_may_take_node_configs_first_is_a_warning(
+    image: str, said: str | None, api_server: EmulatedApiServer, backend: CiliumBackend,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    # Cilium's resolver (pkg/option/resolver) of releases from 1.16 on may move the
+    # cilium-node-config sources ahead of cilium-config on a node a v2 one selects:
+    # cilium-config's enable-ipv4-masquerade=true is then laid over the edge nodes'
+    # false. k3snet judged by the --source order alone, saying nothing; before 1.16 the
+    # order is the one given.
+    api_server.put(NODE_CONFIGS_V2, _node_config("edge", {"enable-ipv4-masquerade": "false"}))
+    api_server.put(DAEMONSETS, _with_image(_building(), image))
+    with caplog.at_level(logging.WARNING):
+        (foreign,) = backend.observe().foreign
+    assert isinstance(foreign, CiliumConfig)
+    assert [o.name for o in foreign.node_overrides] == ["edge"]  # judged by the order given
+    warned = [r.getMessage() for r in caplog.records if "resolver may" in r.getMessage()]
+    if said is None:
+        assert warned == []
+        return
+    (warning,) = warned
+    assert said in warning
+    assert ("CiliumNodeConfig edge selects the agents may run with "
+            "enable-ipv4-masquerade=true (not false)") in warning
+
+
+def test_node_configs_first_changing_nothing_is_no_warning(
+    api_server: EmulatedApiServer, backend: CiliumBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The same value as cilium-config's, listed through v2alpha1 alone (no v2 served: the
+    # resolver gets none through v2), or the CiliumNodeConfigs first in --source already.
+    for where, defaults, args, judged in (
+            # first: the emulator serves v2 once something was put there
+            (NODE_CONFIGS_V2ALPHA1, {"enable-ipv4-masquerade": "false"}, (), ["edge"]),
+            (NODE_CONFIGS_V2, {"enable-ipv4-masquerade": "True"}, (), ["edge"]),
+            (NODE_CONFIGS_V2, {"enable-ipv4-masquerade": "false"},
+             ("--source=cilium-node-config,config-map:cilium-config",), [])):
+        for version in (NODE_CONFIGS_V2, NODE_CONFIGS_V2ALPHA1):
+            api_server.delete(version, "edge", namespace="kube-system")
+        api_server.put(where, _node_config("edge", defaults, version=where.split("/")[1]))
+        api_server.put(DAEMONSETS, _building(*args))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            (foreign,) = backend.observe().foreign
+        assert isinstance(foreign, CiliumConfig)
+        assert [o.name for o in foreign.node_overrides] == judged, where
+        assert not [r for r in caplog.records if "resolver may" in r.getMessage()], where
+
+
+@pytest.mark.parametrize(("image", "version"), [
+    ("quay.io/cilium/cilium:v1.16.5@sha256:" + "0" * 64, (1, 16)),
+    ("rancher/mirrored-cilium-cilium:v1.17.0-rc.1", (1, 17)),
+    ("registry.local:5000/cilium/cilium:1.15.3", (1, 15)),
+    ("registry.local:5000/cilium/cilium", None),  # a port, no tag
+    ("quay.io/cilium/cilium@sha256:" + "0" * 64, None),
+    ("quay.io/cilium/cilium:latest", None),
+    ("", None),
+])
+def test_the_release_an_image_tag_names_is_read_from_it(
+    image: str, version: tuple[int, int] | None
+) -> None:
+    assert image_version(image) == version
