@@ -36,8 +36,8 @@ from k3snet._logline import printable
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple, optional_network
 from k3snet.model.calico_selector import (
+    same_selector,
     selector_problem,
-    selector_tokens,
     selects_everything,
     selects_nothing,
 )
@@ -1825,12 +1825,12 @@ _FELIX_FIELDS = frozenset({"ipipMode", "vxlanMode"})
 
 
 def _same(key: str, value: Any, wanted: Any) -> bool:
-    """A pool's field ``key`` holds ``wanted``: a ``nodeSelector`` is the same selector to
-    Calico's parser however it is spaced (:func:`~k3snet.model.calico_selector.selector_tokens`;
-    one Calico cannot parse is never the same)."""
+    """A pool's field ``key`` holds ``wanted``: a ``nodeSelector`` is the same selector
+    when its normal form is (:func:`~k3snet.model.calico_selector.same_selector`: however
+    spaced, parenthesised, ordered or negated twice; one Calico cannot parse is never
+    the same)."""
     if key == "nodeSelector" and isinstance(value, str) and isinstance(wanted, str):
-        tokens = selector_tokens(value)
-        return tokens is not None and tokens == selector_tokens(wanted)
+        return same_selector(value, wanted)
     return bool(value == wanted)
 
 

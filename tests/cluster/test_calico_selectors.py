@@ -119,6 +119,42 @@ def test_the_spec_s_node_selector_is_met_by_the_same_selector_spelled_otherwise(
     assert _plan(_backend(api_server), document).conflicts
 
 
+@pytest.mark.parametrize(("wanted", "stored"), [
+    ("zone in {'a', 'b'}", "zone in {'b', 'a'}"),
+    ("zone in {'a', 'b'}", "zone == 'b' || zone == 'a'"),
+    ("has(zone)", "!!has(zone)"),
+    ("zone == 'a' && rack == 'r1'", "(rack == 'r1') && (zone == 'a')"),
+    ("zone != 'a'", "!(zone == 'a')"),
+])
+def test_the_spec_s_node_selector_is_met_by_a_selector_of_the_same_meaning(
+    api_server: EmulatedApiServer, wanted: str, stored: str
+) -> None:
+    # Calico IPAM evaluates the pool's nodeSelector on a node's labels: the order of a
+    # set's values or of && and || operands, parentheses and !! change nothing. k3snet
+    # compared the tokens, and said the pool was not the one the spec wants (a false
+    # conflict).
+    _put_pod_pool(api_server, nodeSelector=stored)
+    document = SPEC.replace("calico: {}", f"calico: {{nodeSelector: {json.dumps(wanted)}}}")
+    p = _plan(_backend(api_server), document)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert len(p.met) == 1
+
+
+@pytest.mark.parametrize("selector", ["!!all()", "(all())", "zone not in {}"])
+def test_a_pool_selector_of_every_node_by_meaning_serves_every_node(
+    api_server: EmulatedApiServer, selector: str
+) -> None:
+    # A pool outside the pod CIDR may serve workloads: the pod CIDR's pool must serve
+    # every node. Its nodeSelector selects every node's labels; k3snet knew only all()
+    # and a blank one (a false conflict: "Calico gives its addresses only to pods of the
+    # nodes it selects").
+    _put_pod_pool(api_server, nodeSelector=selector)
+    api_server.put(CRD, _pool("other", cidr="10.60.0.0/16", natOutgoing=True))
+    p = _plan(_backend(api_server), SPEC)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert len(p.met) == 1
+
+
 @pytest.mark.parametrize("field", ["nodeSelector", "namespaceSelector"])
 @pytest.mark.parametrize("where", ["pod pool", "other pool"])
 def test_an_unparseable_selector_is_reported_naming_the_pool_and_never_met(
