@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -215,11 +216,13 @@ def _truth(tree: Tree, labels: dict[str, str]) -> bool:
     if label not in labels:  # only != and not in hold for a missing label
         return op in ("!=", "not in")
     found = labels[label]
-    return {"==": lambda: found == value, "!=": lambda: found != value,
-            "in": lambda: found in value, "not in": lambda: found not in value,
-            "contains": lambda: value in found,
-            "starts with": lambda: found.startswith(value),
-            "ends with": lambda: found.endswith(value)}[op]()
+    checks: dict[str, Callable[[], bool]] = {
+        "==": lambda: found == value, "!=": lambda: found != value,
+        "in": lambda: found in value, "not in": lambda: found not in value,
+        "contains": lambda: value in found,
+        "starts with": lambda: found.startswith(value),
+        "ends with": lambda: found.endswith(value)}
+    return checks[op]()
 
 
 def _quote(draw: st.DrawFn, value: str) -> str:
