@@ -127,7 +127,7 @@ from k3snet.kube import (
     make_api_client,
 )
 from k3snet.model.calico_selector import selector_problem
-from k3snet.model.cidr import Network
+from k3snet.model.cidr import Network, parse_network
 from k3snet.model.cni import NAT_OUTGOING_EXCLUSIONS, CalicoFelixNat, CalicoPools, IPPool
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
@@ -145,6 +145,7 @@ __all__ = [
     "disruptive_fields",
     "disruptive_reason",
     "pool_from_resource",
+    "read_block_affinities",
     "read_calico_hosts",
     "read_felix_nat",
     "read_pool",
@@ -161,6 +162,10 @@ APIS: Mapping[str, tuple[str, str]] = {
 
 PLURAL = "ippools"
 FELIX_PLURAL = "felixconfigurations"
+AFFINITY_PLURAL = "blockaffinities"
+AFFINITY_API = ("crd.projectcalico.org", "v1")
+"""Where Calico (Kubernetes datastore mode) keeps its block affinities, whichever API
+serves the pools."""
 POOL_CRD = "ippools.crd.projectcalico.org"  # the IPPool CRD's name
 _CRD_UNREAD = object()  # in CalicoBackend._bgp_export_lost: the write's listing read no CRD
 CALICO_METADATA_ANNOTATION = "projectcalico.org/metadata"
@@ -482,13 +487,46 @@ class _Listing:
     invalid: dict[str, str]  # foreign name -> why it is not readable
     warnings: tuple[str, ...]
     felix: tuple[CalicoFelixNat, ...] = ()
+    blocks: tuple[tuple[str, str], ...] = ()  # (node, block CIDR) of the block affinities
 
     def state(self) -> State:
-        """Owned pools; foreign: the readable pools, one :class:`CalicoPools` of all, and
-        Felix's NAT settings per scope."""
+        """Owned pools; foreign: the readable pools, one :class:`CalicoPools` of all (with
+        the blocks the nodes hold), and Felix's NAT settings per scope."""
         readable = [p for p in self.foreign.values() if p is not None]
-        return State(owned=self.owned.values(),
-                     foreign=[*readable, CalicoPools(readable, self.invalid), *self.felix])
+        pools = CalicoPools(readable, self.invalid, blocks=self.blocks)
+        return State(owned=self.owned.values(), foreign=[*readable, pools, *self.felix])
+
+
+# ---------------------------------------------------------------- block affinities
+
+
+def read_block_affinities(items: Iterable[Any]) -> tuple[tuple[str, str], ...]:
+    """``(node, block CIDR)`` of each block affinity a node holds: ``spec.node`` and
+    ``spec.cidr``, its ``state`` ``confirmed`` or ``pending`` (being claimed), not
+    ``pendingDeletion``, and not ``deleted`` (Calico writes the string ``"true"``).
+    Anything else (no node, a CIDR that is no network) is left out.
+
+    >>> read_block_affinities([{"spec": {"node": "n1", "cidr": "10.60.0.0/26",
+    ...     "state": "confirmed", "deleted": "false"}},
+    ...     {"spec": {"node": "n2", "cidr": "10.60.0.64/26", "state": "pendingDeletion"}}])
+    (('n1', '10.60.0.0/26'),)
+    """
+    found: list[tuple[str, str]] = []
+    for item in items:
+        spec = item.get("spec") if isinstance(item, Mapping) else None
+        if not isinstance(spec, Mapping):
+            continue
+        node, cidr = spec.get("node"), spec.get("cidr")
+        if (not isinstance(node, str) or not node or not isinstance(cidr, str)
+                or spec.get("state", "confirmed") not in ("confirmed", "pending")
+                or str(spec.get("deleted", "")).lower() == "true"):
+            continue
+        try:
+            parse_network(cidr)
+        except ModelError:
+            continue
+        found.append((node, cidr))
+    return tuple(found)
 
 
 # ---------------------------------------------------------------- FelixConfiguration
@@ -857,9 +895,38 @@ class CalicoBackend(BackendBase):
         _mark_lb_twins(owned, foreign)
         felix, found = self._felix()
         warnings += found
+        blocks, found = self._blocks()
+        warnings += found
         self.warnings = tuple(warnings)
         self.log_warnings()  # each once while it lasts, not on every agent pass
-        return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix)
+        return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix, blocks)
+
+    def _blocks(self) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+        """The IPAM blocks the nodes hold (:func:`read_block_affinities`), from Calico's
+        ``blockaffinities`` CRD (Kubernetes datastore mode keeps them there whichever API
+        serves the pools). Without the CRD (an etcd datastore), none; without the right
+        to list them (403), none and a warning: pods' addresses in blocks of pools outside
+        the pod CIDRs are then not judged."""
+        group, version = AFFINITY_API
+        doing = f"list BlockAffinities ({group}/{version})"
+
+        def fetch(page: dict[str, Any]) -> Any:
+            with translate_errors(doing, classifier=KubeErrors(timeout=self.timeout)):
+                return self._objects.list_cluster_custom_object(
+                    group, version, AFFINITY_PLURAL, _request_timeout=self.timeout, **page)
+
+        try:  # read only, never written back: from the API server's watch cache
+            items = list_pages(fetch, doing, cached=True)
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return (), ()
+            if exc.status == 403:
+                return (), (f"{exc}: the IPAM blocks nodes hold are not read, so addresses "
+                            "pods get from blocks their nodes hold in a pool outside the "
+                            "pod CIDRs (Calico IPAM uses those before the pod CIDR's pool) "
+                            "are not judged",)
+            raise
+        return read_block_affinities(items), ()
 
     def _bgp_export_dropped(self, item: Mapping[str, Any]) -> bool:
         """Whether k3snet's pool ``item`` was read without ``disableBGPExport`` because the

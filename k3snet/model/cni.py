@@ -36,8 +36,8 @@ from k3snet._logline import printable
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple, optional_network
 from k3snet.model.calico_selector import (
+    same_selector,
     selector_problem,
-    selector_tokens,
     selects_everything,
     selects_nothing,
 )
@@ -1380,6 +1380,12 @@ def _pools_tuple(value: Iterable[IPPool]) -> tuple[IPPool, ...]:
     return tuple(sorted(pools, key=lambda p: p.name))
 
 
+def _blocks(value: Iterable[tuple[str, str | Network]]) -> tuple[tuple[str, Network], ...]:
+    """``(node, block CIDR)`` pairs, once each, sorted by block then node."""
+    found = {(str(node), parse_network(cidr)) for node, cidr in value}
+    return tuple(sorted(found, key=lambda b: (*network_sort_key(b[1]), b[0])))
+
+
 def _invalid(value: Iterable[tuple[str, str]] | Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     pairs = value.items() if isinstance(value, Mapping) else value
     return tuple(sorted((str(name), str(problem)) for name, problem in pairs))
@@ -1407,13 +1413,21 @@ class CalicoPools(NetObject):
 
     pools: tuple[IPPool, ...] = attrs.field(default=(), converter=_pools_tuple)
     invalid: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_invalid)
+    blocks: tuple[tuple[str, Network], ...] = attrs.field(default=(), converter=_blocks,
+                                                          kw_only=True)
+    """The IPAM blocks the nodes hold, ``(node, block CIDR)``: Calico's block affinities
+    (``blockaffinities.crd.projectcalico.org``) neither deleted nor being released.
+    Calico IPAM gives a node's pods addresses from the blocks it holds first, in any
+    pool still enabled for it, before it cuts a new block in pool name order
+    (libcalico-go ``findOrClaimBlock``)."""
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _hash: int = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        self._seal(_POOLS_SLOT, (tuple(p.sort_key for p in self.pools), self.invalid))
+        self._seal(_POOLS_SLOT, (tuple(p.sort_key for p in self.pools), self.invalid,
+                                 tuple((node, *net_tuple(cidr)) for node, cidr in self.blocks)))
 
     @property
     def clash_key(self) -> tuple[Any, ...]:
@@ -1456,13 +1470,16 @@ class CalicoPools(NetObject):
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return {"type": self.type_name, "pools": [p.to_dict() for p in self.pools],
-                "invalid": [list(pair) for pair in self.invalid]}
+                "invalid": [list(pair) for pair in self.invalid],
+                **({"blocks": [[node, str(cidr)] for node, cidr in self.blocks]}
+                   if self.blocks else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CalicoPools:
         """Inverse of :meth:`to_dict`."""
         return cls([IPPool.from_dict(p) for p in data.get("pools", ())],
-                   [tuple(pair) for pair in data.get("invalid", ())])
+                   [tuple(pair) for pair in data.get("invalid", ())],
+                   blocks=[(node, cidr) for node, cidr in data.get("blocks", ())])
 
 
 @attrs.frozen(eq=False)
@@ -1611,7 +1628,8 @@ class CalicoPodCIDR(NetObject):
         this CIDR is usable by workloads on every node (or those of the spec's
         ``nodeSelector``) and has what the spec requires (IPAM, and calico-node cutting
         the nodes' tunnel addresses, read every pool)."""
-        return not self._ipam_broken(pools) and not self._ahead(pools)[1] and any(
+        return (not self._ipam_broken(pools) and not self._ahead(pools)[1]
+                and not self._held(pools)) and any(
             p.cidr == self.cidr and p.workload_usable and not self._differences(p)
             and not self._partial(p, pools) for p in pools.pools)
 
@@ -1622,9 +1640,9 @@ class CalicoPodCIDR(NetObject):
 
         Calico IPAM cuts a node's new blocks from the pools selecting it in the order of
         their names (libcalico-go ``findUsableBlock``): such a pool gives pods addresses
-        first, and Felix translates them as it says. (One sorting after is used only
-        once the pod CIDR's pool has no free block, or where a node holds blocks of it
-        already: not judged.)
+        first, and Felix translates them as it says. (One sorting after is used once the
+        pod CIDR's pool has no free block, not judged, or where a node holds blocks of it
+        already: :meth:`_held`.)
         """
         serving = [p for p in pools.pools if p.cidr == self.cidr and p.workload_usable
                    and selects_everything(p.node_selector)]
@@ -1633,6 +1651,50 @@ class CalicoPodCIDR(NetObject):
         first = serving[0]  # pools are sorted by name
         return first, [q for q in self._outside(pools) if q.name < first.name
                        and (pools.felix_pool(q.cidr) or q).nat_outgoing != self.nat_outgoing]
+
+    def _held(self, pools: CalicoPools) -> list[tuple[IPPool, list[tuple[str, Network]]]]:
+        """The pools outside the spec's pod CIDRs (:meth:`_outside`) whose ``natOutgoing``
+        (of Felix's pool of their CIDR) is not the one the spec wants, with the blocks
+        nodes hold in them (:attr:`CalicoPools.blocks`).
+
+        Calico IPAM assigns a pod's address from the blocks its node holds first, in any
+        enabled pool that still selects the node, whatever the pools' names, and cuts a
+        new block (in name order, :meth:`_ahead`) only once those are full: a node that
+        took blocks of an old pool keeps giving its pods addresses there, which Felix
+        translates as that pool says.
+        """
+        found = []
+        for pool in self._outside(pools):
+            if (pools.felix_pool(pool.cidr) or pool).nat_outgoing == self.nat_outgoing:
+                continue
+            held = [(node, block) for node, block in pools.blocks
+                    if contains(pool.cidr, block)]
+            if held:
+                found.append((pool, held))
+        return found
+
+    def _held_reason(self, pools: CalicoPools) -> str | None:
+        """Why pods of some nodes get addresses outside this pod CIDR, translated
+        otherwise, from blocks their nodes hold (:meth:`_held`)."""
+        held = self._held(pools)
+        if not held:
+            return None
+        wanted = "true" if self.nat_outgoing else "false"
+        named = "; ".join(
+            f"IPPool {pool.name} {pool.cidr} (natOutgoing "
+            f"{'true' if (pools.felix_pool(pool.cidr) or pool).nat_outgoing else 'false'}): "
+            + ", ".join(f"block {block} of node {node}" for node, block in blocks)
+            for pool, blocks in held)
+        return (f"{named}: nodes hold IPAM blocks in a pool outside the pod CIDRs that "
+                "serves workloads, and Calico IPAM gives a node's pods addresses from the "
+                "blocks it holds before it cuts a new one in the pod CIDR "
+                f"{self.cidr}, whatever the pools' names, so those pods get addresses "
+                "there, which Felix translates as that pool says, not as the spec wants "
+                f"(natOutgoing {wanted}); fix: add its CIDR to the spec's cluster.podCIDRs "
+                f"(it is judged as a pod CIDR then), set its natOutgoing to {wanted}, or "
+                "disable it (IPAM then uses its blocks no more: the pods on them keep "
+                "their addresses until they are re-created) (k3snet never changes a pool "
+                "it does not own)")
 
     def _ahead_reason(self, pools: CalicoPools) -> str | None:
         """Why pods get addresses outside this pod CIDR, translated otherwise (:meth:`_ahead`)."""
@@ -1699,7 +1761,8 @@ class CalicoPodCIDR(NetObject):
         usable = [p for p in same if p.workload_usable]
         nat = "true" if self.nat_outgoing else "false"
         unserved = (self._broken_reason(other) or self._unserved_reason(same, usable, other)
-                    or self._ahead_reason(other) or self._lb_twin_reason(other))
+                    or self._ahead_reason(other) or self._held_reason(other)
+                    or self._lb_twin_reason(other))
         if unserved is not None:
             return unserved
         felix = other.felix_pool(self.cidr)
@@ -1825,12 +1888,12 @@ _FELIX_FIELDS = frozenset({"ipipMode", "vxlanMode"})
 
 
 def _same(key: str, value: Any, wanted: Any) -> bool:
-    """A pool's field ``key`` holds ``wanted``: a ``nodeSelector`` is the same selector to
-    Calico's parser however it is spaced (:func:`~k3snet.model.calico_selector.selector_tokens`;
-    one Calico cannot parse is never the same)."""
+    """A pool's field ``key`` holds ``wanted``: a ``nodeSelector`` is the same selector
+    when its normal form is (:func:`~k3snet.model.calico_selector.same_selector`: however
+    spaced, parenthesised, ordered or negated twice; one Calico cannot parse is never
+    the same)."""
     if key == "nodeSelector" and isinstance(value, str) and isinstance(wanted, str):
-        tokens = selector_tokens(value)
-        return tokens is not None and tokens == selector_tokens(wanted)
+        return same_selector(value, wanted)
     return bool(value == wanted)
 
 

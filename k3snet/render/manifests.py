@@ -630,7 +630,8 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         # the Calico API server runs, else crd.projectcalico.org (found by discovery).
         # The verbs it sends: it lists the pools, applies (server-side: patch, and
         # create for a new one), creates and deletes; it never gets one, watches or updates.
-        # It lists the FelixConfigurations too (Felix's NAT settings), never writes them,
+        # It lists the FelixConfigurations too (Felix's NAT settings) and the block
+        # affinities (the IPAM blocks the nodes hold), never writes them,
         # and the Nodes where one leaves the Calico hosts' addresses untranslated, and
         # gets the IPPool CRD (below).
         objs.append({
@@ -644,6 +645,12 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
             }, {
                 "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
                 "resources": ["felixconfigurations"],
+                "verbs": ["list"],
+            }, {
+                # The IPAM blocks the nodes hold (Calico's block affinities, kept in
+                # the CRDs whichever API serves the pools): read only.
+                "apiGroups": ["crd.projectcalico.org"],
+                "resources": ["blockaffinities"],
                 "verbs": ["list"],
             }, {
                 # The Calico nodes' addresses (their annotations), which Felix leaves

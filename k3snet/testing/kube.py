@@ -120,9 +120,10 @@ AGENT_RESOURCES)``)."""
 _KINDS = {"ippools": "IPPool", "configmaps": "ConfigMap", "leases": "Lease", "nodes": "Node",
           "daemonsets": "DaemonSet", "pods": "Pod",
           "events": "Event", "felixconfigurations": "FelixConfiguration",
-          "customresourcedefinitions": "CustomResourceDefinition"}
+          "customresourcedefinitions": "CustomResourceDefinition",
+          "blockaffinities": "BlockAffinity"}
 _CLUSTER_SCOPED = frozenset({"ippools", "nodes", "felixconfigurations",
-                             "customresourcedefinitions"})
+                             "customresourcedefinitions", "blockaffinities"})
 _KEPT_REQUESTS = 1
 
 

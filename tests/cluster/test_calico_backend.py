@@ -805,14 +805,14 @@ def test_a_converge_that_writes_lists_the_pools_felix_and_the_nodes_once_each() 
                           for method, path, _ in server.requests() if method == "GET")
 
         assert converge(backend, desired, dry_run=True, check=True).plan.changes
-        assert lists() == ["felixconfigurations", "ippools", "nodes"]
+        assert lists() == ["blockaffinities", "felixconfigurations", "ippools", "nodes"]
         before = len(server.requests())
         result = converge(backend, desired)
         assert result.result is not None
         assert [c.action for c in result.result.applied] == ["add"]
         made = [(m, p.split("?")[0].rsplit("/", 1)[-1]) for m, p, _ in server.requests()[before:]]
-        assert sorted(made) == [("GET", "felixconfigurations"), ("GET", "ippools"),
-                                ("GET", "nodes"), ("POST", "ippools")]
+        assert sorted(made) == [("GET", "blockaffinities"), ("GET", "felixconfigurations"),
+                                ("GET", "ippools"), ("GET", "nodes"), ("POST", "ippools")]
         assert server.get(CRD, "k3snet-nonat-c") is not None
 
 
@@ -1020,7 +1020,8 @@ def test_with_a_v3_api_without_disable_bgp_export_a_dry_run_of_the_write_tells(
         # Held for BGP_EXPORT_RETRY seconds: no dry run on every pass.
         requests = len(server.requests())
         assert plan(backend.observe(), compile_ippools(LAN)).empty
-        assert [m for m, _, _ in server.requests()[requests:]] == ["GET", "GET"]
+        # (the pools, the FelixConfigurations and the block affinities)
+        assert [m for m, _, _ in server.requests()[requests:]] == ["GET", "GET", "GET"]
 
 
 def _dry_runs(server: EmulatedApiServer) -> int:

@@ -15,7 +15,7 @@ from k3snet.errors import SpecError
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec, compile_ippools
 from k3snet.spec import compile as compile_spec
-from k3snet.testing.kube import EmulatedApiServer
+from k3snet.testing.kube import CALICO_RESOURCES, EmulatedApiServer
 
 pytestmark = pytest.mark.cluster
 
@@ -117,6 +117,42 @@ def test_the_spec_s_node_selector_is_met_by_the_same_selector_spelled_otherwise(
     # Another selector is still another selector.
     _put_pod_pool(api_server, nodeSelector=stored.replace("zone", "rack"))
     assert _plan(_backend(api_server), document).conflicts
+
+
+@pytest.mark.parametrize(("wanted", "stored"), [
+    ("zone in {'a', 'b'}", "zone in {'b', 'a'}"),
+    ("zone in {'a', 'b'}", "zone == 'b' || zone == 'a'"),
+    ("has(zone)", "!!has(zone)"),
+    ("zone == 'a' && rack == 'r1'", "(rack == 'r1') && (zone == 'a')"),
+    ("zone != 'a'", "!(zone == 'a')"),
+])
+def test_the_spec_s_node_selector_is_met_by_a_selector_of_the_same_meaning(
+    api_server: EmulatedApiServer, wanted: str, stored: str
+) -> None:
+    # Calico IPAM evaluates the pool's nodeSelector on a node's labels: the order of a
+    # set's values or of && and || operands, parentheses and !! change nothing. k3snet
+    # compared the tokens, and said the pool was not the one the spec wants (a false
+    # conflict).
+    _put_pod_pool(api_server, nodeSelector=stored)
+    document = SPEC.replace("calico: {}", f"calico: {{nodeSelector: {json.dumps(wanted)}}}")
+    p = _plan(_backend(api_server), document)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert len(p.met) == 1
+
+
+@pytest.mark.parametrize("selector", ["!!all()", "(all())", "zone not in {}"])
+def test_a_pool_selector_of_every_node_by_meaning_serves_every_node(
+    api_server: EmulatedApiServer, selector: str
+) -> None:
+    # A pool outside the pod CIDR may serve workloads: the pod CIDR's pool must serve
+    # every node. Its nodeSelector selects every node's labels; k3snet knew only all()
+    # and a blank one (a false conflict: "Calico gives its addresses only to pods of the
+    # nodes it selects").
+    _put_pod_pool(api_server, nodeSelector=selector)
+    api_server.put(CRD, _pool("other", cidr="10.60.0.0/16", natOutgoing=True))
+    p = _plan(_backend(api_server), SPEC)
+    assert (p.changes, p.conflicts) == ((), ())
+    assert len(p.met) == 1
 
 
 @pytest.mark.parametrize("field", ["nodeSelector", "namespaceSelector"])
@@ -237,6 +273,68 @@ def test_a_workload_pool_outside_the_pod_cidr_sorting_first_must_translate_alike
         "calico pod CIDR 10.42.0.0/16 is a pool natOutgoing"]
     (conflict,) = p.conflicts
     assert "10.60.0.0/16" in conflict.wanted.describe()
+
+
+AFFINITIES = "crd.projectcalico.org/v1/blockaffinities"
+
+
+def _affinity(node: str, cidr: str, state: str = "confirmed", deleted: str = "false"
+              ) -> dict[str, Any]:
+    return {"apiVersion": "crd.projectcalico.org/v1", "kind": "BlockAffinity",
+            "metadata": {"name": f"{node}-{cidr.replace('.', '-').replace('/', '-')}"},
+            "spec": {"node": node, "cidr": cidr, "state": state, "deleted": deleted}}
+
+
+@pytest.mark.parametrize(("nat", "state", "deleted", "met"), [
+    (False, "confirmed", "false", False),
+    (False, "pending", "false", False),
+    (False, "pendingDeletion", "false", True),  # being released: IPAM uses it no more
+    (False, "confirmed", "true", True),
+    (True, "confirmed", "false", True),  # translated as the spec wants
+])
+def test_blocks_a_node_holds_in_an_old_pool_sorting_after_the_pod_cidr_s_must_translate_alike(
+    nat: bool, state: str, deleted: str, met: bool,
+) -> None:
+    # Calico IPAM assigns a pod's address from the blocks its node already holds first
+    # (libcalico-go findOrClaimBlock: the host's affine blocks in the enabled pools
+    # selecting it, whatever their names), and cuts a new block in pool name order only
+    # once those are full. A node that took blocks of zz-old (no natOutgoing) before the
+    # pod CIDR's pool was made keeps giving its pods addresses there, untranslated;
+    # k3snet read no block and judged the pod CIDR met, zz-old sorting after it.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, AFFINITIES)) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("zz-old", cidr="10.60.0.0/16", natOutgoing=nat))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26", state, deleted))
+        server.put(AFFINITIES, _affinity("node-b", "10.42.7.0/26"))  # in the pod CIDR
+        p = _plan(_backend(server), SPEC)
+        assert p.changes == ()
+        if met:
+            assert (len(p.met), p.conflicts) == (1, ())
+            return
+        assert p.met == ()
+        (conflict,) = p.conflicts
+        reason = conflict.reason or ""
+        assert reason.startswith("IPPool zz-old 10.60.0.0/16 (natOutgoing false): block "
+                                 "10.60.3.0/26 of node node-a: nodes hold IPAM blocks"), reason
+        assert "10.42.7.0/26" not in reason
+        assert "cluster.podCIDRs" in reason
+        # Disabled, IPAM takes no address from its blocks: met.
+        server.put(CRD, _pool("zz-old", cidr="10.60.0.0/16", disabled=True))
+        p = _plan(_backend(server), SPEC)
+        assert (len(p.met), p.conflicts) == (1, ())
+
+
+def test_block_affinities_not_listable_are_a_warning_and_not_judged(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Without the right to list them (a 403) the blocks are unknown: said, not guessed.
+    _put_pod_pool(api_server)
+    api_server.fail(403, method="GET", plural="blockaffinities")
+    backend = _backend(api_server)
+    p = _plan(backend, SPEC)
+    assert (len(p.met), p.conflicts) == (1, ())
+    (warning,) = [w for w in backend.warnings if "IPAM blocks" in w]
+    assert "not judged" in warning
 
 
 @pytest.mark.parametrize("field", ["nodeSelector", "namespaceSelector"])

@@ -278,8 +278,9 @@ def test_calico_agent_sends_only_what_its_rbac_grants(
     assert namespace == "k3snet-system"
     verbs = {(r.resource, r.verb, r.namespace) for r in requests}
     assert {("ippools", "create", None), ("ippools", "delete", None), ("ippools", "patch", None),
-            ("felixconfigurations", "list", None), ("nodes", "list", None),
-            ("customresourcedefinitions", "get", None), ("leases", "create", namespace),
+            ("felixconfigurations", "list", None), ("blockaffinities", "list", None),
+            ("nodes", "list", None), ("customresourcedefinitions", "get", None),
+            ("leases", "create", namespace),
             ("nodes", "patch", None), ("events", "create", "default")} <= verbs
     assert _denied(requests, objs, namespace) == []
     assert set(_unused(requests, objs, namespace)) <= NOT_SENT_HERE

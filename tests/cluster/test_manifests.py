@@ -731,6 +731,11 @@ def test_calico_gets_ippools_cluster_wide() -> None:
         "resources": ["felixconfigurations"],
         "verbs": ["list"],
     }, {
+        # The IPAM blocks the nodes hold, read only.
+        "apiGroups": ["crd.projectcalico.org"],
+        "resources": ["blockaffinities"],
+        "verbs": ["list"],
+    }, {
         # The Calico hosts' addresses (natOutgoingExclusions: IPPoolsAndHostIPs).
         "apiGroups": [""],
         "resources": ["nodes"],

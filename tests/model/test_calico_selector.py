@@ -10,12 +10,23 @@ still the same selector.
 
 from __future__ import annotations
 
+import itertools
+import random
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from k3snet.model import calico_selector
 from k3snet.model.calico_selector import (
+    ALL,
+    NOTHING,
+    Node,
+    canonical_selector,
+    same_selector,
+    selector_normal_form,
     selector_problem,
     selector_tokens,
     selects_everything,
@@ -112,12 +123,18 @@ def test_what_calico_s_parser_takes_has_tokens(text: str) -> None:
 @pytest.mark.parametrize(("text", "nothing"), [
     ("!all()", True), (" ! all( ) ", True), ("!\t!\t!all()", True),
     ("!!all()", False), ("all()", False), ("", False), ("!has(x)", False),
-    ("!all() && has(x)", False), ("!all(", False),
+    ("!all(", False),
+    # By meaning: no map of labels satisfies these either.
+    ("!all() && has(x)", True), ("!(all())", True), ("x in {}", True),
+    ("has(x) && !has(x)", True), ("x == 'a' && x == 'b'", True),
+    ("x == 'a' || !all()", False),
 ])
-def test_only_an_odd_number_of_negations_of_all_selects_nothing(text: str, nothing: bool) -> None:
+def test_only_a_selector_no_labels_satisfy_selects_nothing(text: str, nothing: bool) -> None:
     # Calico's selector of nothing is !all() (libcalico-go selector.NoMatch); each ! of
-    # the parser's leading run flips it (parseOperation). One Calico cannot parse
-    # selects nothing either, but IPAM fails on it instead of skipping the pool.
+    # the parser's leading run flips it (parseOperation). IPAM evaluates a pool's
+    # selector on the node's labels: one no map of labels satisfies parks the pool as
+    # !all() does. One Calico cannot parse selects nothing either, but IPAM fails on it
+    # instead of skipping the pool.
     assert selects_nothing(text) == nothing
 
 
@@ -128,7 +145,7 @@ def test_a_plan_parses_each_selector_text_at_most_once(monkeypatch: pytest.Monke
     calls: list[str] = []
     parsed = calico_selector._parsed
 
-    def counting(text: str) -> tuple[tuple[str, str], ...]:
+    def counting(text: str) -> tuple[tuple[tuple[str, str], ...], Node]:
         calls.append(text)
         return parsed(text)
 
@@ -140,3 +157,198 @@ def test_a_plan_parses_each_selector_text_at_most_once(monkeypatch: pytest.Monke
     wanted = CalicoPodCIDR("10.42.0.0/16", nat_outgoing=True)
     assert wanted.met_by(CalicoPools(tuple(pools)))
     assert sorted(set(calls)) == sorted(calls)
+
+
+# ---------------------------------------------------------------- selectors by meaning
+#
+# A selector drawn as a tree of this module's own, spelt as Calico's grammar allows
+# (parentheses, !!, either quote, blanks), and evaluated here as libcalico-go's selector
+# AST evaluates it (parser/ast.go): ==, in, contains, starts with and ends with are false
+# for a missing label; != and not in true; all() true. Every map of labels over a small
+# vocabulary is tried (a label missing, or each value).
+
+LABELS = ("a", "b", "k8s.io/c")
+VALUES = ("", "x", "xy", "it's")
+MAPS = [{label: value for label, value in zip(LABELS, values, strict=True) if value is not None}
+        for values in itertools.product((None, *VALUES), repeat=len(LABELS))]
+COMPARISONS = ("==", "!=", "contains", "starts with", "ends with")
+
+Tree = tuple[Any, ...]
+
+
+def _leaves() -> st.SearchStrategy[Tree]:
+    label, value = st.sampled_from(LABELS), st.sampled_from(VALUES)
+    return st.one_of(
+        st.just(("all",)),
+        st.tuples(st.just("has"), label),
+        st.tuples(st.just("cmp"), st.sampled_from(COMPARISONS), label, value),
+        st.tuples(st.just("set"), st.sampled_from(("in", "not in")), label,
+                  st.lists(value, max_size=3).map(tuple)),
+    )
+
+
+def _trees(leaves: int) -> st.SearchStrategy[Tree]:
+    return st.recursive(_leaves(), lambda inner: st.one_of(
+        st.tuples(st.just("not"), inner),
+        st.tuples(st.just("and"), st.lists(inner, min_size=2, max_size=3).map(tuple)),
+        st.tuples(st.just("or"), st.lists(inner, min_size=2, max_size=3).map(tuple)),
+    ), max_leaves=leaves)
+
+
+# Built once: a strategy built at each draw costs more than the test.
+TREES = {leaves: _trees(leaves) for leaves in (3, 5)}
+BLANKS = st.sampled_from(["", " ", "\t "])
+QUOTES = st.sampled_from("'\"")
+COIN = st.booleans()
+
+
+def _truth(tree: Tree, labels: dict[str, str]) -> bool:
+    """What Calico's AST says of ``tree`` on ``labels``."""
+    kind = tree[0]
+    if kind == "not":
+        return not _truth(tree[1], labels)
+    if kind in ("and", "or"):
+        results = [_truth(child, labels) for child in tree[1]]
+        return all(results) if kind == "and" else any(results)
+    if kind in ("all", "has"):
+        return kind == "all" or tree[1] in labels
+    _, op, label, value = tree
+    if label not in labels:  # only != and not in hold for a missing label
+        return op in ("!=", "not in")
+    found = labels[label]
+    checks: dict[str, Callable[[], bool]] = {
+        "==": lambda: found == value, "!=": lambda: found != value,
+        "in": lambda: found in value, "not in": lambda: found not in value,
+        "contains": lambda: value in found,
+        "starts with": lambda: found.startswith(value),
+        "ends with": lambda: found.endswith(value)}
+    return checks[op]()
+
+
+def _quote(draw: st.DrawFn, value: str) -> str:
+    quote = '"' if "'" in value else draw(QUOTES)
+    return f"{quote}{value}{quote}"
+
+
+def _spell(draw: st.DrawFn, tree: Tree, *, shuffle: random.Random | None = None) -> str:
+    """A text Calico parses to ``tree`` (``shuffle``: its operands and set values in
+    another order, which means the same), with parentheses and double negations thrown
+    in at random."""
+    kind = tree[0]
+    blank = draw(BLANKS)
+    if kind == "all":
+        text = "all()"
+    elif kind == "has":
+        text = f"has({blank}{tree[1]}{blank})"
+    elif kind == "not":
+        text = f"!({_spell(draw, tree[1], shuffle=shuffle)})"
+    elif kind in ("and", "or"):
+        children = list(tree[1])
+        if shuffle:
+            shuffle.shuffle(children)
+        text = f"{blank}{'&&' if kind == 'and' else '||'}{blank}".join(
+            f"({_spell(draw, child, shuffle=shuffle)})" for child in children)
+    elif kind == "set":
+        values = list(tree[3])
+        if shuffle:
+            shuffle.shuffle(values)
+        text = (f"{tree[2]} {tree[1]} {{{blank}"
+                + ",".join(_quote(draw, v) for v in values) + "}")
+    else:
+        text = f"{tree[2]}{blank} {tree[1]} {_quote(draw, tree[3])}"
+    if draw(COIN):
+        text = f"({blank}{text}{blank})"
+    if draw(COIN):
+        text = f"!!{blank}{text}"
+    return text
+
+
+@st.composite
+def spelt(draw: st.DrawFn, leaves: int = 5) -> tuple[Tree, str, str]:
+    """A tree, a spelling of it, and a spelling of it with its operands reordered."""
+    tree = draw(TREES[leaves])
+    return tree, _spell(draw, tree), _spell(draw, tree, shuffle=draw(st.randoms()))
+
+
+def _evaluate(form: Node, labels: dict[str, str]) -> bool:
+    """The module's normal form evaluated (its atoms: all, global, has, in, op)."""
+    kind = form[0]
+    if kind in ("all", "global"):
+        return True
+    if kind == "not":
+        return not _evaluate(form[1], labels)
+    if kind in ("and", "or"):
+        results = [_evaluate(child, labels) for child in form[1]]
+        return all(results) if kind == "and" else any(results)
+    if kind == "has":
+        return form[1] in labels
+    if kind == "in":
+        return form[1] in labels and labels[form[1]] in form[2]
+    _, op, label, value = form
+    return label in labels and _truth(("cmp", op, label, value), labels)
+
+
+@settings(max_examples=examples(200))
+@given(spelt())
+def test_the_normal_form_of_a_selector_selects_the_labels_calico_s_ast_selects(
+    case: tuple[Tree, str, str],
+) -> None:
+    tree, text, shuffled = case
+    form = selector_normal_form(text)
+    assert form is not None, (text, selector_problem(text))
+    for labels in MAPS:
+        assert _evaluate(form, labels) == _truth(tree, labels), (text, form, labels)
+    # Its spelling reads back to it (so it means the same too), and the operands of
+    # && and || and the values of a set, in any order, make the same normal form.
+    canonical = canonical_selector(text)
+    assert canonical is not None
+    assert selector_normal_form(canonical) == form, canonical
+    assert same_selector(shuffled, text), (shuffled, text)
+    assert selects_everything(text) == (form == ALL)
+    assert selects_nothing(text) == (form == NOTHING)
+    if form == ALL:
+        assert all(_truth(tree, labels) for labels in MAPS)
+    if form == NOTHING:
+        assert not any(_truth(tree, labels) for labels in MAPS)
+
+
+@settings(max_examples=examples(100))
+@given(spelt(3), spelt(3))
+def test_two_selectors_of_one_normal_form_select_the_same_labels(
+    one: tuple[Tree, str, str], other: tuple[Tree, str, str],
+) -> None:
+    # Drawn from a small vocabulary, two selectors often share a normal form; when they
+    # do, Calico's AST must select the same maps with both.
+    if same_selector(one[1], other[1]):
+        assert all(_truth(one[0], labels) == _truth(other[0], labels) for labels in MAPS)
+
+
+@pytest.mark.parametrize(("text", "other"), [
+    ("zone in {'a','b'}", "zone in {'b','a'}"),
+    ("zone in {'a','b'}", "zone == 'b' || zone == 'a'"),
+    ("!!has(x)", "has(x)"),
+    ("a == 'x' && b == 'y'", "b == 'y' && a == 'x'"),
+    ("((a == 'x') && ((b == 'y')))", "a == 'x' && b == 'y'"),
+    ("a != 'x'", "!(a == 'x')"),
+    ("a not in {'x', 'y'}", "a != 'y' && a != 'x'"),
+    ("!(a == 'x' || !has(b))", "has(b) && a != 'x'"),
+    ("all()", "  "),
+    ("all()", "a not in {}"),
+])
+def test_spellings_of_one_meaning_are_the_same_selector(text: str, other: str) -> None:
+    assert same_selector(text, other)
+    assert canonical_selector(text) == canonical_selector(other)
+
+
+@pytest.mark.parametrize(("text", "other"), [
+    # != holds for a missing label, == does not: has(a) is no part of a != 'x'.
+    ("a != 'x'", "has(a) && a != 'x'"),
+    ("a not in {'x'}", "a in {'y'}"),
+    ("a == 'x' && b == 'y'", "a == 'x' || b == 'y'"),
+    ("zone in {'a','b'}", "zone in {'a'}"),
+    ("!has(a)", "a == ''"),
+    ("a contains 'x'", "a starts with 'x'"),
+    ("has(x", "has(x"),  # unparseable is never the same
+])
+def test_selectors_of_other_meanings_are_not_the_same(text: str, other: str) -> None:
+    assert not same_selector(text, other)
