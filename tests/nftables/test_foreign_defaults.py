@@ -705,6 +705,9 @@ EGRESS_CASES: dict[str, tuple[str, str, str, tuple[bool, bool]]] = {
     # A fwd sends the packet out by another device: its path ends there, as by a drop.
     "a fwd of every packet to another device": (
         "eth0", "accept", "        fwd to \"cni0\"\n", (True, True)),
+    # The kernel hooks a chain on a name no device holds (Linux 6.10+): it sees no packet
+    # until a device of the name appears (said so, not warned of as dropping the pods').
+    "a policy drop on a device the node does not have": ("wlan0", "drop", "", (False, False)),
 }
 
 

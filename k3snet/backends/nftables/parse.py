@@ -43,7 +43,9 @@ Foreign state
     them reach its accept policy. A device's ``ingress`` chain (``netdev`` or
     ``inet``) is read for drops as testing that device (``iifname``), its policy drop
     as one more drop after its rules (conntrack has not run there: a ``ct state``
-    accept takes no reply). A ``netdev`` chain on a device's ``egress`` hook runs after
+    accept takes no reply); one on a device the node does not have drops nothing, and is
+    said (a doubt; the node's devices read by :class:`~k3snet.backends.routed.RoutedBy`).
+    A ``netdev`` chain on a device's ``egress`` hook runs after
     NAT: its policy drop and its stopping rules are a warning for the wanted rules
     leaving by that device whose destination they may name
     (:meth:`ForwardDefaults.leaving`), no block.
@@ -860,6 +862,8 @@ class ForeignReader:
     # what may leave packets untracked, not known whole (an -j CT whose flags were not
     # read): said as warnings (ForwardDefaults.doubts), no conflict
     doubts: list[Doubt] = field(default_factory=list)
+    # the devices chains are hooked on that the node does not have now (_present)
+    _absent: list[str] = field(default_factory=list)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -1037,7 +1041,7 @@ class ForeignReader:
         # as one testing that device (`iifname`), one walk per device, and so is a policy
         # drop, after the chain's rules (what they accept, it never sees).
         for where, name, devices, policy in self.device_bases:
-            for device in devices:
+            for device in self._present(where, name, devices, "ingress"):
                 taken = _Taken(ingress=device)
                 self._block_walk(where, name, _Way(guard=Match(iif=[(device, False)])), found,
                                  taken, every=1)
@@ -1156,6 +1160,7 @@ class ForeignReader:
                                iptables_own=tuple(sorted(self.iptables_own.items())),
                                doubts=tuple(dict.fromkeys(self.doubts)),
                                partial=tuple(self.partial),
+                               absent=tuple(dict.fromkeys(self._absent)),
                                places={_place(where, chain): (*where, chain)
                                        for _, where, chain in self._partial_notracks})
 
@@ -1167,7 +1172,8 @@ class ForeignReader:
         accepts before it took (an accept testing one destination alone); an accept of
         every packet ends the chain (no later rule, nor its policy, sees one). A return
         ends a base chain with its policy: read as an accept or a drop, as that is."""
-        for where, name, devices, listed_policy in self.egress_bases:
+        for where, name, listed, listed_policy in self.egress_bases:
+            devices = self._present(where, name, listed, "egress")
             if not devices:
                 continue
             policy = listed_policy
@@ -1193,6 +1199,25 @@ class ForeignReader:
                                   tuple(accepted)))
             if policy != "accept" or stops:
                 yield EgressDefault(where[1], name, devices, policy, tuple(stops))
+
+    def _present(self, where: tuple[str, str], chain: str, devices: tuple[str, ...],
+                 hook: str) -> tuple[str, ...]:
+        """The ``devices`` of a chain on their ``hook`` that the node has now (by
+        :attr:`routed`'s links; every one when they are not known). The kernel hooks a
+        chain on a name no device holds yet (Linux 6.10+): it sees no packet, and drops
+        none, until a device of that name appears; that is said (a doubt), no block."""
+        if self.routed is None:
+            return devices
+        present = tuple(d for d in devices if self.routed.has_device(d))
+        for device in devices:
+            if device not in present:
+                self._absent.append(device)
+                self.doubts.append(Doubt(
+                    f"{where[0]} {where[1]} {chain} is hooked on the {hook} of {device}, a "
+                    f"device this node does not have now: it drops nothing until a device "
+                    f"{device} appears, then its rules and policy apply to what passes it (",
+                    ("nft", "list", "chain", where[0], where[1], chain), " shows them)"))
+        return present
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
                       defaults: bool = False, reply: bool = False,
@@ -1566,6 +1591,9 @@ class ForwardDefaults:
     partial: tuple[NetObject, ...] = ()
     """The blocks, as they would be, of notracks of one protocol, no block
     (:attr:`ForeignReader.partial`, :mod:`k3snet.backends.untracked`)."""
+    absent: tuple[str, ...] = ()
+    """The devices chains on an ingress or egress hook were read on that the node did not
+    have (:meth:`ForeignReader._present`): read as dropping nothing while so."""
     places: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     """Each of :attr:`partial`'s ``where`` (``nftables ip a b early``) with the family,
     table and chain it names (``("ip", "a b", "early")``): a table's name may hold a space,
