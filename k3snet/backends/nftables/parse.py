@@ -245,6 +245,12 @@ def _parse_meta(left: dict[str, Any], op: str, right: Any, out: Match) -> bool:
     if key in ("iifname", "oifname") and isinstance(right, str):
         (out.iif if key == "iifname" else out.oif).append((right, op == "!="))
         return True
+    names = _name_set(right) if key in ("iifname", "oifname") and op == "!=" else None
+    if names:
+        # `oifname != { "eth0", "eth1" }`: the name is none of them, as the kernel looks it
+        # up: read as one negated test each (`oifname != "eth0" oifname != "eth1"`).
+        (out.iif if key == "iifname" else out.oif).extend((name, True) for name in names)
+        return True
     if key == "nfproto" and right in ("ipv4", "ipv6") and op == "==":
         proto = "ip" if right == "ipv4" else "ip6"
         if out.proto not in (None, proto):
@@ -256,6 +262,15 @@ def _parse_meta(left: dict[str, Any], op: str, right: Any, out: Match) -> bool:
         _parse_mark(op, right, out)
         return True
     return False
+
+
+def _name_set(right: Any) -> list[str] | None:
+    """The names of an anonymous set of interface names (``{ "eth0", "eth1" }``), else
+    None (a named set ``@devs``, an element that is no name)."""
+    items = right.get("set") if isinstance(right, dict) else None
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        return None
+    return items
 
 
 def _is_mark_mask(left: dict[str, Any]) -> bool:
