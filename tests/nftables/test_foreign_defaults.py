@@ -764,3 +764,24 @@ def test_an_egress_chain_is_warned_of_for_the_forward_rules_a_groups_iptables_me
         run_in(lab.node, ["nft", "delete", "table", "netdev", "other"])
     assert reached == [False, False]
     assert warned
+
+
+_DUP = ("table ip other {\n    chain fw {\n        type filter hook forward priority 0; "
+        "policy drop;\n        ct state established,related accept\n"
+        '        ip saddr 10.42.0.0/16 dup to 10.9.9.9 device "eth0" accept\n    }\n}\n')
+
+
+@pytest.mark.kernel
+def test_a_dup_before_an_accept_of_the_pods_copies_them_and_accepts_them(ns: str) -> None:
+    # `dup to ADDR device DEV` sends a copy of the packet and lets it go on: the accept
+    # after it takes the pods' packets. It was read as a test k3snet does not model, the
+    # accept as taking nothing: a warning that the policy drop drops the pods' traffic.
+    run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "cni0"])
+    run_in(ns, ["nft", "-f", "-"], input_text=_DUP)
+    listed = run_in(ns, ["nft", "-j", "list", "chain", "ip", "other", "fw"]).stdout
+    assert '{"dup": {"addr": "10.9.9.9", "dev": "eth0"}}' in listed  # the kernel's view
+    with NftablesBackend(ns, keep_read=False) as nft:
+        nft.expect(State(owned=[CLUSTER_RULE]))
+        foreign = nft.observe().foreign
+        assert nft.warnings == ()
+    assert ForwardRule("10.42.0.0/16", "0.0.0.0/0") in foreign

@@ -409,8 +409,10 @@ def _parse_statement(name: str, body: Any, out: Match) -> None:
         if unmodelled or set(out.nat_flags) - {"fully-random"} or (
                 name == "snat" and out.nat_addr is None):
             out.nat_extra = True
-    elif name in ("counter", "log", "mangle"):
-        out.extras += 1  # counting, logging, setting a mark: no verdict changes
+    elif name in ("counter", "log", "mangle", "dup"):
+        # counting, logging, setting a mark, sending a copy of the packet elsewhere (the
+        # packet itself goes on, as it is): no verdict changes
+        out.extras += 1
         _parse_mangle(body, out)
     elif name == "notrack":  # iptables-nft's -j NOTRACK too
         out.notrack = "notrack"
