@@ -665,6 +665,14 @@ def test_real_packet_too_big_is_lost_exactly_where_the_plan_warns_of_a_foreign_d
 # though it never matches them (leaving it out would need the NAT's outcome).
 _EGRESS = ("table netdev other {{\n    chain out {{\n        type filter hook egress device "
            "{device} priority 0; policy {policy};\n{rules}    }}\n}}\n")
+
+
+def _then_chain(name: str, *rules: str) -> str:
+    """The end of ``_EGRESS``'s chain ``out`` and another chain ``name`` of its table,
+    holding ``rules`` (closed by ``_EGRESS``'s end), for ``out``'s rules to jump to."""
+    return f"    }}\n    chain {name} {{\n" + "".join(f"        {r}\n" for r in rules)
+
+
 # (device, policy, rules): (the pod's connections dropped, the plan warns)
 EGRESS_CASES: dict[str, tuple[str, str, str, tuple[bool, bool]]] = {
     "a policy drop on the uplink": ("eth0", "drop", "", (True, True)),
@@ -705,6 +713,24 @@ EGRESS_CASES: dict[str, tuple[str, str, str, tuple[bool, bool]]] = {
     # A fwd sends the packet out by another device: its path ends there, as by a drop.
     "a fwd of every packet to another device": (
         "eth0", "accept", "        fwd to \"cni0\"\n", (True, True)),
+    # A jump's or goto's target is read in its place (it was a rule that may stop
+    # anything: a warning whatever the target did).
+    "a drop after a jump to a chain accepting the pods' destinations and their own": (
+        "eth0", "accept", "        jump ok\n        meta protocol ip drop\n"
+        "        meta protocol ip6 drop\n" + _then_chain(
+            "ok", "ip daddr 192.168.2.0/24 accept", "ip6 daddr fd01:2::/64 accept",
+            "ip daddr 10.42.0.0/16 accept", "ip6 daddr fd42:42::/56 accept"), (False, False)),
+    "a goto of the pods' destinations to a chain dropping another one": (
+        "eth0", "accept", "        ip daddr 192.168.2.0/24 goto other\n"
+        + _then_chain("other", "ip daddr 10.99.0.0/16 drop"), (False, False)),
+    "a jump to a chain dropping every IP packet": (
+        "eth0", "accept", "        jump every\n" + _then_chain(
+            "every", "meta protocol ip drop", "meta protocol ip6 drop"), (True, True)),
+    "a jump to a chain returning the pods' destinations before its drop": (
+        "eth0", "accept", "        jump back\n        meta protocol ip drop\n"
+        "        meta protocol ip6 drop\n" + _then_chain(
+            "back", "ip daddr 192.168.2.0/24 return", "ip6 daddr fd01:2::/64 return",
+            "accept"), (True, True)),
     # The kernel hooks a chain on a name no device holds (Linux 6.10+): it sees no packet
     # until a device of the name appears (said so, not warned of as dropping the pods').
     "a policy drop on a device the node does not have": ("wlan0", "drop", "", (False, False)),

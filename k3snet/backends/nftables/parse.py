@@ -1184,11 +1184,12 @@ class ForeignReader:
     def _egress(self) -> Iterator[EgressDefault]:
         """Each egress chain read that may drop something: its policy drop, and its own
         rules that may stop a packet (a drop, reject or queue, a fwd to another device) or
-        send it to another chain (not read), each with the destinations it names (none:
-        any) and those the chain's
-        accepts before it took (an accept testing one destination alone); an accept of
-        every packet ends the chain (no later rule, nor its policy, sees one). A return
-        ends a base chain with its policy: read as an accept or a drop, as that is."""
+        send it to a chain not read (too deep, a cycle), each with the destinations it
+        names (none: any) and those the chain's accepts before it took (an accept testing
+        one destination alone); an accept of every packet ends the chain (no later rule,
+        nor its policy, sees one). A return ends a base chain with its policy: read as an
+        accept or a drop, as that is. A jump's or goto's target is read in its place
+        (:meth:`_egress_rules`)."""
         for where, name, listed, listed_policy in self.egress_bases:
             devices = self._present(where, name, listed, "egress")
             if not devices:
@@ -1196,12 +1197,13 @@ class ForeignReader:
             policy = listed_policy
             stops: list[tuple[str, tuple[Network, ...], tuple[Network, ...]]] = []
             accepted: list[Network] = []
-            for match in self._rules(where, name):
-                verdict = listed_policy if match.verdict == "return" else match.verdict
-                if verdict == "accept" and match.conditions == 0:
+            for match, inner, escaped in self._egress_rules(where, name, _Way()):
+                verdict = listed_policy if match.verdict == "return" and not inner else (
+                    match.verdict)
+                if verdict == "accept" and match.conditions == 0 and not escaped:
                     policy = "accept"
                     break
-                if (verdict == "accept" and match.conditions == 1
+                if (verdict == "accept" and not escaped and match.conditions == 1
                         and len(match.daddr) == 1 and not match.daddr[0][1]):
                     accepted.append(match.daddr[0][0])
                 if match.fwd is not None:  # the packet leaves by another device
@@ -1216,6 +1218,40 @@ class ForeignReader:
                                   tuple(accepted)))
             if policy != "accept" or stops:
                 yield EgressDefault(where[1], name, devices, policy, tuple(stops))
+
+    def _egress_rules(self, where: tuple[str, str], chain: str, way: _Way, *,
+                      inner: bool = False,
+                      escaped: bool = False) -> Iterator[tuple[Match, bool, bool]]:
+        """The rules an egress base chain runs, as the walk reaches them: a jump's or
+        goto's target's rules in its place, each read as testing the jump's tests too
+        (not deeper than :data:`_MAX_JUMP_DEPTH`, nor back to a chain on the way: such a
+        jump stays a rule that may stop anything). With each, whether it is a target's
+        (``inner``: its return goes back to the caller, no policy) and whether some
+        packets left the way before it (``escaped``: a target's conditional return, a
+        conditional goto, whose packets meet neither its accepts nor the caller's later
+        ones: an accept then takes no destination away from a later drop, nor ends the
+        chain, for them)."""
+        way = way.into(where, chain)
+        for match in self._rules(where, chain):
+            reached = way.reaching(match)
+            if reached is None:
+                continue  # no packet that comes this way reaches the rule
+            if inner and match.verdict == "return":
+                if not match.conditions:
+                    return  # back to the caller, every packet
+                escaped = True
+                continue
+            if way.follows(where, match):
+                assert match.target is not None
+                yield from self._egress_rules(where, match.target,
+                                              attrs.evolve(way, guard=reached),
+                                              inner=True, escaped=escaped)
+                if match.verdict == "goto":
+                    if not match.conditions:
+                        return  # no packet comes back from a goto of every packet
+                    escaped = True
+                continue
+            yield reached, inner, escaped
 
     def _present(self, where: tuple[str, str], chain: str, devices: tuple[str, ...],
                  hook: str) -> tuple[str, ...]:
