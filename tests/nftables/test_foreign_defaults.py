@@ -811,3 +811,28 @@ def test_a_dup_before_an_accept_of_the_pods_copies_them_and_accepts_them(ns: str
         foreign = nft.observe().foreign
         assert nft.warnings == ()
     assert ForwardRule("10.42.0.0/16", "0.0.0.0/0") in foreign
+
+
+_TESTED = ("table ip other {\n    chain fw {\n        type filter hook forward priority 0; "
+           "policy accept;\n        ip daddr != { 172.16.0.0/12, 10.0.0.0/8 } drop\n"
+           '        oifname != "eth0" drop\n        counter drop\n    }\n}\n')
+
+
+@pytest.mark.kernel
+def test_a_default_drop_naming_no_address_says_what_it_tests(ns: str) -> None:
+    # Each was said as "a rule that may drop any address": a drop of every packet, for
+    # all the reader could tell, while it tests a negated address or an interface.
+    run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "cni0"])
+    run_in(ns, ["nft", "-f", "-"], input_text=_TESTED)
+    listed = json.loads(run_in(ns, ["nft", "-j", "list", "chain", "ip", "other", "fw"]).stdout)
+    handles = [o["rule"]["handle"] for o in listed["nftables"] if "rule" in o]
+    with NftablesBackend(ns, keep_read=False) as nft:
+        nft.expect(State(owned=[CLUSTER_RULE]))
+        nft.observe()
+        (warning,) = nft.warnings
+    first, second, third = handles
+    assert "(a rule that may drop any address, testing ip daddr != 10.0.0.0/8 ip daddr != " \
+           f"172.16.0.0/12 (handle {first}); " in warning
+    assert f"; a rule that may drop any address, testing oifname != eth0 (handle {second}); " \
+           in warning
+    assert f"; a rule that may drop any address (handle {third}))" in warning

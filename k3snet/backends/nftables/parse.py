@@ -1364,7 +1364,11 @@ class ForeignReader:
                     match = parse_rule(expr)
                     if match.verdict in _STOPS and not any(
                             not neg for _, neg in match.saddr + match.daddr):
-                        stops.append(f"a rule that may {match.verdict} any address "
+                        # What it tests, if anything (an interface, a negated address
+                        # ...): the address it drops is any that passes those.
+                        tests = " ".join(_rule_words(match)[0])
+                        stops.append(f"a rule that may {match.verdict} any address"
+                                     f"{f', testing {tests}' if tests else ''} "
                                      f"(handle {rule.get('handle')})")
                     elif match.verdict in _STOPS:
                         addressed.append(f"a rule that may {match.verdict} "
@@ -1577,7 +1581,8 @@ class ForwardDefault:
     chain: str
     policy: str
     what: tuple[str, ...]
-    """``policy drop``, ``a rule that may drop any address (handle 12)`` ..."""
+    """``policy drop``, ``a rule that may drop any address (handle 12)``, ``a rule that
+    may drop any address, testing oifname eth0 (handle 13)`` ..."""
     kind: str = "filter"
     """The chain's type: ``filter``, or ``nat`` (on the prerouting or postrouting hook)."""
     after_own_nat: bool = False
