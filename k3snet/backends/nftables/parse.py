@@ -1364,9 +1364,10 @@ class ForeignReader:
                     match = parse_rule(expr)
                     if match.verdict in _STOPS and not any(
                             not neg for _, neg in match.saddr + match.daddr):
-                        # What it tests, if anything (an interface, a negated address
-                        # ...): the address it drops is any that passes those.
-                        tests = " ".join(_rule_words(match)[0])
+                        # What it tests of what k3snet reads (an interface, a negated
+                        # address): the address it drops is any that passes those.
+                        tests = " ".join(_rule_words(match)[0]) if (
+                            match.iif or match.oif or match.saddr or match.daddr) else ""
                         stops.append(f"a rule that may {match.verdict} any address"
                                      f"{f', testing {tests}' if tests else ''} "
                                      f"(handle {rule.get('handle')})")
@@ -1582,7 +1583,8 @@ class ForwardDefault:
     policy: str
     what: tuple[str, ...]
     """``policy drop``, ``a rule that may drop any address (handle 12)``, ``a rule that
-    may drop any address, testing oifname eth0 (handle 13)`` ..."""
+    may drop any address, testing oifname eth0 (handle 13)`` (its tests of interfaces or
+    addresses said) ..."""
     kind: str = "filter"
     """The chain's type: ``filter``, or ``nat`` (on the prerouting or postrouting hook)."""
     after_own_nat: bool = False
