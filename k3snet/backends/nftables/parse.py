@@ -534,19 +534,37 @@ def _set_expanded(expr: list[Any]) -> list[list[Any]]:
     accept of the pods took nothing (a policy drop after it warned of as dropping them).
     Any other rule, and one naming more than :data:`_MAX_VMAP_ELEMENTS` prefixes, stays
     as it is."""
-    sets = [(at, nets) for at, statement in enumerate(expr)
-            if (nets := _address_set(statement)) is not None]
+    sets = [(at, items) for at, statement in enumerate(expr)
+            if (items := _set_items(statement)) is not None]
     if not sets or parse_rule(expr).verdict not in (*_STOPS, "accept"):
         return [expr]
     exprs = [expr]
-    for at, nets in sets:
+    for at, items in sets:
         test = expr[at]["match"]
-        exprs = [[*e[:at], {"match": {**test, "right": {"prefix": {
-                      "addr": str(net.network_address), "len": net.prefixlen}}}}, *e[at + 1:]]
-                 for e in exprs for net in nets]
+        exprs = [[*e[:at], {"match": {**test, "right": item}}, *e[at + 1:]]
+                 for e in exprs for item in items]
         if len(exprs) > _MAX_VMAP_ELEMENTS:
             return [expr]
     return exprs
+
+
+def _set_items(statement: Any) -> list[Any] | None:
+    """What a positive test against an anonymous set of addresses (or a range) or of
+    interface names (``oifname { "lo", "cni0" }``) tests one by one: a prefix, or a name
+    (else None)."""
+    nets = _address_set(statement)
+    if nets is not None:
+        return [{"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+                for net in nets]
+    test = statement.get("match") if isinstance(statement, dict) and len(statement) == 1 else None
+    if not isinstance(test, dict) or test.get("op", "==") not in ("==", "in"):
+        return None
+    left = test.get("left")
+    meta = left.get("meta") if isinstance(left, dict) else None
+    if not isinstance(meta, dict) or meta.get("key") not in ("iifname", "oifname"):
+        return None
+    names = _name_set(test.get("right"))
+    return names if names is not None and len(names) <= _MAX_VMAP_ELEMENTS else None
 
 
 def _address_set(statement: Any) -> list[Network] | None:
