@@ -15,6 +15,10 @@ The same for a drop by in-interface and no source (Docker 28's internal network,
 ``! -d 192.0.2.0/24 -i br-int -j DROP``): a packet comes in by the device its source is
 routed by (the reverse path; not so on a node routing asymmetrically).
 
+It also tells which devices the node has (:meth:`RoutedBy.has_device`, one link dump when
+first asked): a chain hooked on a device's ingress or egress sees no packet while the
+device is absent.
+
 A doubt counts against k3snet: a route whose device is not known (multipath, nexthop
 object) may leave by any device, a device no route names gives no cover (it may come
 up later with any route), nor does a default route. Multicast destinations are never a
@@ -35,7 +39,7 @@ from k3snet.model.cidr import Network
 if TYPE_CHECKING:  # the netlink modules are imported by read_routes alone, when it runs
     from k3snet.backends.netlink.socket_driver import SocketDriver
 
-__all__ = ["RoutedBy", "read_routes"]
+__all__ = ["RoutedBy", "read_links", "read_routes"]
 
 class RoutedBy:
     """The node's unicast routes as (destination, device): ``None`` for a device not known.
@@ -55,9 +59,15 @@ class RoutedBy:
     """
 
     def __init__(self, routes: Iterable[tuple[Network | str, str | None]]
-                 | Callable[[], Iterable[_Raw]]) -> None:
+                 | Callable[[], Iterable[_Raw]],
+                 devices: Iterable[str] | Callable[[], Iterable[str] | None] | None = None,
+                 ) -> None:
         # A callable (raw routes, read_routes) is read at the first cover(): no dump when
-        # no block needs one.
+        # no block needs one. ``devices``: the node's device names (a callable, read_links,
+        # at the first has_device()); None: not known, every name may be a device.
+        self._devices = devices
+        self._names: frozenset[str] | None = None
+        self._names_read = False
         if callable(routes):
             self._load = routes
         else:
@@ -65,6 +75,25 @@ class RoutedBy:
             raw = [_raw(net, device) for net, device in nets if not net.is_multicast]
             self._load = lambda: raw
         self._read: list[_Raw] | None = None
+
+    def has_device(self, name: str) -> bool:
+        """Whether the node has a device ``name`` names now (nft's ``eth*``: one whose
+        name starts so); True when the devices are not known.
+
+        >>> RoutedBy([], devices=["lo", "eth0"]).has_device("wlan0")
+        False
+        >>> RoutedBy([], devices=["lo", "eth0"]).has_device("eth*")
+        True
+        """
+        if not self._names_read:
+            self._names_read = True
+            names = self._devices() if callable(self._devices) else self._devices
+            self._names = None if names is None else frozenset(names)
+        if self._names is None:
+            return True
+        if name.endswith("*"):
+            return any(device.startswith(name[:-1]) for device in self._names)
+        return name in self._names
 
     def _routes(self) -> list[_Raw]:
         if self._read is None:
@@ -126,6 +155,12 @@ _LINK_LOCAL_TOP = 0xFE80 >> 6  # fe80::/10: the top 10 bits of an address
 
 def _raw(net: Network, device: str | None) -> _Raw:
     return (net.version, int(net.network_address), net.prefixlen, device)
+
+
+def read_links(driver: SocketDriver) -> list[str]:
+    """The names of the namespace's devices (one link dump), as :class:`RoutedBy` takes
+    them."""
+    return [link.name for link in driver.links().values()]
 
 
 def read_routes(driver: SocketDriver) -> list[_Raw]:

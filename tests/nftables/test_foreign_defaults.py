@@ -665,6 +665,14 @@ def test_real_packet_too_big_is_lost_exactly_where_the_plan_warns_of_a_foreign_d
 # though it never matches them (leaving it out would need the NAT's outcome).
 _EGRESS = ("table netdev other {{\n    chain out {{\n        type filter hook egress device "
            "{device} priority 0; policy {policy};\n{rules}    }}\n}}\n")
+
+
+def _then_chain(name: str, *rules: str) -> str:
+    """The end of ``_EGRESS``'s chain ``out`` and another chain ``name`` of its table,
+    holding ``rules`` (closed by ``_EGRESS``'s end), for ``out``'s rules to jump to."""
+    return f"    }}\n    chain {name} {{\n" + "".join(f"        {r}\n" for r in rules)
+
+
 # (device, policy, rules): (the pod's connections dropped, the plan warns)
 EGRESS_CASES: dict[str, tuple[str, str, str, tuple[bool, bool]]] = {
     "a policy drop on the uplink": ("eth0", "drop", "", (True, True)),
@@ -705,6 +713,27 @@ EGRESS_CASES: dict[str, tuple[str, str, str, tuple[bool, bool]]] = {
     # A fwd sends the packet out by another device: its path ends there, as by a drop.
     "a fwd of every packet to another device": (
         "eth0", "accept", "        fwd to \"cni0\"\n", (True, True)),
+    # A jump's or goto's target is read in its place (it was a rule that may stop
+    # anything: a warning whatever the target did).
+    "a drop after a jump to a chain accepting the pods' destinations and their own": (
+        "eth0", "accept", "        jump ok\n        meta protocol ip drop\n"
+        "        meta protocol ip6 drop\n" + _then_chain(
+            "ok", "ip daddr 192.168.2.0/24 accept", "ip6 daddr fd01:2::/64 accept",
+            "ip daddr 10.42.0.0/16 accept", "ip6 daddr fd42:42::/56 accept"), (False, False)),
+    "a goto of the pods' destinations to a chain dropping another one": (
+        "eth0", "accept", "        ip daddr 192.168.2.0/24 goto other\n"
+        + _then_chain("other", "ip daddr 10.99.0.0/16 drop"), (False, False)),
+    "a jump to a chain dropping every IP packet": (
+        "eth0", "accept", "        jump every\n" + _then_chain(
+            "every", "meta protocol ip drop", "meta protocol ip6 drop"), (True, True)),
+    "a jump to a chain returning the pods' destinations before its drop": (
+        "eth0", "accept", "        jump back\n        meta protocol ip drop\n"
+        "        meta protocol ip6 drop\n" + _then_chain(
+            "back", "ip daddr 192.168.2.0/24 return", "ip6 daddr fd01:2::/64 return",
+            "accept"), (True, True)),
+    # The kernel hooks a chain on a name no device holds (Linux 6.10+): it sees no packet
+    # until a device of the name appears (said so, not warned of as dropping the pods').
+    "a policy drop on a device the node does not have": ("wlan0", "drop", "", (False, False)),
 }
 
 
@@ -761,3 +790,49 @@ def test_an_egress_chain_is_warned_of_for_the_forward_rules_a_groups_iptables_me
         run_in(lab.node, ["nft", "delete", "table", "netdev", "other"])
     assert reached == [False, False]
     assert warned
+
+
+_DUP = ("table ip other {\n    chain fw {\n        type filter hook forward priority 0; "
+        "policy drop;\n        ct state established,related accept\n"
+        '        ip saddr 10.42.0.0/16 dup to 10.9.9.9 device "eth0" accept\n    }\n}\n')
+
+
+@pytest.mark.kernel
+def test_a_dup_before_an_accept_of_the_pods_copies_them_and_accepts_them(ns: str) -> None:
+    # `dup to ADDR device DEV` sends a copy of the packet and lets it go on: the accept
+    # after it takes the pods' packets. It was read as a test k3snet does not model, the
+    # accept as taking nothing: a warning that the policy drop drops the pods' traffic.
+    run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "cni0"])
+    run_in(ns, ["nft", "-f", "-"], input_text=_DUP)
+    listed = run_in(ns, ["nft", "-j", "list", "chain", "ip", "other", "fw"]).stdout
+    assert '{"dup": {"addr": "10.9.9.9", "dev": "eth0"}}' in listed  # the kernel's view
+    with NftablesBackend(ns, keep_read=False) as nft:
+        nft.expect(State(owned=[CLUSTER_RULE]))
+        foreign = nft.observe().foreign
+        assert nft.warnings == ()
+    assert ForwardRule("10.42.0.0/16", "0.0.0.0/0") in foreign
+
+
+_TESTED = ("table ip other {\n    chain fw {\n        type filter hook forward priority 0; "
+           "policy accept;\n        ip daddr != { 172.16.0.0/12, 10.0.0.0/8 } drop\n"
+           '        oifname != "eth0" drop\n        counter drop\n    }\n}\n')
+
+
+@pytest.mark.kernel
+def test_a_default_drop_naming_no_address_says_what_it_tests(ns: str) -> None:
+    # Each was said as "a rule that may drop any address": a drop of every packet, for
+    # all the reader could tell, while it tests a negated address or an interface.
+    run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "cni0"])
+    run_in(ns, ["nft", "-f", "-"], input_text=_TESTED)
+    listed = json.loads(run_in(ns, ["nft", "-j", "list", "chain", "ip", "other", "fw"]).stdout)
+    handles = [o["rule"]["handle"] for o in listed["nftables"] if "rule" in o]
+    with NftablesBackend(ns, keep_read=False) as nft:
+        nft.expect(State(owned=[CLUSTER_RULE]))
+        nft.observe()
+        (warning,) = nft.warnings
+    first, second, third = handles
+    assert "(a rule that may drop any address, testing ip daddr != 10.0.0.0/8 ip daddr != " \
+           f"172.16.0.0/12 (handle {first}); " in warning
+    assert f"; a rule that may drop any address, testing oifname != eth0 (handle {second}); " \
+           in warning
+    assert f"; a rule that may drop any address (handle {third}))" in warning

@@ -164,3 +164,54 @@ def test_an_ingress_fwd_to_another_device_diverts_the_pods_traffic_and_is_a_conf
             "! forward accept 10.42.0.0/16 -> 192.168.2.0/24 oif eth0 (+ replies)",
             "! forward accept fd42:42::/56 -> fd01:2::/64 oif eth0 (+ replies)"], out.getvalue()
         assert "iifname cni0 fwd to eth0" in out.getvalue()
+
+
+_ABSENT = ("table netdev edge {\n\tchain in {\n\t\ttype filter hook ingress device wlan0 "
+           "priority 0; policy drop;\n\t}\n}\n")
+
+
+def _blocks(backend: NftablesBackend) -> set[ForwardBlock]:
+    return {o for o in backend.observe().foreign if isinstance(o, ForwardBlock)}
+
+
+@pytest.mark.kernel
+def test_an_ingress_chain_on_an_absent_device_drops_nothing_until_the_device_appears(
+        ns: str) -> None:
+    # The kernel hooks a chain on a name no device holds yet (Linux 6.10+): its policy
+    # drop was read as dropping any address (a false conflict). It is said now, no block,
+    # until a device of the name appears, which moves no generation id: the next observe
+    # of the same backend reads again and finds the block.
+    run_in(ns, ["ip", "link", "add", "cni0", "type", "veth", "peer", "name", "eth0"])
+    run_in(ns, ["nft", "-f", "-"], input_text=_ABSENT)
+    listed = run_in(ns, ["nft", "-j", "list", "chain", "netdev", "edge", "in"]).stdout
+    assert '"hook": "ingress"' in listed  # the kernel's view
+    assert '"policy": "drop"' in listed
+    with NftablesBackend(ns, keep_read=False) as backend:
+        assert _blocks(backend) == set()
+        said = [w for w in backend.warnings if "netdev edge in is hooked on the ingress of "
+                "wlan0, a device this node does not have now" in w]
+        assert len(said) == 1
+        assert "nft list chain netdev edge in" in said[0]
+        run_in(ns, ["ip", "link", "add", "wlan0", "type", "veth", "peer", "name", "wlanp"])
+        assert {(b.in_interface, b.rule) for b in _blocks(backend)} == {
+            ("wlan0", "iifname wlan0 policy drop")}
+        assert not any("does not have now" in w for w in backend.warnings)
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_an_ingress_policy_drop_on_an_absent_device_passes_the_pods_traffic_and_is_no_conflict(
+        require_root: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_ABSENT)
+        assert lab.tcp_probe(4, timeout=1.0).ok  # the kernel drops nothing
+        assert lab.tcp_probe(6, timeout=1.0).ok
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0, out.getvalue()
+        assert "0 conflict(s)" in out.getvalue()
+        assert "hooked on the ingress of wlan0, a device this node does not have" in (
+            out.getvalue())

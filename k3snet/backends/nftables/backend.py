@@ -84,6 +84,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -141,7 +142,7 @@ from k3snet.backends.nftables.parse import (
     table_of,
 )
 from k3snet.backends.nftables.text import Lines, expected_lines, first_rule_lines
-from k3snet.backends.routed import RoutedBy, read_routes
+from k3snet.backends.routed import RoutedBy, read_links, read_routes
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -206,6 +207,27 @@ class _Started:
 
 class _Misfit(Exception):  # noqa: N818 - internal signal, never leaves the backend
     """The plan does not fit k3snet's table: the kit's fit check says why."""
+
+
+def _has_device(name: str) -> bool:
+    """Whether the calling thread's namespace has a device ``name`` names (nft's ``eth*``:
+    one whose name starts so): one ioctl, made only while a chain of another table is
+    hooked on a device that was absent (:attr:`~.cache.Cache.absent`)."""
+    try:
+        if name.endswith("*"):
+            return any(found.startswith(name[:-1]) for _, found in socket.if_nameindex())
+        socket.if_nametoindex(name)
+    except (OSError, ValueError):  # no such device, or a name no device can take
+        return False
+    return True
+
+
+def _foreign_stale(kernel: NftKernel, cache: Cache) -> bool:
+    """Whether what ``cache`` read of the other tables went stale with its generation id
+    unmoved: a table a process owned went with it (k3snet's own table is never owned),
+    or a device a chain of another table is hooked on came (read as dropping nothing)."""
+    return bool((cache.owners and owner_tables(kernel) != cache.owners)
+                or any(_has_device(device) for device in cache.absent))
 
 
 def _table_name(syntax: str, table: Any, family: TableFamily = "inet") -> str:
@@ -673,10 +695,7 @@ class NftablesBackend(BackendBase):
             self._settle(started)
             started = None
         cache = None if refresh else self._observed.get(genid)
-        if (cache is not None and cache.foreign is not None and cache.owners
-                and owner_tables(kernel) != cache.owners):
-            # A table a process owned went with it, the generation id unmoved: what the
-            # other tables were read as is stale (k3snet's own table is never owned).
+        if cache is not None and cache.foreign is not None and _foreign_stale(kernel, cache):
             cache.foreign = cache.state = None
         if cache is None and not refresh and not (started and started.listings):
             kept = self._kept_read()  # the table as the last process left it, if still so
@@ -711,6 +730,7 @@ class NftablesBackend(BackendBase):
             # The read prefetch started, unless an owned table went since it began.
             taken = ahead if started is not None and started.owners == cache.owners else None
             found = self._read_foreign(kernel, taken)
+            cache.absent = self._defaults.absent
             if taken is not None:
                 ahead = None
             # k3snet's tables of the other layout come back as drift, not foreign state.
@@ -856,22 +876,34 @@ class NftablesBackend(BackendBase):
         the namespace (the worker's, or a helper it started). Never on the observe
         cache's path: a route change alone does not move the generation id."""
 
+        def reader() -> SocketDriver:
+            if self._route_reader is None:
+                from k3snet.backends.netlink.socket_driver import (  # noqa: PLC0415
+                    open_dump_driver,  # only when a drop by interface alone is judged
+                )
+
+                # This thread is in the namespace already: no worker of its own.
+                self._route_reader = open_dump_driver(NetnsRunner(None))
+            return self._route_reader
+
         def load() -> list[tuple[int, int, int, str | None]]:
             with self._route_lock:
                 try:
-                    if self._route_reader is None:
-                        from k3snet.backends.netlink.socket_driver import (  # noqa: PLC0415
-                            open_dump_driver,  # only when a drop by interface alone is judged
-                        )
-
-                        # This thread is in the namespace already: no worker of its own.
-                        self._route_reader = open_dump_driver(NetnsRunner(None))
-                    return read_routes(self._route_reader)
+                    return read_routes(reader())
                 except (OSError, K3snetError) as exc:
                     log.debug("routes not read (%s): drops by interface judged as any", exc)
                     return [(4, 0, 0, None), (6, 0, 0, None)]  # any device: no narrowing
 
-        return RoutedBy(load)
+        def devices() -> list[str] | None:
+            # Only when a chain on a device's ingress or egress hook is read (one dump).
+            with self._route_lock:
+                try:
+                    return read_links(reader())
+                except (OSError, K3snetError) as exc:
+                    log.debug("links not read (%s): every device chain judged", exc)
+                    return None  # not known: every name may be a device
+
+        return RoutedBy(load, devices)
 
     # ---------------------------------------------------------------- planning a batch
 

@@ -70,6 +70,10 @@ class Cache:
     # the tables processes owned when ``foreign`` was read: the kernel deletes one without
     # moving the generation id, so ``foreign`` holds only while they are all still there
     owners: frozenset[tuple[str, str, int]] = frozenset()
+    # the devices other tables' chains are hooked on that the node did not have when
+    # ``foreign`` was read (read as dropping nothing): one appearing moves no generation
+    # id either, so ``foreign`` holds only while they are all still absent
+    absent: tuple[str, ...] = ()
     state: State | None = None
     nat_index: dict[tuple[int, int, int], set[Key]] = field(default_factory=dict)
     lines: Lines = field(default_factory=dict)  # what the text reader read each rule line as

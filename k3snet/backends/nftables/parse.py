@@ -43,7 +43,9 @@ Foreign state
     them reach its accept policy. A device's ``ingress`` chain (``netdev`` or
     ``inet``) is read for drops as testing that device (``iifname``), its policy drop
     as one more drop after its rules (conntrack has not run there: a ``ct state``
-    accept takes no reply). A ``netdev`` chain on a device's ``egress`` hook runs after
+    accept takes no reply); one on a device the node does not have drops nothing, and is
+    said (a doubt; the node's devices read by :class:`~k3snet.backends.routed.RoutedBy`).
+    A ``netdev`` chain on a device's ``egress`` hook runs after
     NAT: its policy drop and its stopping rules are a warning for the wanted rules
     leaving by that device whose destination they may name
     (:meth:`ForwardDefaults.leaving`), no block.
@@ -243,6 +245,12 @@ def _parse_meta(left: dict[str, Any], op: str, right: Any, out: Match) -> bool:
     if key in ("iifname", "oifname") and isinstance(right, str):
         (out.iif if key == "iifname" else out.oif).append((right, op == "!="))
         return True
+    names = _name_set(right) if key in ("iifname", "oifname") and op == "!=" else None
+    if names:
+        # `oifname != { "eth0", "eth1" }`: the name is none of them, as the kernel looks it
+        # up: read as one negated test each (`oifname != "eth0" oifname != "eth1"`).
+        (out.iif if key == "iifname" else out.oif).extend((name, True) for name in names)
+        return True
     if key == "nfproto" and right in ("ipv4", "ipv6") and op == "==":
         proto = "ip" if right == "ipv4" else "ip6"
         if out.proto not in (None, proto):
@@ -254,6 +262,15 @@ def _parse_meta(left: dict[str, Any], op: str, right: Any, out: Match) -> bool:
         _parse_mark(op, right, out)
         return True
     return False
+
+
+def _name_set(right: Any) -> list[str] | None:
+    """The names of an anonymous set of interface names (``{ "eth0", "eth1" }``), else
+    None (a named set ``@devs``, an element that is no name)."""
+    items = right.get("set") if isinstance(right, dict) else None
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        return None
+    return items
 
 
 def _is_mark_mask(left: dict[str, Any]) -> bool:
@@ -392,8 +409,10 @@ def _parse_statement(name: str, body: Any, out: Match) -> None:
         if unmodelled or set(out.nat_flags) - {"fully-random"} or (
                 name == "snat" and out.nat_addr is None):
             out.nat_extra = True
-    elif name in ("counter", "log", "mangle"):
-        out.extras += 1  # counting, logging, setting a mark: no verdict changes
+    elif name in ("counter", "log", "mangle", "dup"):
+        # counting, logging, setting a mark, sending a copy of the packet elsewhere (the
+        # packet itself goes on, as it is): no verdict changes
+        out.extras += 1
         _parse_mangle(body, out)
     elif name == "notrack":  # iptables-nft's -j NOTRACK too
         out.notrack = "notrack"
@@ -515,19 +534,37 @@ def _set_expanded(expr: list[Any]) -> list[list[Any]]:
     accept of the pods took nothing (a policy drop after it warned of as dropping them).
     Any other rule, and one naming more than :data:`_MAX_VMAP_ELEMENTS` prefixes, stays
     as it is."""
-    sets = [(at, nets) for at, statement in enumerate(expr)
-            if (nets := _address_set(statement)) is not None]
+    sets = [(at, items) for at, statement in enumerate(expr)
+            if (items := _set_items(statement)) is not None]
     if not sets or parse_rule(expr).verdict not in (*_STOPS, "accept"):
         return [expr]
     exprs = [expr]
-    for at, nets in sets:
+    for at, items in sets:
         test = expr[at]["match"]
-        exprs = [[*e[:at], {"match": {**test, "right": {"prefix": {
-                      "addr": str(net.network_address), "len": net.prefixlen}}}}, *e[at + 1:]]
-                 for e in exprs for net in nets]
+        exprs = [[*e[:at], {"match": {**test, "right": item}}, *e[at + 1:]]
+                 for e in exprs for item in items]
         if len(exprs) > _MAX_VMAP_ELEMENTS:
             return [expr]
     return exprs
+
+
+def _set_items(statement: Any) -> list[Any] | None:
+    """What a positive test against an anonymous set of addresses (or a range) or of
+    interface names (``oifname { "lo", "cni0" }``) tests one by one: a prefix, or a name
+    (else None)."""
+    nets = _address_set(statement)
+    if nets is not None:
+        return [{"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+                for net in nets]
+    test = statement.get("match") if isinstance(statement, dict) and len(statement) == 1 else None
+    if not isinstance(test, dict) or test.get("op", "==") not in ("==", "in"):
+        return None
+    left = test.get("left")
+    meta = left.get("meta") if isinstance(left, dict) else None
+    if not isinstance(meta, dict) or meta.get("key") not in ("iifname", "oifname"):
+        return None
+    names = _name_set(test.get("right"))
+    return names if names is not None and len(names) <= _MAX_VMAP_ELEMENTS else None
 
 
 def _address_set(statement: Any) -> list[Network] | None:
@@ -860,6 +897,8 @@ class ForeignReader:
     # what may leave packets untracked, not known whole (an -j CT whose flags were not
     # read): said as warnings (ForwardDefaults.doubts), no conflict
     doubts: list[Doubt] = field(default_factory=list)
+    # the devices chains are hooked on that the node does not have now (_present)
+    _absent: list[str] = field(default_factory=list)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -1037,7 +1076,7 @@ class ForeignReader:
         # as one testing that device (`iifname`), one walk per device, and so is a policy
         # drop, after the chain's rules (what they accept, it never sees).
         for where, name, devices, policy in self.device_bases:
-            for device in devices:
+            for device in self._present(where, name, devices, "ingress"):
                 taken = _Taken(ingress=device)
                 self._block_walk(where, name, _Way(guard=Match(iif=[(device, False)])), found,
                                  taken, every=1)
@@ -1156,29 +1195,33 @@ class ForeignReader:
                                iptables_own=tuple(sorted(self.iptables_own.items())),
                                doubts=tuple(dict.fromkeys(self.doubts)),
                                partial=tuple(self.partial),
+                               absent=tuple(dict.fromkeys(self._absent)),
                                places={_place(where, chain): (*where, chain)
                                        for _, where, chain in self._partial_notracks})
 
     def _egress(self) -> Iterator[EgressDefault]:
         """Each egress chain read that may drop something: its policy drop, and its own
         rules that may stop a packet (a drop, reject or queue, a fwd to another device) or
-        send it to another chain (not read), each with the destinations it names (none:
-        any) and those the chain's
-        accepts before it took (an accept testing one destination alone); an accept of
-        every packet ends the chain (no later rule, nor its policy, sees one). A return
-        ends a base chain with its policy: read as an accept or a drop, as that is."""
-        for where, name, devices, listed_policy in self.egress_bases:
+        send it to a chain not read (too deep, a cycle), each with the destinations it
+        names (none: any) and those the chain's accepts before it took (an accept testing
+        one destination alone); an accept of every packet ends the chain (no later rule,
+        nor its policy, sees one). A return ends a base chain with its policy: read as an
+        accept or a drop, as that is. A jump's or goto's target is read in its place
+        (:meth:`_egress_rules`)."""
+        for where, name, listed, listed_policy in self.egress_bases:
+            devices = self._present(where, name, listed, "egress")
             if not devices:
                 continue
             policy = listed_policy
             stops: list[tuple[str, tuple[Network, ...], tuple[Network, ...]]] = []
             accepted: list[Network] = []
-            for match in self._rules(where, name):
-                verdict = listed_policy if match.verdict == "return" else match.verdict
-                if verdict == "accept" and match.conditions == 0:
+            for match, inner, escaped in self._egress_rules(where, name, _Way()):
+                verdict = listed_policy if match.verdict == "return" and not inner else (
+                    match.verdict)
+                if verdict == "accept" and match.conditions == 0 and not escaped:
                     policy = "accept"
                     break
-                if (verdict == "accept" and match.conditions == 1
+                if (verdict == "accept" and not escaped and match.conditions == 1
                         and len(match.daddr) == 1 and not match.daddr[0][1]):
                     accepted.append(match.daddr[0][0])
                 if match.fwd is not None:  # the packet leaves by another device
@@ -1193,6 +1236,59 @@ class ForeignReader:
                                   tuple(accepted)))
             if policy != "accept" or stops:
                 yield EgressDefault(where[1], name, devices, policy, tuple(stops))
+
+    def _egress_rules(self, where: tuple[str, str], chain: str, way: _Way, *,
+                      inner: bool = False,
+                      escaped: bool = False) -> Iterator[tuple[Match, bool, bool]]:
+        """The rules an egress base chain runs, as the walk reaches them: a jump's or
+        goto's target's rules in its place, each read as testing the jump's tests too
+        (not deeper than :data:`_MAX_JUMP_DEPTH`, nor back to a chain on the way: such a
+        jump stays a rule that may stop anything). With each, whether it is a target's
+        (``inner``: its return goes back to the caller, no policy) and whether some
+        packets left the way before it (``escaped``: a target's conditional return, a
+        conditional goto, whose packets meet neither its accepts nor the caller's later
+        ones: an accept then takes no destination away from a later drop, nor ends the
+        chain, for them)."""
+        way = way.into(where, chain)
+        for match in self._rules(where, chain):
+            reached = way.reaching(match)
+            if reached is None:
+                continue  # no packet that comes this way reaches the rule
+            if inner and match.verdict == "return":
+                if not match.conditions:
+                    return  # back to the caller, every packet
+                escaped = True
+                continue
+            if way.follows(where, match):
+                assert match.target is not None
+                yield from self._egress_rules(where, match.target,
+                                              attrs.evolve(way, guard=reached),
+                                              inner=True, escaped=escaped)
+                if match.verdict == "goto":
+                    if not match.conditions:
+                        return  # no packet comes back from a goto of every packet
+                    escaped = True
+                continue
+            yield reached, inner, escaped
+
+    def _present(self, where: tuple[str, str], chain: str, devices: tuple[str, ...],
+                 hook: str) -> tuple[str, ...]:
+        """The ``devices`` of a chain on their ``hook`` that the node has now (by
+        :attr:`routed`'s links; every one when they are not known). The kernel hooks a
+        chain on a name no device holds yet (Linux 6.10+): it sees no packet, and drops
+        none, until a device of that name appears; that is said (a doubt), no block."""
+        if self.routed is None:
+            return devices
+        present = tuple(d for d in devices if self.routed.has_device(d))
+        for device in devices:
+            if device not in present:
+                self._absent.append(device)
+                self.doubts.append(Doubt(
+                    f"{where[0]} {where[1]} {chain} is hooked on the {hook} of {device}, a "
+                    f"device this node does not have now: it drops nothing until a device "
+                    f"{device} appears, then its rules and policy apply to what passes it (",
+                    ("nft", "list", "chain", where[0], where[1], chain), " shows them)"))
+        return present
 
     def _lets_through(self, base: tuple[tuple[str, str], str, str], rule: ForwardRule, *,
                       defaults: bool = False, reply: bool = False,
@@ -1286,7 +1382,12 @@ class ForeignReader:
                     match = parse_rule(expr)
                     if match.verdict in _STOPS and not any(
                             not neg for _, neg in match.saddr + match.daddr):
-                        stops.append(f"a rule that may {match.verdict} any address "
+                        # What it tests of what k3snet reads (an interface, a negated
+                        # address): the address it drops is any that passes those.
+                        tests = " ".join(_rule_words(match)[0]) if (
+                            match.iif or match.oif or match.saddr or match.daddr) else ""
+                        stops.append(f"a rule that may {match.verdict} any address"
+                                     f"{f', testing {tests}' if tests else ''} "
                                      f"(handle {rule.get('handle')})")
                     elif match.verdict in _STOPS:
                         addressed.append(f"a rule that may {match.verdict} "
@@ -1499,7 +1600,9 @@ class ForwardDefault:
     chain: str
     policy: str
     what: tuple[str, ...]
-    """``policy drop``, ``a rule that may drop any address (handle 12)`` ..."""
+    """``policy drop``, ``a rule that may drop any address (handle 12)``, ``a rule that
+    may drop any address, testing oifname eth0 (handle 13)`` (its tests of interfaces or
+    addresses said) ..."""
     kind: str = "filter"
     """The chain's type: ``filter``, or ``nat`` (on the prerouting or postrouting hook)."""
     after_own_nat: bool = False
@@ -1566,6 +1669,9 @@ class ForwardDefaults:
     partial: tuple[NetObject, ...] = ()
     """The blocks, as they would be, of notracks of one protocol, no block
     (:attr:`ForeignReader.partial`, :mod:`k3snet.backends.untracked`)."""
+    absent: tuple[str, ...] = ()
+    """The devices chains on an ingress or egress hook were read on that the node did not
+    have (:meth:`ForeignReader._present`): read as dropping nothing while so."""
     places: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     """Each of :attr:`partial`'s ``where`` (``nftables ip a b early``) with the family,
     table and chain it names (``("ip", "a b", "early")``): a table's name may hold a space,
