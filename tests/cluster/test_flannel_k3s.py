@@ -29,6 +29,7 @@ from k3snet.backends.flannel import (
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import backend_options
+from k3snet.converge import converge
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, RollbackError
 from k3snet.model.cni import FLANNEL_FIELDS, FLANNEL_OWNED_MARKER, FlannelConfig, IPPool
 from k3snet.model.state import State
@@ -427,6 +428,27 @@ def test_a_group_undo_gives_back_a_key_an_earlier_k3snet_wrote_that_is_now_refus
     # Not undoing, the key is refused as before.
     (again,) = flannel.check(Plan(changes=[c.inverse() for c in p.changes[:1]]))
     assert "flannel backend refuses" in again
+
+
+@pytest.mark.parametrize("text", [_WRITTEN_SUBNET_LEN, _WRITTEN_NFTABLES])
+def test_a_refused_key_an_earlier_k3snet_wrote_wanted_again_as_it_is_is_refused_at_plan_time(
+    tmp_path: Path, text: str
+) -> None:
+    """Wanted again at the value in place, the key was planned as nothing ("No changes"),
+    no refusal shown, while the config still asked for what flannel ignores: refused from
+    the desired config before anything is planned. Destroy still gives it back."""
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path)
+    (owned,) = backend.observe().owned
+    assert isinstance(owned, FlannelConfig)
+    desired = State(owned=[owned])
+    assert plan(backend.observe(), desired).empty  # in place: nothing to write
+    for dry_run in (True, False):
+        with pytest.raises(PlanError, match="flannel backend refuses flannel file:"):
+            converge(backend, desired, dry_run=dry_run, check=True)
+    assert path.read_text() == text
+    converge(backend, State(), allow_teardown=True)
+    assert "k3snet.io" not in path.read_text()
 
 
 @pytest.mark.parametrize(("text", "config", "reason"), [
