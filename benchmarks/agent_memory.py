@@ -8,7 +8,7 @@ agent process on the same node (a restarted agent, which reads every rule the
 first wrote). Prints one line per case: peak RSS (MiB) and CPU seconds (its child
 processes' included).
 
-    python benchmarks/agent_memory.py [--kernel] [COUNT ...]
+    python benchmarks/agent_memory.py [--kernel] [--rules iptables] [--excludes K] [COUNT ...]
 """
 
 from __future__ import annotations
@@ -42,24 +42,27 @@ sys.exit(status)
 """
 
 
-def spec(count: int) -> str:
-    """A spec of ``count`` routed destinations (its header as ``k3snet validate`` wants it)."""
+def spec(count: int, excludes: int = 0) -> str:
+    """A spec of ``count`` routed destinations (its header as ``k3snet validate`` wants it),
+    each with ``excludes`` excludes (every other /29 of its /24: none to aggregate)."""
     lines = ["apiVersion: k3snet.io/v1alpha1", "kind: EgressSpec"]
     lines += ["destinations:"] if count else ["destinations: []"]
     for n in range(count):
-        lines += [f"  - cidr: 10.{100 + n // 256}.{n % 256}.0/24",
-                  "    gateway: 192.168.1.1", "    device: eth0"]
+        prefix = f"10.{100 + n // 256}.{n % 256}"
+        lines += [f"  - cidr: {prefix}.0/24", "    gateway: 192.168.1.1", "    device: eth0"]
+        if excludes:
+            lines += ["    exclude:"] + [f"      - {prefix}.{16 * j}/29" for j in range(excludes)]
     return "\n".join(lines) + "\n"
 
 
 def measure(count: int, backend_args: list[str], netns: str | None,
-            passes: int = 1) -> list[tuple[float, float]]:
+            passes: int = 1, excludes: int = 0) -> list[tuple[float, float]]:
     """(peak RSS MiB, CPU s) of each of ``passes`` agent processes run one after the
     other on the same node (the second: an agent restarted where its rules are)."""
     found = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.yaml"
-        path.write_text(spec(count))
+        path.write_text(spec(count, excludes))
         argv = [sys.executable, "-c", CHILD, "agent", "-f", str(path), "--once", "--no-kube",
                 "--listen", "none", "--log-level", "WARNING", *backend_args]
         if netns:
@@ -80,12 +83,18 @@ def main() -> None:
     parser.add_argument("counts", nargs="*", type=int, default=[0, 2000, 10000])
     parser.add_argument("--kernel", action="store_true",
                         help="also netlink+nftables in a fresh namespace (root)")
+    parser.add_argument("--excludes", type=int, default=0, choices=range(17),
+                        metavar="0..16", help="excludes of each destination (default 0)")
+    parser.add_argument("--rules", choices=["nftables", "iptables"], default="nftables",
+                        help="the rules backend beside netlink with --kernel")
     args = parser.parse_args()
     print(f"{'backend':<30}{'destinations':>13}{'peak RSS MiB':>14}{'CPU s':>8}")
+    each = f", {args.excludes} excludes each" if args.excludes else ""
     for count in args.counts:
-        [(rss, cpu)] = measure(count, ["--backend", "memory", "--no-facts"], None)
-        print(f"{'memory':<30}{count:>13}{rss:>14.1f}{cpu:>8.2f}")
-        record(Figure(f"agent peak RSS, {count} destinations", "memory", rss, "MiB",
+        [(rss, cpu)] = measure(count, ["--backend", "memory", "--no-facts"], None,
+                               excludes=args.excludes)
+        print(f"{'memory' + each:<30}{count:>13}{rss:>14.1f}{cpu:>8.2f}")
+        record(Figure(f"agent peak RSS, {count} destinations", "memory" + each, rss, "MiB",
                       limit_mib(count),
                       detail=f"one pass, {cpu:.2f} s CPU; goal = the DaemonSet's limit"))
     if args.kernel:
@@ -97,13 +106,14 @@ def main() -> None:
                 run_in(ns, ["ip", "link", "set", "eth1", "up"])
                 run_in(ns, ["ip", "addr", "add", "192.168.1.5/24", "dev", "eth0"])
                 run_in(ns, ["ip", "link", "set", "eth0", "up"])
-                runs = measure(count, ["--backend", "netlink", "--backend", "nftables"], ns,
-                               passes=2)
+                runs = measure(count, ["--backend", "netlink", "--backend", args.rules], ns,
+                               passes=2, excludes=args.excludes)
+            backends = f"netlink+{args.rules}{each}"
             for (rss, cpu), case, what in zip(runs, ("", ", restarted"),
                                               ("one pass", "a second agent's pass where the "
                                                "first left its rules"), strict=True):
-                print(f"{'netlink+nftables' + case:<30}{count:>13}{rss:>14.1f}{cpu:>8.2f}")
-                record(Figure(f"agent peak RSS, {count} destinations{case}", "netlink+nftables",
+                print(f"{backends + case:<30}{count:>13}{rss:>14.1f}{cpu:>8.2f}")
+                record(Figure(f"agent peak RSS, {count} destinations{case}", backends,
                               rss, "MiB", limit_mib(count),
                               detail=f"{what}, {cpu:.2f} s CPU; goal = the DaemonSet's limit"))
 

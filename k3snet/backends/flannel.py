@@ -859,6 +859,21 @@ class FlannelBackend(BackendBase):
         return State(owned=[] if owned is None else [owned],
                      foreign=[_foreign(self.target, doc)])
 
+    def expect(self, state: State) -> None:
+        """Refuse, before anything is read, a wanted config of this target that sets what
+        flannel would not read as it means (``SubnetLen``, ``Networks``, an option
+        no backend type has ...): :class:`~k3snet.errors.PlanError`, as ``check`` and
+        ``apply`` refuse writing it. Such a key already in place, written by a k3snet
+        before the refusal at the same value, was planned as nothing, with no refusal
+        shown, while the spec still asked for it (``converge`` and ``k3snet plan`` call
+        this with the desired state before :meth:`observe`). An undo, which gives such a
+        key back, never comes here."""
+        for wanted in state.owned:
+            if isinstance(wanted, FlannelConfig) and wanted.target == self.target:
+                refusal = self._wanted_refusal(wanted)
+                if refusal is not None:
+                    raise PlanError(f"flannel backend refuses {wanted.describe()}: {refusal}")
+
     def disruptive(self, change: Change) -> str | None:
         """Why ``change`` disrupts pods once flannel restarts, or ``None``.
 
@@ -954,6 +969,11 @@ class FlannelBackend(BackendBase):
         if commands:
             return ("flannel runs the extension backend's commands as root on every node, "
                     f"so {'; '.join(commands)} (write them by hand if you mean to)")
+        return self._wanted_refusal(wanted)
+
+    def _wanted_refusal(self, wanted: FlannelConfig) -> str | None:
+        """Why this backend will not write ``wanted``, whatever the config holds: keys
+        and options flannel would not read as the config means (``None``: it may)."""
         if undo_runs_here():
             # An undo gives back the config as it was before this run: a key an earlier
             # k3snet wrote, refused below as one brought in, goes back too (refused, the

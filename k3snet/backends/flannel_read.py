@@ -228,9 +228,22 @@ def _go_uint(value: Any) -> str | None:
     return None if ok else f"an integer 0..{_GO_UINT_MAX} (Go's uint on every node)"
 
 
+_GO_INT_MIN, _GO_INT_MAX = -(1 << 31), (1 << 31) - 1
+"""The range of a Go ``int`` on every node: 32 bits on a 32-bit one (armhf, 386), where
+Go's decoder refuses a number outside it ("cannot unmarshal number ... into Go struct
+field ... of type int", ``reflect.Value.OverflowInt``) and flannel's backend stops
+("error decoding VXLAN backend config"). One config serves every node of a cluster,
+whose architectures may differ; no ``int`` option of flannel's means anything beyond it
+(an MTU, a port, a VNI of 24 bits)."""
+
+
 def _go_int(value: Any) -> str | None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63
-    return None if ok else "an integer"
+    """A Go ``int`` (vxlan's ``VNI``, ``Port``, ``MTU``; wireguard's ``ListenPort``,
+    ``ListenPortV6``, ``MTU``; udp's ``Port``), as every node decodes it."""
+    ok = (isinstance(value, int) and not isinstance(value, bool)
+          and _GO_INT_MIN <= value <= _GO_INT_MAX)
+    return None if ok else (f"an integer {_GO_INT_MIN}..{_GO_INT_MAX} (Go's int on a 32-bit "
+                            "node, which refuses any other)")
 
 
 def _go_string(value: Any) -> str | None:

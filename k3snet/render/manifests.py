@@ -78,6 +78,7 @@ __all__ = [
     "parse_connectivity_log",
     "read_connectivity_result",
     "render_manifests",
+    "spec_excludes",
 ]
 
 OLDEST_KUBERNETES_VERSION: Final = "1.25"
@@ -157,9 +158,12 @@ AGENT_CPU_REQUEST: Final = "10m"
 # CPU seconds of a first pass with netlink and nftables onto an empty node, the
 # interpreter's start included: 1.0 with no destination, 1.7 / 6.1 / 10.2 at 2,000 /
 # 10,000 / 20,000 (docs/agent.md, "Memory"); the line through none and 10,000, above
-# the other two.
+# the other two. Excludes (a NAT rule's exclusions) cost apart: 1,000 destinations took
+# 1.4 s more with 10 excludes each than with none (netlink and iptables, the heavier
+# backend there; nftables 0.7 to 1.0 s), the line through none and 10,000 again.
 _AGENT_FIRST_PASS_CPU_S: Final = 1.03
 _AGENT_FIRST_PASS_CPU_S_PER_DESTINATION: Final = 0.000502
+_AGENT_FIRST_PASS_CPU_S_PER_EXCLUDE: Final = 0.000142
 _AGENT_CPU_STEP_M: Final = 10
 
 _BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
@@ -989,25 +993,40 @@ def agent_memory_limit(destinations: int) -> str:
     return f"{max(mib, int(AGENT_MEMORY_LIMIT.removesuffix('Mi')))}Mi"
 
 
-def agent_cpu_request(destinations: int, interval: int = 30) -> str:
+def agent_cpu_request(destinations: int, interval: int = 30, *, excludes: int = 0) -> str:
     """The agent container's CPU request for a spec of ``destinations`` destinations
-    whose agent passes every ``interval`` seconds.
+    and ``excludes`` exclusions from NAT (every destination's ``exclude`` and
+    ``masquerade.nonMasqueradeCIDRs``: :func:`spec_excludes`) whose agent passes every
+    ``interval`` seconds.
 
     The request is the CPU the agent is sure of on a node whose every core is busy (its
     share of CPU time then); the liveness probe restarts an agent none of whose passes
     ended for ``2 x interval + 180`` s, 120 s of it for lock waits. So the request is
-    the measured CPU time of a first pass (linear in the destinations) over the rest,
-    ``2 x interval + 60`` s, rounded up to 10m, and :data:`AGENT_CPU_REQUEST` at least.
-    A fixed 10m left a first pass at 10,000 destinations (6 CPU seconds) needing some
-    600 s on a busy node: restarted by the probe, and every restart's pass again.
+    the measured CPU time of a first pass (linear in the destinations and in the
+    excludes) over the rest, ``2 x interval + 60`` s, rounded up to 10m, and
+    :data:`AGENT_CPU_REQUEST` at least. A fixed 10m left a first pass at 10,000
+    destinations (6 CPU seconds) needing some 600 s on a busy node: restarted by the
+    probe, and every restart's pass again; counting the destinations alone left one of
+    1,000 destinations with 10 excludes each (3 CPU seconds) at 20m, 150 s there.
 
     >>> agent_cpu_request(2000), agent_cpu_request(10000), agent_cpu_request(20000)
     ('20m', '60m', '100m')
+    >>> agent_cpu_request(1000), agent_cpu_request(1000, excludes=10000)
+    ('20m', '30m')
     """
-    cpu = _AGENT_FIRST_PASS_CPU_S + _AGENT_FIRST_PASS_CPU_S_PER_DESTINATION * destinations
+    cpu = (_AGENT_FIRST_PASS_CPU_S + _AGENT_FIRST_PASS_CPU_S_PER_DESTINATION * destinations
+           + _AGENT_FIRST_PASS_CPU_S_PER_EXCLUDE * excludes)
     step = _AGENT_CPU_STEP_M
     millis = math.ceil(cpu / (2 * interval + 60) * 1000 / step) * step
     return f"{max(millis, int(AGENT_CPU_REQUEST.removesuffix('m')))}m"
+
+
+def spec_excludes(spec: Spec) -> int:
+    """How many exclusions from NAT ``spec`` lists: every destination's ``exclude`` and
+    ``masquerade.nonMasqueradeCIDRs`` (each one a NAT rule's exclusion alike), what
+    :func:`agent_cpu_request` counts besides the destinations."""
+    return (sum(len(dest.exclude) for dest in spec.destinations)
+            + len(spec.masquerade.non_masquerade_cidrs))
 
 
 def agent_memory_request(destinations: int) -> str:
@@ -1071,7 +1090,8 @@ def _daemonset(profile: _Profile, needs: _AgentNeeds, others: Sequence[str]) -> 
         "startupProbe": _probe("/healthz", 5, 120),
         "resources": {
             "requests": {"cpu": agent_cpu_request(len(spec.destinations),
-                                                  spec.agent.interval_seconds),
+                                                  spec.agent.interval_seconds,
+                                                  excludes=spec_excludes(spec)),
                          "memory": agent_memory_request(len(spec.destinations))},
             # Each DaemonSet's own spec: a profile may hold many more destinations.
             "limits": {"memory": agent_memory_limit(len(spec.destinations))},

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from k3snet.agent import LOGGER_NAME, FileSpecSource
+from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +38,11 @@ def _spec_files_taken_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
     per agent and per rewrite). The settle time has tests of its own, each giving its
     ``settle`` and clocks (test_spec_settle.py); a file open for writing still waits."""
     monkeypatch.setattr(FileSpecSource, "settle", 0.0)
+
+
+@pytest.fixture
+def server() -> Iterator[EmulatedApiServer]:
+    """An emulated API server serving what the agent reads and writes (its Lease, its
+    events, Nodes); a test module needing more (a Node, Calico's resources) overrides it."""
+    with EmulatedApiServer(resources=AGENT_RESOURCES) as srv:
+        yield srv

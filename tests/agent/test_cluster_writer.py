@@ -53,6 +53,7 @@ from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
+from tests.agent.clock import FakeClock
 from tests.kubeclient import retrying_client, urllib3_sleeps
 
 from .desired import COMPILED
@@ -86,14 +87,6 @@ class _Stepped(LeaderElector):
 
     def start(self) -> LeaderElector:
         return self
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

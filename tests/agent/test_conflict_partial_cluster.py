@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from k3snet.testing.kube import EmulatedApiServer
-from tests.agent.test_cluster_writer import POOLS, FakeClock, _agent, server  # noqa: F401 - a fixture
+from tests.agent.clock import FakeClock
+from tests.agent.test_cluster_writer import POOLS, _agent, server  # noqa: F401 - a fixture
 
 SPEC = """\
 apiVersion: k3snet.io/v1alpha1

@@ -15,13 +15,14 @@ the last renewal it saw answered either.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from k3snet.agent import LeaderElector, LeaseSettings
-from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
+from k3snet.testing.kube import EmulatedApiServer
+from tests.agent.clock import FakeClock
 
 LEASES = "coordination.k8s.io/v1/leases"
 SETTINGS = LeaseSettings("kube-system", "k3snet-cluster-writer", duration=15.0,
@@ -32,21 +33,7 @@ TAKEN = 10.0
 """Seconds the lost answer's request took on the elector's clock: the agent's 10 s."""
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def server() -> Iterator[EmulatedApiServer]:
-    with EmulatedApiServer(resources=AGENT_RESOURCES) as srv:
-        yield srv
-
-
-def _elector(srv: EmulatedApiServer, clock: _Clock, identity: str = "node-a",
+def _elector(srv: EmulatedApiServer, clock: FakeClock, identity: str = "node-a",
              changes: list[bool] | None = None, taken: float = TAKEN) -> LeaderElector:
     elector = LeaderElector(srv.api_client(), identity, SETTINGS, clock=clock,
                             timeout=TIMEOUT, random_fraction=lambda: 0.0,
@@ -81,7 +68,7 @@ def _lose_next(srv: EmulatedApiServer, method: str) -> None:
 
 def test_a_renewal_whose_answer_was_lost_is_renewed_at_the_next_step_as_the_same_holding(
         server: EmulatedApiServer) -> None:
-    clock = _Clock()
+    clock = FakeClock()
     changes: list[bool] = []
     holder = _elector(server, clock, changes=changes)
     assert holder.step()
@@ -106,7 +93,7 @@ def test_a_renewal_whose_answer_was_lost_is_renewed_at_the_next_step_as_the_same
 
 def test_a_lost_answer_within_the_renew_deadline_keeps_the_holder_leading(
         server: EmulatedApiServer) -> None:
-    clock = _Clock()
+    clock = FakeClock()
     holder = _elector(server, clock, taken=SETTINGS.retry_period)  # lost 2 s after the send
     assert holder.step()
     clock.now += SETTINGS.retry_period
@@ -120,7 +107,7 @@ def test_a_lost_answer_within_the_renew_deadline_keeps_the_holder_leading(
 @pytest.mark.parametrize("method", ["POST", "PATCH"], ids=["create", "take-free"])
 def test_a_lease_taken_by_a_write_whose_answer_was_lost_is_the_candidates_own(
         server: EmulatedApiServer, method: str) -> None:
-    clock = _Clock()
+    clock = FakeClock()
     if method == "PATCH":  # a Lease released: free, taken by a patch
         first = _elector(server, clock, identity="node-b")
         assert first.step()
@@ -145,7 +132,7 @@ def test_a_lease_of_the_same_identity_another_elector_took_is_still_waited_out(
         server: EmulatedApiServer) -> None:
     # The node's next agent, its identity the same, took the Lease whose answer this
     # elector lost: the acquireTime is the other's, so it is not this one's.
-    clock = _Clock()
+    clock = FakeClock()
     candidate = _elector(server, clock)
     _lose_next(server, "POST")
     assert not candidate.step()
@@ -162,7 +149,7 @@ def test_a_lease_whose_write_answer_was_lost_is_released_on_exit(
         server: EmulatedApiServer, method: str) -> None:
     # The Lease is this elector's (its acquireTime): freed on exit, as a leader's is,
     # not left to the next candidate to wait out for the lease duration.
-    clock = _Clock()
+    clock = FakeClock()
     elector = _elector(server, clock)
     if method == "PATCH":
         assert elector.step()
@@ -178,7 +165,7 @@ def test_a_lease_whose_write_answer_was_lost_is_released_on_exit(
 
 def test_a_lease_another_elector_took_after_a_lost_answer_is_not_released_on_exit(
         server: EmulatedApiServer) -> None:
-    clock = _Clock()
+    clock = FakeClock()
     candidate = _elector(server, clock)
     _lose_next(server, "POST")
     assert not candidate.step()

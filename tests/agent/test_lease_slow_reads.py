@@ -12,13 +12,12 @@ cluster-wide objects at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from k3snet.agent import LeaderElector, LeaseSettings
-from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
+from k3snet.testing.kube import EmulatedApiServer
+from tests.agent.clock import FakeClock
 
 LEASES = "coordination.k8s.io/v1/leases"
 SETTINGS = LeaseSettings("kube-system", "k3snet-cluster-writer", duration=15.0,
@@ -28,26 +27,12 @@ QUEUED = 9.0
 request timeout)."""
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def server() -> Iterator[EmulatedApiServer]:
-    with EmulatedApiServer(resources=AGENT_RESOURCES) as srv:
-        yield srv
-
-
-def _elector(srv: EmulatedApiServer, identity: str, clock: _Clock) -> LeaderElector:
+def _elector(srv: EmulatedApiServer, identity: str, clock: FakeClock) -> LeaderElector:
     return LeaderElector(srv.api_client(), identity, SETTINGS, clock=clock,
                          random_fraction=lambda: 0.0)
 
 
-def _served_late(elector: LeaderElector, clock: _Clock,
+def _served_late(elector: LeaderElector, clock: FakeClock,
                  meanwhile: Callable[[], object]) -> None:
     """The elector's next read is served :data:`QUEUED` seconds after it is sent, once
     ``meanwhile`` ran (the holder's renewal landing while it waited)."""
@@ -65,7 +50,7 @@ def _served_late(elector: LeaderElector, clock: _Clock,
 
 def test_a_candidate_counts_a_renewal_from_when_its_read_was_answered_never_sent(
         server: EmulatedApiServer) -> None:
-    clock = _Clock()
+    clock = FakeClock()
     holder, candidate = _elector(server, "node-a", clock), _elector(server, "node-b", clock)
     assert holder.step()
     assert not candidate.step()

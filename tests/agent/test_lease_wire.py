@@ -22,7 +22,8 @@ import pytest
 
 from k3snet.agent import LeaderElector, LeaseSettings
 from k3snet.agent import _lease as lease_module
-from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
+from k3snet.testing.kube import EmulatedApiServer
+from tests.agent.clock import FakeClock
 
 LEASES = "coordination.k8s.io/v1/leases"
 SETTINGS = LeaseSettings("kube-system", "k3snet-cluster-writer", duration=15.0,
@@ -33,28 +34,14 @@ WIRE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 GO_MICRO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)")
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class _Stepped(LeaderElector):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, random_fraction=lambda: 0.0, **kwargs)
 
 
 @pytest.fixture
-def server() -> Iterator[EmulatedApiServer]:
-    with EmulatedApiServer(resources=AGENT_RESOURCES) as srv:
-        yield srv
-
-
-@pytest.fixture
-def clock() -> _Clock:
-    return _Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 def _lease(srv: EmulatedApiServer) -> dict[str, Any]:
@@ -93,7 +80,7 @@ def _wall_times(start: datetime.datetime) -> Iterator[datetime.datetime]:
 
 
 def test_every_micro_time_the_elector_sends_is_one_the_api_server_reads(
-    server: EmulatedApiServer, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+    server: EmulatedApiServer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The client (kubernetes >= 37) sends a create's body through its model: a MicroTime
     # as isoformat(), with no fraction at microsecond 0, which time.Parse(RFC3339Micro)
@@ -117,7 +104,7 @@ def test_every_micro_time_the_elector_sends_is_one_the_api_server_reads(
 
 
 def test_a_holder_renewing_a_lease_the_api_server_writes_back_holds_it_with_no_transition(
-    server: EmulatedApiServer, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+    server: EmulatedApiServer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 40 renewals (80 s at 2 s: over five --lease-duration of 15 s, and ten rounds of
     # _wall_times' four steps), the Lease answered in the server's own form after every
@@ -149,7 +136,7 @@ def test_a_holder_renewing_a_lease_the_api_server_writes_back_holds_it_with_no_t
                                           "2026-12-06T01:00:00.000000Z"],
                          ids=["null", "whole-seconds", "micro"])
 def test_a_lease_an_earlier_agent_of_the_node_left_is_taken_once_then_held_for_good(
-    server: EmulatedApiServer, clock: _Clock, acquire_time: str | None
+    server: EmulatedApiServer, clock: FakeClock, acquire_time: str | None
 ) -> None:
     # An upgrade: the node's previous agent (an older k3snet, or a client-go-style
     # holder writing no acquireTime) was killed holding the Lease under the node's name.
@@ -176,7 +163,7 @@ def test_a_lease_an_earlier_agent_of_the_node_left_is_taken_once_then_held_for_g
 
 
 def test_a_foreign_holder_renewing_a_lease_of_the_same_name_is_never_taken(
-    server: EmulatedApiServer, clock: _Clock
+    server: EmulatedApiServer, clock: FakeClock
 ) -> None:
     # Another program (kube-vip style) elects itself on a Lease of the same name: while
     # it renews, k3snet only waits, whatever the acquireTime it wrote (none here).
@@ -195,7 +182,7 @@ def test_a_foreign_holder_renewing_a_lease_of_the_same_name_is_never_taken(
 
 
 def test_an_admin_editing_the_holders_lease_moves_leadership_only_with_its_holder(
-    server: EmulatedApiServer, clock: _Clock
+    server: EmulatedApiServer, clock: FakeClock
 ) -> None:
     # kubectl edit: a renewTime changed keeps the holder leading on its own Lease; the
     # holderIdentity changed to another node hands the Lease over at the next step.
@@ -219,7 +206,7 @@ def test_an_admin_editing_the_holders_lease_moves_leadership_only_with_its_holde
 
 
 def test_a_lease_at_the_largest_transition_count_is_still_taken(
-    server: EmulatedApiServer, clock: _Clock
+    server: EmulatedApiServer, clock: FakeClock
 ) -> None:
     # leaseTransitions is an int32: one more than 2147483647 is refused (400), so on a
     # Lease left at it (an admin's edit, a foreign writer) every candidate failed every
@@ -233,7 +220,7 @@ def test_a_lease_at_the_largest_transition_count_is_still_taken(
 
 
 def test_a_holder_whose_renewal_meets_another_write_of_its_lease_keeps_leading_and_retries(
-    server: EmulatedApiServer, clock: _Clock
+    server: EmulatedApiServer, clock: FakeClock
 ) -> None:
     # Another write of the Lease between the holder's read and its renewal (`kubectl
     # label lease`, a tool's annotation) makes that renewal a 409. client-go's holder
@@ -270,7 +257,7 @@ def test_a_holder_whose_renewal_meets_another_write_of_its_lease_keeps_leading_a
 
 
 def test_a_dead_holders_lease_is_taken_though_a_tool_keeps_labelling_it(
-    server: EmulatedApiServer, clock: _Clock
+    server: EmulatedApiServer, clock: FakeClock
 ) -> None:
     # A write of the Lease's metadata alone (`kubectl label`, a tool annotating what it
     # sees every few seconds) is no renewal: client-go's candidate compares the election
@@ -299,7 +286,7 @@ def test_a_dead_holders_lease_is_taken_though_a_tool_keeps_labelling_it(
     ("strategy", ["OldestEmulationVersion", "ThirdPartyStrategy"]),
 ])
 def test_a_dead_holders_lease_is_taken_though_its_coordination_fields_keep_changing(
-    server: EmulatedApiServer, clock: _Clock, field: str, values: list[str]
+    server: EmulatedApiServer, clock: FakeClock, field: str, values: list[str]
 ) -> None:
     # strategy and preferredHolder (coordinated leader election) are no renewal either: no
     # holder's renewal writes them. client-go's candidate compares them too (they are in

@@ -34,6 +34,7 @@ from k3snet.errors import ApplyError
 from k3snet.model.state import State
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
+from tests.agent.clock import FakeClock
 
 from .desired import COMPILED
 
@@ -259,7 +260,7 @@ def test_a_starting_agent_whose_node_part_fails_is_never_ready_however_brief(
     # Readiness is lost only after 3 failures over 30 s, so a blip keeps a ready agent
     # ready; an agent that never converged its node is not ready meanwhile (its rules
     # were never installed), from its first failed pass on, and the gauge says so too.
-    clock = _Clock()
+    clock = FakeClock()
     node = Node(tmp_path, monotonic=clock)
     for _ in range(NOT_READY_AFTER + 1):
         clock.now += 1
@@ -335,16 +336,6 @@ def test_readiness_is_lost_once_the_node_part_fails_three_passes_in_a_row_and_co
     assert node.sample("k3snet_agent_ready") == 1
 
 
-class _Clock:
-    """A monotonic clock moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_readiness_is_lost_only_once_the_node_part_has_failed_for_not_ready_for_seconds(
         tmp_path: Path) -> None:
     # A failed pass is tried again as soon as the watch sees a change (a second later on
@@ -353,7 +344,7 @@ def test_readiness_is_lost_only_once_the_node_part_has_failed_for_not_ready_for_
     # every such agent not ready and back, each counting against the DaemonSet's
     # maxUnavailable. Not ready takes 3 failures in a row over 30 s (the kubelet's own
     # default: 3 probes 10 s apart); the liveness probe is not concerned (passes end).
-    clock = _Clock()
+    clock = FakeClock()
     node = Node(tmp_path, monotonic=clock)
     assert node.agent.run_pass().status == "ok"
 
@@ -393,7 +384,7 @@ def test_the_time_failing_counts_from_the_start_of_the_first_failed_pass(
     # Slow failing passes (the namespace lock held by another writer, an apply the
     # kernel takes long to refuse): 3 passes of 10 s back to back have been failing for
     # 30 s when the third ends, not for the 20 s since the first ended.
-    clock = _Clock()
+    clock = FakeClock()
     node = Node(tmp_path, monotonic=clock)
     assert node.agent.run_pass().status == "ok"
     apply = node.memory.apply

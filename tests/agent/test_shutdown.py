@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ from k3snet.converge import compile_for
 from k3snet.kube import Deadline
 from k3snet.planner import Plan
 from k3snet.spec import Spec
-from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
+from k3snet.testing.kube import EmulatedApiServer
+from tests.agent.clock import FakeClock
 from tests.closing_server import closing_server
 from tests.kubeclient import retrying_client, urllib3_sleeps
 
@@ -61,21 +62,6 @@ HANG = 2.0
 """Real seconds the hung API server holds a request (more than any scaled timeout)."""
 NODE_KINDS = ("route", "sysctl", "nat", "forward")
 LEASES = "coordination.k8s.io/v1/leases"
-
-
-class FakeClock:
-    """The agent's, the elector's and the reporter's monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self.lock:
-            self.now += seconds
 
 
 Event = tuple[str, float, float | None]
@@ -116,10 +102,10 @@ class RecordedMemory(MemoryBackend):
 
 
 @pytest.fixture
-def server() -> Iterator[EmulatedApiServer]:
-    with EmulatedApiServer(resources=AGENT_RESOURCES) as srv:
-        srv.put("v1/nodes", {"metadata": {"name": "node-a"}})
-        yield srv
+def server(server: EmulatedApiServer) -> EmulatedApiServer:
+    """The agent's API server (tests/agent/conftest.py) with this node's Node."""
+    server.put("v1/nodes", {"metadata": {"name": "node-a"}})
+    return server
 
 
 def test_a_hung_api_server_lets_the_clean_up_go_first_and_each_request_end_within_the_grace(

@@ -29,6 +29,7 @@ from k3snet.backends.flannel import (
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import backend_options
+from k3snet.converge import converge
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, RollbackError
 from k3snet.model.cni import FLANNEL_FIELDS, FLANNEL_OWNED_MARKER, FlannelConfig, IPPool
 from k3snet.model.state import State
@@ -429,6 +430,27 @@ def test_a_group_undo_gives_back_a_key_an_earlier_k3snet_wrote_that_is_now_refus
     assert "flannel backend refuses" in again
 
 
+@pytest.mark.parametrize("text", [_WRITTEN_SUBNET_LEN, _WRITTEN_NFTABLES])
+def test_a_refused_key_an_earlier_k3snet_wrote_wanted_again_as_it_is_is_refused_at_plan_time(
+    tmp_path: Path, text: str
+) -> None:
+    """Wanted again at the value in place, the key was planned as nothing ("No changes"),
+    no refusal shown, while the config still asked for what flannel ignores: refused from
+    the desired config before anything is planned. Destroy still gives it back."""
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path)
+    (owned,) = backend.observe().owned
+    assert isinstance(owned, FlannelConfig)
+    desired = State(owned=[owned])
+    assert plan(backend.observe(), desired).empty  # in place: nothing to write
+    for dry_run in (True, False):
+        with pytest.raises(PlanError, match="flannel backend refuses flannel file:"):
+            converge(backend, desired, dry_run=dry_run, check=True)
+    assert path.read_text() == text
+    converge(backend, State(), allow_teardown=True)
+    assert "k3snet.io" not in path.read_text()
+
+
 @pytest.mark.parametrize(("text", "config", "reason"), [
     # K3s' IPv4-only file keeps "IPv6Network": "::/0" beside "EnableIPv6": false.
     (K3S_VXLAN, {"enable_ipv6": True},
@@ -516,7 +538,8 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "SubnetMin must be written without JSON escapes"),
     # The vxlan and wireguard backends decode Backend into typed Go structs.
     ('{"Backend": {"Type": "vxlan", "VNI": "4096"}}',
-     'Backend.VNI must be an integer (flannel\'s vxlan backend reads it as its VNI), got "4096"'),
+     'Backend.VNI must be an integer -2147483648..2147483647 (Go\'s int on a 32-bit node, '
+     'which refuses any other) (flannel\'s vxlan backend reads it as its VNI), got "4096"'),
     ('{"Backend": {"Type": "VXLAN", "directrouting": "true"}}',
      "Backend.DirectRouting must be true or false"),
     # "vni" is VXLANConfig's json tag, "VNI" matches it case-insensitively: the later wins.
@@ -530,6 +553,18 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     # A Go uint is 32 bits on an armhf node: the decoder refuses a larger number there.
     ('{"IPv6SubnetLen": 4294967296}', "IPv6SubnetLen must be an integer 0..4294967295"),
     ('{"SubnetLen": 24.0}', "SubnetLen must be an integer 0..4294967295"),
+    # A Go int is 32 bits on an armhf or 386 node, whose decoder refuses anything else
+    # (reflect's OverflowInt): one config serves every node, whatever its architecture.
+    ('{"Backend": {"Type": "vxlan", "MTU": 2147483648}}',
+     "Backend.MTU must be an integer -2147483648..2147483647 (Go's int on a 32-bit node"),
+    ('{"Backend": {"Type": "vxlan", "Port": -2147483649}}',
+     "Backend.Port must be an integer -2147483648..2147483647"),
+    ('{"Backend": {"Type": "vxlan", "VNI": 4294967297}}',
+     "Backend.VNI must be an integer -2147483648..2147483647"),
+    ('{"Backend": {"Type": "wireguard", "MTU": 9223372036854775807}}',
+     "Backend.MTU must be an integer -2147483648..2147483647"),
+    ('{"Backend": {"Type": "udp", "Port": 4294967296}}',
+     "Backend.Port must be an integer -2147483648..2147483647"),
     ('{"SubnetLen": -0}', "SubnetLen must be written without a sign, got -0"),
     ('{"SubnetMin": "10.42.0.0/24"}', "SubnetMin must be an IPv4 address string"),
     ('{"SubnetMax": "fd42::8:0"}', "SubnetMax must be an IPv4 address string"),
@@ -599,6 +634,25 @@ def test_values_flannel_would_refuse_or_misread_are_errors(
     p = Plan(changes=[Change.add(FlannelConfig(backend.target, enable_nftables=True))])
     (problem,) = backend.check(p)
     assert message in problem
+
+
+@pytest.mark.parametrize("option", ["MTU", "Port", "VNI"])
+def test_an_int_option_beyond_a_32_bit_node_s_int_is_refused_before_it_is_written(
+    tmp_path: Path, option: str
+) -> None:
+    """flannel decodes vxlan's VNI, Port and MTU as Go ints: 32 bits on an armhf node,
+    whose flannel stops on 2147483648 ("cannot unmarshal number"), where a 64-bit node
+    takes it; k3snet wrote it, and every 32-bit node of the cluster lost its network."""
+    path = _file(tmp_path, K3S_VXLAN)
+    backend = FlannelBackend(path=path, allow_disruptive=True)
+    wanted = FlannelConfig(backend.target, backend_type="vxlan",
+                           backend_options={option: 1 << 31})
+    p = plan(backend.observe(), State(owned=[wanted]))
+    (problem,) = backend.check(p)
+    assert f"Backend.{option} must be an integer -2147483648..2147483647" in problem
+    with pytest.raises(BackendError, match="32-bit node"):
+        backend.apply(p)
+    assert path.read_text() == K3S_VXLAN
 
 
 def test_a_mis_cased_key_is_read_as_flannel_reads_it(tmp_path: Path) -> None:
@@ -789,7 +843,8 @@ def test_a_vxlan_id_or_port_the_kernel_cannot_take_is_never_written_even_if_allo
 ) -> None:
     path = _file(tmp_path, K3S_DUAL_STACK)
     backend = FlannelBackend(path=path, allow_disruptive=True)
-    for options, message in (({"VNI": 1 << 40}, "Backend.VNI must be 0..16777215"),
+    for options, message in (({"VNI": 1 << 24}, "Backend.VNI must be 0..16777215"),
+                             ({"VNI": 1 << 40}, "Backend.VNI must be an integer -2147483648.."),
                              ({"VNI": 10000}, "names flannel's vxlan device flannel-v6.10000"),
                              ({"Port": 1 << 16}, "65536 would be port 8472), got 65536")):
         wanted = FlannelConfig(backend.target, backend_type="vxlan", backend_options=options)

@@ -1299,6 +1299,34 @@ def test_a_first_pass_at_the_agents_cpu_request_ends_before_the_liveness_probe_k
     assert MEASURED_FIRST_PASS_CPU_S[count] / _cpu_request_cores(daemonset) <= budget
 
 
+# CPU seconds of a first pass of `k3snet agent --once` with netlink and iptables (the
+# heavier backend there) onto an empty node, of (destinations, excludes each): the
+# driver in docs/agent.md ("Memory"), 2026-12-07.
+MEASURED_FIRST_PASS_CPU_S_EXCLUDES = {(1_000, 10): 3.06, (2_000, 10): 4.40}
+
+
+@pytest.mark.parametrize("interval", [1, 30, 600])
+@pytest.mark.parametrize(("count", "each"), sorted(MEASURED_FIRST_PASS_CPU_S_EXCLUDES))
+def test_a_first_pass_heavy_in_excludes_at_the_agents_cpu_request_ends_before_the_probe_kills_it(
+        count: int, each: int, interval: int) -> None:
+    # The request counted the destinations alone: 1,000 of them with 10 excludes each
+    # (3 CPU seconds, twice a pass without them) got 20m, 150 s on a busy node, past the
+    # 120 s the liveness probe leaves a pass at the default interval.
+    from k3snet.agent import AgentOptions  # noqa: PLC0415
+    from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT  # noqa: PLC0415
+
+    spec, _ = _many(count)
+    # Every other /29 of each destination's /24, as measured: none to aggregate.
+    destinations = [attrs.evolve(d, exclude=[str(net) for net in list(
+        d.cidr.subnets(new_prefix=29))[::2][:each]]) for d in spec.destinations]
+    spec = attrs.evolve(spec, destinations=destinations,
+                        agent=attrs.evolve(spec.agent, interval_seconds=interval))
+    daemonset = _one(render_manifests(spec, node_report=False), "DaemonSet", AGENT_NAME)
+    budget = AgentOptions("node-a", interval=interval).liveness_limit - 2 * DEFAULT_LOCK_TIMEOUT
+    measured = MEASURED_FIRST_PASS_CPU_S_EXCLUDES[(count, each)]
+    assert measured / _cpu_request_cores(daemonset) <= budget
+
+
 @given(st.integers(min_value=0, max_value=60_000), st.integers(min_value=1, max_value=86_400))
 def test_agent_cpu_request_grows_with_the_destinations_and_never_below_the_least(
         count: int, interval: int) -> None:
