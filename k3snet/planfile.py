@@ -313,7 +313,11 @@ def _not_as_written(document: Mapping[str, Any]) -> str | None:
         unknown = sorted(set(part) - _KEYS[what])
         if unknown:
             return f"{at or what} has the key {printable(unknown[0][:80])!r}, unknown to it"
+    verified: set[tuple[Any, frozenset[str]]] = set()  # (type, keys) found as written
     for at, given in objects:
+        shape = (given.get("type"), frozenset(given))
+        if shape in verified:  # 10 000 routes of one shape: one read back, not 10 000
+            continue
         back = object_from_dict(given).to_dict()
         unknown = sorted(set(given) - set(back))
         if unknown:
@@ -323,6 +327,7 @@ def _not_as_written(document: Mapping[str, Any]) -> str | None:
         if missing:
             return (f"{at} lacks its key {missing[0]!r} (it would be read as "
                     f"{_shown(back[missing[0]])})")
+        verified.add(shape)
     return None
 
 
