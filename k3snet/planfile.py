@@ -41,7 +41,7 @@ from k3snet.backends.lock import namespace_id, namespaces_of
 from k3snet.converge import state_digest
 from k3snet.errors import BackendError, ModelError, PlanError
 from k3snet.model import printable
-from k3snet.model.state import State
+from k3snet.model.state import State, object_from_dict
 from k3snet.model.sysctl import Sysctl
 from k3snet.planner import Plan
 from k3snet.spec.source import MAX_BYTES as SPEC_MAX_BYTES
@@ -268,6 +268,85 @@ def _check_node(path: Path, node: Mapping[str, str | None],
                             "plan on this node")
 
 
+
+_KEYS: dict[str, frozenset[str]] = {
+    "a plan file": frozenset({"format", "kind", "k3snet", "build", "node", "backends", "spec",
+                              "options", "allow_disruptive", "clusters", "observed",
+                              "desired", "plan"}),
+    "desired": frozenset({"format", "owned", "foreign"}),
+    "plan": frozenset({"format", "changes", "notes", "held"}),
+    "change": frozenset({"action", "before", "after"}),
+    "note": frozenset({"status", "wanted", "foreign", "reason", "owned"}),
+    "held": frozenset({"wanted", "owned"}),
+}
+"""The keys each part of a plan file has (those :meth:`PlanFile.to_dict` writes)."""
+
+
+def _not_as_written(document: Mapping[str, Any]) -> str | None:
+    """What of plan file ``document`` this k3snet does not read as it is written (``None``:
+    nothing): a key it does not know, in the file or in one of its objects (a field of a
+    newer k3snet's route, dropped unread: its plan applied without it) or an object's
+    key missing (read as its default). ``apply FILE`` applies what was read; what was
+    reviewed is what was written (a value is checked as the object reads it). A
+    :class:`~k3snet.errors.ModelError` for an object that is none (the caller read them
+    all already)."""
+    desired = document.get("desired") or {}
+    p = document.get("plan") or {}
+    parts: list[tuple[str, str, Any]] = [("a plan file", "", document),
+                                         ("desired", "desired", desired), ("plan", "plan", p)]
+    objects: list[tuple[str, Any]] = []
+    for side in ("owned", "foreign"):
+        objects += [(f"desired.{side}[{i}]", o) for i, o in enumerate(desired.get(side) or [])]
+    for i, change in enumerate(p.get("changes") or []):
+        parts.append(("change", f"plan.changes[{i}]", change))
+        objects += [(f"plan.changes[{i}].{k}", change[k]) for k in ("before", "after")
+                    if change.get(k) is not None]
+    for i, note in enumerate(p.get("notes") or []):
+        parts.append(("note", f"plan.notes[{i}]", note))
+        objects += [(f"plan.notes[{i}].{k}", note[k]) for k in ("wanted", "foreign", "owned")
+                    if note.get(k) is not None]
+    for i, held in enumerate(p.get("held") or []):
+        parts.append(("held", f"plan.held[{i}]", held))
+        objects += [(f"plan.held[{i}].{k}", held[k]) for k in ("wanted", "owned")
+                    if held.get(k) is not None]
+    for what, at, part in parts:
+        unknown = sorted(set(part) - _KEYS[what])
+        if unknown:
+            return f"{at or what} has the key {printable(unknown[0][:80])!r}, unknown to it"
+    verified: set[tuple[Any, frozenset[str]]] = set()  # (type, keys) found as written
+    for at, given in objects:
+        shape = (given.get("type"), frozenset(given))
+        if shape in verified:  # 10 000 routes of one shape: one read back, not 10 000
+            continue
+        back = object_from_dict(given).to_dict()
+        unknown = sorted(set(given) - set(back))
+        if unknown:
+            return (f"{at} has the key {printable(unknown[0][:80])!r}, which a "
+                    f"{printable(str(given.get('type'))[:40])} object does not have")
+        missing = sorted(set(back) - set(given))
+        if missing:
+            return (f"{at} lacks its key {missing[0]!r} (it would be read as "
+                    f"{_shown(back[missing[0]])})")
+        verified.add(shape)
+    return None
+
+
+def _refuse_not_as_written(path: Path, document: Mapping[str, Any]) -> None:
+    """A PlanError when this k3snet does not read plan file ``document`` as it is written
+    (:func:`_not_as_written`)."""
+    unread = _not_as_written(document)
+    if unread is not None:
+        made_by = document.get("k3snet")
+        by = f"k3snet {printable(made_by)}" if isinstance(made_by, str) else "an unknown k3snet"
+        raise PlanError(f"{path}: {unread}: this k3snet ({__version__}) would not apply "
+                        f"the file as it is written (made by {by}, or edited); refused, "
+                        "nothing applied: plan again with this k3snet")
+
+
+def _shown(value: Any) -> str:
+    return printable(json.dumps(value, sort_keys=True)[:80])
+
+
 @attrs.frozen
 class PlanFile:
     """A saved plan and what it was made from and for."""
@@ -421,10 +500,12 @@ class PlanFile:
             raise PlanError(f"{path}: its clusters are a JSON object of texts")
         made_by = document.get("k3snet")
         try:
-            return cls(Plan.from_dict(document.get("plan") or {}), State.from_dict(desired),
+            read = cls(Plan.from_dict(document.get("plan") or {}), State.from_dict(desired),
                        tuple(backends), {**node, "netns": here["netns"]},
                        str(document.get("observed")), spec, options, allow_disruptive,
                        clusters, made_by if isinstance(made_by, str) else None,
                        build if isinstance(build := document.get("build"), str) else None)
+            _refuse_not_as_written(path, document)
         except ModelError as exc:
             raise PlanError(f"{path}: {exc}") from exc
+        return read

@@ -306,5 +306,14 @@ def read_text(path: str | Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _error(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})", where) \
-            from None
+        raise _error(f"{path} is not UTF-8 text ({_byte_at(data, exc.start)}: {exc.reason})",
+                     where) from None
+
+
+def _byte_at(data: bytes, start: int) -> str:
+    """Where byte ``start`` of ``data`` is, as an editor counts: its line (at line feeds)
+    and column (in characters, the line's bytes before it decoded), and its offset."""
+    line_start = data.rfind(b"\n", 0, start) + 1
+    column = len(data[line_start:start].decode("utf-8", "replace")) + 1
+    line = data.count(b"\n", 0, start) + 1
+    return f"byte 0x{data[start]:02X} at line {line}, column {column}, byte {start} of the file"

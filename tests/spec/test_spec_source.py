@@ -110,6 +110,19 @@ def _list(depth: int) -> object:
     return value
 
 
+def test_a_byte_that_is_not_utf8_is_named_by_line_and_column(tmp_path: Path) -> None:
+    """A spec saved as Latin-1 deep in a file: its byte offset alone sent the reader
+    counting bytes; the line and column (characters, as an editor counts) say where."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(b"apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                     b"destinations:\n- cidr: 10.9.0.0/24\n  device: \xc3\xa9th\xe9\n")
+    with pytest.raises(SpecError) as info:
+        read_text(spec)
+    (problem,) = info.value.problems
+    assert problem.message == (f"{spec} is not UTF-8 text (byte 0xE9 at line 5, column 14, "
+                               "byte 96 of the file: invalid continuation byte)")
+
+
 def test_a_spec_file_is_a_regular_utf8_file_of_bounded_size(tmp_path: Path) -> None:
     good = tmp_path / "spec.yaml"
     good.write_text("kind: EgressSpec  # é\n")
@@ -130,7 +143,8 @@ def test_a_spec_file_is_a_regular_utf8_file_of_bounded_size(tmp_path: Path) -> N
     assert refusal(big) == f"{big} is larger than {MAX_BYTES} bytes; a spec is far smaller"
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(b"kind: caf\xe9\n")
-    assert refusal(latin) == f"{latin} is not UTF-8 text (byte 9: invalid continuation byte)"
+    assert refusal(latin) == (f"{latin} is not UTF-8 text (byte 0xE9 at line 1, column 10, "
+                              "byte 9 of the file: invalid continuation byte)")
     assert refusal(tmp_path) == f"cannot read {tmp_path}: a directory"
     assert refusal(tmp_path / "missing.yaml") == (
         f"cannot read {tmp_path / 'missing.yaml'}: No such file or directory")
