@@ -847,6 +847,8 @@ class _ForeignIndex:
                     return Note("conflict", wanted, obj, reason=wanted.conflict_reason(obj))
         for obj in candidates:
             if wanted.met_by(obj):
+                if type(wanted) is Route:
+                    return _met_route_note(wanted, candidates)
                 return Note("met", wanted, obj)
         for obj in candidates:
             if wanted.conflicts_with(obj):
@@ -1057,6 +1059,22 @@ def _in_place_note(wanted: NetObject, current: NetObject, candidates: Iterable[N
     if ahead and wanted != current:
         return Note("met", wanted, ahead[0], owned=current)
     return None
+
+
+def _met_route_note(wanted: Route, candidates: Sequence[NetObject]) -> Note:
+    """The note of a route of k3snet's that a foreign route of ``candidates`` (its table
+    and destination) meets: met by the one of the lowest metric among those, unless
+    another there, at a metric no higher, does another job (another gateway, a block):
+    the kernel takes the route of the lowest metric, in one slot the first ``ip route
+    show`` lists, so that one may carry the traffic instead (a conflict, as for a route
+    in place: :func:`_in_place_note`). Met by any, whatever came before it, the plan
+    said "met" while the packets left by another gateway."""
+    met = min((obj for obj in candidates if isinstance(obj, Route) and wanted.met_by(obj)),
+              key=lambda route: route.metric or 0)
+    for obj in candidates:
+        if met.shadowed_by(obj) and not wanted.met_by(obj):
+            return Note("conflict", wanted, obj, reason=wanted.conflict_reason(obj))
+    return Note("met", wanted, met)
 
 
 def _given_back_alias(wanted: NetObject, have: Mapping[tuple[Any, ...], NetObject],

@@ -16,7 +16,8 @@ import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
 from k3snet.lab.netns import run_in, temporary_netns
-from k3snet.model import Route
+from k3snet.model import Route, State
+from k3snet.planner import plan
 from tests.netlink.links import ip
 from tests.netlink.test_backend import DRIVERS, Driver
 
@@ -73,3 +74,41 @@ def _slot_as_dumped(ns: str, state_dir: Path, driver: Driver) -> list[str]:
         dumped = backend._driver.routes(None, names)
     return [str(r.gateway) for r in dumped
             if isinstance(r, Route) and str(r.destination) == "10.9.1.0/24"]
+
+
+@pytest.mark.parametrize("slot", ["lower metric", "same slot"])
+def test_a_route_met_by_a_foreign_one_that_another_gateway_s_route_comes_before_is_a_conflict(
+        tmp_path: Path, slot: str) -> None:
+    """A foreign route through k3snet's gateway "met" the wanted route whatever came
+    before it: with another program's route through another gateway at a lower metric,
+    or first in the very slot, the plan said met and added nothing while the packets
+    left by that other gateway. It is a conflict with the route that carries them."""
+    with temporary_netns("slotmet") as ns, temporary_netns("slotmp") as peer:
+        for i in (2, 3, 4):
+            ip(ns, "link", "add", f"g{i}", "type", "veth", "peer", "name", f"h{i}",
+               "netns", peer)
+            ip(ns, "link", "set", f"g{i}", "up")
+            ip(peer, "link", "set", f"h{i}", "up")
+            ip(ns, "addr", "add", f"192.0.{i}.1/24", "dev", f"g{i}")
+            ip(peer, "addr", "add", f"192.0.{i}.2/24", "dev", f"h{i}")
+        if slot == "lower metric":
+            ip(ns, "route", "add", "10.9.1.0/24", "via", "192.0.3.2", "metric", "10")
+            ip(ns, "route", "add", "10.9.1.0/24", "via", "192.0.2.2", "metric", "200")
+            wanted = Route("10.9.1.0/24", gateway="192.0.2.2", metric=100)
+        else:
+            ip(ns, "route", "add", "10.9.1.0/24", "via", "192.0.3.2")
+            ip(ns, "route", "append", "10.9.1.0/24", "via", "192.0.2.2")
+            wanted = Route("10.9.1.0/24", gateway="192.0.2.2")
+        assert _carrier(ns) == "g3"  # not the gateway k3snet's route names
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            planned = plan(backend.observe(), State(owned=[wanted]))
+        [note] = planned.notes
+        assert note.status == "conflict"
+        assert isinstance(note.foreign, Route)
+        assert str(note.foreign.gateway) == "192.0.3.2"
+        assert not planned.changes
+        ip(ns, "route", "del", "10.9.1.0/24", "via", "192.0.3.2")  # k3snet's gateway's now
+        assert _carrier(ns) == "g2"
+        with NetlinkBackend(ns, state_dir=tmp_path) as backend:
+            [note] = plan(backend.observe(), State(owned=[wanted])).notes
+        assert note.status == "met"

@@ -124,3 +124,27 @@ def test_a_routes_shadowed_by_says_what_the_foreign_objects_span_says(
     span = other.shadow_span
     in_span = span is not None and span[0] <= route.sort_key < span[1]
     assert route.shadowed_by(other) == in_span
+
+
+@pytest.mark.parametrize(("destination", "gw", "other"), [
+    ("10.9.1.0/24", "192.0.2.2", "192.0.3.2"),
+    ("2001:db8:9::/64", "2001:db8::2", "2001:db8::3"),
+])
+def test_a_route_is_met_only_by_the_foreign_route_the_kernel_takes_first(
+        destination: str, gw: str, other: str) -> None:
+    """Met by a foreign route through its gateway only when no route through another
+    comes before that one (a lower metric, or the same slot: the kernel may take it)."""
+    wanted = Route(destination, gateway=gw, metric=100)
+    behind = Route(destination, gateway=gw, metric=200, protocol="static")
+    cases = [
+        ([Route(destination, gateway=other, metric=10, protocol="static"), behind],
+         "conflict", other),
+        ([Route(destination, gateway=other, metric=200, protocol="boot"), behind],
+         "conflict", other),
+        ([Route(destination, gateway=other, metric=300, protocol="static"), behind], "met", gw),
+        ([Route(destination, gateway=other, metric=150, protocol="static"), behind,
+          Route(destination, gateway=gw, metric=120, protocol="boot")], "met", gw),
+    ]
+    for foreign, status, via in cases:
+        [note] = plan(State(foreign=foreign), State(owned=[wanted])).notes
+        assert (note.status, str(getattr(note.foreign, "gateway", None))) == (status, via)

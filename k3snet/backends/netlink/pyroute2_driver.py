@@ -52,8 +52,6 @@ from k3snet.backends.netlink.codec import (
     RT_TABLE_LOCAL,
     RTM_NEWROUTE,
     RTN_UNICAST,
-    RTNH_F_DEAD,
-    RTNH_F_LINKDOWN,
     SCOPE_CODES,
     UNMODELLED_ATTRS,
     Interface,
@@ -62,9 +60,9 @@ from k3snet.backends.netlink.codec import (
     LookupRule,
     NetlinkError,
     Siblings,
+    decode_local_route,
     decode_rule,
     kernel_name,
-    local_route_of,
     route_of,
 )
 from k3snet.backends.netlink.driver import DUMP_RETRIES
@@ -183,18 +181,10 @@ def _route_from(msg: Any, names: Mapping[int, str]) -> Route | RouteBlock | Sibl
         first=first)
 
 
-def _local_from(msg: Any, names: Mapping[int, str]) -> LocalRoute | None:
-    """What a pyroute2 ``rtmsg`` of table ``local`` describes, as
-    :func:`~.codec.local_route_of` says (``None``: another table's)."""
-    attrs, _ = _route_attrs(msg)
-    dst, table = attrs.get("RTA_DST"), attrs.get("RTA_TABLE")
-    hops: list[Any] = attrs.get("RTA_MULTIPATH") or []
-    return local_route_of(
-        family=msg["family"], dst_len=msg["dst_len"], src_len=msg["src_len"], tos=msg["tos"],
-        kind=msg["type"], flags=msg["flags"], table=msg["table"] if table is None else table,
-        dst=0 if dst is None else int(ipaddress.ip_address(dst)), oif=attrs.get("RTA_OIF"),
-        names=names, hops_down=bool(hops) and all(  # as codec.multipath_down
-            hop["flags"] & (RTNH_F_DEAD | RTNH_F_LINKDOWN) for hop in hops))
+def _raw(msg: Any) -> bytes:
+    """The bytes of a message pyroute2 read, its netlink header first (as the kernel
+    sent them: what the codec's decoders take)."""
+    return bytes(msg.data[msg.offset:msg.offset + msg["header"]["length"]])
 
 
 def _request(route: Route, ifindex: int | None) -> dict[str, Any]:
@@ -231,8 +221,9 @@ class Pyroute2Driver:
         self._count = count
         self._thread: int | None = None
         self._ipr: Any = None
-        # Table local's routes as the last routes() dump met them (local_routes()).
-        self._local: list[LocalRoute] | None = None
+        # Table local's route messages (their bytes) as the last routes() dump of every
+        # table met them, decoded by local_routes() alone (decode_local_route).
+        self._local: list[bytes] | None = None
         runner.call(self._open)
 
     def _open(self) -> None:
@@ -339,7 +330,7 @@ class Pyroute2Driver:
 
         def job(ipr: Any) -> list[Route | RouteBlock | Siblings]:
             found: list[Route | RouteBlock | Siblings] = []
-            local: list[LocalRoute] = []
+            local: list[bytes] = []
             for family in (socket.AF_INET, socket.AF_INET6):
                 if tables is not None:  # the kernel sends each table's alone
                     for table in sorted(tables):
@@ -349,11 +340,12 @@ class Pyroute2Driver:
                                 found.append(route)
                     continue
                 for msg in self._dump(ipr, ipr.route, family=family):
+                    if msg["table"] == RT_TABLE_LOCAL:  # the header's: 255 fits in it
+                        local.append(_raw(msg))  # route_of leaves table local out
+                        continue
                     route = _route_from(msg, names)
                     if route is not None:
                         found.append(route)
-                    elif (kept := _local_from(msg, names)) is not None:
-                        local.append(kept)
             if tables is None:
                 self._local = local
             return found
@@ -362,24 +354,21 @@ class Pyroute2Driver:
 
     def local_routes(self, names: Mapping[int, str],
                      longest: Mapping[int, int] | None = None) -> list[LocalRoute]:
-        """The routes of table ``local``, both families, as the socket driver reads them
-        (:meth:`.SocketDriver.local_routes`): those the last :meth:`routes` of every
-        table met (its dump holds table ``local``'s, all decoded), else a dump of that
-        table alone; those that do not matter to destinations of ``longest``'s lengths
-        left out (decoded all the same: pyroute2 decodes each message it reads)."""
-        if self._local is not None:
-            return [route for route in self._local if route.matters(longest)]
-
-        def job(ipr: Any) -> list[LocalRoute]:
-            found: list[LocalRoute] = []
-            for family in (socket.AF_INET, socket.AF_INET6):
-                for msg in self._table_dump(ipr, family, RT_TABLE_LOCAL):
-                    route = _local_from(msg, names)
-                    if route is not None and route.matters(longest):
-                        found.append(route)
-            return found
-
-        return self._run(job)
+        """The routes of table ``local``, both families, read from their messages' bytes
+        as the socket driver reads them (:func:`~.codec.decode_local_route`, one decoder
+        for both): those the last :meth:`routes` of every table met (its dump holds
+        table ``local``'s), else a dump of that table alone; those that do not matter to
+        destinations of ``longest``'s lengths left undecoded. The routes dump kept each
+        one's bytes alone: decoding thousands of host routes of service addresses there
+        (kube-proxy's IPVS mode) cost every observe a quarter of its dump's time, read or
+        not, and most of them do not matter."""
+        kept = self._local
+        if kept is None:
+            kept = self._run(lambda ipr: [
+                _raw(msg) for family in (socket.AF_INET, socket.AF_INET6)
+                for msg in self._table_dump(ipr, family, RT_TABLE_LOCAL)])
+        return [route for raw in kept
+                if (route := decode_local_route(raw, names, longest)) is not None]
 
     def rules(self) -> list[LookupRule]:
         """The policy rules of both families, in the kernel's order, as the socket driver
@@ -401,8 +390,7 @@ class Pyroute2Driver:
                         continue  # IPv6 off: no rules of it (as the socket's)
                     raise
                 for msg in dumped:
-                    raw = bytes(msg.data[msg.offset:msg.offset + msg["header"]["length"]])
-                    rule = decode_rule(raw)
+                    rule = decode_rule(_raw(msg))
                     if rule is not None:
                         found.append(rule)
             return sorted(found, key=lambda rule: rule.priority)

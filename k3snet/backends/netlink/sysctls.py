@@ -251,22 +251,26 @@ def on_procfs(root: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> boo
     ``/host/proc/sys``): its switches are the kernel's, which announces their changes.
     A directory standing in for it (tests) is not: its files change unannounced.
     ``mountinfo``: the mounts to look in (the mount with the longest mount point
-    holding ``root`` is the one; the last of a mount point stacked over)."""
+    holding ``root`` is the one; the last of a mount point stacked over). Its bytes are
+    file names, not text: a mount point of other bytes than UTF-8 (``ip netns add``
+    of such a name mounts one under ``/run/netns``) is compared as the path's own
+    (``os.fsdecode``), and a line ends at a newline alone (the kernel escapes one in a
+    path; ``str.splitlines`` also split at ``\\x85`` or ``\\u2028``), fields at a space."""
     try:
         path = os.path.realpath(root)
-        lines = mountinfo.read_text().splitlines()
+        lines = os.fsdecode(mountinfo.read_bytes()).split("\n")
     except OSError:
         return False
     best, kind = -1, ""
     for line in lines:
         fields, _, rest = line.partition(" - ")
-        parts = fields.split()
+        parts = fields.split(" ")  # str.split() also splits at \u2028 in a path
         if len(parts) < 5 or not rest:
             continue
         point = _unescape(parts[4])
         holds = path == point or path.startswith(point.rstrip("/") + "/")
         if holds and len(point) >= best:
-            best, kind = len(point), rest.split()[0]
+            best, kind = len(point), rest.split(" ")[0]
     return kind == "proc"
 
 
