@@ -563,7 +563,8 @@ def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
     -j DROP``) gets so its source: a packet comes in by the device its source is routed
     by (not so on a node routing asymmetrically, where a reply may come in elsewhere).
     A negated one (``-i cni0 ! -o eth0 -j DROP``) gets what the node routes by the
-    devices it lets through.
+    devices it lets through. Routes that no one prefix holds exactly (cni0's
+    ``10.42.0.0/24`` and docker0's ``172.17.0.0/16``) make one block per prefix.
     Without ``routed``, such a block may meet any packet.
     """
     if dump is None:
@@ -841,12 +842,13 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
         return  # kube-proxy's drop of invalid packets: valid traffic goes on
     if _reverse_path(tokens):
         return  # a pod's source is routed back the way it came in (see path_blocks)
+    covers: dict[str, tuple[str | None, ...]] = {}
     for interface, address in (("out_interface", "destination"), ("in_interface", "source")):
         # A packet leaves by the device its destination is routed by, and comes in by the
         # one its source is (the reverse path, what rp_filter checks): this rule meets only
         # what the node routes by that device (Docker's bridge subnet, not the pods'), or
         # by the devices a negated match lets through (`-i cni0 ! -o eth0`: not what
-        # leaves by the uplink).
+        # leaves by the uplink: cni0's and docker0's prefixes, each a block).
         name = matches.get(interface)
         negated = [v for line in (*outers, tokens)
                    if (v := _addresses(line, negated=True).get(interface)) is not None]
@@ -854,15 +856,19 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
                 matches.get(address) is None):
             cover = routed.cover(family, name, negated)
             if cover is not None:
-                matches[address] = str(cover)
+                covers[address] = tuple(str(net) for net in cover)
     text = f"-A {chain} {format_line(tokens)}"
     where = where or f"iptables IPv{family} filter"
     verdict = verdict or _VERDICT[target]
-    try:
-        found.add(ForwardBlock(family, verdict, text, where, **matches, accepted=accepted))
-    except (K3snetError, ValueError):
-        # A match k3snet cannot hold (another family, an odd interface): read it as "any".
-        found.add(ForwardBlock(family, verdict, text, where, accepted=accepted))
+    for source in covers.get("source", (matches.get("source"),)):
+        for destination in covers.get("destination", (matches.get("destination"),)):
+            fields = {**matches, "source": source, "destination": destination}
+            try:
+                found.add(ForwardBlock(family, verdict, text, where, **fields,
+                                       accepted=accepted))
+            except (K3snetError, ValueError):
+                # A match k3snet cannot hold (another family, an odd interface): "any".
+                found.add(ForwardBlock(family, verdict, text, where, accepted=accepted))
 
 
 def _reverse_path(tokens: Line) -> bool:
