@@ -58,8 +58,8 @@ from k3snet.backends.iptables.save import TableDump
 from k3snet.backends.routed import RoutedBy
 from k3snet.backends.untracked import partial_notrack
 from k3snet.errors import K3snetError
-from k3snet.model import NetObject, interfaces_left, interfaces_may_meet
-from k3snet.model.cidr import Network, contains, overlaps
+from k3snet.model import NetObject, interface_holds, interfaces_left, interfaces_may_meet
+from k3snet.model.cidr import Network, contains, overlaps, parse_network
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
 from k3snet.render.iptables.rules import (
@@ -504,8 +504,8 @@ def _answers(reply: RuleFields, rule: RuleFields, source: Network, destination: 
     return (
         (reply.source is None or contains(reply.source, destination))
         and (reply.destination is None or contains(reply.destination, source))
-        and reply.in_interface in (None, rule.out_interface)
-        and reply.out_interface in (None, rule.in_interface)
+        and interface_holds(reply.in_interface, rule.out_interface)
+        and interface_holds(reply.out_interface, rule.in_interface)
     )
 
 
@@ -524,8 +524,8 @@ def _takes_errors(reply: RuleFields, rule: RuleFields, source: Network) -> bool:
     return (
         reply.source is None
         and (reply.destination is None or contains(reply.destination, source))
-        and reply.in_interface in (None, rule.out_interface)
-        and reply.out_interface in (None, rule.in_interface)
+        and interface_holds(reply.in_interface, rule.out_interface)
+        and interface_holds(reply.out_interface, rule.in_interface)
     )
 
 
@@ -884,7 +884,7 @@ def _excluded(matches: dict[str, str | None], lines: tuple[Line, ...]) -> bool:
     value a positive one in ``matches`` requires, or no device passes their interface
     matches, positive and negated (``! -o eth+`` on the way to ``-o eth0``, or ``! -o
     +``: :func:`~k3snet.model.interfaces_left`): no packet reaches the rule."""
-    if any(matches.get(kind) == value for line in lines
+    if any(_holds(kind, value, matches.get(kind)) for line in lines
            for kind, value in _addresses(line, negated=True).items()):
         return True
     for kind in ("in_interface", "out_interface"):
@@ -894,6 +894,22 @@ def _excluded(matches: dict[str, str | None], lines: tuple[Line, ...]) -> bool:
         if negatives and not interfaces_left(positives, negatives):
             return True
     return False
+
+
+def _holds(kind: str, negated: str | None, positive: str | None) -> bool:
+    """A negated match (``! -s 10.0.0.0/8``) leaves out every packet of the positive one
+    of its kind (``-s 10.42.0.0/16``): the same interface, or an address inside it,
+    compared as networks (``! -s 10.0.0.0/8`` holds ``10.42.0.0/16``), not as text."""
+    if positive is None or negated is None:
+        return False
+    if kind in ("source", "destination"):
+        try:
+            outer, inner = parse_network(negated, strict=False), parse_network(positive,
+                                                                               strict=False)
+        except (K3snetError, ValueError):
+            return negated == positive
+        return outer.version == inner.version and contains(outer, inner)
+    return negated == positive
 
 
 def _addresses(tokens: Line, *, negated: bool = False) -> dict[str, str | None]:
