@@ -35,7 +35,7 @@ from k3snet.model.cidr import Network
 if TYPE_CHECKING:  # the netlink modules are imported by read_routes alone, when it runs
     from k3snet.backends.netlink.socket_driver import SocketDriver
 
-__all__ = ["RoutedBy", "read_routes"]
+__all__ = ["MOST_PREFIXES", "RoutedBy", "read_routes"]
 
 class RoutedBy:
     """The node's unicast routes as (destination, device): ``None`` for a device not known.
