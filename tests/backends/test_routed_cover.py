@@ -47,7 +47,8 @@ def test_the_cover_holds_exactly_the_addresses_routed_by_the_devices_the_matches
         return
     exact = list(ipaddress.collapse_addresses(net for net, _ in meeting))
     if len(exact) > MOST_PREFIXES:
-        (wide,) = cover or (ipaddress.ip_network("0.0.0.0/0"),)
+        (wide,) = cover or (ipaddress.IPv4Network("0.0.0.0/0"),)
+        assert isinstance(wide, ipaddress.IPv4Network)
         assert all(net.subnet_of(wide) for net in exact)  # one prefix holding more
         return
     assert cover == tuple(exact)
