@@ -8,7 +8,7 @@ database routed by the uplink, nor its replies, routed by the pods' interface
 (``cni0``, ``flannel.1``, ``cali*``). :class:`RoutedBy` holds the node's unicast routes
 of every table but ``local`` (what policy routing may pick), read with one rtnetlink
 dump per observe that reads the tables (never on the observe cache's path), and gives
-the smallest network holding them all (:meth:`RoutedBy.cover`), the destination such a
+the prefixes holding exactly those (:meth:`RoutedBy.cover`), the destinations such a
 block is judged with (:mod:`k3snet.backends.iptables.foreign`; the nftables backend's
 read of other ``ip``/``ip6`` tables, :mod:`k3snet.backends.nftables.parse`, the same).
 The same for a drop by in-interface and no source (Docker 28's internal network,
@@ -39,7 +39,7 @@ from k3snet.model.cidr import Network
 if TYPE_CHECKING:  # the netlink modules are imported by read_routes alone, when it runs
     from k3snet.backends.netlink.socket_driver import SocketDriver
 
-__all__ = ["RoutedBy", "read_links", "read_routes"]
+__all__ = ["MOST_PREFIXES", "RoutedBy", "read_links", "read_routes"]
 
 class RoutedBy:
     """The node's unicast routes as (destination, device): ``None`` for a device not known.
@@ -47,15 +47,15 @@ class RoutedBy:
     >>> routed = RoutedBy([("172.17.0.0/16", "docker0"), ("0.0.0.0/0", "eth0"),
     ...                    ("10.42.0.0/24", "cni0"), ("10.42.1.0/24", "flannel.1")])
     >>> routed.cover(4, "docker0")
-    IPv4Network('172.17.0.0/16')
+    (IPv4Network('172.17.0.0/16'),)
     >>> routed.cover(4, "eth0") is None  # the default route: any destination
     True
     >>> routed.cover(4, "eth1") is None  # no route: it may get any one later
     True
-    >>> RoutedBy([("10.42.0.0/24", "cni0"), ("0.0.0.0/0", "eth0")]).cover(4, None, ["eth0"])
-    IPv4Network('10.42.0.0/24')
+    >>> routed.cover(4, None, ["eth0"])  # what leaves by another device than eth0
+    (IPv4Network('10.42.0.0/23'), IPv4Network('172.17.0.0/16'))
     >>> RoutedBy([("fe80::/64", "docker0")]).cover(6, "docker0")  # forwards nothing
-    IPv6Network('fe80::/64')
+    (IPv6Network('fe80::/64'),)
     """
 
     def __init__(self, routes: Iterable[tuple[Network | str, str | None]]
@@ -101,12 +101,15 @@ class RoutedBy:
         return self._read
 
     def cover(self, family: int, interface: str | None,
-              negated: Sequence[str] = ()) -> Network | None:
-        """The smallest network holding every destination a route by a device that
-        ``interface`` (a name, or ``eth+``; ``None``: any) may name and none of ``negated``
-        does (the matches of ``! -o eth0``: what leaves by another device) carries, with
-        the routes of devices not known; ``None`` when that is every address or no route
-        names such a device.
+              negated: Sequence[str] = ()) -> tuple[Network, ...] | None:
+        """Every destination a route by a device that ``interface`` (a name, or ``eth+``;
+        ``None``: any) may name and none of ``negated`` does (the matches of ``! -o
+        eth0``: what leaves by another device) carries, with the routes of devices not
+        known, as the fewest prefixes holding exactly those (``10.42.0.0/24`` and
+        ``172.17.0.0/16`` stay two, adjacent ones merge); ``None`` when that is every
+        address or no route names such a device. More than :data:`MOST_PREFIXES` are
+        given as the one smallest network holding them all (a doubt counts against
+        k3snet: it holds more).
 
         IPv6 link-local routes (``fe80::/64`` on every device) count only for a device
         with no other: the kernel forwards no packet to a link-local address, and one
@@ -131,19 +134,50 @@ class RoutedBy:
                 found.append((address, length))
         if not named:
             return None
-        found = found or link_local
-        # The common prefix of them all: the leading bits where every address agrees.
-        first = found[0][0]
-        length = min(n for _, n in found)
-        differ = 0
-        for address, _ in found:
-            differ |= address ^ first
-        length = min(length, bits - differ.bit_length())
-        if length == 0:
+        prefixes = _collapsed(found or link_local, bits)
+        if len(prefixes) > MOST_PREFIXES:
+            prefixes = [_common(prefixes, bits)]
+        if prefixes[0][1] == 0:
             return None
-        mask = ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1)
-        return (ipaddress.IPv4Network if family == 4 else ipaddress.IPv6Network)(
-            (first & mask, length))
+        kind = ipaddress.IPv4Network if family == 4 else ipaddress.IPv6Network
+        return tuple(kind(prefix) for prefix in prefixes)
+
+
+MOST_PREFIXES = 16
+"""The most prefixes :meth:`RoutedBy.cover` gives: a foreign block is judged once per
+prefix (one per pair, for a source and a destination both covered)."""
+
+
+def _collapsed(found: Iterable[tuple[int, int]], bits: int) -> list[tuple[int, int]]:
+    """The fewest (address, length) prefixes holding exactly the addresses of ``found``,
+    in address order: those inside another dropped, two halves of one prefix merged."""
+    kept: list[tuple[int, int]] = []
+    for address, length in sorted(set(found)):
+        if kept:
+            last, last_length = kept[-1]
+            if (address ^ last) >> (bits - last_length) == 0 and last_length <= length:
+                continue  # inside the last one (a shorter prefix sorts before its parts)
+        kept.append((address, length))
+        while len(kept) > 1:
+            (low, low_length), (high, high_length) = kept[-2], kept[-1]
+            half = 1 << (bits - high_length) if high_length else 0
+            if low_length != high_length or not half or low & half or low ^ high != half:
+                break
+            kept[-2:] = [(low, low_length - 1)]
+    return kept
+
+
+def _common(prefixes: Sequence[tuple[int, int]], bits: int) -> tuple[int, int]:
+    """The smallest prefix holding all of ``prefixes``: the leading bits where every
+    address agrees."""
+    first = prefixes[0][0]
+    length = min(n for _, n in prefixes)
+    differ = 0
+    for address, _ in prefixes:
+        differ |= address ^ first
+    length = min(length, bits - differ.bit_length())
+    mask = ((1 << bits) - 1) ^ ((1 << (bits - length)) - 1)
+    return first & mask, length
 
 
 _Raw = tuple[int, int, int, str | None]

@@ -8,6 +8,7 @@ from k3snet._logline import printable
 from k3snet.model import cidr as _cidr
 from k3snet.model._base import (
     NetObject,
+    interface_holds,
     interfaces_left,
     interfaces_may_meet,
     is_interface_name,
@@ -120,6 +121,7 @@ __all__ = [
     "Sysctl",
     "aggregate",
     "contains",
+    "interface_holds",
     "interfaces_left",
     "interfaces_may_meet",
     "is_interface_name",

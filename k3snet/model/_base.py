@@ -149,6 +149,20 @@ def interface_may_be(pattern: str | None, device: str | None) -> bool:
     return pattern == device
 
 
+def interface_holds(pattern: str | None, match: str | None) -> bool:
+    """Every device the interface match ``match`` (``eth+`` is a prefix; ``None``: any)
+    may name passes ``pattern``: ``eth+`` holds ``eth0`` and ``eth1+``, ``+`` and ``None``
+    hold anything, ``eth0`` holds only ``eth0``. What an accept naming ``pattern`` takes
+    of a rule's packets by ``match``, compared as the kernel does, not as text."""
+    if pattern is None or pattern == "+":
+        return True
+    if match is None:
+        return False
+    if pattern.endswith("+"):
+        return match.startswith(pattern[:-1])
+    return match == pattern
+
+
 def interfaces_may_meet(a: str | None, b: str | None, *, a_negated: bool = False,
                         b_negated: bool = False) -> bool:
     """Two interface matches (``eth+`` is a prefix; ``None``: any) that one device may

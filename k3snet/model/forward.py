@@ -19,6 +19,7 @@ from k3snet.model._base import (
     NetObject,
     check_families,
     foreign_rule_text,
+    interface_holds,
     interfaces_may_meet,
     ip_family,
     net_tuple,
@@ -74,8 +75,8 @@ class ForwardRule(NetObject):
             isinstance(other, ForwardRule)
             and contains(other.source, self.source)
             and contains(other.destination, self.destination)
-            and other.in_interface in (None, self.in_interface)
-            and other.out_interface in (None, self.out_interface)
+            and interface_holds(other.in_interface, self.in_interface)
+            and interface_holds(other.out_interface, self.out_interface)
         )
 
     def conflicts_with(self, other: NetObject) -> bool:
@@ -156,7 +157,7 @@ def _one_way_in(rules: tuple[ForwardRule, ...], source: Network, destination: Ne
     """Whether one of ``rules``, read one way (source to destination), takes every
     packet from ``source`` to ``destination`` through those interfaces."""
     return any(contains(r.source, source) and contains(r.destination, destination)
-               and r.in_interface in (None, iif) and r.out_interface in (None, oif)
+               and interface_holds(r.in_interface, iif) and interface_holds(r.out_interface, oif)
                for r in rules)
 
 

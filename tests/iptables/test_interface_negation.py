@@ -229,3 +229,38 @@ def test_a_drop_by_a_negated_interface_meets_what_the_node_routes_by_the_other_d
         assert [n.status for n in notes if n.wanted == wanted] == (
             ["conflict"] if conflict else [])
         assert lab.tcp_probe(family=4, timeout=1.0 if conflict else 2.0).ok is not conflict
+
+
+_RAW_ENTRY = """
+import iptc
+for rule in iptc.Chain(iptc.Table(iptc.Table.FILTER), "FORWARD").rules:
+    ip = rule.entry.ip
+    print(bytes(ip.iniface).decode(), bytes(ip.iniface_mask).hex() or "-", ip.invflags & 1)
+"""
+
+
+@pytest.mark.kernel
+def test_the_legacy_text_drops_the_negated_any_interface_that_the_kernels_table_keeps(
+        ns: str) -> None:
+    """``! -i + -j DROP`` drops nothing; ``iptables-legacy-save`` prints it as ``-j DROP``
+    (an interface with an empty mask is left out), so k3snet, reading that text, sees a
+    drop of every packet, a false conflict on the safe side, before another rule
+    (docs/backends.md). The
+    kernel's table keeps the match: interface ``+``, empty mask, ``IPT_INV_VIA_IN``
+    (python-iptables' raw entry; its ``Rule.in_interface`` is ``None``). iptables-nft
+    prints it as written."""
+    pytest.importorskip("iptc")
+    import sys  # noqa: PLC0415
+
+    run_in(ns, ["iptables-legacy", "-w", "-A", "FORWARD", "!", "-i", "+", "-j", "DROP"])
+    # (not the last rule: a final catch-all drop is a default k3snet's jump goes before)
+    run_in(ns, ["iptables-legacy", "-w", "-A", "FORWARD", "-d", "192.0.2.0/24", "-j", "ACCEPT"])
+    assert "-A FORWARD -j DROP" in run_in(ns, ["iptables-legacy-save", "-t", "filter"]).stdout
+    raw = run_in(ns, [sys.executable, "-c", _RAW_ENTRY], timeout=120).stdout.split()
+    assert raw[:3] == ["+", "-", "1"]  # the first rule: `! -i +`
+    with IptablesBackend(ns, mode="legacy") as backend:
+        notes = plan(backend.observe(), State(owned=[ForwardRule(POD, DB_NET)])).notes
+    assert [n.status for n in notes] == ["conflict"]  # the limit, until the table is read
+    run_in(ns, ["iptables-nft", "-w", "-A", "FORWARD", "!", "-i", "+", "-j", "DROP"])
+    assert "-A FORWARD ! -i + -j DROP" in run_in(ns, ["iptables-nft-save", "-t",
+                                                      "filter"]).stdout

@@ -508,8 +508,10 @@ class IptablesBackend(BackendBase):
             found += partial_untracks(
                 native, wanted, lambda where: self._shown(nft_list_chain(where, places)))
         found += self._native.warnings
-        if self._native.defaults.found:  # judged against k3snet's forward rules
-            found += self._native.default_warnings(self._forward_wanted(), self._shown)
+        if self._native.defaults.found or self._native.defaults.egress:  # judged against
+            # k3snet's forward rules
+            found += self._native.default_warnings(self._forward_wanted(), self._shown,
+                                                   egress=not self._nft_managed)
         found += [_left_nftables(family, table, self._shown) for family, table
                   in sorted(self._native.k3snet_tables - self._nft_managed)]
         return tuple(found)
@@ -562,7 +564,7 @@ class IptablesBackend(BackendBase):
 
         return RoutedBy(load)
 
-    def _read_native(self) -> NativeRead:
+    def _read_native(self, routed: RoutedBy | None) -> NativeRead:
         """What nftables tables of other names hold (see
         :mod:`k3snet.backends.iptables.native`), found with one netlink dump of the
         namespace's tables (the generation id's socket, made for it with
@@ -584,7 +586,7 @@ class IptablesBackend(BackendBase):
         within = self._native_lists if find_spec("nftables") is not None else None
         return read_native(lambda argv, text, seconds: kernel.run(argv, input_text=text,
                                                                   timeout=seconds),
-                           tables, within)
+                           tables, within, routed)
 
     def _native_lists(self, deadline: float, read: Callable[[Lists], NativeRead]) -> NativeRead:
         """``read`` with libnftables in the namespace (kept between reads: a listing
@@ -809,7 +811,7 @@ class IptablesBackend(BackendBase):
                     foreign |= _judge(family, dump, tables, hidden, routed,
                                       partial=partial)
             # Base chains of nftables tables iptables does not show run on the same hooks.
-            self._native = self._read_native()
+            self._native = self._read_native(routed)
             for read in tables.values():
                 set_aside(read, self._native.blocks)
             foreign |= self._native.blocks

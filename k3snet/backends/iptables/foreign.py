@@ -58,8 +58,8 @@ from k3snet.backends.iptables.save import TableDump
 from k3snet.backends.routed import RoutedBy
 from k3snet.backends.untracked import partial_notrack
 from k3snet.errors import K3snetError
-from k3snet.model import NetObject, interfaces_left, interfaces_may_meet
-from k3snet.model.cidr import Network, contains, overlaps
+from k3snet.model import NetObject, interface_holds, interfaces_left, interfaces_may_meet
+from k3snet.model.cidr import Network, contains, overlaps, parse_network
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, NatBlock, SnatRule
 from k3snet.render.iptables.rules import (
@@ -504,8 +504,8 @@ def _answers(reply: RuleFields, rule: RuleFields, source: Network, destination: 
     return (
         (reply.source is None or contains(reply.source, destination))
         and (reply.destination is None or contains(reply.destination, source))
-        and reply.in_interface in (None, rule.out_interface)
-        and reply.out_interface in (None, rule.in_interface)
+        and interface_holds(reply.in_interface, rule.out_interface)
+        and interface_holds(reply.out_interface, rule.in_interface)
     )
 
 
@@ -524,8 +524,8 @@ def _takes_errors(reply: RuleFields, rule: RuleFields, source: Network) -> bool:
     return (
         reply.source is None
         and (reply.destination is None or contains(reply.destination, source))
-        and reply.in_interface in (None, rule.out_interface)
-        and reply.out_interface in (None, rule.in_interface)
+        and interface_holds(reply.in_interface, rule.out_interface)
+        and interface_holds(reply.out_interface, rule.in_interface)
     )
 
 
@@ -563,7 +563,8 @@ def foreign_blocks(dump: TableDump | None, family: int, before: int, *,
     -j DROP``) gets so its source: a packet comes in by the device its source is routed
     by (not so on a node routing asymmetrically, where a reply may come in elsewhere).
     A negated one (``-i cni0 ! -o eth0 -j DROP``) gets what the node routes by the
-    devices it lets through.
+    devices it lets through. Routes that no one prefix holds exactly (cni0's
+    ``10.42.0.0/24`` and docker0's ``172.17.0.0/16``) make one block per prefix.
     Without ``routed``, such a block may meet any packet.
     """
     if dump is None:
@@ -841,12 +842,13 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
         return  # kube-proxy's drop of invalid packets: valid traffic goes on
     if _reverse_path(tokens):
         return  # a pod's source is routed back the way it came in (see path_blocks)
+    covers: dict[str, tuple[str | None, ...]] = {}
     for interface, address in (("out_interface", "destination"), ("in_interface", "source")):
         # A packet leaves by the device its destination is routed by, and comes in by the
         # one its source is (the reverse path, what rp_filter checks): this rule meets only
         # what the node routes by that device (Docker's bridge subnet, not the pods'), or
         # by the devices a negated match lets through (`-i cni0 ! -o eth0`: not what
-        # leaves by the uplink).
+        # leaves by the uplink: cni0's and docker0's prefixes, each a block).
         name = matches.get(interface)
         negated = [v for line in (*outers, tokens)
                    if (v := _addresses(line, negated=True).get(interface)) is not None]
@@ -854,15 +856,19 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
                 matches.get(address) is None):
             cover = routed.cover(family, name, negated)
             if cover is not None:
-                matches[address] = str(cover)
+                covers[address] = tuple(str(net) for net in cover)
     text = f"-A {chain} {format_line(tokens)}"
     where = where or f"iptables IPv{family} filter"
     verdict = verdict or _VERDICT[target]
-    try:
-        found.add(ForwardBlock(family, verdict, text, where, **matches, accepted=accepted))
-    except (K3snetError, ValueError):
-        # A match k3snet cannot hold (another family, an odd interface): read it as "any".
-        found.add(ForwardBlock(family, verdict, text, where, accepted=accepted))
+    for source in covers.get("source", (matches.get("source"),)):
+        for destination in covers.get("destination", (matches.get("destination"),)):
+            fields = {**matches, "source": source, "destination": destination}
+            try:
+                found.add(ForwardBlock(family, verdict, text, where, **fields,
+                                       accepted=accepted))
+            except (K3snetError, ValueError):
+                # A match k3snet cannot hold (another family, an odd interface): "any".
+                found.add(ForwardBlock(family, verdict, text, where, accepted=accepted))
 
 
 def _reverse_path(tokens: Line) -> bool:
@@ -878,7 +884,7 @@ def _excluded(matches: dict[str, str | None], lines: tuple[Line, ...]) -> bool:
     value a positive one in ``matches`` requires, or no device passes their interface
     matches, positive and negated (``! -o eth+`` on the way to ``-o eth0``, or ``! -o
     +``: :func:`~k3snet.model.interfaces_left`): no packet reaches the rule."""
-    if any(matches.get(kind) == value for line in lines
+    if any(_holds(kind, value, matches.get(kind)) for line in lines
            for kind, value in _addresses(line, negated=True).items()):
         return True
     for kind in ("in_interface", "out_interface"):
@@ -888,6 +894,22 @@ def _excluded(matches: dict[str, str | None], lines: tuple[Line, ...]) -> bool:
         if negatives and not interfaces_left(positives, negatives):
             return True
     return False
+
+
+def _holds(kind: str, negated: str | None, positive: str | None) -> bool:
+    """A negated match (``! -s 10.0.0.0/8``) leaves out every packet of the positive one
+    of its kind (``-s 10.42.0.0/16``): the same interface, or an address inside it,
+    compared as networks (``! -s 10.0.0.0/8`` holds ``10.42.0.0/16``), not as text."""
+    if positive is None or negated is None:
+        return False
+    if kind in ("source", "destination"):
+        try:
+            outer, inner = parse_network(negated, strict=False), parse_network(positive,
+                                                                               strict=False)
+        except (K3snetError, ValueError):
+            return negated == positive
+        return outer.version == inner.version and contains(outer, inner)
+    return negated == positive
 
 
 def _addresses(tokens: Line, *, negated: bool = False) -> dict[str, str | None]:

@@ -34,7 +34,13 @@ import attrs
 
 from k3snet._logline import shell_join
 from k3snet.backends.nftables.kernel import ListingTimeoutError, Lists, listed_items
-from k3snet.backends.nftables.parse import ForeignReader, ForwardDefault, ForwardDefaults
+from k3snet.backends.nftables.parse import (
+    EgressDefault,
+    ForeignReader,
+    ForwardDefault,
+    ForwardDefaults,
+)
+from k3snet.backends.routed import RoutedBy
 from k3snet.errors import BackendError
 from k3snet.model import ForwardBlock, ForwardRule, NatBlock, NetObject
 from k3snet.render.nftables_batch import list_command
@@ -72,18 +78,25 @@ class NativeRead:
         return bool(self.defaults.found) and bool(self.defaults.unopened([rule]))
 
     def default_warnings(self, wanted: Sequence[ForwardRule] | None,
-                         shown: Callable[[list[str]], str] = shell_join) -> tuple[str, ...]:
+                         shown: Callable[[list[str]], str] = shell_join, *,
+                         egress: bool = True) -> tuple[str, ...]:
         """A warning for each default that drops a rule of ``wanted`` (k3snet's forward
         rules), naming the first; with ``wanted`` None (not known: no hint, none in
         place), one for each default found. ``shown``: the ``nft list table`` it names,
-        as run where the backend read (:func:`~k3snet.backends.netns.shown_command`)."""
-        if not self.defaults.found:
-            return ()
+        as run where the backend read (:func:`~k3snet.backends.netns.shown_command`).
+        ``egress``: name the ``netdev`` egress chains too (not beside an nftables backend,
+        which names them)."""
+        egresses = self.defaults.egress if egress else ()
         if wanted is None:
-            return tuple(_default_warning(d, None, shown) for d in self.defaults.found)
+            return (*(_default_warning(d, None, shown) for d in self.defaults.found),
+                    *(_egress_warning(e, None, shown) for e in egresses))
+        if not self.defaults.found and not egresses:
+            return ()
         ordered = sorted(wanted, key=lambda r: (r.family, r.describe()))
-        return tuple(_default_warning(d, rule, shown)
-                     for d, rule in self.defaults.unopened(ordered))
+        return (*(_default_warning(d, rule, shown)
+                  for d, rule in self.defaults.unopened(ordered)),
+                *(_egress_warning(e, rule, shown) for e, rule in self.defaults.leaving(ordered)
+                  if egress))
 
 
 WHOLE_TABLE_CHAINS = 256
@@ -176,13 +189,15 @@ Within = Callable[[float, Callable[[Lists], "NativeRead"]], "NativeRead"]
 
 def native_tables(tables: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
     """The tables of ``tables`` (family, name) that are not iptables-nft's and run on
-    k3snet's hooks (families ``ip``, ``ip6``, ``inet``)."""
-    return frozenset((f, n) for f, n in tables if f in ("ip", "ip6", "inet")
+    k3snet's hooks (families ``ip``, ``ip6``, ``inet``), or on a device's ``ingress`` or
+    ``egress`` hook a forwarded packet passes too (``netdev``)."""
+    return frozenset((f, n) for f, n in tables if f in ("ip", "ip6", "inet", "netdev")
                      and not (f != "inet" and n in XT_TABLES))
 
 
 def read_native(
-    run: Run, tables: frozenset[tuple[str, str]], within: Within | None = None
+    run: Run, tables: frozenset[tuple[str, str]], within: Within | None = None,
+    routed: RoutedBy | None = None,
 ) -> NativeRead:
     """The base chains of nftables tables iptables does not show, as blocks and warnings.
 
@@ -191,7 +206,9 @@ def read_native(
     iptables-nft's are listed: through ``within`` (libnftables in the namespace, no
     process per listing) when given, else with ``nft -j`` processes run by ``run``.
     Best effort: a listing that fails or takes too long is a warning (what was not
-    read is not judged).
+    read is not judged). ``routed``: the node's routes, which a drop by interface alone
+    (a ``netdev`` ingress chain's policy drop on cni0) is judged by
+    (:class:`~k3snet.backends.routed.RoutedBy`); without them it is no block.
     """
     xt = frozenset((f, n) for f, n in tables if f in ("ip", "ip6") and n in XT_TABLES)
     native = sorted(native_tables(tables))
@@ -200,7 +217,7 @@ def read_native(
     deadline = time.monotonic() + NATIVE_SECONDS
     if within is not None:
         try:
-            return within(deadline, lambda lists: _read(lists, xt))
+            return within(deadline, lambda lists: _read(lists, xt, routed))
         except ListingTimeoutError as exc:
             return NativeRead(warnings=(f"nftables tables beside iptables not read: {exc}",))
     if shutil.which("nft") is None:
@@ -211,20 +228,37 @@ def read_native(
                 "cannot read them (no nft on PATH): what they drop or translate is not judged",
             )
         )
-    return _read(_Processes(run, deadline), xt)
+    return _read(_Processes(run, deadline), xt, routed)
 
 
-def _read(lister: Lists, xt: frozenset[tuple[str, str]]) -> NativeRead:
+def _read(lister: Lists, xt: frozenset[tuple[str, str]],
+          routed: RoutedBy | None = None) -> NativeRead:
     # k3snet's own nftables table (the nftables backend's, beside this one in a group)
     # is passed by: the nftables backend judges it; read here, its 5 000 NAT rules made
     # foreign objects no plan needs, a listing past the read's bound, and then nothing
     # of the other tables read at all.
-    reader = ForeignReader(lister, xt, skip_marked=True)
+    reader = ForeignReader(lister, xt, skip_marked=True, routed=routed)
     found = reader.read()
     blocks = frozenset(o for o in found if isinstance(o, ForwardBlock | NatBlock))
     warnings = tuple(f"nftables tables beside iptables' read in part: {u}"
                      for u in reader.unread)
     return NativeRead(blocks, warnings, reader.marked, reader.defaults())
+
+
+def _egress_warning(egress: EgressDefault, rule: ForwardRule | None,
+                    shown: Callable[[list[str]], str]) -> str:
+    """The warning of a ``netdev`` egress chain of another table that may drop what leaves
+    by its devices (:meth:`ForwardDefaults.leaving`): it runs after every iptables chain
+    and NAT, and no iptables accept opens it; ``rule``: the first of k3snet's it may
+    drop (``None``: not judged)."""
+    dropped = ("what it does not accept is dropped whatever k3snet's rules say"
+               if rule is None else f"it may drop the packets of {rule.describe()} as they "
+               "leave by it, whatever iptables accepts")
+    command = shown(["nft", "list", "chain", "netdev", egress.table, egress.chain])
+    return (f"nftables netdev {egress.table} chain {egress.chain}, an egress chain on "
+            f"{', '.join(egress.devices)} ({egress.what()}), runs after iptables and "
+            f"k3snet's NAT: {dropped}; accept them there by their destination (`{command}` "
+            "shows it)")
 
 
 def _default_warning(d: ForwardDefault, rule: ForwardRule | None,

@@ -2611,11 +2611,10 @@ def _blocks_of(match: Match, where: tuple[str, str], chain: str, taken: _Taken |
     if match.proto is None and where[0] in ("inet", "netdev"):
         if match.verdict not in _ENDING:
             return []  # no block in either family: not copied to be judged in each
-        found = (_block_of(dataclasses.replace(match, proto=proto), where, chain, taken,
-                           routed) for proto in ("ip", "ip6"))
-        return [block for block in found if block is not None]
-    block = _block_of(match, where, chain, taken, routed)
-    return [] if block is None else [block]
+        return [block for proto in ("ip", "ip6")
+                for block in _block_of(dataclasses.replace(match, proto=proto), where, chain,
+                                       taken, routed)]
+    return _block_of(match, where, chain, taken, routed)
 
 
 def _policy_blocks(device: str, policy: str, where: tuple[str, str], chain: str, *,
@@ -2629,8 +2628,8 @@ def _policy_blocks(device: str, policy: str, where: tuple[str, str], chain: str,
 
 def _block_of(match: Match, where: tuple[str, str], chain: str,
               taken: _Taken | None = None,
-              routed: RoutedBy | None = None) -> ForwardBlock | None:
-    """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else None);
+              routed: RoutedBy | None = None) -> list[ForwardBlock]:
+    """The :class:`ForwardBlock` a foreign drop/reject naming addresses makes (else none);
     ``match`` as the walk reached it (with the tests of the jumps on the way), ``taken``
     what the accepts before it on its way take.
 
@@ -2641,23 +2640,22 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
     drop: docker0's subnet, not the pods' connections; the uplink's default route: any
     destination). A negated name is judged by the routes of the devices it lets through
     (``iifname "cni0" oifname != "eth0" drop``: what the node routes by cni0 and the
-    others, not the pods' connections out by the uplink). ``match`` names its family
+    others, not the pods' connections out by the uplink), one block for each prefix of
+    those routes (cni0's and docker0's are two). ``match`` names its family
     (:func:`_blocks_of` gives an ``inet`` table's drop one in each)."""
     if match.verdict not in _ENDING or match.proto is None:
-        return None
+        return []
     if any(any(neg for _, neg in tests) and not _may_pass(tests)
            for tests in (match.iif, match.oif)):
-        return None  # `oifname "eth0" oifname != "eth*"`: no packet passes both
+        return []  # `oifname "eth0" oifname != "eth*"`: no packet passes both
     words, saddr, daddr, oif = _rule_words(match)
     # A name tested twice (the jump's `oifname "docker0"`, then the rule's) is that name.
     oif = list(dict.fromkeys(oif))
     iif = list(dict.fromkeys(name for name, neg in match.iif if not neg))
     family = 4 if match.proto == "ip" else 6
-    fields: dict[str, Any] = {
-        # One prefix each is what a block holds; several (a set) count as any.
-        "source": saddr[0] if len(saddr) == 1 else None,
-        "destination": daddr[0] if len(daddr) == 1 else None,
-    }
+    # One prefix each is what a block holds; several (a set) count as any.
+    sources: Sequence[Any] = (saddr[0] if len(saddr) == 1 else None,)
+    destinations: Sequence[Any] = (daddr[0] if len(daddr) == 1 else None,)
     if not saddr and not daddr:
         # The names of `oifname != "eth0"`: what leaves by another device.
         not_oif = [model_ifname(name) for name, neg in match.oif if neg]
@@ -2665,26 +2663,31 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
         by_oif = len(oif) == 1 or (not oif and bool(not_oif))
         by_iif = len(iif) == 1 or (not iif and bool(not_iif))
         if routed is None or not (by_oif or by_iif):
-            return None
+            return []
         # A packet leaves by the device its destination is routed by, and comes in by the
         # one its source is (the reverse path): the drop meets only what the node routes
         # by that device, or by the devices a negated name lets through (None: any
         # address).
         if by_oif:
-            fields["destination"] = routed.cover(
-                family, model_ifname(oif[0]) if oif else None, not_oif)
+            destinations = routed.cover(
+                family, model_ifname(oif[0]) if oif else None, not_oif) or (None,)
         if by_iif:
-            fields["source"] = routed.cover(
-                family, model_ifname(iif[0]) if iif else None, not_iif)
+            sources = routed.cover(
+                family, model_ifname(iif[0]) if iif else None, not_iif) or (None,)
     words.append(match.expires or match.fwd or match.verdict)
     text = " ".join(words)
     place = _place(where, chain)
-    if taken is not None:
-        fields["accepted"] = taken.before(family, fields["source"], fields["destination"])
-        fields["replies_accepted"] = taken.replies
-    try:
-        return ForwardBlock(family, match.verdict, text, place, **fields,
-                            in_interface=iif[0] if len(iif) == 1 else None,
-                            out_interface=oif[0] if len(oif) == 1 else None)
-    except ModelError:
-        return ForwardBlock(family, match.verdict, text, place, **fields)
+    found = []
+    for source in sources:
+        for destination in destinations:
+            fields: dict[str, Any] = {"source": source, "destination": destination}
+            if taken is not None:
+                fields["accepted"] = taken.before(family, source, destination)
+                fields["replies_accepted"] = taken.replies
+            try:
+                found.append(ForwardBlock(family, match.verdict, text, place, **fields,
+                                          in_interface=iif[0] if len(iif) == 1 else None,
+                                          out_interface=oif[0] if len(oif) == 1 else None))
+            except ModelError:
+                found.append(ForwardBlock(family, match.verdict, text, place, **fields))
+    return found
