@@ -97,11 +97,13 @@ def _k3snet_namespaces() -> set[str] | None:
     ip = shutil.which("ip")
     if ip is None:
         return None
-    result = subprocess.run([ip, "netns", "list"], capture_output=True, text=True, check=False)
+    result = subprocess.run([ip, "netns", "list"], capture_output=True, check=False)
     if result.returncode != 0:
         return None
-    # Lines look like "name" or "name (id: 3)".
-    names = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    # Lines look like "name" or "name (id: 3)"; names are file names (any bytes: a
+    # namespace named by its bytes must not stop the suite).
+    names = {line.split(" ", 1)[0] for line in os.fsdecode(result.stdout).split("\n")
+             if line.strip()}
     return {name for name in names if name.startswith(NETNS_PREFIX)}
 
 

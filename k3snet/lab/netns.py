@@ -159,9 +159,16 @@ def _run(
 
 def netns_exists(name: str) -> bool:
     """Tell whether a named network namespace exists (as ``ip netns list`` shows it)."""
-    listing = _run(["ip", "netns", "list"], check=True, timeout=DEFAULT_TIMEOUT)
-    # Lines look like "name" or "name (id: 3)".
-    return any(line.split(" ", 1)[0] == name for line in listing.stdout.splitlines())
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, check=False,
+                             timeout=DEFAULT_TIMEOUT)
+    if listing.returncode != 0:
+        raise NetnsCommandError(listing.returncode, listing.args, listing.stdout,
+                                os.fsdecode(listing.stderr))
+    # Lines look like "name" or "name (id: 3)"; a name is a file name (any bytes but
+    # "/" and NUL: someone else's `ip netns add $'x\xff'` must not break the lab), so it
+    # is read as one and lines are split at "\n" alone.
+    return any(line.split(" ", 1)[0] == name
+               for line in os.fsdecode(listing.stdout).split("\n"))
 
 
 # The sysctls a new namespace copies from the machine's own (IPv4's conf/all and
