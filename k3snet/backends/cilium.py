@@ -2261,8 +2261,13 @@ class CiliumBackend(BackendBase):
         not update, read again only when the agents restart. A key the ``cilium-agent``
         container sets by flag or variable (as the last :meth:`observe` read them) is not
         counted: the agent takes that over ``cilium-config``, before and after, so no
-        restart changes what it runs with."""
-        overridden = {o.key for o in self._options}
+        restart changes what it runs with. Where those flags spare a key the change
+        gives another value, they are read again (:meth:`_options_now`): a flag dropped
+        since leaves the agents to read ``cilium-config`` at their next start."""
+        before, after = (c.settings if isinstance(c, CiliumConfig) else {}
+                         for c in (change.before, change.after))
+        overridden = self._overridden_now(
+            {k for k in {*before, *after} if before.get(k) != after.get(k)}, self._options)
 
         def settings(obj: object) -> dict[str, Any]:
             return ({k: v for k, v in obj.settings.items() if k not in overridden}
@@ -2313,6 +2318,17 @@ class CiliumBackend(BackendBase):
         if read.config is None:
             return None
         return self._disruptive(change, attrs.evolve(read, options=self._options_now()))
+
+    def _overridden_now(self, changed: Iterable[str],
+                        options: Iterable[CiliumAgentOption]) -> set[str]:
+        """The keys the ``cilium-agent`` container sets by flag or variable, by
+        ``options`` (an observe's, maybe seconds old), unless they spare one of the keys
+        ``changed``: then as the DaemonSets hold them now (:meth:`_options_now`; none where
+        the named one is not to be read, every key then awaiting a restart)."""
+        given = {o.key for o in options}
+        if given.isdisjoint(changed):
+            return given
+        return {o.key for o in self._options_now()}
 
     def _options_now(self) -> tuple[CiliumAgentOption, ...]:
         """The keys the ``cilium-agent`` container sets by flag or variable, as the
@@ -2733,9 +2749,11 @@ class CiliumBackend(BackendBase):
         agent_text = None if agent is None else agent.data.get(AGENT_CONFIG_KEY)
         agent_changes = edit.agent_action in ("create", "delete") or (
             edit.agent_action == "patch" and edit.agent_text != agent_text)
-        # A key the agent container sets by flag or variable (as the observe before read
-        # them) is not read from cilium-config: its change awaits no restart.
-        overridden = {o.key for o in read.options}
+        # A key the agent container sets by flag or variable is not read from
+        # cilium-config: its change awaits no restart (the flags the observe before read,
+        # read again where they spare a key written: a flag dropped since).
+        overridden = self._overridden_now(
+            [k for k, v in edit.config_data.items() if config.data.get(k) != v], read.options)
         # With the stamp, the server's time before the write at its earliest: an undo
         # stamps itself where a pod was made since (the stamp may be after the landing).
         changed_at, since = ((self._api.clock.stamp(),), self._api.clock.earliest()) if (
