@@ -610,11 +610,14 @@ class _Api:
         # their data, or the read's error (404 too); forgotten by forget().
         self.foreign: dict[tuple[str, str], dict[str, str] | BackendError] = {}
 
-    def forget(self) -> None:
-        """Start a pass: each ConfigMap :meth:`foreign_data` read is read again, and the
-        warnings of the pass before this one are forgotten (:meth:`warn`)."""
+    def forget(self, *, pass_: bool = True) -> None:
+        """Each ConfigMap :meth:`foreign_data` read is read again; ``pass_`` (an observe):
+        a pass starts, the warnings of the pass before the last one forgotten
+        (:meth:`warn`). A check or apply reading again after observe is the same pass:
+        starting one there forgot observe's warnings, logged again by the next."""
         self.foreign.clear()
-        self.warned, self._now = self._now, set()
+        if pass_:
+            self.warned, self._now = self._now, set()
 
     def where(self, name: str) -> str:
         return f"ConfigMap {self.namespace}/{name}"
@@ -2439,7 +2442,7 @@ class CiliumBackend(BackendBase):
         try:
             read = self._observed.take()
             if read is None:
-                self._api.forget()
+                self._api.forget(pass_=False)
                 read = self._read()
                 if read.config is not None:  # judged as observe judges it (_judged)
                     read = self._judged(read, self._owned(read))[0]
