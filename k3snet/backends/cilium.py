@@ -506,8 +506,6 @@ class _Nodes:
     overrides: tuple[tuple[CiliumNodeOverride, Any], ...] = ()
     labels: Mapping[str, Mapping[str, str]] | None = None
     agents: frozenset[str] | None = None
-    # The version of cilium.io the CiliumNodeConfigs were listed through (None: neither).
-    api: str | None = None
 
     @property
     def agent_labels(self) -> Mapping[str, Mapping[str, str]] | None:
@@ -612,11 +610,14 @@ class _Api:
         # their data, or the read's error (404 too); forgotten by forget().
         self.foreign: dict[tuple[str, str], dict[str, str] | BackendError] = {}
 
-    def forget(self) -> None:
-        """Start a pass: each ConfigMap :meth:`foreign_data` read is read again, and the
-        warnings of the pass before this one are forgotten (:meth:`warn`)."""
+    def forget(self, *, pass_: bool = True) -> None:
+        """Each ConfigMap :meth:`foreign_data` read is read again; ``pass_`` (an observe):
+        a pass starts, the warnings of the pass before the last one forgotten
+        (:meth:`warn`). A check or apply reading again after observe is the same pass:
+        starting one there forgot observe's warnings, logged again by the next."""
         self.foreign.clear()
-        self.warned, self._now = self._now, set()
+        if pass_:
+            self.warned, self._now = self._now, set()
 
     def where(self, name: str) -> str:
         return f"ConfigMap {self.namespace}/{name}"
@@ -740,10 +741,9 @@ class _Api:
                 self.namespace, body, field_manager="k3snet", _request_timeout=self.timeout)
         return _version_of(result)
 
-    def node_configs(self) -> tuple[list[Any], str | None]:
+    def node_configs(self) -> list[Any]:
         """The CiliumNodeConfigs of the namespace as listed (none where no API serves them;
-        :data:`~k3snet.kube.LIST_PAGE` a request), and the version of ``cilium.io``
-        listed (:data:`NODE_CONFIG_API`; None: neither is served)."""
+        :data:`~k3snet.kube.LIST_PAGE` a request)."""
         objects = self.client.CustomObjectsApi(self.core.api_client)
         for group, version in NODE_CONFIG_API:
             what = f"list CiliumNodeConfigs ({group}/{version}) in {self.namespace}"
@@ -756,12 +756,12 @@ class _Api:
                         _request_timeout=self.timeout, **page)
 
             try:
-                return list_pages(fetch, what), version
+                return list_pages(fetch, what)
             except KubeApiError as exc:
                 if exc.status == 404:  # this version is not served (or no Cilium CRD)
                     continue
                 raise
-        return [], None
+        return []
 
     def node_labels(self) -> tuple[dict[str, dict[str, str]], frozenset[str] | None] | None:
         """The labels of every Node, by the Node's name, and the names of those a Cilium
@@ -1566,11 +1566,8 @@ class CiliumBackend(BackendBase):
         sources = self._config_sources(daemonset, others or (), owned)
         holds = {*read.config.data, *(owned.settings if owned is not None else ()),
                  *(self._expected.settings if self._expected is not None else ())}
-        values = {**read.config.data,
-                  **(self._expected.settings if self._expected is not None else {})}
         nodes = self._taken_overrides(self._nodes(sources), sources, frozenset(holds),
-                                      daemonset if isinstance(daemonset, Mapping) else None,
-                                      values)
+                                      daemonset if isinstance(daemonset, Mapping) else None)
         found = list(nodes.overrides)
         if found:
             self._node_configs_otherwise(sources, others or ())
@@ -1735,8 +1732,7 @@ class CiliumBackend(BackendBase):
 
     def _taken_overrides(self, nodes: _Nodes, sources: ConfigSources | None,
                          holds: frozenset[str] = frozenset(),
-                         daemonset: Mapping[str, Any] | None = None,
-                         values: Mapping[str, Any] | None = None) -> _Nodes:
+                         daemonset: Mapping[str, Any] | None = None) -> _Nodes:
         """``nodes`` with the CiliumNodeConfigs' keys the named DaemonSet's ``config`` init
         container (``sources``) takes, each one it drops a warning: a key its
         ``--allow-config-keys`` does not allow or its ``--deny-config-keys`` denies (the
@@ -1749,13 +1745,10 @@ class CiliumBackend(BackendBase):
         lays each source over the ones before. A key the agent container of the named
         ``daemonset`` takes by a variable from that key of ``cilium-config``
         (:meth:`_follows_config`) is dropped too (a warning): viper lays the variable over
-        the config directory. Where the agents' resolver may take the CiliumNodeConfigs
-        ahead of ``cilium-config`` (:meth:`_node_configs_first`), a key whose value
-        that changes (``cilium-config``'s ``values`` against theirs) is a warning."""
+        the config directory."""
         nodes = self._followed_overrides(nodes, daemonset, holds)
         if sources is None or not nodes.overrides:
             return nodes
-        self._node_configs_first(nodes, sources, holds, values or {})
         where = f"DaemonSet {self._api.namespace}/{self._daemonset}"
         named = sources.node_configs_named(self._api.namespace)
         kept = []
@@ -1782,51 +1775,6 @@ class CiliumBackend(BackendBase):
             if settings:
                 kept.append((attrs.evolve(override, settings=settings), selector))
         return attrs.evolve(nodes, overrides=tuple(kept))
-
-    def _node_configs_first(self, nodes: _Nodes, sources: ConfigSources,
-                            holds: frozenset[str], values: Mapping[str, Any]) -> None:
-        """A warning for each CiliumNodeConfig (listed through ``cilium.io/v2``) whose keys
-        the agents may take otherwise than ``sources``' order says: Cilium's resolver
-        moves the ``cilium-node-config:`` sources ahead of the others on a node a v2 one
-        selects (:meth:`ConfigSources.node_configs_first`) in releases from 1.16 on
-        (before 1.16 there is no v2, and the order is the one given). Where the
-        ``build-config`` image names a release before 1.16, nothing is said; from 1.16
-        on, or where it names none, each key taken from one source in one order and from
-        the other in the other, with values the agent reads otherwise (``values``:
-        ``cilium-config``'s; k3snet's keys in it), is named. k3snet judges by the order
-        given: which one a release of 1.16 or later takes is not known to it."""
-        version = sources.version
-        if (nodes.api != "v2" or sources.mounted or (version is not None and version < (1, 16))
-                or not any(kind == "cilium-node-config" for kind, _, _ in sources.sources)):
-            return
-        first = sources.node_configs_first()
-        if first.sources == sources.sources:
-            return
-        namespace, over = self._api.namespace, (self._api.config_name, holds)
-        where = f"DaemonSet {namespace}/{self._daemonset}"
-        for override, _ in nodes.overrides:
-            differ = []
-            for key, theirs in override.settings.items():
-                now = sources.node_config_dropped(namespace, key, over) is None
-                then = first.node_config_dropped(namespace, key, over) is None
-                given = values.get(key, CILIUM_DEFAULTS.get(key))
-                if now != then and not _read_alike(key, None if given is None else str(given),
-                                                   str(theirs)):
-                    mine = "none" if given is None else given  # cilium-config's
-                    differ.append(f"{key}={mine if now else theirs} "
-                                  f"(not {theirs if now else mine})")
-            if not differ:
-                continue
-            runs = (f"runs Cilium {'.'.join(map(str, version))}" if version is not None
-                    else f"runs an image whose Cilium release k3snet cannot tell "
-                         f"({sources.image or 'none given'})")
-            self._api.warn(printable(
-                f"{_builder(where, sources)} {runs}: from 1.16 on, Cilium's resolver may "
-                "take the CiliumNodeConfig sources ahead of the others on a node a "
-                "cilium.io/v2 one selects, cilium-config then laid over them "
-                f"({sources.given}); k3snet judges by the order given, and on the nodes "
-                f"CiliumNodeConfig {override.name} selects the agents may run with "
-                f"{', '.join(differ)}")[:1000])
 
     def _followed_overrides(self, nodes: _Nodes, daemonset: Mapping[str, Any] | None,
                             holds: frozenset[str]) -> _Nodes:
@@ -1957,13 +1905,13 @@ class CiliumBackend(BackendBase):
         say which do (listed only then). ``sources``: the named DaemonSet's config init
         container's, whose CiliumNodeConfigs got by name count without a nodeSelector."""
         named = None if sources is None else sources.node_configs_named(self._api.namespace)
-        items, api = self._api.node_configs()
-        found = _node_overrides(items, f"CiliumNodeConfigs in {self._api.namespace}", named)
+        found = _node_overrides(self._api.node_configs(),
+                                f"CiliumNodeConfigs in {self._api.namespace}", named)
         listed = (self._api.node_labels() if any(not o.every_node for o, _ in found)
                   else None)
         if listed is None:
-            return _Nodes(tuple(found), api=api)
-        return _Nodes(tuple(found), *listed, api=api)
+            return _Nodes(tuple(found))
+        return _Nodes(tuple(found), *listed)
 
     def _mount_ahead(self, read: _Read, observed: _Mount | None, nodes: _Nodes,
                      daemonset: Mapping[str, Any] | str | None = None) -> _Mount | None:
@@ -2316,8 +2264,13 @@ class CiliumBackend(BackendBase):
         not update, read again only when the agents restart. A key the ``cilium-agent``
         container sets by flag or variable (as the last :meth:`observe` read them) is not
         counted: the agent takes that over ``cilium-config``, before and after, so no
-        restart changes what it runs with."""
-        overridden = {o.key for o in self._options}
+        restart changes what it runs with. Where those flags spare a key the change
+        gives another value, they are read again (:meth:`_options_now`): a flag dropped
+        since leaves the agents to read ``cilium-config`` at their next start."""
+        before, after = (c.settings if isinstance(c, CiliumConfig) else {}
+                         for c in (change.before, change.after))
+        overridden = self._overridden_now(
+            {k for k in {*before, *after} if before.get(k) != after.get(k)}, self._options)
 
         def settings(obj: object) -> dict[str, Any]:
             return ({k: v for k, v in obj.settings.items() if k not in overridden}
@@ -2368,6 +2321,17 @@ class CiliumBackend(BackendBase):
         if read.config is None:
             return None
         return self._disruptive(change, attrs.evolve(read, options=self._options_now()))
+
+    def _overridden_now(self, changed: Iterable[str],
+                        options: Iterable[CiliumAgentOption]) -> set[str]:
+        """The keys the ``cilium-agent`` container sets by flag or variable, by
+        ``options`` (an observe's, maybe seconds old), unless they spare one of the keys
+        ``changed``: then as the DaemonSets hold them now (:meth:`_options_now`; none where
+        the named one is not to be read, every key then awaiting a restart)."""
+        given = {o.key for o in options}
+        if given.isdisjoint(changed):
+            return given
+        return {o.key for o in self._options_now()}
 
     def _options_now(self) -> tuple[CiliumAgentOption, ...]:
         """The keys the ``cilium-agent`` container sets by flag or variable, as the
@@ -2478,7 +2442,7 @@ class CiliumBackend(BackendBase):
         try:
             read = self._observed.take()
             if read is None:
-                self._api.forget()
+                self._api.forget(pass_=False)
                 read = self._read()
                 if read.config is not None:  # judged as observe judges it (_judged)
                     read = self._judged(read, self._owned(read))[0]
@@ -2788,9 +2752,11 @@ class CiliumBackend(BackendBase):
         agent_text = None if agent is None else agent.data.get(AGENT_CONFIG_KEY)
         agent_changes = edit.agent_action in ("create", "delete") or (
             edit.agent_action == "patch" and edit.agent_text != agent_text)
-        # A key the agent container sets by flag or variable (as the observe before read
-        # them) is not read from cilium-config: its change awaits no restart.
-        overridden = {o.key for o in read.options}
+        # A key the agent container sets by flag or variable is not read from
+        # cilium-config: its change awaits no restart (the flags the observe before read,
+        # read again where they spare a key written: a flag dropped since).
+        overridden = self._overridden_now(
+            [k for k, v in edit.config_data.items() if config.data.get(k) != v], read.options)
         # With the stamp, the server's time before the write at its earliest: an undo
         # stamps itself where a pod was made since (the stamp may be after the landing).
         changed_at, since = ((self._api.clock.stamp(),), self._api.clock.earliest()) if (

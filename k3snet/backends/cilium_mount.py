@@ -28,8 +28,7 @@ __all__ = ["AGENT_CONTAINER", "BUILD_CONFIG", "CONFIG_DIR_KEY", "CONFIG_FILE_KEY
            "CONFIG_PATH_FLAG", "CONFIG_PATH_VARIABLE", "DEFAULT_AGENT_FILE", "DEFAULT_DAEMONSET",
            "AgentOption", "ConfigSources", "agent_config_dir_missing", "agent_config_path",
            "agent_directory_missing", "agent_env_reads", "agent_file_copied", "agent_file_mounted",
-           "agent_file_unreadable", "agent_options", "config_sources", "image_version",
-           "option_variable",
+           "agent_file_unreadable", "agent_options", "config_sources", "option_variable",
            "pod_as_daemonset", "pod_node", "pods_lag", "runs_agent", "runs_nowhere",
            "variable_configmap_ref"]
 
@@ -801,25 +800,6 @@ class ConfigSources(NamedTuple):
     mounted: bool = False
     """No ``build-config``: the agent's config directory is the one ConfigMap its
     container mounts there (Cilium before 1.13, or a copy mounting its own)."""
-    image: str = ""
-    """The image of the init container running ``build-config`` (``""``: not given)."""
-
-    @property
-    def version(self) -> tuple[int, int] | None:
-        """The Cilium release (major, minor) :attr:`image`'s tag names (None: not known,
-        a digest alone or another tag)."""
-        return image_version(self.image)
-
-    def node_configs_first(self) -> ConfigSources:
-        """These sources as Cilium's resolver takes them on a node where a CiliumNodeConfig
-        it gets through ``cilium.io/v2`` selects it, in releases from 1.16 on that prefer
-        v2 over v2alpha1 (``pkg/option/resolver``, ``ResolveConfigurations``): the
-        ``cilium-node-config:`` sources moved ahead of the others, in their order, so the
-        first of them is the unfiltered first source and ``cilium-config`` (after them)
-        is laid over them."""
-        first = tuple(s for s in self.sources if s[0] == "cilium-node-config")
-        return self._replace(sources=first + tuple(
-            s for s in self.sources if s[0] != "cilium-node-config"))
 
     def filtered(self, key: str) -> str | None:
         """Why a source after the first does not give ``key`` (None: it does)."""
@@ -939,25 +919,8 @@ def config_sources(daemonset: Mapping[str, Any], namespace: str
             sources.append((kind, at, name))
         given = " ".join(f"--{k}={','.join(v)}" for k, v in lists.items()) or "Helm's default"
         return ConfigSources(tuple(sources), frozenset(lists.get("allow-config-keys", ())),
-                             frozenset(lists.get("deny-config-keys", ())), given,
-                             image=_text(container.get("image")))
+                             frozenset(lists.get("deny-config-keys", ())), given)
     return _mounted_config(daemonset, namespace)
-
-
-# An image's tag naming a release: v1.16.5, 1.17.0-rc.1 (a digest after it, @sha256:...).
-_RELEASE_TAG = re.compile(r"v?(\d{1,4})\.(\d{1,4})(?:\.\d{1,6})?(?:[-+][\w.+-]*)?")
-
-
-def image_version(image: str) -> tuple[int, int] | None:
-    """The release (major, minor) the tag of the container image ``image`` names
-    (``quay.io/cilium/cilium:v1.16.5@sha256:...``: ``(1, 16)``); None where it names none
-    (no tag, a digest alone, ``latest``, a tag of one's own)."""
-    reference = image.partition("@")[0]
-    _, colon, tag = reference.rpartition(":")
-    if not colon or "/" in tag:  # no tag (a registry's port before the path)
-        return None
-    found = _RELEASE_TAG.fullmatch(tag)
-    return None if found is None else (int(found[1]), int(found[2]))
 
 
 def _source_items(value: str, container: Mapping[str, Any]) -> list[str]:

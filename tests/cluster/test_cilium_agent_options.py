@@ -396,6 +396,31 @@ def test_a_change_of_keys_the_agent_s_flags_set_names_no_restart_and_leaves_no_s
     assert backend.restart_needed(change) == "DaemonSet kube-system/cilium"
 
 
+def test_restart_needed_and_the_stamp_judge_by_the_agent_s_flags_as_they_are_now(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # observe found routing-mode given by the agent's flags; the DaemonSet lost them
+    # since. The agents read cilium-config's tunnel at their next start: a restart to
+    # name, and the write's stamp for the follow-up to wait on. restart_needed() judged
+    # by the flags the last observe read (None), and the apply right after it, taking
+    # observe's read, left the stamp as it was.
+    _native_then_given_by_flags(api_server, api_client)
+    stored = api_server.get(CONFIGMAPS, "cilium-config", "kube-system")
+    assert stored is not None
+    stamp = "2000-01-01T00:00:00Z"  # an earlier write's (stamps count whole seconds)
+    stored["metadata"]["annotations"][CHANGED_ANNOTATION] = stamp
+    api_server.put(CONFIGMAPS, stored)
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    p = plan(backend.observe(), State())
+    (change,) = p.changes
+    assert backend.restart_needed(change) is None  # the flags as observed: nothing to do
+    api_server.put(DAEMONSETS, _daemonset())
+    assert backend.restart_needed(change) == "DaemonSet kube-system/cilium"
+    backend.apply(p)
+    assert _data(api_server)["routing-mode"] == "tunnel"
+    assert _annotations(api_server).get(CHANGED_ANNOTATION) not in (None, stamp)
+
+
 @pytest.mark.parametrize("key", ["force-device-detection", "enforce-device-detection"])
 def test_a_device_detection_bool_flag_pflag_refuses_stops_the_agent(
     key: str, api_server: EmulatedApiServer, backend: CiliumBackend

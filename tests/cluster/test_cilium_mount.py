@@ -411,6 +411,35 @@ def test_a_daemonset_not_to_be_read_is_warned_of_only_where_the_ip_masq_agent_is
     assert ("daemonset option" if status == 404 else "grant get on it") in warned
 
 
+@pytest.mark.parametrize("then", ["check", "apply"])
+def test_a_lasting_warning_is_logged_once_where_each_pass_reads_again_after_observe(
+    then: str, api_server: EmulatedApiServer, api_client: Any,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The DaemonSet not to be read (403) with the ip-masq-agent on: observe warns its
+    # mount is not checked, on every pass. A check or apply after observe's read expired
+    # (another backend's apply between) reads again and started a new pass of the
+    # remembered warnings: the next observe logged the same warning again, every pass.
+    api_server.put(CONFIGMAPS, _cilium_config(HELM_K3S_DATA))
+    api_server.put(DAEMONSETS, cilium_daemonset(ip_masq_agent=True))
+    api_server.fail(403, plural="daemonsets", times=None)
+    backend = CiliumBackend(api_client=api_client, timeout=10.0, allow_disruptive=True)
+    now = [1000.0]
+    monkeypatch.setattr(kit, "_monotonic", lambda: now[0])
+    desired = compile_for(backend, _spec())
+    with caplog.at_level(logging.WARNING, logger="k3snet.backends.cilium"):
+        for _ in range(3):
+            p = plan(backend.observe(), desired)
+            now[0] += kit.FRESH_READ_AGE
+            if then == "check":
+                assert backend.check(p) == ()
+            else:
+                backend.apply(p)
+                backend.apply(plan(backend.observe(), compile_for(backend, seed_spec())))
+    warned = [r.getMessage() for r in caplog.records if "is not checked" in r.getMessage()]
+    assert len(warned) == 1, warned
+
+
 def test_a_subpath_mount_names_the_restart_an_ip_masq_agent_change_needs(
     cilium: EmulatedApiServer, backend: CiliumBackend
 ) -> None:
