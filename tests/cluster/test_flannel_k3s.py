@@ -29,7 +29,7 @@ from k3snet.backends.flannel import (
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import backend_options
-from k3snet.converge import converge
+from k3snet.converge import apply_plan, converge
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, RollbackError
 from k3snet.model.cni import FLANNEL_FIELDS, FLANNEL_OWNED_MARKER, FlannelConfig, IPPool
 from k3snet.model.state import State
@@ -449,6 +449,26 @@ def test_a_refused_key_an_earlier_k3snet_wrote_wanted_again_as_it_is_is_refused_
     assert path.read_text() == text
     converge(backend, State(), allow_teardown=True)
     assert "k3snet.io" not in path.read_text()
+
+
+@pytest.mark.parametrize("text", [_WRITTEN_SUBNET_LEN, _WRITTEN_NFTABLES])
+def test_a_saved_plan_of_a_refused_key_in_place_is_refused_as_its_desired_config_is(
+    tmp_path: Path, text: str
+) -> None:
+    """A plan file made by a k3snet before the refusal (the key in place: nothing to do
+    for flannel) applied with its desired state (``k3snet apply FILE``): the config was
+    put in force, the plan's other changes applied, where ``k3snet apply -f`` refuses
+    that desired config; ``apply_plan`` gives the backends the same hint ``converge``
+    does, so flannel refuses it alike, nothing applied."""
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path)
+    (owned,) = backend.observe().owned
+    desired = State(owned=[owned])
+    saved = plan(backend.observe(), desired)  # as the earlier k3snet planned it
+    for dry_run in (True, False):
+        with pytest.raises(PlanError, match="flannel backend refuses flannel file:"):
+            apply_plan(backend, saved, desired=desired, dry_run=dry_run)
+    assert path.read_text() == text
 
 
 @pytest.mark.parametrize(("text", "config", "reason"), [
