@@ -583,8 +583,14 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "Backend.VNI must be an integer -2147483648..2147483647"),
     ('{"Backend": {"Type": "wireguard", "MTU": 9223372036854775807}}',
      "Backend.MTU must be an integer -2147483648..2147483647"),
+    # udp's Port reaches a UDP socket (flannel's udp backend runs on amd64 alone, a 32-bit
+    # node has none): Go refuses a port outside 0..65535 (EINVAL), and a Port of 0 binds
+    # some free port while every node sends to port 0.
     ('{"Backend": {"Type": "udp", "Port": 4294967296}}',
-     "Backend.Port must be an integer -2147483648..2147483647"),
+     "Backend.Port must be an integer 1..65535"),
+    ('{"Backend": {"Type": "udp", "Port": 65536}}', "Backend.Port must be an integer 1..65535"),
+    ('{"Backend": {"Type": "udp", "Port": 0}}', "Backend.Port must be an integer 1..65535"),
+    ('{"Backend": {"Type": "udp", "Port": -8285}}', "Backend.Port must be an integer 1..65535"),
     ('{"SubnetLen": -0}', "SubnetLen must be written without a sign, got -0"),
     ('{"SubnetMin": "10.42.0.0/24"}', "SubnetMin must be an IPv4 address string"),
     ('{"SubnetMax": "fd42::8:0"}', "SubnetMax must be an IPv4 address string"),
