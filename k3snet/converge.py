@@ -247,9 +247,7 @@ def converge(
     them: the agent holds the routes of a destination it cannot route to).
     """
     wanted = ensure_state(desired, "desired").only(backend.capabilities)
-    expect = getattr(backend, "expect", None)
-    if callable(expect):  # an optional hint, no result changes (docs/custom-backend.md)
-        expect(wanted)
+    _expect(backend, wanted)
     with namespace_lock(namespaces_of(backend), timeout=lock_timeout, cancelled=cancelled):
         observed = backend.observe()
         if keep is not None:
@@ -258,6 +256,16 @@ def converge(
         return _carry_out(backend, observed, p, dry_run=dry_run, check=check,
                           allow_conflicts=allow_conflicts, allow_teardown=allow_teardown,
                           allow_disruptive=allow_disruptive)
+
+
+def _expect(backend: Backend, wanted: State) -> None:
+    """Give ``backend`` the hint of what is wanted before it observes, if it takes it
+    (``expect``): it changes no result, except a backend's refusal of a wanted state
+    it never writes, whatever is in place (the flannel backend's ``PlanError``;
+    docs/custom-backend.md)."""
+    expect = getattr(backend, "expect", None)
+    if callable(expect):
+        expect(wanted)
 
 
 def _keeping(wanted: State, observed: State, keep: Callable[[NetObject], bool]) -> State:
@@ -296,6 +304,10 @@ def apply_plan(
     does not follow from ``desired`` (an edited file) rather than that the node
     changed. The same refusals as :func:`converge` apply.
     """
+    if desired is not None:
+        # As converge: a desired config a backend refuses whatever is in place (flannel's
+        # SubnetLen) is refused here too, not put in force by a plan made before the refusal.
+        _expect(backend, desired.only(backend.capabilities))
     with namespace_lock(namespaces_of(backend), timeout=lock_timeout):
         observed = backend.observe()
         if desired is not None:

@@ -239,7 +239,8 @@ whose architectures may differ; no ``int`` option of flannel's means anything be
 
 def _go_int(value: Any) -> str | None:
     """A Go ``int`` (vxlan's ``VNI``, ``Port``, ``MTU``; wireguard's ``ListenPort``,
-    ``ListenPortV6``, ``MTU``; udp's ``Port``), as every node decodes it."""
+    ``ListenPortV6``, ``MTU``; udp's ``Port``, which flannel builds on amd64 alone), as
+    every node decodes it."""
     ok = (isinstance(value, int) and not isinstance(value, bool)
           and _GO_INT_MIN <= value <= _GO_INT_MAX)
     return None if ok else (f"an integer {_GO_INT_MIN}..{_GO_INT_MAX} (Go's int on a 32-bit "
@@ -251,7 +252,8 @@ def _go_string(value: Any) -> str | None:
 
 
 def _go_int_in(low: int, high: int) -> Callable[[Any], str | None]:
-    """A Go int that reaches the kernel as 16 bits: outside ``low..high`` it is cut short."""
+    """A Go int that reaches the kernel as 16 bits: outside ``low..high`` it is cut short,
+    or refused (a socket's port)."""
     def check(value: Any) -> str | None:
         ok = _go_int(value) is None and low <= value <= high
         return None if ok else f"an integer {low}..{high}"
@@ -298,7 +300,9 @@ _BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
     # pkg/backend/ipsec, ipip, udp and extension: their RegisterNetwork's cfg
     "ipsec": {"UDPEncap": _boolean, "ESPProposal": _go_string, "PSK": _ipsec_psk},
     "ipip": {"DirectRouting": _boolean},
-    "udp": {"Port": _go_int},
+    # (udp, on amd64 alone, binds its Port and sends every node's traffic to it: Go's
+    # socket calls refuse a port outside 0..65535, and the kernel sending to port 0)
+    "udp": {"Port": _go_int_in(1, 0xFFFF)},
     "extension": dict.fromkeys(("PreStartupCommand", "PostStartupCommand",
                                 "SubnetAddCommand", "SubnetRemoveCommand"), _go_string),
     # pkg/backend/tencentvpc; pkg/backend/hostgw and alloc decode no options

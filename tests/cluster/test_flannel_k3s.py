@@ -29,7 +29,7 @@ from k3snet.backends.flannel import (
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.backends.registry import backend_options
-from k3snet.converge import converge
+from k3snet.converge import apply_plan, converge
 from k3snet.errors import ApplyError, BackendError, ModelError, PlanError, RollbackError
 from k3snet.model.cni import FLANNEL_FIELDS, FLANNEL_OWNED_MARKER, FlannelConfig, IPPool
 from k3snet.model.state import State
@@ -451,6 +451,26 @@ def test_a_refused_key_an_earlier_k3snet_wrote_wanted_again_as_it_is_is_refused_
     assert "k3snet.io" not in path.read_text()
 
 
+@pytest.mark.parametrize("text", [_WRITTEN_SUBNET_LEN, _WRITTEN_NFTABLES])
+def test_a_saved_plan_of_a_refused_key_in_place_is_refused_as_its_desired_config_is(
+    tmp_path: Path, text: str
+) -> None:
+    """A plan file made by a k3snet before the refusal (the key in place: nothing to do
+    for flannel) applied with its desired state (``k3snet apply FILE``): the config was
+    put in force, the plan's other changes applied, where ``k3snet apply -f`` refuses
+    that desired config; ``apply_plan`` gives the backends the same hint ``converge``
+    does, so flannel refuses it alike, nothing applied."""
+    path = _file(tmp_path, text)
+    backend = FlannelBackend(path=path)
+    (owned,) = backend.observe().owned
+    desired = State(owned=[owned])
+    saved = plan(backend.observe(), desired)  # as the earlier k3snet planned it
+    for dry_run in (True, False):
+        with pytest.raises(PlanError, match="flannel backend refuses flannel file:"):
+            apply_plan(backend, saved, desired=desired, dry_run=dry_run)
+    assert path.read_text() == text
+
+
 @pytest.mark.parametrize(("text", "config", "reason"), [
     # K3s' IPv4-only file keeps "IPv6Network": "::/0" beside "EnableIPv6": false.
     (K3S_VXLAN, {"enable_ipv6": True},
@@ -563,8 +583,14 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "Backend.VNI must be an integer -2147483648..2147483647"),
     ('{"Backend": {"Type": "wireguard", "MTU": 9223372036854775807}}',
      "Backend.MTU must be an integer -2147483648..2147483647"),
+    # udp's Port reaches a UDP socket (flannel's udp backend runs on amd64 alone, a 32-bit
+    # node has none): Go refuses a port outside 0..65535 (EINVAL), and a Port of 0 binds
+    # some free port while every node sends to port 0.
     ('{"Backend": {"Type": "udp", "Port": 4294967296}}',
-     "Backend.Port must be an integer -2147483648..2147483647"),
+     "Backend.Port must be an integer 1..65535"),
+    ('{"Backend": {"Type": "udp", "Port": 65536}}', "Backend.Port must be an integer 1..65535"),
+    ('{"Backend": {"Type": "udp", "Port": 0}}', "Backend.Port must be an integer 1..65535"),
+    ('{"Backend": {"Type": "udp", "Port": -8285}}', "Backend.Port must be an integer 1..65535"),
     ('{"SubnetLen": -0}', "SubnetLen must be written without a sign, got -0"),
     ('{"SubnetMin": "10.42.0.0/24"}', "SubnetMin must be an IPv4 address string"),
     ('{"SubnetMax": "fd42::8:0"}', "SubnetMax must be an IPv4 address string"),
