@@ -43,6 +43,12 @@ if TYPE_CHECKING:  # the netlink modules are imported by read_routes alone, when
 
 __all__ = ["MOST_PREFIXES", "RoutedBy", "read_links", "read_routes"]
 
+MOST_PREFIXES = 16
+"""The most prefixes :meth:`RoutedBy.cover` gives: a foreign block is judged once per
+prefix, and once per pair for a source and a destination both covered, whose product
+is held to as many (``! -i eth0 ! -o eth0 -j DROP`` was 16 x 16 blocks)."""
+
+
 class RoutedBy:
     """The node's unicast routes as (destination, device): ``None`` for a device not known.
 
@@ -102,16 +108,18 @@ class RoutedBy:
             self._read = list(self._load())
         return self._read
 
-    def cover(self, family: int, interface: str | None,
-              negated: Sequence[str] = ()) -> tuple[Network, ...] | None:
+    def cover(self, family: int, interface: str | None, negated: Sequence[str] = (), *,
+              most: int = MOST_PREFIXES) -> tuple[Network, ...] | None:
         """Every destination a route by a device that ``interface`` (a name, or ``eth+``;
         ``None``: any) may name and none of ``negated`` does (the matches of ``! -o
         eth0``: what leaves by another device) carries, with the routes of devices not
         known, as the fewest prefixes holding exactly those (``10.42.0.0/24`` and
         ``172.17.0.0/16`` stay two, adjacent ones merge); ``None`` when that is every
-        address or no route names such a device. More than :data:`MOST_PREFIXES` are
-        widened, all to the longest length at which at most that many remain (a doubt
-        counts against k3snet: they hold more).
+        address or no route names such a device. More than ``most`` (at most
+        :data:`MOST_PREFIXES`) are widened, all to the longest length at which at most
+        that many remain (a doubt counts against k3snet: they hold more); a drop by both
+        interfaces asks its source's for as many as leaves its blocks at most
+        ``MOST_PREFIXES``.
 
         IPv6 link-local routes (``fe80::/64`` on every device) count only for a device
         with no other: the kernel forwards no packet to a link-local address, and one
@@ -137,17 +145,13 @@ class RoutedBy:
         if not named:
             return None
         prefixes = _collapsed(found or link_local, bits)
-        if len(prefixes) > MOST_PREFIXES:
-            prefixes = _widened(prefixes, bits)
+        most = max(1, min(most, MOST_PREFIXES))
+        if len(prefixes) > most:
+            prefixes = _widened(prefixes, bits, most)
         if prefixes[0][1] == 0:
             return None
         kind = ipaddress.IPv4Network if family == 4 else ipaddress.IPv6Network
         return tuple(kind(prefix) for prefix in prefixes)
-
-
-MOST_PREFIXES = 16
-"""The most prefixes :meth:`RoutedBy.cover` gives: a foreign block is judged once per
-prefix (one per pair, for a source and a destination both covered)."""
 
 
 def _collapsed(found: Iterable[tuple[int, int]], bits: int) -> list[tuple[int, int]]:
@@ -174,8 +178,8 @@ def _merged(ordered: Iterable[tuple[int, int]], bits: int) -> list[tuple[int, in
     return kept
 
 
-def _widened(prefixes: list[tuple[int, int]], bits: int) -> list[tuple[int, int]]:
-    """At most :data:`MOST_PREFIXES` prefixes holding ``prefixes`` (collapsed, in address
+def _widened(prefixes: list[tuple[int, int]], bits: int, most: int) -> list[tuple[int, int]]:
+    """At most ``most`` prefixes holding ``prefixes`` (collapsed, in address
     order, more than that): each one longer than the longest length at which so few
     remain widened to it, then collapsed. A Calico node's ``/32`` per pod and ``/26`` per
     other node stay apart from Docker's ``172.17.0.0/16`` (the one network holding them
@@ -184,10 +188,10 @@ def _widened(prefixes: list[tuple[int, int]], bits: int) -> list[tuple[int, int]
     Two neighbours become one network at a length no longer than the leading bits their
     addresses share (disjoint, they differ within the shorter one's prefix), and no
     others do: at a length ``n`` one more network remains than neighbours sharing fewer
-    than ``n`` bits, so the longest that fits is the ``MOST_PREFIXES``-th smallest share,
+    than ``n`` bits, so the longest that fits is the ``most``-th smallest share,
     found in one pass (a node with 10 000 routes: a widening as cheap as the collapse)."""
     shared = (bits - (a ^ b).bit_length() for (a, _), (b, _) in itertools.pairwise(prefixes))
-    length = heapq.nsmallest(MOST_PREFIXES, shared)[-1]
+    length = heapq.nsmallest(most, shared)[-1]
     shift = bits - length
     return _merged([(a >> shift << shift, length) if n > length else (a, n)
                     for a, n in prefixes], bits)
