@@ -87,7 +87,8 @@ def test_more_routes_than_most_prefixes_are_widened_to_the_longest_length_that_f
     assert cover == _expected([net for net, _ in routes])
     assert cover is not None
     assert len(cover) <= MOST_PREFIXES
-    assert all(any(net.subnet_of(wide) for wide in cover) for net, _ in routes)
+    assert all(any(isinstance(wide, ipaddress.IPv4Network) and net.subnet_of(wide)
+                   for wide in cover) for net, _ in routes)
 
 
 def test_routes_of_two_devices_no_one_prefix_holds_but_every_address_stay_two() -> None:
