@@ -190,11 +190,13 @@ def _widened(prefixes: list[tuple[int, int]], bits: int, most: int) -> list[tupl
     others do: at a length ``n`` one more network remains than neighbours sharing fewer
     than ``n`` bits, so the longest that fits is the ``most``-th smallest share,
     found in one pass (a node with 10 000 routes: a widening as cheap as the collapse)."""
-    shared = (bits - (a ^ b).bit_length() for (a, _), (b, _) in itertools.pairwise(prefixes))
+    shared = [bits - (a ^ b).bit_length() for (a, _), (b, _) in itertools.pairwise(prefixes)]
     length = heapq.nsmallest(most, shared)[-1]
     shift = bits - length
+    # the first of each network left: where a neighbour shares fewer bits (at most `most`)
+    firsts = [prefixes[0], *(prefixes[at + 1] for at, n in enumerate(shared) if n < length)]
     return _merged([(a >> shift << shift, length) if n > length else (a, n)
-                    for a, n in prefixes], bits)
+                    for a, n in firsts], bits)
 
 
 _Raw = tuple[int, int, int, str | None]
