@@ -55,7 +55,7 @@ from collections.abc import Container, Iterator, Sequence
 import attrs
 
 from k3snet.backends.iptables.save import TableDump
-from k3snet.backends.routed import RoutedBy
+from k3snet.backends.routed import MOST_PREFIXES, RoutedBy
 from k3snet.backends.untracked import partial_notrack
 from k3snet.errors import K3snetError
 from k3snet.model import NetObject, interface_holds, interfaces_left, interfaces_may_meet
@@ -854,7 +854,9 @@ def _block(found: set[NetObject], family: int, chain: str, tokens: Line, target:
                    if (v := _addresses(line, negated=True).get(interface)) is not None]
         if routed is not None and (name is not None or negated) and (
                 matches.get(address) is None):
-            cover = routed.cover(family, name, negated)
+            # (the destination's first: the source's fewer, at most MOST_PREFIXES pairs)
+            most = MOST_PREFIXES // len(covers.get("destination", ("",)))
+            cover = routed.cover(family, name, negated, most=most)
             if cover is not None:
                 covers[address] = tuple(str(net) for net in cover)
     text = f"-A {chain} {format_line(tokens)}"

@@ -91,7 +91,7 @@ from k3snet.backends.nftables.text import (
     table_marked,
     table_objects,
 )
-from k3snet.backends.routed import RoutedBy
+from k3snet.backends.routed import MOST_PREFIXES, RoutedBy
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import (
     Drift,
@@ -2671,9 +2671,10 @@ def _block_of(match: Match, where: tuple[str, str], chain: str,
         if by_oif:
             destinations = routed.cover(
                 family, model_ifname(oif[0]) if oif else None, not_oif) or (None,)
-        if by_iif:
+        if by_iif:  # at most MOST_PREFIXES pairs of source and destination
             sources = routed.cover(
-                family, model_ifname(iif[0]) if iif else None, not_iif) or (None,)
+                family, model_ifname(iif[0]) if iif else None, not_iif,
+                most=MOST_PREFIXES // len(destinations)) or (None,)
     words.append(match.expires or match.fwd or match.verdict)
     text = " ".join(words)
     place = _place(where, chain)
