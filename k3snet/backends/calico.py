@@ -505,8 +505,10 @@ class _Listing:
 def read_block_affinities(items: Iterable[Any]) -> tuple[tuple[str, str], ...]:
     """``(node, block CIDR)`` of each block affinity a node holds: ``spec.node`` and
     ``spec.cidr``, its ``state`` ``confirmed`` or ``pending`` (being claimed), not
-    ``pendingDeletion``, and not ``deleted`` (Calico writes the string ``"true"``).
-    Anything else (no node, a CIDR that is no network) is left out.
+    ``pendingDeletion``, and not ``deleted`` (Calico writes the string ``"true"``), of a
+    node (``type`` ``host`` or none; a ``virtual`` one holds LoadBalancer Services'
+    addresses for the virtual node ``load-balancer``, never a pod's). Anything else (no
+    node, a CIDR that is no network) is left out.
 
     >>> read_block_affinities([{"spec": {"node": "n1", "cidr": "10.60.0.0/26",
     ...     "state": "confirmed", "deleted": "false"}},
@@ -521,6 +523,7 @@ def read_block_affinities(items: Iterable[Any]) -> tuple[tuple[str, str], ...]:
         node, cidr = spec.get("node"), spec.get("cidr")
         if (not isinstance(node, str) or not node or not isinstance(cidr, str)
                 or spec.get("state", "confirmed") not in ("confirmed", "pending")
+                or spec.get("type") not in (None, "", "host")
                 or str(spec.get("deleted", "")).lower() == "true"):
             continue
         try:
