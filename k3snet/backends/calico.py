@@ -163,9 +163,11 @@ APIS: Mapping[str, tuple[str, str]] = {
 PLURAL = "ippools"
 FELIX_PLURAL = "felixconfigurations"
 AFFINITY_PLURAL = "blockaffinities"
-AFFINITY_API = ("crd.projectcalico.org", "v1")
+AFFINITY_APIS = (("crd.projectcalico.org", "v1"), ("projectcalico.org", "v3"))
 """Where Calico (Kubernetes datastore mode) keeps its block affinities, whichever API
-serves the pools."""
+serves the pools: its ``crd.projectcalico.org`` CRDs, or, where it keeps its data in
+``projectcalico.org/v3`` CRDs (libcalico-go ``UsingV3CRDs``: no
+``crd.projectcalico.org`` served), those; asked in this order."""
 POOL_CRD = "ippools.crd.projectcalico.org"  # the IPPool CRD's name
 _CRD_UNREAD = object()  # in CalicoBackend._bgp_export_lost: the write's listing read no CRD
 CALICO_METADATA_ANNOTATION = "projectcalico.org/metadata"
@@ -503,8 +505,10 @@ class _Listing:
 def read_block_affinities(items: Iterable[Any]) -> tuple[tuple[str, str], ...]:
     """``(node, block CIDR)`` of each block affinity a node holds: ``spec.node`` and
     ``spec.cidr``, its ``state`` ``confirmed`` or ``pending`` (being claimed), not
-    ``pendingDeletion``, and not ``deleted`` (Calico writes the string ``"true"``).
-    Anything else (no node, a CIDR that is no network) is left out.
+    ``pendingDeletion``, and not ``deleted`` (Calico writes the string ``"true"``), of a
+    node (``type`` ``host`` or none; a ``virtual`` one holds LoadBalancer Services'
+    addresses for the virtual node ``load-balancer``, never a pod's). Anything else (no
+    node, a CIDR that is no network) is left out.
 
     >>> read_block_affinities([{"spec": {"node": "n1", "cidr": "10.60.0.0/26",
     ...     "state": "confirmed", "deleted": "false"}},
@@ -519,6 +523,7 @@ def read_block_affinities(items: Iterable[Any]) -> tuple[tuple[str, str], ...]:
         node, cidr = spec.get("node"), spec.get("cidr")
         if (not isinstance(node, str) or not node or not isinstance(cidr, str)
                 or spec.get("state", "confirmed") not in ("confirmed", "pending")
+                or spec.get("type") not in (None, "", "host")
                 or str(spec.get("deleted", "")).lower() == "true"):
             continue
         try:
@@ -904,10 +909,34 @@ class CalicoBackend(BackendBase):
     def _blocks(self) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
         """The IPAM blocks the nodes hold (:func:`read_block_affinities`), from Calico's
         ``blockaffinities`` CRD (Kubernetes datastore mode keeps them there whichever API
-        serves the pools). Without the CRD (an etcd datastore), none; without the right
-        to list them (403), none and a warning: pods' addresses in blocks of pools outside
-        the pod CIDRs are then not judged."""
-        group, version = AFFINITY_API
+        serves the pools: in ``crd.projectcalico.org``, else, where the pools are
+        ``projectcalico.org/v3``, in ``projectcalico.org``, :data:`AFFINITY_APIS`).
+        Served in neither (an etcd datastore), none; without the right to list them
+        (403, where none answers), none and a warning: pods' addresses in blocks of
+        pools outside the pod CIDRs are then not judged."""
+        refused: KubeApiError | None = None
+        # Pools served by crd.projectcalico.org: Calico keeps its data there, not in v3
+        # CRDs (one request a pass).
+        apis = AFFINITY_APIS if self.api[0] == "projectcalico.org" else AFFINITY_APIS[:1]
+        for group, version in apis:
+            try:
+                items = self._list_affinities(group, version)
+            except KubeApiError as exc:
+                if exc.status not in (403, 404):
+                    raise
+                # Not served there, or not allowed (the API server authorizes a
+                # request before it looks for the resource): the next.
+                refused = exc if exc.status == 403 else refused
+                continue
+            return read_block_affinities(items), ()
+        if refused is None:
+            return (), ()
+        return (), (f"{refused}: the IPAM blocks nodes hold are not read, so addresses "
+                    "pods get from blocks their nodes hold in a pool outside the pod "
+                    "CIDRs (Calico IPAM uses those before the pod CIDR's pool) are not "
+                    "judged",)
+
+    def _list_affinities(self, group: str, version: str) -> list[Any]:
         doing = f"list BlockAffinities ({group}/{version})"
 
         def fetch(page: dict[str, Any]) -> Any:
@@ -915,18 +944,8 @@ class CalicoBackend(BackendBase):
                 return self._objects.list_cluster_custom_object(
                     group, version, AFFINITY_PLURAL, _request_timeout=self.timeout, **page)
 
-        try:  # read only, never written back: from the API server's watch cache
-            items = list_pages(fetch, doing, cached=True)
-        except KubeApiError as exc:
-            if exc.status == 404:
-                return (), ()
-            if exc.status == 403:
-                return (), (f"{exc}: the IPAM blocks nodes hold are not read, so addresses "
-                            "pods get from blocks their nodes hold in a pool outside the "
-                            "pod CIDRs (Calico IPAM uses those before the pod CIDR's pool) "
-                            "are not judged",)
-            raise
-        return read_block_affinities(items), ()
+        # Read only, never written back: from the API server's watch cache.
+        return list_pages(fetch, doing, cached=True)
 
     def _bgp_export_dropped(self, item: Mapping[str, Any]) -> bool:
         """Whether k3snet's pool ``item`` was read without ``disableBGPExport`` because the

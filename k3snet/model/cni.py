@@ -1416,7 +1416,8 @@ class CalicoPools(NetObject):
     blocks: tuple[tuple[str, Network], ...] = attrs.field(default=(), converter=_blocks,
                                                           kw_only=True)
     """The IPAM blocks the nodes hold, ``(node, block CIDR)``: Calico's block affinities
-    (``blockaffinities.crd.projectcalico.org``) neither deleted nor being released.
+    (``blockaffinities`` in ``crd.projectcalico.org`` or ``projectcalico.org``) of
+    nodes (not the virtual ``load-balancer``), neither deleted nor being released.
     Calico IPAM gives a node's pods addresses from the blocks it holds first, in any
     pool still enabled for it, before it cuts a new block in pool name order
     (libcalico-go ``findOrClaimBlock``)."""

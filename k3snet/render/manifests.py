@@ -652,8 +652,9 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
                 "verbs": ["list"],
             }, {
                 # The IPAM blocks the nodes hold (Calico's block affinities, kept in
-                # the CRDs whichever API serves the pools): read only.
-                "apiGroups": ["crd.projectcalico.org"],
+                # the CRDs whichever API serves the pools: crd.projectcalico.org, or
+                # projectcalico.org where Calico keeps its data in v3 CRDs): read only.
+                "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
                 "resources": ["blockaffinities"],
                 "verbs": ["list"],
             }, {

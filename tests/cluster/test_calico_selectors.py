@@ -324,6 +324,58 @@ def test_blocks_a_node_holds_in_an_old_pool_sorting_after_the_pod_cidr_s_must_tr
         assert (len(p.met), p.conflicts) == (1, ())
 
 
+def test_a_load_balancer_block_in_an_old_pool_gives_no_pod_an_address() -> None:
+    # Calico IPAM keeps the blocks it cuts for LoadBalancer Services' addresses affine
+    # to a virtual node (libcalico-go ipam AffinityTypeVirtual: spec.type "virtual",
+    # node "load-balancer"); no pod gets an address from them. k3snet counted one in a
+    # pool serving both uses as a node's block: a false conflict naming a node that is
+    # none.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, AFFINITIES)) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("zz-old", cidr="10.60.0.0/16", natOutgoing=False,
+                              allowedUses=["Workload", "LoadBalancer"]))
+        affinity = _affinity("load-balancer", "10.60.3.0/26")
+        affinity["spec"]["type"] = "virtual"
+        server.put(AFFINITIES, affinity)
+        p = _plan(_backend(server), SPEC)
+        assert (len(p.met), p.conflicts) == (1, ())
+        # A node's own block (type host) there is judged.
+        server.put(AFFINITIES, {**_affinity("node-a", "10.60.4.0/26"),
+                                "spec": {**_affinity("node-a", "10.60.4.0/26")["spec"],
+                                         "type": "host"}})
+        p = _plan(_backend(server), SPEC)
+        (conflict,) = p.conflicts
+        reason = conflict.reason or ""
+        assert "block 10.60.4.0/26 of node node-a" in reason
+        assert "load-balancer" not in reason
+
+
+def test_blocks_held_in_an_old_pool_are_read_where_calico_keeps_its_crds_in_projectcalico_org(
+) -> None:
+    # Calico in Kubernetes datastore mode may keep its data in projectcalico.org/v3 CRDs,
+    # without crd.projectcalico.org at all (libcalico-go backend/k8s UsingV3CRDs: by
+    # discovery, or CALICO_API_GROUP): its BlockAffinities are then
+    # blockaffinities.projectcalico.org. k3snet listed crd.projectcalico.org/v1 only,
+    # took its 404 for an etcd datastore (no blocks), and judged the pod CIDR met.
+    v3_only = ("projectcalico.org/v3/ippools", "projectcalico.org/v3/felixconfigurations",
+               "projectcalico.org/v3/blockaffinities")
+    with EmulatedApiServer(resources=v3_only) as server:
+        v3 = "projectcalico.org/v3/ippools"
+        server.put(v3, {**_pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True),
+                        "apiVersion": "projectcalico.org/v3"})
+        server.put(v3, {**_pool("zz-old", cidr="10.60.0.0/16", natOutgoing=False),
+                        "apiVersion": "projectcalico.org/v3"})
+        affinity = _affinity("node-a", "10.60.3.0/26")
+        affinity["apiVersion"] = "projectcalico.org/v3"
+        affinity["spec"]["deleted"] = False  # a boolean in projectcalico.org/v3
+        server.put("projectcalico.org/v3/blockaffinities", affinity)
+        backend = CalicoBackend(api_client=server.api_client(), timeout=10.0, api="auto")
+        p = _plan(backend, SPEC)
+        assert p.met == ()
+        (conflict,) = p.conflicts
+        assert "block 10.60.3.0/26 of node node-a" in (conflict.reason or "")
+
+
 def test_block_affinities_not_listable_are_a_warning_and_not_judged(
     api_server: EmulatedApiServer,
 ) -> None:

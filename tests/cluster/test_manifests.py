@@ -731,8 +731,9 @@ def test_calico_gets_ippools_cluster_wide() -> None:
         "resources": ["felixconfigurations"],
         "verbs": ["list"],
     }, {
-        # The IPAM blocks the nodes hold, read only.
-        "apiGroups": ["crd.projectcalico.org"],
+        # The IPAM blocks the nodes hold, read only (in either group Calico keeps its
+        # CRDs in).
+        "apiGroups": ["crd.projectcalico.org", "projectcalico.org"],
         "resources": ["blockaffinities"],
         "verbs": ["list"],
     }, {
