@@ -273,6 +273,8 @@ _KEYS: dict[str, frozenset[str]] = {
     "a plan file": frozenset({"format", "kind", "k3snet", "build", "node", "backends", "spec",
                               "options", "allow_disruptive", "clusters", "observed",
                               "desired", "plan"}),
+    "node": frozenset({"machine_id", "hostname", "netns", "netns_id"}),
+    "spec": frozenset({"path", "sha256"}),
     "desired": frozenset({"format", "owned", "foreign"}),
     "plan": frozenset({"format", "changes", "notes", "held"}),
     "change": frozenset({"action", "before", "after"}),
@@ -293,6 +295,8 @@ def _not_as_written(document: Mapping[str, Any]) -> str | None:
     desired = document.get("desired") or {}
     p = document.get("plan") or {}
     parts: list[tuple[str, str, Any]] = [("a plan file", "", document),
+                                         ("node", "node", document.get("node") or {}),
+                                         ("spec", "spec", document.get("spec") or {}),
                                          ("desired", "desired", desired), ("plan", "plan", p)]
     objects: list[tuple[str, Any]] = []
     for side in ("owned", "foreign"):
