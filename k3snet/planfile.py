@@ -283,6 +283,12 @@ _KEYS: dict[str, frozenset[str]] = {
 }
 """The keys each part of a plan file has (those :meth:`PlanFile.to_dict` writes)."""
 
+_OPTIONAL: dict[str, frozenset[str]] = {
+    "a plan file": frozenset({"build", "clusters"}), "node": _KEYS["node"],
+    "spec": _KEYS["spec"], "plan": frozenset({"held"}), "note": frozenset({"reason", "owned"})}
+"""The keys of each part that :meth:`PlanFile.to_dict` leaves out at times; every other
+one it always writes (left out by hand, it would be read as empty or none)."""
+
 
 def _not_as_written(document: Mapping[str, Any]) -> str | None:
     """What of plan file ``document`` this k3snet does not read as it is written (``None``:
@@ -298,8 +304,8 @@ def _not_as_written(document: Mapping[str, Any]) -> str | None:
                            ("node", "node", document.get("node") or {}),
                            ("spec", "spec", document.get("spec") or {}),
                            ("desired", "desired", desired), ("plan", "plan", p)):
-        if not part.keys() <= _KEYS[what]:
-            return _unknown_key(at or what, part, _KEYS[what])
+        if not part.keys() <= _KEYS[what] or _lacks(what, part):
+            return _unknown_key(at or what, what, part)
     # Where each object is, as (list, index, key): its text only made for a refusal.
     objects: list[tuple[str, int, str | None, Any]] = [
         (f"desired.{side}", i, None, o)
@@ -308,8 +314,8 @@ def _not_as_written(document: Mapping[str, Any]) -> str | None:
                          ("note", ("wanted", "foreign", "owned")), ("held", ("wanted", "owned"))):
         allowed, group = _KEYS[what], f"plan.{what}s" if what != "held" else "plan.held"
         for i, part in enumerate(p.get(group[5:]) or []):
-            if not part.keys() <= allowed:
-                return _unknown_key(f"{group}[{i}]", part, allowed)
+            if not part.keys() <= allowed or _lacks(what, part):
+                return _unknown_key(f"{group}[{i}]", what, part)
             objects += [(group, i, k, part[k]) for k in inside if part.get(k) is not None]
     verified: set[tuple[str, ...]] = set()  # keys (with the type), in order, found as written
     for group, i, k, given in objects:
@@ -330,9 +336,20 @@ def _not_as_written(document: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _unknown_key(at: str, part: Mapping[str, Any], allowed: frozenset[str]) -> str:
-    unknown = sorted(set(part) - allowed)
-    return f"{at} has the key {printable(unknown[0][:80])!r}, unknown to it"
+_REQUIRED = {what: keys - _OPTIONAL.get(what, frozenset()) for what, keys in _KEYS.items()}
+
+
+def _lacks(what: str, part: Mapping[str, Any]) -> bool:
+    return not _REQUIRED[what] <= part.keys()
+
+
+def _unknown_key(at: str, what: str, part: Mapping[str, Any]) -> str:
+    """How ``part`` (a ``what``) is not what :meth:`PlanFile.to_dict` writes."""
+    unknown = sorted(set(part) - _KEYS[what])
+    if unknown:
+        return f"{at} has the key {printable(unknown[0][:80])!r}, unknown to it"
+    missing = sorted(_REQUIRED[what] - set(part))
+    return f"{at} lacks its key {missing[0]!r}"
 
 
 def _refuse_not_as_written(path: Path, document: Mapping[str, Any]) -> None:
