@@ -273,6 +273,8 @@ _KEYS: dict[str, frozenset[str]] = {
     "a plan file": frozenset({"format", "kind", "k3snet", "build", "node", "backends", "spec",
                               "options", "allow_disruptive", "clusters", "observed",
                               "desired", "plan"}),
+    "node": frozenset({"machine_id", "hostname", "netns", "netns_id"}),
+    "spec": frozenset({"path", "sha256"}),
     "desired": frozenset({"format", "owned", "foreign"}),
     "plan": frozenset({"format", "changes", "notes", "held"}),
     "change": frozenset({"action", "before", "after"}),
@@ -280,6 +282,12 @@ _KEYS: dict[str, frozenset[str]] = {
     "held": frozenset({"wanted", "owned"}),
 }
 """The keys each part of a plan file has (those :meth:`PlanFile.to_dict` writes)."""
+
+_OPTIONAL: dict[str, frozenset[str]] = {
+    "a plan file": frozenset({"build", "clusters"}), "node": _KEYS["node"],
+    "spec": _KEYS["spec"], "plan": frozenset({"held"}), "note": frozenset({"reason", "owned"})}
+"""The keys of each part that :meth:`PlanFile.to_dict` leaves out at times; every other
+one it always writes (left out by hand, it would be read as empty or none)."""
 
 
 def _not_as_written(document: Mapping[str, Any]) -> str | None:
@@ -292,33 +300,30 @@ def _not_as_written(document: Mapping[str, Any]) -> str | None:
     all already)."""
     desired = document.get("desired") or {}
     p = document.get("plan") or {}
-    parts: list[tuple[str, str, Any]] = [("a plan file", "", document),
-                                         ("desired", "desired", desired), ("plan", "plan", p)]
-    objects: list[tuple[str, Any]] = []
-    for side in ("owned", "foreign"):
-        objects += [(f"desired.{side}[{i}]", o) for i, o in enumerate(desired.get(side) or [])]
-    for i, change in enumerate(p.get("changes") or []):
-        parts.append(("change", f"plan.changes[{i}]", change))
-        objects += [(f"plan.changes[{i}].{k}", change[k]) for k in ("before", "after")
-                    if change.get(k) is not None]
-    for i, note in enumerate(p.get("notes") or []):
-        parts.append(("note", f"plan.notes[{i}]", note))
-        objects += [(f"plan.notes[{i}].{k}", note[k]) for k in ("wanted", "foreign", "owned")
-                    if note.get(k) is not None]
-    for i, held in enumerate(p.get("held") or []):
-        parts.append(("held", f"plan.held[{i}]", held))
-        objects += [(f"plan.held[{i}].{k}", held[k]) for k in ("wanted", "owned")
-                    if held.get(k) is not None]
-    for what, at, part in parts:
-        unknown = sorted(set(part) - _KEYS[what])
-        if unknown:
-            return f"{at or what} has the key {printable(unknown[0][:80])!r}, unknown to it"
-    verified: set[tuple[Any, frozenset[str]]] = set()  # (type, keys) found as written
-    for at, given in objects:
-        shape = (given.get("type"), frozenset(given))
+    for what, at, part in (("a plan file", "", document),
+                           ("node", "node", document.get("node") or {}),
+                           ("spec", "spec", document.get("spec") or {}),
+                           ("desired", "desired", desired), ("plan", "plan", p)):
+        if not part.keys() <= _KEYS[what] or _lacks(what, part):
+            return _unknown_key(at or what, what, part)
+    # Where each object is, as (list, index, key): its text only made for a refusal.
+    objects: list[tuple[str, int, str | None, Any]] = [
+        (f"desired.{side}", i, None, o)
+        for side in ("owned", "foreign") for i, o in enumerate(desired.get(side) or [])]
+    for what, inside in (("change", ("before", "after")),
+                         ("note", ("wanted", "foreign", "owned")), ("held", ("wanted", "owned"))):
+        allowed, group = _KEYS[what], f"plan.{what}s" if what != "held" else "plan.held"
+        for i, part in enumerate(p.get(group[5:]) or []):
+            if not part.keys() <= allowed or _lacks(what, part):
+                return _unknown_key(f"{group}[{i}]", what, part)
+            objects += [(group, i, k, part[k]) for k in inside if part.get(k) is not None]
+    verified: set[tuple[str, ...]] = set()  # keys (with the type), in order, found as written
+    for group, i, k, given in objects:
+        shape = (str(given.get("type")), *given)
         if shape in verified:  # 10 000 routes of one shape: one read back, not 10 000
             continue
         back = object_from_dict(given).to_dict()
+        at = f"{group}[{i}]" if k is None else f"{group}[{i}].{k}"
         unknown = sorted(set(given) - set(back))
         if unknown:
             return (f"{at} has the key {printable(unknown[0][:80])!r}, which a "
@@ -329,6 +334,22 @@ def _not_as_written(document: Mapping[str, Any]) -> str | None:
                     f"{_shown(back[missing[0]])})")
         verified.add(shape)
     return None
+
+
+_REQUIRED = {what: keys - _OPTIONAL.get(what, frozenset()) for what, keys in _KEYS.items()}
+
+
+def _lacks(what: str, part: Mapping[str, Any]) -> bool:
+    return not _REQUIRED[what] <= part.keys()
+
+
+def _unknown_key(at: str, what: str, part: Mapping[str, Any]) -> str:
+    """How ``part`` (a ``what``) is not what :meth:`PlanFile.to_dict` writes."""
+    unknown = sorted(set(part) - _KEYS[what])
+    if unknown:
+        return f"{at} has the key {printable(unknown[0][:80])!r}, unknown to it"
+    missing = sorted(_REQUIRED[what] - set(part))
+    return f"{at} lacks its key {missing[0]!r}"
 
 
 def _refuse_not_as_written(path: Path, document: Mapping[str, Any]) -> None:

@@ -23,9 +23,10 @@ field table: ~50 ms instead of ~100 ms for 10 000 destinations.
 Safe by construction:
 
 * any mismatch (other bytes, another k3snet version, another format, another
-  size or mtime of any module of :mod:`k3snet.spec` or :mod:`k3snet.model`, the
-  code that reads and checks a document: a development install changes it
-  without changing the version) recomputes;
+  size or mtime of any module of :mod:`k3snet.spec`, :mod:`k3snet.model`, k3snet's top
+  level or PyYAML, the code that reads and checks a document: a development install
+  changes it without changing the version, an upgrade of PyYAML without k3snet's)
+  recomputes;
 * a file that is not a regular file owned by the effective user (root on a
   node), that is group- or world-writable, or whose directory is either, is
   ignored (``os.fstat`` of the opened file, ``O_NOFOLLOW``; ``os.lstat`` of the
@@ -46,6 +47,7 @@ commands: docs/performance.md, "The cold path".
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -93,7 +95,22 @@ def cache_directory() -> Path | None:
     return state_directory("spec-cache", _DEFAULT_ROOT, "K3SNET_SPEC_CACHE")
 
 
-_CODE = (Path(__file__).parent, Path(__file__).parent.parent / "model")
+def _yaml_directory() -> tuple[Path, ...]:
+    """PyYAML's package directory, found without importing it (a hit parses no YAML), or
+    none when it is not installed."""
+    try:
+        found = importlib.util.find_spec("yaml")
+    except (ImportError, ValueError):  # (a "yaml" module without a spec)
+        return ()
+    places = () if found is None else found.submodule_search_locations or ()
+    return tuple(Path(place) for place in places)
+
+
+_CODE = (Path(__file__).parent, Path(__file__).parent.parent / "model",
+         Path(__file__).parent.parent, *_yaml_directory())
+"""The directories of the modules that read and check a spec document: k3snet's spec and
+model, its top level (the YAML and JSON text checks, ``_yamltext``, ``_gojson``) and PyYAML
+(an upgrade may read the same bytes otherwise)."""
 
 
 def _code_identity() -> str:

@@ -312,8 +312,10 @@ def read_text(path: str | Path) -> str:
 
 def _byte_at(data: bytes, start: int) -> str:
     """Where byte ``start`` of ``data`` is, as an editor counts: its line (at line feeds)
-    and column (in characters, the line's bytes before it decoded), and its offset."""
+    and column (in characters, the line's bytes before it decoded; a byte order mark,
+    which an editor does not show and YAML does not count, is none), and its offset."""
     line_start = data.rfind(b"\n", 0, start) + 1
-    column = len(data[line_start:start].decode("utf-8", "replace")) + 1
+    before = data[line_start:start].decode("utf-8", "replace")
+    column = len(before.removeprefix("\ufeff") if line_start == 0 else before) + 1
     line = data.count(b"\n", 0, start) + 1
     return f"byte 0x{data[start]:02X} at line {line}, column {column}, byte {start} of the file"

@@ -91,3 +91,31 @@ def test_every_plan_file_k3snet_writes_reads_back_as_written(
     again = PlanFile.read(path, netns=None)
     assert again.plan == p
     assert again.desired == desired
+
+
+@pytest.mark.parametrize("where", ["node", "spec"])
+def test_a_key_unknown_to_the_node_or_the_spec_recorded_is_refused(
+        tmp_path: Path, where: str) -> None:
+    """The node and the spec a plan file records are parts of it as well: a key of a newer
+    k3snet's there (a zone the node must be in, the spec's signature) is not dropped."""
+    path, document = _document(tmp_path)
+    document["spec"] = {"path": "/etc/k3snet/egress.yaml", "sha256": "0" * 64}
+    path.write_text(json.dumps(document))
+    PlanFile.read(path, netns=None)  # as written: read
+    document[where]["zone"] = "b"
+    assert f"{where} has the key 'zone', unknown to it" in _refusal(path, document)
+
+
+@pytest.mark.parametrize(("where", "key"), [
+    ((), "observed"), (("desired",), "foreign"), (("plan",), "notes"),
+    (("plan", "changes", 0), "before")])
+def test_a_key_k3snet_always_writes_missing_from_the_file_or_its_parts_is_refused(
+        tmp_path: Path, where: tuple[Any, ...], key: str) -> None:
+    """Left out by hand, a part's key was read as empty or none (the foreign state the
+    plan was made beside, its notes), not as the file was reviewed."""
+    path, document = _document(tmp_path)
+    part = document
+    for step in where:
+        part = part[step]
+    del part[key]
+    assert f"lacks its key {key!r}" in _refusal(path, document)

@@ -12,6 +12,7 @@ import gc
 import importlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -498,3 +499,21 @@ def test_a_miss_prunes_the_temporary_file_a_killed_writer_left(spec_file: Path,
     load_spec_cached(spec_file, store)
     assert not left.exists()
     assert len(list(store.iterdir())) == 1
+
+
+def test_the_key_covers_every_module_that_reads_a_spec_document_and_pyyaml() -> None:
+    """A cached document is the parse of a spec the code of then judged sound: the YAML and
+    JSON text checks (``k3snet._yamltext``, ``k3snet._gojson``) and PyYAML read it too, and
+    a development install or an upgrade of PyYAML changes them without changing the
+    version."""
+    from k3snet.spec import load, source  # noqa: PLC0415
+
+    used = {getattr(value, "__module__", None) for module in (source, load, spec_cache)
+            for value in vars(module).values()}
+    files = [Path(str(sys.modules[name].__file__)) for name in used
+             if name is not None and name.split(".")[0] == "k3snet"]
+    assert {Path(source.__file__).parent.parent / "_yamltext.py",
+            Path(source.__file__).parent.parent / "_gojson.py"} <= set(files)
+    code = {path.resolve() for path in spec_cache._CODE}
+    assert [f for f in files if f.parent.resolve() not in code] == []
+    assert Path(str(yaml.__file__)).parent.resolve() in code

@@ -123,6 +123,23 @@ def test_a_byte_that_is_not_utf8_is_named_by_line_and_column(tmp_path: Path) -> 
                                "byte 96 of the file: invalid continuation byte)")
 
 
+@pytest.mark.parametrize(("data", "where"), [
+    (b"\xef\xbb\xbfkind: caf\xe9\n", "byte 0xE9 at line 1, column 10, byte 12"),
+    (b"a: 1\r\nkind: caf\xe9\r\n", "byte 0xE9 at line 2, column 10, byte 15"),
+    (b"kind: \xc3\xa9\xa9\n", "byte 0xA9 at line 1, column 8, byte 8")])
+def test_the_column_of_a_byte_that_is_not_utf8_is_the_one_an_editor_shows(
+        tmp_path: Path, data: bytes, where: str) -> None:
+    """A byte order mark is no character an editor shows (nor a column YAML counts), a
+    CR before a line feed ends the line before, and a stray byte after a whole character
+    is one column past it."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(data)
+    with pytest.raises(SpecError) as info:
+        read_text(spec)
+    (problem,) = info.value.problems
+    assert f"not UTF-8 text ({where} of the file: " in problem.message
+
+
 def test_a_spec_file_is_a_regular_utf8_file_of_bounded_size(tmp_path: Path) -> None:
     good = tmp_path / "spec.yaml"
     good.write_text("kind: EgressSpec  # é\n")
