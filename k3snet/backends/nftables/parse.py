@@ -917,6 +917,8 @@ class ForeignReader:
         default_factory=lambda: _Budget("the walk of other tables' chains"))
     _block_budget: _Budget = field(
         default_factory=lambda: _Budget("the read of other tables' forward drops"))
+    _egress_budget: _Budget = field(
+        default_factory=lambda: _Budget("the read of other tables' egress chains"))
 
     @property
     def walked(self) -> int:
@@ -1235,7 +1237,9 @@ class ForeignReader:
                     stops.append((words, tuple(n for n, neg in match.daddr if not neg),
                                   tuple(accepted)))
             if policy != "accept" or stops:
-                yield EgressDefault(where[1], name, devices, policy, tuple(stops))
+                # A rule read by several ways, each the same: said once.
+                yield EgressDefault(where[1], name, devices, policy,
+                                    tuple(dict.fromkeys(stops)))
 
     def _egress_rules(self, where: tuple[str, str], chain: str, way: _Way, *,
                       inner: bool = False,
@@ -1254,12 +1258,15 @@ class ForeignReader:
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
+            # Each target is read again for each jump to it: bounded, as the other walks
+            # (a jump past the bound stays a rule that may stop anything).
+            within = self._egress_budget.take(self.unread, where, chain)
             if inner and match.verdict == "return":
                 if not match.conditions:
                     return  # back to the caller, every packet
                 escaped = True
                 continue
-            if way.follows(where, match):
+            if within and way.follows(where, match):
                 assert match.target is not None
                 yield from self._egress_rules(where, match.target,
                                               attrs.evolve(way, guard=reached),
@@ -1831,7 +1838,8 @@ def _given_up(done: dict[tuple[str, ...], Any], own_tables: frozenset[tuple[str,
     lister: Lists = _Replay(dict(done)) if _started(done) else _ChildLister(deadline)
     reader = ForeignReader(lister, own_tables, routed=routed)
     found = reader.read()
-    return found, tuple(reader.unread), reader.defaults()
+    defaults = reader.defaults()  # first: what it gave up on is unread too
+    return found, tuple(reader.unread), defaults
 
 
 def _whole(kernel: NftKernel, own_tables: frozenset[tuple[str, str]],
@@ -1840,7 +1848,8 @@ def _whole(kernel: NftKernel, own_tables: frozenset[tuple[str, str]],
     done[("started",)] = True
     reader = ForeignReader(_Recording(kernel, done), own_tables, routed=routed)
     found = reader.read()
-    return found, tuple(reader.unread), reader.defaults()
+    defaults = reader.defaults()  # first: what it gave up on is unread too
+    return found, tuple(reader.unread), defaults
 
 
 def _started(done: dict[tuple[str, ...], Any]) -> bool:
