@@ -899,6 +899,8 @@ class ForeignReader:
     doubts: list[Doubt] = field(default_factory=list)
     # the devices chains are hooked on that the node does not have now (_present)
     _absent: list[str] = field(default_factory=list)
+    # those it has (when its devices are known): one leaving moves no generation id
+    _hooked: list[str] = field(default_factory=list)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -1198,6 +1200,7 @@ class ForeignReader:
                                doubts=tuple(dict.fromkeys(self.doubts)),
                                partial=tuple(self.partial),
                                absent=tuple(dict.fromkeys(self._absent)),
+                               present=tuple(dict.fromkeys(self._hooked)),
                                places={_place(where, chain): (*where, chain)
                                        for _, where, chain in self._partial_notracks})
 
@@ -1287,6 +1290,8 @@ class ForeignReader:
         if self.routed is None:
             return devices
         present = tuple(d for d in devices if self.routed.has_device(d))
+        if self.routed.knows_devices:
+            self._hooked.extend(present)
         for device in devices:
             if device not in present:
                 self._absent.append(device)
@@ -1679,6 +1684,9 @@ class ForwardDefaults:
     absent: tuple[str, ...] = ()
     """The devices chains on an ingress or egress hook were read on that the node did not
     have (:meth:`ForeignReader._present`): read as dropping nothing while so."""
+    present: tuple[str, ...] = ()
+    """The devices such chains were read on that the node had (when it could tell): read
+    as dropping what they drop while so, the device leaving moving no generation id."""
     places: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     """Each of :attr:`partial`'s ``where`` (``nftables ip a b early``) with the family,
     table and chain it names (``("ip", "a b", "early")``): a table's name may hold a space,
