@@ -731,7 +731,7 @@ EGRESS_CASES: dict[str, tuple[str, str, str, tuple[bool, bool]]] = {
         "        meta protocol ip6 drop\n" + _then_chain(
             "back", "ip daddr 192.168.2.0/24 return", "ip6 daddr fd01:2::/64 return",
             "accept"), (True, True)),
-    # The kernel hooks a chain on a name no device holds (Linux 6.10+): it sees no packet
+    # The kernel hooks a chain on a name no device holds (Linux 6.16+): it sees no packet
     # until a device of the name appears (said so, not warned of as dropping the pods').
     "a policy drop on a device the node does not have": ("wlan0", "drop", "", (False, False)),
 }

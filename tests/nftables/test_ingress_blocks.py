@@ -67,7 +67,7 @@ def test_an_ingress_chain_on_several_devices_is_a_drop_by_each(ns: str) -> None:
 @pytest.mark.kernel
 def test_an_ingress_chain_on_a_name_no_device_can_take_drops_nothing_and_is_no_block(
         ns: str) -> None:
-    # Linux 6.10+ hooks a netdev chain on a name no device holds yet; one with a space
+    # Linux 6.16+ hooks a netdev chain on a name no device holds yet; one with a space
     # never gets a device (dev_valid_name), so the chain never sees a packet. It was read
     # as a drop on every interface: a conflict with the pods' forward rule.
     run_in(ns, ["ip", "link", "add", "cni0", "type", "veth", "peer", "name", "eth0"])
@@ -177,7 +177,7 @@ def _blocks(backend: NftablesBackend) -> set[ForwardBlock]:
 @pytest.mark.kernel
 def test_an_ingress_chain_on_an_absent_device_drops_nothing_until_the_device_appears(
         ns: str) -> None:
-    # The kernel hooks a chain on a name no device holds yet (Linux 6.10+): its policy
+    # The kernel hooks a chain on a name no device holds yet (Linux 6.16+): its policy
     # drop was read as dropping any address (a false conflict). It is said now, no block,
     # until a device of the name appears, which moves no generation id: the next observe
     # of the same backend reads again and finds the block.

@@ -1285,7 +1285,7 @@ class ForeignReader:
                  hook: str) -> tuple[str, ...]:
         """The ``devices`` of a chain on their ``hook`` that the node has now (by
         :attr:`routed`'s links; every one when they are not known). The kernel hooks a
-        chain on a name no device holds yet (Linux 6.10+): it sees no packet, and drops
+        chain on a name no device holds yet (Linux 6.16+): it sees no packet, and drops
         none, until a device of that name appears; that is said (a doubt), no block."""
         if self.routed is None:
             return devices
