@@ -84,6 +84,13 @@ class RoutedBy:
             self._load = lambda: raw
         self._read: list[_Raw] | None = None
 
+    @property
+    def knows_devices(self) -> bool:
+        """Whether :meth:`has_device` answers from the node's devices (read then, if not
+        yet), not True for any name as it does when they could not be read."""
+        self.has_device("")
+        return self._names is not None
+
     def has_device(self, name: str) -> bool:
         """Whether the node has a device ``name`` names now (nft's ``eth*``: one whose
         name starts so); True when the devices are not known.

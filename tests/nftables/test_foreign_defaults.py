@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from k3snet import plan
-from k3snet.backends.nftables import NftablesBackend
+from k3snet.backends.nftables import NftablesBackend, parse
 from k3snet.backends.nftables.parse import ForwardDefaults
 from k3snet.cli import main
 from k3snet.errors import BackendError
@@ -731,7 +731,7 @@ EGRESS_CASES: dict[str, tuple[str, str, str, tuple[bool, bool]]] = {
         "        meta protocol ip6 drop\n" + _then_chain(
             "back", "ip daddr 192.168.2.0/24 return", "ip6 daddr fd01:2::/64 return",
             "accept"), (True, True)),
-    # The kernel hooks a chain on a name no device holds (Linux 6.10+): it sees no packet
+    # The kernel hooks a chain on a name no device holds (Linux 6.16+): it sees no packet
     # until a device of the name appears (said so, not warned of as dropping the pods').
     "a policy drop on a device the node does not have": ("wlan0", "drop", "", (False, False)),
 }
@@ -836,3 +836,48 @@ def test_a_default_drop_naming_no_address_says_what_it_tests(ns: str) -> None:
     assert f"; a rule that may drop any address, testing oifname != eth0 (handle {second}); " \
            in warning
     assert f"; a rule that may drop any address (handle {third}))" in warning
+
+
+def _fanned(chains: int, fan: int) -> str:
+    """An egress chain on eth0 jumping ``fan`` times to ``c1``, each ``cN`` ``fan`` times
+    to the next, the last dropping every IP packet: one rule read ``fan ** chains`` times
+    by a walk following every jump (the kernel takes it: no loop, 8 chains deep)."""
+    jumps = [[f"tcp dport {1000 + i} jump c{d + 1}" for i in range(fan)]
+             for d in range(chains)]
+    body = "".join(f"        {r}\n" for r in jumps[0])
+    for d in range(1, chains):
+        body += _then_chain(f"c{d}", *jumps[d])
+    body += _then_chain(f"c{chains}", "meta protocol ip drop", "meta protocol ip6 drop")
+    return _EGRESS.format(device="eth0", policy="accept", rules=body)
+
+
+@pytest.mark.kernel
+def test_the_read_of_an_egress_chain_fanning_out_in_jumps_is_bounded(
+        ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each jump's target was read in its place with no bound but the depth: 6 jumps a
+    # chain, 8 chains deep (a ruleset the kernel takes) held observe for hours (4 a chain:
+    # 40 s). The walk reads at most _MAX_WALKED_RULES rules; a jump met past that is a
+    # rule that may drop, as one too deep is.
+    run_in(ns, ["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "cni0"])
+    try:
+        run_in(ns, ["nft", "-f", "-"], input_text=_fanned(8, 3))
+    except NetnsCommandError:
+        pytest.skip("this kernel has no egress hook (Linux 5.16+)")
+    listed = json.loads(run_in(ns, ["nft", "-j", "list", "table", "netdev", "other"]).stdout)
+    assert sum("rule" in o for o in listed["nftables"]) == 7 * 3 + 3 + 2  # the kernel's view
+    reached = 0
+    real = parse._Way.reaching
+
+    def counted(way: Any, match: Any) -> Any:
+        nonlocal reached
+        reached += 1
+        return real(way, match)
+
+    monkeypatch.setattr(parse._Way, "reaching", counted)
+    with NftablesBackend(ns, keep_read=False) as nft:
+        nft.expect(State(owned=[CLUSTER_RULE]))
+        nft.observe()
+        warnings = nft.warnings
+    assert reached <= 2 * (parse._MAX_WALKED_RULES + 8 * 3)  # a read, and one more if late
+    assert any(w.startswith("nftables: netdev other chain out, an egress chain of another "
+                            "table on eth0 (") and "jump c" in w for w in warnings), warnings

@@ -67,7 +67,7 @@ def test_an_ingress_chain_on_several_devices_is_a_drop_by_each(ns: str) -> None:
 @pytest.mark.kernel
 def test_an_ingress_chain_on_a_name_no_device_can_take_drops_nothing_and_is_no_block(
         ns: str) -> None:
-    # Linux 6.10+ hooks a netdev chain on a name no device holds yet; one with a space
+    # Linux 6.16+ hooks a netdev chain on a name no device holds yet; one with a space
     # never gets a device (dev_valid_name), so the chain never sees a packet. It was read
     # as a drop on every interface: a conflict with the pods' forward rule.
     run_in(ns, ["ip", "link", "add", "cni0", "type", "veth", "peer", "name", "eth0"])
@@ -177,7 +177,7 @@ def _blocks(backend: NftablesBackend) -> set[ForwardBlock]:
 @pytest.mark.kernel
 def test_an_ingress_chain_on_an_absent_device_drops_nothing_until_the_device_appears(
         ns: str) -> None:
-    # The kernel hooks a chain on a name no device holds yet (Linux 6.10+): its policy
+    # The kernel hooks a chain on a name no device holds yet (Linux 6.16+): its policy
     # drop was read as dropping any address (a false conflict). It is said now, no block,
     # until a device of the name appears, which moves no generation id: the next observe
     # of the same backend reads again and finds the block.
@@ -215,3 +215,23 @@ def test_an_ingress_policy_drop_on_an_absent_device_passes_the_pods_traffic_and_
         assert "0 conflict(s)" in out.getvalue()
         assert "hooked on the ingress of wlan0, a device this node does not have" in (
             out.getvalue())
+
+
+@pytest.mark.kernel
+def test_an_ingress_chain_whose_device_leaves_drops_nothing_from_the_next_observe(
+        ns: str) -> None:
+    # The mirror of the above: the device goes, the kernel keeps the chain hooked on its
+    # name (no generation id moved). The block read while it was there stayed in the
+    # observe cache: a conflict the kernel no longer makes, until another commit.
+    run_in(ns, ["ip", "link", "add", "cni0", "type", "veth", "peer", "name", "eth0"])
+    run_in(ns, ["ip", "link", "add", "wlan0", "type", "veth", "peer", "name", "wlanp"])
+    run_in(ns, ["nft", "-f", "-"], input_text=_ABSENT)
+    with NftablesBackend(ns, keep_read=False) as backend:
+        assert {b.rule for b in _blocks(backend)} == {"iifname wlan0 policy drop"}
+        run_in(ns, ["ip", "link", "del", "wlan0"])
+        # The kernel's view: still hooked on the name (nft's JSON leaves devices out).
+        listed = run_in(ns, ["nft", "list", "chain", "netdev", "edge", "in"]).stdout
+        assert 'hook ingress device "wlan0"' in listed
+        assert _blocks(backend) == set()
+        assert any("hooked on the ingress of wlan0, a device this node does not have now"
+                   in w for w in backend.warnings)

@@ -212,7 +212,8 @@ class _Misfit(Exception):  # noqa: N818 - internal signal, never leaves the back
 def _has_device(name: str) -> bool:
     """Whether the calling thread's namespace has a device ``name`` names (nft's ``eth*``:
     one whose name starts so): one ioctl, made only while a chain of another table is
-    hooked on a device that was absent (:attr:`~.cache.Cache.absent`)."""
+    hooked on a device's ingress or egress (:attr:`~.cache.Cache.absent`,
+    :attr:`~.cache.Cache.present`)."""
     try:
         if name.endswith("*"):
             return any(found.startswith(name[:-1]) for _, found in socket.if_nameindex())
@@ -225,9 +226,11 @@ def _has_device(name: str) -> bool:
 def _foreign_stale(kernel: NftKernel, cache: Cache) -> bool:
     """Whether what ``cache`` read of the other tables went stale with its generation id
     unmoved: a table a process owned went with it (k3snet's own table is never owned),
-    or a device a chain of another table is hooked on came (read as dropping nothing)."""
+    or a device a chain of another table is hooked on came (read as dropping nothing), or
+    went (read as dropping what the chain drops)."""
     return bool((cache.owners and owner_tables(kernel) != cache.owners)
-                or any(_has_device(device) for device in cache.absent))
+                or any(_has_device(device) for device in cache.absent)
+                or not all(_has_device(device) for device in cache.present))
 
 
 def _table_name(syntax: str, table: Any, family: TableFamily = "inet") -> str:
@@ -730,7 +733,7 @@ class NftablesBackend(BackendBase):
             # The read prefetch started, unless an owned table went since it began.
             taken = ahead if started is not None and started.owners == cache.owners else None
             found = self._read_foreign(kernel, taken)
-            cache.absent = self._defaults.absent
+            cache.absent, cache.present = self._defaults.absent, self._defaults.present
             if taken is not None:
                 ahead = None
             # k3snet's tables of the other layout come back as drift, not foreign state.

@@ -74,6 +74,9 @@ class Cache:
     # ``foreign`` was read (read as dropping nothing): one appearing moves no generation
     # id either, so ``foreign`` holds only while they are all still absent
     absent: tuple[str, ...] = ()
+    # and those it had: the kernel keeps a chain hooked on the name of a device gone,
+    # which drops nothing then, and moves no generation id either
+    present: tuple[str, ...] = ()
     state: State | None = None
     nat_index: dict[tuple[int, int, int], set[Key]] = field(default_factory=dict)
     lines: Lines = field(default_factory=dict)  # what the text reader read each rule line as

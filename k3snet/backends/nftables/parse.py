@@ -899,6 +899,8 @@ class ForeignReader:
     doubts: list[Doubt] = field(default_factory=list)
     # the devices chains are hooked on that the node does not have now (_present)
     _absent: list[str] = field(default_factory=list)
+    # those it has (when its devices are known): one leaving moves no generation id
+    _hooked: list[str] = field(default_factory=list)
     origins: dict[ForwardRule, set[tuple[tuple[str, str], str]]] = field(default_factory=dict)
     _walking: tuple[tuple[str, str], str] | None = None
     _at: tuple[tuple[str, str], str] = (("", ""), "")  # the chain whose rule is visited
@@ -917,6 +919,8 @@ class ForeignReader:
         default_factory=lambda: _Budget("the walk of other tables' chains"))
     _block_budget: _Budget = field(
         default_factory=lambda: _Budget("the read of other tables' forward drops"))
+    _egress_budget: _Budget = field(
+        default_factory=lambda: _Budget("the read of other tables' egress chains"))
 
     @property
     def walked(self) -> int:
@@ -1196,6 +1200,7 @@ class ForeignReader:
                                doubts=tuple(dict.fromkeys(self.doubts)),
                                partial=tuple(self.partial),
                                absent=tuple(dict.fromkeys(self._absent)),
+                               present=tuple(dict.fromkeys(self._hooked)),
                                places={_place(where, chain): (*where, chain)
                                        for _, where, chain in self._partial_notracks})
 
@@ -1235,7 +1240,9 @@ class ForeignReader:
                     stops.append((words, tuple(n for n, neg in match.daddr if not neg),
                                   tuple(accepted)))
             if policy != "accept" or stops:
-                yield EgressDefault(where[1], name, devices, policy, tuple(stops))
+                # A rule read by several ways, each the same: said once.
+                yield EgressDefault(where[1], name, devices, policy,
+                                    tuple(dict.fromkeys(stops)))
 
     def _egress_rules(self, where: tuple[str, str], chain: str, way: _Way, *,
                       inner: bool = False,
@@ -1254,12 +1261,15 @@ class ForeignReader:
             reached = way.reaching(match)
             if reached is None:
                 continue  # no packet that comes this way reaches the rule
+            # Each target is read again for each jump to it: bounded, as the other walks
+            # (a jump past the bound stays a rule that may stop anything).
+            within = self._egress_budget.take(self.unread, where, chain)
             if inner and match.verdict == "return":
                 if not match.conditions:
                     return  # back to the caller, every packet
                 escaped = True
                 continue
-            if way.follows(where, match):
+            if within and way.follows(where, match):
                 assert match.target is not None
                 yield from self._egress_rules(where, match.target,
                                               attrs.evolve(way, guard=reached),
@@ -1275,11 +1285,13 @@ class ForeignReader:
                  hook: str) -> tuple[str, ...]:
         """The ``devices`` of a chain on their ``hook`` that the node has now (by
         :attr:`routed`'s links; every one when they are not known). The kernel hooks a
-        chain on a name no device holds yet (Linux 6.10+): it sees no packet, and drops
+        chain on a name no device holds yet (Linux 6.16+): it sees no packet, and drops
         none, until a device of that name appears; that is said (a doubt), no block."""
         if self.routed is None:
             return devices
         present = tuple(d for d in devices if self.routed.has_device(d))
+        if self.routed.knows_devices:
+            self._hooked.extend(present)
         for device in devices:
             if device not in present:
                 self._absent.append(device)
@@ -1672,6 +1684,9 @@ class ForwardDefaults:
     absent: tuple[str, ...] = ()
     """The devices chains on an ingress or egress hook were read on that the node did not
     have (:meth:`ForeignReader._present`): read as dropping nothing while so."""
+    present: tuple[str, ...] = ()
+    """The devices such chains were read on that the node had (when it could tell): read
+    as dropping what they drop while so, the device leaving moving no generation id."""
     places: dict[str, tuple[str, str, str]] = field(default_factory=dict)
     """Each of :attr:`partial`'s ``where`` (``nftables ip a b early``) with the family,
     table and chain it names (``("ip", "a b", "early")``): a table's name may hold a space,
@@ -1831,7 +1846,8 @@ def _given_up(done: dict[tuple[str, ...], Any], own_tables: frozenset[tuple[str,
     lister: Lists = _Replay(dict(done)) if _started(done) else _ChildLister(deadline)
     reader = ForeignReader(lister, own_tables, routed=routed)
     found = reader.read()
-    return found, tuple(reader.unread), reader.defaults()
+    defaults = reader.defaults()  # first: what it gave up on is unread too
+    return found, tuple(reader.unread), defaults
 
 
 def _whole(kernel: NftKernel, own_tables: frozenset[tuple[str, str]],
@@ -1840,7 +1856,8 @@ def _whole(kernel: NftKernel, own_tables: frozenset[tuple[str, str]],
     done[("started",)] = True
     reader = ForeignReader(_Recording(kernel, done), own_tables, routed=routed)
     found = reader.read()
-    return found, tuple(reader.unread), reader.defaults()
+    defaults = reader.defaults()  # first: what it gave up on is unread too
+    return found, tuple(reader.unread), defaults
 
 
 def _started(done: dict[tuple[str, ...], Any]) -> bool:
