@@ -338,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="k3snet",
         description="Plan and apply the minimal changes that make pod egress work on this node.",
         epilog="Exit codes: 0 ok / nothing to do, 1 error, 2 changes pending (plan) or made "
-               "(--detailed-exitcode), 3 still running (connectivity), 4 conflicts, 5 failed and "
+               "(--detailed-exitcode), 3 still running (connectivity) or blocked (doctor), "
+               "4 conflicts or cannot tell (doctor: also run without root), 5 failed and "
                "not taken back (the node may be half-changed), 6 test failed (connectivity), "
                "64 usage, 75 busy (another k3snet process held the lock past --lock-timeout; "
                "nothing changed).",
