@@ -338,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="k3snet",
         description="Plan and apply the minimal changes that make pod egress work on this node.",
         epilog="Exit codes: 0 ok / nothing to do, 1 error, 2 changes pending (plan) or made "
-               "(--detailed-exitcode), 3 still running (connectivity), 4 conflicts, 5 failed and "
+               "(--detailed-exitcode), 3 still running (connectivity) or blocked (doctor), "
+               "4 conflicts or cannot tell (doctor: also run without root), 5 failed and "
                "not taken back (the node may be half-changed), 6 test failed (connectivity), "
                "64 usage, 75 busy (another k3snet process held the lock past --lock-timeout; "
                "nothing changed).",
@@ -2615,6 +2616,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     capture = (NodeCapture.read_dir(args.state) if args.state is not None
                else NodeCapture.read_live(args.netns))
     state = _doctor_calico(_doctor_cluster(NodeState.from_capture(capture), args), args)
+    state = attrs.evolve(state, netns=_doctor_netns(args))  # where its advice is run
     mode = _doctor_iptables_mode(args)
     if mode is not None:
         state = attrs.evolve(state, iptables_mode=(mode, "the spec's backends.iptables.mode"))
@@ -2715,10 +2717,7 @@ def _doctor_fix_argv(args: argparse.Namespace) -> list[str]:
         value = fs_word(value)
         argv.extend([f"{long}={value}"] if value.startswith("-") else [short, value])
 
-    # Read live, doctor read its own namespace: one started by `ip netns exec NS k3snet
-    # doctor` is named (exec_name), or the line, run from the shell that ran it, fixed the
-    # node's namespace, not the one diagnosed.
-    netns = args.netns if args.state is not None else exec_name(args.netns)
+    netns = _doctor_netns(args)
     if netns is not None:
         option("--netns", "--netns", netns)
     argv += ["--from", args.source, "--to", args.destination]
@@ -2733,6 +2732,15 @@ def _doctor_fix_argv(args: argparse.Namespace) -> list[str]:
     if args.context is not None:
         option("--context", "--context", args.context)
     return [*argv, "--fix"]
+
+
+def _doctor_netns(args: argparse.Namespace) -> str | None:
+    """The namespace the node diagnosed is, as the commands the doctor shows name it (its
+    fix line's ``--netns``, its advice's ``ip netns exec``): ``--netns``; read live, the
+    doctor read its own namespace: one started by ``ip netns exec NS k3snet doctor`` is
+    named (exec_name), or a command, run from the shell that ran it, acted in the node's
+    namespace, not the one diagnosed."""
+    return args.netns if args.state is not None else exec_name(args.netns)
 
 
 def _print_diagnosis(args: argparse.Namespace, d: Any) -> None:

@@ -161,7 +161,8 @@ def _save_apart(prefix: Sequence[str], tool: str, tables: Sequence[str],
     for table in tables:
         try:
             done = subprocess.run([*prefix, tool, "-t", table], capture_output=True,
-                                  text=True, errors="surrogateescape", timeout=timeout,
+                                  encoding="utf-8", errors="surrogateescape",
+                                  timeout=timeout,
                                   check=False)
         except (OSError, subprocess.TimeoutExpired):
             return None
@@ -383,8 +384,11 @@ class NodeCapture:
                 # not UTF-8 is kept as the lone surrogate standing for it (surrogateescape,
                 # as the netlink backend reads a name), written back as that byte: two
                 # devices named by as many such bytes stay two (U+FFFD made them one).
+                # UTF-8 in any locale, as a bundle's files are read and written: under a
+                # Latin-1 one, a device named é (bytes \xc3\xa9) was read as Ã©, whose
+                # UTF-8 the bundle wrote and `ip link set` advice named, another device.
                 running[name] = subprocess.Popen([*prefix, *argv], stdout=subprocess.PIPE,
-                                                 stderr=subprocess.PIPE, text=True,
+                                                 stderr=subprocess.PIPE, encoding="utf-8",
                                                  errors="surrogateescape",
                                                  env=({**os.environ, "LC_ALL": "C"}
                                                       if name in _BYTE_LOCALE else None))

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import attrs
 
-from k3snet._logline import printable_line, shell_word
+from k3snet._logline import fs_word, printable_line, shell_join
 from k3snet.doctor.packet import PLANNED_ORDER, BaseChain, ChainResult, NatAction, Packet
 from k3snet.doctor.routing import RouteEntry, lookup, table_name
 from k3snet.doctor.state import NodeState
@@ -463,7 +463,7 @@ def _no_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change
     # A link set down loses its routes: the one to the destination may be among them.
     first = (f"{', '.join(down)} {'is' if len(down) == 1 else 'are'} down, and the kernel "
              f"removes the routes through a link while it is down: if one carried "
-             f"{tr.target}, bring it up ({'; '.join(_link_up(d) for d in down)}) "
+             f"{tr.target}, bring it up ({'; '.join(_link_up(state, d) for d in down)}) "
              "and see that it comes up at boot; else " if down else "")
     return Finding("no-route", f"the node has no route to {tr.target}",
                    step.where, step.detail,
@@ -471,18 +471,21 @@ def _no_route(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change
                           "gateway that reaches it (spec destinations[].gateway, .device)"), None
 
 
-def _link_up(device: str) -> str:
+def _link_up(state: NodeState, device: str) -> str:
     """The shell command bringing ``device`` up, its name one shell word: written as it
     is, a name such as ``d;id`` (the kernel takes any but ``/``, ``:`` and spaces) ran a
-    second command once pasted, and one of an ESC named another device."""
-    return f"ip link set {shell_word(device)} up"
+    second command once pasted, and one of an ESC named another device. In the node's
+    namespace (``ip netns exec NS``, its name by its bytes: :func:`fs_word`): without it,
+    a doctor given ``--netns`` told to bring up the host's device of that name."""
+    where = ("ip", "netns", "exec", fs_word(state.netns)) if state.netns else ()
+    return shell_join([*where, "ip", "link", "set", device, "up"])
 
 
 def _link_down(state: NodeState, tr: Trace, step: Step) -> tuple[Finding, _Change | None]:
     device = step.where.removeprefix("dev ")
     if state.links.get(device) == "down":
         what, advice = (f"{device}, the interface the route uses, is down",
-                        f"bring it up ({_link_up(device)}) and see that it comes up "
+                        f"bring it up ({_link_up(state, device)}) and see that it comes up "
                         "at boot")
     else:
         what, advice = (f"{device}, the interface the route uses, has no carrier",

@@ -298,6 +298,10 @@ class NodeState:
     queue_readers: frozenset[int] | None = None
     """The NFQUEUE queues a program reads (``nfqueue.txt``); None: not captured (an older
     bundle), and whether a queue rule drops is unknown."""
+    netns: str | None = None
+    """The network namespace the node is, as ``ip netns exec`` names it (the doctor's
+    ``--netns``, or the one a doctor started by ``ip netns exec NS`` read): a command the
+    advice gives (``ip link set DEV up``) is run there; None: the node's own namespace."""
     iptables_dumps: Mapping[tuple[str, int], Mapping[str, TableDump]] = attrs.field(
         factory=dict)
     """Each captured ``-save`` text's tables, by iptables flavour (``nft``, ``legacy``) and

@@ -57,6 +57,16 @@ def _documented(code: int, *words: str) -> None:
     assert all(word in row for word in words), (code, words, row)
 
 
+def _said_of(command: str, code: int, words: str) -> None:
+    """Row ``code`` names ``command`` (in backquotes: ``agent --once`` too) in the clause
+    ending in ``words`` (from the last ``. ``, ``; `` or ``, and `` before them): a row
+    that still held the words but no longer named the command passed the table's check."""
+    row = _table()[code]
+    clauses = [re.split(r"\. |; |, and ", row[:found.start()])[-1]
+               for found in re.finditer(re.escape(words), row)]
+    assert any(f"`{command}" in clause for clause in clauses), (command, code, words, row)
+
+
 @pytest.mark.parametrize("command", [*COMMANDS, "render", "connectivity"])
 def test_a_usage_error_exits_64_for_every_command(command: str) -> None:
     _documented(EXIT_USAGE, "usage error", "never 2")
@@ -124,7 +134,7 @@ def _run(ns: str, argv: tuple[str, ...], *, user: str | None = None,
 def test_a_command_run_without_root_exits_with_its_documented_code(
         namespace: str, command: str) -> None:
     code, words = UNPRIVILEGED[command]
-    _documented(code, words)
+    _said_of(command, code, words)
     done = _run(namespace, COMMANDS[command], user="nobody")
     assert done.returncode == code, done.stderr
 
@@ -134,9 +144,21 @@ def test_a_command_run_without_root_exits_with_its_documented_code(
 def test_a_command_missing_a_backend_library_exits_with_its_documented_code(
         namespace: str, command: str, tmp_path: Path) -> None:
     code, words = MISSING_LIBRARY[command]
-    _documented(code, words)
+    _said_of(command, code, words)
     (tmp_path / "nftables.py").write_text('raise ImportError("no nftables bindings")\n')
     done = _run(namespace, COMMANDS[command], pythonpath=f"{tmp_path}{os.pathsep}{_HOME}")
     assert done.returncode == code, done.stderr
     if command != "validate":  # said: an error on stderr, destroy's warning on stdout
         assert "'nftables' Python bindings" in done.stdout + done.stderr, done.stderr
+
+
+def test_the_top_level_help_says_doctor_s_3_and_4() -> None:
+    """``k3snet --help``'s exit codes said 3 "still running (connectivity)" and 4
+    "conflicts" alone: a script reading it took a doctor's 4 without root, "cannot tell",
+    for conflicts. Each code's words there name the doctor's meaning too."""
+    done = subprocess.run([sys.executable, "-m", "k3snet.cli", "--help"], capture_output=True,
+                          text=True, check=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(_HOME), "COLUMNS": "1000"})
+    (codes,) = re.findall(r"Exit codes: (.*)", done.stdout)
+    assert re.search(r"\b3 [^,]*blocked \(doctor\)", codes), codes
+    assert re.search(r"\b4 [^,]*cannot tell \(doctor: also run without root\)", codes), codes
