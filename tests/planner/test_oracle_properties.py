@@ -10,6 +10,7 @@ objects overlap, nest and share slots often.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from ipaddress import ip_network
 
 import pytest
@@ -297,8 +298,9 @@ def test_a_forward_block_decides_exactly_when_it_matches_some_packet_we_accept_o
 # drew a doer with another route before it, and passed on the rule it states broken).
 # The kernel's routes name their device: the foreign ones all do.
 _SLOT = st.sampled_from(["192.168.2.0/24", "fd01:2::/64"]).map(ip_network)
-_SLOT_GATEWAYS = {"eth0": ["192.168.1.1", "192.168.1.2", "fd01:1::1", "fd01:1::2"],
-                  "eth1": ["192.168.1.1"]}
+_SLOT_GATEWAYS: dict[str, Sequence[str]] = {
+    "eth0": ["192.168.1.1", "192.168.1.2", "fd01:1::1", "fd01:1::2"],
+    "eth1": ["192.168.1.1"]}
 _slot_routes = ks.routes(destinations=_SLOT, gateways=_SLOT_GATEWAYS,
                          devices=(None, "eth0", "eth1"), tables=(254,),
                          metrics=(None, 100, 200))
