@@ -227,7 +227,8 @@ def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> D
             log.debug("%s could not look: %s", label, exc)
             unavailable.append(f"{label}: {exc}")
             if _not_permitted(exc) and not (label in _HOST_S_OWN
-                                            and _admin_of_own_namespace(given.get("netns"))):
+                                            and _admin_of_own_namespace(given.get("netns"))
+                                            and _host_owns_xtables_names(given.get("netns"))):
                 refused.append(label)
             looked.pop()
             with contextlib.suppress(Exception):
@@ -242,12 +243,49 @@ def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> D
 
 
 _HOST_S_OWN = frozenset({"iptables-legacy"})
-"""The labels whose look root of a user namespace owning the network namespace is refused
-by the host (:func:`_admin_of_own_namespace`): iptables-legacy's ``/proc/net/ip_tables_names``
-is the host root's. Any other look is permitted there (nftables', netlink's), and one
-refused (a security module: SELinux, AppArmor, a seccomp filter) is a refusal: it was
-a warning, and a destroy naming no backend said "nothing to destroy" of a table never
-looked at."""
+"""The labels whose look root of a user namespace owning the network namespace may be
+refused by the host (:func:`_admin_of_own_namespace`): iptables-legacy's
+``/proc/net/ip_tables_names`` is the host root's when the namespace was made before its
+user namespace's uid map was written (:func:`_host_owns_xtables_names`). Any other look
+is permitted there (nftables', netlink's), and one refused (a security module: SELinux,
+AppArmor, a seccomp filter) is a refusal: it was a warning, and a destroy naming no
+backend said "nothing to destroy" of a table never looked at."""
+
+
+def _host_owns_xtables_names(netns: object) -> bool:
+    """Whether iptables-legacy's ``/proc/net/ip_tables_names`` or ``ip6_tables_names`` of
+    network namespace ``netns`` (None: the calling thread's) belongs to a user k3snet's
+    user namespace does not map (``stat`` shows the overflow uid, ``nobody``): the host
+    root's, a read no privilege of that user namespace lifts. The kernel gives these
+    files to the root of the namespace's user namespace when that root is mapped as the
+    table's half of x_tables registers them (the network namespace made, or the module
+    loaded, after the uid map was written: a rootless container's runtime writes it, then
+    makes the network namespace), else to the host's root (``unshare -rn`` makes both
+    namespaces in one call, the map written after). A look refused while the files are
+    the namespace root's is no host's refusal (a security module's): without this test
+    it was a warning, and a destroy naming no backend said "nothing to destroy" of
+    iptables-legacy's chains never looked at. False when neither file can be read by
+    ``stat`` (x_tables not loaded: then no table to look at is refused by the host)."""
+    def unmapped() -> bool:
+        try:
+            with open("/proc/sys/kernel/overflowuid", encoding="ascii") as file:
+                nobody = int(file.read())
+        except (OSError, ValueError):
+            nobody = 65534  # the kernel's default
+        owners = []
+        for names in ("ip_tables_names", "ip6_tables_names"):
+            with contextlib.suppress(FileNotFoundError):
+                owners.append(os.stat(f"/proc/thread-self/net/{names}").st_uid)
+        return nobody in owners
+
+    try:
+        if netns is None:
+            return unmapped()
+        with NetnsRunner(str(netns)) as runner:
+            return runner.call(unmapped)
+    except (OSError, K3snetError):
+        return False
+
 
 #: ioctl(2) of an nsfs file: a descriptor of the user namespace owning that namespace.
 _NS_GET_USERNS = 0xB701
@@ -267,10 +305,11 @@ def _admin_of_own_namespace(netns: object) -> bool:
     """Whether k3snet holds ``CAP_NET_ADMIN`` over network namespace ``netns`` (None: the
     calling thread's) as root of a user namespace of its own, not the initial one, that
     owns it (``unshare -rn``, a rootless container). A "not permitted" there to a look of
-    :data:`_HOST_S_OWN` is the host's, which no privilege of that namespace lifts:
-    ``/proc/net/ip_tables_names`` of a namespace made with its user namespace is the
-    host root's (iptables-legacy can neither look nor write there), not a sign k3snet
-    lacks root."""
+    :data:`_HOST_S_OWN` may be the host's, which no privilege of that namespace lifts:
+    ``/proc/net/ip_tables_names`` of a namespace made before its user namespace's uid
+    map was written (``unshare -rn``) is the host root's (iptables-legacy can neither
+    look nor write there, :func:`_host_owns_xtables_names`), not a sign k3snet lacks
+    root."""
     try:
         if not _holds_net_admin():
             return False

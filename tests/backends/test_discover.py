@@ -474,6 +474,7 @@ def test_root_of_its_own_user_namespace_is_exempt_from_a_refused_iptables_legacy
     monkeypatch.setattr(discover, "NODE_BACKENDS",
                         tuple((label, f"refused-{label}", {}) for label in labels))
     monkeypatch.setattr(discover, "_admin_of_own_namespace", lambda netns: True)
+    monkeypatch.setattr(discover, "_host_owns_xtables_names", lambda netns: True)
     try:
         with discover.discover_owners() as found:
             assert found.refused == ("netlink", "nftables", "iptables-nft")
@@ -481,3 +482,21 @@ def test_root_of_its_own_user_namespace_is_exempt_from_a_refused_iptables_legacy
     finally:
         for label in labels:
             unregister_backend(f"refused-{label}")
+
+
+def test_a_refused_iptables_legacy_look_is_exempt_only_while_the_host_owns_its_tables_file(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root of a user namespace whose uid map was written before the network namespace
+    was made (a rootless container) owns its ``/proc/net/ip_tables_names``: a refused
+    iptables-legacy look there is no host's refusal, it is a refusal. It was exempt."""
+    register_backend("refused-iptables-legacy", lambda **_: Refused())
+    monkeypatch.setattr(discover, "NODE_BACKENDS",
+                        (("iptables-legacy", "refused-iptables-legacy", {}),))
+    monkeypatch.setattr(discover, "_admin_of_own_namespace", lambda netns: True)
+    try:
+        for host_s, refused in ((False, ("iptables-legacy",)), (True, ())):
+            monkeypatch.setattr(discover, "_host_owns_xtables_names", lambda netns, h=host_s: h)
+            with discover.discover_owners() as found:
+                assert found.refused == refused, host_s
+    finally:
+        unregister_backend("refused-iptables-legacy")
