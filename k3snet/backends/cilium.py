@@ -1294,6 +1294,9 @@ class _Edit:
     agent_text: str | None  # new `config` text (None: unchanged)
     agent_record: _AgentRecord | None
     agent_action: str  # "", "patch", "create" or "delete"
+    # The agent's flags and variables as the DaemonSets hold them now, read at most once
+    # for the whole check or apply (:meth:`CiliumBackend._options_now`).
+    options_now: Callable[[], tuple[CiliumAgentOption, ...]] = attrs.field(eq=False)
 
 
 def _configmap(configmap: Any) -> tuple[str, str]:
@@ -2322,16 +2325,18 @@ class CiliumBackend(BackendBase):
             return None
         return self._disruptive(change, attrs.evolve(read, options=self._options_now()))
 
-    def _overridden_now(self, changed: Iterable[str],
-                        options: Iterable[CiliumAgentOption]) -> set[str]:
+    def _overridden_now(self, changed: Iterable[str], options: Iterable[CiliumAgentOption],
+                        now: Callable[[], tuple[CiliumAgentOption, ...]] | None = None
+                        ) -> set[str]:
         """The keys the ``cilium-agent`` container sets by flag or variable, by
         ``options`` (an observe's, maybe seconds old), unless they spare one of the keys
         ``changed``: then as the DaemonSets hold them now (:meth:`_options_now`; none where
-        the named one is not to be read, every key then awaiting a restart)."""
+        the named one is not to be read, every key then awaiting a restart; ``now``: that
+        read, made once for a whole check or apply)."""
         given = {o.key for o in options}
         if given.isdisjoint(changed):
             return given
-        return {o.key for o in self._options_now()}
+        return {o.key for o in (now or self._options_now)()}
 
     def _options_now(self) -> tuple[CiliumAgentOption, ...]:
         """The keys the ``cilium-agent`` container sets by flag or variable, as the
@@ -2342,11 +2347,14 @@ class CiliumBackend(BackendBase):
             return ()
         return self._agent_options(daemonset, self._api.agent_daemonsets(self._daemonset))
 
-    def _disruptive(self, change: Change, read: _Read, *, recheck: bool = False) -> str | None:
+    def _disruptive(self, change: Change, read: _Read, *,
+                    options_now: Callable[[], tuple[CiliumAgentOption, ...]] | None = None
+                    ) -> str | None:
         """:meth:`disruptive` judged by ``read`` (its ConfigMap and its agent options).
-        ``recheck``: a disruptive key the options (observe's, maybe seconds old) exempt is
-        judged by the DaemonSets as they are now (:meth:`_options_now`): a flag dropped
-        since leaves the agents to read ``cilium-config`` at their next start."""
+        ``options_now`` (the DaemonSets' options as they are now: :meth:`_options_now`): a
+        disruptive key the options (observe's, maybe seconds old) exempt is judged by
+        them: a flag dropped since leaves the agents to read ``cilium-config`` at their
+        next start."""
         assert read.config is not None
         current = read.config.data
         record, _ = self._records(read)
@@ -2360,8 +2368,9 @@ class CiliumBackend(BackendBase):
         # A key the agent container sets itself: cilium-config's value changes nothing
         # the agent runs with (a write giving it another value is a conflict of the plan).
         given = {o.key for o in read.options}
-        if recheck and any(k in wanted and k in given for k in CILIUM_DISRUPTIVE_KEYS):
-            given = {o.key for o in self._options_now()}
+        if options_now is not None and any(k in wanted and k in given
+                                           for k in CILIUM_DISRUPTIVE_KEYS):
+            given = {o.key for o in options_now()}
         for key in [k for k in CILIUM_DISRUPTIVE_KEYS if k in wanted and k not in given]:
             value = wanted[key]
             now = current.get(key, CILIUM_DEFAULTS.get(key, ""))
@@ -2463,6 +2472,8 @@ class CiliumBackend(BackendBase):
         members = _parse_agent(agent_text, self._where(agent=True))
         new_members = None if members is None else dict(members)
         problems: list[str] = []
+        # The DaemonSets read again at most once for every change and the stamp (apply).
+        now = functools.cache(self._options_now)
         for change in plan.changes:
             subject = change.subject
             if not isinstance(subject, CiliumConfig):
@@ -2482,7 +2493,7 @@ class CiliumBackend(BackendBase):
                 problems += [p for k in after.settings
                              if (p := setting_problem(k, after.settings[k])) is not None]
             problems += self._not_taken(after, read.sources, read.daemonset)
-            reason = (self._disruptive(change, read, recheck=True)
+            reason = (self._disruptive(change, read, options_now=now)
                       if not self.allow_disruptive else None)
             if reason is not None:
                 problems.append(f"{reason}; k3snet refuses a disruptive change unless it is "
@@ -2499,7 +2510,7 @@ class CiliumBackend(BackendBase):
         changed = {k: data.get(k) for k in {*data, *read.config.data}
                    if data.get(k) != read.config.data.get(k)}
         return _Edit(changed, config_record, *self._agent_outcome(
-            read, agent_text, members, new_members, agent_record))
+            read, agent_text, members, new_members, agent_record), options_now=now)
 
     def _not_taken(self, after: object, sources: ConfigSources | None,
                    daemonset: Mapping[str, Any] | None = None) -> list[str]:
@@ -2756,7 +2767,8 @@ class CiliumBackend(BackendBase):
         # cilium-config: its change awaits no restart (the flags the observe before read,
         # read again where they spare a key written: a flag dropped since).
         overridden = self._overridden_now(
-            [k for k, v in edit.config_data.items() if config.data.get(k) != v], read.options)
+            [k for k, v in edit.config_data.items() if config.data.get(k) != v], read.options,
+            edit.options_now)
         # With the stamp, the server's time before the write at its earliest: an undo
         # stamps itself where a pod was made since (the stamp may be after the landing).
         changed_at, since = ((self._api.clock.stamp(),), self._api.clock.earliest()) if (

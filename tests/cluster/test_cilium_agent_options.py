@@ -421,6 +421,22 @@ def test_restart_needed_and_the_stamp_judge_by_the_agent_s_flags_as_they_are_now
     assert _annotations(api_server).get(CHANGED_ANNOTATION) not in (None, stamp)
 
 
+def test_an_apply_reads_the_agent_s_daemonsets_again_once_not_per_judgement(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # observe found routing-mode given by the agent's flags, which spare the key the
+    # plan gives back: the apply judges both whether the change is disruptive and whether
+    # its write needs a restart stamp by the DaemonSets as they are now. It read them
+    # (the named one and the list of the others) twice over, one after the other.
+    _, backend, p, _ = _native_then_given_by_flags(api_server, api_client)
+    before = len(api_server.requests())
+    backend.apply(p)
+    paths = [path for method, path, _ in api_server.requests()[before:] if method == "GET"]
+    assert paths.count("/apis/apps/v1/namespaces/kube-system/daemonsets/cilium") == 1
+    assert paths.count("/apis/apps/v1/namespaces/kube-system/daemonsets") == 1
+    assert _data(api_server)["routing-mode"] == "tunnel"
+
+
 @pytest.mark.parametrize("key", ["force-device-detection", "enforce-device-detection"])
 def test_a_device_detection_bool_flag_pflag_refuses_stops_the_agent(
     key: str, api_server: EmulatedApiServer, backend: CiliumBackend
