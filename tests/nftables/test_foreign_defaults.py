@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -881,3 +882,42 @@ def test_the_read_of_an_egress_chain_fanning_out_in_jumps_is_bounded(
     assert reached <= 2 * (parse._MAX_WALKED_RULES + 8 * 3)  # a read, and one more if late
     assert any(w.startswith("nftables: netdev other chain out, an egress chain of another "
                             "table on eth0 (") and "jump c" in w for w in warnings), warnings
+
+
+@pytest.mark.kernel
+def test_a_warm_observe_beside_a_wildcard_device_chain_lists_the_devices_only_when_its_device_went(
+        ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A chain hooked on `d*` (Linux 6.16+ takes a wildcard) made each warm observe list
+    # every device (glibc's if_nameindex: one dump of them all, 4 ms at 100 links) to
+    # tell that one still matches; the device found last is checked first now (one
+    # ioctl), the list made again only once it went.
+    for name in ("d0", "d1"):
+        run_in(ns, ["ip", "link", "add", name, "type", "veth", "peer", "name", f"p{name}"])
+    try:
+        run_in(ns, ["nft", "-f", "-"], input_text=(
+            'table netdev w {\n    chain c {\n        type filter hook ingress device "d*" '
+            "priority 0; policy drop;\n    }\n}\n"))
+    except NetnsCommandError:
+        pytest.skip("this kernel hooks no chain on a wildcard name (Linux 6.16+)")
+    listed = run_in(ns, ["nft", "-j", "list", "chains", "netdev"]).stdout
+    assert '"hook": "ingress"' in listed  # the kernel's view
+    lists = 0
+    real = socket.if_nameindex
+
+    def counted() -> list[tuple[int, str]]:
+        nonlocal lists
+        lists += 1
+        return real()
+
+    with NftablesBackend(ns, keep_read=False) as nft:
+        nft.expect(State(owned=[CLUSTER_RULE]))
+        nft.observe()
+        nft.observe()
+        monkeypatch.setattr(socket, "if_nameindex", counted)
+        for _ in range(3):
+            nft.observe()
+        assert lists == 0
+        run_in(ns, ["ip", "link", "del", "d0"])
+        run_in(ns, ["ip", "link", "del", "d1"])
+        nft.observe()
+        assert lists >= 1  # the device found went: every device listed, none matches

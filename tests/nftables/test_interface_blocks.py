@@ -403,3 +403,62 @@ def test_a_drop_by_a_set_of_names_is_a_conflict_exactly_where_the_kernel_drops(
             assert code in (0, 4), (case, out)
             seen[case] = (not reached[0], code == 4)
     assert seen == {case: (dropped, dropped) for case, (_, dropped) in NAME_SETS.items()}
+
+
+# A named set of names (`oifname != @uplinks`; nft's JSON writes `"right": "@uplinks"`)
+# was read as a device named "@uplinks": `iifname "cni0" oifname != @uplinks drop` was a
+# conflict (any device but "@uplinks": every address), while the kernel let the pods'
+# connections out by eth0 through; `oifname != @uplinks accept` before a policy drop took
+# every packet, so `plan` was clean while the kernel dropped the pods' connections. Each
+# case: the set's names, the chain's policy, its rules; whether the kernel drops the pods'
+# connections.
+NAMED_SETS: dict[str, tuple[str, str, tuple[str, ...], bool]] = {
+    "the pods by cni0 leave by eth0, in the named set": (
+        '"eth0", "eth1"', "accept", ('iifname "cni0" oifname != @s drop',), False),
+    "the replies leave by cni0, in no named set": (
+        '"eth0", "eth1"', "accept", ("oifname != @s drop",), True),
+    "an accept of what leaves by no uplink, before a policy drop": (
+        '"eth0"', "drop", ("ct state established,related accept", "oifname != @s accept"),
+        True),
+    "an accept of what leaves by the pods' uplink, before a policy drop": (
+        '"eth0"', "drop", ("ct state established,related accept", "oifname @s accept"),
+        False),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_a_named_set_of_names_is_read_as_its_names_exactly_where_the_kernel_drops(
+        require_root: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    seen: dict[str, tuple[bool, bool]] = {}
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        for case, (names, policy, rules, _) in NAMED_SETS.items():
+            run_in(lab.node, ["nft", "-f", "-"], input_text=(
+                "add table inet fw\n"
+                f"add set inet fw s {{ type ifname; elements = {{ {names} }}; }}\n"
+                "add chain inet fw pass { type filter hook forward priority 0; "
+                f"policy {policy}; }}\n" + "".join(f"add rule inet fw pass {r}\n"
+                                                   for r in rules)))
+            try:
+                listed = json.loads(run_in(lab.node, ["nft", "-j", "list", "chain", "inet",
+                                                      "fw", "pass"]).stdout)
+                tests = [m["match"] for o in listed["nftables"] if "rule" in o
+                         for m in o["rule"]["expr"] if "match" in m]
+                assert any(t["right"] == "@s" for t in tests)  # the kernel's view
+                with ThreadPoolExecutor(2) as pool:
+                    probes = [pool.submit(lab.tcp_probe, f, timeout=1.0) for f in (4, 6)]
+                    reached = [probe.result().ok for probe in probes]
+                capsys.readouterr()
+                code = main(["plan", "-f", str(SEED), "--netns", lab.node])
+                out = capsys.readouterr().out
+            finally:
+                run_in(lab.node, ["nft", "delete", "table", "inet", "fw"])
+            assert reached in ([False, False], [True, True]), (case, reached)
+            assert code in (0, 4), (case, out)
+            said = code == 4 or any(line.startswith("!! warning: nftables: inet fw chain pass")
+                                    for line in out.splitlines())
+            seen[case] = (not reached[0], said)
+    assert seen == {case: (dropped, dropped) for case, (*_, dropped) in NAMED_SETS.items()}

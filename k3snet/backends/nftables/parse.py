@@ -909,6 +909,9 @@ class ForeignReader:
         default_factory=list)
     nat_origin: dict[NetObject, tuple[tuple[str, str], str] | None] = field(default_factory=dict)
     _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
+    # the names of the named sets of interface names read (None: left as a reference)
+    _name_sets: dict[tuple[tuple[str, str], str], tuple[str, ...] | None] = field(
+        default_factory=dict)
     # each chain's rules that stop any packet (a drop, reject or queue naming no address)
     _catch_alls: dict[tuple[tuple[str, str], str], list[str]] = field(default_factory=dict)
     # each chain's rules that stop packets naming an address: a default of a nat chain
@@ -1389,7 +1392,8 @@ class ForeignReader:
                     where, rule, hook):
                 continue  # the iptables backend's jump to its chains: k3snet's, not foreign
             if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
-                for expr in (one for whole in _vmap_expanded(rule["expr"])
+                for expr in (one for whole in _vmap_expanded(self._named_sets_in(
+                                 where, rule["expr"]))
                              for one in _set_expanded(whole)):
                     match = parse_rule(expr)
                     if match.verdict in _STOPS and not any(
@@ -1409,6 +1413,62 @@ class ForeignReader:
                         match.proto = family
                     rules.append(match)
         return rules
+
+    def _named_sets_in(self, where: tuple[str, str], expr: list[Any]) -> list[Any]:
+        """``expr`` with each test of an interface name against a named set of its table
+        (``oifname != @uplinks``; nft's JSON writes the reference as ``"@uplinks"``) made a
+        test against an anonymous set of the set's names, as the kernel matches it: read
+        as those are (a negated test of each name, one rule per name). Each set is listed
+        once a read; one that is empty, packets may fill (``dynamic``, ``timeout``: the
+        generation id unmoved), holding an element that is no name, or not listed (the
+        bound of :data:`_MAX_FOREIGN_CHAINS` listings, an error) stays as it is: a test
+        of a device of that name, as before sets were listed (a drop then may drop any
+        address, an accept testing ``!=`` takes every packet)."""
+        found = []
+        for statement in expr:
+            test = statement.get("match") if isinstance(statement, dict) else None
+            if not isinstance(test, dict):
+                found.append(statement)
+                continue
+            left, right = test.get("left"), test.get("right")
+            if (isinstance(left, dict) and isinstance(left.get("meta"), dict)
+                    and left["meta"].get("key") in ("iifname", "oifname")
+                    and isinstance(right, str) and right.startswith("@")):
+                names = self._set_names(where, right[1:])
+                if names is not None:
+                    found.append({"match": {**test, "right": {"set": list(names)}}})
+                    continue
+            found.append(statement)
+        return found
+
+    def _set_names(self, where: tuple[str, str], name: str) -> tuple[str, ...] | None:
+        """The elements of the named set ``name`` of ``where``'s table when they are all
+        names and no packet can add one (:meth:`_named_sets_in`), else None."""
+        if (where, name) in self._name_sets:
+            return self._name_sets[(where, name)]
+        names: tuple[str, ...] | None = None
+        if self.listed < _MAX_FOREIGN_CHAINS:
+            self.listed += 1
+            try:
+                items = self._list("set", {"family": where[0], "table": where[1],
+                                           "name": name}) or []
+            except (ListingTimeoutError, UnprintableNameError) as exc:
+                self.unread.append(str(exc))
+                items = []
+            except BackendError:
+                items = []
+            for item in items:
+                body = item.get("set") if isinstance(item, dict) else None
+                if not isinstance(body, dict) or body.get("name") != name:
+                    continue
+                flags = body.get("flags", [])
+                elements = body.get("elem", [])
+                if (isinstance(flags, list) and not {"dynamic", "timeout"} & set(flags)
+                        and "timeout" not in body and isinstance(elements, list)
+                        and elements and all(isinstance(e, str) for e in elements)):
+                    names = tuple(elements)
+        self._name_sets[(where, name)] = names
+        return names
 
     def _list(self, kind: str, ref: dict[str, str]) -> list[dict[str, Any]] | None:
         return self.kernel.list(kind, **ref)
