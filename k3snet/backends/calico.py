@@ -534,6 +534,28 @@ def read_block_affinities(items: Iterable[Any]) -> tuple[tuple[str, str], ...]:
     return tuple(found)
 
 
+def _blocks_may_decide(pools: Iterable[IPPool]) -> bool:
+    """Whether the blocks the nodes hold may decide a verdict: some family has two
+    pools or more that may give workloads addresses (enabled, allocatable, ``Workload``
+    among their ``allowedUses``, ``assignmentMode: Automatic``). A block decides only
+    where it lies in a pool of this kind outside the spec's pod CIDRs beside a pod
+    CIDR's own pool of the family (:meth:`~k3snet.model.cni.CalicoPodCIDR._held`): with
+    one such pool a family has none of them, or no pod CIDR pool to serve it (a
+    conflict as it is). Every pool read counts, k3snet's own too, and pools of one
+    CIDR each: never fewer than the verdict needs. So a cluster with one pool per
+    family (the common one) lists no block affinities: one request fewer on each pass,
+    a list of every node's blocks (some per node) from the API server."""
+    families: dict[int, int] = {}
+    for pool in pools:
+        if (not pool.disabled and not pool.unallocatable and "Workload" in pool.allowed_uses
+                and pool.assignment_mode == "Automatic"):
+            version = pool.cidr.version
+            families[version] = families.get(version, 0) + 1
+            if families[version] > 1:
+                return True
+    return False
+
+
 # ---------------------------------------------------------------- FelixConfiguration
 
 FELIX_NAT_FIELDS: Mapping[str, str] = {
@@ -900,8 +922,10 @@ class CalicoBackend(BackendBase):
         _mark_lb_twins(owned, foreign)
         felix, found = self._felix()
         warnings += found
-        blocks, found = self._blocks()
-        warnings += found
+        blocks: tuple[tuple[str, str], ...] = ()
+        if _blocks_may_decide([*owned.values(), *(p for p in foreign.values() if p)]):
+            blocks, found = self._blocks()
+            warnings += found
         self.warnings = tuple(warnings)
         self.log_warnings()  # each once while it lasts, not on every agent pass
         return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix, blocks)
