@@ -163,12 +163,21 @@ APIS: Mapping[str, tuple[str, str]] = {
 PLURAL = "ippools"
 FELIX_PLURAL = "felixconfigurations"
 AFFINITY_PLURAL = "blockaffinities"
-AFFINITY_APIS = (("crd.projectcalico.org", "v1"), ("projectcalico.org", "v3"))
-"""Where Calico (Kubernetes datastore mode) keeps its block affinities, whichever API
-serves the pools: its ``crd.projectcalico.org`` CRDs, or, where it keeps its data in
-``projectcalico.org/v3`` CRDs (libcalico-go ``UsingV3CRDs``: no
-``crd.projectcalico.org`` served), those; asked in this order."""
-POOL_CRD = "ippools.crd.projectcalico.org"  # the IPPool CRD's name
+AFFINITY_APIS = (("projectcalico.org", "v3"), ("crd.projectcalico.org", "v1"))
+"""Where Calico (Kubernetes datastore mode) keeps its block affinities: with pools in
+``crd.projectcalico.org``, there alone; with pools in ``projectcalico.org/v3``, asked
+in this order: there first (its own CRDs where Calico keeps its data in v3 CRDs,
+libcalico-go ``UsingV3CRDs``; else Calico's API server, which serves those of its
+``crd.projectcalico.org`` CRDs), then in ``crd.projectcalico.org`` (an API server
+that serves none). Never ``crd.projectcalico.org`` first there: Calico's migration to
+v3 CRDs leaves those CRDs, no longer written, until its ``DatastoreMigration`` is
+deleted."""
+# The IPPool CRD's name. Where Calico keeps its data in projectcalico.org/v3 CRDs (no
+# crd.projectcalico.org served) it is none (a 404, "not known"): the pools are then
+# projectcalico.org/v3, so _bgp_export_dropped asks a dry run of the write whatever the
+# CRD says, no verdict taken from a CRD unread (and v3 CRDs came long after v3.21, the
+# first with disableBGPExport: theirs keeps it).
+POOL_CRD = "ippools.crd.projectcalico.org"
 _CRD_UNREAD = object()  # in CalicoBackend._bgp_export_lost: the write's listing read no CRD
 CALICO_METADATA_ANNOTATION = "projectcalico.org/metadata"
 BGP_EXPORT_RETRY = 600.0
@@ -932,16 +941,15 @@ class CalicoBackend(BackendBase):
 
     def _blocks(self) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
         """The IPAM blocks the nodes hold (:func:`read_block_affinities`), from Calico's
-        ``blockaffinities`` CRD (Kubernetes datastore mode keeps them there whichever API
-        serves the pools: in ``crd.projectcalico.org``, else, where the pools are
-        ``projectcalico.org/v3``, in ``projectcalico.org``, :data:`AFFINITY_APIS`).
+        ``blockaffinities`` through the pools' API (:data:`AFFINITY_APIS`: where the
+        pools are ``projectcalico.org/v3``, then in ``crd.projectcalico.org``).
         Served in neither (an etcd datastore), none; without the right to list them
         (403, where none answers), none and a warning: pods' addresses in blocks of
         pools outside the pod CIDRs are then not judged."""
         refused: KubeApiError | None = None
         # Pools served by crd.projectcalico.org: Calico keeps its data there, not in v3
         # CRDs (one request a pass).
-        apis = AFFINITY_APIS if self.api[0] == "projectcalico.org" else AFFINITY_APIS[:1]
+        apis = AFFINITY_APIS if self.api[0] == "projectcalico.org" else AFFINITY_APIS[1:]
         for group, version in apis:
             try:
                 items = self._list_affinities(group, version)

@@ -376,6 +376,33 @@ def test_blocks_held_in_an_old_pool_are_read_where_calico_keeps_its_crds_in_proj
         assert "block 10.60.3.0/26 of node node-a" in (conflict.reason or "")
 
 
+def test_blocks_are_read_through_the_pools_api_where_a_migration_left_the_old_crds(
+) -> None:
+    # Calico's migration to projectcalico.org/v3 CRDs copies its data and runs
+    # calico-node with CALICO_API_GROUP=projectcalico.org/v3, and leaves the
+    # crd.projectcalico.org CRDs, locked, until its DatastoreMigration is deleted: their
+    # block affinities stay as they were. k3snet, reading the pools in
+    # projectcalico.org/v3, asked crd.projectcalico.org first and judged by those: a
+    # block a node took in an old pool since was not seen, and the pod CIDR was met.
+    resources = ("projectcalico.org/v3/ippools", "projectcalico.org/v3/felixconfigurations",
+                 "projectcalico.org/v3/blockaffinities", AFFINITIES)
+    with EmulatedApiServer(resources=resources) as server:
+        v3 = "projectcalico.org/v3/ippools"
+        server.put(v3, {**_pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True),
+                        "apiVersion": "projectcalico.org/v3"})
+        server.put(v3, {**_pool("zz-old", cidr="10.60.0.0/16", natOutgoing=False),
+                        "apiVersion": "projectcalico.org/v3"})
+        server.put(AFFINITIES, _affinity("node-a", "10.42.0.0/26"))  # as migrated
+        affinity = _affinity("node-a", "10.60.3.0/26")  # taken since, in v3 alone
+        affinity["apiVersion"] = "projectcalico.org/v3"
+        server.put("projectcalico.org/v3/blockaffinities", affinity)
+        backend = CalicoBackend(api_client=server.api_client(), timeout=10.0, api="auto")
+        p = _plan(backend, SPEC)
+        assert p.met == ()
+        (conflict,) = p.conflicts
+        assert "block 10.60.3.0/26 of node node-a" in (conflict.reason or "")
+
+
 def test_block_affinities_not_listable_are_a_warning_and_not_judged(
     api_server: EmulatedApiServer,
 ) -> None:
