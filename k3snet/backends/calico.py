@@ -163,12 +163,21 @@ APIS: Mapping[str, tuple[str, str]] = {
 PLURAL = "ippools"
 FELIX_PLURAL = "felixconfigurations"
 AFFINITY_PLURAL = "blockaffinities"
-AFFINITY_APIS = (("crd.projectcalico.org", "v1"), ("projectcalico.org", "v3"))
-"""Where Calico (Kubernetes datastore mode) keeps its block affinities, whichever API
-serves the pools: its ``crd.projectcalico.org`` CRDs, or, where it keeps its data in
-``projectcalico.org/v3`` CRDs (libcalico-go ``UsingV3CRDs``: no
-``crd.projectcalico.org`` served), those; asked in this order."""
-POOL_CRD = "ippools.crd.projectcalico.org"  # the IPPool CRD's name
+AFFINITY_APIS = (("projectcalico.org", "v3"), ("crd.projectcalico.org", "v1"))
+"""Where Calico (Kubernetes datastore mode) keeps its block affinities: with pools in
+``crd.projectcalico.org``, there alone; with pools in ``projectcalico.org/v3``, asked
+in this order: there first (its own CRDs where Calico keeps its data in v3 CRDs,
+libcalico-go ``UsingV3CRDs``; else Calico's API server, which serves those of its
+``crd.projectcalico.org`` CRDs), then in ``crd.projectcalico.org`` (an API server
+that serves none). Never ``crd.projectcalico.org`` first there: Calico's migration to
+v3 CRDs leaves those CRDs, no longer written, until its ``DatastoreMigration`` is
+deleted."""
+# The IPPool CRD's name. Where Calico keeps its data in projectcalico.org/v3 CRDs (no
+# crd.projectcalico.org served) it is none (a 404, "not known"): the pools are then
+# projectcalico.org/v3, so _bgp_export_dropped asks a dry run of the write whatever the
+# CRD says, no verdict taken from a CRD unread (and v3 CRDs came long after v3.21, the
+# first with disableBGPExport: theirs keeps it).
+POOL_CRD = "ippools.crd.projectcalico.org"
 _CRD_UNREAD = object()  # in CalicoBackend._bgp_export_lost: the write's listing read no CRD
 CALICO_METADATA_ANNOTATION = "projectcalico.org/metadata"
 BGP_EXPORT_RETRY = 600.0
@@ -532,6 +541,28 @@ def read_block_affinities(items: Iterable[Any]) -> tuple[tuple[str, str], ...]:
             continue
         found.append((node, cidr))
     return tuple(found)
+
+
+def _blocks_may_decide(pools: Iterable[IPPool]) -> bool:
+    """Whether the blocks the nodes hold may decide a verdict: some family has two
+    pools or more that may give workloads addresses (enabled, allocatable, ``Workload``
+    among their ``allowedUses``, ``assignmentMode: Automatic``). A block decides only
+    where it lies in a pool of this kind outside the spec's pod CIDRs beside a pod
+    CIDR's own pool of the family (:meth:`~k3snet.model.cni.CalicoPodCIDR._held`): with
+    one such pool a family has none of them, or no pod CIDR pool to serve it (a
+    conflict as it is). Every pool read counts, k3snet's own too, and pools of one
+    CIDR each: never fewer than the verdict needs. So a cluster with one pool per
+    family (the common one) lists no block affinities: one request fewer on each pass,
+    a list of every node's blocks (some per node) from the API server."""
+    families: dict[int, int] = {}
+    for pool in pools:
+        if (not pool.disabled and not pool.unallocatable and "Workload" in pool.allowed_uses
+                and pool.assignment_mode == "Automatic"):
+            version = pool.cidr.version
+            families[version] = families.get(version, 0) + 1
+            if families[version] > 1:
+                return True
+    return False
 
 
 # ---------------------------------------------------------------- FelixConfiguration
@@ -900,24 +931,25 @@ class CalicoBackend(BackendBase):
         _mark_lb_twins(owned, foreign)
         felix, found = self._felix()
         warnings += found
-        blocks, found = self._blocks()
-        warnings += found
+        blocks: tuple[tuple[str, str], ...] = ()
+        if _blocks_may_decide([*owned.values(), *(p for p in foreign.values() if p)]):
+            blocks, found = self._blocks()
+            warnings += found
         self.warnings = tuple(warnings)
         self.log_warnings()  # each once while it lasts, not on every agent pass
         return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix, blocks)
 
     def _blocks(self) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
         """The IPAM blocks the nodes hold (:func:`read_block_affinities`), from Calico's
-        ``blockaffinities`` CRD (Kubernetes datastore mode keeps them there whichever API
-        serves the pools: in ``crd.projectcalico.org``, else, where the pools are
-        ``projectcalico.org/v3``, in ``projectcalico.org``, :data:`AFFINITY_APIS`).
+        ``blockaffinities`` through the pools' API (:data:`AFFINITY_APIS`: where the
+        pools are ``projectcalico.org/v3``, then in ``crd.projectcalico.org``).
         Served in neither (an etcd datastore), none; without the right to list them
         (403, where none answers), none and a warning: pods' addresses in blocks of
         pools outside the pod CIDRs are then not judged."""
         refused: KubeApiError | None = None
         # Pools served by crd.projectcalico.org: Calico keeps its data there, not in v3
         # CRDs (one request a pass).
-        apis = AFFINITY_APIS if self.api[0] == "projectcalico.org" else AFFINITY_APIS[:1]
+        apis = AFFINITY_APIS if self.api[0] == "projectcalico.org" else AFFINITY_APIS[1:]
         for group, version in apis:
             try:
                 items = self._list_affinities(group, version)

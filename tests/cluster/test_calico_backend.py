@@ -805,16 +805,27 @@ def test_a_converge_that_writes_lists_the_pools_felix_and_the_nodes_once_each() 
             return sorted(path.split("?")[0].rsplit("/", 1)[-1]
                           for method, path, _ in server.requests() if method == "GET")
 
+        # One pool serving workloads (legacy-lan is disabled, so is k3snet's): no block
+        # can decide a verdict (a block counts only in a second such pool of the
+        # family, outside the pod CIDRs), so the block affinities are not listed.
         assert converge(backend, desired, dry_run=True, check=True).plan.changes
-        assert lists() == ["blockaffinities", "felixconfigurations", "ippools", "nodes"]
+        assert lists() == ["felixconfigurations", "ippools", "nodes"]
         before = len(server.requests())
         result = converge(backend, desired)
         assert result.result is not None
         assert [c.action for c in result.result.applied] == ["add"]
         made = [(m, p.split("?")[0].rsplit("/", 1)[-1]) for m, p, _ in server.requests()[before:]]
-        assert sorted(made) == [("GET", "blockaffinities"), ("GET", "felixconfigurations"),
-                                ("GET", "ippools"), ("GET", "nodes"), ("POST", "ippools")]
+        assert sorted(made) == [("GET", "felixconfigurations"), ("GET", "ippools"),
+                                ("GET", "nodes"), ("POST", "ippools")]
         assert server.get(CRD, "k3snet-nonat-c") is not None
+        # A second enabled IPv4 pool serving workloads: a block a node holds in it may
+        # decide the pod CIDR's verdict, so they are listed, once a pass.
+        server.put(CRD, _pool_resource("zz-old", {"cidr": "10.60.0.0/16"}))
+        before = len(server.requests())
+        converge(backend, desired)
+        made = [(m, p.split("?")[0].rsplit("/", 1)[-1]) for m, p, _ in server.requests()[before:]]
+        assert sorted(made) == [("GET", "blockaffinities"), ("GET", "felixconfigurations"),
+                                ("GET", "ippools"), ("GET", "nodes")]
 
 
 def test_the_nodes_are_read_from_the_watch_cache_and_a_node_come_or_gone_is_seen_next() -> None:
@@ -1021,10 +1032,9 @@ def test_with_a_v3_api_without_disable_bgp_export_a_dry_run_of_the_write_tells(
         # Held for BGP_EXPORT_RETRY seconds: no dry run on every pass.
         requests = len(server.requests())
         assert plan(backend.observe(), compile_ippools(LAN)).empty
-        # (the pools, the FelixConfigurations and the block affinities)
-        # (served in neither group here: asked in crd.projectcalico.org, then, the pools
-        # being projectcalico.org/v3, there, where Calico may keep its data in v3 CRDs)
-        assert [m for m, _, _ in server.requests()[requests:]] == ["GET"] * 4
+        # (the pools and the FelixConfigurations; no block affinities: k3snet's pool
+        # is disabled, no pool serves workloads, so no block decides anything)
+        assert [m for m, _, _ in server.requests()[requests:]] == ["GET"] * 2
 
 
 def _dry_runs(server: EmulatedApiServer) -> int:

@@ -376,17 +376,74 @@ def test_blocks_held_in_an_old_pool_are_read_where_calico_keeps_its_crds_in_proj
         assert "block 10.60.3.0/26 of node node-a" in (conflict.reason or "")
 
 
+def test_blocks_are_read_through_the_pools_api_where_a_migration_left_the_old_crds(
+) -> None:
+    # Calico's migration to projectcalico.org/v3 CRDs copies its data and runs
+    # calico-node with CALICO_API_GROUP=projectcalico.org/v3, and leaves the
+    # crd.projectcalico.org CRDs, locked, until its DatastoreMigration is deleted: their
+    # block affinities stay as they were. k3snet, reading the pools in
+    # projectcalico.org/v3, asked crd.projectcalico.org first and judged by those: a
+    # block a node took in an old pool since was not seen, and the pod CIDR was met.
+    resources = ("projectcalico.org/v3/ippools", "projectcalico.org/v3/felixconfigurations",
+                 "projectcalico.org/v3/blockaffinities", AFFINITIES)
+    with EmulatedApiServer(resources=resources) as server:
+        v3 = "projectcalico.org/v3/ippools"
+        server.put(v3, {**_pool("default-ipv4-ippool", cidr="10.42.0.0/16", natOutgoing=True),
+                        "apiVersion": "projectcalico.org/v3"})
+        server.put(v3, {**_pool("zz-old", cidr="10.60.0.0/16", natOutgoing=False),
+                        "apiVersion": "projectcalico.org/v3"})
+        server.put(AFFINITIES, _affinity("node-a", "10.42.0.0/26"))  # as migrated
+        affinity = _affinity("node-a", "10.60.3.0/26")  # taken since, in v3 alone
+        affinity["apiVersion"] = "projectcalico.org/v3"
+        server.put("projectcalico.org/v3/blockaffinities", affinity)
+        backend = CalicoBackend(api_client=server.api_client(), timeout=10.0, api="auto")
+        p = _plan(backend, SPEC)
+        assert p.met == ()
+        (conflict,) = p.conflicts
+        assert "block 10.60.3.0/26 of node node-a" in (conflict.reason or "")
+
+
 def test_block_affinities_not_listable_are_a_warning_and_not_judged(
     api_server: EmulatedApiServer,
 ) -> None:
-    # Without the right to list them (a 403) the blocks are unknown: said, not guessed.
+    # Without the right to list them (a 403) the blocks are unknown: said, not guessed
+    # (with a second pool serving workloads: with one alone no block decides anything,
+    # and none is listed).
     _put_pod_pool(api_server)
+    api_server.put(CRD, _pool("zz-old", cidr="10.60.0.0/16", natOutgoing=True))
     api_server.fail(403, method="GET", plural="blockaffinities")
     backend = _backend(api_server)
     p = _plan(backend, SPEC)
     assert (len(p.met), p.conflicts) == (1, ())
     (warning,) = [w for w in backend.warnings if "IPAM blocks" in w]
     assert "not judged" in warning
+
+
+def test_block_affinities_are_listed_only_where_a_family_has_two_pools_serving_workloads(
+) -> None:
+    # Every pass listed every block affinity of the cluster (some per node: a 5 000-node
+    # cluster's thousands of objects from the API server), though a block decides a
+    # verdict only in a second pool of its family serving workloads, outside the pod
+    # CIDRs. One such pool per family (IPv4 and IPv6 apart; a disabled pool, or one
+    # for LoadBalancer addresses only, gives pods none) lists none.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, AFFINITIES)) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("v6", cidr="fd00:42::/56", natOutgoing=True))
+        server.put(CRD, _pool("zz-off", cidr="10.60.0.0/16", disabled=True))
+        server.put(CRD, _pool("zz-lb", cidr="10.61.0.0/16", allowedUses=["LoadBalancer"]))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+
+        def listed() -> int:
+            return sum(1 for method, path, _ in server.requests()
+                       if method == "GET" and "/blockaffinities" in path)
+
+        p = _plan(_backend(server), SPEC)
+        assert (len(p.met), p.conflicts, listed()) == (1, (), 0)
+        # zz-off enabled: a second IPv4 pool serving workloads, its block judged.
+        server.put(CRD, _pool("zz-off", cidr="10.60.0.0/16", natOutgoing=False))
+        p = _plan(_backend(server), SPEC)
+        assert (p.met, len(p.conflicts), listed()) == ((), 1, 1)
+        assert "block 10.60.3.0/26 of node node-a" in (p.conflicts[0].reason or "")
 
 
 @pytest.mark.parametrize("field", ["nodeSelector", "namespaceSelector"])
