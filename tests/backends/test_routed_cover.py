@@ -10,12 +10,14 @@ prefixes holding exactly those addresses (up to ``MOST_PREFIXES``).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from k3snet.backends import routed as routed_module
 from k3snet.backends.iptables.foreign import foreign_blocks
 from k3snet.backends.iptables.save import parse_save
 from k3snet.backends.routed import MOST_PREFIXES, RoutedBy
@@ -227,3 +229,31 @@ def test_a_cover_widened_past_most_holds_every_route_it_replaces_in_either_famil
         wides: list[Any] = list(cover)  # one family: the routes'
         assert list(ipaddress.collapse_addresses(wides)) == wides
         assert all(any(net.subnet_of(wide) for wide in wides) for net in meeting)
+
+
+def test_the_same_cover_asked_again_is_worked_out_once_and_another_gets_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The routes are read once and never change: every drop by interface alone of an
+    observe asks the same cover (at 10 000 routes tens of ms each), given again; a
+    different question (family, interface, negated names, most) gets its own answer,
+    the one a fresh read gives."""
+    worked: list[int] = []
+    collapsed = routed_module._collapsed
+
+    def counted(found: Iterable[tuple[int, int]], bits: int) -> list[tuple[int, int]]:
+        worked.append(bits)
+        return collapsed(found, bits)
+
+    monkeypatch.setattr(routed_module, "_collapsed", counted)
+    routed = RoutedBy(CALICO)
+    first = routed.cover(4, None, ["eth0"])
+    assert routed.cover(4, None, ("eth0",)) == first
+    assert len(worked) == 1
+    questions: list[tuple[int, str | None, list[str], int]] = [
+        (4, None, ["eth0"], 4), (4, None, ["eth0", "docker0"], 16), (4, "docker0", [], 16),
+        (4, "tunl0", [], 1), (6, None, ["eth0"], 16)]
+    for family, interface, negated, most in questions:
+        answer = routed.cover(family, interface, negated, most=most)
+        assert answer == RoutedBy(CALICO).cover(family, interface, negated, most=most)
+        assert routed.cover(family, interface, negated, most=most) == answer
+    assert routed.cover(4, None, ["eth0"], most=4) != first
