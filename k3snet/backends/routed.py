@@ -161,7 +161,7 @@ class RoutedBy:
             if not meets[device]:
                 continue
             named = named or device is not None
-            if family == 6 and address >> 118 == _LINK_LOCAL_TOP:
+            if family == 6 and address >> 118 == _LINK_LOCAL_TOP and length >= 10:
                 link_local.append((address, length))
             else:
                 found.append((address, length))

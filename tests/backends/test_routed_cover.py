@@ -214,9 +214,9 @@ def test_a_cover_widened_past_most_holds_every_route_it_replaces_in_either_famil
     than the longest length at which so few remain. IPv4 and IPv6, routes anywhere:
     host routes spread over the whole space, the halves next to ``/0``."""
     family = 4 if routes[0][0].version == 4 else 6
-    link_local = ipaddress.ip_network("fe80::/10")
-    routes = [(net, dev) for net, dev in routes if not net.is_multicast  # left out
-              and net.network_address not in link_local]  # (only for want of others)
+    link_local = ipaddress.IPv6Network("fe80::/10")
+    routes = [(net, dev) for net, dev in routes if not net.is_multicast  # left out, and
+              and not (net.version == 6 and net.subnet_of(link_local))]  # for want of others
     cover = RoutedBy(routes).cover(family, interface, ["eth0"], most=most)
     meeting = [net for net, dev in routes if _passes(interface, dev) and dev != "eth0"]
     if not meeting:
@@ -257,3 +257,14 @@ def test_the_same_cover_asked_again_is_worked_out_once_and_another_gets_its_own(
         assert answer == RoutedBy(CALICO).cover(family, interface, negated, most=most)
         assert routed.cover(family, interface, negated, most=most) == answer
     assert routed.cover(4, None, ["eth0"], most=4) != first
+
+
+def test_a_route_holding_more_than_link_local_addresses_counts_as_any_other() -> None:
+    """``fe80::/9`` starts with the link-local bits but holds ``fec0::/10`` too: it was
+    left out beside a global route, a cover narrower than the routes."""
+    cover = RoutedBy([("fe80::/9", "br0"), ("2001:db8::/32", "br0")]).cover(6, "br0")
+    assert cover is not None
+    assert any(ipaddress.ip_network("fec0::/10").subnet_of(net)  # type: ignore[arg-type]
+               for net in cover)
+    assert RoutedBy([("fe80::/64", "br0"), ("2001:db8::/32", "br0")]).cover(6, "br0") == (
+        ipaddress.ip_network("2001:db8::/32"),)
