@@ -10,11 +10,14 @@ prefixes holding exactly those addresses (up to ``MOST_PREFIXES``).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from k3snet.backends import routed as routed_module
 from k3snet.backends.iptables.foreign import foreign_blocks
 from k3snet.backends.iptables.save import parse_save
 from k3snet.backends.routed import MOST_PREFIXES, RoutedBy
@@ -167,3 +170,101 @@ def test_a_drop_by_both_interfaces_makes_at_most_most_prefixes_blocks(backend: s
     assert not any(b.decides(ForwardRule("10.0.0.0/16", "192.168.2.0/24",
                                          out_interface="eth0")) for b in blocks)
     assert any(b.decides(ForwardRule("10.0.0.0/16", "10.8.0.0/16")) for b in blocks)
+
+
+def _whole_space(bits: int) -> st.SearchStrategy[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Prefixes anywhere in the family's space: host routes spread over all of it, the
+    edges of the two halves next to ``/0`` (``0.0.0.0/1`` and ``128.0.0.0/1``), short ones
+    and any length."""
+    top = (1 << bits) - 1
+    kind = ipaddress.IPv4Network if bits == 32 else ipaddress.IPv6Network
+    addresses = st.one_of(st.integers(0, top),
+                          st.sampled_from([0, top, 1 << (bits - 1), (1 << (bits - 1)) - 1]))
+    lengths = st.one_of(st.just(bits), st.integers(0, 3), st.integers(0, bits))
+    return st.builds(lambda address, length: kind((address, length), strict=False),
+                     addresses, lengths)
+
+
+_ANYWHERE = st.sampled_from([32, 128]).flatmap(lambda bits: st.lists(
+    st.tuples(_whole_space(bits), st.sampled_from(["br0", "br1", "eth0"])),
+    min_size=1, max_size=40))
+
+
+def _widened_oracle(nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+                    most: int) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+    """:func:`_expected` of either family and any ``most``."""
+    exact: list[Any] = list(ipaddress.collapse_addresses(nets))  # type: ignore[type-var]
+    for length in range(exact[0].max_prefixlen, -1, -1):
+        widened = {net.supernet(new_prefix=length) if net.prefixlen > length else net
+                   for net in exact}
+        if len(widened) <= most:
+            found = tuple(ipaddress.collapse_addresses(widened))
+            return None if found[0].prefixlen == 0 else found
+    raise AssertionError("unreachable: at length 0 one network remains")
+
+
+@settings(max_examples=examples(150))
+@given(_ANYWHERE, st.sampled_from(["br0", "br+", None]), st.integers(-2, 2 * MOST_PREFIXES))
+def test_a_cover_widened_past_most_holds_every_route_it_replaces_in_either_family(
+        routes: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]],
+        interface: str | None, most: int) -> None:
+    """Widened, a cover is the safe side: every network holds whole routes it replaces
+    (a narrower one would leave some destinations of the drop unmet, a wrong "no
+    conflict"), at most ``most`` of them (1 to MOST_PREFIXES), disjoint, and no wider
+    than the longest length at which so few remain. IPv4 and IPv6, routes anywhere:
+    host routes spread over the whole space, the halves next to ``/0``."""
+    family = 4 if routes[0][0].version == 4 else 6
+    link_local = ipaddress.IPv6Network("fe80::/10")
+    routes = [(net, dev) for net, dev in routes if not net.is_multicast  # left out, and
+              and not (net.version == 6 and net.subnet_of(link_local))]  # for want of others
+    cover = RoutedBy(routes).cover(family, interface, ["eth0"], most=most)
+    meeting = [net for net, dev in routes if _passes(interface, dev) and dev != "eth0"]
+    if not meeting:
+        assert cover is None
+        return
+    fits = max(1, min(most, MOST_PREFIXES))
+    assert cover == _widened_oracle(meeting, fits)
+    if cover is not None:  # None: every address, which holds them all
+        assert len(cover) <= fits
+        wides: list[Any] = list(cover)  # one family: the routes'
+        assert list(ipaddress.collapse_addresses(wides)) == wides
+        assert all(any(net.subnet_of(wide) for wide in wides) for net in meeting)
+
+
+def test_the_same_cover_asked_again_is_worked_out_once_and_another_gets_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The routes are read once and never change: every drop by interface alone of an
+    observe asks the same cover (at 10 000 routes tens of ms each), given again; a
+    different question (family, interface, negated names, most) gets its own answer,
+    the one a fresh read gives."""
+    worked: list[int] = []
+    collapsed = routed_module._collapsed
+
+    def counted(found: Iterable[tuple[int, int]], bits: int) -> list[tuple[int, int]]:
+        worked.append(bits)
+        return collapsed(found, bits)
+
+    monkeypatch.setattr(routed_module, "_collapsed", counted)
+    routed = RoutedBy(CALICO)
+    first = routed.cover(4, None, ["eth0"])
+    assert routed.cover(4, None, ("eth0",)) == first
+    assert len(worked) == 1
+    questions: list[tuple[int, str | None, list[str], int]] = [
+        (4, None, ["eth0"], 4), (4, None, ["eth0", "docker0"], 16), (4, "docker0", [], 16),
+        (4, "tunl0", [], 1), (6, None, ["eth0"], 16)]
+    for family, interface, negated, most in questions:
+        answer = routed.cover(family, interface, negated, most=most)
+        assert answer == RoutedBy(CALICO).cover(family, interface, negated, most=most)
+        assert routed.cover(family, interface, negated, most=most) == answer
+    assert routed.cover(4, None, ["eth0"], most=4) != first
+
+
+def test_a_route_holding_more_than_link_local_addresses_counts_as_any_other() -> None:
+    """``fe80::/9`` starts with the link-local bits but holds ``fec0::/10`` too: it was
+    left out beside a global route, a cover narrower than the routes."""
+    cover = RoutedBy([("fe80::/9", "br0"), ("2001:db8::/32", "br0")]).cover(6, "br0")
+    assert cover is not None
+    assert any(ipaddress.ip_network("fec0::/10").subnet_of(net)  # type: ignore[arg-type]
+               for net in cover)
+    assert RoutedBy([("fe80::/64", "br0"), ("2001:db8::/32", "br0")]).cover(6, "br0") == (
+        ipaddress.ip_network("2001:db8::/32"),)
