@@ -20,7 +20,9 @@ ip saddr 10.42.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from collections.abc import Iterable
 from typing import Any, Final, Literal, NamedTuple
 
@@ -49,6 +51,8 @@ __all__ = [
     "NftRule",
     "TableFamily",
     "chain_order_key",
+    "excluded_elements",
+    "exclusion_set",
     "load_condition",
     "model_ifname",
     "nft_expressions",
@@ -230,14 +234,65 @@ def _address(net: Network) -> str:
 _prefix = network_text
 
 
-def _nat_body(rule: MasqueradeRule | SnatRule, proto: str) -> str:
+def _element_address(value: int, version: int) -> str:
+    # As nft lists it: IPv6 as inet_ntop(3) prints it (see text.as_listed).
+    if version == 4:
+        return address_text(ipaddress.IPv4Address(value))
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
+
+
+def excluded_elements(exclude: Iterable[Network]) -> list[str]:
+    """The elements of the anonymous interval set of ``exclude`` as nft lists them: in
+    address order, adjacent prefixes merged into one range ``first-last`` (nft merges
+    them), a range that is one prefix written as the prefix, a host as its bare address.
+
+    >>> excluded_elements(ipaddress.ip_network(n) for n in
+    ...                   ["10.0.0.0/24", "10.0.1.0/25", "10.0.3.0/24", "192.0.2.1/32"])
+    ['10.0.0.0-10.0.1.127', '10.0.3.0/24', '192.0.2.1']
+    """
+    spans: list[list[int]] = []
+    version = 4
+    for net in sorted(exclude, key=lambda n: int(n.network_address)):
+        version = net.version
+        first, last = int(net.network_address), int(net.broadcast_address)
+        if spans and spans[-1][1] + 1 >= first:
+            spans[-1][1] = max(spans[-1][1], last)
+        else:
+            spans.append([first, last])
+    bits = 32 if version == 4 else 128
+    elements = []
+    for first, last in spans:
+        size = last - first + 1
+        length = bits - size.bit_length() + 1
+        if size & (size - 1) == 0 and first % size == 0:  # one prefix
+            text = _element_address(first, version)
+            elements.append(text if length == bits else f"{text}/{length}")
+        else:
+            elements.append(f"{_element_address(first, version)}-"
+                            f"{_element_address(last, version)}")
+    return elements
+
+
+def exclusion_set(obj: MasqueradeRule | SnatRule, *, inet: bool = True) -> bool:
+    """Whether ``obj``'s exclusions are rendered as one anonymous interval set
+    (``daddr != { a, b-c }``: one lookup) instead of one ``daddr !=`` match each: only
+    when the matches would not fit in one rule (:data:`NFT_RULE_EXPRESSIONS`), so that
+    every rule that fits keeps its shape. The tag is the same either way."""
+    return len(obj.exclude) > 1 and _nat_expressions(obj, inet, False) > NFT_RULE_EXPRESSIONS
+
+
+def _nat_body(rule: MasqueradeRule | SnatRule, proto: str, as_set: bool = False) -> str:
     parts = [f"{proto} saddr {_prefix(rule.source)}"]
     if rule.destination is not None:
         parts.append(f"{proto} daddr {_prefix(rule.destination)}")
     # One "!=" match per exclusion rather than an anonymous set: an anonymous set
     # is a kernel object of its own (it takes a handle and every later nft
-    # command lists it), and ip-masq-agent-sized exclusion lists are short.
-    parts.extend(f"{proto} daddr != {_prefix(excluded)}" for excluded in rule.exclude)
+    # command lists it), and ip-masq-agent-sized exclusion lists are short. A rule
+    # whose matches would not fit in one rule is written with the set (exclusion_set).
+    if as_set:
+        parts.append(f"{proto} daddr != {{ {', '.join(excluded_elements(rule.exclude))} }}")
+    else:
+        parts.extend(f"{proto} daddr != {_prefix(excluded)}" for excluded in rule.exclude)
     if rule.out_interface is not None:
         parts.append(f'oifname "{nft_ifname(rule.out_interface)}"')
     if isinstance(rule, SnatRule):
@@ -288,7 +343,9 @@ def nft_rules(obj: NetObject, *, inet: bool = True) -> tuple[NftRule, ...]:
     proto = "ip" if obj.family == 4 else "ip6"
     if isinstance(obj, MasqueradeRule | SnatRule):
         body = _nat_body(obj, proto)
-        tag = _tag(body)
+        tag = _tag(body)  # of the one-match-per-exclusion text, whichever is written
+        if exclusion_set(obj, inet=inet):
+            body = _nat_body(obj, proto, True)
         if not inet and isinstance(obj, SnatRule):
             body = body.replace(f"snat {proto} to ", "snat to ", 1)
         return (NftRule(proto, NAT_CHAIN, body, tag),)
@@ -324,17 +381,25 @@ def nft_expressions(obj: NetObject, *, inet: bool = True) -> int:
     """
     count = 2 if inet else 0  # the meta nfproto test an inet table's address match needs
     if isinstance(obj, MasqueradeRule | SnatRule):
-        count += _prefix_expressions(obj.source)
-        if obj.destination is not None:
-            count += _prefix_expressions(obj.destination)
-        count += sum(_prefix_expressions(e) for e in obj.exclude)
-        count += 2 if obj.out_interface is not None else 0  # meta load, cmp
-        return count + (2 if isinstance(obj, SnatRule) else 1)  # immediate and nat; masq
+        return _nat_expressions(obj, inet, exclusion_set(obj, inet=inet))
     if isinstance(obj, ForwardRule):
         count += _prefix_expressions(obj.source) + _prefix_expressions(obj.destination)
         count += 2 * ((obj.in_interface is not None) + (obj.out_interface is not None))
         return count + 3 + 1  # the reply half's ct state (load, bitwise, cmp); accept
     raise ModelError(f"the nftables renderer handles NAT and forward rules, not {obj.type_name}")
+
+
+def _nat_expressions(obj: MasqueradeRule | SnatRule, inet: bool, as_set: bool) -> int:
+    count = 2 if inet else 0
+    count += _prefix_expressions(obj.source)
+    if obj.destination is not None:
+        count += _prefix_expressions(obj.destination)
+    if as_set:
+        count += 2  # a payload load, a lookup
+    else:
+        count += sum(_prefix_expressions(e) for e in obj.exclude)
+    count += 2 if obj.out_interface is not None else 0  # meta load, cmp
+    return count + (2 if isinstance(obj, SnatRule) else 1)  # immediate and nat; masq
 
 
 NFT_RULE_BYTES: Final = 4096
@@ -392,6 +457,21 @@ def _j_prefix(proto: str, fld: str, net: Network, op: str = "==") -> str:
             f'"len":{net.prefixlen}}}}}}}}}')
 
 
+def _j_set(proto: str, exclude: Iterable[Network]) -> str:
+    items = []
+    for element in excluded_elements(exclude):
+        first, dash, last = element.partition("-")
+        address, slash, length = first.partition("/")
+        if dash:
+            items.append(f'{{"range":["{first}","{last}"]}}')
+        elif slash:
+            items.append(f'{{"prefix":{{"addr":"{address}","len":{length}}}}}')
+        else:
+            items.append(f'"{address}"')
+    return (f'{{"match":{{"op":"!=","left":{{"payload":{{"protocol":"{proto}",'
+            f'"field":"daddr"}}}},"right":{{"set":[{",".join(items)}]}}}}}}')
+
+
 NFT_JSON_IFNAME_WORDS: Final = frozenset({
     "ah", "dccp", "esp", "icmp", "icmpv6", "redirect", "sctp", "tcp", "udp", "udplite",
 })
@@ -446,7 +526,10 @@ def nft_rules_json(obj: NetObject, *, inet: bool = True) -> tuple[str, ...]:
         parts = [_j_prefix(proto, "saddr", obj.source)]
         if obj.destination is not None:
             parts.append(_j_prefix(proto, "daddr", obj.destination))
-        parts += [_j_prefix(proto, "daddr", e, "!=") for e in obj.exclude]
+        if exclusion_set(obj, inet=inet):
+            parts.append(_j_set(proto, obj.exclude))
+        else:
+            parts += [_j_prefix(proto, "daddr", e, "!=") for e in obj.exclude]
         if obj.out_interface is not None:
             parts.append(_j_ifname("oifname", obj.out_interface))
         flags = '"flags":["fully-random"]' if obj.random_fully else ""

@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 
 from k3snet.backends.nftables import NftablesBackend
-from k3snet.errors import ApplyError, ModelError
+from k3snet.errors import ApplyError
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
 from k3snet.render.nftables import (
     NFT_RULE_EXPRESSIONS,
+    exclusion_set,
     nft_expressions,
     nft_rules,
     render_nftables_conf,
@@ -72,6 +73,7 @@ SHAPES: list[NetObject] = [
     SnatRule("fd42:43::/56", to_address="fd01:1::5", random_fully=True),
     ForwardRule("10.52.0.0/16", "192.168.2.0/25", in_interface="cni0", out_interface="eth0"),
     ForwardRule("fd42:42::/56", "fd01:2::/64"),
+    _largest(42),  # its exclusions in one set: a payload load, a lookup
 ]
 
 
@@ -91,40 +93,28 @@ def test_the_counted_expressions_of_each_rule_are_the_ones_nft_sends_the_kernel(
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("syntax", ["nft", "json"])
-def test_a_nat_rule_over_the_kernels_expression_limit_is_refused_by_name_before_sending(
+def test_a_nat_rule_over_the_kernels_expression_limit_is_written_with_one_set(
         ns: str, syntax: Syntax) -> None:
+    # Its exclusions as one anonymous interval set (tests/nftables/test_exclusion_set.py):
+    # what was refused before sending now fits; the largest that fits keeps its matches.
     run_in(ns, ["nft", "-f", "-"], input_text=FOREIGN)
     kept = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
     with NftablesBackend(ns, syntax=syntax, keep_read=False) as backend:
-        backend.apply(plan(backend.observe(), State(owned=[kept])))
-        before = _ruleset(ns)
         largest = _largest(41)
+        over = MasqueradeRule("172.20.0.0/16", exclude=_excluded(42))
         assert nft_expressions(largest) == NFT_RULE_EXPRESSIONS
-        too_large = _largest(42)
-        p = plan(backend.observe(), State(owned=[kept, too_large]))
-        problems = backend.check(p)
-        assert len(problems) == 1
-        assert "131 expressions" in problems[0]
-        assert "at most 128" in problems[0]
-        assert too_large.describe() in problems[0]
-        with pytest.raises(ApplyError, match="nothing was changed") as raised:
-            backend.apply(p)
-        assert raised.value.failed is not None
-        assert raised.value.failed.after == too_large
-        assert "131 expressions" in str(raised.value)
-        assert _ruleset(ns) == before  # k3snet's table and the foreign one, as they were
-        # The limit is the kernel's own, not a margin below it.
-        backend.apply(plan(backend.observe(), State(owned=[kept, largest])))
-        assert set(backend.observe(refresh=True).owned) == {kept, largest}
+        assert "{" not in nft_rules(largest)[0].body
+        assert "{" in nft_rules(over)[0].body
+        p = plan(backend.observe(), State(owned=[kept, largest, over]))
+        assert backend.check(p) == ()
+        backend.apply(p)
+        assert set(backend.observe(refresh=True).owned) == {kept, largest, over}
 
 
-def test_the_boot_file_refuses_a_rule_the_kernel_would_refuse() -> None:
-    render_nftables_conf(State(owned=[_largest(41)]))
-    with pytest.raises(ModelError, match="131 expressions"):
-        render_nftables_conf(State(owned=[_largest(42)]))
-    # An ip table's rule needs no meta nfproto test: two expressions fewer.
-    with pytest.raises(ModelError, match="129 expressions"):
-        render_nftables_conf(State(owned=[_largest(42)]), family="split")
+def test_the_boot_file_writes_a_rule_the_kernel_would_refuse_as_matches_with_a_set() -> None:
+    assert "daddr != {" not in render_nftables_conf(State(owned=[_largest(41)]))
+    assert "ip daddr != { " in render_nftables_conf(State(owned=[_largest(42)]))
+    assert "ip daddr != { " in render_nftables_conf(State(owned=[_largest(42)]), family="split")
 
 
 def _excluded6(count: int, prefix: int = 33) -> list[str]:
@@ -174,8 +164,7 @@ def test_an_ipv6_nat_rule_over_the_kernels_room_for_one_rule_is_refused_naming_i
     # count refused before sending lets them through. The kernel's "File too large"
     # quoted the batch's `create table` and named no change. The boundary is the running
     # kernel's, found by asking it, not a number of one kernel's.
-    under_the_count = max(n for n in range(1, 64)
-                          if nft_expressions(_ipv6_masquerade(n)) <= NFT_RULE_EXPRESSIONS)
+    under_the_count = max(n for n in range(1, 64) if not exclusion_set(_ipv6_masquerade(n)))
     fewest = _fewest_refused(ns, _ipv6_masquerade, under_the_count)
     if fewest is None:
         pytest.skip("this kernel takes IPv6 exclusions up to the count of expressions")

@@ -206,7 +206,25 @@ def _network(value: Any) -> Network:
 
 def _networks(value: Any) -> list[Network]:
     if isinstance(value, dict) and "set" in value:
-        return [_network(v) for v in value["set"]]
+        return [net for v in value["set"] for net in _range_or_network(v)]
+    return [_network(value)]
+
+
+def _range_or_network(value: Any) -> list[Network]:
+    """A set element: a prefix, an address, or a range ``{"range": [first, last]}`` (nft
+    merges adjacent intervals of an interval set into one) as the prefixes that cover it."""
+    if isinstance(value, dict) and "range" in value:
+        ends = value["range"]
+        if not isinstance(ends, list) or len(ends) != 2:
+            raise ValueError(f"not a range: {value!r}")
+        first, last = (_network(end) for end in ends)
+        if first.prefixlen != first.max_prefixlen or last.prefixlen != last.max_prefixlen:
+            raise ValueError(f"not a range of addresses: {value!r}")
+        try:
+            return list(ipaddress.summarize_address_range(
+                first.network_address, last.network_address))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"not a range: {value!r}") from exc
     return [_network(value)]
 
 

@@ -73,7 +73,7 @@ _RULE = re.compile(r'\t\t(.+) comment "(k3snet:[0-9a-f]{16})(:reply)?" # handle 
 _NAT = re.compile(
     r"(ip6?) saddr (\S+)"
     r"(?: ip6? daddr ([^!\s]\S*))?"
-    r"((?: ip6? daddr != \S+)*)"
+    r"((?: ip6? daddr != [^{\s]\S*)*| ip6? daddr != \{ [^}]+ \})"
     r'(?: oifname "([^"]*)")?'
     r" (?:(masquerade)|snat (?:ip6? )?to (\S+))"
     r"( fully-random)?")
@@ -508,7 +508,7 @@ def _nat(body: str) -> NetObject | None:
         return None
     common: dict[str, Any] = {
         "destination": None if found[3] is None else _prefix(found[3]),
-        "exclude": [_prefix(x) for x in _EXCLUDED.findall(found[4])],
+        "exclude": _exclusions(found[4]),
         "out_interface": None if found[5] is None else model_ifname(found[5]),
         "random_fully": found[8] is not None,
     }
@@ -516,6 +516,23 @@ def _nat(body: str) -> NetObject | None:
     if found[6] is not None:
         return MasqueradeRule(source, **common)
     return SnatRule(source, to_address=found[7], **common)
+
+
+def _exclusions(text: str) -> list[Network]:
+    if "{" not in text:
+        return [_prefix(x) for x in _EXCLUDED.findall(text)]
+    # `daddr != { a, b-c }`: the anonymous interval set of a rule with many exclusions
+    elements = text[text.index("{") + 1:text.rindex("}")].split(",")
+    nets: list[Network] = []
+    for element in (e.strip() for e in elements):
+        first, dash, last = element.partition("-")
+        if not dash:
+            nets.append(_prefix(element))
+            continue
+        low, high = prefix_of(first, None), prefix_of(last, None)
+        nets.extend(ipaddress.summarize_address_range(
+            low.network_address, high.network_address))
+    return nets
 
 
 def _forward(body: str, reply: bool) -> NetObject | None:
