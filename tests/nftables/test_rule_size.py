@@ -106,7 +106,7 @@ def test_a_nat_rule_over_the_kernels_expression_limit_is_refused_by_name_before_
         assert len(problems) == 1
         assert "131 expressions" in problems[0]
         assert "at most 128" in problems[0]
-        assert too_large.describe() in problems[0]
+        assert too_large.brief() in problems[0]
         with pytest.raises(ApplyError, match="nothing was changed") as raised:
             backend.apply(p)
         assert raised.value.failed is not None
@@ -189,7 +189,7 @@ def test_an_ipv6_nat_rule_over_the_kernels_room_for_one_rule_is_refused_naming_i
         p = plan(backend.observe(), State(owned=[kept, too_large]))
         (problem,) = backend.check(p)
         assert "take 4096 bytes or more" in problem
-        assert too_large.describe() in problem
+        assert too_large.brief() in problem
         with pytest.raises(ApplyError, match="nothing was changed") as raised:
             backend.apply(p)
         assert raised.value.failed is not None
