@@ -216,8 +216,11 @@ class ApplyError(BackendError):
         # Once: a message saying "<change> failed: ..." (the kit's, and a group's of a
         # member's) named it, and a second "failed change: <change>" made a long line
         # longer with what it had just said.
-        if failed is not None and f"{failed} failed" not in message:
-            parts.append(f"failed change: {failed}")
+        # Briefly (a rule's 10 000 exclusions counted): named whole, the change took the
+        # bounded log line, and an error saying why after it (a refusal's) was cut off.
+        if failed is not None and not any(f"{named} failed" in message
+                                          for named in (failed, failed.brief())):
+            parts.append(f"failed change: {failed.brief()}")
         if rolled_back:
             parts.append(f"rolled back {len(rolled_back)} change(s) that had been applied")
         super().__init__("; ".join(parts))

@@ -152,6 +152,14 @@ class Change:
     def __str__(self) -> str:
         return self.render().replace("\n   ", "")
 
+    def brief(self) -> str:
+        """:meth:`render` on one line, each object :meth:`~k3snet.model.NetObject.brief`
+        (a long list of exclusions cut): how an error names the change, before why."""
+        line = f"{_SYMBOL[self.action]} {self.subject.brief()}"
+        if self.action == "replace" and self.before is not None:
+            line += f" (was: {self.before.brief()})"
+        return line
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return {

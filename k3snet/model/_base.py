@@ -16,7 +16,11 @@ from k3snet._logline import printable
 from k3snet.errors import ModelError
 from k3snet.model.cidr import Address, Network, parse_address, parse_network
 
-__all__ = ["NetObject", "is_interface_name", "validate_interface_name"]
+__all__ = ["BRIEF_ITEMS", "NetObject", "is_interface_name", "validate_interface_name"]
+
+BRIEF_ITEMS = 3
+"""Items of a long list (a NAT rule's exclusions) :meth:`NetObject.brief` names; the rest
+are counted."""
 
 # The kernel's rule (dev_valid_name): 1..15 bytes, not "." or "..", no "/", ":" or
 # whitespace. We also refuse other characters that no tool quotes consistently.
@@ -359,6 +363,13 @@ class NetObject:
     def describe(self) -> str:
         """One human line, as the plan prints it."""
         raise NotImplementedError
+
+    def brief(self) -> str:
+        """:meth:`describe`, its long lists cut (a NAT rule's exclusions: the first
+        :data:`BRIEF_ITEMS`, then how many there are): how an error names the object,
+        so that what it says next, why, is not cut off a log line of bounded size.
+        Written whole, a rule of 10 000 exclusions took 160 KB before its reason."""
+        return self.describe()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, with a ``type`` tag; inverse of :func:`object_from_dict`."""

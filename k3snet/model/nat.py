@@ -10,6 +10,7 @@ import attrs
 
 from k3snet.errors import ModelError
 from k3snet.model._base import (
+    BRIEF_ITEMS,
     NetObject,
     check_families,
     foreign_rule_text,
@@ -192,10 +193,13 @@ class _NatBase(NetObject):
         theirs = other.natted_destinations()
         return all(any(contains(t, mine) for t in theirs) for mine in self.natted_destinations())
 
-    def _describe(self, action: str) -> str:
+    def _describe(self, action: str, *, brief: bool = False) -> str:
         destination = "any" if self.destination is None else network_text(self.destination)
         parts = [action, network_text(self.source), "->", destination]
-        if self.exclude:
+        if brief and len(self.exclude) > BRIEF_ITEMS:
+            parts += ["except", ",".join(map(network_text, self.exclude[:BRIEF_ITEMS]))
+                      + f",... ({len(self.exclude)} prefixes)"]
+        elif self.exclude:
             parts += ["except", ",".join(map(network_text, self.exclude))]
         if self.out_interface:
             parts += ["oif", self.out_interface]
@@ -240,6 +244,15 @@ class MasqueradeRule(_NatBase):
     def describe(self) -> str:
         """``masquerade SRC -> DST [except ...] [oif IF] [random-fully]``."""
         return self._describe("masquerade")
+
+    def brief(self) -> str:
+        """:meth:`describe`, the exclusions past the first :data:`BRIEF_ITEMS` counted.
+
+        >>> rule = MasqueradeRule("10.42.0.0/16", exclude=[f"10.0.{i}.0/25" for i in range(60)])
+        >>> rule.brief()[31:]
+        'except 10.0.0.0/25,10.0.1.0/25,10.0.2.0/25,... (60 prefixes)'
+        """
+        return self._describe("masquerade", brief=True)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -295,6 +308,10 @@ class SnatRule(_NatBase):
     def describe(self) -> str:
         """``snat SRC -> DST [except ...] [oif IF] to ADDR``."""
         return f"{self._describe('snat')} to {self.to_address}"
+
+    def brief(self) -> str:
+        """:meth:`describe`, the exclusions past the first :data:`BRIEF_ITEMS` counted."""
+        return f"{self._describe('snat', brief=True)} to {self.to_address}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""

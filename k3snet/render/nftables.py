@@ -445,7 +445,7 @@ def too_large(obj: NetObject, *, inet: bool = True) -> str | None:
     count = nft_expressions(obj, inet=inet)
     if count <= NFT_RULE_EXPRESSIONS:
         return None
-    return (f"{obj.describe()}: its nftables rule would hold {count} expressions, and the "
+    return (f"{obj.brief()}: its nftables rule would hold {count} expressions, and the "
             f"kernel takes at most {NFT_RULE_EXPRESSIONS} in one rule (each exclusion is a "
             "match of two or three, by whether its prefix length is a multiple of 8); "
             "give it fewer exclusions (split its destinations into several rules)")

@@ -73,3 +73,34 @@ def test_a_spec_where_a_state_is_wanted_is_refused_with_the_step_left_out() -> N
     with pytest.raises(errors.ModelError, match=r"observed must be a k3snet\.State, got int$"):
         k3snet.plan(1, k3snet.State())  # type: ignore[arg-type]
     assert backend.observe() == k3snet.State()  # nothing was applied
+
+
+@pytest.mark.parametrize("excludes", [0, 3, 4, 10_000])
+def test_an_error_names_a_rule_of_many_exclusions_briefly_its_reason_after_it(
+        excludes: int) -> None:
+    # Named whole, a rule of 10 000 exclusions took 160 KB before the refusal's reason,
+    # twice: the agent's log line, cut at LOG_LINE_LIMIT bytes, never came to it.
+    from k3snet.model import MasqueradeRule  # noqa: PLC0415
+    from k3snet.render.nftables import too_large  # noqa: PLC0415
+
+    rule = MasqueradeRule("10.42.0.0/16", destination="100.64.0.0/10",
+                          exclude=[f"100.{64 + i // 512}.{(i // 2) % 256}.{(i % 2) * 128}/26"
+                                   for i in range(excludes)])
+    change = Change.add(rule)
+    if excludes <= 3:  # a short list: as the plan prints it
+        assert rule.brief() == rule.describe()
+        assert change.brief() == str(change)
+        return
+    assert rule.brief() == ("masquerade 10.42.0.0/16 -> 100.64.0.0/10 except 100.64.0.0/26,"
+                            f"100.64.0.128/26,100.64.1.0/26,... ({excludes} prefixes)")
+    # nftables writes such a rule's exclusions as one set (too_large: None); any refusal
+    # of it (the kernel's, another backend's) names it briefly, its reason kept.
+    assert too_large(rule) is None
+    problem = "the kernel refused it: File too large"
+    exc = errors.ApplyError(f"nftables: nothing was changed: {problem}", failed=change)
+    assert len(str(exc)) < 1000
+    assert problem in str(exc)
+    assert f"failed change: + {rule.brief()}" in str(exc)
+    replaced = Change.replace(MasqueradeRule("10.42.0.0/16", destination="100.64.0.0/10"), rule)
+    assert replaced.brief() == (f"~ {rule.brief()} (was: masquerade 10.42.0.0/16 -> "
+                                "100.64.0.0/10)")

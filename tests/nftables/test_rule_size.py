@@ -178,7 +178,7 @@ def test_an_ipv6_nat_rule_over_the_kernels_room_for_one_rule_is_refused_naming_i
         p = plan(backend.observe(), State(owned=[kept, too_large]))
         (problem,) = backend.check(p)
         assert "take 4096 bytes or more" in problem
-        assert too_large.describe() in problem
+        assert too_large.brief() in problem
         with pytest.raises(ApplyError, match="nothing was changed") as raised:
             backend.apply(p)
         assert raised.value.failed is not None

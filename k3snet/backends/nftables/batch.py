@@ -147,7 +147,7 @@ class Batch:
         _, owner, obj = self.roomiest
         return owner, (
             f"the kernel refuses a rule whose expressions take {NFT_RULE_BYTES} bytes or "
-            f"more, and the largest of this transaction is {obj.describe()}: give it "
+            f"more, and the largest of this transaction is {obj.brief()}: give it "
             "fewer exclusions (an IPv6 prefix whose length is not a multiple of 8 takes "
             "the most room, about 128 bytes), or split its destinations into several rules")
 
