@@ -43,16 +43,21 @@ def _carrier(ns: str) -> str:
     return link
 
 
+def _three_links(ns: str, peer: str) -> None:
+    """Links g2, g3, g4 of ``ns`` to ``peer``'s h2, h3, h4: 192.0.{2,3,4}.1/24 to .2."""
+    for i in (2, 3, 4):
+        ip(ns, "link", "add", f"g{i}", "type", "veth", "peer", "name", f"h{i}",
+           "netns", peer)
+        ip(ns, "link", "set", f"g{i}", "up")
+        ip(peer, "link", "set", f"h{i}", "up")
+        ip(ns, "addr", "add", f"192.0.{i}.1/24", "dev", f"g{i}")
+        ip(peer, "addr", "add", f"192.0.{i}.2/24", "dev", f"h{i}")
+
+
 def test_ipv4_takes_the_first_route_of_a_slot_its_dump_lists_and_the_drivers_keep_that_order(
         tmp_path: Path) -> None:
     with temporary_netns("slotord") as ns, temporary_netns("slotpeer") as peer:
-        for i in (2, 3, 4):
-            ip(ns, "link", "add", f"g{i}", "type", "veth", "peer", "name", f"h{i}",
-               "netns", peer)
-            ip(ns, "link", "set", f"g{i}", "up")
-            ip(peer, "link", "set", f"h{i}", "up")
-            ip(ns, "addr", "add", f"192.0.{i}.1/24", "dev", f"g{i}")
-            ip(peer, "addr", "add", f"192.0.{i}.2/24", "dev", f"h{i}")
+        _three_links(ns, peer)
         ip(ns, "route", "add", "10.9.1.0/24", "via", "192.0.2.2", "proto", "211")
         ip(ns, "route", "append", "10.9.1.0/24", "via", "192.0.3.2")
         ip(ns, "route", "prepend", "10.9.1.0/24", "via", "192.0.4.2")
@@ -84,13 +89,7 @@ def test_a_route_met_by_a_foreign_one_that_another_gateway_s_route_comes_before_
     or first in the very slot, the plan said met and added nothing while the packets
     left by that other gateway. It is a conflict with the route that carries them."""
     with temporary_netns("slotmet") as ns, temporary_netns("slotmp") as peer:
-        for i in (2, 3, 4):
-            ip(ns, "link", "add", f"g{i}", "type", "veth", "peer", "name", f"h{i}",
-               "netns", peer)
-            ip(ns, "link", "set", f"g{i}", "up")
-            ip(peer, "link", "set", f"h{i}", "up")
-            ip(ns, "addr", "add", f"192.0.{i}.1/24", "dev", f"g{i}")
-            ip(peer, "addr", "add", f"192.0.{i}.2/24", "dev", f"h{i}")
+        _three_links(ns, peer)
         if slot == "lower metric":
             ip(ns, "route", "add", "10.9.1.0/24", "via", "192.0.3.2", "metric", "10")
             ip(ns, "route", "add", "10.9.1.0/24", "via", "192.0.2.2", "metric", "200")

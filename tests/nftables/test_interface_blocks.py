@@ -391,18 +391,25 @@ def test_a_drop_by_a_set_of_names_is_a_conflict_exactly_where_the_kernel_drops(
                 tests = [m["match"] for o in listed["nftables"] if "rule" in o
                          for m in o["rule"]["expr"] if "match" in m]
                 assert any("set" in t["right"] for t in tests)  # the kernel's view
-                with ThreadPoolExecutor(2) as pool:
-                    probes = [pool.submit(lab.tcp_probe, f, timeout=1.0) for f in (4, 6)]
-                    reached = [probe.result().ok for probe in probes]
-                capsys.readouterr()
-                code = main(["plan", "-f", str(SEED), "--netns", lab.node])
-                out = capsys.readouterr().out
+                reached, code, out = _probed_and_planned(lab, capsys)
             finally:
                 run_in(lab.node, ["nft", "delete", "table", "inet", "fw"])
             assert reached in ([False, False], [True, True]), (case, reached)
             assert code in (0, 4), (case, out)
             seen[case] = (not reached[0], code == 4)
     assert seen == {case: (dropped, dropped) for case, (_, dropped) in NAME_SETS.items()}
+
+
+def _probed_and_planned(lab: SeedLab, capsys: pytest.CaptureFixture[str]
+                        ) -> tuple[list[bool], int, str]:
+    """Whether a pod's TCP probe over IPv4 and IPv6 got through, then `k3snet plan`'s
+    exit code and output on the lab's node."""
+    with ThreadPoolExecutor(2) as pool:
+        probes = [pool.submit(lab.tcp_probe, f, timeout=1.0) for f in (4, 6)]
+        reached = [probe.result().ok for probe in probes]
+    capsys.readouterr()
+    code = main(["plan", "-f", str(SEED), "--netns", lab.node])
+    return reached, code, capsys.readouterr().out
 
 
 # A named set of names (`oifname != @uplinks`; nft's JSON writes `"right": "@uplinks"`)
@@ -448,12 +455,7 @@ def test_a_named_set_of_names_is_read_as_its_names_exactly_where_the_kernel_drop
                 tests = [m["match"] for o in listed["nftables"] if "rule" in o
                          for m in o["rule"]["expr"] if "match" in m]
                 assert any(t["right"] == "@s" for t in tests)  # the kernel's view
-                with ThreadPoolExecutor(2) as pool:
-                    probes = [pool.submit(lab.tcp_probe, f, timeout=1.0) for f in (4, 6)]
-                    reached = [probe.result().ok for probe in probes]
-                capsys.readouterr()
-                code = main(["plan", "-f", str(SEED), "--netns", lab.node])
-                out = capsys.readouterr().out
+                reached, code, out = _probed_and_planned(lab, capsys)
             finally:
                 run_in(lab.node, ["nft", "delete", "table", "inet", "fw"])
             assert reached in ([False, False], [True, True]), (case, reached)
