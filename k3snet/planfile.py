@@ -268,7 +268,6 @@ def _check_node(path: Path, node: Mapping[str, str | None],
                             "plan on this node")
 
 
-
 _KEYS: dict[str, frozenset[str]] = {
     "a plan file": frozenset({"format", "kind", "k3snet", "build", "node", "backends", "spec",
                               "options", "allow_disruptive", "clusters", "observed",

@@ -30,9 +30,9 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -242,6 +242,18 @@ def discover_owners(options: Mapping[str, Mapping[str, Any]] | None = None) -> D
                      tuple(refused))
 
 
+_T = TypeVar("_T")
+
+
+def _in_netns(netns: object, call: Callable[[], _T]) -> _T:
+    """``call()`` in network namespace ``netns`` (a name or path; None: the calling
+    thread's own), run by a :class:`NetnsRunner` there."""
+    if netns is None:
+        return call()
+    with NetnsRunner(str(netns)) as runner:
+        return runner.call(call)
+
+
 _HOST_S_OWN = frozenset({"iptables-legacy"})
 """The labels whose look root of a user namespace owning the network namespace may be
 refused by the host (:func:`_admin_of_own_namespace`): iptables-legacy's
@@ -279,10 +291,7 @@ def _host_owns_xtables_names(netns: object) -> bool:
         return nobody in owners
 
     try:
-        if netns is None:
-            return unmapped()
-        with NetnsRunner(str(netns)) as runner:
-            return runner.call(unmapped)
+        return _in_netns(netns, unmapped)
     except (OSError, K3snetError):
         return False
 
@@ -741,10 +750,7 @@ def _nf_tables(netns: object) -> frozenset[tuple[str, str]] | None:
             reader.close()
 
     try:
-        if netns is None:
-            return read()
-        with NetnsRunner(str(netns)) as runner:
-            return runner.call(read)
+        return _in_netns(netns, read)
     except (OSError, K3snetError):
         return None
 
@@ -760,10 +766,7 @@ def _legacy_tables(netns: object) -> bool:
         return any(xtables_names(names) for names in ("ip_tables_names", "ip6_tables_names"))
 
     try:
-        if netns is None:
-            return present()
-        with NetnsRunner(str(netns)) as runner:
-            return runner.call(present)
+        return _in_netns(netns, present)
     except (OSError, K3snetError):
         return True  # cannot tell: the backend's own read says what it finds
 
@@ -789,10 +792,7 @@ def _netlink_may_own(opts: Mapping[str, Any]) -> bool:
         return True  # a value the backend refuses: its own making says so
     netns = opts.get("netns")
     try:
-        if netns is None:
-            return _routes_of(protocol)
-        with NetnsRunner(str(netns)) as runner:
-            return runner.call(lambda: _routes_of(protocol))
+        return _in_netns(netns, lambda: _routes_of(protocol))
     except (OSError, K3snetError, ValueError):
         return True  # cannot tell: the backend's own read says what it finds
 
