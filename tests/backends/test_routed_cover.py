@@ -59,14 +59,8 @@ def _expected(nets: list[ipaddress.IPv4Network]) -> tuple[ipaddress.IPv4Network,
     """The routes collapsed; more than ``MOST_PREFIXES``: each widened to the longest
     length at which at most that many networks remain, then collapsed (``None``: every
     address)."""
-    exact = list(ipaddress.collapse_addresses(nets))
-    for length in range(32, -1, -1):
-        widened = {net.supernet(new_prefix=length) if net.prefixlen > length else net
-                   for net in exact}
-        if len(widened) <= MOST_PREFIXES:
-            found = tuple(ipaddress.collapse_addresses(widened))
-            return None if found[0].prefixlen == 0 else found
-    raise AssertionError("unreachable: at length 0 one network remains")
+    found = _widened_oracle(list(nets), MOST_PREFIXES)
+    return None if found is None else tuple(ipaddress.IPv4Network(net) for net in found)
 
 
 # Many routes of a few devices, inside two /16s: more than MOST_PREFIXES once collapsed.
