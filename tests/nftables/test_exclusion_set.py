@@ -160,3 +160,50 @@ def test_a_packet_to_an_excluded_address_keeps_its_source_and_another_is_masquer
         counts = [next(e["counter"]["packets"] for e in item["rule"]["expr"] if "counter" in e)
                   for item in listed["nftables"] if "rule" in item]
         assert counts == [1, 0, 0, 1]
+
+
+def _one_range(first: str, last: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return list(ipaddress.summarize_address_range(ipaddress.ip_address(first),
+                                                  ipaddress.ip_address(last)))
+
+
+# Exclusions that aggregate to 46 (IPv4) and 250 (IPv6) prefixes of one range: their set
+# has one element, which nft writes, and lists, as a plain test of that range.
+ONE_RANGE = MasqueradeRule("192.168.0.0/16", exclude=_one_range("10.0.0.1", "10.255.255.254"))
+ONE_RANGE6 = SnatRule("fd42::/48", to_address="fd01::5",
+                      exclude=_one_range("fd00::1", "fd00:ffff:ffff:ffff:ffff:ffff:ffff:fffe"))
+
+
+def test_a_set_of_one_range_is_written_as_nft_lists_it_a_plain_range_test() -> None:
+    assert exclusion_set(ONE_RANGE)
+    assert exclusion_set(ONE_RANGE6)
+    assert nft_rules(ONE_RANGE)[0].body == (
+        "ip saddr 192.168.0.0/16 ip daddr != 10.0.0.1-10.255.255.254 masquerade")
+    assert " ip6 daddr != fd00::1-fd00:ffff:ffff:ffff:ffff:ffff:ffff:fffe snat " in (
+        nft_rules(ONE_RANGE6)[0].body)
+    assert json.loads(nft_rules_json(ONE_RANGE)[0])[1]["match"]["right"] == {
+        "range": ["10.0.0.1", "10.255.255.254"]}
+    assert nft_expressions(ONE_RANGE) == 2 + 2 + 2 + 1
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("syntax", ["nft", "json"])
+def test_a_rule_whose_exclusions_make_one_range_is_read_back_as_met(
+        ns: str, syntax: Syntax) -> None:
+    desired = State(owned=[ONE_RANGE, ONE_RANGE6])
+    with NftablesBackend(ns, syntax=syntax, keep_read=False) as backend:
+        backend.apply(plan(backend.observe(), desired))
+        # the kernel's own view: one range test, no set
+        rules = {r["rule"]["comment"]: r["rule"]["expr"] for r in _ruleset(ns) if "rule" in r}
+        excluded = [m["match"]["right"] for m in rules[nft_rules(ONE_RANGE)[0].comment]
+                    if "match" in m and m["match"]["op"] == "!="]
+        assert excluded == [{"range": ["10.0.0.1", "10.255.255.254"]}]
+        assert set(backend.observe(refresh=True).owned) == {ONE_RANGE, ONE_RANGE6}
+        assert not plan(backend.observe(refresh=True), desired).changes
+        if syntax == "nft":  # the text listing takes the line as the JSON one does
+            via_text, via_json, listed = both_reads(backend, "inet")
+            assert via_text == via_json
+            assert all(listed)
+    with NftablesBackend(ns, syntax=syntax) as backend:  # the text reader, then kept reads
+        assert not plan(backend.observe(), desired).changes
+        assert not plan(backend.observe(refresh=True), desired).changes
