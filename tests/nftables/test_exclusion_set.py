@@ -17,10 +17,13 @@ import sys
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from k3snet.backends.nftables import NftablesBackend
 from k3snet.lab.netns import run_in, temporary_netns
 from k3snet.model import MasqueradeRule, SnatRule, State
+from k3snet.model.cidr import aggregate
 from k3snet.planner import plan
 from k3snet.render.nftables import (
     NFT_RULE_EXPRESSIONS,
@@ -33,6 +36,8 @@ from k3snet.render.nftables import (
     rule_tag,
 )
 from k3snet.render.nftables_batch import Syntax
+from k3snet.testing import strategies
+from tests.examples import examples
 from tests.nftables.test_text_listing import both_reads
 
 
@@ -81,6 +86,24 @@ def test_the_set_elements_are_spelled_as_nft_lists_them() -> None:
     assert excluded_elements(MANY6.exclude)[0] == "::ffff:0.0.0.0/96"
     assert excluded_elements(MANY6.exclude)[-2:] == [
         "fd01::1", "fd02::-fd02::1:7fff:ffff:ffff:ffff"]
+
+
+@given(family=st.sampled_from((4, 6)), data=st.data())
+@settings(max_examples=examples(60))
+def test_the_set_elements_cover_exactly_the_aggregated_exclusions_property(
+        family: int, data: st.DataObject) -> None:
+    nets = data.draw(st.lists(strategies.networks(family, min_prefix=1), min_size=1,
+                              max_size=12))
+    exclude = aggregate(nets)
+    covered: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for element in excluded_elements(exclude):
+        first, dash, last = element.partition("-")
+        if dash:
+            covered += ipaddress.summarize_address_range(ipaddress.ip_address(first),
+                                                         ipaddress.ip_address(last))
+        else:
+            covered.append(ipaddress.ip_network(first))
+    assert tuple(covered) == exclude
 
 
 def _ruleset(ns: str) -> list[dict[str, Any]]:
