@@ -221,3 +221,32 @@ def test_a_node_name_s_line_break_begins_no_text_line() -> None:
     finally:
         configure_logging("node-1", "text", stream=io.StringIO())
     assert len(_check(stream.getvalue(), "text")) == 1
+
+
+def _excluding_spec(count: int) -> str:
+    # /26s every other 64 addresses of 100.64.0.0/10: none merges with the next.
+    lines = ["apiVersion: k3snet.io/v1alpha1", "kind: EgressSpec", "destinations:",
+             "  - cidr: 100.64.0.0/10", "    exclude:"]
+    lines += [f"      - 100.{64 + i // 512}.{(i // 2) % 256}.{(i % 2) * 128}/26"
+              for i in range(count)]
+    lines += ["  - cidr: 198.51.100.0/24"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_pass_names_a_rule_of_2000_exclusions_briefly_and_every_change_after_it(
+        tmp_path: Path, fmt: str) -> None:
+    agent, _ = _agent(tmp_path, _excluding_spec(2000))
+    stream = io.StringIO()
+    configure_logging("node-1", fmt, stream=stream)  # type: ignore[arg-type]
+    try:
+        result = agent.run_pass()
+    finally:
+        configure_logging("node-1", "text", stream=io.StringIO())
+    assert result.status == "ok"
+    (line,) = [line for line in _check(stream.getvalue(), fmt) if "applied: " in line]
+    assert "more characters)" not in line  # said whole, not cut
+    assert "100.64.1.0/26,... (2000 prefixes)" in line
+    assert "100.64.1.128/26" not in line  # the fourth exclusion on: counted
+    # what comes after the long rule is still on the line
+    assert "masquerade 10.42.0.0/16 -> 198.51.100.0/24" in line

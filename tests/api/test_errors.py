@@ -104,3 +104,24 @@ def test_an_error_names_a_rule_of_many_exclusions_briefly_its_reason_after_it(
     replaced = Change.replace(MasqueradeRule("10.42.0.0/16", destination="100.64.0.0/10"), rule)
     assert replaced.brief() == (f"~ {rule.brief()} (was: masquerade 10.42.0.0/16 -> "
                                 "100.64.0.0/10)")
+
+
+def test_a_backend_s_failed_change_of_many_exclusions_is_named_briefly_before_why() -> None:
+    # The kit's failure ("<change> failed: <reason>", the iptables backend's refusal by
+    # iptables-restore too) named the change whole: 34 KB for 2000 exclusions before why.
+    from k3snet.backends.memory import MemoryBackend  # noqa: PLC0415
+    from k3snet.model import MasqueradeRule, State  # noqa: PLC0415
+    from k3snet.planner import plan  # noqa: PLC0415
+
+    rule = MasqueradeRule("10.42.0.0/16", destination="100.64.0.0/10",
+                          exclude=[f"100.{64 + i // 512}.{(i // 2) % 256}.{(i % 2) * 128}/26"
+                                   for i in range(2000)])
+    backend = MemoryBackend(capabilities=("nat",))
+    backend.faults.fail_at(0)
+    with pytest.raises(errors.ApplyError) as raised:
+        backend.apply(plan(backend.observe(), State(owned=[rule])))
+    message = str(raised.value)
+    assert len(message) < 1000
+    assert f"memory backend: {Change.add(rule).brief()} failed: injected failure" in message
+    assert "failed change:" not in message  # named once
+    assert raised.value.failed == Change.add(rule)  # the change itself, whole

@@ -204,9 +204,11 @@ def _network(value: Any) -> Network:
     raise ValueError(f"not a prefix: {value!r}")
 
 
-def _networks(value: Any) -> list[Network]:
+def _networks(value: Any, negated: bool = False) -> list[Network]:
     if isinstance(value, dict) and "set" in value:
         return [net for v in value["set"] for net in _range_or_network(v)]
+    if negated:  # `daddr != a-b`: nft writes an anonymous set of one range so
+        return _range_or_network(value)
     return [_network(value)]
 
 
@@ -250,7 +252,7 @@ def _parse_address(left: dict[str, Any], right: Any, negated: bool, out: Match) 
         return False
     if out.proto not in (None, proto):
         return False
-    nets = _networks(right)
+    nets = _networks(right, negated)
     if len(nets) > 1 and not negated:
         return False  # "daddr { a, b }" is not one prefix ("!= { a, b }" is exclusions)
     out.proto = proto

@@ -520,19 +520,20 @@ def _nat(body: str) -> NetObject | None:
 
 def _exclusions(text: str) -> list[Network]:
     if "{" not in text:
-        return [_prefix(x) for x in _EXCLUDED.findall(text)]
+        # one match each (or `daddr != a-b`: a set of one range, as nft lists it)
+        return [net for x in _EXCLUDED.findall(text) for net in _element(x)]
     # `daddr != { a, b-c }`: the anonymous interval set of a rule with many exclusions
     elements = text[text.index("{") + 1:text.rindex("}")].split(",")
-    nets: list[Network] = []
-    for element in (e.strip() for e in elements):
-        first, dash, last = element.partition("-")
-        if not dash:
-            nets.append(_prefix(element))
-            continue
-        low, high = prefix_of(first, None), prefix_of(last, None)
-        nets.extend(ipaddress.summarize_address_range(
-            low.network_address, high.network_address))
-    return nets
+    return [net for element in elements for net in _element(element.strip())]
+
+
+def _element(text: str) -> list[Network]:
+    """The prefixes of one excluded element: a prefix, a host, or a range ``a-b``."""
+    first, dash, last = text.partition("-")
+    if not dash:
+        return [_prefix(text)]
+    low, high = prefix_of(first, None), prefix_of(last, None)
+    return list(ipaddress.summarize_address_range(low.network_address, high.network_address))
 
 
 def _forward(body: str, reply: bool) -> NetObject | None:
