@@ -312,6 +312,32 @@ def test_blocks_a_node_holds_in_an_old_pool_sorting_after_the_pod_cidr_s_must_tr
         assert (len(p.met), p.conflicts) == (1, ())
 
 
+@pytest.mark.parametrize(("held", "met"), [(3, True), (4, False)])
+def test_a_pool_sorting_after_a_full_pod_cidr_pool_gives_new_blocks_and_must_translate_alike(
+    held: int, met: bool,
+) -> None:
+    # Calico IPAM claims a node's new block in the first pool, in name order, that has
+    # one unclaimed (libcalico-go findUsableBlock), so a pool sorting after the pod
+    # CIDR's is used once every block of the pod CIDR's pool is claimed: a new node's
+    # pods get addresses there, translated as it says. k3snet judged only pools sorting
+    # before: a pod CIDR pool of 4 blocks, all held, was met beside zz-old.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, AFFINITIES)) as server:
+        server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/24", natOutgoing=True,
+                              blockSize=26))
+        server.put(CRD, _pool("zz-old", cidr="10.60.0.0/16", natOutgoing=False))
+        for n in range(held):
+            server.put(AFFINITIES, _affinity(f"node-{n}", f"10.42.0.{64 * n}/26"))
+        p = _plan(_backend(server), SPEC.replace("10.42.0.0/16", "10.42.0.0/24"))
+        if met:
+            assert (len(p.met), p.conflicts) == (1, ())
+            return
+        (conflict,) = p.conflicts
+        reason = conflict.reason or ""
+        assert reason.startswith("IPPool zz-old 10.60.0.0/16 (natOutgoing false) serves "
+                                 "workloads outside the pod CIDRs"), reason
+        assert "every block of IPPool default-ipv4-ippool" in reason, reason
+
+
 def test_a_load_balancer_block_in_an_old_pool_gives_no_pod_an_address() -> None:
     # Calico IPAM keeps the blocks it cuts for LoadBalancer Services' addresses affine
     # to a virtual node (libcalico-go ipam AffinityTypeVirtual: spec.type "virtual",
