@@ -296,13 +296,21 @@ def _typed(name: str, spec: Mapping[str, Any], key: str, kind: type, default: An
     return value
 
 
+# The text Go's net.ParseCIDR may take (it parses the address and the length after this):
+# no blank, zone or sign anywhere, and a "/" (Python's ip_network takes a bare address
+# for a /32, and k3snet's parse_network trims blanks).
+_GO_CIDR = re.compile(r"[0-9A-Fa-f:.]+/[0-9]+")
+
+
 def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
     """Model an IPPool resource, as Calico reads it, and the warnings reading it gave.
 
     Unset (or empty, as Go's ``omitempty`` writes them) fields take Calico's
     defaults; the deprecated v1 fields ``nat-outgoing`` and ``ipip`` are ignored, as
     Calico ignores them (:data:`V1_SPEC_FIELDS`), and reported in the warnings. Values
-    of the wrong type raise :class:`~k3snet.errors.ModelError`; unknown or
+    of the wrong type raise :class:`~k3snet.errors.ModelError`, and so does a
+    ``cidr`` Go's ``net.ParseCIDR`` refuses (blanks around it, no prefix length), which
+    Calico cannot read whatever Python makes of it; unknown or
     mis-cased fields are dropped (as the structural schema prunes them) and
     reported in the warnings.
     """
@@ -320,9 +328,15 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
             # Calico parses a blank selector (spaces and tabs) as all(): every node.
             modes["nodeSelector"] = "all()"
         uses = _typed(name, spec, "allowedUses", list, None)
+        cidr = _typed(name, spec, "cidr", str, None)
+        if not _GO_CIDR.fullmatch(cidr):
+            raise ModelError(f"IPPool {name}: spec.cidr {json.dumps(cidr)[:100]} is no CIDR "
+                             "Calico can parse (Go's net.ParseCIDR: an address, '/' and a "
+                             "prefix length, nothing around them; the CRDs store any "
+                             "string)")
         pool = IPPool(
             name,
-            _typed(name, spec, "cidr", str, None),
+            cidr,
             nat_outgoing=_typed(name, spec, "natOutgoing", bool, False),
             disabled=_typed(name, spec, "disabled", bool, False),
             ipip_mode=modes["ipipMode"],
