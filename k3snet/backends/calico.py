@@ -63,7 +63,8 @@ undoes what it did when a later request fails (a kit
 back what it changed, re-creates what it deleted).
 
 **Reads.** ``observe`` lists the pools, the FelixConfigurations and (for
-``IPPoolsAndHostIPs``) the Nodes' metadata; the ``check`` or ``apply`` right after it
+``IPPoolsAndHostIPs``, or a block a node holds in a pool with a ``nodeSelector``: once
+for both) the Nodes' metadata; the ``check`` or ``apply`` right after it
 (within :data:`~k3snet.backends.kit.FRESH_READ_AGE` seconds, once: the agent's pass,
 ``converge``; :class:`~k3snet.backends.kit.FreshRead`) takes that
 listing rather than asking for all of it again, which every write's precondition above

@@ -521,6 +521,13 @@ def test_the_nodes_are_listed_for_blocks_only_in_a_pool_not_selecting_every_node
                               nodeSelector="zone == 'old'"))
         p = _plan(_backend(server), SPEC)
         assert (len(p.met), listed()) == (1, 1)
+        # Felix's IPPoolsAndHostIPs reads the Nodes too: one list serves both.
+        server.put("crd.projectcalico.org/v1/felixconfigurations", {
+            "apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {"natOutgoingExclusions": "IPPoolsAndHostIPs"}})
+        p = _plan(_backend(server), SPEC)
+        assert (len(p.met), listed()) == (1, 2)
         server.put(AFFINITIES, _affinity("node-gone", "10.60.4.0/26"))
         p = _plan(_backend(server), SPEC)
         (conflict,) = p.conflicts
