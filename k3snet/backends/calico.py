@@ -63,7 +63,8 @@ undoes what it did when a later request fails (a kit
 back what it changed, re-creates what it deleted).
 
 **Reads.** ``observe`` lists the pools, the FelixConfigurations and (for
-``IPPoolsAndHostIPs``) the Nodes' metadata; the ``check`` or ``apply`` right after it
+``IPPoolsAndHostIPs``, or a block a node holds in a pool with a ``nodeSelector``: once
+for both) the Nodes' metadata; the ``check`` or ``apply`` right after it
 (within :data:`~k3snet.backends.kit.FRESH_READ_AGE` seconds, once: the agent's pass,
 ``converge``; :class:`~k3snet.backends.kit.FreshRead`) takes that
 listing rather than asking for all of it again, which every write's precondition above
@@ -126,7 +127,7 @@ from k3snet.kube import (
     list_pages,
     make_api_client,
 )
-from k3snet.model.calico_selector import selector_problem
+from k3snet.model.calico_selector import selector_problem, selects_everything, selects_labels
 from k3snet.model.cidr import Network, parse_network
 from k3snet.model.cni import NAT_OUTGOING_EXCLUSIONS, CalicoFelixNat, CalicoPools, IPPool
 from k3snet.model.state import State
@@ -138,9 +139,12 @@ __all__ = [
     "DISRUPTIVE_FIELDS",
     "FELIX_NAT_FIELDS",
     "KNOWN_SPEC_FIELDS",
+    "NODE_LABELS_ANNOTATION",
     "V1_SPEC_FIELDS",
     "CalicoBackend",
+    "block_in_use",
     "calico_metadata",
+    "calico_node_labels",
     "disruptive_changes",
     "disruptive_fields",
     "disruptive_reason",
@@ -293,13 +297,21 @@ def _typed(name: str, spec: Mapping[str, Any], key: str, kind: type, default: An
     return value
 
 
+# The text Go's net.ParseCIDR may take (it parses the address and the length after this):
+# no blank, zone or sign anywhere, and a "/" (Python's ip_network takes a bare address
+# for a /32, and k3snet's parse_network trims blanks).
+_GO_CIDR = re.compile(r"[0-9A-Fa-f:.]+/[0-9]+")
+
+
 def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
     """Model an IPPool resource, as Calico reads it, and the warnings reading it gave.
 
     Unset (or empty, as Go's ``omitempty`` writes them) fields take Calico's
     defaults; the deprecated v1 fields ``nat-outgoing`` and ``ipip`` are ignored, as
     Calico ignores them (:data:`V1_SPEC_FIELDS`), and reported in the warnings. Values
-    of the wrong type raise :class:`~k3snet.errors.ModelError`; unknown or
+    of the wrong type raise :class:`~k3snet.errors.ModelError`, and so does a
+    ``cidr`` Go's ``net.ParseCIDR`` refuses (blanks around it, no prefix length), which
+    Calico cannot read whatever Python makes of it; unknown or
     mis-cased fields are dropped (as the structural schema prunes them) and
     reported in the warnings.
     """
@@ -317,9 +329,15 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
             # Calico parses a blank selector (spaces and tabs) as all(): every node.
             modes["nodeSelector"] = "all()"
         uses = _typed(name, spec, "allowedUses", list, None)
+        cidr = _typed(name, spec, "cidr", str, None)
+        if not _GO_CIDR.fullmatch(cidr):
+            raise ModelError(f"IPPool {name}: spec.cidr {json.dumps(cidr)[:100]} is no CIDR "
+                             "Calico can parse (Go's net.ParseCIDR: an address, '/' and a "
+                             "prefix length, nothing around them; the CRDs store any "
+                             "string)")
         pool = IPPool(
             name,
-            _typed(name, spec, "cidr", str, None),
+            cidr,
             nat_outgoing=_typed(name, spec, "natOutgoing", bool, False),
             disabled=_typed(name, spec, "disabled", bool, False),
             ipip_mode=modes["ipipMode"],
@@ -563,6 +581,61 @@ def _blocks_may_decide(pools: Iterable[IPPool]) -> bool:
             if families[version] > 1:
                 return True
     return False
+
+
+NODE_LABELS_ANNOTATION = "projectcalico.org/labels"
+"""The annotation of a Kubernetes Node holding its Calico node's own labels (JSON), which
+the Node's labels are laid over (libcalico-go ``K8sNodeToCalico``)."""
+
+
+def calico_node_labels(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """The labels of a node as Calico reads them from its Node's ``metadata``: those of
+    the ``projectcalico.org/labels`` annotation (an object of strings; anything else adds
+    nothing, as Calico drops an annotation it cannot read), the Node's own labels over
+    them.
+
+    >>> calico_node_labels({"labels": {"zone": "a"},
+    ...     "annotations": {"projectcalico.org/labels": '{"zone": "b", "rack": "1"}'}})
+    {'zone': 'a', 'rack': '1'}
+    """
+    labels: dict[str, str] = {}
+    annotations = metadata.get("annotations")
+    stored = annotations.get(NODE_LABELS_ANNOTATION) if isinstance(annotations, Mapping) \
+        else None
+    try:
+        inner = json.loads(stored) if isinstance(stored, str) else None
+    except (ValueError, RecursionError):
+        inner = None
+    if isinstance(inner, Mapping) and all(isinstance(v, str) for v in inner.values()):
+        labels.update(inner)
+    own = metadata.get("labels")
+    if isinstance(own, Mapping):
+        labels.update((k, v) for k, v in own.items() if isinstance(k, str) and isinstance(v, str))
+    return labels
+
+
+def block_in_use(block: str, pools: Iterable[IPPool], labels: Mapping[str, str] | None
+                 ) -> bool | None:
+    """Whether Calico IPAM may still assign addresses from ``block``, a block its node
+    holds, for the node's ``labels`` (None: not known, and then None where they decide):
+    a pool holding the block's first address selects the node (libcalico-go
+    ``prepareAffinityBlocksForHost``: the node's blocks in the pools that select it now;
+    the others are released once empty). A pool whose nodeSelector Calico cannot parse,
+    or no pool holding the block (judged elsewhere), keeps it: never fewer blocks than
+    Calico may use.
+
+    >>> pools = [IPPool("old", "10.60.0.0/16", node_selector="zone == 'old'")]
+    >>> [block_in_use("10.60.3.0/26", pools, labels)
+    ...  for labels in ({"zone": "old"}, {"zone": "new"}, None)]
+    [True, False, None]
+    """
+    address = parse_network(block).network_address
+    holding = [p for p in pools if address in p.cidr]
+    if not holding or any(selects_everything(p.node_selector) for p in holding):
+        return True
+    if labels is None:
+        return None
+    return any(selects_labels(p.node_selector, labels) is not False for p in holding)
 
 
 # ---------------------------------------------------------------- FelixConfiguration
@@ -838,6 +911,9 @@ class CalicoBackend(BackendBase):
         # BGP_EXPORT_RETRY seconds; None: not refused.
         self._dry_run_refused: float | None = None
         self._monotonic = time.monotonic  # the holds' clock (a test moves it)
+        # Every Node's metadata, or the error listing it, in this listing of the pools
+        # (_nodes); None: not listed.
+        self._node_list: list[Any] | KubeApiError | None = None
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -902,6 +978,7 @@ class CalicoBackend(BackendBase):
         # The IPPool CRD is read only where it decides something: a pool of k3snet's
         # without disableBGPExport, which k3snet always writes.
         self._pool_crd = None
+        self._node_list = None
         if any(_owned_label(i) and _lacks_bgp_export(i) for i in items if isinstance(i, dict)):
             self._pool_crd = self._read_pool_crd()
         for item in items:
@@ -932,8 +1009,11 @@ class CalicoBackend(BackendBase):
         felix, found = self._felix()
         warnings += found
         blocks: tuple[tuple[str, str], ...] = ()
-        if _blocks_may_decide([*owned.values(), *(p for p in foreign.values() if p)]):
+        readable = [*owned.values(), *(p for p in foreign.values() if p)]
+        if _blocks_may_decide(readable):
             blocks, found = self._blocks()
+            warnings += found
+            blocks, found = self._blocks_in_use(blocks, readable)
             warnings += found
         self.warnings = tuple(warnings)
         self.log_warnings()  # each once while it lasts, not on every agent pass
@@ -967,6 +1047,50 @@ class CalicoBackend(BackendBase):
                     "pods get from blocks their nodes hold in a pool outside the pod "
                     "CIDRs (Calico IPAM uses those before the pod CIDR's pool) are not "
                     "judged",)
+
+    def _blocks_in_use(self, blocks: tuple[tuple[str, str], ...], pools: list[IPPool]
+                       ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+        """The ``blocks`` Calico IPAM still assigns from: a node's block counts where a pool
+        holding it selects the node (:func:`block_in_use`, by the node's labels as Calico
+        reads them, :func:`calico_node_labels`). The Nodes are listed only where a block
+        lies in pools none of which selects every node; a node not listed (gone, or the
+        list refused: a warning) keeps its blocks, judged as before."""
+        if all(block_in_use(block, pools, None) is True for _, block in blocks):
+            return blocks, ()
+        try:
+            items = self._nodes()
+        except KubeApiError as exc:
+            if exc.status not in (403, 404):
+                raise
+            warning = () if exc.status == 404 else (
+                f"{exc}: the labels of the nodes holding IPAM blocks in a pool with a "
+                "nodeSelector are not read, so each such block is judged as one Calico "
+                "IPAM still assigns from, though the pool may select its node no more",)
+            return blocks, warning
+        labels = {}
+        for item in items:
+            metadata = item.get("metadata") if isinstance(item, Mapping) else None
+            if isinstance(metadata, Mapping) and isinstance(metadata.get("name"), str):
+                labels[metadata["name"]] = calico_node_labels(metadata)
+        return tuple((node, block) for node, block in blocks
+                     if block_in_use(block, pools, labels.get(node)) is not False), ()
+
+    def _nodes(self) -> list[Any]:
+        """Every Node's metadata (:func:`~k3snet.kube.list_node_metadata`), listed once in a
+        listing of the pools however many ask (the Calico hosts' addresses, the labels
+        of the nodes holding blocks); a failed list raises its error to each."""
+        if self._node_list is None:
+            from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+            try:  # only the labels and annotations are read
+                self._node_list = list_node_metadata(client.CoreV1Api(self._client),
+                                                     "list Nodes (metadata)",
+                                                     timeout=self.timeout)
+            except KubeApiError as exc:
+                self._node_list = exc
+        if isinstance(self._node_list, KubeApiError):
+            raise self._node_list
+        return self._node_list
 
     def _list_affinities(self, group: str, version: str) -> list[Any]:
         doing = f"list BlockAffinities ({group}/{version})"
@@ -1143,12 +1267,8 @@ class CalicoBackend(BackendBase):
         writes on its Node (the Calico Node's ``spec.bgp`` addresses, with their prefix):
         listed only for ``natOutgoingExclusions: IPPoolsAndHostIPs``. Nodes that cannot be
         listed (403) are a warning: those addresses are then not judged."""
-        from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
-
-        doing = "list Nodes (Calico hosts' addresses)"
-        try:  # only the annotations are read
-            items = list_node_metadata(client.CoreV1Api(self._client), doing,
-                                       timeout=self.timeout)
+        try:
+            items = self._nodes()
         except KubeApiError as exc:
             if exc.status == 404:  # no Node resource served (an emulated server): none
                 return (), ()

@@ -1285,6 +1285,11 @@ def _egress_gateways(items: list[Any], where: str) -> list[CiliumEgressGateway]:
 # ---------------------------------------------------------------- the backend
 
 
+_OptionsNow = tuple[tuple[CiliumAgentOption, ...], str | None]
+"""The agent's flags and variables as the DaemonSets hold them now, and why they could
+not be read (None: they were): :meth:`CiliumBackend._options_now`."""
+
+
 @attrs.frozen
 class _Edit:
     """What an apply writes: cilium-config keys, and the ip-masq-agent ConfigMap."""
@@ -1296,7 +1301,7 @@ class _Edit:
     agent_action: str  # "", "patch", "create" or "delete"
     # The agent's flags and variables as the DaemonSets hold them now, read at most once
     # for the whole check or apply (:meth:`CiliumBackend._options_now`).
-    options_now: Callable[[], tuple[CiliumAgentOption, ...]] = attrs.field(eq=False)
+    options_now: Callable[[], _OptionsNow] = attrs.field(eq=False)
 
 
 def _configmap(configmap: Any) -> tuple[str, str]:
@@ -2323,11 +2328,11 @@ class CiliumBackend(BackendBase):
         read = self._read()
         if read.config is None:
             return None
-        return self._disruptive(change, attrs.evolve(read, options=self._options_now()))
+        options, unread = self._options_now()
+        return self._disruptive(change, attrs.evolve(read, options=options), unread=unread)
 
     def _overridden_now(self, changed: Iterable[str], options: Iterable[CiliumAgentOption],
-                        now: Callable[[], tuple[CiliumAgentOption, ...]] | None = None
-                        ) -> set[str]:
+                        now: Callable[[], _OptionsNow] | None = None) -> set[str]:
         """The keys the ``cilium-agent`` container sets by flag or variable, by
         ``options`` (an observe's, maybe seconds old), unless they spare one of the keys
         ``changed``: then as the DaemonSets hold them now (:meth:`_options_now`; none where
@@ -2336,25 +2341,32 @@ class CiliumBackend(BackendBase):
         given = {o.key for o in options}
         if given.isdisjoint(changed):
             return given
-        return {o.key for o in (now or self._options_now)()}
+        return {o.key for o in (now or self._options_now)()[0]}
 
-    def _options_now(self) -> tuple[CiliumAgentOption, ...]:
+    def _options_now(self) -> _OptionsNow:
         """The keys the ``cilium-agent`` container sets by flag or variable, as the
         DaemonSets hold them now (:meth:`_agent_options`; none where the named one is not
-        to be read: ``cilium-config`` judges every key, as :meth:`_judged` does)."""
+        to be read: ``cilium-config`` judges every key, as :meth:`_judged` does), and why
+        the named one was not read (None: it was), which a refusal judged so says."""
         daemonset, failed = self._read_daemonset()
         if failed is not None or not isinstance(daemonset, Mapping):
-            return ()
-        return self._agent_options(daemonset, self._api.agent_daemonsets(self._daemonset))
+            # daemonset's text goes on to say what it means for the mount: cut there.
+            why = str(failed) if failed is not None else str(daemonset).partition(
+                ": whether")[0]
+            return (), printable(f"{why}: the cilium-agent container's flags and variables "
+                                 "could not be read again, so cilium-config's value is "
+                                 "judged")[:1000]
+        return self._agent_options(daemonset, self._api.agent_daemonsets(self._daemonset)), None
 
     def _disruptive(self, change: Change, read: _Read, *,
-                    options_now: Callable[[], tuple[CiliumAgentOption, ...]] | None = None
-                    ) -> str | None:
+                    options_now: Callable[[], _OptionsNow] | None = None,
+                    unread: str | None = None) -> str | None:
         """:meth:`disruptive` judged by ``read`` (its ConfigMap and its agent options).
         ``options_now`` (the DaemonSets' options as they are now: :meth:`_options_now`): a
         disruptive key the options (observe's, maybe seconds old) exempt is judged by
         them: a flag dropped since leaves the agents to read ``cilium-config`` at their
-        next start."""
+        next start. ``unread`` (or that read's failure): why the options are not known
+        now, said with the reason."""
         assert read.config is not None
         current = read.config.data
         record, _ = self._records(read)
@@ -2370,7 +2382,8 @@ class CiliumBackend(BackendBase):
         given = {o.key for o in read.options}
         if options_now is not None and any(k in wanted and k in given
                                            for k in CILIUM_DISRUPTIVE_KEYS):
-            given = {o.key for o in options_now()}
+            options, unread = options_now()
+            given = {o.key for o in options}
         for key in [k for k in CILIUM_DISRUPTIVE_KEYS if k in wanted and k not in given]:
             value = wanted[key]
             now = current.get(key, CILIUM_DEFAULTS.get(key, ""))
@@ -2378,7 +2391,7 @@ class CiliumBackend(BackendBase):
             probe = CiliumConfig(self.target, settings={key: new} if new else {})
             if not probe.met_by(CiliumConfig(self.target, settings={key: now} if now else {})):
                 return f"{CILIUM_DISRUPTIVE_KEYS[key]} ({key}: {now or '(unset)'} -> " \
-                       f"{new or '(unset)'})"
+                       f"{new or '(unset)'})" + (f" ({unread})" if unread else "")
         return None
 
     # ------------------------------------------------------------ check and apply

@@ -4,7 +4,8 @@ Calico parses a pool's selectors with libcalico-go's own tokenizer and parser, n
 Kubernetes' label selectors: blanks are spaces and tabs, ``all(``, ``has(`` and
 ``global(`` are one token each (blanks allowed inside the parentheses, not before
 them), and a blank selector selects everything. k3snet reads them the same way for
-four questions: can Calico parse this selector at all (Calico IPAM fails every
+four questions (and a fifth, whether it selects a given map of labels,
+:func:`selects_labels`): can Calico parse this selector at all (Calico IPAM fails every
 automatic assignment that meets a pool whose selector it cannot parse), does it
 select everything, does it select nothing (``!all()``), and are two spellings the
 same selector. The last three are answered by meaning, as far as a cheap normal form
@@ -21,7 +22,7 @@ selectors of different normal forms are taken to differ.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "selector_problem",
     "selector_tokens",
     "selects_everything",
+    "selects_labels",
     "selects_nothing",
 ]
 
@@ -432,3 +434,49 @@ def selects_nothing(text: str) -> bool:
     (True, False, False)
     """
     return selector_normal_form(text) == NOTHING
+
+
+_COMPARE: dict[str, Callable[[str, str], bool]] = {
+    "contains": lambda value, wanted: wanted in value,
+    "starts with": lambda value, wanted: value.startswith(wanted),
+    "ends with": lambda value, wanted: value.endswith(wanted),
+    "==": lambda value, wanted: value == wanted,
+    "!=": lambda value, wanted: value != wanted}
+
+
+def _holds(node: Node, labels: Mapping[str, str]) -> bool:
+    """Whether parsed selector ``node`` selects ``labels``, as libcalico-go's AST evaluates
+    it (see the normal form above: a label the map lacks makes ``!=`` and ``not in``
+    true, every other comparison false)."""
+    kind = node[0]
+    if kind in ("and", "or"):
+        results = (_holds(child, labels) for child in node[1])
+        return all(results) if kind == "and" else any(results)
+    if kind == "not":
+        return not _holds(node[1], labels)
+    if kind in ("in", "not in"):
+        found = node[1] in labels and labels[node[1]] in node[2]
+        return bool(found == (kind == "in"))
+    if kind != "op":  # all(), global(), has()
+        return bool(kind != "has" or node[1] in labels)
+    _, operator, label, wanted = node
+    if label not in labels:
+        return bool(operator == "!=")
+    return _COMPARE[operator](labels[label], wanted)
+
+
+def selects_labels(text: str, labels: Mapping[str, str]) -> bool | None:
+    """Whether selector ``text`` selects the map ``labels`` (a node's, as Calico IPAM asks
+    of a pool's ``nodeSelector``, libcalico-go ``SelectsNode``), or None when Calico
+    cannot parse it (IPAM's answer is then an error, not a verdict).
+
+    >>> selects_labels("zone == 'a' && !has(gpu)", {"zone": "a"})
+    True
+    >>> selects_labels("zone != 'a'", {}), selects_labels("zone in {'a'}", {})
+    (True, False)
+    """
+    try:
+        tree = _parsed(text)[1]
+    except _UnparseableError:
+        return None
+    return _holds(tree, labels)

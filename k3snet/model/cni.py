@@ -1641,17 +1641,33 @@ class CalicoPodCIDR(NetObject):
 
         Calico IPAM cuts a node's new blocks from the pools selecting it in the order of
         their names (libcalico-go ``findUsableBlock``): such a pool gives pods addresses
-        first, and Felix translates them as it says. (One sorting after is used once the
-        pod CIDR's pool has no free block, not judged, or where a node holds blocks of it
-        already: :meth:`_held`.)
+        first, and Felix translates them as it says. One sorting after is used once the
+        pod CIDR's pool has no unclaimed block: where the blocks nodes hold claim every
+        block of it (:meth:`_full`), every such pool is ahead; otherwise it gives
+        addresses only where a node holds blocks of it already (:meth:`_held`).
         """
         serving = [p for p in pools.pools if p.cidr == self.cidr and p.workload_usable
                    and selects_everything(p.node_selector)]
         if not serving:
             return None, []
         first = serving[0]  # pools are sorted by name
-        return first, [q for q in self._outside(pools) if q.name < first.name
+        full = self._full(first, pools)
+        return first, [q for q in self._outside(pools) if (full or q.name < first.name)
                        and (pools.felix_pool(q.cidr) or q).nat_outgoing != self.nat_outgoing]
+
+    @staticmethod
+    def _full(pool: IPPool, pools: CalicoPools) -> bool:
+        """Every block of ``pool`` is claimed: the blocks nodes hold
+        (:attr:`CalicoPools.blocks`) cover all ``2 ** (blockSize - prefix length)`` of
+        them, and Calico IPAM claims new blocks in the pools sorting after it. (A block
+        no node holds any more may still hold addresses, which k3snet does not read:
+        then it is not known full, and not judged so.)"""
+        size = pool.block_size
+        if size is None or not pool.cidr.prefixlen <= size <= pool.cidr.max_prefixlen:
+            return False
+        held = {block for _, block in pools.blocks
+                if block.prefixlen == size and contains(pool.cidr, block)}
+        return len(held) >= 1 << (size - pool.cidr.prefixlen)
 
     def _held(self, pools: CalicoPools) -> list[tuple[IPPool, list[tuple[str, Network]]]]:
         """The pools outside the spec's pod CIDRs (:meth:`_outside`) whose ``natOutgoing``
@@ -1707,10 +1723,15 @@ class CalicoPodCIDR(NetObject):
             f"IPPool {q.name} {q.cidr} (natOutgoing "
             f"{'true' if (pools.felix_pool(q.cidr) or q).nat_outgoing else 'false'})"
             for q in ahead)
-        return (f"{named} serves workloads outside the pod CIDRs, and its name sorts before "
-                f"IPPool {first.name}'s, the pool of pod CIDR {self.cidr}: Calico IPAM cuts "
-                "pods' new blocks from the pools selecting a node in the order of their "
-                "names, so pods get addresses there first, which Felix translates as that "
+        order = (f"and every block of IPPool {first.name}, the pool of pod CIDR "
+                 f"{self.cidr}, is held by a node: Calico IPAM cuts pods' new blocks from "
+                 "the first pool, in name order, that has one unclaimed, so new blocks "
+                 "come from there" if self._full(first, pools) else
+                 f"and its name sorts before IPPool {first.name}'s, the pool of pod CIDR "
+                 f"{self.cidr}: Calico IPAM cuts pods' new blocks from the pools selecting "
+                 "a node in the order of their names")
+        return (f"{named} serves workloads outside the pod CIDRs, {order}, so pods get "
+                "addresses there first, which Felix translates as that "
                 f"pool says, not as the spec wants (natOutgoing {wanted}); fix: add its CIDR "
                 "to the spec's cluster.podCIDRs (it is judged as a pod CIDR then), set its "
                 f"natOutgoing to {wanted}, or disable it or make its assignmentMode Manual "

@@ -659,7 +659,8 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
                 "verbs": ["list"],
             }, {
                 # The Calico nodes' addresses (their annotations), which Felix leaves
-                # untranslated with natOutgoingExclusions: IPPoolsAndHostIPs.
+                # untranslated with natOutgoingExclusions: IPPoolsAndHostIPs, and their
+                # labels, for a block a node holds in a pool with a nodeSelector.
                 "apiGroups": [""],
                 "resources": ["nodes"],
                 "verbs": ["list"],

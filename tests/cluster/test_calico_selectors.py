@@ -312,6 +312,32 @@ def test_blocks_a_node_holds_in_an_old_pool_sorting_after_the_pod_cidr_s_must_tr
         assert (len(p.met), p.conflicts) == (1, ())
 
 
+@pytest.mark.parametrize(("held", "met"), [(3, True), (4, False)])
+def test_a_pool_sorting_after_a_full_pod_cidr_pool_gives_new_blocks_and_must_translate_alike(
+    held: int, met: bool,
+) -> None:
+    # Calico IPAM claims a node's new block in the first pool, in name order, that has
+    # one unclaimed (libcalico-go findUsableBlock), so a pool sorting after the pod
+    # CIDR's is used once every block of the pod CIDR's pool is claimed: a new node's
+    # pods get addresses there, translated as it says. k3snet judged only pools sorting
+    # before: a pod CIDR pool of 4 blocks, all held, was met beside zz-old.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, AFFINITIES)) as server:
+        server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/24", natOutgoing=True,
+                              blockSize=26))
+        server.put(CRD, _pool("zz-old", cidr="10.60.0.0/16", natOutgoing=False))
+        for n in range(held):
+            server.put(AFFINITIES, _affinity(f"node-{n}", f"10.42.0.{64 * n}/26"))
+        p = _plan(_backend(server), SPEC.replace("10.42.0.0/16", "10.42.0.0/24"))
+        if met:
+            assert (len(p.met), p.conflicts) == (1, ())
+            return
+        (conflict,) = p.conflicts
+        reason = conflict.reason or ""
+        assert reason.startswith("IPPool zz-old 10.60.0.0/16 (natOutgoing false) serves "
+                                 "workloads outside the pod CIDRs"), reason
+        assert "every block of IPPool default-ipv4-ippool" in reason, reason
+
+
 def test_a_load_balancer_block_in_an_old_pool_gives_no_pod_an_address() -> None:
     # Calico IPAM keeps the blocks it cuts for LoadBalancer Services' addresses affine
     # to a virtual node (libcalico-go ipam AffinityTypeVirtual: spec.type "virtual",
@@ -432,6 +458,88 @@ def test_block_affinities_are_listed_only_where_a_family_has_two_pools_serving_w
         p = _plan(_backend(server), SPEC)
         assert (p.met, len(p.conflicts), listed()) == ((), 1, 1)
         assert "block 10.60.3.0/26 of node node-a" in (p.conflicts[0].reason or "")
+
+
+NODES = "v1/nodes"
+
+
+def _node(name: str, labels: dict[str, str], calico_labels: str | None = None
+          ) -> dict[str, Any]:
+    annotations = ({"projectcalico.org/labels": calico_labels}
+                   if calico_labels is not None else {})
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": labels, "annotations": annotations}}
+
+
+@pytest.mark.parametrize(("labels", "calico_labels", "met"), [
+    ({"zone": "new"}, None, True),  # the pool selects the node no more
+    ({"zone": "old"}, None, False),
+    ({}, '{"zone": "old"}', False),  # Calico's own labels of the node
+    ({"zone": "new"}, '{"zone": "old"}', True),  # the Node's labels win over them
+    ({}, "{not json", True),  # an annotation Calico cannot read adds nothing
+])
+def test_a_block_in_a_pool_whose_node_selector_no_longer_selects_its_node_gives_no_address(
+    labels: dict[str, str], calico_labels: str | None, met: bool,
+) -> None:
+    # Calico IPAM assigns from the blocks a node holds only in the pools that select it
+    # now (libcalico-go prepareAffinityBlocksForHost: the affine blocks filtered by the
+    # pools whose nodeSelector matches the node's labels; the others are released once
+    # empty). k3snet counted every block a node held: a node relabelled out of an old
+    # pool's nodeSelector was a conflict, though its new pods get pod CIDR addresses.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, AFFINITIES, NODES)) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("zz-old", cidr="10.60.0.0/16", natOutgoing=False,
+                              nodeSelector="zone == 'old'"))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+        server.put(NODES, _node("node-a", labels, calico_labels))
+        server.put(NODES, _node("node-b", {"zone": "old"}))  # holds no block there
+        p = _plan(_backend(server), SPEC)
+        assert p.changes == ()
+        if met:
+            assert (len(p.met), p.conflicts) == (1, ())
+        else:
+            (conflict,) = p.conflicts
+            assert "block 10.60.3.0/26 of node node-a" in (conflict.reason or "")
+
+
+def test_the_nodes_are_listed_for_blocks_only_in_a_pool_not_selecting_every_node() -> None:
+    # The node's labels decide only for a block in a pool with a nodeSelector; a node
+    # not listed (403: said), or gone, keeps its block judged.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, AFFINITIES, NODES)) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("zz-old", cidr="10.60.0.0/16", natOutgoing=False))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+        server.put(NODES, _node("node-a", {"zone": "new"}))
+
+        def listed() -> int:
+            return sum(1 for method, path, _ in server.requests()
+                       if method == "GET" and path.split("?")[0].endswith("/nodes"))
+
+        p = _plan(_backend(server), SPEC)
+        assert (len(p.conflicts), listed()) == (1, 0)
+        server.put(CRD, _pool("zz-old", cidr="10.60.0.0/16", natOutgoing=False,
+                              nodeSelector="zone == 'old'"))
+        p = _plan(_backend(server), SPEC)
+        assert (len(p.met), listed()) == (1, 1)
+        # Felix's IPPoolsAndHostIPs reads the Nodes too: one list serves both.
+        server.put("crd.projectcalico.org/v1/felixconfigurations", {
+            "apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {"natOutgoingExclusions": "IPPoolsAndHostIPs"}})
+        p = _plan(_backend(server), SPEC)
+        assert (len(p.met), listed()) == (1, 2)
+        server.put(AFFINITIES, _affinity("node-gone", "10.60.4.0/26"))
+        p = _plan(_backend(server), SPEC)
+        (conflict,) = p.conflicts
+        assert "block 10.60.4.0/26 of node node-gone" in (conflict.reason or "")
+        assert "10.60.3.0/26" not in (conflict.reason or "")
+        server.fail(403, method="GET", plural="nodes")
+        backend = _backend(server)
+        p = _plan(backend, SPEC)
+        (conflict,) = p.conflicts
+        assert "block 10.60.3.0/26 of node node-a" in (conflict.reason or "")
+        (warning,) = [w for w in backend.warnings if "labels" in w]
+        assert "forbidden (403)" in warning
 
 
 @pytest.mark.parametrize("field", ["nodeSelector", "namespaceSelector"])

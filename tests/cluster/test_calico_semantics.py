@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from k3snet.backends.calico import pool_from_resource
-from k3snet.errors import SpecError
+from k3snet.errors import ModelError, SpecError
 from k3snet.model.cni import CalicoPodCIDR
 from k3snet.spec import Destination, MasqueradePolicy, Spec, compile_ippools
 from k3snet.spec import compile as compile_spec
@@ -73,3 +73,15 @@ def test_link_local_is_judged_only_where_calico_masquerades() -> None:
     assert compile_spec(Spec.from_yaml(exempt.replace("cni:\n  calico: {}\n", "")))
     masqueraded = LINK_LOCAL_SPEC % "  - {cidr: 169.254.169.254/32}"
     assert compile_ippools(Spec.from_yaml(masqueraded)).owned  # Calico does NAT it
+
+
+@pytest.mark.parametrize("cidr", [" 10.60.0.0/16", "10.60.0.0/16\n", "10.60.0.1",
+                                  "fe80::%eth0/64", "10.60.0.0 /16"])
+def test_a_pool_cidr_go_s_parser_refuses_is_unreadable_not_read_as_another(cidr: str) -> None:
+    # Calico parses a pool's CIDR with Go's net.ParseCIDR: an address, "/" and a prefix
+    # length, nothing around them (the CRDs store any string). k3snet trimmed blanks and
+    # took an address without a prefix for a /32 (/128): such a pool was judged as the
+    # CIDR Calico cannot read (an exemption met, a pod CIDR served).
+    resource = {"metadata": {"name": "odd"}, "spec": {"cidr": cidr, "blockSize": 32}}
+    with pytest.raises(ModelError, match=r"net\.ParseCIDR"):
+        pool_from_resource(resource)

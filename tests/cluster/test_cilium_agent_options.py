@@ -375,6 +375,27 @@ def test_disruptive_and_apply_judge_by_the_agent_s_flags_as_they_are_now_not_as_
     assert CiliumBackend(api_client=api_client, timeout=10.0).disruptive(change) is None
 
 
+def test_a_disruptive_refusal_after_a_failed_read_of_the_agent_s_flags_names_that_read(
+    api_server: EmulatedApiServer, api_client: Any
+) -> None:
+    # observe found routing-mode given by the agent's flags; reading the DaemonSet again
+    # (whether the flags still spare the key) failed: the change is judged by
+    # cilium-config alone, a disruptive change, and the refusal said only that: nothing
+    # told the operator that the flags, which make it none, could not be read.
+    _, backend, p, _ = _native_then_given_by_flags(api_server, api_client)
+    (change,) = p.changes
+    api_server.fail(500, method="GET", plural="daemonsets", times=100)
+    reason = backend.disruptive(change) or ""
+    assert "routing-mode: native -> tunnel" in reason
+    assert "read DaemonSet kube-system/cilium" in reason, reason
+    assert "500" in reason, reason
+    with pytest.raises(PlanError, match="refuses a disruptive change") as refused:
+        backend.apply(p)
+    assert "could not be read again" in str(refused.value)
+    assert "500" in str(refused.value)
+    assert _data(api_server)["routing-mode"] == "native"
+
+
 def test_a_change_of_keys_the_agent_s_flags_set_names_no_restart_and_leaves_no_stamp(
     api_server: EmulatedApiServer, api_client: Any
 ) -> None:

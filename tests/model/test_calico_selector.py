@@ -30,6 +30,7 @@ from k3snet.model.calico_selector import (
     selector_problem,
     selector_tokens,
     selects_everything,
+    selects_labels,
     selects_nothing,
 )
 from k3snet.model.cni import CalicoPodCIDR, CalicoPools, IPPool
@@ -310,6 +311,21 @@ def test_the_normal_form_of_a_selector_selects_the_labels_calico_s_ast_selects(
         assert all(_truth(tree, labels) for labels in MAPS)
     if form == NOTHING:
         assert not any(_truth(tree, labels) for labels in MAPS)
+
+
+@settings(max_examples=examples(100))
+@given(spelt())
+def test_selects_labels_selects_the_labels_calico_s_ast_selects(
+    case: tuple[Tree, str, str],
+) -> None:
+    # A pool's nodeSelector decides whether Calico IPAM still assigns from the blocks a
+    # node holds in the pool (libcalico-go SelectsNode: the selector evaluated on the
+    # node's labels): every map of labels gets the AST's answer.
+    tree, text, shuffled = case
+    for labels in MAPS:
+        assert selects_labels(text, labels) == _truth(tree, labels), (text, labels)
+        assert selects_labels(shuffled, labels) == _truth(tree, labels), (shuffled, labels)
+    assert selects_labels("has(x", {"x": ""}) is None  # Calico cannot parse it
 
 
 @settings(max_examples=examples(100))
