@@ -185,7 +185,8 @@ def test_explicit_sysctl_under_the_other_name_of_ip_forward_wins_over_managed_fo
     assert sysctls == ["sysctl net.ipv4.conf.all.forwarding = 0"]
 
 
-_GATEWAYS = ["192.168.1.1", "192.168.9.1", "172.16.0.1", "fd00::1", "fd09::1"]
+_GATEWAYS = ["192.168.1.1", "192.168.9.1", "172.16.0.1", "fd00::1", "fd09::1", "192.168.1.5",
+             "fd00::5"]
 _DEVICES = [None, "eth0", "eth1", "ens3"]
 
 
