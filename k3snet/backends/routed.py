@@ -274,13 +274,14 @@ def read_routes(driver: SocketDriver) -> list[_Raw]:
     for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
         for msg in driver.dump(RTM_GETROUTE, route_dump_request(family, None),
                                missing_ok=True):
-            _family, length, src_len, _tos, table, _proto, _scope, kind, flags = (
+            # A route with a source prefix (IPv6 `from`) is read as any other: packets
+            # from those sources, the pods' maybe, leave by its device.
+            _family, length, _src_len, _tos, table, _proto, _scope, kind, flags = (
                 RTMSG.unpack_from(msg, HDR))
             found_attrs = attrs_of(msg, HDR + RTMSG.size)
             if RTA_TABLE in found_attrs:
                 table = U32.unpack(found_attrs[RTA_TABLE])[0]
-            if (kind != RTN_UNICAST or src_len or flags & RTM_F_CLONED
-                    or table == RT_TABLE_LOCAL):
+            if kind != RTN_UNICAST or flags & RTM_F_CLONED or table == RT_TABLE_LOCAL:
                 continue
             address = int.from_bytes(found_attrs.get(RTA_DST, b""), "big")
             if _all_multicast(version, address, length):

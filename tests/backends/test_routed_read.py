@@ -1,4 +1,4 @@
-"""``read_routes`` leaves out a route only when every address it holds is multicast.
+"""``read_routes`` against the kernel: every route by which a forwarded packet may leave.
 
 A route was dropped when its first address was multicast: ``224.0.0.0/3`` starts at
 ``224.0.0.0`` but holds ``240.0.0.0/4`` too, which the kernel routes as unicast
@@ -6,6 +6,10 @@ A route was dropped when its first address was multicast: ``224.0.0.0/3`` starts
 to meet nothing there. IPv6 has no such prefix: one starting with ``ff`` is inside
 ``ff00::/8``, and the kernel's own ``multicast ff00::/8`` of every device is in table
 ``local``, of another type, left out as such; ``fe00::/7`` starts below it.
+
+An IPv6 route with a source prefix (``2001:db8::/64 from fd42::/56 dev eth1``) was
+left out: the pods' packets to that destination leave by ``eth1``, and a drop by
+``eth1`` was judged by its other routes alone (link-local ones: no forwarded packet).
 """
 
 from __future__ import annotations
@@ -73,3 +77,16 @@ def test_a_route_holding_unicast_addresses_beside_multicast_ones_is_read(ns: str
     cover = RoutedBy(lambda: raw).cover(4, "eth0")
     assert cover is not None
     assert any(ipaddress.ip_network("240.0.0.0/4").subnet_of(c) for c in cover)  # type: ignore[arg-type]
+
+
+def test_a_route_with_a_source_prefix_counts_for_its_device(ns: str) -> None:
+    _ip(ns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p")
+    for dev in ("eth1p", "eth1"):
+        _ip(ns, "link", "set", dev, "up")
+    _ip(ns, "-6", "route", "add", "2001:db8::/64", "from", "fd42::/56", "dev", "eth1")
+    [chosen] = json.loads(_ip(ns, "-6", "-j", "route", "get", "2001:db8::1", "from", "fd42::5"))
+    assert chosen["dev"] == "eth1"  # the kernel's view: a pod's packet leaves by eth1
+    raw = _raw(ns)
+    cover = RoutedBy(lambda: raw).cover(6, "eth1")
+    assert cover is not None
+    assert ipaddress.ip_network("2001:db8::/64") in cover
