@@ -5,7 +5,8 @@
 for every destination itself (an ARP request for ``192.168.2.10``), as if it were on a
 connected network, and no router is used. IPv6 refuses such a route when it is applied
 ("Gateway can not be a local address"). The node facts hold the node's addresses, so
-the plan refuses both at the gateway's path, before anything is written.
+the plan refuses both at the gateway's path, before anything is written; without
+them the netlink backend's dry run, which reads the node's addresses itself, does.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from k3snet.backends.netlink import NetlinkBackend
 from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.model import Route, State
+from k3snet.planner import plan
 from tests.in_process import k3snet
+from tests.netlink.test_backend import DRIVERS, Driver
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
@@ -87,3 +92,20 @@ def test_a_gateway_that_is_the_node_s_own_address_is_refused_by_the_plan(
     kernel = [r["dst"] for family in ("-4", "-6")
               for r in json.loads(_ip(ns, family, "-j", "route", "show", "proto", "211"))]
     assert kernel == []
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_without_the_node_facts_the_dry_run_refuses_such_an_ipv4_gateway_too(
+        ns: str, tmp_path: Path, driver: Driver) -> None:
+    # --no-facts (or a library caller without facts): the backend's dry run reads the
+    # node's addresses itself; it named IPv6's alone, which the kernel refuses.
+    if driver == "pyroute2":
+        pytest.importorskip("pyroute2")
+    with NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        wanted = State(owned=[Route("192.168.2.0/24", gateway="192.168.1.5", device="eth0"),
+                              Route("192.168.3.0/24", gateway="192.168.1.1", device="eth0")])
+        problems = backend.check(plan(backend.observe(), wanted))
+    assert len(problems) == 1, problems
+    assert "gateway 192.168.1.5 is a local address (the kernel takes such an IPv4 route " \
+           "but ignores the gateway" in problems[0]
+    assert "192.168.2.0/24" in problems[0]
