@@ -232,6 +232,15 @@ def _raw(net: Network, device: str | None) -> _Raw:
     return (net.version, int(net.network_address), net.prefixlen, device)
 
 
+def _all_multicast(version: int, address: int, length: int) -> bool:
+    """Whether every address of the prefix is multicast (``224.0.0.0/4``, ``ff00::/8``):
+    not so of ``224.0.0.0/3``, which starts there but holds ``240.0.0.0/4`` too, routed
+    as unicast."""
+    if version == 4:
+        return length >= 4 and address >> 28 == 0xE
+    return length >= 8 and address >> 120 == 0xFF
+
+
 def read_links(driver: SocketDriver) -> list[str]:
     """The names of the namespace's devices (one link dump), as :class:`RoutedBy` takes
     them."""
@@ -265,19 +274,18 @@ def read_routes(driver: SocketDriver) -> list[_Raw]:
     for family, version in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
         for msg in driver.dump(RTM_GETROUTE, route_dump_request(family, None),
                                missing_ok=True):
-            _family, length, src_len, _tos, table, _proto, _scope, kind, flags = (
+            # A route with a source prefix (IPv6 `from`) is read as any other: packets
+            # from those sources, the pods' maybe, leave by its device.
+            _family, length, _src_len, _tos, table, _proto, _scope, kind, flags = (
                 RTMSG.unpack_from(msg, HDR))
             found_attrs = attrs_of(msg, HDR + RTMSG.size)
             if RTA_TABLE in found_attrs:
                 table = U32.unpack(found_attrs[RTA_TABLE])[0]
-            if (kind != RTN_UNICAST or src_len or flags & RTM_F_CLONED
-                    or table == RT_TABLE_LOCAL):
+            if kind != RTN_UNICAST or flags & RTM_F_CLONED or table == RT_TABLE_LOCAL:
                 continue
             address = int.from_bytes(found_attrs.get(RTA_DST, b""), "big")
-            if version == 4 and address >> 28 == 0xE:
-                continue  # multicast: never a pod connection's destination
-            if version == 6 and address >> 120 == 0xFF:
-                continue
+            if _all_multicast(version, address, length):
+                continue  # never a pod connection's destination
             oif = found_attrs.get(RTA_OIF)
             device = None  # multipath, nexthop object: it may leave by any device
             if oif is not None and RTA_MULTIPATH not in found_attrs:

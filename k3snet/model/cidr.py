@@ -153,7 +153,14 @@ def parse_address(value: str | Address) -> Address:
                    else ipaddress.ip_address(text))
     except ValueError as exc:
         raise ModelError(f"{_shown(value)} is not a valid IP address") from exc
-    return _checked_zone(address)
+    address = _checked_zone(address)
+    if "%" in text and value[-1:].isspace():
+        # White space around an address is no part of it, but after a zone it ends the
+        # zone (ipaddress keeps it there): `fe80::2%eth0\n`, a YAML block's newline,
+        # names no interface, as a device `eth0\n` does not; read as eth0, it was not
+        # the text given.
+        _check_zone_name(value.partition("%")[2], value)
+    return address
 
 
 def _shown(value: object, limit: int = 80) -> str:
@@ -186,15 +193,20 @@ def _checked_zone(address: Address) -> Address:
     if not address.is_link_local:
         raise ModelError(f"{_shown(str(address))}: only a link-local address (fe80::/10) can "
                          "have a zone id ('%...')")
+    _check_zone_name(zone, str(address))
+    return address
+
+
+def _check_zone_name(zone: str, shown: str) -> None:
+    """Refuse a zone id that is no interface name (the address given is ``shown``)."""
     # Imported here: _base imports this module.
     from k3snet.model._base import validate_interface_name  # noqa: PLC0415
 
     try:
         validate_interface_name(zone)
     except ModelError as exc:
-        raise ModelError(f"the zone id of {_shown(str(address))} must be an interface "
+        raise ModelError(f"the zone id of {_shown(shown)} must be an interface "
                          f"name: {exc}") from exc
-    return address
 
 
 _LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")

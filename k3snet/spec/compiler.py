@@ -24,6 +24,7 @@ from k3snet.model.calico_selector import selects_everything
 from k3snet.model.cidr import (
     Address,
     Network,
+    address_text,
     aggregate,
     contains,
     overlaps,
@@ -360,6 +361,17 @@ def _fact_problems(spec: Spec, facts: NodeFacts, hold: frozenset[int] = frozense
 
 def _gateway_problem(gateway: Address, device: str | None, facts: NodeFacts) -> str | None:
     """Why ``gateway`` (through ``device``) cannot be used on the node of ``facts``."""
+    owner = _owner_of(gateway, facts)
+    if owner is not None:
+        # The kernel takes an IPv4 route via the node's own address and ignores the
+        # gateway (`ip route get` shows no `via`: it asks the link for each destination
+        # itself, as on a connected network); IPv6 refuses it when applied.
+        return (f"gateway {address_text(gateway)} is an address of "
+                f"{facts.hostname or 'the node'} itself (on {owner}), never a next hop: the "
+                "kernel takes an IPv4 route via it but ignores the gateway and sends to "
+                "every destination as if it were on the link, and refuses an IPv6 one "
+                "(\"Gateway can not be a local address\"); give the router's address, or "
+                "leave the gateway out for a route through the device")
     if (facts.interfaces or facts.routes) and not facts.reaches(gateway):
         return (f"gateway {gateway} is not inside any connected or routed prefix of "
                 f"{facts.hostname or 'the node'} ({_prefixes_text(gateway, facts)})")
@@ -368,6 +380,14 @@ def _gateway_problem(gateway: Address, device: str | None, facts: NodeFacts) -> 
             and not any(contains(n, gateway) for n in facts.routes)):
         return f"gateway {gateway} is not on {device}'s networks"
     return None
+
+
+def _owner_of(address: Address, facts: NodeFacts) -> str | None:
+    """The interface of ``facts`` that has ``address`` as its own (the first by name)."""
+    value = int(address)
+    return next((name for name in sorted(facts.interfaces)
+                 if any(i.version == address.version and int(i.ip) == value
+                        for i in facts.interfaces[name])), None)
 
 
 _LISTED_PREFIXES = 8

@@ -17,6 +17,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from k3snet.errors import ModelError
+from k3snet.model import validate_interface_name
 from k3snet.model.cidr import (
     Address,
     Network,
@@ -48,12 +49,20 @@ def slow_network(value: str, strict: bool = True) -> Network:
 
 
 def slow_address(value: str) -> Address:
-    """parse_address of text as it was: ipaddress.ip_address, then the zone check."""
+    """parse_address of text as it was: ipaddress.ip_address, then the zone check, and
+    white space after a zone refused as part of it (an interface name has none)."""
     try:
         address = ipaddress.ip_address(value.strip())
     except ValueError as exc:
         raise ModelError(f"{_shown(value)} is not a valid IP address") from exc
-    return parse_address(address)
+    checked = parse_address(address)
+    if "%" in value and value[-1:].isspace():
+        try:
+            validate_interface_name(value.partition("%")[2])
+        except ModelError as exc:
+            raise ModelError(f"the zone id of {_shown(value)} must be an interface name: "
+                             f"{exc}") from exc
+    return checked
 
 
 def outcome(parse: Any, *args: Any) -> tuple[str, Any]:
@@ -120,6 +129,8 @@ def test_parse_network_is_ipaddress(text: str, strict: bool) -> None:
 @example("255.255.255.255")
 @example("0.0.0.0")  # noqa: S104 - parsed, never bound
 @example("fe80::1%eth0")
+@example("fe80::1%eth0\n")
+@example("fd00::1%eth0 ")
 def test_parse_address_is_ipaddress(text: str) -> None:
     assert outcome(parse_address, text) == outcome(slow_address, text)
 

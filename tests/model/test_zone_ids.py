@@ -12,8 +12,9 @@ import ipaddress
 
 import pytest
 
-from k3snet.errors import ModelError
+from k3snet.errors import ModelError, SpecError
 from k3snet.model import MasqueradeRule, Route, SnatRule, parse_address, parse_network
+from k3snet.spec import Spec
 
 INJECTION = 'fd01:1::5%1"}}]}}},{"flush":{"ruleset":null}}'
 
@@ -61,3 +62,33 @@ def test_error_messages_cut_huge_values() -> None:
     with pytest.raises(ModelError) as caught:
         parse_address("1" * 100_000)
     assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("text", ["fe80::2%eth0\n", "fe80::2%eth0 ", "fe80::2%eth0\t",
+                                  "fe80::2%eth0\u3000", " fe80::2%eth0\r\n"])
+def test_white_space_after_a_zone_is_part_of_it_and_refused_as_a_device_s_is(text: str) -> None:
+    # Stripped with the address's, `fe80::2%eth0\n` (a YAML block's newline) was read as
+    # device eth0, where a device `eth0\n` is refused: the zone is an interface name.
+    with pytest.raises(ModelError, match="must be an interface name: interface name 'eth0"):
+        parse_address(text)
+    with pytest.raises(ModelError, match="must be an interface name"):
+        Route.from_dict({"destination": "fd01:2::/64", "gateway": text})  # a plan file's
+    with pytest.raises(ModelError, match="not valid"):
+        Route("fd01:2::/64", gateway="fe80::2", device=text.partition("%")[2])
+
+
+def test_white_space_around_an_address_without_a_zone_or_before_one_is_no_part_of_it() -> None:
+    assert parse_address(" fe80::2%eth0") == parse_address("fe80::2%eth0")
+    assert str(parse_address("fd00::2\n")) == "fd00::2"
+    assert str(parse_address(" 10.0.0.1 ")) == "10.0.0.1"
+
+
+def test_a_spec_s_gateway_with_white_space_after_its_zone_is_refused_at_its_path() -> None:
+    document = ("apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\n"
+                "cluster: {podCIDRs: ['fd42::/56']}\n"
+                "destinations:\n  - cidr: 'fd01:2::/64'\n    gateway: |\n      fe80::2%eth0\n")
+    with pytest.raises(SpecError) as caught:
+        Spec.from_yaml(document)
+    [problem] = caught.value.problems
+    assert problem.path == "destinations[0].gateway"
+    assert "interface name 'eth0\\n' is not valid" in problem.message

@@ -20,7 +20,7 @@ from k3snet import (
     load_spec,
     seed_spec,
 )
-from k3snet.spec import IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE
+from k3snet.spec import IP_MASQ_AGENT_DEFAULT_NON_MASQUERADE, held_destinations
 from k3snet.spec import compile as compile_spec
 from tests.examples import examples
 
@@ -112,6 +112,27 @@ def test_an_unreachable_gateway_names_a_few_of_the_node_s_prefixes_of_its_family
     assert text.count("192.168.9.0/24") == 1
 
 
+def test_a_gateway_that_is_the_node_s_own_address_is_a_fact_problem_the_agent_holds() -> None:
+    # The kernel takes an IPv4 route via the node's own address and ignores the gateway
+    # (tests/netlink/test_own_address_gateway.py); IPv6 refuses it when applied.
+    facts = NodeFacts(interfaces={"eth0": ["192.168.1.5/24", "fd00::5/64"]}, hostname="n1")
+    spec = Spec.from_dict({"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+                           "destinations": [
+                               {"cidr": "192.168.2.0/24", "gateway": "192.168.1.5"},
+                               {"cidr": "192.168.3.0/24", "gateway": "192.168.1.1"},
+                               {"cidr": "fd01:2::/64", "gateway": "fd00::5", "device": "eth0"}]})
+    with pytest.raises(SpecError) as info:
+        compile_spec(spec, facts)
+    assert [(p.path, p.message.split(",")[0]) for p in info.value.problems] == [
+        ("destinations[0].gateway", "gateway 192.168.1.5 is an address of n1 itself (on eth0)"),
+        ("destinations[2].gateway", "gateway fd00::5 is an address of n1 itself (on eth0)")]
+    assert held_destinations(spec, info.value) == {0, 2}
+    held = compile_spec(spec, facts, hold=(0, 2)).owned
+    assert Route("192.168.3.0/24", gateway="192.168.1.1") in held
+    assert not any(isinstance(o, Route) and o.gateway is not None
+                   and str(o.gateway).endswith("5") for o in held)
+
+
 def test_a_gateway_in_a_routed_prefix_is_reachable() -> None:
     facts = NodeFacts(interfaces={"eth0": ["192.168.1.5/24"]}, routes=["172.16.0.0/12"])
     spec = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24", "gateway": "172.16.0.1"}]})
@@ -185,7 +206,8 @@ def test_explicit_sysctl_under_the_other_name_of_ip_forward_wins_over_managed_fo
     assert sysctls == ["sysctl net.ipv4.conf.all.forwarding = 0"]
 
 
-_GATEWAYS = ["192.168.1.1", "192.168.9.1", "172.16.0.1", "fd00::1", "fd09::1"]
+_GATEWAYS = ["192.168.1.1", "192.168.9.1", "172.16.0.1", "fd00::1", "fd09::1", "192.168.1.5",
+             "fd00::5"]
 _DEVICES = [None, "eth0", "eth1", "ens3"]
 
 

@@ -936,8 +936,9 @@ class NetlinkBackend(BackendBase):
         the route's own table, else of ``main``, IPv4's ``default`` or a table an
         administrator's policy rule may send the lookup to, the plan's
         earlier changes counted; or link-local with a device: see
-        :meth:`_GatewayTables.reachable`), for IPv6 not a local address, for IPv4 not
-        the broadcast address of a local prefix. Sysctls: the parameter exists.
+        :meth:`_GatewayTables.reachable`), not a local address (IPv6 refuses it; IPv4
+        takes it and ignores the gateway), for IPv4 not the broadcast address of a local
+        prefix. Sysctls: the parameter exists.
         """
         self._routes.begin()
         try:
@@ -2199,7 +2200,7 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
     gateway = route.gateway
     if gateway is None:
         return problems
-    if gateway.version == 6 and gateway in lookup.local:  # IPv4 accepts its own address
+    if gateway.version == 6 and gateway in lookup.local:
         problems.append(f"{change}: gateway {gateway} is a local address")
     elif gateway.version == 6 and gateway.is_link_local:
         pass  # on every link; Route itself refuses one without a device
@@ -2220,6 +2221,12 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
         problems.append(f"{change}: gateway {gateway} is not on-link on {where}: {why} "
                         "(the kernel looks the gateway up in the route's table, then "
                         "through the policy rules)")
+    elif gateway in lookup.local:
+        # Taken, and the gateway ignored (`ip route get` shows no `via`: the node asks
+        # the link for every destination itself); IPv6 refuses it, above.
+        problems.append(f"{change}: gateway {gateway} is a local address (the kernel takes "
+                        "such an IPv4 route but ignores the gateway: it sends to every "
+                        "destination as if it were on the link)")
     return problems
 
 
