@@ -104,12 +104,13 @@ _ALONE: dict[str, tuple[frozenset[str], tuple[str, str]]] = {}
 def _alone(request: pytest.FixtureRequest) -> tuple[frozenset[str], tuple[str, str]]:
     """This module's tests run in a pytest of its own (one thread), once for all of them:
     the node ids of those that passed, and the end of its output. A pytest started for
-    each test was ten starts of a second or more."""
+    each test was ten starts of a second or more. Without the plugins these tests use
+    none of: kmock's imports aiohttp, most of the start's imports."""
     module = request.node.nodeid.partition("::")[0]
     if module not in _ALONE:
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:xdist",
-             "-p", "no:cacheprovider", module],
+             "-p", "no:cacheprovider", "-p", "no:kmock", "-p", "no:benchmark", module],
             cwd=request.config.rootpath, capture_output=True, text=True, timeout=300,
             # (its session's end would judge the namespaces the other workers' tests hold now)
             check=False, env={**os.environ, _RUN_ALONE: "1", "K3SNET_SKIP_NETNS_CHECK": "1"})

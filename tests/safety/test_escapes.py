@@ -96,7 +96,14 @@ def test_printable_lines_begin_no_line_at_the_margin_but_the_first(text: str) ->
     assert all(_safe(line) and line.startswith(" ") for line in rest)
 
 
-@given(st.lists(st.text(min_size=1).filter(str.isprintable), min_size=1))
+# The characters str.isprintable takes, drawn as such: Unicode's Other and Separator
+# categories but the ASCII space (Python's definition). Any text filtered by it threw most
+# draws away, and kept a third of the lines and half of the characters these reach.
+_PRINTABLE = st.characters(exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"),
+                           include_characters=" ")
+
+
+@given(st.lists(st.text(_PRINTABLE, min_size=1).filter(str.isprintable), min_size=1))
 def test_printable_lines_keep_the_indented_lines_k3snet_makes(lines: list[str]) -> None:
     text = "\n  ".join(lines)
     assert printable_lines(text) == text

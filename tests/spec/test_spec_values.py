@@ -8,10 +8,12 @@ import sys
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from k3snet import ModelError
 from k3snet.errors import BackendNotFoundError, BackendUnavailableError, SpecError
-from k3snet.model.cidr import parse_address, parse_network
+from k3snet.model.cidr import Network, aggregate, parse_address, parse_network
 from k3snet.spec import (
     CalicoSettings,
     CiliumSettings,
@@ -28,6 +30,7 @@ from k3snet.spec import (
     seed_spec,
 )
 from k3snet.spec.backends import backend_option_problems, spec_backend_options
+from k3snet.spec.validate import _cover
 
 
 @pytest.mark.parametrize(("build", "message"), [
@@ -213,6 +216,21 @@ def test_exclusions_covering_the_destination_together_count_only_those_inside_it
         "destinations[0].exclude[2]: 192.168.3.0/24 is not inside destination 192.168.2.0/24",
         "destinations[0].exclude: the exclusions together cover the whole destination "
         "192.168.2.0/24; set masquerade: false instead"]
+
+
+@given(st.sampled_from(["192.168.2.0/24", "10.0.0.0/30", "fd00::/120"]), st.data())
+def test_exclusions_cover_their_destination_exactly_when_they_aggregate_to_it(
+        cidr: str, data: st.DataObject) -> None:
+    dest = parse_network(cidr)
+    # Few prefix lengths: covering sets (two halves, four quarters, overlaps) are frequent.
+    lengths = st.integers(dest.prefixlen, min(dest.prefixlen + 3, dest.max_prefixlen))
+
+    def subnets(length: int) -> st.SearchStrategy[Network]:
+        nets: list[Network] = [*dest.subnets(new_prefix=length)]
+        return st.sampled_from(nets)
+
+    parts = data.draw(st.lists(lengths.flatmap(subnets), min_size=1, max_size=8))
+    assert _cover(dest, parts) == (aggregate(parts) == (dest,))
 
 
 def test_zone_names_differ_by_a_final_upper_case_letter() -> None:
