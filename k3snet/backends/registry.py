@@ -23,6 +23,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
+from k3snet._regex import lazy_pattern
 from k3snet.backends.base import Backend, BackendFactory
 from k3snet.errors import (
     BackendNotFoundError,
@@ -57,7 +58,7 @@ _registered: dict[str, BackendFactory] = {}
 # What `--backend NAME:KINDS`, `--backend-opt NAME.KEY=VALUE` and the spec's
 # `backends:` keys can name: a ":", ".", "=", space or empty name could be registered
 # but never reached (or reached as another name) from the CLI or a spec.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_NAME = lazy_pattern(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
@@ -167,7 +168,7 @@ def _plain_metadata_path(meta_path: Iterable[object], path: Iterable[object]) ->
 
 # importlib.metadata's EntryPoint.pattern: newer versions (CPython's main branch) refuse
 # on construction an entry point of any group whose value does not match it.
-_OBJECT_REFERENCE = re.compile(r"[\w.]+\s*(:\s*[\w.]+\s*)?(\[.*\]\s*)?$")
+_OBJECT_REFERENCE = lazy_pattern(r"[\w.]+\s*(:\s*[\w.]+\s*)?(\[.*\]\s*)?$")
 
 
 def _group_names(path: str) -> set[str] | None:
