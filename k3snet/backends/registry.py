@@ -13,7 +13,6 @@ dependency (``pyroute2``, ``nftables`` ...) only matters to whoever uses it.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import inspect
 import os
@@ -214,6 +213,8 @@ def load_backend(name: str) -> BackendFactory:
         return _import(name, target, extra)
     for _ep_name, target in _entry_points(name):
         return _import(name, target, "", plugin=True)
+    import difflib  # noqa: PLC0415 - a misspelt name only: not on every cold run
+
     known = available_backends()
     # Case first ("Memory"), then spelling ("nftable"): the names are short and few.
     close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.6)

@@ -7,7 +7,6 @@ settings; keys the spec sets itself win.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -246,6 +245,8 @@ def _unquoted(problems: tuple[Problem, ...] | list[Problem], data: Any, where: s
         at = f" ({position[-1]})" if position else ""
         return SpecError([Problem("", f"cannot be read as YAML or JSON{at}; the file's text "
                                       "is not shown")], source=where)
+    import difflib  # noqa: PLC0415 - a config that cannot be read only
+
     unknown = {str(key) for key in data if key not in _KNOWN} if isinstance(data, Mapping) \
         else set()
     hidden = {key for key in unknown

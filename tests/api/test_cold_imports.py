@@ -12,10 +12,11 @@ from pathlib import Path
 
 # Each is loaded by the one path that needs it: a plan file of a cluster backend's
 # (base64, binascii: its certificate authority), a spec that is no cached YAML (yaml),
-# a cluster backend (kubernetes), doctor, the manifests' and boot files' renderers.
+# a cluster backend (kubernetes), doctor, the manifests' and boot files' renderers, the
+# near-miss hints of a misspelt backend name or ip-masq-agent key (difflib).
 ROOT = Path(__file__).resolve().parents[2]
 
-READ_BY_SOME = ("base64", "binascii", "yaml", "kubernetes", "k3snet.doctor",
+READ_BY_SOME = ("base64", "binascii", "difflib", "yaml", "kubernetes", "k3snet.doctor",
                 "k3snet.render.manifests", "k3snet.render.routes", "k3snet.render.sysctl")
 
 
