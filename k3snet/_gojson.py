@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from itertools import accumulate
 from typing import Any
 
+from k3snet._regex import lazy_pattern
+
 __all__ = ["GO_SPACE", "MAX_NESTING", "JsonTextError", "excessive_aliasing", "fold",
            "load_json", "nests_deeper", "text_nests_deeper"]
 
@@ -34,8 +36,8 @@ GO_SPACE = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006
 
 # A string (escapes included), removed whole so a "[" in a key or value does not count
 # (an unterminated one is not: its brackets count). Possessive: linear on any text.
-_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+_STRING = lazy_pattern(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_NOT_BRACKET = lazy_pattern(r"[^\[\]{}]++")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 

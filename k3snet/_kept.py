@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from k3snet._env import env_switch, env_value
+from k3snet._regex import lazy_pattern
 
 __all__ = ["STATE_ROOT", "code_identity", "input_problem", "make_directory", "prune", "read_input",
            "read_trusted", "refuse_foreign_input", "refuse_foreign_output", "replace_atomically",
@@ -173,7 +174,7 @@ def read_input(file: str | Path, limit: int, *, follow: bool = True,
     return data
 
 
-_HELD_PIPE = re.compile(r"/(?:dev|proc/self)/fd/([0-9]+)")
+_HELD_PIPE = lazy_pattern(r"/(?:dev|proc/self)/fd/([0-9]+)")
 _PIPES_READ: dict[tuple[int, int], bytes] = {}
 """What :func:`_read_held_pipe` read of each pipe (device, inode): each later read of
 the same name (a spec is read by its checks, its cache and a plan file's digest) gets

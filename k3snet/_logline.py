@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from k3snet._regex import lazy_pattern
+
 __all__ = ["HANDLER_NAME", "LOG_LINE_LIMIT", "bounded", "fs_word", "one_line", "printable",
            "printable_line", "printable_lines", "shell_join", "shell_path", "shell_word"]
 
@@ -68,7 +70,7 @@ def printable(value: str) -> str:
     return "".join(parts) + _escaped(value[at:])
 
 
-_WORD = re.compile(r"(?<![^\s`/=])\$'(?:[^\\']|\\.)*'(?![^\s`)])", re.DOTALL)
+_WORD = lazy_pattern(r"(?<![^\s`/=])\$'(?:[^\\']|\\.)*'(?![^\s`)])", re.DOTALL)
 """A word :func:`shell_word` may have written (``$'...'``, its quotes escaped), whole in a
 line, or its end (``daemonset/$'...'``): after a space, a backquote, a slash, an equals
 sign or the start, before a space, a backquote, a parenthesis or the end."""

@@ -12,9 +12,9 @@ seem to have, so lines are counted at line feeds here and such a character is na
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from k3snet._regex import lazy_pattern
 from k3snet.errors import BackendUnavailableError
 
 __all__ = ["ODD_BREAKS", "odd_break", "yaml_missing", "yaml_problem"]
@@ -22,7 +22,7 @@ __all__ = ["ODD_BREAKS", "odd_break", "yaml_missing", "yaml_problem"]
 ODD_BREAKS = {"\x85": "NEL, next line", "\u2028": "LINE SEPARATOR",
               "\u2029": "PARAGRAPH SEPARATOR"}
 """The characters YAML 1.1 reads as line breaks and YAML 1.2 and editors do not."""
-_ODD_BREAK = re.compile("[\x85\u2028\u2029]")
+_ODD_BREAK = lazy_pattern("[\x85\u2028\u2029]")
 
 
 def yaml_missing(purpose: str, exc: ImportError) -> BackendUnavailableError:

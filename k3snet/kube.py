@@ -41,7 +41,6 @@ import contextvars
 import json
 import logging
 import os
-import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,6 +49,7 @@ from typing import Any
 import attrs
 
 from k3snet._logline import printable
+from k3snet._regex import lazy_pattern
 from k3snet.errors import BackendError, BackendOptionError, BackendUnavailableError
 
 __all__ = [
@@ -84,9 +84,9 @@ KUBECONFIG_DEFAULT = ("the in-cluster service account in a pod, else $KUBECONFIG
                       "~/.kube/config")
 """What a backend's ``kubeconfig`` left out means (:func:`make_api_client`), in words."""
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_DATA_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+_DNS_LABEL = lazy_pattern(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = lazy_pattern(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DATA_KEY = lazy_pattern(r"[-._a-zA-Z0-9]+")
 
 
 def name_problem(value: str, kind: str = "name") -> str | None:
@@ -116,7 +116,7 @@ def name_problem(value: str, kind: str = "name") -> str | None:
     return None
 
 
-_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_LABEL_NAME = lazy_pattern(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 
 
 def label_selector_problem(text: str) -> str | None:
@@ -712,7 +712,7 @@ _REASONS = {
     429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout",
 }
 _TIMEOUT_REASON = "Timeout"
-_SECONDS = re.compile(r"[0-9]+")
+_SECONDS = lazy_pattern(r"[0-9]+")
 _RETRY_AFTER_MOST = 999_999_999.0
 """The seconds a ``Retry-After`` of 10 digits or more (or a date further) stands for."""
 

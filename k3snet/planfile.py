@@ -36,6 +36,7 @@ import attrs
 from k3snet._gojson import MAX_NESTING, JsonTextError, text_nests_deeper
 from k3snet._kept import code_identity, input_problem, read_input, write_output
 from k3snet._logline import shell_path
+from k3snet._regex import lazy_pattern
 from k3snet._version import __version__
 from k3snet.backends.lock import namespace_id, namespaces_of
 from k3snet.converge import state_digest
@@ -120,7 +121,7 @@ def _on_the_way(exc: OSError) -> bool:
     return (exc.strerror or "").startswith(("in directory ", "reached through "))
 
 
-_SPEC_LINE = re.compile(r"^(kind:\s*EgressSpec|apiVersion:\s*k3snet\.io/)", re.MULTILINE)
+_SPEC_LINE = lazy_pattern(r"^(kind:\s*EgressSpec|apiVersion:\s*k3snet\.io/)", re.MULTILINE)
 """A line only a spec (YAML) has: what a plan file given in its place is told."""
 
 
@@ -185,7 +186,7 @@ def _cluster(api_client: Any) -> str:
 _MAX_AUTHORITY = 1024 * 1024
 """The largest certificate authority file read for :func:`_cluster`."""
 
-_PEM_CERTIFICATE = re.compile(
+_PEM_CERTIFICATE = lazy_pattern(
     rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*)-----END CERTIFICATE-----")
 
 

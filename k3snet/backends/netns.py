@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import queue
-import re
 import socket
 import sys
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from k3snet._logline import fs_word, shell_join, shell_word
+from k3snet._regex import lazy_pattern
 from k3snet.backends.kit import cut_after_commit, translate_errors
 from k3snet.errors import BackendError
 
@@ -158,7 +158,7 @@ def shown_command(argv: Sequence[str], netns: str | None) -> str:
     return shell_join([*where, *argv])
 
 
-_NFT_WORD = re.compile(r"[A-Za-z_.][A-Za-z0-9/_.-]*")
+_NFT_WORD = lazy_pattern(r"[A-Za-z_.][A-Za-z0-9/_.-]*")
 """A name nft's command line reads as one (its scanner's ``string``): any other it
 refuses (``syntax error, unexpected junk``), quoted or not; and of these, a word of its
 language (:data:`~k3snet.render.nftables.NFT_WORDS`: ``counter``, ``ct``, ``meta``...)."""

@@ -13,7 +13,6 @@ dependency (``pyroute2``, ``nftables`` ...) only matters to whoever uses it.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import inspect
 import os
@@ -23,6 +22,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
+from k3snet._regex import lazy_pattern
 from k3snet.backends.base import Backend, BackendFactory
 from k3snet.errors import (
     BackendNotFoundError,
@@ -57,7 +57,7 @@ _registered: dict[str, BackendFactory] = {}
 # What `--backend NAME:KINDS`, `--backend-opt NAME.KEY=VALUE` and the spec's
 # `backends:` keys can name: a ":", ".", "=", space or empty name could be registered
 # but never reached (or reached as another name) from the CLI or a spec.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_NAME = lazy_pattern(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
@@ -167,7 +167,7 @@ def _plain_metadata_path(meta_path: Iterable[object], path: Iterable[object]) ->
 
 # importlib.metadata's EntryPoint.pattern: newer versions (CPython's main branch) refuse
 # on construction an entry point of any group whose value does not match it.
-_OBJECT_REFERENCE = re.compile(r"[\w.]+\s*(:\s*[\w.]+\s*)?(\[.*\]\s*)?$")
+_OBJECT_REFERENCE = lazy_pattern(r"[\w.]+\s*(:\s*[\w.]+\s*)?(\[.*\]\s*)?$")
 
 
 def _group_names(path: str) -> set[str] | None:
@@ -213,6 +213,8 @@ def load_backend(name: str) -> BackendFactory:
         return _import(name, target, extra)
     for _ep_name, target in _entry_points(name):
         return _import(name, target, "", plugin=True)
+    import difflib  # noqa: PLC0415 - a misspelt name only: not on every cold run
+
     known = available_backends()
     # Case first ("Memory"), then spelling ("nftable"): the names are short and few.
     close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.6)

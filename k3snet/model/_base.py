@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from k3snet._logline import printable
+from k3snet._regex import lazy_pattern
 from k3snet.errors import ModelError
 from k3snet.model.cidr import Address, Network, parse_address, parse_network
 
@@ -93,8 +94,8 @@ _MAX_TEXT = 512
 
 # printable's escapes (a backslash doubled, \xNN, \uNNNN, \UNNNNNNNN; \n, \t and \r
 # in no one_line, whose white space is a space) and, for the cut, any other character.
-_ESCAPE = re.compile(r"\\(?:\\|[ntr]|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
-_ESCAPE_OR_CHARACTER = re.compile(_ESCAPE.pattern + "|.", re.DOTALL)
+_ESCAPE = lazy_pattern(r"\\(?:\\|[ntr]|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
+_ESCAPE_OR_CHARACTER = lazy_pattern(_ESCAPE.pattern + "|.", re.DOTALL)
 
 
 def one_line(value: str) -> str:

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterable
 from typing import Final, TypeAlias
 
+from k3snet._regex import lazy_pattern
 from k3snet.errors import ModelError
 
 __all__ = [
@@ -289,7 +290,7 @@ def network_sort_key(net: Network) -> tuple[int, int, int]:
 # Go's net.ParseCIDR: an address, "/" and a decimal prefix length, nothing around them.
 # Python's ipaddress also takes a bare address (a /32), spaces around it and a netmask
 # (10.0.0.0/255.0.0.0), which every Go reader (ip-masq-agent, the Cilium agent) refuses.
-_GO_CIDR = re.compile(r"[0-9A-Fa-f.:]+/[0-9]+")
+_GO_CIDR = lazy_pattern(r"[0-9A-Fa-f.:]+/[0-9]+")
 
 
 def go_cidr_text(value: str) -> bool:

@@ -50,12 +50,12 @@ from __future__ import annotations
 
 import bisect
 import functools
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import attrs
 
+from k3snet._regex import lazy_pattern
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple, one_line
 from k3snet.model.cidr import (
@@ -163,7 +163,7 @@ CILIUM_BOOL_KEYS: frozenset[str] = frozenset(
 them (:func:`same_setting`), never as text."""
 _CIDR_KEYS = frozenset({"ipv4-native-routing-cidr", "ipv6-native-routing-cidr"})
 _CHOICES = {"routing-mode": ("tunnel", "native"), "tunnel-protocol": ("vxlan", "geneve")}
-_TARGET = re.compile(r"configmap:([a-z0-9]([-a-z0-9]*[a-z0-9])?)/"
+_TARGET = lazy_pattern(r"configmap:([a-z0-9]([-a-z0-9]*[a-z0-9])?)/"
                      r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)")
 # Go's strconv.ParseBool, which the agent's configuration reader uses.
 _GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})

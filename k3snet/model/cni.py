@@ -25,7 +25,6 @@ when this module is imported.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
@@ -33,6 +32,7 @@ import attrs
 
 from k3snet._gojson import fold
 from k3snet._logline import printable
+from k3snet._regex import lazy_pattern
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject, net_tuple, optional_network
 from k3snet.model.calico_selector import (
@@ -199,7 +199,7 @@ SELECT_ALL: tuple[str, ...] = ("", "all()")
 writes them; Calico reads ``all()`` with blanks, and a blank selector, so too
 (:func:`~k3snet.model.calico_selector.selects_everything`)."""
 
-_GLOBAL = re.compile(r"\bglobal\s*\(")
+_GLOBAL = lazy_pattern(r"\bglobal\s*\(")
 
 DEFAULT_BLOCK_SIZE: Mapping[int, int] = {4: 26, 6: 122}
 """Calico's default ``blockSize`` per family (what an unset field means)."""
@@ -208,8 +208,8 @@ BLOCK_SIZE_RANGE: Mapping[int, tuple[int, int]] = {4: (20, 32), 6: (116, 128)}
 """The ``blockSize`` values Calico accepts per family."""
 
 # Kubernetes object names (RFC 1123 subdomain), the rule IPPool names follow.
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = lazy_pattern(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS_LABEL = lazy_pattern(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _TARGET_FILE = "file:"
 _TARGET_CONFIGMAP = "configmap:"
 

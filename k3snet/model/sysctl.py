@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Final
 
 import attrs
 
+from k3snet._regex import lazy_pattern
 from k3snet.errors import ModelError
 from k3snet.model._base import NetObject
 
@@ -116,7 +117,7 @@ def value_problem(name: str, value: str | int) -> str | None:
 # What the kernel's integer handlers (proc_dointvec and its kin: simple_strtoul with base
 # 0 after an optional "-") read as a number, or refuse as one: 0x1 is 1 and 010 is 8,
 # read back in decimal; +2 and 09 are EINVAL.
-_NUMBER_LIKE = re.compile(r"[-+]?(?:0[xX][0-9a-fA-F]+|[0-9]+)")
+_NUMBER_LIKE = lazy_pattern(r"[-+]?(?:0[xX][0-9a-fA-F]+|[0-9]+)")
 # The CPU bitmaps, which the kernel reads and shows in hexadecimal (bitmap_parse, %*pb).
 # Not every name ending in "mask": net.ipv4.icmp_ratemask is an integer (proc_dointvec)
 # that shows 0x1818 as 6168, net.ipv6.icmp.ratemask a list of numbers (01 shown as 1).
@@ -137,12 +138,12 @@ _VECTORS: Final = {
 # ("30000-32767,1000,1001" is "1000-1001,30000-32767"), numbers read as the integer
 # handlers read them (0x20 as 32).
 _NUMBER_SETS: Final = {"net.ipv4.ip_local_reserved_ports": 65535, "net.ipv6.icmp.ratemask": 255}
-_SET_SEPARATORS = re.compile(r"[,-]")
+_SET_SEPARATORS = lazy_pattern(r"[,-]")
 # TCP Fast Open's keys (proc_tcp_fastopen_key: sscanf "%x-%x-%x-%x", a backup key after a
 # comma), shown as lower-case groups of 8 digits: "ABCDEF01-2-3-4" is
 # "abcdef01-00000002-00000003-00000004".
 _FASTOPEN_KEY: Final = "net.ipv4.tcp_fastopen_key"
-_FASTOPEN_GROUPS = re.compile(r"(?:0[xX])?([0-9a-fA-F]{1,8})")
+_FASTOPEN_GROUPS = lazy_pattern(r"(?:0[xX])?([0-9a-fA-F]{1,8})")
 # Times the kernel keeps in ticks of its clock (HZ: 100, 250, 300 or 1000 a second) and
 # shows converted back, rounded to a tick (1001 ms is 1004 at HZ=250), by the last part of
 # the name: the multiple shown as written. proc_dointvec_ms_jiffies (ms: 20 ms is 2, 5, 6
@@ -159,7 +160,7 @@ _TICKED: Final = {
     **dict.fromkeys(("locktime", "anycast_delay", "proxy_delay", "retrans_time"),
                     (2, "hundredths of a second")),
 }
-_TICKED_PATH = re.compile(
+_TICKED_PATH = lazy_pattern(
     r"net/ipv[46]/neigh/[^/]+/(?:base_reachable_time_ms|retrans_time_ms|"
     r"interval_probe_time_ms|locktime|anycast_delay|proxy_delay)|"
     r"net/ipv4/neigh/[^/]+/retrans_time|"
@@ -175,7 +176,7 @@ _UNHOLDABLE: Final = {
         "ones only, never as written, and takes it in the host's network namespace "
         "alone (read-only in any other)"),
 }
-_SET_MEMBER = re.compile(r"(0|[1-9][0-9]*)(?:-(0|[1-9][0-9]*))?")
+_SET_MEMBER = lazy_pattern(r"(0|[1-9][0-9]*)(?:-(0|[1-9][0-9]*))?")
 
 
 def _number_problem(name: str, value: str) -> str | None:
@@ -415,7 +416,7 @@ def _ipv6(value: str) -> str | None:
     return None if address.scope_id is not None else address.exploded
 
 
-_BITMAP = re.compile(r"[0-9a-fA-F]+(?:,[0-9a-fA-F]+)*")
+_BITMAP = lazy_pattern(r"[0-9a-fA-F]+(?:,[0-9a-fA-F]+)*")
 
 
 def _bitmap(value: str) -> str:

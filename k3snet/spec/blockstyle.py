@@ -22,23 +22,25 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from k3snet._regex import lazy_pattern
+
 __all__ = ["CONTROL", "read_block_style"]
 
-CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+CONTROL = lazy_pattern(r"[\x00-\x09\x0b-\x1f\x7f]")
 """Tabs, carriage returns and other control characters: left to PyYAML (with
 non-ASCII text), which refuses some and reads others in ways this reader does not."""
-_LINE = re.compile(r"""(\ *)(?:
+_LINE = lazy_pattern(r"""(\ *)(?:
     (-\ +)?([A-Za-z_][A-Za-z0-9_./-]{0,999}):(?:\ +(.*))?  # key: value, maybe after "- "
     | -\ +((?!-(?:\ |$))[^\#\ ].*)                       # - value (but not "- -" nor "- - x")
     | (?:\#.*)?                                       # blank, or a comment
     )$""", re.VERBOSE)
 # YAML 1.2's core schema numbers (editors, the JSON Schema's tools): PyYAML (YAML 1.1) reads
 # some as text (09, 0o17, 1e3, 1.0e3), left to PyYAML's loader, which refuses them.
-YAML12_NUMBER = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+"
+YAML12_NUMBER = lazy_pattern(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+"
                            r"|[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
                            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
-_PLAIN_START = re.compile(r"[A-Za-z0-9_./~+=<(]|-[A-Za-z0-9_.]")
-_DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]{0,17})$")  # longer: PyYAML's (and its limits)
+_PLAIN_START = lazy_pattern(r"[A-Za-z0-9_./~+=<(]|-[A-Za-z0-9_.]")
+_DECIMAL = lazy_pattern(r"[-+]?(?:0|[1-9][0-9]{0,17})$")  # longer: PyYAML's (and its limits)
 _DEEPEST = 32
 """Blocks nested deeper are PyYAML's (k3snet.spec.source refuses them after reading).
 Keys longer than YAML's 1 024 characters for a simple key are PyYAML's too."""

@@ -10,7 +10,6 @@ plan judges against what the backend observed.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import attrs
 
 from k3snet._gc import gc_paused
+from k3snet._regex import lazy_pattern
 from k3snet.errors import ModelError, Problem, SpecError
 from k3snet.model import NetObject, validate_interface_name
 from k3snet.model.calico_selector import selects_everything
@@ -197,7 +197,7 @@ def held_destinations(spec: Spec, error: SpecError) -> frozenset[int]:
 
 
 # The paths _fact_problems gives a destination's problems.
-_FACT_PATH = re.compile(r"destinations\[(\d+)\]\.(?:device|gateway)")
+_FACT_PATH = lazy_pattern(r"destinations\[(\d+)\]\.(?:device|gateway)")
 
 
 def _compile(spec: Spec, facts: NodeFacts | None, targets: tuple[str, ...],

@@ -12,12 +12,12 @@ parsed and programmatic specs alike). Defaults are the attrs classes' own.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
 
+from k3snet._regex import lazy_pattern
 from k3snet.errors import K3snetError, Problem
 from k3snet.model.cidr import Network, parse_address, parse_network
 from k3snet.spec.validators import Check, quoted_hint, schema_of, with_schema
@@ -169,7 +169,7 @@ class Reader:
         return self.kept_items(path, result, INVALID)
 
 
-_INDEX = re.compile(r"\[(\d+)\]")
+_INDEX = lazy_pattern(r"\[(\d+)\]")
 
 
 def _mapping_hint(value: Any) -> str:

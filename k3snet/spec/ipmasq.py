@@ -7,14 +7,13 @@ settings; keys the spec sets itself win.
 
 from __future__ import annotations
 
-import difflib
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from k3snet._regex import lazy_pattern
 from k3snet.errors import ModelError, Problem, SpecError
 from k3snet.model.cidr import Network, go_cidr_text, network_text, parse_network
 from k3snet.spec.fields import (
@@ -73,11 +72,11 @@ class IpMasqAgentConfig:
 
 
 # Go's time.ParseDuration: "0", or numbers each with a unit, after an optional sign.
-_GO_DURATION = re.compile(
+_GO_DURATION = lazy_pattern(
     r"[-+]?(?:0|(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
 
 
-_DURATION_PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]+)")
+_DURATION_PART = lazy_pattern(r"([0-9]*)(?:\.([0-9]*))?([^0-9.]+)")
 _UNIT_NS = {"ns": 1, "us": 1_000, "\u00b5s": 1_000, "\u03bcs": 1_000, "ms": 1_000_000,
             "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
 _GO_INT64 = 1 << 63
@@ -229,7 +228,7 @@ def load_ip_masq_agent_config(source: str | Path | Mapping[str, Any]) -> IpMasqA
 
 
 _KNOWN = tuple(f.key for f in IP_MASQ_AGENT.fields)
-_POSITION = re.compile(r"line \d+,? column \d+")
+_POSITION = lazy_pattern(r"line \d+,? column \d+")
 
 
 def _unquoted(problems: tuple[Problem, ...] | list[Problem], data: Any, where: str) -> SpecError:
@@ -246,6 +245,8 @@ def _unquoted(problems: tuple[Problem, ...] | list[Problem], data: Any, where: s
         at = f" ({position[-1]})" if position else ""
         return SpecError([Problem("", f"cannot be read as YAML or JSON{at}; the file's text "
                                       "is not shown")], source=where)
+    import difflib  # noqa: PLC0415 - a config that cannot be read only
+
     unknown = {str(key) for key in data if key not in _KNOWN} if isinstance(data, Mapping) \
         else set()
     hidden = {key for key in unknown

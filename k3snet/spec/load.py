@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from k3snet._gc import gc_paused
 from k3snet._kept import input_problem, refuse_foreign_input, users_looked_up_once
+from k3snet._regex import lazy_pattern
 from k3snet.errors import Problem, SpecError
 from k3snet.spec.fields import Reader
 from k3snet.spec.ipmasq import file_named
@@ -29,7 +29,7 @@ __all__ = ["imported_files", "load_mapping", "load_spec", "refuse_foreign_import
 
 
 # The one path a check puts in its message: "duplicate destination ... (also destinations[0])".
-_ALSO = re.compile(r"(?<=\(also )[^)]+(?=\)$)")
+_ALSO = lazy_pattern(r"(?<=\(also )[^)]+(?=\)$)")
 
 
 def _related(path: str, other: str) -> bool:

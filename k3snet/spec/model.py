@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import attrs
 
+from k3snet._regex import lazy_pattern
 from k3snet._version import __version__
 from k3snet.errors import ModelError
 from k3snet.model import validate_interface_name
@@ -143,8 +144,8 @@ def parse_resolver(value: str | Address) -> Address:
 
 
 # CoreDNS's forward takes [SCHEME://]ADDRESS[:PORT]; the spec takes the address alone.
-_SCHEME = re.compile(r"[a-z0-9+.-]+://", re.IGNORECASE)
-_WITH_PORT = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<v4>[0-9.]+)):(?P<port>[0-9]*)")
+_SCHEME = lazy_pattern(r"[a-z0-9+.-]+://", re.IGNORECASE)
+_WITH_PORT = lazy_pattern(r"(?:\[(?P<v6>[^\]]*)\]|(?P<v4>[0-9.]+)):(?P<port>[0-9]*)")
 
 
 def _address_form_problem(text: str) -> str | None:

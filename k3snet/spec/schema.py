@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from k3snet._regex import lazy_pattern
 from k3snet.model.cidr import parse_address, parse_network
 from k3snet.model.cni import (
     BLOCK_SIZE_RANGE,
@@ -118,12 +119,12 @@ _IMAGE_NAME = (f"(?:(?:{_DOMAIN_COMPONENT}(?:[.]{_DOMAIN_COMPONENT})*|\\[[a-fA-F
 _IMAGE_TAG = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _IMAGE_DIGEST = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _IMAGE_REFERENCE = f"({_IMAGE_NAME})(?::{_IMAGE_TAG})?(?:@{_IMAGE_DIGEST})?"
-_IMAGE = re.compile(_IMAGE_REFERENCE)
+_IMAGE = lazy_pattern(_IMAGE_REFERENCE)
 _IMAGE_NAME_MAX = 255  # the reference library's NameTotalLengthMax
 _IMAGE_MAX = 1024  # far above any valid one: the match's cost stays small
 
 
-_IMAGE_ID = re.compile("[a-f0-9]{64}")  # an image ID, not a name: refused as one
+_IMAGE_ID = lazy_pattern("[a-f0-9]{64}")  # an image ID, not a name: refused as one
 
 
 def _normalised_name(name: str) -> str:

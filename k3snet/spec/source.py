@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 from k3snet._gc import gc_paused
 from k3snet._gojson import nests_deeper
 from k3snet._kept import input_problem, read_input
+from k3snet._regex import lazy_pattern
 from k3snet._yamltext import odd_break, yaml_problem
 from k3snet.errors import Problem, SpecError
 from k3snet.spec.blockstyle import CONTROL as _CONTROL
@@ -131,8 +131,8 @@ def _json_document(text: str) -> Any:
 # are measured by _simple_key_pairs). Both patterns are linear: 2-5 ms against the
 # 56-62 ms of _json_document on a 10k-destination JSON spec of 1-1.4 MB (timed with
 # perf_counter, best of 5, json.dumps of that spec compact and with indent=2).
-_COLON_AFTER_BREAK = re.compile(r"\n[ \t\n]*+:")
-_LONG_GAP_BEFORE_COLON = re.compile(r'"[ \t]{500,}+:')
+_COLON_AFTER_BREAK = lazy_pattern(r"\n[ \t\n]*+:")
+_LONG_GAP_BEFORE_COLON = lazy_pattern(r'"[ \t]{500,}+:')
 _SIMPLE_KEY_MAX = 500
 
 
@@ -253,7 +253,7 @@ def _tagged(text: str, mark: Any) -> bool:
 # An anchor, then a tag: separated by spaces, line breaks and comments (YAML's
 # s-separate); PyYAML's anchor names are letters, digits, "-" and "_". Each text has
 # one way to match (a comment runs to its line's end): no backtracking blow-up.
-_ANCHOR_THEN_TAG = re.compile(r"&[-\w]+(?:[ \t\r\n]|#[^\n]*\n)*!")
+_ANCHOR_THEN_TAG = lazy_pattern(r"&[-\w]+(?:[ \t\r\n]|#[^\n]*\n)*!")
 
 
 # Integers PyYAML reads as YAML 1.1 does and YAML 1.2 (editors, the JSON Schema's tools)
@@ -261,12 +261,12 @@ _ANCHOR_THEN_TAG = re.compile(r"&[-\w]+(?:[ \t\r\n]|#[^\n]*\n)*!")
 # 90 to PyYAML, a text to them; so are 1_000, 0b101 and a signed -0x10 (YAML 1.2's core
 # schema has no digit separator, no binary, and hexadecimal without a sign): the schema
 # refused what k3snet took. Hexadecimal (0x10) means the same to both and is kept.
-_AMBIGUOUS_INT = re.compile(r"[-+]?(?:0[0-9_]+|[0-9][0-9_]*:.*|0b.*)|.*_.*|[-+]0x.*")
+_AMBIGUOUS_INT = lazy_pattern(r"[-+]?(?:0[0-9_]+|[0-9][0-9_]*:.*|0b.*)|.*_.*|[-+]0x.*")
 
 IPV6_QUOTE_HINT = ("an IPv6 address that starts or ends with '::' must be quoted in YAML "
                    "('fd00::', '::1'): unquoted, its ':' is read as a mapping's")
 """What a problem adds when an unquoted IPv6 address may be its cause."""
-_TOKENS = re.compile(r"[^\s,\[\]{}]+")
+_TOKENS = lazy_pattern(r"[^\s,\[\]{}]+")
 
 
 def _ipv6_hint(text: str, exc: Any) -> str:

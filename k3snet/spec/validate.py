@@ -7,11 +7,11 @@ returns them all, and loading raises them in one :class:`~k3snet.errors.SpecErro
 from __future__ import annotations
 
 import os
-import re
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from k3snet._regex import lazy_pattern
 from k3snet.errors import Problem
 from k3snet.model.cidr import (
     Address,
@@ -240,9 +240,9 @@ def _masquerade_problems(policy: MasqueradePolicy, cluster: Cluster) -> list[Pro
     return problems
 
 
-_DNS_LABEL = re.compile(DNS_LABEL)
-_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?")
-_LABEL_NAME = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+_DNS_LABEL = lazy_pattern(DNS_LABEL)
+_LABEL_VALUE = lazy_pattern(r"(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?")
+_LABEL_NAME = lazy_pattern(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                          r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 # A label key's prefix is a DNS subdomain: at most 253 characters (the name part's 63
 # are in the pattern).

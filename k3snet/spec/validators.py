@@ -13,10 +13,10 @@ once and shared, so a range is written in one place::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from k3snet._regex import lazy_pattern
 from k3snet.spec.blockstyle import YAML_BOOLS
 
 __all__ = ["NO_FINAL_NEWLINE", "Check", "int_in", "integer", "matches", "one_of", "optional",
@@ -48,7 +48,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-_DECIMAL_TEXT = re.compile(r"\s*[-+]?[0-9]+\s*")
+_DECIMAL_TEXT = lazy_pattern(r"\s*[-+]?[0-9]+\s*")
 
 
 def quoted_hint(value: Any, *, boolean: bool = False) -> str:
@@ -142,7 +142,7 @@ def matches(pattern: str, message: str) -> Check:
     """A string matching ``pattern`` in full; ``message`` is a template with ``{value}``.
     ``pattern`` takes no text ending in a newline: the schema refuses one in every JSON
     Schema validator (:data:`NO_FINAL_NEWLINE`)."""
-    compiled = re.compile(pattern)
+    compiled = lazy_pattern(pattern)
 
     def check(value: Any) -> str | None:
         if isinstance(value, str) and compiled.fullmatch(value):

@@ -12,10 +12,11 @@ from pathlib import Path
 
 # Each is loaded by the one path that needs it: a plan file of a cluster backend's
 # (base64, binascii: its certificate authority), a spec that is no cached YAML (yaml),
-# a cluster backend (kubernetes), doctor, the manifests' and boot files' renderers.
+# a cluster backend (kubernetes), doctor, the manifests' and boot files' renderers, the
+# near-miss hints of a misspelt backend name or ip-masq-agent key (difflib).
 ROOT = Path(__file__).resolve().parents[2]
 
-READ_BY_SOME = ("base64", "binascii", "yaml", "kubernetes", "k3snet.doctor",
+READ_BY_SOME = ("base64", "binascii", "difflib", "yaml", "kubernetes", "k3snet.doctor",
                 "k3snet.render.manifests", "k3snet.render.routes", "k3snet.render.sysctl")
 
 
@@ -49,3 +50,31 @@ def test_version_loads_no_module_beyond_pythons_start_but_k3snets_own() -> None:
     extra = {name for name in version - start
              if name != "k3snet" and not name.startswith("k3snet.")}
     assert extra <= {"__future__", "types"}, sorted(extra)
+
+
+# k3snet's own regular expressions the CLI compiles at import (the backends' parsers,
+# imported with the backend a command names, are not counted): the ones every command
+# reads (an interface name, a sysctl's components, an IPv4 prefix, which k3snet.model.nat
+# parses at import). Every other is a lazy_pattern, compiled when first used (issue 9:
+# 58 were compiled at import, ~15-20 ms of each cold run).
+EAGER_PATTERNS = 4
+
+
+def test_the_cold_cli_path_compiles_only_the_regular_expressions_every_command_reads() -> None:
+    code = ("import json, re, sys\n"
+            "compile, sites = re._compile, []\n"
+            "def counted(pattern, flags):\n"
+            "    frame = sys._getframe(1)\n"
+            "    while frame.f_code.co_filename == re.__file__:\n"
+            "        frame = frame.f_back\n"
+            "    if '/k3snet/' in frame.f_code.co_filename:\n"
+            "        sites.append(f'{frame.f_code.co_filename}:{frame.f_lineno} {pattern!r}')\n"
+            "    return compile(pattern, flags)\n"
+            "re._compile = counted\n"
+            "import k3snet.cli\n"
+            "print(json.dumps(sites))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120, env=env)
+    sites = json.loads(done.stdout)
+    assert len(sites) <= EAGER_PATTERNS, sites
