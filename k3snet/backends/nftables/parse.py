@@ -2395,7 +2395,11 @@ class _OwnTable:
                 "program uses; the default is k3snet), or delete this table if nothing "
                 "needs it")
         if self.marked is False and mark:
-            self.drift(None, "no mark of k3snet's (a table an older k3snet wrote): apply "
+            # (libnftables before 1.0.8 takes no table comment in a JSON batch: k3snet
+            # with syntax="json" writes its table so too, read as k3snet's without drift)
+            self.drift(None, "no mark of k3snet's (a table an older k3snet, or k3snet with "
+                       "syntax json through a libnftables that takes no table comment, "
+                       "wrote): apply "
                        f'rebuilds it with its comment "{TABLE_COMMENT}"',
                        Repair(self.family, rebuild=True))
 
