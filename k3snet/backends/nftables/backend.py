@@ -211,7 +211,10 @@ class _Misfit(Exception):  # noqa: N818 - internal signal, never leaves the back
 
 _WILDCARD_SEEN: dict[str, str] = {}
 """For each wildcard name (``eth*``) :func:`_has_device` was asked of, a device it
-matched: a hint, checked again where asked."""
+matched: a hint, checked again where asked; at most :data:`_WILDCARD_SEEN_MOST` names,
+those whose device was found last (the names come from other programs' chains, which
+may use any number of them over an agent's life)."""
+_WILDCARD_SEEN_MOST = 64
 
 
 def _has_device(name: str) -> bool:
@@ -231,7 +234,12 @@ def _has_device(name: str) -> bool:
             found = next((found for _, found in socket.if_nameindex()
                           if found.startswith(name[:-1])), None)
             if found is not None:
+                _WILDCARD_SEEN.pop(name, None)  # (found last: kept longest)
                 _WILDCARD_SEEN[name] = found
+                while len(_WILDCARD_SEEN) > _WILDCARD_SEEN_MOST:
+                    # The oldest first; another thread's pop of it too: not twice.
+                    with contextlib.suppress(KeyError, StopIteration, RuntimeError):
+                        del _WILDCARD_SEEN[next(iter(_WILDCARD_SEEN))]
             return found is not None
         socket.if_nametoindex(name)
     except (OSError, ValueError):  # no such device, or a name no device can take

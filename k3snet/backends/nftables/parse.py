@@ -158,6 +158,11 @@ class Match:
     marks: int = 0  # mark tests
     mark_set_only: bool = False  # ... and each of them asks for set bits
     unknown: int = 0  # tests k3snet cannot model
+    # ... their words (`tcp dport`, `ip daddr @blocked`, `limit`), and how many of them no
+    # packet of a new pod connection or its replies passes (`ct state invalid`, a reverse
+    # path filter's `fib saddr . iif oif missing`): a drop testing one meets none of them
+    unread: list[str] = field(default_factory=list)
+    never_pods: int = 0
     extras: int = 0  # harmless statements k3snet never writes (counter, xt comment ...)
     verdict: str | None = None
     target: str | None = None  # of a jump / goto
@@ -262,7 +267,8 @@ def _parse_address(left: dict[str, Any], right: Any, negated: bool, out: Match) 
 
 def _parse_meta(left: dict[str, Any], op: str, right: Any, out: Match) -> bool:
     key = left["meta"].get("key")
-    if key in ("iifname", "oifname") and isinstance(right, str):
+    # (`"@uplinks"`: a named set not read as its names, no device's name)
+    if key in ("iifname", "oifname") and isinstance(right, str) and not right.startswith("@"):
         (out.iif if key == "iifname" else out.oif).append((right, op == "!="))
         return True
     names = _name_set(right) if key in ("iifname", "oifname") and op == "!=" else None
@@ -291,6 +297,21 @@ def _name_set(right: Any) -> list[str] | None:
     if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
         return None
     return items
+
+
+def _set_test(test: Any) -> str | None:
+    """The type of the named set a test may refer to (``oifname != @uplinks``:
+    ``ifname``; ``ip daddr @blocked``: ``ipv4_addr``; ``ip6 saddr``: ``ipv6_addr``), when
+    k3snet reads such a test against its elements (else None)."""
+    left = test.get("left") if isinstance(test, dict) else None
+    if not isinstance(left, dict) or test.get("op", "==") not in ("==", "!=", "in"):
+        return None
+    meta, payload = left.get("meta"), left.get("payload")
+    if isinstance(meta, dict) and meta.get("key") in ("iifname", "oifname"):
+        return "ifname"
+    if isinstance(payload, dict) and payload.get("field") in ("saddr", "daddr"):
+        return {"ip": "ipv4_addr", "ip6": "ipv6_addr"}.get(str(payload.get("protocol")))
+    return None
 
 
 def _is_mark_mask(left: dict[str, Any]) -> bool:
@@ -329,6 +350,8 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
             out.ct_direction = out.ct_direction or understood
     if not understood:
         out.unknown += 1
+        out.unread.append(_test_words(op, left, right))
+        out.never_pods += _never_pods(op, left, right)
         if op in ("==", "in") and isinstance(left, dict):
             out.pmtu4 += _admits_pmtu_error(left, right, 4)
             out.pmtu6 += _admits_pmtu_error(left, right, 6)
@@ -337,6 +360,50 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
             payload = left.get("payload")
             out.ports = out.ports or (isinstance(payload, dict)
                                       and payload.get("field") in ("dport", "sport"))
+
+
+def _test_words(op: str, left: Any, right: Any) -> str:
+    """A test k3snet does not model, named as nft's language does (its value left out,
+    but a named set's name): ``tcp dport``, ``ip daddr @blocked``, ``ct state``."""
+    def named(side: Any) -> str:
+        if not isinstance(side, dict) or len(side) != 1:
+            return "a test"
+        ((kind, body),) = side.items()
+        if kind == "concat" and isinstance(body, list):
+            return " . ".join(named(part) for part in body)
+        if kind == "&" and isinstance(body, list) and body:
+            return named(body[0])
+        if not isinstance(body, dict):
+            return str(kind)
+        if kind == "payload":
+            return f"{body.get('protocol')} {body.get('field')}"
+        key = body.get("key")
+        if kind == "meta" and key in ("iifname", "oifname", "iif", "oif"):
+            kind = ""  # as nft writes them, unqualified
+        return f"{kind} {key}".lstrip() if kind in ("meta", "ct", "") else str(kind)
+
+    words = named(left)
+    if op == "!=":
+        words += " !="
+    if isinstance(right, str) and right.startswith("@"):
+        words += f" {right}"
+    return words
+
+
+def _never_pods(op: str, left: Any, right: Any) -> bool:
+    """Whether no packet of a new pod connection, nor of its replies, passes the test
+    ``left op right``: ``ct state invalid`` (conntrack's packets it cannot place), or a
+    reverse path filter's ``fib saddr . iif oif missing`` (firewalld's: a pod's source is
+    routed back by the device it came in by). A drop testing one is no default for them."""
+    if op not in ("==", "in") or not isinstance(left, dict):
+        return False
+    ct, fib = left.get("ct"), left.get("fib")
+    if isinstance(ct, dict) and ct.get("key") == "state":
+        states = right.get("set") if isinstance(right, dict) else right
+        states = {states} if isinstance(states, str) else {
+            v for v in states if isinstance(v, str)} if isinstance(states, list) else set()
+        return states == {"invalid"}
+    return isinstance(fib, dict) and fib.get("result") == "oif" and right is False
 
 
 def _reply_direction(op: str, right: Any) -> bool:
@@ -449,6 +516,7 @@ def _parse_unknown(name: str, body: Any, out: Match) -> None:
         dev = body.get("dev") if isinstance(body, dict) else None
         out.fwd = f"fwd to {dev}" if isinstance(dev, str) else "fwd"
     out.unknown += 1
+    out.unread.append(name)
 
 
 def _parse_xt(body: dict[str, Any], out: Match) -> None:
@@ -499,6 +567,7 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
         out.verdict = f"xt {name}"
     else:
         out.unknown += 1
+        out.unread.append(f"xt {kind} {name}")
 
 
 def _snat_to(value: object) -> str | None:
@@ -629,12 +698,14 @@ def parse_rule(expr: Sequence[Any]) -> Match:
     for statement in expr:
         if not isinstance(statement, dict) or len(statement) != 1:
             out.unknown += 1
+            out.unread.append("a statement k3snet cannot read")
             continue
         ((name, body),) = statement.items()
         try:
             _parse_statement(name, body, out)
         except (ValueError, KeyError, TypeError, AttributeError):
             out.unknown += 1
+            out.unread.append(_statement_words(name, body))
     if out.expires is not None:
         if out.verdict in (None, "accept", "return", "jump", "goto"):
             # The packet goes on, to expire: dropped all the same, whatever a chain it
@@ -643,6 +714,13 @@ def parse_rule(expr: Sequence[Any]) -> Match:
         else:
             out.expires = None  # a drop, a queue ...: read as it is
     return out
+
+
+def _statement_words(name: str, body: Any) -> str:
+    """A statement k3snet could not read, named (a test's words, as :func:`_test_words`)."""
+    if name == "match" and isinstance(body, dict):
+        return _test_words(str(body.get("op", "==")), body.get("left"), body.get("right"))
+    return name
 
 
 def _partial_notrack(match: Match) -> bool:
@@ -929,11 +1007,14 @@ class ForeignReader:
         default_factory=list)
     nat_origin: dict[NetObject, tuple[tuple[str, str], str] | None] = field(default_factory=dict)
     _listings: dict[tuple[tuple[str, str], str], list[Match]] = field(default_factory=dict)
-    # the names of the named sets of interface names read (None: left as a reference)
-    _name_sets: dict[tuple[tuple[str, str], str], tuple[str, ...] | None] = field(
+    # the named sets listed, as listed (None: not listed)
+    _sets: dict[tuple[tuple[str, str], str], dict[str, Any] | None] = field(
         default_factory=dict)
     # each chain's rules that stop any packet (a drop, reject or queue naming no address)
     _catch_alls: dict[tuple[tuple[str, str], str], list[str]] = field(default_factory=dict)
+    # ... those of them testing no interface either (no block by the node's routes): a
+    # default of a base chain whose rules jump or go to that chain too
+    _opaque: dict[tuple[tuple[str, str], str], list[str]] = field(default_factory=dict)
     # each chain's rules that stop packets naming an address: a default of a nat chain
     # after k3snet's (no block: it never sees what k3snet's NAT translates)
     _addressed: dict[tuple[tuple[str, str], str], list[str]] = field(default_factory=dict)
@@ -1211,6 +1292,9 @@ class ForeignReader:
         for (where, name, policy), kind in bases:
             what = [f"policy {policy}"] if policy != "accept" else []
             what += self._catch_alls.get((where, name), [])
+            what += [f"{stop.removesuffix(')')} of chain {below})"
+                     for below in self._below(where, name)
+                     for stop in self._opaque.get((where, below), [])]
             if (where, name) in self._after_own_nat:
                 what += self._addressed.get((where, name), [])
             if what:
@@ -1226,6 +1310,20 @@ class ForeignReader:
                                present=tuple(dict.fromkeys(self._hooked)),
                                places={_place(where, chain): (*where, chain)
                                        for _, where, chain in self._partial_notracks})
+
+    def _below(self, where: tuple[str, str], base: str) -> list[str]:
+        """The chains ``base``'s rules jump or go to, at any depth, that the read listed."""
+        found: list[str] = []
+        todo = [base]
+        while todo:
+            for match in self._listings.get((where, todo.pop()), []):
+                target = match.target
+                if (match.verdict in ("jump", "goto") and target is not None
+                        and target != base and target not in found
+                        and (where, target) in self._listings):
+                    found.append(target)
+                    todo.append(target)
+        return found
 
     def _egress(self) -> Iterator[EgressDefault]:
         """Each egress chain read that may drop something: its policy drop, and its own
@@ -1360,7 +1458,7 @@ class ForeignReader:
             verdict = match.verdict
             if verdict is None or _misses(match, rule):
                 continue
-            if defaults and verdict in _STOPS and _unmodelled_only(match) and not match.target:
+            if defaults and verdict in _STOPS and _never_new_pods(match) and not match.target:
                 continue  # `ct state invalid drop`: not a default for new pod traffic
             whole = _covers(match, rule, reply=reply, errors=errors)
             if verdict in ("accept", "masquerade", "snat"):  # a nat chain's NAT ends it too
@@ -1406,25 +1504,27 @@ class ForeignReader:
         stops = self._catch_alls[(where, chain)] = []
         hook = _xt_hook_chains().get((family, table, chain))
         addressed = self._addressed[(where, chain)] = []
+        opaque = self._opaque[(where, chain)] = []
         for item in items:
             rule = item.get("rule")
             if hook is not None and isinstance(rule, dict) and self._iptables_hook(
                     where, rule, hook):
                 continue  # the iptables backend's jump to its chains: k3snet's, not foreign
             if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
-                for expr in (one for whole in _vmap_expanded(self._named_sets_in(
-                                 where, rule["expr"]))
+                named = self._named_sets_in(where, rule["expr"])
+                for expr in (one for whole in (() if named is None else _vmap_expanded(named))
                              for one in _set_expanded(whole)):
                     match = parse_rule(expr)
                     if match.verdict in _STOPS and not any(
                             not neg for _, neg in match.saddr + match.daddr):
-                        # What it tests of what k3snet reads (an interface, a negated
-                        # address): the address it drops is any that passes those.
-                        tests = " ".join(_rule_words(match)[0]) if (
-                            match.iif or match.oif or match.saddr or match.daddr) else ""
+                        # What it tests (an interface, a negated address, what k3snet
+                        # does not model, named): the address it drops is any that passes.
+                        tests = _tested(match)
                         stops.append(f"a rule that may {match.verdict} any address"
                                      f"{f', testing {tests}' if tests else ''} "
                                      f"(handle {rule.get('handle')})")
+                        if not (match.iif or match.oif):  # (else a block, by the routes)
+                            opaque.append(stops[-1])
                     elif match.verdict in _STOPS:
                         addressed.append(f"a rule that may {match.verdict} "
                                          f"{' '.join(_rule_words(match)[0])} "
@@ -1434,61 +1534,89 @@ class ForeignReader:
                     rules.append(match)
         return rules
 
-    def _named_sets_in(self, where: tuple[str, str], expr: list[Any]) -> list[Any]:
-        """``expr`` with each test of an interface name against a named set of its table
-        (``oifname != @uplinks``; nft's JSON writes the reference as ``"@uplinks"``) made a
-        test against an anonymous set of the set's names, as the kernel matches it: read
-        as those are (a negated test of each name, one rule per name). Each set is listed
-        once a read; one that is empty, packets may fill (``dynamic``, ``timeout``: the
-        generation id unmoved), holding an element that is no name, or not listed (the
-        bound of :data:`_MAX_FOREIGN_CHAINS` listings, an error) stays as it is: a test
-        of a device of that name, as before sets were listed (a drop then may drop any
-        address, an accept testing ``!=`` takes every packet)."""
+    def _named_sets_in(self, where: tuple[str, str], expr: list[Any]) -> list[Any] | None:
+        """``expr`` with each test against a named set of its table (``oifname !=
+        @uplinks``, ``ip daddr @blocked``; nft's JSON writes the reference as
+        ``"@uplinks"``) made a test against an anonymous set of the set's elements, as the
+        kernel matches it: read as those are (a negated test of each name, of each prefix
+        an exclusion; one rule per name or prefix). None: no packet matches ``expr`` (a
+        positive test against an empty set). Each set is listed once a read; one whose
+        contents may change with no commit (``dynamic`` or ``timeout``: packets add
+        elements, or they expire, the generation id unmoved; nft 1.0.6's JSON hides
+        ``dynamic``, but a set a rule adds to is listed with a ``size``), holding an
+        element of another type, more than :data:`_MAX_VMAP_ELEMENTS`, or not listed (the
+        bound of :data:`_MAX_FOREIGN_CHAINS` listings, an error) stays a reference: a test
+        k3snet does not model (a drop or reject testing nothing else is then a warning
+        naming it, an accept testing it takes nothing)."""
         found = []
         for statement in expr:
             test = statement.get("match") if isinstance(statement, dict) else None
-            if not isinstance(test, dict):
+            right = test.get("right") if isinstance(test, dict) else None
+            kind = _set_test(test) if isinstance(right, str) and right.startswith("@") else None
+            if kind is None:
                 found.append(statement)
                 continue
-            left, right = test.get("left"), test.get("right")
-            if (isinstance(left, dict) and isinstance(left.get("meta"), dict)
-                    and left["meta"].get("key") in ("iifname", "oifname")
-                    and isinstance(right, str) and right.startswith("@")):
-                names = self._set_names(where, right[1:])
-                if names is not None:
-                    found.append({"match": {**test, "right": {"set": list(names)}}})
-                    continue
-            found.append(statement)
+            assert isinstance(test, dict)
+            assert isinstance(right, str)
+            elements = self._set_elements(where, right[1:], kind)
+            if elements is None:
+                found.append(statement)
+            elif elements:
+                found.append({"match": {**test, "right": {"set": list(elements)}}})
+            elif test.get("op", "==") != "!=":
+                return None  # a positive test against an empty set: no packet passes it
+            # (and `!= @empty`: every packet passes it, a test no more)
         return found
 
-    def _set_names(self, where: tuple[str, str], name: str) -> tuple[str, ...] | None:
-        """The elements of the named set ``name`` of ``where``'s table when they are all
-        names and no packet can add one (:meth:`_named_sets_in`), else None."""
-        if (where, name) in self._name_sets:
-            return self._name_sets[(where, name)]
-        names: tuple[str, ...] | None = None
-        if self.listed < _MAX_FOREIGN_CHAINS:
-            self.listed += 1
-            try:
-                items = self._list("set", {"family": where[0], "table": where[1],
-                                           "name": name}) or []
-            except (ListingTimeoutError, UnprintableNameError) as exc:
-                self.unread.append(str(exc))
-                items = []
-            except BackendError:
-                items = []
-            for item in items:
-                body = item.get("set") if isinstance(item, dict) else None
-                if not isinstance(body, dict) or body.get("name") != name:
-                    continue
-                flags = body.get("flags", [])
-                elements = body.get("elem", [])
-                if (isinstance(flags, list) and not {"dynamic", "timeout"} & set(flags)
-                        and "timeout" not in body and isinstance(elements, list)
-                        and elements and all(isinstance(e, str) for e in elements)):
-                    names = tuple(elements)
-        self._name_sets[(where, name)] = names
-        return names
+    def _set_elements(self, where: tuple[str, str], name: str,
+                      kind: str) -> tuple[Any, ...] | None:
+        """The elements of the named set ``name`` of ``where``'s table when they are all of
+        ``kind`` (``ifname``: names; ``ipv4_addr``, ``ipv6_addr``: prefixes, as nft's JSON
+        writes anonymous sets'), and no packet can change them (:meth:`_named_sets_in`),
+        else None."""
+        if (where, name) not in self._sets:
+            self._sets[(where, name)] = self._listed_set(where, name)
+        body = self._sets[(where, name)]
+        if body is None or body.get("type") != kind:
+            return None
+        flags = body.get("flags", [])
+        elements = body.get("elem", [])
+        if (not isinstance(flags, list) or {"dynamic", "timeout"} & set(flags)
+                or "timeout" in body or "size" in body or not isinstance(elements, list)
+                or len(elements) > _MAX_VMAP_ELEMENTS):
+            return None
+        if kind == "ifname":
+            names = tuple(e for e in elements if isinstance(e, str))
+            # (an empty set of names stays a reference, as before it was listed)
+            return names if names and len(names) == len(elements) else None
+        try:
+            nets = [net for e in elements for net in _element_prefixes(e)]
+        except (ValueError, TypeError, KeyError):
+            return None
+        if len(nets) > _MAX_VMAP_ELEMENTS or any(
+                net.version != (4 if kind == "ipv4_addr" else 6) for net in nets):
+            return None
+        return tuple({"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+                     for net in nets)
+
+    def _listed_set(self, where: tuple[str, str], name: str) -> dict[str, Any] | None:
+        """The named set ``name`` of ``where``'s table, as listed (None: not listed)."""
+        if self.listed >= _MAX_FOREIGN_CHAINS:
+            return None
+        self.listed += 1
+        try:
+            items = self._list("set", {"family": where[0], "table": where[1],
+                                       "name": name}) or []
+        except (ListingTimeoutError, UnprintableNameError) as exc:
+            self.unread.append(str(exc))
+            return None
+        except BackendError:
+            return None
+        for item in items:
+            body = item.get("set") if isinstance(item, dict) else None
+            if isinstance(body, dict) and body.get("name") == name:
+                return body
+        return None
 
     def _list(self, kind: str, ref: dict[str, str]) -> list[dict[str, Any]] | None:
         return self.kernel.list(kind, **ref)
@@ -2067,6 +2195,7 @@ def _guarded(guard: Match, match: Match) -> Match | None:
         iif=iif, oif=oif, nfproto=guard.nfproto + match.nfproto,
         ct_reply=guard.ct_reply or match.ct_reply,
         marks=marks, unknown=guard.unknown + match.unknown, l4=match.l4 or guard.l4,
+        unread=[*guard.unread, *match.unread], never_pods=guard.never_pods + match.never_pods,
         ports=match.ports or guard.ports, pmtu4=guard.pmtu4 + match.pmtu4,
         pmtu6=guard.pmtu6 + match.pmtu6,
         mark_set_only=bool(marks) and all(m.mark_set_only for m in (guard, match) if m.marks))
@@ -2078,12 +2207,15 @@ def _unseen() -> Match:
     return Match(unknown=1, verdict="drop", target="(unread)")
 
 
-def _unmodelled_only(match: Match) -> bool:
-    """Whether ``match`` tests only what k3snet does not model (``ct state invalid``,
-    firewalld's ``meta nfproto ipv6 fib saddr . mark . iif oif missing``), besides the
-    address family: no address, interface or mark, so no default for new pod traffic."""
-    return bool(match.unknown) and not (match.saddr or match.daddr or match.iif or match.oif
-                                        or match.marks or match.ct_reply)
+def _never_new_pods(match: Match) -> bool:
+    """Whether ``match`` tests only what k3snet does not model, besides the address family
+    (no address, interface or mark), one of them a test no packet of a new pod connection
+    or its replies passes (``ct state invalid``, firewalld's ``meta nfproto ipv6 fib saddr
+    . mark . iif oif missing``: :func:`_never_pods`), so no default for new pod traffic.
+    One testing only others (``tcp dport 5432``, ``meta l4proto udp``, a named set k3snet
+    did not read) may drop the pods' packets: a default (a warning naming it)."""
+    return bool(match.never_pods) and not (match.saddr or match.daddr or match.iif
+                                           or match.oif or match.marks or match.ct_reply)
 
 
 def _misses(match: Match, rule: ForwardRule) -> bool:
@@ -2265,7 +2397,11 @@ class _OwnTable:
                 "program uses; the default is k3snet), or delete this table if nothing "
                 "needs it")
         if self.marked is False and mark:
-            self.drift(None, "no mark of k3snet's (a table an older k3snet wrote): apply "
+            # (libnftables before 1.0.8 takes no table comment in a JSON batch: k3snet
+            # with syntax="json" writes its table so too, read as k3snet's without drift)
+            self.drift(None, "no mark of k3snet's (a table an older k3snet, or k3snet with "
+                       "syntax json through a libnftables that takes no table comment, "
+                       "wrote): apply "
                        f'rebuilds it with its comment "{TABLE_COMMENT}"',
                        Repair(self.family, rebuild=True))
 
@@ -2538,6 +2674,19 @@ def _rule_words(match: Match) -> tuple[list[str], list[Network], list[Network], 
         of = f", of {match.l4}" if match.l4 and match.notrack else ""  # a notrack's protocol
         words.append(f"(and {others} more match{'es' if others > 1 else ''}{of})")
     return words, saddr, daddr, oif
+
+
+def _tested(match: Match) -> str:
+    """What a rule that may stop any address tests, in words: its tests of interfaces and
+    negated addresses, and those k3snet does not model, named (``tcp dport``, ``ip daddr
+    @blocked``: a named set k3snet did not read), unless one of those is a test no pod
+    connection passes (``ct state invalid``); empty when it tests none of those."""
+    words = [word for word in _rule_words(match)[0] if not word.startswith("(and ")]
+    if match.unread and not match.never_pods:  # (one meeting no pod connection: unnamed)
+        unread = list(dict.fromkeys(match.unread))
+        words.append(f"{', '.join(unread)} (test{'s' if len(unread) > 1 else ''} k3snet "
+                     "does not model)")
+    return " ".join(words)
 
 
 def _place(where: tuple[str, str], chain: str) -> str:

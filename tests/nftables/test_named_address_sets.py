@@ -1,0 +1,246 @@
+"""Named sets of addresses, and drops whose only tests k3snet does not model.
+
+``ip daddr @blocked drop`` (nft's JSON writes the reference as ``"right": "@blocked"``)
+was a test k3snet did not model, and a drop testing nothing else was passed over as
+``ct state invalid drop`` is: the pods' connections dropped while ``plan`` said nothing.
+A named set whose elements no packet can change is now listed and read as the anonymous
+set of its elements, as the kernel matches it (intervals, ranges, IPv6, ``!=``); one that
+may change with no commit (``dynamic``, ``timeout``; nft 1.0.6's JSON hides ``dynamic``
+but lists a set a rule adds to with a ``size``) stays a reference. A drop or reject
+whose tests k3snet does not model (``tcp dport 5432``, such a reference, a set of names
+packets fill, once read as a device named ``@devs``) is a warning naming them, unless
+one is a test no new pod connection passes (``ct state invalid``, a reverse path filter).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k3snet.backends.nftables.parse import ForeignReader
+from k3snet.cli import main
+from k3snet.lab import SeedLab
+from k3snet.lab.netns import run_in
+from k3snet.model import ForwardBlock, ForwardRule
+from tests.nftables.test_foreign_cases import DROP, Expr, Kernel, jump
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
+PODS = ForwardRule("10.42.0.0/16", "192.168.2.0/24", out_interface="eth0")
+PODS6 = ForwardRule("fd42:42::/56", "fd01:2::/64", out_interface="eth0")
+
+
+class SetKernel(Kernel):
+    """The fake kernel of ``test_foreign_cases`` with named sets of table ``inet fw``."""
+
+    def __init__(self, chains: Any, sets: dict[str, dict[str, Any]]) -> None:
+        super().__init__(chains)
+        self.sets = sets
+        self.set_listings = 0
+
+    def list(self, kind: str, **ref: str) -> list[dict[str, Any]] | None:
+        if kind != "set":
+            return super().list(kind, **ref)
+        self.set_listings += 1
+        body = self.sets.get(ref["name"])
+        return None if body is None else [{"set": {"family": "inet", "table": "fw",
+                                                   "name": ref["name"], **body}}]
+
+
+def match(op: str, left: dict[str, Any], right: Any) -> Expr:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def daddr(proto: str = "ip") -> dict[str, Any]:
+    return {"payload": {"protocol": proto, "field": "daddr"}}
+
+
+def fw(rules: list[list[Expr]], sets: dict[str, dict[str, Any]], *,
+       below: list[list[Expr]] | None = None) -> SetKernel:
+    chains: dict[Any, Any] = {("inet", "fw", "c"): ("forward", "accept", rules)}
+    if below is not None:
+        chains[("inet", "fw", "below")] = (None, "", below)
+    return SetKernel(chains, sets)
+
+
+def read(kernel: SetKernel) -> tuple[set[ForwardBlock], ForeignReader]:
+    reader = ForeignReader(kernel, frozenset())
+    found = {o for o in reader.read() if isinstance(o, ForwardBlock)}
+    return found, reader
+
+
+def warned(reader: ForeignReader, *rules: ForwardRule) -> list[str]:
+    """The words of each default that may drop one of ``rules`` (the plan's warning)."""
+    return ["; ".join(default.what) for default, _ in reader.defaults().unopened(list(rules))]
+
+
+INTERVALS = {"type": "ipv4_addr", "flags": ["interval"], "elem": [
+    {"prefix": {"addr": "10.30.0.0", "len": 16}},
+    {"range": ["192.168.2.0", "192.168.2.255"]},
+    {"elem": {"val": "198.51.100.7", "comment": "one host"}}]}
+
+
+def test_a_drop_against_a_named_set_of_addresses_is_read_as_one_per_prefix_it_holds() -> None:
+    kernel = fw([[match("==", daddr(), "@b"), DROP]], {"b": INTERVALS})
+    found, _ = read(kernel)
+    assert {str(b.destination) for b in found} == {"10.30.0.0/16", "192.168.2.0/24",
+                                                   "198.51.100.7/32"}
+    assert any(b.decides(PODS) for b in found)  # a conflict of the pods' rule
+    assert kernel.set_listings == 1
+
+
+def test_a_drop_against_a_named_set_of_ipv6_addresses_is_read_in_its_family() -> None:
+    found, _ = read(fw([[match("==", daddr("ip6"), "@e"), DROP]],
+                       {"e": {"type": "ipv6_addr", "elem": ["fd01:2::10"]}}))
+    (block,) = found
+    assert (block.family, str(block.destination)) == (6, "fd01:2::10/128")
+    assert block.rule == "ip6 daddr fd01:2::10/128 drop"
+
+
+def test_a_negated_named_set_is_read_as_its_exclusions() -> None:
+    found, reader = read(fw([[match("!=", daddr(), "@b"), DROP]],
+                            {"b": {"type": "ipv4_addr", "flags": ["interval"],
+                                   "elem": [{"prefix": {"addr": "10.99.0.0", "len": 16}}]}}))
+    assert found == set()
+    (said,) = warned(reader, PODS)
+    assert "testing ip daddr != 10.99.0.0/16 (handle 2)" in said
+    assert warned(reader, PODS6) == []  # an ip test: IPv6 passes it
+
+
+def test_an_empty_named_set_matches_nothing_and_its_negation_everything() -> None:
+    empty = {"s": {"type": "ipv4_addr"}}
+    found, reader = read(fw([[match("==", daddr(), "@s"), DROP]], empty))
+    assert (found, warned(reader, PODS)) == (set(), [])
+    found, reader = read(fw([[match("!=", daddr(), "@s"), DROP]], empty))
+    assert found == set()
+    assert warned(reader, PODS) == ["a rule that may drop any address (handle 2)"]
+
+
+@pytest.mark.parametrize("body", [
+    {"type": "ipv4_addr", "flags": ["timeout"], "timeout": 3600},
+    {"type": "ipv4_addr", "flags": ["dynamic"], "elem": ["10.30.0.1"]},
+    # a set a rule adds to (`add @s { ip daddr }`): nft 1.0.6 hides `dynamic`, not the size
+    {"type": "ipv4_addr", "size": 65535, "elem": ["10.30.0.1"]},
+    {"type": "ipv4_addr", "elem": [{"elem": {"val": "10.30.0.1", "timeout": 60}}],
+     "timeout": 60},
+    None,  # not listed
+])
+def test_a_named_set_packets_may_change_is_a_warning_naming_it_not_trusted(
+        body: dict[str, Any] | None) -> None:
+    found, reader = read(fw([[match("==", daddr(), "@s"), DROP]],
+                            {} if body is None else {"s": body}))
+    assert found == set()
+    (said,) = warned(reader, PODS)
+    assert "testing ip daddr @s (test k3snet does not model)" in said
+
+
+def test_a_dynamic_set_of_names_is_no_device_name_but_a_warning() -> None:
+    # It was read as a device named "@devs": a drop on any device but it, a conflict of
+    # every rule, while the kernel's empty set dropped nothing.
+    found, reader = read(fw([[match("==", {"meta": {"key": "oifname"}}, "@devs"), DROP]],
+                            {"devs": {"type": "ifname", "size": 65535}}))
+    assert found == set()
+    (said,) = warned(reader, PODS)
+    assert "testing oifname @devs (test k3snet does not model)" in said
+
+
+@pytest.mark.parametrize(("expr", "words"), [
+    ([match("==", {"payload": {"protocol": "tcp", "field": "dport"}}, 5432)], "tcp dport"),
+    ([match("==", {"meta": {"key": "l4proto"}}, "tcp")], "meta l4proto"),
+    ([match("==", {"concat": [daddr(), {"payload": {"protocol": "tcp", "field": "dport"}}]},
+           "@svc")], "ip daddr . tcp dport @svc"),
+    ([{"limit": {"rate": 10, "per": "second", "inv": True}}], "limit"),
+])
+def test_a_drop_whose_only_tests_k3snet_does_not_model_is_a_warning_naming_them(
+        expr: list[Expr], words: str) -> None:
+    found, reader = read(fw([[*expr, DROP]], {}))
+    assert found == set()
+    (said,) = warned(reader, PODS)
+    assert f"testing {words} (test k3snet does not model) (handle 2)" in said
+
+
+@pytest.mark.parametrize("expr", [
+    [match("in", {"ct": {"key": "state"}}, "invalid")],
+    [match("==", {"fib": {"result": "oif", "flags": ["saddr", "mark", "iif"]}}, False)],
+    [match("in", {"ct": {"key": "state"}}, "invalid"),
+     match("==", {"payload": {"protocol": "tcp", "field": "dport"}}, 5432)],
+])
+def test_a_drop_testing_what_no_new_pod_connection_passes_is_still_passed_over(
+        expr: list[Expr]) -> None:
+    _, reader = read(fw([[*expr, DROP]], {}))
+    assert warned(reader, PODS, PODS6) == []
+
+
+def test_such_a_drop_in_a_chain_jumped_to_is_a_warning_too() -> None:
+    port = match("==", {"payload": {"protocol": "tcp", "field": "dport"}}, 5432)
+    _, reader = read(fw([[jump("below")]], {}, below=[[port, DROP]]))
+    (said,) = warned(reader, PODS)
+    assert said == ("a rule that may drop any address, testing tcp dport (test k3snet does "
+                    "not model) (handle 2 of chain below)")
+
+
+# Each case: the sets, the rule of a forward chain (policy accept) of `table inet fw`;
+# whether the kernel drops the pod's IPv4 and IPv6 connections to the database, and what
+# `plan` says (4: a conflict, "warning": a warning of that chain, 0: nothing).
+CASES: dict[str, tuple[str, str, tuple[bool, bool], int | str]] = {
+    "an interval set holding the database": (
+        "set b { type ipv4_addr; flags interval; elements = { 10.30.0.0/16, "
+        "192.168.0.0/16 }; }", "ip daddr @b drop", (True, False), 4),
+    "a range holding the database's address": (
+        "set b { type ipv4_addr; flags interval; elements = { 192.168.2.1-192.168.2.99 }; }",
+        "ip daddr @b reject", (True, False), 4),
+    "a set not holding it": (
+        "set b { type ipv4_addr; flags interval; elements = { 10.30.0.0/16 }; }",
+        "ip daddr @b drop", (False, False), 0),
+    "an IPv6 set holding it": (
+        "set e { type ipv6_addr; elements = { fd01:2::10 }; }", "ip6 daddr @e drop",
+        (False, True), 4),
+    "a negated set not holding it": (
+        "set b { type ipv4_addr; flags interval; elements = { 10.30.0.0/16 }; }",
+        "ip daddr != @b drop", (True, False), "warning"),
+    "a set packets fill, empty now": (
+        "set d { type ipv4_addr; flags dynamic,timeout; timeout 1h; }",
+        "ip daddr @d drop", (False, False), "warning"),
+    "a set of names packets fill, empty now": (
+        "set n { type ifname; flags dynamic; size 1024; }", "oifname @n drop",
+        (False, False), "warning"),
+    "the database's port": ("", "tcp dport 5432 drop", (True, True), "warning"),
+    "TCP": ("", "meta l4proto tcp drop", (True, True), "warning"),
+    "invalid packets": ("", "ct state invalid drop", (False, False), 0),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_named_sets_and_unmodelled_drops_are_said_exactly_where_the_kernel_drops(
+        require_root: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    seen: dict[str, tuple[tuple[bool, bool], int | str]] = {}
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        for case, (sets, rule, *_) in CASES.items():
+            run_in(lab.node, ["nft", "-f", "-"], input_text=(
+                f"table inet fw {{ {sets}\n chain c {{ type filter hook forward priority 0; "
+                f"policy accept; {rule}; }}\n}}\n"))
+            try:
+                listed = json.loads(run_in(lab.node, ["nft", "-j", "list", "ruleset"]).stdout)
+                rules = [o["rule"] for o in listed["nftables"]
+                         if "rule" in o and o["rule"]["table"] == "fw"]
+                assert len(rules) == 1, rules  # the kernel's view: the one rule
+                with ThreadPoolExecutor(2) as pool:
+                    probes = [pool.submit(lab.tcp_probe, f, timeout=1.0) for f in (4, 6)]
+                    dropped = (not probes[0].result().ok, not probes[1].result().ok)
+                capsys.readouterr()
+                code = main(["plan", "-f", str(SEED), "--netns", lab.node])
+                out = capsys.readouterr().out
+            finally:
+                run_in(lab.node, ["nft", "delete", "table", "inet", "fw"])
+            warning = any(line.startswith("!! warning: nftables: inet fw chain c")
+                          for line in out.splitlines())
+            assert code in (0, 4), (case, out)
+            seen[case] = (dropped, code if code or not warning else "warning")
+    assert seen == {case: (dropped, said) for case, (_, _, dropped, said) in CASES.items()}
