@@ -605,6 +605,13 @@ JUMP_CASES: dict[str, tuple[str, set[NetObject]]] = {
     "a drop two jumps down hides what follows": (
         f"-A FORWARD -j A\n-A A -s {POD} -j C\n-A C -d {B} -j DROP\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    # Both flavours print a comment "-j" or "-g" unquoted: a word of it is no flag.
+    "a drop commented -j hides what follows": (
+        f"-A FORWARD -s {POD} -m comment --comment -j -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    "a jump commented -g comes back": (
+        "-A FORWARD -m comment --comment -g -j A\n-A A -s 10.99.0.0/16 -j ACCEPT\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", {ForwardRule(POD, B)}),
     "a loop in the text is read as a drop of anything": (
         f"-A FORWARD -j A\n-A A -j C\n-A C -j A\n-A FORWARD -s {POD} -j ACCEPT\n{_REPLIES}",
         set()),

@@ -255,6 +255,10 @@ BEHIND_JUMPS: dict[str, tuple[list[list[str]], str]] = {
         [["-A", "FORWARD", "-s", "10.0.0.0/8", "-j", "KUBE-X"],
          ["-A", "KUBE-X", "-d", DB_NET, "-j", "DROP"],
          ["-A", "FORWARD", "-s", POD, "-d", DB_NET, "-j", "ACCEPT"]], "conflict"),
+    # iptables-save prints the comment unquoted (`--comment -j -j DROP`): no jump of it
+    "a drop of the pods commented -j": (
+        [["-A", "FORWARD", "-s", POD, "-m", "comment", "--comment", "-j", "-j", "DROP"],
+         ["-A", "FORWARD", "-s", POD, "-d", DB_NET, "-j", "ACCEPT"]], "conflict"),
 }
 
 
@@ -267,7 +271,8 @@ def test_a_rule_behind_a_jump_with_conditions_is_read_as_the_kernel_matches_it(
     """Under FORWARD's policy DROP, with an accept of the replies: the pods' forward
     accept is met exactly when the pod reaches the database (an accept a jump by the
     pods' sources leads to; a drop behind a jump of 10.0.0.0/8 of other destinations
-    hides nothing), read from ``iptables-save`` as the kernel holds the rules."""
+    hides nothing), read from ``iptables-save`` as the kernel holds the rules; a comment
+    ``-j`` (printed unquoted) is no jump of the rule's: its drop is a conflict."""
     rules, status = BEHIND_JUMPS[case]
     wanted = ForwardRule(POD, DB_NET)
     with SeedLab.create() as lab:

@@ -134,7 +134,7 @@ def _walk(
             if fields is False:
                 continue  # no packet reaching it matches it
             jump = target is not None and target in dump.rules and not _ours(target, ours)
-            goes = "-g" in tokens
+            goes = _goes(tokens)
             if jump and target is not None:
                 if target in on_way or len(on_way) > WALK_DEPTH:
                     yield name, _UNKNOWN, None, tokens, frame, stack
@@ -251,9 +251,7 @@ def _ours(chain: str, ours: Container[str] | None) -> bool:
 
 def _conditions(tokens: Line) -> list[str]:
     """The matches of a rule: everything before its target, comments left out."""
-    conditions = list(tokens[: tokens.index("-j")]) if "-j" in tokens else list(tokens)
-    if "-g" in conditions:
-        conditions = conditions[: conditions.index("-g")]
+    conditions = list(tokens[: _verb(tokens)[1]])
     while "comment" in conditions:  # a comment never restricts anything
         at = conditions.index("comment") - 1
         del conditions[at: at + 4]
@@ -282,12 +280,26 @@ def _cuts(target: str | None, tokens: Line) -> bool:
     return "!" in conditions and not positive_address
 
 
-def _target(tokens: Line) -> str | None:
+def _verb(tokens: Line) -> tuple[str | None, int]:
+    """A rule's target flag (``-j``, ``-g``; ``None``: none) and where it is (its length:
+    none), a comment's text left out: both flavours of iptables-save print ``--comment
+    "-j"`` as ``--comment -j`` (a word of a comment's is no flag of the rule's)."""
     for flag in ("-j", "-g"):
-        if flag in tokens:
-            index = tokens.index(flag)
-            if index + 1 < len(tokens):
-                return tokens[index + 1]
+        for index, token in enumerate(tokens):
+            if token == flag and not (index > 0 and tokens[index - 1] == "--comment"):
+                return flag, index
+    return None, len(tokens)
+
+
+def _goes(tokens: Line) -> bool:
+    """The rule goes to its chain (``-g``): its end does not come back."""
+    return _verb(tokens)[0] == "-g"
+
+
+def _target(tokens: Line) -> str | None:
+    flag, index = _verb(tokens)
+    if flag is not None and index + 1 < len(tokens):
+        return tokens[index + 1]
     return None
 
 
@@ -319,7 +331,7 @@ def foreign_nat(dump: TableDump | None, family: int, *,
         target = _target(tokens)
         if target is not None and target in dump.rules and not _ours(target, ours):
             narrowed = _conditions(tokens) != []
-            gone_to = "-g" in tokens
+            gone_to = _goes(tokens)
             chain_exits: list[_Exit] = []
             for inner in dump.chain(target):
                 inner_tokens = tokenize(inner)
@@ -779,7 +791,7 @@ def _drops_every(dump: TableDump, chain: str, on_way: tuple[str, ...],
         if (target is not None and target in dump.rules and not _ours(target, ours)
                 and target not in on_way and len(on_way) <= WALK_DEPTH):
             below = _drops_every(dump, target, (*on_way, target), read, ours)
-            if below is not None or "-g" in tokens:
+            if below is not None or _goes(tokens):
                 return below  # a chain gone to ends as this one would
     return None
 
@@ -848,7 +860,7 @@ class _Walk:
             return _ON  # a loop in the text, or k3snet's own chain
         if len(on_way) > WALK_DEPTH:
             raise _WalkStopped(chain, tokens, f"chains more than {WALK_DEPTH} deep")
-        gone_to = "-g" in tokens
+        gone_to = _goes(tokens)
         left = self.chain(target, self.dump.chain(target), (*outers, tokens),
                           leaves=leaves and gone_to, on_way=(*on_way, target))
         if gone_to and leaves and left == _END:  # as a RETURN here: out of the built-in
@@ -911,7 +923,7 @@ class _ForwardWalk(_Walk):
             if leaves:  # to FORWARD's policy
                 self.block(chain, tokens, target, outers)
             return _BACK if every else _ON
-        if target in XT_TTL and ttl_expires(tokens[tokens.index("-j") + 2:]):
+        if target in XT_TTL and ttl_expires(tokens[_verb(tokens)[1] + 2:]):
             # The packet goes on with a TTL of 1 or less: dropped by this node's
             # forwarding (PREROUTING) or by the next router (after it), both ways.
             self.block(chain, tokens, "DROP", outers)
