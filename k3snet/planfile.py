@@ -166,6 +166,19 @@ def _options_problem(options: Mapping[str, Any], backends: Sequence[str]) -> str
     return None
 
 
+def _clusters_problem(clusters: Any, backends: Sequence[str]) -> str | None:
+    """What is wrong with recorded clusters (``None``: nothing, or none recorded)."""
+    if clusters is None:
+        return None
+    if not (isinstance(clusters, dict) and all(isinstance(v, str) for v in clusters.values())):
+        return "its clusters are a JSON object of texts"
+    # (as for options: compared with no backend's, it was read and never checked)
+    unused = sorted(set(clusters) - {entry.partition(":")[0] for entry in backends})
+    if unused:
+        return f"the cluster of backend {printable(unused[0][:80])!r}, which it does not use"
+    return None
+
+
 def node_identity(netns: str | None) -> dict[str, str | None]:
     """What names this node and namespace: machine id, hostname, namespace and its identity."""
     return {"machine_id": _machine_id(), "hostname": socket.gethostname(), "netns": netns,
@@ -317,23 +330,72 @@ def _not_as_written(document: Mapping[str, Any]) -> str | None:
             if not part.keys() <= allowed or _lacks(what, part):
                 return _unknown_key(f"{group}[{i}]", what, part)
             objects += [(group, i, k, part[k]) for k in inside if part.get(k) is not None]
-    verified: set[tuple[str, ...]] = set()  # keys (with the type), in order, found as written
+    verified: set[tuple[Any, ...]] = set()  # keys (with the type), found as written
     for group, i, k, given in objects:
-        shape = (str(given.get("type")), *given)
+        shape = (str(given.get("type")), _shape(given))
         if shape in verified:  # 10 000 routes of one shape: one read back, not 10 000
             continue
         back = object_from_dict(given).to_dict()
         at = f"{group}[{i}]" if k is None else f"{group}[{i}].{k}"
-        unknown = sorted(set(given) - set(back))
-        if unknown:
-            return (f"{at} has the key {printable(unknown[0][:80])!r}, which a "
-                    f"{printable(str(given.get('type'))[:40])} object does not have")
-        missing = sorted(set(back) - set(given))
-        if missing:
-            return (f"{at} lacks its key {missing[0]!r} (it would be read as "
-                    f"{_shown(back[missing[0]])})")
+        kind = f"a {printable(str(given.get('type'))[:40])} object"
+        unread = _keys_unread(given, back, at, kind)
+        if unread is not None:
+            return unread
         verified.add(shape)
     return None
+
+
+def _shape(value: Any) -> Any:
+    """The keys of ``value`` at every depth (in order), its texts and numbers left out:
+    two objects of one shape read back alike, key for key."""
+    if isinstance(value, dict):
+        return tuple((key, _shape(item)) for key, item in value.items())
+    if isinstance(value, list):
+        return ("[", *(_shape(item) for item in value))
+    return None
+
+
+def _keys_unread(given: Any, back: Any, at: str, kind: str, *,
+                 nested: bool = False) -> str | None:
+    """A key of object ``given`` (at ``at``, ``kind`` the object's type, for the message)
+    that reading it drops (``back``: what it reads back as), at any depth (a pool of a
+    Calico pool list, a Cilium override's part), or one it lacks there (read as its
+    default); ``None``: every key is read as written. A list is compared item for item;
+    one of objects that each have a distinct ``name`` by name (the model keeps some
+    sorted by it)."""
+    if isinstance(given, dict) and isinstance(back, dict):
+        unknown = sorted(set(given) - set(back))
+        if unknown:
+            what = f"this part of {kind}" if nested else kind
+            return f"{at} has the key {printable(unknown[0][:80])!r}, which {what} does not have"
+        missing = sorted(set(back) - set(given))
+        if missing:
+            return (f"{at} lacks its key {printable(missing[0][:80])!r} (it would be read as "
+                    f"{_shown(back[missing[0]])})")
+        for key, item in given.items():
+            unread = _keys_unread(item, back[key], f"{at}.{printable(key[:80])}", kind,
+                                  nested=True)
+            if unread is not None:
+                return unread
+        return None
+    if isinstance(given, list) and isinstance(back, list) and len(given) == len(back):
+        pairs = list(zip(given, back, strict=True))
+        named = [_name(item) for item in given], [_name(item) for item in back]
+        if all(n is not None for n in named[0]) and len(set(named[0])) == len(given) and (
+                set(named[0]) == set(named[1])):
+            by_name = {_name(item): item for item in back}
+            pairs = [(item, by_name[_name(item)]) for item in given]
+        for index, (item, again) in enumerate(pairs):
+            unread = _keys_unread(item, again, f"{at}[{index}]", kind, nested=True)
+            if unread is not None:
+                return unread
+    return None
+
+
+def _name(item: Any) -> Any:
+    """An object's ``name`` when it is a text (``None``: it has none)."""
+    name = item.get("name") if isinstance(item, dict) else None
+    return name if isinstance(name, str) else None
 
 
 _REQUIRED = {what: keys - _OPTIONAL.get(what, frozenset()) for what, keys in _KEYS.items()}
@@ -516,9 +578,9 @@ class PlanFile:
         if not isinstance(allow_disruptive, bool):
             raise PlanError(f"{path}: its allow_disruptive is true or false")
         clusters = document.get("clusters")
-        if clusters is not None and not (isinstance(clusters, dict) and all(
-                isinstance(v, str) for v in clusters.values())):
-            raise PlanError(f"{path}: its clusters are a JSON object of texts")
+        problem = _clusters_problem(clusters, backends)
+        if problem:
+            raise PlanError(f"{path}: {problem}")
         made_by = document.get("k3snet")
         try:
             read = cls(Plan.from_dict(document.get("plan") or {}), State.from_dict(desired),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 
 from k3snet.backends.iptables.foreign import (
+    WALK_DEPTH,
+    WALK_LIMIT,
     foreign_blocks,
     foreign_forward,
     foreign_nat,
@@ -406,9 +408,18 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
         f"-A FORWARD -s {POD} -d {B} -i cni0 -o eth0 -j ACCEPT\n"
         f"-A FORWARD -d {POD} -i eth0 -o cni0 -j ACCEPT", 4,
         {ForwardRule(POD, B, in_interface="cni0", out_interface="eth0")}),
-    "a drop of other destinations behind a narrowed jump hides what follows": (
+    # Behind a jump, a rule matches what the jump matches and its own matches at once.
+    "a drop of other destinations behind a narrowed jump does not hide what follows": (
         "-A FORWARD -s 10.0.0.0/8 -j A\n-A A -d 192.0.2.0/24 -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
+        {ForwardRule(POD, B)}),
+    "a drop of the pods' destinations behind a narrowed jump hides what follows": (
+        f"-A FORWARD -s 10.0.0.0/8 -j A\n-A A -d {B} -j DROP\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
+    "a drop behind a jump its packets never pass does not hide what follows": (
+        f"-A FORWARD ! -s 10.0.0.0/8 -j A\n-A A -s {POD} -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4,
+        {ForwardRule(POD, B)}),
     "a drop with a match not modelled hides what follows": (
         "-A FORWARD -d 192.0.2.0/24 -p tcp -j DROP\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n-A FORWARD -d {POD} -j ACCEPT", 4, set()),
@@ -560,6 +571,75 @@ FORWARD_CASES: dict[str, tuple[str, int, set[NetObject]]] = {
 def test_foreign_forward_reads_exactly_what_the_table_says(case: str) -> None:
     rules, family, expected = FORWARD_CASES[case]
     assert _forward(rules, family) == expected
+
+
+_REPLIES = f"-A FORWARD -d {POD} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+JUMP_CASES: dict[str, tuple[str, set[NetObject]]] = {
+    "an accept behind a jump of the pods' sources is the pods' accept": (
+        f"-A FORWARD -s {POD} -j KUBE-X\n-A KUBE-X -j ACCEPT\n{_REPLIES}",
+        {ForwardRule(POD, "0.0.0.0/0")}),
+    "an accept two jumps down takes what both jumps and it match": (
+        f"-A FORWARD -s {POD} -j A\n-A A -d {B} -j C\n-A C -o eth0 -j ACCEPT\n{_REPLIES}",
+        {ForwardRule(POD, B, out_interface="eth0")}),
+    "an accept behind a jump of a part of the pods is that part's": (
+        f"-A FORWARD -s 10.42.1.0/24 -j A\n-A A -s {POD} -j ACCEPT\n{_REPLIES}",
+        {ForwardRule("10.42.1.0/24", "0.0.0.0/0")}),
+    "an accept behind a jump of other sources is none of the pods'": (
+        f"-A FORWARD -s 192.0.2.0/24 -j A\n-A A -s {POD} -j ACCEPT\n{_REPLIES}", set()),
+    "an accept behind a jump through a wildcard way out is the narrower way's": (
+        f"-A FORWARD -o eth+ -j A\n-A A -s {POD} -o eth0 -j ACCEPT\n"
+        f"-A FORWARD -d {POD} -i eth0 -j ACCEPT", {ForwardRule(POD, "0.0.0.0/0",
+                                                           out_interface="eth0")}),
+    "an accept behind a jump of another way out is none": (
+        f"-A FORWARD -o eth1 -j A\n-A A -s {POD} -o eth0 -j ACCEPT\n{_REPLIES}", set()),
+    "an accept behind a negated jump is not read as the positive one": (
+        f"-A FORWARD ! -d {B} -j A\n-A A -s {POD} -j ACCEPT\n{_REPLIES}", set()),
+    "an accept behind a jump of a match k3snet does not model is not read": (
+        f"-A FORWARD -p tcp -j A\n-A A -s {POD} -j ACCEPT\n{_REPLIES}", set()),
+    "a return two jumps down hides what follows in its chain alone": (
+        f"-A FORWARD -j A\n-A A -j C\n-A C -s {POD} -j RETURN\n-A C -s {POD} -j ACCEPT\n"
+        f"-A A -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", {ForwardRule(POD, B)}),
+    "a return in a chain gone to two jumps down hides what follows the -g": (
+        f"-A FORWARD -j A\n-A A -g C\n-A C -s {POD} -j RETURN\n"
+        f"-A A -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    "a drop two jumps down hides what follows": (
+        f"-A FORWARD -j A\n-A A -s {POD} -j C\n-A C -d {B} -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    # Both flavours print a comment "-j" or "-g" unquoted: a word of it is no flag.
+    "a drop commented -j hides what follows": (
+        f"-A FORWARD -s {POD} -m comment --comment -j -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    "a jump commented -g comes back": (
+        "-A FORWARD -m comment --comment -g -j A\n-A A -s 10.99.0.0/16 -j ACCEPT\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", {ForwardRule(POD, B)}),
+    "a loop in the text is read as a drop of anything": (
+        f"-A FORWARD -j A\n-A A -j C\n-A C -j A\n-A FORWARD -s {POD} -j ACCEPT\n{_REPLIES}",
+        set()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(JUMP_CASES))
+def test_foreign_forward_reads_a_rule_behind_jumps_with_their_matches_anded(case: str) -> None:
+    rules, expected = JUMP_CASES[case]
+    text = _table("filter", {"FORWARD": "DROP", "A": "-", "C": "-", "KUBE-X": "-"}, rules)
+    assert foreign_forward(parse_save(text).get("filter"), 4) == expected
+
+
+def test_foreign_forward_reads_jumps_down_to_its_bound_and_nothing_past_it() -> None:
+    """A chain deeper than WALK_DEPTH (text only: the kernel refuses loops, not depth) or
+    more rules than WALK_LIMIT: what follows is not read (a doubt: not met)."""
+    def chains(depth: int) -> str:
+        jumps = "\n".join(f"-A C{i} -j C{i + 1}" for i in range(depth))
+        head = {"FORWARD": "DROP", **{f"C{i}": "-" for i in range(depth + 1)}}
+        return _table("filter", head, f"-A FORWARD -j C0\n{jumps}\n"
+                      f"-A C{depth} -s {POD} -j ACCEPT\n{_REPLIES}")
+    assert foreign_forward(parse_save(chains(WALK_DEPTH - 1)).get("filter"), 4) == {
+        ForwardRule(POD, "0.0.0.0/0")}
+    assert foreign_forward(parse_save(chains(WALK_DEPTH + 1)).get("filter"), 4) == set()
+    logs = "\n".join("-A FORWARD -p tcp -j LOG" for _ in range(WALK_LIMIT))
+    many = _table("filter", {"FORWARD": "DROP"},
+                  f"{logs}\n-A FORWARD -s {POD} -j ACCEPT\n{_REPLIES}")
+    assert foreign_forward(parse_save(many).get("filter"), 4) == set()
 
 
 def _nat_blocks(rules: str) -> set[tuple[str, str, str, str, str | None, str]]:

@@ -238,3 +238,53 @@ def test_a_chain_gone_to_for_some_packets_sends_only_those_to_forwards_policy(
         assert [n.status for n in notes if n.wanted == wanted] == (
             ["conflict"] if taken else ["met"])
         assert lab.tcp_probe(family=4, timeout=1.0 if taken else 2.0).ok is not taken
+
+
+# FORWARD jumps by the pods' sources (or by a wider one) to a chain (KUBE-X): what its
+# rules match is what the jump and they match at once.
+# (the rules, the wanted rule's status: met, or a conflict naming the drop)
+BEHIND_JUMPS: dict[str, tuple[list[list[str]], str]] = {
+    "an accept behind a jump of the pods' sources": (
+        [["-A", "FORWARD", "-s", POD, "-j", "KUBE-X"], ["-A", "KUBE-X", "-j", "ACCEPT"]],
+        "met"),
+    "a drop of other destinations behind a jump of a wider source": (
+        [["-A", "FORWARD", "-s", "10.0.0.0/8", "-j", "KUBE-X"],
+         ["-A", "KUBE-X", "-d", "192.0.2.0/24", "-j", "DROP"],
+         ["-A", "FORWARD", "-s", POD, "-d", DB_NET, "-j", "ACCEPT"]], "met"),
+    "a drop of the database behind a jump of a wider source": (
+        [["-A", "FORWARD", "-s", "10.0.0.0/8", "-j", "KUBE-X"],
+         ["-A", "KUBE-X", "-d", DB_NET, "-j", "DROP"],
+         ["-A", "FORWARD", "-s", POD, "-d", DB_NET, "-j", "ACCEPT"]], "conflict"),
+    # iptables-save prints the comment unquoted (`--comment -j -j DROP`): no jump of it
+    "a drop of the pods commented -j": (
+        [["-A", "FORWARD", "-s", POD, "-m", "comment", "--comment", "-j", "-j", "DROP"],
+         ["-A", "FORWARD", "-s", POD, "-d", DB_NET, "-j", "ACCEPT"]], "conflict"),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["nft", "legacy"])
+@pytest.mark.parametrize("case", sorted(BEHIND_JUMPS))
+def test_a_rule_behind_a_jump_with_conditions_is_read_as_the_kernel_matches_it(
+    require_root: None, case: str, mode: Mode
+) -> None:
+    """Under FORWARD's policy DROP, with an accept of the replies: the pods' forward
+    accept is met exactly when the pod reaches the database (an accept a jump by the
+    pods' sources leads to; a drop behind a jump of 10.0.0.0/8 of other destinations
+    hides nothing), read from ``iptables-save`` as the kernel holds the rules; a comment
+    ``-j`` (printed unquoted) is no jump of the rule's: its drop is a conflict."""
+    rules, status = BEHIND_JUMPS[case]
+    wanted = ForwardRule(POD, DB_NET)
+    with SeedLab.create() as lab:
+        ipt = _forward_policy_drop(lab, mode)
+        run_in(lab.node, [*ipt, "-N", "KUBE-X"])
+        for rule in [*rules, ["-A", "FORWARD", "-d", POD, "-m", "conntrack", "--ctstate",
+                              "RELATED,ESTABLISHED", "-j", "ACCEPT"]]:
+            run_in(lab.node, [*ipt, *rule])
+        saved = run_in(lab.node, [f"iptables-{mode}-save", "-t", "filter"]).stdout
+        assert " ".join(rules[0]) in saved  # the kernel holds the jump as written
+        with IptablesBackend(lab.node, mode=mode) as backend:
+            notes = plan(backend.observe(), State(owned=[wanted])).notes
+            assert [n.status for n in notes if n.wanted == wanted] == [status]
+        met = status == "met"
+        assert lab.tcp_probe(family=4, timeout=2.0 if met else 1.0).ok is met

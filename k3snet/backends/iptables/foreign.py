@@ -37,11 +37,13 @@ adding a duplicate. Only rules whose meaning is simple are modelled:
   there (a ``RETURN``/``ACCEPT`` ending the nat table: the packets leave
   untranslated). A rule testing for a set mark is another program's traffic.
 
-In :func:`foreign_nat` and :func:`foreign_forward` rule order across chains is
-approximated (one level of jumps, in order: a rule they miss further down is
-not read as met, so k3snet writes its own, redundant at worst); a
+In :func:`foreign_nat` rule order across chains is approximated (one level of
+jumps, in order: a rule it misses further down is not read as met, so k3snet
+writes its own, redundant at worst); :func:`foreign_forward` reads every depth
+of jumps, each rule with the matches of the jumps on the way ANDed (bounded as
+the walks of :func:`foreign_blocks`, a loop in the text read as a drop). A
 RETURN that may skip most packets hides what follows it in its chain, and a
-jump that matches on anything (``! -d X -j CHAIN``) hides what its chain does.
+jump that matches on anything not modelled hides what its chain does.
 A negated match (``! -s``, ``! -d``) is never read as the positive one: a rule
 that skips a destination does not serve it (``! -d`` on a NAT rule becomes an
 exclusion, anything else negated is not modelled).
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Container, Iterator, Sequence
+from typing import Literal
 
 import attrs
 
@@ -84,49 +87,151 @@ def _zero(family: int) -> Network:
     return ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0")
 
 
+_UNKNOWN = "<unknown>"
+"""The target :func:`_walk` gives what it did not read (a loop in the text, chains too
+deep, past its budget): as a drop of packets it cannot tell, nothing after it is read."""
+
+
 def _walk(
     dump: TableDump, builtin: str, ours: Container[str] | None = None
-) -> Iterator[tuple[str, str | None, RuleFields | None, Line, bool, int]]:
-    """(chain, target, fields, tokens, leaves, visit) of the rules of ``builtin`` and, at
-    each jump, of the chain jumped to (one level); ``visit``: the number of the rule of
-    ``builtin`` read (the jump's, for a rule of the chain jumped to: a chain jumped to
-    twice is read twice, each time for its jump's packets alone). ``fields`` is
-    ``None`` for a rule with matches we do not model, and for every rule behind a jump
-    that matches on anything (``! -d 10.0.0.0/8 -j CHAIN``): what such a rule does is
-    narrowed by the jump, and reading it alone would overstate it (but a ``RETURN``
-    behind a ``-g`` is read as one of the ``-g`` rule's packets: it takes no more).
+) -> Iterator[tuple[str, str | None, RuleFields | None, Line, int, tuple[int, ...]]]:
+    """(chain, target, fields, tokens, frame, stack) of the rules ``builtin`` reaches, in
+    the kernel's order: at each jump or go (``-g``), the rules of the chain jumped to, at
+    any depth, each with its own matches and those of every jump on the way (ANDed, as
+    the kernel matches them: :func:`_both`); a rule no packet reaching it matches (``-s
+    10.42.0.0/16 -j A`` to ``-A A -s 192.0.2.0/24 ...``) is left out. ``fields`` is
+    ``None`` for a rule with matches we do not model, itself or on the way.
+
+    Each reading of a chain (``builtin``'s is 0, a chain jumped to twice is read twice,
+    each time for its jump's packets alone) has a number; ``stack``: those the rule is
+    read within. A ``RETURN`` is given with ``frame``, the reading whose rest its packets
+    skip (0: they leave ``builtin``, to its policy): the one it is in, or for a chain gone
+    to the one that went there (and so on). The end of a chain gone to, and a ``-g`` to
+    a chain not read, are such a ``RETURN`` of the ``-g`` rule's packets; so is a
+    ``RETURN`` behind a ``-g`` whose own matches are not modelled (it takes no more).
     Rules after a rule that may send most packets back out of their chain (see
-    :func:`_cuts`) are left out. ``leaves``: a ``RETURN`` there leaves ``builtin``
-    (to its policy): in ``builtin`` itself and in a chain gone to with ``-g``, whose
-    end (read as such a ``RETURN`` of the ``-g`` rule's packets) does the same.
-    ``ours``: k3snet's own chains, not followed (default: every ``K3SNET-`` chain)."""
-    for visit, spec in enumerate(dump.chain(builtin)):
-        tokens = tokenize(spec)
-        target = _target(tokens)
-        if target is not None and target in dump.rules and not _ours(target, ours):
-            narrowed = _conditions(tokens) != []
-            gone_to = "-g" in tokens
-            # what a RETURN below a -g (or its chain's end) sends to the policy: at most
-            # the -g rule's own packets (None: its matches are not modelled)
-            gone = _parse(_as_jump(tokens)) if gone_to else None
-            for inner in dump.chain(target):
-                inner_tokens = tokenize(inner)
-                inner_target = _target(inner_tokens)
-                if _cuts(inner_target, inner_tokens):
-                    if gone_to and inner_target == "RETURN":
-                        yield target, inner_target, gone, inner_tokens, True, visit
-                    break
-                fields = None if narrowed else _parse(inner_tokens)
-                if narrowed and gone_to and inner_target == "RETURN":
-                    fields = gone
-                yield target, inner_target, fields, inner_tokens, gone_to, visit
-            else:
-                if gone_to:
-                    yield builtin, "RETURN", gone, tokens, True, visit
-            continue
-        if _cuts(target, tokens):
-            return
-        yield builtin, target, _parse(tokens), tokens, True, visit
+    :func:`_cuts`) are left out (in ``builtin``: every later one). ``ours``: k3snet's
+    own chains, not followed (default: every ``K3SNET-`` chain). Bounded: a loop in the
+    text, a chain deeper than :data:`WALK_DEPTH` or more than :data:`WALK_LIMIT` rules end
+    the walk with a rule of target :data:`_UNKNOWN`."""
+    budget = [0]
+    numbers = [0]
+
+    def chain(  # noqa: PLR0912 - one branch per way a rule leaves its chain, as the kernel's
+            name: str, outer: RuleFields | None, *, frame: int, stack: tuple[int, ...],
+            on_way: tuple[str, ...], gone: RuleFields | None = None, gone_to: bool = False,
+    ) -> Iterator[tuple[str, str | None, RuleFields | None, Line, int, tuple[int, ...]]]:
+        here = stack[-1]
+        for spec in dump.chain(name):
+            budget[0] += 1
+            tokens = tokenize(spec)
+            if budget[0] > WALK_LIMIT:
+                yield name, _UNKNOWN, None, tokens, frame, stack
+                return
+            target = _target(tokens)
+            own = _parse(tokens)
+            fields = _both(outer, own)
+            if fields is False:
+                continue  # no packet reaching it matches it
+            jump = target is not None and target in dump.rules and not _ours(target, ours)
+            goes = _goes(tokens)
+            if jump and target is not None:
+                if target in on_way or len(on_way) > WALK_DEPTH:
+                    yield name, _UNKNOWN, None, tokens, frame, stack
+                    return
+                numbers[0] += 1
+                inner = _both(outer, _parse(_as_jump(tokens)))
+                if inner is False:
+                    continue
+                yield from chain(target, inner, frame=frame if goes else numbers[0],
+                                 stack=(*stack, numbers[0]), on_way=(*on_way, target),
+                                 gone=inner if goes else None, gone_to=goes)
+                continue
+            if goes and name != builtin:  # a chain not read: its end goes back
+                returned = _both(outer, _parse(_as_jump(tokens)))
+                if returned is not False:
+                    yield name, "RETURN", returned, tokens, frame, stack
+                continue
+            if _cuts(target, tokens):
+                if gone_to and target == "RETURN":
+                    yield name, target, gone, tokens, frame, stack
+                elif target == "ACCEPT" and fields and (fields.source or fields.destination):
+                    # every packet a jump by address let in (``-s 10.42.0.0/16 -j A``,
+                    # ``-A A -j ACCEPT``): an accept of those addresses
+                    yield name, target, fields, tokens, here, stack
+                if here == 0:
+                    return  # FORWARD's later rules are not read
+                break
+            if gone_to and target == "RETURN" and fields is None:
+                fields = gone  # at most the -g rule's own packets
+            yield name, target, fields, tokens, frame if target == "RETURN" else here, stack
+        else:
+            if gone_to:  # the end of a chain gone to: a RETURN of the -g rule's packets
+                yield name, "RETURN", gone, (), frame, stack
+
+    yield from chain(builtin, RuleFields(), frame=0, stack=(0,), on_way=(builtin,))
+
+
+def _both(outer: RuleFields | None,
+          inner: RuleFields | None) -> RuleFields | Literal[False] | None:
+    """The matches of a rule ``inner`` reached through jumps matching ``outer`` (their
+    target is ``inner``'s): what the kernel matches, both at once. ``False``: no packet
+    passes both (``-s 10.42.0.0/16`` on the way to ``-s 192.0.2.0/24``); ``None``: not
+    modelled (either is not, or their meeting is not one match: ``! -s 10.0.0.0/8`` on
+    the way to ``-s 10.0.0.0/7``, two conntrack tests)."""
+    if outer is None or inner is None:
+        return None
+    both = attrs.evolve(inner)
+    for name in ("source", "destination"):
+        met = _both_addresses((getattr(outer, name), getattr(outer, f"{name}_neg")),
+                              (getattr(inner, name), getattr(inner, f"{name}_neg")))
+        if met is None or met is False:
+            return met
+        setattr(both, name, met[0])
+        setattr(both, f"{name}_neg", met[1])
+    for name in ("in_interface", "out_interface"):
+        out, mine = getattr(outer, name), getattr(inner, name)
+        if out is not None and mine is not None and out != mine:
+            if not interfaces_may_meet(out, mine):
+                return False
+            if not (interface_holds(out, mine) or interface_holds(mine, out)):
+                return None  # (``eth+`` and ``e+``: ``eth+``; left as not modelled)
+            mine = mine if interface_holds(out, mine) else out  # the narrower
+        setattr(both, name, mine if mine is not None else out)
+    for name in ("ctstate", "ctdir"):
+        out, mine = getattr(outer, name), getattr(inner, name)
+        if out is not None and mine is not None and out != mine:
+            return None
+        setattr(both, name, mine if mine is not None else out)
+    return both
+
+
+_Address = tuple[Network | None, bool]
+"""An address match and whether it is negated (``None``: any address)."""
+
+
+def _both_addresses(outer: _Address, inner: _Address) -> _Address | Literal[False] | None:
+    """Two address matches of one kind at once (see :func:`_both`): CIDRs nest or are
+    apart, so the meeting of two positive ones is the narrower or none."""
+    (out, out_neg), (mine, mine_neg) = outer, inner
+    if out is None or mine is None:
+        return inner if out is None else outer
+    met: _Address | Literal[False] | None = None
+    if out.version != mine.version:
+        met = False
+    elif not out_neg and not mine_neg:  # the narrower, or none
+        met = False if not overlaps(out, mine) else (out if contains(mine, out) else mine,
+                                                      False)
+    elif out_neg and mine_neg:  # neither: the wider one's negation, when one holds the other
+        if contains(out, mine) or contains(mine, out):
+            met = (out if contains(out, mine) else mine, True)
+    else:  # the positive one, unless the negated one takes some or all of it
+        negated, positive = (out, mine) if out_neg else (mine, out)
+        if contains(negated, positive):
+            met = False
+        elif not overlaps(negated, positive):
+            met = (positive, False)
+    return met
 
 
 def _parse(tokens: Line) -> RuleFields | None:
@@ -146,9 +251,7 @@ def _ours(chain: str, ours: Container[str] | None) -> bool:
 
 def _conditions(tokens: Line) -> list[str]:
     """The matches of a rule: everything before its target, comments left out."""
-    conditions = list(tokens[: tokens.index("-j")]) if "-j" in tokens else list(tokens)
-    if "-g" in conditions:
-        conditions = conditions[: conditions.index("-g")]
+    conditions = list(tokens[: _verb(tokens)[1]])
     while "comment" in conditions:  # a comment never restricts anything
         at = conditions.index("comment") - 1
         del conditions[at: at + 4]
@@ -177,12 +280,26 @@ def _cuts(target: str | None, tokens: Line) -> bool:
     return "!" in conditions and not positive_address
 
 
-def _target(tokens: Line) -> str | None:
+def _verb(tokens: Line) -> tuple[str | None, int]:
+    """A rule's target flag (``-j``, ``-g``; ``None``: none) and where it is (its length:
+    none), a comment's text left out: both flavours of iptables-save print ``--comment
+    "-j"`` as ``--comment -j`` (a word of a comment's is no flag of the rule's)."""
     for flag in ("-j", "-g"):
-        if flag in tokens:
-            index = tokens.index(flag)
-            if index + 1 < len(tokens):
-                return tokens[index + 1]
+        for index, token in enumerate(tokens):
+            if token == flag and not (index > 0 and tokens[index - 1] == "--comment"):
+                return flag, index
+    return None, len(tokens)
+
+
+def _goes(tokens: Line) -> bool:
+    """The rule goes to its chain (``-g``): its end does not come back."""
+    return _verb(tokens)[0] == "-g"
+
+
+def _target(tokens: Line) -> str | None:
+    flag, index = _verb(tokens)
+    if flag is not None and index + 1 < len(tokens):
+        return tokens[index + 1]
     return None
 
 
@@ -214,7 +331,7 @@ def foreign_nat(dump: TableDump | None, family: int, *,
         target = _target(tokens)
         if target is not None and target in dump.rules and not _ours(target, ours):
             narrowed = _conditions(tokens) != []
-            gone_to = "-g" in tokens
+            gone_to = _goes(tokens)
             chain_exits: list[_Exit] = []
             for inner in dump.chain(target):
                 inner_tokens = tokenize(inner)
@@ -392,8 +509,9 @@ def foreign_forward(dump: TableDump | None, family: int, *,
 
 
 def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> list[RuleFields]:
-    """The simple ``ACCEPT`` rules of FORWARD (and of the chains it jumps to, one level)
-    met before any queue, drop or reject that is not read by its addresses and
+    """The simple ``ACCEPT`` rules of FORWARD (and of the chains it jumps to, at any
+    depth, each with the matches of the jumps on the way: :func:`_walk`) met before
+    any queue, drop or reject that is not read by its addresses and
     interfaces alone (but kube-proxy's drop of ``INVALID`` packets), not behind a drop
     or reject so read that may match their packets (``-d 192.0.2.0/24 -j DROP`` lets an
     accept of the pods' traffic to 192.168.2.0/24 be reached, not one of anything to
@@ -407,15 +525,13 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
     dropped = dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT"
     # the drops, rejects and RETURNs to FORWARD's policy drop met so far
     returns: list[RuleFields] = []
-    # the RETURNs back to FORWARD met so far in each jump's reading of its chain (None:
-    # not modelled); a chain jumped to twice sends back only each jump's own packets
+    # the RETURNs met so far out of each reading of a chain jumped to (None: not
+    # modelled), by the reading whose rest their packets skip: a chain jumped to twice
+    # sends back only each jump's own packets
     skips: dict[int, list[RuleFields | None]] = {}
-    for chain, read_target, read, tokens, leaves, visit in _walk(dump, "FORWARD", ours):
-        target, fields = read_target, read
-        if chain != "FORWARD" and "-g" in tokens and "-j" not in tokens:
-            # a chain gone to from the one read: its end goes back past this one's
-            # rules, as a RETURN here does (what that chain does is not read)
-            target, fields = "RETURN", parse_rule(_as_jump(tokens))
+    for _chain, target, fields, _tokens, frame, stack in _walk(dump, "FORWARD", ours):
+        if target == _UNKNOWN:
+            break  # not read (a loop in the text, past the walk's bounds): as a drop
         if target in _STOP:
             if fields is not None and fields.ctstate == "INVALID":
                 continue  # kube-proxy's drop of invalid packets: valid traffic goes on
@@ -425,20 +541,20 @@ def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> lis
             continue
         if target in ("NFQUEUE", "QUEUE"):
             break  # a program's verdict: as a drop, above
-        if target == "RETURN" and leaves and dropped:
+        if target == "RETURN" and frame == 0 and dropped:
             if fields is None:
                 break  # which packets go to FORWARD's policy drop is unknown: as a drop
             returns.append(fields)
             continue
-        if target == "RETURN" and not leaves:
-            skips.setdefault(visit, []).append(fields)
+        if target == "RETURN" and frame != 0:
+            skips.setdefault(frame, []).append(fields)
             continue
         if fields is None:
             continue
         if (fields.target == "ACCEPT" and not fields.source_neg and not fields.destination_neg
                 and not any(_may_take(earlier, fields) for earlier in returns)
                 and not any(earlier is None or _may_take(earlier, fields)
-                            for earlier in skips.get(visit, ()))):
+                            for reading in stack for earlier in skips.get(reading, ()))):
             accepts.append(fields)
     return accepts
 
@@ -675,7 +791,7 @@ def _drops_every(dump: TableDump, chain: str, on_way: tuple[str, ...],
         if (target is not None and target in dump.rules and not _ours(target, ours)
                 and target not in on_way and len(on_way) <= WALK_DEPTH):
             below = _drops_every(dump, target, (*on_way, target), read, ours)
-            if below is not None or "-g" in tokens:
+            if below is not None or _goes(tokens):
                 return below  # a chain gone to ends as this one would
     return None
 
@@ -744,7 +860,7 @@ class _Walk:
             return _ON  # a loop in the text, or k3snet's own chain
         if len(on_way) > WALK_DEPTH:
             raise _WalkStopped(chain, tokens, f"chains more than {WALK_DEPTH} deep")
-        gone_to = "-g" in tokens
+        gone_to = _goes(tokens)
         left = self.chain(target, self.dump.chain(target), (*outers, tokens),
                           leaves=leaves and gone_to, on_way=(*on_way, target))
         if gone_to and leaves and left == _END:  # as a RETURN here: out of the built-in
@@ -807,7 +923,7 @@ class _ForwardWalk(_Walk):
             if leaves:  # to FORWARD's policy
                 self.block(chain, tokens, target, outers)
             return _BACK if every else _ON
-        if target in XT_TTL and ttl_expires(tokens[tokens.index("-j") + 2:]):
+        if target in XT_TTL and ttl_expires(tokens[_verb(tokens)[1] + 2:]):
             # The packet goes on with a TTL of 1 or less: dropped by this node's
             # forwarding (PREROUTING) or by the next router (after it), both ways.
             self.block(chain, tokens, "DROP", outers)
