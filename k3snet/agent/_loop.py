@@ -62,7 +62,7 @@ from k3snet.backends.base import PendingRestart
 from k3snet.backends.group import BackendGroup, Member
 from k3snet.backends.kit import longest_step, undo_steps
 from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT
-from k3snet.converge import converge, destroy, pending_restarts
+from k3snet.converge import Convergence, converge, destroy, pending_restarts
 from k3snet.errors import (
     ApplyError,
     BackendError,
@@ -72,6 +72,7 @@ from k3snet.errors import (
     ConflictError,
     K3snetError,
     ModelError,
+    PlanError,
     Problem,
     SpecError,
     TeardownError,
@@ -371,7 +372,8 @@ def _backends_of(spec: Spec) -> tuple[Any, ...]:
 
 def _reason(exc: BaseException) -> str:
     """A short label for a failure (the ``reason`` of the failure metric)."""
-    for cls, label in ((_HeldRoutesError, "unreachable"), (ConflictError, "conflict"),
+    for cls, label in ((_HeldRoutesError, "unreachable"), (_RefusedMembersError, "refused"),
+                       (ConflictError, "conflict"),
                        (TeardownError, "teardown"), (SpecError, "spec"), (CheckError, "check"),
                        (ApplyError, "apply")):
         if isinstance(exc, cls):
@@ -490,6 +492,49 @@ class _ConflictsLeftError(ConflictError):
                          f"converged ({len(applied)} change(s) applied){also}: {blocked}; "
                          f"{done}")
         self.conflicts, self.applied, self.tokens = tuple(conflicts), tuple(applied), tokens
+
+
+class _RefusedMembersError(Exception):
+    """Members of the part refuse what the spec wants of them, whatever is in place (their
+    ``expect``: the flannel backend's ``EnableNFTables`` of a file K3s reads): their
+    objects are left as they are, everything else converged; what was applied is carried."""
+
+    def __init__(self, refusals: Sequence[tuple[Member, PlanError]], applied: Sequence[Change],
+                 tokens: tuple[Hashable | None, ...] | None) -> None:
+        said = "; ".join(_one_line(exc) for _, exc in refusals)
+        names = ", ".join(dict.fromkeys(m.backend.name for m, _ in refusals))
+        super().__init__(f"{said}; what {names} manages is left as it is, everything else "
+                         f"converged ({len(applied)} change(s) applied)")
+        self.refusals, self.applied, self.tokens = tuple(refusals), tuple(applied), tokens
+
+    def note(self) -> str:
+        """The refusals said beside another failure of the same pass (a conflict)."""
+        return f"also refused: {self}"
+
+
+def _leaving(desired: State, refusals: Sequence[tuple[Member, PlanError]],
+             keep: Callable[[NetObject], bool] | None
+             ) -> tuple[State, Callable[[NetObject], bool]]:
+    """``desired`` without the kinds of the refusing members, and a ``keep`` (for
+    :func:`~k3snet.converge.converge`) that also keeps what they own as it is."""
+    kinds = frozenset().union(*(m.kinds for m, _ in refusals))
+    rest = State(owned=[o for o in desired.owned if o.kind not in kinds],
+                 foreign=desired.foreign)
+    return rest, lambda obj: obj.kind in kinds or (keep is not None and keep(obj))
+
+
+def _refusals(group: BackendGroup, desired: State) -> list[tuple[Member, PlanError]]:
+    """The members of ``group`` whose ``expect`` refuses their part of ``desired``."""
+    found: list[tuple[Member, PlanError]] = []
+    for member in group.members:
+        expect = getattr(member.backend, "expect", None)
+        if not callable(expect):
+            continue
+        try:
+            expect(desired.only(member.kinds))
+        except PlanError as exc:
+            found.append((member, exc))
+    return found
 
 
 @attrs.define
@@ -1158,7 +1203,8 @@ class Agent:
         if node is not None:
             try:
                 changes, tokens = self._converge_one(spec, node, "node")
-            except (_HeldRoutesError, _ConflictsLeftError) as exc:
+            except (_HeldRoutesError, _ConflictsLeftError,
+                    _RefusedMembersError) as exc:
                 # Not a refusal: what could converge did, and the spec is in force.
                 applied += exc.applied
                 self._observed_at = (group, exc.tokens, bool(exc.applied))
@@ -1226,8 +1272,10 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - the pass fails with it, once the node's ran
             self._cluster_synced(exc)
             self._cluster_failure = exc if leader else None
-            # Foreign state blocking part of it: the rest was applied all the same.
-            return (exc.applied if isinstance(exc, _ConflictsLeftError) else ()), leader, exc
+            # Foreign state blocking part of it, or a member refusing its own: the rest was
+            # applied all the same.
+            partial = isinstance(exc, (_ConflictsLeftError, _RefusedMembersError))
+            return (getattr(exc, "applied", ()) if partial else ()), leader, exc
         self._cluster_failure = None
         self._cluster_refusal = self._cluster_refused = None
         if leader:
@@ -1341,23 +1389,50 @@ class Agent:
         # conflict below. Refused whole, one foreign DROP before k3snet's jump kept
         # every other drift of the node (a route deleted, a sysctl flipped) unrepaired
         # for as long as it stood.
-        done = converge(group, desired, cancelled=self._stopping.is_set,
-                        keep=None if held is None else _slots_of(spec, held[1]),
-                        allow_conflicts=True)
+        done, refusals = self._converge_leaving(
+            group, desired, None if held is None else _slots_of(spec, held[1]))
         self._restarts = {**self._restarts, part: done.restarts}
         applied = done.result.applied if done.result is not None else ()
         conflicts = done.plan.conflicts
-        if done.plan.empty and not conflicts and whole and tokens is not None:
+        if done.plan.empty and not conflicts and not refusals and whole and tokens is not None:
             # Nothing to do: until a token moves (or the desired state does), observing
-            # and planning again would find nothing either. Not with a conflict: the
-            # pass would then be "in sync" while the foreign rule stands.
+            # and planning again would find nothing either. Not with a conflict or a
+            # refusal: the pass would then be "in sync" while it stands.
             self._synced[part] = (desired, tokens)
         holding = None if held is None else _HeldRoutesError(*held, spec, applied, tokens)
+        failure: Exception | None = holding
         if conflicts:
-            raise _ConflictsLeftError(conflicts, applied, tokens, holding)
-        if holding is not None:
-            raise holding
+            failure = _ConflictsLeftError(conflicts, applied, tokens, holding)
+        if refusals:
+            refused = _RefusedMembersError(refusals, applied, tokens)
+            if failure is None:
+                failure = refused
+            else:  # said after the conflicts or held routes, which come first
+                failure.add_note(refused.note())
+        if failure is not None:
+            raise failure
         return applied, tokens
+
+    def _converge_leaving(self, group: BackendGroup, desired: State,
+                          keep: Callable[[NetObject], bool] | None
+                          ) -> tuple[Convergence, list[tuple[Member, PlanError]]]:
+        """:func:`~k3snet.converge.converge` of the part, its conflicts left out, and the
+        members whose ``expect`` refused their part (left as they are, the rest converged).
+
+        A member refusing its part whatever is in place (before anything is read: the
+        flannel backend's ``EnableNFTables`` of a file K3s reads) refused the whole part:
+        the routes and NAT rules of a node whose older k3snet wrote that key stopped
+        converging after an upgrade."""
+        try:
+            return converge(group, desired, cancelled=self._stopping.is_set, keep=keep,
+                            allow_conflicts=True), []
+        except PlanError:
+            refusals = _refusals(group, desired)
+            if not refusals:
+                raise  # an apply's refusal (nothing changed): the pass fails with it
+        rest, keeping = _leaving(desired, refusals, keep)
+        return converge(group, rest, cancelled=self._stopping.is_set, keep=keeping,
+                        allow_conflicts=True), refusals
 
     def _held_of(self, spec: Spec, error: SpecError) -> frozenset[int]:
         """:func:`~k3snet.spec.held_destinations` of ``spec`` refused with ``error``, found
@@ -1509,7 +1584,8 @@ class Agent:
         # metric, the fight's count): the rest converged, as with held routes. So in the
         # cluster-wide part: a pool deleted beside a foreign pool's conflict and put back
         # on every pass was never counted, the fight with its deleter unseen.
-        partial = all(isinstance(f, (_HeldRoutesError, _ConflictsLeftError))
+        partial = all(isinstance(f, (_HeldRoutesError, _ConflictsLeftError,
+                                     _RefusedMembersError))
                       for _, f in parts)
         drift = self._drift(applied, leader, changed=self._new_in_pass) if partial else 0
         reason = _reason(parts[0][1])

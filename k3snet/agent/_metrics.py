@@ -11,8 +11,8 @@ from k3snet.planner import Change
 __all__ = ["FAILURE_REASONS", "SPEC_READ_ERROR_REASONS", "SPEC_REFUSAL_REASONS", "AgentMetrics",
            "spec_read_error_reason"]
 
-FAILURE_REASONS = ("conflict", "teardown", "spec", "unreachable", "check", "apply", "api",
-                   "backend", "error", "internal")
+FAILURE_REASONS = ("conflict", "teardown", "spec", "unreachable", "refused", "check", "apply",
+                   "api", "backend", "error", "internal")
 """The ``reason`` labels of ``k3snet_agent_sync_failures_total`` and
 ``k3snet_agent_cluster_sync_failures_total``."""
 

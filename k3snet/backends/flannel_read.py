@@ -22,11 +22,14 @@ from k3snet._gojson import fold
 from k3snet._logline import printable
 from k3snet.errors import BackendError
 from k3snet.model.cni import (
+    FLANNEL_BACKEND_OPTIONS,
     FLANNEL_FIELDS,
     FLANNEL_SUBNET_KEYS,
     FLANNEL_UNREAD_KEYS,
+    FLANNEL_WINDOWS_OPTIONS,
     canonical_json,
     flannel_backend_type,
+    flannel_unread_options,
 )
 
 __all__ = [
@@ -312,7 +315,9 @@ _BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
 }
 """The options of flannel's backends and their Go types: the backend decodes ``Backend``
 into them and stops on a mismatch ("error decoding VXLAN backend config"); a key no
-option matches it drops without a word."""
+option matches it drops without a word. Their names are
+:data:`~k3snet.model.cni.FLANNEL_BACKEND_OPTIONS`' (the spec's check of option names uses
+those; a test holds the two equal)."""
 
 
 def _backend_options(backend: Mapping[str, Any], where: str
@@ -538,16 +543,6 @@ def command_refusals(before: Mapping[str, Any], backend: Any) -> list[str]:
     return found
 
 
-_WINDOWS_OPTIONS: Mapping[str, tuple[str, ...]] = {
-    "vxlan": ("Name", "MacPrefix"),
-    "host-gw": ("Name", "DNSServerList"),
-}
-"""The options flanneld reads on Windows nodes beyond its Linux backend's
-(``pkg/backend/vxlan/vxlan_windows.go``, ``pkg/backend/hostgw/hostgw_windows.go``, every
-version since v0.11; upstream's Helm chart writes vxlan's ``MacPrefix``): a ConfigMap's
-net-conf.json is read by the Windows DaemonSet too, a node's own file by K3s' Linux
-flannel alone."""
-
 _UNREAD_SHOWN = 5
 """The unread option names a refusal names at most (the rest counted)."""
 
@@ -556,7 +551,8 @@ def unread_options(backend: Any, *, windows: bool = False) -> list[str]:
     """Why k3snet will not write ``backend`` (the ``Backend`` members it sets, its ``Type``
     among them): the options the Type's backend does not read, in one reason.
     ``windows``: the config is read by flanneld on Windows nodes too (a ConfigMap), whose
-    backends read options of their own (:data:`_WINDOWS_OPTIONS`).
+    backends read options of their own
+    (:data:`~k3snet.model.cni.FLANNEL_WINDOWS_OPTIONS`).
 
     Flannel's backend decodes ``Backend`` into a struct of its options (matched as Go
     matches keys: case-insensitively), and Go's JSON decoding drops a key no option
@@ -575,15 +571,12 @@ def unread_options(backend: Any, *, windows: bool = False) -> list[str]:
     kind = next((v for k, v in backend.items() if fold(k) == "type"), None)
     if not isinstance(kind, str):
         return []
-    key = flannel_backend_type(kind)
-    options = _BACKEND_OPTIONS.get(key)
-    if options is None:
-        return []  # a Type k3snet does not know the options of: not judged
-    extra = _WINDOWS_OPTIONS.get(key, ()) if windows else ()
-    known = {fold(name) for name in (*options, *extra)} | {"type"}
-    unread = [name for name in backend if fold(name) not in known]
+    unread = flannel_unread_options(kind, backend, windows=windows)
     if not unread:
-        return []
+        return []  # (None: a Type k3snet does not know the options of, not judged)
+    key = flannel_backend_type(kind)
+    options = FLANNEL_BACKEND_OPTIONS[key]
+    extra = FLANNEL_WINDOWS_OPTIONS.get(key, ()) if windows else ()
     reads = f"reads only {', '.join(options)}" if options else "reads no option"
     if extra:
         reads += f" (on Windows nodes also {', '.join(extra)})"

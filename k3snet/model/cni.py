@@ -60,12 +60,14 @@ __all__ = [
     "DEFAULT_ALLOWED_USES",
     "DEFAULT_BLOCK_SIZE",
     "ENCAPSULATION_MODES",
+    "FLANNEL_BACKEND_OPTIONS",
     "FLANNEL_BACKEND_TYPES",
     "FLANNEL_FIELDS",
     "FLANNEL_KEYS",
     "FLANNEL_OWNED_MARKER",
     "FLANNEL_SUBNET_KEYS",
     "FLANNEL_UNREAD_KEYS",
+    "FLANNEL_WINDOWS_OPTIONS",
     "FLANNEL_WRITTEN_MARKER",
     "NAT_OUTGOING_EXCLUSIONS",
     "SELECT_ALL",
@@ -85,6 +87,7 @@ __all__ = [
     "file_target",
     "flannel_backend_type",
     "flannel_nftables_refusal",
+    "flannel_unread_options",
     "merge_members",
     "namespace_problem",
     "object_name_problem",
@@ -131,6 +134,53 @@ flannel v0.20.0 (2022) removed ``ali-vpc``, ``aws-vpc`` and ``gce``: it stops wi
 "unknown backend type" on them. K3s writes vxlan, host-gw, and wireguard for its
 wireguard-native."""
 
+
+
+FLANNEL_BACKEND_OPTIONS: Mapping[str, tuple[str, ...]] = {
+    "vxlan": ("VNI", "Port", "MTU", "GBP", "Learning", "DirectRouting"),
+    "wireguard": ("ListenPort", "ListenPortV6", "MTU", "PSK", "PersistentKeepaliveInterval",
+                  "Mode"),
+    "ipsec": ("UDPEncap", "ESPProposal", "PSK"),
+    "ipip": ("DirectRouting",),
+    "udp": ("Port",),
+    "extension": ("PreStartupCommand", "PostStartupCommand", "SubnetAddCommand",
+                  "SubnetRemoveCommand"),
+    "tencent-vpc": ("AccessKeyID", "AccessKeySecret"),
+    "host-gw": (),
+    "alloc": (),
+}
+"""The options each of flannel's backend types decodes from ``Backend`` besides ``Type``
+(``pkg/backend/*``: its config struct); a key no option matches, Go's JSON decoding drops
+without a word. Their Go types are checked by ``k3snet.backends.flannel_read``."""
+
+FLANNEL_WINDOWS_OPTIONS: Mapping[str, tuple[str, ...]] = {
+    "vxlan": ("Name", "MacPrefix"),
+    "host-gw": ("Name", "DNSServerList"),
+}
+"""The options flanneld reads on Windows nodes beyond its Linux backend's
+(``pkg/backend/vxlan/vxlan_windows.go``, ``pkg/backend/hostgw/hostgw_windows.go``, every
+version since v0.11; upstream's Helm chart writes vxlan's ``MacPrefix``): a ConfigMap's
+net-conf.json is read by the Windows DaemonSet too, a node's own file by K3s' Linux
+flannel alone."""
+
+
+def flannel_unread_options(backend_type: str, names: Iterable[str], *,
+                           windows: bool) -> list[str] | None:
+    """The names among ``names`` that no option of flannel's ``backend_type`` backend
+    matches as Go matches keys (case-insensitively; ``Type`` is read), ``None`` for a type
+    whose options are not known. ``windows``: its Windows options are read too.
+
+    >>> flannel_unread_options("vxlan", ["directrouting", "DirectRoute", "MacPrefix"],
+    ...                        windows=False)
+    ['DirectRoute', 'MacPrefix']
+    """
+    key = flannel_backend_type(backend_type)
+    options = FLANNEL_BACKEND_OPTIONS.get(key)
+    if options is None:
+        return None
+    extra = FLANNEL_WINDOWS_OPTIONS.get(key, ()) if windows else ()
+    known = {fold(name) for name in (*options, *extra)} | {"type"}
+    return [name for name in names if fold(name) not in known]
 
 
 def flannel_backend_type(value: str) -> str:

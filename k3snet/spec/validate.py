@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from k3snet._logline import printable
 from k3snet._regex import lazy_pattern
 from k3snet.errors import Problem
 from k3snet.model.cidr import (
@@ -22,7 +23,14 @@ from k3snet.model.cidr import (
     not_unicast_network,
     overlaps,
 )
-from k3snet.model.cni import BLOCK_SIZE_RANGE, DEFAULT_BLOCK_SIZE
+from k3snet.model.cni import (
+    BLOCK_SIZE_RANGE,
+    DEFAULT_BLOCK_SIZE,
+    FLANNEL_BACKEND_OPTIONS,
+    FLANNEL_WINDOWS_OPTIONS,
+    flannel_backend_type,
+    flannel_unread_options,
+)
 from k3snet.model.nat import snat_address_problem
 from k3snet.model.route import next_hop_problem
 from k3snet.model.sysctl import contradicting_aliases, value_problem
@@ -100,6 +108,7 @@ def _validate(spec: Spec) -> list[Problem]:
         problems += block_size_problems(spec.cni.calico.block_size, cluster.pod_cidrs)
     problems += _cluster_object_problems(spec)
     problems += _option_nul_problems(spec)
+    problems += _flannel_option_problems(spec)
     names: set[str] = set()
     for s in spec.sysctls:
         if s.name in names:
@@ -123,6 +132,41 @@ def _option_nul_problems(spec: Spec) -> list[Problem]:
                     "name or other text a backend takes has")
             for name, options in spec.backend_options for key, value in options
             if holds_nul(value)]
+
+
+def _flannel_option_problems(spec: Spec) -> list[Problem]:
+    """A ``cni.flannel.backend.options`` key no option of the backend type matches (a typo,
+    another type's option): flannel's Go JSON decoding drops it without a word, and the
+    flannel backend refuses to write it; said here, ``validate``, ``render`` and the
+    agent's spec loading refuse it alike, with the options that type reads. Its Windows
+    options count (a ConfigMap is read by flanneld on Windows nodes too; a node's own
+    file, read by K3s' Linux flannel alone, has the backend refuse them)."""
+    flannel = spec.cni.flannel
+    if flannel is None or not isinstance(flannel.backend_type, str):
+        return []
+    names = [name for name, _ in flannel.backend_options]
+    unread = flannel_unread_options(flannel.backend_type, names, windows=True)
+    if not unread:
+        return []
+    kind = flannel_backend_type(flannel.backend_type)
+    options = FLANNEL_BACKEND_OPTIONS[kind]
+    extra = FLANNEL_WINDOWS_OPTIONS.get(kind, ())
+    reads = f"it reads only {', '.join(options)}" if options else "it reads no option"
+    if extra:
+        reads += f" (on Windows nodes also {', '.join(extra)})"
+    by_fold = {o.lower(): o for o in (*options, *extra)}
+    import difflib  # only a misspelt option pays for it (the cold path does not)
+
+    problems = []
+    for name in unread:
+        close = [by_fold[c] for c in difflib.get_close_matches(
+            name.lower(), list(by_fold), n=3, cutoff=0.6)]
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        problems.append(Problem(
+            f"cni.flannel.backend.options.{name}",
+            f"flannel's {kind} backend has no option {printable(name)}, so flannel would "
+            f"ignore it (Go's JSON decoding drops a key no option matches): {reads}{hint}"))
+    return problems
 
 
 def holds_nul(value: Any, depth: int = 0) -> bool:

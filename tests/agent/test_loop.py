@@ -867,7 +867,11 @@ def test_every_failure_reason_the_agent_counts_is_documented() -> None:
     # docs/agent.md's metrics table listed the sync_failures_total reasons without
     # "error" (a k3snet error of no more specific kind): an alert or a dashboard built
     # on the list missed those failures.
-    from k3snet.agent._loop import _HeldRoutesError, _reason  # noqa: PLC0415 - the labels
+    from k3snet.agent._loop import (  # noqa: PLC0415 - the labels
+        _HeldRoutesError,
+        _reason,
+        _RefusedMembersError,
+    )
     from k3snet.errors import (  # noqa: PLC0415
         ApplyError,
         BackendError,
@@ -875,6 +879,7 @@ def test_every_failure_reason_the_agent_counts_is_documented() -> None:
         ConflictError,
         K3snetError,
         ModelError,
+        PlanError,
         SpecError,
         TeardownError,
     )
@@ -884,7 +889,9 @@ def test_every_failure_reason_the_agent_counts_is_documented() -> None:
         ConflictError("x"), TeardownError("x"), SpecError([]), CheckError("x"),
         ApplyError("x"), KubeApiError("x", status=500), BackendError("x"), ModelError("x"),
         K3snetError("x"), RuntimeError("x"),
-        _HeldRoutesError(SpecError([]), frozenset(), Spec(), (), None)]
+        _HeldRoutesError(SpecError([]), frozenset(), Spec(), (), None),
+        _RefusedMembersError([(BackendGroup([MemoryBackend()]).members[0], PlanError("x"))],
+                             (), None)]
     reasons = {_reason(failure) for failure in failures}
     assert reasons == set(FAILURE_REASONS)  # each one's series is there from the start
     docs = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()

@@ -1337,12 +1337,41 @@ def test_agent_cpu_request_grows_with_the_destinations_and_never_below_the_least
     assert 10 <= request <= int(agent_cpu_request(count + 1000, interval).removesuffix("m"))
 
 
-@given(st.integers(min_value=0, max_value=60_000))
-def test_agent_memory_request_is_never_above_its_limit_nor_below_the_least(count: int) -> None:
+@given(st.integers(min_value=0, max_value=60_000), st.integers(min_value=0, max_value=600_000))
+def test_agent_memory_request_is_never_above_its_limit_nor_below_the_least(
+        count: int, excludes: int) -> None:
     from k3snet.render.manifests import agent_memory_limit, agent_memory_request  # noqa: PLC0415
 
-    request = int(agent_memory_request(count).removesuffix("Mi"))
-    assert 128 <= request <= int(agent_memory_limit(count).removesuffix("Mi"))
+    request = int(agent_memory_request(count, excludes=excludes).removesuffix("Mi"))
+    assert 128 <= request <= int(agent_memory_limit(count, excludes=excludes).removesuffix("Mi"))
+
+
+# Peak RSS (MiB) of a first pass of `k3snet agent --once` with netlink and nftables onto
+# an empty node, of (destinations, excludes each): 83 / 105 / 144 MiB without excludes
+# (docs/agent.md, "Memory"; 2026-12-07).
+MEASURED_PEAK_MIB_EXCLUDES = {(1_000, 16): 111, (2_000, 10): 139, (4_000, 10): 218}
+
+
+@pytest.mark.parametrize(("count", "each"), sorted(MEASURED_PEAK_MIB_EXCLUDES))
+def test_agent_memory_request_and_limit_cover_a_first_pass_heavy_in_excludes(
+        count: int, each: int) -> None:
+    # The memory request and limit counted the destinations alone (the CPU request counts
+    # the excludes too): 4,000 destinations with 10 excludes each peak at 218 MiB, and
+    # the request was 192 Mi; each exclude adds some 1.8 KiB.
+    spec, _ = _many(count)
+    # Every other /29 of each destination's /24, as measured: none to aggregate.
+    destinations = [attrs.evolve(d, exclude=[str(net) for net in list(
+        d.cidr.subnets(new_prefix=29))[::2][:each]]) for d in spec.destinations]
+    spec = attrs.evolve(spec, destinations=destinations)
+    # One destination a line, in flow style: 4,000 with 10 excludes each fit a ConfigMap.
+    text = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n" + "".join(
+        f"  - {{cidr: {d.cidr}, exclude: [{', '.join(map(str, d.exclude))}]}}\n"
+        for d in destinations)
+    daemonset = _one(render_manifests(spec, spec_text=text, node_report=False), "DaemonSet",
+                     AGENT_NAME)
+    measured = MEASURED_PEAK_MIB_EXCLUDES[(count, each)]
+    assert _memory_request_mib(daemonset) >= measured
+    assert _memory_limit_mib(daemonset) >= 1.25 * measured
 
 
 def test_the_agent_listens_where_the_probes_look_by_default() -> None:

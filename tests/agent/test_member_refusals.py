@@ -1,0 +1,147 @@
+"""One backend refusing its part of the spec does not stop the rest of the node's pass.
+
+A backend's ``expect`` refuses a wanted state it never writes, whatever is in place (the
+flannel backend: ``EnableNFTables`` in a node's own net-conf.json, which K3s' flannel
+ignores). ``converge`` refuses the whole group then, before anything is read: a node
+where an older k3snet had written that key (it did not refuse it yet) stopped converging
+its routes and NAT rules after an upgrade, the pass failing ``error``. The agent now
+leaves what the refusing backend manages as it is, converges the rest, and fails the
+pass ``refused`` (log, metrics, Node annotation, ``--once`` exit status, readiness).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+from k3snet.agent import Agent, AgentOptions, FileSpecSource, NodeReporter
+from k3snet.agent._metrics import AgentMetrics
+from k3snet.agent._report import STATUS_ANNOTATION
+from k3snet.backends.flannel import FlannelBackend
+from k3snet.backends.group import BackendGroup
+from k3snet.backends.memory import MemoryBackend
+from k3snet.converge import compile_for, converge
+from k3snet.model.route import Route
+from k3snet.model.state import State
+from k3snet.planner import Plan, plan
+from k3snet.spec import Spec
+from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
+from tests.agent.clock import FakeClock
+
+from .desired import COMPILED
+
+NODE_KINDS = ("route", "sysctl", "nat", "forward")
+SPEC = """\
+apiVersion: k3snet.io/v1alpha1
+kind: EgressSpec
+cluster: {podCIDRs: [10.42.0.0/16]}
+destinations:
+  - {cidr: 192.168.2.0/24, gateway: 192.168.1.1, device: eth0}
+cni:
+  flannel: {enableNFTables: true}
+"""
+CONF = {"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}
+
+
+@pytest.fixture
+def server() -> Iterator[EmulatedApiServer]:
+    with EmulatedApiServer(resources=AGENT_RESOURCES) as srv:
+        srv.put("v1/nodes", {"metadata": {"name": "node-1"}})
+        yield srv
+
+
+class _Node:
+    """An agent of a node whose net-conf.json an older k3snet wrote ``EnableNFTables``
+    into (it did not refuse it then: written here by a backend read by a flanneld)."""
+
+    def __init__(self, tmp_path: Path, server: EmulatedApiServer) -> None:
+        self.conf = tmp_path / "net-conf.json"
+        self.conf.write_text(json.dumps(CONF))
+        older = FlannelBackend(path=self.conf, reader="flanneld")
+        converge(older, compile_for(older, Spec.from_yaml(SPEC)))
+        self.written = self.conf.read_bytes()
+        assert b'"EnableNFTables": true' in self.written
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(SPEC)
+        self.memory = MemoryBackend(capabilities=NODE_KINDS)
+        self.metrics = AgentMetrics()
+        flannel = FlannelBackend(path=self.conf)  # read by K3s' flannel: the default
+        self.server = server
+        self.agent = Agent(FileSpecSource(spec),
+                           lambda _: BackendGroup([self.memory, flannel]), COMPILED,
+                           AgentOptions("node-1", interval=1.0, not_ready_for=0.0),
+                           metrics=self.metrics,
+                           reporter=NodeReporter(server.api_client(), "node-1"),
+                           clock=FakeClock())
+
+    def failures(self, reason: str) -> float | None:
+        value: float | None = self.metrics.registry.get_sample_value(
+            "k3snet_agent_sync_failures_total", {"reason": reason})
+        return value
+
+    def node_status(self) -> str:
+        node = self.server.get("v1/nodes", "node-1")
+        assert node is not None
+        status: str = node["metadata"]["annotations"][STATUS_ANNOTATION]
+        return status
+
+
+def test_a_refusing_backend_leaves_its_part_and_the_rest_of_the_node_converges(
+        tmp_path: Path, server: EmulatedApiServer) -> None:
+    node = _Node(tmp_path, server)
+    result = node.agent.run_pass()
+    assert result.status == "failed"
+    assert result.message.startswith("refused: flannel backend refuses flannel file:"), \
+        result.message
+    assert "EnableNFTables" in result.message
+    assert ("what flannel manages is left as it is, everything else converged "
+            f"({len(result.applied)} change(s) applied)") in result.message
+    # The routes, NAT and forward rules and sysctls of the node are in place ...
+    assert {"route", "nat", "forward", "sysctl"} <= {c.kind for c in result.applied}
+    want = compile_for(BackendGroup([node.memory]), Spec.from_yaml(SPEC))
+    assert plan(node.memory.observe(), want).empty
+    # ... the file as the older k3snet left it, neither rewritten nor given back.
+    assert node.conf.read_bytes() == node.written
+    assert node.failures("refused") == 1
+    assert node.failures("error") == 0
+    assert node.node_status() == "failed"
+    # Drift of another object is repaired while the refusal stands; the pass still fails.
+    nat = [c for c in plan(State(), node.memory.state).changes if c.kind == "nat"]
+    node.memory.apply(Plan(changes=[c.inverse() for c in nat]))
+    again = node.agent.run_pass()
+    assert again.status == "failed"
+    assert [c.kind for c in again.applied] == ["nat"] * len(nat)
+    assert again.drift == len(nat)
+    # Failing passes in a row make the agent not ready, saying why.
+    third = node.agent.run_pass()
+    assert (third.status, third.applied) == ("failed", ())
+    ready, why = node.agent.readiness()
+    assert ready is False
+    assert "refused: flannel backend refuses" in why
+    assert node.failures("refused") == 3
+
+
+def test_agent_once_exits_1_with_a_refusing_backend(
+        tmp_path: Path, server: EmulatedApiServer) -> None:
+    node = _Node(tmp_path, server)
+    assert node.agent.run(once=True) == 1
+    assert node.memory.state.owned  # the rest converged all the same
+    assert node.node_status() == "failed"
+
+
+def test_a_refusal_beside_a_conflict_is_said_after_it(
+        tmp_path: Path, server: EmulatedApiServer) -> None:
+    node = _Node(tmp_path, server)
+    want = compile_for(BackendGroup([node.memory]), Spec.from_yaml(SPEC))
+    route = next(o for o in want.owned if isinstance(o, Route))
+    node.memory._restore(State(foreign=[attrs.evolve(route, gateway=None)]))
+    result = node.agent.run_pass()
+    assert result.status == "failed"
+    assert result.message.startswith("conflict: "), result.message
+    assert "also refused: flannel backend refuses flannel file:" in result.message
+    assert {"nat", "forward", "sysctl"} <= {c.kind for c in result.applied}
+    assert node.conf.read_bytes() == node.written
