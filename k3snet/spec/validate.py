@@ -155,7 +155,7 @@ def _flannel_option_problems(spec: Spec) -> list[Problem]:
     if extra:
         reads += f" (on Windows nodes also {', '.join(extra)})"
     by_fold = {o.lower(): o for o in (*options, *extra)}
-    import difflib  # only a misspelt option pays for it (the cold path does not)
+    import difflib  # noqa: PLC0415 - a misspelt option only: not on every cold run
 
     problems = []
     for name in unread:
