@@ -24,6 +24,7 @@ from k3snet.agent import (
     Agent,
     AgentOptions,
     FileSpecSource,
+    PassResult,
     configure_logging,
 )
 from k3snet.backends.group import BackendGroup
@@ -117,6 +118,16 @@ def _agent(tmp_path: Path, text: str) -> tuple[Agent, MemoryBackend]:
     return agent, memory
 
 
+def _logged_pass(agent: Agent, fmt: str, level: str = "INFO") -> tuple[PassResult, str]:
+    """One pass of ``agent`` and what it logged in ``fmt`` at ``level``."""
+    stream = io.StringIO()
+    configure_logging("node-1", fmt, level, stream=stream)  # type: ignore[arg-type]
+    try:
+        return agent.run_pass(), stream.getvalue()
+    finally:
+        configure_logging("node-1", "text", stream=io.StringIO())
+
+
 def _spec(count: int, bad: str | None = None) -> str:
     lines = ["apiVersion: k3snet.io/v1alpha1", "kind: EgressSpec", "destinations:"]
     lines += [f"  - cidr: 10.{i // 256}.{i % 256}.0/24" for i in range(count)]
@@ -133,14 +144,9 @@ def _spec(count: int, bad: str | None = None) -> str:
 def test_a_pass_logs_every_record_one_line_under_the_limit_whatever_its_changes(
         tmp_path: Path, count: int, fmt: str) -> None:
     agent, _ = _agent(tmp_path, _spec(count))
-    stream = io.StringIO()
-    configure_logging("node-1", fmt, stream=stream)  # type: ignore[arg-type]
-    try:
-        result = agent.run_pass()
-    finally:
-        configure_logging("node-1", "text", stream=io.StringIO())
+    result, logged = _logged_pass(agent, fmt)
     assert result.status == "ok"
-    lines = _check(stream.getvalue(), fmt)
+    lines = _check(logged, fmt)
     last = lines[-1]
     changes = len(result.applied)
     assert f"{changes} change(s)" in last if changes else "no changes" in last
@@ -158,30 +164,20 @@ def test_a_pass_logs_every_record_one_line_under_the_limit_whatever_its_changes(
 def test_a_refused_spec_s_problems_log_one_line_under_the_limit_whatever_their_number(
         tmp_path: Path, count: int, fmt: str, bad: str) -> None:
     agent, _ = _agent(tmp_path, _spec(count, bad))
-    stream = io.StringIO()
-    configure_logging("node-1", fmt, stream=stream)  # type: ignore[arg-type]
-    try:
-        result = agent.run_pass()
-    finally:
-        configure_logging("node-1", "text", stream=io.StringIO())
+    result, logged = _logged_pass(agent, fmt)
     assert result.status == "failed"  # no spec in force yet
     problems = count
     assert f"{problems} problem" in result.message
     assert (f"... and {problems - LOG_ITEMS} more" in result.message) is (problems > LOG_ITEMS)
-    _check(stream.getvalue(), fmt)
+    _check(logged, fmt)
 
 
 def test_every_change_of_a_long_pass_is_logged_at_debug_level(tmp_path: Path) -> None:
     agent, _ = _agent(tmp_path, _spec(40))
-    stream = io.StringIO()
-    configure_logging("node-1", "text", "DEBUG", stream=stream)
-    try:
-        result = agent.run_pass()
-    finally:
-        configure_logging("node-1", "text", stream=io.StringIO())
+    result, logged = _logged_pass(agent, "text", "DEBUG")
     changes = len(result.applied)
     assert changes > LOG_ITEMS
-    debug = [line for line in stream.getvalue().splitlines()
+    debug = [line for line in logged.splitlines()
              if " DEBUG " in line and " change " in line]
     assert len(debug) == changes
     assert all(str(c) in line for c, line in zip(result.applied, debug, strict=True))
@@ -199,16 +195,11 @@ def test_a_conflict_with_hundreds_of_foreign_routes_logs_the_first_and_counts_th
     # A foreign route where the spec wants each of its own: one conflict per destination.
     memory._restore(State(foreign=[attrs.evolve(o, gateway=None) for o in want.owned
                                    if isinstance(o, Route)]))
-    stream = io.StringIO()
-    configure_logging("node-1", fmt, stream=stream)  # type: ignore[arg-type]
-    try:
-        result = agent.run_pass()
-    finally:
-        configure_logging("node-1", "text", stream=io.StringIO())
+    result, logged = _logged_pass(agent, fmt)
     assert result.status == "failed"
     assert result.message.startswith("conflict:")
     assert f"... and {count - LOG_ITEMS} more" in result.message
-    assert result.message in _check(stream.getvalue(), fmt)[-1]
+    assert result.message in _check(logged, fmt)[-1]
 
 
 def test_a_node_name_s_line_break_begins_no_text_line() -> None:
@@ -237,14 +228,9 @@ def _excluding_spec(count: int) -> str:
 def test_a_pass_names_a_rule_of_2000_exclusions_briefly_and_every_change_after_it(
         tmp_path: Path, fmt: str) -> None:
     agent, _ = _agent(tmp_path, _excluding_spec(2000))
-    stream = io.StringIO()
-    configure_logging("node-1", fmt, stream=stream)  # type: ignore[arg-type]
-    try:
-        result = agent.run_pass()
-    finally:
-        configure_logging("node-1", "text", stream=io.StringIO())
+    result, logged = _logged_pass(agent, fmt)
     assert result.status == "ok"
-    (line,) = [line for line in _check(stream.getvalue(), fmt) if "applied: " in line]
+    (line,) = [line for line in _check(logged, fmt) if "applied: " in line]
     assert "more characters)" not in line  # said whole, not cut
     assert "100.64.1.0/26,... (2000 prefixes)" in line
     assert "100.64.1.128/26" not in line  # the fourth exclusion on: counted
