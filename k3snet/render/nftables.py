@@ -440,9 +440,9 @@ _NFPROTO: Final = _META + _CMP_FAST  # an inet table's meta nfproto test
 
 
 def _cmp_bytes(length: int) -> int:
-    # nft_cmp_select_ops: == / != of up to 4 bytes is cmp_fast; a longer one takes 48
-    # bytes on Linux 6.18 whatever its length (measured: a 5-byte compare takes as much
-    # room as a 16-byte one), 32 (struct nft_cmp_expr) on kernels before cmp16_fast
+    # nft_cmp_select_ops: == / != of up to 4 bytes is cmp_fast, of 5 to 16 bytes in a
+    # 16-byte register (libnftables loads into reg 1) cmp16_fast, whatever the length;
+    # struct nft_cmp_expr (32) before cmp16_fast
     return _CMP_FAST if length <= 4 else _CMP
 
 
