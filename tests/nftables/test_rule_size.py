@@ -130,14 +130,17 @@ def test_an_ipv6_nat_rule_over_the_kernels_room_for_one_rule_is_written_with_the
     # reads back as met, and the largest rule that fits as matches keeps them.
     fits = MasqueradeRule("fd42:43::/56", exclude=_excluded6(31))
     over = _ipv6_masquerade(32)
+    snat = SnatRule("fd42:44::/56", destination="fd00::/8", exclude=_excluded6(30),
+                    out_interface="eth0", to_address="fd01::5")
     assert nft_expressions(over) < NFT_RULE_EXPRESSIONS
     assert "{" not in nft_rules(fits)[0].body
     assert "{" in nft_rules(over)[0].body
+    assert "{" in nft_rules(snat)[0].body
     kept = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
+    wanted = State(owned=[kept, fits, over, snat])
     with NftablesBackend(ns, syntax=syntax, keep_read=False) as backend:
-        p = plan(backend.observe(), State(owned=[kept, fits, over]))
+        p = plan(backend.observe(), wanted)
         assert backend.check(p) == ()
         backend.apply(p)
-        assert set(backend.observe(refresh=True).owned) == {kept, fits, over}
-        assert not plan(backend.observe(refresh=True),
-                        State(owned=[kept, fits, over])).changes
+        assert set(backend.observe(refresh=True).owned) == set(wanted.owned)
+        assert not plan(backend.observe(refresh=True), wanted).changes
