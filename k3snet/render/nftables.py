@@ -279,9 +279,13 @@ def excluded_elements(exclude: Iterable[Network]) -> list[str]:
 def exclusion_set(obj: MasqueradeRule | SnatRule, *, inet: bool = True) -> bool:
     """Whether ``obj``'s exclusions are rendered as one anonymous interval set
     (``daddr != { a, b-c }``: one lookup) instead of one ``daddr !=`` match each: only
-    when the matches would not fit in one rule (:data:`NFT_RULE_EXPRESSIONS`), so that
-    every rule that fits keeps its shape. The tag is the same either way."""
-    return len(obj.exclude) > 1 and _nat_expressions(obj, inet, False) > NFT_RULE_EXPRESSIONS
+    when the matches would not fit in one rule, by their count
+    (:data:`NFT_RULE_EXPRESSIONS`) or by their room (:data:`NFT_RULE_BYTES`, as
+    :func:`nft_rule_bytes` lays them out), so that every rule that fits keeps its shape.
+    The tag is the same either way."""
+    return len(obj.exclude) > 1 and (
+        _nat_expressions(obj, inet, False) > NFT_RULE_EXPRESSIONS
+        or _nat_bytes(obj, inet, False) >= NFT_RULE_BYTES)
 
 
 def _nat_body(rule: MasqueradeRule | SnatRule, proto: str, as_set: bool = False) -> str:
@@ -411,44 +415,94 @@ def _nat_expressions(obj: MasqueradeRule | SnatRule, inet: bool, as_set: bool) -
 
 NFT_RULE_BYTES: Final = 4096
 """The room the expressions of one rule must stay below in the kernel (``size >= 1 << 12``
-in ``nf_tables_newrule``: at most 4095 bytes); a rule taking this much or more is refused
-with "File too large" (``EFBIG``)
-before :data:`NFT_RULE_EXPRESSIONS` is reached by IPv6 prefixes that do not end on a
-byte (a payload load, a bitwise of 16-byte masks, a compare: about 128 bytes)."""
+in ``nf_tables_newrule``: at most 4095 bytes, the sum of each expression's
+``ops->size``); a rule taking this much or more is refused with "File too large"
+(``EFBIG``), which IPv6 prefixes that do not end on a byte reach before
+:data:`NFT_RULE_EXPRESSIONS` (a load, a bitwise and a compare of 16 bytes: 128 bytes)."""
+
+# Each expression's ops->size in the kernel, NFT_EXPR_SIZE(sizeof(its private struct)):
+# the 8 bytes of struct nft_expr, then the struct, 8-byte aligned (Linux 6.18, 64-bit;
+# checked against its refusals, tests/nftables/test_rule_bytes.py).
+# Earlier kernels' are the same or smaller (a compare of 5 to 15 bytes 32 before
+# cmp16_fast, 5.19; a bitwise without its shift data before 5.6), so a rule whose sum
+# stays under NFT_RULE_BYTES here is taken by every kernel k3snet supports.
+_PAYLOAD: Final = 16  # struct nft_payload: 4 bytes
+_META: Final = 16  # struct nft_meta: 3 bytes (the nfproto or interface name load)
+_CMP_FAST: Final = 24  # struct nft_cmp_fast_expr, data of up to 4 bytes (== or !=)
+_CMP: Final = 48  # 5 to 16 bytes: struct nft_cmp16_fast_expr, data and mask of 16 bytes
+_BITWISE_FAST: Final = 24  # struct nft_bitwise_fast_expr: a mask of 4 bytes
+_BITWISE: Final = 64  # struct nft_bitwise: mask, xor and shift data of 16 bytes each
+_LOOKUP: Final = 56  # struct nft_lookup: the set, its registers and its binding
+_IMMEDIATE: Final = 32  # struct nft_immediate_expr: one struct nft_data (snat's address)
+_NAT: Final = 16  # struct nft_nat, and struct nft_masq
+_CT: Final = 16  # struct nft_ct: the ct state load
+_NFPROTO: Final = _META + _CMP_FAST  # an inet table's meta nfproto test
+
+
+def _cmp_bytes(length: int) -> int:
+    # nft_cmp_select_ops: == / != of up to 4 bytes is cmp_fast, of 5 to 16 bytes in a
+    # 16-byte register (libnftables loads into reg 1) cmp16_fast, whatever the length;
+    # struct nft_cmp_expr (32) before cmp16_fast
+    return _CMP_FAST if length <= 4 else _CMP
 
 
 def _prefix_bytes(net: Network) -> int:
-    # Linux 6.x's room for a prefix match (struct nft_expr's 8 bytes each, then the
-    # private data): payload 16; a bitwise 24 on 4 bytes, else 80 (calibrated on Linux
-    # 6.18, where 31 IPv6 /33 exclusions fit in one rule and 32 do not); a compare 24 up
-    # to 4 bytes, 48 of 16, else 32. An estimate to rank rules by, never to refuse one.
-    loaded = (net.prefixlen + 7) // 8 or 1
-    compare = 24 if loaded <= 4 else 48 if loaded == 16 else 32
-    bitwise = 0 if net.prefixlen and net.prefixlen % 8 == 0 else (24 if loaded == 4 else 80)
-    return 16 + bitwise + compare
+    # libnftables (1.0.6) loads a prefix that ends on a byte as its bytes and compares
+    # them; another one (a /0 too) it loads whole (4 or 16 bytes), masks and compares.
+    if net.prefixlen and net.prefixlen % 8 == 0:
+        return _PAYLOAD + _cmp_bytes(net.prefixlen // 8)
+    whole = net.max_prefixlen // 8
+    return _PAYLOAD + (_BITWISE_FAST if whole == 4 else _BITWISE) + _cmp_bytes(whole)
 
 
-def nft_rule_bytes(obj: NetObject) -> int:
-    """About how much of :data:`NFT_RULE_BYTES` the address matches of ``obj``'s rule
-    take (Linux 6.x's layout): what ranks the rules of a transaction the kernel refused
-    as too large, the largest first. Other kernels lay expressions out a little
-    differently, so k3snet refuses nothing by it.
+def _ifname_bytes(name: str) -> int:
+    # A name is compared as the kernel's 16 bytes (IFNAMSIZ); a wildcard "eth*" as its
+    # prefix alone, "eth" (nft_ifname).
+    nft_name = nft_ifname(name)
+    if nft_name.endswith("*"):
+        return _META + _cmp_bytes(len(nft_name) - 1)
+    return _META + _cmp_bytes(16)
+
+
+def _nat_bytes(obj: MasqueradeRule | SnatRule, inet: bool, as_set: bool) -> int:
+    size = _NFPROTO if inet else 0
+    size += _prefix_bytes(obj.source)
+    if obj.destination is not None:
+        size += _prefix_bytes(obj.destination)
+    if as_set:
+        size += _PAYLOAD + _LOOKUP
+    else:
+        size += sum(_prefix_bytes(e) for e in obj.exclude)
+    if obj.out_interface is not None:
+        size += _ifname_bytes(obj.out_interface)
+    return size + (_IMMEDIATE + _NAT if isinstance(obj, SnatRule) else _NAT)
+
+
+def nft_rule_bytes(obj: NetObject, *, inet: bool = True) -> int:
+    """How much of :data:`NFT_RULE_BYTES` the largest of :func:`nft_rules`' kernel rules
+    takes, as the kernel sums it (each expression's ``ops->size``, Linux 6.18's 64-bit
+    layout, the largest of the kernels k3snet supports), for the
+    expressions libnftables sends: what :func:`exclusion_set` keeps a rule of matches
+    under, and what ranks the rules of a transaction the kernel refused as too large.
 
     >>> nft_rule_bytes(MasqueradeRule("fd42:42::/56", exclude=["fd00::/33"]))
-    176
+    248
     """
-    nets: list[Network] = []
     if isinstance(obj, MasqueradeRule | SnatRule):
-        nets = [obj.source, *([obj.destination] if obj.destination is not None else []),
-                *obj.exclude]
-    elif isinstance(obj, ForwardRule):
-        nets = [obj.source, obj.destination]
-    return sum(_prefix_bytes(net) for net in nets)
+        return _nat_bytes(obj, inet, exclusion_set(obj, inet=inet))
+    if isinstance(obj, ForwardRule):
+        size = (_NFPROTO if inet else 0) + _prefix_bytes(obj.source)
+        size += _prefix_bytes(obj.destination) + _IMMEDIATE  # accept
+        for name in (obj.in_interface, obj.out_interface):
+            size += _ifname_bytes(name) if name is not None else 0
+        return size + _CT + _BITWISE_FAST + _CMP_FAST  # the reply half's ct state
+    raise ModelError(f"the nftables renderer handles NAT and forward rules, not {obj.type_name}")
 
 
 def too_large(obj: NetObject, *, inet: bool = True) -> str | None:
     """Why the kernel would refuse ``obj``'s rule (:data:`NFT_RULE_EXPRESSIONS`), or
-    ``None``."""
+    ``None``. Its room (:data:`NFT_RULE_BYTES`) refuses none: a rule whose matches would
+    take too much is written with the set (:func:`exclusion_set`), a few hundred bytes."""
     count = nft_expressions(obj, inet=inet)
     if count <= NFT_RULE_EXPRESSIONS:
         return None

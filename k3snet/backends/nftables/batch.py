@@ -108,7 +108,7 @@ class Batch:
         problem = too_large(obj, inet=family == "inet")
         if problem is not None:
             self.too_large.append((owner, problem))
-        room = nft_rule_bytes(obj)
+        room = nft_rule_bytes(obj, inet=family == "inet")
         if self.roomiest is None or room > self.roomiest[0]:
             self.roomiest = (room, owner, obj)
         rules = nft_rules(obj, inet=family == "inet")

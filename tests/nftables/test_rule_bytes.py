@@ -1,0 +1,122 @@
+"""The kernel's room for one rule's expressions, and the NAT rules k3snet writes as matches.
+
+The kernel refuses a rule whose expressions take 4096 bytes or more (``size >= 1 << 12``
+in ``nf_tables_newrule``, each expression's ``ops->size``) with "File too large". IPv6
+exclusions whose length is not a multiple of 8 reach it before the 128 expressions by
+which alone the anonymous set was chosen: 32 IPv6 ``/33`` exclusions of a masquerade rule,
+30 of an SNAT rule with an interface and a destination, were written as matches and
+refused, though a set holds them. ``nft_rule_bytes`` now sums the room as the kernel
+does, and a rule that would not fit as matches is written with the set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+
+import pytest
+
+from k3snet.lab.netns import run_in
+from k3snet.model import MasqueradeRule, SnatRule
+from k3snet.render.nftables import (
+    NFT_RULE_BYTES,
+    _nat_body,
+    exclusion_set,
+    nft_rule_bytes,
+    nft_rules,
+)
+
+Nat = MasqueradeRule | SnatRule
+
+
+def _excluded(version: int, prefix: int, count: int) -> list[str]:
+    """``count`` exclusions of ``prefix`` bits that aggregate to nothing."""
+    first = int(ipaddress.ip_address("fd00::" if version == 6 else "10.0.0.0"))
+    step = 1 << ((128 if version == 6 else 32) - prefix + 1)
+    return [str(ipaddress.ip_network((first + i * step, prefix))) for i in range(count)]
+
+
+SHAPES = [
+    # (version, exclusion length, source, destination, out interface, snat)
+    (6, 33, "fd42:42::/56", None, None, False),
+    (6, 33, "fd42:42::/57", "fd00::/8", "eth0", True),
+    (6, 127, "::/0", "fc00::/7", "eth+", False),
+    (6, 64, "fd42:42::/56", None, "eth0", True),
+    (6, 33, "fd42:42::/56", "fd00::/8", "eth0", True),
+    (4, 24, "10.42.0.0/16", None, None, False),
+    (4, 25, "0.0.0.0/0", "10.0.0.0/7", "eth0", True),
+    (4, 25, "10.42.0.0/17", None, "eth+", False),
+]
+
+
+def _rule(shape: tuple[int, int, str, str | None, str | None, bool], count: int) -> Nat:
+    version, prefix, source, destination, out_interface, snat = shape
+    exclude = _excluded(version, prefix, count)
+    if snat:
+        return SnatRule(source, destination=destination, exclude=exclude,
+                        out_interface=out_interface,
+                        to_address="fd01::5" if version == 6 else "192.0.2.5")
+    return MasqueradeRule(source, destination=destination, exclude=exclude,
+                          out_interface=out_interface)
+
+
+def _kernel_takes(ns: str, obj: Nat, inet: bool) -> bool:
+    """Whether the kernel takes ``obj``'s rule as :func:`nft_rules` writes it (``nft -c``:
+    checked by the kernel, nothing changed)."""
+    family = "inet" if inet else ("ip" if obj.family == 4 else "ip6")
+    rules = "\n".join(f"\t\t{r.body}" for r in nft_rules(obj, inet=inet))
+    script = (f"table {family} t {{\n\tchain c {{\n\t\ttype nat hook postrouting "
+              f"priority srcnat;\n{rules}\n\t}}\n}}\n")
+    return run_in(ns, ["nft", "-c", "-f", "-"], input_text=script, check=False).returncode == 0
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("inet", [True, False], ids=["inet", "split"])
+def test_every_nat_rule_written_as_matches_is_taken_and_one_more_exclusion_needs_the_set(
+        ns: str, inet: bool) -> None:
+    for shape in SHAPES:
+        # the most exclusions k3snet writes as matches (by their count and their room)
+        most = max(n for n in range(2, 64) if not exclusion_set(_rule(shape, n), inet=inet))
+        largest, over = _rule(shape, most), _rule(shape, most + 1)
+        assert _kernel_takes(ns, largest, inet), (shape, most, nft_rule_bytes(largest))
+        assert "{" not in nft_rules(largest, inet=inet)[0].body
+        # one more: the set, which the kernel takes...
+        assert "{" in nft_rules(over, inet=inet)[0].body
+        assert _kernel_takes(ns, over, inet), (shape, most + 1)
+
+
+def _matches_taken(ns: str, obj: Nat, inet: bool) -> bool:
+    """Whether the kernel takes ``obj``'s exclusions as one match each."""
+    family = "inet" if inet else ("ip" if obj.family == 4 else "ip6")
+    proto = "ip" if obj.family == 4 else "ip6"
+    body = _nat_body(obj, proto)  # the match form, whatever is chosen
+    if not inet:
+        body = body.replace(f"snat {proto} to ", "snat to ", 1)
+    script = (f"table {family} t {{\n\tchain c {{\n\t\ttype nat hook postrouting "
+              f"priority srcnat;\n\t\t{body}\n\t}}\n}}\n")
+    return run_in(ns, ["nft", "-c", "-f", "-"], input_text=script, check=False).returncode == 0
+
+
+@pytest.mark.kernel
+def test_the_set_is_chosen_exactly_where_the_kernel_refuses_the_matches(
+        ns: str) -> None:
+    # The room as the kernel sums it (Linux 6.18, the largest layout), and the count: the last
+    # count written as matches is taken, the first written as a set would be refused.
+    for shape, inet in itertools.product(SHAPES, (True, False)):
+        most = max(n for n in range(2, 64) if not exclusion_set(_rule(shape, n), inet=inet))
+        assert _matches_taken(ns, _rule(shape, most), inet), (shape, inet, most)
+        over = _rule(shape, most + 1)
+        assert not _matches_taken(ns, over, inet), (shape, inet, most + 1)
+
+
+def test_the_reported_rules_are_written_with_the_set() -> None:
+    # 32 IPv6 /33s of a masquerade rule, 30 of an SNAT rule with oif and a destination:
+    # refused by the kernel as matches while the count alone chose them.
+    masquerade = MasqueradeRule("fd42:42::/56", exclude=_excluded(6, 33, 32))
+    snat = SnatRule("fd42:42::/57", destination="fd00::/8", exclude=_excluded(6, 33, 30),
+                    out_interface="eth0", to_address="fd01::5")
+    for obj in (masquerade, snat):
+        assert exclusion_set(obj)
+        assert nft_rule_bytes(obj) < NFT_RULE_BYTES
+    # 31 /33s of the masquerade rule fit (4072 bytes) and keep their matches
+    assert not exclusion_set(MasqueradeRule("fd42:42::/56", exclude=_excluded(6, 33, 31)))
