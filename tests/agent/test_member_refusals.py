@@ -21,12 +21,15 @@ import pytest
 from k3snet.agent import Agent, AgentOptions, FileSpecSource, NodeReporter
 from k3snet.agent._metrics import AgentMetrics
 from k3snet.agent._report import STATUS_ANNOTATION
+from k3snet.backends.base import ApplyResult
 from k3snet.backends.flannel import FlannelBackend
 from k3snet.backends.group import BackendGroup
 from k3snet.backends.memory import MemoryBackend
 from k3snet.converge import compile_for, converge
+from k3snet.errors import PlanError
 from k3snet.model.route import Route
 from k3snet.model.state import State
+from k3snet.model.sysctl import Sysctl
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec
 from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
@@ -145,3 +148,101 @@ def test_a_refusal_beside_a_conflict_is_said_after_it(
     assert "also refused: flannel backend refuses flannel file:" in result.message
     assert {"nat", "forward", "sysctl"} <= {c.kind for c in result.applied}
     assert node.conf.read_bytes() == node.written
+
+
+class _Refusing(MemoryBackend):
+    """A member whose ``expect`` refuses its part while ``refuse`` says why (as the
+    flannel backend's does), and whose ``apply`` may refuse (a ``PlanError`` once
+    planned: nothing changed)."""
+
+    def __init__(self, name: str, kinds: tuple[str, ...], state: State | None = None) -> None:
+        super().__init__(state, capabilities=kinds)
+        self.name = name
+        self.refuse: str | None = None
+        self.refuse_apply = False
+
+    def expect(self, state: State) -> None:
+        if self.refuse is not None and state.owned:
+            raise PlanError(f"{self.name} backend refuses: {self.refuse}")
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        if self.refuse_apply:
+            raise PlanError(f"{self.name} backend refuses the plan, nothing was changed")
+        return super().apply(plan)
+
+
+def _sysctl_then(spec: Spec, value: str) -> State:
+    """The sysctls ``spec`` wants, each at ``value`` (another program's value)."""
+    want = compile_for(BackendGroup([MemoryBackend(capabilities=("sysctl",))]), spec)
+    return State(owned=[attrs.evolve(o, value=value) for o in want.owned
+                        if isinstance(o, Sysctl)])
+
+
+def _agent(tmp_path: Path, text: str, members: list[MemoryBackend]
+           ) -> tuple[Agent, AgentMetrics, Path]:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    metrics = AgentMetrics()
+    agent = Agent(FileSpecSource(path), lambda _: BackendGroup(list(members)), COMPILED,
+                  AgentOptions("node-1", interval=1.0, not_ready_for=0.0), metrics=metrics,
+                  clock=FakeClock())
+    return agent, metrics, path
+
+
+PLAIN = SPEC.replace("cni:\n  flannel: {enableNFTables: true}\n", "")
+
+
+def test_two_refusing_members_each_keep_their_objects_unchanged_and_the_rest_converges(
+        tmp_path: Path) -> None:
+    spec = Spec.from_yaml(PLAIN)
+    sysctls = _Refusing("sysctls", ("sysctl",), _sysctl_then(spec, "0"))
+    forward = _Refusing("forward", ("forward",))
+    sysctls.refuse = forward.refuse = "not here"
+    rest = MemoryBackend(capabilities=("route", "nat"))
+    before = sysctls.state
+    agent, metrics, _ = _agent(tmp_path, PLAIN, [rest, sysctls, forward])
+    result = agent.run_pass()
+    assert result.status == "failed"
+    assert result.message.startswith("refused: sysctls backend refuses: not here; forward "
+                                     "backend refuses: not here; what sysctls, forward "
+                                     "manages is left as it is"), result.message
+    # The refusing members' objects: neither deleted nor given the wanted value.
+    assert sysctls.state == before
+    assert before.owned
+    assert forward.state == State()
+    assert {c.kind for c in result.applied} == {"route", "nat"}
+    assert metrics.registry.get_sample_value("k3snet_agent_sync_failures_total",
+                                             {"reason": "refused"}) == 1
+
+
+def test_a_member_that_refuses_then_accepts_converges_its_part_on_the_next_pass(
+        tmp_path: Path) -> None:
+    spec = Spec.from_yaml(PLAIN)
+    sysctls = _Refusing("sysctls", ("sysctl",), _sysctl_then(spec, "0"))
+    sysctls.refuse = "not yet"
+    rest = MemoryBackend(capabilities=("route", "nat", "forward"))
+    agent, _, _ = _agent(tmp_path, PLAIN, [rest, sysctls])
+    assert agent.run_pass().status == "failed"
+    sysctls.refuse = None
+    result = agent.run_pass()
+    assert result.status == "ok", result.message
+    assert {c.kind for c in result.applied} == {"sysctl"}
+    want = compile_for(BackendGroup([MemoryBackend(capabilities=("sysctl",))]), spec)
+    assert plan(sysctls.observe(), want).empty
+
+
+def test_a_member_refusing_in_its_apply_fails_the_whole_pass_as_before(
+        tmp_path: Path) -> None:
+    # Only a refusal before anything is read (expect) leaves the member's part out: one
+    # in apply (nothing changed) fails the whole pass, nothing of the rest applied.
+    sysctls = _Refusing("sysctls", ("sysctl",))
+    sysctls.refuse_apply = True
+    rest = MemoryBackend(capabilities=("route", "nat", "forward"))
+    agent, metrics, _ = _agent(tmp_path, PLAIN, [rest, sysctls])
+    result = agent.run_pass()
+    assert result.status == "failed"
+    assert "refused" not in result.message.split(":")[0], result.message
+    assert rest.state == State()
+    assert sysctls.state == State()
+    assert metrics.registry.get_sample_value("k3snet_agent_sync_failures_total",
+                                             {"reason": "refused"}) == 0
