@@ -183,7 +183,14 @@ def _agent(tmp_path: Path, text: str, members: list[MemoryBackend]
     path = tmp_path / "spec.yaml"
     path.write_text(text)
     metrics = AgentMetrics()
-    agent = Agent(FileSpecSource(path), lambda _: BackendGroup(list(members)), COMPILED,
+    compiled: dict[tuple[int, int], State] = {}
+
+    def desired(spec: Spec, group: BackendGroup) -> State:
+        # The same object for the same spec and group, as the agent's own desired-state
+        # function gives (a pass may then find itself "in sync" with the last one).
+        return compiled.setdefault((id(spec), id(group)), COMPILED(spec, group))
+
+    agent = Agent(FileSpecSource(path), lambda _: BackendGroup(list(members)), desired,
                   AgentOptions("node-1", interval=1.0, not_ready_for=0.0), metrics=metrics,
                   clock=FakeClock())
     return agent, metrics, path
@@ -246,3 +253,25 @@ def test_a_member_refusing_in_its_apply_fails_the_whole_pass_as_before(
     assert sysctls.state == State()
     assert metrics.registry.get_sample_value("k3snet_agent_sync_failures_total",
                                              {"reason": "refused"}) == 0
+
+
+class _Told(_Refusing):
+    """A :class:`_Refusing` that tells a change (its state's identity), as the kernel's
+    backends do: a pass finding every token where it was may skip its observe."""
+
+    def change_token(self) -> int:
+        return id(self.state)
+
+
+def test_a_refusal_is_never_taken_as_in_sync_by_the_passes_after_it(tmp_path: Path) -> None:
+    # "Nothing to do, the tokens unmoved" skips the next passes' observe and plan ("in
+    # sync"): taken while a member refuses, a pass would be 'ok' with the refusal standing.
+    sysctls = _Told("sysctls", ("sysctl",))
+    sysctls.refuse = "not here"
+    rest = _Told("rest", ("route", "nat", "forward"))
+    agent, _, _ = _agent(tmp_path, PLAIN, [rest, sysctls])
+    results = [agent.run_pass() for _ in range(4)]
+    assert [r.status for r in results] == ["failed"] * 4, [r.message for r in results]
+    assert all(r.message.startswith("refused: sysctls backend refuses") for r in results)
+    assert results[0].applied
+    assert not any(r.applied for r in results[1:])
