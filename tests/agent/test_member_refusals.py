@@ -275,3 +275,36 @@ def test_a_refusal_is_never_taken_as_in_sync_by_the_passes_after_it(tmp_path: Pa
     assert all(r.message.startswith("refused: sysctls backend refuses") for r in results)
     assert results[0].applied
     assert not any(r.applied for r in results[1:])
+
+
+def test_a_refusal_beside_held_routes_is_counted_and_backs_off_as_refused(
+        tmp_path: Path) -> None:
+    # Beside routes held (the node cannot route to a destination), the refusal was a note
+    # of the held routes' failure: counted 'unreachable' alone (an alert on 'refused'
+    # never fired), and the pass, taken for one that only held routes, never backed off.
+    from tests.agent.test_held_routes import DOWN  # noqa: PLC0415 - its node facts
+    from tests.agent.test_held_routes import SPEC as HELD  # noqa: PLC0415
+
+    rest = MemoryBackend(capabilities=("route", "nat", "forward"))
+    sysctls = _Refusing("sysctls", ("sysctl",))
+    sysctls.refuse = "not here"
+
+    def desired(spec: Spec, group: BackendGroup, *,
+                hold: frozenset[int] = frozenset()) -> State:
+        return compile_for(group, spec, DOWN, hold=hold)
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(HELD)
+    metrics = AgentMetrics()
+    agent = Agent(FileSpecSource(path), lambda _: BackendGroup([rest, sysctls]), desired,
+                  AgentOptions("node-1", interval=60.0, not_ready_for=0.0), metrics=metrics,
+                  clock=FakeClock())
+    results = [agent.run_pass() for _ in range(3)]
+    assert all(r.status == "failed" for r in results)
+    message = results[-1].message
+    assert message.startswith("refused: sysctls backend refuses: not here"), message
+    assert "also 1 destination(s) held" in message
+    assert metrics.registry.get_sample_value("k3snet_agent_sync_failures_total",
+                                             {"reason": "refused"}) == 3
+    assert agent.repair_gap() > agent.options.watch_gap  # backing off, as a conflict does
+    assert rest.state.owned  # the rest converged all the same
