@@ -500,11 +500,15 @@ class _RefusedMembersError(Exception):
     objects are left as they are, everything else converged; what was applied is carried."""
 
     def __init__(self, refusals: Sequence[tuple[Member, PlanError]], applied: Sequence[Change],
-                 tokens: tuple[Hashable | None, ...] | None) -> None:
+                 tokens: tuple[Hashable | None, ...] | None,
+                 held: _HeldRoutesError | None = None) -> None:
         said = "; ".join(_one_line(exc) for _, exc in refusals)
         names = ", ".join(dict.fromkeys(m.backend.name for m, _ in refusals))
+        # Routes held beside it said after it, as beside a conflict: a note of the held
+        # routes' failure, the refusal was counted 'unreachable' and never backed off.
+        also = "" if held is None else f"; also {held.summary}"
         super().__init__(f"{said}; what {names} manages is left as it is, everything else "
-                         f"converged ({len(applied)} change(s) applied)")
+                         f"converged ({len(applied)} change(s) applied){also}")
         self.refusals, self.applied, self.tokens = tuple(refusals), tuple(applied), tokens
 
     def note(self) -> str:
@@ -1404,11 +1408,10 @@ class Agent:
         if conflicts:
             failure = _ConflictsLeftError(conflicts, applied, tokens, holding)
         if refusals:
-            refused = _RefusedMembersError(refusals, applied, tokens)
-            if failure is None:
-                failure = refused
-            else:  # said after the conflicts or held routes, which come first
-                failure.add_note(refused.note())
+            if failure is None or failure is holding:  # the held routes said after it
+                failure = _RefusedMembersError(refusals, applied, tokens, holding)
+            else:  # said after the conflicts, which come first
+                failure.add_note(_RefusedMembersError(refusals, applied, tokens).note())
         if failure is not None:
             raise failure
         return applied, tokens
