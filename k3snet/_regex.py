@@ -71,6 +71,11 @@ class LazyPattern(Generic[AnyStr]):
                  endpos: int = sys.maxsize) -> Iterator[re.Match[AnyStr]]:
         return self.compiled().finditer(string, pos, endpos)
 
+    def __reduce__(self) -> tuple[type[LazyPattern[AnyStr]], tuple[AnyStr, int]]:
+        """Pickled as :class:`re.Pattern` is, by its text and flags: compiled or not (the
+        compiled one's instance holds a local function, which pickle refuses)."""
+        return LazyPattern, (self.pattern, self._flags)
+
     def __repr__(self) -> str:
         return f"lazy_pattern({self.pattern!r}, {self._flags!r})"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import copy
+import pickle
 import re
 from pathlib import Path
 
@@ -78,3 +80,13 @@ def test_no_method_of_a_lazy_pattern_is_taken_without_being_called() -> None:
                   and isinstance(node.value, ast.Name) and node.value.id in names
                   and id(node) not in called]
     assert not taken, taken
+
+
+def test_a_lazy_pattern_pickles_and_copies_before_and_after_its_first_use() -> None:
+    """As ``re.compile``'s: by its text and flags, compiled or not."""
+    lazy = lazy_pattern(r"[a-z]+", re.IGNORECASE)
+    for _ in range(2):
+        pickled = pickle.loads(pickle.dumps(lazy))  # noqa: S301 - its own bytes
+        for again in (pickled, copy.copy(lazy), copy.deepcopy(lazy)):
+            assert (again.pattern, again.fullmatch("AbC") is not None) == (r"[a-z]+", True)
+        assert lazy.match("x")  # compiled from here on
