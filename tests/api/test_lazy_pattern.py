@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import importlib
 import pickle
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import k3snet
-from k3snet._regex import _METHODS, lazy_pattern
+from k3snet._regex import _METHODS, LazyPattern, lazy_pattern
 
 PATTERNS = [r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", r"(0|[1-9][0-9]*)(?:-(0|[1-9][0-9]*))?",
             r"[,-]", r"\\(?:\\|[ntr]|x[0-9a-f]{2})", r"line \d+,? column \d+"]
@@ -90,3 +91,21 @@ def test_a_lazy_pattern_pickles_and_copies_before_and_after_its_first_use() -> N
         for again in (pickled, copy.copy(lazy), copy.deepcopy(lazy)):
             assert (again.pattern, again.fullmatch("AbC") is not None) == (r"[a-z]+", True)
         assert lazy.match("x")  # compiled from here on
+
+
+def test_every_lazy_pattern_of_k3snet_compiles() -> None:
+    """Compiled at import, a broken pattern failed every test that imported its module;
+    lazy, it fails only where it is first used (a plan file's certificate, a Go duration),
+    maybe never in a test. Every module-level one is compiled here."""
+    package = Path(k3snet.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if "lazy_pattern(" not in path.read_text(encoding="utf-8") or path.name == "_regex.py":
+            continue
+        module = importlib.import_module(
+            ".".join(path.relative_to(package.parent).with_suffix("").parts))
+        for name, value in vars(module).items():
+            if isinstance(value, LazyPattern):
+                found.append(f"{module.__name__}.{name}")
+                assert isinstance(value.compiled(), re.Pattern), name
+    assert len(found) >= 40, found  # the walk found them
