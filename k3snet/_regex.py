@@ -6,7 +6,10 @@ durations): compiling them all cost ~15-20 ms of each cold process (issue 9).
 :func:`lazy_pattern` keeps the module-level constant and its call sites as they were;
 the first call of a method compiles the pattern with :func:`re.compile` and puts the
 compiled pattern's own methods on the instance, so every later call is the compiled
-pattern's, looked up once more.
+pattern's, looked up once more. A method taken before the first call (``match =
+_LINE.match`` ahead of a loop) is the lazy one, which looks the compiled pattern up at
+each call, for good: a loop takes ``_LINE.compiled().match`` instead
+(tests/api/test_lazy_pattern.py finds any method taken without being called).
 """
 
 from __future__ import annotations
@@ -67,6 +70,11 @@ class LazyPattern(Generic[AnyStr]):
     def finditer(self, string: AnyStr, pos: int = 0,
                  endpos: int = sys.maxsize) -> Iterator[re.Match[AnyStr]]:
         return self.compiled().finditer(string, pos, endpos)
+
+    def __reduce__(self) -> tuple[type[LazyPattern[AnyStr]], tuple[AnyStr, int]]:
+        """Pickled as :class:`re.Pattern` is, by its text and flags: compiled or not (the
+        compiled one's instance holds a local function, which pickle refuses)."""
+        return LazyPattern, (self.pattern, self._flags)
 
     def __repr__(self) -> str:
         return f"lazy_pattern({self.pattern!r}, {self._flags!r})"

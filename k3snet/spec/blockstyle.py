@@ -92,7 +92,7 @@ class _Reader:
 
     def tokenize(self, text: str) -> None:
         tokens = self.tokens
-        match = _LINE.match
+        match = _LINE.compiled().match  # the compiled method: this loop reads every line
         for line in text.split("\n"):
             parts = match(line)
             if parts is None:
