@@ -15,12 +15,15 @@ one is a test no new pod connection passes (``ct state invalid``, a reverse path
 from __future__ import annotations
 
 import json
+import shutil
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from k3snet.backends.nftables.kernel import CT_INVALID, _xt_state_invalid
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.cli import main
 from k3snet.lab import SeedLab
@@ -244,3 +247,80 @@ def test_named_sets_and_unmodelled_drops_are_said_exactly_where_the_kernel_drops
             assert code in (0, 4), (case, out)
             seen[case] = (dropped, code if code or not warning else "warning")
     assert seen == {case: (dropped, said) for case, (_, _, dropped, said) in CASES.items()}
+
+
+def _conntrack_info(revision: int, state: int, *, flags: int = 1, invert: int = 0) -> bytes:
+    """An xt ``conntrack`` match's data as the kernel holds it (xt_conntrack_mtinfo1-3)."""
+    head = bytes(146) + struct.pack("=HH", flags, invert)
+    tail = bytes([state, 0]) if revision == 1 else struct.pack("=HH", state, 0)
+    return head + tail + bytes(16 if revision == 3 else 0)
+
+
+@pytest.mark.parametrize(("revision", "state", "flags", "invert", "invalid"), [
+    (3, 1, 1, 0, True),  # --ctstate INVALID (iptables-nft 1.8's revision)
+    (1, 1, 1, 0, True),
+    (2, 1, 1, 0, True),
+    (3, 8, 1, 0, False),  # NEW: every new pod connection passes it
+    (3, 1 | 8, 1, 0, False),  # INVALID,NEW
+    (3, 1, 1, 1, False),  # ! --ctstate INVALID
+    (3, 1, 0, 0, False),  # no state test at all
+    (0, 1, 1, 0, False),  # a revision whose layout k3snet does not read
+])
+def test_only_an_xt_conntrack_testing_invalid_alone_is_read_as_invalid(
+        revision: int, state: int, flags: int, invert: int, invalid: bool) -> None:
+    info = _conntrack_info(revision, state, flags=flags, invert=invert)
+    assert _xt_state_invalid(revision, info) is invalid
+
+
+def test_an_xt_conntrack_drop_the_kernel_says_tests_invalid_is_passed_over() -> None:
+    conntrack: dict[str, Any] = {"xt": {"type": "match", "name": "conntrack"}}
+    _, reader = read(fw([[conntrack, DROP]], {}))
+    (said,) = warned(reader, PODS)  # the state not known: it may be NEW
+    assert "testing xt match conntrack (test k3snet does not model)" in said
+    invalid = {"xt": {**conntrack["xt"], CT_INVALID: True}}
+    _, reader = read(fw([[invalid, DROP]], {}))
+    assert warned(reader, PODS, PODS6) == []
+
+
+# kube-proxy's iptables mode and flannel on a K3s node, through iptables-nft (FORWARD's
+# policy accept): iptables-nft writes `--ctstate INVALID` as a compat match, which
+# libnftables lists by its name only.
+K3S_FORWARD = "\n".join([
+    "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+    ":KUBE-FORWARD - [0:0]", ":FLANNEL-FWD - [0:0]",
+    '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
+    '-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD',
+    "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
+    "-m mark --mark 0x4000/0x4000 -j ACCEPT",
+    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" '
+    "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    '-A FLANNEL-FWD -s 10.42.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
+    '-A FLANNEL-FWD -d 10.42.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
+    "COMMIT", ""])
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_kube_proxys_iptables_nft_invalid_drop_is_no_warning_but_a_new_drop_is(
+        require_root: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    if shutil.which("iptables-nft-restore") is None:
+        pytest.skip("iptables-nft-restore is not installed")
+    said: dict[str, bool] = {}
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        for state in ("INVALID", "NEW"):
+            run_in(lab.node, ["iptables-nft-restore"],
+                   input_text=K3S_FORWARD.replace("--ctstate INVALID", f"--ctstate {state}"))
+            listed = json.loads(run_in(lab.node, ["nft", "-j", "list", "chain", "ip",
+                                                  "filter", "KUBE-FORWARD"]).stdout)
+            (first, *_) = [o["rule"] for o in listed["nftables"] if "rule" in o]
+            # The kernel's view: a compat match libnftables names, no more.
+            assert {"xt": {"type": "match", "name": "conntrack"}} in first["expr"]
+            capsys.readouterr()
+            assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0
+            said[state] = any(line.startswith("!! warning: nftables: ip filter chain FORWARD")
+                              for line in capsys.readouterr().out.splitlines())
+    assert said == {"INVALID": False, "NEW": True}

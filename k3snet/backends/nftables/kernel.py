@@ -179,6 +179,17 @@ listing (iptables-nft's ``-j TTL --ttl-set N``, whose value libnftables does not
 its options as ``iptables-save`` writes them (``["--ttl-set", "1"]``; ``--hl-*`` for
 ``HL``), from the kernel's ``ipt_TTL_info`` (``ip6t_HL_info``). Absent: not known."""
 
+CT_INVALID = "k3snet_ct_invalid"
+"""The key :class:`Libnftables` adds, true, to an ``xt`` ``conntrack`` match of a drop's or
+reject's rule in a chain's JSON listing when the kernel's data says it tests the state
+``INVALID`` alone (iptables-nft's ``-m conntrack --ctstate INVALID -j DROP``: kube-proxy's
+``KUBE-FORWARD``, kube-router's pod chains), which libnftables lists as the match's name
+only. Absent: not known (the match may test ``NEW``, which every new pod connection
+passes)."""
+
+_XT_STATE = 1  # XT_CONNTRACK_STATE, a bit of xt_conntrack_mtinfo's match_flags
+_XT_STATE_INVALID = 1  # XT_CONNTRACK_STATE_INVALID, of its state_mask
+
 _TTL_MODES = ("set", "inc", "dec")  # IPT_TTL_SET, _INC, _DEC (IP6T_HL_* alike)
 
 # nf_nat_range's flags (NF_NAT_RANGE_*): what an SNAT to one address may carry.
@@ -282,6 +293,8 @@ class Libnftables:
         if (any(f'"{name}"' in output for name in _XT_READ)
                 or not named.isdisjoint(_XT_READ)):
             self._xt_data(items)
+        if '"conntrack"' in output or "conntrack" in named:
+            self._xt_invalid(items)
         return items
 
     def _devices(self, items: Iterable[dict[str, Any]]) -> None:
@@ -376,6 +389,43 @@ class Libnftables:
         found = self._generation.xt_expressions(family, table, chain, handles)
         return {handle: [(kind, name) for kind, name, _, _ in compat]
                 for handle, compat in found.items()}
+
+    def _xt_invalid(self, items: Iterable[dict[str, Any]]) -> None:
+        """Mark each iptables-nft ``-m conntrack`` of a drop's or reject's rule that tests
+        the state ``INVALID`` alone, as the kernel holds it (:data:`CT_INVALID`):
+        libnftables lists only the match's name, so kube-proxy's ``-m conntrack
+        --ctstate INVALID -j DROP`` read as a drop of any new connection. One request
+        per such rule, a dump of the chain past a few (as :meth:`_xt_data`)."""
+        wanted: dict[tuple[str, str, str], list[tuple[int, dict[str, Any]]]] = {}
+        for item in items:
+            rule = item.get("rule")
+            if not isinstance(rule, dict):
+                continue
+            expr = rule.get("expr")
+            if not isinstance(expr, list) or not any(
+                    isinstance(s, dict) and ("drop" in s or "reject" in s or s.get("xt") == {
+                        "type": "target", "name": "REJECT"}) for s in expr):
+                continue
+            for statement in expr:
+                xt = statement.get("xt") if isinstance(statement, dict) else None
+                if isinstance(xt, dict) and xt == {"type": "match", "name": "conntrack"}:
+                    try:
+                        where = (str(rule["family"]), str(rule["table"]), str(rule["chain"]))
+                        wanted.setdefault(where, []).append((int(rule["handle"]), xt))
+                    except (KeyError, TypeError, ValueError):
+                        continue  # not read: a test k3snet does not model
+        for where, rules in wanted.items():
+            try:
+                self.calls += 1
+                read = self._generation.xt_expressions(
+                    *where, {handle for handle, _ in rules}, kinds=("match",))
+            except (BackendError, KeyError):
+                continue
+            for handle, xt in rules:
+                found = [(revision, info) for _, name, revision, info in read.get(handle, [])
+                         if name == "conntrack"]
+                if len(found) == 1 and _xt_state_invalid(*found[0]):
+                    xt[CT_INVALID] = True
 
     def _xt_data(self, items: Iterable[dict[str, Any]]) -> None:
         """Give each iptables-nft ``-j CT`` of a chain's listing the flags the kernel holds
@@ -576,6 +626,19 @@ def _xt_decoded(name: str, family: str, revision: int, info: bytes) -> dict[str,
         # ipt_TTL_info / ip6t_HL_info: {u8 mode; u8 value}
         return {TTL_ARGS: [f"--{name.lower()}-{_TTL_MODES[info[0]]}", str(info[1])]}
     return {}
+
+
+def _xt_state_invalid(revision: int, info: bytes) -> bool:
+    """Whether an xt ``conntrack`` match's data (``xt_conntrack_mtinfo1`` to ``3``: eight
+    ``nf_inet_addr``, the expiry bounds, the protocol and ports, then ``match_flags``
+    and ``invert_flags`` at 146 and 148, ``state_mask`` at 150, a byte in revision 1, a
+    host-order u16 after) tests the state ``INVALID`` alone, not inverted: a packet
+    conntrack cannot place, never one of a new connection nor of its replies."""
+    if revision not in (1, 2, 3) or len(info) < 152:
+        return False
+    flags, invert = struct.unpack_from("=HH", info, 146)
+    state = info[150] if revision == 1 else struct.unpack_from("=H", info, 150)[0]
+    return bool(flags & _XT_STATE) and not invert & _XT_STATE and state == _XT_STATE_INVALID
 
 
 def _snat_to(family: str, revision: int, info: bytes) -> dict[str, Any] | None:

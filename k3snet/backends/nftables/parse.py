@@ -69,6 +69,7 @@ from k3snet._logline import shell_join
 from k3snet.backends.nftables.cache import Cache, Repair, Table
 from k3snet.backends.nftables.kernel import (
     CT_FLAGS,
+    CT_INVALID,
     SLOW_LISTING,
     SNAT_TO,
     TTL_ARGS,
@@ -568,6 +569,11 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
     else:
         out.unknown += 1
         out.unread.append(f"xt {kind} {name}")
+        # iptables-nft's -m conntrack --ctstate INVALID, as the kernel's data says (the
+        # listing names the match only): no new pod connection passes it, as `ct state
+        # invalid` (_never_pods)
+        out.never_pods += kind == "match" and name == "conntrack" and body.get(
+            CT_INVALID) is True
 
 
 def _snat_to(value: object) -> str | None:
