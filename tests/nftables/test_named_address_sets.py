@@ -23,7 +23,12 @@ from typing import Any
 
 import pytest
 
-from k3snet.backends.nftables.kernel import CT_INVALID, _xt_state_invalid
+from k3snet.backends.nftables.kernel import (
+    CT_INVALID,
+    DST_LOCAL,
+    _xt_dst_local,
+    _xt_state_invalid,
+)
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.cli import main
 from k3snet.lab import SeedLab
@@ -170,6 +175,10 @@ def test_a_drop_whose_only_tests_k3snet_does_not_model_is_a_warning_naming_them(
     [match("==", {"fib": {"result": "oif", "flags": ["saddr", "mark", "iif"]}}, False)],
     [match("in", {"ct": {"key": "state"}}, "invalid"),
      match("==", {"payload": {"protocol": "tcp", "field": "dport"}}, 5432)],
+    # kube-proxy's reject of a node port without endpoints: the node's own address
+    [match("==", {"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
+     match("==", {"payload": {"protocol": "tcp", "field": "dport"}}, 30080)],
+    [{"xt": {"type": "match", "name": "addrtype", DST_LOCAL: True}}],
 ])
 def test_a_drop_testing_what_no_new_pod_connection_passes_is_still_passed_over(
         expr: list[Expr]) -> None:
@@ -272,6 +281,20 @@ def test_only_an_xt_conntrack_testing_invalid_alone_is_read_as_invalid(
     assert _xt_state_invalid(revision, info) is invalid
 
 
+@pytest.mark.parametrize(("revision", "info", "local"), [
+    (1, struct.pack("=HHI", 0, 1 << 2, 0), True),  # --dst-type LOCAL (kube-proxy's)
+    (1, struct.pack("=HHI", 1 << 2, 1 << 2, 0), True),  # and a local source too
+    (1, struct.pack("=HHI", 0, 1 << 2, 2), False),  # ! --dst-type LOCAL
+    (1, struct.pack("=HHI", 0, 1 << 1, 0), False),  # --dst-type UNICAST
+    (1, struct.pack("=HHI", 1 << 2, 0, 0), False),  # --src-type LOCAL: the node's own
+    (0, struct.pack("=HHII", 0, 1 << 2, 0, 0), True),
+    (0, struct.pack("=HHII", 0, 1 << 2, 0, 1), False),
+])
+def test_only_an_xt_addrtype_testing_a_local_destination_is_read_as_one(
+        revision: int, info: bytes, local: bool) -> None:
+    assert _xt_dst_local(revision, info) is local
+
+
 def test_an_xt_conntrack_drop_the_kernel_says_tests_invalid_is_passed_over() -> None:
     conntrack: dict[str, Any] = {"xt": {"type": "match", "name": "conntrack"}}
     _, reader = read(fw([[conntrack, DROP]], {}))
@@ -283,14 +306,18 @@ def test_an_xt_conntrack_drop_the_kernel_says_tests_invalid_is_passed_over() -> 
 
 
 # kube-proxy's iptables mode and flannel on a K3s node, through iptables-nft (FORWARD's
-# policy accept): iptables-nft writes `--ctstate INVALID` as a compat match, which
-# libnftables lists by its name only.
+# policy accept): iptables-nft writes `--ctstate INVALID` and `--dst-type LOCAL` as
+# compat matches, which libnftables lists by their names only.
 K3S_FORWARD = "\n".join([
     "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
-    ":KUBE-FORWARD - [0:0]", ":FLANNEL-FWD - [0:0]",
+    ":KUBE-FORWARD - [0:0]", ":FLANNEL-FWD - [0:0]", ":KUBE-EXTERNAL-SERVICES - [0:0]",
+    "-A FORWARD -m conntrack --ctstate NEW -j KUBE-EXTERNAL-SERVICES",
     '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
     '-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD',
     "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+    # a node port without endpoints
+    '-A KUBE-EXTERNAL-SERVICES -p tcp -m comment --comment "default/web:http has no '
+    'endpoints" -m addrtype --dst-type LOCAL -m tcp --dport 30080 -j REJECT',
     '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
     "-m mark --mark 0x4000/0x4000 -j ACCEPT",
     '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" '
@@ -302,7 +329,7 @@ K3S_FORWARD = "\n".join([
 
 @pytest.mark.kernel
 @pytest.mark.lab
-def test_kube_proxys_iptables_nft_invalid_drop_is_no_warning_but_a_new_drop_is(
+def test_kube_proxys_iptables_nft_invalid_and_node_port_drops_are_no_warning(
         require_root: None, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     if shutil.which("iptables-nft-restore") is None:

@@ -187,6 +187,15 @@ reject's rule in a chain's JSON listing when the kernel's data says it tests the
 only. Absent: not known (the match may test ``NEW``, which every new pod connection
 passes)."""
 
+DST_LOCAL = "k3snet_dst_local"
+"""The key :class:`Libnftables` adds, true, to an ``xt`` ``addrtype`` match of a drop's or
+reject's rule when the kernel's data says it tests a local destination alone
+(kube-proxy's ``-m addrtype --dst-type LOCAL ... -j REJECT`` of a node port without
+endpoints, in ``KUBE-EXTERNAL-SERVICES``, which ``FORWARD`` jumps to): the address of no
+forwarded packet. Absent: not known."""
+
+_XT_ADDRTYPE_LOCAL = 1 << 2  # XT_ADDRTYPE_LOCAL, of xt_addrtype_info's dest
+
 _XT_STATE = 1  # XT_CONNTRACK_STATE, a bit of xt_conntrack_mtinfo's match_flags
 _XT_STATE_INVALID = 1  # XT_CONNTRACK_STATE_INVALID, of its state_mask
 
@@ -293,7 +302,8 @@ class Libnftables:
         if (any(f'"{name}"' in output for name in _XT_READ)
                 or not named.isdisjoint(_XT_READ)):
             self._xt_data(items)
-        if '"conntrack"' in output or "conntrack" in named:
+        if ('"conntrack"' in output or '"addrtype"' in output
+                or not named.isdisjoint(("conntrack", "addrtype"))):
             self._xt_invalid(items)
         return items
 
@@ -408,7 +418,8 @@ class Libnftables:
                 continue
             for statement in expr:
                 xt = statement.get("xt") if isinstance(statement, dict) else None
-                if isinstance(xt, dict) and xt == {"type": "match", "name": "conntrack"}:
+                if isinstance(xt, dict) and xt.get("type") == "match" and xt.get(
+                        "name") in ("conntrack", "addrtype"):
                     try:
                         where = (str(rule["family"]), str(rule["table"]), str(rule["chain"]))
                         wanted.setdefault(where, []).append((int(rule["handle"]), xt))
@@ -423,9 +434,13 @@ class Libnftables:
                 continue
             for handle, xt in rules:
                 found = [(revision, info) for _, name, revision, info in read.get(handle, [])
-                         if name == "conntrack"]
-                if len(found) == 1 and _xt_state_invalid(*found[0]):
+                         if name == xt["name"]]
+                if len(found) != 1:
+                    continue
+                if xt["name"] == "conntrack" and _xt_state_invalid(*found[0]):
                     xt[CT_INVALID] = True
+                elif xt["name"] == "addrtype" and _xt_dst_local(*found[0]):
+                    xt[DST_LOCAL] = True
 
     def _xt_data(self, items: Iterable[dict[str, Any]]) -> None:
         """Give each iptables-nft ``-j CT`` of a chain's listing the flags the kernel holds
@@ -639,6 +654,23 @@ def _xt_state_invalid(revision: int, info: bytes) -> bool:
     flags, invert = struct.unpack_from("=HH", info, 146)
     state = info[150] if revision == 1 else struct.unpack_from("=H", info, 150)[0]
     return bool(flags & _XT_STATE) and not invert & _XT_STATE and state == _XT_STATE_INVALID
+
+
+def _xt_dst_local(revision: int, info: bytes) -> bool:
+    """Whether an xt ``addrtype`` match's data (``xt_addrtype_info``, revision 0: the
+    source and destination types, u16 each, then an inversion u32 for each;
+    ``xt_addrtype_info_v1``, revision 1: the types, then flags, ``XT_ADDRTYPE_INVERT_*``
+    1 and 2) tests that the destination is local, not inverted, whatever else it tests:
+    a packet the node routes to itself, never a forwarded one."""
+    if revision == 0 and len(info) >= 12:
+        _, dest, _, invert = struct.unpack_from("=HHII", info)
+        inverted = bool(invert)
+    elif revision == 1 and len(info) >= 8:
+        _, dest, flags = struct.unpack_from("=HHI", info)
+        inverted = bool(flags & 2)
+    else:
+        return False
+    return dest == _XT_ADDRTYPE_LOCAL and not inverted
 
 
 def _snat_to(family: str, revision: int, info: bytes) -> dict[str, Any] | None:

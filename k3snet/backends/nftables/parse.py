@@ -70,6 +70,7 @@ from k3snet.backends.nftables.cache import Cache, Repair, Table
 from k3snet.backends.nftables.kernel import (
     CT_FLAGS,
     CT_INVALID,
+    DST_LOCAL,
     SLOW_LISTING,
     SNAT_TO,
     TTL_ARGS,
@@ -395,7 +396,8 @@ def _never_pods(op: str, left: Any, right: Any) -> bool:
     """Whether no packet of a new pod connection, nor of its replies, passes the test
     ``left op right``: ``ct state invalid`` (conntrack's packets it cannot place), or a
     reverse path filter's ``fib saddr . iif oif missing`` (firewalld's: a pod's source is
-    routed back by the device it came in by). A drop testing one is no default for them."""
+    routed back by the device it came in by), ``fib daddr type local`` (an address of
+    the node: no forwarded packet's). A drop testing one is no default for them."""
     if op not in ("==", "in") or not isinstance(left, dict):
         return False
     ct, fib = left.get("ct"), left.get("fib")
@@ -404,6 +406,9 @@ def _never_pods(op: str, left: Any, right: Any) -> bool:
         states = {states} if isinstance(states, str) else {
             v for v in states if isinstance(v, str)} if isinstance(states, list) else set()
         return states == {"invalid"}
+    if isinstance(fib, dict) and fib.get("result") == "type" and fib.get("flags") in (
+            "daddr", ["daddr"]):  # `fib daddr type local`: the node's, never forwarded
+        return right == "local" or (isinstance(right, dict) and right.get("set") == ["local"])
     return isinstance(fib, dict) and fib.get("result") == "oif" and right is False
 
 
@@ -572,8 +577,9 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
         # iptables-nft's -m conntrack --ctstate INVALID, as the kernel's data says (the
         # listing names the match only): no new pod connection passes it, as `ct state
         # invalid` (_never_pods)
-        out.never_pods += kind == "match" and name == "conntrack" and body.get(
-            CT_INVALID) is True
+        # (and -m addrtype --dst-type LOCAL: no forwarded packet's destination)
+        out.never_pods += kind == "match" and (body.get(CT_INVALID) is True
+                                               or body.get(DST_LOCAL) is True)
 
 
 def _snat_to(value: object) -> str | None:
