@@ -351,3 +351,16 @@ def test_kube_proxys_iptables_nft_invalid_and_node_port_drops_are_no_warning(
             said[state] = any(line.startswith("!! warning: nftables: ip filter chain FORWARD")
                               for line in capsys.readouterr().out.splitlines())
     assert said == {"INVALID": False, "NEW": True}
+
+
+def test_a_warning_names_no_drop_that_meets_no_new_pod_connection() -> None:
+    # kube-proxy's `KUBE-FORWARD` INVALID drop beside another chain's port drop: the
+    # warning (of the port) named the INVALID drop too, as "a rule that may drop any
+    # address", in the base chain and in a chain it jumps to.
+    invalid = match("in", {"ct": {"key": "state"}}, "invalid")
+    port = match("==", {"payload": {"protocol": "tcp", "field": "dport"}}, 5432)
+    _, reader = read(fw([[invalid, DROP], [jump("below")]], {},
+                        below=[[invalid, DROP], [port, DROP]]))
+    (said,) = warned(reader, PODS)
+    assert said == ("a rule that may drop any address, testing tcp dport (test k3snet does "
+                    "not model) (handle 3 of chain below)")

@@ -1527,7 +1527,9 @@ class ForeignReader:
                 for expr in (one for whole in (() if named is None else _vmap_expanded(named))
                              for one in _set_expanded(whole)):
                     match = parse_rule(expr)
-                    if match.verdict in _STOPS and not any(
+                    if match.verdict in _STOPS and _never_new_pods(match):
+                        pass  # `ct state invalid drop`: no default of theirs, not named one
+                    elif match.verdict in _STOPS and not any(
                             not neg for _, neg in match.saddr + match.daddr):
                         # What it tests (an interface, a negated address, what k3snet
                         # does not model, named): the address it drops is any that passes.
