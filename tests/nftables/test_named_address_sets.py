@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 
 from k3snet.backends.nftables.kernel import (
-    CT_INVALID,
-    DST_LOCAL,
+    XT_NO_POD,
     _xt_dst_local,
+    _xt_rh0,
     _xt_state_invalid,
 )
 from k3snet.backends.nftables.parse import ForeignReader
@@ -178,7 +178,8 @@ def test_a_drop_whose_only_tests_k3snet_does_not_model_is_a_warning_naming_them(
     # kube-proxy's reject of a node port without endpoints: the node's own address
     [match("==", {"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
      match("==", {"payload": {"protocol": "tcp", "field": "dport"}}, 30080)],
-    [{"xt": {"type": "match", "name": "addrtype", DST_LOCAL: True}}],
+    [{"xt": {"type": "match", "name": "addrtype", XT_NO_POD: True}}],
+    [{"xt": {"type": "match", "name": "rt", XT_NO_POD: True}}],  # ufw's RH0 drop
 ])
 def test_a_drop_testing_what_no_new_pod_connection_passes_is_still_passed_over(
         expr: list[Expr]) -> None:
@@ -295,12 +296,25 @@ def test_only_an_xt_addrtype_testing_a_local_destination_is_read_as_one(
     assert _xt_dst_local(revision, info) is local
 
 
+@pytest.mark.parametrize(("revision", "kind", "flags", "invflags", "rh0"), [
+    (0, 0, 1, 0, True),  # --rt-type 0 (ufw's before6.rules)
+    (0, 2, 1, 0, False),  # --rt-type 2: mobile IPv6's
+    (0, 0, 1, 1, False),  # ! --rt-type 0
+    (0, 0, 0, 0, False),  # no type tested
+    (1, 0, 1, 0, False),  # a revision whose layout k3snet does not read
+])
+def test_only_an_xt_rt_testing_routing_header_type_0_is_read_as_one(
+        revision: int, kind: int, flags: int, invflags: int, rh0: bool) -> None:
+    info = struct.pack("=IIII", kind, 0, 0xFFFFFFFF, 0) + bytes([flags, invflags]) + bytes(262)
+    assert _xt_rh0(revision, info) is rh0
+
+
 def test_an_xt_conntrack_drop_the_kernel_says_tests_invalid_is_passed_over() -> None:
     conntrack: dict[str, Any] = {"xt": {"type": "match", "name": "conntrack"}}
     _, reader = read(fw([[conntrack, DROP]], {}))
     (said,) = warned(reader, PODS)  # the state not known: it may be NEW
     assert "testing xt match conntrack (test k3snet does not model)" in said
-    invalid = {"xt": {**conntrack["xt"], CT_INVALID: True}}
+    invalid = {"xt": {**conntrack["xt"], XT_NO_POD: True}}
     _, reader = read(fw([[invalid, DROP]], {}))
     assert warned(reader, PODS, PODS6) == []
 
@@ -327,9 +341,17 @@ K3S_FORWARD = "\n".join([
     "COMMIT", ""])
 
 
+UFW6_FORWARD = "\n".join([
+    "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+    ":ufw6-before-forward - [0:0]", "-A FORWARD -j ufw6-before-forward",
+    "-A ufw6-before-forward -m rt --rt-type 0 -j DROP",
+    "-A ufw6-before-forward -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    "COMMIT", ""])
+
+
 @pytest.mark.kernel
 @pytest.mark.lab
-def test_kube_proxys_iptables_nft_invalid_and_node_port_drops_are_no_warning(
+def test_kube_proxy_and_ufw_drops_no_new_pod_connection_meets_are_no_warning(
         require_root: None, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     if shutil.which("iptables-nft-restore") is None:
@@ -350,7 +372,13 @@ def test_kube_proxys_iptables_nft_invalid_and_node_port_drops_are_no_warning(
             assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0
             said[state] = any(line.startswith("!! warning: nftables: ip filter chain FORWARD")
                               for line in capsys.readouterr().out.splitlines())
-    assert said == {"INVALID": False, "NEW": True}
+        # ufw's IPv6 forward chain: a drop of routing header type 0, before its accepts
+        run_in(lab.node, ["ip6tables-nft-restore"], input_text=UFW6_FORWARD)
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0
+        said["RH0"] = any(line.startswith("!! warning: nftables: ip6 filter chain FORWARD")
+                          for line in capsys.readouterr().out.splitlines())
+    assert said == {"INVALID": False, "NEW": True, "RH0": False}
 
 
 def test_a_warning_names_no_drop_that_meets_no_new_pod_connection() -> None:

@@ -179,20 +179,16 @@ listing (iptables-nft's ``-j TTL --ttl-set N``, whose value libnftables does not
 its options as ``iptables-save`` writes them (``["--ttl-set", "1"]``; ``--hl-*`` for
 ``HL``), from the kernel's ``ipt_TTL_info`` (``ip6t_HL_info``). Absent: not known."""
 
-CT_INVALID = "k3snet_ct_invalid"
-"""The key :class:`Libnftables` adds, true, to an ``xt`` ``conntrack`` match of a drop's or
-reject's rule in a chain's JSON listing when the kernel's data says it tests the state
-``INVALID`` alone (iptables-nft's ``-m conntrack --ctstate INVALID -j DROP``: kube-proxy's
-``KUBE-FORWARD``, kube-router's pod chains), which libnftables lists as the match's name
-only. Absent: not known (the match may test ``NEW``, which every new pod connection
-passes)."""
-
-DST_LOCAL = "k3snet_dst_local"
-"""The key :class:`Libnftables` adds, true, to an ``xt`` ``addrtype`` match of a drop's or
-reject's rule when the kernel's data says it tests a local destination alone
-(kube-proxy's ``-m addrtype --dst-type LOCAL ... -j REJECT`` of a node port without
-endpoints, in ``KUBE-EXTERNAL-SERVICES``, which ``FORWARD`` jumps to): the address of no
-forwarded packet. Absent: not known."""
+XT_NO_POD = "k3snet_no_pod"
+"""The key :class:`Libnftables` adds, true, to an ``xt`` match of a drop's or reject's rule
+in a chain's JSON listing (libnftables lists a compat match by its name alone) when the
+kernel's data says no packet of a new pod connection, nor of its replies, passes it:
+``-m conntrack --ctstate INVALID`` alone (kube-proxy's ``KUBE-FORWARD``, kube-router's
+pod chains), ``-m addrtype --dst-type LOCAL`` (kube-proxy's reject of a node port
+without endpoints in ``KUBE-EXTERNAL-SERVICES``: the node's own address, no forwarded
+packet's), ``-m rt --rt-type 0`` (ufw's drop of IPv6's deprecated type 0 routing
+header, which no stack sends). Absent: not known (``--ctstate NEW`` is passed by
+every new connection)."""
 
 _XT_ADDRTYPE_LOCAL = 1 << 2  # XT_ADDRTYPE_LOCAL, of xt_addrtype_info's dest
 
@@ -302,9 +298,9 @@ class Libnftables:
         if (any(f'"{name}"' in output for name in _XT_READ)
                 or not named.isdisjoint(_XT_READ)):
             self._xt_data(items)
-        if ('"conntrack"' in output or '"addrtype"' in output
-                or not named.isdisjoint(("conntrack", "addrtype"))):
-            self._xt_invalid(items)
+        if any(f'"{name}"' in output for name in _XT_NO_POD_READ) or not named.isdisjoint(
+                _XT_NO_POD_READ):
+            self._xt_no_pod(items)
         return items
 
     def _devices(self, items: Iterable[dict[str, Any]]) -> None:
@@ -400,9 +396,9 @@ class Libnftables:
         return {handle: [(kind, name) for kind, name, _, _ in compat]
                 for handle, compat in found.items()}
 
-    def _xt_invalid(self, items: Iterable[dict[str, Any]]) -> None:
-        """Mark each iptables-nft ``-m conntrack`` of a drop's or reject's rule that tests
-        the state ``INVALID`` alone, as the kernel holds it (:data:`CT_INVALID`):
+    def _xt_no_pod(self, items: Iterable[dict[str, Any]]) -> None:
+        """Mark each iptables-nft compat match of a drop's or reject's rule that no packet
+        of a new pod connection passes, as the kernel holds it (:data:`XT_NO_POD`):
         libnftables lists only the match's name, so kube-proxy's ``-m conntrack
         --ctstate INVALID -j DROP`` read as a drop of any new connection. One request
         per such rule, a dump of the chain past a few (as :meth:`_xt_data`)."""
@@ -418,8 +414,8 @@ class Libnftables:
                 continue
             for statement in expr:
                 xt = statement.get("xt") if isinstance(statement, dict) else None
-                if isinstance(xt, dict) and xt.get("type") == "match" and xt.get(
-                        "name") in ("conntrack", "addrtype"):
+                if (isinstance(xt, dict) and xt.get("type") == "match"
+                        and xt.get("name") in _XT_NO_POD_READ):
                     try:
                         where = (str(rule["family"]), str(rule["table"]), str(rule["chain"]))
                         wanted.setdefault(where, []).append((int(rule["handle"]), xt))
@@ -435,12 +431,8 @@ class Libnftables:
             for handle, xt in rules:
                 found = [(revision, info) for _, name, revision, info in read.get(handle, [])
                          if name == xt["name"]]
-                if len(found) != 1:
-                    continue
-                if xt["name"] == "conntrack" and _xt_state_invalid(*found[0]):
-                    xt[CT_INVALID] = True
-                elif xt["name"] == "addrtype" and _xt_dst_local(*found[0]):
-                    xt[DST_LOCAL] = True
+                if len(found) == 1 and _XT_NO_POD_READ[xt["name"]](*found[0]):
+                    xt[XT_NO_POD] = True
 
     def _xt_data(self, items: Iterable[dict[str, Any]]) -> None:
         """Give each iptables-nft ``-j CT`` of a chain's listing the flags the kernel holds
@@ -671,6 +663,21 @@ def _xt_dst_local(revision: int, info: bytes) -> bool:
     else:
         return False
     return dest == _XT_ADDRTYPE_LOCAL and not inverted
+
+
+def _xt_rh0(revision: int, info: bytes) -> bool:
+    """Whether an xt ``rt`` match's data (``ip6t_rt``: the type, u32, the segments left
+    and length, then ``flags`` and ``invflags`` at 16 and 17, ``IP6T_RT_TYP`` 1) tests a
+    routing header of type 0, not inverted: deprecated (RFC 5095), sent by no stack."""
+    if revision != 0 or len(info) < 18:
+        return False
+    (kind,) = struct.unpack_from("=I", info)
+    return kind == 0 and bool(info[16] & 1) and not info[17] & 1
+
+
+_XT_NO_POD_READ: dict[str, Callable[[int, bytes], bool]] = {
+    "conntrack": _xt_state_invalid, "addrtype": _xt_dst_local, "rt": _xt_rh0}
+"""The compat matches whose data :meth:`Libnftables.list` reads (:data:`XT_NO_POD`)."""
 
 
 def _snat_to(family: str, revision: int, info: bytes) -> dict[str, Any] | None:

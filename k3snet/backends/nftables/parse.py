@@ -69,11 +69,10 @@ from k3snet._logline import shell_join
 from k3snet.backends.nftables.cache import Cache, Repair, Table
 from k3snet.backends.nftables.kernel import (
     CT_FLAGS,
-    CT_INVALID,
-    DST_LOCAL,
     SLOW_LISTING,
     SNAT_TO,
     TTL_ARGS,
+    XT_NO_POD,
     BoundedLister,
     ListingTimeoutError,
     Lists,
@@ -574,12 +573,10 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
     else:
         out.unknown += 1
         out.unread.append(f"xt {kind} {name}")
-        # iptables-nft's -m conntrack --ctstate INVALID, as the kernel's data says (the
-        # listing names the match only): no new pod connection passes it, as `ct state
-        # invalid` (_never_pods)
-        # (and -m addrtype --dst-type LOCAL: no forwarded packet's destination)
-        out.never_pods += kind == "match" and (body.get(CT_INVALID) is True
-                                               or body.get(DST_LOCAL) is True)
+        # iptables-nft's -m conntrack --ctstate INVALID, -m addrtype --dst-type LOCAL, -m rt
+        # --rt-type 0, as the kernel's data says (the listing names the match only): no
+        # new pod connection passes it, as `ct state invalid` (_never_pods)
+        out.never_pods += kind == "match" and body.get(XT_NO_POD) is True
 
 
 def _snat_to(value: object) -> str | None:
