@@ -15,12 +15,20 @@ one is a test no new pod connection passes (``ct state invalid``, a reverse path
 from __future__ import annotations
 
 import json
+import shutil
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from k3snet.backends.nftables.kernel import (
+    XT_NO_POD,
+    _xt_dst_local,
+    _xt_rh0,
+    _xt_state_invalid,
+)
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.cli import main
 from k3snet.lab import SeedLab
@@ -167,6 +175,11 @@ def test_a_drop_whose_only_tests_k3snet_does_not_model_is_a_warning_naming_them(
     [match("==", {"fib": {"result": "oif", "flags": ["saddr", "mark", "iif"]}}, False)],
     [match("in", {"ct": {"key": "state"}}, "invalid"),
      match("==", {"payload": {"protocol": "tcp", "field": "dport"}}, 5432)],
+    # kube-proxy's reject of a node port without endpoints: the node's own address
+    [match("==", {"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
+     match("==", {"payload": {"protocol": "tcp", "field": "dport"}}, 30080)],
+    [{"xt": {"type": "match", "name": "addrtype", XT_NO_POD: True}}],
+    [{"xt": {"type": "match", "name": "rt", XT_NO_POD: True}}],  # ufw's RH0 drop
 ])
 def test_a_drop_testing_what_no_new_pod_connection_passes_is_still_passed_over(
         expr: list[Expr]) -> None:
@@ -244,3 +257,138 @@ def test_named_sets_and_unmodelled_drops_are_said_exactly_where_the_kernel_drops
             assert code in (0, 4), (case, out)
             seen[case] = (dropped, code if code or not warning else "warning")
     assert seen == {case: (dropped, said) for case, (_, _, dropped, said) in CASES.items()}
+
+
+def _conntrack_info(revision: int, state: int, *, flags: int = 1, invert: int = 0) -> bytes:
+    """An xt ``conntrack`` match's data as the kernel holds it (xt_conntrack_mtinfo1-3)."""
+    head = bytes(146) + struct.pack("=HH", flags, invert)
+    tail = bytes([state, 0]) if revision == 1 else struct.pack("=HH", state, 0)
+    return head + tail + bytes(16 if revision == 3 else 0)
+
+
+@pytest.mark.parametrize(("revision", "state", "flags", "invert", "invalid"), [
+    (3, 1, 1, 0, True),  # --ctstate INVALID (iptables-nft 1.8's revision)
+    (1, 1, 1, 0, True),
+    (2, 1, 1, 0, True),
+    (3, 8, 1, 0, False),  # NEW: every new pod connection passes it
+    (3, 1 | 8, 1, 0, False),  # INVALID,NEW
+    (3, 1, 1, 1, False),  # ! --ctstate INVALID
+    (3, 1, 0, 0, False),  # no state test at all
+    (0, 1, 1, 0, False),  # a revision whose layout k3snet does not read
+])
+def test_only_an_xt_conntrack_testing_invalid_alone_is_read_as_invalid(
+        revision: int, state: int, flags: int, invert: int, invalid: bool) -> None:
+    info = _conntrack_info(revision, state, flags=flags, invert=invert)
+    assert _xt_state_invalid(revision, info) is invalid
+
+
+@pytest.mark.parametrize(("revision", "info", "local"), [
+    (1, struct.pack("=HHI", 0, 1 << 2, 0), True),  # --dst-type LOCAL (kube-proxy's)
+    (1, struct.pack("=HHI", 1 << 2, 1 << 2, 0), True),  # and a local source too
+    (1, struct.pack("=HHI", 0, 1 << 2, 2), False),  # ! --dst-type LOCAL
+    (1, struct.pack("=HHI", 0, 1 << 1, 0), False),  # --dst-type UNICAST
+    (1, struct.pack("=HHI", 1 << 2, 0, 0), False),  # --src-type LOCAL: the node's own
+    (0, struct.pack("=HHII", 0, 1 << 2, 0, 0), True),
+    (0, struct.pack("=HHII", 0, 1 << 2, 0, 1), False),
+])
+def test_only_an_xt_addrtype_testing_a_local_destination_is_read_as_one(
+        revision: int, info: bytes, local: bool) -> None:
+    assert _xt_dst_local(revision, info) is local
+
+
+@pytest.mark.parametrize(("revision", "kind", "flags", "invflags", "rh0"), [
+    (0, 0, 1, 0, True),  # --rt-type 0 (ufw's before6.rules)
+    (0, 2, 1, 0, False),  # --rt-type 2: mobile IPv6's
+    (0, 0, 1, 1, False),  # ! --rt-type 0
+    (0, 0, 0, 0, False),  # no type tested
+    (1, 0, 1, 0, False),  # a revision whose layout k3snet does not read
+])
+def test_only_an_xt_rt_testing_routing_header_type_0_is_read_as_one(
+        revision: int, kind: int, flags: int, invflags: int, rh0: bool) -> None:
+    info = struct.pack("=IIII", kind, 0, 0xFFFFFFFF, 0) + bytes([flags, invflags]) + bytes(262)
+    assert _xt_rh0(revision, info) is rh0
+
+
+def test_an_xt_conntrack_drop_the_kernel_says_tests_invalid_is_passed_over() -> None:
+    conntrack: dict[str, Any] = {"xt": {"type": "match", "name": "conntrack"}}
+    _, reader = read(fw([[conntrack, DROP]], {}))
+    (said,) = warned(reader, PODS)  # the state not known: it may be NEW
+    assert "testing xt match conntrack (test k3snet does not model)" in said
+    invalid = {"xt": {**conntrack["xt"], XT_NO_POD: True}}
+    _, reader = read(fw([[invalid, DROP]], {}))
+    assert warned(reader, PODS, PODS6) == []
+
+
+# kube-proxy's iptables mode and flannel on a K3s node, through iptables-nft (FORWARD's
+# policy accept): iptables-nft writes `--ctstate INVALID` and `--dst-type LOCAL` as
+# compat matches, which libnftables lists by their names only.
+K3S_FORWARD = "\n".join([
+    "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+    ":KUBE-FORWARD - [0:0]", ":FLANNEL-FWD - [0:0]", ":KUBE-EXTERNAL-SERVICES - [0:0]",
+    "-A FORWARD -m conntrack --ctstate NEW -j KUBE-EXTERNAL-SERVICES",
+    '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
+    '-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD',
+    "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+    # a node port without endpoints
+    '-A KUBE-EXTERNAL-SERVICES -p tcp -m comment --comment "default/web:http has no '
+    'endpoints" -m addrtype --dst-type LOCAL -m tcp --dport 30080 -j REJECT',
+    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
+    "-m mark --mark 0x4000/0x4000 -j ACCEPT",
+    '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" '
+    "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    '-A FLANNEL-FWD -s 10.42.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
+    '-A FLANNEL-FWD -d 10.42.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT',
+    "COMMIT", ""])
+
+
+UFW6_FORWARD = "\n".join([
+    "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+    ":ufw6-before-forward - [0:0]", "-A FORWARD -j ufw6-before-forward",
+    "-A ufw6-before-forward -m rt --rt-type 0 -j DROP",
+    "-A ufw6-before-forward -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    "COMMIT", ""])
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_kube_proxy_and_ufw_drops_no_new_pod_connection_meets_are_no_warning(
+        require_root: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    if shutil.which("iptables-nft-restore") is None:
+        pytest.skip("iptables-nft-restore is not installed")
+    said: dict[str, bool] = {}
+    with SeedLab.create() as lab:
+        monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
+        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        for state in ("INVALID", "NEW"):
+            run_in(lab.node, ["iptables-nft-restore"],
+                   input_text=K3S_FORWARD.replace("--ctstate INVALID", f"--ctstate {state}"))
+            listed = json.loads(run_in(lab.node, ["nft", "-j", "list", "chain", "ip",
+                                                  "filter", "KUBE-FORWARD"]).stdout)
+            (first, *_) = [o["rule"] for o in listed["nftables"] if "rule" in o]
+            # The kernel's view: a compat match libnftables names, no more.
+            assert {"xt": {"type": "match", "name": "conntrack"}} in first["expr"]
+            capsys.readouterr()
+            assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0
+            said[state] = any(line.startswith("!! warning: nftables: ip filter chain FORWARD")
+                              for line in capsys.readouterr().out.splitlines())
+        # ufw's IPv6 forward chain: a drop of routing header type 0, before its accepts
+        run_in(lab.node, ["ip6tables-nft-restore"], input_text=UFW6_FORWARD)
+        capsys.readouterr()
+        assert main(["plan", "-f", str(SEED), "--netns", lab.node]) == 0
+        said["RH0"] = any(line.startswith("!! warning: nftables: ip6 filter chain FORWARD")
+                          for line in capsys.readouterr().out.splitlines())
+    assert said == {"INVALID": False, "NEW": True, "RH0": False}
+
+
+def test_a_warning_names_no_drop_that_meets_no_new_pod_connection() -> None:
+    # kube-proxy's `KUBE-FORWARD` INVALID drop beside another chain's port drop: the
+    # warning (of the port) named the INVALID drop too, as "a rule that may drop any
+    # address", in the base chain and in a chain it jumps to.
+    invalid = match("in", {"ct": {"key": "state"}}, "invalid")
+    port = match("==", {"payload": {"protocol": "tcp", "field": "dport"}}, 5432)
+    _, reader = read(fw([[invalid, DROP], [jump("below")]], {},
+                        below=[[invalid, DROP], [port, DROP]]))
+    (said,) = warned(reader, PODS)
+    assert said == ("a rule that may drop any address, testing tcp dport (test k3snet does "
+                    "not model) (handle 3 of chain below)")

@@ -179,6 +179,22 @@ listing (iptables-nft's ``-j TTL --ttl-set N``, whose value libnftables does not
 its options as ``iptables-save`` writes them (``["--ttl-set", "1"]``; ``--hl-*`` for
 ``HL``), from the kernel's ``ipt_TTL_info`` (``ip6t_HL_info``). Absent: not known."""
 
+XT_NO_POD = "k3snet_no_pod"
+"""The key :class:`Libnftables` adds, true, to an ``xt`` match of a drop's or reject's rule
+in a chain's JSON listing (libnftables lists a compat match by its name alone) when the
+kernel's data says no packet of a new pod connection, nor of its replies, passes it:
+``-m conntrack --ctstate INVALID`` alone (kube-proxy's ``KUBE-FORWARD``, kube-router's
+pod chains), ``-m addrtype --dst-type LOCAL`` (kube-proxy's reject of a node port
+without endpoints in ``KUBE-EXTERNAL-SERVICES``: the node's own address, no forwarded
+packet's), ``-m rt --rt-type 0`` (ufw's drop of IPv6's deprecated type 0 routing
+header, which no stack sends). Absent: not known (``--ctstate NEW`` is passed by
+every new connection)."""
+
+_XT_ADDRTYPE_LOCAL = 1 << 2  # XT_ADDRTYPE_LOCAL, of xt_addrtype_info's dest
+
+_XT_STATE = 1  # XT_CONNTRACK_STATE, a bit of xt_conntrack_mtinfo's match_flags
+_XT_STATE_INVALID = 1  # XT_CONNTRACK_STATE_INVALID, of its state_mask
+
 _TTL_MODES = ("set", "inc", "dec")  # IPT_TTL_SET, _INC, _DEC (IP6T_HL_* alike)
 
 # nf_nat_range's flags (NF_NAT_RANGE_*): what an SNAT to one address may carry.
@@ -282,6 +298,9 @@ class Libnftables:
         if (any(f'"{name}"' in output for name in _XT_READ)
                 or not named.isdisjoint(_XT_READ)):
             self._xt_data(items)
+        if any(f'"{name}"' in output for name in _XT_NO_POD_READ) or not named.isdisjoint(
+                _XT_NO_POD_READ):
+            self._xt_no_pod(items)
         return items
 
     def _devices(self, items: Iterable[dict[str, Any]]) -> None:
@@ -376,6 +395,44 @@ class Libnftables:
         found = self._generation.xt_expressions(family, table, chain, handles)
         return {handle: [(kind, name) for kind, name, _, _ in compat]
                 for handle, compat in found.items()}
+
+    def _xt_no_pod(self, items: Iterable[dict[str, Any]]) -> None:
+        """Mark each iptables-nft compat match of a drop's or reject's rule that no packet
+        of a new pod connection passes, as the kernel holds it (:data:`XT_NO_POD`):
+        libnftables lists only the match's name, so kube-proxy's ``-m conntrack
+        --ctstate INVALID -j DROP`` read as a drop of any new connection. One request
+        per such rule, a dump of the chain past a few (as :meth:`_xt_data`)."""
+        wanted: dict[tuple[str, str, str], list[tuple[int, dict[str, Any]]]] = {}
+        for item in items:
+            rule = item.get("rule")
+            if not isinstance(rule, dict):
+                continue
+            expr = rule.get("expr")
+            if not isinstance(expr, list) or not any(
+                    isinstance(s, dict) and ("drop" in s or "reject" in s or s.get("xt") == {
+                        "type": "target", "name": "REJECT"}) for s in expr):
+                continue
+            for statement in expr:
+                xt = statement.get("xt") if isinstance(statement, dict) else None
+                if (isinstance(xt, dict) and xt.get("type") == "match"
+                        and xt.get("name") in _XT_NO_POD_READ):
+                    try:
+                        where = (str(rule["family"]), str(rule["table"]), str(rule["chain"]))
+                        wanted.setdefault(where, []).append((int(rule["handle"]), xt))
+                    except (KeyError, TypeError, ValueError):
+                        continue  # not read: a test k3snet does not model
+        for where, rules in wanted.items():
+            try:
+                self.calls += 1
+                read = self._generation.xt_expressions(
+                    *where, {handle for handle, _ in rules}, kinds=("match",))
+            except (BackendError, KeyError):
+                continue
+            for handle, xt in rules:
+                found = [(revision, info) for _, name, revision, info in read.get(handle, [])
+                         if name == xt["name"]]
+                if len(found) == 1 and _XT_NO_POD_READ[xt["name"]](*found[0]):
+                    xt[XT_NO_POD] = True
 
     def _xt_data(self, items: Iterable[dict[str, Any]]) -> None:
         """Give each iptables-nft ``-j CT`` of a chain's listing the flags the kernel holds
@@ -576,6 +633,51 @@ def _xt_decoded(name: str, family: str, revision: int, info: bytes) -> dict[str,
         # ipt_TTL_info / ip6t_HL_info: {u8 mode; u8 value}
         return {TTL_ARGS: [f"--{name.lower()}-{_TTL_MODES[info[0]]}", str(info[1])]}
     return {}
+
+
+def _xt_state_invalid(revision: int, info: bytes) -> bool:
+    """Whether an xt ``conntrack`` match's data (``xt_conntrack_mtinfo1`` to ``3``: eight
+    ``nf_inet_addr``, the expiry bounds, the protocol and ports, then ``match_flags``
+    and ``invert_flags`` at 146 and 148, ``state_mask`` at 150, a byte in revision 1, a
+    host-order u16 after) tests the state ``INVALID`` alone, not inverted: a packet
+    conntrack cannot place, never one of a new connection nor of its replies."""
+    if revision not in (1, 2, 3) or len(info) < 152:
+        return False
+    flags, invert = struct.unpack_from("=HH", info, 146)
+    state = info[150] if revision == 1 else struct.unpack_from("=H", info, 150)[0]
+    return bool(flags & _XT_STATE) and not invert & _XT_STATE and state == _XT_STATE_INVALID
+
+
+def _xt_dst_local(revision: int, info: bytes) -> bool:
+    """Whether an xt ``addrtype`` match's data (``xt_addrtype_info``, revision 0: the
+    source and destination types, u16 each, then an inversion u32 for each;
+    ``xt_addrtype_info_v1``, revision 1: the types, then flags, ``XT_ADDRTYPE_INVERT_*``
+    1 and 2) tests that the destination is local, not inverted, whatever else it tests:
+    a packet the node routes to itself, never a forwarded one."""
+    if revision == 0 and len(info) >= 12:
+        _, dest, _, invert = struct.unpack_from("=HHII", info)
+        inverted = bool(invert)
+    elif revision == 1 and len(info) >= 8:
+        _, dest, flags = struct.unpack_from("=HHI", info)
+        inverted = bool(flags & 2)
+    else:
+        return False
+    return dest == _XT_ADDRTYPE_LOCAL and not inverted
+
+
+def _xt_rh0(revision: int, info: bytes) -> bool:
+    """Whether an xt ``rt`` match's data (``ip6t_rt``: the type, u32, the segments left
+    and length, then ``flags`` and ``invflags`` at 16 and 17, ``IP6T_RT_TYP`` 1) tests a
+    routing header of type 0, not inverted: deprecated (RFC 5095), sent by no stack."""
+    if revision != 0 or len(info) < 18:
+        return False
+    (kind,) = struct.unpack_from("=I", info)
+    return kind == 0 and bool(info[16] & 1) and not info[17] & 1
+
+
+_XT_NO_POD_READ: dict[str, Callable[[int, bytes], bool]] = {
+    "conntrack": _xt_state_invalid, "addrtype": _xt_dst_local, "rt": _xt_rh0}
+"""The compat matches whose data :meth:`Libnftables.list` reads (:data:`XT_NO_POD`)."""
 
 
 def _snat_to(family: str, revision: int, info: bytes) -> dict[str, Any] | None:

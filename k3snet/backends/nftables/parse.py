@@ -72,6 +72,7 @@ from k3snet.backends.nftables.kernel import (
     SLOW_LISTING,
     SNAT_TO,
     TTL_ARGS,
+    XT_NO_POD,
     BoundedLister,
     ListingTimeoutError,
     Lists,
@@ -394,7 +395,8 @@ def _never_pods(op: str, left: Any, right: Any) -> bool:
     """Whether no packet of a new pod connection, nor of its replies, passes the test
     ``left op right``: ``ct state invalid`` (conntrack's packets it cannot place), or a
     reverse path filter's ``fib saddr . iif oif missing`` (firewalld's: a pod's source is
-    routed back by the device it came in by). A drop testing one is no default for them."""
+    routed back by the device it came in by), ``fib daddr type local`` (an address of
+    the node: no forwarded packet's). A drop testing one is no default for them."""
     if op not in ("==", "in") or not isinstance(left, dict):
         return False
     ct, fib = left.get("ct"), left.get("fib")
@@ -403,6 +405,9 @@ def _never_pods(op: str, left: Any, right: Any) -> bool:
         states = {states} if isinstance(states, str) else {
             v for v in states if isinstance(v, str)} if isinstance(states, list) else set()
         return states == {"invalid"}
+    if isinstance(fib, dict) and fib.get("result") == "type" and fib.get("flags") in (
+            "daddr", ["daddr"]):  # `fib daddr type local`: the node's, never forwarded
+        return right == "local" or (isinstance(right, dict) and right.get("set") == ["local"])
     return isinstance(fib, dict) and fib.get("result") == "oif" and right is False
 
 
@@ -568,6 +573,10 @@ def _parse_xt(body: dict[str, Any], out: Match) -> None:
     else:
         out.unknown += 1
         out.unread.append(f"xt {kind} {name}")
+        # iptables-nft's -m conntrack --ctstate INVALID, -m addrtype --dst-type LOCAL, -m rt
+        # --rt-type 0, as the kernel's data says (the listing names the match only): no
+        # new pod connection passes it, as `ct state invalid` (_never_pods)
+        out.never_pods += kind == "match" and body.get(XT_NO_POD) is True
 
 
 def _snat_to(value: object) -> str | None:
@@ -1515,7 +1524,9 @@ class ForeignReader:
                 for expr in (one for whole in (() if named is None else _vmap_expanded(named))
                              for one in _set_expanded(whole)):
                     match = parse_rule(expr)
-                    if match.verdict in _STOPS and not any(
+                    if match.verdict in _STOPS and _never_new_pods(match):
+                        pass  # `ct state invalid drop`: no default of theirs, not named one
+                    elif match.verdict in _STOPS and not any(
                             not neg for _, neg in match.saddr + match.daddr):
                         # What it tests (an interface, a negated address, what k3snet
                         # does not model, named): the address it drops is any that passes.
