@@ -92,3 +92,25 @@ def test_a_spec_s_gateway_with_white_space_after_its_zone_is_refused_at_its_path
     [problem] = caught.value.problems
     assert problem.path == "destinations[0].gateway"
     assert "interface name 'eth0\\n' is not valid" in problem.message
+
+
+@pytest.mark.parametrize("text", ["fe80::1%2", "fe80::1%02", ipaddress.IPv6Address("fe80::1%7")])
+def test_a_numeric_zone_an_interface_index_is_refused_never_read_as_a_device_name(
+        text: str | ipaddress.IPv6Address) -> None:
+    # RFC 4007's numeric zone is an interface index (`ping fe80::1%2`): read as the name
+    # of a device `2`, it named some other device or none; an index changes when the
+    # device is recreated, so the model takes no index (a device named `2` is still one).
+    with pytest.raises(ModelError, match="interface index"):
+        parse_address(text)
+    with pytest.raises(ModelError, match="interface index"):
+        Route.from_dict({"destination": "fd01:2::/64", "gateway": str(text)})  # a plan file's
+    assert Route("fd01:2::/64", gateway="fe80::1", device="2").device == "2"
+
+
+def test_a_spec_s_numeric_zone_is_refused_at_its_path() -> None:
+    with pytest.raises(SpecError) as caught:
+        Spec.from_dict({"cluster": {"podCIDRs": ["fd42::/56"]},
+                        "destinations": [{"cidr": "fd01:2::/64", "gateway": "fe80::1%2"}]})
+    [problem] = caught.value.problems
+    assert problem.path == "destinations[0].gateway"
+    assert "interface index" in problem.message
