@@ -114,3 +114,20 @@ def test_a_spec_s_numeric_zone_is_refused_at_its_path() -> None:
     [problem] = caught.value.problems
     assert problem.path == "destinations[0].gateway"
     assert "interface index" in problem.message
+
+
+def test_a_spec_s_gateway_zone_naming_another_device_than_its_device_is_refused_at_its_path(
+        ) -> None:
+    # Taken by the spec, it failed compile with the route model's error, at no path
+    # (`k3snet validate`: "error: route fd01::/64: ...").
+    with pytest.raises(SpecError) as caught:
+        Spec.from_dict({"cluster": {"podCIDRs": ["fd42::/56"]},
+                        "destinations": [{"cidr": "fd01:2::/64", "gateway": "fe80::1%eth0",
+                                          "device": "eth1"}]})
+    [problem] = caught.value.problems
+    assert problem.path == "destinations[0].gateway"
+    assert "names interface eth0, but the device is eth1" in problem.message
+    same = Spec.from_dict({"cluster": {"podCIDRs": ["fd42::/56"]},
+                           "destinations": [{"cidr": "fd01:2::/64", "gateway": "fe80::1%eth0",
+                                             "device": "eth0"}]})
+    assert same.destinations[0].device == "eth0"
