@@ -391,7 +391,7 @@ def _owner_of(address: Address, device: str | None, facts: NodeFacts) -> str | N
     names: Iterable[str] = sorted(facts.interfaces)
     if isinstance(address, ipaddress.IPv6Address) and address.is_link_local:
         link = device or address.scope_id
-        names = [link] if link in facts.interfaces else []
+        names = [link] if link is not None and link in facts.interfaces else []
     return next((name for name in names
                  if any(i.version == address.version and int(i.ip) == value
                         for i in facts.interfaces[name])), None)
