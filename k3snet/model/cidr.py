@@ -208,6 +208,13 @@ def _check_zone_name(zone: str, shown: str) -> None:
     except ModelError as exc:
         raise ModelError(f"the zone id of {_shown(shown)} must be an interface "
                          f"name: {exc}") from exc
+    if zone.isascii() and zone.isdigit():
+        # RFC 4007's numeric zone is an interface index (`ping fe80::1%2`): read as a
+        # device named `2` it named another device or none, and an index changes when
+        # the device is recreated.
+        raise ModelError(f"the zone id of {_shown(shown)} is a number, an interface index: "
+                         "k3snet takes the interface's name (fe80::1%eth0), or give it as "
+                         "the device (a device named by digits alone too)")
 
 
 _LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")

@@ -105,6 +105,10 @@ def next_hop_problem(gateway: Address, device: str | None) -> str | None:
     if isinstance(gateway, ipaddress.IPv6Address) and gateway.ipv4_mapped is not None:
         return (f"gateway {address_text(gateway)} is an IPv4-mapped address, which the kernel "
                 "refuses as a next hop; an IPv6 route needs an IPv6 gateway")
+    if (device is not None and isinstance(gateway, ipaddress.IPv6Address)
+            and gateway.scope_id is not None and gateway.scope_id != device):
+        return (f"gateway {address_text(gateway)} names interface {gateway.scope_id}, but the "
+                f"device is {device}; give the link once")
     if (device is None and isinstance(gateway, ipaddress.IPv6Address) and gateway.is_link_local
             and gateway.scope_id is None):
         shown = address_text(gateway)

@@ -361,7 +361,7 @@ def _fact_problems(spec: Spec, facts: NodeFacts, hold: frozenset[int] = frozense
 
 def _gateway_problem(gateway: Address, device: str | None, facts: NodeFacts) -> str | None:
     """Why ``gateway`` (through ``device``) cannot be used on the node of ``facts``."""
-    owner = _owner_of(gateway, facts)
+    owner = _owner_of(gateway, device, facts)
     if owner is not None:
         # The kernel takes an IPv4 route via the node's own address and ignores the
         # gateway (`ip route get` shows no `via`: it asks the link for each destination
@@ -382,10 +382,17 @@ def _gateway_problem(gateway: Address, device: str | None, facts: NodeFacts) -> 
     return None
 
 
-def _owner_of(address: Address, facts: NodeFacts) -> str | None:
-    """The interface of ``facts`` that has ``address`` as its own (the first by name)."""
+def _owner_of(address: Address, device: str | None, facts: NodeFacts) -> str | None:
+    """The interface of ``facts`` that has ``address`` as its own (the first by name):
+    a link-local IPv6 one only on the route's ``device`` (or its zone), as the kernel
+    judges it (``via fe80::1 dev eth1`` is taken with ``fe80::1`` on ``eth0``: the
+    router on eth1's link may have that address too)."""
     value = int(address)
-    return next((name for name in sorted(facts.interfaces)
+    names: Iterable[str] = sorted(facts.interfaces)
+    if isinstance(address, ipaddress.IPv6Address) and address.is_link_local:
+        link = device or address.scope_id
+        names = [link] if link is not None and link in facts.interfaces else []
+    return next((name for name in names
                  if any(i.version == address.version and int(i.ip) == value
                         for i in facts.interfaces[name])), None)
 

@@ -92,3 +92,42 @@ def test_a_spec_s_gateway_with_white_space_after_its_zone_is_refused_at_its_path
     [problem] = caught.value.problems
     assert problem.path == "destinations[0].gateway"
     assert "interface name 'eth0\\n' is not valid" in problem.message
+
+
+@pytest.mark.parametrize("text", ["fe80::1%2", "fe80::1%02", ipaddress.IPv6Address("fe80::1%7")])
+def test_a_numeric_zone_an_interface_index_is_refused_never_read_as_a_device_name(
+        text: str | ipaddress.IPv6Address) -> None:
+    # RFC 4007's numeric zone is an interface index (`ping fe80::1%2`): read as the name
+    # of a device `2`, it named some other device or none; an index changes when the
+    # device is recreated, so the model takes no index (a device named `2` is still one).
+    with pytest.raises(ModelError, match="interface index"):
+        parse_address(text)
+    with pytest.raises(ModelError, match="interface index"):
+        Route.from_dict({"destination": "fd01:2::/64", "gateway": str(text)})  # a plan file's
+    assert Route("fd01:2::/64", gateway="fe80::1", device="2").device == "2"
+
+
+def test_a_spec_s_numeric_zone_is_refused_at_its_path() -> None:
+    with pytest.raises(SpecError) as caught:
+        Spec.from_dict({"cluster": {"podCIDRs": ["fd42::/56"]},
+                        "destinations": [{"cidr": "fd01:2::/64", "gateway": "fe80::1%2"}]})
+    [problem] = caught.value.problems
+    assert problem.path == "destinations[0].gateway"
+    assert "interface index" in problem.message
+
+
+def test_a_spec_s_gateway_zone_naming_another_device_than_its_device_is_refused_at_its_path(
+        ) -> None:
+    # Taken by the spec, it failed compile with the route model's error, at no path
+    # (`k3snet validate`: "error: route fd01::/64: ...").
+    with pytest.raises(SpecError) as caught:
+        Spec.from_dict({"cluster": {"podCIDRs": ["fd42::/56"]},
+                        "destinations": [{"cidr": "fd01:2::/64", "gateway": "fe80::1%eth0",
+                                          "device": "eth1"}]})
+    [problem] = caught.value.problems
+    assert problem.path == "destinations[0].gateway"
+    assert "names interface eth0, but the device is eth1" in problem.message
+    same = Spec.from_dict({"cluster": {"podCIDRs": ["fd42::/56"]},
+                           "destinations": [{"cidr": "fd01:2::/64", "gateway": "fe80::1%eth0",
+                                             "device": "eth0"}]})
+    assert same.destinations[0].device == "eth0"

@@ -109,3 +109,28 @@ def test_without_the_node_facts_the_dry_run_refuses_such_an_ipv4_gateway_too(
     assert "gateway 192.168.1.5 is a local address (the kernel takes such an IPv4 route " \
            "but ignores the gateway" in problems[0]
     assert "192.168.2.0/24" in problems[0]
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_link_local_gateway_is_a_local_address_only_on_the_route_s_device(
+        ns: str, tmp_path: Path, driver: Driver) -> None:
+    # The kernel judges a link-local gateway by the route's device alone: with fe80::1 on
+    # eth0, `via fe80::1 dev eth0p` is taken (the router on that link may have it too),
+    # `via fe80::1 dev eth0` refused.
+    if driver == "pyroute2":
+        pytest.importorskip("pyroute2")
+    _ip(ns, "-6", "addr", "add", "fe80::1/64", "dev", "eth0", "nodad")
+    refused = run_in(ns, ["ip", "-6", "route", "add", "fd01:3::/64", "via", "fe80::1",
+                          "dev", "eth0"], check=False)
+    assert "local address" in refused.stderr
+    with NetlinkBackend(ns, state_dir=tmp_path, driver=driver) as backend:
+        wanted = State(owned=[Route("fd01:2::/64", gateway="fe80::1", device="eth0p"),
+                              Route("fd01:3::/64", gateway="fe80::1", device="eth0")])
+        problems = backend.check(plan(backend.observe(), wanted))
+        assert len(problems) == 1, problems
+        assert "fd01:3::/64" in problems[0]
+        assert "gateway fe80::1 is a local address" in problems[0]
+        kept = State(owned=[Route("fd01:2::/64", gateway="fe80::1", device="eth0p")])
+        backend.apply(plan(backend.observe(), kept))
+    [taken] = json.loads(_ip(ns, "-6", "-j", "route", "show", "proto", "211"))
+    assert (taken["dst"], taken["gateway"], taken["dev"]) == ("fd01:2::/64", "fe80::1", "eth0p")

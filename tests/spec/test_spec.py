@@ -133,6 +133,28 @@ def test_a_gateway_that_is_the_node_s_own_address_is_a_fact_problem_the_agent_ho
                    and str(o.gateway).endswith("5") for o in held)
 
 
+@pytest.mark.parametrize("gateway", [{"gateway": "fe80::1", "device": "eth1"},
+                                     {"gateway": "fe80::1%eth1"}])
+def test_a_link_local_gateway_is_the_node_s_own_only_on_the_route_s_device(
+        gateway: dict[str, str]) -> None:
+    # The kernel checks a link-local gateway against the route's device alone
+    # (`via fe80::1 dev eth1` is taken with fe80::1 on eth0: the router on eth1's link
+    # may use it too), a global one against every device.
+    facts = NodeFacts(interfaces={"eth0": ["192.168.1.5/24", "fe80::1/64"],
+                                  "eth1": ["192.168.9.5/24", "fe80::2/64"]}, hostname="n1")
+    spec = Spec.from_dict({"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+                           "destinations": [{"cidr": "2001:db8::/64", **gateway}]})
+    assert any(isinstance(o, Route) and o.gateway is not None and str(o.gateway) == "fe80::1"
+               for o in compile_spec(spec, facts).owned)
+    own = Spec.from_dict({"cluster": {"podCIDRs": ["10.42.0.0/16", "fd42::/56"]},
+                          "destinations": [{"cidr": "2001:db8::/64", "gateway": "fe80::2",
+                                            "device": "eth1"}]})
+    with pytest.raises(SpecError) as info:
+        compile_spec(own, facts)
+    assert [p.message.split(",")[0] for p in info.value.problems] == [
+        "gateway fe80::2 is an address of n1 itself (on eth1)"]
+
+
 def test_a_gateway_in_a_routed_prefix_is_reachable() -> None:
     facts = NodeFacts(interfaces={"eth0": ["192.168.1.5/24"]}, routes=["172.16.0.0/12"])
     spec = Spec.from_dict({"destinations": [{"cidr": "192.168.2.0/24", "gateway": "172.16.0.1"}]})

@@ -2200,7 +2200,10 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
     gateway = route.gateway
     if gateway is None:
         return problems
-    if gateway.version == 6 and gateway in lookup.local:
+    if gateway.version == 6 and (route.device in lookup.local.get(gateway, ())
+                                 if gateway.is_link_local else gateway in lookup.local):
+        # A link-local one is judged on the route's device alone: `via fe80::1 dev eth1`
+        # is taken with fe80::1 on eth0 (the router on eth1's link may have it too).
         problems.append(f"{change}: gateway {gateway} is a local address")
     elif gateway.version == 6 and gateway.is_link_local:
         pass  # on every link; Route itself refuses one without a device
