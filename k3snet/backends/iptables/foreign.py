@@ -73,6 +73,7 @@ from k3snet.render.iptables.rules import (
     RuleFields,
     format_line,
     parse_rule,
+    rule_verb,
     tokenize,
     ttl_expires,
 )
@@ -251,7 +252,7 @@ def _ours(chain: str, ours: Container[str] | None) -> bool:
 
 def _conditions(tokens: Line) -> list[str]:
     """The matches of a rule: everything before its target, comments left out."""
-    conditions = list(tokens[: _verb(tokens)[1]])
+    conditions = list(tokens[: rule_verb(tokens)[1]])
     while "comment" in conditions:  # a comment never restricts anything
         at = conditions.index("comment") - 1
         del conditions[at: at + 4]
@@ -280,24 +281,13 @@ def _cuts(target: str | None, tokens: Line) -> bool:
     return "!" in conditions and not positive_address
 
 
-def _verb(tokens: Line) -> tuple[str | None, int]:
-    """A rule's target flag (``-j``, ``-g``; ``None``: none) and where it is (its length:
-    none), a comment's text left out: both flavours of iptables-save print ``--comment
-    "-j"`` as ``--comment -j`` (a word of a comment's is no flag of the rule's)."""
-    for flag in ("-j", "-g"):
-        for index, token in enumerate(tokens):
-            if token == flag and not (index > 0 and tokens[index - 1] == "--comment"):
-                return flag, index
-    return None, len(tokens)
-
-
 def _goes(tokens: Line) -> bool:
     """The rule goes to its chain (``-g``): its end does not come back."""
-    return _verb(tokens)[0] == "-g"
+    return rule_verb(tokens)[0] == "-g"
 
 
 def _target(tokens: Line) -> str | None:
-    flag, index = _verb(tokens)
+    flag, index = rule_verb(tokens)
     if flag is not None and index + 1 < len(tokens):
         return tokens[index + 1]
     return None
@@ -923,7 +913,7 @@ class _ForwardWalk(_Walk):
             if leaves:  # to FORWARD's policy
                 self.block(chain, tokens, target, outers)
             return _BACK if every else _ON
-        if target in XT_TTL and ttl_expires(tokens[_verb(tokens)[1] + 2:]):
+        if target in XT_TTL and ttl_expires(tokens[rule_verb(tokens)[1] + 2:]):
             # The packet goes on with a TTL of 1 or less: dropped by this node's
             # forwarding (PREROUTING) or by the next router (after it), both ways.
             self.block(chain, tokens, "DROP", outers)

@@ -101,6 +101,7 @@ __all__ = [
     "remember",
     "render_new",
     "render_unit",
+    "rule_verb",
     "save_lines",
     "table_image",
     "table_of",
@@ -205,16 +206,26 @@ def hook_position(rules: Sequence[Line]) -> int:
 
 
 def _is_catch_all_deny(line: Line) -> bool:
-    if "-j" not in line:
-        return False
-    at = line.index("-j")
-    if at + 1 >= len(line) or line[at + 1] not in _DENY:
+    flag, at = rule_verb(line)
+    if flag != "-j" or at + 1 >= len(line) or line[at + 1] not in _DENY:
         return False
     matches = list(line[:at])
     while "comment" in matches:  # a comment never restricts anything
         index = matches.index("comment") - 1
         del matches[index: index + 4]
     return not matches
+
+
+def rule_verb(line: Line) -> tuple[str | None, int]:
+    """A rule's target flag (``-j``, ``-g``; ``None``: none) and where it is (the rule's
+    length: none), a comment's text left out: both flavours of iptables-save print
+    ``--comment "-j"`` as ``--comment -j`` (a word of a comment's is no flag of the
+    rule's)."""
+    for flag in ("-j", "-g"):
+        for index, token in enumerate(line):
+            if token == flag and not (index > 0 and line[index - 1] == "--comment"):
+                return flag, index
+    return None, len(line)
 
 
 def _jump_line(chain: str) -> Line:
