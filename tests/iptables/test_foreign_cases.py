@@ -612,6 +612,24 @@ JUMP_CASES: dict[str, tuple[str, set[NetObject]]] = {
     "a jump commented -g comes back": (
         "-A FORWARD -m comment --comment -g -j A\n-A A -s 10.99.0.0/16 -j ACCEPT\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", {ForwardRule(POD, B)}),
+    # A return some packets of the pods' skip (another way in, a set mark) leaves them
+    # to the rest of its chain: a drop there is theirs, not skipped with the return.
+    "a drop after a return of other ways in hides what follows the jump": (
+        "-A FORWARD -j A\n-A A ! -i cni0 -j RETURN\n-A A -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    "a drop after a return of marked packets hides what follows the jump": (
+        "-A FORWARD -j A\n-A A -m mark ! --mark 0x0/0x1 -j RETURN\n-A A -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    "a drop after a return of every unmarked packet hides nothing": (
+        "-A FORWARD -j A\n-A A -m mark ! --mark 0x1/0x1 -j RETURN\n-A A -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", {ForwardRule(POD, B)}),
+    # (the drop is read as one of any packet's, not of those the return leaves: a doubt)
+    "a drop after a return every pod's source takes still hides what follows": (
+        "-A FORWARD -j A\n-A A ! -s 10.99.0.0/16 -j RETURN\n-A A -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    "an accept after an accept of other ways in is read": (
+        f"-A FORWARD -j A\n-A A ! -i cni0 -j ACCEPT\n-A A -s {POD} -d {B} -j ACCEPT\n"
+        f"{_REPLIES}", {ForwardRule(POD, B)}),
     "a loop in the text is read as a drop of anything": (
         f"-A FORWARD -j A\n-A A -j C\n-A C -j A\n-A FORWARD -s {POD} -j ACCEPT\n{_REPLIES}",
         set()),

@@ -110,8 +110,8 @@ def _walk(
     to the one that went there (and so on). The end of a chain gone to, and a ``-g`` to
     a chain not read, are such a ``RETURN`` of the ``-g`` rule's packets; so is a
     ``RETURN`` behind a ``-g`` whose own matches are not modelled (it takes no more).
-    Rules after a rule that may send most packets back out of their chain (see
-    :func:`_cuts`) are left out (in ``builtin``: every later one). ``ours``: k3snet's
+    Rules after a ``RETURN`` or ``ACCEPT`` every packet of k3snet's takes (see
+    :func:`_takes_all`) are left out (in ``builtin``: every later one). ``ours``: k3snet's
     own chains, not followed (default: every ``K3SNET-`` chain). Bounded: a loop in the
     text, a chain deeper than :data:`WALK_DEPTH` or more than :data:`WALK_LIMIT` rules end
     the walk with a rule of target :data:`_UNKNOWN`."""
@@ -153,7 +153,9 @@ def _walk(
                 if returned is not False:
                     yield name, "RETURN", returned, tokens, frame, stack
                 continue
-            if _cuts(target, tokens):
+            if target in ("RETURN", "ACCEPT") and _takes_all(tokens):
+                # (one some packets of the pods' may pass, ``! -i cni0 -j RETURN``, leaves
+                # them to the next rules: read below, as any RETURN or ACCEPT)
                 if gone_to and target == "RETURN":
                     yield name, target, gone, tokens, frame, stack
                 elif target == "ACCEPT" and fields and (fields.source or fields.destination):
@@ -257,28 +259,6 @@ def _conditions(tokens: Line) -> list[str]:
         at = conditions.index("comment") - 1
         del conditions[at: at + 4]
     return conditions
-
-
-def _cuts(target: str | None, tokens: Line) -> bool:
-    """A RETURN/ACCEPT that may let most packets skip the rest of the chain.
-
-    Unconditional ones do; so do those matching on a negation without a positive
-    address match (kube-proxy's ``-m mark ! --mark 0x4000/0x4000 -j RETURN``, after
-    which its MASQUERADE only sees marked packets), and those whose only match is a
-    mark test every unmarked packet passes (:func:`_takes_all`). Exemptions bounded
-    by an address (flannel's pod-to-pod RETURNs) or a set mark are let through:
-    best effort.
-    """
-    if target not in ("RETURN", "ACCEPT"):
-        return False
-    conditions = _conditions(tokens)
-    if not conditions or _takes_all(tokens):
-        return True
-    positive_address = any(
-        tok in ("-s", "-d") and (i == 0 or conditions[i - 1] != "!")
-        for i, tok in enumerate(conditions)
-    )
-    return "!" in conditions and not positive_address
 
 
 def _goes(tokens: Line) -> bool:
