@@ -609,6 +609,9 @@ JUMP_CASES: dict[str, tuple[str, set[NetObject]]] = {
     "a drop commented -j hides what follows": (
         f"-A FORWARD -s {POD} -m comment --comment -j -j DROP\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    "a drop commented --comment hides what follows": (
+        f"-A FORWARD -s {POD} -m comment --comment --comment -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
     "a jump commented -g comes back": (
         "-A FORWARD -m comment --comment -g -j A\n-A A -s 10.99.0.0/16 -j ACCEPT\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", {ForwardRule(POD, B)}),

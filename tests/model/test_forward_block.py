@@ -135,6 +135,7 @@ def test_the_plan_shows_a_conflict_naming_the_rule_instead_of_adding() -> None:
     # a comment `-j` (iptables-save prints it unquoted) is no target: still a catch-all
     (["-j DOCKER-USER", '-m comment --comment "-j" -j DROP'], 1),
     (["-j DOCKER-USER", "-m comment --comment -j -j REJECT"], 1),
+    (["-j DOCKER-USER", "-m comment --comment --comment -j DROP"], 1),
 ])
 def test_a_new_jump_goes_after_the_rules_but_a_final_catch_all_deny(
     rules: list[str], position: int

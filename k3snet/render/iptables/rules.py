@@ -218,14 +218,24 @@ def _is_catch_all_deny(line: Line) -> bool:
 
 def rule_verb(line: Line) -> tuple[str | None, int]:
     """A rule's target flag (``-j``, ``-g``; ``None``: none) and where it is (the rule's
-    length: none), a comment's text left out: both flavours of iptables-save print
-    ``--comment "-j"`` as ``--comment -j`` (a word of a comment's is no flag of the
-    rule's)."""
-    for flag in ("-j", "-g"):
-        for index, token in enumerate(line):
-            if token == flag and not (index > 0 and line[index - 1] == "--comment"):
-                return flag, index
-    return None, len(line)
+    length: none), a comment's text left out: both flavours of iptables-save print a
+    comment of one word unquoted (``--comment -j``, ``--comment --comment``), and a
+    word of a comment's is no flag of the rule's."""
+    if "--comment" not in line:  # (most rules: the tuple's own search)
+        for flag in ("-j", "-g"):
+            if flag in line:
+                return flag, line.index(flag)
+        return None, len(line)
+    index, end = 0, len(line)
+    while index < end:
+        word = line[index]
+        if word == "--comment":
+            index += 2  # its text, whatever it reads
+            continue
+        if word in ("-j", "-g"):
+            return word, index
+        index += 1
+    return None, end
 
 
 def _jump_line(chain: str) -> Line:
