@@ -8,8 +8,10 @@ the module's documented rules, not from its code.
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
+from k3snet.backends.iptables import foreign
 from k3snet.backends.iptables.foreign import (
     WALK_DEPTH,
     WALK_LIMIT,
@@ -20,8 +22,10 @@ from k3snet.backends.iptables.foreign import (
 )
 from k3snet.backends.iptables.save import parse_save
 from k3snet.model import NatBlock, NetObject
+from k3snet.model.cidr import parse_network
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.render.iptables.rules import RuleFields
 
 
 def _table(name: str, chains: dict[str, str], rules: str) -> str:
@@ -644,6 +648,21 @@ def test_foreign_forward_reads_a_rule_behind_jumps_with_their_matches_anded(case
     rules, expected = JUMP_CASES[case]
     text = _table("filter", {"FORWARD": "DROP", "A": "-", "C": "-", "KUBE-X": "-"}, rules)
     assert foreign_forward(parse_save(text).get("filter"), 4) == expected
+
+
+def test_a_rule_read_behind_a_jump_keeps_every_field_of_its_own() -> None:
+    """The meeting of a jump's matches and a rule's is built field by field: one a newer
+    RuleFields has must be named there too (this list is the reminder)."""
+    assert [field.name for field in attrs.fields(RuleFields)] == [
+        "source", "source_neg", "destination", "destination_neg", "in_interface",
+        "out_interface", "comment", "ctstate", "ctdir", "target", "to_source", "random_fully"]
+    inner = RuleFields(source=parse_network(POD), in_interface="eth0", out_interface="eth1",
+                       comment="c", ctstate="NEW", ctdir="ORIGINAL", target="SNAT",
+                       to_source="192.0.2.1", random_fully=True)
+    outer = RuleFields(destination=parse_network(B), destination_neg=True, target="A")
+    assert foreign._both(outer, inner) == attrs.evolve(
+        inner, destination=parse_network(B), destination_neg=True)
+    assert foreign._both(RuleFields(target="A"), inner) == inner
 
 
 def test_foreign_forward_reads_jumps_down_to_its_bound_and_nothing_past_it() -> None:

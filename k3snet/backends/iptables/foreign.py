@@ -175,7 +175,7 @@ def _walk(
     yield from chain(builtin, RuleFields(), frame=0, stack=(0,), on_way=(builtin,))
 
 
-def _both(outer: RuleFields | None,
+def _both(outer: RuleFields | None,  # noqa: PLR0911 - one return per way two matches part
           inner: RuleFields | None) -> RuleFields | Literal[False] | None:
     """The matches of a rule ``inner`` reached through jumps matching ``outer`` (their
     target is ``inner``'s): what the kernel matches, both at once. ``False``: no packet
@@ -184,29 +184,39 @@ def _both(outer: RuleFields | None,
     the way to ``-s 10.0.0.0/7``, two conntrack tests)."""
     if outer is None or inner is None:
         return None
-    both = attrs.evolve(inner)
-    for name in ("source", "destination"):
-        met = _both_addresses((getattr(outer, name), getattr(outer, f"{name}_neg")),
-                              (getattr(inner, name), getattr(inner, f"{name}_neg")))
-        if met is None or met is False:
-            return met
-        setattr(both, name, met[0])
-        setattr(both, f"{name}_neg", met[1])
-    for name in ("in_interface", "out_interface"):
-        out, mine = getattr(outer, name), getattr(inner, name)
-        if out is not None and mine is not None and out != mine:
-            if not interfaces_may_meet(out, mine):
+    if (outer.source is None and outer.destination is None and outer.in_interface is None
+            and outer.out_interface is None and outer.ctstate is None and outer.ctdir is None):
+        return inner  # (FORWARD's own rules: nothing on the way; read, never changed)
+    source = _both_addresses((outer.source, outer.source_neg),
+                             (inner.source, inner.source_neg))
+    if source is None or source is False:
+        return source
+    destination = _both_addresses((outer.destination, outer.destination_neg),
+                                  (inner.destination, inner.destination_neg))
+    if destination is None or destination is False:
+        return destination
+    interfaces: list[str | None] = []
+    for out, own in ((outer.in_interface, inner.in_interface),
+                     (outer.out_interface, inner.out_interface)):
+        if out is not None and own is not None and out != own:
+            if not interfaces_may_meet(out, own):
                 return False
-            if not (interface_holds(out, mine) or interface_holds(mine, out)):
+            if not (interface_holds(out, own) or interface_holds(own, out)):
                 return None  # (``eth+`` and ``e+``: ``eth+``; left as not modelled)
-            mine = mine if interface_holds(out, mine) else out  # the narrower
-        setattr(both, name, mine if mine is not None else out)
-    for name in ("ctstate", "ctdir"):
-        out, mine = getattr(outer, name), getattr(inner, name)
+            interfaces.append(own if interface_holds(out, own) else out)  # the narrower
+        else:
+            interfaces.append(own if own is not None else out)
+    tests: list[str | None] = []
+    for out, mine in ((outer.ctstate, inner.ctstate), (outer.ctdir, inner.ctdir)):
         if out is not None and mine is not None and out != mine:
             return None
-        setattr(both, name, mine if mine is not None else out)
-    return both
+        tests.append(mine if mine is not None else out)
+    # (built, not attrs.evolve'd: a tenth of the time, on each of up to WALK_LIMIT rules)
+    return RuleFields(source=source[0], source_neg=source[1], destination=destination[0],
+                      destination_neg=destination[1], in_interface=interfaces[0],
+                      out_interface=interfaces[1], comment=inner.comment, ctstate=tests[0],
+                      ctdir=tests[1], target=inner.target, to_source=inner.to_source,
+                      random_fully=inner.random_fully)
 
 
 _Address = tuple[Network | None, bool]
