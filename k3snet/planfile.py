@@ -166,16 +166,15 @@ def _options_problem(options: Mapping[str, Any], backends: Sequence[str]) -> str
     return None
 
 
-def _clusters_problem(clusters: Any, backends: Sequence[str]) -> str | None:
+def _clusters_problem(clusters: Any) -> str | None:
     """What is wrong with recorded clusters (``None``: nothing, or none recorded)."""
     if clusters is None:
         return None
     if not (isinstance(clusters, dict) and all(isinstance(v, str) for v in clusters.values())):
         return "its clusters are a JSON object of texts"
-    # (as for options: compared with no backend's, it was read and never checked)
-    unused = sorted(set(clusters) - {entry.partition(":")[0] for entry in backends})
-    if unused:
-        return f"the cluster of backend {printable(unused[0][:80])!r}, which it does not use"
+    # (one of a backend none of them is is refused on apply, by refuse_elsewhere: a
+    # cluster is recorded by the backend's own name, which need not be the one it is
+    # registered under, the one in ``backends``)
     return None
 
 
@@ -239,6 +238,14 @@ def _authorities_digest(configuration: Any) -> str | None:
     for certificate in sorted(certificates):
         digest.update(hashlib.sha256(certificate).digest())
     return digest.hexdigest()[:16]
+
+
+def _member_names(backend: object) -> list[str]:
+    """The own names of ``backend``'s backends (a group's members), as
+    :func:`clusters_of` names them."""
+    members = getattr(backend, "members", None)
+    backends = [m.backend for m in members] if members is not None else [backend]
+    return [str(getattr(member, "name", type(member).__name__)) for member in backends]
 
 
 def clusters_of(backend: object) -> dict[str, str]:
@@ -507,6 +514,11 @@ class PlanFile:
                     f"{path} was made against the cluster at {printable(made or 'none')}, and "
                     f"backend {name!r} talks to {printable(here)} (another kubeconfig or "
                     "context): refused; plan against that cluster instead")
+        # (as for options: compared with no backend's, it was read and never checked)
+        unused = sorted(set(self.clusters) - set(_member_names(backend)))
+        if unused:
+            raise PlanError(f"{path}: it records the cluster of backend "
+                            f"{printable(unused[0][:80])!r}, which it does not use")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -578,7 +590,7 @@ class PlanFile:
         if not isinstance(allow_disruptive, bool):
             raise PlanError(f"{path}: its allow_disruptive is true or false")
         clusters = document.get("clusters")
-        problem = _clusters_problem(clusters, backends)
+        problem = _clusters_problem(clusters)
         if problem:
             raise PlanError(f"{path}: {problem}")
         made_by = document.get("k3snet")

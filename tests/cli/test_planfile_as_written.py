@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from k3snet import NetObject, PlanError, Route, State, plan
+from k3snet import MemoryBackend, NetObject, PlanError, Route, State, plan, register_backend
+from k3snet.backends.registry import unregister_backend
+from k3snet.cli import main
 from k3snet.model.cilium import (
     CILIUM_DEFAULT_TARGET,
     CiliumAgentOption,
@@ -26,6 +29,7 @@ from k3snet.model.cilium import (
 from k3snet.model.cni import CalicoPodCIDR, CalicoPools, IPPool
 from k3snet.planfile import PlanFile
 from k3snet.testing import strategies as ks
+from tests.cli.test_apply_output import SEED
 from tests.examples import examples
 
 
@@ -206,7 +210,7 @@ def test_every_plan_file_written_reads_back_equal_and_any_key_added_anywhere_is_
         clusters: bool) -> None:
     """Every plan file (with Calico pool lists and Cilium configs inside) reads back equal;
     one key added to any object of it, at any depth, is refused (a cluster recorded for a
-    backend it does not use as well)."""
+    backend it does not use as well, on apply)."""
     observed, desired = pair
     pools = [o for o in nested if isinstance(o, CalicoPools)]  # read, never written
     desired = State(owned=[*desired.owned, *(o for o in nested if o not in pools)],
@@ -229,8 +233,8 @@ def test_every_plan_file_written_reads_back_equal_and_any_key_added_anywhere_is_
         part = part[step]
     part["zz-unknown"] = "x"  # a text: what every free-form part of a file holds
     path.write_text(json.dumps(document))
-    with pytest.raises(PlanError):
-        PlanFile.read(path, netns=None)
+    with pytest.raises(PlanError):  # (a cluster's on apply: by the backends' own names)
+        PlanFile.read(path, netns=None).refuse_elsewhere(MemoryBackend(), path)
 
 
 def test_a_cluster_recorded_for_a_backend_the_file_does_not_use_is_refused(
@@ -238,5 +242,30 @@ def test_a_cluster_recorded_for_a_backend_the_file_does_not_use_is_refused(
     """Added by hand, it was read and never compared: the file still applied."""
     path, document = _document(tmp_path)
     document["clusters"] = {"calico": "https://127.0.0.1:6443"}
-    assert "the cluster of backend 'calico', which it does not use" in _refusal(
-        path, document)
+    path.write_text(json.dumps(document))
+    with pytest.raises(PlanError, match="the cluster of backend 'calico', which it does not"):
+        PlanFile.read(path, netns=None).refuse_elsewhere(MemoryBackend(), path)
+
+
+class _Kube(MemoryBackend):
+    """A backend registered under another name than its own (``name``: memory), talking
+    to a cluster, as a custom backend may be."""
+
+    api_client = SimpleNamespace(configuration=SimpleNamespace(host="https://192.0.2.1:6443"))
+
+
+def test_a_plan_file_of_a_backend_registered_under_another_name_applies(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its cluster is recorded by the backend's own name (what apply compares it by), not
+    by the name it was asked for: no cluster of an unused backend."""
+    register_backend("memory-kube", _Kube)
+    saved = tmp_path / "plan.json"
+    try:
+        assert main(["plan", "--backend", "memory-kube", "--no-facts", "--out", str(saved),
+                     "-f", str(SEED)]) == 2  # (changes to make)
+        capsys.readouterr()
+        assert json.loads(saved.read_text())["clusters"] == {
+            "memory": "https://192.0.2.1:6443"}
+        assert main(["apply", str(saved), "--auto-approve"]) == 0, capsys.readouterr().err
+    finally:
+        unregister_backend("memory-kube")

@@ -8,8 +8,10 @@ the module's documented rules, not from its code.
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
+from k3snet.backends.iptables import foreign
 from k3snet.backends.iptables.foreign import (
     WALK_DEPTH,
     WALK_LIMIT,
@@ -20,8 +22,10 @@ from k3snet.backends.iptables.foreign import (
 )
 from k3snet.backends.iptables.save import parse_save
 from k3snet.model import NatBlock, NetObject
+from k3snet.model.cidr import parse_network
 from k3snet.model.forward import ForwardBlock, ForwardRule
 from k3snet.model.nat import MasqueradeRule, SnatRule
+from k3snet.render.iptables.rules import RuleFields
 
 
 def _table(name: str, chains: dict[str, str], rules: str) -> str:
@@ -609,9 +613,30 @@ JUMP_CASES: dict[str, tuple[str, set[NetObject]]] = {
     "a drop commented -j hides what follows": (
         f"-A FORWARD -s {POD} -m comment --comment -j -j DROP\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    "a drop commented --comment hides what follows": (
+        f"-A FORWARD -s {POD} -m comment --comment --comment -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
     "a jump commented -g comes back": (
         "-A FORWARD -m comment --comment -g -j A\n-A A -s 10.99.0.0/16 -j ACCEPT\n"
         f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", {ForwardRule(POD, B)}),
+    # A return some packets of the pods' skip (another way in, a set mark) leaves them
+    # to the rest of its chain: a drop there is theirs, not skipped with the return.
+    "a drop after a return of other ways in hides what follows the jump": (
+        "-A FORWARD -j A\n-A A ! -i cni0 -j RETURN\n-A A -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    "a drop after a return of marked packets hides what follows the jump": (
+        "-A FORWARD -j A\n-A A -m mark ! --mark 0x0/0x1 -j RETURN\n-A A -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    "a drop after a return of every unmarked packet hides nothing": (
+        "-A FORWARD -j A\n-A A -m mark ! --mark 0x1/0x1 -j RETURN\n-A A -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", {ForwardRule(POD, B)}),
+    # (the drop is read as one of any packet's, not of those the return leaves: a doubt)
+    "a drop after a return every pod's source takes still hides what follows": (
+        "-A FORWARD -j A\n-A A ! -s 10.99.0.0/16 -j RETURN\n-A A -j DROP\n"
+        f"-A FORWARD -s {POD} -d {B} -j ACCEPT\n{_REPLIES}", set()),
+    "an accept after an accept of other ways in is read": (
+        f"-A FORWARD -j A\n-A A ! -i cni0 -j ACCEPT\n-A A -s {POD} -d {B} -j ACCEPT\n"
+        f"{_REPLIES}", {ForwardRule(POD, B)}),
     "a loop in the text is read as a drop of anything": (
         f"-A FORWARD -j A\n-A A -j C\n-A C -j A\n-A FORWARD -s {POD} -j ACCEPT\n{_REPLIES}",
         set()),
@@ -623,6 +648,21 @@ def test_foreign_forward_reads_a_rule_behind_jumps_with_their_matches_anded(case
     rules, expected = JUMP_CASES[case]
     text = _table("filter", {"FORWARD": "DROP", "A": "-", "C": "-", "KUBE-X": "-"}, rules)
     assert foreign_forward(parse_save(text).get("filter"), 4) == expected
+
+
+def test_a_rule_read_behind_a_jump_keeps_every_field_of_its_own() -> None:
+    """The meeting of a jump's matches and a rule's is built field by field: one a newer
+    RuleFields has must be named there too (this list is the reminder)."""
+    assert [field.name for field in attrs.fields(RuleFields)] == [
+        "source", "source_neg", "destination", "destination_neg", "in_interface",
+        "out_interface", "comment", "ctstate", "ctdir", "target", "to_source", "random_fully"]
+    inner = RuleFields(source=parse_network(POD), in_interface="eth0", out_interface="eth1",
+                       comment="c", ctstate="NEW", ctdir="ORIGINAL", target="SNAT",
+                       to_source="192.0.2.1", random_fully=True)
+    outer = RuleFields(destination=parse_network(B), destination_neg=True, target="A")
+    assert foreign._both(outer, inner) == attrs.evolve(
+        inner, destination=parse_network(B), destination_neg=True)
+    assert foreign._both(RuleFields(target="A"), inner) == inner
 
 
 def test_foreign_forward_reads_jumps_down_to_its_bound_and_nothing_past_it() -> None:

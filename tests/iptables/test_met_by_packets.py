@@ -259,6 +259,9 @@ BEHIND_JUMPS: dict[str, tuple[list[list[str]], str]] = {
     "a drop of the pods commented -j": (
         [["-A", "FORWARD", "-s", POD, "-m", "comment", "--comment", "-j", "-j", "DROP"],
          ["-A", "FORWARD", "-s", POD, "-d", DB_NET, "-j", "ACCEPT"]], "conflict"),
+    "a drop of the pods commented --comment": (
+        [["-A", "FORWARD", "-s", POD, "-m", "comment", "--comment", "--comment", "-j",
+          "DROP"], ["-A", "FORWARD", "-s", POD, "-d", DB_NET, "-j", "ACCEPT"]], "conflict"),
 }
 
 

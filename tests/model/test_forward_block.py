@@ -132,6 +132,10 @@ def test_the_plan_shows_a_conflict_naming_the_rule_instead_of_adding() -> None:
     # a goto has no -j, and a rule that only counts decides nothing: neither is a deny
     (["-j DOCKER-USER", "-g FLANNEL-FWD"], 2),
     (["-j DOCKER-USER", "-m comment --comment counted"], 2),
+    # a comment `-j` (iptables-save prints it unquoted) is no target: still a catch-all
+    (["-j DOCKER-USER", '-m comment --comment "-j" -j DROP'], 1),
+    (["-j DOCKER-USER", "-m comment --comment -j -j REJECT"], 1),
+    (["-j DOCKER-USER", "-m comment --comment --comment -j DROP"], 1),
 ])
 def test_a_new_jump_goes_after_the_rules_but_a_final_catch_all_deny(
     rules: list[str], position: int

@@ -46,7 +46,7 @@ from k3snet.backends.iptables.table import INJECTED_CHAIN, Op
 from k3snet.backends.kit import committing
 from k3snet.backends.netns import NetnsRunner
 from k3snet.errors import BackendError, BackendUnavailableError
-from k3snet.render.iptables.rules import Line
+from k3snet.render.iptables.rules import Line, rule_verb
 
 __all__ = ["LibiptcDriver"]
 
@@ -322,10 +322,9 @@ class OpFailedError(BackendError):
 
 
 def _target(line: Line) -> str | None:
-    if "-j" in line:
-        index = line.index("-j")
-        if index + 1 < len(line):
-            return line[index + 1]
+    flag, index = rule_verb(line)
+    if flag == "-j" and index + 1 < len(line):
+        return line[index + 1]
     return None
 
 

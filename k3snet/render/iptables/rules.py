@@ -101,6 +101,7 @@ __all__ = [
     "remember",
     "render_new",
     "render_unit",
+    "rule_verb",
     "save_lines",
     "table_image",
     "table_of",
@@ -205,16 +206,36 @@ def hook_position(rules: Sequence[Line]) -> int:
 
 
 def _is_catch_all_deny(line: Line) -> bool:
-    if "-j" not in line:
-        return False
-    at = line.index("-j")
-    if at + 1 >= len(line) or line[at + 1] not in _DENY:
+    flag, at = rule_verb(line)
+    if flag != "-j" or at + 1 >= len(line) or line[at + 1] not in _DENY:
         return False
     matches = list(line[:at])
     while "comment" in matches:  # a comment never restricts anything
         index = matches.index("comment") - 1
         del matches[index: index + 4]
     return not matches
+
+
+def rule_verb(line: Line) -> tuple[str | None, int]:
+    """A rule's target flag (``-j``, ``-g``; ``None``: none) and where it is (the rule's
+    length: none), a comment's text left out: both flavours of iptables-save print a
+    comment of one word unquoted (``--comment -j``, ``--comment --comment``), and a
+    word of a comment's is no flag of the rule's."""
+    if "--comment" not in line:  # (most rules: the tuple's own search)
+        for flag in ("-j", "-g"):
+            if flag in line:
+                return flag, line.index(flag)
+        return None, len(line)
+    index, end = 0, len(line)
+    while index < end:
+        word = line[index]
+        if word == "--comment":
+            index += 2  # its text, whatever it reads
+            continue
+        if word in ("-j", "-g"):
+            return word, index
+        index += 1
+    return None, end
 
 
 def _jump_line(chain: str) -> Line:
