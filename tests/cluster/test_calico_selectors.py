@@ -338,6 +338,37 @@ def test_a_pool_sorting_after_a_full_pod_cidr_pool_gives_new_blocks_and_must_tra
         assert "every block of IPPool default-ipv4-ippool" in reason, reason
 
 
+@pytest.mark.parametrize(("middle", "met"), [
+    ({}, True),  # new blocks come from m-mid, which translates as the spec wants
+    ({"nodeSelector": "zone == 'a'"}, False),  # other nodes go on to zz-old
+    ({"disabled": True}, False),
+    ({"cidr": "10.50.0.0/26"}, False),  # its one block is held: full too
+])
+def test_after_a_full_pod_cidr_pool_only_pools_up_to_the_first_with_room_give_new_blocks(
+    middle: dict[str, Any], met: bool,
+) -> None:
+    # Calico IPAM walks the pools selecting the node in name order and claims the first
+    # unclaimed block it meets (libcalico-go findUsableBlock): past a full pod CIDR pool,
+    # a pool selecting every node with a block unclaimed takes the new blocks, and the
+    # pools sorting after it are not reached. k3snet judged every pool sorting after a
+    # full pod CIDR pool as giving new blocks: zz-old was a false conflict.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, AFFINITIES)) as server:
+        server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/24", natOutgoing=True,
+                              blockSize=26))
+        server.put(CRD, _pool("m-mid", **{"cidr": "10.50.0.0/16", "natOutgoing": True,
+                                          "blockSize": 26, **middle}))
+        server.put(CRD, _pool("zz-old", cidr="10.60.0.0/16", natOutgoing=False))
+        for n in range(4):
+            server.put(AFFINITIES, _affinity(f"node-{n}", f"10.42.0.{64 * n}/26"))
+        server.put(AFFINITIES, _affinity("node-0", "10.50.0.0/26"))
+        p = _plan(_backend(server), SPEC.replace("10.42.0.0/16", "10.42.0.0/24"))
+        if met:
+            assert (len(p.met), p.conflicts) == (1, ())
+            return
+        (conflict,) = p.conflicts
+        assert (conflict.reason or "").startswith("IPPool zz-old 10.60.0.0/16"), conflict.reason
+
+
 def test_a_load_balancer_block_in_an_old_pool_gives_no_pod_an_address() -> None:
     # Calico IPAM keeps the blocks it cuts for LoadBalancer Services' addresses affine
     # to a virtual node (libcalico-go ipam AffinityTypeVirtual: spec.type "virtual",
