@@ -1006,15 +1006,20 @@ class CalicoBackend(BackendBase):
             else:
                 foreign[name] = attrs.evolve(pool, unallocatable=_unallocatable(item))
         _mark_lb_twins(owned, foreign)
-        felix, found = self._felix()
-        warnings += found
         blocks: tuple[tuple[str, str], ...] = ()
         readable = [*owned.values(), *(p for p in foreign.values() if p)]
-        if _blocks_may_decide(readable):
-            blocks, found = self._blocks()
+        try:
+            felix, found = self._felix()
             warnings += found
-            blocks, found = self._blocks_in_use(blocks, readable)
-            warnings += found
+            if _blocks_may_decide(readable):
+                blocks, found = self._blocks()
+                warnings += found
+                blocks, found = self._blocks_in_use(blocks, readable)
+                warnings += found
+        finally:
+            # Shared within this listing alone: every Node's metadata (megabytes in a
+            # large cluster) is not kept between passes.
+            self._node_list = None
         self.warnings = tuple(warnings)
         self.log_warnings()  # each once while it lasts, not on every agent pass
         return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix, blocks)
