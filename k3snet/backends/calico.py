@@ -590,9 +590,9 @@ the Node's labels are laid over (libcalico-go ``K8sNodeToCalico``)."""
 
 def calico_node_labels(metadata: Mapping[str, Any]) -> dict[str, str]:
     """The labels of a node as Calico reads them from its Node's ``metadata``: those of
-    the ``projectcalico.org/labels`` annotation (an object of strings; anything else adds
-    nothing, as Calico drops an annotation it cannot read), the Node's own labels over
-    them.
+    the ``projectcalico.org/labels`` annotation (an object of strings, a null value read
+    as ``""`` as Go reads it; anything else adds nothing, as Calico drops an annotation
+    it cannot read), the Node's own labels over them.
 
     >>> calico_node_labels({"labels": {"zone": "a"},
     ...     "annotations": {"projectcalico.org/labels": '{"zone": "b", "rack": "1"}'}})
@@ -606,8 +606,10 @@ def calico_node_labels(metadata: Mapping[str, Any]) -> dict[str, str]:
         inner = json.loads(stored) if isinstance(stored, str) else None
     except (ValueError, RecursionError):
         inner = None
-    if isinstance(inner, Mapping) and all(isinstance(v, str) for v in inner.values()):
-        labels.update(inner)
+    if isinstance(inner, Mapping) and all(v is None or isinstance(v, str)
+                                          for v in inner.values()):
+        # Go's encoding/json reads a null value into a map of strings as "".
+        labels.update((k, v or "") for k, v in inner.items())
     own = metadata.get("labels")
     if isinstance(own, Mapping):
         labels.update((k, v) for k, v in own.items() if isinstance(k, str) and isinstance(v, str))

@@ -509,6 +509,9 @@ def _node(name: str, labels: dict[str, str], calico_labels: str | None = None
     ({}, '{"zone": "old"}', False),  # Calico's own labels of the node
     ({"zone": "new"}, '{"zone": "old"}', True),  # the Node's labels win over them
     ({}, "{not json", True),  # an annotation Calico cannot read adds nothing
+    ({}, '{"zone": "old", "n": 1}', True),  # nor one with a value not a string
+    # Go's encoding/json reads a null value as "": the other labels count
+    ({}, '{"zone": "old", "spare": null}', False),
 ])
 def test_a_block_in_a_pool_whose_node_selector_no_longer_selects_its_node_gives_no_address(
     labels: dict[str, str], calico_labels: str | None, met: bool,
