@@ -128,7 +128,7 @@ from k3snet.kube import (
     make_api_client,
 )
 from k3snet.model.calico_selector import selector_problem, selects_everything, selects_labels
-from k3snet.model.cidr import Network, parse_network
+from k3snet.model.cidr import Network, go_cidr_text, parse_network
 from k3snet.model.cni import NAT_OUTGOING_EXCLUSIONS, CalicoFelixNat, CalicoPools, IPPool
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
@@ -297,12 +297,6 @@ def _typed(name: str, spec: Mapping[str, Any], key: str, kind: type, default: An
     return value
 
 
-# The text Go's net.ParseCIDR may take (it parses the address and the length after this):
-# no blank, zone or sign anywhere, and a "/" (Python's ip_network takes a bare address
-# for a /32, and k3snet's parse_network trims blanks).
-_GO_CIDR = re.compile(r"[0-9A-Fa-f:.]+/[0-9]+")
-
-
 def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
     """Model an IPPool resource, as Calico reads it, and the warnings reading it gave.
 
@@ -330,7 +324,7 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
             modes["nodeSelector"] = "all()"
         uses = _typed(name, spec, "allowedUses", list, None)
         cidr = _typed(name, spec, "cidr", str, None)
-        if not _GO_CIDR.fullmatch(cidr):
+        if not go_cidr_text(cidr):
             raise ModelError(f"IPPool {name}: spec.cidr {json.dumps(cidr)[:100]} is no CIDR "
                              "Calico can parse (Go's net.ParseCIDR: an address, '/' and a "
                              "prefix length, nothing around them; the CRDs store any "
@@ -1008,11 +1002,21 @@ class CalicoBackend(BackendBase):
             else:
                 foreign[name] = attrs.evolve(pool, unallocatable=_unallocatable(item))
         _mark_lb_twins(owned, foreign)
+        felix, blocks, found = self._felix_and_blocks(
+            [*owned.values(), *(p for p in foreign.values() if p)])
+        warnings += found
+        self.warnings = tuple(warnings)
+        self.log_warnings()  # each once while it lasts, not on every agent pass
+        return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix, blocks)
+
+    def _felix_and_blocks(self, readable: list[IPPool]) -> tuple[
+            tuple[CalicoFelixNat, ...], tuple[tuple[str, str], ...], tuple[str, ...]]:
+        """The FelixConfigurations' NAT (:meth:`_felix`), the blocks IPAM still assigns
+        from where they may decide (:meth:`_blocks`, :meth:`_blocks_in_use`) and the
+        warnings reading them gave; the Nodes listed for them are dropped after."""
         blocks: tuple[tuple[str, str], ...] = ()
-        readable = [*owned.values(), *(p for p in foreign.values() if p)]
         try:
-            felix, found = self._felix()
-            warnings += found
+            felix, warnings = self._felix()
             if _blocks_may_decide(readable):
                 blocks, found = self._blocks()
                 warnings += found
@@ -1022,9 +1026,7 @@ class CalicoBackend(BackendBase):
             # Shared within this listing alone: every Node's metadata (megabytes in a
             # large cluster) is not kept between passes.
             self._node_list = None
-        self.warnings = tuple(warnings)
-        self.log_warnings()  # each once while it lasts, not on every agent pass
-        return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix, blocks)
+        return felix, blocks, warnings
 
     def _blocks(self) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
         """The IPAM blocks the nodes hold (:func:`read_block_affinities`), from Calico's
