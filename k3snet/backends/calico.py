@@ -128,7 +128,7 @@ from k3snet.kube import (
     make_api_client,
 )
 from k3snet.model.calico_selector import selector_problem, selects_everything, selects_labels
-from k3snet.model.cidr import Network, parse_network
+from k3snet.model.cidr import Network, go_cidr_text, parse_network
 from k3snet.model.cni import NAT_OUTGOING_EXCLUSIONS, CalicoFelixNat, CalicoPools, IPPool
 from k3snet.model.state import State
 from k3snet.planner import Change, Plan
@@ -297,12 +297,6 @@ def _typed(name: str, spec: Mapping[str, Any], key: str, kind: type, default: An
     return value
 
 
-# The text Go's net.ParseCIDR may take (it parses the address and the length after this):
-# no blank, zone or sign anywhere, and a "/" (Python's ip_network takes a bare address
-# for a /32, and k3snet's parse_network trims blanks).
-_GO_CIDR = re.compile(r"[0-9A-Fa-f:.]+/[0-9]+")
-
-
 def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
     """Model an IPPool resource, as Calico reads it, and the warnings reading it gave.
 
@@ -330,7 +324,7 @@ def read_pool(item: Mapping[str, Any]) -> tuple[IPPool, tuple[str, ...]]:
             modes["nodeSelector"] = "all()"
         uses = _typed(name, spec, "allowedUses", list, None)
         cidr = _typed(name, spec, "cidr", str, None)
-        if not _GO_CIDR.fullmatch(cidr):
+        if not go_cidr_text(cidr):
             raise ModelError(f"IPPool {name}: spec.cidr {json.dumps(cidr)[:100]} is no CIDR "
                              "Calico can parse (Go's net.ParseCIDR: an address, '/' and a "
                              "prefix length, nothing around them; the CRDs store any "
@@ -590,9 +584,9 @@ the Node's labels are laid over (libcalico-go ``K8sNodeToCalico``)."""
 
 def calico_node_labels(metadata: Mapping[str, Any]) -> dict[str, str]:
     """The labels of a node as Calico reads them from its Node's ``metadata``: those of
-    the ``projectcalico.org/labels`` annotation (an object of strings; anything else adds
-    nothing, as Calico drops an annotation it cannot read), the Node's own labels over
-    them.
+    the ``projectcalico.org/labels`` annotation (an object of strings, a null value read
+    as ``""`` as Go reads it; anything else adds nothing, as Calico drops an annotation
+    it cannot read), the Node's own labels over them.
 
     >>> calico_node_labels({"labels": {"zone": "a"},
     ...     "annotations": {"projectcalico.org/labels": '{"zone": "b", "rack": "1"}'}})
@@ -606,8 +600,10 @@ def calico_node_labels(metadata: Mapping[str, Any]) -> dict[str, str]:
         inner = json.loads(stored) if isinstance(stored, str) else None
     except (ValueError, RecursionError):
         inner = None
-    if isinstance(inner, Mapping) and all(isinstance(v, str) for v in inner.values()):
-        labels.update(inner)
+    if isinstance(inner, Mapping) and all(v is None or isinstance(v, str)
+                                          for v in inner.values()):
+        # Go's encoding/json reads a null value into a map of strings as "".
+        labels.update((k, v or "") for k, v in inner.items())
     own = metadata.get("labels")
     if isinstance(own, Mapping):
         labels.update((k, v) for k, v in own.items() if isinstance(k, str) and isinstance(v, str))
@@ -1006,18 +1002,31 @@ class CalicoBackend(BackendBase):
             else:
                 foreign[name] = attrs.evolve(pool, unallocatable=_unallocatable(item))
         _mark_lb_twins(owned, foreign)
-        felix, found = self._felix()
+        felix, blocks, found = self._felix_and_blocks(
+            [*owned.values(), *(p for p in foreign.values() if p)])
         warnings += found
-        blocks: tuple[tuple[str, str], ...] = ()
-        readable = [*owned.values(), *(p for p in foreign.values() if p)]
-        if _blocks_may_decide(readable):
-            blocks, found = self._blocks()
-            warnings += found
-            blocks, found = self._blocks_in_use(blocks, readable)
-            warnings += found
         self.warnings = tuple(warnings)
         self.log_warnings()  # each once while it lasts, not on every agent pass
         return _Listing(owned, owned_raw, foreign, invalid, self.warnings, felix, blocks)
+
+    def _felix_and_blocks(self, readable: list[IPPool]) -> tuple[
+            tuple[CalicoFelixNat, ...], tuple[tuple[str, str], ...], tuple[str, ...]]:
+        """The FelixConfigurations' NAT (:meth:`_felix`), the blocks IPAM still assigns
+        from where they may decide (:meth:`_blocks`, :meth:`_blocks_in_use`) and the
+        warnings reading them gave; the Nodes listed for them are dropped after."""
+        blocks: tuple[tuple[str, str], ...] = ()
+        try:
+            felix, warnings = self._felix()
+            if _blocks_may_decide(readable):
+                blocks, found = self._blocks()
+                warnings += found
+                blocks, found = self._blocks_in_use(blocks, readable)
+                warnings += found
+        finally:
+            # Shared within this listing alone: every Node's metadata (megabytes in a
+            # large cluster) is not kept between passes.
+            self._node_list = None
+        return felix, blocks, warnings
 
     def _blocks(self) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
         """The IPAM blocks the nodes hold (:func:`read_block_affinities`), from Calico's

@@ -60,6 +60,7 @@ from k3snet.doctor.routing import (
 )
 from k3snet.errors import BackendError, K3snetError
 from k3snet.model import ForwardBlock, NatBlock, NetObject
+from k3snet.model.cidr import go_cidr_text
 from k3snet.render.iptables.rules import HOOKS, hook_position, normalize, tokenize
 
 __all__ = ["CalicoPool", "NodeState"]
@@ -630,14 +631,22 @@ def _calico_pools(data: object) -> tuple[tuple[CalicoPool, ...], str | None]:
     pool to Felix: Calico v3.32 and before key it by the IPv4 CIDR Go's ``IPNet.String()``
     gives (``10.42.0.0/16``, a twin of a pool there), its development branch drops it.
     As the calico backend, which calls such a pool unreadable, the doctor does not guess
-    which: the pools' sets are unknown (the kernel's ``ipset save`` still tells them)."""
+    which: the pools' sets are unknown (the kernel's ``ipset save`` still tells them).
+    A CIDR Go's ``net.ParseCIDR`` refuses (``10.42.0.0/255.255.0.0``, a bare address,
+    blanks around it) is no pool to Felix: its syncer drops the pool (libcalico-go
+    ``IPPoolV3ToV1``), and so does the doctor."""
     items = data.get("items", []) if isinstance(data, Mapping) else data
     pools = []
     # In name order, as Felix picks among pools of one CIDR (NodeState.ipsets).
     for item in sorted(items, key=_pool_name) if isinstance(items, list) else []:
         spec = item.get("spec", {}) if isinstance(item, Mapping) else {}
         if "cidr" in spec:
-            cidr = ip_network(spec["cidr"], strict=False)
+            try:
+                if not (isinstance(spec["cidr"], str) and go_cidr_text(spec["cidr"])):
+                    raise ValueError(spec["cidr"])
+                cidr = ip_network(spec["cidr"], strict=False)
+            except ValueError:
+                continue  # Go's net.ParseCIDR refuses it: Felix's syncer drops the pool
             mapped = cidr.network_address.ipv4_mapped if cidr.version == 6 else None
             if mapped is not None:
                 ipv4 = ip_network((mapped, max(cidr.prefixlen - 96, 0)), strict=False)

@@ -1623,13 +1623,16 @@ class CalicoPodCIDR(NetObject):
         name; its ``namespaceSelector`` and ``nodeSelector`` may still take any pod, unless
         one is ``!all()``, which selects nothing: IPAM skips the pool for every pod)."""
         inside = (self.cidr, *self.siblings)
-        return [p for p in pools.pools
-                if p.cidr.version == self.cidr.version and not p.disabled
-                and not p.unallocatable and "Workload" in p.allowed_uses
-                and p.assignment_mode == "Automatic"
-                and not selects_nothing(p.node_selector)
-                and not selects_nothing(p.namespace_selector)
+        return [p for p in pools.pools if self._may_serve(p)
                 and not any(contains(c, p.cidr) for c in inside)]
+
+    def _may_serve(self, pool: IPPool) -> bool:
+        """``pool``, of this family, may give workloads addresses (:meth:`_outside`)."""
+        return (pool.cidr.version == self.cidr.version and not pool.disabled
+                and not pool.unallocatable and "Workload" in pool.allowed_uses
+                and pool.assignment_mode == "Automatic"
+                and not selects_nothing(pool.node_selector)
+                and not selects_nothing(pool.namespace_selector))
 
     def _unserved_reason(self, same: list[IPPool], usable: list[IPPool],
                          pools: CalicoPools) -> str | None:
@@ -1701,9 +1704,29 @@ class CalicoPodCIDR(NetObject):
         if not serving:
             return None, []
         first = serving[0]  # pools are sorted by name
-        full = self._full(first, pools)
-        return first, [q for q in self._outside(pools) if (full or q.name < first.name)
+        reached = self._reached(first, pools)
+        return first, [q for q in self._outside(pools) if (q.name in reached
+                                                           or q.name < first.name)
                        and (pools.felix_pool(q.cidr) or q).nat_outgoing != self.nat_outgoing]
+
+    def _reached(self, first: IPPool, pools: CalicoPools) -> set[str]:
+        """The names of the pools sorting after ``first`` that Calico IPAM cuts new blocks
+        from: none unless ``first`` is full (:meth:`_full`); then, in name order, each
+        pool that may serve workloads up to the first one with a block unclaimed (not
+        known full) that every node and namespace may use: IPAM claims a new block there
+        and walks no further (libcalico-go ``findUsableBlock``)."""
+        reached: set[str] = set()
+        if not self._full(first, pools):
+            return reached
+        for pool in pools.pools:  # sorted by name
+            if pool.name <= first.name or not self._may_serve(pool):
+                continue
+            reached.add(pool.name)
+            if (selects_everything(pool.node_selector)
+                    and selects_everything(pool.namespace_selector)
+                    and not self._full(pool, pools)):
+                break
+        return reached
 
     @staticmethod
     def _full(pool: IPPool, pools: CalicoPools) -> bool:

@@ -6,6 +6,7 @@ Calico's IPAM and Felix judge them."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -338,6 +339,37 @@ def test_a_pool_sorting_after_a_full_pod_cidr_pool_gives_new_blocks_and_must_tra
         assert "every block of IPPool default-ipv4-ippool" in reason, reason
 
 
+@pytest.mark.parametrize(("middle", "met"), [
+    ({}, True),  # new blocks come from m-mid, which translates as the spec wants
+    ({"nodeSelector": "zone == 'a'"}, False),  # other nodes go on to zz-old
+    ({"disabled": True}, False),
+    ({"cidr": "10.50.0.0/26"}, False),  # its one block is held: full too
+])
+def test_after_a_full_pod_cidr_pool_only_pools_up_to_the_first_with_room_give_new_blocks(
+    middle: dict[str, Any], met: bool,
+) -> None:
+    # Calico IPAM walks the pools selecting the node in name order and claims the first
+    # unclaimed block it meets (libcalico-go findUsableBlock): past a full pod CIDR pool,
+    # a pool selecting every node with a block unclaimed takes the new blocks, and the
+    # pools sorting after it are not reached. k3snet judged every pool sorting after a
+    # full pod CIDR pool as giving new blocks: zz-old was a false conflict.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, AFFINITIES)) as server:
+        server.put(CRD, _pool("default-ipv4-ippool", cidr="10.42.0.0/24", natOutgoing=True,
+                              blockSize=26))
+        server.put(CRD, _pool("m-mid", **{"cidr": "10.50.0.0/16", "natOutgoing": True,
+                                          "blockSize": 26, **middle}))
+        server.put(CRD, _pool("zz-old", cidr="10.60.0.0/16", natOutgoing=False))
+        for n in range(4):
+            server.put(AFFINITIES, _affinity(f"node-{n}", f"10.42.0.{64 * n}/26"))
+        server.put(AFFINITIES, _affinity("node-0", "10.50.0.0/26"))
+        p = _plan(_backend(server), SPEC.replace("10.42.0.0/16", "10.42.0.0/24"))
+        if met:
+            assert (len(p.met), p.conflicts) == (1, ())
+            return
+        (conflict,) = p.conflicts
+        assert (conflict.reason or "").startswith("IPPool zz-old 10.60.0.0/16"), conflict.reason
+
+
 def test_a_load_balancer_block_in_an_old_pool_gives_no_pod_an_address() -> None:
     # Calico IPAM keeps the blocks it cuts for LoadBalancer Services' addresses affine
     # to a virtual node (libcalico-go ipam AffinityTypeVirtual: spec.type "virtual",
@@ -477,6 +509,9 @@ def _node(name: str, labels: dict[str, str], calico_labels: str | None = None
     ({}, '{"zone": "old"}', False),  # Calico's own labels of the node
     ({"zone": "new"}, '{"zone": "old"}', True),  # the Node's labels win over them
     ({}, "{not json", True),  # an annotation Calico cannot read adds nothing
+    ({}, '{"zone": "old", "n": 1}', True),  # nor one with a value not a string
+    # Go's encoding/json reads a null value as "": the other labels count
+    ({}, '{"zone": "old", "spare": null}', False),
 ])
 def test_a_block_in_a_pool_whose_node_selector_no_longer_selects_its_node_gives_no_address(
     labels: dict[str, str], calico_labels: str | None, met: bool,
@@ -540,6 +575,33 @@ def test_the_nodes_are_listed_for_blocks_only_in_a_pool_not_selecting_every_node
         assert "block 10.60.3.0/26 of node node-a" in (conflict.reason or "")
         (warning,) = [w for w in backend.warnings if "labels" in w]
         assert "forbidden (403)" in warning
+
+
+def _holds_text(value: Any, text: str, depth: int = 0) -> bool:
+    if isinstance(value, str):
+        return value == text
+    if depth > 6:
+        return False
+    if isinstance(value, Mapping):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_holds_text(v, text, depth + 1) for v in value)
+    return False
+
+
+def test_the_nodes_listed_for_one_listing_are_not_kept_after_it() -> None:
+    # The Nodes' metadata listed for a block in a pool with a nodeSelector is shared
+    # by that listing's questions alone: the backend held every Node's metadata (with
+    # its managedFields, over 100 MB for 5,000 nodes) from one pass to the next.
+    with EmulatedApiServer(resources=(*CALICO_RESOURCES, AFFINITIES, NODES)) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("zz-old", cidr="10.60.0.0/16", natOutgoing=False,
+                              nodeSelector="zone == 'old'"))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+        server.put(NODES, _node("node-a", {"zone": "new", "marker": "listed-node-label"}))
+        backend = _backend(server)
+        assert len(_plan(backend, SPEC).met) == 1
+        assert not _holds_text(vars(backend), "listed-node-label")
 
 
 @pytest.mark.parametrize("field", ["nodeSelector", "namespaceSelector"])

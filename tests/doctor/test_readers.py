@@ -328,6 +328,26 @@ def test_an_ipv4_mapped_pool_cidr_leaves_calico_s_pool_sets_unknown() -> None:
     assert str(result.source_seen) != "192.168.1.5"
 
 
+
+@pytest.mark.parametrize("cidr", ["10.42.0.0/255.255.0.0", "10.42.0.1", " 10.42.0.0/16",
+                                  "garbage", "010.42.0.0/16"])
+def test_a_pool_cidr_go_s_parser_refuses_is_no_pool_to_felix_s_sets(cidr: str) -> None:
+    # Felix's syncer drops a pool whose CIDR Go's net.ParseCIDR refuses (libcalico-go
+    # IPPoolV3ToV1), so aa-odd (natOutgoing false, sorting first) takes no CIDR from the
+    # pods' pool. The doctor read a netmask or a bare address as Python does (aa-odd the
+    # pods' pool: blocked) and refused the whole bundle for one Python cannot read.
+    nat = (RULESETS / "calico-nat.save").read_text()
+    pools = json.dumps({"items": [
+        {"kind": "IPPool", "metadata": {"name": "aa-odd"}, "spec": {"cidr": cidr}},
+        {"kind": "IPPool", "metadata": {"name": "default-ipv4-ippool"},
+         "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}},
+    ]})
+    state = _state(**{"iptables-legacy-v4.save": nat, "calico-ippools.json": pools})
+    assert [str(p.cidr) for p in state.calico_pools] == ["10.42.0.0/16"]
+    assert "calico-ippools.json" not in state.missing
+    result = trace(state, FLOW)
+    assert result.verdict is Verdict.REACHES, result.render()
+
 def test_calico_s_renamed_network_ip_pools_set_is_evaluated_from_its_ip_pools() -> None:
     # Felix v3.31.6, v3.32.1 and later match cali40network-ip-pools, which leaves out
     # LoadBalancer-only pools (projectcalico/calico#12769); before, cali40all-ipam-pools.
