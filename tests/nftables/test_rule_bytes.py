@@ -18,8 +18,10 @@ import json
 import pytest
 
 from k3snet.backends.nftables import NftablesBackend
+from k3snet.backends.nftables import batch as batch_module
+from k3snet.backends.nftables.batch import Batch
 from k3snet.lab.netns import run_in
-from k3snet.model import MasqueradeRule, SnatRule, State
+from k3snet.model import MasqueradeRule, NetObject, SnatRule, State
 from k3snet.planner import plan
 from k3snet.render import nftables
 from k3snet.render.nftables import (
@@ -204,3 +206,29 @@ def test_a_rule_an_earlier_release_wrote_as_matches_is_read_back_as_met_not_repl
     with NftablesBackend(ns, syntax=syntax) as backend:  # the kept reads
         assert not plan(backend.observe(), wanted).changes
         assert not plan(backend.observe(refresh=True), wanted).changes
+
+
+def test_a_refusal_as_too_large_names_the_roomiest_added_rule_measured_only_then(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # nft_rule_bytes ranks the added rules only when the kernel refuses one as too large:
+    # summed on every add, it took 0.5 s of 10 000 added rules.
+    measured: list[object] = []
+
+    def counted(obj: NetObject, *, inet: bool = True) -> int:
+        measured.append(obj)
+        return nft_rule_bytes(obj, inet=inet)
+
+    monkeypatch.setattr(batch_module, "nft_rule_bytes", counted)
+    small = MasqueradeRule("10.42.0.0/16", exclude=_excluded(4, 25, 3))
+    roomy = _rule(SHAPES[0], 31)
+    batch = Batch("k3snet", "nft")
+    batch.add_object("inet", small, 0)
+    batch.add_object("inet", roomy, 1)
+    batch.add_object("ip", small, 2)
+    assert measured == []
+    assert batch.too_roomy("Error: Could not process rule: Invalid argument") is None
+    owner, why = batch.too_roomy("Error: Could not process rule: File too large") or (None, "")
+    assert owner == 1
+    assert roomy.brief() in why
+    assert f"take {NFT_RULE_BYTES} bytes or more" in why
+    assert Batch("k3snet", "nft").too_roomy("File too large") is None
