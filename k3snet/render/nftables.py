@@ -421,16 +421,20 @@ in ``nf_tables_newrule``: at most 4095 bytes, the sum of each expression's
 :data:`NFT_RULE_EXPRESSIONS` (a load, a bitwise and a compare of 16 bytes: 128 bytes)."""
 
 # Each expression's ops->size in the kernel, NFT_EXPR_SIZE(sizeof(its private struct)):
-# the 8 bytes of struct nft_expr, then the struct, 8-byte aligned (Linux 6.18, 64-bit;
-# checked against its refusals, tests/nftables/test_rule_bytes.py).
-# Earlier kernels' are the same or smaller (a compare of 5 to 15 bytes 32 before
-# cmp16_fast, 5.19; a bitwise without its shift data before 5.6), so a rule whose sum
-# stays under NFT_RULE_BYTES here is taken by every kernel k3snet supports.
+# the 8 bytes of struct nft_expr, then the struct, 8-byte aligned (64-bit; a 32-bit
+# kernel's pointers are smaller). Each is the largest of the kernels k3snet supports, not
+# one kernel's: Linux 6.18's (checked against its refusals,
+# tests/nftables/test_rule_bytes.py) but where an older kernel's is larger. Before 5.10
+# a != of up to 4 bytes is no cmp_fast (struct nft_cmp_expr, 32) and a 4-byte mask no
+# bitwise_fast (struct nft_bitwise, 48; 64 from 5.6, with its shift data): an IPv4
+# exclusion that does not end on a byte takes 112 bytes on 5.6 to 5.9, 64 on 6.18. A
+# rule whose sum stays under NFT_RULE_BYTES here is taken by every one of them.
 _PAYLOAD: Final = 16  # struct nft_payload: 4 bytes
 _META: Final = 16  # struct nft_meta: 3 bytes (the nfproto or interface name load)
-_CMP_FAST: Final = 24  # struct nft_cmp_fast_expr, data of up to 4 bytes (== or !=)
-_CMP: Final = 48  # 5 to 16 bytes: struct nft_cmp16_fast_expr, data and mask of 16 bytes
-_BITWISE_FAST: Final = 24  # struct nft_bitwise_fast_expr: a mask of 4 bytes
+_CMP_FAST: Final = 24  # == of up to 4 bytes: struct nft_cmp_fast_expr (16 before 5.10)
+_CMP_NEQ: Final = 32  # != of up to 4 bytes: struct nft_cmp_expr before 5.10, 24 since
+_CMP: Final = 48  # 5 to 16 bytes: struct nft_cmp16_fast_expr (5.19; nft_cmp_expr, 32, before)
+_BITWISE_FAST: Final = 64  # a 4-byte mask: nft_bitwise_fast_expr since 5.10 (24), see above
 _BITWISE: Final = 64  # struct nft_bitwise: mask, xor and shift data of 16 bytes each
 _LOOKUP: Final = 56  # struct nft_lookup: the set, its registers and its binding
 _IMMEDIATE: Final = 32  # struct nft_immediate_expr: one struct nft_data (snat's address)
@@ -439,20 +443,22 @@ _CT: Final = 16  # struct nft_ct: the ct state load
 _NFPROTO: Final = _META + _CMP_FAST  # an inet table's meta nfproto test
 
 
-def _cmp_bytes(length: int) -> int:
-    # nft_cmp_select_ops: == / != of up to 4 bytes is cmp_fast, of 5 to 16 bytes in a
-    # 16-byte register (libnftables loads into reg 1) cmp16_fast, whatever the length;
-    # struct nft_cmp_expr (32) before cmp16_fast
-    return _CMP_FAST if length <= 4 else _CMP
+def _cmp_bytes(length: int, negated: bool = False) -> int:
+    # nft_cmp_select_ops: == (and != since 5.10) of up to 4 bytes is cmp_fast, of 5 to 16
+    # bytes in a 16-byte register (libnftables loads into reg 1) cmp16_fast since 5.19
+    if length <= 4:
+        return _CMP_NEQ if negated else _CMP_FAST
+    return _CMP
 
 
-def _prefix_bytes(net: Network) -> int:
+def _prefix_bytes(net: Network, negated: bool = False) -> int:
     # libnftables (1.0.6) loads a prefix that ends on a byte as its bytes and compares
     # them; another one (a /0 too) it loads whole (4 or 16 bytes), masks and compares.
     if net.prefixlen and net.prefixlen % 8 == 0:
-        return _PAYLOAD + _cmp_bytes(net.prefixlen // 8)
+        return _PAYLOAD + _cmp_bytes(net.prefixlen // 8, negated)
     whole = net.max_prefixlen // 8
-    return _PAYLOAD + (_BITWISE_FAST if whole == 4 else _BITWISE) + _cmp_bytes(whole)
+    return (_PAYLOAD + (_BITWISE_FAST if whole == 4 else _BITWISE)
+            + _cmp_bytes(whole, negated))
 
 
 def _ifname_bytes(name: str) -> int:
@@ -472,7 +478,7 @@ def _nat_bytes(obj: MasqueradeRule | SnatRule, inet: bool, as_set: bool) -> int:
     if as_set:
         size += _PAYLOAD + _LOOKUP
     else:
-        size += sum(_prefix_bytes(e) for e in obj.exclude)
+        size += sum(_prefix_bytes(e, negated=True) for e in obj.exclude)
     if obj.out_interface is not None:
         size += _ifname_bytes(obj.out_interface)
     return size + (_IMMEDIATE + _NAT if isinstance(obj, SnatRule) else _NAT)
@@ -480,9 +486,9 @@ def _nat_bytes(obj: MasqueradeRule | SnatRule, inet: bool, as_set: bool) -> int:
 
 def nft_rule_bytes(obj: NetObject, *, inet: bool = True) -> int:
     """How much of :data:`NFT_RULE_BYTES` the largest of :func:`nft_rules`' kernel rules
-    takes, as the kernel sums it (each expression's ``ops->size``, Linux 6.18's 64-bit
-    layout, the largest of the kernels k3snet supports), for the
-    expressions libnftables sends: what :func:`exclusion_set` keeps a rule of matches
+    takes, as the kernel sums it (each expression's ``ops->size``, 64-bit, the largest
+    of the kernels k3snet supports: Linux 6.18's but for IPv4 tests, larger before 5.10),
+    for the expressions libnftables sends: what :func:`exclusion_set` keeps a rule of matches
     under, and what ranks the rules of a transaction the kernel refused as too large.
 
     >>> nft_rule_bytes(MasqueradeRule("fd42:42::/56", exclude=["fd00::/33"]))
@@ -495,7 +501,7 @@ def nft_rule_bytes(obj: NetObject, *, inet: bool = True) -> int:
         size += _prefix_bytes(obj.destination) + _IMMEDIATE  # accept
         for name in (obj.in_interface, obj.out_interface):
             size += _ifname_bytes(name) if name is not None else 0
-        return size + _CT + _BITWISE_FAST + _CMP_FAST  # the reply half's ct state
+        return size + _CT + _BITWISE_FAST + _CMP_NEQ  # the reply half's ct state
     raise ModelError(f"the nftables renderer handles NAT and forward rules, not {obj.type_name}")
 
 

@@ -46,8 +46,8 @@ def _excluded(count: int, prefix: int = 17) -> list[str]:
 
 
 def _largest(count: int) -> MasqueradeRule:
-    # inet: meta nfproto (2), saddr /16 (2), 3 per /17 exclusion, masquerade (1)
-    return MasqueradeRule("192.168.0.0/16", exclude=_excluded(count))
+    # inet: meta nfproto (2), saddr /17 (3), 2 per /24 exclusion, masquerade (1)
+    return MasqueradeRule("192.168.0.0/17", exclude=_excluded(count, 24))
 
 
 SHAPES: list[NetObject] = [
@@ -63,7 +63,7 @@ SHAPES: list[NetObject] = [
     SnatRule("fd42:43::/56", to_address="fd01:1::5", random_fully=True),
     ForwardRule("10.52.0.0/16", "192.168.2.0/25", in_interface="cni0", out_interface="eth0"),
     ForwardRule("fd42:42::/56", "fd01:2::/64"),
-    _largest(42),  # its exclusions in one set: a payload load, a lookup
+    _largest(62),  # its exclusions in one set: a payload load, a lookup
 ]
 
 
@@ -90,8 +90,8 @@ def test_a_nat_rule_over_the_kernels_expression_limit_is_written_with_one_set(
     run_in(ns, ["nft", "-f", "-"], input_text=FOREIGN)
     kept = MasqueradeRule("10.42.0.0/16", destination="192.168.2.0/24")
     with NftablesBackend(ns, syntax=syntax, keep_read=False) as backend:
-        largest = _largest(41)
-        over = MasqueradeRule("172.20.0.0/16", exclude=_excluded(42))
+        largest = _largest(61)
+        over = MasqueradeRule("172.20.0.0/17", exclude=_excluded(62, 24))
         assert nft_expressions(largest) == NFT_RULE_EXPRESSIONS
         assert "{" not in nft_rules(largest)[0].body
         assert "{" in nft_rules(over)[0].body
@@ -102,9 +102,9 @@ def test_a_nat_rule_over_the_kernels_expression_limit_is_written_with_one_set(
 
 
 def test_the_boot_file_writes_a_rule_the_kernel_would_refuse_as_matches_with_a_set() -> None:
-    assert "daddr != {" not in render_nftables_conf(State(owned=[_largest(41)]))
-    assert "ip daddr != { " in render_nftables_conf(State(owned=[_largest(42)]))
-    assert "ip daddr != { " in render_nftables_conf(State(owned=[_largest(42)]), family="split")
+    assert "daddr != {" not in render_nftables_conf(State(owned=[_largest(61)]))
+    assert "ip daddr != { " in render_nftables_conf(State(owned=[_largest(62)]))
+    assert "ip daddr != { " in render_nftables_conf(State(owned=[_largest(63)]), family="split")
 
 
 def _excluded6(count: int, prefix: int = 33) -> list[str]:

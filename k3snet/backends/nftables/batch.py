@@ -54,8 +54,9 @@ class Batch:
         self.created_chains: list[tuple[str, str]] = []
         # (change, why): added rules the kernel would refuse as too long, never sent
         self.too_large: list[tuple[int | None, str]] = []
-        # (room, change, rule): the added rule whose address matches take the most room
-        self.roomiest: tuple[int, int | None, NetObject] | None = None
+        # (change, rule, inet): each added rule, ranked by its room only when the kernel
+        # refuses one as too large (too_roomy), not on every add
+        self.added_objects: list[tuple[int | None, NetObject, bool]] = []
 
     @property
     def empty(self) -> bool:
@@ -108,9 +109,7 @@ class Batch:
         problem = too_large(obj, inet=family == "inet")
         if problem is not None:
             self.too_large.append((owner, problem))
-        room = nft_rule_bytes(obj, inet=family == "inet")
-        if self.roomiest is None or room > self.roomiest[0]:
-            self.roomiest = (room, owner, obj)
+        self.added_objects.append((owner, obj, family == "inet"))
         rules = nft_rules(obj, inet=family == "inet")
         self.bodies[key] = (rules[0].chain, as_listed(rules[0].body))  # for the kept read
         for slot, command in enumerate(self.nft.add_rules(family, obj, rules)):
@@ -142,9 +141,10 @@ class Batch:
         expressions take :data:`NFT_RULE_BYTES` or more, which IPv6 exclusions not
         ending on a byte reach before the count of expressions), the added rule that
         takes the most room, and why (``None``: another refusal, or no rule added)."""
-        if "File too large" not in error or self.roomiest is None:
+        if "File too large" not in error or not self.added_objects:
             return None
-        _, owner, obj = self.roomiest
+        owner, obj, _ = max(self.added_objects,
+                            key=lambda added: nft_rule_bytes(added[1], inet=added[2]))
         return owner, (
             f"the kernel refuses a rule whose expressions take {NFT_RULE_BYTES} bytes or "
             f"more, and the largest of this transaction is {obj.brief()}: give it "
