@@ -22,7 +22,8 @@ import pytest
 
 from k3snet.backends.netns import NetnsRunner
 from k3snet.backends.routed import RoutedBy, read_routes
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import run_in
+from tests.netlink.links import d0_namespace
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
 
@@ -33,12 +34,7 @@ def _ip(ns: str, *args: str) -> str:
 
 @pytest.fixture
 def ns() -> Iterator[str]:
-    with temporary_netns("mcast") as name:
-        _ip(name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
-        for dev in ("eth0p", "eth0"):
-            _ip(name, "link", "set", dev, "up")
-        _ip(name, "addr", "add", "192.168.1.5/24", "dev", "eth0")
-        _ip(name, "addr", "add", "fd00:1::5/64", "dev", "eth0", "nodad")
+    with d0_namespace("mcast", "192.168.1.5/24", "fd00:1::5/64", device="eth0") as name:
         yield name
 
 

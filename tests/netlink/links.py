@@ -22,17 +22,17 @@ def ip(ns: str, *args: str) -> str:
 
 
 @contextmanager
-def d0_namespace(prefix: str, *addresses: str) -> Iterator[str]:
-    """A namespace with veth d0 (its peer d0p inside too, both up) holding ``addresses``,
-    IPv6 ones usable at once (no duplicate address detection)."""
+def d0_namespace(prefix: str, *addresses: str, device: str = "d0") -> Iterator[str]:
+    """A namespace with veth ``device`` (its peer ``device``p inside too, both up) holding
+    ``addresses``, IPv6 ones usable at once (no duplicate address detection)."""
     with temporary_netns(prefix) as name:
         run_in(name, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
                       "net.ipv6.conf.default.accept_dad=0"])
-        ip(name, "link", "add", "d0", "type", "veth", "peer", "name", "d0p")
-        ip(name, "link", "set", "d0p", "up")
-        ip(name, "link", "set", "d0", "up")
+        ip(name, "link", "add", device, "type", "veth", "peer", "name", f"{device}p")
+        ip(name, "link", "set", f"{device}p", "up")
+        ip(name, "link", "set", device, "up")
         for address in addresses:
-            ip(name, "addr", "add", address, "dev", "d0",
+            ip(name, "addr", "add", address, "dev", device,
                *(["nodad"] if ":" in address else []))
         yield name
 

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import run_in
 from k3snet.model import Route, State
 from k3snet.planner import plan
 from tests.in_process import k3snet
+from tests.netlink.links import d0_namespace
 from tests.netlink.test_backend import DRIVERS, Driver
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
@@ -48,12 +49,7 @@ def _ip(ns: str, *args: str) -> str:
 @pytest.fixture
 def ns() -> Iterator[str]:
     """eth0 with 192.168.1.5/24 and fd00:1::5/64, its peer in the same namespace."""
-    with temporary_netns("ownaddr") as name:
-        _ip(name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
-        for dev in ("eth0p", "eth0"):
-            _ip(name, "link", "set", dev, "up")
-        _ip(name, "addr", "add", "192.168.1.5/24", "dev", "eth0")
-        _ip(name, "addr", "add", "fd00:1::5/64", "dev", "eth0", "nodad")
+    with d0_namespace("ownaddr", "192.168.1.5/24", "fd00:1::5/64", device="eth0") as name:
         yield name
 
 
