@@ -42,6 +42,7 @@ from k3snet.backends.lock import namespace_id, namespaces_of
 from k3snet.converge import state_digest
 from k3snet.errors import BackendError, ModelError, PlanError
 from k3snet.model import printable
+from k3snet.model.cni import FlannelConfig
 from k3snet.model.state import State, object_from_dict
 from k3snet.model.sysctl import Sysctl
 from k3snet.planner import Plan
@@ -535,12 +536,13 @@ class PlanFile:
     @property
     def secret(self) -> bool:
         """Whether the file holds a secret sysctl's value (:func:`~k3snet.model.sysctl.is_secret`:
-        ``tcp_fastopen_key``, a ``stable_secret``), which ``apply FILE`` writes: it is then
-        written readable by its owner alone (``0600``)."""
+        ``tcp_fastopen_key``, a ``stable_secret``) or a flannel ``Backend`` secret (its
+        ``PSK`` ..., :attr:`~k3snet.model.cni.FlannelConfig.secret`), which ``apply FILE``
+        writes: it is then written readable by its owner alone (``0600``)."""
         objects = [*self.desired.owned, *self.desired.foreign]
         for change in self.plan.changes:
             objects += [o for o in (change.before, change.after) if o is not None]
-        return any(isinstance(o, Sysctl) and o.secret for o in objects)
+        return any(isinstance(o, (Sysctl, FlannelConfig)) and o.secret for o in objects)
 
     def write(self, path: Path) -> None:
         """Write the file (stable JSON) atomically; a link at ``path`` is replaced, not

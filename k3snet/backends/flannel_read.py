@@ -30,6 +30,8 @@ from k3snet.model.cni import (
     canonical_json,
     flannel_backend_type,
     flannel_unread_options,
+    is_flannel_secret,
+    shown_flannel_secret,
 )
 
 __all__ = [
@@ -336,9 +338,10 @@ def _backend_options(backend: Mapping[str, Any], where: str
         if value is None:  # absent, or null: Go keeps the default
             continue
         expected = check(value)
-        if expected is not None:
+        if expected is not None:  # a malformed pre-shared key is a key all the same
+            shown = shown_flannel_secret(value) if is_flannel_secret(name) else _dump(value)
             problems.append(f"Backend.{name} must be {expected} (flannel's {kind} backend "
-                            f"reads it as its {name}), got {_dump(value)}")
+                            f"reads it as its {name}), got {shown}")
     return options, problems
 
 

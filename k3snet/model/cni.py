@@ -24,6 +24,7 @@ when this module is imported.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal
@@ -52,6 +53,7 @@ from k3snet.model.cidr import (
     subtract,
 )
 from k3snet.model.state import State, register_object_type
+from k3snet.model.sysctl import register_redaction
 
 __all__ = [
     "ALLOWED_USES",
@@ -65,6 +67,7 @@ __all__ = [
     "FLANNEL_FIELDS",
     "FLANNEL_KEYS",
     "FLANNEL_OWNED_MARKER",
+    "FLANNEL_SECRET_OPTIONS",
     "FLANNEL_SUBNET_KEYS",
     "FLANNEL_UNREAD_KEYS",
     "FLANNEL_WINDOWS_OPTIONS",
@@ -88,11 +91,14 @@ __all__ = [
     "flannel_backend_type",
     "flannel_nftables_refusal",
     "flannel_unread_options",
+    "is_flannel_secret",
     "merge_members",
     "namespace_problem",
     "object_name_problem",
     "pool_name",
     "pool_selector_problem",
+    "redact_flannel_backend",
+    "shown_flannel_secret",
 ]
 
 FLANNEL_KEYS: tuple[str, ...] = (
@@ -162,6 +168,75 @@ FLANNEL_WINDOWS_OPTIONS: Mapping[str, tuple[str, ...]] = {
 version since v0.11; upstream's Helm chart writes vxlan's ``MacPrefix``): a ConfigMap's
 net-conf.json is read by the Windows DaemonSet too, a node's own file by K3s' Linux
 flannel alone."""
+
+
+FLANNEL_SECRET_OPTIONS: tuple[str, ...] = ("PSK", "AccessKeySecret")
+"""The ``Backend`` options that hold a secret (wireguard's and ipsec's pre-shared key,
+tencent-vpc's API key): printed as :func:`shown_flannel_secret` shows them, matched as Go
+matches keys (case-insensitively), whatever the ``Type``."""
+
+_SECRET_FOLDS = frozenset(fold(name) for name in FLANNEL_SECRET_OPTIONS)
+
+
+def is_flannel_secret(name: str) -> bool:
+    """Whether ``Backend`` option ``name`` holds a secret (:data:`FLANNEL_SECRET_OPTIONS`).
+
+    >>> is_flannel_secret("psk"), is_flannel_secret("MTU")
+    (True, False)
+    """
+    return fold(name) in _SECRET_FOLDS
+
+
+def shown_flannel_secret(value: Any) -> str:
+    """A secret ``Backend`` option's ``value`` as k3snet prints it: its length and the
+    first 8 hex digits of the SHA-256 of its text, so that a changed key reads as
+    changed without being shown (as a secret sysctl's, ``k3snet.model.sysctl.shown_value``).
+
+    >>> shown_flannel_secret("c2VjcmV0")
+    '<secret, 8 characters, sha256:1c1185e0>'
+    """
+    text = value if isinstance(value, str) else canonical_json(value)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"<secret, {len(text)} characters, sha256:{digest}>"
+
+
+def redact_flannel_backend(backend: Any) -> Any:
+    """``backend`` (flannel's ``Backend`` value) with each secret option's value as
+    :func:`shown_flannel_secret` shows it; anything else as it is (not copied)."""
+    if not isinstance(backend, Mapping) or not any(
+            isinstance(key, str) and is_flannel_secret(key) for key in backend):
+        return backend
+    return {key: shown_flannel_secret(value) if isinstance(key, str) and is_flannel_secret(key)
+            else value for key, value in backend.items()}
+
+
+def _redacted_config(data: dict[str, Any]) -> dict[str, Any] | None:
+    """A flannel config's ``to_dict`` with its secret ``Backend`` options shown as
+    :func:`shown_flannel_secret` shows them, ``None`` if it holds none (for
+    ``k3snet.model.sysctl.redact_secrets``)."""
+    options = data.get("backend_options")
+    extra = data.get("extra")
+    backend = extra.get("Backend") if isinstance(extra, dict) else None
+    shown_options, shown_backend = (redact_flannel_backend(options),
+                                    redact_flannel_backend(backend))
+    if shown_options is options and shown_backend is backend:
+        return None
+    copy = dict(data)
+    copy["backend_options"] = shown_options
+    if shown_backend is not backend and isinstance(extra, dict):
+        copy["extra"] = {**extra, "Backend": shown_backend}
+    return copy
+
+
+def _repr_options(options: JsonMapping) -> str:
+    return f"JsonMapping({redact_flannel_backend(options.to_dict())!r})"
+
+
+def _repr_extra(extra: JsonMapping) -> str:
+    values = extra.to_dict()
+    if "Backend" in values:
+        values["Backend"] = redact_flannel_backend(values["Backend"])
+    return f"JsonMapping({values!r})"
 
 
 def flannel_unread_options(backend_type: str, names: Iterable[str], *,
@@ -478,8 +553,9 @@ class FlannelConfig(NetObject):
                                                kw_only=True)
     backend_type: str | None = attrs.field(default=None, converter=_backend_type, kw_only=True)
     backend_options: JsonMapping = attrs.field(factory=JsonMapping, converter=_json_mapping,
-                                               kw_only=True)
-    extra: JsonMapping = attrs.field(factory=JsonMapping, converter=_json_mapping, kw_only=True)
+                                               kw_only=True, repr=_repr_options)
+    extra: JsonMapping = attrs.field(factory=JsonMapping, converter=_json_mapping, kw_only=True,
+                                     repr=_repr_extra)
 
     _key: tuple[Any, ...] = attrs.field(init=False, repr=False)
     _sort: tuple[Any, ...] = attrs.field(init=False, repr=False)
@@ -672,13 +748,22 @@ class FlannelConfig(NetObject):
         """The target: one config per file or ConfigMap."""
         return self._key
 
+    @property
+    def secret(self) -> bool:
+        """Whether ``Backend`` holds a secret option (:func:`is_flannel_secret`: a ``PSK``
+        ...), which k3snet never prints: a plan file holding it is written ``0600``."""
+        backend = self.members().get("Backend")
+        return isinstance(backend, dict) and any(is_flannel_secret(key) for key in backend)
+
     def describe(self) -> str:
-        """``flannel TARGET Key=value ...`` in canonical JSON for structured values."""
+        """``flannel TARGET Key=value ...`` in canonical JSON for structured values; a
+        secret ``Backend`` option (``PSK`` ...) as :func:`shown_flannel_secret` shows it:
+        this line goes into plans, logs and the Node's status annotation."""
         parts = [f"flannel {self.target}"]
         for key, value in self.members().items():
             shown = value if isinstance(value, str) else canonical_json(value)
-            if key == "Backend":
-                shown = json.dumps(value, separators=(",", ":"))  # Type first, as written
+            if key == "Backend":  # Type first, as written; a pre-shared key not shown
+                shown = json.dumps(redact_flannel_backend(value), separators=(",", ":"))
             # Keys and values someone else wrote: a line break, a terminal escape or a
             # bidirectional override there must not forge or hide a line of the plan.
             parts.append(f"{printable(key)}={printable(shown)}")
@@ -2473,6 +2558,7 @@ class CalicoPoolsReadable(NetObject):
         return cls()
 
 register_object_type(FlannelConfig)
+register_redaction(FlannelConfig.type_name, _redacted_config)
 register_object_type(FlannelNetworks)
 register_object_type(IPPool)
 register_object_type(CalicoPools)

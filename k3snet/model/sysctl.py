@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Final
 
 import attrs
@@ -15,8 +15,8 @@ from k3snet.errors import ModelError
 from k3snet.model._base import NetObject
 
 __all__ = ["ALIASES", "SPREADING", "SPREADING_INVERTED", "Sysctl", "contradicting_aliases",
-           "is_secret", "owned_apart", "redact_secrets", "shown_value", "sysctl_name",
-           "sysctl_path", "value_problem"]
+           "is_secret", "owned_apart", "redact_secrets", "register_redaction", "shown_value",
+           "sysctl_name", "sysctl_path", "value_problem"]
 
 # /proc/sys reads and writes at most a page; the longest net.* values are a few words.
 _MAX_VALUE = 4096
@@ -371,13 +371,27 @@ def shown_value(name: str, value: str) -> str:
     return f"<secret, {size} bytes, sha256:{digest}>"
 
 
+_REDACTIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {}
+
+
+def register_redaction(type_name: str,
+                       redact: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+    """Have :func:`redact_secrets` pass each object of ``type_name`` (its ``to_dict``) to
+    ``redact``, which returns a copy with its secrets as k3snet prints them, or ``None``
+    for an object that holds none (the flannel config's ``Backend.PSK``,
+    :mod:`k3snet.model.cni`)."""
+    _REDACTIONS[type_name] = redact
+
+
 def redact_secrets(data: Any) -> Any:
     """JSON-able ``data`` (a plan's, a state's :meth:`~Sysctl.to_dict` ...) where each
     sysctl object's secret ``value`` and ``previous`` are as :func:`shown_value` prints
-    them: what k3snet prints as JSON. ``data`` is not changed: what holds a secret is
-    copied, the rest shared (a 10k-destination plan's JSON is printed without copying
-    its 20,000 objects). Plan files and the netlink backend's records keep the values
-    (written ``0600``), which an apply and a rollback need."""
+    them, and each object of a type given to :func:`register_redaction` as its
+    redaction gives it (a flannel ``PSK``): what k3snet prints as JSON. ``data`` is not
+    changed: what holds a secret is copied, the rest shared (a 10k-destination plan's
+    JSON is printed without copying its 20,000 objects). Plan files and the netlink
+    backend's records keep the values (written ``0600``), which an apply and a rollback
+    need."""
     if isinstance(data, list):
         shown = [_redacted(item) for item in data]
         return data if all(a is b for a, b in zip(shown, data, strict=True)) else shown
@@ -402,6 +416,10 @@ def _redacted(data: Any) -> Any:
         for field in ("value", "previous"):
             if isinstance(copy.get(field), str):
                 copy[field] = shown_value(name, copy[field])
+    redact = _REDACTIONS.get(data["type"]) if isinstance(data.get("type"), str) else None
+    if redact is not None:
+        shown = redact(data if copy is None else copy)
+        copy = copy if shown is None else shown
     return data if copy is None else copy
 
 
