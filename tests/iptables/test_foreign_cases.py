@@ -947,6 +947,16 @@ FORWARD_BLOCK_CASES: dict[str, tuple[str, str, set[tuple[str, str, str, str, str
     "a queue of every packet ends the table": (
         "-A FORWARD -j A\n-A A -j QUEUE\n-A A -j DROP", "ACCEPT",
         {("queue", "-A A -j QUEUE", "None", "None", None, None)}),
+    # Both flavours print a comment of one word unquoted: `--comment -o` is no match.
+    "a drop commented -o drops by any device": (
+        f"-A FORWARD -s {POD} -m comment --comment -o -j DROP", "DROP",
+        {("drop", f"-A FORWARD -s {POD} -m comment --comment -o -j DROP", POD, "None", None,
+          None)}),
+    "a drop commented -d drops to any destination": (
+        f"-A FORWARD -s {POD} -m comment --comment -d -m conntrack --ctstate NEW -j DROP",
+        "DROP",
+        {("drop", f"-A FORWARD -s {POD} -m comment --comment -d -m conntrack --ctstate NEW "
+          "-j DROP", POD, "None", None, None)}),
     # A match k3snet cannot hold reads as any.
     "an in-interface k3snet cannot hold": (
         f"-A FORWARD -s {POD} -i interface0123456 -j DROP", "DROP",

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from k3snet.backends.netlink import NetlinkBackend
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import run_in
 from k3snet.model import Route, State
 from k3snet.planner import plan
+from tests.netlink.links import d0_namespace
 from tests.netlink.test_backend import DRIVERS, Driver
 
 pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
@@ -32,11 +33,7 @@ def _ip(ns: str, *args: str) -> str:
 
 @pytest.fixture
 def ns() -> Iterator[str]:
-    with temporary_netns("rtattrs") as name:
-        _ip(name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
-        for dev in ("eth0p", "eth0"):
-            _ip(name, "link", "set", dev, "up")
-        _ip(name, "addr", "add", "192.168.1.5/24", "dev", "eth0")
+    with d0_namespace("rtattrs", "192.168.1.5/24", device="eth0") as name:
         _ip(name, "addr", "add", "192.168.7.5/32", "dev", "eth0p")
         yield name
 

@@ -1016,7 +1016,9 @@ def _addresses(tokens: Line, *, negated: bool = False) -> dict[str, str | None]:
     names = {"-s": "source", "-d": "destination", "-i": "in_interface", "-o": "out_interface"}
     found: dict[str, str | None] = {}
     for index, token in enumerate(tokens[:-1]):
-        if token in names and (index > 0 and tokens[index - 1] == "!") == negated:
+        if token in names and (index > 0 and tokens[index - 1] == "!") == negated and (
+                index < 1 or tokens[index - 1] != "--comment"):
+            # (a comment of one word is printed unquoted: `--comment -o` is no match)
             found[names[token]] = tokens[index + 1]
     return found
 
