@@ -35,6 +35,7 @@ from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule
 from tests.nftables.test_foreign_cases import DROP, Expr, Kernel, jump
+from tests.nftables.test_interface_blocks import _applied
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 PODS = ForwardRule("10.42.0.0/16", "192.168.2.0/24", out_interface="eth0")
@@ -234,7 +235,7 @@ def test_named_sets_and_unmodelled_drops_are_said_exactly_where_the_kernel_drops
     seen: dict[str, tuple[tuple[bool, bool], int | str]] = {}
     with SeedLab.create() as lab:
         monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
-        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        _applied(lab)
         for case, (sets, rule, *_) in CASES.items():
             run_in(lab.node, ["nft", "-f", "-"], input_text=(
                 f"table inet fw {{ {sets}\n chain c {{ type filter hook forward priority 0; "
@@ -359,7 +360,7 @@ def test_kube_proxy_and_ufw_drops_no_new_pod_connection_meets_are_no_warning(
     said: dict[str, bool] = {}
     with SeedLab.create() as lab:
         monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
-        assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
+        _applied(lab)
         for state in ("INVALID", "NEW"):
             run_in(lab.node, ["iptables-nft-restore"],
                    input_text=K3S_FORWARD.replace("--ctstate INVALID", f"--ctstate {state}"))
