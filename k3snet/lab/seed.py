@@ -124,6 +124,8 @@ _FORWARDING: Final = {"pod": 0, "node": 0, "router": 1, "db": 0}
 
 # How long the database server may take to start listening.
 _SERVER_START_TIMEOUT: Final = 10.0
+# How long the kernel may take to give every lab interface its IPv6 local routes.
+_IPV6_READY_TIMEOUT: Final = 10.0
 # Slack on top of a probe's own timeout for starting Python inside the namespace.
 _PROBE_STARTUP_SLACK: Final = 10.0
 # The probe program's file: it imports the standard library alone (see _run_probe).
@@ -212,6 +214,44 @@ def _address(names: Mapping[str, str]) -> None:
             run_in(names[role], ["ip", family, "route", "add", *rest])
 
 
+def _ipv6_unready(ns: str, interfaces: set[str]) -> set[str]:
+    """The interfaces of ``interfaces`` still missing their IPv6 local routes in ``ns``."""
+    listed = json.loads(run_in(ns, ["ip", "-6", "-j", "route", "show", "table", "local"]).stdout)
+    multicast = {r.get("dev") for r in listed if r.get("type") == "multicast"}
+    link_local = {
+        r.get("dev")
+        for r in listed
+        if r.get("type") == "local" and str(r.get("dst", "")).startswith("fe80:")
+    }
+    return interfaces - (multicast & link_local)
+
+
+def _await_ipv6_routes(names: Mapping[str, str]) -> None:
+    """Wait until every lab interface has its ``multicast ff00::/8`` and link-local routes.
+
+    The kernel adds them in a work item after the link comes up, up to a second later
+    on a busy machine; until then a neighbour solicitation arriving on the interface
+    finds no route and is dropped (``Ip6InNoRoutes``), and the first IPv6 connection
+    waits out the one-second retransmit.
+    """
+    waiting = {role: set(_ADDRESSES[role]) for role in _ROLES}
+    deadline = time.monotonic() + _IPV6_READY_TIMEOUT
+    while True:
+        waiting = {
+            role: left
+            for role, interfaces in waiting.items()
+            if (left := _ipv6_unready(names[role], interfaces))
+        }
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            missing = ", ".join(f"{role} {sorted(left)}" for role, left in waiting.items())
+            after = f"{_IPV6_READY_TIMEOUT:g} s"
+            msg = f"IPv6 was not up on every lab interface after {after}: {missing}"
+            raise LabError(msg)
+        time.sleep(0.01)
+
+
 def _start_server(db: str) -> subprocess.Popen[str]:
     """Start the echo server in ``db`` and wait until it listens."""
     argv = ["ip", "netns", "exec", db, sys.executable, "-m", "k3snet.lab._echo_server"]
@@ -298,6 +338,7 @@ class SeedLab:
             server = _start_server(names["db"])
             # Registered last, so it runs first: the server must go before its namespace.
             stack.callback(_stop_server, server)
+            _await_ipv6_routes(names)
             lab = cls(names, server, stack.pop_all())
             lab._state_dir = Path(state_dir)
             return lab

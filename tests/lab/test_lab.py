@@ -204,6 +204,25 @@ def _gone(lab: SeedLab, server_pid: int) -> None:
     assert lab.closed
 
 
+def test_every_lab_interface_takes_ipv6_multicast_once_created() -> None:
+    # The kernel adds an interface's `multicast ff00::/8` local route (and its link-local
+    # one) in a work item after the link comes up, up to a second later on a busy machine.
+    # Until then a neighbour solicitation arriving there finds no route and is dropped
+    # (Ip6InNoRoutes): the first IPv6 connection waited out the 1 s retransmit and a probe
+    # bounded by 1 s failed. The lab returns once every interface has its routes.
+    with SeedLab.create() as lab:
+        for role, ns in zip(("pod", "node", "router", "db"), lab.namespaces, strict=True):
+            local = json.loads(
+                run_in(ns, ["ip", "-6", "-j", "route", "show", "table", "local"]).stdout
+            )
+            multicast = {r["dev"] for r in local if r.get("type") == "multicast"}
+            link_local = {r["dev"] for r in local
+                          if r.get("type") == "local" and r["dst"].startswith("fe80:")}
+            interfaces = set(lab_module._ADDRESSES[role])
+            assert multicast >= interfaces, (role, local)
+            assert link_local >= interfaces, (role, local)
+
+
 def test_exit_deletes_every_namespace_and_stops_the_server() -> None:
     with SeedLab.create() as lab:
         assert set(lab.namespaces) <= _listed_namespaces()
