@@ -391,9 +391,29 @@ def test_an_interface_name_validates_in_object_json_exactly_when_the_model_takes
             zone_takes = False
         else:
             zone_takes = True
-        # (a zone of digits alone is an interface index, refused: never a device "2")
+        # (a zone of digits alone is an interface index, refused: never a device "2"),
+        # and object.json says the same: it took `fe80::1%0`, which the model refuses
         assert zone_takes == (takes and not (name.isascii() and name.isdigit()))
-        assert _validates(route | {"gateway": f"fe80::1%{name}", "device": None}) == takes
+        assert _validates(route | {"gateway": f"fe80::1%{name}", "device": None}) == zone_takes
+
+
+@pytest.mark.parametrize("address", ["fd00::1", "192.168.1.5", "fe80::1%eth0", "fd00::1%0",
+                                     "fe80::1%eth0.10"])
+def test_a_snat_address_validates_in_object_json_exactly_when_the_model_takes_it(
+        address: str) -> None:
+    """object.json's SNAT ``to_address`` took a zone id (``fe80::1%eth0``), which the
+    model refuses whatever the zone: no interface names where a source address goes."""
+    try:
+        rule = SnatRule("fd42::/64" if ":" in address else "10.42.0.0/16",
+                        to_address=address)
+    except ModelError:
+        takes = False
+    else:
+        takes = True
+    document = SnatRule("10.42.0.0/16", to_address="192.168.1.5").to_dict()
+    if takes:
+        document = rule.to_dict()
+    assert _validates(document | {"to_address": address}) == takes
 
 
 def _ifname_node_takes(name: str, search: dict[str, bool]) -> bool:
