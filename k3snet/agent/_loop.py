@@ -383,6 +383,16 @@ def _reason(exc: BaseException) -> str:
     return "error" if isinstance(exc, K3snetError) else "internal"
 
 
+def _counted(exc: BaseException) -> str:
+    """The ``reason`` a failure is counted under in ``k3snet_agent_sync_failures_total``:
+    its own, but ``refused`` for conflicts beside a refusal (said first, they are counted
+    by ``k3snet_agent_conflicts_total``): an alert on ``refused`` missed such a refusal,
+    the spec's own fault, for as long as a foreign rule stood beside it."""
+    if isinstance(exc, _ConflictsLeftError) and exc.refused:
+        return "refused"
+    return _reason(exc)
+
+
 def _takes_hold(desired: DesiredState) -> TypeGuard[HoldingDesiredState]:
     """Whether ``desired`` takes the ``hold`` keyword (or any keyword)."""
     try:
@@ -418,10 +428,13 @@ def _one_line(exc: BaseException) -> str:
     # Their messages name only the first SHOWN_PROBLEMS / LOG_ITEMS, then count the rest:
     # the problems themselves are counted.
     if isinstance(exc, SpecError):
-        return " ".join(" ".join([head, listed(exc.problems, "\n"), *notes]).split())
-    if isinstance(exc, _HeldRoutesError):
-        return " ".join(" ".join([head, listed(exc.cause.problems, "\n"), *notes]).split())
-    return " ".join(" ".join([head, listed(items, "\n"), *notes]).split())
+        said = " ".join([head, listed(exc.problems, "\n")])
+    elif isinstance(exc, _HeldRoutesError):
+        said = " ".join([head, listed(exc.cause.problems, "\n")])
+    else:
+        said = " ".join([head, listed(items, "\n")])
+    # Each note after a `;` (it read as the last change of the list before it).
+    return "; ".join(" ".join(part.split()) for part in [said, *notes])
 
 
 def _close(group: BackendGroup, what: str) -> None:
@@ -492,6 +505,8 @@ class _ConflictsLeftError(ConflictError):
                          f"converged ({len(applied)} change(s) applied){also}: {blocked}; "
                          f"{done}")
         self.conflicts, self.applied, self.tokens = tuple(conflicts), tuple(applied), tokens
+        # Whether members refused their part in the same pass (said in a note after).
+        self.refused = False
 
 
 class _RefusedMembersError(Exception):
@@ -1319,7 +1334,7 @@ class Agent:
         if failure is None:
             self.metrics.cluster_last_success.set(self._clock())
         else:
-            self.metrics.cluster_failures.labels(reason=_reason(failure)).inc()
+            self.metrics.cluster_failures.labels(reason=_counted(failure)).inc()
 
     def _converge_one(self, spec: Spec, group: BackendGroup, part: str
                       ) -> tuple[Sequence[Change], tuple[Hashable | None, ...] | None]:
@@ -1408,10 +1423,11 @@ class Agent:
         if conflicts:
             failure = _ConflictsLeftError(conflicts, applied, tokens, holding)
         if refusals:
-            if failure is None or failure is holding:  # the held routes said after it
-                failure = _RefusedMembersError(refusals, applied, tokens, holding)
-            else:  # said after the conflicts, which come first
+            if isinstance(failure, _ConflictsLeftError):  # said after the conflicts
                 failure.add_note(_RefusedMembersError(refusals, applied, tokens).note())
+                failure.refused = True
+            else:  # the held routes (if any) said after it
+                failure = _RefusedMembersError(refusals, applied, tokens, holding)
         if failure is not None:
             raise failure
         return applied, tokens
@@ -1600,10 +1616,10 @@ class Agent:
             what = "cluster-wide objects: " if part == "cluster" else ""
             said.append(f"{what}{_reason(failure)}: {_one_line(failure)}")
         if self.metrics is not None:
-            self.metrics.failures.labels(reason=reason).inc()
+            self.metrics.failures.labels(reason=_counted(parts[0][1])).inc()
             # Either part's: a cluster-wide conflict beside the node's failed apply (the
             # pass's reason 'apply', said first) is foreign state blocking the spec too.
-            if any(_reason(failure) == "conflict" for _, failure in parts):
+            if any(isinstance(failure, ConflictError) for _, failure in parts):
                 self.metrics.conflicts.inc()
         message = "; ".join(said)
         if self._unread is not None:

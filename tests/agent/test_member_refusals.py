@@ -145,9 +145,17 @@ def test_a_refusal_beside_a_conflict_is_said_after_it(
     result = node.agent.run_pass()
     assert result.status == "failed"
     assert result.message.startswith("conflict: "), result.message
-    assert "also refused: flannel backend refuses flannel file:" in result.message
+    # After a `;`: it read as part of the last change applied (`oif eth0 also refused`).
+    assert "oif eth0; also refused: flannel backend refuses flannel file:" in result.message
     assert {"nat", "forward", "sysctl"} <= {c.kind for c in result.applied}
     assert node.conf.read_bytes() == node.written
+    # Both counted: the conflict by k3snet_agent_conflicts_total, the pass by its
+    # refusal (it was `conflict` alone: an alert on `refused` never saw a refusal that
+    # stood beside a foreign rule, and the spec's own fault stayed unsaid there).
+    assert node.failures("refused") == 1
+    assert node.failures("conflict") == 0
+    conflicts = node.metrics.registry.get_sample_value("k3snet_agent_conflicts_total")
+    assert conflicts == 1
 
 
 class _Refusing(MemoryBackend):
