@@ -336,8 +336,9 @@ def run_in(
 def _ipv6_missing(ns: str, interfaces: Iterable[str]) -> dict[str, list[str]]:
     """What each interface of ``interfaces`` in ``ns`` still lacks of its IPv6 local routes
     (see :func:`await_ipv6_ready`); the interfaces lacking nothing are left out."""
-    listed = json.loads(run_in(ns, ["ip", "-6", "-j", "route", "show", "table", "local"]).stdout
-                        or "[]")
+    # `ip -n` enters the namespace itself: one process where `ip netns exec` takes two.
+    listed = json.loads(_run(["ip", "-n", ns, "-6", "-j", "route", "show", "table", "local"],
+                             check=True, timeout=DEFAULT_TIMEOUT).stdout or "[]")
     multicast = {r.get("dev") for r in listed if r.get("type") == "multicast"}
     link_local = {r.get("dev") for r in listed
                   if r.get("type") == "local" and str(r.get("dst", "")).startswith("fe80:")}
