@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -20,7 +21,8 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -30,7 +32,9 @@ from k3snet._kept import STATE_ROOT
 __all__ = [
     "DEFAULT_TIMEOUT",
     "NAME_PREFIX",
+    "Ipv6NotReadyError",
     "NetnsCommandError",
+    "await_ipv6_ready",
     "create_netns",
     "delete_netns",
     "exit_on_signals",
@@ -80,6 +84,11 @@ class NetnsCommandError(subprocess.CalledProcessError):
         detail = (self.stderr or "").strip()
         base = super().__str__()
         return f"{base}: {detail}" if detail else base
+
+
+class Ipv6NotReadyError(TimeoutError):
+    """The kernel did not configure IPv6 on every given interface in time
+    (:func:`await_ipv6_ready`); the message names the interfaces and what they lack."""
 
 
 def exit_on_signals() -> None:
@@ -322,6 +331,62 @@ def run_in(
         raise ValueError(msg)
     command = ["ip", "netns", "exec", _check_name(ns), *argv]
     return _run(command, check=check, timeout=timeout, input_text=input_text, env=env)
+
+
+def _ipv6_missing(ns: str, interfaces: Iterable[str]) -> dict[str, list[str]]:
+    """What each interface of ``interfaces`` in ``ns`` still lacks of its IPv6 local routes
+    (see :func:`await_ipv6_ready`); the interfaces lacking nothing are left out."""
+    # `ip -n` enters the namespace itself: one process where `ip netns exec` takes two.
+    listed = json.loads(_run(["ip", "-n", ns, "-6", "-j", "route", "show", "table", "local"],
+                             check=True, timeout=DEFAULT_TIMEOUT).stdout or "[]")
+    multicast = {r.get("dev") for r in listed if r.get("type") == "multicast"}
+    link_local = {r.get("dev") for r in listed
+                  if r.get("type") == "local" and str(r.get("dst", "")).startswith("fe80:")}
+    missing: dict[str, list[str]] = {}
+    for interface in interfaces:
+        lacks = [what for what, devices in (("multicast ff00::/8", multicast),
+                                            ("link-local", link_local))
+                 if interface not in devices]
+        if lacks:
+            missing[interface] = lacks
+    return missing
+
+
+def await_ipv6_ready(ns: str, interfaces: Iterable[str],
+                     timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Return once the kernel lists, in ``ns``'s ``ip -6 route show table local``, the
+    ``multicast ff00::/8`` route and a link-local ``local`` route of every interface of
+    ``interfaces`` (links just brought up, with carrier: both ends of a veth up).
+
+    The kernel adds them in a work item after a link gets its carrier, a second later or
+    more on a busy machine (and the link-local one only once duplicate address detection
+    ends: turn ``accept_dad`` off before making the links to skip it). Until then a
+    neighbour solicitation arriving on the interface finds no route and is dropped
+    (``Ip6InNoRoutes`` in ``nstat -az``), and the first IPv6 connection through it waits
+    out the one-second retransmit. A lab that sends IPv6 right after it was built calls
+    this first, once per namespace.
+
+    Raises :class:`Ipv6NotReadyError`, naming each interface and what it lacks, past
+    ``timeout`` seconds (a bound against a kernel that never gets there, not a delay).
+
+    Example::
+
+        run_in(ns, ["ip", "link", "set", "eth0", "up"])
+        await_ipv6_ready(ns, ["eth0"])
+    """
+    waiting = list(dict.fromkeys(interfaces))
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = _ipv6_missing(_check_name(ns), waiting)
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            lacks = "; ".join(f"{name}: no {' and no '.join(what)} route"
+                              for name, what in missing.items())
+            msg = f"IPv6 not configured in {ns} after {timeout:g} s: {lacks}"
+            raise Ipv6NotReadyError(msg)
+        waiting = list(missing)
+        time.sleep(0.01)
 
 
 def kill_netns_processes(name: str) -> None:

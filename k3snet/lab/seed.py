@@ -45,7 +45,13 @@ from typing import Final, Literal, Self
 
 import attrs
 
-from k3snet.lab.netns import DEFAULT_TIMEOUT, run_in, temporary_netns
+from k3snet.lab.netns import (
+    DEFAULT_TIMEOUT,
+    Ipv6NotReadyError,
+    await_ipv6_ready,
+    run_in,
+    temporary_netns,
+)
 
 __all__ = [
     "DB_ADDRESSES",
@@ -214,42 +220,18 @@ def _address(names: Mapping[str, str]) -> None:
             run_in(names[role], ["ip", family, "route", "add", *rest])
 
 
-def _ipv6_unready(ns: str, interfaces: set[str]) -> set[str]:
-    """The interfaces of ``interfaces`` still missing their IPv6 local routes in ``ns``."""
-    listed = json.loads(run_in(ns, ["ip", "-6", "-j", "route", "show", "table", "local"]).stdout)
-    multicast = {r.get("dev") for r in listed if r.get("type") == "multicast"}
-    link_local = {
-        r.get("dev")
-        for r in listed
-        if r.get("type") == "local" and str(r.get("dst", "")).startswith("fe80:")
-    }
-    return interfaces - (multicast & link_local)
-
-
 def _await_ipv6_routes(names: Mapping[str, str]) -> None:
-    """Wait until every lab interface has its ``multicast ff00::/8`` and link-local routes.
-
-    The kernel adds them in a work item after the link comes up, up to a second later
-    on a busy machine; until then a neighbour solicitation arriving on the interface
-    finds no route and is dropped (``Ip6InNoRoutes``), and the first IPv6 connection
-    waits out the one-second retransmit.
-    """
-    waiting = {role: set(_ADDRESSES[role]) for role in _ROLES}
+    """Wait until every lab interface has its ``multicast ff00::/8`` and link-local routes
+    (:func:`~k3snet.lab.netns.await_ipv6_ready`): until then a neighbour solicitation
+    arriving on the interface is dropped and the first IPv6 connection waits out the
+    one-second retransmit."""
     deadline = time.monotonic() + _IPV6_READY_TIMEOUT
-    while True:
-        waiting = {
-            role: left
-            for role, interfaces in waiting.items()
-            if (left := _ipv6_unready(names[role], interfaces))
-        }
-        if not waiting:
-            return
-        if time.monotonic() > deadline:
-            missing = ", ".join(f"{role} {sorted(left)}" for role, left in waiting.items())
-            after = f"{_IPV6_READY_TIMEOUT:g} s"
-            msg = f"IPv6 was not up on every lab interface after {after}: {missing}"
-            raise LabError(msg)
-        time.sleep(0.01)
+    try:
+        for role in _ROLES:
+            await_ipv6_ready(names[role], _ADDRESSES[role],
+                             timeout=max(deadline - time.monotonic(), 0.0))
+    except Ipv6NotReadyError as error:
+        raise LabError(str(error)) from error
 
 
 def _start_server(db: str) -> subprocess.Popen[str]:

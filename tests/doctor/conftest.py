@@ -47,7 +47,7 @@ import pytest
 
 from k3snet.doctor import Diagnosis, Flow, NodeCapture, NodeState, Trace, diagnose, trace
 from k3snet.lab import _probe
-from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.lab.netns import await_ipv6_ready, run_in, temporary_netns
 from tests.dropped import mib
 
 POD = "10.42.0.10"
@@ -744,6 +744,12 @@ def _build(stack: ExitStack, *, legacy: bool = True) -> DoctorLab:
         raise RuntimeError(f"echo server did not start: {detail}")
     lab = DoctorLab(names, {role: _watcher(stack, names[role]) for role in ("node", "router")})
     lab.legacy_used = legacy
+    # Last, once the server and the watchers started: the kernel gives each link its IPv6
+    # multicast and link-local routes in a work item after it came up, and a neighbour
+    # solicitation arriving before is dropped (the first IPv6 probe, bounded by 1.5 s,
+    # would wait out a 1 s retransmit: seen in the seed lab, whose build is the same).
+    for role, interfaces in _ADDRESSES.items():
+        await_ipv6_ready(names[role], interfaces)
     return lab
 
 

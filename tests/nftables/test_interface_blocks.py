@@ -401,12 +401,10 @@ def test_a_drop_by_a_set_of_names_is_a_conflict_exactly_where_the_kernel_drops(
 
 
 def _applied(lab: SeedLab) -> None:
-    """Apply the seed spec on the lab's node, then reach the database over IPv4 and IPv6
-    once (bounded by 5 s): neighbours resolved, the probes that follow, bounded by 1 s
-    where a drop is expected, time only what the rules do (a first IPv6 probe of a busy
-    machine failed its 1 s while nothing dropped it)."""
+    """Apply the seed spec on the lab's node. The probes that follow, bounded by 1 s, need
+    no connection first: the lab returns once the kernel gave every link its IPv6 routes
+    (a first IPv6 probe made before failed its 1 s, its neighbour solicitation dropped)."""
     assert main(["apply", "-f", str(SEED), "--netns", lab.node]) == 0
-    assert [lab.tcp_probe(f, timeout=5.0).ok for f in (4, 6)] == [True, True]
 
 
 def _probed_and_planned(lab: SeedLab, capsys: pytest.CaptureFixture[str]
