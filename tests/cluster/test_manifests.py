@@ -1201,13 +1201,41 @@ def test_the_grace_period_outlasts_the_longest_bounded_step_and_its_undo() -> No
 MEASURED_PEAK_MIB = {10_000: 269, 20_000: 490, 30_000: 708}
 
 
+@functools.cache
 def _many(count: int) -> tuple[Spec, str]:
     """A spec of ``count`` destinations, and its text one destination per line (flow
-    style, as docs/manifests.md advises: up to some 40,000 fit a ConfigMap)."""
+    style, as docs/manifests.md advises: up to some 40,000 fit a ConfigMap).
+
+    Built once per count (a Spec is frozen): the tests of each count only read it, and
+    building 30,000 destinations again for each of them cost a second and more."""
     cidrs = [f"10.{100 + i // 256}.{i % 256}.0/24" for i in range(count)]
     text = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n" + "".join(
         f"  - {{cidr: {cidr}}}\n" for cidr in cidrs)
     return Spec(destinations=[Destination(cidr) for cidr in cidrs]), text
+
+
+@functools.cache
+def _many_excluding(count: int, each: int) -> tuple[Spec, str]:
+    """:func:`_many`'s spec with ``each`` excludes in every destination, every other /29
+    of its /24 as measured (none to aggregate), and its text one destination a line in
+    flow style (4,000 with 10 excludes each fit a ConfigMap). Built once per shape."""
+    spec, _ = _many(count)
+    # The /29s at offsets 0, 16, 32 ... of the /24: list(cidr.subnets(29))[::2][:each],
+    # written out (making all 32 subnets of each destination cost seconds).
+    destinations = [attrs.evolve(d, exclude=[f"{d.cidr.network_address + 16 * k}/29"
+                                             for k in range(each)])
+                    for d in spec.destinations]
+    text = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n" + "".join(
+        f"  - {{cidr: {d.cidr}, exclude: [{', '.join(map(str, d.exclude))}]}}\n"
+        for d in destinations)
+    return attrs.evolve(spec, destinations=destinations), text
+
+
+def test_the_excludes_measured_are_every_other_29_of_each_destination() -> None:
+    # what _many_excluding writes out is what the measurements drew
+    spec, _ = _many_excluding(3, 16)
+    for d in spec.destinations:
+        assert list(d.exclude) == list(d.cidr.subnets(new_prefix=29))[::2]
 
 
 def _memory_limit_mib(daemonset: dict[str, Any]) -> int:
@@ -1316,13 +1344,10 @@ def test_a_first_pass_heavy_in_excludes_at_the_agents_cpu_request_ends_before_th
     from k3snet.agent import AgentOptions  # noqa: PLC0415
     from k3snet.backends.lock import DEFAULT_LOCK_TIMEOUT  # noqa: PLC0415
 
-    spec, _ = _many(count)
-    # Every other /29 of each destination's /24, as measured: none to aggregate.
-    destinations = [attrs.evolve(d, exclude=[str(net) for net in list(
-        d.cidr.subnets(new_prefix=29))[::2][:each]]) for d in spec.destinations]
-    spec = attrs.evolve(spec, destinations=destinations,
-                        agent=attrs.evolve(spec.agent, interval_seconds=interval))
-    daemonset = _one(render_manifests(spec, node_report=False), "DaemonSet", AGENT_NAME)
+    spec, text = _many_excluding(count, each)
+    spec = attrs.evolve(spec, agent=attrs.evolve(spec.agent, interval_seconds=interval))
+    daemonset = _one(render_manifests(spec, spec_text=text, node_report=False), "DaemonSet",
+                     AGENT_NAME)
     budget = AgentOptions("node-a", interval=interval).liveness_limit - 2 * DEFAULT_LOCK_TIMEOUT
     measured = MEASURED_FIRST_PASS_CPU_S_EXCLUDES[(count, each)]
     assert measured / _cpu_request_cores(daemonset) <= budget
@@ -1358,15 +1383,7 @@ def test_agent_memory_request_and_limit_cover_a_first_pass_heavy_in_excludes(
     # The memory request and limit counted the destinations alone (the CPU request counts
     # the excludes too): 4,000 destinations with 10 excludes each peak at 218 MiB, and
     # the request was 192 Mi; each exclude adds some 1.8 KiB.
-    spec, _ = _many(count)
-    # Every other /29 of each destination's /24, as measured: none to aggregate.
-    destinations = [attrs.evolve(d, exclude=[str(net) for net in list(
-        d.cidr.subnets(new_prefix=29))[::2][:each]]) for d in spec.destinations]
-    spec = attrs.evolve(spec, destinations=destinations)
-    # One destination a line, in flow style: 4,000 with 10 excludes each fit a ConfigMap.
-    text = "apiVersion: k3snet.io/v1alpha1\nkind: EgressSpec\ndestinations:\n" + "".join(
-        f"  - {{cidr: {d.cidr}, exclude: [{', '.join(map(str, d.exclude))}]}}\n"
-        for d in destinations)
+    spec, text = _many_excluding(count, each)
     daemonset = _one(render_manifests(spec, spec_text=text, node_report=False), "DaemonSet",
                      AGENT_NAME)
     measured = MEASURED_PEAK_MIB_EXCLUDES[(count, each)]
