@@ -1347,6 +1347,13 @@ class CalicoBackend(BackendBase):
             if warning not in self.warnings:
                 self.warnings = (*self.warnings, warning)
 
+    def pool_objects(self) -> list[Any]:
+        """Every IPPool as the API in use serves it (JSON data, not modelled): for readers
+        judging them otherwise than :meth:`observe` (the doctor reads them as Felix reads
+        them into its sets). A failed list raises :class:`~k3snet.kube.KubeApiError`
+        (404: the API is not served)."""
+        return self._list_all(PLURAL, "IPPools")
+
     def _list_all(self, plural: str, what: str) -> list[Any]:
         """Every object of ``plural`` in the pools' API, as the API server lists them
         (:data:`~k3snet.kube.LIST_PAGE` a request); its errors as :class:`KubeApiError`
