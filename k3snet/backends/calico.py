@@ -443,7 +443,8 @@ def pool_from_resource(item: Mapping[str, Any]) -> IPPool:
 
 
 def calico_metadata(item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The labels and annotations of an IPPool resource, as Calico reads them.
+    """The labels and annotations of a Calico resource (an IPPool, a
+    FelixConfiguration), as Calico reads them.
 
     A pool written through Calico's v3 API (its API server, ``calicoctl``) is stored
     in the CRD with its labels and annotations in the ``projectcalico.org/metadata``
@@ -781,8 +782,10 @@ _FELIX_PARSERS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
 def _felix_raw(item: Mapping[str, Any], key: str) -> str | None:
     """The text Felix gets for field ``key`` of a FelixConfiguration (None: unset), as
     Calico's config processor makes it: an annotation overrides the field; nil and ""
-    are unset; a number is its digits, a port range ``MIN:MAX``."""
-    annotations = (item.get("metadata") or {}).get("annotations") or {}
+    are unset; a number is its digits, a port range ``MIN:MAX``. The annotations are
+    the resource's as Calico reads them (:func:`calico_metadata`: in the CRD, those
+    written through Calico's v3 API are inside ``projectcalico.org/metadata``)."""
+    annotations = calico_metadata(item)[1]
     override = annotations.get(f"config.projectcalico.org/{FELIX_NAT_FIELDS[key]}")
     if isinstance(override, str):
         return override
