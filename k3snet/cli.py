@@ -2793,7 +2793,8 @@ def _doctor_calico(state: Any, args: argparse.Namespace) -> Any:
             kubeconfig = K3S_KUBECONFIG
     found = read_calico_pools(kubeconfig=kubeconfig, context=args.context)
     if found.pools is not None:
-        return state.with_calico_pools(found.pools, "the calico backend")
+        return state.with_calico_pools(found.pools, "the calico backend",
+                                       unreadable=found.unreadable)
     if explicit or not (found.why or "").startswith("no calico backend"):
         return attrs.evolve(state, missing={**state.missing, "calico-ippools.json": found.why})
     return state

@@ -656,14 +656,25 @@ def list_pages(fetch: Callable[[dict[str, Any]], Any], doing: str, *,
 
 
 def list_node_metadata(core_api: Any, doing: str, *, timeout: Any) -> list[Any]:
-    """Every Node as its metadata alone (:data:`METADATA_ONLY`), from the API server's
-    watch cache (``cached``) :data:`LIST_PAGE` at a time where it pages
-    (:func:`list_pages`), and read as JSON, not made into ``V1Node`` objects: the items'
-    ``metadata`` (labels, annotations) is what is read, to judge, never to write back; a
-    Node come or gone a moment before shows in the next list.
+    """Every Node as its metadata alone (:func:`list_metadata` of ``list_node``).
 
     ``core_api`` is a ``CoreV1Api``, ``timeout`` each request's; ``doing`` names the list
     in errors (a failed request is a :class:`KubeApiError`, an answer that is no JSON a
+    :class:`~k3snet.errors.BackendError`).
+    """
+    return list_metadata(core_api.list_node, doing, timeout=timeout)
+
+
+def list_metadata(list_call: Callable[..., Any], doing: str, *, timeout: Any) -> list[Any]:
+    """Every object a ``CoreV1Api`` list method (``list_node``, ``list_namespace``,
+    ``list_pod_for_all_namespaces``) lists, as its metadata alone (:data:`METADATA_ONLY`),
+    from the API server's watch cache (``cached``) :data:`LIST_PAGE` at a time where it
+    pages (:func:`list_pages`), and read as JSON, not made into the client's objects: the
+    items' ``metadata`` (labels, annotations) is what is read, to judge, never to write
+    back; an object come or gone a moment before shows in the next list.
+
+    ``timeout`` is each request's; ``doing`` names the list in errors (a failed request
+    is a :class:`KubeApiError`, an answer that is no JSON a
     :class:`~k3snet.errors.BackendError`).
     """
     # Imported when used: this module is read where the backend kit is not (spec checks).
@@ -671,10 +682,10 @@ def list_node_metadata(core_api: Any, doing: str, *, timeout: Any) -> list[Any]:
 
     def fetch(page: dict[str, Any]) -> Any:
         with translate_errors(doing, classifier=KubeErrors(timeout=timeout)):
-            nodes: Any = core_api.list_node(_request_timeout=timeout, _preload_content=False,
-                                            _headers=dict(METADATA_ONLY), **page)
+            answer: Any = list_call(_request_timeout=timeout, _preload_content=False,
+                                    _headers=dict(METADATA_ONLY), **page)
         try:
-            return json.loads(nodes.data)
+            return json.loads(answer.data)
         except ValueError as exc:
             raise BackendError(f"{doing}: the answer is not JSON ({exc})") from exc
 

@@ -64,7 +64,10 @@ back what it changed, re-creates what it deleted).
 
 **Reads.** ``observe`` lists the pools, the FelixConfigurations and (for
 ``IPPoolsAndHostIPs``, or a block a node holds in a pool with a ``nodeSelector``: once
-for both) the Nodes' metadata; the ``check`` or ``apply`` right after it
+for both) the Nodes' metadata, and (for a block in a pool that gives its node no address
+automatically) the Namespaces' and Pods' metadata, whose
+``cni.projectcalico.org/ipv4pools`` and ``ipv6pools`` annotations may name the pool
+(:func:`read_named_pools`); the ``check`` or ``apply`` right after it
 (within :data:`~k3snet.backends.kit.FRESH_READ_AGE` seconds, once: the agent's pass,
 ``converge``; :class:`~k3snet.backends.kit.FreshRead`) takes that
 listing rather than asking for all of it again, which every write's precondition above
@@ -123,11 +126,17 @@ from k3snet.kube import (
     KubeErrors,
     label_key_problem,
     label_value_problem,
+    list_metadata,
     list_node_metadata,
     list_pages,
     make_api_client,
 )
-from k3snet.model.calico_selector import selector_problem, selects_everything, selects_labels
+from k3snet.model.calico_selector import (
+    selector_problem,
+    selects_everything,
+    selects_labels,
+    selects_nothing,
+)
 from k3snet.model.cidr import Network, go_cidr_text, parse_network
 from k3snet.model.cni import NAT_OUTGOING_EXCLUSIONS, CalicoFelixNat, CalicoPools, IPPool
 from k3snet.model.state import State
@@ -434,7 +443,8 @@ def pool_from_resource(item: Mapping[str, Any]) -> IPPool:
 
 
 def calico_metadata(item: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The labels and annotations of an IPPool resource, as Calico reads them.
+    """The labels and annotations of a Calico resource (an IPPool, a
+    FelixConfiguration), as Calico reads them.
 
     A pool written through Calico's v3 API (its API server, ``calicoctl``) is stored
     in the CRD with its labels and annotations in the ``projectcalico.org/metadata``
@@ -558,8 +568,9 @@ def read_block_affinities(items: Iterable[Any]) -> tuple[tuple[str, str], ...]:
 def _blocks_may_decide(pools: Iterable[IPPool]) -> bool:
     """Whether the blocks the nodes hold may decide a verdict: some family has two
     pools or more that may give workloads addresses (enabled, allocatable, ``Workload``
-    among their ``allowedUses``, ``assignmentMode: Automatic``). A block decides only
-    where it lies in a pool of this kind outside the spec's pod CIDRs beside a pod
+    among their ``allowedUses``; ``Manual`` ones and those selecting no node too, which
+    give addresses to the pods naming them, :data:`POOLS_ANNOTATIONS`). A block decides
+    only where it lies in a pool of this kind outside the spec's pod CIDRs beside a pod
     CIDR's own pool of the family (:meth:`~k3snet.model.cni.CalicoPodCIDR._held`): with
     one such pool a family has none of them, or no pod CIDR pool to serve it (a
     conflict as it is). Every pool read counts, k3snet's own too, and pools of one
@@ -568,13 +579,52 @@ def _blocks_may_decide(pools: Iterable[IPPool]) -> bool:
     a list of every node's blocks (some per node) from the API server."""
     families: dict[int, int] = {}
     for pool in pools:
-        if (not pool.disabled and not pool.unallocatable and "Workload" in pool.allowed_uses
-                and pool.assignment_mode == "Automatic"):
+        if not pool.disabled and not pool.unallocatable and "Workload" in pool.allowed_uses:
             version = pool.cidr.version
             families[version] = families.get(version, 0) + 1
             if families[version] > 1:
                 return True
     return False
+
+
+POOLS_ANNOTATIONS = ("cni.projectcalico.org/ipv4pools", "cni.projectcalico.org/ipv6pools")
+"""The annotations of a pod, or of its namespace (the pod's replaces it), naming the pools
+(by name or CIDR, a JSON list) Calico IPAM gives the pod its addresses from, whatever the
+pools' ``nodeSelector``, ``namespaceSelector`` and ``assignmentMode`` (libcalico-go
+``ipam.determinePools`` uses requested pools unconditionally; the cni-plugin reads them)."""
+
+
+def read_named_pools(items: Iterable[Any]) -> frozenset[str]:
+    """The pools the :data:`POOLS_ANNOTATIONS` of ``items`` (Pods, Namespaces) name: each
+    entry of their JSON lists of strings, a CIDR as the network it names (host bits
+    dropped, as IPAM matches it against the pools' CIDRs), a name as it is. An
+    annotation that is no JSON list of strings (the CNI plugin fails such a pod) names
+    nothing.
+
+    >>> sorted(read_named_pools([{"metadata": {"annotations": {
+    ...     "cni.projectcalico.org/ipv4pools": '["vms", "10.60.1.0/16"]'}}}]))
+    ['10.60.0.0/16', 'vms']
+    """
+    named: set[str] = set()
+    for item in items:
+        metadata = item.get("metadata") if isinstance(item, Mapping) else None
+        annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+        if not isinstance(annotations, Mapping):
+            continue
+        for key in POOLS_ANNOTATIONS:
+            raw = annotations.get(key)
+            try:
+                entries = json.loads(raw) if isinstance(raw, str) else None
+            except (ValueError, RecursionError):
+                entries = None
+            if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+                continue
+            for entry in entries:
+                try:
+                    named.add(str(ipaddress.ip_network(entry, strict=False)))
+                except ValueError:
+                    named.add(entry)
+    return frozenset(named)
 
 
 NODE_LABELS_ANNOTATION = "projectcalico.org/labels"
@@ -610,11 +660,15 @@ def calico_node_labels(metadata: Mapping[str, Any]) -> dict[str, str]:
     return labels
 
 
-def block_in_use(block: str, pools: Iterable[IPPool], labels: Mapping[str, str] | None
-                 ) -> bool | None:
+def block_in_use(block: str, pools: Iterable[IPPool], labels: Mapping[str, str] | None,
+                 named: frozenset[str] | None = frozenset()) -> bool | None:
     """Whether Calico IPAM may still assign addresses from ``block``, a block its node
-    holds, for the node's ``labels`` (None: not known, and then None where they decide):
-    a pool holding the block's first address selects the node (libcalico-go
+    holds, for the node's ``labels`` (None: not known, and then None where they decide)
+    and the pools pods' or namespaces' annotations name (``named``,
+    :func:`read_named_pools`; None: not known, and then None where they decide): a pool
+    holding the block's first address is named (IPAM uses a pool a pod names whatever
+    its selectors and ``assignmentMode``, from the blocks the node holds there first),
+    or assigns ``Automatic``-ally and selects the node (libcalico-go
     ``prepareAffinityBlocksForHost``: the node's blocks in the pools that select it now;
     the others are released once empty). A pool whose nodeSelector Calico cannot parse,
     or no pool holding the block (judged elsewhere), keeps it: never fewer blocks than
@@ -624,14 +678,24 @@ def block_in_use(block: str, pools: Iterable[IPPool], labels: Mapping[str, str] 
     >>> [block_in_use("10.60.3.0/26", pools, labels)
     ...  for labels in ({"zone": "old"}, {"zone": "new"}, None)]
     [True, False, None]
+    >>> block_in_use("10.60.3.0/26", pools, {"zone": "new"}, frozenset({"old"}))
+    True
     """
     address = parse_network(block).network_address
     holding = [p for p in pools if address in p.cidr]
-    if not holding or any(selects_everything(p.node_selector) for p in holding):
+    if not holding or any(p.name in (named or ()) or str(p.cidr) in (named or ())
+                          for p in holding):
         return True
-    if labels is None:
-        return None
-    return any(selects_labels(p.node_selector, labels) is not False for p in holding)
+    automatic = [p for p in holding if p.assignment_mode == "Automatic"
+                 and not selects_nothing(p.node_selector)]
+    if any(selects_everything(p.node_selector) for p in automatic):
+        return True
+    if automatic:
+        if labels is None:
+            return None
+        if any(selects_labels(p.node_selector, labels) is not False for p in automatic):
+            return True
+    return None if named is None else False
 
 
 # ---------------------------------------------------------------- FelixConfiguration
@@ -718,8 +782,10 @@ _FELIX_PARSERS: Mapping[str, tuple[str, Callable[[str], Any]]] = {
 def _felix_raw(item: Mapping[str, Any], key: str) -> str | None:
     """The text Felix gets for field ``key`` of a FelixConfiguration (None: unset), as
     Calico's config processor makes it: an annotation overrides the field; nil and ""
-    are unset; a number is its digits, a port range ``MIN:MAX``."""
-    annotations = (item.get("metadata") or {}).get("annotations") or {}
+    are unset; a number is its digits, a port range ``MIN:MAX``. The annotations are
+    the resource's as Calico reads them (:func:`calico_metadata`: in the CRD, those
+    written through Calico's v3 API are inside ``projectcalico.org/metadata``)."""
+    annotations = calico_metadata(item)[1]
     override = annotations.get(f"config.projectcalico.org/{FELIX_NAT_FIELDS[key]}")
     if isinstance(override, str):
         return override
@@ -1059,30 +1125,77 @@ class CalicoBackend(BackendBase):
 
     def _blocks_in_use(self, blocks: tuple[tuple[str, str], ...], pools: list[IPPool]
                        ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-        """The ``blocks`` Calico IPAM still assigns from: a node's block counts where a pool
-        holding it selects the node (:func:`block_in_use`, by the node's labels as Calico
-        reads them, :func:`calico_node_labels`). The Nodes are listed only where a block
-        lies in pools none of which selects every node; a node not listed (gone, or the
-        list refused: a warning) keeps its blocks, judged as before."""
-        if all(block_in_use(block, pools, None) is True for _, block in blocks):
+        """The ``blocks`` Calico IPAM still assigns from (:func:`block_in_use`): a node's
+        block counts where a pool holding it assigns automatically and selects the node
+        (by the node's labels as Calico reads them, :func:`calico_node_labels`), or where
+        a pod's or namespace's annotation names such a pool (:func:`read_named_pools`).
+        The Nodes are listed only where a block lies in automatic pools none of which
+        selects every node, the Pods and Namespaces only where a block is left that no
+        pool gives its node automatically; a node not listed (gone, or the list
+        refused: a warning) keeps its blocks, and so does every block when the
+        annotations cannot be read (a warning), judged as before."""
+        if all(block_in_use(block, pools, None, None) is True for _, block in blocks):
             return blocks, ()
+        warnings: list[str] = []
+        labels: dict[str, dict[str, str]] | None = {}
+        if any(block_in_use(block, pools, None, None) is None for _, block in blocks):
+            try:
+                items = self._nodes()
+            except KubeApiError as exc:
+                if exc.status not in (403, 404):
+                    raise
+                labels = None
+                if exc.status == 403:
+                    warnings.append(
+                        f"{exc}: the labels of the nodes holding IPAM blocks in a pool with "
+                        "a nodeSelector are not read, so each such block is judged as one "
+                        "Calico IPAM still assigns from, though the pool may select its "
+                        "node no more")
+            else:
+                labels = {metadata["name"]: calico_node_labels(metadata)
+                          for metadata in (item.get("metadata") if isinstance(item, Mapping)
+                                           else None for item in items)
+                          if isinstance(metadata, Mapping)
+                          and isinstance(metadata.get("name"), str)}
+
+        def node_labels(node: str) -> Mapping[str, str] | None:
+            return None if labels is None else labels.get(node)
+
+        # The annotations decide only for a block no pool gives its node automatically.
+        if all(block_in_use(block, pools, node_labels(node)) is not False
+               for node, block in blocks):
+            return blocks, tuple(warnings)
         try:
-            items = self._nodes()
+            named: frozenset[str] | None = self._named_pools()
         except KubeApiError as exc:
             if exc.status not in (403, 404):
                 raise
-            warning = () if exc.status == 404 else (
-                f"{exc}: the labels of the nodes holding IPAM blocks in a pool with a "
-                "nodeSelector are not read, so each such block is judged as one Calico "
-                "IPAM still assigns from, though the pool may select its node no more",)
-            return blocks, warning
-        labels = {}
-        for item in items:
-            metadata = item.get("metadata") if isinstance(item, Mapping) else None
-            if isinstance(metadata, Mapping) and isinstance(metadata.get("name"), str):
-                labels[metadata["name"]] = calico_node_labels(metadata)
+            # Not served (no such API: no pod names a pool), or not allowed: a warning.
+            named = None if exc.status == 403 else frozenset()
+            if named is None:
+                warnings.append(
+                    f"{exc}: the pools pods and namespaces name in their "
+                    "cni.projectcalico.org/ipv4pools and ipv6pools annotations are not "
+                    "read, so each block a node holds in a pool that does not give it "
+                    "addresses automatically is judged as one Calico IPAM still assigns "
+                    "from")
         return tuple((node, block) for node, block in blocks
-                     if block_in_use(block, pools, labels.get(node)) is not False), ()
+                     if block_in_use(block, pools, node_labels(node), named) is not False
+                     ), tuple(warnings)
+
+    def _named_pools(self) -> frozenset[str]:
+        """The pools every Namespace's and Pod's :data:`POOLS_ANNOTATIONS` name
+        (:func:`read_named_pools`), from their metadata alone
+        (:func:`~k3snet.kube.list_metadata`). Both are read, the pods' over their
+        namespaces' taken together: never fewer pools than some pod may name."""
+        from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
+
+        core = client.CoreV1Api(self._client)
+        items = [*list_metadata(core.list_namespace, "list Namespaces (metadata)",
+                                timeout=self.timeout),
+                 *list_metadata(core.list_pod_for_all_namespaces, "list Pods (metadata)",
+                                timeout=self.timeout)]
+        return read_named_pools(items)
 
     def _nodes(self) -> list[Any]:
         """Every Node's metadata (:func:`~k3snet.kube.list_node_metadata`), listed once in a
@@ -1236,6 +1349,13 @@ class CalicoBackend(BackendBase):
             warning = _bgp_export_warning(name, spec.get("cidr"))
             if warning not in self.warnings:
                 self.warnings = (*self.warnings, warning)
+
+    def pool_objects(self) -> list[Any]:
+        """Every IPPool as the API in use serves it (JSON data, not modelled): for readers
+        judging them otherwise than :meth:`observe` (the doctor reads them as Felix reads
+        them into its sets). A failed list raises :class:`~k3snet.kube.KubeApiError`
+        (404: the API is not served)."""
+        return self._list_all(PLURAL, "IPPools")
 
     def _list_all(self, plural: str, what: str) -> list[Any]:
         """Every object of ``plural`` in the pools' API, as the API server lists them

@@ -3,13 +3,14 @@
 Calico's iptables rules match ipsets (``cali40masq-ipam-pools`` ...) whose members
 are its IP pools. A bundle may carry them as ``calico-ippools.json``; on a node
 with a kube config the doctor reads them instead through k3snet's calico backend
-(:meth:`~k3snet.backends.calico.CalicoBackend.observe`: k3snet's own pools and the
-foreign ones it can model), so nobody has to export them by hand.
+(:meth:`~k3snet.backends.calico.CalicoBackend.pool_objects`: every pool, k3snet's own
+too, read as Felix reads them into its sets, as the bundle's file is), so nobody has to
+export them by hand. A pool the backend cannot model is named, never a reason to drop
+the others, unless Felix may take it for another pool's CIDR (:func:`live_pools`).
 """
 
 from __future__ import annotations
 
-from ipaddress import ip_network
 from typing import Any
 
 import attrs
@@ -17,42 +18,62 @@ import attrs
 from k3snet.doctor.state import CalicoPool
 from k3snet.errors import BackendUnavailableError, K3snetError
 
-__all__ = ["LivePools", "calico_pools", "read_calico_pools"]
+__all__ = ["LivePools", "calico_pools", "live_pools", "read_calico_pools"]
 
 
 def calico_pools(backend: Any) -> tuple[CalicoPool, ...]:
-    """The IP pools ``backend`` (a calico backend, or anything observing ``ippool``
-    objects) observes, owned and foreign, by name.
+    """The IP pools a calico backend lists, as Felix reads them into its sets
+    (:func:`live_pools`); raises :class:`~k3snet.errors.K3snetError` where a pool makes
+    Felix's sets unknown."""
+    return live_pools(backend)[0]
 
-    The calico backend observes the foreign pools as one
-    :class:`~k3snet.model.cni.CalicoPools`; a pool it could not read makes the
-    answer incomplete, so it raises :class:`~k3snet.errors.K3snetError` naming it
-    rather than judge Calico's ipsets without it.
+
+def live_pools(backend: Any) -> tuple[tuple[CalicoPool, ...], tuple[str, ...]]:
+    """The IP pools ``backend`` (a calico backend) lists
+    (:meth:`~k3snet.backends.calico.CalicoBackend.pool_objects`), owned and foreign, read
+    as Felix reads them into its sets, as a bundle's ``calico-ippools.json`` is
+    (:func:`~k3snet.doctor.state.calico_pool_items`), by name; and a sentence naming
+    each pool read otherwise than the backend reads it: one Felix drops (a CIDR Go's
+    ``net.ParseCIDR`` refuses: left out, as Felix leaves it), or one the backend cannot
+    model for another reason (a ``blockSize`` out of range, a field of the wrong type),
+    whose CIDR and ``natOutgoing`` Felix still puts in its sets, judged so.
+
+    One pool Felix may take for another CIDR (an IPv4-mapped IPv6 one, a twin of an IPv4
+    pool whose ``natOutgoing`` may then decide) makes every set unknown: it raises
+    :class:`~k3snet.errors.K3snetError` saying so, rather than judge without it.
     """
-    from k3snet.model.cni import CalicoPools, IPPool  # noqa: PLC0415 - the CNI model, lazily
+    from k3snet.backends.calico import read_pool  # noqa: PLC0415 - kube deps are optional
+    from k3snet.doctor.state import calico_pool_items  # noqa: PLC0415
+    from k3snet.errors import ModelError  # noqa: PLC0415
 
-    state = backend.observe()
-    found: dict[str, IPPool] = {}
-    for obj in (*state.owned, *state.foreign):
-        if isinstance(obj, CalicoPools):
-            if obj.invalid:
-                raise K3snetError("the calico backend cannot read IP pool(s) " + "; ".join(
-                    f"{name} ({why})" for name, why in obj.invalid))
-            found.update((p.name, p) for p in obj.pools)
-        elif isinstance(obj, IPPool):
-            found[obj.name] = obj
-    return tuple(CalicoPool(ip_network(str(p.cidr), strict=False), bool(p.nat_outgoing),
-                            bool(p.disabled), p.load_balancer_only)
-                 for _, p in sorted(found.items()))
+    items = [i for i in backend.pool_objects() if isinstance(i, dict)]
+    pools, why, dropped = calico_pool_items(items)
+    if why is not None:
+        raise K3snetError(why)
+    left_out = {note.split(":", 1)[0] for note in dropped}
+    notes = list(dropped)
+    for item in sorted(items, key=lambda i: str((i.get("metadata") or {}).get("name", ""))):
+        try:
+            read_pool(item)
+        except ModelError as exc:
+            name = (item.get("metadata") or {}).get("name", "?")
+            if f"IPPool {name}" not in left_out:
+                notes.append(f"{exc}: the calico backend cannot read it, but Felix still "
+                             "puts its CIDR in its sets: judged with its CIDR and "
+                             "natOutgoing as Felix reads them")
+    return tuple(pools), tuple(notes)
 
 
 @attrs.frozen
 class LivePools:
     """What :func:`read_calico_pools` found: the ``pools`` (None when they could not be
-    read) and ``why`` not (None when read, or when the cluster has no Calico)."""
+    read) and ``why`` not (None when read, or when the cluster has no Calico); and
+    ``unreadable``, a sentence for each pool read otherwise than the calico backend
+    reads it (:func:`live_pools`)."""
 
     pools: tuple[CalicoPool, ...] | None
     why: str | None = None
+    unreadable: tuple[str, ...] = ()
 
 
 def read_calico_pools(*, kubeconfig: str | None = None, context: str | None = None,
@@ -72,7 +93,8 @@ def read_calico_pools(*, kubeconfig: str | None = None, context: str | None = No
     except K3snetError as exc:
         return LivePools(None, f"no calico backend: {exc}")
     try:
-        return LivePools(calico_pools(backend))
+        pools, unreadable = live_pools(backend)
+        return LivePools(pools, unreadable=unreadable)
     except KubeApiError as exc:
         if exc.status == 404:
             return LivePools(())  # Calico is not installed: no pools, nothing missing

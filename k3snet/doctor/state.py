@@ -13,6 +13,7 @@ spec's ``cluster`` or ``k3snet doctor --service-cidr``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
@@ -456,13 +457,19 @@ class NodeState:
         return attrs.evolve(self, cluster_cidrs=merged(self.cluster_cidrs, pod_cidrs),
                             service_cidrs=merged(self.service_cidrs, service_cidrs))
 
-    def with_calico_pools(self, pools: Iterable[CalicoPool], source: str) -> NodeState:
+    def with_calico_pools(self, pools: Iterable[CalicoPool], source: str, *,
+                          unreadable: Iterable[str] = ()) -> NodeState:
         """This state with Calico's IP pools replaced by ``pools`` (read live, e.g. by
         :func:`k3snet.doctor.cni.read_calico_pools`), in the order of their names (of
         pools of one CIDR Felix uses the first, :meth:`ipsets`); ``source`` says from
-        where."""
+        where; ``unreadable``, a sentence for each pool read otherwise than the calico
+        backend reads it, or left out (:attr:`LivePools.unreadable
+        <k3snet.doctor.cni.LivePools.unreadable>`), said in the capture-incomplete finding."""
         pools = tuple(pools)
         missing = {k: v for k, v in self.missing.items() if k != "calico-ippools.json"}
+        notes = "; ".join(unreadable)
+        if notes:
+            missing["calico-ippools.json"] = notes
         return attrs.evolve(self, calico_pools=pools, missing=missing,
                             sources=(*self.sources, f"{source}: {len(pools)} IP pool(s)"))
 
@@ -625,7 +632,16 @@ def _pool_name(item: object) -> str:
 
 def _calico_pools(data: object) -> tuple[tuple[CalicoPool, ...], str | None]:
     """``kubectl get ippools -o json`` (a list or ``{"items": [...]}``) -> the pools, or
-    none and why they cannot be read.
+    none and why they cannot be read (:func:`calico_pool_items`)."""
+    items = data.get("items", []) if isinstance(data, Mapping) else data
+    pools, why, _ = calico_pool_items(items if isinstance(items, list) else [])
+    return pools, why
+
+
+def calico_pool_items(items: Iterable[object]
+                      ) -> tuple[tuple[CalicoPool, ...], str | None, tuple[str, ...]]:
+    """IPPool objects -> the pools as Felix reads them into its sets, or none and why
+    they cannot be read; and a sentence naming each pool Felix drops.
 
     An IPv4-mapped IPv6 CIDR (``::ffff:10.42.0.0/112``, which the CRDs take) is no IPv6
     pool to Felix: Calico v3.32 and before key it by the IPv4 CIDR Go's ``IPNet.String()``
@@ -633,29 +649,38 @@ def _calico_pools(data: object) -> tuple[tuple[CalicoPool, ...], str | None]:
     As the calico backend, which calls such a pool unreadable, the doctor does not guess
     which: the pools' sets are unknown (the kernel's ``ipset save`` still tells them).
     A CIDR Go's ``net.ParseCIDR`` refuses (``10.42.0.0/255.255.0.0``, a bare address,
-    blanks around it) is no pool to Felix: its syncer drops the pool (libcalico-go
-    ``IPPoolV3ToV1``), and so does the doctor."""
-    items = data.get("items", []) if isinstance(data, Mapping) else data
+    blanks around it), or none, is no pool to Felix: its syncer drops the pool
+    (libcalico-go ``IPPoolV3ToV1``), and so does the doctor, naming it."""
     pools = []
+    dropped: list[str] = []
     # In name order, as Felix picks among pools of one CIDR (NodeState.ipsets).
-    for item in sorted(items, key=_pool_name) if isinstance(items, list) else []:
+    for item in sorted(items, key=_pool_name):
         spec = item.get("spec", {}) if isinstance(item, Mapping) else {}
-        if "cidr" in spec:
-            try:
-                if not (isinstance(spec["cidr"], str) and go_cidr_text(spec["cidr"])):
-                    raise ValueError(spec["cidr"])
-                cidr = ip_network(spec["cidr"], strict=False)
-            except ValueError:
-                continue  # Go's net.ParseCIDR refuses it: Felix's syncer drops the pool
-            mapped = cidr.network_address.ipv4_mapped if cidr.version == 6 else None
-            if mapped is not None:
-                ipv4 = ip_network((mapped, max(cidr.prefixlen - 96, 0)), strict=False)
-                return (), (f"IPPool {_pool_name(item) or '(no name)'}: spec.cidr "
-                            f"{spec['cidr']} is an IPv4-mapped IPv6 CIDR, which Felix takes "
-                            f"for the IPv4 CIDR {ipv4} (Calico v3.32 and before; Calico's "
-                            "development branch drops the pool): the pools' sets are not "
-                            "known")
-            pools.append(CalicoPool(cidr, bool(spec.get("natOutgoing")),
-                                    bool(spec.get("disabled")),
-                                    spec.get("allowedUses") == ["LoadBalancer"]))
-    return tuple(pools), None
+        spec = spec if isinstance(spec, Mapping) else {}
+        name = _pool_name(item) or "(no name)"
+        if "cidr" not in spec:
+            dropped.append(f"IPPool {name}: no spec.cidr: Felix drops it too, and so does "
+                           "the doctor")
+            continue
+        try:
+            if not (isinstance(spec["cidr"], str) and go_cidr_text(spec["cidr"])):
+                raise ValueError(spec["cidr"])
+            cidr = ip_network(spec["cidr"], strict=False)
+        except ValueError:
+            # Go's net.ParseCIDR refuses it: Felix's syncer drops the pool
+            dropped.append(f"IPPool {name}: spec.cidr {json.dumps(spec['cidr'])[:100]} is no "
+                           "CIDR Go's net.ParseCIDR parses: Felix drops it too, and so does "
+                           "the doctor")
+            continue
+        mapped = cidr.network_address.ipv4_mapped if cidr.version == 6 else None
+        if mapped is not None:
+            ipv4 = ip_network((mapped, max(cidr.prefixlen - 96, 0)), strict=False)
+            return (), (f"IPPool {name}: spec.cidr "
+                        f"{spec['cidr']} is an IPv4-mapped IPv6 CIDR, which Felix takes "
+                        f"for the IPv4 CIDR {ipv4} (Calico v3.32 and before; Calico's "
+                        "development branch drops the pool): the pools' sets are not "
+                        "known"), ()
+        pools.append(CalicoPool(cidr, bool(spec.get("natOutgoing")),
+                                bool(spec.get("disabled")),
+                                spec.get("allowedUses") == ["LoadBalancer"]))
+    return tuple(pools), None, tuple(dropped)

@@ -1828,18 +1828,29 @@ class CalicoPodCIDR(NetObject):
         return len(held) >= 1 << (size - pool.cidr.prefixlen)
 
     def _held(self, pools: CalicoPools) -> list[tuple[IPPool, list[tuple[str, Network]]]]:
-        """The pools outside the spec's pod CIDRs (:meth:`_outside`) whose ``natOutgoing``
-        (of Felix's pool of their CIDR) is not the one the spec wants, with the blocks
-        nodes hold in them (:attr:`CalicoPools.blocks`).
+        """The pools of this family outside the spec's pod CIDRs that may give workloads
+        addresses (enabled, allocatable, ``Workload`` among their ``allowedUses``: a
+        ``Manual`` one, or one selecting no node, too, for the pods naming it in their
+        ``cni.projectcalico.org/ipv4pools`` or ``ipv6pools`` annotation, or their
+        namespace's) whose ``natOutgoing`` (of Felix's pool of their CIDR) is not the one
+        the spec wants, with the blocks nodes hold in them (:attr:`CalicoPools.blocks`,
+        the blocks IPAM still assigns from: the calico backend keeps a node's block where
+        a pool holding it selects the node, or such an annotation names it).
 
         Calico IPAM assigns a pod's address from the blocks its node holds first, in any
-        enabled pool that still selects the node, whatever the pools' names, and cuts a
-        new block (in name order, :meth:`_ahead`) only once those are full: a node that
-        took blocks of an old pool keeps giving its pods addresses there, which Felix
+        enabled pool that still selects the node (or that the pod names, whatever its
+        selectors and ``assignmentMode``), whatever the pools' names, and cuts a new
+        block (in name order, :meth:`_ahead`) only once those are full: a node that took
+        blocks of an old pool keeps giving its pods addresses there, which Felix
         translates as that pool says.
         """
         found = []
-        for pool in self._outside(pools):
+        inside = (self.cidr, *self.siblings)
+        for pool in pools.pools:
+            if (pool.cidr.version != self.cidr.version or pool.disabled
+                    or pool.unallocatable or "Workload" not in pool.allowed_uses
+                    or any(contains(c, pool.cidr) for c in inside)):
+                continue
             if (pools.felix_pool(pool.cidr) or pool).nat_outgoing == self.nat_outgoing:
                 continue
             held = [(node, block) for node, block in pools.blocks

@@ -639,8 +639,9 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
         # create for a new one), creates and deletes; it never gets one, watches or updates.
         # It lists the FelixConfigurations too (Felix's NAT settings) and the block
         # affinities (the IPAM blocks the nodes hold), never writes them,
-        # and the Nodes where one leaves the Calico hosts' addresses untranslated, and
-        # gets the IPPool CRD (below).
+        # and the Nodes where one leaves the Calico hosts' addresses untranslated (and
+        # the Namespaces and Pods where their annotations decide), and gets the IPPool
+        # CRD (below).
         objs.append({
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
@@ -666,6 +667,13 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
                 # labels, for a block a node holds in a pool with a nodeSelector.
                 "apiGroups": [""],
                 "resources": ["nodes"],
+                "verbs": ["list"],
+            }, {
+                # The pools pods and namespaces name in their cni.projectcalico.org/
+                # ipv4pools and ipv6pools annotations (metadata alone), for a block a
+                # node holds in a pool that gives it no address automatically.
+                "apiGroups": [""],
+                "resources": ["namespaces", "pods"],
                 "verbs": ["list"],
             }, {
                 # The IPPool CRD, read where a pool of k3snet's lacks disableBGPExport:

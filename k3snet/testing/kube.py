@@ -65,6 +65,7 @@ import copy
 import datetime
 import ipaddress
 import json
+import re
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -118,12 +119,22 @@ Events, and the spec ConfigMap (``EmulatedApiServer(resources=CALICO_RESOURCES +
 AGENT_RESOURCES)``)."""
 
 _KINDS = {"ippools": "IPPool", "configmaps": "ConfigMap", "leases": "Lease", "nodes": "Node",
-          "daemonsets": "DaemonSet", "pods": "Pod",
+          "daemonsets": "DaemonSet", "pods": "Pod", "namespaces": "Namespace",
           "events": "Event", "felixconfigurations": "FelixConfiguration",
           "customresourcedefinitions": "CustomResourceDefinition",
           "blockaffinities": "BlockAffinity"}
 _CLUSTER_SCOPED = frozenset({"ippools", "nodes", "felixconfigurations",
-                             "customresourcedefinitions", "blockaffinities"})
+                             "customresourcedefinitions", "blockaffinities", "namespaces"})
+_NAMESPACES_PATH = re.compile(r"/api/v1/namespaces(/[^/]+)?/?")
+_NAMESPACES_ALIAS = "k3snet-namespace-objects"
+"""kmock reads ``/api/v1/namespaces/X`` as the namespace X, never as the Namespace object
+X: the emulator serves the Namespaces (``v1/namespaces``) under this plural instead, and
+a request for a Namespace or their list is sent there."""
+
+
+def _plural(plural: str) -> str:
+    """The plural kmock keeps ``plural``'s objects under (:data:`_NAMESPACES_ALIAS`)."""
+    return _NAMESPACES_ALIAS if plural == "namespaces" else plural
 _KEPT_REQUESTS = 1
 
 
@@ -258,6 +269,15 @@ def _emulator_class() -> type[Any]:
             with self._fault_lock:
                 self._faults.clear()
 
+        async def __call__(self, raw_request: Any) -> Any:
+            # A Namespace or their list: the alias kmock keeps them under.
+            found = _NAMESPACES_PATH.fullmatch(raw_request.rel_url.path)
+            if found is not None:
+                url = raw_request.rel_url
+                raw_request = raw_request.clone(rel_url=url.with_path(
+                    f"/api/v1/{_NAMESPACES_ALIAS}{found.group(1) or ''}").with_query(url.query))
+            return await super().__call__(raw_request)
+
         def _take_fault(self, request: Any) -> Fault | None:
             plural = request.resource.plural if request.resource is not None else None
             name = request.name
@@ -385,7 +405,10 @@ def _emulator_class() -> type[Any]:
                 "message": exc.message or repr(exc), "details": {}}, status=exc.status)
 
         async def _handle(self, request: Any) -> Any:
-            self.log.append((str(request.method.value), request.url.path,
+            path = request.url.path  # as the client sent it (see __call__)
+            if path.startswith(f"/api/v1/{_NAMESPACES_ALIAS}"):
+                path = "/api/v1/namespaces" + path[len(f"/api/v1/{_NAMESPACES_ALIAS}"):]
+            self.log.append((str(request.method.value), path,
                              copy.deepcopy(request.data)))
             self.accepts.append(str(request.headers.get("Accept", "")))
             self.queries.append({str(k): str(v) for k, v in request.params.items()})
@@ -607,7 +630,8 @@ class EmulatedApiServer:
         emulator = _emulator_class()()
         for resource in self._resources:
             group, version, plural = _resource_parts(resource)
-            emulator.resources[kmock.resource(group, version, plural)] = kmock.ResourceInfo(
+            key = kmock.resource(group, version, _plural(plural))
+            emulator.resources[key] = kmock.ResourceInfo(
                 kind=_KINDS.get(plural, plural.capitalize()),
                 namespaced=plural not in _CLUSTER_SCOPED,
                 verbs={"get", "list", "create", "patch", "delete"})
@@ -661,7 +685,7 @@ class EmulatedApiServer:
         import kmock  # noqa: PLC0415
 
         group, version, plural = _resource_parts(resource)
-        return (kmock.resource(group, version, plural), namespace, name)
+        return (kmock.resource(group, version, _plural(plural)), namespace, name)
 
     def put(self, resource: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Store ``obj`` as is (a seed: no validation), with a fresh resourceVersion and uid."""
@@ -721,7 +745,8 @@ class EmulatedApiServer:
              message: str | None = None, param: str | None = None,
              retry_after: int | None = None, served: bool = False) -> Fault:
         """Make matching requests fail (see :class:`Fault`); returns the fault."""
-        fault = Fault(status=status, method=method, plural=plural, name=name, delay=delay,
+        fault = Fault(status=status, method=method,
+                      plural=None if plural is None else _plural(plural), name=name, delay=delay,
                       times=times, message=message, param=param, retry_after=retry_after,
                       served=served)
         self.emulator.add_fault(fault)

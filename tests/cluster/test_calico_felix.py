@@ -1085,6 +1085,23 @@ def test_an_annotation_overrides_the_felix_field_as_calico_s_config_processor_do
     assert "interfaces matching eth0" in reason
 
 
+def test_an_annotation_calico_s_v3_api_stored_in_the_crd_overrides_the_felix_field(
+    api_server: EmulatedApiServer,
+) -> None:
+    # Written through Calico's v3 API (calicoctl, its API server), a resource's
+    # annotations are kept in the CRD inside the projectcalico.org/metadata annotation,
+    # which Calico reads back as the resource's (libcalico-go
+    # ConvertK8sResourceToCalicoResource), Felix's config processor included. The
+    # backend read the override in metadata.annotations alone: through
+    # crd.projectcalico.org it missed it, and judged Felix's field instead.
+    stored = json.dumps({"annotations": {
+        "config.projectcalico.org/IptablesNATOutgoingInterfaceFilter": "eth0"}})
+    api_server.put(FELIX, _felix("default", {"projectcalico.org/metadata": stored},
+                                 iptablesNATOutgoingInterfaceFilter="eth+"))
+    (reason,) = _felix_conflicts(api_server)
+    assert "interfaces matching eth0" in reason
+
+
 def test_a_felix_value_felix_cannot_parse_is_its_default_and_a_warning(
     api_server: EmulatedApiServer,
 ) -> None:

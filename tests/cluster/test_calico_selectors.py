@@ -577,6 +577,60 @@ def test_the_nodes_are_listed_for_blocks_only_in_a_pool_not_selecting_every_node
         assert "forbidden (403)" in warning
 
 
+NAMESPACES = "v1/namespaces"
+PODS = "v1/pods"
+POOLS_ANNOTATION = "cni.projectcalico.org/ipv4pools"
+
+
+@pytest.mark.parametrize(("where", "named", "met"), [
+    (None, "", True),  # named by nothing: IPAM gives the node no address there
+    (NAMESPACES, '["vms"]', False),  # by name, on the namespace
+    (PODS, '["10.60.0.0/16"]', False),  # by CIDR, on a pod
+    (PODS, '["other"]', True),  # another pool
+    (NAMESPACES, "vms", True),  # no JSON list of names: the CNI plugin fails the pod
+])
+@pytest.mark.parametrize("pool", [
+    {"nodeSelector": "zone == 'vms'"},  # selects no node holding the block
+    {"nodeSelector": "!all()"},  # selects no node at all: annotations alone use it
+    {"assignmentMode": "Manual"},  # pods asking for it by name alone
+])
+def test_a_block_in_a_pool_a_pods_or_namespaces_annotation_names_gives_addresses(
+    where: str | None, named: str, met: bool, pool: dict[str, str],
+) -> None:
+    # A pod naming pools in its cni.projectcalico.org/ipv4pools annotation (or its
+    # namespace's, which the pod's replaces; cni-plugin k8s.go) gets its address from
+    # them whatever their nodeSelector, namespaceSelector or assignmentMode: IPAM uses
+    # requested pools unconditionally (libcalico-go ipam.determinePools), from the
+    # blocks its node holds there first. k3snet dropped such a block when the pool did
+    # not select its node, and judged no Manual or "!all()" pool's blocks: pods of an
+    # annotated namespace got addresses outside the pod CIDR, untranslated, while the
+    # pod CIDR was met.
+    resources = (*CALICO_RESOURCES, AFFINITIES, NODES, NAMESPACES, PODS)
+    with EmulatedApiServer(resources=resources) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("vms", cidr="10.60.0.0/16", natOutgoing=False, **pool))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+        server.put(NODES, _node("node-a", {"zone": "a"}))
+        server.put(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace",
+                                "metadata": {"name": "plain"}})
+        if where is not None:
+            metadata: dict[str, Any] = {"name": "legacy",
+                                        "annotations": {POOLS_ANNOTATION: named}}
+            if where == PODS:
+                metadata["namespace"] = "plain"
+            server.put(where, {"apiVersion": "v1", "kind": "Pod" if where == PODS
+                               else "Namespace", "metadata": metadata})
+        p = _plan(_backend(server), SPEC)
+        assert p.changes == ()
+        if met:
+            assert (len(p.met), p.conflicts) == (1, ())
+            return
+        (conflict,) = p.conflicts
+        reason = conflict.reason or ""
+        assert reason.startswith("IPPool vms 10.60.0.0/16 (natOutgoing false): block "
+                                 "10.60.3.0/26 of node node-a"), reason
+
+
 def _holds_text(value: Any, text: str, depth: int = 0) -> bool:
     if isinstance(value, str):
         return value == text

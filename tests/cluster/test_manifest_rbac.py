@@ -190,6 +190,7 @@ def _unused(requests: Iterable[Request], objs: list[dict[str, Any]], namespace: 
 
 
 CNI_WORKLOADS = ("apps/v1/daemonsets", "v1/pods")
+AFFINITIES = "crd.projectcalico.org/v1/blockaffinities"
 
 
 def _cni_daemonset(server: EmulatedApiServer, namespace: str, name: str) -> None:
@@ -207,7 +208,8 @@ def server(request: pytest.FixtureRequest) -> Any:
     # Calico's CRDs alone, or its API server's projectcalico.org/v3 too (then used).
     calico = CALICO_RESOURCES if request.param == "v3" else tuple(
         r for r in CALICO_RESOURCES if r.startswith("crd."))
-    with EmulatedApiServer(resources=(*calico, *AGENT_RESOURCES, *CNI_WORKLOADS, CRDS)) as srv:
+    with EmulatedApiServer(resources=(*calico, *AGENT_RESOURCES, *CNI_WORKLOADS, CRDS,
+                                      AFFINITIES, "v1/namespaces")) as srv:
         srv.calico = calico  # type: ignore[attr-defined]
         srv.put(CRDS, ippool_crd(bgp_export_field=True))
         srv.put("v1/nodes", {"metadata": {"name": NODE}})
@@ -249,10 +251,19 @@ def test_calico_agent_sends_only_what_its_rbac_grants(
             server.put(resource, {"apiVersion": group_version, "kind": "IPPool",
                                   "metadata": {"name": "default-ipv4-ippool"},
                                   "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+            # A block the node holds in a pool selecting no node: the Namespaces' and
+            # Pods' annotations are read (do they name the pool?).
+            server.put(resource, {"apiVersion": group_version, "kind": "IPPool",
+                                  "metadata": {"name": "parked"},
+                                  "spec": {"cidr": "10.70.0.0/16", "nodeSelector": "!all()"}})
         if resource.endswith("/felixconfigurations"):  # the Nodes are listed for it
             server.put(resource, {"apiVersion": group_version, "kind": "FelixConfiguration",
                                   "metadata": {"name": "default"},
                                   "spec": {"natOutgoingExclusions": "IPPoolsAndHostIPs"}})
+    server.put(AFFINITIES, {"apiVersion": "crd.projectcalico.org/v1", "kind": "BlockAffinity",
+                            "metadata": {"name": "node-10-70-0-0-26"},
+                            "spec": {"node": NODE, "cidr": "10.70.0.0/26",
+                                     "state": "confirmed"}})
     # The agent in a namespace of its own: its Lease and Role there, Events in default.
     base = (HEADER + "backends: [calico]\ncni:\n  calico: {}\nagent:\n  namespace: k3snet-system\n"
             + DESTINATIONS)
@@ -280,6 +291,7 @@ def test_calico_agent_sends_only_what_its_rbac_grants(
     assert {("ippools", "create", None), ("ippools", "delete", None), ("ippools", "patch", None),
             ("felixconfigurations", "list", None), ("blockaffinities", "list", None),
             ("nodes", "list", None), ("customresourcedefinitions", "get", None),
+            ("namespaces", "list", None), ("pods", "list", None),
             ("leases", "create", namespace),
             ("nodes", "patch", None), ("events", "create", "default")} <= verbs
     assert _denied(requests, objs, namespace) == []

@@ -742,6 +742,11 @@ def test_calico_gets_ippools_cluster_wide() -> None:
         "resources": ["nodes"],
         "verbs": ["list"],
     }, {
+        # The pools pods and namespaces name in their annotations (metadata alone).
+        "apiGroups": [""],
+        "resources": ["namespaces", "pods"],
+        "verbs": ["list"],
+    }, {
         # The IPPool CRD alone: whether its schema drops disableBGPExport.
         "apiGroups": ["apiextensions.k8s.io"],
         "resources": ["customresourcedefinitions"],
