@@ -10,8 +10,6 @@ and ``EnableIPv6`` to false, and a CIDR's host bits are masked off without a wor
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 from collections.abc import Callable, Mapping
@@ -32,6 +30,7 @@ from k3snet.model.cni import (
     flannel_unread_options,
     is_flannel_secret,
     shown_flannel_secret,
+    wireguard_key_problem,
 )
 
 __all__ = [
@@ -277,20 +276,6 @@ def _ipsec_psk(value: Any) -> str | None:
     return None if ok else "a string of at least 96 bytes"
 
 
-def _wireguard_key(value: Any) -> str | None:
-    """wgtypes.ParseKey: standard base64 (Go's decoder skips CR and LF) of 32 bytes."""
-    expected = "a WireGuard key (32 bytes in base64)"
-    if not isinstance(value, str):
-        return expected
-    if value == "":
-        return None  # flannel's "no PSK"
-    try:
-        raw = base64.b64decode(value.replace("\r", "").replace("\n", ""), validate=True)
-    except (binascii.Error, ValueError):
-        return expected
-    return None if len(raw) == 32 else expected
-
-
 _BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
     # pkg/backend/vxlan/vxlan.go VXLANConfig
     "vxlan": {"VNI": _go_int, "Port": _go_int, "MTU": _go_int, "GBP": _boolean,
@@ -299,7 +284,7 @@ _BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
     # (ports and the keepalive reach the kernel as 16 bits; a ListenPort of 0 is advertised
     # to the peers as port 0; Mode outside its four words: "no valid Mode configured")
     "wireguard": {"ListenPort": _go_int_in(1, 0xFFFF), "ListenPortV6": _go_int_in(1, 0xFFFF),
-                  "MTU": _go_int, "PSK": _wireguard_key,
+                  "MTU": _go_int, "PSK": wireguard_key_problem,
                   "PersistentKeepaliveInterval": _go_int_in(0, 0xFFFF),
                   "Mode": _one_of("separate", "auto", "ipv4", "ipv6")},
     # pkg/backend/ipsec, ipip, udp and extension: their RegisterNetwork's cfg

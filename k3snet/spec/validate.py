@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from k3snet._gojson import fold
 from k3snet._logline import printable
 from k3snet._regex import lazy_pattern
 from k3snet.errors import Problem
@@ -30,6 +31,8 @@ from k3snet.model.cni import (
     FLANNEL_WINDOWS_OPTIONS,
     flannel_backend_type,
     flannel_unread_options,
+    shown_flannel_secret,
+    wireguard_key_problem,
 )
 from k3snet.model.nat import snat_address_problem
 from k3snet.model.route import next_hop_problem
@@ -146,8 +149,9 @@ def _flannel_option_problems(spec: Spec) -> list[Problem]:
         return []
     names = [name for name, _ in flannel.backend_options]
     unread = flannel_unread_options(flannel.backend_type, names, windows=True)
+    problems = _flannel_value_problems(flannel.backend_type, flannel.backend_options)
     if not unread:
-        return []
+        return problems
     kind = flannel_backend_type(flannel.backend_type)
     options = FLANNEL_BACKEND_OPTIONS[kind]
     extra = FLANNEL_WINDOWS_OPTIONS.get(kind, ())
@@ -157,7 +161,6 @@ def _flannel_option_problems(spec: Spec) -> list[Problem]:
     by_fold = {o.lower(): o for o in (*options, *extra)}
     import difflib  # noqa: PLC0415 - a misspelt option only: not on every cold run
 
-    problems = []
     for name in unread:
         close = [by_fold[c] for c in difflib.get_close_matches(
             name.lower(), list(by_fold), n=3, cutoff=0.6)]
@@ -167,6 +170,21 @@ def _flannel_option_problems(spec: Spec) -> list[Problem]:
             f"flannel's {kind} backend has no option {printable(name)}, so flannel would "
             f"ignore it (Go's JSON decoding drops a key no option matches): {reads}{hint}"))
     return problems
+
+
+def _flannel_value_problems(backend_type: str, options: Sequence[tuple[str, Any]]
+                            ) -> list[Problem]:
+    """wireguard's ``PSK`` (in any case, as Go matches it) that is no WireGuard key:
+    flannel's wireguard backend parses it when it starts and stops on a failure, so such
+    a value, written, broke flannel at its next restart. The value, a secret, is shown
+    as :func:`~k3snet.model.cni.shown_flannel_secret` shows it."""
+    if flannel_backend_type(backend_type) != "wireguard":
+        return []
+    return [Problem(f"cni.flannel.backend.options.{name}",
+                    f"must be {expected} (flannel's wireguard backend parses its PSK when it "
+                    f"starts, and stops on one it cannot), got {shown_flannel_secret(value)}")
+            for name, value in options
+            if fold(name) == "psk" and (expected := wireguard_key_problem(value)) is not None]
 
 
 def holds_nul(value: Any, depth: int = 0) -> bool:

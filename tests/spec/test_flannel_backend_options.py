@@ -100,9 +100,10 @@ def test_every_option_of_a_flannel_backend_type_is_taken_in_any_case(kind: str) 
     options: dict[str, object] = {}
     for i, name in enumerate(names):
         options[name.lower() if i % 2 else name.upper()] = "x"
-    # (Only the names are judged here: "x" is no value of some options, refused later.)
+    # (Only the names are judged here: "x" is no value of some options, PSK's included.)
     problems = [p.path for p in _problems_of(_flannel(kind, options))
-                if p.path.startswith("cni.flannel.backend.options.")]
+                if p.path.startswith("cni.flannel.backend.options.")
+                and "has no option" in p.message]
     assert problems == []
 
 
@@ -134,3 +135,34 @@ def test_validate_render_and_the_agent_refuse_an_unknown_flannel_option_alike(
                      "has no option DirectRouteing") == 2
     with pytest.raises(SpecError, match="did you mean DirectRouting"):
         Spec.from_yaml(path.read_text(), source=str(path))  # the agent's spec loading
+
+
+WG_KEY = "U0VDUkVUUFNLLTAxMjM0NTY3ODlhYmNkZWZnaGlqa2w="  # 32 bytes in base64
+
+
+@pytest.mark.parametrize("value", [
+    "not-a-wireguard-key",  # no base64
+    WG_KEY[:-4],  # 30 bytes
+    WG_KEY.rstrip("="),  # unpadded: Go's StdEncoding refuses it
+    WG_KEY + "QUFB",  # 35 bytes
+    12345678901,  # no string: Go refuses to decode it into PSK
+])
+@pytest.mark.parametrize("key", ["PSK", "psk"])
+def test_a_wireguard_psk_that_is_no_wireguard_key_is_refused_at_its_path_unshown(
+        key: str, value: object) -> None:
+    # flannel's wireguard backend parses PSK with wgtypes.ParseKey (standard base64 of 32
+    # bytes) when it starts: such a value was written, and flannel stopped at its restart.
+    with pytest.raises(SpecError) as raised:
+        Spec.from_dict(_flannel("wireguard", {key: value}))
+    [problem] = raised.value.problems
+    assert problem.path == f"cni.flannel.backend.options.{key}"
+    assert "a WireGuard key (32 bytes in base64)" in problem.message, problem.message
+    text = str(raised.value)
+    assert str(value) not in text
+    assert f"<secret, {len(str(value))} characters, sha256:" in text, text
+
+
+@pytest.mark.parametrize("value", [WG_KEY, "", WG_KEY[:20] + "\n" + WG_KEY[20:]])
+def test_a_wireguard_psk_flannel_reads_as_a_key_is_taken(value: str) -> None:
+    # "" is flannel's "no PSK"; Go's base64 decoder skips line breaks.
+    assert _problems_of(_flannel("wireguard", {"PSK": value})) == []
