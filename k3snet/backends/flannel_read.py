@@ -42,6 +42,7 @@ __all__ = [
     "flannel_values",
     "fold",
     "is_k3s_generated",
+    "option_value_problems",
     "start_refusals",
     "unread_keys",
     "unread_options",
@@ -573,6 +574,24 @@ def unread_options(backend: Any, *, windows: bool = False) -> list[str]:
     if more > 0:
         shown += f" and {more} more"
     return [f"flannel's {printable(kind)} backend {reads}, so it would ignore {shown}"]
+
+
+def option_value_problems(backend: Any) -> list[str]:
+    """Why flannel's backend would refuse or misread the options of ``backend`` (the
+    ``Backend`` members k3snet sets, its ``Type`` among them) when it starts: a value of
+    another Go type (``"VNI": "4"``), one outside what it takes (a wireguard ``PSK`` that is
+    no WireGuard key), two spellings of one option. A secret is shown as
+    :func:`~k3snet.model.cni.shown_flannel_secret` shows it.
+
+    >>> [p[:40] for p in option_value_problems({"Type": "vxlan", "VNI": 4, "GBP": "true"})]
+    ['Backend.GBP must be true or false (flann']
+    """
+    if not isinstance(backend, Mapping):
+        return []
+    inner, problems = _folded(backend, {"type": "Type"}, "net-conf.json", "Backend.")
+    if problems:
+        return problems
+    return _backend_options(inner, "net-conf.json")[1]
 
 
 _FAMILY_NETWORKS: Mapping[str, str] = {"EnableIPv4": "Network", "EnableIPv6": "IPv6Network"}

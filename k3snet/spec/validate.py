@@ -6,9 +6,11 @@ returns them all, and loading raises them in one :class:`~k3snet.errors.SpecErro
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from k3snet._gojson import fold
@@ -56,6 +58,24 @@ BLOCK_SIZE_PATH = "cni.calico.blockSize"
 
 _sound: weakref.ref[Spec] | None = None  # the last spec found sound
 
+_FLANNEL_OPTIONS_LEFT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "k3snet_flannel_options_left", default=False)
+
+
+@contextlib.contextmanager
+def flannel_options_left_to_backend() -> Iterator[None]:
+    """Within it, :func:`validate` (so loading and compiling a spec) leaves out the
+    problems of :func:`flannel_option_problems`: the flannel backend refuses those options
+    itself (its ``expect``), so the agent takes such a spec and that refusal leaves
+    flannel's config as it is while the rest of the node converges (docs/agent.md).
+    Everywhere else (``validate``, ``render``, ``plan``, ``apply``) they are problems of
+    the spec: an operator at a terminal wants the refusal."""
+    token = _FLANNEL_OPTIONS_LEFT.set(True)
+    try:
+        yield
+    finally:
+        _FLANNEL_OPTIONS_LEFT.reset(token)
+
 
 def validate(spec: Spec) -> list[Problem]:
     """Every problem of a spec, each with its path: the field checks of the table, then
@@ -70,8 +90,11 @@ def validate(spec: Spec) -> list[Problem]:
     if _sound is not None and _sound() is spec:
         return []
     problems = _validate(spec)
+    left = flannel_option_problems(spec) if _FLANNEL_OPTIONS_LEFT.get() else []
     if not problems:
         _sound = weakref.ref(spec)
+    elif left:  # (their paths and messages: one problem of each)
+        problems = [p for p in problems if p not in left]
     return problems
 
 
@@ -111,7 +134,7 @@ def _validate(spec: Spec) -> list[Problem]:
         problems += block_size_problems(spec.cni.calico.block_size, cluster.pod_cidrs)
     problems += _cluster_object_problems(spec)
     problems += _option_nul_problems(spec)
-    problems += _flannel_option_problems(spec)
+    problems += flannel_option_problems(spec)
     names: set[str] = set()
     for s in spec.sysctls:
         if s.name in names:
@@ -137,7 +160,7 @@ def _option_nul_problems(spec: Spec) -> list[Problem]:
             if holds_nul(value)]
 
 
-def _flannel_option_problems(spec: Spec) -> list[Problem]:
+def flannel_option_problems(spec: Spec) -> list[Problem]:
     """A ``cni.flannel.backend.options`` key no option of the backend type matches (a typo,
     another type's option): flannel's Go JSON decoding drops it without a word, and the
     flannel backend refuses to write it; said here, ``validate``, ``render`` and the

@@ -123,7 +123,7 @@ def test_the_option_names_the_spec_checks_are_those_the_flannel_backend_checks()
         FLANNEL_BACKEND_OPTIONS)
 
 
-def test_validate_render_and_the_agent_refuse_an_unknown_flannel_option_alike(
+def test_validate_render_and_spec_loading_refuse_an_unknown_flannel_option_alike(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "spec.yaml"
     path.write_text(json.dumps({"apiVersion": "k3snet.io/v1alpha1", "kind": "EgressSpec",
@@ -134,7 +134,8 @@ def test_validate_render_and_the_agent_refuse_an_unknown_flannel_option_alike(
     assert err.count("cni.flannel.backend.options.DirectRouteing: flannel's vxlan backend "
                      "has no option DirectRouteing") == 2
     with pytest.raises(SpecError, match="did you mean DirectRouting"):
-        Spec.from_yaml(path.read_text(), source=str(path))  # the agent's spec loading
+        Spec.from_yaml(path.read_text(), source=str(path))  # (the agent leaves it to the
+        # flannel backend's refusal: tests/agent/test_flannel_option_refusals.py)
 
 
 WG_KEY = "U0VDUkVUUFNLLTAxMjM0NTY3ODlhYmNkZWZnaGlqa2w="  # 32 bytes in base64
