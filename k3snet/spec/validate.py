@@ -51,7 +51,8 @@ from k3snet.spec.model import (
 from k3snet.spec.schema import DNS_LABEL, SPEC
 from k3snet.spec.validators import int_in
 
-__all__ = ["BLOCK_SIZE_PATH", "block_size_problems", "holds_nul", "known_sound", "validate"]
+__all__ = ["BLOCK_SIZE_PATH", "block_size_problems", "flannel_option_problems",
+           "flannel_options_left_to_backend", "holds_nul", "known_sound", "validate"]
 
 BLOCK_SIZE_PATH = "cni.calico.blockSize"
 
