@@ -58,6 +58,7 @@ BLOCK_SIZE_PATH = "cni.calico.blockSize"
 
 
 _sound: weakref.ref[Spec] | None = None  # the last spec found sound
+_sound_but_left: weakref.ref[Spec] | None = None  # ... but for the flannel options left
 
 _FLANNEL_OPTIONS_LEFT: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "k3snet_flannel_options_left", default=False)
@@ -87,15 +88,20 @@ def validate(spec: Spec) -> list[Problem]:
     # (benchmarks/bench_cold.py). A Spec is frozen (tuples of frozen values; only
     # backend option values may be lists, and changing one in place after loading
     # is not supported), so the same object is sound the second time too.
-    global _sound  # noqa: PLW0603 - one slot, by identity
+    global _sound, _sound_but_left  # noqa: PLW0603 - one slot each, by identity
+    leaving = _FLANNEL_OPTIONS_LEFT.get()
     if _sound is not None and _sound() is spec:
         return []
+    if leaving and _sound_but_left is not None and _sound_but_left() is spec:
+        return []  # (each of the agent's passes compiles the spec in force again)
     problems = _validate(spec)
-    left = flannel_option_problems(spec) if _FLANNEL_OPTIONS_LEFT.get() else []
+    left = flannel_option_problems(spec) if leaving else []
     if not problems:
         _sound = weakref.ref(spec)
     elif left:  # (their paths and messages: one problem of each)
         problems = [p for p in problems if p not in left]
+        if not problems:
+            _sound_but_left = weakref.ref(spec)
     return problems
 
 

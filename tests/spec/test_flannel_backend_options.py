@@ -167,3 +167,22 @@ def test_a_wireguard_psk_that_is_no_wireguard_key_is_refused_at_its_path_unshown
 def test_a_wireguard_psk_flannel_reads_as_a_key_is_taken(value: str) -> None:
     # "" is flannel's "no PSK"; Go's base64 decoder skips line breaks.
     assert _problems_of(_flannel("wireguard", {"PSK": value})) == []
+
+
+def test_a_spec_taken_with_its_flannel_options_left_to_the_backend_is_refused_elsewhere(
+        ) -> None:
+    # The agent's leniency (docs/agent.md) stays within its context, for the very object
+    # it judged too (validate() remembers the last spec found sound, by identity).
+    from k3snet.spec.validate import (  # noqa: PLC0415
+        flannel_options_left_to_backend,
+        validate,
+    )
+
+    data = _flannel("wireguard", {"psk": "c2VjcmV0", "ListenPrt": 1})
+    with flannel_options_left_to_backend():
+        spec = Spec.from_dict(data)
+        assert validate(spec) == validate(spec) == []
+    assert sorted(p.path for p in validate(spec)) == [
+        "cni.flannel.backend.options.ListenPrt", "cni.flannel.backend.options.psk"]
+    with pytest.raises(SpecError):
+        Spec.from_dict(data)
