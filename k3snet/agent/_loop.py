@@ -91,6 +91,7 @@ from k3snet.planner import Change, Note
 from k3snet.spec import Spec, held_destinations
 from k3snet.spec.load import imported_files, load_mapping
 from k3snet.spec.source import MAX_BYTES
+from k3snet.spec.validate import flannel_option_problems, flannel_options_left_to_backend
 
 __all__ = ["INTERVAL_JITTER", "NOT_READY_AFTER", "Agent", "AgentOptions", "PassResult",
            "cluster_wide_kinds", "split_cluster_wide"]
@@ -824,7 +825,11 @@ class Agent:
         self.passes += 1
         self._new_in_pass = self._held_pass = False
         try:
-            with requests_within(self.grace_deadline), throttle_waits(None):
+            # Flannel options flannel would not read (a misspelt one, a PSK that is no
+            # WireGuard key) refuse the spec everywhere else; the flannel backend refuses
+            # them itself, so here they are its member refusal (the rest converges).
+            with (requests_within(self.grace_deadline), throttle_waits(None),
+                  flannel_options_left_to_backend()):
                 result = self._pass()
         except Exception as exc:  # noqa: BLE001 - the loop outlives any one failure
             result = self._failed(exc)
@@ -913,6 +918,8 @@ class Agent:
                 candidate = Spec.from_yaml(text, source=self.source.where), sha
             except SpecError as exc:
                 candidate, refused = None, _RefusedError("invalid", exc)
+            else:
+                self._say_left(candidate[0])
             if not all(file.unchanged() or file.taken_unsettled
                        for file in self._imported.values()):
                 # Rewritten since it settled: loading may have read it half written. One
@@ -926,6 +933,17 @@ class Agent:
             self._refusal = None  # the file went back to the spec in force
             self._refused_sha = self._teardown_wait = None
         return candidate, refused
+
+    def _say_left(self, spec: Spec) -> None:
+        """Log, as an error, the flannel options of a new spec the flannel backend will
+        refuse (:func:`~k3snet.spec.validate.flannel_options_left_to_backend`): the node
+        running no flannel backend (the ConfigMap is the leader's) says them too."""
+        left = flannel_option_problems(spec)
+        if left:
+            _log.error("spec from %s: %s; the flannel backend leaves flannel's config as it "
+                       "is until they are corrected, everything else converges (k3snet "
+                       "validate refuses the spec)", self.source.where,
+                       listed([str(p) for p in left], "; "), extra={"reason": "refused"})
 
     def _read_failed(self, exc: K3snetError) -> None:
         """A read of the spec that failed this time (an API server restarting, overloaded,

@@ -98,6 +98,7 @@ from k3snet.backends.flannel_read import (
     disruptions,
     flannel_values,
     is_k3s_generated,
+    option_value_problems,
     start_refusals,
     unread_keys,
     unread_options,
@@ -995,6 +996,10 @@ class FlannelBackend(BackendBase):
                     "matches): correct the option's name, or leave it out (an option of a "
                     "newer flannel k3snet does not know: write it into the config by hand; "
                     "k3snet keeps it)")
+        bad = option_value_problems(wanted.members().get("Backend"))
+        if bad:  # (a secret shown as shown_flannel_secret shows it)
+            return (f"{'; '.join(bad)}: flannel's backend stops on it when it starts, so "
+                    "k3snet does not write it")
         return None
 
     def _edit(self, doc: _Doc, plan: Plan, *, refuse_disruptive: bool = False

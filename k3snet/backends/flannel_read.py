@@ -10,8 +10,6 @@ and ``EnableIPv6`` to false, and a CIDR's host bits are masked off without a wor
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 from collections.abc import Callable, Mapping
@@ -32,6 +30,7 @@ from k3snet.model.cni import (
     flannel_unread_options,
     is_flannel_secret,
     shown_flannel_secret,
+    wireguard_key_problem,
 )
 
 __all__ = [
@@ -43,6 +42,7 @@ __all__ = [
     "flannel_values",
     "fold",
     "is_k3s_generated",
+    "option_value_problems",
     "start_refusals",
     "unread_keys",
     "unread_options",
@@ -277,20 +277,6 @@ def _ipsec_psk(value: Any) -> str | None:
     return None if ok else "a string of at least 96 bytes"
 
 
-def _wireguard_key(value: Any) -> str | None:
-    """wgtypes.ParseKey: standard base64 (Go's decoder skips CR and LF) of 32 bytes."""
-    expected = "a WireGuard key (32 bytes in base64)"
-    if not isinstance(value, str):
-        return expected
-    if value == "":
-        return None  # flannel's "no PSK"
-    try:
-        raw = base64.b64decode(value.replace("\r", "").replace("\n", ""), validate=True)
-    except (binascii.Error, ValueError):
-        return expected
-    return None if len(raw) == 32 else expected
-
-
 _BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
     # pkg/backend/vxlan/vxlan.go VXLANConfig
     "vxlan": {"VNI": _go_int, "Port": _go_int, "MTU": _go_int, "GBP": _boolean,
@@ -299,7 +285,7 @@ _BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
     # (ports and the keepalive reach the kernel as 16 bits; a ListenPort of 0 is advertised
     # to the peers as port 0; Mode outside its four words: "no valid Mode configured")
     "wireguard": {"ListenPort": _go_int_in(1, 0xFFFF), "ListenPortV6": _go_int_in(1, 0xFFFF),
-                  "MTU": _go_int, "PSK": _wireguard_key,
+                  "MTU": _go_int, "PSK": wireguard_key_problem,
                   "PersistentKeepaliveInterval": _go_int_in(0, 0xFFFF),
                   "Mode": _one_of("separate", "auto", "ipv4", "ipv6")},
     # pkg/backend/ipsec, ipip, udp and extension: their RegisterNetwork's cfg
@@ -588,6 +574,24 @@ def unread_options(backend: Any, *, windows: bool = False) -> list[str]:
     if more > 0:
         shown += f" and {more} more"
     return [f"flannel's {printable(kind)} backend {reads}, so it would ignore {shown}"]
+
+
+def option_value_problems(backend: Any) -> list[str]:
+    """Why flannel's backend would refuse or misread the options of ``backend`` (the
+    ``Backend`` members k3snet sets, its ``Type`` among them) when it starts: a value of
+    another Go type (``"VNI": "4"``), one outside what it takes (a wireguard ``PSK`` that is
+    no WireGuard key), two spellings of one option. A secret is shown as
+    :func:`~k3snet.model.cni.shown_flannel_secret` shows it.
+
+    >>> [p[:40] for p in option_value_problems({"Type": "vxlan", "VNI": 4, "GBP": "true"})]
+    ['Backend.GBP must be true or false (flann']
+    """
+    if not isinstance(backend, Mapping):
+        return []
+    inner, problems = _folded(backend, {"type": "Type"}, "net-conf.json", "Backend.")
+    if problems:
+        return problems
+    return _backend_options(inner, "net-conf.json")[1]
 
 
 _FAMILY_NETWORKS: Mapping[str, str] = {"EnableIPv4": "Network", "EnableIPv6": "IPv6Network"}

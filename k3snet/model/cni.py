@@ -99,6 +99,7 @@ __all__ = [
     "pool_selector_problem",
     "redact_flannel_backend",
     "shown_flannel_secret",
+    "wireguard_key_problem",
 ]
 
 FLANNEL_KEYS: tuple[str, ...] = (
@@ -198,6 +199,34 @@ def shown_flannel_secret(value: Any) -> str:
     text = value if isinstance(value, str) else canonical_json(value)
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"<secret, {len(text)} characters, sha256:{digest}>"
+
+
+WIREGUARD_KEY = "a WireGuard key (32 bytes in base64)"
+"""What flannel's wireguard backend takes as its ``PSK``."""
+
+
+def wireguard_key_problem(value: Any) -> str | None:
+    """What a value of wireguard's ``PSK`` must be when flannel would refuse it, ``None``
+    when it reads it: ``""`` is its "no pre-shared key", any other text is parsed when the
+    backend starts (``wgtypes.ParseKey``: Go's standard base64, padded, which skips CR
+    and LF, of exactly 32 bytes) and flanneld stops on a failure ("could not parse psk").
+    The message never holds the value (a secret: :func:`shown_flannel_secret`).
+
+    >>> wireguard_key_problem(""), wireguard_key_problem("c2VjcmV0")
+    (None, 'a WireGuard key (32 bytes in base64)')
+    """
+    if not isinstance(value, str):
+        return WIREGUARD_KEY
+    if value == "":
+        return None
+    import base64  # noqa: PLC0415 - a wireguard PSK only: not on every cold run
+    import binascii  # noqa: PLC0415
+
+    try:
+        raw = base64.b64decode(value.replace("\r", "").replace("\n", ""), validate=True)
+    except (binascii.Error, ValueError):
+        return WIREGUARD_KEY
+    return None if len(raw) == 32 else WIREGUARD_KEY
 
 
 def redact_flannel_backend(backend: Any) -> Any:

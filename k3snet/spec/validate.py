@@ -6,11 +6,14 @@ returns them all, and loading raises them in one :class:`~k3snet.errors.SpecErro
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from k3snet._gojson import fold
 from k3snet._logline import printable
 from k3snet._regex import lazy_pattern
 from k3snet.errors import Problem
@@ -30,6 +33,8 @@ from k3snet.model.cni import (
     FLANNEL_WINDOWS_OPTIONS,
     flannel_backend_type,
     flannel_unread_options,
+    shown_flannel_secret,
+    wireguard_key_problem,
 )
 from k3snet.model.nat import snat_address_problem
 from k3snet.model.route import next_hop_problem
@@ -46,12 +51,32 @@ from k3snet.spec.model import (
 from k3snet.spec.schema import DNS_LABEL, SPEC
 from k3snet.spec.validators import int_in
 
-__all__ = ["BLOCK_SIZE_PATH", "block_size_problems", "holds_nul", "known_sound", "validate"]
+__all__ = ["BLOCK_SIZE_PATH", "block_size_problems", "flannel_option_problems",
+           "flannel_options_left_to_backend", "holds_nul", "known_sound", "validate"]
 
 BLOCK_SIZE_PATH = "cni.calico.blockSize"
 
 
 _sound: weakref.ref[Spec] | None = None  # the last spec found sound
+_sound_but_left: weakref.ref[Spec] | None = None  # ... but for the flannel options left
+
+_FLANNEL_OPTIONS_LEFT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "k3snet_flannel_options_left", default=False)
+
+
+@contextlib.contextmanager
+def flannel_options_left_to_backend() -> Iterator[None]:
+    """Within it, :func:`validate` (so loading and compiling a spec) leaves out the
+    problems of :func:`flannel_option_problems`: the flannel backend refuses those options
+    itself (its ``expect``), so the agent takes such a spec and that refusal leaves
+    flannel's config as it is while the rest of the node converges (docs/agent.md).
+    Everywhere else (``validate``, ``render``, ``plan``, ``apply``) they are problems of
+    the spec: an operator at a terminal wants the refusal."""
+    token = _FLANNEL_OPTIONS_LEFT.set(True)
+    try:
+        yield
+    finally:
+        _FLANNEL_OPTIONS_LEFT.reset(token)
 
 
 def validate(spec: Spec) -> list[Problem]:
@@ -63,12 +88,20 @@ def validate(spec: Spec) -> list[Problem]:
     # (benchmarks/bench_cold.py). A Spec is frozen (tuples of frozen values; only
     # backend option values may be lists, and changing one in place after loading
     # is not supported), so the same object is sound the second time too.
-    global _sound  # noqa: PLW0603 - one slot, by identity
+    global _sound, _sound_but_left  # noqa: PLW0603 - one slot each, by identity
+    leaving = _FLANNEL_OPTIONS_LEFT.get()
     if _sound is not None and _sound() is spec:
         return []
+    if leaving and _sound_but_left is not None and _sound_but_left() is spec:
+        return []  # (each of the agent's passes compiles the spec in force again)
     problems = _validate(spec)
+    left = flannel_option_problems(spec) if leaving else []
     if not problems:
         _sound = weakref.ref(spec)
+    elif left:  # (their paths and messages: one problem of each)
+        problems = [p for p in problems if p not in left]
+        if not problems:
+            _sound_but_left = weakref.ref(spec)
     return problems
 
 
@@ -108,7 +141,7 @@ def _validate(spec: Spec) -> list[Problem]:
         problems += block_size_problems(spec.cni.calico.block_size, cluster.pod_cidrs)
     problems += _cluster_object_problems(spec)
     problems += _option_nul_problems(spec)
-    problems += _flannel_option_problems(spec)
+    problems += flannel_option_problems(spec)
     names: set[str] = set()
     for s in spec.sysctls:
         if s.name in names:
@@ -134,7 +167,7 @@ def _option_nul_problems(spec: Spec) -> list[Problem]:
             if holds_nul(value)]
 
 
-def _flannel_option_problems(spec: Spec) -> list[Problem]:
+def flannel_option_problems(spec: Spec) -> list[Problem]:
     """A ``cni.flannel.backend.options`` key no option of the backend type matches (a typo,
     another type's option): flannel's Go JSON decoding drops it without a word, and the
     flannel backend refuses to write it; said here, ``validate``, ``render`` and the
@@ -146,8 +179,9 @@ def _flannel_option_problems(spec: Spec) -> list[Problem]:
         return []
     names = [name for name, _ in flannel.backend_options]
     unread = flannel_unread_options(flannel.backend_type, names, windows=True)
+    problems = _flannel_value_problems(flannel.backend_type, flannel.backend_options)
     if not unread:
-        return []
+        return problems
     kind = flannel_backend_type(flannel.backend_type)
     options = FLANNEL_BACKEND_OPTIONS[kind]
     extra = FLANNEL_WINDOWS_OPTIONS.get(kind, ())
@@ -157,7 +191,6 @@ def _flannel_option_problems(spec: Spec) -> list[Problem]:
     by_fold = {o.lower(): o for o in (*options, *extra)}
     import difflib  # noqa: PLC0415 - a misspelt option only: not on every cold run
 
-    problems = []
     for name in unread:
         close = [by_fold[c] for c in difflib.get_close_matches(
             name.lower(), list(by_fold), n=3, cutoff=0.6)]
@@ -167,6 +200,21 @@ def _flannel_option_problems(spec: Spec) -> list[Problem]:
             f"flannel's {kind} backend has no option {printable(name)}, so flannel would "
             f"ignore it (Go's JSON decoding drops a key no option matches): {reads}{hint}"))
     return problems
+
+
+def _flannel_value_problems(backend_type: str, options: Sequence[tuple[str, Any]]
+                            ) -> list[Problem]:
+    """wireguard's ``PSK`` (in any case, as Go matches it) that is no WireGuard key:
+    flannel's wireguard backend parses it when it starts and stops on a failure, so such
+    a value, written, broke flannel at its next restart. The value, a secret, is shown
+    as :func:`~k3snet.model.cni.shown_flannel_secret` shows it."""
+    if flannel_backend_type(backend_type) != "wireguard":
+        return []
+    return [Problem(f"cni.flannel.backend.options.{name}",
+                    f"must be {expected} (flannel's wireguard backend parses its PSK when it "
+                    f"starts, and stops on one it cannot), got {shown_flannel_secret(value)}")
+            for name, value in options
+            if fold(name) == "psk" and (expected := wireguard_key_problem(value)) is not None]
 
 
 def holds_nul(value: Any, depth: int = 0) -> bool:

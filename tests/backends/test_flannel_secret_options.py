@@ -138,3 +138,12 @@ def test_the_agents_refusal_and_node_annotation_hold_no_backend_secret(
     for text in (result.message, annotation, caplog.text, json.dumps(node)):
         assert PSK not in text
     assert f"<secret, {len(PSK)} characters, sha256:" in result.message
+
+
+def test_tencent_vpc_s_access_key_id_names_the_key_and_is_shown_its_secret_never() -> None:
+    # The ID (Tencent Cloud's SecretId) travels in clear in every signed API request; the
+    # secret signs them. Shown, a plan says which key it sets (docs/backends.md).
+    config = FlannelConfig("file:/x", backend_type="tencent-vpc",
+                           backend_options={"AccessKeyID": "AKIDexample", "AccessKeySecret": PSK})
+    assert '"AccessKeyID":"AKIDexample"' in config.describe()
+    assert PSK not in config.describe() + repr(config)
