@@ -159,6 +159,7 @@ class Match:
     ct_direction: bool = False  # ... a ct direction reply (k3snet's own rules have none)
     marks: int = 0  # mark tests
     mark_set_only: bool = False  # ... and each of them asks for set bits
+    marked: list[str] = field(default_factory=list)  # ... their words (`meta mark 0x8000`)
     unknown: int = 0  # tests k3snet cannot model
     # ... their words (`tcp dport`, `ip daddr @blocked`, `limit`), and how many of them no
     # packet of a new pod connection or its replies passes (`ct state invalid`, a reverse
@@ -246,11 +247,15 @@ def _mark_value(value: Any) -> int | None:
     return None
 
 
-def _parse_mark(op: str, right: Any, out: Match) -> None:
+def _parse_mark(op: str, right: Any, out: Match, mask: Any = None) -> None:
     value = _mark_value(right)
     positive = op == "==" and value is not None and value != 0
     out.mark_set_only = positive and (out.marks == 0 or out.mark_set_only)
     out.marks += 1
+    shown = [f"{v:#x}" if (v := _mark_value(w)) is not None else "?" for w in (mask, right)]
+    out.marked.append(" ".join(["meta mark", *(["&", shown[0]] if mask is not None else []),
+                                *(["!="] if op == "!=" else ["=="] if mask is not None else []),
+                                shown[1]]))
 
 
 def _parse_address(left: dict[str, Any], right: Any, negated: bool, out: Match) -> bool:
@@ -334,7 +339,7 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
         elif "meta" in left:
             understood = _parse_meta(left, op, right, out)
         elif "&" in left and _is_mark_mask(left):
-            _parse_mark(op, right, out)
+            _parse_mark(op, right, out, left["&"][1])
             understood = True
         elif "ct" in left and left["ct"].get("key") == "state" and op != "!=":
             if isinstance(right, dict):  # `ct state { established, related }`: a set
@@ -2321,7 +2326,8 @@ def _guarded(guard: Match, match: Match) -> Match | None:
         match, proto=match.proto or guard.proto, saddr=saddr, daddr=daddr,
         iif=iif, oif=oif, nfproto=guard.nfproto + match.nfproto,
         ct_reply=guard.ct_reply or match.ct_reply,
-        marks=marks, unknown=guard.unknown + match.unknown, l4=match.l4 or guard.l4,
+        marks=marks, marked=[*guard.marked, *match.marked],
+        unknown=guard.unknown + match.unknown, l4=match.l4 or guard.l4,
         unread=[*guard.unread, *match.unread], never_pods=guard.never_pods + match.never_pods,
         ports=match.ports or guard.ports, pmtu4=guard.pmtu4 + match.pmtu4,
         pmtu6=guard.pmtu6 + match.pmtu6,
@@ -2809,6 +2815,15 @@ def _tested(match: Match) -> str:
     @blocked``: a named set k3snet did not read), unless one of those is a test no pod
     connection passes (``ct state invalid``); empty when it tests none of those."""
     words = [word for word in _rule_words(match)[0] if not word.startswith("(and ")]
+    if match.marked:
+        # A mark is set by another rule (kube-proxy's 0x8000 "drop me", kube-router's
+        # 0x10000 "a policy allows it"); k3snet's pod traffic carries none.
+        words += match.marked
+        words.append("(only packets another rule marked so: the pods' traffic to the "
+                     "destination carries no mark unless a rule of the node sets one)"
+                     if match.mark_set_only else
+                     "(every packet without that mark: the pods' traffic to the "
+                     "destination carries none, so it meets them)")
     if match.unread and not match.never_pods:  # (one meeting no pod connection: unnamed)
         unread = list(dict.fromkeys(match.unread))
         words.append(f"{', '.join(unread)} (test{'s' if len(unread) > 1 else ''} k3snet "
