@@ -59,7 +59,7 @@ import functools
 import ipaddress
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -911,6 +911,18 @@ def _may_name_a_device(name: str) -> bool:
             and not any(c in "/:" or c.isspace() for c in name))
 
 
+def _some_device(matches: Iterable[Match]) -> Iterator[Match]:
+    """``matches`` but those testing for a name no device can have (``iifname
+    "INVAL/D"``: iptables-nft's ``! -i +``, which matches no name), which meet no packet;
+    a negated test of such a name, which every packet passes, left out."""
+    for match in matches:
+        if any(not neg and not _may_name_a_device(name) for name, neg in match.iif + match.oif):
+            continue
+        match.iif = [(n, neg) for n, neg in match.iif if not neg or _may_name_a_device(n)]
+        match.oif = [(n, neg) for n, neg in match.oif if not neg or _may_name_a_device(n)]
+        yield match
+
+
 def _may_carry_forwarded(name: str) -> bool:
     """Whether a device ``name`` names may carry forwarded packets, which come in and
     leave by it: a name a device may take (:func:`_may_name_a_device`) but the loopback
@@ -1598,9 +1610,9 @@ class ForeignReader:
                 continue  # the iptables backend's jump to its chains: k3snet's, not foreign
             if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
                 named = self._named_sets_in(where, rule["expr"])
-                for expr in (one for whole in (() if named is None else _vmap_expanded(named))
-                             for one in _set_expanded(whole)):
-                    match = parse_rule(expr)
+                for match in _some_device(parse_rule(one) for whole in (
+                        () if named is None else _vmap_expanded(named))
+                                          for one in _set_expanded(whole)):
                     if match.verdict in _STOPS and _never_new_pods(match):
                         pass  # `ct state invalid drop`: no default of theirs, not named one
                     elif match.verdict in _STOPS and not any(
