@@ -94,6 +94,15 @@ class ForwardRule(NetObject):
                     "established connection's, k3snet's accept of replies does not take it, "
                     "and the forward path's default (a policy drop, a drop of every packet) "
                     "drops it; k3snet does not place its rules above it")
+        if other.verdict in ("drop", "reject") and _kube_router_pod(other):
+            pods = f" (here {network_text(other.source)})" if other.source is not None else ""
+            return ("that rule is kube-router's NetworkPolicy enforcement (K3s' network "
+                    "policy controller, a KUBE-POD-FW- chain): it rejects the packets of "
+                    f"the pods a NetworkPolicy selects{pods} that none of their policies "
+                    "allows (what one allows, kube-router marks 0x10000 first); the other "
+                    "pods' packets never reach it. k3snet's accept cannot let them through, "
+                    "nor should it: to let those pods reach this destination, allow it in "
+                    "their egress NetworkPolicy (an ipBlock of the destination)")
         if other.verdict in ("drop", "reject"):
             return (f"that rule {other.verdict}s some of this traffic and k3snet's accept "
                     "cannot let it through (a drop is final in whichever chain of the hook "
@@ -129,6 +138,13 @@ class ForwardRule(NetObject):
             in_interface=data.get("in_interface"),
             out_interface=data.get("out_interface"),
         )
+
+
+def _kube_router_pod(block: ForwardBlock) -> bool:
+    """Whether ``block`` is a rule of kube-router's per-pod firewall chain (``-A
+    KUBE-POD-FW-... -j REJECT``, or listed through nft in chain ``KUBE-POD-FW-...``)."""
+    return (block.rule.startswith("-A KUBE-POD-FW-")
+            or block.where.rsplit(" ", 1)[-1].startswith("KUBE-POD-FW-"))
 
 
 _VERDICTS = ("drop", "reject", "return", "queue", "untrack")

@@ -243,12 +243,12 @@ for rule in iptc.Chain(iptc.Table(iptc.Table.FILTER), "FORWARD").rules:
 def test_the_legacy_text_drops_the_negated_any_interface_that_the_kernels_table_keeps(
         ns: str) -> None:
     """``! -i + -j DROP`` drops nothing; ``iptables-legacy-save`` prints it as ``-j DROP``
-    (an interface with an empty mask is left out), so k3snet, reading that text, sees a
-    drop of every packet, a false conflict on the safe side, before another rule
-    (docs/backends.md). The
+    (an interface with an empty mask is left out), so k3snet, reading that text alone,
+    saw a drop of every packet, a false conflict, before another rule. The
     kernel's table keeps the match: interface ``+``, empty mask, ``IPT_INV_VIA_IN``
-    (python-iptables' raw entry; its ``Rule.in_interface`` is ``None``). iptables-nft
-    prints it as written."""
+    (python-iptables' raw entry; its ``Rule.in_interface`` is ``None``), and k3snet now
+    reads it there (tests/iptables/test_never_met_interface.py). iptables-nft prints it
+    as written."""
     pytest.importorskip("iptc")
     import sys  # noqa: PLC0415
 
@@ -260,7 +260,7 @@ def test_the_legacy_text_drops_the_negated_any_interface_that_the_kernels_table_
     assert raw[:3] == ["+", "-", "1"]  # the first rule: `! -i +`
     with IptablesBackend(ns, mode="legacy") as backend:
         notes = plan(backend.observe(), State(owned=[ForwardRule(POD, DB_NET)])).notes
-    assert [n.status for n in notes] == ["conflict"]  # the limit, until the table is read
+    assert [n.status for n in notes] == []  # (a conflict, reading the text alone)
     run_in(ns, ["iptables-nft", "-w", "-A", "FORWARD", "!", "-i", "+", "-j", "DROP"])
     assert "-A FORWARD ! -i + -j DROP" in run_in(ns, ["iptables-nft-save", "-t",
                                                       "filter"]).stdout

@@ -142,7 +142,13 @@ from k3snet.backends.iptables.table import (
     revert_ops,
     set_aside,
 )
-from k3snet.backends.iptables.xtables import Kept, legacy_token
+from k3snet.backends.iptables.xtables import (
+    LAYOUTS,
+    Kept,
+    legacy_token,
+    never_met,
+    never_met_in,
+)
 from k3snet.backends.kit import (
     GC_PAUSE_MIN,
     BackendBase,
@@ -334,6 +340,7 @@ class IptablesBackend(BackendBase):
         self._no_generation = False
         self._route_reader: SocketDriver | None = None  # rtnetlink, for RoutedBy
         self._legacy_reader: NetnsRunner | None = None  # a thread in the namespace
+        self._entries_reader: NetnsRunner | None = None  # another, for _unprinted
         self._legacy_memo: dict[tuple[int, str], Kept] = {}  # its last read of each table
         # prefetch(): the change token read before the saves it started, and them.
         self._started: tuple[int | bytes, dict[int, StartedSave]] | None = None
@@ -657,6 +664,9 @@ class IptablesBackend(BackendBase):
         if self._legacy_reader is not None:
             self._legacy_reader.close()
             self._legacy_reader = None
+        if self._entries_reader is not None:
+            self._entries_reader.close()
+            self._entries_reader = None
         if self._native_bounded is not None:
             self._native_bounded.close()
             self._native_bounded = None
@@ -1555,7 +1565,40 @@ class IptablesBackend(BackendBase):
         if text is None:
             raise BackendUnavailableError(
                 f"{tool_name(family, self.mode, 'save')} not found on PATH (install iptables)")
-        return parse_save(text)
+        dump = parse_save(text)
+        if self.mode == "legacy" and isinstance(self._kernel, Processes):
+            self._unprinted(family, dump)
+        return dump
+
+    def _unprinted(self, family: int, dump: dict[str, TableDump]) -> None:
+        """Put back into ``dump`` the matches ``iptables-legacy-save`` does not print that
+        no packet passes: ``! -i +`` (``+`` is every name), which it prints as nothing, so
+        that ``-A FORWARD ! -i + -j DROP``, a drop of no packet, read as ``-A FORWARD -j
+        DROP``, a conflict of every rule (:func:`~.xtables.never_met`, the kernel's
+        entries, read in the namespace). The entries the change token read just before
+        say whether any such rule is there (copying a table out of the kernel costs
+        about as much as its save: 10-30 ms at 10 000 rules); only then, or without
+        them, are the tables read again, after the save. A chain whose rules the kernel
+        counts otherwise than the save (a commit in between) stays as printed; best
+        effort: a read that fails leaves the dump as it is."""
+        kept = [(read[0], read[1]) for (of, _), read in self._legacy_memo.items()
+                if of == family]
+        layout = next(layout for layout in LAYOUTS if layout.family == family)
+        try:
+            if kept and not any(never_met_in(info, blob, layout) for info, blob in kept):
+                return
+            if self._entries_reader is None:  # (not the token's: that one means watched)
+                self._entries_reader = NetnsRunner(self._netns)
+            found = self._entries_reader.call(partial(never_met, family))
+        except K3snetError:
+            return
+        for table, chains in found.items():
+            for chain, (count, words) in chains.items():
+                rules = dump[table].rules.get(chain) if table in dump else None
+                if rules is None or len(rules) != count:
+                    continue
+                for index, missing in words.items():
+                    rules[index] = f"{missing} {rules[index]}"
 
 
 _SETTLE_ATTEMPTS = 3

@@ -1,5 +1,7 @@
 """iptables-legacy's change token: x_tables' rules, read with ``getsockopt``.
 
+(And what ``iptables-legacy-save`` does not print of them: :func:`never_met`.)
+
 x_tables keeps no generation counter and sends no notification; what the kernel
 does offer is each table whole, in the two ``getsockopt`` calls ``iptables-save``
 itself makes: ``IPT_SO_GET_INFO`` (hooks, underflows, number of entries, size)
@@ -37,8 +39,9 @@ from k3snet.backends.kit import translate_errors
 from k3snet.backends.netns import libc, xtables_names
 from k3snet.errors import BackendError
 
-__all__ = ["ENTRIES_AT", "LAYOUTS", "TABLES", "Kept", "Layout", "TableDigest", "digest_table",
-           "fetch_table", "legacy_token", "table_digests", "zero_counters"]
+__all__ = ["ENTRIES_AT", "LAYOUTS", "TABLES", "Kept", "Layout", "NeverMet", "TableDigest",
+           "digest_table", "fetch_table", "legacy_token", "never_met", "never_met_in",
+           "table_digests", "zero_counters"]
 
 TABLES = ("filter", "nat", "raw", "mangle", "security")
 """The tables the iptables backend reads: those it writes
@@ -280,3 +283,135 @@ def legacy_token(tables: tuple[str, ...] = TABLES,
         token.update(f"{family} {table}:".encode())
         token.update(read.digest if read is not None else b"absent")
     return token.digest()
+
+
+# -- rules no packet meets ---------------------------------------------------------
+
+NeverMet = dict[str, tuple[int, dict[int, str]]]
+"""Of one table, by chain: how many rules the chain holds, and by each rule's index in it
+(0-based, as ``iptables-save`` prints them) the words of the match it does not print."""
+
+_HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+# Per family: where struct ipt_ip / ip6t_ip6 keeps the in- and out-interface masks
+# (IFNAMSIZ bytes each) and invflags, and where struct ipt_entry keeps target_offset.
+_IFACE_FIELDS = {4: (48, 64, 83, 88), 6: (96, 112, 132, 140)}
+_INV_VIA_IN, _INV_VIA_OUT = 0x01, 0x02  # IPT_INV_VIA_IN/OUT == IP6T_INV_VIA_IN/OUT
+_IFNAMSIZ = 16
+_NO_MASK = bytes(_IFNAMSIZ)
+_TARGET_NAME = slice(2, 31)  # struct xt_entry_target: u16 size, name[29], u8 revision
+_ERROR_NAME = 32  # struct xt_error_target: the target, then the chain's name
+
+
+def never_met_in(info: bytes, blob: bytearray, layout: Layout) -> NeverMet:
+    """The rules of one table (as :func:`fetch_table` returned it) that test a negated
+    interface with an empty mask: ``! -i +`` (``+`` matches every name, so its negation
+    none), which ``iptables-legacy-save`` prints as nothing (it prints an interface only
+    when its mask holds a byte): ``-A FORWARD ! -i + -j DROP`` reads ``-A FORWARD -j
+    DROP``, a drop of every packet, while the kernel (``ip_packet_match``: the masked
+    comparison, equal, then inverted) drops none.
+
+    Chains as the kernel keeps them: a built-in one from its hook's entry to its policy
+    (the underflow), a user-defined one from the ``ERROR`` entry naming it to the
+    ``RETURN`` that ends it. A blob that does not walk is none (BackendError)."""
+    *_, entries, size = struct.unpack(f"={len(info) // 4}I", info)
+    if not _inverts_interface(blob, size, layout):
+        return {}  # (most tables: no entry inverts an interface test; a few ms at 10k rules)
+    valid, hooks, underflows = info_hooks(info)
+    starts = {hooks[h]: _HOOKS[h] for h in range(len(_HOOKS)) if valid & (1 << h)}
+    ends = {underflows[h] for h in range(len(_HOOKS)) if valid & (1 << h)}
+    in_mask, out_mask, inv_at, target_at = _IFACE_FIELDS[layout.family]
+    found: NeverMet = {}
+    chain: str | None = None
+    rules: list[str] = []  # the words each rule of the chain does not print ("": none)
+    user = False
+
+    def close() -> None:
+        if chain is not None:
+            kept = rules[:-1] if user else rules  # a user chain's closing RETURN
+            found[chain] = (len(kept), {i: w for i, w in enumerate(kept) if w})
+
+    offset, walked = 0, 0
+    while offset < size:
+        at = ENTRIES_AT + offset
+        (step,) = _U16.unpack_from(blob, at + layout.next_offset)
+        (target,) = _U16.unpack_from(blob, at + target_at)
+        if step < layout.size or offset + step > size or target >= step:
+            raise BackendError(f"IPv{layout.family} x_tables entry at {offset} cannot be read")
+        name = bytes(blob[at + target + _TARGET_NAME.start:at + target + _TARGET_NAME.stop])
+        name = name.split(b"\0", 1)[0]
+        if offset in starts:
+            close()
+            chain, rules, user = starts[offset], [], False
+        if name == b"ERROR":
+            close()
+            label = bytes(blob[at + target + _ERROR_NAME:at + step]).split(b"\0", 1)[0]
+            chain, rules, user = label.decode(errors="replace"), [], True
+            if chain == "ERROR":  # the table's last entry
+                chain = None
+        elif offset in ends:
+            close()
+            chain = None
+        elif chain is not None:
+            inverted = blob[at + inv_at]
+            words = []
+            if inverted & _INV_VIA_IN and blob[at + in_mask:at + in_mask + _IFNAMSIZ] == _NO_MASK:
+                words.append("! -i +")
+            if inverted & _INV_VIA_OUT and (
+                    blob[at + out_mask:at + out_mask + _IFNAMSIZ] == _NO_MASK):
+                words.append("! -o +")
+            rules.append(" ".join(words))
+        offset += step
+        walked += 1
+    close()
+    if walked != entries:
+        raise BackendError(f"IPv{layout.family} x_tables: {walked} entries, not {entries}")
+    return {c: read for c, read in found.items() if read[1]}
+
+
+_VIA = bytes(b & (_INV_VIA_IN | _INV_VIA_OUT) for b in range(256))  # invflags' two bits
+
+
+def _inverts_interface(blob: bytearray, size: int, layout: Layout) -> bool:
+    """Whether an entry of the table inverts an interface test (``! -i``, ``! -o``): its
+    invflags read a run of entries of one size at a time, through a strided slice (as
+    :func:`zero_counters` zeroes the counters)."""
+    inv_at = _IFACE_FIELDS[layout.family][2]
+    offset, end = ENTRIES_AT, ENTRIES_AT + size
+    while offset < end:
+        (step,) = _U16.unpack_from(blob, offset + layout.next_offset)
+        if step < layout.size or offset + step > end:
+            raise BackendError(f"IPv{layout.family} x_tables entry at {offset - ENTRIES_AT} "
+                               f"has size {step}: the table cannot be read")
+        run = _same_size_run(blob, offset, end, step, layout.next_offset)
+        run = min(run, (end - offset) // step)
+        if bytes(blob[offset + inv_at:offset + run * step:step]).translate(_VIA).strip(b"\0"):
+            return True
+        offset += run * step
+    return False
+
+
+def info_hooks(info: bytes) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """What :func:`fetch_table`'s info says of the hooks: the valid ones (a bit each), and
+    where each one's chain starts and ends (its policy) among the entries."""
+    words = struct.unpack_from("=11I", info)
+    return words[0], words[1:6], words[6:11]
+
+
+def never_met(family: int, tables: tuple[str, ...] = TABLES) -> dict[str, NeverMet]:
+    """:func:`never_met_in` of each of ``tables`` of ``family`` this thread's namespace
+    has (a table it does not have is not read: that would create it), by table; only the
+    tables holding such a rule."""
+    layout = next(layout for layout in LAYOUTS if layout.family == family)
+    found: dict[str, NeverMet] = {}
+    with translate_errors("read the iptables-legacy tables", capability=_CAPABILITY):
+        wanted = [table for table in tables if table in _present(layout)]
+        if not wanted:
+            return found
+        with socket.socket(layout.af, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                           socket.IPPROTO_RAW) as sock:
+            for table in wanted:
+                info, blob = fetch_table(sock, layout, table)
+                read = never_met_in(info, blob, layout)
+                if read:
+                    found[table] = read
+    return found

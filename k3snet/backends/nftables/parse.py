@@ -57,8 +57,9 @@ import contextlib
 import dataclasses
 import functools
 import ipaddress
+import itertools
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,6 +159,7 @@ class Match:
     ct_direction: bool = False  # ... a ct direction reply (k3snet's own rules have none)
     marks: int = 0  # mark tests
     mark_set_only: bool = False  # ... and each of them asks for set bits
+    marked: list[str] = field(default_factory=list)  # ... their words (`meta mark 0x8000`)
     unknown: int = 0  # tests k3snet cannot model
     # ... their words (`tcp dport`, `ip daddr @blocked`, `limit`), and how many of them no
     # packet of a new pod connection or its replies passes (`ct state invalid`, a reverse
@@ -245,11 +247,15 @@ def _mark_value(value: Any) -> int | None:
     return None
 
 
-def _parse_mark(op: str, right: Any, out: Match) -> None:
+def _parse_mark(op: str, right: Any, out: Match, mask: Any = None) -> None:
     value = _mark_value(right)
     positive = op == "==" and value is not None and value != 0
     out.mark_set_only = positive and (out.marks == 0 or out.mark_set_only)
     out.marks += 1
+    shown = [f"{v:#x}" if (v := _mark_value(w)) is not None else "?" for w in (mask, right)]
+    out.marked.append(" ".join(["meta mark", *(["&", shown[0]] if mask is not None else []),
+                                *(["!="] if op == "!=" else ["=="] if mask is not None else []),
+                                shown[1]]))
 
 
 def _parse_address(left: dict[str, Any], right: Any, negated: bool, out: Match) -> bool:
@@ -333,7 +339,7 @@ def _parse_match(m: dict[str, Any], out: Match) -> None:
         elif "meta" in left:
             understood = _parse_meta(left, op, right, out)
         elif "&" in left and _is_mark_mask(left):
-            _parse_mark(op, right, out)
+            _parse_mark(op, right, out, left["&"][1])
             understood = True
         elif "ct" in left and left["ct"].get("key") == "state" and op != "!=":
             if isinstance(right, dict):  # `ct state { established, related }`: a set
@@ -632,18 +638,89 @@ def _set_expanded(expr: list[Any]) -> list[list[Any]]:
     accept of the pods took nothing (a policy drop after it warned of as dropping them).
     Any other rule, and one naming more than :data:`_MAX_VMAP_ELEMENTS` prefixes, stays
     as it is."""
-    sets = [(at, items) for at, statement in enumerate(expr)
-            if (items := _set_items(statement)) is not None]
+    sets: list[tuple[int, list[list[Any]]]] = []
+    for at, statement in enumerate(expr):
+        items = _set_items(statement)
+        if items is not None:
+            test = statement["match"]
+            sets.append((at, [[{"match": {**test, "right": item}}] for item in items]))
+        elif (tests := _concat_items(statement)) is not None:
+            sets.append((at, tests))
     if not sets or parse_rule(expr).verdict not in (*_STOPS, "accept"):
         return [expr]
-    exprs = [expr]
-    for at, items in sets:
-        test = expr[at]["match"]
-        exprs = [[*e[:at], {"match": {**test, "right": item}}, *e[at + 1:]]
-                 for e in exprs for item in items]
+    # Each statement stays at its index until every set is expanded (from the last on).
+    exprs: list[list[Any]] = [expr]
+    for at, replacements in reversed(sets):
+        exprs = [[*e[:at], *tests, *e[at + 1:]] for e in exprs for tests in replacements]
         if len(exprs) > _MAX_VMAP_ELEMENTS:
             return [expr]
     return exprs
+
+
+def _concat_parts(test: Any) -> list[str | None] | None:
+    """For a positive test of a concatenation naming an address (``ip daddr . tcp dport``,
+    ``ip saddr . ip daddr``, ``iifname . ip6 daddr``): each part's address type
+    (``ipv4_addr``, ``ipv6_addr``), None for a part of another kind; else None (no
+    concatenation, a negated one: "not this pair" is no test of each part, or one naming
+    no address)."""
+    if not isinstance(test, dict) or test.get("op", "==") not in ("==", "in"):
+        return None
+    left = test.get("left")
+    parts = left.get("concat") if isinstance(left, dict) and len(left) == 1 else None
+    if not isinstance(parts, list) or len(parts) < 2:
+        return None
+    kinds: list[str | None] = []
+    for part in parts:
+        payload = part.get("payload") if isinstance(part, dict) and len(part) == 1 else None
+        kinds.append({"ip": "ipv4_addr", "ip6": "ipv6_addr"}.get(str(payload.get(
+            "protocol"))) if isinstance(payload, dict) and payload.get("field") in (
+                "saddr", "daddr") else None)
+    return kinds if any(kinds) else None
+
+
+def _concat_items(statement: Any) -> list[list[Any]] | None:
+    """What a positive test of a concatenation naming an address against an anonymous set
+    (``ip daddr . tcp dport { 192.168.2.10 . 5432 }``, a named set's elements as
+    :meth:`ForeignReader._named_sets_in` puts them) tests one element at a time: per
+    element, one test per part (``ip daddr 192.168.2.10 tcp dport 5432``), an address
+    interval or range as one element per prefix that covers it. The kernel's lookup
+    matches the packet when one element matches it part by part, so those rules decide
+    as the set does. None: no such test, an element k3snet cannot read, more than
+    :data:`_MAX_VMAP_ELEMENTS` rules."""
+    test = statement.get("match") if isinstance(statement, dict) and len(statement) == 1 else None
+    kinds = _concat_parts(test)
+    right = test.get("right") if isinstance(test, dict) else None
+    elements = right.get("set") if isinstance(right, dict) else None
+    if kinds is None or not isinstance(elements, list) or not elements:
+        return None
+    assert isinstance(test, dict)
+    lefts = test["left"]["concat"]
+    found: list[list[Any]] = []
+    try:
+        for item in elements:
+            element = item["elem"].get("val") if isinstance(item, dict) and isinstance(
+                item.get("elem"), dict) else item  # an element with a comment ...
+            values = element.get("concat") if isinstance(element, dict) else None
+            if not isinstance(values, list) or len(values) != len(kinds):
+                return None
+            choices: list[list[Any]] = []
+            for kind, value in zip(kinds, values, strict=True):
+                if kind is None:
+                    choices.append([value])
+                    continue
+                nets = _element_prefixes(value)
+                if any(net.version != (4 if kind == "ipv4_addr" else 6) for net in nets):
+                    return None
+                choices.append([{"prefix": {"addr": str(net.network_address),
+                                            "len": net.prefixlen}} for net in nets])
+            for picked in itertools.product(*choices):
+                found.append([{"match": {"op": "==", "left": left, "right": value}}
+                              for left, value in zip(lefts, picked, strict=True)])
+                if len(found) > _MAX_VMAP_ELEMENTS:
+                    return None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return found
 
 
 def _set_items(statement: Any) -> list[Any] | None:
@@ -832,6 +909,18 @@ def _may_name_a_device(name: str) -> bool:
     not ``.`` or ``..``, no ``/``, ``:`` or whitespace)."""
     return (0 < len(name.encode(errors="surrogateescape")) < 16 and name not in (".", "..")
             and not any(c in "/:" or c.isspace() for c in name))
+
+
+def _some_device(matches: Iterable[Match]) -> Iterator[Match]:
+    """``matches`` but those testing for a name no device can have (``iifname
+    "INVAL/D"``: iptables-nft's ``! -i +``, which matches no name), which meet no packet;
+    a negated test of such a name, which every packet passes, left out."""
+    for match in matches:
+        if any(not neg and not _may_name_a_device(name) for name, neg in match.iif + match.oif):
+            continue
+        match.iif = [(n, neg) for n, neg in match.iif if not neg or _may_name_a_device(n)]
+        match.oif = [(n, neg) for n, neg in match.oif if not neg or _may_name_a_device(n)]
+        yield match
 
 
 def _may_carry_forwarded(name: str) -> bool:
@@ -1521,9 +1610,9 @@ class ForeignReader:
                 continue  # the iptables backend's jump to its chains: k3snet's, not foreign
             if isinstance(rule, dict) and isinstance(rule.get("expr"), list):
                 named = self._named_sets_in(where, rule["expr"])
-                for expr in (one for whole in (() if named is None else _vmap_expanded(named))
-                             for one in _set_expanded(whole)):
-                    match = parse_rule(expr)
+                for match in _some_device(parse_rule(one) for whole in (
+                        () if named is None else _vmap_expanded(named))
+                                          for one in _set_expanded(whole)):
                     if match.verdict in _STOPS and _never_new_pods(match):
                         pass  # `ct state invalid drop`: no default of theirs, not named one
                     elif match.verdict in _STOPS and not any(
@@ -1558,12 +1647,28 @@ class ForeignReader:
         element of another type, more than :data:`_MAX_VMAP_ELEMENTS`, or not listed (the
         bound of :data:`_MAX_FOREIGN_CHAINS` listings, an error) stays a reference: a test
         k3snet does not model (a drop or reject testing nothing else is then a warning
-        naming it, an accept testing it takes nothing)."""
+        naming it, an accept testing it takes nothing). A set of concatenations naming an
+        address (``ip daddr . tcp dport @s``) so too (:meth:`_concat_elements`), for a
+        verdict :func:`_set_expanded` reads element by element (a jump keeps the name)."""
         found = []
         for statement in expr:
             test = statement.get("match") if isinstance(statement, dict) else None
             right = test.get("right") if isinstance(test, dict) else None
-            kind = _set_test(test) if isinstance(right, str) and right.startswith("@") else None
+            named = isinstance(right, str) and right.startswith("@")
+            kinds = _concat_parts(test) if named else None
+            if kinds is not None:
+                assert isinstance(right, str)
+                assert isinstance(test, dict)
+                elements = self._concat_elements(where, right[1:], kinds)
+                if elements == ():
+                    return None  # an empty set: no packet passes the test
+                if elements is not None and parse_rule(expr).verdict in (*_STOPS, "accept"):
+                    # Read element by element (_set_expanded); a jump keeps the name.
+                    found.append({"match": {**test, "right": {"set": list(elements)}}})
+                else:
+                    found.append(statement)
+                continue
+            kind = _set_test(test) if named else None
             if kind is None:
                 found.append(statement)
                 continue
@@ -1609,6 +1714,34 @@ class ForeignReader:
             return None
         return tuple({"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
                      for net in nets)
+
+    def _concat_elements(self, where: tuple[str, str], name: str,
+                         kinds: list[str | None]) -> tuple[Any, ...] | None:
+        """The elements of the named set ``name`` of ``where``'s table, a concatenation
+        whose parts are ``kinds`` (an address part of that type, None: any other), when
+        no packet can change them (as :meth:`_set_elements`) and each is one k3snet reads
+        (:func:`_concat_items`), else None."""
+        if (where, name) not in self._sets:
+            self._sets[(where, name)] = self._listed_set(where, name)
+        body = self._sets[(where, name)]
+        types = body.get("type") if body is not None else None
+        if (body is None or not isinstance(types, list) or len(types) != len(kinds)
+                or any(kind is not None and kind != type_
+                       for kind, type_ in zip(kinds, types, strict=True))):
+            return None
+        flags = body.get("flags", [])
+        elements = body.get("elem", [])
+        if (not isinstance(flags, list) or {"dynamic", "timeout"} & set(flags)
+                or "timeout" in body or "size" in body or not isinstance(elements, list)
+                or len(elements) > _MAX_VMAP_ELEMENTS):
+            return None
+        if not elements:
+            return ()
+        parts = [{"payload": {"protocol": "ip" if kind == "ipv4_addr" else "ip6",
+                              "field": "daddr"}} if kind else {"meta": {"key": "mark"}}
+                 for kind in kinds]
+        test = {"match": {"op": "==", "left": {"concat": parts}, "right": {"set": elements}}}
+        return tuple(elements) if _concat_items(test) is not None else None
 
     def _listed_set(self, where: tuple[str, str], name: str) -> dict[str, Any] | None:
         """The named set ``name`` of ``where``'s table, as listed (None: not listed)."""
@@ -2205,7 +2338,8 @@ def _guarded(guard: Match, match: Match) -> Match | None:
         match, proto=match.proto or guard.proto, saddr=saddr, daddr=daddr,
         iif=iif, oif=oif, nfproto=guard.nfproto + match.nfproto,
         ct_reply=guard.ct_reply or match.ct_reply,
-        marks=marks, unknown=guard.unknown + match.unknown, l4=match.l4 or guard.l4,
+        marks=marks, marked=[*guard.marked, *match.marked],
+        unknown=guard.unknown + match.unknown, l4=match.l4 or guard.l4,
         unread=[*guard.unread, *match.unread], never_pods=guard.never_pods + match.never_pods,
         ports=match.ports or guard.ports, pmtu4=guard.pmtu4 + match.pmtu4,
         pmtu6=guard.pmtu6 + match.pmtu6,
@@ -2693,6 +2827,15 @@ def _tested(match: Match) -> str:
     @blocked``: a named set k3snet did not read), unless one of those is a test no pod
     connection passes (``ct state invalid``); empty when it tests none of those."""
     words = [word for word in _rule_words(match)[0] if not word.startswith("(and ")]
+    if match.marked:
+        # A mark is set by another rule (kube-proxy's 0x8000 "drop me", kube-router's
+        # 0x10000 "a policy allows it"); k3snet's pod traffic carries none.
+        words += match.marked
+        words.append("(only packets another rule marked so: the pods' traffic to the "
+                     "destination carries no mark unless a rule of the node sets one)"
+                     if match.mark_set_only else
+                     "(every packet without that mark: the pods' traffic to the "
+                     "destination carries none, so it meets them)")
     if match.unread and not match.never_pods:  # (one meeting no pod connection: unnamed)
         unread = list(dict.fromkeys(match.unread))
         words.append(f"{', '.join(unread)} (test{'s' if len(unread) > 1 else ''} k3snet "

@@ -1,0 +1,90 @@
+"""iptables-legacy's ``! -i +`` (``! -o +``): a match no packet passes, which its save hides.
+
+``+`` matches every interface name (an empty mask), so ``! -i +`` matches none: the
+kernel's ``ip_packet_match`` compares the masked name, equal, then inverts. But
+``iptables-legacy-save`` prints an interface only when its mask holds a byte, so
+``-A FORWARD ! -i + -j DROP`` is printed ``-A FORWARD -j DROP``: read so, a drop of
+every packet before k3snet's jump, a conflict of every forward rule (exit 4), while the
+pods' packets passed. The kernel's entries (read as the change token reads them) now
+put the hidden match back, and the rule reads as what it is: a drop of nothing.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.iptables.xtables import never_met
+from k3snet.backends.netns import NetnsRunner
+from k3snet.lab.netns import run_in
+from k3snet.planner import plan
+from tests.iptables.test_docker import _desired
+
+NEVER = (("FORWARD", "!", "-i", "+"), ("FORWARD", "!", "-o", "+"),
+         ("FORWARD", "!", "-i", "+", "!", "-o", "+"))
+
+
+def _tool(family: int) -> str:
+    return f"{'ip' if family == 4 else 'ip6'}tables-legacy"
+
+
+@pytest.mark.kernel
+def test_the_kernels_entries_name_the_rules_whose_negated_interface_no_packet_passes(
+        ns: str) -> None:
+    for family in (4, 6):
+        for rule in (["-N", "X"], ["-A", "X", "-j", "RETURN"],
+                     ["-A", "X", "!", "-o", "+", "-j", "DROP"],
+                     ["-A", "X", "!", "-o", "eth+", "-j", "DROP"],  # a name: printed
+                     *(["-A", *spec, "-j", "DROP"] for spec in NEVER),
+                     ["-A", "FORWARD", "-i", "+", "-j", "DROP"]):  # every packet: right
+            run_in(ns, [_tool(family), "-w", *rule])
+    # The kernel's view: the save hides the match, the listing shows it.
+    save = run_in(ns, ["iptables-legacy-save", "-t", "filter"]).stdout.splitlines()
+    assert [line for line in save if line.startswith("-A FORWARD")] == [
+        "-A FORWARD -j DROP"] * 4
+    listing = run_in(ns, ["iptables-legacy", "-L", "FORWARD", "-v", "-n"]).stdout
+    assert listing.count("!+") == 4  # in: !+, out: !+, both: !+ !+
+    runner = NetnsRunner(ns)
+    try:
+        found = {family: runner.call(lambda f=family: never_met(f)) for family in (4, 6)}  # type: ignore[misc]
+    finally:
+        runner.close()
+    expected = {"filter": {"FORWARD": (4, {0: "! -i +", 1: "! -o +", 2: "! -i + ! -o +"}),
+                           "X": (3, {1: "! -o +"})}}
+    assert found == {4: expected, 6: expected}
+
+
+@pytest.mark.kernel
+@pytest.mark.lab
+def test_a_drop_behind_a_negated_plus_before_k3snets_jump_is_no_conflict_and_passes(
+        require_root: None) -> None:
+    from k3snet.lab import SeedLab  # noqa: PLC0415
+
+    with SeedLab.create() as lab:
+        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                          "net.ipv6.conf.all.forwarding=1"])
+        with IptablesBackend(lab.node, mode="legacy") as backend:
+            backend.apply(plan(backend.observe(), _desired()))
+            for family in (4, 6):
+                for spec in NEVER:
+                    run_in(lab.node, [_tool(family), "-w", "-I", spec[0], "1", *spec[1:],
+                                      "-j", "DROP"])
+            with ThreadPoolExecutor(2) as pool:  # real packets: the drops meet none
+                probes = [pool.submit(lab.tcp_probe, f, timeout=2.0) for f in (4, 6)]
+                assert [p.result().ok for p in probes] == [True, True]
+            after = plan(backend.observe(), _desired())
+            assert not after.conflicts, after.render()
+            assert after.changes == ()
+            # `-i +` (no `!`): every packet, dropped, and said so (the same printed line)
+            for family in (4, 6):
+                run_in(lab.node, [_tool(family), "-w", "-I", "FORWARD", "1", "-i", "+",
+                                  "-j", "DROP"])
+            with ThreadPoolExecutor(2) as pool:
+                probes = [pool.submit(lab.tcp_probe, f, timeout=1.0) for f in (4, 6)]
+                assert [p.result().ok for p in probes] == [False, False]
+            blocked = plan(backend.observe(), _desired())
+            assert {(n.wanted.family, getattr(n.foreign, "rule", None))
+                    for n in blocked.conflicts} == {(4, "-A FORWARD -j DROP"),
+                                                    (6, "-A FORWARD -j DROP")}
