@@ -6,24 +6,24 @@ masquerade through eth0, a ``RETURN`` to FORWARD's policy DROP before an accept 
 The plan then says what decides (a conflict, not "met"), and a TCP connection from the
 pod to the database fails; with that rule deleted the plan says "met" and it succeeds.
 
-The tests share one seed lab (:func:`lab`), put back as it was made after each one: a lab
-of its own cost each test two seconds of its four.
+The tests share one seed lab (:mod:`tests.shared_lab`), put back as it was made after
+each one.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
+import tests.shared_lab
 from k3snet.backends.iptables import IptablesBackend, Mode
 from k3snet.lab.netns import run_in
 from k3snet.lab.seed import DB_ADDRESSES, POD_CIDRS, SeedLab
 from k3snet.model import ForwardRule, MasqueradeRule, NetObject
 from k3snet.model.state import State
 from k3snet.planner import plan
-from tests.pmtu import learnt_mtu, narrow_the_path, widen_the_path
+from tests.pmtu import learnt_mtu, narrow_the_path
 
 POD = POD_CIDRS[4]
 DB_NET = "192.168.2.0/24"
@@ -40,47 +40,16 @@ CASES: dict[str, tuple[str, list[list[str]], list[str], NetObject]] = {
 }
 
 
-# Back to a fresh lab's node: iptables-legacy's tables (filter and nat, the only ones the
-# tests write) emptied, their chains deleted, their policies ACCEPT; iptables-nft's
-# tables deleted with the rest of the node's nftables ruleset (a fresh node has none).
-_LEGACY_EMPTY = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
-                 "COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n"
-                 ":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n")
-
-
 @pytest.fixture(scope="module")
 def made_lab() -> Iterator[SeedLab]:
-    """One seed lab for the module's tests (:func:`lab` puts it back after each)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create network namespaces")
-    with SeedLab.create() as made:
-        yield made
+    """One seed lab for the module's tests."""
+    yield from tests.shared_lab.made_lab()
 
 
 @pytest.fixture
 def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
-    """The module's seed lab, its node as a fresh one's after the test: no iptables rule
-    or chain of either flavour, FORWARD's policy ACCEPT, forwarding off, and the path's
-    MTU and what the kernels learnt of it as made. Checked before the test, in the
-    kernel's own view (each test starts from a node that holds nothing)."""
-    for flavour in ("nft", "legacy"):
-        saved = run_in(made_lab.node, [f"iptables-{flavour}-save"]).stdout
-        assert not [line for line in saved.splitlines()
-                    if line.startswith("-") or (line.startswith(":") and " ACCEPT " not in line)
-                    ], saved
-    assert run_in(made_lab.node, ["nft", "list", "ruleset"]).stdout.strip() == ""
-    forwarding = run_in(made_lab.node, ["sysctl", "-n", "net.ipv4.ip_forward"]).stdout
-    assert forwarding.strip() == "0"
-    route = run_in(made_lab.pod, ["ip", "-4", "-o", "route", "get", DB_ADDRESSES[4]]).stdout
-    assert "mtu" not in route, route  # no path MTU learnt
-    try:
-        yield made_lab
-    finally:
-        if run_in(made_lab.node, ["iptables-legacy-save"]).stdout.strip():
-            run_in(made_lab.node, ["iptables-legacy-restore", "-w"], input_text=_LEGACY_EMPTY)
-        run_in(made_lab.node, ["nft", "flush", "ruleset"])
-        run_in(made_lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=0"])
-        widen_the_path(made_lab)
+    """The module's seed lab, its node checked fresh before the test, put back after."""
+    yield from tests.shared_lab.shared_lab(made_lab)
 
 
 def _status(backend: IptablesBackend, wanted: NetObject) -> str:
