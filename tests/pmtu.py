@@ -44,3 +44,13 @@ def learnt_mtu_in(pod: str, family: int, db: str) -> str:
     """:func:`learnt_mtu` from the namespace ``pod`` (another lab's pod)."""
     run_in(pod, [sys.executable, "-I", "-S", "-c", _SEND, db])
     return run_in(pod, ["ip", f"-{family}", "-o", "route", "get", db]).stdout
+
+
+def widen_the_path(lab: SeedLab) -> None:
+    """Undo :func:`narrow_the_path` and forget what it taught: the MTUs of 1500 back, the
+    path MTUs the pod's and the node's kernels learnt flushed."""
+    run_in(lab.router, ["ip", "link", "set", "eth1", "mtu", "1500"])
+    run_in(lab.db, ["ip", "link", "set", "eth0", "mtu", "1500"])
+    for ns in (lab.pod, lab.node):
+        for flag in ("-4", "-6"):
+            run_in(ns, ["ip", flag, "route", "flush", "cache"])

@@ -17,12 +17,16 @@ both iptables variants, both families.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+import tests.shared_lab
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.foreign import foreign_blocks, path_blocks
 from k3snet.backends.iptables.save import parse_save
 from k3snet.backends.routed import RoutedBy
+from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NetObject, State
 from k3snet.planner import plan
@@ -217,6 +221,19 @@ def test_a_mangle_drop_by_out_interface_is_narrowed_too() -> None:
                    for b in blocks for r in _wanted(4))
 
 
+@pytest.fixture(scope="module")
+def made_lab() -> Iterator[SeedLab]:
+    """One seed lab for the module's tests of real packets."""
+    yield from tests.shared_lab.made_lab()
+
+
+@pytest.fixture
+def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
+    """The module's seed lab, its node checked fresh before the test, put back after
+    (the bridges :func:`_bridge` adds deleted too)."""
+    yield from tests.shared_lab.shared_lab(made_lab)
+
+
 def _bridge(node: str) -> None:
     for name, addresses in (("docker0", BRIDGE), ("br-int", INTERNAL)):
         run_in(node, ["ip", "link", "add", name, "type", "bridge"])
@@ -238,68 +255,64 @@ def _desired() -> State:
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_the_pods_reach_the_database_beside_dockers_rules_and_no_conflict_is_said(
-        require_root: None, mode: str, layout: str) -> None:
-    from k3snet.lab import SeedLab  # noqa: PLC0415
+        lab: SeedLab, mode: str, layout: str) -> None:
 
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-                          "net.ipv6.conf.all.forwarding=1"])
-        _bridge(lab.node)
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                      "net.ipv6.conf.all.forwarding=1"])
+    _bridge(lab.node)
+    for family in (4, 6):
+        tool = f"{'ip' if family == 4 else 'ip6'}tables-{mode}-restore"
+        run_in(lab.node, [tool], input_text=LAYOUTS[layout](family))
+    with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+        first = plan(backend.observe(), _desired())
+        assert not first.conflicts, first.render()
+        backend.apply(first)
+        assert plan(backend.observe(), _desired()).changes == ()
+        for family in (4, 6):  # real packets, Docker's drop in place before k3snet's jump
+            probe = lab.tcp_probe(family)
+            assert probe.ok, (family, probe.error)
+        # An administrator's drop on the uplink, in DOCKER-USER: dropped, and said so.
         for family in (4, 6):
-            tool = f"{'ip' if family == 4 else 'ip6'}tables-{mode}-restore"
-            run_in(lab.node, [tool], input_text=LAYOUTS[layout](family))
-        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
-            first = plan(backend.observe(), _desired())
-            assert not first.conflicts, first.render()
-            backend.apply(first)
-            assert plan(backend.observe(), _desired()).changes == ()
-            for family in (4, 6):  # real packets, Docker's drop in place before k3snet's jump
-                probe = lab.tcp_probe(family)
-                assert probe.ok, (family, probe.error)
-            # An administrator's drop on the uplink, in DOCKER-USER: dropped, and said so.
-            for family in (4, 6):
-                run_in(lab.node, [f"{'ip' if family == 4 else 'ip6'}tables-{mode}", "-w",
-                                  "-I", "DOCKER-USER", "-o", "eth0", "-j", "DROP"])
-            for family in (4, 6):  # the probe ended the moment that drop counts its packet
-                save = f"{'ip' if family == 4 else 'ip6'}tables-{mode}-save"
-                assert dropped(lab, family, iptables_count(
-                    lab.node, save, "filter", "-A DOCKER-USER -o eth0 -j DROP"))
-            after = plan(backend.observe(), _desired())
-            assert {(n.wanted.family, getattr(n.foreign, "rule", None))
-                    for n in after.conflicts} == {
-                (4, "-A DOCKER-USER -o eth0 -j DROP"), (6, "-A DOCKER-USER -o eth0 -j DROP")}, \
-                after.render()
+            run_in(lab.node, [f"{'ip' if family == 4 else 'ip6'}tables-{mode}", "-w",
+                              "-I", "DOCKER-USER", "-o", "eth0", "-j", "DROP"])
+        for family in (4, 6):  # the probe ended the moment that drop counts its packet
+            save = f"{'ip' if family == 4 else 'ip6'}tables-{mode}-save"
+            assert dropped(lab, family, iptables_count(
+                lab.node, save, "filter", "-A DOCKER-USER -o eth0 -j DROP"))
+        after = plan(backend.observe(), _desired())
+        assert {(n.wanted.family, getattr(n.foreign, "rule", None))
+                for n in after.conflicts} == {
+            (4, "-A DOCKER-USER -o eth0 -j DROP"), (6, "-A DOCKER-USER -o eth0 -j DROP")}, \
+            after.render()
 
 
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_the_nftables_backend_gives_the_same_verdict_on_dockers_iptables_nft_tables(
-        require_root: None, layout: str) -> None:
+        lab: SeedLab, layout: str) -> None:
     """The nftables backend reads iptables-nft's tables as other tables: Docker's drops
     there name no address and are no block, and with FORWARD's policy at ACCEPT (Docker
     leaves it so on a node that forwards already) nothing is a default it cannot open:
     no conflict and no warning, as the iptables backend now says; the pods connect."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-                          "net.ipv6.conf.all.forwarding=1"])
-        _bridge(lab.node)
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                      "net.ipv6.conf.all.forwarding=1"])
+    _bridge(lab.node)
+    for family in (4, 6):
+        tool = f"{'ip' if family == 4 else 'ip6'}tables-nft-restore"
+        text = LAYOUTS[layout](family).replace(":FORWARD DROP", ":FORWARD ACCEPT")
+        run_in(lab.node, [tool], input_text=text)
+    with NftablesBackend(lab.node) as backend:
+        backend.expect(_desired())
+        first = plan(backend.observe(), _desired())
+        assert not first.conflicts, first.render()
+        assert backend.warnings == (), backend.warnings
+        backend.apply(first)
         for family in (4, 6):
-            tool = f"{'ip' if family == 4 else 'ip6'}tables-nft-restore"
-            text = LAYOUTS[layout](family).replace(":FORWARD DROP", ":FORWARD ACCEPT")
-            run_in(lab.node, [tool], input_text=text)
-        with NftablesBackend(lab.node) as backend:
-            backend.expect(_desired())
-            first = plan(backend.observe(), _desired())
-            assert not first.conflicts, first.render()
-            assert backend.warnings == (), backend.warnings
-            backend.apply(first)
-            for family in (4, 6):
-                probe = lab.tcp_probe(family)
-                assert probe.ok, (family, probe.error)
+            probe = lab.tcp_probe(family)
+            assert probe.ok, (family, probe.error)
 
 
 @pytest.mark.kernel
@@ -366,30 +379,28 @@ def test_the_nftables_backend_reads_the_routes_once_when_it_judges_such_a_drop_a
 @pytest.mark.kernel
 @pytest.mark.lab
 def test_the_nftables_backend_says_something_of_an_address_less_drop_on_the_uplink(
-        require_root: None) -> None:
+        lab: SeedLab) -> None:
     """``iptables -I DOCKER-USER -o eth0 -j DROP`` drops the pods' connections: the
     nftables backend says so too, as the iptables backend does (a conflict, above), from
     the routes by eth0 (the default route: any destination), while Docker's own drops
     there stay silent (the verdict above)."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        _bridge(lab.node)
-        text = docker28(4).replace(":FORWARD DROP", ":FORWARD ACCEPT")
-        run_in(lab.node, ["iptables-nft-restore"], input_text=text)
-        run_in(lab.node, ["iptables-nft", "-I", "DOCKER-USER", "-o", "eth0", "-j", "DROP"])
-        wanted = State(owned=[ForwardRule(POD[4], DB[4], out_interface="eth0"),
-                              MasqueradeRule(POD[4], destination=DB[4], out_interface="eth0")])
-        with NftablesBackend(lab.node) as backend:
-            backend.expect(wanted)
-            first = plan(backend.observe(), wanted)
-            backend.apply(first)
-            assert dropped(lab, 4, iptables_count(  # the kernel drops them
-                lab.node, "iptables-nft-save", "filter", "-A DOCKER-USER -o eth0 -j DROP"))
-            assert first.conflicts, first.render()
-            assert "DOCKER-USER" in first.render(), first.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    _bridge(lab.node)
+    text = docker28(4).replace(":FORWARD DROP", ":FORWARD ACCEPT")
+    run_in(lab.node, ["iptables-nft-restore"], input_text=text)
+    run_in(lab.node, ["iptables-nft", "-I", "DOCKER-USER", "-o", "eth0", "-j", "DROP"])
+    wanted = State(owned=[ForwardRule(POD[4], DB[4], out_interface="eth0"),
+                          MasqueradeRule(POD[4], destination=DB[4], out_interface="eth0")])
+    with NftablesBackend(lab.node) as backend:
+        backend.expect(wanted)
+        first = plan(backend.observe(), wanted)
+        backend.apply(first)
+        assert dropped(lab, 4, iptables_count(  # the kernel drops them
+            lab.node, "iptables-nft-save", "filter", "-A DOCKER-USER -o eth0 -j DROP"))
+        assert first.conflicts, first.render()
+        assert "DOCKER-USER" in first.render(), first.render()
 
 
 # A node with Docker beside the pods: what leaves by another device than the uplink (the
@@ -446,37 +457,35 @@ def test_the_nftables_backend_reads_that_drop_as_one_block_per_prefix_too(family
 @pytest.mark.lab
 @pytest.mark.parametrize("backend_name", ["nft", "legacy", "nftables"])
 def test_the_pods_pass_a_drop_of_what_leaves_by_another_device_beside_docker_and_no_conflict_is_said(  # noqa: E501
-        require_root: None, backend_name: str) -> None:
+        lab: SeedLab, backend_name: str) -> None:
     """The kernel's own verdict on ``-i cni0 ! -o eth0 -j DROP`` with docker0 up: the pods'
     connections to the database pass, both families, and neither backend says a
     conflict (iptables-nft, iptables-legacy, or the nft rule the nftables backend reads)."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-                          "net.ipv6.conf.all.forwarding=1"])
-        _bridge(lab.node)
-        if backend_name == "nftables":
-            run_in(lab.node, ["nft", "-f", "-"], input_text=(
-                "table inet fw {\n chain forward {\n  type filter hook forward priority 0\n"
-                '  iifname "cni0" oifname != "eth0" drop\n }\n}\n'))
-            assert 'oifname != "eth0" drop' in run_in(lab.node, ["nft", "list", "ruleset"]).stdout
-            backend: IptablesBackend | NftablesBackend = NftablesBackend(lab.node)
-        else:
-            for family in (4, 6):
-                tool = f"{'ip' if family == 4 else 'ip6'}tables-{backend_name}"
-                run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-i", "cni0", "!", "-o", "eth0",
-                                  "-j", "DROP"])
-                saved = run_in(lab.node, [f"{tool}-save", "-t", "filter"]).stdout
-                assert "-A FORWARD -i cni0 ! -o eth0 -j DROP" in saved  # the kernel's view
-            backend = IptablesBackend(lab.node, mode=backend_name)  # type: ignore[arg-type]
-        with backend:
-            if isinstance(backend, NftablesBackend):
-                backend.expect(_desired())
-            first = plan(backend.observe(), _desired())
-            assert not first.conflicts, first.render()
-            backend.apply(first)
-            for family in (4, 6):
-                probe = lab.tcp_probe(family)
-                assert probe.ok, (family, probe.error)
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+                      "net.ipv6.conf.all.forwarding=1"])
+    _bridge(lab.node)
+    if backend_name == "nftables":
+        run_in(lab.node, ["nft", "-f", "-"], input_text=(
+            "table inet fw {\n chain forward {\n  type filter hook forward priority 0\n"
+            '  iifname "cni0" oifname != "eth0" drop\n }\n}\n'))
+        assert 'oifname != "eth0" drop' in run_in(lab.node, ["nft", "list", "ruleset"]).stdout
+        backend: IptablesBackend | NftablesBackend = NftablesBackend(lab.node)
+    else:
+        for family in (4, 6):
+            tool = f"{'ip' if family == 4 else 'ip6'}tables-{backend_name}"
+            run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-i", "cni0", "!", "-o", "eth0",
+                              "-j", "DROP"])
+            saved = run_in(lab.node, [f"{tool}-save", "-t", "filter"]).stdout
+            assert "-A FORWARD -i cni0 ! -o eth0 -j DROP" in saved  # the kernel's view
+        backend = IptablesBackend(lab.node, mode=backend_name)  # type: ignore[arg-type]
+    with backend:
+        if isinstance(backend, NftablesBackend):
+            backend.expect(_desired())
+        first = plan(backend.observe(), _desired())
+        assert not first.conflicts, first.render()
+        backend.apply(first)
+        for family in (4, 6):
+            probe = lab.tcp_probe(family)
+            assert probe.ok, (family, probe.error)

@@ -5,12 +5,18 @@ rule can take the pods' packets first: an exemption through ``-o eth+`` before a
 masquerade through eth0, a ``RETURN`` to FORWARD's policy DROP before an accept pair.
 The plan then says what decides (a conflict, not "met"), and a TCP connection from the
 pod to the database fails; with that rule deleted the plan says "met" and it succeeds.
+
+The tests share one seed lab (:mod:`tests.shared_lab`), put back as it was made after
+each one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+import tests.shared_lab
 from k3snet.backends.iptables import IptablesBackend, Mode
 from k3snet.lab.netns import run_in
 from k3snet.lab.seed import DB_ADDRESSES, POD_CIDRS, SeedLab
@@ -32,6 +38,18 @@ CASES: dict[str, tuple[str, list[list[str]], list[str], NetObject]] = {
                    ["-d", POD, "-j", "ACCEPT"]],
         ["-s", POD, "-j", "RETURN"], ForwardRule(POD, DB_NET)),
 }
+
+
+@pytest.fixture(scope="module")
+def made_lab() -> Iterator[SeedLab]:
+    """One seed lab for the module's tests."""
+    yield from tests.shared_lab.made_lab()
+
+
+@pytest.fixture
+def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
+    """The module's seed lab, its node checked fresh before the test, put back after."""
+    yield from tests.shared_lab.shared_lab(made_lab)
 
 
 def _status(backend: IptablesBackend, wanted: NetObject) -> str:
@@ -58,43 +76,41 @@ def _forward_policy_drop(lab: SeedLab, mode: Mode) -> list[str]:
     ("a return to FORWARD's policy drop before an accept pair", "legacy"),
 ])
 def test_a_foreign_rule_met_only_when_the_kernel_lets_the_pods_packets_reach_it(
-    require_root: None, case: str, mode: Mode
+    lab: SeedLab, case: str, mode: Mode
 ) -> None:
     table, rules, taking, wanted = CASES[case]
-    with SeedLab.create() as lab:
-        ipt = [f"iptables-{mode}", "-w"]
-        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        if table == "filter":  # the pods' traffic is masqueraded; FORWARD is what decides
-            run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
-            run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
-                              "-j", "MASQUERADE"])
-        chain = "POSTROUTING" if table == "nat" else "FORWARD"
-        for rule in rules:
-            run_in(lab.node, [*ipt, "-t", table, "-A", chain, *rule])
-        with IptablesBackend(lab.node, mode=mode) as backend:
-            assert _status(backend, wanted) == "conflict"
-        assert not lab.tcp_probe(family=4, timeout=1.0).ok
-        run_in(lab.node, [*ipt, "-t", table, "-D", chain, *taking])
-        with IptablesBackend(lab.node, mode=mode) as backend:
-            assert _status(backend, wanted) == "met"
-        assert lab.tcp_probe(family=4, timeout=2.0).ok
+    ipt = [f"iptables-{mode}", "-w"]
+    run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    if table == "filter":  # the pods' traffic is masqueraded; FORWARD is what decides
+        run_in(lab.node, [*ipt, "-P", "FORWARD", "DROP"])
+        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                          "-j", "MASQUERADE"])
+    chain = "POSTROUTING" if table == "nat" else "FORWARD"
+    for rule in rules:
+        run_in(lab.node, [*ipt, "-t", table, "-A", chain, *rule])
+    with IptablesBackend(lab.node, mode=mode) as backend:
+        assert _status(backend, wanted) == "conflict"
+    assert not lab.tcp_probe(family=4, timeout=1.0).ok
+    run_in(lab.node, [*ipt, "-t", table, "-D", chain, *taking])
+    with IptablesBackend(lab.node, mode=mode) as backend:
+        assert _status(backend, wanted) == "met"
+    assert lab.tcp_probe(family=4, timeout=2.0).ok
 
 
 @pytest.mark.kernel
 def test_a_return_to_forwards_policy_drop_of_other_addresses_leaves_the_pair_met(
-    require_root: None,
+    lab: SeedLab,
 ) -> None:
     """A RETURN whose packets are never the pair's (bounded to a destination neither
     way of the pods' connection has) does not take them: the kernel lets them reach the
     accepts, and the plan says the forward rule is met rather than writing its own."""
-    with SeedLab.create() as lab:
-        ipt = _forward_policy_drop(lab, "legacy")
-        for rule in (["!", "-s", "10.1.0.0/16", "-d", "10.1.0.0/16", "-j", "RETURN"],
-                     ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"], ["-d", POD, "-j", "ACCEPT"]):
-            run_in(lab.node, [*ipt, "-A", "FORWARD", *rule])
-        with IptablesBackend(lab.node, mode="legacy") as backend:
-            assert _status(backend, ForwardRule(POD, DB_NET)) == "met"
-        assert lab.tcp_probe(family=4, timeout=2.0).ok
+    ipt = _forward_policy_drop(lab, "legacy")
+    for rule in (["!", "-s", "10.1.0.0/16", "-d", "10.1.0.0/16", "-j", "RETURN"],
+                 ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"], ["-d", POD, "-j", "ACCEPT"]):
+        run_in(lab.node, [*ipt, "-A", "FORWARD", *rule])
+    with IptablesBackend(lab.node, mode="legacy") as backend:
+        assert _status(backend, ForwardRule(POD, DB_NET)) == "met"
+    assert lab.tcp_probe(family=4, timeout=2.0).ok
 
 
 
@@ -110,7 +126,7 @@ SKIPPING: dict[str, tuple[list[str], list[list[str]]]] = {
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 @pytest.mark.parametrize("case", sorted(SKIPPING))
 def test_a_rule_sending_the_pods_back_from_a_chain_jumped_to_hides_the_pair_after_it(
-    require_root: None, case: str, mode: Mode
+    lab: SeedLab, case: str, mode: Mode
 ) -> None:
     """A RETURN of the pods' traffic in a chain FORWARD jumps to, or a chain gone to from
     it (whose end goes back to FORWARD too), sends it back to FORWARD, past that chain's
@@ -119,24 +135,23 @@ def test_a_rule_sending_the_pods_back_from_a_chain_jumped_to_hides_the_pair_afte
     succeeds."""
     taking, gone_to = SKIPPING[case]
     wanted = ForwardRule(POD, DB_NET)
-    with SeedLab.create() as lab:
-        ipt = _forward_policy_drop(lab, mode)
-        for chain in ("FWD-X", "FWD-Y"):
-            run_in(lab.node, [*ipt, "-N", chain])
-        for rule in gone_to:
-            run_in(lab.node, [*ipt, "-A", "FWD-Y", *rule])
-        run_in(lab.node, [*ipt, "-A", "FORWARD", "-j", "FWD-X"])
-        for rule in (taking, ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
-                     ["-d", POD, "-j", "ACCEPT"]):
-            run_in(lab.node, [*ipt, "-A", "FWD-X", *rule])
-        with IptablesBackend(lab.node, mode=mode) as backend:
-            notes = plan(backend.observe(), State(owned=[wanted])).notes
-            assert [n.status for n in notes if n.wanted == wanted] == []
-        assert not lab.tcp_probe(family=4, timeout=1.0).ok
-        run_in(lab.node, [*ipt, "-D", "FWD-X", *taking])
-        with IptablesBackend(lab.node, mode=mode) as backend:
-            assert _status(backend, wanted) == "met"
-        assert lab.tcp_probe(family=4, timeout=2.0).ok
+    ipt = _forward_policy_drop(lab, mode)
+    for chain in ("FWD-X", "FWD-Y"):
+        run_in(lab.node, [*ipt, "-N", chain])
+    for rule in gone_to:
+        run_in(lab.node, [*ipt, "-A", "FWD-Y", *rule])
+    run_in(lab.node, [*ipt, "-A", "FORWARD", "-j", "FWD-X"])
+    for rule in (taking, ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
+                 ["-d", POD, "-j", "ACCEPT"]):
+        run_in(lab.node, [*ipt, "-A", "FWD-X", *rule])
+    with IptablesBackend(lab.node, mode=mode) as backend:
+        notes = plan(backend.observe(), State(owned=[wanted])).notes
+        assert [n.status for n in notes if n.wanted == wanted] == []
+    assert not lab.tcp_probe(family=4, timeout=1.0).ok
+    run_in(lab.node, [*ipt, "-D", "FWD-X", *taking])
+    with IptablesBackend(lab.node, mode=mode) as backend:
+        assert _status(backend, wanted) == "met"
+    assert lab.tcp_probe(family=4, timeout=2.0).ok
 
 
 # A drop before the pair: (the rule, whether the pair is met with it before them, whether
@@ -153,7 +168,7 @@ DROPS: dict[str, tuple[list[str], bool, bool]] = {
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 @pytest.mark.parametrize("case", sorted(DROPS))
 def test_a_drop_before_the_pair_hides_it_only_when_it_may_take_its_packets_or_errors(
-    require_root: None, case: str, mode: Mode
+    lab: SeedLab, case: str, mode: Mode
 ) -> None:
     """Under FORWARD's policy DROP, a drop met before an accept pair of the pods' traffic hides
     the pair only if it may match the packets of one of its accepts: one of other
@@ -163,24 +178,23 @@ def test_a_drop_before_the_pair_hides_it_only_when_it_may_take_its_packets_or_er
     to the pod (the pod never learns the path's MTU)."""
     rule, met, errors_pass = DROPS[case]
     wanted = ForwardRule(POD, DB_NET)
-    with SeedLab.create() as lab:
-        ipt = _forward_policy_drop(lab, mode)
-        for line in (rule, ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
-                     ["-d", POD, "-j", "ACCEPT"]):
-            run_in(lab.node, [*ipt, "-A", "FORWARD", *line])
-        with IptablesBackend(lab.node, mode=mode) as backend:
-            notes = plan(backend.observe(), State(owned=[wanted])).notes
-        assert [n.status for n in notes if n.wanted == wanted] == (["met"] if met else [])
-        assert lab.tcp_probe(family=4, timeout=2.0).ok
-        narrow_the_path(lab)
-        assert ("mtu 1280" in learnt_mtu(lab, 4, DB_ADDRESSES[4])) is errors_pass
+    ipt = _forward_policy_drop(lab, mode)
+    for line in (rule, ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
+                 ["-d", POD, "-j", "ACCEPT"]):
+        run_in(lab.node, [*ipt, "-A", "FORWARD", *line])
+    with IptablesBackend(lab.node, mode=mode) as backend:
+        notes = plan(backend.observe(), State(owned=[wanted])).notes
+    assert [n.status for n in notes if n.wanted == wanted] == (["met"] if met else [])
+    assert lab.tcp_probe(family=4, timeout=2.0).ok
+    narrow_the_path(lab)
+    assert ("mtu 1280" in learnt_mtu(lab, 4, DB_ADDRESSES[4])) is errors_pass
 
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 @pytest.mark.parametrize("first", [["-s", "192.0.2.0/24"], ["-s", POD]])
 def test_a_chain_jumped_to_twice_returns_each_jumps_packets_alone(
-    require_root: None, first: list[str], mode: Mode
+    lab: SeedLab, first: list[str], mode: Mode
 ) -> None:
     """FORWARD jumps to FWD-X twice, first for some packets (``-s 192.0.2.0/24 -j FWD-X``,
     or the pods' own), then for all; FWD-X returns what goes to 198.51.100.0/24, then
@@ -190,17 +204,16 @@ def test_a_chain_jumped_to_twice_returns_each_jumps_packets_alone(
     narrowed jump) were pooled with the second's and hid its accepts: k3snet wrote its
     own rules beside them."""
     wanted = ForwardRule(POD, DB_NET)
-    with SeedLab.create() as lab:
-        ipt = _forward_policy_drop(lab, mode)
-        run_in(lab.node, [*ipt, "-N", "FWD-X"])
-        for rule in (["-d", "198.51.100.0/24", "-j", "RETURN"],
-                     ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"], ["-d", POD, "-j", "ACCEPT"]):
-            run_in(lab.node, [*ipt, "-A", "FWD-X", *rule])
-        run_in(lab.node, [*ipt, "-A", "FORWARD", *first, "-j", "FWD-X"])
-        run_in(lab.node, [*ipt, "-A", "FORWARD", "-j", "FWD-X"])
-        with IptablesBackend(lab.node, mode=mode) as backend:
-            assert _status(backend, wanted) == "met"
-        assert lab.tcp_probe(family=4, timeout=2.0).ok
+    ipt = _forward_policy_drop(lab, mode)
+    run_in(lab.node, [*ipt, "-N", "FWD-X"])
+    for rule in (["-d", "198.51.100.0/24", "-j", "RETURN"],
+                 ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"], ["-d", POD, "-j", "ACCEPT"]):
+        run_in(lab.node, [*ipt, "-A", "FWD-X", *rule])
+    run_in(lab.node, [*ipt, "-A", "FORWARD", *first, "-j", "FWD-X"])
+    run_in(lab.node, [*ipt, "-A", "FORWARD", "-j", "FWD-X"])
+    with IptablesBackend(lab.node, mode=mode) as backend:
+        assert _status(backend, wanted) == "met"
+    assert lab.tcp_probe(family=4, timeout=2.0).ok
 
 
 # A -g from FORWARD before the pair: (its test, whether the pods' packets meet it).
@@ -214,7 +227,7 @@ GOTOS: dict[str, tuple[list[str], bool]] = {
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 @pytest.mark.parametrize("case", sorted(GOTOS))
 def test_a_chain_gone_to_for_some_packets_sends_only_those_to_forwards_policy(
-    require_root: None, case: str, mode: Mode
+    lab: SeedLab, case: str, mode: Mode
 ) -> None:
     """``-d 192.0.2.0/24 -g FWD-Y`` before an accept pair, under FORWARD's policy DROP:
     the end of FWD-Y (and its RETURNs) sends the policy only the packets the ``-g`` took,
@@ -224,20 +237,19 @@ def test_a_chain_gone_to_for_some_packets_sends_only_those_to_forwards_policy(
     conflict."""
     test, taken = GOTOS[case]
     wanted = ForwardRule(POD, DB_NET)
-    with SeedLab.create() as lab:
-        ipt = _forward_policy_drop(lab, mode)
-        run_in(lab.node, [*ipt, "-N", "FWD-Y"])
-        for rule in (["-d", "198.51.100.0/24", "-j", "RETURN"],
-                     ["-s", "198.51.100.0/24", "-j", "ACCEPT"]):
-            run_in(lab.node, [*ipt, "-A", "FWD-Y", *rule])
-        for rule in ([*test, "-g", "FWD-Y"], ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
-                     ["-d", POD, "-j", "ACCEPT"]):
-            run_in(lab.node, [*ipt, "-A", "FORWARD", *rule])
-        with IptablesBackend(lab.node, mode=mode) as backend:
-            notes = plan(backend.observe(), State(owned=[wanted])).notes
-        assert [n.status for n in notes if n.wanted == wanted] == (
-            ["conflict"] if taken else ["met"])
-        assert lab.tcp_probe(family=4, timeout=1.0 if taken else 2.0).ok is not taken
+    ipt = _forward_policy_drop(lab, mode)
+    run_in(lab.node, [*ipt, "-N", "FWD-Y"])
+    for rule in (["-d", "198.51.100.0/24", "-j", "RETURN"],
+                 ["-s", "198.51.100.0/24", "-j", "ACCEPT"]):
+        run_in(lab.node, [*ipt, "-A", "FWD-Y", *rule])
+    for rule in ([*test, "-g", "FWD-Y"], ["-s", POD, "-d", DB_NET, "-j", "ACCEPT"],
+                 ["-d", POD, "-j", "ACCEPT"]):
+        run_in(lab.node, [*ipt, "-A", "FORWARD", *rule])
+    with IptablesBackend(lab.node, mode=mode) as backend:
+        notes = plan(backend.observe(), State(owned=[wanted])).notes
+    assert [n.status for n in notes if n.wanted == wanted] == (
+        ["conflict"] if taken else ["met"])
+    assert lab.tcp_probe(family=4, timeout=1.0 if taken else 2.0).ok is not taken
 
 
 # FORWARD jumps by the pods' sources (or by a wider one) to a chain (KUBE-X): what its
@@ -269,7 +281,7 @@ BEHIND_JUMPS: dict[str, tuple[list[list[str]], str]] = {
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 @pytest.mark.parametrize("case", sorted(BEHIND_JUMPS))
 def test_a_rule_behind_a_jump_with_conditions_is_read_as_the_kernel_matches_it(
-    require_root: None, case: str, mode: Mode
+    lab: SeedLab, case: str, mode: Mode
 ) -> None:
     """Under FORWARD's policy DROP, with an accept of the replies: the pods' forward
     accept is met exactly when the pod reaches the database (an accept a jump by the
@@ -278,16 +290,15 @@ def test_a_rule_behind_a_jump_with_conditions_is_read_as_the_kernel_matches_it(
     ``-j`` (printed unquoted) is no jump of the rule's: its drop is a conflict."""
     rules, status = BEHIND_JUMPS[case]
     wanted = ForwardRule(POD, DB_NET)
-    with SeedLab.create() as lab:
-        ipt = _forward_policy_drop(lab, mode)
-        run_in(lab.node, [*ipt, "-N", "KUBE-X"])
-        for rule in [*rules, ["-A", "FORWARD", "-d", POD, "-m", "conntrack", "--ctstate",
-                              "RELATED,ESTABLISHED", "-j", "ACCEPT"]]:
-            run_in(lab.node, [*ipt, *rule])
-        saved = run_in(lab.node, [f"iptables-{mode}-save", "-t", "filter"]).stdout
-        assert " ".join(rules[0]) in saved  # the kernel holds the jump as written
-        with IptablesBackend(lab.node, mode=mode) as backend:
-            notes = plan(backend.observe(), State(owned=[wanted])).notes
-            assert [n.status for n in notes if n.wanted == wanted] == [status]
-        met = status == "met"
-        assert lab.tcp_probe(family=4, timeout=2.0 if met else 1.0).ok is met
+    ipt = _forward_policy_drop(lab, mode)
+    run_in(lab.node, [*ipt, "-N", "KUBE-X"])
+    for rule in [*rules, ["-A", "FORWARD", "-d", POD, "-m", "conntrack", "--ctstate",
+                          "RELATED,ESTABLISHED", "-j", "ACCEPT"]]:
+        run_in(lab.node, [*ipt, *rule])
+    saved = run_in(lab.node, [f"iptables-{mode}-save", "-t", "filter"]).stdout
+    assert " ".join(rules[0]) in saved  # the kernel holds the jump as written
+    with IptablesBackend(lab.node, mode=mode) as backend:
+        notes = plan(backend.observe(), State(owned=[wanted])).notes
+        assert [n.status for n in notes if n.wanted == wanted] == [status]
+    met = status == "met"
+    assert lab.tcp_probe(family=4, timeout=2.0 if met else 1.0).ok is met

@@ -11,8 +11,11 @@ in filter is. The kernel test sends a real connection through the seed lab's nod
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+import tests.shared_lab
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.foreign import (
     foreign_forward,
@@ -22,6 +25,7 @@ from k3snet.backends.iptables.foreign import (
     untracked_accepts,
 )
 from k3snet.backends.iptables.save import parse_save
+from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NetObject, State
 from k3snet.planner import plan
@@ -94,6 +98,19 @@ def test_a_reverse_path_drop_is_no_block_of_a_pods_traffic() -> None:
         "drop by iptables IPv4 mangle: -A PREROUTING -m rpfilter -j DROP"}
 
 
+@pytest.fixture(scope="module")
+def made_lab() -> Iterator[SeedLab]:
+    """One seed lab for the module's tests of real packets."""
+    yield from tests.shared_lab.made_lab()
+
+
+@pytest.fixture
+def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
+    """The module's seed lab, its node checked fresh before the test, put back after
+    (the routes a test adds to the router deleted too)."""
+    yield from tests.shared_lab.shared_lab(made_lab)
+
+
 def _desired() -> State:
     return State(owned=[WANTED, MasqueradeRule(POD, destination=DB, out_interface="eth0")])
 
@@ -107,28 +124,25 @@ def _desired() -> State:
     ["-t", "mangle", "-A", "POSTROUTING", "-d", DB, "-j", "DROP"],
 ], ids=["mangle-forward", "raw-prerouting", "mangle-postrouting"])
 def test_a_drop_in_mangle_or_raw_drops_the_pods_connection_and_is_a_conflict(
-        require_root: None, mode: str, rule: list[str]) -> None:
-    from k3snet.lab import SeedLab  # noqa: PLC0415
-
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
-        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
-            backend.apply(plan(backend.observe(), _desired()))
-            assert plan(backend.observe(), _desired()).changes == ()
-            assert lab.tcp_probe(4).ok  # k3snet's rules let the pod through
-            run_in(lab.node, [f"iptables-{mode}", "-w", *rule])
-            assert dropped(lab, 4, iptables_count(  # a real packet: dropped there
-                lab.node, f"iptables-{mode}-save", rule[1], " ".join(rule[2:])))
-            observed = backend.observe()
-            p = plan(observed, _desired())
-            (note,) = p.conflicts
-            assert note.wanted == WANTED, p.render()
-            foreign: NetObject | None = note.foreign
-            assert isinstance(foreign, ForwardBlock)
-            assert foreign.where == f"iptables IPv4 {rule[1]}"
-            assert foreign.rule == " ".join(rule[2:]), foreign.rule
-            assert not p.changes, p.render()
+        lab: SeedLab, mode: str, rule: list[str]) -> None:
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+    with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), _desired()))
+        assert plan(backend.observe(), _desired()).changes == ()
+        assert lab.tcp_probe(4).ok  # k3snet's rules let the pod through
+        run_in(lab.node, [f"iptables-{mode}", "-w", *rule])
+        assert dropped(lab, 4, iptables_count(  # a real packet: dropped there
+            lab.node, f"iptables-{mode}-save", rule[1], " ".join(rule[2:])))
+        observed = backend.observe()
+        p = plan(observed, _desired())
+        (note,) = p.conflicts
+        assert note.wanted == WANTED, p.render()
+        foreign: NetObject | None = note.foreign
+        assert isinstance(foreign, ForwardBlock)
+        assert foreign.where == f"iptables IPv4 {rule[1]}"
+        assert foreign.rule == " ".join(rule[2:]), foreign.rule
+        assert not p.changes, p.render()
 
 
 @pytest.mark.kernel
@@ -178,34 +192,31 @@ def test_untracked_packets_under_a_forward_policy_drop_are_a_forward_block_too()
 @pytest.mark.lab
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_an_admins_forward_accepts_answered_by_conntrack_meet_nothing_untracked(
-        require_root: None, mode: str) -> None:
+        lab: SeedLab, mode: str) -> None:
     """FORWARD's policy DROP opened by the admin's own accepts, the replies by conntrack:
     read as meeting the wanted forward rule, no rule of k3snet's was written, and with
     the pods' packets untracked their replies (a new connection's) met the policy."""
-    from k3snet.lab import SeedLab  # noqa: PLC0415
-
     wanted = State(owned=[WANTED])
     tool = f"iptables-{mode}"
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
-        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
-        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", POD, "-d", DB, "-j", "ACCEPT"])
-        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-d", POD, "-m", "conntrack",
-                          "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"])
-        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
-            p = plan(backend.observe(), wanted)
-            assert [n.status for n in p.notes] == ["met"], p.render()
-            assert lab.tcp_probe(4).ok
-            run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
-                              "-j", "CT", "--notrack"])
-            assert dropped(lab, 4, iptables_count(  # a real connection: dropped
-                lab.node, f"iptables-{mode}-save", "filter", ":FORWARD DROP"))
-            p = plan(backend.observe(), wanted)
-            (note,) = p.conflicts
-            assert note.wanted == WANTED, p.render()
-            assert isinstance(note.foreign, ForwardBlock)
-            assert note.foreign.verdict == "untrack"
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+    lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+    run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", POD, "-d", DB, "-j", "ACCEPT"])
+    run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-d", POD, "-m", "conntrack",
+                      "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"])
+    with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+        p = plan(backend.observe(), wanted)
+        assert [n.status for n in p.notes] == ["met"], p.render()
+        assert lab.tcp_probe(4).ok
+        run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
+                          "-j", "CT", "--notrack"])
+        assert dropped(lab, 4, iptables_count(  # a real connection: dropped
+            lab.node, f"iptables-{mode}-save", "filter", ":FORWARD DROP"))
+        p = plan(backend.observe(), wanted)
+        (note,) = p.conflicts
+        assert note.wanted == WANTED, p.render()
+        assert isinstance(note.foreign, ForwardBlock)
+        assert note.foreign.verdict == "untrack"
 
 
 @pytest.mark.parametrize("last", ["-j DROP", "-j REJECT --reject-with icmp-host-prohibited"])
@@ -263,36 +274,33 @@ def test_a_chain_forward_jumps_to_that_drops_not_every_packet_drops_nothing_untr
 @pytest.mark.lab
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_untracked_traffic_before_a_reject_in_a_chain_forward_jumps_to_is_a_forward_conflict(
-        require_root: None, mode: str) -> None:
+        lab: SeedLab, mode: str) -> None:
     """FORWARD's policy stays ACCEPT; the administrator's chain FORWARD jumps to ends with a
     reject (as ufw's and firewalld's do): the pods' untracked packets' replies are rejected
     there, and the plan said No changes."""
-    from k3snet.lab import SeedLab  # noqa: PLC0415
-
     wanted = State(owned=[WANTED])
     tool = f"iptables-{mode}"
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
-        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
-            backend.apply(plan(backend.observe(), wanted))
-            # after k3snet's jump (one before it is a conflict of its own)
-            run_in(lab.node, [tool, "-w", "-N", "ADMIN"])
-            run_in(lab.node, [tool, "-w", "-A", "ADMIN", "-j", "REJECT"])
-            run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-j", "ADMIN"])
-            assert lab.tcp_probe(4).ok
-            assert not plan(backend.observe(), wanted).conflicts
-            run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
-                              "-j", "CT", "--notrack"])
-            assert dropped(lab, 4, iptables_count(  # a real connection: rejected
-                lab.node, f"{tool}-save", "filter",
-                "-A ADMIN -j REJECT --reject-with icmp-port-unreachable"))
-            p = plan(backend.observe(), wanted)
-            (note,) = p.conflicts
-            assert note.wanted == WANTED, p.render()
-            assert isinstance(note.foreign, ForwardBlock)
-            assert note.foreign.verdict == "untrack"
-            assert not p.changes, p.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+    with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), wanted))
+        # after k3snet's jump (one before it is a conflict of its own)
+        run_in(lab.node, [tool, "-w", "-N", "ADMIN"])
+        run_in(lab.node, [tool, "-w", "-A", "ADMIN", "-j", "REJECT"])
+        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-j", "ADMIN"])
+        assert lab.tcp_probe(4).ok
+        assert not plan(backend.observe(), wanted).conflicts
+        run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
+                          "-j", "CT", "--notrack"])
+        assert dropped(lab, 4, iptables_count(  # a real connection: rejected
+            lab.node, f"{tool}-save", "filter",
+            "-A ADMIN -j REJECT --reject-with icmp-port-unreachable"))
+        p = plan(backend.observe(), wanted)
+        (note,) = p.conflicts
+        assert note.wanted == WANTED, p.render()
+        assert isinstance(note.foreign, ForwardBlock)
+        assert note.foreign.verdict == "untrack"
+        assert not p.changes, p.render()
 
 
 def test_an_untracked_flow_forwards_own_accepts_take_both_ways_by_address_is_no_conflict(
@@ -326,64 +334,58 @@ def test_an_untracked_flow_forwards_own_accepts_take_both_ways_by_address_is_no_
 @pytest.mark.lab
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_untracked_traffic_forward_accepts_both_ways_by_address_connects_and_no_conflict(
-        require_root: None, mode: str) -> None:
+        lab: SeedLab, mode: str) -> None:
     """The pods' packets untracked under FORWARD's policy DROP, the administrator's accepts
     after k3snet's jump taking both ways by address: a real connection. k3snet's rule in
     place was read as one the notrack decides (set aside, not owned: the plan said it was
     met by the administrator's and the next edit of the table removed it), while the
     nftables backend keeps its own beside the same rules in another table's chain."""
-    from k3snet.lab import SeedLab  # noqa: PLC0415
-
     wanted = State(owned=[WANTED])
     tool = f"iptables-{mode}"
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
-        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
-        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
-            backend.apply(plan(backend.observe(), wanted))
-            for source, destination in ((POD, DB), (DB, POD)):
-                run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", source, "-d",
-                                  destination, "-j", "ACCEPT"])
-            run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
-                              "-j", "CT", "--notrack"])
-            assert lab.tcp_probe(4).ok  # a real connection, untracked both ways
-            observed = backend.observe()
-            assert WANTED in observed.owned  # k3snet's own rule, still in place
-            p = plan(observed, wanted)
-            assert not p.conflicts, p.render()
-            assert not p.changes, p.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+    lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+    with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), wanted))
+        for source, destination in ((POD, DB), (DB, POD)):
+            run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", source, "-d",
+                              destination, "-j", "ACCEPT"])
+        run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
+                          "-j", "CT", "--notrack"])
+        assert lab.tcp_probe(4).ok  # a real connection, untracked both ways
+        observed = backend.observe()
+        assert WANTED in observed.owned  # k3snet's own rule, still in place
+        p = plan(observed, wanted)
+        assert not p.conflicts, p.render()
+        assert not p.changes, p.render()
 
 
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_untracked_traffic_before_a_last_reject_in_forward_is_dropped_and_a_forward_conflict(
-        require_root: None, mode: str) -> None:
+        lab: SeedLab, mode: str) -> None:
     """FORWARD's policy stays ACCEPT; ``-A FORWARD -j REJECT`` after k3snet's jump rejects
     what k3snet's chain does not accept: the replies of the pods' untracked packets."""
-    from k3snet.lab import SeedLab  # noqa: PLC0415
-
     wanted = State(owned=[WANTED])
     untracked = ["-s", POD, "-j", "CT", "--notrack"]
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
-        run_in(lab.node, [f"iptables-{mode}", "-w", "-A", "FORWARD", "-j", "REJECT"])
-        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
-            backend.apply(plan(backend.observe(), wanted))
-            assert lab.tcp_probe(4).ok
-            run_in(lab.node, [f"iptables-{mode}", "-w", "-t", "raw", "-A", "PREROUTING",
-                              *untracked])
-            assert dropped(lab, 4, iptables_count(  # a real connection: rejected
-                lab.node, f"iptables-{mode}-save", "filter",
-                "-A FORWARD -j REJECT --reject-with icmp-port-unreachable"))
-            p = plan(backend.observe(), wanted)
-            (note,) = p.conflicts
-            assert note.wanted == WANTED, p.render()
-            assert isinstance(note.foreign, ForwardBlock)
-            assert note.foreign.verdict == "untrack"
-            assert not p.changes, p.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+    run_in(lab.node, [f"iptables-{mode}", "-w", "-A", "FORWARD", "-j", "REJECT"])
+    with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), wanted))
+        assert lab.tcp_probe(4).ok
+        run_in(lab.node, [f"iptables-{mode}", "-w", "-t", "raw", "-A", "PREROUTING",
+                          *untracked])
+        assert dropped(lab, 4, iptables_count(  # a real connection: rejected
+            lab.node, f"iptables-{mode}-save", "filter",
+            "-A FORWARD -j REJECT --reject-with icmp-port-unreachable"))
+        p = plan(backend.observe(), wanted)
+        (note,) = p.conflicts
+        assert note.wanted == WANTED, p.render()
+        assert isinstance(note.foreign, ForwardBlock)
+        assert note.foreign.verdict == "untrack"
+        assert not p.changes, p.render()
 
 
 @pytest.mark.kernel
@@ -393,58 +395,52 @@ def test_untracked_traffic_before_a_last_reject_in_forward_is_dropped_and_a_forw
                                        ["-s", DB, "-j", "NOTRACK"]],
                          ids=["pods-packets", "replies"])
 def test_untracked_traffic_under_a_forward_policy_drop_is_dropped_and_a_forward_conflict(
-        require_root: None, mode: str, untracked: list[str]) -> None:
+        lab: SeedLab, mode: str, untracked: list[str]) -> None:
     """No NAT here (the router routes the pod CIDR back): the forward rule alone decides.
     An untracked packet's reply is a new connection's, an untracked reply none's: neither
     matches k3snet's accept of replies, and FORWARD's policy drops them."""
-    from k3snet.lab import SeedLab  # noqa: PLC0415
-
     wanted = State(owned=[WANTED])
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
-        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
-        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
-            backend.apply(plan(backend.observe(), wanted))
-            assert lab.tcp_probe(4).ok
-            run_in(lab.node, [f"iptables-{mode}", "-w", "-t", "raw", "-A", "PREROUTING",
-                              *untracked])
-            assert dropped(lab, 4, iptables_count(  # a real connection: dropped
-                lab.node, f"iptables-{mode}-save", "filter", ":FORWARD DROP"))
-            p = plan(backend.observe(), wanted)
-            (note,) = p.conflicts
-            assert note.wanted == WANTED, p.render()
-            assert isinstance(note.foreign, ForwardBlock)
-            assert note.foreign.describe() == (
-                f"untrack by iptables IPv4 raw: -A PREROUTING {' '.join(untracked)}")
-            assert not p.changes, p.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+    lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+    with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), wanted))
+        assert lab.tcp_probe(4).ok
+        run_in(lab.node, [f"iptables-{mode}", "-w", "-t", "raw", "-A", "PREROUTING",
+                          *untracked])
+        assert dropped(lab, 4, iptables_count(  # a real connection: dropped
+            lab.node, f"iptables-{mode}-save", "filter", ":FORWARD DROP"))
+        p = plan(backend.observe(), wanted)
+        (note,) = p.conflicts
+        assert note.wanted == WANTED, p.render()
+        assert isinstance(note.foreign, ForwardBlock)
+        assert note.foreign.describe() == (
+            f"untrack by iptables IPv4 raw: -A PREROUTING {' '.join(untracked)}")
+        assert not p.changes, p.render()
 
 
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_untracked_pod_traffic_leaves_unmasqueraded_and_is_a_conflict(
-        require_root: None, mode: str) -> None:
-    from k3snet.lab import SeedLab  # noqa: PLC0415
-
+        lab: SeedLab, mode: str) -> None:
     masquerade = MasqueradeRule(POD, destination=DB, out_interface="eth0")
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
-            backend.apply(plan(backend.observe(), _desired()))
-            assert lab.tcp_probe(4).ok
-            rule = ["-t", "raw", "-A", "PREROUTING", "-s", POD, "-j", "CT", "--notrack"]
-            run_in(lab.node, [f"iptables-{mode}", "-w", *rule])
-            assert dropped(lab, 4, snmp_count(  # no NAT: no way back to the pod
-                lab.router, "IpExt", "InNoRoutes"))
-            observed = backend.observe()
-            assert masquerade in observed.owned  # in place, noted: a destroy deletes it
-            p = plan(observed, _desired())
-            (note,) = p.conflicts
-            assert (note.wanted, note.owned) == (masquerade, masquerade), p.render()
-            assert note.foreign is not None
-            assert note.foreign.describe() == (
-                "no NAT by iptables IPv4 raw: -A PREROUTING -s 10.42.0.0/16 -j CT --notrack")
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), _desired()))
+        assert lab.tcp_probe(4).ok
+        rule = ["-t", "raw", "-A", "PREROUTING", "-s", POD, "-j", "CT", "--notrack"]
+        run_in(lab.node, [f"iptables-{mode}", "-w", *rule])
+        assert dropped(lab, 4, snmp_count(  # no NAT: no way back to the pod
+            lab.router, "IpExt", "InNoRoutes"))
+        observed = backend.observe()
+        assert masquerade in observed.owned  # in place, noted: a destroy deletes it
+        p = plan(observed, _desired())
+        (note,) = p.conflicts
+        assert (note.wanted, note.owned) == (masquerade, masquerade), p.render()
+        assert note.foreign is not None
+        assert note.foreign.describe() == (
+            "no NAT by iptables IPv4 raw: -A PREROUTING -s 10.42.0.0/16 -j CT --notrack")
 
 
 @pytest.mark.kernel
@@ -468,31 +464,28 @@ def test_the_split_group_shows_a_mangle_drop_once_as_the_iptables_member_reads_i
 @pytest.mark.lab
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_untracked_traffic_whose_replies_forward_accepts_by_address_passes_k3snets_own_rule(
-        require_root: None, mode: str) -> None:
+        lab: SeedLab, mode: str) -> None:
     """k3snet's accept of new traffic, first in FORWARD, takes the pods' untracked packets
     by their addresses; the administrator's accepts the replies so: a real connection.
     The plan said k3snet's own rule was decided by the notrack: a conflict, and the rule
     set aside (not owned: an edit of the table removes such a rule, and the pods' new
     packets would then meet the policy)."""
-    from k3snet.lab import SeedLab  # noqa: PLC0415
-
     wanted = State(owned=[WANTED])
     tool = f"iptables-{mode}"
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
-        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
-        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
-            backend.apply(plan(backend.observe(), wanted))
-            run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", DB, "-d", POD, "-j", "ACCEPT"])
-            run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
-                              "-j", "CT", "--notrack"])
-            assert lab.tcp_probe(4).ok  # a real connection, untracked
-            observed = backend.observe()
-            assert WANTED in observed.owned
-            p = plan(observed, wanted)
-            assert not p.conflicts, p.render()
-            assert not p.changes, p.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+    lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+    with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), wanted))
+        run_in(lab.node, [tool, "-w", "-A", "FORWARD", "-s", DB, "-d", POD, "-j", "ACCEPT"])
+        run_in(lab.node, [tool, "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
+                          "-j", "CT", "--notrack"])
+        assert lab.tcp_probe(4).ok  # a real connection, untracked
+        observed = backend.observe()
+        assert WANTED in observed.owned
+        p = plan(observed, wanted)
+        assert not p.conflicts, p.render()
+        assert not p.changes, p.render()
 
 
 @pytest.mark.kernel

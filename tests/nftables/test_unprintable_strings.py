@@ -11,15 +11,22 @@ rule leaves its chain unjudged with a warning naming it; one in k3snet's own tab
 an error saying how to delete it.
 
 The real CLI runs as a child process: an abort in pytest's own process would end the
-test run.
+test run. The child is forked from the test's process, k3snet already imported, and runs
+``k3snet.cli.main`` there (a cold ``python -m k3snet`` per call cost each test a second
+of start, which these tests are not about).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import select
+import signal
 import struct
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 import pytest
@@ -27,6 +34,7 @@ import pytest
 from k3snet.backends.netns import NetnsRunner
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.backends.nftables import NftablesBackend
+from k3snet.cli import main
 from k3snet.lab.netns import run_in
 from k3snet.model import MasqueradeRule, State
 from k3snet.planner import plan
@@ -61,9 +69,46 @@ def json_listing_aborts(ns: str) -> bool:
     return done.returncode != 0 and "Assertion" in done.stderr
 
 
-def k3snet(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "k3snet", *args, "--netns", ns],
-                          capture_output=True, text=True, timeout=120, check=False)
+def k3snet(ns: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``k3snet ARGS --netns NS`` in a child forked from this process: its exit code (an
+    abort's is ``-SIGABRT``, as :mod:`subprocess` gives a signal's), stdout and stderr,
+    the C library's writes to file descriptors 1 and 2 (libnftables' assertion) too."""
+    argv = [*args, "--netns", ns]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never back into pytest
+            code = 70
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(err.fileno(), 2)
+                sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - ended by _exit
+                sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+                code = main(argv)
+            except SystemExit as exc:  # argparse's (a usage error: 64)
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:  # noqa: BLE001 - said as Python's own exit says it
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        ended = os.pidfd_open(pid)
+        try:
+            if not select.select([ended], [], [], timeout)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise subprocess.TimeoutExpired(["k3snet", *argv], timeout)
+        finally:
+            os.close(ended)
+        returncode = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(
+            ["k3snet", *argv], returncode, out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"))
 
 
 def foreign_forward(ns: str, rule: bytes) -> None:

@@ -12,12 +12,14 @@ seed lab.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import pytest
 
+import tests.shared_lab
 from k3snet.backends.nftables.kernel import SNAT_TO, TTL_ARGS
 from k3snet.backends.nftables.parse import ForeignReader
+from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.model import (
     ForwardBlock,
@@ -168,113 +170,117 @@ def test_iptables_nfts_snat_to_one_address_is_read_from_the_kernels_data(ns: str
         SnatRule("fd42::/64", to_address="2001:db8::7")}
 
 
+@pytest.fixture(scope="module")
+def made_lab() -> Iterator[SeedLab]:
+    """One seed lab for the module's tests of real packets."""
+    yield from tests.shared_lab.made_lab()
+
+
+@pytest.fixture
+def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
+    """The module's seed lab, its node checked fresh before the test, put back after."""
+    yield from tests.shared_lab.shared_lab(made_lab)
+
+
 @pytest.mark.kernel
 @pytest.mark.lab
-def test_iptables_nfts_nfqueue_drops_the_pods_and_is_a_conflict(require_root: None) -> None:
+def test_iptables_nfts_nfqueue_drops_the_pods_and_is_a_conflict(lab: SeedLab) -> None:
     """``-j NFQUEUE`` with no program reading the queue: every packet it takes is
     dropped."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
     rule = ForwardRule(POD, DB, in_interface="cni0", out_interface="eth0")
     wanted = State(owned=[rule, MasqueradeRule(POD, destination=DB, out_interface="eth0")])
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        with NftablesBackend(lab.node) as backend:
-            backend.apply(plan(backend.observe(), wanted))
-            assert lab.tcp_probe(4).ok
-            run_in(lab.node, ["iptables-nft", "-w", "-I", "FORWARD", "-d", DB, "-j", "NFQUEUE",
-                              "--queue-num", "7"])
-            assert dropped(lab, 4, iptables_count(  # a real connection: queued away
-                lab.node, "iptables-nft-save", "filter",
-                f"-A FORWARD -d {DB} -j NFQUEUE --queue-num 7"))
-            p = plan(backend.observe(), wanted)
-            (note,) = p.conflicts
-            assert note.wanted == rule, p.render()
-            assert note.foreign.describe() == (
-                f"queue by nftables ip filter FORWARD: ip daddr {DB} queue")
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    with NftablesBackend(lab.node) as backend:
+        backend.apply(plan(backend.observe(), wanted))
+        assert lab.tcp_probe(4).ok
+        run_in(lab.node, ["iptables-nft", "-w", "-I", "FORWARD", "-d", DB, "-j", "NFQUEUE",
+                          "--queue-num", "7"])
+        assert dropped(lab, 4, iptables_count(  # a real connection: queued away
+            lab.node, "iptables-nft-save", "filter",
+            f"-A FORWARD -d {DB} -j NFQUEUE --queue-num 7"))
+        p = plan(backend.observe(), wanted)
+        (note,) = p.conflicts
+        assert note.wanted == rule, p.render()
+        assert note.foreign.describe() == (
+            f"queue by nftables ip filter FORWARD: ip daddr {DB} queue")
 
 
 @pytest.mark.kernel
 @pytest.mark.lab
 def test_iptables_nfts_netmap_translates_the_pods_and_is_a_conflict(
-        require_root: None) -> None:
+        lab: SeedLab) -> None:
     """``-t nat -I POSTROUTING -s POD -j NETMAP --to 10.99.0.0/16``, run before k3snet's
     masquerade: the database answers addresses nobody routes back, and the plan said the
     masquerade was in place."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
     masquerade = MasqueradeRule(POD, destination=DB, out_interface="eth0")
     wanted = State(owned=[masquerade])
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        with NftablesBackend(lab.node) as backend:
-            backend.apply(plan(backend.observe(), wanted))
-            assert lab.tcp_probe(4).ok
-            run_in(lab.node, ["iptables-nft", "-w", "-t", "nat", "-I", "POSTROUTING", "-s",
-                              POD, "-j", "NETMAP", "--to", "10.99.0.0/16"])
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # translated elsewhere
-            p = plan(backend.observe(), wanted)
-            (note,) = p.conflicts
-            assert note.wanted == masquerade, p.render()
-            assert isinstance(note.foreign, NatBlock), p.render()
-            assert "xt target NETMAP" in note.foreign.rule
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    with NftablesBackend(lab.node) as backend:
+        backend.apply(plan(backend.observe(), wanted))
+        assert lab.tcp_probe(4).ok
+        run_in(lab.node, ["iptables-nft", "-w", "-t", "nat", "-I", "POSTROUTING", "-s",
+                          POD, "-j", "NETMAP", "--to", "10.99.0.0/16"])
+        assert not lab.tcp_probe(4, timeout=1.0).ok  # translated elsewhere
+        p = plan(backend.observe(), wanted)
+        (note,) = p.conflicts
+        assert note.wanted == masquerade, p.render()
+        assert isinstance(note.foreign, NatBlock), p.render()
+        assert "xt target NETMAP" in note.foreign.rule
 
 
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.parametrize("backend_name", ["nftables", "iptables-nft", "iptables-legacy"])
 def test_an_audit_before_the_masquerade_lets_it_translate_and_is_no_conflict(
-        require_root: None, backend_name: str) -> None:
+        lab: SeedLab, backend_name: str) -> None:
     """``-t nat -I POSTROUTING -s POD -j AUDIT --type accept`` before k3snet's masquerade:
     xt_AUDIT logs and returns ``XT_CONTINUE``, the masquerade still translates (the
     database answers, a real connection), and the plan says so in both backends (read as
     a target that may translate, it was a false conflict)."""
     from k3snet.backends.iptables import IptablesBackend  # noqa: PLC0415
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
     masquerade = MasqueradeRule(POD, destination=DB, out_interface="eth0")
     wanted = State(owned=[masquerade])
     tool = "iptables-legacy" if backend_name == "iptables-legacy" else "iptables-nft"
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        backend = (NftablesBackend(lab.node) if backend_name == "nftables" else
-                   IptablesBackend(lab.node, mode=backend_name.split("-")[1]))  # type: ignore[arg-type]
-        with backend:
-            backend.apply(plan(backend.observe(), wanted))
-            run_in(lab.node, [tool, "-w", "-t", "nat", "-I", "POSTROUTING", "-s", POD, "-j",
-                              "AUDIT", "--type", "accept"])
-            assert lab.tcp_probe(4).ok  # translated: the database routes no pod address
-            p = plan(backend.observe(), wanted)
-            assert not p.conflicts, p.render()
-            assert p.changes == (), p.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    backend = (NftablesBackend(lab.node) if backend_name == "nftables" else
+               IptablesBackend(lab.node, mode=backend_name.split("-")[1]))  # type: ignore[arg-type]
+    with backend:
+        backend.apply(plan(backend.observe(), wanted))
+        run_in(lab.node, [tool, "-w", "-t", "nat", "-I", "POSTROUTING", "-s", POD, "-j",
+                          "AUDIT", "--type", "accept"])
+        assert lab.tcp_probe(4).ok  # translated: the database routes no pod address
+        p = plan(backend.observe(), wanted)
+        assert not p.conflicts, p.render()
+        assert p.changes == (), p.render()
 
 
 @pytest.mark.kernel
 @pytest.mark.lab
 def test_iptables_nfts_snat_to_the_wanted_address_translates_and_is_no_conflict(
-        require_root: None) -> None:
+        lab: SeedLab) -> None:
     """An admin's ``-t nat -I POSTROUTING -s POD -j SNAT --to-source 192.168.1.5`` (the
     node's uplink address) beside k3snet's wanted SNAT to the same address: the pods'
     connections leave as the node (the database answers, a real connection), and the plan
     says so. Read as an SNAT to an address k3snet does not model, it was a conflict."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
     snat = SnatRule(POD, destination=DB, out_interface="eth0", to_address="192.168.1.5")
     wanted = State(owned=[snat])
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        run_in(lab.node, ["iptables-nft", "-w", "-t", "nat", "-I", "POSTROUTING", "-s", POD,
-                          "-j", "SNAT", "--to-source", "192.168.1.5"])
-        assert lab.tcp_probe(4).ok  # translated: the database routes no pod address
-        with NftablesBackend(lab.node) as backend:
-            p = plan(backend.observe(), wanted)
-            assert not p.conflicts, p.render()
-            backend.apply(p)
-            assert lab.tcp_probe(4).ok
-            p = plan(backend.observe(), wanted)
-            assert not p.conflicts, p.render()
-            assert p.changes == (), p.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    run_in(lab.node, ["iptables-nft", "-w", "-t", "nat", "-I", "POSTROUTING", "-s", POD,
+                      "-j", "SNAT", "--to-source", "192.168.1.5"])
+    assert lab.tcp_probe(4).ok  # translated: the database routes no pod address
+    with NftablesBackend(lab.node) as backend:
+        p = plan(backend.observe(), wanted)
+        assert not p.conflicts, p.render()
+        backend.apply(p)
+        assert lab.tcp_probe(4).ok
+        p = plan(backend.observe(), wanted)
+        assert not p.conflicts, p.render()
+        assert p.changes == (), p.render()
