@@ -32,6 +32,7 @@ from k3snet._argv import COMMON_VALUED as _COMMON_VALUED
 from k3snet._argv import Run
 from k3snet._argv import asks_json as _asks_json
 from k3snet._argv import common_after_command as _common_after_command
+from k3snet._deadline import ASSUMED_TERMINATION_GRACE, Deadline, requests_within
 from k3snet._env import env_switch, env_value
 from k3snet._kept import (
     input_problem,
@@ -108,18 +109,9 @@ from k3snet.errors import (
     StalePlanError,
 )
 from k3snet.facts import FactsWatch, gather_facts
-from k3snet.kube import (
-    ASSUMED_TERMINATION_GRACE,
-    Deadline,
-    label_selector_problem,
-    name_problem,
-    object_ref_problem,
-    requests_within,
-)
 from k3snet.model import K3SNET_ROUTE_PROTOCOL, Route, Sysctl
 from k3snet.model.state import State
 from k3snet.model.sysctl import is_secret, redact_secrets, shown_value, sysctl_name
-from k3snet.planfile import RESERVED_OPTIONS, PlanFile, build_identity, clusters_of
 from k3snet.planner import Change, Plan, plan
 from k3snet.spec import NodeFacts, Spec, check_backend_options, load_spec, spec_backend_options
 from k3snet.spec import compile as compile_spec
@@ -127,8 +119,9 @@ from k3snet.spec import load as spec_load
 from k3snet.spec.source import read_text
 from k3snet.spec.validate import holds_nul
 
-if TYPE_CHECKING:  # imported by destroy when it looks through every backend
-    from k3snet.backends.discover import Discovery
+if TYPE_CHECKING:
+    from k3snet.backends.discover import Discovery  # imported by destroy's look
+    from k3snet.planfile import PlanFile  # imported by the commands a plan file's
 
 __all__ = ["build_parser", "main", "run_main"]
 
@@ -1235,6 +1228,7 @@ def _one_of(*choices: str, fold: bool = False) -> Callable[[str], str]:
 def _node_name(text: str) -> str:
     """``--node-name``: a Node's name, a DNS subdomain (what the API server accepts): a
     mistyped one would have its annotation, Events and Lease refused on every pass."""
+    from k3snet.kube import name_problem  # noqa: PLC0415 - the agent's option only
     problem = name_problem(text)
     if problem is not None:  # the default (the hostname) included: say how to name it
         raise argparse.ArgumentTypeError(
@@ -1246,6 +1240,7 @@ def _object_ref(*, key: bool = False) -> Callable[[str], str]:
     """``--lease`` (``NS/NAME``) and ``--spec-configmap`` (``NS/NAME[:KEY]``): names the
     API server accepts, checked now (a usage error, not a pass failing for ever)."""
     def parse(text: str) -> str:
+        from k3snet.kube import object_ref_problem  # noqa: PLC0415 - the agent's options only
         problem = object_ref_problem(text, key=key)
         if problem is not None:
             raise argparse.ArgumentTypeError(problem)
@@ -1257,6 +1252,7 @@ def _label_selector(text: str) -> str:
     """``--lease-candidates LABEL[=VALUE]``: a selector that can match a label, checked now
     (one that matched none made no node a candidate, and nobody wrote the cluster-wide
     objects)."""
+    from k3snet.kube import label_selector_problem  # noqa: PLC0415 - the agent's only
     problem = label_selector_problem(text)
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
@@ -1823,6 +1819,7 @@ def _signals_wait() -> Iterator[None]:
 def _save_planfile(args: argparse.Namespace, spec: Spec, backend: BackendGroup, *,
                    observed: State, desired: State, p: Plan) -> bool:
     """Write ``--out``; whether the file holds a secret (written 0600)."""
+    from k3snet.planfile import RESERVED_OPTIONS, PlanFile, clusters_of  # noqa: PLC0415
     names = _backend_names(args, None) if args.backend else [
         f"{m.backend.name}:{','.join(sorted(m.kinds))}" for m in backend.members]
     # What the spec and --backend-opt gave each backend, so `apply FILE` builds the
@@ -1844,7 +1841,8 @@ def _save_planfile(args: argparse.Namespace, spec: Spec, backend: BackendGroup, 
 def _planned_netns(args: argparse.Namespace, backend: BackendGroup) -> str | None:
     """The network namespace a plan file names as its node's: the one its backends act
     in, wherever that was set (``--netns``, a spec's ``backends:`` or a ``--backend-opt``
-    ``netns``, which the file records for no backend, :data:`RESERVED_OPTIONS`);
+    ``netns``, which the file records for no backend,
+    :data:`~k3snet.planfile.RESERVED_OPTIONS`);
     ``--netns`` for backends acting in none (files, cluster objects). A plan made with
     ``--backend-opt netlink.netns=node1`` named the host, and `apply FILE` made it there.
     A PlanError when they act in several: `apply FILE` builds them all in one."""
@@ -2241,7 +2239,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return _usage_error(args, "give either a spec (-f FILE) or a plan file")
     options = {"allow_conflicts": args.allow_conflicts, "allow_teardown": args.allow_teardown,
                "lock_timeout": args.lock_timeout}
-    saved = PlanFile.read(args.planfile, netns=args.netns) if args.planfile else None
+    saved = None
+    if args.planfile:
+        from k3snet.planfile import PlanFile  # noqa: PLC0415 - a plan file's apply only
+        saved = PlanFile.read(args.planfile, netns=args.netns)
     if saved is not None and args.backend:
         return _usage_error(args, f"--backend with a plan file: the plan file names its "
                             f"backends ({', '.join(n.partition(':')[0] for n in saved.backends)}"
@@ -2262,6 +2263,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 return apply_plan(backend, p, desired=wanted, dry_run=dry_run,
                                   made_from=saved.observed if saved else None, **options)
             except StalePlanError as exc:
+                from k3snet.planfile import build_identity  # noqa: PLC0415 - as PlanFile
                 if saved is None or (saved.made_by == __version__
                                      and saved.build == build_identity()):
                     raise

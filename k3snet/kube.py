@@ -48,12 +48,16 @@ from typing import Any
 
 import attrs
 
+# Re-exported: their home is apart, for the CLI's cold path (see k3snet._deadline).
+from k3snet._deadline import ASSUMED_TERMINATION_GRACE, Deadline, requests_within
+from k3snet._deadline import WITHIN as _WITHIN
 from k3snet._logline import printable
 from k3snet._regex import lazy_pattern
 from k3snet.errors import BackendError, BackendOptionError, BackendUnavailableError
 
 __all__ = [
     "API_OPTION_CHECKS",
+    "ASSUMED_TERMINATION_GRACE",
     "DEFAULT_TIMEOUT",
     "KUBECONFIG_DEFAULT",
     "LIST_PAGE",
@@ -276,58 +280,10 @@ The rendered DaemonSet tells the agent this value (``$K3SNET_TERMINATION_GRACE``
 ``k3snet agent --termination-grace``); an agent not told assumes
 :data:`ASSUMED_TERMINATION_GRACE`."""
 
-ASSUMED_TERMINATION_GRACE = 30
-"""The grace period an agent not told its own (``--termination-grace``,
-``$K3SNET_TERMINATION_GRACE``) plans its shutdown for: Kubernetes' default, and what
-DaemonSets rendered before :data:`TERMINATION_GRACE` was 70 s say. Assuming 70 s there,
-an agent whose image alone was updated planned 65 s of clean-up and was killed at 30 s,
-its Lease still held."""
-
-
-@attrs.frozen
-class Deadline:
-    """A time by which several API requests must all be done (after SIGTERM, what is
-    left of :data:`TERMINATION_GRACE`): each request's timeout is cut to what is left,
-    so together they never outlast it."""
-
-    at: float
-    """When it is over, on ``clock``."""
-    clock: Callable[[], float] = time.monotonic
-
-    def left(self) -> float:
-        """Seconds left (0 once it is over)."""
-        return max(0.0, self.at - self.clock())
-
-    def timeout(self, limit: float) -> float:
-        """One request's timeout: ``limit``, cut to what is left (0: send none)."""
-        return min(limit, self.left())
-
-
-_WITHIN: contextvars.ContextVar[Callable[[], Deadline | None] | None] = contextvars.ContextVar(
-    "k3snet_kube_within", default=None)
 _LEAST_TIMEOUT = 0.001  # the client sends a timeout of 0 with none at all
 _CUT_ATTRIBUTE = "_k3snet_timeout_cut"
 """Set on the error of a request whose timeout :func:`requests_within` cut: the seconds
 it waited at most, quoted by its message in place of the caller's timeout."""
-
-
-@contextlib.contextmanager
-def requests_within(deadline: Callable[[], Deadline | None]) -> Iterator[None]:
-    """Within the block, in this thread, each request of a client :func:`make_api_client`
-    returned waits at most what is left of ``deadline()`` (asked at each request: ``None``
-    bounds nothing), whatever timeout its caller gave.
-
-    The agent's pass runs within its grace deadline (``None`` until SIGTERM): the
-    cluster-wide part's requests (a list of every IPPool, then writes), made by
-    backends with their own timeout each (10 s), went on past the pod's grace period
-    when the API server answered slowly, and the kubelet killed the agent before it
-    released the Lease or cleaned up.
-    """
-    token = _WITHIN.set(deadline)
-    try:
-        yield
-    finally:
-        _WITHIN.reset(token)
 
 
 def _cut(timeout: Any, left: float) -> Any:

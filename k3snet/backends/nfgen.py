@@ -22,6 +22,7 @@ import socket
 import struct
 from collections.abc import Collection, Mapping
 
+from k3snet._regex import lazy_pattern
 from k3snet.backends.kit import translate_errors
 from k3snet.errors import BackendError
 
@@ -102,7 +103,7 @@ _STRING_KEYS: dict[bytes, Collection[int]] = {
 # nft_fib_dump writes them): only such a rule is decoded (5 000 rules: 0.6 s decoded
 # whole). Other expressions' attribute 2 may match too (xfrm's SPI key, numgen's modulus):
 # their rule is decoded, and judged by each expression's name (_rule_strings_utf8).
-_STRING_LOADS = re.compile(
+_STRING_LOADS = lazy_pattern(
     re.escape(struct.pack("=HH", 8, 2)) + b"\0\0\0["
     + b"".join(re.escape(bytes([key])) for key in sorted(_META_STRING_KEYS)) + b"]|osf\0|"
     + b"fib\0..\x02[\x00\x80]" + re.escape(struct.pack("=HH", 8, 1)) + b"...."
@@ -115,10 +116,10 @@ _STRING_LOADS = re.compile(
 _CMP = (re.escape(struct.pack("=HH", 8, 1)) + b"cmp\0..\x02[\x00\x80]"
         + re.escape(struct.pack("=HH", 8, 1)) + b"(....)" + re.escape(struct.pack("=HH", 8, 2))
         + b"......\x03[\x00\x80](..)\x01[\x00\x80]")
-_CMPS = re.compile(_CMP, re.DOTALL)
+_CMPS = lazy_pattern(_CMP, re.DOTALL)
 # A meta load of a string (its key, then its register: group 1) and the cmp after it
 # (groups 2 and 3: _CMP's), as the kernel dumps them (nft_meta_get_dump, nft_cmp_dump).
-_META_CMP = re.compile(
+_META_CMP = lazy_pattern(
     re.escape(struct.pack("=HHH", 1, 9, 1)) + b"meta\0\0\0\0..\x02[\x00\x80]"
     + re.escape(struct.pack("=HH", 8, 2)) + b"\0\0\0["
     + b"".join(re.escape(bytes([key])) for key in sorted(_META_STRING_KEYS)) + b"]"
@@ -128,7 +129,7 @@ _META_CMP = re.compile(
 # group per kind. A test of a string's register after one of these compares what it
 # loaded, not the string (a bitwise or byteorder of the string's register is none of
 # them: libnftables prints a test of its result with the string's type, and aborts too).
-_WRITES = re.compile(b"|".join(
+_WRITES = lazy_pattern(b"|".join(
     re.escape(struct.pack("=HHH", 1, 5 + len(name), 1) + name + b"\0" * (4 - len(name) % 4))
     + b"..\x02[\x00\x80]" + before + re.escape(struct.pack("=HH", 8, attribute)) + b"(....)"
     for name, before, attribute in (
@@ -153,7 +154,7 @@ _NFTA_BITWISE_XOR = 5
 # Expressions after a string's test that the fast path of _rule_utf8 does not follow:
 # one deriving a register from the string's, and xtables' match and target, whose data
 # (kept as written, 256 bytes of -m comment's) may hold the bytes of a load.
-_UNFOLLOWED = re.compile(b"bitwise\0|byteorder\0|match\0|target\0")
+_UNFOLLOWED = lazy_pattern(b"bitwise\0|byteorder\0|match\0|target\0")
 _NFTA_RANGE_SREG = 1
 _NFTA_RANGE_FROM_DATA = 3
 _NFTA_RANGE_TO_DATA = 4

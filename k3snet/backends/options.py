@@ -19,7 +19,6 @@ from typing import Any
 from k3snet._env import env_value
 from k3snet.backends.registry import backend_options, takes_any_option
 from k3snet.errors import BackendOptionError
-from k3snet.kube import configmap_ref
 
 __all__ = ["ENV_OPTIONS", "resolve_backend_options"]
 
@@ -38,12 +37,19 @@ def _absolute_path(variable: str) -> Callable[[str], Path]:
     return parse
 
 
+def _configmap_ref(text: str) -> tuple[str, str]:
+    """:func:`k3snet.kube.configmap_ref`, imported by the one backend reading it (flannel's
+    ``configmap``): a cold command of the node's backends imports no Kubernetes module."""
+    from k3snet.kube import configmap_ref  # noqa: PLC0415 - see above
+    return configmap_ref(text)
+
+
 ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     ("netlink", "proc_sys", "K3SNET_PROC_SYS", _absolute_path("K3SNET_PROC_SYS")),
     ("netlink", "state_dir", "K3SNET_STATE_DIR", _absolute_path("K3SNET_STATE_DIR")),
     ("iptables", "state_dir", "K3SNET_STATE_DIR", _absolute_path("K3SNET_STATE_DIR")),
     ("flannel", "path", "K3SNET_FLANNEL_CONF", _absolute_path("K3SNET_FLANNEL_CONF")),
-    ("flannel", "configmap", "K3SNET_FLANNEL_CONFIGMAP", configmap_ref),
+    ("flannel", "configmap", "K3SNET_FLANNEL_CONFIGMAP", _configmap_ref),
 )
 """Backend options the agent's DaemonSet passes through its environment
 (see :mod:`k3snet.render.manifests`): ``(backend, option, variable, parse)``."""

@@ -26,6 +26,7 @@ import socket
 from collections.abc import Iterable
 from typing import Any, Final, Literal, NamedTuple
 
+from k3snet._regex import lazy_pattern
 from k3snet.errors import ModelError
 from k3snet.model import NetObject, out_interface_rank
 from k3snet.model.cidr import Network, address_text, network_text
@@ -118,7 +119,7 @@ TableFamily = Literal["inet", "split"]
 """``inet``: one table for IPv4 and IPv6; ``split``: an ``ip`` and an ``ip6`` table."""
 
 # nft identifiers: keep to a tame subset so a table name never needs quoting.
-_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+_TABLE_NAME = lazy_pattern(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 NFT_WORDS: Final = frozenset({
     "accept", "add", "all", "and", "arp", "bridge", "cgroup", "chain", "comment", "constant",
     "continue", "counter", "cpu", "create", "ct", "day", "define", "delete", "describe", "device",

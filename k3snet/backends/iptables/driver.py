@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Literal, NoReturn, Protocol
 
+from k3snet._regex import lazy_pattern
 from k3snet.backends.iptables.save import stopped_mark, unread_mark
 from k3snet.backends.iptables.table import Op, restore_lines
 from k3snet.backends.kit import committing, translate_errors, undo_spares_children
@@ -56,8 +57,8 @@ an admin's need not be UTF-8 (``B\\xfcro``). Each byte that is not reads as a lo
 surrogate and is written back as that byte, so a rule read can be deleted by its text
 (``-D``) and kept exactly (tests/safety/test_foreign_bytes.py)."""
 _PIPE_SIZE = 1 << 20
-_LINE_NUMBER = re.compile(r"line:? (\d+)")
-_NOT_PERMITTED = re.compile(r"permission denied|operation not permitted|must be root",
+_LINE_NUMBER = lazy_pattern(r"line:? (\d+)")
+_NOT_PERMITTED = lazy_pattern(r"permission denied|operation not permitted|must be root",
                             re.IGNORECASE)
 
 
@@ -110,7 +111,7 @@ def save_stopped(name: str, family: int, stdout: str, stderr: str, *,
         "another name (nft's own tables are read by the nftables backend)", table=table)
 
 
-_TABLE_HEADER = re.compile(r"^\*(\S+)$", re.MULTILINE)
+_TABLE_HEADER = lazy_pattern(r"^\*(\S+)$", re.MULTILINE)
 _APART = ("raw", "mangle", "filter", "nat", "security")
 """The tables of a family read one by one when its save stopped in one k3snet does not
 write (:meth:`Processes.save_apart`): iptables-nft-save's, in its order."""
@@ -384,7 +385,7 @@ XTABLES_LOCK = ("the xtables lock, $XTABLES_LOCKFILE, else /run/xtables.lock, wh
 """What the file an ``xtables lock`` error names is for: iptables' own message ("Fatal:
 can't open lock file /run/xtables.lock: Is a directory") does not say it."""
 
-_LOCK_FILE = re.compile(r"can't open lock file")
+_LOCK_FILE = lazy_pattern(r"can't open lock file")
 
 
 class StartedSave:

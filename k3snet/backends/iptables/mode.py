@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from k3snet._regex import lazy_pattern
 from k3snet.backends.iptables.driver import Flavour
 from k3snet.backends.iptables.foreign import PATH_CHAINS
 from k3snet.backends.iptables.save import parse_save
@@ -30,11 +31,11 @@ from k3snet.render.iptables.rules import HOOKS, PREFIX, TABLES
 
 __all__ = ["Evidence", "detect_mode", "other_flavour_rules"]
 
-_KUBE_CHAIN = re.compile(r"^:(KUBE-|FLANNEL-)", re.MULTILINE)
-_K3SNET_NAMED = re.compile(rf"^:{PREFIX}", re.MULTILINE)
-_USER_CHAIN = re.compile(r"^:\S+ - ", re.MULTILINE)
-_POLICY = re.compile(r"^:\S+ (DROP|REJECT) ", re.MULTILINE)
-_RULE = re.compile(r"^(?:\[\d+:\d+\] )?-A ", re.MULTILINE)
+_KUBE_CHAIN = lazy_pattern(r"^:(KUBE-|FLANNEL-)", re.MULTILINE)
+_K3SNET_NAMED = lazy_pattern(rf"^:{PREFIX}", re.MULTILINE)
+_USER_CHAIN = lazy_pattern(r"^:\S+ - ", re.MULTILINE)
+_POLICY = lazy_pattern(r"^:\S+ (DROP|REJECT) ", re.MULTILINE)
+_RULE = lazy_pattern(r"^(?:\[\d+:\d+\] )?-A ", re.MULTILINE)
 
 
 @attrs.frozen

@@ -9,13 +9,13 @@ touch; the same ops drive ``iptables-restore`` input and libiptc calls.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import attrs
 
+from k3snet._regex import lazy_pattern
 from k3snet.backends.iptables.save import TableDump
 from k3snet.model import Drift, NetObject
 from k3snet.model.forward import ForwardBlock
@@ -131,8 +131,8 @@ def has_tag(line: Line) -> bool:
     return False
 
 
-_SUB_CHAIN = re.compile(r"K3SNET-M-[0-9a-f]{16}")
-_DIGEST_TAG = re.compile(r"k3snet:([0-9a-f]{16})")
+_SUB_CHAIN = lazy_pattern(r"K3SNET-M-[0-9a-f]{16}")
+_DIGEST_TAG = lazy_pattern(r"k3snet:([0-9a-f]{16})")
 
 
 def _written_line(name: str, line: Line, hook: Hook) -> bool:

@@ -16,7 +16,6 @@ import ipaddress
 import json
 import os
 import queue
-import re
 import struct
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from k3snet._logline import shell_word
+from k3snet._regex import lazy_pattern
 from k3snet.backends.kit import undo_spares_children
 from k3snet.backends.nfgen import GenerationReader
 from k3snet.errors import BackendError, BackendUnavailableError
@@ -150,9 +150,9 @@ def first_lines(text: str, count: int = 4) -> str:
     return " | ".join(lines[:count]) or "no detail"
 
 
-_UNDERLINE = re.compile(r"[\s^~]+")
+_UNDERLINE = lazy_pattern(r"[\s^~]+")
 """A line nft draws under the part of a statement an error is about."""
-_BATCH_FILE = re.compile(r"^/proc/self/fd/\d+:\d+:\d+(?:-\d+)?: ")
+_BATCH_FILE = lazy_pattern(r"^/proc/self/fd/\d+:\d+:\d+(?:-\d+)?: ")
 """The place in the file :meth:`Libnftables.run` gives libnftables a batch in, as its
 messages name it (``/proc/self/fd/7:6:29-38: Error: ...``): a line of a file no one
 sees (the statement quoted under it says which)."""
@@ -555,11 +555,11 @@ class Libnftables:
         return int(rc), output.decode(errors="replace"), error.decode(errors="replace")
 
 
-_UNNAMED_XT = re.compile(r'"xt":\s*null')
+_UNNAMED_XT = lazy_pattern(r'"xt":\s*null')
 """A compat statement as libnftables before 1.0.6 lists it in JSON (``{"xt": null}``)."""
 _NAMES_XT = (1, 0, 6)
 """The first libnftables version listing a compat statement's kind and name in JSON."""
-_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+_VERSION = lazy_pattern(r"(\d+)\.(\d+)\.(\d+)")
 
 
 def _may_list_unnamed_xt(items: Sequence[dict[str, Any]], output: str) -> bool:

@@ -38,6 +38,7 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
+from k3snet._regex import LazyPattern, lazy_pattern
 from k3snet.errors import ModelError
 from k3snet.model import NetObject
 from k3snet.model.cidr import Network, ipv4_text
@@ -62,30 +63,30 @@ __all__ = ["FirstRules", "Lines", "ListedRule", "ListedTable", "as_listed", "cha
            "table_marked", "table_objects"]
 
 # A handle as nft prints it: no leading zero (anything nft does not print is not taken).
-_TABLE = re.compile(r"table ([a-z0-9]+) ([A-Za-z][A-Za-z0-9_-]*) \{ # handle [1-9]\d*")
-_CHAIN = re.compile(r"\tchain ([A-Za-z0-9_-]+) \{ # handle [1-9]\d*")
-_FLAGS = re.compile(r"\tflags ([a-z]+(?:,[a-z]+)*)")
+_TABLE = lazy_pattern(r"table ([a-z0-9]+) ([A-Za-z][A-Za-z0-9_-]*) \{ # handle [1-9]\d*")
+_CHAIN = lazy_pattern(r"\tchain ([A-Za-z0-9_-]+) \{ # handle [1-9]\d*")
+_FLAGS = lazy_pattern(r"\tflags ([a-z]+(?:,[a-z]+)*)")
 _MARK = f'\tcomment "{TABLE_COMMENT}"'
-_OBJECT = re.compile(r"\t((?:ct )?[a-z]+) (\S+) \{.*")
-_ANY_CHAIN = re.compile(r"\tchain (\S+) \{.*")
-_RULE = re.compile(r'\t\t(.+) comment "(k3snet:[0-9a-f]{16})(:reply)?" # handle ([1-9]\d*)')
+_OBJECT = lazy_pattern(r"\t((?:ct )?[a-z]+) (\S+) \{.*")
+_ANY_CHAIN = lazy_pattern(r"\tchain (\S+) \{.*")
+_RULE = lazy_pattern(r'\t\t(.+) comment "(k3snet:[0-9a-f]{16})(:reply)?" # handle ([1-9]\d*)')
 # What these read is only a proposal: the object must render back to the same text.
-_NAT = re.compile(
+_NAT = lazy_pattern(
     r"(ip6?) saddr (\S+)"
     r"(?: ip6? daddr ([^!\s]\S*))?"
     r"((?: ip6? daddr != [^{\s]\S*)*| ip6? daddr != \{ [^}]+ \})"
     r'(?: oifname "([^"]*)")?'
     r" (?:(masquerade)|snat (?:ip6? )?to (\S+))"
     r"( fully-random)?")
-_EXCLUDED = re.compile(r" ip6? daddr != (\S+)")
-_FORWARD = re.compile(
+_EXCLUDED = lazy_pattern(r" ip6? daddr != (\S+)")
+_FORWARD = lazy_pattern(
     r'(ip6?) saddr (\S+) ip6? daddr (\S+)(?: iifname "([^"]*)")?(?: oifname "([^"]*)")?'
     r"( ct state established,related)? accept")
 _RULE_CHAINS = (NAT_CHAIN, FORWARD_CHAIN)
 # A NAT or forward rule's text around its IPv4 destination prefix (a host's is listed bare:
 # not here), and a forward rule's reply half's (whose source it is).
-_SHAPE = re.compile(r"(ip saddr \S+ ip daddr )([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)/([0-9]+)( .+)")
-_REPLY_SHAPE = re.compile(r"(ip saddr )([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)/([0-9]+)( ip daddr .+)")
+_SHAPE = lazy_pattern(r"(ip saddr \S+ ip daddr )([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)/([0-9]+)( .+)")
+_REPLY_SHAPE = lazy_pattern(r"(ip saddr )([0-9]+\.[0-9]+\.[0-9]+\.[0-9]+)/([0-9]+)( ip daddr .+)")
 _ERRORS = (ModelError, ValueError, TypeError, OSError)  # what a text that is no object raises
 # How many guessed texts first_rule_lines reads between two questions to ``enough`` (about
 # 1 ms of work: a listing that ended is noticed within it).
@@ -93,7 +94,7 @@ _ASKED_EVERY = 64
 # nft prints a host's prefix as the bare address (192.0.2.1, not 192.0.2.1/32), and IPv6
 # addresses as inet_ntop(3) does (::ffff:0.0.0.0 and ::128.0.0.0, where Python writes
 # ::ffff:0:0 and ::8000:0).
-_ADDRESS = re.compile(r"(?<= )([0-9a-f]*:[0-9a-f:.]*|\d+\.\d+\.\d+\.\d+)(/\d+)?(?= |$)")
+_ADDRESS = lazy_pattern(r"(?<= )([0-9a-f]*:[0-9a-f:.]*|\d+\.\d+\.\d+\.\d+)(/\d+)?(?= |$)")
 
 
 class ListedRule(NamedTuple):
@@ -376,7 +377,7 @@ def _shape(found: re.Match[str], obj: NetObject) -> _Shape | None:
     """The shape of a line read the full way (``found`` by :data:`_SHAPE` or
     :data:`_REPLY_SHAPE`, read as ``obj``), if its destination is where those find it
     in each rule of its tag text."""
-    patterns: tuple[re.Pattern[str], ...]
+    patterns: tuple[LazyPattern[str], ...]
     if isinstance(obj, MasqueradeRule | SnatRule) and obj.destination is not None:
         patterns = (_SHAPE,)
     elif isinstance(obj, ForwardRule):

@@ -52,12 +52,12 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, NamedTuple
 
 import attrs
 
+from k3snet._regex import lazy_pattern
 from k3snet.errors import K3snetError
 from k3snet.model import NetObject, out_interface_rank
 from k3snet.model.cidr import (
@@ -276,8 +276,8 @@ def content_hash(obj: NetObject) -> str:
 
 # A wildcard's prefix has 1 to 14 characters (an interface name at most 15): only
 # the names k3snet writes are its buckets, any other K3SNET-N-... chain is foreign.
-_NAT_BUCKET = re.compile(r"K3SNET-N-d(\d{1,3})-s(\d{1,3})-(o|a|w(?:[1-9]|1[0-4]))-([0-9a-f])")
-_FWD_BUCKET = re.compile(r"K3SNET-F-([0-9a-f])")
+_NAT_BUCKET = lazy_pattern(r"K3SNET-N-d(\d{1,3})-s(\d{1,3})-(o|a|w(?:[1-9]|1[0-4]))-([0-9a-f])")
+_FWD_BUCKET = lazy_pattern(r"K3SNET-F-([0-9a-f])")
 
 
 def _nat_bucket(obj: MasqueradeRule | SnatRule, digest: str) -> str:
@@ -574,8 +574,8 @@ def table_image(objects: Iterable[NetObject]) -> dict[str, list[Line]]:
 
 # -- text ---------------------------------------------------------------------------
 
-_SAFE = re.compile(r"[^\s\"'\\]+")
-_UNSAFE = re.compile(r"[\s\"'\\]")
+_SAFE = lazy_pattern(r"[^\s\"'\\]+")
+_UNSAFE = lazy_pattern(r"[\s\"'\\]")
 
 
 def format_line(tokens: Sequence[str]) -> str:
