@@ -45,7 +45,7 @@ class Deadline:
 
 WITHIN: contextvars.ContextVar[Callable[[], Deadline | None] | None] = contextvars.ContextVar(
     "k3snet_kube_within", default=None)
-"""The deadline :func:`requests_within` set in this thread (``k3snet.kube._WITHIN``)."""
+"""The deadline :func:`requests_within` set in this thread (``k3snet.kube`` reads it)."""
 
 
 @contextlib.contextmanager

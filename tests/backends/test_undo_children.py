@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from k3snet import kube
+from k3snet import _deadline
 from k3snet.backends import kit
 from k3snet.backends.iptables.driver import Processes
 from k3snet.backends.kit import undo_running, undo_spares_children
@@ -381,7 +381,7 @@ def _apply_stopped_by(first: signal.Signals) -> tuple[subprocess.CompletedProces
         with undo_running():
             undone.append(Processes(None).run(
                 ["sh", "-c", "kill -TERM $$ $PPID; echo survived"]))
-            within = kube._WITHIN.get()  # the deadline SIGTERM sets
+            within = _deadline.WITHIN.get()  # the deadline SIGTERM sets
             bounded.append(within is not None and within() is not None)
         return undone[0], bounded[0]  # noqa: B012 - the interruption is the test's
 
