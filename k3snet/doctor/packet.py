@@ -288,7 +288,9 @@ twice, 40 deep, is a few hundred bytes) would take 2**40."""
 class Budget:
     """What is left of :data:`MAX_RULE_VISITS` for one walk, shared with its trials."""
 
-    left: int = MAX_RULE_VISITS
+    #: Read when the walk starts (not when the module was imported): a test of the
+    #: budget's stop sets a smaller one rather than spending 100 000 evaluations a walk.
+    left: int = attrs.field(factory=lambda: MAX_RULE_VISITS)
 
     def spend(self) -> bool:
         """Take one rule evaluation; False once none is left (the walk must stop)."""

@@ -237,16 +237,26 @@ def _ipvs(capture: NodeCapture) -> dict[str, Any]:
     services: dict[tuple[str, IPv4Address | IPv6Address, int], list[str]] = {}
     marks: set[int] = set()
     current: list[str] | None = None
+    # Each address once: a NodePort is a virtual server on every address of the node,
+    # an endpoint a real server of each of its Service's ports.
+    addresses: dict[tuple[str | None, str | None], IPv4Address | IPv6Address | None] = {}
+
+    def address_of(hex_v4: str | None, v6: str | None) -> IPv4Address | IPv6Address | None:
+        key = (hex_v4, v6)
+        if key not in addresses:
+            addresses[key] = _ipvs_address(hex_v4, v6)
+        return addresses[key]
+
     for line in text.splitlines():
         if (service := _IPVS_SERVICE.match(line)) is not None:
-            address = _ipvs_address(service[2], service[3])
+            address = address_of(service[2], service[3])
             current = None if address is None else services.setdefault(
                 (service[1].lower(), address, int(service[4], 16)), [])
         elif (fwm := _IPVS_FWM.match(line)) is not None:
             marks.add(int(fwm[1], 16))
             current = None
         elif (real := _IPVS_REAL.match(line)) is not None and current is not None:
-            if (address := _ipvs_address(real[1], real[2])) is None:
+            if (address := address_of(real[1], real[2])) is None:
                 continue
             port = int(real[3], 16)
             shown = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"

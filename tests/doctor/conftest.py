@@ -46,7 +46,7 @@ import attrs
 import pytest
 
 from k3snet.doctor import Diagnosis, Flow, NodeCapture, NodeState, Trace, diagnose, trace
-from k3snet.lab import _probe
+from k3snet.lab import _echo_server, _probe
 from k3snet.lab.netns import await_ipv6_ready, run_in, temporary_netns
 from tests.dropped import mib
 
@@ -128,6 +128,10 @@ def to_v6(text: str) -> str:
 UPLINKS = {"eth0": ("192.168.1.5", "192.168.1.1"), "eth1": ("192.168.4.5", "192.168.4.1")}
 PORT = 5432
 _PROBE = str(Path(_probe.__file__).resolve())
+#: The echo server's file, run as the probe is: standard library only, without site
+#: packages (``-I -S``); ``-m k3snet.lab._echo_server`` imported the package first, ~0.15 s
+#: of CPU (a second on a loaded machine) before each lab's server listened.
+ECHO_SERVER = ("-I", "-S", str(Path(_echo_server.__file__).resolve()))
 
 _LINKS = (
     (("node", "cni0"), ("pod", "eth0")),
@@ -731,10 +735,8 @@ def _build(stack: ExitStack, *, legacy: bool = True) -> DoctorLab:
     run_in(names["pod"], ["ip", "-6", "route", "add", "default", "via", V6["10.42.0.1"]])
     run_in(names["db"], ["ip", "-6", "route", "add", "default", "via", V6["192.168.2.1"]])
     server = subprocess.Popen(
-        ["ip", "netns", "exec", names["db"], sys.executable, "-m", "k3snet.lab._echo_server",
-         "--port", str(PORT)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=_python_env())
+        ["ip", "netns", "exec", names["db"], sys.executable, *ECHO_SERVER, "--port", str(PORT)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stack.callback(_stop, server)
     assert server.stdout is not None
     # The server prints one line once it listens (or dies: EOF, an empty line).
@@ -776,14 +778,6 @@ def _stop_watcher(process: subprocess.Popen[bytes]) -> None:
 def _stop(server: subprocess.Popen[str]) -> None:
     server.kill()
     server.communicate(timeout=10)
-
-
-def _python_env() -> dict[str, str]:
-    """Our environment with this checkout's k3snet importable inside the namespaces."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from k3snet.doctor import Flow, NodeCapture, NodeState, diagnose, nftables
+from k3snet.doctor import Flow, NodeCapture, NodeState, diagnose, nftables, packet
 from k3snet.doctor.bundle import BundleError
 from k3snet.testing.strategies import edited_documents
 from tests.examples import examples
@@ -176,9 +176,24 @@ def _fan_out_nft(levels: int) -> str:
     return json.dumps({"nftables": items})
 
 
+#: The walk's budget in the tests that run it out: the stop is the same at 100 000
+#: (:data:`~k3snet.doctor.packet.MAX_RULE_VISITS`), which cost ~1 s of evaluations per
+#: walk and two walks (the flow's forward hook, its reply's) per test; 2**40 or a loop
+#: is far past either.
+SMALL_BUDGET = 5_000
+
+
+@pytest.fixture
+def small_budget(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The walks of the test stop after :data:`SMALL_BUDGET` rule evaluations."""
+    monkeypatch.setattr(packet, "MAX_RULE_VISITS", SMALL_BUDGET)
+    assert packet.Budget().left == SMALL_BUDGET  # read as each walk starts
+    return SMALL_BUDGET
+
+
 @pytest.mark.parametrize("name", ["iptables-nft-v4.save", "nft-ruleset.json"])
 def test_chains_calling_each_other_repeatedly_end_in_an_unknown_verdict_not_a_hang(
-        name: str) -> None:
+        name: str, small_budget: int) -> None:
     """A few hundred bytes: 40 chains, each calling the next twice (plainly and behind
     a rule the doctor cannot evaluate, whose effect it tries). Depth was bounded,
     breadth not: 2**40 rule evaluations. A walk stops after a bounded number of rule
@@ -192,7 +207,7 @@ def test_chains_calling_each_other_repeatedly_end_in_an_unknown_verdict_not_a_ha
     state = NodeState.from_capture(NodeCapture.from_texts(texts))
     result = diagnose(state, Flow("10.42.0.10", "192.168.2.10", port=5432))
     assert result.verdict == "unknown"
-    assert any("rule evaluations" in s.detail for s in result.trace.steps)
+    assert any(f"{small_budget} rule evaluations" in s.detail for s in result.trace.steps)
 
 
 def test_a_walk_through_chains_calling_each_other_makes_each_nft_rule_s_text_once(
@@ -240,7 +255,7 @@ def _loop_nft(levels: int) -> str:
 
 @pytest.mark.parametrize("name", ["iptables-nft-v4.save", "nft-ruleset.json"])
 def test_chains_jumping_in_a_loop_are_each_unknown_rule_once_not_thousands_of_steps(
-        name: str) -> None:
+        name: str, small_budget: int) -> None:
     """40 chains each jumping twice to the next, the last to the first (a loop the kernel
     refuses, a bundle can hold): each time the walk passed the depth limit it recorded
     "jumps nest too deep" again, ~50 000 steps and 5 MB of text from a few KB of bundle.

@@ -19,7 +19,7 @@ import pytest
 from k3snet.doctor import Verdict
 from k3snet.lab.netns import run_in, temporary_netns
 
-from .conftest import PORT, DoctorLab, Topology, _python_env
+from .conftest import ECHO_SERVER, PORT, DoctorLab, Topology
 
 pytestmark = [pytest.mark.kernel]
 
@@ -42,9 +42,9 @@ def calico_pod(doctor_lab: DoctorLab) -> Iterator[DoctorLab]:
             run_in(node, ["sysctl", "-q", "-w", "net.ipv4.conf.calilab.proxy_arp=1"])
             run_in(node, ["ip", "route", "add", "10.42.1.5", "dev", "calilab", "scope", "link"])
             server = subprocess.Popen(
-                ["ip", "netns", "exec", pod, sys.executable, "-m", "k3snet.lab._echo_server",
-                 "--port", str(PORT)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, env=_python_env())
+                ["ip", "netns", "exec", pod, sys.executable, *ECHO_SERVER, "--port", str(PORT)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True)
             assert server.stdout is not None
             assert server.stdout.readline().strip() == "listening"
             yield doctor_lab

@@ -11,6 +11,10 @@ error; it now traces it through output and postrouting and names the rule
 (``pmtu-error-dropped``). The kernel's own view: the pod's route to the database (``ip
 route get``, after the pod sent datagrams too large with don't-fragment) holds ``mtu
 1280`` once the error arrived, never while the rule drops it.
+
+Each test starts with :meth:`DoctorLab.configure`, which resets the node (its tables,
+rules and routes), and each probe of the MTU the pod learnt flushes the pod's route cache
+first: a test undoes only what neither does (the links' MTUs, the router's route).
 """
 
 from __future__ import annotations
@@ -67,12 +71,6 @@ def _diagnosed(lab: DoctorLab, topology: Topology, *,
                     upstream_routes_pods=upstream_routes_pods)
 
 
-def _reset(lab: DoctorLab, family: int) -> None:
-    """The lab as configured, the MTU the pod learnt forgotten."""
-    lab.reset()
-    run_in(lab.names["pod"], ["ip", f"-{family}", "route", "flush", "cache"], check=False)
-
-
 @pytest.mark.parametrize("tool", ["nft", "iptables"])
 @pytest.mark.parametrize("family", [4, 6])
 def test_an_output_rule_dropping_the_node_s_own_pmtu_error_is_named_where_the_kernel_loses_it(
@@ -80,19 +78,16 @@ def test_an_output_rule_dropping_the_node_s_own_pmtu_error_is_named_where_the_ke
     topology = Topology(family=family)
     doctor_lab.configure(topology)
     _narrow_route(doctor_lab, family)
-    try:
-        # Without the rule the node's error passes: the pod learns the path's MTU.
-        assert "mtu 1280" in _learnt(doctor_lab, topology)
-        clean = _diagnosed(doctor_lab, topology)
-        assert "pmtu-error-dropped" not in [f.code for f in clean.findings], clean.render()
-        if tool == "nft":
-            run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_NFT_DROP)
-        else:
-            run_in(doctor_lab.node, _XT_DROP[family])
-        hole = _learnt(doctor_lab, topology)
-        d = _diagnosed(doctor_lab, topology)
-    finally:
-        _reset(doctor_lab, family)
+    # Without the rule the node's error passes: the pod learns the path's MTU.
+    assert "mtu 1280" in _learnt(doctor_lab, topology)
+    clean = _diagnosed(doctor_lab, topology)
+    assert "pmtu-error-dropped" not in [f.code for f in clean.findings], clean.render()
+    if tool == "nft":
+        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_NFT_DROP)
+    else:
+        run_in(doctor_lab.node, _XT_DROP[family])
+    hole = _learnt(doctor_lab, topology)
+    d = _diagnosed(doctor_lab, topology)
     assert "mtu 1280" not in hole, hole  # the kernel: the rule made the hole
     assert d.verdict is Verdict.REACHES, d.render()  # the first, small packet does
     assert "path-mtu" in [f.code for f in d.findings], d.render()
@@ -114,13 +109,10 @@ def test_an_output_rule_accepting_related_first_lets_the_node_s_pmtu_error_throu
     topology = Topology(family=family)
     doctor_lab.configure(topology)
     _narrow_route(doctor_lab, family)
-    try:
-        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_NFT_DROP.replace(
-            "policy accept;\n", "policy accept;\n  ct state related accept\n"))
-        learnt = _learnt(doctor_lab, topology)
-        d = _diagnosed(doctor_lab, topology)
-    finally:
-        _reset(doctor_lab, family)
+    run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_NFT_DROP.replace(
+        "policy accept;\n", "policy accept;\n  ct state related accept\n"))
+    learnt = _learnt(doctor_lab, topology)
+    d = _diagnosed(doctor_lab, topology)
     assert "mtu 1280" in learnt, learnt
     assert "pmtu-error-dropped" not in [f.code for f in d.findings], d.render()
 
@@ -170,16 +162,13 @@ def test_a_raw_output_chain_sees_the_node_s_own_pmtu_error_with_its_connection(
     topology = Topology(family=family)
     doctor_lab.configure(topology)
     _narrow_route(doctor_lab, family)
-    try:
-        if tool == "nft":
-            run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_RAW_NFT[shape])
-        else:
-            for command in _raw_xt(family, shape):
-                run_in(doctor_lab.node, command)
-        learnt = _learnt(doctor_lab, topology)
-        d = _diagnosed(doctor_lab, topology)
-    finally:
-        _reset(doctor_lab, family)
+    if tool == "nft":
+        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=_RAW_NFT[shape])
+    else:
+        for command in _raw_xt(family, shape):
+            run_in(doctor_lab.node, command)
+    learnt = _learnt(doctor_lab, topology)
+    d = _diagnosed(doctor_lab, topology)
     assert "mtu 1280" in learnt, learnt
     assert "path-mtu" in [f.code for f in d.findings], d.render()
     assert "pmtu-error-dropped" not in [f.code for f in d.findings], d.render()
@@ -229,12 +218,9 @@ def test_the_node_s_own_pmtu_error_is_related_unless_the_pod_s_packets_are_untra
     topology = Topology(family=family, nat="none", cluster_route=True)
     doctor_lab.configure(topology)
     _narrow_route(doctor_lab, family)
-    try:
-        _exempt(doctor_lab, family, tool, exempted)
-        learnt = _learnt(doctor_lab, topology)
-        d = _diagnosed(doctor_lab, topology, upstream_routes_pods=True)
-    finally:
-        _reset(doctor_lab, family)
+    _exempt(doctor_lab, family, tool, exempted)
+    learnt = _learnt(doctor_lab, topology)
+    d = _diagnosed(doctor_lab, topology, upstream_routes_pods=True)
     assert d.verdict is Verdict.REACHES, d.render()
     assert "path-mtu" in [f.code for f in d.findings], d.render()
     dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
@@ -274,7 +260,6 @@ def test_a_router_s_pmtu_error_is_related_unless_the_pod_s_packets_are_untracked
         run_in(router, ["ip", f"-{family}", "route", "del", *pods], check=False)
         run_in(router, ["ip", "link", "set", "eth1", "mtu", "1500"])
         run_in(db, ["ip", "link", "set", "eth0", "mtu", "1500"])
-        _reset(doctor_lab, family)
     assert d.verdict is Verdict.REACHES, d.render()
     dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
     if exempted == "replies":
@@ -319,15 +304,12 @@ def test_the_node_s_pmtu_error_of_a_masqueraded_pod_carries_what_the_kernel_give
     priority, match = _CANDIDATES[candidate]
     error = ("icmpv6 type packet-too-big" if family == 6
              else "icmp type destination-unreachable icmp code frag-needed")
-    try:
-        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=(
-            "table inet h_own_pmtu {\n chain output {\n"
-            f"  type filter hook output priority {priority}; policy accept;\n"
-            f"  {error} {convert(match)} drop\n }}\n}}\n"))
-        learnt = _learnt(doctor_lab, topology)
-        d = _diagnosed(doctor_lab, topology)
-    finally:
-        _reset(doctor_lab, family)
+    run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=(
+        "table inet h_own_pmtu {\n chain output {\n"
+        f"  type filter hook output priority {priority}; policy accept;\n"
+        f"  {error} {convert(match)} drop\n }}\n}}\n"))
+    learnt = _learnt(doctor_lab, topology)
+    d = _diagnosed(doctor_lab, topology)
     assert "path-mtu" in [f.code for f in d.findings], d.render()
     dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
     assert [f.severity for f in dropped] == ([] if "mtu 1280" in learnt else ["warning"]), (
@@ -361,17 +343,14 @@ def test_the_late_error_of_a_pod_snatted_to_an_address_not_the_node_s_leaves_by_
                            "raw", f"ip6 daddr {_NOT_THE_NODE_S}"),
                        "out by eth0": ("filter", 'oifname "eth0"')}.get(
         candidate) or _CANDIDATES[candidate]
-    try:
-        run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=(
-            "table inet h_own_pmtu {\n chain output {\n"
-            f"  type filter hook output priority {priority}; policy accept;\n"
-            f"  icmpv6 type packet-too-big {to_v6(match)} drop\n }}\n"
-            " chain post {\n  type nat hook postrouting priority 99; policy accept;\n"
-            f"  ip6 saddr {to_v6(topology.pod)} snat ip6 to {_NOT_THE_NODE_S}\n }}\n}}\n"))
-        learnt = _learnt(doctor_lab, topology)
-        d = _diagnosed(doctor_lab, topology)
-    finally:
-        _reset(doctor_lab, 6)
+    run_in(doctor_lab.node, ["nft", "-f", "-"], input_text=(
+        "table inet h_own_pmtu {\n chain output {\n"
+        f"  type filter hook output priority {priority}; policy accept;\n"
+        f"  icmpv6 type packet-too-big {to_v6(match)} drop\n }}\n"
+        " chain post {\n  type nat hook postrouting priority 99; policy accept;\n"
+        f"  ip6 saddr {to_v6(topology.pod)} snat ip6 to {_NOT_THE_NODE_S}\n }}\n}}\n"))
+    learnt = _learnt(doctor_lab, topology)
+    d = _diagnosed(doctor_lab, topology)
     assert f"snat to {_NOT_THE_NODE_S}" in d.render(), d.render()
     expected = {"from the pods' gateway", "to the snat address, before the NAT point",
                 "to the pod, after the NAT point", "out by eth0"}
@@ -392,14 +371,11 @@ def test_an_ip6tables_output_rule_on_the_masquerade_s_address_drops_the_late_err
     topology = Topology(family=6)
     doctor_lab.configure(topology)
     _narrow_route(doctor_lab, 6, lock)
-    try:
-        run_in(doctor_lab.node, ["ip6tables-nft", "-t", table, "-A", "OUTPUT", "-s",
-                                 to_v6(UPLINKS["eth0"][0]), "-p", "ipv6-icmp", "-m", "icmp6",
-                                 "--icmpv6-type", "packet-too-big", "-j", "DROP"])
-        learnt = _learnt(doctor_lab, topology)
-        d = _diagnosed(doctor_lab, topology)
-    finally:
-        _reset(doctor_lab, 6)
+    run_in(doctor_lab.node, ["ip6tables-nft", "-t", table, "-A", "OUTPUT", "-s",
+                             to_v6(UPLINKS["eth0"][0]), "-p", "ipv6-icmp", "-m", "icmp6",
+                             "--icmpv6-type", "packet-too-big", "-j", "DROP"])
+    learnt = _learnt(doctor_lab, topology)
+    d = _diagnosed(doctor_lab, topology)
     assert ("mtu 1280" in learnt) is lock, learnt  # the kernel's word
     dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
     assert [f.severity for f in dropped] == ([] if lock else ["warning"]), d.render()
@@ -451,7 +427,6 @@ def test_both_errors_of_an_unlocked_route_mtu_below_a_device_mtu_below_the_pod_s
         d = _diagnosed(doctor_lab, topology)
     finally:
         run_in(doctor_lab.node, ["ip", "link", "set", "eth0", "mtu", "1500"])
-        _reset(doctor_lab, 6)
     assert ("mtu 1280" in learnt) is (oif is None), learnt  # the kernel: a rule, a hole
     dropped = [f for f in d.findings if f.code == "pmtu-error-dropped"]
     assert [f.severity for f in dropped] == ([] if oif is None else ["warning"]), (

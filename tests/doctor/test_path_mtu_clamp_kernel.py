@@ -56,25 +56,32 @@ def _clamp(doctor_lab: DoctorLab, family: Literal[4, 6], flavour: str, mss: str,
         return
     tool = ("iptables" if family == 4 else "ip6tables") + (
         "-legacy" if flavour == "legacy" else "-nft")
-    if flavour == "legacy":
-        doctor_lab.legacy_used = True
     target = ["--clamp-mss-to-pmtu"] if mss == "pmtu" else ["--set-mss", mss]
     table, chain = where.split()
+    if flavour == "legacy":
+        doctor_lab.legacy_used = True
+        _LEGACY_CLAMPED.setdefault(node, set()).add(table)
     run_in(node, [tool, "-t", table, "-A", chain, *match.split(), "-p", "tcp",
                   "--tcp-flags", "SYN,RST", "SYN", "-j", "TCPMSS", *target])
 
 
+#: The iptables-legacy tables a clamp was put in, by the node's namespace, since they
+#: were last emptied: only those are (two processes a test, most tests make none).
+_LEGACY_CLAMPED: dict[str, set[str]] = {}
+
+
 @pytest.fixture(autouse=True)
 def _no_legacy_clamp_left(doctor_lab: DoctorLab) -> Iterator[None]:
-    """The lab's reset leaves iptables-legacy's mangle table be: emptied after each test."""
+    """The lab's reset leaves iptables-legacy's mangle table be: a legacy clamp's table is
+    emptied after the test that made it."""
     yield
     _unclamp(doctor_lab)
 
 
 def _unclamp(doctor_lab: DoctorLab) -> None:
-    if doctor_lab.legacy_used:
+    for table in sorted(_LEGACY_CLAMPED.pop(doctor_lab.node, set())):
         for tool in ("iptables-legacy", "ip6tables-legacy"):
-            run_in(doctor_lab.node, [tool, "-t", "mangle", "-F"], check=False)
+            run_in(doctor_lab.node, [tool, "-t", table, "-F"], check=False)
 
 
 def _setup(doctor_lab: DoctorLab, family: Literal[4, 6]) -> Topology:
