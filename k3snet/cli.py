@@ -1480,6 +1480,7 @@ def _options(name: str, args: argparse.Namespace, spec: Spec | None = None) -> d
     return resolve_backend_options(
         name, spec_backend_options(spec, name) if spec is not None else None,
         netns=args.netns, allow_disruptive=_disruptive_allowed(args, spec),
+        pod_cidrs=None if spec is None else [str(n) for n in spec.cluster.pod_cidrs],
         explicit=_explicit_options(name, args))
 
 

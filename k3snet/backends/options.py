@@ -12,7 +12,7 @@ same options whichever of them builds it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +57,16 @@ ENV_OPTIONS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
 
 def resolve_backend_options(name: str, given: Mapping[str, Any] | None = None, *,
                             netns: str | None = None, allow_disruptive: bool = False,
+                            pod_cidrs: Sequence[str] | None = None,
                             environ: Mapping[str, str] | None = None,
                             explicit: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Keyword options for backend ``name``.
 
     ``given``: the spec's options for it (:func:`k3snet.spec.spec_backend_options`), or a
     plan file's; overridden by ``netns``, ``allow_disruptive`` and the :data:`ENV_OPTIONS`
-    found in ``environ`` (default: ``os.environ``), which go only to a backend that
+    found in ``environ`` (default: ``os.environ``) and ``pod_cidrs`` (the spec's
+    ``cluster.podCIDRs``: the netlink backend judges IPv6 source-specific routes by them),
+    which go only to a backend that
     declares them or takes ``**options``; then by ``explicit`` options, which the
     backend checks when built.
     """
@@ -73,6 +76,8 @@ def resolve_backend_options(name: str, given: Mapping[str, Any] | None = None, *
         implicit["netns"] = netns
     if allow_disruptive:
         implicit["allow_disruptive"] = True
+    if pod_cidrs is not None:
+        implicit["pod_cidrs"] = list(pod_cidrs)
     for backend, option, variable, parse in ENV_OPTIONS:
         value = env_value(variable, environ)
         if backend == name and value is not None:
@@ -80,6 +85,6 @@ def resolve_backend_options(name: str, given: Mapping[str, Any] | None = None, *
     declared: set[str] = set(backend_options(name)) if implicit else set()
     if implicit and not declared and takes_any_option(name):
         # ``**options``: it takes every keyword, so it gets the namespace it was asked for.
-        declared = set(implicit)
+        declared = set(implicit) - {"pod_cidrs"}  # a judgement of k3snet's own backend
     return {**(given or {}), **{k: v for k, v in implicit.items() if k in declared},
             **(explicit or {})}

@@ -40,10 +40,32 @@ def test_implicit_options_go_to_a_backend_that_takes_any_keyword() -> None:
     register_backend("takes-any", any_keyword)
     try:
         assert resolve_backend_options("takes-any", {"x": 1}, netns="node1",
-                                       allow_disruptive=True, environ={}) == {
+                                       allow_disruptive=True, pod_cidrs=["10.42.0.0/16"],
+                                       environ={}) == {
             "x": 1, "netns": "node1", "allow_disruptive": True}
     finally:
         unregister_backend("takes-any")
+
+
+def test_the_specs_pod_cidrs_go_to_the_netlink_backend_alone() -> None:
+    """The netlink backend judges IPv6 source-specific routes by the pod CIDRs; it is
+    built from a spec with them (a plugin's ``**options`` factory is not given them)."""
+    assert resolve_backend_options("netlink", None, pod_cidrs=["fd42:42::/56"],
+                                   environ={}) == {"pod_cidrs": ["fd42:42::/56"]}
+    assert resolve_backend_options("memory", None, pod_cidrs=["fd42:42::/56"],
+                                   environ={}) == {}
+
+
+def test_the_cli_builds_the_netlink_backend_with_the_specs_pod_cidrs() -> None:
+    import argparse  # noqa: PLC0415
+
+    from k3snet.cli import _options  # noqa: PLC0415
+    from k3snet.spec import Spec  # noqa: PLC0415
+    from k3snet.spec.model import Cluster  # noqa: PLC0415
+
+    spec = Spec(cluster=Cluster(pod_cidrs=["10.42.0.0/16", "fd42:42::/56"]))
+    args = argparse.Namespace(netns=None, allow_disruptive=False, backend_opt=[])
+    assert _options("netlink", args, spec)["pod_cidrs"] == ["10.42.0.0/16", "fd42:42::/56"]
 
 
 @pytest.mark.parametrize(("variable", "backend"), [

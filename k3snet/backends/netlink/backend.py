@@ -103,6 +103,7 @@ from k3snet.backends.netlink.codec import (
     LookupRule,
     NetlinkError,
     Siblings,
+    SourceRoute,
     ipv4_tables_merged,
 )
 from k3snet.backends.netlink.driver import DriverFactory, RouteDriver
@@ -146,7 +147,7 @@ from k3snet.errors import (
     RollbackError,
 )
 from k3snet.model import NetObject
-from k3snet.model.cidr import Address, Network, network_text
+from k3snet.model.cidr import Address, Network, network_text, parse_network
 from k3snet.model.route import (
     K3SNET_ROUTE_PROTOCOL,
     MAIN_TABLE,
@@ -292,6 +293,10 @@ class NetlinkBackend(BackendBase):
     entries are resolved by the kernel against the network namespace of the
     thread that opens them (the namespace's worker thread), like ``/proc/sys``.
 
+    ``pod_cidrs``: the cluster's pod CIDRs (the spec's ``cluster.podCIDRs``), which the
+    warnings judge IPv6 source-specific routes by (:meth:`_source_warnings`; ``None``:
+    any source may be a pod's).
+
     ``allow_disruptive``: make the changes :meth:`disruptive` names (turning
     ``disable_ipv6`` on); ``check`` and ``apply`` refuse them otherwise.
 
@@ -305,6 +310,7 @@ class NetlinkBackend(BackendBase):
         "netns": "the caller's own namespace",
         "state_dir": str(DEFAULT_STATE_ROOT),
         "tables": "every table but local",
+        "pod_cidrs": "the spec's cluster.podCIDRs (none: any source may be a pod's)",
     }
     """What an option left out means (``k3snet explain backends.netlink``)."""
     capabilities: frozenset[str] = frozenset({"route", "sysctl"})
@@ -314,7 +320,8 @@ class NetlinkBackend(BackendBase):
         "tables": lambda v: v is None or _route_tables(v), "watch_sysctls": _sysctl_names,
         "state_dir": lambda v: v is None or _path_text("state_dir", v),
         "proc_sys": lambda v: _path_text("proc_sys", v),
-        "allow_disruptive": lambda v: option_flag("allow_disruptive", v)}
+        "allow_disruptive": lambda v: option_flag("allow_disruptive", v),
+        "pod_cidrs": lambda v: v is None or _pod_cidrs(v)}
     """The constructor's checks of option values (whether ``proc_sys`` is a directory is
     the node's to say, when the backend is built)."""
 
@@ -329,17 +336,17 @@ class NetlinkBackend(BackendBase):
         driver: Literal["socket", "pyroute2"] | DriverFactory = "socket",
         proc_sys: str | Path = "/proc/sys",
         allow_disruptive: bool = False,
+        pod_cidrs: Iterable[str | Network] | None = None,
     ) -> None:
         _check_driver(driver)
+        self.pod_cidrs = pod_cidrs if pod_cidrs is None else _pod_cidrs(pod_cidrs)
         self.allow_disruptive = option_flag("allow_disruptive", allow_disruptive)
         self.proc_sys = Path(_path_text("proc_sys", proc_sys))
         if not self.proc_sys.is_dir():
             raise BackendError(f"proc_sys {str(proc_sys)!r} is not a directory")
         self.protocol = check_route_protocol(protocol)
         self.netns = netns
-        self.tables: frozenset[int] | None = None
-        if tables is not None:
-            self.tables = _route_tables(tables)
+        self.tables: frozenset[int] | None = None if tables is None else _route_tables(tables)
         if state_dir is not None:
             _path_text("state_dir", state_dir)
         super().__init__()
@@ -355,6 +362,8 @@ class NetlinkBackend(BackendBase):
         # Last: fib_triestat's answer if the judgement asked it (() if not: unread).
         self._rule_warned: tuple[Hashable, tuple[str, ...], Hashable,
                                  tuple[bool | None, ...]] | None = None
+        # The last warnings of IPv6 source-specific routes, with what they were read from.
+        self._source_warned: tuple[Hashable, tuple[str, ...]] | None = None
         # The state file's records of an interface k3snet cannot tell, as the last
         # observe found them (SysctlState.doubts).
         self._link_doubts: tuple[str, ...] = ()
@@ -503,7 +512,65 @@ class NetlinkBackend(BackendBase):
                 return ()
             wanted = {o.name: o.value for o in observed[1].owned if type(o) is Sysctl}
         return (self._ipv4_warnings(wanted) + self._advertisement_warnings(wanted)
-                + self._link_doubts + self._rule_warnings())
+                + self._link_doubts + self._rule_warnings() + self._source_warnings())
+
+    def _source_warnings(self) -> tuple[str, ...]:
+        """The IPv6 source-specific routes (``ip -6 route add DST from SRC ...``) that take
+        the pods' packets off a route k3snet wants (:meth:`expect`'s, else those owned),
+        in its table. The kernel keeps them in a subtree of their destination's node,
+        looked up by the packet's source (``fib6_node_lookup_1``): the longest destination
+        first, then the longest ``from`` holding the source in that node's subtree; a
+        destination with a subtree and no ``from`` holding the source is passed over for a
+        shorter prefix, its routes without ``from`` too. So, beside k3snet's route to D:
+
+        * one at D itself takes the packets from its ``from``, and the others (the pods'
+          outside it) pass k3snet's route by (a shorter prefix, a default route, or
+          none: "Network is unreachable"), whatever its ``from``;
+        * one inside D takes the packets to its destination from its ``from``: named when
+          that overlaps a pod CIDR (``pod_cidrs``; unknown: any);
+        * one of a shorter prefix than D never beats k3snet's longer one: not named.
+
+        A policy rule sending the pods' packets to another table (``ip -6 rule add from
+        POD lookup 100``) is not judged here: a rule with a source is one the lookup *may*
+        meet (:meth:`_rule_warnings` names only rules every packet meets). IPv4 has no
+        source-specific routes. Read with a dump of IPv6's routes, only when a wanted
+        route is IPv6."""
+        routes = self._wanted_routes
+        if routes is None:
+            observed = self._observed
+            routes = () if observed is None else tuple(
+                o for o in observed[1].owned if type(o) is Route)
+        read: Callable[[Mapping[int, str]], Sequence[SourceRoute]] | None = getattr(
+            self._driver, "source_routes", None)
+        ours = [r for r in routes if r.destination.version == 6]
+        if not ours or read is None:
+            return ()
+        with translate_errors(f"inspect {self._where}", capability=_CAPABILITY):
+            names = {index: link.name for index, link in self._routes.links().items()}
+            # The same routes, pod CIDRs and route version: the same answer, no dump (the
+            # agent asks every pass; the version moves with any route another changed).
+            key = (tuple(ours), self.pod_cidrs, self._routes.version,
+                   self._driver.follows_changes)
+            if key[3] and self._source_warned is not None and self._source_warned[0] == key:
+                return self._source_warned[1]
+            try:
+                sourced = [s for s in read(names) if self._routes.in_scope(s.table)]
+            except OSError as exc:
+                return (f"netlink: {_reason(exc, f'read the IPv6 routes of {self._where}')}: "
+                        "a source-specific route taking the pods' packets off a route of "
+                        "k3snet's is not named here (ip -6 route show table all)",)
+        pods = None if self.pod_cidrs is None else [p for p in self.pod_cidrs
+                                                     if p.version == 6]
+        found: list[str] = []
+        for route in sorted(ours, key=lambda r: r.sort_key):
+            for other in sorted(sourced, key=lambda s: s.text):
+                said = _source_taking(route, other, pods)
+                if said is not None:
+                    found.append(f"netlink: the IPv6 source-specific route `{other.text}` in "
+                                 f"{self._where} {said} instead of k3snet's "
+                                 f"{route.describe()}: {_SOURCE_FIX}")
+        self._source_warned = (key, tuple(found))
+        return self._source_warned[1]
 
     def _rule_warnings(self) -> tuple[str, ...]:
         """The routes k3snet wants (:meth:`expect`'s, else those owned) whose traffic an
@@ -2231,6 +2298,47 @@ def _route_problems(change: Change, route: Route, links: Mapping[str, Link],
                         "such an IPv4 route but ignores the gateway: it sends to every "
                         "destination as if it were on the link)")
     return problems
+
+
+_SOURCE_FIX = ("the kernel looks up the longest destination first, then the longest `from` "
+               "holding the packet's source in that destination's routes; delete that "
+               "route (ip -6 route del ...), or narrow its `from` and destination "
+               "away from the pods and k3snet's destination")
+
+
+def _source_taking(route: Route, other: SourceRoute,
+                   pods: Sequence[Network] | None) -> str | None:
+    """What the source-specific route ``other`` does to the pods' packets that ``route``
+    (k3snet's) should carry, or ``None`` (see :meth:`NetlinkBackend._source_warnings`)."""
+    dst = route.destination
+    if other.table != route.table or dst.version != 6 or not dst.overlaps(other.destination):
+        return None
+    if other.destination.prefixlen < dst.prefixlen:
+        return None  # k3snet's longer prefix wins
+    inside = [p for p in pods if p.overlaps(other.source)] if pods is not None else None
+    taken = ("takes the pods' packets from " + (
+        network_text(other.source) if inside is None
+        else ", ".join(network_text(p if p.prefixlen >= other.source.prefixlen
+                                    else other.source) for p in inside)))
+    if other.destination == dst:
+        if pods is not None and not inside:
+            return ("makes the kernel pass k3snet's route by for the pods' packets (from "
+                    f"{', '.join(network_text(p) for p in pods) or 'any pod'}, outside its "
+                    "`from`: they go to a shorter prefix, or nowhere)")
+        return taken + " to " + network_text(dst)
+    if inside is not None and not inside:
+        return None  # a `from` no pod's packet comes from: the rest pass to k3snet's
+    return taken + " to " + network_text(other.destination)
+
+
+def _pod_cidrs(value: Iterable[str | Network]) -> tuple[Network, ...]:
+    """The ``pod_cidrs`` option: CIDRs."""
+    if isinstance(value, str):
+        value = [value]
+    try:
+        return tuple(parse_network(v) for v in value)
+    except (ModelError, ValueError, TypeError) as exc:
+        raise BackendError(f"pod_cidrs: {exc}") from exc
 
 
 def _table_name(table: int) -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "NetlinkError",
     "RouteShape",
     "Siblings",
+    "SourceRoute",
     "address_dump_request",
     "attr",
     "attr_u32",
@@ -47,6 +48,7 @@ __all__ = [
     "decode_local_route",
     "decode_route",
     "decode_rule",
+    "decode_source_route",
     "error_of",
     "expected_routes",
     "first_hop",
@@ -156,6 +158,7 @@ RTM_F_CLONED = 0x200
 RTNH_F_DEAD = 0x1
 RTNH_F_LINKDOWN = 0x10
 RT_TABLE_LOCAL = 255
+RT_TABLE_MAIN = 254
 IFF_UP = 0x1
 
 RTMGRP_LINK = 0x1
@@ -413,7 +416,9 @@ def route_of(*, family: int, dst_len: int, src_len: int, tos: int, kind: int, fl
     routes, routes through a device not in ``names`` or that the model refuses (its
     ``device`` the name the kernel holds: the user is told which device it is).
     Left out: the ``local`` table, cached clones, source-specific and TOS routes
-    (each in a place of the kernel's tables no route of k3snet's takes).
+    (each in a place of the kernel's tables no route of k3snet's takes; an IPv6
+    source-specific route may still take packets off one of k3snet's, which the
+    backend's warnings judge from :func:`decode_source_route`).
     """
     if (src_len or tos or flags & RTM_F_CLONED or table in (0, RT_TABLE_LOCAL)
             or family not in (socket.AF_INET, socket.AF_INET6)):
@@ -599,6 +604,61 @@ def decode_local_route(msg: bytes, names: Mapping[int, str],
         dst=int.from_bytes(found.get(RTA_DST, b""), "big"),
         oif=U32.unpack(found[RTA_OIF])[0] if RTA_OIF in found else None, names=names,
         hops_down=RTA_MULTIPATH in found and multipath_down(found[RTA_MULTIPATH]))
+
+
+@attrs.frozen
+class SourceRoute:
+    """An IPv6 source-specific route (``ip -6 route add DST from SRC ...``), which
+    :func:`route_of` leaves out of the model: its destination, its ``from`` prefix, its
+    table and the route as ``ip -6 route show`` prints it (``text``)."""
+
+    destination: ipaddress.IPv6Network
+    source: ipaddress.IPv6Network
+    table: int
+    text: str
+
+
+def decode_source_route(msg: bytes, names: Mapping[int, str]) -> SourceRoute | None:
+    """The :class:`SourceRoute` of a raw IPv6 ``RTM_NEWROUTE`` message with a ``from``
+    prefix (``None`` for any other route, table ``local``'s and cached clones).
+
+    The kernel keeps such routes in a subtree of their destination's node, looked up by
+    the packet's source (``fib6_node_lookup_1``): at that destination only the routes
+    whose ``from`` holds the source serve, the others (those without ``from`` too) are
+    passed over for a shorter prefix."""
+    family, dst_len, src_len, _tos, rtm_table, protocol, _scope, kind, flags = (
+        RTMSG.unpack_from(msg, HDR))
+    if family != socket.AF_INET6 or not src_len or src_len > 128 or dst_len > 128 \
+            or flags & RTM_F_CLONED:
+        return None
+    found = attrs_of(msg, HDR + RTMSG.size)
+    table = U32.unpack(found[RTA_TABLE])[0] if RTA_TABLE in found else rtm_table
+    if table in (0, RT_TABLE_LOCAL):
+        return None
+    raw_dst, raw_src = found.get(RTA_DST, bytes(16)), found.get(RTA_SRC)
+    if raw_src is None or len(raw_src) != 16 or len(raw_dst) != 16:
+        return None
+    destination = ipaddress.IPv6Network((raw_dst, dst_len), strict=False)
+    source = ipaddress.IPv6Network((raw_src, src_len), strict=False)
+    words = [] if kind == RTN_UNICAST else [ROUTE_TYPES.get(kind, f"type {kind}")]
+    words += ["default" if not dst_len else network_text(destination),
+              "from", network_text(source)]
+    gateway = found.get(RTA_GATEWAY)
+    if gateway is not None and len(gateway) == 16:
+        words += ["via", str(ipaddress.IPv6Address(gateway))]
+    if RTA_OIF in found:
+        index = U32.unpack(found[RTA_OIF])[0]
+        device = names.get(index)
+        words += ["dev", shell_word(device) if device is not None else f"if{index}"]
+    if RTA_MULTIPATH in found:
+        words.append("(multipath)")
+    if table != RT_TABLE_MAIN:
+        words += ["table", str(table)]
+    if protocol not in (0, 3):  # unspec, boot: ip route shows neither
+        words += ["proto", str(protocol)]
+    words += ["metric", str(U32.unpack(found[RTA_PRIORITY])[0] if RTA_PRIORITY in found
+                            else 0)]
+    return SourceRoute(destination, source, table, " ".join(words))
 
 
 RouteShape = tuple[int, int, int, bytes | None, str | None, int, int, int, int]

@@ -68,7 +68,9 @@ class RouteDriver(Protocol):
     # Optional too: ``local_routes(names, longest)``, the routes of table ``local``
     # (list[LocalRoute], :func:`~.codec.local_route_of`) that matter to destinations of
     # at most ``longest[version]`` bits (:func:`~.codec.local_route_matters`); without it
-    # the warnings name no route an AnyIP route of that table takes.
+    # the warnings name no route an AnyIP route of that table takes. Optional:
+    # ``source_routes(names)``, the IPv6 source-specific routes (list[SourceRoute],
+    # :func:`~.codec.decode_source_route`); without it the warnings name none.
 
     def send(self, changes: Sequence[Change],
              indexes: Mapping[str, int]) -> dict[int, NetlinkError]:

@@ -60,8 +60,10 @@ from k3snet.backends.netlink.codec import (
     LookupRule,
     NetlinkError,
     Siblings,
+    SourceRoute,
     decode_local_route,
     decode_rule,
+    decode_source_route,
     kernel_name,
     route_of,
 )
@@ -369,6 +371,14 @@ class Pyroute2Driver:
                 for msg in self._table_dump(ipr, family, RT_TABLE_LOCAL)])
         return [route for raw in kept
                 if (route := decode_local_route(raw, names, longest)) is not None]
+
+    def source_routes(self, names: Mapping[int, str]) -> list[SourceRoute]:
+        """The IPv6 source-specific routes of every table but ``local``, read from their
+        messages' bytes as the socket driver reads them
+        (:func:`~.codec.decode_source_route`, one decoder for both): one dump."""
+        return self._run(lambda ipr: [
+            route for msg in self._dump(ipr, ipr.route, family=socket.AF_INET6)
+            if (route := decode_source_route(_raw(msg), names)) is not None])
 
     def rules(self) -> list[LookupRule]:
         """The policy rules of both families, in the kernel's order, as the socket driver

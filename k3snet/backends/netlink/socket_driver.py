@@ -54,12 +54,14 @@ from k3snet.backends.netlink.codec import (
     NetlinkError,
     RouteShape,
     Siblings,
+    SourceRoute,
     address_dump_request,
     decode_address,
     decode_link,
     decode_local_route,
     decode_route,
     decode_rule,
+    decode_source_route,
     error_of,
     link_dump_request,
     messages,
@@ -271,6 +273,15 @@ class SocketDriver:
                 if route is not None:
                     found.append(route)
         return found
+
+    def source_routes(self, names: Mapping[int, str]) -> list[SourceRoute]:
+        """The IPv6 source-specific routes of every table but ``local``
+        (:func:`~.codec.decode_source_route`): one dump of IPv6's routes (optional: see
+        :class:`~.driver.RouteDriver`)."""
+        return [route for msg in self.dump(RTM_GETROUTE,
+                                           route_dump_request(socket.AF_INET6, None),
+                                           missing_ok=True)
+                if (route := decode_source_route(msg, names)) is not None]
 
     reads_expected = True
     """:meth:`routes` takes ``expected`` (see :class:`~.driver.RouteDriver`)."""
