@@ -1,10 +1,11 @@
 """The seed lab's "legacy database": a TCP server that tells each client who it saw.
 
-Run inside the lab's db namespace as ``python -m k3snet.lab._echo_server --port
-5432``. It listens on IPv4 and IPv6 (two sockets, so an IPv4 peer shows as
-``192.168.1.5`` rather than ``::ffff:192.168.1.5``), prints ``READY_LINE`` on
-stdout once both listen, then answers every connection with one line,
-``seen <peer address>\\n``, and closes it. It runs until killed.
+Run inside the lab's db namespace as ``python -I -S PATH/_echo_server.py --port 5432``
+(as the lab does; ``python -m k3snet.lab._echo_server`` works too). It listens on IPv4
+and IPv6 (two sockets, so an IPv4 peer shows as ``192.168.1.5`` rather than
+``::ffff:192.168.1.5``), prints ``READY_LINE`` on stdout once both listen, then
+answers every connection with one line, ``seen <peer address>\\n``, and closes it. It
+runs until killed.
 
 Standard library only and it imports no other k3snet module, so the lab depends on
 little more than the package being importable.
