@@ -1468,8 +1468,17 @@ class Agent:
             if not refusals:
                 raise  # an apply's refusal (nothing changed): the pass fails with it
         rest, keeping = _leaving(desired, refusals, keep)
-        return converge(group, rest, cancelled=self._stopping.is_set, keep=keeping,
-                        allow_conflicts=True), refusals
+        try:
+            return converge(group, rest, cancelled=self._stopping.is_set, keep=keeping,
+                            allow_conflicts=True), refusals
+        except Exception as exc:
+            # Said after the rest's failure (an apply's, nothing changed), which the pass
+            # fails and is counted by: it failed `apply` with the refusal unsaid, the
+            # spec's own fault hidden for as long as the apply failed.
+            names = ", ".join(dict.fromkeys(m.backend.name for m, _ in refusals))
+            said = "; ".join(_one_line(error) for _, error in refusals)
+            exc.add_note(f"also refused: {said}; what {names} manages is left as it is")
+            raise
 
     def _held_of(self, spec: Spec, error: SpecError) -> frozenset[int]:
         """:func:`~k3snet.spec.held_destinations` of ``spec`` refused with ``error``, found

@@ -352,6 +352,53 @@ def _ipv6_missing(ns: str, interfaces: Iterable[str]) -> dict[str, list[str]]:
     return missing
 
 
+# How long a link may lack its IPv6 routes before the wait looks whether it ever can get
+# them (absent, down, IPv6 disabled): the kernel's work item is done by then, most times.
+_IPV6_JUDGED_AFTER = 0.5
+# Bytes the kernel refuses in a link's name (dev_valid_name: '/', ':' and isspace()).
+_NO_IFNAME_BYTES = frozenset(b"/: \t\n\v\f\r")
+
+
+def _check_ifname(name: str) -> str:
+    """``name`` if a link can have it, else a :class:`ValueError`: the kernel's own rule
+    (dev_valid_name), at most 15 bytes, not ``.`` nor ``..``, no ``/``, ``:`` or blank."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if not 0 < len(raw) <= 15 or name in {".", ".."} or _NO_IFNAME_BYTES.intersection(raw):
+        msg = (f"{name!r}: no link can have this name (1 to 15 bytes, not . nor .., "
+               "no /, : or white space)")
+        raise ValueError(msg)
+    return name
+
+
+def _ipv6_never(ns: str, interfaces: Iterable[str]) -> dict[str, str]:
+    """Why each of ``interfaces`` in ``ns`` will get no IPv6 routes however long it is
+    waited for (no such link, the link down, IPv6 disabled on it); the others left out."""
+    links = {link.get("ifname"): link for link in json.loads(
+        _run(["ip", "-n", ns, "-j", "link", "show"], check=True,
+             timeout=DEFAULT_TIMEOUT).stdout or "[]")}
+    never: dict[str, str] = {}
+    present = []
+    for name in interfaces:
+        link = links.get(name)
+        if link is None:
+            never[name] = "no such link"
+        elif "UP" not in link.get("flags", ()):
+            never[name] = f"the link is down (ip link set {name} up)"
+        else:
+            present.append(name)
+    if present:
+        # The reading process's namespace is the one /proc/sys/net shows: read inside.
+        paths = [f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6" for name in present]
+        # grep -H: each readable file's own line ("PATH:VALUE"); none without IPv6 at all.
+        read = run_in(ns, ["grep", "-H", "", *paths], check=False).stdout
+        values = dict(line.rpartition(":")[::2] for line in read.splitlines())
+        for name, path in zip(present, paths, strict=True):
+            if values.get(path, "1").strip() != "0":
+                never[name] = (f"IPv6 is disabled on it (net.ipv6.conf.{name}.disable_ipv6 = "
+                               f"{values.get(path, 'unset: no IPv6 in this kernel').strip()})")
+    return never
+
+
 def await_ipv6_ready(ns: str, interfaces: Iterable[str],
                      timeout: float = DEFAULT_TIMEOUT) -> None:
     """Return once the kernel lists, in ``ns``'s ``ip -6 route show table local``, the
@@ -366,21 +413,35 @@ def await_ipv6_ready(ns: str, interfaces: Iterable[str],
     out the one-second retransmit. A lab that sends IPv6 right after it was built calls
     this first, once per namespace.
 
-    Raises :class:`Ipv6NotReadyError`, naming each interface and what it lacks, past
-    ``timeout`` seconds (a bound against a kernel that never gets there, not a delay).
+    Raises :class:`ValueError` at once for a name no link can have (16 bytes or more,
+    a blank, ``/``, ``:``); :class:`Ipv6NotReadyError`, naming each interface and what
+    it lacks, past ``timeout`` seconds (a bound against a kernel that never gets there,
+    not a delay), or as soon as an interface still lacking them after half a second
+    never can get them (no such link, the link down, ``disable_ipv6`` set on it).
 
     Example::
 
         run_in(ns, ["ip", "link", "set", "eth0", "up"])
         await_ipv6_ready(ns, ["eth0"])
     """
-    waiting = list(dict.fromkeys(interfaces))
-    deadline = time.monotonic() + timeout
+    waiting = [_check_ifname(name) for name in dict.fromkeys(interfaces)]
+    start = time.monotonic()
+    deadline = start + timeout
+    judged = False
     while True:
         missing = _ipv6_missing(_check_name(ns), waiting)
         if not missing:
             return
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if not judged and (now - start >= _IPV6_JUDGED_AFTER or now > deadline):
+            # Once: one more process or two, only on a wait already long.
+            judged = True
+            never = _ipv6_never(ns, missing)
+            if never:
+                said = "; ".join(f"{name}: {why}" for name, why in never.items())
+                msg = f"IPv6 cannot be configured in {ns}: {said}"
+                raise Ipv6NotReadyError(msg)
+        if now > deadline:
             lacks = "; ".join(f"{name}: no {' and no '.join(what)} route"
                               for name, what in missing.items())
             msg = f"IPv6 not configured in {ns} after {timeout:g} s: {lacks}"

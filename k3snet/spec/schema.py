@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from k3snet._regex import lazy_pattern
-from k3snet.model.cidr import parse_address, parse_network
+from k3snet.model.cidr import Address, parse_address, parse_network
 from k3snet.model.cni import (
     BLOCK_SIZE_RANGE,
     DEFAULT_BLOCK_SIZE,
@@ -26,6 +26,7 @@ from k3snet.model.sysctl import Sysctl
 from k3snet.spec.fields import (
     ADDRESS_SCHEMA,
     INVALID,
+    ZONED_ADDRESS_SCHEMA,
     Field,
     Reader,
     Section,
@@ -158,8 +159,18 @@ def _image(value: Any) -> str | None:
 
 with_schema(_image, {"type": "string", "pattern": f"^{_IMAGE_REFERENCE}$",
                      "maxLength": _IMAGE_MAX, "not": NO_FINAL_NEWLINE})
-# A gateway is an address, read by the route's own parser (no 0.0.0.0 / ::).
-with_schema(parse_gateway, ADDRESS_SCHEMA)
+# A gateway is an address, read by the route's own parser (no 0.0.0.0 / ::); a
+# link-local one may name its interface (`fe80::1%eth0`, kept as the route's device).
+with_schema(parse_gateway, ZONED_ADDRESS_SCHEMA)
+
+
+def _target(value: str | Address) -> Address:
+    """The connectivity test's target: an address, a link-local one with its zone id
+    (``fe80::1%eth0``) as the model takes it (a SNAT address takes none)."""
+    return parse_address(value)
+
+
+with_schema(_target, ZONED_ADDRESS_SCHEMA)
 # A resolver too (no zone id, loopback, 0.0.0.0, multicast or broadcast).
 with_schema(parse_resolver, ADDRESS_SCHEMA)
 
@@ -436,7 +447,7 @@ EGRESS_POLICY = Section(EgressPolicy, (
 ))
 
 CONNECTIVITY_TEST = Section(ConnectivityTest, (
-    Field("target", "target", converted(parse_address), str, required="required",
+    Field("target", "target", converted(_target), str, required="required",
           example="192.168.7.1", doc="The address the test Job pings."),
     Field("port", "port", raw, checks=(optional(int_in(1, 65535)),), example=443,
           doc="A TCP port the Job connects to (unset: ping only)."),

@@ -263,6 +263,27 @@ def test_a_member_refusing_in_its_apply_fails_the_whole_pass_as_before(
                                              {"reason": "refused"}) == 0
 
 
+def test_a_refusal_beside_a_failed_apply_of_the_rest_is_said_after_it(
+        tmp_path: Path) -> None:
+    # The rest's apply failing (nothing changed), the pass failed `apply` with the
+    # refusal unsaid: the spec's own fault, which the operator must fix, was hidden for as
+    # long as the apply failed. It is said after the apply's failure, which the pass is
+    # counted by (the more urgent: nothing of the rest converged).
+    sysctls = _Refusing("sysctls", ("sysctl",))
+    sysctls.refuse = "not here"
+    rest = MemoryBackend(capabilities=("route", "nat", "forward"))
+    rest.faults.fail_at(1)
+    agent, metrics, _ = _agent(tmp_path, PLAIN, [rest, sysctls])
+    result = agent.run_pass()
+    assert result.status == "failed"
+    assert result.message.startswith("apply: memory backend: "), result.message
+    assert result.message.endswith("; also refused: sysctls backend refuses: not here; "
+                                   "what sysctls manages is left as it is"), result.message
+    assert rest.state == State()
+    assert metrics.registry.get_sample_value("k3snet_agent_sync_failures_total",
+                                             {"reason": "apply"}) == 1
+
+
 class _Told(_Refusing):
     """A :class:`_Refusing` that tells a change (its state's identity), as the kernel's
     backends do: a pass finding every token where it was may skip its observe."""

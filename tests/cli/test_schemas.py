@@ -25,6 +25,7 @@ from k3snet.errors import ModelError
 from k3snet.model import Drift, MasqueradeRule, Route, RouteBlock, SnatRule, Sysctl
 from k3snet.schemas import SCHEMA_NAMES, load_schema
 from k3snet.testing import strategies
+from tests.zoned import zoned_addresses
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 REGISTRY: Registry[Any] = Registry().with_resources(
@@ -414,6 +415,31 @@ def test_a_snat_address_validates_in_object_json_exactly_when_the_model_takes_it
     if takes:
         document = rule.to_dict()
     assert _validates(document | {"to_address": address}) == takes
+
+
+def _route_takes(gateway: str) -> bool:
+    try:
+        Route("fc00:1::/64" if ":" in gateway else "192.168.7.0/24", gateway=gateway)
+    except ModelError:
+        return False
+    return True
+
+
+@settings(deadline=None)
+@given(zoned_addresses())
+@example("fd00::1%eth0")
+@example("2001:db8::1%eth0")
+@example("10.0.0.1%eth0")
+@example("FE80:0000:0000:0000:0000:0000:0000:0001%eth0")
+def test_a_gateway_with_or_without_a_zone_validates_in_object_json_exactly_when_the_model_takes_it(
+        gateway: str) -> None:
+    """object.json's route gateway took a zone id on any address (``fd00::1%eth0``,
+    ``10.0.0.1%eth0``), which the model refuses: only a link-local address (fe80::/10)
+    names its interface. Over unicast addresses of every kind, with zones good and bad,
+    the schema and the model agree."""
+    route = Route("fc00:1::/64" if ":" in gateway else "192.168.7.0/24",
+                  device="eth0").to_dict()
+    assert _validates(route | {"gateway": gateway, "device": None}) == _route_takes(gateway)
 
 
 def _ifname_node_takes(name: str, search: dict[str, bool]) -> bool:
