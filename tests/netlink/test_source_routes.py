@@ -172,4 +172,17 @@ def test_a_source_specific_route_taking_the_pods_packets_is_named_in_the_warning
         assert refused.returncode != 0
         assert "unreachable" in refused.stderr
         warning = _only_warning(backend)
-        assert "makes the kernel pass k3snet's route by for the pods' packets" in warning
+        assert ("makes the kernel pass by k3snet's route fd01:2::/64 via fd01:1::1 dev eth0"
+                in warning)
+        assert "for the pods' packets from fd42:42::/56 (no `from` at" in warning
+        ip(node, "-6", "route", "del", "fd01:2::/64", "from", "fd43::/56")
+        # A `from` holding part of the pods there: the rest are passed by, and said so.
+        ip(node, "-6", "route", "add", "fd01:2::/64", "from", "fd42:42::/64", "via",
+           "fd01:9::1", "dev", "eth1")
+        refused = subprocess.run(["ip", "-n", node, "-6", "route", "get", "fd01:2::7", "from",
+                                  "fd42:42:0:7::5"], capture_output=True, text=True, check=False)
+        assert "unreachable" in refused.stderr
+        warning = _only_warning(backend)
+        assert "takes the pods' packets from fd42:42::/64 to fd01:2::/64" in warning
+        assert ("the pods' packets from fd42:42::/56 outside fd42:42::/64 pass that route by"
+                in warning)
