@@ -88,3 +88,34 @@ def test_a_drop_behind_a_negated_plus_before_k3snets_jump_is_no_conflict_and_pas
             assert {(n.wanted.family, getattr(n.foreign, "rule", None))
                     for n in blocked.conflicts} == {(4, "-A FORWARD -j DROP"),
                                                     (6, "-A FORWARD -j DROP")}
+
+
+@pytest.mark.kernel
+def test_a_negated_plus_the_save_prints_is_not_put_back_a_second_time(
+        ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """iptables 1.8.11 and later print ``! -i +`` (upstream "xshared: Do not omit
+    all-wildcard interface spec when inverted"); the kernel's entries still name the
+    rule, and putting the match back again made ``! -i + ! -i + -j DROP``, a rule
+    iptables refuses ("multiple -i flags not allowed") shown as the foreign one. The
+    newer save is this host's save with the match printed."""
+    from k3snet.backends.iptables import backend as module  # noqa: PLC0415
+
+    for rule in (["!", "-i", "+", "-j", "DROP"], ["!", "-o", "+", "-j", "DROP"],
+                 ["-s", "10.9.0.0/16", "!", "-i", "+", "!", "-o", "+", "-j", "ACCEPT"]):
+        run_in(ns, [_tool(4), "-w", "-A", "FORWARD", *rule])
+    newer = {"-A FORWARD -j DROP": "-A FORWARD ! -i + -j DROP",
+             "-A FORWARD -s 10.9.0.0/16 -j ACCEPT":
+                 "-A FORWARD -s 10.9.0.0/16 ! -i + ! -o + -j ACCEPT"}
+    parse = module.parse_save
+
+    def printed(text: str) -> object:
+        lines = text.splitlines()
+        drops = [at for at, line in enumerate(lines) if line == "-A FORWARD -j DROP"]
+        lines[drops[1]] = "-A FORWARD ! -o + -j DROP"
+        return parse("\n".join(newer.get(line, line) for line in lines))
+
+    monkeypatch.setattr(module, "parse_save", printed)
+    with IptablesBackend(ns, mode="legacy") as backend:
+        rules = backend._save(4)["filter"].rules["FORWARD"]
+    assert rules == ["! -i + -j DROP", "! -o + -j DROP",
+                     "-s 10.9.0.0/16 ! -i + ! -o + -j ACCEPT"]
