@@ -99,7 +99,7 @@ def test_a_negated_plus_the_save_prints_is_not_put_back_a_second_time(
     rule, and putting the match back again made ``! -i + ! -i + -j DROP``, a rule
     iptables refuses ("multiple -i flags not allowed") shown as the foreign one. The
     newer save is this host's save with the match printed."""
-    from k3snet.backends.iptables import backend as module  # noqa: PLC0415
+    from k3snet.backends.iptables.save import parse_save as parse  # noqa: PLC0415
 
     for rule in (["!", "-i", "+", "-j", "DROP"], ["!", "-o", "+", "-j", "DROP"],
                  ["-s", "10.9.0.0/16", "!", "-i", "+", "!", "-o", "+", "-j", "ACCEPT"]):
@@ -107,7 +107,6 @@ def test_a_negated_plus_the_save_prints_is_not_put_back_a_second_time(
     newer = {"-A FORWARD -j DROP": "-A FORWARD ! -i + -j DROP",
              "-A FORWARD -s 10.9.0.0/16 -j ACCEPT":
                  "-A FORWARD -s 10.9.0.0/16 ! -i + ! -o + -j ACCEPT"}
-    parse = module.parse_save
 
     def printed(text: str) -> object:
         lines = text.splitlines()
@@ -115,7 +114,7 @@ def test_a_negated_plus_the_save_prints_is_not_put_back_a_second_time(
         lines[drops[1]] = "-A FORWARD ! -o + -j DROP"
         return parse("\n".join(newer.get(line, line) for line in lines))
 
-    monkeypatch.setattr(module, "parse_save", printed)
+    monkeypatch.setattr("k3snet.backends.iptables.backend.parse_save", printed)
     with IptablesBackend(ns, mode="legacy") as backend:
         rules = backend._save(4)["filter"].rules["FORWARD"]
     assert rules == ["! -i + -j DROP", "! -o + -j DROP",

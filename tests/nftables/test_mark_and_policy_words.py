@@ -170,7 +170,8 @@ def test_a_return_of_marked_packets_only_does_not_end_the_pods_walk_of_a_nat_cha
     packets go on to the masquerade, a block. It was read as a return of every unmarked
     packet (as ``meta mark & 0x4000 == 0 return`` is), the masquerade after it unread:
     no block, while the kernel translated the pods' connections."""
-    from tests.nftables.test_nat_blocks import MASQ, POD, blocks, nat, saddr  # noqa: PLC0415
+    from tests.nftables.test_foreign_cases import MASQ, nat, saddr  # noqa: PLC0415
+    from tests.nftables.test_nat_blocks import POD, blocks  # noqa: PLC0415
 
     found = blocks(nat([test, {"return": None}], [saddr(POD), MASQ]), 100)
     assert {(b[1], b[2]) for b in found} == {("masquerade", f"ip saddr {POD} masquerade")}
