@@ -12,6 +12,7 @@ put the hidden match back, and the rule reads as what it is: a drop of nothing.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import pytest
 
@@ -88,3 +89,66 @@ def test_a_drop_behind_a_negated_plus_before_k3snets_jump_is_no_conflict_and_pas
             assert {(n.wanted.family, getattr(n.foreign, "rule", None))
                     for n in blocked.conflicts} == {(4, "-A FORWARD -j DROP"),
                                                     (6, "-A FORWARD -j DROP")}
+
+
+@pytest.mark.kernel
+def test_a_negated_plus_the_save_prints_is_not_put_back_a_second_time(
+        ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """iptables 1.8.11 and later print ``! -i +`` (upstream "xshared: Do not omit
+    all-wildcard interface spec when inverted"); the kernel's entries still name the
+    rule, and putting the match back again made ``! -i + ! -i + -j DROP``, a rule
+    iptables refuses ("multiple -i flags not allowed") shown as the foreign one. The
+    newer save is this host's save with the match printed."""
+    from k3snet.backends.iptables.save import parse_save as parse  # noqa: PLC0415
+
+    for rule in (["!", "-i", "+", "-j", "DROP"], ["!", "-o", "+", "-j", "DROP"],
+                 ["-s", "10.9.0.0/16", "!", "-i", "+", "!", "-o", "+", "-j", "ACCEPT"]):
+        run_in(ns, [_tool(4), "-w", "-A", "FORWARD", *rule])
+    newer = {"-A FORWARD -j DROP": "-A FORWARD ! -i + -j DROP",
+             "-A FORWARD -s 10.9.0.0/16 -j ACCEPT":
+                 "-A FORWARD -s 10.9.0.0/16 ! -i + ! -o + -j ACCEPT"}
+
+    def printed(text: str) -> object:
+        lines = text.splitlines()
+        drops = [at for at, line in enumerate(lines) if line == "-A FORWARD -j DROP"]
+        lines[drops[1]] = "-A FORWARD ! -o + -j DROP"
+        return parse("\n".join(newer.get(line, line) for line in lines))
+
+    monkeypatch.setattr("k3snet.backends.iptables.backend.parse_save", printed)
+    with IptablesBackend(ns, mode="legacy") as backend:
+        rules = backend._save(4)["filter"].rules["FORWARD"]
+    assert rules == ["! -i + -j DROP", "! -o + -j DROP",
+                     "-s 10.9.0.0/16 ! -i + ! -o + -j ACCEPT"]
+
+
+@pytest.mark.kernel
+def test_a_table_whose_negated_interfaces_all_name_a_device_is_not_walked(
+        ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker's ``! -o docker0`` (a name: the mask holds bytes) is no ``! -o +``: only an
+    inverted test with an empty mask makes the table walked entry by entry (about 90 ms
+    of Python at 10 000 rules, on every save of a legacy host running Docker)."""
+    import socket  # noqa: PLC0415
+
+    from k3snet.backends.iptables import xtables  # noqa: PLC0415
+
+    for family in (4, 6):
+        run_in(ns, [_tool(family), "-w", "-A", "FORWARD", "-i", "docker0", "!", "-o",
+                    "docker0", "-j", "ACCEPT"])
+        run_in(ns, [_tool(family), "-w", "-A", "FORWARD", "!", "-i", "eth+", "-j", "DROP"])
+
+    def read(family: int) -> tuple[bytes, bytearray, xtables.Layout]:
+        layout = next(layout for layout in xtables.LAYOUTS if layout.family == family)
+        with socket.socket(layout.af, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
+            return (*xtables.fetch_table(sock, layout, "filter"), layout)
+
+    runner = NetnsRunner(ns)
+    try:
+        tables = [runner.call(partial(read, family)) for family in (4, 6)]
+    finally:
+        runner.close()
+
+    def walked(info: bytes) -> object:
+        raise AssertionError("walked")
+
+    monkeypatch.setattr(xtables, "info_hooks", walked)
+    assert [xtables.never_met_in(*table) for table in tables] == [{}, {}]

@@ -141,3 +141,39 @@ def test_the_kernel_rejects_as_kube_router_says_and_a_marked_drop_lets_the_pods_
         out = capsys.readouterr().out
         assert "that rule is kube-router's NetworkPolicy enforcement" in out
         assert "(here 10.42.0.10/32)" in out
+
+
+NEEDS_A_MARK = [match("!=", {"&": [MARK, 0x4000]}, 0), match("!=", MARK, 0)]
+"""Tests only a marked packet passes, as ``nft -j list`` gives ``meta mark & 0x4000 !=
+0`` and ``meta mark != 0``: a packet without a mark (``(0 & 0x4000) != 0`` is false)
+fails them."""
+UNJUDGED = ("(a mark test k3snet does not judge: it may meet the pods' traffic)")
+
+
+@pytest.mark.parametrize(("test", "words"), [
+    (NEEDS_A_MARK[0], f"meta mark & 0x4000 != 0x0 {SET_ONLY}"),
+    (NEEDS_A_MARK[1], f"meta mark != 0x0 {SET_ONLY}"),
+    (match("==", MARK, {"set": [1, 2]}), f"meta mark {{ 0x1, 0x2 }} {UNJUDGED}"),
+])
+def test_a_mark_test_only_marked_packets_pass_is_not_said_to_meet_the_unmarked_pods(
+        test: Any, words: str) -> None:
+    # (said "every packet without that mark ... so it meets them" of `!= 0`)
+    _, reader = read(fw([[test, DROP]], {}))
+    assert warned(reader, PODS) == [f"a rule that may drop any address, testing {words} "
+                                    "(handle 2)"]
+
+
+@pytest.mark.parametrize("test", [*NEEDS_A_MARK, match("==", MARK, {"set": [1, 2]})])
+def test_a_return_of_marked_packets_only_does_not_end_the_pods_walk_of_a_nat_chain(
+        test: Any) -> None:
+    """``meta mark & 0x4000 != 0 return`` before a masquerade of the pods: their unmarked
+    packets go on to the masquerade, a block. It was read as a return of every unmarked
+    packet (as ``meta mark & 0x4000 == 0 return`` is), the masquerade after it unread:
+    no block, while the kernel translated the pods' connections."""
+    from tests.nftables.test_foreign_cases import MASQ, nat, saddr  # noqa: PLC0415
+    from tests.nftables.test_nat_blocks import POD, blocks  # noqa: PLC0415
+
+    found = blocks(nat([test, {"return": None}], [saddr(POD), MASQ]), 100)
+    assert {(b[1], b[2]) for b in found} == {("masquerade", f"ip saddr {POD} masquerade")}
+    unmarked = match("==", {"&": [MARK, 0x4000]}, 0)  # every pod packet returns: none
+    assert blocks(nat([unmarked, {"return": None}], [saddr(POD), MASQ]), 100) == set()

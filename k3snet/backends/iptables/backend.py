@@ -196,6 +196,7 @@ from k3snet.render.iptables.rules import (
     format_line,
     render_unit,
     table_of,
+    tokenize,
 )
 from k3snet.render.nftables import table_families
 
@@ -1577,7 +1578,8 @@ class IptablesBackend(BackendBase):
         DROP``, a conflict of every rule (:func:`~.xtables.never_met`, the kernel's
         entries, read in the namespace). The entries the change token read just before
         say whether any such rule is there (copying a table out of the kernel costs
-        about as much as its save: 10-30 ms at 10 000 rules); only then, or without
+        about as much as its save: 10-30 ms at 10 000 rules; looking for an inverted
+        test with an empty mask in the entries read, under 1 ms); only then, or without
         them, are the tables read again, after the save. A chain whose rules the kernel
         counts otherwise than the save (a commit in between) stays as printed; best
         effort: a read that fails leaves the dump as it is."""
@@ -1598,7 +1600,22 @@ class IptablesBackend(BackendBase):
                 if rules is None or len(rules) != count:
                     continue
                 for index, missing in words.items():
-                    rules[index] = f"{missing} {rules[index]}"
+                    if unsaid := _unsaid(missing, rules[index]):
+                        rules[index] = f"{unsaid} {rules[index]}"
+
+
+def _unsaid(missing: str, rule: str) -> str:
+    """Of ``missing`` (``! -i +``, ``! -o +``, both), the matches ``rule`` does not print:
+    iptables 1.8.11 and later print an inverted ``+`` ("xshared: Do not omit
+    all-wildcard interface spec when inverted"), which, put back, would be there twice
+    (``-A FORWARD ! -i + ! -i + -j DROP``: a command iptables refuses)."""
+    if "+" not in rule:
+        return missing
+    tokens = tokenize(rule)
+    said = {f"! {tokens[at + 1]} +" for at in range(len(tokens) - 2)
+            if tokens[at] == "!" and tokens[at + 2] == "+"}
+    return " ".join(part for part in ("! -i +", "! -o +")
+                    if part in missing and part not in said)
 
 
 _SETTLE_ATTEMPTS = 3

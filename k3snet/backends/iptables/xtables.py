@@ -314,8 +314,8 @@ def never_met_in(info: bytes, blob: bytearray, layout: Layout) -> NeverMet:
     (the underflow), a user-defined one from the ``ERROR`` entry naming it to the
     ``RETURN`` that ends it. A blob that does not walk is none (BackendError)."""
     *_, entries, size = struct.unpack(f"={len(info) // 4}I", info)
-    if not _inverts_interface(blob, size, layout):
-        return {}  # (most tables: no entry inverts an interface test; a few ms at 10k rules)
+    if not _inverts_any_interface(blob, size, layout):
+        return {}  # (most tables, Docker's `! -o docker0` too: under 1 ms at 10k rules)
     valid, hooks, underflows = info_hooks(info)
     starts = {hooks[h]: _HOOKS[h] for h in range(len(_HOOKS)) if valid & (1 << h)}
     ends = {underflows[h] for h in range(len(_HOOKS)) if valid & (1 << h)}
@@ -371,11 +371,13 @@ def never_met_in(info: bytes, blob: bytearray, layout: Layout) -> NeverMet:
 _VIA = bytes(b & (_INV_VIA_IN | _INV_VIA_OUT) for b in range(256))  # invflags' two bits
 
 
-def _inverts_interface(blob: bytearray, size: int, layout: Layout) -> bool:
-    """Whether an entry of the table inverts an interface test (``! -i``, ``! -o``): its
-    invflags read a run of entries of one size at a time, through a strided slice (as
-    :func:`zero_counters` zeroes the counters)."""
-    inv_at = _IFACE_FIELDS[layout.family][2]
+def _inverts_any_interface(blob: bytearray, size: int, layout: Layout) -> bool:
+    """Whether an entry of the table inverts a test of any interface (``! -i +``, ``! -o
+    +``: an empty mask): the invflags of a run of entries of one size read at a time,
+    through a strided slice (as :func:`zero_counters` zeroes the counters), and the
+    masks of those inverting one (Docker's ``! -o docker0``: a name, its mask not empty;
+    walking the table for it took about 90 ms at 10 000 rules)."""
+    in_mask, out_mask, inv_at, _ = _IFACE_FIELDS[layout.family]
     offset, end = ENTRIES_AT, ENTRIES_AT + size
     while offset < end:
         (step,) = _U16.unpack_from(blob, offset + layout.next_offset)
@@ -384,8 +386,14 @@ def _inverts_interface(blob: bytearray, size: int, layout: Layout) -> bool:
                                f"has size {step}: the table cannot be read")
         run = _same_size_run(blob, offset, end, step, layout.next_offset)
         run = min(run, (end - offset) // step)
-        if bytes(blob[offset + inv_at:offset + run * step:step]).translate(_VIA).strip(b"\0"):
-            return True
+        flags = bytes(blob[offset + inv_at:offset + run * step:step]).translate(_VIA)
+        for index in (i for i, flag in enumerate(flags) if flag):
+            at = offset + index * step
+            if (flags[index] & _INV_VIA_IN
+                    and blob[at + in_mask:at + in_mask + _IFNAMSIZ] == _NO_MASK) or (
+                    flags[index] & _INV_VIA_OUT
+                    and blob[at + out_mask:at + out_mask + _IFNAMSIZ] == _NO_MASK):
+                return True
         offset += run * step
     return False
 

@@ -159,6 +159,7 @@ class Match:
     ct_direction: bool = False  # ... a ct direction reply (k3snet's own rules have none)
     marks: int = 0  # mark tests
     mark_set_only: bool = False  # ... and each of them asks for set bits
+    mark_unset_only: bool = False  # ... and a packet without a mark passes each of them
     marked: list[str] = field(default_factory=list)  # ... their words (`meta mark 0x8000`)
     unknown: int = 0  # tests k3snet cannot model
     # ... their words (`tcp dport`, `ip daddr @blocked`, `limit`), and how many of them no
@@ -249,13 +250,27 @@ def _mark_value(value: Any) -> int | None:
 
 def _parse_mark(op: str, right: Any, out: Match, mask: Any = None) -> None:
     value = _mark_value(right)
-    positive = op == "==" and value is not None and value != 0
-    out.mark_set_only = positive and (out.marks == 0 or out.mark_set_only)
+    # Whether a packet without a mark (k3snet's pod traffic) passes the test: ``(mark &
+    # mask) == value`` holds for mark 0 when value is 0, its ``!=`` when it is not (``meta
+    # mark & 0x4000 != 0``: marked packets only); None: a value k3snet does not read (a
+    # set of marks, a range), a doubt, neither.
+    unmarked = None if value is None or op not in ("==", "!=") else (value == 0) == (op == "==")
+    out.mark_set_only = unmarked is False and (out.marks == 0 or out.mark_set_only)
+    out.mark_unset_only = unmarked is True and (out.marks == 0 or out.mark_unset_only)
     out.marks += 1
-    shown = [f"{v:#x}" if (v := _mark_value(w)) is not None else "?" for w in (mask, right)]
+    shown = [f"{v:#x}" if (v := _mark_value(w)) is not None else _mark_words(w)
+             for w in (mask, right)]
     out.marked.append(" ".join(["meta mark", *(["&", shown[0]] if mask is not None else []),
                                 *(["!="] if op == "!=" else ["=="] if mask is not None else []),
                                 shown[1]]))
+
+
+def _mark_words(value: Any) -> str:
+    """A mark value :func:`_mark_value` does not read, in words (``{ 0x1, 0x2 }``)."""
+    items = value.get("set") if isinstance(value, dict) else None
+    if isinstance(items, list) and all(_mark_value(item) is not None for item in items):
+        return "{ " + ", ".join(f"{_mark_value(item):#x}" for item in items) + " }"
+    return "?"
 
 
 def _parse_address(left: dict[str, Any], right: Any, negated: bool, out: Match) -> bool:
@@ -2343,7 +2358,9 @@ def _guarded(guard: Match, match: Match) -> Match | None:
         unread=[*guard.unread, *match.unread], never_pods=guard.never_pods + match.never_pods,
         ports=match.ports or guard.ports, pmtu4=guard.pmtu4 + match.pmtu4,
         pmtu6=guard.pmtu6 + match.pmtu6,
-        mark_set_only=bool(marks) and all(m.mark_set_only for m in (guard, match) if m.marks))
+        mark_set_only=bool(marks) and all(m.mark_set_only for m in (guard, match) if m.marks),
+        mark_unset_only=bool(marks) and all(m.mark_unset_only for m in (guard, match)
+                                            if m.marks))
 
 
 def _unseen() -> Match:
@@ -2791,7 +2808,7 @@ def _translates_opaquely(match: Match) -> bool:
 def _unmarked_only(match: Match) -> bool:
     """A rule that tests only for marks not set (kube-proxy's ``meta mark & 0x4000 == 0
     return``): it matches every packet of k3snet's pod traffic, which carries no mark."""
-    return bool(match.marks) and match.marks == match.conditions and not match.mark_set_only
+    return bool(match.marks) and match.marks == match.conditions and match.mark_unset_only
 
 
 def _same_translation(a: Match, b: Match) -> bool:
@@ -2835,7 +2852,9 @@ def _tested(match: Match) -> str:
                      "destination carries no mark unless a rule of the node sets one)"
                      if match.mark_set_only else
                      "(every packet without that mark: the pods' traffic to the "
-                     "destination carries none, so it meets them)")
+                     "destination carries none, so it meets them)"
+                     if match.mark_unset_only else
+                     "(a mark test k3snet does not judge: it may meet the pods' traffic)")
     if match.unread and not match.never_pods:  # (one meeting no pod connection: unnamed)
         unread = list(dict.fromkeys(match.unread))
         words.append(f"{', '.join(unread)} (test{'s' if len(unread) > 1 else ''} k3snet "
