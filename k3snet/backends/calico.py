@@ -1138,7 +1138,10 @@ class CalicoBackend(BackendBase):
             return blocks, ()
         warnings: list[str] = []
         labels: dict[str, dict[str, str]] | None = {}
-        if any(block_in_use(block, pools, None, None) is None for _, block in blocks):
+        # The labels decide only for a block in an automatic pool with a nodeSelector
+        # (with no pool named, None is the labels' "not known" alone): a block in a
+        # Manual or "!all()" pool lists the Namespaces and Pods, not the Nodes.
+        if any(block_in_use(block, pools, None, frozenset()) is None for _, block in blocks):
             try:
                 items = self._nodes()
             except KubeApiError as exc:

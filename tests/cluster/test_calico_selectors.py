@@ -631,6 +631,33 @@ def test_a_block_in_a_pool_a_pods_or_namespaces_annotation_names_gives_addresses
                                  "10.60.3.0/26 of node node-a"), reason
 
 
+@pytest.mark.parametrize("pool", [
+    {"assignmentMode": "Manual"},  # selects every node, gives none automatically
+    {"nodeSelector": "!all()"},  # selects no node
+])
+def test_no_node_labels_are_listed_for_a_block_in_a_pool_giving_no_node_addresses(
+    pool: dict[str, str],
+) -> None:
+    # Only a pod's or namespace's annotation naming the pool makes such a block one
+    # IPAM assigns from: the Nodes' labels decide nothing, and were listed for it (every
+    # Node's metadata, each pass) beside the Namespaces and Pods.
+    resources = (*CALICO_RESOURCES, AFFINITIES, NODES, NAMESPACES, PODS)
+    with EmulatedApiServer(resources=resources) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("vms", cidr="10.60.0.0/16", natOutgoing=False, **pool))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+        server.put(NODES, _node("node-a", {"zone": "a"}))
+        server.put(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": "legacy", "annotations": {POOLS_ANNOTATION: '["vms"]'}}})
+        p = _plan(_backend(server), SPEC)
+        (conflict,) = p.conflicts
+        assert "block 10.60.3.0/26 of node node-a" in (conflict.reason or "")
+        listed = [path.split("?")[0].rsplit("/", 1)[-1] for method, path, _
+                  in server.requests() if method == "GET"]
+        assert (listed.count("nodes"), listed.count("namespaces"),
+                listed.count("pods")) == (0, 1, 1)
+
+
 def _holds_text(value: Any, text: str, depth: int = 0) -> bool:
     if isinstance(value, str):
         return value == text
