@@ -597,9 +597,10 @@ pools' ``nodeSelector``, ``namespaceSelector`` and ``assignmentMode`` (libcalico
 def read_named_pools(items: Iterable[Any]) -> frozenset[str]:
     """The pools the :data:`POOLS_ANNOTATIONS` of ``items`` (Pods, Namespaces) name: each
     entry of their JSON lists of strings, a CIDR as the network it names (host bits
-    dropped, as IPAM matches it against the pools' CIDRs), a name as it is. An
-    annotation that is no JSON list of strings (the CNI plugin fails such a pod) names
-    nothing.
+    dropped, as IPAM matches it against the pools' CIDRs), anything else (a bare
+    address too: Go's ``net.ParseCIDR`` refuses it) a pool's name, as the CNI plugin
+    resolves it. An annotation that is no JSON list of strings (the CNI plugin fails
+    such a pod) names nothing.
 
     >>> sorted(read_named_pools([{"metadata": {"annotations": {
     ...     "cni.projectcalico.org/ipv4pools": '["vms", "10.60.1.0/16"]'}}}]))
@@ -620,7 +621,11 @@ def read_named_pools(items: Iterable[Any]) -> frozenset[str]:
             if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
                 continue
             for entry in entries:
+                # A CIDR where Go's net.ParseCIDR takes it ("10.60.0.0", a bare address,
+                # is a name to the plugin, and a valid pool name).
                 try:
+                    if not go_cidr_text(entry):
+                        raise ValueError(entry)
                     named.add(str(ipaddress.ip_network(entry, strict=False)))
                 except ValueError:
                     named.add(entry)

@@ -658,6 +658,32 @@ def test_no_node_labels_are_listed_for_a_block_in_a_pool_giving_no_node_addresse
                 listed.count("pods")) == (0, 1, 1)
 
 
+@pytest.mark.parametrize(("entry", "met"), [
+    ('["10.60.0.0"]', False),  # no CIDR to Go's net.ParseCIDR: the pool of that name
+    ('["10.60.0.0/32"]', True),  # a CIDR: no pool has it, the pod gets no address
+])
+def test_an_annotation_entry_is_a_cidr_only_where_go_parses_it_as_one(
+    entry: str, met: bool,
+) -> None:
+    # Calico's CNI plugin resolves an entry Go's net.ParseCIDR refuses (a bare address)
+    # as a pool's name, and a pool may be named "10.60.0.0"; Python's ip_network took
+    # the entry for 10.60.0.0/32 and the block in the pool it names was dropped.
+    resources = (*CALICO_RESOURCES, AFFINITIES, NODES, NAMESPACES, PODS)
+    with EmulatedApiServer(resources=resources) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("10.60.0.0", cidr="10.60.0.0/16", natOutgoing=False,
+                              nodeSelector="!all()"))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+        server.put(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": "legacy", "annotations": {POOLS_ANNOTATION: entry}}})
+        p = _plan(_backend(server), SPEC)
+        if met:
+            assert (len(p.met), p.conflicts) == (1, ())
+        else:
+            (conflict,) = p.conflicts
+            assert "block 10.60.3.0/26 of node node-a" in (conflict.reason or "")
+
+
 def _holds_text(value: Any, text: str, depth: int = 0) -> bool:
     if isinstance(value, str):
         return value == text
