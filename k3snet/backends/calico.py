@@ -599,8 +599,9 @@ def read_named_pools(items: Iterable[Any]) -> frozenset[str]:
     entry of their JSON lists of strings, a CIDR as the network it names (host bits
     dropped, as IPAM matches it against the pools' CIDRs), anything else (a bare
     address too: Go's ``net.ParseCIDR`` refuses it) a pool's name, as the CNI plugin
-    resolves it. An annotation that is no JSON list of strings (the CNI plugin fails
-    such a pod) names nothing.
+    resolves it; an IPv4-mapped IPv6 CIDR names the IPv4 one too, as Go reads it. An
+    annotation that is no JSON list of strings (the CNI plugin fails such a pod) names
+    nothing.
 
     >>> sorted(read_named_pools([{"metadata": {"annotations": {
     ...     "cni.projectcalico.org/ipv4pools": '["vms", "10.60.1.0/16"]'}}}]))
@@ -626,9 +627,17 @@ def read_named_pools(items: Iterable[Any]) -> frozenset[str]:
                 try:
                     if not go_cidr_text(entry):
                         raise ValueError(entry)
-                    named.add(str(ipaddress.ip_network(entry, strict=False)))
+                    network = ipaddress.ip_network(entry, strict=False)
                 except ValueError:
                     named.add(entry)
+                    continue
+                named.add(str(network))
+                mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+                if mapped is not None:
+                    # Go keeps an IPv4-mapped address as IPv4: IPAM looks the entry up as
+                    # the IPv4 pool (ipv4pools; ipv6pools refuses it).
+                    named.add(str(ipaddress.ip_network(
+                        (mapped, max(network.prefixlen - 96, 0)), strict=False)))
     return frozenset(named)
 
 

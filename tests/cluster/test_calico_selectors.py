@@ -661,8 +661,9 @@ def test_no_node_labels_are_listed_for_a_block_in_a_pool_giving_no_node_addresse
 @pytest.mark.parametrize(("entry", "met"), [
     ('["10.60.0.0"]', False),  # no CIDR to Go's net.ParseCIDR: the pool of that name
     ('["10.60.0.0/32"]', True),  # a CIDR: no pool has it, the pod gets no address
+    ('["::ffff:10.60.0.0/112"]', False),  # IPv4-mapped: 10.60.0.0/16 to Go
 ])
-def test_an_annotation_entry_is_a_cidr_only_where_go_parses_it_as_one(
+def test_an_annotation_entry_names_the_pool_go_reads_it_as(
     entry: str, met: bool,
 ) -> None:
     # Calico's CNI plugin resolves an entry Go's net.ParseCIDR refuses (a bare address)
