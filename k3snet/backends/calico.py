@@ -1183,7 +1183,9 @@ class CalicoBackend(BackendBase):
                for node, block in blocks):
             return blocks, tuple(warnings)
         try:
-            named: frozenset[str] | None = self._named_pools()
+            named: frozenset[str] | None = self._named_pools(
+                lambda found: all(block_in_use(block, pools, node_labels(node), found)
+                                  is not False for node, block in blocks))
         except KubeApiError as exc:
             if exc.status not in (403, 404):
                 raise
@@ -1200,19 +1202,24 @@ class CalicoBackend(BackendBase):
                      if block_in_use(block, pools, node_labels(node), named) is not False
                      ), tuple(warnings)
 
-    def _named_pools(self) -> frozenset[str]:
+    def _named_pools(self, enough: Callable[[frozenset[str]], bool]) -> frozenset[str]:
         """The pools every Namespace's and Pod's :data:`POOLS_ANNOTATIONS` name
         (:func:`read_named_pools`), from their metadata alone
-        (:func:`~k3snet.kube.list_metadata`). Both are read, the pods' over their
-        namespaces' taken together: never fewer pools than some pod may name."""
+        (:func:`~k3snet.kube.list_metadata`), the pods' over their namespaces' taken
+        together: never fewer pools than some pod may name. The Namespaces are listed
+        first, and the Pods (many more, and larger) only where the pools the
+        namespaces name are not ``enough``: the pods' can only add to them."""
         from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
         core = client.CoreV1Api(self._client)
-        items = [*list_metadata(core.list_namespace, "list Namespaces (metadata)",
-                                timeout=self.timeout),
-                 *list_metadata(core.list_pod_for_all_namespaces, "list Pods (metadata)",
-                                timeout=self.timeout)]
-        return read_named_pools(items)
+        named = read_named_pools(list_metadata(core.list_namespace,
+                                               "list Namespaces (metadata)",
+                                               timeout=self.timeout))
+        if enough(named):
+            return named
+        return named | read_named_pools(list_metadata(core.list_pod_for_all_namespaces,
+                                                      "list Pods (metadata)",
+                                                      timeout=self.timeout))
 
     def _nodes(self) -> list[Any]:
         """Every Node's metadata (:func:`~k3snet.kube.list_node_metadata`), listed once in a
