@@ -597,7 +597,9 @@ pools' ``nodeSelector``, ``namespaceSelector`` and ``assignmentMode`` (libcalico
 def read_named_pools(items: Iterable[Any]) -> frozenset[str]:
     """The pools the :data:`POOLS_ANNOTATIONS` of ``items`` (Pods, Namespaces) name: each
     entry of their JSON lists of strings, a CIDR as the network it names (host bits
-    dropped, as IPAM matches it against the pools' CIDRs), a name as it is. An
+    dropped, as IPAM matches it against the pools' CIDRs), anything else (a bare
+    address too: Go's ``net.ParseCIDR`` refuses it) a pool's name, as the CNI plugin
+    resolves it; an IPv4-mapped IPv6 CIDR names the IPv4 one too, as Go reads it. An
     annotation that is no JSON list of strings (the CNI plugin fails such a pod) names
     nothing.
 
@@ -620,10 +622,22 @@ def read_named_pools(items: Iterable[Any]) -> frozenset[str]:
             if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
                 continue
             for entry in entries:
+                # A CIDR where Go's net.ParseCIDR takes it ("10.60.0.0", a bare address,
+                # is a name to the plugin, and a valid pool name).
                 try:
-                    named.add(str(ipaddress.ip_network(entry, strict=False)))
+                    if not go_cidr_text(entry):
+                        raise ValueError(entry)
+                    network = ipaddress.ip_network(entry, strict=False)
                 except ValueError:
                     named.add(entry)
+                    continue
+                named.add(str(network))
+                mapped = network.network_address.ipv4_mapped if network.version == 6 else None
+                if mapped is not None:
+                    # Go keeps an IPv4-mapped address as IPv4: IPAM looks the entry up as
+                    # the IPv4 pool (ipv4pools; ipv6pools refuses it).
+                    named.add(str(ipaddress.ip_network(
+                        (mapped, max(network.prefixlen - 96, 0)), strict=False)))
     return frozenset(named)
 
 
@@ -1138,7 +1152,10 @@ class CalicoBackend(BackendBase):
             return blocks, ()
         warnings: list[str] = []
         labels: dict[str, dict[str, str]] | None = {}
-        if any(block_in_use(block, pools, None, None) is None for _, block in blocks):
+        # The labels decide only for a block in an automatic pool with a nodeSelector
+        # (with no pool named, None is the labels' "not known" alone): a block in a
+        # Manual or "!all()" pool lists the Namespaces and Pods, not the Nodes.
+        if any(block_in_use(block, pools, None, frozenset()) is None for _, block in blocks):
             try:
                 items = self._nodes()
             except KubeApiError as exc:
@@ -1166,7 +1183,9 @@ class CalicoBackend(BackendBase):
                for node, block in blocks):
             return blocks, tuple(warnings)
         try:
-            named: frozenset[str] | None = self._named_pools()
+            named: frozenset[str] | None = self._named_pools(
+                lambda found: all(block_in_use(block, pools, node_labels(node), found)
+                                  is not False for node, block in blocks))
         except KubeApiError as exc:
             if exc.status not in (403, 404):
                 raise
@@ -1183,19 +1202,24 @@ class CalicoBackend(BackendBase):
                      if block_in_use(block, pools, node_labels(node), named) is not False
                      ), tuple(warnings)
 
-    def _named_pools(self) -> frozenset[str]:
+    def _named_pools(self, enough: Callable[[frozenset[str]], bool]) -> frozenset[str]:
         """The pools every Namespace's and Pod's :data:`POOLS_ANNOTATIONS` name
         (:func:`read_named_pools`), from their metadata alone
-        (:func:`~k3snet.kube.list_metadata`). Both are read, the pods' over their
-        namespaces' taken together: never fewer pools than some pod may name."""
+        (:func:`~k3snet.kube.list_metadata`), the pods' over their namespaces' taken
+        together: never fewer pools than some pod may name. The Namespaces are listed
+        first, and the Pods (many more, and larger) only where the pools the
+        namespaces name are not ``enough``: the pods' can only add to them."""
         from kubernetes import client  # noqa: PLC0415 - optional dependency (k3snet[kube])
 
         core = client.CoreV1Api(self._client)
-        items = [*list_metadata(core.list_namespace, "list Namespaces (metadata)",
-                                timeout=self.timeout),
-                 *list_metadata(core.list_pod_for_all_namespaces, "list Pods (metadata)",
-                                timeout=self.timeout)]
-        return read_named_pools(items)
+        named = read_named_pools(list_metadata(core.list_namespace,
+                                               "list Namespaces (metadata)",
+                                               timeout=self.timeout))
+        if enough(named):
+            return named
+        return named | read_named_pools(list_metadata(core.list_pod_for_all_namespaces,
+                                                      "list Pods (metadata)",
+                                                      timeout=self.timeout))
 
     def _nodes(self) -> list[Any]:
         """Every Node's metadata (:func:`~k3snet.kube.list_node_metadata`), listed once in a

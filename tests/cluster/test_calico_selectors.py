@@ -631,6 +631,69 @@ def test_a_block_in_a_pool_a_pods_or_namespaces_annotation_names_gives_addresses
                                  "10.60.3.0/26 of node node-a"), reason
 
 
+@pytest.mark.parametrize("pool", [
+    {"assignmentMode": "Manual"},  # selects every node, gives none automatically
+    {"nodeSelector": "!all()"},  # selects no node
+])
+@pytest.mark.parametrize(("where", "pods_listed"), [
+    (NAMESPACES, 0),  # the namespaces name it already: the pods can only add pools
+    (PODS, 1),
+])
+def test_a_block_in_a_pool_giving_no_node_addresses_lists_the_nodes_never_and_pods_last(
+    pool: dict[str, str], where: str, pods_listed: int,
+) -> None:
+    # Only a pod's or namespace's annotation naming the pool makes such a block one
+    # IPAM assigns from: the Nodes' labels decide nothing, and were listed for it (every
+    # Node's metadata, each pass) beside the Namespaces and Pods; and the Pods (every
+    # one's metadata) were listed where the Namespaces had decided every block.
+    resources = (*CALICO_RESOURCES, AFFINITIES, NODES, NAMESPACES, PODS)
+    with EmulatedApiServer(resources=resources) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("vms", cidr="10.60.0.0/16", natOutgoing=False, **pool))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+        server.put(NODES, _node("node-a", {"zone": "a"}))
+        metadata: dict[str, Any] = {"name": "legacy",
+                                    "annotations": {POOLS_ANNOTATION: '["vms"]'}}
+        if where == PODS:
+            metadata["namespace"] = "default"
+        server.put(where, {"apiVersion": "v1", "kind": "Pod" if where == PODS
+                           else "Namespace", "metadata": metadata})
+        p = _plan(_backend(server), SPEC)
+        (conflict,) = p.conflicts
+        assert "block 10.60.3.0/26 of node node-a" in (conflict.reason or "")
+        listed = [path.split("?")[0].rsplit("/", 1)[-1] for method, path, _
+                  in server.requests() if method == "GET"]
+        assert (listed.count("nodes"), listed.count("namespaces"),
+                listed.count("pods")) == (0, 1, pods_listed)
+
+
+@pytest.mark.parametrize(("entry", "met"), [
+    ('["10.60.0.0"]', False),  # no CIDR to Go's net.ParseCIDR: the pool of that name
+    ('["10.60.0.0/32"]', True),  # a CIDR: no pool has it, the pod gets no address
+    ('["::ffff:10.60.0.0/112"]', False),  # IPv4-mapped: 10.60.0.0/16 to Go
+])
+def test_an_annotation_entry_names_the_pool_go_reads_it_as(
+    entry: str, met: bool,
+) -> None:
+    # Calico's CNI plugin resolves an entry Go's net.ParseCIDR refuses (a bare address)
+    # as a pool's name, and a pool may be named "10.60.0.0"; Python's ip_network took
+    # the entry for 10.60.0.0/32 and the block in the pool it names was dropped.
+    resources = (*CALICO_RESOURCES, AFFINITIES, NODES, NAMESPACES, PODS)
+    with EmulatedApiServer(resources=resources) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("10.60.0.0", cidr="10.60.0.0/16", natOutgoing=False,
+                              nodeSelector="!all()"))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+        server.put(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": "legacy", "annotations": {POOLS_ANNOTATION: entry}}})
+        p = _plan(_backend(server), SPEC)
+        if met:
+            assert (len(p.met), p.conflicts) == (1, ())
+        else:
+            (conflict,) = p.conflicts
+            assert "block 10.60.3.0/26 of node node-a" in (conflict.reason or "")
+
+
 def _holds_text(value: Any, text: str, depth: int = 0) -> bool:
     if isinstance(value, str):
         return value == text
