@@ -241,8 +241,8 @@ def redact_flannel_backend(backend: Any, backend_type: Any = None) -> Any:
 
     So is the value of a key no option of the type reads (``backend_type``, else its
     ``Type``; with neither, no option of any type): flannel never reads it and k3snet
-    refuses to write it, and under a misspelt name (``PresharedKey``,
-    ``AccessKeySecrett``) it is a secret all the same.
+    refuses to write it, and text under a misspelt name (``PresharedKey``,
+    ``AccessKeySecrett``) is a secret all the same (``true`` or a number is shown).
 
     >>> redact_flannel_backend({"Type": "wireguard", "PresharedKey": "c2VjcmV0", "MTU": 1420})
     {'Type': 'wireguard', 'PresharedKey': '<secret, 8 characters, sha256:1c1185e0>', 'MTU': 1420}
@@ -255,9 +255,10 @@ def redact_flannel_backend(backend: Any, backend_type: Any = None) -> Any:
     names = [key for key in backend if isinstance(key, str)]
     hidden = {key for key in names if is_flannel_secret(key)}
     if isinstance(backend_type, str):
-        hidden.update(flannel_unread_options(backend_type, names, windows=True) or ())
+        unread = flannel_unread_options(backend_type, names, windows=True) or ()
     else:
-        hidden.update(key for key in names if fold(key) not in _ANY_OPTION_FOLDS)
+        unread = [key for key in names if fold(key) not in _ANY_OPTION_FOLDS]
+    hidden.update(key for key in unread if isinstance(backend[key], str))
     if not hidden:
         return backend
     return {key: shown_flannel_secret(value) if key in hidden else value

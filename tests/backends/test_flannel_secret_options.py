@@ -160,3 +160,9 @@ def test_the_value_of_an_option_no_backend_reads_is_never_shown_a_misspelt_secre
     for shown in (config.describe(), repr(config), json.dumps(redact_secrets(config.to_dict()))):
         assert PSK not in shown
         assert f"<secret, {len(PSK)} characters, sha256:" in shown
+
+
+def test_a_misspelt_option_s_value_that_is_no_text_is_shown_no_secret_being_one() -> None:
+    config = FlannelConfig("file:/x", backend_type="vxlan",
+                           backend_options={"DirectRouteing": True, "VNII": 4})
+    assert '"DirectRouteing":true,"VNII":4' in config.describe()
