@@ -229,14 +229,40 @@ def wireguard_key_problem(value: Any) -> str | None:
     return None if len(raw) == 32 else WIREGUARD_KEY
 
 
-def redact_flannel_backend(backend: Any) -> Any:
+_ANY_OPTION_FOLDS = frozenset(fold(name) for options in (
+    *FLANNEL_BACKEND_OPTIONS.values(), *FLANNEL_WINDOWS_OPTIONS.values(), ("Type",))
+    for name in options)
+"""The options some flannel backend reads, folded as Go matches keys."""
+
+
+def redact_flannel_backend(backend: Any, backend_type: Any = None) -> Any:
     """``backend`` (flannel's ``Backend`` value) with each secret option's value as
-    :func:`shown_flannel_secret` shows it; anything else as it is (not copied)."""
-    if not isinstance(backend, Mapping) or not any(
-            isinstance(key, str) and is_flannel_secret(key) for key in backend):
+    :func:`shown_flannel_secret` shows it; anything else as it is (not copied).
+
+    So is the value of a key no option of the type reads (``backend_type``, else its
+    ``Type``; with neither, no option of any type): flannel never reads it and k3snet
+    refuses to write it, and text under a misspelt name (``PresharedKey``,
+    ``AccessKeySecrett``) is a secret all the same (``true`` or a number is shown).
+
+    >>> redact_flannel_backend({"Type": "wireguard", "PresharedKey": "c2VjcmV0", "MTU": 1420})
+    {'Type': 'wireguard', 'PresharedKey': '<secret, 8 characters, sha256:1c1185e0>', 'MTU': 1420}
+    """
+    if not isinstance(backend, Mapping):
         return backend
-    return {key: shown_flannel_secret(value) if isinstance(key, str) and is_flannel_secret(key)
-            else value for key, value in backend.items()}
+    if backend_type is None:
+        backend_type = next((value for key, value in backend.items()
+                             if isinstance(key, str) and fold(key) == "type"), None)
+    names = [key for key in backend if isinstance(key, str)]
+    hidden = {key for key in names if is_flannel_secret(key)}
+    if isinstance(backend_type, str):
+        unread = flannel_unread_options(backend_type, names, windows=True) or ()
+    else:
+        unread = [key for key in names if fold(key) not in _ANY_OPTION_FOLDS]
+    hidden.update(key for key in unread if isinstance(backend[key], str))
+    if not hidden:
+        return backend
+    return {key: shown_flannel_secret(value) if key in hidden else value
+            for key, value in backend.items()}
 
 
 def _redacted_config(data: dict[str, Any]) -> dict[str, Any] | None:
@@ -246,7 +272,7 @@ def _redacted_config(data: dict[str, Any]) -> dict[str, Any] | None:
     options = data.get("backend_options")
     extra = data.get("extra")
     backend = extra.get("Backend") if isinstance(extra, dict) else None
-    shown_options, shown_backend = (redact_flannel_backend(options),
+    shown_options, shown_backend = (redact_flannel_backend(options, data.get("backend_type")),
                                     redact_flannel_backend(backend))
     if shown_options is options and shown_backend is backend:
         return None

@@ -214,7 +214,8 @@ def _flannel_value_problems(backend_type: str, options: Sequence[tuple[str, Any]
                     f"must be {expected} (flannel's wireguard backend parses its PSK when it "
                     f"starts, and stops on one it cannot), got {shown_flannel_secret(value)}")
             for name, value in options
-            if fold(name) == "psk" and (expected := wireguard_key_problem(value)) is not None]
+            if fold(name) == "psk" and value is not None  # (null: Go keeps "", no key)
+            and (expected := wireguard_key_problem(value)) is not None]
 
 
 def holds_nul(value: Any, depth: int = 0) -> bool:

@@ -148,3 +148,24 @@ def test_a_flannel_option_value_flannel_stops_on_is_refused_before_the_pass_appl
     assert conf.read_bytes() == before
     assert metrics.registry.get_sample_value("k3snet_agent_sync_failures_total",
                                              {"reason": "refused"}) == 1
+
+
+@pytest.mark.parametrize(("options", "kind"), [
+    ("{type: wireguard, options: {PresharedKey: %s}}", "wireguard"),
+    ("{type: tencent-vpc, options: {AccessKeySecrett: %s}}", "tencent-vpc"),
+    ("{type: ipsec, options: {Password: %s}}", "ipsec"),
+])
+def test_the_value_of_a_misspelt_option_is_never_shown_it_may_be_a_misspelt_secret(
+        tmp_path: Path, server: EmulatedApiServer, caplog: pytest.LogCaptureFixture,
+        options: str, kind: str) -> None:
+    # A key no option reads is the flannel backend's refusal on an agent: its value, under
+    # a misspelt secret's name (PresharedKey for PSK), reached the pass's message, the log
+    # and the Node's annotation, readable by whoever may read Nodes.
+    agent, _, _, _ = _agent(tmp_path, server, HEAD + FLANNEL + options % BAD_PSK + "\n", kind)
+    with caplog.at_level(logging.INFO):
+        result = agent.run_pass()
+    assert result.message.startswith("refused: flannel backend refuses"), result.message
+    assert f"<secret, {len(BAD_PSK)} characters, sha256:" in result.message
+    node = server.get("v1/nodes", "node-1")
+    for shown in (result.message, caplog.text, json.dumps(node)):
+        assert BAD_PSK not in shown

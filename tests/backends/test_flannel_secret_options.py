@@ -24,6 +24,7 @@ from k3snet.backends.memory import MemoryBackend
 from k3snet.cli import main
 from k3snet.errors import BackendError
 from k3snet.model.cni import FlannelConfig
+from k3snet.model.sysctl import redact_secrets
 from k3snet.testing.kube import AGENT_RESOURCES, EmulatedApiServer
 from tests.agent.clock import FakeClock
 from tests.agent.desired import COMPILED
@@ -147,3 +148,21 @@ def test_tencent_vpc_s_access_key_id_names_the_key_and_is_shown_its_secret_never
                            backend_options={"AccessKeyID": "AKIDexample", "AccessKeySecret": PSK})
     assert '"AccessKeyID":"AKIDexample"' in config.describe()
     assert PSK not in config.describe() + repr(config)
+
+
+@pytest.mark.parametrize(("kind", "name"), [
+    ("wireguard", "PresharedKey"), ("tencent-vpc", "AccessKeySecrett"), ("ipsec", "Password")])
+def test_the_value_of_an_option_no_backend_reads_is_never_shown_a_misspelt_secret_being_one(
+        kind: str, name: str) -> None:
+    # k3snet refuses to write such a key (flannel would drop it); its refusal, a plan's
+    # line and a log line showed the value, under a misspelt secret's name a secret.
+    config = FlannelConfig("file:/x", backend_type=kind, backend_options={name: PSK, "MTU": 1})
+    for shown in (config.describe(), repr(config), json.dumps(redact_secrets(config.to_dict()))):
+        assert PSK not in shown
+        assert f"<secret, {len(PSK)} characters, sha256:" in shown
+
+
+def test_a_misspelt_option_s_value_that_is_no_text_is_shown_no_secret_being_one() -> None:
+    config = FlannelConfig("file:/x", backend_type="vxlan",
+                           backend_options={"DirectRouteing": True, "VNII": 4})
+    assert '"DirectRouteing":true,"VNII":4' in config.describe()

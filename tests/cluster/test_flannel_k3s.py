@@ -676,7 +676,7 @@ def test_an_int_option_beyond_a_32_bit_node_s_int_is_refused_before_it_is_writte
     p = plan(backend.observe(), State(owned=[wanted]))
     (problem,) = backend.check(p)
     assert f"Backend.{option} must be an integer -2147483648..2147483647" in problem
-    with pytest.raises(BackendError, match="32-bit node"):
+    with pytest.raises(PlanError, match="32-bit node"):  # (refused before anything is read)
         backend.apply(p)
     assert path.read_text() == K3S_VXLAN
 
@@ -856,7 +856,7 @@ def test_backend_options_flannel_would_refuse_are_never_written(tmp_path: Path) 
     (problem,) = backend.check(p)
     assert "Backend.DirectRouting must be true or false" in problem
     assert "Backend.MTU must be an integer" in problem
-    with pytest.raises(BackendError, match="DirectRouting must be true or false"):
+    with pytest.raises(PlanError, match="DirectRouting must be true or false"):
         backend.apply(p)
     assert path.read_text() == K3S_VXLAN
     unknown = _file(tmp_path, '{"Backend": {"Type": "host-gw", "VNI": "x", "MTU": null}}', "b")

@@ -163,9 +163,10 @@ def test_a_wireguard_psk_that_is_no_wireguard_key_is_refused_at_its_path_unshown
     assert f"<secret, {len(str(value))} characters, sha256:" in text, text
 
 
-@pytest.mark.parametrize("value", [WG_KEY, "", WG_KEY[:20] + "\n" + WG_KEY[20:]])
-def test_a_wireguard_psk_flannel_reads_as_a_key_is_taken(value: str) -> None:
-    # "" is flannel's "no PSK"; Go's base64 decoder skips line breaks.
+@pytest.mark.parametrize("value", [WG_KEY, "", WG_KEY[:20] + "\n" + WG_KEY[20:], None])
+def test_a_wireguard_psk_flannel_reads_as_a_key_is_taken(value: str | None) -> None:
+    # "" is flannel's "no PSK"; Go's base64 decoder skips line breaks; a null (YAML's
+    # `PSK:` with nothing, a template's empty value) Go's decoder skips, keeping "".
     assert _problems_of(_flannel("wireguard", {"PSK": value})) == []
 
 
