@@ -782,6 +782,19 @@ def _address_set(statement: Any) -> list[Network] | None:
     return nets
 
 
+def _static_elements(body: dict[str, Any]) -> list[Any] | None:
+    """The elements of a listed set ``body`` when no packet can change them (no
+    ``dynamic`` or ``timeout`` flag, no timeout or size: the datapath adds none) and
+    they are at most :data:`_MAX_VMAP_ELEMENTS`, else None."""
+    flags = body.get("flags", [])
+    elements = body.get("elem", [])
+    if (not isinstance(flags, list) or {"dynamic", "timeout"} & set(flags)
+            or "timeout" in body or "size" in body or not isinstance(elements, list)
+            or len(elements) > _MAX_VMAP_ELEMENTS):
+        return None
+    return elements
+
+
 def _element_prefixes(item: Any) -> list[Network]:
     """The prefixes one set element names (an address, a prefix, a range); raises
     ValueError (or TypeError, KeyError) for anything else."""
@@ -1710,11 +1723,8 @@ class ForeignReader:
         body = self._sets[(where, name)]
         if body is None or body.get("type") != kind:
             return None
-        flags = body.get("flags", [])
-        elements = body.get("elem", [])
-        if (not isinstance(flags, list) or {"dynamic", "timeout"} & set(flags)
-                or "timeout" in body or "size" in body or not isinstance(elements, list)
-                or len(elements) > _MAX_VMAP_ELEMENTS):
+        elements = _static_elements(body)
+        if elements is None:
             return None
         if kind == "ifname":
             names = tuple(e for e in elements if isinstance(e, str))
@@ -1744,11 +1754,8 @@ class ForeignReader:
                 or any(kind is not None and kind != type_
                        for kind, type_ in zip(kinds, types, strict=True))):
             return None
-        flags = body.get("flags", [])
-        elements = body.get("elem", [])
-        if (not isinstance(flags, list) or {"dynamic", "timeout"} & set(flags)
-                or "timeout" in body or "size" in body or not isinstance(elements, list)
-                or len(elements) > _MAX_VMAP_ELEMENTS):
+        elements = _static_elements(body)
+        if elements is None:
             return None
         if not elements:
             return ()
