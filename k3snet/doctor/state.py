@@ -221,7 +221,6 @@ _IPVS_REAL = re.compile(rf"\s+->\s+{_IPVS_ADDRESS}\s+(\S+)")
 
 _IPVS_ADDRESSES_KEPT = 4096
 """The parsed addresses of ``ipvs.txt`` one read keeps for the lines that repeat them."""
-_UNREAD: Any = object()
 
 
 def _ipvs_address(hex_v4: str | None, v6: str | None) -> IPv4Address | IPv6Address | None:
@@ -250,10 +249,11 @@ def _ipvs(capture: NodeCapture) -> dict[str, Any]:
 
     def address_of(hex_v4: str | None, v6: str | None) -> IPv4Address | IPv6Address | None:
         key = hex_v4 or f"[{v6}]"
-        if (found := addresses.get(key, _UNREAD)) is _UNREAD:
-            if len(addresses) >= _IPVS_ADDRESSES_KEPT:
-                addresses.clear()
-            found = addresses[key] = _ipvs_address(hex_v4, v6)
+        if key in addresses:
+            return addresses[key]
+        if len(addresses) >= _IPVS_ADDRESSES_KEPT:
+            addresses.clear()
+        found = addresses[key] = _ipvs_address(hex_v4, v6)
         return found
 
     for line in text.splitlines():
