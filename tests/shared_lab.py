@@ -23,6 +23,8 @@ from tests.pmtu import widen_the_path
 _SAVES = ("iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save",
           "ip6tables-legacy-save")
 _FORWARDING = ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")
+_MADE_AS: dict[str, tuple[set[str], set[tuple[int, str]], set[tuple[int, str]]]] = {}
+"""Each lab's node devices, router routes and node routes when its first test began."""
 
 
 def made_lab() -> Iterator[SeedLab]:
@@ -46,7 +48,8 @@ def _routes(ns: str) -> set[tuple[int, str]]:
 def shared_lab(made: SeedLab) -> Iterator[SeedLab]:
     """``made``, its node a fresh one's in the kernel's own view (checked before the
     test: no iptables rule, user chain or policy but ACCEPT, no nftables table,
-    forwarding off, no path MTU learnt by the pod), put back after the test."""
+    forwarding off, no path MTU learnt by the pod, the node's devices and routes and the
+    router's routes those of the lab as made), put back after the test."""
     for save in _SAVES:
         saved = run_in(made.node, [save]).stdout
         assert not [line for line in saved.splitlines() if line.startswith("-")
@@ -57,7 +60,12 @@ def shared_lab(made: SeedLab) -> Iterator[SeedLab]:
     for address in DB_ADDRESSES.values():
         route = run_in(made.pod, ["ip", "-o", "route", "get", address]).stdout
         assert "mtu" not in route, route
+    # The node's devices, the router's and the node's routes as the lab was made: a test
+    # whose reset failed half-way (a command of it refused) left them, and a baseline
+    # taken anew before each test took what it left as the lab's own.
     links, routes = _links(made.node), _routes(made.router)
+    made_as = _MADE_AS.setdefault(made.node, (links, routes, _routes(made.node)))
+    assert (links, routes, _routes(made.node)) == made_as, ("left by a test", made_as)
     try:
         yield made
     finally:

@@ -219,6 +219,10 @@ _IPVS_FWM = re.compile(r"FWM\s+([0-9A-F]{8})\s")
 _IPVS_REAL = re.compile(rf"\s+->\s+{_IPVS_ADDRESS}\s+(\S+)")
 
 
+_IPVS_ADDRESSES_KEPT = 4096
+"""The parsed addresses of ``ipvs.txt`` one read keeps for the lines that repeat them."""
+
+
 def _ipvs_address(hex_v4: str | None, v6: str | None) -> IPv4Address | IPv6Address | None:
     try:
         return IPv4Address(int(hex_v4, 16)) if hex_v4 else ip_address(v6 or "")
@@ -237,15 +241,20 @@ def _ipvs(capture: NodeCapture) -> dict[str, Any]:
     services: dict[tuple[str, IPv4Address | IPv6Address, int], list[str]] = {}
     marks: set[int] = set()
     current: list[str] | None = None
-    # Each address once: a NodePort is a virtual server on every address of the node,
-    # an endpoint a real server of each of its Service's ports.
-    addresses: dict[tuple[str | None, str | None], IPv4Address | IPv6Address | None] = {}
+    # Each address text once while it repeats (a NodePort is a virtual server on every
+    # address of the node, an endpoint a real server of each of its Service's ports);
+    # keyed by the text, and emptied when full, so a file of distinct addresses (a large
+    # cluster's pods, or a hostile file) holds no more than a few thousand of them.
+    addresses: dict[str, IPv4Address | IPv6Address | None] = {}
 
     def address_of(hex_v4: str | None, v6: str | None) -> IPv4Address | IPv6Address | None:
-        key = (hex_v4, v6)
-        if key not in addresses:
-            addresses[key] = _ipvs_address(hex_v4, v6)
-        return addresses[key]
+        key = hex_v4 or f"[{v6}]"
+        if key in addresses:
+            return addresses[key]
+        if len(addresses) >= _IPVS_ADDRESSES_KEPT:
+            addresses.clear()
+        found = addresses[key] = _ipvs_address(hex_v4, v6)
+        return found
 
     for line in text.splitlines():
         if (service := _IPVS_SERVICE.match(line)) is not None:

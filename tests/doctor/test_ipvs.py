@@ -12,11 +12,14 @@ the file is written as the kernel prints it (``ip_vs_info_seq_show``).
 from __future__ import annotations
 
 import json
+import weakref
+from ipaddress import ip_address
 from typing import Any
 
 import pytest
 
 from k3snet.doctor import Flow, NodeCapture, NodeState, Verdict, trace
+from k3snet.doctor import state as state_module
 
 _POD = "10.42.0.10"
 _IPVS = """IP Virtual Server version 1.2.1 (size=4096)
@@ -117,3 +120,56 @@ def test_a_virtual_server_past_what_a_capture_reads_is_said_to_be_maybe_there() 
     found = trace(state, Flow(_POD, "10.43.0.100", port=80))
     local = next(s for s in found.steps if s.code == "destination-is-local")
     assert "past the part of /proc/net/ip_vs captured" in local.detail, found.render()
+
+
+def test_a_read_of_distinct_real_servers_keeps_a_bounded_number_of_parsed_addresses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read parses an address text once while the file repeats it (a NodePort on each
+    node address, an endpoint under each port of its Service), but a file of distinct
+    ones (a large cluster's pods; a bundle's 16 MiB of them) must not keep every parsed
+    address alive to the end of the read: that held ~70 MB more at the peak of 16 MiB
+    and spent more CPU than parsing each line did. Counted through weak references to
+    what the parser returned, not by timing."""
+    parsed: list[weakref.ref[Any]] = []
+    most_alive = 0
+    parse = state_module._ipvs_address
+
+    def counting(hex_v4: str | None, v6: str | None) -> Any:
+        nonlocal most_alive
+        if len(parsed) % 1000 == 0:
+            most_alive = max(most_alive, sum(ref() is not None for ref in parsed))
+        address = parse(hex_v4, v6)
+        parsed.append(weakref.ref(address))
+        return address
+
+    monkeypatch.setattr(state_module, "_ipvs_address", counting)
+    kept = state_module._IPVS_ADDRESSES_KEPT
+    reals = "".join(f"  -> {0x0A000000 + n:08X}:1538      Masq    1      0          0\n"
+                    for n in range(3 * kept))
+    state = NodeState.from_capture(_capture(_IPVS + "TCP  0A2B0065:0050 rr\n" + reals))
+    assert state.ipvs is not None
+    read = state.ipvs["tcp", ip_address("10.43.0.101"), 80]
+    assert len(read) == 3 * kept
+    assert read[-1] == f"{ip_address(0x0A000000 + 3 * kept - 1)}:5432 Masq"
+    assert len(parsed) > 3 * kept  # each distinct text parsed (once)
+    assert most_alive <= kept + 16, most_alive
+
+
+@pytest.mark.parametrize("bracketed_first", [False, True])
+def test_an_address_text_is_read_the_same_wherever_it_repeats_in_either_form(
+        bracketed_first: bool) -> None:
+    """The read parses each address text once: a hex IPv4 address and the same digits
+    in brackets (no IPv6 address; the kernel never prints it, a bundle may hold it) are
+    two texts, whichever comes first; the same IPv6 address written two ways is one."""
+    v4 = "TCP  C0A8020A:0050 rr\n  -> C0A8020A:1538      Masq    1      0          0\n"
+    bracketed = "TCP  [C0A8020A]:0051 rr\n  -> [C0A8020A]:1538      Masq    1      0          0\n"
+    v6 = ("TCP  [fd43::64]:0050 rr\n  -> [FD01:2:0::10]:1538      Masq    1      0     0\n"
+          "TCP  [fd43:0043::0064]:0051 rr\n  -> [fd01:2::10]:1538      Masq    1      0     0\n")
+    state = NodeState.from_capture(_capture(
+        bracketed + v4 + v6 if bracketed_first else v4 + v6 + bracketed))
+    assert state.ipvs is not None
+    assert {(proto, str(address), port): reals for (proto, address, port), reals
+            in state.ipvs.items()} == {
+        ("tcp", "192.168.2.10", 80): ("192.168.2.10:5432 Masq",),
+        ("tcp", "fd43::64", 80): ("[fd01:2::10]:5432 Masq",),
+        ("tcp", "fd43:43::64", 81): ("[fd01:2::10]:5432 Masq",)}

@@ -302,3 +302,22 @@ def test_a_rule_behind_a_jump_with_conditions_is_read_as_the_kernel_matches_it(
         assert [n.status for n in notes if n.wanted == wanted] == [status]
     met = status == "met"
     assert lab.tcp_probe(family=4, timeout=2.0 if met else 1.0).ok is met
+
+
+def test_a_route_or_device_a_failed_reset_left_is_found_before_the_next_test(
+        made_lab: SeedLab) -> None:
+    """The shared lab's check before a test: a route on the router (as the path tests
+    add) or a device on the node (as the Docker tests' bridges) that a reset failing
+    half-way left is not the lab's own, whatever test comes next."""
+    for leftover, undo in [
+            (["ip", "route", "add", "10.99.0.0/16", "via", "192.168.1.5"],
+             ["ip", "route", "delete", "10.99.0.0/16"]),
+            (["ip", "link", "add", "left0", "type", "bridge"], ["ip", "link", "delete", "left0"])]:
+        next(tests.shared_lab.shared_lab(made_lab), None)  # the lab as made, recorded
+        ns = made_lab.router if leftover[1] == "route" else made_lab.node
+        run_in(ns, leftover)
+        try:
+            with pytest.raises(AssertionError, match="left by a test"):
+                next(tests.shared_lab.shared_lab(made_lab))
+        finally:
+            run_in(ns, undo)

@@ -18,6 +18,7 @@ of start, which these tests are not about).
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import re
 import select
@@ -81,20 +82,25 @@ def k3snet(ns: str, *args: str, timeout: float = 120) -> subprocess.CompletedPro
         if pid == 0:  # the child: never back into pytest
             code = 70
             try:
+                faulthandler.disable()  # pytest's: its dump of an abort went to the run's stderr
                 os.dup2(out.fileno(), 1)
                 os.dup2(err.fileno(), 2)
                 sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - ended by _exit
                 sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
                 code = main(argv)
-            except SystemExit as exc:  # argparse's (a usage error: 64)
-                code = exc.code if isinstance(exc.code, int) else 1
+            except SystemExit as exc:  # argparse's (a usage error: 64), as Python ends
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+                if exc.code is not None and not isinstance(exc.code, int):
+                    sys.stderr.write(f"{exc.code}\n")
             except BaseException:  # noqa: BLE001 - said as Python's own exit says it
                 traceback.print_exc()
                 code = 1
             finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+                try:  # a flush that fails (or a Ctrl-C here) must not end the child's
+                    sys.stdout.flush()  # way out: back in pytest, it would run the
+                    sys.stderr.flush()  # rest of the session a second time
+                finally:
+                    os._exit(code)
         ended = os.pidfd_open(pid)
         try:
             if not select.select([ended], [], [], timeout)[0]:
@@ -109,6 +115,58 @@ def k3snet(ns: str, *args: str, timeout: float = 120) -> subprocess.CompletedPro
         return subprocess.CompletedProcess(
             ["k3snet", *argv], returncode, out.read().decode(errors="replace"),
             err.read().decode(errors="replace"))
+
+
+
+class _FailingFlush:
+    """A stdout whose flush fails (a full disk, a closed pipe)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def _main_returning_3(argv: list[str]) -> int:
+    sys.stdout.write(f"said {argv[-2:]}\n")
+    return 3
+
+
+def _main_exiting_none(argv: list[str]) -> int:
+    raise SystemExit(None)
+
+
+def _main_exiting_with_a_message(argv: list[str]) -> int:
+    raise SystemExit("said on exit")
+
+
+def _main_whose_stdout_fails_to_flush(argv: list[str]) -> int:
+    sys.stdout = _FailingFlush()
+    return 5
+
+
+def _main_aborting(argv: list[str]) -> int:
+    os.abort()
+
+
+@pytest.mark.parametrize(("fake", "code", "said"), [
+    (_main_returning_3, 3, "said ['--netns', 'nowhere']"),
+    (_main_exiting_none, 0, ""),
+    (_main_exiting_with_a_message, 1, "said on exit"),
+    (_main_whose_stdout_fails_to_flush, 5, ""),
+    (_main_aborting, -signal.SIGABRT, ""),
+])
+def test_the_forked_cli_ends_with_the_code_a_cold_process_would_and_never_returns_to_pytest(
+        monkeypatch: pytest.MonkeyPatch, fake: object, code: int, said: str) -> None:
+    """The helper the tests run the CLI with: its child's exit code and output are those
+    of a process running the command (Python's for ``SystemExit(None)``: 0; a message:
+    1, the message on stderr; an abort: -SIGABRT), and a child whose last flush fails
+    still ends there (it went back into pytest and ran the rest of the session again)."""
+    monkeypatch.setitem(globals(), "main", fake)
+    done = k3snet("nowhere")
+    assert done.returncode == code, done
+    assert said in done.stdout + done.stderr, done
 
 
 def foreign_forward(ns: str, rule: bytes) -> None:
