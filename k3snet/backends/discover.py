@@ -687,9 +687,10 @@ def _could_not_look(name: str, exc: BaseException, where: str,
                 name, where, " ".join(str(exc).split()), name, _destroy_options(name, opts))
 
 
-_NOT_NAMED = frozenset({"netns", "mode", "allow_disruptive"})
-"""Options :func:`_destroy_options` leaves out: ``--netns`` and ``_DESTROY`` say them,
-and a destroy is not disruptive."""
+_NOT_NAMED = frozenset({"netns", "mode", "allow_disruptive", "pod_cidrs"})
+"""Options :func:`_destroy_options` leaves out: ``--netns`` and ``_DESTROY`` say them, a
+destroy is not disruptive, and the pod CIDRs (the spec's, which the netlink backend's
+warnings judge by) change nothing of what it removes."""
 
 
 def _destroy_options(name: str, opts: Mapping[str, Any]) -> str:
