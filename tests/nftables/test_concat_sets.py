@@ -14,21 +14,24 @@ warning naming the set.
 
 from __future__ import annotations
 
-import json
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from k3snet.cli import main
 from k3snet.lab import SeedLab
-from k3snet.lab.netns import run_in
 from tests.nftables.test_foreign_cases import DROP, jump
 from tests.nftables.test_interface_blocks import _applied
-from tests.nftables.test_named_address_sets import PODS, PODS6, daddr, fw, match, read, warned
+from tests.nftables.test_named_address_sets import (
+    PODS,
+    PODS6,
+    daddr,
+    fw,
+    match,
+    read,
+    said_where_dropped,
+    warned,
+)
 
-SEED = Path(__file__).resolve().parents[2] / "examples" / "seed.yaml"
 TCP_DPORT = {"payload": {"protocol": "tcp", "field": "dport"}}
 SADDR = {"payload": {"protocol": "ip", "field": "saddr"}}
 PORTS = {"s": {"type": ["ipv4_addr", "inet_service"], "flags": ["interval"], "elem": [
@@ -150,26 +153,10 @@ def test_concatenated_sets_are_said_exactly_where_the_kernel_drops(
         monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
         _applied(lab)
         for case, (sets, rule, *_) in CASES.items():
-            run_in(lab.node, ["nft", "-f", "-"], input_text=(
-                f"table inet fw {{ {sets}\n chain c {{ type filter hook forward priority 0; "
-                f"policy accept; {rule}; }}\n}}\n"))
-            try:
-                listed = json.loads(run_in(lab.node, ["nft", "-j", "list", "ruleset"]).stdout)
-                # The kernel's view: the one rule, against the named set of concatenations
-                (rule_listed,) = [o["rule"] for o in listed["nftables"]
-                                  if "rule" in o and o["rule"]["table"] == "fw"]
-                assert rule_listed["expr"][0]["match"]["right"] == "@s"
-                assert "concat" in rule_listed["expr"][0]["match"]["left"]
-                with ThreadPoolExecutor(2) as pool:
-                    probes = [pool.submit(lab.tcp_probe, f, timeout=1.0) for f in (4, 6)]
-                    dropped = (not probes[0].result().ok, not probes[1].result().ok)
-                capsys.readouterr()
-                code = main(["plan", "-f", str(SEED), "--netns", lab.node])
-                out = capsys.readouterr().out
-            finally:
-                run_in(lab.node, ["nft", "delete", "table", "inet", "fw"])
-            warning = any(line.startswith("!! warning: nftables: inet fw chain c")
-                          for line in out.splitlines())
-            assert code in (0, 4), (case, out)
-            seen[case] = (dropped, code if code or not warning else "warning")
+            rules, dropped, said = said_where_dropped(lab, sets, rule, capsys)
+            # The kernel's view: the one rule, against the named set of concatenations
+            (rule_listed,) = rules
+            assert rule_listed["expr"][0]["match"]["right"] == "@s"
+            assert "concat" in rule_listed["expr"][0]["match"]["left"]
+            seen[case] = (dropped, said)
     assert seen == {case: (dropped, said) for case, (_, _, dropped, said) in CASES.items()}

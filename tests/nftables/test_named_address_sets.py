@@ -227,6 +227,34 @@ CASES: dict[str, tuple[str, str, tuple[bool, bool], int | str]] = {
 }
 
 
+def said_where_dropped(lab: SeedLab, sets: str, rule: str,
+                       capsys: pytest.CaptureFixture[str]
+                       ) -> tuple[list[dict[str, Any]], tuple[bool, bool], int | str]:
+    """Put ``rule`` (beside ``sets``) in a forward chain of table ``inet fw`` on the lab's
+    node, then take it away: the kernel's listing of that table's rules, whether each
+    family's connection to the database was dropped, and what ``plan`` said (its exit
+    code, or ``"warning"`` for a 0 with a warning naming the chain)."""
+    run_in(lab.node, ["nft", "-f", "-"], input_text=(
+        f"table inet fw {{ {sets}\n chain c {{ type filter hook forward priority 0; "
+        f"policy accept; {rule}; }}\n}}\n"))
+    try:
+        listed = json.loads(run_in(lab.node, ["nft", "-j", "list", "ruleset"]).stdout)
+        rules = [o["rule"] for o in listed["nftables"]
+                 if "rule" in o and o["rule"]["table"] == "fw"]
+        with ThreadPoolExecutor(2) as pool:
+            probes = [pool.submit(lab.tcp_probe, f, timeout=1.0) for f in (4, 6)]
+            dropped = (not probes[0].result().ok, not probes[1].result().ok)
+        capsys.readouterr()
+        code = main(["plan", "-f", str(SEED), "--netns", lab.node])
+        out = capsys.readouterr().out
+    finally:
+        run_in(lab.node, ["nft", "delete", "table", "inet", "fw"])
+    warning = any(line.startswith("!! warning: nftables: inet fw chain c")
+                  for line in out.splitlines())
+    assert code in (0, 4), (rule, out)
+    return rules, dropped, code if code or not warning else "warning"
+
+
 @pytest.mark.kernel
 @pytest.mark.lab
 def test_named_sets_and_unmodelled_drops_are_said_exactly_where_the_kernel_drops(
@@ -237,26 +265,9 @@ def test_named_sets_and_unmodelled_drops_are_said_exactly_where_the_kernel_drops
         monkeypatch.setenv("K3SNET_STATE_DIR", str(lab.state_dir))
         _applied(lab)
         for case, (sets, rule, *_) in CASES.items():
-            run_in(lab.node, ["nft", "-f", "-"], input_text=(
-                f"table inet fw {{ {sets}\n chain c {{ type filter hook forward priority 0; "
-                f"policy accept; {rule}; }}\n}}\n"))
-            try:
-                listed = json.loads(run_in(lab.node, ["nft", "-j", "list", "ruleset"]).stdout)
-                rules = [o["rule"] for o in listed["nftables"]
-                         if "rule" in o and o["rule"]["table"] == "fw"]
-                assert len(rules) == 1, rules  # the kernel's view: the one rule
-                with ThreadPoolExecutor(2) as pool:
-                    probes = [pool.submit(lab.tcp_probe, f, timeout=1.0) for f in (4, 6)]
-                    dropped = (not probes[0].result().ok, not probes[1].result().ok)
-                capsys.readouterr()
-                code = main(["plan", "-f", str(SEED), "--netns", lab.node])
-                out = capsys.readouterr().out
-            finally:
-                run_in(lab.node, ["nft", "delete", "table", "inet", "fw"])
-            warning = any(line.startswith("!! warning: nftables: inet fw chain c")
-                          for line in out.splitlines())
-            assert code in (0, 4), (case, out)
-            seen[case] = (dropped, code if code or not warning else "warning")
+            rules, dropped, said = said_where_dropped(lab, sets, rule, capsys)
+            assert len(rules) == 1, rules  # the kernel's view: the one rule
+            seen[case] = (dropped, said)
     assert seen == {case: (dropped, said) for case, (_, _, dropped, said) in CASES.items()}
 
 
