@@ -78,9 +78,12 @@ def test_version_loads_no_module_beyond_pythons_start_but_k3snets_own() -> None:
 EAGER_PATTERNS = 4
 
 
-def test_the_cold_cli_path_compiles_only_the_regular_expressions_every_command_reads() -> None:
+def _compiled_at_import(module: str, *, after: str = "") -> list[str]:
+    """Where k3snet compiles a regular expression (``file:line pattern``) while a fresh
+    process imports ``module``, ``after`` imported first (its patterns not counted)."""
     code = ("import json, re, sys\n"
-            "compile, sites = re._compile, []\n"
+            + (f"import {after}\n" if after else "")
+            + "compile, sites = re._compile, []\n"
             "def counted(pattern, flags):\n"
             "    frame = sys._getframe(1)\n"
             "    while frame.f_code.co_filename == re.__file__:\n"
@@ -89,12 +92,17 @@ def test_the_cold_cli_path_compiles_only_the_regular_expressions_every_command_r
             "        sites.append(f'{frame.f_code.co_filename}:{frame.f_lineno} {pattern!r}')\n"
             "    return compile(pattern, flags)\n"
             "re._compile = counted\n"
-            "import k3snet.cli\n"
+            f"import {module}\n"
             "print(json.dumps(sites))\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=120, env=env)
-    sites = json.loads(done.stdout)
+    sites: list[str] = json.loads(done.stdout)
+    return sites
+
+
+def test_the_cold_cli_path_compiles_only_the_regular_expressions_every_command_reads() -> None:
+    sites = _compiled_at_import("k3snet.cli")
     assert len(sites) <= EAGER_PATTERNS, sites
 
 
@@ -109,21 +117,5 @@ BACKEND_EAGER_PATTERNS = {"k3snet.backends.netlink": 0, "k3snet.backends.nftable
 @pytest.mark.parametrize("module", sorted(BACKEND_EAGER_PATTERNS))
 def test_a_node_backend_compiles_at_import_only_the_regular_expressions_every_read_uses(
         module: str) -> None:
-    code = ("import json, re, sys\n"
-            "import k3snet.cli\n"
-            "compile, sites = re._compile, []\n"
-            "def counted(pattern, flags):\n"
-            "    frame = sys._getframe(1)\n"
-            "    while frame.f_code.co_filename == re.__file__:\n"
-            "        frame = frame.f_back\n"
-            "    if '/k3snet/' in frame.f_code.co_filename:\n"
-            "        sites.append(f'{frame.f_code.co_filename}:{frame.f_lineno} {pattern!r}')\n"
-            "    return compile(pattern, flags)\n"
-            "re._compile = counted\n"
-            f"import {module}\n"
-            "print(json.dumps(sites))\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, timeout=120, env=env)
-    sites = json.loads(done.stdout)
+    sites = _compiled_at_import(module, after="k3snet.cli")
     assert len(sites) <= BACKEND_EAGER_PATTERNS[module], sites
