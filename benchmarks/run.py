@@ -38,6 +38,7 @@ ORDER: list[tuple[str, list[str], list[str] | None]] = [
     ("bench_chain_dump.py", [], None),
     ("bench_read_shapes.py", [], None),
     ("bench_two_flavours.py", [], None),
+    ("bench_foreign_accepts.py", ["--sizes", "1000", "2000", "5000"], None),
 ]
 
 

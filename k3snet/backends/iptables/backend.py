@@ -114,6 +114,7 @@ from k3snet.backends.iptables.foreign import (
     foreign_blocks,
     foreign_forward,
     foreign_nat,
+    forward_accepts,
     forward_drops_untracked,
     nat_blocks,
     path_blocks,
@@ -1673,9 +1674,12 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     # (Unless FORWARD's accepts take both ways of the flow by address: the
     # administrator's, and k3snet's own in place, whose accept of new traffic is one.)
     accepted: tuple[ForwardRule, ...] = ()
+    # (FORWARD's accepts, read once for both questions asked of them)
+    accepts = forward_accepts(dump["filter"], filter_state.chains) if "filter" in dump else None
     if drops:
         aside = {filter_state.units[digest].obj for digest in filter_state.aside}
-        accepted = (*untracked_accepts(dump.get("filter"), family, ours=filter_state.chains),
+        accepted = (*untracked_accepts(dump.get("filter"), family, ours=filter_state.chains,
+                                       accepts=accepts),
                     *sorted(o for o in filter_state.owned.values() if isinstance(o, ForwardRule)
                             and o not in aside))
     for table in PATH_CHAINS:
@@ -1690,7 +1694,7 @@ def _judge(family: int, dump: dict[str, TableDump], tables: dict[tuple[int, str]
     # An accept whose replies conntrack takes meets nothing a notrack leaves untracked.
     foreign |= foreign_forward(dump.get("filter"), family, untracked=[
         b for b in foreign if isinstance(b, ForwardBlock) and b.verdict == "untrack"],
-        ours=filter_state.chains)
+        ours=filter_state.chains, accepts=accepts)
     # The same for NAT: the first NAT rule a connection meets decides.
     nat = nat_blocks(dump.get("nat"), family, nat_state.hook_index(),
                      ours=nat_state.chains)

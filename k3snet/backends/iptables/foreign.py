@@ -58,6 +58,7 @@ from typing import Literal
 import attrs
 
 from k3snet.backends.iptables.save import TableDump
+from k3snet.backends.replies import ByAddresses
 from k3snet.backends.routed import MOST_PREFIXES, RoutedBy
 from k3snet.backends.untracked import partial_notrack
 from k3snet.errors import K3snetError
@@ -455,17 +456,30 @@ def _nat_object(fields: RuleFields, family: int, spared: list[Network]) -> NetOb
 
 def foreign_forward(dump: TableDump | None, family: int, *,
                     untracked: Sequence[ForwardBlock] = (),
-                    ours: Container[str] | None = None) -> set[NetObject]:
+                    ours: Container[str] | None = None,
+                    accepts: Sequence[RuleFields] | None = None) -> set[NetObject]:
     """Simple accepts on the FORWARD path whose replies are accepted too; not one that
     an ``untrack`` block of ``untracked`` decides and whose replies only an accept of
     established connections takes (``--ctstate RELATED,ESTABLISHED``): the flow it
     accepts is untracked, its replies are a new connection's (or none's). ``ours``:
-    k3snet's own chains, not read (default: every ``K3SNET-`` chain)."""
+    k3snet's own chains, not read (default: every ``K3SNET-`` chain); ``accepts``:
+    :func:`forward_accepts` of ``dump`` and ``ours``, when the caller has them already.
+    Linear in the accepts (each one's replies are looked for by address:
+    :class:`~k3snet.backends.replies.ByAddresses`)."""
     found: set[NetObject] = set()
     if dump is None:
         return found
-    accepts = _forward_accepts(dump, ours)
+    if accepts is None:
+        accepts = forward_accepts(dump, ours)
     zero = _zero(family)
+    # each accept filed by its addresses (none: any), so that the replies of each are
+    # looked for among those whose addresses may take them, not among all of them
+    replies: ByAddresses[RuleFields] = ByAddresses()
+    for reply in accepts:
+        reply_source = reply.source if reply.source is not None else zero
+        reply_destination = reply.destination if reply.destination is not None else zero
+        if reply_source.version == family and reply_destination.version == family:
+            replies.add(reply_source, reply_destination, reply)
     for rule in accepts:
         if rule.ctstate is not None or rule.ctdir is not None:
             continue  # (a conntrack test: not every packet of the pods' flow, or replies)
@@ -473,8 +487,11 @@ def foreign_forward(dump: TableDump | None, family: int, *,
         destination = rule.destination if rule.destination is not None else zero
         if source.version != family or destination.version != family:
             continue
-        answers = [reply for reply in accepts if _answers(reply, rule, source, destination)]
-        if not answers or not any(_takes_errors(reply, rule, source) for reply in accepts):
+        answers = [reply for reply in replies.holding(destination, source)
+                   if _answers(reply, rule, source, destination)]
+        # (a router's error comes from any address: only an accept of any source takes it)
+        if not answers or not any(_takes_errors(reply, rule, source)
+                                  for reply in replies.holding(zero, source)):
             continue
         try:
             accepted = ForwardRule(source, destination, in_interface=rule.in_interface,
@@ -488,7 +505,7 @@ def foreign_forward(dump: TableDump | None, family: int, *,
     return found
 
 
-def _forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> list[RuleFields]:
+def forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> list[RuleFields]:
     """The simple ``ACCEPT`` rules of FORWARD (and of the chains it jumps to, at any
     depth, each with the matches of the jumps on the way: :func:`_walk`) met before
     any queue, drop or reject that is not read by its addresses and
@@ -562,20 +579,22 @@ def _may_take(earlier: RuleFields, rule: RuleFields) -> bool:
 
 
 def untracked_accepts(dump: TableDump | None, family: int, *,
-                      ours: Container[str] | None = None) -> tuple[ForwardRule, ...]:
+                      ours: Container[str] | None = None,
+                      accepts: Sequence[RuleFields] | None = None) -> tuple[ForwardRule, ...]:
     """What FORWARD's own accepts take of an untracked flow (``dump``: filter): each accept by
     address and interface alone (no ``--ctstate``), read one way, behind no drop or
-    reject that may match its packets (see :func:`_forward_accepts`). An untracked
+    reject that may match its packets (see :func:`forward_accepts`). An untracked
     packet falls through k3snet's accept of established connections to them: an
     administrator's accepts of both ways by address let an untracked flow through (the
     ``accepted`` of an ``untrack`` :class:`~k3snet.model.ForwardBlock`, as the nftables
     backend reads them). ``ours``: k3snet's own chains, not read (default: every
-    ``K3SNET-`` chain)."""
+    ``K3SNET-`` chain); ``accepts``: :func:`forward_accepts` of ``dump`` and ``ours``, when
+    the caller has them already."""
     if dump is None:
         return ()
     zero = _zero(family)
     found: list[ForwardRule] = []
-    for rule in _forward_accepts(dump, ours):
+    for rule in forward_accepts(dump, ours) if accepts is None else accepts:
         source = rule.source if rule.source is not None else zero
         destination = rule.destination if rule.destination is not None else zero
         if rule.ctstate is not None or rule.ctdir is not None or source.version != family or (

@@ -93,6 +93,7 @@ from k3snet.backends.nftables.text import (
     table_marked,
     table_objects,
 )
+from k3snet.backends.replies import ByAddresses
 from k3snet.backends.routed import MOST_PREFIXES, RoutedBy
 from k3snet.errors import BackendError, ModelError
 from k3snet.model import (
@@ -1178,8 +1179,14 @@ class ForeignReader:
         found |= self._blocks()
         found.update(block for block, _ in self.nat_blocks)
         untracking = [b for b in found if isinstance(b, ForwardBlock) and b.verdict == "untrack"]
+        # each accept filed by its addresses: the replies of each are looked for among
+        # those whose addresses may take them, not among all of them (linear, not quadratic)
+        replies: ByAddresses[ForwardRule] = ByAddresses()
+        for rule in () if self.replies_accepted else self.accepts:
+            replies.add(rule.source, rule.destination, rule)
         for rule in self.accepts:
-            if not self.replies_accepted and not any(_answers(o, rule) for o in self.accepts):
+            if not self.replies_accepted and not any(
+                    _answers(o, rule) for o in replies.holding(rule.destination, rule.source)):
                 continue
             # An accept ends only its own chain: every other base chain on the forward
             # hook must let the packets through too (firewalld#527).

@@ -1,0 +1,88 @@
+"""Accepts found by the addresses they take: which of an administrator's accepts may take
+the replies of another (the iptables and nftables backends' reading of foreign accepts).
+
+An accept of the pods' traffic to a destination is only the pods' way out when the
+replies are accepted too: some accept whose source holds the destination and whose
+destination holds the pods' source. Asking every accept of a ruleset about every other
+is quadratic (a node with 10 000 ``-s 10.x.y.0/24 -j ACCEPT`` rules asked 100 million
+questions: 160 s for one observe). :class:`ByAddresses` files each accept under its two
+prefixes and answers "which hold this pair" with one look-up per source prefix length
+present in the ruleset, and one per destination prefix length present under each source
+prefix met (one or a few of each on real nodes, at most 33 and 33 times 33 for IPv4),
+whatever the number of accepts. Items under the same two prefixes (accepts that differ by
+interface alone) are still given one by one: the caller's own test decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+from k3snet.model.cidr import Network
+
+T = TypeVar("T")
+
+# a prefix as the index files it: its length and its leading bits as an integer
+_Prefix = tuple[int, int]
+
+
+def _prefix(net: Network, length: int) -> _Prefix:
+    """``net``'s first ``length`` bits (``length`` at most ``net``'s own)."""
+    return length, int(net.network_address) >> (net.max_prefixlen - length)
+
+
+class ByAddresses(Generic[T]):
+    """Items each filed under a pair of networks (a source and a destination), asked for
+    those whose pair holds a given pair (:meth:`holding`). The two families are apart: an
+    IPv4 pair never holds an IPv6 one."""
+
+    def __init__(self) -> None:
+        # by family, then by the first network's prefix: the items filed under it, by
+        # the second network's prefix
+        self._first: dict[int, dict[_Prefix, dict[_Prefix, list[T]]]] = {}
+        # by family, the first prefix lengths present (longest last), and by first
+        # prefix, the second prefix lengths present under it
+        self._first_lengths: dict[int, list[int]] = {}
+        self._second_lengths: dict[tuple[int, _Prefix], list[int]] = {}
+
+    def add(self, source: Network, destination: Network, item: T) -> None:
+        """File ``item`` under ``source`` and ``destination`` (of one family)."""
+        family = source.version
+        if destination.version != family:
+            raise ValueError(f"{source} and {destination} are of two families")
+        first = _prefix(source, source.prefixlen)
+        second = _prefix(destination, destination.prefixlen)
+        by_first = self._first.setdefault(family, {})
+        if first not in by_first:
+            by_first[first] = {}
+            lengths = self._first_lengths.setdefault(family, [])
+            if source.prefixlen not in lengths:
+                lengths.append(source.prefixlen)
+                lengths.sort()
+        by_second = by_first[first]
+        if second not in by_second:
+            by_second[second] = []
+            lengths = self._second_lengths.setdefault((family, first), [])
+            if destination.prefixlen not in lengths:
+                lengths.append(destination.prefixlen)
+                lengths.sort()
+        by_second[second].append(item)
+
+    def holding(self, source: Network, destination: Network) -> Iterator[T]:
+        """The items filed under a source holding ``source`` and a destination holding
+        ``destination`` (lazily: a caller asking whether one does stops at the first)."""
+        family = source.version
+        by_first = self._first.get(family)
+        if by_first is None or destination.version != family:
+            return
+        for first_length in self._first_lengths[family]:
+            if first_length > source.prefixlen:
+                break
+            first = _prefix(source, first_length)
+            by_second = by_first.get(first)
+            if by_second is None:
+                continue
+            for second_length in self._second_lengths[(family, first)]:
+                if second_length > destination.prefixlen:
+                    break
+                yield from by_second.get(_prefix(destination, second_length), ())
