@@ -26,11 +26,11 @@ from k3snet.backends.iptables.save import parse_save
 from k3snet.backends.nftables import parse
 from k3snet.backends.replies import ByAddresses
 from k3snet.errors import K3snetError
-from k3snet.model import ForwardRule, NetObject
+from k3snet.model import ForwardRule, NetObject, interface_holds
 from k3snet.model.cidr import Network, contains
 from k3snet.model.forward import ForwardBlock
 from tests.examples import examples
-from tests.nftables.test_foreign_cases import ACCEPT, Kernel, daddr, saddr
+from tests.nftables.test_foreign_cases import ACCEPT, Kernel, daddr, meta, saddr
 
 # Networks drawn from a few nested ones, so that many pairs hold one another.
 _ROOTS = {4: ["10.0.0.1", "10.0.1.9", "10.1.0.1", "192.168.2.7"],
@@ -51,16 +51,24 @@ def _pairs(draw: st.DrawFn) -> tuple[Network, Network]:
     return draw(_networks(family)), draw(_networks(family))
 
 
+_MATCHES = st.sampled_from([None, "+", "eth0", "eth1", "eth+", "et+", "eth0+", "veth7"])
+_DEVICES = st.tuples(_MATCHES, _MATCHES)
+
+
 @settings(max_examples=examples(150))
-@given(filed=st.lists(_pairs(), max_size=30), asked=_pairs())
-def test_by_addresses_gives_exactly_the_items_whose_two_networks_hold_the_asked_pair(
-        filed: list[tuple[Network, Network]], asked: tuple[Network, Network]) -> None:
+@given(filed=st.lists(st.tuples(_pairs(), _DEVICES), max_size=30), asked=_pairs(),
+       devices=_DEVICES)
+def test_by_addresses_gives_exactly_the_items_whose_networks_and_matches_hold_the_asked_ones(
+        filed: list[tuple[tuple[Network, Network], tuple[str | None, str | None]]],
+        asked: tuple[Network, Network], devices: tuple[str | None, str | None]) -> None:
     index: ByAddresses[int] = ByAddresses()
-    for number, (source, destination) in enumerate(filed):
-        index.add(source, destination, number)
-    expected = [number for number, (source, destination) in enumerate(filed)
-                if contains(source, asked[0]) and contains(destination, asked[1])]
-    assert sorted(index.holding(*asked)) == expected
+    for number, ((source, destination), matches) in enumerate(filed):
+        index.add(source, destination, number, matches)
+    expected = [number for number, ((source, destination), matches) in enumerate(filed)
+                if contains(source, asked[0]) and contains(destination, asked[1])
+                and interface_holds(matches[0], devices[0])
+                and interface_holds(matches[1], devices[1])]
+    assert sorted(index.holding(*asked, devices)) == expected
 
 
 def test_by_addresses_keeps_the_families_apart_and_refuses_a_mixed_pair() -> None:
@@ -179,6 +187,22 @@ def test_iptables_foreign_forward_asks_questions_linear_in_the_accepts(
     assert len(errors) <= 2 * count
 
 
+def test_iptables_foreign_forward_asks_questions_linear_in_accepts_told_apart_by_device(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # one tap device a virtual machine, its traffic and its replies accepted by device
+    count = 1_000
+    rules = [line for i in range(count) for line in (
+        f"-A FORWARD -i tap{i} -o eth0 -j ACCEPT", f"-A FORWARD -i eth0 -o tap{i} -j ACCEPT")]
+    text = "\n".join(["*filter", ":FORWARD DROP [0:0]", *rules, "COMMIT", ""])
+    answers = counted(monkeypatch, foreign, "_answers")
+    errors = counted(monkeypatch, foreign, "_takes_errors")
+    found = foreign.foreign_forward(parse_save(text).get("filter"), 4)
+    assert len(found) == 2 * count
+    assert ForwardRule("0.0.0.0/0", "0.0.0.0/0", in_interface="tap7", out_interface="eth0") in found
+    assert len(answers) <= 2 * 2 * count  # (every pair: 4 million)
+    assert len(errors) <= 2 * 2 * count
+
+
 # ---------------------------------------------------------------- nftables
 
 
@@ -189,6 +213,10 @@ def _nft_accept(draw: st.DrawFn, family: int) -> list[dict[str, Any]]:
         rule.append(saddr(draw(_networks(family)).with_prefixlen))
     if draw(st.booleans()):
         rule.append(daddr(draw(_networks(family)).with_prefixlen))
+    for key in ("iifname", "oifname"):
+        device = draw(st.sampled_from([None, "cni0", "eth1"]))
+        if device is not None:
+            rule.append(meta(key, device))
     return [*rule, ACCEPT]
 
 

@@ -479,7 +479,8 @@ def foreign_forward(dump: TableDump | None, family: int, *,
         reply_source = reply.source if reply.source is not None else zero
         reply_destination = reply.destination if reply.destination is not None else zero
         if reply_source.version == family and reply_destination.version == family:
-            replies.add(reply_source, reply_destination, reply)
+            replies.add(reply_source, reply_destination, reply,
+                        (reply.in_interface, reply.out_interface))
     for rule in accepts:
         if rule.ctstate is not None or rule.ctdir is not None:
             continue  # (a conntrack test: not every packet of the pods' flow, or replies)
@@ -487,11 +488,13 @@ def foreign_forward(dump: TableDump | None, family: int, *,
         destination = rule.destination if rule.destination is not None else zero
         if source.version != family or destination.version != family:
             continue
-        answers = [reply for reply in replies.holding(destination, source)
+        # (replies come in by the device the rule's packets leave by, and out by the other)
+        devices = (rule.out_interface, rule.in_interface)
+        answers = [reply for reply in replies.holding(destination, source, devices)
                    if _answers(reply, rule, source, destination)]
         # (a router's error comes from any address: only an accept of any source takes it)
         if not answers or not any(_takes_errors(reply, rule, source)
-                                  for reply in replies.holding(zero, source)):
+                                  for reply in replies.holding(zero, source, devices)):
             continue
         try:
             accepted = ForwardRule(source, destination, in_interface=rule.in_interface,

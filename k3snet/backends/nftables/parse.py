@@ -1183,10 +1183,12 @@ class ForeignReader:
         # those whose addresses may take them, not among all of them (linear, not quadratic)
         replies: ByAddresses[ForwardRule] = ByAddresses()
         for rule in () if self.replies_accepted else self.accepts:
-            replies.add(rule.source, rule.destination, rule)
+            replies.add(rule.source, rule.destination, rule,
+                        (rule.in_interface, rule.out_interface))
         for rule in self.accepts:
             if not self.replies_accepted and not any(
-                    _answers(o, rule) for o in replies.holding(rule.destination, rule.source)):
+                    _answers(o, rule) for o in replies.holding(
+                        rule.destination, rule.source, (rule.out_interface, rule.in_interface))):
                 continue
             # An accept ends only its own chain: every other base chain on the forward
             # hook must let the packets through too (firewalld#527).
