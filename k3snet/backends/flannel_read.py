@@ -28,9 +28,14 @@ from k3snet.model.cni import (
     canonical_json,
     flannel_backend_type,
     flannel_unread_options,
-    is_flannel_secret,
-    shown_flannel_secret,
-    wireguard_key_problem,
+)
+from k3snet.model.flannel_options import (
+    FLANNEL_OPTION_CHECKS,
+    VXLAN_IDS,
+    go_bool,
+    go_folded,
+    option_problems,
+    second_spelling,
 )
 
 __all__ = [
@@ -216,10 +221,6 @@ def _networks_problems(values: Mapping[str, Any], raw: Mapping[str, str]) -> lis
     return found
 
 
-def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "true or false"
-
-
 _GO_UINT_MAX = (1 << 32) - 1
 """The largest Go ``uint`` on every node: 32 bits on a 32-bit one (armhf), where Go's
 decoder refuses a larger number ("cannot unmarshal number ... into Go struct field")."""
@@ -233,134 +234,44 @@ def _go_uint(value: Any) -> str | None:
     return None if ok else f"an integer 0..{_GO_UINT_MAX} (Go's uint on every node)"
 
 
-_GO_INT_MIN, _GO_INT_MAX = -(1 << 31), (1 << 31) - 1
-"""The range of a Go ``int`` on every node: 32 bits on a 32-bit one (armhf, 386), where
-Go's decoder refuses a number outside it ("cannot unmarshal number ... into Go struct
-field ... of type int", ``reflect.Value.OverflowInt``) and flannel's backend stops
-("error decoding VXLAN backend config"). One config serves every node of a cluster,
-whose architectures may differ; no ``int`` option of flannel's means anything beyond it
-(an MTU, a port, a VNI of 24 bits)."""
-
-
-def _go_int(value: Any) -> str | None:
-    """A Go ``int`` (vxlan's ``VNI``, ``Port``, ``MTU``; wireguard's ``ListenPort``,
-    ``ListenPortV6``, ``MTU``; udp's ``Port``, which flannel builds on amd64 alone), as
-    every node decodes it."""
-    ok = (isinstance(value, int) and not isinstance(value, bool)
-          and _GO_INT_MIN <= value <= _GO_INT_MAX)
-    return None if ok else (f"an integer {_GO_INT_MIN}..{_GO_INT_MAX} (Go's int on a 32-bit "
-                            "node, which refuses any other)")
-
-
-def _go_string(value: Any) -> str | None:
-    return None if isinstance(value, str) else "a string"
-
-
-def _go_int_in(low: int, high: int) -> Callable[[Any], str | None]:
-    """A Go int that reaches the kernel as 16 bits: outside ``low..high`` it is cut short,
-    or refused (a socket's port)."""
-    def check(value: Any) -> str | None:
-        ok = _go_int(value) is None and low <= value <= high
-        return None if ok else f"an integer {low}..{high}"
-    return check
-
-
-def _one_of(*words: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if value in words else "one of " + ", ".join(map(_dump, words))
-    return check
-
-
-def _ipsec_psk(value: Any) -> str | None:
-    """pkg/backend/ipsec: "password is too short" under 96 bytes."""
-    ok = isinstance(value, str) and len(value.encode()) >= 96
-    return None if ok else "a string of at least 96 bytes"
-
-
-_BACKEND_OPTIONS: Mapping[str, Mapping[str, Callable[[Any], str | None]]] = {
-    # pkg/backend/vxlan/vxlan.go VXLANConfig
-    "vxlan": {"VNI": _go_int, "Port": _go_int, "MTU": _go_int, "GBP": _boolean,
-              "Learning": _boolean, "DirectRouting": _boolean},
-    # pkg/backend/wireguard/wireguard.go RegisterNetwork's cfg (a Duration is an int64)
-    # (ports and the keepalive reach the kernel as 16 bits; a ListenPort of 0 is advertised
-    # to the peers as port 0; Mode outside its four words: "no valid Mode configured")
-    "wireguard": {"ListenPort": _go_int_in(1, 0xFFFF), "ListenPortV6": _go_int_in(1, 0xFFFF),
-                  "MTU": _go_int, "PSK": wireguard_key_problem,
-                  "PersistentKeepaliveInterval": _go_int_in(0, 0xFFFF),
-                  "Mode": _one_of("separate", "auto", "ipv4", "ipv6")},
-    # pkg/backend/ipsec, ipip, udp and extension: their RegisterNetwork's cfg
-    "ipsec": {"UDPEncap": _boolean, "ESPProposal": _go_string, "PSK": _ipsec_psk},
-    "ipip": {"DirectRouting": _boolean},
-    # (udp, on amd64 alone, binds its Port and sends every node's traffic to it: Go's
-    # socket calls refuse a port outside 0..65535, and the kernel sending to port 0)
-    "udp": {"Port": _go_int_in(1, 0xFFFF)},
-    "extension": dict.fromkeys(("PreStartupCommand", "PostStartupCommand",
-                                "SubnetAddCommand", "SubnetRemoveCommand"), _go_string),
-    # pkg/backend/tencentvpc; pkg/backend/hostgw and alloc decode no options
-    "tencent-vpc": dict.fromkeys(("AccessKeyID", "AccessKeySecret"), _go_string),
-    "host-gw": {},
-    "alloc": {},
-}
-"""The options of flannel's backends and their Go types: the backend decodes ``Backend``
-into them and stops on a mismatch ("error decoding VXLAN backend config"); a key no
-option matches it drops without a word. Their names are
-:data:`~k3snet.model.cni.FLANNEL_BACKEND_OPTIONS`' (the spec's check of option names uses
-those; a test holds the two equal)."""
-
-
 def _backend_options(backend: Mapping[str, Any], where: str
                      ) -> tuple[dict[str, Any], list[str]]:
     """``backend`` with the options its Type's backend knows under their names, and why
-    that backend would refuse or misread them (a wrong Go type, two spellings of one)."""
+    that backend would refuse or misread them (:func:`option_problems` of the model: a
+    wrong Go type, a value it cannot use, two spellings of one)."""
     kind = backend.get("Type")
-    checks = _BACKEND_OPTIONS.get(flannel_backend_type(kind)) if isinstance(kind, str) else None
+    checks = (FLANNEL_OPTION_CHECKS.get(flannel_backend_type(kind))
+              if isinstance(kind, str) else None)
     if not checks:
         return dict(backend), []
     names = {fold(name): name for name in checks}
     names[fold("Type")] = "Type"
     options, problems = _folded(backend, names, where, "Backend.")
-    for name, check in checks.items():
-        value = options.get(name)
-        if value is None:  # absent, or null: Go keeps the default
-            continue
-        expected = check(value)
-        if expected is not None:  # a malformed pre-shared key is a key all the same
-            shown = shown_flannel_secret(value) if is_flannel_secret(name) else _dump(value)
-            problems.append(f"Backend.{name} must be {expected} (flannel's {kind} backend "
-                            f"reads it as its {name}), got {shown}")
+    problems += [f"Backend.{name} {why}" for _, name, why in option_problems(
+        kind, ((key, value) for key, value in options.items() if key != "Type"))]
     return options, problems
 
 
-_VXLAN_IDS = 1 << 24
-"""The kernel's VXLAN IDs are 24 bits (``VXLAN_N_VID``); flannel hands VNI over as a uint32."""
 _IFNAME_MAX = 15
 """The longest interface name the kernel takes (``IFNAMSIZ`` - 1)."""
 
 
 def _vxlan_device_problems(values: Mapping[str, Any]) -> list[str]:
-    """Why flannel's vxlan backend could not build its devices from ``values`` (read and
-    typed): a VNI that is no VXLAN ID or makes a device name (``flannel.VNI``,
-    ``flannel-v6.VNI``) too long, a Port netlink would truncate to 16 bits."""
+    """Why flannel's vxlan backend could not name its devices from ``values`` (read and
+    typed; a VNI that is no VXLAN ID is :data:`FLANNEL_OPTION_CHECKS`' to refuse): a VNI
+    that makes a device name (``flannel.VNI``, ``flannel-v6.VNI``) too long, which
+    depends on the families flannel runs."""
     backend = values.get("Backend")
     if not isinstance(backend, dict) or _effective_value(values, "Backend.Type") != "vxlan":
         return []
     found = []
-    vni, port = backend.get("VNI"), backend.get("Port")
-    if isinstance(vni, int) and _go_int(vni) is None:
-        if not 0 <= vni < _VXLAN_IDS:
-            found.append(f"Backend.VNI must be 0..{_VXLAN_IDS - 1} (a VXLAN ID), got {vni}")
-        else:
-            for enable, prefix in (("EnableIPv4", "flannel."), ("EnableIPv6", "flannel-v6.")):
-                name = f"{prefix}{vni}"
-                if _effective_value(values, enable) and len(name) > _IFNAME_MAX:
-                    found.append(f"Backend.VNI {vni} names flannel's vxlan device {name}, "
-                                 f"longer than the kernel's {_IFNAME_MAX} characters")
-    if isinstance(port, int) and _go_int(port) is None and port > 0xFFFF:
-        # vishvananda/netlink sends htons(uint16(Port)): the high bits are dropped silently.
-        # (a Port of 0 the kernel takes as its default, 8472)
-        sent = port & 0xFFFF or _VXLAN_DEFAULTS["Port"]
-        found.append("Backend.Port must be at most 65535 (flannel hands it to the kernel as "
-                     f"16 bits: {port} would be port {sent}), got {port}")
+    vni = backend.get("VNI")
+    if isinstance(vni, int) and not isinstance(vni, bool) and 0 <= vni < VXLAN_IDS:
+        for enable, prefix in (("EnableIPv4", "flannel."), ("EnableIPv6", "flannel-v6.")):
+            name = f"{prefix}{vni}"
+            if _effective_value(values, enable) and len(name) > _IFNAME_MAX:
+                found.append(f"Backend.VNI {vni} names flannel's vxlan device {name}, "
+                             f"longer than the kernel's {_IFNAME_MAX} characters")
     return found
 
 
@@ -374,7 +285,7 @@ def _backend(value: Any) -> str | None:
 
 
 _CHECKS: Mapping[str, Callable[[Any], str | None]] = {
-    "EnableIPv4": _boolean, "EnableIPv6": _boolean, "EnableNFTables": _boolean,
+    "EnableIPv4": go_bool, "EnableIPv6": go_bool, "EnableNFTables": go_bool,
     "Network": _cidr(4), "IPv6Network": _cidr(6),
     "SubnetMin": _address(4), "SubnetMax": _address(4),
     "IPv6SubnetMin": _address(6), "IPv6SubnetMax": _address(6),
@@ -400,20 +311,11 @@ and the value is refused."""
 
 def _folded(values: Mapping[str, Any], names: Mapping[str, str], where: str, inside: str
             ) -> tuple[dict[str, Any], list[str]]:
-    """``values`` with each key flannel matches case-insensitively under its field name."""
-    out: dict[str, Any] = {}
-    spelled: dict[str, str] = {}
-    problems: list[str] = []
-    for key, value in values.items():
-        name = names.get(fold(key), key)
-        if name in spelled:
-            problems.append(f"{inside + spelled[name]!r} and {inside + key!r} are both flannel's "
-                            f"{name} (Go's JSON decoding matches keys case-insensitively and the "
-                            "later one wins); keep one")
-            continue
-        spelled[name] = key
-        out[name] = value
-    return out, problems
+    """``values`` with each key flannel matches case-insensitively under its field name
+    (:func:`~k3snet.model.flannel_options.go_folded`), and its second spellings refused."""
+    out, again = go_folded(values.items(), names)
+    return out, [second_spelling(inside + first, inside + key, name)
+                 for first, key, name in again]
 
 
 def flannel_values(values: Mapping[str, Any], where: str = "net-conf.json", *,

@@ -90,6 +90,7 @@ __all__ = [
     "file_target",
     "flannel_backend_type",
     "flannel_nftables_refusal",
+    "flannel_option_spellings",
     "flannel_unread_options",
     "is_flannel_secret",
     "merge_members",
@@ -988,22 +989,38 @@ file:/etc/flannel.json: flannel gives pods addresses from 10.244.0.0/16, so rule
         return cls(data["target"], data["pod_cidrs"])
 
 
-def _option_spelling_problem(options: Iterable[str]) -> str | None:
+def flannel_option_spellings(options: Iterable[str]) -> list[tuple[str, str]]:
     """Why ``Backend`` options named ``options`` (its ``Type`` left out) are not each one
-    option to flannel: one is its ``Type`` spelled otherwise, or two are one option
-    spelled twice (Go's JSON decoding matches keys case-insensitively)."""
+    option to flannel, as ``(key, why)``: one is its ``Type`` spelled otherwise, or two
+    are one option spelled twice (Go's JSON decoding matches keys case-insensitively),
+    said at the later one. A :class:`FlannelConfig` refuses such options; spec loading
+    says so at their paths.
+
+    >>> flannel_option_spellings(["VNI", "vni"])[0][1][:37]
+    "backend options 'VNI' and 'vni' are o"
+    """
+    found: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
     for key in options:
         folded = fold(key)
         if folded == "type":
-            return ("give Backend.Type as backend_type, not among the options"
-                    + ("" if key == "Type" else f" (flannel reads {printable(key)!r} as Type)"))
-        if folded in seen:
-            return (f"backend options {printable(seen[folded])!r} and {printable(key)!r} are "
-                    "one option to flannel (Go's JSON decoding matches keys "
-                    "case-insensitively and the later one wins); keep one")
-        seen[folded] = key
-    return None
+            found.append((key, "give Backend.Type as backend_type, not among the options"
+                          + ("" if key == "Type" else
+                             f" (flannel reads {printable(key)!r} as Type)")))
+        elif folded in seen:
+            found.append((key, f"backend options {printable(seen[folded])!r} and "
+                               f"{printable(key)!r} are one option to flannel (Go's JSON "
+                               "decoding matches keys case-insensitively and the later one "
+                               "wins); keep one"))
+        else:
+            seen[folded] = key
+    return found
+
+
+def _option_spelling_problem(options: Iterable[str]) -> str | None:
+    """The first of :func:`flannel_option_spellings`' reasons, ``None`` if none."""
+    found = flannel_option_spellings(options)
+    return found[0][1] if found else None
 
 
 def _field_from_member(key: str, value: Any) -> dict[str, Any]:

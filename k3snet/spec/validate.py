@@ -13,7 +13,6 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from k3snet._gojson import fold
 from k3snet._logline import printable
 from k3snet._regex import lazy_pattern
 from k3snet.errors import Problem
@@ -32,9 +31,8 @@ from k3snet.model.cni import (
     FLANNEL_BACKEND_OPTIONS,
     FLANNEL_WINDOWS_OPTIONS,
     flannel_backend_type,
+    flannel_option_spellings,
     flannel_unread_options,
-    shown_flannel_secret,
-    wireguard_key_problem,
 )
 from k3snet.model.nat import snat_address_problem
 from k3snet.model.route import next_hop_problem
@@ -142,6 +140,7 @@ def _validate(spec: Spec) -> list[Problem]:
     problems += _cluster_object_problems(spec)
     problems += _option_nul_problems(spec)
     problems += flannel_option_problems(spec)
+    problems += _flannel_spelling_problems(spec)
     names: set[str] = set()
     for s in spec.sysctls:
         if s.name in names:
@@ -202,20 +201,34 @@ def flannel_option_problems(spec: Spec) -> list[Problem]:
     return problems
 
 
+def _flannel_spelling_problems(spec: Spec) -> list[Problem]:
+    """Two spellings of one ``cni.flannel.backend.options`` key, or its ``Type`` among
+    them (:func:`~k3snet.model.cni.flannel_option_spellings`): no flannel config holds
+    them, so these are never left to the flannel backend (the agent could not compile
+    the spec)."""
+    flannel = spec.cni.flannel
+    if flannel is None:
+        return []
+    return [Problem(f"cni.flannel.backend.options.{key}", why)
+            for key, why in flannel_option_spellings(name for name, _ in flannel.backend_options)]
+
+
 def _flannel_value_problems(backend_type: str, options: Sequence[tuple[str, Any]]
                             ) -> list[Problem]:
-    """wireguard's ``PSK`` (in any case, as Go matches it) that is no WireGuard key:
-    flannel's wireguard backend parses it when it starts and stops on a failure, so such
-    a value, written, broke flannel at its next restart. The value, a secret, is shown
-    as :func:`~k3snet.model.cni.shown_flannel_secret` shows it."""
-    if flannel_backend_type(backend_type) != "wireguard":
+    """An option value flannel's backend refuses or misreads when it starts (another Go
+    type, a VNI or port out of range, an unknown wireguard ``Mode``, a wireguard ``PSK``
+    that is no WireGuard key, an ipsec ``PSK`` too short, a second spelling of an
+    option): such a value, written, broke flannel at its next restart. Judged by the
+    table the flannel backend judges it by
+    (:func:`~k3snet.model.flannel_options.option_problems`); a secret is shown as
+    :func:`~k3snet.model.cni.shown_flannel_secret` shows it."""
+    if not options:
         return []
-    return [Problem(f"cni.flannel.backend.options.{name}",
-                    f"must be {expected} (flannel's wireguard backend parses its PSK when it "
-                    f"starts, and stops on one it cannot), got {shown_flannel_secret(value)}")
-            for name, value in options
-            if fold(name) == "psk" and value is not None  # (null: Go keeps "", no key)
-            and (expected := wireguard_key_problem(value)) is not None]
+    # (flannel's options only: not on every cold run, tests/api/test_cold_imports.py)
+    from k3snet.model.flannel_options import option_problems  # noqa: PLC0415
+
+    return [Problem(f"cni.flannel.backend.options.{key}", why)
+            for key, _, why in option_problems(backend_type, options)]
 
 
 def holds_nul(value: Any, depth: int = 0) -> bool:

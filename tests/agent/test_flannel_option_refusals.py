@@ -1,5 +1,6 @@
 """A spec whose flannel backend options flannel would not read (a misspelt option, a
-wireguard ``PSK`` that is no WireGuard key) leaves flannel's config as it is on an agent,
+value its option is not: a wireguard ``PSK`` that is no WireGuard key, an ipsec one too
+short, an unknown ``Mode``) leaves flannel's config as it is on an agent,
 and the rest of the node converges.
 
 Spec loading refuses such an option (``validate``, ``render``, ``plan``, ``apply``: an
@@ -49,6 +50,8 @@ destinations:
 FLANNEL = "cni:\n  flannel:\n    backend: "
 MISSPELT = HEAD + FLANNEL + "{type: vxlan, options: {DirectRouteing: true}}\n"
 BAD_KEY = HEAD + FLANNEL + f"{{type: wireguard, options: {{PSK: {BAD_PSK}}}}}\n"
+SHORT_IPSEC_KEY = HEAD + FLANNEL + f"{{type: ipsec, options: {{PSK: {BAD_PSK}}}}}\n"
+BAD_MODE = HEAD + FLANNEL + "{type: wireguard, options: {Mode: Auto, ListenPort: -1}}\n"
 
 
 @pytest.fixture
@@ -74,13 +77,17 @@ def _agent(tmp_path: Path, server: EmulatedApiServer, text: str, kind: str
 
 
 @pytest.mark.parametrize(("case", "said"), [
-    ((MISSPELT, "vxlan"), "DirectRouteing"),
-    ((BAD_KEY, "wireguard"), "Backend.PSK must be a WireGuard key"),
+    ((MISSPELT, "vxlan", "DirectRouteing"), "DirectRouteing"),
+    ((BAD_KEY, "wireguard", "PSK"), "Backend.PSK must be a WireGuard key"),
+    # (ipsec: "password is too short" under 96 bytes; wireguard: "no valid Mode
+    # configured", and a ListenPort it advertises as the kernel never binds it)
+    ((SHORT_IPSEC_KEY, "ipsec", "PSK"), "Backend.PSK must be a string of at least 96 bytes"),
+    ((BAD_MODE, "wireguard", "Mode"), "Backend.ListenPort must be an integer 1..65535"),
 ])
 def test_an_agent_started_with_flannel_options_flannel_would_not_read_converges_the_rest(
         tmp_path: Path, server: EmulatedApiServer, caplog: pytest.LogCaptureFixture,
-        case: tuple[str, str], said: str) -> None:
-    text, kind = case
+        case: tuple[str, str, str], said: str) -> None:
+    text, kind, key = case
     agent, memory, conf, metrics = _agent(tmp_path, server, text, kind)
     before = conf.read_bytes()
     with caplog.at_level(logging.ERROR, logger="k3snet.agent"):
@@ -103,7 +110,7 @@ def test_an_agent_started_with_flannel_options_flannel_would_not_read_converges_
     assert metrics.registry.get_sample_value("k3snet_agent_spec_rejected_total",
                                              {"reason": "invalid"}) in (None, 0)
     # The spec's own problem is said loudly, at its path; a secret never.
-    path = "cni.flannel.backend.options." + ("DirectRouteing" if kind == "vxlan" else "PSK")
+    path = f"cni.flannel.backend.options.{key}"
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any(path in m for m in errors), errors
     node = server.get("v1/nodes", "node-1")
@@ -114,7 +121,7 @@ def test_an_agent_started_with_flannel_options_flannel_would_not_read_converges_
         RESULT_ANNOTATION]
 
 
-@pytest.mark.parametrize("text", [MISSPELT, BAD_KEY])
+@pytest.mark.parametrize("text", [MISSPELT, BAD_KEY, SHORT_IPSEC_KEY, BAD_MODE])
 def test_spec_loading_and_the_cli_stay_strict_on_such_options(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         text: str) -> None:
@@ -134,9 +141,9 @@ def test_spec_loading_and_the_cli_stay_strict_on_such_options(
 
 def test_a_flannel_option_value_flannel_stops_on_is_refused_before_the_pass_applies(
         tmp_path: Path, server: EmulatedApiServer) -> None:
-    # A valid spec whose VNI is text: flannel's Go decoding stops on it when it starts.
+    # A spec whose VNI is text: flannel's Go decoding stops on it when it starts.
     # Planned, then refused by apply alone, it failed the whole pass and rolled back the
-    # node's other changes.
+    # node's other changes. (Spec loading refuses it now; the agent takes it, as above.)
     text = HEAD + 'cni:\n  flannel:\n    backend: {type: vxlan, options: {VNI: "4"}}\n'
     agent, _, conf, metrics = _agent(tmp_path, server, text, "vxlan")
     before = conf.read_bytes()

@@ -558,8 +558,8 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "SubnetMin must be written without JSON escapes"),
     # The vxlan and wireguard backends decode Backend into typed Go structs.
     ('{"Backend": {"Type": "vxlan", "VNI": "4096"}}',
-     'Backend.VNI must be an integer -2147483648..2147483647 (Go\'s int on a 32-bit node, '
-     'which refuses any other) (flannel\'s vxlan backend reads it as its VNI), got "4096"'),
+     'Backend.VNI must be an integer 0..16777215 (a VXLAN ID: the kernel\'s are 24 bits) '
+     '(flannel\'s vxlan backend reads it as its VNI), got "4096"'),
     ('{"Backend": {"Type": "VXLAN", "directrouting": "true"}}',
      "Backend.DirectRouting must be true or false"),
     # "vni" is VXLANConfig's json tag, "VNI" matches it case-insensitively: the later wins.
@@ -580,7 +580,7 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     ('{"Backend": {"Type": "vxlan", "Port": -2147483649}}',
      "Backend.Port must be an integer -2147483648..2147483647"),
     ('{"Backend": {"Type": "vxlan", "VNI": 4294967297}}',
-     "Backend.VNI must be an integer -2147483648..2147483647"),
+     "Backend.VNI must be an integer 0..16777215"),
     ('{"Backend": {"Type": "wireguard", "MTU": 9223372036854775807}}',
      "Backend.MTU must be an integer -2147483648..2147483647"),
     # udp's Port reaches a UDP socket (flannel's udp backend runs on amd64 alone, a 32-bit
@@ -613,9 +613,9 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     # names its devices flannel.VNI / flannel-v6.VNI (at most 15 characters); it hands Port
     # over as 16 bits (vishvananda/netlink: htons(uint16(Port))), so 70000 would be 4464.
     ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "VNI": 16777216}}',
-     "Backend.VNI must be 0..16777215 (a VXLAN ID), got 16777216"),
+     "Backend.VNI must be an integer 0..16777215 (a VXLAN ID"),
     ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "VNI": -1}}',
-     "Backend.VNI must be 0..16777215 (a VXLAN ID), got -1"),
+     "Backend.VNI must be an integer 0..16777215 (a VXLAN ID"),
     ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "VNI": 10000000}}',
      "Backend.VNI 10000000 names flannel's vxlan device flannel.10000000"),
     ('{"Network": "10.42.0.0/16", "EnableIPv6": true, "IPv6Network": "fd42::/56", '
@@ -648,7 +648,7 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
      "Backend.PostStartupCommand must be a string"),
     ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "Port": 70000}}',
      "Backend.Port must be at most 65535 (flannel hands it to the kernel as 16 bits: "
-     "70000 would be port 4464), got 70000"),
+     "70000 would be port 4464) (flannel's vxlan backend reads it as its Port), got 70000"),
 ])
 def test_values_flannel_would_refuse_or_misread_are_errors(
     tmp_path: Path, text: str, message: str
@@ -662,9 +662,13 @@ def test_values_flannel_would_refuse_or_misread_are_errors(
     assert message in problem
 
 
-@pytest.mark.parametrize("option", ["MTU", "Port", "VNI"])
+@pytest.mark.parametrize(("option", "expected", "said"), [
+    ("MTU", "-2147483648..2147483647", "32-bit node"),
+    ("Port", "-2147483648..2147483647", "32-bit node"),
+    ("VNI", "0..16777215", "VXLAN ID"),  # (its own range is narrower)
+])
 def test_an_int_option_beyond_a_32_bit_node_s_int_is_refused_before_it_is_written(
-    tmp_path: Path, option: str
+    tmp_path: Path, option: str, expected: str, said: str
 ) -> None:
     """flannel decodes vxlan's VNI, Port and MTU as Go ints: 32 bits on an armhf node,
     whose flannel stops on 2147483648 ("cannot unmarshal number"), where a 64-bit node
@@ -675,8 +679,8 @@ def test_an_int_option_beyond_a_32_bit_node_s_int_is_refused_before_it_is_writte
                            backend_options={option: 1 << 31})
     p = plan(backend.observe(), State(owned=[wanted]))
     (problem,) = backend.check(p)
-    assert f"Backend.{option} must be an integer -2147483648..2147483647" in problem
-    with pytest.raises(PlanError, match="32-bit node"):  # (refused before anything is read)
+    assert f"Backend.{option} must be an integer {expected}" in problem
+    with pytest.raises(PlanError, match=said):  # (refused before anything is read)
         backend.apply(p)
     assert path.read_text() == K3S_VXLAN
 
@@ -869,10 +873,10 @@ def test_a_vxlan_id_or_port_the_kernel_cannot_take_is_never_written_even_if_allo
 ) -> None:
     path = _file(tmp_path, K3S_DUAL_STACK)
     backend = FlannelBackend(path=path, allow_disruptive=True)
-    for options, message in (({"VNI": 1 << 24}, "Backend.VNI must be 0..16777215"),
-                             ({"VNI": 1 << 40}, "Backend.VNI must be an integer -2147483648.."),
+    for options, message in (({"VNI": 1 << 24}, "Backend.VNI must be an integer 0..16777215"),
+                             ({"VNI": 1 << 40}, "Backend.VNI must be an integer 0..16777215"),
                              ({"VNI": 10000}, "names flannel's vxlan device flannel-v6.10000"),
-                             ({"Port": 1 << 16}, "65536 would be port 8472), got 65536")):
+                             ({"Port": 1 << 16}, "65536 would be port 8472)")):
         wanted = FlannelConfig(backend.target, backend_type="vxlan", backend_options=options)
         (problem,) = backend.check(plan(backend.observe(), State(owned=[wanted])))
         assert message in problem

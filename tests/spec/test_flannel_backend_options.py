@@ -7,11 +7,17 @@ import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from k3snet.backends.flannel import FlannelBackend
 from k3snet.cli import main
-from k3snet.errors import Problem, SpecError
+from k3snet.converge import compile_for
+from k3snet.errors import PlanError, Problem, SpecError
 from k3snet.model.cni import FLANNEL_BACKEND_OPTIONS, FLANNEL_WINDOWS_OPTIONS
 from k3snet.spec import Spec
+from k3snet.spec.validate import flannel_options_left_to_backend
+from tests.examples import examples
 
 BASE = {"destinations": [{"cidr": "192.168.2.0/24", "device": "eth0"}]}
 
@@ -37,12 +43,13 @@ def test_flannel_backend_options_of_json_values_are_read_and_written_back() -> N
 
 @pytest.mark.parametrize(("options", "unknown"), [
     ({"ESPProposal": "\ud800"}, []), ({"\udce9": 1}, ["cni.flannel.backend.options.\\udce9"]),
-    ({"ESPProposal": ["ok", "\udfff"]}, [])])
+    ({"ESPProposal": ["ok", "\udfff"]}, ["cni.flannel.backend.options.ESPProposal"])])
 def test_a_flannel_backend_option_holding_half_a_surrogate_pair_is_refused_at_its_path(
         options: dict[str, object], unknown: list[str]) -> None:
     # A JSON "\ud800" escape (json.loads of the Ansible module's arguments, Spec.from_dict)
     # is no text UTF-8 can write: apply failed with a UnicodeEncodeError after check passed.
-    # (A key that is no option of ipsec's is refused at its own path too.)
+    # (A key that is no option of ipsec's, or a value its option is not, a list where Go
+    # wants a string, is refused at its own path too.)
     with pytest.raises(SpecError) as raised:
         Spec.from_dict({**BASE, "cni": {"flannel": {"backend": {"type": "ipsec",
                                                                 "options": options}}}})
@@ -116,9 +123,9 @@ def _problems_of(data: dict[str, object]) -> list[Problem]:
 
 
 def test_the_option_names_the_spec_checks_are_those_the_flannel_backend_checks() -> None:
-    from k3snet.backends import flannel_read  # noqa: PLC0415 - its private table
+    from k3snet.model.flannel_options import FLANNEL_OPTION_CHECKS  # noqa: PLC0415
 
-    table = flannel_read._BACKEND_OPTIONS
+    table = FLANNEL_OPTION_CHECKS
     assert {kind: tuple(checks) for kind, checks in table.items()} == dict(
         FLANNEL_BACKEND_OPTIONS)
 
@@ -187,3 +194,123 @@ def test_a_spec_taken_with_its_flannel_options_left_to_the_backend_is_refused_el
         "cni.flannel.backend.options.ListenPrt", "cni.flannel.backend.options.psk"]
     with pytest.raises(SpecError):
         Spec.from_dict(data)
+
+
+IPSEC_PSK = "k" * 96  # flannel's ipsec backend: "password is too short" under 96 bytes
+
+
+@pytest.mark.parametrize(("kind", "options", "key", "expected"), [
+    ("vxlan", {"VNI": "4"}, "VNI", "an integer 0..16777215"),  # Go wants a number
+    ("vxlan", {"VNI": 1 << 24}, "VNI", "an integer 0..16777215"),  # no VXLAN ID
+    ("vxlan", {"VNI": -1}, "VNI", "an integer 0..16777215"),  # uint32(-1): no VXLAN ID
+    ("vxlan", {"Port": 70000}, "Port", "at most 65535"),  # cut to 16 bits by netlink
+    ("vxlan", {"Port": 8472.5}, "Port", "an integer"),  # Go's int refuses a fraction
+    ("vxlan", {"GBP": "true"}, "GBP", "true or false"),
+    ("vxlan", {"MTU": "1450"}, "MTU", "an integer"),
+    ("vxlan", {"DirectRouting": 1}, "DirectRouting", "true or false"),
+    ("wireguard", {"ListenPort": -1}, "ListenPort", "an integer 1..65535"),
+    ("wireguard", {"ListenPort": 65536}, "ListenPort", "an integer 1..65535"),
+    ("wireguard", {"listenport": "51820"}, "listenport", "an integer 1..65535"),
+    ("wireguard", {"ListenPortV6": 0}, "ListenPortV6", "an integer 1..65535"),
+    ("wireguard", {"Mode": "Auto"}, "Mode", 'one of "separate", "auto", "ipv4", "ipv6"'),
+    ("wireguard", {"PersistentKeepaliveInterval": 70000}, "PersistentKeepaliveInterval",
+     "an integer 0..65535"),
+    ("ipsec", {"UDPEncap": "yes"}, "UDPEncap", "true or false"),
+    ("ipsec", {"ESPProposal": 3}, "ESPProposal", "a string"),
+    ("udp", {"Port": 0}, "Port", "an integer 1..65535"),
+    ("ipip", {"DirectRouting": "false"}, "DirectRouting", "true or false"),
+])
+def test_a_flannel_option_value_flannel_stops_on_is_refused_at_its_path_by_validate(
+        kind: str, options: dict[str, object], key: str, expected: str) -> None:
+    # flannel's backend decodes its options when it starts (json.Unmarshal into its Go
+    # config) and stops on a value of another type or one it cannot use: such a spec
+    # passed `validate` and `render`, and only the flannel backend refused it (`plan`).
+    [problem] = _problems_of(_flannel(kind, options))
+    assert problem.path == f"cni.flannel.backend.options.{key}"
+    assert f"must be {expected}" in problem.message, problem.message
+    assert f"flannel's {kind} backend" in problem.message, problem.message
+
+
+@pytest.mark.parametrize("value", ["short-but-secret", IPSEC_PSK[:-1], 12345])
+def test_an_ipsec_psk_flannel_finds_too_short_is_refused_at_its_path_unshown(
+        value: object) -> None:
+    [problem] = _problems_of(_flannel("ipsec", {"PSK": value}))
+    assert problem.path == "cni.flannel.backend.options.PSK"
+    assert "must be a string of at least 96 bytes" in problem.message, problem.message
+    assert str(value) not in problem.message
+    assert f"<secret, {len(str(value))} characters, sha256:" in problem.message
+
+
+@pytest.mark.parametrize(("kind", "options"), [
+    ("vxlan", {"VNI": 0, "Port": 0, "MTU": 1450, "GBP": True, "Learning": False,
+               "DirectRouting": True}),
+    ("vxlan", {"VNI": (1 << 24) - 1, "Port": 65535}),
+    ("wireguard", {"ListenPort": 1, "ListenPortV6": 65535, "Mode": "ipv6",
+                   "PersistentKeepaliveInterval": 0, "PSK": WG_KEY}),
+    ("ipsec", {"PSK": IPSEC_PSK, "UDPEncap": True, "ESPProposal": "aes256gcm16"}),
+    ("udp", {"Port": 8285}),
+])
+def test_flannel_option_values_flannel_takes_are_taken(
+        kind: str, options: dict[str, object]) -> None:
+    assert _problems_of(_flannel(kind, options)) == []
+
+
+def test_two_spellings_of_one_flannel_option_are_refused_at_the_later_one() -> None:
+    # Go's decoder matches keys case-insensitively and the later one wins: no flannel
+    # config holds the pair (compiling the spec failed), and the spec took it.
+    [problem] = _problems_of(_flannel("vxlan", {"VNI": 4, "vni": 5}))
+    assert problem.path == "cni.flannel.backend.options.vni"
+    assert "'VNI' and 'vni' are one option to flannel" in problem.message, problem.message
+    with flannel_options_left_to_backend(), pytest.raises(SpecError):  # (never left)
+        Spec.from_dict(_flannel("vxlan", {"Nope": 4, "nope": 5}))
+
+
+_BOUNDS = (-(1 << 31) - 1, -(1 << 31), -1, 0, 1, 0xFFFF, 0x10000, (1 << 24) - 1, 1 << 24,
+           (1 << 31) - 1, 1 << 31)
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.sampled_from(_BOUNDS), st.integers(-70000, 70000),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.sampled_from(["separate", "auto", "ipv4", "ipv6", "Auto", "", "4", WG_KEY, IPSEC_PSK,
+                     IPSEC_PSK[:-1]]),
+    st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=8),
+    st.lists(st.integers(0, 3), max_size=2))
+
+
+@st.composite
+def _flannel_backends(draw: st.DrawFn) -> tuple[str, dict[str, object]]:
+    """A Linux backend type and options of it: its own names in any case (two spellings
+    of one among them), a name no type reads, values of every JSON type near the bounds."""
+    kind = draw(st.sampled_from(sorted(FLANNEL_BACKEND_OPTIONS)))
+    names = [*FLANNEL_BACKEND_OPTIONS[kind], "Nope"]
+    spelled = st.tuples(st.sampled_from(names), st.sampled_from(["as is", "lower", "upper"]))
+    keys = draw(st.lists(spelled.map(lambda pair: pair[0] if pair[1] == "as is" else
+                                     getattr(pair[0], pair[1])()), max_size=3, unique=True))
+    return kind, {key: draw(_VALUES) for key in keys}
+
+
+@given(_flannel_backends())
+@settings(max_examples=examples(300), deadline=None)
+def test_spec_loading_refuses_exactly_the_flannel_options_the_backend_s_expect_refuses(
+        backend: tuple[str, dict[str, object]]) -> None:
+    # One judge of flannel's options: what `validate` refuses, the agent leaves to the
+    # flannel backend (flannel_options_left_to_backend), whose expect then refuses it,
+    # and what the backend would write, `validate` takes. (A file's backend: Windows
+    # options are a ConfigMap's alone, left out here.)
+    # Two spellings of one option no config holds: never left to the backend.
+    data = _flannel(*backend)
+    refused = bool(_problems_of(data))
+    with flannel_options_left_to_backend():
+        kept = _problems_of(data)  # (nothing else of the spec is wrong)
+        if kept:
+            assert all("one option to flannel" in p.message for p in kept), kept
+            assert refused
+            return
+        spec = Spec.from_dict(data)
+        flannel = FlannelBackend(path=Path("/nonexistent/net-conf.json"))
+        state = compile_for(flannel, spec)
+    try:
+        flannel.expect(state)
+    except PlanError:
+        assert refused, backend
+    else:
+        assert not refused, (backend, _problems_of(data))
