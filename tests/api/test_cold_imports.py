@@ -176,7 +176,8 @@ def test_telling_a_secret_sysctl_compiles_no_pattern_per_call(
     from k3snet.model.sysctl import is_secret  # noqa: PLC0415 - the module under test
 
     names = ("net.ipv6.conf.eth0.stable_secret", "net/ipv6/conf/eth0.100/stable_secret",
-             "net.ipv6.conf.eth0.forwarding", "net.ipv4.ip_forward", "net.ipv4.conf.all.stable_secret")
+             "net.ipv6.conf.eth0.forwarding", "net.ipv4.ip_forward",
+             "net.ipv4.conf.all.stable_secret")
     answers: list[bool] = []
     seen = _compiles(monkeypatch, lambda: answers.extend(map(is_secret, names)))
     assert seen == []
