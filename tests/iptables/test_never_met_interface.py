@@ -164,6 +164,8 @@ def test_a_save_that_prints_every_negated_plus_or_holds_no_rule_starts_no_entrie
     and the match as 1.8.11 prints them), nor when it holds no rule to put one back in."""
     import re  # noqa: PLC0415
 
+    from k3snet.backends.iptables.driver import Flavour  # noqa: PLC0415
+
     run_in(ns, [_tool(4), "-w", "-N", "X"])
     with IptablesBackend(ns, mode="legacy") as backend:  # a chain, no rule
         assert backend._save(4)["filter"].rules["X"] == []
@@ -177,7 +179,7 @@ def test_a_save_that_prints_every_negated_plus_or_holds_no_rule_starts_no_entrie
     with IptablesBackend(ns, mode="legacy") as backend:
         save = backend._kernel.save
 
-        def newer(family: int, mode: str) -> str:
+        def newer(family: int, mode: Flavour) -> str:
             text = re.sub(r"-save v[0-9.]+ ", "-save v1.8.11 ", save(family, mode) or "")
             return text.replace("-A FORWARD -j DROP", "-A FORWARD ! -i + -j DROP")
 
