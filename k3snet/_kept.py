@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from k3snet._env import env_switch, env_value
-from k3snet._regex import lazy_pattern
+from k3snet._regex import LazyPattern, lazy_pattern
 
 __all__ = ["STATE_ROOT", "code_identity", "input_problem", "make_directory", "prune", "read_input",
            "read_trusted", "refuse_foreign_input", "refuse_foreign_output", "replace_atomically",
@@ -845,7 +845,8 @@ and renaming it never removes it, and a live one renames its own within millisec
 
 
 def prune(directory: Path, keep: Path, entries: int, suffix: str = ".json",
-          stem: re.Pattern[str] | None = None, *, temporary: str | None = None) -> None:
+          stem: re.Pattern[str] | LazyPattern[str] | None = None, *,
+          temporary: str | None = None) -> None:
     """Keep the ``entries`` newest files of ``directory`` named ``*suffix`` (and ``keep``);
     with ``stem``, only files whose name before ``suffix`` matches it are entries (the
     directory may hold another program's files: a namespace's sysctl record when the
@@ -867,15 +868,24 @@ def prune(directory: Path, keep: Path, entries: int, suffix: str = ".json",
                     os.unlink(old)
 
 
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def _is_temporary(name: str, prefix: str) -> bool:
+    """Whether ``name`` is ``prefix``, 16 lowercase hexadecimal digits and ``.tmp``, as
+    :func:`_temporary` names a file (no pattern compiled for each call's prefix)."""
+    return (len(name) == len(prefix) + 20 and name.startswith(prefix) and name.endswith(".tmp")
+            and _HEX_DIGITS.issuperset(name[len(prefix):-4]))
+
+
 def _prune_temporaries(listed: Iterable[os.DirEntry[str]], prefix: str) -> None:
     """Remove the temporary files named as :func:`_temporary` names them after ``prefix``
     that are older than :data:`STALE_TEMPORARY` (left by a killed writer)."""
     import time  # noqa: PLC0415 - only when a kept file was just written
 
-    name = re.compile(re.escape(prefix) + r"[0-9a-f]{16}\.tmp")
     before = time.time() - STALE_TEMPORARY
     for entry in listed:
         with contextlib.suppress(OSError):
-            if (name.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+            if (_is_temporary(entry.name, prefix) and entry.is_file(follow_symlinks=False)
                     and entry.stat(follow_symlinks=False).st_mtime < before):
                 os.unlink(entry.path)

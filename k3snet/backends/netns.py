@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import ctypes
 import functools
 import json
 import os
@@ -25,12 +24,15 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from k3snet._logline import fs_word, shell_join, shell_word
 from k3snet._regex import lazy_pattern
 from k3snet.backends.kit import cut_after_commit, translate_errors
 from k3snet.errors import BackendError
+
+if TYPE_CHECKING:
+    import ctypes
 
 __all__ = ["NETNS_DIR", "THREAD_NETNS", "NetnsRunner", "boot_id", "earlier_records", "exec_name",
            "libc", "namespace_instance", "netns_cookie", "netns_names", "netns_option",
@@ -323,13 +325,19 @@ def libc() -> ctypes.CDLL:
     ``CDLL(None)`` is the process's own symbols, those of the libc it has loaded
     among them. ``ctypes.util.find_library("c")`` imported more modules and ran
     ``/sbin/ldconfig -p`` in a child process on every call (each namespace entered),
-    and finds nothing in an image without ``ldconfig``.
+    and finds nothing in an image without ``ldconfig``. :mod:`ctypes` is imported here,
+    by the first call (~6 ms of CPU): a cold command in the node's own namespace enters
+    none and calls none of these.
     """
+    import ctypes  # noqa: PLC0415 - see above
+
     return ctypes.CDLL(None, use_errno=True)
 
 
 def _setns(fd: int) -> None:
     if libc().setns(fd, CLONE_NEWNET) != 0:
+        import ctypes  # noqa: PLC0415 - imported by libc() already
+
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 

@@ -50,7 +50,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any, Final
@@ -67,6 +66,7 @@ from k3snet._kept import (
     state_directory,
     write_atomic,
 )
+from k3snet._regex import lazy_pattern
 from k3snet._version import __version__
 from k3snet.errors import K3snetError
 from k3snet.model.cidr import Address, Network
@@ -273,7 +273,7 @@ def _prune(directory: Path, keep: Path) -> None:
     prune(directory, keep, MAX_ENTRIES, stem=_ENTRY_STEM, temporary=_TEMPORARY)
 
 
-_ENTRY_STEM = re.compile(r"[0-9a-f]{32}")
+_ENTRY_STEM = lazy_pattern(r"[0-9a-f]{32}")  # only a miss prunes
 _TEMPORARY = ".spec-"  # write_atomic's prefix: a killed writer's file is pruned
 """An entry's name before ``.json``: the digest of the spec's path (:func:`_located`)."""
 

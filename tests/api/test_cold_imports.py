@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,8 +39,9 @@ def test_the_cold_cli_path_imports_none_of_the_modules_only_some_commands_read()
 
 # The modules a cold ``import k3snet.cli`` leaves loaded, Python's own start included
 # (Python 3.11): each one more is read, unmarshalled and run by every command (issue 9).
-# 200 before the agent's Kubernetes module and the plan files' left the cold path.
-CLI_MODULES = 199
+# 200 before the agent's Kubernetes module and the plan files' left the cold path, 199
+# before ctypes (and struct, ctypes._endian ...: 5) did: only entering a namespace uses it.
+CLI_MODULES = 194
 
 
 def test_the_cold_cli_imports_no_more_modules_than_its_budget() -> None:
@@ -47,6 +50,19 @@ def test_the_cold_cli_imports_no_more_modules_than_its_budget() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=120, env=env)
     assert int(done.stdout) <= CLI_MODULES
+
+
+def test_the_cli_and_the_netlink_backend_import_ctypes_only_to_enter_a_namespace() -> None:
+    """``k3snet.backends.netns`` calls libc's ``setns`` through :mod:`ctypes` (~6 ms of CPU
+    to import, 5 modules); a cold command in the node's own namespace enters none. The
+    nftables and iptables backends load libnftables and read x_tables through it: theirs."""
+    code = ("import json, sys\n"
+            "import k3snet.cli, k3snet.backends.netlink\n"
+            "print(json.dumps(sorted(sys.modules)))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120, env=env)
+    assert "ctypes" not in json.loads(done.stdout)
 
 
 def _imported(code: str) -> set[str]:
@@ -119,3 +135,64 @@ def test_a_node_backend_compiles_at_import_only_the_regular_expressions_every_re
         module: str) -> None:
     sites = _compiled_at_import(module, after="k3snet.cli")
     assert len(sites) <= BACKEND_EAGER_PATTERNS[module], sites
+
+
+# Imported after the CLI by every command that reads a spec: the spec cache. Its entries'
+# names are checked only when a miss prunes the directory (a hit never lists it), so its
+# pattern is a lazy_pattern too (issue 9).
+SPEC_PATH_EAGER_PATTERNS = {"k3snet.spec.cache": 0}
+
+
+@pytest.mark.parametrize("module", sorted(SPEC_PATH_EAGER_PATTERNS))
+def test_the_spec_cache_compiles_no_regular_expression_at_import(module: str) -> None:
+    sites = _compiled_at_import(module, after="k3snet.cli")
+    assert len(sites) <= SPEC_PATH_EAGER_PATTERNS[module], sites
+
+
+def _compiles(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object]) -> list[str]:
+    """The patterns ``re`` compiles or looks up in its cache while ``run`` runs: every
+    ``re.compile``, ``re.split`` ... call goes through ``re._compile``."""
+    compile_, seen = re._compile, []  # type: ignore[attr-defined]
+
+    def counted(pattern: object, flags: object) -> object:
+        seen.append(repr(pattern))
+        return compile_(pattern, flags)
+
+    monkeypatch.setattr(re, "_compile", counted)
+    run()
+    monkeypatch.undo()
+    return seen
+
+
+def test_pruning_a_kept_directory_compiles_no_pattern_per_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``prune(..., temporary=)`` named its temporary files with a pattern compiled for each
+    call (the nftables kept read and the spec cache prune after each write)."""
+    from k3snet._kept import prune  # noqa: PLC0415 - the module under test
+
+    stale = tmp_path / ".spec-0123456789abcdef.tmp"
+    fresh = tmp_path / ".spec-fedcba9876543210.tmp"
+    other = tmp_path / ".spec-0123456789ABCDEF.tmp"  # not a name write_atomic gives
+    for path in (stale, fresh, other):
+        path.write_text("")
+    os.utime(stale, (0, 0))
+    os.utime(other, (0, 0))
+    seen = _compiles(monkeypatch, lambda: prune(tmp_path, tmp_path / "keep.json", 4,
+                                                temporary=".spec-"))
+    assert seen == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, other.name])
+
+
+def test_telling_a_secret_sysctl_compiles_no_pattern_per_call(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``is_secret`` (every sysctl a plan or a message shows) split the name with
+    ``re.split`` at each call."""
+    from k3snet.model.sysctl import is_secret  # noqa: PLC0415 - the module under test
+
+    names = ("net.ipv6.conf.eth0.stable_secret", "net/ipv6/conf/eth0.100/stable_secret",
+             "net.ipv6.conf.eth0.forwarding", "net.ipv4.ip_forward",
+             "net.ipv4.conf.all.stable_secret")
+    answers: list[bool] = []
+    seen = _compiles(monkeypatch, lambda: answers.extend(map(is_secret, names)))
+    assert seen == []
+    assert answers == [True, True, False, False, False]
