@@ -9,10 +9,13 @@ pods' traffic through eth0, a false conflict, while the kernel let it through.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import tests.shared_lab
 from k3snet.backends.iptables import IptablesBackend, Mode
 from k3snet.backends.iptables.foreign import foreign_blocks
 from k3snet.backends.iptables.save import parse_save
@@ -22,6 +25,18 @@ from k3snet.lab.seed import POD_CIDRS, SeedLab
 from k3snet.model import ForwardBlock, ForwardRule, interfaces_left, interfaces_may_meet
 from k3snet.model.state import State
 from k3snet.planner import plan
+
+
+@pytest.fixture(scope="module")
+def made_lab() -> Iterator[SeedLab]:
+    """One seed lab for the module's tests of real packets (:mod:`tests.shared_lab`)."""
+    yield from tests.shared_lab.made_lab()
+
+
+@pytest.fixture
+def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
+    """The module's lab, checked to be as it was made, put back after the test."""
+    yield from tests.shared_lab.shared_lab(made_lab)
 
 IFNAMSIZ = 16
 
@@ -171,26 +186,25 @@ def test_a_drop_by_a_negated_interface_gets_what_the_node_routes_by_the_other_de
 @pytest.mark.parametrize(("jump", "conflict"), [(["!", "-o", "eth+"], False),
                                                 (["!", "-o", "eth1"], True)])
 def test_a_drop_through_eth0_behind_a_negated_interface_decides_as_the_kernel_does(
-        require_root: None, mode: Mode, jump: list[str], conflict: bool) -> None:
+        lab: SeedLab, mode: Mode, jump: list[str], conflict: bool) -> None:
     """``! -o eth+ -j X`` then ``-A X -o eth0 -j DROP``: no packet through eth0 reaches
     the drop, the pod's connection to the database succeeds and the forward rule is no
     conflict; behind ``! -o eth1`` the same drop takes it, and is one."""
     wanted = ForwardRule(POD, DB_NET)
-    with SeedLab.create() as lab:
-        ipt = [f"iptables-{mode}", "-w"]
-        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
-                          "-j", "MASQUERADE"])
-        run_in(lab.node, [*ipt, "-N", "X"])
-        run_in(lab.node, [*ipt, "-A", "FORWARD", *jump, "-j", "X"])
-        run_in(lab.node, [*ipt, "-A", "X", "-o", "eth0", "-j", "DROP"])
-        saved = run_in(lab.node, [f"iptables-{mode}-save", "-t", "filter"]).stdout
-        assert f"-A FORWARD {' '.join(jump)} -j X" in saved  # the kernel's own view
-        with IptablesBackend(lab.node, mode=mode) as backend:
-            notes = plan(backend.observe(), State(owned=[wanted])).notes
-        assert [n.status for n in notes if n.wanted == wanted] == (
-            ["conflict"] if conflict else [])
-        assert lab.tcp_probe(family=4, timeout=1.0 if conflict else 2.0).ok is not conflict
+    ipt = [f"iptables-{mode}", "-w"]
+    run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                      "-j", "MASQUERADE"])
+    run_in(lab.node, [*ipt, "-N", "X"])
+    run_in(lab.node, [*ipt, "-A", "FORWARD", *jump, "-j", "X"])
+    run_in(lab.node, [*ipt, "-A", "X", "-o", "eth0", "-j", "DROP"])
+    saved = run_in(lab.node, [f"iptables-{mode}-save", "-t", "filter"]).stdout
+    assert f"-A FORWARD {' '.join(jump)} -j X" in saved  # the kernel's own view
+    with IptablesBackend(lab.node, mode=mode) as backend:
+        notes = plan(backend.observe(), State(owned=[wanted])).notes
+    assert [n.status for n in notes if n.wanted == wanted] == (
+        ["conflict"] if conflict else [])
+    assert lab.tcp_probe(family=4, timeout=1.0 if conflict else 2.0).ok is not conflict
 
 
 # A drop by a negated interface alone, and whether the pods' connection to the database
@@ -208,7 +222,7 @@ NEGATED_DROPS: dict[str, tuple[list[str], bool]] = {
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 @pytest.mark.parametrize("case", sorted(NEGATED_DROPS))
 def test_a_drop_by_a_negated_interface_meets_what_the_node_routes_by_the_other_devices(
-        require_root: None, mode: Mode, case: str) -> None:
+        lab: SeedLab, mode: Mode, case: str) -> None:
     """``-i cni0 ! -o eth0 -j DROP`` (the pods leave by the uplink only) drops what the node
     routes by any other device: not the pods' connection to the database, out by eth0,
     whose replies come in by eth0, and the kernel lets it through; read as a drop of any
@@ -216,19 +230,18 @@ def test_a_drop_by_a_negated_interface_meets_what_the_node_routes_by_the_other_d
     out by cni0: a conflict, and the connection fails."""
     rule, conflict = NEGATED_DROPS[case]
     wanted = ForwardRule(POD, DB_NET)
-    with SeedLab.create() as lab:
-        ipt = [f"iptables-{mode}", "-w"]
-        run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-        run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
-                          "-j", "MASQUERADE"])
-        run_in(lab.node, [*ipt, "-A", "FORWARD", *rule, "-j", "DROP"])
-        saved = run_in(lab.node, [f"iptables-{mode}-save", "-t", "filter"]).stdout
-        assert f"-A FORWARD {' '.join(rule)} -j DROP" in saved  # the kernel's own view
-        with IptablesBackend(lab.node, mode=mode) as backend:
-            notes = plan(backend.observe(), State(owned=[wanted])).notes
-        assert [n.status for n in notes if n.wanted == wanted] == (
-            ["conflict"] if conflict else [])
-        assert lab.tcp_probe(family=4, timeout=1.0 if conflict else 2.0).ok is not conflict
+    ipt = [f"iptables-{mode}", "-w"]
+    run_in(lab.node, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
+                      "-j", "MASQUERADE"])
+    run_in(lab.node, [*ipt, "-A", "FORWARD", *rule, "-j", "DROP"])
+    saved = run_in(lab.node, [f"iptables-{mode}-save", "-t", "filter"]).stdout
+    assert f"-A FORWARD {' '.join(rule)} -j DROP" in saved  # the kernel's own view
+    with IptablesBackend(lab.node, mode=mode) as backend:
+        notes = plan(backend.observe(), State(owned=[wanted])).notes
+    assert [n.status for n in notes if n.wanted == wanted] == (
+        ["conflict"] if conflict else [])
+    assert lab.tcp_probe(family=4, timeout=1.0 if conflict else 2.0).ok is not conflict
 
 
 _RAW_ENTRY = """

@@ -304,20 +304,49 @@ def test_a_rule_behind_a_jump_with_conditions_is_read_as_the_kernel_matches_it(
     assert lab.tcp_probe(family=4, timeout=2.0 if met else 1.0).ok is met
 
 
-def test_a_route_or_device_a_failed_reset_left_is_found_before_the_next_test(
-        made_lab: SeedLab) -> None:
-    """The shared lab's check before a test: a route on the router (as the path tests
-    add) or a device on the node (as the Docker tests' bridges) that a reset failing
-    half-way left is not the lab's own, whatever test comes next."""
-    for leftover, undo in [
-            (["ip", "route", "add", "10.99.0.0/16", "via", "192.168.1.5"],
-             ["ip", "route", "delete", "10.99.0.0/16"]),
-            (["ip", "link", "add", "left0", "type", "bridge"], ["ip", "link", "delete", "left0"])]:
-        next(tests.shared_lab.shared_lab(made_lab), None)  # the lab as made, recorded
-        ns = made_lab.router if leftover[1] == "route" else made_lab.node
-        run_in(ns, leftover)
-        try:
+# What a test may leave in the shared lab, as a command in one of its namespaces (by
+# role), and whether the shared lab takes it back (else the check before a test fails it).
+LEFTOVERS: dict[str, tuple[str, list[str], bool]] = {
+    "a route the path tests add on the router": (
+        "router", ["ip", "route", "add", "10.99.0.0/16", "via", "192.168.1.5"], True),
+    "a route in another table": (
+        "node", ["ip", "route", "add", "10.99.0.0/16", "dev", "eth0", "table", "7"], True),
+    "a policy routing rule": (
+        "node", ["ip", "rule", "add", "pref", "700", "from", POD, "lookup", "7"], True),
+    "a bridge as the Docker tests add": ("node", ["ip", "link", "add", "left0", "type",
+                                                  "bridge"], True),
+    "a device's MTU": ("db", ["ip", "link", "set", "eth0", "mtu", "1280"], True),
+    "a sysctl": ("node", ["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2"], True),
+    "a set of an nftables table": ("node", ["nft", "add table inet t; add set inet t s "
+                                            "{ type ipv4_addr; }"], True),
+    "a legacy iptables rule": ("router", ["iptables-legacy", "-w", "-A", "FORWARD", "-j",
+                                          "DROP"], True),
+    "an address": ("router", ["ip", "addr", "add", "192.0.2.9/32", "dev", "lo"], False),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("leftover", sorted(LEFTOVERS))
+def test_what_a_test_leaves_is_found_and_taken_back_or_fails_the_next_test(
+        made_lab: SeedLab, leftover: str) -> None:
+    """The shared lab's check before a test finds each thing a test may leave, in any
+    namespace of the lab, against the lab as made (not a reading taken anew, which took
+    what it found as the lab's own); what a test may leave is taken back and the test
+    goes on, the rest (an address: no test adds one) fails it, named."""
+    role, command, taken_back = LEFTOVERS[leftover]
+    ns = getattr(made_lab, role)
+    next(tests.shared_lab.shared_lab(made_lab), None)  # the lab as made, recorded
+    run_in(ns, command)
+    try:
+        found = tests.shared_lab.left_over(made_lab)
+        assert found, leftover
+        assert all(difference.startswith(f"{ns} ") for difference in found), found
+        if taken_back:
+            next(tests.shared_lab.shared_lab(made_lab), None)
+            assert tests.shared_lab.left_over(made_lab) == []
+        else:
             with pytest.raises(AssertionError, match="left by a test"):
                 next(tests.shared_lab.shared_lab(made_lab))
-        finally:
-            run_in(ns, undo)
+    finally:
+        if not taken_back:
+            run_in(ns, ["ip", "addr", "del", "192.0.2.9/32", "dev", "lo"])

@@ -14,19 +14,35 @@ make a real TCP connection through the seed lab's node.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+import tests.shared_lab
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.foreign import path_blocks
 from k3snet.backends.iptables.save import parse_save
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.backends.untracked import partial_untracks
+from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NatBlock, NetObject, State
 from k3snet.planner import plan
 from tests.dropped import dropped, snmp_count
 from tests.nftables.test_foreign_cases import saddr
 from tests.nftables.test_untracked import NOTRACK, raw
+
+
+@pytest.fixture(scope="module")
+def made_lab() -> Iterator[SeedLab]:
+    """One seed lab for the module's tests of real packets (:mod:`tests.shared_lab`)."""
+    yield from tests.shared_lab.made_lab()
+
+
+@pytest.fixture
+def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
+    """The module's lab, checked to be as it was made, put back after the test."""
+    yield from tests.shared_lab.shared_lab(made_lab)
 
 POD = "10.42.0.0/16"
 DB = "192.168.2.0/24"
@@ -159,47 +175,43 @@ def test_an_nft_notrack_of_one_port_or_another_protocol_is_no_block(
 @pytest.mark.lab
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_a_dns_only_notrack_leaves_the_pods_tcp_egress_to_k3snets_rules_iptables(
-        require_root: None, mode: str) -> None:
-    from k3snet.lab import SeedLab  # noqa: PLC0415
+        lab: SeedLab, mode: str) -> None:
 
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
-        run_in(lab.node, [f"iptables-{mode}", "-w", "-t", "raw", "-A", "PREROUTING", *DNS])
-        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
-            backend.expect(DESIRED)
-            p = plan(backend.observe(), DESIRED)
-            assert not p.conflicts, p.render()
-            (said,) = [w for w in backend.warnings if "NOTRACK" in w]
-            assert f"-A PREROUTING -s {POD} -p udp -m udp --dport 53 -j NOTRACK" in said, said
-            backend.apply(p)
-            assert lab.tcp_probe(4).ok  # a real TCP connection: tracked, masqueraded
-            assert plan(backend.observe(), DESIRED).changes == ()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+    run_in(lab.node, [f"iptables-{mode}", "-w", "-t", "raw", "-A", "PREROUTING", *DNS])
+    with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.expect(DESIRED)
+        p = plan(backend.observe(), DESIRED)
+        assert not p.conflicts, p.render()
+        (said,) = [w for w in backend.warnings if "NOTRACK" in w]
+        assert f"-A PREROUTING -s {POD} -p udp -m udp --dport 53 -j NOTRACK" in said, said
+        backend.apply(p)
+        assert lab.tcp_probe(4).ok  # a real TCP connection: tracked, masqueraded
+        assert plan(backend.observe(), DESIRED).changes == ()
 
 
 @pytest.mark.kernel
 @pytest.mark.lab
 def test_a_notrack_of_all_tcp_is_a_conflict_of_the_pods_rules_iptables(
-        require_root: None) -> None:
+        lab: SeedLab) -> None:
     """``-p tcp -j NOTRACK``, no port: the plan does not say met what no TCP connection
     of the pods gets through (a real connection, with k3snet's rules written anyway)."""
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        lab.block_forward("iptables-nft")
-        run_in(lab.node, ["iptables-nft", "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
-                          "-p", "tcp", "-j", "NOTRACK"])
-        with IptablesBackend(lab.node, mode="nft") as backend:
-            backend.expect(DESIRED)
-            p = plan(backend.observe(), DESIRED)
-            assert {c.wanted for c in p.conflicts} == {WANTED, MASQ}, p.render()
-            assert all("-p tcp -j NOTRACK" in c.foreign.describe() for c in p.conflicts), \
-                p.render()
-            # what the plan would have said met: written, the connection still fails
-            backend.apply(plan(State(), DESIRED))
-            # unmasqueraded: its replies have no way back to the pod
-            assert dropped(lab, 4, snmp_count(lab.router, "IpExt", "InNoRoutes"))
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    lab.block_forward("iptables-nft")
+    run_in(lab.node, ["iptables-nft", "-w", "-t", "raw", "-A", "PREROUTING", "-s", POD,
+                      "-p", "tcp", "-j", "NOTRACK"])
+    with IptablesBackend(lab.node, mode="nft") as backend:
+        backend.expect(DESIRED)
+        p = plan(backend.observe(), DESIRED)
+        assert {c.wanted for c in p.conflicts} == {WANTED, MASQ}, p.render()
+        assert all("-p tcp -j NOTRACK" in c.foreign.describe() for c in p.conflicts), \
+            p.render()
+        # what the plan would have said met: written, the connection still fails
+        backend.apply(plan(State(), DESIRED))
+        # unmasqueraded: its replies have no way back to the pod
+        assert dropped(lab, 4, snmp_count(lab.router, "IpExt", "InNoRoutes"))
 
 
 _NFT_DNS = ("table ip raw {\n  chain pre {\n"
@@ -210,45 +222,41 @@ _NFT_DNS = ("table ip raw {\n  chain pre {\n"
 @pytest.mark.kernel
 @pytest.mark.lab
 def test_a_dns_only_notrack_leaves_the_pods_tcp_egress_to_k3snets_rules_nftables(
-        require_root: None) -> None:
+        lab: SeedLab) -> None:
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        run_in(lab.node, ["nft", "-f", "-"], input_text=_NFT_DNS)
-        with NftablesBackend(lab.node) as backend:
-            backend.expect(DESIRED)
-            p = plan(backend.observe(), DESIRED)
-            assert not p.conflicts, p.render()
-            (said,) = [w for w in backend.warnings if "notrack" in w]
-            assert "nftables ip raw pre: ip saddr 10.42.0.0/16 (and 1 more match, of udp) " \
-                   "notrack" in said, said
-            assert f"`ip netns exec {lab.node} nft list chain ip raw pre`" in said, said
-            backend.apply(p)
-            assert lab.tcp_probe(4).ok  # a real TCP connection: tracked, masqueraded
-            assert plan(backend.observe(), DESIRED).changes == ()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    run_in(lab.node, ["nft", "-f", "-"], input_text=_NFT_DNS)
+    with NftablesBackend(lab.node) as backend:
+        backend.expect(DESIRED)
+        p = plan(backend.observe(), DESIRED)
+        assert not p.conflicts, p.render()
+        (said,) = [w for w in backend.warnings if "notrack" in w]
+        assert "nftables ip raw pre: ip saddr 10.42.0.0/16 (and 1 more match, of udp) " \
+               "notrack" in said, said
+        assert f"`ip netns exec {lab.node} nft list chain ip raw pre`" in said, said
+        backend.apply(p)
+        assert lab.tcp_probe(4).ok  # a real TCP connection: tracked, masqueraded
+        assert plan(backend.observe(), DESIRED).changes == ()
 
 
 @pytest.mark.kernel
 @pytest.mark.lab
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_another_nftables_tables_dns_only_notrack_is_named_by_the_iptables_backend(
-        require_root: None, mode: str) -> None:
+        lab: SeedLab, mode: str) -> None:
     """An nftables table of another name beside iptables (``udp dport 53 notrack``): no
     block, and, as for raw's own, a warning naming it (the iptables backend said nothing:
     it named raw's notracks alone)."""
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        # (a table of another name than iptables-nft's: ip raw is one of its own)
-        run_in(lab.node, ["nft", "-f", "-"], input_text=_NFT_DNS.replace("ip raw", "ip dns"))
-        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
-            backend.expect(DESIRED)
-            p = plan(backend.observe(), DESIRED)
-            assert not p.conflicts, p.render()
-            (said,) = [w for w in backend.warnings if "notrack" in w]
-            assert said.startswith("nftables ip dns pre: ip saddr 10.42.0.0/16 (and 1 more "
-                                   "match, of udp) notrack leaves the packets"), said
-            assert f"`ip netns exec {lab.node} nft list chain ip dns pre`" in said, said
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    # (a table of another name than iptables-nft's: ip raw is one of its own)
+    run_in(lab.node, ["nft", "-f", "-"], input_text=_NFT_DNS.replace("ip raw", "ip dns"))
+    with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.expect(DESIRED)
+        p = plan(backend.observe(), DESIRED)
+        assert not p.conflicts, p.render()
+        (said,) = [w for w in backend.warnings if "notrack" in w]
+        assert said.startswith("nftables ip dns pre: ip saddr 10.42.0.0/16 (and 1 more "
+                               "match, of udp) notrack leaves the packets"), said
+        assert f"`ip netns exec {lab.node} nft list chain ip dns pre`" in said, said

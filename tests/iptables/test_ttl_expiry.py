@@ -12,17 +12,33 @@ connection through the seed lab's node.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+import tests.shared_lab
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.foreign import path_blocks
 from k3snet.backends.iptables.save import parse_save
 from k3snet.backends.nftables.parse import ForeignReader
+from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
 from tests.dropped import dropped, snmp_count
 from tests.nftables.test_foreign_cases import ACCEPT, Expr, Kernel, saddr
+
+
+@pytest.fixture(scope="module")
+def made_lab() -> Iterator[SeedLab]:
+    """One seed lab for the module's tests of real packets (:mod:`tests.shared_lab`)."""
+    yield from tests.shared_lab.made_lab()
+
+
+@pytest.fixture
+def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
+    """The module's lab, checked to be as it was made, put back after the test."""
+    yield from tests.shared_lab.shared_lab(made_lab)
 
 POD = "10.42.0.0/16"
 DB = "192.168.2.0/24"
@@ -104,24 +120,22 @@ _IPT_TTL = ["-t", "mangle", "-A", "PREROUTING", "-s", POD, "-j", "TTL", "--ttl-s
 @pytest.mark.lab
 @pytest.mark.parametrize("mode", ["nft", "legacy"])
 def test_a_ttl_set_to_one_expires_the_pods_connection_and_is_a_conflict_iptables(
-        require_root: None, mode: str) -> None:
-    from k3snet.lab import SeedLab  # noqa: PLC0415
+        lab: SeedLab, mode: str) -> None:
 
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
-        with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
-            backend.apply(plan(backend.observe(), DESIRED))
-            assert lab.tcp_probe(4).ok
-            run_in(lab.node, [f"iptables-{mode}", "-w", *_IPT_TTL])
-            assert dropped(lab, 4, snmp_count(  # a real packet: expired (on the node)
-                lab.node, "Icmp", "OutTimeExcds"))
-            p = plan(backend.observe(), DESIRED)
-            (note,) = p.conflicts
-            assert note.wanted == WANTED, p.render()
-            assert isinstance(note.foreign, ForwardBlock)
-            assert note.foreign.rule == " ".join(_IPT_TTL[2:])
-            assert not p.changes, p.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    lab.block_forward("iptables-nft" if mode == "nft" else "iptables-legacy")
+    with IptablesBackend(lab.node, mode=mode) as backend:  # type: ignore[arg-type]
+        backend.apply(plan(backend.observe(), DESIRED))
+        assert lab.tcp_probe(4).ok
+        run_in(lab.node, [f"iptables-{mode}", "-w", *_IPT_TTL])
+        assert dropped(lab, 4, snmp_count(  # a real packet: expired (on the node)
+            lab.node, "Icmp", "OutTimeExcds"))
+        p = plan(backend.observe(), DESIRED)
+        (note,) = p.conflicts
+        assert note.wanted == WANTED, p.render()
+        assert isinstance(note.foreign, ForwardBlock)
+        assert note.foreign.rule == " ".join(_IPT_TTL[2:])
+        assert not p.changes, p.render()
 
 
 _NFT_TTL = ("table inet admin {\n  chain pre {\n"
@@ -133,33 +147,31 @@ _NFT_TTL = ("table inet admin {\n  chain pre {\n"
 @pytest.mark.lab
 @pytest.mark.parametrize("written", ["nft", "iptables-nft"])
 def test_a_ttl_set_to_one_expires_the_pods_connection_and_is_a_conflict_nftables(
-        require_root: None, written: str) -> None:
+        lab: SeedLab, written: str) -> None:
     """An ``ip ttl set 1`` of another table, and iptables-nft's ``-j TTL --ttl-set 1``,
     whose value libnftables does not list (read from the kernel's target data: a
     ``--ttl-set 64`` beside it is none)."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        with NftablesBackend(lab.node) as backend:
-            backend.apply(plan(backend.observe(), DESIRED))
-            assert lab.tcp_probe(4).ok
-            if written == "nft":
-                run_in(lab.node, ["nft", "-f", "-"], input_text=_NFT_TTL)
-            else:
-                run_in(lab.node, ["iptables-nft", "-w", "-t", "mangle", "-A", "PREROUTING",
-                                  "-s", POD, "-j", "TTL", "--ttl-set", "64"])
-                run_in(lab.node, ["iptables-nft", "-w", *_IPT_TTL])
-            assert dropped(lab, 4, snmp_count(  # a real packet: expired (on the node)
-                lab.node, "Icmp", "OutTimeExcds"))
-            observed = backend.observe()
-            ttl = [b.rule for b in observed.foreign if isinstance(b, ForwardBlock)]
-            assert len(ttl) == 1, ttl  # not the --ttl-set 64
-            p = plan(observed, DESIRED)
-            (note,) = p.conflicts
-            assert note.wanted == WANTED, p.render()
-            assert isinstance(note.foreign, ForwardBlock)
-            text = "ip ttl set 1" if written == "nft" else "xt target TTL --ttl-set 1"
-            assert note.foreign.rule == f"ip saddr {POD} {text}", note.foreign.rule
-            assert not p.changes, p.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    with NftablesBackend(lab.node) as backend:
+        backend.apply(plan(backend.observe(), DESIRED))
+        assert lab.tcp_probe(4).ok
+        if written == "nft":
+            run_in(lab.node, ["nft", "-f", "-"], input_text=_NFT_TTL)
+        else:
+            run_in(lab.node, ["iptables-nft", "-w", "-t", "mangle", "-A", "PREROUTING",
+                              "-s", POD, "-j", "TTL", "--ttl-set", "64"])
+            run_in(lab.node, ["iptables-nft", "-w", *_IPT_TTL])
+        assert dropped(lab, 4, snmp_count(  # a real packet: expired (on the node)
+            lab.node, "Icmp", "OutTimeExcds"))
+        observed = backend.observe()
+        ttl = [b.rule for b in observed.foreign if isinstance(b, ForwardBlock)]
+        assert len(ttl) == 1, ttl  # not the --ttl-set 64
+        p = plan(observed, DESIRED)
+        (note,) = p.conflicts
+        assert note.wanted == WANTED, p.render()
+        assert isinstance(note.foreign, ForwardBlock)
+        text = "ip ttl set 1" if written == "nft" else "xt target TTL --ttl-set 1"
+        assert note.foreign.rule == f"ip saddr {POD} {text}", note.foreign.rule
+        assert not p.changes, p.render()

@@ -9,17 +9,32 @@ from __future__ import annotations
 
 import shlex
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+import tests.shared_lab
 from k3snet.backends.nftables.kernel import CT_FLAGS
 from k3snet.backends.nftables.parse import ForeignReader
+from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NatBlock, NetObject, State
 from k3snet.planner import plan
 from tests.dropped import dropped, snmp_count
 from tests.nftables.test_foreign_cases import ACCEPT, DROP, Expr, Kernel, daddr, jump, meta, saddr
+
+
+@pytest.fixture(scope="module")
+def made_lab() -> Iterator[SeedLab]:
+    """One seed lab for the module's tests of real packets (:mod:`tests.shared_lab`)."""
+    yield from tests.shared_lab.made_lab()
+
+
+@pytest.fixture
+def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
+    """The module's lab, checked to be as it was made, put back after the test."""
+    yield from tests.shared_lab.shared_lab(made_lab)
 
 POD = "10.42.0.0/16"
 DB = "192.168.2.0/24"
@@ -347,28 +362,26 @@ _IPTABLES_NFT = ["iptables-nft", "-w", "-t", "raw", "-A", "PREROUTING", "-s", PO
 @pytest.mark.lab
 @pytest.mark.parametrize("command", [_NATIVE, _IPTABLES_NFT], ids=["nft", "iptables-nft"])
 def test_untracked_pod_traffic_leaves_unmasqueraded_and_is_a_conflict(
-        require_root: None, command: list[str]) -> None:
+        lab: SeedLab, command: list[str]) -> None:
     """The nftables backend's masquerade is in place, the connection fails all the same
     (no NAT: no way back to the pod), and the plan says why."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
     masquerade = MasqueradeRule(POD, destination=DB, out_interface="eth0")
     wanted = State(owned=[ForwardRule(POD, DB, in_interface="cni0", out_interface="eth0"),
                           masquerade])
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        with NftablesBackend(lab.node) as backend:
-            backend.apply(plan(backend.observe(), wanted))
-            assert lab.tcp_probe(4).ok
-            run_in(lab.node, command)
-            assert dropped(lab, 4, snmp_count(  # no NAT: no way back to the pod
-                lab.router, "IpExt", "InNoRoutes"))
-            p = plan(backend.observe(), wanted)
-            (note,) = p.conflicts
-            assert note.wanted == masquerade, p.render()
-            assert isinstance(note.foreign, NatBlock), p.render()
-            assert note.foreign.action == "exempt"
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    with NftablesBackend(lab.node) as backend:
+        backend.apply(plan(backend.observe(), wanted))
+        assert lab.tcp_probe(4).ok
+        run_in(lab.node, command)
+        assert dropped(lab, 4, snmp_count(  # no NAT: no way back to the pod
+            lab.router, "IpExt", "InNoRoutes"))
+        p = plan(backend.observe(), wanted)
+        (note,) = p.conflicts
+        assert note.wanted == masquerade, p.render()
+        assert isinstance(note.foreign, NatBlock), p.render()
+        assert note.foreign.action == "exempt"
 
 
 def _fw(default: str, *accepts: str) -> str:
@@ -394,56 +407,52 @@ _NOTRACK = ("add table ip raw\nadd chain ip raw pre {{ type filter hook prerouti
 @pytest.mark.parametrize("default", ["policy drop", "reject"])
 @pytest.mark.parametrize("untracked", [POD, DB], ids=["pods-packets", "replies"])
 def test_untracked_traffic_under_another_tables_forward_default_is_dropped_and_a_conflict(
-        require_root: None, default: str, untracked: str) -> None:
+        lab: SeedLab, default: str, untracked: str) -> None:
     """No NAT here (the router routes the pod CIDR back): the forward path alone decides.
     Another table's forward chain accepts the pods' connections and their replies by
     conntrack; with a notrack before conntrack, an untracked packet's reply is a new
     connection's and an untracked reply none's: the chain's default drops them, as
     iptables' FORWARD policy does (``tests/iptables/test_path_tables.py``)."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
     rule = ForwardRule(POD, DB, in_interface="cni0", out_interface="eth0")
     wanted = State(owned=[rule])
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
-        run_in(lab.node, ["nft", "-f", "-"], input_text=_fw(default))
-        with NftablesBackend(lab.node) as backend:
-            backend.apply(plan(backend.observe(), wanted))
-            assert lab.tcp_probe(4).ok
-            assert not plan(backend.observe(), wanted).conflicts
-            run_in(lab.node, ["nft", "-f", "-"], input_text=_NOTRACK.format(untracked))
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
-            p = plan(backend.observe(), wanted)
-            (note,) = p.conflicts
-            assert note.wanted == rule, p.render()
-            assert isinstance(note.foreign, ForwardBlock), p.render()
-            assert note.foreign.verdict == "untrack"
-            assert not p.changes, p.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+    run_in(lab.node, ["nft", "-f", "-"], input_text=_fw(default))
+    with NftablesBackend(lab.node) as backend:
+        backend.apply(plan(backend.observe(), wanted))
+        assert lab.tcp_probe(4).ok
+        assert not plan(backend.observe(), wanted).conflicts
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_NOTRACK.format(untracked))
+        assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
+        p = plan(backend.observe(), wanted)
+        (note,) = p.conflicts
+        assert note.wanted == rule, p.render()
+        assert isinstance(note.foreign, ForwardBlock), p.render()
+        assert note.foreign.verdict == "untrack"
+        assert not p.changes, p.render()
 
 
 @pytest.mark.kernel
 @pytest.mark.lab
 def test_untracked_traffic_a_forward_chain_accepts_both_ways_by_address_connects_no_conflict(
-        require_root: None) -> None:
+        lab: SeedLab) -> None:
     """The same chain accepting the replies by their addresses too: the untracked flow
     passes both ways (a real connection), and the plan has no conflict."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
     wanted = State(owned=[WANTED_FORWARD])
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
-        run_in(lab.node, ["nft", "-f", "-"],
-               input_text=_fw("policy drop", f"ip saddr {DB} ip daddr {POD}"))
-        run_in(lab.node, ["nft", "-f", "-"], input_text=_NOTRACK.format(POD))
-        with NftablesBackend(lab.node) as backend:
-            backend.apply(plan(backend.observe(), wanted))
-            assert lab.tcp_probe(4).ok
-            p = plan(backend.observe(), wanted)
-            assert not p.conflicts, p.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+    run_in(lab.node, ["nft", "-f", "-"],
+           input_text=_fw("policy drop", f"ip saddr {DB} ip daddr {POD}"))
+    run_in(lab.node, ["nft", "-f", "-"], input_text=_NOTRACK.format(POD))
+    with NftablesBackend(lab.node) as backend:
+        backend.apply(plan(backend.observe(), wanted))
+        assert lab.tcp_probe(4).ok
+        p = plan(backend.observe(), wanted)
+        assert not p.conflicts, p.render()
 
 
 class _Path(_Raw):
@@ -505,32 +514,30 @@ def test_a_notrack_a_prerouting_or_postrouting_chain_accepts_both_ways_by_addres
 @pytest.mark.lab
 @pytest.mark.parametrize("hook", ["prerouting", "postrouting"])
 def test_untracked_traffic_under_a_path_chains_policy_drop_is_dropped_and_a_conflict(
-        require_root: None, hook: str) -> None:
+        lab: SeedLab, hook: str) -> None:
     """Another table's filter chain on the prerouting (or postrouting) hook, policy drop,
     accepting the pods' connections and their replies by conntrack: with the pods'
     packets untracked, their replies are a new connection's and that chain drops them
     (a real connection). Only forward-hook chains were judged: the plan said nothing."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-    from k3snet.lab import SeedLab  # noqa: PLC0415
 
     wanted = State(owned=[WANTED_FORWARD])
     chain = (f"add table inet fw\nadd chain inet fw pass {{ type filter hook {hook} "
              "priority 0; policy drop; }\n"
              "add rule inet fw pass ct state established,related accept\n"
              f"add rule inet fw pass ip saddr {POD} ip daddr {DB} accept\n")
-    with SeedLab.create() as lab:
-        run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
-        run_in(lab.node, ["nft", "-f", "-"], input_text=chain)
-        with NftablesBackend(lab.node) as backend:
-            backend.apply(plan(backend.observe(), wanted))
-            assert lab.tcp_probe(4).ok
-            assert not plan(backend.observe(), wanted).conflicts
-            run_in(lab.node, ["nft", "-f", "-"], input_text=_NOTRACK.format(POD))
-            assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
-            p = plan(backend.observe(), wanted)
-            (note,) = p.conflicts
-            assert note.wanted == WANTED_FORWARD, p.render()
-            assert isinstance(note.foreign, ForwardBlock), p.render()
-            assert note.foreign.verdict == "untrack"
-            assert not p.changes, p.render()
+    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+    run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
+    run_in(lab.node, ["nft", "-f", "-"], input_text=chain)
+    with NftablesBackend(lab.node) as backend:
+        backend.apply(plan(backend.observe(), wanted))
+        assert lab.tcp_probe(4).ok
+        assert not plan(backend.observe(), wanted).conflicts
+        run_in(lab.node, ["nft", "-f", "-"], input_text=_NOTRACK.format(POD))
+        assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
+        p = plan(backend.observe(), wanted)
+        (note,) = p.conflicts
+        assert note.wanted == WANTED_FORWARD, p.render()
+        assert isinstance(note.foreign, ForwardBlock), p.render()
+        assert note.foreign.verdict == "untrack"
+        assert not p.changes, p.render()
