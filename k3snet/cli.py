@@ -1834,7 +1834,8 @@ def _save_planfile(args: argparse.Namespace, spec: Spec, backend: BackendGroup, 
                           backends=names, netns=_planned_netns(args, backend),
                           spec_path=args.spec, options=options,
                           allow_disruptive=_disruptive_allowed(args, spec),
-                          clusters=clusters_of(backend))
+                          clusters=clusters_of(backend),
+                          pod_cidrs=[str(n) for n in spec.cluster.pod_cidrs])
     saved.write(args.out)
     return saved.secret
 
@@ -1885,6 +1886,7 @@ def _saved_backend(args: argparse.Namespace, saved: PlanFile) -> BackendGroup:
         recipe.append((name, kinds.split(",") if kinds else None, resolve_backend_options(
             name, given, netns=args.netns,
             allow_disruptive=saved.allow_disruptive or bool(args.allow_disruptive),
+            pod_cidrs=None if saved.pod_cidrs is None else list(saved.pod_cidrs),
             explicit=_explicit_options(name, args))))
     try:
         group = _group(recipe)

@@ -14,8 +14,8 @@ can do the same::
 
 The file records the node (machine id, hostname, network namespace and its
 identity), the backends, the cluster each backend with an ``api_client`` talks to,
-the spec's SHA-256, a fingerprint of what the backends observed, the backends'
-options and the desired state (schema: ``k3snet.schemas.load_schema("planfile")``).
+the spec's SHA-256 and pod CIDRs, a fingerprint of what the backends observed, the
+backends' options and the desired state (schema: ``k3snet.schemas.load_schema("planfile")``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -179,6 +180,20 @@ def _clusters_problem(clusters: Any) -> str | None:
     return None
 
 
+def _pod_cidrs_problem(pod_cidrs: Any) -> str | None:
+    """What is wrong with recorded pod CIDRs (``None``: nothing, or none recorded)."""
+    if pod_cidrs is None:
+        return None
+    if not isinstance(pod_cidrs, list) or not all(isinstance(n, str) for n in pod_cidrs):
+        return "its pod_cidrs are a JSON list of texts"
+    for text in pod_cidrs:
+        try:
+            ipaddress.ip_network(text)
+        except ValueError as exc:
+            return f"its pod_cidrs hold {printable(text[:80])!r}, no CIDR ({exc})"
+    return None
+
+
 def node_identity(netns: str | None) -> dict[str, str | None]:
     """What names this node and namespace: machine id, hostname, namespace and its identity."""
     return {"machine_id": _machine_id(), "hostname": socket.gethostname(), "netns": netns,
@@ -293,6 +308,7 @@ def _check_node(path: Path, node: Mapping[str, str | None],
 _KEYS: dict[str, frozenset[str]] = {
     "a plan file": frozenset({"format", "kind", "k3snet", "build", "node", "backends", "spec",
                               "options", "allow_disruptive", "clusters", "observed",
+                              "pod_cidrs",
                               "desired", "plan"}),
     "node": frozenset({"machine_id", "hostname", "netns", "netns_id"}),
     "spec": frozenset({"path", "sha256"}),
@@ -305,7 +321,7 @@ _KEYS: dict[str, frozenset[str]] = {
 """The keys each part of a plan file has (those :meth:`PlanFile.to_dict` writes)."""
 
 _OPTIONAL: dict[str, frozenset[str]] = {
-    "a plan file": frozenset({"build", "clusters"}), "node": _KEYS["node"],
+    "a plan file": frozenset({"build", "clusters", "pod_cidrs"}), "node": _KEYS["node"],
     "spec": _KEYS["spec"], "plan": frozenset({"held"}), "note": frozenset({"reason", "owned"})}
 """The keys of each part that :meth:`PlanFile.to_dict` leaves out at times; every other
 one it always writes (left out by hand, it would be read as empty or none)."""
@@ -461,13 +477,19 @@ class PlanFile:
     build: str | None = attrs.field(factory=build_identity)
     """The :func:`build_identity` of the k3snet that wrote the file (``None``: a file of
     before, or not a text): another build of one version may plan otherwise too."""
+    pod_cidrs: tuple[str, ...] | None = None
+    """The spec's ``cluster.podCIDRs``, given again to the backends judging by them (the
+    netlink backend's ``pod_cidrs`` option: which IPv6 source-specific routes take the
+    pods' packets); ``None`` in a file made before k3snet recorded them (none known: any
+    source may be a pod's, as without a spec)."""
 
     @classmethod
     def make(cls, p: Plan, *, desired: State, observed: State, backends: Sequence[str],
              netns: str | None, spec_path: Path | None = None,
              options: Mapping[str, Mapping[str, Any]] | None = None,
              allow_disruptive: bool = False,
-             clusters: Mapping[str, str] | None = None) -> PlanFile:
+             clusters: Mapping[str, str] | None = None,
+             pod_cidrs: Sequence[str] | None = None) -> PlanFile:
         """A plan file for this node; ``desired`` and ``observed`` as the plan saw them.
 
         ``options``: backend name -> the options it was built with from the spec and
@@ -475,6 +497,7 @@ class PlanFile:
         name -> the cluster it talks to (:func:`clusters_of` of the backends); ``None``
         (not given): none recorded, and :meth:`refuse_elsewhere` compares none, as for a
         file of before (an empty mapping: no backend talked to a cluster).
+        ``pod_cidrs``: the spec's ``cluster.podCIDRs`` (``None``: none recorded).
         """
         options = {name: dict(given) for name, given in (options or {}).items() if given}
         problem = _options_problem(options, backends)
@@ -485,7 +508,8 @@ class PlanFile:
                 read_input(spec_path, SPEC_MAX_BYTES)).hexdigest()}
         return cls(p, desired, tuple(backends), node_identity(netns), state_digest(observed),
                    spec, options, allow_disruptive,
-                   None if clusters is None else dict(clusters))
+                   None if clusters is None else dict(clusters),
+                   pod_cidrs=None if pod_cidrs is None else tuple(map(str, pod_cidrs)))
 
     def refuse_elsewhere(self, backend: object, path: Path | str = "the plan file") -> None:
         """A PlanError unless every backend of ``backend`` (a group's members) acting in a
@@ -530,6 +554,7 @@ class PlanFile:
                 "options": {name: dict(given) for name, given in self.options.items()},
                 "allow_disruptive": self.allow_disruptive,
                 **({"clusters": dict(self.clusters)} if self.clusters is not None else {}),
+                **({"pod_cidrs": list(self.pod_cidrs)} if self.pod_cidrs is not None else {}),
                 "observed": self.observed, "desired": self.desired.to_dict(),
                 "plan": self.plan.to_dict()}
 
@@ -591,8 +616,8 @@ class PlanFile:
         allow_disruptive = document.get("allow_disruptive")
         if not isinstance(allow_disruptive, bool):
             raise PlanError(f"{path}: its allow_disruptive is true or false")
-        clusters = document.get("clusters")
-        problem = _clusters_problem(clusters)
+        clusters, pod_cidrs = document.get("clusters"), document.get("pod_cidrs")
+        problem = _clusters_problem(clusters) or _pod_cidrs_problem(pod_cidrs)
         if problem:
             raise PlanError(f"{path}: {problem}")
         made_by = document.get("k3snet")
@@ -601,7 +626,8 @@ class PlanFile:
                        tuple(backends), {**node, "netns": here["netns"]},
                        str(document.get("observed")), spec, options, allow_disruptive,
                        clusters, made_by if isinstance(made_by, str) else None,
-                       build if isinstance(build := document.get("build"), str) else None)
+                       build if isinstance(build := document.get("build"), str) else None,
+                       None if pod_cidrs is None else tuple(pod_cidrs))
             _refuse_not_as_written(path, document)
         except ModelError as exc:
             raise PlanError(f"{path}: {exc}") from exc

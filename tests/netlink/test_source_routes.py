@@ -44,6 +44,7 @@ from k3snet.model import Route, State
 from k3snet.planner import plan
 from tests.netlink.links import ip
 from tests.netlink.test_backend import DRIVERS, Driver
+from tests.netlink.test_pyroute2_table_dumps import _count_route_dumps
 
 _POD = "fd42:42::5"
 _SEND = ("import socket, sys\n"
@@ -112,8 +113,15 @@ def _sent_through(lab: tuple[str, list[str]], source: str, target: str) -> tuple
     return ours, foreign
 
 
+def _warnings(backend: NetlinkBackend) -> tuple[str, ...]:
+    """The warnings of a pass: its observe, then the warnings (as plan and the agent do:
+    the pyroute2 driver follows no change, and reads the routes the observe dumped)."""
+    backend.observe()
+    return backend.warnings
+
+
 def _only_warning(backend: NetlinkBackend) -> str:
-    warnings = backend.warnings
+    warnings = _warnings(backend)
     assert len(warnings) == 1, warnings
     return warnings[0]
 
@@ -149,7 +157,7 @@ def test_a_source_specific_route_taking_the_pods_packets_is_named_in_the_warning
         shorter = ("fd01::/16", "from", "fd42:42::/56", "via", "fd01:9::1", "dev", "eth1")
         ip(node, "-6", "route", "add", *shorter)
         assert _sent_through(lab, _POD, "fd01:2::7")[0] >= 20
-        assert backend.warnings == ()
+        assert _warnings(backend) == ()
         ip(node, "-6", "route", "del", *shorter)
         # Inside k3snet's destination: named when its `from` holds a pod's source.
         inner = ("fd01:2::/80", "from", "fd42:42::/64", "via", "fd01:9::1", "dev", "eth1")
@@ -161,7 +169,7 @@ def test_a_source_specific_route_taking_the_pods_packets_is_named_in_the_warning
         outside = ("fd01:2::/80", "from", "fd43::/56", "via", "fd01:9::1", "dev", "eth1")
         ip(node, "-6", "route", "add", *outside)
         assert _sent_through(lab, _POD, "fd01:2::7")[0] >= 20
-        assert backend.warnings == ()
+        assert _warnings(backend) == ()
         ip(node, "-6", "route", "del", *outside)
         # At k3snet's very destination a `from` no pod's packet comes from still matters:
         # the pods' packets pass k3snet's route by (no shorter prefix here: unreachable).
@@ -186,3 +194,32 @@ def test_a_source_specific_route_taking_the_pods_packets_is_named_in_the_warning
         assert "takes the pods' packets from fd42:42::/64 to fd01:2::/64" in warning
         assert ("the pods' packets from fd42:42::/56 outside fd42:42::/64 pass that route by"
                 in warning)
+
+
+@pytest.mark.kernel
+@pytest.mark.usefixtures("require_root")
+def test_the_pyroute2_driver_reads_the_source_routes_from_the_pass_s_observe_without_a_dump(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each look at the warnings dumped every IPv6 route again, pyroute2 decoding each:
+    # at 10 000 routes as much CPU as the pass's observe (docs/performance.md).
+    pytest.importorskip("pyroute2")
+    with _lab() as lab, NetlinkBackend(lab[0], state_dir=tmp_path, driver="pyroute2",
+                                        pod_cidrs=["fd42:42::/56"]) as backend:
+        wanted = State(owned=[Route("fd01:2::/64", gateway="fd01:1::1", device="eth0")])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(lab[0], "-6", "route", "add", "fd01:2::/80", "from", "fd42:42::/64", "via",
+           "fd01:9::1", "dev", "eth1")
+        backend.observe()
+        dumped: list[int] = []
+        _count_route_dumps(backend, dumped, monkeypatch)
+        for _ in range(3):
+            [warning] = backend.warnings
+            assert "takes the pods' packets from fd42:42::/64 to fd01:2::/80" in warning
+        assert dumped == []
+        backend.observe()  # the next pass reads them from its own dump
+        assert len(dumped) == 2  # IPv4's and IPv6's routes
+        ip(lab[0], "-6", "route", "del", "fd01:2::/80", "from", "fd42:42::/64")
+        backend.observe()
+        assert backend.warnings == ()
+        assert len(dumped) == 4

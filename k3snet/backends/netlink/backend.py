@@ -533,8 +533,8 @@ class NetlinkBackend(BackendBase):
         * one of a shorter prefix than D never beats k3snet's longer one: not named.
 
         A policy rule sending the pods' packets to another table (``ip -6 rule add from
-        POD lookup 100``) is not judged here: a rule with a source is one the lookup *may*
-        meet (:meth:`_rule_warnings` names only rules every packet meets). IPv4 has no
+        POD lookup 100``) is not judged here (:meth:`_rule_warnings` names one whose
+        ``from`` holds every pod CIDR). IPv4 has no
         source-specific routes. Read with a dump of IPv6's routes, only when a wanted
         route is IPv6."""
         routes = self._wanted_routes
@@ -599,7 +599,10 @@ class NetlinkBackend(BackendBase):
         Only a rule every forwarded packet to the destination meets counts: its ``to``
         holding the whole destination, no other selector (a source prefix, a mark, an
         interface: a rule that *may* match before one to the route's own table leaves
-        the route in doubt, not named), nor a ``goto`` or ``nop`` before it. A ``throw``
+        the route in doubt, not named), nor a ``goto`` or ``nop`` before it; or, for the
+        pods' packets, a rule whose ``from`` holds every pod CIDR of the family
+        (``pod_cidrs``) and no other selector (``ip rule add from 10.42.0.0/16 lookup
+        100``). A ``throw``
         route of the table sends the lookup on, as the kernel does. The text says what the
         rule does with every lookup reaching it and names the earlier rules that may take
         some first (an inverted one, one of a source, a table holding part of the
@@ -662,7 +665,7 @@ class NetlinkBackend(BackendBase):
             # change of table local, an address's or another program's route, moves it.)
             # An answer that asked fib_triestat holds while it says the same (a rule added
             # and deleted again between two calls leaves the same rules, tables apart).
-            key = (tuple(rules), split, routes, self._routes.version)
+            key = (tuple(rules), split, routes, self._routes.version, self.pod_cidrs)
             last = self._rule_warned
             if last is not None and last[0] == key and self._same_merge(last[3]):
                 return last[1]
@@ -674,7 +677,8 @@ class NetlinkBackend(BackendBase):
         # Without rules of an administrator's the answer is the routes' and table local's
         # alone: a driver following no change (pyroute2: the version moves every pass)
         # reads the same table again, and 10 000 routes are not looked up again.
-        again = (tuple(rules), split, routes, local.routes) if not custom else None
+        again = ((tuple(rules), split, routes, local.routes, self.pod_cidrs) if not custom
+                 else None)
         if (again is not None and last is not None and last[2] == again
                 and self._same_merge(last[3])):
             said, asked = last[1], last[3]
@@ -708,9 +712,11 @@ class NetlinkBackend(BackendBase):
             or (route.destination.version == 4 and route.table != _DEFAULT_TABLE
                 and local.throw_at(route.destination) is not None and merge.merged)]
         for route in sorted(judged, key=lambda r: r.sort_key):
-            taken = _taken_by_rule(route, rules, lookup, local, merge=merge)
+            taken = _taken_by_rule(route, rules, lookup, local, merge=merge,
+                                   pods=self.pod_cidrs)
             if taken is not None:
-                found.append(f"netlink: the {route.describe()} carries no traffic in "
+                what = "no traffic" if taken[0].source is None else "none of the pods' traffic"
+                found.append(f"netlink: the {route.describe()} carries {what} in "
                              f"{self._where}: {_why_taken(route, *taken)}")
         return tuple(found)
 
@@ -2081,6 +2087,7 @@ class _LocalTable:
 
 def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTables,
                    local: _LocalTable | None = None, *, merge: _Merge | None = None,
+                   pods: Sequence[Network] | None = None,
                    ) -> tuple[LookupRule, Route | RouteBlock | LocalRoute | None,
                               list[LookupRule]] | None:
     """The administrator's rule that takes every lookup of ``route``'s destination
@@ -2091,14 +2098,20 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
     (``local``) takes them when one of its routes holds the destination: for IPv4, while
     the kernel may keep it merged with ``main`` (``merge`` not surely apart; ``None``:
     apart), only a route of the destination's own prefix surely does (the longest prefix
-    of the two wins)."""
+    of the two wins). A rule of a ``from`` holding every pod CIDR (``pods``) of the
+    destination's family (``ip rule add from 10.42.0.0/16 lookup 100``: the pods'
+    forwarded packets all meet it) counts as one every lookup meets; one holding part
+    of them as one that may take some first; none without ``pods``."""
     dst = route.destination
     earlier: list[LookupRule] = []
+    mine = [p for p in pods or () if p.version == dst.version]
     for rule in rules:
         if rule.family != dst.version or (
-                rule.destination is not None and not rule.destination.overlaps(dst)):
+                rule.destination is not None and not rule.destination.overlaps(dst)) or (
+                _pods_meet(rule, mine) is None):
             continue
-        sure = (rule.exact and not rule.mark_mask and rule.in_interface is None
+        sure = ((rule.exact or _pods_meet(rule, mine) is True)
+                and not rule.mark_mask and rule.in_interface is None
                 and rule.out_interface is None
                 and (rule.destination is None
                      or dst.subnet_of(rule.destination)))  # type: ignore[arg-type]
@@ -2130,6 +2143,18 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
     return None
 
 
+def _pods_meet(rule: LookupRule, pods: Sequence[Network]) -> bool | None:
+    """Whether the pods' packets (from ``pods``, of the rule's family) meet ``rule`` by its
+    ``from``: all of them (``True``), none (``None``), or some, or it cannot be told
+    (``False``: no ``from`` read, or no pod CIDR known)."""
+    source = rule.source
+    if source is None or not pods:
+        return False
+    if not any(p.overlaps(source) for p in pods):
+        return None
+    return all(p.subnet_of(source) for p in pods)  # type: ignore[arg-type]
+
+
 def _why_taken(route: Route, rule: LookupRule, holder: Route | RouteBlock | LocalRoute | None,
                earlier: Sequence[LookupRule]) -> str:
     """What takes the lookups of ``route`` (:func:`_taken_by_rule`'s answer), said of the
@@ -2137,6 +2162,9 @@ def _why_taken(route: Route, rule: LookupRule, holder: Route | RouteBlock | Loca
     lookups before it, which the text claimed went to its table."""
     where = f"table {_table_name(route.table)}"
     lookups = f"every lookup of {network_text(route.destination)} reaching it"
+    if rule.source is not None:
+        lookups = (f"every lookup of {network_text(route.destination)} from the pods "
+                   f"({network_text(rule.source)}) reaching it")
     if holder is None:
         why = (f"the policy rule at priority {rule.priority} "
                f"({_REJECTING[rule.action]}), before {where}, refuses {lookups}")

@@ -827,7 +827,10 @@ class LookupRule:
     never ``exact``). ``mark_mask``: the bits a rule of mark 0 wants clear
     (``fwmark 0/0x4000``), 0 for none: the gateway's lookup (no mark) meets it as its
     other selectors say, a packet marked with one of them does not (kube-proxy marks
-    0x4000 what it masquerades)."""
+    0x4000 what it masquerades). ``source``: the ``from`` prefix of a rule whose other
+    selectors are all read here (no mark, TOS, L3 master device, nor one of those that
+    make it not ``exact``): a forwarded packet from inside it meets it as its other
+    selectors say (``None``: none, or others too)."""
 
     family: int
     priority: int
@@ -839,6 +842,7 @@ class LookupRule:
     exact: bool = True
     gateway_lookup: bool = True
     mark_mask: int = 0
+    source: Network | None = None
 
     def matches(self, address: Address, incoming: str | None, outgoing: str | None) -> bool:
         """Whether a lookup of ``address`` coming in by ``incoming``, going out by
@@ -903,6 +907,14 @@ def decode_rule(msg: bytes) -> LookupRule | None:
     if inverted:  # met by what its selectors do not match: any lookup, perhaps
         return LookupRule(4 if family == socket.AF_INET else 6, priority, table, None,
                           None, None, action, exact=False)
+    source: Network | None = None
+    raw = found.get(FRA_SRC)
+    if src_len and raw is not None and not tos and FRA_L3MDEV not in found and not (
+            FRA_FWMARK in found and U32.unpack(found[FRA_FWMARK][:4])[0]) and (
+            found.keys() - unset - {FRA_SRC} <= _PLAIN_RULE_ATTRS):
+        source = (ipaddress.IPv4Network((raw, src_len)) if family == socket.AF_INET
+                  else ipaddress.IPv6Network((raw, src_len)))
     return LookupRule(4 if family == socket.AF_INET else 6, priority, table, destination,
                       _name(found.get(FRA_IIFNAME)), _name(found.get(FRA_OIFNAME)),
-                      action, exact, gateway_lookup=not sourced, mark_mask=mark_mask)
+                      action, exact, gateway_lookup=not sourced, mark_mask=mark_mask,
+                      source=source)

@@ -226,6 +226,9 @@ class Pyroute2Driver:
         # Table local's route messages (their bytes) as the last routes() dump of every
         # table met them, decoded by local_routes() alone (decode_local_route).
         self._local: list[bytes] | None = None
+        # IPv6's source-specific route messages (their bytes) as the last routes() dump
+        # of every table met them, decoded by source_routes() alone (decode_source_route).
+        self._sources: list[bytes] | None = None
         runner.call(self._open)
 
     def _open(self) -> None:
@@ -333,6 +336,7 @@ class Pyroute2Driver:
         def job(ipr: Any) -> list[Route | RouteBlock | Siblings]:
             found: list[Route | RouteBlock | Siblings] = []
             local: list[bytes] = []
+            sources: list[bytes] = []
             for family in (socket.AF_INET, socket.AF_INET6):
                 if tables is not None:  # the kernel sends each table's alone
                     for table in sorted(tables):
@@ -345,11 +349,13 @@ class Pyroute2Driver:
                     if msg["table"] == RT_TABLE_LOCAL:  # the header's: 255 fits in it
                         local.append(_raw(msg))  # route_of leaves table local out
                         continue
+                    if msg["src_len"]:  # route_of leaves them out
+                        sources.append(_raw(msg))
                     route = _route_from(msg, names)
                     if route is not None:
                         found.append(route)
             if tables is None:
-                self._local = local
+                self._local, self._sources = local, sources
             return found
 
         return self._run(job)
@@ -374,11 +380,17 @@ class Pyroute2Driver:
 
     def source_routes(self, names: Mapping[int, str]) -> list[SourceRoute]:
         """The IPv6 source-specific routes of every table but ``local``, read from their
-        messages' bytes as the socket driver reads them
-        (:func:`~.codec.decode_source_route`, one decoder for both): one dump."""
-        return self._run(lambda ipr: [
-            route for msg in self._dump(ipr, ipr.route, family=socket.AF_INET6)
-            if (route := decode_source_route(_raw(msg), names)) is not None])
+        messages' bytes as the socket driver reads them (:func:`~.codec.decode_source_route`,
+        one decoder for both): those the last :meth:`routes` of every table met (as
+        :meth:`local_routes` reads table ``local``), else one dump. A dump of every
+        IPv6 route at each look, pyroute2 decoding each, cost the warnings of every pass
+        as much as the pass's observe (figures in docs/performance.md)."""
+        raws = self._sources
+        if raws is None:
+            raws = self._run(lambda ipr: [
+                _raw(msg) for msg in self._dump(ipr, ipr.route, family=socket.AF_INET6)
+                if msg["src_len"]])
+        return [route for raw in raws if (route := decode_source_route(raw, names)) is not None]
 
     def rules(self) -> list[LookupRule]:
         """The policy rules of both families, in the kernel's order, as the socket driver

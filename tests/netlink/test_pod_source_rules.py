@@ -1,0 +1,90 @@
+"""A policy rule sending the pods' packets to another table before k3snet's.
+
+``ip rule add from 10.42.0.0/16 lookup 100`` (priority 100, before ``main``'s 32766)
+with a default route in table 100: the kernel sends every forwarded packet of the pods
+through table 100 (``ip route get DST from POD iif cni0`` says ``table 100``), and
+k3snet's route in ``main`` carries none of them, while the warnings, naming only rules
+every lookup meets, said nothing. A rule whose ``from`` holds every pod CIDR of the
+family is named now (IPv4 and IPv6, both drivers); one holding no pod's address, or
+any such rule while the pod CIDRs are unknown, is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+from k3snet.backends.netlink import NetlinkBackend
+from k3snet.lab.netns import run_in, temporary_netns
+from k3snet.model import Route, State
+from k3snet.planner import plan
+from tests.netlink.links import ip
+from tests.netlink.test_backend import DRIVERS, Driver
+
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("require_root")]
+
+_CASES = {4: ("192.168.2.0/24", "192.168.2.10", "10.42.0.5", "10.42.0.0/16", "192.168.9.1"),
+          6: ("fd01:2::/64", "fd01:2::10", "fd42:42::5", "fd42:42::/56", "fd01:9::1")}
+
+
+@contextmanager
+def _node() -> Iterator[str]:
+    """eth0 (k3snet's gateways), eth1 (the other table's) and cni0 (the pods'), veths."""
+    with ExitStack() as stack:
+        node = stack.enter_context(temporary_netns("podrule"))
+        run_in(node, ["sysctl", "-qw", "net.ipv4.ip_forward=1",
+                      "net.ipv6.conf.all.forwarding=1"])
+        ip(node, "link", "set", "lo", "up")
+        for link, four, six in (("eth0", "192.168.1.2/24", "fd01:1::2/64"),
+                                ("eth1", "192.168.9.2/24", "fd01:9::2/64"),
+                                ("cni0", "10.42.0.1/24", "fd42:42::1/64")):
+            ip(node, "link", "add", link, "type", "veth", "peer", "name", f"{link}p")
+            for name in (link, f"{link}p"):
+                ip(node, "link", "set", name, "up")
+            ip(node, "addr", "add", four, "dev", link)
+            ip(node, "-6", "addr", "add", six, "dev", link, "nodad")
+        yield node
+
+
+def _table_of_pods_packets(node: str, family: int) -> str:
+    _dst, target, pod, _pods, _gateway = _CASES[family]
+    got = ip(node, f"-{family}", "route", "get", target, "from", pod, "iif", "cni0")
+    return "table 100" if "table 100" in got else "main"
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_rule_sending_every_pod_s_packets_to_another_table_is_named(
+        tmp_path: Path, driver: Driver, family: int) -> None:
+    dst, _target, _pod, pods, gateway = _CASES[family]
+    ours = Route(dst, gateway="192.168.1.1" if family == 4 else "fd01:1::1", device="eth0")
+    with _node() as node, NetlinkBackend(node, state_dir=tmp_path, driver=driver,
+                                          pod_cidrs=["10.42.0.0/16", "fd42:42::/56"]) as backend:
+        wanted = State(owned=[ours])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        v = f"-{family}"
+        ip(node, v, "route", "add", "default", "via", gateway, "dev", "eth1", "table", "100")
+        ip(node, v, "rule", "add", "from", pods, "lookup", "100", "pref", "100")
+        assert _table_of_pods_packets(node, family) == "table 100"
+        backend.observe()
+        [warning] = backend.warnings
+        assert f"the route {dst} via" in warning
+        assert "carries none of the pods' traffic" in warning
+        assert (f"the policy rule at priority 100, before table main, sends every lookup of "
+                f"{dst} from the pods ({pods}) reaching it to table 100") in warning
+        # Unknown pod CIDRs: a rule of a source may or may not be the pods', unnamed.
+        with NetlinkBackend(node, state_dir=tmp_path / "unknown", driver=driver) as unknown:
+            unknown.expect(wanted)
+            unknown.observe()
+            assert unknown.warnings == ()
+        ip(node, v, "rule", "del", "pref", "100")
+        # A `from` holding no pod's address: the pods' packets stay on k3snet's route.
+        other = "10.77.0.0/16" if family == 4 else "fd77::/56"
+        ip(node, v, "rule", "add", "from", other, "lookup", "100", "pref", "100")
+        assert _table_of_pods_packets(node, family) == "main"
+        backend.observe()
+        assert backend.warnings == ()
