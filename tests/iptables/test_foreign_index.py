@@ -12,6 +12,7 @@ tables; and the reads must grow linearly with a blocklist, counted, not timed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -107,7 +108,7 @@ def test_forward_accepts_indexed_are_the_brute_force_ones(text: str) -> None:
     dump = parse_save(text)["filter"]
     for family in (4, 6):
         assert foreign.untracked_accepts(dump, family) == _brute(
-            lambda f=family: foreign.untracked_accepts(dump, f))
+            partial(foreign.untracked_accepts, dump, family))
     assert foreign._forward_accepts(dump) == _brute(lambda: foreign._forward_accepts(dump))
 
 
@@ -117,7 +118,7 @@ def test_foreign_nat_indexed_is_the_brute_force_one(text: str) -> None:
     dump = parse_save(text)["nat"]
     for family in (4, 6):
         assert foreign.foreign_nat(dump, family) == _brute(
-            lambda f=family: foreign.foreign_nat(dump, f))
+            partial(foreign.foreign_nat, dump, family))
 
 
 def _counting(name: str, patch: pytest.MonkeyPatch,
