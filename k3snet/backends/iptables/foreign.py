@@ -51,9 +51,10 @@ exclusion, anything else negated is not modelled).
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
-from collections.abc import Container, Iterator, Sequence
-from typing import Literal
+from collections.abc import Container, Iterable, Iterator, Sequence
+from typing import Generic, Literal, TypeVar
 
 import attrs
 
@@ -306,19 +307,19 @@ def foreign_nat(dump: TableDump | None, family: int, *,
     found: set[NetObject] = set()
     if dump is None:
         return found
-    table_exits: list[_Exit] = []
+    table_exits = _Exits()
     for spec in dump.chain("POSTROUTING"):
         tokens = tokenize(spec)
         target = _target(tokens)
         if target is not None and target in dump.rules and not _ours(target, ours):
             narrowed = _conditions(tokens) != []
             gone_to = _goes(tokens)
-            chain_exits: list[_Exit] = []
+            chain_exits = _Exits()
             for inner in dump.chain(target):
                 inner_tokens = tokenize(inner)
                 inner_target = _target(inner_tokens)
                 fields = None if narrowed else parse_rule(inner_tokens)
-                _add_nat(found, family, fields, [*table_exits, *chain_exits])
+                _add_nat(found, family, fields, table_exits, chain_exits)
                 if _marked(inner_tokens) or inner_target in _GOES_ON:
                     continue
                 exit_ = _Exit.of(inner_tokens, fields, outer=tokens)
@@ -390,19 +391,64 @@ def _net(text: str | None) -> Network | None:
 
 
 def _add_nat(found: set[NetObject], family: int, fields: RuleFields | None,
-             exits: list[_Exit]) -> None:
-    """Add the foreign NAT object a MASQUERADE/SNAT rule met after ``exits`` stands for."""
+             *exits: _Exits) -> None:
+    """Add the foreign NAT object a MASQUERADE/SNAT rule met after ``exits`` (each in the
+    order met, one after the other) stands for."""
     if fields is None or fields.target not in ("MASQUERADE", "SNAT"):
         return
     if fields.source_neg or fields.in_interface or fields.ctstate or fields.ctdir:
         return
-    spared = _spared(fields, family, exits)
+    source = fields.source if fields.source is not None else _zero(family)
+    destination = fields.destination if not fields.destination_neg else None
+    spared = _spared(fields, family,
+                     [exit_ for some in exits for exit_ in some.meeting(source, destination)])
     obj = None if spared is None else _nat_object(fields, family, spared)
     if obj is not None:
         found.add(obj)
 
 
-def _spared(rule: RuleFields, family: int, exits: list[_Exit]) -> list[Network] | None:
+class _Exits:
+    """The exits met so far (:class:`_Exit`, in order), found by the source and destination
+    they may share with a later NAT rule: :func:`_spared` reads only those, not every
+    one (N ``-d X -j RETURN`` exceptions before N SNAT rules: N reads, not N squared)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._any: list[tuple[int, _Exit]] = []  # no address, or one of another family
+        self._by_source: _Prefixes[tuple[int, _Exit]] = _Prefixes()
+        self._by_destination: _Prefixes[tuple[int, _Exit]] = _Prefixes()
+        self._both: _Prefixes[tuple[int, _Exit]] = _Prefixes()  # by destination, the source
+        # checked here
+
+    def append(self, exit_: _Exit) -> None:
+        self._count += 1
+        item = (self._count, exit_)
+        if exit_.source is not None and exit_.destination is not None:
+            self._both.add(exit_.destination, item)
+        elif exit_.source is not None:
+            self._by_source.add(exit_.source, item)
+        elif exit_.destination is not None:
+            self._by_destination.add(exit_.destination, item)
+        else:
+            self._any.append(item)
+
+    def meeting(self, source: Network, destination: Network | None) -> list[_Exit]:
+        """In the order met, every exit whose addresses may meet ``source`` and ``destination``
+        (``None``: any), and perhaps a few more (:func:`_spared` reads each): a superset of
+        those its address tests keep."""
+        found = [*self._any, *self._by_source.overlapping(source)]
+        if destination is None:
+            found += self._by_destination.everything()
+            found += (item for item in self._both.everything()
+                      if item[1].source is not None and overlaps(item[1].source, source))
+        else:
+            found += self._by_destination.overlapping(destination)
+            found += (item for item in self._both.overlapping(destination)
+                      if item[1].source is not None and overlaps(item[1].source, source))
+        return [exit_ for _, exit_ in sorted(found, key=lambda item: item[0])]
+
+
+def _spared(rule: RuleFields, family: int, exits: Iterable[_Exit]) -> list[Network] | None:
     """The destinations earlier exits take from ``rule``; ``None``: cannot tell."""
     source = rule.source if rule.source is not None else _zero(family)
     destination = rule.destination if not rule.destination_neg else None
@@ -524,11 +570,11 @@ def forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> list
     accepts: list[RuleFields] = []
     dropped = dump.policies.get("FORWARD", "ACCEPT") != "ACCEPT"
     # the drops, rejects and RETURNs to FORWARD's policy drop met so far
-    returns: list[RuleFields] = []
+    returns = _Takers()
     # the RETURNs met so far out of each reading of a chain jumped to (None: not
     # modelled), by the reading whose rest their packets skip: a chain jumped to twice
     # sends back only each jump's own packets
-    skips: dict[int, list[RuleFields | None]] = {}
+    skips: dict[int, _Takers] = {}
     for _chain, target, fields, _tokens, frame, stack in _walk(dump, "FORWARD", ours):
         if target == _UNKNOWN:
             break  # not read (a loop in the text, past the walk's bounds): as a drop
@@ -547,16 +593,104 @@ def forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> list
             returns.append(fields)
             continue
         if target == "RETURN" and frame != 0:
-            skips.setdefault(frame, []).append(fields)
+            skips.setdefault(frame, _Takers()).append(fields)
             continue
         if fields is None:
             continue
         if (fields.target == "ACCEPT" and not fields.source_neg and not fields.destination_neg
-                and not any(_may_take(earlier, fields) for earlier in returns)
-                and not any(earlier is None or _may_take(earlier, fields)
-                            for reading in stack for earlier in skips.get(reading, ()))):
+                and not returns.may_take(fields)
+                and not any(reading in skips and skips[reading].may_take(fields)
+                            for reading in stack)):
             accepts.append(fields)
     return accepts
+
+
+_T = TypeVar("_T")
+
+
+class _Prefixes(Generic[_T]):
+    """Items each under a network (of either family), found by the networks they share an
+    address with: those whose network holds the one asked for (one look-up per prefix
+    length in use) and those within it (a range of the networks sorted by address)."""
+
+    def __init__(self) -> None:
+        self._holding: dict[tuple[int, int], dict[int, list[_T]]] = {}  # (version, length)
+        self._within: dict[int, list[tuple[int, int, int]]] = {}  # version: (start, len, n)
+        self._items: list[_T] = []
+
+    def add(self, net: Network, item: _T) -> None:
+        number = len(self._items)
+        self._items.append(item)
+        shift = net.max_prefixlen - net.prefixlen
+        start = int(net.network_address)
+        self._holding.setdefault((net.version, net.prefixlen), {}).setdefault(
+            start >> shift, []).append(item)
+        bisect.insort(self._within.setdefault(net.version, []), (start, net.prefixlen, number))
+
+    def everything(self) -> list[_T]:
+        return self._items
+
+    def overlapping(self, net: Network) -> list[_T]:
+        """The items whose network shares an address with ``net`` (:func:`overlaps`)."""
+        found: list[_T] = []
+        start = int(net.network_address)
+        for (version, length), by_start in self._holding.items():
+            if version == net.version and length <= net.prefixlen:
+                found += by_start.get(start >> (net.max_prefixlen - length), ())
+        within = self._within.get(net.version, ())
+        end = start | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
+        at = bisect.bisect_left(within, (start, -1, -1))
+        while at < len(within) and within[at][0] <= end:
+            if within[at][1] > net.prefixlen:
+                found.append(self._items[within[at][2]])
+            at += 1
+        return found
+
+
+class _Takers:
+    """The DROP/REJECT/RETURN rules met so far (read by addresses and interfaces;
+    ``None``: not modelled), asked whether one may take some packets of a later rule
+    (:func:`_may_take`): only those whose positive address matches may meet the rule's
+    are read, not every one (N ``-s X -j DROP`` before N accepts: N reads, not N
+    squared)."""
+
+    def __init__(self) -> None:
+        self._unknown = False
+        self._any: list[RuleFields] = []  # no positive address match
+        self._by_source: _Prefixes[RuleFields] = _Prefixes()
+        self._by_destination: _Prefixes[RuleFields] = _Prefixes()
+        self._both: _Prefixes[RuleFields] = _Prefixes()  # by destination
+
+    def append(self, fields: RuleFields | None) -> None:
+        if fields is None:
+            self._unknown = True
+            return
+        source = fields.source if not fields.source_neg else None
+        destination = fields.destination if not fields.destination_neg else None
+        if source is not None and destination is not None:
+            self._both.add(destination, fields)
+        elif source is not None:
+            self._by_source.add(source, fields)
+        elif destination is not None:
+            self._by_destination.add(destination, fields)
+        else:
+            self._any.append(fields)
+
+    def may_take(self, rule: RuleFields) -> bool:
+        """``any(earlier is None or _may_take(earlier, rule) for earlier in met)``: a rule
+        whose positive address match shares no address with ``rule``'s cannot take any
+        of its packets, and is not read."""
+        if self._unknown:
+            return True
+        by_source = (self._by_source.everything() if rule.source is None
+                     else self._by_source.overlapping(rule.source))
+        by_destination = (self._by_destination.everything() if rule.destination is None
+                          else self._by_destination.overlapping(rule.destination))
+        both = (self._both.everything() if rule.destination is None
+                else self._both.overlapping(rule.destination))
+        return any(_may_take(earlier, rule)
+                   for some in (self._any, by_source, by_destination, both)
+                   for earlier in some)
 
 
 def _as_jump(tokens: Line) -> Line:
