@@ -1,6 +1,6 @@
 """The foreign readers' look-ups of earlier rules by address (``_Takers``, ``_Exits``).
 
-:func:`_forward_accepts` asks, for each accept, whether an earlier drop, reject or
+:func:`forward_accepts` asks, for each accept, whether an earlier drop, reject or
 RETURN may take its packets, and :func:`foreign_nat`, for each MASQUERADE/SNAT rule,
 which earlier exits spare which destinations. Both read every earlier rule once per
 later one (N squared: a blocklist of 5 000 ``-s X -j DROP`` before 5 000 accepts took
@@ -109,7 +109,7 @@ def test_forward_accepts_indexed_are_the_brute_force_ones(text: str) -> None:
     for family in (4, 6):
         assert foreign.untracked_accepts(dump, family) == _brute(
             partial(foreign.untracked_accepts, dump, family))
-    assert foreign._forward_accepts(dump) == _brute(lambda: foreign._forward_accepts(dump))
+    assert foreign.forward_accepts(dump) == _brute(lambda: foreign.forward_accepts(dump))
 
 
 @settings(max_examples=examples(150), deadline=None)
