@@ -407,7 +407,8 @@ def test_capture_incomplete_says_what_of_calico_is_missing_and_what_was_judged_w
             "one is not evaluated") in finding.why, finding.why
     assert trace(unread, FLOW).verdict is Verdict.UNKNOWN
     # Beside a ruleset missing, each part says its own.
-    both = attrs.evolve(unread, missing={**unread.missing, "nft-ruleset.json": "not in the capture"})
+    both = attrs.evolve(unread, missing={**unread.missing,
+                                         "nft-ruleset.json": "not in the capture"})
     finding = _incomplete(both)
     assert finding.what == "parts of the node state were not captured", finding
     assert "the trace takes the missing rulesets and routes as empty" in finding.why, finding.why
