@@ -122,6 +122,7 @@ from k3snet.kube import (
     KUBECONFIG_DEFAULT,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
+    WATCH_SECONDS,
     KubeApiError,
     KubeErrors,
     label_key_problem,
@@ -1241,6 +1242,13 @@ class CalicoBackend(BackendBase):
             return named
         return named | self._pods_named(core)
 
+    @property
+    def _watches_pods(self) -> bool:
+        """Whether the Pods' changes are watched (:meth:`_pods_named`): not once a watch
+        was refused (403), nor where each request's ``timeout`` is not above the
+        :data:`~k3snet.kube.WATCH_SECONDS` the API server holds a watch open."""
+        return self._pods_watched and self.timeout > WATCH_SECONDS
+
     def _pods_named(self, core: Any) -> frozenset[str]:
         """The pools the Pods' annotations name (:func:`read_named_pools`): every Pod's
         metadata listed once (:func:`~k3snet.kube.list_metadata`), then, on each pass
@@ -1248,10 +1256,11 @@ class CalicoBackend(BackendBase):
         (:func:`~k3snet.kube.watch_metadata`: a pod created, changed or deleted since
         is seen in the very next pass). Listed again where the watch cannot say: the
         version is older than the API server keeps (410), or watching is not allowed
-        (403: then listed on every pass, as without the watch); any other failure
-        raises, and the next pass lists again."""
+        (403: then listed on every pass, as without the watch; and so where the
+        ``timeout`` is too short to wait for a watch, :attr:`_watches_pods`); any other
+        failure raises, and the next pass lists again."""
         pods = self._pod_pools
-        if pods is not None and self._pods_version is not None and self._pods_watched:
+        if pods is not None and self._pods_version is not None and self._watches_pods:
             try:
                 events, self._pods_version = watch_metadata(
                     core.list_pod_for_all_namespaces, "watch Pods (metadata)",
@@ -1272,7 +1281,7 @@ class CalicoBackend(BackendBase):
             for item in items:
                 _note_pod(pods, "ADDED", item)
             # Kept only where a watch follows it: every pod naming a pool, not every pod.
-            if self._pods_watched and versions:
+            if self._watches_pods and versions:
                 self._pod_pools, self._pods_version = pods, versions[-1]
         return frozenset().union(*pods.values())
 
