@@ -621,7 +621,8 @@ def list_node_metadata(core_api: Any, doing: str, *, timeout: Any) -> list[Any]:
     return list_metadata(core_api.list_node, doing, timeout=timeout)
 
 
-def list_metadata(list_call: Callable[..., Any], doing: str, *, timeout: Any) -> list[Any]:
+def list_metadata(list_call: Callable[..., Any], doing: str, *, timeout: Any,
+                  on_version: Callable[[str], None] | None = None) -> list[Any]:
     """Every object a ``CoreV1Api`` list method (``list_node``, ``list_namespace``,
     ``list_pod_for_all_namespaces``) lists, as its metadata alone (:data:`METADATA_ONLY`),
     from the API server's watch cache (``cached``) :data:`LIST_PAGE` at a time where it
@@ -631,7 +632,10 @@ def list_metadata(list_call: Callable[..., Any], doing: str, *, timeout: Any) ->
 
     ``timeout`` is each request's; ``doing`` names the list in errors (a failed request
     is a :class:`KubeApiError`, an answer that is no JSON a
-    :class:`~k3snet.errors.BackendError`).
+    :class:`~k3snet.errors.BackendError`). ``on_version`` is called with the
+    ``resourceVersion`` of each list begun (its first page, or the whole list asked
+    again): the version the last call names is the one a watch of the changes after
+    the list starts from (:func:`watch_metadata`).
     """
     # Imported when used: this module is read where the backend kit is not (spec checks).
     from k3snet.backends.kit import translate_errors  # noqa: PLC0415
@@ -641,11 +645,71 @@ def list_metadata(list_call: Callable[..., Any], doing: str, *, timeout: Any) ->
             answer: Any = list_call(_request_timeout=timeout, _preload_content=False,
                                     _headers=dict(METADATA_ONLY), **page)
         try:
-            return json.loads(answer.data)
+            data = json.loads(answer.data)
         except ValueError as exc:
             raise BackendError(f"{doing}: the answer is not JSON ({exc})") from exc
+        metadata = data.get("metadata") if isinstance(data, dict) else None
+        version = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+        if on_version is not None and "_continue" not in page and isinstance(version, str):
+            on_version(version)  # a continue page's is its list's: the first page's
+        return data
 
     return list_pages(fetch, doing, cached=True)
+
+
+WATCH_METADATA_ONLY: Mapping[str, str] = {
+    "Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1, "
+              "application/json"}
+"""The headers of a watch whose events carry the objects' metadata alone (a watch's
+events hold single objects, ``PartialObjectMetadata``; a list, a ``...List``)."""
+WATCH_SECONDS = 1
+"""How long the API server holds a watch of :func:`watch_metadata` open (its
+``timeoutSeconds``): the changes since the version asked for come at once (from the
+API server's watch cache), then the stream is held this long for more, then closed."""
+
+
+def watch_metadata(list_call: Callable[..., Any], doing: str, *, since: str,
+                   timeout: Any) -> tuple[list[tuple[str, Any]], str]:
+    """The changes to the objects a ``CoreV1Api`` list method lists after the
+    ``resourceVersion`` ``since`` (a list's, :func:`list_metadata`): one watch request,
+    held open :data:`WATCH_SECONDS` by the API server, whose events are read as JSON:
+    ``(type, object)`` of each ``ADDED``, ``MODIFIED`` or ``DELETED`` in order, and the
+    version to watch from next (the last event's or bookmark's). An ``ERROR`` event
+    raises its status as a :class:`KubeApiError` (410 Expired: ``since`` is older than
+    the API server keeps: list again), and so does a failed request; ``timeout`` is the
+    request's (longer than :data:`WATCH_SECONDS`)."""
+    from k3snet.backends.kit import translate_errors  # noqa: PLC0415
+
+    with translate_errors(doing, classifier=KubeErrors(timeout=timeout)):
+        answer: Any = list_call(watch=True, resource_version=since, allow_watch_bookmarks=True,
+                                timeout_seconds=WATCH_SECONDS, _request_timeout=timeout,
+                                _preload_content=False, _headers=dict(WATCH_METADATA_ONLY))
+        data = answer.data
+    events: list[tuple[str, Any]] = []
+    version = since
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError as exc:
+            raise BackendError(f"{doing}: an event is not JSON ({exc})") from exc
+        kind = event.get("type") if isinstance(event, dict) else None
+        obj = event.get("object") if isinstance(event, dict) else None
+        if not isinstance(obj, dict):
+            raise BackendError(f"{doing}: an event without an object")
+        if kind == "ERROR":
+            code = obj.get("code")
+            raise KubeApiError(f"{doing}: {obj.get('message') or obj.get('reason')}",
+                               status=code if isinstance(code, int) else None,
+                               reason=str(obj.get("reason") or "") or None)
+        metadata = obj.get("metadata")
+        found = metadata.get("resourceVersion") if isinstance(metadata, dict) else None
+        if isinstance(found, str) and found:
+            version = found
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            events.append((kind, obj))
+    return events, version
 
 
 def _items(answer: Any, doing: str) -> list[Any]:

@@ -122,6 +122,7 @@ from k3snet.kube import (
     KUBECONFIG_DEFAULT,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
+    WATCH_SECONDS,
     KubeApiError,
     KubeErrors,
     label_key_problem,
@@ -130,6 +131,7 @@ from k3snet.kube import (
     list_node_metadata,
     list_pages,
     make_api_client,
+    watch_metadata,
 )
 from k3snet.model.calico_selector import (
     selector_problem,
@@ -712,6 +714,21 @@ def block_in_use(block: str, pools: Iterable[IPPool], labels: Mapping[str, str] 
     return None if named is None else False
 
 
+def _note_pod(pods: dict[tuple[str, str], frozenset[str]], kind: str, item: Any) -> None:
+    """Keep in ``pods`` the pools ``item`` (a Pod's ``kind`` event: ``ADDED``,
+    ``MODIFIED``, ``DELETED``) names, by namespace and name; a pod naming none (or
+    deleted) is left out."""
+    metadata = item.get("metadata") if isinstance(item, Mapping) else None
+    if not isinstance(metadata, Mapping):
+        return
+    key = (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+    named = read_named_pools([item]) if kind != "DELETED" else frozenset()
+    if named:
+        pods[key] = named
+    else:
+        pods.pop(key, None)
+
+
 # ---------------------------------------------------------------- FelixConfiguration
 
 FELIX_NAT_FIELDS: Mapping[str, str] = {
@@ -990,6 +1007,12 @@ class CalicoBackend(BackendBase):
         # Every Node's metadata, or the error listing it, in this listing of the pools
         # (_nodes); None: not listed.
         self._node_list: list[Any] | KubeApiError | None = None
+        # (namespace, name) -> the pools each pod naming some names (read_named_pools),
+        # and the resourceVersion to watch the pods' changes from (_pods_named); None:
+        # not listed, or to list again.
+        self._pod_pools: dict[tuple[str, str], frozenset[str]] | None = None
+        self._pods_version: str | None = None
+        self._pods_watched = True  # False once a watch was refused (403): list each pass
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -1217,9 +1240,50 @@ class CalicoBackend(BackendBase):
                                                timeout=self.timeout))
         if enough(named):
             return named
-        return named | read_named_pools(list_metadata(core.list_pod_for_all_namespaces,
-                                                      "list Pods (metadata)",
-                                                      timeout=self.timeout))
+        return named | self._pods_named(core)
+
+    @property
+    def _watches_pods(self) -> bool:
+        """Whether the Pods' changes are watched (:meth:`_pods_named`): not once a watch
+        was refused (403), nor where each request's ``timeout`` is not above the
+        :data:`~k3snet.kube.WATCH_SECONDS` the API server holds a watch open."""
+        return self._pods_watched and self.timeout > WATCH_SECONDS
+
+    def _pods_named(self, core: Any) -> frozenset[str]:
+        """The pools the Pods' annotations name (:func:`read_named_pools`): every Pod's
+        metadata listed once (:func:`~k3snet.kube.list_metadata`), then, on each pass
+        after, the changes since that list alone, from a watch at its resourceVersion
+        (:func:`~k3snet.kube.watch_metadata`: a pod created, changed or deleted since
+        is seen in the very next pass). Listed again where the watch cannot say: the
+        version is older than the API server keeps (410), or watching is not allowed
+        (403: then listed on every pass, as without the watch; and so where the
+        ``timeout`` is too short to wait for a watch, :attr:`_watches_pods`); any other
+        failure raises, and the next pass lists again."""
+        pods = self._pod_pools
+        if pods is not None and self._pods_version is not None and self._watches_pods:
+            try:
+                events, self._pods_version = watch_metadata(
+                    core.list_pod_for_all_namespaces, "watch Pods (metadata)",
+                    since=self._pods_version, timeout=self.timeout)
+            except KubeApiError as exc:
+                self._pod_pools = pods = None
+                if exc.status not in (403, 410):
+                    raise
+                self._pods_watched = exc.status != 403
+            else:
+                for kind, item in events:
+                    _note_pod(pods, kind, item)
+        if pods is None:
+            versions: list[str] = []
+            items = list_metadata(core.list_pod_for_all_namespaces, "list Pods (metadata)",
+                                  timeout=self.timeout, on_version=versions.append)
+            pods = {}
+            for item in items:
+                _note_pod(pods, "ADDED", item)
+            # Kept only where a watch follows it: every pod naming a pool, not every pod.
+            if self._watches_pods and versions:
+                self._pod_pools, self._pods_version = pods, versions[-1]
+        return frozenset().union(*pods.values())
 
     def _nodes(self) -> list[Any]:
         """Every Node's metadata (:func:`~k3snet.kube.list_node_metadata`), listed once in a

@@ -42,25 +42,12 @@ def live_pools(backend: Any) -> tuple[tuple[CalicoPool, ...], tuple[str, ...]]:
     pool whose ``natOutgoing`` may then decide) makes every set unknown: it raises
     :class:`~k3snet.errors.K3snetError` saying so, rather than judge without it.
     """
-    from k3snet.backends.calico import read_pool  # noqa: PLC0415 - kube deps are optional
     from k3snet.doctor.state import calico_pool_items  # noqa: PLC0415
-    from k3snet.errors import ModelError  # noqa: PLC0415
 
     items = [i for i in backend.pool_objects() if isinstance(i, dict)]
-    pools, why, dropped = calico_pool_items(items)
+    pools, why, notes = calico_pool_items(items)
     if why is not None:
         raise K3snetError(why)
-    left_out = {note.split(":", 1)[0] for note in dropped}
-    notes = list(dropped)
-    for item in sorted(items, key=lambda i: str((i.get("metadata") or {}).get("name", ""))):
-        try:
-            read_pool(item)
-        except ModelError as exc:
-            name = (item.get("metadata") or {}).get("name", "?")
-            if f"IPPool {name}" not in left_out:
-                notes.append(f"{exc}: the calico backend cannot read it, but Felix still "
-                             "puts its CIDR in its sets: judged with its CIDR and "
-                             "natOutgoing as Felix reads them")
     return tuple(pools), tuple(notes)
 
 

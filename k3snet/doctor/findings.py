@@ -698,19 +698,54 @@ def _context(state: NodeState, tr: Trace) -> list[Finding]:
             "the trace assumes they do not match; each is listed in the trace",
             severity="warning" if uncertain else "info"))
     if state.missing:
-        reasons = [f"{k}: {v}" for k, v in sorted(state.missing.items())
-                   if v != "not in the capture"]
-        unread = state.unread_rulesets()
-        root = any(word in why for why in unread.values()
-                   for word in ("Permission denied", "not permitted", "must be root"))
-        found.append(Finding("capture-incomplete", "parts of the node state were not captured",
-                             ", ".join(sorted(state.missing)),
-                             "the trace takes what is missing as empty (no rules, no routes)"
-                             + (f"; {'; '.join(reasons)}" if reasons else ""),
-                             severity="warning" if unread else "info",
-                             advice="run k3snet doctor (or k3snet observe --save) as root: "
-                                    "reading the rulesets needs it" if root else None))
+        found.append(_capture_incomplete(state))
     return found
+
+
+_POOL_SETS = ("cali40masq-ipam-pools", "cali40all-ipam-pools", "cali40network-ip-pools")
+
+
+def _capture_incomplete(state: NodeState) -> Finding:
+    """What of the node state is missing, why, and what the trace judged without it: a
+    ruleset or route table not captured is taken as empty; Calico's IP pools
+    (``calico-ippools.json``, or read live) are not: a pool left out is judged without,
+    the others deciding Felix's pool sets, and with none read the sets are the kernel's
+    (``ipset.save``) or unknown."""
+    calico = state.missing.get("calico-ippools.json")
+    others = {k: v for k, v in state.missing.items() if k != "calico-ippools.json"}
+    parts = []
+    if others:
+        reasons = [f"{k}: {v}" for k, v in sorted(others.items()) if v != "not in the capture"]
+        parts.append("the trace takes the missing rulesets and routes as empty (no rules, "
+                     "no routes)" + (f"; {'; '.join(reasons)}" if reasons else ""))
+    if calico is not None:
+        parts.append(f"calico-ippools.json (Calico's IP pools): {calico}; "
+                     + _without_pools(state))
+    unread = state.unread_rulesets()
+    root = any(word in why for why in unread.values()
+               for word in ("Permission denied", "not permitted", "must be root"))
+    return Finding("capture-incomplete",
+                   "parts of the node state were not captured" if others
+                   else "Calico's IP pools were not all read",
+                   ", ".join(sorted(state.missing)), "; ".join(parts),
+                   severity="warning" if unread else "info",
+                   advice="run k3snet doctor (or k3snet observe --save) as root: "
+                          "reading the rulesets needs it" if root else None)
+
+
+def _without_pools(state: NodeState) -> str:
+    """What the trace judged Felix's pool sets from, Calico's IP pools being missing (in
+    part: those read decide; in whole: the kernel's sets, else nothing)."""
+    kernel = [name for name in state.kernel_ipsets if name.startswith(("cali40", "cali60"))
+              and name.endswith(("-ipam-pools", "-ip-pools"))]
+    if kernel:
+        return (f"Felix's pool sets are taken from the kernel's ipset save "
+                f"({', '.join(sorted(kernel))}), not from the pools")
+    if state.calico_pools:
+        return (f"Felix's pool sets are judged from the {len(state.calico_pools)} IP pool(s) "
+                "read, without those named here")
+    return (f"Felix's pool sets ({', '.join(_POOL_SETS)} and their IPv6 twins) are "
+            "unknown: a rule matching one is not evaluated")
 
 
 def _forwarding_default(state: NodeState, tr: Trace) -> list[Finding]:

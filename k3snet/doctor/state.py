@@ -650,17 +650,22 @@ def _pool_name(item: object) -> str:
 
 
 def _calico_pools(data: object) -> tuple[tuple[CalicoPool, ...], str | None]:
-    """``kubectl get ippools -o json`` (a list or ``{"items": [...]}``) -> the pools, or
-    none and why they cannot be read (:func:`calico_pool_items`)."""
+    """``kubectl get ippools -o json`` (a list or ``{"items": [...]}``) -> the pools, and
+    why they cannot be read, or the sentences naming each pool read otherwise than the
+    calico backend reads it (:func:`calico_pool_items`), as the live doctor names them;
+    None when every pool was read."""
     items = data.get("items", []) if isinstance(data, Mapping) else data
-    pools, why, _ = calico_pool_items(items if isinstance(items, list) else [])
-    return pools, why
+    pools, why, notes = calico_pool_items(items if isinstance(items, list) else [])
+    return pools, why if why is not None else "; ".join(notes) or None
 
 
 def calico_pool_items(items: Iterable[object]
                       ) -> tuple[tuple[CalicoPool, ...], str | None, tuple[str, ...]]:
     """IPPool objects -> the pools as Felix reads them into its sets, or none and why
-    they cannot be read; and a sentence naming each pool Felix drops.
+    they cannot be read; and a sentence naming each pool read otherwise than the calico
+    backend reads it: one Felix drops, or one the backend cannot model for another
+    reason (a ``blockSize`` out of range, a field of the wrong type), whose CIDR and
+    ``natOutgoing`` Felix still puts in its sets, judged so.
 
     An IPv4-mapped IPv6 CIDR (``::ffff:10.42.0.0/112``, which the CRDs take) is no IPv6
     pool to Felix: Calico v3.32 and before key it by the IPv4 CIDR Go's ``IPNet.String()``
@@ -702,4 +707,20 @@ def calico_pool_items(items: Iterable[object]
         pools.append(CalicoPool(cidr, bool(spec.get("natOutgoing")),
                                 bool(spec.get("disabled")),
                                 spec.get("allowedUses") == ["LoadBalancer"]))
+        dropped += _unmodelled(item)
     return tuple(pools), None, tuple(dropped)
+
+
+def _unmodelled(item: object) -> list[str]:
+    """A sentence naming ``item`` (a pool Felix reads) where the calico backend cannot
+    model it, else none."""
+    # Imported when used: the bundle reader runs where the backends are not loaded.
+    from k3snet.backends.calico import read_pool  # noqa: PLC0415
+    from k3snet.errors import ModelError  # noqa: PLC0415
+
+    try:
+        read_pool(item if isinstance(item, Mapping) else {})
+    except ModelError as exc:
+        return [f"{exc}: the calico backend cannot read it, but Felix still puts its CIDR "
+                "in its sets: judged with its CIDR and natOutgoing as Felix reads them"]
+    return []

@@ -673,8 +673,14 @@ def _rbac_objects(namespace: str, needs: _AgentNeeds) -> list[dict[str, Any]]:
                 # ipv4pools and ipv6pools annotations (metadata alone), for a block a
                 # node holds in a pool that gives it no address automatically.
                 "apiGroups": [""],
-                "resources": ["namespaces", "pods"],
+                "resources": ["namespaces"],
                 "verbs": ["list"],
+            }, {
+                # The pods' too: listed once, then their changes watched each pass
+                # (without watch, listed each pass).
+                "apiGroups": [""],
+                "resources": ["pods"],
+                "verbs": ["list", "watch"],
             }, {
                 # The IPPool CRD, read where a pool of k3snet's lacks disableBGPExport:
                 # whether its schema drops the field (Calico before v3.21) or the pool

@@ -25,6 +25,11 @@ the smallest extension the backends' contract needs (``_Emulator``):
   With ``served=True``, after: the write is made and its answer lost (a timeout, a
   proxy's 504, of a write the server applied);
 
+* watches from a ``resourceVersion`` (every list names the server's): the last state of
+  each object changed or deleted since, then the stream ends (as the real server ends
+  it at ``timeoutSeconds``, here at once); :meth:`EmulatedApiServer.compact` makes an
+  older version 410 Expired, as etcd's compaction does;
+
 * lists in pages (``limit`` and ``continue``, as the real server serves them: in the
   order of namespace and name, the next page's token in ``metadata.continue``); a
   token this server did not make is refused with 400;
@@ -254,6 +259,18 @@ def _emulator_class() -> type[Any]:
         _faults: list[Fault] = attrs.field(factory=list, init=False)
         _fault_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
         _version: int = attrs.field(default=0, init=False)
+        # The oldest resourceVersion a watch may start from (EmulatedApiServer.compact).
+        compacted: int = attrs.field(default=0, init=False)
+        # resource -> (version, last state) of each object deleted (a watch's DELETED).
+        tombstones: dict[Any, list[tuple[int, dict[str, Any]]]] = attrs.field(
+            factory=dict, init=False)
+
+        def bury(self, resource: Any, raw: Mapping[str, Any]) -> None:
+            """Keep ``raw``, an object being deleted, at a new version for the watches."""
+            gone = copy.deepcopy(dict(raw))
+            version = self.next_version()
+            gone.setdefault("metadata", {})["resourceVersion"] = version
+            self.tombstones.setdefault(resource, []).append((int(version), gone))
         # (METHOD, path, body as sent): the checks below add metadata to request bodies.
         log: list[tuple[str, str, Any]] = attrs.field(factory=list, init=False)
         accepts: list[str] = attrs.field(factory=list, init=False)  # each Accept header
@@ -295,6 +312,38 @@ def _emulator_class() -> type[Any]:
                                 self._faults[index] = attrs.evolve(fault, times=left)
                         return fault
             return None
+
+        async def _serve_watch(self, request: Any) -> Any:
+            """A watch from ``resourceVersion``: the last state of each object of the
+            resource changed or deleted since, in the order of their versions
+            (``MODIFIED``, ``DELETED``), a ``BOOKMARK`` at the server's version when
+            asked, and the end of the stream, as the real server ends it at
+            ``timeoutSeconds`` (here at once: nothing waits).
+            A version before :attr:`compacted` (or none) is answered as the real server
+            answers one it no longer keeps: an ``ERROR`` event of 410 Expired."""
+            yield b""  # the headers, as kmock's own watch sends them first
+            since = request.params.get("resourceVersion")
+            if not (since and since.isdigit()) or int(since) < self.compacted:
+                yield {"type": "ERROR", "object": {
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+                    "reason": "Expired", "message": f"too old resource version: {since}"}}
+                return
+            async with self._lock:
+                changed: list[tuple[int, str, dict[str, Any]]] = []
+                for (resource, _, _), obj in self._objects.items():
+                    if resource == request.resource and not obj.deleted:
+                        raw = obj.raw
+                        version = int(raw["metadata"]["resourceVersion"])
+                        if version > int(since):
+                            changed.append((version, "MODIFIED", copy.deepcopy(raw)))
+                changed += [(version, "DELETED", raw) for version, raw
+                            in self.tombstones.get(request.resource, ())
+                            if version > int(since)]
+                now = str(self._version)
+            for _, kind, raw in sorted(changed, key=lambda entry: entry[0]):
+                yield {"type": kind, "object": raw}
+            if request.params.get("allowWatchBookmarks") == "true":
+                yield {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": now}}}
 
         def next_version(self) -> str:
             self._version += 1
@@ -468,8 +517,11 @@ def _emulator_class() -> type[Any]:
             return response
 
         async def _serve_list(self, request: Any) -> Any:
-            """kmock's list, in pages when ``limit`` is asked (see the module docs)."""
+            """kmock's list, in pages when ``limit`` is asked (see the module docs), at the
+            server's resourceVersion (a watch from it sees every change after)."""
             answer: Any = await super()._serve_list(request)
+            answer = {**answer, "metadata": {**(answer.get("metadata") or {}),
+                                             "resourceVersion": str(self._version)}}
             params = request.params
             if "limit" not in params and "continue" not in params:
                 return answer
@@ -535,15 +587,23 @@ def _emulator_class() -> type[Any]:
                         metadata["managedFields"] = updated
                 # The merge patch itself carries the new version into the stored object.
                 metadata["resourceVersion"] = self.next_version()
-            elif action == "DELETE" and data is not None:
-                stored = self._stored(request)
-                preconditions = data.get("preconditions") or {}
-                if stored is not None and preconditions:
-                    meta = stored.get("metadata") or {}
-                    for field in ("resourceVersion", "uid"):
-                        wanted = preconditions.get(field)
-                        if wanted is not None and str(wanted) != str(meta.get(field)):
-                            raise conflict
+            elif action == "DELETE":
+                self._delete_precondition(request, data, conflict)
+
+        def _delete_precondition(self, request: Any, data: dict[str, Any] | None,
+                                 conflict: Exception) -> None:
+            """A delete's ``preconditions`` (409 where they do not hold); the object
+            deleted kept for the watches (:meth:`bury`)."""
+            stored = self._stored(request)
+            if stored is None:
+                return
+            preconditions = (data or {}).get("preconditions") or {}
+            meta = stored.get("metadata") or {}
+            for field in ("resourceVersion", "uid"):
+                wanted = preconditions.get(field)
+                if wanted is not None and str(wanted) != str(meta.get(field)):
+                    raise conflict
+            self.bury(request.resource, stored.raw)
 
     return _Emulator
 
@@ -722,10 +782,20 @@ class EmulatedApiServer:
             objects = self.emulator.objects
             if key not in objects or objects[key].deleted:
                 return False
+            # A deletion is a change a watch sees, at a version of its own.
+            self.emulator.bury(key[0], objects[key].raw)
             objects[key].delete()
             return True
 
         return self._call(remove)
+
+    def compact(self) -> None:
+        """Forget the history before now, as etcd's compaction does: a watch from an
+        earlier resourceVersion is answered 410 Expired (the client lists again)."""
+        def forget() -> None:
+            self.emulator.compacted = self.emulator._version
+
+        self._call(forget)
 
     def objects(self, resource: str) -> list[dict[str, Any]]:
         """Copies of every stored object of ``resource``, sorted by namespace and name."""

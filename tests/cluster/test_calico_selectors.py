@@ -793,3 +793,82 @@ def test_compile_ippools_refuses_a_node_selector_no_pool_can_have() -> None:
     assert problem.path == "cni.calico.nodeSelector"
     assert "unterminated string" in problem.message
     assert compile_ippools(Spec.from_yaml(SPEC), node_selector=" has( zone ) ")
+
+
+def _pod(name: str, pools: str | None = None) -> dict[str, Any]:
+    annotations = {POOLS_ANNOTATION: pools} if pools is not None else {}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": name, "namespace": "apps", "annotations": annotations}}
+
+
+def _pod_requests(server: EmulatedApiServer, since: int = 0) -> list[dict[str, str]]:
+    """The query of each request for the Pods from the ``since``-th request on."""
+    return [query for (method, path, _), query
+            in list(zip(server.requests(), server.params(), strict=True))[since:]
+            if method == "GET" and path.endswith("/pods")]
+
+
+def test_the_pods_are_listed_once_then_watched_and_a_new_pods_pool_is_seen_within_one_pass(
+) -> None:
+    # Where the Namespaces do not settle a block, every pass listed every Pod's metadata:
+    # 5 000 pods were 10 list requests and every pod's metadata a pass (3.2 s a pass
+    # against the emulated server). The pods are listed once, then each pass asks a
+    # watch from the list's resourceVersion for the pods changed since (a pod created
+    # with an annotation naming the pool is seen in the next pass, one deleted is
+    # dropped), and lists again where the watch says the version is too old (410).
+    resources = (*CALICO_RESOURCES, AFFINITIES, NODES, NAMESPACES, PODS)
+    with EmulatedApiServer(resources=resources) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("vms", cidr="10.60.0.0/16", natOutgoing=False,
+                              assignmentMode="Manual"))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+        for index in range(3):
+            server.put(PODS, _pod(f"web-{index}"))
+        backend = _backend(server)
+
+        def pass_() -> tuple[bool, tuple[int, int]]:
+            before = len(server.requests())
+            p = _plan(backend, SPEC)
+            pods = _pod_requests(server, before)
+            watched = sum(query.get("watch") == "true" for query in pods)
+            return bool(p.conflicts), (len(pods) - watched, watched)
+
+        assert pass_() == (False, (1, 0))  # listed: no pod names vms
+        assert pass_() == (False, (0, 1))  # watched: nothing changed
+        server.put(PODS, _pod("legacy", '["vms"]'))
+        assert pass_() == (True, (0, 1))  # seen within one pass
+        assert pass_() == (True, (0, 1))
+        server.delete(PODS, "legacy", "apps")
+        assert pass_() == (False, (0, 1))
+        server.put(PODS, _pod("legacy-2", '["10.60.0.0/16"]'))
+        server.compact()
+        assert pass_() == (True, (1, 1))  # 410 Expired: listed again
+        assert pass_() == (True, (0, 1))
+
+
+@pytest.mark.parametrize("refused", [True, False])
+def test_pods_that_may_not_be_watched_are_listed_on_every_pass(refused: bool) -> None:
+    # The watch verb is one more RBAC grant: without it (403) the pods are listed as
+    # before, every pass, and nothing is missed. So too where each request's timeout
+    # is not above the second the API server holds a watch open: every watch would
+    # time out, and every pass fail.
+    resources = (*CALICO_RESOURCES, AFFINITIES, NODES, NAMESPACES, PODS)
+    with EmulatedApiServer(resources=resources) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("vms", cidr="10.60.0.0/16", natOutgoing=False,
+                              assignmentMode="Manual"))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+        if refused:
+            server.fail(403, method="GET", plural="pods", param="watch", times=None)
+            backend = _backend(server)
+        else:
+            backend = CalicoBackend(api_client=server.api_client(), timeout=1.0, api="crd")
+        assert not _plan(backend, SPEC).conflicts
+        server.put(PODS, _pod("legacy", '["vms"]'))
+        assert _plan(backend, SPEC).conflicts
+        server.delete(PODS, "legacy", "apps")
+        assert not _plan(backend, SPEC).conflicts
+        queries = _pod_requests(server)
+        assert sum(query.get("watch") != "true" for query in queries) == 3
+        if not refused:
+            assert all(query.get("watch") != "true" for query in queries)

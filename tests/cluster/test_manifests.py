@@ -744,8 +744,13 @@ def test_calico_gets_ippools_cluster_wide() -> None:
     }, {
         # The pools pods and namespaces name in their annotations (metadata alone).
         "apiGroups": [""],
-        "resources": ["namespaces", "pods"],
+        "resources": ["namespaces"],
         "verbs": ["list"],
+    }, {
+        # The pods' are listed once, then their changes watched.
+        "apiGroups": [""],
+        "resources": ["pods"],
+        "verbs": ["list", "watch"],
     }, {
         # The IPPool CRD alone: whether its schema drops disableBGPExport.
         "apiGroups": ["apiextensions.k8s.io"],

@@ -12,6 +12,7 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from k3snet.doctor import Flow, NodeCapture, NodeState, Verdict, diagnose, trace
@@ -344,9 +345,74 @@ def test_a_pool_cidr_go_s_parser_refuses_is_no_pool_to_felix_s_sets(cidr: str) -
     ]})
     state = _state(**{"iptables-legacy-v4.save": nat, "calico-ippools.json": pools})
     assert [str(p.cidr) for p in state.calico_pools] == ["10.42.0.0/16"]
-    assert "calico-ippools.json" not in state.missing
+    # Named, as the doctor reading the pools live names it: it was left out silently.
+    why = state.missing["calico-ippools.json"]
+    assert why.startswith("IPPool aa-odd: spec.cidr "), why
+    assert "Felix drops it too" in why, why
     result = trace(state, FLOW)
     assert result.verdict is Verdict.REACHES, result.render()
+
+
+def test_a_bundle_pool_the_backend_cannot_model_is_named_as_the_live_doctor_names_it(
+) -> None:
+    # A blockSize out of range: Felix still puts its CIDR in its sets (judged so), and
+    # the live doctor names it; the bundle's reader said nothing.
+    nat = (RULESETS / "calico-nat.save").read_text()
+    pools = json.dumps({"items": [
+        {"kind": "IPPool", "metadata": {"name": "odd-block"},
+         "spec": {"cidr": "192.168.2.0/24", "blockSize": 99}},
+        {"kind": "IPPool", "metadata": {"name": "default-ipv4-ippool"},
+         "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}},
+    ]})
+    state = _state(**{"iptables-legacy-v4.save": nat, "calico-ippools.json": pools})
+    assert [str(p.cidr) for p in state.calico_pools] == ["10.42.0.0/16", "192.168.2.0/24"]
+    why = state.missing["calico-ippools.json"]
+    assert why.startswith("IPPool odd-block: "), why
+    assert "Felix still puts its CIDR in its sets" in why, why
+
+
+def _incomplete(state: NodeState) -> Any:
+    return next(f for f in diagnose(state, FLOW).findings if f.code == "capture-incomplete")
+
+
+def test_capture_incomplete_says_what_of_calico_is_missing_and_what_was_judged_without_it(
+) -> None:
+    # It said "the trace takes what is missing as empty (no rules, no routes)" of
+    # Calico's pools too: neither is true of them. A pool left out is judged without
+    # (the others decide); pools not read at all leave Felix's pool sets unknown unless
+    # the kernel's ipset save holds them.
+    nat = (RULESETS / "calico-nat.save").read_text()
+    pools = json.dumps({"items": [
+        {"kind": "IPPool", "metadata": {"name": "aa-odd"}, "spec": {"cidr": "garbage"}},
+        {"kind": "IPPool", "metadata": {"name": "default-ipv4-ippool"},
+         "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}},
+    ]})
+    complete = {f"iptables-{k}-v{f}.save": "" for k in ("nft", "legacy") for f in (4, 6)}
+    state = _state(**{**complete, "nft-ruleset.json": '{"nftables": []}',
+                      "iptables-legacy-v4.save": nat, "calico-ippools.json": pools})
+    assert set(state.missing) == {"calico-ippools.json"}
+    finding = _incomplete(state)
+    assert finding.what == "Calico's IP pools were not all read", finding
+    assert "as empty" not in finding.why, finding.why
+    assert "IPPool aa-odd" in finding.why, finding.why
+    assert ("Felix's pool sets are judged from the 1 IP pool(s) read, without "
+            "those named here") in finding.why, finding.why
+    # No pool read at all, and no ipset save: the sets are unknown, and said so.
+    unread = attrs.evolve(state, calico_pools=(), missing={
+        "calico-ippools.json": "the calico backend could not list the IP pools: forbidden"})
+    finding = _incomplete(unread)
+    assert "forbidden" in finding.why, finding.why
+    assert ("Felix's pool sets (cali40masq-ipam-pools, cali40all-ipam-pools, "
+            "cali40network-ip-pools and their IPv6 twins) are unknown: a rule matching "
+            "one is not evaluated") in finding.why, finding.why
+    assert trace(unread, FLOW).verdict is Verdict.UNKNOWN
+    # Beside a ruleset missing, each part says its own.
+    both = attrs.evolve(unread, missing={**unread.missing,
+                                         "nft-ruleset.json": "not in the capture"})
+    finding = _incomplete(both)
+    assert finding.what == "parts of the node state were not captured", finding
+    assert "the trace takes the missing rulesets and routes as empty" in finding.why, finding.why
+    assert "are unknown" in finding.why, finding.why
 
 def test_calico_s_renamed_network_ip_pools_set_is_evaluated_from_its_ip_pools() -> None:
     # Felix v3.31.6, v3.32.1 and later match cali40network-ip-pools, which leaves out
