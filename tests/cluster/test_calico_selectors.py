@@ -872,3 +872,33 @@ def test_pods_that_may_not_be_watched_are_listed_on_every_pass(refused: bool) ->
         assert sum(query.get("watch") != "true" for query in queries) == 3
         if not refused:
             assert all(query.get("watch") != "true" for query in queries)
+
+
+@pytest.mark.parametrize("status", [504, 500, 429])
+def test_a_failed_watch_of_the_pods_is_answered_by_listing_them_in_the_same_pass(
+        status: int) -> None:
+    # A watch from the list's resourceVersion can fail where the list did not: with
+    # several API servers (K3s' HA servers behind the kubernetes Service), one whose
+    # watch cache is behind the version another listed at answers 504 "Too large
+    # resource version" after waiting 3 s for it. The pass failed (only 403 and 410
+    # listed again): it lists the Pods instead, as before the watch, and watches
+    # again from that list's version on the next pass.
+    resources = (*CALICO_RESOURCES, AFFINITIES, NODES, NAMESPACES, PODS)
+    with EmulatedApiServer(resources=resources) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("vms", cidr="10.60.0.0/16", natOutgoing=False,
+                              assignmentMode="Manual"))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+        backend = _backend(server)
+        assert not _plan(backend, SPEC).conflicts
+        server.put(PODS, _pod("legacy", '["vms"]'))
+        server.fail(status, method="GET", plural="pods", param="watch", times=1,
+                    message="Too large resource version")
+        before = len(server.requests())
+        assert _plan(backend, SPEC).conflicts
+        queries = _pod_requests(server, before)
+        assert [query.get("watch") == "true" for query in queries] == [True, False]
+        before = len(server.requests())
+        server.delete(PODS, "legacy", "apps")
+        assert not _plan(backend, SPEC).conflicts
+        assert [query.get("watch") for query in _pod_requests(server, before)] == ["true"]
