@@ -674,10 +674,12 @@ def watch_metadata(list_call: Callable[..., Any], doing: str, *, since: str,
     ``resourceVersion`` ``since`` (a list's, :func:`list_metadata`): one watch request,
     held open :data:`WATCH_SECONDS` by the API server, whose events are read as JSON:
     ``(type, object)`` of each ``ADDED``, ``MODIFIED`` or ``DELETED`` in order, and the
-    version to watch from next (the last event's or bookmark's). An ``ERROR`` event
-    raises its status as a :class:`KubeApiError` (410 Expired: ``since`` is older than
-    the API server keeps: list again), and so does a failed request; ``timeout`` is the
-    request's (longer than :data:`WATCH_SECONDS`)."""
+    version to watch from next (the last event's or bookmark's: a real API server
+    sends no bookmark in a watch held :data:`WATCH_SECONDS`, as it schedules one two
+    seconds before the watch ends, so the version moves on with the events alone).
+    An ``ERROR`` event raises its status as a :class:`KubeApiError` (410 Expired:
+    ``since`` is older than the API server keeps: list again), and so does a failed
+    request; ``timeout`` is the request's (longer than :data:`WATCH_SECONDS`)."""
     from k3snet.backends.kit import translate_errors  # noqa: PLC0415
 
     with translate_errors(doing, classifier=KubeErrors(timeout=timeout)):

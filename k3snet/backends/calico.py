@@ -1254,11 +1254,12 @@ class CalicoBackend(BackendBase):
         metadata listed once (:func:`~k3snet.kube.list_metadata`), then, on each pass
         after, the changes since that list alone, from a watch at its resourceVersion
         (:func:`~k3snet.kube.watch_metadata`: a pod created, changed or deleted since
-        is seen in the very next pass). Listed again where the watch cannot say: the
-        version is older than the API server keeps (410), or watching is not allowed
-        (403: then listed on every pass, as without the watch; and so where the
-        ``timeout`` is too short to wait for a watch, :attr:`_watches_pods`); any other
-        failure raises, and the next pass lists again."""
+        is seen in the very next pass). Listed again, in the same pass, wherever the
+        watch fails: the version is older than the API server keeps (410), newer than
+        the watch cache of the API server answering (504 "Too large resource version",
+        behind another's), any other failure; where watching is not allowed (403),
+        listed on every pass from then on, as without the watch (and so where the
+        ``timeout`` is too short to wait for a watch, :attr:`_watches_pods`)."""
         pods = self._pod_pools
         if pods is not None and self._pods_version is not None and self._watches_pods:
             try:
@@ -1266,9 +1267,11 @@ class CalicoBackend(BackendBase):
                     core.list_pod_for_all_namespaces, "watch Pods (metadata)",
                     since=self._pods_version, timeout=self.timeout)
             except KubeApiError as exc:
+                # Listed again in this pass, whatever the watch's failure: 410 (too
+                # old), 504 "Too large resource version" (another API server's watch
+                # cache behind the list's), a timeout; the list raises where the API
+                # server cannot answer it either.
                 self._pod_pools = pods = None
-                if exc.status not in (403, 410):
-                    raise
                 self._pods_watched = exc.status != 403
             else:
                 for kind, item in events:

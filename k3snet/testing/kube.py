@@ -317,7 +317,10 @@ def _emulator_class() -> type[Any]:
             """A watch from ``resourceVersion``: the last state of each object of the
             resource changed or deleted since, in the order of their versions
             (``MODIFIED``, ``DELETED``), a ``BOOKMARK`` at the server's version when
-            asked, and the end of the stream, as the real server ends it at
+            asked (``allowWatchBookmarks``) and the watch is held more than two seconds
+            (the real server schedules it two seconds before the watch's
+            ``timeoutSeconds`` ends, none where that moment is already past), and the
+            end of the stream, as the real server ends it at
             ``timeoutSeconds`` (here at once: nothing waits).
             A version before :attr:`compacted` (or none) is answered as the real server
             answers one it no longer keeps: an ``ERROR`` event of 410 Expired."""
@@ -342,7 +345,9 @@ def _emulator_class() -> type[Any]:
                 now = str(self._version)
             for _, kind, raw in sorted(changed, key=lambda entry: entry[0]):
                 yield {"type": kind, "object": raw}
-            if request.params.get("allowWatchBookmarks") == "true":
+            held = request.params.get("timeoutSeconds")
+            if request.params.get("allowWatchBookmarks") == "true" and not (
+                    held and held.isdigit() and int(held) <= 2):
                 yield {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": now}}}
 
         def next_version(self) -> str:

@@ -10,9 +10,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from k3snet.backends.calico import CalicoBackend
 from k3snet.errors import SpecError
+from k3snet.kube import list_metadata, watch_metadata
 from k3snet.planner import Plan, plan
 from k3snet.spec import Spec, compile_ippools
 from k3snet.spec import compile as compile_spec
@@ -872,3 +874,59 @@ def test_pods_that_may_not_be_watched_are_listed_on_every_pass(refused: bool) ->
         assert sum(query.get("watch") != "true" for query in queries) == 3
         if not refused:
             assert all(query.get("watch") != "true" for query in queries)
+
+
+@pytest.mark.parametrize("status", [504, 500, 429])
+def test_a_failed_watch_of_the_pods_is_answered_by_listing_them_in_the_same_pass(
+        status: int) -> None:
+    # A watch from the list's resourceVersion can fail where the list did not: with
+    # several API servers (K3s' HA servers behind the kubernetes Service), one whose
+    # watch cache is behind the version another listed at answers 504 "Too large
+    # resource version" after waiting 3 s for it. The pass failed (only 403 and 410
+    # listed again): it lists the Pods instead, as before the watch, and watches
+    # again from that list's version on the next pass.
+    resources = (*CALICO_RESOURCES, AFFINITIES, NODES, NAMESPACES, PODS)
+    with EmulatedApiServer(resources=resources) as server:
+        _put_pod_pool(server)
+        server.put(CRD, _pool("vms", cidr="10.60.0.0/16", natOutgoing=False,
+                              assignmentMode="Manual"))
+        server.put(AFFINITIES, _affinity("node-a", "10.60.3.0/26"))
+        backend = _backend(server)
+        assert not _plan(backend, SPEC).conflicts
+        server.put(PODS, _pod("legacy", '["vms"]'))
+        server.fail(status, method="GET", plural="pods", param="watch", times=1,
+                    message="Too large resource version")
+        before = len(server.requests())
+        assert _plan(backend, SPEC).conflicts
+        queries = _pod_requests(server, before)
+        assert [query.get("watch") == "true" for query in queries] == [True, False]
+        before = len(server.requests())
+        server.delete(PODS, "legacy", "apps")
+        assert not _plan(backend, SPEC).conflicts
+        assert [query.get("watch") for query in _pod_requests(server, before)] == ["true"]
+
+
+def test_the_emulated_watch_of_one_second_sends_every_change_in_order_and_no_bookmark(
+) -> None:
+    # The real API server schedules a watch's bookmark two seconds before its
+    # timeoutSeconds ends: a watch held one second gets none, and the version to watch
+    # from moves on with the pods' own events alone (a change of another resource
+    # does not move it). The emulator sent a bookmark at its version, which let the
+    # backend's version move where a real server's does not.
+    with EmulatedApiServer(resources=(NAMESPACES, PODS)) as server:
+        server.put(PODS, _pod("web", '["vms"]'))
+        pods = client.CoreV1Api(server.api_client()).list_pod_for_all_namespaces
+        versions: list[str] = []
+        list_metadata(pods, "list Pods", timeout=10.0, on_version=versions.append)
+        server.put(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace",
+                                "metadata": {"name": "other"}})
+        events, version = watch_metadata(pods, "watch Pods", since=versions[-1],
+                                         timeout=10.0)
+        assert (events, version) == ([], versions[-1])
+        # Deleted, then made again under its name: both, in their order.
+        server.delete(PODS, "web", "apps")
+        server.put(PODS, _pod("web"))
+        events, version = watch_metadata(pods, "watch Pods", since=version, timeout=10.0)
+        assert [kind for kind, _ in events] == ["DELETED", "MODIFIED"]
+        assert version == events[-1][1]["metadata"]["resourceVersion"]
+        assert not events[-1][1]["metadata"].get("annotations")

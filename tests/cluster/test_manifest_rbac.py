@@ -15,11 +15,13 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import attrs
 import kubernetes_validate
 import pytest
 
+from k3snet.backends.calico import CalicoBackend
 from k3snet.cli import main
 from k3snet.render.manifests import (
     AGENT_NAME,
@@ -27,7 +29,7 @@ from k3snet.render.manifests import (
     SPEC_PATH,
     render_manifests,
 )
-from k3snet.spec import load_spec
+from k3snet.spec import Spec, load_spec
 from k3snet.testing.kube import AGENT_RESOURCES, CALICO_RESOURCES, EmulatedApiServer
 from tests.cluster.test_calico_backend import CRDS, ippool_crd
 from tests.cluster.test_cilium_mount import cilium_daemonset
@@ -157,8 +159,16 @@ def _run_as_rendered(server: EmulatedApiServer, tmp_path: Path, monkeypatch: pyt
         path.write_text(text)
         argv[argv.index(SPEC_PATH) if SPEC_PATH in argv else argv.index("-f") + 1] = str(path)
         assert main([*argv, "--once"]) == 0
-    requests = [_request(method, path) for method, path, _ in server.requests()[seen:]]
-    return [r for r in requests if r is not None], objs, namespace
+    return _sent(server, seen), objs, namespace
+
+
+def _sent(server: EmulatedApiServer, seen: int = 0) -> list[Request]:
+    """The requests served from the ``seen``-th on, as RBAC sees them (with their query:
+    a GET of ``watch=true`` is a watch, not a list)."""
+    requests = [_request(method, f"{path}?{urlencode(query)}" if query else path)
+                for (method, path, _), query
+                in list(zip(server.requests(), server.params(), strict=True))[seen:]]
+    return [r for r in requests if r is not None]
 
 
 def _denied(requests: Iterable[Request], objs: list[dict[str, Any]], namespace: str
@@ -218,7 +228,8 @@ def server(request: pytest.FixtureRequest) -> Any:
 
 # Granted and not sent by these runs: `watch` on pods, which the calico backend sends
 # from its second reading of the Pods on (it lists them first), while here the backend
-# each spec builds reads them once (tests/cluster/test_calico_selectors.py watches them).
+# each spec builds reads them once
+# (test_the_calico_backends_watch_of_the_pods_is_granted sends it).
 # (`get` on nodes was granted to every agent for --lease-candidates, which the rendered
 # DaemonSet did not pass; it now comes with render_manifests(lease_candidates=...) alone.)
 NOT_SENT_HERE: set[tuple[str | None, str, str]] = {(None, "pods", "watch")}
@@ -486,3 +497,35 @@ def test_a_configmap_a_cilium_variable_comes_from_is_read_and_a_403_names_the_ru
     assert not any(_allows(s, g, other) for s, g in granted for other in (
         Request("get", "", "configmaps", "kube-system", "coredns"),
         Request("list", "", "configmaps", "kube-system", None)))
+
+
+def test_the_calico_backends_watch_of_the_pods_is_granted(server: EmulatedApiServer) -> None:
+    # The agent run once per spec above lists the Pods and never watches them: the
+    # watch a long-running agent sends from its second pass on is checked here against
+    # the rendered ClusterRole (a GET with watch=true was read as a list).
+    for resource in server.calico:  # type: ignore[attr-defined]
+        if resource.endswith("/ippools"):
+            version = resource.rpartition("/")[0]
+            server.put(resource, {"apiVersion": version, "kind": "IPPool",
+                                  "metadata": {"name": "default-ipv4-ippool"},
+                                  "spec": {"cidr": "10.42.0.0/16", "natOutgoing": True}})
+            server.put(resource, {"apiVersion": version, "kind": "IPPool",
+                                  "metadata": {"name": "parked"},
+                                  "spec": {"cidr": "10.70.0.0/16", "nodeSelector": "!all()"}})
+    server.put(AFFINITIES, {"apiVersion": "crd.projectcalico.org/v1", "kind": "BlockAffinity",
+                            "metadata": {"name": "node-10-70-0-0-26"},
+                            "spec": {"node": NODE, "cidr": "10.70.0.0/26",
+                                     "state": "confirmed"}})
+    server.put("v1/pods", {"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": "web", "namespace": "default"}})
+    spec = (HEADER + "backends: [calico]\ncni:\n  calico: {}\n"
+            "agent:\n  namespace: k3snet-system\n" + DESTINATIONS)
+    objs = render_manifests(Spec.from_yaml(spec))
+    seen = len(server.requests())
+    backend = CalicoBackend(api_client=server.api_client(), timeout=10.0)
+    backend.observe()
+    backend.observe()
+    requests = _sent(server, seen)
+    pods = [r.verb for r in requests if r.resource == "pods"]
+    assert pods == ["list", "watch"], pods
+    assert _denied(requests, objs, "k3snet-system") == []

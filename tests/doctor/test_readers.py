@@ -406,6 +406,15 @@ def test_capture_incomplete_says_what_of_calico_is_missing_and_what_was_judged_w
             "cali40network-ip-pools and their IPv6 twins) are unknown: a rule matching "
             "one is not evaluated") in finding.why, finding.why
     assert trace(unread, FLOW).verdict is Verdict.UNKNOWN
+    # The kernel's sets captured: they are what the rules match, the pools read or not.
+    kernel = "create cali40masq-ipam-pools hash:net family inet\n" \
+             "add cali40masq-ipam-pools 10.42.0.0/16\n"
+    with_kernel = _state(**{**complete, "nft-ruleset.json": '{"nftables": []}',
+                            "iptables-legacy-v4.save": nat, "calico-ippools.json": pools,
+                            "ipset.save": kernel})
+    finding = _incomplete(with_kernel)
+    assert ("Felix's pool sets are taken from the kernel's ipset save "
+            "(cali40masq-ipam-pools), not from the pools") in finding.why, finding.why
     # Beside a ruleset missing, each part says its own.
     both = attrs.evolve(unread, missing={**unread.missing,
                                          "nft-ruleset.json": "not in the capture"})
