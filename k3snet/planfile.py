@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -42,7 +41,7 @@ from k3snet._version import __version__
 from k3snet.backends.lock import namespace_id, namespaces_of
 from k3snet.converge import state_digest
 from k3snet.errors import BackendError, ModelError, PlanError
-from k3snet.model import printable
+from k3snet.model import parse_network, printable
 from k3snet.model.cni import FlannelConfig
 from k3snet.model.state import State, object_from_dict
 from k3snet.model.sysctl import Sysctl
@@ -187,9 +186,9 @@ def _pod_cidrs_problem(pod_cidrs: Any) -> str | None:
     if not isinstance(pod_cidrs, list) or not all(isinstance(n, str) for n in pod_cidrs):
         return "its pod_cidrs are a JSON list of texts"
     for text in pod_cidrs:
-        try:
-            ipaddress.ip_network(text)
-        except ValueError as exc:
+        try:  # as the spec's cluster.podCIDRs and the backends read them (no zone id)
+            parse_network(text)
+        except (ModelError, ValueError) as exc:
             return f"its pod_cidrs hold {printable(text[:80])!r}, no CIDR ({exc})"
     return None
 

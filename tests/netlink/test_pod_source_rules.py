@@ -88,3 +88,56 @@ def test_a_rule_sending_every_pod_s_packets_to_another_table_is_named(
         assert _table_of_pods_packets(node, family) == "main"
         backend.observe()
         assert backend.warnings == ()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_pods_rule_a_marked_packet_passes_by_is_not_said_to_take_every_pod_s_packet(
+        tmp_path: Path, driver: Driver, family: int) -> None:
+    # `fwmark 0/0x4000` beside the `from`: a pod's packet marked 0x4000 (kube-proxy's
+    # masquerade mark) passes the rule by and leaves by k3snet's route; the kernel sends
+    # no FRA_FWMARK for a mark of 0, only the mask. `fwmark 0` alone has no mask (the
+    # kernel sets one for a mark other than 0): every packet meets it, named.
+    dst, target, pod, pods, gateway = _CASES[family]
+    ours = Route(dst, gateway="192.168.1.1" if family == 4 else "fd01:1::1", device="eth0")
+    with _node() as node, NetlinkBackend(node, state_dir=tmp_path, driver=driver,
+                                          pod_cidrs=["10.42.0.0/16", "fd42:42::/56"]) as backend:
+        wanted = State(owned=[ours])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        v = f"-{family}"
+        ip(node, v, "route", "add", "default", "via", gateway, "dev", "eth1", "table", "100")
+        for mark, passed_by in (("0/0x4000", True), ("0", False)):
+            ip(node, v, "rule", "add", "from", pods, "fwmark", mark, "lookup", "100",
+               "pref", "100")
+            assert _table_of_pods_packets(node, family) == "table 100"
+            marked = ip(node, v, "route", "get", target, "from", pod, "iif", "cni0", "mark",
+                        "0x4000")
+            assert ("table 100" not in marked and "dev eth0" in marked) is passed_by
+            backend.observe()
+            assert (backend.warnings == ()) is passed_by, backend.warnings
+            ip(node, v, "rule", "del", "pref", "100")
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_a_route_the_node_s_own_source_still_takes_is_said_to_carry_none_of_the_pods_traffic(
+        tmp_path: Path, driver: Driver) -> None:
+    # `from 192.168.1.2 lookup main` (the node's own address) before `lookup 100`: the
+    # node's packets from that address still leave by k3snet's route; the pods' do not.
+    ours = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
+    with _node() as node, NetlinkBackend(node, state_dir=tmp_path, driver=driver,
+                                          pod_cidrs=["10.42.0.0/16"]) as backend:
+        wanted = State(owned=[ours])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(node, "route", "add", "default", "via", "192.168.9.1", "dev", "eth1", "table", "100")
+        ip(node, "rule", "add", "from", "192.168.1.2", "lookup", "main", "pref", "100")
+        ip(node, "rule", "add", "lookup", "100", "pref", "200")
+        assert "dev eth0" in ip(node, "route", "get", "192.168.2.10", "from", "192.168.1.2")
+        assert _table_of_pods_packets(node, 4) == "table 100"
+        backend.observe()
+        [warning] = backend.warnings
+        assert "carries none of the pods' traffic" in warning
+        assert ("the policy rule at priority 200, before table main, sends every lookup of "
+                "192.168.2.0/24 from the pods (10.42.0.0/16) reaching it to table 100"
+                in warning)

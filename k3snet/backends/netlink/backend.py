@@ -715,9 +715,14 @@ class NetlinkBackend(BackendBase):
             taken = _taken_by_rule(route, rules, lookup, local, merge=merge,
                                    pods=self.pod_cidrs)
             if taken is not None:
-                what = "no traffic" if taken[0].source is None else "none of the pods' traffic"
+                rule, holder, earlier, passed = taken
+                # A rule no pod's packet meets passed by: said of the pods' packets alone.
+                pods = [p for p in self.pod_cidrs or () if p.version == rule.family
+                        ] if passed else []
+                what = ("no traffic" if rule.source is None and not pods
+                        else "none of the pods' traffic")
                 found.append(f"netlink: the {route.describe()} carries {what} in "
-                             f"{self._where}: {_why_taken(route, *taken)}")
+                             f"{self._where}: {_why_taken(route, rule, holder, earlier, pods)}")
         return tuple(found)
 
     def _local_table(self, read: Callable[[Mapping[int, str], Mapping[int, int]],
@@ -2089,7 +2094,7 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
                    local: _LocalTable | None = None, *, merge: _Merge | None = None,
                    pods: Sequence[Network] | None = None,
                    ) -> tuple[LookupRule, Route | RouteBlock | LocalRoute | None,
-                              list[LookupRule]] | None:
+                              list[LookupRule], bool] | None:
     """The administrator's rule that takes every lookup of ``route``'s destination
     reaching it before its table, with the route of the rule's table holding the
     destination (``None``: a rejecting rule) and the rules before it that may take some
@@ -2101,16 +2106,20 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
     of the two wins). A rule of a ``from`` holding every pod CIDR (``pods``) of the
     destination's family (``ip rule add from 10.42.0.0/16 lookup 100``: the pods'
     forwarded packets all meet it) counts as one every lookup meets; one holding part
-    of them as one that may take some first; none without ``pods``."""
+    of them as one that may take some first; none without ``pods``. The last of the
+    answer: whether a rule no pod's packet meets was passed by (``from`` the node's own
+    address, ``lookup main``): the answer holds for the pods' packets alone."""
     dst = route.destination
     earlier: list[LookupRule] = []
     mine = [p for p in pods or () if p.version == dst.version]
-    for rule in rules:
-        if rule.family != dst.version or (
-                rule.destination is not None and not rule.destination.overlaps(dst)) or (
-                _pods_meet(rule, mine) is None):
+    passed = False
+    for rule in (r for r in rules if r.family == dst.version and (
+            r.destination is None or r.destination.overlaps(dst))):
+        meet = _pods_meet(rule, mine)
+        if meet is None:
+            passed = True
             continue
-        sure = ((rule.exact or _pods_meet(rule, mine) is True)
+        sure = ((rule.exact or meet is True)
                 and not rule.mark_mask and rule.in_interface is None
                 and rule.out_interface is None
                 and (rule.destination is None
@@ -2123,7 +2132,7 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
             held = (_held_locally(dst, local, merge, throw=route.table != _DEFAULT_TABLE)
                     if sure and rule.table == _LOCAL_TABLE else None)
             if held is not None:
-                return rule, held, earlier
+                return rule, held, earlier, passed
             if not sure or rule.table == _LOCAL_TABLE:
                 if rule not in _DEFAULT_RULES:
                     earlier.append(rule)
@@ -2133,10 +2142,10 @@ def _taken_by_rule(route: Route, rules: Sequence[LookupRule], lookup: _GatewayTa
                 if rule not in _DEFAULT_RULES and _takes_part(lookup, rule.table, dst):
                     earlier.append(rule)
                 continue
-            return None if rule in _DEFAULT_RULES else (rule, holder, earlier)
+            return None if rule in _DEFAULT_RULES else (rule, holder, earlier, passed)
         if rule.action in _REJECTING:
             if sure and rule not in _DEFAULT_RULES:
-                return rule, None, earlier
+                return rule, None, earlier, passed
             earlier.append(rule)
         else:  # goto, nop: not followed
             return None
@@ -2156,15 +2165,17 @@ def _pods_meet(rule: LookupRule, pods: Sequence[Network]) -> bool | None:
 
 
 def _why_taken(route: Route, rule: LookupRule, holder: Route | RouteBlock | LocalRoute | None,
-               earlier: Sequence[LookupRule]) -> str:
+               earlier: Sequence[LookupRule], pods: Sequence[Network] = ()) -> str:
     """What takes the lookups of ``route`` (:func:`_taken_by_rule`'s answer), said of the
     rule and its table alone: an earlier rule (Calico's inverted one) may take the
-    lookups before it, which the text claimed went to its table."""
+    lookups before it, which the text claimed went to its table. ``pods``: the pod CIDRs,
+    when the answer holds for their packets alone (a rule of another source passed by)."""
     where = f"table {_table_name(route.table)}"
     lookups = f"every lookup of {network_text(route.destination)} reaching it"
-    if rule.source is not None:
+    if rule.source is not None or pods:  # the pods' packets alone
+        held = [rule.source] if rule.source is not None else pods
         lookups = (f"every lookup of {network_text(route.destination)} from the pods "
-                   f"({network_text(rule.source)}) reaching it")
+                   f"({', '.join(network_text(p) for p in held)}) reaching it")
     if holder is None:
         why = (f"the policy rule at priority {rule.priority} "
                f"({_REJECTING[rule.action]}), before {where}, refuses {lookups}")

@@ -828,8 +828,8 @@ class LookupRule:
     (``fwmark 0/0x4000``), 0 for none: the gateway's lookup (no mark) meets it as its
     other selectors say, a packet marked with one of them does not (kube-proxy marks
     0x4000 what it masquerades). ``source``: the ``from`` prefix of a rule whose other
-    selectors are all read here (no mark, TOS, L3 master device, nor one of those that
-    make it not ``exact``): a forwarded packet from inside it meets it as its other
+    selectors are all read here (no mark nor mask, TOS, L3 master device, nor one of
+    those that make it not ``exact``): a forwarded packet from inside it meets it as its other
     selectors say (``None``: none, or others too)."""
 
     family: int
@@ -909,8 +909,11 @@ def decode_rule(msg: bytes) -> LookupRule | None:
                           None, None, action, exact=False)
     source: Network | None = None
     raw = found.get(FRA_SRC)
+    # A mark of 0 under a mask (``fwmark 0/0x4000``) comes as FRA_FWMASK alone (the
+    # kernel sends no FRA_FWMARK of 0): a packet marked with one of its bits passes by.
     if src_len and raw is not None and not tos and FRA_L3MDEV not in found and not (
-            FRA_FWMARK in found and U32.unpack(found[FRA_FWMARK][:4])[0]) and (
+            FRA_FWMARK in found and U32.unpack(found[FRA_FWMARK][:4])[0]) and not (
+            len(mask) >= 4 and U32.unpack(mask[:4])[0]) and (
             found.keys() - unset - {FRA_SRC} <= _PLAIN_RULE_ATTRS):
         source = (ipaddress.IPv4Network((raw, src_len)) if family == socket.AF_INET
                   else ipaddress.IPv6Network((raw, src_len)))
