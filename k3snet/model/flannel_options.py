@@ -89,6 +89,11 @@ def _one_of(*words: str) -> Check:
     return check
 
 
+_NULL_KEPT: Mapping[tuple[str, str], Any] = {("ipsec", "PSK"): ""}
+"""What Go's decoder keeps for an option given as ``null`` (its default) where flannel
+refuses that: ipsec's ``PSK`` has no default, and "" is too short. Every other option's
+default is one its backend takes (wireguard's ``PSK`` "": no pre-shared key)."""
+
 _IPSEC_PSK_MIN = 96
 """pkg/backend/ipsec ``minPasswordLength``: "password is too short" below it (Go's
 ``len`` of a string: its bytes)."""
@@ -165,10 +170,11 @@ def option_problems(backend_type: Any, options: Iterable[tuple[str, Any]]
     ``Backend`` members but ``Type``) when it starts: ``(key as spelled, option, why)``,
     ``why`` reading after the option's name (``must be ...``): a value of another Go type
     or outside what the backend takes. A ``null`` is no problem (Go's decoder keeps the
-    default); a secret is shown as :func:`~k3snet.model.cni.shown_flannel_secret` shows
-    it. A key no option matches is :func:`~k3snet.model.cni.flannel_unread_options`' to
-    judge, a second spelling of one :func:`~k3snet.model.cni.flannel_option_spellings`'
-    (or :func:`go_folded`'s): the first spelling is judged here.
+    default) but where flannel refuses that default (ipsec's ``PSK``); a secret is shown
+    as :func:`~k3snet.model.cni.shown_flannel_secret` shows it. A key no option matches
+    is :func:`~k3snet.model.cni.flannel_unread_options`' to judge, a second spelling of
+    one :func:`~k3snet.model.cni.flannel_option_spellings`' (or :func:`go_folded`'s): the
+    first spelling is judged here.
 
     >>> [(key, why[:21]) for key, _, why in option_problems("vxlan", [("gbp", "true")])]
     [('gbp', 'must be true or false')]
@@ -184,9 +190,17 @@ def option_problems(backend_type: Any, options: Iterable[tuple[str, Any]]
     for key, _ in options:
         keys.setdefault(names.get(fold(key), key), key)
     found: list[tuple[str, str, str]] = []
+    kind = flannel_backend_type(backend_type)
     for name, check in checks.items():
         value = folded.get(name)
         if value is None:  # absent, or null: Go keeps the default
+            if name not in folded or (kind, name) not in _NULL_KEPT:
+                continue
+            expected = check(_NULL_KEPT[kind, name])
+            if expected is not None:  # (a null is no secret)
+                found.append((keys[name], name, f"must be {expected} (flannel's "
+                              f"{backend_type} backend reads it as its {name}; Go keeps "
+                              f"{_dump(_NULL_KEPT[kind, name])} for a null), got null"))
             continue
         expected = check(value)
         if expected is not None:  # a malformed pre-shared key is a key all the same

@@ -639,6 +639,10 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     ('{"Backend": {"Type": "ipsec", "UDPEncap": "yes"}}', "Backend.UDPEncap must be true or false"),
     ('{"Backend": {"Type": "ipsec", "PSK": "short"}}',
      "Backend.PSK must be a string of at least 96 bytes"),
+    # (a null PSK: Go keeps "", which flannel's ipsec backend finds too short)
+    ('{"Backend": {"Type": "ipsec", "PSK": null}}',
+     "Backend.PSK must be a string of at least 96 bytes (flannel's ipsec backend reads it "
+     "as its PSK; Go keeps \"\" for a null), got null"),
     ('{"Backend": {"Type": "ipip", "DirectRouting": 1}}',
      "Backend.DirectRouting must be true or false (flannel's ipip backend"),
     ('{"Backend": {"Type": "udp", "Port": "8285"}}', "Backend.Port must be an integer"),

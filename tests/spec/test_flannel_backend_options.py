@@ -314,3 +314,23 @@ def test_spec_loading_refuses_exactly_the_flannel_options_the_backend_s_expect_r
         assert refused, backend
     else:
         assert not refused, (backend, _problems_of(data))
+
+
+@pytest.mark.parametrize("spelled", ["PSK", "psk"])
+def test_a_null_ipsec_psk_which_flannel_reads_as_empty_is_refused_at_load_and_never_written(
+        spelled: str) -> None:
+    # Go's decoder keeps "" for a null string, and flannel's ipsec backend stops on a PSK
+    # under 96 bytes: written over a file's PSK ("PSK": null), it took flannel down at
+    # its next restart, where `validate`, `plan` and `apply` had all found it fine.
+    data = _flannel("ipsec", {spelled: None})
+    [problem] = _problems_of(data)
+    assert problem.path == f"cni.flannel.backend.options.{spelled}"
+    assert "must be a string of at least 96 bytes" in problem.message, problem.message
+    assert "got null" in problem.message, problem.message
+    flannel = FlannelBackend(path=Path("/nonexistent/net-conf.json"))
+    with flannel_options_left_to_backend():  # the agent: the backend's refusal
+        state = compile_for(flannel, Spec.from_dict(data))
+    with pytest.raises(PlanError, match="at least 96 bytes"):
+        flannel.expect(state)
+    # (wireguard's PSK and every other option: null keeps a default flannel takes)
+    assert _problems_of(_flannel("wireguard", {"PSK": None, "Mode": None})) == []
