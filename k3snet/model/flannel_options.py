@@ -22,8 +22,8 @@ from k3snet.model.cni import (
     wireguard_key_problem,
 )
 
-__all__ = ["FLANNEL_OPTION_CHECKS", "GO_INT_MAX", "GO_INT_MIN", "VXLAN_IDS", "go_bool",
-           "go_folded", "go_int", "option_problems", "second_spelling"]
+__all__ = ["FLANNEL_OPTION_CHECKS", "GO_INT_MAX", "GO_INT_MIN", "IFNAME_MAX", "VXLAN_IDS",
+           "go_bool", "go_folded", "go_int", "option_problems", "second_spelling"]
 
 Check = Callable[[Any], "str | None"]
 """What a value must be when flannel would refuse or misread it (``None``: it takes it)."""
@@ -39,6 +39,10 @@ whose architectures may differ; no ``int`` option of flannel's means anything be
 VXLAN_IDS = 1 << 24
 """The kernel's VXLAN IDs are 24 bits (``VXLAN_N_VID``); flannel hands VNI over as a
 uint32 (a negative one wraps beyond them)."""
+
+IFNAME_MAX = 15
+"""The longest interface name the kernel takes (``IFNAMSIZ`` - 1; a longer one: "Attribute
+failed policy validation")."""
 
 
 def _dump(value: Any) -> str:
@@ -83,6 +87,24 @@ def _vxlan_port(value: Any) -> str | None:
             f"port {sent})")
 
 
+_VXLAN_ID = _go_int_in(0, VXLAN_IDS - 1, " (a VXLAN ID: the kernel's are 24 bits)")
+
+
+def _vxlan_vni(value: Any) -> str | None:
+    """vxlan's ``VNI``: a VXLAN ID that names flannel's device ``flannel.VNI`` within the
+    kernel's 15 characters, whichever families flannel runs (it names its IPv6 device
+    ``flannel-v6.VNI``, longer still; that one's limit, 9999, holds only with IPv6 on,
+    and the flannel backend judges it against the families of its config)."""
+    problem = _VXLAN_ID(value)
+    name = f"flannel.{value}"
+    if problem is not None or len(name) <= IFNAME_MAX:
+        return problem
+    most = 10 ** (IFNAME_MAX - len("flannel.")) - 1
+    return (f"at most {most} (flannel names its vxlan device flannel.VNI, and {name} is "
+            f"longer than the kernel's {IFNAME_MAX} characters; flannel-v6.VNI, with IPv6 "
+            "on, is longer still)")
+
+
 def _one_of(*words: str) -> Check:
     def check(value: Any) -> str | None:
         return None if value in words else "one of " + ", ".join(map(_dump, words))
@@ -105,9 +127,9 @@ def _ipsec_psk(value: Any) -> str | None:
 
 
 FLANNEL_OPTION_CHECKS: Mapping[str, Mapping[str, Check]] = {
-    # pkg/backend/vxlan/vxlan.go VXLANConfig (VNI: a VXLAN ID, handed over as a uint32)
-    "vxlan": {"VNI": _go_int_in(0, VXLAN_IDS - 1, " (a VXLAN ID: the kernel's are 24 bits)"),
-              "Port": _vxlan_port, "MTU": go_int, "GBP": go_bool,
+    # pkg/backend/vxlan/vxlan.go VXLANConfig (VNI: a VXLAN ID, handed over as a uint32,
+    # that names the device flannel.VNI)
+    "vxlan": {"VNI": _vxlan_vni, "Port": _vxlan_port, "MTU": go_int, "GBP": go_bool,
               "Learning": go_bool, "DirectRouting": go_bool},
     # pkg/backend/wireguard/wireguard.go RegisterNetwork's cfg (a Duration is an int64)
     # (ports and the keepalive reach the kernel as 16 bits; a ListenPort of 0 is advertised
