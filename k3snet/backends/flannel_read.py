@@ -31,6 +31,7 @@ from k3snet.model.cni import (
 )
 from k3snet.model.flannel_options import (
     FLANNEL_OPTION_CHECKS,
+    IFNAME_MAX,
     VXLAN_IDS,
     go_bool,
     go_folded,
@@ -252,26 +253,21 @@ def _backend_options(backend: Mapping[str, Any], where: str
     return options, problems
 
 
-_IFNAME_MAX = 15
-"""The longest interface name the kernel takes (``IFNAMSIZ`` - 1)."""
-
-
 def _vxlan_device_problems(values: Mapping[str, Any]) -> list[str]:
     """Why flannel's vxlan backend could not name its devices from ``values`` (read and
-    typed; a VNI that is no VXLAN ID is :data:`FLANNEL_OPTION_CHECKS`' to refuse): a VNI
-    that makes a device name (``flannel.VNI``, ``flannel-v6.VNI``) too long, which
-    depends on the families flannel runs."""
+    typed; a VNI that is no VXLAN ID or makes ``flannel.VNI`` too long whatever the
+    families is :data:`FLANNEL_OPTION_CHECKS`' to refuse): a VNI that makes the IPv6
+    device's name (``flannel-v6.VNI``) too long with IPv6 on."""
     backend = values.get("Backend")
     if not isinstance(backend, dict) or _effective_value(values, "Backend.Type") != "vxlan":
         return []
     found = []
     vni = backend.get("VNI")
-    if isinstance(vni, int) and not isinstance(vni, bool) and 0 <= vni < VXLAN_IDS:
-        for enable, prefix in (("EnableIPv4", "flannel."), ("EnableIPv6", "flannel-v6.")):
-            name = f"{prefix}{vni}"
-            if _effective_value(values, enable) and len(name) > _IFNAME_MAX:
-                found.append(f"Backend.VNI {vni} names flannel's vxlan device {name}, "
-                             f"longer than the kernel's {_IFNAME_MAX} characters")
+    if (isinstance(vni, int) and not isinstance(vni, bool) and 0 <= vni < VXLAN_IDS
+            and len(f"flannel.{vni}") <= IFNAME_MAX and _effective_value(values, "EnableIPv6")
+            and len(name := f"flannel-v6.{vni}") > IFNAME_MAX):
+        found.append(f"Backend.VNI {vni} names flannel's vxlan device {name}, "
+                     f"longer than the kernel's {IFNAME_MAX} characters")
     return found
 
 

@@ -22,8 +22,8 @@ from k3snet.model.cni import (
     wireguard_key_problem,
 )
 
-__all__ = ["FLANNEL_OPTION_CHECKS", "GO_INT_MAX", "GO_INT_MIN", "VXLAN_IDS", "go_bool",
-           "go_folded", "go_int", "option_problems", "second_spelling"]
+__all__ = ["FLANNEL_OPTION_CHECKS", "GO_INT_MAX", "GO_INT_MIN", "IFNAME_MAX", "VXLAN_IDS",
+           "go_bool", "go_folded", "go_int", "option_problems", "second_spelling"]
 
 Check = Callable[[Any], "str | None"]
 """What a value must be when flannel would refuse or misread it (``None``: it takes it)."""
@@ -39,6 +39,10 @@ whose architectures may differ; no ``int`` option of flannel's means anything be
 VXLAN_IDS = 1 << 24
 """The kernel's VXLAN IDs are 24 bits (``VXLAN_N_VID``); flannel hands VNI over as a
 uint32 (a negative one wraps beyond them)."""
+
+IFNAME_MAX = 15
+"""The longest interface name the kernel takes (``IFNAMSIZ`` - 1; a longer one: "Attribute
+failed policy validation")."""
 
 
 def _dump(value: Any) -> str:
@@ -83,11 +87,34 @@ def _vxlan_port(value: Any) -> str | None:
             f"port {sent})")
 
 
+_VXLAN_ID = _go_int_in(0, VXLAN_IDS - 1, " (a VXLAN ID: the kernel's are 24 bits)")
+
+
+def _vxlan_vni(value: Any) -> str | None:
+    """vxlan's ``VNI``: a VXLAN ID that names flannel's device ``flannel.VNI`` within the
+    kernel's 15 characters, whichever families flannel runs (it names its IPv6 device
+    ``flannel-v6.VNI``, longer still; that one's limit, 9999, holds only with IPv6 on,
+    and the flannel backend judges it against the families of its config)."""
+    problem = _VXLAN_ID(value)
+    name = f"flannel.{value}"
+    if problem is not None or len(name) <= IFNAME_MAX:
+        return problem
+    most = 10 ** (IFNAME_MAX - len("flannel.")) - 1
+    return (f"at most {most} (flannel names its vxlan device flannel.VNI, and {name} is "
+            f"longer than the kernel's {IFNAME_MAX} characters; flannel-v6.VNI, with IPv6 "
+            "on, is longer still)")
+
+
 def _one_of(*words: str) -> Check:
     def check(value: Any) -> str | None:
         return None if value in words else "one of " + ", ".join(map(_dump, words))
     return check
 
+
+_NULL_KEPT: Mapping[tuple[str, str], Any] = {("ipsec", "PSK"): ""}
+"""What Go's decoder keeps for an option given as ``null`` (its default) where flannel
+refuses that: ipsec's ``PSK`` has no default, and "" is too short. Every other option's
+default is one its backend takes (wireguard's ``PSK`` "": no pre-shared key)."""
 
 _IPSEC_PSK_MIN = 96
 """pkg/backend/ipsec ``minPasswordLength``: "password is too short" below it (Go's
@@ -100,9 +127,9 @@ def _ipsec_psk(value: Any) -> str | None:
 
 
 FLANNEL_OPTION_CHECKS: Mapping[str, Mapping[str, Check]] = {
-    # pkg/backend/vxlan/vxlan.go VXLANConfig (VNI: a VXLAN ID, handed over as a uint32)
-    "vxlan": {"VNI": _go_int_in(0, VXLAN_IDS - 1, " (a VXLAN ID: the kernel's are 24 bits)"),
-              "Port": _vxlan_port, "MTU": go_int, "GBP": go_bool,
+    # pkg/backend/vxlan/vxlan.go VXLANConfig (VNI: a VXLAN ID, handed over as a uint32,
+    # that names the device flannel.VNI)
+    "vxlan": {"VNI": _vxlan_vni, "Port": _vxlan_port, "MTU": go_int, "GBP": go_bool,
               "Learning": go_bool, "DirectRouting": go_bool},
     # pkg/backend/wireguard/wireguard.go RegisterNetwork's cfg (a Duration is an int64)
     # (ports and the keepalive reach the kernel as 16 bits; a ListenPort of 0 is advertised
@@ -165,10 +192,11 @@ def option_problems(backend_type: Any, options: Iterable[tuple[str, Any]]
     ``Backend`` members but ``Type``) when it starts: ``(key as spelled, option, why)``,
     ``why`` reading after the option's name (``must be ...``): a value of another Go type
     or outside what the backend takes. A ``null`` is no problem (Go's decoder keeps the
-    default); a secret is shown as :func:`~k3snet.model.cni.shown_flannel_secret` shows
-    it. A key no option matches is :func:`~k3snet.model.cni.flannel_unread_options`' to
-    judge, a second spelling of one :func:`~k3snet.model.cni.flannel_option_spellings`'
-    (or :func:`go_folded`'s): the first spelling is judged here.
+    default) but where flannel refuses that default (ipsec's ``PSK``); a secret is shown
+    as :func:`~k3snet.model.cni.shown_flannel_secret` shows it. A key no option matches
+    is :func:`~k3snet.model.cni.flannel_unread_options`' to judge, a second spelling of
+    one :func:`~k3snet.model.cni.flannel_option_spellings`' (or :func:`go_folded`'s): the
+    first spelling is judged here.
 
     >>> [(key, why[:21]) for key, _, why in option_problems("vxlan", [("gbp", "true")])]
     [('gbp', 'must be true or false')]
@@ -184,9 +212,17 @@ def option_problems(backend_type: Any, options: Iterable[tuple[str, Any]]
     for key, _ in options:
         keys.setdefault(names.get(fold(key), key), key)
     found: list[tuple[str, str, str]] = []
+    kind = flannel_backend_type(backend_type)
     for name, check in checks.items():
         value = folded.get(name)
         if value is None:  # absent, or null: Go keeps the default
+            if name not in folded or (kind, name) not in _NULL_KEPT:
+                continue
+            expected = check(_NULL_KEPT[kind, name])
+            if expected is not None:  # (a null is no secret)
+                found.append((keys[name], name, f"must be {expected} (flannel's "
+                              f"{backend_type} backend reads it as its {name}; Go keeps "
+                              f"{_dump(_NULL_KEPT[kind, name])} for a null), got null"))
             continue
         expected = check(value)
         if expected is not None:  # a malformed pre-shared key is a key all the same

@@ -617,7 +617,8 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "VNI": -1}}',
      "Backend.VNI must be an integer 0..16777215 (a VXLAN ID"),
     ('{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "VNI": 10000000}}',
-     "Backend.VNI 10000000 names flannel's vxlan device flannel.10000000"),
+     "Backend.VNI must be at most 9999999 (flannel names its vxlan device flannel.VNI, "
+     "and flannel.10000000 is longer than the kernel's 15 characters"),
     ('{"Network": "10.42.0.0/16", "EnableIPv6": true, "IPv6Network": "fd42::/56", '
      '"Backend": {"Type": "VXLAN", "vni": 10000}}',
      "Backend.VNI 10000 names flannel's vxlan device flannel-v6.10000"),
@@ -639,6 +640,10 @@ def test_giving_back_a_network_is_disruptive_too(tmp_path: Path) -> None:
     ('{"Backend": {"Type": "ipsec", "UDPEncap": "yes"}}', "Backend.UDPEncap must be true or false"),
     ('{"Backend": {"Type": "ipsec", "PSK": "short"}}',
      "Backend.PSK must be a string of at least 96 bytes"),
+    # (a null PSK: Go keeps "", which flannel's ipsec backend finds too short)
+    ('{"Backend": {"Type": "ipsec", "PSK": null}}',
+     "Backend.PSK must be a string of at least 96 bytes (flannel's ipsec backend reads it "
+     "as its PSK; Go keeps \"\" for a null), got null"),
     ('{"Backend": {"Type": "ipip", "DirectRouting": 1}}',
      "Backend.DirectRouting must be true or false (flannel's ipip backend"),
     ('{"Backend": {"Type": "udp", "Port": "8285"}}', "Backend.Port must be an integer"),

@@ -244,7 +244,7 @@ def test_an_ipsec_psk_flannel_finds_too_short_is_refused_at_its_path_unshown(
 @pytest.mark.parametrize(("kind", "options"), [
     ("vxlan", {"VNI": 0, "Port": 0, "MTU": 1450, "GBP": True, "Learning": False,
                "DirectRouting": True}),
-    ("vxlan", {"VNI": (1 << 24) - 1, "Port": 65535}),
+    ("vxlan", {"VNI": 9_999_999, "Port": 65535}),
     ("wireguard", {"ListenPort": 1, "ListenPortV6": 65535, "Mode": "ipv6",
                    "PersistentKeepaliveInterval": 0, "PSK": WG_KEY}),
     ("ipsec", {"PSK": IPSEC_PSK, "UDPEncap": True, "ESPProposal": "aes256gcm16"}),
@@ -265,7 +265,8 @@ def test_two_spellings_of_one_flannel_option_are_refused_at_the_later_one() -> N
         Spec.from_dict(_flannel("vxlan", {"Nope": 4, "nope": 5}))
 
 
-_BOUNDS = (-(1 << 31) - 1, -(1 << 31), -1, 0, 1, 0xFFFF, 0x10000, (1 << 24) - 1, 1 << 24,
+_BOUNDS = (-(1 << 31) - 1, -(1 << 31), -1, 0, 1, 0xFFFF, 0x10000, 9_999_999, 10_000_000,
+           (1 << 24) - 1, 1 << 24,
            (1 << 31) - 1, 1 << 31)
 _VALUES = st.one_of(
     st.none(), st.booleans(), st.sampled_from(_BOUNDS), st.integers(-70000, 70000),
@@ -314,3 +315,36 @@ def test_spec_loading_refuses_exactly_the_flannel_options_the_backend_s_expect_r
         assert refused, backend
     else:
         assert not refused, (backend, _problems_of(data))
+
+
+@pytest.mark.parametrize("vni", [10_000_000, (1 << 24) - 1])
+def test_a_vni_that_names_no_device_the_kernel_takes_is_refused_at_load(vni: int) -> None:
+    # A VXLAN ID, but flannel names its device flannel.VNI (flannel-v6.VNI, longer still,
+    # with IPv6 on), and the kernel takes names of 15 characters at most ("Attribute failed
+    # policy validation"): whichever families flannel runs, it cannot build its device.
+    # `validate` and `plan` took it, and only the backend's check at `apply` refused it.
+    [problem] = _problems_of(_flannel("vxlan", {"VNI": vni}))
+    assert problem.path == "cni.flannel.backend.options.VNI"
+    assert "must be at most 9999999" in problem.message, problem.message
+    assert f"flannel.{vni} is longer than the kernel's 15 characters" in problem.message
+    assert _problems_of(_flannel("vxlan", {"VNI": 9_999_999})) == []
+
+
+@pytest.mark.parametrize("spelled", ["PSK", "psk"])
+def test_a_null_ipsec_psk_which_flannel_reads_as_empty_is_refused_at_load_and_never_written(
+        spelled: str) -> None:
+    # Go's decoder keeps "" for a null string, and flannel's ipsec backend stops on a PSK
+    # under 96 bytes: written over a file's PSK ("PSK": null), it took flannel down at
+    # its next restart, where `validate`, `plan` and `apply` had all found it fine.
+    data = _flannel("ipsec", {spelled: None})
+    [problem] = _problems_of(data)
+    assert problem.path == f"cni.flannel.backend.options.{spelled}"
+    assert "must be a string of at least 96 bytes" in problem.message, problem.message
+    assert "got null" in problem.message, problem.message
+    flannel = FlannelBackend(path=Path("/nonexistent/net-conf.json"))
+    with flannel_options_left_to_backend():  # the agent: the backend's refusal
+        state = compile_for(flannel, Spec.from_dict(data))
+    with pytest.raises(PlanError, match="at least 96 bytes"):
+        flannel.expect(state)
+    # (wireguard's PSK and every other option: null keeps a default flannel takes)
+    assert _problems_of(_flannel("wireguard", {"PSK": None, "Mode": None})) == []
