@@ -125,7 +125,7 @@ def _read(ns: str) -> Reading:
     for family in (4, 6):
         reading[f"route{family}"] = sorted(
             (route.get("table", "main"), route.get("type", "unicast"), route["dst"],
-             route.get("dev", ""), route.get("gateway", ""))
+             route.get("dev", ""), route.get("gateway", ""), _attributes(route))
             for route in json.loads(raw[f"route{family}"]))
         reading[f"rule{family}"] = sorted(
             json.dumps(rule, sort_keys=True) for rule in json.loads(raw[f"rule{family}"]))
@@ -133,6 +133,18 @@ def _read(ns: str) -> Reading:
                               for entry in json.loads(raw["neigh"]))
     reading["pmtu"] = [line for line in raw["pmtu"].splitlines() if " mtu " in line]
     return reading
+
+
+_ROUTE_KEYS = frozenset({"table", "type", "dst", "dev", "gateway", "flags", "expires"})
+"""Of a route's JSON, what :func:`_read` takes apart, or what its device's state (read
+with the device) or time changes."""
+
+
+def _attributes(route: dict[str, Any]) -> str:
+    """The rest of a route (its source address, metric, MTU, protocol, scope): a route
+    changed in place (``ip route change ... src``) is not the lab's."""
+    return json.dumps({k: v for k, v in route.items() if k not in _ROUTE_KEYS},
+                      sort_keys=True)
 
 
 def read_lab(lab: SeedLab) -> dict[str, Reading]:
@@ -232,7 +244,7 @@ def _reset(made_as: dict[str, Reading], lab_now: dict[str, Reading]) -> None:
             made_keys = {route[:3] for route in made_routes}
             # (not the local table's: the kernel's own, gone with forwarding turned off)
             commands += [f"ip -{family} route del {kind} {destination} table {table}"
-                         for table, kind, destination, _, _ in sorted(set(routes))
+                         for table, kind, destination, *_ in sorted(set(routes))
                          if (table, kind, destination) not in made_keys and table != "local"]
             rules, made_rules = _list(now[f"rule{family}"]), _list(was[f"rule{family}"])
             commands += [f"ip -{family} rule del pref {json.loads(rule)['priority']}"

@@ -330,6 +330,11 @@ LEFTOVERS: dict[str, tuple[str, list[str], list[str] | None]] = {
     "a qdisc dropping every packet": (
         "router", ["tc", "qdisc", "add", "dev", "eth1", "root", "blackhole"],
         ["tc", "qdisc", "del", "dev", "eth1", "root"]),
+    "a route changed in place (its source address)": (
+        "node", ["ip", "route", "change", "192.168.2.0/24", "via", "192.168.1.1", "dev", "eth0",
+                 "proto", "static", "src", "10.42.0.1"],
+        ["ip", "route", "change", "192.168.2.0/24", "via", "192.168.1.1", "dev", "eth0",
+         "proto", "static"]),
     "a device's ARP turned off": ("router", ["ip", "link", "set", "eth1", "arp", "off"],
                                   ["ip", "link", "set", "eth1", "arp", "on"]),
 }
@@ -342,8 +347,8 @@ def test_what_a_test_leaves_is_found_and_taken_back_or_fails_the_next_test(
     """The shared lab's check before a test finds each thing a test may leave, in any
     namespace of the lab, against the lab as made (not a reading taken anew, which took
     what it found as the lab's own); what a test may leave is taken back and the test
-    goes on, the rest (an address, a neighbour entry, a qdisc, a device's flag: no test
-    sets one) fails it, named."""
+    goes on, the rest (an address, a neighbour entry, a qdisc, a device's flag, a route
+    changed in place: no test sets one) fails it, named."""
     role, command, undo = LEFTOVERS[leftover]
     ns = getattr(made_lab, role)
     next(tests.shared_lab.shared_lab(made_lab), None)  # the lab as made, recorded
