@@ -1,17 +1,20 @@
 """One seed lab for a module's tests that write on it alone: checked to be the lab as made
 before each test, put back after it (:func:`shared_lab`). A lab of its own cost each such
-test about a second (two on a loaded machine), most of its time.
+test 0.6 to 1.3 s (made and deleted, by the machine's load); the check and the putting
+back about half of that (0.3 to 0.7 s, most of it the four readings).
 
 The check reads every namespace of the lab in the kernel's own view, and compares it
 with the same reading taken before the lab's first test: the rules, user chains and
 policies of iptables of both flavours and families, the nftables ruleset (its sets
-with it), every ``net.*`` sysctl, the devices (their MTU, state and master), the
-addresses, the routes of every table, the policy routing rules, and the path MTU learnt
-towards the database; and k3snet's files for the node (``SeedLab.state_dir``). What a
-test leaves of these is taken back after it where a test may leave it (rules, chains,
-the ruleset, sysctls, added devices and MTUs, added routes and routing rules, learnt
-path MTUs, k3snet's files); anything else fails the next test's check, which names
-it."""
+with it), every ``net.*`` sysctl, the devices (their MTU, state, master, flags such as
+NOARP, hardware address and root qdisc: a blackhole drops as a rule does), the
+addresses, the routes of every table, the policy routing rules, the neighbour entries
+set by hand (permanent), and the path MTU learnt towards the database; and k3snet's
+files for the node (``SeedLab.state_dir``). The neighbours the kernel learnt are
+forgotten after each test. What a test leaves of these is taken back after it where a
+test may leave it (rules, chains, the ruleset, sysctls, added devices and MTUs, added
+routes and routing rules, learnt path MTUs, k3snet's files); anything else fails the
+next test's check, which names it."""
 
 from __future__ import annotations
 
@@ -44,12 +47,15 @@ _READ = "\n".join([
     *(f"echo '{_SECTION}route{family}'; ip -{family} -j route show table all"
       for family in (4, 6)),
     *(f"echo '{_SECTION}rule{family}'; ip -{family} -j rule" for family in (4, 6)),
+    f"echo '{_SECTION}neigh'; ip -j neigh show nud permanent",
     f"echo '{_SECTION}pmtu'",
     *(f"ip -o route get {address}" for address in DB_ADDRESSES.values()),
 ])
 # After each test, what tests leave, taken back blind (a reading to find it cost more):
 # legacy tables emptied (they stay once loaded), the ruleset flushed (iptables-nft's
-# tables with it), forwarding off, MTUs of 1500, learnt path MTUs flushed. The check
+# tables with it), forwarding off, MTUs of 1500, learnt path MTUs flushed, the
+# neighbours learnt forgotten (as in a lab as made, whose first packets resolve them: a
+# cached entry would hide a rule dropping ARP or neighbour discovery). The check
 # before the next test finds the rest, and takes back what a test may leave
 # (:func:`_reset`) before it reads again.
 _EMPTY_LEGACY = r"""
@@ -61,12 +67,13 @@ for tool in iptables ip6tables; do
 done
 nft flush ruleset
 """
+_FORGET_NEIGHBOURS = "ip neigh flush all\n"
 _PUT_BACK = {
     "node": _EMPTY_LEGACY + "sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0\n"
-            "ip -4 route flush cache; ip -6 route flush cache\n",
-    "pod": "ip -4 route flush cache; ip -6 route flush cache\n",
-    "router": "ip link set eth1 mtu 1500\n",
-    "db": "ip link set eth0 mtu 1500\n",
+            "ip -4 route flush cache; ip -6 route flush cache\n" + _FORGET_NEIGHBOURS,
+    "pod": "ip -4 route flush cache; ip -6 route flush cache\n" + _FORGET_NEIGHBOURS,
+    "router": "ip link set eth1 mtu 1500\n" + _FORGET_NEIGHBOURS,
+    "db": "ip link set eth0 mtu 1500\n" + _FORGET_NEIGHBOURS,
 }
 
 Reading = dict[str, object]
@@ -109,19 +116,35 @@ def _read(ns: str) -> Reading:
             sysctls[path] = f"{sysctls[path]}\n{value}" if path in sysctls else value
     reading["sysctl"] = sysctls
     links = json.loads(raw["addr"])
-    reading["link"] = {link["ifname"]: (link["mtu"], "UP" in link["flags"], link.get("master"))
+    reading["link"] = {link["ifname"]: (link["mtu"], "UP" in link["flags"], link.get("master"),
+                                        tuple(sorted(link["flags"])), link.get("address"),
+                                        link.get("qdisc"))
                        for link in links}
     reading["addr"] = sorted((link["ifname"], address["local"], address["prefixlen"])
                              for link in links for address in link["addr_info"])
     for family in (4, 6):
         reading[f"route{family}"] = sorted(
             (route.get("table", "main"), route.get("type", "unicast"), route["dst"],
-             route.get("dev", ""), route.get("gateway", ""))
+             route.get("dev", ""), route.get("gateway", ""), _attributes(route))
             for route in json.loads(raw[f"route{family}"]))
         reading[f"rule{family}"] = sorted(
             json.dumps(rule, sort_keys=True) for rule in json.loads(raw[f"rule{family}"]))
+    reading["neigh"] = sorted((entry["dev"], entry["dst"], entry.get("lladdr", ""))
+                              for entry in json.loads(raw["neigh"]))
     reading["pmtu"] = [line for line in raw["pmtu"].splitlines() if " mtu " in line]
     return reading
+
+
+_ROUTE_KEYS = frozenset({"table", "type", "dst", "dev", "gateway", "flags", "expires"})
+"""Of a route's JSON, what :func:`_read` takes apart, or what its device's state (read
+with the device) or time changes."""
+
+
+def _attributes(route: dict[str, Any]) -> str:
+    """The rest of a route (its source address, metric, MTU, protocol, scope): a route
+    changed in place (``ip route change ... src``) is not the lab's."""
+    return json.dumps({k: v for k, v in route.items() if k not in _ROUTE_KEYS},
+                      sort_keys=True)
 
 
 def read_lab(lab: SeedLab) -> dict[str, Reading]:
@@ -205,7 +228,7 @@ def _reset(made_as: dict[str, Reading], lab_now: dict[str, Reading]) -> None:
         links, made_links = _dict(now["link"]), _dict(was["link"])
         for link in sorted(links.keys() - made_links.keys()):
             run_in(ns, ["ip", "link", "delete", link])
-        for link, (mtu, _, _) in sorted(made_links.items()):
+        for link, (mtu, *_) in sorted(made_links.items()):
             if link in links and links[link][0] != mtu:
                 run_in(ns, ["ip", "link", "set", link, "mtu", str(mtu)])
         if links != made_links:  # a device's sysctls (its IPv6 MTU) follow the device
@@ -221,7 +244,7 @@ def _reset(made_as: dict[str, Reading], lab_now: dict[str, Reading]) -> None:
             made_keys = {route[:3] for route in made_routes}
             # (not the local table's: the kernel's own, gone with forwarding turned off)
             commands += [f"ip -{family} route del {kind} {destination} table {table}"
-                         for table, kind, destination, _, _ in sorted(set(routes))
+                         for table, kind, destination, *_ in sorted(set(routes))
                          if (table, kind, destination) not in made_keys and table != "local"]
             rules, made_rules = _list(now[f"rule{family}"]), _list(was[f"rule{family}"])
             commands += [f"ip -{family} rule del pref {json.loads(rule)['priority']}"

@@ -305,23 +305,38 @@ def test_a_rule_behind_a_jump_with_conditions_is_read_as_the_kernel_matches_it(
 
 
 # What a test may leave in the shared lab, as a command in one of its namespaces (by
-# role), and whether the shared lab takes it back (else the check before a test fails it).
-LEFTOVERS: dict[str, tuple[str, list[str], bool]] = {
+# role), and the command undoing it if the shared lab does not take it back (then the
+# check before a test fails it) or None if it does.
+LEFTOVERS: dict[str, tuple[str, list[str], list[str] | None]] = {
     "a route the path tests add on the router": (
-        "router", ["ip", "route", "add", "10.99.0.0/16", "via", "192.168.1.5"], True),
+        "router", ["ip", "route", "add", "10.99.0.0/16", "via", "192.168.1.5"], None),
     "a route in another table": (
-        "node", ["ip", "route", "add", "10.99.0.0/16", "dev", "eth0", "table", "7"], True),
+        "node", ["ip", "route", "add", "10.99.0.0/16", "dev", "eth0", "table", "7"], None),
     "a policy routing rule": (
-        "node", ["ip", "rule", "add", "pref", "700", "from", POD, "lookup", "7"], True),
+        "node", ["ip", "rule", "add", "pref", "700", "from", POD, "lookup", "7"], None),
     "a bridge as the Docker tests add": ("node", ["ip", "link", "add", "left0", "type",
-                                                  "bridge"], True),
-    "a device's MTU": ("db", ["ip", "link", "set", "eth0", "mtu", "1280"], True),
-    "a sysctl": ("node", ["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2"], True),
+                                                  "bridge"], None),
+    "a device's MTU": ("db", ["ip", "link", "set", "eth0", "mtu", "1280"], None),
+    "a sysctl": ("node", ["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2"], None),
     "a set of an nftables table": ("node", ["nft", "add table inet t; add set inet t s "
-                                            "{ type ipv4_addr; }"], True),
+                                            "{ type ipv4_addr; }"], None),
     "a legacy iptables rule": ("router", ["iptables-legacy", "-w", "-A", "FORWARD", "-j",
-                                          "DROP"], True),
-    "an address": ("router", ["ip", "addr", "add", "192.0.2.9/32", "dev", "lo"], False),
+                                          "DROP"], None),
+    "an address": ("router", ["ip", "addr", "add", "192.0.2.9/32", "dev", "lo"],
+                   ["ip", "addr", "del", "192.0.2.9/32", "dev", "lo"]),
+    "a permanent neighbour entry": (
+        "node", ["ip", "neigh", "replace", "192.168.1.1", "lladdr", "02:00:00:00:00:99", "dev",
+                 "eth0", "nud", "permanent"], ["ip", "neigh", "del", "192.168.1.1", "dev", "eth0"]),
+    "a qdisc dropping every packet": (
+        "router", ["tc", "qdisc", "add", "dev", "eth1", "root", "blackhole"],
+        ["tc", "qdisc", "del", "dev", "eth1", "root"]),
+    "a route changed in place (its source address)": (
+        "node", ["ip", "route", "change", "192.168.2.0/24", "via", "192.168.1.1", "dev", "eth0",
+                 "proto", "static", "src", "10.42.0.1"],
+        ["ip", "route", "change", "192.168.2.0/24", "via", "192.168.1.1", "dev", "eth0",
+         "proto", "static"]),
+    "a device's ARP turned off": ("router", ["ip", "link", "set", "eth1", "arp", "off"],
+                                  ["ip", "link", "set", "eth1", "arp", "on"]),
 }
 
 
@@ -332,8 +347,9 @@ def test_what_a_test_leaves_is_found_and_taken_back_or_fails_the_next_test(
     """The shared lab's check before a test finds each thing a test may leave, in any
     namespace of the lab, against the lab as made (not a reading taken anew, which took
     what it found as the lab's own); what a test may leave is taken back and the test
-    goes on, the rest (an address: no test adds one) fails it, named."""
-    role, command, taken_back = LEFTOVERS[leftover]
+    goes on, the rest (an address, a neighbour entry, a qdisc, a device's flag, a route
+    changed in place: no test sets one) fails it, named."""
+    role, command, undo = LEFTOVERS[leftover]
     ns = getattr(made_lab, role)
     next(tests.shared_lab.shared_lab(made_lab), None)  # the lab as made, recorded
     run_in(ns, command)
@@ -341,12 +357,26 @@ def test_what_a_test_leaves_is_found_and_taken_back_or_fails_the_next_test(
         found = tests.shared_lab.left_over(made_lab)
         assert found, leftover
         assert all(difference.startswith(f"{ns} ") for difference in found), found
-        if taken_back:
+        if undo is None:
             next(tests.shared_lab.shared_lab(made_lab), None)
             assert tests.shared_lab.left_over(made_lab) == []
         else:
             with pytest.raises(AssertionError, match="left by a test"):
                 next(tests.shared_lab.shared_lab(made_lab))
     finally:
-        if not taken_back:
-            run_in(ns, ["ip", "addr", "del", "192.0.2.9/32", "dev", "lo"])
+        if undo is not None:
+            run_in(ns, undo)
+
+
+@pytest.mark.kernel
+def test_the_neighbours_a_test_learnt_are_forgotten_before_the_next_test(
+        made_lab: SeedLab) -> None:
+    """A neighbour entry a test's packets left (the pod's, the router's) would let the
+    next test's packets past a rule dropping ARP or neighbour discovery, which in a lab
+    as made they must get past: the shared lab forgets them after a test."""
+    next(tests.shared_lab.shared_lab(made_lab), None)
+    for family in (4, 6):
+        made_lab.tcp_probe(family=family, timeout=1.0)  # the pod's node, its router
+    assert run_in(made_lab.node, ["ip", "neigh", "show"]).stdout.strip()
+    next(tests.shared_lab.shared_lab(made_lab), None)
+    assert run_in(made_lab.node, ["ip", "neigh", "show"]).stdout.strip() == ""
