@@ -203,6 +203,23 @@ def test_iptables_foreign_forward_asks_questions_linear_in_accepts_told_apart_by
     assert len(errors) <= 2 * 2 * count
 
 
+def test_iptables_foreign_forward_asks_questions_linear_in_copies_of_one_accept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a script that appended its pair of accepts at every boot (all in one bucket of the
+    # index: the same addresses and devices), and copies told apart by a comment alone
+    count = 1_000
+    rules = [line for i in range(count) for line in (
+        "-A FORWARD -s 10.42.0.0/16 -d 192.168.0.0/16 -j ACCEPT",
+        f'-A FORWARD -d 10.42.0.0/16 -m comment --comment "boot {i}" -j ACCEPT')]
+    text = "\n".join(["*filter", ":FORWARD DROP [0:0]", *rules, "COMMIT", ""])
+    answers = counted(monkeypatch, foreign, "_answers")
+    errors = counted(monkeypatch, foreign, "_takes_errors")
+    found = foreign.foreign_forward(parse_save(text).get("filter"), 4)
+    assert found == {ForwardRule("10.42.0.0/16", "192.168.0.0/16")}
+    assert len(answers) <= 2 * 2 * count  # (every copy asked of every copy: 2 million)
+    assert len(errors) <= 2 * 2 * count
+
+
 # ---------------------------------------------------------------- nftables
 
 

@@ -517,6 +517,15 @@ def foreign_forward(dump: TableDump | None, family: int, *,
         return found
     if accepts is None:
         accepts = forward_accepts(dump, ours)
+    # one of each: what is asked of an accept, as a rule or as a reply, is its addresses,
+    # devices and conntrack tests alone, so a copy (a script that appended its pair at each
+    # boot, the same rule with another comment) answers as the first does, and asking it
+    # again would be quadratic (2 000 copies of a pair: 28 s)
+    distinct: dict[tuple[object, ...], RuleFields] = {}
+    for rule in accepts:
+        distinct.setdefault((rule.source, rule.destination, rule.in_interface,
+                             rule.out_interface, rule.ctstate, rule.ctdir), rule)
+    accepts = list(distinct.values())
     zero = _zero(family)
     # each accept filed by its addresses (none: any), so that the replies of each are
     # looked for among those whose addresses may take them, not among all of them
