@@ -220,6 +220,17 @@ def test_iptables_foreign_forward_asks_questions_linear_in_copies_of_one_accept(
     assert len(errors) <= 2 * 2 * count
 
 
+def test_iptables_copies_of_an_accept_told_apart_by_conntrack_alone_are_each_read() -> None:
+    # the first accept of the replies tests conntrack; the second, the same but for that,
+    # takes them whoever tracks them: not a copy (an untracked flow's replies pass it)
+    rules = ["-A FORWARD -s 10.0.0.0/8 -d 192.168.2.0/24 -j ACCEPT",
+             "-A FORWARD -d 10.0.0.0/8 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+             "-A FORWARD -d 10.0.0.0/8 -j ACCEPT"]
+    dump = parse_save("\n".join(["*filter", ":FORWARD DROP [0:0]", *rules, "COMMIT", ""]))
+    found = foreign.foreign_forward(dump.get("filter"), 4, untracked=UNTRACK)
+    assert ForwardRule("10.0.0.0/8", "192.168.2.0/24") in found
+
+
 # ---------------------------------------------------------------- nftables
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from k3snet.backends.iptables import foreign
 from k3snet.backends.iptables.save import parse_save
-from k3snet.model.cidr import Network
+from k3snet.model.cidr import Network, overlaps, parse_network
 from k3snet.render.iptables.rules import RuleFields
 from tests.examples import examples
 
@@ -188,3 +188,22 @@ def test_snat_exceptions_before_snat_rules_are_read_in_linear_comparisons(
     calls = _counting("_spared", monkeypatch)
     assert len(foreign.foreign_nat(dump, 4)) == _N
     assert calls[0] < 4 * _N  # every exit read for every SNAT rule: _N squared
+
+
+_PREFIX_NETS = st.sampled_from(("10.42.0.0/15", "10.42.0.0/16", "10.42.0.0/17", "10.42.128.0/17",
+                                "10.42.1.0/24", "10.42.1.7/32", "10.43.0.0/16", "0.0.0.0/0",
+                                "fd00::/8", "fd00::/9", "fd00::1/128", "::/0"))
+
+
+@settings(max_examples=examples(100))
+@given(filed=st.lists(_PREFIX_NETS, max_size=12), asked=_PREFIX_NETS)
+def test_prefixes_give_exactly_the_networks_sharing_an_address_with_the_asked_one(
+        filed: list[str], asked: str) -> None:
+    index: foreign._Prefixes[int] = foreign._Prefixes()
+    nets = [parse_network(net) for net in filed]
+    for number, net in enumerate(nets):
+        index.add(net, number)
+    question = parse_network(asked)
+    assert sorted(index.overlapping(question)) == [
+        number for number, net in enumerate(nets)
+        if net.version == question.version and overlaps(net, question)]
