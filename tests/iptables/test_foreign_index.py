@@ -51,7 +51,8 @@ class _BruteExits:
     def append(self, exit_: Any) -> None:
         self.met.append(exit_)
 
-    def meeting(self, source: Network, destination: Network | None) -> list[Any]:
+    def meeting(self, source: Network, destination: Network | None,
+                out_interface: str | None = None) -> list[Any]:
         return list(self.met)
 
 
@@ -189,6 +190,31 @@ def test_snat_exceptions_before_snat_rules_are_read_in_linear_comparisons(
     assert len(foreign.foreign_nat(dump, 4)) == _N
     assert calls[0] < 4 * _N  # every exit read for every SNAT rule: _N squared
 
+
+
+def test_exits_by_device_before_nat_rules_by_device_are_read_in_linear_comparisons(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a RETURN of what leaves by each of N devices (no address), then a MASQUERADE of the
+    # pods' traffic leaving by each of N others
+    lines = ["*nat", ":POSTROUTING ACCEPT [0:0]"]
+    lines += [f"-A POSTROUTING -o veth{i} -j RETURN" for i in range(_N)]
+    lines += [f"-A POSTROUTING -s 10.42.0.0/16 -o eth{i} -j MASQUERADE" for i in range(_N)]
+    dump = parse_save("\n".join([*lines, "COMMIT", ""]))["nat"]
+    calls = _counting("_spared", monkeypatch)
+    assert len(foreign.foreign_nat(dump, 4)) == _N
+    assert calls[0] < 4 * _N  # every exit read for every MASQUERADE rule: _N squared
+
+
+@pytest.mark.parametrize("exit_", ["-i eth1 -o eth1 -j RETURN",
+                                   "-o eth1 -m conntrack --ctstate NEW -j RETURN"])
+def test_an_exit_not_read_by_its_way_out_leaves_a_nat_rule_by_another_out(exit_: str) -> None:
+    # which packets it takes is not modelled (an in interface, a conntrack test): the
+    # MASQUERADE after it is not met, whichever device either names
+    lines = ["*nat", ":POSTROUTING ACCEPT [0:0]", f"-A POSTROUTING {exit_}",
+             "-A POSTROUTING -s 10.42.0.0/16 -o eth0 -j MASQUERADE", "COMMIT", ""]
+    dump = parse_save("\n".join(lines))["nat"]
+    assert foreign.foreign_nat(dump, 4) == set()
+    assert _brute(partial(foreign.foreign_nat, dump, 4)) == set()
 
 _PREFIX_NETS = st.sampled_from(("10.42.0.0/15", "10.42.0.0/16", "10.42.0.0/17", "10.42.128.0/17",
                                 "10.42.1.0/24", "10.42.1.7/32", "10.43.0.0/16", "0.0.0.0/0",

@@ -401,28 +401,54 @@ def _add_nat(found: set[NetObject], family: int, fields: RuleFields | None,
     source = fields.source if fields.source is not None else _zero(family)
     destination = fields.destination if not fields.destination_neg else None
     spared = _spared(fields, family,
-                     [exit_ for some in exits for exit_ in some.meeting(source, destination)])
+                     [exit_ for some in exits
+                      for exit_ in some.meeting(source, destination, fields.out_interface)])
     obj = None if spared is None else _nat_object(fields, family, spared)
     if obj is not None:
         found.add(obj)
 
 
 class _Exits:
-    """The exits met so far (:class:`_Exit`, in order), found by the source and destination
-    they may share with a later NAT rule: :func:`_spared` reads only those, not every
-    one (N ``-d X -j RETURN`` exceptions before N SNAT rules: N reads, not N squared)."""
+    """The exits met so far (:class:`_Exit`, in order), found by the source, destination and
+    way out they may share with a later NAT rule: :func:`_spared` reads only those, not
+    every one (N ``-d X -j RETURN`` exceptions before N SNAT rules, or N ``-o vethN -j
+    RETURN`` before N ``-o ethN -j MASQUERADE``: N reads, not N squared)."""
 
     def __init__(self) -> None:
         self._count = 0
-        self._any: list[tuple[int, _Exit]] = []  # no address, or one of another family
+        # by the device their out interface match names (None: any, a wildcard, or an exit
+        # :func:`_spared` cannot read, whatever its way out)
+        self._by_device: dict[str | None, _ExitsByAddress] = {}
+
+    def append(self, exit_: _Exit) -> None:
+        self._count += 1
+        fields = exit_.fields
+        device = (None if fields is None or fields.in_interface or fields.ctstate
+                  or fields.ctdir else _named(fields.out_interface))
+        self._by_device.setdefault(device, _ExitsByAddress()).append((self._count, exit_))
+
+    def meeting(self, source: Network, destination: Network | None,
+                out_interface: str | None = None) -> list[_Exit]:
+        """In the order met, every exit whose addresses may meet ``source`` and ``destination``
+        (``None``: any) and whose way out may meet ``out_interface``, and perhaps a few more
+        (:func:`_spared` reads each): a superset of those its tests keep."""
+        found = [item for some in _meeting(self._by_device, out_interface)
+                 for item in some.meeting(source, destination)]
+        return [exit_ for _, exit_ in sorted(found, key=lambda item: item[0])]
+
+
+class _ExitsByAddress:
+    """Exits of :class:`_Exits` (each with its number in the order met) by their addresses."""
+
+    def __init__(self) -> None:
+        self._any: list[tuple[int, _Exit]] = []  # no address
         self._by_source: _Prefixes[tuple[int, _Exit]] = _Prefixes()
         self._by_destination: _Prefixes[tuple[int, _Exit]] = _Prefixes()
         self._both: _Prefixes[tuple[int, _Exit]] = _Prefixes()  # by destination, the source
         # checked here
 
-    def append(self, exit_: _Exit) -> None:
-        self._count += 1
-        item = (self._count, exit_)
+    def append(self, item: tuple[int, _Exit]) -> None:
+        exit_ = item[1]
         if exit_.source is not None and exit_.destination is not None:
             self._both.add(exit_.destination, item)
         elif exit_.source is not None:
@@ -432,10 +458,7 @@ class _Exits:
         else:
             self._any.append(item)
 
-    def meeting(self, source: Network, destination: Network | None) -> list[_Exit]:
-        """In the order met, every exit whose addresses may meet ``source`` and ``destination``
-        (``None``: any), and perhaps a few more (:func:`_spared` reads each): a superset of
-        those its address tests keep."""
+    def meeting(self, source: Network, destination: Network | None) -> list[tuple[int, _Exit]]:
         found = [*self._any, *self._by_source.overlapping(source)]
         if destination is None:
             found += self._by_destination.everything()
@@ -445,7 +468,7 @@ class _Exits:
             found += self._by_destination.overlapping(destination)
             found += (item for item in self._both.overlapping(destination)
                       if item[1].source is not None and overlaps(item[1].source, source))
-        return [exit_ for _, exit_ in sorted(found, key=lambda item: item[0])]
+        return found
 
 
 def _spared(rule: RuleFields, family: int, exits: Iterable[_Exit]) -> list[Network] | None:
