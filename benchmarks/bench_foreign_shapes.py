@@ -14,7 +14,9 @@ Shapes: ``blocklist`` (N ``-s X -j DROP`` before N accepts), ``returns`` (N ``-d
 RETURN`` in FORWARD, policy DROP, and in a chain it jumps to, before N accepts),
 ``snat-exceptions`` (N ``-d X -j RETURN`` before N SNAT rules), ``kube-proxy``
 (iptables mode, N services), ``docker`` (N bridge networks), ``calico`` (N workloads)
-and ``firewalld`` (N zones by source). Figures: docs/performance.md, "Other programs'
+``firewalld`` (N zones by source), ``vm-taps`` (N virtual machines' tap devices: a
+drop of spoofed sources and an accept each way) and ``copies`` (N copies of a pair of
+accepts). Figures: docs/performance.md, "Other programs'
 rules at scale".
 """
 
@@ -150,8 +152,27 @@ def firewalld(n: int) -> str:
     f += ["-A FORWARD -j REJECT --reject-with icmp-host-prohibited", "COMMIT"]
     return "\n".join(f) + "\n"
 
+def vm_taps(n: int) -> str:
+    # a virtual machine per tap device: its spoofed traffic dropped, its own accepted, both
+    # ways (the drops name no positive address: told apart from the accepts by device alone)
+    f = ["*filter", ":FORWARD DROP [0:0]"]
+    f += [f"-A FORWARD -i tap{i} ! -s {net(i)} -j DROP" for i in range(n)]
+    f += [line for i in range(n) for line in (f"-A FORWARD -i tap{i} -s {net(i)} -o eth0 -j ACCEPT",
+                                              f"-A FORWARD -i eth0 -o tap{i} -d {net(i)} -j ACCEPT")]
+    f += ["COMMIT"]
+    return "\n".join(f) + "\n"
+
+def copies(n: int) -> str:
+    # a script that appended its pair of accepts at every boot: N copies of each
+    f = ["*filter", ":FORWARD DROP [0:0]"]
+    f += [line for i in range(n) for line in ("-A FORWARD -s 10.42.0.0/16 -d 192.168.0.0/16 -j ACCEPT",
+                                              f'-A FORWARD -d 10.42.0.0/16 -m comment --comment "boot {i}" -j ACCEPT')]
+    f += ["COMMIT"]
+    return "\n".join(f) + "\n"
+
 SHAPES = {"blocklist": blocklist, "returns": returns, "snat-exceptions": snat_exceptions,
-          "kube-proxy": kube_proxy, "docker": docker, "calico": calico, "firewalld": firewalld}
+          "kube-proxy": kube_proxy, "docker": docker, "calico": calico, "firewalld": firewalld,
+          "vm-taps": vm_taps, "copies": copies}
 
 
 def _cpu() -> float:

@@ -203,6 +203,34 @@ def test_iptables_foreign_forward_asks_questions_linear_in_accepts_told_apart_by
     assert len(errors) <= 2 * 2 * count
 
 
+def test_iptables_foreign_forward_asks_questions_linear_in_copies_of_one_accept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a script that appended its pair of accepts at every boot (all in one bucket of the
+    # index: the same addresses and devices), and copies told apart by a comment alone
+    count = 1_000
+    rules = [line for i in range(count) for line in (
+        "-A FORWARD -s 10.42.0.0/16 -d 192.168.0.0/16 -j ACCEPT",
+        f'-A FORWARD -d 10.42.0.0/16 -m comment --comment "boot {i}" -j ACCEPT')]
+    text = "\n".join(["*filter", ":FORWARD DROP [0:0]", *rules, "COMMIT", ""])
+    answers = counted(monkeypatch, foreign, "_answers")
+    errors = counted(monkeypatch, foreign, "_takes_errors")
+    found = foreign.foreign_forward(parse_save(text).get("filter"), 4)
+    assert found == {ForwardRule("10.42.0.0/16", "192.168.0.0/16")}
+    assert len(answers) <= 2 * 2 * count  # (every copy asked of every copy: 2 million)
+    assert len(errors) <= 2 * 2 * count
+
+
+def test_iptables_copies_of_an_accept_told_apart_by_conntrack_alone_are_each_read() -> None:
+    # the first accept of the replies tests conntrack; the second, the same but for that,
+    # takes them whoever tracks them: not a copy (an untracked flow's replies pass it)
+    rules = ["-A FORWARD -s 10.0.0.0/8 -d 192.168.2.0/24 -j ACCEPT",
+             "-A FORWARD -d 10.0.0.0/8 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+             "-A FORWARD -d 10.0.0.0/8 -j ACCEPT"]
+    dump = parse_save("\n".join(["*filter", ":FORWARD DROP [0:0]", *rules, "COMMIT", ""]))
+    found = foreign.foreign_forward(dump.get("filter"), 4, untracked=UNTRACK)
+    assert ForwardRule("10.0.0.0/8", "192.168.2.0/24") in found
+
+
 # ---------------------------------------------------------------- nftables
 
 

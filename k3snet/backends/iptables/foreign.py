@@ -401,28 +401,54 @@ def _add_nat(found: set[NetObject], family: int, fields: RuleFields | None,
     source = fields.source if fields.source is not None else _zero(family)
     destination = fields.destination if not fields.destination_neg else None
     spared = _spared(fields, family,
-                     [exit_ for some in exits for exit_ in some.meeting(source, destination)])
+                     [exit_ for some in exits
+                      for exit_ in some.meeting(source, destination, fields.out_interface)])
     obj = None if spared is None else _nat_object(fields, family, spared)
     if obj is not None:
         found.add(obj)
 
 
 class _Exits:
-    """The exits met so far (:class:`_Exit`, in order), found by the source and destination
-    they may share with a later NAT rule: :func:`_spared` reads only those, not every
-    one (N ``-d X -j RETURN`` exceptions before N SNAT rules: N reads, not N squared)."""
+    """The exits met so far (:class:`_Exit`, in order), found by the source, destination and
+    way out they may share with a later NAT rule: :func:`_spared` reads only those, not
+    every one (N ``-d X -j RETURN`` exceptions before N SNAT rules, or N ``-o vethN -j
+    RETURN`` before N ``-o ethN -j MASQUERADE``: N reads, not N squared)."""
 
     def __init__(self) -> None:
         self._count = 0
-        self._any: list[tuple[int, _Exit]] = []  # no address, or one of another family
+        # by the device their out interface match names (None: any, a wildcard, or an exit
+        # :func:`_spared` cannot read, whatever its way out)
+        self._by_device: dict[str | None, _ExitsByAddress] = {}
+
+    def append(self, exit_: _Exit) -> None:
+        self._count += 1
+        fields = exit_.fields
+        device = (None if fields is None or fields.in_interface or fields.ctstate
+                  or fields.ctdir else _named(fields.out_interface))
+        self._by_device.setdefault(device, _ExitsByAddress()).append((self._count, exit_))
+
+    def meeting(self, source: Network, destination: Network | None,
+                out_interface: str | None = None) -> list[_Exit]:
+        """In the order met, every exit whose addresses may meet ``source`` and ``destination``
+        (``None``: any) and whose way out may meet ``out_interface``, and perhaps a few more
+        (:func:`_spared` reads each): a superset of those its tests keep."""
+        found = [item for some in _meeting(self._by_device, out_interface)
+                 for item in some.meeting(source, destination)]
+        return [exit_ for _, exit_ in sorted(found, key=lambda item: item[0])]
+
+
+class _ExitsByAddress:
+    """Exits of :class:`_Exits` (each with its number in the order met) by their addresses."""
+
+    def __init__(self) -> None:
+        self._any: list[tuple[int, _Exit]] = []  # no address
         self._by_source: _Prefixes[tuple[int, _Exit]] = _Prefixes()
         self._by_destination: _Prefixes[tuple[int, _Exit]] = _Prefixes()
         self._both: _Prefixes[tuple[int, _Exit]] = _Prefixes()  # by destination, the source
         # checked here
 
-    def append(self, exit_: _Exit) -> None:
-        self._count += 1
-        item = (self._count, exit_)
+    def append(self, item: tuple[int, _Exit]) -> None:
+        exit_ = item[1]
         if exit_.source is not None and exit_.destination is not None:
             self._both.add(exit_.destination, item)
         elif exit_.source is not None:
@@ -432,10 +458,7 @@ class _Exits:
         else:
             self._any.append(item)
 
-    def meeting(self, source: Network, destination: Network | None) -> list[_Exit]:
-        """In the order met, every exit whose addresses may meet ``source`` and ``destination``
-        (``None``: any), and perhaps a few more (:func:`_spared` reads each): a superset of
-        those its address tests keep."""
+    def meeting(self, source: Network, destination: Network | None) -> list[tuple[int, _Exit]]:
         found = [*self._any, *self._by_source.overlapping(source)]
         if destination is None:
             found += self._by_destination.everything()
@@ -445,7 +468,7 @@ class _Exits:
             found += self._by_destination.overlapping(destination)
             found += (item for item in self._both.overlapping(destination)
                       if item[1].source is not None and overlaps(item[1].source, source))
-        return [exit_ for _, exit_ in sorted(found, key=lambda item: item[0])]
+        return found
 
 
 def _spared(rule: RuleFields, family: int, exits: Iterable[_Exit]) -> list[Network] | None:
@@ -517,6 +540,15 @@ def foreign_forward(dump: TableDump | None, family: int, *,
         return found
     if accepts is None:
         accepts = forward_accepts(dump, ours)
+    # one of each: what is asked of an accept, as a rule or as a reply, is its addresses,
+    # devices and conntrack tests alone, so a copy (a script that appended its pair at each
+    # boot, the same rule with another comment) answers as the first does, and asking it
+    # again would be quadratic (2 000 copies of a pair: 28 s)
+    distinct: dict[tuple[object, ...], RuleFields] = {}
+    for rule in accepts:
+        distinct.setdefault((rule.source, rule.destination, rule.in_interface,
+                             rule.out_interface, rule.ctstate, rule.ctdir), rule)
+    accepts = list(distinct.values())
     zero = _zero(family)
     # each accept filed by its addresses (none: any), so that the replies of each are
     # looked for among those whose addresses may take them, not among all of them
@@ -650,21 +682,66 @@ class _Prefixes(Generic[_T]):
 class _Takers:
     """The DROP/REJECT/RETURN rules met so far (read by addresses and interfaces;
     ``None``: not modelled), asked whether one may take some packets of a later rule
-    (:func:`_may_take`): only those whose positive address matches may meet the rule's
-    are read, not every one (N ``-s X -j DROP`` before N accepts: N reads, not N
-    squared)."""
+    (:func:`_may_take`): only those whose positive address matches may meet the rule's,
+    and whose interfaces may (a rule naming ``tap7`` is read for a rule naming ``tap7``,
+    a wildcard or none, never for one naming ``tap8``), are read, not every one (N ``-s X
+    -j DROP`` before N accepts, or a ``-i tapN ! -s ADDR -j DROP`` per virtual machine
+    before its accept: N reads, not N squared)."""
 
     def __init__(self) -> None:
         self._unknown = False
-        self._any: list[RuleFields] = []  # no positive address match
-        self._by_source: _Prefixes[RuleFields] = _Prefixes()
-        self._by_destination: _Prefixes[RuleFields] = _Prefixes()
-        self._both: _Prefixes[RuleFields] = _Prefixes()  # by destination
+        # by the in and out interfaces named (a device's name; None: any, or a wildcard)
+        self._by_devices: dict[str | None, dict[str | None, _ByAddress]] = {}
 
     def append(self, fields: RuleFields | None) -> None:
         if fields is None:
             self._unknown = True
             return
+        by_out = self._by_devices.setdefault(_named(fields.in_interface), {})
+        by_out.setdefault(_named(fields.out_interface), _ByAddress()).append(fields)
+
+    def may_take(self, rule: RuleFields) -> bool:
+        """``any(earlier is None or _may_take(earlier, rule) for earlier in met)``: a rule
+        whose positive address match shares no address with ``rule``'s, or that names
+        another device than ``rule`` does, cannot take any of its packets, and is not
+        read."""
+        if self._unknown:
+            return True
+        return any(takers.may_take(rule)
+                   for by_out in _meeting(self._by_devices, rule.in_interface)
+                   for takers in _meeting(by_out, rule.out_interface))
+
+
+def _named(match: str | None) -> str | None:
+    """The device an interface match names (``None``: any, ``+``, or a wildcard)."""
+    return None if match is None or match.endswith("+") else match
+
+
+_V = TypeVar("_V")
+
+
+def _meeting(by_device: dict[str | None, _V], match: str | None) -> Iterator[_V]:
+    """Those of ``by_device`` (by :func:`_named`) whose interface match may meet ``match``:
+    for a device's name, its own and those naming none; for any other, every one."""
+    device = _named(match)
+    if device is None:
+        yield from by_device.values()
+        return
+    for key in (None, device):
+        if key in by_device:
+            yield by_device[key]
+
+
+class _ByAddress:
+    """Rules of :class:`_Takers` filed by their positive address matches."""
+
+    def __init__(self) -> None:
+        self._any: list[RuleFields] = []  # no positive address match
+        self._by_source: _Prefixes[RuleFields] = _Prefixes()
+        self._by_destination: _Prefixes[RuleFields] = _Prefixes()
+        self._both: _Prefixes[RuleFields] = _Prefixes()  # by destination
+
+    def append(self, fields: RuleFields) -> None:
         source = fields.source if not fields.source_neg else None
         destination = fields.destination if not fields.destination_neg else None
         if source is not None and destination is not None:
@@ -677,11 +754,6 @@ class _Takers:
             self._any.append(fields)
 
     def may_take(self, rule: RuleFields) -> bool:
-        """``any(earlier is None or _may_take(earlier, rule) for earlier in met)``: a rule
-        whose positive address match shares no address with ``rule``'s cannot take any
-        of its packets, and is not read."""
-        if self._unknown:
-            return True
         by_source = (self._by_source.everything() if rule.source is None
                      else self._by_source.overlapping(rule.source))
         by_destination = (self._by_destination.everything() if rule.destination is None
