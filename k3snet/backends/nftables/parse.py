@@ -1019,14 +1019,18 @@ class _Exits:
 
     def _own(self, source: Network, destination: Network | None,
              upto: int) -> Iterator[tuple[int, Match]]:
-        both = (self._both_by_source.each_overlapping(source)
-                if destination is None or source.prefixlen > destination.prefixlen
-                else self._both_by_destination.each_overlapping(destination))
-        found = itertools.chain(
-            self._any, self._by_source.each_overlapping(source),
-            (self._by_destination.everything() if destination is None
-             else self._by_destination.each_overlapping(destination)), both)
-        return (item for item in found if item[0] < upto)
+        found: list[Iterable[tuple[int, Match]]] = [self._any]
+        if self._by_source.everything():  # (an empty index asked nothing: most are)
+            found.append(self._by_source.each_overlapping(source))
+        if self._by_destination.everything():
+            found.append(self._by_destination.everything() if destination is None
+                         else self._by_destination.each_overlapping(destination))
+        if self._both_by_source.everything():
+            found.append(self._both_by_source.each_overlapping(source)
+                         if destination is None or source.prefixlen > destination.prefixlen
+                         else self._both_by_destination.each_overlapping(destination))
+        items = itertools.chain.from_iterable(found)
+        return items if upto == self._count else (item for item in items if item[0] < upto)
 
     def _levels(self) -> Iterator[tuple[_Exits, int]]:
         """This walk's exits and its callers', each with how many of them it reads."""
