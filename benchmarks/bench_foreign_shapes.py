@@ -16,8 +16,15 @@ RETURN`` in FORWARD, policy DROP, and in a chain it jumps to, before N accepts),
 (iptables mode, N services), ``docker`` (N bridge networks), ``calico`` (N workloads)
 ``firewalld`` (N zones by source), ``vm-taps`` (N virtual machines' tap devices: a
 drop of spoofed sources and an accept each way) and ``copies`` (N copies of a pair of
-accepts). Figures: docs/performance.md, "Other programs'
-rules at scale".
+accepts). The ``nft-`` shapes are another table's chains
+loaded with ``nft -f`` and read by :class:`~k3snet.backends.nftables.NftablesBackend`
+(beside ``nft list ruleset``; ``--modes`` does not apply): ``nft-blocklist`` (N ``ip saddr
+X drop`` before N accepts), ``nft-returns`` (N ``ip daddr X return``, policy drop, before N
+accepts), ``nft-snat-exceptions`` (N ``ip daddr X return`` before N ``snat`` rules in a
+postrouting nat chain) and ``nft-sets`` (named sets of N elements, before N accepts and N
+``snat`` rules). Past 2 000, those of two kinds of N rules pass the 4 096 rules the
+reader walks: the rest is not read. Figures: docs/performance.md, "Other programs' rules
+at scale".
 """
 
 # ruff: noqa: E501 - the shapes are rules as iptables-save prints them, one a line
@@ -33,6 +40,7 @@ import time
 from collections.abc import Callable
 
 from k3snet.backends.iptables import IptablesBackend
+from k3snet.backends.nftables import NftablesBackend
 from k3snet.lab.netns import exit_on_signals, run_in, temporary_netns
 
 
@@ -170,9 +178,48 @@ def copies(n: int) -> str:
     f += ["COMMIT"]
     return "\n".join(f) + "\n"
 
+def _nft_chain(kind: str, hook: str, policy: str, rules: list[str], sets: str = "") -> str:
+    return (f"table ip admin {{\n{sets}  chain c {{\n    type {kind} hook {hook} priority 0; "
+            f"policy {policy};\n" + "".join(f"    {r}\n" for r in rules) + "  }\n}\n")
+
+def nft_blocklist(n: int) -> str:
+    r = [f"ip saddr {net(i)} drop" for i in range(n)]
+    r += [f"ip saddr 10.42.0.0/16 ip daddr {net(i,'192.168.0.0')} accept" for i in range(n)]
+    return _nft_chain("filter", "forward", "accept", [*r, "ip daddr 10.42.0.0/16 accept"])
+
+def nft_returns(n: int) -> str:
+    r = [f"ip daddr {net(i)} return" for i in range(n)]
+    r += [f"ip saddr 10.42.0.0/16 ip daddr {net(i,'192.168.0.0')} accept" for i in range(n)]
+    return _nft_chain("filter", "forward", "drop", [*r, "ip daddr 10.42.0.0/16 accept"])
+
+def nft_snat_exceptions(n: int) -> str:
+    r = [f"ip saddr 10.42.0.0/16 ip daddr {net(i)} return" for i in range(n)]
+    r += [f"ip saddr 10.42.0.0/16 ip daddr {net(i,'192.168.0.0',30)} oifname \"eth0\" snat to {addr(i%250)}"
+          for i in range(0, 4*n, 4)]
+    return _nft_chain("nat", "postrouting", "accept", [*r, "ip saddr 10.42.0.0/16 masquerade"])
+
+def nft_sets(n: int) -> str:
+    # named sets of N elements (one of them read element by element up to 256, a
+    # reference past that), before N accepts and N SNAT rules
+    def named(name: str, base: str) -> str:
+        return (f"  set {name} {{\n    type ipv4_addr; flags interval;\n    elements = {{ "
+                + ", ".join(net(i, base) for i in range(n)) + " }\n  }\n")
+    r = ["ip saddr @blocked drop"]
+    r += [f"ip saddr 10.42.0.0/16 ip daddr {net(i,'192.168.0.0')} accept" for i in range(n)]
+    r += ["ip daddr 10.42.0.0/16 accept"]
+    f = _nft_chain("filter", "forward", "accept", r, named("blocked", "10.100.0.0"))
+    r = ["ip saddr 10.42.0.0/16 ip daddr @kept return"]
+    r += [f"ip saddr 10.42.0.0/16 ip daddr {net(i,'192.168.0.0',30)} snat to {addr(i%250)}"
+          for i in range(0, 4*n, 4)]
+    return f + _nft_chain("nat", "postrouting", "accept", r, named("kept", "10.200.0.0")).replace(
+        "table ip admin", "table ip admin_nat")
+
+NFT_SHAPES = {"nft-blocklist": nft_blocklist, "nft-returns": nft_returns,
+              "nft-snat-exceptions": nft_snat_exceptions, "nft-sets": nft_sets}
+
 SHAPES = {"blocklist": blocklist, "returns": returns, "snat-exceptions": snat_exceptions,
           "kube-proxy": kube_proxy, "docker": docker, "calico": calico, "firewalld": firewalld,
-          "vm-taps": vm_taps, "copies": copies}
+          "vm-taps": vm_taps, "copies": copies, **NFT_SHAPES}
 
 
 def _cpu() -> float:
@@ -189,6 +236,8 @@ def _timed(work: Callable[[], object]) -> float:
 
 def measure(shape: str, size: int, mode: str, runs: int) -> dict[str, float]:
     text = SHAPES[shape](size)
+    if shape in NFT_SHAPES:
+        return measure_nft(text, runs)
     tool = "iptables-legacy" if mode == "legacy" else "iptables-nft"
     raw: list[float] = []
     read: list[float] = []
@@ -198,6 +247,22 @@ def measure(shape: str, size: int, mode: str, runs: int) -> dict[str, float]:
             raw.append(_timed(lambda: run_in(ns, [f"{tool}-save"], timeout=600)))
             with tempfile.TemporaryDirectory() as state, IptablesBackend(
                     ns, mode=mode, state_dir=state, timeout=600) as backend:  # type: ignore[arg-type]
+                read.append(_timed(backend.observe))
+    result = {"raw": statistics.median(raw), "observe": statistics.median(read)}
+    result["ratio"] = result["observe"] / result["raw"]
+    return result
+
+
+def measure_nft(text: str, runs: int) -> dict[str, float]:
+    """An ``nft -f`` shape: ``nft list ruleset`` beside :class:`NftablesBackend`'s
+    ``observe()`` (its foreign read unbounded in time, so that all of it is read)."""
+    raw: list[float] = []
+    read: list[float] = []
+    with temporary_netns("foreign") as ns:
+        run_in(ns, ["nft", "-f", "-"], input_text=text, timeout=600)
+        for _ in range(runs):
+            raw.append(_timed(lambda: run_in(ns, ["nft", "list", "ruleset"], timeout=600)))
+            with NftablesBackend(ns, foreign_timeout=600, read_timeout=600) as backend:
                 read.append(_timed(backend.observe))
     result = {"raw": statistics.median(raw), "observe": statistics.median(read)}
     result["ratio"] = result["observe"] / result["raw"]
@@ -214,7 +279,7 @@ def main() -> int:
     exit_on_signals()
     print(f"{'shape':16} {'mode':6} {'N':>6} {'save s':>8} {'observe s':>10} {'ratio':>7}")
     for shape in args.shapes:
-        for mode in args.modes:
+        for mode in (["nft"] if shape in NFT_SHAPES else args.modes):
             for size in args.sizes:
                 got = measure(shape, size, mode, args.runs)
                 print(f"{shape:16} {mode:6} {size:6} {got['raw']:8.3f} {got['observe']:10.3f} "

@@ -51,14 +51,14 @@ exclusion, anything else negated is not modelled).
 
 from __future__ import annotations
 
-import bisect
 import ipaddress
 from collections.abc import Container, Iterable, Iterator, Sequence
-from typing import Generic, Literal, TypeVar
+from typing import Literal
 
 import attrs
 
 from k3snet.backends.iptables.save import TableDump
+from k3snet.backends.prefixes import Prefixes as _Prefixes
 from k3snet.backends.replies import ByAddresses
 from k3snet.backends.routed import MOST_PREFIXES, RoutedBy
 from k3snet.backends.untracked import partial_notrack
@@ -635,48 +635,6 @@ def forward_accepts(dump: TableDump, ours: Container[str] | None = None) -> list
                             for reading in stack)):
             accepts.append(fields)
     return accepts
-
-
-_T = TypeVar("_T")
-
-
-class _Prefixes(Generic[_T]):
-    """Items each under a network (of either family), found by the networks they share an
-    address with: those whose network holds the one asked for (one look-up per prefix
-    length in use) and those within it (a range of the networks sorted by address)."""
-
-    def __init__(self) -> None:
-        self._holding: dict[tuple[int, int], dict[int, list[_T]]] = {}  # (version, length)
-        self._within: dict[int, list[tuple[int, int, int]]] = {}  # version: (start, len, n)
-        self._items: list[_T] = []
-
-    def add(self, net: Network, item: _T) -> None:
-        number = len(self._items)
-        self._items.append(item)
-        shift = net.max_prefixlen - net.prefixlen
-        start = int(net.network_address)
-        self._holding.setdefault((net.version, net.prefixlen), {}).setdefault(
-            start >> shift, []).append(item)
-        bisect.insort(self._within.setdefault(net.version, []), (start, net.prefixlen, number))
-
-    def everything(self) -> list[_T]:
-        return self._items
-
-    def overlapping(self, net: Network) -> list[_T]:
-        """The items whose network shares an address with ``net`` (:func:`overlaps`)."""
-        found: list[_T] = []
-        start = int(net.network_address)
-        for (version, length), by_start in self._holding.items():
-            if version == net.version and length <= net.prefixlen:
-                found += by_start.get(start >> (net.max_prefixlen - length), ())
-        within = self._within.get(net.version, ())
-        end = start | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
-        at = bisect.bisect_left(within, (start, -1, -1))
-        while at < len(within) and within[at][0] <= end:
-            if within[at][1] > net.prefixlen:
-                found.append(self._items[within[at][2]])
-            at += 1
-        return found
 
 
 class _Takers:

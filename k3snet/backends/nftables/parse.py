@@ -93,6 +93,7 @@ from k3snet.backends.nftables.text import (
     table_marked,
     table_objects,
 )
+from k3snet.backends.prefixes import Prefixes
 from k3snet.backends.replies import ByAddresses
 from k3snet.backends.routed import MOST_PREFIXES, RoutedBy
 from k3snet.errors import BackendError, ModelError
@@ -974,6 +975,88 @@ def _disjoint(cond: Match, family: int, source: Network, destination: Network | 
     return _no_interface_passes(cond.oif, oif)
 
 
+class _Exits:
+    """The exits a walk met so far (the earlier rules that take some packets away, in
+    order), found by the addresses they may share with a later rule: :meth:`meeting`
+    gives a superset of those :func:`_disjoint` keeps, not every one (N ``ip saddr X
+    drop`` before N accepts, N ``ip daddr X return`` before N NAT rules: about N
+    questions to :func:`_disjoint`, not N squared). Each is filed under a positive
+    address test of its own (a source, a destination, or both: one it does not share an
+    address with makes it disjoint); one with none (only negated addresses, or no
+    address) is given every time. A chain walked from another reads the exits its
+    caller met before it (``earlier``, as they were then) and then its own."""
+
+    def __init__(self, earlier: _Exits | None = None) -> None:
+        self._earlier = earlier
+        self._count: int = 0
+        self._upto: int = earlier._count if earlier is not None else 0
+        self._any: list[tuple[int, Match]] = []
+        self._by_source: Prefixes[tuple[int, Match]] = Prefixes()
+        self._by_destination: Prefixes[tuple[int, Match]] = Prefixes()
+        # testing both: under each, and looked for under one
+        self._both_by_source: Prefixes[tuple[int, Match]] = Prefixes()
+        self._both_by_destination: Prefixes[tuple[int, Match]] = Prefixes()
+
+    def append(self, match: Match) -> None:
+        item = (self._count, match)
+        self._count += 1
+        source = next((net for net, neg in match.saddr if not neg), None)
+        destination = next((net for net, neg in match.daddr if not neg), None)
+        if source is not None and destination is not None:
+            self._both_by_source.add(source, item)
+            self._both_by_destination.add(destination, item)
+        elif source is not None:
+            self._by_source.add(source, item)
+        elif destination is not None:
+            self._by_destination.add(destination, item)
+        else:
+            self._any.append(item)
+
+    def __iadd__(self, matches: Iterable[Match]) -> _Exits:
+        for match in matches:
+            self.append(match)
+        return self
+
+    def _own(self, source: Network, destination: Network | None,
+             upto: int) -> Iterator[tuple[int, Match]]:
+        found: list[Iterable[tuple[int, Match]]] = [self._any]
+        if self._by_source.everything():  # (an empty index asked nothing: most are)
+            found.append(self._by_source.each_overlapping(source))
+        if self._by_destination.everything():
+            found.append(self._by_destination.everything() if destination is None
+                         else self._by_destination.each_overlapping(destination))
+        if self._both_by_source.everything():
+            found.append(self._both_by_source.each_overlapping(source)
+                         if destination is None or source.prefixlen > destination.prefixlen
+                         else self._both_by_destination.each_overlapping(destination))
+        items = itertools.chain.from_iterable(found)
+        return items if upto == self._count else (item for item in items if item[0] < upto)
+
+    def _levels(self) -> Iterator[tuple[_Exits, int]]:
+        """This walk's exits and its callers', each with how many of them it reads."""
+        level: _Exits | None = self
+        upto = self._count
+        while level is not None:
+            yield level, upto
+            upto, level = level._upto, level._earlier
+
+    def meeting(self, source: Network, destination: Network | None) -> list[Match]:
+        """In the order met, the exits whose positive address tests may all meet
+        ``source`` and ``destination`` (``None``: any), and perhaps a few more."""
+        found: list[Match] = []
+        for level, upto in reversed(list(self._levels())):
+            found += (match for _, match in sorted(level._own(source, destination, upto),
+                                                   key=lambda item: item[0]))
+        return found
+
+    def any_meeting(self, source: Network, destination: Network,
+                    test: Callable[[Match], bool]) -> bool:
+        """Whether ``test`` holds for one of the exits :meth:`meeting` gives (in any order:
+        it stops at the first)."""
+        return any(test(match) for level, upto in self._levels()
+                   for _, match in level._own(source, destination, upto))
+
+
 def _no_interface_passes(tests: list[tuple[str, bool]], device: str | None) -> bool:
     """Whether no interface that ``device`` (a name of k3snet's model, ``eth+`` a prefix;
     ``None``: any) may be passes all of a foreign rule's name ``tests`` (nft's names,
@@ -1225,7 +1308,7 @@ class ForeignReader:
             prio = chain.get("prio")
             first = not isinstance(prio, int) or prio <= _OWN_NAT_PRIO
             self._walking = (where, str(name))
-            self._walk(where, str(name), [], _Way(),
+            self._walk(where, str(name), _Exits(), _Way(),
                        self._nat_rule_first if first else self._nat_rule)
             self.nat_bases.append((where, str(name), policy))
             if isinstance(prio, int) and prio > _OWN_NAT_PRIO:
@@ -1233,7 +1316,7 @@ class ForeignReader:
         elif hook == "forward" and kind == "filter":
             self.forward_bases.append((where, str(name), policy))
             self._walking = (where, str(name))
-            self._walk(where, str(name), [], _Way(), self._forward_rule)
+            self._walk(where, str(name), _Exits(), _Way(), self._forward_rule)
         elif kind == "filter" and hook in ("prerouting", "postrouting"):
             self.path_bases.append((where, str(name), policy))  # its drops and defaults
             prio = chain.get("prio")
@@ -1822,8 +1905,8 @@ class ForeignReader:
         self.iptables_own[where] = main
         return True
 
-    def _walk(self, where: tuple[str, str], chain: str, exits: list[Match], way: _Way,
-              visit: Callable[[Match, list[Match]], None]) -> tuple[list[Match], bool]:
+    def _walk(self, where: tuple[str, str], chain: str, exits: _Exits, way: _Way,
+              visit: Callable[[Match, _Exits], None]) -> tuple[list[Match], bool]:
         """Walk ``chain`` after the exits seen so far, reached by ``way``.
 
         Returns the conditional exits that also end the calling chain, and whether
@@ -1833,7 +1916,7 @@ class ForeignReader:
         ruleset's conditional jumps could make the walk exponential): past that,
         what is left is unread.
         """
-        local = list(exits)
+        local = _Exits(exits)
         passed_up: list[Match] = []
         way = way.into(where, chain)
         for match in self._walked_rules(where, chain):
@@ -1872,8 +1955,8 @@ class ForeignReader:
                 passed_up.append(match)
         return passed_up, False
 
-    def _walk_guarded(self, where: tuple[str, str], jump: Match, exits: list[Match], way: _Way,
-                      visit: Callable[[Match, list[Match]], None]) -> None:
+    def _walk_guarded(self, where: tuple[str, str], jump: Match, exits: _Exits, way: _Way,
+                      visit: Callable[[Match, _Exits], None]) -> None:
         """Walk the chain a conditional ``jump`` leads to (if followed): what it does
         applies to the packets the jump matches (its NAT is foreign NAT for those). For
         the rest of the calling chain the jump stays an exit k3snet cannot see through
@@ -1886,8 +1969,8 @@ class ForeignReader:
             self._walk(where, jump.target, exits, attrs.evolve(way, guard=guard), visit)
 
     @staticmethod
-    def _visit(match: Match | None, exits: list[Match],
-               visit: Callable[[Match, list[Match]], None]) -> None:
+    def _visit(match: Match | None, exits: _Exits,
+               visit: Callable[[Match, _Exits], None]) -> None:
         if match is not None:  # None: no packet that comes this way reaches it
             visit(match, exits)
 
@@ -1900,7 +1983,7 @@ class ForeignReader:
                 return
             yield match
 
-    def _nat_rule(self, match: Match, exits: list[Match]) -> None:
+    def _nat_rule(self, match: Match, exits: _Exits) -> None:
         if match.verdict not in ("masquerade", "snat") or match.proto is None:
             return
         if match.unknown or match.marks or match.iif or match.nat_extra or match.ct_reply:
@@ -1913,7 +1996,8 @@ class ForeignReader:
         destination = dst[0] if dst else None
         oif = match.oif[0][0] if match.oif else None
         family = 4 if match.proto == "ip" else 6
-        spared = _spared(match, exits, family, source, destination=destination, oif=oif)
+        spared = _spared(match, exits.meeting(source, destination), family, source,
+                         destination=destination, oif=oif)
         if spared is None:
             return  # cannot tell which packets an exit spares: leave the rule out
         excluded = [n for n, neg in match.daddr if neg] + spared
@@ -1936,7 +2020,7 @@ class ForeignReader:
         except ModelError:
             return
 
-    def _nat_rule_first(self, match: Match, exits: list[Match]) -> None:
+    def _nat_rule_first(self, match: Match, exits: _Exits) -> None:
         """A NAT rule of a chain met no later than k3snet's: also a :class:`NatBlock`.
 
         The kernel runs the nat base chains on the postrouting hook in priority
@@ -1957,7 +2041,7 @@ class ForeignReader:
             return
         self.nat_blocks.extend((block, self._walking) for block in _nat_blocks_of(match, *self._at))
 
-    def _forward_rule(self, match: Match, exits: list[Match]) -> None:
+    def _forward_rule(self, match: Match, exits: _Exits) -> None:
         if match.verdict != "accept":
             return  # (an iptables target k3snet cannot see into accepts nothing)
         if match.ct_reply and match.conditions == 1:
@@ -1973,9 +2057,9 @@ class ForeignReader:
         destination = match.daddr[0][0] if match.daddr else _any_network(match.proto)
         iif = match.iif[0][0] if match.iif else None
         oif = match.oif[0][0] if match.oif else None
-        for cond in exits:
-            if cond.verdict != "accept" and not _disjoint(cond, family, source, destination, oif):
-                return  # something earlier may drop these packets
+        if exits.any_meeting(source, destination, lambda cond: cond.verdict != "accept" and not
+                             _disjoint(cond, family, source, destination, oif)):
+            return  # something earlier may drop these packets (read: those that may meet)
         try:
             rule = ForwardRule(source, destination, in_interface=iif, out_interface=oif)
         except ModelError:
@@ -2783,9 +2867,11 @@ class _OwnTable:
             self.wide.setdefault(key[1:6], []).append((obj, handles))
 
 
-def _spared(match: Match, exits: list[Match], family: int, source: Network, *,
+def _spared(match: Match, exits: Iterable[Match], family: int, source: Network, *,
             destination: Network | None, oif: str | None) -> list[Network] | None:
-    """The destinations earlier exits take from NAT rule ``match``; None: cannot tell."""
+    """The destinations earlier exits take from NAT rule ``match``; None: cannot tell.
+    ``exits``: those met before it, in order (or those of them :meth:`_Exits.meeting`
+    gives: the others are disjoint from it, and skipped here too)."""
     spared = []
     for cond in exits:
         if cond.mark_set_only and cond.marks == cond.conditions:
