@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Container, Iterable, Iterator, Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 import attrs
 
