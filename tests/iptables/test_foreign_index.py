@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from k3snet.backends.iptables import foreign
 from k3snet.backends.iptables.save import parse_save
+from k3snet.backends.prefixes import Prefixes
 from k3snet.model.cidr import Network, overlaps, parse_network
 from k3snet.render.iptables.rules import RuleFields
 from tests.examples import examples
@@ -225,7 +226,7 @@ _PREFIX_NETS = st.sampled_from(("10.42.0.0/15", "10.42.0.0/16", "10.42.0.0/17", 
 @given(filed=st.lists(_PREFIX_NETS, max_size=12), asked=_PREFIX_NETS)
 def test_prefixes_give_exactly_the_networks_sharing_an_address_with_the_asked_one(
         filed: list[str], asked: str) -> None:
-    index: foreign._Prefixes[int] = foreign._Prefixes()
+    index: Prefixes[int] = Prefixes()
     nets = [parse_network(net) for net in filed]
     for number, net in enumerate(nets):
         index.add(net, number)
