@@ -49,6 +49,25 @@ def _node() -> Iterator[str]:
         yield node
 
 
+@contextmanager
+def _routed(tmp_path: Path, driver: Driver, family: int,
+            pod_cidrs: tuple[str, ...] = ("10.42.0.0/16", "fd42:42::/56"),
+            ) -> Iterator[tuple[str, NetlinkBackend, State]]:
+    """:func:`_node` with k3snet's route of ``family`` applied (by eth0), a default route
+    of table 100 by eth1 (no rule sends anything there yet), and the backend that wrote
+    the route, told ``pod_cidrs``."""
+    dst, _target, _pod, _pods, gateway = _CASES[family]
+    ours = Route(dst, gateway="192.168.1.1" if family == 4 else "fd01:1::1", device="eth0")
+    with _node() as node, NetlinkBackend(node, state_dir=tmp_path, driver=driver,
+                                          pod_cidrs=list(pod_cidrs)) as backend:
+        wanted = State(owned=[ours])
+        backend.expect(wanted)
+        backend.apply(plan(backend.observe(), wanted))
+        ip(node, f"-{family}", "route", "add", "default", "via", gateway, "dev", "eth1",
+           "table", "100")
+        yield node, backend, wanted
+
+
 def _table_of_pods_packets(node: str, family: int) -> str:
     _dst, target, pod, _pods, _gateway = _CASES[family]
     got = ip(node, f"-{family}", "route", "get", target, "from", pod, "iif", "cni0")
@@ -59,15 +78,9 @@ def _table_of_pods_packets(node: str, family: int) -> str:
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_rule_sending_every_pod_s_packets_to_another_table_is_named(
         tmp_path: Path, driver: Driver, family: int) -> None:
-    dst, _target, _pod, pods, gateway = _CASES[family]
-    ours = Route(dst, gateway="192.168.1.1" if family == 4 else "fd01:1::1", device="eth0")
-    with _node() as node, NetlinkBackend(node, state_dir=tmp_path, driver=driver,
-                                          pod_cidrs=["10.42.0.0/16", "fd42:42::/56"]) as backend:
-        wanted = State(owned=[ours])
-        backend.expect(wanted)
-        backend.apply(plan(backend.observe(), wanted))
+    dst, _target, _pod, pods, _gateway = _CASES[family]
+    with _routed(tmp_path, driver, family) as (node, backend, wanted):
         v = f"-{family}"
-        ip(node, v, "route", "add", "default", "via", gateway, "dev", "eth1", "table", "100")
         ip(node, v, "rule", "add", "from", pods, "lookup", "100", "pref", "100")
         assert _table_of_pods_packets(node, family) == "table 100"
         backend.observe()
@@ -98,15 +111,9 @@ def test_a_pods_rule_a_marked_packet_passes_by_is_not_said_to_take_every_pod_s_p
     # masquerade mark) passes the rule by and leaves by k3snet's route; the kernel sends
     # no FRA_FWMARK for a mark of 0, only the mask. `fwmark 0` alone has no mask (the
     # kernel sets one for a mark other than 0): every packet meets it, named.
-    dst, target, pod, pods, gateway = _CASES[family]
-    ours = Route(dst, gateway="192.168.1.1" if family == 4 else "fd01:1::1", device="eth0")
-    with _node() as node, NetlinkBackend(node, state_dir=tmp_path, driver=driver,
-                                          pod_cidrs=["10.42.0.0/16", "fd42:42::/56"]) as backend:
-        wanted = State(owned=[ours])
-        backend.expect(wanted)
-        backend.apply(plan(backend.observe(), wanted))
+    _dst, target, pod, pods, _gateway = _CASES[family]
+    with _routed(tmp_path, driver, family) as (node, backend, _wanted):
         v = f"-{family}"
-        ip(node, v, "route", "add", "default", "via", gateway, "dev", "eth1", "table", "100")
         for mark, passed_by in (("0/0x4000", True), ("0", False)):
             ip(node, v, "rule", "add", "from", pods, "fwmark", mark, "lookup", "100",
                "pref", "100")
@@ -124,13 +131,7 @@ def test_a_route_the_node_s_own_source_still_takes_is_said_to_carry_none_of_the_
         tmp_path: Path, driver: Driver) -> None:
     # `from 192.168.1.2 lookup main` (the node's own address) before `lookup 100`: the
     # node's packets from that address still leave by k3snet's route; the pods' do not.
-    ours = Route("192.168.2.0/24", gateway="192.168.1.1", device="eth0")
-    with _node() as node, NetlinkBackend(node, state_dir=tmp_path, driver=driver,
-                                          pod_cidrs=["10.42.0.0/16"]) as backend:
-        wanted = State(owned=[ours])
-        backend.expect(wanted)
-        backend.apply(plan(backend.observe(), wanted))
-        ip(node, "route", "add", "default", "via", "192.168.9.1", "dev", "eth1", "table", "100")
+    with _routed(tmp_path, driver, 4, pod_cidrs=("10.42.0.0/16",)) as (node, backend, _):
         ip(node, "rule", "add", "from", "192.168.1.2", "lookup", "main", "pref", "100")
         ip(node, "rule", "add", "lookup", "100", "pref", "200")
         assert "dev eth0" in ip(node, "route", "get", "192.168.2.10", "from", "192.168.1.2")
