@@ -413,13 +413,23 @@ def test_untracked_traffic_under_another_tables_forward_default_is_dropped_and_a
     conntrack; with a notrack before conntrack, an untracked packet's reply is a new
     connection's and an untracked reply none's: the chain's default drops them, as
     iptables' FORWARD policy does (``tests/iptables/test_path_tables.py``)."""
+    _untracked_is_dropped_and_a_conflict(
+        lab, ForwardRule(POD, DB, in_interface="cni0", out_interface="eth0"), _fw(default),
+        untracked)
+
+
+def _untracked_is_dropped_and_a_conflict(lab: SeedLab, rule: ForwardRule, firewall: str,
+                                         untracked: str) -> None:
+    """With ``firewall`` (``nft -f`` text) on the node, k3snet's ``rule`` connects the pod
+    to the database with no conflict; once a notrack of ``untracked`` is added, a real
+    connection is dropped and the plan says so: one conflict of ``rule`` with an
+    ``untrack`` block, and no change."""
     from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
 
-    rule = ForwardRule(POD, DB, in_interface="cni0", out_interface="eth0")
     wanted = State(owned=[rule])
     run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
     run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
-    run_in(lab.node, ["nft", "-f", "-"], input_text=_fw(default))
+    run_in(lab.node, ["nft", "-f", "-"], input_text=firewall)
     with NftablesBackend(lab.node) as backend:
         backend.apply(plan(backend.observe(), wanted))
         assert lab.tcp_probe(4).ok
@@ -519,25 +529,8 @@ def test_untracked_traffic_under_a_path_chains_policy_drop_is_dropped_and_a_conf
     accepting the pods' connections and their replies by conntrack: with the pods'
     packets untracked, their replies are a new connection's and that chain drops them
     (a real connection). Only forward-hook chains were judged: the plan said nothing."""
-    from k3snet.backends.nftables import NftablesBackend  # noqa: PLC0415
-
-    wanted = State(owned=[WANTED_FORWARD])
     chain = (f"add table inet fw\nadd chain inet fw pass {{ type filter hook {hook} "
              "priority 0; policy drop; }\n"
              "add rule inet fw pass ct state established,related accept\n"
              f"add rule inet fw pass ip saddr {POD} ip daddr {DB} accept\n")
-    run_in(lab.node, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-    run_in(lab.router, ["ip", "route", "add", POD, "via", "192.168.1.5"])
-    run_in(lab.node, ["nft", "-f", "-"], input_text=chain)
-    with NftablesBackend(lab.node) as backend:
-        backend.apply(plan(backend.observe(), wanted))
-        assert lab.tcp_probe(4).ok
-        assert not plan(backend.observe(), wanted).conflicts
-        run_in(lab.node, ["nft", "-f", "-"], input_text=_NOTRACK.format(POD))
-        assert not lab.tcp_probe(4, timeout=1.0).ok  # a real connection: dropped
-        p = plan(backend.observe(), wanted)
-        (note,) = p.conflicts
-        assert note.wanted == WANTED_FORWARD, p.render()
-        assert isinstance(note.foreign, ForwardBlock), p.render()
-        assert note.foreign.verdict == "untrack"
-        assert not p.changes, p.render()
+    _untracked_is_dropped_and_a_conflict(lab, WANTED_FORWARD, chain, POD)
