@@ -198,8 +198,16 @@ def test_a_drop_through_eth0_behind_a_negated_interface_decides_as_the_kernel_do
     run_in(lab.node, [*ipt, "-N", "X"])
     run_in(lab.node, [*ipt, "-A", "FORWARD", *jump, "-j", "X"])
     run_in(lab.node, [*ipt, "-A", "X", "-o", "eth0", "-j", "DROP"])
+    _judged_as_the_kernel_does(lab, mode, wanted, f"-A FORWARD {' '.join(jump)} -j X",
+                               conflict=conflict)
+
+
+def _judged_as_the_kernel_does(lab: SeedLab, mode: Mode, wanted: ForwardRule, line: str, *,
+                               conflict: bool) -> None:
+    """The filter table lists ``line`` (the kernel's own view), the plan for ``wanted`` has
+    a conflict exactly when ``conflict``, and the pods' connection fails exactly then."""
     saved = run_in(lab.node, [f"iptables-{mode}-save", "-t", "filter"]).stdout
-    assert f"-A FORWARD {' '.join(jump)} -j X" in saved  # the kernel's own view
+    assert line in saved
     with IptablesBackend(lab.node, mode=mode) as backend:
         notes = plan(backend.observe(), State(owned=[wanted])).notes
     assert [n.status for n in notes if n.wanted == wanted] == (
@@ -235,13 +243,8 @@ def test_a_drop_by_a_negated_interface_meets_what_the_node_routes_by_the_other_d
     run_in(lab.node, [*ipt, "-t", "nat", "-A", "POSTROUTING", "-s", POD, "-o", "eth0",
                       "-j", "MASQUERADE"])
     run_in(lab.node, [*ipt, "-A", "FORWARD", *rule, "-j", "DROP"])
-    saved = run_in(lab.node, [f"iptables-{mode}-save", "-t", "filter"]).stdout
-    assert f"-A FORWARD {' '.join(rule)} -j DROP" in saved  # the kernel's own view
-    with IptablesBackend(lab.node, mode=mode) as backend:
-        notes = plan(backend.observe(), State(owned=[wanted])).notes
-    assert [n.status for n in notes if n.wanted == wanted] == (
-        ["conflict"] if conflict else [])
-    assert lab.tcp_probe(family=4, timeout=1.0 if conflict else 2.0).ok is not conflict
+    _judged_as_the_kernel_does(lab, mode, wanted, f"-A FORWARD {' '.join(rule)} -j DROP",
+                               conflict=conflict)
 
 
 _RAW_ENTRY = """
