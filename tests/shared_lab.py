@@ -196,6 +196,22 @@ def shared_lab(made: SeedLab) -> Iterator[SeedLab]:
         _put_back_blind(made)
 
 
+# The fixtures a module imports to share one lab among its tests (``from tests.shared_lab
+# import lab_fixture, made_lab_fixture``): pytest gives each importing module its own lab.
+
+
+@pytest.fixture(scope="module", name="made_lab")
+def made_lab_fixture() -> Iterator[SeedLab]:
+    """One seed lab for the module's tests of real packets."""
+    yield from made_lab()
+
+
+@pytest.fixture(name="lab")
+def lab_fixture(made_lab: SeedLab) -> Iterator[SeedLab]:
+    """The module's lab, checked to be as it was made, put back after the test."""
+    yield from shared_lab(made_lab)
+
+
 def left_over(lab: SeedLab) -> list[str]:
     """What differs in ``lab`` from the lab as made, as the check before a test names it
     (nothing taken back)."""

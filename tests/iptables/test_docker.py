@@ -17,11 +17,8 @@ both iptables variants, both families.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-import tests.shared_lab
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.foreign import foreign_blocks, path_blocks
 from k3snet.backends.iptables.save import parse_save
@@ -31,6 +28,7 @@ from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NetObject, State
 from k3snet.planner import plan
 from tests.dropped import dropped, iptables_count
+from tests.shared_lab import lab_fixture, made_lab_fixture  # noqa: F401 - one lab for the module
 
 POD = {4: "10.42.0.0/16", 6: "fd42:42::/56"}
 DB = {4: "192.168.2.0/24", 6: "fd01:2::/64"}
@@ -221,17 +219,6 @@ def test_a_mangle_drop_by_out_interface_is_narrowed_too() -> None:
                    for b in blocks for r in _wanted(4))
 
 
-@pytest.fixture(scope="module")
-def made_lab() -> Iterator[SeedLab]:
-    """One seed lab for the module's tests of real packets."""
-    yield from tests.shared_lab.made_lab()
-
-
-@pytest.fixture
-def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
-    """The module's seed lab, its node checked fresh before the test, put back after
-    (the bridges :func:`_bridge` adds deleted too)."""
-    yield from tests.shared_lab.shared_lab(made_lab)
 
 
 def _bridge(node: str) -> None:

@@ -9,13 +9,10 @@ pods' traffic through eth0, a false conflict, while the kernel let it through.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import tests.shared_lab
 from k3snet.backends.iptables import IptablesBackend, Mode
 from k3snet.backends.iptables.foreign import foreign_blocks
 from k3snet.backends.iptables.save import parse_save
@@ -25,18 +22,7 @@ from k3snet.lab.seed import POD_CIDRS, SeedLab
 from k3snet.model import ForwardBlock, ForwardRule, interfaces_left, interfaces_may_meet
 from k3snet.model.state import State
 from k3snet.planner import plan
-
-
-@pytest.fixture(scope="module")
-def made_lab() -> Iterator[SeedLab]:
-    """One seed lab for the module's tests of real packets (:mod:`tests.shared_lab`)."""
-    yield from tests.shared_lab.made_lab()
-
-
-@pytest.fixture
-def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
-    """The module's lab, checked to be as it was made, put back after the test."""
-    yield from tests.shared_lab.shared_lab(made_lab)
+from tests.shared_lab import lab_fixture, made_lab_fixture  # noqa: F401 - one lab for the module
 
 IFNAMSIZ = 16
 

@@ -12,8 +12,6 @@ each one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 import tests.shared_lab
@@ -24,6 +22,7 @@ from k3snet.model import ForwardRule, MasqueradeRule, NetObject
 from k3snet.model.state import State
 from k3snet.planner import plan
 from tests.pmtu import learnt_mtu, narrow_the_path
+from tests.shared_lab import lab_fixture, made_lab_fixture  # noqa: F401 - one lab for the module
 
 POD = POD_CIDRS[4]
 DB_NET = "192.168.2.0/24"
@@ -40,16 +39,6 @@ CASES: dict[str, tuple[str, list[list[str]], list[str], NetObject]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def made_lab() -> Iterator[SeedLab]:
-    """One seed lab for the module's tests."""
-    yield from tests.shared_lab.made_lab()
-
-
-@pytest.fixture
-def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
-    """The module's seed lab, its node checked fresh before the test, put back after."""
-    yield from tests.shared_lab.shared_lab(made_lab)
 
 
 def _status(backend: IptablesBackend, wanted: NetObject) -> str:

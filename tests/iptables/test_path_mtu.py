@@ -11,30 +11,15 @@ The reply half now matches the pods' side and conntrack's state alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-import tests.shared_lab
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.lab import SeedLab
 from k3snet.lab.netns import run_in
 from k3snet.model import ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
 from tests.pmtu import learnt_mtu, narrow_the_path
-
-
-@pytest.fixture(scope="module")
-def made_lab() -> Iterator[SeedLab]:
-    """One seed lab for the module's tests of real packets (:mod:`tests.shared_lab`)."""
-    yield from tests.shared_lab.made_lab()
-
-
-@pytest.fixture
-def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
-    """The module's lab, checked to be as it was made, put back after the test."""
-    yield from tests.shared_lab.shared_lab(made_lab)
-
+from tests.shared_lab import lab_fixture, made_lab_fixture  # noqa: F401 - one lab for the module
 
 DESTINATIONS = {4: "192.168.2.0/24", 6: "fd01:2::/64"}
 

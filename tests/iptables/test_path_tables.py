@@ -11,11 +11,8 @@ in filter is. The kernel test sends a real connection through the seed lab's nod
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-import tests.shared_lab
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.foreign import (
     foreign_forward,
@@ -30,6 +27,7 @@ from k3snet.lab.netns import run_in
 from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NetObject, State
 from k3snet.planner import plan
 from tests.dropped import dropped, iptables_count, snmp_count
+from tests.shared_lab import lab_fixture, made_lab_fixture  # noqa: F401 - one lab for the module
 
 POD = "10.42.0.0/16"
 DB = "192.168.2.0/24"
@@ -98,17 +96,6 @@ def test_a_reverse_path_drop_is_no_block_of_a_pods_traffic() -> None:
         "drop by iptables IPv4 mangle: -A PREROUTING -m rpfilter -j DROP"}
 
 
-@pytest.fixture(scope="module")
-def made_lab() -> Iterator[SeedLab]:
-    """One seed lab for the module's tests of real packets."""
-    yield from tests.shared_lab.made_lab()
-
-
-@pytest.fixture
-def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
-    """The module's seed lab, its node checked fresh before the test, put back after
-    (the routes a test adds to the router deleted too)."""
-    yield from tests.shared_lab.shared_lab(made_lab)
 
 
 def _desired() -> State:

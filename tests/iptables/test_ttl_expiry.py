@@ -12,11 +12,8 @@ connection through the seed lab's node.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-import tests.shared_lab
 from k3snet.backends.iptables import IptablesBackend
 from k3snet.backends.iptables.foreign import path_blocks
 from k3snet.backends.iptables.save import parse_save
@@ -27,18 +24,7 @@ from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, State
 from k3snet.planner import plan
 from tests.dropped import dropped, snmp_count
 from tests.nftables.test_foreign_cases import ACCEPT, Expr, Kernel, saddr
-
-
-@pytest.fixture(scope="module")
-def made_lab() -> Iterator[SeedLab]:
-    """One seed lab for the module's tests of real packets (:mod:`tests.shared_lab`)."""
-    yield from tests.shared_lab.made_lab()
-
-
-@pytest.fixture
-def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
-    """The module's lab, checked to be as it was made, put back after the test."""
-    yield from tests.shared_lab.shared_lab(made_lab)
+from tests.shared_lab import lab_fixture, made_lab_fixture  # noqa: F401 - one lab for the module
 
 POD = "10.42.0.0/16"
 DB = "192.168.2.0/24"

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import shlex
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-import tests.shared_lab
 from k3snet.backends.nftables.kernel import CT_FLAGS
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.lab import SeedLab
@@ -23,18 +21,7 @@ from k3snet.model import ForwardBlock, ForwardRule, MasqueradeRule, NatBlock, Ne
 from k3snet.planner import plan
 from tests.dropped import dropped, snmp_count
 from tests.nftables.test_foreign_cases import ACCEPT, DROP, Expr, Kernel, daddr, jump, meta, saddr
-
-
-@pytest.fixture(scope="module")
-def made_lab() -> Iterator[SeedLab]:
-    """One seed lab for the module's tests of real packets (:mod:`tests.shared_lab`)."""
-    yield from tests.shared_lab.made_lab()
-
-
-@pytest.fixture
-def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
-    """The module's lab, checked to be as it was made, put back after the test."""
-    yield from tests.shared_lab.shared_lab(made_lab)
+from tests.shared_lab import lab_fixture, made_lab_fixture  # noqa: F401 - one lab for the module
 
 POD = "10.42.0.0/16"
 DB = "192.168.2.0/24"

@@ -12,11 +12,10 @@ seed lab.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import pytest
 
-import tests.shared_lab
 from k3snet.backends.nftables.kernel import SNAT_TO, TTL_ARGS
 from k3snet.backends.nftables.parse import ForeignReader
 from k3snet.lab import SeedLab
@@ -32,6 +31,7 @@ from k3snet.model import (
 from k3snet.planner import plan
 from tests.dropped import dropped, iptables_count
 from tests.nftables.test_foreign_cases import ACCEPT, CT_REPLY, Expr, daddr, forward, nat, saddr
+from tests.shared_lab import lab_fixture, made_lab_fixture  # noqa: F401 - one lab for the module
 
 POD = "10.42.0.0/16"
 DB = "192.168.2.0/24"
@@ -170,16 +170,6 @@ def test_iptables_nfts_snat_to_one_address_is_read_from_the_kernels_data(ns: str
         SnatRule("fd42::/64", to_address="2001:db8::7")}
 
 
-@pytest.fixture(scope="module")
-def made_lab() -> Iterator[SeedLab]:
-    """One seed lab for the module's tests of real packets."""
-    yield from tests.shared_lab.made_lab()
-
-
-@pytest.fixture
-def lab(made_lab: SeedLab) -> Iterator[SeedLab]:
-    """The module's seed lab, its node checked fresh before the test, put back after."""
-    yield from tests.shared_lab.shared_lab(made_lab)
 
 
 @pytest.mark.kernel
